@@ -1,0 +1,634 @@
+"""A sans-IO Cap'n Proto RPC connection (level 1: no three-party handoff).
+
+The h11 pattern: `Connection.receive(bytes)` returns events, the `send_*`
+methods return bytes.  No sockets, no event loop, no threads: the supervisor
+drives it from trio, the engine from a blocking loop, the tests back to back.
+
+The four tables of the protocol live here:
+  questions  calls we made that are not finished        (question id -> _Question)
+  answers    calls we received that are not finished    (answer id   -> _Answer)
+  exports    objects we host that the peer may call      (export id   -> _Export)
+  imports    objects the peer hosts that we may call     (import id   -> refcount)
+The export table of the supervisor's connection to an engine *is* that
+compartment's c-list: the integer a guest calls through is an import id of its
+engine, i.e. an export id here, and anything else is an error.
+
+Errors: `ProtocolError` means the peer broke the protocol (unknown ids, double
+returns, releases below zero, malformed bytes).  The owner answers it by
+sending `abort()` and closing this one connection; nothing else is affected.
+"""
+from __future__ import annotations
+
+import attrs
+import capnp
+
+from . import rpc, wire
+
+MAX_CAPS_PER_MESSAGE = 256
+TRAVERSAL_LIMIT_WORDS = 64 * 1024
+NESTING_LIMIT = 16
+
+# pointer-field indices (from rpc.capnp's layout; checked in tests)
+_MSG_BODY = 0          # Message.<union member> is pointer 0
+_CALL_PARAMS = 1       # Call.params
+_RETURN_RESULTS = 0    # Return.results
+_PAYLOAD_CONTENT = 0   # Payload.content
+
+
+class ProtocolError(Exception):
+    """The peer violated the Cap'n Proto RPC protocol."""
+
+
+# ------------------------------------------------------------------ values
+
+
+@attrs.frozen
+class Content:
+    """Payload content: a pointer inside some message's segments.
+
+    `loc` is where the content pointer lives; for a standalone message (as a
+    guest or a pycapnp builder produces it) that is the root, (0, 0).  With no
+    segments, `word` is written as the content pointer itself (null, or a
+    capability pointer for a bootstrap answer).
+    """
+    segments: tuple = ()
+    loc: tuple | None = None
+    word: int = 0
+
+    @classmethod
+    def standalone(cls, segments) -> "Content":
+        return cls(tuple(segments), (0, 0))
+
+    @classmethod
+    def capability(cls, index: int) -> "Content":
+        return cls(word=wire.cap_pointer(index))
+
+    def message(self) -> list:
+        """The content as a standalone message (segment list, root = content)."""
+        if not self.segments:
+            return [_word_segment(self.word)]
+        return wire.with_root_at(self.segments, self.loc)
+
+    def canonical(self, max_words: int = wire.MAX_MESSAGE_WORDS) -> bytes:
+        """The content as a framed single-segment message in canonical layout."""
+        if not self.segments:
+            return wire.canonical([_word_segment(self.word)], (0, 0), max_words)
+        return wire.canonical(self.segments, self.loc, max_words)
+
+    def follow(self, transform) -> tuple | None:
+        """Location reached by applying a pipeline transform (pointer-field path)."""
+        if not self.segments:
+            if transform:
+                return None
+            return None
+        return wire.follow_path(self.segments, self.loc, transform)
+
+    def cap_index(self, transform) -> int | None:
+        """Cap-table index of the capability found by following `transform`."""
+        if not self.segments:
+            return wire.capability_index([_word_segment(self.word)], (0, 0)) \
+                if not transform else None
+        return wire.capability_index(self.segments, self.follow(transform))
+
+
+EMPTY = Content()
+
+
+def _word_segment(word: int) -> bytes:
+    return word.to_bytes(8, "little")
+
+
+@attrs.frozen
+class RemoteRef:
+    """An outgoing capability that the *peer* hosts (sent as receiverHosted)."""
+    import_id: int
+
+
+# Incoming capability references, after decoding the capTable.
+@attrs.frozen
+class Imported:
+    """The peer hosts it (senderHosted): we now hold one more reference."""
+    import_id: int
+
+
+@attrs.frozen
+class Exported:
+    """One of our own exports, handed back to us (receiverHosted)."""
+    obj: object
+
+
+@attrs.frozen
+class PromisedAnswer:
+    """A capability inside the (future) result of one of the peer's calls to us."""
+    answer_id: int
+    transform: tuple
+
+
+@attrs.frozen
+class Payload:
+    content: Content
+    caps: tuple  # of None | Imported | Exported | PromisedAnswer
+
+
+# ------------------------------------------------------------------ events
+
+
+@attrs.frozen
+class BootstrapRequested:
+    answer_id: int
+
+
+@attrs.frozen
+class CallReceived:
+    answer_id: int
+    target: object            # an exported object, or a PromisedAnswer
+    interface_id: int
+    method_id: int
+    payload: Payload
+
+
+@attrs.frozen
+class ReturnReceived:
+    question_id: int
+    payload: Payload | None   # None when the call failed
+    error: str | None = None
+    error_type: str = "failed"
+
+
+@attrs.frozen
+class FinishReceived:
+    answer_id: int
+
+
+@attrs.frozen
+class ExportReleased:
+    """The peer dropped its last reference to one of our exported objects."""
+    obj: object
+
+
+@attrs.frozen
+class Unhandled:
+    """A message we do not implement; `reply` (an 'unimplemented' echo) must be sent."""
+    which: str
+    reply: bytes
+
+
+@attrs.frozen
+class AbortReceived:
+    reason: str
+
+
+# ------------------------------------------------------------------ tables
+
+
+@attrs.define
+class _Question:
+    param_exports: list
+    returned: bool = False
+    finished: bool = False
+
+
+@attrs.define
+class _Answer:
+    returned: bool = False
+    finished: bool = False
+    result: tuple | None = None      # (Content, caps) once returned with results
+    error: str | None = None
+    result_exports: list = attrs.Factory(list)
+
+
+@attrs.define
+class _Export:
+    obj: object
+    refcount: int
+
+
+class _IdAllocator:
+    """Smallest free id first, as the RPC spec recommends."""
+
+    def __init__(self):
+        self._free: list[int] = []
+        self._next = 0
+
+    def take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        self._next += 1
+        return self._next - 1
+
+    def give(self, i: int) -> None:
+        self._free.append(i)
+
+
+# ------------------------------------------------------------------ the connection
+
+
+class Connection:
+    def __init__(self, name: str = "peer", *,
+                 max_message_words: int = wire.MAX_MESSAGE_WORDS,
+                 max_segments: int = wire.MAX_SEGMENTS):
+        self.name = name
+        self._framer = wire.Framer(max_segments, max_message_words)
+        self.questions: dict[int, _Question] = {}
+        self.answers: dict[int, _Answer] = {}
+        self.exports: dict[int, _Export] = {}
+        self.imports: dict[int, int] = {}
+        self._export_ids: dict[int, int] = {}   # id(obj) -> export id
+        self._qids = _IdAllocator()
+        self._eids = _IdAllocator()
+        self.closed: str | None = None
+
+    # -------------------------------------------------------------- incoming
+
+    def receive(self, data: bytes) -> list:
+        """Feed bytes from the peer; returns the events they complete."""
+        if self.closed is not None:
+            raise ProtocolError(f"connection already closed: {self.closed}")
+        try:
+            messages = self._framer.feed(data)
+        except wire.WireError as e:
+            raise ProtocolError(f"bad framing: {e}") from None
+        events: list = []
+        for segs in messages:
+            try:
+                self._handle(segs, events)
+            except _Unimplemented as u:
+                events.append(Unhandled(u.which, _unimplemented_reply(segs)))
+            except (wire.WireError, capnp.KjException) as e:
+                raise ProtocolError(f"malformed message: {_short(e)}") from None
+        return events
+
+    def _handle(self, segs, events):
+        msg = rpc.Message.from_segments(
+            segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS, nesting_limit=NESTING_LIMIT)
+        which = msg.which()
+        if which == "call":
+            self._on_call(segs, msg.call, events)
+        elif which == "return":
+            self._on_return(segs, msg, events)
+        elif which == "finish":
+            self._on_finish(msg.finish, events)
+        elif which == "release":
+            self._on_release(msg.release.id, msg.release.referenceCount, events)
+        elif which == "bootstrap":
+            aid = msg.bootstrap.questionId
+            self._new_answer(aid)
+            events.append(BootstrapRequested(aid))
+        elif which == "abort":
+            self.closed = "aborted by peer"
+            events.append(AbortReceived(msg.abort.reason))
+        elif which == "unimplemented":
+            # The peer did not understand something we sent; we only send what
+            # level-1 peers must implement, so this is the peer's problem.
+            raise ProtocolError("peer answered 'unimplemented' to a mandatory message")
+        else:
+            raise _Unimplemented(which, segs)
+
+    def _new_answer(self, aid):
+        if aid in self.answers:
+            raise ProtocolError(f"question id {aid} is already in use")
+        self.answers[aid] = _Answer()
+
+    def _on_call(self, segs, call, events):
+        aid = call.questionId
+        if call.sendResultsTo.which() != "caller":
+            raise ProtocolError("sendResultsTo other than 'caller' is not supported")
+        target = self._decode_target(call.target)
+        payload = self._decode_payload(segs, call.params, (_MSG_BODY, _CALL_PARAMS))
+        self._new_answer(aid)
+        events.append(CallReceived(aid, target, call.interfaceId, call.methodId, payload))
+
+    def _decode_target(self, target):
+        if target.which() == "importedCap":
+            return self._export_obj(target.importedCap)
+        pa = target.promisedAnswer
+        if pa.questionId not in self.answers:
+            raise ProtocolError(f"promisedAnswer names unknown question {pa.questionId}")
+        return PromisedAnswer(pa.questionId, _transform(pa.transform))
+
+    def _export_obj(self, eid):
+        e = self.exports.get(eid)
+        if e is None:
+            raise ProtocolError(f"export id {eid} was never issued or was released")
+        return e.obj
+
+    def _decode_payload(self, segs, payload, path) -> Payload:
+        table = payload.capTable
+        if len(table) > MAX_CAPS_PER_MESSAGE:
+            raise ProtocolError(f"{len(table)} capabilities in one message "
+                                f"(limit {MAX_CAPS_PER_MESSAGE})")
+        caps = []
+        for d in table:
+            w = d.which()
+            if w in ("senderHosted", "senderPromise"):
+                iid = d.senderHosted if w == "senderHosted" else d.senderPromise
+                self.imports[iid] = self.imports.get(iid, 0) + 1
+                caps.append(Imported(iid))
+            elif w == "receiverHosted":
+                caps.append(Exported(self._export_obj(d.receiverHosted)))
+            elif w == "receiverAnswer":
+                pa = d.receiverAnswer
+                if pa.questionId not in self.answers:
+                    raise ProtocolError(f"receiverAnswer names unknown question {pa.questionId}")
+                caps.append(PromisedAnswer(pa.questionId, _transform(pa.transform)))
+            elif w == "none":
+                caps.append(None)
+            else:
+                raise ProtocolError(f"capability descriptor '{w}' is not supported")
+        loc = wire.follow_path(segs, (0, 0), path)
+        content_loc = None if loc is None else wire.struct_pointer_field(segs, loc, _PAYLOAD_CONTENT)
+        if content_loc == (0, 0):
+            raise ProtocolError("payload content aliases the message root")
+        content = Content(tuple(segs), content_loc) if content_loc else EMPTY
+        return Payload(content, tuple(caps))
+
+    def _on_return(self, segs, msg, events):
+        ret = msg.__getattr__("return")
+        qid = ret.answerId
+        q = self.questions.get(qid)
+        if q is None or q.returned:
+            raise ProtocolError(f"return for question {qid}, which is not awaiting one")
+        q.returned = True
+        if ret.releaseParamCaps:
+            for obj in q.param_exports:
+                self._release_export_obj(obj, 1, events)
+        q.param_exports = []
+        which = ret.which()
+        if which == "results":
+            payload = self._decode_payload(segs, ret.results, (_MSG_BODY, _RETURN_RESULTS))
+            events.append(ReturnReceived(qid, payload))
+        elif which == "exception":
+            e = ret.exception
+            events.append(ReturnReceived(qid, None, e.reason or "(no reason)", str(e.type)))
+        elif which == "canceled":
+            events.append(ReturnReceived(qid, None, "call canceled", "failed"))
+        else:
+            raise ProtocolError(f"return of kind '{which}' is not supported")
+        if q.finished:
+            self._drop_question(qid)
+
+    def _on_finish(self, fin, events):
+        aid = fin.questionId
+        a = self.answers.get(aid)
+        if a is None or a.finished:
+            raise ProtocolError(f"finish for question {aid}, which is not open")
+        a.finished = True
+        if fin.releaseResultCaps:
+            for obj in a.result_exports:
+                self._release_export_obj(obj, 1, events)
+        a.result_exports = []
+        if a.returned:
+            del self.answers[aid]
+        events.append(FinishReceived(aid))
+
+    def _on_release(self, eid, count, events):
+        e = self.exports.get(eid)
+        if e is None:
+            raise ProtocolError(f"release of export id {eid}, which was never issued or was released")
+        if count > e.refcount:
+            raise ProtocolError(f"release of {count} references to export {eid}, "
+                                f"which has only {e.refcount}")
+        self._release_export_obj(e.obj, count, events)
+
+    def _release_export_obj(self, obj, count, events):
+        eid = self._export_ids.get(id(obj))
+        if eid is None:
+            return
+        e = self.exports[eid]
+        e.refcount -= count
+        if e.refcount <= 0:
+            del self.exports[eid]
+            del self._export_ids[id(obj)]
+            self._eids.give(eid)
+            events.append(ExportReleased(obj))
+
+    # -------------------------------------------------------------- outgoing
+
+    def send_bootstrap(self) -> tuple[int, bytes]:
+        qid = self._new_question([])
+        msg = rpc.Message.new_message()
+        msg.init("bootstrap").questionId = qid
+        return qid, wire.frame(msg.to_segments())
+
+    def send_call(self, target, interface_id: int, method_id: int,
+                  content: Content = EMPTY, caps=()) -> tuple[int, bytes]:
+        """Call `target`: an import id (int) or a (question_id, transform) promise."""
+        exported: list = []
+        qid = self._new_question(exported)
+        msg = rpc.Message.new_message()
+        call = msg.init("call")
+        call.questionId = qid
+        if isinstance(target, int):
+            if target not in self.imports:
+                self._drop_question(qid)
+                raise KeyError(f"import id {target} is not held")
+            call.target.importedCap = target
+        else:
+            pq, transform = target
+            pa = call.target.init("promisedAnswer")
+            pa.questionId = pq
+            _set_transform(pa, transform)
+        call.interfaceId = interface_id
+        call.methodId = method_id
+        call.sendResultsTo.caller = None
+        self._encode_caps(call.init("params"), caps, exported)
+        return qid, self._with_content(msg, (_MSG_BODY, _CALL_PARAMS), content)
+
+    def send_return(self, answer_id: int, content: Content = EMPTY, caps=()) -> bytes:
+        a = self._answer_for_return(answer_id)
+        msg = rpc.Message.new_message()
+        ret = msg.init("return")
+        ret.answerId = answer_id
+        ret.releaseParamCaps = False
+        self._encode_caps(ret.init("results"), caps, a.result_exports)
+        a.result = (content, tuple(caps))
+        data = self._with_content(msg, (_MSG_BODY, _RETURN_RESULTS), content)
+        self._answer_done(answer_id, a)
+        return data
+
+    def send_exception(self, answer_id: int, reason: str, type: str = "failed") -> bytes:
+        a = self._answer_for_return(answer_id)
+        msg = rpc.Message.new_message()
+        ret = msg.init("return")
+        ret.answerId = answer_id
+        ret.releaseParamCaps = False
+        e = ret.init("exception")
+        e.reason = reason
+        e.type = type
+        a.error = reason
+        self._answer_done(answer_id, a)
+        return wire.frame(msg.to_segments())
+
+    def send_finish(self, question_id: int) -> bytes:
+        q = self.questions.get(question_id)
+        if q is None or q.finished:
+            raise KeyError(f"question {question_id} is not open")
+        q.finished = True
+        if q.returned:
+            self._drop_question(question_id)
+        msg = rpc.Message.new_message()
+        fin = msg.init("finish")
+        fin.questionId = question_id
+        fin.releaseResultCaps = False
+        return wire.frame(msg.to_segments())
+
+    def send_release(self, import_id: int) -> bytes:
+        """Drop every reference we hold to `import_id`."""
+        count = self.imports.pop(import_id)
+        msg = rpc.Message.new_message()
+        rel = msg.init("release")
+        rel.id = import_id
+        rel.referenceCount = count
+        return wire.frame(msg.to_segments())
+
+    def send_abort(self, reason: str, type: str = "failed") -> bytes:
+        self.closed = reason
+        msg = rpc.Message.new_message()
+        e = msg.init("abort")
+        e.reason = reason
+        e.type = type
+        return wire.frame(msg.to_segments())
+
+    def answer_result(self, answer_id: int):
+        """(Content, caps) of an answer we already returned, or None if pending.
+
+        Raises LookupError carrying the reason if the answer failed.
+        """
+        a = self.answers.get(answer_id)
+        if a is None:
+            raise LookupError(f"question {answer_id} is not open")
+        if a.error is not None:
+            raise LookupError(a.error)
+        return a.result
+
+    def export_id(self, obj) -> int | None:
+        return self._export_ids.get(id(obj))
+
+    def drop_all(self) -> list:
+        """Forget every table entry (the connection is gone); returns exported objects."""
+        objs = [e.obj for e in self.exports.values()]
+        self.questions.clear()
+        self.answers.clear()
+        self.exports.clear()
+        self.imports.clear()
+        self._export_ids.clear()
+        return objs
+
+    # -------------------------------------------------------------- helpers
+
+    def _new_question(self, exported) -> int:
+        qid = self._qids.take()
+        self.questions[qid] = _Question(exported)
+        return qid
+
+    def _drop_question(self, qid):
+        if self.questions.pop(qid, None) is not None:
+            self._qids.give(qid)
+
+    def _answer_for_return(self, aid) -> _Answer:
+        a = self.answers.get(aid)
+        if a is None or a.returned:
+            raise KeyError(f"question {aid} is not awaiting our return")
+        a.returned = True
+        return a
+
+    def _answer_done(self, aid, a):
+        if a.finished:
+            del self.answers[aid]
+
+    def _export(self, obj) -> int:
+        eid = self._export_ids.get(id(obj))
+        if eid is None:
+            eid = self._eids.take()
+            self._export_ids[id(obj)] = eid
+            self.exports[eid] = _Export(obj, 0)
+        self.exports[eid].refcount += 1
+        return eid
+
+    def _encode_caps(self, payload, caps, exported: list):
+        if len(caps) > MAX_CAPS_PER_MESSAGE:
+            raise ValueError(f"{len(caps)} capabilities in one message "
+                             f"(limit {MAX_CAPS_PER_MESSAGE})")
+        table = payload.init("capTable", len(caps))
+        for i, cap in enumerate(caps):
+            if cap is None:
+                table[i].none = None
+            elif isinstance(cap, RemoteRef):
+                table[i].receiverHosted = cap.import_id
+            else:
+                table[i].senderHosted = self._export(cap)
+                exported.append(cap)
+
+    @staticmethod
+    def _with_content(msg, path, content: Content) -> bytes:
+        head = msg.to_segments()
+        if len(head) != 1:
+            raise ValueError("message header does not fit one segment")
+        head = bytearray(head[0])
+        loc = wire.struct_pointer_field([head], wire.follow_path([head], (0, 0), path),
+                                        _PAYLOAD_CONTENT)
+        if not content.segments:
+            wire.set_word(head, loc[1], content.word)
+            return wire.frame([head])
+        # Append the header as the last segment; the old root is replaced by a
+        # far pointer to it; the content pointer reaches the content wherever it is.
+        segs = list(content.segments)
+        n = len(segs)
+        if content.loc == (0, 0):
+            w0 = wire._word(segs, 0, 0)
+            if w0 == 0 or w0 & 3 in (wire.FAR, wire.OTHER):
+                pointer = w0
+            else:
+                r = wire.resolve(segs, (0, 0))
+                pad = len(head) // 8
+                head += wire.far_pointer(0, r[2]).to_bytes(8, "little")
+                head += (r[3] & ~0xFFFFFFFC).to_bytes(8, "little")  # tag: offset 0
+                pointer = wire.far_pointer(n, pad, double=True)
+        else:
+            pointer = wire.portable_pointer(segs, content.loc)
+        wire.set_word(head, loc[1], pointer)
+        first = bytearray(segs[0])
+        wire.set_word(first, 0, wire.far_pointer(n, 0))
+        segs[0] = first
+        segs.append(head)
+        return wire.frame(segs)
+
+
+class _Unimplemented(ProtocolError):
+    """A message type this implementation does not handle (answered, not fatal)."""
+
+    def __init__(self, which, segs):
+        super().__init__(f"message type '{which}' is not implemented")
+        self.which = which
+        self.segments = segs
+
+
+def _unimplemented_reply(segs) -> bytes:
+    """The 'unimplemented' echo of a message we do not handle."""
+    msg = rpc.Message.new_message()
+    with rpc.Message.from_bytes(wire.frame(segs),
+                                traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+                                nesting_limit=NESTING_LIMIT) as original:
+        msg.unimplemented = original
+    return wire.frame(msg.to_segments())
+
+
+def _transform(ops) -> tuple:
+    out = []
+    if len(ops) > wire.MAX_PATH_DEPTH:
+        raise ProtocolError(f"pipeline transform longer than {wire.MAX_PATH_DEPTH}")
+    for op in ops:
+        if op.which() == "getPointerField":
+            out.append(op.getPointerField)
+    return tuple(out)
+
+
+def _set_transform(pa, transform):
+    ops = pa.init("transform", len(transform))
+    for i, f in enumerate(transform):
+        ops[i].getPointerField = f
+
+
+def _short(e) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]

@@ -1,0 +1,67 @@
+"""The guest ABI, as data: what a module may import and export, and error codes.
+
+docs/guest-abi.md is the prose version of this file; keep them together.
+"""
+from __future__ import annotations
+
+MODULE = "wsuper"
+
+I32, I64 = "i32", "i64"
+
+#: Host functions in the `wsuper` import module: name -> (params, results).
+IMPORTS = {
+    "lookup": ((I32, I32), (I32,)),
+    "call": ((I32, I64, I32, I32, I32, I32, I32, I32), (I32,)),
+    "reply_read": ((I32, I32), (I32,)),
+    "release": ((I32,), (I32,)),
+    "object": ((I32,), (I32,)),
+    "params_read": ((I32, I32), (I32,)),
+    "results_set": ((I32, I32, I32, I32), (I32,)),
+    "fail": ((I32, I32), (I32,)),
+}
+
+#: Exports the engine looks for.
+EXPORT_MEMORY = "memory"
+EXPORT_START = "_start"
+EXPORT_DISPATCH = "wsuper_dispatch"   # (object, interface_id, method_id, params_len, caps) -> i32
+DISPATCH_TYPE = ((I32, I64, I32, I32, I32), (I32,))
+
+# Error codes returned (as negative i32) by the host functions.
+OK = 0
+E_BADHANDLE = -1       # the handle is not in this compartment's c-list
+E_FAILED = -2          # the callee raised an exception; reply holds the reason
+E_DISCONNECTED = -3    # the callee's compartment is gone
+E_OVERLOADED = -4      # the callee (or a limit) refused the call for now
+E_UNIMPLEMENTED = -5   # the callee does not implement that interface/method
+E_MESSAGE = -6         # params/results are not a valid Cap'n Proto message, or too large
+E_NOTFOUND = -7        # lookup: no capability granted under that name
+E_STATE = -8           # no reply pending / not inside a dispatch / results already set
+E_TOOMANY = -9         # too many capabilities in one message
+
+ERROR_NAMES = {v: k for k, v in globals().items() if k.startswith("E_")}
+
+#: Exception type (rpc.capnp Exception.Type) -> error code.
+EXCEPTION_CODES = {
+    "failed": E_FAILED,
+    "disconnected": E_DISCONNECTED,
+    "overloaded": E_OVERLOADED,
+    "unimplemented": E_UNIMPLEMENTED,
+}
+
+MAX_CAPS = 256
+
+
+def check_imports(imports) -> str | None:
+    """Error text for the first import a module may not have, else None.
+
+    `imports` yields (module, name, kind, (params, results) or None).
+    """
+    for module, name, kind, sig in imports:
+        if module != MODULE or name not in IMPORTS:
+            return (f"imports {module}.{name}, which is not granted "
+                    f"(only the {MODULE} ABI functions can be linked)")
+        if kind != "func" or sig != IMPORTS[name]:
+            want = IMPORTS[name]
+            return (f"imports {module}.{name} with the wrong type "
+                    f"(expected func {list(want[0])} -> {list(want[1])})")
+    return None

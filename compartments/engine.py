@@ -1,0 +1,541 @@
+"""The engine program: `python -m compartments.engine --fd N --name NAME --module PATH`.
+
+One engine runs one compartment: a wasmtime Store with the module's own linear
+memory and table, linked only against the `wsuper` ABI.  It speaks Cap'n Proto
+RPC to the supervisor over the inherited socket `--fd`, from a blocking loop:
+
+* its bootstrap capability is the Engine control object (engine.capnp), which
+  only the supervisor holds;
+* a guest host call (`wsuper.call`) becomes an RPC Call; the engine then reads
+  messages until its Return arrives, serving incoming calls re-entrantly
+  meanwhile (a callback into this compartment while it waits);
+* an incoming call on one of the guest's objects becomes a call of the guest's
+  `wsuper_dispatch` export.
+
+Guest handles index this engine's handle table; each entry is an import (a
+capability held through the supervisor) or one of the guest's own objects.
+The supervisor checks every import id against the compartment's c-list, so a
+forged id in a taken-over engine reaches nothing it was not granted.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+import wasmtime
+
+from capnp_schemas import engine as engine_schema, protocol, wire
+from capnp_schemas.protocol import Content, RemoteRef
+
+from . import abi
+
+ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
+_StartResults = engine_schema.Engine.schema.methods["start"].result_type
+_StartParams = engine_schema.Engine.schema.methods["start"].param_type
+
+
+class GuestFault(Exception):
+    """The guest broke the ABI (bad pointer, bad length): it traps."""
+
+
+class EngineError(Exception):
+    """The engine cannot start this module; the text says why."""
+
+
+class LocalObject:
+    """One of the guest's own objects, named by a guest-chosen integer tag."""
+    __slots__ = ("tag",)
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __repr__(self):
+        return f"LocalObject({self.tag})"
+
+
+class HandleTable:
+    """The guest's view of its c-list: small integers, a free list, 0 is never valid."""
+
+    def __init__(self, limit: int = 65536):
+        self._entries: dict[int, object] = {}
+        self._free: list[int] = []
+        self._next = 1
+        self.limit = limit
+
+    def add(self, entry) -> int:
+        if len(self._entries) >= self.limit:
+            raise OverflowError("handle table full")
+        h = self._free.pop() if self._free else self._next
+        if h == self._next:
+            self._next += 1
+        self._entries[h] = entry
+        return h
+
+    def get(self, h: int):
+        return self._entries.get(h)
+
+    def remove(self, h: int):
+        entry = self._entries.pop(h)
+        self._free.append(h)
+        return entry
+
+    def count(self, entry) -> int:
+        return sum(1 for e in self._entries.values() if e == entry)
+
+
+class _Import:
+    """A handle entry for a capability the supervisor hosts for us."""
+    __slots__ = ("import_id",)
+
+    def __init__(self, import_id):
+        self.import_id = import_id
+
+    def __eq__(self, other):
+        return isinstance(other, _Import) and other.import_id == self.import_id
+
+    def __hash__(self):
+        return hash(self.import_id)
+
+
+class _Frame:
+    """One incoming call being dispatched to the guest."""
+    __slots__ = ("params", "handles", "results", "error")
+
+    def __init__(self, params: bytes, handles: list):
+        self.params = params
+        self.handles = handles
+        self.results = None
+        self.error = None
+
+
+class Engine:
+    def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
+                 max_message_bytes: int = 8 << 20):
+        self.sock = sock
+        self.name = name
+        self.exports_main = exports
+        self.max_message_bytes = max_message_bytes
+        self.conn = protocol.Connection(f"supervisor->{name}")
+        self.handles = HandleTable()
+        self.grants: dict[str, int] = {}
+        self.objects: dict[int, LocalObject] = {}
+        self.returns: dict[int, protocol.ReturnReceived] = {}
+        self.reply: tuple | None = None      # (bytes, handles) for reply_read
+        self.frames: list[_Frame] = []
+        self.control = object()
+        self._load(module_path)
+
+    # ------------------------------------------------------------ wasm
+
+    def _load(self, path):
+        config = wasmtime.Config()
+        config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
+        config.memory_guard_size = 1 << 16
+        self.wasm_engine = wasmtime.Engine(config)
+        try:
+            if path.endswith(".wat"):
+                with open(path, encoding="utf-8") as f:
+                    module = wasmtime.Module(self.wasm_engine, f.read())
+            else:
+                module = wasmtime.Module.from_file(self.wasm_engine, path)
+        except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+            raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
+        problem = abi.check_imports(describe_imports(module))
+        if problem:
+            raise EngineError(f"module {path} {problem}")
+        self.store = wasmtime.Store(self.wasm_engine)
+        linker = wasmtime.Linker(self.wasm_engine)
+        for name, (params, results) in abi.IMPORTS.items():
+            ty = wasmtime.FuncType([_VAL[p] for p in params], [_VAL[r] for r in results])
+            linker.define_func(abi.MODULE, name, ty, getattr(self, "_host_" + name),
+                               access_caller=True)
+        try:
+            self.instance = linker.instantiate(self.store, module)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+            raise EngineError(f"cannot instantiate {path}: {_first_line(e)}") from None
+        exports = self.instance.exports(self.store)
+        self.start_func = exports.get(abi.EXPORT_START)
+        self.dispatch = exports.get(abi.EXPORT_DISPATCH)
+        if self.exports_main and not isinstance(self.dispatch, wasmtime.Func):
+            raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
+                              f"to serve an interface")
+
+    # ------------------------------------------------------------ guest memory
+
+    @staticmethod
+    def _memory(caller):
+        mem = caller.get(abi.EXPORT_MEMORY)
+        if not isinstance(mem, wasmtime.Memory):
+            raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
+        return mem
+
+    def _check(self, caller, ptr, length):
+        mem = self._memory(caller)
+        size = mem.data_len(caller)
+        # wasmtime-py hands high i32 pointers over as negative ints.
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise GuestFault(f"guest passed out-of-range memory [{ptr}, {ptr}+{length}) "
+                             f"(memory is {size} bytes)")
+        return mem
+
+    def _read(self, caller, ptr, length) -> bytes:
+        mem = self._check(caller, ptr, length)
+        return bytes(mem.read(caller, ptr, ptr + length))
+
+    def _write(self, caller, ptr, data: bytes):
+        mem = self._check(caller, ptr, len(data))
+        if data:
+            mem.write(caller, data, ptr)
+
+    def _read_handles(self, caller, ptr, count) -> list[int]:
+        if count < 0 or count > abi.MAX_CAPS:
+            raise GuestFault(f"capability count {count} out of range 0..{abi.MAX_CAPS}")
+        raw = self._read(caller, ptr, 4 * count)
+        return [int.from_bytes(raw[i:i + 4], "little", signed=True) for i in range(0, len(raw), 4)]
+
+    def _write_handles(self, caller, ptr, handles):
+        self._write(caller, ptr, b"".join(h.to_bytes(4, "little") for h in handles))
+
+    # ------------------------------------------------------------ host functions
+
+    def _host_lookup(self, caller, ptr, length):
+        name = self._read(caller, ptr, length).decode("utf-8", "replace")
+        return self.grants.get(name, abi.E_NOTFOUND)
+
+    def _host_call(self, caller, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
+                   out_ptr):
+        self._check(caller, out_ptr, 8)
+        raw = self._read(caller, p_ptr, p_len)
+        handles = self._read_handles(caller, c_ptr, c_count)
+        entry = self.handles.get(handle)
+        if entry is None:
+            return self._set_error(caller, out_ptr, abi.E_BADHANDLE,
+                                   f"handle {handle} is not in this compartment's c-list")
+        try:
+            content = self._guest_content(raw)
+            caps = self._caps_from_handles(handles)
+        except _GuestError as e:
+            return self._set_error(caller, out_ptr, e.code, str(e))
+        if isinstance(entry, LocalObject):
+            return self._set_error(caller, out_ptr, abi.E_UNIMPLEMENTED,
+                                   "calling your own object through a handle is not supported")
+        qid, data = self.conn.send_call(entry.import_id, interface_id & ((1 << 64) - 1),
+                                        method_id & 0xFFFF, content, caps)
+        self._send(data)
+        ret = self._wait_for(qid)
+        self._send(self.conn.send_finish(qid))
+        if ret.payload is None:
+            code = abi.EXCEPTION_CODES.get(ret.error_type, abi.E_FAILED)
+            return self._set_error(caller, out_ptr, code, ret.error)
+        try:
+            data = self._for_guest(ret.payload.content)
+        except _CallError as e:
+            return self._set_error(caller, out_ptr, abi.E_MESSAGE, e.reason)
+        new = [self._handle_for(c) for c in ret.payload.caps]
+        self.reply = (data, new)
+        self._write(caller, out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
+        return abi.OK
+
+    def _set_error(self, caller, out_ptr, code, text):
+        data = (text or "").encode()
+        self.reply = (data, [])
+        self._write(caller, out_ptr, len(data).to_bytes(4, "little") + bytes(4))
+        return code
+
+    def _host_reply_read(self, caller, buf_ptr, caps_ptr):
+        if self.reply is None:
+            return abi.E_STATE
+        data, handles = self.reply
+        self._write(caller, buf_ptr, data)
+        self._write_handles(caller, caps_ptr, handles)
+        self.reply = None
+        return abi.OK
+
+    def _host_release(self, caller, handle):
+        entry = self.handles.get(handle)
+        if entry is None:
+            return abi.E_BADHANDLE
+        self.handles.remove(handle)
+        if isinstance(entry, _Import) and self.handles.count(entry) == 0:
+            self._send(self.conn.send_release(entry.import_id))
+        return abi.OK
+
+    def _host_object(self, caller, tag):
+        return self.handles.add(self._local(tag))
+
+    def _host_params_read(self, caller, buf_ptr, caps_ptr):
+        if not self.frames:
+            return abi.E_STATE
+        frame = self.frames[-1]
+        self._write(caller, buf_ptr, frame.params)
+        self._write_handles(caller, caps_ptr, frame.handles)
+        return abi.OK
+
+    def _host_results_set(self, caller, ptr, length, c_ptr, c_count):
+        if not self.frames or self.frames[-1].results is not None:
+            return abi.E_STATE
+        raw = self._read(caller, ptr, length)
+        handles = self._read_handles(caller, c_ptr, c_count)
+        try:
+            self.frames[-1].results = (self._guest_content(raw), self._caps_from_handles(handles))
+        except _GuestError as e:
+            return e.code
+        return abi.OK
+
+    def _host_fail(self, caller, ptr, length):
+        if not self.frames:
+            return abi.E_STATE
+        self.frames[-1].error = self._read(caller, ptr, length).decode("utf-8", "replace")
+        return abi.OK
+
+    # ------------------------------------------------------------ translation
+
+    def _guest_content(self, raw: bytes) -> Content:
+        if not raw:
+            return protocol.EMPTY
+        if len(raw) > self.max_message_bytes:
+            raise _GuestError(abi.E_MESSAGE, f"message of {len(raw)} bytes exceeds the limit")
+        try:
+            segs = wire.unframe(raw, max_words=self.max_message_bytes // 8)
+            wire.resolve(segs, (0, 0))
+        except wire.WireError as e:
+            raise _GuestError(abi.E_MESSAGE, f"not a Cap'n Proto message: {e}") from None
+        return Content.standalone(segs)
+
+    def _for_guest(self, content: Content) -> bytes:
+        """Content as the guest receives it: one segment, root struct at word 1."""
+        try:
+            return content.canonical(self.max_message_bytes // 8)
+        except wire.WireError as e:
+            raise _CallError("failed", f"{self.name}: message rejected: {e}") from None
+
+    def _caps_from_handles(self, handles):
+        caps = []
+        for h in handles:
+            if h == 0:
+                caps.append(None)
+                continue
+            entry = self.handles.get(h)
+            if entry is None:
+                raise _GuestError(abi.E_BADHANDLE, f"handle {h} is not in this compartment's c-list")
+            caps.append(RemoteRef(entry.import_id) if isinstance(entry, _Import) else entry)
+        return caps
+
+    def _handle_for(self, cap) -> int:
+        if cap is None:
+            return 0
+        if isinstance(cap, protocol.Imported):
+            return self.handles.add(_Import(cap.import_id))
+        if isinstance(cap, protocol.Exported) and isinstance(cap.obj, LocalObject):
+            return self.handles.add(cap.obj)
+        return 0  # a promise or our control object: never handed to the guest
+
+    def _local(self, tag) -> LocalObject:
+        obj = self.objects.get(tag)
+        if obj is None:
+            obj = self.objects[tag] = LocalObject(tag)
+        return obj
+
+    # ------------------------------------------------------------ the loop
+
+    def _send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def serve(self):
+        """Serve until the supervisor closes the connection."""
+        while self._pump():
+            pass
+
+    def _wait_for(self, qid) -> protocol.ReturnReceived:
+        while qid not in self.returns:
+            if not self._pump():
+                raise SystemExit(0)
+        return self.returns.pop(qid)
+
+    def _pump(self) -> bool:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            return False
+        try:
+            events = self.conn.receive(data)
+        except protocol.ProtocolError as e:
+            self._send(self.conn.send_abort(str(e)))
+            print(f"wsuper engine {self.name}: protocol error from supervisor: {e}",
+                  file=sys.stderr)
+            return False
+        for ev in events:
+            self._on_event(ev)
+        return True
+
+    def _on_event(self, ev):
+        if isinstance(ev, protocol.BootstrapRequested):
+            self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
+                                             [self.control]))
+        elif isinstance(ev, protocol.CallReceived):
+            self._on_call(ev)
+        elif isinstance(ev, protocol.ReturnReceived):
+            self.returns[ev.question_id] = ev
+        elif isinstance(ev, protocol.Unhandled):
+            self._send(ev.reply)
+        elif isinstance(ev, protocol.AbortReceived):
+            raise SystemExit(0)
+        # FinishReceived, ExportReleased: nothing to do (the guest is not told).
+
+    def _on_call(self, ev: protocol.CallReceived):
+        try:
+            if ev.target is self.control:
+                if ev.interface_id != ENGINE_INTERFACE:
+                    raise _CallError("unimplemented", "not an Engine method")
+                content, caps = self._control(ev)
+            elif isinstance(ev.target, LocalObject):
+                content, caps = self._dispatch(ev)
+            else:
+                raise _CallError("unimplemented", "promise pipelining into an engine")
+        except _CallError as e:
+            self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type))
+            return
+        self._send(self.conn.send_return(ev.answer_id, content, caps))
+
+    def _control(self, ev):
+        if ev.method_id == 0:     # start(grants) -> (main, program)
+            segs = ev.payload.content.message()
+            with _StartParamsStruct.from_bytes(wire.frame(segs)) as params:
+                names = [g.name for g in params.grants]
+            grants_loc = wire.struct_pointer_field(segs, (0, 0), 0)
+            elements = wire.struct_list_elements(segs, grants_loc) if grants_loc else []
+            for name, (s, start, data, ptrs) in zip(names, elements):
+                index = wire.capability_index(segs, (s, start + data + 1)) if ptrs > 1 else None
+                cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
+                    else None
+                if isinstance(cap, protocol.Imported):
+                    self.grants[name] = self.handles.add(_Import(cap.import_id))
+            results = _StartResultsStruct.new_message(program=self.start_func is not None)
+            seg = bytearray(results.to_segments()[0])
+            if self.exports_main:
+                loc = wire.struct_pointer_field([seg], (0, 0), 0)
+                wire.set_word(seg, loc[1], wire.cap_pointer(0))
+                return Content.standalone([seg]), [self._local(0)]
+            return Content.standalone([seg]), []
+        if ev.method_id == 1:     # run() -> (exitCode)
+            if self.start_func is None:
+                raise _CallError("failed", "module has no _start")
+            self._guest(self.start_func)
+            results = _RunResultsStruct.new_message(exitCode=0)
+            return Content.standalone(results.to_segments()), []
+        raise _CallError("unimplemented", f"Engine method {ev.method_id}")
+
+    def _dispatch(self, ev):
+        frame = _Frame(self._for_guest(ev.payload.content),
+                       [self._handle_for(c) for c in ev.payload.caps])
+        self.frames.append(frame)
+        try:
+            status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
+                                 ev.method_id, len(frame.params), len(frame.handles))
+        finally:
+            self.frames.pop()
+        if status != 0 or frame.error is not None:
+            raise _CallError("failed", f"{self.name}: {frame.error or f'dispatch returned {status}'}")
+        if frame.results is None:
+            return protocol.EMPTY, []
+        return frame.results
+
+    def _guest(self, func, *args):
+        try:
+            return func(self.store, *args)
+        except GuestFault as e:
+            raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
+        except wasmtime.Trap as e:
+            raise _CallError("failed", f"compartment {self.name} trapped: {_first_line(e)}") \
+                from None
+        except wasmtime.WasmtimeError as e:
+            raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
+                from None
+
+
+class _GuestError(Exception):
+    def __init__(self, code, text):
+        super().__init__(text)
+        self.code = code
+
+
+class _CallError(Exception):
+    def __init__(self, type, reason):
+        super().__init__(reason)
+        self.type = type
+        self.reason = reason
+
+
+def _struct_module(schema, name):
+    from capnp.lib.capnp import _StructModule
+    return _StructModule(schema, name)
+
+
+_StartParamsStruct = _struct_module(_StartParams, "StartParams")
+_StartResultsStruct = _struct_module(_StartResults, "StartResults")
+_RunResultsStruct = _struct_module(
+    engine_schema.Engine.schema.methods["run"].result_type, "RunResults")
+
+_VAL = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+
+
+def describe_imports(module: wasmtime.Module):
+    """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
+    for imp in module.imports:
+        ty = imp.type
+        if isinstance(ty, wasmtime.FuncType):
+            sig = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
+            yield imp.module, imp.name, "func", sig
+        else:
+            yield imp.module, imp.name, type(ty).__name__, None
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _die_with_parent(parent_pid: int):
+    """Ask the kernel to SIGKILL us when the supervisor dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:               # it died before we asked
+        os._exit(1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="wsuper-engine")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--module", required=True)
+    ap.add_argument("--exports", action="store_true")
+    ap.add_argument("--parent", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.parent:
+        _die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
+    sock = socket.socket(fileno=args.fd)
+    try:
+        engine = Engine(sock, args.name, args.module, args.exports)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    try:
+        engine.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""system.toml -> System: parsing and validation, with errors that name file, line and key.
+
+`parse(text, path)` is pure (no file access) so every rule is unit-tested on
+strings; `load(path)` reads the file and then checks what needs the disk
+(modules exist, schema files load).  Nothing is granted by default: a
+compartment holds exactly the grants written under it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+
+import attrs
+
+HOST_CAPS = ("log",)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+
+SYSTEM_KEYS = {"socket", "schemas"}
+COMPARTMENT_KEYS = {"module", "exports", "external", "grants"}
+GRANT_KEYS = {"compartment", "host"}
+
+
+class PolicyError(Exception):
+    """A system file that cannot be run.  str() is one line: file:line: key: reason."""
+
+    def __init__(self, path: str, key: str, reason: str, line: int | None = None):
+        self.path, self.key, self.reason, self.line = path, key, reason, line
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+
+
+@attrs.frozen
+class Grant:
+    name: str          # the local name the guest looks up
+    kind: str          # "compartment" | "host"
+    target: str        # compartment name, or host capability name
+
+
+@attrs.frozen
+class Compartment:
+    name: str
+    module: str                 # absolute path
+    exports: str | None = None  # interface name
+    external: bool = False
+    grants: tuple = ()
+
+
+@attrs.frozen
+class System:
+    path: str
+    compartments: dict          # name -> Compartment, in file order
+    schemas: tuple = ()         # absolute paths
+    socket: str | None = None   # absolute path, if set in the file
+
+    @property
+    def external(self) -> tuple:
+        return tuple(c.name for c in self.compartments.values() if c.external)
+
+
+def parse(text: str, path: str = "system.toml") -> System:
+    """Validate system.toml text.  Relative paths resolve against the file's directory."""
+    base = os.path.dirname(os.path.abspath(path))
+    where = _Where(text, path)
+    if "\0" in text:
+        raise PolicyError(path, "", "file contains a NUL byte", text[:text.index("\0")].count("\n") + 1)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+)", str(e))
+        raise PolicyError(path, "", f"invalid TOML: {str(e)}",
+                          int(m.group(1)) if m else None) from None
+    except RecursionError:
+        raise PolicyError(path, "", "invalid TOML: nested too deeply") from None
+
+    _only(where, "", doc, {"system", "compartments"})
+    system = doc.get("system", {})
+    _table(where, "system", system)
+    _only(where, "system", system, SYSTEM_KEYS)
+    schemas = tuple(_path(where, f"system.schemas[{i}]", s, base)
+                    for i, s in enumerate(_list(where, "system.schemas", system.get("schemas", []))))
+    socket = system.get("socket")
+    if socket is not None:
+        socket = _path(where, "system.socket", socket, base)
+
+    comps_doc = doc.get("compartments")
+    if comps_doc is None:
+        raise PolicyError(path, "compartments", "no compartments declared "
+                          "(add a [compartments.NAME] table with a module)")
+    _table(where, "compartments", comps_doc)
+    if not comps_doc:
+        raise PolicyError(path, "compartments", "no compartments declared")
+    compartments = {}
+    for name, body in comps_doc.items():
+        key = f"compartments.{name}"
+        if not _NAME.match(name):
+            raise where.error(key, f"compartment name {name!r} is not allowed "
+                              "(letters, digits, '_' and '-', starting with a letter, at most 64)")
+        _table(where, key, body)
+        _only(where, key, body, COMPARTMENT_KEYS)
+        if "module" not in body:
+            raise where.error(key, "missing 'module' (the .wasm or .wat file to run)")
+        module = _path(where, f"{key}.module", body["module"], base)
+        if not module.endswith((".wasm", ".wat")):
+            raise where.error(f"{key}.module", f"{body['module']!r} is neither .wasm nor .wat")
+        exports = body.get("exports")
+        if exports is not None and (not isinstance(exports, str) or not exports):
+            raise where.error(f"{key}.exports", "must be an interface name (a string)")
+        external = body.get("external", False)
+        if not isinstance(external, bool):
+            raise where.error(f"{key}.external", f"must be true or false, not {external!r}")
+        if external and exports is None:
+            raise where.error(f"{key}.external", "only a compartment that exports an "
+                              "interface can be external")
+        grants_doc = body.get("grants", {})
+        _table(where, f"{key}.grants", grants_doc)
+        grants = tuple(_grant(where, f"{key}.grants.{g}", g, spec)
+                       for g, spec in grants_doc.items())
+        compartments[name] = Compartment(name, module, exports, external, grants)
+
+    for comp in compartments.values():
+        for g in comp.grants:
+            key = f"compartments.{comp.name}.grants.{g.name}"
+            if g.kind == "compartment":
+                other = compartments.get(g.target)
+                if other is None:
+                    raise where.error(key, f"no compartment named {g.target!r} "
+                                      f"(declared: {', '.join(compartments)})")
+                if other.exports is None:
+                    raise where.error(key, f"compartment {g.target!r} exports no interface "
+                                      "(set exports = \"Interface\" on it)")
+            elif g.target not in HOST_CAPS:
+                raise where.error(key, f"unknown host capability {g.target!r} "
+                                  f"(available: {', '.join(HOST_CAPS)})")
+    return System(os.path.abspath(path), compartments, schemas, socket)
+
+
+def load(path: str) -> System:
+    """Read and validate a system file, then check the files it names."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PolicyError(path, "", f"cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(path, "", f"not UTF-8 (byte {e.start})") from None
+    system = parse(text, path)
+    where = _Where(text, path)
+    for i, s in enumerate(system.schemas):
+        if not os.path.isfile(s):
+            raise where.error(f"system.schemas[{i}]", f"schema file {s} does not exist")
+    for comp in system.compartments.values():
+        if not os.path.isfile(comp.module):
+            raise where.error(f"compartments.{comp.name}.module",
+                              f"module file {comp.module} does not exist")
+    return system
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _Where:
+    """Finds the line a key was written on, for error messages."""
+
+    def __init__(self, text, path):
+        self.lines = text.splitlines()
+        self.path = path
+
+    def line_of(self, key: str) -> int | None:
+        parts = [p for p in re.split(r"\.(?![^\[]*\])", key) if p]
+        if not parts:
+            return None
+        # the deepest table header that is a prefix of the key, then the key inside it
+        best, table_line = 0, None
+        for i, line in enumerate(self.lines, 1):
+            s = line.strip()
+            if s.startswith("[") and not s.startswith("[["):
+                header = [h.strip().strip('"') for h in s.strip("[]").split(".")]
+                n = len(header)
+                if header == parts[:n] and n >= best:
+                    best, table_line = n, i
+        if table_line is None:
+            return None
+        rest = parts[best:]
+        if not rest:
+            return table_line
+        leaf = re.sub(r"\[\d+\]$", "", rest[0])
+        for i in range(table_line, len(self.lines)):
+            s = self.lines[i].strip()
+            if s.startswith("["):
+                break
+            if re.match(rf'"?{re.escape(leaf)}"?\s*[=.]', s):
+                return i + 1
+        return table_line
+
+    def error(self, key, reason) -> PolicyError:
+        return PolicyError(self.path, key, reason, self.line_of(key))
+
+
+def _only(where, key, table, allowed):
+    for k in table:
+        if k not in allowed:
+            full = f"{key}.{k}" if key else k
+            raise where.error(full, f"unknown key {k!r} (allowed here: {', '.join(sorted(allowed))})")
+
+
+def _table(where, key, value):
+    if not isinstance(value, dict):
+        raise where.error(key, f"must be a table, not {type(value).__name__}")
+
+
+def _list(where, key, value):
+    if not isinstance(value, list):
+        raise where.error(key, f"must be a list, not {type(value).__name__}")
+    return value
+
+
+def _path(where, key, value, base) -> str:
+    if not isinstance(value, str) or not value:
+        raise where.error(key, f"must be a non-empty path string, not {value!r}")
+    if "\0" in value:
+        raise where.error(key, "path contains a NUL byte")
+    return os.path.normpath(os.path.join(base, value))
+
+
+def _grant(where, key, name, spec) -> Grant:
+    if not _NAME.match(name):
+        raise where.error(key, f"grant name {name!r} is not allowed")
+    if not isinstance(spec, dict):
+        raise where.error(key, "must be a table such as { compartment = \"calc\" } "
+                          "or { host = \"log\" }")
+    _only(where, key, spec, GRANT_KEYS)
+    kinds = [k for k in GRANT_KEYS if k in spec]
+    if len(kinds) != 1:
+        raise where.error(key, "needs exactly one of 'compartment' or 'host'")
+    target = spec[kinds[0]]
+    if not isinstance(target, str):
+        raise where.error(f"{key}.{kinds[0]}", f"must be a string, not {target!r}")
+    return Grant(name, kinds[0], target)

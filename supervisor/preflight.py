@@ -1,0 +1,76 @@
+"""Checks that need files or wasmtime, done before any process starts.
+
+`prepare(system)` loads the schema files, resolves every `exports` interface
+name to its Cap'n Proto interface id, and compiles each module once to check
+that it is wasm and imports only the guest ABI.  Every failure is a
+PolicyError naming the key in system.toml.
+"""
+from __future__ import annotations
+
+import attrs
+import capnp
+import wasmtime
+
+import capnp_schemas
+from compartments import abi
+from compartments.engine import describe_imports
+
+from .policy import PolicyError, System, _Where
+
+
+@attrs.frozen
+class Plan:
+    system: System
+    interfaces: dict        # interface name -> interface id
+    main_interface: dict    # compartment name -> interface id | None
+
+
+def prepare(system: System) -> Plan:
+    with open(system.path, encoding="utf-8") as f:
+        where = _Where(f.read(), system.path)
+    interfaces: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    for i, path in enumerate(system.schemas):
+        key = f"system.schemas[{i}]"
+        try:
+            module = capnp_schemas.load(path)
+        except (capnp.KjException, OSError, ValueError) as e:
+            raise where.error(key, f"cannot load schema {path}: {_first(e)}") from None
+        for name, iface in capnp_schemas.interfaces(module).items():
+            if name in interfaces:
+                raise where.error(key, f"interface {name} is declared in both "
+                                  f"{origin[name]} and {path}")
+            interfaces[name] = iface.schema.node.id
+            origin[name] = path
+
+    main = {}
+    engine = wasmtime.Engine()
+    for comp in system.compartments.values():
+        key = f"compartments.{comp.name}"
+        if comp.exports is not None and comp.exports not in interfaces:
+            known = ", ".join(sorted(interfaces)) or "none: list schema files in system.schemas"
+            raise where.error(f"{key}.exports", f"unknown interface {comp.exports!r} "
+                              f"(known: {known})")
+        main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
+        try:
+            if comp.module.endswith(".wat"):
+                with open(comp.module, encoding="utf-8") as f:
+                    module = wasmtime.Module(engine, f.read())
+            else:
+                module = wasmtime.Module.from_file(engine, comp.module)
+        except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+            raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
+                              f"{_first(e)}") from None
+        problem = abi.check_imports(describe_imports(module))
+        if problem:
+            raise where.error(f"{key}.module", f"{comp.module} {problem}")
+        exported = {e.name for e in module.exports}
+        if comp.exports and abi.EXPORT_DISPATCH not in exported:
+            raise where.error(f"{key}.exports", f"{comp.module} does not export "
+                              f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
+    return Plan(system, interfaces, main)
+
+
+def _first(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -1,0 +1,584 @@
+"""The reference monitor: routes Cap'n Proto RPC between connections (pure).
+
+Bytes in, effects out: `Router.receive(peer, data)` feeds one connection and
+returns what the runtime must do (send bytes, print a log line, note that a
+compartment started or exited).  No trio, no sockets, no processes; the unit
+tests drive it directly and the runtime (runtime.py) performs the effects.
+
+Every call from a peer names a target in *that peer's* export table (its
+c-list); the router resolves it to a capability object here and delivers the
+call:
+  Remote   an object hosted by an engine (or an external client): forward it
+  Proxy    a compartment's main object, as granted by name in system.toml;
+           calls wait while the compartment starts, fail once it is gone
+  Host     an object the supervisor hosts itself (Log, the external Gateway)
+Capabilities in params and results are translated from the sender's tables to
+the receiver's; content bytes are spliced, never interpreted.  A peer that
+breaks the protocol gets an Abort and is cut off; nobody else notices.
+"""
+from __future__ import annotations
+
+import itertools
+
+import attrs
+
+from capnp_schemas import engine as engine_schema, host as host_schema, protocol, wire
+from capnp_schemas.protocol import Content, RemoteRef
+
+ENGINE_ID = engine_schema.Engine.schema.node.id
+LOG_ID = host_schema.Log.schema.node.id
+GATEWAY_ID = host_schema.Gateway.schema.node.id
+
+
+def _struct(schema, name):
+    from capnp.lib.capnp import _StructModule
+    return _StructModule(schema, name)
+
+
+def _method_structs(iface, method):
+    m = iface.schema.methods[method]
+    return _struct(m.param_type, method + "Params"), _struct(m.result_type, method + "Results")
+
+
+StartParams, StartResults = _method_structs(engine_schema.Engine, "start")
+_, RunResults = _method_structs(engine_schema.Engine, "run")
+LogWriteParams, _ = _method_structs(host_schema.Log, "write")
+GatewayGetParams, GatewayGetResults = _method_structs(host_schema.Gateway, "get")
+_, GatewayListResults = _method_structs(host_schema.Gateway, "list")
+
+
+# ------------------------------------------------------------------ effects
+
+
+@attrs.frozen
+class Send:
+    peer: int
+    data: bytes
+
+
+@attrs.frozen
+class Close:
+    """Close this peer's connection (after an Abort was sent)."""
+    peer: int
+    reason: str
+
+
+@attrs.frozen
+class LogLine:
+    compartment: str
+    text: str
+
+
+@attrs.frozen
+class Started:
+    compartment: str
+    program: bool
+
+
+@attrs.frozen
+class StartFailed:
+    compartment: str
+    reason: str
+
+
+@attrs.frozen
+class Exited:
+    compartment: str
+    exit_code: int | None
+    error: str | None = None
+
+
+@attrs.frozen
+class Notice:
+    text: str
+
+
+# ------------------------------------------------------------------ capabilities
+
+
+class Cap:
+    """A capability object in the supervisor.  Identity matters: never equal to another."""
+    refs: int = 0
+
+
+class Remote(Cap):
+    """An object hosted by a peer, known to us by the peer's export id."""
+
+    def __init__(self, peer: "Peer", import_id: int):
+        self.peer = peer
+        self.import_id = import_id
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Remote({self.peer.name}#{self.import_id})"
+
+
+class Proxy(Cap):
+    """A compartment's main object, as granted by name: stable across its lifetime."""
+
+    def __init__(self, compartment: str, interface_id: int | None):
+        self.compartment = compartment
+        self.interface_id = interface_id
+        self.target: Remote | None = None
+        self.error: str | None = None
+        self.queue: list = []
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Proxy({self.compartment})"
+
+
+class Host(Cap):
+    """An object the supervisor hosts: kind 'log' (for one compartment) or 'gateway'."""
+
+    def __init__(self, kind: str, owner: str):
+        self.kind = kind
+        self.owner = owner
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Host({self.kind} of {self.owner})"
+
+
+@attrs.frozen
+class _Call:
+    """A call waiting somewhere (on a starting compartment, on an unreturned answer)."""
+    interface_id: int
+    method_id: int
+    content: Content
+    caps: tuple
+    reply: tuple            # (peer, answer_id)
+
+
+class CallError(Exception):
+    def __init__(self, reason: str, type: str = "failed"):
+        super().__init__(reason)
+        self.reason = reason
+        self.type = type
+
+
+class Peer:
+    """One connection: an engine (compartment) or an external client."""
+
+    def __init__(self, pid: int, name: str, kind: str):
+        self.id = pid
+        self.name = name
+        self.kind = kind                 # "engine" | "external"
+        self.conn = protocol.Connection(name)
+        self.remotes: dict[int, Remote] = {}
+        self.alive = True
+        self.control: Remote | None = None
+
+    def __repr__(self):
+        return f"Peer({self.name})"
+
+
+# ------------------------------------------------------------------ the router
+
+
+class Router:
+    def __init__(self, compartments: dict[str, int | None], external: tuple = ()):
+        """`compartments`: name -> interface id of its main object (None: exports nothing)."""
+        self.peers: dict[int, Peer] = {}
+        self.engines: dict[str, Peer] = {}
+        self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
+                        if iid is not None}
+        self.external = tuple(external)
+        self.gateway = Host("gateway", "external")
+        self._ids = itertools.count(1)
+        self._pending: dict[tuple, object] = {}     # (peer id, question id) -> handler
+        self._pipelined: dict[tuple, list] = {}     # (peer id, answer id) -> [_Call]
+        self._out: list = []
+
+    # ------------------------------------------------------------ peers
+
+    def add_engine(self, name: str, grants: list[tuple[str, str, str]]) -> tuple[int, list]:
+        """A new engine connection for compartment `name`; starts its bootstrap.
+
+        `grants` is [(local name, kind, target)] with kind 'compartment' or 'host'.
+        """
+        peer = self._new_peer(name, "engine")
+        self.engines[name] = peer
+        qid, data = peer.conn.send_bootstrap()
+        self._pending[(peer.id, qid)] = ("bootstrap", grants)
+        self._out.append(Send(peer.id, data))
+        return peer.id, self._flush()
+
+    def add_external(self, label: str = "external") -> int:
+        return self._new_peer(label, "external").id
+
+    def _new_peer(self, name, kind) -> Peer:
+        peer = Peer(next(self._ids), name, kind)
+        self.peers[peer.id] = peer
+        return peer
+
+    def run(self, name: str) -> list:
+        """Run the compartment's program (Engine.run)."""
+        peer = self.engines[name]
+        qid, data = peer.conn.send_call(peer.control.import_id, ENGINE_ID, 1)
+        self._pending[(peer.id, qid)] = ("run", name)
+        self._out.append(Send(peer.id, data))
+        return self._flush()
+
+    # ------------------------------------------------------------ input
+
+    def receive(self, pid: int, data: bytes) -> list:
+        peer = self.peers.get(pid)
+        if peer is None or not peer.alive:
+            return []
+        try:
+            events = peer.conn.receive(data)
+        except protocol.ProtocolError as e:
+            self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
+            self._out.append(Notice(f"{peer.name}: protocol error, connection aborted: {e}"))
+            self._out.append(Close(pid, str(e)))
+            self._lose(peer, f"{peer.name}: connection aborted: {e}")
+            return self._flush()
+        for ev in events:
+            try:
+                self._event(peer, ev)
+            except protocol.ProtocolError as e:
+                self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
+                self._out.append(Close(pid, str(e)))
+                self._lose(peer, f"{peer.name}: connection aborted: {e}")
+                break
+        return self._flush()
+
+    def disconnected(self, pid: int, reason: str) -> list:
+        """The peer's connection closed or its process died."""
+        peer = self.peers.get(pid)
+        if peer is not None and peer.alive:
+            self._lose(peer, reason)
+        return self._flush()
+
+    def _flush(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    # ------------------------------------------------------------ events
+
+    def _event(self, peer: Peer, ev):
+        if isinstance(ev, protocol.CallReceived):
+            self._on_call(peer, ev)
+        elif isinstance(ev, protocol.ReturnReceived):
+            self._on_return(peer, ev)
+        elif isinstance(ev, protocol.BootstrapRequested):
+            if peer.kind == "external":
+                self._return(peer, ev.answer_id, Content.capability(0), [self.gateway])
+            else:
+                self._out.append(Send(peer.id, peer.conn.send_exception(
+                    ev.answer_id, "compartments get their capabilities from their grants")))
+        elif isinstance(ev, protocol.ExportReleased):
+            self._drop(ev.obj)
+        elif isinstance(ev, protocol.FinishReceived):
+            self._pipelined.pop((peer.id, ev.answer_id), None)
+        elif isinstance(ev, protocol.Unhandled):
+            self._out.append(Send(peer.id, ev.reply))
+        elif isinstance(ev, protocol.AbortReceived):
+            self._out.append(Close(peer.id, ev.reason))
+            self._lose(peer, f"{peer.name} aborted the connection: {ev.reason}")
+
+    def _on_call(self, peer: Peer, ev: protocol.CallReceived):
+        reply = (peer, ev.answer_id)
+        try:
+            caps = tuple(self._import_cap(peer, c) for c in ev.payload.caps)
+        except CallError as e:
+            self._fail(reply, e)
+            return
+        call = _Call(ev.interface_id, ev.method_id, ev.payload.content, caps, reply)
+        target = ev.target
+        if isinstance(target, protocol.PromisedAnswer):
+            try:
+                result = peer.conn.answer_result(target.answer_id)
+            except LookupError as e:
+                self._fail(reply, CallError(f"pipelined call on a failed call: {e}"))
+                return
+            if result is None:
+                self._pipelined.setdefault((peer.id, target.answer_id), []).append(
+                    (target.transform, call))
+                return
+            try:
+                target = self._resolve_pipeline(peer, result, target.transform)
+            except CallError as e:
+                self._fail(reply, e)
+                return
+        self._deliver(target, call)
+
+    def _resolve_pipeline(self, peer, result, transform) -> Cap:
+        content, caps = result
+        try:
+            index = content.cap_index(transform)
+        except wire.WireError as e:
+            raise CallError(f"pipelined call: {e}") from None
+        if index is None or index >= len(caps) or caps[index] is None:
+            raise CallError("pipelined call on a field that holds no capability")
+        cap = caps[index]
+        if isinstance(cap, RemoteRef):
+            return self._remote(peer, cap.import_id)
+        return cap
+
+    def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
+        handler = self._pending.pop((peer.id, ev.question_id), None)
+        if handler is None:
+            return
+        if isinstance(handler, tuple) and handler[0] == "forward":
+            self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
+            reply = handler[1]
+            if ev.payload is None:
+                self._fail(reply, CallError(ev.error, ev.error_type))
+                return
+            try:
+                caps = tuple(self._import_cap(peer, c) for c in ev.payload.caps)
+            except CallError as e:
+                self._fail(reply, e)
+                return
+            self._return(reply[0], reply[1], ev.payload.content, caps)
+            self._sweep(caps)
+            return
+        kind, arg = handler
+        self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
+        if kind == "bootstrap":
+            self._on_engine_bootstrap(peer, ev, arg)
+        elif kind == "start":
+            self._on_engine_started(peer, ev)
+        elif kind == "run":
+            if ev.payload is None:
+                self._out.append(Exited(peer.name, None, ev.error))
+            else:
+                code = _read(RunResults, ev.payload.content).exitCode
+                self._out.append(Exited(peer.name, code))
+
+    # ------------------------------------------------------------ engine control
+
+    def _on_engine_bootstrap(self, peer: Peer, ev, grants):
+        if ev.payload is None or not ev.payload.caps \
+                or not isinstance(ev.payload.caps[0], protocol.Imported):
+            self._start_failed(peer, f"engine bootstrap failed: {ev.error or 'no capability'}")
+            return
+        peer.control = self._remote(peer, ev.payload.caps[0].import_id)
+        peer.control.refs += 1
+        names, caps = [], []
+        for local, kind, target in grants:
+            names.append(local)
+            if kind == "compartment":
+                caps.append(self.proxies[target])
+            else:
+                caps.append(Host(target, peer.name))
+        msg = StartParams.new_message()
+        lst = msg.init("grants", len(names))
+        for i, n in enumerate(names):
+            lst[i].name = n
+        seg = bytearray(msg.to_segments()[0])
+        loc = wire.struct_pointer_field([seg], (0, 0), 0)
+        for i, (s, start, data, ptrs) in enumerate(wire.struct_list_elements([seg], loc)):
+            wire.set_word(seg, start + data + 1, wire.cap_pointer(i))
+        self._call_peer(peer, peer.control.import_id, ENGINE_ID, 0,
+                        Content.standalone([seg]), caps, ("start", None))
+
+    def _on_engine_started(self, peer: Peer, ev):
+        if ev.payload is None:
+            self._start_failed(peer, ev.error)
+            return
+        content = ev.payload.content
+        caps = [self._import_cap(peer, c) for c in ev.payload.caps]
+        program = _read(StartResults, content).program
+        proxy = self.proxies.get(peer.name)
+        if proxy is not None:
+            index = content.cap_index((0,))
+            main = caps[index] if index is not None and index < len(caps) else None
+            if not isinstance(main, Remote):
+                self._start_failed(peer, "engine did not return the compartment's main object")
+                return
+            main.refs += 1
+            proxy.target = main
+            queue, proxy.queue = proxy.queue, []
+            for call in queue:
+                self._deliver(proxy, call)
+        self._sweep(caps)
+        self._out.append(Started(peer.name, program))
+
+    def _start_failed(self, peer, reason):
+        self._out.append(StartFailed(peer.name, reason))
+        proxy = self.proxies.get(peer.name)
+        if proxy is not None:
+            self._break_proxy(proxy, f"compartment {peer.name} failed to start: {reason}")
+
+    # ------------------------------------------------------------ delivery
+
+    def _deliver(self, cap, call: _Call):
+        try:
+            if isinstance(cap, Proxy):
+                if cap.interface_id is not None and call.interface_id != cap.interface_id:
+                    raise CallError(f"compartment {cap.compartment} does not implement "
+                                    f"interface {call.interface_id:#x}", "unimplemented")
+                if cap.error is not None:
+                    raise CallError(cap.error, "disconnected")
+                if cap.target is None:
+                    cap.queue.append(call)
+                    return
+                cap = cap.target
+            if isinstance(cap, Remote):
+                if not cap.peer.alive:
+                    raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
+                self._call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
+                                call.content, call.caps, ("forward", call.reply))
+            elif isinstance(cap, Host):
+                content, caps = self._host_call(cap, call)
+                self._return(call.reply[0], call.reply[1], content, caps)
+            else:
+                raise CallError("not a capability")
+        except CallError as e:
+            self._fail(call.reply, e)
+
+    def _call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):
+        out_caps = [self._export_cap(peer, c) for c in caps]
+        qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
+        self._retain_new(peer, caps)
+        self._pending[(peer.id, qid)] = handler
+        self._out.append(Send(peer.id, data))
+
+    def _return(self, peer: Peer, answer_id: int, content: Content, caps):
+        if not peer.alive:
+            return
+        out_caps = [self._export_cap(peer, c) for c in caps]
+        data = peer.conn.send_return(answer_id, content, out_caps)
+        self._retain_new(peer, caps)
+        self._out.append(Send(peer.id, data))
+        waiting = self._pipelined.pop((peer.id, answer_id), [])
+        for transform, call in waiting:
+            try:
+                target = self._resolve_pipeline(peer, (content, out_caps), transform)
+            except CallError as e:
+                self._fail(call.reply, e)
+                continue
+            self._deliver(target, call)
+
+    def _fail(self, reply, e: CallError):
+        peer, answer_id = reply
+        if not peer.alive:
+            return
+        self._out.append(Send(peer.id, peer.conn.send_exception(answer_id, e.reason, e.type)))
+        for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
+            self._fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
+
+    # ------------------------------------------------------------ host objects
+
+    def _host_call(self, cap: Host, call: _Call):
+        if cap.kind == "log":
+            if call.interface_id != LOG_ID or call.method_id != 0:
+                raise CallError("Log implements only write()", "unimplemented")
+            text = _read(LogWriteParams, call.content).text
+            self._out.append(LogLine(cap.owner, text))
+            return protocol.EMPTY, ()
+        if cap.kind == "gateway":
+            if call.interface_id != GATEWAY_ID:
+                raise CallError("the gateway implements Gateway only", "unimplemented")
+            if call.method_id == 0:
+                name = _read(GatewayGetParams, call.content).name
+                if name not in self.external:
+                    raise CallError(f"no compartment named {name!r} is exported to the outside "
+                                    f"(exported: {', '.join(self.external) or 'none'})")
+                seg = bytearray(GatewayGetResults.new_message().to_segments()[0])
+                loc = wire.struct_pointer_field([seg], (0, 0), 0)
+                wire.set_word(seg, loc[1], wire.cap_pointer(0))
+                return Content.standalone([seg]), (self.proxies[name],)
+            if call.method_id == 1:
+                msg = GatewayListResults.new_message(names=list(self.external))
+                return Content.standalone(msg.to_segments()), ()
+            raise CallError(f"Gateway has no method {call.method_id}", "unimplemented")
+        raise CallError(f"unknown host object {cap.kind}")
+
+    # ------------------------------------------------------------ capability tables
+
+    def _remote(self, peer: Peer, import_id: int) -> Remote:
+        r = peer.remotes.get(import_id)
+        if r is None:
+            r = peer.remotes[import_id] = Remote(peer, import_id)
+        return r
+
+    def _import_cap(self, peer: Peer, c):
+        if c is None:
+            return None
+        if isinstance(c, protocol.Imported):
+            return self._remote(peer, c.import_id)
+        if isinstance(c, protocol.Exported):
+            return c.obj
+        # receiverAnswer: a capability inside the result of a call the peer made to us
+        try:
+            result = peer.conn.answer_result(c.answer_id)
+        except LookupError as e:
+            raise CallError(f"capability from a failed call: {e}") from None
+        if result is None:
+            raise CallError("passing a promised capability before it resolves is not supported",
+                            "unimplemented")
+        return self._resolve_pipeline(peer, result, c.transform)
+
+    @staticmethod
+    def _export_cap(peer: Peer, cap):
+        if isinstance(cap, Remote) and cap.peer is peer:
+            return RemoteRef(cap.import_id)
+        return cap
+
+    @staticmethod
+    def _retain_new(peer: Peer, caps):
+        # Count one reference per export-table entry a capability has.
+        for cap in caps:
+            if cap is not None and not (isinstance(cap, Remote) and cap.peer is peer):
+                if peer.conn.exports[peer.conn.export_id(cap)].refcount == 1:
+                    cap.refs += 1
+
+    def _drop(self, cap):
+        cap.refs -= 1
+        self._sweep((cap,))
+
+    def _sweep(self, caps):
+        """Release imports nobody in the supervisor refers to any more."""
+        for cap in caps:
+            if isinstance(cap, Remote) and cap.refs <= 0 and cap.peer.alive \
+                    and cap.peer.remotes.get(cap.import_id) is cap:
+                del cap.peer.remotes[cap.import_id]
+                if cap.import_id in cap.peer.conn.imports:
+                    self._out.append(Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
+
+    # ------------------------------------------------------------ losing a peer
+
+    def _lose(self, peer: Peer, reason: str):
+        """Take every entry out of the peer's tables first, then fail what depended on it."""
+        peer.alive = False
+        exported = peer.conn.drop_all()
+        pending = [(k, h) for k, h in self._pending.items() if k[0] == peer.id]
+        for k, _ in pending:
+            del self._pending[k]
+        for key in [k for k in self._pipelined if k[0] == peer.id]:
+            del self._pipelined[key]
+        for obj in exported:
+            self._drop(obj)
+        for (_pid, _qid), handler in pending:
+            kind, arg = handler
+            if kind == "forward":
+                self._fail(arg, CallError(f"compartment {peer.name} is gone: {reason}",
+                                          "disconnected"))
+            elif kind == "run":
+                self._out.append(Exited(peer.name, None, reason))
+            elif kind in ("bootstrap", "start"):
+                self._out.append(StartFailed(peer.name, reason))
+        proxy = self.proxies.get(peer.name)
+        if peer.kind == "engine" and proxy is not None:
+            self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
+        self.peers.pop(peer.id, None)
+
+    def _break_proxy(self, proxy: Proxy, reason: str):
+        proxy.error = reason
+        proxy.target = None
+        queue, proxy.queue = proxy.queue, []
+        for call in queue:
+            self._fail(call.reply, CallError(reason, "disconnected"))
+
+
+def _read(struct, content: Content):
+    try:
+        return struct.from_segments(content.message(),
+                                    traversal_limit_in_words=protocol.TRAVERSAL_LIMIT_WORDS,
+                                    nesting_limit=protocol.NESTING_LIMIT)
+    except Exception as e:  # pycapnp raises KjException for malformed content
+        raise CallError(f"malformed params: {str(e).splitlines()[0][:200]}") from None

@@ -1,0 +1,299 @@
+"""The trio side: engine processes, sockets, the external endpoint, shutdown.
+
+Everything that decides lives in router.py; this module moves bytes between
+sockets and the router and performs the effects it returns.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket as pysocket
+import subprocess
+import sys
+
+import trio
+
+from . import router as R
+from .preflight import Plan
+
+GRACE_SECONDS = 2.0
+STDERR_LINE_LIMIT = 4096
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_socket_path(system_path: str) -> str:
+    """$XDG_RUNTIME_DIR/wsuper/NAME.sock, else /tmp/wsuper-UID/NAME.sock."""
+    stem = os.path.splitext(os.path.basename(system_path))[0]
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
+    return os.path.join(folder, f"{stem}.sock")
+
+
+class _Link:
+    """A peer's socket with an ordered outgoing queue (one writer task)."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.send, self.recv = trio.open_memory_channel(math.inf)
+
+    async def writer(self):
+        async with self.recv:
+            async for data in self.recv:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, socket_path: str | None = None, out=None):
+        self.plan = plan
+        self.system = plan.system
+        self.out = out or sys.stdout
+        self.socket_path = socket_path or self.system.socket or \
+            default_socket_path(self.system.path)
+        self.router = R.Router(plan.main_interface, self.system.external)
+        self.links: dict[int, _Link] = {}
+        self.procs: dict[str, trio.Process] = {}
+        self.peer_of: dict[str, int] = {}
+        self.started: set[str] = set()
+        self.programs: set[str] = set()
+        self.running: set[str] = set()
+        self.failures: list[str] = []
+        self.exit_code = 0
+        self._done = trio.Event()
+        self._stderr_tail: dict[str, list[str]] = {}
+
+    def say(self, line: str):
+        print(line, file=self.out, flush=True)
+
+    # ------------------------------------------------------------ main
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._signals)
+            if self.system.external:
+                await nursery.start(self._listen)
+            for comp in self.system.compartments.values():
+                await self._spawn(comp)
+            await self._done.wait()
+            await self._stop_engines()
+            nursery.cancel_scope.cancel()
+        if self.system.external:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+        return self.exit_code
+
+    def _finish(self, code: int = 0):
+        if code:
+            self.exit_code = code
+        self._done.set()
+
+    async def _signals(self):
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                self.say(f"wsuper: {signal.Signals(sig).name}, stopping")
+                self._finish()
+                return
+
+    # ------------------------------------------------------------ engines
+
+    async def _spawn(self, comp):
+        ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        args = [sys.executable, "-m", "compartments.engine", "--fd", str(theirs.fileno()),
+                "--name", comp.name, "--module", comp.module, "--parent", str(os.getpid())]
+        if comp.exports:
+            args.append("--exports")
+        env = {"PYTHONPATH": _ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = await trio.lowlevel.open_process(
+            args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=None,
+            stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True)
+        theirs.close()
+        self.procs[comp.name] = proc
+        grants = [(g.name, g.kind, g.target) for g in comp.grants]
+        pid, effects = self.router.add_engine(comp.name, grants)
+        self.peer_of[comp.name] = pid
+        link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        self.links[pid] = link
+        self.nursery.start_soon(link.writer)
+        self.nursery.start_soon(self._read_engine, comp.name, pid, link, proc)
+        self.nursery.start_soon(self._read_stderr, comp.name, proc)
+        self._perform(effects)
+
+    async def _read_engine(self, name, pid, link, proc):
+        reason = "connection closed"
+        try:
+            while True:
+                data = await link.stream.receive_some(1 << 16)
+                if not data:
+                    break
+                self._perform(self.router.receive(pid, data))
+                if pid not in self.router.peers:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            reason = str(e) or "connection lost"
+        code = await proc.wait()
+        if code is not None and code != 0:
+            reason = _describe_exit(code)
+            tail = self._stderr_tail.get(name)
+            if tail:
+                reason += f": {tail[-1]}"
+        self._perform(self.router.disconnected(pid, f"engine {reason}"))
+        await link.send.aclose()
+
+    async def _read_stderr(self, name, proc):
+        buf = b""
+        tail = self._stderr_tail.setdefault(name, [])
+        async with proc.stderr:
+            while True:
+                try:
+                    chunk = await proc.stderr.receive_some(1 << 14)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf or len(buf) > STDERR_LINE_LIMIT:
+                    line, sep, buf = buf.partition(b"\n") if b"\n" in buf[:STDERR_LINE_LIMIT] \
+                        else (buf[:STDERR_LINE_LIMIT], b"", buf[STDERR_LINE_LIMIT:])
+                    text = line.decode("utf-8", "replace")
+                    tail[:] = (tail + [text])[-5:]
+                    self.say(f"[{name}] stderr: {text}")
+
+    async def _stop_engines(self):
+        procs = [p for p in self.procs.values() if p.returncode is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        with trio.move_on_after(GRACE_SECONDS):
+            for p in procs:
+                await p.wait()
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+
+    # ------------------------------------------------------------ external endpoint
+
+    async def _listen(self, task_status=trio.TASK_STATUS_IGNORED):
+        path = self.socket_path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+        except OSError:
+            pass
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        self.say(f"listening on {path} (external: {', '.join(self.system.external)})")
+        task_status.started()
+        listener = trio.SocketListener(sock)
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                self.nursery.start_soon(self._serve_external, stream)
+
+    async def _serve_external(self, stream):
+        pid = self.router.add_external()
+        link = _Link(stream)
+        self.links[pid] = link
+        async with trio.open_nursery() as n:
+            n.start_soon(link.writer)
+            try:
+                while True:
+                    data = await stream.receive_some(1 << 16)
+                    if not data:
+                        break
+                    self._perform(self.router.receive(pid, data))
+                    if pid not in self.router.peers:
+                        break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            self._perform(self.router.disconnected(pid, "external client disconnected"))
+            await link.send.aclose()
+        self.links.pop(pid, None)
+        await stream.aclose()
+
+    # ------------------------------------------------------------ effects
+
+    def _perform(self, effects):
+        for e in effects:
+            if isinstance(e, R.Send):
+                link = self.links.get(e.peer)
+                if link is not None:
+                    try:
+                        link.send.send_nowait(e.data)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        pass
+            elif isinstance(e, R.Close):
+                link = self.links.get(e.peer)
+                if link is not None:
+                    link.send.close()
+            elif isinstance(e, R.LogLine):
+                self.say(f"[{e.compartment}] {_printable(e.text)}")
+            elif isinstance(e, R.Started):
+                self._on_started(e)
+            elif isinstance(e, R.StartFailed):
+                self.say(f"wsuper: compartment {e.compartment} failed to start: {e.reason}")
+                self._finish(1)
+            elif isinstance(e, R.Exited):
+                self._on_exited(e)
+            elif isinstance(e, R.Notice):
+                self.say(f"wsuper: {e.text}")
+
+    def _on_started(self, e: R.Started):
+        comp = self.system.compartments[e.compartment]
+        proc = self.procs[e.compartment]
+        self.started.add(e.compartment)
+        if e.program:
+            self.programs.add(e.compartment)
+        rel = os.path.relpath(comp.module, os.path.dirname(self.system.path))
+        self.say(f"ready {comp.name} pid={proc.pid} module={rel}")
+        if len(self.started) == len(self.system.compartments):
+            self._all_ready()
+
+    def _all_ready(self):
+        if not self.programs:
+            self.say("wsuper: all compartments ready; serving until Ctrl-C")
+            return
+        for name in sorted(self.programs):
+            self.running.add(name)
+            self._perform(self.router.run(name))
+
+    def _on_exited(self, e: R.Exited):
+        if e.compartment not in self.running:
+            if not self._done.is_set():
+                self.say(f"wsuper: compartment {e.compartment} stopped: {e.error}")
+            return
+        self.running.discard(e.compartment)
+        if e.error is not None:
+            self.say(f"wsuper: compartment {e.compartment} failed: {e.error}")
+            self.exit_code = 1
+        else:
+            self.say(f"finished {e.compartment} exit={e.exit_code}")
+            if e.exit_code:
+                self.exit_code = 1
+        if not self.running and not self.system.external:
+            self._finish()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
+    return await Supervisor(plan, socket_path, out).run()
