@@ -252,7 +252,8 @@ class Supervisor:
         self.started.add(e.compartment)
         if e.program:
             self.programs.add(e.compartment)
-        rel = os.path.relpath(comp.module, os.path.dirname(self.system.path))
+        base = os.path.dirname(self.system.path) + os.sep
+        rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
         self.say(f"ready {comp.name} pid={proc.pid} module={rel}")
         if len(self.started) == len(self.system.compartments):
             self._all_ready()

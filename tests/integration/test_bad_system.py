@@ -1,0 +1,62 @@
+"""Bad system files are refused before anything starts: one line, file:line, key, exit 2."""
+import os
+
+import pytest
+
+from tests.conftest import EXAMPLES, run_wsuper
+
+CALC = os.path.join(EXAMPLES, "calc.wat")
+SCHEMA = os.path.join(EXAMPLES, "calc.capnp")
+GOOD = f"""[system]
+schemas = ["{SCHEMA}"]
+
+[compartments.calc]
+module = "{CALC}"
+exports = "Calc"
+"""
+
+CASES = {
+    "invalid_toml": ("[compartments.calc\nmodule = 1\n", 1, "", "invalid TOML"),
+    "missing_module": (GOOD.replace(CALC, "/nonexistent/x.wasm"), 5,
+                       "compartments.calc.module", "does not exist"),
+    "unknown_interface": (GOOD.replace('exports = "Calc"', 'exports = "Nope"'), 6,
+                          "compartments.calc.exports", "unknown interface 'Nope'"),
+    "duplicate_compartment": (GOOD + f'\n[compartments.calc]\nmodule = "{CALC}"\n', 8, "",
+                              "invalid TOML"),
+    "unknown_key": (GOOD + "colour = 'red'\n", 7, "compartments.calc.colour", "unknown key"),
+    "grant_of_nothing": (GOOD + "\n[compartments.calc.grants]\nx = { compartment = \"ghost\" }\n",
+                         9, "compartments.calc.grants.x", "no compartment named 'ghost'"),
+    "deep_nesting": ("x = " + "[" * 5000 + "]" * 5000 + "\n", None, "", "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_system_file_is_refused_with_one_clear_line(tmp_path, name):
+    text, line, key, reason = CASES[name]
+    path = tmp_path / "system.toml"
+    path.write_text(text)
+    r = run_wsuper("up", str(path))
+    assert r.returncode == 2
+    assert r.stdout == ""                     # nothing started
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"wsuper: error: {path}" + (f":{line}:" if line else ":")), err
+    assert key in err and reason in err
+
+
+def test_module_importing_anything_else_is_refused_naming_the_import(tmp_path):
+    (tmp_path / "m.wat").write_text(
+        '(module (import "env" "open" (func (param i32) (result i32))) '
+        '(memory (export "memory") 1) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert "imports env.open, which is not granted" in r.stderr
+    assert ":2: compartments.m.module:" in r.stderr
+
+
+def test_not_wasm_is_refused(tmp_path):
+    (tmp_path / "m.wasm").write_bytes(b"\x7fELF not wasm")
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2 and "is not a valid wasm module" in r.stderr

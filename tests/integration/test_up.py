@@ -1,0 +1,138 @@
+"""`wsuper up` with real engine processes running real wasm."""
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import EXAMPLES, run_wsuper
+from tests.integration.test_interop import SYSTEM, _client
+
+
+def test_hello_prints_ready_lines_and_the_result():
+    r = run_wsuper("up", os.path.join(EXAMPLES, "hello.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    ready = [l for l in lines if l.startswith("ready ")]
+    assert sorted(l.split()[1] for l in ready) == ["app", "calc"]
+    for l in ready:
+        assert "pid=" in l and ("module=calc.wat" in l or "module=hello.wat" in l)
+    assert "[app] 2 + 3 = 5" in lines
+    assert lines[-1] == "finished app exit=0"
+
+
+def test_capability_in_result_and_callback():
+    r = run_wsuper("up", os.path.join(EXAMPLES, "callback.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert "[app] counter = 12" in out          # Counter came back in a result
+    partials = [l for l in out if l.startswith("[app] observer:")]
+    assert partials == [f"[app] observer: step {n}" for n in (1, 3, 6, 10)]  # callbacks
+    assert "[app] sum 1..4 = 10" in out
+
+
+HOSTILE = """
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "release" (func $release (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "calc")
+  (func (export "_start")
+    (local $calc i32)
+    (local.set $calc (call $lookup (i32.const 100) (i32.const 4)))
+    (drop (call $call (local.get $calc) (i64.const 0xc0ffee0000000001) (i32.const 0)
+                (i32.const {ptr}) (i32.const {length}) (i32.const 0) (i32.const 0) (i32.const 1000))))
+)
+"""
+
+
+@pytest.mark.parametrize("ptr,length", [(-16, 24), (65530, 24), (0x7FFFFFF0, 0x7FFFFFF0), (0, -1)])
+def test_out_of_range_pointer_traps_guest_and_system_keeps_serving(tmp_path, wsuper, ptr, length):
+    (tmp_path / "bad.wat").write_text(HOSTILE.replace("{ptr}", str(ptr)).replace("{length}", str(length)))
+    sock = tmp_path / "s.sock"
+    text = SYSTEM.format(schema=os.path.join(EXAMPLES, "calc.capnp"),
+                         module=os.path.join(EXAMPLES, "calc.wat"), socket=sock)
+    text += '\n[compartments.bad]\nmodule = "bad.wat"\n[compartments.bad.grants]\ncalc = { compartment = "calc" }\n'
+    (tmp_path / "system.toml").write_text(text)
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    line = run.wait_for("compartment bad failed")
+    assert "trapped" in line and "out-of-range memory" in line
+
+    async def body(gateway, calc_schema):
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        return (await calc.add(40, 2)).sum
+
+    assert _client(str(sock), body) == 42
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 1   # a program failed; everything was still stopped
+
+
+HANDLES = """
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "release" (func $release (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "calc")
+  (data (i32.const 200) "nothing")
+  (func $add (param $h i32) (result i32)
+    (i32.store (i32.const 1024) (i32.const 0))
+    (i32.store (i32.const 1028) (i32.const 2))
+    (i64.store (i32.const 1032) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 1040) (i64.const 0x0000000100000001))
+    (call $call (local.get $h) (i64.const 0xc0ffee0000000001) (i32.const 0)
+          (i32.const 1024) (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 1000)))
+  (func $expect (param $got i32) (param $want i32)
+    (if (i32.ne (local.get $got) (local.get $want)) (then unreachable)))
+  (func (export "_start")
+    (local $calc i32)
+    (call $expect (call $lookup (i32.const 200) (i32.const 7)) (i32.const -7))  ;; not granted
+    (local.set $calc (call $lookup (i32.const 100) (i32.const 4)))
+    (call $expect (call $add (local.get $calc)) (i32.const 0))
+    (call $expect (call $add (i32.const 77)) (i32.const -1))          ;; never given
+    (call $expect (call $add (i32.const 0)) (i32.const -1))           ;; 0 is never valid
+    (call $expect (call $release (local.get $calc)) (i32.const 0))
+    (call $expect (call $add (local.get $calc)) (i32.const -1))       ;; released
+    (call $expect (call $release (local.get $calc)) (i32.const -1)))
+)
+"""
+
+
+def test_handles_never_given_or_released_are_refused(tmp_path):
+    (tmp_path / "h.wat").write_text(HANDLES)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.h]
+module = "h.wat"
+[compartments.h.grants]
+calc = {{ compartment = "calc" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "finished h exit=0" in r.stdout
+
+
+def test_sigkill_of_the_supervisor_takes_every_engine_with_it(tmp_path, wsuper):
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    line = run.wait_for("ready calc")
+    pid = int(line.split("pid=")[1].split()[0])
+    os.kill(pid, 0)
+    run.proc.kill()
+    run.proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"engine {pid} outlived the supervisor")

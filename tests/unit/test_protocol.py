@@ -1,0 +1,224 @@
+"""The sans-IO RPC core alone: two Connections back to back, no processes."""
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from capnp_schemas import protocol as P, rpc, wire
+from capnp_schemas.protocol import Content
+
+
+def pair():
+    return P.Connection("a"), P.Connection("b")
+
+
+def bootstrap(a, b, obj):
+    """a bootstraps b, which answers with `obj`; returns a's import id for it."""
+    q, data = a.send_bootstrap()
+    (ev,) = b.receive(data)
+    assert ev == P.BootstrapRequested(q)
+    (ret,) = a.receive(b.send_return(ev.answer_id, Content.capability(0), [obj]))
+    b.receive(a.send_finish(q))
+    return ret.payload.caps[0].import_id
+
+
+def int_message(value):
+    """A standalone message: a struct with one data word."""
+    return Content.standalone([struct.pack("<QQ", 1 << 32, value)])
+
+
+def read_int(content):
+    segs = wire.unframe(content.canonical())
+    return struct.unpack_from("<Q", segs[0], 8)[0]
+
+
+def test_call_and_return_carry_content_and_capabilities():
+    a, b = pair()
+    server, callback = object(), object()
+    imp = bootstrap(a, b, server)
+    q, data = a.send_call(imp, 0x1234, 7, int_message(41), [callback])
+    (call,) = b.receive(data)
+    assert call.target is server and (call.interface_id, call.method_id) == (0x1234, 7)
+    assert read_int(call.payload.content) == 41
+    (cb,) = call.payload.caps
+    assert isinstance(cb, P.Imported) and a.exports[cb.import_id].obj is callback
+    # the callee returns the callback (receiverHosted on the way back) and a new object
+    fresh = object()
+    data = b.send_return(call.answer_id, int_message(42), [P.RemoteRef(cb.import_id), fresh])
+    (ret,) = a.receive(data)
+    assert read_int(ret.payload.content) == 42
+    assert ret.payload.caps[0] == P.Exported(callback)
+    assert b.exports[ret.payload.caps[1].import_id].obj is fresh
+
+
+def test_forwarded_content_is_byte_identical_after_two_hops():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    original = int_message(0xDEADBEEF)
+    _q, data = a.send_call(imp, 1, 0, original, [])
+    (call,) = b.receive(data)
+    # b forwards the content it received, untouched, back in its return
+    (ret,) = a.receive(b.send_return(call.answer_id, call.payload.content, []))
+    assert ret.payload.content.canonical() == original.canonical()
+
+
+def test_release_drops_export_and_reports_it():
+    a, b = pair()
+    obj = object()
+    imp = bootstrap(a, b, obj)
+    events = b.receive(a.send_release(imp))
+    assert events == [P.ExportReleased(obj)]
+    assert b.exports == {}
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda a: _release(5, 1), "release of export id 5, which was never issued"),
+    (lambda a: _finish(9), "finish for question 9"),
+    (lambda a: _return(3), "return for question 3"),
+    (lambda a: _call_export(12), "export id 12 was never issued"),
+])
+def test_unknown_ids_are_protocol_errors(make, match):
+    a, b = pair()
+    with pytest.raises(P.ProtocolError, match=match):
+        b.receive(make(a))
+
+
+def test_release_below_zero_is_a_protocol_error():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    with pytest.raises(P.ProtocolError, match="only 1"):
+        b.receive(_release(imp, 2))
+
+
+def test_duplicate_return_is_a_protocol_error():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    q, data = a.send_call(imp, 1, 0)
+    (call,) = b.receive(data)
+    ret = b.send_return(call.answer_id)
+    a.receive(ret)
+    with pytest.raises(P.ProtocolError, match=f"return for question {q}"):
+        a.receive(ret)
+
+
+def test_garbage_is_an_error_on_that_connection_only():
+    a, b = pair()
+    c, d = pair()
+    imp = bootstrap(c, d, object())
+    with pytest.raises(P.ProtocolError):
+        b.receive(b"\xff\xff\xff\xff" + b"\x00" * 64)
+    # another connection is unaffected
+    _q, data = c.send_call(imp, 1, 0)
+    assert isinstance(d.receive(data)[0], P.CallReceived)
+
+
+def test_huge_segment_tables_are_refused_before_allocating():
+    a, b = pair()
+    with pytest.raises(P.ProtocolError, match="segments"):
+        b.receive(struct.pack("<I", 100_000) + b"\0" * 16)
+    with pytest.raises(P.ProtocolError, match="exceeds the limit"):
+        P.Connection("x").receive(struct.pack("<II", 0, 1 << 28))
+
+
+def test_unimplemented_messages_are_answered_not_fatal():
+    a, b = pair()
+    msg = rpc.Message.new_message()
+    msg.init("disembargo").target.importedCap = 0
+    (ev,) = b.receive(wire.frame(msg.to_segments()))
+    assert isinstance(ev, P.Unhandled) and ev.which == "disembargo"
+    with rpc.Message.from_bytes(ev.reply) as reply:
+        assert reply.which() == "unimplemented"
+
+
+def test_pipeline_target_and_answer_result():
+    a, b = pair()
+    server = object()
+    imp = bootstrap(a, b, server)
+    q, data = a.send_call(imp, 1, 0)
+    (call,) = b.receive(data)
+    _q2, data = a.send_call((q, (0,)), 2, 0)
+    (piped,) = b.receive(data)
+    assert piped.target == P.PromisedAnswer(call.answer_id, (0,))
+    assert b.answer_result(call.answer_id) is None        # not returned yet
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    b.send_return(call.answer_id, Content.standalone([seg]), [counter])
+    content, caps = b.answer_result(call.answer_id)
+    assert caps[content.cap_index((0,))] is counter
+
+
+# ---------------------------------------------------------------- hypothesis
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_anything_but_protocol_error(data):
+    b = P.Connection("b")
+    try:
+        b.receive(data)
+    except P.ProtocolError:
+        pass
+
+
+ops = st.lists(st.sampled_from(["call", "return", "finish", "release", "bogus-finish",
+                                "bogus-release", "bogus-return"]), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_random_sequences_keep_both_tables_consistent(seq):
+    """Valid steps never raise; invalid ones raise ProtocolError and nothing else."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    open_calls, returned = [], []
+    for op in seq:
+        if op == "call":
+            if imp not in a.imports:
+                with pytest.raises(KeyError):     # a local mistake, not a protocol one
+                    a.send_call(imp, 1, 0)
+                continue
+            q, data = a.send_call(imp, 1, 0, int_message(len(open_calls)))
+            (ev,) = b.receive(data)
+            open_calls.append((q, ev.answer_id))
+        elif op == "return" and open_calls:
+            q, aid = open_calls.pop(0)
+            (ev,) = a.receive(b.send_return(aid))
+            assert ev.question_id == q
+            returned.append(q)
+        elif op == "finish" and returned:
+            assert b.receive(a.send_finish(returned.pop(0)))[0].__class__ is P.FinishReceived
+        elif op == "release":
+            if imp in a.imports:
+                b.receive(a.send_release(imp))
+        elif op.startswith("bogus"):
+            bogus = {"bogus-finish": _finish(999), "bogus-release": _release(999, 1),
+                     "bogus-return": _return(999)}[op]
+            with pytest.raises(P.ProtocolError):
+                P.Connection("fresh").receive(bogus)
+    assert len(b.answers) == len(open_calls) + len(returned)
+
+
+def _release(eid, n):
+    m = rpc.Message.new_message()
+    r = m.init("release")
+    r.id, r.referenceCount = eid, n
+    return wire.frame(m.to_segments())
+
+
+def _finish(q):
+    m = rpc.Message.new_message()
+    m.init("finish").questionId = q
+    return wire.frame(m.to_segments())
+
+
+def _return(q):
+    m = rpc.Message.new_message()
+    m.init("return").answerId = q
+    return wire.frame(m.to_segments())
+
+
+def _call_export(eid):
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.target.importedCap = eid
+    c.sendResultsTo.caller = None
+    return wire.frame(m.to_segments())

@@ -1,0 +1,113 @@
+"""The reference monitor without processes: Router + Connections playing the engines."""
+import struct
+
+from capnp_schemas import protocol as P, wire
+from capnp_schemas.protocol import Content
+from supervisor import router as R
+
+CALC = 0xC0FFEE0000000001
+
+
+class FakeEngine:
+    """The engine side of the protocol, driven by hand."""
+
+    def deliver(self, effects):
+        for e in effects:
+            if isinstance(e, R.Send):
+                FakeEngine.all[e.peer].feed(e.data)
+            else:
+                self.effects.append(e)
+
+    def feed(self, data):
+        for ev in self.conn.receive(data):
+            if isinstance(ev, P.BootstrapRequested):
+                self.send(self.conn.send_return(ev.answer_id, Content.capability(0), [self.control]))
+            elif isinstance(ev, P.CallReceived) and ev.target is self.control:
+                segs = ev.payload.content.message()
+                elems = wire.struct_list_elements(segs, wire.struct_pointer_field(segs, (0, 0), 0))
+                for i, (s, start, d, p) in enumerate(elems):
+                    idx = wire.capability_index(segs, (s, start + d + 1))
+                    self.grants[i] = ev.payload.caps[idx]
+                seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 0))
+                caps = []
+                if self.exports:
+                    wire.set_word(seg, 2, wire.cap_pointer(0))
+                    caps = [self.main]
+                self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]), caps))
+            elif isinstance(ev, (P.CallReceived, P.ReturnReceived)):
+                self.inbox.append(ev)
+
+    def send(self, data):
+        self.deliver(self.router.receive(self.pid, data))
+
+
+FakeEngine.all = {}
+
+
+def start(router, name, grants=(), exports=False):
+    e = FakeEngine.__new__(FakeEngine)
+    e.router, e.name, e.exports = router, name, exports
+    e.conn = P.Connection(name)
+    e.control, e.main = object(), object()
+    e.grants, e.inbox, e.effects = {}, [], []
+    e.pid, effects = router.add_engine(name, list(grants))
+    FakeEngine.all[e.pid] = e
+    e.deliver(effects)
+    return e
+
+
+def test_grant_routes_calls_and_results_between_compartments():
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    assert R.Started("calc", True) in calc.effects and R.Started("app", True) in app.effects
+    handle = app.grants[0].import_id
+    _q, data = app.conn.send_call(handle, CALC, 0, Content.standalone([struct.pack("<QQ", 1 << 32, 5)]))
+    app.send(data)
+    (call,) = calc.inbox
+    assert call.target is calc.main and call.interface_id == CALC
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([struct.pack("<QQ", 1 << 32, 6)])))
+    (ret,) = app.inbox
+    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.canonical())[0], 8)[0] == 6
+
+
+def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, 0x1234, 0)
+    app.send(data)
+    assert calc.inbox == []
+    (ret,) = app.inbox
+    assert ret.error_type == "unimplemented" and "does not implement" in ret.error
+
+
+def test_forged_export_id_aborts_only_that_connection():
+    router = R.Router({"calc": CALC, "app": None, "evil": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    evil = start(router, "evil")
+    m = P.rpc.Message.new_message()
+    c = m.init("call")
+    c.target.importedCap = 999
+    c.sendResultsTo.caller = None
+    effects = router.receive(evil.pid, wire.frame(m.to_segments()))
+    assert any(isinstance(e, R.Close) and e.peer == evil.pid for e in effects)
+    # app still reaches calc
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    assert len(calc.inbox) == 1
+
+
+def test_callee_crash_fails_calls_in_flight_promptly():
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    app.deliver(router.disconnected(calc.pid, "engine killed by SIGKILL"))
+    (ret,) = app.inbox
+    assert ret.error_type == "disconnected" and "calc" in ret.error
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    assert app.inbox[-1].error_type == "disconnected"

@@ -1,0 +1,64 @@
+"""wire.canonical against pycapnp's decoder; policy parsing errors."""
+import struct
+
+import pytest
+
+import capnp_schemas
+from capnp_schemas import wire
+from supervisor import policy
+from tests.conftest import EXAMPLES
+
+
+def test_canonical_copy_decodes_with_pycapnp_and_keeps_cap_pointers():
+    calc = capnp_schemas.load(f"{EXAMPLES}/calc.capnp")
+    msg = capnp_schemas.host.Gateway.schema.methods["list"].result_type
+    from capnp.lib.capnp import _StructModule
+    List = _StructModule(msg, "ListResults")
+    segs = List.new_message(names=["a", "bb", "ccc"]).to_segments()
+    out = wire.canonical(segs, (0, 0))
+    assert list(List.from_bytes(out).__enter__().names) == ["a", "bb", "ccc"]
+    # a struct whose pointer is a capability keeps the pointer word as is
+    seg = struct.pack("<QQ", 1 << 48, wire.cap_pointer(3))
+    out = wire.canonical([seg], (0, 0))
+    assert struct.unpack_from("<Q", out, 16)[0] == wire.cap_pointer(3)
+    assert calc  # schema loads
+
+
+def test_canonical_copy_refuses_amplification():
+    # a list of 2^20 empty structs in 2 words
+    tag = (1 << 20) << 2
+    lst = 1 | (0 << 2) | (7 << 32) | (0 << 35)
+    seg = struct.pack("<QQ", lst, tag)
+    with pytest.raises(wire.WireError, match="traversal limit|malformed"):
+        wire.canonical([seg], (0, 0), max_words=1000)
+
+
+def test_out_of_bounds_pointer_is_a_wire_error():
+    seg = struct.pack("<Q", (100 << 2) | (1 << 32))
+    with pytest.raises(wire.WireError, match="outside"):
+        wire.resolve([seg], (0, 0))
+
+
+@pytest.mark.parametrize("text,line,fragment", [
+    ('[compartments.a]\nmodule = "a.wat"\nbogus = 1\n', 3, "compartments.a.bogus: unknown key"),
+    ('[compartments.a]\nexports = "X"\n', 1, "missing 'module'"),
+    ('[compartments."b c"]\nmodule = "a.wat"\n', 1, "is not allowed"),
+    ('[compartments.a]\nmodule = "a.txt"\n', 2, "neither .wasm nor .wat"),
+    ('[compartments.a]\nmodule = "a.wat"\nexternal = true\n', 3, "only a compartment that exports"),
+    ('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\nl = { host = "disk" }\n', 4,
+     "unknown host capability 'disk'"),
+    ('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\nl = { host = "log", compartment = "a" }\n',
+     4, "exactly one of"),
+    ("[system]\n", None, "no compartments declared"),
+])
+def test_policy_errors_name_line_key_and_reason(text, line, fragment):
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/system.toml")
+    assert fragment in str(e.value)
+    assert e.value.line == line
+
+
+def test_nothing_is_granted_by_default_and_paths_resolve_against_the_file():
+    s = policy.parse('[compartments.a]\nmodule = "m/a.wat"\n', "/srv/sys/system.toml")
+    a = s.compartments["a"]
+    assert a.grants == () and a.module == "/srv/sys/m/a.wat" and not a.external
