@@ -119,9 +119,15 @@ class Exported:
 
 @attrs.frozen
 class PromisedAnswer:
-    """A capability inside the (future) result of one of the peer's calls to us."""
+    """A capability inside the (future) result of one of the peer's calls to us.
+
+    `result` and `error` are the answer's state when the message arrived (a
+    Finish later in the same read may already have removed the answer).
+    """
     answer_id: int
     transform: tuple
+    result: tuple | None = attrs.field(default=None, eq=False)
+    error: str | None = None
 
 
 @attrs.frozen
@@ -242,21 +248,30 @@ class Connection:
 
     def receive(self, data: bytes) -> list:
         """Feed bytes from the peer; returns the events they complete."""
+        return list(self.receive_iter(data))
+
+    def receive_iter(self, data: bytes):
+        """Like receive(), but decodes each message only after the events of the
+        previous one were consumed, so the caller sees table states in protocol
+        order (a pipelined call decoded before its target's return is handled
+        sees that return; a later Finish cannot hide the answer from it)."""
         if self.closed is not None:
             raise ProtocolError(f"connection already closed: {self.closed}")
         try:
             messages = self._framer.feed(data)
         except wire.WireError as e:
             raise ProtocolError(f"bad framing: {e}") from None
-        events: list = []
         for segs in messages:
+            events: list = []
             try:
                 self._handle(segs, events)
             except _Unimplemented as u:
                 events.append(Unhandled(u.which, _unimplemented_reply(segs)))
             except (wire.WireError, capnp.KjException) as e:
                 raise ProtocolError(f"malformed message: {_short(e)}") from None
-        return events
+            yield from events
+            if self.closed is not None:
+                return
 
     def _handle(self, segs, events):
         msg = rpc.Message.from_segments(
@@ -301,10 +316,13 @@ class Connection:
     def _decode_target(self, target):
         if target.which() == "importedCap":
             return self._export_obj(target.importedCap)
-        pa = target.promisedAnswer
-        if pa.questionId not in self.answers:
+        return self._promised(target.promisedAnswer)
+
+    def _promised(self, pa) -> PromisedAnswer:
+        a = self.answers.get(pa.questionId)
+        if a is None:
             raise ProtocolError(f"promisedAnswer names unknown question {pa.questionId}")
-        return PromisedAnswer(pa.questionId, _transform(pa.transform))
+        return PromisedAnswer(pa.questionId, _transform(pa.transform), a.result, a.error)
 
     def _export_obj(self, eid):
         e = self.exports.get(eid)
@@ -327,10 +345,7 @@ class Connection:
             elif w == "receiverHosted":
                 caps.append(Exported(self._export_obj(d.receiverHosted)))
             elif w == "receiverAnswer":
-                pa = d.receiverAnswer
-                if pa.questionId not in self.answers:
-                    raise ProtocolError(f"receiverAnswer names unknown question {pa.questionId}")
-                caps.append(PromisedAnswer(pa.questionId, _transform(pa.transform)))
+                caps.append(self._promised(d.receiverAnswer))
             elif w == "none":
                 caps.append(None)
             else:

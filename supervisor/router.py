@@ -227,21 +227,15 @@ class Router:
         if peer is None or not peer.alive:
             return []
         try:
-            events = peer.conn.receive(data)
+            for ev in peer.conn.receive_iter(data):
+                self._event(peer, ev)
+                if not peer.alive:
+                    break
         except protocol.ProtocolError as e:
             self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
             self._out.append(Notice(f"{peer.name}: protocol error, connection aborted: {e}"))
             self._out.append(Close(pid, str(e)))
             self._lose(peer, f"{peer.name}: connection aborted: {e}")
-            return self._flush()
-        for ev in events:
-            try:
-                self._event(peer, ev)
-            except protocol.ProtocolError as e:
-                self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
-                self._out.append(Close(pid, str(e)))
-                self._lose(peer, f"{peer.name}: connection aborted: {e}")
-                break
         return self._flush()
 
     def disconnected(self, pid: int, reason: str) -> list:
@@ -271,7 +265,7 @@ class Router:
         elif isinstance(ev, protocol.ExportReleased):
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
-            self._pipelined.pop((peer.id, ev.answer_id), None)
+            pass   # calls pipelined on it are still delivered when it returns
         elif isinstance(ev, protocol.Unhandled):
             self._out.append(Send(peer.id, ev.reply))
         elif isinstance(ev, protocol.AbortReceived):
@@ -288,11 +282,10 @@ class Router:
         call = _Call(ev.interface_id, ev.method_id, ev.payload.content, caps, reply)
         target = ev.target
         if isinstance(target, protocol.PromisedAnswer):
-            try:
-                result = peer.conn.answer_result(target.answer_id)
-            except LookupError as e:
-                self._fail(reply, CallError(f"pipelined call on a failed call: {e}"))
+            if target.error is not None:
+                self._fail(reply, CallError(f"pipelined call on a failed call: {target.error}"))
                 return
+            result = target.result
             if result is None:
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
@@ -504,10 +497,9 @@ class Router:
         if isinstance(c, protocol.Exported):
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us
-        try:
-            result = peer.conn.answer_result(c.answer_id)
-        except LookupError as e:
-            raise CallError(f"capability from a failed call: {e}") from None
+        if c.error is not None:
+            raise CallError(f"capability from a failed call: {c.error}")
+        result = c.result
         if result is None:
             raise CallError("passing a promised capability before it resolves is not supported",
                             "unimplemented")

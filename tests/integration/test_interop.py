@@ -44,7 +44,10 @@ def _client(path, body):
             gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
             return await body(gateway, calc_schema)
 
-    return asyncio.run(main())
+    async def bounded():
+        return await asyncio.wait_for(main(), 30)
+
+    return asyncio.run(bounded())
 
 
 def test_interop_stock_pycapnp_client_calls_compartment(external_calc):
