@@ -159,6 +159,7 @@ class ReturnReceived:
     payload: Payload | None   # None when the call failed
     error: str | None = None
     error_type: str = "failed"
+    finish_needed: bool = True   # False: the peer set noFinishNeeded; do not send Finish
 
 
 @attrs.frozen
@@ -240,6 +241,7 @@ class Connection:
         self.exports: dict[int, _Export] = {}
         self.imports: dict[int, int] = {}
         self._export_ids: dict[int, int] = {}   # id(obj) -> export id
+        self._no_finish: set[int] = set()       # answers returned with noFinishNeeded
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
@@ -302,6 +304,7 @@ class Connection:
     def _new_answer(self, aid):
         if aid in self.answers:
             raise ProtocolError(f"question id {aid} is already in use")
+        self._no_finish.discard(aid)
         self.answers[aid] = _Answer()
 
     def _on_call(self, segs, call, events):
@@ -369,22 +372,32 @@ class Connection:
                 self._release_export_obj(obj, 1, events)
         q.param_exports = []
         which = ret.which()
+        finish = not ret.noFinishNeeded
         if which == "results":
             payload = self._decode_payload(segs, ret.results, (_MSG_BODY, _RETURN_RESULTS))
-            events.append(ReturnReceived(qid, payload))
+            if not finish and payload.caps:
+                raise ProtocolError("noFinishNeeded on a return that carries capabilities")
+            events.append(ReturnReceived(qid, payload, finish_needed=finish))
         elif which == "exception":
             e = ret.exception
-            events.append(ReturnReceived(qid, None, e.reason or "(no reason)", str(e.type)))
+            events.append(ReturnReceived(qid, None, e.reason or "(no reason)", str(e.type),
+                                         finish_needed=finish))
         elif which == "canceled":
-            events.append(ReturnReceived(qid, None, "call canceled", "failed"))
+            events.append(ReturnReceived(qid, None, "call canceled", "failed",
+                                         finish_needed=finish))
         else:
             raise ProtocolError(f"return of kind '{which}' is not supported")
+        if not finish:
+            q.finished = True
         if q.finished:
             self._drop_question(qid)
 
     def _on_finish(self, fin, events):
         aid = fin.questionId
         a = self.answers.get(aid)
+        if a is None and aid in self._no_finish:
+            self._no_finish.discard(aid)     # allowed, and ignored (rpc.capnp)
+            return
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
@@ -449,24 +462,37 @@ class Connection:
         self._encode_caps(call.init("params"), caps, exported)
         return qid, self._with_content(msg, (_MSG_BODY, _CALL_PARAMS), content)
 
-    def send_return(self, answer_id: int, content: Content = EMPTY, caps=()) -> bytes:
+    def send_return(self, answer_id: int, content: Content = EMPTY, caps=(),
+                    no_finish: bool = False) -> bytes:
+        """Return results.  `no_finish`: the peer never pipelines on this answer, so
+        when there are no capabilities in it, tell it not to send Finish and forget
+        the answer now (one message less per call)."""
         a = self._answer_for_return(answer_id)
         msg = rpc.Message.new_message()
         ret = msg.init("return")
         ret.answerId = answer_id
         ret.releaseParamCaps = False
+        if no_finish and not caps:
+            ret.noFinishNeeded = True
+            a.finished = True
+            self._no_finish.add(answer_id)
         self._encode_caps(ret.init("results"), caps, a.result_exports)
         a.result = (content, tuple(caps))
         data = self._with_content(msg, (_MSG_BODY, _RETURN_RESULTS), content)
         self._answer_done(answer_id, a)
         return data
 
-    def send_exception(self, answer_id: int, reason: str, type: str = "failed") -> bytes:
+    def send_exception(self, answer_id: int, reason: str, type: str = "failed",
+                       no_finish: bool = False) -> bytes:
         a = self._answer_for_return(answer_id)
         msg = rpc.Message.new_message()
         ret = msg.init("return")
         ret.answerId = answer_id
         ret.releaseParamCaps = False
+        if no_finish:
+            ret.noFinishNeeded = True
+            a.finished = True
+            self._no_finish.add(answer_id)
         e = ret.init("exception")
         e.reason = reason
         e.type = type

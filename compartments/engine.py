@@ -32,6 +32,7 @@ from capnp_schemas import engine as engine_schema, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
 from . import abi
+from .fastcall import TypedFunc, signature
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
 _StartResults = engine_schema.Engine.schema.methods["start"].result_type
@@ -158,23 +159,31 @@ class Engine:
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
             raise EngineError(f"cannot instantiate {path}: {_first_line(e)}") from None
         exports = self.instance.exports(self.store)
-        self.start_func = exports.get(abi.EXPORT_START)
-        self.dispatch = exports.get(abi.EXPORT_DISPATCH)
-        if self.exports_main and not isinstance(self.dispatch, wasmtime.Func):
+        memory = exports.get(abi.EXPORT_MEMORY)
+        self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self.start_func = self._typed(exports, abi.EXPORT_START, ((), ()), path)
+        self.dispatch = self._typed(exports, abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE, path)
+        if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
 
+    def _typed(self, exports, name, sig, path):
+        func = exports.get(name)
+        if func is None:
+            return None
+        if not isinstance(func, wasmtime.Func):
+            raise EngineError(f"module {path} exports {name}, but not as a function")
+        try:
+            return TypedFunc(self.store, func, *sig)
+        except TypeError as e:
+            raise EngineError(f"module {path} exports {name} with the wrong type: {e}") from None
+
     # ------------------------------------------------------------ guest memory
 
-    @staticmethod
-    def _memory(caller):
-        mem = caller.get(abi.EXPORT_MEMORY)
-        if not isinstance(mem, wasmtime.Memory):
-            raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
-        return mem
-
     def _check(self, caller, ptr, length):
-        mem = self._memory(caller)
+        mem = self.memory
+        if mem is None:
+            raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
         size = mem.data_len(caller)
         # wasmtime-py hands high i32 pointers over as negative ints.
         if ptr < 0 or length < 0 or ptr + length > size:
@@ -227,7 +236,8 @@ class Engine:
                                         method_id & 0xFFFF, content, caps)
         self._send(data)
         ret = self._wait_for(qid)
-        self._send(self.conn.send_finish(qid))
+        if ret.finish_needed:
+            self._send(self.conn.send_finish(qid))
         if ret.payload is None:
             code = abi.EXCEPTION_CODES.get(ret.error_type, abi.E_FAILED)
             return self._set_error(caller, out_ptr, code, ret.error)
@@ -396,9 +406,10 @@ class Engine:
             else:
                 raise _CallError("unimplemented", "promise pipelining into an engine")
         except _CallError as e:
-            self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type))
+            self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
             return
-        self._send(self.conn.send_return(ev.answer_id, content, caps))
+        # The supervisor never pipelines on an engine's answers.
+        self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)
@@ -445,7 +456,7 @@ class Engine:
 
     def _guest(self, func, *args):
         try:
-            return func(self.store, *args)
+            return func(*args)
         except GuestFault as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:

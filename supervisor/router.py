@@ -314,8 +314,9 @@ class Router:
         handler = self._pending.pop((peer.id, ev.question_id), None)
         if handler is None:
             return
-        if isinstance(handler, tuple) and handler[0] == "forward":
+        if ev.finish_needed:
             self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
+        if handler[0] == "forward":
             reply = handler[1]
             if ev.payload is None:
                 self._fail(reply, CallError(ev.error, ev.error_type))
@@ -329,7 +330,6 @@ class Router:
             self._sweep(caps)
             return
         kind, arg = handler
-        self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
         if kind == "bootstrap":
             self._on_engine_bootstrap(peer, ev, arg)
         elif kind == "start":
@@ -434,7 +434,9 @@ class Router:
         if not peer.alive:
             return
         out_caps = [self._export_cap(peer, c) for c in caps]
-        data = peer.conn.send_return(answer_id, content, out_caps)
+        # Engines never pipeline: spare them the Finish when nothing needs releasing.
+        data = peer.conn.send_return(answer_id, content, out_caps,
+                                     no_finish=peer.kind == "engine")
         self._retain_new(peer, caps)
         self._out.append(Send(peer.id, data))
         waiting = self._pipelined.pop((peer.id, answer_id), [])
@@ -450,7 +452,8 @@ class Router:
         peer, answer_id = reply
         if not peer.alive:
             return
-        self._out.append(Send(peer.id, peer.conn.send_exception(answer_id, e.reason, e.type)))
+        self._out.append(Send(peer.id, peer.conn.send_exception(
+            answer_id, e.reason, e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
             self._fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
 

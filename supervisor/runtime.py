@@ -9,13 +9,13 @@ import math
 import os
 import signal
 import socket as pysocket
-import subprocess
 import sys
 
 import trio
 
 from . import router as R
 from .preflight import Plan
+from .process import EngineProcess
 
 GRACE_SECONDS = 2.0
 STDERR_LINE_LIMIT = 4096
@@ -55,7 +55,7 @@ class Supervisor:
             default_socket_path(self.system.path)
         self.router = R.Router(plan.main_interface, self.system.external)
         self.links: dict[int, _Link] = {}
-        self.procs: dict[str, trio.Process] = {}
+        self.procs: dict[str, EngineProcess] = {}
         self.peer_of: dict[str, int] = {}
         self.started: set[str] = set()
         self.programs: set[str] = set()
@@ -109,10 +109,11 @@ class Supervisor:
         if comp.exports:
             args.append("--exports")
         env = {"PYTHONPATH": _ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = await trio.lowlevel.open_process(
-            args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=None,
-            stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True)
-        theirs.close()
+        try:
+            proc = EngineProcess(args, (theirs.fileno(),), env)
+        finally:
+            theirs.close()
+        self.nursery.start_soon(proc.watch)
         self.procs[comp.name] = proc
         grants = [(g.name, g.kind, g.target) for g in comp.grants]
         pid, effects = self.router.add_engine(comp.name, grants)
@@ -167,7 +168,7 @@ class Supervisor:
     async def _stop_engines(self):
         procs = [p for p in self.procs.values() if p.returncode is None]
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            p.terminate()
         with trio.move_on_after(GRACE_SECONDS):
             for p in procs:
                 await p.wait()

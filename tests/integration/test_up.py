@@ -136,3 +136,24 @@ def test_sigkill_of_the_supervisor_takes_every_engine_with_it(tmp_path, wsuper):
             return
         time.sleep(0.05)
     pytest.fail(f"engine {pid} outlived the supervisor")
+
+
+def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
+    """Regression: engines forked from one of trio's worker threads were killed by
+    their parent-death signal when that thread retired after 10 idle seconds."""
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    time.sleep(12)
+
+    async def body(gateway, calc_schema):
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        return (await calc.add(1, 1)).sum
+
+    assert _client(str(sock), body) == 2
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 0
+    assert not any("stopped" in l or "failed" in l for l in run.lines), run.lines
