@@ -128,6 +128,7 @@ class Engine:
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
         self.frames: list[_Frame] = []
         self.control = object()
+        self._outgoing: list[bytes] = []
         self._load(module_path)
 
     # ------------------------------------------------------------ wasm
@@ -353,7 +354,14 @@ class Engine:
     # ------------------------------------------------------------ the loop
 
     def _send(self, data: bytes):
-        self.sock.sendall(data)
+        """Queue a message; it goes out with the others before we next block."""
+        self._outgoing.append(data)
+
+    def _flush(self):
+        if self._outgoing:
+            data = b"".join(self._outgoing)
+            self._outgoing.clear()
+            self.sock.sendall(data)
 
     def serve(self):
         """Serve until the supervisor closes the connection."""
@@ -367,6 +375,7 @@ class Engine:
         return self.returns.pop(qid)
 
     def _pump(self) -> bool:
+        self._flush()
         data = self.sock.recv(1 << 16)
         if not data:
             return False
@@ -374,6 +383,7 @@ class Engine:
             events = self.conn.receive(data)
         except protocol.ProtocolError as e:
             self._send(self.conn.send_abort(str(e)))
+            self._flush()
             print(f"wsuper engine {self.name}: protocol error from supervisor: {e}",
                   file=sys.stderr)
             return False
@@ -455,6 +465,7 @@ class Engine:
         return frame.results
 
     def _guest(self, func, *args):
+        self._flush()      # the guest may run for long: let the supervisor have it all
         try:
             return func(*args)
         except GuestFault as e:

@@ -31,11 +31,39 @@ def default_socket_path(system_path: str) -> str:
 
 
 class _Link:
-    """A peer's socket with an ordered outgoing queue (one writer task)."""
+    """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
+    the kernel does not take at once is queued, in order, for a writer task."""
 
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
+        self.fd = stream.socket.fileno()
         self.send, self.recv = trio.open_memory_channel(math.inf)
+        self.queued = 0
+        self.closed = False
+
+    def write(self, data: bytes):
+        if self.closed:
+            return
+        if not self.queued:
+            try:
+                n = os.write(self.fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:          # the peer is gone; its reader task reports it
+                self.closed = True
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+        self.queued += 1
+        try:
+            self.send.send_nowait(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.closed = True
+
+    def close(self):
+        self.closed = True
+        self.send.close()
 
     async def writer(self):
         async with self.recv:
@@ -43,7 +71,9 @@ class _Link:
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.closed = True
                     return
+                self.queued -= 1
 
 
 class Supervisor:
@@ -143,6 +173,8 @@ class Supervisor:
             tail = self._stderr_tail.get(name)
             if tail:
                 reason += f": {tail[-1]}"
+        if not self._done.is_set() and name not in self.running:
+            self.say(f"wsuper: compartment {name} stopped: engine {reason}")
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
         await link.send.aclose()
 
@@ -223,18 +255,18 @@ class Supervisor:
     # ------------------------------------------------------------ effects
 
     def _perform(self, effects):
+        # Consecutive sends to one peer go out as one write; any other effect
+        # first flushes them, so nothing it triggers can overtake them.
+        batch: dict[int, list] = {}
         for e in effects:
             if isinstance(e, R.Send):
+                batch.setdefault(e.peer, []).append(e.data)
+                continue
+            self._write_all(batch)
+            if isinstance(e, R.Close):
                 link = self.links.get(e.peer)
                 if link is not None:
-                    try:
-                        link.send.send_nowait(e.data)
-                    except (trio.ClosedResourceError, trio.BrokenResourceError):
-                        pass
-            elif isinstance(e, R.Close):
-                link = self.links.get(e.peer)
-                if link is not None:
-                    link.send.close()
+                    link.close()
             elif isinstance(e, R.LogLine):
                 self.say(f"[{e.compartment}] {_printable(e.text)}")
             elif isinstance(e, R.Started):
@@ -246,6 +278,14 @@ class Supervisor:
                 self._on_exited(e)
             elif isinstance(e, R.Notice):
                 self.say(f"wsuper: {e.text}")
+        self._write_all(batch)
+
+    def _write_all(self, batch: dict):
+        for peer, chunks in batch.items():
+            link = self.links.get(peer)
+            if link is not None:
+                link.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        batch.clear()
 
     def _on_started(self, e: R.Started):
         comp = self.system.compartments[e.compartment]
@@ -269,10 +309,11 @@ class Supervisor:
 
     def _on_exited(self, e: R.Exited):
         if e.compartment not in self.running:
-            if not self._done.is_set():
-                self.say(f"wsuper: compartment {e.compartment} stopped: {e.error}")
             return
         self.running.discard(e.compartment)
+        if self._done.is_set():          # we are stopping it ourselves
+            self.say(f"stopped {e.compartment}")
+            return
         if e.error is not None:
             self.say(f"wsuper: compartment {e.compartment} failed: {e.error}")
             self.exit_code = 1

@@ -157,3 +157,16 @@ def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
     run.proc.send_signal(signal.SIGTERM)
     assert run.finish() == 0
     assert not any("stopped" in l or "failed" in l for l in run.lines), run.lines
+
+
+def test_binary_wasm_modules_run_like_wat(tmp_path):
+    import wasmtime
+    for name in ("calc", "hello"):
+        with open(os.path.join(EXAMPLES, f"{name}.wat")) as f:
+            (tmp_path / f"{name}.wasm").write_bytes(wasmtime.wat2wasm(f.read()))
+    with open(os.path.join(EXAMPLES, "hello.toml")) as f:
+        text = f.read().replace(".wat", ".wasm").replace("calc.capnp", f"{EXAMPLES}/calc.capnp")
+    (tmp_path / "hello.toml").write_text(text)
+    r = run_wsuper("up", str(tmp_path / "hello.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "module=calc.wasm" in r.stdout and "[app] 2 + 3 = 5" in r.stdout

@@ -159,42 +159,85 @@ def test_arbitrary_bytes_never_escape_as_anything_but_protocol_error(data):
         pass
 
 
-ops = st.lists(st.sampled_from(["call", "return", "finish", "release", "bogus-finish",
-                                "bogus-release", "bogus-return"]), max_size=30)
+VALID = st.sampled_from(["call", "return", "finish", "release-callback"])
+MALFORMED = st.one_of(
+    st.just(("finish", 999)), st.just(("release", 999)), st.just(("return", 999)),
+    st.just(("call", 999)), st.just(("pipeline", 999)),
+    st.binary(min_size=8, max_size=64).map(lambda b: ("garbage", b)),
+)
+
+
+class _Lockstep:
+    """A caller and a callee driven through valid steps; tracks what must be open."""
+
+    def __init__(self):
+        self.a, self.b = pair()
+        self.imp = bootstrap(self.a, self.b, object())
+        self.open, self.returned, self.callbacks = [], [], []
+
+    def step(self, op):
+        a, b = self.a, self.b
+        if op == "call":
+            cb = object()
+            q, data = a.send_call(self.imp, 1, 0, int_message(len(self.open)), [cb])
+            (ev,) = b.receive(data)
+            assert isinstance(ev, P.CallReceived) and ev.interface_id == 1
+            self.open.append((q, ev.answer_id))
+            self.callbacks.append(ev.payload.caps[0].import_id)
+        elif op == "return" and self.open:
+            q, aid = self.open.pop(0)
+            (ev,) = a.receive(b.send_return(aid, int_message(aid)))
+            assert ev.question_id == q and read_int(ev.payload.content) == aid
+            self.returned.append(q)
+        elif op == "finish" and self.returned:
+            (ev,) = b.receive(a.send_finish(self.returned.pop(0)))
+            assert isinstance(ev, P.FinishReceived)
+        elif op == "release-callback" and self.callbacks:
+            iid = self.callbacks.pop(0)
+            if iid in b.imports:
+                (ev,) = a.receive(b.send_release(iid))
+                assert isinstance(ev, P.ExportReleased)
+
+    def check(self):
+        assert len(self.b.answers) == len(self.open) + len(self.returned)
+        assert len(self.a.questions) == len(self.open) + len(self.returned)
+        # the caller exports exactly the callbacks the callee has not released
+        assert len(self.a.exports) == len(self.callbacks)
+
+
+def _malformed(kind, arg):
+    return {"finish": _finish, "return": _return, "call": _call_export,
+            "pipeline": _pipelined_call}[kind](arg) if kind != "release" else _release(arg, 1)
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops)
-def test_random_sequences_keep_both_tables_consistent(seq):
-    """Valid steps never raise; invalid ones raise ProtocolError and nothing else."""
-    a, b = pair()
-    imp = bootstrap(a, b, object())
-    open_calls, returned = [], []
-    for op in seq:
-        if op == "call":
-            if imp not in a.imports:
-                with pytest.raises(KeyError):     # a local mistake, not a protocol one
-                    a.send_call(imp, 1, 0)
-                continue
-            q, data = a.send_call(imp, 1, 0, int_message(len(open_calls)))
-            (ev,) = b.receive(data)
-            open_calls.append((q, ev.answer_id))
-        elif op == "return" and open_calls:
-            q, aid = open_calls.pop(0)
-            (ev,) = a.receive(b.send_return(aid))
-            assert ev.question_id == q
-            returned.append(q)
-        elif op == "finish" and returned:
-            assert b.receive(a.send_finish(returned.pop(0)))[0].__class__ is P.FinishReceived
-        elif op == "release":
-            if imp in a.imports:
-                b.receive(a.send_release(imp))
-        elif op.startswith("bogus"):
-            bogus = {"bogus-finish": _finish(999), "bogus-release": _release(999, 1),
-                     "bogus-return": _return(999)}[op]
-            with pytest.raises(P.ProtocolError):
-                P.Connection("fresh").receive(bogus)
-    assert len(b.answers) == len(open_calls) + len(returned)
+@given(st.lists(VALID, max_size=25), st.integers(0, 25), MALFORMED, st.lists(VALID, max_size=10))
+def test_hostile_message_kills_only_its_connection(before, where, bad, after):
+    """Valid sequences keep the tables consistent; a malformed message at any point
+    is a ProtocolError on that connection, and a second connection never notices."""
+    victim, bystander = _Lockstep(), _Lockstep()
+    for op in before[:where]:
+        victim.step(op)
+        bystander.step(op)
+    victim.check()
+    kind, arg = bad
+    data = arg if kind == "garbage" else _malformed(kind, arg)
+    with pytest.raises(P.ProtocolError):
+        victim.b.receive(data)
+        if kind == "garbage":         # garbage may be a valid prefix: then silence
+            victim.b.receive(struct.pack("<II", 0, 0))
+            raise P.ProtocolError("incomplete")
+    for op in before[where:] + after:
+        bystander.step(op)
+    bystander.check()
+
+
+def _pipelined_call(q):
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.target.init("promisedAnswer").questionId = q
+    c.sendResultsTo.caller = None
+    return wire.frame(m.to_segments())
 
 
 def _release(eid, n):

@@ -34,7 +34,7 @@ class FakeEngine:
                     wire.set_word(seg, 2, wire.cap_pointer(0))
                     caps = [self.main]
                 self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]), caps))
-            elif isinstance(ev, (P.CallReceived, P.ReturnReceived)):
+            elif isinstance(ev, (P.CallReceived, P.ReturnReceived, P.ExportReleased)):
                 self.inbox.append(ev)
 
     def send(self, data):
@@ -111,3 +111,27 @@ def test_callee_crash_fails_calls_in_flight_promptly():
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
     app.send(data)
     assert app.inbox[-1].error_type == "disconnected"
+
+
+def test_capability_in_a_result_is_released_at_its_host_when_the_holder_releases_it():
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)
+    (call,) = calc.inbox
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]), [counter]))
+    (ret,) = app.inbox
+    (got,) = ret.payload.caps
+    assert isinstance(got, P.Imported)
+    assert any(e.obj is counter for e in calc.conn.exports.values())
+    # app calls it: the call reaches calc's counter object
+    _q, data = app.conn.send_call(got.import_id, 0xC0FFEE0000000002, 0)
+    app.send(data)
+    assert calc.inbox[-1].target is counter
+    # app releases its handle: the supervisor lets go of its import, calc hears of it
+    app.send(app.conn.send_release(got.import_id))
+    assert P.ExportReleased(counter) in calc.inbox
+    assert not any(e.obj is counter for e in calc.conn.exports.values())
