@@ -87,3 +87,29 @@ def test_interop_errors_reach_the_client_as_exceptions(external_calc):
         return (await calc.add(2, 2)).sum
 
     assert _client(path, body) == 4
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\xff\xff\xff\x7f" + b"\0" * 60,                 # 2^31 segments
+    b"\x00\x00\x00\x00\xff\xff\xff\x0f",              # a 2 GiB segment, then silence
+    b"\x00\x00\x00\x00\x02\x00\x00\x00" + b"\xab" * 16,  # a nonsense root pointer
+])
+def test_interop_hostile_client_is_cut_off_and_others_are_served(external_calc, garbage):
+    import socket
+    _run, path = external_calc
+    evil = socket.socket(socket.AF_UNIX)
+    evil.connect(path)
+    evil.sendall(garbage)
+    evil.settimeout(10)
+    received = b""
+    while chunk := evil.recv(65536):   # an Abort, then the supervisor closes (EOF)
+        received += chunk
+    evil.close()
+    with capnp_schemas.rpc.Message.from_bytes(received) as msg:
+        assert msg.which() == "abort" and "protocol error" in msg.abort.reason
+
+    async def body(gateway, calc_schema):
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        return (await calc.add(3, 4)).sum
+
+    assert _client(path, body) == 7
