@@ -24,6 +24,7 @@ import ctypes
 import os
 import signal
 import socket
+import struct
 import sys
 
 import wasmtime
@@ -31,8 +32,8 @@ import wasmtime
 from capnp_schemas import engine as engine_schema, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
-from . import abi
-from .fastcall import TypedFunc, signature
+from . import abi, hostcall
+from .fastcall import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
 _StartResults = engine_schema.Engine.schema.methods["start"].result_type
@@ -152,9 +153,8 @@ class Engine:
         self.store = wasmtime.Store(self.wasm_engine)
         linker = wasmtime.Linker(self.wasm_engine)
         for name, (params, results) in abi.IMPORTS.items():
-            ty = wasmtime.FuncType([_VAL[p] for p in params], [_VAL[r] for r in results])
-            linker.define_func(abi.MODULE, name, ty, getattr(self, "_host_" + name),
-                               access_caller=True)
+            hostcall.define(linker, abi.MODULE, name, params, results,
+                            getattr(self, "_host_" + name))
         try:
             self.instance = linker.instantiate(self.store, module)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
@@ -181,57 +181,57 @@ class Engine:
 
     # ------------------------------------------------------------ guest memory
 
-    def _check(self, caller, ptr, length):
-        mem = self.memory
-        if mem is None:
+    def _span(self, ptr, length) -> int:
+        """Address of guest memory [ptr, ptr+length), after checking it is inside."""
+        if self.memory is None:
             raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
-        size = mem.data_len(caller)
-        # wasmtime-py hands high i32 pointers over as negative ints.
+        base, size = hostcall.memory_span(self.memory)
+        # wasmtime hands high i32 pointers to the host as negative ints.
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestFault(f"guest passed out-of-range memory [{ptr}, {ptr}+{length}) "
                              f"(memory is {size} bytes)")
-        return mem
+        return base + ptr
 
-    def _read(self, caller, ptr, length) -> bytes:
-        mem = self._check(caller, ptr, length)
-        return bytes(mem.read(caller, ptr, ptr + length))
+    def _read(self, ptr, length) -> bytes:
+        address = self._span(ptr, length)
+        return ctypes.string_at(address, length) if length else b""
 
-    def _write(self, caller, ptr, data: bytes):
-        mem = self._check(caller, ptr, len(data))
+    def _write(self, ptr, data: bytes):
+        address = self._span(ptr, len(data))
         if data:
-            mem.write(caller, data, ptr)
+            ctypes.memmove(address, data, len(data))
 
-    def _read_handles(self, caller, ptr, count) -> list[int]:
+    def _read_handles(self, ptr, count) -> list[int]:
         if count < 0 or count > abi.MAX_CAPS:
             raise GuestFault(f"capability count {count} out of range 0..{abi.MAX_CAPS}")
-        raw = self._read(caller, ptr, 4 * count)
-        return [int.from_bytes(raw[i:i + 4], "little", signed=True) for i in range(0, len(raw), 4)]
+        raw = self._read(ptr, 4 * count)
+        return list(struct.unpack(f"<{count}i", raw))
 
-    def _write_handles(self, caller, ptr, handles):
-        self._write(caller, ptr, b"".join(h.to_bytes(4, "little") for h in handles))
+    def _write_handles(self, ptr, handles):
+        self._write(ptr, struct.pack(f"<{len(handles)}i", *handles))
 
     # ------------------------------------------------------------ host functions
 
-    def _host_lookup(self, caller, ptr, length):
-        name = self._read(caller, ptr, length).decode("utf-8", "replace")
+    def _host_lookup(self, ptr, length):
+        name = self._read(ptr, length).decode("utf-8", "replace")
         return self.grants.get(name, abi.E_NOTFOUND)
 
-    def _host_call(self, caller, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
+    def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
-        self._check(caller, out_ptr, 8)
-        raw = self._read(caller, p_ptr, p_len)
-        handles = self._read_handles(caller, c_ptr, c_count)
+        self._span(out_ptr, 8)
+        raw = self._read(p_ptr, p_len)
+        handles = self._read_handles(c_ptr, c_count)
         entry = self.handles.get(handle)
         if entry is None:
-            return self._set_error(caller, out_ptr, abi.E_BADHANDLE,
+            return self._set_error(out_ptr, abi.E_BADHANDLE,
                                    f"handle {handle} is not in this compartment's c-list")
         try:
             content = self._guest_content(raw)
             caps = self._caps_from_handles(handles)
         except _GuestError as e:
-            return self._set_error(caller, out_ptr, e.code, str(e))
+            return self._set_error(out_ptr, e.code, str(e))
         if isinstance(entry, LocalObject):
-            return self._set_error(caller, out_ptr, abi.E_UNIMPLEMENTED,
+            return self._set_error(out_ptr, abi.E_UNIMPLEMENTED,
                                    "calling your own object through a handle is not supported")
         qid, data = self.conn.send_call(entry.import_id, interface_id & ((1 << 64) - 1),
                                         method_id & 0xFFFF, content, caps)
@@ -241,32 +241,32 @@ class Engine:
             self._send(self.conn.send_finish(qid))
         if ret.payload is None:
             code = abi.EXCEPTION_CODES.get(ret.error_type, abi.E_FAILED)
-            return self._set_error(caller, out_ptr, code, ret.error)
+            return self._set_error(out_ptr, code, ret.error)
         try:
             data = self._for_guest(ret.payload.content)
         except _CallError as e:
-            return self._set_error(caller, out_ptr, abi.E_MESSAGE, e.reason)
+            return self._set_error(out_ptr, abi.E_MESSAGE, e.reason)
         new = [self._handle_for(c) for c in ret.payload.caps]
         self.reply = (data, new)
-        self._write(caller, out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
+        self._write(out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
         return abi.OK
 
-    def _set_error(self, caller, out_ptr, code, text):
+    def _set_error(self, out_ptr, code, text):
         data = (text or "").encode()
         self.reply = (data, [])
-        self._write(caller, out_ptr, len(data).to_bytes(4, "little") + bytes(4))
+        self._write(out_ptr, len(data).to_bytes(4, "little") + bytes(4))
         return code
 
-    def _host_reply_read(self, caller, buf_ptr, caps_ptr):
+    def _host_reply_read(self, buf_ptr, caps_ptr):
         if self.reply is None:
             return abi.E_STATE
         data, handles = self.reply
-        self._write(caller, buf_ptr, data)
-        self._write_handles(caller, caps_ptr, handles)
+        self._write(buf_ptr, data)
+        self._write_handles(caps_ptr, handles)
         self.reply = None
         return abi.OK
 
-    def _host_release(self, caller, handle):
+    def _host_release(self, handle):
         entry = self.handles.get(handle)
         if entry is None:
             return abi.E_BADHANDLE
@@ -275,32 +275,32 @@ class Engine:
             self._send(self.conn.send_release(entry.import_id))
         return abi.OK
 
-    def _host_object(self, caller, tag):
+    def _host_object(self, tag):
         return self.handles.add(self._local(tag))
 
-    def _host_params_read(self, caller, buf_ptr, caps_ptr):
+    def _host_params_read(self, buf_ptr, caps_ptr):
         if not self.frames:
             return abi.E_STATE
         frame = self.frames[-1]
-        self._write(caller, buf_ptr, frame.params)
-        self._write_handles(caller, caps_ptr, frame.handles)
+        self._write(buf_ptr, frame.params)
+        self._write_handles(caps_ptr, frame.handles)
         return abi.OK
 
-    def _host_results_set(self, caller, ptr, length, c_ptr, c_count):
+    def _host_results_set(self, ptr, length, c_ptr, c_count):
         if not self.frames or self.frames[-1].results is not None:
             return abi.E_STATE
-        raw = self._read(caller, ptr, length)
-        handles = self._read_handles(caller, c_ptr, c_count)
+        raw = self._read(ptr, length)
+        handles = self._read_handles(c_ptr, c_count)
         try:
             self.frames[-1].results = (self._guest_content(raw), self._caps_from_handles(handles))
         except _GuestError as e:
             return e.code
         return abi.OK
 
-    def _host_fail(self, caller, ptr, length):
+    def _host_fail(self, ptr, length):
         if not self.frames:
             return abi.E_STATE
-        self.frames[-1].error = self._read(caller, ptr, length).decode("utf-8", "replace")
+        self.frames[-1].error = self._read(ptr, length).decode("utf-8", "replace")
         return abi.OK
 
     # ------------------------------------------------------------ translation
@@ -500,8 +500,6 @@ _StartParamsStruct = _struct_module(_StartParams, "StartParams")
 _StartResultsStruct = _struct_module(_StartResults, "StartResults")
 _RunResultsStruct = _struct_module(
     engine_schema.Engine.schema.methods["run"].result_type, "RunResults")
-
-_VAL = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 
 
 def describe_imports(module: wasmtime.Module):
