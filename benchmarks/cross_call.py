@@ -1,7 +1,11 @@
 """Round trip of one cross-compartment call: guest in `app` -> supervisor ->
 guest export in `calc` -> back.  Runs `wsuper up` with a program making N
-calls and with one making none; per call = (t_N - t_0) / N.  Reports the
-median of several runs.  Usage: python benchmarks/cross_call.py [N] [RUNS]
+calls and with one making none; per call = (t_N - t_0) / N.
+
+Baseline, measured in the same run: a plain-Python relay over socketpairs,
+A -> R -> B -> R -> A with 64-byte messages (three processes, the same shape
+as a mediated call).  The headline is the ratio; absolute times drift on
+shared machines.  Usage: python benchmarks/cross_call.py [N] [RUNS]
 """
 import os
 import statistics
@@ -44,13 +48,59 @@ def timed(d, n):
     return time.perf_counter() - t
 
 
+def python_relay(n: int) -> float:
+    """Microseconds per round trip through a blocking Python relay process."""
+    import socket
+    a_r, r_a = socket.socketpair()
+    b_r, r_b = socket.socketpair()
+    pids = []
+    for role in ("relay", "echo"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                keep = (r_a, r_b) if role == "relay" else (b_r,)
+                for sock in (a_r, r_a, b_r, r_b):
+                    if sock not in keep:
+                        sock.close()
+                if role == "relay":
+                    while d := r_a.recv(4096):
+                        r_b.sendall(d)
+                        r_a.sendall(r_b.recv(4096))
+                else:
+                    while d := b_r.recv(4096):
+                        b_r.sendall(d)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    r_a.close(), r_b.close()
+    msg = b"x" * 64
+    t = time.perf_counter()
+    for _ in range(n):
+        a_r.sendall(msg)
+        a_r.recv(4096)
+    per = (time.perf_counter() - t) / n * 1e6
+    a_r.close(), b_r.close()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return per
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     with tempfile.TemporaryDirectory() as d:
-        per = [(timed(d, n) - timed(d, 0)) / n * 1e6 for _ in range(runs)]
-    print(f"cross-compartment call round trip: median {statistics.median(per):.1f} us "
-          f"(runs: {', '.join(f'{p:.1f}' for p in per)}; N={n}, cpus={os.cpu_count()})")
+        per, base = [], []
+        for _ in range(runs):
+            base.append(python_relay(n))
+            per.append((timed(d, n) - timed(d, 0)) / n * 1e6)
+    ratios = [p / b for p, b in zip(per, base)]
+    affinity = len(os.sched_getaffinity(0))
+    print(f"cross-compartment call: median {statistics.median(per):.1f} us "
+          f"(runs {', '.join(f'{p:.0f}' for p in per)})")
+    print(f"python relay baseline:  median {statistics.median(base):.1f} us "
+          f"(runs {', '.join(f'{b:.0f}' for b in base)})")
+    print(f"ratio call/relay: median {statistics.median(ratios):.1f}x "
+          f"(N={n}, runs={runs}, cpus usable={affinity})")
 
 
 if __name__ == "__main__":
