@@ -242,6 +242,7 @@ class Connection:
         self.imports: dict[int, int] = {}
         self._export_ids: dict[int, int] = {}   # id(obj) -> export id
         self._no_finish: set[int] = set()       # answers returned with noFinishNeeded
+        self.unanswered = 0                     # calls from the peer we have not returned
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
@@ -306,6 +307,7 @@ class Connection:
             raise ProtocolError(f"question id {aid} is already in use")
         self._no_finish.discard(aid)
         self.answers[aid] = _Answer()
+        self.unanswered += 1
 
     def _on_call(self, segs, call, events):
         aid = call.questionId
@@ -548,6 +550,7 @@ class Connection:
     def drop_all(self) -> list:
         """Forget every table entry (the connection is gone); returns exported objects."""
         objs = [e.obj for e in self.exports.values()]
+        self.unanswered = 0
         self.questions.clear()
         self.answers.clear()
         self.exports.clear()
@@ -571,6 +574,7 @@ class Connection:
         if a is None or a.returned:
             raise KeyError(f"question {aid} is not awaiting our return")
         a.returned = True
+        self.unanswered -= 1
         return a
 
     def _answer_done(self, aid, a):

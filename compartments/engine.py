@@ -40,6 +40,21 @@ _StartResults = engine_schema.Engine.schema.methods["start"].result_type
 _StartParams = engine_schema.Engine.schema.methods["start"].param_type
 
 
+UNLIMITED_FUEL = (1 << 63) - 1
+
+
+class EngineLimits:
+    """What the supervisor passes on the command line (see supervisor.policy.Limits)."""
+
+    def __init__(self, memory=64 << 20, table_elements=10_000, fuel_per_call=1_000_000_000,
+                 handles=1024, message_size=8 << 20):
+        self.memory = memory
+        self.table_elements = table_elements
+        self.fuel_per_call = fuel_per_call
+        self.handles = handles
+        self.message_size = message_size
+
+
 class GuestFault(Exception):
     """The guest broke the ABI (bad pointer, bad length): it traps."""
 
@@ -85,8 +100,6 @@ class HandleTable:
         self._free.append(h)
         return entry
 
-    def count(self, entry) -> int:
-        return sum(1 for e in self._entries.values() if e == entry)
 
 
 class _Import:
@@ -116,13 +129,16 @@ class _Frame:
 
 class Engine:
     def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 max_message_bytes: int = 8 << 20):
+                 limits: "EngineLimits | None" = None):
         self.sock = sock
         self.name = name
         self.exports_main = exports
-        self.max_message_bytes = max_message_bytes
-        self.conn = protocol.Connection(f"supervisor->{name}")
-        self.handles = HandleTable()
+        self.limits = limits or EngineLimits()
+        self.max_message_bytes = self.limits.message_size
+        # what the supervisor forwards carries its own headers: allow for them
+        self.conn = protocol.Connection(
+            f"supervisor->{name}", max_message_words=(self.limits.message_size >> 3) + 8192)
+        self.handles = HandleTable(self.limits.handles)
         self.grants: dict[str, int] = {}
         self.objects: dict[int, LocalObject] = {}
         self.returns: dict[int, protocol.ReturnReceived] = {}
@@ -130,6 +146,7 @@ class Engine:
         self.frames: list[_Frame] = []
         self.control = object()
         self._outgoing: list[bytes] = []
+        self._import_refs: dict[int, int] = {}   # import id -> handles naming it
         self._load(module_path)
 
     # ------------------------------------------------------------ wasm
@@ -138,6 +155,7 @@ class Engine:
         config = wasmtime.Config()
         config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
         config.memory_guard_size = 1 << 16
+        config.consume_fuel = True              # CPU per call: see _guest
         self.wasm_engine = wasmtime.Engine(config)
         try:
             if path.endswith(".wat"):
@@ -151,6 +169,9 @@ class Engine:
         if problem:
             raise EngineError(f"module {path} {problem}")
         self.store = wasmtime.Store(self.wasm_engine)
+        self.store.set_limits(memory_size=self.limits.memory,
+                              table_elements=self.limits.table_elements)
+        self.store.set_fuel(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
         for name, (params, results) in abi.IMPORTS.items():
             hostcall.define(linker, abi.MODULE, name, params, results,
@@ -246,7 +267,10 @@ class Engine:
             data = self._for_guest(ret.payload.content)
         except _CallError as e:
             return self._set_error(out_ptr, abi.E_MESSAGE, e.reason)
-        new = [self._handle_for(c) for c in ret.payload.caps]
+        try:
+            new = self._handles_for(ret.payload.caps)
+        except _GuestError as e:
+            return self._set_error(out_ptr, e.code, str(e))
         self.reply = (data, new)
         self._write(out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
         return abi.OK
@@ -271,12 +295,15 @@ class Engine:
         if entry is None:
             return abi.E_BADHANDLE
         self.handles.remove(handle)
-        if isinstance(entry, _Import) and self.handles.count(entry) == 0:
-            self._send(self.conn.send_release(entry.import_id))
+        if isinstance(entry, _Import):
+            self._unref_import(entry.import_id)
         return abi.OK
 
     def _host_object(self, tag):
-        return self.handles.add(self._local(tag))
+        try:
+            return self.handles.add(self._local(tag))
+        except OverflowError:
+            return abi.E_TOOMANY
 
     def _host_params_read(self, buf_ptr, caps_ptr):
         if not self.frames:
@@ -336,14 +363,45 @@ class Engine:
             caps.append(RemoteRef(entry.import_id) if isinstance(entry, _Import) else entry)
         return caps
 
+    def _handles_for(self, caps) -> list[int]:
+        """New handles for capabilities received; all or none (E_TOOMANY)."""
+        added = []
+        try:
+            for cap in caps:
+                added.append(self._handle_for(cap))
+        except OverflowError:
+            for h in added:
+                if h:
+                    entry = self.handles.remove(h)
+                    if isinstance(entry, _Import):
+                        self._unref_import(entry.import_id)
+            for cap in caps[len(added):]:
+                if isinstance(cap, protocol.Imported):
+                    self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+                    self._unref_import(cap.import_id)
+            raise _GuestError(abi.E_TOOMANY, f"compartment {self.name} holds too many "
+                              f"handles (limit {self.handles.limit}); release some") from None
+        return added
+
     def _handle_for(self, cap) -> int:
         if cap is None:
             return 0
         if isinstance(cap, protocol.Imported):
-            return self.handles.add(_Import(cap.import_id))
+            h = self.handles.add(_Import(cap.import_id))
+            self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+            return h
         if isinstance(cap, protocol.Exported) and isinstance(cap.obj, LocalObject):
             return self.handles.add(cap.obj)
         return 0  # a promise or our control object: never handed to the guest
+
+    def _unref_import(self, import_id):
+        n = self._import_refs.get(import_id, 0) - 1
+        if n > 0:
+            self._import_refs[import_id] = n
+            return
+        self._import_refs.pop(import_id, None)
+        if import_id in self.conn.imports:
+            self._send(self.conn.send_release(import_id))
 
     def _local(self, tag) -> LocalObject:
         obj = self.objects.get(tag)
@@ -433,7 +491,7 @@ class Engine:
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):
-                    self.grants[name] = self.handles.add(_Import(cap.import_id))
+                    self.grants[name] = self._handle_for(cap)
             results = _StartResultsStruct.new_message(program=self.start_func is not None)
             seg = bytearray(results.to_segments()[0])
             if self.exports_main:
@@ -444,18 +502,22 @@ class Engine:
         if ev.method_id == 1:     # run() -> (exitCode)
             if self.start_func is None:
                 raise _CallError("failed", "module has no _start")
-            self._guest(self.start_func)
+            self._guest(self.start_func, fuel=UNLIMITED_FUEL)
             results = _RunResultsStruct.new_message(exitCode=0)
             return Content.standalone(results.to_segments()), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
     def _dispatch(self, ev):
-        frame = _Frame(self._for_guest(ev.payload.content),
-                       [self._handle_for(c) for c in ev.payload.caps])
+        try:
+            handles = self._handles_for(ev.payload.caps)
+        except _GuestError as e:
+            raise _CallError("overloaded", str(e)) from None
+        frame = _Frame(self._for_guest(ev.payload.content), handles)
         self.frames.append(frame)
         try:
             status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
-                                 ev.method_id, len(frame.params), len(frame.handles))
+                                 ev.method_id, len(frame.params), len(frame.handles),
+                                 fuel=self.limits.fuel_per_call)
         finally:
             self.frames.pop()
         if status != 0 or frame.error is not None:
@@ -464,18 +526,28 @@ class Engine:
             return protocol.EMPTY, []
         return frame.results
 
-    def _guest(self, func, *args):
+    def _guest(self, func, *args, fuel: int):
+        """Enter the guest with a fresh CPU budget.  A re-entrant call (a callback
+        while the guest waits) gets its own budget; the outer one resumes with
+        what it had left."""
         self._flush()      # the guest may run for long: let the supervisor have it all
+        outer = self.store.get_fuel()
+        self.store.set_fuel(fuel)
         try:
             return func(*args)
         except GuestFault as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:
+            if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+                raise _CallError("overloaded", f"compartment {self.name} used up its CPU "
+                                 f"budget for this call (fuel_per_call = {fuel})") from None
             raise _CallError("failed", f"compartment {self.name} trapped: {_first_line(e)}") \
                 from None
         except wasmtime.WasmtimeError as e:
             raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
                 from None
+        finally:
+            self.store.set_fuel(outer)
 
 
 class _GuestError(Exception):
@@ -540,13 +612,19 @@ def main(argv=None):
     ap.add_argument("--module", required=True)
     ap.add_argument("--exports", action="store_true")
     ap.add_argument("--parent", type=int, default=0)
+    for flag in ("memory", "table-elements", "fuel-per-call", "handles", "message-size"):
+        ap.add_argument(f"--{flag}", type=int)
     args = ap.parse_args(argv)
+    limits = EngineLimits(**{k: v for k, v in (
+        ("memory", args.memory), ("table_elements", args.table_elements),
+        ("fuel_per_call", args.fuel_per_call), ("handles", args.handles),
+        ("message_size", args.message_size)) if v is not None})
     if args.parent:
         _die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=args.fd)
     try:
-        engine = Engine(sock, args.name, args.module, args.exports)
+        engine = Engine(sock, args.name, args.module, args.exports, limits)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -17,7 +17,7 @@ HOST_CAPS = ("log",)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas"}
-COMPARTMENT_KEYS = {"module", "exports", "external", "grants"}
+COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits"}
 GRANT_KEYS = {"compartment", "host"}
 
 
@@ -37,6 +37,34 @@ class Grant:
     target: str        # compartment name, or host capability name
 
 
+_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+@attrs.frozen
+class Limits:
+    """Per-compartment limits.  Defaults are safe for untrusted code; see
+    docs/policy-reference.md for what each one bounds and what happens at it."""
+    memory: int = 64 << 20              # bytes of linear memory
+    table_elements: int = 10_000        # elements across the module's tables
+    fuel_per_call: int = 1_000_000_000  # wasm fuel (about instructions) per incoming call
+    handles: int = 1024                 # capabilities the compartment may hold
+    in_flight: int = 64                 # calls from it the supervisor holds unanswered
+    message_size: int = 8 << 20         # bytes in one message to or from it
+
+    # key -> (minimum, maximum, is a size)
+    RANGES = {
+        "memory": (64 << 10, 4 << 30, True),
+        "table_elements": (0, 10_000_000, False),
+        "fuel_per_call": (1_000, 1 << 62, False),
+        "handles": (1, 1 << 20, False),
+        "in_flight": (1, 1 << 16, False),
+        "message_size": (1 << 10, 256 << 20, True),
+    }
+
+
+DEFAULT_LIMITS = Limits()
+
+
 @attrs.frozen
 class Compartment:
     name: str
@@ -44,6 +72,7 @@ class Compartment:
     exports: str | None = None  # interface name
     external: bool = False
     grants: tuple = ()
+    limits: Limits = DEFAULT_LIMITS
 
 
 @attrs.frozen
@@ -116,7 +145,8 @@ def parse(text: str, path: str = "system.toml") -> System:
         _table(where, f"{key}.grants", grants_doc)
         grants = tuple(_grant(where, f"{key}.grants.{g}", g, spec)
                        for g, spec in grants_doc.items())
-        compartments[name] = Compartment(name, module, exports, external, grants)
+        limits = _limits(where, f"{key}.limits", body.get("limits", {}))
+        compartments[name] = Compartment(name, module, exports, external, grants, limits)
 
     for comp in compartments.values():
         for g in comp.grants:
@@ -223,6 +253,30 @@ def _path(where, key, value, base) -> str:
     if "\0" in value:
         raise where.error(key, "path contains a NUL byte")
     return os.path.normpath(os.path.join(base, value))
+
+
+def _limits(where, key, table) -> Limits:
+    _table(where, key, table)
+    _only(where, key, table, set(Limits.RANGES))
+    values = {}
+    for k, v in table.items():
+        lo, hi, is_size = Limits.RANGES[k]
+        n = _size(where, f"{key}.{k}", v) if is_size else v
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise where.error(f"{key}.{k}", f"must be a whole number, not {v!r}")
+        if not lo <= n <= hi:
+            raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")
+        values[k] = n
+    return Limits(**values)
+
+
+def _size(where, key, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*", value) if isinstance(value, str) else None
+    if m is None:
+        raise where.error(key, f"must be a size in bytes, such as 65536 or \"64MiB\", not {value!r}")
+    return int(m.group(1)) * _UNITS[m.group(2) or ""]
 
 
 def _grant(where, key, name, spec) -> Grant:

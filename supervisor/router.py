@@ -157,14 +157,23 @@ class CallError(Exception):
         self.type = type
 
 
+@attrs.frozen
+class PeerLimits:
+    in_flight: int = 64          # calls from the peer held unanswered
+    handles: int = 1024          # entries in the peer's c-list (our export table)
+    message_size: int = 8 << 20  # bytes per message from the peer
+
+
 class Peer:
     """One connection: an engine (compartment) or an external client."""
 
-    def __init__(self, pid: int, name: str, kind: str):
+    def __init__(self, pid: int, name: str, kind: str, limits: PeerLimits):
         self.id = pid
         self.name = name
         self.kind = kind                 # "engine" | "external"
-        self.conn = protocol.Connection(name)
+        self.limits = limits
+        # a message carries content plus headers: allow the headers on top
+        self.conn = protocol.Connection(name, max_message_words=(limits.message_size >> 3) + 8192)
         self.remotes: dict[int, Remote] = {}
         self.alive = True
         self.control: Remote | None = None
@@ -177,8 +186,12 @@ class Peer:
 
 
 class Router:
-    def __init__(self, compartments: dict[str, int | None], external: tuple = ()):
-        """`compartments`: name -> interface id of its main object (None: exports nothing)."""
+    def __init__(self, compartments: dict[str, int | None], external: tuple = (),
+                 limits: dict | None = None, external_limits: PeerLimits = PeerLimits()):
+        """`compartments`: name -> interface id of its main object (None: exports nothing).
+        `limits`: name -> PeerLimits (default PeerLimits())."""
+        self.limits = limits or {}
+        self.external_limits = external_limits
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
         self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
@@ -197,7 +210,7 @@ class Router:
 
         `grants` is [(local name, kind, target)] with kind 'compartment' or 'host'.
         """
-        peer = self._new_peer(name, "engine")
+        peer = self._new_peer(name, "engine", self.limits.get(name, PeerLimits()))
         self.engines[name] = peer
         qid, data = peer.conn.send_bootstrap()
         self._pending[(peer.id, qid)] = ("bootstrap", grants)
@@ -205,10 +218,10 @@ class Router:
         return peer.id, self._flush()
 
     def add_external(self, label: str = "external") -> int:
-        return self._new_peer(label, "external").id
+        return self._new_peer(label, "external", self.external_limits).id
 
-    def _new_peer(self, name, kind) -> Peer:
-        peer = Peer(next(self._ids), name, kind)
+    def _new_peer(self, name, kind, limits) -> Peer:
+        peer = Peer(next(self._ids), name, kind, limits)
         self.peers[peer.id] = peer
         return peer
 
@@ -274,6 +287,14 @@ class Router:
 
     def _on_call(self, peer: Peer, ev: protocol.CallReceived):
         reply = (peer, ev.answer_id)
+        if peer.conn.unanswered > peer.limits.in_flight:
+            self._fail(reply, CallError(
+                f"{peer.name} has {peer.limits.in_flight} calls in flight already "
+                f"(limit in_flight = {peer.limits.in_flight})", "overloaded"))
+            for c in ev.payload.caps:             # drop what it passed along
+                if isinstance(c, protocol.Imported):
+                    self._sweep((self._remote(peer, c.import_id),))
+            return
         try:
             caps = tuple(self._import_cap(peer, c) for c in ev.payload.caps)
         except CallError as e:
@@ -365,8 +386,11 @@ class Router:
         loc = wire.struct_pointer_field([seg], (0, 0), 0)
         for i, (s, start, data, ptrs) in enumerate(wire.struct_list_elements([seg], loc)):
             wire.set_word(seg, start + data + 1, wire.cap_pointer(i))
-        self._call_peer(peer, peer.control.import_id, ENGINE_ID, 0,
-                        Content.standalone([seg]), caps, ("start", None))
+        try:
+            self._call_peer(peer, peer.control.import_id, ENGINE_ID, 0,
+                            Content.standalone([seg]), caps, ("start", None))
+        except CallError as e:
+            self._start_failed(peer, e.reason)
 
     def _on_engine_started(self, peer: Peer, ev):
         if ev.payload is None:
@@ -422,8 +446,10 @@ class Router:
                 raise CallError("not a capability")
         except CallError as e:
             self._fail(call.reply, e)
+            self._sweep(call.caps)
 
     def _call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):
+        self._check_handles(peer, caps)
         out_caps = [self._export_cap(peer, c) for c in caps]
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
         self._retain_new(peer, caps)
@@ -432,6 +458,12 @@ class Router:
 
     def _return(self, peer: Peer, answer_id: int, content: Content, caps):
         if not peer.alive:
+            return
+        try:
+            self._check_handles(peer, caps)
+        except CallError as e:
+            self._fail((peer, answer_id), e)
+            self._sweep(caps)
             return
         out_caps = [self._export_cap(peer, c) for c in caps]
         # Engines never pipeline: spare them the Finish when nothing needs releasing.
@@ -507,6 +539,17 @@ class Router:
             raise CallError("passing a promised capability before it resolves is not supported",
                             "unimplemented")
         return self._resolve_pipeline(peer, result, c.transform)
+
+    @staticmethod
+    def _check_handles(peer: Peer, caps):
+        """Refuse to grow a peer's c-list past its `handles` limit."""
+        exports = peer.conn
+        new = {id(c) for c in caps if c is not None
+               and not (isinstance(c, Remote) and c.peer is peer)
+               and exports.export_id(c) is None}
+        if len(exports.exports) + len(new) > peer.limits.handles:
+            raise CallError(f"{peer.name} would hold more than {peer.limits.handles} "
+                            f"capabilities (limit handles); it must release some", "overloaded")
 
     @staticmethod
     def _export_cap(peer: Peer, cap):

@@ -83,7 +83,9 @@ class Supervisor:
         self.out = out or sys.stdout
         self.socket_path = socket_path or self.system.socket or \
             default_socket_path(self.system.path)
-        self.router = R.Router(plan.main_interface, self.system.external)
+        self.router = R.Router(plan.main_interface, self.system.external, {
+            c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size)
+            for c in self.system.compartments.values()})
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}
         self.peer_of: dict[str, int] = {}
@@ -138,6 +140,10 @@ class Supervisor:
                 "--name", comp.name, "--module", comp.module, "--parent", str(os.getpid())]
         if comp.exports:
             args.append("--exports")
+        lim = comp.limits
+        args += ["--memory", str(lim.memory), "--table-elements", str(lim.table_elements),
+                 "--fuel-per-call", str(lim.fuel_per_call), "--handles", str(lim.handles),
+                 "--message-size", str(lim.message_size)]
         env = {"PYTHONPATH": _ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
         try:
             proc = EngineProcess(args, (theirs.fileno(),), env)

@@ -1,0 +1,127 @@
+"""Limits: a compartment over a limit gets the error; its peers and the supervisor carry on."""
+import asyncio
+import os
+
+import capnp
+import pytest
+
+import capnp_schemas
+from tests.conftest import EXAMPLES, run_wsuper
+from tests.integration.guests import CALC_ID, HERE, SPIN_ID, program
+
+
+def system(tmp_path, app_body, strings, app_limits="", extra=""):
+    (tmp_path / "app.wat").write_text(program(app_body, strings))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp", "{EXAMPLES}/calc.capnp"]
+
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 200_000
+
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+calc = {{ compartment = "calc" }}
+[compartments.app.limits]
+{app_limits}
+{extra}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    return r, [l[len("[app] "):] for l in r.stdout.splitlines() if l.startswith("[app] ")]
+
+
+def test_a_looping_callee_runs_out_of_cpu_and_keeps_serving(tmp_path):
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log_int (i32.const 300) (i32.const 6) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    (call $log_int (i32.const 310) (i32.const 4)
+          (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 320) (i32.const 5) (i32.load (i32.const 2064)))
+    """, {"spin": 200, "looped": 300, "ping": 310, "value": 320})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert logs == ["looped -4",
+                    "compartment spin used up its CPU budget for this call "
+                    "(fuel_per_call = 200000)",
+                    "ping 0", "value 7"]
+
+
+def test_memory_and_table_growth_stop_at_the_limit(tmp_path):
+    r, logs = system(tmp_path, """
+    (block $done (loop $l
+      (br_if $done (i32.lt_s (memory.grow (i32.const 1)) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (call $log_int (i32.const 300) (i32.const 5) (local.get $i))
+    (local.set $i (i32.const 0))
+    (block $done (loop $l
+      (br_if $done (i32.lt_s (table.grow $t (ref.null func) (i32.const 10)) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (call $log_int (i32.const 310) (i32.const 6) (local.get $i))
+    """, {"pages": 300, "tables": 310}, app_limits='memory = "1MiB"\ntable_elements = 101')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert logs == ["pages 15", "tables 10"]   # 1 MiB = 16 pages; 1 + 10*10 elements
+
+
+def test_hoarding_handles_is_refused_and_the_hoarder_can_still_call(tmp_path):
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (block $done (loop $l
+      (local.set $r (call $call0 (local.get $h) (i64.const {CALC_ID}) (i32.const 1)))
+      (br_if $done (i32.lt_s (local.get $r) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (call $log_int (i32.const 300) (i32.const 8) (local.get $i))
+    (call $log_int (i32.const 310) (i32.const 4) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    (call $log_int (i32.const 320) (i32.const 3)
+          (call $call0 (local.get $h) (i64.const {CALC_ID}) (i32.const 0)))
+    """, {"calc": 200, "hoarded:": 300, "then": 310, "add": 320}, app_limits="handles = 20")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # 3 grants + 17 counters fill the 20 entries of app's c-list
+    assert logs == ["hoarded: 17", "then -4",
+                    "app would hold more than 20 capabilities (limit handles); it must release some",
+                    "add 0"]
+
+
+def test_an_external_call_flood_is_refused_past_in_flight_and_others_are_served(tmp_path, wsuper):
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready spin")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+
+    async def main():
+        async with capnp.kj_loop():
+            stream = await capnp.AsyncIoStream.create_unix_connection(str(sock))
+            client = capnp.TwoPartyClient(stream)
+            gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+            spin = (await gateway.get("spin")).cap.as_interface(schema.Spin)
+            results = await asyncio.gather(*[spin.slow() for _ in range(200)],
+                                           return_exceptions=True)
+            after = (await spin.ping()).value
+            return results, after
+
+    results, after = asyncio.run(asyncio.wait_for(main(), 60))
+    refused = [r for r in results if isinstance(r, capnp.KjException)]
+    served = [r for r in results if not isinstance(r, Exception)]
+    assert refused and all("limit in_flight = 64" in str(e) for e in refused)
+    assert len(served) >= 64 and all(r.value == 1 for r in served)
+    assert after == 7
