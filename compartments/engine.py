@@ -41,6 +41,10 @@ _StartParams = engine_schema.Engine.schema.methods["start"].param_type
 
 
 UNLIMITED_FUEL = (1 << 63) - 1
+#: Incoming calls served re-entrantly while the guest waits in its own calls
+#: (A calls B, B calls A back, ...).  Deeper nesting fails the call: each level
+#: costs native stack in this process.
+MAX_NESTING = 32
 
 
 class EngineLimits:
@@ -508,6 +512,9 @@ class Engine:
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
     def _dispatch(self, ev):
+        if len(self.frames) >= MAX_NESTING:
+            raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
+                             f"{MAX_NESTING} (a call cycle between compartments?)")
         try:
             handles = self._handles_for(ev.payload.caps)
         except _GuestError as e:

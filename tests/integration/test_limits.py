@@ -125,3 +125,39 @@ external = true
     assert refused and all("limit in_flight = 64" in str(e) for e in refused)
     assert len(served) >= 64 and all(r.value == 1 for r in served)
     assert after == 7
+
+
+def test_a_call_cycle_between_waiting_guests_ends_in_an_error_not_a_hang(tmp_path):
+    """A calls B, B calls A back while A waits, and so on: served re-entrantly
+    up to the engine's nesting limit, then the innermost call fails and every
+    level returns; both compartments keep serving.  (in_flight is raised so the
+    engine's limit, not the supervisor's, is what ends it: without it the engine
+    ran out of stack and died.)"""
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 1)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 300) (i32.const 5) (local.get $r))
+    (call $log_int (i32.const 310) (i32.const 6) (i32.load (i32.const 2064)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 320) (i32.const 5) (local.get $r))
+    """, {"a": 200, "cycle": 300, "answer": 310, "again": 320}, extra=f"""
+[compartments.a]
+module = "{HERE}/bounce.wat"
+exports = "Spin"
+[compartments.a.limits]
+in_flight = 60000
+[compartments.a.grants]
+peer = {{ compartment = "b" }}
+[compartments.b]
+module = "{HERE}/bounce.wat"
+exports = "Spin"
+[compartments.b.limits]
+in_flight = 60000
+[compartments.b.grants]
+peer = {{ compartment = "a" }}
+[compartments.app.grants.a]
+compartment = "a"
+""")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the top call succeeds; its answer is the error the nested calls ended in
+    assert logs == ["cycle 0", "answer -4", "again 0"]

@@ -1,0 +1,28 @@
+;; bounce: serves Spin; ping (method 1) calls its "peer" grant's ping and answers
+;; the peer's answer, or the error code if that call failed: two of these
+;; granted to each other call each other forever, each waiting for the other.
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "fail" (func $fail (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "peer")
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (local $r i32)
+    (local.set $r (call $call (call $lookup (i32.const 100) (i32.const 4))
+                        (i64.const 0xc0ffee00000000f1) (i32.const 1)
+                        (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000)))
+    (if (i32.eqz (local.get $r))
+      (then (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
+            (local.set $r (i32.load (i32.const 2064)))))
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 8208) (i64.extend_i32_u (local.get $r)))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0))
+)
