@@ -50,6 +50,7 @@ class Limits:
     handles: int = 1024                 # capabilities the compartment may hold
     in_flight: int = 64                 # calls from it the supervisor holds unanswered
     message_size: int = 8 << 20         # bytes in one message to or from it
+    call_time: float = 30.0             # seconds a call into it may take
 
     # key -> (minimum, maximum, is a size)
     RANGES = {
@@ -59,6 +60,7 @@ class Limits:
         "handles": (1, 1 << 20, False),
         "in_flight": (1, 1 << 16, False),
         "message_size": (1 << 10, 256 << 20, True),
+        "call_time": (0.01, 86_400, False),
     }
 
 
@@ -262,8 +264,10 @@ def _limits(where, key, table) -> Limits:
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
         n = _size(where, f"{key}.{k}", v) if is_size else v
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise where.error(f"{key}.{k}", f"must be a whole number, not {v!r}")
+        kinds = (int, float) if k == "call_time" else int
+        if isinstance(n, bool) or not isinstance(n, kinds):
+            what = "a number of seconds" if k == "call_time" else "a whole number"
+            raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
         if not lo <= n <= hi:
             raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")
         values[k] = n

@@ -18,7 +18,9 @@ breaks the protocol gets an Abort and is cut off; nobody else notices.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
+import time
 
 import attrs
 
@@ -162,6 +164,7 @@ class PeerLimits:
     in_flight: int = 64          # calls from the peer held unanswered
     handles: int = 1024          # entries in the peer's c-list (our export table)
     message_size: int = 8 << 20  # bytes per message from the peer
+    call_time: float = 30.0      # seconds a call into the peer may take
 
 
 class Peer:
@@ -187,10 +190,13 @@ class Peer:
 
 class Router:
     def __init__(self, compartments: dict[str, int | None], external: tuple = (),
-                 limits: dict | None = None, external_limits: PeerLimits = PeerLimits()):
+                 limits: dict | None = None, external_limits: PeerLimits = PeerLimits(),
+                 clock=time.monotonic):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
-        `limits`: name -> PeerLimits (default PeerLimits())."""
+        `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time."""
         self.limits = limits or {}
+        self.clock = clock
+        self._deadlines: list = []                  # heap of (deadline, peer id, question id)
         self.external_limits = external_limits
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
@@ -250,6 +256,25 @@ class Router:
             self._out.append(Close(pid, str(e)))
             self._lose(peer, f"{peer.name}: connection aborted: {e}")
         return self._flush()
+
+    def expire(self) -> list:
+        """Fail forwarded calls older than their callee's call_time (call this often)."""
+        now = self.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _deadline, pid, qid = heapq.heappop(self._deadlines)
+            handler = self._pending.get((pid, qid))
+            peer = self.peers.get(pid)
+            if handler is None or handler[0] != "forward" or peer is None:
+                continue                     # answered in time, or the peer is gone
+            del self._pending[(pid, qid)]
+            self._out.append(Send(pid, peer.conn.send_finish(qid)))
+            self._fail(handler[1], CallError(
+                f"compartment {peer.name} did not answer within {peer.limits.call_time:g} s "
+                f"(limit call_time)", "overloaded"))
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
 
     def disconnected(self, pid: int, reason: str) -> list:
         """The peer's connection closed or its process died."""
@@ -334,6 +359,11 @@ class Router:
     def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
         handler = self._pending.pop((peer.id, ev.question_id), None)
         if handler is None:
+            # A late answer to a call that timed out (we already sent Finish):
+            # nobody wants what it carries.
+            if ev.payload is not None:
+                self._sweep([self._remote(peer, c.import_id) for c in ev.payload.caps
+                             if isinstance(c, protocol.Imported)])
             return
         if ev.finish_needed:
             self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
@@ -454,6 +484,9 @@ class Router:
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
         self._retain_new(peer, caps)
         self._pending[(peer.id, qid)] = handler
+        if handler[0] == "forward":
+            heapq.heappush(self._deadlines,
+                           (self.clock() + peer.limits.call_time, peer.id, qid))
         self._out.append(Send(peer.id, data))
 
     def _return(self, peer: Peer, answer_id: int, content: Content, caps):

@@ -18,6 +18,7 @@ from .preflight import Plan
 from .process import EngineProcess
 
 GRACE_SECONDS = 2.0
+EXPIRY_TICK = 0.05      # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,8 +85,9 @@ class Supervisor:
         self.socket_path = socket_path or self.system.socket or \
             default_socket_path(self.system.path)
         self.router = R.Router(plan.main_interface, self.system.external, {
-            c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size)
-            for c in self.system.compartments.values()})
+            c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size,
+                                 c.limits.call_time)
+            for c in self.system.compartments.values()}, clock=trio.current_time)
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}
         self.peer_of: dict[str, int] = {}
@@ -106,6 +108,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
+            nursery.start_soon(self._expire_calls)
             if self.system.external:
                 await nursery.start(self._listen)
             for comp in self.system.compartments.values():
@@ -124,6 +127,13 @@ class Supervisor:
         if code:
             self.exit_code = code
         self._done.set()
+
+    async def _expire_calls(self):
+        """Fail calls that took longer than their callee's call_time."""
+        while True:
+            await trio.sleep(EXPIRY_TICK)
+            if self.router.next_deadline() is not None:
+                self._perform(self.router.expire())
 
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -10,7 +10,8 @@ from tests.conftest import EXAMPLES, run_wsuper
 from tests.integration.guests import CALC_ID, HERE, SPIN_ID, program
 
 
-def system(tmp_path, app_body, strings, app_limits="", extra=""):
+def system(tmp_path, app_body, strings, app_limits="", extra="",
+           spin_limits="fuel_per_call = 200_000"):
     (tmp_path / "app.wat").write_text(program(app_body, strings))
     (tmp_path / "system.toml").write_text(f"""
 [system]
@@ -20,7 +21,7 @@ schemas = ["{HERE}/spin.capnp", "{EXAMPLES}/calc.capnp"]
 module = "{HERE}/spin.wat"
 exports = "Spin"
 [compartments.spin.limits]
-fuel_per_call = 200_000
+{spin_limits}
 
 [compartments.calc]
 module = "{EXAMPLES}/calc.wat"
@@ -161,3 +162,19 @@ compartment = "a"
     assert r.returncode == 0, r.stdout + r.stderr
     # the top call succeeds; its answer is the error the nested calls ended in
     assert logs == ["cycle 0", "answer -4", "again 0"]
+
+
+def test_call_time_bounds_how_long_a_caller_waits(tmp_path):
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log_int (i32.const 300) (i32.const 4) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    (local.set $h (call $lookup (i32.const 210) (i32.const 4)))
+    (call $log_int (i32.const 320) (i32.const 3)
+          (call $call0 (local.get $h) (i64.const {CALC_ID}) (i32.const 0)))
+    """, {"spin": 200, "calc": 210, "spun": 300, "add": 320},
+        spin_limits="fuel_per_call = 4_000_000_000_000_000\ncall_time = 0.5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert logs == ["spun -4", "compartment spin did not answer within 0.5 s (limit call_time)",
+                    "add 0"]

@@ -135,3 +135,27 @@ def test_capability_in_a_result_is_released_at_its_host_when_the_holder_releases
     app.send(app.conn.send_release(got.import_id))
     assert P.ExportReleased(counter) in calc.inbox
     assert not any(e.obj is counter for e in calc.conn.exports.values())
+
+
+def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None},
+                      limits={"calc": R.PeerLimits(call_time=2.0)}, clock=lambda: now[0])
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [("calc", "compartment", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    (slow,) = calc.inbox
+    now[0] = 1.9
+    app.deliver(router.expire())
+    assert app.inbox == []                      # not yet
+    now[0] = 2.1
+    app.deliver(router.expire())
+    (ret,) = app.inbox
+    assert ret.error_type == "overloaded" and "did not answer within 2 s" in ret.error
+    # calc was told (Finish); its late answer, even carrying a capability, goes nowhere
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    late = object()
+    calc.send(calc.conn.send_return(slow.answer_id, Content.standalone([seg]), [late]))
+    assert len(app.inbox) == 1
+    assert P.ExportReleased(late) in calc.inbox    # released at once, not leaked
