@@ -13,11 +13,14 @@ import tomllib
 
 import attrs
 
+from .supervision import MODES, RestartPolicy
+
 HOST_CAPS = ("log",)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas"}
-COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits"}
+COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
+                    "max_restarts", "restart_window", "restart_delay", "critical"}
 GRANT_KEYS = {"compartment", "host"}
 
 
@@ -75,6 +78,7 @@ class Compartment:
     external: bool = False
     grants: tuple = ()
     limits: Limits = DEFAULT_LIMITS
+    restart: RestartPolicy = RestartPolicy()
 
 
 @attrs.frozen
@@ -148,7 +152,9 @@ def parse(text: str, path: str = "system.toml") -> System:
         grants = tuple(_grant(where, f"{key}.grants.{g}", g, spec)
                        for g, spec in grants_doc.items())
         limits = _limits(where, f"{key}.limits", body.get("limits", {}))
-        compartments[name] = Compartment(name, module, exports, external, grants, limits)
+        restart = _restart(where, key, body)
+        compartments[name] = Compartment(name, module, exports, external, grants, limits,
+                                         restart)
 
     for comp in compartments.values():
         for g in comp.grants:
@@ -255,6 +261,27 @@ def _path(where, key, value, base) -> str:
     if "\0" in value:
         raise where.error(key, "path contains a NUL byte")
     return os.path.normpath(os.path.join(base, value))
+
+
+def _restart(where, key, body) -> RestartPolicy:
+    values = {}
+    mode = body.get("restart", "transient")
+    if mode not in MODES:
+        raise where.error(f"{key}.restart", f"must be one of {', '.join(MODES)}, not {mode!r}")
+    values["mode"] = mode
+    for k, lo, hi, kinds in (("max_restarts", 0, 1000, int),
+                             ("restart_window", 0.1, 86_400, (int, float)),
+                             ("restart_delay", 0.0, 60, (int, float))):
+        if k in body:
+            v = body[k]
+            if isinstance(v, bool) or not isinstance(v, kinds) or not lo <= v <= hi:
+                raise where.error(f"{key}.{k}", f"must be a number in {lo}..{hi}, not {v!r}")
+            values[k] = v
+    critical = body.get("critical", False)
+    if not isinstance(critical, bool):
+        raise where.error(f"{key}.critical", f"must be true or false, not {critical!r}")
+    values["critical"] = critical
+    return RestartPolicy(**values)
 
 
 def _limits(where, key, table) -> Limits:

@@ -123,6 +123,7 @@ class Proxy(Cap):
         self.interface_id = interface_id
         self.target: Remote | None = None
         self.error: str | None = None
+        self.error_type = "disconnected"
         self.queue: list = []
         self.refs = 0
 
@@ -218,6 +219,9 @@ class Router:
         """
         peer = self._new_peer(name, "engine", self.limits.get(name, PeerLimits()))
         self.engines[name] = peer
+        proxy = self.proxies.get(name)
+        if proxy is not None:          # a (re)start: calls wait for it, then go to it
+            proxy.target, proxy.error = None, None
         qid, data = peer.conn.send_bootstrap()
         self._pending[(peer.id, qid)] = ("bootstrap", grants)
         self._out.append(Send(peer.id, data))
@@ -275,6 +279,18 @@ class Router:
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
+
+    def stop_engine(self, name: str, reason: str) -> list:
+        """The runtime is taking compartment `name`'s engine down (to restart it)."""
+        peer = self.engines.get(name)
+        return self.disconnected(peer.id, reason) if peer is not None else []
+
+    def fail_compartment(self, name: str, reason: str) -> list:
+        """The compartment will not come back: calls through its grants fail from now on."""
+        proxy = self.proxies.get(name)
+        if proxy is not None:
+            self._break_proxy(proxy, f"compartment {name} failed: {reason}", "failed")
+        return self._flush()
 
     def disconnected(self, pid: int, reason: str) -> list:
         """The peer's connection closed or its process died."""
@@ -459,7 +475,7 @@ class Router:
                     raise CallError(f"compartment {cap.compartment} does not implement "
                                     f"interface {call.interface_id:#x}", "unimplemented")
                 if cap.error is not None:
-                    raise CallError(cap.error, "disconnected")
+                    raise CallError(cap.error, cap.error_type)
                 if cap.target is None:
                     cap.queue.append(call)
                     return
@@ -634,16 +650,17 @@ class Router:
             elif kind in ("bootstrap", "start"):
                 self._out.append(StartFailed(peer.name, reason))
         proxy = self.proxies.get(peer.name)
-        if peer.kind == "engine" and proxy is not None:
+        if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
             self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
 
-    def _break_proxy(self, proxy: Proxy, reason: str):
+    def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
         proxy.error = reason
+        proxy.error_type = type
         proxy.target = None
         queue, proxy.queue = proxy.queue, []
         for call in queue:
-            self._fail(call.reply, CallError(reason, "disconnected"))
+            self._fail(call.reply, CallError(reason, type))
 
 
 def _read(struct, content: Content):

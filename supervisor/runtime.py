@@ -16,6 +16,7 @@ import trio
 from . import router as R
 from .preflight import Plan
 from .process import EngineProcess
+from .supervision import Supervision
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05      # call_time is enforced to within this
@@ -90,11 +91,14 @@ class Supervisor:
             for c in self.system.compartments.values()}, clock=trio.current_time)
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}
-        self.peer_of: dict[str, int] = {}
         self.started: set[str] = set()
         self.programs: set[str] = set()
         self.running: set[str] = set()
-        self.failures: list[str] = []
+        self.all_started = False
+        # one number per incarnation: events about an older one are ignored
+        self.generation = {name: 0 for name in self.system.compartments}
+        self.supervision = {c.name: Supervision(c.restart)
+                            for c in self.system.compartments.values()}
         self.exit_code = 0
         self._done = trio.Event()
         self._stderr_tail: dict[str, list[str]] = {}
@@ -163,36 +167,89 @@ class Supervisor:
         self.procs[comp.name] = proc
         grants = [(g.name, g.kind, g.target) for g in comp.grants]
         pid, effects = self.router.add_engine(comp.name, grants)
-        self.peer_of[comp.name] = pid
         link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
-        self.nursery.start_soon(self._read_engine, comp.name, pid, link, proc)
+        self.nursery.start_soon(self._read_engine, comp.name, self.generation[comp.name], pid,
+                                link, proc)
         self.nursery.start_soon(self._read_stderr, comp.name, proc)
         self._perform(effects)
 
-    async def _read_engine(self, name, pid, link, proc):
-        reason = "connection closed"
+    async def _respawn(self, comp, delay):
+        gen = self.generation[comp.name]
+        await trio.sleep(delay)
+        if gen == self.generation[comp.name] and not self._done.is_set():
+            await self._spawn(comp)
+
+    async def _read_engine(self, name, gen, pid, link, proc):
+        reason = None
         try:
             while True:
                 data = await link.stream.receive_some(1 << 16)
                 if not data:
                     break
                 self._perform(self.router.receive(pid, data))
-                if pid not in self.router.peers:
-                    return
+                if pid not in self.router.peers:       # it broke the protocol: cut off
+                    reason = "broke the protocol"
+                    proc.kill()
+                    break
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             reason = str(e) or "connection lost"
         code = await proc.wait()
-        if code is not None and code != 0:
-            reason = _describe_exit(code)
+        if reason is None:
+            reason = _describe_exit(code) if code else "exited"
             tail = self._stderr_tail.get(name)
-            if tail:
+            if code and tail:
                 reason += f": {tail[-1]}"
-        if not self._done.is_set() and name not in self.running:
-            self.say(f"wsuper: compartment {name} stopped: engine {reason}")
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
         await link.send.aclose()
+        self.links.pop(pid, None)
+        # A program that was running was handled through its Exited effect above.
+        if gen == self.generation[name] and not self._done.is_set():
+            self._stopped(name, True, f"engine {reason}")
+
+    def _stopped(self, name: str, abnormal: bool, reason: str):
+        """The current incarnation of `name` stopped: restart it, leave it, or give up."""
+        comp = self.system.compartments[name]
+        policy = comp.restart
+        d = self.supervision[name].decide(trio.current_time(), abnormal)
+        if d.action == "restart":
+            self.generation[name] += 1
+            self.say(f"wsuper: restarting {name} in {d.delay:g} s ({reason}; restart "
+                     f"{d.attempt} of at most {policy.max_restarts} in "
+                     f"{policy.restart_window:g} s)")
+            self._perform(self.router.stop_engine(name, reason))
+            self.procs[name].terminate()
+            self.nursery.start_soon(self._respawn, comp, d.delay)
+            return
+        if d.action == "fail":
+            self.generation[name] += 1
+            holders = [c.name for c in self.system.compartments.values()
+                       if any(g.kind == "compartment" and g.target == name for g in c.grants)]
+            told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
+            self.say(f"wsuper: compartment {name} failed for good: {d.reason} "
+                     f"(last: {reason}){told}")
+            self._perform(self.router.stop_engine(name, reason))
+            self._perform(self.router.fail_compartment(name, d.reason))
+            self.procs[name].terminate()
+            self.exit_code = 1
+            self.running.discard(name)
+            if policy.critical:
+                self.say(f"wsuper: {name} is critical: stopping the system")
+                self._finish(1)
+            self._check_done()
+            return
+        if abnormal:
+            self.say(f"wsuper: compartment {name} stopped: {reason} ({d.reason})")
+            if name in self.running:
+                self.exit_code = 1
+        self.running.discard(name)
+        self._check_done()
+
+    def _check_done(self):
+        if self.all_started and self.programs and not self.running \
+                and not self.system.external:
+            self._finish()
 
     async def _read_stderr(self, name, proc):
         buf = b""
@@ -288,8 +345,7 @@ class Supervisor:
             elif isinstance(e, R.Started):
                 self._on_started(e)
             elif isinstance(e, R.StartFailed):
-                self.say(f"wsuper: compartment {e.compartment} failed to start: {e.reason}")
-                self._finish(1)
+                self._on_start_failed(e)
             elif isinstance(e, R.Exited):
                 self._on_exited(e)
             elif isinstance(e, R.Notice):
@@ -312,8 +368,20 @@ class Supervisor:
         base = os.path.dirname(self.system.path) + os.sep
         rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
         self.say(f"ready {comp.name} pid={proc.pid} module={rel}")
-        if len(self.started) == len(self.system.compartments):
+        if self.all_started:                     # a restart: run its program again
+            if e.program:
+                self.running.add(e.compartment)
+                self._perform(self.router.run(e.compartment))
+        elif len(self.started) == len(self.system.compartments):
+            self.all_started = True
             self._all_ready()
+
+    def _on_start_failed(self, e: R.StartFailed):
+        if not self.all_started:                 # it never worked: a configuration problem
+            self.say(f"wsuper: compartment {e.compartment} failed to start: {e.reason}")
+            self._finish(1)
+        elif not self._done.is_set():
+            self._stopped(e.compartment, True, f"failed to start: {e.reason}")
 
     def _all_ready(self):
         if not self.programs:
@@ -326,19 +394,17 @@ class Supervisor:
     def _on_exited(self, e: R.Exited):
         if e.compartment not in self.running:
             return
-        self.running.discard(e.compartment)
         if self._done.is_set():          # we are stopping it ourselves
+            self.running.discard(e.compartment)
             self.say(f"stopped {e.compartment}")
             return
         if e.error is not None:
             self.say(f"wsuper: compartment {e.compartment} failed: {e.error}")
-            self.exit_code = 1
+            self._stopped(e.compartment, True, "its program failed")
         else:
             self.say(f"finished {e.compartment} exit={e.exit_code}")
-            if e.exit_code:
-                self.exit_code = 1
-        if not self.running and not self.system.external:
-            self._finish()
+            self._stopped(e.compartment, e.exit_code != 0, f"its program ended "
+                          f"(exit {e.exit_code})")
 
 
 def _describe_exit(code: int) -> str:

@@ -18,9 +18,10 @@ class Running:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
 
-    def wait_for(self, fragment, timeout=30):
+    def wait_for(self, fragment, timeout=30, start=0):
+        """The first output line (from line `start` on) containing `fragment`."""
         deadline = time.monotonic() + timeout
-        for line in self.lines:
+        for line in self.lines[start:]:
             if fragment in line:
                 return line
         while time.monotonic() < deadline:

@@ -53,7 +53,8 @@ def test_out_of_range_pointer_traps_guest_and_system_keeps_serving(tmp_path, wsu
     sock = tmp_path / "s.sock"
     text = SYSTEM.format(schema=os.path.join(EXAMPLES, "calc.capnp"),
                          module=os.path.join(EXAMPLES, "calc.wat"), socket=sock)
-    text += '\n[compartments.bad]\nmodule = "bad.wat"\n[compartments.bad.grants]\ncalc = { compartment = "calc" }\n'
+    text += ('\n[compartments.bad]\nmodule = "bad.wat"\nrestart = "never"\n'
+             '[compartments.bad.grants]\ncalc = { compartment = "calc" }\n')
     (tmp_path / "system.toml").write_text(text)
     run = wsuper("up", str(tmp_path / "system.toml"))
     line = run.wait_for("compartment bad failed")

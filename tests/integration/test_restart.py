@@ -1,0 +1,110 @@
+"""Restart policies with real engines."""
+import asyncio
+import os
+import signal
+
+import capnp
+import pytest
+
+import capnp_schemas
+from tests.conftest import EXAMPLES, run_wsuper
+from tests.integration.guests import program
+
+
+def test_a_program_that_keeps_trapping_is_restarted_then_fails_for_good(tmp_path):
+    (tmp_path / "app.wat").write_text(program(
+        "(call $log (i32.const 200) (i32.const 7))\n    unreachable", {"running": 200}))
+    (tmp_path / "system.toml").write_text("""
+[compartments.app]
+module = "app.wat"
+restart = "transient"
+max_restarts = 2
+restart_delay = 0.05
+critical = true
+[compartments.app.grants]
+log = { host = "log" }
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    out = r.stdout.splitlines()
+    assert r.returncode == 1
+    assert out.count("[app] running") == 3                      # first run + 2 restarts
+    restarts = [l for l in out if l.startswith("wsuper: restarting app")]
+    assert [l.split(" in ")[1].split(" s ")[0] for l in restarts] == ["0.05", "0.1"]
+    assert any("failed for good: 2 restarts within 60 s" in l for l in out)
+    assert out[-1] == "wsuper: app is critical: stopping the system"
+
+
+SYSTEM = """
+[system]
+schemas = ["{schema}"]
+socket = "{socket}"
+[compartments.calc]
+module = "{module}"
+exports = "Calc"
+external = true
+restart = "{restart}"
+restart_delay = 0.05
+"""
+
+
+def _system(tmp_path, restart):
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock, restart=restart))
+    return str(tmp_path / "system.toml"), str(sock)
+
+
+async def _connect(path):
+    calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+    stream = await capnp.AsyncIoStream.create_unix_connection(path)
+    client = capnp.TwoPartyClient(stream)
+    gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+    calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+    return client, calc
+
+
+def test_a_killed_server_comes_back_granted_caps_work_passed_caps_stay_broken(tmp_path, wsuper):
+    path, sock = _system(tmp_path, "transient")
+    run = wsuper("up", path)
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+
+    async def before():
+        client, calc = await _connect(sock)
+        counter = (await calc.newCounter()).counter
+        assert (await counter.inc(1)).value == 1
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.1)
+        # the restart is under way (or done): it is announced, then it is ready again
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, run.wait_for, "restarting calc")
+        restarted_at = len(run.lines)
+        new_ready = await loop.run_in_executor(None, run.wait_for, "ready calc", 30, restarted_at)
+        with pytest.raises(capnp.KjException, match="gone|disconnected"):
+            await counter.inc(1)                 # passed at run time: stays broken
+        return (await calc.add(2, 3)).sum, new_ready   # granted by name: works again
+
+    async def main():
+        async with capnp.kj_loop():
+            return await asyncio.wait_for(before(), 30)
+
+    total, new_ready = asyncio.run(main())
+    assert total == 5
+    assert new_ready.startswith("ready calc pid=") and f"pid={pid} " not in new_ready
+
+
+def test_never_leaves_a_dead_server_dead_and_calls_fail_promptly(tmp_path, wsuper):
+    path, sock = _system(tmp_path, "never")
+    run = wsuper("up", path)
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+
+    async def main():
+        async with capnp.kj_loop():
+            client, calc = await _connect(sock)
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(
+                None, run.wait_for, "compartment calc stopped")
+            with pytest.raises(capnp.KjException, match="calc is gone"):
+                await calc.add(1, 1)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
