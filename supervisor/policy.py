@@ -54,6 +54,7 @@ class Limits:
     in_flight: int = 64                 # calls from it the supervisor holds unanswered
     message_size: int = 8 << 20         # bytes in one message to or from it
     call_time: float = 30.0             # seconds a call into it may take
+    log_rate: float = 100.0             # lines per second it may write to its logs
 
     # key -> (minimum, maximum, is a size)
     RANGES = {
@@ -64,6 +65,7 @@ class Limits:
         "in_flight": (1, 1 << 16, False),
         "message_size": (1 << 10, 256 << 20, True),
         "call_time": (0.01, 86_400, False),
+        "log_rate": (0.01, 1_000_000, False),
     }
 
 
@@ -291,9 +293,9 @@ def _limits(where, key, table) -> Limits:
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
         n = _size(where, f"{key}.{k}", v) if is_size else v
-        kinds = (int, float) if k == "call_time" else int
+        kinds = (int, float) if k in ("call_time", "log_rate") else int
         if isinstance(n, bool) or not isinstance(n, kinds):
-            what = "a number of seconds" if k == "call_time" else "a whole number"
+            what = "a number" if k in ("call_time", "log_rate") else "a whole number"
             raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
         if not lo <= n <= hi:
             raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")

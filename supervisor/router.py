@@ -27,6 +27,7 @@ import attrs
 from capnp_schemas import engine as engine_schema, host as host_schema, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
+LOG_LINE_LIMIT = 4096       # characters of one Log line that are shown
 ENGINE_ID = engine_schema.Engine.schema.node.id
 LOG_ID = host_schema.Log.schema.node.id
 GATEWAY_ID = host_schema.Gateway.schema.node.id
@@ -166,6 +167,7 @@ class PeerLimits:
     handles: int = 1024          # entries in the peer's c-list (our export table)
     message_size: int = 8 << 20  # bytes per message from the peer
     call_time: float = 30.0      # seconds a call into the peer may take
+    log_rate: float = 100.0      # Log lines per second it may write (bursts of as many)
 
 
 class Peer:
@@ -198,6 +200,7 @@ class Router:
         self.limits = limits or {}
         self.clock = clock
         self._deadlines: list = []                  # heap of (deadline, peer id, question id)
+        self._log_budget: dict[str, list] = {}      # compartment -> [tokens, last refill]
         self.external_limits = external_limits
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
@@ -544,7 +547,10 @@ class Router:
         if cap.kind == "log":
             if call.interface_id != LOG_ID or call.method_id != 0:
                 raise CallError("Log implements only write()", "unimplemented")
+            self._spend_log_token(cap.owner)
             text = _read(LogWriteParams, call.content).text
+            if len(text) > LOG_LINE_LIMIT:
+                text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"
             self._out.append(LogLine(cap.owner, text))
             return protocol.EMPTY, ()
         if cap.kind == "gateway":
@@ -564,6 +570,18 @@ class Router:
                 return Content.standalone(msg.to_segments()), ()
             raise CallError(f"Gateway has no method {call.method_id}", "unimplemented")
         raise CallError(f"unknown host object {cap.kind}")
+
+    def _spend_log_token(self, owner: str):
+        """Token bucket: log_rate lines per second, bursts of up to log_rate lines."""
+        rate = self.limits.get(owner, PeerLimits()).log_rate
+        now = self.clock()
+        budget = self._log_budget.setdefault(owner, [rate, now])
+        budget[0] = min(rate, budget[0] + (now - budget[1]) * rate)
+        budget[1] = now
+        if budget[0] < 1:
+            raise CallError(f"{owner} writes to its log faster than {rate:g} lines/s "
+                            f"(limit log_rate)", "overloaded")
+        budget[0] -= 1
 
     # ------------------------------------------------------------ capability tables
 

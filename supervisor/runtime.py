@@ -87,7 +87,7 @@ class Supervisor:
             default_socket_path(self.system.path)
         self.router = R.Router(plan.main_interface, self.system.external, {
             c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size,
-                                 c.limits.call_time)
+                                 c.limits.call_time, c.limits.log_rate)
             for c in self.system.compartments.values()}, clock=trio.current_time)
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}

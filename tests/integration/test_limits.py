@@ -178,3 +178,16 @@ def test_call_time_bounds_how_long_a_caller_waits(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert logs == ["spun -4", "compartment spin did not answer within 0.5 s (limit call_time)",
                     "add 0"]
+
+
+def test_a_log_flood_is_refused_past_log_rate(tmp_path):
+    r, logs = system(tmp_path, """
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 1000)))
+      (call $log (i32.const 300) (i32.const 5))
+      (br_if $done (i32.lt_s (i32.load (i32.const 7896)) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    """, {"flood": 300}, app_limits="log_rate = 20")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # a burst of 20 (plus what refilled meanwhile), not 1000
+    assert 20 <= logs.count("flood") < 40
