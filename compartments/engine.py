@@ -32,7 +32,7 @@ import wasmtime
 from capnp_schemas import engine as engine_schema, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
-from . import abi, hostcall
+from . import abi, confine, hostcall
 from .fastcall import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
@@ -160,6 +160,7 @@ class Engine:
         config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
         config.memory_guard_size = 1 << 16
         config.consume_fuel = True              # CPU per call: see _guest
+        config.parallel_compilation = False     # stay single-threaded: see confine.py
         self.wasm_engine = wasmtime.Engine(config)
         try:
             if path.endswith(".wat"):
@@ -203,6 +204,20 @@ class Engine:
             return TypedFunc(self.store, func, *sig)
         except TypeError as e:
             raise EngineError(f"module {path} exports {name} with the wrong type: {e}") from None
+
+    def confine(self) -> list[str]:
+        """Confine this process for good (see confine.py); returns what was unavailable."""
+        keep = [self.sock.fileno()]
+        for fd in os.listdir("/proc/self/fd"):     # wasmtime's memory images stay open
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                    keep.append(int(fd))
+            except OSError:
+                pass
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        # room for the guest's memory to grow to its limit, and for our own heap
+        return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20))
 
     # ------------------------------------------------------------ guest memory
 
@@ -635,6 +650,7 @@ def main(argv=None):
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    engine.confine()
     try:
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):
@@ -643,4 +659,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    # Leave without running library destructors inside the sandbox.
+    os._exit(code)

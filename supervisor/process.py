@@ -19,7 +19,7 @@ import trio
 class EngineProcess:
     def __init__(self, args: list[str], pass_fds: tuple, env: dict):
         self._popen = subprocess.Popen(
-            args, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=None,
+            args, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True)
         self.pid = self._popen.pid
         self.stderr = trio.lowlevel.FdStream(os.dup(self._popen.stderr.fileno()))

@@ -13,6 +13,8 @@ import sys
 
 import trio
 
+from compartments import confine
+
 from . import router as R
 from .preflight import Plan
 from .process import EngineProcess
@@ -21,7 +23,6 @@ from .supervision import Supervision
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05      # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_socket_path(system_path: str) -> str:
@@ -109,6 +110,8 @@ class Supervisor:
     # ------------------------------------------------------------ main
 
     async def run(self) -> int:
+        for missing in confine.probe():
+            self.say(f"wsuper: note: {missing}")
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._signals)
@@ -150,7 +153,7 @@ class Supervisor:
 
     async def _spawn(self, comp):
         ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-        args = [sys.executable, "-m", "compartments.engine", "--fd", str(theirs.fileno()),
+        args = [sys.executable, "-I", "-m", "compartments.engine", "--fd", str(theirs.fileno()),
                 "--name", comp.name, "--module", comp.module, "--parent", str(os.getpid())]
         if comp.exports:
             args.append("--exports")
@@ -158,9 +161,8 @@ class Supervisor:
         args += ["--memory", str(lim.memory), "--table-elements", str(lim.table_elements),
                  "--fuel-per-call", str(lim.fuel_per_call), "--handles", str(lim.handles),
                  "--message-size", str(lim.message_size)]
-        env = {"PYTHONPATH": _ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            proc = EngineProcess(args, (theirs.fileno(),), env)
+            proc = EngineProcess(args, (theirs.fileno(),), env={})
         finally:
             theirs.close()
         self.nursery.start_soon(proc.watch)
