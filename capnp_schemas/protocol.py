@@ -544,6 +544,10 @@ class Connection:
             raise LookupError(a.error)
         return a.result
 
+    def awaiting_return(self, answer_id: int) -> bool:
+        a = self.answers.get(answer_id)
+        return a is not None and not a.returned
+
     def export_id(self, obj) -> int | None:
         return self._export_ids.get(id(obj))
 

@@ -18,10 +18,11 @@ from .supervision import MODES, RestartPolicy
 HOST_CAPS = ("log",)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas"}
+SYSTEM_KEYS = {"socket", "schemas", "audit"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical"}
-GRANT_KEYS = {"compartment", "host"}
+GRANT_KEYS = {"compartment", "host", "allow", "revocable"}
+GRANT_TARGETS = ("compartment", "host")
 
 
 class PolicyError(Exception):
@@ -38,6 +39,8 @@ class Grant:
     name: str          # the local name the guest looks up
     kind: str          # "compartment" | "host"
     target: str        # compartment name, or host capability name
+    allow: tuple | None = None   # method names ("m" or "Interface.m"); None: all
+    revocable: bool = False
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -89,6 +92,7 @@ class System:
     compartments: dict          # name -> Compartment, in file order
     schemas: tuple = ()         # absolute paths
     socket: str | None = None   # absolute path, if set in the file
+    audit: str | None = None    # absolute path of the audit log (JSON lines), if any
 
     @property
     def external(self) -> tuple:
@@ -119,6 +123,9 @@ def parse(text: str, path: str = "system.toml") -> System:
     socket = system.get("socket")
     if socket is not None:
         socket = _path(where, "system.socket", socket, base)
+    audit = system.get("audit")
+    if audit is not None:
+        audit = _path(where, "system.audit", audit, base)
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -172,7 +179,7 @@ def parse(text: str, path: str = "system.toml") -> System:
             elif g.target not in HOST_CAPS:
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
-    return System(os.path.abspath(path), compartments, schemas, socket)
+    return System(os.path.abspath(path), compartments, schemas, socket, audit)
 
 
 def load(path: str) -> System:
@@ -319,10 +326,19 @@ def _grant(where, key, name, spec) -> Grant:
         raise where.error(key, "must be a table such as { compartment = \"calc\" } "
                           "or { host = \"log\" }")
     _only(where, key, spec, GRANT_KEYS)
-    kinds = [k for k in GRANT_KEYS if k in spec]
+    kinds = [k for k in GRANT_TARGETS if k in spec]
     if len(kinds) != 1:
         raise where.error(key, "needs exactly one of 'compartment' or 'host'")
     target = spec[kinds[0]]
     if not isinstance(target, str):
         raise where.error(f"{key}.{kinds[0]}", f"must be a string, not {target!r}")
-    return Grant(name, kinds[0], target)
+    allow = spec.get("allow")
+    if allow is not None:
+        if not isinstance(allow, list) or not all(isinstance(m, str) and m for m in allow):
+            raise where.error(f"{key}.allow", "must be a list of method names, such as "
+                              "[\"add\"] or [\"Counter.inc\"]")
+        allow = tuple(allow)
+    revocable = spec.get("revocable", False)
+    if not isinstance(revocable, bool):
+        raise where.error(f"{key}.revocable", f"must be true or false, not {revocable!r}")
+    return Grant(name, kinds[0], target, allow, revocable)

@@ -23,6 +23,12 @@ class Plan:
     system: System
     interfaces: dict        # interface name -> interface id
     main_interface: dict    # compartment name -> interface id | None
+    names: dict = {}        # interface id -> (name, {method id: method name})
+    allow: dict = {}        # (compartment, grant name) -> frozenset of (interface id, method id)
+
+
+HOST_INTERFACES = {"log": "Log"}
+
 
 
 def prepare(system: System) -> Plan:
@@ -42,6 +48,13 @@ def prepare(system: System) -> Plan:
                                   f"{origin[name]} and {path}")
             interfaces[name] = iface.schema.node.id
             origin[name] = path
+
+    ifaces = {name: capnp_schemas.interfaces(capnp_schemas.host)[name]
+              for name in HOST_INTERFACES.values()}
+    for path in system.schemas:
+        ifaces.update(capnp_schemas.interfaces(capnp_schemas.load(path)))
+    names = {i.schema.node.id: (n, _method_names(i)) for n, i in ifaces.items()}
+    by_name = {n: i.schema.node.id for n, i in ifaces.items()}
 
     main = {}
     engine = wasmtime.Engine()
@@ -68,7 +81,41 @@ def prepare(system: System) -> Plan:
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
-    return Plan(system, interfaces, main)
+    allow = {}
+    for comp in system.compartments.values():
+        for g in comp.grants:
+            if g.allow is None:
+                continue
+            granted = (system.compartments[g.target].exports if g.kind == "compartment"
+                       else HOST_INTERFACES[g.target])
+            allow[(comp.name, g.name)] = frozenset(
+                _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
+                                m, granted, by_name, names) for m in g.allow)
+    return Plan(system, interfaces, main, names, allow)
+
+
+def _method_names(iface) -> dict:
+    """method id -> name, for one interface."""
+    out = {}
+    node = iface.schema.node
+    for i, method in enumerate(node.interface.methods):
+        out[i] = method.name
+    return out
+
+
+def _resolve_method(where, key, entry, granted, by_name, names) -> tuple:
+    """'add' (a method of the granted interface) or 'Counter.inc' -> (interface id, method id)."""
+    iface, _, method = entry.rpartition(".")
+    iface = iface or granted
+    if iface not in by_name:
+        raise where.error(key, f"unknown interface {iface!r} in {entry!r}")
+    iid = by_name[iface]
+    methods = names[iid][1]
+    for mid, name in methods.items():
+        if name == method:
+            return (iid, mid)
+    raise where.error(key, f"{iface} has no method {method!r} "
+                      f"(methods: {', '.join(methods.values())})")
 
 
 def _first(e) -> str:

@@ -144,6 +144,73 @@ class Host(Cap):
         return f"Host({self.kind} of {self.owner})"
 
 
+class Membrane:
+    """The attenuation of one grant, shared by everything obtained through it.
+
+    `allow`: (interface id, method id) pairs that may be called on interfaces in
+    `restricted` (the granted one, and any the allow-list names); other
+    interfaces pass.  Revoking kills the grant, everything derived from it, and
+    the calls in flight through any of them.
+    """
+
+    def __init__(self, path: str, allow=None, restricted=frozenset(), revocable=False,
+                 forward: "Membrane | None" = None):
+        self.path = path
+        self.allow = allow
+        self.restricted = restricted
+        self.revocable = revocable
+        self.forward = forward            # set on a reverse membrane (params direction)
+        self._revoked: str | None = None
+        self.wrappers: dict[int, Wrapped] = {}
+        self.inflight: set = set()        # (peer id, answer id) of calls through it
+        self.reverse = Membrane(path + " (passed back)", forward=self) \
+            if revocable and forward is None else None
+
+    @property
+    def revoked(self) -> str | None:
+        return self.forward.revoked if self.forward is not None else self._revoked
+
+    def allows(self, interface_id: int, method_id: int) -> bool:
+        if self.allow is None or interface_id not in self.restricted:
+            return True
+        return (interface_id, method_id) in self.allow
+
+
+class Wrapped(Cap):
+    """A capability seen through a membrane."""
+
+    def __init__(self, target: Cap, membrane: Membrane, path: str):
+        self.target = target
+        self.membrane = membrane
+        self.path = path
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Wrapped({self.path})"
+
+
+@attrs.frozen
+class GrantSpec:
+    """One grant as the router needs it (from system.toml via the runtime)."""
+    local: str
+    kind: str                      # "compartment" | "host"
+    target: str
+    allow: frozenset | None = None
+    revocable: bool = False
+
+
+@attrs.frozen
+class Audit:
+    """One capability call, for the audit log (emitted when it ends, or when denied)."""
+    record: dict
+
+
+@attrs.frozen
+class Denied:
+    """A call refused by attenuation: shown on the terminal."""
+    text: str
+
+
 @attrs.frozen
 class _Call:
     """A call waiting somewhere (on a starting compartment, on an unreturned answer)."""
@@ -159,6 +226,22 @@ class CallError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.type = type
+
+
+class _Denial(CallError):
+    """Refused by attenuation (allow-list, revocation)."""
+
+
+def _describe(cap) -> str:
+    if isinstance(cap, Wrapped):
+        return cap.path
+    if isinstance(cap, Proxy):
+        return f"{cap.compartment} (main object)"
+    if isinstance(cap, Remote):
+        return f"{cap.peer.name} object #{cap.import_id}"
+    if isinstance(cap, Host):
+        return f"{cap.kind} of {cap.owner}"
+    return type(cap).__name__
 
 
 @attrs.frozen
@@ -194,10 +277,16 @@ class Peer:
 class Router:
     def __init__(self, compartments: dict[str, int | None], external: tuple = (),
                  limits: dict | None = None, external_limits: PeerLimits = PeerLimits(),
-                 clock=time.monotonic):
+                 clock=time.monotonic, names: dict | None = None, audit: bool = False):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
-        `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time."""
+        `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time.
+        `names`: interface id -> (name, {method id: name}), for messages and the audit."""
         self.limits = limits or {}
+        self.names = names or {}
+        self.audit = audit
+        self.membranes: dict[str, Membrane] = {}        # grant path -> membrane
+        self._through: dict[tuple, list] = {}            # reply key -> membranes crossed
+        self._audit_open: dict[tuple, tuple] = {}        # reply key -> (record, start)
         self.clock = clock
         self._deadlines: list = []                  # heap of (deadline, peer id, question id)
         self._log_budget: dict[str, list] = {}      # compartment -> [tokens, last refill]
@@ -218,8 +307,9 @@ class Router:
     def add_engine(self, name: str, grants: list[tuple[str, str, str]]) -> tuple[int, list]:
         """A new engine connection for compartment `name`; starts its bootstrap.
 
-        `grants` is [(local name, kind, target)] with kind 'compartment' or 'host'.
+        `grants` is a list of GrantSpec.
         """
+        grants = [g if isinstance(g, GrantSpec) else GrantSpec(*g) for g in grants]
         peer = self._new_peer(name, "engine", self.limits.get(name, PeerLimits()))
         self.engines[name] = peer
         proxy = self.proxies.get(name)
@@ -421,12 +511,20 @@ class Router:
         peer.control = self._remote(peer, ev.payload.caps[0].import_id)
         peer.control.refs += 1
         names, caps = [], []
-        for local, kind, target in grants:
-            names.append(local)
-            if kind == "compartment":
-                caps.append(self.proxies[target])
-            else:
-                caps.append(Host(target, peer.name))
+        for g in grants:
+            names.append(g.local)
+            cap = self.proxies[g.target] if g.kind == "compartment" else Host(g.target, peer.name)
+            if g.allow is not None or g.revocable:
+                path = f"{peer.name}.{g.local}"
+                membrane = self.membranes.get(path)
+                if membrane is None or membrane.revoked:   # a restart gets a fresh grant
+                    granted = self.proxies[g.target].interface_id \
+                        if g.kind == "compartment" else LOG_ID
+                    restricted = frozenset({granted} | {i for i, _ in (g.allow or ())})
+                    membrane = self.membranes[path] = Membrane(path, g.allow, restricted,
+                                                               g.revocable)
+                cap = self._wrap(cap, membrane, path)
+            caps.append(cap)
         msg = StartParams.new_message()
         lst = msg.init("grants", len(names))
         for i, n in enumerate(names):
@@ -473,6 +571,21 @@ class Router:
 
     def _deliver(self, cap, call: _Call):
         try:
+            if self.audit and call.reply not in self._audit_open:
+                self._audit_open[call.reply] = (self._record(cap, call), self.clock())
+            while isinstance(cap, Wrapped):
+                m = cap.membrane
+                if m.revoked:
+                    raise _Denial(f"{cap.path} was revoked", "failed")
+                if not m.allows(call.interface_id, call.method_id):
+                    raise _Denial(f"{cap.path}: {self._method(call)} is not allowed "
+                                  f"(allow = [{self._allowed(m)}])", "failed")
+                m.inflight.add(call.reply)
+                self._through.setdefault(call.reply, []).append((m, self._method(call)))
+                if m.reverse is not None:
+                    call = attrs.evolve(call, caps=tuple(
+                        self._wrap(c, m.reverse, m.reverse.path) for c in call.caps))
+                cap = cap.target
             if isinstance(cap, Proxy):
                 if cap.interface_id is not None and call.interface_id != cap.interface_id:
                     raise CallError(f"compartment {cap.compartment} does not implement "
@@ -494,6 +607,8 @@ class Router:
             else:
                 raise CallError("not a capability")
         except CallError as e:
+            if isinstance(e, _Denial):
+                self._out.append(Denied(f"denied: {call.reply[0].name} -> {e.reason}"))
             self._fail(call.reply, e)
             self._sweep(call.caps)
 
@@ -509,8 +624,13 @@ class Router:
         self._out.append(Send(peer.id, data))
 
     def _return(self, peer: Peer, answer_id: int, content: Content, caps):
-        if not peer.alive:
+        key = (peer, answer_id)
+        crossed = self._close_call(key, "returned")
+        if not peer.alive or not peer.conn.awaiting_return(answer_id):
+            self._sweep(caps)
             return
+        for m, label in reversed(crossed):   # innermost membrane first
+            caps = tuple(self._wrap(c, m, f"{m.path}>{label}") for c in caps)
         try:
             self._check_handles(peer, caps)
         except CallError as e:
@@ -534,12 +654,69 @@ class Router:
 
     def _fail(self, reply, e: CallError):
         peer, answer_id = reply
-        if not peer.alive:
+        self._close_call(reply, "denied" if isinstance(e, _Denial) else "failed", e.reason)
+        if not peer.alive or not peer.conn.awaiting_return(answer_id):
             return
         self._out.append(Send(peer.id, peer.conn.send_exception(
             answer_id, e.reason, e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
             self._fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
+
+    # ------------------------------------------------------------ membranes and audit
+
+    def _wrap(self, cap, membrane: Membrane, path: str):
+        if cap is None or (isinstance(cap, Wrapped) and cap.membrane is membrane):
+            return cap
+        w = membrane.wrappers.get(id(cap))
+        if w is None:
+            w = membrane.wrappers[id(cap)] = Wrapped(cap, membrane, path)
+            cap.refs += 1
+        return w
+
+    def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
+        crossed = self._through.pop(key, [])
+        for m, _label in crossed:
+            m.inflight.discard(key)
+        opened = self._audit_open.pop(key, None)
+        if opened is not None:
+            record, start = opened
+            record.update(outcome=outcome,
+                          duration_ms=round((self.clock() - start) * 1000, 3))
+            if reason:
+                record["reason"] = reason
+            self._out.append(Audit(record))
+        return crossed
+
+    def revoke(self, path: str) -> list:
+        """Revoke grant `path` ("compartment.local"): it, everything obtained through it,
+        and every call in flight through any of them fail from now on."""
+        m = self.membranes.get(path)
+        if m is None or not m.revocable:
+            revocable = sorted(p for p, x in self.membranes.items() if x.revocable)
+            raise KeyError(f"no revocable grant {path!r} "
+                           f"(revocable: {', '.join(revocable) or 'none'})")
+        if m._revoked is None:
+            m._revoked = "revoked"
+            for key in list(m.inflight) + list(m.reverse.inflight if m.reverse else ()):
+                self._fail(key, CallError(f"{path} was revoked while this call was in flight",
+                                          "failed"))
+            self._out.append(Notice(f"revoked {path}"))
+        return self._flush()
+
+    def _record(self, cap, call: _Call) -> dict:
+        iface, methods = self.names.get(call.interface_id, (f"{call.interface_id:#x}", {}))
+        return {"time": round(self.clock(), 6), "caller": call.reply[0].name,
+                "capability": _describe(cap), "interface": iface,
+                "method": methods.get(call.method_id, str(call.method_id))}
+
+    def _method(self, call: _Call) -> str:
+        iface, methods = self.names.get(call.interface_id, (f"{call.interface_id:#x}", {}))
+        return f"{iface}.{methods.get(call.method_id, call.method_id)}"
+
+    def _allowed(self, m: Membrane) -> str:
+        return ", ".join(sorted(f"{self.names.get(i, ('?', {}))[0]}."
+                                f"{self.names.get(i, ('?', {}))[1].get(j, j)}"
+                                for i, j in m.allow or ()))
 
     # ------------------------------------------------------------ host objects
 
@@ -634,6 +811,11 @@ class Router:
 
     def _drop(self, cap):
         cap.refs -= 1
+        if isinstance(cap, Wrapped) and cap.refs <= 0 \
+                and cap.membrane.wrappers.get(id(cap.target)) is cap:
+            del cap.membrane.wrappers[id(cap.target)]
+            self._drop(cap.target)
+            return
         self._sweep((cap,))
 
     def _sweep(self, caps):

@@ -5,6 +5,7 @@ sockets and the router and performs the effects it returns.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -89,7 +90,9 @@ class Supervisor:
         self.router = R.Router(plan.main_interface, self.system.external, {
             c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size,
                                  c.limits.call_time, c.limits.log_rate)
-            for c in self.system.compartments.values()}, clock=trio.current_time)
+            for c in self.system.compartments.values()}, clock=trio.current_time,
+            names=plan.names, audit=self.system.audit is not None)
+        self._audit_file = None
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}
         self.started: set[str] = set()
@@ -167,7 +170,8 @@ class Supervisor:
             theirs.close()
         self.nursery.start_soon(proc.watch)
         self.procs[comp.name] = proc
-        grants = [(g.name, g.kind, g.target) for g in comp.grants]
+        grants = [R.GrantSpec(g.name, g.kind, g.target, self.plan.allow.get((comp.name, g.name)),
+                              g.revocable) for g in comp.grants]
         pid, effects = self.router.add_engine(comp.name, grants)
         link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
         self.links[pid] = link
@@ -352,7 +356,16 @@ class Supervisor:
                 self._on_exited(e)
             elif isinstance(e, R.Notice):
                 self.say(f"wsuper: {e.text}")
+            elif isinstance(e, R.Denied):
+                self.say(f"wsuper: {e.text}")
+            elif isinstance(e, R.Audit):
+                self._write_audit(e.record)
         self._write_all(batch)
+
+    def _write_audit(self, record: dict):
+        if self._audit_file is None:
+            self._audit_file = open(self.system.audit, "a", encoding="utf-8", buffering=1)
+        self._audit_file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def _write_all(self, batch: dict):
         for peer, chunks in batch.items():

@@ -1,4 +1,5 @@
 """The reference monitor without processes: Router + Connections playing the engines."""
+import pytest
 import struct
 
 from capnp_schemas import protocol as P, wire
@@ -159,3 +160,110 @@ def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
     calc.send(calc.conn.send_return(slow.answer_id, Content.standalone([seg]), [late]))
     assert len(app.inbox) == 1
     assert P.ExportReleased(late) in calc.inbox    # released at once, not leaked
+
+
+COUNTER = 0xC0FFEE0000000002
+NAMES = {CALC: ("Calc", {0: "add", 1: "newCounter", 2: "sumTo"}), COUNTER: ("Counter", {0: "inc"})}
+
+
+def _counter_from(router, app, calc, handle):
+    """app calls newCounter through `handle`; calc answers with a fresh counter object."""
+    _q, data = app.conn.send_call(handle, CALC, 1)
+    app.send(data)
+    call = calc.inbox.pop()
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]), [counter]))
+    ret = app.inbox.pop()
+    return counter, ret.payload.caps[0].import_id
+
+
+def test_allow_list_refuses_other_methods_and_applies_to_what_comes_through_it():
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    allow = frozenset({(CALC, 0), (CALC, 1)})          # add, newCounter; not sumTo, not inc
+    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", allow)])
+    h = app.grants[0].import_id
+    _q, data = app.conn.send_call(h, CALC, 2)           # sumTo: not allowed
+    effects = router.receive(app.pid, data)
+    app.deliver(effects)
+    assert calc.inbox == []
+    (ret,) = app.inbox
+    assert "app.calc: Calc.sumTo is not allowed (allow = [Calc.add, Calc.newCounter])" in ret.error
+    assert any(isinstance(e, R.Denied) for e in effects)
+    app.inbox.clear()
+    counter, c = _counter_from(router, app, calc, h)
+    _q, data = app.conn.send_call(c, COUNTER, 0)        # Counter is not restricted
+    app.send(data)
+    assert calc.inbox[-1].target is counter
+
+
+def test_allow_list_naming_another_interface_restricts_it_too():
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc",
+                                            frozenset({(CALC, 1), (COUNTER, 1)}))])
+    _counter, c = _counter_from(router, app, calc, app.grants[0].import_id)
+    _q, data = app.conn.send_call(c, COUNTER, 0)        # inc is not in the list
+    app.send(data)
+    assert "app.calc>Calc.newCounter: Counter.inc is not allowed" in app.inbox[-1].error
+
+
+def test_revocation_kills_the_grant_what_came_through_it_and_calls_in_flight():
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", None, True)])
+    h = app.grants[0].import_id
+    _counter, c = _counter_from(router, app, calc, h)
+    _q, data = app.conn.send_call(h, CALC, 0)           # in flight when revoked
+    app.send(data)
+    slow = calc.inbox.pop()
+    app.deliver(router.revoke("app.calc"))
+    assert "app.calc was revoked while this call was in flight" in app.inbox.pop().error
+    # the late answer goes nowhere
+    calc.send(calc.conn.send_return(slow.answer_id))
+    assert app.inbox == []
+    for target, method in ((h, 0), (c, 0)):
+        _q, data = app.conn.send_call(target, CALC if target == h else COUNTER, method)
+        app.send(data)
+        assert "was revoked" in app.inbox.pop().error
+    assert calc.inbox == []
+    with pytest.raises(KeyError, match="no revocable grant 'app.log'"):
+        router.revoke("app.log")
+
+
+def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", None, True)])
+    observer = object()
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 2, caps=[observer])
+    app.send(data)
+    call = calc.inbox.pop()
+    passed = call.payload.caps[0].import_id
+    app.deliver(router.revoke("app.calc"))
+    _q, data = calc.conn.send_call(passed, 0xC0FFEE0000000003, 0)   # calc calls it back
+    calc.send(data)
+    assert "was revoked" in calc.inbox.pop().error
+    assert not any(isinstance(e, P.CallReceived) and e.target is observer for e in app.inbox)
+
+
+def test_audit_records_every_call_with_outcome_and_duration():
+    now = [10.0]
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True, clock=lambda: now[0])
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc",
+                                            frozenset({(CALC, 0)}))])
+    h = app.grants[0].import_id
+    _q, data = app.conn.send_call(h, CALC, 0)
+    app.send(data)
+    now[0] = 10.25
+    calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+    _q, data = app.conn.send_call(h, CALC, 2)
+    app.send(data)
+    records = [e.record for e in calc.effects + app.effects if isinstance(e, R.Audit)]
+    assert records[0] == {"time": 10.0, "caller": "app", "capability": "app.calc",
+                          "interface": "Calc", "method": "add", "outcome": "returned",
+                          "duration_ms": 250.0}
+    assert records[1]["method"] == "sumTo" and records[1]["outcome"] == "denied"
+    assert "not allowed" in records[1]["reason"]
