@@ -23,7 +23,16 @@ def main(argv=None) -> int:
                     "/tmp/wsuper-UID/NAME.sock)")
     check = sub.add_parser("check", help="validate a system without starting anything")
     check.add_argument("system", help="path to system.toml")
+    revoke = sub.add_parser("revoke", help="revoke a revocable grant of a running system: "
+                            "it, everything obtained through it and its calls in flight fail")
+    revoke.add_argument("system", help="path to the running system's system.toml")
+    revoke.add_argument("grant", help="COMPARTMENT.GRANT, e.g. app.calc")
+    revoke.add_argument("--socket", help="the running system's external socket path, if it "
+                        "was started with --socket")
     args = ap.parse_args(argv)
+
+    if args.command == "revoke":
+        return _revoke(args)
 
     from . import policy, preflight
     try:
@@ -42,6 +51,31 @@ def main(argv=None) -> int:
 
     from . import runtime
     return trio.run(runtime.up, plan, args.socket)
+
+
+def _revoke(args) -> int:
+    import socket
+
+    from . import policy
+    from .runtime import admin_socket_path, default_socket_path
+    try:
+        system = policy.load(args.system)
+    except PolicyError as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 2
+    path = admin_socket_path(args.socket or system.socket or default_socket_path(system.path))
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(f"revoke {args.grant}\n".encode())
+            answer = s.makefile(encoding="utf-8").readline().strip()
+    except OSError as e:
+        print(f"wsuper: error: no running system with revocable grants at {path} "
+              f"({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"wsuper: {answer}", file=sys.stderr if answer.startswith("error") else sys.stdout)
+    return 0 if answer.startswith("ok") else 1
 
 
 if __name__ == "__main__":

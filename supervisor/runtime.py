@@ -26,6 +26,12 @@ EXPIRY_TICK = 0.05      # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
 
 
+def admin_socket_path(socket_path: str) -> str:
+    """The admin socket (revocation) sits beside the external one: NAME.admin.sock."""
+    base = socket_path[:-5] if socket_path.endswith(".sock") else socket_path
+    return base + ".admin.sock"
+
+
 def default_socket_path(system_path: str) -> str:
     """$XDG_RUNTIME_DIR/wsuper/NAME.sock, else /tmp/wsuper-UID/NAME.sock."""
     stem = os.path.splitext(os.path.basename(system_path))[0]
@@ -93,6 +99,7 @@ class Supervisor:
             for c in self.system.compartments.values()}, clock=trio.current_time,
             names=plan.names, audit=self.system.audit is not None)
         self._audit_file = None
+        self._bound: dict[str, bool] = {}
         self.links: dict[int, _Link] = {}
         self.procs: dict[str, EngineProcess] = {}
         self.started: set[str] = set()
@@ -121,16 +128,21 @@ class Supervisor:
             nursery.start_soon(self._expire_calls)
             if self.system.external:
                 await nursery.start(self._listen)
+            if any(g.revocable for c in self.system.compartments.values() for g in c.grants):
+                await nursery.start(self._admin)
             for comp in self.system.compartments.values():
                 await self._spawn(comp)
             await self._done.wait()
             await self._stop_engines()
             nursery.cancel_scope.cancel()
-        if self.system.external:
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+        for path in (self.socket_path, admin_socket_path(self.socket_path)):
+            if self._bound.get(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if self._audit_file is not None:
+            self._audit_file.close()
         return self.exit_code
 
     def _finish(self, code: int = 0):
@@ -290,8 +302,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ external endpoint
 
-    async def _listen(self, task_status=trio.TASK_STATUS_IGNORED):
-        path = self.socket_path
+    async def _bind(self, path: str) -> trio.SocketListener:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         try:
             if os.path.exists(path):
@@ -302,13 +313,49 @@ class Supervisor:
         await sock.bind(path)
         os.chmod(path, 0o600)
         sock.listen(64)
-        self.say(f"listening on {path} (external: {', '.join(self.system.external)})")
+        self._bound[path] = True
+        return trio.SocketListener(sock)
+
+    async def _listen(self, task_status=trio.TASK_STATUS_IGNORED):
+        listener = await self._bind(self.socket_path)
+        self.say(f"listening on {self.socket_path} (external: {', '.join(self.system.external)})")
         task_status.started()
-        listener = trio.SocketListener(sock)
         async with listener:
             while True:
                 stream = await listener.accept()
                 self.nursery.start_soon(self._serve_external, stream)
+
+    async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
+        """`wsuper revoke`: one request line per connection, one answer line."""
+        listener = await self._bind(admin_socket_path(self.socket_path))
+        task_status.started()
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                self.nursery.start_soon(self._serve_admin, stream)
+
+    async def _serve_admin(self, stream):
+        async with stream:
+            data = b""
+            with trio.move_on_after(5):
+                while b"\n" not in data and len(data) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            words = data.decode("utf-8", "replace").split()
+            if len(words) == 2 and words[0] == "revoke":
+                try:
+                    self._perform(self.router.revoke(words[1]))
+                    answer = f"ok: revoked {words[1]}"
+                except KeyError as e:
+                    answer = f"error: {e.args[0]}"
+            else:
+                answer = "error: expected 'revoke COMPARTMENT.GRANT'"
+            try:
+                await stream.send_all(answer.encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _serve_external(self, stream):
         pid = self.router.add_external()

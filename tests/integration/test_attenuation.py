@@ -1,0 +1,68 @@
+"""Attenuation with real engines: allow-lists, revocation with `wsuper revoke`, the audit file."""
+import json
+import os
+
+from tests.conftest import EXAMPLES, run_wsuper
+from tests.integration.guests import HERE, SPIN_ID, program
+
+
+def test_a_method_outside_the_allow_list_is_denied_and_shown(tmp_path):
+    text = open(os.path.join(EXAMPLES, "hello.toml")).read()
+    text = text.replace('calc = { compartment = "calc" }',
+                        'calc = { compartment = "calc", allow = ["newCounter"] }')
+    text = text.replace('"calc.capnp"', f'"{EXAMPLES}/calc.capnp"').replace(
+        '"calc.wat"', f'"{EXAMPLES}/calc.wat"').replace('"hello.wat"', f'"{EXAMPLES}/hello.wat"')
+    text = text.replace("[system]", f'[system]\naudit = "{tmp_path}/audit.jsonl"')
+    text = text.replace('module = "', 'restart = "never"\nmodule = "')
+    (tmp_path / "system.toml").write_text(text)
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert ("wsuper: denied: app -> app.calc: Calc.add is not allowed "
+            "(allow = [Calc.newCounter])") in r.stdout
+    assert "[app] 2 + 3" not in r.stdout                   # hello.wat traps on the error
+    records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    assert [(x["capability"], x["method"], x["outcome"]) for x in records] == [
+        ("app.calc", "add", "denied")]
+
+
+def test_revoke_kills_the_call_in_flight_and_every_later_call(tmp_path, wsuper):
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log_int (i32.const 300) (i32.const 4) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 310) (i32.const 4) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"spin": 200, "calling": 210, "spun": 300, "ping": 310}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{tmp_path}/s.sock"
+audit = "audit.jsonl"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] calling")
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.spin")
+    assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.spin", r.stderr
+    assert run.finish() == 0
+    logs = [l[6:] for l in run.lines if l.startswith("[app] ")]
+    assert logs == ["calling", "spun -2", "app.spin was revoked while this call was in flight",
+                    "ping -2", "app.spin was revoked"]
+    records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    spin = [x for x in records if x["capability"] == "app.spin"]
+    assert [(x["method"], x["outcome"]) for x in spin] == [("spin", "failed"), ("ping", "denied")]
+    assert spin[0]["duration_ms"] > 0
+    # a grant that is not revocable cannot be revoked
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.log")
+    assert r.returncode == 1
