@@ -14,3 +14,15 @@ interface Gateway @0xa05a5e2c6b2f6d02 {
   get @0 (name :Text) -> (cap :Capability);
   list @1 () -> (names :List(Text));
 }
+
+interface Clock @0xa05a5e2c6b2f6d04 {
+  # Nanoseconds since the Unix epoch (can jump), and since an arbitrary point
+  # (never goes back).
+  wall @0 () -> (ns :Int64);
+  monotonic @1 () -> (ns :Int64);
+}
+
+interface Random @0xa05a5e2c6b2f6d05 {
+  # `count` bytes from the operating system's CSPRNG; at most 65536 per call.
+  bytes @0 (count :UInt32) -> (data :Data);
+}

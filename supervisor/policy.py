@@ -15,13 +15,14 @@ import attrs
 
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = ("log",)
+HOST_CAPS = ("log", "clock", "random")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas", "audit"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical"}
-GRANT_KEYS = {"compartment", "host", "allow", "revocable"}
+GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
+              "calls_per_second"}
 GRANT_TARGETS = ("compartment", "host")
 
 
@@ -41,6 +42,9 @@ class Grant:
     target: str        # compartment name, or host capability name
     allow: tuple | None = None   # method names ("m" or "Interface.m"); None: all
     revocable: bool = False
+    max_uses: int | None = None           # calls through it (and what came through it)
+    expires_after: float | None = None    # seconds after the compartment first starts
+    calls_per_second: float | None = None
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -341,4 +345,12 @@ def _grant(where, key, name, spec) -> Grant:
     revocable = spec.get("revocable", False)
     if not isinstance(revocable, bool):
         raise where.error(f"{key}.revocable", f"must be true or false, not {revocable!r}")
-    return Grant(name, kinds[0], target, allow, revocable)
+    quotas = {}
+    for k, types, lo in (("max_uses", int, 1), ("expires_after", (int, float), 0.001),
+                         ("calls_per_second", (int, float), 0.001)):
+        if k in spec:
+            v = spec[k]
+            if isinstance(v, bool) or not isinstance(v, types) or v < lo:
+                raise where.error(f"{key}.{k}", f"must be a number of at least {lo}, not {v!r}")
+            quotas[k] = v
+    return Grant(name, kinds[0], target, allow, revocable, **quotas)

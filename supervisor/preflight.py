@@ -27,7 +27,7 @@ class Plan:
     allow: dict = {}        # (compartment, grant name) -> frozenset of (interface id, method id)
 
 
-HOST_INTERFACES = {"log": "Log"}
+HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random"}
 
 
 

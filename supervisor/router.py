@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import time
 
 import attrs
@@ -30,6 +31,10 @@ from capnp_schemas.protocol import Content, RemoteRef
 LOG_LINE_LIMIT = 4096       # characters of one Log line that are shown
 ENGINE_ID = engine_schema.Engine.schema.node.id
 LOG_ID = host_schema.Log.schema.node.id
+CLOCK_ID = host_schema.Clock.schema.node.id
+RANDOM_ID = host_schema.Random.schema.node.id
+HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID}
+RANDOM_MAX_BYTES = 65536
 GATEWAY_ID = host_schema.Gateway.schema.node.id
 
 
@@ -48,6 +53,8 @@ _, RunResults = _method_structs(engine_schema.Engine, "run")
 LogWriteParams, _ = _method_structs(host_schema.Log, "write")
 GatewayGetParams, GatewayGetResults = _method_structs(host_schema.Gateway, "get")
 _, GatewayListResults = _method_structs(host_schema.Gateway, "list")
+_, ClockResults = _method_structs(host_schema.Clock, "wall")
+RandomParams, RandomResults = _method_structs(host_schema.Random, "bytes")
 
 
 # ------------------------------------------------------------------ effects
@@ -161,6 +168,11 @@ class Membrane:
         self.revocable = revocable
         self.forward = forward            # set on a reverse membrane (params direction)
         self._revoked: str | None = None
+        self.uses_left: int | None = None        # quotas, set for a grant's membrane
+        self.expires_at: float | None = None
+        self.rate: float | None = None
+        self.tokens = 0.0
+        self.refilled = 0.0
         self.wrappers: dict[int, Wrapped] = {}
         self.inflight: set = set()        # (peer id, answer id) of calls through it
         self.reverse = Membrane(path + " (passed back)", forward=self) \
@@ -197,6 +209,14 @@ class GrantSpec:
     target: str
     allow: frozenset | None = None
     revocable: bool = False
+    max_uses: int | None = None
+    expires_after: float | None = None
+    calls_per_second: float | None = None
+
+    @property
+    def attenuated(self) -> bool:
+        return self.allow is not None or self.revocable or self.max_uses is not None \
+            or self.expires_after is not None or self.calls_per_second is not None
 
 
 @attrs.frozen
@@ -277,11 +297,13 @@ class Peer:
 class Router:
     def __init__(self, compartments: dict[str, int | None], external: tuple = (),
                  limits: dict | None = None, external_limits: PeerLimits = PeerLimits(),
-                 clock=time.monotonic, names: dict | None = None, audit: bool = False):
+                 clock=time.monotonic, names: dict | None = None, audit: bool = False,
+                 wall_ns=time.time_ns, monotonic_ns=time.monotonic_ns, entropy=os.urandom):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time.
         `names`: interface id -> (name, {method id: name}), for messages and the audit."""
         self.limits = limits or {}
+        self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self.names = names or {}
         self.audit = audit
         self.membranes: dict[str, Membrane] = {}        # grant path -> membrane
@@ -514,15 +536,22 @@ class Router:
         for g in grants:
             names.append(g.local)
             cap = self.proxies[g.target] if g.kind == "compartment" else Host(g.target, peer.name)
-            if g.allow is not None or g.revocable:
+            if g.attenuated:
                 path = f"{peer.name}.{g.local}"
                 membrane = self.membranes.get(path)
                 if membrane is None or membrane.revoked:   # a restart gets a fresh grant
                     granted = self.proxies[g.target].interface_id \
-                        if g.kind == "compartment" else LOG_ID
+                        if g.kind == "compartment" else HOST_IDS[g.target]
                     restricted = frozenset({granted} | {i for i, _ in (g.allow or ())})
                     membrane = self.membranes[path] = Membrane(path, g.allow, restricted,
                                                                g.revocable)
+                    now = self.clock()
+                    membrane.uses_left = g.max_uses
+                    if g.expires_after is not None:
+                        membrane.expires_at = now + g.expires_after
+                    if g.calls_per_second is not None:
+                        membrane.rate = membrane.tokens = g.calls_per_second
+                        membrane.refilled = now
                 cap = self._wrap(cap, membrane, path)
             caps.append(cap)
         msg = StartParams.new_message()
@@ -580,6 +609,7 @@ class Router:
                 if not m.allows(call.interface_id, call.method_id):
                     raise _Denial(f"{cap.path}: {self._method(call)} is not allowed "
                                   f"(allow = [{self._allowed(m)}])", "failed")
+                self._spend_quota(cap, m)
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
                 if m.reverse is not None:
@@ -687,6 +717,23 @@ class Router:
             self._out.append(Audit(record))
         return crossed
 
+    def _spend_quota(self, cap: Wrapped, m: Membrane):
+        now = self.clock()
+        if m.expires_at is not None and now >= m.expires_at:
+            raise _Denial(f"{cap.path} has expired (expires_after)", "failed")
+        if m.uses_left is not None:
+            if m.uses_left <= 0:
+                raise _Denial(f"{cap.path} is used up (max_uses)", "failed")
+        if m.rate is not None:
+            m.tokens = min(m.rate, m.tokens + (now - m.refilled) * m.rate)
+            m.refilled = now
+            if m.tokens < 1:
+                raise _Denial(f"{cap.path}: more than {m.rate:g} calls per second "
+                              f"(calls_per_second)", "overloaded")
+            m.tokens -= 1
+        if m.uses_left is not None:
+            m.uses_left -= 1
+
     def revoke(self, path: str) -> list:
         """Revoke grant `path` ("compartment.local"): it, everything obtained through it,
         and every call in flight through any of them fail from now on."""
@@ -730,6 +777,20 @@ class Router:
                 text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"
             self._out.append(LogLine(cap.owner, text))
             return protocol.EMPTY, ()
+        if cap.kind == "clock":
+            if call.interface_id != CLOCK_ID or call.method_id not in (0, 1):
+                raise CallError("Clock implements wall() and monotonic()", "unimplemented")
+            ns = self.wall_ns() if call.method_id == 0 else self.monotonic_ns()
+            return Content.standalone(ClockResults.new_message(ns=ns).to_segments()), ()
+        if cap.kind == "random":
+            if call.interface_id != RANDOM_ID or call.method_id != 0:
+                raise CallError("Random implements bytes()", "unimplemented")
+            count = _read(RandomParams, call.content).count
+            if count > RANDOM_MAX_BYTES:
+                raise CallError(f"Random.bytes: at most {RANDOM_MAX_BYTES} bytes per call, "
+                                f"not {count}")
+            msg = RandomResults.new_message(data=self.entropy(count))
+            return Content.standalone(msg.to_segments()), ()
         if cap.kind == "gateway":
             if call.interface_id != GATEWAY_ID:
                 raise CallError("the gateway implements Gateway only", "unimplemented")

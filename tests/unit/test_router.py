@@ -267,3 +267,53 @@ def test_audit_records_every_call_with_outcome_and_duration():
                           "duration_ms": 250.0}
     assert records[1]["method"] == "sumTo" and records[1]["outcome"] == "denied"
     assert "not allowed" in records[1]["reason"]
+
+
+CLOCK, RANDOM = R.CLOCK_ID, R.RANDOM_ID
+
+
+def _read_result(ret, field_struct, name):
+    return getattr(field_struct.from_segments(wire.unframe(ret.payload.content.canonical())), name)
+
+
+def test_clock_and_random_are_capabilities_with_injected_sources():
+    router = R.Router({"app": None}, wall_ns=lambda: 1_700_000_000_000_000_000,
+                      monotonic_ns=lambda: 42, entropy=lambda n: b"\x07" * n)
+    app = start(router, "app", [("clock", "host", "clock"), ("random", "host", "random")])
+    clock, rand = app.grants[0].import_id, app.grants[1].import_id
+    app.send(app.conn.send_call(clock, CLOCK, 0)[1])
+    app.send(app.conn.send_call(clock, CLOCK, 1)[1])
+    params = R.RandomParams.new_message(count=5)
+    app.send(app.conn.send_call(rand, RANDOM, 0, Content.standalone(params.to_segments()))[1])
+    big = R.RandomParams.new_message(count=R.RANDOM_MAX_BYTES + 1)
+    app.send(app.conn.send_call(rand, RANDOM, 0, Content.standalone(big.to_segments()))[1])
+    wall, mono, data, refused = app.inbox
+    assert _read_result(wall, R.ClockResults, "ns") == 1_700_000_000_000_000_000
+    assert _read_result(mono, R.ClockResults, "ns") == 42
+    assert _read_result(data, R.RandomResults, "data") == b"\x07" * 5
+    assert "at most 65536 bytes per call" in refused.error
+
+
+def test_quotas_on_a_grant_uses_expiry_and_rate():
+    now = [0.0]
+    router = R.Router({"app": None}, clock=lambda: now[0], names={CLOCK: ("Clock", {0: "wall"})})
+    app = start(router, "app", [
+        R.GrantSpec("twice", "host", "clock", max_uses=2),
+        R.GrantSpec("brief", "host", "clock", expires_after=5),
+        R.GrantSpec("slow", "host", "clock", calls_per_second=1)])
+    twice, brief, slow = (app.grants[i].import_id for i in range(3))
+
+    def call(h):
+        app.send(app.conn.send_call(h, CLOCK, 0)[1])
+        return app.inbox.pop()
+
+    assert [call(twice).error for _ in range(2)] == [None, None]
+    assert "app.twice is used up (max_uses)" in call(twice).error
+    assert call(brief).error is None
+    now[0] = 5.0
+    assert "app.brief has expired (expires_after)" in call(brief).error
+    assert call(slow).error is None
+    refused = call(slow)
+    assert refused.error_type == "overloaded" and "calls_per_second" in refused.error
+    now[0] = 6.1
+    assert call(slow).error is None

@@ -62,3 +62,16 @@ def test_nothing_is_granted_by_default_and_paths_resolve_against_the_file():
     s = policy.parse('[compartments.a]\nmodule = "m/a.wat"\n', "/srv/sys/system.toml")
     a = s.compartments["a"]
     assert a.grants == () and a.module == "/srv/sys/m/a.wat" and not a.external
+
+
+def test_grant_attenuation_keys_parse_and_keep_the_grant_kind():
+    s = policy.parse('[compartments.c]\nmodule = "c.wat"\nexports = "C"\n'
+                     '[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'c = { compartment = "c", allow = ["x"], revocable = true, max_uses = 3, '
+                     'expires_after = 1.5, calls_per_second = 2 }\n', "/x/s.toml")
+    (g,) = s.compartments["a"].grants
+    assert (g.kind, g.target, g.allow, g.revocable) == ("compartment", "c", ("x",), True)
+    assert (g.max_uses, g.expires_after, g.calls_per_second) == (3, 1.5, 2)
+    with pytest.raises(policy.PolicyError, match="max_uses: must be a number of at least 1"):
+        policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'l = { host = "log", max_uses = 0 }\n', "/x/s.toml")
