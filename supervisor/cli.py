@@ -21,8 +21,14 @@ def main(argv=None) -> int:
     up.add_argument("--socket", help="Unix socket for the external endpoint (default: "
                     "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME.sock or "
                     "/tmp/wsuper-UID/NAME.sock)")
-    check = sub.add_parser("check", help="validate a system without starting anything")
+    check = sub.add_parser("check", help="validate a system without starting anything, "
+                           "and print who holds what")
     check.add_argument("system", help="path to system.toml")
+    check.add_argument("--graph", metavar="FILE", help="write the authority graph (DOT; SVG "
+                       "when FILE ends in .svg and Graphviz's dot is installed)")
+    check.add_argument("--reach", metavar="TARGET", action="append", default=[],
+                       help="which compartments could ever call TARGET: COMPARTMENT (its "
+                       "main object), COMPARTMENT.METHOD, or COMPARTMENT:HOSTCAP (repeatable)")
     revoke = sub.add_parser("revoke", help="revoke a revocable grant of a running system: "
                             "it, everything obtained through it and its calls in flight fail")
     revoke.add_argument("system", help="path to the running system's system.toml")
@@ -41,16 +47,41 @@ def main(argv=None) -> int:
         print(f"wsuper: error: {e}", file=sys.stderr)
         return 2
     if args.command == "check":
-        for comp in plan.system.compartments.values():
-            grants = ", ".join(f"{g.name}={g.kind}:{g.target}" for g in comp.grants) or "nothing"
-            serves = f", serves {comp.exports}" if comp.exports else ""
-            print(f"{comp.name}: holds {grants}{serves}")
-        return 0
+        return _check(plan, args)
 
     import trio
 
     from . import runtime
     return trio.run(runtime.up, plan, args.socket)
+
+
+def _check(plan, args) -> int:
+    import shutil
+    import subprocess
+
+    from . import authority
+    print(authority.holdings(plan))
+    for target in args.reach:
+        try:
+            names, why = authority.could_reach(plan, target)
+        except KeyError as e:
+            print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
+            return 2
+        print(f"could reach {target}: {', '.join(names)}\n  ({why})")
+    if args.graph:
+        text = authority.dot(plan)
+        if args.graph.endswith(".svg"):
+            if shutil.which("dot") is None:
+                print("wsuper: error: --graph: Graphviz's dot is not installed; "
+                      "name a .dot file instead", file=sys.stderr)
+                return 2
+            subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
+                           check=True)
+        else:
+            with open(args.graph, "w", encoding="utf-8") as f:
+                f.write(text)
+        print(f"wrote {args.graph}")
+    return 0
 
 
 def _revoke(args) -> int:

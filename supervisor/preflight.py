@@ -25,6 +25,7 @@ class Plan:
     main_interface: dict    # compartment name -> interface id | None
     names: dict = {}        # interface id -> (name, {method id: method name})
     allow: dict = {}        # (compartment, grant name) -> frozenset of (interface id, method id)
+    interface_modules: dict = {}   # interface name -> pycapnp interface module
 
 
 HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random"}
@@ -91,7 +92,7 @@ def prepare(system: System) -> Plan:
             allow[(comp.name, g.name)] = frozenset(
                 _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
                                 m, granted, by_name, names) for m in g.allow)
-    return Plan(system, interfaces, main, names, allow)
+    return Plan(system, interfaces, main, names, allow, ifaces)
 
 
 def _method_names(iface) -> dict:

@@ -1,0 +1,203 @@
+"""Who holds what, and who could ever reach what (pure: a Plan in, text out).
+
+Reachability is an over-approximation, on purpose: a compartment *could*
+reach a capability if it holds it by a grant, or if some compartment that
+could reach it can hand it over.  Capabilities travel only in calls: from a
+caller to the compartment it calls (in params) and back (in results), and only
+through interfaces whose schema has a capability (or AnyPointer) somewhere in
+those params or results.  Guests may not do any of that; this says what the
+policy and the interfaces allow, not what the code does.
+"""
+from __future__ import annotations
+
+import attrs
+
+import capnp_schemas
+
+from .preflight import HOST_INTERFACES, Plan
+
+
+@attrs.frozen
+class Edge:
+    holder: str            # compartment
+    local: str             # its local name for the grant
+    kind: str              # "compartment" | "host"
+    target: str            # compartment name or host capability
+    attenuation: tuple     # human-readable attenuation terms
+    carries_in: bool       # params of the target's interface can carry capabilities
+    carries_out: bool      # results can
+
+
+def edges(plan: Plan) -> list[Edge]:
+    out = []
+    for comp in plan.system.compartments.values():
+        for g in comp.grants:
+            terms = []
+            if g.allow is not None:
+                terms.append(f"allow={','.join(g.allow)}")
+            if g.revocable:
+                terms.append("revocable")
+            for k in ("max_uses", "expires_after", "calls_per_second"):
+                if getattr(g, k) is not None:
+                    terms.append(f"{k}={getattr(g, k):g}")
+            if g.kind == "compartment":
+                iface = plan.interface_modules.get(plan.system.compartments[g.target].exports)
+                carries_in, carries_out = _carries(iface)
+            else:
+                carries_in = carries_out = False
+            out.append(Edge(comp.name, g.name, g.kind, g.target, tuple(terms),
+                            carries_in, carries_out))
+    return out
+
+
+def _carries(iface) -> tuple[bool, bool]:
+    """Whether any method's params / results can hold a capability."""
+    if iface is None:
+        return True, True                    # unknown: assume the worst
+    params = results = False
+    for method in iface.schema.methods.values():
+        params |= _has_cap(method.param_type, set())
+        results |= _has_cap(method.result_type, set())
+    return params, results
+
+
+def _has_cap(struct_schema, seen) -> bool:
+    node_id = struct_schema.node.id
+    if node_id in seen:
+        return False
+    seen.add(node_id)
+    for field in struct_schema.node.struct.fields:
+        if field.which() == "group":
+            continue
+        if _type_has_cap(field.slot.type, struct_schema, field.name, seen):
+            return True
+    return False
+
+
+def _type_has_cap(t, struct_schema, name, seen) -> bool:
+    kind = t.which()
+    if kind in ("interface", "anyPointer"):
+        return True
+    if kind == "list":
+        return _type_has_cap(t.list.elementType, struct_schema, name, seen) if \
+            t.list.elementType.which() != "struct" else \
+            _has_cap(struct_schema.fields[name].schema.elementType, seen)
+    if kind == "struct":
+        return _has_cap(struct_schema.fields[name].schema, seen)
+    return False
+
+
+def holdings(plan: Plan) -> str:
+    """Each compartment and what it holds, with attenuation and origin."""
+    lines = []
+    by_holder: dict[str, list[Edge]] = {}
+    for e in edges(plan):
+        by_holder.setdefault(e.holder, []).append(e)
+    for comp in plan.system.compartments.values():
+        what = []
+        if comp.exports:
+            what.append(f"serves {comp.exports}" + (" (external)" if comp.external else ""))
+        lines.append(f"{comp.name}: {comp.module}" + (f"; {'; '.join(what)}" if what else ""))
+        held = by_holder.get(comp.name, [])
+        if not held:
+            lines.append("  holds nothing")
+        for e in held:
+            target = f"{e.target}'s {plan.system.compartments[e.target].exports}" \
+                if e.kind == "compartment" else f"host {HOST_INTERFACES[e.target]}"
+            terms = f" [{', '.join(e.attenuation)}]" if e.attenuation else ""
+            lines.append(f"  {e.local} -> {target}{terms}  "
+                         f"(from compartments.{comp.name}.grants.{e.local})")
+    return "\n".join(lines)
+
+
+def dot(plan: Plan) -> str:
+    """The authority graph in Graphviz DOT."""
+    out = ["digraph authority {", "  rankdir=LR;", "  node [fontname=Helvetica];"]
+    for comp in plan.system.compartments.values():
+        label = comp.name + (f"\\n{comp.exports}" if comp.exports else "")
+        shape = "doubleoctagon" if comp.external else "box"
+        out.append(f'  "{comp.name}" [shape={shape}, label="{label}"];')
+    hosts = set()
+    for e in edges(plan):
+        target = e.target if e.kind == "compartment" else f"{e.holder}:{e.target}"
+        if e.kind == "host" and target not in hosts:
+            hosts.add(target)
+            out.append(f'  "{target}" [shape=ellipse, label="{e.target}\\n(host)"];')
+        label = e.local + (f"\\n{', '.join(e.attenuation)}" if e.attenuation else "")
+        style = ", style=dashed" if e.attenuation else ""
+        out.append(f'  "{e.holder}" -> "{target}" [label="{label}"{style}];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
+    """Compartments that could ever call `target` ("calc", "calc.add", "app:log").
+
+    Returns (names, explanation).  Over-approximates (see the module docstring).
+    """
+    comp_name, _, method = target.partition(".")
+    host = None
+    if ":" in comp_name:
+        comp_name, host = comp_name.split(":", 1)
+    if comp_name not in plan.system.compartments:
+        raise KeyError(f"no compartment named {comp_name!r}")
+    all_edges = edges(plan)
+    if host is not None:
+        start = {e.holder for e in all_edges
+                 if e.holder == comp_name and e.kind == "host" and e.target == host}
+        if not start:
+            raise KeyError(f"{comp_name} holds no host {host!r}")
+    else:
+        if plan.system.compartments[comp_name].exports is None:
+            raise KeyError(f"{comp_name} exports nothing")
+        start = {comp_name}                    # it can always call its own objects
+        for e in all_edges:
+            if e.kind == "compartment" and e.target == comp_name and _allows(e, plan, method):
+                start.add(e.holder)
+    reach = set(start)
+    changed = True
+    while changed:                             # capabilities flow along calls
+        changed = False
+        for e in all_edges:
+            if e.kind != "compartment":
+                continue
+            if e.holder in reach and e.carries_in and e.target not in reach:
+                reach.add(e.target)            # passed in params
+                changed = True
+            if e.target in reach and e.carries_out and e.holder not in reach \
+                    and not _blocks(e, plan, comp_name, method):
+                reach.add(e.holder)            # passed back in results
+                changed = True
+    why = ("held by grant: " + ", ".join(sorted(start)) +
+           "; could be passed on to: " + (", ".join(sorted(reach - start)) or "nobody"))
+    if host is None and plan.system.compartments[comp_name].external:
+        why += "; and any client of the external socket"
+    return sorted(reach), why + " (an over-approximation: what the policy and interfaces " \
+                                "allow, not what the code does)"
+
+
+def _blocks(e: Edge, plan: Plan, target: str, method: str) -> bool:
+    """Results crossing e's membrane carry its allow-list: does it forbid the method?"""
+    if not method:
+        return False
+    g = _grant(e, plan)
+    if g.allow is None:
+        return False
+    iface = plan.system.compartments[target].exports
+    granted = plan.system.compartments[e.target].exports
+    mentioned = {a.rpartition(".")[0] or granted for a in g.allow}
+    if iface not in mentioned | {granted}:
+        return False
+    return method not in g.allow and f"{iface}.{method}" not in g.allow
+
+
+def _grant(e: Edge, plan: Plan):
+    comp = plan.system.compartments[e.holder]
+    return next(g for g in comp.grants if g.name == e.local)
+
+
+def _allows(e: Edge, plan: Plan, method: str) -> bool:
+    if not method:
+        return True
+    g = _grant(e, plan)
+    return g.allow is None or method in g.allow
