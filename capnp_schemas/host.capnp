@@ -26,3 +26,37 @@ interface Random @0xa05a5e2c6b2f6d05 {
   # `count` bytes from the operating system's CSPRNG; at most 65536 per call.
   bytes @0 (count :UInt32) -> (data :Data);
 }
+
+enum Kind { file @0; directory @1; other @2; }
+enum OpenMode { read @0; write @1; append @2; readWrite @3; }
+
+struct Info {
+  kind @0 :Kind;
+  size @1 :UInt64;
+  modifiedNs @2 :Int64;
+}
+
+struct Entry {
+  name @0 :Text;
+  kind @1 :Kind;
+}
+
+interface Directory @0xa05a5e2c6b2f6d06 {
+  # Paths are relative, '/'-separated, and never leave this directory: no
+  # '..', no absolute paths, no symbolic links anywhere on the way.
+  open @0 (path :Text, mode :OpenMode) -> (file :File);
+  create @1 (path :Text) -> (file :File);       # a new file (fails if it exists)
+  list @2 (path :Text) -> (entries :List(Entry));  # "" lists this directory
+  stat @3 (path :Text) -> (info :Info);
+  remove @4 (path :Text) -> ();                 # a file, or an empty directory
+  mkdir @5 (path :Text) -> ();
+  subdir @6 (path :Text) -> (dir :Directory);   # same attenuation as this one
+}
+
+interface File @0xa05a5e2c6b2f6d07 {
+  read @0 (offset :UInt64, count :UInt32) -> (data :Data);   # at most 1 MiB
+  write @1 (offset :UInt64, data :Data) -> (written :UInt32);
+  append @2 (data :Data) -> (offset :UInt64);   # the offset it was written at
+  truncate @3 (size :UInt64) -> ();
+  stat @4 () -> (info :Info);
+}

@@ -15,14 +15,15 @@ import attrs
 
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = ("log", "clock", "random")
+HOST_CAPS = ("log", "clock", "random", "directory", "file")
+PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas", "audit"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
-              "calls_per_second"}
+              "calls_per_second", "path", "read_only", "append_only"}
 GRANT_TARGETS = ("compartment", "host")
 
 
@@ -45,6 +46,9 @@ class Grant:
     max_uses: int | None = None           # calls through it (and what came through it)
     expires_after: float | None = None    # seconds after the compartment first starts
     calls_per_second: float | None = None
+    path: str | None = None               # directory / file grants: an absolute path
+    read_only: bool = False
+    append_only: bool = False
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -203,6 +207,16 @@ def load(path: str) -> System:
         if not os.path.isfile(s):
             raise where.error(f"system.schemas[{i}]", f"schema file {s} does not exist")
     for comp in system.compartments.values():
+        for g in comp.grants:
+            if g.path is None:
+                continue
+            key = f"compartments.{comp.name}.grants.{g.name}.path"
+            if os.path.islink(g.path):
+                raise where.error(key, f"{g.path} is a symbolic link; grant what it points to")
+            want = os.path.isdir if g.target == "directory" else os.path.isfile
+            if not want(g.path):
+                what = "directory" if g.target == "directory" else "regular file"
+                raise where.error(key, f"{g.path} is not an existing {what}")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} does not exist")
@@ -353,4 +367,29 @@ def _grant(where, key, name, spec) -> Grant:
             if isinstance(v, bool) or not isinstance(v, types) or v < lo:
                 raise where.error(f"{key}.{k}", f"must be a number of at least {lo}, not {v!r}")
             quotas[k] = v
-    return Grant(name, kinds[0], target, allow, revocable, **quotas)
+    files = {}
+    for k in ("read_only", "append_only"):
+        if k in spec:
+            if not isinstance(spec[k], bool):
+                raise where.error(f"{key}.{k}", f"must be true or false, not {spec[k]!r}")
+            files[k] = spec[k]
+    if "path" in spec:
+        p = spec["path"]
+        if not isinstance(p, str) or not p or "\0" in p:
+            raise where.error(f"{key}.path", f"must be a path, not {p!r}")
+        if not p.startswith("/"):
+            raise where.error(f"{key}.path", f"{p!r} is relative; grant an absolute path")
+        if ".." in p.split("/"):
+            raise where.error(f"{key}.path", f"{p!r} contains '..'; name the directory itself")
+        files["path"] = os.path.normpath(p)
+    if kinds[0] == "host" and target in PATH_CAPS:
+        if "path" not in files:
+            raise where.error(key, f"a {target} grant needs a path")
+        if files.get("read_only") and files.get("append_only"):
+            raise where.error(key, "read_only and append_only together make no sense: "
+                              "choose one")
+    elif files:
+        extra = ", ".join(sorted(files))
+        raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "
+                          f"and file grants, not to {target!r}")
+    return Grant(name, kinds[0], target, allow, revocable, **quotas, **files)

@@ -28,7 +28,8 @@ class Plan:
     interface_modules: dict = {}   # interface name -> pycapnp interface module
 
 
-HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random"}
+HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random",
+                   "directory": "Directory", "file": "File"}
 
 
 

@@ -28,12 +28,19 @@ import attrs
 from capnp_schemas import engine as engine_schema, host as host_schema, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
+from . import hostfs
+
 LOG_LINE_LIMIT = 4096       # characters of one Log line that are shown
 ENGINE_ID = engine_schema.Engine.schema.node.id
 LOG_ID = host_schema.Log.schema.node.id
 CLOCK_ID = host_schema.Clock.schema.node.id
 RANDOM_ID = host_schema.Random.schema.node.id
-HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID}
+DIRECTORY_ID = host_schema.Directory.schema.node.id
+FILE_ID = host_schema.File.schema.node.id
+HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID, "directory": DIRECTORY_ID,
+            "file": FILE_ID}
+DIRECTORY_METHODS = ("open", "create", "list", "stat", "remove", "mkdir", "subdir")
+FILE_METHODS = ("read", "write", "append", "truncate", "stat")
 RANDOM_MAX_BYTES = 65536
 GATEWAY_ID = host_schema.Gateway.schema.node.id
 
@@ -55,6 +62,8 @@ GatewayGetParams, GatewayGetResults = _method_structs(host_schema.Gateway, "get"
 _, GatewayListResults = _method_structs(host_schema.Gateway, "list")
 _, ClockResults = _method_structs(host_schema.Clock, "wall")
 RandomParams, RandomResults = _method_structs(host_schema.Random, "bytes")
+_DIR_STRUCTS = {m: _method_structs(host_schema.Directory, m) for m in DIRECTORY_METHODS}
+_FILE_STRUCTS = {m: _method_structs(host_schema.File, m) for m in FILE_METHODS}
 
 
 # ------------------------------------------------------------------ effects
@@ -140,11 +149,14 @@ class Proxy(Cap):
 
 
 class Host(Cap):
-    """An object the supervisor hosts: kind 'log' (for one compartment) or 'gateway'."""
+    """An object the supervisor hosts: 'log', 'clock', 'random', 'directory', 'file'
+    (for one compartment), or the external 'gateway'.  `obj` is the hostfs object
+    of a directory or file; it is closed when the last reference goes."""
 
-    def __init__(self, kind: str, owner: str):
+    def __init__(self, kind: str, owner: str, obj=None):
         self.kind = kind
         self.owner = owner
+        self.obj = obj
         self.refs = 0
 
     def __repr__(self):
@@ -212,6 +224,9 @@ class GrantSpec:
     max_uses: int | None = None
     expires_after: float | None = None
     calls_per_second: float | None = None
+    path: str | None = None
+    read_only: bool = False
+    append_only: bool = False
 
     @property
     def attenuated(self) -> bool:
@@ -298,12 +313,14 @@ class Router:
     def __init__(self, compartments: dict[str, int | None], external: tuple = (),
                  limits: dict | None = None, external_limits: PeerLimits = PeerLimits(),
                  clock=time.monotonic, names: dict | None = None, audit: bool = False,
-                 wall_ns=time.time_ns, monotonic_ns=time.monotonic_ns, entropy=os.urandom):
+                 wall_ns=time.time_ns, monotonic_ns=time.monotonic_ns, entropy=os.urandom,
+                 filesystem=hostfs):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time.
         `names`: interface id -> (name, {method id: name}), for messages and the audit."""
         self.limits = limits or {}
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
+        self.filesystem = filesystem
         self.names = names or {}
         self.audit = audit
         self.membranes: dict[str, Membrane] = {}        # grant path -> membrane
@@ -535,7 +552,15 @@ class Router:
         names, caps = [], []
         for g in grants:
             names.append(g.local)
-            cap = self.proxies[g.target] if g.kind == "compartment" else Host(g.target, peer.name)
+            if g.kind == "compartment":
+                cap = self.proxies[g.target]
+            else:
+                try:
+                    cap = Host(g.target, peer.name, self._open_host(g))
+                except OSError as e:
+                    self._start_failed(peer, f"cannot open {g.path} for grant {g.local}: "
+                                             f"{e.strerror}")
+                    return
             if g.attenuated:
                 path = f"{peer.name}.{g.local}"
                 membrane = self.membranes.get(path)
@@ -791,6 +816,11 @@ class Router:
                                 f"not {count}")
             msg = RandomResults.new_message(data=self.entropy(count))
             return Content.standalone(msg.to_segments()), ()
+        if cap.kind in ("directory", "file"):
+            try:
+                return self._fs_call(cap, call)
+            except hostfs.FsError as e:
+                raise CallError(f"{cap.kind} {cap.obj.label}: {e}") from None
         if cap.kind == "gateway":
             if call.interface_id != GATEWAY_ID:
                 raise CallError("the gateway implements Gateway only", "unimplemented")
@@ -799,10 +829,7 @@ class Router:
                 if name not in self.external:
                     raise CallError(f"no compartment named {name!r} is exported to the outside "
                                     f"(exported: {', '.join(self.external) or 'none'})")
-                seg = bytearray(GatewayGetResults.new_message().to_segments()[0])
-                loc = wire.struct_pointer_field([seg], (0, 0), 0)
-                wire.set_word(seg, loc[1], wire.cap_pointer(0))
-                return Content.standalone([seg]), (self.proxies[name],)
+                return self._one_cap_result(GatewayGetResults), (self.proxies[name],)
             if call.method_id == 1:
                 msg = GatewayListResults.new_message(names=list(self.external))
                 return Content.standalone(msg.to_segments()), ()
@@ -820,6 +847,63 @@ class Router:
             raise CallError(f"{owner} writes to its log faster than {rate:g} lines/s "
                             f"(limit log_rate)", "overloaded")
         budget[0] -= 1
+
+    def _open_host(self, g: GrantSpec):
+        attenuation = dict(read_only=g.read_only, append_only=g.append_only)
+        if g.target == "directory":
+            return self.filesystem.Directory.grant(g.path, **attenuation)
+        if g.target == "file":
+            return self.filesystem.File.grant(g.path, **attenuation)
+        return None
+
+    def _fs_call(self, cap: Host, call: _Call):
+        is_dir = cap.kind == "directory"
+        methods, structs = (DIRECTORY_METHODS, _DIR_STRUCTS) if is_dir else \
+            (FILE_METHODS, _FILE_STRUCTS)
+        if call.interface_id != HOST_IDS[cap.kind] or call.method_id >= len(methods):
+            raise CallError(f"{cap.kind.capitalize()} has no such method", "unimplemented")
+        name = methods[call.method_id]
+        params_struct, results_struct = structs[name]
+        p = _read(params_struct, call.content)
+        obj = cap.obj
+        if is_dir:
+            if name in ("open", "create", "subdir"):
+                opened = obj.open(p.path, str(p.mode)) if name == "open" else \
+                    getattr(obj, name)(p.path)
+                return self._one_cap_result(results_struct), \
+                    (Host("directory" if name == "subdir" else "file", cap.owner, opened),)
+            if name == "list":
+                entries = obj.list(p.path)
+                msg = results_struct.new_message()
+                lst = msg.init("entries", len(entries))
+                for i, (entry_name, kind) in enumerate(entries):
+                    lst[i].name, lst[i].kind = entry_name, kind
+                return Content.standalone(msg.to_segments()), ()
+            if name == "stat":
+                return Content.standalone(results_struct.new_message(
+                    info=obj.stat(p.path)).to_segments()), ()
+            getattr(obj, name)(p.path)                     # remove, mkdir
+            return protocol.EMPTY, ()
+        if name == "read":
+            msg = results_struct.new_message(data=obj.read(p.offset, p.count))
+        elif name == "write":
+            msg = results_struct.new_message(written=obj.write(p.offset, p.data))
+        elif name == "append":
+            msg = results_struct.new_message(offset=obj.append(p.data))
+        elif name == "truncate":
+            obj.truncate(p.size)
+            return protocol.EMPTY, ()
+        else:
+            msg = results_struct.new_message(info=obj.stat())
+        return Content.standalone(msg.to_segments()), ()
+
+    @staticmethod
+    def _one_cap_result(results_struct) -> Content:
+        """A results struct whose pointer field 0 is capability #0."""
+        seg = bytearray(results_struct.new_message().to_segments()[0])
+        loc = wire.struct_pointer_field([seg], (0, 0), 0)
+        wire.set_word(seg, loc[1], wire.cap_pointer(0))
+        return Content.standalone([seg])
 
     # ------------------------------------------------------------ capability tables
 
@@ -872,6 +956,9 @@ class Router:
 
     def _drop(self, cap):
         cap.refs -= 1
+        if isinstance(cap, Host) and cap.obj is not None and cap.refs <= 0:
+            cap.obj.close()
+            cap.obj = None
         if isinstance(cap, Wrapped) and cap.refs <= 0 \
                 and cap.membrane.wrappers.get(id(cap.target)) is cap:
             del cap.membrane.wrappers[id(cap.target)]

@@ -317,3 +317,55 @@ def test_quotas_on_a_grant_uses_expiry_and_rate():
     assert refused.error_type == "overloaded" and "calls_per_second" in refused.error
     now[0] = 6.1
     assert call(slow).error is None
+
+
+def _fs_params(iface, method, **fields):
+    from supervisor.router import _DIR_STRUCTS, _FILE_STRUCTS
+    structs = _DIR_STRUCTS if iface == R.DIRECTORY_ID else _FILE_STRUCTS
+    return Content.standalone(structs[method][0].new_message(**fields).to_segments())
+
+
+def test_a_file_opened_through_a_read_only_directory_grant_is_read_only(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    router = R.Router({"app": None})
+    app = start(router, "app", [R.GrantSpec("data", "host", "directory", path=str(tmp_path),
+                                            read_only=True)])
+    d = app.grants[0].import_id
+    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
+                                _fs_params(R.DIRECTORY_ID, "open", path="notes.txt",
+                                           mode="readWrite"))[1])
+    assert "is read-only" in app.inbox.pop().error
+    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
+                                _fs_params(R.DIRECTORY_ID, "open", path="notes.txt",
+                                           mode="read"))[1])
+    f = app.inbox.pop().payload.caps[0].import_id
+    app.send(app.conn.send_call(f, R.FILE_ID, 0,
+                                _fs_params(R.FILE_ID, "read", offset=0, count=100))[1])
+    assert _read_result(app.inbox.pop(), R._FILE_STRUCTS["read"][1], "data") == b"hello"
+    app.send(app.conn.send_call(f, R.FILE_ID, 1,
+                                _fs_params(R.FILE_ID, "write", offset=0, data=b"X"))[1])
+    assert "is read-only" in app.inbox.pop().error
+    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
+                                _fs_params(R.DIRECTORY_ID, "open", path="../x", mode="read"))[1])
+    assert "contains '..'" in app.inbox.pop().error
+    assert (tmp_path / "notes.txt").read_text() == "hello"
+
+
+def test_an_allow_list_on_a_directory_applies_to_the_files_it_opens(tmp_path):
+    (tmp_path / "log.txt").write_text("")
+    names = {R.DIRECTORY_ID: ("Directory", dict(enumerate(R.DIRECTORY_METHODS))),
+             R.FILE_ID: ("File", dict(enumerate(R.FILE_METHODS)))}
+    router = R.Router({"app": None}, names=names)
+    allow = frozenset({(R.DIRECTORY_ID, 0), (R.FILE_ID, 2)})       # open; File.append
+    app = start(router, "app", [R.GrantSpec("data", "host", "directory", allow=allow,
+                                            path=str(tmp_path))])
+    d = app.grants[0].import_id
+    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
+                                _fs_params(R.DIRECTORY_ID, "open", path="log.txt",
+                                           mode="readWrite"))[1])
+    f = app.inbox.pop().payload.caps[0].import_id
+    app.send(app.conn.send_call(f, R.FILE_ID, 2, _fs_params(R.FILE_ID, "append", data=b"ok"))[1])
+    assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(f, R.FILE_ID, 3, _fs_params(R.FILE_ID, "truncate", size=0))[1])
+    assert "File.truncate is not allowed" in app.inbox.pop().error
+    assert (tmp_path / "log.txt").read_text() == "ok"
