@@ -40,3 +40,25 @@ random = { host = "random" }
     assert r.returncode == 0, r.stdout + r.stderr
     logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
     assert logs == ["later 1", "after-2020 1", "bytes 16", "no-env: -7"]
+
+
+def test_a_grant_with_max_uses_is_used_up(tmp_path):
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 5)))
+    (call $log_int (i32.const 300) (i32.const 5) (call $call0 (local.get $h) (i64.const {CLOCK_ID}) (i32.const 1)))
+    (call $log_int (i32.const 300) (i32.const 5) (call $call0 (local.get $h) (i64.const {CLOCK_ID}) (i32.const 1)))
+    (call $log_int (i32.const 300) (i32.const 5) (call $call0 (local.get $h) (i64.const {CLOCK_ID}) (i32.const 1)))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"clock": 200, "tick:": 300}))
+    (tmp_path / "system.toml").write_text("""
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = { host = "log" }
+clock = { host = "clock", max_uses = 2 }
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
+    assert logs == ["tick: 0", "tick: 0", "tick: -2", "app.clock is used up (max_uses)"]
+    assert "wsuper: denied: app -> app.clock is used up (max_uses)" in r.stdout
