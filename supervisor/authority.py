@@ -26,6 +26,7 @@ class Edge:
     attenuation: tuple     # human-readable attenuation terms
     carries_in: bool       # params of the target's interface can carry capabilities
     carries_out: bool      # results can
+    origin: str = ""       # where the grant was written
 
 
 def edges(plan: Plan) -> list[Edge]:
@@ -46,7 +47,7 @@ def edges(plan: Plan) -> list[Edge]:
             else:
                 carries_in = carries_out = False
             out.append(Edge(comp.name, g.name, g.kind, g.target, tuple(terms),
-                            carries_in, carries_out))
+                            carries_in, carries_out, g.origin))
     return out
 
 
@@ -105,8 +106,7 @@ def holdings(plan: Plan) -> str:
             target = f"{e.target}'s {plan.system.compartments[e.target].exports}" \
                 if e.kind == "compartment" else f"host {HOST_INTERFACES[e.target]}"
             terms = f" [{', '.join(e.attenuation)}]" if e.attenuation else ""
-            lines.append(f"  {e.local} -> {target}{terms}  "
-                         f"(from compartments.{comp.name}.grants.{e.local})")
+            lines.append(f"  {e.local} -> {target}{terms}  (from {e.origin})")
     return "\n".join(lines)
 
 

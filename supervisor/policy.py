@@ -21,7 +21,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas", "audit"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
-                    "max_restarts", "restart_window", "restart_delay", "critical"}
+                    "max_restarts", "restart_window", "restart_delay", "critical", "policy"}
+POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only"}
 GRANT_TARGETS = ("compartment", "host")
@@ -49,6 +50,7 @@ class Grant:
     path: str | None = None               # directory / file grants: an absolute path
     read_only: bool = False
     append_only: bool = False
+    origin: str = ""                      # "FILE: KEY" where the grant was written
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -107,20 +109,32 @@ class System:
         return tuple(c.name for c in self.compartments.values() if c.external)
 
 
-def parse(text: str, path: str = "system.toml") -> System:
-    """Validate system.toml text.  Relative paths resolve against the file's directory."""
-    base = os.path.dirname(os.path.abspath(path))
-    where = _Where(text, path)
+def _toml(text: str, path: str) -> dict:
     if "\0" in text:
         raise PolicyError(path, "", "file contains a NUL byte", text[:text.index("\0")].count("\n") + 1)
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
         raise PolicyError(path, "", f"invalid TOML: {str(e)}",
                           int(m.group(1)) if m else None) from None
     except RecursionError:
         raise PolicyError(path, "", "invalid TOML: nested too deeply") from None
+
+
+def _no_policy_files(path):
+    raise PolicyError(path, "", "policy files can only be read by load()")
+
+
+def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) -> System:
+    """Validate system.toml text.  Relative paths resolve against the file's directory.
+
+    `read_policy(path) -> text` reads a policy file a compartment refers to
+    (`load()` passes one that reads the disk; tests pass a dict's get).
+    """
+    base = os.path.dirname(os.path.abspath(path))
+    where = _Where(text, path)
+    doc = _toml(text, path)
 
     _only(where, "", doc, {"system", "compartments"})
     system = doc.get("system", {})
@@ -168,7 +182,19 @@ def parse(text: str, path: str = "system.toml") -> System:
         _table(where, f"{key}.grants", grants_doc)
         grants = tuple(_grant(where, f"{key}.grants.{g}", g, spec)
                        for g, spec in grants_doc.items())
-        limits = _limits(where, f"{key}.limits", body.get("limits", {}))
+        limits_doc = body.get("limits", {})
+        _table(where, f"{key}.limits", limits_doc)
+        if "policy" in body:
+            pgrants, plimits = _policy_file(where, f"{key}.policy", body["policy"], base,
+                                            read_policy)
+            clash = {g.name for g in grants} & {g.name for g in pgrants}
+            if clash:
+                raise where.error(f"{key}.grants.{sorted(clash)[0]}",
+                                  f"also granted by policy {body['policy']!r}; "
+                                  f"grant each name in one place")
+            grants = pgrants + grants
+            limits_doc = {**plimits, **limits_doc}     # inline limits win
+        limits = _limits(where, f"{key}.limits", limits_doc)
         restart = _restart(where, key, body)
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
                                          restart)
@@ -201,7 +227,7 @@ def load(path: str) -> System:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(path, "", f"not UTF-8 (byte {e.start})") from None
-    system = parse(text, path)
+    system = parse(text, path, _read_policy_file)
     where = _Where(text, path)
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
@@ -221,6 +247,18 @@ def load(path: str) -> System:
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} does not exist")
     return system
+
+
+def _read_policy_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PolicyError(path, "", f"cannot read policy file {path}: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(path, "", f"policy file {path} is not UTF-8 (byte {e.start})") from None
 
 
 # ------------------------------------------------------------------ helpers
@@ -288,6 +326,27 @@ def _path(where, key, value, base) -> str:
     if "\0" in value:
         raise where.error(key, "path contains a NUL byte")
     return os.path.normpath(os.path.join(base, value))
+
+
+def _policy_file(where, key, ref, base, read_policy):
+    """Grants and limits from a policy file: (tuple of Grant, limits table)."""
+    if not isinstance(ref, str) or not ref:
+        raise where.error(key, f"must be the path of a policy file, not {ref!r}")
+    path = os.path.normpath(os.path.join(base, ref))
+    try:
+        text = read_policy(path)
+    except PolicyError as e:
+        raise where.error(key, e.reason) from None
+    pwhere = _Where(text, path)
+    doc = _toml(text, path)
+    _only(pwhere, "", doc, POLICY_KEYS)
+    grants_doc = doc.get("grants", {})
+    _table(pwhere, "grants", grants_doc)
+    grants = tuple(_grant(pwhere, f"grants.{g}", g, spec) for g, spec in grants_doc.items())
+    limits = doc.get("limits", {})
+    _table(pwhere, "limits", limits)
+    _only(pwhere, "limits", limits, set(Limits.RANGES))
+    return grants, limits
 
 
 def _restart(where, key, body) -> RestartPolicy:
@@ -392,4 +451,5 @@ def _grant(where, key, name, spec) -> Grant:
         extra = ", ".join(sorted(files))
         raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "
                           f"and file grants, not to {target!r}")
-    return Grant(name, kinds[0], target, allow, revocable, **quotas, **files)
+    return Grant(name, kinds[0], target, allow, revocable, **quotas, **files,
+                 origin=f"{where.path}: {key}")

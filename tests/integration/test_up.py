@@ -171,3 +171,12 @@ def test_binary_wasm_modules_run_like_wat(tmp_path):
     r = run_wsuper("up", str(tmp_path / "hello.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "module=calc.wasm" in r.stdout and "[app] 2 + 3 = 5" in r.stdout
+
+
+def test_a_shared_policy_file_grants_what_the_program_needs():
+    r = run_wsuper("up", os.path.join(EXAMPLES, "hello-policy.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[app] 2 + 3 = 5" in r.stdout
+    r = run_wsuper("check", os.path.join(EXAMPLES, "hello-policy.toml"))
+    assert "policies/calc-client.toml: grants.calc)" in r.stdout
+    assert "[allow=add]" in r.stdout

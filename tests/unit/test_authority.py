@@ -30,8 +30,8 @@ log = {{ host = "log" }}
 
 def test_holdings_name_each_grant_its_attenuation_and_origin(tmp_path):
     text = authority.holdings(plan_of(tmp_path, SYSTEM))
-    assert ("  calc -> calc's Calc [allow=add, revocable]  (from compartments.app.grants.calc)"
-            in text.splitlines())
+    assert (f"  calc -> calc's Calc [allow=add, revocable]  "
+            f"(from {tmp_path}/system.toml: compartments.app.grants.calc)" in text.splitlines())
     assert text.splitlines()[1] == "  holds nothing"          # calc holds nothing
 
 

@@ -75,3 +75,27 @@ def test_grant_attenuation_keys_parse_and_keep_the_grant_kind():
     with pytest.raises(policy.PolicyError, match="max_uses: must be a number of at least 1"):
         policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                      'l = { host = "log", max_uses = 0 }\n', "/x/s.toml")
+
+
+POLICY = '[grants]\ncalc = { compartment = "calc", allow = ["add"] }\n[limits]\nmemory = "1MiB"\n'
+SYSTEM = ('[compartments.calc]\nmodule = "c.wat"\nexports = "C"\n'
+          '[compartments.app]\nmodule = "a.wat"\npolicy = "p/client.toml"\n')
+
+
+def test_a_policy_file_supplies_grants_and_limits_and_inline_limits_win():
+    files = {"/s/p/client.toml": POLICY}
+    s = policy.parse(SYSTEM + '[compartments.app.limits]\nhandles = 9\n', "/s/system.toml",
+                     files.__getitem__)
+    app = s.compartments["app"]
+    assert [(g.name, g.target, g.allow) for g in app.grants] == [("calc", "calc", ("add",))]
+    assert (app.limits.memory, app.limits.handles) == (1 << 20, 9)
+
+
+def test_policy_file_errors_name_the_policy_file_and_line():
+    bad = POLICY.replace('memory = "1MiB"', 'colour = "red"')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(SYSTEM, "/s/system.toml", {"/s/p/client.toml": bad}.__getitem__)
+    assert str(e.value).startswith("/s/p/client.toml:4: limits.colour: unknown key")
+    with pytest.raises(policy.PolicyError, match="also granted by policy"):
+        policy.parse(SYSTEM + '[compartments.app.grants]\ncalc = { compartment = "calc" }\n',
+                     "/s/system.toml", {"/s/p/client.toml": POLICY}.__getitem__)
