@@ -5,7 +5,9 @@ calls and with one making none; per call = (t_N - t_0) / N.
 Baseline, measured in the same run: a plain-Python relay over socketpairs,
 A -> R -> B -> R -> A with 64-byte messages (three processes, the same shape
 as a mediated call).  The headline is the ratio; absolute times drift on
-shared machines.  Usage: python benchmarks/cross_call.py [N] [RUNS]
+shared machines.  With --attenuated, the grant carries an allow-list and is
+revocable, and every call is audited to a file (the cost of the membrane and
+the audit).  Usage: python benchmarks/cross_call.py [N] [RUNS] [--attenuated]
 """
 import os
 import statistics
@@ -35,13 +37,19 @@ LOOP = """(module
 """
 
 
+ATTENUATED = "--attenuated" in sys.argv
+
+
 def timed(d, n):
     with open(os.path.join(d, "app.wat"), "w") as f:
         f.write(LOOP.replace("N)", f"{n})"))
     with open(os.path.join(d, "s.toml"), "w") as f:
-        f.write(f'[system]\nschemas = ["{EX}/calc.capnp"]\n[compartments.calc]\n'
+        grant = ('{ compartment = "calc", allow = ["add"], revocable = true }' if ATTENUATED
+                 else '{ compartment = "calc" }')
+        audit = f'audit = "{d}/audit.jsonl"\n' if ATTENUATED else ""
+        f.write(f'[system]\n{audit}schemas = ["{EX}/calc.capnp"]\n[compartments.calc]\n'
                 f'module = "{EX}/calc.wat"\nexports = "Calc"\n[compartments.app]\n'
-                f'module = "app.wat"\n[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n')
+                f'module = "app.wat"\n[compartments.app.grants]\ncalc = {grant}\n')
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "supervisor.cli", "up", os.path.join(d, "s.toml")],
                    cwd=ROOT, check=True, capture_output=True)
@@ -86,8 +94,9 @@ def python_relay(n: int) -> float:
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 5000
+    runs = int(args[1]) if len(args) > 1 else 5
     with tempfile.TemporaryDirectory() as d:
         per, base = [], []
         for _ in range(runs):
@@ -95,7 +104,8 @@ def main():
             per.append((timed(d, n) - timed(d, 0)) / n * 1e6)
     ratios = [p / b for p, b in zip(per, base)]
     affinity = len(os.sched_getaffinity(0))
-    print(f"cross-compartment call: median {statistics.median(per):.1f} us "
+    kind = "attenuated+audited call" if ATTENUATED else "cross-compartment call"
+    print(f"{kind}: median {statistics.median(per):.1f} us "
           f"(runs {', '.join(f'{p:.0f}' for p in per)})")
     print(f"python relay baseline:  median {statistics.median(base):.1f} us "
           f"(runs {', '.join(f'{b:.0f}' for b in base)})")
