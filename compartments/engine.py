@@ -563,7 +563,7 @@ class Engine:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise _CallError("overloaded", f"compartment {self.name} used up its CPU "
                                  f"budget for this call (fuel_per_call = {fuel})") from None
-            raise _CallError("failed", f"compartment {self.name} trapped: {_first_line(e)}") \
+            raise _CallError("failed", f"compartment {self.name} trapped: {_trap_reason(e)}") \
                 from None
         except wasmtime.WasmtimeError as e:
             raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
@@ -605,6 +605,19 @@ def describe_imports(module: wasmtime.Module):
             yield imp.module, imp.name, "func", sig
         else:
             yield imp.module, imp.name, type(ty).__name__, None
+
+
+def _trap_reason(trap: wasmtime.Trap) -> str:
+    """'wasm `unreachable` instruction executed (in _start)', not wasmtime's first line."""
+    lines = [l.strip() for l in str(trap.message).splitlines() if l.strip()]
+    cause = next((l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
+                 lines[-1] if lines else "trap")
+    try:
+        frames = trap.frames
+        where = frames[0].func_name or f"function #{frames[0].func_index}" if frames else None
+    except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
+        where = None
+    return f"{cause} (in {where})" if where else cause
 
 
 def _signed64(v: int) -> int:
