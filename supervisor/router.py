@@ -389,6 +389,10 @@ class Router:
         except protocol.ProtocolError as e:
             self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
             self._out.append(Notice(f"{peer.name}: protocol error, connection aborted: {e}"))
+            if self.audit:
+                self._out.append(Audit({"time": round(self.clock(), 6), "peer": peer.name,
+                                        "event": "connection aborted",
+                                        "reason": f"protocol error: {e}"}))
             self._out.append(Close(pid, str(e)))
             self._lose(peer, f"{peer.name}: connection aborted: {e}")
         return self._flush()

@@ -84,7 +84,7 @@ def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
 
 
 def test_forged_export_id_aborts_only_that_connection():
-    router = R.Router({"calc": CALC, "app": None, "evil": None})
+    router = R.Router({"calc": CALC, "app": None, "evil": None}, audit=True)
     calc = start(router, "calc", exports=True)
     app = start(router, "app", [("calc", "compartment", "calc")])
     evil = start(router, "evil")
@@ -94,6 +94,9 @@ def test_forged_export_id_aborts_only_that_connection():
     c.sendResultsTo.caller = None
     effects = router.receive(evil.pid, wire.frame(m.to_segments()))
     assert any(isinstance(e, R.Close) and e.peer == evil.pid for e in effects)
+    (record,) = [e.record for e in effects if isinstance(e, R.Audit)]
+    assert record["peer"] == "evil" and record["event"] == "connection aborted"
+    assert "export id 999 was never issued" in record["reason"]
     # app still reaches calc
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
     app.send(data)
