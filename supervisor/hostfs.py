@@ -74,17 +74,41 @@ def _info(s: os.stat_result) -> dict:
     return {"kind": _kind(s.st_mode), "size": s.st_size, "modifiedNs": s.st_mtime_ns}
 
 
+class WriteQuota:
+    """Bytes that may still be written through one grant and all it opened."""
+
+    def __init__(self, limit: int | None):
+        self.left = limit
+
+    def spend(self, n: int, label: str):
+        if self.left is not None:
+            if n > self.left:
+                raise FsError(f"{label}: write quota exhausted ({self.left} bytes left, "
+                              f"{n} asked; limit max_bytes_written)")
+            self.left -= n
+
+
 class Directory:
-    def __init__(self, fd: int, label: str, read_only: bool = False, append_only: bool = False):
+    def __init__(self, fd: int, label: str, read_only: bool = False, append_only: bool = False,
+                 quota: WriteQuota | None = None):
         self.fd = fd                   # O_PATH descriptor, owned by this object
         self.label = label
         self.read_only = read_only
         self.append_only = append_only
+        self.quota = quota or WriteQuota(None)
 
     @classmethod
-    def grant(cls, path: str, **attenuation) -> "Directory":
-        return cls(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC),
-                   path, **attenuation)
+    def grant(cls, path: str, subdir: str | None = None, max_bytes_written: int | None = None,
+              **attenuation) -> "Directory":
+        d = cls(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC),
+                path, quota=WriteQuota(max_bytes_written), **attenuation)
+        if subdir:
+            try:
+                sub = d.subdir(subdir)          # beneath, no symlinks, like any path
+            finally:
+                d.close()
+            return sub
+        return d
 
     def _at(self, path: str, flags: int, mode: int = 0o644) -> int:
         path = check_path(path)
@@ -109,7 +133,8 @@ class Directory:
                  "readWrite": os.O_RDWR}[mode]
         fd = self._at(path, flags | os.O_NOFOLLOW)
         return File(fd, f"{self.label}/{check_path(path)}", readable=mode in ("read", "readWrite"),
-                    writable=mode != "read", append_only=mode == "append" or self.append_only)
+                    writable=mode != "read", append_only=mode == "append" or self.append_only,
+                    quota=self.quota)
 
     def create(self, path: str) -> "File":
         if self.read_only:
@@ -117,7 +142,7 @@ class Directory:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_APPEND if self.append_only else 0)
         fd = self._at(path, flags)
         return File(fd, f"{self.label}/{check_path(path)}", readable=False, writable=True,
-                    append_only=self.append_only)
+                    append_only=self.append_only, quota=self.quota)
 
     def list(self, path: str) -> list[tuple[str, str]]:
         fd = self._at(path or ".", os.O_RDONLY | os.O_DIRECTORY)
@@ -160,22 +185,26 @@ class Directory:
 
     def subdir(self, path: str) -> "Directory":
         fd = self._at(path, os.O_PATH | os.O_DIRECTORY)
-        return Directory(fd, f"{self.label}/{check_path(path)}", self.read_only, self.append_only)
+        return Directory(fd, f"{self.label}/{check_path(path)}", self.read_only, self.append_only,
+                         self.quota)
 
     def close(self):
         os.close(self.fd)
 
 
 class File:
-    def __init__(self, fd: int, label: str, readable: bool, writable: bool, append_only: bool):
+    def __init__(self, fd: int, label: str, readable: bool, writable: bool, append_only: bool,
+                 quota: WriteQuota | None = None):
         self.fd = fd
         self.label = label
         self.readable = readable
         self.writable = writable
         self.append_only = append_only
+        self.quota = quota or WriteQuota(None)
 
     @classmethod
-    def grant(cls, path: str, read_only: bool = False, append_only: bool = False) -> "File":
+    def grant(cls, path: str, read_only: bool = False, append_only: bool = False,
+              max_bytes_written: int | None = None) -> "File":
         if read_only:
             flags, kw = os.O_RDONLY, dict(readable=True, writable=False, append_only=False)
         elif append_only:
@@ -183,7 +212,8 @@ class File:
                                                         append_only=True)
         else:
             flags, kw = os.O_RDWR, dict(readable=True, writable=True, append_only=False)
-        return cls(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC), path, **kw)
+        return cls(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC), path,
+                   quota=WriteQuota(max_bytes_written), **kw)
 
     def read(self, offset: int, count: int) -> bytes:
         if not self.readable:
@@ -198,6 +228,7 @@ class File:
             raise FsError(f"{self.label} is read-only")
         if self.append_only:
             raise FsError(f"{self.label} is append-only: use append, not write at an offset")
+        self.quota.spend(len(data), self.label)
         try:
             return os.pwrite(self.fd, data, offset)
         except OSError as e:
@@ -206,6 +237,7 @@ class File:
     def append(self, data: bytes) -> int:
         if not self.writable:
             raise FsError(f"{self.label} is read-only")
+        self.quota.spend(len(data), self.label)
         try:
             if self.append_only:                    # O_APPEND: the kernel picks the end
                 end = os.fstat(self.fd).st_size

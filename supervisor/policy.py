@@ -24,7 +24,8 @@ COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restar
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
-              "calls_per_second", "path", "read_only", "append_only"}
+              "calls_per_second", "path", "read_only", "append_only", "subdir",
+              "max_bytes_written"}
 GRANT_TARGETS = ("compartment", "host")
 
 
@@ -50,6 +51,8 @@ class Grant:
     path: str | None = None               # directory / file grants: an absolute path
     read_only: bool = False
     append_only: bool = False
+    subdir: str | None = None             # directory grants: only this part of `path`
+    max_bytes_written: int | None = None  # directory / file grants: a write quota
     origin: str = ""                      # "FILE: KEY" where the grant was written
 
 
@@ -432,6 +435,21 @@ def _grant(where, key, name, spec) -> Grant:
             if not isinstance(spec[k], bool):
                 raise where.error(f"{key}.{k}", f"must be true or false, not {spec[k]!r}")
             files[k] = spec[k]
+    if "subdir" in spec:
+        sub = spec["subdir"]
+        if not isinstance(sub, str) or not sub or sub.startswith("/") or ".." in sub.split("/") \
+                or "\0" in sub:
+            raise where.error(f"{key}.subdir", f"must be a relative path without '..', "
+                              f"not {sub!r}")
+        if target != "directory":
+            raise where.error(f"{key}.subdir", "applies only to directory grants")
+        files["subdir"] = sub
+    if "max_bytes_written" in spec:
+        v = spec["max_bytes_written"]
+        v = _size(where, f"{key}.max_bytes_written", v)
+        if v < 0:
+            raise where.error(f"{key}.max_bytes_written", "must not be negative")
+        files["max_bytes_written"] = v
     if "path" in spec:
         p = spec["path"]
         if not isinstance(p, str) or not p or "\0" in p:

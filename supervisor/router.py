@@ -227,6 +227,8 @@ class GrantSpec:
     path: str | None = None
     read_only: bool = False
     append_only: bool = False
+    subdir: str | None = None
+    max_bytes_written: int | None = None
 
     @property
     def attenuated(self) -> bool:
@@ -561,9 +563,9 @@ class Router:
             else:
                 try:
                     cap = Host(g.target, peer.name, self._open_host(g))
-                except OSError as e:
+                except (OSError, hostfs.FsError) as e:
                     self._start_failed(peer, f"cannot open {g.path} for grant {g.local}: "
-                                             f"{e.strerror}")
+                                             f"{getattr(e, 'strerror', None) or e}")
                     return
             if g.attenuated:
                 path = f"{peer.name}.{g.local}"
@@ -853,9 +855,10 @@ class Router:
         budget[0] -= 1
 
     def _open_host(self, g: GrantSpec):
-        attenuation = dict(read_only=g.read_only, append_only=g.append_only)
+        attenuation = dict(read_only=g.read_only, append_only=g.append_only,
+                           max_bytes_written=g.max_bytes_written)
         if g.target == "directory":
-            return self.filesystem.Directory.grant(g.path, **attenuation)
+            return self.filesystem.Directory.grant(g.path, subdir=g.subdir, **attenuation)
         if g.target == "file":
             return self.filesystem.File.grant(g.path, **attenuation)
         return None

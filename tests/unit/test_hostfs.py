@@ -90,3 +90,17 @@ def test_directory_operations(tree):
     d.remove("a.txt")
     with pytest.raises(FsError, match="does not exist"):
         d.stat("a.txt")
+
+
+def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
+    d = Directory.grant(str(tree), subdir="sub", max_bytes_written=5)
+    assert d.label.endswith("/sub")
+    a, b = d.create("a"), d.create("b")
+    a.append(b"abc")
+    with pytest.raises(FsError, match=r"write quota exhausted \(2 bytes left, 3 asked"):
+        b.append(b"xyz")
+    b.append(b"xy")
+    assert (tree / "sub" / "a").read_bytes() == b"abc" and (tree / "sub" / "b").read_bytes() == b"xy"
+    os.symlink(tree.parent, tree / "link")
+    with pytest.raises(FsError, match="crosses a symbolic link"):
+        Directory.grant(str(tree), subdir="link")

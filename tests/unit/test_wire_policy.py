@@ -99,3 +99,18 @@ def test_policy_file_errors_name_the_policy_file_and_line():
     with pytest.raises(policy.PolicyError, match="also granted by policy"):
         policy.parse(SYSTEM + '[compartments.app.grants]\ncalc = { compartment = "calc" }\n',
                      "/s/system.toml", {"/s/p/client.toml": POLICY}.__getitem__)
+
+
+def test_directory_grant_keys_subdir_and_write_quota():
+    s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'd = { host = "directory", path = "/srv", subdir = "x/y", '
+                     'max_bytes_written = "1KiB" }\n', "/s/system.toml")
+    (g,) = s.compartments["a"].grants
+    assert (g.path, g.subdir, g.max_bytes_written) == ("/srv", "x/y", 1024)
+    for bad, msg in (('subdir = "../x"', "without '..'"), ('subdir = "/x"', "without '..'")):
+        with pytest.raises(policy.PolicyError, match=msg):
+            policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                         f'd = {{ host = "directory", path = "/srv", {bad} }}\n', "/s/s.toml")
+    with pytest.raises(policy.PolicyError, match="applies only to directory and file grants"):
+        policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'l = { host = "log", max_bytes_written = 5 }\n', "/s/s.toml")
