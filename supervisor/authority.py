@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import attrs
 
-import capnp_schemas
 
 from .preflight import HOST_INTERFACES, Plan
 

@@ -15,7 +15,7 @@ import capnp_schemas
 from compartments import abi
 from compartments.engine import describe_imports
 
-from .policy import PolicyError, System, _Where
+from .policy import System, _Where
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@
   (data (i32.const 100) "calc")
   (data (i32.const 110) "log")
   (data (i32.const 120) "counter = ")
-  (data (i32.const 140) "observer: step ")
+  (data (i32.const 200) "observer: sum so far ")
   (data (i32.const 160) "sum 1..4 = ")
   (global $log (mut i32) (i32.const 0))
 
@@ -87,7 +87,7 @@
                 (i32.gt_u (local.get $len) (i32.const 512)))
       (then (return (i32.const 1))))
     (drop (call $params_read (i32.const 4096) (i32.const 4608)))
-    (call $log_int (i32.const 140) (i32.const 15) (i32.load (i32.const 4116)))
+    (call $log_int (i32.const 200) (i32.const 21) (i32.load (i32.const 4116)))
     (i32.const 0))
 
   (func (export "_start")

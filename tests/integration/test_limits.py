@@ -3,7 +3,6 @@ import asyncio
 import os
 
 import capnp
-import pytest
 
 import capnp_schemas
 from tests.conftest import EXAMPLES, run_wsuper

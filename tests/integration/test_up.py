@@ -27,7 +27,7 @@ def test_capability_in_result_and_callback():
     out = r.stdout.splitlines()
     assert "[app] counter = 12" in out          # Counter came back in a result
     partials = [l for l in out if l.startswith("[app] observer:")]
-    assert partials == [f"[app] observer: step {n}" for n in (1, 3, 6, 10)]  # callbacks
+    assert partials == [f"[app] observer: sum so far {n}" for n in (1, 3, 6, 10)]  # callbacks
     assert "[app] sum 1..4 = 10" in out
 
 
