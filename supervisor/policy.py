@@ -221,16 +221,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
 
 def load(path: str) -> System:
     """Read and validate a system file, then check the files it names."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise PolicyError(path, "", f"cannot read: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PolicyError(path, "", f"not UTF-8 (byte {e.start})") from None
-    system = parse(text, path, _read_policy_file)
+    text = _read_text(path, "")
+    system = parse(text, path, lambda p: _read_text(p, "policy file "))
     where = _Where(text, path)
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
@@ -239,29 +231,34 @@ def load(path: str) -> System:
         for g in comp.grants:
             if g.path is None:
                 continue
-            key = f"compartments.{comp.name}.grants.{g.name}.path"
+            # report it where the grant was written (this file or a policy file)
+            origin_file, _, origin_key = g.origin.rpartition(": ")
+            gwhere = where if origin_file == where.path else \
+                _Where(_read_text(origin_file, "policy file "), origin_file)
+            key = f"{origin_key}.path"
             if os.path.islink(g.path):
-                raise where.error(key, f"{g.path} is a symbolic link; grant what it points to")
+                raise gwhere.error(key, f"{g.path} is a symbolic link; grant what it points to")
             want = os.path.isdir if g.target == "directory" else os.path.isfile
             if not want(g.path):
                 what = "directory" if g.target == "directory" else "regular file"
-                raise where.error(key, f"{g.path} is not an existing {what}")
+                raise gwhere.error(key, f"{g.path} is not an existing {what}")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} does not exist")
     return system
 
 
-def _read_policy_file(path: str) -> str:
+def _read_text(path: str, what: str) -> str:
+    """A system or policy file's text; errors say which (`what` is "" or "policy file ")."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise PolicyError(path, "", f"cannot read policy file {path}: {e.strerror}") from None
+        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise PolicyError(path, "", f"policy file {path} is not UTF-8 (byte {e.start})") from None
+        raise PolicyError(path, "", f"{what}{path} is not UTF-8 (byte {e.start})") from None
 
 
 # ------------------------------------------------------------------ helpers

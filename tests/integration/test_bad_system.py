@@ -60,3 +60,13 @@ def test_not_wasm_is_refused(tmp_path):
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 2 and "is not a valid wasm module" in r.stderr
+
+
+def test_a_bad_path_in_a_policy_file_is_reported_in_that_file(tmp_path):
+    (tmp_path / "p.toml").write_text('[grants]\ndata = { host = "directory", path = "/nonexistent/x" }\n')
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\npolicy = "p.toml"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/p.toml:2: grants.data.path: "
+                                f"/nonexistent/x is not an existing directory")

@@ -9,6 +9,7 @@ import pytest
 import capnp_schemas
 from tests.conftest import EXAMPLES, run_wsuper
 from tests.integration.guests import program
+from tests.integration.test_interop import SYSTEM
 
 
 def test_a_program_that_keeps_trapping_is_restarted_then_fails_for_good(tmp_path):
@@ -36,24 +37,11 @@ log = { host = "log" }
     assert out[-1] == "wsuper: app is critical: stopping the system"
 
 
-SYSTEM = """
-[system]
-schemas = ["{schema}"]
-socket = "{socket}"
-[compartments.calc]
-module = "{module}"
-exports = "Calc"
-external = true
-restart = "{restart}"
-restart_delay = 0.05
-"""
-
-
 def _system(tmp_path, restart):
     sock = tmp_path / "s.sock"
     (tmp_path / "system.toml").write_text(SYSTEM.format(
         schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
-        socket=sock, restart=restart))
+        socket=sock) + f'restart = "{restart}"\nrestart_delay = 0.05\n')
     return str(tmp_path / "system.toml"), str(sock)
 
 
