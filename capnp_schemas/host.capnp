@@ -60,3 +60,16 @@ interface File @0xa05a5e2c6b2f6d07 {
   truncate @3 (size :UInt64) -> ();
   stat @4 () -> (info :Info);
 }
+
+struct Variable {
+  name @0 :Text;
+  value @1 :Text;
+}
+
+interface Environment @0xa05a5e2c6b2f6d08 {
+  # Exactly the arguments and variables the system file grants: nothing of the
+  # supervisor's own environment.
+  args @0 () -> (args :List(Text));
+  vars @1 () -> (vars :List(Variable));
+  get @2 (name :Text) -> (value :Text, present :Bool);
+}

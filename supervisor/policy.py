@@ -15,7 +15,7 @@ import attrs
 
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = ("log", "clock", "random", "directory", "file")
+HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
@@ -25,7 +25,7 @@ COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restar
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only", "subdir",
-              "max_bytes_written"}
+              "max_bytes_written", "args", "vars"}
 GRANT_TARGETS = ("compartment", "host")
 
 
@@ -53,6 +53,8 @@ class Grant:
     append_only: bool = False
     subdir: str | None = None             # directory grants: only this part of `path`
     max_bytes_written: int | None = None  # directory / file grants: a write quota
+    args: tuple = ()                      # environment grants: arguments
+    vars: tuple = ()                      # environment grants: (name, value) pairs
     origin: str = ""                      # "FILE: KEY" where the grant was written
 
 
@@ -447,6 +449,22 @@ def _grant(where, key, name, spec) -> Grant:
         if v < 0:
             raise where.error(f"{key}.max_bytes_written", "must not be negative")
         files["max_bytes_written"] = v
+    if "args" in spec or "vars" in spec:
+        if target != "environment":
+            raise where.error(f"{key}.{'args' if 'args' in spec else 'vars'}",
+                              "applies only to environment grants")
+        args, variables = spec.get("args", []), spec.get("vars", {})
+        if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a
+                                                 for a in args):
+            raise where.error(f"{key}.args", "must be a list of strings (no NUL)")
+        if not isinstance(variables, dict) or not all(
+                isinstance(v, str) and "\0" not in v and "\0" not in k and "=" not in k and k
+                for k, v in variables.items()):
+            raise where.error(f"{key}.vars", "must be a table of NAME = \"value\" strings "
+                              "(names without '=' or NUL)")
+        env = {"args": tuple(args), "vars": tuple(variables.items())}
+    else:
+        env = {}
     if "path" in spec:
         p = spec["path"]
         if not isinstance(p, str) or not p or "\0" in p:
@@ -466,5 +484,5 @@ def _grant(where, key, name, spec) -> Grant:
         extra = ", ".join(sorted(files))
         raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "
                           f"and file grants, not to {target!r}")
-    return Grant(name, kinds[0], target, allow, revocable, **quotas, **files,
+    return Grant(name, kinds[0], target, allow, revocable, **quotas, **files, **env,
                  origin=f"{where.path}: {key}")

@@ -29,7 +29,7 @@ class Plan:
 
 
 HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random",
-                   "directory": "Directory", "file": "File"}
+                   "directory": "Directory", "file": "File", "environment": "Environment"}
 
 
 

@@ -37,8 +37,9 @@ CLOCK_ID = host_schema.Clock.schema.node.id
 RANDOM_ID = host_schema.Random.schema.node.id
 DIRECTORY_ID = host_schema.Directory.schema.node.id
 FILE_ID = host_schema.File.schema.node.id
+ENVIRONMENT_ID = host_schema.Environment.schema.node.id
 HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID, "directory": DIRECTORY_ID,
-            "file": FILE_ID}
+            "file": FILE_ID, "environment": ENVIRONMENT_ID}
 DIRECTORY_METHODS = ("open", "create", "list", "stat", "remove", "mkdir", "subdir")
 FILE_METHODS = ("read", "write", "append", "truncate", "stat")
 RANDOM_MAX_BYTES = 65536
@@ -62,6 +63,7 @@ GatewayGetParams, GatewayGetResults = _method_structs(host_schema.Gateway, "get"
 _, GatewayListResults = _method_structs(host_schema.Gateway, "list")
 _, ClockResults = _method_structs(host_schema.Clock, "wall")
 RandomParams, RandomResults = _method_structs(host_schema.Random, "bytes")
+_ENV_STRUCTS = {m: _method_structs(host_schema.Environment, m) for m in ("args", "vars", "get")}
 _DIR_STRUCTS = {m: _method_structs(host_schema.Directory, m) for m in DIRECTORY_METHODS}
 _FILE_STRUCTS = {m: _method_structs(host_schema.File, m) for m in FILE_METHODS}
 
@@ -229,6 +231,8 @@ class GrantSpec:
     append_only: bool = False
     subdir: str | None = None
     max_bytes_written: int | None = None
+    args: tuple = ()
+    vars: tuple = ()
 
     @property
     def attenuated(self) -> bool:
@@ -822,6 +826,23 @@ class Router:
                                 f"not {count}")
             msg = RandomResults.new_message(data=self.entropy(count))
             return Content.standalone(msg.to_segments()), ()
+        if cap.kind == "environment":
+            if call.interface_id != ENVIRONMENT_ID or call.method_id > 2:
+                raise CallError("Environment implements args(), vars() and get()",
+                                "unimplemented")
+            args, variables = cap.obj
+            name = ("args", "vars", "get")[call.method_id]
+            params_struct, results_struct = _ENV_STRUCTS[name]
+            if name == "args":
+                msg = results_struct.new_message(args=list(args))
+            elif name == "vars":
+                msg = results_struct.new_message(
+                    vars=[{"name": k, "value": v} for k, v in variables.items()])
+            else:
+                key = _read(params_struct, call.content).name
+                msg = results_struct.new_message(value=variables.get(key, ""),
+                                                 present=key in variables)
+            return Content.standalone(msg.to_segments()), ()
         if cap.kind in ("directory", "file"):
             try:
                 return self._fs_call(cap, call)
@@ -861,6 +882,8 @@ class Router:
             return self.filesystem.Directory.grant(g.path, subdir=g.subdir, **attenuation)
         if g.target == "file":
             return self.filesystem.File.grant(g.path, **attenuation)
+        if g.target == "environment":
+            return (tuple(g.args), dict(g.vars))
         return None
 
     def _fs_call(self, cap: Host, call: _Call):
@@ -963,7 +986,7 @@ class Router:
 
     def _drop(self, cap):
         cap.refs -= 1
-        if isinstance(cap, Host) and cap.obj is not None and cap.refs <= 0:
+        if isinstance(cap, Host) and hasattr(cap.obj, "close") and cap.refs <= 0:
             cap.obj.close()
             cap.obj = None
         if isinstance(cap, Wrapped) and cap.refs <= 0 \

@@ -372,3 +372,22 @@ def test_an_allow_list_on_a_directory_applies_to_the_files_it_opens(tmp_path):
     app.send(app.conn.send_call(f, R.FILE_ID, 3, _fs_params(R.FILE_ID, "truncate", size=0))[1])
     assert "File.truncate is not allowed" in app.inbox.pop().error
     assert (tmp_path / "log.txt").read_text() == "ok"
+
+
+def test_environment_grant_shows_only_what_was_granted(monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_SECRET", "hunter2")
+    router = R.Router({"app": None})
+    app = start(router, "app", [R.GrantSpec("env", "host", "environment", args=("-v", "x"),
+                                            vars=(("MODE", "fast"),))])
+    e = app.grants[0].import_id
+    env = R._ENV_STRUCTS
+    app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 0)[1])
+    assert list(_read_result(app.inbox.pop(), env["args"][1], "args")) == ["-v", "x"]
+    app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 1)[1])
+    got = _read_result(app.inbox.pop(), env["vars"][1], "vars")
+    assert [(v.name, v.value) for v in got] == [("MODE", "fast")]
+    for name, expected in (("MODE", ("fast", True)), ("SUPERVISOR_SECRET", ("", False))):
+        params = Content.standalone(env["get"][0].new_message(name=name).to_segments())
+        app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 2, params)[1])
+        r = env["get"][1].from_segments(wire.unframe(app.inbox.pop().payload.content.canonical()))
+        assert (r.value, r.present) == expected

@@ -114,3 +114,17 @@ def test_directory_grant_keys_subdir_and_write_quota():
     with pytest.raises(policy.PolicyError, match="applies only to directory and file grants"):
         policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                      'l = { host = "log", max_bytes_written = 5 }\n', "/s/s.toml")
+
+
+def test_environment_grants_take_args_and_vars_and_nothing_else_does():
+    s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'env = { host = "environment", args = ["-v"], vars = { MODE = "fast" } }\n',
+                     "/s/s.toml")
+    (g,) = s.compartments["a"].grants
+    assert (g.args, g.vars) == (("-v",), (("MODE", "fast"),))
+    for bad, msg in (('{ host = "log", args = ["x"] }', "only to environment grants"),
+                     ('{ host = "environment", vars = { "A=B" = "x" } }', "names without '='"),
+                     ('{ host = "environment", args = [1] }', "list of strings")):
+        with pytest.raises(policy.PolicyError, match=msg):
+            policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                         f'e = {bad}\n', "/s/s.toml")
