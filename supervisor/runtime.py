@@ -18,7 +18,7 @@ from compartments import confine
 
 from . import router as R
 from .preflight import Plan
-from .process import EngineProcess
+from .process import Zygote
 from .supervision import Supervision
 
 GRACE_SECONDS = 2.0
@@ -101,7 +101,7 @@ class Supervisor:
         self._audit_file = None
         self._bound: dict[str, bool] = {}
         self.links: dict[int, _Link] = {}
-        self.procs: dict[str, EngineProcess] = {}
+        self.procs: dict = {}
         self.started: set[str] = set()
         self.programs: set[str] = set()
         self.running: set[str] = set()
@@ -120,6 +120,7 @@ class Supervisor:
     # ------------------------------------------------------------ main
 
     async def run(self) -> int:
+        _raise_fd_limit()
         for missing in confine.probe():
             self.say(f"wsuper: note: {missing}")
         async with trio.open_nursery() as nursery:
@@ -130,10 +131,13 @@ class Supervisor:
                 await nursery.start(self._listen)
             if any(g.revocable for c in self.system.compartments.values() for g in c.grants):
                 await nursery.start(self._admin)
+            self.zygote = Zygote()
+            nursery.start_soon(self.zygote.run)
             for comp in self.system.compartments.values():
                 await self._spawn(comp)
             await self._done.wait()
             await self._stop_engines()
+            self.zygote.stop()
             nursery.cancel_scope.cancel()
         for path in (self.socket_path, admin_socket_path(self.socket_path)):
             if self._bound.get(path):
@@ -168,8 +172,8 @@ class Supervisor:
 
     async def _spawn(self, comp):
         ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-        args = [sys.executable, "-I", "-m", "compartments.engine", "--fd", str(theirs.fileno()),
-                "--name", comp.name, "--module", comp.module, "--parent", str(os.getpid())]
+        args = ["--fd", str(theirs.fileno()), "--name", comp.name, "--module", comp.module,
+                "--parent", str(self.zygote.pid)]
         if comp.exports:
             args.append("--exports")
         lim = comp.limits
@@ -177,7 +181,12 @@ class Supervisor:
                  "--fuel-per-call", str(lim.fuel_per_call), "--handles", str(lim.handles),
                  "--message-size", str(lim.message_size)]
         try:
-            proc = EngineProcess(args, (theirs.fileno(),), env={})
+            proc = await self.zygote.spawn(args, theirs.fileno())
+        except OSError as e:
+            ours.close()
+            self.say(f"wsuper: cannot start compartment {comp.name}: {e}")
+            self._finish(1)
+            return
         finally:
             theirs.close()
         self.nursery.start_soon(proc.watch)
@@ -469,6 +478,14 @@ class Supervisor:
             self.say(f"finished {e.compartment} exit={e.exit_code}")
             self._stopped(e.compartment, e.exit_code != 0, f"its program ended "
                           f"(exit {e.exit_code})")
+
+
+def _raise_fd_limit():
+    """Each engine costs the supervisor a socket and a pipe: use the hard limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _describe_exit(code: int) -> str:
