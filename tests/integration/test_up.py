@@ -129,14 +129,7 @@ def test_sigkill_of_the_supervisor_takes_every_engine_with_it(tmp_path, wsuper):
     os.kill(pid, 0)
     run.proc.kill()
     run.proc.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"engine {pid} outlived the supervisor")
+    assert not _running(pid, wait=10), f"engine {pid} outlived the supervisor"
 
 
 def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
@@ -180,3 +173,50 @@ def test_a_shared_policy_file_grants_what_the_program_needs():
     r = run_wsuper("check", os.path.join(EXAMPLES, "hello-policy.toml"))
     assert "policies/calc-client.toml: grants.calc)" in r.stdout
     assert "[allow=add]" in r.stdout
+
+
+def _children(pid):
+    """(pid, cmdline) of the processes whose parent is `pid`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out.append((int(entry), cmd))
+    return out
+
+
+def test_if_the_zygote_dies_its_engines_die_and_the_supervisor_says_so(tmp_path, wsuper):
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    engine = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    (zygote, _cmd), = [c for c in _children(run.proc.pid) if "compartments.zygote" in c[1]]
+    assert any(pid == engine for pid, _ in _children(zygote))   # engines are its children
+    os.kill(zygote, signal.SIGKILL)
+    assert run.finish(timeout=30) == 1
+    assert any("cannot start compartment calc: the zygote is gone" in l for l in run.lines), \
+        run.lines
+    assert not _running(engine)
+
+
+def _running(pid, wait=5.0):
+    """False once `pid` is gone or a zombie (dead, waiting for init to reap it)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except OSError:
+            return False
+        time.sleep(0.05)
+    return True
