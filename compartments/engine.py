@@ -133,7 +133,7 @@ class _Frame:
 
 class Engine:
     def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 limits: "EngineLimits | None" = None):
+                 limits: "EngineLimits | None" = None, compiled: bytes | None = None):
         self.sock = sock
         self.name = name
         self.exports_main = exports
@@ -151,23 +151,17 @@ class Engine:
         self.control = object()
         self._outgoing: list[bytes] = []
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
-        self._load(module_path)
+        self._load(module_path, compiled)
 
     # ------------------------------------------------------------ wasm
 
-    def _load(self, path):
-        config = wasmtime.Config()
-        config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
-        config.memory_guard_size = 1 << 16
-        config.consume_fuel = True              # CPU per call: see _guest
-        config.parallel_compilation = False     # stay single-threaded: see confine.py
-        self.wasm_engine = wasmtime.Engine(config)
+    def _load(self, path, compiled: bytes | None):
+        self.wasm_engine = wasmtime.Engine(engine_config())
         try:
-            if path.endswith(".wat"):
-                with open(path, encoding="utf-8") as f:
-                    module = wasmtime.Module(self.wasm_engine, f.read())
+            if compiled is not None:             # compiled by the zygote, with our config
+                module = wasmtime.Module.deserialize(self.wasm_engine, compiled)
             else:
-                module = wasmtime.Module.from_file(self.wasm_engine, path)
+                module = compile_module(self.wasm_engine, path)
         except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
             raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
         problem = abi.check_imports(describe_imports(module))
@@ -596,6 +590,23 @@ _RunResultsStruct = _struct_module(
     engine_schema.Engine.schema.methods["run"].result_type, "RunResults")
 
 
+def engine_config() -> wasmtime.Config:
+    """The wasmtime configuration of every engine (the zygote compiles with it too)."""
+    config = wasmtime.Config()
+    config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
+    config.memory_guard_size = 1 << 16
+    config.consume_fuel = True              # CPU per call: see Engine._guest
+    config.parallel_compilation = False     # stay single-threaded: see confine.py
+    return config
+
+
+def compile_module(wasm_engine: wasmtime.Engine, path: str) -> wasmtime.Module:
+    if path.endswith(".wat"):
+        with open(path, encoding="utf-8") as f:
+            return wasmtime.Module(wasm_engine, f.read())
+    return wasmtime.Module.from_file(wasm_engine, path)
+
+
 def describe_imports(module: wasmtime.Module):
     """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
     for imp in module.imports:
@@ -640,7 +651,7 @@ def _die_with_parent(parent_pid: int):
         os._exit(1)
 
 
-def main(argv=None):
+def main(argv=None, compiled: bytes | None = None):
     ap = argparse.ArgumentParser(prog="wsuper-engine")
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--name", required=True)
@@ -659,7 +670,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=args.fd)
     try:
-        engine = Engine(sock, args.name, args.module, args.exports, limits)
+        engine = Engine(sock, args.name, args.module, args.exports, limits, compiled)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

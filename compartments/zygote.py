@@ -29,11 +29,40 @@ import signal
 import socket
 import sys
 
+import wasmtime
+
 from . import engine  # noqa: F401  (preloaded for the children)
 from .engine import _die_with_parent
 
 
-def _child(args: list[str], sock_fd: int, err_fd: int) -> int:
+class _Compiled:
+    """Each module compiled once (keyed by path, mtime and size); children deserialize it.
+
+    The bytes come from this process's own compilation, never from outside,
+    which is what makes wasmtime's deserialize safe to use.
+    """
+
+    def __init__(self):
+        self._engine = None
+        self._cache: dict[tuple, bytes] = {}
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in self._cache:
+            if self._engine is None:
+                self._engine = wasmtime.Engine(engine.engine_config())
+            try:
+                self._cache[key] = engine.compile_module(self._engine, path).serialize()
+            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError):
+                return None                  # the engine compiles it and reports the error
+        return self._cache[key]
+
+
+def _child(args: list[str], sock_fd: int, err_fd: int, compiled: bytes | None) -> int:
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -46,7 +75,7 @@ def _child(args: list[str], sock_fd: int, err_fd: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     args = list(args)
     args[args.index("--fd") + 1] = str(sock_fd)   # its number here, not the supervisor's
-    return engine.main(args)
+    return engine.main(args, compiled)
 
 
 def serve(control: socket.socket, supervisor_pid: int):
@@ -56,6 +85,7 @@ def serve(control: socket.socket, supervisor_pid: int):
     gc.freeze()
     buf = b""
     children: set[int] = set()
+    compiled = _Compiled()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -82,6 +112,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             if len(fds) == 2:
                 line, _, buf = buf.partition(b"\n")
                 args = json.loads(line)
+                module = compiled.get(args[args.index("--module") + 1])
                 pid = os.fork()
                 if pid == 0:
                     code = 70
@@ -90,7 +121,7 @@ def serve(control: socket.socket, supervisor_pid: int):
                         os.close(wake_r)
                         os.close(wake_w)
                         signal.set_wakeup_fd(-1)
-                        code = _child(args, fds[0], fds[1])
+                        code = _child(args, fds[0], fds[1], module)
                     finally:
                         try:
                             sys.stderr.flush()
