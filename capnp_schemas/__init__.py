@@ -5,6 +5,7 @@ Layout:
                             capabilities, the external gateway)
   wire.py                   framing and pointer surgery on raw messages (pure)
   protocol.py               the sans-IO Cap'n Proto RPC connection (pure)
+  payloads.py               payloads with capability fields (Engine.start grants, ...)
 
 `rpc` is pycapnp's bundled `rpc.capnp` (Cap'n Proto 1.x), loaded here once.
 Both the supervisor and the engine import this package; it imports neither.

@@ -78,8 +78,6 @@ class Content:
     def follow(self, transform) -> tuple | None:
         """Location reached by applying a pipeline transform (pointer-field path)."""
         if not self.segments:
-            if transform:
-                return None
             return None
         return wire.follow_path(self.segments, self.loc, transform)
 
@@ -531,18 +529,6 @@ class Connection:
         e.reason = reason
         e.type = type
         return wire.frame(msg.to_segments())
-
-    def answer_result(self, answer_id: int):
-        """(Content, caps) of an answer we already returned, or None if pending.
-
-        Raises LookupError carrying the reason if the answer failed.
-        """
-        a = self.answers.get(answer_id)
-        if a is None:
-            raise LookupError(f"question {answer_id} is not open")
-        if a.error is not None:
-            raise LookupError(a.error)
-        return a.result
 
     def awaiting_return(self, answer_id: int) -> bool:
         a = self.answers.get(answer_id)

@@ -29,15 +29,13 @@ import sys
 
 import wasmtime
 
-from capnp_schemas import engine as engine_schema, protocol, wire
+from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
 from . import abi, confine, hostcall
 from .fastcall import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
-_StartResults = engine_schema.Engine.schema.methods["start"].result_type
-_StartParams = engine_schema.Engine.schema.methods["start"].param_type
 
 
 UNLIMITED_FUEL = (1 << 63) - 1
@@ -494,29 +492,20 @@ class Engine:
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)
-            segs = ev.payload.content.message()
-            with _StartParamsStruct.from_bytes(wire.frame(segs)) as params:
-                names = [g.name for g in params.grants]
-            grants_loc = wire.struct_pointer_field(segs, (0, 0), 0)
-            elements = wire.struct_list_elements(segs, grants_loc) if grants_loc else []
-            for name, (s, start, data, ptrs) in zip(names, elements):
-                index = wire.capability_index(segs, (s, start + data + 1)) if ptrs > 1 else None
+            for name, index in payloads.read_grants(ev.payload.content):
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):
                     self.grants[name] = self._handle_for(cap)
-            results = _StartResultsStruct.new_message(program=self.start_func is not None)
-            seg = bytearray(results.to_segments()[0])
+            results = payloads.StartResults.new_message(program=self.start_func is not None)
             if self.exports_main:
-                loc = wire.struct_pointer_field([seg], (0, 0), 0)
-                wire.set_word(seg, loc[1], wire.cap_pointer(0))
-                return Content.standalone([seg]), [self._local(0)]
-            return Content.standalone([seg]), []
+                return payloads.with_capability(results), [self._local(0)]
+            return Content.standalone(results.to_segments()), []
         if ev.method_id == 1:     # run() -> (exitCode)
             if self.start_func is None:
                 raise _CallError("failed", "module has no _start")
             self._guest(self.start_func, fuel=UNLIMITED_FUEL)
-            results = _RunResultsStruct.new_message(exitCode=0)
+            results = _RunResults.new_message(exitCode=0)
             return Content.standalone(results.to_segments()), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
@@ -579,15 +568,7 @@ class _CallError(Exception):
         self.reason = reason
 
 
-def _struct_module(schema, name):
-    from capnp.lib.capnp import _StructModule
-    return _StructModule(schema, name)
-
-
-_StartParamsStruct = _struct_module(_StartParams, "StartParams")
-_StartResultsStruct = _struct_module(_StartResults, "StartResults")
-_RunResultsStruct = _struct_module(
-    engine_schema.Engine.schema.methods["run"].result_type, "RunResults")
+_RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
 
 
 def engine_config() -> wasmtime.Config:

@@ -26,6 +26,7 @@ import time
 import attrs
 
 from capnp_schemas import engine as engine_schema, host as host_schema, protocol, wire
+from capnp_schemas.payloads import StartResults, grants_content, method_structs, with_capability
 from capnp_schemas.protocol import Content, RemoteRef
 
 from . import hostfs
@@ -46,26 +47,15 @@ RANDOM_MAX_BYTES = 65536
 GATEWAY_ID = host_schema.Gateway.schema.node.id
 
 
-def _struct(schema, name):
-    from capnp.lib.capnp import _StructModule
-    return _StructModule(schema, name)
-
-
-def _method_structs(iface, method):
-    m = iface.schema.methods[method]
-    return _struct(m.param_type, method + "Params"), _struct(m.result_type, method + "Results")
-
-
-StartParams, StartResults = _method_structs(engine_schema.Engine, "start")
-_, RunResults = _method_structs(engine_schema.Engine, "run")
-LogWriteParams, _ = _method_structs(host_schema.Log, "write")
-GatewayGetParams, GatewayGetResults = _method_structs(host_schema.Gateway, "get")
-_, GatewayListResults = _method_structs(host_schema.Gateway, "list")
-_, ClockResults = _method_structs(host_schema.Clock, "wall")
-RandomParams, RandomResults = _method_structs(host_schema.Random, "bytes")
-_ENV_STRUCTS = {m: _method_structs(host_schema.Environment, m) for m in ("args", "vars", "get")}
-_DIR_STRUCTS = {m: _method_structs(host_schema.Directory, m) for m in DIRECTORY_METHODS}
-_FILE_STRUCTS = {m: _method_structs(host_schema.File, m) for m in FILE_METHODS}
+_, RunResults = method_structs(engine_schema.Engine, "run")
+LogWriteParams, _ = method_structs(host_schema.Log, "write")
+GatewayGetParams, GatewayGetResults = method_structs(host_schema.Gateway, "get")
+_, GatewayListResults = method_structs(host_schema.Gateway, "list")
+_, ClockResults = method_structs(host_schema.Clock, "wall")
+RandomParams, RandomResults = method_structs(host_schema.Random, "bytes")
+_ENV_STRUCTS = {m: method_structs(host_schema.Environment, m) for m in ("args", "vars", "get")}
+_DIR_STRUCTS = {m: method_structs(host_schema.Directory, m) for m in DIRECTORY_METHODS}
+_FILE_STRUCTS = {m: method_structs(host_schema.File, m) for m in FILE_METHODS}
 
 
 # ------------------------------------------------------------------ effects
@@ -589,17 +579,9 @@ class Router:
                         membrane.refilled = now
                 cap = self._wrap(cap, membrane, path)
             caps.append(cap)
-        msg = StartParams.new_message()
-        lst = msg.init("grants", len(names))
-        for i, n in enumerate(names):
-            lst[i].name = n
-        seg = bytearray(msg.to_segments()[0])
-        loc = wire.struct_pointer_field([seg], (0, 0), 0)
-        for i, (s, start, data, ptrs) in enumerate(wire.struct_list_elements([seg], loc)):
-            wire.set_word(seg, start + data + 1, wire.cap_pointer(i))
         try:
             self._call_peer(peer, peer.control.import_id, ENGINE_ID, 0,
-                            Content.standalone([seg]), caps, ("start", None))
+                            grants_content(names), caps, ("start", None))
         except CallError as e:
             self._start_failed(peer, e.reason)
 
@@ -856,7 +838,7 @@ class Router:
                 if name not in self.external:
                     raise CallError(f"no compartment named {name!r} is exported to the outside "
                                     f"(exported: {', '.join(self.external) or 'none'})")
-                return self._one_cap_result(GatewayGetResults), (self.proxies[name],)
+                return with_capability(GatewayGetResults.new_message()), (self.proxies[name],)
             if call.method_id == 1:
                 msg = GatewayListResults.new_message(names=list(self.external))
                 return Content.standalone(msg.to_segments()), ()
@@ -900,7 +882,7 @@ class Router:
             if name in ("open", "create", "subdir"):
                 opened = obj.open(p.path, str(p.mode)) if name == "open" else \
                     getattr(obj, name)(p.path)
-                return self._one_cap_result(results_struct), \
+                return with_capability(results_struct.new_message()), \
                     (Host("directory" if name == "subdir" else "file", cap.owner, opened),)
             if name == "list":
                 entries = obj.list(p.path)
@@ -926,14 +908,6 @@ class Router:
         else:
             msg = results_struct.new_message(info=obj.stat())
         return Content.standalone(msg.to_segments()), ()
-
-    @staticmethod
-    def _one_cap_result(results_struct) -> Content:
-        """A results struct whose pointer field 0 is capability #0."""
-        seg = bytearray(results_struct.new_message().to_segments()[0])
-        loc = wire.struct_pointer_field([seg], (0, 0), 0)
-        wire.set_word(seg, loc[1], wire.cap_pointer(0))
-        return Content.standalone([seg])
 
     # ------------------------------------------------------------ capability tables
 

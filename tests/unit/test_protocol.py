@@ -130,7 +130,7 @@ def test_unimplemented_messages_are_answered_not_fatal():
         assert reply.which() == "unimplemented"
 
 
-def test_pipeline_target_and_answer_result():
+def test_pipeline_targets_carry_the_answer_as_it_was():
     a, b = pair()
     server = object()
     imp = bootstrap(a, b, server)
@@ -139,11 +139,13 @@ def test_pipeline_target_and_answer_result():
     _q2, data = a.send_call((q, (0,)), 2, 0)
     (piped,) = b.receive(data)
     assert piped.target == P.PromisedAnswer(call.answer_id, (0,))
-    assert b.answer_result(call.answer_id) is None        # not returned yet
+    assert piped.target.result is None                    # not returned yet
     counter = object()
     seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
     b.send_return(call.answer_id, Content.standalone([seg]), [counter])
-    content, caps = b.answer_result(call.answer_id)
+    _q3, data = a.send_call((q, (0,)), 2, 0)
+    (later,) = b.receive(data)
+    content, caps = later.target.result                   # returned by then
     assert caps[content.cap_index((0,))] is counter
 
 
