@@ -38,6 +38,8 @@ def prepare(system: System) -> Plan:
         where = _Where(f.read(), system.path)
     interfaces: dict[str, int] = {}
     origin: dict[str, str] = {}
+    host = capnp_schemas.interfaces(capnp_schemas.host)
+    ifaces = {name: host[name] for name in HOST_INTERFACES.values()}   # name -> module
     for i, path in enumerate(system.schemas):
         key = f"system.schemas[{i}]"
         try:
@@ -50,11 +52,8 @@ def prepare(system: System) -> Plan:
                                   f"{origin[name]} and {path}")
             interfaces[name] = iface.schema.node.id
             origin[name] = path
+            ifaces[name] = iface
 
-    ifaces = {name: capnp_schemas.interfaces(capnp_schemas.host)[name]
-              for name in HOST_INTERFACES.values()}
-    for path in system.schemas:
-        ifaces.update(capnp_schemas.interfaces(capnp_schemas.load(path)))
     names = {i.schema.node.id: (n, _method_names(i)) for n, i in ifaces.items()}
     by_name = {n: i.schema.node.id for n, i in ifaces.items()}
 

@@ -936,11 +936,11 @@ class Router:
     @staticmethod
     def _check_handles(peer: Peer, caps):
         """Refuse to grow a peer's c-list past its `handles` limit."""
-        exports = peer.conn
+        conn = peer.conn
         new = {id(c) for c in caps if c is not None
                and not (isinstance(c, Remote) and c.peer is peer)
-               and exports.export_id(c) is None}
-        if len(exports.exports) + len(new) > peer.limits.handles:
+               and conn.export_id(c) is None}
+        if len(conn.exports) + len(new) > peer.limits.handles:
             raise CallError(f"{peer.name} would hold more than {peer.limits.handles} "
                             f"capabilities (limit handles); it must release some", "overloaded")
 
