@@ -5,6 +5,7 @@ sockets and the router and performs the effects it returns.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -112,7 +113,7 @@ class Supervisor:
                             for c in self.system.compartments.values()}
         self.exit_code = 0
         self._done = trio.Event()
-        self._stderr_tail: dict[str, list[str]] = {}
+        self._stderr_tail: dict[str, collections.deque] = {}
 
     def say(self, line: str):
         print(line, file=self.out, flush=True)
@@ -282,7 +283,7 @@ class Supervisor:
 
     async def _read_stderr(self, name, proc):
         buf = b""
-        tail = self._stderr_tail.setdefault(name, [])
+        tail = self._stderr_tail.setdefault(name, collections.deque(maxlen=5))
         async with proc.stderr:
             while True:
                 try:
@@ -292,11 +293,16 @@ class Supervisor:
                 if not chunk:
                     break
                 buf += chunk
-                while b"\n" in buf or len(buf) > STDERR_LINE_LIMIT:
-                    line, sep, buf = buf.partition(b"\n") if b"\n" in buf[:STDERR_LINE_LIMIT] \
-                        else (buf[:STDERR_LINE_LIMIT], b"", buf[STDERR_LINE_LIMIT:])
+                while True:                # whole lines, and over-long ones in pieces
+                    end = buf.find(b"\n", 0, STDERR_LINE_LIMIT)
+                    if end >= 0:
+                        line, buf = buf[:end], buf[end + 1:]
+                    elif len(buf) > STDERR_LINE_LIMIT:
+                        line, buf = buf[:STDERR_LINE_LIMIT], buf[STDERR_LINE_LIMIT:]
+                    else:
+                        break
                     text = line.decode("utf-8", "replace")
-                    tail[:] = (tail + [text])[-5:]
+                    tail.append(text)
                     self.say(f"[{name}] stderr: {text}")
 
     async def _stop_engines(self):
