@@ -200,9 +200,10 @@ class Supervisor:
         link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
+        stderr_done = trio.Event()
         self.nursery.start_soon(self._read_engine, comp.name, self.generation[comp.name], pid,
-                                link, proc)
-        self.nursery.start_soon(self._read_stderr, comp.name, proc)
+                                link, proc, stderr_done)
+        self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done)
         self._perform(effects)
 
     async def _respawn(self, comp, delay):
@@ -211,7 +212,7 @@ class Supervisor:
         if gen == self.generation[comp.name] and not self._done.is_set():
             await self._spawn(comp)
 
-    async def _read_engine(self, name, gen, pid, link, proc):
+    async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
         reason = None
         try:
             while True:
@@ -226,11 +227,15 @@ class Supervisor:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             reason = str(e) or "connection lost"
         code = await proc.wait()
-        if reason is None:
-            reason = _describe_exit(code) if code else "exited"
+        if code:                  # its own exit says more than the broken socket
+            with trio.move_on_after(1):       # its last words, if it left any
+                await stderr_done.wait()
+            reason = _describe_exit(code)
             tail = self._stderr_tail.get(name)
-            if code and tail:
+            if tail:
                 reason += f": {tail[-1]}"
+        elif reason is None:
+            reason = "exited"
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
         await link.send.aclose()
         self.links.pop(pid, None)
@@ -281,7 +286,7 @@ class Supervisor:
                 and not self.system.external:
             self._finish()
 
-    async def _read_stderr(self, name, proc):
+    async def _read_stderr(self, name, proc, done):
         buf = b""
         tail = self._stderr_tail.setdefault(name, collections.deque(maxlen=5))
         async with proc.stderr:
@@ -289,8 +294,9 @@ class Supervisor:
                 try:
                     chunk = await proc.stderr.receive_some(1 << 14)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+                    chunk = b""
                 if not chunk:
+                    done.set()
                     break
                 buf += chunk
                 while True:                # whole lines, and over-long ones in pieces

@@ -70,3 +70,14 @@ def test_a_bad_path_in_a_policy_file_is_reported_in_that_file(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/p.toml:2: grants.data.path: "
                                 f"/nonexistent/x is not an existing directory")
+
+
+def test_an_engine_that_cannot_start_names_why(tmp_path):
+    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 32) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\nrestart = "never"\n'
+                                          '[compartments.big.limits]\nmemory = "1MiB"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 1
+    assert ("wsuper: compartment big failed to start: engine exited with code 3: error: cannot "
+            "instantiate") in r.stdout
+    assert "memory minimum size of 32 pages exceeds memory limits" in r.stdout
