@@ -5,6 +5,8 @@
 struct Grant {
   name @0 :Text;        # the local name the guest looks up (wsuper.lookup)
   cap @1 :Capability;   # the granted capability (null if it could not be granted)
+  kind @2 :Text;        # "compartment", or the host capability: "log", "directory", ...
+  mount @3 :Text;       # directory grants: where a WASI program sees it ("/NAME" unless set)
 }
 
 interface Engine @0xa05a5e2c6b2f6d03 {

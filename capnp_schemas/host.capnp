@@ -34,6 +34,7 @@ struct Info {
   kind @0 :Kind;
   size @1 :UInt64;
   modifiedNs @2 :Int64;
+  inode @3 :UInt64;     # tells files apart (WASI's st_ino); not a path
 }
 
 struct Entry {

@@ -31,12 +31,17 @@ StartParams, StartResults = method_structs(engine_schema.Engine, "start")
 _GRANT_CAP = 1       # engine.capnp: Grant.cap is pointer field 1 (after name)
 
 
-def grants_content(names: list[str]) -> Content:
-    """Engine.start params: grant i is named names[i] and is capability #i."""
+def grants_content(grants) -> Content:
+    """Engine.start params: grant i is capability #i.
+
+    `grants` holds (name, kind, mount) triples: kind is "compartment" or the
+    host capability ("log", "directory", ...); mount is where a WASI program
+    sees a directory grant ("" for others).
+    """
     msg = StartParams.new_message()
-    lst = msg.init("grants", len(names))
-    for i, n in enumerate(names):
-        lst[i].name = n
+    lst = msg.init("grants", len(grants))
+    for i, (name, kind, mount) in enumerate(grants):
+        lst[i].name, lst[i].kind, lst[i].mount = name, kind, mount
     seg = bytearray(msg.to_segments()[0])
     loc = wire.struct_pointer_field([seg], (0, 0), 0)
     for i, (_s, start, data, _ptrs) in enumerate(wire.struct_list_elements([seg], loc)):
@@ -44,13 +49,13 @@ def grants_content(names: list[str]) -> Content:
     return Content.standalone([seg])
 
 
-def read_grants(content: Content) -> list[tuple[str, int | None]]:
-    """Engine.start params -> [(name, cap-table index or None)]."""
+def read_grants(content: Content) -> list[tuple[str, int | None, str, str]]:
+    """Engine.start params -> [(name, cap-table index or None, kind, mount)]."""
     segs = content.message()
     params = StartParams.from_segments(segs)
-    names = [g.name for g in params.grants]
+    grants = [(g.name, g.kind, g.mount) for g in params.grants]
     loc = wire.struct_pointer_field(segs, (0, 0), 0)
     elements = wire.struct_list_elements(segs, loc) if loc else []
     return [(name, wire.capability_index(segs, (s, start + data + _GRANT_CAP))
-             if ptrs > _GRANT_CAP else None)
-            for name, (s, start, data, ptrs) in zip(names, elements)]
+             if ptrs > _GRANT_CAP else None, kind, mount)
+            for (name, kind, mount), (s, start, data, ptrs) in zip(grants, elements)]

@@ -287,6 +287,8 @@ def with_root_at(segs, loc: Loc | None) -> list:
     copying it: only word 0 of segment 0 changes.
     """
     out = list(segs)
+    if loc == (0, 0):               # already the root (a standalone message)
+        return out
     first = bytearray(out[0])
     set_word(first, 0, 0 if loc is None else portable_pointer(segs, loc))
     out[0] = first

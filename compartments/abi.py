@@ -20,9 +20,31 @@ IMPORTS = {
     "fail": ((I32, I32), (I32,)),
 }
 
+#: WASI preview 1 (docs/guest-abi.md, "WASI programs"): every function of
+#: wasi_snapshot_preview1, implemented by compartments/wasi.py on the grants.
+WASI_MODULE = "wasi_snapshot_preview1"
+_P = {"i": I32, "I": I64}
+WASI_IMPORTS = {name: (tuple(_P[c] for c in params), (I32,) if name != "proc_exit" else ())
+                for name, params in {
+    "args_get": "ii", "args_sizes_get": "ii", "environ_get": "ii", "environ_sizes_get": "ii",
+    "clock_res_get": "ii", "clock_time_get": "iIi", "fd_advise": "iIIi", "fd_allocate": "iII",
+    "fd_close": "i", "fd_datasync": "i", "fd_fdstat_get": "ii", "fd_fdstat_set_flags": "ii",
+    "fd_fdstat_set_rights": "iII", "fd_filestat_get": "ii", "fd_filestat_set_size": "iI",
+    "fd_filestat_set_times": "iIIi", "fd_pread": "iiiIi", "fd_prestat_get": "ii",
+    "fd_prestat_dir_name": "iii", "fd_pwrite": "iiiIi", "fd_read": "iiii",
+    "fd_readdir": "iiiIi", "fd_renumber": "ii", "fd_seek": "iIii", "fd_sync": "i",
+    "fd_tell": "ii", "fd_write": "iiii", "path_create_directory": "iii",
+    "path_filestat_get": "iiiii", "path_filestat_set_times": "iiiiIIi", "path_link": "iiiiiii",
+    "path_open": "iiiiiIIii", "path_readlink": "iiiiii", "path_remove_directory": "iii",
+    "path_rename": "iiiiii", "path_symlink": "iiiii", "path_unlink_file": "iii",
+    "poll_oneoff": "iiii", "proc_exit": "i", "proc_raise": "i", "sched_yield": "",
+    "random_get": "ii", "sock_accept": "iii", "sock_recv": "iiiiii", "sock_send": "iiiii",
+    "sock_shutdown": "ii"}.items()}
+
 #: Exports the engine looks for.
 EXPORT_MEMORY = "memory"
 EXPORT_START = "_start"
+EXPORT_INITIALIZE = "_initialize"    # a WASI reactor's set-up, run once at start
 EXPORT_DISPATCH = "wsuper_dispatch"   # (object, interface_id, method_id, params_len, caps) -> i32
 DISPATCH_TYPE = ((I32, I64, I32, I32, I32), (I32,))
 
@@ -57,11 +79,12 @@ def check_imports(imports) -> str | None:
     `imports` yields (module, name, kind, (params, results) or None).
     """
     for module, name, kind, sig in imports:
-        if module != MODULE or name not in IMPORTS:
+        table = IMPORTS if module == MODULE else WASI_IMPORTS if module == WASI_MODULE else {}
+        if name not in table:
             return (f"imports {module}.{name}, which is not granted "
-                    f"(only the {MODULE} ABI functions can be linked)")
-        if kind != "func" or sig != IMPORTS[name]:
-            want = IMPORTS[name]
+                    f"(only the {MODULE} ABI and {WASI_MODULE} functions can be linked)")
+        if kind != "func" or sig != table[name]:
+            want = table[name]
             return (f"imports {module}.{name} with the wrong type "
                     f"(expected func {list(want[0])} -> {list(want[1])})")
     return None

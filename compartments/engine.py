@@ -32,7 +32,7 @@ import wasmtime
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
-from . import abi, confine, hostcall
+from . import abi, confine, hostcall, wasi
 from .fastcall import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
@@ -162,9 +162,14 @@ class Engine:
                 module = compile_module(self.wasm_engine, path)
         except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
             raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
-        problem = abi.check_imports(describe_imports(module))
+        imports = list(describe_imports(module))
+        problem = abi.check_imports(imports)
         if problem:
             raise EngineError(f"module {path} {problem}")
+        wasi_names = sorted({name for m, name, _k, _s in imports if m == abi.WASI_MODULE})
+        # a WASI program: its descriptors, clocks, ... come from the grants at start
+        self.wasi = wasi.Wasi(self, self.name, max_io=min(wasi.MAX_IO, self.max_message_bytes // 2)) \
+            if wasi_names else None
         self.store = wasmtime.Store(self.wasm_engine)
         self.store.set_limits(memory_size=self.limits.memory,
                               table_elements=self.limits.table_elements)
@@ -173,6 +178,9 @@ class Engine:
         for name, (params, results) in abi.IMPORTS.items():
             hostcall.define(linker, abi.MODULE, name, params, results,
                             getattr(self, "_host_" + name))
+        for name in wasi_names:
+            hostcall.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
+                            self.wasi.function(name))
         try:
             self.instance = linker.instantiate(self.store, module)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
@@ -181,6 +189,7 @@ class Engine:
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
         self.start_func = self._typed(exports, abi.EXPORT_START, ((), ()), path)
+        self.initialize = self._typed(exports, abi.EXPORT_INITIALIZE, ((), ()), path)
         self.dispatch = self._typed(exports, abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE, path)
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
@@ -233,6 +242,9 @@ class Engine:
         if data:
             ctypes.memmove(address, data, len(data))
 
+    # the WASI layer's view of guest memory
+    read, write = _read, _write
+
     def _read_handles(self, ptr, count) -> list[int]:
         if count < 0 or count > abi.MAX_CAPS:
             raise GuestFault(f"capability count {count} out of range 0..{abi.MAX_CAPS}")
@@ -265,26 +277,45 @@ class Engine:
         if isinstance(entry, LocalObject):
             return self._set_error(out_ptr, abi.E_UNIMPLEMENTED,
                                    "calling your own object through a handle is not supported")
-        qid, data = self.conn.send_call(entry.import_id, interface_id & ((1 << 64) - 1),
-                                        method_id & 0xFFFF, content, caps)
-        self._send(data)
-        ret = self._wait_for(qid)
-        if ret.finish_needed:
-            self._send(self.conn.send_finish(qid))
-        if ret.payload is None:
-            code = abi.EXCEPTION_CODES.get(ret.error_type, abi.E_FAILED)
-            return self._set_error(out_ptr, code, ret.error)
         try:
-            data = self._for_guest(ret.payload.content)
+            payload = self.invoke(entry.import_id, interface_id & ((1 << 64) - 1),
+                                  method_id & 0xFFFF, content, caps)
+        except wasi.HostCallFailed as e:
+            return self._set_error(out_ptr, abi.EXCEPTION_CODES.get(e.type, abi.E_FAILED),
+                                   e.reason)
+        try:
+            data = self._for_guest(payload.content)
         except _CallError as e:
             return self._set_error(out_ptr, abi.E_MESSAGE, e.reason)
         try:
-            new = self._handles_for(ret.payload.caps)
+            new = self._handles_for(payload.caps)
         except _GuestError as e:
             return self._set_error(out_ptr, e.code, str(e))
         self.reply = (data, new)
         self._write(out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
         return abi.OK
+
+    def invoke(self, import_id, interface_id, method_id, content, caps=()) -> protocol.Payload:
+        """Call a capability we import and wait for its answer (serving calls meanwhile)."""
+        qid, data = self.conn.send_call(import_id, interface_id, method_id, content, list(caps))
+        self._send(data)
+        ret = self._wait_for(qid)
+        if ret.finish_needed:
+            self._send(self.conn.send_finish(qid))
+        if ret.payload is None:
+            raise wasi.HostCallFailed(ret.error_type, ret.error)
+        return ret.payload
+
+    def adopt(self, cap) -> int | None:
+        """Keep a capability received outside the handle table (the WASI layer's files)."""
+        if not isinstance(cap, protocol.Imported):
+            return None
+        self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+        return cap.import_id
+
+    def drop(self, import_id: int | None):
+        if import_id is not None:
+            self._unref_import(import_id)
 
     def _set_error(self, out_ptr, code, text):
         data = (text or "").encode()
@@ -487,16 +518,34 @@ class Engine:
         except _CallError as e:
             self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
             return
+        except wasi.WasiExit as e:     # proc_exit while serving a call: this instance is done
+            if self.wasi is not None:
+                self.wasi.flush_all()
+            self._send(self.conn.send_exception(
+                ev.answer_id, f"compartment {self.name} exited (code {e.code})", "disconnected",
+                no_finish=True))
+            self._flush()
+            raise SystemExit(0) from None
         # The supervisor never pipelines on an engine's answers.
         self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)
-            for name, index in payloads.read_grants(ev.payload.content):
+            granted = []
+            for name, index, kind, mount in payloads.read_grants(ev.payload.content):
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):
                     self.grants[name] = self._handle_for(cap)
+                    granted.append((name, kind, mount, cap.import_id))
+            if self.wasi is not None:
+                self.wasi.grant(granted)
+            if self.initialize is not None:         # a WASI reactor's constructors
+                try:
+                    self._guest(self.initialize, fuel=self.limits.fuel_per_call)
+                except wasi.WasiExit as e:
+                    raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
+                        from None
             results = payloads.StartResults.new_message(program=self.start_func is not None)
             if self.exports_main:
                 return payloads.with_capability(results), [self._local(0)]
@@ -504,8 +553,15 @@ class Engine:
         if ev.method_id == 1:     # run() -> (exitCode)
             if self.start_func is None:
                 raise _CallError("failed", "module has no _start")
-            self._guest(self.start_func, fuel=UNLIMITED_FUEL)
-            results = _RunResults.new_message(exitCode=0)
+            code = 0
+            try:
+                self._guest(self.start_func, fuel=UNLIMITED_FUEL)
+            except wasi.WasiExit as e:               # proc_exit
+                code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+            finally:
+                if self.wasi is not None:
+                    self.wasi.flush_all()
+            results = _RunResults.new_message(exitCode=code)
             return Content.standalone(results.to_segments()), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 

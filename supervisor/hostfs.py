@@ -26,7 +26,17 @@ MAX_READ = 1 << 20
 
 
 class FsError(Exception):
-    """A refused or failed file operation; the text is for the compartment."""
+    """A refused or failed file operation; the text is for the compartment.
+
+    `code` is the POSIX errno name that fits it best ("ENOENT", "EROFS", ...,
+    and WASI's "ENOTCAPABLE" for a path that would leave the directory); the
+    supervisor puts it first in the error's reason, so that a WASI program
+    gets a meaningful errno.
+    """
+
+    def __init__(self, text: str, code: str = "EIO"):
+        super().__init__(text)
+        self.code = code
 
 
 class _OpenHow(ctypes.Structure):
@@ -47,12 +57,14 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int = 0o644) -> int:
 def check_path(path: str) -> str:
     """Refuse, with a clear reason, what can never be beneath a directory."""
     if "\0" in path:
-        raise FsError("path contains a NUL byte")
+        raise FsError("path contains a NUL byte", "EINVAL")
     if path.startswith("/"):
-        raise FsError(f"{path!r} is absolute; paths are relative to the granted directory")
+        raise FsError(f"{path!r} is absolute; paths are relative to the granted directory",
+                      "ENOTCAPABLE")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise FsError(f"{path!r} contains '..'; paths cannot leave the granted directory")
+        raise FsError(f"{path!r} contains '..'; paths cannot leave the granted directory",
+                      "ENOTCAPABLE")
     return "/".join(parts) or "."
 
 
@@ -63,7 +75,8 @@ def _explain(e: OSError, path: str) -> FsError:
                errno.EISDIR: "is a directory", errno.ENOTDIR: "is not a directory",
                errno.ENOTEMPTY: "is not empty", errno.EACCES: "is not accessible",
                errno.EPERM: "is not permitted", errno.ENOSPC: "no space left"}
-    return FsError(f"{path!r} {reasons.get(e.errno, e.strerror or 'failed')}")
+    code = "ENOTCAPABLE" if e.errno == errno.EXDEV else errno.errorcode.get(e.errno, "EIO")
+    return FsError(f"{path!r} {reasons.get(e.errno, e.strerror or 'failed')}", code)
 
 
 def _kind(mode: int) -> str:
@@ -71,7 +84,8 @@ def _kind(mode: int) -> str:
 
 
 def _info(s: os.stat_result) -> dict:
-    return {"kind": _kind(s.st_mode), "size": s.st_size, "modifiedNs": s.st_mtime_ns}
+    return {"kind": _kind(s.st_mode), "size": s.st_size, "modifiedNs": s.st_mtime_ns,
+            "inode": s.st_ino}
 
 
 class WriteQuota:
@@ -84,7 +98,7 @@ class WriteQuota:
         if self.left is not None:
             if n > self.left:
                 raise FsError(f"{label}: write quota exhausted ({self.left} bytes left, "
-                              f"{n} asked; limit max_bytes_written)")
+                              f"{n} asked; limit max_bytes_written)", "EDQUOT")
             self.left -= n
 
 
@@ -120,15 +134,15 @@ class Directory:
     def _parent(self, path: str) -> tuple[int, str]:
         path = check_path(path)
         if path == ".":
-            raise FsError("this operation needs a name, not the directory itself")
+            raise FsError("this operation needs a name, not the directory itself", "EINVAL")
         parent, _, name = path.rpartition("/")
         return self._at(parent or ".", os.O_PATH | os.O_DIRECTORY), name
 
     def open(self, path: str, mode: str) -> "File":
         if mode != "read" and self.read_only:
-            raise FsError(f"{self.label} is read-only: files open for reading only")
+            raise FsError(f"{self.label} is read-only: files open for reading only", "EROFS")
         if mode in ("write", "readWrite") and self.append_only:
-            raise FsError(f"{self.label} is append-only: files open to append or read")
+            raise FsError(f"{self.label} is append-only: files open to append or read", "EPERM")
         flags = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND,
                  "readWrite": os.O_RDWR}[mode]
         fd = self._at(path, flags | os.O_NOFOLLOW)
@@ -138,7 +152,7 @@ class Directory:
 
     def create(self, path: str) -> "File":
         if self.read_only:
-            raise FsError(f"{self.label} is read-only: cannot create {path!r}")
+            raise FsError(f"{self.label} is read-only: cannot create {path!r}", "EROFS")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_APPEND if self.append_only else 0)
         fd = self._at(path, flags)
         return File(fd, f"{self.label}/{check_path(path)}", readable=False, writable=True,
@@ -162,7 +176,7 @@ class Directory:
     def remove(self, path: str):
         if self.read_only or self.append_only:
             raise FsError(f"{self.label} is {'read' if self.read_only else 'append'}-only: "
-                          f"cannot remove {path!r}")
+                          f"cannot remove {path!r}", "EROFS" if self.read_only else "EPERM")
         parent, name = self._parent(path)
         try:
             s = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -174,7 +188,7 @@ class Directory:
 
     def mkdir(self, path: str):
         if self.read_only:
-            raise FsError(f"{self.label} is read-only: cannot make {path!r}")
+            raise FsError(f"{self.label} is read-only: cannot make {path!r}", "EROFS")
         parent, name = self._parent(path)
         try:
             os.mkdir(name, 0o755, dir_fd=parent)
@@ -217,7 +231,7 @@ class File:
 
     def read(self, offset: int, count: int) -> bytes:
         if not self.readable:
-            raise FsError(f"{self.label} is not open for reading")
+            raise FsError(f"{self.label} is not open for reading", "EBADF")
         try:
             return os.pread(self.fd, min(count, MAX_READ), offset)
         except OSError as e:
@@ -225,9 +239,10 @@ class File:
 
     def write(self, offset: int, data: bytes) -> int:
         if not self.writable:
-            raise FsError(f"{self.label} is read-only")
+            raise FsError(f"{self.label} is read-only", "EBADF")
         if self.append_only:
-            raise FsError(f"{self.label} is append-only: use append, not write at an offset")
+            raise FsError(f"{self.label} is append-only: use append, not write at an offset",
+                          "EPERM")
         self.quota.spend(len(data), self.label)
         try:
             return os.pwrite(self.fd, data, offset)
@@ -236,7 +251,7 @@ class File:
 
     def append(self, data: bytes) -> int:
         if not self.writable:
-            raise FsError(f"{self.label} is read-only")
+            raise FsError(f"{self.label} is read-only", "EBADF")
         self.quota.spend(len(data), self.label)
         try:
             if self.append_only:                    # O_APPEND: the kernel picks the end
@@ -252,7 +267,7 @@ class File:
     def truncate(self, size: int):
         if not self.writable or self.append_only:
             raise FsError(f"{self.label} is {'append' if self.append_only else 'read'}-only: "
-                          f"cannot truncate")
+                          f"cannot truncate", "EPERM" if self.append_only else "EBADF")
         try:
             os.ftruncate(self.fd, size)
         except OSError as e:

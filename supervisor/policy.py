@@ -25,7 +25,7 @@ COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restar
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only", "subdir",
-              "max_bytes_written", "args", "vars"}
+              "max_bytes_written", "args", "vars", "mount"}
 GRANT_TARGETS = ("compartment", "host")
 
 
@@ -55,6 +55,7 @@ class Grant:
     max_bytes_written: int | None = None  # directory / file grants: a write quota
     args: tuple = ()                      # environment grants: arguments
     vars: tuple = ()                      # environment grants: (name, value) pairs
+    mount: str | None = None              # directory grants: where a WASI program sees it
     origin: str = ""                      # "FILE: KEY" where the grant was written
 
 
@@ -443,6 +444,14 @@ def _grant(where, key, name, spec) -> Grant:
         if target != "directory":
             raise where.error(f"{key}.subdir", "applies only to directory grants")
         files["subdir"] = sub
+    if "mount" in spec:
+        m = spec["mount"]
+        if not isinstance(m, str) or not m or "\0" in m or ".." in m.split("/"):
+            raise where.error(f"{key}.mount", f"must be a path such as \"/data\" or \".\" "
+                              f"(no '..'), not {m!r}")
+        if target != "directory":
+            raise where.error(f"{key}.mount", "applies only to directory grants")
+        files["mount"] = m
     if "max_bytes_written" in spec:
         v = spec["max_bytes_written"]
         v = _size(where, f"{key}.max_bytes_written", v)

@@ -78,6 +78,8 @@ def prepare(system: System) -> Plan:
         problem = abi.check_imports(describe_imports(module))
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
+        if any(imp.module == abi.WASI_MODULE for imp in module.imports):
+            _check_wasi_grants(where, key, comp)
         exported = {e.name for e in module.exports}
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
@@ -93,6 +95,22 @@ def prepare(system: System) -> Plan:
                 _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
                                 m, granted, by_name, names) for m in g.allow)
     return Plan(system, interfaces, main, names, allow, ifaces)
+
+
+def _check_wasi_grants(where, key, comp):
+    """What a WASI program takes from its grants must be unambiguous (compartments/wasi.py)."""
+    seen = {}
+    for g in comp.grants:
+        target = g.target if g.kind == "host" else "compartment"
+        if target in ("clock", "random", "environment"):
+            if target in seen:
+                raise where.error(f"{key}.grants.{g.name}", f"a WASI program takes its {target} "
+                                  f"from one grant, and {seen[target]!r} is one already")
+            seen[target] = g.name
+        wanted = {"stdin": ("file",), "stdout": ("log", "file"), "stderr": ("log", "file")}
+        if g.name in wanted and target not in wanted[g.name]:
+            raise where.error(f"{key}.grants.{g.name}", f"a WASI program's {g.name} must be a "
+                              f"{' or '.join(wanted[g.name])} grant, not {target}")
 
 
 def _method_names(iface) -> dict:

@@ -145,10 +145,11 @@ class Host(Cap):
     (for one compartment), or the external 'gateway'.  `obj` is the hostfs object
     of a directory or file; it is closed when the last reference goes."""
 
-    def __init__(self, kind: str, owner: str, obj=None):
+    def __init__(self, kind: str, owner: str, obj=None, path: str | None = None):
         self.kind = kind
         self.owner = owner
         self.obj = obj
+        self.path = path          # the grant path (audit): "app.data", "app.data>Directory.open"
         self.refs = 0
 
     def __repr__(self):
@@ -223,6 +224,7 @@ class GrantSpec:
     max_bytes_written: int | None = None
     args: tuple = ()
     vars: tuple = ()
+    mount: str | None = None       # directory grants: the path a WASI program sees
 
     @property
     def attenuated(self) -> bool:
@@ -271,7 +273,7 @@ def _describe(cap) -> str:
     if isinstance(cap, Remote):
         return f"{cap.peer.name} object #{cap.import_id}"
     if isinstance(cap, Host):
-        return f"{cap.kind} of {cap.owner}"
+        return cap.path or f"{cap.kind} of {cap.owner}"
     return type(cap).__name__
 
 
@@ -551,12 +553,14 @@ class Router:
         peer.control.refs += 1
         names, caps = [], []
         for g in grants:
-            names.append(g.local)
+            kind = "compartment" if g.kind == "compartment" else g.target
+            mount = (g.mount or f"/{g.local}") if kind == "directory" else ""
+            names.append((g.local, kind, mount))
             if g.kind == "compartment":
                 cap = self.proxies[g.target]
             else:
                 try:
-                    cap = Host(g.target, peer.name, self._open_host(g))
+                    cap = Host(g.target, peer.name, self._open_host(g), f"{peer.name}.{g.local}")
                 except (OSError, hostfs.FsError) as e:
                     self._start_failed(peer, f"cannot open {g.path} for grant {g.local}: "
                                              f"{getattr(e, 'strerror', None) or e}")
@@ -829,7 +833,7 @@ class Router:
             try:
                 return self._fs_call(cap, call)
             except hostfs.FsError as e:
-                raise CallError(f"{cap.kind} {cap.obj.label}: {e}") from None
+                raise CallError(f"{e.code}: {cap.kind} {cap.obj.label}: {e}") from None
         if cap.kind == "gateway":
             if call.interface_id != GATEWAY_ID:
                 raise CallError("the gateway implements Gateway only", "unimplemented")
@@ -883,7 +887,8 @@ class Router:
                 opened = obj.open(p.path, str(p.mode)) if name == "open" else \
                     getattr(obj, name)(p.path)
                 return with_capability(results_struct.new_message()), \
-                    (Host("directory" if name == "subdir" else "file", cap.owner, opened),)
+                    (Host("directory" if name == "subdir" else "file", cap.owner, opened,
+                          f"{cap.path}>Directory.{name}" if cap.path else None),)
             if name == "list":
                 entries = obj.list(p.path)
                 msg = results_struct.new_message()

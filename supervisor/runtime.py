@@ -195,7 +195,8 @@ class Supervisor:
         grants = [R.GrantSpec(g.name, g.kind, g.target, self.plan.allow.get((comp.name, g.name)),
                               g.revocable, g.max_uses, g.expires_after, g.calls_per_second,
                               g.path, g.read_only, g.append_only, g.subdir,
-                              g.max_bytes_written, g.args, g.vars) for g in comp.grants]
+                              g.max_bytes_written, g.args, g.vars, g.mount)
+                  for g in comp.grants]
         pid, effects = self.router.add_engine(comp.name, grants)
         link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
         self.links[pid] = link

@@ -65,3 +65,15 @@ def wsuper():
 def run_wsuper(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def wasi_guests(tmp_path_factory):
+    """The C test programs of tests/integration/guests/wasi, built with the real toolchain."""
+    from supervisor import toolchain
+    out = tmp_path_factory.mktemp("wasi-guests")
+    src = os.path.join(ROOT, "tests", "integration", "guests", "wasi")
+    built = {}
+    for name in ("posix", "probe"):
+        built[name] = toolchain.build([os.path.join(src, name + ".c")], str(out / f"{name}.wasm"))
+    return built

@@ -116,6 +116,18 @@ def test_directory_grant_keys_subdir_and_write_quota():
                      'l = { host = "log", max_bytes_written = 5 }\n', "/s/s.toml")
 
 
+def test_mount_names_a_directory_for_wasi_programs_only():
+    s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'd = { host = "directory", path = "/srv", mount = "." }\n', "/s/system.toml")
+    assert s.compartments["a"].grants[0].mount == "."
+    for bad, msg in (('{ host = "directory", path = "/srv", mount = "/a/../b" }', "no '..'"),
+                     ('{ host = "directory", path = "/srv", mount = 3 }', "must be a path"),
+                     ('{ host = "log", mount = "/x" }', "applies only to directory grants")):
+        with pytest.raises(policy.PolicyError, match=msg):
+            policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                         f'd = {bad}\n', "/s/s.toml")
+
+
 def test_environment_grants_take_args_and_vars_and_nothing_else_does():
     s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                      'env = { host = "environment", args = ["-v"], vars = { MODE = "fast" } }\n',

@@ -1,0 +1,92 @@
+/* Performs the operations named by its arguments, in order, and prints one
+ * line for each: "OP PATH -> ok" or "OP PATH -> ERRNO-NAME".  test_wasi.py
+ * uses it to check what each attenuation lets a WASI program do. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *name(int e) {
+  switch (e) {
+  case EACCES: return "EACCES";
+  case EBADF: return "EBADF";
+  case EDQUOT: return "EDQUOT";
+  case EEXIST: return "EEXIST";
+  case EINVAL: return "EINVAL";
+  case EISDIR: return "EISDIR";
+  case ELOOP: return "ELOOP";
+  case ENOENT: return "ENOENT";
+  case ENOTCAPABLE: return "ENOTCAPABLE";
+  case ENOTDIR: return "ENOTDIR";
+  case EPERM: return "EPERM";
+  case EROFS: return "EROFS";
+  case EAGAIN: return "EAGAIN";
+  case EIO: return "EIO";
+  default: return strerror(e);
+  }
+}
+
+static void report(const char *op, const char *path, int ok) {
+  printf("%s %s -> %s\n", op, path, ok ? "ok" : name(errno));
+}
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    char op[32] = {0};
+    const char *colon = strchr(argv[i], ':');
+    const char *path = colon ? colon + 1 : "";
+    size_t n = colon ? (size_t)(colon - argv[i]) : strlen(argv[i]);
+    memcpy(op, argv[i], n < sizeof op - 1 ? n : sizeof op - 1);
+    errno = 0;
+    if (!strcmp(op, "read")) {
+      FILE *f = fopen(path, "r");
+      char buf[128] = {0};
+      int ok = f && fgets(buf, sizeof buf, f);
+      report(op, path, ok);
+      if (ok) printf("  %s", buf);
+      if (f) fclose(f);
+    } else if (!strcmp(op, "write") || !strcmp(op, "append")) {
+      FILE *f = fopen(path, op[0] == 'w' ? "w" : "a");
+      int ok = f && fputs("entry\n", f) >= 0;
+      if (f && fclose(f) != 0) ok = 0;
+      report(op, path, ok);
+    } else if (!strcmp(op, "overwrite")) {   /* write at offset 0 of an existing file */
+      int fd = open(path, O_WRONLY);
+      report(op, path, fd >= 0 && pwrite(fd, "X", 1, 0) == 1);
+      if (fd >= 0) close(fd);
+    } else if (!strcmp(op, "truncate")) {
+      report(op, path, truncate(path, 0) == 0);
+    } else if (!strcmp(op, "mkdir")) {
+      report(op, path, mkdir(path, 0755) == 0);
+    } else if (!strcmp(op, "unlink")) {
+      report(op, path, unlink(path) == 0);
+    } else if (!strcmp(op, "stat")) {
+      struct stat st;
+      report(op, path, stat(path, &st) == 0);
+    } else if (!strcmp(op, "time")) {
+      struct timespec ts;
+      report(op, path, clock_gettime(CLOCK_REALTIME, &ts) == 0);
+    } else if (!strcmp(op, "random")) {
+      unsigned char b[16];
+      report(op, path, getentropy(b, sizeof b) == 0);
+    } else if (!strcmp(op, "bigwrite")) {   /* 64 KiB in one write */
+      FILE *f = fopen(path, "w");
+      static char block[65536];
+      memset(block, 'b', sizeof block);
+      int ok = f && fwrite(block, 1, sizeof block, f) == sizeof block;
+      if (f && fclose(f) != 0) ok = 0;
+      report(op, path, ok);
+    } else if (!strcmp(op, "exit")) {
+      fprintf(stderr, "leaving with %s", path);   /* unfinished line: flushed at exit */
+      exit(atoi(path));
+    } else {
+      printf("unknown op %s\n", op);
+      return 2;
+    }
+  }
+  return 0;
+}
