@@ -35,10 +35,30 @@ def main(argv=None) -> int:
     revoke.add_argument("grant", help="COMPARTMENT.GRANT, e.g. app.calc")
     revoke.add_argument("--socket", help="the running system's external socket path, if it "
                         "was started with --socket")
+    bindgen = sub.add_parser("bindgen", help="write C bindings (NAME.h and wsuper.h) for the "
+                             "interfaces and structs of Cap'n Proto schemas")
+    bindgen.add_argument("schemas", nargs="+", metavar="SCHEMA.capnp")
+    bindgen.add_argument("-o", "--output", required=True, metavar="DIR")
+    build = sub.add_parser("build", help="compile a C plugin to wasm (clang, wasi-libc), "
+                           "generating bindings for --schema first")
+    build.add_argument("sources", nargs="+", metavar="FILE.c")
+    build.add_argument("-o", "--output", required=True, metavar="PLUGIN.wasm")
+    build.add_argument("--schema", action="append", default=[], metavar="SCHEMA.capnp",
+                       help="generate bindings for it into the include directory (repeatable)")
+    build.add_argument("-I", "--include", action="append", default=[], metavar="DIR")
+    build.add_argument("--include-dir", metavar="DIR", help="where generated headers go "
+                       "(default: OUTPUT's directory/include)")
+    kind = build.add_mutually_exclusive_group()
+    kind.add_argument("--reactor", action="store_true", default=None, help="a plugin without "
+                      "main that serves calls (the default when no source defines main)")
+    kind.add_argument("--command", dest="reactor", action="store_false",
+                      help="a program with main")
     args = ap.parse_args(argv)
 
     if args.command == "revoke":
         return _revoke(args)
+    if args.command in ("bindgen", "build"):
+        return _toolchain(args)
 
     from . import policy, preflight
     try:
@@ -82,6 +102,37 @@ def _check(plan, args) -> int:
                 f.write(text)
         print(f"wrote {args.graph}")
     return 0
+
+
+def _toolchain(args) -> int:
+    import os
+    import re
+
+    from . import bindgen, toolchain
+    try:
+        if args.command == "bindgen":
+            for schema in args.schemas:
+                for path in bindgen.generate(schema, args.output):
+                    print(f"wrote {path}")
+            return 0
+        include = list(args.include)
+        if args.schema:
+            gen_dir = args.include_dir or os.path.join(
+                os.path.dirname(os.path.abspath(args.output)), "include")
+            for schema in args.schema:
+                bindgen.generate(schema, gen_dir)
+            include.insert(0, gen_dir)
+        reactor = args.reactor
+        if reactor is None:
+            text = "".join(open(src, encoding="utf-8", errors="replace").read()
+                           for src in args.sources)
+            reactor = re.search(r"\bint\s+main\s*\(", text) is None
+        toolchain.build(args.sources, args.output, reactor=reactor, include=include)
+        print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
+        return 0
+    except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _revoke(args) -> int:

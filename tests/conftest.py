@@ -62,6 +62,26 @@ def wsuper():
         r.stop()
 
 
+def external_client(socket_path, body, timeout=30):
+    """Run `await body(gateway)` in a stock pycapnp client connected to the external socket."""
+    import asyncio
+
+    import capnp
+
+    import capnp_schemas
+
+    async def main():
+        async with capnp.kj_loop():
+            stream = await capnp.AsyncIoStream.create_unix_connection(socket_path)
+            client = capnp.TwoPartyClient(stream)
+            return await body(client.bootstrap().cast_as(capnp_schemas.host.Gateway))
+
+    async def bounded():
+        return await asyncio.wait_for(main(), timeout)
+
+    return asyncio.run(bounded())
+
+
 def run_wsuper(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -77,3 +97,16 @@ def wasi_guests(tmp_path_factory):
     for name in ("posix", "probe"):
         built[name] = toolchain.build([os.path.join(src, name + ".c")], str(out / f"{name}.wasm"))
     return built
+
+
+GUESTS_C = os.path.join(ROOT, "tests", "integration", "guests", "c")
+
+
+@pytest.fixture(scope="session")
+def echo_plugin(tmp_path_factory):
+    """tests/integration/guests/c/echo.c, with bindings generated from echo.capnp."""
+    from supervisor import bindgen, toolchain
+    out = tmp_path_factory.mktemp("echo")
+    bindgen.generate(os.path.join(GUESTS_C, "echo.capnp"), str(out / "include"))
+    return toolchain.build([os.path.join(GUESTS_C, "echo.c")], str(out / "echo.wasm"),
+                           reactor=True, include=[str(out / "include")])

@@ -1,13 +1,12 @@
 """A stock pycapnp client (Cap'n Proto's C++ RPC stack) calls a compartment
 through the supervisor's external endpoint: the proof that we speak rpc.capnp."""
-import asyncio
 import os
 
 import capnp
 import pytest
 
 import capnp_schemas
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, external_client
 
 pytestmark = pytest.mark.interop
 
@@ -37,17 +36,10 @@ def external_calc(tmp_path, wsuper):
 def _client(path, body):
     calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
 
-    async def main():
-        async with capnp.kj_loop():
-            stream = await capnp.AsyncIoStream.create_unix_connection(path)
-            client = capnp.TwoPartyClient(stream)
-            gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
-            return await body(gateway, calc_schema)
+    async def with_schema(gateway):
+        return await body(gateway, calc_schema)
 
-    async def bounded():
-        return await asyncio.wait_for(main(), 30)
-
-    return asyncio.run(bounded())
+    return external_client(path, with_schema)
 
 
 def test_interop_stock_pycapnp_client_calls_compartment(external_calc):

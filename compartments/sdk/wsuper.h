@@ -1,0 +1,504 @@
+/* wsuper.h: the C side of the wsuper guest ABI (docs/guest-abi.md).
+ *
+ * Header-only.  `wsuper bindgen` copies it next to the headers it generates;
+ * generated code calls these helpers, and plugin code rarely needs more than
+ * the types, wsuper_lookup_cap(), wsuper_object(), wsuper_error() and the
+ * arena.
+ *
+ * Messages are Cap'n Proto, single segment.  What arrives from another
+ * compartment is hostile: the reader checks every pointer against the segment
+ * and reports a malformed message (WSUPER_E_MESSAGE) instead of reading
+ * outside it.
+ */
+#ifndef WSUPER_H
+#define WSUPER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WSUPER_IMPORT(n) __attribute__((import_module("wsuper"), import_name(#n)))
+#define WSUPER_UNUSED __attribute__((unused))
+
+WSUPER_IMPORT(lookup) int32_t wsuper_lookup(const char *name, int32_t len);
+WSUPER_IMPORT(call) int32_t wsuper_call(int32_t handle, int64_t iface, int32_t method,
+                                        const void *params, int32_t params_len,
+                                        const int32_t *caps, int32_t ncaps, void *out);
+WSUPER_IMPORT(reply_read) int32_t wsuper_reply_read(void *buf, int32_t *caps);
+WSUPER_IMPORT(release) int32_t wsuper_release(int32_t handle);
+WSUPER_IMPORT(object) int32_t wsuper_object(int32_t tag);
+WSUPER_IMPORT(params_read) int32_t wsuper_params_read(void *buf, int32_t *caps);
+WSUPER_IMPORT(results_set) int32_t wsuper_results_set(const void *buf, int32_t len,
+                                                      const int32_t *caps, int32_t ncaps);
+WSUPER_IMPORT(fail) int32_t wsuper_fail(const char *msg, int32_t len);
+
+enum {
+  WSUPER_OK = 0,
+  WSUPER_E_BADHANDLE = -1,     /* not in this compartment's c-list */
+  WSUPER_E_FAILED = -2,        /* the callee failed; the arena's error says why */
+  WSUPER_E_DISCONNECTED = -3,  /* the callee's compartment is gone */
+  WSUPER_E_OVERLOADED = -4,    /* a limit refused the call for now */
+  WSUPER_E_UNIMPLEMENTED = -5, /* no such interface or method */
+  WSUPER_E_MESSAGE = -6,       /* malformed or too large */
+  WSUPER_E_NOTFOUND = -7,      /* lookup: nothing granted under that name */
+  WSUPER_E_STATE = -8,
+  WSUPER_E_TOOMANY = -9,       /* too many handles */
+  WSUPER_E_NOMEM = -100,       /* malloc failed in this plugin */
+};
+
+typedef int32_t wsuper_cap;    /* a handle: an index in this compartment's c-list; 0 is none */
+typedef struct { const char *ptr; uint32_t len; } wsuper_text;  /* ptr is NUL-terminated */
+typedef struct { const uint8_t *ptr; uint32_t len; } wsuper_data;
+
+#define WSUPER_LIST(name, T) typedef struct { T *items; uint32_t len; } name
+WSUPER_LIST(wsuper_list_bool, bool);
+WSUPER_LIST(wsuper_list_i8, int8_t);
+WSUPER_LIST(wsuper_list_i16, int16_t);
+WSUPER_LIST(wsuper_list_i32, int32_t);
+WSUPER_LIST(wsuper_list_i64, int64_t);
+WSUPER_LIST(wsuper_list_u8, uint8_t);
+WSUPER_LIST(wsuper_list_u16, uint16_t);
+WSUPER_LIST(wsuper_list_u32, uint32_t);
+WSUPER_LIST(wsuper_list_u64, uint64_t);
+WSUPER_LIST(wsuper_list_f32, float);
+WSUPER_LIST(wsuper_list_f64, double);
+WSUPER_LIST(wsuper_list_text, wsuper_text);
+WSUPER_LIST(wsuper_list_data, wsuper_data);
+WSUPER_LIST(wsuper_list_cap, wsuper_cap);
+
+static inline wsuper_text wsuper_str(const char *s) {
+  wsuper_text t = {s, s ? (uint32_t)strlen(s) : 0};
+  return t;
+}
+
+static inline wsuper_cap wsuper_lookup_cap(const char *name) {
+  return wsuper_lookup(name, (int32_t)strlen(name));
+}
+
+/* ------------------------------------------------------------------ arena
+ * Everything decoded for you (reply buffers, strings, lists, structs) lives in
+ * an arena you pass in; wsuper_arena_free() frees it all at once.  `error`
+ * holds the reason of the last failed call made with it. */
+
+typedef union wsuper_block { union wsuper_block *next; uint64_t align; } wsuper_block;
+typedef struct { wsuper_block *blocks; const char *error; } wsuper_arena;
+
+static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
+  wsuper_block *b = (wsuper_block *)malloc(sizeof(wsuper_block) + (n ? n : 1));
+  if (!b) return NULL;
+  b->next = a->blocks;
+  a->blocks = b;
+  memset(b + 1, 0, n);
+  return b + 1;
+}
+
+static inline void wsuper_arena_free(wsuper_arena *a) {
+  while (a->blocks) {
+    wsuper_block *next = a->blocks->next;
+    free(a->blocks);
+    a->blocks = next;
+  }
+  a->error = NULL;
+}
+
+/* Set the reason of a failure (a server's answer, or your own) and return
+ * WSUPER_E_FAILED:  return wsuper_error(a, "no such key"); */
+static inline int wsuper_error(wsuper_arena *a, const char *reason) {
+  size_t n = strlen(reason);
+  char *copy = (char *)wsuper_alloc(a, n + 1);
+  if (copy) memcpy(copy, reason, n + 1);
+  a->error = copy ? copy : "out of memory";
+  return WSUPER_E_FAILED;
+}
+
+/* ------------------------------------------------------------------ builder */
+
+typedef struct {
+  uint8_t *buf;         /* 8-byte segment table, then the segment */
+  uint32_t words, room; /* words used / allocated in the segment */
+  int32_t caps[256];
+  uint32_t ncaps;
+  bool failed;
+} wsuper_builder;
+
+static inline uint8_t *wsuper_word(const wsuper_builder *b, uint32_t w) {
+  return b->buf + 8 + (size_t)w * 8;
+}
+
+/* Words for a new object, zeroed; returns its first word (0 and `failed` if none). */
+static inline uint32_t wsuper_new_words(wsuper_builder *b, uint64_t n) {
+  if (b->failed) return 0;
+  if (n > (1u << 26) || b->words + n > (1u << 26)) { b->failed = true; return 0; }
+  if (b->words + n > b->room) {
+    uint32_t room = b->room ? b->room : 32;
+    while (room < b->words + n) room *= 2;
+    uint8_t *buf = (uint8_t *)realloc(b->buf, 8 + (size_t)room * 8);
+    if (!buf) { b->failed = true; return 0; }
+    memset(buf + 8 + (size_t)b->room * 8, 0, (size_t)(room - b->room) * 8);
+    b->buf = buf;
+    b->room = room;
+  }
+  uint32_t at = b->words;
+  b->words += (uint32_t)n;
+  return at;
+}
+
+static inline void wsuper_builder_init(wsuper_builder *b) {
+  memset(b, 0, sizeof *b);
+  wsuper_new_words(b, 1); /* the root pointer */
+}
+
+static inline void wsuper_builder_free(wsuper_builder *b) {
+  free(b->buf);
+  b->buf = NULL;
+}
+
+static inline void wsuper_put64(wsuper_builder *b, uint32_t w, uint64_t v) {
+  if (!b->failed) memcpy(wsuper_word(b, w), &v, 8);
+}
+
+#define WSUPER_SETTER(name, T)                                                     \
+  static inline void name(wsuper_builder *b, uint32_t at, uint32_t byte, T v) {    \
+    if (!b->failed) memcpy(wsuper_word(b, at) + byte, &v, sizeof v);               \
+  }
+WSUPER_SETTER(wsuper_set_u8, uint8_t)
+WSUPER_SETTER(wsuper_set_u16, uint16_t)
+WSUPER_SETTER(wsuper_set_u32, uint32_t)
+WSUPER_SETTER(wsuper_set_u64, uint64_t)
+
+static inline void wsuper_set_bool(wsuper_builder *b, uint32_t at, uint32_t bit, bool v) {
+  if (b->failed) return;
+  uint8_t *p = wsuper_word(b, at) + bit / 8;
+  if (v) *p |= (uint8_t)(1u << (bit % 8));
+  else *p &= (uint8_t)~(1u << (bit % 8));
+}
+
+static inline uint32_t wsuper_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline uint64_t wsuper_f64_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
+static inline float wsuper_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline double wsuper_bits_f64(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
+
+/* A new struct, pointed to from pointer word `ptr`; returns its first data word. */
+static inline uint32_t wsuper_new_struct(wsuper_builder *b, uint32_t ptr, uint16_t dwords,
+                                         uint16_t ptrs) {
+  uint32_t at = wsuper_new_words(b, (uint64_t)dwords + ptrs);
+  int32_t off = (int32_t)at - (int32_t)ptr - 1;
+  wsuper_put64(b, ptr, (uint64_t)(uint32_t)(off * 4) | ((uint64_t)dwords << 32) |
+                           ((uint64_t)ptrs << 48));
+  return at;
+}
+
+/* A list of `n` elements of size code `code` (1 bit, 2 byte, 3 two bytes, 4 four,
+ * 5 eight, 6 pointer); returns its first word. */
+static inline uint32_t wsuper_new_list(wsuper_builder *b, uint32_t ptr, uint32_t code,
+                                       uint32_t n) {
+  static const uint8_t bits[] = {0, 1, 8, 16, 32, 64, 64};
+  if (n >= (1u << 29)) { b->failed = true; return 0; }
+  uint32_t at = wsuper_new_words(b, ((uint64_t)n * bits[code] + 63) / 64);
+  int32_t off = (int32_t)at - (int32_t)ptr - 1;
+  wsuper_put64(b, ptr, (uint64_t)((uint32_t)(off * 4) | 1) | ((uint64_t)(code | (n << 3)) << 32));
+  return at;
+}
+
+/* A list of `n` structs; returns the first word of element 0. */
+static inline uint32_t wsuper_new_struct_list(wsuper_builder *b, uint32_t ptr, uint32_t n,
+                                              uint16_t dwords, uint16_t ptrs) {
+  uint64_t words = (uint64_t)n * (dwords + ptrs);
+  if (words >= (1u << 29)) { b->failed = true; return 0; }
+  uint32_t tag = wsuper_new_words(b, 1 + words);
+  int32_t off = (int32_t)tag - (int32_t)ptr - 1;
+  wsuper_put64(b, ptr, (uint64_t)((uint32_t)(off * 4) | 1) | ((uint64_t)(7 | (words << 3)) << 32));
+  wsuper_put64(b, tag, (uint64_t)(n << 2) | ((uint64_t)dwords << 32) | ((uint64_t)ptrs << 48));
+  return tag + 1;
+}
+
+static inline void wsuper_set_bytes(wsuper_builder *b, uint32_t ptr, const void *p, uint32_t n,
+                                    bool nul) {
+  if (!p && !nul) return; /* null Data */
+  uint32_t at = wsuper_new_list(b, ptr, 2, n + (nul ? 1 : 0));
+  if (!b->failed && n) memcpy(wsuper_word(b, at), p, n);
+}
+
+static inline void wsuper_set_text(wsuper_builder *b, uint32_t ptr, wsuper_text t) {
+  if (t.ptr) wsuper_set_bytes(b, ptr, t.ptr, t.len, true);
+}
+
+static inline void wsuper_set_data(wsuper_builder *b, uint32_t ptr, wsuper_data d) {
+  if (d.ptr) wsuper_set_bytes(b, ptr, d.ptr, d.len, false);
+}
+
+static inline void wsuper_set_cap(wsuper_builder *b, uint32_t ptr, wsuper_cap h) {
+  if (h == 0) return;
+  if (b->ncaps >= 256) { b->failed = true; return; }
+  b->caps[b->ncaps] = h;
+  wsuper_put64(b, ptr, 3 | ((uint64_t)b->ncaps << 32));
+  b->ncaps++;
+}
+
+/* The framed message (segment table + segment) and its length. */
+static inline const uint8_t *wsuper_builder_bytes(wsuper_builder *b, int32_t *len) {
+  uint32_t head[2] = {0, b->words};
+  memcpy(b->buf, head, 8);
+  *len = (int32_t)(8 + (size_t)b->words * 8);
+  return b->buf;
+}
+
+/* ------------------------------------------------------------------ reader */
+
+typedef struct {
+  const uint8_t *seg;
+  uint32_t words;
+  const int32_t *caps;
+  uint32_t ncaps;
+  bool bad;         /* set by any check that failed: treat the message as malformed */
+  uint32_t depth;   /* structs being decoded inside one another (at most WSUPER_MAX_DEPTH) */
+  uint64_t budget;  /* words left to decode: pointers that share a target cannot amplify */
+} wsuper_reader;
+
+#define WSUPER_MAX_DEPTH 64
+
+/* Charge `words` (at least one) to the decoding budget. */
+static inline bool wsuper_spend(wsuper_reader *r, uint64_t words) {
+  if (words == 0) words = 1;
+  if (words > r->budget) { r->bad = true; r->budget = 0; return false; }
+  r->budget -= words;
+  return true;
+}
+
+typedef struct { uint32_t at; uint16_t dwords, ptrs; bool present; } wsuper_loc;
+#define WSUPER_NULL_PTR 0xFFFFFFFFu
+
+static inline uint64_t wsuper_read64(const wsuper_reader *r, uint32_t w) {
+  uint64_t v;
+  memcpy(&v, r->seg + (size_t)w * 8, 8);
+  return v;
+}
+
+static inline int wsuper_reader_init(wsuper_reader *r, const uint8_t *msg, uint32_t len,
+                                     const int32_t *caps, uint32_t ncaps) {
+  memset(r, 0, sizeof *r);
+  uint32_t head[2];
+  if (len < 16) return WSUPER_E_MESSAGE;
+  memcpy(head, msg, 8);
+  if (head[0] != 0 || head[1] == 0 || (uint64_t)head[1] * 8 > len - 8) return WSUPER_E_MESSAGE;
+  r->seg = msg + 8;
+  r->words = head[1];
+  r->budget = 8 * (uint64_t)head[1];
+  r->caps = caps;
+  r->ncaps = ncaps;
+  return WSUPER_OK;
+}
+
+/* The word a pointer field lives in (WSUPER_NULL_PTR past the struct's pointers). */
+static inline uint32_t wsuper_ptr(wsuper_loc s, uint16_t index) {
+  return s.present && index < s.ptrs ? s.at + s.dwords + index : WSUPER_NULL_PTR;
+}
+
+/* Where a pointer leads: kind (0 struct, 1 list, 3 capability), target word. */
+static inline bool wsuper_follow(wsuper_reader *r, uint32_t ptr, uint64_t *v, uint32_t *target) {
+  if (ptr == WSUPER_NULL_PTR || ptr >= r->words) return false;
+  *v = wsuper_read64(r, ptr);
+  if (*v == 0) return false;
+  int64_t t = (int64_t)ptr + 1 + ((int32_t)(uint32_t)*v >> 2);
+  if ((*v & 3) == 2 || ((*v & 3) != 3 && (t < 0 || t > r->words))) { r->bad = true; return false; }
+  *target = (uint32_t)t;
+  return true;
+}
+
+static inline wsuper_loc wsuper_get_struct(wsuper_reader *r, uint32_t ptr) {
+  wsuper_loc s = {0, 0, 0, false};
+  uint64_t v;
+  uint32_t t;
+  if (!wsuper_follow(r, ptr, &v, &t)) return s;
+  if ((v & 3) != 0) { r->bad = true; return s; }
+  s.dwords = (uint16_t)(v >> 32);
+  s.ptrs = (uint16_t)(v >> 48);
+  if ((uint64_t)t + s.dwords + s.ptrs > r->words) { r->bad = true; return s; }
+  if (!wsuper_spend(r, (uint64_t)s.dwords + s.ptrs)) return s;
+  s.at = t;
+  s.present = true;
+  return s;
+}
+
+static inline wsuper_loc wsuper_root(wsuper_reader *r) { return wsuper_get_struct(r, 0); }
+
+#define WSUPER_GETTER(name, T)                                                       \
+  static inline T name(const wsuper_reader *r, wsuper_loc s, uint32_t byte) {        \
+    T v = 0;                                                                         \
+    if (s.present && byte + sizeof v <= (uint32_t)s.dwords * 8)                     \
+      memcpy(&v, r->seg + (size_t)s.at * 8 + byte, sizeof v);                        \
+    return v;                                                                        \
+  }
+WSUPER_GETTER(wsuper_get_u8, uint8_t)
+WSUPER_GETTER(wsuper_get_u16, uint16_t)
+WSUPER_GETTER(wsuper_get_u32, uint32_t)
+WSUPER_GETTER(wsuper_get_u64, uint64_t)
+
+static inline bool wsuper_get_bool(const wsuper_reader *r, wsuper_loc s, uint32_t bit) {
+  if (!s.present || bit / 8 >= (uint32_t)s.dwords * 8) return false;
+  return (r->seg[(size_t)s.at * 8 + bit / 8] >> (bit % 8)) & 1;
+}
+
+/* A list of `code`-sized elements: its first word and element count. */
+static inline uint32_t wsuper_get_list(wsuper_reader *r, uint32_t ptr, uint32_t code,
+                                       uint32_t *n) {
+  static const uint8_t bits[] = {0, 1, 8, 16, 32, 64, 64};
+  uint64_t v;
+  uint32_t t;
+  *n = 0;
+  if (!wsuper_follow(r, ptr, &v, &t)) return 0;
+  uint32_t c = (uint32_t)(v >> 32) & 7, count = (uint32_t)(v >> 35);
+  if ((v & 3) != 1 || c != code || c == 7) { r->bad = true; return 0; }
+  if ((uint64_t)t + ((uint64_t)count * bits[code] + 63) / 64 > r->words ||
+      (uint64_t)count > (uint64_t)r->words * 64) {
+    r->bad = true;
+    return 0;
+  }
+  if (!wsuper_spend(r, count)) return 0;
+  *n = count;
+  return t;
+}
+
+/* A list of structs: element 0's location (dwords and ptrs give the stride). */
+static inline wsuper_loc wsuper_get_struct_list(wsuper_reader *r, uint32_t ptr, uint32_t *n) {
+  wsuper_loc s = {0, 0, 0, false};
+  uint64_t v, tag;
+  uint32_t t;
+  *n = 0;
+  if (!wsuper_follow(r, ptr, &v, &t)) return s;
+  uint64_t words = v >> 35;
+  if ((v & 3) != 1 || ((v >> 32) & 7) != 7 || t + 1 + words > r->words) { r->bad = true; return s; }
+  tag = wsuper_read64(r, t);
+  uint32_t count = (uint32_t)(tag & 0xFFFFFFFFu) >> 2;
+  s.dwords = (uint16_t)(tag >> 32);
+  s.ptrs = (uint16_t)(tag >> 48);
+  if ((tag & 3) != 0 || (uint64_t)count * (s.dwords + s.ptrs) > words || count > r->words) {
+    r->bad = true;
+    return s;
+  }
+  if (!wsuper_spend(r, count + words)) return s;
+  s.at = t + 1;
+  s.present = true;
+  *n = count;
+  return s;
+}
+
+#define WSUPER_LIST_GETTER(name, T)                                                  \
+  static inline T name(const wsuper_reader *r, uint32_t at, uint32_t i) {            \
+    T v;                                                                             \
+    memcpy(&v, r->seg + (size_t)at * 8 + (size_t)i * sizeof v, sizeof v);           \
+    return v;                                                                        \
+  }
+WSUPER_LIST_GETTER(wsuper_elem_u8, uint8_t)
+WSUPER_LIST_GETTER(wsuper_elem_u16, uint16_t)
+WSUPER_LIST_GETTER(wsuper_elem_u32, uint32_t)
+WSUPER_LIST_GETTER(wsuper_elem_u64, uint64_t)
+
+static inline wsuper_loc wsuper_element(wsuper_loc first, uint32_t i) {
+  wsuper_loc s = first;
+  s.at = first.at + i * (uint32_t)(first.dwords + first.ptrs);
+  return s;
+}
+
+static inline wsuper_text wsuper_get_text(wsuper_reader *r, uint32_t ptr) {
+  wsuper_text t = {"", 0};
+  uint32_t n, at = wsuper_get_list(r, ptr, 2, &n);
+  if (n == 0) return t;
+  const char *p = (const char *)(r->seg + (size_t)at * 8);
+  if (p[n - 1] != 0) { r->bad = true; return t; } /* Text ends with NUL */
+  t.ptr = p;
+  t.len = n - 1;
+  return t;
+}
+
+static inline wsuper_data wsuper_get_data(wsuper_reader *r, uint32_t ptr) {
+  wsuper_data d = {NULL, 0};
+  uint32_t n, at = wsuper_get_list(r, ptr, 2, &n);
+  if (n) { d.ptr = r->seg + (size_t)at * 8; d.len = n; }
+  return d;
+}
+
+static inline wsuper_cap wsuper_get_cap(wsuper_reader *r, uint32_t ptr) {
+  uint64_t v;
+  uint32_t t;
+  if (!wsuper_follow(r, ptr, &v, &t)) return 0;
+  uint32_t i = (uint32_t)(v >> 32);
+  if ((v & 3) != 3 || i >= r->ncaps) { r->bad = true; return 0; }
+  return r->caps[i];
+}
+
+#define WSUPER_ARRAY(a, T, n) ((T *)wsuper_alloc((a), sizeof(T) * ((size_t)(n) ? (size_t)(n) : 1)))
+
+/* ------------------------------------------------------------------ calls */
+
+/* Send `b` as the params of interface.method on `cap`; on success `r` reads the
+ * results (their bytes live in the arena). */
+static inline int wsuper_invoke(wsuper_arena *a, wsuper_cap cap, uint64_t iface, uint16_t method,
+                                wsuper_builder *b, wsuper_reader *r) {
+  int32_t len, out[2];
+  if (b->failed) { wsuper_builder_free(b); return wsuper_error(a, "params too large or out of memory"), WSUPER_E_MESSAGE; }
+  const uint8_t *msg = wsuper_builder_bytes(b, &len);
+  int32_t rc = wsuper_call(cap, (int64_t)iface, method, msg, len, b->caps, (int32_t)b->ncaps, out);
+  wsuper_builder_free(b);
+  uint8_t *buf = (uint8_t *)wsuper_alloc(a, (size_t)out[0] + 1);
+  int32_t *caps = WSUPER_ARRAY(a, int32_t, out[1]);
+  if (!buf || !caps) return WSUPER_E_NOMEM;
+  wsuper_reply_read(buf, caps);
+  if (rc != WSUPER_OK) {
+    buf[out[0]] = 0;
+    a->error = (const char *)buf;
+    return rc;
+  }
+  if (wsuper_reader_init(r, buf, (uint32_t)out[0], caps, (uint32_t)out[1]) != WSUPER_OK)
+    return wsuper_error(a, "malformed results"), WSUPER_E_MESSAGE;
+  return WSUPER_OK;
+}
+
+/* Inside wsuper_dispatch: read this call's params into the arena. */
+static inline int wsuper_read_params(wsuper_arena *a, wsuper_reader *r, int32_t len,
+                                     int32_t ncaps) {
+  uint8_t *buf = (uint8_t *)wsuper_alloc(a, (size_t)len);
+  int32_t *caps = WSUPER_ARRAY(a, int32_t, ncaps);
+  if (!buf || !caps) return WSUPER_E_NOMEM;
+  wsuper_params_read(buf, caps);
+  if (len == 0) { /* no params at all: an empty struct */
+    memset(r, 0, sizeof *r);
+    r->caps = caps;
+    r->ncaps = (uint32_t)ncaps;
+    return WSUPER_OK;
+  }
+  return wsuper_reader_init(r, buf, (uint32_t)len, caps, (uint32_t)ncaps);
+}
+
+static inline int wsuper_send_results(wsuper_builder *b) {
+  int32_t len;
+  if (b->failed) { wsuper_builder_free(b); return WSUPER_E_MESSAGE; }
+  const uint8_t *msg = wsuper_builder_bytes(b, &len);
+  int32_t rc = wsuper_results_set(msg, len, b->caps, (int32_t)b->ncaps);
+  wsuper_builder_free(b);
+  return rc;
+}
+
+/* End a dispatch that failed: the caller gets E_FAILED and this reason. */
+static inline int32_t wsuper_dispatch_failed(wsuper_arena *a, int rc) {
+  const char *why = a->error ? a->error
+                  : rc == WSUPER_E_MESSAGE ? "malformed message"
+                  : rc == WSUPER_E_UNIMPLEMENTED ? "method not implemented"
+                  : rc == WSUPER_E_NOMEM ? "out of memory" : "failed";
+  wsuper_fail(why, (int32_t)strlen(why));
+  return rc ? rc : WSUPER_E_FAILED;
+}
+
+/* A plugin that serves one interface: defines the wsuper_dispatch export.
+ *   #define WSUPER_SERVE_KV_STORE
+ *   #include "kv.h"
+ *   WSUPER_SERVE_ONLY(kv_store)                                            */
+#define WSUPER_SERVE_ONLY(name)                                                     \
+  __attribute__((export_name("wsuper_dispatch"))) int32_t wsuper_dispatch(         \
+      int32_t object, int64_t iface, int32_t method, int32_t len, int32_t ncaps) {  \
+    return name##_dispatch(object, iface, method, len, ncaps);                      \
+  }
+
+#endif /* WSUPER_H */

@@ -1,0 +1,485 @@
+"""`wsuper bindgen SCHEMA.capnp -o DIR`: C bindings for a schema's interfaces.
+
+For every interface the header has client stubs (call a capability as a
+function on its handle), a server skeleton (`NAME_dispatch`, calling the
+`NAME_serve_METHOD` functions the plugin defines), and C types for every
+struct, enum and list it uses.  Capabilities are `wsuper_cap` handles.  The
+generated code needs only `wsuper.h` (copied next to it), which holds the
+wire format: builder, checked reader and the calls of the guest ABI.
+
+Written for wsuper rather than taken from a Cap'n Proto C generator: the C
+generators that exist (c-capnproto) produce code for their own runtime and
+message ownership model, not for the handle-based guest ABI, and the part
+that matters here -- a reader that trusts nothing -- is small.
+
+Supported field types: Void, Bool, integers, floats, enums, Text, Data,
+structs, interfaces (handles), and lists of any of those but lists.  Unions,
+groups, AnyPointer, lists of lists and pointer-field defaults are refused
+with a message that names the field.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import capnp_schemas
+import compartments
+
+SDK_HEADER = os.path.join(os.path.dirname(os.path.abspath(compartments.__file__)), "sdk",
+                          "wsuper.h")
+
+# capnp type -> (C type, bits, list typedef, list element size code)
+_PRIM = {
+    "bool": ("bool", 1, "wsuper_list_bool", 1),
+    "int8": ("int8_t", 8, "wsuper_list_i8", 2), "uint8": ("uint8_t", 8, "wsuper_list_u8", 2),
+    "int16": ("int16_t", 16, "wsuper_list_i16", 3),
+    "uint16": ("uint16_t", 16, "wsuper_list_u16", 3),
+    "int32": ("int32_t", 32, "wsuper_list_i32", 4),
+    "uint32": ("uint32_t", 32, "wsuper_list_u32", 4),
+    "int64": ("int64_t", 64, "wsuper_list_i64", 5),
+    "uint64": ("uint64_t", 64, "wsuper_list_u64", 5),
+    "float32": ("float", 32, "wsuper_list_f32", 4), "float64": ("double", 64, "wsuper_list_f64", 5),
+    "enum": ("uint16_t", 16, "wsuper_list_u16", 3),
+}
+_C_KEYWORDS = set("""auto break case char const continue default do double else enum extern
+float for goto if inline int long register restrict return short signed sizeof static struct
+switch typedef union unsigned void volatile while bool""".split())
+
+
+class BindgenError(Exception):
+    """The schema uses something the C bindings do not support; the text names it."""
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _ident(name: str) -> str:
+    s = snake(name)
+    return s + "_" if s in _C_KEYWORDS else s
+
+
+class _Struct:
+    def __init__(self, schema, cname: str):
+        self.schema = schema
+        self.cname = cname
+        node = schema.node
+        self.dwords = node.struct.dataWordCount
+        self.ptrs = node.struct.pointerCount
+        self.fields: list[tuple] = []     # (kind, c name, details...)
+
+
+class Generator:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.module = capnp_schemas.load(path)
+        except Exception as e:  # noqa: BLE001 - pycapnp's parser errors are KjExceptions
+            raise BindgenError(f"{path}: cannot parse: {str(e).splitlines()[0]}") from None
+        self.base = os.path.splitext(os.path.basename(path))[0]
+        self.structs: dict[int, _Struct] = {}
+        self.order: list[_Struct] = []
+        self.enums: dict[int, tuple] = {}
+        self.interfaces: list[tuple] = []   # (schema, cname)
+        self.list_types: dict[str, str] = {}   # typedef name -> element C type
+        self._collect(self.module, self.module.schema.node)
+
+    # ------------------------------------------------------------ collecting
+
+    def _collect(self, parent, node):
+        for nested in node.nestedNodes:
+            child = getattr(parent, nested.name, None)
+            schema = getattr(child, "schema", None)
+            if schema is None:
+                continue
+            which = schema.node.which()
+            if which == "struct":
+                self._struct(schema)
+            elif which == "enum":
+                self._enum(schema)
+            elif which == "interface":
+                self._interface(schema)
+            self._collect(child, schema.node)
+
+    def _name(self, schema) -> str:
+        display = schema.node.displayName.split(":", 1)[-1]
+        return "_".join(snake(p) for p in display.split("."))
+
+    def _enum(self, schema) -> str:
+        nid = schema.node.id
+        if nid not in self.enums:
+            self.enums[nid] = (self._name(schema), dict(schema.enumerants))
+        return self.enums[nid][0]
+
+    def _interface(self, schema):
+        if any(s.node.id != schema.node.id for s in schema.superclasses):
+            raise BindgenError(f"{self.path}: interface {self._name(schema)} extends another "
+                               "interface; inheritance is not supported")
+        cname = self._name(schema)
+        self.interfaces.append((schema, cname))
+        for ordinal, method in enumerate(schema.node.interface.methods):
+            m = schema.methods[method.name]
+            for kind, s in (("params", m.param_type), ("results", m.result_type)):
+                if s.node.scopeId == 0:      # the implicit "(a, b)" struct of the method
+                    self._struct(s, f"{cname}_{snake(method.name)}_{kind}")
+                else:
+                    self._struct(s)
+
+    def _struct(self, schema, cname: str | None = None) -> _Struct:
+        nid = schema.node.id
+        if nid in self.structs:
+            return self.structs[nid]
+        st = self.structs[nid] = _Struct(schema, cname or self._name(schema))
+        where = f"{self.path}: {st.cname}"
+        if schema.node.struct.discriminantCount:
+            raise BindgenError(f"{where}: unions are not supported")
+        for field in schema.node.struct.fields:
+            fwhere = f"{where}.{field.name}"
+            if field.which() == "group":
+                raise BindgenError(f"{fwhere}: groups are not supported")
+            slot = field.slot
+            kind = slot.type.which()
+            if kind == "void":
+                continue
+            fschema = schema.fields[field.name].schema if kind in (
+                "struct", "list", "enum", "interface") else None
+            st.fields.append(self._field(fwhere, _ident(field.name), kind, slot, fschema))
+        self.order.append(st)
+        return st
+
+    def _field(self, where, name, kind, slot, fschema) -> tuple:
+        if kind in _PRIM:
+            default = getattr(slot.defaultValue, kind)
+            ctype = self._enum(fschema) if kind == "enum" else _PRIM[kind][0]
+            return ("prim", name, kind, slot.offset, _default_bits(kind, default), ctype)
+        if slot.hadExplicitDefault:
+            raise BindgenError(f"{where}: default values of {kind} fields are not supported")
+        if kind in ("text", "data"):
+            return (kind, name, slot.offset)
+        if kind == "interface":
+            return ("cap", name, slot.offset)
+        if kind == "struct":
+            return ("struct", name, slot.offset, self._struct(fschema).cname)
+        if kind == "list":
+            elem = slot.type.list.elementType.which()
+            if elem in _PRIM:
+                ctype = self._enum(fschema.elementType) if elem == "enum" else _PRIM[elem][0]
+                return ("plist", name, slot.offset, elem, _PRIM[elem][2], ctype)
+            if elem in ("text", "data"):
+                return ("plist", name, slot.offset, elem, f"wsuper_list_{elem}", f"wsuper_{elem}")
+            if elem == "interface":
+                return ("plist", name, slot.offset, elem, "wsuper_list_cap", "wsuper_cap")
+            if elem == "struct":
+                sub = self._struct(fschema.elementType)
+                self.list_types[f"{sub.cname}_list"] = sub.cname
+                return ("slist", name, slot.offset, sub.cname)
+            raise BindgenError(f"{where}: List({elem}) is not supported")
+        raise BindgenError(f"{where}: {kind} fields are not supported")
+
+    # ------------------------------------------------------------ emitting
+
+    def header(self) -> str:
+        guard = "WSUPER_GEN_" + re.sub(r"\W", "_", self.base).upper() + "_H"
+        out = [f"/* Generated by `wsuper bindgen` from {os.path.basename(self.path)}: do not edit.",
+               " * Calls: NAME_METHOD(arena, cap, params..., &results) -> 0 or WSUPER_E_*",
+               " * (arena.error says why).  Serving: #define WSUPER_SERVE_NAME before",
+               " * including, define NAME_serve_METHOD(), export wsuper_dispatch calling",
+               " * NAME_dispatch() (WSUPER_SERVE_ONLY(NAME) does that).  docs/plugins.md */",
+               f"#ifndef {guard}", f"#define {guard}", "", '#include "wsuper.h"', ""]
+        for cname, values in self.enums.values():
+            out.append(f"typedef uint16_t {cname};")
+            out += [f"#define {cname.upper()}_{snake(k).upper()} {v}" for k, v in values.items()]
+            out.append("")
+        for st in self.order:
+            out.append(f"typedef struct {st.cname} {st.cname};")
+        for lname, elem in self.list_types.items():
+            out.append(f"typedef struct {{ {elem} *items; uint32_t len; }} {lname};")
+        out.append("")
+        for st in self.order:
+            out.append(f"struct {st.cname} {{")
+            for f in st.fields:
+                out.append(f"  {self._ctype(f)} {f[1]};")
+            if not st.fields:
+                out.append("  char unused_;   /* C has no empty structs */")
+            out.append("};")
+            out.append(f"enum {{ {st.cname.upper()}_DWORDS = {st.dwords}, "
+                       f"{st.cname.upper()}_PTRS = {st.ptrs} }};")
+        out.append("")
+        for st in self.order:
+            out.append(f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, "
+                       f"const {st.cname} *v) WSUPER_UNUSED;")
+            out.append(f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, "
+                       f"wsuper_loc s, {st.cname} *out) WSUPER_UNUSED;")
+        out.append("")
+        for st in self.order:
+            out += self._fill(st) + self._load(st)
+        for schema, cname in self.interfaces:
+            out += self._client(schema, cname)
+        for schema, cname in self.interfaces:
+            out += self._server(schema, cname)
+        out += [f"#endif /* {guard} */", ""]
+        return "\n".join(out)
+
+    def _ctype(self, f) -> str:
+        kind = f[0]
+        if kind == "prim":
+            return f[5]
+        if kind in ("text", "data"):
+            return f"wsuper_{kind}"
+        if kind == "cap":
+            return "wsuper_cap"
+        if kind == "struct":
+            return f"{f[3]} *"
+        if kind == "plist":
+            return f[4]
+        return f"{f[3]}_list"
+
+    @staticmethod
+    def _ptr(st, index) -> str:
+        return f"at + {st.dwords + index}"
+
+    def _fill(self, st) -> list[str]:
+        out = [f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, const {st.cname} *v) {{"]
+        if not st.fields:
+            out.append("  (void)b; (void)at; (void)v;")
+        for f in st.fields:
+            kind, name = f[0], f[1]
+            if kind == "prim":
+                out.append("  " + _set_prim(f[2], "at", f[3], f"v->{name}", f[4]) + ";")
+            elif kind in ("text", "data"):
+                out.append(f"  wsuper_set_{kind}(b, {self._ptr(st, f[2])}, v->{name});")
+            elif kind == "cap":
+                out.append(f"  wsuper_set_cap(b, {self._ptr(st, f[2])}, v->{name});")
+            elif kind == "struct":
+                sub = self._by_name(f[3])
+                out.append(f"  if (v->{name}) {f[3]}_fill(b, wsuper_new_struct(b, "
+                           f"{self._ptr(st, f[2])}, {sub.dwords}, {sub.ptrs}), v->{name});")
+            elif kind == "plist":
+                elem, bits = f[3], _bits(f[3])
+                code = _PRIM[elem][3] if elem in _PRIM else 6
+                out.append(f"  if (v->{name}.items) {{")
+                out.append(f"    uint32_t l = wsuper_new_list(b, {self._ptr(st, f[2])}, {code}, "
+                           f"v->{name}.len);")
+                out.append(f"    for (uint32_t i = 0; i < v->{name}.len && !b->failed; i++) "
+                           + _set_elem(elem, bits, f"v->{name}.items[i]") + ";")
+                out.append("  }")
+            elif kind == "slist":
+                sub = self._by_name(f[3])
+                out.append(f"  if (v->{name}.items) {{")
+                out.append(f"    uint32_t l = wsuper_new_struct_list(b, {self._ptr(st, f[2])}, "
+                           f"v->{name}.len, {sub.dwords}, {sub.ptrs});")
+                out.append(f"    for (uint32_t i = 0; i < v->{name}.len && !b->failed; i++) "
+                           f"{f[3]}_fill(b, l + i * {sub.dwords + sub.ptrs}, &v->{name}.items[i]);")
+                out.append("  }")
+        return out + ["}", ""]
+
+    def _load(self, st) -> list[str]:
+        out = [f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, wsuper_loc s, "
+               f"{st.cname} *out) {{"]
+        out.append("  (void)a;")
+        if not st.fields:
+            out.append("  (void)r; (void)s; (void)out;")
+        for f in st.fields:
+            kind, name = f[0], f[1]
+            ptr = f"wsuper_ptr(s, {f[2]})" if kind != "prim" else None
+            if kind == "prim":
+                out.append(f"  out->{name} = " + _get_prim(f[2], f[3], f[4], f[5]) + ";")
+            elif kind in ("text", "data"):
+                out.append(f"  out->{name} = wsuper_get_{kind}(r, {ptr});")
+            elif kind == "cap":
+                out.append(f"  out->{name} = wsuper_get_cap(r, {ptr});")
+            elif kind == "struct":
+                out += [f"  {{ wsuper_loc t = wsuper_get_struct(r, {ptr});",
+                        f"    out->{name} = t.present ? WSUPER_ARRAY(a, {f[3]}, 1) : NULL;",
+                        f"    if (out->{name} && r->depth < WSUPER_MAX_DEPTH) {{ r->depth++; "
+                        f"{f[3]}_load(r, a, t, out->{name}); r->depth--; }}",
+                        f"    else if (t.present) {{ r->bad = true; out->{name} = NULL; }} }}"]
+            elif kind == "plist":
+                elem = f[3]
+                code = _PRIM[elem][3] if elem in _PRIM else 6
+                out += [f"  {{ uint32_t n, l = wsuper_get_list(r, {ptr}, {code}, &n);",
+                        f"    out->{name}.items = WSUPER_ARRAY(a, {f[5]}, n);",
+                        f"    out->{name}.len = out->{name}.items ? n : 0;",
+                        f"    if (!out->{name}.items) r->bad = true;",
+                        f"    for (uint32_t i = 0; i < out->{name}.len; i++) out->{name}.items[i] = "
+                        + _get_elem(elem, f[5]) + "; }"]
+            elif kind == "slist":
+                out += [f"  {{ uint32_t n; wsuper_loc first = wsuper_get_struct_list(r, {ptr}, &n);",
+                        f"    out->{name}.items = WSUPER_ARRAY(a, {f[3]}, n);",
+                        f"    out->{name}.len = out->{name}.items ? n : 0;",
+                        f"    if (!out->{name}.items) r->bad = true;",
+                        f"    if (r->depth >= WSUPER_MAX_DEPTH) out->{name}.len = 0, r->bad = true;",
+                        f"    r->depth++;",
+                        f"    for (uint32_t i = 0; i < out->{name}.len && !r->bad; i++) "
+                        f"{f[3]}_load(r, a, wsuper_element(first, i), &out->{name}.items[i]);",
+                        "    r->depth--; }"]
+        return out + ["}", ""]
+
+    def _by_name(self, cname) -> _Struct:
+        return next(s for s in self.order if s.cname == cname)
+
+    def _methods(self, schema, cname):
+        for ordinal, method in enumerate(schema.node.interface.methods):
+            m = schema.methods[method.name]
+            yield (ordinal, snake(method.name), self.structs[m.param_type.node.id],
+                   self.structs[m.result_type.node.id])
+
+    def _client(self, schema, cname) -> list[str]:
+        out = [f"/* ---- interface {schema.node.displayName.split(':', 1)[-1]}: client */",
+               f"#define {cname.upper()}_ID UINT64_C({schema.node.id:#x})"]
+        for ordinal, mname, params, results in self._methods(schema, cname):
+            out.append(f"#define {cname.upper()}_{mname.upper()} {ordinal}")
+        out.append("")
+        for ordinal, mname, params, results in self._methods(schema, cname):
+            args = ["wsuper_arena *arena_", "wsuper_cap cap_"]
+            for f in params.fields:
+                t = self._ctype(f)
+                args.append(f"const {f[3]} *{f[1]}" if f[0] == "struct" else f"{t} {f[1]}")
+            if results.fields:
+                args.append(f"{results.cname} *out_")
+            out.append(f"static int {cname}_{mname}({', '.join(args)}) WSUPER_UNUSED;")
+            out.append(f"static int {cname}_{mname}({', '.join(args)}) {{")
+            out.append(f"  {params.cname} in_;")
+            out.append("  memset(&in_, 0, sizeof in_);")
+            for f in params.fields:
+                cast = f"({f[3]} *)" if f[0] == "struct" else ""
+                out.append(f"  in_.{f[1]} = {cast}{f[1]};")
+            out += ["  wsuper_builder b_;", "  wsuper_reader r_;", "  wsuper_builder_init(&b_);",
+                    f"  {params.cname}_fill(&b_, wsuper_new_struct(&b_, 0, {params.dwords}, "
+                    f"{params.ptrs}), &in_);",
+                    f"  int rc_ = wsuper_invoke(arena_, cap_, {cname.upper()}_ID, {ordinal}, "
+                    "&b_, &r_);"]
+            if results.fields:
+                out += ["  if (rc_ != WSUPER_OK) return rc_;",
+                        "  memset(out_, 0, sizeof *out_);",
+                        f"  {results.cname}_load(&r_, arena_, wsuper_root(&r_), out_);",
+                        "  if (r_.bad) return wsuper_error(arena_, \"malformed results\"), "
+                        "WSUPER_E_MESSAGE;", "  return WSUPER_OK;"]
+            else:
+                out.append("  if (rc_ == WSUPER_OK) (void)r_;")
+                out.append("  return rc_;")
+            out += ["}", ""]
+        return out
+
+    def _server(self, schema, cname) -> list[str]:
+        up = cname.upper()
+        out = [f"/* ---- interface {schema.node.displayName.split(':', 1)[-1]}: server */",
+               f"#ifdef WSUPER_SERVE_{up}"]
+        methods = list(self._methods(schema, cname))
+        for ordinal, mname, params, results in methods:
+            out.append(f"int {cname}_serve_{mname}(wsuper_arena *a, int32_t object, "
+                       f"const {params.cname} *in, {results.cname} *out);")
+        out += ["",
+                f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
+                "int32_t len, int32_t ncaps) WSUPER_UNUSED;",
+                f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
+                "int32_t len, int32_t ncaps) {",
+                f"  if ((uint64_t)iface != {up}_ID) return WSUPER_E_UNIMPLEMENTED;",
+                "  wsuper_arena a = {0, 0};", "  wsuper_reader r;", "  wsuper_builder b;",
+                "  int rc = wsuper_read_params(&a, &r, len, ncaps);",
+                "  if (rc == WSUPER_OK) switch (method) {"]
+        for ordinal, mname, params, results in methods:
+            out += [f"  case {ordinal}: {{",
+                    f"    {params.cname} in;", f"    {results.cname} out;",
+                    "    memset(&in, 0, sizeof in);", "    memset(&out, 0, sizeof out);",
+                    f"    {params.cname}_load(&r, &a, wsuper_root(&r), &in);",
+                    "    if (r.bad) { rc = WSUPER_E_MESSAGE; break; }",
+                    f"    rc = {cname}_serve_{mname}(&a, object, &in, &out);",
+                    "    if (rc != WSUPER_OK) break;",
+                    "    wsuper_builder_init(&b);",
+                    f"    {results.cname}_fill(&b, wsuper_new_struct(&b, 0, {results.dwords}, "
+                    f"{results.ptrs}), &out);",
+                    "    rc = wsuper_send_results(&b);",
+                    "    break;", "  }"]
+        out += ["  default: rc = WSUPER_E_UNIMPLEMENTED;", "  }",
+                "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(&a, rc);",
+                "  wsuper_arena_free(&a);", "  return rc;", "}", "#endif", ""]
+        return out
+
+
+def _default_bits(kind, default) -> int:
+    import struct as _s
+    if kind == "float32":
+        return _s.unpack("<I", _s.pack("<f", default))[0]
+    if kind == "float64":
+        return _s.unpack("<Q", _s.pack("<d", default))[0]
+    if kind == "bool":
+        return int(bool(default))
+    if kind == "enum":
+        return int(default.raw if hasattr(default, "raw") else default)
+    bits = _PRIM[kind][1]
+    return int(default) & ((1 << bits) - 1)
+
+
+def _bits(kind) -> int:
+    return _PRIM[kind][1] if kind in _PRIM else 64
+
+
+def _set_prim(kind, at, offset, value, default) -> str:
+    bits = _PRIM[kind][1]
+    if bits == 1:
+        return f"wsuper_set_bool(b, {at}, {offset}, ({value}) ^ {default})"
+    if kind == "float32":
+        value = f"wsuper_f32_bits({value})"
+    elif kind == "float64":
+        value = f"wsuper_f64_bits({value})"
+    x = f" ^ UINT{bits}_C({default:#x})" if default else ""
+    return f"wsuper_set_u{bits}(b, {at}, {offset * bits // 8}, (uint{bits}_t)({value}){x})"
+
+
+def _get_prim(kind, offset, default, ctype) -> str:
+    bits = _PRIM[kind][1]
+    if bits == 1:
+        return f"wsuper_get_bool(r, s, {offset}) ^ {default}"
+    x = f" ^ UINT{bits}_C({default:#x})" if default else ""
+    raw = f"(wsuper_get_u{bits}(r, s, {offset * bits // 8}){x})"
+    if kind == "float32":
+        return f"wsuper_bits_f32({raw})"
+    if kind == "float64":
+        return f"wsuper_bits_f64({raw})"
+    return f"({ctype}){raw}"
+
+
+def _set_elem(elem, bits, value) -> str:
+    if elem in ("text", "data"):
+        return f"wsuper_set_{elem}(b, l + i, {value})"
+    if elem == "interface":
+        return f"wsuper_set_cap(b, l + i, {value})"
+    if bits == 1:
+        return f"wsuper_set_bool(b, l, i, {value})"
+    if elem == "float32":
+        value = f"wsuper_f32_bits({value})"
+    elif elem == "float64":
+        value = f"wsuper_f64_bits({value})"
+    return f"wsuper_set_u{bits}(b, l, i * {bits // 8}, (uint{bits}_t)({value}))"
+
+
+def _get_elem(elem, ctype) -> str:
+    if elem in ("text", "data"):
+        return f"wsuper_get_{elem}(r, l + i)"
+    if elem == "interface":
+        return "wsuper_get_cap(r, l + i)"
+    bits = _bits(elem)
+    if bits == 1:
+        return "(r->seg[(size_t)l * 8 + i / 8] >> (i % 8)) & 1"
+    raw = f"wsuper_elem_u{bits}(r, l, i)"
+    if elem == "float32":
+        return f"wsuper_bits_f32({raw})"
+    if elem == "float64":
+        return f"wsuper_bits_f64({raw})"
+    return f"({ctype}){raw}"
+
+
+def generate(schema_path: str, out_dir: str) -> list[str]:
+    """Write NAME.h (and wsuper.h) into out_dir; returns the paths written."""
+    gen = Generator(schema_path)
+    if not gen.interfaces and not gen.order:
+        raise BindgenError(f"{schema_path}: no interfaces or structs to bind")
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, gen.base + ".h")
+    with open(target, "w") as f:
+        f.write(gen.header())
+    runtime = os.path.join(out_dir, "wsuper.h")
+    shutil.copyfile(SDK_HEADER, runtime)
+    return [target, runtime]
