@@ -50,7 +50,7 @@ E = type("E", (), {k[1:]: v for k, v in ERRNO.items() if k.startswith("E") and k
 FILETYPE_CHAR, FILETYPE_DIR, FILETYPE_FILE, FILETYPE_OTHER = 2, 3, 4, 0
 FDFLAGS_APPEND = 1
 OFLAGS_CREAT, OFLAGS_DIRECTORY, OFLAGS_EXCL, OFLAGS_TRUNC = 1, 2, 4, 8
-RIGHT_FD_READ, RIGHT_FD_WRITE = 1 << 1, 1 << 6
+RIGHT_FD_READ, RIGHT_FD_SEEK, RIGHT_FD_TELL, RIGHT_FD_WRITE = 1 << 1, 1 << 2, 1 << 5, 1 << 6
 ALL_RIGHTS = (1 << 29) - 1
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
 MAX_IO = 1 << 20            # bytes moved by one read or write call (the File limit)
@@ -340,7 +340,8 @@ class Wasi:
         for i in range(count):
             userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
             if tag == 0:
-                _clock, timeout, _precision, flags = struct.unpack_from("<IQQH", raw, 48 * i + 16)
+                _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw,
+                                                                        48 * i + 16)
                 if flags & 1:                  # absolute time: not supported
                     ready.append((userdata, E.NOTSUP, tag))
                 else:
@@ -405,6 +406,8 @@ class Wasi:
         if d.kind == "dir":
             return ALL_RIGHTS & ~(RIGHT_FD_READ | RIGHT_FD_WRITE)
         base = ALL_RIGHTS & ~(RIGHT_FD_READ | RIGHT_FD_WRITE)
+        if d.kind == "log":     # a terminal to libc (isatty): stdout is line-buffered
+            base &= ~(RIGHT_FD_SEEK | RIGHT_FD_TELL)
         return base | (RIGHT_FD_READ if d.readable else 0) | (RIGHT_FD_WRITE if d.writable else 0)
 
     def fd_fdstat_get(self, fd, out):

@@ -27,6 +27,7 @@ GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_
               "calls_per_second", "path", "read_only", "append_only", "subdir",
               "max_bytes_written", "args", "vars", "mount"}
 GRANT_TARGETS = ("compartment", "host")
+SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
 
 class PolicyError(Exception):
@@ -478,8 +479,11 @@ def _grant(where, key, name, spec) -> Grant:
         p = spec["path"]
         if not isinstance(p, str) or not p or "\0" in p:
             raise where.error(f"{key}.path", f"must be a path, not {p!r}")
+        if p.startswith(SYSTEM_DIR + "/"):     # the one variable: where this file is
+            p = os.path.dirname(os.path.abspath(where.path)) + p[len(SYSTEM_DIR):]
         if not p.startswith("/"):
-            raise where.error(f"{key}.path", f"{p!r} is relative; grant an absolute path")
+            raise where.error(f"{key}.path", f"{p!r} is relative; grant an absolute path "
+                              f"(or one that starts with {SYSTEM_DIR}/)")
         if ".." in p.split("/"):
             raise where.error(f"{key}.path", f"{p!r} contains '..'; name the directory itself")
         files["path"] = os.path.normpath(p)

@@ -242,6 +242,7 @@ class Audit:
 class Denied:
     """A call refused by attenuation: shown on the terminal."""
     text: str
+    caller: str = ""
 
 
 @attrs.frozen
@@ -659,7 +660,8 @@ class Router:
                 raise CallError("not a capability")
         except CallError as e:
             if isinstance(e, _Denial):
-                self._out.append(Denied(f"denied: {call.reply[0].name} -> {e.reason}"))
+                self._out.append(Denied(f"denied: {call.reply[0].name} -> {e.reason}",
+                                        call.reply[0].name))
             self._fail(call.reply, e)
             self._sweep(call.caps)
 

@@ -20,7 +20,7 @@ from compartments import confine
 from . import router as R
 from .preflight import Plan
 from .process import Zygote
-from .supervision import Supervision
+from .supervision import Supervision, Throttle
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05      # call_time is enforced to within this
@@ -112,6 +112,7 @@ class Supervisor:
         self.supervision = {c.name: Supervision(c.restart)
                             for c in self.system.compartments.values()}
         self.exit_code = 0
+        self.denials = Throttle(per_second=5)
         self._done = trio.Event()
         self._stderr_tail: dict[str, collections.deque] = {}
 
@@ -428,7 +429,12 @@ class Supervisor:
             elif isinstance(e, R.Notice):
                 self.say(f"wsuper: {e.text}")
             elif isinstance(e, R.Denied):
-                self.say(f"wsuper: {e.text}")
+                show, hidden = self.denials.admit(e.caller, trio.current_time())
+                if hidden:
+                    self.say(f"wsuper: ({hidden} more denials for {e.caller} were not shown; "
+                             f"the audit file has every call)")
+                if show:
+                    self.say(f"wsuper: {e.text}")
             elif isinstance(e, R.Audit):
                 self._write_audit(e.record)
         self._write_all(batch)

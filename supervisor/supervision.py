@@ -54,3 +54,26 @@ class Supervision:
         delay = min(p.restart_delay * (2 ** len(self._restarts)), MAX_DELAY)
         self._restarts.append(now)
         return Decision("restart", delay, len(self._restarts))
+
+
+class Throttle:
+    """At most `per_second` terminal lines per key (a caller) in each one-second
+    window; the rest are counted, and the count is reported with the next line
+    shown.  A compartment that floods denials cannot flood the terminal."""
+
+    def __init__(self, per_second: int = 5):
+        self.per_second = per_second
+        self._windows: dict[str, list] = {}   # key -> [window start, shown, suppressed]
+
+    def admit(self, key: str, now: float) -> tuple[bool, int]:
+        """(show this line?, lines suppressed since the last one shown)."""
+        w = self._windows.setdefault(key, [now, 0, 0])
+        suppressed = 0
+        if now - w[0] >= 1.0:
+            suppressed, w[:] = w[2], [now, 0, 0]
+        if w[1] < self.per_second:
+            w[1] += 1
+            return True, suppressed
+        w[2] += 1
+        return False, 0
+

@@ -25,3 +25,13 @@ def test_restarts_older_than_the_window_are_forgotten():
 def test_never_means_never():
     s = Supervision(RestartPolicy("never"))
     assert s.decide(0, abnormal=True).action == "stop"
+
+
+def test_denial_lines_are_throttled_per_caller_and_the_rest_counted():
+    from supervisor.supervision import Throttle
+    t = Throttle(per_second=2)
+    assert [t.admit("bad", 0.1 * i) for i in range(5)] == \
+        [(True, 0), (True, 0), (False, 0), (False, 0), (False, 0)]
+    assert t.admit("good", 0.3) == (True, 0)          # another caller is not held back
+    assert t.admit("bad", 1.2) == (True, 3)           # a new window: three were hidden
+    assert t.admit("bad", 1.3) == (True, 0)

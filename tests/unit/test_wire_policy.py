@@ -116,6 +116,18 @@ def test_directory_grant_keys_subdir_and_write_quota():
                      'l = { host = "log", max_bytes_written = 5 }\n', "/s/s.toml")
 
 
+def test_system_dir_is_the_only_way_to_a_path_that_is_not_absolute():
+    s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'd = { host = "directory", path = "${SYSTEM_DIR}/data" }\n',
+                     "/srv/sys/system.toml")
+    assert s.compartments["a"].grants[0].path == "/srv/sys/data"
+    for bad, msg in (('"data"', "is relative"), ('"${SYSTEM_DIR}/../etc"', "contains '..'"),
+                     ('"$SYSTEM_DIR/data"', "is relative")):
+        with pytest.raises(policy.PolicyError, match=msg):
+            policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                         f'd = {{ host = "directory", path = {bad} }}\n', "/srv/sys/s.toml")
+
+
 def test_mount_names_a_directory_for_wasi_programs_only():
     s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                      'd = { host = "directory", path = "/srv", mount = "." }\n', "/s/system.toml")

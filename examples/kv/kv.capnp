@@ -1,0 +1,14 @@
+@0xb2d6c1e0f4a39b17;
+# A key-value store that persists to an append-only file (store.c), its
+# client (client.c), and a listener the store is handed at run time.
+
+interface Store {
+  put @0 (key :Text, value :Text) -> ();
+  get @1 (key :Text) -> (value :Text, found :Bool);
+  keys @2 () -> (keys :List(Text));
+  subscribe @3 (listener :Listener) -> ();   # called back on every put
+}
+
+interface Listener {
+  changed @0 (key :Text, value :Text) -> ();
+}

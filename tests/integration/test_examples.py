@@ -1,0 +1,94 @@
+"""The C example plugins of examples/kv, built from source with `wsuper build`
+(clang, lld, wasi-libc) and run under `wsuper up`."""
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import ROOT, external_client, run_wsuper
+
+
+@pytest.fixture(scope="module")
+def kv(tmp_path_factory):
+    """A copy of examples/kv (and the policy it uses) with its plugins built."""
+    top = tmp_path_factory.mktemp("kv")
+    here = top / "examples" / "kv"
+    shutil.copytree(os.path.join(ROOT, "examples", "kv"), here,
+                    ignore=shutil.ignore_patterns("build", "data"))
+    (top / "policies").mkdir()
+    shutil.copy(os.path.join(ROOT, "policies", "kv-client.toml"), top / "policies")
+    for name in ("store", "client", "hostile"):
+        r = run_wsuper("build", str(here / f"{name}.c"), "--schema", str(here / "kv.capnp"),
+                       "-o", str(here / "build" / f"{name}.wasm"), timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert ("reactor" if name == "store" else "command") in r.stdout
+    return here
+
+
+def _fresh_data(kv):
+    shutil.rmtree(kv / "data", ignore_errors=True)
+    (kv / "data").mkdir()
+
+
+def test_the_store_persists_to_its_append_only_file(kv):
+    _fresh_data(kv)
+    for run in (1, 2):
+        r = run_wsuper("up", str(kv / "system.toml"), timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        client = [l for l in r.stdout.splitlines() if l.startswith("[client]")]
+        assert client == [
+            f"[client] client: told that runs is now {run}",     # the store called back
+            "[client] client: told that greeting is now hello",
+            "[client] client: the store holds 2 keys: runs greeting",
+            f"[client] client: this is run {run} (the count survives restarts in the "
+            "append-only log)"]
+    assert "[store] store: replayed 2 records from /data/kv.log" in r.stdout
+    assert (kv / "data" / "kv.log").read_text() == \
+        "runs\t1\ngreeting\thello\nruns\t2\ngreeting\thello\n"
+    records = [json.loads(l) for l in open(kv / "data" / "audit.jsonl")]
+    calls = {(x["caller"], x["capability"].split(" ")[0], x["method"]) for x in records}
+    assert {("client", "client.kv", "subscribe"), ("client", "client.kv", "put"),
+            ("store", "store.data>Directory.open", "append")} <= calls, calls
+    # the Listener the client handed over at run time, called by the store
+    assert any(x["caller"] == "store" and x["method"] == "changed" for x in records)
+
+
+def test_a_hostile_plugin_is_contained(kv, wsuper):
+    _fresh_data(kv)
+    (kv / "data" / "kv.log").write_text("runs\t41\n")
+    sock = kv / "data" / "ext.sock"
+    run = wsuper("up", str(kv / "hostile.toml"), "--socket", str(sock))
+    run.wait_for("hostile: looping now", timeout=60)
+    # a compartment spinning forever hurts nobody: the store still answers
+    import capnp_schemas
+    schema = capnp_schemas.load(str(kv / "kv.capnp"))
+
+    async def body(gateway):
+        store = (await gateway.get("store")).cap.as_interface(schema.Store)
+        got = await store.get("runs")
+        return got.found, got.value
+    assert external_client(str(sock), body) == (True, "41")
+    run.stop()
+    out = [l for l in run.lines if l.startswith("[hostile]") and "flood line" not in l]
+    assert out[:7] == [
+        "[hostile] hostile: read /etc/passwd -> Capabilities insufficient",
+        "[hostile] hostile: read ../data/kv.log -> Capabilities insufficient",
+        "[hostile] hostile: read /data/kv.log -> Capabilities insufficient",
+        "[hostile] hostile: write /public/readme.txt -> Read-only file system",
+        "[hostile] hostile: put through kv -> -2 (hostile.kv: Store.put is not allowed "
+        "(allow = [Store.get]))",
+        "[hostile] hostile: get through forged handle 999 -> -1 (handle 999 is not in this "
+        "compartment's c-list)",
+        "[hostile] hostile: get through kv -> 0 (41)"], out
+    refused = int(out[7].split(", ")[1].split()[0])
+    assert out[7].startswith("[hostile] hostile: 200 quick gets, ") and refused > 100
+    floods = [l for l in run.lines if "flood line" in l]
+    assert 0 < len(floods) < 100              # log_rate = 20: most of 1000 lines refused
+    denials = [l for l in run.lines if l.startswith("wsuper: denied: hostile")]
+    assert len(denials) < 20                  # the terminal is not flooded either
+    assert (kv / "data" / "kv.log").read_text() == "runs\t41\n"
+    records = [json.loads(l) for l in open(kv / "data" / "hostile-audit.jsonl")]
+    assert any(x["caller"] == "hostile" and x["method"] == "put" and x["outcome"] == "denied"
+               for x in records)
+    assert sum(x["caller"] == "hostile" and x["outcome"] == "denied" for x in records) > 100

@@ -1,0 +1,40 @@
+"""docs/tutorial.md, run as written: its files, its commands, its output."""
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+TUTORIAL = os.path.join(ROOT, "docs", "tutorial.md")
+
+
+def _wsuper(args, cwd):
+    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_tutorial_works_as_written(tmp_path):
+    text = open(TUTORIAL, encoding="utf-8").read()
+    files = re.findall(r"^`([\w.]+)`:\n\n```\w*\n(.*?)```", text, re.M | re.S)
+    assert [name for name, _ in files] == ["greeter.capnp", "greeter.c", "app.c", "system.toml"]
+    for name, body in files:
+        (tmp_path / name).write_text(body)
+    commands = re.findall(r"^    (wsuper .*)$", text, re.M)
+    assert commands[:3] == [
+        "wsuper build greeter.c --schema greeter.capnp -o build/greeter.wasm",
+        "wsuper build app.c --schema greeter.capnp -o build/app.wasm",
+        "wsuper up system.toml"]
+    for cmd in commands[:2]:
+        r = _wsuper(cmd.split()[1:], tmp_path)
+        assert r.returncode == 0, r.stderr
+    r = _wsuper(["up", "system.toml"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    expected = re.search(r"    wsuper up system.toml\n\n```\n(.*?)```", text, re.S).group(1)
+
+    def normal(lines):
+        return sorted(re.sub(r"pid=\d+", "pid=...", l) for l in lines.splitlines() if l)
+    assert normal(r.stdout) == normal(expected)
+    check = re.search(r"^    (wsuper check .*)$", text, re.M).group(1)
+    r = _wsuper(check.split()[1:], tmp_path)
+    assert r.returncode == 0 and "could reach greeter.greet: app" in r.stdout, r.stdout
