@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 DEBIAN_PACKAGES = ("clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32")
+RUST_PACKAGES = ("rustc", "libstd-rust-dev-wasm32")
 TARGET = "wasm32-wasi"
 
 
@@ -55,3 +56,28 @@ def build(sources, output: str, **options) -> str:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
         raise ToolchainError(f"building {output} failed:\n{text}")
     return output
+
+
+def rustc() -> str:
+    """A rustc that has the wasm32-wasi standard library (Debian's, by default)."""
+    for candidate in (os.environ.get("WSUPER_RUSTC"), "/usr/bin/rustc", shutil.which("rustc")):
+        if not candidate or not os.path.exists(candidate):
+            continue
+        r = subprocess.run([candidate, "--print", "sysroot"], capture_output=True, text=True)
+        if r.returncode == 0 and os.path.isdir(os.path.join(r.stdout.strip(), "lib", "rustlib",
+                                                            "wasm32-wasi")):
+            return candidate
+    raise ToolchainError("no rustc with the wasm32-wasi standard library: run ./scripts/setup "
+                         f"(it installs the Debian packages {' '.join(RUST_PACKAGES)}) or set "
+                         "WSUPER_RUSTC")
+
+
+def build_rust(source: str, output: str) -> str:
+    """Compile one Rust file (no crates) to a wasm32-wasi program."""
+    cmd = [rustc(), "--target", "wasm32-wasi", "-O", "-C", "debuginfo=0",
+           "-C", "link-arg=--strip-debug", "-o", output, source]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise ToolchainError(f"building {output} failed:\n{(r.stderr or r.stdout).strip()}")
+    return output
+

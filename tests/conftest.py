@@ -96,6 +96,7 @@ def wasi_guests(tmp_path_factory):
     built = {}
     for name in ("posix", "probe"):
         built[name] = toolchain.build([os.path.join(src, name + ".c")], str(out / f"{name}.wasm"))
+    built["rustfs"] = toolchain.build_rust(os.path.join(src, "rustfs.rs"), str(out / "rustfs.wasm"))
     return built
 
 

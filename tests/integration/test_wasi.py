@@ -60,6 +60,23 @@ random = {{ host = "random" }}
             ("app.stdout", "write")} <= used, used
 
 
+def test_a_rust_program_uses_std_fs_env_and_args_on_its_grants(tmp_path, wasi_guests):
+    data = tmp_path / "data"
+    data.mkdir()
+    system = _system(tmp_path, wasi_guests["rustfs"], f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+env = {{ host = "environment", args = ["--flag", "x"], vars = {{ MODE = "fast" }} }}
+clock = {{ host = "clock" }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ['args ["--flag", "x"]', "MODE=fast",
+                         'read back: "written by rust\\n"', 'dir: ["rust.txt"]',
+                         "outside: true", "time ok: true"], r.stdout + r.stderr
+    assert "finished app exit=4" in r.stdout
+    assert (data / "rust.txt").read_text() == "written by rust\n"
+
+
 def test_without_grants_a_program_gets_nothing(tmp_path, wasi_guests):
     (tmp_path / "mine.txt").write_text("mine\n")
     system = _system(tmp_path, wasi_guests["probe"], """
