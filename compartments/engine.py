@@ -26,6 +26,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 import wasmtime
 
@@ -149,6 +150,7 @@ class Engine:
         self.control = object()
         self._outgoing: list[bytes] = []
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
+        self.call_times: list[int] | None = None  # ns per outgoing call (WSUPER_STATS=1)
         self._load(module_path, compiled)
 
     # ------------------------------------------------------------ wasm
@@ -297,9 +299,12 @@ class Engine:
 
     def invoke(self, import_id, interface_id, method_id, content, caps=()) -> protocol.Payload:
         """Call a capability we import and wait for its answer (serving calls meanwhile)."""
+        t0 = time.perf_counter_ns()
         qid, data = self.conn.send_call(import_id, interface_id, method_id, content, list(caps))
         self._send(data)
         ret = self._wait_for(qid)
+        if self.call_times is not None:
+            self.call_times.append(time.perf_counter_ns() - t0)
         if ret.finish_needed:
             self._send(self.conn.send_finish(qid))
         if ret.payload is None:
@@ -561,9 +566,20 @@ class Engine:
             finally:
                 if self.wasi is not None:
                     self.wasi.flush_all()
+                if self.call_times:
+                    self._report_call_times()
             results = _RunResults.new_message(exitCode=code)
             return Content.standalone(results.to_segments()), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
+
+    def _report_call_times(self):
+        """One stderr line: the distribution of this program's outgoing call times."""
+        t = sorted(self.call_times)
+        self.call_times = []
+        pick = lambda q: t[min(len(t) - 1, int(q * len(t)))] / 1000   # noqa: E731
+        print(f"call-stats n={len(t)} mean_us={sum(t) / len(t) / 1000:.1f} "
+              f"p50_us={pick(0.5):.1f} p99_us={pick(0.99):.1f} max_us={t[-1] / 1000:.1f}",
+              file=sys.stderr, flush=True)
 
     def _dispatch(self, ev):
         if len(self.frames) >= MAX_NESTING:
@@ -695,6 +711,8 @@ def main(argv=None, compiled: bytes | None = None):
     ap.add_argument("--module", required=True)
     ap.add_argument("--exports", action="store_true")
     ap.add_argument("--parent", type=int, default=0)
+    ap.add_argument("--stats", action="store_true",
+                    help="time outgoing calls; report them on stderr when the program ends")
     for flag in ("memory", "table-elements", "fuel-per-call", "handles", "message-size"):
         ap.add_argument(f"--{flag}", type=int)
     args = ap.parse_args(argv)
@@ -711,6 +729,8 @@ def main(argv=None, compiled: bytes | None = None):
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    if args.stats:
+        engine.call_times = []
     engine.confine()
     try:
         engine.serve()

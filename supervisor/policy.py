@@ -19,7 +19,8 @@ HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas", "audit"}
+SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits"}
+EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy"}
 POLICY_KEYS = {"grants", "limits"}
@@ -110,6 +111,7 @@ class System:
     schemas: tuple = ()         # absolute paths
     socket: str | None = None   # absolute path, if set in the file
     audit: str | None = None    # absolute path of the audit log (JSON lines), if any
+    external_limits: "Limits" = None   # per external client connection (defaults if None)
 
     @property
     def external(self) -> tuple:
@@ -155,6 +157,12 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     audit = system.get("audit")
     if audit is not None:
         audit = _path(where, "system.audit", audit, base)
+    external_limits = None
+    if "external_limits" in system:
+        table = system["external_limits"]
+        _table(where, "system.external_limits", table)
+        _only(where, "system.external_limits", table, EXTERNAL_LIMIT_KEYS)
+        external_limits = _limits(where, "system.external_limits", table)
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -220,7 +228,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             elif g.target not in HOST_CAPS:
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
-    return System(os.path.abspath(path), compartments, schemas, socket, audit)
+    return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits)
 
 
 def load(path: str) -> System:

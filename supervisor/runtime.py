@@ -20,6 +20,7 @@ from compartments import confine
 from . import router as R
 from .preflight import Plan
 from .process import Zygote
+from .policy import Limits
 from .supervision import Supervision, Throttle
 
 GRACE_SECONDS = 2.0
@@ -95,10 +96,10 @@ class Supervisor:
         self.socket_path = socket_path or self.system.socket or \
             default_socket_path(self.system.path)
         self.router = R.Router(plan.main_interface, self.system.external, {
-            c.name: R.PeerLimits(c.limits.in_flight, c.limits.handles, c.limits.message_size,
-                                 c.limits.call_time, c.limits.log_rate)
+            c.name: _peer_limits(c.limits)
             for c in self.system.compartments.values()}, clock=trio.current_time,
-            names=plan.names, audit=self.system.audit is not None)
+            names=plan.names, audit=self.system.audit is not None,
+            external_limits=_peer_limits(self.system.external_limits or Limits()))
         self._audit_file = None
         self._bound: dict[str, bool] = {}
         self.links: dict[int, _Link] = {}
@@ -113,6 +114,9 @@ class Supervisor:
                             for c in self.system.compartments.values()}
         self.exit_code = 0
         self.denials = Throttle(per_second=5)
+        # WSUPER_STATS=1: engines time their calls, and start-up times are shown
+        self.stats = os.environ.get("WSUPER_STATS") == "1"
+        self._spawned_at: dict[str, float] = {}
         self._done = trio.Event()
         self._stderr_tail: dict[str, collections.deque] = {}
 
@@ -178,6 +182,9 @@ class Supervisor:
                 "--parent", str(self.zygote.pid)]
         if comp.exports:
             args.append("--exports")
+        if self.stats:
+            args.append("--stats")
+            self._spawned_at[comp.name] = trio.current_time()
         lim = comp.limits
         args += ["--memory", str(lim.memory), "--table-elements", str(lim.table_elements),
                  "--fuel-per-call", str(lim.fuel_per_call), "--handles", str(lim.handles),
@@ -460,6 +467,9 @@ class Supervisor:
         base = os.path.dirname(self.system.path) + os.sep
         rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
         self.say(f"ready {comp.name} pid={proc.pid} module={rel}")
+        if self.stats and comp.name in self._spawned_at:
+            ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
+            self.say(f"stats start {comp.name} {ms:.2f} ms")
         if self.all_started:                     # a restart: run its program again
             if e.program:
                 self.running.add(e.compartment)
@@ -522,3 +532,8 @@ def _printable(text: str) -> str:
 
 async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
     return await Supervisor(plan, socket_path, out).run()
+
+
+def _peer_limits(lim: Limits) -> R.PeerLimits:
+    return R.PeerLimits(lim.in_flight, lim.handles, lim.message_size, lim.call_time, lim.log_rate)
+

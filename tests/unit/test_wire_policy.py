@@ -152,3 +152,12 @@ def test_environment_grants_take_args_and_vars_and_nothing_else_does():
         with pytest.raises(policy.PolicyError, match=msg):
             policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                          f'e = {bad}\n', "/s/s.toml")
+
+
+def test_external_limits_take_the_connection_limits_only():
+    s = policy.parse('[system]\nexternal_limits = { in_flight = 256 }\n[compartments.a]\n'
+                     'module = "a.wat"\n', "/s/s.toml")
+    assert s.external_limits.in_flight == 256
+    with pytest.raises(policy.PolicyError, match="system.external_limits.memory: unknown key"):
+        policy.parse('[system]\nexternal_limits = { memory = "1MiB" }\n[compartments.a]\n'
+                     'module = "a.wat"\n', "/s/s.toml")

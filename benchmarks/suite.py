@@ -1,0 +1,589 @@
+"""The benchmark suite: one command, every figure with its baselines.
+
+    .venv/bin/python benchmarks/suite.py            # full: about 5 minutes here
+    .venv/bin/python benchmarks/suite.py --quick    # smoke: every figure, tiny sizes
+
+Writes benchmarks/results/latest.json and latest.md (the table that
+docs/performance.md quotes) and prints the table.  Latency figures are
+measured on 2 cores and again under `taskset -c 0`, in several rounds; each
+round measures the baselines right before wsuper, and every ratio is taken
+within a round, then the median over rounds is reported with the spread
+(min..max) of the rounds.
+
+Baselines, measured in the same run:
+  C relay       A -> R -> B -> R -> A over socketpairs, 64-byte messages (relay.c)
+  Python relay  the same in plain Python
+  pycapnp       its own RPC: a client calling a server directly, and through a
+                relay process that hands B's capability to A (peers.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+EX = os.path.join(ROOT, "examples", "calc")
+PY = sys.executable
+
+CALC_ID, LOG_ID, FILE_ID = 0xc0ffee0000000001, 0xa05a5e2c6b2f6d01, 0xa05a5e2c6b2f6d07
+
+
+# ---------------------------------------------------------------- helpers
+
+def _stats(times: list[float]) -> dict:
+    t = sorted(times)
+    return {"p50_us": t[len(t) // 2], "p99_us": t[min(len(t) - 1, int(len(t) * .99))],
+            "mean_us": sum(t) / len(t)}
+
+
+def _wsuper(system: str, d: str, *, timeout=600, wait_lines=None):
+    path = os.path.join(d, "system.toml")
+    with open(path, "w") as f:
+        f.write(system)
+    env = dict(os.environ, WSUPER_STATS="1")
+    return subprocess.run([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _loop_wat(grant: str, iface: int, method: int, words: list[int], n: int,
+              read_reply: bool = False) -> str:
+    """A program that calls `grant` N times with the same params message."""
+    stores = "".join(f"(i64.store (i32.const {1032 + 8 * i}) (i64.const {w:#x}))"
+                     for i, w in enumerate(words))
+    reply = "(drop (call $reply_read (i32.const 8192) (i32.const 60000)))" if read_reply else ""
+    return f"""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "{grant}")
+  (func (export "_start") (local $h i32) (local $i i32)
+    (local.set $h (call $lookup (i32.const 100) (i32.const {len(grant)})))
+    (i32.store (i32.const 1024) (i32.const 0)) (i32.store (i32.const 1028) (i32.const {len(words)}))
+    {stores}
+    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (i32.const {n})))
+      (if (i32.lt_s (call $call (local.get $h) (i64.const {iface:#x}) (i32.const {method})
+            (i32.const 1024) (i32.const {8 + 8 * len(words)}) (i32.const 0) (i32.const 0)
+            (i32.const 1000)) (i32.const 0))
+          (then unreachable))
+      {reply}
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))))
+"""
+
+
+def _call_stats(out: str) -> dict:
+    for line in out.splitlines():
+        if "call-stats " in line:
+            fields = dict(kv.split("=") for kv in line.split("call-stats ", 1)[1].split())
+            return {"p50_us": float(fields["p50_us"]), "p99_us": float(fields["p99_us"]),
+                    "mean_us": float(fields["mean_us"]), "n": int(fields["n"])}
+    raise RuntimeError("no call-stats line; output:\n" + out[-2000:])
+
+
+# ---------------------------------------------------------------- baselines
+
+def c_relay(n: int, d: str) -> dict:
+    exe = os.path.join(d, "relay")
+    if not os.path.exists(exe):
+        subprocess.run(["gcc", "-O2", "-o", exe, os.path.join(HERE, "relay.c")], check=True)
+    p50, p99, mean = map(float, subprocess.run([exe, str(n)], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    return {"p50_us": p50, "p99_us": p99, "mean_us": mean}
+
+
+def python_relay(n: int) -> dict:
+    a_r, r_a = socket.socketpair()
+    b_r, r_b = socket.socketpair()
+    pids = []
+    for role in ("relay", "echo"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                keep = (r_a, r_b) if role == "relay" else (b_r,)
+                for s in (a_r, r_a, b_r, r_b):
+                    if s not in keep:
+                        s.close()
+                if role == "relay":
+                    while data := r_a.recv(4096):
+                        r_b.sendall(data)
+                        r_a.sendall(r_b.recv(4096))
+                else:
+                    while data := b_r.recv(4096):
+                        b_r.sendall(data)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    r_a.close(), r_b.close()
+    msg, times = b"x" * 64, []
+    for i in range(n + 200):
+        t = time.perf_counter()
+        a_r.sendall(msg)
+        a_r.recv(4096)
+        if i >= 200:
+            times.append((time.perf_counter() - t) * 1e6)
+    a_r.close(), b_r.close()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return _stats(times)
+
+
+def _spawn_ready(args) -> subprocess.Popen:
+    p = subprocess.Popen([PY, os.path.join(HERE, "peers.py"), *args], stdout=subprocess.PIPE,
+                         text=True)
+    if p.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"peers.py {args[0]} did not start")
+    return p
+
+
+def _client(sock: str, n: int, m: int, gateway: bool) -> dict:
+    args = [PY, os.path.join(HERE, "peers.py"), "client", sock, str(n), str(m)]
+    out = subprocess.run(args + (["gw"] if gateway else []), capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    return json.loads(out)
+
+
+def pycapnp(n: int, m: int, d: str) -> tuple[dict, dict]:
+    """(direct, relayed): sequential latency and calls/s with 100 in flight."""
+    server_sock, relay_sock = os.path.join(d, "pc.sock"), os.path.join(d, "pr.sock")
+    for s in (server_sock, relay_sock):
+        if os.path.exists(s):
+            os.unlink(s)
+    server = _spawn_ready(["server", server_sock])
+    try:
+        direct = _client(server_sock, n, m, False)
+        relay = _spawn_ready(["relay", relay_sock, server_sock])
+        try:
+            relayed = _client(relay_sock, n, m, True)
+        finally:
+            relay.terminate()
+            relay.wait()
+    finally:
+        server.terminate()
+        server.wait()
+    return direct, relayed
+
+
+# ---------------------------------------------------------------- wsuper
+
+def wsuper_external(n: int, m: int, d: str) -> dict:
+    """The pycapnp client through wsuper's external endpoint to the calc compartment."""
+    sock = os.path.join(d, "ws.sock")
+    path = os.path.join(d, "ext.toml")
+    with open(path, "w") as f:
+        f.write(f'[system]\nschemas = ["{EX}/calc.capnp"]\nsocket = "{sock}"\n'
+                f'external_limits = {{ in_flight = 256 }}\n'
+                f'[compartments.calc]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n'
+                f'external = true\n[compartments.calc.limits]\nin_flight = 256\n')
+    up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        while "ready calc" not in (line := up.stdout.readline()):
+            if not line:
+                raise RuntimeError("wsuper up ended early")
+        return _client(sock, n, m, True)
+    finally:
+        up.terminate()
+        up.wait()
+
+
+def compartment_call(kind: str, n: int, d: str) -> dict:
+    """Guest -> supervisor -> callee and back, timed by the calling engine (WSUPER_STATS)."""
+    calc_words = [0x0000000100000000, 0x0000000300000002]      # Calc.add(2, 3)
+    systems = {
+        "call": (f'[system]\nschemas = ["{EX}/calc.capnp"]\n', "calc", CALC_ID, 0, calc_words,
+                 '{ compartment = "calc" }'),
+        "attenuated": (f'[system]\nschemas = ["{EX}/calc.capnp"]\naudit = "{d}/audit.jsonl"\n',
+                       "calc", CALC_ID, 0, calc_words,
+                       '{ compartment = "calc", allow = ["add"], revocable = true }'),
+        "log": ("", "log", LOG_ID, 0, [0x0001000000000000, 0x0000001200000001, 0x78],
+                '{ host = "log" }'),
+        "file": ("", "file", FILE_ID, 0, [0x0000000200000000, 0, 4096],
+                 f'{{ host = "file", path = "{d}/4k.bin", read_only = true }}'),
+    }
+    head, grant, iface, method, words, spec = systems[kind]
+    with open(os.path.join(d, "4k.bin"), "wb") as f:
+        f.write(os.urandom(4096))
+    with open(os.path.join(d, "app.wat"), "w") as f:
+        f.write(_loop_wat(grant, iface, method, words, n, read_reply=kind == "file"))
+    calc = f'[compartments.calc]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n' \
+        if grant == "calc" else ""
+    r = _wsuper(f'{head}{calc}[compartments.app]\nmodule = "app.wat"\n'
+                f'[compartments.app.limits]\nlog_rate = 1000000\n'
+                f'[compartments.app.grants]\n{grant} = {spec}\n', d)
+    if r.returncode != 0:
+        raise RuntimeError(r.stdout[-2000:] + r.stderr[-2000:])
+    return _call_stats(r.stdout)
+
+
+def engine_micro(n: int) -> dict:
+    """Inside one engine: a guest->host call, and a Python->guest call, against
+    their baselines (an empty wasm loop; a Python function call)."""
+    import wasmtime
+
+    from compartments import hostcall
+    from compartments.engine import engine_config
+    from compartments.fastcall import TypedFunc
+    eng = wasmtime.Engine(engine_config())
+    module = wasmtime.Module(eng, """(module
+      (import "h" "f" (func $f (param i32) (result i32)))
+      (func (export "calls") (param $n i32) (local $i i32)
+        (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+          (drop (call $f (local.get $i)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))))
+      (func (export "empty") (param $n i32) (local $i i32)
+        (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+          (drop (local.get $i))
+          (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))))
+      (func (export "nop") (result i32) (i32.const 0)))""")
+    store = wasmtime.Store(eng)
+    store.set_fuel((1 << 63) - 1)
+    linker = wasmtime.Linker(eng)
+    hostcall.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x)
+    inst = linker.instantiate(store, module)
+    ex = inst.exports(store)
+    calls = TypedFunc(store, ex["calls"], ("i32",), ())
+    empty = TypedFunc(store, ex["empty"], ("i32",), ())
+    nop = TypedFunc(store, ex["nop"], (), ("i32",))
+    checked = ex["nop"]
+
+    def timed(fn, *a):
+        t = time.perf_counter()
+        fn(*a)
+        return time.perf_counter() - t
+
+    host = (min(timed(calls, n) for _ in range(3)) - min(timed(empty, n) for _ in range(3))) / n
+    def py_nop():
+        return 0
+
+    def loop(f):
+        for _ in range(n):
+            f()
+
+    def loop_checked():
+        for _ in range(n // 10):
+            checked(store)
+    py_to_wasm = min(timed(loop, nop) for _ in range(3)) / n
+    py_call = min(timed(loop, py_nop) for _ in range(3)) / n
+    wasmtime_checked = min(timed(loop_checked) for _ in range(3)) / (n // 10)
+    return {"wasm_to_host_us": host * 1e6, "python_to_wasm_us": py_to_wasm * 1e6,
+            "python_call_us": py_call * 1e6, "wasmtime_py_checked_call_us": wasmtime_checked * 1e6}
+
+
+# ---------------------------------------------------------------- start-up and memory
+
+def _smaps(pid: int) -> tuple[float, float]:
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    return ((fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024,
+            fields.get("Pss", 0) / 1024)
+
+
+def cold_start_one(restarts: int, d: str) -> dict:
+    """Request -> ready for one compartment on a running system (a warm zygote):
+    a program that ends at once, restarted `restarts` times."""
+    with open(os.path.join(d, "quit.wat"), "w") as f:
+        f.write('(module (memory (export "memory") 1) (func (export "_start")))')
+    r = _wsuper(f'[compartments.c]\nmodule = "quit.wat"\nrestart = "permanent"\n'
+                f'restart_delay = 0.0\nmax_restarts = {restarts}\nrestart_window = 600\n', d)
+    ms = [float(l.split()[3]) for l in r.stdout.splitlines() if l.startswith("stats start c ")]
+    if len(ms) < 2:
+        raise RuntimeError(r.stdout[-2000:])
+    return {"first_ms": ms[0], "ms": statistics.median(ms[1:]), "samples": len(ms) - 1}
+
+
+def many(n: int, d: str, settle: float = 0.5) -> dict:
+    """`wsuper up` of N idle calc servers: launch -> all ready, then USS/PSS each."""
+    path = os.path.join(d, f"many{n}.toml")
+    with open(path, "w") as f:
+        f.write(f'[system]\nschemas = ["{EX}/calc.capnp"]\n')
+        for i in range(n):
+            f.write(f'[compartments.c{i}]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n')
+    t = time.perf_counter()
+    up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True, env=dict(os.environ, WSUPER_STATS="1"))
+    pids, starts, first_spawn = [], [], None
+    try:
+        while len(pids) < n:
+            line = up.stdout.readline()
+            if not line:
+                raise RuntimeError("wsuper up ended early")
+            if line.startswith("ready "):
+                pids.append(int(line.split("pid=")[1].split()[0]))
+            elif line.startswith("stats start "):
+                starts.append(float(line.split()[3]))
+        ready = time.perf_counter() - t
+        time.sleep(settle)
+        mem = [_smaps(pid) for pid in pids]
+    finally:
+        up.terminate()
+        up.wait()
+    del first_spawn
+    return {"n": n, "all_ready_s": ready, "per_compartment_ms": ready / n * 1000,
+            "uss_mib": statistics.median(u for u, _ in mem),
+            "pss_mib": statistics.median(p for _, p in mem),
+            "median_start_ms": statistics.median(starts)}
+
+
+def bare_python(n: int) -> dict:
+    """Baseline: N processes that only start Python and import wasmtime and capnp."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen([PY, "-I", "-c", "import wasmtime, capnp, sys; print('ok', "
+                               "flush=True); sys.stdin.read()"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:
+        p.stdout.readline()
+    elapsed = time.perf_counter() - t
+    mem = [_smaps(p.pid) for p in procs]
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    return {"n": n, "all_ready_s": elapsed, "per_process_ms": elapsed / n * 1000,
+            "uss_mib": statistics.median(u for u, _ in mem),
+            "pss_mib": statistics.median(p for _, p in mem)}
+
+
+# ---------------------------------------------------------------- sections
+
+def latency_round(cfg: dict, d: str) -> dict:
+    n, m = cfg["calls"], cfg["in_flight_calls"]
+    out = {"c_relay": c_relay(cfg["relay_trips"], d), "python_relay": python_relay(n)}
+    out["pycapnp_direct"], out["pycapnp_relay"] = pycapnp(n, m, d)
+    out["wsuper_external"] = wsuper_external(n, m, d)
+    for kind in ("call", "attenuated", "log", "file"):
+        out[f"compartment_{kind}"] = compartment_call(kind, n, d)
+    return out
+
+
+def _aggregate(rounds: list[dict]) -> dict:
+    agg = {}
+    for key in rounds[0]:
+        agg[key] = {}
+        for field in rounds[0][key]:
+            values = [r[key][field] for r in rounds]
+            agg[key][field] = {"median": statistics.median(values), "min": min(values),
+                               "max": max(values)}
+    ratios = {}
+    for name, base, field in (("call_vs_c_relay", "c_relay", "p50_us"),
+                              ("call_vs_python_relay", "python_relay", "p50_us"),
+                              ("call_vs_pycapnp_relay", "pycapnp_relay", "p50_us"),
+                              ("external_vs_pycapnp_relay", "pycapnp_relay", "p50_us")):
+        subject = "wsuper_external" if name.startswith("external") else "compartment_call"
+        values = [r[subject][field] / r[base][field] for r in rounds]
+        ratios[name] = {"median": statistics.median(values), "min": min(values),
+                        "max": max(values)}
+    values = [r["wsuper_external"]["calls_per_s"] / r["pycapnp_relay"]["calls_per_s"]
+              for r in rounds]
+    ratios["throughput_vs_pycapnp_relay"] = {"median": statistics.median(values),
+                                             "min": min(values), "max": max(values)}
+    values = [r["compartment_attenuated"]["p50_us"] / r["compartment_call"]["p50_us"]
+              for r in rounds]
+    ratios["attenuated_vs_plain"] = {"median": statistics.median(values), "min": min(values),
+                                     "max": max(values)}
+    agg["ratios"] = ratios
+    return agg
+
+
+def section(name: str, cfg: dict) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        if name == "latency":
+            return _aggregate([latency_round(cfg, d) for _ in range(cfg["rounds"])])
+        if name == "engine":
+            return engine_micro(cfg["micro_calls"])
+        if name == "startup":
+            out = {"cold_start_one": cold_start_one(cfg["restarts"], d),
+                   "bare_python": bare_python(cfg["bare"])}
+            for n in cfg["many"]:
+                out[f"many_{n}"] = many(n, d)
+            return out
+    raise ValueError(name)
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from importlib.metadata import version
+    return {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "python": platform.python_version(),
+            "kernel": platform.release(),
+            "versions": {p: version(p) for p in ("wasmtime", "pycapnp", "trio")},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+CONFIGS = {
+    "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
+             "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000]},
+    "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
+              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10]},
+}
+
+
+def _child(name: str, cfg: dict, pin: bool) -> dict:
+    cmd = [PY, __file__, "--section", name, "--config", json.dumps(cfg)]
+    if pin:
+        cmd = ["taskset", "-c", "0"] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"section {name} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool) -> dict:
+    cfg = CONFIGS["quick" if quick else "full"]
+    t = time.perf_counter()
+    result = {"machine": machine(), "mode": "quick" if quick else "full", "config": cfg,
+              "two_core": {"latency": _child("latency", cfg, False)},
+              "one_core": {"latency": _child("latency", cfg, True)},
+              "engine": _child("engine", cfg, False),
+              "startup": _child("startup", cfg, False)}
+    result["seconds"] = time.perf_counter() - t
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+TARGETS = [
+    # (what, value(result), limit, "<=" or ">=", unit)
+    ("call p50 / C relay p50, 2 cores", lambda r: r["two_core"]["latency"]["ratios"]
+     ["call_vs_c_relay"]["median"], 3.0, "<=", "x"),
+    ("call p50 / C relay p50, 1 core", lambda r: r["one_core"]["latency"]["ratios"]
+     ["call_vs_c_relay"]["median"], 3.0, "<=", "x"),
+    ("pycapnp relay p50 / call p50, 2 cores", lambda r: 1 / r["two_core"]["latency"]["ratios"]
+     ["call_vs_pycapnp_relay"]["median"], 1.5, ">=", "x"),
+    ("throughput (100 in flight) / pycapnp relay, 2 cores", lambda r: r["two_core"]["latency"]
+     ["ratios"]["throughput_vs_pycapnp_relay"]["median"], 1.5, ">=", "x"),
+    ("cold start of one compartment", lambda r: r["startup"]["cold_start_one"]["ms"], 5.0,
+     "<=", "ms"),
+    ("100 compartments ready (wsuper up -> all ready)", lambda r: r["startup"].get(
+        "many_100", {}).get("all_ready_s"), 1.0, "<=", "s"),
+    ("USS per idle compartment", lambda r: r["startup"][sorted(
+        (k for k in r["startup"] if k.startswith("many_")), key=lambda k: int(k[5:]))[-1]]
+     ["uss_mib"], 6.0, "<=", "MiB"),
+    ("guest -> host call", lambda r: r["engine"]["wasm_to_host_us"], 3.0, "<=", "us"),
+]
+
+
+def _f(x, unit=""):
+    if x is None:
+        return "-"
+    return f"{x:.3g}{unit}" if x < 10 else f"{x:.0f}{unit}" if x >= 100 else f"{x:.1f}{unit}"
+
+
+def table(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"Machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}; "
+             f"Python {m['python']}, kernel {m['kernel']}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+             + f". Mode: {r['mode']}, {r['config']['rounds']} rounds; took {r['seconds']:.0f} s.",
+             "",
+             "| latency (µs): median p50 [min..max over rounds], p99 | 2 cores | 1 core "
+             "(taskset -c 0) |", "|---|---|---|"]
+    names = [("c_relay", "C relay A→R→B→R→A (floor)"), ("python_relay", "Python relay"),
+             ("pycapnp_direct", "pycapnp client → server"),
+             ("pycapnp_relay", "pycapnp client → relay → server"),
+             ("wsuper_external", "pycapnp client → wsuper → compartment"),
+             ("compartment_call", "**compartment → compartment (guest to guest)**"),
+             ("compartment_attenuated", "… through allow-list + revocable, audited"),
+             ("compartment_log", "compartment → Log.write (host)"),
+             ("compartment_file", "compartment → File.read 4 KiB (host)")]
+    for key, label in names:
+        cells = []
+        for core in ("two_core", "one_core"):
+            v = r[core]["latency"][key]
+            cells.append(f"{_f(v['p50_us']['median'])} [{_f(v['p50_us']['min'])}.."
+                         f"{_f(v['p50_us']['max'])}], p99 {_f(v['p99_us']['median'])}")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    lines += ["", "| throughput, 100 calls in flight (calls/s) | 2 cores | 1 core |",
+              "|---|---|---|"]
+    for key, label in (("pycapnp_direct", "pycapnp direct"), ("pycapnp_relay", "pycapnp relay"),
+                       ("wsuper_external", "through wsuper")):
+        lines.append(f"| {label} | " + " | ".join(
+            _f(r[c]["latency"][key]["calls_per_s"]["median"]) for c in ("two_core", "one_core"))
+            + " |")
+    lines += ["", "| ratio (median [min..max]) | 2 cores | 1 core |", "|---|---|---|"]
+    for key, label in (("call_vs_c_relay", "compartment call / C relay"),
+                       ("call_vs_python_relay", "compartment call / Python relay"),
+                       ("call_vs_pycapnp_relay", "compartment call / pycapnp relay"),
+                       ("external_vs_pycapnp_relay", "external call via wsuper / pycapnp relay"),
+                       ("throughput_vs_pycapnp_relay", "throughput wsuper / pycapnp relay"),
+                       ("attenuated_vs_plain", "attenuated+audited / plain call")):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{_f(r[c]['latency']['ratios'][key]['median'])} [{_f(r[c]['latency']['ratios'][key]['min'])}"
+            f"..{_f(r[c]['latency']['ratios'][key]['max'])}]" for c in ("two_core", "one_core"))
+            + " |")
+    e, s = r["engine"], r["startup"]
+    lines += ["", "| inside an engine | µs |", "|---|---|",
+              f"| guest → host call (unchecked callback) | {_f(e['wasm_to_host_us'])} |",
+              f"| Python → guest call (unchecked) | {_f(e['python_to_wasm_us'])} |",
+              f"| baseline: a Python function call | {_f(e['python_call_us'])} |",
+              f"| wasmtime-py's checked call, for comparison | "
+              f"{_f(e['wasmtime_py_checked_call_us'])} |",
+              "", "| start-up and memory | value | baseline: bare `python -c 'import wasmtime, "
+              "capnp'` |", "|---|---|---|",
+              f"| one compartment, request → ready (warm zygote; first one "
+              f"{_f(s['cold_start_one']['first_ms'])} ms) | {_f(s['cold_start_one']['ms'])} ms | "
+              f"{_f(s['bare_python']['per_process_ms'])} ms per process |"]
+    for key in sorted((k for k in s if k.startswith("many_")), key=lambda k: int(k[5:])):
+        v = s[key]
+        lines.append(f"| {v['n']} compartments: `wsuper up` → all ready; USS / PSS each | "
+                     f"{_f(v['all_ready_s'])} s ({_f(v['per_compartment_ms'])} ms each); "
+                     f"{_f(v['uss_mib'])} / {_f(v['pss_mib'])} MiB | "
+                     f"{_f(s['bare_python']['uss_mib'])} / {_f(s['bare_python']['pss_mib'])} "
+                     f"MiB |")
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for what, get, limit, op, unit in TARGETS:
+        try:
+            v = get(r)
+        except (KeyError, ZeroDivisionError):
+            v = None
+        met = v is not None and (v <= limit if op == "<=" else v >= limit)
+        lines.append(f"| {what} | {_f(v, unit)} | {op} {limit:g}{unit} | "
+                     f"{'yes' if met else 'no'} |")
+    lines.append("| fresh instance per call: instantiation ≤ 50 µs | not implemented | | no |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--section", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.section:
+        print(json.dumps(section(args.section, json.loads(args.config))))
+        return
+    for tool in ("gcc", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"benchmarks need {tool}")
+    result = run(args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    text = table(result)
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
