@@ -22,7 +22,8 @@ from __future__ import annotations
 import attrs
 import capnp
 
-from . import rpc, wire
+from . import rpc, rpcwire, wire
+from .rpcwire import CAP_NONE, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED, CAP_SENDER_PROMISE
 
 MAX_CAPS_PER_MESSAGE = 256
 TRAVERSAL_LIMIT_WORDS = 64 * 1024
@@ -275,6 +276,19 @@ class Connection:
                 return
 
     def _handle(self, segs, events):
+        fast = rpcwire.decode(segs)
+        if fast is not None:
+            if fast.which == rpcwire.MSG_CALL:
+                target = self._export_obj(fast.import_id)
+                payload = self._payload(segs, fast.caps, fast.content_loc)
+                self._new_answer(fast.id)
+                events.append(CallReceived(fast.id, target, fast.interface_id, fast.method_id,
+                                           payload))
+            elif fast.which == rpcwire.MSG_RETURN:
+                self._returned(segs, fast.id, False, fast.no_finish, fast, events)
+            else:
+                self._finished(fast.id, fast.release, events)
+            return
         msg = rpc.Message.from_segments(
             segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS, nesting_limit=NESTING_LIMIT)
         which = msg.which()
@@ -338,23 +352,41 @@ class Connection:
         if len(table) > MAX_CAPS_PER_MESSAGE:
             raise ProtocolError(f"{len(table)} capabilities in one message "
                                 f"(limit {MAX_CAPS_PER_MESSAGE})")
-        caps = []
+        descs = []
         for d in table:
             w = d.which()
-            if w in ("senderHosted", "senderPromise"):
-                iid = d.senderHosted if w == "senderHosted" else d.senderPromise
-                self.imports[iid] = self.imports.get(iid, 0) + 1
-                caps.append(Imported(iid))
+            if w == "senderHosted":
+                descs.append((CAP_SENDER_HOSTED, d.senderHosted))
+            elif w == "senderPromise":
+                descs.append((CAP_SENDER_PROMISE, d.senderPromise))
             elif w == "receiverHosted":
-                caps.append(Exported(self._export_obj(d.receiverHosted)))
+                descs.append((CAP_RECEIVER_HOSTED, d.receiverHosted))
             elif w == "receiverAnswer":
-                caps.append(self._promised(d.receiverAnswer))
+                descs.append(("answer", d.receiverAnswer))
             elif w == "none":
-                caps.append(None)
+                descs.append((CAP_NONE, 0))
             else:
                 raise ProtocolError(f"capability descriptor '{w}' is not supported")
         loc = wire.follow_path(segs, (0, 0), path)
         content_loc = None if loc is None else wire.struct_pointer_field(segs, loc, _PAYLOAD_CONTENT)
+        return self._payload(segs, descs, content_loc)
+
+    def _payload(self, segs, descs, content_loc) -> Payload:
+        """A payload from its capability descriptors, (kind, id) pairs."""
+        if len(descs) > MAX_CAPS_PER_MESSAGE:
+            raise ProtocolError(f"{len(descs)} capabilities in one message "
+                                f"(limit {MAX_CAPS_PER_MESSAGE})")
+        caps = []
+        for which, value in descs:
+            if which == CAP_SENDER_HOSTED or which == CAP_SENDER_PROMISE:
+                self.imports[value] = self.imports.get(value, 0) + 1
+                caps.append(Imported(value))
+            elif which == CAP_RECEIVER_HOSTED:
+                caps.append(Exported(self._export_obj(value)))
+            elif which == "answer":
+                caps.append(self._promised(value))
+            else:
+                caps.append(None)
         if content_loc == (0, 0):
             raise ProtocolError("payload content aliases the message root")
         content = Content(tuple(segs), content_loc) if content_loc else EMPTY
@@ -362,25 +394,35 @@ class Connection:
 
     def _on_return(self, segs, msg, events):
         ret = msg.__getattr__("return")
-        qid = ret.answerId
+        self._returned(segs, ret.answerId, ret.releaseParamCaps, ret.noFinishNeeded, ret,
+                       events)
+
+    def _returned(self, segs, qid, release_params, no_finish, ret, events):
+        """`ret`: a pycapnp Return, or an rpcwire.Plain of a results/exception return."""
         q = self.questions.get(qid)
         if q is None or q.returned:
             raise ProtocolError(f"return for question {qid}, which is not awaiting one")
         q.returned = True
-        if ret.releaseParamCaps:
+        if release_params:
             for obj in q.param_exports:
                 self._release_export_obj(obj, 1, events)
         q.param_exports = []
-        which = ret.which()
-        finish = not ret.noFinishNeeded
+        finish = not no_finish
+        which = ret.kind if isinstance(ret, rpcwire.Plain) else ret.which()
         if which == "results":
-            payload = self._decode_payload(segs, ret.results, (_MSG_BODY, _RETURN_RESULTS))
+            if isinstance(ret, rpcwire.Plain):
+                payload = self._payload(segs, ret.caps, ret.content_loc)
+            else:
+                payload = self._decode_payload(segs, ret.results, (_MSG_BODY, _RETURN_RESULTS))
             if not finish and payload.caps:
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             events.append(ReturnReceived(qid, payload, finish_needed=finish))
         elif which == "exception":
-            e = ret.exception
-            events.append(ReturnReceived(qid, None, e.reason or "(no reason)", str(e.type),
+            if isinstance(ret, rpcwire.Plain):
+                reason, type = ret.reason, ret.type
+            else:
+                reason, type = ret.exception.reason, str(ret.exception.type)
+            events.append(ReturnReceived(qid, None, reason or "(no reason)", type,
                                          finish_needed=finish))
         elif which == "canceled":
             events.append(ReturnReceived(qid, None, "call canceled", "failed",
@@ -393,7 +435,9 @@ class Connection:
             self._drop_question(qid)
 
     def _on_finish(self, fin, events):
-        aid = fin.questionId
+        self._finished(fin.questionId, fin.releaseResultCaps, events)
+
+    def _finished(self, aid, release_results, events):
         a = self.answers.get(aid)
         if a is None and aid in self._no_finish:
             self._no_finish.discard(aid)     # allowed, and ignored (rpc.capnp)
@@ -401,7 +445,7 @@ class Connection:
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
-        if fin.releaseResultCaps:
+        if release_results:
             for obj in a.result_exports:
                 self._release_export_obj(obj, 1, events)
         a.result_exports = []
@@ -443,19 +487,20 @@ class Connection:
         """Call `target`: an import id (int) or a (question_id, transform) promise."""
         exported: list = []
         qid = self._new_question(exported)
-        msg = rpc.Message.new_message()
-        call = msg.init("call")
-        call.questionId = qid
         if isinstance(target, int):
             if target not in self.imports:
                 self._drop_question(qid)
                 raise KeyError(f"import id {target} is not held")
-            call.target.importedCap = target
-        else:
-            pq, transform = target
-            pa = call.target.init("promisedAnswer")
-            pa.questionId = pq
-            _set_transform(pa, transform)
+            head, at = rpcwire.encode_call(qid, target, interface_id, method_id,
+                                           self._cap_descs(caps, exported))
+            return qid, self._splice(head, at, content)
+        msg = rpc.Message.new_message()          # a pipelined call: through pycapnp
+        call = msg.init("call")
+        call.questionId = qid
+        pq, transform = target
+        pa = call.target.init("promisedAnswer")
+        pa.questionId = pq
+        _set_transform(pa, transform)
         call.interfaceId = interface_id
         call.methodId = method_id
         call.sendResultsTo.caller = None
@@ -468,17 +513,14 @@ class Connection:
         when there are no capabilities in it, tell it not to send Finish and forget
         the answer now (one message less per call)."""
         a = self._answer_for_return(answer_id)
-        msg = rpc.Message.new_message()
-        ret = msg.init("return")
-        ret.answerId = answer_id
-        ret.releaseParamCaps = False
-        if no_finish and not caps:
-            ret.noFinishNeeded = True
+        no_finish = no_finish and not caps
+        if no_finish:
             a.finished = True
             self._no_finish.add(answer_id)
-        self._encode_caps(ret.init("results"), caps, a.result_exports)
+        head, at = rpcwire.encode_return(answer_id, no_finish,
+                                         self._cap_descs(caps, a.result_exports))
         a.result = (content, tuple(caps))
-        data = self._with_content(msg, (_MSG_BODY, _RETURN_RESULTS), content)
+        data = self._splice(head, at, content)
         self._answer_done(answer_id, a)
         return data
 
@@ -507,11 +549,7 @@ class Connection:
         q.finished = True
         if q.returned:
             self._drop_question(question_id)
-        msg = rpc.Message.new_message()
-        fin = msg.init("finish")
-        fin.questionId = question_id
-        fin.releaseResultCaps = False
-        return wire.frame(msg.to_segments())
+        return rpcwire.encode_finish(question_id)
 
     def send_release(self, import_id: int) -> bytes:
         """Drop every reference we hold to `import_id`."""
@@ -580,6 +618,22 @@ class Connection:
         self.exports[eid].refcount += 1
         return eid
 
+    def _cap_descs(self, caps, exported: list) -> list:
+        """(kind, id) descriptors for capabilities we send, exporting ours."""
+        if len(caps) > MAX_CAPS_PER_MESSAGE:
+            raise ValueError(f"{len(caps)} capabilities in one message "
+                             f"(limit {MAX_CAPS_PER_MESSAGE})")
+        descs = []
+        for cap in caps:
+            if cap is None:
+                descs.append((CAP_NONE, 0))
+            elif isinstance(cap, RemoteRef):
+                descs.append((CAP_RECEIVER_HOSTED, cap.import_id))
+            else:
+                descs.append((CAP_SENDER_HOSTED, self._export(cap)))
+                exported.append(cap)
+        return descs
+
     def _encode_caps(self, payload, caps, exported: list):
         if len(caps) > MAX_CAPS_PER_MESSAGE:
             raise ValueError(f"{len(caps)} capabilities in one message "
@@ -594,14 +648,20 @@ class Connection:
                 table[i].senderHosted = self._export(cap)
                 exported.append(cap)
 
-    @staticmethod
-    def _with_content(msg, path, content: Content) -> bytes:
+    @classmethod
+    def _with_content(cls, msg, path, content: Content) -> bytes:
         head = msg.to_segments()
         if len(head) != 1:
             raise ValueError("message header does not fit one segment")
         head = bytearray(head[0])
         loc = wire.struct_pointer_field([head], wire.follow_path([head], (0, 0), path),
                                         _PAYLOAD_CONTENT)
+        return cls._splice(head, loc[1], content)
+
+    @staticmethod
+    def _splice(head: bytearray, at: int, content: Content) -> bytes:
+        """Frame header segment `head`, whose word `at` is the content pointer."""
+        loc = (0, at)
         if not content.segments:
             wire.set_word(head, loc[1], content.word)
             return wire.frame([head])
