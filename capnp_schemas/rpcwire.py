@@ -111,12 +111,16 @@ _HEAD_ONE = struct.pack("<II", 0, 4)
 # ------------------------------------------------------------------ decoding
 
 
+_UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
+             8: struct.Struct("<Q")}
+
+
 def _data(segs, r, byte: int, size: int) -> int:
     """An integer field of the struct `r` (from wire.resolve), 0 past its data."""
     _kind, s, start, w = r
     if byte + size > ((w >> 32) & 0xFFFF) * 8:
         return 0
-    return int.from_bytes(segs[s][8 * start + byte:8 * start + byte + size], "little")
+    return _UNSIGNED[size].unpack_from(segs[s], 8 * start + byte)[0]
 
 
 def _ptr(r, index: int):

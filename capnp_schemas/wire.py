@@ -96,7 +96,7 @@ def frame(segments) -> bytes:
     head = struct.pack(f"<{n + 1}I", n - 1, *(len(s) // 8 for s in segments))
     if len(head) % 8:
         head += b"\0\0\0\0"
-    return head + b"".join(bytes(s) for s in segments)
+    return b"".join((head, *segments))
 
 
 def unframe(data: bytes, max_segments: int = MAX_SEGMENTS,
@@ -140,10 +140,26 @@ def resolve(segs, loc: Loc):
     None for a null pointer.  Capabilities return (OTHER, s, p, word).
     """
     s, p = loc
-    w = _word(segs, s, p)
+    if not 0 <= s < len(segs):
+        raise WireError(f"segment {s} out of range")
+    seg = segs[s]
+    if p < 0 or 8 * p + 8 > len(seg):
+        raise WireError(f"word {p} out of range in segment {s}")
+    w = _U64.unpack_from(seg, 8 * p)[0]
     if w == 0:
         return None
     kind = w & 3
+    if kind <= LIST:                 # a near pointer: the common case, inline
+        off = (w >> 2) & 0x3FFFFFFF
+        start = p + 1 + (off - (1 << 30) if off & (1 << 29) else off)
+        if kind == STRUCT:
+            size = ((w >> 32) & 0xFFFF) + (w >> 48)
+        else:
+            esz, count = (w >> 32) & 7, w >> 35
+            size = count if esz == 7 else (count * _ELEM_BITS[esz] + 63) // 64
+        if start < 0 or 8 * (start + size) > len(seg):
+            raise WireError("pointer points outside its segment")
+        return (kind, s, start, w)
     if kind == FAR:
         double = (w >> 2) & 1
         pad = (w >> 3) & 0x1FFFFFFF
@@ -163,9 +179,7 @@ def resolve(segs, loc: Loc):
         if _signed30(tag) != 0 or tag & 3 not in (STRUCT, LIST):
             raise WireError("double-far tag is malformed")
         return _checked(segs, tag & 3, far2 >> 32, (far2 >> 3) & 0x1FFFFFFF, tag)
-    if kind == OTHER:
-        return (OTHER, s, p, w)
-    return _checked(segs, kind, s, p + 1 + _signed30(w), w)
+    return (OTHER, s, p, w)
 
 
 _ELEM_BITS = (0, 1, 8, 16, 32, 64, 64, None)
