@@ -132,10 +132,12 @@ class _Frame:
 
 class Engine:
     def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 limits: "EngineLimits | None" = None, compiled: bytes | None = None):
+                 limits: "EngineLimits | None" = None, compiled: bytes | None = None,
+                 per_call: bool = False):
         self.sock = sock
         self.name = name
         self.exports_main = exports
+        self.per_call = per_call              # a fresh instance for every incoming call
         self.limits = limits or EngineLimits()
         self.max_message_bytes = self.limits.message_size
         # what the supervisor forwards carries its own headers: allow for them
@@ -185,6 +187,7 @@ class Engine:
                             self.wasi.function(name))
         try:
             self.instance = linker.instantiate(self.store, module)
+            self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
             raise EngineError(f"cannot instantiate {path}: {_first_line(e)}") from None
         exports = self.instance.exports(self.store)
@@ -193,6 +196,7 @@ class Engine:
         self.start_func = self._typed(exports, abi.EXPORT_START, ((), ()), path)
         self.initialize = self._typed(exports, abi.EXPORT_INITIALIZE, ((), ()), path)
         self.dispatch = self._typed(exports, abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE, path)
+        self._dispatch_type = self.dispatch
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
@@ -591,17 +595,38 @@ class Engine:
             raise _CallError("overloaded", str(e)) from None
         frame = _Frame(self._for_guest(ev.payload.content), handles)
         self.frames.append(frame)
+        outer = self._fresh_instance() if self.per_call else None
         try:
             status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                  ev.method_id, len(frame.params), len(frame.handles),
                                  fuel=self.limits.fuel_per_call)
         finally:
             self.frames.pop()
+            if outer is not None:
+                self.store, self.memory, self.dispatch = outer
         if status != 0 or frame.error is not None:
             raise _CallError("failed", f"{self.name}: {frame.error or f'dispatch returned {status}'}")
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results
+
+    def _fresh_instance(self):
+        """Switch to a new store and instance for this one call (instance = "per_call");
+        returns what to switch back to.  Nothing the guest does survives the call."""
+        outer = (self.store, self.memory, self.dispatch)
+        store = wasmtime.Store(self.wasm_engine)
+        store.set_limits(memory_size=self.limits.memory,
+                         table_elements=self.limits.table_elements)
+        store.set_fuel(self.limits.fuel_per_call)
+        try:
+            instance = self.instance_pre.instantiate(store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+            raise _CallError("failed", f"{self.name}: cannot instantiate: {_first_line(e)}") \
+                from None
+        exports = instance.exports(store)
+        self.store, self.memory = store, exports.get(abi.EXPORT_MEMORY)
+        self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
+        return outer
 
     def _guest(self, func, *args, fuel: int):
         """Enter the guest with a fresh CPU budget.  A re-entrant call (a callback
@@ -713,6 +738,8 @@ def main(argv=None, compiled: bytes | None = None):
     ap.add_argument("--parent", type=int, default=0)
     ap.add_argument("--stats", action="store_true",
                     help="time outgoing calls; report them on stderr when the program ends")
+    ap.add_argument("--per-call", action="store_true",
+                    help="a fresh instance of the module for every incoming call")
     for flag in ("memory", "table-elements", "fuel-per-call", "handles", "message-size"):
         ap.add_argument(f"--{flag}", type=int)
     args = ap.parse_args(argv)
@@ -725,7 +752,8 @@ def main(argv=None, compiled: bytes | None = None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=args.fd)
     try:
-        engine = Engine(sock, args.name, args.module, args.exports, limits, compiled)
+        engine = Engine(sock, args.name, args.module, args.exports, limits, compiled,
+                        per_call=args.per_call)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -38,6 +38,14 @@ class TypedFunc:
         self._result = results[0] if results else None
         self._slots = max(len(params), len(results))
 
+    def bind(self, store: wasmtime.Store, func: wasmtime.Func) -> "TypedFunc":
+        """The same signature on another instance of the same module (no check again:
+        an export of one module has one type)."""
+        other = object.__new__(TypedFunc)
+        other.__dict__.update(self.__dict__)
+        other._store, other._func = store, func._func
+        return other
+
     def __call__(self, *args):
         # A fresh array per call: the guest may re-enter (a callback) before we return.
         raw = (ffi.wasmtime_val_raw_t * max(self._slots, 1))()

@@ -22,7 +22,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits"}
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
-                    "max_restarts", "restart_window", "restart_delay", "critical", "policy"}
+                    "max_restarts", "restart_window", "restart_delay", "critical", "policy",
+                    "instance"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only", "subdir",
@@ -102,6 +103,7 @@ class Compartment:
     grants: tuple = ()
     limits: Limits = DEFAULT_LIMITS
     restart: RestartPolicy = RestartPolicy()
+    instance: str = "shared"    # "per_call": a fresh instance for every incoming call
 
 
 @attrs.frozen
@@ -211,8 +213,15 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             limits_doc = {**plimits, **limits_doc}     # inline limits win
         limits = _limits(where, f"{key}.limits", limits_doc)
         restart = _restart(where, key, body)
+        instance = body.get("instance", "shared")
+        if instance not in ("shared", "per_call"):
+            raise where.error(f"{key}.instance", f"must be \"shared\" or \"per_call\", "
+                              f"not {instance!r}")
+        if instance == "per_call" and exports is None:
+            raise where.error(f"{key}.instance", "per_call applies to a compartment that "
+                              "exports an interface (each call gets a fresh instance)")
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
-                                         restart)
+                                         restart, instance)
 
     for comp in compartments.values():
         for g in comp.grants:

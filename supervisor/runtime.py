@@ -182,6 +182,8 @@ class Supervisor:
                 "--parent", str(self.zygote.pid)]
         if comp.exports:
             args.append("--exports")
+        if comp.instance == "per_call":
+            args.append("--per-call")
         if self.stats:
             args.append("--stats")
             self._spawned_at[comp.name] = trio.current_time()

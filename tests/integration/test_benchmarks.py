@@ -17,15 +17,18 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     for core in ("two_core", "one_core"):
         lat = result[core]["latency"]
         for key in ("c_relay", "python_relay", "pycapnp_direct", "pycapnp_relay",
-                    "wsuper_external", "compartment_call", "compartment_attenuated",
+                    "wsuper_external", "compartment_call", "compartment_per_call",
+                    "compartment_attenuated",
                     "compartment_log", "compartment_file"):
             assert lat[key]["p50_us"]["median"] > 0 and lat[key]["p99_us"]["median"] > 0, key
         for key in ("pycapnp_direct", "pycapnp_relay", "wsuper_external"):
             assert lat[key]["calls_per_s"]["median"] > 0
         assert set(lat["ratios"]) == {"call_vs_c_relay", "call_vs_python_relay",
                                       "call_vs_pycapnp_relay", "external_vs_pycapnp_relay",
-                                      "throughput_vs_pycapnp_relay", "attenuated_vs_plain"}
+                                      "throughput_vs_pycapnp_relay", "attenuated_vs_plain",
+                                      "per_call_vs_plain"}
     assert result["engine"]["wasm_to_host_us"] > 0 and result["engine"]["python_to_wasm_us"] > 0
+    assert result["engine"]["fresh_instance_us"] > 0
     start = result["startup"]
     assert start["cold_start_one"]["ms"] > 0 and start["cold_start_one"]["samples"] >= 2
     assert all(start[f"many_{n}"]["uss_mib"] > 0 for n in result["config"]["many"])
