@@ -132,7 +132,7 @@ class _Frame:
 
 class Engine:
     def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 limits: "EngineLimits | None" = None, compiled: bytes | None = None,
+                 limits: "EngineLimits | None" = None, compiled=None,
                  per_call: bool = False):
         self.sock = sock
         self.name = name
@@ -157,10 +157,18 @@ class Engine:
 
     # ------------------------------------------------------------ wasm
 
-    def _load(self, path, compiled: bytes | None):
-        self.wasm_engine = wasmtime.Engine(engine_config())
+    def _load(self, path, compiled):
+        """`compiled`: None, serialized bytes, or (wasmtime.Engine, Module) loaded by the
+        zygote before it forked us (with our config), which costs nothing here."""
+        if isinstance(compiled, tuple):
+            self.wasm_engine, module = compiled
+            compiled = module
+        else:
+            self.wasm_engine = wasmtime.Engine(engine_config())
         try:
-            if compiled is not None:             # compiled by the zygote, with our config
+            if isinstance(compiled, wasmtime.Module):
+                module = compiled
+            elif compiled is not None:           # compiled by the zygote, with our config
                 module = wasmtime.Module.deserialize(self.wasm_engine, compiled)
             else:
                 module = compile_module(self.wasm_engine, path)
@@ -729,7 +737,7 @@ def _die_with_parent(parent_pid: int):
         os._exit(1)
 
 
-def main(argv=None, compiled: bytes | None = None):
+def _arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wsuper-engine")
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--name", required=True)
@@ -742,7 +750,16 @@ def main(argv=None, compiled: bytes | None = None):
                     help="a fresh instance of the module for every incoming call")
     for flag in ("memory", "table-elements", "fuel-per-call", "handles", "message-size"):
         ap.add_argument(f"--{flag}", type=int)
-    args = ap.parse_args(argv)
+    return ap
+
+
+# Built once, when the zygote imports this module: building a parser costs a few
+# milliseconds (gettext looks for translations on disk) that every engine would pay.
+_ARGUMENTS = _arguments()
+
+
+def main(argv=None, compiled=None):
+    args = _ARGUMENTS.parse_args(argv)
     limits = EngineLimits(**{k: v for k, v in (
         ("memory", args.memory), ("table_elements", args.table_elements),
         ("fuel_per_call", args.fuel_per_call), ("handles", args.handles),

@@ -36,17 +36,19 @@ from .engine import _die_with_parent
 
 
 class _Compiled:
-    """Each module compiled once (keyed by path, mtime and size); children deserialize it.
+    """Each module compiled once (keyed by path, mtime and size), by this process.
 
-    The bytes come from this process's own compilation, never from outside,
-    which is what makes wasmtime's deserialize safe to use.
+    Children inherit the compiled module itself, with the wasmtime engine that
+    compiled it (the engines' own configuration), so an engine neither compiles
+    nor deserializes.  The zygote stays single-threaded (wasmtime's parallel
+    compilation is off), so forking with a wasmtime engine in memory is safe.
     """
 
     def __init__(self):
         self._engine = None
-        self._cache: dict[tuple, bytes] = {}
+        self._cache: dict[tuple, wasmtime.Module] = {}
 
-    def get(self, path: str) -> bytes | None:
+    def get(self, path: str):
         try:
             st = os.stat(path)
         except OSError:
@@ -56,10 +58,10 @@ class _Compiled:
             if self._engine is None:
                 self._engine = wasmtime.Engine(engine.engine_config())
             try:
-                self._cache[key] = engine.compile_module(self._engine, path).serialize()
+                self._cache[key] = engine.compile_module(self._engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError):
                 return None                  # the engine compiles it and reports the error
-        return self._cache[key]
+        return (self._engine, self._cache[key])
 
 
 def _child(args: list[str], sock_fd: int, err_fd: int, compiled: bytes | None) -> int:
