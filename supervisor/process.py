@@ -2,7 +2,7 @@
 
 The zygote is exec'd once, with an empty environment, and forks every engine
 from its preloaded heap: ~16 ms and ~6.5 MiB per compartment instead of a
-fresh interpreter's ~90 ms and ~18 MiB (benchmarks/startup.py).
+fresh interpreter's ~90 ms and ~18 MiB (benchmarks/suite.py measures both).
 
 It is started here with `Popen`, synchronously, by the thread running trio.
 trio's `open_process` would fork from a worker thread, and Linux delivers
