@@ -180,7 +180,8 @@ class Engine:
             raise EngineError(f"module {path} {problem}")
         wasi_names = sorted({name for m, name, _k, _s in imports if m == abi.WASI_MODULE})
         # a WASI program: its descriptors, clocks, ... come from the grants at start
-        self.wasi = wasi.Wasi(self, self.name, max_io=min(wasi.MAX_IO, self.max_message_bytes // 2)) \
+        self.wasi = wasi.Wasi(self, self.name,
+                              max_io=min(wasi.MAX_IO, self.max_message_bytes // 2)) \
             if wasi_names else None
         self.store = wasmtime.Store(self.wasm_engine)
         self.store.set_limits(memory_size=self.limits.memory,
@@ -634,6 +635,13 @@ class Engine:
         exports = instance.exports(store)
         self.store, self.memory = store, exports.get(abi.EXPORT_MEMORY)
         self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
+        if self.initialize is not None:          # a reactor's constructors, every time
+            try:
+                self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
+                            fuel=self.limits.fuel_per_call)
+            except (_CallError, wasi.WasiExit) as e:
+                self.store, self.memory, self.dispatch = outer
+                raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
         return outer
 
     def _guest(self, func, *args, fuel: int):

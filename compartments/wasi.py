@@ -495,19 +495,22 @@ class Wasi:
             raise _Fail(E.SPIPE if d.kind == "log" else E.BADF)
         return d
 
-    def fd_read(self, fd, iovs, count, out):
+    def _file(self, fd, want: str) -> _Desc:
+        """An open file descriptor that allows `want` ("readable" or "writable")."""
         d = self._fd(fd)
-        if d.kind != "file" or not d.readable:
+        if d.kind != "file" or not getattr(d, want):
             raise _Fail(E.BADF if d.kind != "dir" else E.ISDIR)
+        return d
+
+    def fd_read(self, fd, iovs, count, out):
+        d = self._file(fd, "readable")
         data = self._read_at(d, d.offset, self._read_size(iovs, count))
         d.offset += len(data)
         self._scatter(iovs, count, data)
         self._u32(out, len(data))
 
     def fd_pread(self, fd, iovs, count, offset, out):
-        d = self._fd(fd)
-        if d.kind != "file" or not d.readable:
-            raise _Fail(E.BADF if d.kind != "dir" else E.ISDIR)
+        d = self._file(fd, "readable")
         if offset < 0:
             raise _Fail(E.INVAL)
         data = self._read_at(d, offset, self._read_size(iovs, count))
@@ -538,9 +541,7 @@ class Wasi:
         self._u32(out, len(data))
 
     def fd_pwrite(self, fd, iovs, count, offset, out):
-        d = self._fd(fd)
-        if d.kind != "file" or not d.writable:
-            raise _Fail(E.BADF if d.kind != "dir" else E.ISDIR)
+        d = self._file(fd, "writable")
         if offset < 0:
             raise _Fail(E.INVAL)
         data = self._gather(iovs, count)

@@ -416,14 +416,25 @@ def _bits(kind) -> int:
     return _PRIM[kind][1] if kind in _PRIM else 64
 
 
+def _as_bits(kind, value) -> str:
+    """A float's bit pattern (floats are stored, and XORed with defaults, as integers)."""
+    return {"float32": f"wsuper_f32_bits({value})",
+            "float64": f"wsuper_f64_bits({value})"}.get(kind, value)
+
+
+def _from_bits(kind, raw, ctype) -> str:
+    if kind == "float32":
+        return f"wsuper_bits_f32({raw})"
+    if kind == "float64":
+        return f"wsuper_bits_f64({raw})"
+    return f"({ctype}){raw}"
+
+
 def _set_prim(kind, at, offset, value, default) -> str:
     bits = _PRIM[kind][1]
     if bits == 1:
         return f"wsuper_set_bool(b, {at}, {offset}, ({value}) ^ {default})"
-    if kind == "float32":
-        value = f"wsuper_f32_bits({value})"
-    elif kind == "float64":
-        value = f"wsuper_f64_bits({value})"
+    value = _as_bits(kind, value)
     x = f" ^ UINT{bits}_C({default:#x})" if default else ""
     return f"wsuper_set_u{bits}(b, {at}, {offset * bits // 8}, (uint{bits}_t)({value}){x})"
 
@@ -433,12 +444,7 @@ def _get_prim(kind, offset, default, ctype) -> str:
     if bits == 1:
         return f"wsuper_get_bool(r, s, {offset}) ^ {default}"
     x = f" ^ UINT{bits}_C({default:#x})" if default else ""
-    raw = f"(wsuper_get_u{bits}(r, s, {offset * bits // 8}){x})"
-    if kind == "float32":
-        return f"wsuper_bits_f32({raw})"
-    if kind == "float64":
-        return f"wsuper_bits_f64({raw})"
-    return f"({ctype}){raw}"
+    return _from_bits(kind, f"(wsuper_get_u{bits}(r, s, {offset * bits // 8}){x})", ctype)
 
 
 def _set_elem(elem, bits, value) -> str:
@@ -448,11 +454,7 @@ def _set_elem(elem, bits, value) -> str:
         return f"wsuper_set_cap(b, l + i, {value})"
     if bits == 1:
         return f"wsuper_set_bool(b, l, i, {value})"
-    if elem == "float32":
-        value = f"wsuper_f32_bits({value})"
-    elif elem == "float64":
-        value = f"wsuper_f64_bits({value})"
-    return f"wsuper_set_u{bits}(b, l, i * {bits // 8}, (uint{bits}_t)({value}))"
+    return f"wsuper_set_u{bits}(b, l, i * {bits // 8}, (uint{bits}_t)({_as_bits(elem, value)}))"
 
 
 def _get_elem(elem, ctype) -> str:
@@ -463,12 +465,7 @@ def _get_elem(elem, ctype) -> str:
     bits = _bits(elem)
     if bits == 1:
         return "(r->seg[(size_t)l * 8 + i / 8] >> (i % 8)) & 1"
-    raw = f"wsuper_elem_u{bits}(r, l, i)"
-    if elem == "float32":
-        return f"wsuper_bits_f32({raw})"
-    if elem == "float64":
-        return f"wsuper_bits_f64({raw})"
-    return f"({ctype}){raw}"
+    return _from_bits(elem, f"wsuper_elem_u{bits}(r, l, i)", ctype)
 
 
 def generate(schema_path: str, out_dir: str) -> list[str]:

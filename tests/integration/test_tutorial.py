@@ -35,6 +35,14 @@ def test_the_tutorial_works_as_written(tmp_path):
     def normal(lines):
         return sorted(re.sub(r"pid=\d+", "pid=...", l) for l in lines.splitlines() if l)
     assert normal(r.stdout) == normal(expected)
+    # the same greeter with a fresh instance per call (a C reactor: _initialize each time)
+    system = (tmp_path / "system.toml").read_text()
+    (tmp_path / "system.toml").write_text(system.replace(
+        'exports = "Greeter"', 'exports = "Greeter"\ninstance = "per_call"'))
+    r = _wsuper(["up", "system.toml"], tmp_path)
+    assert "[app] Hello, Ada! (greeting #1)" in r.stdout
+    assert "[app] Hello, Grace! (greeting #1)" in r.stdout, r.stdout
+    (tmp_path / "system.toml").write_text(system)
     check = re.search(r"^    (wsuper check .*)$", text, re.M).group(1)
     r = _wsuper(check.split()[1:], tmp_path)
     assert r.returncode == 0 and "could reach greeter.greet: app" in r.stdout, r.stdout
