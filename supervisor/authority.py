@@ -40,6 +40,18 @@ def edges(plan: Plan) -> list[Edge]:
             for k in ("max_uses", "expires_after", "calls_per_second"):
                 if getattr(g, k) is not None:
                     terms.append(f"{k}={getattr(g, k):g}")
+            if g.path is not None:
+                terms.insert(0, f"path={g.path}")
+            for k in ("read_only", "append_only"):
+                if getattr(g, k):
+                    terms.append(k)
+            for k in ("subdir", "mount", "max_bytes_written"):
+                if getattr(g, k) is not None:
+                    terms.append(f"{k}={getattr(g, k)}")
+            if g.args:
+                terms.append(f"args={list(g.args)}")
+            if g.vars:
+                terms.append("vars=" + ",".join(name for name, _ in g.vars))
             if g.kind == "compartment":
                 iface = plan.interface_modules.get(plan.system.compartments[g.target].exports)
                 carries_in, carries_out = _carries(iface)

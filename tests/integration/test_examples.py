@@ -54,6 +54,16 @@ def test_the_store_persists_to_its_append_only_file(kv):
     assert any(x["caller"] == "store" and x["method"] == "changed" for x in records)
 
 
+def test_check_shows_who_holds_what_in_the_example(kv):
+    r = run_wsuper("check", str(kv / "hostile.toml"), "--reach", "store.put")
+    assert r.returncode == 0, r.stderr
+    assert f"  data -> host Directory [path={kv}/data, append_only]" in r.stdout
+    assert "  kv -> store's Store [allow=get, calls_per_second=50]" in r.stdout
+    assert f"  public -> host Directory [path={kv}/public, read_only]" in r.stdout
+    # only the store itself, and clients of the external socket, could call put
+    assert "could reach store.put: store" in r.stdout
+
+
 def test_a_hostile_plugin_is_contained(kv, wsuper):
     _fresh_data(kv)
     (kv / "data" / "kv.log").write_text("runs\t41\n")
