@@ -158,10 +158,12 @@ class Engine:
     # ------------------------------------------------------------ wasm
 
     def _load(self, path, compiled):
-        """`compiled`: None, serialized bytes, or (wasmtime.Engine, Module) loaded by the
-        zygote before it forked us (with our config), which costs nothing here."""
+        """`compiled`: None, serialized bytes, or (wasmtime.Engine, Module, imports) that
+        the zygote loaded and described before it forked us (with our config), which
+        costs nothing here."""
+        imports = None
         if isinstance(compiled, tuple):
-            self.wasm_engine, module = compiled
+            self.wasm_engine, module, imports = compiled
             compiled = module
         else:
             self.wasm_engine = wasmtime.Engine(engine_config())
@@ -174,7 +176,8 @@ class Engine:
                 module = compile_module(self.wasm_engine, path)
         except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
             raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
-        imports = list(describe_imports(module))
+        if imports is None:
+            imports = list(describe_imports(module))
         problem = abi.check_imports(imports)
         if problem:
             raise EngineError(f"module {path} {problem}")
@@ -190,10 +193,10 @@ class Engine:
         linker = wasmtime.Linker(self.wasm_engine)
         for name, (params, results) in abi.IMPORTS.items():
             hostcall.define(linker, abi.MODULE, name, params, results,
-                            getattr(self, "_host_" + name))
+                            getattr(self, "_host_" + name), self.wasm_engine)
         for name in wasi_names:
             hostcall.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
-                            self.wasi.function(name))
+                            self.wasi.function(name), self.wasm_engine)
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None

@@ -15,6 +15,7 @@ re-raised to whoever called into wasm, exactly as wasmtime-py does it (its
 from __future__ import annotations
 
 import ctypes
+import weakref
 from ctypes import c_void_p, cast
 
 import wasmtime
@@ -22,7 +23,6 @@ import wasmtime._func as _wfunc
 from wasmtime import _ffi as ffi
 
 _HOST: dict[int, tuple] = {}      # env id -> (function, param kinds, has result)
-_KEEP: list = []                   # ctypes objects that must outlive the linker
 
 
 class CallerContext:
@@ -62,12 +62,14 @@ def _finalize(env):
     _HOST.pop(env or 0, None)
 
 
-def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn) -> None:
-    """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`."""
+def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
+           engine: wasmtime.Engine | None = None) -> None:
+    """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`.
+    With the linker's `engine`, the function type is made once for that engine."""
     if len(results) > 1 or any(r != "i32" for r in results):
         raise TypeError("host functions return at most one i32")
     kinds = tuple(params)
-    ty = wasmtime.FuncType([_VAL[k]() for k in kinds], [_VAL[r]() for r in results])
+    ty = func_type(kinds, tuple(results), engine)
     env = len(_HOST) + 1
     while env in _HOST:
         env += 1
@@ -76,12 +78,31 @@ def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn)
     error = ffi.wasmtime_linker_define_func_unchecked(
         linker.ptr(), ctypes.create_string_buffer(m), len(m), ctypes.create_string_buffer(n),
         len(n), ty.ptr(), _trampoline, env, _finalize)
-    _KEEP.append(ty)
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
 _VAL = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+# engine -> signature -> FuncType.  A function type is tied to the first engine
+# that uses it (wasmtime asserts it), so types are made once *per engine*; the
+# zygote makes them for its engine before it forks, so engines do not pay for them.
+_TYPES: "weakref.WeakKeyDictionary[wasmtime.Engine, dict]" = weakref.WeakKeyDictionary()
+
+
+def func_type(params: tuple, results: tuple,
+              engine: wasmtime.Engine | None = None) -> wasmtime.FuncType:
+    types = _TYPES.setdefault(engine, {}) if engine is not None else {}
+    ty = types.get((params, results))
+    if ty is None:
+        ty = wasmtime.FuncType([_VAL[k]() for k in params], [_VAL[r]() for r in results])
+        if engine is None:
+            _UNSHARED.append(ty)            # must outlive the linker
+        else:
+            types[params, results] = ty
+    return ty
+
+
+_UNSHARED: list = []
 
 
 def memory_span(memory: wasmtime.Memory) -> tuple[int, int]:

@@ -31,7 +31,7 @@ import sys
 
 import wasmtime
 
-from . import engine  # noqa: F401  (preloaded for the children)
+from . import abi, engine, hostcall  # (preloaded for the children)
 from .engine import _die_with_parent
 
 
@@ -46,7 +46,7 @@ class _Compiled:
 
     def __init__(self):
         self._engine = None
-        self._cache: dict[tuple, wasmtime.Module] = {}
+        self._cache: dict[tuple, tuple] = {}      # key -> (module, its imports described)
 
     def get(self, path: str):
         try:
@@ -57,11 +57,14 @@ class _Compiled:
         if key not in self._cache:
             if self._engine is None:
                 self._engine = wasmtime.Engine(engine.engine_config())
+                for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
+                    hostcall.func_type(params, results, self._engine)   # shared by children
             try:
-                self._cache[key] = engine.compile_module(self._engine, path)
+                module = engine.compile_module(self._engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError):
                 return None                  # the engine compiles it and reports the error
-        return (self._engine, self._cache[key])
+            self._cache[key] = (module, list(engine.describe_imports(module)))
+        return (self._engine, *self._cache[key])
 
 
 def _child(args: list[str], sock_fd: int, err_fd: int, compiled: bytes | None) -> int:

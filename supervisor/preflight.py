@@ -58,6 +58,7 @@ def prepare(system: System) -> Plan:
     by_name = {n: i.schema.node.id for n, i in ifaces.items()}
 
     main = {}
+    checked = {}        # module path -> (import problem, imports WASI, export names)
     engine = wasmtime.Engine()
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
@@ -66,21 +67,25 @@ def prepare(system: System) -> Plan:
             raise where.error(f"{key}.exports", f"unknown interface {comp.exports!r} "
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
-        try:
-            if comp.module.endswith(".wat"):
-                with open(comp.module, encoding="utf-8") as f:
-                    module = wasmtime.Module(engine, f.read())
-            else:
-                module = wasmtime.Module.from_file(engine, comp.module)
-        except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
-            raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
-                              f"{_first(e)}") from None
-        problem = abi.check_imports(describe_imports(module))
+        if comp.module not in checked:          # each module file once
+            try:
+                if comp.module.endswith(".wat"):
+                    with open(comp.module, encoding="utf-8") as f:
+                        module = wasmtime.Module(engine, f.read())
+                else:
+                    module = wasmtime.Module.from_file(engine, comp.module)
+            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+                raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
+                                  f"{_first(e)}") from None
+            imports = list(describe_imports(module))
+            checked[comp.module] = (abi.check_imports(imports),
+                                    any(m == abi.WASI_MODULE for m, *_ in imports),
+                                    {e.name for e in module.exports})
+        problem, is_wasi, exported = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
-        if any(imp.module == abi.WASI_MODULE for imp in module.imports):
+        if is_wasi:
             _check_wasi_grants(where, key, comp)
-        exported = {e.name for e in module.exports}
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
