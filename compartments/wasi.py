@@ -57,6 +57,7 @@ MAX_IO = 1 << 20            # bytes moved by one read or write call (the File li
 MAX_FDS = 1024
 MAX_PATH = 4096
 RANDOM_CHUNK = 65536        # Random.bytes' per-call bound
+MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and may sleep again)
 _ERRNO_PREFIX = re.compile(r"(E[A-Z0-9]+): ")
 
 _KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "other": FILETYPE_OTHER}
@@ -158,6 +159,8 @@ class Wasi:
                 return f.errno
             except HostCallFailed as e:
                 return errno_of(e)
+            except (ValueError, OverflowError, struct.error, UnicodeError):
+                return E.INVAL           # arguments no call could mean (huge, negative)
         if name == "proc_exit":
             return impl
         call.__name__ = name
@@ -353,7 +356,7 @@ class Wasi:
                 raise _Fail(E.INVAL)
         if not ready and timers:
             timeout, _ = min(timers)
-            time.sleep(timeout / 1e9)
+            time.sleep(min(timeout / 1e9, MAX_SLEEP))
             ready = [(u, 0, 0) for t, u in timers if t <= timeout]
         out = b"".join(struct.pack("<QHBxxxxxQHxxxxxx", u, err, tag, 0, 0)
                        for u, err, tag in ready)

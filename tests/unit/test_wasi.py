@@ -133,3 +133,43 @@ def test_a_denied_open_is_notcapable_and_nothing_leaks():
     # no clock grant: no time
     assert w.function("clock_time_get")(0, 0, 64) == E.NOTCAPABLE
     assert w.function("random_get")(0, 16) == E.NOTCAPABLE
+
+
+class Fault(Exception):
+    """What the engine raises for out-of-range guest memory (a trap)."""
+
+
+class StrictHost(FakeHost):
+    def read(self, ptr, n):
+        if ptr < 0 or n < 0 or ptr + n > len(self.mem):
+            raise Fault()
+        return super().read(ptr, n)
+
+    def write(self, ptr, data):
+        if ptr < 0 or ptr + len(data) > len(self.mem):
+            raise Fault()
+        super().write(ptr, data)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from compartments.abi import WASI_IMPORTS  # noqa: E402
+
+_i32 = st.one_of(st.integers(-(1 << 31), (1 << 31) - 1), st.sampled_from([0, 1, 3, 4, 8, 64]))
+_i64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.sampled_from([0, 1, 4096]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(n for n in WASI_IMPORTS if n != "proc_exit")), st.data())
+def test_any_arguments_give_an_errno_or_a_trap_never_an_engine_error(name, data):
+    host = StrictHost()
+    w = Wasi(host, "app")
+    w.grant([("data", "directory", "/data", 7), ("stdout", "log", "", 8),
+              ("clock", "clock", "", 9), ("env", "environment", "", 10)])
+    params, _ = WASI_IMPORTS[name]
+    args = [data.draw(_i64 if p == "i64" else _i32) for p in params]
+    try:
+        r = w.function(name)(*args)
+    except Fault:
+        return                   # out-of-range memory: the guest traps, as it should
+    assert isinstance(r, int) and 0 <= r <= 76, (name, args, r)
