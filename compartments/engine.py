@@ -316,7 +316,11 @@ class Engine:
     def invoke(self, import_id, interface_id, method_id, content, caps=()) -> protocol.Payload:
         """Call a capability we import and wait for its answer (serving calls meanwhile)."""
         t0 = time.perf_counter_ns()
-        qid, data = self.conn.send_call(import_id, interface_id, method_id, content, list(caps))
+        try:
+            qid, data = self.conn.send_call(import_id, interface_id, method_id, content,
+                                            list(caps))
+        except KeyError:
+            raise wasi.HostCallFailed("disconnected", "that capability was released") from None
         self._send(data)
         ret = self._wait_for(qid)
         if self.call_times is not None:
@@ -333,6 +337,11 @@ class Engine:
             return None
         self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
         return cap.import_id
+
+    def hold(self, import_id: int) -> int:
+        """One more reference to an import we already hold (the WASI layer's own)."""
+        self._import_refs[import_id] = self._import_refs.get(import_id, 0) + 1
+        return import_id
 
     def drop(self, import_id: int | None):
         if import_id is not None:

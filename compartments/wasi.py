@@ -111,7 +111,7 @@ class _Desc:
         self.mount = mount          # preopened directories: the name the program sees
         self.offset = 0
         self.readable, self.writable, self.append = readable, writable, append
-        self.owned = owned          # release the import when closed (not for grants)
+        self.owned = owned          # release our reference to the import when closed
         self.line = bytearray()     # log: the unfinished line
         self.entries = None         # dir: listing cached by fd_readdir
 
@@ -129,22 +129,26 @@ class Wasi:
         self._argv = self._environ = None
 
     def grant(self, grants):
-        """`grants`: (name, kind, mount, import id) for each granted capability."""
+        """`grants`: (name, kind, mount, import id) for each granted capability.
+        Each one used here gets a reference of its own (host.hold), so that the
+        guest releasing its wsuper handle to a grant does not pull it from
+        under a descriptor."""
         by_name = {g[0]: g for g in grants}
         for fd, stream in enumerate(("stdin", "stdout", "stderr")):
             g = by_name.get(stream)
             if g and g[1] in (("file",) if fd == 0 else ("log", "file")):
-                self.fds[fd] = _Desc(g[1], g[3], readable=g[1] == "file" and fd == 0,
-                                     writable=fd > 0, append=True, owned=False)
+                self.fds[fd] = _Desc(g[1], self.host.hold(g[3]),
+                                     readable=g[1] == "file" and fd == 0, writable=fd > 0,
+                                     append=True)
         fd = 3
         for gname, kind, mount, cap in grants:
             if kind == "directory":
-                self.fds[fd] = _Desc("dir", cap, mount=mount or f"/{gname}", owned=False)
+                self.fds[fd] = _Desc("dir", self.host.hold(cap), mount=mount or f"/{gname}")
                 fd += 1
             elif kind in ("clock", "random", "environment"):
                 attr = {"clock": "clock", "random": "random", "environment": "env"}[kind]
                 if getattr(self, attr) is None:      # preflight refuses two of a kind
-                    setattr(self, attr, cap)
+                    setattr(self, attr, self.host.hold(cap))
 
     # ------------------------------------------------------------ plumbing
 

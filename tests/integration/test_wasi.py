@@ -171,6 +171,20 @@ env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"]
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
 
 
+def test_releasing_a_grants_handle_leaves_its_descriptor_working(tmp_path, wasi_guests):
+    (tmp_path / "a.txt").write_text("still here\n")
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{tmp_path}" }}
+env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/data/a.txt",
+                                       "release:data"] }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["release data -> 0", "release stdout -> 0", "read /data/a.txt -> ok",
+                         "  still here", "release data -> -1"], r.stdout + r.stderr   # gone
+    assert "finished app exit=0" in r.stdout
+
+
 def test_a_wasi_policy_that_is_ambiguous_is_refused(tmp_path, wasi_guests):
     system = _system(tmp_path, wasi_guests["probe"], """
 c1 = { host = "clock" }

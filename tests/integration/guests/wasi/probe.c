@@ -10,6 +10,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The wsuper ABI, for the "release" op: a WASI program may use both. */
+__attribute__((import_module("wsuper"), import_name("lookup"))) int wsuper_lookup(const char *, int);
+__attribute__((import_module("wsuper"), import_name("release"))) int wsuper_release(int);
+
 static const char *name(int e) {
   switch (e) {
   case EACCES: return "EACCES";
@@ -80,6 +84,9 @@ int main(int argc, char **argv) {
       int ok = f && fwrite(block, 1, sizeof block, f) == sizeof block;
       if (f && fclose(f) != 0) ok = 0;
       report(op, path, ok);
+    } else if (!strcmp(op, "release")) {   /* drop the wsuper handle of a grant */
+      int h = wsuper_lookup(path, (int)strlen(path));
+      printf("release %s -> %d\n", path, h > 0 ? wsuper_release(h) : h);
     } else if (!strcmp(op, "exit")) {
       fprintf(stderr, "leaving with %s", path);   /* unfinished line: flushed at exit */
       exit(atoi(path));
