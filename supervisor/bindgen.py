@@ -106,10 +106,15 @@ class Generator:
         display = schema.node.displayName.split(":", 1)[-1]
         return "_".join(snake(p) for p in display.split("."))
 
+    def _type_name(self, schema) -> str:
+        """A struct's or enum's C type name (a keyword gets a trailing _)."""
+        name = self._name(schema)
+        return name + "_" if name in _C_KEYWORDS else name
+
     def _enum(self, schema) -> str:
         nid = schema.node.id
         if nid not in self.enums:
-            self.enums[nid] = (self._name(schema), dict(schema.enumerants))
+            self.enums[nid] = (self._type_name(schema), dict(schema.enumerants))
         return self.enums[nid][0]
 
     def _interface(self, schema):
@@ -130,7 +135,7 @@ class Generator:
         nid = schema.node.id
         if nid in self.structs:
             return self.structs[nid]
-        st = self.structs[nid] = _Struct(schema, cname or self._name(schema))
+        st = self.structs[nid] = _Struct(schema, cname or self._type_name(schema))
         where = f"{self.path}: {st.cname}"
         if schema.node.struct.discriminantCount:
             raise BindgenError(f"{where}: unions are not supported")

@@ -137,3 +137,18 @@ def test_bindgen_cli_writes_headers_and_refuses_what_it_cannot_bind(tmp_path):
     bad.write_text("@0xd1f0a3b2c4e5f602;\nstruct S { union { a @0 :Int32; b @1 :Text; } }\n")
     r = run_wsuper("bindgen", str(bad), "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "u.capnp: s: unions are not supported" in r.stderr
+
+
+def test_names_that_are_c_keywords_still_compile(tmp_path):
+    from supervisor import toolchain
+    (tmp_path / "kw.capnp").write_text(
+        "@0xd1f0a3b2c4e5f609;\nstruct Double { int @0 :Int32; char @1 :Text; }\n"
+        "interface Switch { case @0 (default :Double) -> (return :Bool); }\n")
+    r = run_wsuper("bindgen", str(tmp_path / "kw.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "use.c").write_text(
+        '#include "kw.h"\nint main(void) {\n  double_ d = {1, {"x", 1}};\n'
+        '  switch_case_results r;\n  wsuper_arena a = {0, 0};\n'
+        '  return switch_case(&a, 1, &d, &r) == 0 && r.return_;\n}\n')
+    toolchain.build([str(tmp_path / "use.c")], str(tmp_path / "use.wasm"),
+                    include=[str(tmp_path / "inc")], extra=["-Werror"])
