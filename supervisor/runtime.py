@@ -52,6 +52,7 @@ class _Link:
         self.send, self.recv = trio.open_memory_channel(math.inf)
         self.queued = 0
         self.closed = False
+        self._reads = 0
 
     def write(self, data: bytes):
         if self.closed:
@@ -76,6 +77,25 @@ class _Link:
     def close(self):
         self.closed = True
         self.send.close()
+
+    async def receive(self) -> bytes:
+        """The next bytes from the peer (b"" at its end), read straight from the
+        non-blocking socket.  trio's SocketStream yields to the scheduler once more
+        after every successful read, which cost more per message than routing it;
+        here a task parks only when there is nothing to read, and every 16th
+        read yields anyway, so a peer that never stops sending starves nobody."""
+        self._reads += 1
+        if self._reads % 16 == 0:
+            await trio.lowlevel.checkpoint()
+        while True:
+            if self.stream.socket.fileno() != self.fd:
+                return b""       # closed meanwhile: the number may belong to another socket
+            try:
+                return os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.fd)
+            except OSError as e:
+                raise trio.BrokenResourceError(str(e)) from None
 
     async def writer(self):
         async with self.recv:
@@ -227,7 +247,7 @@ class Supervisor:
         reason = None
         try:
             while True:
-                data = await link.stream.receive_some(1 << 16)
+                data = await link.receive()
                 if not data:
                     break
                 self._perform(self.router.receive(pid, data))
@@ -399,7 +419,7 @@ class Supervisor:
             n.start_soon(link.writer)
             try:
                 while True:
-                    data = await stream.receive_some(1 << 16)
+                    data = await link.receive()
                     if not data:
                         break
                     self._perform(self.router.receive(pid, data))
