@@ -665,6 +665,21 @@ class Connection:
         if not content.segments:
             wire.set_word(head, loc[1], content.word)
             return wire.frame([head])
+        if content.loc == (0, 0) and len(content.segments) == 1:
+            # A standalone one-segment message (what a guest or a builder makes):
+            # its words go right after the header, one segment, no far pointers.
+            seg = content.segments[0]
+            w0 = wire._word([seg], 0, 0)
+            if w0 == 0 or w0 & 3 == wire.OTHER:          # null, or a capability
+                wire.set_word(head, at, w0)
+                return wire.frame([head])
+            if w0 & 3 != wire.FAR:
+                start = wire.resolve([seg], (0, 0))[2]   # checks it lies inside
+                target = len(head) // 8 - 1 + start
+                wire.set_word(head, at, (w0 & 0xFFFFFFFF00000003)
+                              | ((target - at - 1) & 0x3FFFFFFF) << 2)
+                head += seg[8:]
+                return wire.frame([head])
         # Append the header as the last segment; the old root is replaced by a
         # far pointer to it; the content pointer reaches the content wherever it is.
         segs = list(content.segments)
