@@ -665,21 +665,20 @@ class Connection:
         if not content.segments:
             wire.set_word(head, loc[1], content.word)
             return wire.frame([head])
-        if content.loc == (0, 0) and len(content.segments) == 1:
-            # A standalone one-segment message (what a guest or a builder makes):
-            # its words go right after the header, one segment, no far pointers.
+        if len(content.segments) == 1:
+            # One segment (what engines send, and most peers): it follows the header
+            # in one segment, moved as a whole so its inner pointers stay valid, and
+            # the content pointer is re-aimed at it.  No far pointers for anyone.
             seg = content.segments[0]
-            w0 = wire._word([seg], 0, 0)
-            if w0 == 0 or w0 & 3 == wire.OTHER:          # null, or a capability
-                wire.set_word(head, at, w0)
+            r = wire.resolve([seg], content.loc)
+            if r is None or r[0] == wire.OTHER:            # null, or a capability
+                wire.set_word(head, at, 0 if r is None else r[3])
                 return wire.frame([head])
-            if w0 & 3 != wire.FAR:
-                start = wire.resolve([seg], (0, 0))[2]   # checks it lies inside
-                target = len(head) // 8 - 1 + start
-                wire.set_word(head, at, (w0 & 0xFFFFFFFF00000003)
-                              | ((target - at - 1) & 0x3FFFFFFF) << 2)
-                head += seg[8:]
-                return wire.frame([head])
+            _kind, _s, start, w = r
+            target = len(head) // 8 + start
+            wire.set_word(head, at, (w & 0xFFFFFFFF00000003) | ((target - at - 1) & 0x3FFFFFFF) << 2)
+            head += seg
+            return wire.frame([head])
         # Append the header as the last segment; the old root is replaced by a
         # far pointer to it; the content pointer reaches the content wherever it is.
         segs = list(content.segments)
