@@ -52,6 +52,7 @@ interface Directory @0xa05a5e2c6b2f6d06 {
   remove @4 (path :Text) -> ();                 # a file, or an empty directory
   mkdir @5 (path :Text) -> ();
   subdir @6 (path :Text) -> (dir :Directory);   # same attenuation as this one
+  rename @7 (from :Text, to :Text) -> ();       # within this directory; replaces `to`
 }
 
 interface File @0xa05a5e2c6b2f6d07 {

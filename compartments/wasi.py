@@ -21,7 +21,8 @@ it decides nothing the supervisor does not check again.
   Variables: its `vars`.  No environment grant: no arguments beyond the name
   and no variables.
 * Clocks need a clock grant, random_get a random grant (ENOTCAPABLE without).
-* No sockets, no symbolic links, no rename, no timestamps to set: ENOTSUP.
+* Rename within one directory grant (across two: EXDEV).  No sockets, no
+  symbolic links, no hard links, no timestamps to set: ENOTSUP.
 
 Errors from the supervisor carry a POSIX errno name first in their reason
 ("ENOENT: ..."); anything refused by attenuation (an allow-list, a revoked or
@@ -691,10 +692,12 @@ class Wasi:
         self._fd(dirfd, "dir")
         raise _Fail(E.NOTSUP)
 
-    def path_rename(self, dirfd, _p, _l, newfd, *_):
-        self._fd(dirfd, "dir")
-        self._fd(newfd, "dir")
-        raise _Fail(E.NOTSUP)
+    def path_rename(self, dirfd, old_ptr, old_len, newfd, new_ptr, new_len):
+        d, new = self._fd(dirfd, "dir"), self._fd(newfd, "dir")
+        if d.cap != new.cap:             # two capabilities: no rename across them
+            raise _Fail(E.XDEV)
+        self._call(d.cap, "Directory", "rename", **{"from": self._path(old_ptr, old_len),
+                                                    "to": self._path(new_ptr, new_len)})
 
     def path_link(self, dirfd, _flags, _p, _l, newfd, *_):
         self._fd(dirfd, "dir")

@@ -9,7 +9,7 @@ racing with an open cannot lead outside: there is no check-then-open.
 Attenuation is part of each object and carried to what it opens: a read-only
 directory opens read-only files and read-only subdirectories; an append-only
 one opens files with O_APPEND (so the kernel refuses to overwrite, whatever
-the interface does) and can neither remove nor truncate.
+the interface does) and can neither remove, rename nor truncate.
 """
 from __future__ import annotations
 
@@ -196,6 +196,26 @@ class Directory:
             raise _explain(e, path) from None
         finally:
             os.close(parent)
+
+    def rename(self, src: str, dst: str):
+        """Rename within this directory (replacing `dst`): both names are resolved
+        beneath it, and renameat(2) moves the last component only."""
+        if self.read_only or self.append_only:
+            raise FsError(f"{self.label} is {'read' if self.read_only else 'append'}-only: "
+                          f"cannot rename {src!r}", "EROFS" if self.read_only else "EPERM")
+        src_parent, src_name = self._parent(src)
+        try:
+            dst_parent, dst_name = self._parent(dst)
+        except FsError:
+            os.close(src_parent)
+            raise
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
+        except OSError as e:
+            raise _explain(e, src) from None
+        finally:
+            os.close(src_parent)
+            os.close(dst_parent)
 
     def subdir(self, path: str) -> "Directory":
         fd = self._at(path, os.O_PATH | os.O_DIRECTORY)

@@ -41,7 +41,7 @@ FILE_ID = host_schema.File.schema.node.id
 ENVIRONMENT_ID = host_schema.Environment.schema.node.id
 HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID, "directory": DIRECTORY_ID,
             "file": FILE_ID, "environment": ENVIRONMENT_ID}
-DIRECTORY_METHODS = ("open", "create", "list", "stat", "remove", "mkdir", "subdir")
+DIRECTORY_METHODS = ("open", "create", "list", "stat", "remove", "mkdir", "subdir", "rename")
 FILE_METHODS = ("read", "write", "append", "truncate", "stat")
 RANDOM_MAX_BYTES = 65536
 GATEWAY_ID = host_schema.Gateway.schema.node.id
@@ -901,7 +901,10 @@ class Router:
             if name == "stat":
                 return Content.standalone(results_struct.new_message(
                     info=obj.stat(p.path)).to_segments()), ()
-            getattr(obj, name)(p.path)                     # remove, mkdir
+            if name == "rename":
+                obj.rename(getattr(p, "from"), p.to)       # `from` is a Python keyword
+            else:
+                getattr(obj, name)(p.path)                 # remove, mkdir
             return protocol.EMPTY, ()
         if name == "read":
             msg = results_struct.new_message(data=obj.read(p.offset, p.count))

@@ -171,6 +171,31 @@ env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"]
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
 
 
+def test_rename_within_a_directory_grant_and_not_across(tmp_path, wasi_guests):
+    a, b, j = tmp_path / "a", tmp_path / "b", tmp_path / "j"
+    for d in (a, b, j):
+        d.mkdir()
+    (a / "draft.txt").write_text("v2\n")
+    (a / "final.txt").write_text("v1\n")
+    (j / "log.txt").write_text("x\n")
+    ops = ["rename:/a/draft.txt=/a/final.txt", "read:/a/final.txt",
+           "rename:/a/final.txt=/b/final.txt", "rename:/j/log.txt=/j/gone.txt"]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+a = {{ host = "directory", path = "{a}" }}
+b = {{ host = "directory", path = "{b}" }}
+j = {{ host = "directory", path = "{j}", append_only = true }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["rename /a/draft.txt=/a/final.txt -> ok",    # the atomic-replace idiom
+                         "read /a/final.txt -> ok", "  v2",
+                         "rename /a/final.txt=/b/final.txt -> EXDEV",  # two grants
+                         "rename /j/log.txt=/j/gone.txt -> EPERM"], r.stdout + r.stderr
+    assert sorted(p.name for p in a.iterdir()) == ["final.txt"] and not list(b.iterdir())
+    assert (j / "log.txt").read_text() == "x\n"
+
+
 def test_releasing_a_grants_handle_leaves_its_descriptor_working(tmp_path, wasi_guests):
     (tmp_path / "a.txt").write_text("still here\n")
     system = _system(tmp_path, wasi_guests["probe"], f"""

@@ -104,3 +104,24 @@ def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
     os.symlink(tree.parent, tree / "link")
     with pytest.raises(FsError, match="crosses a symbolic link"):
         Directory.grant(str(tree), subdir="link")
+
+
+def test_rename_stays_beneath_and_respects_attenuation(tree):
+    d = Directory.grant(str(tree))
+    d.rename("notes.txt", "sub/moved.txt")
+    assert (tree / "sub" / "moved.txt").read_text() == "hello" and not (tree / "notes.txt").exists()
+    for src, dst, reason in (("sub/moved.txt", "../stolen.txt", "contains '..'"),
+                             ("../secret.txt", "here.txt", "contains '..'"),
+                             ("sub/moved.txt", "/tmp/x", "is absolute"),
+                             ("missing.txt", "x.txt", "does not exist")):
+        with pytest.raises(FsError, match=reason):
+            d.rename(src, dst)
+    (tree / "link").symlink_to(tree.parent / "secret.txt")
+    with pytest.raises(FsError, match="symbolic link"):
+        d.rename("link/x", "y")                       # no path through a link
+    assert (tree.parent / "secret.txt").read_text() == "outside"
+    for attenuation, code in (({"read_only": True}, "EROFS"), ({"append_only": True}, "EPERM")):
+        with pytest.raises(FsError, match="cannot rename") as e:
+            Directory.grant(str(tree), **attenuation).rename("sub/moved.txt", "back.txt")
+        assert e.value.code == code
+    assert (tree / "sub" / "moved.txt").exists()

@@ -20,6 +20,7 @@ static const char *name(int e) {
   case EBADF: return "EBADF";
   case EDQUOT: return "EDQUOT";
   case EEXIST: return "EEXIST";
+  case EXDEV: return "EXDEV";
   case EINVAL: return "EINVAL";
   case EISDIR: return "EISDIR";
   case ELOOP: return "ELOOP";
@@ -84,6 +85,11 @@ int main(int argc, char **argv) {
       int ok = f && fwrite(block, 1, sizeof block, f) == sizeof block;
       if (f && fclose(f) != 0) ok = 0;
       report(op, path, ok);
+    } else if (!strcmp(op, "rename")) {    /* rename:FROM=TO */
+      char from[256] = {0};
+      const char *eq = strchr(path, '=');
+      if (eq) memcpy(from, path, (size_t)(eq - path) < 255 ? (size_t)(eq - path) : 255);
+      report(op, path, eq && rename(from, eq + 1) == 0);
     } else if (!strcmp(op, "release")) {   /* drop the wsuper handle of a grant */
       int h = wsuper_lookup(path, (int)strlen(path));
       printf("release %s -> %d\n", path, h > 0 ? wsuper_release(h) : h);
