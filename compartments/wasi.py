@@ -339,7 +339,8 @@ class Wasi:
         return 0
 
     def poll_oneoff(self, subs_ptr, events_ptr, count, nevents_ptr):
-        """Clock subscriptions (relative timeouts) sleep; descriptors are always ready."""
+        """Clock subscriptions sleep (an absolute time needs the clock grant, to know
+        how long that is); descriptors are always ready."""
         count &= 0xFFFFFFFF
         if count == 0 or count > 4096:
             raise _Fail(E.INVAL)
@@ -348,12 +349,17 @@ class Wasi:
         for i in range(count):
             userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
             if tag == 0:
-                _clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw,
+                clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw,
                                                                         48 * i + 16)
-                if flags & 1:                  # absolute time: not supported
-                    ready.append((userdata, E.NOTSUP, tag))
-                else:
-                    timers.append((timeout, userdata))
+                if flags & 1:                  # absolute: how far is it from now?
+                    if self.clock is None or clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
+                        ready.append((userdata, E.NOTCAPABLE if self.clock is None
+                                      else E.NOTSUP, tag))
+                        continue
+                    r, _ = self._call(self.clock, "Clock", "wall" if clock == CLOCK_REALTIME
+                                      else "monotonic")
+                    timeout = max(0, timeout - r.ns)
+                timers.append((timeout, userdata))
             elif tag in (1, 2):
                 (fd,) = struct.unpack_from("<I", raw, 48 * i + 16)
                 ready.append((userdata, 0 if fd in self.fds else E.BADF, tag))

@@ -171,6 +171,16 @@ env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"]
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
 
 
+def test_sleeping_until_an_absolute_time_needs_the_clock(tmp_path, wasi_guests):
+    system = _system(tmp_path, wasi_guests["probe"], """
+stdout = { host = "log" }
+clock = { host = "clock" }
+env = { host = "environment", args = ["sleep"] }
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["sleep  -> ok"], r.stdout + r.stderr
+
+
 def test_rename_within_a_directory_grant_and_not_across(tmp_path, wasi_guests):
     a, b, j = tmp_path / "a", tmp_path / "b", tmp_path / "j"
     for d in (a, b, j):

@@ -75,6 +75,16 @@ int main(int argc, char **argv) {
     } else if (!strcmp(op, "time")) {
       struct timespec ts;
       report(op, path, clock_gettime(CLOCK_REALTIME, &ts) == 0);
+    } else if (!strcmp(op, "sleep")) {    /* until 50 ms from now, by the monotonic clock */
+      struct timespec t0, until, t1;
+      int ok = clock_gettime(CLOCK_MONOTONIC, &t0) == 0;
+      until = t0;
+      until.tv_nsec += 50000000;
+      if (until.tv_nsec >= 1000000000) { until.tv_sec++; until.tv_nsec -= 1000000000; }
+      ok = ok && clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == 0 &&
+           clock_gettime(CLOCK_MONOTONIC, &t1) == 0;
+      long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+      report(op, path, ok && ms >= 50);
     } else if (!strcmp(op, "random")) {
       unsigned char b[16];
       report(op, path, getentropy(b, sizeof b) == 0);
