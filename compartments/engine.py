@@ -252,13 +252,13 @@ class Engine:
         return base + ptr
 
     def _read(self, ptr, length) -> bytes:
-        address = self._span(ptr, length)
-        return ctypes.string_at(address, length) if length else b""
+        if length == 0:                  # touches nothing: no need to ask where memory is
+            return b""
+        return ctypes.string_at(self._span(ptr, length), length)
 
     def _write(self, ptr, data: bytes):
-        address = self._span(ptr, len(data))
         if data:
-            ctypes.memmove(address, data, len(data))
+            ctypes.memmove(self._span(ptr, len(data)), data, len(data))
 
     # the WASI layer's view of guest memory
     read, write = _read, _write
