@@ -101,12 +101,28 @@ def frame(segments) -> bytes:
 
 def unframe(data: bytes, max_segments: int = MAX_SEGMENTS,
             max_words: int = MAX_MESSAGE_WORDS) -> list[memoryview]:
-    """Parse exactly one framed message; trailing or missing bytes are an error."""
-    f = Framer(max_segments, max_words)
-    msgs = f.feed(data)
-    if len(msgs) != 1 or f.pending:
+    """Parse exactly one framed message; trailing or missing bytes are an error.
+    The segments are views of `data` (no copy)."""
+    if len(data) < 8:
         raise WireError("expected exactly one complete Cap'n Proto message")
-    return msgs[0]
+    nseg = _U32.unpack_from(data, 0)[0] + 1
+    if nseg > max_segments:
+        raise WireError(f"message has {nseg} segments (limit {max_segments})")
+    table = 4 + 4 * nseg
+    table += table % 8
+    if len(data) < table:
+        raise WireError("expected exactly one complete Cap'n Proto message")
+    sizes = struct.unpack_from(f"<{nseg}I", data, 4)
+    total = sum(sizes)
+    if total > max_words:
+        raise WireError(f"message of {total * 8} bytes exceeds the limit of {max_words * 8} bytes")
+    if len(data) != table + 8 * total:
+        raise WireError("expected exactly one complete Cap'n Proto message")
+    view, segs, pos = memoryview(data), [], table
+    for n in sizes:
+        segs.append(view[pos:pos + 8 * n])
+        pos += 8 * n
+    return segs
 
 
 # ---------------------------------------------------------------- pointers
