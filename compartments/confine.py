@@ -205,10 +205,28 @@ def seccomp_program(denied) -> list[tuple]:
     return prog
 
 
-def _seccomp_deny(denied):
+def _fprog(denied) -> "_SockFprog":
     prog = seccomp_program(denied)
     filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), filters)
+    fprog._keep = filters
+    return fprog
+
+
+_PROGRAMS: dict = {}
+
+
+def _seccomp_deny(denied):
+    key = tuple(sorted(set(denied)))
+    fprog = _PROGRAMS.get(key)
+    if fprog is None:        # the zygote builds the engines' program once, before forking
+        fprog = _PROGRAMS[key] = _fprog(key)
     if _libc.syscall(SYS_SECCOMP_X86_64, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
                      ctypes.byref(fprog)) != 0:
         raise OSError(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
+
+
+# Built at import (the zygote imports this module), so forked engines do not.
+_ENGINE_SYSCALLS = tuple(sorted(set(DENIED_SYSCALLS_X86_64.values())))
+_PROGRAMS[_ENGINE_SYSCALLS] = _fprog(_ENGINE_SYSCALLS)
+

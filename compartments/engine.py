@@ -162,8 +162,9 @@ class Engine:
         the zygote loaded and described before it forked us (with our config), which
         costs nothing here."""
         imports = None
+        self._export_types = {}
         if isinstance(compiled, tuple):
-            self.wasm_engine, module, imports = compiled
+            self.wasm_engine, module, imports, self._export_types = compiled
             compiled = module
         else:
             self.wasm_engine = wasmtime.Engine(engine_config())
@@ -220,7 +221,7 @@ class Engine:
         if not isinstance(func, wasmtime.Func):
             raise EngineError(f"module {path} exports {name}, but not as a function")
         try:
-            return TypedFunc(self.store, func, *sig)
+            return TypedFunc(self.store, func, *sig, actual=self._export_types.get(name))
         except TypeError as e:
             raise EngineError(f"module {path} exports {name} with the wrong type: {e}") from None
 
@@ -713,6 +714,16 @@ def compile_module(wasm_engine: wasmtime.Engine, path: str) -> wasmtime.Module:
     return wasmtime.Module.from_file(wasm_engine, path)
 
 
+def export_types(module: wasmtime.Module) -> dict:
+    """name -> (params, results) of each function the module exports."""
+    out = {}
+    for exp in module.exports:
+        ty = exp.type
+        if isinstance(ty, wasmtime.FuncType):
+            out[exp.name] = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
+    return out
+
+
 def describe_imports(module: wasmtime.Module):
     """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
     for imp in module.imports:
@@ -778,8 +789,42 @@ def _arguments() -> argparse.ArgumentParser:
 _ARGUMENTS = _arguments()
 
 
+_FLAGS = {"--exports", "--stats", "--per-call"}
+_VALUES = {"--fd": int, "--name": str, "--module": str, "--parent": int, "--memory": int,
+           "--table-elements": int, "--fuel-per-call": int, "--handles": int,
+           "--message-size": int}
+
+
+def _parse(argv):
+    """The supervisor's own argument list, read without argparse (~1 ms per engine);
+    anything else goes to argparse, which explains what is wrong."""
+    if argv is None:
+        return _ARGUMENTS.parse_args(argv)
+    values = dict.fromkeys(("fd", "name", "module", "memory", "table_elements",
+                            "fuel_per_call", "handles", "message_size"))
+    values.update(parent=0, exports=False, stats=False, per_call=False)
+    i = 0
+    try:
+        while i < len(argv):
+            flag = argv[i]
+            key = flag[2:].replace("-", "_")
+            if flag in _FLAGS:
+                values[key] = True
+                i += 1
+            elif flag in _VALUES:
+                values[key] = _VALUES[flag](argv[i + 1])
+                i += 2
+            else:
+                raise ValueError(flag)
+        if None in (values["fd"], values["name"], values["module"]):
+            raise ValueError("missing")
+    except (ValueError, IndexError):
+        return _ARGUMENTS.parse_args(argv)
+    return argparse.Namespace(**values)
+
+
 def main(argv=None, compiled=None):
-    args = _ARGUMENTS.parse_args(argv)
+    args = _parse(argv)
     limits = EngineLimits(**{k: v for k, v in (
         ("memory", args.memory), ("table_elements", args.table_elements),
         ("fuel_per_call", args.fuel_per_call), ("handles", args.handles),

@@ -25,8 +25,10 @@ def signature(store, func: wasmtime.Func) -> tuple:
 class TypedFunc:
     """A wasm function whose (params, results) were checked once, at creation."""
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple, results: tuple):
-        actual = signature(store, func)
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple, results: tuple,
+                 actual: tuple | None = None):
+        """`actual`: the export's (params, results) if already known from its module."""
+        actual = actual or signature(store, func)
         if actual != (tuple(params), tuple(results)):
             raise TypeError(f"expected func {list(params)} -> {list(results)}, "
                             f"found {list(actual[0])} -> {list(actual[1])}")

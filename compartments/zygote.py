@@ -46,7 +46,7 @@ class _Compiled:
 
     def __init__(self):
         self._engine = None
-        self._cache: dict[tuple, tuple] = {}      # key -> (module, its imports described)
+        self._cache: dict[tuple, tuple] = {}      # key -> (module, imports, export types)
 
     def get(self, path: str):
         try:
@@ -63,7 +63,8 @@ class _Compiled:
                 module = engine.compile_module(self._engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError):
                 return None                  # the engine compiles it and reports the error
-            self._cache[key] = (module, list(engine.describe_imports(module)))
+            self._cache[key] = (module, list(engine.describe_imports(module)),
+                                engine.export_types(module))
         return (self._engine, *self._cache[key])
 
 
