@@ -1,7 +1,7 @@
 """Engine processes: forked by the zygote (compartments/zygote.py).
 
 The zygote is exec'd once, with an empty environment, and forks every engine
-from its preloaded heap: ~8 ms and ~4.3 MiB per compartment instead of a
+from its preloaded heap: ~7 ms and ~3.7 MiB per compartment instead of a
 fresh interpreter's ~90 ms and ~18 MiB (benchmarks/suite.py measures both).
 
 It is started here with `Popen`, synchronously, by the thread running trio.
