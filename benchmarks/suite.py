@@ -47,7 +47,7 @@ def _stats(times: list[float]) -> dict:
             "mean_us": sum(t) / len(t)}
 
 
-def _wsuper(system: str, d: str, *, timeout=600, wait_lines=None):
+def _wsuper(system: str, d: str, *, timeout=600):
     path = os.path.join(d, "system.toml")
     with open(path, "w") as f:
         f.write(system)
@@ -253,7 +253,7 @@ def engine_micro(n: int) -> dict:
     store = wasmtime.Store(eng)
     store.set_fuel((1 << 63) - 1)
     linker = wasmtime.Linker(eng)
-    hostcall.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x)
+    hostcall.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
     inst = linker.instantiate(store, module)
     ex = inst.exports(store)
     calls = TypedFunc(store, ex["calls"], ("i32",), ())
@@ -331,7 +331,7 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
     t = time.perf_counter()
     up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
                           stdout=subprocess.PIPE, text=True, env=dict(os.environ, WSUPER_STATS="1"))
-    pids, starts, first_spawn = [], [], None
+    pids, starts = [], []
     try:
         while len(pids) < n:
             line = up.stdout.readline()
@@ -347,7 +347,6 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
     finally:
         up.terminate()
         up.wait()
-    del first_spawn
     return {"n": n, "all_ready_s": ready, "per_compartment_ms": ready / n * 1000,
             "uss_mib": statistics.median(u for u, _ in mem),
             "pss_mib": statistics.median(p for _, p in mem),

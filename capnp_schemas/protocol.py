@@ -635,18 +635,16 @@ class Connection:
         return descs
 
     def _encode_caps(self, payload, caps, exported: list):
-        if len(caps) > MAX_CAPS_PER_MESSAGE:
-            raise ValueError(f"{len(caps)} capabilities in one message "
-                             f"(limit {MAX_CAPS_PER_MESSAGE})")
-        table = payload.init("capTable", len(caps))
-        for i, cap in enumerate(caps):
-            if cap is None:
+        """The cap table of a header built with pycapnp (a pipelined call)."""
+        descs = self._cap_descs(caps, exported)
+        table = payload.init("capTable", len(descs))
+        for i, (kind, ident) in enumerate(descs):
+            if kind == CAP_NONE:
                 table[i].none = None
-            elif isinstance(cap, RemoteRef):
-                table[i].receiverHosted = cap.import_id
+            elif kind == CAP_RECEIVER_HOSTED:
+                table[i].receiverHosted = ident
             else:
-                table[i].senderHosted = self._export(cap)
-                exported.append(cap)
+                table[i].senderHosted = ident
 
     @classmethod
     def _with_content(cls, msg, path, content: Content) -> bytes:

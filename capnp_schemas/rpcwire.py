@@ -31,7 +31,7 @@ CAP_NONE, CAP_SENDER_HOSTED, CAP_SENDER_PROMISE, CAP_RECEIVER_HOSTED = 0, 1, 2, 
 EXCEPTION_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
 
 _Q = struct.Struct("<Q")
-_HEAD = bytes(8)
+_HEAD_ONE = struct.pack("<II", 0, 4)     # stream framing of a one-segment, 4-word message
 
 
 def _struct_ptr(offset: int, data: int, ptrs: int) -> int:
@@ -43,7 +43,6 @@ def _composite_ptr(offset: int, words: int) -> int:
 
 
 _ROOT = _struct_ptr(0, 1, 1)            # root -> Message (1 data word, 1 pointer) at word 1
-_TO_BODY = {n: _struct_ptr(0, d, p) for n, d, p in ((3, 3, 3), (2, 2, 1), (1, 1, 0))}
 
 
 def _cap_table(caps) -> tuple[int, bytes]:
@@ -103,9 +102,6 @@ def encode_finish(question_id: int) -> bytes:
     """Finish with releaseResultCaps = false (stored XOR its default, true)."""
     return _HEAD_ONE + b"".join(_Q.pack(w) for w in (
         _ROOT, MSG_FINISH, _struct_ptr(0, 1, 0), question_id | (1 << 32)))
-
-
-_HEAD_ONE = struct.pack("<II", 0, 4)
 
 
 # ------------------------------------------------------------------ decoding

@@ -158,27 +158,18 @@ class Engine:
     # ------------------------------------------------------------ wasm
 
     def _load(self, path, compiled):
-        """`compiled`: None, serialized bytes, or (wasmtime.Engine, Module, imports) that
-        the zygote loaded and described before it forked us (with our config), which
-        costs nothing here."""
-        imports = None
-        self._export_types = {}
-        if isinstance(compiled, tuple):
+        """`compiled`: (wasmtime.Engine, Module, imports, export types) that the zygote
+        compiled and described with our configuration before it forked us, so that
+        none of it costs anything here; or None, and the engine compiles `path`."""
+        if compiled is not None:
             self.wasm_engine, module, imports, self._export_types = compiled
-            compiled = module
         else:
             self.wasm_engine = wasmtime.Engine(engine_config())
-        try:
-            if isinstance(compiled, wasmtime.Module):
-                module = compiled
-            elif compiled is not None:           # compiled by the zygote, with our config
-                module = wasmtime.Module.deserialize(self.wasm_engine, compiled)
-            else:
+            try:
                 module = compile_module(self.wasm_engine, path)
-        except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
-            raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
-        if imports is None:
-            imports = list(describe_imports(module))
+            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+                raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
+            imports, self._export_types = list(describe_imports(module)), {}
         problem = abi.check_imports(imports)
         if problem:
             raise EngineError(f"module {path} {problem}")

@@ -63,9 +63,9 @@ def _finalize(env):
 
 
 def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
-           engine: wasmtime.Engine | None = None) -> None:
-    """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`.
-    With the linker's `engine`, the function type is made once for that engine."""
+           engine: wasmtime.Engine) -> None:
+    """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`
+    on `linker`, which belongs to `engine`."""
     if len(results) > 1 or any(r != "i32" for r in results):
         raise TypeError("host functions return at most one i32")
     kinds = tuple(params)
@@ -89,20 +89,13 @@ _VAL = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 _TYPES: "weakref.WeakKeyDictionary[wasmtime.Engine, dict]" = weakref.WeakKeyDictionary()
 
 
-def func_type(params: tuple, results: tuple,
-              engine: wasmtime.Engine | None = None) -> wasmtime.FuncType:
-    types = _TYPES.setdefault(engine, {}) if engine is not None else {}
+def func_type(params: tuple, results: tuple, engine: wasmtime.Engine) -> wasmtime.FuncType:
+    types = _TYPES.setdefault(engine, {})
     ty = types.get((params, results))
-    if ty is None:
-        ty = wasmtime.FuncType([_VAL[k]() for k in params], [_VAL[r]() for r in results])
-        if engine is None:
-            _UNSHARED.append(ty)            # must outlive the linker
-        else:
-            types[params, results] = ty
+    if ty is None:                          # kept here: it must outlive the linkers
+        ty = types[params, results] = wasmtime.FuncType([_VAL[k]() for k in params],
+                                                        [_VAL[r]() for r in results])
     return ty
-
-
-_UNSHARED: list = []
 
 
 def memory_span(memory: wasmtime.Memory) -> tuple[int, int]:

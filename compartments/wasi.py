@@ -103,16 +103,14 @@ def errno_of(e: HostCallFailed) -> int:
 class _Desc:
     """One open descriptor."""
     __slots__ = ("kind", "cap", "mount", "offset", "readable", "writable", "append",
-                 "owned", "line", "entries")
+                 "line", "entries")
 
-    def __init__(self, kind, cap, *, mount=None, readable=False, writable=False, append=False,
-                 owned=True):
+    def __init__(self, kind, cap, *, mount=None, readable=False, writable=False, append=False):
         self.kind = kind            # "dir" | "file" | "log"
-        self.cap = cap              # import id
+        self.cap = cap              # import id: our own reference, dropped when closed
         self.mount = mount          # preopened directories: the name the program sees
         self.offset = 0
         self.readable, self.writable, self.append = readable, writable, append
-        self.owned = owned          # release our reference to the import when closed
         self.line = bytearray()     # log: the unfinished line
         self.entries = None         # dir: listing cached by fd_readdir
 
@@ -208,8 +206,7 @@ class Wasi:
 
     def _new_fd(self, desc: _Desc) -> int:
         if len(self.fds) >= MAX_FDS:
-            if desc.owned:
-                self.host.drop(desc.cap)
+            self.host.drop(desc.cap)
             raise _Fail(E.MFILE)
         fd = 3
         while fd in self.fds:
@@ -249,17 +246,19 @@ class Wasi:
                 break
         return b"".join(out)
 
-    def _scatter(self, iovs_ptr, count, data: bytes):
+    def _read_into(self, d: _Desc, offset: int, iovs_ptr, count) -> int:
+        """Read at `offset` into the guest's buffers (at most max_io); bytes read."""
+        iovecs = self._iovecs(iovs_ptr, count)
+        want = min(self.max_io, sum(length for _buf, length in iovecs))
+        data = self._read_at(d, offset, want)
         pos = 0
-        for buf, length in self._iovecs(iovs_ptr, count):
+        for buf, length in iovecs:
             if pos >= len(data):
                 break
             chunk = data[pos:pos + length]
             self.host.write(buf, chunk)
             pos += len(chunk)
-
-    def _read_size(self, iovs_ptr, count) -> int:
-        return min(self.max_io, sum(length for _buf, length in self._iovecs(iovs_ptr, count)))
+        return len(data)
 
     # ------------------------------------------------------------ args, environment
 
@@ -405,8 +404,7 @@ class Wasi:
         d = self._fd(fd)
         del self.fds[fd]
         self._flush(d)
-        if d.owned:
-            self.host.drop(d.cap)
+        self.host.drop(d.cap)
 
     def fd_renumber(self, fd, to):
         d = self._fd(fd)
@@ -518,18 +516,15 @@ class Wasi:
 
     def fd_read(self, fd, iovs, count, out):
         d = self._file(fd, "readable")
-        data = self._read_at(d, d.offset, self._read_size(iovs, count))
-        d.offset += len(data)
-        self._scatter(iovs, count, data)
-        self._u32(out, len(data))
+        n = self._read_into(d, d.offset, iovs, count)
+        d.offset += n
+        self._u32(out, n)
 
     def fd_pread(self, fd, iovs, count, offset, out):
         d = self._file(fd, "readable")
         if offset < 0:
             raise _Fail(E.INVAL)
-        data = self._read_at(d, offset, self._read_size(iovs, count))
-        self._scatter(iovs, count, data)
-        self._u32(out, len(data))
+        self._u32(out, self._read_into(d, offset, iovs, count))
 
     def _read_at(self, d, offset, count) -> bytes:
         if count == 0:

@@ -68,7 +68,7 @@ class _Compiled:
         return (self._engine, *self._cache[key])
 
 
-def _child(args: list[str], sock_fd: int, err_fd: int, compiled: bytes | None) -> int:
+def _child(args: list[str], sock_fd: int, err_fd: int, compiled: tuple | None) -> int:
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

@@ -152,3 +152,12 @@ def test_names_that_are_c_keywords_still_compile(tmp_path):
         '  return switch_case(&a, 1, &d, &r) == 0 && r.return_;\n}\n')
     toolchain.build([str(tmp_path / "use.c")], str(tmp_path / "use.wasm"),
                     include=[str(tmp_path / "inc")], extra=["-Werror"])
+
+
+def test_build_reports_what_the_compiler_said(tmp_path):
+    (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
+    r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
+    assert r.returncode == 2
+    assert "wsuper: error: building" in r.stderr and "undeclared" in r.stderr
+    r = run_wsuper("bindgen", str(tmp_path / "missing.capnp"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "missing.capnp" in r.stderr
