@@ -35,6 +35,7 @@ from capnp_schemas.protocol import Content, RemoteRef
 
 from . import abi, confine, hostcall, wasi
 from .fastcall import TypedFunc
+from .limits import Limits
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
 
@@ -44,18 +45,6 @@ UNLIMITED_FUEL = (1 << 63) - 1
 #: (A calls B, B calls A back, ...).  Deeper nesting fails the call: each level
 #: costs native stack in this process.
 MAX_NESTING = 32
-
-
-class EngineLimits:
-    """What the supervisor passes on the command line (see supervisor.policy.Limits)."""
-
-    def __init__(self, memory=64 << 20, table_elements=10_000, fuel_per_call=1_000_000_000,
-                 handles=1024, message_size=8 << 20):
-        self.memory = memory
-        self.table_elements = table_elements
-        self.fuel_per_call = fuel_per_call
-        self.handles = handles
-        self.message_size = message_size
 
 
 class GuestFault(Exception):
@@ -132,13 +121,13 @@ class _Frame:
 
 class Engine:
     def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 limits: "EngineLimits | None" = None, compiled=None,
+                 limits: Limits | None = None, compiled=None,
                  per_call: bool = False):
         self.sock = sock
         self.name = name
         self.exports_main = exports
         self.per_call = per_call              # a fresh instance for every incoming call
-        self.limits = limits or EngineLimits()
+        self.limits = limits or Limits()
         self.max_message_bytes = self.limits.message_size
         # what the supervisor forwards carries its own headers: allow for them
         self.conn = protocol.Connection(
@@ -816,7 +805,7 @@ def _parse(argv):
 
 def main(argv=None, compiled=None):
     args = _parse(argv)
-    limits = EngineLimits(**{k: v for k, v in (
+    limits = Limits(**{k: v for k, v in (
         ("memory", args.memory), ("table_elements", args.table_elements),
         ("fuel_per_call", args.fuel_per_call), ("handles", args.handles),
         ("message_size", args.message_size)) if v is not None})

@@ -13,6 +13,8 @@ import tomllib
 
 import attrs
 
+from compartments.limits import Limits
+
 from .supervision import MODES, RestartPolicy
 
 HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
@@ -65,33 +67,7 @@ class Grant:
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
 
-@attrs.frozen
-class Limits:
-    """Per-compartment limits.  Defaults are safe for untrusted code; see
-    docs/policy-reference.md for what each one bounds and what happens at it."""
-    memory: int = 64 << 20              # bytes of linear memory
-    table_elements: int = 10_000        # elements across the module's tables
-    fuel_per_call: int = 1_000_000_000  # wasm fuel (about instructions) per incoming call
-    handles: int = 1024                 # capabilities the compartment may hold
-    in_flight: int = 64                 # calls from it the supervisor holds unanswered
-    message_size: int = 8 << 20         # bytes in one message to or from it
-    call_time: float = 30.0             # seconds a call into it may take
-    log_rate: float = 100.0             # lines per second it may write to its logs
-
-    # key -> (minimum, maximum, is a size)
-    RANGES = {
-        "memory": (64 << 10, 4 << 30, True),
-        "table_elements": (0, 10_000_000, False),
-        "fuel_per_call": (1_000, 1 << 62, False),
-        "handles": (1, 1 << 20, False),
-        "in_flight": (1, 1 << 16, False),
-        "message_size": (1 << 10, 256 << 20, True),
-        "call_time": (0.01, 86_400, False),
-        "log_rate": (0.01, 1_000_000, False),
-    }
-
-
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = Limits()   # compartments/limits.py: the one definition
 
 
 @attrs.frozen

@@ -29,6 +29,8 @@ from capnp_schemas import engine as engine_schema, host as host_schema, protocol
 from capnp_schemas.payloads import StartResults, grants_content, method_structs, with_capability
 from capnp_schemas.protocol import Content, RemoteRef
 
+from compartments.limits import Limits
+
 from . import hostfs
 
 LOG_LINE_LIMIT = 4096       # characters of one Log line that are shown
@@ -278,19 +280,10 @@ def _describe(cap) -> str:
     return type(cap).__name__
 
 
-@attrs.frozen
-class PeerLimits:
-    in_flight: int = 64          # calls from the peer held unanswered
-    handles: int = 1024          # entries in the peer's c-list (our export table)
-    message_size: int = 8 << 20  # bytes per message from the peer
-    call_time: float = 30.0      # seconds a call into the peer may take
-    log_rate: float = 100.0      # Log lines per second it may write (bursts of as many)
-
-
 class Peer:
     """One connection: an engine (compartment) or an external client."""
 
-    def __init__(self, pid: int, name: str, kind: str, limits: PeerLimits):
+    def __init__(self, pid: int, name: str, kind: str, limits: Limits):
         self.id = pid
         self.name = name
         self.kind = kind                 # "engine" | "external"
@@ -310,12 +303,12 @@ class Peer:
 
 class Router:
     def __init__(self, compartments: dict[str, int | None], external: tuple = (),
-                 limits: dict | None = None, external_limits: PeerLimits = PeerLimits(),
+                 limits: dict | None = None, external_limits: Limits = Limits(),
                  clock=time.monotonic, names: dict | None = None, audit: bool = False,
                  wall_ns=time.time_ns, monotonic_ns=time.monotonic_ns, entropy=os.urandom,
                  filesystem=hostfs):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
-        `limits`: name -> PeerLimits (default PeerLimits()).  `clock` times call_time.
+        `limits`: name -> Limits (default Limits()).  `clock` times call_time.
         `names`: interface id -> (name, {method id: name}), for messages and the audit."""
         self.limits = limits or {}
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
@@ -348,7 +341,7 @@ class Router:
         `grants` is a list of GrantSpec.
         """
         grants = [g if isinstance(g, GrantSpec) else GrantSpec(*g) for g in grants]
-        peer = self._new_peer(name, "engine", self.limits.get(name, PeerLimits()))
+        peer = self._new_peer(name, "engine", self.limits.get(name, Limits()))
         self.engines[name] = peer
         proxy = self.proxies.get(name)
         if proxy is not None:          # a (re)start: calls wait for it, then go to it
@@ -853,7 +846,7 @@ class Router:
 
     def _spend_log_token(self, owner: str):
         """Token bucket: log_rate lines per second, bursts of up to log_rate lines."""
-        rate = self.limits.get(owner, PeerLimits()).log_rate
+        rate = self.limits.get(owner, Limits()).log_rate
         now = self.clock()
         budget = self._log_budget.setdefault(owner, [rate, now])
         budget[0] = min(rate, budget[0] + (now - budget[1]) * rate)

@@ -16,11 +16,11 @@ import sys
 import trio
 
 from compartments import confine
+from compartments.limits import Limits
 
 from . import router as R
 from .preflight import Plan
 from .process import Zygote
-from .policy import Limits
 from .supervision import Supervision, Throttle
 
 GRACE_SECONDS = 2.0
@@ -116,10 +116,9 @@ class Supervisor:
         self.socket_path = socket_path or self.system.socket or \
             default_socket_path(self.system.path)
         self.router = R.Router(plan.main_interface, self.system.external, {
-            c.name: _peer_limits(c.limits)
-            for c in self.system.compartments.values()}, clock=trio.current_time,
+            c.name: c.limits for c in self.system.compartments.values()}, clock=trio.current_time,
             names=plan.names, audit=self.system.audit is not None,
-            external_limits=_peer_limits(self.system.external_limits or Limits()))
+            external_limits=self.system.external_limits or Limits())
         self._audit_file = None
         self._bound: dict[str, bool] = {}
         self.links: dict[int, _Link] = {}
@@ -554,8 +553,4 @@ def _printable(text: str) -> str:
 
 async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
     return await Supervisor(plan, socket_path, out).run()
-
-
-def _peer_limits(lim: Limits) -> R.PeerLimits:
-    return R.PeerLimits(lim.in_flight, lim.handles, lim.message_size, lim.call_time, lim.log_rate)
 

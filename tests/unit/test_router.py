@@ -144,7 +144,7 @@ def test_capability_in_a_result_is_released_at_its_host_when_the_holder_releases
 def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
     now = [0.0]
     router = R.Router({"calc": CALC, "app": None},
-                      limits={"calc": R.PeerLimits(call_time=2.0)}, clock=lambda: now[0])
+                      limits={"calc": R.Limits(call_time=2.0)}, clock=lambda: now[0])
     calc = start(router, "calc", exports=True)
     app = start(router, "app", [("calc", "compartment", "calc")])
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)

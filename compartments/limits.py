@@ -1,0 +1,38 @@
+"""Per-compartment limits: one definition, used by the policy, the router and the engine.
+
+The supervisor parses them from the system file (supervisor/policy.py), the
+router enforces the ones about calls and messages, and each engine receives
+the ones it enforces itself (memory, tables, fuel, handles, message size).
+Defaults are safe for untrusted code; docs/policy-reference.md says what
+each bounds and what happens at the limit.
+"""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Limits:
+    memory: int = 64 << 20              # bytes of linear memory
+    table_elements: int = 10_000        # elements across the module's tables
+    fuel_per_call: int = 1_000_000_000  # wasm fuel (about instructions) per incoming call
+    handles: int = 1024                 # capabilities the compartment may hold
+    in_flight: int = 64                 # calls from it the supervisor holds unanswered
+    message_size: int = 8 << 20         # bytes in one message to or from it
+    call_time: float = 30.0             # seconds a call into it may take
+    log_rate: float = 100.0             # lines per second it may write to its logs
+
+    #: key -> (minimum, maximum, is a size)
+    RANGES = {
+        "memory": (64 << 10, 4 << 30, True),
+        "table_elements": (0, 10_000_000, False),
+        "fuel_per_call": (1_000, 1 << 62, False),
+        "handles": (1, 1 << 20, False),
+        "in_flight": (1, 1 << 16, False),
+        "message_size": (1 << 10, 256 << 20, True),
+        "call_time": (0.01, 86_400, False),
+        "log_rate": (0.01, 1_000_000, False),
+    }
+
+
+DEFAULT = Limits()
