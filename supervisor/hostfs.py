@@ -118,7 +118,7 @@ class Directory:
                 path, quota=WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
-                sub = d.subdir(subdir)          # beneath, no symlinks, like any path
+                sub = d.subdir(subdir)["dir"]   # beneath, no symlinks, like any path
             finally:
                 d.close()
             return sub
@@ -146,30 +146,31 @@ class Directory:
         flags = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND,
                  "readWrite": os.O_RDWR}[mode]
         fd = self._at(path, flags | os.O_NOFOLLOW)
-        return File(fd, f"{self.label}/{check_path(path)}", readable=mode in ("read", "readWrite"),
-                    writable=mode != "read", append_only=mode == "append" or self.append_only,
-                    quota=self.quota)
+        return {"file": File(fd, f"{self.label}/{check_path(path)}",
+                             readable=mode in ("read", "readWrite"), writable=mode != "read",
+                             append_only=mode == "append" or self.append_only, quota=self.quota)}
 
     def create(self, path: str) -> "File":
         if self.read_only:
             raise FsError(f"{self.label} is read-only: cannot create {path!r}", "EROFS")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_APPEND if self.append_only else 0)
         fd = self._at(path, flags)
-        return File(fd, f"{self.label}/{check_path(path)}", readable=False, writable=True,
-                    append_only=self.append_only, quota=self.quota)
+        return {"file": File(fd, f"{self.label}/{check_path(path)}", readable=False,
+                             writable=True, append_only=self.append_only, quota=self.quota)}
 
     def list(self, path: str) -> list[tuple[str, str]]:
         fd = self._at(path or ".", os.O_RDONLY | os.O_DIRECTORY)
         try:
             with os.scandir(fd) as it:
-                return sorted((e.name, _kind(e.stat(follow_symlinks=False).st_mode)) for e in it)
+                return {"entries": [{"name": name, "kind": kind} for name, kind in sorted(
+                    (e.name, _kind(e.stat(follow_symlinks=False).st_mode)) for e in it)]}
         finally:
             os.close(fd)
 
     def stat(self, path: str) -> dict:
         fd = self._at(path or ".", os.O_PATH)
         try:
-            return _info(os.fstat(fd))
+            return {"info": _info(os.fstat(fd))}
         finally:
             os.close(fd)
 
@@ -197,9 +198,10 @@ class Directory:
         finally:
             os.close(parent)
 
-    def rename(self, src: str, dst: str):
+    def rename(self, from_: str, to: str):
         """Rename within this directory (replacing `dst`): both names are resolved
         beneath it, and renameat(2) moves the last component only."""
+        src, dst = from_, to
         if self.read_only or self.append_only:
             raise FsError(f"{self.label} is {'read' if self.read_only else 'append'}-only: "
                           f"cannot rename {src!r}", "EROFS" if self.read_only else "EPERM")
@@ -219,8 +221,8 @@ class Directory:
 
     def subdir(self, path: str) -> "Directory":
         fd = self._at(path, os.O_PATH | os.O_DIRECTORY)
-        return Directory(fd, f"{self.label}/{check_path(path)}", self.read_only, self.append_only,
-                         self.quota)
+        return {"dir": Directory(fd, f"{self.label}/{check_path(path)}", self.read_only,
+                                 self.append_only, self.quota)}
 
     def close(self):
         os.close(self.fd)
@@ -249,11 +251,11 @@ class File:
         return cls(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC), path,
                    quota=WriteQuota(max_bytes_written), **kw)
 
-    def read(self, offset: int, count: int) -> bytes:
+    def read(self, offset: int, count: int, *, max_bytes: int = MAX_READ) -> dict:
         if not self.readable:
             raise FsError(f"{self.label} is not open for reading", "EBADF")
         try:
-            return os.pread(self.fd, min(count, MAX_READ), offset)
+            return {"data": os.pread(self.fd, min(count, MAX_READ, max_bytes), offset)}
         except OSError as e:
             raise _explain(e, self.label) from None
 
@@ -265,7 +267,7 @@ class File:
                           "EPERM")
         self.quota.spend(len(data), self.label)
         try:
-            return os.pwrite(self.fd, data, offset)
+            return {"written": os.pwrite(self.fd, data, offset)}
         except OSError as e:
             raise _explain(e, self.label) from None
 
@@ -277,10 +279,10 @@ class File:
             if self.append_only:                    # O_APPEND: the kernel picks the end
                 end = os.fstat(self.fd).st_size
                 os.write(self.fd, data)
-                return end
+                return {"offset": end}
             end = os.lseek(self.fd, 0, os.SEEK_END)
             os.pwrite(self.fd, data, end)
-            return end
+            return {"offset": end}
         except OSError as e:
             raise _explain(e, self.label) from None
 
@@ -294,7 +296,7 @@ class File:
             raise _explain(e, self.label) from None
 
     def stat(self) -> dict:
-        return _info(os.fstat(self.fd))
+        return {"info": _info(os.fstat(self.fd))}
 
     def close(self):
         os.close(self.fd)

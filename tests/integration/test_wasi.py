@@ -1,7 +1,7 @@
 """WASI programs (C, built with clang and wasi-libc) run on their grants, and nothing else."""
 import json
 
-from tests.conftest import run_wsuper
+from tests.conftest import audit_calls, run_wsuper
 
 
 def _system(tmp_path, module, grants, extra=""):
@@ -23,7 +23,7 @@ def _lines(r):
 
 
 def _audit(tmp_path):
-    return [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    return audit_calls(tmp_path / "audit.jsonl")
 
 
 def test_a_posix_program_works_on_what_it_is_granted(tmp_path, wasi_guests):

@@ -46,13 +46,13 @@ def test_symlinks_planted_before_or_during_the_run_are_refused(tree):
 
 def test_read_only_carries_to_files_and_subdirectories(tree):
     d = Directory.grant(str(tree), read_only=True)
-    assert d.open("notes.txt", "read").read(0, 100) == b"hello"
+    assert d.open("notes.txt", "read")["file"].read(0, 100) == {"data": b"hello"}
     for attempt in (lambda: d.open("notes.txt", "write"), lambda: d.create("new"),
                     lambda: d.remove("notes.txt"), lambda: d.mkdir("x"),
-                    lambda: d.subdir("sub").create("y")):
+                    lambda: d.subdir("sub")["dir"].create("y")):
         with pytest.raises(FsError, match="read-only"):
             attempt()
-    f = d.open("notes.txt", "read")
+    f = d.open("notes.txt", "read")["file"]
     with pytest.raises(FsError, match="read-only"):
         f.write(0, b"x")
     assert (tree / "notes.txt").read_text() == "hello"
@@ -61,7 +61,7 @@ def test_read_only_carries_to_files_and_subdirectories(tree):
 def test_append_only_cannot_overwrite_truncate_or_remove_and_the_kernel_agrees(tree):
     f = File.grant(str(tree / "notes.txt"), append_only=True)
     assert fcntl.fcntl(f.fd, fcntl.F_GETFL) & os.O_APPEND
-    assert f.append(b" world") == 5
+    assert f.append(b" world") == {"offset": 5}
     with pytest.raises(FsError, match="append-only"):
         f.write(0, b"X")
     with pytest.raises(FsError, match="append-only"):
@@ -73,20 +73,21 @@ def test_append_only_cannot_overwrite_truncate_or_remove_and_the_kernel_agrees(t
         d.remove("notes.txt")
     with pytest.raises(FsError, match="append-only"):
         d.open("notes.txt", "write")
-    g = d.open("notes.txt", "append")
+    g = d.open("notes.txt", "append")["file"]
     assert fcntl.fcntl(g.fd, fcntl.F_GETFL) & os.O_APPEND
 
 
 def test_directory_operations(tree):
     d = Directory.grant(str(tree))
-    f = d.create("a.txt")
+    f = d.create("a.txt")["file"]
     f.append(b"abc")
-    assert d.stat("a.txt")["size"] == 3
+    assert d.stat("a.txt")["info"]["size"] == 3
     with pytest.raises(FsError, match="already exists"):
         d.create("a.txt")
     d.mkdir("sub/deeper")
-    assert d.list("") == [("a.txt", "file"), ("notes.txt", "file"), ("sub", "directory")]
-    assert d.subdir("sub").list("") == [("deeper", "directory")]
+    assert d.list("") == {"entries": [{"name": "a.txt", "kind": "file"}, {"name": "notes.txt", "kind": "file"},
+                                   {"name": "sub", "kind": "directory"}]}
+    assert d.subdir("sub")["dir"].list("") == {"entries": [{"name": "deeper", "kind": "directory"}]}
     d.remove("a.txt")
     with pytest.raises(FsError, match="does not exist"):
         d.stat("a.txt")
@@ -95,7 +96,7 @@ def test_directory_operations(tree):
 def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
     d = Directory.grant(str(tree), subdir="sub", max_bytes_written=5)
     assert d.label.endswith("/sub")
-    a, b = d.create("a"), d.create("b")
+    a, b = d.create("a")["file"], d.create("b")["file"]
     a.append(b"abc")
     with pytest.raises(FsError, match=r"write quota exhausted \(2 bytes left, 3 asked"):
         b.append(b"xyz")
