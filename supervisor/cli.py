@@ -19,8 +19,8 @@ def main(argv=None) -> int:
                         "(or Ctrl-C / SIGTERM)")
     up.add_argument("system", help="path to system.toml")
     up.add_argument("--socket", help="Unix socket for the external endpoint (default: "
-                    "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME.sock or "
-                    "/tmp/wsuper-UID/NAME.sock)")
+                    "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME-HASH.sock or "
+                    "/tmp/wsuper-UID/NAME-HASH.sock)")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what")
     check.add_argument("system", help="path to system.toml")
@@ -33,8 +33,6 @@ def main(argv=None) -> int:
                             "it, everything obtained through it and its calls in flight fail")
     revoke.add_argument("system", help="path to the running system's system.toml")
     revoke.add_argument("grant", help="COMPARTMENT.GRANT, e.g. app.calc")
-    revoke.add_argument("--socket", help="the running system's external socket path, if it "
-                        "was started with --socket")
     bindgen = sub.add_parser("bindgen", help="write C bindings (NAME.h and wsuper.h) for the "
                              "interfaces and structs of Cap'n Proto schemas")
     bindgen.add_argument("schemas", nargs="+", metavar="SCHEMA.capnp")
@@ -136,28 +134,28 @@ def _toolchain(args) -> int:
 
 
 def _revoke(args) -> int:
-    import socket
-
-    from . import policy
-    from .runtime import admin_socket_path, default_socket_path
+    from . import endpoint, policy
     try:
         system = policy.load(args.system)
     except PolicyError as e:
         print(f"wsuper: error: {e}", file=sys.stderr)
         return 2
-    path = admin_socket_path(args.socket or system.socket or default_socket_path(system.path))
+    revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
+                       for g in c.grants if g.revocable)
+    if args.grant not in revocable:
+        print(f"wsuper: error: {args.system} has no revocable grant {args.grant!r} "
+              f"(revocable: {', '.join(revocable) or 'none'})", file=sys.stderr)
+        return 2
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(f"revoke {args.grant}\n".encode())
-            answer = s.makefile(encoding="utf-8").readline().strip()
-    except OSError as e:
-        print(f"wsuper: error: no running system with revocable grants at {path} "
-              f"({e.strerror or e})", file=sys.stderr)
+        answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
+    except endpoint.EndpointError as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
         return 1
-    print(f"wsuper: {answer}", file=sys.stderr if answer.startswith("error") else sys.stdout)
-    return 0 if answer.startswith("ok") else 1
+    if answer.get("ok"):
+        print(f"wsuper: ok: {answer.get('text', '')}")
+        return 0
+    print(f"wsuper: error: {answer.get('error', 'refused')}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

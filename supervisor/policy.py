@@ -13,11 +13,12 @@ import tomllib
 
 import attrs
 
+from capnp_schemas import hosted
 from compartments.limits import Limits
 
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
+HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
@@ -62,6 +63,14 @@ class Grant:
     vars: tuple = ()                      # environment grants: (name, value) pairs
     mount: str | None = None              # directory grants: where a WASI program sees it
     origin: str = ""                      # "FILE: KEY" where the grant was written
+    methods: frozenset | None = None      # `allow`, resolved by preflight to
+                                          # (interface id, method id) pairs
+
+    @property
+    def attenuated(self) -> bool:
+        """Whether calls through it pass a membrane (allow-list, revocation, quotas)."""
+        return self.allow is not None or self.revocable or self.max_uses is not None \
+            or self.expires_after is not None or self.calls_per_second is not None
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}

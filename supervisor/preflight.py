@@ -12,6 +12,7 @@ import capnp
 import wasmtime
 
 import capnp_schemas
+from capnp_schemas import hosted
 from compartments import abi
 from compartments.engine import describe_imports
 
@@ -24,12 +25,10 @@ class Plan:
     interfaces: dict        # interface name -> interface id
     main_interface: dict    # compartment name -> interface id | None
     names: dict = {}        # interface id -> (name, {method id: method name})
-    allow: dict = {}        # (compartment, grant name) -> frozenset of (interface id, method id)
     interface_modules: dict = {}   # interface name -> pycapnp interface module
 
 
-HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random",
-                   "directory": "Directory", "file": "File", "environment": "Environment"}
+HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 
 
 
@@ -89,17 +88,20 @@ def prepare(system: System) -> Plan:
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
-    allow = {}
+    resolved = {}
     for comp in system.compartments.values():
+        grants = []
         for g in comp.grants:
-            if g.allow is None:
-                continue
-            granted = (system.compartments[g.target].exports if g.kind == "compartment"
-                       else HOST_INTERFACES[g.target])
-            allow[(comp.name, g.name)] = frozenset(
-                _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
-                                m, granted, by_name, names) for m in g.allow)
-    return Plan(system, interfaces, main, names, allow, ifaces)
+            if g.allow is not None:
+                granted = (system.compartments[g.target].exports if g.kind == "compartment"
+                           else HOST_INTERFACES[g.target])
+                g = attrs.evolve(g, methods=frozenset(
+                    _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
+                                    m, granted, by_name, names) for m in g.allow))
+            grants.append(g)
+        resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
+    system = attrs.evolve(system, compartments=resolved)
+    return Plan(system, interfaces, main, names, ifaces)
 
 
 def _check_wasi_grants(where, key, comp):

@@ -82,6 +82,13 @@ def external_client(socket_path, body, timeout=30):
     return asyncio.run(bounded())
 
 
+def audit_calls(path):
+    """The capability-call records of an audit file (not the run start/stop markers)."""
+    import json
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if "capability" in r]
+
+
 def run_wsuper(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, external_client, run_wsuper
+from tests.conftest import audit_calls, ROOT, external_client, run_wsuper
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_the_store_persists_to_its_append_only_file(kv):
     assert "[store] store: replayed 2 records from /data/kv.log" in r.stdout
     assert (kv / "data" / "kv.log").read_text() == \
         "runs\t1\ngreeting\thello\nruns\t2\ngreeting\thello\n"
-    records = [json.loads(l) for l in open(kv / "data" / "audit.jsonl")]
+    records = audit_calls(kv / "data" / "audit.jsonl")
     calls = {(x["caller"], x["capability"].split(" ")[0], x["method"]) for x in records}
     assert {("client", "client.kv", "subscribe"), ("client", "client.kv", "put"),
             ("store", "store.data>Directory.open", "append")} <= calls, calls
@@ -98,7 +98,7 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
     denials = [l for l in run.lines if l.startswith("wsuper: denied: hostile")]
     assert len(denials) < 20                  # the terminal is not flooded either
     assert (kv / "data" / "kv.log").read_text() == "runs\t41\n"
-    records = [json.loads(l) for l in open(kv / "data" / "hostile-audit.jsonl")]
+    records = audit_calls(kv / "data" / "hostile-audit.jsonl")
     assert any(x["caller"] == "hostile" and x["method"] == "put" and x["outcome"] == "denied"
                for x in records)
     assert sum(x["caller"] == "hostile" and x["outcome"] == "denied" for x in records) > 100

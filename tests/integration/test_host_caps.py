@@ -1,5 +1,7 @@
 """Clock and Random are capabilities: a guest reads them only through its grants."""
-from supervisor.router import CLOCK_ID, RANDOM_ID
+from capnp_schemas.hosted import BY_KIND
+
+CLOCK_ID, RANDOM_ID = BY_KIND["clock"].id, BY_KIND["random"].id
 from tests.conftest import run_wsuper
 from tests.integration.guests import program
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT, run_wsuper
+from tests.conftest import ROOT, audit_calls, run_wsuper
 
 
 def _system(tmp_path, module, grants, extra=""):
@@ -28,7 +28,7 @@ def _lines(r):
 
 
 def _audit(tmp_path):
-    return [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    return audit_calls(tmp_path / "audit.jsonl")
 
 
 def test_a_posix_program_works_on_what_it_is_granted(tmp_path, wasi_guests):
