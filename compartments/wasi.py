@@ -96,10 +96,13 @@ LOG_LINE = 4096             # characters of one log line the supervisor shows
 RANDOM_CHUNK = 65536        # Random.bytes' per-call bound
 MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and may sleep again)
 U64 = (1 << 64) - 1
+_DIRENT = struct.Struct("<QQIBxxx")      # d_next, d_ino, d_namlen, d_type; the name follows
 _ERRNO_PREFIX = re.compile(r"(E[A-Z0-9]+): ")
 
 _KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "symlink": FILETYPE_SYMLINK,
           "other": FILETYPE_UNKNOWN}
+_KIND_VALUES = {value: _KINDS.get(name, FILETYPE_UNKNOWN)       # Kind's raw value -> filetype
+                for name, value in host_schema.Kind.schema.enumerants.items()}
 _M = {}                     # (interface name, method) -> (interface id, ordinal, params, results)
 for _iface in ("Log", "Clock", "Random", "Directory", "File", "Environment"):
     _mod = getattr(host_schema, _iface)
@@ -804,48 +807,52 @@ class Wasi:
         cookie &= U64
         data = bytearray()
         while len(data) < length:
-            entry = self._entry_after(d, cookie)
-            if entry is None:
-                break
-            name, filetype, ino, cookie = entry
-            data += struct.pack("<QQIBxxx", cookie, ino, len(name), filetype) + name
+            if cookie < 2:
+                if d.ino is None:
+                    r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
+                    d.ino = r.info.inode
+                # '..' gets the directory's own inode, as under wasmtime (the parent
+                # may be outside the grant)
+                name = b"." if cookie == 0 else b".."
+                cookie += 1
+                data += _DIRENT.pack(cookie, d.ino, len(name), FILETYPE_DIR) + name
+                continue
+            page = d.page
+            if cookie == 2 or page is None or cookie not in page[2]:
+                page = d.page = self._list_page(d, cookie)
+            records, cookies, at, done = page
+            i = at[cookie]
+            if i == len(records):
+                if done:
+                    break
+                d.page = self._list_page(d, cookie)
+                continue
+            j = i
+            while j < len(records) and len(data) < length:
+                data += records[j]
+                j += 1
+            cookie = cookies[j - 1]
         data = bytes(data[:length])       # a full buffer tells libc to ask again
         self.host.write(buf & 0xFFFFFFFF, data)
         self._u32(out, len(data))
 
-    def _entry_after(self, d: _Desc, cookie: int):
-        """(name, filetype, inode, next cookie) of the entry after `cookie`, or None."""
-        if cookie < 2:
-            if d.ino is None:
-                r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
-                d.ino = r.info.inode
-            # '..': the directory's own inode, as wasmtime does (its parent may lie
-            # outside the grant)
-            return (b"." if cookie == 0 else b".."), FILETYPE_DIR, d.ino, cookie + 1
+    def _list_page(self, d: _Desc, cookie: int):
+        """One page of the directory from `cookie` (>= 2): (dirent records, the cookie
+        after each, {cookie: index of the record after it}, whether it is the last)."""
         cursor = 0 if cookie == 2 else cookie - 3
-        page = d.page
-        if cursor == 0 or page is None or cursor not in page[1]:
-            page = d.page = self._list_page(d, cursor)
-        entries, at, done = page
-        i = at[cursor]
-        if i < len(entries):
-            return entries[i]
-        if done:
-            return None
-        page = d.page = self._list_page(d, entries[-1][3] - 3 if entries else cursor)
-        return page[0][0] if page[0] else None
-
-    def _list_page(self, d: _Desc, cursor: int):
-        """([(name, filetype, inode, cookie)], {cursor: index of the entry after it}, done)."""
         for _ in range(1000):          # pages without entries ('.' and '..' only)
             r, _ = self._call(d.cap, "Directory", "list", path="", cursor=cursor)
-            entries = [(e.name.encode(), _KINDS.get(str(e.kind), FILETYPE_UNKNOWN), e.inode,
-                        e.cursor + 3) for e in r.entries]
-            if entries or r.done:
-                at = {cursor: 0}
-                for i, e in enumerate(entries):
-                    at[e[3] - 3] = i + 1
-                return entries, at, r.done
+            records, cookies = [], []
+            for e in r.entries:
+                name, nxt = e.name.encode(), e.cursor + 3
+                records.append(_DIRENT.pack(nxt, e.inode, len(name),
+                                            _KIND_VALUES.get(e.kind.raw, FILETYPE_UNKNOWN))
+                               + name)
+                cookies.append(nxt)
+            if records or r.done:
+                at = {c: i + 1 for i, c in enumerate(cookies)}
+                at[cookie] = 0
+                return records, cookies, at, r.done
             cursor = r.cursor
         raise _Fail(E.IO)
 

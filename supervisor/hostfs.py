@@ -824,3 +824,33 @@ class File:
 
     def close(self):
         self._h.close()
+
+
+def hard_linked(path: str, limit: int = 100_000) -> tuple[int, list[str], bool]:
+    """Regular files under `path` (symbolic links not followed) that have more than
+    one hard link: (how many, the first few paths, whether all of `path` was seen
+    within `limit` entries).  For `wsuper check`: such a link may have been made on
+    the host to a file outside every grant."""
+    count, examples, seen = 0, [], 0
+    stack = [path]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for e in it:
+                    seen += 1
+                    if seen > limit:
+                        return count, examples, False
+                    try:
+                        s = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if st.S_ISDIR(s.st_mode):
+                        stack.append(e.path)
+                    elif st.S_ISREG(s.st_mode) and s.st_nlink > 1:
+                        count += 1
+                        if len(examples) < 3:
+                            examples.append(e.path)
+        except OSError:
+            continue
+    return count, examples, True

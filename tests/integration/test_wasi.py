@@ -3,6 +3,8 @@ source here) run on their grants, and nothing else, and behave as under wasmtime
 import json
 import os
 import re
+import stat
+import time
 
 import pytest
 
@@ -317,3 +319,148 @@ def test_what_wsuper_adds_to_wasmtime_rights_that_can_be_dropped(tmp_path, confo
     assert code == 0 and len(ours) == 8 and all(x.startswith("ok ") for x in ours), \
         r.stdout + r.stderr
     assert sorted(os.listdir(d)) == ["rights"]
+
+
+# ------------------------------------------------------------------ hard links made on the host
+
+
+def test_check_warns_of_hard_links_in_writable_grants_and_the_option_shuts_them(
+        tmp_path, wasi_guests):
+    data, ro = tmp_path / "data", tmp_path / "ro"
+    data.mkdir()
+    ro.mkdir()
+    (tmp_path / "passwords").write_text("outside\n")
+    os.link(tmp_path / "passwords", data / "notes.txt")     # made on the host
+    os.link(tmp_path / "passwords", ro / "notes.txt")
+    grants = f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}"REFUSE }}
+ro = {{ host = "directory", path = "{ro}", read_only = true }}
+env = {{ host = "environment", args = ["read:/data/notes.txt", "append:/data/notes.txt",
+                                       "read:/ro/notes.txt"] }}
+"""
+    system = _system(tmp_path, wasi_guests["probe"], grants.replace("REFUSE", ""))
+    r = run_wsuper("check", system)
+    assert r.returncode == 0
+    (warning,) = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert f"compartments.app.grants.data: {data} is writable and holds 1 regular file " \
+           f"with more than one hard link (such as {data}/notes.txt)" in warning
+    assert "set refuse_hard_links = true" in warning
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r)[:3] == ["read /data/notes.txt -> ok", "  outside",    # the danger
+                             "append /data/notes.txt -> ok"]
+    assert (tmp_path / "passwords").read_text() == "outside\nentry\n"
+    system = _system(tmp_path, wasi_guests["probe"],
+                     grants.replace("REFUSE", ", refuse_hard_links = true"))
+    r = run_wsuper("check", system)
+    assert "warning" not in r.stderr and "refuse_hard_links" in r.stdout
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["read /data/notes.txt -> EPERM", "append /data/notes.txt -> EPERM",
+                         "read /ro/notes.txt -> ok", "  outside"], r.stdout + r.stderr
+    assert (tmp_path / "passwords").read_text() == "outside\nentry\n"
+
+
+# ------------------------------------------------------------------ attenuation of what is new
+
+
+def test_links_times_and_flags_under_each_attenuation(tmp_path, wasi_guests):
+    """The same operations on a writable, a read-only and an append-only grant of
+    three identical directories: read-only refuses every change (EROFS),
+    append-only refuses every change that is not adding (EPERM)."""
+    for name in ("w", "r", "a"):
+        d = tmp_path / name
+        (d / "empty").mkdir(parents=True)
+        (d / "file.txt").write_text("text\n")
+        (d / "link").symlink_to("file.txt")
+    ops = []
+    for g in ("w", "r", "a"):
+        ops += [f"symlink:file.txt=/{g}/l1", f"readlink:/{g}/link", f"read:/{g}/link",
+                f"link:/{g}/file.txt=/{g}/h1", f"utimes:/{g}/file.txt", f"rmdir:/{g}/empty",
+                f"unlink:/{g}/link", f"noappend:/{g}/file.txt"]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+w = {{ host = "directory", path = "{tmp_path}/w" }}
+r = {{ host = "directory", path = "{tmp_path}/r", read_only = true }}
+a = {{ host = "directory", path = "{tmp_path}/a", append_only = true }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    got = {}
+    for line in _lines(r):
+        if " -> " in line:
+            op, result = line.split(" -> ")
+            got[op] = result
+    expect = {"symlink": ("ok", "EROFS", "ok"), "readlink": ("ok", "ok", "ok"),
+              "read": ("ok", "ok", "ok"), "link": ("ok", "EROFS", "ok"),
+              "utimes": ("ok", "EROFS", "EPERM"), "rmdir": ("ok", "EROFS", "EPERM"),
+              "unlink": ("ok", "EROFS", "EPERM"), "noappend": ("ok", "EROFS", "EPERM")}
+    for i, g in enumerate(("w", "r", "a")):
+        for op in ops[8 * i:8 * i + 8]:
+            kind, path = op.split(":", 1)
+            assert got[f"{kind} {path}"] == expect[kind][i], (op, r.stdout)
+    assert sorted(os.listdir(tmp_path / "w")) == ["file.txt", "h1", "l1"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["empty", "file.txt", "link"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["empty", "file.txt", "h1", "l1", "link"]
+    assert (tmp_path / "r" / "file.txt").stat().st_mtime != 2000
+    assert (tmp_path / "a" / "file.txt").stat().st_mtime != 2000
+    assert (tmp_path / "w" / "file.txt").stat().st_mtime == 2000
+
+
+def test_fifos_and_devices_in_a_grant_are_refused_at_once(tmp_path, wasi_guests):
+    """Opening a FIFO nobody writes to used to freeze the whole supervisor."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "fifo")
+    (data / "plain.txt").write_text("plain\n")
+    ops = ["read:/data/fifo", "write:/data/fifo", "append:/data/fifo", "stat:/data/fifo",
+           "read:/data/plain.txt"]
+    try:
+        os.mknod(data / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        ops.append("read:/data/null")
+    except PermissionError:
+        pass
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    t0 = time.monotonic()
+    r = run_wsuper("up", system, timeout=60)
+    assert _lines(r)[:6] == ["read /data/fifo -> ENOTSUP", "write /data/fifo -> ENOTSUP",
+                             "append /data/fifo -> ENOTSUP", "stat /data/fifo -> ok",
+                             "read /data/plain.txt -> ok", "  plain"], r.stdout + r.stderr
+    assert _lines(r)[6:] in ([], ["read /data/null -> ENOTSUP"])
+    assert time.monotonic() - t0 < 30 and "finished app exit=0" in r.stdout
+
+
+# ------------------------------------------------------------------ sizes that agree
+
+
+def test_a_long_line_and_a_megabyte_to_a_log_or_a_file(tmp_path, wasi_guests):
+    """printf of a 600 KB line and write() of 1 MiB: a log shows each line cut at
+    4096 characters, a file gets every byte; no message is ever larger than the
+    limits, and the program sees its writes succeed."""
+    ops = json.dumps(["longline:600000", "write1m:-", "longline:10"])
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+env = {{ host = "environment", args = {ops} }}
+""", extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
+    r = run_wsuper("up", system, timeout=120)
+    lines = _lines(r)
+    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    shown = 4096 - 40                             # the rest of 4096 says what was cut
+    assert lines == ["L" * shown + f"... ({600_000 - shown} more bytes)",
+                     "longline 600000 -> ok",
+                     ("0123456789abcdef" * 300)[:shown] + f"... ({(1 << 20) - 1 - shown} more bytes)",
+                     "write1m - -> ok", "LLLLLLLLLL", "longline 10 -> ok"]
+    (tmp_path / "out.txt").write_text("")
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "file", path = "{tmp_path}/out.txt", append_only = true }}
+env = {{ host = "environment", args = {ops} }}
+""", extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    out = (tmp_path / "out.txt").read_bytes()
+    block = (b"0123456789abcdef" * 65536)[:(1 << 20) - 1] + b"\n"
+    assert out == b"L" * 600000 + b"\nlongline 600000 -> ok\n" + block + \
+        b"write1m - -> ok\n" + b"L" * 10 + b"\nlongline 10 -> ok\n"
