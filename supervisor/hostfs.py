@@ -257,17 +257,24 @@ class _Handle:
         self._label = label
 
     def __enter__(self) -> int:
-        with self._lock:
-            if self._closing:
-                raise FsError(f"{self._label} was closed", "EBADF")
-            self._users += 1
-            return self.fd
+        lock = self._lock
+        lock.acquire()
+        if self._closing:
+            lock.release()
+            raise FsError(f"{self._label} was closed", "EBADF")
+        self._users += 1
+        lock.release()
+        return self.fd
 
     def __exit__(self, *_exc):
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._users -= 1
             if self._closing and not self._users:
                 self._close()
+        finally:
+            lock.release()
 
     def close(self):
         with self._lock:
@@ -279,7 +286,10 @@ class _Handle:
     def _close(self):
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:          # nothing more can be done with it
+                pass
 
 
 class Directory:
@@ -727,15 +737,19 @@ class File:
     def read(self, offset: int, count: int, *, max_bytes: int | None = None) -> dict:
         if not self.readable:
             raise FsError(f"{self.label} is not open for reading", "EBADF")
-        offset = _offset(offset, "offset")
-        if not isinstance(count, int) or count < 0:
+        if not (type(offset) is int and 0 <= offset <= OFF_MAX):     # the hot path: inline
+            offset = _offset(offset, "offset")
+        if not (type(count) is int and count >= 0):
             raise FsError(f"count {count!r} is out of range", "EINVAL")
         count = min(count, MAX_READ, (max_bytes or DEFAULT_MAX_BYTES) - _RESULT_SLACK)
-        with self._h as fd:
-            try:
-                return {"data": os.pread(fd, max(count, 0), offset)}
-            except OSError as e:
-                raise _explain(e, self.label) from None
+        h = self._h
+        fd = h.__enter__()
+        try:
+            return {"data": os.pread(fd, count if count > 0 else 0, offset)}
+        except OSError as e:
+            raise _explain(e, self.label) from None
+        finally:
+            h.__exit__()
 
     def write(self, offset: int, data: bytes) -> dict:
         self._writing("write")

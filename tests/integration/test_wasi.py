@@ -69,7 +69,12 @@ random = {{ host = "random" }}
 
 def test_a_rust_program_uses_std_fs_env_and_args_on_its_grants(tmp_path, wasi_guests):
     data = tmp_path / "data"
-    data.mkdir()
+    (data / "tree" / "deep").mkdir(parents=True)
+    (data / "tree" / "deep" / "f").write_text("")
+    (data / "tree" / "up").symlink_to("../..")           # remove_dir_all must not follow it
+    (data / "target.txt").write_text("the target\n")
+    (data / "inside").symlink_to("target.txt")
+    (data / "escape").symlink_to(tmp_path / "audit.jsonl")
     system = _system(tmp_path, wasi_guests["rustfs"], f"""
 stdout = {{ host = "log" }}
 data = {{ host = "directory", path = "{data}" }}
@@ -78,10 +83,16 @@ clock = {{ host = "clock" }}
 """)
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ['args ["--flag", "x"]', "MODE=fast",
-                         'read back: "written by rust\\n"', 'dir: ["rust.txt"]',
-                         "outside: true", "time ok: true"], r.stdout + r.stderr
+                         'read back: "written by rust\\n"',
+                         'dir: ["escape", "inside", "rust.txt", "target.txt", "tree"]',
+                         "outside: true", 'read_link: Ok("target.txt")',
+                         'through it: Some("the target\\n")', "is symlink: true",
+                         "escape: true", 'hard link: Some("written by rust\\n")',
+                         "tree gone: true", "time ok: true"], r.stdout + r.stderr
     assert "finished app exit=4" in r.stdout
     assert (data / "rust.txt").read_text() == "written by rust\n"
+    assert sorted(os.listdir(data)) == ["escape", "inside", "rust.txt", "target.txt"]
+    assert (tmp_path / "audit.jsonl").exists()
 
 
 def test_without_grants_a_program_gets_nothing(tmp_path, wasi_guests):
@@ -196,7 +207,8 @@ def test_rename_within_a_directory_grant_and_not_across(tmp_path, wasi_guests):
     (a / "final.txt").write_text("v1\n")
     (j / "log.txt").write_text("x\n")
     ops = ["rename:/a/draft.txt=/a/final.txt", "read:/a/final.txt",
-           "rename:/a/final.txt=/b/final.txt", "rename:/j/log.txt=/j/gone.txt"]
+           "rename:/a/final.txt=/b/final.txt", "rename:/j/log.txt=/j/gone.txt",
+           "link:/a/final.txt=/b/hard.txt", "link:/a/final.txt=/a/hard.txt"]
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
 a = {{ host = "directory", path = "{a}" }}
@@ -208,8 +220,11 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert _lines(r) == ["rename /a/draft.txt=/a/final.txt -> ok",    # the atomic-replace idiom
                          "read /a/final.txt -> ok", "  v2",
                          "rename /a/final.txt=/b/final.txt -> EXDEV",  # two grants
-                         "rename /j/log.txt=/j/gone.txt -> EPERM"], r.stdout + r.stderr
-    assert sorted(p.name for p in a.iterdir()) == ["final.txt"] and not list(b.iterdir())
+                         "rename /j/log.txt=/j/gone.txt -> EPERM",
+                         "link /a/final.txt=/b/hard.txt -> EXDEV",     # hard links too
+                         "link /a/final.txt=/a/hard.txt -> ok"], r.stdout + r.stderr
+    assert sorted(p.name for p in a.iterdir()) == ["final.txt", "hard.txt"]
+    assert not list(b.iterdir())
     assert (j / "log.txt").read_text() == "x\n"
 
 
