@@ -465,7 +465,8 @@ class Directory:
         kept between pages, and a page costs the same wherever it starts."""
         cursor = _offset(cursor, "cursor")
         raw = _path(path)
-        budget = min(max_bytes or DEFAULT_MAX_BYTES, LIST_PAGE_BYTES) - _RESULT_SLACK
+        budget = min(DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                     LIST_PAGE_BYTES) - _RESULT_SLACK
         with self._h as dfd:
             fd = self._beneath(dfd, raw, os.O_RDONLY | os.O_DIRECTORY, path)
         try:
@@ -489,7 +490,8 @@ class Directory:
             raise _explain(e, repr(path)) from None
         finally:
             os.close(p)
-        if len(target) + _RESULT_SLACK > (max_bytes or DEFAULT_MAX_BYTES):
+        room = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        if len(target) + _RESULT_SLACK > room:
             raise FsError(f"the target of {path!r} is longer than a message to you may be",
                           "ENAMETOOLONG")
         try:
@@ -664,7 +666,10 @@ def _page(fd: int, cursor: int, budget: int) -> dict:
                 last = off
                 continue
             cost = 40 + (len(name) + 8) // 8 * 8      # an Entry: 4 words, and its name
-            if entries and (used + cost > budget or len(entries) >= LIST_PAGE_ENTRIES):
+            if used + cost > budget or len(entries) >= LIST_PAGE_ENTRIES:
+                if not entries:
+                    raise FsError(f"an entry ({len(name)} bytes of name) does not fit in a "
+                                  f"message to you (message_size)", "E2BIG")
                 return {"entries": entries, "cursor": last, "done": False}
             kind = _DT_KIND.get(dtype)
             if kind is None:
@@ -731,8 +736,8 @@ class File:
 
     def _writing(self, what: str):
         if not self.writable:
-            raise FsError(f"{self.label} is {'read-only' if self.read_only else 'not open for writing'}: "
-                          f"cannot {what}", "EBADF")
+            why = "read-only" if self.read_only else "not open for writing"
+            raise FsError(f"{self.label} is {why}: cannot {what}", "EBADF")
 
     def read(self, offset: int, count: int, *, max_bytes: int | None = None) -> dict:
         if not self.readable:
@@ -741,7 +746,8 @@ class File:
             offset = _offset(offset, "offset")
         if not (type(count) is int and count >= 0):
             raise FsError(f"count {count!r} is out of range", "EINVAL")
-        count = min(count, MAX_READ, (max_bytes or DEFAULT_MAX_BYTES) - _RESULT_SLACK)
+        count = min(count, MAX_READ, (DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+                    - _RESULT_SLACK)
         h = self._h
         fd = h.__enter__()
         try:
@@ -754,8 +760,8 @@ class File:
     def write(self, offset: int, data: bytes) -> dict:
         self._writing("write")
         if self.appending:
-            raise FsError(f"{self.label} is {'append-only' if self.append_only else 'open to append'}"
-                          f": use append, not write at an offset", "EPERM")
+            why = "append-only" if self.append_only else "open to append"
+            raise FsError(f"{self.label} is {why}: use append, not write at an offset", "EPERM")
         offset = _offset(offset, "offset")
         if offset + len(data) > OFF_MAX:
             raise FsError(f"{self.label}: writing {len(data)} bytes at {offset} would pass "

@@ -466,7 +466,8 @@ env = {{ host = "environment", args = {ops} }}
     shown = 4096 - 40                             # the rest of 4096 says what was cut
     assert lines == ["L" * shown + f"... ({600_000 - shown} more bytes)",
                      "longline 600000 -> ok",
-                     ("0123456789abcdef" * 300)[:shown] + f"... ({(1 << 20) - 1 - shown} more bytes)",
+                     ("0123456789abcdef" * 300)[:shown]
+                     + f"... ({(1 << 20) - 1 - shown} more bytes)",
                      "write1m - -> ok", "LLLLLLLLLL", "longline 10 -> ok"]
     (tmp_path / "out.txt").write_text("")
     system = _system(tmp_path, wasi_guests["probe"], f"""

@@ -396,7 +396,8 @@ def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
     a.append(b"abc")
     assert "write quota exhausted (2 bytes left, 3 asked" in fails("EDQUOT", b.append, b"xyz")
     b.append(b"xy")
-    assert (tree / "sub" / "a").read_bytes() == b"abc" and (tree / "sub" / "b").read_bytes() == b"xy"
+    assert (tree / "sub" / "a").read_bytes() == b"abc"
+    assert (tree / "sub" / "b").read_bytes() == b"xy"
     fails("EDQUOT", a.truncate, 1000)              # zeros added count as written
     a.truncate(1)                                  # shrinking costs nothing
     os.symlink(tree.parent, tree / "link")
@@ -406,7 +407,8 @@ def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
 def test_rename_stays_beneath_and_respects_attenuation(tree):
     d = Directory.grant(str(tree))
     d.rename("notes.txt", "sub/moved.txt")
-    assert (tree / "sub" / "moved.txt").read_text() == "hello" and not (tree / "notes.txt").exists()
+    assert (tree / "sub" / "moved.txt").read_text() == "hello"
+    assert not (tree / "notes.txt").exists()
     for src, dst, code in (("sub/moved.txt", "../stolen.txt", "ENOTCAPABLE"),
                            ("../secret.txt", "here.txt", "ENOTCAPABLE"),
                            ("sub/moved.txt", "/tmp/x", "ENOTCAPABLE"),
@@ -537,3 +539,11 @@ def test_closing_while_other_threads_use_it_never_touches_another_file(tree):
         for o in others:
             o.close()
     fails("EBADF", f.stat)
+
+
+def test_a_caller_that_accepts_almost_nothing_gets_nothing_larger(tree):
+    d = Directory.grant(str(tree))
+    assert opened(d, "notes.txt").read(0, 100, max_bytes=0) == {"data": b""}
+    fails("E2BIG", d.list, "", max_bytes=40)
+    d.symlink("notes.txt", "l")
+    fails("ENAMETOOLONG", d.readlink, "l", max_bytes=10)
