@@ -36,8 +36,6 @@ from .process import Zygote
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
-PARTIAL_MESSAGE_TIME = 10.0   # seconds a peer may take to finish sending a message
-MAX_EXTERNAL = 32           # external connections at once
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
@@ -247,6 +245,8 @@ class Supervisor:
         self._bound: dict[str, int] = {}
         self._external = 0
         self._fd_reserve: int | None = None
+        self._host_fds = 0               # descriptors held by host files and directories
+        self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
 
     def say(self, text: str):
@@ -279,7 +279,8 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        _raise_fd_limit()
+        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE - self.system.max_connections \
+            - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
@@ -394,20 +395,26 @@ class Supervisor:
         for g in comp.grants:
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
-            opened = None
+            opened, opening = None, hostcaps.GrantOpening(g)
             with trio.move_on_after(hostcaps.IO_DEADLINE):
                 try:
                     opened = await trio.to_thread.run_sync(
-                        hostcaps.open_grant, g, abandon_on_cancel=True,
+                        opening.run, abandon_on_cancel=True,
                         limiter=self._io_limiter(comp.name))
                 except (OSError, hostcaps.hostfs.FsError) as e:
                     self._release_hosts(comp, hosts)
                     raise _StartError(f"cannot open {g.path} for grant {g.name}: "
                                       f"{getattr(e, 'strerror', None) or e}") from None
             if opened is None:
+                opening.abandon()
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
                                   f"than {hostcaps.IO_DEADLINE:g} s")
+            if not self._hold(g.target, opened):
+                self._release(g.target, opened, counted=False)
+                self._release_hosts(comp, hosts)
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
+                                  f"has no file descriptors to spare (EMFILE)")
             hosts[g.name] = opened
         return hosts
 
@@ -447,13 +454,14 @@ class Supervisor:
             while True:
                 await self._may_read(link)
                 deadline = math.inf if link.partial_since is None \
-                    else link.partial_since + PARTIAL_MESSAGE_TIME
+                    else link.partial_since + self.system.message_timeout
                 data = None
                 with trio.move_on_at(deadline):
                     data = await link.receive()
                 if data is None:
                     self._cut_off(pid, f"it sent part of a message and did not finish it "
-                                       f"within {PARTIAL_MESSAGE_TIME:g} s")
+                                       f"within {self.system.message_timeout:g} s "
+                                       f"(message_timeout)")
                     return "stalled in the middle of a message"
                 if not data:
                     return None
@@ -560,6 +568,16 @@ class Supervisor:
         self._host_done(call.token, outcome)
 
     def _host_done(self, token: int, outcome):
+        if isinstance(outcome, hostcaps.Answer) and outcome.objects:
+            held = [self._hold(*o) for o in outcome.objects]
+            if not all(held):
+                for (kind, served), counted in zip(outcome.objects, held):
+                    self._release(kind, served, counted)
+                outcome = hostcaps.Refusal("EMFILE: the supervisor has no file descriptors to "
+                                           "spare; close some files")
+                self.tell_once("fd-budget", f"host files and directories hold "
+                               f"{self._host_fds} descriptors, all the supervisor can spare: "
+                               f"opening more fails (EMFILE) until some are closed")
         if isinstance(outcome, hostcaps.Answer):
             for line in outcome.lines:
                 self.output.line(f"[{line.compartment}] {line.text}")
@@ -569,8 +587,19 @@ class Supervisor:
                 self.say(outcome.notice)
             self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
 
-    def _release(self, kind: str, served):
+    def _hold(self, kind: str, served) -> bool:
+        """Count a host object's descriptor; False if there is none to spare (it is not
+        counted then, and the caller releases it)."""
+        if kind not in ("directory", "file") or served is None:
+            return True
+        if self._host_fds >= self._fd_budget:
+            return False
+        self._host_fds += 1
+        return True
+
+    def _release(self, kind: str, served, counted: bool = True):
         if kind in ("directory", "file") and served is not None:
+            self._host_fds -= counted
             self.nursery.start_soon(self._release_in_thread, kind, served)
 
     async def _release_in_thread(self, kind, served):
@@ -626,11 +655,12 @@ class Supervisor:
                 stream = await self._accept(listener)
                 if stream is None:
                     continue
-                if self._external >= MAX_EXTERNAL:
-                    self.tell_once("max-external", f"more than {MAX_EXTERNAL} external "
-                                   f"connections at once: refusing the others")
+                most = self.system.max_connections
+                if self._external >= most:
+                    self.tell_once("max-external", f"more than {most} external connections "
+                                   f"at once: refusing the others (max_connections)")
                     self.nursery.start_soon(self._refuse, stream, f"too many connections "
-                                            f"(at most {MAX_EXTERNAL})")
+                                            f"(at most {most})")
                     continue
                 self.nursery.start_soon(self._serve_external, stream)
 
@@ -821,12 +851,18 @@ def _rfc3339(t: float | None) -> str:
     return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _raise_fd_limit():
-    """Each engine costs the supervisor a socket and a pipe: use the hard limit."""
+def _raise_fd_limit() -> int:
+    """Each engine costs the supervisor a socket and a pipe: use the hard limit.
+    Returns the limit."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _describe_exit(code: int) -> str:
