@@ -22,6 +22,7 @@ import os
 import signal
 import socket as pysocket
 import sys
+import time
 
 import trio
 
@@ -164,10 +165,8 @@ class _Audit:
         self._file = None
 
     def add(self, record: dict):
-        record = dict(record)
-        t = record.get("time")
-        record["time"] = _rfc3339(t if isinstance(t, (int, float)) else None)
-        record["run"] = self.run_id
+        if record.get("time") is None:
+            record = {**record, "time": _wall()}
         self.pending.append(record)
         self.wake.set()
         if len(self.pending) >= AUDIT_BACKLOG and self.room.is_set():
@@ -180,20 +179,21 @@ class _Audit:
             await self.flush(on_error)
 
     async def flush(self, on_error):
-        import json
         batch, self.pending = self.pending, []
         if not batch or self.failed:
             self.room.set()
             return
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in batch)
         try:
-            await trio.to_thread.run_sync(self._write, text)
+            await trio.to_thread.run_sync(self._write, batch)
         except OSError as e:
             self.failed = f"{self.path}: {e.strerror or e}"
             on_error(self.failed)
         self.room.set()
 
-    def _write(self, text: str):
+    def _write(self, batch: list):
+        import json
+        text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
+                                  separators=(",", ":")) + "\n" for r in batch)
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(text)
@@ -486,7 +486,7 @@ class Supervisor:
         it, or to the audit log."""
         while link.queued > link.soft and not link.closed:
             await link.drained.wait()
-        if self.audit is not None:
+        if self.audit is not None and not self.audit.room.is_set():
             await self.audit.room.wait()
 
     def _fault(self, pid: int, e: BaseException):
@@ -840,14 +840,11 @@ def _partial(peer) -> bool:
 
 
 def _wall() -> float:
-    import time
     return time.time()
 
 
-def _rfc3339(t: float | None) -> str:
-    import time
-    when = datetime.datetime.fromtimestamp(time.time() if t is None else t,
-                                           datetime.timezone.utc)
+def _rfc3339(t: float) -> str:
+    when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
