@@ -30,7 +30,7 @@ from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
 
-from . import effects as fx, endpoint, hostcaps, router as R, supervision as S
+from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
 from .preflight import Plan
 from .process import Zygote
 
@@ -123,33 +123,6 @@ class _Link:
                     self.drained.set()
 
 
-class _Output:
-    """The operator's terminal: supervisor events and plugin lines, one line each,
-    every character a guest could control escaped (capnp_schemas.text.printable).
-    A closed terminal (`wsuper up | head`) stops the system quietly."""
-
-    def __init__(self, out, on_closed):
-        self.out = out
-        self.on_closed = on_closed
-        self.closed = False
-
-    def line(self, text: str):
-        if self.closed:
-            return
-        try:
-            print(printable(text), file=self.out, flush=True)
-        except (BrokenPipeError, ValueError, OSError) as e:
-            if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
-                    and e.errno != errno.EPIPE:
-                raise
-            self.closed = True
-            try:                 # no more output; keep Python's exit from complaining
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
-            except (OSError, ValueError, AttributeError):
-                pass
-            self.on_closed()
-
-
 class _Audit:
     """The audit log, written by a worker thread in batches; JSON lines with
     wall-clock RFC 3339 times, a run id, and a record when a run starts and ends."""
@@ -208,10 +181,14 @@ class _Audit:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, socket_path: str | None = None, out=None):
+    def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
+                 log_format: str = "text"):
         self.plan = plan
         self.system = plan.system
-        self.output = _Output(out or sys.stdout, lambda: self._act([S.Finish(0)]))
+        self.log_dir = self.system.logs or output.default_log_dir(
+            endpoint.system_id(self.system.path))
+        self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
+                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)))
         self.socket_path = socket_path or self.system.socket or \
             endpoint.default_socket_path(self.system.path)
         self.run_id = os.urandom(6).hex()
@@ -249,9 +226,9 @@ class Supervisor:
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
 
-    def say(self, text: str):
+    def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
-        self.output.line(f"wsuper: {text}")
+        self.output.event(text, compartment)
 
     def tell_once(self, key: str, text: str):
         if key not in self._told:
@@ -267,7 +244,7 @@ class Supervisor:
             if self.system.external:
                 endpoint.safe_socket_dir(self.socket_path)
         except endpoint.EndpointError as e:
-            self.say(f"error: {e}")
+            _refuse(e)
             return 2
         try:
             return await self._run()
@@ -284,6 +261,13 @@ class Supervisor:
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
+        self.output.start()
+        try:
+            return await self._serve()
+        finally:
+            self.output.stop()
+
+    async def _serve(self) -> int:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.audit is not None:
@@ -292,12 +276,14 @@ class Supervisor:
                 nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
+            if self.output.files is not None:
+                nursery.start_soon(self.output.files.writer)
             try:
                 await nursery.start(self._admin)
                 if self.system.external:
                     await nursery.start(self._listen)
             except (OSError, endpoint.EndpointError) as e:
-                self.say(f"error: {first_line(e)}")
+                _refuse(e)
                 self._exit_code = 2
                 nursery.cancel_scope.cancel()
                 return self._exit_code
@@ -313,6 +299,9 @@ class Supervisor:
                                 "exit_code": self._exit_code})
                 with trio.move_on_after(5):
                     await self.audit.flush(self._audit_failed)
+            if self.output.files is not None:
+                with trio.move_on_after(5):
+                    await self.output.files.flush()
             nursery.cancel_scope.cancel()
         return self._exit_code
 
@@ -527,7 +516,7 @@ class Supervisor:
                         break
                     text = line.decode("utf-8", "replace")
                     tail.append(printable(text))
-                    self.output.line(f"[{name}] stderr: {text}")
+                    self.output.plugin(name, text, "stderr")
 
     async def _stop_engines(self):
         procs = [p for p in self.procs.values() if p.returncode is None]
@@ -580,7 +569,7 @@ class Supervisor:
                                f"opening more fails (EMFILE) until some are closed")
         if isinstance(outcome, hostcaps.Answer):
             for line in outcome.lines:
-                self.output.line(f"[{line.compartment}] {line.text}")
+                self.output.plugin(line.compartment, line.text)
             self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
         else:
             if outcome.notice:
@@ -772,9 +761,9 @@ class Supervisor:
                 show, hidden = self.denials.admit(e.caller, trio.current_time())
                 if hidden:
                     self.say(f"({hidden} more denials for {e.caller} were not shown; "
-                             f"the audit file has every call)")
+                             f"the audit file has every call)", e.caller)
                 if show:
-                    self.say(e.text)
+                    self.say(e.text, e.caller)
             elif isinstance(e, fx.Audit):
                 if self.audit is not None:
                     self.audit.add(e.record)
@@ -794,10 +783,10 @@ class Supervisor:
         proc = self.procs[e.compartment]
         base = os.path.dirname(self.system.path) + os.sep
         rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
-        self.output.line(f"ready {comp.name} pid={proc.pid} module={rel}")
+        self.say(f"ready {comp.name} pid={proc.pid} module={rel}", comp.name)
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
-            self.output.line(f"stats start {comp.name} {ms:.2f} ms")
+            self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
         self._act(self.lifecycle.started(e.compartment, e.program))
 
     # ------------------------------------------------------------ lifecycle actions
@@ -805,10 +794,7 @@ class Supervisor:
     def _act(self, actions):
         for a in actions:
             if isinstance(a, S.Say):
-                if a.text.startswith(("finished ", "stopped ")):
-                    self.output.line(a.text)
-                else:
-                    self.say(a.text)
+                self.say(a.text, a.compartment)
             elif isinstance(a, S.Run):
                 self._perform(self.router.run(a.name))
             elif isinstance(a, S.Restart):
@@ -831,6 +817,11 @@ class Supervisor:
 
 class _StartError(Exception):
     pass
+
+
+def _refuse(e: Exception):
+    """The system cannot start: one line, like every other error that stops a command."""
+    print(f"wsuper: error: {printable(first_line(e, 1000))}", file=sys.stderr, flush=True)
 
 
 def _partial(peer) -> bool:
@@ -871,5 +862,5 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
-    return await Supervisor(plan, socket_path, out).run()
+async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text") -> int:
+    return await Supervisor(plan, socket_path, log_format=log_format).run()

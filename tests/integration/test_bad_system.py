@@ -79,8 +79,8 @@ def test_an_engine_that_cannot_start_names_why(tmp_path):
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 1
     assert ("wsuper: compartment big failed to start: engine exited with code 3: error: cannot "
-            "instantiate") in r.stdout
-    assert "memory minimum size of 32 pages exceeds memory limits" in r.stdout
+            "instantiate") in r.stderr
+    assert "memory minimum size of 32 pages exceeds memory limits" in r.stderr
 
 
 SCHEMAS = {"syntax.capnp": ("@0xbf5147cbbecf40c1;\ninterface Foo {\n  bar @0 ( -> ();\n}\n",

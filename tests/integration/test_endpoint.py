@@ -166,7 +166,7 @@ def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path, xdg):
 def test_a_closed_terminal_stops_the_system_quietly_and_cleans_up(tmp_path, xdg):
     path = _system(tmp_path)
     env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
-    p = subprocess.Popen(f"{sys.executable} -m supervisor.cli up {path} | head -1", shell=True,
+    p = subprocess.Popen(f"{sys.executable} -m supervisor.cli up {path} 2>&1 | head -1", shell=True,
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     out, err = p.communicate(timeout=30)

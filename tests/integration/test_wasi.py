@@ -46,7 +46,7 @@ random = {{ host = "random" }}
     lines = _lines(r)
     assert [l for l in lines if not l.startswith("ok ")] == ["to stderr"], r.stdout + r.stderr
     assert len(lines) == 38
-    assert "finished app exit=0" in r.stdout and r.returncode == 0
+    assert "finished app exit=0" in r.stderr and r.returncode == 0
     # what it did is on disk, where it was granted, and nowhere else
     assert (data / "notes.txt").read_text() == "line one\nline two\nline three\n"
     assert (data / "w+.txt").read_text() == "a"
@@ -73,7 +73,7 @@ clock = {{ host = "clock" }}
     assert _lines(r) == ['args ["--flag", "x"]', "MODE=fast",
                          'read back: "written by rust\\n"', 'dir: ["rust.txt"]',
                          "outside: true", "time ok: true"], r.stdout + r.stderr
-    assert "finished app exit=4" in r.stdout
+    assert "finished app exit=4" in r.stderr
     assert (data / "rust.txt").read_text() == "written by rust\n"
 
 
@@ -90,7 +90,7 @@ env = { host = "environment", args = ["read:/etc/passwd", "read:mine.txt", "writ
                          "random  -> ENOTCAPABLE"], r.stdout + r.stderr
     # stderr was not granted: its line went nowhere; the exit code is the program's
     assert "leaving with" not in r.stdout
-    assert "finished app exit=3" in r.stdout
+    assert "finished app exit=3" in r.stderr
 
 
 def test_append_only_and_read_only_hold_for_wasi_programs(tmp_path, wasi_guests):
@@ -146,7 +146,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
                          "stat /box/in.txt -> ENOTCAPABLE", "mkdir /box/d -> ENOTCAPABLE",
                          "write /box/out.txt -> ENOTCAPABLE",
                          "bigwrite /q/big.bin -> EDQUOT"], r.stdout + r.stderr
-    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stdout
+    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stderr
     denied = [(x["capability"], x["method"]) for x in _audit(tmp_path)
               if x["outcome"] == "denied"]
     assert ("app.box", "mkdir") in denied and ("app.box", "stat") in denied
@@ -165,7 +165,7 @@ work = {{ host = "directory", path = "{work}", mount = "." }}
 env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"] }}
 """)
     r = run_wsuper("up", system, timeout=120)
-    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
     # "." takes every path: /work/hello.txt is work/hello.txt inside the grant
     assert (tmp_path / "out.txt").read_text() == \
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
@@ -217,7 +217,7 @@ env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ["release data -> 0", "release stdout -> 0", "read /data/a.txt -> ok",
                          "  still here", "release data -> -1"], r.stdout + r.stderr   # gone
-    assert "finished app exit=0" in r.stdout
+    assert "finished app exit=0" in r.stderr
 
 
 def test_a_wasi_policy_that_is_ambiguous_is_refused(tmp_path, wasi_guests):
