@@ -21,6 +21,14 @@ def main(argv=None) -> int:
     up.add_argument("--socket", help="Unix socket for the external endpoint (default: "
                     "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME-HASH.sock or "
                     "/tmp/wsuper-UID/NAME-HASH.sock)")
+    up.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="text (default): plugin lines on stdout, timed supervisor events on "
+                    "stderr; json: one JSON object per line on each")
+    logs = sub.add_parser("logs", help="show a system's log lines (its plugins' and the "
+                          "supervisor's), oldest first")
+    logs.add_argument("system", help="path to system.toml")
+    logs.add_argument("compartment", nargs="?", help="only this compartment's lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what")
     check.add_argument("system", help="path to system.toml")
@@ -55,6 +63,8 @@ def main(argv=None) -> int:
 
     if args.command == "revoke":
         return _revoke(args)
+    if args.command == "logs":
+        return _logs(args)
     if args.command in ("bindgen", "build"):
         return _toolchain(args)
 
@@ -70,7 +80,7 @@ def main(argv=None) -> int:
     import trio
 
     from . import runtime
-    return trio.run(runtime.up, plan, args.socket)
+    return trio.run(runtime.up, plan, args.socket, args.log_format)
 
 
 def _check(plan, args) -> int:
@@ -161,6 +171,30 @@ def _toolchain(args) -> int:
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
         print(f"wsuper: error: {e}", file=sys.stderr)
         return 2
+
+
+def _logs(args) -> int:
+    from . import logs, policy
+    try:
+        system = policy.load(args.system)
+    except PolicyError as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 2
+    if args.compartment is not None and args.compartment not in system.compartments:
+        print(f"wsuper: error: {args.system} has no compartment {args.compartment!r} "
+              f"(compartments: {', '.join(system.compartments)})", file=sys.stderr)
+        return 2
+    try:
+        for line in logs.lines(system, args.compartment, follow=args.follow):
+            print(line, flush=args.follow)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except logs.NoLogs as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _revoke(args) -> int:

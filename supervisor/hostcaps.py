@@ -119,6 +119,31 @@ def kind_of(obj) -> str:
     return "directory" if isinstance(obj, hostfs.Directory) else "file"
 
 
+class GrantOpening:
+    """Opening a host grant's file or directory in a worker thread (`run`), which the
+    runtime may give up waiting for (`abandon`): then what it opens is closed."""
+
+    def __init__(self, grant):
+        self.grant = grant
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._opened = None
+
+    def run(self):
+        opened = open_grant(self.grant)
+        with self._lock:
+            self._opened, abandoned = opened, self._abandoned
+        if abandoned:
+            release(self.grant.target, opened)
+        return opened
+
+    def abandon(self):
+        with self._lock:
+            self._abandoned, opened = True, self._opened
+        if opened is not None:
+            release(self.grant.target, opened)
+
+
 def open_grant(grant):
     """The served object of a host grant (a policy.Grant): opens its file or
     directory.  Blocking: the runtime calls it in a worker thread.  Raises

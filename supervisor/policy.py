@@ -22,7 +22,8 @@ HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits"}
+SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "max_connections",
+               "message_timeout", "logs"}
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy",
@@ -100,6 +101,9 @@ class System:
     socket: str | None = None   # absolute path, if set in the file
     audit: str | None = None    # absolute path of the audit log (JSON lines), if any
     external_limits: "Limits" = None   # per external client connection (defaults if None)
+    logs: str | None = None     # absolute path of the log directory, if set in the file
+    max_connections: int = 32   # external connections at once
+    message_timeout: float = 10.0   # seconds a peer may take to finish a message it began
 
     @property
     def external(self) -> tuple:
@@ -145,12 +149,23 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     audit = system.get("audit")
     if audit is not None:
         audit = _path(where, "system.audit", audit, base)
+    logs = system.get("logs")
+    if logs is not None:
+        logs = _path(where, "system.logs", logs, base)
     external_limits = None
     if "external_limits" in system:
         table = system["external_limits"]
         _table(where, "system.external_limits", table)
         _only(where, "system.external_limits", table, EXTERNAL_LIMIT_KEYS)
         external_limits = _limits(where, "system.external_limits", table)
+    endpoint = {}
+    for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
+                             ("message_timeout", (int, float), 0.1, 3600)):
+        if k in system:
+            v = system[k]
+            if isinstance(v, bool) or not isinstance(v, kinds) or not lo <= v <= hi:
+                raise where.error(f"system.{k}", f"must be a number in {lo}..{hi}, not {v!r}")
+            endpoint[k] = v
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -223,7 +238,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             elif g.target not in HOST_CAPS:
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
-    return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits)
+    return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
+                  logs, **endpoint)
 
 
 def load(path: str) -> System:

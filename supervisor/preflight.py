@@ -13,10 +13,11 @@ import wasmtime
 
 import capnp_schemas
 from capnp_schemas import hosted
+from capnp_schemas.text import first_line
 from compartments import abi
 from compartments.engine import describe_imports
 
-from .policy import System, _Where
+from .policy import PolicyError, System, _Where
 
 
 @attrs.frozen
@@ -43,8 +44,11 @@ def prepare(system: System) -> Plan:
         key = f"system.schemas[{i}]"
         try:
             module = capnp_schemas.load(path)
+        except capnp_schemas.SchemaError as e:
+            raise PolicyError(e.path, "", f"{e.reason} (the schema is listed at {key} in "
+                              f"{system.path})", e.line) from None
         except (capnp.KjException, OSError, ValueError) as e:
-            raise where.error(key, f"cannot load schema {path}: {_first(e)}") from None
+            raise where.error(key, f"cannot load schema {path}: {first_line(e)}") from None
         for name, iface in capnp_schemas.interfaces(module).items():
             if name in interfaces:
                 raise where.error(key, f"interface {name} is declared in both "
@@ -75,7 +79,7 @@ def prepare(system: System) -> Plan:
                     module = wasmtime.Module.from_file(engine, comp.module)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
-                                  f"{_first(e)}") from None
+                                  f"{first_line(e)}") from None
             imports = list(describe_imports(module))
             checked[comp.module] = (abi.check_imports(imports),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
@@ -142,8 +146,3 @@ def _resolve_method(where, key, entry, granted, by_name, names) -> tuple:
             return (iid, mid)
     raise where.error(key, f"{iface} has no method {method!r} "
                       f"(methods: {', '.join(methods.values())})")
-
-
-def _first(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__

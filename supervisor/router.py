@@ -387,7 +387,8 @@ class Router:
 
     def _deliver(self, cap, call: Call):
         try:
-            self.audit.open(call.reply, cap, call, self.clock(), self.wall())
+            if self.audit.enabled:
+                self.audit.open(call.reply, cap, call, self.clock(), self.wall())
             while isinstance(cap, Wrapped):
                 m = cap.membrane
                 m.admit(cap, call, self.clock(), self.names)
@@ -521,9 +522,10 @@ class Router:
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)
-        record = self.audit.close(key, outcome, self.clock(), reason)
-        if record is not None:
-            self.emit(fx.Audit(record))
+        if self.audit.enabled:
+            record = self.audit.close(key, outcome, self.clock(), reason)
+            if record is not None:
+                self.emit(fx.Audit(record))
         return crossed
 
     @staticmethod

@@ -22,6 +22,7 @@ import os
 import signal
 import socket as pysocket
 import sys
+import time
 
 import trio
 
@@ -29,15 +30,13 @@ from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
 
-from . import effects as fx, endpoint, hostcaps, router as R, supervision as S
+from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
 from .preflight import Plan
 from .process import Zygote
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
-PARTIAL_MESSAGE_TIME = 10.0   # seconds a peer may take to finish sending a message
-MAX_EXTERNAL = 32           # external connections at once
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
@@ -124,33 +123,6 @@ class _Link:
                     self.drained.set()
 
 
-class _Output:
-    """The operator's terminal: supervisor events and plugin lines, one line each,
-    every character a guest could control escaped (capnp_schemas.text.printable).
-    A closed terminal (`wsuper up | head`) stops the system quietly."""
-
-    def __init__(self, out, on_closed):
-        self.out = out
-        self.on_closed = on_closed
-        self.closed = False
-
-    def line(self, text: str):
-        if self.closed:
-            return
-        try:
-            print(printable(text), file=self.out, flush=True)
-        except (BrokenPipeError, ValueError, OSError) as e:
-            if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
-                    and e.errno != errno.EPIPE:
-                raise
-            self.closed = True
-            try:                 # no more output; keep Python's exit from complaining
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
-            except (OSError, ValueError, AttributeError):
-                pass
-            self.on_closed()
-
-
 class _Audit:
     """The audit log, written by a worker thread in batches; JSON lines with
     wall-clock RFC 3339 times, a run id, and a record when a run starts and ends."""
@@ -166,10 +138,8 @@ class _Audit:
         self._file = None
 
     def add(self, record: dict):
-        record = dict(record)
-        t = record.get("time")
-        record["time"] = _rfc3339(t if isinstance(t, (int, float)) else None)
-        record["run"] = self.run_id
+        if record.get("time") is None:
+            record = {**record, "time": _wall()}
         self.pending.append(record)
         self.wake.set()
         if len(self.pending) >= AUDIT_BACKLOG and self.room.is_set():
@@ -182,20 +152,21 @@ class _Audit:
             await self.flush(on_error)
 
     async def flush(self, on_error):
-        import json
         batch, self.pending = self.pending, []
         if not batch or self.failed:
             self.room.set()
             return
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in batch)
         try:
-            await trio.to_thread.run_sync(self._write, text)
+            await trio.to_thread.run_sync(self._write, batch)
         except OSError as e:
             self.failed = f"{self.path}: {e.strerror or e}"
             on_error(self.failed)
         self.room.set()
 
-    def _write(self, text: str):
+    def _write(self, batch: list):
+        import json
+        text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
+                                  separators=(",", ":")) + "\n" for r in batch)
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(text)
@@ -210,10 +181,14 @@ class _Audit:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, socket_path: str | None = None, out=None):
+    def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
+                 log_format: str = "text"):
         self.plan = plan
         self.system = plan.system
-        self.output = _Output(out or sys.stdout, lambda: self._act([S.Finish(0)]))
+        self.log_dir = self.system.logs or output.default_log_dir(
+            endpoint.system_id(self.system.path))
+        self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
+                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)))
         self.socket_path = socket_path or self.system.socket or \
             endpoint.default_socket_path(self.system.path)
         self.run_id = os.urandom(6).hex()
@@ -247,11 +222,13 @@ class Supervisor:
         self._bound: dict[str, int] = {}
         self._external = 0
         self._fd_reserve: int | None = None
+        self._host_fds = 0               # descriptors held by host files and directories
+        self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
 
-    def say(self, text: str):
+    def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
-        self.output.line(f"wsuper: {text}")
+        self.output.event(text, compartment)
 
     def tell_once(self, key: str, text: str):
         if key not in self._told:
@@ -267,7 +244,7 @@ class Supervisor:
             if self.system.external:
                 endpoint.safe_socket_dir(self.socket_path)
         except endpoint.EndpointError as e:
-            self.say(f"error: {e}")
+            _refuse(e)
             return 2
         try:
             return await self._run()
@@ -279,10 +256,18 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        _raise_fd_limit()
+        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE - self.system.max_connections \
+            - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
+        self.output.start()
+        try:
+            return await self._serve()
+        finally:
+            self.output.stop()
+
+    async def _serve(self) -> int:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.audit is not None:
@@ -291,12 +276,14 @@ class Supervisor:
                 nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
+            if self.output.files is not None:
+                nursery.start_soon(self.output.files.writer)
             try:
                 await nursery.start(self._admin)
                 if self.system.external:
                     await nursery.start(self._listen)
             except (OSError, endpoint.EndpointError) as e:
-                self.say(f"error: {first_line(e)}")
+                _refuse(e)
                 self._exit_code = 2
                 nursery.cancel_scope.cancel()
                 return self._exit_code
@@ -312,6 +299,9 @@ class Supervisor:
                                 "exit_code": self._exit_code})
                 with trio.move_on_after(5):
                     await self.audit.flush(self._audit_failed)
+            if self.output.files is not None:
+                with trio.move_on_after(5):
+                    await self.output.files.flush()
             nursery.cancel_scope.cancel()
         return self._exit_code
 
@@ -394,20 +384,26 @@ class Supervisor:
         for g in comp.grants:
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
-            opened = None
+            opened, opening = None, hostcaps.GrantOpening(g)
             with trio.move_on_after(hostcaps.IO_DEADLINE):
                 try:
                     opened = await trio.to_thread.run_sync(
-                        hostcaps.open_grant, g, abandon_on_cancel=True,
+                        opening.run, abandon_on_cancel=True,
                         limiter=self._io_limiter(comp.name))
                 except (OSError, hostcaps.hostfs.FsError) as e:
                     self._release_hosts(comp, hosts)
                     raise _StartError(f"cannot open {g.path} for grant {g.name}: "
                                       f"{getattr(e, 'strerror', None) or e}") from None
             if opened is None:
+                opening.abandon()
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
                                   f"than {hostcaps.IO_DEADLINE:g} s")
+            if not self._hold(g.target, opened):
+                self._release(g.target, opened, counted=False)
+                self._release_hosts(comp, hosts)
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
+                                  f"has no file descriptors to spare (EMFILE)")
             hosts[g.name] = opened
         return hosts
 
@@ -447,13 +443,14 @@ class Supervisor:
             while True:
                 await self._may_read(link)
                 deadline = math.inf if link.partial_since is None \
-                    else link.partial_since + PARTIAL_MESSAGE_TIME
+                    else link.partial_since + self.system.message_timeout
                 data = None
                 with trio.move_on_at(deadline):
                     data = await link.receive()
                 if data is None:
                     self._cut_off(pid, f"it sent part of a message and did not finish it "
-                                       f"within {PARTIAL_MESSAGE_TIME:g} s")
+                                       f"within {self.system.message_timeout:g} s "
+                                       f"(message_timeout)")
                     return "stalled in the middle of a message"
                 if not data:
                     return None
@@ -478,7 +475,7 @@ class Supervisor:
         it, or to the audit log."""
         while link.queued > link.soft and not link.closed:
             await link.drained.wait()
-        if self.audit is not None:
+        if self.audit is not None and not self.audit.room.is_set():
             await self.audit.room.wait()
 
     def _fault(self, pid: int, e: BaseException):
@@ -519,7 +516,7 @@ class Supervisor:
                         break
                     text = line.decode("utf-8", "replace")
                     tail.append(printable(text))
-                    self.output.line(f"[{name}] stderr: {text}")
+                    self.output.plugin(name, text, "stderr")
 
     async def _stop_engines(self):
         procs = [p for p in self.procs.values() if p.returncode is None]
@@ -560,17 +557,38 @@ class Supervisor:
         self._host_done(call.token, outcome)
 
     def _host_done(self, token: int, outcome):
+        if isinstance(outcome, hostcaps.Answer) and outcome.objects:
+            held = [self._hold(*o) for o in outcome.objects]
+            if not all(held):
+                for (kind, served), counted in zip(outcome.objects, held):
+                    self._release(kind, served, counted)
+                outcome = hostcaps.Refusal("EMFILE: the supervisor has no file descriptors to "
+                                           "spare; close some files")
+                self.tell_once("fd-budget", f"host files and directories hold "
+                               f"{self._host_fds} descriptors, all the supervisor can spare: "
+                               f"opening more fails (EMFILE) until some are closed")
         if isinstance(outcome, hostcaps.Answer):
             for line in outcome.lines:
-                self.output.line(f"[{line.compartment}] {line.text}")
+                self.output.plugin(line.compartment, line.text)
             self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
         else:
             if outcome.notice:
                 self.say(outcome.notice)
             self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
 
-    def _release(self, kind: str, served):
+    def _hold(self, kind: str, served) -> bool:
+        """Count a host object's descriptor; False if there is none to spare (it is not
+        counted then, and the caller releases it)."""
+        if kind not in ("directory", "file") or served is None:
+            return True
+        if self._host_fds >= self._fd_budget:
+            return False
+        self._host_fds += 1
+        return True
+
+    def _release(self, kind: str, served, counted: bool = True):
         if kind in ("directory", "file") and served is not None:
+            self._host_fds -= counted
             self.nursery.start_soon(self._release_in_thread, kind, served)
 
     async def _release_in_thread(self, kind, served):
@@ -626,11 +644,12 @@ class Supervisor:
                 stream = await self._accept(listener)
                 if stream is None:
                     continue
-                if self._external >= MAX_EXTERNAL:
-                    self.tell_once("max-external", f"more than {MAX_EXTERNAL} external "
-                                   f"connections at once: refusing the others")
+                most = self.system.max_connections
+                if self._external >= most:
+                    self.tell_once("max-external", f"more than {most} external connections "
+                                   f"at once: refusing the others (max_connections)")
                     self.nursery.start_soon(self._refuse, stream, f"too many connections "
-                                            f"(at most {MAX_EXTERNAL})")
+                                            f"(at most {most})")
                     continue
                 self.nursery.start_soon(self._serve_external, stream)
 
@@ -742,9 +761,9 @@ class Supervisor:
                 show, hidden = self.denials.admit(e.caller, trio.current_time())
                 if hidden:
                     self.say(f"({hidden} more denials for {e.caller} were not shown; "
-                             f"the audit file has every call)")
+                             f"the audit file has every call)", e.caller)
                 if show:
-                    self.say(e.text)
+                    self.say(e.text, e.caller)
             elif isinstance(e, fx.Audit):
                 if self.audit is not None:
                     self.audit.add(e.record)
@@ -764,10 +783,10 @@ class Supervisor:
         proc = self.procs[e.compartment]
         base = os.path.dirname(self.system.path) + os.sep
         rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
-        self.output.line(f"ready {comp.name} pid={proc.pid} module={rel}")
+        self.say(f"ready {comp.name} pid={proc.pid} module={rel}", comp.name)
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
-            self.output.line(f"stats start {comp.name} {ms:.2f} ms")
+            self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
         self._act(self.lifecycle.started(e.compartment, e.program))
 
     # ------------------------------------------------------------ lifecycle actions
@@ -775,10 +794,7 @@ class Supervisor:
     def _act(self, actions):
         for a in actions:
             if isinstance(a, S.Say):
-                if a.text.startswith(("finished ", "stopped ")):
-                    self.output.line(a.text)
-                else:
-                    self.say(a.text)
+                self.say(a.text, a.compartment)
             elif isinstance(a, S.Run):
                 self._perform(self.router.run(a.name))
             elif isinstance(a, S.Restart):
@@ -803,6 +819,11 @@ class _StartError(Exception):
     pass
 
 
+def _refuse(e: Exception):
+    """The system cannot start: one line, like every other error that stops a command."""
+    print(f"wsuper: error: {printable(first_line(e, 1000))}", file=sys.stderr, flush=True)
+
+
 def _partial(peer) -> bool:
     """Whether part of a message from the peer is buffered, waiting for the rest."""
     framer = getattr(peer.conn, "_framer", None)
@@ -810,23 +831,26 @@ def _partial(peer) -> bool:
 
 
 def _wall() -> float:
-    import time
     return time.time()
 
 
-def _rfc3339(t: float | None) -> str:
-    import time
-    when = datetime.datetime.fromtimestamp(time.time() if t is None else t,
-                                           datetime.timezone.utc)
+def _rfc3339(t: float) -> str:
+    when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _raise_fd_limit():
-    """Each engine costs the supervisor a socket and a pipe: use the hard limit."""
+def _raise_fd_limit() -> int:
+    """Each engine costs the supervisor a socket and a pipe: use the hard limit.
+    Returns the limit."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _describe_exit(code: int) -> str:
@@ -838,5 +862,5 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
-    return await Supervisor(plan, socket_path, out).run()
+async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text") -> int:
+    return await Supervisor(plan, socket_path, log_format=log_format).run()

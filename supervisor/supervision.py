@@ -84,8 +84,9 @@ class Throttle:
 
 @attrs.frozen
 class Say:
-    """A line for the operator."""
+    """A line for the operator (about `compartment`, if it is about one)."""
     text: str
+    compartment: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -180,7 +181,7 @@ class Lifecycle:
         if self.stopping:
             return []
         if not self.all_started:                  # it never worked: a configuration problem
-            return [Say(f"compartment {name} failed to start: {reason}"), *self._finish(1)]
+            return [Say(f"compartment {name} failed to start: {reason}", name), *self._finish(1)]
         return self._stopped(name, True, f"failed to start: {reason}", now)
 
     def program_ended(self, name: str, exit_code: int | None, error: str | None,
@@ -189,11 +190,11 @@ class Lifecycle:
             return []
         if self.stopping:                          # we are stopping it ourselves
             self.running.discard(name)
-            return [Say(f"stopped {name}")]
+            return [Say(f"stopped {name}", name)]
         if error is not None:
-            return [Say(f"compartment {name} failed: {error}"),
+            return [Say(f"compartment {name} failed: {error}", name),
                     *self._stopped(name, True, "its program failed", now)]
-        return [Say(f"finished {name} exit={exit_code}"),
+        return [Say(f"finished {name} exit={exit_code}", name),
                 *self._stopped(name, exit_code != 0, f"its program ended (exit {exit_code})",
                                now)]
 
@@ -221,22 +222,24 @@ class Lifecycle:
         if d.action == "restart":
             self.generation[name] += 1
             return [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
-                        f"of at most {policy.max_restarts} in {policy.restart_window:g} s)"),
+                        f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
+                        name),
                     Restart(name, d.delay, reason)]
         if d.action == "fail":
             self.generation[name] += 1
             holders = self.holders.get(name, ())
             told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
-            out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){told}"),
+            out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){told}",
+                       name),
                    Fail(name, d.reason)]
             self.exit_code = 1
             self.running.discard(name)
             if policy.critical:
-                out += [Say(f"{name} is critical: stopping the system"), *self._finish(1)]
+                out += [Say(f"{name} is critical: stopping the system", name), *self._finish(1)]
             return out + self._check_done()
         out = []
         if abnormal:
-            out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})"))
+            out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
             if name in self.running:
                 self.exit_code = 1
         self.running.discard(name)

@@ -18,7 +18,7 @@ def test_a_method_outside_the_allow_list_is_denied_and_shown(tmp_path):
     (tmp_path / "system.toml").write_text(text)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert ("wsuper: denied: app -> app.calc: Calc.add is not allowed "
-            "(allow = [Calc.newCounter])") in r.stdout
+            "(allow = [Calc.newCounter])") in r.stderr
     assert "[app] 2 + 3" not in r.stdout                   # hello.wat traps on the error
     records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
     assert [(x["capability"], x["method"], x["outcome"]) for x in records

@@ -79,5 +79,34 @@ def test_an_engine_that_cannot_start_names_why(tmp_path):
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 1
     assert ("wsuper: compartment big failed to start: engine exited with code 3: error: cannot "
-            "instantiate") in r.stdout
-    assert "memory minimum size of 32 pages exceeds memory limits" in r.stdout
+            "instantiate") in r.stderr
+    assert "memory minimum size of 32 pages exceeds memory limits" in r.stderr
+
+
+SCHEMAS = {"syntax.capnp": ("@0xbf5147cbbecf40c1;\ninterface Foo {\n  bar @0 ( -> ();\n}\n",
+                            ":2: Parse error."),
+           "noid.capnp": ("interface Foo {\n  bar @0 () -> ();\n}\n",
+                          ": File does not declare an ID.")}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("command", ["check", "up", "bindgen", "build"])
+def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, command):
+    text, expected = SCHEMAS[name]
+    (tmp_path / name).write_text(text)
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) '
+                                    '(result i32) i32.const 0))')
+    (tmp_path / "p.c").write_text("int x;\n")
+    (tmp_path / "system.toml").write_text(f'[system]\nschemas = ["{name}"]\n'
+                                          f'[compartments.m]\nmodule = "m.wat"\nexports = "Foo"\n')
+    args = {"check": ["check", str(tmp_path / "system.toml")],
+            "up": ["up", str(tmp_path / "system.toml")],
+            "bindgen": ["bindgen", str(tmp_path / name), "-o", str(tmp_path / "out")],
+            "build": ["build", str(tmp_path / "p.c"), "--schema", str(tmp_path / name),
+                      "-o", str(tmp_path / "p.wasm")]}[command]
+    r = run_wsuper(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / name}{expected}"), line
+    assert "terminate called" not in r.stderr

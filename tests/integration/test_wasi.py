@@ -53,7 +53,7 @@ random = {{ host = "random" }}
     lines = _lines(r)
     assert [l for l in lines if not l.startswith("ok ")] == ["to stderr"], r.stdout + r.stderr
     assert len(lines) == 38
-    assert "finished app exit=0" in r.stdout and r.returncode == 0
+    assert "finished app exit=0" in r.stderr and r.returncode == 0
     # what it did is on disk, where it was granted, and nowhere else
     assert (data / "notes.txt").read_text() == "line one\nline two\nline three\n"
     assert (data / "w+.txt").read_text() == "a"
@@ -89,7 +89,7 @@ clock = {{ host = "clock" }}
                          'through it: Some("the target\\n")', "is symlink: true",
                          "escape: true", 'hard link: Some("written by rust\\n")',
                          "tree gone: true", "time ok: true"], r.stdout + r.stderr
-    assert "finished app exit=4" in r.stdout
+    assert "finished app exit=4" in r.stderr
     assert (data / "rust.txt").read_text() == "written by rust\n"
     assert sorted(os.listdir(data)) == ["escape", "inside", "rust.txt", "target.txt"]
     assert (tmp_path / "audit.jsonl").exists()
@@ -108,7 +108,7 @@ env = { host = "environment", args = ["read:/etc/passwd", "read:mine.txt", "writ
                          "random  -> ENOTCAPABLE"], r.stdout + r.stderr
     # stderr was not granted: its line went nowhere; the exit code is the program's
     assert "leaving with" not in r.stdout
-    assert "finished app exit=3" in r.stdout
+    assert "finished app exit=3" in r.stderr
 
 
 def test_append_only_and_read_only_hold_for_wasi_programs(tmp_path, wasi_guests):
@@ -164,7 +164,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
                          "stat /box/in.txt -> ENOTCAPABLE", "mkdir /box/d -> ENOTCAPABLE",
                          "write /box/out.txt -> ENOTCAPABLE",
                          "bigwrite /q/big.bin -> EDQUOT"], r.stdout + r.stderr
-    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stdout
+    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stderr
     denied = [(x["capability"], x["method"]) for x in _audit(tmp_path)
               if x["outcome"] == "denied"]
     assert ("app.box", "mkdir") in denied and ("app.box", "stat") in denied
@@ -183,7 +183,7 @@ work = {{ host = "directory", path = "{work}", mount = "." }}
 env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"] }}
 """)
     r = run_wsuper("up", system, timeout=120)
-    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
     # "." takes every path: /work/hello.txt is work/hello.txt inside the grant
     assert (tmp_path / "out.txt").read_text() == \
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
@@ -239,7 +239,7 @@ env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ["release data -> 0", "release stdout -> 0", "read /data/a.txt -> ok",
                          "  still here", "release data -> -1"], r.stdout + r.stderr   # gone
-    assert "finished app exit=0" in r.stdout
+    assert "finished app exit=0" in r.stderr
 
 
 def test_a_wasi_policy_that_is_ambiguous_is_refused(tmp_path, wasi_guests):
@@ -301,7 +301,7 @@ sandbox = {{ host = "directory", path = "{directory}", mount = "/sandbox"{attenu
 env = {{ host = "environment", args = {json.dumps(list(args))} }}
 """)
     r = run_wsuper("up", system, timeout=120)
-    code = re.search(r"finished app exit=(-?\d+)", r.stdout)
+    code = re.search(r"finished app exit=(-?\d+)", r.stderr)
     return (int(code.group(1)) if code else None), _lines(r), r
 
 
@@ -445,7 +445,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
                              "append /data/fifo -> ENOTSUP", "stat /data/fifo -> ok",
                              "read /data/plain.txt -> ok", "  plain"], r.stdout + r.stderr
     assert _lines(r)[6:] in ([], ["read /data/null -> ENOTSUP"])
-    assert time.monotonic() - t0 < 30 and "finished app exit=0" in r.stdout
+    assert time.monotonic() - t0 < 30 and "finished app exit=0" in r.stderr
 
 
 # ------------------------------------------------------------------ sizes that agree
@@ -462,7 +462,7 @@ env = {{ host = "environment", args = {ops} }}
 """, extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
     r = run_wsuper("up", system, timeout=120)
     lines = _lines(r)
-    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
     shown = 4096 - 40                             # the rest of 4096 says what was cut
     assert lines == ["L" * shown + f"... ({600_000 - shown} more bytes)",
                      "longline 600000 -> ok",
@@ -475,7 +475,7 @@ stdout = {{ host = "file", path = "{tmp_path}/out.txt", append_only = true }}
 env = {{ host = "environment", args = {ops} }}
 """, extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
     r = run_wsuper("up", system, timeout=120)
-    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
     out = (tmp_path / "out.txt").read_bytes()
     block = (b"0123456789abcdef" * 65536)[:(1 << 20) - 1] + b"\n"
     assert out == b"L" * 600000 + b"\nlongline 600000 -> ok\n" + block + \
