@@ -54,7 +54,7 @@ LIST_PAGE_BYTES = 64 << 10      # one page of a listing: at most this much ...
 LIST_PAGE_ENTRIES = 2048        # ... and this many entries
 _RESULT_SLACK = 64              # results' own structure around data or entries
 _GETDENTS_BUF = 32 << 10
-_RETRIES = 8                    # openat2 EAGAIN (a rename raced '..'), create races
+_RETRIES = 8                    # openat2 EAGAIN: a rename raced a '..' it resolved
 
 MODES = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY,
          "readWrite": os.O_RDWR}
@@ -389,53 +389,31 @@ class Directory:
             append = True                          # the kernel keeps every write at the end
         flags |= SYNC[sync] | (os.O_APPEND if append else 0)
         with self._h as dfd:
-            fd = self._open_file(dfd, raw, path, flags, create, create, follow)
+            fd = self._open_file(dfd, raw, path, flags, create, follow)
         return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
                              append=append, append_only=self.append_only,
                              read_only=self.read_only, quota=self.quota)}
 
-    def _open_file(self, dfd, raw, path, flags, create, exclusive, follow) -> int:
-        nofollow = 0 if follow else os.O_NOFOLLOW
-        for _ in range(_RETRIES):
-            if not exclusive:
-                try:
-                    p = _openat2(dfd, raw, os.O_PATH | nofollow)
-                except OSError as e:
-                    if e.errno != errno.ENOENT or not create:
-                        raise _resolving(e, raw, path) from None
-                else:
-                    try:
-                        s = os.fstat(p)
-                        if not st.S_ISREG(s.st_mode):
-                            raise _not_openable(s, repr(path))
-                        self._check_links(s, path)
-                        return _reopen(p, flags)
-                    except OSError as e:
-                        raise _explain(e, repr(path)) from None
-                    finally:
-                        os.close(p)
-            if not create:
-                break
-            if self.read_only:
-                raise FsError(f"{self.label} is read-only: cannot create {path!r}", "EROFS")
-            try:        # O_EXCL: makes a regular file or fails; never follows, never blocks
+    def _open_file(self, dfd, raw, path, flags, create, follow) -> int:
+        if create:      # O_EXCL: makes a regular file or fails; never follows, never blocks
+            try:
                 return _openat2(dfd, raw, flags | os.O_CREAT | os.O_EXCL)
             except OSError as e:
-                if e.errno != errno.EEXIST or exclusive:
-                    raise _resolving(e, raw, path) from None
-                if follow:   # a symbolic link whose target does not exist
-                    try:
-                        p = _openat2(dfd, raw, os.O_PATH | os.O_NOFOLLOW)
-                    except OSError:
-                        continue
-                    try:
-                        if st.S_ISLNK(os.fstat(p).st_mode):
-                            raise FsError(f"{path!r} is a symbolic link to nothing",
-                                          "ENOENT")
-                    finally:
-                        os.close(p)
-                # created meanwhile by someone else: open that
-        raise FsError(f"{path!r} kept changing while it was opened", "EAGAIN")
+                raise _resolving(e, raw, path) from None
+        try:
+            p = _openat2(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW))
+        except OSError as e:
+            raise _resolving(e, raw, path) from None
+        try:
+            s = os.fstat(p)
+            if not st.S_ISREG(s.st_mode):
+                raise _not_openable(s, repr(path))
+            self._check_links(s, path)
+            return _reopen(p, flags)           # the inode just checked, not the path again
+        except OSError as e:
+            raise _explain(e, repr(path)) from None
+        finally:
+            os.close(p)
 
     def subdir(self, path: str, follow: bool = False) -> dict:
         return {"dir": self._subdir(path, follow)}
