@@ -92,6 +92,7 @@ MAX_IO = 256 << 10          # bytes moved by one File.read or File.write call (s
 MAX_FDS = 1024
 MAX_PATH = 4096
 MAX_IOVECS = 1024
+MAX_TRANSFER = 64 << 20     # bytes one fd_read / fd_write moves at most (then it is short)
 LOG_LINE = 4096             # characters of one log line the supervisor shows
 RANDOM_CHUNK = 65536        # Random.bytes' per-call bound
 MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and may sleep again)
@@ -313,19 +314,22 @@ class Wasi:
 
     @staticmethod
     def _chunks(iovecs, size):
-        """The iovecs as a list of (ptr, length) runs of at most `size` bytes each."""
-        runs, run, left = [], [], size
+        """The iovecs as (ptr, length) runs of at most `size` bytes each, made as they
+        are used, and at most MAX_TRANSFER bytes in all (a short read or write)."""
+        run, left, total = [], size, 0
         for ptr, length in iovecs:
             while length:
                 take = min(length, left)
                 run.append((ptr, take))
                 ptr, length, left = ptr + take, length - take, left - take
                 if not left:
-                    runs.append(run)
+                    yield run
+                    total += size
+                    if total >= MAX_TRANSFER:
+                        return
                     run, left = [], size
         if run:
-            runs.append(run)
-        return runs
+            yield run
 
     def _gather(self, run) -> bytes:
         return b"".join(self.host.read(p, n) for p, n in run)
@@ -731,7 +735,7 @@ class Wasi:
     def fd_write(self, fd, iovs, count, out):
         d = self._writable(fd)
         if d.kind == "null":
-            n = sum(length for _p, length in self._iovecs(iovs, count))
+            n = min(sum(length for _p, length in self._iovecs(iovs, count)), MAX_TRANSFER)
         elif d.kind == "log":
             n = 0
             for run in self._chunks(self._iovecs(iovs, count), self.max_io):

@@ -105,6 +105,8 @@ def test_stdio_that_is_not_granted_is_empty_not_absent():
     assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 10    # gone
     assert call(w, "fd_write", 0, 0, 1, 900) == E.BADF
     assert call(w, "fd_fdstat_get", 2, 300) == 0 and host.mem[300] == wasi.FILETYPE_CHAR
+    host.write(0, struct.pack("<IIII", 64, 0xFFFFFFFF, 64, 0xFFFFFFFF))   # 8 GiB: short
+    assert call(w, "fd_write", 1, 0, 2, 900) == 0 and host.u32(900) == wasi.MAX_TRANSFER
     assert host.calls == []                                  # no authority was used
 
 
