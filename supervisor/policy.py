@@ -399,9 +399,9 @@ def _limits(where, key, table) -> Limits:
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
         n = _size(where, f"{key}.{k}", v) if is_size else v
-        kinds = (int, float) if k in ("call_time", "log_rate") else int
+        kinds = (int, float) if k in Limits.REAL else int
         if isinstance(n, bool) or not isinstance(n, kinds):
-            what = "a number" if k in ("call_time", "log_rate") else "a whole number"
+            what = "a number" if k in Limits.REAL else "a whole number"
             raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
         if not lo <= n <= hi:
             raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")

@@ -79,6 +79,9 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
         got = await store.get("runs")
         return got.found, got.value
     assert external_client(str(sock), body) == (True, "41")
+    # ... and it is stopped when its program has used its CPU allowance (run_cpu)
+    run.wait_for("compartment hostile failed: its program used more than 3 s of CPU "
+                 "(limit run_cpu)", timeout=60)
     run.stop()
     out = [l for l in run.lines if l.startswith("[hostile]") and "flood line" not in l]
     assert out[:7] == [
