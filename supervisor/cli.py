@@ -108,21 +108,23 @@ def _check(plan, args) -> int:
     import subprocess
 
     from . import authority
-    print(authority.holdings(plan))
-    for target in args.reach:
+    if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
+        print("wsuper: error: --graph: Graphviz's dot is not installed; name a .dot file "
+              "instead", file=sys.stderr)
+        return 2
+    reach = []
+    for target in args.reach:          # every name checked before anything is printed
         try:
-            names, why = authority.could_reach(plan, target)
+            reach.append((target, *authority.could_reach(plan, target)))
         except KeyError as e:
             print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
             return 2
-        print(f"could reach {target}: {', '.join(names)}\n  ({why})")
+    print(authority.holdings(plan))
+    for target, names, why in reach:
+        print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
     if args.graph:
         text = authority.dot(plan)
         if args.graph.endswith(".svg"):
-            if shutil.which("dot") is None:
-                print("wsuper: error: --graph: Graphviz's dot is not installed; "
-                      "name a .dot file instead", file=sys.stderr)
-                return 2
             subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
                            check=True)
         else:
@@ -150,6 +152,9 @@ def _toolchain(args) -> int:
             for schema in args.schema:
                 bindgen.generate(schema, gen_dir)
             include.insert(0, gen_dir)
+        missing = [src for src in args.sources if not os.path.isfile(src)]
+        if missing:
+            raise toolchain.ToolchainError(f"{missing[0]}: no such source file")
         reactor = args.reactor
         if reactor is None:
             text = "".join(open(src, encoding="utf-8", errors="replace").read()

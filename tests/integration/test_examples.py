@@ -60,8 +60,9 @@ def test_check_shows_who_holds_what_in_the_example(kv):
     assert f"  data -> host Directory [path={kv}/data, append_only]" in r.stdout
     assert "  kv -> store's Store [allow=get, calls_per_second=50]" in r.stdout
     assert f"  public -> host Directory [path={kv}/public, read_only]" in r.stdout
-    # only the store itself, and clients of the external socket, could call put
-    assert "could reach store.put: store" in r.stdout
+    # no compartment could call put: only clients of the external socket
+    assert "could reach store.put: nobody" in r.stdout
+    assert "and any client of the external socket" in r.stdout
 
 
 def test_a_hostile_plugin_is_contained(kv, wsuper):
