@@ -29,6 +29,22 @@ def main(argv=None) -> int:
     logs.add_argument("system", help="path to system.toml")
     logs.add_argument("compartment", nargs="?", help="only this compartment's lines")
     logs.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
+    call = sub.add_parser("call", help="call an exported compartment's method through the "
+                          "external endpoint, as any external client would")
+    call.add_argument("system", help="path to the running system's system.toml")
+    call.add_argument("target", metavar="COMPARTMENT.METHOD")
+    call.add_argument("params", nargs="?", default="()",
+                      help="the parameters in Cap'n Proto text, e.g. '(a = 20, b = 22)'")
+    call.add_argument("--json", action="store_true", help="print the results as JSON")
+    call.add_argument("--socket", help="the external socket, if the system was started with "
+                      "--socket")
+    call.add_argument("--timeout", type=float, default=30, help="seconds to wait (30)")
+    status = sub.add_parser("status", help="what each compartment of a running system is "
+                            "doing: state, pid, uptime, restarts, calls, memory, handles")
+    status.add_argument("system", help="path to the running system's system.toml")
+    status.add_argument("--json", action="store_true", help="the same, as JSON")
+    stop = sub.add_parser("stop", help="stop a running system (as Ctrl-C would, exit code 0)")
+    stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what")
     check.add_argument("system", help="path to system.toml")
@@ -65,6 +81,8 @@ def main(argv=None) -> int:
         return _revoke(args)
     if args.command == "logs":
         return _logs(args)
+    if args.command in ("status", "stop"):
+        return _admin(args)
     if args.command in ("bindgen", "build"):
         return _toolchain(args)
 
@@ -76,6 +94,8 @@ def main(argv=None) -> int:
         return 2
     if args.command == "check":
         return _check(plan, args)
+    if args.command == "call":
+        return _call(plan, args)
 
     import trio
 
@@ -88,22 +108,24 @@ def _check(plan, args) -> int:
     import subprocess
 
     from . import authority
-    print(authority.holdings(plan))
-    _warn_hard_links(plan)
-    for target in args.reach:
+    if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
+        print("wsuper: error: --graph: Graphviz's dot is not installed; name a .dot file "
+              "instead", file=sys.stderr)
+        return 2
+    reach = []
+    for target in args.reach:          # every name checked before anything is printed
         try:
-            names, why = authority.could_reach(plan, target)
+            reach.append((target, *authority.could_reach(plan, target)))
         except KeyError as e:
             print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
             return 2
-        print(f"could reach {target}: {', '.join(names)}\n  ({why})")
+    print(authority.holdings(plan))
+    _warn_hard_links(plan)
+    for target, names, why in reach:
+        print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
     if args.graph:
         text = authority.dot(plan)
         if args.graph.endswith(".svg"):
-            if shutil.which("dot") is None:
-                print("wsuper: error: --graph: Graphviz's dot is not installed; "
-                      "name a .dot file instead", file=sys.stderr)
-                return 2
             subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
                            check=True)
         else:
@@ -160,6 +182,9 @@ def _toolchain(args) -> int:
             for schema in args.schema:
                 bindgen.generate(schema, gen_dir)
             include.insert(0, gen_dir)
+        missing = [src for src in args.sources if not os.path.isfile(src)]
+        if missing:
+            raise toolchain.ToolchainError(f"{missing[0]}: no such source file")
         reactor = args.reactor
         if reactor is None:
             text = "".join(open(src, encoding="utf-8", errors="replace").read()
@@ -171,6 +196,106 @@ def _toolchain(args) -> int:
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
         print(f"wsuper: error: {e}", file=sys.stderr)
         return 2
+
+
+def _call(plan, args) -> int:
+    from . import captext, client, endpoint
+    system = plan.system
+
+    def refuse(text):
+        print(f"wsuper: error: {text}", file=sys.stderr)
+        return 2
+    name, dot, method = args.target.partition(".")
+    if not dot or not method:
+        return refuse(f"{args.target!r}: expected COMPARTMENT.METHOD, e.g. calc.add")
+    comp = system.compartments.get(name)
+    if comp is None:
+        return refuse(f"no compartment {name!r} (compartments: "
+                      f"{', '.join(system.compartments)})")
+    if not comp.external:
+        return refuse(f"compartment {name!r} is not external: from outside, only "
+                      f"compartments with external = true can be called "
+                      f"(external: {', '.join(system.external) or 'none'})")
+    interface = plan.interface_modules[comp.exports]
+    methods = interface.schema.methods
+    if method not in methods:
+        return refuse(f"{comp.exports} has no method {method!r} (methods: "
+                      f"{', '.join(methods)})")
+    try:
+        params = captext.typed(captext.parse(args.params), methods[method].param_type)
+    except captext.TextError as e:
+        return refuse(f"parameters of {comp.exports}.{method}: {e}")
+    path = args.socket or system.socket or endpoint.default_socket_path(system.path)
+    try:
+        response = client.call(path, name, interface, method, params, args.timeout)
+    except client.CallFailed as e:
+        print(f"wsuper: error: {name}.{method}: {e}", file=sys.stderr)
+        return 1
+    print(client.as_json(response) if args.json else client.as_text(response))
+    return 0
+
+
+def _admin(args) -> int:
+    """`status` and `stop`: one request to the running system's admin socket."""
+    import json
+    import time
+
+    from . import endpoint, policy
+    try:
+        policy.load(args.system)
+    except PolicyError as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        answer = endpoint.request(args.system, {"op": args.command})
+    except endpoint.EndpointError as e:
+        print(f"wsuper: error: {e}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"wsuper: error: {answer.get('error', 'refused')}", file=sys.stderr)
+        return 1
+    if args.command == "stop":
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not endpoint.is_running(args.system):
+                print(f"wsuper: stopped {args.system}")
+                return 0
+            time.sleep(0.05)
+        print(f"wsuper: asked {args.system} to stop (pid {answer.get('pid')}); it has not "
+              f"stopped yet")
+        return 0
+    status = answer["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(_status_table(args.system, status))
+    return 0
+
+
+def _status_table(path: str, status: dict) -> str:
+    def dur(s):
+        if s is None:
+            return "-"
+        s = int(s)
+        return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else \
+            f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+    def mib(b):
+        return "-" if b is None else f"{b / (1 << 20):.1f}MiB"
+
+    head = ("COMPARTMENT", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "SERVED", "FAILED",
+            "MEMORY", "HANDLES", "IN FLIGHT")
+    rows = [head] + [(c["name"], c["state"], str(c["pid"] or "-"), dur(c["uptime_s"]),
+                      str(c["restarts"]), str(c["generation"]), str(c["served"]),
+                      str(c["failed"]), mib(c["memory_bytes"]), str(c["handles"]),
+                      f"{c['calls_from']} out, {c['calls_to']} in")
+                     for c in status["compartments"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [f"system {path}: pid {status['pid']}, up {dur(status['uptime_s'])}, "
+             f"run {status['run']}" + (f", external: {', '.join(status['external'])}"
+                                      if status["external"] else "")]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
 
 
 def _logs(args) -> int:

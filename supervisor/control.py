@@ -40,6 +40,7 @@ class Forward:
         router.forward_returned(peer, ev, self.reply)
 
     def lost(self, router, peer, reason):
+        router.count(peer, False)
         router.fail(self.reply, CallError(f"compartment {peer.name} is gone: {reason}",
                                           "disconnected"))
 

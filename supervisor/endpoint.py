@@ -82,11 +82,18 @@ def private_dir(path: str, create: bool = True) -> str:
 
 
 def safe_socket_dir(socket_path: str):
-    """A socket the system file names: its directory must be ours and closed to others."""
+    """A socket the system file names: its directory (made if missing) must be ours and
+    closed to others."""
     folder = os.path.dirname(os.path.abspath(socket_path))
     if folder == runtime_dir():
         private_dir(folder)
         return
+    try:
+        os.mkdir(folder, 0o700)            # made here: ours, and closed to others
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise EndpointError(f"cannot make socket directory {folder}: {e.strerror}") from None
     try:
         st = os.lstat(folder)
     except OSError as e:
@@ -130,6 +137,21 @@ class Lock:
                 pass
             os.close(self.fd)
             self.fd = None
+
+
+def is_running(system_path: str) -> bool:
+    """Whether a system holds the lock of `system_path` now."""
+    try:
+        fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def claim_socket_path(path: str):

@@ -133,7 +133,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     `read_policy(path) -> text` reads a policy file a compartment refers to
     (`load()` passes one that reads the disk; tests pass a dict's get).
     """
-    base = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(path)           # every error names files the same way
+    base = os.path.dirname(path)
     where = _Where(text, path)
     doc = _toml(text, path)
 
@@ -244,6 +245,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
 
 def load(path: str) -> System:
     """Read and validate a system file, then check the files it names."""
+    path = os.path.abspath(path)
     text = _read_text(path, "")
     system = parse(text, path, lambda p: _read_text(p, "policy file "))
     where = _Where(text, path)
@@ -265,10 +267,28 @@ def load(path: str) -> System:
             if not want(g.path):
                 what = "directory" if g.target == "directory" else "regular file"
                 raise gwhere.error(key, f"{g.path} is not an existing {what}")
+            if g.subdir is not None:
+                problem = _subdir_problem(g.path, g.subdir)
+                if problem:
+                    raise gwhere.error(f"{origin_key}.subdir", problem)
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} does not exist")
     return system
+
+
+def _subdir_problem(path: str, subdir: str) -> str | None:
+    """Why `subdir` cannot be granted beneath `path` (None if it can): each part must
+    be a real directory, not a symbolic link (the supervisor opens it beneath
+    the grant with no links followed)."""
+    at = path
+    for part in [p for p in subdir.split("/") if p not in ("", ".")]:
+        at = os.path.join(at, part)
+        if os.path.islink(at):
+            return f"{at} is a symbolic link; subdir must name a real directory"
+        if not os.path.isdir(at):
+            return f"{at} is not an existing directory"
+    return None
 
 
 def _read_text(path: str, what: str) -> str:
@@ -295,34 +315,45 @@ class _Where:
         self.path = path
 
     def line_of(self, key: str) -> int | None:
-        parts = [p for p in re.split(r"\.(?![^\[]*\])", key) if p]
-        if not parts:
+        """The line that writes `key` (dotted, list indices ignored): the line of the
+        longest prefix of it that the file writes, as a table header, a dotted key
+        or an inline table; for a table the file only writes deeper parts of (an
+        unknown table `[foo.bar]` for the key `foo`), its first header."""
+        target = [re.sub(r"\[\d+\]$", "", p) for p in re.split(r"\.(?![^\[]*\])", key) if p]
+        if not target:
             return None
-        # the deepest table header that is a prefix of the key, then the key inside it
-        best, table_line = 0, None
+        best, best_line, table = 0, None, []
         for i, line in enumerate(self.lines, 1):
             s = line.strip()
-            if s.startswith("[") and not s.startswith("[["):
-                header = [h.strip().strip('"') for h in s.strip("[]").split(".")]
-                n = len(header)
-                if header == parts[:n] and n >= best:
-                    best, table_line = n, i
-        if table_line is None:
-            return None
-        rest = parts[best:]
-        if not rest:
-            return table_line
-        leaf = re.sub(r"\[\d+\]$", "", rest[0])
-        for i in range(table_line, len(self.lines)):
-            s = self.lines[i].strip()
-            if s.startswith("["):
-                break
-            if re.match(rf'"?{re.escape(leaf)}"?\s*[=.]', s):
-                return i + 1
-        return table_line
+            header = re.match(r"^\[\[?\s*(.*?)\s*\]\]?", s)
+            if header:
+                table = path = _split_dotted(header.group(1))
+            else:
+                m = _KEY.match(s)
+                if m is None:
+                    continue
+                path = table + _split_dotted(m.group(1))
+            if path == target[:len(path)]:
+                score = len(path)
+            elif target == path[:len(target)]:
+                score = len(target)
+            else:
+                continue
+            if score > best:
+                best, best_line = score, i
+        return best_line
 
     def error(self, key, reason) -> PolicyError:
         return PolicyError(self.path, key, reason, self.line_of(key))
+
+
+_KEY = re.compile(r'((?:"[^"]*"|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z0-9_-]+))*)\s*=')
+
+
+def _split_dotted(key: str) -> list[str]:
+    """`a."b.c".d` -> ["a", "b.c", "d"] (dots inside quotes or brackets do not split)."""
+    parts = re.findall(r'"([^"]*)"|([^.\s"]+(?:\[[^\]]*\])?)', key)
+    return [q or bare for q, bare in parts]
 
 
 def _only(where, key, table, allowed):
@@ -400,9 +431,9 @@ def _limits(where, key, table) -> Limits:
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
         n = _size(where, f"{key}.{k}", v) if is_size else v
-        kinds = (int, float) if k in ("call_time", "log_rate") else int
+        kinds = (int, float) if k in Limits.REAL else int
         if isinstance(n, bool) or not isinstance(n, kinds):
-            what = "a number" if k in ("call_time", "log_rate") else "a whole number"
+            what = "a number" if k in Limits.REAL else "a whole number"
             raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
         if not lo <= n <= hi:
             raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")

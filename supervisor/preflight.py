@@ -71,22 +71,22 @@ def prepare(system: System) -> Plan:
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
-            try:
-                if comp.module.endswith(".wat"):
-                    with open(comp.module, encoding="utf-8") as f:
-                        module = wasmtime.Module(engine, f.read())
-                else:
-                    module = wasmtime.Module.from_file(engine, comp.module)
-            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
-                raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
-                                  f"{first_line(e)}") from None
+            module = _compile(where, f"{key}.module", engine, comp.module)
             imports = list(describe_imports(module))
+            memory = next((e.type.limits.min for e in module.exports
+                           if e.name == abi.EXPORT_MEMORY
+                           and isinstance(e.type, wasmtime.MemoryType)), 0)
             checked[comp.module] = (abi.check_imports(imports),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
-                                    {e.name for e in module.exports})
-        problem, is_wasi, exported = checked[comp.module]
+                                    {e.name for e in module.exports}, memory)
+        problem, is_wasi, exported, pages = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
+        if pages * 65536 > comp.limits.memory:
+            raise where.error(f"{key}.limits.memory",
+                              f"{comp.module}'s memory starts at {pages} pages "
+                              f"({pages * 65536} bytes), more than the limit of "
+                              f"{comp.limits.memory} bytes")
         if is_wasi:
             _check_wasi_grants(where, key, comp)
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
@@ -106,6 +106,40 @@ def prepare(system: System) -> Plan:
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
     return Plan(system, interfaces, main, names, ifaces)
+
+
+def _compile(where, key, engine, path) -> wasmtime.Module:
+    """Compile a module file, with an error that says what the file is when it is not
+    WebAssembly (a .wasm is binary; a .wat is UTF-8 text)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise where.error(key, f"cannot read {path}: {e.strerror}") from None
+    if path.endswith(".wat") and not data.startswith(b"\0asm"):
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise where.error(key, f"{path} is not WebAssembly text: it is not UTF-8 "
+                              f"(byte {e.start}){_what(data)}") from None
+    elif not data.startswith(b"\0asm"):
+        raise where.error(key, f"{path} is not a WebAssembly binary: it does not start with "
+                          f"\\0asm{_what(data)}")
+    else:
+        source = data
+    try:
+        return wasmtime.Module(engine, source)
+    except wasmtime.WasmtimeError as e:
+        raise where.error(key, f"{path} is not a valid wasm module: {first_line(e)}") from None
+
+
+def _what(data: bytes) -> str:
+    for magic, name in ((b"\x7fELF", "an ELF executable"), (b"MZ", "a Windows executable"),
+                        (b"#!", "a script"), (b"PK\x03\x04", "a zip archive"),
+                        (b"\xca\xfe\xba\xbe", "a Mach-O or Java class file")):
+        if data.startswith(magic):
+            return f" (it looks like {name})"
+    return ""
 
 
 def _check_wasi_grants(where, key, comp):

@@ -108,6 +108,7 @@ class Router:
         self._pending: dict[tuple, object] = {}        # (peer id, question id) -> handler
         self._pipelined: dict[tuple, list] = {}        # (peer id, answer id) -> [(transform, Call)]
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
+        self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
 
     # ------------------------------------------------------------ entry points
@@ -184,6 +185,7 @@ class Router:
             del self._pending[(pid, qid)]
 
             def timed_out(peer=peer, qid=qid, handler=handler):
+                self.count(peer, False)
                 self.emit(fx.Send(peer.id, peer.conn.send_finish(qid)))
                 self.fail(handler.reply, CallError(
                     f"compartment {peer.name} did not answer within "
@@ -193,6 +195,23 @@ class Router:
             self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in self._pending]
             heapq.heapify(self._deadlines)
         return self._flush()
+
+    def count(self, peer: Peer, served: bool):
+        """One call into `peer` ended: served (it returned results) or failed."""
+        if peer.kind == "engine":
+            self.answered.setdefault(peer.name, [0, 0])[0 if served else 1] += 1
+
+    def status(self, name: str) -> dict:
+        """What the router knows of a compartment now (for `wsuper status`)."""
+        served, failed = self.answered.get(name, (0, 0))
+        peer = self.engines.get(name)
+        alive = peer is not None and peer.alive
+        return {"served": served, "failed": failed,
+                "handles": len(peer.conn.exports) if alive else 0,
+                "calls_from": peer.conn.unanswered if alive else 0,
+                "calls_to": sum(1 for (pid, _q), h in self._pending.items()
+                                if alive and pid == peer.id
+                                and isinstance(h, control.Forward))}
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
@@ -359,6 +378,7 @@ class Router:
 
     def forward_returned(self, peer: Peer, ev, reply):
         """The answer to a call we forwarded to `peer`: on to whoever made it."""
+        self.count(peer, ev.payload is not None)
         if ev.payload is None:
             self.fail(reply, CallError(ev.error, ev.error_type))
             return

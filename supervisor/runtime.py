@@ -222,6 +222,8 @@ class Supervisor:
         self._bound: dict[str, int] = {}
         self._external = 0
         self._fd_reserve: int | None = None
+        self._ready_at: dict[str, float] = {}
+        self._began = 0.0
         self._host_fds = 0               # descriptors held by host files and directories
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
@@ -268,6 +270,7 @@ class Supervisor:
             self.output.stop()
 
     async def _serve(self) -> int:
+        self._began = trio.current_time()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.audit is not None:
@@ -493,6 +496,34 @@ class Supervisor:
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
 
+    async def _watch_program(self, name: str, generation: int, limits: Limits):
+        """Hold a program to its run_time (wall) and run_cpu (CPU seconds of its engine,
+        counted from when the program started, checked every 0.25 s)."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return
+        began = trio.current_time()
+        cpu0 = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+        while True:
+            await trio.sleep(0.25 if limits.run_cpu is not None
+                             else max(0.0, began + limits.run_time - trio.current_time()))
+            if name not in self.lifecycle.running or proc.returncode is not None \
+                    or generation != self.lifecycle.generation[name]:
+                return
+            reason = None
+            if limits.run_time is not None and trio.current_time() - began >= limits.run_time:
+                reason = f"its program ran longer than {limits.run_time:g} s (limit run_time)"
+            elif limits.run_cpu is not None and cpu0 is not None:
+                used = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+                if used is not None and used - cpu0 >= limits.run_cpu:
+                    reason = (f"its program used more than {limits.run_cpu:g} s of CPU "
+                              f"(limit run_cpu)")
+            if reason is not None:
+                self._act(self.lifecycle.program_ended(name, None, reason,
+                                                       trio.current_time()))
+                proc.kill()
+                return
+
     async def _read_stderr(self, name, proc, done):
         buf = b""
         tail = self._stderr_tail.setdefault(name, collections.deque(maxlen=5))
@@ -701,14 +732,14 @@ class Supervisor:
                     if not chunk:
                         break
                     data += chunk
-            answer = self._admin_answer(data.partition(b"\n")[0])
+            answer = await self._admin_answer(data.partition(b"\n")[0])
             answer["system"] = self.system.path
             try:
                 await stream.send_all(endpoint.encode(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    def _admin_answer(self, line: bytes) -> dict:
+    async def _admin_answer(self, line: bytes) -> dict:
         try:
             req = endpoint.decode(line)
         except ValueError:
@@ -722,7 +753,30 @@ class Supervisor:
             except KeyError as e:
                 return {"ok": False, "error": e.args[0]}
             return {"ok": True, "text": f"revoked {req['grant']}"}
+        if req.get("op") == "status":
+            return {"ok": True, "status": await self._status()}
+        if req.get("op") == "stop":
+            self.say("stopping (wsuper stop)")
+            self._act(self.lifecycle.stop(0))
+            return {"ok": True, "text": "stopping", "pid": os.getpid()}
         return {"ok": False, "error": f"unknown request {printable(str(req.get('op')))!r}"}
+
+    async def _status(self) -> dict:
+        now = trio.current_time()
+        pids = {name: p.pid for name, p in self.procs.items() if p.returncode is None}
+        memory = await trio.to_thread.run_sync(_rss, pids)
+        compartments = []
+        for name in self.system.compartments:
+            ready = self._ready_at.get(name)
+            compartments.append({
+                "name": name, "state": self.lifecycle.state[name], "pid": pids.get(name),
+                "uptime_s": round(now - ready, 3) if ready is not None and name in pids
+                else None,
+                "restarts": self.lifecycle.restarts[name],
+                "generation": self.lifecycle.generation[name],
+                "memory_bytes": memory.get(name), **self.router.status(name)})
+        return {"pid": os.getpid(), "run": self.run_id, "uptime_s": round(now - self._began, 3),
+                "external": list(self.system.external), "compartments": compartments}
 
     # ------------------------------------------------------------ effects
 
@@ -779,6 +833,7 @@ class Supervisor:
         batch.clear()
 
     def _on_started(self, e: fx.Started):
+        self._ready_at[e.compartment] = trio.current_time()
         comp = self.system.compartments[e.compartment]
         proc = self.procs[e.compartment]
         base = os.path.dirname(self.system.path) + os.sep
@@ -797,6 +852,10 @@ class Supervisor:
                 self.say(a.text, a.compartment)
             elif isinstance(a, S.Run):
                 self._perform(self.router.run(a.name))
+                limits = self.system.compartments[a.name].limits
+                if limits.run_time is not None or limits.run_cpu is not None:
+                    self.nursery.start_soon(self._watch_program, a.name,
+                                            self.lifecycle.generation[a.name], limits)
             elif isinstance(a, S.Restart):
                 self._perform(self.router.stop_engine(a.name, a.reason))
                 proc = self.procs.get(a.name)
@@ -837,6 +896,31 @@ def _wall() -> float:
 def _rfc3339(t: float) -> str:
     when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (from /proc; a worker thread)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rss(pids: dict) -> dict:
+    """name -> resident bytes of each process (from /proc; in a worker thread)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        out[name] = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return out
 
 
 def _raise_fd_limit() -> int:

@@ -155,6 +155,8 @@ class Lifecycle:
         self.all_started = False
         self.stopping = False
         self.exit_code = 0
+        self.state = dict.fromkeys(self.policies, "starting")
+        self.restarts = dict.fromkeys(self.policies, 0)
 
     # ------------------------------------------------------------ events
 
@@ -162,11 +164,12 @@ class Lifecycle:
         if self.stopping:
             return []
         self.ready.add(name)
+        self.state[name] = "ready"
         if program:
             self.programs.add(name)
         if self.all_started:                      # a restart: run its program again
             if program:
-                self.running.add(name)
+                self._run(name)
                 return [Run(name)]
             return []
         if len(self.ready) < len(self.policies):
@@ -174,8 +177,13 @@ class Lifecycle:
         self.all_started = True
         if not self.programs:
             return [Say("all compartments ready; serving until Ctrl-C")]
-        self.running |= self.programs
+        for n in self.programs:
+            self._run(n)
         return [Run(n) for n in sorted(self.programs)]
+
+    def _run(self, name: str):
+        self.running.add(name)
+        self.state[name] = "running"
 
     def start_failed(self, name: str, reason: str, now: float) -> list:
         if self.stopping:
@@ -200,8 +208,9 @@ class Lifecycle:
 
     def engine_stopped(self, name: str, generation: int, reason: str, now: float) -> list:
         """The engine of incarnation `generation` is gone (it exited or was cut off)."""
-        if self.stopping or generation != self.generation.get(name):
-            return []
+        if self.stopping or generation != self.generation.get(name) \
+                or self.state[name] in ("stopped", "failed"):
+            return []              # not its current incarnation, or already handled
         return self._stopped(name, True, reason, now)
 
     def signal(self, signum: int, signame: str) -> list:
@@ -221,12 +230,15 @@ class Lifecycle:
         d = self.supervision[name].decide(now, abnormal)
         if d.action == "restart":
             self.generation[name] += 1
+            self.restarts[name] += 1
+            self.state[name] = "restarting"
             return [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
                         f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
                         name),
                     Restart(name, d.delay, reason)]
         if d.action == "fail":
             self.generation[name] += 1
+            self.state[name] = "failed"
             holders = self.holders.get(name, ())
             told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
             out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){told}",
@@ -242,6 +254,9 @@ class Lifecycle:
             out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
             if name in self.running:
                 self.exit_code = 1
+            self.state[name] = "stopped"
+        elif self.state[name] == "running":
+            self.state[name] = "finished"        # its program ended; it still serves calls
         self.running.discard(name)
         return out + self._check_done()
 

@@ -60,8 +60,9 @@ def test_check_shows_who_holds_what_in_the_example(kv):
     assert f"  data -> host Directory [path={kv}/data, append_only]" in r.stdout
     assert "  kv -> store's Store [allow=get, calls_per_second=50]" in r.stdout
     assert f"  public -> host Directory [path={kv}/public, read_only]" in r.stdout
-    # only the store itself, and clients of the external socket, could call put
-    assert "could reach store.put: store" in r.stdout
+    # no compartment could call put: only clients of the external socket
+    assert "could reach store.put: nobody" in r.stdout
+    assert "and any client of the external socket" in r.stdout
 
 
 def test_a_hostile_plugin_is_contained(kv, wsuper):
@@ -79,6 +80,9 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
         got = await store.get("runs")
         return got.found, got.value
     assert external_client(str(sock), body) == (True, "41")
+    # ... and it is stopped when its program has used its CPU allowance (run_cpu)
+    run.wait_for("compartment hostile failed: its program used more than 3 s of CPU "
+                 "(limit run_cpu)", timeout=60)
     run.stop()
     out = [l for l in run.lines if l.startswith("[hostile]") and "flood line" not in l]
     assert out[:7] == [

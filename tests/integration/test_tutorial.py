@@ -49,4 +49,6 @@ def test_the_tutorial_works_as_written(tmp_path):
     (tmp_path / "system.toml").write_text(system)
     check = re.search(r"^    (wsuper check .*)$", text, re.M).group(1)
     r = _wsuper(check.split()[1:], tmp_path)
-    assert r.returncode == 0 and "could reach greeter.greet: app" in r.stdout, r.stdout
+    assert r.returncode == 0 and "could reach greeter.greet: app\n" in r.stdout, r.stdout
+    shown = re.search(r"```\n(could reach greeter.greet: .*?)\n```", text).group(1)
+    assert f"{shown}\n" in r.stdout
