@@ -240,11 +240,8 @@ def _admin(args) -> int:
     import json
     import time
 
-    from . import endpoint, policy
-    try:
-        policy.load(args.system)
-    except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+    from . import endpoint
+    if _load(args.system) is None:
         return 2
     try:
         answer = endpoint.request(args.system, {"op": args.command})
@@ -298,12 +295,20 @@ def _status_table(path: str, status: dict) -> str:
     return "\n".join(lines)
 
 
-def _logs(args) -> int:
-    from . import logs, policy
+def _load(path: str):
+    """The system file at `path`, or None after saying why it cannot be read."""
+    from . import policy
     try:
-        system = policy.load(args.system)
+        return policy.load(path)
     except PolicyError as e:
         print(f"wsuper: error: {e}", file=sys.stderr)
+        return None
+
+
+def _logs(args) -> int:
+    from . import logs
+    system = _load(args.system)
+    if system is None:
         return 2
     if args.compartment is not None and args.compartment not in system.compartments:
         print(f"wsuper: error: {args.system} has no compartment {args.compartment!r} "
@@ -323,11 +328,9 @@ def _logs(args) -> int:
 
 
 def _revoke(args) -> int:
-    from . import endpoint, policy
-    try:
-        system = policy.load(args.system)
-    except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+    from . import endpoint
+    system = _load(args.system)
+    if system is None:
         return 2
     revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
                        for g in c.grants if g.revocable)

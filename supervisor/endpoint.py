@@ -55,23 +55,37 @@ def lock_path(system_path: str) -> str:
     return os.path.join(runtime_dir(), system_id(system_path) + ".lock")
 
 
+def _make_dir(path: str, what: str):
+    """mkdir 0700 (nothing if it exists)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise EndpointError(f"cannot make {what}{path}: {e.strerror}") from None
+
+
+def _real_dir(path: str, what: str) -> os.stat_result:
+    """lstat of `path`, refused unless it is a directory (not a symbolic link)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise EndpointError(f"{what}{path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise EndpointError(f"{what}{path} is not a directory (a symbolic link or something "
+                            f"else was put there); remove it")
+    return st
+
+
 def private_dir(path: str, create: bool = True) -> str:
     """The runtime directory, made if missing; refused unless it is ours, 0700, real."""
     if create:
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
         except OSError as e:
-            raise EndpointError(f"cannot make {path}: {e.strerror}") from None
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise EndpointError(f"{path}: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise EndpointError(f"{path} is not a directory (a symbolic link or something "
-                            f"else was put there); remove it")
+            raise EndpointError(f"cannot make {os.path.dirname(path)}: {e.strerror}") from None
+        _make_dir(path, "")
+    st = _real_dir(path, "")
     if st.st_uid != os.getuid():
         raise EndpointError(f"{path} belongs to uid {st.st_uid}, not to you "
                             f"(uid {os.getuid()}); remove it or set XDG_RUNTIME_DIR")
@@ -88,18 +102,8 @@ def safe_socket_dir(socket_path: str):
     if folder == runtime_dir():
         private_dir(folder)
         return
-    try:
-        os.mkdir(folder, 0o700)            # made here: ours, and closed to others
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise EndpointError(f"cannot make socket directory {folder}: {e.strerror}") from None
-    try:
-        st = os.lstat(folder)
-    except OSError as e:
-        raise EndpointError(f"socket directory {folder}: {e.strerror}") from None
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise EndpointError(f"socket directory {folder} is not a directory")
+    _make_dir(folder, "socket directory ")          # made here: ours, and closed to others
+    st = _real_dir(folder, "socket directory ")
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         raise EndpointError(f"socket directory {folder} must belong to you and be writable "
                             f"by you only (owner uid {st.st_uid}, mode "

@@ -258,7 +258,8 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE - self.system.max_connections \
+        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE \
+            - min(self.system.max_connections, FD_RESERVE_BASE) \
             - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():

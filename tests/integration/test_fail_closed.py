@@ -287,3 +287,85 @@ file = {{ host = "file", path = "{data / 'f'}" }}
     assert "[evil] big 0" in run.lines
     assert (data / "f").read_text() == "content"
     assert _add(str(tmp_path / "ext.sock"), 20, 22) == 42
+
+
+# ------------------------------------------------------------------ descriptors
+
+
+def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
+    """With a low descriptor limit: a compartment holding open files gets EMFILE past
+    the budget; a restart still finds descriptors; connections past what the
+    supervisor can hold are refused.  The supervisor never exits."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, Running
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    open_params = _params(DIR, "open", path="f", mode="read")
+    (tmp_path / "hoard.wat").write_text(program(f"""
+    (block $done (loop $more
+      (local.set $r (call $call (call $lookup (i32.const 20) (i32.const 4))
+                          (i64.const {DIR.id}) (i32.const {DIR.method("open").ordinal})
+                          (i32.const 4096) (i32.const {len(open_params)})
+                          (i32.const 0) (i32.const 0) (i32.const 1000)))
+      (br_if $done (i32.ne (local.get $r) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $more)))
+    (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
+    (call $log_int (i32.const 40) (i32.const 6) (local.get $i))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"data": 20, "opened": 40, _escaped(open_params): 4096}))
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path)
+                                          .replace("max_connections = 4",
+                                                   "max_connections = 1000") + f"""
+[compartments.calc.grants]
+[compartments.hoard]
+module = "hoard.wat"
+restart = "never"
+[compartments.hoard.grants]
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+""")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up",
+                             str(tmp_path / "system.toml")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit)
+    run = Running.__new__(Running)
+    run.proc, run.lines = proc, []
+    try:
+        opened = int(run.wait_for("[hoard] opened").split()[-1])
+        assert 0 < opened < 200
+        assert "EMFILE: the supervisor has no file descriptors to spare" in \
+            run.wait_for("[hoard] EMFILE")
+        sock = str(tmp_path / "ext.sock")
+        # a restart needs descriptors: the reserve has them
+        calc_pid = int(next(l for l in run.lines if "ready calc" in l)
+                       .split("pid=")[1].split()[0])
+        os.kill(calc_pid, signal.SIGKILL)
+        run.wait_for("ready calc", start=len(run.lines))
+        assert _add(sock, 2, 2) == 4
+        # more connections than descriptors: the rest are refused, nobody exits
+        held, deadline = [], time.monotonic() + 30
+        while len(held) < 250 and time.monotonic() < deadline:
+            try:
+                held.append(WireClient(sock, timeout=2))
+            except BlockingIOError:            # the listen backlog is full: let it accept
+                time.sleep(0.02)
+        for c in held[:3]:
+            c.sock.close()
+        held = held[3:]
+        run.wait_for("out of file descriptors")
+        for c in held:
+            c.close()
+        time.sleep(0.5)
+        assert proc.poll() is None
+        assert _add(sock, 20, 22) == 42
+    finally:
+        proc.kill()
+        proc.communicate()
