@@ -42,7 +42,7 @@ def edges(plan: Plan) -> list[Edge]:
                     terms.append(f"{k}={getattr(g, k):g}")
             if g.path is not None:
                 terms.insert(0, f"path={g.path}")
-            for k in ("read_only", "append_only"):
+            for k in ("read_only", "append_only", "refuse_hard_links"):
                 if getattr(g, k):
                     terms.append(k)
             for k in ("subdir", "mount", "max_bytes_written"):

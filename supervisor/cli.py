@@ -120,6 +120,7 @@ def _check(plan, args) -> int:
             print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
             return 2
     print(authority.holdings(plan))
+    _warn_hard_links(plan)
     for target, names, why in reach:
         print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
     if args.graph:
@@ -132,6 +133,35 @@ def _check(plan, args) -> int:
                 f.write(text)
         print(f"wrote {args.graph}")
     return 0
+
+
+def _warn_hard_links(plan):
+    """A writable file grant holding files with more than one hard link: one of
+    them may be a link made on the host to a file outside every grant, which the
+    compartment could then read and overwrite (docs/policy-reference.md)."""
+    import os
+
+    from .hostfs import hard_linked
+    for comp in plan.system.compartments.values():
+        for g in comp.grants:
+            if g.kind != "host" or g.target not in ("directory", "file") or g.read_only \
+                    or g.refuse_hard_links:
+                continue
+            path = os.path.join(g.path, g.subdir) if g.subdir else g.path
+            if g.target == "file":
+                try:
+                    n, examples, complete = int(os.lstat(path).st_nlink > 1), [path], True
+                except OSError:
+                    continue
+            else:
+                n, examples, complete = hard_linked(path)
+            if n:
+                print(f"wsuper: warning: {g.origin}: {path} is writable and holds {n}"
+                      f"{'' if complete else ' or more'} regular file{'s' * (n != 1)} with more "
+                      f"than one hard link (such as {examples[0]}); a link made on the host "
+                      f"to a file outside the grant lets {comp.name} read and overwrite that "
+                      f"file: remove the links, or set refuse_hard_links = true",
+                      file=sys.stderr)
 
 
 def _toolchain(args) -> int:

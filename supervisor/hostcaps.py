@@ -149,7 +149,8 @@ def open_grant(grant):
     directory.  Blocking: the runtime calls it in a worker thread.  Raises
     hostfs.FsError or OSError when the path cannot be opened."""
     attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
-                       max_bytes_written=grant.max_bytes_written)
+                       max_bytes_written=grant.max_bytes_written,
+                       refuse_hard_links=grant.refuse_hard_links)
     if grant.target == "directory":
         return hostfs.Directory.grant(grant.path, subdir=grant.subdir, **attenuation)
     if grant.target == "file":

@@ -30,8 +30,8 @@ COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restar
                     "instance"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
-              "calls_per_second", "path", "read_only", "append_only", "subdir",
-              "max_bytes_written", "args", "vars", "mount"}
+              "calls_per_second", "path", "read_only", "append_only", "refuse_hard_links",
+              "subdir", "max_bytes_written", "args", "vars", "mount"}
 GRANT_TARGETS = ("compartment", "host")
 SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
@@ -58,6 +58,7 @@ class Grant:
     path: str | None = None               # directory / file grants: an absolute path
     read_only: bool = False
     append_only: bool = False
+    refuse_hard_links: bool = False       # directory / file grants: no file with links > 1
     subdir: str | None = None             # directory grants: only this part of `path`
     max_bytes_written: int | None = None  # directory / file grants: a write quota
     args: tuple = ()                      # environment grants: arguments
@@ -480,7 +481,7 @@ def _grant(where, key, name, spec) -> Grant:
                 raise where.error(f"{key}.{k}", f"must be a number of at least {lo}, not {v!r}")
             quotas[k] = v
     files = {}
-    for k in ("read_only", "append_only"):
+    for k in ("read_only", "append_only", "refuse_hard_links"):
         if k in spec:
             if not isinstance(spec[k], bool):
                 raise where.error(f"{key}.{k}", f"must be true or false, not {spec[k]!r}")

@@ -94,5 +94,5 @@ data = {{ host = "directory", path = "{granted}" }}
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
     logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
-    assert logs == ["open -2", f"ENOTCAPABLE: directory {granted}: '../secret.txt' contains '..'; "
-                               "paths cannot leave the granted directory"]
+    assert logs == ["open -2", f"ENOTCAPABLE: directory {granted}: '../secret.txt' contains '..' "
+                               "that leads outside the granted directory"]

@@ -201,7 +201,7 @@ def test_a_fault_in_a_file_operation_fails_that_call_and_tells_the_operator(tmp_
     (tmp_path / "f").write_text("data")
     h = Harness([grant("data", "directory", "host", path=str(tmp_path))])
     monkeypatch.setattr(hostcaps.hostfs.Directory, "stat",
-                        lambda self, path: 1 // 0)
+                        lambda self, path, **_: 1 // 0)
     ret = h.call(h.grant(0), DIR, "stat", path="f")
     assert ret.error.startswith("EIO: internal error in stat")
     assert "ZeroDivisionError" in h.notices[-1]
