@@ -70,11 +70,12 @@ class Content:
             return [_word_segment(self.word)]
         return wire.with_root_at(self.segments, self.loc)
 
-    def canonical(self, max_words: int = wire.MAX_MESSAGE_WORDS) -> bytes:
-        """The content as a framed single-segment message in canonical layout."""
+    def single_segment_copy(self, max_words: int = wire.MAX_MESSAGE_WORDS) -> bytes:
+        """The content as a framed single-segment message, objects in pre-order
+        (wire.single_segment_copy; not Cap'n Proto's canonical form)."""
         if not self.segments:
-            return wire.canonical([_word_segment(self.word)], (0, 0), max_words)
-        return wire.canonical(self.segments, self.loc, max_words)
+            return wire.single_segment_copy([_word_segment(self.word)], (0, 0), max_words)
+        return wire.single_segment_copy(self.segments, self.loc, max_words)
 
     def follow(self, transform) -> tuple | None:
         """Location reached by applying a pipeline transform (pointer-field path)."""

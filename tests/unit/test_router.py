@@ -69,7 +69,7 @@ def test_grant_routes_calls_and_results_between_compartments():
     assert call.target is calc.main and call.interface_id == CALC
     calc.send(calc.conn.send_return(call.answer_id, Content.standalone([struct.pack("<QQ", 1 << 32, 6)])))
     (ret,) = app.inbox
-    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.canonical())[0], 8)[0] == 6
+    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.single_segment_copy())[0], 8)[0] == 6
 
 
 def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
@@ -276,7 +276,7 @@ CLOCK, RANDOM = R.CLOCK_ID, R.RANDOM_ID
 
 
 def _read_result(ret, field_struct, name):
-    return getattr(field_struct.from_segments(wire.unframe(ret.payload.content.canonical())), name)
+    return getattr(field_struct.from_segments(wire.unframe(ret.payload.content.single_segment_copy())), name)
 
 
 def test_clock_and_random_are_capabilities_with_injected_sources():
@@ -389,5 +389,5 @@ def test_environment_grant_shows_only_what_was_granted(monkeypatch):
     for name, expected in (("MODE", ("fast", True)), ("SUPERVISOR_SECRET", ("", False))):
         params = Content.standalone(env["get"][0].new_message(name=name).to_segments())
         app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 2, params)[1])
-        r = env["get"][1].from_segments(wire.unframe(app.inbox.pop().payload.content.canonical()))
+        r = env["get"][1].from_segments(wire.unframe(app.inbox.pop().payload.content.single_segment_copy()))
         assert (r.value, r.present) == expected
