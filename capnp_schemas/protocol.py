@@ -698,25 +698,25 @@ class Connection:
                 return wire.frame([head])
             _kind, _s, start, w = r
             target = len(head) // 8 + start
-            wire.set_word(head, at, (w & 0xFFFFFFFF00000003) | ((target - at - 1) & 0x3FFFFFFF) << 2)
+            wire.set_word(head, at, wire.near_pointer(at, target, w))
             head += seg
             return wire.frame([head])
         # Append the header as the last segment; the old root is replaced by a
-        # far pointer to it; the content pointer reaches the content wherever it is.
+        # far pointer to it.  The content pointer reaches the content's object
+        # through a double-far landing pad in the header, never through the
+        # content's own pointer words: one of those may be the old root word,
+        # which a hostile sender can make the content's landing pad.
         segs = list(content.segments)
         n = len(segs)
-        if content.loc == (0, 0):
-            w0 = wire._word(segs, 0, 0)
-            if w0 == 0 or w0 & 3 in (wire.FAR, wire.OTHER):
-                pointer = w0
-            else:
-                r = wire.resolve(segs, (0, 0))
-                pad = len(head) // 8
-                head += wire.far_pointer(0, r[2]).to_bytes(8, "little")
-                head += (r[3] & ~0xFFFFFFFC).to_bytes(8, "little")  # tag: offset 0
-                pointer = wire.far_pointer(n, pad, double=True)
+        r = wire.resolve(segs, content.loc)
+        if r is None or r[0] == wire.OTHER:                # null, or a capability
+            pointer = 0 if r is None else r[3]
         else:
-            pointer = wire.portable_pointer(segs, content.loc)
+            _kind, s, start, w = r
+            pad = len(head) // 8
+            head += wire.far_pointer(s, start).to_bytes(8, "little")
+            head += (w & ~0xFFFFFFFC).to_bytes(8, "little")   # the tag: offset 0
+            pointer = wire.far_pointer(n, pad, double=True)
         wire.set_word(head, loc[1], pointer)
         first = bytearray(segs[0])
         wire.set_word(first, 0, wire.far_pointer(n, 0))

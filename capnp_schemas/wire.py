@@ -348,6 +348,15 @@ def cap_pointer(index: int) -> int:
     return OTHER | (index << 32)
 
 
+def near_pointer(at: int, target: int, w: int) -> int:
+    """The pointer word at word `at` to an object at word `target` of the same
+    segment, described by `w` (a struct or list pointer, or a tag).  A struct
+    with no words gets offset -1, never a word of zeros: that is null."""
+    if not w & 0xFFFFFFFF00000001:                  # a struct of no data, no pointers
+        return 0xFFFFFFFC
+    return (w & 0xFFFFFFFF00000003) | ((target - at - 1) & 0x3FFFFFFF) << 2
+
+
 def far_pointer(seg: int, word: int, double: bool = False) -> int:
     return FAR | (int(double) << 2) | (word << 3) | (seg << 32)
 
@@ -439,7 +448,7 @@ def single_segment_copy(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORD
             charge(data + ptrs)
             at = alloc(data + ptrs)
             copy_data(seg, start, at, data)
-            set_word(out, dst, STRUCT | ((at - dst - 1) & 0x3FFFFFFF) << 2 | (w & ~0xFFFFFFFF))
+            set_word(out, dst, near_pointer(dst, at, w))
             for i in range(ptrs):
                 copy((s, start + data + i), at + data + i, depth + 1)
             return
@@ -470,7 +479,7 @@ def single_segment_copy(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORD
             at = alloc(words)
             copy_data(seg, start, at, words)
             size = w & ~0xFFFFFFFF
-        set_word(out, dst, LIST | ((at - dst - 1) & 0x3FFFFFFF) << 2 | size)
+        set_word(out, dst, near_pointer(dst, at, LIST | size))
 
     if loc is not None:
         copy(loc, 0, 0)

@@ -440,3 +440,26 @@ def test_a_partial_message_is_visible_for_a_deadline():
     assert b.receive(data[:10]) == [] and b.partial_message == 0 and b.pending_bytes == 10
     assert len(b.receive(data[10:] + data[:5])) == 1
     assert b.partial_message == 1 and b.pending_bytes == 5
+
+
+def test_content_whose_landing_pad_is_the_root_word_forwards_intact():
+    """Found by fuzzing: a Return whose content is a far pointer landing on the
+    message's root word.  Forwarding replaces that word, and the recipient got
+    a message it had to abort on: one compartment could take down another."""
+    # root -> Message{return} ; its body pointer is a far pointer to the root
+    # word, so Return = Payload = Message, and the content pointer is that far
+    # pointer too; the content resolves to the Message struct (1 data, 1 ptr)
+    seg0 = struct.pack("<QQQ", (1 << 32) | (1 << 48), 3 | (1 << 32), wire.far_pointer(0, 0))
+    data = wire.frame([seg0, b"\0" * 8])                        # two segments
+    a = P.Connection("a")
+    for _ in range(4):
+        a._new_question([])                                   # the return answers #3
+    (ret,) = a.receive(data)
+    b, c = P.Connection("b"), P.Connection("c")
+    b._new_answer(0)
+    c._new_question([])
+    (fwd,) = c.receive(b.send_return(0, ret.payload.content))     # the recipient accepts it
+    content = fwd.payload.content
+    _k, s, start, w = wire.resolve(content.segments, content.loc)
+    assert (w >> 32, struct.unpack_from("<Q", content.segments[s], 8 * start)[0]) == \
+        ((1 << 16) | 1, 3 | (1 << 32))                          # the same struct, same data

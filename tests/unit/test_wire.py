@@ -181,3 +181,15 @@ def _struct_module(iface, method, results=False):
     from capnp.lib.capnp import _StructModule
     m = iface.schema.methods[method]
     return _StructModule(m.result_type if results else m.param_type, method)
+
+
+def test_a_struct_with_no_words_copies_as_a_struct_not_as_null():
+    """Found by fuzzing: a zero-sized struct right after its pointer was written
+    as offset 0, i.e. a word of zeros, which reads as null (pycapnp then read a
+    text field that the original had as a struct as valid)."""
+    src = seg(struct_ptr(0, 0, 1), 0xFFFFFFFC)          # offset -1: an empty struct
+    (one,) = wire.unframe(wire.single_segment_copy([src], (0, 0)))
+    assert Q.unpack_from(one, 8)[0] != 0
+    assert wire.resolve([one], (0, 1))[0] == wire.STRUCT
+    assert wire.near_pointer(5, 6, struct_ptr(0, 0, 0)) == 0xFFFFFFFC
+    assert wire.near_pointer(5, 6, struct_ptr(9, 1, 0)) == struct_ptr(0, 1, 0)
