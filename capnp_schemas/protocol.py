@@ -682,25 +682,38 @@ class Connection:
 
     @staticmethod
     def _splice(head: bytearray, at: int, content: Content) -> bytes:
-        """Frame header segment `head`, whose word `at` is the content pointer."""
-        loc = (0, at)
+        """Frame header segment `head` (its root pointer at word 0, its Message
+        right after), whose word `at` is the content pointer.
+
+        The content's segments travel unchanged but for one word: the sender's
+        root pointer (segment 0, word 0), which now points at the new header.
+        Every other word keeps its segment and position, so content that was
+        well-formed means exactly what it meant: its near and far pointers
+        reach the same words.  Only content that was not well-formed may read
+        otherwise: one that reaches the sender's root word sees the new root
+        there, and one-segment content whose objects ran past its segment's
+        end may now reach the header that follows it, i.e. this message's own
+        header, which the recipient reads anyway.  The content pointer itself
+        never goes through a word the sender chose."""
         if not content.segments:
-            wire.set_word(head, loc[1], content.word)
+            wire.set_word(head, at, content.word)
             return wire.frame([head])
         if len(content.segments) == 1:
-            # One segment (what engines send, and most peers): it follows the header
-            # in one segment, moved as a whole so its inner pointers stay valid, and
-            # the content pointer is re-aimed at it.  No far pointers for anyone.
+            # One segment (what engines send, and most peers): the header follows
+            # the content in the same segment.  No far pointers for anyone.
             seg = content.segments[0]
             r = wire.resolve([seg], content.loc)
             if r is None or r[0] == wire.OTHER:            # null, or a capability
                 wire.set_word(head, at, 0 if r is None else r[3])
                 return wire.frame([head])
             _kind, _s, start, w = r
-            target = len(head) // 8 + start
-            wire.set_word(head, at, wire.near_pointer(at, target, w))
-            head += seg
-            return wire.frame([head])
+            n = len(seg) // 8
+            wire.set_word(head, at, wire.near_pointer(n + at, start, w))
+            out = bytearray(seg)
+            out += head
+            root = wire._U64.unpack_from(head, 0)[0]
+            wire.set_word(out, 0, wire.near_pointer(0, n + 1 + wire._signed30(root), root))
+            return wire.frame([out])
         # Append the header as the last segment; the old root is replaced by a
         # far pointer to it.  The content pointer reaches the content's object
         # through a double-far landing pad in the header, never through the
@@ -717,7 +730,7 @@ class Connection:
             head += wire.far_pointer(s, start).to_bytes(8, "little")
             head += (w & ~0xFFFFFFFC).to_bytes(8, "little")   # the tag: offset 0
             pointer = wire.far_pointer(n, pad, double=True)
-        wire.set_word(head, loc[1], pointer)
+        wire.set_word(head, at, pointer)
         first = bytearray(segs[0])
         wire.set_word(first, 0, wire.far_pointer(n, 0))
         segs[0] = first

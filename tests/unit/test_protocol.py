@@ -463,3 +463,28 @@ def test_content_whose_landing_pad_is_the_root_word_forwards_intact():
     _k, s, start, w = wire.resolve(content.segments, content.loc)
     assert (w >> 32, struct.unpack_from("<Q", content.segments[s], 8 * start)[0]) == \
         ((1 << 16) | 1, 3 | (1 << 32))                          # the same struct, same data
+
+
+def test_one_segment_content_with_far_pointers_into_its_own_segment_forwards_intact():
+    """Found by fuzzing: the supervisor put the new header *before* a
+    forwarded one-segment content, so the content's far pointers (absolute
+    positions in segment 0) landed in the header instead."""
+    content_seg = bytearray(struct.pack(
+        "<QQQQQ",
+        (1 << 48),                       # root: a struct with one pointer, at word 1
+        wire.far_pointer(0, 3),          # its pointer: far, landing pad at word 3
+        0,
+        (1 << 32) | 0,                   # landing pad: a struct of 1 data word, next word
+        0xC0FFEE))
+    original = Content.standalone([content_seg])
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    _q, data = a.send_call(imp, 1, 0, original)
+    (call,) = b.receive(data)
+    assert call.payload.content.single_segment_copy() == original.single_segment_copy()
+    c, d = pair()
+    imp2 = bootstrap(c, d, object())
+    _q, data = c.send_call(imp2, 1, 0, call.payload.content)        # forwarded once more
+    (again,) = d.receive(data)
+    copy = wire.unframe(again.payload.content.single_segment_copy())
+    assert struct.unpack_from("<Q", copy[0], 16)[0] == 0xC0FFEE
