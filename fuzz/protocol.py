@@ -20,11 +20,16 @@ found; struct-list tags past the end; segment tables; truncation; invalid
 UTF-8 and missing NULs in texts; splices of two seeds.
 
 Checks (each failure is reported with its class and a reproducing input):
+  framer     fed in random pieces, the stream frames into the same messages
+             as fed at once; only WireError leaves the framer.
   protocol   a fresh Connection with exports, imports, questions and answers
              (so ids resolve) receives the input: nothing but ProtocolError
              leaves receive(); every event carries plain values only; the
              content of every payload can be forwarded (send_return) and
-             arrives intact at a second connection.
+             arrives meaning the same at a second connection (_splice says
+             what content that was not well-formed may newly reach); what an
+             owner reads of it (a pipelined call's capability, the content as
+             a message) raises WireError at worst.
   decoders   where rpcwire.decode accepts a message, rpcwire.decode_pycapnp
              (pycapnp, same limits) accepts it and reads the same values;
              decode never raises.  Where decode refuses, the Connection's
@@ -548,9 +553,62 @@ def check_protocol(data: bytes):
         raise Failure("protocol", f"{type(e).__name__} escaped receive(): {_line(e)}") from e
     for ev in events:
         plain(ev)
+        if isinstance(ev, P.Unhandled):
+            try:
+                echo = rpcwire.decode_pycapnp(wire.unframe(ev.reply)).which
+            except Exception as e:
+                raise Failure("protocol", f"the unimplemented echo does not read: "
+                                          f"{type(e).__name__}: {_line(e)}") from e
+            if echo != rpcwire.MSG_UNIMPLEMENTED:
+                raise Failure("protocol", f"the unimplemented echo is a message #{echo}")
         payload = getattr(ev, "payload", None)
         if payload is not None and payload.content.segments:
             _forward(payload.content)
+            _owner_reads(payload.content, (0,))
+        for pa in _promises(ev):
+            if pa.result is not None:
+                _owner_reads(pa.result[0], pa.transform)
+
+
+def _promises(ev):
+    out = [ev.target] if isinstance(getattr(ev, "target", None), P.PromisedAnswer) else []
+    payload = getattr(ev, "payload", None)
+    if payload is not None:
+        out += [c for c in payload.caps if isinstance(c, P.PromisedAnswer)]
+    return out
+
+
+def _owner_reads(content: P.Content, transform):
+    """What an owner reads of a payload (a pipelined call's capability, the
+    content as a standalone message) raises WireError at worst."""
+    for read in (lambda: content.cap_index(transform), content.message,
+                 lambda: content.follow(transform)):
+        try:
+            read()
+        except wire.WireError:
+            pass
+        except Exception as e:
+            raise Failure("owner", f"{type(e).__name__} reading received content: "
+                                   f"{_line(e)}") from e
+
+
+def check_framing(rng, data: bytes):
+    """Fed in pieces, the stream frames into the same messages as at once."""
+    try:
+        whole = [[bytes(s) for s in m] for m in wire.Framer().feed(data)]
+    except wire.WireError:
+        whole = None
+    f, pieces = wire.Framer(), []
+    cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(1, 4)))
+    try:
+        for a, b in zip([0] + cuts, cuts + [len(data)]):
+            pieces += [[bytes(s) for s in m] for m in f.feed(data[a:b])]
+    except wire.WireError:
+        pieces = None
+    except Exception as e:
+        raise Failure("framer", f"{type(e).__name__}: {_line(e)}") from e
+    if whole is not None and pieces != whole:
+        raise Failure("framer", "fed in pieces, the stream frames differently")
 
 
 def _forward(content: P.Content):
@@ -750,8 +808,9 @@ def one(seed: int, i: int):
     return mutate(rng, s, st["all"]), None
 
 
-def run_one(data: bytes, schema=None):
+def run_one(data: bytes, schema=None, rng=None):
     """All checks on one input; raises Failure."""
+    check_framing(rng or random.Random(len(data)), data)
     if schema is not None:
         try:
             segs = wire.unframe(data)
@@ -767,13 +826,21 @@ def _key(f: Failure) -> str:
     return f"{f.check}: " + re.sub(r"\d+", "N", f.detail)[:120]
 
 
+#: One input taking longer than this is a failure: work must stay bounded.
+SLOW_SECONDS = 1.0
+
+
 def run_range(seed: int, start: int, stop: int, max_examples: int = 3):
     """Run inputs [start, stop); returns (count, {failure class: [(i, detail, hex)]})."""
     failures: dict = {}
     for i in range(start, stop):
         data, schema = one(seed, i)
         try:
-            run_one(data, schema)
+            began = time.perf_counter()
+            run_one(data, schema, random.Random(i))
+            took = time.perf_counter() - began
+            if took > SLOW_SECONDS:
+                raise Failure("slow", f"one input took {took:.1f} s")
         except Failure as f:
             ex = failures.setdefault(_key(f), [])
             if len(ex) < max_examples:
@@ -825,7 +892,7 @@ def main(argv=None) -> int:
     if args.replay is not None:
         data, schema = one(args.seed, args.replay)
         print(data.hex())
-        run_one(data, schema)
+        run_one(data, schema, random.Random(args.replay))
         print("ok")
         return 0
     started = time.monotonic()
