@@ -1,6 +1,8 @@
 """Structure-aware, differential fuzzing of the wire and protocol layer.
 
     python -m fuzz.protocol --count 1000000 --seed 1 [--jobs 2]
+    python -m fuzz.protocol --atheris -runs=1000000     (coverage-guided; needs
+                                                        pip install atheris==3.0.0)
 
 Owns: the seed messages, the mutators and the checks below.  Must not: be
 imported by wsuper itself (it is a test tool), or accept a failure silently.
@@ -882,13 +884,40 @@ def run(count: int, seed: int = 1, jobs: int = 1, chunk: int = 5000, progress=No
     return done, failures
 
 
+def coverage_guided(libfuzzer_args) -> int:
+    """libFuzzer through atheris (optional: pip install atheris==3.0.0), from
+    the seeds, with every check; a Failure stops it and saves the input."""
+    try:
+        import atheris
+    except ImportError:
+        print("--atheris needs atheris: pip install atheris==3.0.0", file=sys.stderr)
+        return 2
+    import tempfile
+    st = _setup()
+    corpus = tempfile.mkdtemp(prefix="wsuper-fuzz-corpus-")
+    for n, seed in enumerate(st["all"]):
+        with open(os.path.join(corpus, f"seed{n}"), "wb") as f:
+            f.write(wire.frame(seed.segs))
+    print(f"corpus (libFuzzer adds to it): {corpus}", file=sys.stderr)
+    atheris.instrument_all()
+    atheris.Setup([sys.argv[0], corpus, *libfuzzer_args],
+                  lambda data: run_one(data, sample.Sample))
+    atheris.Fuzz()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fuzz.protocol", description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=100_000, help="inputs to run (default 100000)")
     ap.add_argument("--seed", type=int, default=1, help="run seed: same seed, same inputs")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--replay", type=int, metavar="I", help="run input I of --seed only, verbosely")
+    ap.add_argument("--atheris", nargs=argparse.REMAINDER, metavar="LIBFUZZER_ARG",
+                    help="coverage-guided instead (atheris); the rest goes to libFuzzer, "
+                         "e.g. --atheris -runs=100000")
     args = ap.parse_args(argv)
+    if args.atheris is not None:
+        return coverage_guided(args.atheris)
     if args.replay is not None:
         data, schema = one(args.seed, args.replay)
         print(data.hex())
