@@ -148,8 +148,14 @@ class Framer:
                 if t is not None:
                     self._need = t[2] - pos
                 break
-            start, sizes, pos = t
-            out.append(_segments(view, start, sizes))
+            start, sizes, end = t
+            if pos == 0 and end == size:
+                out.append(_segments(view, start, sizes))     # the chunk is this message
+            else:
+                # its own bytes: a message kept for long (a returned answer's
+                # content) must not keep the rest of the chunk alive
+                out.append(_segments(memoryview(data[start:end]), 0, sizes))
+            pos = end
         self.messages += len(out)
         return out
 

@@ -193,3 +193,14 @@ def test_a_struct_with_no_words_copies_as_a_struct_not_as_null():
     assert wire.resolve([one], (0, 1))[0] == wire.STRUCT
     assert wire.near_pointer(5, 6, struct_ptr(0, 0, 0)) == 0xFFFFFFFC
     assert wire.near_pointer(5, 6, struct_ptr(9, 1, 0)) == struct_ptr(0, 1, 0)
+
+
+def test_a_framed_message_keeps_only_its_own_bytes_alive():
+    """Several messages in one read: each gets its own bytes, so a message
+    kept for long does not pin the whole read (up to 64 KiB) in memory."""
+    small = wire.frame([seg(struct_ptr(0, 1, 0), 5)])
+    big = wire.frame([seg(*[0] * 1000)])
+    first, second = wire.Framer().feed(small + big)
+    assert len(first[0].obj) == len(small) - 8 and len(second[0].obj) == len(big) - 8
+    (only,) = wire.Framer().feed(small)
+    assert bytes(only[0]) == seg(struct_ptr(0, 1, 0), 5)
