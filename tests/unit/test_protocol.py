@@ -488,3 +488,19 @@ def test_one_segment_content_with_far_pointers_into_its_own_segment_forwards_int
     (again,) = d.receive(data)
     copy = wire.unframe(again.payload.content.single_segment_copy())
     assert struct.unpack_from("<Q", copy[0], 16)[0] == 0xC0FFEE
+
+
+def test_a_return_that_releases_the_params_caps_releases_them_on_the_fast_path():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    callback = object()
+    q, data = a.send_call(imp, 1, 0, P.EMPTY, [callback])
+    b.receive(data)
+    msg = rpc.Message.new_message()          # what a stock peer sends: releaseParamCaps true
+    ret = msg.init("return")
+    ret.answerId = q
+    ret.init("results")
+    assert P.rpcwire.decode(msg.to_segments()).release is True
+    events = a.receive(wire.frame(msg.to_segments()))
+    assert events[0] == P.ExportReleased(callback) and a.exports == {}
+    assert isinstance(events[1], P.ReturnReceived)
