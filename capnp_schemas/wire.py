@@ -277,7 +277,7 @@ def composite_tag(segs, r) -> tuple[int, int, int]:
     kind, s, start, w = r
     if kind != LIST or (w >> 32) & 7 != COMPOSITE:
         raise WireError("expected a list of structs")
-    tag = _word(segs, s, start)            # inside: resolve counted the tag word
+    tag = _u64(segs[s], 8 * start)[0]      # inside: resolve counted the tag word
     n = (tag >> 2) & 0x3FFFFFFF
     data, ptrs = (tag >> 32) & 0xFFFF, tag >> 48
     if tag & 3 != STRUCT or n > MAX_LIST_ELEMENTS:
