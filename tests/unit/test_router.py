@@ -86,7 +86,7 @@ def test_grant_routes_calls_and_results_between_compartments():
     assert call.target is calc.main and call.interface_id == CALC
     calc.send(calc.conn.send_return(call.answer_id, Content.standalone([struct.pack("<QQ", 1 << 32, 6)])))
     (ret,) = app.inbox
-    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.canonical())[0], 8)[0] == 6
+    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.single_segment_copy())[0], 8)[0] == 6
 
 
 def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
