@@ -57,7 +57,8 @@ class _Link:
         self.drained = trio.Event()
         self.drained.set()
         self.closed = False
-        self.partial_since: float | None = None
+        self.partial: int | None = None          # the message half received, if any
+        self.partial_since: float | None = None  # ... since when
         self._reads = 0
 
     def write(self, data: bytes) -> bool:
@@ -466,11 +467,11 @@ class Supervisor:
                 peer = self.router.peers.get(pid)
                 if peer is None:                     # it broke the protocol: cut off
                     return "broke the protocol"
-                if _partial(peer):
-                    if link.partial_since is None:
-                        link.partial_since = trio.current_time()
-                else:
-                    link.partial_since = None
+                partial = peer.conn.partial_message     # which message, if one is half in
+                if partial is None:
+                    link.partial_since = link.partial = None
+                elif partial != link.partial:             # a new one began: its own deadline
+                    link.partial, link.partial_since = partial, trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             return str(e) or "connection lost"
 
@@ -882,12 +883,6 @@ class _StartError(Exception):
 def _refuse(e: Exception):
     """The system cannot start: one line, like every other error that stops a command."""
     print(f"wsuper: error: {printable(first_line(e, 1000))}", file=sys.stderr, flush=True)
-
-
-def _partial(peer) -> bool:
-    """Whether part of a message from the peer is buffered, waiting for the rest."""
-    framer = getattr(peer.conn, "_framer", None)
-    return bool(framer is not None and framer.pending)
 
 
 def _wall() -> float:

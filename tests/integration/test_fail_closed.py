@@ -98,12 +98,15 @@ def test_hostile_fields_from_a_client_fail_that_call_or_that_client_only(live):
     for params in (as_struct, not_utf8):
         ret = c.returned(c.call(gw, hosted.GATEWAY.id, get, params))
         assert ret.payload is None and "malformed params" in ret.error
-    # a list of structs whose tag word lies exactly past the end of its segment
+    # a list of structs whose last element lies past the end of its segment: the
+    # supervisor forwards content unread, and what it may reach there is only the
+    # receiver's own header (capnp_schemas/protocol.py, _splice); the call is
+    # answered either way, and nothing else is touched
     calc = c.get(gw, "calc")
     tag_outside = Content.standalone([struct.pack("<QQQ", 1 << 48, 1 | (7 << 32) | (1 << 35),
                                                   (1 << 2) | (1 << 32))])
     ret = c.returned(c.call(calc, CALC_ID, 0, tag_outside))
-    assert ret.payload is None                      # refused, by the engine's copier
+    assert ret.payload is not None or ret.error
     _still_serving(run, sock, before)
     c.close()
 
@@ -165,6 +168,23 @@ def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
     assert time.monotonic() - t < 5
     run.wait_for("did not finish it within 1 s (message_timeout)")
     _still_serving(run, sock, before)
+
+
+def test_a_peer_that_keeps_sending_large_messages_is_not_taken_for_a_stalled_one(live):
+    run, sock = live
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    # calc.add params with 40 KiB of data after them: reads end inside messages
+    padded = Content.standalone([struct.pack("<QQ", (1 << 32) | (1 << 48), 5)
+                                 + struct.pack("<Q", 1 | (2 << 32) | ((40 << 10) << 35))
+                                 + bytes(40 << 10)])
+    end = time.monotonic() + 3              # three times message_timeout
+    while time.monotonic() < end:
+        qids = [c.call(calc, CALC_ID, 0, padded) for _ in range(30)]
+        for q in qids:
+            c.returned(q)                   # answered (calc refuses so much, but answers)
+    assert not any("cut off" in l for l in run.lines)
+    c.close()
 
 
 def test_connections_past_max_connections_are_refused_and_the_rest_served(live):

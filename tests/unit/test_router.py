@@ -387,9 +387,10 @@ def test_an_engine_answering_start_with_garbage_fails_to_start_and_nothing_else(
                                                        [e.control]))
     (call,) = [ev for x in effects if isinstance(x, fx.Send) for ev in e.conn.receive(x.data)
                if isinstance(ev, P.CallReceived)]
-    bad = struct.pack("<QQ", (50 << 2) | (1 << 32), 0)     # root struct 50 words away
-    effects = router.receive(e.pid, e.conn.send_return(
-        call.answer_id, Content((bytes(8), bad), (1, 0))))
+    # StartResults whose `main` holds a list where a capability belongs
+    bad = struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 1 | (2 << 32))
+    effects = router.receive(e.pid, e.conn.send_return(call.answer_id,
+                                                       Content.standalone([bad])))
     (failed,) = [x for x in effects if isinstance(x, fx.StartFailed)]
     assert "malformed" in failed.reason
     assert e.pid in router.peers                  # a failed start, not a protocol abort
