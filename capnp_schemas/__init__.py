@@ -4,8 +4,11 @@ Layout:
   engine.capnp, host.capnp  the project's own interfaces (engine control, host
                             capabilities, the external gateway)
   wire.py                   framing and pointer surgery on raw messages (pure)
+  rpcwire.py                the Call, Return and Finish headers, by hand (pure)
   protocol.py               the sans-IO Cap'n Proto RPC connection (pure)
-  payloads.py               payloads with capability fields (Engine.start grants, ...)
+  payloads.py               building and eagerly reading payloads by their schema
+  hosted.py                 the host capabilities, as one table from host.capnp
+  text.py                   one-line errors; guest text made safe to print
 
 `rpc` is pycapnp's bundled `rpc.capnp` (Cap'n Proto 1.x), loaded here once.
 Both the supervisor and the engine import this package; it imports neither.
