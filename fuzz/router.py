@@ -98,7 +98,6 @@ class World:
                                external=("calc",), names={CALC: ("Calc", {0: "add"})},
                                audit=True)
         self.engines: dict[int, _Engine] = {}
-        self.opened = []
         self.calc = _Engine(self, "calc", True, [])
         self.app = _Engine(self, "app", False, [Grant("calc", "compartment", "calc")])
         self.evil = None
@@ -107,12 +106,13 @@ class World:
         self.new_client()
 
     def hosts_for(self, grants):
-        out = {}
-        for g in grants:
-            if g.kind == "host" and g.target in ("directory", "environment", "file"):
-                out[g.name] = hostcaps.open_grant(g)
-                self.opened.append((g.target, out[g.name]))
-        return out
+        return {g.name: hostcaps.open_grant(g) for g in grants
+                if g.kind == "host" and g.target in ("directory", "environment", "file")}
+
+    def close(self):
+        """Let go of every peer: the router releases what they held."""
+        for pid in list(self.router.peers):
+            self.perform(self.router.disconnected(pid, "fuzz: done"))
 
     def new_evil(self):
         grants = [Grant("calc", "compartment", "calc", allow=("add",),
@@ -177,7 +177,7 @@ class World:
             elif isinstance(e, fx.HostCall):
                 self.perform(self.router.host_returned(e.token, Content()))
             elif isinstance(e, fx.HostRelease):
-                pass
+                hostcaps.release(e.kind, e.served)
 
     def honest_call_works(self):
         handle = self.app.grants[0].import_id
@@ -296,16 +296,29 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                     check_router(world, data, rng.random() < 0.3)
             except Failure as f:
                 failures.setdefault(f"{f.check}: {f.detail[:120]}", []).append(i)
-                world = World(folder)          # a fresh world after a failure
+                world = _renew(world, folder)      # a fresh world after a failure
             except Exception:  # noqa: BLE001 - a bug in the harness itself
                 failures.setdefault("harness: " + traceback.format_exc(limit=2)[-200:],
                                     []).append(i)
-                world = World(folder)
+                world = _renew(world, folder)
             if progress and i % 10000 == 9999:
                 progress(i + 1, failures)
-        for kind, obj in world.opened:
+        _close(world)
+        for kind, obj in served.items():
             hostcaps.release(kind, obj)
     return count, failures
+
+
+def _close(world):
+    try:
+        world.close()
+    except Exception:  # noqa: BLE001 - a world a failure left in any state
+        pass
+
+
+def _renew(world, folder):
+    _close(world)
+    return World(folder)
 
 
 def main(argv=None) -> int:

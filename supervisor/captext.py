@@ -36,8 +36,14 @@ class _Enumerant(str):
     """A bare name: an enumerant (or true/false/void)."""
 
 
+MAX_DEPTH = 32            # nested structs and lists
+MAX_TEXT = 1 << 20        # characters of parameters
+
+
 def parse(text: str):
     """The Python value of one Cap'n Proto text value (a struct is a dict)."""
+    if len(text) > MAX_TEXT:
+        raise TextError(f"parameters longer than {MAX_TEXT} characters")
     tokens = _tokens(text)
     value, at = _value(tokens, 0)
     if at != len(tokens):
@@ -59,32 +65,39 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _value(tokens, at):
+def _value(tokens, at, depth=0):
     if at >= len(tokens):
         raise TextError("the text ends where a value was expected")
     kind, tok = tokens[at]
+    if tok in "([" and kind == "punct" and depth >= MAX_DEPTH:
+        raise TextError(f"nested deeper than {MAX_DEPTH}")
     if tok == "(" and kind == "punct":
-        return _struct(tokens, at + 1)
+        return _struct(tokens, at + 1, depth + 1)
     if tok == "[" and kind == "punct":
-        return _list(tokens, at + 1)
+        return _list(tokens, at + 1, depth + 1)
     if kind == "text":
         return _unescape(tok[1:-1]), at + 1
     if kind == "data":
         digits = re.sub(r"\s", "", tok[3:-1])
         if len(digits) % 2:
-            raise TextError(f"{tok}: an odd number of hex digits")
+            raise TextError(f"{tok[:40]}: an odd number of hex digits")
         return bytes.fromhex(digits), at + 1
     if kind == "number":
         low = tok.lower().lstrip("+-")
+        if len(low) > 40:
+            raise TextError(f"{tok[:20]}...: a number too long for any field")
         if low in ("inf", "nan") or "." in tok or ("e" in low and not low.startswith("0x")):
             return float(tok), at + 1
-        return int(tok, 0), at + 1
+        try:
+            return int(tok, 0), at + 1
+        except ValueError:
+            raise TextError(f"{tok!r} is not a number") from None
     if kind == "name":
         return {"true": True, "false": False, "void": None}.get(tok, _Enumerant(tok)), at + 1
     raise TextError(f"unexpected {tok!r}")
 
 
-def _struct(tokens, at):
+def _struct(tokens, at, depth):
     out = {}
     if at < len(tokens) and tokens[at][1] == ")":
         return out, at + 1
@@ -96,7 +109,7 @@ def _struct(tokens, at):
             raise TextError(f"expected '=' after field {name!r}")
         if name in out:
             raise TextError(f"field {name!r} given twice")
-        out[name], at = _value(tokens, at + 2)
+        out[name], at = _value(tokens, at + 2, depth)
         if at < len(tokens) and tokens[at][1] == ",":
             at += 1
             continue
@@ -105,12 +118,12 @@ def _struct(tokens, at):
         raise TextError("expected ',' or ')' in a struct")
 
 
-def _list(tokens, at):
+def _list(tokens, at, depth):
     out = []
     if at < len(tokens) and tokens[at][1] == "]":
         return out, at + 1
     while True:
-        value, at = _value(tokens, at)
+        value, at = _value(tokens, at, depth)
         out.append(value)
         if at < len(tokens) and tokens[at][1] == ",":
             at += 1
@@ -130,7 +143,10 @@ def _unescape(body: str) -> str:
             continue
         nxt = body[i + 1]
         if nxt == "x":
-            out.append(chr(int(body[i + 2:i + 4], 16)))
+            try:
+                out.append(chr(int(body[i + 2:i + 4], 16)))
+            except ValueError:
+                raise TextError(f"\\x needs two hex digits: {body[i:i + 4]!r}") from None
             i += 4
             continue
         out.append({"n": "\n", "t": "\t", "r": "\r", "0": "\0", '"': '"', "'": "'",

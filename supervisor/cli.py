@@ -9,6 +9,19 @@ from .policy import PolicyError
 
 
 def main(argv=None) -> int:
+    """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="wsuper",
         description="Run untrusted WebAssembly plugins as compartments that hold only "
@@ -90,7 +103,7 @@ def main(argv=None) -> int:
     try:
         plan = preflight.prepare(policy.load(args.system))
     except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return 2
     if args.command == "check":
         return _check(plan, args)
@@ -109,15 +122,15 @@ def _check(plan, args) -> int:
 
     from . import authority
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
-        print("wsuper: error: --graph: Graphviz's dot is not installed; name a .dot file "
-              "instead", file=sys.stderr)
+        _error("--graph: Graphviz's dot is not installed; name a .dot file "
+              "instead")
         return 2
     reach = []
     for target in args.reach:          # every name checked before anything is printed
         try:
             reach.append((target, *authority.could_reach(plan, target)))
         except KeyError as e:
-            print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
+            _error(f"--reach {target}: {e.args[0]}")
             return 2
     print(authority.holdings(plan))
     _warn_hard_links(plan)
@@ -194,8 +207,14 @@ def _toolchain(args) -> int:
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        print(f"wsuper: error: {e}", file=sys.stderr)   # the compiler's lines, as they are
         return 2
+
+
+def _error(text: str):
+    """One error line; text from a guest, a module or a peer is shown escaped."""
+    from capnp_schemas.text import printable
+    print(f"wsuper: error: {printable(text)}", file=sys.stderr)
 
 
 def _call(plan, args) -> int:
@@ -203,7 +222,7 @@ def _call(plan, args) -> int:
     system = plan.system
 
     def refuse(text):
-        print(f"wsuper: error: {text}", file=sys.stderr)
+        _error(f"{text}")
         return 2
     name, dot, method = args.target.partition(".")
     if not dot or not method:
@@ -229,9 +248,11 @@ def _call(plan, args) -> int:
     try:
         response = client.call(path, name, interface, method, params, args.timeout)
     except client.CallFailed as e:
-        print(f"wsuper: error: {name}.{method}: {e}", file=sys.stderr)
+        _error(f"{name}.{method}: {e}")
         return 1
-    print(client.as_json(response) if args.json else client.as_text(response))
+    from capnp_schemas.text import printable
+    text = client.as_json(response) if args.json else client.as_text(response)
+    print("\n".join(printable(line) for line in text.splitlines()))
     return 0
 
 
@@ -246,10 +267,10 @@ def _admin(args) -> int:
     try:
         answer = endpoint.request(args.system, {"op": args.command})
     except endpoint.EndpointError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return 1
     if not answer.get("ok"):
-        print(f"wsuper: error: {answer.get('error', 'refused')}", file=sys.stderr)
+        _error(f"{answer.get('error', 'refused')}")
         return 1
     if args.command == "stop":
         deadline = time.monotonic() + 30
@@ -301,7 +322,7 @@ def _load(path: str):
     try:
         return policy.load(path)
     except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return None
 
 
@@ -311,8 +332,8 @@ def _logs(args) -> int:
     if system is None:
         return 2
     if args.compartment is not None and args.compartment not in system.compartments:
-        print(f"wsuper: error: {args.system} has no compartment {args.compartment!r} "
-              f"(compartments: {', '.join(system.compartments)})", file=sys.stderr)
+        _error(f"{args.system} has no compartment {args.compartment!r} "
+              f"(compartments: {', '.join(system.compartments)})")
         return 2
     try:
         for line in logs.lines(system, args.compartment, follow=args.follow):
@@ -322,7 +343,7 @@ def _logs(args) -> int:
     except BrokenPipeError:
         return 0
     except logs.NoLogs as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return 1
     return 0
 
@@ -335,18 +356,18 @@ def _revoke(args) -> int:
     revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
                        for g in c.grants if g.revocable)
     if args.grant not in revocable:
-        print(f"wsuper: error: {args.system} has no revocable grant {args.grant!r} "
-              f"(revocable: {', '.join(revocable) or 'none'})", file=sys.stderr)
+        _error(f"{args.system} has no revocable grant {args.grant!r} "
+              f"(revocable: {', '.join(revocable) or 'none'})")
         return 2
     try:
         answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
     except endpoint.EndpointError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return 1
     if answer.get("ok"):
         print(f"wsuper: ok: {answer.get('text', '')}")
         return 0
-    print(f"wsuper: error: {answer.get('error', 'refused')}", file=sys.stderr)
+    _error(f"{answer.get('error', 'refused')}")
     return 1
 
 

@@ -36,9 +36,15 @@ def runtime_dir() -> str:
     return os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
 
 
+def identity(system_path: str) -> str:
+    """What makes two system files the same: the file itself, however it is reached
+    (symbolic links resolved)."""
+    return os.path.realpath(system_path)
+
+
 def system_id(system_path: str) -> str:
-    """NAME-HASH: the file's name without .toml, and 8 hex digits of its absolute path."""
-    path = os.path.abspath(system_path)
+    """NAME-HASH: the file's name without .toml, and 8 hex digits of its real path."""
+    path = identity(system_path)
     stem = os.path.splitext(os.path.basename(path))[0]
     return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
@@ -102,10 +108,22 @@ def safe_socket_dir(socket_path: str):
     if folder == runtime_dir():
         private_dir(folder)
         return
-    _make_dir(folder, "socket directory ")          # made here: ours, and closed to others
-    st = _real_dir(folder, "socket directory ")
+    own_dir(folder, "socket directory ")
+
+
+def own_dir(folder: str, what: str, parents: bool = False):
+    """A directory wsuper writes into (sockets, logs, the audit file): made 0700 if
+    missing; refused unless it is a real directory of ours that nobody else may
+    write to, so no one can plant a link or a socket in it."""
+    if parents:
+        try:
+            os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise EndpointError(f"cannot make {what}{folder}: {e.strerror}") from None
+    _make_dir(folder, what)
+    st = _real_dir(folder, what)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise EndpointError(f"socket directory {folder} must belong to you and be writable "
+        raise EndpointError(f"{what}{folder} must belong to you and be writable "
                             f"by you only (owner uid {st.st_uid}, mode "
                             f"{stat.S_IMODE(st.st_mode):04o})")
 
@@ -196,8 +214,14 @@ def encode(obj: dict) -> bytes:
 
 
 def decode(line: bytes) -> dict:
-    """One request or answer line; ValueError if it is not a JSON object."""
-    obj = json.loads(line.decode("utf-8"))
+    """One request or answer line: a flat JSON object of strings, numbers, booleans
+    and null (as every request and answer is), or ValueError, whatever the line."""
+    if len(line) > ADMIN_LINE_LIMIT or line.count(b"[") + line.count(b"{") > 64:
+        raise ValueError("not a request: too long or nested too deeply")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
@@ -207,7 +231,7 @@ def request(system_path: str, body: dict, timeout: float = 10) -> dict:
     """Send one admin request to the running system `system_path`; its answer.
     Raises EndpointError when no system answers there."""
     path = admin_socket_path(system_path)
-    body = {**body, "system": os.path.abspath(system_path)}
+    body = {**body, "system": identity(system_path)}
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
             s.settimeout(timeout)

@@ -71,17 +71,13 @@ def lines(system, compartment: str | None = None, follow: bool = False):
 
 
 def _shown(name: str, lines: list[str], compartment: str | None) -> list[str]:
-    """One file's lines as shown: a compartment's own file as it is; in the merged
-    view its plugin lines get its name, and its copies of supervisor events go
-    (supervisor.log has them all)."""
+    """One file's lines as shown: a compartment's own file as it is (its plugin's
+    lines marked `[NAME]`, the supervisor's events about it `wsuper:`); in the
+    merged view only its plugin lines, since supervisor.log has every event."""
     if compartment is not None or name == output.SUPERVISOR:
         return lines
-    out = []
-    for line in lines:
-        when, _, rest = line.partition(" ")
-        if not rest.startswith("wsuper: "):
-            out.append(f"{when} [{name}] {rest}")
-    return out
+    mark = f"[{name}] "
+    return [line for line in lines if line.partition(" ")[2].startswith(mark)]
 
 
 def _time(line: str) -> str:

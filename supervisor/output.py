@@ -112,9 +112,9 @@ class Output:
         else:
             self._write(self.out, f"[{compartment}] " + ("stderr: " if stream == "stderr"
                                                          else "") + shown, True)
-        if self.files is not None:
-            self.files.add(compartment, f"{rfc3339()} " + ("stderr: " if stream == "stderr"
-                                                             else "") + shown)
+        if self.files is not None:     # marked as the plugin's, never taken for an event
+            self.files.add(compartment, f"{rfc3339()} [{compartment}] "
+                                        + ("stderr: " if stream == "stderr" else "") + shown)
 
     def _write(self, stream, line: str, droppable: bool = False):
         if self.closed:
@@ -184,7 +184,6 @@ class LogFiles:
                 self.failed = f"{self.folder}: {e.strerror or e}"
 
     def _write(self, batch: dict):
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
         for name, lines in batch.items():
             path = os.path.join(self.folder, name + ".log")
             data = ("\n".join(lines) + "\n").encode()
@@ -194,7 +193,8 @@ class LogFiles:
                 size = 0
             if size and size + len(data) > LOG_FILE_SIZE:
                 rotate(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, data[-LOG_FILE_SIZE:])
             finally:

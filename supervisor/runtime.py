@@ -168,8 +168,10 @@ class _Audit:
         import json
         text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
                                   separators=(",", ":")) + "\n" for r in batch)
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
+        if self._file is None:          # never through a link someone planted
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            self._file = open(fd, "a", encoding="utf-8")
         self._file.write(text)
         self._file.flush()
 
@@ -246,6 +248,9 @@ class Supervisor:
             lock.acquire()
             if self.system.external:
                 endpoint.safe_socket_dir(self.socket_path)
+            endpoint.own_dir(self.log_dir, "log directory ", parents=True)
+            if self.audit is not None:
+                endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
         except endpoint.EndpointError as e:
             _refuse(e)
             return 2
@@ -734,8 +739,13 @@ class Supervisor:
                     if not chunk:
                         break
                     data += chunk
-            answer = await self._admin_answer(data.partition(b"\n")[0])
-            answer["system"] = self.system.path
+            try:
+                answer = await self._admin_answer(data.partition(b"\n")[0])
+            except Exception as e:  # noqa: BLE001 - no request may end the system
+                self.say(f"internal error answering an admin request: "
+                         f"{type(e).__name__}: {first_line(e)}")
+                answer = {"ok": False, "error": "internal error"}
+            answer["system"] = endpoint.identity(self.system.path)
             try:
                 await stream.send_all(endpoint.encode(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -746,10 +756,13 @@ class Supervisor:
             req = endpoint.decode(line)
         except ValueError:
             return {"ok": False, "error": "expected one JSON object on one line"}
-        if req.get("system") != self.system.path:
+        if req.get("system") != endpoint.identity(self.system.path):
             return {"ok": False, "error": f"this is {self.system.path}, not "
-                                          f"{printable(str(req.get('system')))}"}
-        if req.get("op") == "revoke" and isinstance(req.get("grant"), str):
+                                          f"{printable(str(req.get('system')))[:200]}"}
+        if req.get("op") == "revoke" and not isinstance(req.get("grant"), str):
+            return {"ok": False, "error": "revoke needs the grant as a string, "
+                                          "\"COMPARTMENT.GRANT\""}
+        if req.get("op") == "revoke":
             try:
                 self._perform(self.router.revoke(req["grant"]))
             except KeyError as e:

@@ -179,3 +179,18 @@ def test_a_closed_terminal_stops_the_system_quietly_and_cleans_up(tmp_path, xdg)
     assert not os.path.exists(admin) and not os.path.exists(lock)
     assert shutil.which("pgrep") is None or subprocess.run(
         ["pgrep", "-f", f"supervisor.cli up {path}"], capture_output=True).returncode == 1
+
+
+def test_the_same_system_through_a_symlinked_directory_is_the_same_system(tmp_path, xdg):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    first = _up(path, env)
+    try:
+        first.wait_for("all compartments ready")
+        r = _cli("up", str(tmp_path / "link" / "system.toml"), env=env)
+        assert r.returncode == 2 and "this system is already running" in r.stderr
+        r = _cli("revoke", str(tmp_path / "link" / "system.toml"), "user.calc", env=env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        first.stop()

@@ -104,7 +104,7 @@ def test_logs_show_plugins_and_events_in_time_order(running):
         next(l for l in lines if l.startswith("wsuper: ready app")))].split("pid=")[1]) \
         < lines.index("[app] hello") < lines.index("wsuper: finished app exit=0")
     only = [strip_time(l) for l in run_wsuper("logs", path, "app").stdout.splitlines()]
-    assert "hello" in only and "wsuper: finished app exit=0" in only
+    assert "[app] hello" in only and "wsuper: finished app exit=0" in only
     assert not any("calc" in l and "ready" in l for l in only)
     assert sorted(os.listdir(tmp / "logs")) == ["app.log", "calc.log", "spin.log",
                                                 "supervisor.log"]
@@ -210,3 +210,56 @@ spin = {{ compartment = "spin" }}
     assert r.returncode == 1
     assert f"compartment app failed: {message}" in r.stderr, r.stderr
     assert time.monotonic() - t < 20
+
+
+def test_a_plugin_cannot_pass_for_the_supervisor_in_the_logs(tmp_path, wsuper):
+    (tmp_path / "app.wat").write_text(program("""
+    (call $log (i32.const 200) (i32.const 27))
+    """, {"wsuper: finished app exit=0": 200}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nlogs = "{tmp_path}/logs"\n[compartments.app]\nmodule = "app.wat"\n'
+                    f'[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(path))
+    assert r.returncode == 0
+    for args in ((), ("app",)):
+        shown = [strip_time(l) for l in run_wsuper("logs", str(path), *args).stdout.splitlines()]
+        assert shown.count("[app] wsuper: finished app exit=0") == 1, shown
+        assert shown.count("wsuper: finished app exit=0") == 1, shown
+
+
+@pytest.mark.parametrize("key", ["logs", "audit"])
+def test_log_and_audit_files_are_never_written_through_a_shared_directory(tmp_path, key):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    planted = "app.log" if key == "logs" else "audit.jsonl"
+    os.symlink(target, shared / planted)
+    value = f"{shared}" if key == "logs" else f"{shared}/audit.jsonl"
+    (tmp_path / "system.toml").write_text(
+        f'[system]\n{key} = "{value}"\n[compartments.app]\nmodule = "{EXAMPLES}/hello.wat"\n'
+        f'[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert f"{shared} must belong to you and be writable by you only" in r.stderr, r.stderr
+    assert target.read_text() == "precious\n"
+
+
+def test_hostile_operator_input_gets_an_error_not_a_traceback(running):
+    _run, path, _ = running
+    for params in ("(a = " + "[" * 200 + "])", "(a = " + "9" * 5000 + ")", '(a = "\\xZZ")'):
+        r = run_wsuper("call", path, "calc.add", params)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    import socket
+    from supervisor import endpoint
+    for line in (b"[" * 60000 + b"\n", b"\xff\xfe\n", b'{"op": "revoke", "grant": 7}\n'):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(endpoint.admin_socket_path(path))
+            s.sendall(line)
+            answer = json.loads(s.makefile().readline())
+        assert answer["ok"] is False
+    assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
+    r = subprocess.run(f"{sys.executable} -m supervisor.cli status {path} | head -1", shell=True,
+                       cwd=ROOT, capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and r.stdout.startswith("system ")
