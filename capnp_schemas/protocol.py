@@ -39,6 +39,9 @@ from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SE
 
 #: Answers we returned that the peer has not finished, per connection.
 MAX_UNFINISHED = 4096
+#: Bytes that answers returned with capabilities (kept for pipelining) and never
+#: finished may hold, per connection.
+MAX_KEPT_BYTES = 64 << 20
 
 # pointer-field indices (from rpc.capnp's layout; checked in tests)
 _MSG_BODY = 0          # Message.<union member> is pointer 0
@@ -213,6 +216,7 @@ class _Answer:
     result: tuple | None = None      # (Content, caps) once returned with results
     error: str | None = None
     result_exports: list = attrs.Factory(list)
+    kept: int = 0                    # bytes this answer holds until it is finished
 
 
 @attrs.define
@@ -254,7 +258,8 @@ class Connection:
     def __init__(self, name: str = "peer", *,
                  max_message_words: int = wire.MAX_MESSAGE_WORDS,
                  max_segments: int = wire.MAX_SEGMENTS,
-                 max_unfinished: int = MAX_UNFINISHED):
+                 max_unfinished: int = MAX_UNFINISHED,
+                 max_kept_bytes: int = MAX_KEPT_BYTES):
         self.name = name
         self._framer = wire.Framer(max_segments, max_message_words)
         self.questions: dict[int, _Question] = {}
@@ -267,7 +272,9 @@ class Connection:
         self._no_finish: dict[int, None] = {}
         self.unanswered = 0                     # calls from the peer we have not returned
         self.max_unfinished = max_unfinished
+        self.max_kept_bytes = max_kept_bytes
         self._unfinished = 0
+        self._kept = 0
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
@@ -361,6 +368,10 @@ class Connection:
             raise ProtocolError(
                 f"{self._unfinished} answers were returned and never finished "
                 f"(limit max_unfinished = {self.max_unfinished}): send Finish for them")
+        if self._kept > self.max_kept_bytes:
+            raise ProtocolError(
+                f"answers it has not finished hold {self._kept} bytes (limit "
+                f"{self.max_kept_bytes}): send Finish for them")
         self._no_finish.pop(aid, None)
         self.answers[aid] = _Answer()
         self.unanswered += 1
@@ -466,6 +477,7 @@ class Connection:
         if a.returned:
             del self.answers[aid]
             self._unfinished -= 1
+            self._kept -= a.kept
         events.append(FinishReceived(aid))
 
     def _on_release(self, eid, count, events):
@@ -535,6 +547,8 @@ class Connection:
                                          self._cap_descs(caps, a.result_exports))
         # kept for calls pipelined on it, which need it only to find a capability
         a.result = (content, tuple(caps)) if caps else _NO_RESULT
+        if caps and not no_finish:
+            a.kept = sum(len(seg) for seg in content.segments)
         data = self._splice(head, at, content)
         self._answer_done(answer_id, a)
         return data
@@ -594,6 +608,7 @@ class Connection:
         objs = [e.obj for e in self.exports.values()]
         self.unanswered = 0
         self._unfinished = 0
+        self._kept = 0
         self._no_finish.clear()
         self.questions.clear()
         self.answers.clear()
@@ -626,6 +641,7 @@ class Connection:
             del self.answers[aid]
         else:
             self._unfinished += 1
+            self._kept += a.kept
 
     def _finish_not_needed(self, aid, a):
         a.finished = True

@@ -21,6 +21,7 @@ class Limits:
     message_size: int = 8 << 20         # bytes in one message to or from it
     call_time: float = 30.0             # seconds a call into it may take
     log_rate: float = 100.0             # lines per second it may write to its logs
+    start_time: float = 30.0            # seconds it may take to start (be ready for calls)
     run_time: float | None = None       # seconds its program (_start) may run; None: no limit
     run_cpu: float | None = None        # CPU seconds its engine may use while the program runs
 
@@ -34,12 +35,13 @@ class Limits:
         "message_size": (1 << 10, 256 << 20, True),
         "call_time": (0.01, 86_400, False),
         "log_rate": (0.01, 1_000_000, False),
+        "start_time": (0.1, 3600, False),
         "run_time": (0.01, 1e9, False),
         "run_cpu": (0.01, 1e9, False),
     }
 
     #: limits given in seconds or per second: any number, not only a whole one
-    REAL = frozenset({"call_time", "log_rate", "run_time", "run_cpu"})
+    REAL = frozenset({"call_time", "log_rate", "start_time", "run_time", "run_cpu"})
 
 
 DEFAULT = Limits()

@@ -80,7 +80,7 @@ class Bootstrap:
             router.start_failed(peer, e.reason)
 
     def lost(self, router, peer, reason):
-        router.emit(fx.StartFailed(peer.name, reason))
+        router.emit(fx.StartFailed(peer.name, reason, peer.id))
 
 
 class Start:
@@ -111,10 +111,10 @@ class Start:
                 return
             router.connect_proxy(proxy, main)
         router.sweep(caps)
-        router.emit(fx.Started(peer.name, program))
+        router.emit(fx.Started(peer.name, program, peer.id))
 
     def lost(self, router, peer, reason):
-        router.emit(fx.StartFailed(peer.name, reason))
+        router.emit(fx.StartFailed(peer.name, reason, peer.id))
 
 
 class Run:
@@ -122,15 +122,15 @@ class Run:
 
     def returned(self, router, peer, ev):
         if ev.payload is None:
-            router.emit(fx.Exited(peer.name, None, ev.error))
+            router.emit(fx.Exited(peer.name, None, ev.error, peer.id))
             return
         try:
             code = payloads.read(_RunResults, ev.payload.content, _RESULT_WORDS)["exitCode"]
         except DecodeError as e:
             router.emit(fx.Exited(peer.name, None, f"engine answered run() with a malformed "
-                                                   f"message: {e}"))
+                                                   f"message: {e}", peer.id))
             return
-        router.emit(fx.Exited(peer.name, code))
+        router.emit(fx.Exited(peer.name, code, None, peer.id))
 
     def lost(self, router, peer, reason):
-        router.emit(fx.Exited(peer.name, None, reason))
+        router.emit(fx.Exited(peer.name, None, reason, peer.id))

@@ -22,17 +22,22 @@ class Close:
     reason: str
 
 
+# Started, StartFailed and Exited name the engine connection (`peer`) they are
+# about, so the runtime can tell an old incarnation's news from the current one's.
+
 @attrs.frozen
 class Started:
     """A compartment's engine is ready; `program`: it has a `_start` to run."""
     compartment: str
     program: bool
+    peer: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen
 class StartFailed:
     compartment: str
     reason: str
+    peer: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen
@@ -41,6 +46,7 @@ class Exited:
     compartment: str
     exit_code: int | None
     error: str | None = None
+    peer: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen

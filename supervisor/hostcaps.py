@@ -33,6 +33,7 @@ from capnp_schemas.payloads import DecodeError
 from capnp_schemas.text import first_line
 
 from . import hostfs
+from .supervision import TokenBucket
 
 LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
 RANDOM_MAX_BYTES = 65536     # Random.bytes per call
@@ -178,7 +179,7 @@ class HostCaps:
         self.log_rate = log_rate
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
-        self._log_budget: dict[str, list] = {}      # owner -> [tokens, last refill]
+        self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
         self._accepts: dict[tuple, bool] = {}       # (class, method) -> takes max_bytes
 
     def serve(self, call):
@@ -204,15 +205,13 @@ class HostCaps:
     # ------------------------------------------------------------ served at once
 
     def _log(self, call, iface, method, params):
-        rate = self.log_rate(call.owner)
         now = self.clock()
-        budget = self._log_budget.setdefault(call.owner, [rate, now])
-        budget[0] = min(rate, budget[0] + (now - budget[1]) * rate)
-        budget[1] = now
-        if budget[0] < 1:
-            return Refusal(f"EAGAIN: {call.owner} writes to its log faster than {rate:g} "
-                           f"lines/s (limit log_rate)", "overloaded")
-        budget[0] -= 1
+        budget = self._log_budget.get(call.owner)
+        if budget is None:
+            budget = self._log_budget[call.owner] = TokenBucket(self.log_rate(call.owner), now)
+        if not budget.take(now):
+            return Refusal(f"EAGAIN: {call.owner} writes to its log faster than "
+                           f"{budget.rate:g} lines/s (limit log_rate)", "overloaded")
         text = params["text"]
         if len(text) > LOG_LINE_LIMIT:
             text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"

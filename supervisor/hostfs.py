@@ -530,12 +530,9 @@ class Directory:
         with self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
-                depth = _depth_below(dfd, parent)
-                for part in t.split(b"/"):
-                    depth += -1 if part == b".." else 0 if part in (b"", b".") else 1
-                    if depth < 0:
-                        raise FsError(f"a link at {path!r} to {target!r} would lead outside "
-                                      f"the granted directory", "EPERM")
+                if _climbs(t, _depth_below(dfd, parent)):
+                    raise FsError(f"a link at {path!r} to {target!r} would lead outside "
+                                  f"the granted directory", "EPERM")
                 os.symlink(t, name, dir_fd=parent)
             except OSError as e:
                 raise _explain(e, repr(path), resolving=False) from None
@@ -556,6 +553,7 @@ class Directory:
                 os.close(sp)
                 raise
         try:
+            self._stays_beneath(sp, sname, dp, from_, to)
             os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
         except OSError as e:
             raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None
@@ -576,12 +574,50 @@ class Directory:
                 os.close(sp)
                 raise
         try:
+            self._stays_beneath(sp, sname, dp, from_, to)
             os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
         except OSError as e:
             raise _explain(e, f"renaming {from_!r} to {to!r}:", resolving=False) from None
         finally:
             os.close(sp)
             os.close(dp)
+
+    def _stays_beneath(self, sp: int, sname, dp: int, from_: str, to: str):
+        """Moving a symbolic link (or a directory holding some) to a shallower place
+        must not make its '..' climb out of the grant: a tool on the host that
+        follows it would be led outside.  Checked for the link itself, and for
+        every link in a directory moved (up to MOVE_CHECK_ENTRIES of them)."""
+        with self._h as dfd:
+            old, new = _depth_below(dfd, sp), _depth_below(dfd, dp)
+        if new >= old:
+            return
+        moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+        if st.S_ISLNK(moved.st_mode):
+            if _climbs(os.fsencode(os.readlink(sname, dir_fd=sp)), new):
+                raise FsError(f"moving the link {from_!r} to {to!r} would make it lead "
+                              f"outside the granted directory", "EPERM")
+            return
+        if not st.S_ISDIR(moved.st_mode):
+            return
+        fd = os.open(sname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=sp)
+        try:
+            seen = 0
+            for top, dirs, files, tfd in os.fwalk(dir_fd=fd, follow_symlinks=False):
+                depth = new + 1 + top.count("/")       # "." is the moved directory itself
+                for name in files + dirs:
+                    seen += 1
+                    if seen > MOVE_CHECK_ENTRIES:
+                        raise FsError(f"{from_!r} holds too many entries to check before "
+                                      f"moving it higher (more than {MOVE_CHECK_ENTRIES})",
+                                      "EPERM")
+                    if st.S_ISLNK(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode) \
+                            and _climbs(os.fsencode(os.readlink(name, dir_fd=tfd)), depth):
+                        raise FsError(f"moving {from_!r} to {to!r} would make the link "
+                                      f"{os.path.join(top, name)!r} in it lead outside the "
+                                      f"granted directory", "EPERM")
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------ metadata
 
@@ -610,6 +646,19 @@ class Directory:
 
     def close(self):
         self._h.close()
+
+
+MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
+
+
+def _climbs(target: bytes, depth: int) -> bool:
+    """Whether a link target, followed from `depth` directories below the grant,
+    climbs above it at some point."""
+    for part in target.split(b"/"):
+        depth += -1 if part == b".." else 0 if part in (b"", b".") else 1
+        if depth < 0:
+            return True
+    return False
 
 
 def _depth_below(root: int, parent: int) -> int:

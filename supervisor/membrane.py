@@ -15,6 +15,7 @@ No I/O: time comes from the caller.
 from __future__ import annotations
 
 from .caps import Call, CallError, Denial, Wrapped, describe
+from .supervision import TokenBucket
 
 
 class Names:
@@ -54,9 +55,7 @@ class Membrane:
         self._revoked: str | None = None
         self.uses_left: int | None = None
         self.expires_at: float | None = None
-        self.rate: float | None = None
-        self.tokens = 0.0
-        self.refilled = 0.0
+        self.rate: TokenBucket | None = None
         self.wrappers: dict[int, Wrapped] = {}   # id(target) -> its wrapper here
         self.inflight: set = set()               # reply keys of calls through it
         self.reverse = Membrane(label + " (passed back)", forward=self) \
@@ -72,8 +71,7 @@ class Membrane:
         if grant.expires_after is not None:
             m.expires_at = now + grant.expires_after
         if grant.calls_per_second is not None:
-            m.rate = m.tokens = grant.calls_per_second
-            m.refilled = now
+            m.rate = TokenBucket(grant.calls_per_second, now)
         return m
 
     @property
@@ -105,13 +103,9 @@ class Membrane:
             raise Denial(f"{cap.label} has expired (expires_after)", "failed")
         if self.uses_left is not None and self.uses_left <= 0:
             raise Denial(f"{cap.label} is used up (max_uses)", "failed")
-        if self.rate is not None:
-            self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
-            self.refilled = now
-            if self.tokens < 1:
-                raise Denial(f"{cap.label}: more than {self.rate:g} calls per second "
-                             f"(calls_per_second)", "overloaded")
-            self.tokens -= 1
+        if self.rate is not None and not self.rate.take(now):
+            raise Denial(f"{cap.label}: more than {self.rate.rate:g} calls per second "
+                         f"(calls_per_second)", "overloaded")
         if self.uses_left is not None:
             self.uses_left -= 1
 

@@ -39,6 +39,7 @@ LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
 SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
+STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ")
 
 
@@ -154,6 +155,49 @@ class Output:
                     pass
             else:
                 self.on_closed()
+
+
+class StderrLines:
+    """An engine's stderr bytes as lines to show: whole lines (an over-long one in
+    pieces of STDERR_LINE_LIMIT), at most `rate` a second; the rest are counted,
+    and said (`N lines not shown`) with the next line shown.  `feed` gives
+    (text, shown) pairs: the last few lines, shown or not, tell why an engine
+    died.  `over`: lines were held back, so its reader should wait `wait()`."""
+
+    def __init__(self, rate: float, now: float):
+        from .supervision import TokenBucket
+        self.rate = TokenBucket(rate, now)
+        self.buf = b""
+        self.hidden = 0
+
+    @property
+    def over(self) -> bool:
+        return self.hidden > 0
+
+    def wait(self) -> float:
+        return min(1.0, self.rate.wait())
+
+    def feed(self, chunk: bytes, now: float) -> list[tuple[str, bool]]:
+        self.buf += chunk
+        out = []
+        while True:
+            end = self.buf.find(b"\n", 0, STDERR_LINE_LIMIT)
+            if end >= 0:
+                line, self.buf = self.buf[:end], self.buf[end + 1:]
+            elif len(self.buf) > STDERR_LINE_LIMIT:
+                line, self.buf = self.buf[:STDERR_LINE_LIMIT], self.buf[STDERR_LINE_LIMIT:]
+            else:
+                return out
+            text = line.decode("utf-8", "replace")
+            if not self.rate.take(now):
+                self.hidden += 1
+                out.append((text, False))
+                continue
+            if self.hidden:
+                out.append((f"({self.hidden} lines not shown: more than {self.rate.rate:g} "
+                            f"a second, limit log_rate)", True))
+                self.hidden = 0
+            out.append((text, True))
 
 
 class LogFiles:

@@ -251,7 +251,7 @@ def load(path: str) -> System:
     where = _Where(text, path)
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
-            raise where.error(f"system.schemas[{i}]", f"schema file {s} does not exist")
+            raise where.error(f"system.schemas[{i}]", _not_a_file("schema file", s))
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
@@ -273,8 +273,21 @@ def load(path: str) -> System:
                     raise gwhere.error(f"{origin_key}.subdir", problem)
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
-                              f"module file {comp.module} does not exist")
+                              _not_a_file("module file", comp.module))
     return system
+
+
+def _not_a_file(what: str, path: str) -> str:
+    """Why `path` is no regular file, in words."""
+    import stat as st
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return f"{what} {path} does not exist"
+    kind = "a directory" if st.S_ISDIR(mode) else "a FIFO" if st.S_ISFIFO(mode) else \
+        "a device" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "a socket" \
+        if st.S_ISSOCK(mode) else "not a regular file"
+    return f"{what} {path} is {kind}, not a regular file"
 
 
 def _subdir_problem(path: str, subdir: str) -> str | None:

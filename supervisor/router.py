@@ -97,6 +97,7 @@ class Router:
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
         self._deadlines: list = []                     # heap: (deadline, peer id, question id)
+        self._queued: list = []                        # heap: (deadline, n, Proxy, Call)
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
         self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
@@ -135,7 +136,8 @@ class Router:
         """Run the compartment's program (Engine.run)."""
         peer = self.engines.get(name)
         if peer is None or not peer.alive or peer.control is None:
-            self.emit(fx.Exited(name, None, "its engine is not running"))
+            self.emit(fx.Exited(name, None, "its engine is not running",
+                                 peer.id if peer is not None else 0))
             return self._flush()
         return self._guarded(peer, lambda: self.call_peer(
             peer, peer.control.import_id, control.ENGINE_ID, control.RUN, protocol.EMPTY, (),
@@ -194,7 +196,19 @@ class Router:
         if len(self._deadlines) > 64 and len(self._deadlines) > 2 * len(self._pending):
             self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in self._pending]
             heapq.heapify(self._deadlines)
+        while self._queued and self._queued[0][0] <= now:
+            _deadline, _n, proxy, call = heapq.heappop(self._queued)
+            if call in proxy.queue:                      # still waiting for it to start
+                proxy.queue.remove(call)
+                self._guarded(call.reply[0], lambda call=call, proxy=proxy: self._fail_waiting(
+                    call, f"compartment {proxy.compartment} did not start within "
+                          f"{self.limits.get(proxy.compartment, Limits()).call_time:g} s of "
+                          f"this call (limit call_time)"), flush=False)
         return self._flush()
+
+    def _fail_waiting(self, call, reason):
+        self.fail(call.reply, CallError(reason, "overloaded"))
+        self.sweep(call.caps)
 
     def count(self, peer: Peer, served: bool):
         """One call into `peer` ended: served (it returned results) or failed."""
@@ -214,7 +228,8 @@ class Router:
                                 and isinstance(h, control.Forward))}
 
     def next_deadline(self) -> float | None:
-        return self._deadlines[0][0] if self._deadlines else None
+        times = [h[0][0] for h in (self._deadlines, self._queued) if h]
+        return min(times) if times else None
 
     def revoke(self, label: str) -> list:
         """Revoke grant `label` ("compartment.grant"): it, everything obtained through
@@ -270,7 +285,7 @@ class Router:
         if not peer.alive:
             return
         try:
-            data = peer.conn.send_abort(reason)
+            data = peer.conn.send_abort(_bounded(reason))
         except Exception:  # noqa: BLE001 - the connection may be in any state
             data = None
         if data is not None:
@@ -424,8 +439,11 @@ class Router:
                                     f"interface {call.interface_id:#x}", "unimplemented")
                 if cap.error is not None:
                     raise CallError(cap.error, cap.error_type)
-                if cap.target is None:
+                if cap.target is None:          # starting: it waits, at most call_time
                     cap.queue.append(call)
+                    limits = self.limits.get(cap.compartment, Limits())
+                    heapq.heappush(self._queued, (self.clock() + limits.call_time,
+                                                  next(self._tokens), cap, call))
                     return
                 cap = cap.target
             if isinstance(cap, Remote):
@@ -473,8 +491,9 @@ class Router:
         except DecodeError as e:
             raise CallError(f"Gateway.get: malformed params: {e}") from None
         if name not in self.external:
-            raise CallError(f"no compartment named {_printable(name)!r} is exported to the "
-                            f"outside (exported: {', '.join(self.external) or 'none'})")
+            raise CallError(f"no compartment named {_printable(_bounded(name, 100))!r} is "
+                            f"exported to the outside (exported: "
+                            f"{', '.join(self.external) or 'none'})")
         return build(method.results, {"cap": self.proxies[name]})
 
     def call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):
@@ -533,7 +552,7 @@ class Router:
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             return
         self.emit(fx.Send(peer.id, peer.conn.send_exception(
-            answer_id, e.reason, e.type, no_finish=peer.kind == "engine")))
+            answer_id, _bounded(e.reason), e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
             self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)
@@ -561,10 +580,11 @@ class Router:
     # ------------------------------------------------------------ membranes
 
     def attenuate(self, cap, label: str, grant, interface_id: int):
-        """`cap` seen through the membrane of grant `label` (made on first use; a
-        restart after revocation gets a fresh one)."""
+        """`cap` seen through the membrane of grant `label`, made on first use and
+        kept across the holder's restarts: a revoked grant stays revoked (a holder
+        cannot undo a revocation by crashing), and quotas keep counting."""
         membrane = self.membranes.get(label)
-        if membrane is None or membrane.revoked:
+        if membrane is None:
             membrane = self.membranes[label] = Membrane.for_grant(label, grant, interface_id,
                                                                   self.clock())
         return self._wrap(cap, membrane, label)
@@ -676,7 +696,7 @@ class Router:
             self._deliver(proxy, call)
 
     def start_failed(self, peer: Peer, reason: str):
-        self.emit(fx.StartFailed(peer.name, reason))
+        self.emit(fx.StartFailed(peer.name, reason, peer.id))
         proxy = self.proxies.get(peer.name)
         if proxy is not None:
             self._break_proxy(proxy, f"compartment {peer.name} failed to start: {reason}")
@@ -695,6 +715,13 @@ class Router:
             self._drop(obj)
         for calls in waiting:
             self.sweep([c for _t, call in calls for c in call.caps])
+        for proxy in self.proxies.values():              # its calls waiting on a start
+            if any(call.reply[0] is peer for call in proxy.queue):
+                mine = [call for call in proxy.queue if call.reply[0] is peer]
+                proxy.queue = [call for call in proxy.queue if call.reply[0] is not peer]
+                for call in mine:
+                    self._close_call(call.reply, "failed", "the caller is gone")
+                    self.sweep(call.caps)
         for _key, handler in pending:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
@@ -714,3 +741,13 @@ class Router:
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)
 
+
+#: Characters of an error reason sent to a peer: reasons carry text a peer chose
+#: (a name it asked for, a callee's own reason), and answers are kept until Finish.
+REASON_LIMIT = 2000
+
+
+def _bounded(reason: str, limit: int = REASON_LIMIT) -> str:
+    if len(reason) <= limit:
+        return reason
+    return reason[:limit] + f"... ({len(reason) - limit} more characters)"

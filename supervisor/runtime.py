@@ -36,7 +36,8 @@ from .process import Zygote
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
-STDERR_LINE_LIMIT = 4096
+SLICE = 4096                # bytes of a read fed to the router at a time
+TURN = 0.002                # seconds one peer may hold the event loop before it yields
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
@@ -58,6 +59,7 @@ class _Link:
         self.drained.set()
         self.closed = False
         self.partial: int | None = None          # the message half received, if any
+        self.turn = 0.0                          # when it last let others run
         self.partial_since: float | None = None  # ... since when
         self._reads = 0
 
@@ -100,6 +102,7 @@ class _Link:
         self._reads += 1
         if self._reads % 16 == 0:
             await trio.lowlevel.checkpoint()
+            self.turn = time.perf_counter()
         while True:
             if self.closed or self.stream.socket.fileno() != self.fd:
                 return b""       # closed meanwhile: the number may belong to another socket
@@ -107,6 +110,7 @@ class _Link:
                 return os.read(self.fd, 1 << 16)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.fd)
+                self.turn = time.perf_counter()
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from None
 
@@ -226,6 +230,8 @@ class Supervisor:
         self._external = 0
         self._fd_reserve: int | None = None
         self._ready_at: dict[str, float] = {}
+        self._peer_of: dict[str, int] = {}   # compartment -> its current engine connection
+        self._ready_peer: dict[str, int] = {}
         self._began = 0.0
         self._host_fds = 0               # descriptors held by host files and directories
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
@@ -379,6 +385,8 @@ class Supervisor:
         self.nursery.start_soon(proc.watch)
         self.procs[comp.name] = proc
         pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
+        self._peer_of[comp.name] = pid
+        self.nursery.start_soon(self._watch_start, comp, pid, proc)
         link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
@@ -464,11 +472,21 @@ class Supervisor:
                     return "stalled in the middle of a message"
                 if not data:
                     return None
-                try:
-                    self._perform(self.router.receive(pid, data))
-                except Exception as e:  # noqa: BLE001 - no peer's input may end the system
-                    self._fault(pid, e)
-                    return "cut off after an internal error"
+                # Fairness: a read can hold hundreds of small messages; they are fed
+                # in slices, and the loop is let go whenever this peer has held it
+                # for TURN seconds, so no peer's flood delays anyone else for long.
+                for at in range(0, len(data), SLICE):
+                    try:
+                        self._perform(self.router.receive(pid, data[at:at + SLICE]
+                                                          if len(data) > SLICE else data))
+                    except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                        self._fault(pid, e)
+                        return "cut off after an internal error"
+                    if pid not in self.router.peers:
+                        break
+                    if time.perf_counter() - link.turn > TURN:
+                        await trio.lowlevel.checkpoint()
+                        link.turn = time.perf_counter()
                 peer = self.router.peers.get(pid)
                 if peer is None:                     # it broke the protocol: cut off
                     return "broke the protocol"
@@ -503,6 +521,19 @@ class Supervisor:
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
 
+    async def _watch_start(self, comp, pid: int, proc):
+        """An engine that is not ready within start_time (a start function that never
+        returns, say) is a failed start: it is killed, and its restart policy decides."""
+        await trio.sleep(comp.limits.start_time)
+        if self._peer_of.get(comp.name) != pid or self._ready_peer.get(comp.name) == pid \
+                or proc.returncode is not None or self._done.is_set():
+            return
+        self._peer_of[comp.name] = 0         # what this incarnation says from now on: stale
+        self._act(self.lifecycle.start_failed(
+            comp.name, f"it did not start within {comp.limits.start_time:g} s (limit "
+                       f"start_time)", trio.current_time()))
+        proc.kill()
+
     async def _watch_program(self, name: str, generation: int, limits: Limits):
         """Hold a program to its run_time (wall) and run_cpu (CPU seconds of its engine,
         counted from when the program started, checked every 0.25 s)."""
@@ -532,8 +563,11 @@ class Supervisor:
                 return
 
     async def _read_stderr(self, name, proc, done):
-        buf = b""
+        """An engine's stderr, shown line by line at most log_rate lines a second;
+        an engine that floods it is read only as fast as that (output.StderrLines)."""
         tail = self._stderr_tail.setdefault(name, collections.deque(maxlen=5))
+        lines = output.StderrLines(self.system.compartments[name].limits.log_rate,
+                                   trio.current_time())
         async with proc.stderr:
             while True:
                 try:
@@ -543,18 +577,12 @@ class Supervisor:
                 if not chunk:
                     done.set()
                     break
-                buf += chunk
-                while True:                # whole lines, and over-long ones in pieces
-                    end = buf.find(b"\n", 0, STDERR_LINE_LIMIT)
-                    if end >= 0:
-                        line, buf = buf[:end], buf[end + 1:]
-                    elif len(buf) > STDERR_LINE_LIMIT:
-                        line, buf = buf[:STDERR_LINE_LIMIT], buf[STDERR_LINE_LIMIT:]
-                    else:
-                        break
-                    text = line.decode("utf-8", "replace")
+                for text, shown in lines.feed(chunk, trio.current_time()):
                     tail.append(printable(text))
-                    self.output.plugin(name, text, "stderr")
+                    if shown:
+                        self.output.plugin(name, text, "stderr")
+                if lines.over:                 # read on only when the rate allows
+                    await trio.sleep(lines.wait())
 
     async def _stop_engines(self):
         procs = [p for p in self.procs.values() if p.returncode is None]
@@ -816,6 +844,9 @@ class Supervisor:
                 link = self.links.get(e.peer)
                 if link is not None:
                     link.close()
+            elif isinstance(e, (fx.Started, fx.StartFailed, fx.Exited)) \
+                    and e.peer != self._peer_of.get(e.compartment):
+                continue                 # news of an incarnation that was replaced
             elif isinstance(e, fx.Started):
                 self._on_started(e)
             elif isinstance(e, fx.StartFailed):
@@ -849,6 +880,7 @@ class Supervisor:
 
     def _on_started(self, e: fx.Started):
         self._ready_at[e.compartment] = trio.current_time()
+        self._ready_peer[e.compartment] = e.peer
         comp = self.system.compartments[e.compartment]
         proc = self.procs[e.compartment]
         base = os.path.dirname(self.system.path) + os.sep

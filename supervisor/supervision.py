@@ -56,6 +56,29 @@ class Supervision:
         return Decision("restart", delay, len(self._restarts))
 
 
+class TokenBucket:
+    """`rate` events per second, in bursts of up to `rate` (at least one): the one
+    rate limiter (a grant's calls_per_second, a log's log_rate, engine stderr)."""
+
+    def __init__(self, rate: float, now: float):
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.refilled = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def wait(self) -> float:
+        """Seconds until the next token."""
+        return max(0.0, (1 - self.tokens) / self.rate)
+
+
 class Throttle:
     """At most `per_second` terminal lines per key (a caller) in each one-second
     window; the rest are counted, and the count is reported with the next line
@@ -123,10 +146,13 @@ class Lifecycle:
     ended, its engine stopped, a signal arrived) and performs the actions each
     returns: Say, Run, Restart, Fail, Finish.  Rules:
 
-    * A compartment that fails to start before the whole system was ever ready
-      is a configuration problem: the system stops, exit code 1.
-    * Once every compartment is ready, each program (`_start`) runs; a restarted
-      compartment runs its program again.
+    * A compartment that fails to start is an abnormal stop like any other: its
+      restart policy decides (a hostile module that never starts cannot hold
+      the others back).  A compartment that never started and will not be
+      restarted is *settled*.
+    * Once every compartment is ready or settled, each program (`_start`) runs;
+      a restarted compartment runs its program again.  If every compartment is
+      settled and none ever became ready, the system stops, exit code 1.
     * A program that ends with exit code 0 stopped normally; a non-zero exit, a
       trap, an engine that died or broke the protocol, or a failed (re)start is
       abnormal.  The restart policy (`Supervision`) decides what follows.
@@ -150,6 +176,7 @@ class Lifecycle:
         self.supervision = {name: Supervision(p) for name, p in self.policies.items()}
         self.generation = dict.fromkeys(self.policies, 0)
         self.ready: set[str] = set()
+        self.settled: set[str] = set()           # never started, and never will
         self.programs: set[str] = set()
         self.running: set[str] = set()
         self.all_started = False
@@ -172,9 +199,15 @@ class Lifecycle:
                 self._run(name)
                 return [Run(name)]
             return []
-        if len(self.ready) < len(self.policies):
+        return self._all_ready()
+
+    def _all_ready(self) -> list:
+        """Every compartment is ready or settled: the programs run."""
+        if self.all_started or len(self.ready | self.settled) < len(self.policies):
             return []
         self.all_started = True
+        if not self.ready:
+            return [Say("no compartment could start"), *self._finish(1)]
         if not self.programs:
             return [Say("all compartments ready; serving until Ctrl-C")]
         for n in self.programs:
@@ -186,11 +219,10 @@ class Lifecycle:
         self.state[name] = "running"
 
     def start_failed(self, name: str, reason: str, now: float) -> list:
-        if self.stopping:
+        if self.stopping or self.state[name] in ("stopped", "failed"):
             return []
-        if not self.all_started:                  # it never worked: a configuration problem
-            return [Say(f"compartment {name} failed to start: {reason}", name), *self._finish(1)]
-        return self._stopped(name, True, f"failed to start: {reason}", now)
+        return [Say(f"compartment {name} failed to start: {reason}", name),
+                *self._stopped(name, True, "it failed to start", now)]
 
     def program_ended(self, name: str, exit_code: int | None, error: str | None,
                       now: float) -> list:
@@ -248,17 +280,24 @@ class Lifecycle:
             self.running.discard(name)
             if policy.critical:
                 out += [Say(f"{name} is critical: stopping the system", name), *self._finish(1)]
-            return out + self._check_done()
+            return out + self._settle(name) + self._check_done()
         out = []
         if abnormal:
             out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
-            if name in self.running:
+            if name in self.running or name not in self.ready:
                 self.exit_code = 1
             self.state[name] = "stopped"
         elif self.state[name] == "running":
             self.state[name] = "finished"        # its program ended; it still serves calls
         self.running.discard(name)
-        return out + self._check_done()
+        return out + self._settle(name) + self._check_done()
+
+    def _settle(self, name: str) -> list:
+        """It will not be restarted: if it never became ready, stop waiting for it."""
+        if name in self.ready or self.stopping:
+            return []
+        self.settled.add(name)
+        return self._all_ready()
 
     def _check_done(self) -> list:
         if self.all_started and self.programs and not self.running and not self.external:

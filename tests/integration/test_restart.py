@@ -2,6 +2,7 @@
 import asyncio
 import os
 import signal
+import time
 
 import capnp
 import pytest
@@ -98,3 +99,38 @@ def test_never_leaves_a_dead_server_dead_and_calls_fail_promptly(tmp_path, wsupe
                 await calc.add(1, 1)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize("start", ["(start $loop)", "(start $trap)", "(export \"_initialize\" (func $trap))"])
+def test_a_compartment_that_cannot_start_holds_nobody_back(tmp_path, start):
+    """A start function that never returns (or traps, or a trapping _initialize):
+    that compartment fails to start (start_time bounds the wait), its restart
+    policy decides, and everyone else's programs still run."""
+    (tmp_path / "hang.wat").write_text(f"""(module (memory (export "memory") 1)
+      (func $loop (loop $l (br $l))) (func $trap unreachable) {start}
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    (tmp_path / "app.wat").write_text(program("(call $log (i32.const 200) (i32.const 2))",
+                                              {"hi": 200}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.hang]
+module = "hang.wat"
+exports = "Calc"
+max_restarts = 1
+restart_delay = 0.05
+[compartments.hang.limits]
+start_time = 1
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+hang = {{ compartment = "hang" }}
+""")
+    t = time.monotonic()
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True)
+    assert "[app] hi" in r.stdout, r.stdout
+    assert "compartment hang failed to start:" in r.stdout
+    assert "compartment hang failed for good" in r.stdout
+    assert r.returncode == 1                      # one compartment failed
+    assert time.monotonic() - t < 30

@@ -547,3 +547,27 @@ def test_a_caller_that_accepts_almost_nothing_gets_nothing_larger(tree):
     fails("E2BIG", d.list, "", max_bytes=40)
     d.symlink("notes.txt", "l")
     fails("ENAMETOOLONG", d.readlink, "l", max_bytes=10)
+
+
+def test_links_that_climb_are_not_moved_where_they_would_lead_outside(tmp_path):
+    """A link made deep with a '..' target is fine where it is; moved higher (by
+    rename or a hard link), or inside a directory moved higher, it would lead
+    outside: refused, and nothing moves."""
+    root = tmp_path / "granted"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "x" / "y" / "z").mkdir(parents=True)
+    d = Directory.grant(str(root))
+    d.symlink("../../../etc", "a/b/c/up")              # at depth 3: stays inside
+    for move in (lambda: d.rename("a/b/c/up", "up"), lambda: d.link("a/b/c/up", "up"),
+                 lambda: d.rename("a/b", "b")):
+        with pytest.raises(FsError, match="outside the granted directory") as e:
+            move()
+        assert e.value.code == "EPERM"
+    assert os.readlink(root / "a" / "b" / "c" / "up") == "../../../etc"
+    assert not (root / "up").exists() and not (root / "b").exists()
+    with pytest.raises(FsError, match="outside"):
+        d.rename("a/b/c/up", "x/y/up")                 # one level higher: out
+    d.rename("a/b/c/up", "x/y/z/up")                   # as deep: fine
+    d.symlink("../../../etc", "a/b/c/up2")
+    d.rename("a", "x/y/z/a")                           # deeper: fine
+    assert os.readlink(root / "x" / "y" / "z" / "up") == "../../../etc"

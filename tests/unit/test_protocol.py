@@ -504,3 +504,23 @@ def test_a_return_that_releases_the_params_caps_releases_them_on_the_fast_path()
     events = a.receive(wire.frame(msg.to_segments()))
     assert events[0] == P.ExportReleased(callback) and a.exports == {}
     assert isinstance(events[1], P.ReturnReceived)
+
+
+def test_answers_kept_for_pipelining_are_bounded_in_bytes():
+    """Results that carry capabilities are kept until the peer finishes them (calls
+    may be pipelined on them): past max_kept_bytes, the peer is told to finish them."""
+    a = P.Connection("a", max_kept_bytes=10_000)
+    b = P.Connection("b")
+    obj, big = object(), bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0))) + bytes(4000)
+    for i in range(3):
+        q, data = b.send_call(0, 1, 0) if b.imports else (None, None)
+        if q is None:
+            b.imports[0] = 1
+            a.exports[0] = P._Export(obj, 1)
+            a._export_ids[id(obj)] = 0
+            q, data = b.send_call(0, 1, 0)
+        (ev,) = a.receive(data)
+        a.send_return(ev.answer_id, Content.standalone([bytes(big)]), [obj])
+    q, data = b.send_call(0, 1, 0)
+    with pytest.raises(P.ProtocolError, match="hold 12.* bytes .limit 10000.: send Finish"):
+        a.receive(data)

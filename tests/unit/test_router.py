@@ -475,3 +475,37 @@ def test_calls_to_a_peer_that_does_not_read_are_refused():
     ret = app.inbox.pop()
     assert ret.error_type == "overloaded" and "is not reading its messages" in ret.error
     assert calc.inbox == []
+
+
+def test_calls_waiting_for_a_compartment_to_start_end_at_call_time_or_with_their_caller():
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None, "other": None},
+                      limits={"calc": R.Limits(call_time=2.0)}, clock=lambda: now[0])
+    app = start(router, "app", [grant("calc", "calc")])
+    other = start(router, "other", [grant("calc", "calc")])
+    # calc's engine was added but never answers its bootstrap: it is still starting
+    router.add_engine("calc", [])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    other.send(other.conn.send_call(other.grants[0].import_id, CALC, 0, caps=[object()])[1])
+    proxy = router.proxies["calc"]
+    assert len(proxy.queue) == 2 and app.inbox == []
+    # the caller goes: its waiting call goes with it, and what it passed is released
+    other.deliver(router.disconnected(other.pid, "gone"))
+    assert [c.reply[0].name for c in proxy.queue] == ["app"]
+    now[0] = 2.5
+    app.deliver(router.expire())
+    (ret,) = app.inbox
+    assert ret.error_type == "overloaded" and "did not start within 2 s" in ret.error
+    assert proxy.queue == [] and router.next_deadline() is None
+
+
+def test_a_revoked_grant_stays_revoked_when_its_holder_restarts():
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    app.deliver(router.revoke("app.calc"))
+    app.deliver(router.disconnected(app.pid, "it trapped"))
+    again = start(router, "app", [grant("calc", "calc", revocable=True)])
+    again.send(again.conn.send_call(again.grants[0].import_id, CALC, 0)[1])
+    assert "app.calc was revoked" in again.inbox.pop().error
+    assert calc.inbox == []

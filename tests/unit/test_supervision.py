@@ -67,10 +67,23 @@ def test_a_system_without_programs_serves_until_stopped():
     assert life.program_ended("db", 0, None, now=1) == []
 
 
-def test_a_compartment_that_never_started_is_a_configuration_error():
-    life = _life(db=RestartPolicy(), app=RestartPolicy())
-    actions = life.start_failed("db", "cannot open /data", now=0)
-    assert actions == [Say("compartment db failed to start: cannot open /data"), Finish(1)]
+def test_a_compartment_that_cannot_start_is_restarted_then_left_and_the_rest_run():
+    life = _life(db=RestartPolicy(max_restarts=1, restart_delay=0.1), app=RestartPolicy())
+    assert life.started("app", program=True) == []          # waits for db
+    actions = life.start_failed("db", "its start function trapped", now=0)
+    assert actions[0] == Say("compartment db failed to start: its start function trapped")
+    assert _kinds(actions) == ["Say", "Say", "Restart"]
+    actions = life.start_failed("db", "its start function trapped", now=1)
+    # failed for good: db is settled, and app's program runs without it
+    assert _kinds(actions) == ["Say", "Say", "Fail", "Run"] and actions[-1] == Run("app")
+    assert life.program_ended("app", 0, None, now=2)[-1] == Finish(1)   # db failed: exit 1
+
+
+def test_when_no_compartment_can_start_the_system_stops():
+    life = _life(db=RestartPolicy("never"), app=RestartPolicy("never"))
+    life.start_failed("db", "no", now=0)
+    actions = life.start_failed("app", "no", now=0)
+    assert actions[-2:] == [Say("no compartment could start"), Finish(1)]
 
 
 def test_a_failed_restart_is_an_abnormal_stop_that_the_policy_handles():
@@ -78,7 +91,7 @@ def test_a_failed_restart_is_an_abnormal_stop_that_the_policy_handles():
     life.started("db", False)
     life.started("app", True)
     actions = life.start_failed("db", "engine died", now=5)
-    assert _kinds(actions) == ["Say", "Restart"] and actions[1].delay == 0.1
+    assert _kinds(actions) == ["Say", "Say", "Restart"] and actions[2].delay == 0.1
 
 
 def test_exit_codes_traps_and_dead_engines_follow_the_restart_mode():
