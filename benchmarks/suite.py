@@ -235,9 +235,9 @@ def engine_micro(n: int) -> dict:
     their baselines (an empty wasm loop; a Python function call)."""
     import wasmtime
 
-    from compartments import hostcall
-    from compartments.engine import engine_config
-    from compartments.fastcall import TypedFunc
+    from compartments import unchecked
+    from compartments.unchecked import TypedFunc
+    from compartments.wasm import engine_config
     eng = wasmtime.Engine(engine_config())
     module = wasmtime.Module(eng, """(module
       (import "h" "f" (func $f (param i32) (result i32)))
@@ -253,7 +253,7 @@ def engine_micro(n: int) -> dict:
     store = wasmtime.Store(eng)
     store.set_fuel((1 << 63) - 1)
     linker = wasmtime.Linker(eng)
-    hostcall.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
+    unchecked.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
     inst = linker.instantiate(store, module)
     ex = inst.exports(store)
     calls = TypedFunc(store, ex["calls"], ("i32",), ())
@@ -282,12 +282,14 @@ def engine_micro(n: int) -> dict:
     wasmtime_checked = min(timed(loop_checked) for _ in range(3)) / (n // 10)
     # instance = "per_call": what the engine does before each call (new store, instance)
     from compartments.engine import Engine
+    from compartments.spec import EngineSpec
     a, b = socket.socketpair()
-    eng = Engine(a, "bench", os.path.join(EX, "calc.wat"), True, per_call=True)
+    eng = Engine(a, EngineSpec("bench", os.path.join(EX, "calc.wat"), exports=True,
+                               per_call=True))
     m = max(n // 100, 50)
     t = time.perf_counter()
     for _ in range(m):
-        eng.store, eng.memory, eng.dispatch = eng._fresh_instance()
+        eng._leave_instance(eng._fresh_instance())()
     fresh = (time.perf_counter() - t) / m
     a.close(), b.close()
     return {"wasm_to_host_us": host * 1e6, "python_to_wasm_us": py_to_wasm * 1e6,

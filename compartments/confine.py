@@ -34,12 +34,14 @@ import ctypes
 import os
 import platform
 import resource
+import signal
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 
@@ -77,6 +79,22 @@ DENIED_SYSCALLS_X86_64 = {
 }
 
 
+class ConfinementError(OSError):
+    """A layer the kernel offers could not be applied: the engine must not run."""
+
+
+def die_with_parent(parent_pid: int):
+    """Ask the kernel to SIGKILL us when `parent_pid` (our parent) dies.  The
+    setting is cleared when the process changes user: call it again after."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:               # it died before we asked
+        os._exit(1)
+
+
+def prepare():
+    """Done once in the zygote, so that forked engines do not pay for it."""
+
+
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 if it has none (or it is disabled)."""
     v = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
@@ -103,7 +121,7 @@ def probe() -> list[str]:
     return missing
 
 
-def confine(keep_fds, address_space: int | None = None) -> list[str]:
+def confine(keep_fds, address_space: int | None = None, user=None) -> list[str]:
     """Confine this (single-threaded) process for good; returns what was unavailable."""
     unavailable = []
     _neutralize_fds_except(set(keep_fds) | {0, 1, 2})

@@ -584,6 +584,16 @@ class Wasi:
             except HostCallFailed:
                 pass
 
+    def close_all(self):
+        """Drop every reference this state holds (instance = "per_call": the engine
+        makes a fresh Wasi from the grants for each call and closes it after)."""
+        fds, self.fds = self.fds, {}
+        for d in fds.values():
+            self.host.drop(d.cap)
+        for attr in ("clock", "random", "env"):
+            self.host.drop(getattr(self, attr))
+            setattr(self, attr, None)
+
     def fd_readdir(self, fd, buf, length, cookie, out):
         d = self._fd(fd, "dir")
         length &= 0xFFFFFFFF

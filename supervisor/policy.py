@@ -21,7 +21,10 @@ HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits"}
+SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "engine_user"}
+#: uid and gid of every engine when wsuper runs as root (Debian's nobody and nogroup)
+DEFAULT_ENGINE_USER = (65534, 65534)
+_ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy",
@@ -90,6 +93,7 @@ class System:
     socket: str | None = None   # absolute path, if set in the file
     audit: str | None = None    # absolute path of the audit log (JSON lines), if any
     external_limits: "Limits" = None   # per external client connection (defaults if None)
+    engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
 
     @property
     def external(self) -> tuple:
@@ -141,6 +145,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         _table(where, "system.external_limits", table)
         _only(where, "system.external_limits", table, EXTERNAL_LIMIT_KEYS)
         external_limits = _limits(where, "system.external_limits", table)
+    engine_user = _engine_user(where, system.get("engine_user"))
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -213,7 +218,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             elif g.target not in HOST_CAPS:
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
-    return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits)
+    return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
+                  engine_user)
 
 
 def load(path: str) -> System:
@@ -297,6 +303,18 @@ class _Where:
 
     def error(self, key, reason) -> PolicyError:
         return PolicyError(self.path, key, reason, self.line_of(key))
+
+
+def _engine_user(where, value) -> tuple:
+    """system.engine_user = "UID:GID": numbers, neither root's 0 nor 2^32-1."""
+    if value is None:
+        return DEFAULT_ENGINE_USER
+    m = _ENGINE_USER.match(value) if isinstance(value, str) else None
+    ids = (int(m.group(1)), int(m.group(2))) if m else None
+    if ids is None or not all(1 <= i <= 4294967294 for i in ids):
+        raise where.error("system.engine_user", f'must be "UID:GID" with numbers from 1 to '
+                          f'4294967294 (not root), e.g. "65534:65534"; got {value!r}')
+    return ids
 
 
 def _only(where, key, table, allowed):

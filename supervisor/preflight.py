@@ -13,7 +13,7 @@ import wasmtime
 
 import capnp_schemas
 from compartments import abi
-from compartments.engine import describe_imports
+from compartments.wasm import compile_module, describe_imports, engine_config
 
 from .policy import System, _Where
 
@@ -59,7 +59,7 @@ def prepare(system: System) -> Plan:
 
     main = {}
     checked = {}        # module path -> (import problem, imports WASI, export names)
-    engine = wasmtime.Engine()
+    engine = wasmtime.Engine(engine_config())      # as the engines will compile them
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
         if comp.exports is not None and comp.exports not in interfaces:
@@ -69,11 +69,7 @@ def prepare(system: System) -> Plan:
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
             try:
-                if comp.module.endswith(".wat"):
-                    with open(comp.module, encoding="utf-8") as f:
-                        module = wasmtime.Module(engine, f.read())
-                else:
-                    module = wasmtime.Module.from_file(engine, comp.module)
+                module = compile_module(engine, comp.module)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
                                   f"{_first(e)}") from None

@@ -17,8 +17,9 @@ from tests.conftest import EXAMPLES
 HOSTILE = r"""
 import ctypes, json, os, resource, socket, stat, sys
 from compartments.engine import Engine
+from compartments.spec import EngineSpec
 a, b = socket.socketpair()
-engine = Engine(a, "calc", sys.argv[1], True)
+engine = Engine(a, EngineSpec("calc", sys.argv[1], exports=True))
 result = {"missing": engine.confine(), "sock": a.fileno()}
 
 def attempt(name, f):

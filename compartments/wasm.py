@@ -1,0 +1,53 @@
+"""wasmtime configuration, compilation and description of modules.
+
+Owns: the one wasmtime `Config` every engine runs with, compiling a module
+file (`.wat` or binary) with it, and describing a module's imports and
+exports in the terms `abi.check_imports` and the engine use.
+
+Must not: import the engine program, trio or the supervisor, or use
+wasmtime-py's private API (that is `unchecked.py`).  The supervisor's
+preflight imports this module to check modules before any process starts;
+the zygote imports it to compile modules for engines.
+"""
+from __future__ import annotations
+
+import wasmtime
+
+
+def engine_config() -> wasmtime.Config:
+    """The wasmtime configuration of every engine (and of every compilation for one)."""
+    config = wasmtime.Config()
+    config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
+    config.memory_guard_size = 1 << 16
+    config.consume_fuel = True              # CPU per call: see Engine._guest
+    config.parallel_compilation = False     # stay single-threaded: see confine.py
+    return config
+
+
+def compile_module(wasm_engine: wasmtime.Engine, path: str) -> wasmtime.Module:
+    """Compile a module file; raises OSError, UnicodeDecodeError or WasmtimeError."""
+    if path.endswith(".wat"):
+        with open(path, encoding="utf-8") as f:
+            return wasmtime.Module(wasm_engine, f.read())
+    return wasmtime.Module.from_file(wasm_engine, path)
+
+
+def signature(ty: wasmtime.FuncType) -> tuple:
+    """(params, results) of a function type, as strings ("i32", "i64", ...)."""
+    return (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
+
+
+def export_types(module: wasmtime.Module) -> dict:
+    """name -> (params, results) of each function the module exports."""
+    return {exp.name: signature(exp.type) for exp in module.exports
+            if isinstance(exp.type, wasmtime.FuncType)}
+
+
+def describe_imports(module: wasmtime.Module):
+    """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
+    for imp in module.imports:
+        ty = imp.type
+        if isinstance(ty, wasmtime.FuncType):
+            yield imp.module, imp.name, "func", signature(ty)
+        else:
+            yield imp.module, imp.name, type(ty).__name__, None
