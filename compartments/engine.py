@@ -264,9 +264,9 @@ class Engine:
             raise EngineError(f"module {self.spec.module} exports {name} with the wrong "
                               f"type: {e}") from None
 
-    def confine(self, user=None) -> list[str]:
+    def confine(self, user=None, parent: int = 0) -> list[str]:
         """Confine this process for good (see confine.py); returns what was unavailable.
-        `user`: (uid, gid) to run as if this process runs as root."""
+        `user`: (uid, gid) to run as if this process runs as root; `parent`: die with it."""
         keep = [self.sock.fileno()]
         for fd in os.listdir("/proc/self/fd"):     # wasmtime's memory images stay open
             try:
@@ -277,7 +277,8 @@ class Engine:
         with open("/proc/self/status") as f:
             vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
         # room for the guest's memory to grow to its limit, and for our own heap
-        return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user)
+        return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user,
+                               parent=parent)
 
     # ------------------------------------------------------------ guest memory
 
@@ -842,12 +843,10 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
     try:
-        engine.confine(spec.user)
-    except confine.ConfinementError as e:
+        engine.confine(spec.user, parent)
+    except OSError as e:                    # ConfinementError, or a layer that failed
         print(f"error: cannot confine the engine: {e}", file=sys.stderr)
         return EXIT_CONFINE
-    if parent:
-        confine.die_with_parent(parent)     # again: a change of user cleared it
     try:
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):

@@ -19,6 +19,10 @@ def engine_config() -> wasmtime.Config:
     config = wasmtime.Config()
     config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
     config.memory_guard_size = 1 << 16
+    # A memory growing past its reservation moves, with this much room to grow
+    # again; wasmtime's default (2 GiB) does not fit under the engine's
+    # RLIMIT_AS, and every growth past 64 MiB failed.
+    config.memory_reservation_for_growth = 1 << 26
     config.consume_fuel = True              # CPU per call: see Engine._guest
     config.parallel_compilation = False     # stay single-threaded: see confine.py
     return config
