@@ -179,6 +179,7 @@ class Engine:
         self.control = object()
         self._outgoing: list[bytes] = []
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
+        self._started = False
         self._granted: list = []                 # (name, kind, mount, import id), at start
         self._grant_handles: HandleTable | None = None   # per_call: each call starts here
         self._wasi_fns: dict = {}
@@ -624,10 +625,12 @@ class Engine:
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)
-            if self._granted or self.grants:
+            if self._started:
                 raise _CallError("failed", "start called twice")
+            grants = payloads.read_grants(ev.payload.content)   # all of it, or the call fails
+            self._started = True
             granted = []
-            for name, index, kind, mount in payloads.read_grants(ev.payload.content):
+            for name, index, kind, mount in grants:
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):

@@ -116,7 +116,7 @@ REFUSED = frozenset({
     # new processes and programs
     "clone", "clone3", "fork", "vfork", "execve", "execveat",
     # other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kill", "tkill", "tgkill",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kill",
     "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_getfd",
     "pidfd_send_signal", "process_madvise", "process_mrelease", "kcmp",
     "prlimit64", "setrlimit", "setpriority", "getpriority",
@@ -179,20 +179,30 @@ ALLOWED = {
     "recvfrom": "reading the socket (seen)",
     "sendto": "writing the socket (seen)",
     "write": "stderr (seen: call-stats, errors)",
-    "writev": "stderr, from libraries that gather",
+    "writev": "stderr, from the C library's error messages (seen, before an abort)",
     "close": "a descriptor of its own, when an object holding one goes away",
     # memory: the Python heap, wasm linear memory (growth, moves, fresh instances)
     "brk": "the C heap (seen)",
-    "mmap": "memory, the module's data image (seen); never executable (below)",
-    "mprotect": "memory growth (seen); never executable (below)",
+    "mmap": "memory, the module's data image (seen); never executable (CONDITIONS)",
+    "mprotect": "memory growth (seen); never executable (CONDITIONS)",
     "munmap": "memory released (seen)",
     "mremap": "large buffers that grow (realloc)",
     "madvise": "memory given back",
-    # traps: wasmtime turns SIGSEGV/SIGILL/SIGFPE inside wasm into a trap
+    # locks: only ever contended by... nobody (one thread), but the C library and
+    # KJ wake waiters they think may exist, and abort if that fails (seen)
+    "futex": "wait and wake only (CONDITIONS)",
+    "sched_yield": "spinning locks",
+    # signals: wasmtime turns SIGSEGV/SIGILL/SIGFPE inside wasm into a trap; a
+    # failed assertion in a library aborts, and must be able to (not spin)
     "rt_sigreturn": "returning from the trap handler (seen)",
-    "rt_sigprocmask": "its own signal mask",
+    "rt_sigprocmask": "its own signal mask (seen, abort)",
+    "rt_sigaction": "its own handlers: abort() and wasmtime reset them to die (seen)",
     "sigaltstack": "the trap handler's stack (set up before confinement)",
     "restart_syscall": "a sleep interrupted by a signal, resumed",
+    "getpid": "abort() signals itself (seen)",
+    "gettid": "abort() signals itself (seen)",
+    "tgkill": "abort() signals itself (seen); only itself (CONDITIONS)",
+    "tkill": "signalling itself; only itself (CONDITIONS)",
     # time: the vDSO answers these without a system call, unless the clock source
     # cannot be read from user space; CLOCK_PROCESS_CPUTIME_ID always calls
     "clock_gettime": "WASI clock_time_get of the process clock; vDSO fallback",
@@ -206,10 +216,25 @@ ALLOWED = {
     "exit_group": "leaving (seen)",
 }
 
-#: Allowed only when argument `index` has none of the bits of `mask` set;
-#: otherwise EPERM.  After confinement no new memory is ever executable:
-#: wasmtime compiled and mapped all code before.
-NOT_WITH = {"mmap": (2, 0x4), "mprotect": (2, 0x4)}      # PROT_EXEC in prot
+PROT_EXEC = 0x4
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
+
+#: Calls allowed only with some arguments; otherwise EPERM.
+#:   ("none_of", i, mask): argument i has none of the bits of mask;
+#:   ("one_of", i, ignored, values): argument i, without the bits `ignored`, is one of values;
+#:   ("self", i): argument i is this process's own pid (set when the filter is installed).
+#: After confinement no new memory is ever executable (wasmtime compiled and mapped
+#: every piece of code before); futex only waits and wakes (no requeue, no PI, no
+#: wake-op); a signal only goes to the engine itself.
+CONDITIONS = {
+    "mmap": ("none_of", 2, PROT_EXEC),
+    "mprotect": ("none_of", 2, PROT_EXEC),
+    "futex": ("one_of", 1, FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME,
+              (FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET)),
+    "tgkill": ("self", 0),
+    "tkill": ("self", 0),
+}
 
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
@@ -224,15 +249,17 @@ ALLOW = SECCOMP_RET_ALLOW
 EPERM = SECCOMP_RET_ERRNO | errno.EPERM
 ENOSYS = SECCOMP_RET_ERRNO | errno.ENOSYS
 _LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _JA, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x05, 0x06
+_AND_K = 0x54
 _ARGS = 16                  # offsetof(struct seccomp_data, args): 6 u64, little-endian
+SELF = 0xFFFFFFFF           # in a ("self", i) check: replaced by the pid at install
 
 
 def rules() -> dict[int, object]:
-    """call number -> action (or (arg index, mask) for NOT_WITH), for every call
-    that is not ENOSYS."""
+    """call number -> action, or a condition (CONDITIONS), for every call that is
+    not ENOSYS."""
     assert not REFUSED & set(ALLOWED), REFUSED & set(ALLOWED)
     out = {SYSCALLS[name]: EPERM for name in REFUSED}
-    out.update({SYSCALLS[name]: NOT_WITH.get(name, ALLOW) for name in ALLOWED})
+    out.update({SYSCALLS[name]: CONDITIONS.get(name, ALLOW) for name in ALLOWED})
     return out
 
 
@@ -252,17 +279,32 @@ def _tree(entries, default) -> list[tuple]:
     if len(entries) <= 3:
         out = []
         for nr, action in entries:
-            if isinstance(action, tuple):       # allowed unless the argument has the bits
-                index, mask = action
-                out += [(_JEQ_K, 0, 4, nr), (_LD_W_ABS, 0, 0, _ARGS + 8 * index),
-                        (_JSET_K, 0, 1, mask), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
-            else:
-                out += [(_JEQ_K, 0, 1, nr), (_RET_K, 0, 0, action)]
+            check = _condition(action) if isinstance(action, tuple) else \
+                [(_RET_K, 0, 0, action)]
+            out += [(_JEQ_K, 0, len(check), nr)] + check
         return out + [(_RET_K, 0, 0, default)]
     mid = len(entries) // 2
     left, right = _tree(entries[:mid], default), _tree(entries[mid:], default)
     # nr >= entries[mid]: jump (long) over the left half to the right one
     return [(_JGE_K, 0, 1, entries[mid][0]), (_JA, 0, 0, len(left))] + left + right
+
+
+def _condition(cond) -> list[tuple]:
+    """Instructions that end in ALLOW or EPERM for one call's argument check
+    (the low 32 bits of the argument: every checked argument is an int)."""
+    kind, index = cond[0], cond[1]
+    load = (_LD_W_ABS, 0, 0, _ARGS + 8 * index)
+    if kind == "none_of":
+        return [load, (_JSET_K, 0, 1, cond[2]), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "one_of":
+        values = cond[3]
+        out = [load, (_AND_K, 0, 0, ~cond[2] & 0xFFFFFFFF)]
+        for i, v in enumerate(values):        # jump to the ALLOW after the EPERM
+            out.append((_JEQ_K, len(values) - i, 0, v))
+        return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "self":
+        return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    raise ValueError(kind)
 
 
 def run(prog: list[tuple], nr: int, args=(0,) * 6, arch: int = AUDIT_ARCH_X86_64) -> int:
@@ -279,6 +321,8 @@ def run(prog: list[tuple], nr: int, args=(0,) * 6, arch: int = AUDIT_ARCH_X86_64
             return k
         elif code == _JA:
             pc += k
+        elif code == _AND_K:
+            acc &= k
         elif code in (_JEQ_K, _JGE_K, _JSET_K):
             hit = acc == k if code == _JEQ_K else acc >= k if code == _JGE_K else acc & k
             pc += jt if hit else jf
@@ -307,15 +351,20 @@ def program() -> "_SockFprog":
         filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
         fprog = _SockFprog(len(prog), filters)
         fprog._keep = filters
+        fprog._self = [i for i, ins in enumerate(prog) if ins[0] == _JEQ_K and ins[3] == SELF]
         _PROGRAM = fprog
     return _PROGRAM
 
 
 def install():
     """Apply the filter to this process, every thread, for good."""
+    import os
+    fprog = program()
+    for i in fprog._self:            # this engine's own copy of the program: its pid
+        fprog._keep[i].k = os.getpid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
-                    ctypes.byref(program())) != 0:
+                    ctypes.byref(fprog)) != 0:
         e = ctypes.get_errno()
-        raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {__import__('os').strerror(e)}")
+        raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")

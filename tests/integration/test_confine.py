@@ -88,6 +88,9 @@ def iov(addr, n):
 local, remote = ctypes.create_string_buffer(iov(ctypes.addressof(buf), 64)), \
     ctypes.create_string_buffer(iov(cfg["victim_addr"], 64))
 attempt("kill", lambda: sys_("kill", victim, 15))
+attempt("tgkill", lambda: sys_("tgkill", victim, victim, 15))
+word = ctypes.create_string_buffer(8)
+attempt("futex_requeue", lambda: sys_("futex", word, 4, 1, 0, word, 0))   # FUTEX_CMP_REQUEUE
 attempt("ptrace", lambda: sys_("ptrace", 16, victim, 0, 0))
 attempt("process_vm_readv", lambda: sys_("process_vm_readv", victim, local, 1, remote, 1, 0))
 attempt("pidfd_open", lambda: sys_("pidfd_open", victim, 0))
@@ -161,7 +164,8 @@ os._exit(0)
 ATTEMPTS = [
     "read_file", "write_file", "list_dir", "stat", "readlink", "proc_self_mem", "chmod",
     "fchmodat", "fchmodat2", "chown", "fchownat", "utimensat", "setxattr", "removexattr",
-    "truncate", "unlink", "mknod", "inotify", "fanotify_init", "kill", "ptrace",
+    "truncate", "unlink", "mknod", "inotify", "fanotify_init", "kill", "tgkill",
+    "futex_requeue", "ptrace",
     "process_vm_readv", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "prlimit",
     "setpriority", "sched_setscheduler", "sched_setaffinity", "ioprio_set", "shm", "msg",
     "sem", "mq_open", "mount", "open_tree", "fsopen", "sethostname", "setdomainname",
@@ -337,6 +341,22 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
         ours.send(b"done")
         engine.wait(timeout=30)
         ours.close()
+
+
+ABORT = r"""
+import os, socket, sys
+from compartments.engine import Engine
+from compartments.spec import EngineSpec
+a, b = socket.socketpair()
+Engine(a, EngineSpec("calc", sys.argv[1])).confine((65534, 65534) if os.geteuid() == 0 else None)
+os.abort()      # what a failed assertion in a library does
+"""
+
+
+def test_an_engine_that_aborts_dies_rather_than_spinning():
+    r = subprocess.run([sys.executable, "-I", "-c", ABORT, f"{EXAMPLES}/calc.wat"], env={},
+                       capture_output=True, timeout=60)
+    assert r.returncode == -6, r.stderr[-2000:]     # SIGABRT: it could signal itself
 
 
 def _up(tmp_path, wsuper, body: str):
