@@ -157,9 +157,10 @@ _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_
 
 class Engine:
     def __init__(self, sock: socket.socket, spec: EngineSpec, module: wasmtime.Module = None,
-                 wasm_engine: wasmtime.Engine = None):
+                 wasm_engine: wasmtime.Engine = None, description: wasm.Description = None):
         """`module`: the compartment's module, compiled for `wasm_engine` with
-        wasm.engine_config() (the zygote's); None: compile `spec.module` here."""
+        wasm.engine_config() (the zygote's), and its `description`, its imports
+        already checked; None: compile and check `spec.module` here."""
         self.sock = sock
         self.spec = spec
         self.name = spec.name
@@ -184,11 +185,11 @@ class Engine:
         self._grant_handles: HandleTable | None = None   # per_call: each call starts here
         self._wasi_fns: dict = {}
         self.call_times: list[int] | None = [] if spec.stats else None  # ns per outgoing call
-        self._load(module, wasm_engine)
+        self._load(module, wasm_engine, description)
 
     # ------------------------------------------------------------ wasm
 
-    def _load(self, module, wasm_engine):
+    def _load(self, module, wasm_engine, description):
         path = self.spec.module
         if module is None:
             wasm_engine = wasmtime.Engine(wasm.engine_config())
@@ -196,13 +197,14 @@ class Engine:
                 module = wasm.compile_module(wasm_engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
+            description = None
         self.wasm_engine = wasm_engine
-        imports = list(wasm.describe_imports(module))
-        export_types = wasm.export_types(module)
-        problem = abi.check_imports(imports)
-        if problem:
-            raise EngineError(f"module {path} {problem}")
-        self._wasi_names = sorted({name for m, name, _k, _s in imports if m == abi.WASI_MODULE})
+        if description is None:
+            problem, description = wasm.describe(module)
+            if problem:
+                raise EngineError(f"module {path} {problem}")
+        export_types = description.exports
+        self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
@@ -832,7 +834,8 @@ def _first_line(e) -> str:
 
 
 def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
-        wasm_engine: wasmtime.Engine | None = None, parent: int = 0) -> int:
+        wasm_engine: wasmtime.Engine | None = None, description: wasm.Description = None,
+        parent: int = 0) -> int:
     """Run one engine in this process (forked by the zygote); returns its exit code.
 
     Loads the module, confines the process for good (confine.py), then serves
@@ -841,7 +844,7 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=sock_fd)
     try:
-        engine = Engine(sock, spec, module, wasm_engine)
+        engine = Engine(sock, spec, module, wasm_engine, description)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD

@@ -1,25 +1,28 @@
 """The seccomp filter of an engine: which system calls a running engine may make.
 
-Owns: the x86_64 system call table, the allow-list, the calls refused on
-purpose, and the BPF program built from them.  Must not: apply anything
-but the filter (confine.py orders the layers).
+Owns: the x86_64 system call table, the allow-list (with the argument checks
+of a few calls), the list of calls the issue named as refused, and the BPF
+program built from them.  Must not: apply anything but the filter
+(confine.py orders the layers).
 
-The program (classic BPF, built once in the zygote) does, for each call:
+The program (classic BPF, built once in the zygote; ~130 instructions) does,
+for each call:
 
 * an architecture other than x86_64 (i386 through int 0x80): kill the process;
 * an x32 call (number >= 2^30): EPERM;
-* a call in ALLOWED: allowed;
-* a call in REFUSED (what a hijacked engine would want): EPERM;
-* anything else: ENOSYS, as from an older kernel, so that a library that
-  probes a newer call takes the fallback it has for old kernels.
+* a call in ALLOWED: allowed (for those in CONDITIONS, only with those arguments);
+* a call newer than this table (number > LAST_KNOWN): ENOSYS, as from an older
+  kernel, so that a library probing a new call takes its old-kernel fallback;
+* every other call (REFUSED among them): EPERM.
 
-It is a search tree over the call number, so a call costs a handful of
-comparisons whatever the lists' length.
+The allowed calls are found by a search tree over the call number: a call
+costs a handful of comparisons.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import os
 
 #: x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl, Linux 6.17).
 SYSCALLS = {
@@ -107,9 +110,9 @@ SYSCALLS = {
     "file_setattr": 469,
 }
 
-#: Refused with EPERM (and not merely left out): calls an engine never needs and an
-#: escaped one would want, and their relatives.  Everything else outside ALLOWED
-#: is ENOSYS.
+#: Calls an engine never needs and an escaped one would want, and their relatives
+#: (issue 12's list and more).  They are refused like every call outside ALLOWED;
+#: this list is what the tests and docs/security.md check by name.
 REFUSED = frozenset({
     # new sockets and connections; the engine has its one socket already
     "socket", "socketpair", "connect", "accept", "accept4", "bind", "listen",
@@ -254,16 +257,16 @@ _ARGS = 16                  # offsetof(struct seccomp_data, args): 6 u64, little
 SELF = 0xFFFFFFFF           # in a ("self", i) check: replaced by the pid at install
 
 
+LAST_KNOWN = max(SYSCALLS.values())
+
+
 def rules() -> dict[int, object]:
-    """call number -> action, or a condition (CONDITIONS), for every call that is
-    not ENOSYS."""
+    """call number -> ALLOW or a condition (CONDITIONS), for every allowed call."""
     assert not REFUSED & set(ALLOWED), REFUSED & set(ALLOWED)
-    out = {SYSCALLS[name]: EPERM for name in REFUSED}
-    out.update({SYSCALLS[name]: CONDITIONS.get(name, ALLOW) for name in ALLOWED})
-    return out
+    return {SYSCALLS[name]: CONDITIONS.get(name, ALLOW) for name in ALLOWED}
 
 
-def build(actions: dict[int, int], default: int = ENOSYS) -> list[tuple]:
+def build(actions: dict[int, object]) -> list[tuple]:
     """The filter: (code, jt, jf, k) instructions, classic BPF."""
     head = [(_LD_W_ABS, 0, 0, 4),                           # seccomp_data.arch
             (_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
@@ -271,10 +274,12 @@ def build(actions: dict[int, int], default: int = ENOSYS) -> list[tuple]:
             (_LD_W_ABS, 0, 0, 0),                           # seccomp_data.nr
             (_JGE_K, 0, 1, X32_SYSCALL_BIT),
             (_RET_K, 0, 0, EPERM)]
+    # not allowed: ENOSYS past the table, EPERM within it
+    default = [(_JGE_K, 0, 1, LAST_KNOWN + 1), (_RET_K, 0, 0, ENOSYS), (_RET_K, 0, 0, EPERM)]
     return head + _tree(sorted(actions.items()), default)
 
 
-def _tree(entries, default) -> list[tuple]:
+def _tree(entries, default: list) -> list[tuple]:
     """A binary search over sorted (number, action): a few comparisons per call."""
     if len(entries) <= 3:
         out = []
@@ -282,7 +287,7 @@ def _tree(entries, default) -> list[tuple]:
             check = _condition(action) if isinstance(action, tuple) else \
                 [(_RET_K, 0, 0, action)]
             out += [(_JEQ_K, 0, len(check), nr)] + check
-        return out + [(_RET_K, 0, 0, default)]
+        return out + default
     mid = len(entries) // 2
     left, right = _tree(entries[:mid], default), _tree(entries[mid:], default)
     # nr >= entries[mid]: jump (long) over the left half to the right one
@@ -356,15 +361,16 @@ def program() -> "_SockFprog":
     return _PROGRAM
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
 def install():
     """Apply the filter to this process, every thread, for good."""
-    import os
     fprog = program()
     for i in fprog._self:            # this engine's own copy of the program: its pid
         fprog._keep[i].k = os.getpid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
+    if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
                     ctypes.byref(fprog)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")

@@ -50,15 +50,17 @@ _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_
 
 
 class _Modules:
-    """Each module file compiled once, serialized into a sealed memfd (never into
-    this process's memory); keyed by path and the file's identity."""
+    """Each module file compiled once, by a child: its code serialized into one
+    sealed memfd, its wasm.Description into another; never in this process's
+    memory.  Keyed by path and the file's identity."""
 
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
-        self._fds: dict[str, tuple] = {}      # path -> (file key, memfd)
+        self._fds: dict[str, tuple] = {}      # path -> (file key, (code memfd, description memfd))
 
-    def get(self, path: str) -> tuple[int | None, str | None]:
-        """(memfd, None), or (None, why the module cannot be loaded)."""
+    def get(self, path: str) -> tuple[tuple | None, str | None]:
+        """((code memfd, description memfd), None), or (None, why the module cannot
+        be loaded)."""
         try:
             st = os.stat(path)
         except OSError as e:
@@ -67,26 +69,28 @@ class _Modules:
         cached = self._fds.get(path)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fd, error = self._compile(path)
-        if fd is None:
+        fds, error = self._compile(path)
+        if fds is None:
             return None, error
-        if cached is not None:
-            os.close(cached[1])
-        self._fds[path] = (key, fd)
-        return fd, None
+        if cached is not None:                # the file changed: its old form goes
+            for fd in cached[1]:
+                os.close(fd)
+        self._fds[path] = (key, fds)
+        return fds, None
 
     def descriptors(self) -> list[int]:
-        return [fd for _key, fd in self._fds.values()]
+        return [fd for _key, fds in self._fds.values() for fd in fds]
 
     def _compile(self, path: str):
-        fd = os.memfd_create("wsuper-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                    for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:                       # the compiler: it reads the module, not us
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fd, w)
+                code = _compile_into(self._engine, path, fds, w)
             finally:
                 os._exit(code)
         os.close(w)
@@ -94,34 +98,41 @@ class _Modules:
             error = f.read(4096).decode("utf-8", "replace")
         _, status = os.waitpid(pid, 0)
         if status != 0:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             return None, f"cannot load module {path}: " + (
                 error or f"its compiler ended with status {status}")
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        return fd, None
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fd: int, err: int) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int) -> int:
     import wasmtime
 
     from . import wasm
     try:
-        data = wasm.compile_module(wasm_engine, path).serialize()
+        module = wasm.compile_module(wasm_engine, path)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
         text = str(e).strip()
         os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
         return 1
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    problem, description = wasm.describe(module)
+    if problem:
+        os.write(err, f"module {path} {problem}".encode()[:4000])
+        return 1
+    for fd, data in zip(fds, (module.serialize(), description.to_json())):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     return 0
 
 
-def _child(spec, sock_fd: int, err_fd: int, module_fd: int, others, wasm_engine,
+def _child(spec, sock_fd: int, err_fd: int, module_fds: tuple, others, wasm_engine,
            zygote: int) -> int:
     import wasmtime
 
-    from . import engine
+    from . import engine, wasm
     for fd in others:                      # other compartments' modules: never ours to see
         os.close(fd)
     os.setsid()
@@ -134,14 +145,18 @@ def _child(spec, sock_fd: int, err_fd: int, module_fd: int, others, wasm_engine,
             os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code_fd, description_fd = module_fds
     try:
-        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{module_fd}")
-    except wasmtime.WasmtimeError as e:
+        description = wasm.Description.from_json(
+            os.pread(description_fd, os.fstat(description_fd).st_size, 0))
+        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code_fd}")
+    except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
         print(f"error: cannot load module {spec.module}: {e}", file=sys.stderr)
         return engine.EXIT_CANNOT_LOAD
     finally:
-        os.close(module_fd)
-    return engine.run(spec, sock_fd, module, wasm_engine, parent=zygote)
+        os.close(code_fd)
+        os.close(description_fd)
+    return engine.run(spec, sock_fd, module, wasm_engine, description, parent=zygote)
 
 
 def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
@@ -150,6 +165,47 @@ def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
     os.dup2(err_fd, 2)
     print(f"error: {error}", file=sys.stderr)
     return engine.EXIT_CANNOT_LOAD
+
+
+_WARM_UP = """(module
+  (import "wsuper" "params_read" (func (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "warm-up")
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))"""
+
+
+def _warm_up(wasm_engine):
+    """Walk once, here, the path every engine walks (a module of our own: no
+    compartment's), so that what it initializes lazily is shared by the children."""
+    import tempfile
+
+    import wasmtime
+
+    from . import engine, wasm
+    from .spec import EngineSpec
+    try:
+        d = tempfile.TemporaryDirectory()
+    except OSError:
+        return                              # only an optimisation
+    with d:
+        path = os.path.join(d.name, "warm-up.wat")
+        with open(path, "w") as f:
+            f.write(_WARM_UP)
+        warm = _Modules(wasm_engine)
+        (code, desc), error = warm.get(path)
+        if error:
+            return
+        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
+        description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
+        a, b = socket.socketpair()
+        with a, b:
+            e = engine.Engine(a, EngineSpec("warm-up", path, exports=True), module,
+                              wasm_engine, description)
+        e.store.close()         # its instance, memory and host functions: gone now,
+        module.close()          # and the module with its image; nothing is inherited
+        for fd in warm.descriptors():
+            os.close(fd)
 
 
 def serve(control: socket.socket, supervisor_pid: int):
@@ -165,6 +221,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         unchecked.func_type(params, results, wasm_engine)     # shared by the children
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
+    _warm_up(wasm_engine)
     gc.collect()
     gc.freeze()
     buf = b""
@@ -213,7 +270,7 @@ def serve(control: socket.socket, supervisor_pid: int):
                 os.close(fd)
             answer({"error": f"engine request: {e}"})
             continue
-        module_fd, error = modules.get(spec.module)
+        module_fds, error = modules.get(spec.module)
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -222,10 +279,10 @@ def serve(control: socket.socket, supervisor_pid: int):
                 os.close(wake_r)
                 os.close(wake_w)
                 signal.set_wakeup_fd(-1)
-                if module_fd is None:
+                if module_fds is None:
                     code = _refuse(spec, error, fds[0], fds[1], zygote)
-                else:
-                    own = os.dup(module_fd)  # then every cached descriptor can go
+                else:             # its own copies; then every cached descriptor can go
+                    own = tuple(os.dup(fd) for fd in module_fds)
                     code = _child(spec, fds[0], fds[1], own, modules.descriptors(),
                                   wasm_engine, zygote)
             finally:
