@@ -207,6 +207,9 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     root = os.geteuid() == 0
     if root and user is None:
         raise ConfinementError("running as root, and no user to run the engine as")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:       # Landlock and the change of user would hold one thread only
+        raise ConfinementError(f"the engine has {threads} threads; it must have one")
     unavailable = [name for name, why in namespaces().items() if why is not None]
     use_seccomp = seccomp_supported()       # asked now: nothing can be looked up later
     _cap_last()

@@ -260,7 +260,9 @@ class _Probe(Exception):
 
 def _self_test():
     """One real call each way, with the features the engine relies on."""
-    engine = wasmtime.Engine()
+    config = wasmtime.Config()
+    config.parallel_compilation = False   # no thread pool: the zygote forks, engines confine
+    engine = wasmtime.Engine(config)
     store = wasmtime.Store(engine)
     linker = wasmtime.Linker(engine)
     probe = _Probe("raised in a host function")

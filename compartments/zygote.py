@@ -5,12 +5,14 @@ reporting engines' exits.  Must not: hold any module's bytes in its own
 memory, run guest code, or trust the requests beyond what `EngineSpec`
 validates.
 
-A fresh interpreter costs ~90 ms and ~15 MiB of private memory before it does
-anything (imports of wasmtime, pycapnp, the schemas).  The supervisor starts
-this process once (supervisor/process.py: `python -I`, an empty environment);
-it imports all of that, makes what every engine shares (the wasmtime engine
-and its function types, the seccomp program), freezes the heap (`gc.freeze()`,
-so the children share it copy-on-write) and then forks one engine per request:
+A fresh interpreter costs ~50-90 ms and ~15 MiB of private memory before it
+does anything (imports of wasmtime, pycapnp, the schemas).  The supervisor
+starts this process once (supervisor/process.py: `python -I`, an empty
+environment); it imports all of that, makes what every engine shares (the
+wasmtime engine and its function types, the seccomp program, which
+namespaces the kernel gives), walks an engine's start-up once on a built-in
+module of its own, freezes the heap (`gc.freeze()`, so the children share it
+copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
       one line: an EngineSpec as a JSON object (compartments/spec.py), sent
@@ -21,12 +23,13 @@ so the children share it copy-on-write) and then forks one engine per request:
 
 **No other compartment's bytes.**  A forked child carries its parent's whole
 memory, so the zygote never has a module in its own: each module file is
-compiled once by a short-lived child of the zygote, which serializes it into
-a memfd and exits; the zygote seals the memfd (no write, no resize) and keeps
-only its descriptor.  An engine closes every other module's descriptor first
-thing, then maps its own (`Module.deserialize_file`: the code pages are the
-memfd's, shared by all engines of that module, ~30 µs), so it holds its own
-module and data and nothing else.
+compiled once by a short-lived child of the zygote, which serializes the code
+into one memfd and the module's wasm.Description into another, and exits; the
+zygote seals both (no write, no resize) and keeps only the descriptors.  An
+engine closes every other module's descriptors first thing, then maps its own
+(`Module.deserialize_file`: the code pages are the memfd's, shared by all
+engines of that module, and wasmtime uses the same memfd as the image of
+linear memory), so it holds its own module and data and nothing else.
 
 Engines are the zygote's children; the zygote dies with the supervisor
 (PR_SET_PDEATHSIG) and engines with the zygote, so nothing outlives the

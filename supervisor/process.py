@@ -5,8 +5,9 @@ following their exits.  Must not: decide anything about a compartment (that
 is runtime.py and supervision.py), or start an engine any other way.
 
 The zygote is exec'd once, with an empty environment, and forks every engine
-from its preloaded heap: ~7 ms and ~3.7 MiB per compartment instead of a
-fresh interpreter's ~90 ms and ~18 MiB (benchmarks/suite.py measures both).
+from its preloaded heap: ~8 ms and ~3.9 MiB per compartment, confinement
+included, instead of a fresh interpreter's ~50-90 ms and ~15 MiB
+(benchmarks/suite.py measures both).
 
 It is started here with `Popen`, synchronously, by the thread running trio.
 trio's `open_process` would fork from a worker thread, and Linux delivers

@@ -309,6 +309,7 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
         for cap in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"):
             assert int(status[cap], 16) == 0, (cap, status[cap])
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+        assert status["Threads"].strip() == "1"         # Landlock holds the calling thread
         if ROOT_USER:
             assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
             assert status["Groups"].strip() == ""
