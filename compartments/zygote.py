@@ -46,6 +46,7 @@ import select
 import signal
 import socket
 import sys
+import traceback
 
 #: Descriptors (SCM_RIGHTS) that come with each request: socket, stderr pipe.
 REQUEST_FDS = 2
@@ -268,13 +269,19 @@ def serve(control: socket.socket, supervisor_pid: int):
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
             spec = EngineSpec.from_json(line)
-        except SpecError as e:
+        except (SpecError, ValueError, TypeError) as e:
             for fd in fds:
                 os.close(fd)
             answer({"error": f"engine request: {e}"})
             continue
-        module_fds, error = modules.get(spec.module)
-        pid = os.fork()
+        try:
+            module_fds, error = modules.get(spec.module)
+            pid = os.fork()
+        except OSError as e:          # out of descriptors, memory, processes: refuse this one
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"cannot start an engine: {e}"})
+            continue
         if pid == 0:
             code = 70
             try:
@@ -288,6 +295,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                     own = tuple(os.dup(fd) for fd in module_fds)
                     code = _child(spec, fds[0], fds[1], own, modules.descriptors(),
                                   wasm_engine, zygote)
+            except BaseException:     # a bug: say where on stderr before leaving
+                traceback.print_exc()
             finally:
                 try:
                     sys.stderr.flush()
