@@ -46,7 +46,6 @@ from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
 from . import abi, confine, unchecked, wasi, wasm
-from .limits import Limits
 from .spec import EngineSpec
 from .unchecked import TypedFunc
 
@@ -741,8 +740,9 @@ class Engine:
             fresh_wasi.grant(self._granted)
         grants = self._grant_handles if self._grant_handles is not None else HandleTable(
             self.limits.handles)
+        memory = exports.get(abi.EXPORT_MEMORY)
         outer = self._swap({
-            "store": store, "memory": exports.get(abi.EXPORT_MEMORY),
+            "store": store, "memory": memory if isinstance(memory, wasmtime.Memory) else None,
             "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
             "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
             "_wasi_fns": {}})
