@@ -33,6 +33,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from supervisor.output import strip_time  # noqa: E402
 EX = os.path.join(ROOT, "examples", "calc")
 PY = sys.executable
 
@@ -186,7 +188,7 @@ def wsuper_external(n: int, m: int, d: str) -> dict:
                 f'[compartments.calc]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n'
                 f'external = true\n[compartments.calc.limits]\nin_flight = 256\n')
     up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         while "ready calc" not in (line := up.stdout.readline()):
             if not line:
@@ -317,7 +319,8 @@ def cold_start_one(restarts: int, d: str) -> dict:
         f.write('(module (memory (export "memory") 1) (func (export "_start")))')
     r = _wsuper(f'[compartments.c]\nmodule = "quit.wat"\nrestart = "permanent"\n'
                 f'restart_delay = 0.0\nmax_restarts = {restarts}\nrestart_window = 600\n', d)
-    ms = [float(l.split()[3]) for l in r.stdout.splitlines() if l.startswith("stats start c ")]
+    ms = [float(l.split()[4]) for l in map(strip_time, r.stderr.splitlines())
+          if l.startswith("wsuper: stats start c ")]
     if len(ms) < 2:
         raise RuntimeError(r.stdout[-2000:])
     return {"first_ms": ms[0], "ms": statistics.median(ms[1:]), "samples": len(ms) - 1}
@@ -332,17 +335,18 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
             f.write(f'[compartments.c{i}]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n')
     t = time.perf_counter()
     up = subprocess.Popen([PY, "-m", "supervisor.cli", "up", path], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True, env=dict(os.environ, WSUPER_STATS="1"))
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, WSUPER_STATS="1"))
     pids, starts = [], []
     try:
         while len(pids) < n:
-            line = up.stdout.readline()
+            line = strip_time(up.stderr.readline())
             if not line:
                 raise RuntimeError("wsuper up ended early")
-            if line.startswith("ready "):
+            if line.startswith("wsuper: ready "):
                 pids.append(int(line.split("pid=")[1].split()[0]))
-            elif line.startswith("stats start "):
-                starts.append(float(line.split()[3]))
+            elif line.startswith("wsuper: stats start "):
+                starts.append(float(line.split()[4]))
         ready = time.perf_counter() - t
         time.sleep(settle)
         mem = [_smaps(pid) for pid in pids]

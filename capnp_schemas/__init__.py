@@ -4,8 +4,11 @@ Layout:
   engine.capnp, host.capnp  the project's own interfaces (engine control, host
                             capabilities, the external gateway)
   wire.py                   framing and pointer surgery on raw messages (pure)
+  rpcwire.py                the Call, Return and Finish headers, by hand (pure)
   protocol.py               the sans-IO Cap'n Proto RPC connection (pure)
-  payloads.py               payloads with capability fields (Engine.start grants, ...)
+  payloads.py               building and eagerly reading payloads by their schema
+  hosted.py                 the host capabilities, as one table from host.capnp
+  text.py                   one-line errors; guest text made safe to print
 
 `rpc` is pycapnp's bundled `rpc.capnp` (Cap'n Proto 1.x), loaded here once.
 Both the supervisor and the engine import this package; it imports neither.
@@ -28,10 +31,62 @@ engine = capnp.load(os.path.join(HERE, "engine.capnp"), imports=IMPORT_PATH)
 host = capnp.load(os.path.join(HERE, "host.capnp"), imports=IMPORT_PATH)
 
 
+class SchemaError(Exception):
+    """A schema file that does not parse.  `path` and `line` say where (line may be None)."""
+
+    def __init__(self, path: str, line: int | None, reason: str):
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
+
+
+_CHECKED: dict[tuple, None] = {}
+
+
 def load(path: str, extra_imports=()):
-    """Load a user schema file (import path: its own directory, then ours)."""
+    """Load a user schema file (import path: its own directory, then ours).
+
+    pycapnp's parser *aborts the process* on some errors (a syntax error, a file
+    without an @0x... id): so a schema is first parsed in a child process, and a
+    failure there becomes a SchemaError naming the file and line.  Once a file
+    (with its size and time) has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
-    return capnp.load(path, imports=[os.path.dirname(path), *extra_imports, *IMPORT_PATH])
+    imports = [os.path.dirname(path), *extra_imports, *IMPORT_PATH]
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SchemaError(path, None, e.strerror or str(e)) from None
+    key = (path, st.st_mtime_ns, st.st_size, tuple(imports))
+    if key not in _CHECKED:
+        _check_in_child(path, imports)
+        _CHECKED[key] = None
+    return capnp.load(path, imports=imports)
+
+
+def _check_in_child(path: str, imports: list):
+    import re
+    import subprocess
+    import sys
+    code = ("import sys, capnp; capnp.remove_import_hook(); "
+            "capnp.load(sys.argv[1], imports=sys.argv[2:])")
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", code, path, *imports],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchemaError(path, None, f"cannot check the schema: {e}") from None
+    if r.returncode == 0:
+        return
+    text = r.stderr
+    m = re.search(r"what\(\):\s*(.*?):(\d+)(?::\d+)?: (?:failed|error): (.*)", text) \
+        or re.search(r"(\S+\.capnp):(\d+)(?::\d+)?: (?:failed|error): (.*)", text)
+    if m:
+        where = m.group(1)
+        if not os.path.isabs(where):
+            where = os.path.join(os.path.dirname(path), where)
+        raise SchemaError(os.path.normpath(where), int(m.group(2)) or None,
+                          m.group(3).strip().splitlines()[0])
+    last = [l for l in text.strip().splitlines() if l.strip()]
+    raise SchemaError(path, None, last[-1] if last else
+                      f"the schema parser failed (exit {r.returncode})")
 
 
 def interfaces(module) -> dict:

@@ -13,9 +13,19 @@ The export table of the supervisor's connection to an engine *is* that
 compartment's c-list: the integer a guest calls through is an import id of its
 engine, i.e. an export id here, and anything else is an error.
 
+Owns: the protocol's rules and tables, and the one choke point for a peer's
+bytes.  Each incoming message is decoded completely (rpcwire: by hand, or
+through pycapnp) while it is handled, so its events carry plain values only:
+ints, str, tuples, and payload `Content`, which is located and bounds-checked
+but spliced, never decoded.  Must not: do I/O, or let anything but a
+`ProtocolError` out of `receive`/`receive_iter`.
+
 Errors: `ProtocolError` means the peer broke the protocol (unknown ids, double
-returns, releases below zero, malformed bytes).  The owner answers it by
-sending `abort()` and closing this one connection; nothing else is affected.
+returns, releases below zero, malformed bytes, a limit passed), and is the
+only exception that handling a peer's bytes raises: whatever else goes wrong
+while one message is handled (a malformed field, a bug) becomes one, in
+`receive_iter`.  The connection is then closed; the owner answers by sending
+`abort()` and dropping this one connection; nothing else is affected.
 """
 from __future__ import annotations
 
@@ -23,16 +33,16 @@ import attrs
 import capnp
 
 from . import rpc, rpcwire, wire
-from .rpcwire import CAP_NONE, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED, CAP_SENDER_PROMISE
+from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
+                      CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
+                      TRAVERSAL_LIMIT_WORDS)
 
-MAX_CAPS_PER_MESSAGE = 256
-TRAVERSAL_LIMIT_WORDS = 64 * 1024
-NESTING_LIMIT = 16
+#: Answers we returned that the peer has not finished, per connection.
+MAX_UNFINISHED = 4096
 
 # pointer-field indices (from rpc.capnp's layout; checked in tests)
 _MSG_BODY = 0          # Message.<union member> is pointer 0
 _CALL_PARAMS = 1       # Call.params
-_RETURN_RESULTS = 0    # Return.results
 _PAYLOAD_CONTENT = 0   # Payload.content
 
 
@@ -70,11 +80,12 @@ class Content:
             return [_word_segment(self.word)]
         return wire.with_root_at(self.segments, self.loc)
 
-    def canonical(self, max_words: int = wire.MAX_MESSAGE_WORDS) -> bytes:
-        """The content as a framed single-segment message in canonical layout."""
+    def single_segment_copy(self, max_words: int = wire.MAX_MESSAGE_WORDS) -> bytes:
+        """The content as a framed single-segment message, objects in pre-order
+        (wire.single_segment_copy; not Cap'n Proto's canonical form)."""
         if not self.segments:
-            return wire.canonical([_word_segment(self.word)], (0, 0), max_words)
-        return wire.canonical(self.segments, self.loc, max_words)
+            return wire.single_segment_copy([_word_segment(self.word)], (0, 0), max_words)
+        return wire.single_segment_copy(self.segments, self.loc, max_words)
 
     def follow(self, transform) -> tuple | None:
         """Location reached by applying a pipeline transform (pointer-field path)."""
@@ -91,6 +102,7 @@ class Content:
 
 
 EMPTY = Content()
+_NO_RESULT = (EMPTY, ())
 
 
 def _word_segment(word: int) -> bytes:
@@ -210,7 +222,7 @@ class _Export:
 
 
 class _IdAllocator:
-    """Smallest free id first, as the RPC spec recommends."""
+    """Ids are reused, most recently freed first, so they stay small."""
 
     def __init__(self):
         self._free: list[int] = []
@@ -230,9 +242,19 @@ class _IdAllocator:
 
 
 class Connection:
+    """One RPC connection's state and rules.
+
+    Counts for the owner's per-peer limits: `unanswered` (calls from the peer
+    not yet returned), `unfinished` (returned, and not finished by the peer;
+    bounded here by `max_unfinished`), `len(imports)` (capabilities the peer
+    hosts that we hold), `len(exports)`.  `partial_message` tells whether a
+    message is half received, for a deadline on it.
+    """
+
     def __init__(self, name: str = "peer", *,
                  max_message_words: int = wire.MAX_MESSAGE_WORDS,
-                 max_segments: int = wire.MAX_SEGMENTS):
+                 max_segments: int = wire.MAX_SEGMENTS,
+                 max_unfinished: int = MAX_UNFINISHED):
         self.name = name
         self._framer = wire.Framer(max_segments, max_message_words)
         self.questions: dict[int, _Question] = {}
@@ -240,11 +262,32 @@ class Connection:
         self.exports: dict[int, _Export] = {}
         self.imports: dict[int, int] = {}
         self._export_ids: dict[int, int] = {}   # id(obj) -> export id
-        self._no_finish: set[int] = set()       # answers returned with noFinishNeeded
+        # answers returned with noFinishNeeded, oldest first: a Finish for one
+        # of them is allowed and ignored.  Bounded: the oldest are forgotten.
+        self._no_finish: dict[int, None] = {}
         self.unanswered = 0                     # calls from the peer we have not returned
+        self.max_unfinished = max_unfinished
+        self._unfinished = 0
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
+
+    @property
+    def unfinished(self) -> int:
+        """Answers we returned that the peer has not finished yet."""
+        return self._unfinished
+
+    @property
+    def partial_message(self) -> int | None:
+        """None, or the number of the message that is partly received (it
+        changes when another one begins): a deadline on it bounds how long a
+        peer may hold memory with half a message."""
+        return self._framer.messages if self._framer.partial else None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete message buffered."""
+        return self._framer.pending
 
     # -------------------------------------------------------------- incoming
 
@@ -256,90 +299,88 @@ class Connection:
         """Like receive(), but decodes each message only after the events of the
         previous one were consumed, so the caller sees table states in protocol
         order (a pipelined call decoded before its target's return is handled
-        sees that return; a later Finish cannot hide the answer from it)."""
+        sees that return; a later Finish cannot hide the answer from it).
+
+        The choke point: whatever goes wrong while one message is handled
+        raises ProtocolError, and nothing else, and closes the connection."""
         if self.closed is not None:
             raise ProtocolError(f"connection already closed: {self.closed}")
         try:
             messages = self._framer.feed(data)
-        except wire.WireError as e:
-            raise ProtocolError(f"bad framing: {e}") from None
+        except Exception as e:
+            raise self._broken(f"bad framing: {_short(e)}") from None
         for segs in messages:
-            events: list = []
             try:
-                self._handle(segs, events)
-            except _Unimplemented as u:
-                events.append(Unhandled(u.which, _unimplemented_reply(segs)))
-            except (wire.WireError, capnp.KjException) as e:
-                raise ProtocolError(f"malformed message: {_short(e)}") from None
+                events = self._handle(segs)
+            except ProtocolError as e:
+                raise self._broken(str(e)) from None
+            except Exception as e:
+                raise self._broken(f"malformed message: {_short(e)}") from None
             yield from events
             if self.closed is not None:
                 return
 
-    def _handle(self, segs, events):
-        fast = rpcwire.decode(segs)
-        if fast is not None:
-            if fast.which == rpcwire.MSG_CALL:
-                target = self._export_obj(fast.import_id)
-                payload = self._payload(segs, fast.caps, fast.content_loc)
-                self._new_answer(fast.id)
-                events.append(CallReceived(fast.id, target, fast.interface_id, fast.method_id,
-                                           payload))
-            elif fast.which == rpcwire.MSG_RETURN:
-                self._returned(segs, fast.id, False, fast.no_finish, fast, events)
-            else:
-                self._finished(fast.id, fast.release, events)
-            return
-        msg = rpc.Message.from_segments(
-            segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS, nesting_limit=NESTING_LIMIT)
-        which = msg.which()
-        if which == "call":
-            self._on_call(segs, msg.call, events)
-        elif which == "return":
-            self._on_return(segs, msg, events)
-        elif which == "finish":
-            self._on_finish(msg.finish, events)
-        elif which == "release":
-            self._on_release(msg.release.id, msg.release.referenceCount, events)
-        elif which == "bootstrap":
-            aid = msg.bootstrap.questionId
-            self._new_answer(aid)
-            events.append(BootstrapRequested(aid))
-        elif which == "abort":
+    def _broken(self, reason: str) -> ProtocolError:
+        self.closed = f"protocol error: {reason}"
+        return ProtocolError(reason)
+
+    def _handle(self, segs) -> list:
+        """One message, decoded into plain values, then applied to the tables."""
+        m = rpcwire.decode(segs)
+        if m is None:
+            m = rpcwire.decode_pycapnp(segs)
+        events: list = []
+        which = m.which
+        if which == rpcwire.MSG_CALL:
+            self._on_call(segs, m, events)
+        elif which == rpcwire.MSG_RETURN:
+            self._on_return(segs, m, events)
+        elif which == rpcwire.MSG_FINISH:
+            self._finished(m.id, m.release, events)
+        elif which == rpcwire.MSG_RELEASE:
+            self._on_release(m.id, m.count, events)
+        elif which == rpcwire.MSG_BOOTSTRAP:
+            self._new_answer(m.id)
+            events.append(BootstrapRequested(m.id))
+        elif which == rpcwire.MSG_ABORT:
             self.closed = "aborted by peer"
-            events.append(AbortReceived(msg.abort.reason))
-        elif which == "unimplemented":
+            events.append(AbortReceived(m.reason))
+        elif which == rpcwire.MSG_UNIMPLEMENTED:
             # The peer did not understand something we sent; we only send what
             # level-1 peers must implement, so this is the peer's problem.
             raise ProtocolError("peer answered 'unimplemented' to a mandatory message")
         else:
-            raise _Unimplemented(which, segs)
+            name = rpcwire.MESSAGE_NAMES.get(which, f"#{which} (not in rpc.capnp)")
+            events.append(Unhandled(name, _unimplemented_reply(segs)))
+        return events
 
     def _new_answer(self, aid):
         if aid in self.answers:
             raise ProtocolError(f"question id {aid} is already in use")
-        self._no_finish.discard(aid)
+        if self._unfinished >= self.max_unfinished:
+            raise ProtocolError(
+                f"{self._unfinished} answers were returned and never finished "
+                f"(limit max_unfinished = {self.max_unfinished}): send Finish for them")
+        self._no_finish.pop(aid, None)
         self.answers[aid] = _Answer()
         self.unanswered += 1
 
-    def _on_call(self, segs, call, events):
-        aid = call.questionId
-        if call.sendResultsTo.which() != "caller":
-            raise ProtocolError("sendResultsTo other than 'caller' is not supported")
-        target = self._decode_target(call.target)
-        payload = self._decode_payload(segs, call.params, (_MSG_BODY, _CALL_PARAMS))
-        self._new_answer(aid)
-        events.append(CallReceived(aid, target, call.interfaceId, call.methodId, payload))
+    def _on_call(self, segs, m, events):
+        if m.send_to != "caller":
+            raise ProtocolError(f"sendResultsTo '{m.send_to}' is not supported (only 'caller')")
+        if m.promise is None:
+            target = self._export_obj(m.import_id)
+        else:
+            target = self._promised(*m.promise)
+        payload = self._payload(segs, m.caps, m.content_loc)
+        self._new_answer(m.id)
+        events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload))
 
-    def _decode_target(self, target):
-        if target.which() == "importedCap":
-            return self._export_obj(target.importedCap)
-        return self._promised(target.promisedAnswer)
-
-    def _promised(self, pa) -> PromisedAnswer:
-        a = self.answers.get(pa.questionId)
+    def _promised(self, qid, transform) -> PromisedAnswer:
+        a = self.answers.get(qid)
         if a is None:
-            raise ProtocolError(f"promisedAnswer names unknown question {pa.questionId}")
-        return PromisedAnswer(pa.questionId, _transform(pa.transform), a.result, a.error)
+            raise ProtocolError(f"promisedAnswer names unknown question {qid}")
+        return PromisedAnswer(qid, transform, a.result, a.error)
 
     def _export_obj(self, eid):
         e = self.exports.get(eid)
@@ -347,32 +388,10 @@ class Connection:
             raise ProtocolError(f"export id {eid} was never issued or was released")
         return e.obj
 
-    def _decode_payload(self, segs, payload, path) -> Payload:
-        table = payload.capTable
-        if len(table) > MAX_CAPS_PER_MESSAGE:
-            raise ProtocolError(f"{len(table)} capabilities in one message "
-                                f"(limit {MAX_CAPS_PER_MESSAGE})")
-        descs = []
-        for d in table:
-            w = d.which()
-            if w == "senderHosted":
-                descs.append((CAP_SENDER_HOSTED, d.senderHosted))
-            elif w == "senderPromise":
-                descs.append((CAP_SENDER_PROMISE, d.senderPromise))
-            elif w == "receiverHosted":
-                descs.append((CAP_RECEIVER_HOSTED, d.receiverHosted))
-            elif w == "receiverAnswer":
-                descs.append(("answer", d.receiverAnswer))
-            elif w == "none":
-                descs.append((CAP_NONE, 0))
-            else:
-                raise ProtocolError(f"capability descriptor '{w}' is not supported")
-        loc = wire.follow_path(segs, (0, 0), path)
-        content_loc = None if loc is None else wire.struct_pointer_field(segs, loc, _PAYLOAD_CONTENT)
-        return self._payload(segs, descs, content_loc)
-
     def _payload(self, segs, descs, content_loc) -> Payload:
-        """A payload from its capability descriptors, (kind, id) pairs."""
+        """A payload from its capability descriptors, (kind, value) pairs, and
+        the location of its content pointer, which is checked here so that
+        forwarding the content later cannot fail."""
         if len(descs) > MAX_CAPS_PER_MESSAGE:
             raise ProtocolError(f"{len(descs)} capabilities in one message "
                                 f"(limit {MAX_CAPS_PER_MESSAGE})")
@@ -383,64 +402,59 @@ class Connection:
                 caps.append(Imported(value))
             elif which == CAP_RECEIVER_HOSTED:
                 caps.append(Exported(self._export_obj(value)))
-            elif which == "answer":
-                caps.append(self._promised(value))
-            else:
+            elif which == CAP_RECEIVER_ANSWER:
+                caps.append(self._promised(*value))
+            elif which == CAP_NONE:
                 caps.append(None)
+            else:
+                raise ProtocolError(f"capability descriptor #{which} is not supported "
+                                    f"(level 1: none, senderHosted, senderPromise, "
+                                    f"receiverHosted, receiverAnswer)")
+        if content_loc is None:
+            return Payload(EMPTY, tuple(caps))
         if content_loc == (0, 0):
             raise ProtocolError("payload content aliases the message root")
-        content = Content(tuple(segs), content_loc) if content_loc else EMPTY
-        return Payload(content, tuple(caps))
+        r = wire.resolve(segs, content_loc)
+        if r is None:
+            return Payload(EMPTY, tuple(caps))
+        if r[0] == wire.OTHER and r[3] & 0xFFFFFFFC:
+            raise ProtocolError("payload content is an 'other' pointer that is not a capability")
+        return Payload(Content(tuple(segs), content_loc), tuple(caps))
 
-    def _on_return(self, segs, msg, events):
-        ret = msg.__getattr__("return")
-        self._returned(segs, ret.answerId, ret.releaseParamCaps, ret.noFinishNeeded, ret,
-                       events)
-
-    def _returned(self, segs, qid, release_params, no_finish, ret, events):
-        """`ret`: a pycapnp Return, or an rpcwire.Plain of a results/exception return."""
+    def _on_return(self, segs, m, events):
+        qid = m.id
         q = self.questions.get(qid)
         if q is None or q.returned:
             raise ProtocolError(f"return for question {qid}, which is not awaiting one")
         q.returned = True
-        if release_params:
+        if m.release:
             for obj in q.param_exports:
                 self._release_export_obj(obj, 1, events)
         q.param_exports = []
-        finish = not no_finish
-        which = ret.kind if isinstance(ret, rpcwire.Plain) else ret.which()
-        if which == "results":
-            if isinstance(ret, rpcwire.Plain):
-                payload = self._payload(segs, ret.caps, ret.content_loc)
-            else:
-                payload = self._decode_payload(segs, ret.results, (_MSG_BODY, _RETURN_RESULTS))
+        finish = not m.no_finish
+        kind = m.kind
+        if kind == "results":
+            payload = self._payload(segs, m.caps, m.content_loc)
             if not finish and payload.caps:
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             events.append(ReturnReceived(qid, payload, finish_needed=finish))
-        elif which == "exception":
-            if isinstance(ret, rpcwire.Plain):
-                reason, type = ret.reason, ret.type
-            else:
-                reason, type = ret.exception.reason, str(ret.exception.type)
-            events.append(ReturnReceived(qid, None, reason or "(no reason)", type,
+        elif kind == "exception":
+            events.append(ReturnReceived(qid, None, m.reason or "(no reason)", m.type,
                                          finish_needed=finish))
-        elif which == "canceled":
+        elif kind == "canceled":
             events.append(ReturnReceived(qid, None, "call canceled", "failed",
                                          finish_needed=finish))
         else:
-            raise ProtocolError(f"return of kind '{which}' is not supported")
+            raise ProtocolError(f"return of kind '{kind}' is not supported")
         if not finish:
             q.finished = True
         if q.finished:
             self._drop_question(qid)
 
-    def _on_finish(self, fin, events):
-        self._finished(fin.questionId, fin.releaseResultCaps, events)
-
     def _finished(self, aid, release_results, events):
         a = self.answers.get(aid)
         if a is None and aid in self._no_finish:
-            self._no_finish.discard(aid)     # allowed, and ignored (rpc.capnp)
+            del self._no_finish[aid]         # allowed, and ignored (rpc.capnp)
             return
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
@@ -451,6 +465,7 @@ class Connection:
         a.result_exports = []
         if a.returned:
             del self.answers[aid]
+            self._unfinished -= 1
         events.append(FinishReceived(aid))
 
     def _on_release(self, eid, count, events):
@@ -515,11 +530,11 @@ class Connection:
         a = self._answer_for_return(answer_id)
         no_finish = no_finish and not caps
         if no_finish:
-            a.finished = True
-            self._no_finish.add(answer_id)
+            self._finish_not_needed(answer_id, a)
         head, at = rpcwire.encode_return(answer_id, no_finish,
                                          self._cap_descs(caps, a.result_exports))
-        a.result = (content, tuple(caps))
+        # kept for calls pipelined on it, which need it only to find a capability
+        a.result = (content, tuple(caps)) if caps else _NO_RESULT
         data = self._splice(head, at, content)
         self._answer_done(answer_id, a)
         return data
@@ -533,8 +548,7 @@ class Connection:
         ret.releaseParamCaps = False
         if no_finish:
             ret.noFinishNeeded = True
-            a.finished = True
-            self._no_finish.add(answer_id)
+            self._finish_not_needed(answer_id, a)
         e = ret.init("exception")
         e.reason = reason
         e.type = type
@@ -579,6 +593,8 @@ class Connection:
         """Forget every table entry (the connection is gone); returns exported objects."""
         objs = [e.obj for e in self.exports.values()]
         self.unanswered = 0
+        self._unfinished = 0
+        self._no_finish.clear()
         self.questions.clear()
         self.answers.clear()
         self.exports.clear()
@@ -608,6 +624,14 @@ class Connection:
     def _answer_done(self, aid, a):
         if a.finished:
             del self.answers[aid]
+        else:
+            self._unfinished += 1
+
+    def _finish_not_needed(self, aid, a):
+        a.finished = True
+        self._no_finish[aid] = None
+        if len(self._no_finish) > self.max_unfinished:
+            del self._no_finish[next(iter(self._no_finish))]
 
     def _export(self, obj) -> int:
         eid = self._export_ids.get(id(obj))
@@ -658,56 +682,60 @@ class Connection:
 
     @staticmethod
     def _splice(head: bytearray, at: int, content: Content) -> bytes:
-        """Frame header segment `head`, whose word `at` is the content pointer."""
-        loc = (0, at)
+        """Frame header segment `head` (its root pointer at word 0, its Message
+        right after), whose word `at` is the content pointer.
+
+        The content's segments travel unchanged but for one word: the sender's
+        root pointer (segment 0, word 0), which now points at the new header.
+        Every other word keeps its segment and position, so content that was
+        well-formed means exactly what it meant: its near and far pointers
+        reach the same words.  Only content that was not well-formed may read
+        otherwise: one that reaches the sender's root word sees the new root
+        there, and one-segment content whose objects ran past its segment's
+        end may now reach the header that follows it, i.e. this message's own
+        header, which the recipient reads anyway.  The content pointer itself
+        never goes through a word the sender chose."""
         if not content.segments:
-            wire.set_word(head, loc[1], content.word)
+            wire.set_word(head, at, content.word)
             return wire.frame([head])
         if len(content.segments) == 1:
-            # One segment (what engines send, and most peers): it follows the header
-            # in one segment, moved as a whole so its inner pointers stay valid, and
-            # the content pointer is re-aimed at it.  No far pointers for anyone.
+            # One segment (what engines send, and most peers): the header follows
+            # the content in the same segment.  No far pointers for anyone.
             seg = content.segments[0]
             r = wire.resolve([seg], content.loc)
             if r is None or r[0] == wire.OTHER:            # null, or a capability
                 wire.set_word(head, at, 0 if r is None else r[3])
                 return wire.frame([head])
             _kind, _s, start, w = r
-            target = len(head) // 8 + start
-            wire.set_word(head, at, (w & 0xFFFFFFFF00000003) | ((target - at - 1) & 0x3FFFFFFF) << 2)
-            head += seg
-            return wire.frame([head])
+            n = len(seg) // 8
+            wire.set_word(head, at, wire.near_pointer(n + at, start, w))
+            out = bytearray(seg)
+            out += head
+            root = wire._U64.unpack_from(head, 0)[0]
+            wire.set_word(out, 0, wire.near_pointer(0, n + 1 + wire._signed30(root), root))
+            return wire.frame([out])
         # Append the header as the last segment; the old root is replaced by a
-        # far pointer to it; the content pointer reaches the content wherever it is.
+        # far pointer to it.  The content pointer reaches the content's object
+        # through a double-far landing pad in the header, never through the
+        # content's own pointer words: one of those may be the old root word,
+        # which a hostile sender can make the content's landing pad.
         segs = list(content.segments)
         n = len(segs)
-        if content.loc == (0, 0):
-            w0 = wire._word(segs, 0, 0)
-            if w0 == 0 or w0 & 3 in (wire.FAR, wire.OTHER):
-                pointer = w0
-            else:
-                r = wire.resolve(segs, (0, 0))
-                pad = len(head) // 8
-                head += wire.far_pointer(0, r[2]).to_bytes(8, "little")
-                head += (r[3] & ~0xFFFFFFFC).to_bytes(8, "little")  # tag: offset 0
-                pointer = wire.far_pointer(n, pad, double=True)
+        r = wire.resolve(segs, content.loc)
+        if r is None or r[0] == wire.OTHER:                # null, or a capability
+            pointer = 0 if r is None else r[3]
         else:
-            pointer = wire.portable_pointer(segs, content.loc)
-        wire.set_word(head, loc[1], pointer)
+            _kind, s, start, w = r
+            pad = len(head) // 8
+            head += wire.far_pointer(s, start).to_bytes(8, "little")
+            head += (w & ~0xFFFFFFFC).to_bytes(8, "little")   # the tag: offset 0
+            pointer = wire.far_pointer(n, pad, double=True)
+        wire.set_word(head, at, pointer)
         first = bytearray(segs[0])
         wire.set_word(first, 0, wire.far_pointer(n, 0))
         segs[0] = first
         segs.append(head)
         return wire.frame(segs)
-
-
-class _Unimplemented(ProtocolError):
-    """A message type this implementation does not handle (answered, not fatal)."""
-
-    def __init__(self, which, segs):
-        super().__init__(f"message type '{which}' is not implemented")
-        self.which = which
-        self.segments = segs
 
 
 def _unimplemented_reply(segs) -> bytes:
@@ -720,16 +748,6 @@ def _unimplemented_reply(segs) -> bytes:
     return wire.frame(msg.to_segments())
 
 
-def _transform(ops) -> tuple:
-    out = []
-    if len(ops) > wire.MAX_PATH_DEPTH:
-        raise ProtocolError(f"pipeline transform longer than {wire.MAX_PATH_DEPTH}")
-    for op in ops:
-        if op.which() == "getPointerField":
-            out.append(op.getPointerField)
-    return tuple(out)
-
-
 def _set_transform(pa, transform):
     ops = pa.init("transform", len(transform))
     for i, f in enumerate(transform):
@@ -737,5 +755,9 @@ def _set_transform(pa, transform):
 
 
 def _short(e) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    """One line naming what went wrong (the exception's class, when it is not
+    one of the decoders' own errors)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    if not isinstance(e, (wire.WireError, capnp.KjException)):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text[:200]

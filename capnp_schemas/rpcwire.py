@@ -1,20 +1,30 @@
-"""The RPC headers of every call, encoded and decoded by hand.
+"""RPC messages decoded into plain values; Call, Return and Finish headers by hand.
 
-Each cross-compartment call is four messages (Call and Return, twice), and
-building or reading their headers through pycapnp cost more than anything
-else the supervisor and the engines did per message.  Call, Return and Finish
-are therefore laid out here directly, word by word; every other message, and
-anything unusual in these three (a promised-answer target, a pipelined
-capability, a third-party return), goes through pycapnp as before.
+Owns: the two decoders of an incoming rpc.capnp Message, and the encoders of
+the three hot headers.  Both decoders give the same `Plain` record of plain
+Python values (ints, str, tuples, locations of payload content), so that
+nothing a peer sent is read after the one message it came in is handled:
+
+* `decode(segs)`, by hand, word by word, for a Call to an imported
+  capability, a Return with results or an exception, and a Finish: each
+  cross-compartment call is four messages, and reading their headers through
+  pycapnp cost more than anything else the supervisor and the engines did
+  per message.  Anything it does not plainly recognise returns None.
+* `decode_pycapnp(segs)`, through pycapnp with the traversal and nesting
+  limits on, for every message; it raises on anything malformed, and the
+  caller (protocol.Connection) turns that into a ProtocolError.
+
+Must not: decide anything about the protocol (tables, ids, what is
+supported: that is protocol.py), do I/O, or raise from `decode` (it returns
+None instead).  Where decode accepts a message, pycapnp reading the same
+bytes with the same limits accepts it and reads the same values (checked by
+fuzz/protocol.py); the lenient readings are shared: an exception type that
+rpc.capnp does not define reads as "failed", and a reason that is not UTF-8
+is decoded with replacement characters.
 
 The layout is rpc.capnp's wire format, which cannot change without breaking
 every Cap'n Proto peer; `_check_layout()` compares each constant with the
 loaded schema at import, so a mismatch fails loudly instead of corrupting.
-
-Decoding is as strict as pycapnp's: every pointer goes through wire.resolve
-(bounds, far pointers), fields beyond a struct's data section read as their
-defaults, and anything that is not plainly well-formed returns None so that
-the caller falls back to pycapnp, which then reports the exact error.
 """
 from __future__ import annotations
 
@@ -23,12 +33,26 @@ import struct
 from . import rpc, wire
 
 # Message union (discriminant at byte 0 of Message's one data word)
-MSG_CALL, MSG_RETURN, MSG_FINISH = 2, 3, 4
+MSG_UNIMPLEMENTED, MSG_ABORT, MSG_CALL, MSG_RETURN, MSG_FINISH = 0, 1, 2, 3, 4
+MSG_RELEASE, MSG_BOOTSTRAP = 6, 8
+#: Message discriminant -> name, as rpc.capnp defines them
+MESSAGE_NAMES = {f.discriminantValue: f.name for f in rpc.Message.schema.node.struct.fields}
 # Return union (discriminant at byte 6)
 RET_RESULTS, RET_EXCEPTION, RET_CANCELED = 0, 1, 2
 # CapDescriptor union (discriminant at byte 0, id at byte 4)
 CAP_NONE, CAP_SENDER_HOSTED, CAP_SENDER_PROMISE, CAP_RECEIVER_HOSTED = 0, 1, 2, 3
+CAP_RECEIVER_ANSWER, CAP_THIRD_PARTY_HOSTED = 4, 5
+_CAP_KINDS = {"none": CAP_NONE, "senderHosted": CAP_SENDER_HOSTED,
+              "senderPromise": CAP_SENDER_PROMISE, "receiverHosted": CAP_RECEIVER_HOSTED,
+              "receiverAnswer": CAP_RECEIVER_ANSWER, "thirdPartyHosted": CAP_THIRD_PARTY_HOSTED}
 EXCEPTION_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
+
+#: pycapnp's reader limits for every message from a peer (Cap'n Proto's
+#: ReaderOptions); the hand decoder stays within the same traversal budget.
+TRAVERSAL_LIMIT_WORDS = 64 * 1024
+NESTING_LIMIT = 16
+#: Capability descriptors in one payload.
+MAX_CAPS_PER_MESSAGE = 256
 
 _Q = struct.Struct("<Q")
 _HEAD_ONE = struct.pack("<II", 0, 4)     # stream framing of a one-segment, 4-word message
@@ -107,146 +131,278 @@ def encode_finish(question_id: int) -> bytes:
 # ------------------------------------------------------------------ decoding
 
 
-_UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
-             8: struct.Struct("<Q")}
-
-
-def _data(segs, r, byte: int, size: int) -> int:
-    """An integer field of the struct `r` (from wire.resolve), 0 past its data."""
-    _kind, s, start, w = r
-    if byte + size > ((w >> 32) & 0xFFFF) * 8:
-        return 0
-    return _UNSIGNED[size].unpack_from(segs[s], 8 * start + byte)[0]
-
-
-def _ptr(r, index: int):
-    """Location of pointer field `index` of struct `r`, or None."""
-    _kind, s, start, w = r
-    if index >= w >> 48:
-        return None
-    return (s, start + ((w >> 32) & 0xFFFF) + index)
-
-
-def _struct(segs, loc):
-    if loc is None:
-        return None
-    r = wire.resolve(segs, loc)
-    if r is None or r[0] != wire.STRUCT:
-        return None
-    return r
-
-
 class Plain:
-    """A decoded header (only the fields the connection uses)."""
-    __slots__ = ("which", "kind", "id", "import_id", "interface_id", "method_id", "content_loc",
-                 "caps", "no_finish", "release", "reason", "type")
+    """A decoded message: plain values only.  Which fields are set depends on
+    `which` (a Message discriminant):
+
+    call      id, import_id | promise (question id, transform), interface_id,
+              method_id, send_to, content_loc, caps
+    return    id, release, no_finish, kind; results: content_loc, caps;
+              exception: reason, type
+    finish    id, release
+    release   id, count
+    bootstrap id
+    abort     reason, type
+
+    `caps` holds (CAP_* kind, value): the id, 0 for none, (question id,
+    transform) for receiverAnswer, None for thirdPartyHosted.  `content_loc`
+    is where the payload's content pointer lives (None: no content)."""
+    __slots__ = ("which", "id", "import_id", "promise", "interface_id", "method_id",
+                 "send_to", "content_loc", "caps", "release", "no_finish", "kind", "reason",
+                 "type", "count")
+
+    def fields(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+
+    def __repr__(self):
+        return f"Plain({self.fields()})"
 
 
 def decode(segs) -> Plain | None:
     """Decode a Call to an imported capability, a Return (results or exception)
-    or a Finish; None for anything else (the caller falls back to pycapnp)."""
+    or a Finish; None for anything else (the caller falls back to
+    decode_pycapnp).  Never raises."""
     try:
-        root = _struct(segs, (0, 0))
-        if root is None:
-            return None
-        which = _data(segs, root, 0, 2)
-        if which not in (MSG_CALL, MSG_RETURN, MSG_FINISH):
-            return None
-        body = _struct(segs, _ptr(root, 0))
-        if body is None:
-            return None
-        out = Plain()
-        out.which = which
-        if which == MSG_FINISH:
-            out.id = _data(segs, body, 0, 4)
-            out.release = not (_data(segs, body, 4, 1) & 1)          # default true
-            return out
-        if which == MSG_CALL:
-            if _data(segs, body, 6, 2) != 0 or _data(segs, body, 16, 1) & 7:
-                return None              # results elsewhere, or tail-call/pipelining flags
-            target = _struct(segs, _ptr(body, 0))
-            if target is None or _data(segs, target, 4, 2) != 0:
-                return None              # a promised-answer target
-            out.id = _data(segs, body, 0, 4)
-            out.import_id = _data(segs, target, 0, 4)
-            out.interface_id = _data(segs, body, 8, 8)
-            out.method_id = _data(segs, body, 4, 2)
-            payload_loc = _ptr(body, 1)
-        else:
-            flags = _data(segs, body, 4, 1)
-            if not flags & 1:            # releaseParamCaps = true: the slow path handles it
-                return None
-            out.id = _data(segs, body, 0, 4)
-            out.no_finish = bool(flags & 2)
-            kind = _data(segs, body, 6, 2)
-            out.kind = "exception" if kind == RET_EXCEPTION else "results"
-            if kind == RET_EXCEPTION:
-                exc = _struct(segs, _ptr(body, 0))
-                if exc is None:
-                    return None
-                out.content_loc = None
-                out.reason = _text(segs, _ptr(exc, 0))
-                t = _data(segs, exc, 4, 2)
-                if out.reason is None or t >= len(EXCEPTION_TYPES):
-                    return None
-                out.type = EXCEPTION_TYPES[t]
-                return out
-            if kind != RET_RESULTS:
-                return None
-            payload_loc = _ptr(body, 0)
-        out.content_loc, out.caps = None, ()
-        payload = _struct(segs, payload_loc)
-        if payload is None:
-            return out if payload_loc is None or wire.resolve(segs, payload_loc) is None \
-                else None
-        out.content_loc = _ptr(payload, 0)
-        caps = _caps(segs, _ptr(payload, 1))
-        if caps is None:
-            return None
-        out.caps = caps
-        return out
+        return _decode(segs)
     except wire.WireError:
         return None
 
 
-def _caps(segs, loc):
-    if loc is None:
-        return ()
-    r = wire.resolve(segs, loc)
-    if r is None:
-        return ()
-    kind, s, start, w = r
-    if kind != wire.LIST or (w >> 32) & 7 != 7:
+def _decode(segs):
+    resolve = wire.resolve
+    r = resolve(segs, (0, 0))
+    if r is None or r[0] != wire.STRUCT:
         return None
-    tag = wire._word(segs, s, start)
-    n, dw, pc = (tag >> 2) & 0x3FFFFFFF, (tag >> 32) & 0xFFFF, tag >> 48
-    if tag & 3 or dw < 1 or n * (dw + pc) > w >> 35:
+    _k, s, start, w = r
+    dw, pc = (w >> 32) & 0xFFFF, w >> 48
+    if not dw or not pc:
         return None
+    which = _Q.unpack_from(segs[s], 8 * start)[0] & 0xFFFF
+    if which != MSG_CALL and which != MSG_RETURN and which != MSG_FINISH:
+        return None
+    # words pycapnp would charge to its traversal limit: each object, and 2
+    # for a possible far landing pad on the way to it
+    spent = dw + pc + 2
+    r = resolve(segs, (s, start + dw))
+    if r is None or r[0] != wire.STRUCT:
+        return None
+    _k, s, start, w = r
+    dw, pc = (w >> 32) & 0xFFFF, w >> 48
+    spent += dw + pc + 2
     seg = segs[s]
+    w0 = _Q.unpack_from(seg, 8 * start)[0] if dw else 0
+    out = Plain()
+    out.which = which
+    out.id = w0 & 0xFFFFFFFF
+    if which == MSG_FINISH:
+        out.release = not (w0 >> 32) & 1                      # stored XOR its default, true
+        return out
+    if which == MSG_CALL:
+        w2 = _Q.unpack_from(seg, 8 * start + 16)[0] if dw >= 3 else 0
+        if w0 >> 48 or w2 & 7 or not pc:
+            return None      # results sent elsewhere, tail-call or pipelining hints, no target
+        r = resolve(segs, (s, start + dw))
+        if r is None or r[0] != wire.STRUCT:
+            return None
+        _k, ts, tstart, tw = r
+        spent += ((tw >> 32) & 0xFFFF) + (tw >> 48) + 2
+        t0 = _Q.unpack_from(segs[ts], 8 * tstart)[0] if (tw >> 32) & 0xFFFF else 0
+        if (t0 >> 32) & 0xFFFF:
+            return None                                        # a promised-answer target
+        out.import_id = t0 & 0xFFFFFFFF
+        out.promise = None
+        out.interface_id = _Q.unpack_from(seg, 8 * start + 8)[0] if dw >= 2 else 0
+        out.method_id = (w0 >> 32) & 0xFFFF
+        out.send_to = "caller"
+        payload_loc = (s, start + dw + 1) if pc >= 2 else None
+    else:
+        kind = w0 >> 48
+        out.release = not (w0 >> 32) & 1                      # releaseParamCaps, default true
+        out.no_finish = bool((w0 >> 33) & 1)
+        ptr = (s, start + dw) if pc else None
+        if kind == RET_EXCEPTION:
+            out.kind = "exception"
+            r = resolve(segs, ptr) if ptr else None
+            if r is None or r[0] != wire.STRUCT:
+                return None
+            _k, es, estart, ew = r
+            edw, epc = (ew >> 32) & 0xFFFF, ew >> 48
+            spent += edw + epc + 2
+            e0 = _Q.unpack_from(segs[es], 8 * estart)[0] if edw else 0
+            t = (e0 >> 32) & 0xFFFF
+            out.type = EXCEPTION_TYPES[t] if t < 4 else "failed"
+            out.reason = ""
+            if epc:
+                r = resolve(segs, (es, estart + edw))
+                if r is not None:
+                    reason = _text(segs, r)
+                    if reason is None:
+                        return None
+                    out.reason = reason
+                    spent += wire.object_words(r[3]) + 2
+            return out if spent <= TRAVERSAL_LIMIT_WORDS else None
+        if kind != RET_RESULTS:
+            return None
+        out.kind = "results"
+        payload_loc = ptr
+    out.content_loc, out.caps = None, ()
+    if payload_loc is None:
+        return out if spent <= TRAVERSAL_LIMIT_WORDS else None
+    r = resolve(segs, payload_loc)
+    if r is None:
+        return out if spent <= TRAVERSAL_LIMIT_WORDS else None
+    if r[0] != wire.STRUCT:
+        return None
+    _k, s, start, w = r
+    dw, pc = (w >> 32) & 0xFFFF, w >> 48
+    spent += dw + pc + 2
+    if pc:
+        out.content_loc = (s, start + dw)
+    if pc >= 2:
+        r = resolve(segs, (s, start + dw + 1))
+        if r is not None:
+            caps = _caps(segs, r)
+            if caps is None:
+                return None
+            out.caps = caps
+            spent += wire.object_words(r[3]) + 2
+    return out if spent <= TRAVERSAL_LIMIT_WORDS else None
+
+
+def _caps(segs, r):
+    """The cap table (a resolved list of CapDescriptor), or None to fall back."""
+    if r[0] != wire.LIST or (r[3] >> 32) & 7 != wire.COMPOSITE:
+        return None
+    n, dw, pc = wire.composite_tag(segs, r)
+    if not dw or n > MAX_CAPS_PER_MESSAGE:
+        return None
+    _k, s, start, _w = r
+    seg, step = segs[s], dw + pc
     out = []
     for i in range(n):
-        word = _Q.unpack_from(seg, 8 * (start + 1 + i * (dw + pc)))[0]
+        word = _Q.unpack_from(seg, 8 * (start + 1 + i * step))[0]
         which = word & 0xFFFF
         if which > CAP_RECEIVER_HOSTED:
-            return None                  # receiverAnswer, thirdPartyHosted: slow path
+            return None                  # receiverAnswer, thirdPartyHosted: pycapnp's
         out.append((which, word >> 32 if which else 0))
     return tuple(out)
 
 
-def _text(segs, loc) -> str | None:
-    if loc is None:
-        return ""
-    r = wire.resolve(segs, loc)
-    if r is None:
-        return ""
+def _text(segs, r) -> str | None:
+    """A resolved Text pointer, decoded leniently (None: not a text)."""
     kind, s, start, w = r
     if kind != wire.LIST or (w >> 32) & 7 != 2:
         return None
     n = w >> 35
-    raw = bytes(segs[s][8 * start:8 * start + n])
-    if not raw or raw[-1] != 0:
-        return None
-    return raw[:-1].decode("utf-8", "replace")
+    if not n or segs[s][8 * start + n - 1] != 0:
+        return None                      # not NUL-terminated
+    return bytes(segs[s][8 * start:8 * start + n - 1]).decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ through pycapnp
+
+
+def decode_pycapnp(segs) -> Plain:
+    """Decode any message through pycapnp (traversal and nesting limits on).
+
+    Reads each field once, into plain values, and raises (KjException,
+    WireError ...) on anything malformed.  A message type rpc.capnp does not
+    define is returned with only `which` set."""
+    msg = rpc.Message.from_segments(segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+                                    nesting_limit=NESTING_LIMIT)
+    out = Plain()
+    out.which = which = _message_which(segs)
+    if which == MSG_CALL:
+        call = msg.call
+        out.id = call.questionId
+        out.interface_id = call.interfaceId
+        out.method_id = call.methodId
+        out.send_to = _which(call.sendResultsTo, "Call.sendResultsTo")
+        target = call.target
+        if _which(target, "MessageTarget") == "importedCap":
+            out.import_id, out.promise = target.importedCap, None
+        else:
+            out.import_id, out.promise = None, _promised(target.promisedAnswer)
+        out.caps, out.content_loc = _payload(segs, call.params, 1)
+    elif which == MSG_RETURN:
+        ret = msg.__getattr__("return")
+        out.id = ret.answerId
+        out.release = ret.releaseParamCaps
+        out.no_finish = ret.noFinishNeeded
+        out.kind = kind = _which(ret, "Return")
+        if kind == "results":
+            out.caps, out.content_loc = _payload(segs, ret.results, 0)
+        elif kind == "exception":
+            out.reason, out.type = _exception(ret.exception)
+    elif which == MSG_FINISH:
+        fin = msg.finish
+        out.id, out.release = fin.questionId, fin.releaseResultCaps
+    elif which == MSG_RELEASE:
+        rel = msg.release
+        out.id, out.count = rel.id, rel.referenceCount
+    elif which == MSG_BOOTSTRAP:
+        out.id = msg.bootstrap.questionId
+    elif which == MSG_ABORT:
+        out.reason, out.type = _exception(msg.abort)
+    return out
+
+
+def _message_which(segs) -> int:
+    """The Message union's discriminant as a number (pycapnp refuses to name
+    one that rpc.capnp does not define, which we must answer 'unimplemented')."""
+    r = wire.resolve(segs, (0, 0))
+    if r is None or not (r[3] >> 32) & 0xFFFF:
+        return MSG_UNIMPLEMENTED                        # all defaults
+    return _Q.unpack_from(segs[r[1]], 8 * r[2])[0] & 0xFFFF
+
+
+def _which(reader, what: str) -> str:
+    try:
+        return reader.which()
+    except Exception:
+        raise wire.WireError(f"{what}: a union member that rpc.capnp does not define") from None
+
+
+def _promised(pa) -> tuple:
+    ops = pa.transform
+    if len(ops) > wire.MAX_PATH_DEPTH:
+        raise wire.WireError(f"pipeline transform of {len(ops)} steps "
+                             f"(limit {wire.MAX_PATH_DEPTH})")
+    path = []
+    for op in ops:
+        if _which(op, "PromisedAnswer.Op") == "getPointerField":
+            path.append(op.getPointerField)
+    return (pa.questionId, tuple(path))
+
+
+def _payload(segs, payload, field: int) -> tuple:
+    """(cap descriptors, content location) of Payload field `field` of the body."""
+    table = payload.capTable
+    if len(table) > MAX_CAPS_PER_MESSAGE:
+        raise wire.WireError(f"{len(table)} capabilities in one message "
+                             f"(limit {MAX_CAPS_PER_MESSAGE})")
+    caps = []
+    for d in table:
+        name = _which(d, "CapDescriptor")
+        kind = _CAP_KINDS[name]
+        if kind == CAP_RECEIVER_ANSWER:
+            caps.append((kind, _promised(d.receiverAnswer)))
+        elif kind == CAP_THIRD_PARTY_HOSTED:
+            caps.append((kind, None))
+        else:
+            caps.append((kind, getattr(d, name) if kind else 0))
+    loc = wire.follow_path(segs, (0, 0), (0, field))
+    return tuple(caps), None if loc is None else wire.struct_pointer_field(segs, loc, 0)
+
+
+def _exception(e) -> tuple[str, str]:
+    """(reason, type) of an rpc.capnp Exception, read leniently."""
+    try:
+        reason = e.reason
+    except UnicodeDecodeError as u:
+        reason = u.object.decode("utf-8", "replace")
+    t = e.type.raw
+    return reason, EXCEPTION_TYPES[t] if t < len(EXCEPTION_TYPES) else "failed"
 
 
 # ------------------------------------------------------------------ layout check
@@ -280,6 +436,10 @@ def _check_layout():
     assert r[:3] == (2, 1, 3) and r[3]["answerId"][0] == 0 \
         and r[3]["releaseParamCaps"][0] == 32 and r[3]["noFinishNeeded"][0] == 33 \
         and r[3]["results"] == (0, RET_RESULTS) and r[3]["exception"] == (0, RET_EXCEPTION)
+    assert m[3]["unimplemented"][1] == MSG_UNIMPLEMENTED and m[3]["abort"][1] == MSG_ABORT \
+        and m[3]["release"][1] == MSG_RELEASE and m[3]["bootstrap"][1] == MSG_BOOTSTRAP
+    assert {k: d[3][k][1] for k in _CAP_KINDS} == _CAP_KINDS
+    assert t[3]["promisedAnswer"][1] == 1
     f = layout(rpc.Finish)
     assert f[:2] == (1, 0) and f[3]["questionId"][0] == 0 and f[3]["releaseResultCaps"][0] == 32
     e = layout(rpc.Exception)

@@ -1,21 +1,30 @@
 """Cap'n Proto wire format: stream framing and pointer surgery.
 
-Pure functions over bytes; no I/O, no pycapnp.  The RPC core uses pycapnp to
-encode and decode message *headers* (Call, Return, capTable ...), but payload
-*content* is never copied or re-encoded: it is spliced into the next message
-with far pointers.  That keeps content byte-for-byte untouched (the reference
-monitor never interprets a payload it only forwards) and it is the only way to
-move content that contains capability pointers, which pycapnp refuses to copy
-without an RPC cap table.
+Owns: the stream framing of messages (one segment-table parser, used by the
+incremental `Framer` and the one-shot `unframe`), the bounds-checked reading of
+pointers (`resolve`, with the one routine that sizes an object from its
+pointer, `object_words`), and the pointer surgery that splices payload content
+into new messages or copies it into one segment (`single_segment_copy`).
+
+Must not: do I/O, import pycapnp, or trust a byte.  Every read is
+bounds-checked against its segment, and malformed input (or input past a
+limit) raises `WireError`, never anything else.
+
+The RPC core uses these to move payload *content* without re-encoding it: it
+is spliced into the next message with far pointers, byte for byte (the
+reference monitor never interprets a payload it only forwards), which is also
+the only way to move content that holds capability pointers, which pycapnp
+refuses to copy without an RPC cap table.
 
 Pointer encoding (little-endian 64-bit words), from the Cap'n Proto spec:
   kind = w & 3:  0 struct, 1 list, 2 far, 3 other (capability)
   struct/list: bits 2..31 signed word offset from the end of the pointer
   struct: bits 32..47 data words, 48..63 pointer count
+  list: bits 32..34 element size, 35..63 element count (for a list of structs,
+        size 7, the count is the number of words after the tag word; the tag
+        is laid out like a struct pointer whose offset is the element count)
   far: bit 2 double-far flag, bits 3..31 landing-pad offset, 32..63 segment id
   capability: bits 2..31 zero, 32..63 index into the cap table
-
-Every read is bounds-checked; malformed input raises WireError.
 """
 from __future__ import annotations
 
@@ -23,13 +32,21 @@ import struct
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_u64 = _U64.unpack_from
 
 STRUCT, LIST, FAR, OTHER = 0, 1, 2, 3
+COMPOSITE = 7                                # list element size: a list of structs
 
 #: Defaults for messages from engines and external peers.
 MAX_SEGMENTS = 512
 MAX_MESSAGE_WORDS = 8 * 1024 * 1024 // 8  # 8 MiB
 MAX_PATH_DEPTH = 64
+#: Pointer nesting a single-segment copy follows; Cap'n Proto's default
+#: nesting limit (ReaderOptions.nestingLimit), so the copy refuses exactly the
+#: depths a stock reader would refuse.
+MAX_NESTING = 64
+#: A list of structs has at most 2^29 - 1 elements (the list count field's width).
+MAX_LIST_ELEMENTS = (1 << 29) - 1
 
 
 class WireError(ValueError):
@@ -39,55 +56,108 @@ class WireError(ValueError):
 # ---------------------------------------------------------------- framing
 
 
+def _segment_table(buf, pos: int, max_segments: int, max_words: int):
+    """Parse the stream segment table of the message starting at `buf[pos]`.
+
+    Returns None while the table itself is incomplete, else (first byte of
+    the segments, segment sizes in words, end of the message in bytes); the
+    message body may not be complete yet.  Raises WireError past a limit.
+    The one parser of segment tables: Framer and unframe both use it.
+    """
+    have = len(buf) - pos
+    if have < 4:
+        return None
+    nseg = _U32.unpack_from(buf, pos)[0] + 1
+    if nseg > max_segments:
+        raise WireError(f"message has {nseg} segments (limit {max_segments})")
+    table = 4 + 4 * nseg
+    table += table & 4                       # padded to a whole word
+    if have < table:
+        return None
+    if nseg == 1:
+        sizes = (_U32.unpack_from(buf, pos + 4)[0],)
+    else:
+        sizes = struct.unpack_from(f"<{nseg}I", buf, pos + 4)
+    total = sum(sizes)
+    if total > max_words:
+        raise WireError(
+            f"message of {total * 8} bytes exceeds the limit of {max_words * 8} bytes")
+    return pos + table, sizes, pos + table + 8 * total
+
+
+def _segments(view: memoryview, start: int, sizes) -> list[memoryview]:
+    if len(sizes) == 1:
+        return [view[start:start + 8 * sizes[0]]]
+    segs = []
+    for n in sizes:
+        segs.append(view[start:start + 8 * n])
+        start += 8 * n
+    return segs
+
+
 class Framer:
-    """Incremental stream framing: bytes in, whole messages (segment lists) out."""
+    """Incremental stream framing: bytes in, whole messages (segment lists) out.
+
+    `pending` is the number of bytes of an incomplete message buffered, and
+    `partial` tells whether a message has begun and not ended, so that the
+    owner can put a deadline on a peer that sends half a message and stops.
+    `messages` counts the messages framed so far: together with `partial` it
+    tells a new half message from the same one.
+    """
 
     def __init__(self, max_segments: int = MAX_SEGMENTS, max_words: int = MAX_MESSAGE_WORDS):
         self._buf = bytearray()
+        self._need = 0                  # bytes the buffered message needs, once known
         self.max_segments = max_segments
         self.max_words = max_words
-
-    def feed(self, data: bytes) -> list[list[memoryview]]:
-        self._buf += data
-        out = []
-        while True:
-            msg = self._take_one()
-            if msg is None:
-                return out
-            out.append(msg)
+        self.messages = 0
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete message still buffered."""
         return len(self._buf)
 
-    def _take_one(self):
+    @property
+    def partial(self) -> bool:
+        """True while a message is partly received."""
+        return bool(self._buf)
+
+    def feed(self, data) -> list[list[memoryview]]:
+        """Feed bytes from the stream; returns the messages they complete.
+
+        Raises WireError when a segment table exceeds a limit (the stream is
+        then unusable: the owner must drop the connection)."""
+        if type(data) is not bytes:
+            data = bytes(data)               # segments must not change under us
+        out = []
         buf = self._buf
-        if len(buf) < 4:
-            return None
-        nseg = _U32.unpack_from(buf, 0)[0] + 1
-        if nseg > self.max_segments:
-            raise WireError(f"message has {nseg} segments (limit {self.max_segments})")
-        table = 4 + 4 * nseg
-        table += table % 8
-        if len(buf) < table:
-            return None
-        sizes = struct.unpack_from(f"<{nseg}I", buf, 4)
-        total = sum(sizes)
-        if total > self.max_words:
-            raise WireError(
-                f"message of {total * 8} bytes exceeds the limit of {self.max_words * 8} bytes")
-        end = table + 8 * total
-        if len(buf) < end:
-            return None
-        whole = bytes(buf[table:end])
-        del buf[:end]
-        view = memoryview(whole)
-        segs, pos = [], 0
-        for n in sizes:
-            segs.append(view[pos:pos + 8 * n])
-            pos += 8 * n
-        return segs
+        if buf:
+            if self._need and len(buf) + len(data) < self._need:
+                buf += data                      # still short of the known end
+                return out
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        self._need = 0
+        view = memoryview(data)
+        pos, size = 0, len(data)
+        while pos < size:
+            t = _segment_table(data, pos, self.max_segments, self.max_words)
+            if t is None or t[2] > size:
+                buf += view[pos:]                # the rest of the stream: later
+                if t is not None:
+                    self._need = t[2] - pos
+                break
+            start, sizes, end = t
+            if pos == 0 and end == size:
+                out.append(_segments(view, start, sizes))     # the chunk is this message
+            else:
+                # its own bytes: a message kept for long (a returned answer's
+                # content) must not keep the rest of the chunk alive
+                out.append(_segments(memoryview(data[start:end]), 0, sizes))
+            pos = end
+        self.messages += len(out)
+        return out
 
 
 def frame(segments) -> bytes:
@@ -99,43 +169,45 @@ def frame(segments) -> bytes:
     return b"".join((head, *segments))
 
 
-def unframe(data: bytes, max_segments: int = MAX_SEGMENTS,
+def unframe(data, max_segments: int = MAX_SEGMENTS,
             max_words: int = MAX_MESSAGE_WORDS) -> list[memoryview]:
     """Parse exactly one framed message; trailing or missing bytes are an error.
     The segments are views of `data` (no copy)."""
-    if len(data) < 8:
-        raise WireError("expected exactly one complete Cap'n Proto message")
-    nseg = _U32.unpack_from(data, 0)[0] + 1
-    if nseg > max_segments:
-        raise WireError(f"message has {nseg} segments (limit {max_segments})")
-    table = 4 + 4 * nseg
-    table += table % 8
-    if len(data) < table:
-        raise WireError("expected exactly one complete Cap'n Proto message")
-    sizes = struct.unpack_from(f"<{nseg}I", data, 4)
-    total = sum(sizes)
-    if total > max_words:
-        raise WireError(f"message of {total * 8} bytes exceeds the limit of {max_words * 8} bytes")
-    if len(data) != table + 8 * total:
-        raise WireError("expected exactly one complete Cap'n Proto message")
-    view, segs, pos = memoryview(data), [], table
-    for n in sizes:
-        segs.append(view[pos:pos + 8 * n])
-        pos += 8 * n
-    return segs
+    t = _segment_table(data, 0, max_segments, max_words)
+    if t is None or t[2] != len(data):
+        have = len(data)
+        want = "a longer segment table" if t is None else f"{t[2]} bytes"
+        raise WireError(f"expected exactly one complete Cap'n Proto message: "
+                        f"got {have} bytes, the framing says {want}")
+    return _segments(memoryview(data), t[0], t[1])
 
 
 # ---------------------------------------------------------------- pointers
 
 Loc = tuple  # (segment index, word index): where a pointer lives
 
+_ELEM_BITS = (0, 1, 8, 16, 32, 64, 64, None)
+
+
+def object_words(w: int) -> int:
+    """Words occupied by the object that struct or list pointer `w` (or a
+    landing pad's tag) describes: a struct's data and pointer sections; a
+    list's elements rounded up to whole words; a list of structs' element
+    words *and its tag word*.  The one place that sizes an object."""
+    if not w & 1:                                   # STRUCT
+        return ((w >> 32) & 0xFFFF) + (w >> 48)
+    esz = (w >> 32) & 7
+    if esz == COMPOSITE:
+        return (w >> 35) + 1
+    return ((w >> 35) * _ELEM_BITS[esz] + 63) >> 6
+
 
 def _word(segs, s: int, p: int) -> int:
     if not 0 <= s < len(segs):
-        raise WireError(f"segment {s} out of range")
+        raise WireError(f"segment {s} out of range (the message has {len(segs)})")
     seg = segs[s]
-    if not 0 <= p or 8 * p + 8 > len(seg):
-        raise WireError(f"word {p} out of range in segment {s}")
+    if p < 0 or 8 * p + 8 > len(seg):
+        raise WireError(f"word {p} out of range in segment {s} of {len(seg) // 8} words")
     return _U64.unpack_from(seg, 8 * p)[0]
 
 
@@ -144,74 +216,76 @@ def _signed30(w: int) -> int:
     return off - (1 << 30) if off & (1 << 29) else off
 
 
-def _seg_words(segs, s):
-    return len(segs[s]) // 8
+def _object(segs, kind: int, s: int, start: int, w: int):
+    """(kind, s, start, w) once the object lies wholly inside segment s."""
+    if not 0 <= s < len(segs):
+        raise WireError(f"segment {s} out of range (the message has {len(segs)})")
+    if start < 0 or 8 * (start + object_words(w)) > len(segs[s]):
+        raise WireError(f"pointer points outside its segment ({object_words(w)} words "
+                        f"at word {start} of segment {s}, which has {len(segs[s]) // 8})")
+    return (kind, s, start, w)
 
 
 def resolve(segs, loc: Loc):
     """Follow the pointer at `loc`, through far pointers.
 
     Returns (kind, segment, start_word, word) where `word` is the pointer (or
-    landing-pad tag) describing the object and start_word its first word; or
-    None for a null pointer.  Capabilities return (OTHER, s, p, word).
+    landing-pad tag) describing the object and start_word its first word (for
+    a list of structs, its tag word); or None for a null pointer.  The whole
+    object lies inside its segment.  Capabilities return (OTHER, s, p, word).
     """
     s, p = loc
-    if not 0 <= s < len(segs):
-        raise WireError(f"segment {s} out of range")
-    seg = segs[s]
-    if p < 0 or 8 * p + 8 > len(seg):
-        raise WireError(f"word {p} out of range in segment {s}")
-    w = _U64.unpack_from(seg, 8 * p)[0]
+    try:
+        if s < 0 or p < 0:
+            raise IndexError
+        seg = segs[s]
+        w = _u64(seg, 8 * p)[0]
+    except (IndexError, struct.error):
+        _word(segs, s, p)                   # raises the precise WireError
+        raise WireError(f"pointer at {loc} cannot be read") from None
     if w == 0:
         return None
     kind = w & 3
-    if kind <= LIST:                 # a near pointer: the common case, inline
+    if kind <= LIST:                 # a near pointer: the common case
         off = (w >> 2) & 0x3FFFFFFF
         start = p + 1 + (off - (1 << 30) if off & (1 << 29) else off)
-        if kind == STRUCT:
-            size = ((w >> 32) & 0xFFFF) + (w >> 48)
-        else:
-            esz, count = (w >> 32) & 7, w >> 35
-            size = count if esz == 7 else (count * _ELEM_BITS[esz] + 63) // 64
-        if start < 0 or 8 * (start + size) > len(seg):
-            raise WireError("pointer points outside its segment")
+        if start < 0 or 8 * (start + object_words(w)) > len(seg):
+            raise WireError(f"pointer points outside its segment ({object_words(w)} words "
+                            f"at word {start} of segment {s}, which has {len(seg) // 8})")
         return (kind, s, start, w)
     if kind == FAR:
-        double = (w >> 2) & 1
         pad = (w >> 3) & 0x1FFFFFFF
         ts = w >> 32
-        if not double:
+        if not (w >> 2) & 1:
             tag = _word(segs, ts, pad)
-            if tag & 3 == FAR:
-                raise WireError("far pointer lands on another far pointer")
-            if tag & 3 == OTHER:
-                return (OTHER, ts, pad, tag)
-            start = pad + 1 + _signed30(tag)
-            return _checked(segs, tag & 3, ts, start, tag)
+            if tag & 3 > LIST:
+                raise WireError("far pointer lands on a far or capability pointer")
+            return _object(segs, tag & 3, ts, pad + 1 + _signed30(tag), tag)
         far2 = _word(segs, ts, pad)
         tag = _word(segs, ts, pad + 1)
         if far2 & 7 != FAR:  # must be a single far pointer
-            raise WireError("double-far landing pad is malformed")
-        if _signed30(tag) != 0 or tag & 3 not in (STRUCT, LIST):
-            raise WireError("double-far tag is malformed")
-        return _checked(segs, tag & 3, far2 >> 32, (far2 >> 3) & 0x1FFFFFFF, tag)
+            raise WireError("double-far landing pad is not a single far pointer")
+        if _signed30(tag) != 0 or tag & 3 > LIST:
+            raise WireError("double-far tag is not a struct or list tag of offset 0")
+        return _object(segs, tag & 3, far2 >> 32, (far2 >> 3) & 0x1FFFFFFF, tag)
     return (OTHER, s, p, w)
 
 
-_ELEM_BITS = (0, 1, 8, 16, 32, 64, 64, None)
-
-
-def _checked(segs, kind, s, start, w):
-    if not 0 <= s < len(segs):
-        raise WireError(f"segment {s} out of range")
-    if kind == STRUCT:
-        size = ((w >> 32) & 0xFFFF) + (w >> 48)
-    else:
-        esz, count = (w >> 32) & 7, w >> 35
-        size = count if esz == 7 else (count * _ELEM_BITS[esz] + 63) // 64
-    if start < 0 or start + size > _seg_words(segs, s):
-        raise WireError("pointer points outside its segment")
-    return (kind, s, start, w)
+def composite_tag(segs, r) -> tuple[int, int, int]:
+    """(element count, data words, pointer count) of the list of structs `r`
+    (a resolve() result), checked against the list's size."""
+    kind, s, start, w = r
+    if kind != LIST or (w >> 32) & 7 != COMPOSITE:
+        raise WireError("expected a list of structs")
+    tag = _u64(segs[s], 8 * start)[0]      # inside: resolve counted the tag word
+    n = (tag >> 2) & 0x3FFFFFFF
+    data, ptrs = (tag >> 32) & 0xFFFF, tag >> 48
+    if tag & 3 != STRUCT or n > MAX_LIST_ELEMENTS:
+        raise WireError("struct list tag is malformed")
+    if n * (data + ptrs) > w >> 35:
+        raise WireError(f"struct list of {n} elements of {data + ptrs} words "
+                        f"overruns its {w >> 35} words")
+    return n, data, ptrs
 
 
 def struct_pointer_field(segs, loc: Loc, index: int) -> Loc | None:
@@ -247,17 +321,9 @@ def struct_list_elements(segs, loc: Loc) -> list[tuple]:
     r = resolve(segs, loc)
     if r is None:
         return []
-    kind, s, start, w = r
-    if kind != LIST or (w >> 32) & 7 != 7:
-        raise WireError("expected a list of structs")
-    tag = _word(segs, s, start)
-    if tag & 3 != STRUCT:
-        raise WireError("struct list tag is malformed")
-    count = _signed30(tag)
-    data, ptrs = (tag >> 32) & 0xFFFF, tag >> 48
-    if count < 0 or count * (data + ptrs) > (w >> 35):
-        raise WireError("struct list is larger than its allocation")
-    return [(s, start + 1 + i * (data + ptrs), data, ptrs) for i in range(count)]
+    n, data, ptrs = composite_tag(segs, r)
+    _kind, s, start, _w = r
+    return [(s, start + 1 + i * (data + ptrs), data, ptrs) for i in range(n)]
 
 
 def pointer_list(segs, loc: Loc) -> list[Loc]:
@@ -286,6 +352,15 @@ def capability_index(segs, loc: Loc | None) -> int | None:
 
 def cap_pointer(index: int) -> int:
     return OTHER | (index << 32)
+
+
+def near_pointer(at: int, target: int, w: int) -> int:
+    """The pointer word at word `at` to an object at word `target` of the same
+    segment, described by `w` (a struct or list pointer, or a tag).  A struct
+    with no words gets offset -1, never a word of zeros: that is null."""
+    if not w & 0xFFFFFFFF00000001:                  # a struct of no data, no pointers
+        return 0xFFFFFFFC
+    return (w & 0xFFFFFFFF00000003) | ((target - at - 1) & 0x3FFFFFFF) << 2
 
 
 def far_pointer(seg: int, word: int, double: bool = False) -> int:
@@ -325,20 +400,24 @@ def with_root_at(segs, loc: Loc | None) -> list:
     return out
 
 
-# ---------------------------------------------------------------- canonical copy
-
-MAX_NESTING = 64
+# ---------------------------------------------------------------- single-segment copy
 
 
-def canonical(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORDS) -> bytes:
+def single_segment_copy(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORDS) -> bytes:
     """Copy the object at `loc` into a new single-segment message (framed bytes).
 
-    Objects are laid out in pre-order right after their pointers, so a guest
-    finds the root struct at a fixed place (word 1) and never meets a far
-    pointer.  Capability pointers are copied as they are (their index still
-    refers to the payload's cap list).  The copy is bounded: at most
-    `max_words` words are read (every list element counts at least one word,
-    so lists of empty structs cannot amplify) and nesting is at most 64.
+    Not Cap'n Proto's canonical form (which also truncates trailing zero
+    words of data sections, and which this copy does not promise): objects
+    are laid out in pre-order right after their pointers, so a guest finds
+    the root struct at a fixed place (word 1) and never meets a far pointer.
+    Every pointer of the copy points inside its one segment; a list of
+    structs keeps exactly its elements' words.  Capability pointers are
+    copied as they are (their index still refers to the payload's cap list).
+
+    The copy is bounded: at most `max_words` words are read (every list
+    element counts at least one word, so lists of empty structs cannot
+    amplify), and pointers nest at most MAX_NESTING deep.  Raises WireError
+    for anything malformed and for anything past a bound.
     """
     out = bytearray(8)
     budget = [max_words]
@@ -353,11 +432,15 @@ def canonical(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORDS) -> byte
         out.extend(bytes(8 * nwords))
         return at
 
+    def copy_data(seg, src: int, dst: int, words: int):
+        # resolve() proved [src, src + words) lies inside seg: lengths match
+        out[8 * dst:8 * (dst + words)] = seg[8 * src:8 * (src + words)]
+
     def copy(src: Loc, dst: int, depth: int):
         r = resolve(segs, src)
         if r is None:
             return
-        if depth > MAX_NESTING:
+        if depth >= MAX_NESTING:
             raise WireError(f"message nested deeper than {MAX_NESTING}")
         kind, s, start, w = r
         if kind == OTHER:
@@ -370,40 +453,39 @@ def canonical(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORDS) -> byte
             data, ptrs = (w >> 32) & 0xFFFF, w >> 48
             charge(data + ptrs)
             at = alloc(data + ptrs)
-            out[8 * at:8 * (at + data)] = seg[8 * start:8 * (start + data)]
-            set_word(out, dst, STRUCT | ((at - dst - 1) & 0x3FFFFFFF) << 2 | (w & ~0xFFFFFFFF))
+            copy_data(seg, start, at, data)
+            set_word(out, dst, near_pointer(dst, at, w))
             for i in range(ptrs):
                 copy((s, start + data + i), at + data + i, depth + 1)
             return
         esz, count = (w >> 32) & 7, w >> 35
-        if esz == 7:
-            tag = _word(segs, s, start)
-            n = _signed30(tag)
-            data, ptrs = (tag >> 32) & 0xFFFF, tag >> 48
-            if tag & 3 != STRUCT or n < 0 or n * (data + ptrs) > count:
-                raise WireError("struct list tag is malformed")
-            charge(n + n * (data + ptrs))
-            at = alloc(1 + n * (data + ptrs))
-            set_word(out, at, tag)
+        if esz == COMPOSITE:
+            n, data, ptrs = composite_tag(segs, r)
+            words = n * (data + ptrs)
+            charge(n + words)
+            at = alloc(1 + words)
+            set_word(out, at, _U64.unpack_from(seg, 8 * start)[0])
             for i in range(n):
                 e_src = start + 1 + i * (data + ptrs)
                 e_dst = at + 1 + i * (data + ptrs)
-                out[8 * e_dst:8 * (e_dst + data)] = seg[8 * e_src:8 * (e_src + data)]
+                copy_data(seg, e_src, e_dst, data)
                 for j in range(ptrs):
                     copy((s, e_src + data + j), e_dst + data + j, depth + 1)
-            words = n * (data + ptrs)
+            # the copy's word count is what it holds, not what the original claimed
+            size = (COMPOSITE | words << 3) << 32
         elif esz == 6:
             charge(count)
             at = alloc(count)
             for i in range(count):
                 copy((s, start + i), at + i, depth + 1)
-            words = count
+            size = w & ~0xFFFFFFFF
         else:
-            words = (count * _ELEM_BITS[esz] + 63) // 64
+            words = object_words(w)
             charge(max(words, count // 64))
             at = alloc(words)
-            out[8 * at:8 * (at + words)] = seg[8 * start:8 * (start + words)]
-        set_word(out, dst, LIST | ((at - dst - 1) & 0x3FFFFFFF) << 2 | (w & ~0xFFFFFFFF))
+            copy_data(seg, start, at, words)
+            size = w & ~0xFFFFFFFF
+        set_word(out, dst, near_pointer(dst, at, LIST | size))
 
     if loc is not None:
         copy(loc, 0, 0)

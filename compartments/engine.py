@@ -463,7 +463,7 @@ class Engine:
     def _for_guest(self, content: Content) -> bytes:
         """Content as the guest receives it: one segment, root struct at word 1."""
         try:
-            return content.canonical(self.max_message_bytes // 8)
+            return content.single_segment_copy(self.max_message_bytes // 8)
         except wire.WireError as e:
             raise _CallError("failed", f"{self.name}: message rejected: {e}") from None
 

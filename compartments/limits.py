@@ -21,6 +21,8 @@ class Limits:
     message_size: int = 8 << 20         # bytes in one message to or from it
     call_time: float = 30.0             # seconds a call into it may take
     log_rate: float = 100.0             # lines per second it may write to its logs
+    run_time: float | None = None       # seconds its program (_start) may run; None: no limit
+    run_cpu: float | None = None        # CPU seconds its engine may use while the program runs
 
     #: key -> (minimum, maximum, is a size)
     RANGES = {
@@ -32,7 +34,12 @@ class Limits:
         "message_size": (1 << 10, 256 << 20, True),
         "call_time": (0.01, 86_400, False),
         "log_rate": (0.01, 1_000_000, False),
+        "run_time": (0.01, 1e9, False),
+        "run_cpu": (0.01, 1e9, False),
     }
+
+    #: limits given in seconds or per second: any number, not only a whole one
+    REAL = frozenset({"call_time", "log_rate", "run_time", "run_cpu"})
 
 
 DEFAULT = Limits()

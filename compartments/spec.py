@@ -87,10 +87,12 @@ def _limits(obj) -> Limits:
     for key, v in obj.items():
         if key not in fields:
             raise SpecError(f"limits: unknown key {key!r}")
+        if v is None and fields[key].default is None:     # a limit that may be absent
+            values[key] = None
+            continue
         low, high, _size = Limits.RANGES[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
-                (fields[key].type in (int, "int") and not isinstance(v, int)) or \
-                not low <= v <= high:
+        kinds = (int, float) if key in Limits.REAL else int
+        if isinstance(v, bool) or not isinstance(v, kinds) or not low <= v <= high:
             raise SpecError(f"limits.{key}: expected a number from {low} to {high}, got {v!r}")
         values[key] = v
     return Limits(**values)

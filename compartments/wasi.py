@@ -15,14 +15,17 @@ it decides nothing the supervisor does not check again.
 * Preopens: every directory grant, at fd 3, 4, ... in the order granted, named
   by its `mount` ("/NAME" unless the policy says otherwise).
 * fd 0, 1, 2: the grants named `stdin` (a file), `stdout` and `stderr` (a log,
-  one line per call, or a file, appended to).  Without such a grant the
-  descriptor is closed (EBADF).
+  one line per line written, cut at 4096 characters; or a file, appended to).
+  Without such a grant the descriptor is empty, like /dev/null: reading gives
+  end of file, writing goes nowhere.
 * Arguments: the compartment's name, then the environment grant's `args`.
   Variables: its `vars`.  No environment grant: no arguments beyond the name
   and no variables.
 * Clocks need a clock grant, random_get a random grant (ENOTCAPABLE without).
-* Rename within one directory grant (across two: EXDEV).  No sockets, no
-  symbolic links, no hard links, no timestamps to set: ENOTSUP.
+* Rights are reported as wasmtime reports them, can be dropped with
+  fd_fdstat_set_rights (never added back: ENOTCAPABLE), and a dropped right
+  is enforced.  Rename and hard links within one directory grant (across two:
+  EXDEV).  docs/guest-abi.md lists what stays unsupported.
 
 Errors from the supervisor carry a POSIX errno name first in their reason
 ("ENOENT: ..."); anything refused by attenuation (an allow-list, a revoked or
@@ -41,27 +44,66 @@ from capnp_schemas.protocol import Content
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
 ERRNO = {
     "SUCCESS": 0, "E2BIG": 1, "EACCES": 2, "EAGAIN": 6, "EBADF": 8, "EBUSY": 10,
-    "EDQUOT": 19, "EEXIST": 20, "EFAULT": 21, "EFBIG": 22, "EINVAL": 28, "EIO": 29,
-    "EISDIR": 31, "ELOOP": 32, "EMFILE": 33, "ENAMETOOLONG": 37, "ENOENT": 44, "ENOMEM": 48,
-    "ENOSPC": 51, "ENOSYS": 52, "ENOTDIR": 54, "ENOTEMPTY": 55, "ENOTSOCK": 57, "ENOTSUP": 58,
-    "EOVERFLOW": 61, "EPERM": 63, "EROFS": 69, "ESPIPE": 70, "EXDEV": 75, "ENOTCAPABLE": 76,
+    "EDQUOT": 19, "EEXIST": 20, "EFAULT": 21, "EFBIG": 22, "EILSEQ": 25, "EINVAL": 28,
+    "EIO": 29, "EISDIR": 31, "ELOOP": 32, "EMFILE": 33, "EMLINK": 34, "ENAMETOOLONG": 37,
+    "ENFILE": 41, "ENOENT": 44, "ENOMEM": 48, "ENOSPC": 51, "ENOSYS": 52, "ENOTDIR": 54,
+    "ENOTEMPTY": 55, "ENOTSOCK": 57, "ENOTSUP": 58, "EOVERFLOW": 61, "EPERM": 63,
+    "EROFS": 69, "ESPIPE": 70, "ETXTBSY": 74, "EXDEV": 75, "ENOTCAPABLE": 76,
 }
 E = type("E", (), {k[1:]: v for k, v in ERRNO.items() if k.startswith("E") and k != "E2BIG"})
 
-FILETYPE_CHAR, FILETYPE_DIR, FILETYPE_FILE, FILETYPE_OTHER = 2, 3, 4, 0
-FDFLAGS_APPEND = 1
+FILETYPE_UNKNOWN, FILETYPE_CHAR, FILETYPE_DIR, FILETYPE_FILE, FILETYPE_SYMLINK = 0, 2, 3, 4, 7
+FDFLAGS_APPEND, FDFLAGS_DSYNC, FDFLAGS_NONBLOCK, FDFLAGS_RSYNC, FDFLAGS_SYNC = 1, 2, 4, 8, 16
+FDFLAGS_ALL = 0x1F
+FDFLAGS_SYNCS = FDFLAGS_DSYNC | FDFLAGS_RSYNC | FDFLAGS_SYNC
 OFLAGS_CREAT, OFLAGS_DIRECTORY, OFLAGS_EXCL, OFLAGS_TRUNC = 1, 2, 4, 8
-RIGHT_FD_READ, RIGHT_FD_SEEK, RIGHT_FD_TELL, RIGHT_FD_WRITE = 1 << 1, 1 << 2, 1 << 5, 1 << 6
-ALL_RIGHTS = (1 << 29) - 1
+LOOKUP_SYMLINK_FOLLOW = 1
+FST_ATIM, FST_ATIM_NOW, FST_MTIM, FST_MTIM_NOW = 1, 2, 4, 8
+
+# rights (the witx `rights` flags), by bit
+(RIGHT_FD_DATASYNC, RIGHT_FD_READ, RIGHT_FD_SEEK, RIGHT_FD_FDSTAT_SET_FLAGS, RIGHT_FD_SYNC,
+ RIGHT_FD_TELL, RIGHT_FD_WRITE, RIGHT_FD_ADVISE, RIGHT_FD_ALLOCATE, RIGHT_PATH_CREATE_DIRECTORY,
+ RIGHT_PATH_CREATE_FILE, RIGHT_PATH_LINK_SOURCE, RIGHT_PATH_LINK_TARGET, RIGHT_PATH_OPEN,
+ RIGHT_FD_READDIR, RIGHT_PATH_READLINK, RIGHT_PATH_RENAME_SOURCE, RIGHT_PATH_RENAME_TARGET,
+ RIGHT_PATH_FILESTAT_GET, RIGHT_PATH_FILESTAT_SET_SIZE, RIGHT_PATH_FILESTAT_SET_TIMES,
+ RIGHT_FD_FILESTAT_GET, RIGHT_FD_FILESTAT_SET_SIZE, RIGHT_FD_FILESTAT_SET_TIMES,
+ RIGHT_PATH_SYMLINK, RIGHT_PATH_REMOVE_DIRECTORY, RIGHT_PATH_UNLINK_FILE,
+ RIGHT_POLL_FD_READWRITE, RIGHT_SOCK_SHUTDOWN, RIGHT_SOCK_ACCEPT) = (1 << i for i in range(30))
+ALL_RIGHTS = (1 << 30) - 1
+#: a regular file: everything a file descriptor can do (FD_READ / FD_WRITE as opened)
+FILE_RIGHTS = (RIGHT_FD_DATASYNC | RIGHT_FD_READ | RIGHT_FD_SEEK | RIGHT_FD_FDSTAT_SET_FLAGS
+               | RIGHT_FD_SYNC | RIGHT_FD_TELL | RIGHT_FD_WRITE | RIGHT_FD_ADVISE
+               | RIGHT_FD_ALLOCATE | RIGHT_FD_FILESTAT_GET | RIGHT_FD_FILESTAT_SET_SIZE
+               | RIGHT_FD_FILESTAT_SET_TIMES | RIGHT_POLL_FD_READWRITE)
+#: a directory, as wasmtime reports it (0x7B7FE00): no seeking, reading, truncating
+DIR_RIGHTS = (RIGHT_PATH_CREATE_DIRECTORY | RIGHT_PATH_CREATE_FILE | RIGHT_PATH_LINK_SOURCE
+              | RIGHT_PATH_LINK_TARGET | RIGHT_PATH_OPEN | RIGHT_FD_READDIR
+              | RIGHT_PATH_READLINK | RIGHT_PATH_RENAME_SOURCE | RIGHT_PATH_RENAME_TARGET
+              | RIGHT_PATH_FILESTAT_GET | RIGHT_PATH_FILESTAT_SET_TIMES | RIGHT_FD_FILESTAT_GET
+              | RIGHT_FD_FILESTAT_SET_TIMES | RIGHT_PATH_SYMLINK | RIGHT_PATH_REMOVE_DIRECTORY
+              | RIGHT_PATH_UNLINK_FILE)
+DIR_INHERITING = DIR_RIGHTS | FILE_RIGHTS
+#: a stream (a log, an empty stdio descriptor): no seek or tell, so libc sees a terminal
+STREAM_RIGHTS = RIGHT_FD_FDSTAT_SET_FLAGS | RIGHT_FD_FILESTAT_GET | RIGHT_FD_SYNC \
+    | RIGHT_FD_DATASYNC | RIGHT_POLL_FD_READWRITE
+
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
-MAX_IO = 1 << 20            # bytes moved by one read or write call (the File limit)
+MAX_IO = 256 << 10          # bytes moved by one File.read or File.write call (see Wasi.max_io)
 MAX_FDS = 1024
 MAX_PATH = 4096
+MAX_IOVECS = 1024
+MAX_TRANSFER = 64 << 20     # bytes one fd_read / fd_write moves at most (then it is short)
+LOG_LINE = 4096             # characters of one log line the supervisor shows
 RANDOM_CHUNK = 65536        # Random.bytes' per-call bound
 MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and may sleep again)
+U64 = (1 << 64) - 1
+_DIRENT = struct.Struct("<QQIBxxx")      # d_next, d_ino, d_namlen, d_type; the name follows
 _ERRNO_PREFIX = re.compile(r"(E[A-Z0-9]+): ")
 
-_KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "other": FILETYPE_OTHER}
+_KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "symlink": FILETYPE_SYMLINK,
+          "other": FILETYPE_UNKNOWN}
+_KIND_VALUES = {value: _KINDS.get(name, FILETYPE_UNKNOWN)       # Kind's raw value -> filetype
+                for name, value in host_schema.Kind.schema.enumerants.items()}
 _M = {}                     # (interface name, method) -> (interface id, ordinal, params, results)
 for _iface in ("Log", "Clock", "Random", "Directory", "File", "Environment"):
     _mod = getattr(host_schema, _iface)
@@ -102,27 +144,37 @@ def errno_of(e: HostCallFailed) -> int:
 
 class _Desc:
     """One open descriptor."""
-    __slots__ = ("kind", "cap", "mount", "offset", "readable", "writable", "append",
-                 "line", "entries")
+    __slots__ = ("kind", "cap", "mount", "offset", "readable", "writable", "append", "flags",
+                 "base", "inheriting", "line", "cut", "root", "rel", "ino", "page")
 
-    def __init__(self, kind, cap, *, mount=None, readable=False, writable=False, append=False):
-        self.kind = kind            # "dir" | "file" | "log"
+    def __init__(self, kind, cap, *, mount=None, readable=False, writable=False, append=False,
+                 flags=0, base=0, inheriting=0, root=None, rel="."):
+        self.kind = kind            # "dir" | "file" | "log" | "null"
         self.cap = cap              # import id: our own reference, dropped when closed
         self.mount = mount          # preopened directories: the name the program sees
         self.offset = 0
         self.readable, self.writable, self.append = readable, writable, append
-        self.line = bytearray()     # log: the unfinished line
-        self.entries = None         # dir: listing cached by fd_readdir
+        self.flags = flags          # fdflags as the program set them
+        self.base, self.inheriting = base, inheriting
+        self.line = bytearray()     # log: the start of the unfinished line (at most 4 x LOG_LINE)
+        self.cut = 0                # log: bytes of that line past what is kept
+        self.root = root            # dir: the preopen it came from (our own reference) ...
+        self.rel = rel              # ... and its path from there (for link/rename across fds)
+        self.ino = None             # dir: its inode, for '.' and '..' in fd_readdir
+        self.page = None            # dir: the last page of its listing fd_readdir fetched
 
 
 class Wasi:
     """The WASI state of one compartment.  `host` is the engine: guest memory
-    (read, write), capability calls (invoke) and import ownership (adopt, drop)."""
+    (read, write), capability calls (invoke) and import ownership (adopt, drop).
+    `max_io`: bytes one File.read or File.write may move, so that every
+    message stays within the compartment's message_size (and the supervisor's
+    decoding limits); a larger read or write from the program is several calls."""
 
     def __init__(self, host, name: str, max_io: int = MAX_IO):
         self.host = host
         self.name = name
-        self.max_io = max_io
+        self.max_io = max(1, min(max_io, MAX_IO))
         self.fds: dict[int, _Desc] = {}
         self.clock = self.random = self.env = None
         self._argv = self._environ = None
@@ -136,13 +188,23 @@ class Wasi:
         for fd, stream in enumerate(("stdin", "stdout", "stderr")):
             g = by_name.get(stream)
             if g and g[1] in (("file",) if fd == 0 else ("log", "file")):
-                self.fds[fd] = _Desc(g[1], self.host.hold(g[3]),
-                                     readable=g[1] == "file" and fd == 0, writable=fd > 0,
-                                     append=True)
+                kind = "file" if g[1] == "file" else "log"
+                rights = (FILE_RIGHTS & ~(RIGHT_FD_WRITE if fd == 0 else RIGHT_FD_READ)) \
+                    if kind == "file" else STREAM_RIGHTS | RIGHT_FD_WRITE
+                self.fds[fd] = _Desc(kind, self.host.hold(g[3]), readable=fd == 0,
+                                     writable=fd > 0, append=fd > 0,
+                                     flags=FDFLAGS_APPEND if fd > 0 and kind == "file" else 0,
+                                     base=rights)
+            else:                        # not granted: empty, like /dev/null
+                self.fds[fd] = _Desc("null", None, readable=fd == 0, writable=fd > 0,
+                                     base=STREAM_RIGHTS | RIGHT_FD_SEEK | RIGHT_FD_TELL
+                                     | (RIGHT_FD_READ if fd == 0 else RIGHT_FD_WRITE))
         fd = 3
         for gname, kind, mount, cap in grants:
             if kind == "directory":
-                self.fds[fd] = _Desc("dir", self.host.hold(cap), mount=mount or f"/{gname}")
+                held = self.host.hold(cap)
+                self.fds[fd] = _Desc("dir", held, mount=mount or f"/{gname}", base=DIR_RIGHTS,
+                                     inheriting=DIR_INHERITING, root=held)
                 fd += 1
             elif kind in ("clock", "random", "environment"):
                 attr = {"clock": "clock", "random": "random", "environment": "env"}[kind]
@@ -204,9 +266,15 @@ class Wasi:
             raise _Fail(E.NOTDIR if kinds == ("dir",) else E.BADF)
         return d
 
+    @staticmethod
+    def _need(d: _Desc, right: int):
+        """A right the descriptor must still have (the program may have dropped it)."""
+        if not d.base & right:
+            raise _Fail(E.BADF if right in (RIGHT_FD_READ, RIGHT_FD_WRITE) else E.NOTCAPABLE)
+
     def _new_fd(self, desc: _Desc) -> int:
         if len(self.fds) >= MAX_FDS:
-            self.host.drop(desc.cap)
+            self._release(desc)
             raise _Fail(E.MFILE)
         fd = 3
         while fd in self.fds:
@@ -214,51 +282,110 @@ class Wasi:
         self.fds[fd] = desc
         return fd
 
+    def _release(self, d: _Desc):
+        self.host.drop(d.cap)
+        if d.root is not None and d.root != d.cap:
+            self.host.drop(d.root)
+
     def _u32(self, ptr, value):
         self.host.write(ptr & 0xFFFFFFFF, struct.pack("<I", value & 0xFFFFFFFF))
 
     def _u64(self, ptr, value):
-        self.host.write(ptr & 0xFFFFFFFF, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
+        self.host.write(ptr & 0xFFFFFFFF, struct.pack("<Q", value & U64))
 
     def _path(self, ptr, length) -> str:
         length &= 0xFFFFFFFF
         if length > MAX_PATH:
             raise _Fail(E.NAMETOOLONG)
+        raw = self.host.read(ptr & 0xFFFFFFFF, length)
+        if b"\0" in raw:
+            raise _Fail(E.INVAL)
         try:
-            return self.host.read(ptr & 0xFFFFFFFF, length).decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Fail(E.INVAL) from None
+            raise _Fail(E.ILSEQ) from None
 
-    def _iovecs(self, ptr, count):
+    def _iovecs(self, ptr, count) -> list[tuple[int, int]]:
         count &= 0xFFFFFFFF
-        if count > 1024:
+        if count > MAX_IOVECS:
             raise _Fail(E.INVAL)
         raw = self.host.read(ptr & 0xFFFFFFFF, 8 * count)
         return [struct.unpack_from("<II", raw, 8 * i) for i in range(count)]
 
-    def _gather(self, iovs_ptr, count) -> bytes:
-        out, left = [], self.max_io
-        for buf, length in self._iovecs(iovs_ptr, count):
-            take = min(length, left)
-            out.append(self.host.read(buf, take))
-            left -= take
-            if not left:
-                break
-        return b"".join(out)
+    @staticmethod
+    def _chunks(iovecs, size):
+        """The iovecs as (ptr, length) runs of at most `size` bytes each, made as they
+        are used, and at most MAX_TRANSFER bytes in all (a short read or write)."""
+        run, left, total = [], size, 0
+        for ptr, length in iovecs:
+            while length:
+                take = min(length, left)
+                run.append((ptr, take))
+                ptr, length, left = ptr + take, length - take, left - take
+                if not left:
+                    yield run
+                    total += size
+                    if total >= MAX_TRANSFER:
+                        return
+                    run, left = [], size
+        if run:
+            yield run
 
-    def _read_into(self, d: _Desc, offset: int, iovs_ptr, count) -> int:
-        """Read at `offset` into the guest's buffers (at most max_io); bytes read."""
-        iovecs = self._iovecs(iovs_ptr, count)
-        want = min(self.max_io, sum(length for _buf, length in iovecs))
-        data = self._read_at(d, offset, want)
+    def _gather(self, run) -> bytes:
+        return b"".join(self.host.read(p, n) for p, n in run)
+
+    def _scatter(self, run, data: bytes):
         pos = 0
-        for buf, length in iovecs:
+        for p, n in run:
             if pos >= len(data):
                 break
-            chunk = data[pos:pos + length]
-            self.host.write(buf, chunk)
-            pos += len(chunk)
-        return len(data)
+            self.host.write(p, data[pos:pos + n])
+            pos += n
+
+    def _read_into(self, d: _Desc, offset: int, iovs_ptr, count) -> int:
+        """Read at `offset` into the guest's buffers, as many calls as it takes,
+        until they are full or the file ends; bytes read."""
+        if d.kind == "null":
+            return 0
+        done = 0
+        for run in self._chunks(self._iovecs(iovs_ptr, count), self.max_io):
+            want = sum(n for _p, n in run)
+            try:
+                r, _ = self._call(d.cap, "File", "read", offset=offset + done, count=want)
+            except HostCallFailed:
+                if done:
+                    break                  # what was read is the result; the error comes again
+                raise
+            data = bytes(r.data)[:want]
+            self._scatter(run, data)
+            done += len(data)
+            if len(data) < want:
+                break
+        return done
+
+    def _write_from(self, d: _Desc, offset: int | None, iovs_ptr, count) -> int:
+        """Write the guest's buffers at `offset` (None: at the end), as many calls
+        as it takes; bytes written.  An error after some bytes ends the write
+        short, as POSIX does."""
+        done = 0
+        for run in self._chunks(self._iovecs(iovs_ptr, count), self.max_io):
+            data = self._gather(run)
+            try:
+                if offset is None:
+                    r, _ = self._call(d.cap, "File", "append", data=data)
+                    d.offset = r.offset + len(data)
+                    n = len(data)
+                else:
+                    r, _ = self._call(d.cap, "File", "write", offset=offset + done, data=data)
+                    n = r.written
+            except HostCallFailed:
+                if done:
+                    break
+                raise
+            done += n
+            if n < len(data):
+                break
+        return done
 
     # ------------------------------------------------------------ args, environment
 
@@ -403,178 +530,264 @@ class Wasi:
     def fd_close(self, fd):
         d = self._fd(fd)
         del self.fds[fd]
-        self._flush(d)
-        self.host.drop(d.cap)
+        try:
+            self._flush(d)
+        finally:
+            self._release(d)
 
     def fd_renumber(self, fd, to):
-        d = self._fd(fd)
+        self._fd(fd)
         self._fd(to)
         if fd != to:
             self.fd_close(to)
             self.fds[to] = self.fds.pop(fd)
-        del d
 
-    def _rights(self, d: _Desc) -> int:
-        if d.kind == "dir":
-            return ALL_RIGHTS & ~(RIGHT_FD_READ | RIGHT_FD_WRITE)
-        base = ALL_RIGHTS & ~(RIGHT_FD_READ | RIGHT_FD_WRITE)
-        if d.kind == "log":     # a terminal to libc (isatty): stdout is line-buffered
-            base &= ~(RIGHT_FD_SEEK | RIGHT_FD_TELL)
-        return base | (RIGHT_FD_READ if d.readable else 0) | (RIGHT_FD_WRITE if d.writable else 0)
+    def _filetype(self, d: _Desc) -> int:
+        return {"dir": FILETYPE_DIR, "file": FILETYPE_FILE}.get(d.kind, FILETYPE_CHAR)
 
     def fd_fdstat_get(self, fd, out):
         d = self._fd(fd)
-        filetype = {"dir": FILETYPE_DIR, "file": FILETYPE_FILE, "log": FILETYPE_CHAR}[d.kind]
-        flags = FDFLAGS_APPEND if d.append and d.kind == "file" else 0
-        rights = self._rights(d)
-        inheriting = ALL_RIGHTS if d.kind == "dir" else 0
-        self.host.write(out & 0xFFFFFFFF, struct.pack("<BxHxxxxQQ", filetype, flags, rights,
-                                                       inheriting))
+        self.host.write(out & 0xFFFFFFFF, struct.pack("<BxHxxxxQQ", self._filetype(d),
+                                                       d.flags, d.base, d.inheriting))
 
     def fd_fdstat_set_flags(self, fd, flags):
+        """APPEND on or off (never off on an append-only grant: EPERM), NONBLOCK
+        (no effect on files); the SYNC flags cannot change after opening (ENOTSUP)."""
         d = self._fd(fd)
-        if (flags & 0xFFFF) != (FDFLAGS_APPEND if d.append and d.kind == "file" else 0):
+        flags &= 0xFFFF
+        if flags & ~FDFLAGS_ALL:
+            raise _Fail(E.INVAL)
+        self._need(d, RIGHT_FD_FDSTAT_SET_FLAGS)
+        changed = flags ^ d.flags
+        if changed & FDFLAGS_SYNCS or (changed & FDFLAGS_APPEND and d.kind != "file"):
             raise _Fail(E.NOTSUP)
+        if changed & FDFLAGS_APPEND:
+            self._call(d.cap, "File", "setAppend", append=bool(flags & FDFLAGS_APPEND))
+            d.append = bool(flags & FDFLAGS_APPEND)
+        d.flags = flags
 
-    def fd_fdstat_set_rights(self, fd, _base, _inheriting):
-        self._fd(fd)
-        raise _Fail(E.NOTSUP)
+    def fd_fdstat_set_rights(self, fd, base, inheriting):
+        """Drop rights (never add: ENOTCAPABLE); a dropped right is enforced."""
+        d = self._fd(fd)
+        base, inheriting = base & U64, inheriting & U64
+        if base & ~d.base or inheriting & ~d.inheriting:
+            raise _Fail(E.NOTCAPABLE)
+        d.base, d.inheriting = base, inheriting
 
     def _filestat(self, out, info=None, filetype=None):
         if info is not None:
-            filetype = _KINDS.get(str(info.kind), FILETYPE_OTHER)
-            size, mtime, inode = info.size, info.modifiedNs, info.inode
+            filetype = _KINDS.get(str(info.kind), FILETYPE_UNKNOWN)
+            self.host.write(out & 0xFFFFFFFF, struct.pack(
+                "<QQBxxxxxxxQQqqq", info.device, info.inode, filetype, info.links, info.size,
+                info.accessedNs, info.modifiedNs, info.changedNs))
         else:
-            size = mtime = inode = 0
-        self.host.write(out & 0xFFFFFFFF, struct.pack("<QQBxxxxxxxQQQQQ", 0, inode, filetype, 1,
-                                                       size, mtime, mtime, mtime))
+            self.host.write(out & 0xFFFFFFFF, struct.pack("<QQBxxxxxxxQQQQQ", 0, 0, filetype,
+                                                           1, 0, 0, 0, 0))
 
     def fd_filestat_get(self, fd, out):
         d = self._fd(fd)
-        if d.kind == "log":
+        self._need(d, RIGHT_FD_FILESTAT_GET)
+        if d.kind in ("log", "null"):
             return self._filestat(out, filetype=FILETYPE_CHAR)
         if d.kind == "dir":
-            r, _ = self._call(d.cap, "Directory", "stat", path="")
+            r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
         else:
             r, _ = self._call(d.cap, "File", "stat")
         self._filestat(out, r.info)
 
     def fd_filestat_set_size(self, fd, size):
-        d = self._fd(fd, "file")
+        d = self._fd(fd)
+        if d.kind == "dir":
+            raise _Fail(E.ISDIR)
+        if d.kind != "file":
+            raise _Fail(E.INVAL)
+        self._need(d, RIGHT_FD_FILESTAT_SET_SIZE)
         if size < 0:
             raise _Fail(E.INVAL)
         self._call(d.cap, "File", "truncate", size=size)
 
-    def fd_filestat_set_times(self, fd, *_):
-        self._fd(fd)
-        raise _Fail(E.NOTSUP)
+    @staticmethod
+    def _times(atim, mtim, fst_flags) -> dict:
+        """setTimes fields from fd_/path_filestat_set_times' arguments; EINVAL for a
+        combination that makes no sense, before anything else is looked at."""
+        fst_flags &= 0xFFFF
+        if fst_flags & ~0xF or (fst_flags & FST_ATIM and fst_flags & FST_ATIM_NOW) \
+                or (fst_flags & FST_MTIM and fst_flags & FST_MTIM_NOW):
+            raise _Fail(E.INVAL)
+        atim, mtim = atim & U64, mtim & U64
+        if (fst_flags & FST_ATIM and atim >> 63) or (fst_flags & FST_MTIM and mtim >> 63):
+            raise _Fail(E.OVERFLOW)          # past the year 2262: not a time the host has
+        how = lambda set_, now: "to" if fst_flags & set_ else "now" if fst_flags & now \
+            else "keep"                                                   # noqa: E731
+        return dict(accessedNs=atim if fst_flags & FST_ATIM else 0,
+                    accessed=how(FST_ATIM, FST_ATIM_NOW),
+                    modifiedNs=mtim if fst_flags & FST_MTIM else 0,
+                    modified=how(FST_MTIM, FST_MTIM_NOW))
 
-    def fd_advise(self, fd, *_):
-        self._fd(fd, "file")
+    def fd_filestat_set_times(self, fd, atim, mtim, fst_flags):
+        times = self._times(atim, mtim, fst_flags)
+        d = self._fd(fd)
+        self._need(d, RIGHT_FD_FILESTAT_SET_TIMES)
+        if d.kind == "dir":
+            self._call(d.cap, "Directory", "setTimes", path="", follow=True, **times)
+        elif d.kind == "file":
+            self._call(d.cap, "File", "setTimes", **times)
+        else:
+            raise _Fail(E.NOTSUP)
+
+    def fd_advise(self, fd, offset, length, advice):
+        d = self._fd(fd)
+        if d.kind == "dir":
+            raise _Fail(E.ISDIR)
+        if d.kind != "file":
+            raise _Fail(E.SPIPE)
+        if advice & 0xFF > 5 or offset < 0 or length < 0:
+            raise _Fail(E.INVAL)
+        self._need(d, RIGHT_FD_ADVISE)            # advice only: nothing to do
 
     def fd_allocate(self, fd, *_):
-        self._fd(fd, "file")
+        d = self._fd(fd)
+        if d.kind == "dir":
+            raise _Fail(E.ISDIR)
+        if d.kind != "file":
+            raise _Fail(E.BADF)
         raise _Fail(E.NOTSUP)
 
-    def fd_sync(self, fd):          # the supervisor writes through at once
-        self._flush(self._fd(fd))
+    def fd_sync(self, fd):
+        self._sync(fd, RIGHT_FD_SYNC, False)
 
-    fd_datasync = fd_sync
+    def fd_datasync(self, fd):
+        self._sync(fd, RIGHT_FD_DATASYNC, True)
+
+    def _sync(self, fd, right, data_only):
+        d = self._fd(fd)
+        self._need(d, right)
+        if d.kind == "file":
+            self._call(d.cap, "File", "sync", dataOnly=data_only)
+        elif d.kind == "dir":
+            self._call(d.cap, "Directory", "sync")
+        else:
+            self._flush(d)
 
     def fd_seek(self, fd, offset, whence, out):
-        d = self._seekable(fd)
+        d = self._fd(fd)
+        if d.kind == "log":
+            raise _Fail(E.SPIPE)
+        self._need(d, RIGHT_FD_TELL if offset == 0 and whence == 1 else RIGHT_FD_SEEK)
+        if whence & 0xFF > 2:
+            raise _Fail(E.INVAL)
+        if d.kind == "null":
+            return self._u64(out, 0)
+        if d.kind != "file":
+            raise _Fail(E.BADF)
         if whence == 0:
             base = 0
         elif whence == 1:
             base = d.offset
-        elif whence == 2:
+        else:
             r, _ = self._call(d.cap, "File", "stat")
             base = r.info.size
-        else:
-            raise _Fail(E.INVAL)
         new = base + offset
-        if new < 0:
+        if new < 0 or new > U64 >> 1:
             raise _Fail(E.INVAL)
         d.offset = new
         self._u64(out, new)
 
     def fd_tell(self, fd, out):
-        self._u64(out, self._seekable(fd).offset)
-
-    def _seekable(self, fd) -> _Desc:
         d = self._fd(fd)
-        if d.kind != "file":
-            raise _Fail(E.SPIPE if d.kind == "log" else E.BADF)
+        if d.kind == "log":
+            raise _Fail(E.SPIPE)
+        self._need(d, RIGHT_FD_TELL)
+        self._u64(out, d.offset)
+
+    def _readable(self, fd) -> _Desc:
+        d = self._fd(fd)
+        if d.kind == "dir":
+            raise _Fail(E.ISDIR)
+        if not d.readable:
+            raise _Fail(E.BADF)
+        self._need(d, RIGHT_FD_READ)
         return d
 
-    def _file(self, fd, want: str) -> _Desc:
-        """An open file descriptor that allows `want` ("readable" or "writable")."""
+    def _writable(self, fd) -> _Desc:
         d = self._fd(fd)
-        if d.kind != "file" or not getattr(d, want):
-            raise _Fail(E.BADF if d.kind != "dir" else E.ISDIR)
+        if d.kind == "dir":
+            raise _Fail(E.ISDIR)
+        if not d.writable:
+            raise _Fail(E.BADF)
+        self._need(d, RIGHT_FD_WRITE)
         return d
 
     def fd_read(self, fd, iovs, count, out):
-        d = self._file(fd, "readable")
+        d = self._readable(fd)
         n = self._read_into(d, d.offset, iovs, count)
         d.offset += n
         self._u32(out, n)
 
     def fd_pread(self, fd, iovs, count, offset, out):
-        d = self._file(fd, "readable")
+        d = self._readable(fd)
+        if d.kind != "file" and d.kind != "null":
+            raise _Fail(E.SPIPE)
         if offset < 0:
             raise _Fail(E.INVAL)
         self._u32(out, self._read_into(d, offset, iovs, count))
 
-    def _read_at(self, d, offset, count) -> bytes:
-        if count == 0:
-            return b""
-        r, _ = self._call(d.cap, "File", "read", offset=offset, count=count)
-        return bytes(r.data)[:count]
-
     def fd_write(self, fd, iovs, count, out):
-        d = self._fd(fd)
-        data = self._gather(iovs, count)
-        if d.kind == "dir" or not d.writable:
-            raise _Fail(E.BADF if d.kind != "dir" else E.ISDIR)
-        if d.kind == "log":
-            self._log(d, data)
+        d = self._writable(fd)
+        if d.kind == "null":
+            n = min(sum(length for _p, length in self._iovecs(iovs, count)), MAX_TRANSFER)
+        elif d.kind == "log":
+            n = 0
+            for run in self._chunks(self._iovecs(iovs, count), self.max_io):
+                data = self._gather(run)
+                self._log(d, data)
+                n += len(data)
         elif d.append:
-            if data:
-                r, _ = self._call(d.cap, "File", "append", data=data)
-                d.offset = r.offset + len(data)
-        elif data:
-            r, _ = self._call(d.cap, "File", "write", offset=d.offset, data=data)
-            d.offset += r.written
-            data = data[:r.written]
-        self._u32(out, len(data))
+            n = self._write_from(d, None, iovs, count)
+        else:
+            n = self._write_from(d, d.offset, iovs, count)
+            d.offset += n
+        self._u32(out, n)
 
     def fd_pwrite(self, fd, iovs, count, offset, out):
-        d = self._file(fd, "writable")
+        d = self._writable(fd)
+        if d.kind != "file":
+            raise _Fail(E.SPIPE)
         if offset < 0:
             raise _Fail(E.INVAL)
-        data = self._gather(iovs, count)
-        if data:
-            if d.append:    # as Linux does with O_APPEND: at the end, whatever the offset
-                self._call(d.cap, "File", "append", data=data)
-            else:
-                r, _ = self._call(d.cap, "File", "write", offset=offset, data=data)
-                data = data[:r.written]
-        self._u32(out, len(data))
+        # on an append-mode descriptor it appends, whatever the offset (as Linux does)
+        self._u32(out, self._write_from(d, None if d.append else offset, iovs, count))
 
     def _log(self, d: _Desc, data: bytes):
-        d.line += data
-        while b"\n" in d.line:
-            line, _, rest = bytes(d.line).partition(b"\n")
-            d.line = bytearray(rest)
-            self._call(d.cap, "Log", "write", text=line.decode("utf-8", "replace"))
-        if len(d.line) > 4096:
-            self._flush(d)
+        """Lines go to the log one by one.  A line longer than the log shows is
+        cut there (the rest is counted, not sent)."""
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            piece = data[start:] if nl < 0 else data[start:nl]
+            room = 4 * LOG_LINE - len(d.line)
+            if room > 0:
+                d.line += piece[:room]
+            d.cut += max(0, len(piece) - max(room, 0))
+            if nl < 0:
+                return
+            self._send_line(d)
+            start = nl + 1
+
+    def _send_line(self, d: _Desc):
+        raw, cut = bytes(d.line), d.cut
+        d.line, d.cut = bytearray(), 0
+        text = raw.decode("utf-8", "replace")
+        if cut or len(text) > LOG_LINE:
+            more = cut + len(raw)
+            show = text[:LOG_LINE - 40]
+            more -= len(show.encode("utf-8", "replace"))
+            text = f"{show}... ({max(more, 1)} more bytes)"
+        self._call(d.cap, "Log", "write", text=text)
 
     def _flush(self, d: _Desc):
-        if d.kind == "log" and d.line:
-            line, d.line = bytes(d.line), bytearray()
-            self._call(d.cap, "Log", "write", text=line.decode("utf-8", "replace"))
+        if d.kind == "log" and (d.line or d.cut):
+            self._send_line(d)
 
     def flush_all(self):
         """At exit: the unfinished lines of stdout and stderr."""
@@ -589,136 +802,211 @@ class Wasi:
         makes a fresh Wasi from the grants for each call and closes it after)."""
         fds, self.fds = self.fds, {}
         for d in fds.values():
-            self.host.drop(d.cap)
+            self._release(d)
         for attr in ("clock", "random", "env"):
             self.host.drop(getattr(self, attr))
             setattr(self, attr, None)
 
+    # ------------------------------------------------------------ directories
+
     def fd_readdir(self, fd, buf, length, cookie, out):
+        """Entries from `cookie` on.  Cookies 1 and 2 follow '.' and '..'; after
+        that a cookie is the host's listing cursor plus 3, so any cookie can be
+        resumed without the engine keeping the listing.  It keeps one page
+        (what one Directory.list returned) to serve the small buffers libc asks
+        with; a listing from the start always asks the host again."""
         d = self._fd(fd, "dir")
+        self._need(d, RIGHT_FD_READDIR)
         length &= 0xFFFFFFFF
-        if cookie == 0 or d.entries is None:
-            r, _ = self._call(d.cap, "Directory", "list", path="")
-            d.entries = [(".", FILETYPE_DIR), ("..", FILETYPE_DIR)] + \
-                [(e.name, _KINDS.get(str(e.kind), FILETYPE_OTHER)) for e in r.entries]
-        if cookie < 0:
-            raise _Fail(E.INVAL)
+        cookie &= U64
         data = bytearray()
-        for i in range(cookie, len(d.entries)):
-            if len(data) >= length:
-                break
-            name, filetype = d.entries[i]
-            raw = name.encode()
-            data += struct.pack("<QQIBxxx", i + 1, i + 1, len(raw), filetype) + raw
-        data = bytes(data[:length])
+        while len(data) < length:
+            if cookie < 2:
+                if d.ino is None:
+                    r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
+                    d.ino = r.info.inode
+                # '..' gets the directory's own inode, as under wasmtime (the parent
+                # may be outside the grant)
+                name = b"." if cookie == 0 else b".."
+                cookie += 1
+                data += _DIRENT.pack(cookie, d.ino, len(name), FILETYPE_DIR) + name
+                continue
+            page = d.page
+            if cookie == 2 or page is None or cookie not in page[2]:
+                page = d.page = self._list_page(d, cookie)
+            records, cookies, at, done = page
+            i = at[cookie]
+            if i == len(records):
+                if done:
+                    break
+                d.page = self._list_page(d, cookie)
+                continue
+            j = i
+            while j < len(records) and len(data) < length:
+                data += records[j]
+                j += 1
+            cookie = cookies[j - 1]
+        data = bytes(data[:length])       # a full buffer tells libc to ask again
         self.host.write(buf & 0xFFFFFFFF, data)
         self._u32(out, len(data))
 
+    def _list_page(self, d: _Desc, cookie: int):
+        """One page of the directory from `cookie` (>= 2): (dirent records, the cookie
+        after each, {cookie: index of the record after it}, whether it is the last)."""
+        cursor = 0 if cookie == 2 else cookie - 3
+        for _ in range(1000):          # pages without entries ('.' and '..' only)
+            r, _ = self._call(d.cap, "Directory", "list", path="", cursor=cursor)
+            records, cookies = [], []
+            for e in r.entries:
+                name, nxt = e.name.encode(), e.cursor + 3
+                records.append(_DIRENT.pack(nxt, e.inode, len(name),
+                                            _KIND_VALUES.get(e.kind.raw, FILETYPE_UNKNOWN))
+                               + name)
+                cookies.append(nxt)
+            if records or r.done:
+                at = {c: i + 1 for i, c in enumerate(cookies)}
+                at[cookie] = 0
+                return records, cookies, at, r.done
+            cursor = r.cursor
+        raise _Fail(E.IO)
+
     # ------------------------------------------------------------ paths
 
-    def path_open(self, dirfd, _lookup, path_ptr, path_len, oflags, rights, _inheriting,
-                  fdflags, out):
+    def _dir_path(self, dirfd, path_ptr, path_len, right) -> tuple[_Desc, str]:
         d = self._fd(dirfd, "dir")
+        self._need(d, right)
         path = self._path(path_ptr, path_len)
+        if not path:
+            raise _Fail(E.NOENT)
+        return d, path
+
+    def path_open(self, dirfd, lookupflags, path_ptr, path_len, oflags, rights, _inheriting,
+                  fdflags, out):
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_OPEN)
+        oflags, fdflags, rights = oflags & 0xFFFF, fdflags & 0xFFFF, rights & U64
+        if oflags & ~0xF or fdflags & ~FDFLAGS_ALL:
+            raise _Fail(E.INVAL)
+        if oflags & OFLAGS_CREAT:
+            self._need(d, RIGHT_PATH_CREATE_FILE)
+        follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
+        read, write = bool(rights & RIGHT_FD_READ), bool(rights & RIGHT_FD_WRITE)
         if oflags & OFLAGS_DIRECTORY:
-            if oflags & (OFLAGS_CREAT | OFLAGS_TRUNC):
+            if oflags & (OFLAGS_CREAT | OFLAGS_EXCL | OFLAGS_TRUNC):
                 raise _Fail(E.INVAL)
-            return self._u32(out, self._open_dir(d, path))
-        read = bool(rights & RIGHT_FD_READ)
-        write = bool(rights & RIGHT_FD_WRITE) or bool(oflags & OFLAGS_TRUNC)
+            fd = self._open_dir(d, path, follow, fdflags)
+            if write:                    # a directory is opened for writing by nobody
+                self.fd_close(fd)
+                raise _Fail(E.ISDIR)
+            return self._u32(out, fd)
+        trunc = bool(oflags & OFLAGS_TRUNC)
+        sync = "full" if fdflags & (FDFLAGS_SYNC | FDFLAGS_RSYNC) else \
+            "data" if fdflags & FDFLAGS_DSYNC else "none"
         append = bool(fdflags & FDFLAGS_APPEND)
-        mode = "readWrite" if read and write else "write" if write else "read"
-        if append and not read:
-            mode = "append"
         try:
-            cap = self._open_file(d, path, mode, oflags)
+            cap, created = self._open_file(d, path, read, write or trunc, oflags, follow,
+                                           append, sync)
         except HostCallFailed as e:
-            if errno_of(e) == E.ISDIR and not write:   # open(".", O_RDONLY)
-                return self._u32(out, self._open_dir(d, path))
+            # open(dir, O_RDONLY) opens the directory, as on Linux
+            if errno_of(e) == E.ISDIR and not write and \
+                    not oflags & (OFLAGS_CREAT | OFLAGS_TRUNC):
+                return self._u32(out, self._open_dir(d, path, follow, fdflags))
             raise
-        desc = _Desc("file", cap, readable=read, writable=write or append, append=append)
-        if oflags & OFLAGS_TRUNC:
+        mask = ~0 if read else ~RIGHT_FD_READ
+        mask &= ~0 if write else ~RIGHT_FD_WRITE
+        desc = _Desc("file", cap, readable=read, writable=write, append=append,
+                     flags=fdflags, base=FILE_RIGHTS & mask & d.inheriting)
+        if trunc and not created:
             try:
                 self._call(cap, "File", "truncate", size=0)
             except HostCallFailed:
-                self.host.drop(cap)
+                self._release(desc)
                 raise
         self._u32(out, self._new_fd(desc))
 
-    def _open_dir(self, d: _Desc, path: str) -> int:
-        _, caps = self._call(d.cap, "Directory", "subdir", path=path)
-        return self._new_fd(_Desc("dir", self._one_cap(caps)))
-
-    def _open_file(self, d: _Desc, path: str, mode: str, oflags: int) -> int:
+    def _open_file(self, d: _Desc, path, read, write, oflags, follow, append, sync):
+        """(file capability, whether it was created): Directory.open for an existing
+        file, Directory.create for a new one (two methods, so that an allow-list
+        can tell opening from creating)."""
+        mode = "readWrite" if read and write else "write" if write else "read"
+        opened = dict(path=path, mode=mode, follow=follow, append=append, sync=sync)
+        made = dict(path=path, readable=read, append=append, sync=sync)
         if oflags & OFLAGS_CREAT and oflags & OFLAGS_EXCL:
-            return self._create(d, path, mode)
+            return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
         try:
-            _, caps = self._call(d.cap, "Directory", "open", path=path, mode=mode)
-            return self._one_cap(caps)
+            return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
         except HostCallFailed as e:
             if not oflags & OFLAGS_CREAT or errno_of(e) != E.NOENT:
                 raise
         try:
-            return self._create(d, path, mode)
+            return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
         except HostCallFailed as e:           # created meanwhile by someone else
             if errno_of(e) != E.EXIST:
                 raise
-            _, caps = self._call(d.cap, "Directory", "open", path=path, mode=mode)
-            return self._one_cap(caps)
+        return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
 
-    def _create(self, d: _Desc, path: str, mode: str) -> int:
-        _, caps = self._call(d.cap, "Directory", "create", path=path)
-        cap = self._one_cap(caps)
-        if mode in ("write", "append"):
-            return cap
-        self.host.drop(cap)               # create gives a write-only file: reopen
-        _, caps = self._call(d.cap, "Directory", "open", path=path, mode=mode)
-        return self._one_cap(caps)
+    def _open_dir(self, d: _Desc, path: str, follow: bool, fdflags: int) -> int:
+        _, caps = self._call(d.cap, "Directory", "subdir", path=path, follow=follow)
+        return self._new_fd(_Desc("dir", self._one_cap(caps), flags=fdflags,
+                                  base=DIR_RIGHTS & d.inheriting,
+                                  inheriting=DIR_INHERITING & d.inheriting,
+                                  root=self.host.hold(d.root), rel=f"{d.rel}/{path}"))
 
-    def path_filestat_get(self, dirfd, _flags, path_ptr, path_len, out):
-        d = self._fd(dirfd, "dir")
-        r, _ = self._call(d.cap, "Directory", "stat", path=self._path(path_ptr, path_len))
+    def _two(self, fd_a, path_a, fd_b, path_b) -> tuple[int, str, str]:
+        """One directory capability for an operation on two paths: the descriptor's
+        own if they are the same one, else their common preopen (they must come
+        from one grant: across two, EXDEV)."""
+        if fd_a.cap == fd_b.cap:
+            return fd_a.cap, path_a, path_b
+        if fd_a.root != fd_b.root:
+            raise _Fail(E.XDEV)
+        return fd_a.root, f"{fd_a.rel}/{path_a}", f"{fd_b.rel}/{path_b}"
+
+    def path_filestat_get(self, dirfd, flags, path_ptr, path_len, out):
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_FILESTAT_GET)
+        r, _ = self._call(d.cap, "Directory", "stat", path=path,
+                          follow=bool(flags & LOOKUP_SYMLINK_FOLLOW))
         self._filestat(out, r.info)
 
-    def path_create_directory(self, dirfd, path_ptr, path_len):
-        d = self._fd(dirfd, "dir")
-        self._call(d.cap, "Directory", "mkdir", path=self._path(path_ptr, path_len))
+    def path_filestat_set_times(self, dirfd, flags, path_ptr, path_len, atim, mtim, fst_flags):
+        times = self._times(atim, mtim, fst_flags)
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_FILESTAT_SET_TIMES)
+        self._call(d.cap, "Directory", "setTimes", path=path,
+                   follow=bool(flags & LOOKUP_SYMLINK_FOLLOW), **times)
 
-    def _remove(self, dirfd, path_ptr, path_len, want_dir: bool):
-        d = self._fd(dirfd, "dir")
-        path = self._path(path_ptr, path_len)
-        r, _ = self._call(d.cap, "Directory", "stat", path=path)
-        is_dir = str(r.info.kind) == "directory"
-        if is_dir != want_dir:
-            raise _Fail(E.NOTDIR if want_dir else E.ISDIR)
-        self._call(d.cap, "Directory", "remove", path=path)
+    def path_create_directory(self, dirfd, path_ptr, path_len):
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_CREATE_DIRECTORY)
+        self._call(d.cap, "Directory", "mkdir", path=path)
 
     def path_remove_directory(self, dirfd, path_ptr, path_len):
-        self._remove(dirfd, path_ptr, path_len, True)
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_REMOVE_DIRECTORY)
+        self._call(d.cap, "Directory", "rmdir", path=path)
 
     def path_unlink_file(self, dirfd, path_ptr, path_len):
-        self._remove(dirfd, path_ptr, path_len, False)
-
-    def path_filestat_set_times(self, dirfd, *_):
-        self._fd(dirfd, "dir")
-        raise _Fail(E.NOTSUP)
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_UNLINK_FILE)
+        self._call(d.cap, "Directory", "unlink", path=path)
 
     def path_rename(self, dirfd, old_ptr, old_len, newfd, new_ptr, new_len):
-        d, new = self._fd(dirfd, "dir"), self._fd(newfd, "dir")
-        if d.cap != new.cap:             # two capabilities: no rename across them
-            raise _Fail(E.XDEV)
-        self._call(d.cap, "Directory", "rename", **{"from": self._path(old_ptr, old_len),
-                                                    "to": self._path(new_ptr, new_len)})
+        d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_RENAME_SOURCE)
+        n, new = self._dir_path(newfd, new_ptr, new_len, RIGHT_PATH_RENAME_TARGET)
+        cap, old, new = self._two(d, old, n, new)
+        self._call(cap, "Directory", "rename", **{"from": old, "to": new})
 
-    def path_link(self, dirfd, _flags, _p, _l, newfd, *_):
-        self._fd(dirfd, "dir")
-        self._fd(newfd, "dir")
-        raise _Fail(E.NOTSUP)
+    def path_link(self, dirfd, flags, old_ptr, old_len, newfd, new_ptr, new_len):
+        d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_LINK_SOURCE)
+        n, new = self._dir_path(newfd, new_ptr, new_len, RIGHT_PATH_LINK_TARGET)
+        if flags & LOOKUP_SYMLINK_FOLLOW:   # following would need a path outside: refused
+            raise _Fail(E.INVAL)
+        cap, old, new = self._two(d, old, n, new)
+        self._call(cap, "Directory", "link", **{"from": old, "to": new})
 
-    def path_symlink(self, _p, _l, dirfd, *_):
-        self._fd(dirfd, "dir")
-        raise _Fail(E.NOTSUP)
+    def path_symlink(self, old_ptr, old_len, dirfd, new_ptr, new_len):
+        target = self._path(old_ptr, old_len)
+        d, path = self._dir_path(dirfd, new_ptr, new_len, RIGHT_PATH_SYMLINK)
+        self._call(d.cap, "Directory", "symlink", target=target, path=path)
 
-    def path_readlink(self, dirfd, *_):
-        self._fd(dirfd, "dir")
-        raise _Fail(E.INVAL)            # no path beneath a grant is a symbolic link
+    def path_readlink(self, dirfd, path_ptr, path_len, buf, buf_len, out):
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_READLINK)
+        r, _ = self._call(d.cap, "Directory", "readlink", path=path)
+        target = r.target.encode()[:buf_len & 0xFFFFFFFF]   # cut to the buffer, as wasmtime
+        self.host.write(buf & 0xFFFFFFFF, target)
+        self._u32(out, len(target))

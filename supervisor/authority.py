@@ -42,7 +42,7 @@ def edges(plan: Plan) -> list[Edge]:
                     terms.append(f"{k}={getattr(g, k):g}")
             if g.path is not None:
                 terms.insert(0, f"path={g.path}")
-            for k in ("read_only", "append_only"):
+            for k in ("read_only", "append_only", "refuse_hard_links"):
                 if getattr(g, k):
                     terms.append(k)
             for k in ("subdir", "mount", "max_bytes_written"):
@@ -151,7 +151,17 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
     if ":" in comp_name:
         comp_name, host = comp_name.split(":", 1)
     if comp_name not in plan.system.compartments:
-        raise KeyError(f"no compartment named {comp_name!r}")
+        raise KeyError(f"no compartment named {comp_name!r} (compartments: "
+                       f"{', '.join(plan.system.compartments)})")
+    exports = plan.system.compartments[comp_name].exports
+    if method and host is None:
+        methods = list(plan.interface_modules[exports].schema.methods) if exports else []
+        if method not in methods:
+            raise KeyError(f"{comp_name}'s interface {exports or '(none)'} has no method "
+                           f"{method!r} (methods: {', '.join(methods) or 'none'})")
+    if host is not None and method:
+        raise KeyError(f"{target!r}: name a host capability as COMPARTMENT:HOSTCAP, "
+                       f"with no method")
     all_edges = edges(plan)
     if host is not None:
         start = {e.holder for e in all_edges
@@ -161,7 +171,7 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
     else:
         if plan.system.compartments[comp_name].exports is None:
             raise KeyError(f"{comp_name} exports nothing")
-        start = {comp_name}                    # it can always call its own objects
+        start = set()
         for e in all_edges:
             if e.kind == "compartment" and e.target == comp_name and _allows(e, plan, method):
                 start.add(e.holder)
@@ -179,12 +189,16 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
                     and not _blocks(e, plan, comp_name, method):
                 reach.add(e.holder)            # passed back in results
                 changed = True
-    why = ("held by grant: " + ", ".join(sorted(start)) +
+    if host is None:
+        reach.discard(comp_name)        # its own code needs no capability to run
+        start.discard(comp_name)
+    why = ("held by grant: " + (", ".join(sorted(start)) or "nobody") +
            "; could be passed on to: " + (", ".join(sorted(reach - start)) or "nobody"))
     if host is None and plan.system.compartments[comp_name].external:
         why += "; and any client of the external socket"
     return sorted(reach), why + " (an over-approximation: what the policy and interfaces " \
-                                "allow, not what the code does)"
+                                "allow, not what the code does" + \
+        (f"; {comp_name} itself runs its own code, of course" if host is None else "") + ")"
 
 
 def _blocks(e: Edge, plan: Plan, target: str, method: str) -> bool:

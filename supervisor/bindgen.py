@@ -25,6 +25,7 @@ import shutil
 
 import capnp_schemas
 import compartments
+from capnp_schemas.text import first_line
 
 SDK_HEADER = os.path.join(os.path.dirname(os.path.abspath(compartments.__file__)), "sdk",
                           "wsuper.h")
@@ -75,8 +76,10 @@ class Generator:
         self.path = path
         try:
             self.module = capnp_schemas.load(path)
+        except capnp_schemas.SchemaError as e:
+            raise BindgenError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - pycapnp's parser errors are KjExceptions
-            raise BindgenError(f"{path}: cannot parse: {str(e).splitlines()[0]}") from None
+            raise BindgenError(f"{path}: cannot parse: {first_line(e)}") from None
         self.base = os.path.splitext(os.path.basename(path))[0]
         self.structs: dict[int, _Struct] = {}
         self.order: list[_Struct] = []

@@ -9,6 +9,19 @@ from .policy import PolicyError
 
 
 def main(argv=None) -> int:
+    """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="wsuper",
         description="Run untrusted WebAssembly plugins as compartments that hold only "
@@ -19,8 +32,32 @@ def main(argv=None) -> int:
                         "(or Ctrl-C / SIGTERM)")
     up.add_argument("system", help="path to system.toml")
     up.add_argument("--socket", help="Unix socket for the external endpoint (default: "
-                    "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME.sock or "
-                    "/tmp/wsuper-UID/NAME.sock)")
+                    "[system] socket, else $XDG_RUNTIME_DIR/wsuper/NAME-HASH.sock or "
+                    "/tmp/wsuper-UID/NAME-HASH.sock)")
+    up.add_argument("--log-format", choices=("text", "json"), default="text",
+                    help="text (default): plugin lines on stdout, timed supervisor events on "
+                    "stderr; json: one JSON object per line on each")
+    logs = sub.add_parser("logs", help="show a system's log lines (its plugins' and the "
+                          "supervisor's), oldest first")
+    logs.add_argument("system", help="path to system.toml")
+    logs.add_argument("compartment", nargs="?", help="only this compartment's lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep showing new lines")
+    call = sub.add_parser("call", help="call an exported compartment's method through the "
+                          "external endpoint, as any external client would")
+    call.add_argument("system", help="path to the running system's system.toml")
+    call.add_argument("target", metavar="COMPARTMENT.METHOD")
+    call.add_argument("params", nargs="?", default="()",
+                      help="the parameters in Cap'n Proto text, e.g. '(a = 20, b = 22)'")
+    call.add_argument("--json", action="store_true", help="print the results as JSON")
+    call.add_argument("--socket", help="the external socket, if the system was started with "
+                      "--socket")
+    call.add_argument("--timeout", type=float, default=30, help="seconds to wait (30)")
+    status = sub.add_parser("status", help="what each compartment of a running system is "
+                            "doing: state, pid, uptime, restarts, calls, memory, handles")
+    status.add_argument("system", help="path to the running system's system.toml")
+    status.add_argument("--json", action="store_true", help="the same, as JSON")
+    stop = sub.add_parser("stop", help="stop a running system (as Ctrl-C would, exit code 0)")
+    stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what")
     check.add_argument("system", help="path to system.toml")
@@ -33,8 +70,6 @@ def main(argv=None) -> int:
                             "it, everything obtained through it and its calls in flight fail")
     revoke.add_argument("system", help="path to the running system's system.toml")
     revoke.add_argument("grant", help="COMPARTMENT.GRANT, e.g. app.calc")
-    revoke.add_argument("--socket", help="the running system's external socket path, if it "
-                        "was started with --socket")
     bindgen = sub.add_parser("bindgen", help="write C bindings (NAME.h and wsuper.h) for the "
                              "interfaces and structs of Cap'n Proto schemas")
     bindgen.add_argument("schemas", nargs="+", metavar="SCHEMA.capnp")
@@ -57,6 +92,10 @@ def main(argv=None) -> int:
 
     if args.command == "revoke":
         return _revoke(args)
+    if args.command == "logs":
+        return _logs(args)
+    if args.command in ("status", "stop"):
+        return _admin(args)
     if args.command in ("bindgen", "build"):
         return _toolchain(args)
 
@@ -64,15 +103,17 @@ def main(argv=None) -> int:
     try:
         plan = preflight.prepare(policy.load(args.system))
     except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        _error(f"{e}")
         return 2
     if args.command == "check":
         return _check(plan, args)
+    if args.command == "call":
+        return _call(plan, args)
 
     import trio
 
     from . import runtime
-    return trio.run(runtime.up, plan, args.socket)
+    return trio.run(runtime.up, plan, args.socket, args.log_format)
 
 
 def _check(plan, args) -> int:
@@ -80,21 +121,24 @@ def _check(plan, args) -> int:
     import subprocess
 
     from . import authority
-    print(authority.holdings(plan))
-    for target in args.reach:
+    if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
+        _error("--graph: Graphviz's dot is not installed; name a .dot file "
+              "instead")
+        return 2
+    reach = []
+    for target in args.reach:          # every name checked before anything is printed
         try:
-            names, why = authority.could_reach(plan, target)
+            reach.append((target, *authority.could_reach(plan, target)))
         except KeyError as e:
-            print(f"wsuper: error: --reach {target}: {e.args[0]}", file=sys.stderr)
+            _error(f"--reach {target}: {e.args[0]}")
             return 2
-        print(f"could reach {target}: {', '.join(names)}\n  ({why})")
+    print(authority.holdings(plan))
+    _warn_hard_links(plan)
+    for target, names, why in reach:
+        print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
     if args.graph:
         text = authority.dot(plan)
         if args.graph.endswith(".svg"):
-            if shutil.which("dot") is None:
-                print("wsuper: error: --graph: Graphviz's dot is not installed; "
-                      "name a .dot file instead", file=sys.stderr)
-                return 2
             subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
                            check=True)
         else:
@@ -102,6 +146,35 @@ def _check(plan, args) -> int:
                 f.write(text)
         print(f"wrote {args.graph}")
     return 0
+
+
+def _warn_hard_links(plan):
+    """A writable file grant holding files with more than one hard link: one of
+    them may be a link made on the host to a file outside every grant, which the
+    compartment could then read and overwrite (docs/policy-reference.md)."""
+    import os
+
+    from .hostfs import hard_linked
+    for comp in plan.system.compartments.values():
+        for g in comp.grants:
+            if g.kind != "host" or g.target not in ("directory", "file") or g.read_only \
+                    or g.refuse_hard_links:
+                continue
+            path = os.path.join(g.path, g.subdir) if g.subdir else g.path
+            if g.target == "file":
+                try:
+                    n, examples, complete = int(os.lstat(path).st_nlink > 1), [path], True
+                except OSError:
+                    continue
+            else:
+                n, examples, complete = hard_linked(path)
+            if n:
+                print(f"wsuper: warning: {g.origin}: {path} is writable and holds {n}"
+                      f"{'' if complete else ' or more'} regular file{'s' * (n != 1)} with more "
+                      f"than one hard link (such as {examples[0]}); a link made on the host "
+                      f"to a file outside the grant lets {comp.name} read and overwrite that "
+                      f"file: remove the links, or set refuse_hard_links = true",
+                      file=sys.stderr)
 
 
 def _toolchain(args) -> int:
@@ -122,6 +195,9 @@ def _toolchain(args) -> int:
             for schema in args.schema:
                 bindgen.generate(schema, gen_dir)
             include.insert(0, gen_dir)
+        missing = [src for src in args.sources if not os.path.isfile(src)]
+        if missing:
+            raise toolchain.ToolchainError(f"{missing[0]}: no such source file")
         reactor = args.reactor
         if reactor is None:
             text = "".join(open(src, encoding="utf-8", errors="replace").read()
@@ -131,33 +207,168 @@ def _toolchain(args) -> int:
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+        print(f"wsuper: error: {e}", file=sys.stderr)   # the compiler's lines, as they are
         return 2
+
+
+def _error(text: str):
+    """One error line; text from a guest, a module or a peer is shown escaped."""
+    from capnp_schemas.text import printable
+    print(f"wsuper: error: {printable(text)}", file=sys.stderr)
+
+
+def _call(plan, args) -> int:
+    from . import captext, client, endpoint
+    system = plan.system
+
+    def refuse(text):
+        _error(f"{text}")
+        return 2
+    name, dot, method = args.target.partition(".")
+    if not dot or not method:
+        return refuse(f"{args.target!r}: expected COMPARTMENT.METHOD, e.g. calc.add")
+    comp = system.compartments.get(name)
+    if comp is None:
+        return refuse(f"no compartment {name!r} (compartments: "
+                      f"{', '.join(system.compartments)})")
+    if not comp.external:
+        return refuse(f"compartment {name!r} is not external: from outside, only "
+                      f"compartments with external = true can be called "
+                      f"(external: {', '.join(system.external) or 'none'})")
+    interface = plan.interface_modules[comp.exports]
+    methods = interface.schema.methods
+    if method not in methods:
+        return refuse(f"{comp.exports} has no method {method!r} (methods: "
+                      f"{', '.join(methods)})")
+    try:
+        params = captext.typed(captext.parse(args.params), methods[method].param_type)
+    except captext.TextError as e:
+        return refuse(f"parameters of {comp.exports}.{method}: {e}")
+    path = args.socket or system.socket or endpoint.default_socket_path(system.path)
+    try:
+        response = client.call(path, name, interface, method, params, args.timeout)
+    except client.CallFailed as e:
+        _error(f"{name}.{method}: {e}")
+        return 1
+    from capnp_schemas.text import printable
+    text = client.as_json(response) if args.json else client.as_text(response)
+    print("\n".join(printable(line) for line in text.splitlines()))
+    return 0
+
+
+def _admin(args) -> int:
+    """`status` and `stop`: one request to the running system's admin socket."""
+    import json
+    import time
+
+    from . import endpoint
+    if _load(args.system) is None:
+        return 2
+    try:
+        answer = endpoint.request(args.system, {"op": args.command})
+    except endpoint.EndpointError as e:
+        _error(f"{e}")
+        return 1
+    if not answer.get("ok"):
+        _error(f"{answer.get('error', 'refused')}")
+        return 1
+    if args.command == "stop":
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not endpoint.is_running(args.system):
+                print(f"wsuper: stopped {args.system}")
+                return 0
+            time.sleep(0.05)
+        print(f"wsuper: asked {args.system} to stop (pid {answer.get('pid')}); it has not "
+              f"stopped yet")
+        return 0
+    status = answer["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(_status_table(args.system, status))
+    return 0
+
+
+def _status_table(path: str, status: dict) -> str:
+    def dur(s):
+        if s is None:
+            return "-"
+        s = int(s)
+        return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else \
+            f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+    def mib(b):
+        return "-" if b is None else f"{b / (1 << 20):.1f}MiB"
+
+    head = ("COMPARTMENT", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "SERVED", "FAILED",
+            "MEMORY", "HANDLES", "IN FLIGHT")
+    rows = [head] + [(c["name"], c["state"], str(c["pid"] or "-"), dur(c["uptime_s"]),
+                      str(c["restarts"]), str(c["generation"]), str(c["served"]),
+                      str(c["failed"]), mib(c["memory_bytes"]), str(c["handles"]),
+                      f"{c['calls_from']} out, {c['calls_to']} in")
+                     for c in status["compartments"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [f"system {path}: pid {status['pid']}, up {dur(status['uptime_s'])}, "
+             f"run {status['run']}" + (f", external: {', '.join(status['external'])}"
+                                      if status["external"] else "")]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _load(path: str):
+    """The system file at `path`, or None after saying why it cannot be read."""
+    from . import policy
+    try:
+        return policy.load(path)
+    except PolicyError as e:
+        _error(f"{e}")
+        return None
+
+
+def _logs(args) -> int:
+    from . import logs
+    system = _load(args.system)
+    if system is None:
+        return 2
+    if args.compartment is not None and args.compartment not in system.compartments:
+        _error(f"{args.system} has no compartment {args.compartment!r} "
+              f"(compartments: {', '.join(system.compartments)})")
+        return 2
+    try:
+        for line in logs.lines(system, args.compartment, follow=args.follow):
+            print(line, flush=args.follow)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except logs.NoLogs as e:
+        _error(f"{e}")
+        return 1
+    return 0
 
 
 def _revoke(args) -> int:
-    import socket
-
-    from . import policy
-    from .runtime import admin_socket_path, default_socket_path
-    try:
-        system = policy.load(args.system)
-    except PolicyError as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)
+    from . import endpoint
+    system = _load(args.system)
+    if system is None:
         return 2
-    path = admin_socket_path(args.socket or system.socket or default_socket_path(system.path))
+    revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
+                       for g in c.grants if g.revocable)
+    if args.grant not in revocable:
+        _error(f"{args.system} has no revocable grant {args.grant!r} "
+              f"(revocable: {', '.join(revocable) or 'none'})")
+        return 2
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(f"revoke {args.grant}\n".encode())
-            answer = s.makefile(encoding="utf-8").readline().strip()
-    except OSError as e:
-        print(f"wsuper: error: no running system with revocable grants at {path} "
-              f"({e.strerror or e})", file=sys.stderr)
+        answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
+    except endpoint.EndpointError as e:
+        _error(f"{e}")
         return 1
-    print(f"wsuper: {answer}", file=sys.stderr if answer.startswith("error") else sys.stdout)
-    return 0 if answer.startswith("ok") else 1
+    if answer.get("ok"):
+        print(f"wsuper: ok: {answer.get('text', '')}")
+        return 0
+    _error(f"{answer.get('error', 'refused')}")
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,28 +1,78 @@
 """Host files and directories, served by the supervisor (engines have no file access).
 
 Every path a compartment names is resolved by the kernel beneath the granted
-directory's descriptor: openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-RESOLVE_NO_MAGICLINKS, so '..', absolute paths and symbolic links (planted
-before or created during the run, anywhere on the path) fail, and a rename
-racing with an open cannot lead outside: there is no check-then-open.
+directory's descriptor: openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS.
+'..' and symbolic links are followed only while they stay beneath it; an
+absolute path, a link with an absolute target, or a '..' that would climb out
+fails with ENOTCAPABLE, whether the link was planted before or created during
+the run, and a rename racing with an open cannot lead outside: nothing is
+checked by path and then opened.  Operations on a name (unlink, rmdir,
+rename, link, symlink, mkdir) resolve its parent that way and hand the kernel
+one component, which it never follows.
+
+Only regular files and directories are ever opened.  A path is first opened
+with O_PATH (no side effects, never blocks), its type checked with fstat, and
+then that same inode is reopened for I/O through /proc/self/fd: a FIFO, a
+socket or a device inside a grant gets ENOTSUP and is never opened.
 
 Attenuation is part of each object and carried to what it opens: a read-only
 directory opens read-only files and read-only subdirectories; an append-only
 one opens files with O_APPEND (so the kernel refuses to overwrite, whatever
-the interface does) and can neither remove, rename nor truncate.
+the interface does) and can neither remove, rename, truncate nor set times
+(docs/policy-reference.md has the table, operation by operation).
+
+This module is called by the supervisor's host-capability layer in worker
+threads: methods of one object may run concurrently, and with its close().
+The descriptor each object owns is closed only when no call is using it, and
+the write quota shared by everything opened through a grant is locked.  Every
+refusal or failure is an FsError with an errno name; nothing else escapes.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import platform
 import stat as st
+import struct
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-SYS_OPENAT2 = 437
-RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x02, 0x04, 0x08
-MAX_READ = 1 << 20
+SYS_OPENAT2 = 437                         # the same on every architecture
+SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "riscv64": 61, "loongarch64": 61,
+                  "ppc64le": 202, "s390x": 220}.get(platform.machine())
+RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 0x02, 0x08
+AT_EMPTY_PATH = 0x1000
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+MAX_READ = 1 << 20              # bytes one File.read returns at most
+MAX_PATH = 4096                 # bytes of a path or a link target
+OFF_MAX = (1 << 63) - 1         # the largest file offset or size (off_t)
+DEFAULT_MAX_BYTES = 1 << 20     # results size when the caller states no limit
+LIST_PAGE_BYTES = 64 << 10      # one page of a listing: at most this much ...
+LIST_PAGE_ENTRIES = 2048        # ... and this many entries
+_RESULT_SLACK = 64              # results' own structure around data or entries
+_GETDENTS_BUF = 32 << 10
+_RETRIES = 8                    # openat2 EAGAIN: a rename raced a '..' it resolved
+
+MODES = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY,
+         "readWrite": os.O_RDWR}
+SYNC = {"none": 0, "data": os.O_DSYNC, "full": os.O_SYNC}
+TIME_SET = ("keep", "now", "to")
+
+_ERRNO_CODE = {errno.EXDEV: "ENOTCAPABLE"}     # from resolving: it would leave the grant
+_REASONS = {errno.ELOOP: "has too many levels of symbolic links, or is a symbolic link "
+                         "where none is followed",
+            errno.EXDEV: "leads outside the granted directory",
+            errno.ENOENT: "does not exist", errno.EEXIST: "already exists",
+            errno.EISDIR: "is a directory", errno.ENOTDIR: "is not a directory",
+            errno.ENOTEMPTY: "is not empty", errno.EACCES: "is not accessible",
+            errno.EPERM: "is not permitted", errno.ENOSPC: "no space left",
+            errno.ENAMETOOLONG: "is too long", errno.EBUSY: "is in use",
+            errno.EFBIG: "would be too large", errno.EINVAL: "is not valid here",
+            errno.EMFILE: "cannot be opened: the supervisor has too many open files",
+            errno.ENFILE: "cannot be opened: the system has too many open files"}
 
 
 class FsError(Exception):
@@ -39,53 +89,140 @@ class FsError(Exception):
         self.code = code
 
 
+def _explain(e: OSError, what: str, resolving: bool = True) -> FsError:
+    """An OSError from the kernel as an FsError.  `resolving`: EXDEV came from
+    openat2 refusing to leave the directory (ENOTCAPABLE), not from rename."""
+    n = e.errno or errno.EIO
+    code = _ERRNO_CODE.get(n) if resolving else None
+    code = code or errno.errorcode.get(n, "EIO")
+    if n == errno.EXDEV and not resolving:
+        return FsError(f"{what} is on another file system", "EXDEV")
+    return FsError(f"{what} {_REASONS.get(n, e.strerror or 'failed')}", code)
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]
 
 
-def _openat2(dirfd: int, path: str, flags: int, mode: int = 0o644) -> int:
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
+    """openat2 beneath `dirfd`; retried when the kernel saw a race it cannot rule out."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0,
-                   RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how),
-                       ctypes.sizeof(how))
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), path)
-    return fd
+                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    for _ in range(_RETRIES):
+        fd = _libc.syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    raise OSError(err, os.strerror(err))
+
+
+def _resolving(e: OSError, raw: bytes, what: str) -> FsError:
+    """The FsError for openat2 failing on `raw` (the path `what`)."""
+    if e.errno == errno.EXDEV:
+        how = "contains '..' that" if b".." in raw.split(b"/") else \
+            "crosses a symbolic link that"
+        return FsError(f"{what!r} {how} leads outside the granted directory", "ENOTCAPABLE")
+    return _explain(e, repr(what))
+
+
+def _reopen(opath_fd: int, flags: int) -> int:
+    """Open the inode an O_PATH descriptor names, for I/O: no path is looked up again."""
+    return os.open(f"/proc/self/fd/{opath_fd}", flags | os.O_CLOEXEC)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+def _times(accessed_ns, accessed, modified_ns, modified):
+    """Two timespecs for utimensat(2) from (ns, keep|now|to) pairs."""
+    out = (_Timespec * 2)()
+    for i, (ns, how) in enumerate(((accessed_ns, accessed), (modified_ns, modified))):
+        if how not in TIME_SET:
+            raise FsError(f"unknown time setting {how!r} (keep, now or to)", "EINVAL")
+        if not isinstance(ns, int) or not -(1 << 63) <= ns <= OFF_MAX:
+            raise FsError(f"time {ns!r} is out of range", "EINVAL")
+        if how == "to":
+            out[i] = _Timespec(*divmod(ns, 1_000_000_000))
+        else:
+            out[i] = _Timespec(0, UTIME_NOW if how == "now" else UTIME_OMIT)
+    return out
+
+
+def _utimensat(fd: int, times, what: str):
+    if _libc.utimensat(fd, b"", times, AT_EMPTY_PATH) != 0:
+        n = ctypes.get_errno()
+        raise _explain(OSError(n, os.strerror(n)), what)
+
+
+def _path(path) -> bytes:
+    """A path as bytes, refusing (with a reason) what can never be beneath a directory."""
+    if not isinstance(path, str):
+        raise FsError(f"a path must be text, not {type(path).__name__}", "EINVAL")
+    if "\0" in path:
+        raise FsError(f"{path!r} contains a NUL byte", "EINVAL")
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FsError(f"{path!r} is not valid UTF-8", "EILSEQ") from None
+    if len(raw) > MAX_PATH:
+        raise FsError(f"a path of {len(raw)} bytes is too long (at most {MAX_PATH})",
+                      "ENAMETOOLONG")
+    if raw.startswith(b"/"):
+        raise FsError(f"{path!r} is absolute; paths are relative to the granted directory",
+                      "ENOTCAPABLE")
+    return raw or b"."
 
 
 def check_path(path: str) -> str:
-    """Refuse, with a clear reason, what can never be beneath a directory."""
-    if "\0" in path:
-        raise FsError("path contains a NUL byte", "EINVAL")
-    if path.startswith("/"):
-        raise FsError(f"{path!r} is absolute; paths are relative to the granted directory",
-                      "ENOTCAPABLE")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise FsError(f"{path!r} contains '..'; paths cannot leave the granted directory",
-                      "ENOTCAPABLE")
-    return "/".join(parts) or "."
+    """The path as it will be resolved, or an FsError saying why it never can be."""
+    return _path(path).decode()
 
 
-def _explain(e: OSError, path: str) -> FsError:
-    reasons = {errno.ELOOP: "crosses a symbolic link (not allowed)",
-               errno.EXDEV: "leads outside the granted directory",
-               errno.ENOENT: "does not exist", errno.EEXIST: "already exists",
-               errno.EISDIR: "is a directory", errno.ENOTDIR: "is not a directory",
-               errno.ENOTEMPTY: "is not empty", errno.EACCES: "is not accessible",
-               errno.EPERM: "is not permitted", errno.ENOSPC: "no space left"}
-    code = "ENOTCAPABLE" if e.errno == errno.EXDEV else errno.errorcode.get(e.errno, "EIO")
-    return FsError(f"{path!r} {reasons.get(e.errno, e.strerror or 'failed')}", code)
+def _split(raw: bytes) -> tuple[bytes, bytes]:
+    """(parent, last component) of a path; the component keeps a trailing '/',
+    which tells the kernel that it must be a directory."""
+    stripped = raw.rstrip(b"/")
+    if not stripped:                       # "" or "/": the directory itself
+        return b".", b"."
+    parent, _, name = stripped.rpartition(b"/")
+    return parent or b".", name + (b"/" if len(stripped) != len(raw) else b"")
 
 
 def _kind(mode: int) -> str:
-    return "file" if st.S_ISREG(mode) else "directory" if st.S_ISDIR(mode) else "other"
+    return "file" if st.S_ISREG(mode) else "directory" if st.S_ISDIR(mode) else \
+        "symlink" if st.S_ISLNK(mode) else "other"
+
+
+_DT_KIND = {8: "file", 4: "directory", 10: "symlink"}
 
 
 def _info(s: os.stat_result) -> dict:
     return {"kind": _kind(s.st_mode), "size": s.st_size, "modifiedNs": s.st_mtime_ns,
-            "inode": s.st_ino}
+            "inode": s.st_ino, "accessedNs": s.st_atime_ns, "changedNs": s.st_ctime_ns,
+            "links": s.st_nlink, "device": s.st_dev}
+
+
+def _not_openable(s: os.stat_result, what: str) -> FsError:
+    m = s.st_mode
+    if st.S_ISDIR(m):
+        return FsError(f"{what} is a directory", "EISDIR")
+    if st.S_ISLNK(m):
+        return FsError(f"{what} is a symbolic link, and this call does not follow it", "ELOOP")
+    name = "a FIFO (named pipe)" if st.S_ISFIFO(m) else "a socket" if st.S_ISSOCK(m) else \
+        "a character device" if st.S_ISCHR(m) else "a block device" if st.S_ISBLK(m) else \
+        "not a regular file"
+    return FsError(f"{what} is {name}: only regular files and directories can be opened",
+                   "ENOTSUP")
+
+
+def _offset(value, what: str) -> int:
+    if not isinstance(value, int) or value < 0 or value > OFF_MAX:
+        raise FsError(f"{what} {value!r} is out of range (0 .. 2^63-1)", "EINVAL")
+    return value
 
 
 class WriteQuota:
@@ -93,208 +230,625 @@ class WriteQuota:
 
     def __init__(self, limit: int | None):
         self.left = limit
+        self._lock = threading.Lock()
 
     def spend(self, n: int, label: str):
-        if self.left is not None:
+        if self.left is None:
+            return
+        with self._lock:
             if n > self.left:
                 raise FsError(f"{label}: write quota exhausted ({self.left} bytes left, "
                               f"{n} asked; limit max_bytes_written)", "EDQUOT")
             self.left -= n
 
+    def refund(self, n: int):
+        if self.left is not None and n > 0:
+            with self._lock:
+                self.left += n
+
+
+class _Handle:
+    """A descriptor several threads may use while one closes it: `with h as fd:`
+    holds it open; close() takes effect when the last user is done."""
+    __slots__ = ("fd", "_users", "_closing", "_lock", "_label")
+
+    def __init__(self, fd: int, label: str):
+        self.fd, self._users, self._closing, self._lock = fd, 0, False, threading.Lock()
+        self._label = label
+
+    def __enter__(self) -> int:
+        lock = self._lock
+        lock.acquire()
+        if self._closing:
+            lock.release()
+            raise FsError(f"{self._label} was closed", "EBADF")
+        self._users += 1
+        lock.release()
+        return self.fd
+
+    def __exit__(self, *_exc):
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._users -= 1
+            if self._closing and not self._users:
+                self._close()
+        finally:
+            lock.release()
+
+    def close(self):
+        with self._lock:
+            if not self._closing:
+                self._closing = True
+                if not self._users:
+                    self._close()
+
+    def _close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:          # nothing more can be done with it
+                pass
+
 
 class Directory:
+    """A directory capability: an O_PATH descriptor and its attenuation."""
+
     def __init__(self, fd: int, label: str, read_only: bool = False, append_only: bool = False,
-                 quota: WriteQuota | None = None):
-        self.fd = fd                   # O_PATH descriptor, owned by this object
+                 quota: WriteQuota | None = None, refuse_hard_links: bool = False):
+        self._h = _Handle(fd, label)
         self.label = label
         self.read_only = read_only
         self.append_only = append_only
+        self.refuse_hard_links = refuse_hard_links
         self.quota = quota or WriteQuota(None)
+
+    @property
+    def fd(self) -> int:
+        return self._h.fd
 
     @classmethod
     def grant(cls, path: str, subdir: str | None = None, max_bytes_written: int | None = None,
               **attenuation) -> "Directory":
-        d = cls(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC),
-                path, quota=WriteQuota(max_bytes_written), **attenuation)
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise _explain(e, path) from None
+        d = cls(fd, path, quota=WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
-                sub = d.subdir(subdir)          # beneath, no symlinks, like any path
+                sub = d._subdir(subdir, follow=True)     # beneath, like any path
             finally:
                 d.close()
             return sub
         return d
 
-    def _at(self, path: str, flags: int, mode: int = 0o644) -> int:
-        path = check_path(path)
-        try:
-            return _openat2(self.fd, path, flags, mode)
-        except OSError as e:
-            raise _explain(e, path) from None
+    # ------------------------------------------------------------ helpers
 
-    def _parent(self, path: str) -> tuple[int, str]:
-        path = check_path(path)
-        if path == ".":
-            raise FsError("this operation needs a name, not the directory itself", "EINVAL")
-        parent, _, name = path.rpartition("/")
-        return self._at(parent or ".", os.O_PATH | os.O_DIRECTORY), name
-
-    def open(self, path: str, mode: str) -> "File":
-        if mode != "read" and self.read_only:
-            raise FsError(f"{self.label} is read-only: files open for reading only", "EROFS")
-        if mode in ("write", "readWrite") and self.append_only:
-            raise FsError(f"{self.label} is append-only: files open to append or read", "EPERM")
-        flags = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND,
-                 "readWrite": os.O_RDWR}[mode]
-        fd = self._at(path, flags | os.O_NOFOLLOW)
-        return File(fd, f"{self.label}/{check_path(path)}", readable=mode in ("read", "readWrite"),
-                    writable=mode != "read", append_only=mode == "append" or self.append_only,
-                    quota=self.quota)
-
-    def create(self, path: str) -> "File":
+    def _refuse(self, what: str, path, append_ok: bool = False):
+        """Attenuation: read-only refuses every change, append-only every change
+        that is not adding (`append_ok`)."""
         if self.read_only:
-            raise FsError(f"{self.label} is read-only: cannot create {path!r}", "EROFS")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_APPEND if self.append_only else 0)
-        fd = self._at(path, flags)
-        return File(fd, f"{self.label}/{check_path(path)}", readable=False, writable=True,
-                    append_only=self.append_only, quota=self.quota)
+            raise FsError(f"{self.label} is read-only: cannot {what} {path!r}", "EROFS")
+        if self.append_only and not append_ok:
+            raise FsError(f"{self.label} is append-only: cannot {what} {path!r}", "EPERM")
 
-    def list(self, path: str) -> list[tuple[str, str]]:
-        fd = self._at(path or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            with os.scandir(fd) as it:
-                return sorted((e.name, _kind(e.stat(follow_symlinks=False).st_mode)) for e in it)
-        finally:
-            os.close(fd)
+    def _sub(self, raw: bytes) -> str:
+        return f"{self.label}/{raw.decode()}" if raw != b"." else self.label
 
-    def stat(self, path: str) -> dict:
-        fd = self._at(path or ".", os.O_PATH)
+    def _beneath(self, dfd: int, raw: bytes, flags: int, what: str) -> int:
         try:
-            return _info(os.fstat(fd))
-        finally:
-            os.close(fd)
-
-    def remove(self, path: str):
-        if self.read_only or self.append_only:
-            raise FsError(f"{self.label} is {'read' if self.read_only else 'append'}-only: "
-                          f"cannot remove {path!r}", "EROFS" if self.read_only else "EPERM")
-        parent, name = self._parent(path)
-        try:
-            s = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            (os.rmdir if st.S_ISDIR(s.st_mode) else os.unlink)(name, dir_fd=parent)
+            return _openat2(dfd, raw, flags)
         except OSError as e:
-            raise _explain(e, path) from None
+            raise _resolving(e, raw, what) from None
+
+    def _parent(self, dfd: int, raw: bytes, path: str, dots: str) -> tuple[int, bytes]:
+        """(descriptor of the parent, last component) for an operation on a name.
+        A last component '.' or '..' is never handed to the kernel (it would be
+        resolved without RESOLVE_BENEATH): if the path stays beneath, the
+        operation fails with `dots` ("EEXIST", ...), as Linux does."""
+        parent, name = _split(raw)
+        if name.rstrip(b"/") in (b".", b".."):
+            os.close(self._beneath(dfd, raw, os.O_PATH, path))   # ENOTCAPABLE if outside
+            raise FsError(f"{path!r} names a directory entry that cannot be changed", dots)
+        return self._beneath(dfd, parent, os.O_PATH | os.O_DIRECTORY, path), name
+
+    def _check_links(self, s: os.stat_result, path: str):
+        if self.refuse_hard_links and st.S_ISREG(s.st_mode) and s.st_nlink > 1:
+            raise FsError(f"{path!r} has {s.st_nlink} hard links, and {self.label} refuses "
+                          f"files with more than one (refuse_hard_links)", "EPERM")
+
+    # ------------------------------------------------------------ opening
+
+    def open(self, path: str, mode: str, follow: bool = False, append: bool = False,
+             sync: str = "none") -> dict:
+        """An existing regular file."""
+        if mode not in MODES:
+            raise FsError(f"unknown open mode {mode!r} (read, write, append, readWrite)",
+                          "EINVAL")
+        return self._open(path, MODES[mode], mode in ("read", "readWrite"), mode != "read",
+                          bool(append) or mode == "append", sync, create=False,
+                          follow=bool(follow))
+
+    def create(self, path: str, readable: bool = False, append: bool = False,
+               sync: str = "none") -> dict:
+        """A new regular file, open to write (and read); EEXIST if the name exists."""
+        return self._open(path, os.O_RDWR if readable else os.O_WRONLY, bool(readable), True,
+                          bool(append), sync, create=True, follow=False)
+
+    def _open(self, path, flags, readable, writable, append, sync, create, follow) -> dict:
+        if sync not in SYNC:
+            raise FsError(f"unknown sync mode {sync!r} (none, data, full)", "EINVAL")
+        raw = _path(path)
+        if create:
+            self._refuse("create", path, append_ok=True)
+        elif writable:
+            self._refuse("open to write", path, append_ok=append)
+        if self.append_only and writable:
+            append = True                          # the kernel keeps every write at the end
+        flags |= SYNC[sync] | (os.O_APPEND if append else 0)
+        with self._h as dfd:
+            fd = self._open_file(dfd, raw, path, flags, create, follow)
+        return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
+                             append=append, append_only=self.append_only,
+                             read_only=self.read_only, quota=self.quota)}
+
+    def _open_file(self, dfd, raw, path, flags, create, follow) -> int:
+        if create:      # O_EXCL: makes a regular file or fails; never follows, never blocks
+            try:
+                return _openat2(dfd, raw, flags | os.O_CREAT | os.O_EXCL)
+            except OSError as e:
+                raise _resolving(e, raw, path) from None
+        try:
+            p = _openat2(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW))
+        except OSError as e:
+            raise _resolving(e, raw, path) from None
+        try:
+            s = os.fstat(p)
+            if not st.S_ISREG(s.st_mode):
+                raise _not_openable(s, repr(path))
+            self._check_links(s, path)
+            return _reopen(p, flags)           # the inode just checked, not the path again
+        except OSError as e:
+            raise _explain(e, repr(path)) from None
+        finally:
+            os.close(p)
+
+    def subdir(self, path: str, follow: bool = False) -> dict:
+        return {"dir": self._subdir(path, follow)}
+
+    def _subdir(self, path: str, follow: bool) -> "Directory":
+        raw = _path(path)
+        with self._h as dfd:
+            fd = self._beneath(dfd, raw, os.O_PATH | os.O_DIRECTORY |
+                               (0 if follow else os.O_NOFOLLOW), path)
+        return Directory(fd, self._sub(raw), self.read_only, self.append_only, self.quota,
+                         self.refuse_hard_links)
+
+    # ------------------------------------------------------------ reading
+
+    def stat(self, path: str, follow: bool = False) -> dict:
+        raw = _path(path)
+        with self._h as dfd:
+            p = self._beneath(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW), path)
+        try:
+            return {"info": _info(os.fstat(p))}
+        finally:
+            os.close(p)
+
+    def list(self, path: str, cursor: int = 0, *, max_bytes: int | None = None) -> dict:
+        """One page of the entries of `path`, from `cursor` (0: the start).  The
+        cursors are the kernel's directory offsets (getdents64 d_off): nothing is
+        kept between pages, and a page costs the same wherever it starts."""
+        cursor = _offset(cursor, "cursor")
+        raw = _path(path)
+        budget = min(DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                     LIST_PAGE_BYTES) - _RESULT_SLACK
+        with self._h as dfd:
+            fd = self._beneath(dfd, raw, os.O_RDONLY | os.O_DIRECTORY, path)
+        try:
+            if cursor:
+                os.lseek(fd, cursor, os.SEEK_SET)
+            return _page(fd, cursor, budget)
+        except OSError as e:
+            raise _explain(e, repr(path)) from None
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: str, *, max_bytes: int | None = None) -> dict:
+        raw = _path(path)
+        with self._h as dfd:
+            p = self._beneath(dfd, raw, os.O_PATH | os.O_NOFOLLOW, path)
+        try:
+            if not st.S_ISLNK(os.fstat(p).st_mode):
+                raise FsError(f"{path!r} is not a symbolic link", "EINVAL")
+            target = os.readlink(b"", dir_fd=p)
+        except OSError as e:
+            raise _explain(e, repr(path)) from None
+        finally:
+            os.close(p)
+        room = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        if len(target) + _RESULT_SLACK > room:
+            raise FsError(f"the target of {path!r} is longer than a message to you may be",
+                          "ENAMETOOLONG")
+        try:
+            return {"target": target.decode("utf-8")}
+        except UnicodeDecodeError:
+            raise FsError(f"the target of {path!r} is not valid UTF-8", "EILSEQ") from None
+
+    # ------------------------------------------------------------ changing names
+
+    def _at(self, path: str, dots: str, op, what: str):
+        """Run op(parent descriptor, last component) for a path beneath this directory."""
+        raw = _path(path)
+        with self._h as dfd:
+            parent, name = self._parent(dfd, raw, path, dots)
+        try:
+            return op(parent, name)
+        except OSError as e:
+            raise _explain(e, repr(path), resolving=False) from None
         finally:
             os.close(parent)
 
     def mkdir(self, path: str):
-        if self.read_only:
-            raise FsError(f"{self.label} is read-only: cannot make {path!r}", "EROFS")
-        parent, name = self._parent(path)
-        try:
-            os.mkdir(name, 0o755, dir_fd=parent)
-        except OSError as e:
-            raise _explain(e, path) from None
-        finally:
-            os.close(parent)
+        self._refuse("make", path, append_ok=True)
+        self._at(path, "EEXIST", lambda p, n: os.mkdir(n, 0o755, dir_fd=p), "make")
 
-    def rename(self, src: str, dst: str):
-        """Rename within this directory (replacing `dst`): both names are resolved
+    def unlink(self, path: str):
+        self._refuse("remove", path)
+        self._at(path, "EISDIR", lambda p, n: os.unlink(n, dir_fd=p), "remove")
+
+    def rmdir(self, path: str):
+        self._refuse("remove", path)
+        self._at(path, "ENOTEMPTY" if path.rstrip("/").endswith("..") else "EINVAL",
+                 lambda p, n: os.rmdir(n, dir_fd=p), "remove")
+
+    def remove(self, path: str):
+        """A file, a link or an empty directory, whichever `path` names."""
+        self._refuse("remove", path)
+
+        def op(p, n):
+            try:
+                os.unlink(n, dir_fd=p)
+            except IsADirectoryError:
+                os.rmdir(n, dir_fd=p)
+        self._at(path, "EISDIR", op, "remove")
+
+    def symlink(self, target: str, path: str):
+        """Make `path` a symbolic link to `target`.  The target text must be
+        relative and must not climb above this directory from where the link is
+        (so no tool on the host that follows it is led outside either)."""
+        self._refuse("make", path, append_ok=True)
+        if not target:
+            raise FsError("a symbolic link needs a target", "ENOENT")
+        if isinstance(target, str) and target.startswith("/"):
+            raise FsError(f"a link to {target!r} would lead outside the granted directory "
+                          f"(link targets are relative)", "EPERM")
+        t = _path(target)
+        raw = _path(path)
+        with self._h as dfd:
+            parent, name = self._parent(dfd, raw, path, "EEXIST")
+            try:
+                depth = _depth_below(dfd, parent)
+                for part in t.split(b"/"):
+                    depth += -1 if part == b".." else 0 if part in (b"", b".") else 1
+                    if depth < 0:
+                        raise FsError(f"a link at {path!r} to {target!r} would lead outside "
+                                      f"the granted directory", "EPERM")
+                os.symlink(t, name, dir_fd=parent)
+            except OSError as e:
+                raise _explain(e, repr(path), resolving=False) from None
+            finally:
+                os.close(parent)
+
+    def link(self, from_: str, to: str):
+        """A hard link `to` naming what `from_` names (a link itself, if it is one)."""
+        self._refuse("link to", to, append_ok=True)
+        if self.refuse_hard_links:
+            raise FsError(f"{self.label} refuses hard links (refuse_hard_links)", "EPERM")
+        src, dst = _path(from_), _path(to)
+        with self._h as dfd:
+            sp, sname = self._parent(dfd, src, from_, "EPERM")
+            try:
+                dp, dname = self._parent(dfd, dst, to, "EEXIST")
+            except BaseException:
+                os.close(sp)
+                raise
+        try:
+            os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
+        except OSError as e:
+            raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None
+        finally:
+            os.close(sp)
+            os.close(dp)
+
+    def rename(self, from_: str, to: str):
+        """Rename beneath this directory (replacing `to`): both parents are resolved
         beneath it, and renameat(2) moves the last component only."""
-        if self.read_only or self.append_only:
-            raise FsError(f"{self.label} is {'read' if self.read_only else 'append'}-only: "
-                          f"cannot rename {src!r}", "EROFS" if self.read_only else "EPERM")
-        src_parent, src_name = self._parent(src)
+        self._refuse("rename", from_)
+        src, dst = _path(from_), _path(to)
+        with self._h as dfd:
+            sp, sname = self._parent(dfd, src, from_, "EBUSY")
+            try:
+                dp, dname = self._parent(dfd, dst, to, "EBUSY")
+            except BaseException:
+                os.close(sp)
+                raise
         try:
-            dst_parent, dst_name = self._parent(dst)
-        except FsError:
-            os.close(src_parent)
-            raise
-        try:
-            os.rename(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
+            os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
         except OSError as e:
-            raise _explain(e, src) from None
+            raise _explain(e, f"renaming {from_!r} to {to!r}:", resolving=False) from None
         finally:
-            os.close(src_parent)
-            os.close(dst_parent)
+            os.close(sp)
+            os.close(dp)
 
-    def subdir(self, path: str) -> "Directory":
-        fd = self._at(path, os.O_PATH | os.O_DIRECTORY)
-        return Directory(fd, f"{self.label}/{check_path(path)}", self.read_only, self.append_only,
-                         self.quota)
+    # ------------------------------------------------------------ metadata
+
+    def setTimes(self, path: str, follow: bool, accessedNs: int, accessed: str,  # noqa: N802,N803
+                 modifiedNs: int, modified: str):                                 # noqa: N803
+        self._refuse("set the times of", path)
+        times = _times(accessedNs, accessed, modifiedNs, modified)
+        raw = _path(path)
+        with self._h as dfd:
+            p = self._beneath(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW), path)
+        try:
+            self._check_links(os.fstat(p), path)
+            _utimensat(p, times, repr(path))
+        finally:
+            os.close(p)
+
+    def sync(self):
+        with self._h as dfd:
+            fd = self._beneath(dfd, b".", os.O_RDONLY | os.O_DIRECTORY, ".")
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise _explain(e, self.label) from None
+        finally:
+            os.close(fd)
 
     def close(self):
-        os.close(self.fd)
+        self._h.close()
+
+
+def _depth_below(root: int, parent: int) -> int:
+    """How many directories `parent` lies below `root` (both descriptors of
+    directories, `parent` resolved beneath `root`)."""
+    a = os.readlink(f"/proc/self/fd/{root}")
+    b = os.readlink(f"/proc/self/fd/{parent}")
+    rel = os.path.relpath(b, a)
+    if rel == "." or rel.startswith(".."):     # moved meanwhile: assume the least depth
+        return 0
+    return len(rel.split("/"))
+
+
+def _page(fd: int, cursor: int, budget: int) -> dict:
+    """Entries from the directory stream `fd` (already at `cursor`) until
+    `budget` bytes of results or LIST_PAGE_ENTRIES entries."""
+    buf = ctypes.create_string_buffer(_GETDENTS_BUF)
+    entries, used, last = [], 0, cursor
+    while True:
+        n = _libc.syscall(SYS_GETDENTS64, fd, buf, _GETDENTS_BUF)
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        if n == 0:
+            return {"entries": entries, "cursor": last, "done": True}
+        raw, pos = buf.raw[:n], 0
+        while pos < n:
+            ino, off, reclen, dtype = struct.unpack_from("<QqHB", raw, pos)
+            name = raw[pos + 19:pos + reclen].split(b"\0", 1)[0]
+            pos += reclen
+            if name in (b".", b".."):
+                last = off
+                continue
+            cost = 40 + (len(name) + 8) // 8 * 8      # an Entry: 4 words, and its name
+            if used + cost > budget or len(entries) >= LIST_PAGE_ENTRIES:
+                if not entries:
+                    raise FsError(f"an entry ({len(name)} bytes of name) does not fit in a "
+                                  f"message to you (message_size)", "E2BIG")
+                return {"entries": entries, "cursor": last, "done": False}
+            kind = _DT_KIND.get(dtype)
+            if kind is None:
+                try:
+                    kind = "other" if dtype else _kind(os.stat(name, dir_fd=fd,
+                                                               follow_symlinks=False).st_mode)
+                except FileNotFoundError:        # removed since it was read: not there
+                    last = off
+                    continue
+            entries.append({"name": name.decode("utf-8", "replace"), "kind": kind,
+                            "inode": ino, "cursor": off})
+            used += cost
+            last = off
 
 
 class File:
-    def __init__(self, fd: int, label: str, readable: bool, writable: bool, append_only: bool,
+    """An open regular file: a descriptor, what it was opened for, and the
+    attenuation of the grant it came through."""
+
+    def __init__(self, fd: int, label: str, readable: bool, writable: bool,
+                 append: bool = False, append_only: bool = False, read_only: bool = False,
                  quota: WriteQuota | None = None):
-        self.fd = fd
+        self._h = _Handle(fd, label)
         self.label = label
         self.readable = readable
         self.writable = writable
-        self.append_only = append_only
+        self.appending = append             # O_APPEND is on
+        self.append_only = append_only      # ... and always will be (the grant)
+        self.read_only = read_only
         self.quota = quota or WriteQuota(None)
+        self._lock = threading.Lock()       # append: find the end and write there
+
+    @property
+    def fd(self) -> int:
+        return self._h.fd
 
     @classmethod
     def grant(cls, path: str, read_only: bool = False, append_only: bool = False,
-              max_bytes_written: int | None = None) -> "File":
+              max_bytes_written: int | None = None, refuse_hard_links: bool = False) -> "File":
         if read_only:
-            flags, kw = os.O_RDONLY, dict(readable=True, writable=False, append_only=False)
+            flags, kw = os.O_RDONLY, dict(readable=True, writable=False)
         elif append_only:
             flags, kw = os.O_WRONLY | os.O_APPEND, dict(readable=False, writable=True,
-                                                        append_only=True)
+                                                        append=True)
         else:
-            flags, kw = os.O_RDWR, dict(readable=True, writable=True, append_only=False)
-        return cls(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC), path,
+            flags, kw = os.O_RDWR, dict(readable=True, writable=True)
+        try:
+            p = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise _explain(e, path) from None
+        try:
+            s = os.fstat(p)
+            if not st.S_ISREG(s.st_mode):
+                raise _not_openable(s, path)
+            if refuse_hard_links and s.st_nlink > 1:
+                raise FsError(f"{path} has {s.st_nlink} hard links (refuse_hard_links)", "EPERM")
+            fd = _reopen(p, flags)
+        except OSError as e:
+            raise _explain(e, path) from None
+        finally:
+            os.close(p)
+        return cls(fd, path, append_only=append_only, read_only=read_only,
                    quota=WriteQuota(max_bytes_written), **kw)
 
-    def read(self, offset: int, count: int) -> bytes:
+    def _writing(self, what: str):
+        if not self.writable:
+            why = "read-only" if self.read_only else "not open for writing"
+            raise FsError(f"{self.label} is {why}: cannot {what}", "EBADF")
+
+    def read(self, offset: int, count: int, *, max_bytes: int | None = None) -> dict:
         if not self.readable:
             raise FsError(f"{self.label} is not open for reading", "EBADF")
+        if not (type(offset) is int and 0 <= offset <= OFF_MAX):     # the hot path: inline
+            offset = _offset(offset, "offset")
+        if not (type(count) is int and count >= 0):
+            raise FsError(f"count {count!r} is out of range", "EINVAL")
+        count = min(count, MAX_READ, (DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+                    - _RESULT_SLACK)
+        h = self._h
+        fd = h.__enter__()
         try:
-            return os.pread(self.fd, min(count, MAX_READ), offset)
+            return {"data": os.pread(fd, count if count > 0 else 0, offset)}
         except OSError as e:
             raise _explain(e, self.label) from None
+        finally:
+            h.__exit__()
 
-    def write(self, offset: int, data: bytes) -> int:
-        if not self.writable:
-            raise FsError(f"{self.label} is read-only", "EBADF")
-        if self.append_only:
-            raise FsError(f"{self.label} is append-only: use append, not write at an offset",
-                          "EPERM")
+    def write(self, offset: int, data: bytes) -> dict:
+        self._writing("write")
+        if self.appending:
+            why = "append-only" if self.append_only else "open to append"
+            raise FsError(f"{self.label} is {why}: use append, not write at an offset", "EPERM")
+        offset = _offset(offset, "offset")
+        if offset + len(data) > OFF_MAX:
+            raise FsError(f"{self.label}: writing {len(data)} bytes at {offset} would pass "
+                          f"the largest file size", "EFBIG")
         self.quota.spend(len(data), self.label)
-        try:
-            return os.pwrite(self.fd, data, offset)
-        except OSError as e:
-            raise _explain(e, self.label) from None
+        with self._h as fd:
+            try:
+                n = os.pwrite(fd, data, offset)
+            except OSError as e:
+                self.quota.refund(len(data))
+                raise _explain(e, self.label) from None
+        self.quota.refund(len(data) - n)
+        return {"written": n}
 
-    def append(self, data: bytes) -> int:
-        if not self.writable:
-            raise FsError(f"{self.label} is read-only", "EBADF")
+    def append(self, data: bytes) -> dict:
+        """Write at the end; the offset it was written at."""
+        self._writing("append")
         self.quota.spend(len(data), self.label)
-        try:
-            if self.append_only:                    # O_APPEND: the kernel picks the end
-                end = os.fstat(self.fd).st_size
-                os.write(self.fd, data)
-                return end
-            end = os.lseek(self.fd, 0, os.SEEK_END)
-            os.pwrite(self.fd, data, end)
-            return end
-        except OSError as e:
-            raise _explain(e, self.label) from None
+        with self._h as fd, self._lock:
+            try:
+                if self.appending:                     # O_APPEND: the kernel picks the end
+                    end = os.fstat(fd).st_size
+                    n = os.write(fd, data)
+                else:
+                    end = os.lseek(fd, 0, os.SEEK_END)
+                    n = os.pwrite(fd, data, end)
+            except OSError as e:
+                self.quota.refund(len(data))
+                raise _explain(e, self.label) from None
+        self.quota.refund(len(data) - n)
+        return {"offset": end}
 
     def truncate(self, size: int):
-        if not self.writable or self.append_only:
-            raise FsError(f"{self.label} is {'append' if self.append_only else 'read'}-only: "
-                          f"cannot truncate", "EPERM" if self.append_only else "EBADF")
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError as e:
-            raise _explain(e, self.label) from None
+        if self.append_only:
+            raise FsError(f"{self.label} is append-only: cannot truncate", "EPERM")
+        self._writing("truncate")
+        size = _offset(size, "size")
+        with self._h as fd:
+            try:
+                grow = size - os.fstat(fd).st_size    # zeros added count as written
+                self.quota.spend(max(grow, 0), self.label)
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    self.quota.refund(grow)
+                    raise
+            except OSError as e:
+                raise _explain(e, self.label) from None
 
     def stat(self) -> dict:
-        return _info(os.fstat(self.fd))
+        with self._h as fd:
+            return {"info": _info(os.fstat(fd))}
+
+    def setAppend(self, append: bool):                     # noqa: N802
+        if not append and self.append_only:
+            raise FsError(f"{self.label} is append-only: its writes always go to the end",
+                          "EPERM")
+        with self._h as fd, self._lock:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL,
+                        flags | os.O_APPEND if append else flags & ~os.O_APPEND)
+            self.appending = bool(append)
+
+    def sync(self, dataOnly: bool = False):                 # noqa: N803
+        with self._h as fd:
+            try:
+                (os.fdatasync if dataOnly else os.fsync)(fd)
+            except OSError as e:
+                raise _explain(e, self.label) from None
+
+    def setTimes(self, accessedNs: int, accessed: str, modifiedNs: int,  # noqa: N802,N803
+                 modified: str):                                          # noqa: N803
+        if self.read_only:
+            raise FsError(f"{self.label} is read-only: cannot set its times", "EROFS")
+        if self.append_only:
+            raise FsError(f"{self.label} is append-only: cannot set its times", "EPERM")
+        times = _times(accessedNs, accessed, modifiedNs, modified)
+        with self._h as fd:
+            _utimensat(fd, times, self.label)
 
     def close(self):
-        os.close(self.fd)
+        self._h.close()
+
+
+def hard_linked(path: str, limit: int = 100_000) -> tuple[int, list[str], bool]:
+    """Regular files under `path` (symbolic links not followed) that have more than
+    one hard link: (how many, the first few paths, whether all of `path` was seen
+    within `limit` entries).  For `wsuper check`: such a link may have been made on
+    the host to a file outside every grant."""
+    count, examples, seen = 0, [], 0
+    stack = [path]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for e in it:
+                    seen += 1
+                    if seen > limit:
+                        return count, examples, False
+                    try:
+                        s = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if st.S_ISDIR(s.st_mode):
+                        stack.append(e.path)
+                    elif st.S_ISREG(s.st_mode) and s.st_nlink > 1:
+                        count += 1
+                        if len(examples) < 3:
+                            examples.append(e.path)
+        except OSError:
+            continue
+    return count, examples, True

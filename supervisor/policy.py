@@ -13,15 +13,17 @@ import tomllib
 
 import attrs
 
+from capnp_schemas import hosted
 from compartments.limits import Limits
 
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = ("log", "clock", "random", "directory", "file", "environment")
+HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "engine_user"}
+SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "max_connections",
+               "message_timeout", "logs", "engine_user"}
 #: uid and gid of every engine when wsuper runs as root (Debian's nobody and nogroup)
 DEFAULT_ENGINE_USER = (65534, 65534)
 _ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
@@ -31,8 +33,8 @@ COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restar
                     "instance"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
-              "calls_per_second", "path", "read_only", "append_only", "subdir",
-              "max_bytes_written", "args", "vars", "mount"}
+              "calls_per_second", "path", "read_only", "append_only", "refuse_hard_links",
+              "subdir", "max_bytes_written", "args", "vars", "mount"}
 GRANT_TARGETS = ("compartment", "host")
 SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
@@ -59,12 +61,21 @@ class Grant:
     path: str | None = None               # directory / file grants: an absolute path
     read_only: bool = False
     append_only: bool = False
+    refuse_hard_links: bool = False       # directory / file grants: no file with links > 1
     subdir: str | None = None             # directory grants: only this part of `path`
     max_bytes_written: int | None = None  # directory / file grants: a write quota
     args: tuple = ()                      # environment grants: arguments
     vars: tuple = ()                      # environment grants: (name, value) pairs
     mount: str | None = None              # directory grants: where a WASI program sees it
     origin: str = ""                      # "FILE: KEY" where the grant was written
+    methods: frozenset | None = None      # `allow`, resolved by preflight to
+                                          # (interface id, method id) pairs
+
+    @property
+    def attenuated(self) -> bool:
+        """Whether calls through it pass a membrane (allow-list, revocation, quotas)."""
+        return self.allow is not None or self.revocable or self.max_uses is not None \
+            or self.expires_after is not None or self.calls_per_second is not None
 
 
 _UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -93,6 +104,9 @@ class System:
     socket: str | None = None   # absolute path, if set in the file
     audit: str | None = None    # absolute path of the audit log (JSON lines), if any
     external_limits: "Limits" = None   # per external client connection (defaults if None)
+    logs: str | None = None     # absolute path of the log directory, if set in the file
+    max_connections: int = 32   # external connections at once
+    message_timeout: float = 10.0   # seconds a peer may take to finish a message it began
     engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
 
     @property
@@ -123,7 +137,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     `read_policy(path) -> text` reads a policy file a compartment refers to
     (`load()` passes one that reads the disk; tests pass a dict's get).
     """
-    base = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(path)           # every error names files the same way
+    base = os.path.dirname(path)
     where = _Where(text, path)
     doc = _toml(text, path)
 
@@ -139,6 +154,9 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     audit = system.get("audit")
     if audit is not None:
         audit = _path(where, "system.audit", audit, base)
+    logs = system.get("logs")
+    if logs is not None:
+        logs = _path(where, "system.logs", logs, base)
     external_limits = None
     if "external_limits" in system:
         table = system["external_limits"]
@@ -146,6 +164,14 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         _only(where, "system.external_limits", table, EXTERNAL_LIMIT_KEYS)
         external_limits = _limits(where, "system.external_limits", table)
     engine_user = _engine_user(where, system.get("engine_user"))
+    endpoint = {}
+    for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
+                             ("message_timeout", (int, float), 0.1, 3600)):
+        if k in system:
+            v = system[k]
+            if isinstance(v, bool) or not isinstance(v, kinds) or not lo <= v <= hi:
+                raise where.error(f"system.{k}", f"must be a number in {lo}..{hi}, not {v!r}")
+            endpoint[k] = v
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -219,11 +245,12 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
-                  engine_user)
+                  logs, engine_user=engine_user, **endpoint)
 
 
 def load(path: str) -> System:
     """Read and validate a system file, then check the files it names."""
+    path = os.path.abspath(path)
     text = _read_text(path, "")
     system = parse(text, path, lambda p: _read_text(p, "policy file "))
     where = _Where(text, path)
@@ -245,10 +272,28 @@ def load(path: str) -> System:
             if not want(g.path):
                 what = "directory" if g.target == "directory" else "regular file"
                 raise gwhere.error(key, f"{g.path} is not an existing {what}")
+            if g.subdir is not None:
+                problem = _subdir_problem(g.path, g.subdir)
+                if problem:
+                    raise gwhere.error(f"{origin_key}.subdir", problem)
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} does not exist")
     return system
+
+
+def _subdir_problem(path: str, subdir: str) -> str | None:
+    """Why `subdir` cannot be granted beneath `path` (None if it can): each part must
+    be a real directory, not a symbolic link (the supervisor opens it beneath
+    the grant with no links followed)."""
+    at = path
+    for part in [p for p in subdir.split("/") if p not in ("", ".")]:
+        at = os.path.join(at, part)
+        if os.path.islink(at):
+            return f"{at} is a symbolic link; subdir must name a real directory"
+        if not os.path.isdir(at):
+            return f"{at} is not an existing directory"
+    return None
 
 
 def _read_text(path: str, what: str) -> str:
@@ -275,31 +320,33 @@ class _Where:
         self.path = path
 
     def line_of(self, key: str) -> int | None:
-        parts = [p for p in re.split(r"\.(?![^\[]*\])", key) if p]
-        if not parts:
+        """The line that writes `key` (dotted, list indices ignored): the line of the
+        longest prefix of it that the file writes, as a table header, a dotted key
+        or an inline table; for a table the file only writes deeper parts of (an
+        unknown table `[foo.bar]` for the key `foo`), its first header."""
+        target = [re.sub(r"\[\d+\]$", "", p) for p in re.split(r"\.(?![^\[]*\])", key) if p]
+        if not target:
             return None
-        # the deepest table header that is a prefix of the key, then the key inside it
-        best, table_line = 0, None
+        best, best_line, table = 0, None, []
         for i, line in enumerate(self.lines, 1):
             s = line.strip()
-            if s.startswith("[") and not s.startswith("[["):
-                header = [h.strip().strip('"') for h in s.strip("[]").split(".")]
-                n = len(header)
-                if header == parts[:n] and n >= best:
-                    best, table_line = n, i
-        if table_line is None:
-            return None
-        rest = parts[best:]
-        if not rest:
-            return table_line
-        leaf = re.sub(r"\[\d+\]$", "", rest[0])
-        for i in range(table_line, len(self.lines)):
-            s = self.lines[i].strip()
-            if s.startswith("["):
-                break
-            if re.match(rf'"?{re.escape(leaf)}"?\s*[=.]', s):
-                return i + 1
-        return table_line
+            header = re.match(r"^\[\[?\s*(.*?)\s*\]\]?", s)
+            if header:
+                table = path = _split_dotted(header.group(1))
+            else:
+                m = _KEY.match(s)
+                if m is None:
+                    continue
+                path = table + _split_dotted(m.group(1))
+            if path == target[:len(path)]:
+                score = len(path)
+            elif target == path[:len(target)]:
+                score = len(target)
+            else:
+                continue
+            if score > best:
+                best, best_line = score, i
+        return best_line
 
     def error(self, key, reason) -> PolicyError:
         return PolicyError(self.path, key, reason, self.line_of(key))
@@ -315,6 +362,15 @@ def _engine_user(where, value) -> tuple:
         raise where.error("system.engine_user", f'must be "UID:GID" with numbers from 1 to '
                           f'4294967294 (not root), e.g. "65534:65534"; got {value!r}')
     return ids
+
+
+_KEY = re.compile(r'((?:"[^"]*"|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z0-9_-]+))*)\s*=')
+
+
+def _split_dotted(key: str) -> list[str]:
+    """`a."b.c".d` -> ["a", "b.c", "d"] (dots inside quotes or brackets do not split)."""
+    parts = re.findall(r'"([^"]*)"|([^.\s"]+(?:\[[^\]]*\])?)', key)
+    return [q or bare for q, bare in parts]
 
 
 def _only(where, key, table, allowed):
@@ -392,9 +448,9 @@ def _limits(where, key, table) -> Limits:
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
         n = _size(where, f"{key}.{k}", v) if is_size else v
-        kinds = (int, float) if k in ("call_time", "log_rate") else int
+        kinds = (int, float) if k in Limits.REAL else int
         if isinstance(n, bool) or not isinstance(n, kinds):
-            what = "a number" if k in ("call_time", "log_rate") else "a whole number"
+            what = "a number" if k in Limits.REAL else "a whole number"
             raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
         if not lo <= n <= hi:
             raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")
@@ -442,7 +498,7 @@ def _grant(where, key, name, spec) -> Grant:
                 raise where.error(f"{key}.{k}", f"must be a number of at least {lo}, not {v!r}")
             quotas[k] = v
     files = {}
-    for k in ("read_only", "append_only"):
+    for k in ("read_only", "append_only", "refuse_hard_links"):
         if k in spec:
             if not isinstance(spec[k], bool):
                 raise where.error(f"{key}.{k}", f"must be true or false, not {spec[k]!r}")

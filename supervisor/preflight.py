@@ -12,10 +12,12 @@ import capnp
 import wasmtime
 
 import capnp_schemas
+from capnp_schemas import hosted
+from capnp_schemas.text import first_line
 from compartments import abi
-from compartments.wasm import compile_module, describe_imports, engine_config
+from compartments.wasm import describe_imports, engine_config
 
-from .policy import System, _Where
+from .policy import PolicyError, System, _Where
 
 
 @attrs.frozen
@@ -24,12 +26,10 @@ class Plan:
     interfaces: dict        # interface name -> interface id
     main_interface: dict    # compartment name -> interface id | None
     names: dict = {}        # interface id -> (name, {method id: method name})
-    allow: dict = {}        # (compartment, grant name) -> frozenset of (interface id, method id)
     interface_modules: dict = {}   # interface name -> pycapnp interface module
 
 
-HOST_INTERFACES = {"log": "Log", "clock": "Clock", "random": "Random",
-                   "directory": "Directory", "file": "File", "environment": "Environment"}
+HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 
 
 
@@ -44,8 +44,11 @@ def prepare(system: System) -> Plan:
         key = f"system.schemas[{i}]"
         try:
             module = capnp_schemas.load(path)
+        except capnp_schemas.SchemaError as e:
+            raise PolicyError(e.path, "", f"{e.reason} (the schema is listed at {key} in "
+                              f"{system.path})", e.line) from None
         except (capnp.KjException, OSError, ValueError) as e:
-            raise where.error(key, f"cannot load schema {path}: {_first(e)}") from None
+            raise where.error(key, f"cannot load schema {path}: {first_line(e)}") from None
         for name, iface in capnp_schemas.interfaces(module).items():
             if name in interfaces:
                 raise where.error(key, f"interface {name} is declared in both "
@@ -68,34 +71,75 @@ def prepare(system: System) -> Plan:
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
-            try:
-                module = compile_module(engine, comp.module)
-            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
-                raise where.error(f"{key}.module", f"{comp.module} is not a valid wasm module: "
-                                  f"{_first(e)}") from None
+            module = _compile(where, f"{key}.module", engine, comp.module)
             imports = list(describe_imports(module))
+            memory = next((e.type.limits.min for e in module.exports
+                           if e.name == abi.EXPORT_MEMORY
+                           and isinstance(e.type, wasmtime.MemoryType)), 0)
             checked[comp.module] = (abi.check_imports(imports),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
-                                    {e.name for e in module.exports})
-        problem, is_wasi, exported = checked[comp.module]
+                                    {e.name for e in module.exports}, memory)
+        problem, is_wasi, exported, pages = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
+        if pages * 65536 > comp.limits.memory:
+            raise where.error(f"{key}.limits.memory",
+                              f"{comp.module}'s memory starts at {pages} pages "
+                              f"({pages * 65536} bytes), more than the limit of "
+                              f"{comp.limits.memory} bytes")
         if is_wasi:
             _check_wasi_grants(where, key, comp)
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
-    allow = {}
+    resolved = {}
     for comp in system.compartments.values():
+        grants = []
         for g in comp.grants:
-            if g.allow is None:
-                continue
-            granted = (system.compartments[g.target].exports if g.kind == "compartment"
-                       else HOST_INTERFACES[g.target])
-            allow[(comp.name, g.name)] = frozenset(
-                _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
-                                m, granted, by_name, names) for m in g.allow)
-    return Plan(system, interfaces, main, names, allow, ifaces)
+            if g.allow is not None:
+                granted = (system.compartments[g.target].exports if g.kind == "compartment"
+                           else HOST_INTERFACES[g.target])
+                g = attrs.evolve(g, methods=frozenset(
+                    _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
+                                    m, granted, by_name, names) for m in g.allow))
+            grants.append(g)
+        resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
+    system = attrs.evolve(system, compartments=resolved)
+    return Plan(system, interfaces, main, names, ifaces)
+
+
+def _compile(where, key, engine, path) -> wasmtime.Module:
+    """Compile a module file, with an error that says what the file is when it is not
+    WebAssembly (a .wasm is binary; a .wat is UTF-8 text)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise where.error(key, f"cannot read {path}: {e.strerror}") from None
+    if path.endswith(".wat") and not data.startswith(b"\0asm"):
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise where.error(key, f"{path} is not WebAssembly text: it is not UTF-8 "
+                              f"(byte {e.start}){_what(data)}") from None
+    elif not data.startswith(b"\0asm"):
+        raise where.error(key, f"{path} is not a WebAssembly binary: it does not start with "
+                          f"\\0asm{_what(data)}")
+    else:
+        source = data
+    try:
+        return wasmtime.Module(engine, source)
+    except wasmtime.WasmtimeError as e:
+        raise where.error(key, f"{path} is not a valid wasm module: {first_line(e)}") from None
+
+
+def _what(data: bytes) -> str:
+    for magic, name in ((b"\x7fELF", "an ELF executable"), (b"MZ", "a Windows executable"),
+                        (b"#!", "a script"), (b"PK\x03\x04", "a zip archive"),
+                        (b"\xca\xfe\xba\xbe", "a Mach-O or Java class file")):
+        if data.startswith(magic):
+            return f" (it looks like {name})"
+    return ""
 
 
 def _check_wasi_grants(where, key, comp):
@@ -136,8 +180,3 @@ def _resolve_method(where, key, entry, granted, by_name, names) -> tuple:
             return (iid, mid)
     raise where.error(key, f"{iface} has no method {method!r} "
                       f"(methods: {', '.join(methods.values())})")
-
-
-def _first(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -1,295 +1,72 @@
-"""The reference monitor: routes Cap'n Proto RPC between connections (pure).
+"""The reference monitor's core: c-lists, translation and delivery (pure).
 
-Bytes in, effects out: `Router.receive(peer, data)` feeds one connection and
-returns what the runtime must do (send bytes, print a log line, note that a
-compartment started or exited).  No trio, no sockets, no processes; the unit
-tests drive it directly and the runtime (runtime.py) performs the effects.
+Bytes in, effects out.  `Router.receive(peer, data)` feeds one connection and
+returns what the runtime must do (effects.py): send bytes, serve a call on a
+host object, note that a compartment started or exited.  No trio, no
+sockets, no files, no clock of its own: the runtime (runtime.py) performs
+the effects, serves host calls (hostcaps.py) and reports back; the unit tests
+drive this class directly.
 
 Every call from a peer names a target in *that peer's* export table (its
-c-list); the router resolves it to a capability object here and delivers the
-call:
-  Remote   an object hosted by an engine (or an external client): forward it
-  Proxy    a compartment's main object, as granted by name in system.toml;
-           calls wait while the compartment starts, fail once it is gone
-  Host     an object the supervisor hosts itself (Log, the external Gateway)
+c-list); the router resolves it to a capability object (caps.py), lets every
+membrane it crosses admit it (membrane.py), and delivers it:
+  Remote   an object hosted by a peer: forward the call to that peer
+  Proxy    a compartment's main object: forward it to the compartment's engine,
+           wait while it starts, fail once it is gone
+  Host     an object the supervisor serves: a HostCall effect (the gateway of
+           the external endpoint is answered here)
 Capabilities in params and results are translated from the sender's tables to
-the receiver's; content bytes are spliced, never interpreted.  A peer that
-breaks the protocol gets an Abort and is cut off; nobody else notices.
+the receiver's; content bytes are spliced, never interpreted.
+
+Fail closed: nothing a peer sends can raise out of an entry point.  A peer
+that breaks the protocol, or whose message trips an error in this code, gets
+an Abort and is cut off; a call with bad parameters fails alone; nobody else
+notices.  The engine control protocol (start, run) is in control.py.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-import os
-import time
 
 import attrs
 
-from capnp_schemas import engine as engine_schema, host as host_schema, protocol, wire
-from capnp_schemas.payloads import StartResults, grants_content, method_structs, with_capability
+from capnp_schemas import hosted, protocol, wire
+from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
-
+from capnp_schemas.text import first_line as _first_line, printable as _printable
 from compartments.limits import Limits
 
-from . import hostfs
+from . import control, effects as fx
+from .caps import Call, CallError, Cap, Denial, Host, Proxy, Remote, Wrapped, describe
+from .membrane import AuditTrail, Membrane, Names
 
-LOG_LINE_LIMIT = 4096       # characters of one Log line that are shown
-ENGINE_ID = engine_schema.Engine.schema.node.id
-LOG_ID = host_schema.Log.schema.node.id
-CLOCK_ID = host_schema.Clock.schema.node.id
-RANDOM_ID = host_schema.Random.schema.node.id
-DIRECTORY_ID = host_schema.Directory.schema.node.id
-FILE_ID = host_schema.File.schema.node.id
-ENVIRONMENT_ID = host_schema.Environment.schema.node.id
-HOST_IDS = {"log": LOG_ID, "clock": CLOCK_ID, "random": RANDOM_ID, "directory": DIRECTORY_ID,
-            "file": FILE_ID, "environment": ENVIRONMENT_ID}
-DIRECTORY_METHODS = ("open", "create", "list", "stat", "remove", "mkdir", "subdir", "rename")
-FILE_METHODS = ("read", "write", "append", "truncate", "stat")
-RANDOM_MAX_BYTES = 65536
-GATEWAY_ID = host_schema.Gateway.schema.node.id
+#: Header words a message may carry on top of its content (cap table, call header).
+HEADER_WORDS = 8192
+#: Calls to a peer fail ("overloaded") while this many bytes wait to be written to it.
+QUEUE_SOFT_FACTOR = 2
 
 
-_, RunResults = method_structs(engine_schema.Engine, "run")
-LogWriteParams, _ = method_structs(host_schema.Log, "write")
-GatewayGetParams, GatewayGetResults = method_structs(host_schema.Gateway, "get")
-_, GatewayListResults = method_structs(host_schema.Gateway, "list")
-_, ClockResults = method_structs(host_schema.Clock, "wall")
-RandomParams, RandomResults = method_structs(host_schema.Random, "bytes")
-_ENV_STRUCTS = {m: method_structs(host_schema.Environment, m) for m in ("args", "vars", "get")}
-_DIR_STRUCTS = {m: method_structs(host_schema.Directory, m) for m in DIRECTORY_METHODS}
-_FILE_STRUCTS = {m: method_structs(host_schema.File, m) for m in FILE_METHODS}
+def queue_soft_limit(limits: Limits) -> int:
+    """Bytes waiting to be written to a peer beyond which calls to it are refused
+    and the supervisor stops reading from it (backpressure)."""
+    return max(QUEUE_SOFT_FACTOR * limits.message_size, 1 << 20)
 
 
-# ------------------------------------------------------------------ effects
-
-
-@attrs.frozen
-class Send:
-    peer: int
-    data: bytes
-
-
-@attrs.frozen
-class Close:
-    """Close this peer's connection (after an Abort was sent)."""
-    peer: int
-    reason: str
-
-
-@attrs.frozen
-class LogLine:
-    compartment: str
-    text: str
-
-
-@attrs.frozen
-class Started:
-    compartment: str
-    program: bool
-
-
-@attrs.frozen
-class StartFailed:
-    compartment: str
-    reason: str
-
-
-@attrs.frozen
-class Exited:
-    compartment: str
-    exit_code: int | None
-    error: str | None = None
-
-
-@attrs.frozen
-class Notice:
-    text: str
-
-
-# ------------------------------------------------------------------ capabilities
-
-
-class Cap:
-    """A capability object in the supervisor.  Identity matters: never equal to another."""
-    refs: int = 0
-
-
-class Remote(Cap):
-    """An object hosted by a peer, known to us by the peer's export id."""
-
-    def __init__(self, peer: "Peer", import_id: int):
-        self.peer = peer
-        self.import_id = import_id
-        self.refs = 0
-
-    def __repr__(self):
-        return f"Remote({self.peer.name}#{self.import_id})"
-
-
-class Proxy(Cap):
-    """A compartment's main object, as granted by name: stable across its lifetime."""
-
-    def __init__(self, compartment: str, interface_id: int | None):
-        self.compartment = compartment
-        self.interface_id = interface_id
-        self.target: Remote | None = None
-        self.error: str | None = None
-        self.error_type = "disconnected"
-        self.queue: list = []
-        self.refs = 0
-
-    def __repr__(self):
-        return f"Proxy({self.compartment})"
-
-
-class Host(Cap):
-    """An object the supervisor hosts: 'log', 'clock', 'random', 'directory', 'file'
-    (for one compartment), or the external 'gateway'.  `obj` is the hostfs object
-    of a directory or file; it is closed when the last reference goes."""
-
-    def __init__(self, kind: str, owner: str, obj=None, path: str | None = None):
-        self.kind = kind
-        self.owner = owner
-        self.obj = obj
-        self.path = path          # the grant path (audit): "app.data", "app.data>Directory.open"
-        self.refs = 0
-
-    def __repr__(self):
-        return f"Host({self.kind} of {self.owner})"
-
-
-class Membrane:
-    """The attenuation of one grant, shared by everything obtained through it.
-
-    `allow`: (interface id, method id) pairs that may be called on interfaces in
-    `restricted` (the granted one, and any the allow-list names); other
-    interfaces pass.  Revoking kills the grant, everything derived from it, and
-    the calls in flight through any of them.
-    """
-
-    def __init__(self, path: str, allow=None, restricted=frozenset(), revocable=False,
-                 forward: "Membrane | None" = None):
-        self.path = path
-        self.allow = allow
-        self.restricted = restricted
-        self.revocable = revocable
-        self.forward = forward            # set on a reverse membrane (params direction)
-        self._revoked: str | None = None
-        self.uses_left: int | None = None        # quotas, set for a grant's membrane
-        self.expires_at: float | None = None
-        self.rate: float | None = None
-        self.tokens = 0.0
-        self.refilled = 0.0
-        self.wrappers: dict[int, Wrapped] = {}
-        self.inflight: set = set()        # (peer id, answer id) of calls through it
-        self.reverse = Membrane(path + " (passed back)", forward=self) \
-            if revocable and forward is None else None
-
-    @property
-    def revoked(self) -> str | None:
-        return self.forward.revoked if self.forward is not None else self._revoked
-
-    def allows(self, interface_id: int, method_id: int) -> bool:
-        if self.allow is None or interface_id not in self.restricted:
-            return True
-        return (interface_id, method_id) in self.allow
-
-
-class Wrapped(Cap):
-    """A capability seen through a membrane."""
-
-    def __init__(self, target: Cap, membrane: Membrane, path: str):
-        self.target = target
-        self.membrane = membrane
-        self.path = path
-        self.refs = 0
-
-    def __repr__(self):
-        return f"Wrapped({self.path})"
-
-
-@attrs.frozen
-class GrantSpec:
-    """One grant as the router needs it (from system.toml via the runtime)."""
-    local: str
-    kind: str                      # "compartment" | "host"
-    target: str
-    allow: frozenset | None = None
-    revocable: bool = False
-    max_uses: int | None = None
-    expires_after: float | None = None
-    calls_per_second: float | None = None
-    path: str | None = None
-    read_only: bool = False
-    append_only: bool = False
-    subdir: str | None = None
-    max_bytes_written: int | None = None
-    args: tuple = ()
-    vars: tuple = ()
-    mount: str | None = None       # directory grants: the path a WASI program sees
-
-    @property
-    def attenuated(self) -> bool:
-        return self.allow is not None or self.revocable or self.max_uses is not None \
-            or self.expires_after is not None or self.calls_per_second is not None
-
-
-@attrs.frozen
-class Audit:
-    """One capability call, for the audit log (emitted when it ends, or when denied)."""
-    record: dict
-
-
-@attrs.frozen
-class Denied:
-    """A call refused by attenuation: shown on the terminal."""
-    text: str
-    caller: str = ""
-
-
-@attrs.frozen
-class _Call:
-    """A call waiting somewhere (on a starting compartment, on an unreturned answer)."""
-    interface_id: int
-    method_id: int
-    content: Content
-    caps: tuple
-    reply: tuple            # (peer, answer_id)
-
-
-class CallError(Exception):
-    def __init__(self, reason: str, type: str = "failed"):
-        super().__init__(reason)
-        self.reason = reason
-        self.type = type
-
-
-class _Denial(CallError):
-    """Refused by attenuation (allow-list, revocation)."""
-
-
-def _describe(cap) -> str:
-    if isinstance(cap, Wrapped):
-        return cap.path
-    if isinstance(cap, Proxy):
-        return f"{cap.compartment} (main object)"
-    if isinstance(cap, Remote):
-        return f"{cap.peer.name} object #{cap.import_id}"
-    if isinstance(cap, Host):
-        return cap.path or f"{cap.kind} of {cap.owner}"
-    return type(cap).__name__
+def queue_hard_limit(limits: Limits) -> int:
+    """Bytes waiting for a peer beyond which it is cut off: it does not read."""
+    return 4 * queue_soft_limit(limits) + (16 << 20)
 
 
 class Peer:
-    """One connection: an engine (compartment) or an external client."""
+    """One connection: an engine (a compartment) or an external client."""
 
     def __init__(self, pid: int, name: str, kind: str, limits: Limits):
         self.id = pid
         self.name = name
         self.kind = kind                 # "engine" | "external"
         self.limits = limits
-        # a message carries content plus headers: allow the headers on top
-        self.conn = protocol.Connection(name, max_message_words=(limits.message_size >> 3) + 8192)
+        self.conn = protocol.Connection(
+            name, max_message_words=(limits.message_size >> 3) + HEADER_WORDS)
         self.remotes: dict[int, Remote] = {}
         self.alive = True
         self.control: Remote | None = None
@@ -298,96 +75,103 @@ class Peer:
         return f"Peer({self.name})"
 
 
-# ------------------------------------------------------------------ the router
+def _no_clock() -> float:
+    return 0.0
 
 
 class Router:
-    def __init__(self, compartments: dict[str, int | None], external: tuple = (),
-                 limits: dict | None = None, external_limits: Limits = Limits(),
-                 clock=time.monotonic, names: dict | None = None, audit: bool = False,
-                 wall_ns=time.time_ns, monotonic_ns=time.monotonic_ns, entropy=os.urandom,
-                 filesystem=hostfs):
+    def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
+                 external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
+                 names: dict | None = None, audit: bool = False, backlog=None):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
-        `limits`: name -> Limits (default Limits()).  `clock` times call_time.
-        `names`: interface id -> (name, {method id: name}), for messages and the audit."""
+        `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
+        durations); `wall`: seconds since the epoch (audit times).  `names`: interface
+        id -> (name, {method id: name}).  `backlog(peer id)`: bytes waiting to be
+        written to that peer (backpressure)."""
         self.limits = limits or {}
-        self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
-        self.filesystem = filesystem
-        self.names = names or {}
-        self.audit = audit
-        self.membranes: dict[str, Membrane] = {}        # grant path -> membrane
-        self._through: dict[tuple, list] = {}            # reply key -> membranes crossed
-        self._audit_open: dict[tuple, tuple] = {}        # reply key -> (record, start)
-        self.clock = clock
-        self._deadlines: list = []                  # heap of (deadline, peer id, question id)
-        self._log_budget: dict[str, list] = {}      # compartment -> [tokens, last refill]
         self.external_limits = external_limits
+        self.clock, self.wall = clock, wall
+        self.names = Names(names)
+        self.audit = AuditTrail(self.names, audit)
+        self.backlog = backlog or (lambda pid: 0)
+        self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
+        self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
+        self._deadlines: list = []                     # heap: (deadline, peer id, question id)
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
         self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
                         if iid is not None}
         self.external = tuple(external)
-        self.gateway = Host("gateway", "external")
+        self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
-        self._pending: dict[tuple, object] = {}     # (peer id, question id) -> handler
-        self._pipelined: dict[tuple, list] = {}     # (peer id, answer id) -> [_Call]
+        self._tokens = itertools.count(1)
+        self._pending: dict[tuple, object] = {}        # (peer id, question id) -> handler
+        self._pipelined: dict[tuple, list] = {}        # (peer id, answer id) -> [(transform, Call)]
+        self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
+        self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
 
-    # ------------------------------------------------------------ peers
+    # ------------------------------------------------------------ entry points
 
-    def add_engine(self, name: str, grants: list[tuple[str, str, str]]) -> tuple[int, list]:
+    def add_engine(self, name: str, grants, hosts: dict | None = None) -> tuple[int, list]:
         """A new engine connection for compartment `name`; starts its bootstrap.
 
-        `grants` is a list of GrantSpec.
-        """
-        grants = [g if isinstance(g, GrantSpec) else GrantSpec(*g) for g in grants]
+        `grants`: the compartment's policy.Grant list (allow-lists resolved to
+        `methods`); `hosts`: grant name -> the host layer's object for host grants."""
         peer = self._new_peer(name, "engine", self.limits.get(name, Limits()))
         self.engines[name] = peer
         proxy = self.proxies.get(name)
         if proxy is not None:          # a (re)start: calls wait for it, then go to it
             proxy.target, proxy.error = None, None
         qid, data = peer.conn.send_bootstrap()
-        self._pending[(peer.id, qid)] = ("bootstrap", grants)
-        self._out.append(Send(peer.id, data))
+        self._pending[(peer.id, qid)] = control.Bootstrap(list(grants), dict(hosts or {}))
+        self.emit(fx.Send(peer.id, data))
         return peer.id, self._flush()
 
     def add_external(self, label: str = "external") -> int:
         return self._new_peer(label, "external", self.external_limits).id
 
-    def _new_peer(self, name, kind, limits) -> Peer:
-        peer = Peer(next(self._ids), name, kind, limits)
-        self.peers[peer.id] = peer
-        return peer
-
     def run(self, name: str) -> list:
         """Run the compartment's program (Engine.run)."""
-        peer = self.engines[name]
-        qid, data = peer.conn.send_call(peer.control.import_id, ENGINE_ID, 1)
-        self._pending[(peer.id, qid)] = ("run", name)
-        self._out.append(Send(peer.id, data))
-        return self._flush()
-
-    # ------------------------------------------------------------ input
+        peer = self.engines.get(name)
+        if peer is None or not peer.alive or peer.control is None:
+            self.emit(fx.Exited(name, None, "its engine is not running"))
+            return self._flush()
+        return self._guarded(peer, lambda: self.call_peer(
+            peer, peer.control.import_id, control.ENGINE_ID, control.RUN, protocol.EMPTY, (),
+            control.Run()))
 
     def receive(self, pid: int, data: bytes) -> list:
+        """Bytes from peer `pid`.  Total: whatever they hold, this returns effects."""
         peer = self.peers.get(pid)
         if peer is None or not peer.alive:
             return []
-        try:
+
+        def handle():
             for ev in peer.conn.receive_iter(data):
                 self._event(peer, ev)
                 if not peer.alive:
                     break
-        except protocol.ProtocolError as e:
-            self._out.append(Send(pid, peer.conn.send_abort(f"protocol error: {e}")))
-            self._out.append(Notice(f"{peer.name}: protocol error, connection aborted: {e}"))
-            if self.audit:
-                self._out.append(Audit({"time": round(self.clock(), 6), "peer": peer.name,
-                                        "event": "connection aborted",
-                                        "reason": f"protocol error: {e}"}))
-            self._out.append(Close(pid, str(e)))
-            self._lose(peer, f"{peer.name}: connection aborted: {e}")
-        return self._flush()
+        return self._guarded(peer, handle)
+
+    def host_returned(self, token: int, content: Content, objects=()) -> list:
+        """A host call ended well: `objects` are (kind, served) pairs for the
+        capabilities in `content` (its cap table, in order)."""
+        entry = self._host_calls.pop(token, None)
+        if entry is None:
+            return self._released_all(objects)
+        call, host = entry
+        caps = tuple(Host(kind, host.owner, served,
+                          f"{host.label}>{self._method(call)}" if host.label else None)
+                     for kind, served in objects)
+        return self._guarded(call.reply[0], lambda: self._answer(call.reply, content, caps))
+
+    def host_failed(self, token: int, reason: str, type: str = "failed") -> list:
+        entry = self._host_calls.pop(token, None)
+        if entry is None:
+            return []
+        call, _host = entry
+        return self._guarded(call.reply[0], lambda: self.fail(call.reply, CallError(reason, type)))
 
     def expire(self) -> list:
         """Fail forwarded calls older than their callee's call_time (call this often)."""
@@ -396,17 +180,58 @@ class Router:
             _deadline, pid, qid = heapq.heappop(self._deadlines)
             handler = self._pending.get((pid, qid))
             peer = self.peers.get(pid)
-            if handler is None or handler[0] != "forward" or peer is None:
+            if not isinstance(handler, control.Forward) or peer is None:
                 continue                     # answered in time, or the peer is gone
             del self._pending[(pid, qid)]
-            self._out.append(Send(pid, peer.conn.send_finish(qid)))
-            self._fail(handler[1], CallError(
-                f"compartment {peer.name} did not answer within {peer.limits.call_time:g} s "
-                f"(limit call_time)", "overloaded"))
+
+            def timed_out(peer=peer, qid=qid, handler=handler):
+                self.count(peer, False)
+                self.emit(fx.Send(peer.id, peer.conn.send_finish(qid)))
+                self.fail(handler.reply, CallError(
+                    f"compartment {peer.name} did not answer within "
+                    f"{peer.limits.call_time:g} s (limit call_time)", "overloaded"))
+            self._guarded(peer, timed_out, flush=False)
+        if len(self._deadlines) > 64 and len(self._deadlines) > 2 * len(self._pending):
+            self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in self._pending]
+            heapq.heapify(self._deadlines)
         return self._flush()
+
+    def count(self, peer: Peer, served: bool):
+        """One call into `peer` ended: served (it returned results) or failed."""
+        if peer.kind == "engine":
+            self.answered.setdefault(peer.name, [0, 0])[0 if served else 1] += 1
+
+    def status(self, name: str) -> dict:
+        """What the router knows of a compartment now (for `wsuper status`)."""
+        served, failed = self.answered.get(name, (0, 0))
+        peer = self.engines.get(name)
+        alive = peer is not None and peer.alive
+        return {"served": served, "failed": failed,
+                "handles": len(peer.conn.exports) if alive else 0,
+                "calls_from": peer.conn.unanswered if alive else 0,
+                "calls_to": sum(1 for (pid, _q), h in self._pending.items()
+                                if alive and pid == peer.id
+                                and isinstance(h, control.Forward))}
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
+
+    def revoke(self, label: str) -> list:
+        """Revoke grant `label` ("compartment.grant"): it, everything obtained through
+        it, and every call in flight through any of them fail from now on."""
+        m = self.membranes.get(label)
+        if m is None or not m.revocable:
+            revocable = sorted(p for p, x in self.membranes.items() if x.revocable)
+            raise KeyError(f"no revocable grant {label!r} "
+                           f"(revocable: {', '.join(revocable) or 'none'})")
+        keys = m.revoke()
+        if keys or m.revoked:
+            for key in keys:
+                self._guarded(key[0], lambda key=key: self.fail(key, CallError(
+                    f"{label} was revoked while this call was in flight", "failed")),
+                    flush=False)
+            self.emit(fx.Notice(f"revoked {label}"))
+        return self._flush()
 
     def stop_engine(self, name: str, reason: str) -> list:
         """The runtime is taking compartment `name`'s engine down (to restart it)."""
@@ -427,9 +252,53 @@ class Router:
             self._lose(peer, reason)
         return self._flush()
 
+    # ------------------------------------------------------------ the choke point
+
+    def _guarded(self, peer: Peer, work, flush: bool = True) -> list:
+        """Run `work` on behalf of `peer`.  A ProtocolError aborts that peer; any other
+        exception is a fault in handling its input, and aborts it too (fail closed)."""
+        try:
+            work()
+        except protocol.ProtocolError as e:
+            self._abort(peer, f"protocol error: {e}", "protocol error")
+        except Exception as e:  # noqa: BLE001 - the one place no peer's input gets past
+            self._abort(peer, f"internal error while handling its message "
+                              f"({type(e).__name__}: {_first_line(e)})", "internal error")
+        return self._flush() if flush else []
+
+    def _abort(self, peer: Peer, reason: str, what: str):
+        if not peer.alive:
+            return
+        try:
+            data = peer.conn.send_abort(reason)
+        except Exception:  # noqa: BLE001 - the connection may be in any state
+            data = None
+        if data is not None:
+            self.emit(fx.Send(peer.id, data))
+        self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}"))
+        if self.audit.enabled:
+            self.emit(fx.Audit({"time": self.wall(), "peer": peer.name,
+                                "event": "connection aborted", "reason": reason}))
+        self.emit(fx.Close(peer.id, reason))
+        try:
+            self._lose(peer, f"{peer.name}: connection aborted: {reason}")
+        except Exception as e:  # noqa: BLE001 - never leave a half-lost peer behind
+            peer.alive = False
+            self.peers.pop(peer.id, None)
+            self.emit(fx.Notice(f"{peer.name}: internal error while cutting it off "
+                                f"({type(e).__name__}: {_first_line(e)})"))
+
+    def emit(self, effect):
+        self._out.append(effect)
+
     def _flush(self) -> list:
         out, self._out = self._out, []
         return out
+
+    def _new_peer(self, name, kind, limits) -> Peer:
+        peer = Peer(next(self._ids), name, kind, limits)
+        self.peers[peer.id] = peer
+        return peer
 
     # ------------------------------------------------------------ events
 
@@ -440,52 +309,86 @@ class Router:
             self._on_return(peer, ev)
         elif isinstance(ev, protocol.BootstrapRequested):
             if peer.kind == "external":
-                self._return(peer, ev.answer_id, Content.capability(0), [self.gateway])
+                self._answer((peer, ev.answer_id), Content.capability(0), (self.gateway,))
             else:
-                self._out.append(Send(peer.id, peer.conn.send_exception(
+                self.emit(fx.Send(peer.id, peer.conn.send_exception(
                     ev.answer_id, "compartments get their capabilities from their grants")))
         elif isinstance(ev, protocol.ExportReleased):
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
             pass   # calls pipelined on it are still delivered when it returns
         elif isinstance(ev, protocol.Unhandled):
-            self._out.append(Send(peer.id, ev.reply))
+            self.emit(fx.Send(peer.id, ev.reply))
         elif isinstance(ev, protocol.AbortReceived):
-            self._out.append(Close(peer.id, ev.reason))
-            self._lose(peer, f"{peer.name} aborted the connection: {ev.reason}")
+            self.emit(fx.Close(peer.id, ev.reason))
+            self._lose(peer, f"{peer.name} aborted the connection: {_first_line(ev.reason)}")
 
     def _on_call(self, peer: Peer, ev: protocol.CallReceived):
         reply = (peer, ev.answer_id)
+        refused = None
         if peer.conn.unanswered > peer.limits.in_flight:
-            self._fail(reply, CallError(
-                f"{peer.name} has {peer.limits.in_flight} calls in flight already "
-                f"(limit in_flight = {peer.limits.in_flight})", "overloaded"))
-            for c in ev.payload.caps:             # drop what it passed along
-                if isinstance(c, protocol.Imported):
-                    self._sweep((self._remote(peer, c.import_id),))
+            refused = CallError(f"{peer.name} has {peer.limits.in_flight} calls in flight "
+                                f"already (limit in_flight = {peer.limits.in_flight})",
+                                "overloaded")
+        elif len(peer.conn.imports) > peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE:
+            refused = CallError(f"{peer.name} has passed the supervisor more than "
+                                f"{peer.limits.handles} capabilities it still holds "
+                                f"(limit handles)", "overloaded")
+        if refused is not None:
+            self.fail(reply, refused)
+            self.sweep([self.remote(peer, c.import_id) for c in ev.payload.caps
+                        if isinstance(c, protocol.Imported)])
             return
         try:
-            caps = tuple(self._import_cap(peer, c) for c in ev.payload.caps)
+            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps)
         except CallError as e:
-            self._fail(reply, e)
+            self.fail(reply, e)
             return
-        call = _Call(ev.interface_id, ev.method_id, ev.payload.content, caps, reply)
+        call = Call(ev.interface_id, ev.method_id, ev.payload.content, caps, reply)
         target = ev.target
         if isinstance(target, protocol.PromisedAnswer):
             if target.error is not None:
-                self._fail(reply, CallError(f"pipelined call on a failed call: {target.error}"))
+                self.fail(reply, CallError(f"pipelined call on a failed call: {target.error}"))
+                self.sweep(caps)
                 return
-            result = target.result
-            if result is None:
+            if target.result is None:
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
             try:
-                target = self._resolve_pipeline(peer, result, target.transform)
+                target = self._resolve_pipeline(peer, target.result, target.transform)
             except CallError as e:
-                self._fail(reply, e)
+                self.fail(reply, e)
+                self.sweep(caps)
                 return
         self._deliver(target, call)
+
+    def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
+        handler = self._pending.pop((peer.id, ev.question_id), None)
+        if handler is None:
+            # A late answer to a call that timed out (we already sent Finish):
+            # nobody wants what it carries.
+            if ev.payload is not None:
+                self.sweep([self.remote(peer, c.import_id) for c in ev.payload.caps
+                            if isinstance(c, protocol.Imported)])
+            return
+        if ev.finish_needed:
+            self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
+        handler.returned(self, peer, ev)
+
+    def forward_returned(self, peer: Peer, ev, reply):
+        """The answer to a call we forwarded to `peer`: on to whoever made it."""
+        self.count(peer, ev.payload is not None)
+        if ev.payload is None:
+            self.fail(reply, CallError(ev.error, ev.error_type))
+            return
+        try:
+            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps)
+        except CallError as e:
+            self.fail(reply, e)
+            return
+        self._answer(reply, ev.payload.content, caps)
+        self.sweep(caps)
 
     def _resolve_pipeline(self, peer, result, transform) -> Cap:
         content, caps = result
@@ -497,139 +400,23 @@ class Router:
             raise CallError("pipelined call on a field that holds no capability")
         cap = caps[index]
         if isinstance(cap, RemoteRef):
-            return self._remote(peer, cap.import_id)
+            return self.remote(peer, cap.import_id)
         return cap
-
-    def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
-        handler = self._pending.pop((peer.id, ev.question_id), None)
-        if handler is None:
-            # A late answer to a call that timed out (we already sent Finish):
-            # nobody wants what it carries.
-            if ev.payload is not None:
-                self._sweep([self._remote(peer, c.import_id) for c in ev.payload.caps
-                             if isinstance(c, protocol.Imported)])
-            return
-        if ev.finish_needed:
-            self._out.append(Send(peer.id, peer.conn.send_finish(ev.question_id)))
-        if handler[0] == "forward":
-            reply = handler[1]
-            if ev.payload is None:
-                self._fail(reply, CallError(ev.error, ev.error_type))
-                return
-            try:
-                caps = tuple(self._import_cap(peer, c) for c in ev.payload.caps)
-            except CallError as e:
-                self._fail(reply, e)
-                return
-            self._return(reply[0], reply[1], ev.payload.content, caps)
-            self._sweep(caps)
-            return
-        kind, arg = handler
-        if kind == "bootstrap":
-            self._on_engine_bootstrap(peer, ev, arg)
-        elif kind == "start":
-            self._on_engine_started(peer, ev)
-        elif kind == "run":
-            if ev.payload is None:
-                self._out.append(Exited(peer.name, None, ev.error))
-            else:
-                code = _read(RunResults, ev.payload.content).exitCode
-                self._out.append(Exited(peer.name, code))
-
-    # ------------------------------------------------------------ engine control
-
-    def _on_engine_bootstrap(self, peer: Peer, ev, grants):
-        if ev.payload is None or not ev.payload.caps \
-                or not isinstance(ev.payload.caps[0], protocol.Imported):
-            self._start_failed(peer, f"engine bootstrap failed: {ev.error or 'no capability'}")
-            return
-        peer.control = self._remote(peer, ev.payload.caps[0].import_id)
-        peer.control.refs += 1
-        names, caps = [], []
-        for g in grants:
-            kind = "compartment" if g.kind == "compartment" else g.target
-            mount = (g.mount or f"/{g.local}") if kind == "directory" else ""
-            names.append((g.local, kind, mount))
-            if g.kind == "compartment":
-                cap = self.proxies[g.target]
-            else:
-                try:
-                    cap = Host(g.target, peer.name, self._open_host(g), f"{peer.name}.{g.local}")
-                except (OSError, hostfs.FsError) as e:
-                    self._start_failed(peer, f"cannot open {g.path} for grant {g.local}: "
-                                             f"{getattr(e, 'strerror', None) or e}")
-                    return
-            if g.attenuated:
-                path = f"{peer.name}.{g.local}"
-                membrane = self.membranes.get(path)
-                if membrane is None or membrane.revoked:   # a restart gets a fresh grant
-                    granted = self.proxies[g.target].interface_id \
-                        if g.kind == "compartment" else HOST_IDS[g.target]
-                    restricted = frozenset({granted} | {i for i, _ in (g.allow or ())})
-                    membrane = self.membranes[path] = Membrane(path, g.allow, restricted,
-                                                               g.revocable)
-                    now = self.clock()
-                    membrane.uses_left = g.max_uses
-                    if g.expires_after is not None:
-                        membrane.expires_at = now + g.expires_after
-                    if g.calls_per_second is not None:
-                        membrane.rate = membrane.tokens = g.calls_per_second
-                        membrane.refilled = now
-                cap = self._wrap(cap, membrane, path)
-            caps.append(cap)
-        try:
-            self._call_peer(peer, peer.control.import_id, ENGINE_ID, 0,
-                            grants_content(names), caps, ("start", None))
-        except CallError as e:
-            self._start_failed(peer, e.reason)
-
-    def _on_engine_started(self, peer: Peer, ev):
-        if ev.payload is None:
-            self._start_failed(peer, ev.error)
-            return
-        content = ev.payload.content
-        caps = [self._import_cap(peer, c) for c in ev.payload.caps]
-        program = _read(StartResults, content).program
-        proxy = self.proxies.get(peer.name)
-        if proxy is not None:
-            index = content.cap_index((0,))
-            main = caps[index] if index is not None and index < len(caps) else None
-            if not isinstance(main, Remote):
-                self._start_failed(peer, "engine did not return the compartment's main object")
-                return
-            main.refs += 1
-            proxy.target = main
-            queue, proxy.queue = proxy.queue, []
-            for call in queue:
-                self._deliver(proxy, call)
-        self._sweep(caps)
-        self._out.append(Started(peer.name, program))
-
-    def _start_failed(self, peer, reason):
-        self._out.append(StartFailed(peer.name, reason))
-        proxy = self.proxies.get(peer.name)
-        if proxy is not None:
-            self._break_proxy(proxy, f"compartment {peer.name} failed to start: {reason}")
 
     # ------------------------------------------------------------ delivery
 
-    def _deliver(self, cap, call: _Call):
+    def _deliver(self, cap, call: Call):
         try:
-            if self.audit and call.reply not in self._audit_open:
-                self._audit_open[call.reply] = (self._record(cap, call), self.clock())
+            if self.audit.enabled:
+                self.audit.open(call.reply, cap, call, self.clock(), self.wall())
             while isinstance(cap, Wrapped):
                 m = cap.membrane
-                if m.revoked:
-                    raise _Denial(f"{cap.path} was revoked", "failed")
-                if not m.allows(call.interface_id, call.method_id):
-                    raise _Denial(f"{cap.path}: {self._method(call)} is not allowed "
-                                  f"(allow = [{self._allowed(m)}])", "failed")
-                self._spend_quota(cap, m)
+                m.admit(cap, call, self.clock(), self.names)
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
                 if m.reverse is not None:
                     call = attrs.evolve(call, caps=tuple(
-                        self._wrap(c, m.reverse, m.reverse.path) for c in call.caps))
+                        self._wrap(c, m.reverse, m.reverse.label) for c in call.caps))
                 cap = cap.target
             if isinstance(cap, Proxy):
                 if cap.interface_id is not None and call.interface_id != cap.interface_id:
@@ -644,297 +431,180 @@ class Router:
             if isinstance(cap, Remote):
                 if not cap.peer.alive:
                     raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
-                self._call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
-                                call.content, call.caps, ("forward", call.reply))
+                self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
+                               call.content, call.caps, control.Forward(call.reply))
             elif isinstance(cap, Host):
-                content, caps = self._host_call(cap, call)
-                self._return(call.reply[0], call.reply[1], content, caps)
+                self._host_call(cap, call)
             else:
                 raise CallError("not a capability")
         except CallError as e:
-            if isinstance(e, _Denial):
-                self._out.append(Denied(f"denied: {call.reply[0].name} -> {e.reason}",
-                                        call.reply[0].name))
-            self._fail(call.reply, e)
-            self._sweep(call.caps)
+            if isinstance(e, Denial):
+                self.emit(fx.Denied(f"denied: {call.reply[0].name} -> {e.reason}",
+                                    call.reply[0].name))
+            self.fail(call.reply, e)
+            self.sweep(call.caps)
 
-    def _call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):
+    def _host_call(self, cap: Host, call: Call):
+        if cap.kind == "gateway":
+            content, caps = self._gateway(call)
+            self._answer(call.reply, content, caps)
+            self.sweep(call.caps)
+            return
+        if call.caps:
+            raise CallError(f"{describe(cap)}: host objects take no capabilities in params")
+        if cap.released:
+            raise CallError(f"{describe(cap)} is closed", "disconnected")
+        token = next(self._tokens)
+        self._host_calls[token] = (call, cap)
+        caller = call.reply[0]
+        self.emit(fx.HostCall(token, cap.kind, cap.owner, cap.served, call.interface_id,
+                              call.method_id, call.content, caller.limits.message_size))
+
+    def _gateway(self, call: Call):
+        gateway = hosted.GATEWAY
+        if call.interface_id != gateway.id or call.method_id >= len(gateway.methods):
+            raise CallError("the gateway implements Gateway.get and Gateway.list only",
+                            "unimplemented")
+        method = gateway.methods[call.method_id]
+        if method.name == "list":
+            return build(method.results, {"names": list(self.external)})
+        try:
+            name = read(method.params, call.content, HEADER_WORDS)["name"]
+        except DecodeError as e:
+            raise CallError(f"Gateway.get: malformed params: {e}") from None
+        if name not in self.external:
+            raise CallError(f"no compartment named {_printable(name)!r} is exported to the "
+                            f"outside (exported: {', '.join(self.external) or 'none'})")
+        return build(method.results, {"cap": self.proxies[name]})
+
+    def call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):
+        """Call `import_id` on `peer` (an object it hosts); `handler` gets the answer."""
+        self._check_size(peer, content)
+        if isinstance(handler, control.Forward):
+            waiting = self.backlog(peer.id)
+            if waiting > queue_soft_limit(peer.limits):
+                raise CallError(f"compartment {peer.name} is not reading its messages "
+                                f"({waiting} bytes are waiting for it)", "overloaded")
         self._check_handles(peer, caps)
         out_caps = [self._export_cap(peer, c) for c in caps]
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
         self._retain_new(peer, caps)
         self._pending[(peer.id, qid)] = handler
-        if handler[0] == "forward":
+        if isinstance(handler, control.Forward):
             heapq.heappush(self._deadlines,
                            (self.clock() + peer.limits.call_time, peer.id, qid))
-        self._out.append(Send(peer.id, data))
+        self.emit(fx.Send(peer.id, data))
 
-    def _return(self, peer: Peer, answer_id: int, content: Content, caps):
-        key = (peer, answer_id)
-        crossed = self._close_call(key, "returned")
+    def _answer(self, reply, content: Content, caps):
+        """Return results to whoever made the call `reply` names."""
+        peer, answer_id = reply
+        crossed = self._close_call(reply, "returned")
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
-            self._sweep(caps)
+            self.sweep(caps)
             return
         for m, label in reversed(crossed):   # innermost membrane first
-            caps = tuple(self._wrap(c, m, f"{m.path}>{label}") for c in caps)
+            caps = tuple(self._wrap(c, m, f"{m.label}>{label}") for c in caps)
         try:
+            self._check_size(peer, content)
             self._check_handles(peer, caps)
         except CallError as e:
-            self._fail((peer, answer_id), e)
-            self._sweep(caps)
+            self.fail(reply, e)
+            self.sweep(caps)
             return
         out_caps = [self._export_cap(peer, c) for c in caps]
         # Engines never pipeline: spare them the Finish when nothing needs releasing.
         data = peer.conn.send_return(answer_id, content, out_caps,
                                      no_finish=peer.kind == "engine")
         self._retain_new(peer, caps)
-        self._out.append(Send(peer.id, data))
-        waiting = self._pipelined.pop((peer.id, answer_id), [])
-        for transform, call in waiting:
+        self.emit(fx.Send(peer.id, data))
+        for transform, call in self._pipelined.pop((peer.id, answer_id), []):
             try:
                 target = self._resolve_pipeline(peer, (content, out_caps), transform)
             except CallError as e:
-                self._fail(call.reply, e)
+                self.fail(call.reply, e)
+                self.sweep(call.caps)
                 continue
             self._deliver(target, call)
 
-    def _fail(self, reply, e: CallError):
+    def fail(self, reply, e: CallError):
+        """The call `reply` names fails with `e`."""
         peer, answer_id = reply
-        self._close_call(reply, "denied" if isinstance(e, _Denial) else "failed", e.reason)
+        self._close_call(reply, "denied" if isinstance(e, Denial) else "failed", e.reason)
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             return
-        self._out.append(Send(peer.id, peer.conn.send_exception(
+        self.emit(fx.Send(peer.id, peer.conn.send_exception(
             answer_id, e.reason, e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
-            self._fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
-
-    # ------------------------------------------------------------ membranes and audit
-
-    def _wrap(self, cap, membrane: Membrane, path: str):
-        if cap is None or (isinstance(cap, Wrapped) and cap.membrane is membrane):
-            return cap
-        w = membrane.wrappers.get(id(cap))
-        if w is None:
-            w = membrane.wrappers[id(cap)] = Wrapped(cap, membrane, path)
-            cap.refs += 1
-        return w
+            self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
+            self.sweep(call.caps)
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)
-        opened = self._audit_open.pop(key, None)
-        if opened is not None:
-            record, start = opened
-            record.update(outcome=outcome,
-                          duration_ms=round((self.clock() - start) * 1000, 3))
-            if reason:
-                record["reason"] = reason
-            self._out.append(Audit(record))
+        if self.audit.enabled:
+            record = self.audit.close(key, outcome, self.clock(), reason)
+            if record is not None:
+                self.emit(fx.Audit(record))
         return crossed
 
-    def _spend_quota(self, cap: Wrapped, m: Membrane):
-        now = self.clock()
-        if m.expires_at is not None and now >= m.expires_at:
-            raise _Denial(f"{cap.path} has expired (expires_after)", "failed")
-        if m.uses_left is not None:
-            if m.uses_left <= 0:
-                raise _Denial(f"{cap.path} is used up (max_uses)", "failed")
-        if m.rate is not None:
-            m.tokens = min(m.rate, m.tokens + (now - m.refilled) * m.rate)
-            m.refilled = now
-            if m.tokens < 1:
-                raise _Denial(f"{cap.path}: more than {m.rate:g} calls per second "
-                              f"(calls_per_second)", "overloaded")
-            m.tokens -= 1
-        if m.uses_left is not None:
-            m.uses_left -= 1
+    @staticmethod
+    def _check_size(peer: Peer, content: Content):
+        size = sum(len(s) for s in content.segments)
+        if size > peer.limits.message_size:
+            raise CallError(f"a message of {size} bytes is more than {peer.name} accepts "
+                            f"(limit message_size = {peer.limits.message_size})", "failed")
 
-    def revoke(self, path: str) -> list:
-        """Revoke grant `path` ("compartment.local"): it, everything obtained through it,
-        and every call in flight through any of them fail from now on."""
-        m = self.membranes.get(path)
-        if m is None or not m.revocable:
-            revocable = sorted(p for p, x in self.membranes.items() if x.revocable)
-            raise KeyError(f"no revocable grant {path!r} "
-                           f"(revocable: {', '.join(revocable) or 'none'})")
-        if m._revoked is None:
-            m._revoked = "revoked"
-            for key in list(m.inflight) + list(m.reverse.inflight if m.reverse else ()):
-                self._fail(key, CallError(f"{path} was revoked while this call was in flight",
-                                          "failed"))
-            self._out.append(Notice(f"revoked {path}"))
-        return self._flush()
+    def _method(self, call: Call) -> str:
+        return self.names.call(call.interface_id, call.method_id)
 
-    def _record(self, cap, call: _Call) -> dict:
-        iface, methods = self.names.get(call.interface_id, (f"{call.interface_id:#x}", {}))
-        return {"time": round(self.clock(), 6), "caller": call.reply[0].name,
-                "capability": _describe(cap), "interface": iface,
-                "method": methods.get(call.method_id, str(call.method_id))}
+    # ------------------------------------------------------------ membranes
 
-    def _method(self, call: _Call) -> str:
-        iface, methods = self.names.get(call.interface_id, (f"{call.interface_id:#x}", {}))
-        return f"{iface}.{methods.get(call.method_id, call.method_id)}"
+    def attenuate(self, cap, label: str, grant, interface_id: int):
+        """`cap` seen through the membrane of grant `label` (made on first use; a
+        restart after revocation gets a fresh one)."""
+        membrane = self.membranes.get(label)
+        if membrane is None or membrane.revoked:
+            membrane = self.membranes[label] = Membrane.for_grant(label, grant, interface_id,
+                                                                  self.clock())
+        return self._wrap(cap, membrane, label)
 
-    def _allowed(self, m: Membrane) -> str:
-        return ", ".join(sorted(f"{self.names.get(i, ('?', {}))[0]}."
-                                f"{self.names.get(i, ('?', {}))[1].get(j, j)}"
-                                for i, j in m.allow or ()))
-
-    # ------------------------------------------------------------ host objects
-
-    def _host_call(self, cap: Host, call: _Call):
-        if cap.kind == "log":
-            if call.interface_id != LOG_ID or call.method_id != 0:
-                raise CallError("Log implements only write()", "unimplemented")
-            self._spend_log_token(cap.owner)
-            text = _read(LogWriteParams, call.content).text
-            if len(text) > LOG_LINE_LIMIT:
-                text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"
-            self._out.append(LogLine(cap.owner, text))
-            return protocol.EMPTY, ()
-        if cap.kind == "clock":
-            if call.interface_id != CLOCK_ID or call.method_id not in (0, 1):
-                raise CallError("Clock implements wall() and monotonic()", "unimplemented")
-            ns = self.wall_ns() if call.method_id == 0 else self.monotonic_ns()
-            return Content.standalone(ClockResults.new_message(ns=ns).to_segments()), ()
-        if cap.kind == "random":
-            if call.interface_id != RANDOM_ID or call.method_id != 0:
-                raise CallError("Random implements bytes()", "unimplemented")
-            count = _read(RandomParams, call.content).count
-            if count > RANDOM_MAX_BYTES:
-                raise CallError(f"Random.bytes: at most {RANDOM_MAX_BYTES} bytes per call, "
-                                f"not {count}")
-            msg = RandomResults.new_message(data=self.entropy(count))
-            return Content.standalone(msg.to_segments()), ()
-        if cap.kind == "environment":
-            if call.interface_id != ENVIRONMENT_ID or call.method_id > 2:
-                raise CallError("Environment implements args(), vars() and get()",
-                                "unimplemented")
-            args, variables = cap.obj
-            name = ("args", "vars", "get")[call.method_id]
-            params_struct, results_struct = _ENV_STRUCTS[name]
-            if name == "args":
-                msg = results_struct.new_message(args=list(args))
-            elif name == "vars":
-                msg = results_struct.new_message(
-                    vars=[{"name": k, "value": v} for k, v in variables.items()])
-            else:
-                key = _read(params_struct, call.content).name
-                msg = results_struct.new_message(value=variables.get(key, ""),
-                                                 present=key in variables)
-            return Content.standalone(msg.to_segments()), ()
-        if cap.kind in ("directory", "file"):
-            try:
-                return self._fs_call(cap, call)
-            except hostfs.FsError as e:
-                raise CallError(f"{e.code}: {cap.kind} {cap.obj.label}: {e}") from None
-        if cap.kind == "gateway":
-            if call.interface_id != GATEWAY_ID:
-                raise CallError("the gateway implements Gateway only", "unimplemented")
-            if call.method_id == 0:
-                name = _read(GatewayGetParams, call.content).name
-                if name not in self.external:
-                    raise CallError(f"no compartment named {name!r} is exported to the outside "
-                                    f"(exported: {', '.join(self.external) or 'none'})")
-                return with_capability(GatewayGetResults.new_message()), (self.proxies[name],)
-            if call.method_id == 1:
-                msg = GatewayListResults.new_message(names=list(self.external))
-                return Content.standalone(msg.to_segments()), ()
-            raise CallError(f"Gateway has no method {call.method_id}", "unimplemented")
-        raise CallError(f"unknown host object {cap.kind}")
-
-    def _spend_log_token(self, owner: str):
-        """Token bucket: log_rate lines per second, bursts of up to log_rate lines."""
-        rate = self.limits.get(owner, Limits()).log_rate
-        now = self.clock()
-        budget = self._log_budget.setdefault(owner, [rate, now])
-        budget[0] = min(rate, budget[0] + (now - budget[1]) * rate)
-        budget[1] = now
-        if budget[0] < 1:
-            raise CallError(f"{owner} writes to its log faster than {rate:g} lines/s "
-                            f"(limit log_rate)", "overloaded")
-        budget[0] -= 1
-
-    def _open_host(self, g: GrantSpec):
-        attenuation = dict(read_only=g.read_only, append_only=g.append_only,
-                           max_bytes_written=g.max_bytes_written)
-        if g.target == "directory":
-            return self.filesystem.Directory.grant(g.path, subdir=g.subdir, **attenuation)
-        if g.target == "file":
-            return self.filesystem.File.grant(g.path, **attenuation)
-        if g.target == "environment":
-            return (tuple(g.args), dict(g.vars))
-        return None
-
-    def _fs_call(self, cap: Host, call: _Call):
-        is_dir = cap.kind == "directory"
-        methods, structs = (DIRECTORY_METHODS, _DIR_STRUCTS) if is_dir else \
-            (FILE_METHODS, _FILE_STRUCTS)
-        if call.interface_id != HOST_IDS[cap.kind] or call.method_id >= len(methods):
-            raise CallError(f"{cap.kind.capitalize()} has no such method", "unimplemented")
-        name = methods[call.method_id]
-        params_struct, results_struct = structs[name]
-        p = _read(params_struct, call.content)
-        obj = cap.obj
-        if is_dir:
-            if name in ("open", "create", "subdir"):
-                opened = obj.open(p.path, str(p.mode)) if name == "open" else \
-                    getattr(obj, name)(p.path)
-                return with_capability(results_struct.new_message()), \
-                    (Host("directory" if name == "subdir" else "file", cap.owner, opened,
-                          f"{cap.path}>Directory.{name}" if cap.path else None),)
-            if name == "list":
-                entries = obj.list(p.path)
-                msg = results_struct.new_message()
-                lst = msg.init("entries", len(entries))
-                for i, (entry_name, kind) in enumerate(entries):
-                    lst[i].name, lst[i].kind = entry_name, kind
-                return Content.standalone(msg.to_segments()), ()
-            if name == "stat":
-                return Content.standalone(results_struct.new_message(
-                    info=obj.stat(p.path)).to_segments()), ()
-            if name == "rename":
-                obj.rename(getattr(p, "from"), p.to)       # `from` is a Python keyword
-            else:
-                getattr(obj, name)(p.path)                 # remove, mkdir
-            return protocol.EMPTY, ()
-        if name == "read":
-            msg = results_struct.new_message(data=obj.read(p.offset, p.count))
-        elif name == "write":
-            msg = results_struct.new_message(written=obj.write(p.offset, p.data))
-        elif name == "append":
-            msg = results_struct.new_message(offset=obj.append(p.data))
-        elif name == "truncate":
-            obj.truncate(p.size)
-            return protocol.EMPTY, ()
-        else:
-            msg = results_struct.new_message(info=obj.stat())
-        return Content.standalone(msg.to_segments()), ()
+    def _wrap(self, cap, membrane: Membrane, label: str):
+        if cap is None or (isinstance(cap, Wrapped) and cap.membrane is membrane):
+            return cap
+        w = membrane.wrappers.get(id(cap))
+        if w is None:
+            w = membrane.wrappers[id(cap)] = Wrapped(cap, membrane, label)
+            cap.refs += 1
+        return w
 
     # ------------------------------------------------------------ capability tables
 
-    def _remote(self, peer: Peer, import_id: int) -> Remote:
+    def remote(self, peer: Peer, import_id: int) -> Remote:
         r = peer.remotes.get(import_id)
         if r is None:
             r = peer.remotes[import_id] = Remote(peer, import_id)
         return r
 
-    def _import_cap(self, peer: Peer, c):
+    @staticmethod
+    def is_remote_of(cap, peer: Peer) -> bool:
+        return isinstance(cap, Remote) and cap.peer is peer
+
+    def import_cap(self, peer: Peer, c):
+        """Our capability object for an incoming capability descriptor."""
         if c is None:
             return None
         if isinstance(c, protocol.Imported):
-            return self._remote(peer, c.import_id)
+            return self.remote(peer, c.import_id)
         if isinstance(c, protocol.Exported):
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us
         if c.error is not None:
             raise CallError(f"capability from a failed call: {c.error}")
-        result = c.result
-        if result is None:
+        if c.result is None:
             raise CallError("passing a promised capability before it resolves is not supported",
                             "unimplemented")
-        return self._resolve_pipeline(peer, result, c.transform)
+        return self._resolve_pipeline(peer, c.result, c.transform)
 
     @staticmethod
     def _check_handles(peer: Peer, caps):
@@ -963,26 +633,53 @@ class Router:
 
     def _drop(self, cap):
         cap.refs -= 1
-        if isinstance(cap, Host) and hasattr(cap.obj, "close") and cap.refs <= 0:
-            cap.obj.close()
-            cap.obj = None
         if isinstance(cap, Wrapped) and cap.refs <= 0 \
                 and cap.membrane.wrappers.get(id(cap.target)) is cap:
             del cap.membrane.wrappers[id(cap.target)]
             self._drop(cap.target)
             return
-        self._sweep((cap,))
+        self.sweep((cap,))
 
-    def _sweep(self, caps):
-        """Release imports nobody in the supervisor refers to any more."""
+    def sweep(self, caps):
+        """Let go of capabilities nobody in the supervisor refers to any more: release
+        a peer's import, close a host object."""
         for cap in caps:
-            if isinstance(cap, Remote) and cap.refs <= 0 and cap.peer.alive \
+            if cap is None or cap.refs > 0:
+                continue
+            if isinstance(cap, Remote) and cap.peer.alive \
                     and cap.peer.remotes.get(cap.import_id) is cap:
                 del cap.peer.remotes[cap.import_id]
                 if cap.import_id in cap.peer.conn.imports:
-                    self._out.append(Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
+                    self.emit(fx.Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
+            elif isinstance(cap, Host) and not cap.released and cap.kind != "gateway":
+                cap.released = True
+                if cap.served is not None:
+                    self.emit(fx.HostRelease(cap.kind, cap.served))
+            elif isinstance(cap, Wrapped) and cap.membrane.wrappers.get(id(cap.target)) is cap:
+                del cap.membrane.wrappers[id(cap.target)]
+                self._drop(cap.target)
 
-    # ------------------------------------------------------------ losing a peer
+    def _released_all(self, objects) -> list:
+        for kind, served in objects:
+            self.emit(fx.HostRelease(kind, served))
+        return self._flush()
+
+    # ------------------------------------------------------------ compartments
+
+    def connect_proxy(self, proxy: Proxy, main: Remote):
+        """The compartment's engine is up: its main object serves the proxy, and the
+        calls that waited go to it."""
+        main.refs += 1
+        proxy.target = main
+        queue, proxy.queue = proxy.queue, []
+        for call in queue:
+            self._deliver(proxy, call)
+
+    def start_failed(self, peer: Peer, reason: str):
+        self.emit(fx.StartFailed(peer.name, reason))
+        proxy = self.proxies.get(peer.name)
+        if proxy is not None:
+            self._break_proxy(proxy, f"compartment {peer.name} failed to start: {reason}")
 
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
@@ -991,19 +688,15 @@ class Router:
         pending = [(k, h) for k, h in self._pending.items() if k[0] == peer.id]
         for k, _ in pending:
             del self._pending[k]
+        waiting = [v for k, v in self._pipelined.items() if k[0] == peer.id]
         for key in [k for k in self._pipelined if k[0] == peer.id]:
             del self._pipelined[key]
         for obj in exported:
             self._drop(obj)
-        for (_pid, _qid), handler in pending:
-            kind, arg = handler
-            if kind == "forward":
-                self._fail(arg, CallError(f"compartment {peer.name} is gone: {reason}",
-                                          "disconnected"))
-            elif kind == "run":
-                self._out.append(Exited(peer.name, None, reason))
-            elif kind in ("bootstrap", "start"):
-                self._out.append(StartFailed(peer.name, reason))
+        for calls in waiting:
+            self.sweep([c for _t, call in calls for c in call.caps])
+        for _key, handler in pending:
+            handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
         if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
             self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
@@ -1012,16 +705,12 @@ class Router:
     def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
         proxy.error = reason
         proxy.error_type = type
+        if proxy.target is not None:
+            proxy.target.refs -= 1
+            self.sweep((proxy.target,))
         proxy.target = None
         queue, proxy.queue = proxy.queue, []
         for call in queue:
-            self._fail(call.reply, CallError(reason, type))
+            self.fail(call.reply, CallError(reason, type))
+            self.sweep(call.caps)
 
-
-def _read(struct, content: Content):
-    try:
-        return struct.from_segments(content.message(),
-                                    traversal_limit_in_words=protocol.TRAVERSAL_LIMIT_WORDS,
-                                    nesting_limit=protocol.NESTING_LIMIT)
-    except Exception as e:  # pycapnp raises KjException for malformed content
-        raise CallError(f"malformed params: {str(e).splitlines()[0][:200]}") from None

@@ -1,63 +1,71 @@
-"""The trio side: engine processes, sockets, the external endpoint, shutdown.
+"""The trio side: engine processes, sockets, worker threads, the operator's terminal.
 
-Everything that decides lives in router.py; this module moves bytes between
-sockets and the router and performs the effects it returns.
+Nothing here decides.  The router (router.py) decides what each message
+means, the lifecycle (supervision.py) what happens when compartments start
+and stop, the host layer (hostcaps.py) what a host call answers; this module
+moves bytes between sockets and the router, runs file operations in worker
+threads under deadlines, and performs the effects and actions it is given.
+
+It never lets a peer stop it: reading from a peer pauses while too much waits
+to be written to that peer (backpressure) or to the audit log; a peer that
+sends part of a message and then stalls, or does not read what is sent to it,
+is cut off; a file operation that hangs fails its call; running out of file
+descriptors refuses a connection or delays a restart, never ends the system.
 """
 from __future__ import annotations
 
 import collections
-import json
+import datetime
+import errno
 import math
 import os
 import signal
 import socket as pysocket
 import sys
+import time
 
 import trio
 
+from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
-from . import router as R
+from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
 from .preflight import Plan
 from .process import Zygote
-from .supervision import Supervision, Throttle
 
 GRACE_SECONDS = 2.0
-EXPIRY_TICK = 0.05      # call_time is enforced to within this
+EXPIRY_TICK = 0.05          # call_time is enforced to within this
 STDERR_LINE_LIMIT = 4096
-
-
-def admin_socket_path(socket_path: str) -> str:
-    """The admin socket (revocation) sits beside the external one: NAME.admin.sock."""
-    base = socket_path[:-5] if socket_path.endswith(".sock") else socket_path
-    return base + ".admin.sock"
-
-
-def default_socket_path(system_path: str) -> str:
-    """$XDG_RUNTIME_DIR/wsuper/NAME.sock, else /tmp/wsuper-UID/NAME.sock."""
-    stem = os.path.splitext(os.path.basename(system_path))[0]
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
-    return os.path.join(folder, f"{stem}.sock")
+AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
+FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
+FD_RESERVE_PER_ENGINE = 4
 
 
 class _Link:
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
-    the kernel does not take at once is queued, in order, for a writer task."""
+    the kernel does not take at once is queued, in order, for a writer task.
+    `queued` counts the bytes waiting; `drained` is set whenever none wait."""
 
-    def __init__(self, stream: trio.SocketStream):
+    def __init__(self, stream: trio.SocketStream, limits: Limits):
         self.stream = stream
         self.fd = stream.socket.fileno()
         self.send, self.recv = trio.open_memory_channel(math.inf)
+        self.soft = R.queue_soft_limit(limits)
+        self.hard = R.queue_hard_limit(limits)
         self.queued = 0
+        self.drained = trio.Event()
+        self.drained.set()
         self.closed = False
+        self.partial: int | None = None          # the message half received, if any
+        self.partial_since: float | None = None  # ... since when
         self._reads = 0
 
-    def write(self, data: bytes):
+    def write(self, data: bytes) -> bool:
+        """Queue `data`; False if the peer has more waiting than it may (cut it off)."""
         if self.closed:
-            return
+            return True
         if not self.queued:
             try:
                 n = os.write(self.fd, data)
@@ -65,19 +73,24 @@ class _Link:
                 n = 0
             except OSError:          # the peer is gone; its reader task reports it
                 self.closed = True
-                return
+                return True
             if n == len(data):
-                return
+                return True
             data = data[n:]
-        self.queued += 1
+        if self.queued + len(data) > self.hard:
+            return False
+        self.queued += len(data)
+        self.drained = trio.Event() if self.drained.is_set() else self.drained
         try:
             self.send.send_nowait(data)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.closed = True
+        return True
 
     def close(self):
         self.closed = True
         self.send.close()
+        self.drained.set()
 
     async def receive(self) -> bytes:
         """The next bytes from the peer (b"" at its end), read straight from the
@@ -89,7 +102,7 @@ class _Link:
         if self._reads % 16 == 0:
             await trio.lowlevel.checkpoint()
         while True:
-            if self.stream.socket.fileno() != self.fd:
+            if self.closed or self.stream.socket.fileno() != self.fd:
                 return b""       # closed meanwhile: the number may belong to another socket
             try:
                 return os.read(self.fd, 1 << 16)
@@ -103,82 +116,205 @@ class _Link:
             async for data in self.recv:
                 try:
                     await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self.closed = True
+                    self.drained.set()
                     return
-                self.queued -= 1
+                self.queued -= len(data)
+                if not self.queued:
+                    self.drained.set()
+
+
+class _Audit:
+    """The audit log, written by a worker thread in batches; JSON lines with
+    wall-clock RFC 3339 times, a run id, and a record when a run starts and ends."""
+
+    def __init__(self, path: str, run_id: str):
+        self.path = path
+        self.run_id = run_id
+        self.pending: list[dict] = []
+        self.wake = trio.Event()
+        self.room = trio.Event()
+        self.room.set()
+        self.failed: str | None = None
+        self._file = None
+
+    def add(self, record: dict):
+        if record.get("time") is None:
+            record = {**record, "time": _wall()}
+        self.pending.append(record)
+        self.wake.set()
+        if len(self.pending) >= AUDIT_BACKLOG and self.room.is_set():
+            self.room = trio.Event()
+
+    async def writer(self, on_error):
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            await self.flush(on_error)
+
+    async def flush(self, on_error):
+        batch, self.pending = self.pending, []
+        if not batch or self.failed:
+            self.room.set()
+            return
+        try:
+            await trio.to_thread.run_sync(self._write, batch)
+        except OSError as e:
+            self.failed = f"{self.path}: {e.strerror or e}"
+            on_error(self.failed)
+        self.room.set()
+
+    def _write(self, batch: list):
+        import json
+        text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
+                                  separators=(",", ":")) + "\n" for r in batch)
+        if self._file is None:          # never through a link someone planted
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            self._file = open(fd, "a", encoding="utf-8")
+        self._file.write(text)
+        self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, socket_path: str | None = None, out=None):
+    def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
+                 log_format: str = "text"):
         self.plan = plan
         self.system = plan.system
-        self.out = out or sys.stdout
+        self.log_dir = self.system.logs or output.default_log_dir(
+            endpoint.system_id(self.system.path))
+        self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
+                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)))
         self.socket_path = socket_path or self.system.socket or \
-            default_socket_path(self.system.path)
-        self.router = R.Router(plan.main_interface, self.system.external, {
-            c.name: c.limits for c in self.system.compartments.values()}, clock=trio.current_time,
-            names=plan.names, audit=self.system.audit is not None,
-            external_limits=self.system.external_limits or Limits())
-        self._audit_file = None
-        self._bound: dict[str, bool] = {}
+            endpoint.default_socket_path(self.system.path)
+        self.run_id = os.urandom(6).hex()
+        self.router = R.Router(
+            plan.main_interface, self.system.external,
+            {c.name: c.limits for c in self.system.compartments.values()},
+            external_limits=self.system.external_limits or Limits(),
+            clock=trio.current_time, wall=_wall, names=plan.names,
+            audit=self.system.audit is not None, backlog=self._backlog)
+        self.hosts = hostcaps.HostCaps(
+            lambda owner: self.system.compartments[owner].limits.log_rate
+            if owner in self.system.compartments else 100.0, clock=trio.current_time)
+        holders = {name: [c.name for c in self.system.compartments.values()
+                          if any(g.kind == "compartment" and g.target == name for g in c.grants)]
+                   for name in self.system.compartments}
+        self.lifecycle = S.Lifecycle({c.name: c.restart
+                                      for c in self.system.compartments.values()},
+                                     holders, external=bool(self.system.external))
+        self.audit = _Audit(self.system.audit, self.run_id) if self.system.audit else None
         self.links: dict[int, _Link] = {}
         self.procs: dict = {}
-        self.started: set[str] = set()
-        self.programs: set[str] = set()
-        self.running: set[str] = set()
-        self.all_started = False
-        # one number per incarnation: events about an older one are ignored
-        self.generation = {name: 0 for name in self.system.compartments}
-        self.supervision = {c.name: Supervision(c.restart)
-                            for c in self.system.compartments.values()}
-        self.exit_code = 0
-        self.denials = Throttle(per_second=5)
+        self.denials = S.Throttle(per_second=5)
         # WSUPER_STATS=1: engines time their calls, and start-up times are shown
         self.stats = os.environ.get("WSUPER_STATS") == "1"
         self._spawned_at: dict[str, float] = {}
         self._done = trio.Event()
+        self._exit_code = 0
         self._stderr_tail: dict[str, collections.deque] = {}
+        self._io_limiters: dict[str, trio.CapacityLimiter] = {}
+        self._release_limiter = trio.CapacityLimiter(4)
+        self._bound: dict[str, int] = {}
+        self._external = 0
+        self._fd_reserve: int | None = None
+        self._ready_at: dict[str, float] = {}
+        self._began = 0.0
+        self._host_fds = 0               # descriptors held by host files and directories
+        self._fd_budget = 0              # ... and how many they may hold (set in _run)
+        self._told: set[str] = set()
 
-    def say(self, line: str):
-        print(line, file=self.out, flush=True)
+    def say(self, text: str, compartment: str | None = None):
+        """A supervisor event for the operator."""
+        self.output.event(text, compartment)
+
+    def tell_once(self, key: str, text: str):
+        if key not in self._told:
+            self._told.add(key)
+            self.say(text)
 
     # ------------------------------------------------------------ main
 
     async def run(self) -> int:
-        _raise_fd_limit()
+        lock = endpoint.Lock(self.system.path)
+        try:
+            lock.acquire()
+            if self.system.external:
+                endpoint.safe_socket_dir(self.socket_path)
+            endpoint.own_dir(self.log_dir, "log directory ", parents=True)
+            if self.audit is not None:
+                endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
+        except endpoint.EndpointError as e:
+            _refuse(e)
+            return 2
+        try:
+            return await self._run()
+        finally:
+            for path, inode in self._bound.items():
+                endpoint.owned_socket(path, inode)
+            if self.audit is not None:
+                self.audit.close()
+            lock.release()
+
+    async def _run(self) -> int:
+        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE \
+            - min(self.system.max_connections, FD_RESERVE_BASE) \
+            - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
+        self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
-            self.say(f"wsuper: note: {missing}")
+            self.say(f"note: {missing}")
+        self.output.start()
+        try:
+            return await self._serve()
+        finally:
+            self.output.stop()
+
+    async def _serve(self) -> int:
+        self._began = trio.current_time()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            if self.audit is not None:
+                self.audit.add({"time": None, "event": "run started",
+                                "system": self.system.path})
+                nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
-            if self.system.external:
-                await nursery.start(self._listen)
-            if any(g.revocable for c in self.system.compartments.values() for g in c.grants):
+            if self.output.files is not None:
+                nursery.start_soon(self.output.files.writer)
+            try:
                 await nursery.start(self._admin)
+                if self.system.external:
+                    await nursery.start(self._listen)
+            except (OSError, endpoint.EndpointError) as e:
+                _refuse(e)
+                self._exit_code = 2
+                nursery.cancel_scope.cancel()
+                return self._exit_code
             self.zygote = Zygote()
             nursery.start_soon(self.zygote.run)
             for comp in self.system.compartments.values():
-                await self._spawn(comp)
+                await self._spawn(comp, 0)
             await self._done.wait()
             await self._stop_engines()
             self.zygote.stop()
+            if self.audit is not None:
+                self.audit.add({"time": None, "event": "run stopped",
+                                "exit_code": self._exit_code})
+                with trio.move_on_after(5):
+                    await self.audit.flush(self._audit_failed)
+            if self.output.files is not None:
+                with trio.move_on_after(5):
+                    await self.output.files.flush()
             nursery.cancel_scope.cancel()
-        for path in (self.socket_path, admin_socket_path(self.socket_path)):
-            if self._bound.get(path):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-        if self._audit_file is not None:
-            self._audit_file.close()
-        return self.exit_code
-
-    def _finish(self, code: int = 0):
-        if code:
-            self.exit_code = code
-        self._done.set()
+        return self._exit_code
 
     async def _expire_calls(self):
         """Fail calls that took longer than their callee's call_time."""
@@ -190,14 +326,30 @@ class Supervisor:
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
-                self.say(f"wsuper: {signal.Signals(sig).name}, stopping")
-                self._finish()
+                self._act(self.lifecycle.signal(sig, signal.Signals(sig).name))
                 return
+
+    def _audit_failed(self, reason: str):
+        self.say(f"error: cannot write the audit log ({reason}); stopping, since calls "
+                 f"would go unrecorded")
+        self._act(self.lifecycle.stop(1))
 
     # ------------------------------------------------------------ engines
 
-    async def _spawn(self, comp):
-        ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    async def _spawn(self, comp, generation: int):
+        """Start an engine for `comp`; what goes wrong is a failed start, never an exit."""
+        try:
+            hosts = await self._open_grants(comp)
+        except _StartError as e:
+            self._act(self.lifecycle.start_failed(comp.name, str(e), trio.current_time()))
+            return
+        try:
+            ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        except OSError as e:
+            self._release_hosts(comp, hosts)
+            self._act(self.lifecycle.start_failed(
+                comp.name, f"cannot make its socket: {e.strerror}", trio.current_time()))
+            return
         spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
                           per_call=comp.instance == "per_call", stats=self.stats,
                           limits=comp.limits, user=self.system.engine_user)
@@ -207,48 +359,71 @@ class Supervisor:
             proc = await self.zygote.spawn(spec, theirs.fileno())
         except OSError as e:
             ours.close()
-            self.say(f"wsuper: cannot start compartment {comp.name}: {e}")
-            self._finish(1)
+            self._release_hosts(comp, hosts)
+            if not self.zygote.alive:
+                self.say(f"cannot start compartment {comp.name}: the zygote is gone")
+                self._act(self.lifecycle.stop(1))
+                return
+            self._act(self.lifecycle.start_failed(comp.name, f"cannot start its engine: "
+                                                  f"{e.strerror or e}", trio.current_time()))
             return
         finally:
             theirs.close()
         self.nursery.start_soon(proc.watch)
         self.procs[comp.name] = proc
-        grants = [R.GrantSpec(g.name, g.kind, g.target, self.plan.allow.get((comp.name, g.name)),
-                              g.revocable, g.max_uses, g.expires_after, g.calls_per_second,
-                              g.path, g.read_only, g.append_only, g.subdir,
-                              g.max_bytes_written, g.args, g.vars, g.mount)
-                  for g in comp.grants]
-        pid, effects = self.router.add_engine(comp.name, grants)
-        link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
+        link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
         stderr_done = trio.Event()
-        self.nursery.start_soon(self._read_engine, comp.name, self.generation[comp.name], pid,
-                                link, proc, stderr_done)
+        self.nursery.start_soon(self._read_engine, comp.name, generation, pid, link, proc,
+                                stderr_done)
         self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done)
         self._perform(effects)
 
-    async def _respawn(self, comp, delay):
-        gen = self.generation[comp.name]
+    async def _open_grants(self, comp) -> dict:
+        """Open the files and directories a compartment is granted, off the event loop."""
+        hosts = {}
+        for g in comp.grants:
+            if g.kind != "host" or g.target not in ("directory", "file", "environment"):
+                continue
+            opened, opening = None, hostcaps.GrantOpening(g)
+            with trio.move_on_after(hostcaps.IO_DEADLINE):
+                try:
+                    opened = await trio.to_thread.run_sync(
+                        opening.run, abandon_on_cancel=True,
+                        limiter=self._io_limiter(comp.name))
+                except (OSError, hostcaps.hostfs.FsError) as e:
+                    self._release_hosts(comp, hosts)
+                    raise _StartError(f"cannot open {g.path} for grant {g.name}: "
+                                      f"{getattr(e, 'strerror', None) or e}") from None
+            if opened is None:
+                opening.abandon()
+                self._release_hosts(comp, hosts)
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
+                                  f"than {hostcaps.IO_DEADLINE:g} s")
+            if not self._hold(g.target, opened):
+                self._release(g.target, opened, counted=False)
+                self._release_hosts(comp, hosts)
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
+                                  f"has no file descriptors to spare (EMFILE)")
+            hosts[g.name] = opened
+        return hosts
+
+    def _release_hosts(self, comp, hosts: dict):
+        for g in comp.grants:
+            if g.name in hosts:
+                self._release(g.target, hosts[g.name])
+
+    async def _respawn(self, comp, delay, generation):
         await trio.sleep(delay)
-        if gen == self.generation[comp.name] and not self._done.is_set():
-            await self._spawn(comp)
+        if generation == self.lifecycle.generation[comp.name] and not self._done.is_set():
+            await self._spawn(comp, generation)
 
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
-        reason = None
-        try:
-            while True:
-                data = await link.receive()
-                if not data:
-                    break
-                self._perform(self.router.receive(pid, data))
-                if pid not in self.router.peers:       # it broke the protocol: cut off
-                    reason = "broke the protocol"
-                    proc.kill()
-                    break
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            reason = str(e) or "connection lost"
+        reason = await self._pump(pid, link)
+        if pid not in self.router.peers and proc.returncode is None:
+            proc.kill()                  # cut off (it broke the protocol, or stalled)
         code = await proc.wait()
         if code:                  # its own exit says more than the broken socket
             with trio.move_on_after(1):       # its last words, if it left any
@@ -262,52 +437,92 @@ class Supervisor:
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
         await link.send.aclose()
         self.links.pop(pid, None)
-        # A program that was running was handled through its Exited effect above.
-        if gen == self.generation[name] and not self._done.is_set():
-            self._stopped(name, True, f"engine {reason}")
+        self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
+                                                trio.current_time()))
 
-    def _stopped(self, name: str, abnormal: bool, reason: str):
-        """The current incarnation of `name` stopped: restart it, leave it, or give up."""
-        comp = self.system.compartments[name]
-        policy = comp.restart
-        d = self.supervision[name].decide(trio.current_time(), abnormal)
-        if d.action == "restart":
-            self.generation[name] += 1
-            self.say(f"wsuper: restarting {name} in {d.delay:g} s ({reason}; restart "
-                     f"{d.attempt} of at most {policy.max_restarts} in "
-                     f"{policy.restart_window:g} s)")
-            self._perform(self.router.stop_engine(name, reason))
-            self.procs[name].terminate()
-            self.nursery.start_soon(self._respawn, comp, d.delay)
-            return
-        if d.action == "fail":
-            self.generation[name] += 1
-            holders = [c.name for c in self.system.compartments.values()
-                       if any(g.kind == "compartment" and g.target == name for g in c.grants)]
-            told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
-            self.say(f"wsuper: compartment {name} failed for good: {d.reason} "
-                     f"(last: {reason}){told}")
-            self._perform(self.router.stop_engine(name, reason))
-            self._perform(self.router.fail_compartment(name, d.reason))
-            self.procs[name].terminate()
-            self.exit_code = 1
-            self.running.discard(name)
-            if policy.critical:
-                self.say(f"wsuper: {name} is critical: stopping the system")
-                self._finish(1)
-            self._check_done()
-            return
-        if abnormal:
-            self.say(f"wsuper: compartment {name} stopped: {reason} ({d.reason})")
-            if name in self.running:
-                self.exit_code = 1
-        self.running.discard(name)
-        self._check_done()
+    async def _pump(self, pid: int, link: _Link) -> str | None:
+        """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""
+        try:
+            while True:
+                await self._may_read(link)
+                deadline = math.inf if link.partial_since is None \
+                    else link.partial_since + self.system.message_timeout
+                data = None
+                with trio.move_on_at(deadline):
+                    data = await link.receive()
+                if data is None:
+                    self._cut_off(pid, f"it sent part of a message and did not finish it "
+                                       f"within {self.system.message_timeout:g} s "
+                                       f"(message_timeout)")
+                    return "stalled in the middle of a message"
+                if not data:
+                    return None
+                try:
+                    self._perform(self.router.receive(pid, data))
+                except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                    self._fault(pid, e)
+                    return "cut off after an internal error"
+                peer = self.router.peers.get(pid)
+                if peer is None:                     # it broke the protocol: cut off
+                    return "broke the protocol"
+                partial = peer.conn.partial_message     # which message, if one is half in
+                if partial is None:
+                    link.partial_since = link.partial = None
+                elif partial != link.partial:             # a new one began: its own deadline
+                    link.partial, link.partial_since = partial, trio.current_time()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            return str(e) or "connection lost"
 
-    def _check_done(self):
-        if self.all_started and self.programs and not self.running \
-                and not self.system.external:
-            self._finish()
+    async def _may_read(self, link: _Link):
+        """Backpressure: no more from a peer while too much waits to be written to
+        it, or to the audit log."""
+        while link.queued > link.soft and not link.closed:
+            await link.drained.wait()
+        if self.audit is not None and not self.audit.room.is_set():
+            await self.audit.room.wait()
+
+    def _fault(self, pid: int, e: BaseException):
+        """Performing what a peer's input asked for raised: a fault here.  Fail closed:
+        that peer is cut off, the operator is told, everyone else carries on."""
+        self._cut_off(pid, f"internal error while handling its message "
+                           f"({type(e).__name__}: {first_line(e)})")
+
+    def _cut_off(self, pid: int, reason: str):
+        peer = self.router.peers.get(pid)
+        name = peer.name if peer is not None else f"peer {pid}"
+        self.say(f"{name}: connection cut off: {reason}")
+        link = self.links.get(pid)
+        if link is not None:
+            link.close()
+        self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
+
+    async def _watch_program(self, name: str, generation: int, limits: Limits):
+        """Hold a program to its run_time (wall) and run_cpu (CPU seconds of its engine,
+        counted from when the program started, checked every 0.25 s)."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return
+        began = trio.current_time()
+        cpu0 = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+        while True:
+            await trio.sleep(0.25 if limits.run_cpu is not None
+                             else max(0.0, began + limits.run_time - trio.current_time()))
+            if name not in self.lifecycle.running or proc.returncode is not None \
+                    or generation != self.lifecycle.generation[name]:
+                return
+            reason = None
+            if limits.run_time is not None and trio.current_time() - began >= limits.run_time:
+                reason = f"its program ran longer than {limits.run_time:g} s (limit run_time)"
+            elif limits.run_cpu is not None and cpu0 is not None:
+                used = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+                if used is not None and used - cpu0 >= limits.run_cpu:
+                    reason = (f"its program used more than {limits.run_cpu:g} s of CPU "
+                              f"(limit run_cpu)")
+            if reason is not None:
+                self._act(self.lifecycle.program_ended(name, None, reason,
+                                                       trio.current_time()))
+                proc.kill()
+                return
 
     async def _read_stderr(self, name, proc, done):
         buf = b""
@@ -331,8 +546,8 @@ class Supervisor:
                     else:
                         break
                     text = line.decode("utf-8", "replace")
-                    tail.append(text)
-                    self.say(f"[{name}] stderr: {text}")
+                    tail.append(printable(text))
+                    self.output.plugin(name, text, "stderr")
 
     async def _stop_engines(self):
         procs = [p for p in self.procs.values() if p.returncode is None]
@@ -346,189 +561,382 @@ class Supervisor:
                 p.kill()
                 await p.wait()
 
-    # ------------------------------------------------------------ external endpoint
+    # ------------------------------------------------------------ host objects
+
+    def _io_limiter(self, owner: str) -> trio.CapacityLimiter:
+        limiter = self._io_limiters.get(owner)
+        if limiter is None:
+            limiter = self._io_limiters[owner] = trio.CapacityLimiter(2)
+        return limiter
+
+    def _host_call(self, call: fx.HostCall):
+        outcome = self.hosts.serve(call)
+        if isinstance(outcome, hostcaps.Job):
+            self.nursery.start_soon(self._host_job, call, outcome)
+        else:
+            self._host_done(call.token, outcome)
+
+    async def _host_job(self, call: fx.HostCall, job: hostcaps.Job):
+        outcome = None
+        with trio.move_on_after(hostcaps.IO_DEADLINE):
+            outcome = await trio.to_thread.run_sync(job.run, abandon_on_cancel=True,
+                                                    limiter=self._io_limiter(call.owner))
+        if outcome is None:
+            job.abandon()
+            outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "
+                                       f"than {hostcaps.IO_DEADLINE:g} s")
+        self._host_done(call.token, outcome)
+
+    def _host_done(self, token: int, outcome):
+        if isinstance(outcome, hostcaps.Answer) and outcome.objects:
+            held = [self._hold(*o) for o in outcome.objects]
+            if not all(held):
+                for (kind, served), counted in zip(outcome.objects, held):
+                    self._release(kind, served, counted)
+                outcome = hostcaps.Refusal("EMFILE: the supervisor has no file descriptors to "
+                                           "spare; close some files")
+                self.tell_once("fd-budget", f"host files and directories hold "
+                               f"{self._host_fds} descriptors, all the supervisor can spare: "
+                               f"opening more fails (EMFILE) until some are closed")
+        if isinstance(outcome, hostcaps.Answer):
+            for line in outcome.lines:
+                self.output.plugin(line.compartment, line.text)
+            self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
+        else:
+            if outcome.notice:
+                self.say(outcome.notice)
+            self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
+
+    def _hold(self, kind: str, served) -> bool:
+        """Count a host object's descriptor; False if there is none to spare (it is not
+        counted then, and the caller releases it)."""
+        if kind not in ("directory", "file") or served is None:
+            return True
+        if self._host_fds >= self._fd_budget:
+            return False
+        self._host_fds += 1
+        return True
+
+    def _release(self, kind: str, served, counted: bool = True):
+        if kind in ("directory", "file") and served is not None:
+            self._host_fds -= counted
+            self.nursery.start_soon(self._release_in_thread, kind, served)
+
+    async def _release_in_thread(self, kind, served):
+        await trio.to_thread.run_sync(hostcaps.release, kind, served,
+                                      limiter=self._release_limiter)
+
+    # ------------------------------------------------------------ endpoints
 
     async def _bind(self, path: str) -> trio.SocketListener:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        try:
-            if os.path.exists(path):
-                os.unlink(path)
-        except OSError:
-            pass
+        endpoint.claim_socket_path(path)
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(path)
+        old = os.umask(0o177)
+        try:
+            await sock.bind(path)
+        finally:
+            os.umask(old)
         os.chmod(path, 0o600)
+        self._bound[path] = os.lstat(path).st_ino
         sock.listen(64)
-        self._bound[path] = True
         return trio.SocketListener(sock)
+
+    async def _accept(self, listener) -> trio.SocketStream | None:
+        """The next connection; None after refusing one for want of descriptors."""
+        try:
+            return await listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            self.tell_once("emfile", f"out of file descriptors ({e.strerror}): refusing "
+                                     f"connections until some are free")
+            if self._fd_reserve is not None:       # free one to take the connection and
+                os.close(self._fd_reserve)         # close it, so it does not stay queued
+                self._fd_reserve = None
+                try:
+                    conn, _ = listener.socket._sock.accept()
+                    conn.close()
+                except OSError:
+                    pass
+                try:
+                    self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+            await trio.sleep(0.1)
+            return None
 
     async def _listen(self, task_status=trio.TASK_STATUS_IGNORED):
         listener = await self._bind(self.socket_path)
-        self.say(f"listening on {self.socket_path} (external: {', '.join(self.system.external)})")
+        self.say(f"listening on {self.socket_path} (external: "
+                 f"{', '.join(self.system.external)})")
         task_status.started()
         async with listener:
             while True:
-                stream = await listener.accept()
+                stream = await self._accept(listener)
+                if stream is None:
+                    continue
+                most = self.system.max_connections
+                if self._external >= most:
+                    self.tell_once("max-external", f"more than {most} external connections "
+                                   f"at once: refusing the others (max_connections)")
+                    self.nursery.start_soon(self._refuse, stream, f"too many connections "
+                                            f"(at most {most})")
+                    continue
                 self.nursery.start_soon(self._serve_external, stream)
 
+    async def _refuse(self, stream, reason: str):
+        from capnp_schemas import protocol
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(protocol.Connection("refused").send_abort(reason))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await stream.aclose()
+
+    async def _serve_external(self, stream):
+        self._external += 1
+        limits = self.system.external_limits or Limits()
+        pid = self.router.add_external()
+        link = _Link(stream, limits)
+        self.links[pid] = link
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(link.writer)
+                await self._pump(pid, link)
+                self._perform(self.router.disconnected(pid, "external client disconnected"))
+                await link.send.aclose()
+        finally:
+            self._external -= 1
+            self.links.pop(pid, None)
+            await stream.aclose()
+
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
-        """`wsuper revoke`: one request line per connection, one answer line."""
-        listener = await self._bind(admin_socket_path(self.socket_path))
+        """The admin socket: one JSON request line per connection, one answer line."""
+        listener = await self._bind(endpoint.admin_socket_path(self.system.path))
         task_status.started()
         async with listener:
             while True:
-                stream = await listener.accept()
-                self.nursery.start_soon(self._serve_admin, stream)
+                stream = await self._accept(listener)
+                if stream is not None:
+                    self.nursery.start_soon(self._serve_admin, stream)
 
     async def _serve_admin(self, stream):
         async with stream:
             data = b""
             with trio.move_on_after(5):
-                while b"\n" not in data and len(data) < 4096:
-                    chunk = await stream.receive_some(4096)
+                while b"\n" not in data and len(data) < endpoint.ADMIN_LINE_LIMIT:
+                    try:
+                        chunk = await stream.receive_some(1 << 16)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
                     if not chunk:
                         break
                     data += chunk
-            words = data.decode("utf-8", "replace").split()
-            if len(words) == 2 and words[0] == "revoke":
-                try:
-                    self._perform(self.router.revoke(words[1]))
-                    answer = f"ok: revoked {words[1]}"
-                except KeyError as e:
-                    answer = f"error: {e.args[0]}"
-            else:
-                answer = "error: expected 'revoke COMPARTMENT.GRANT'"
             try:
-                await stream.send_all(answer.encode() + b"\n")
+                answer = await self._admin_answer(data.partition(b"\n")[0])
+            except Exception as e:  # noqa: BLE001 - no request may end the system
+                self.say(f"internal error answering an admin request: "
+                         f"{type(e).__name__}: {first_line(e)}")
+                answer = {"ok": False, "error": "internal error"}
+            answer["system"] = endpoint.identity(self.system.path)
+            try:
+                await stream.send_all(endpoint.encode(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _serve_external(self, stream):
-        pid = self.router.add_external()
-        link = _Link(stream)
-        self.links[pid] = link
-        async with trio.open_nursery() as n:
-            n.start_soon(link.writer)
+    async def _admin_answer(self, line: bytes) -> dict:
+        try:
+            req = endpoint.decode(line)
+        except ValueError:
+            return {"ok": False, "error": "expected one JSON object on one line"}
+        if req.get("system") != endpoint.identity(self.system.path):
+            return {"ok": False, "error": f"this is {self.system.path}, not "
+                                          f"{printable(str(req.get('system')))[:200]}"}
+        if req.get("op") == "revoke" and not isinstance(req.get("grant"), str):
+            return {"ok": False, "error": "revoke needs the grant as a string, "
+                                          "\"COMPARTMENT.GRANT\""}
+        if req.get("op") == "revoke":
             try:
-                while True:
-                    data = await link.receive()
-                    if not data:
-                        break
-                    self._perform(self.router.receive(pid, data))
-                    if pid not in self.router.peers:
-                        break
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            self._perform(self.router.disconnected(pid, "external client disconnected"))
-            await link.send.aclose()
-        self.links.pop(pid, None)
-        await stream.aclose()
+                self._perform(self.router.revoke(req["grant"]))
+            except KeyError as e:
+                return {"ok": False, "error": e.args[0]}
+            return {"ok": True, "text": f"revoked {req['grant']}"}
+        if req.get("op") == "status":
+            return {"ok": True, "status": await self._status()}
+        if req.get("op") == "stop":
+            self.say("stopping (wsuper stop)")
+            self._act(self.lifecycle.stop(0))
+            return {"ok": True, "text": "stopping", "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown request {printable(str(req.get('op')))!r}"}
+
+    async def _status(self) -> dict:
+        now = trio.current_time()
+        pids = {name: p.pid for name, p in self.procs.items() if p.returncode is None}
+        memory = await trio.to_thread.run_sync(_rss, pids)
+        compartments = []
+        for name in self.system.compartments:
+            ready = self._ready_at.get(name)
+            compartments.append({
+                "name": name, "state": self.lifecycle.state[name], "pid": pids.get(name),
+                "uptime_s": round(now - ready, 3) if ready is not None and name in pids
+                else None,
+                "restarts": self.lifecycle.restarts[name],
+                "generation": self.lifecycle.generation[name],
+                "memory_bytes": memory.get(name), **self.router.status(name)})
+        return {"pid": os.getpid(), "run": self.run_id, "uptime_s": round(now - self._began, 3),
+                "external": list(self.system.external), "compartments": compartments}
 
     # ------------------------------------------------------------ effects
+
+    def _backlog(self, pid: int) -> int:
+        link = self.links.get(pid)
+        return link.queued if link is not None else 0
 
     def _perform(self, effects):
         # Consecutive sends to one peer go out as one write; any other effect
         # first flushes them, so nothing it triggers can overtake them.
         batch: dict[int, list] = {}
         for e in effects:
-            if isinstance(e, R.Send):
+            if isinstance(e, fx.Send):
                 batch.setdefault(e.peer, []).append(e.data)
                 continue
             self._write_all(batch)
-            if isinstance(e, R.Close):
+            if isinstance(e, fx.HostCall):
+                self._host_call(e)
+            elif isinstance(e, fx.HostRelease):
+                self._release(e.kind, e.served)
+            elif isinstance(e, fx.Close):
                 link = self.links.get(e.peer)
                 if link is not None:
                     link.close()
-            elif isinstance(e, R.LogLine):
-                self.say(f"[{e.compartment}] {_printable(e.text)}")
-            elif isinstance(e, R.Started):
+            elif isinstance(e, fx.Started):
                 self._on_started(e)
-            elif isinstance(e, R.StartFailed):
-                self._on_start_failed(e)
-            elif isinstance(e, R.Exited):
-                self._on_exited(e)
-            elif isinstance(e, R.Notice):
-                self.say(f"wsuper: {e.text}")
-            elif isinstance(e, R.Denied):
+            elif isinstance(e, fx.StartFailed):
+                self._act(self.lifecycle.start_failed(e.compartment, e.reason,
+                                                      trio.current_time()))
+            elif isinstance(e, fx.Exited):
+                self._act(self.lifecycle.program_ended(e.compartment, e.exit_code, e.error,
+                                                       trio.current_time()))
+            elif isinstance(e, fx.Notice):
+                self.say(e.text)
+            elif isinstance(e, fx.Denied):
                 show, hidden = self.denials.admit(e.caller, trio.current_time())
                 if hidden:
-                    self.say(f"wsuper: ({hidden} more denials for {e.caller} were not shown; "
-                             f"the audit file has every call)")
+                    self.say(f"({hidden} more denials for {e.caller} were not shown; "
+                             f"the audit file has every call)", e.caller)
                 if show:
-                    self.say(f"wsuper: {e.text}")
-            elif isinstance(e, R.Audit):
-                self._write_audit(e.record)
+                    self.say(e.text, e.caller)
+            elif isinstance(e, fx.Audit):
+                if self.audit is not None:
+                    self.audit.add(e.record)
         self._write_all(batch)
 
-    def _write_audit(self, record: dict):
-        if self._audit_file is None:
-            self._audit_file = open(self.system.audit, "a", encoding="utf-8", buffering=1)
-        self._audit_file.write(json.dumps(record, separators=(",", ":")) + "\n")
-
     def _write_all(self, batch: dict):
-        for peer, chunks in batch.items():
-            link = self.links.get(peer)
-            if link is not None:
-                link.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        for pid, chunks in batch.items():
+            link = self.links.get(pid)
+            if link is not None and not link.write(
+                    chunks[0] if len(chunks) == 1 else b"".join(chunks)):
+                self._cut_off(pid, f"it does not read its messages (more than {link.hard} "
+                                   f"bytes are waiting for it)")
         batch.clear()
 
-    def _on_started(self, e: R.Started):
+    def _on_started(self, e: fx.Started):
+        self._ready_at[e.compartment] = trio.current_time()
         comp = self.system.compartments[e.compartment]
         proc = self.procs[e.compartment]
-        self.started.add(e.compartment)
-        if e.program:
-            self.programs.add(e.compartment)
         base = os.path.dirname(self.system.path) + os.sep
         rel = comp.module[len(base):] if comp.module.startswith(base) else comp.module
-        self.say(f"ready {comp.name} pid={proc.pid} module={rel}")
+        self.say(f"ready {comp.name} pid={proc.pid} module={rel}", comp.name)
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
-            self.say(f"stats start {comp.name} {ms:.2f} ms")
-        if self.all_started:                     # a restart: run its program again
-            if e.program:
-                self.running.add(e.compartment)
-                self._perform(self.router.run(e.compartment))
-        elif len(self.started) == len(self.system.compartments):
-            self.all_started = True
-            self._all_ready()
+            self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
+        self._act(self.lifecycle.started(e.compartment, e.program))
 
-    def _on_start_failed(self, e: R.StartFailed):
-        if not self.all_started:                 # it never worked: a configuration problem
-            self.say(f"wsuper: compartment {e.compartment} failed to start: {e.reason}")
-            self._finish(1)
-        elif not self._done.is_set():
-            self._stopped(e.compartment, True, f"failed to start: {e.reason}")
+    # ------------------------------------------------------------ lifecycle actions
 
-    def _all_ready(self):
-        if not self.programs:
-            self.say("wsuper: all compartments ready; serving until Ctrl-C")
-            return
-        for name in sorted(self.programs):
-            self.running.add(name)
-            self._perform(self.router.run(name))
-
-    def _on_exited(self, e: R.Exited):
-        if e.compartment not in self.running:
-            return
-        if self._done.is_set():          # we are stopping it ourselves
-            self.running.discard(e.compartment)
-            self.say(f"stopped {e.compartment}")
-            return
-        if e.error is not None:
-            self.say(f"wsuper: compartment {e.compartment} failed: {e.error}")
-            self._stopped(e.compartment, True, "its program failed")
-        else:
-            self.say(f"finished {e.compartment} exit={e.exit_code}")
-            self._stopped(e.compartment, e.exit_code != 0, f"its program ended "
-                          f"(exit {e.exit_code})")
+    def _act(self, actions):
+        for a in actions:
+            if isinstance(a, S.Say):
+                self.say(a.text, a.compartment)
+            elif isinstance(a, S.Run):
+                self._perform(self.router.run(a.name))
+                limits = self.system.compartments[a.name].limits
+                if limits.run_time is not None or limits.run_cpu is not None:
+                    self.nursery.start_soon(self._watch_program, a.name,
+                                            self.lifecycle.generation[a.name], limits)
+            elif isinstance(a, S.Restart):
+                self._perform(self.router.stop_engine(a.name, a.reason))
+                proc = self.procs.get(a.name)
+                if proc is not None:
+                    proc.terminate()
+                self.nursery.start_soon(self._respawn, self.system.compartments[a.name],
+                                        a.delay, self.lifecycle.generation[a.name])
+            elif isinstance(a, S.Fail):
+                self._perform(self.router.stop_engine(a.name, a.reason))
+                self._perform(self.router.fail_compartment(a.name, a.reason))
+                proc = self.procs.get(a.name)
+                if proc is not None:
+                    proc.terminate()
+            elif isinstance(a, S.Finish):
+                self._exit_code = a.code
+                self._done.set()
 
 
-def _raise_fd_limit():
-    """Each engine costs the supervisor a socket and a pipe: use the hard limit."""
+class _StartError(Exception):
+    pass
+
+
+def _refuse(e: Exception):
+    """The system cannot start: one line, like every other error that stops a command."""
+    print(f"wsuper: error: {printable(first_line(e, 1000))}", file=sys.stderr, flush=True)
+
+
+def _wall() -> float:
+    return time.time()
+
+
+def _rfc3339(t: float) -> str:
+    when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (from /proc; a worker thread)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rss(pids: dict) -> dict:
+    """name -> resident bytes of each process (from /proc; in a worker thread)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        out[name] = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return out
+
+
+def _raise_fd_limit() -> int:
+    """Each engine costs the supervisor a socket and a pipe: use the hard limit.
+    Returns the limit."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _describe_exit(code: int) -> str:
@@ -540,10 +948,5 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
-
-
-async def up(plan: Plan, socket_path: str | None = None, out=None) -> int:
-    return await Supervisor(plan, socket_path, out).run()
-
+async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text") -> int:
+    return await Supervisor(plan, socket_path, log_format=log_format).run()

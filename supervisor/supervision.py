@@ -77,3 +77,198 @@ class Throttle:
         w[2] += 1
         return False, 0
 
+
+
+# ------------------------------------------------------------------ the system's lifecycle
+
+
+@attrs.frozen
+class Say:
+    """A line for the operator (about `compartment`, if it is about one)."""
+    text: str
+    compartment: str | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class Run:
+    """Run the compartment's program (Engine.run)."""
+    name: str
+
+
+@attrs.frozen
+class Restart:
+    """Take the compartment's engine down and start a new one after `delay` seconds."""
+    name: str
+    delay: float
+    reason: str
+
+
+@attrs.frozen
+class Fail:
+    """The compartment is down for good: take its engine down; calls to it fail."""
+    name: str
+    reason: str
+
+
+@attrs.frozen
+class Finish:
+    """Stop the system; `wsuper up` exits with `code`."""
+    code: int
+
+
+class Lifecycle:
+    """What happens to the system as its compartments start, run and stop (pure).
+
+    The runtime reports events (an engine is ready, failed to start, its program
+    ended, its engine stopped, a signal arrived) and performs the actions each
+    returns: Say, Run, Restart, Fail, Finish.  Rules:
+
+    * A compartment that fails to start before the whole system was ever ready
+      is a configuration problem: the system stops, exit code 1.
+    * Once every compartment is ready, each program (`_start`) runs; a restarted
+      compartment runs its program again.
+    * A program that ends with exit code 0 stopped normally; a non-zero exit, a
+      trap, an engine that died or broke the protocol, or a failed (re)start is
+      abnormal.  The restart policy (`Supervision`) decides what follows.
+    * A compartment that fails for good makes the exit code 1; a `critical` one
+      stops the system.  An abnormal stop that is not restarted makes it 1 too.
+    * The system is done when it has programs, none is running, and nothing is
+      exported to the outside (then it serves until stopped).
+    * SIGINT and SIGTERM stop it with exit code 128 + the signal (130, 143).
+
+    Each incarnation of a compartment has a generation; an event about an older
+    one (its engine's exit after it was replaced) changes nothing.
+    """
+
+    def __init__(self, compartments: dict, holders: dict | None = None,
+                 external: bool = False):
+        """`compartments`: name -> RestartPolicy, in start order; `holders`: name ->
+        the compartments granted it (for messages); `external`: something is exported."""
+        self.policies = dict(compartments)
+        self.holders = holders or {}
+        self.external = external
+        self.supervision = {name: Supervision(p) for name, p in self.policies.items()}
+        self.generation = dict.fromkeys(self.policies, 0)
+        self.ready: set[str] = set()
+        self.programs: set[str] = set()
+        self.running: set[str] = set()
+        self.all_started = False
+        self.stopping = False
+        self.exit_code = 0
+        self.state = dict.fromkeys(self.policies, "starting")
+        self.restarts = dict.fromkeys(self.policies, 0)
+
+    # ------------------------------------------------------------ events
+
+    def started(self, name: str, program: bool) -> list:
+        if self.stopping:
+            return []
+        self.ready.add(name)
+        self.state[name] = "ready"
+        if program:
+            self.programs.add(name)
+        if self.all_started:                      # a restart: run its program again
+            if program:
+                self._run(name)
+                return [Run(name)]
+            return []
+        if len(self.ready) < len(self.policies):
+            return []
+        self.all_started = True
+        if not self.programs:
+            return [Say("all compartments ready; serving until Ctrl-C")]
+        for n in self.programs:
+            self._run(n)
+        return [Run(n) for n in sorted(self.programs)]
+
+    def _run(self, name: str):
+        self.running.add(name)
+        self.state[name] = "running"
+
+    def start_failed(self, name: str, reason: str, now: float) -> list:
+        if self.stopping:
+            return []
+        if not self.all_started:                  # it never worked: a configuration problem
+            return [Say(f"compartment {name} failed to start: {reason}", name), *self._finish(1)]
+        return self._stopped(name, True, f"failed to start: {reason}", now)
+
+    def program_ended(self, name: str, exit_code: int | None, error: str | None,
+                      now: float) -> list:
+        if name not in self.running:
+            return []
+        if self.stopping:                          # we are stopping it ourselves
+            self.running.discard(name)
+            return [Say(f"stopped {name}", name)]
+        if error is not None:
+            return [Say(f"compartment {name} failed: {error}", name),
+                    *self._stopped(name, True, "its program failed", now)]
+        return [Say(f"finished {name} exit={exit_code}", name),
+                *self._stopped(name, exit_code != 0, f"its program ended (exit {exit_code})",
+                               now)]
+
+    def engine_stopped(self, name: str, generation: int, reason: str, now: float) -> list:
+        """The engine of incarnation `generation` is gone (it exited or was cut off)."""
+        if self.stopping or generation != self.generation.get(name) \
+                or self.state[name] in ("stopped", "failed"):
+            return []              # not its current incarnation, or already handled
+        return self._stopped(name, True, reason, now)
+
+    def signal(self, signum: int, signame: str) -> list:
+        if self.stopping:
+            return []
+        return [Say(f"{signame}, stopping"), *self._finish(128 + signum, force=True)]
+
+    def stop(self, code: int = 0) -> list:
+        """Stop on request (an internal reason): exit with `code`, or what it already is."""
+        return self._finish(code)
+
+    # ------------------------------------------------------------ decisions
+
+    def _stopped(self, name: str, abnormal: bool, reason: str, now: float) -> list:
+        """The current incarnation of `name` stopped: restart it, leave it, or give up."""
+        policy = self.policies[name]
+        d = self.supervision[name].decide(now, abnormal)
+        if d.action == "restart":
+            self.generation[name] += 1
+            self.restarts[name] += 1
+            self.state[name] = "restarting"
+            return [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
+                        f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
+                        name),
+                    Restart(name, d.delay, reason)]
+        if d.action == "fail":
+            self.generation[name] += 1
+            self.state[name] = "failed"
+            holders = self.holders.get(name, ())
+            told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
+            out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){told}",
+                       name),
+                   Fail(name, d.reason)]
+            self.exit_code = 1
+            self.running.discard(name)
+            if policy.critical:
+                out += [Say(f"{name} is critical: stopping the system", name), *self._finish(1)]
+            return out + self._check_done()
+        out = []
+        if abnormal:
+            out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
+            if name in self.running:
+                self.exit_code = 1
+            self.state[name] = "stopped"
+        elif self.state[name] == "running":
+            self.state[name] = "finished"        # its program ended; it still serves calls
+        self.running.discard(name)
+        return out + self._check_done()
+
+    def _check_done(self) -> list:
+        if self.all_started and self.programs and not self.running and not self.external:
+            return self._finish(0)
+        return []
+
+    def _finish(self, code: int, force: bool = False) -> list:
+        if self.stopping:
+            return []
+        self.stopping = True
+        if force or code:
+            self.exit_code = code if force else max(self.exit_code, code)
+        return [Finish(self.exit_code)]

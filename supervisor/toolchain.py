@@ -44,7 +44,16 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
 
 
 def build(sources, output: str, **options) -> str:
-    """Compile and link; returns `output`.  Raises ToolchainError with clang's messages."""
+    """Compile and link; returns `output` (its directory is made if missing).  Raises
+    ToolchainError with clang's messages, or naming a source that is not there."""
+    for src in sources:
+        if not os.path.isfile(src):
+            raise ToolchainError(f"{src}: no such source file")
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ToolchainError(f"cannot make {folder} for {output}: {e.strerror}") from None
     cmd = command(sources, output, **options)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

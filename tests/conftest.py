@@ -1,16 +1,25 @@
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+
+from supervisor.output import strip_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples", "calc")
 
 
+# Log files of the systems the tests run go to a temporary state directory.
+_STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
+os.environ.setdefault("XDG_STATE_HOME", _STATE)
+
+
 class Running:
-    """A `wsuper up` subprocess whose output lines can be awaited."""
+    """A `wsuper up` subprocess whose output lines (stdout and stderr, in the order
+    they come, supervisor events without their time) can be awaited."""
 
     def __init__(self, args, cwd=None):
         self.proc = subprocess.Popen(
@@ -28,14 +37,15 @@ class Running:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            self.lines.append(line.rstrip("\n"))
+            line = strip_time(line.rstrip("\n"))
+            self.lines.append(line)
             if fragment in line:
                 return line
         raise AssertionError(f"never saw {fragment!r}; output:\n" + "\n".join(self.lines))
 
     def finish(self, timeout=30):
         out, _ = self.proc.communicate(timeout=timeout)
-        self.lines += out.splitlines()
+        self.lines += [strip_time(line) for line in out.splitlines()]
         return self.proc.returncode
 
     def stop(self):
@@ -82,9 +92,37 @@ def external_client(socket_path, body, timeout=30):
     return asyncio.run(bounded())
 
 
-def run_wsuper(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def audit_calls(path):
+    """The capability-call records of an audit file (not the run start/stop markers)."""
+    import json
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if "capability" in r]
+
+
+class Ran:
+    """A finished `wsuper` command: `stdout` (plugin lines), `stderr` (supervisor
+    events, without their times), and `output` (both, events after the lines)."""
+
+    def __init__(self, r: subprocess.CompletedProcess):
+        self.returncode = r.returncode
+        self.stdout = r.stdout
+        self.stderr = "".join(strip_time(line) + "\n" for line in r.stderr.splitlines())
+        self.raw_stderr = r.stderr
+        self.output = self.stdout + self.stderr
+
+
+def run_wsuper(*args, timeout=60, merged=False):
+    """Run a wsuper command to its end.  `merged`: stdout and stderr as one stream,
+    in the order the lines came (in `stdout`)."""
+    if merged:
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=timeout)
+        r.stdout = "".join(strip_time(line) + "\n" for line in r.stdout.splitlines())
+        r.stderr = ""
+        return Ran(r)
+    return Ran(subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout))
 
 
 @pytest.fixture(scope="session")

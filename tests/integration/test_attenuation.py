@@ -1,8 +1,9 @@
 """Attenuation with real engines: allow-lists, revocation with `wsuper revoke`, the audit file."""
 import json
+import re
 import os
 
-from tests.conftest import EXAMPLES, run_wsuper
+from tests.conftest import audit_calls, EXAMPLES, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, program
 
 
@@ -17,11 +18,17 @@ def test_a_method_outside_the_allow_list_is_denied_and_shown(tmp_path):
     (tmp_path / "system.toml").write_text(text)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert ("wsuper: denied: app -> app.calc: Calc.add is not allowed "
-            "(allow = [Calc.newCounter])") in r.stdout
+            "(allow = [Calc.newCounter])") in r.stderr
     assert "[app] 2 + 3" not in r.stdout                   # hello.wat traps on the error
     records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
-    assert [(x["capability"], x["method"], x["outcome"]) for x in records] == [
-        ("app.calc", "add", "denied")]
+    assert [(x["capability"], x["method"], x["outcome"]) for x in records
+            if "capability" in x] == [("app.calc", "add", "denied")]
+    # each run is marked where it starts and stops, and every record carries its
+    # run id and a wall-clock RFC 3339 time
+    assert records[0]["event"] == "run started" and records[-1]["event"] == "run stopped"
+    assert len({x["run"] for x in records}) == 1
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", x["time"])
+               for x in records)
 
 
 def test_revoke_kills_the_call_in_flight_and_every_later_call(tmp_path, wsuper):
@@ -59,10 +66,10 @@ spin = {{ compartment = "spin", revocable = true }}
     logs = [l[6:] for l in run.lines if l.startswith("[app] ")]
     assert logs == ["calling", "spun -2", "app.spin was revoked while this call was in flight",
                     "ping -2", "app.spin was revoked"]
-    records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
-    spin = [x for x in records if x["capability"] == "app.spin"]
+    records = audit_calls(tmp_path / "audit.jsonl")
+    spin = [x for x in records if x.get("capability") == "app.spin"]
     assert [(x["method"], x["outcome"]) for x in spin] == [("spin", "failed"), ("ping", "denied")]
     assert spin[0]["duration_ms"] > 0
     # a grant that is not revocable cannot be revoked
     r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.log")
-    assert r.returncode == 1
+    assert r.returncode == 2 and "no revocable grant 'app.log' (revocable: app.spin)" in r.stderr

@@ -1,5 +1,7 @@
 """Bad system files are refused before anything starts: one line, file:line, key, exit 2."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,7 +58,7 @@ def test_module_importing_anything_else_is_refused_naming_the_import(tmp_path):
 
 
 def test_not_wasm_is_refused(tmp_path):
-    (tmp_path / "m.wasm").write_bytes(b"\x7fELF not wasm")
+    (tmp_path / "m.wasm").write_bytes(b"\0asm\x01\0\0\0\x99 broken")
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 2 and "is not a valid wasm module" in r.stderr
@@ -73,11 +75,106 @@ def test_a_bad_path_in_a_policy_file_is_reported_in_that_file(tmp_path):
 
 
 def test_an_engine_that_cannot_start_names_why(tmp_path):
-    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 32) (func (export "_start")))')
+    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 1) (table 100 funcref) '
+                                      '(func (export "_start")))')
     (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\nrestart = "never"\n'
-                                          '[compartments.big.limits]\nmemory = "1MiB"\n')
+                                          '[compartments.big.limits]\ntable_elements = 10\n')
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 1
     assert ("wsuper: compartment big failed to start: engine exited with code 3: error: cannot "
-            "instantiate") in r.stdout
-    assert "memory minimum size of 32 pages exceeds memory limits" in r.stdout
+            "instantiate") in r.stderr, r.stderr
+
+
+def test_a_memory_limit_below_the_modules_own_minimum_is_refused_before_start(tmp_path):
+    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 32) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\n'
+                                          '[compartments.big.limits]\nmemory = "1MiB"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2
+        assert r.stderr.strip() == (
+            f"wsuper: error: {tmp_path}/system.toml:4: compartments.big.limits.memory: "
+            f"{tmp_path}/big.wat's memory starts at 32 pages (2097152 bytes), more than the "
+            f"limit of 1048576 bytes")
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("m.wasm", b"\x7fELF\x02\x01\x01" + bytes(40), "is not a WebAssembly binary: it does "
+     "not start with \\0asm (it looks like an ELF executable)"),
+    ("m.wat", b"\x7fELF\x02\x01\x01\xff" + bytes(40), "is not WebAssembly text: it is not "
+     "UTF-8 (byte 7) (it looks like an ELF executable)"),
+    ("m.wasm", b"#!/bin/sh\necho hi\n", "(it looks like a script)"),
+])
+def test_a_module_that_is_not_wasm_says_what_it_is(tmp_path, name, content, expected):
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "system.toml").write_text(f'[compartments.m]\nmodule = "{name}"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2 and expected in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ('compartments.calc.module = "calc.wat"\ncompartments.calc.limits.memory = "64 KB"\n',
+     2, "compartments.calc.limits.memory"),
+    ('[compartments.calc]\nmodule = "calc.wat"\n\n[unknown.table]\nx = 1\n', 4, "unknown"),
+    ('[compartments.calc]\nmodule = "calc.wat"\nlimits.memory = "64 KB"\n', 3,
+     "compartments.calc.limits.memory"),
+])
+def test_dotted_keys_and_unknown_tables_keep_their_line(tmp_path, text, line, key):
+    (tmp_path / "system.toml").write_text(text)
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:{line}: {key}:"), r.stderr
+
+
+def test_error_lines_name_files_absolutely_however_they_were_given(tmp_path):
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = 3\n')
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", "system.toml"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:2: "), r.stderr
+
+
+def test_a_subdir_that_is_missing_or_a_link_is_refused_by_check(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+    for subdir, reason in (("nope", "is not an existing directory"),
+                           ("link", "is a symbolic link")):
+        if subdir == "link":
+            os.symlink(tmp_path, tmp_path / "data" / "link")
+        (tmp_path / "system.toml").write_text(
+            '[compartments.m]\nmodule = "m.wat"\n[compartments.m.grants]\n'
+            f'd = {{ host = "directory", path = "{tmp_path}/data", subdir = "{subdir}" }}\n')
+        r = run_wsuper("check", str(tmp_path / "system.toml"))
+        assert r.returncode == 2
+        assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/system.toml:4: "
+                                    f"compartments.m.grants.d.subdir: {tmp_path}/data/{subdir} "
+                                    f"{reason}" + ("; subdir must name a real directory"
+                                                   if subdir == "link" else ""))
+
+
+SCHEMAS = {"syntax.capnp": ("@0xbf5147cbbecf40c1;\ninterface Foo {\n  bar @0 ( -> ();\n}\n",
+                            ":2: Parse error."),
+           "noid.capnp": ("interface Foo {\n  bar @0 () -> ();\n}\n",
+                          ": File does not declare an ID.")}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("command", ["check", "up", "bindgen", "build"])
+def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, command):
+    text, expected = SCHEMAS[name]
+    (tmp_path / name).write_text(text)
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) '
+                                    '(result i32) i32.const 0))')
+    (tmp_path / "p.c").write_text("int x;\n")
+    (tmp_path / "system.toml").write_text(f'[system]\nschemas = ["{name}"]\n'
+                                          f'[compartments.m]\nmodule = "m.wat"\nexports = "Foo"\n')
+    args = {"check": ["check", str(tmp_path / "system.toml")],
+            "up": ["up", str(tmp_path / "system.toml")],
+            "bindgen": ["bindgen", str(tmp_path / name), "-o", str(tmp_path / "out")],
+            "build": ["build", str(tmp_path / "p.c"), "--schema", str(tmp_path / name),
+                      "-o", str(tmp_path / "p.wasm")]}[command]
+    r = run_wsuper(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / name}{expected}"), line
+    assert "terminate called" not in r.stderr

@@ -161,3 +161,13 @@ def test_build_reports_what_the_compiler_said(tmp_path):
     assert "wsuper: error: building" in r.stderr and "undeclared" in r.stderr
     r = run_wsuper("bindgen", str(tmp_path / "missing.capnp"), "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "missing.capnp" in r.stderr
+
+
+def test_build_makes_the_output_directory_and_names_a_missing_source(tmp_path):
+    (tmp_path / "plain.c").write_text("int main(void) { return 0; }\n")
+    out = tmp_path / "newdir" / "deeper" / "x.wasm"
+    r = run_wsuper("build", str(tmp_path / "plain.c"), "-o", str(out))
+    assert r.returncode == 0 and out.read_bytes().startswith(b"\0asm"), r.stderr
+    r = run_wsuper("build", str(tmp_path / "nope.c"), "-o", str(tmp_path / "y.wasm"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"wsuper: error: {tmp_path / 'nope.c'}: no such source file"

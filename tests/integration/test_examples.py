@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, external_client, run_wsuper
+from tests.conftest import audit_calls, ROOT, external_client, run_wsuper
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_the_store_persists_to_its_append_only_file(kv):
     assert "[store] store: replayed 2 records from /data/kv.log" in r.stdout
     assert (kv / "data" / "kv.log").read_text() == \
         "runs\t1\ngreeting\thello\nruns\t2\ngreeting\thello\n"
-    records = [json.loads(l) for l in open(kv / "data" / "audit.jsonl")]
+    records = audit_calls(kv / "data" / "audit.jsonl")
     calls = {(x["caller"], x["capability"].split(" ")[0], x["method"]) for x in records}
     assert {("client", "client.kv", "subscribe"), ("client", "client.kv", "put"),
             ("store", "store.data>Directory.open", "append")} <= calls, calls
@@ -60,8 +60,9 @@ def test_check_shows_who_holds_what_in_the_example(kv):
     assert f"  data -> host Directory [path={kv}/data, append_only]" in r.stdout
     assert "  kv -> store's Store [allow=get, calls_per_second=50]" in r.stdout
     assert f"  public -> host Directory [path={kv}/public, read_only]" in r.stdout
-    # only the store itself, and clients of the external socket, could call put
-    assert "could reach store.put: store" in r.stdout
+    # no compartment could call put: only clients of the external socket
+    assert "could reach store.put: nobody" in r.stdout
+    assert "and any client of the external socket" in r.stdout
 
 
 def test_a_hostile_plugin_is_contained(kv, wsuper):
@@ -79,6 +80,9 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
         got = await store.get("runs")
         return got.found, got.value
     assert external_client(str(sock), body) == (True, "41")
+    # ... and it is stopped when its program has used its CPU allowance (run_cpu)
+    run.wait_for("compartment hostile failed: its program used more than 3 s of CPU "
+                 "(limit run_cpu)", timeout=60)
     run.stop()
     out = [l for l in run.lines if l.startswith("[hostile]") and "flood line" not in l]
     assert out[:7] == [
@@ -98,7 +102,7 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
     denials = [l for l in run.lines if l.startswith("wsuper: denied: hostile")]
     assert len(denials) < 20                  # the terminal is not flooded either
     assert (kv / "data" / "kv.log").read_text() == "runs\t41\n"
-    records = [json.loads(l) for l in open(kv / "data" / "hostile-audit.jsonl")]
+    records = audit_calls(kv / "data" / "hostile-audit.jsonl")
     assert any(x["caller"] == "hostile" and x["method"] == "put" and x["outcome"] == "denied"
                for x in records)
     assert sum(x["caller"] == "hostile" and x["outcome"] == "denied" for x in records) > 100

@@ -1,8 +1,10 @@
 """Host files with real engines: an append-only journal, and an escape attempt."""
 import json
 
-from supervisor.router import DIRECTORY_ID, FILE_ID
-from tests.conftest import run_wsuper
+from capnp_schemas.hosted import BY_KIND
+
+DIRECTORY_ID, FILE_ID = BY_KIND["directory"].id, BY_KIND["file"].id
+from tests.conftest import audit_calls, run_wsuper
 from tests.integration.guests import program
 
 APPEND = f"""
@@ -55,7 +57,7 @@ journal = {{ host = "file", path = "{journal}", append_only = true }}
     # the reason starts with the errno a WASI program gets (EPERM), then says why
     assert logs[3] == f"EPERM: file {journal}: {journal} is append-only: cannot truncate"
     assert journal.read_text() == "entry\nentry\n"
-    records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    records = audit_calls(tmp_path / "audit.jsonl")
     files = [(x["interface"], x["method"], x["outcome"]) for x in records
              if x["capability"] == "app.journal"]
     assert files == [("File", "append", "returned")] * 2 + [("File", "truncate", "failed")]
@@ -92,5 +94,5 @@ data = {{ host = "directory", path = "{granted}" }}
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
     logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
-    assert logs == ["open -2", f"ENOTCAPABLE: directory {granted}: '../secret.txt' contains '..'; "
-                               "paths cannot leave the granted directory"]
+    assert logs == ["open -2", f"ENOTCAPABLE: directory {granted}: '../secret.txt' contains '..' "
+                               "that leads outside the granted directory"]

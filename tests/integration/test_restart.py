@@ -25,7 +25,7 @@ critical = true
 [compartments.app.grants]
 log = { host = "log" }
 """)
-    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True)
     out = r.stdout.splitlines()
     assert r.returncode == 1
     assert out.count("[app] running") == 3                      # first run + 2 restarts
@@ -80,7 +80,7 @@ def test_a_killed_server_comes_back_granted_caps_work_passed_caps_stay_broken(tm
 
     total, new_ready = asyncio.run(main())
     assert total == 5
-    assert new_ready.startswith("ready calc pid=") and f"pid={pid} " not in new_ready
+    assert new_ready.startswith("wsuper: ready calc pid=") and f"pid={pid} " not in new_ready
 
 
 def test_never_leaves_a_dead_server_dead_and_calls_fail_promptly(tmp_path, wsuper):

@@ -10,15 +10,15 @@ from tests.integration.test_interop import SYSTEM, _client
 
 
 def test_hello_prints_ready_lines_and_the_result():
-    r = run_wsuper("up", os.path.join(EXAMPLES, "hello.toml"))
+    r = run_wsuper("up", os.path.join(EXAMPLES, "hello.toml"), merged=True)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    ready = [l for l in lines if l.startswith("ready ")]
-    assert sorted(l.split()[1] for l in ready) == ["app", "calc"]
+    ready = [l for l in lines if l.startswith("wsuper: ready ")]
+    assert sorted(l.split()[2] for l in ready) == ["app", "calc"]
     for l in ready:
         assert "pid=" in l and ("module=calc.wat" in l or "module=hello.wat" in l)
     assert "[app] 2 + 3 = 5" in lines
-    assert lines[-1] == "finished app exit=0"
+    assert lines[-1] == "wsuper: finished app exit=0"
 
 
 def test_capability_in_result_and_callback():
@@ -66,7 +66,7 @@ def test_out_of_range_pointer_traps_guest_and_system_keeps_serving(tmp_path, wsu
 
     assert _client(str(sock), body) == 42
     run.proc.send_signal(signal.SIGTERM)
-    assert run.finish() == 1   # a program failed; everything was still stopped
+    assert run.finish() == 143   # stopped by SIGTERM (128 + 15), everything with it
 
 
 HANDLES = """
@@ -115,7 +115,7 @@ calc = {{ compartment = "calc" }}
 """)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "finished h exit=0" in r.stdout
+    assert "finished h exit=0" in r.stderr
 
 
 def test_sigkill_of_the_supervisor_takes_every_engine_with_it(tmp_path, wsuper):
@@ -149,7 +149,7 @@ def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
 
     assert _client(str(sock), body) == 2
     run.proc.send_signal(signal.SIGTERM)
-    assert run.finish() == 0
+    assert run.finish() == 143   # SIGTERM: 128 + 15
     assert not any("stopped" in l or "failed" in l for l in run.lines), run.lines
 
 
@@ -163,7 +163,7 @@ def test_binary_wasm_modules_run_like_wat(tmp_path):
     (tmp_path / "hello.toml").write_text(text)
     r = run_wsuper("up", str(tmp_path / "hello.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "module=calc.wasm" in r.stdout and "[app] 2 + 3 = 5" in r.stdout
+    assert "module=calc.wasm" in r.stderr and "[app] 2 + 3 = 5" in r.stdout
 
 
 def test_a_shared_policy_file_grants_what_the_program_needs():

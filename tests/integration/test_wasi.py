@@ -1,7 +1,14 @@
-"""WASI programs (C, built with clang and wasi-libc) run on their grants, and nothing else."""
+"""WASI programs (C with wasi-libc, Rust with its std or raw WASI calls, all built from
+source here) run on their grants, and nothing else, and behave as under wasmtime."""
 import json
+import os
+import re
+import stat
+import time
 
-from tests.conftest import run_wsuper
+import pytest
+
+from tests.conftest import ROOT, audit_calls, run_wsuper
 
 
 def _system(tmp_path, module, grants, extra=""):
@@ -23,7 +30,7 @@ def _lines(r):
 
 
 def _audit(tmp_path):
-    return [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    return audit_calls(tmp_path / "audit.jsonl")
 
 
 def test_a_posix_program_works_on_what_it_is_granted(tmp_path, wasi_guests):
@@ -46,7 +53,7 @@ random = {{ host = "random" }}
     lines = _lines(r)
     assert [l for l in lines if not l.startswith("ok ")] == ["to stderr"], r.stdout + r.stderr
     assert len(lines) == 38
-    assert "finished app exit=0" in r.stdout and r.returncode == 0
+    assert "finished app exit=0" in r.stderr and r.returncode == 0
     # what it did is on disk, where it was granted, and nowhere else
     assert (data / "notes.txt").read_text() == "line one\nline two\nline three\n"
     assert (data / "w+.txt").read_text() == "a"
@@ -55,14 +62,19 @@ random = {{ host = "random" }}
     # every WASI call that used authority is an audited capability call
     records = _audit(tmp_path)
     used = {(x["capability"].split(">")[0], x["method"]) for x in records}
-    assert {("app.data", "open"), ("app.data", "create"), ("app.data", "mkdir"),
+    assert {("app.data", "open"), ("app.data", "mkdir"),
             ("app.env", "args"), ("app.clock", "wall"), ("app.random", "bytes"),
             ("app.stdout", "write")} <= used, used
 
 
 def test_a_rust_program_uses_std_fs_env_and_args_on_its_grants(tmp_path, wasi_guests):
     data = tmp_path / "data"
-    data.mkdir()
+    (data / "tree" / "deep").mkdir(parents=True)
+    (data / "tree" / "deep" / "f").write_text("")
+    (data / "tree" / "up").symlink_to("../..")           # remove_dir_all must not follow it
+    (data / "target.txt").write_text("the target\n")
+    (data / "inside").symlink_to("target.txt")
+    (data / "escape").symlink_to(tmp_path / "audit.jsonl")
     system = _system(tmp_path, wasi_guests["rustfs"], f"""
 stdout = {{ host = "log" }}
 data = {{ host = "directory", path = "{data}" }}
@@ -71,10 +83,16 @@ clock = {{ host = "clock" }}
 """)
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ['args ["--flag", "x"]', "MODE=fast",
-                         'read back: "written by rust\\n"', 'dir: ["rust.txt"]',
-                         "outside: true", "time ok: true"], r.stdout + r.stderr
-    assert "finished app exit=4" in r.stdout
+                         'read back: "written by rust\\n"',
+                         'dir: ["escape", "inside", "rust.txt", "target.txt", "tree"]',
+                         "outside: true", 'read_link: Ok("target.txt")',
+                         'through it: Some("the target\\n")', "is symlink: true",
+                         "escape: true", 'hard link: Some("written by rust\\n")',
+                         "tree gone: true", "time ok: true"], r.stdout + r.stderr
+    assert "finished app exit=4" in r.stderr
     assert (data / "rust.txt").read_text() == "written by rust\n"
+    assert sorted(os.listdir(data)) == ["escape", "inside", "rust.txt", "target.txt"]
+    assert (tmp_path / "audit.jsonl").exists()
 
 
 def test_without_grants_a_program_gets_nothing(tmp_path, wasi_guests):
@@ -90,7 +108,7 @@ env = { host = "environment", args = ["read:/etc/passwd", "read:mine.txt", "writ
                          "random  -> ENOTCAPABLE"], r.stdout + r.stderr
     # stderr was not granted: its line went nowhere; the exit code is the program's
     assert "leaving with" not in r.stdout
-    assert "finished app exit=3" in r.stdout
+    assert "finished app exit=3" in r.stderr
 
 
 def test_append_only_and_read_only_hold_for_wasi_programs(tmp_path, wasi_guests):
@@ -146,7 +164,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
                          "stat /box/in.txt -> ENOTCAPABLE", "mkdir /box/d -> ENOTCAPABLE",
                          "write /box/out.txt -> ENOTCAPABLE",
                          "bigwrite /q/big.bin -> EDQUOT"], r.stdout + r.stderr
-    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stdout
+    assert "denied: app -> app.box: Directory.mkdir is not allowed" in r.stderr
     denied = [(x["capability"], x["method"]) for x in _audit(tmp_path)
               if x["outcome"] == "denied"]
     assert ("app.box", "mkdir") in denied and ("app.box", "stat") in denied
@@ -165,7 +183,7 @@ work = {{ host = "directory", path = "{work}", mount = "." }}
 env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"] }}
 """)
     r = run_wsuper("up", system, timeout=120)
-    assert "finished app exit=0" in r.stdout, r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
     # "." takes every path: /work/hello.txt is work/hello.txt inside the grant
     assert (tmp_path / "out.txt").read_text() == \
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
@@ -189,7 +207,8 @@ def test_rename_within_a_directory_grant_and_not_across(tmp_path, wasi_guests):
     (a / "final.txt").write_text("v1\n")
     (j / "log.txt").write_text("x\n")
     ops = ["rename:/a/draft.txt=/a/final.txt", "read:/a/final.txt",
-           "rename:/a/final.txt=/b/final.txt", "rename:/j/log.txt=/j/gone.txt"]
+           "rename:/a/final.txt=/b/final.txt", "rename:/j/log.txt=/j/gone.txt",
+           "link:/a/final.txt=/b/hard.txt", "link:/a/final.txt=/a/hard.txt"]
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
 a = {{ host = "directory", path = "{a}" }}
@@ -201,8 +220,11 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert _lines(r) == ["rename /a/draft.txt=/a/final.txt -> ok",    # the atomic-replace idiom
                          "read /a/final.txt -> ok", "  v2",
                          "rename /a/final.txt=/b/final.txt -> EXDEV",  # two grants
-                         "rename /j/log.txt=/j/gone.txt -> EPERM"], r.stdout + r.stderr
-    assert sorted(p.name for p in a.iterdir()) == ["final.txt"] and not list(b.iterdir())
+                         "rename /j/log.txt=/j/gone.txt -> EPERM",
+                         "link /a/final.txt=/b/hard.txt -> EXDEV",     # hard links too
+                         "link /a/final.txt=/a/hard.txt -> ok"], r.stdout + r.stderr
+    assert sorted(p.name for p in a.iterdir()) == ["final.txt", "hard.txt"]
+    assert not list(b.iterdir())
     assert (j / "log.txt").read_text() == "x\n"
 
 
@@ -217,7 +239,7 @@ env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ["release data -> 0", "release stdout -> 0", "read /data/a.txt -> ok",
                          "  still here", "release data -> -1"], r.stdout + r.stderr   # gone
-    assert "finished app exit=0" in r.stdout
+    assert "finished app exit=0" in r.stderr
 
 
 def test_a_wasi_policy_that_is_ambiguous_is_refused(tmp_path, wasi_guests):
@@ -231,3 +253,230 @@ c2 = { host = "clock" }
     system = _system(tmp_path, wasi_guests["probe"], 'stdout = { host = "random" }')
     r = run_wsuper("check", system)
     assert r.returncode == 2 and "stdout must be a log or file grant, not random" in r.stderr
+
+
+# ------------------------------------------------------------------ as under wasmtime
+
+GUESTS = os.path.join(ROOT, "tests", "integration", "guests", "wasi")
+
+
+@pytest.fixture(scope="module")
+def conformance_guests(tmp_path_factory):
+    """calls.rs (WASI calls made directly) and fsops.c (the same through wasi-libc)."""
+    from supervisor import toolchain
+    out = tmp_path_factory.mktemp("conformance")
+    return {"calls": toolchain.build_rust(os.path.join(GUESTS, "calls.rs"),
+                                          str(out / "calls.wasm")),
+            "fsops": toolchain.build([os.path.join(GUESTS, "fsops.c")], str(out / "fsops.wasm"))}
+
+
+def under_wasmtime(module, directory, args=()):
+    """(exit code, stdout lines) of a WASI program under wasmtime's own WASI
+    (wasmtime-py's), with `directory` preopened as /sandbox."""
+    import wasmtime
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    config = wasmtime.WasiConfig()
+    config.argv = ["app", *args]
+    out = directory.parent / f"{directory.name}.stdout"
+    config.stdout_file = str(out)
+    config.preopen_dir(str(directory), "/sandbox")
+    store.set_wasi(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, module))
+    try:
+        instance.exports(store)["_start"](store)
+        code = 0
+    except wasmtime.ExitTrap as e:
+        code = e.code
+    return code, out.read_text().splitlines()
+
+
+def under_wsuper(tmp_path, module, directory, args=(), attenuation=""):
+    system = _system(tmp_path, module, f"""
+stdout = {{ host = "log" }}
+stderr = {{ host = "log" }}
+sandbox = {{ host = "directory", path = "{directory}", mount = "/sandbox"{attenuation} }}
+env = {{ host = "environment", args = {json.dumps(list(args))} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    code = re.search(r"finished app exit=(-?\d+)", r.stderr)
+    return (int(code.group(1)) if code else None), _lines(r), r
+
+
+@pytest.mark.parametrize("program", ["calls", "fsops"])
+def test_wasi_calls_behave_as_under_wasmtime(tmp_path, conformance_guests, program):
+    """Each check (readdir inodes and cookies, rights, APPEND and SYNC flags, '..',
+    trailing slashes, symbolic and hard links, times) passes under wasmtime's own
+    WASI and under wsuper, each on a fresh directory."""
+    a, b = tmp_path / "wasmtime", tmp_path / "wsuper"
+    a.mkdir()
+    b.mkdir()
+    code, theirs = under_wasmtime(conformance_guests[program], a)
+    assert code == 0 and theirs and not [x for x in theirs if not x.startswith("ok ")], theirs
+    code, ours, r = under_wsuper(tmp_path, conformance_guests[program], b)
+    assert [x for x in ours if not x.startswith("ok ")] == [], r.stdout + r.stderr
+    assert code == 0
+    # the same checks ran (some depend on what the host supports, e.g. O_SYNC)
+    names = lambda lines: {x.split()[1] for x in lines}                   # noqa: E731
+    assert names(theirs) - names(ours) == set() and len(ours) >= len(theirs) - 2
+    made = set(os.listdir(b)) - set(os.listdir(a))
+    assert made <= {"dsync"}                      # opened with O_DSYNC, which wasmtime refuses
+
+
+def test_what_wsuper_adds_to_wasmtime_rights_that_can_be_dropped(tmp_path, conformance_guests):
+    """fd_fdstat_set_rights works (wasmtime refuses it: ENOTSUP); a symbolic link
+    may not climb out of the directory it is made in."""
+    d = tmp_path / "d"
+    d.mkdir()
+    code, ours, r = under_wsuper(tmp_path, conformance_guests["calls"], d, ["wsuper"])
+    assert code == 0 and len(ours) == 8 and all(x.startswith("ok ") for x in ours), \
+        r.stdout + r.stderr
+    assert sorted(os.listdir(d)) == ["rights"]
+
+
+# ------------------------------------------------------------------ hard links made on the host
+
+
+def test_check_warns_of_hard_links_in_writable_grants_and_the_option_shuts_them(
+        tmp_path, wasi_guests):
+    data, ro = tmp_path / "data", tmp_path / "ro"
+    data.mkdir()
+    ro.mkdir()
+    (tmp_path / "passwords").write_text("outside\n")
+    os.link(tmp_path / "passwords", data / "notes.txt")     # made on the host
+    os.link(tmp_path / "passwords", ro / "notes.txt")
+    grants = f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}"REFUSE }}
+ro = {{ host = "directory", path = "{ro}", read_only = true }}
+env = {{ host = "environment", args = ["read:/data/notes.txt", "append:/data/notes.txt",
+                                       "read:/ro/notes.txt"] }}
+"""
+    system = _system(tmp_path, wasi_guests["probe"], grants.replace("REFUSE", ""))
+    r = run_wsuper("check", system)
+    assert r.returncode == 0
+    (warning,) = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert f"compartments.app.grants.data: {data} is writable and holds 1 regular file " \
+           f"with more than one hard link (such as {data}/notes.txt)" in warning
+    assert "set refuse_hard_links = true" in warning
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r)[:3] == ["read /data/notes.txt -> ok", "  outside",    # the danger
+                             "append /data/notes.txt -> ok"]
+    assert (tmp_path / "passwords").read_text() == "outside\nentry\n"
+    system = _system(tmp_path, wasi_guests["probe"],
+                     grants.replace("REFUSE", ", refuse_hard_links = true"))
+    r = run_wsuper("check", system)
+    assert "warning" not in r.stderr and "refuse_hard_links" in r.stdout
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["read /data/notes.txt -> EPERM", "append /data/notes.txt -> EPERM",
+                         "read /ro/notes.txt -> ok", "  outside"], r.stdout + r.stderr
+    assert (tmp_path / "passwords").read_text() == "outside\nentry\n"
+
+
+# ------------------------------------------------------------------ attenuation of what is new
+
+
+def test_links_times_and_flags_under_each_attenuation(tmp_path, wasi_guests):
+    """The same operations on a writable, a read-only and an append-only grant of
+    three identical directories: read-only refuses every change (EROFS),
+    append-only refuses every change that is not adding (EPERM)."""
+    for name in ("w", "r", "a"):
+        d = tmp_path / name
+        (d / "empty").mkdir(parents=True)
+        (d / "file.txt").write_text("text\n")
+        (d / "link").symlink_to("file.txt")
+    ops = []
+    for g in ("w", "r", "a"):
+        ops += [f"symlink:file.txt=/{g}/l1", f"readlink:/{g}/link", f"read:/{g}/link",
+                f"link:/{g}/file.txt=/{g}/h1", f"utimes:/{g}/file.txt", f"rmdir:/{g}/empty",
+                f"unlink:/{g}/link", f"noappend:/{g}/file.txt"]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+w = {{ host = "directory", path = "{tmp_path}/w" }}
+r = {{ host = "directory", path = "{tmp_path}/r", read_only = true }}
+a = {{ host = "directory", path = "{tmp_path}/a", append_only = true }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    got = {}
+    for line in _lines(r):
+        if " -> " in line:
+            op, result = line.split(" -> ")
+            got[op] = result
+    expect = {"symlink": ("ok", "EROFS", "ok"), "readlink": ("ok", "ok", "ok"),
+              "read": ("ok", "ok", "ok"), "link": ("ok", "EROFS", "ok"),
+              "utimes": ("ok", "EROFS", "EPERM"), "rmdir": ("ok", "EROFS", "EPERM"),
+              "unlink": ("ok", "EROFS", "EPERM"), "noappend": ("ok", "EROFS", "EPERM")}
+    for i, g in enumerate(("w", "r", "a")):
+        for op in ops[8 * i:8 * i + 8]:
+            kind, path = op.split(":", 1)
+            assert got[f"{kind} {path}"] == expect[kind][i], (op, r.stdout)
+    assert sorted(os.listdir(tmp_path / "w")) == ["file.txt", "h1", "l1"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["empty", "file.txt", "link"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["empty", "file.txt", "h1", "l1", "link"]
+    assert (tmp_path / "r" / "file.txt").stat().st_mtime != 2000
+    assert (tmp_path / "a" / "file.txt").stat().st_mtime != 2000
+    assert (tmp_path / "w" / "file.txt").stat().st_mtime == 2000
+
+
+def test_fifos_and_devices_in_a_grant_are_refused_at_once(tmp_path, wasi_guests):
+    """Opening a FIFO nobody writes to used to freeze the whole supervisor."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "fifo")
+    (data / "plain.txt").write_text("plain\n")
+    ops = ["read:/data/fifo", "write:/data/fifo", "append:/data/fifo", "stat:/data/fifo",
+           "read:/data/plain.txt"]
+    try:
+        os.mknod(data / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        ops.append("read:/data/null")
+    except PermissionError:
+        pass
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    t0 = time.monotonic()
+    r = run_wsuper("up", system, timeout=60)
+    assert _lines(r)[:6] == ["read /data/fifo -> ENOTSUP", "write /data/fifo -> ENOTSUP",
+                             "append /data/fifo -> ENOTSUP", "stat /data/fifo -> ok",
+                             "read /data/plain.txt -> ok", "  plain"], r.stdout + r.stderr
+    assert _lines(r)[6:] in ([], ["read /data/null -> ENOTSUP"])
+    assert time.monotonic() - t0 < 30 and "finished app exit=0" in r.stderr
+
+
+# ------------------------------------------------------------------ sizes that agree
+
+
+def test_a_long_line_and_a_megabyte_to_a_log_or_a_file(tmp_path, wasi_guests):
+    """printf of a 600 KB line and write() of 1 MiB: a log shows each line cut at
+    4096 characters, a file gets every byte; no message is ever larger than the
+    limits, and the program sees its writes succeed."""
+    ops = json.dumps(["longline:600000", "write1m:-", "longline:10"])
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+env = {{ host = "environment", args = {ops} }}
+""", extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
+    r = run_wsuper("up", system, timeout=120)
+    lines = _lines(r)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    shown = 4096 - 40                             # the rest of 4096 says what was cut
+    assert lines == ["L" * shown + f"... ({600_000 - shown} more bytes)",
+                     "longline 600000 -> ok",
+                     ("0123456789abcdef" * 300)[:shown]
+                     + f"... ({(1 << 20) - 1 - shown} more bytes)",
+                     "write1m - -> ok", "LLLLLLLLLL", "longline 10 -> ok"]
+    (tmp_path / "out.txt").write_text("")
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "file", path = "{tmp_path}/out.txt", append_only = true }}
+env = {{ host = "environment", args = {ops} }}
+""", extra="[compartments.app.limits]\nmessage_size = \"64KiB\"")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    out = (tmp_path / "out.txt").read_bytes()
+    block = (b"0123456789abcdef" * 65536)[:(1 << 20) - 1] + b"\n"
+    assert out == b"L" * 600000 + b"\nlongline 600000 -> ok\n" + block + \
+        b"write1m - -> ok\n" + b"L" * 10 + b"\nlongline 10 -> ok\n"

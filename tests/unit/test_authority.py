@@ -1,5 +1,8 @@
 """`wsuper check`: who holds what, the graph, and who could ever reach what."""
 import os
+import re
+
+import pytest
 
 from supervisor import authority, policy, preflight
 from tests.conftest import EXAMPLES, run_wsuper
@@ -42,10 +45,24 @@ def test_reach_follows_interfaces_that_can_carry_capabilities(tmp_path):
     # nobody grants other's log to anyone, and other calls nobody
     assert authority.could_reach(plan, "other:log")[0] == ["other"]
     # app's grant allows only add, and what comes back through it is held to that:
-    # even a reference calc returns to itself cannot call sumTo
-    assert authority.could_reach(plan, "calc.sumTo")[0] == ["calc"]
-    assert authority.could_reach(plan, "calc.add")[0] == ["app", "calc"]
-    assert "over-approximation" in authority.could_reach(plan, "calc")[1]
+    # nobody at all can call sumTo (calc's own code runs without a capability)
+    assert authority.could_reach(plan, "calc.sumTo")[0] == []
+    assert authority.could_reach(plan, "calc.add")[0] == ["app"]
+    why = authority.could_reach(plan, "calc")[1]
+    assert "over-approximation" in why and "calc itself runs its own code" in why
+
+
+@pytest.mark.parametrize("target,error", [
+    ("nobody", "no compartment named 'nobody' (compartments: calc, app, other)"),
+    ("calc.nope", "calc's interface Calc has no method 'nope' (methods: add, newCounter, sumTo)"),
+    ("calc.Calc.add", "has no method 'Calc.add'"),
+    ("app.log", "app's interface (none) has no method 'log'"),
+    ("app:log.write", "name a host capability as COMPARTMENT:HOSTCAP, with no method"),
+    ("other:clock", "other holds no host 'clock'"),
+])
+def test_reach_refuses_names_that_do_not_exist(tmp_path, target, error):
+    with pytest.raises(KeyError, match=re.escape(error)):
+        authority.could_reach(plan_of(tmp_path, SYSTEM), target)
 
 
 def test_dot_graph_has_every_grant_as_an_edge(tmp_path):
@@ -63,3 +80,20 @@ def test_check_command_prints_and_writes_the_graph(tmp_path):
     assert graph.read_text().startswith("digraph authority {")
     r = run_wsuper("check", os.path.join(EXAMPLES, "callback.toml"), "--reach", "nobody")
     assert r.returncode == 2 and "no compartment named 'nobody'" in r.stderr
+
+
+def test_check_refuses_an_svg_graph_without_graphviz_before_printing_anything(tmp_path):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}     # no `dot` on it
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
+                        os.path.join(EXAMPLES, "callback.toml"), "--graph",
+                        str(tmp_path / "g.svg")], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "Graphviz's dot is not installed" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
+                        os.path.join(EXAMPLES, "callback.toml"), "--reach", "calc.nope"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and "has no method 'nope'" in r.stderr

@@ -1,7 +1,7 @@
 """The generated C decoder against hostile bytes, compiled natively with gcc
 and run under AddressSanitizer and UBSan: malformed messages are reported
 as malformed (r.bad), never read outside the buffer, never loop or recurse
-without bound.  (In wsuper a plugin only ever receives the engine's canonical
+without bound.  (In wsuper a plugin only ever receives the engine's single-segment
 copy; this checks the C side holds on its own.)"""
 import os
 import random

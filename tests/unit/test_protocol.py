@@ -28,7 +28,7 @@ def int_message(value):
 
 
 def read_int(content):
-    segs = wire.unframe(content.canonical())
+    segs = wire.unframe(content.single_segment_copy())
     return struct.unpack_from("<Q", segs[0], 8)[0]
 
 
@@ -59,7 +59,7 @@ def test_forwarded_content_is_byte_identical_after_two_hops():
     (call,) = b.receive(data)
     # b forwards the content it received, untouched, back in its return
     (ret,) = a.receive(b.send_return(call.answer_id, call.payload.content, []))
-    assert ret.payload.content.canonical() == original.canonical()
+    assert ret.payload.content.single_segment_copy() == original.single_segment_copy()
 
 
 def test_release_drops_export_and_reports_it():
@@ -267,3 +267,240 @@ def _call_export(eid):
     c.target.importedCap = eid
     c.sendResultsTo.caller = None
     return wire.frame(m.to_segments())
+
+
+# ---------------------------------------------------------------- the choke point
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [
+    KeyError(5), IndexError("list index out of range"), struct.error("unpack_from"),
+    OverflowError("int too big"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"),
+    RecursionError("maximum recursion depth"), _Boom("a bug"), ValueError("bad"),
+])
+@pytest.mark.parametrize("where", ["rpcwire.decode", "rpcwire.decode_pycapnp",
+                                   "wire.resolve", "framer"])
+def test_any_exception_while_handling_a_message_becomes_a_protocol_error(monkeypatch, exc, where):
+    """Whatever raises inside the handling of one message, ProtocolError is what
+    leaves receive(), it names the exception, and the connection is closed."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    _q, data = a.send_call(imp, 1, 0, int_message(1))
+
+    def boom(*args, **kw):
+        raise exc
+    if where == "framer":
+        monkeypatch.setattr(b._framer, "feed", boom)
+    elif where == "rpcwire.decode_pycapnp":
+        monkeypatch.setattr(P.rpcwire, "decode", lambda segs: None)
+        monkeypatch.setattr(P.rpcwire, "decode_pycapnp", boom)
+    else:
+        mod, name = where.split(".")
+        monkeypatch.setattr(getattr(P, mod), name, boom)
+    with pytest.raises(P.ProtocolError, match=type(exc).__name__) as e:
+        b.receive(data)
+    assert type(e.value) is P.ProtocolError
+    with pytest.raises(P.ProtocolError, match="already closed"):
+        b.receive(data)
+
+
+def test_unknown_message_types_get_the_unimplemented_echo():
+    a, b = pair()
+    msg = rpc.Message.new_message()
+    msg.init("bootstrap").questionId = 3
+    seg = bytearray(msg.to_segments()[0])
+    seg[8:10] = struct.pack("<H", 99)                    # a type rpc.capnp does not define
+    (ev,) = b.receive(wire.frame([seg]))
+    assert isinstance(ev, P.Unhandled) and "99" in ev.which
+    with rpc.Message.from_bytes(ev.reply) as reply:
+        assert reply.which() == "unimplemented"
+    segs = wire.unframe(ev.reply)                        # the echo holds the message
+    _k, s, start, _w = wire.resolve(segs, wire.follow_path(segs, (0, 0), (0,)))
+    assert struct.unpack_from("<H", segs[s], 8 * start)[0] == 99
+
+
+def test_an_echo_that_cannot_be_built_is_a_protocol_error():
+    # a disembargo whose target pointer points outside the segment: the header
+    # says "disembargo", the echo (a copy of the message) cannot be made
+    msg = rpc.Message.new_message()
+    msg.init("disembargo").target.importedCap = 0
+    seg = bytearray(msg.to_segments()[0])
+    target = wire.struct_pointer_field([seg], wire.follow_path([seg], (0, 0), (0,)), 0)
+    wire.set_word(seg, target[1], (100 << 2) | (1 << 32))  # Disembargo.target -> far away
+    with pytest.raises(P.ProtocolError, match="malformed message"):
+        P.Connection("b").receive(wire.frame([seg]))
+
+
+def _exception_return(qid, reason: bytes, type_value: int, fast: bool):
+    msg = rpc.Message.new_message()
+    ret = msg.init("return")
+    ret.answerId = qid
+    ret.releaseParamCaps = not fast        # releaseParamCaps true: still the fast path
+    if not fast:
+        ret.noFinishNeeded = False
+    ret.init("exception").reason = "x" * len(reason)
+    seg = bytearray(msg.to_segments()[0])
+    at = bytes(seg).rindex(b"x" * len(reason))
+    seg[at:at + len(reason)] = reason
+    exc = wire.struct_pointer_field([seg], wire.follow_path([seg], (0, 0), (0,)), 0)
+    start = wire.resolve([seg], exc)[2]
+    seg[8 * start + 4:8 * start + 6] = struct.pack("<H", type_value)
+    return wire.frame([seg])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_exception_type_and_reason_are_read_leniently_on_both_paths(fast, monkeypatch):
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    q, _data = a.send_call(imp, 1, 0)
+    data = _exception_return(q, b"bad \xff\xfe reason", 0xFFFF, fast)
+    if not fast:                                   # pycapnp's reading, in the connection
+        monkeypatch.setattr(P.rpcwire, "decode", lambda segs: None)
+    (ev,) = a.receive(data)
+    assert ev == P.ReturnReceived(q, None, "bad \ufffd\ufffd reason", "failed")
+
+
+def test_an_abort_reason_that_is_not_utf8_is_read_with_replacements():
+    msg = rpc.Message.new_message()
+    e = msg.init("abort")
+    e.reason = "gone xx"
+    seg = bytearray(msg.to_segments()[0])
+    at = bytes(seg).index(b"xx")
+    seg[at:at + 2] = b"\xc3\x28"
+    (ev,) = P.Connection("b").receive(wire.frame([seg]))
+    assert ev == P.AbortReceived("gone \ufffd(")
+
+
+def test_content_is_checked_when_it_arrives_not_when_it_is_forwarded():
+    """A content pointer past the segment is the sender's protocol error; it
+    must never surface later, when the owner forwards the content."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    head, at = P.rpcwire.encode_call(5, imp, 1, 0, [])
+    wire.set_word(head, at, (50 << 2) | (1 << 32))            # a struct 50 words away
+    with pytest.raises(P.ProtocolError, match="outside its segment"):
+        b.receive(wire.frame([head]))
+
+
+def test_unfinished_answers_are_bounded():
+    a, b = P.Connection("a"), P.Connection("b", max_unfinished=3)
+    imp = bootstrap(a, b, object())
+    for i in range(3):
+        q, data = a.send_call(imp, 1, 0)
+        (call,) = b.receive(data)
+        b.send_return(call.answer_id, int_message(i))       # the caller never finishes
+    assert b.unfinished == 3 and len(b.answers) == 3
+    _q, data = a.send_call(imp, 1, 0)
+    with pytest.raises(P.ProtocolError, match="limit max_unfinished = 3"):
+        b.receive(data)
+
+
+def test_finishing_keeps_a_well_behaved_peer_under_the_limit():
+    a, b = P.Connection("a"), P.Connection("b", max_unfinished=2)
+    imp = bootstrap(a, b, object())
+    for i in range(10):
+        q, data = a.send_call(imp, 1, 0)
+        (call,) = b.receive(data)
+        a.receive(b.send_return(call.answer_id, int_message(i)))
+        assert b.unfinished == 1
+        b.receive(a.send_finish(q))
+        assert b.unfinished == 0 and b.answers == {}
+
+
+def test_answers_returned_without_finish_needed_are_remembered_within_a_bound():
+    a, b = P.Connection("a"), P.Connection("b", max_unfinished=4)
+    imp = bootstrap(a, b, object())
+    for i in range(20):
+        _q, data = a.send_call(imp, 1, 0)
+        (call,) = b.receive(_renumber(data, 100 + i))      # fresh ids, never reused
+        b.send_return(call.answer_id, EMPTY_CONTENT, no_finish=True)
+    assert len(b._no_finish) <= 4 and b.unfinished == 0
+    assert b.receive(_finish(119)) == []                     # recent: allowed and ignored
+    with pytest.raises(P.ProtocolError, match="finish for question 100"):
+        b.receive(_finish(100))                              # forgotten long ago
+
+
+EMPTY_CONTENT = P.EMPTY
+
+
+def _renumber(data, qid):
+    segs = [bytearray(s) for s in wire.unframe(data)]
+    _k, s, start, _w = wire.resolve(segs, wire.follow_path(segs, (0, 0), (0,)))
+    segs[s][8 * start:8 * start + 4] = struct.pack("<I", qid)
+    return wire.frame(segs)
+
+
+def test_a_partial_message_is_visible_for_a_deadline():
+    a, b = pair()
+    q, data = a.send_bootstrap()
+    assert b.partial_message is None
+    assert b.receive(data[:10]) == [] and b.partial_message == 0 and b.pending_bytes == 10
+    assert len(b.receive(data[10:] + data[:5])) == 1
+    assert b.partial_message == 1 and b.pending_bytes == 5
+
+
+def test_content_whose_landing_pad_is_the_root_word_forwards_intact():
+    """Found by fuzzing: a Return whose content is a far pointer landing on the
+    message's root word.  Forwarding replaces that word, and the recipient got
+    a message it had to abort on: one compartment could take down another."""
+    # root -> Message{return} ; its body pointer is a far pointer to the root
+    # word, so Return = Payload = Message, and the content pointer is that far
+    # pointer too; the content resolves to the Message struct (1 data, 1 ptr)
+    seg0 = struct.pack("<QQQ", (1 << 32) | (1 << 48), 3 | (1 << 32), wire.far_pointer(0, 0))
+    data = wire.frame([seg0, b"\0" * 8])                        # two segments
+    a = P.Connection("a")
+    for _ in range(4):
+        a._new_question([])                                   # the return answers #3
+    (ret,) = a.receive(data)
+    b, c = P.Connection("b"), P.Connection("c")
+    b._new_answer(0)
+    c._new_question([])
+    (fwd,) = c.receive(b.send_return(0, ret.payload.content))     # the recipient accepts it
+    content = fwd.payload.content
+    _k, s, start, w = wire.resolve(content.segments, content.loc)
+    assert (w >> 32, struct.unpack_from("<Q", content.segments[s], 8 * start)[0]) == \
+        ((1 << 16) | 1, 3 | (1 << 32))                          # the same struct, same data
+
+
+def test_one_segment_content_with_far_pointers_into_its_own_segment_forwards_intact():
+    """Found by fuzzing: the supervisor put the new header *before* a
+    forwarded one-segment content, so the content's far pointers (absolute
+    positions in segment 0) landed in the header instead."""
+    content_seg = bytearray(struct.pack(
+        "<QQQQQ",
+        (1 << 48),                       # root: a struct with one pointer, at word 1
+        wire.far_pointer(0, 3),          # its pointer: far, landing pad at word 3
+        0,
+        (1 << 32) | 0,                   # landing pad: a struct of 1 data word, next word
+        0xC0FFEE))
+    original = Content.standalone([content_seg])
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    _q, data = a.send_call(imp, 1, 0, original)
+    (call,) = b.receive(data)
+    assert call.payload.content.single_segment_copy() == original.single_segment_copy()
+    c, d = pair()
+    imp2 = bootstrap(c, d, object())
+    _q, data = c.send_call(imp2, 1, 0, call.payload.content)        # forwarded once more
+    (again,) = d.receive(data)
+    copy = wire.unframe(again.payload.content.single_segment_copy())
+    assert struct.unpack_from("<Q", copy[0], 16)[0] == 0xC0FFEE
+
+
+def test_a_return_that_releases_the_params_caps_releases_them_on_the_fast_path():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    callback = object()
+    q, data = a.send_call(imp, 1, 0, P.EMPTY, [callback])
+    b.receive(data)
+    msg = rpc.Message.new_message()          # what a stock peer sends: releaseParamCaps true
+    ret = msg.init("return")
+    ret.answerId = q
+    ret.init("results")
+    assert P.rpcwire.decode(msg.to_segments()).release is True
+    events = a.receive(wire.frame(msg.to_segments()))
+    assert events[0] == P.ExportReleased(callback) and a.exports == {}
+    assert isinstance(events[1], P.ReturnReceived)

@@ -1,12 +1,24 @@
-"""The reference monitor without processes: Router + Connections playing the engines."""
+"""The reference monitor without processes: Router + Connections playing the engines.
+
+No sockets, no files: host objects are answered by a fake host layer that
+records what it was asked (tests/unit/test_hostcaps.py tests the real one).
+"""
 import pytest
 import struct
 
-from capnp_schemas import protocol as P, wire
+from capnp_schemas import hosted, protocol as P, wire
 from capnp_schemas.protocol import Content
-from supervisor import router as R
+from supervisor import effects as fx, router as R
+from supervisor.policy import Grant
 
 CALC = 0xC0FFEE0000000001
+CLOCK = hosted.BY_KIND["clock"].id
+
+
+def grant(name, target, kind="compartment", methods=None, **kw):
+    """A policy.Grant as preflight hands it over (`methods`: the resolved allow-list)."""
+    return Grant(name, kind, target, allow=("x",) if methods is not None else None,
+                 methods=methods, **kw)
 
 
 class FakeEngine:
@@ -14,8 +26,12 @@ class FakeEngine:
 
     def deliver(self, effects):
         for e in effects:
-            if isinstance(e, R.Send):
+            if isinstance(e, fx.Send):
                 FakeEngine.all[e.peer].feed(e.data)
+            elif isinstance(e, fx.HostCall):
+                self.host_calls.append(e)
+                if self.answer_hosts:
+                    self.deliver(self.router.host_returned(e.token, Content()))
             else:
                 self.effects.append(e)
 
@@ -45,13 +61,14 @@ class FakeEngine:
 FakeEngine.all = {}
 
 
-def start(router, name, grants=(), exports=False):
+def start(router, name, grants=(), exports=False, hosts=None, answer_hosts=True):
     e = FakeEngine.__new__(FakeEngine)
     e.router, e.name, e.exports = router, name, exports
     e.conn = P.Connection(name)
     e.control, e.main = object(), object()
-    e.grants, e.inbox, e.effects = {}, [], []
-    e.pid, effects = router.add_engine(name, list(grants))
+    e.grants, e.inbox, e.effects, e.host_calls = {}, [], [], []
+    e.answer_hosts = answer_hosts
+    e.pid, effects = router.add_engine(name, list(grants), hosts or {})
     FakeEngine.all[e.pid] = e
     e.deliver(effects)
     return e
@@ -60,8 +77,8 @@ def start(router, name, grants=(), exports=False):
 def test_grant_routes_calls_and_results_between_compartments():
     router = R.Router({"calc": CALC, "app": None})
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
-    assert R.Started("calc", True) in calc.effects and R.Started("app", True) in app.effects
+    app = start(router, "app", [grant("calc", "calc")])
+    assert fx.Started("calc", True) in calc.effects and fx.Started("app", True) in app.effects
     handle = app.grants[0].import_id
     _q, data = app.conn.send_call(handle, CALC, 0, Content.standalone([struct.pack("<QQ", 1 << 32, 5)]))
     app.send(data)
@@ -69,13 +86,13 @@ def test_grant_routes_calls_and_results_between_compartments():
     assert call.target is calc.main and call.interface_id == CALC
     calc.send(calc.conn.send_return(call.answer_id, Content.standalone([struct.pack("<QQ", 1 << 32, 6)])))
     (ret,) = app.inbox
-    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.canonical())[0], 8)[0] == 6
+    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.single_segment_copy())[0], 8)[0] == 6
 
 
 def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
     router = R.Router({"calc": CALC, "app": None})
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
+    app = start(router, "app", [grant("calc", "calc")])
     _q, data = app.conn.send_call(app.grants[0].import_id, 0x1234, 0)
     app.send(data)
     assert calc.inbox == []
@@ -86,15 +103,15 @@ def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
 def test_forged_export_id_aborts_only_that_connection():
     router = R.Router({"calc": CALC, "app": None, "evil": None}, audit=True)
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
+    app = start(router, "app", [grant("calc", "calc")])
     evil = start(router, "evil")
     m = P.rpc.Message.new_message()
     c = m.init("call")
     c.target.importedCap = 999
     c.sendResultsTo.caller = None
     effects = router.receive(evil.pid, wire.frame(m.to_segments()))
-    assert any(isinstance(e, R.Close) and e.peer == evil.pid for e in effects)
-    (record,) = [e.record for e in effects if isinstance(e, R.Audit)]
+    assert any(isinstance(e, fx.Close) and e.peer == evil.pid for e in effects)
+    (record,) = [e.record for e in effects if isinstance(e, fx.Audit)]
     assert record["peer"] == "evil" and record["event"] == "connection aborted"
     assert "export id 999 was never issued" in record["reason"]
     # app still reaches calc
@@ -106,7 +123,7 @@ def test_forged_export_id_aborts_only_that_connection():
 def test_callee_crash_fails_calls_in_flight_promptly():
     router = R.Router({"calc": CALC, "app": None})
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
+    app = start(router, "app", [grant("calc", "calc")])
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
     app.send(data)
     app.deliver(router.disconnected(calc.pid, "engine killed by SIGKILL"))
@@ -120,7 +137,7 @@ def test_callee_crash_fails_calls_in_flight_promptly():
 def test_capability_in_a_result_is_released_at_its_host_when_the_holder_releases_it():
     router = R.Router({"calc": CALC, "app": None})
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
+    app = start(router, "app", [grant("calc", "calc")])
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
     app.send(data)
     (call,) = calc.inbox
@@ -146,7 +163,7 @@ def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
     router = R.Router({"calc": CALC, "app": None},
                       limits={"calc": R.Limits(call_time=2.0)}, clock=lambda: now[0])
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [("calc", "compartment", "calc")])
+    app = start(router, "app", [grant("calc", "calc")])
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
     app.send(data)
     (slow,) = calc.inbox
@@ -185,7 +202,7 @@ def test_allow_list_refuses_other_methods_and_applies_to_what_comes_through_it()
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
     allow = frozenset({(CALC, 0), (CALC, 1)})          # add, newCounter; not sumTo, not inc
-    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", allow)])
+    app = start(router, "app", [grant("calc", "calc", methods=allow)])
     h = app.grants[0].import_id
     _q, data = app.conn.send_call(h, CALC, 2)           # sumTo: not allowed
     effects = router.receive(app.pid, data)
@@ -193,7 +210,7 @@ def test_allow_list_refuses_other_methods_and_applies_to_what_comes_through_it()
     assert calc.inbox == []
     (ret,) = app.inbox
     assert "app.calc: Calc.sumTo is not allowed (allow = [Calc.add, Calc.newCounter])" in ret.error
-    assert any(isinstance(e, R.Denied) for e in effects)
+    assert any(isinstance(e, fx.Denied) for e in effects)
     app.inbox.clear()
     counter, c = _counter_from(router, app, calc, h)
     _q, data = app.conn.send_call(c, COUNTER, 0)        # Counter is not restricted
@@ -204,8 +221,7 @@ def test_allow_list_refuses_other_methods_and_applies_to_what_comes_through_it()
 def test_allow_list_naming_another_interface_restricts_it_too():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc",
-                                            frozenset({(CALC, 1), (COUNTER, 1)}))])
+    app = start(router, "app", [grant("calc", "calc", methods=frozenset({(CALC, 1), (COUNTER, 1)}))])
     _counter, c = _counter_from(router, app, calc, app.grants[0].import_id)
     _q, data = app.conn.send_call(c, COUNTER, 0)        # inc is not in the list
     app.send(data)
@@ -215,7 +231,7 @@ def test_allow_list_naming_another_interface_restricts_it_too():
 def test_revocation_kills_the_grant_what_came_through_it_and_calls_in_flight():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", None, True)])
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
     h = app.grants[0].import_id
     _counter, c = _counter_from(router, app, calc, h)
     _q, data = app.conn.send_call(h, CALC, 0)           # in flight when revoked
@@ -238,7 +254,7 @@ def test_revocation_kills_the_grant_what_came_through_it_and_calls_in_flight():
 def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc", None, True)])
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
     observer = object()
     _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 2, caps=[observer])
     app.send(data)
@@ -253,10 +269,10 @@ def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
 
 def test_audit_records_every_call_with_outcome_and_duration():
     now = [10.0]
-    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True, clock=lambda: now[0])
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True, clock=lambda: now[0],
+                      wall=lambda: 1e9 + now[0])
     calc = start(router, "calc", exports=True)
-    app = start(router, "app", [R.GrantSpec("calc", "compartment", "calc",
-                                            frozenset({(CALC, 0)}))])
+    app = start(router, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
     h = app.grants[0].import_id
     _q, data = app.conn.send_call(h, CALC, 0)
     app.send(data)
@@ -264,46 +280,21 @@ def test_audit_records_every_call_with_outcome_and_duration():
     calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
     _q, data = app.conn.send_call(h, CALC, 2)
     app.send(data)
-    records = [e.record for e in calc.effects + app.effects if isinstance(e, R.Audit)]
-    assert records[0] == {"time": 10.0, "caller": "app", "capability": "app.calc",
+    records = [e.record for e in calc.effects + app.effects if isinstance(e, fx.Audit)]
+    assert records[0] == {"time": 1e9 + 10.0, "caller": "app", "capability": "app.calc",
                           "interface": "Calc", "method": "add", "outcome": "returned",
                           "duration_ms": 250.0}
     assert records[1]["method"] == "sumTo" and records[1]["outcome"] == "denied"
     assert "not allowed" in records[1]["reason"]
 
 
-CLOCK, RANDOM = R.CLOCK_ID, R.RANDOM_ID
-
-
-def _read_result(ret, field_struct, name):
-    return getattr(field_struct.from_segments(wire.unframe(ret.payload.content.canonical())), name)
-
-
-def test_clock_and_random_are_capabilities_with_injected_sources():
-    router = R.Router({"app": None}, wall_ns=lambda: 1_700_000_000_000_000_000,
-                      monotonic_ns=lambda: 42, entropy=lambda n: b"\x07" * n)
-    app = start(router, "app", [("clock", "host", "clock"), ("random", "host", "random")])
-    clock, rand = app.grants[0].import_id, app.grants[1].import_id
-    app.send(app.conn.send_call(clock, CLOCK, 0)[1])
-    app.send(app.conn.send_call(clock, CLOCK, 1)[1])
-    params = R.RandomParams.new_message(count=5)
-    app.send(app.conn.send_call(rand, RANDOM, 0, Content.standalone(params.to_segments()))[1])
-    big = R.RandomParams.new_message(count=R.RANDOM_MAX_BYTES + 1)
-    app.send(app.conn.send_call(rand, RANDOM, 0, Content.standalone(big.to_segments()))[1])
-    wall, mono, data, refused = app.inbox
-    assert _read_result(wall, R.ClockResults, "ns") == 1_700_000_000_000_000_000
-    assert _read_result(mono, R.ClockResults, "ns") == 42
-    assert _read_result(data, R.RandomResults, "data") == b"\x07" * 5
-    assert "at most 65536 bytes per call" in refused.error
-
-
 def test_quotas_on_a_grant_uses_expiry_and_rate():
     now = [0.0]
     router = R.Router({"app": None}, clock=lambda: now[0], names={CLOCK: ("Clock", {0: "wall"})})
     app = start(router, "app", [
-        R.GrantSpec("twice", "host", "clock", max_uses=2),
-        R.GrantSpec("brief", "host", "clock", expires_after=5),
-        R.GrantSpec("slow", "host", "clock", calls_per_second=1)])
+        grant("twice", "clock", "host", max_uses=2),
+        grant("brief", "clock", "host", expires_after=5),
+        grant("slow", "clock", "host", calls_per_second=1)])
     twice, brief, slow = (app.grants[i].import_id for i in range(3))
 
     def call(h):
@@ -322,72 +313,165 @@ def test_quotas_on_a_grant_uses_expiry_and_rate():
     assert call(slow).error is None
 
 
-def _fs_params(iface, method, **fields):
-    from supervisor.router import _DIR_STRUCTS, _FILE_STRUCTS
-    structs = _DIR_STRUCTS if iface == R.DIRECTORY_ID else _FILE_STRUCTS
-    return Content.standalone(structs[method][0].new_message(**fields).to_segments())
 
 
-def test_a_file_opened_through_a_read_only_directory_grant_is_read_only(tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
-    router = R.Router({"app": None})
-    app = start(router, "app", [R.GrantSpec("data", "host", "directory", path=str(tmp_path),
-                                            read_only=True)])
-    d = app.grants[0].import_id
-    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
-                                _fs_params(R.DIRECTORY_ID, "open", path="notes.txt",
-                                           mode="readWrite"))[1])
-    assert "is read-only" in app.inbox.pop().error
-    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
-                                _fs_params(R.DIRECTORY_ID, "open", path="notes.txt",
-                                           mode="read"))[1])
-    f = app.inbox.pop().payload.caps[0].import_id
-    app.send(app.conn.send_call(f, R.FILE_ID, 0,
-                                _fs_params(R.FILE_ID, "read", offset=0, count=100))[1])
-    assert _read_result(app.inbox.pop(), R._FILE_STRUCTS["read"][1], "data") == b"hello"
-    app.send(app.conn.send_call(f, R.FILE_ID, 1,
-                                _fs_params(R.FILE_ID, "write", offset=0, data=b"X"))[1])
-    assert "is read-only" in app.inbox.pop().error
-    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
-                                _fs_params(R.DIRECTORY_ID, "open", path="../x", mode="read"))[1])
-    assert "contains '..'" in app.inbox.pop().error
-    assert (tmp_path / "notes.txt").read_text() == "hello"
+# ------------------------------------------------------------------ the choke point
+
+INJECTION_POINTS = [
+    ("supervisor.router.Router._on_call", "a call"),
+    ("supervisor.router.Router._deliver", "a call"),
+    ("supervisor.membrane.Membrane.admit", "a call through a membrane"),
+    ("supervisor.router.Router.forward_returned", "a return"),
+    ("capnp_schemas.protocol.Connection.receive_iter", "any message"),
+]
 
 
-def test_an_allow_list_on_a_directory_applies_to_the_files_it_opens(tmp_path):
-    (tmp_path / "log.txt").write_text("")
-    names = {R.DIRECTORY_ID: ("Directory", dict(enumerate(R.DIRECTORY_METHODS))),
-             R.FILE_ID: ("File", dict(enumerate(R.FILE_METHODS)))}
+@pytest.mark.parametrize("where,_what", INJECTION_POINTS)
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyError(7), ValueError("\x1b[31mred"),
+                                 OverflowError(), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "x"),
+                                 AttributeError("gone"), RecursionError()])
+def test_any_exception_while_handling_a_peer_cuts_off_that_peer_only(monkeypatch, where, _what,
+                                                                     exc):
+    router = R.Router({"calc": CALC, "app": None, "evil": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    evil = start(router, "evil", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
+    app = start(router, "app", [grant("calc", "calc")])
+    # evil's call is in flight when the fault strikes (so the fault can hit its return)
+    _q, data = evil.conn.send_call(evil.grants[0].import_id, CALC, 0)
+    module, cls, method = where.rsplit(".", 2)
+    owner = getattr(__import__(module, fromlist=["x"]), cls)
+    if method != "forward_returned":
+        monkeypatch.setattr(owner, method, _raiser(exc))
+        effects = router.receive(evil.pid, data)
+        victim = evil
+    else:
+        evil.send(data)
+        call = calc.inbox.pop()
+        monkeypatch.setattr(owner, method, _raiser(exc))
+        effects = router.receive(calc.pid, calc.conn.send_return(call.answer_id))
+        victim = calc
+    closes = [e for e in effects if isinstance(e, fx.Close)]
+    assert [c.peer for c in closes] == [victim.pid]
+    notice = next(e.text for e in effects if isinstance(e, fx.Notice))
+    assert f"{victim.name}: " in notice and type(exc).__name__ in notice
+    assert victim.pid not in router.peers
+    monkeypatch.undo()
+    # everyone else carries on (calc was restarted if it was the victim)
+    if victim is calc:
+        calc = start(router, "calc", exports=True)
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    (call,) = [c for c in calc.inbox if isinstance(c, P.CallReceived)]
+    calc.send(calc.conn.send_return(call.answer_id))
+    assert app.inbox[-1].error is None
+
+
+def _raiser(exc):
+    def raise_it(*_args, **_kw):
+        raise exc
+    return raise_it
+
+
+def test_an_engine_answering_start_with_garbage_fails_to_start_and_nothing_else():
+    router = R.Router({"calc": CALC, "app": None})
+    e = FakeEngine.__new__(FakeEngine)
+    e.router, e.name, e.exports = router, "calc", True
+    e.conn, e.control = P.Connection("calc"), object()
+    e.grants, e.inbox, e.effects, e.host_calls, e.answer_hosts = {}, [], [], [], False
+    e.pid, effects = router.add_engine("calc", [])
+    FakeEngine.all[e.pid] = e
+    # bootstrap answered, then start() answered with a struct pointer past its segment
+    (boot,) = [x for x in effects if isinstance(x, fx.Send)]
+    (ev,) = e.conn.receive(boot.data)
+    effects = router.receive(e.pid, e.conn.send_return(ev.answer_id, Content.capability(0),
+                                                       [e.control]))
+    (call,) = [ev for x in effects if isinstance(x, fx.Send) for ev in e.conn.receive(x.data)
+               if isinstance(ev, P.CallReceived)]
+    # StartResults whose `main` holds a list where a capability belongs
+    bad = struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 1 | (2 << 32))
+    effects = router.receive(e.pid, e.conn.send_return(call.answer_id,
+                                                       Content.standalone([bad])))
+    (failed,) = [x for x in effects if isinstance(x, fx.StartFailed)]
+    assert "malformed" in failed.reason
+    assert e.pid in router.peers                  # a failed start, not a protocol abort
+
+
+# ------------------------------------------------------------------ host objects
+
+
+def test_a_host_call_goes_out_as_an_effect_with_the_callers_size_limit():
+    router = R.Router({"app": None}, limits={"app": R.Limits(message_size=4096)},
+                      names={CLOCK: ("Clock", {0: "wall"})})
+    app = start(router, "app", [grant("time", "clock", "host")], answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (call,) = app.host_calls
+    assert (call.kind, call.owner, call.served, call.max_bytes) == ("clock", "app", None, 4096)
+    assert app.inbox == []                           # waits for the host layer
+    app.deliver(router.host_failed(call.token, "EIO: the clock broke"))
+    assert app.inbox.pop().error == "EIO: the clock broke"
+
+
+def test_objects_a_host_call_returns_carry_the_grants_membrane_and_are_released():
+    DIR, FILE = hosted.BY_KIND["directory"].id, hosted.BY_KIND["file"].id
+    names = {DIR: ("Directory", {0: "open"}), FILE: ("File", {0: "read", 3: "truncate"})}
     router = R.Router({"app": None}, names=names)
-    allow = frozenset({(R.DIRECTORY_ID, 0), (R.FILE_ID, 2)})       # open; File.append
-    app = start(router, "app", [R.GrantSpec("data", "host", "directory", allow=allow,
-                                            path=str(tmp_path))])
-    d = app.grants[0].import_id
-    app.send(app.conn.send_call(d, R.DIRECTORY_ID, 0,
-                                _fs_params(R.DIRECTORY_ID, "open", path="log.txt",
-                                           mode="readWrite"))[1])
+    allow = frozenset({(DIR, 0), (FILE, 0)})         # open, File.read
+    app = start(router, "app", [grant("data", "directory", "host", methods=allow)],
+                hosts={"data": "the-directory"}, answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, DIR, 0)[1])
+    (call,) = app.host_calls
+    assert call.served == "the-directory"
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    app.deliver(router.host_returned(call.token, Content.standalone([seg]),
+                                     [("file", "the-file")]))
     f = app.inbox.pop().payload.caps[0].import_id
-    app.send(app.conn.send_call(f, R.FILE_ID, 2, _fs_params(R.FILE_ID, "append", data=b"ok"))[1])
-    assert app.inbox.pop().error is None
-    app.send(app.conn.send_call(f, R.FILE_ID, 3, _fs_params(R.FILE_ID, "truncate", size=0))[1])
-    assert "File.truncate is not allowed" in app.inbox.pop().error
-    assert (tmp_path / "log.txt").read_text() == "ok"
+    app.send(app.conn.send_call(f, FILE, 3)[1])      # truncate: not allowed
+    assert "app.data>Directory.open: File.truncate is not allowed" in app.inbox.pop().error
+    app.send(app.conn.send_call(f, FILE, 0)[1])      # read: reaches the host layer
+    assert app.host_calls[-1].served == "the-file" and app.host_calls[-1].kind == "file"
+    app.deliver(router.host_returned(app.host_calls[-1].token, Content()))
+    app.inbox.pop()
+    app.send(app.conn.send_release(f))
+    assert fx.HostRelease("file", "the-file") in app.effects
+    # the grant itself is released when the compartment goes
+    app.deliver(router.disconnected(app.pid, "gone"))
+    assert fx.HostRelease("directory", "the-directory") in app.effects
 
 
-def test_environment_grant_shows_only_what_was_granted(monkeypatch):
-    monkeypatch.setenv("SUPERVISOR_SECRET", "hunter2")
+def test_what_a_host_call_opens_for_a_caller_that_left_is_released():
+    DIR = hosted.BY_KIND["directory"].id
     router = R.Router({"app": None})
-    app = start(router, "app", [R.GrantSpec("env", "host", "environment", args=("-v", "x"),
-                                            vars=(("MODE", "fast"),))])
-    e = app.grants[0].import_id
-    env = R._ENV_STRUCTS
-    app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 0)[1])
-    assert list(_read_result(app.inbox.pop(), env["args"][1], "args")) == ["-v", "x"]
-    app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 1)[1])
-    got = _read_result(app.inbox.pop(), env["vars"][1], "vars")
-    assert [(v.name, v.value) for v in got] == [("MODE", "fast")]
-    for name, expected in (("MODE", ("fast", True)), ("SUPERVISOR_SECRET", ("", False))):
-        params = Content.standalone(env["get"][0].new_message(name=name).to_segments())
-        app.send(app.conn.send_call(e, R.ENVIRONMENT_ID, 2, params)[1])
-        r = env["get"][1].from_segments(wire.unframe(app.inbox.pop().payload.content.canonical()))
-        assert (r.value, r.present) == expected
+    app = start(router, "app", [grant("data", "directory", "host")], hosts={"data": "d"},
+                answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, DIR, 0)[1])
+    (call,) = app.host_calls
+    router.disconnected(app.pid, "gone")
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    effects = router.host_returned(call.token, Content.standalone([seg]), [("file", "late")])
+    assert fx.HostRelease("file", "late") in effects
+
+
+# ------------------------------------------------------------------ sizes and queues
+
+
+def test_content_larger_than_the_receiver_accepts_fails_the_call_not_the_receiver():
+    router = R.Router({"calc": CALC, "app": None}, limits={"calc": R.Limits(message_size=1024)})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(2048)])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, big)[1])
+    assert calc.inbox == []
+    assert "more than calc accepts (limit message_size = 1024)" in app.inbox.pop().error
+    assert calc.pid in router.peers
+
+
+def test_calls_to_a_peer_that_does_not_read_are_refused():
+    waiting = {}
+    router = R.Router({"calc": CALC, "app": None}, backlog=lambda pid: waiting.get(pid, 0))
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    waiting[calc.pid] = R.queue_soft_limit(R.Limits()) + 1
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    ret = app.inbox.pop()
+    assert ret.error_type == "overloaded" and "is not reading its messages" in ret.error
+    assert calc.inbox == []

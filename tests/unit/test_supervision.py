@@ -35,3 +35,113 @@ def test_denial_lines_are_throttled_per_caller_and_the_rest_counted():
     assert t.admit("good", 0.3) == (True, 0)          # another caller is not held back
     assert t.admit("bad", 1.2) == (True, 3)           # a new window: three were hidden
     assert t.admit("bad", 1.3) == (True, 0)
+
+
+# ------------------------------------------------------------------ the system's lifecycle
+
+from supervisor.supervision import Fail, Finish, Lifecycle, Restart, Run, Say  # noqa: E402
+
+
+def _life(**policies):
+    """A lifecycle of compartments named by keyword, each with its RestartPolicy."""
+    return Lifecycle({n: p for n, p in policies.items()}, {"db": ["app"]})
+
+
+def _kinds(actions):
+    return [type(a).__name__ for a in actions]
+
+
+def test_programs_run_once_every_compartment_is_ready_and_the_system_ends_with_them():
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    assert life.started("db", program=False) == []
+    assert life.started("app", program=True) == [Run("app")]
+    assert life.program_ended("app", 0, None, now=1) == [Say("finished app exit=0"), Finish(0)]
+
+
+def test_a_system_without_programs_serves_until_stopped():
+    life = _life(db=RestartPolicy())
+    assert life.started("db", program=False) == [
+        Say("all compartments ready; serving until Ctrl-C")]
+    assert life.signal(15, "SIGTERM") == [Say("SIGTERM, stopping"), Finish(143)]
+    assert life.signal(2, "SIGINT") == []                  # already stopping
+    assert life.program_ended("db", 0, None, now=1) == []
+
+
+def test_a_compartment_that_never_started_is_a_configuration_error():
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    actions = life.start_failed("db", "cannot open /data", now=0)
+    assert actions == [Say("compartment db failed to start: cannot open /data"), Finish(1)]
+
+
+def test_a_failed_restart_is_an_abnormal_stop_that_the_policy_handles():
+    life = _life(db=RestartPolicy(restart_delay=0.1), app=RestartPolicy())
+    life.started("db", False)
+    life.started("app", True)
+    actions = life.start_failed("db", "engine died", now=5)
+    assert _kinds(actions) == ["Say", "Restart"] and actions[1].delay == 0.1
+
+
+def test_exit_codes_traps_and_dead_engines_follow_the_restart_mode():
+    life = _life(app=RestartPolicy("transient", max_restarts=1, restart_delay=0.5))
+    life.started("app", True)
+    # a non-zero exit is abnormal: transient restarts it, and its program runs again
+    actions = life.program_ended("app", 3, None, now=1)
+    assert actions[0] == Say("finished app exit=3") and isinstance(actions[2], Restart)
+    assert life.started("app", True) == [Run("app")]
+    # a trap, after the one restart allowed: failed for good, exit code 1
+    actions = life.program_ended("app", None, "trapped: unreachable", now=2)
+    assert _kinds(actions) == ["Say", "Say", "Fail", "Finish"]
+    assert "failed for good" in actions[1].text and actions[-1] == Finish(1)
+
+
+def test_an_engine_that_dies_restarts_and_stale_exits_are_ignored():
+    life = _life(db=RestartPolicy("permanent", restart_delay=0.1), app=RestartPolicy())
+    life.started("db", False)
+    life.started("app", True)
+    gen = life.generation["db"]
+    actions = life.engine_stopped("db", gen, "engine killed by SIGKILL", now=1)
+    assert _kinds(actions) == ["Say", "Restart"]
+    # the old incarnation's exit, reported late, changes nothing
+    assert life.engine_stopped("db", gen, "engine exited", now=1.1) == []
+    life.started("db", False)
+    assert life.engine_stopped("db", gen + 1, "engine exited", now=2)[1].name == "db"
+
+
+def test_never_leaves_it_stopped_and_the_exit_code_says_so():
+    life = _life(db=RestartPolicy("never"), app=RestartPolicy("never"))
+    life.started("db", False)
+    life.started("app", True)
+    actions = life.engine_stopped("db", 0, "engine killed by SIGKILL", now=1)
+    assert actions == [Say("compartment db stopped: engine killed by SIGKILL "
+                           "(restart = 'never')")]
+    assert life.program_ended("app", 0, None, now=2)[-1] == Finish(0)
+    never = _life(app=RestartPolicy("never"))
+    never.started("app", True)
+    assert never.program_ended("app", 2, None, now=1)[-1] == Finish(1)
+
+
+def test_a_critical_compartment_that_fails_for_good_stops_the_system():
+    life = _life(db=RestartPolicy(max_restarts=0, critical=True), app=RestartPolicy())
+    life.started("db", False)
+    life.started("app", True)
+    actions = life.engine_stopped("db", 0, "engine exited with code 1", now=1)
+    assert actions[0].text == ("compartment db failed for good: 0 restarts within 60 s "
+                               "(max_restarts = 0) (last: engine exited with code 1); calls "
+                               "from app to it now fail")
+    assert actions[1] == Fail("db", "0 restarts within 60 s (max_restarts = 0)")
+    assert actions[2:] == [Say("db is critical: stopping the system"), Finish(1)]
+    assert life.started("app", True) == []                 # stopping: nothing more runs
+
+
+def test_programs_stopped_by_the_supervisor_are_reported_stopped():
+    life = _life(app=RestartPolicy())
+    life.started("app", True)
+    life.signal(2, "SIGINT")
+    assert life.program_ended("app", None, "disconnected", now=1) == [Say("stopped app")]
+
+
+def test_an_exported_system_keeps_serving_after_its_programs_end():
+    life = Lifecycle({"api": RestartPolicy(), "job": RestartPolicy()}, external=True)
+    life.started("api", False)
+    life.started("job", True)
+    assert life.program_ended("job", 0, None, now=1) == [Say("finished job exit=0")]

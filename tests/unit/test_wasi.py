@@ -1,4 +1,5 @@
-"""The WASI translation layer against a fake engine (real programs: integration/test_wasi.py)."""
+"""The WASI translation layer against a fake engine (the same behaviours with real
+programs, real engines and real files: tests/integration/test_wasi*.py)."""
 import struct
 
 import pytest
@@ -11,13 +12,16 @@ from compartments.wasi import E, HostCallFailed, Wasi, errno_of
 
 
 class FakeHost:
-    """Guest memory and a scripted supervisor: `answers[(method ordinal)]` -> results."""
+    """Guest memory and a scripted supervisor: `results[(interface, method)]` is a dict
+    of result fields, an exception, or a function of the params that returns either."""
 
     def __init__(self):
         self.mem = bytearray(1 << 16)
         self.calls = []
         self.results = {}
         self.dropped = []
+        self.held = []
+        self._next_cap = 100
 
     def read(self, ptr, n):
         return bytes(self.mem[ptr:ptr + n])
@@ -26,117 +30,308 @@ class FakeHost:
         self.mem[ptr:ptr + len(data)] = data
 
     def invoke(self, cap, iface, method, content):
-        self.calls.append((cap, method))
-        result = self.results.get((iface, method))
+        name = next(k for k, v in wasi._M.items() if v[:2] == (iface, method))
+        params = wasi._M[name][2].from_segments(content.message()).to_dict() \
+            if content is not protocol.EMPTY else {}
+        self.calls.append((cap, name[1], params))
+        result = self.results.get(name, {})
+        if callable(result):
+            result = result(**params)
         if isinstance(result, Exception):
             raise result
-        if result is None:
-            return protocol.Payload(protocol.EMPTY, ())
-        content, caps = result
-        return protocol.Payload(content, caps)
+        results = wasi._M[name][3]
+        if result == "cap":
+            self._next_cap += 1
+            return protocol.Payload(with_capability(results.new_message()),
+                                    (protocol.Imported(self._next_cap),))
+        return protocol.Payload(Content.standalone(results.new_message(**result).to_segments()),
+                                ())
 
     def adopt(self, cap):
-        return cap
+        return cap.import_id
 
     def hold(self, cap):
-        self.held = getattr(self, "held", []) + [cap]
+        self.held.append(cap)
         return cap
 
     def drop(self, cap):
         self.dropped.append(cap)
 
+    def u32(self, ptr):
+        return struct.unpack_from("<I", self.mem, ptr)[0]
 
-def _dir_list(names):
-    _id, ordinal, _params, results = wasi._M["Directory", "list"]
-    msg = results.new_message()
-    lst = msg.init("entries", len(names))
-    for i, n in enumerate(names):
-        lst[i].name, lst[i].kind = n, "file"
-    return (_id, ordinal), (Content.standalone(msg.to_segments()), ())
+
+def failed(reason):
+    return HostCallFailed("failed", reason)
+
+
+def wasi_with(*grants, host=None):
+    host = host or FakeHost()
+    w = Wasi(host, "app")
+    w.grant(list(grants) or [("data", "directory", "/data", 7)])
+    return host, w
+
+
+def call(w, name, *args):
+    return w.function(name)(*args)
 
 
 def test_errno_comes_from_the_reason_or_the_exception_type():
-    assert errno_of(HostCallFailed("failed", "ENOENT: directory /x: 'a' does not exist")) == E.NOENT
-    assert errno_of(HostCallFailed("failed", "app.data: Directory.mkdir is not allowed")) \
-        == E.NOTCAPABLE
-    assert errno_of(HostCallFailed("failed", "EBOGUS: nothing we know")) == E.NOTCAPABLE
+    assert errno_of(failed("ENOENT: directory /x: 'a' does not exist")) == E.NOENT
+    assert errno_of(failed("app.data: Directory.mkdir is not allowed")) == E.NOTCAPABLE
+    assert errno_of(failed("EBOGUS: nothing we know")) == E.NOTCAPABLE
     assert errno_of(HostCallFailed("overloaded", "too fast")) == E.AGAIN
     assert errno_of(HostCallFailed("disconnected", "gone")) == E.IO
 
 
 def test_preopens_and_stdio_follow_the_grants():
-    host = FakeHost()
-    w = Wasi(host, "app")
-    w.grant([("stdout", "log", "", 11), ("data", "directory", "/data", 12),
-             ("other", "directory", ".", 13), ("stdin", "log", "", 14)])
-    assert sorted(w.fds) == [1, 3, 4]          # a log cannot be stdin
-    assert w.fd_prestat_get(3, 100) is None and host.read(100, 8) == struct.pack("<BxxxI", 0, 5)
-    w.fd_prestat_dir_name(4, 200, 1)
-    assert host.read(200, 1) == b"."
-    fn = w.function("fd_prestat_get")
-    assert fn(5, 100) == E.BADF
-    assert fn(1, 100) == E.BADF                # stdout is no directory
-    assert w.function("fd_close")(3) == 0 and 3 not in w.fds
-    assert host.held == [11, 12, 13] and host.dropped == [12]   # only our own reference
+    host, w = wasi_with(("stdout", "log", "", 11), ("data", "directory", "/data", 12),
+                        ("other", "directory", ".", 13), ("stdin", "log", "", 14))
+    assert sorted(w.fds) == [0, 1, 2, 3, 4]
+    assert [w.fds[i].kind for i in range(3)] == ["null", "log", "null"]   # a log is no stdin
+    assert call(w, "fd_prestat_get", 3, 100) == 0
+    assert host.read(100, 8) == struct.pack("<BxxxI", 0, 5)
+    assert call(w, "fd_prestat_dir_name", 4, 200, 1) == 0 and host.read(200, 1) == b"."
+    assert call(w, "fd_prestat_get", 5, 100) == E.BADF
+    assert call(w, "fd_prestat_get", 1, 100) == E.BADF            # stdout is no directory
+    assert call(w, "fd_close", 3) == 0 and 3 not in w.fds
+    assert host.held == [11, 12, 13] and host.dropped == [12]    # only our own reference
 
 
-def test_readdir_resumes_at_the_cookie_and_fills_the_buffer():
-    host = FakeHost()
-    w = Wasi(host, "app")
-    w.grant([("data", "directory", "/data", 7)])
-    key, answer = _dir_list(["a.txt", "bb.txt"])
-    host.results[key] = answer
-    readdir = w.function("fd_readdir")
-    assert readdir(3, 1000, 4096, 0, 900) == 0
-    used = struct.unpack_from("<I", host.mem, 900)[0]
-    names, pos = [], 1000
-    while pos < 1000 + used:
-        nxt, _ino, namelen, _type = struct.unpack_from("<QQIB", host.mem, pos)
-        names.append((nxt, bytes(host.mem[pos + 24:pos + 24 + namelen]).decode()))
-        pos += 24 + namelen
-    assert names == [(1, "."), (2, ".."), (3, "a.txt"), (4, "bb.txt")]
-    # a buffer too small is filled completely (that tells libc to call again)
-    assert readdir(3, 1000, 30, 2, 900) == 0
-    assert struct.unpack_from("<I", host.mem, 900)[0] == 30
-    assert readdir(3, 1000, 4096, 4, 900) == 0 and struct.unpack_from("<I", host.mem, 900)[0] == 0
+def test_stdio_that_is_not_granted_is_empty_not_absent():
+    host, w = wasi_with()
+    host.write(0, struct.pack("<II", 64, 10))
+    assert call(w, "fd_read", 0, 0, 1, 900) == 0 and host.u32(900) == 0      # end of file
+    assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 10    # gone
+    assert call(w, "fd_write", 0, 0, 1, 900) == E.BADF
+    assert call(w, "fd_fdstat_get", 2, 300) == 0 and host.mem[300] == wasi.FILETYPE_CHAR
+    host.write(0, struct.pack("<IIII", 64, 0xFFFFFFFF, 64, 0xFFFFFFFF))   # 8 GiB: short
+    assert call(w, "fd_write", 1, 0, 2, 900) == 0 and host.u32(900) == wasi.MAX_TRANSFER
+    assert host.calls == []                                  # no authority was used
 
 
-@pytest.mark.parametrize("rights,fdflags,mode", [
-    (wasi.RIGHT_FD_READ, 0, "read"),
-    (wasi.RIGHT_FD_WRITE, 0, "write"),
-    (wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE, 0, "readWrite"),
-    (wasi.RIGHT_FD_WRITE, wasi.FDFLAGS_APPEND, "append"),
+def test_directory_rights_are_what_wasmtime_reports_and_can_only_shrink():
+    host, w = wasi_with()
+    assert wasi.DIR_RIGHTS == 0x7B7FE00
+    assert call(w, "fd_fdstat_get", 3, 300) == 0
+    filetype, flags, base, inheriting = struct.unpack_from("<BxHxxxxQQ", host.mem, 300)
+    assert (filetype, flags, base) == (wasi.FILETYPE_DIR, 0, 0x7B7FE00)
+    assert not base & (wasi.RIGHT_FD_SEEK | wasi.RIGHT_FD_FILESTAT_SET_SIZE
+                       | wasi.RIGHT_PATH_FILESTAT_SET_SIZE)
+    assert inheriting & wasi.RIGHT_FD_READ and inheriting & wasi.RIGHT_FD_WRITE
+    # dropping a right takes effect; asking it back is refused
+    assert call(w, "fd_fdstat_set_rights", 3, base & ~wasi.RIGHT_PATH_CREATE_DIRECTORY,
+                inheriting) == 0
+    assert call(w, "path_create_directory", 3, 0, 1) == E.NOTCAPABLE
+    assert call(w, "fd_fdstat_set_rights", 3, base, inheriting) == E.NOTCAPABLE
+    assert host.calls == []
+    # a directory has no seek: no right for it, and no seek
+    assert call(w, "fd_seek", 3, 0, 1, 900) == E.NOTCAPABLE
+    assert call(w, "fd_tell", 3, 900) == E.NOTCAPABLE
+
+
+def test_invalid_time_flags_are_einval_before_anything_else():
+    host, w = wasi_with()
+    for flags in (wasi.FST_ATIM | wasi.FST_ATIM_NOW, wasi.FST_MTIM | wasi.FST_MTIM_NOW, 0x10):
+        assert call(w, "fd_filestat_set_times", 99, 1, 2, flags) == E.INVAL      # fd 99: none
+        assert call(w, "path_filestat_set_times", 99, 0, 0, 5, 1, 2, flags) == E.INVAL
+    assert call(w, "fd_filestat_set_times", 99, 1, 2, wasi.FST_MTIM) == E.BADF
+    host.write(0, b"f.txt")
+    assert call(w, "path_filestat_set_times", 3, 1, 0, 5, 7, 9,
+                wasi.FST_ATIM_NOW | wasi.FST_MTIM) == 0
+    assert host.calls[-1][1:] == ("setTimes", dict(path="f.txt", follow=True, accessedNs=0,
+                                                   accessed="now", modifiedNs=9,
+                                                   modified="to"))
+    assert call(w, "fd_filestat_set_times", 3, -1, 0, wasi.FST_ATIM) == E.OVERFLOW
+
+
+def open_file(w, host, path=b"x.txt", rights=wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE,
+              oflags=0, fdflags=0, lookup=0):
+    host.results.setdefault(("Directory", "open"), "cap")
+    host.results.setdefault(("Directory", "create"), "cap")
+    host.write(0, path)
+    r = call(w, "path_open", 3, lookup, 0, len(path), oflags, rights, 0, fdflags, 64)
+    return r if r else host.u32(64)
+
+
+@pytest.mark.parametrize("rights,fdflags,mode,append", [
+    (wasi.RIGHT_FD_READ, 0, "read", False),
+    (wasi.RIGHT_FD_WRITE, 0, "write", False),
+    (wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE, 0, "readWrite", False),
+    (wasi.RIGHT_FD_WRITE, wasi.FDFLAGS_APPEND, "write", True),
+    (wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE, wasi.FDFLAGS_APPEND, "readWrite", True),
 ])
-def test_path_open_asks_for_the_least_mode_that_serves(rights, fdflags, mode):
-    host = FakeHost()
-    w = Wasi(host, "app")
-    w.grant([("data", "directory", "/data", 7)])
-    opened = []
-
-    def invoke(cap, iface, method, content):
-        _id, _o, params, _r = wasi._M["Directory", "open"]
-        p = params.from_segments(content.message())
-        opened.append((p.path, str(p.mode)))
-        return protocol.Payload(with_capability(wasi._M["Directory", "open"][3].new_message()), (99,))
-    host.invoke = invoke
-    host.write(0, b"x.txt")
-    assert w.function("path_open")(3, 0, 0, 5, 0, rights, 0, fdflags, 64) == 0
-    assert opened == [("x.txt", mode)]
-    assert struct.unpack_from("<I", host.mem, 64)[0] == 4
+def test_path_open_asks_for_the_least_mode_that_serves(rights, fdflags, mode, append):
+    host, w = wasi_with()
+    assert open_file(w, host, rights=rights, fdflags=fdflags) == 4
+    assert host.calls[-1][1:] == ("open", dict(path="x.txt", mode=mode, follow=False,
+                                               append=append, sync="none"))
+    call(w, "fd_fdstat_get", 4, 300)
+    _t, flags, base, _i = struct.unpack_from("<BxHxxxxQQ", host.mem, 300)
+    assert flags == fdflags
+    assert bool(base & wasi.RIGHT_FD_READ) == bool(rights & wasi.RIGHT_FD_READ)
+    assert bool(base & wasi.RIGHT_FD_WRITE) == bool(rights & wasi.RIGHT_FD_WRITE)
 
 
-def test_a_denied_open_is_notcapable_and_nothing_leaks():
-    host = FakeHost()
-    w = Wasi(host, "app")
-    w.grant([("data", "directory", "/data", 7)])
-    iface, ordinal = wasi._M["Directory", "open"][:2]
-    host.results[(iface, ordinal)] = HostCallFailed("failed", "app.data was revoked")
-    host.write(0, b"x.txt")
-    assert w.function("path_open")(3, 0, 0, 5, 0, wasi.RIGHT_FD_READ, 0, 0, 64) == E.NOTCAPABLE
-    assert sorted(w.fds) == [3]
-    # no clock grant: no time
-    assert w.function("clock_time_get")(0, 0, 64) == E.NOTCAPABLE
-    assert w.function("random_get")(0, 16) == E.NOTCAPABLE
+def test_sync_flags_are_asked_of_the_host_and_reported_never_dropped():
+    host, w = wasi_with()
+    fd = open_file(w, host, fdflags=wasi.FDFLAGS_APPEND | wasi.FDFLAGS_SYNC)
+    assert host.calls[-1][2]["sync"] == "full"
+    call(w, "fd_fdstat_get", fd, 300)
+    assert struct.unpack_from("<BxH", host.mem, 300)[1] == wasi.FDFLAGS_APPEND | wasi.FDFLAGS_SYNC
+    open_file(w, host, fdflags=wasi.FDFLAGS_DSYNC)
+    assert host.calls[-1][2]["sync"] == "data"
+    # they cannot change once open (Linux cannot either); APPEND can
+    assert call(w, "fd_fdstat_set_flags", fd, wasi.FDFLAGS_APPEND) == E.NOTSUP
+    assert call(w, "fd_fdstat_set_flags", fd, wasi.FDFLAGS_SYNC) == 0
+    assert host.calls[-1][1:] == ("setAppend", {"append": False})
+    host.results["File", "setAppend"] = failed("EPERM: file x: x is append-only")
+    assert call(w, "fd_fdstat_set_flags", fd, wasi.FDFLAGS_SYNC | wasi.FDFLAGS_APPEND) == E.PERM
+    assert w.fds[fd].append is False
+
+
+def test_creating_is_its_own_call_and_truncating_too():
+    """So that an allow-list with `open` but not `create` (or File.truncate) holds."""
+    host, w = wasi_with()
+    host.results["Directory", "open"] = failed("ENOENT: no")
+    fd = open_file(w, host, oflags=wasi.OFLAGS_CREAT | wasi.OFLAGS_TRUNC,
+                   rights=wasi.RIGHT_FD_READ)
+    assert [c[1] for c in host.calls] == ["open", "create"]
+    assert host.calls[-1][2] == dict(path="x.txt", readable=True, append=False, sync="none")
+    del host.results["Directory", "open"]
+    host.calls.clear()
+    open_file(w, host, oflags=wasi.OFLAGS_TRUNC, rights=wasi.RIGHT_FD_READ)
+    assert [(c[1], c[2].get("mode")) for c in host.calls] == [("open", "readWrite"),
+                                                               ("truncate", None)]
+    assert call(w, "fd_write", 5, 0, 0, 900) == E.BADF      # asked no write right: none
+    host.calls.clear()
+    open_file(w, host, oflags=wasi.OFLAGS_CREAT | wasi.OFLAGS_EXCL)
+    assert [c[1] for c in host.calls] == ["create"] and fd == 4
+
+
+def test_a_directory_is_never_opened_for_writing():
+    host, w = wasi_with()
+    host.results["Directory", "subdir"] = "cap"
+    host.write(0, b".")
+    rw = wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE
+    assert call(w, "path_open", 3, 0, 0, 1, wasi.OFLAGS_DIRECTORY, rw, 0, 0, 64) == E.ISDIR
+    assert sorted(w.fds) == [0, 1, 2, 3] and len(host.dropped) == 2     # subdir, root hold
+    assert call(w, "path_open", 3, 0, 0, 1, wasi.OFLAGS_DIRECTORY, wasi.RIGHT_FD_READ, 0, 0,
+                64) == 0
+    for oflags in (wasi.OFLAGS_CREAT, wasi.OFLAGS_EXCL, wasi.OFLAGS_TRUNC):
+        assert call(w, "path_open", 3, 0, 0, 1, wasi.OFLAGS_DIRECTORY | oflags, 0, 0, 0,
+                    64) == E.INVAL
+    # without O_DIRECTORY: Linux opens a directory for reading, not for writing
+    host.results["Directory", "open"] = failed("EISDIR: '.' is a directory")
+    assert call(w, "path_open", 3, 0, 0, 1, 0, wasi.RIGHT_FD_READ, 0, 0, 64) == 0
+    assert w.fds[host.u32(64)].kind == "dir"
+    assert call(w, "path_open", 3, 0, 0, 1, 0, rw, 0, 0, 64) == E.ISDIR
+
+
+def test_link_and_rename_across_descriptors_of_one_grant_but_not_two():
+    host, w = wasi_with(("a", "directory", "/a", 7), ("b", "directory", "/b", 8))
+    host.results["Directory", "subdir"] = "cap"
+    host.write(0, b"sub")
+    assert call(w, "path_open", 3, 0, 0, 3, wasi.OFLAGS_DIRECTORY, 0, 0, 0, 64) == 0
+    sub = host.u32(64)
+    host.write(100, b"f")
+    host.write(110, b"g")
+    assert call(w, "path_link", 3, 0, 100, 1, sub, 110, 1) == 0
+    assert host.calls[-1] == (7, "link", {"from": "./f", "to": "./sub/g"})   # through /a
+    assert call(w, "path_rename", sub, 100, 1, sub, 110, 1) == 0
+    assert host.calls[-1] == (101, "rename", {"from": "f", "to": "g"})
+    assert call(w, "path_rename", 3, 100, 1, 4, 110, 1) == E.XDEV
+    assert call(w, "path_link", sub, 0, 100, 1, 4, 110, 1) == E.XDEV
+    assert call(w, "path_link", 3, wasi.LOOKUP_SYMLINK_FOLLOW, 100, 1, 3, 110, 1) == E.INVAL
+    # the subdirectory's descriptor holds a reference of its own to its grant's preopen
+    assert host.held.count(7) == 2
+    assert call(w, "fd_close", 3) == 0 and host.dropped == [7]
+    assert call(w, "fd_close", sub) == 0 and host.dropped == [7, 101, 7]
+
+
+def test_readdir_gives_inodes_and_resumes_at_any_cookie_across_pages():
+    host, w = wasi_with()
+    entries = [{"name": f"n{i}", "kind": "file", "inode": 1000 + i, "cursor": 50 + 10 * i}
+               for i in range(7)]
+
+    def listing(path, cursor):
+        start = 0 if cursor == 0 else next(i + 1 for i, e in enumerate(entries)
+                                           if e["cursor"] == cursor)
+        page = entries[start:start + 3]
+        return {"entries": page, "cursor": page[-1]["cursor"] if page else cursor,
+                "done": start + 3 >= len(entries)}
+
+    host.results["Directory", "list"] = listing
+    host.results["Directory", "stat"] = {"info": {"kind": "directory", "inode": 77}}
+
+    def readdir(cookie, size=4096):
+        assert call(w, "fd_readdir", 3, 1000, size, cookie, 900) == 0
+        used, pos, out = host.u32(900), 1000, []
+        while pos + 24 <= 1000 + used:
+            nxt, ino, namelen, ftype = struct.unpack_from("<QQIB", host.mem, pos)
+            out.append((bytes(host.mem[pos + 24:pos + 24 + namelen]).decode(), ino, nxt))
+            pos += 24 + namelen
+        return out, used
+
+    everything, used = readdir(0)
+    assert [(n, i) for n, i, _ in everything] == \
+        [(".", 77), ("..", 77)] + [(e["name"], e["inode"]) for e in entries]
+    assert used < 4096
+    # small buffers: full, and every cookie resumes right after its entry
+    names, cookie = [], 0
+    while True:
+        got, used = readdir(cookie, 60)
+        if not got:
+            break
+        complete = [g for g in got if 1000 + 24 + len(g[0]) <= 1000 + used] or got[:1]
+        names += [g[0] for g in complete[:1]]
+        cookie = complete[0][2]
+    assert names == [".", ".."] + [e["name"] for e in entries]
+    lists = [c for c in host.calls if c[1] == "list"]
+    assert len(lists) < 15                       # pages are kept, not asked for each entry
+    # from the start, the host is always asked again (the directory may have changed)
+    n = len(lists)
+    readdir(2)
+    assert len([c for c in host.calls if c[1] == "list"]) == n + 3
+
+
+def test_reads_and_writes_move_at_most_max_io_per_call_and_all_of_it():
+    host, w = wasi_with()
+    w.max_io = 100
+    fd = open_file(w, host)
+    host.results["File", "write"] = lambda offset, data: {"written": len(data)}
+    host.write(0, struct.pack("<IIII", 2000, 150, 4000, 230))
+    assert call(w, "fd_write", fd, 0, 2, 900) == 0 and host.u32(900) == 380
+    writes = [c[2] for c in host.calls if c[1] == "write"]
+    assert [len(x["data"]) for x in writes] == [100, 100, 100, 80]
+    assert [x["offset"] for x in writes] == [0, 100, 200, 300]
+    data = bytes(range(256)) * 2
+    host.results["File", "read"] = lambda offset, count: {"data": data[offset:offset + count]}
+    call(w, "fd_seek", fd, 0, 0, 900)
+    assert call(w, "fd_read", fd, 0, 2, 900) == 0 and host.u32(900) == 380
+    assert host.read(2000, 150) + host.read(4000, 230) == data[:380]
+    # an error after some bytes: the bytes count, the error comes with the next call
+    host.results["File", "write"] = lambda offset, data: \
+        {"written": len(data)} if offset < 100 else failed("ENOSPC: full")
+    host.write(0, struct.pack("<II", 2000, 300))
+    assert call(w, "fd_pwrite", fd, 0, 1, 0, 900) == 0 and host.u32(900) == 100
+    assert call(w, "fd_pwrite", fd, 0, 1, 100, 900) == E.NOSPC
+
+
+def test_a_long_log_line_is_cut_and_never_sent_whole():
+    host, w = wasi_with(("stdout", "log", "", 5))
+    sent = []
+    host.results["Log", "write"] = lambda text: sent.append(text) or {}
+    big = b"x" * 600_000 + b"\nshort\n" + b"y" * 5000
+    host.mem[:] = bytearray(len(host.mem))
+    host.mem.extend(bytes(700_000))
+    host.write(10_000, big)
+    host.write(0, struct.pack("<II", 10_000, len(big)))
+    assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == len(big)
+    w.flush_all()
+    assert len(sent) == 3 and all(len(t) <= wasi.LOG_LINE for t in sent)
+    assert sent[0].startswith("xxxx") and sent[0].endswith("more bytes)")
+    assert sent[1] == "short" and sent[2].startswith("yyy")
 
 
 class Fault(Exception):
@@ -167,9 +362,11 @@ _i64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.sampled_from([0, 1, 
 @given(st.sampled_from(sorted(n for n in WASI_IMPORTS if n != "proc_exit")), st.data())
 def test_any_arguments_give_an_errno_or_a_trap_never_an_engine_error(name, data):
     host = StrictHost()
+    host.results["Directory", "list"] = {"entries": [], "cursor": 0, "done": True}
+    host.results["Directory", "stat"] = {"info": {"kind": "directory"}}
     w = Wasi(host, "app")
     w.grant([("data", "directory", "/data", 7), ("stdout", "log", "", 8),
-              ("clock", "clock", "", 9), ("env", "environment", "", 10)])
+             ("clock", "clock", "", 9), ("env", "environment", "", 10)])
     params, _ = WASI_IMPORTS[name]
     args = [data.draw(_i64 if p == "i64" else _i32) for p in params]
     try:

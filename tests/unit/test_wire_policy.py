@@ -1,4 +1,4 @@
-"""wire.canonical against pycapnp's decoder; policy parsing errors."""
+"""wire.single_segment_copy against pycapnp's decoder; policy parsing errors."""
 import struct
 
 import pytest
@@ -9,28 +9,28 @@ from supervisor import policy
 from tests.conftest import EXAMPLES
 
 
-def test_canonical_copy_decodes_with_pycapnp_and_keeps_cap_pointers():
+def test_single_segment_copy_decodes_with_pycapnp_and_keeps_cap_pointers():
     calc = capnp_schemas.load(f"{EXAMPLES}/calc.capnp")
     msg = capnp_schemas.host.Gateway.schema.methods["list"].result_type
     from capnp.lib.capnp import _StructModule
     List = _StructModule(msg, "ListResults")
     segs = List.new_message(names=["a", "bb", "ccc"]).to_segments()
-    out = wire.canonical(segs, (0, 0))
+    out = wire.single_segment_copy(segs, (0, 0))
     assert list(List.from_bytes(out).__enter__().names) == ["a", "bb", "ccc"]
     # a struct whose pointer is a capability keeps the pointer word as is
     seg = struct.pack("<QQ", 1 << 48, wire.cap_pointer(3))
-    out = wire.canonical([seg], (0, 0))
+    out = wire.single_segment_copy([seg], (0, 0))
     assert struct.unpack_from("<Q", out, 16)[0] == wire.cap_pointer(3)
     assert calc  # schema loads
 
 
-def test_canonical_copy_refuses_amplification():
+def test_single_segment_copy_refuses_amplification():
     # a list of 2^20 empty structs in 2 words
     tag = (1 << 20) << 2
     lst = 1 | (0 << 2) | (7 << 32) | (0 << 35)
     seg = struct.pack("<QQ", lst, tag)
     with pytest.raises(wire.WireError, match="traversal limit|malformed"):
-        wire.canonical([seg], (0, 0), max_words=1000)
+        wire.single_segment_copy([seg], (0, 0), max_words=1000)
 
 
 def test_out_of_bounds_pointer_is_a_wire_error():

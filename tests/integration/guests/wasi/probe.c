@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+static char big[1 << 20];
+
 /* The wsuper ABI, for the "release" op: a WASI program may use both. */
 __attribute__((import_module("wsuper"), import_name("lookup"))) int wsuper_lookup(const char *, int);
 __attribute__((import_module("wsuper"), import_name("release"))) int wsuper_release(int);
@@ -31,6 +33,9 @@ static const char *name(int e) {
   case EROFS: return "EROFS";
   case EAGAIN: return "EAGAIN";
   case EIO: return "EIO";
+  case ENOTSUP: return "ENOTSUP";
+  case ENOTEMPTY: return "ENOTEMPTY";
+  case EBUSY: return "EBUSY";
   default: return strerror(e);
   }
 }
@@ -100,6 +105,41 @@ int main(int argc, char **argv) {
       const char *eq = strchr(path, '=');
       if (eq) memcpy(from, path, (size_t)(eq - path) < 255 ? (size_t)(eq - path) : 255);
       report(op, path, eq && rename(from, eq + 1) == 0);
+    } else if (!strcmp(op, "symlink") || !strcmp(op, "link")) {   /* symlink:TARGET=PATH */
+      char from[256] = {0};
+      const char *eq = strchr(path, '=');
+      if (eq) memcpy(from, path, (size_t)(eq - path) < 255 ? (size_t)(eq - path) : 255);
+      report(op, path, eq && (op[0] == 's' ? symlink(from, eq + 1) : link(from, eq + 1)) == 0);
+    } else if (!strcmp(op, "readlink")) {
+      char target[256] = {0};
+      ssize_t n = readlink(path, target, sizeof target - 1);
+      report(op, path, n >= 0);
+      if (n >= 0) printf("  %s\n", target);
+    } else if (!strcmp(op, "utimes")) {
+      struct timespec t[2] = {{1000, 0}, {2000, 0}};
+      report(op, path, utimensat(AT_FDCWD, path, t, 0) == 0);
+    } else if (!strcmp(op, "rmdir")) {
+      report(op, path, rmdir(path) == 0);
+    } else if (!strcmp(op, "noappend")) {   /* open to append, then turn O_APPEND off */
+      int fd = open(path, O_WRONLY | O_APPEND);
+      int ok = fd >= 0 && fcntl(fd, F_SETFL, 0) == 0;
+      report(op, path, ok);
+      if (fd >= 0) close(fd);
+    } else if (!strcmp(op, "longline")) {   /* printf one line of N bytes, then a short one */
+      size_t n = (size_t)atol(path);
+      if (n > sizeof big - 1) n = sizeof big - 1;
+      memset(big, 'L', n);
+      big[n] = 0;
+      int ok = printf("%s\n", big) == (int)n + 1;
+      report(op, path, ok);
+    } else if (!strcmp(op, "write1m")) {   /* write() 1 MiB in one call: PATH, or - for stdout */
+      for (size_t k = 0; k < sizeof big; k++) big[k] = "0123456789abcdef"[k % 16];
+      big[sizeof big - 1] = '\n';
+      fflush(stdout);
+      int fd = strcmp(path, "-") ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : 1;
+      ssize_t n = fd >= 0 ? write(fd, big, sizeof big) : -1;
+      if (fd > 2) close(fd);
+      report(op, path, n == (ssize_t)sizeof big);
     } else if (!strcmp(op, "release")) {   /* drop the wsuper handle of a grant */
       int h = wsuper_lookup(path, (int)strlen(path));
       printf("release %s -> %d\n", path, h > 0 ? wsuper_release(h) : h);

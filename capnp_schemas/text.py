@@ -1,0 +1,28 @@
+"""Text helpers every layer shares: errors as one line, and text made safe to show.
+
+`first_line(e)`: the first line of an exception's message (or its type's
+name), bounded, for one-line errors.  `printable(text)`: guest-controlled
+text made harmless for a terminal or a log: control characters, escape
+sequences, line and paragraph separators and other invisible or
+direction-changing characters are shown escaped (`\\n`, `\\x1b`, `\\u202e`),
+so no guest can start a line of its own or rewrite what is on the screen.
+"""
+from __future__ import annotations
+
+
+def first_line(e, limit: int = 300) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    if n < 0x100:
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{n:02x}")
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"

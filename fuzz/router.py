@@ -1,0 +1,343 @@
+"""Fuzzing the reference monitor itself: the router, and the host layer's params.
+
+    python -m fuzz.router --count 100000 --seed 1
+
+Owns: two targets on top of fuzz/protocol.py's mutators and seeds.  Must not:
+be imported by wsuper itself, or accept a failure silently.
+
+router   A Router with a compartment `calc` (exports an interface), a
+         compartment `app` granted calc, and a hostile compartment `evil`
+         granted calc (through an allow-list and revocation), a log and a
+         directory, plus a hostile external client.  Each input is a mutated
+         message sent by `evil` or by the client.  Checks: `receive` returns
+         (never raises); no effect reports an internal error (which would
+         mean a peer's input tripped a fault that the choke point caught: a
+         bug to fix at its root); every Send goes to a live peer; and after
+         every input, app's call to calc is still delivered and answered.
+host     Each input is host-call params (a seed of host.capnp params, or any
+         other seed) mutated, served by a real HostCaps for each host kind
+         and method, on a real directory and file in a temporary directory.
+         Checks: serve() and Job.run() never raise; the outcome is an Answer
+         or a Refusal; no Refusal reports an internal error; an Answer's
+         content fits the caller's size limit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+from capnp_schemas import hosted, payloads, protocol as P, wire
+from capnp_schemas.protocol import Content
+from compartments.limits import Limits
+from supervisor import effects as fx, hostcaps, router as R
+from supervisor.policy import Grant
+
+from . import protocol as F
+
+CALC = 0xC0FFEE0000000001
+HOST_KINDS = ("log", "clock", "random", "environment", "directory", "file")
+
+
+class Failure(Exception):
+    def __init__(self, check, detail):
+        super().__init__(f"{check}: {detail}")
+        self.check, self.detail = check, detail
+
+
+class _Engine:
+    """The engine side of one compartment, answering its control calls."""
+
+    def __init__(self, world, name, exports, grants):
+        self.world, self.name, self.exports = world, name, exports
+        self.conn = P.Connection(name)
+        self.control, self.main = object(), object()
+        self.grants, self.inbox = {}, []
+        self.hostile = False      # once set, what the router sends it is not read
+        self.pid, effects = world.router.add_engine(name, grants, world.hosts_for(grants))
+        world.engines[self.pid] = self
+        world.perform(effects)
+
+    def feed(self, data):
+        for ev in self.conn.receive(data):
+            if isinstance(ev, P.BootstrapRequested):
+                self.send(self.conn.send_return(ev.answer_id, Content.capability(0),
+                                                [self.control]))
+            elif isinstance(ev, P.CallReceived) and ev.target is self.control:
+                if ev.method_id == 0:
+                    segs = ev.payload.content.message()
+                    loc = wire.struct_pointer_field(segs, (0, 0), 0)
+                    for i, (s, start, d, _p) in enumerate(wire.struct_list_elements(segs, loc)):
+                        idx = wire.capability_index(segs, (s, start + d + 1))
+                        self.grants[i] = ev.payload.caps[idx]
+                    seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 0, 0))
+                    caps = []
+                    if self.exports:
+                        wire.set_word(seg, 2, wire.cap_pointer(0))
+                        caps = [self.main]
+                    self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]),
+                                                    caps))
+            elif isinstance(ev, P.CallReceived) and self.exports:
+                self.send(self.conn.send_return(ev.answer_id))     # calc answers everything
+            elif isinstance(ev, (P.CallReceived, P.ReturnReceived)):
+                self.inbox.append(ev)
+
+    def send(self, data):
+        self.world.perform(self.world.router.receive(self.pid, data))
+
+
+class World:
+    def __init__(self, folder):
+        self.folder = folder
+        self.router = R.Router({"calc": CALC, "app": None, "evil": None},
+                               external=("calc",), names={CALC: ("Calc", {0: "add"})},
+                               audit=True)
+        self.engines: dict[int, _Engine] = {}
+        self.calc = _Engine(self, "calc", True, [])
+        self.app = _Engine(self, "app", False, [Grant("calc", "compartment", "calc")])
+        self.evil = None
+        self.client = None
+        self.new_evil()
+        self.new_client()
+
+    def hosts_for(self, grants):
+        return {g.name: hostcaps.open_grant(g) for g in grants
+                if g.kind == "host" and g.target in ("directory", "environment", "file")}
+
+    def close(self):
+        """Let go of every peer: the router releases what they held."""
+        for pid in list(self.router.peers):
+            self.perform(self.router.disconnected(pid, "fuzz: done"))
+
+    def new_evil(self):
+        grants = [Grant("calc", "compartment", "calc", allow=("add",),
+                        methods=frozenset({(CALC, 0)}), revocable=True),
+                  Grant("log", "host", "log"),
+                  Grant("data", "host", "directory", path=self.folder)]
+        self.evil = _Engine(self, "evil", False, grants)
+        self.evil.hostile = True         # started: from now on it only sends fuzz
+
+    def seeds(self) -> list:
+        """Valid messages from evil's side (its grants are imports 0, 1, 2 in its
+        table) and from a client's: calls through a membrane, host calls, pipelined
+        calls on a host call's answer, capabilities passed in, finishes, releases."""
+        conn = P.Connection("seeds")
+        calc, log, data = 0, 1, 2
+        for i in (calc, log, data):
+            conn.imports[i] = 1
+        d, f, lg = hosted.BY_KIND["directory"], hosted.BY_KIND["file"], hosted.BY_KIND["log"]
+
+        def params(iface, method, **fields):
+            return payloads.build(iface.method(method).params, fields)[0]
+        out = []
+
+        def call(target, iface_id, method, content=P.EMPTY, caps=()):
+            qid, msg = conn.send_call(target, iface_id, method, content, list(caps))
+            out.append(msg)
+            return qid
+        call(calc, CALC, 0, Content.standalone([struct.pack("<QQ", 1 << 32, 5 | 7 << 32)]))
+        call(calc, CALC, 2, caps=[object()])                      # not allowed; a cap passed
+        call(log, lg.id, 0, params(lg, "write", text="hello"))
+        for method, fields in (("open", {"path": "f", "mode": "read"}), ("stat", {"path": "f"}),
+                               ("list", {"path": ""}), ("subdir", {"path": "d"}),
+                               ("mkdir", {"path": "new"}), ("readlink", {"path": "f"})):
+            call(data, d.id, d.method(method).ordinal, params(d, method, **fields))
+        q = call(data, d.id, d.method("open").ordinal, params(d, "open", path="f", mode="read"))
+        call((q, (0,)), f.id, f.method("read").ordinal, params(f, "read", offset=0, count=4))
+        call((q, (0,)), f.id, f.method("stat").ordinal)
+        out.append(conn.send_finish(q))
+        out.append(conn.send_release(log))
+        gw = hosted.GATEWAY
+        q = call(0, gw.id, 0, params(gw, "get", name="calc"))
+        call((q, (0,)), CALC, 0)
+        call(0, gw.id, 1)
+        _q, boot = conn.send_bootstrap()
+        out.append(boot)
+        return [F.Seed(m) for m in out]
+
+    def new_client(self):
+        self.client = self.router.add_external("client")
+
+    def perform(self, effects):
+        for e in effects:
+            if isinstance(e, fx.Send):
+                if e.peer not in self.router.peers and e.peer not in self.engines \
+                        and e.peer != self.client:
+                    raise Failure("router", f"a Send to peer {e.peer}, which does not exist")
+                engine = self.engines.get(e.peer)
+                if engine is not None and e.peer in self.router.peers and not engine.hostile:
+                    engine.feed(e.data)
+            elif isinstance(e, fx.Notice) and "internal error" in e.text:
+                raise Failure("router", e.text)
+            elif isinstance(e, fx.HostCall):
+                self.perform(self.router.host_returned(e.token, Content()))
+            elif isinstance(e, fx.HostRelease):
+                hostcaps.release(e.kind, e.served)
+
+    def honest_call_works(self):
+        handle = self.app.grants[0].import_id
+        _q, data = self.app.conn.send_call(handle, CALC, 0)
+        self.app.inbox.clear()
+        self.app.send(data)
+        if not self.app.inbox or self.app.inbox[-1].error is not None:
+            raise Failure("router", f"app's call to calc failed after the input: "
+                                    f"{self.app.inbox[-1:]}")
+
+
+def check_router(world: World, data: bytes, as_client: bool):
+    pid = world.client if as_client else world.evil.pid
+    try:
+        effects = world.router.receive(pid, data)
+    except Exception as e:  # noqa: BLE001 - the property under test
+        raise Failure("router", f"receive raised {type(e).__name__}: {F._line(e)}") from None
+    world.perform(effects)
+    peer = world.router.peers.get(pid)
+    if peer is not None and peer.conn.partial_message is not None:
+        world.perform(world.router.disconnected(pid, "fuzz: half a message"))
+    if pid not in world.router.peers:        # it was cut off: bring on a new one
+        if as_client:
+            world.new_client()
+        else:
+            world.router.disconnected(world.evil.pid, "fuzz")
+            world.new_evil()
+    world.honest_call_works()
+
+
+def check_host(hosts: hostcaps.HostCaps, served: dict, data: bytes, rng):
+    kind = rng.choice(HOST_KINDS)
+    iface = hosted.BY_KIND[kind]
+    method = rng.choice(iface.methods)
+    try:
+        segs = wire.unframe(data)
+    except wire.WireError:
+        return
+    max_bytes = rng.choice((1024, 4096, 65536, 8 << 20))
+    call = fx.HostCall(1, kind, "fuzz", served.get(kind), iface.id, method.ordinal,
+                       Content.standalone(segs), max_bytes)
+    try:
+        outcome = hosts.serve(call)
+        if isinstance(outcome, hostcaps.Job):
+            outcome = outcome.run()
+    except Exception as e:  # noqa: BLE001 - the property under test
+        raise Failure("host", f"{iface.name}.{method.name} raised {type(e).__name__}: "
+                              f"{F._line(e)}") from None
+    if isinstance(outcome, hostcaps.Refusal):
+        if outcome.notice:
+            raise Failure("host", f"{iface.name}.{method.name}: {outcome.notice}")
+        return
+    if not isinstance(outcome, hostcaps.Answer):
+        raise Failure("host", f"{iface.name}.{method.name} gave {outcome!r}")
+    size = sum(len(s) for s in outcome.content.segments)
+    if size > max_bytes:
+        raise Failure("host", f"{iface.name}.{method.name} answered {size} bytes to a caller "
+                              f"that accepts {max_bytes}")
+    for k, obj in outcome.objects:
+        hostcaps.release(k, obj)
+
+
+def _host_seeds():
+    """Valid params of every host method (defaults), as seeds."""
+    out = []
+    for iface in hosted.BY_KIND.values():
+        for m in iface.methods:
+            try:
+                content = payloads.build(m.params, _defaults(m.params))[0]
+            except Exception:  # noqa: BLE001 - a method whose defaults do not build
+                continue
+            out.append(F.Seed(list(content.segments)))
+    return out
+
+
+def _defaults(struct_module) -> dict:
+    values = {}
+    for field in struct_module.schema.fields_list:
+        if field.proto.which() != "slot":
+            continue
+        kind = field.proto.slot.type.which()
+        values[field.proto.name] = {"text": "f", "data": b"xy", "bool": True}.get(
+            kind, 1 if kind.startswith(("int", "uint")) else None)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
+    st = F._setup()
+    failures: dict = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ("f", "g"):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write("content")
+        os.mkdir(os.path.join(folder, "d"))
+        world = World(folder)
+        hosts = hostcaps.HostCaps(lambda owner: 1e9, clock=time.monotonic)
+        served = {"directory": hostcaps.hostfs.Directory.grant(folder),
+                  "file": hostcaps.hostfs.File.grant(os.path.join(folder, "g")),
+                  "environment": (("-v",), {"A": "b"})}
+        host_seeds = _host_seeds()
+        router_seeds = world.seeds()
+        everything = st["all"] + host_seeds + router_seeds
+        messages = st["messages"] + router_seeds * 8
+        for i in range(count):
+            rng = random.Random(seed * 1_000_003 + i)
+            try:
+                if rng.random() < 0.4:
+                    s = rng.choice(host_seeds + st["contents"])
+                    check_host(hosts, served, F.mutate(rng, s, everything), rng)
+                else:
+                    s = rng.choice(messages)
+                    data = F.mutate(rng, s, everything) if rng.random() < 0.9 else \
+                        bytes(wire.frame(s.segs))
+                    if rng.random() < 0.3:      # after a valid one: pipelining, finishes
+                        data = bytes(wire.frame(rng.choice(router_seeds).segs)) + data
+                    check_router(world, data, rng.random() < 0.3)
+            except Failure as f:
+                failures.setdefault(f"{f.check}: {f.detail[:120]}", []).append(i)
+                world = _renew(world, folder)      # a fresh world after a failure
+            except Exception:  # noqa: BLE001 - a bug in the harness itself
+                failures.setdefault("harness: " + traceback.format_exc(limit=2)[-200:],
+                                    []).append(i)
+                world = _renew(world, folder)
+            if progress and i % 10000 == 9999:
+                progress(i + 1, failures)
+        _close(world)
+        for kind, obj in served.items():
+            hostcaps.release(kind, obj)
+    return count, failures
+
+
+def _close(world):
+    try:
+        world.close()
+    except Exception:  # noqa: BLE001 - a world a failure left in any state
+        pass
+
+
+def _renew(world, folder):
+    _close(world)
+    return World(folder)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fuzz.router")
+    ap.add_argument("--count", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    t = time.monotonic()
+
+    def progress(n, failures):
+        print(f"{n} inputs, {len(failures)} failure classes, {time.monotonic() - t:.0f} s",
+              file=sys.stderr, flush=True)
+    done, failures = run(args.count, args.seed, progress)
+    print(f"{done} inputs in {time.monotonic() - t:.1f} s: "
+          f"{'no failures' if not failures else f'{len(failures)} failure classes'}")
+    for key, inputs in failures.items():
+        print(f"  {key}  (inputs {inputs[:5]})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Seeds for the wire and protocol fuzzer (fuzz/protocol.py): valid messages
+of every kind a peer sends, content with a known schema, and the connection
+state they are fed to.
+
+Owns: building the seeds and the fresh `Connection` (exports, imports,
+questions and answers, so the seeds' ids resolve), and the walk that finds a
+seed's pointers, struct-list tags and texts for the mutators to aim at.
+Must not: mutate or check anything (protocol.py does).
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import capnp
+from capnp.lib.capnp import _StructModule
+
+import capnp_schemas
+from capnp_schemas import protocol as P, rpc, rpcwire, wire
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sample = capnp.load(os.path.join(HERE, "sample.capnp"), imports=capnp_schemas.IMPORT_PATH)
+host = capnp_schemas.host
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _tiny_segments(builder_of):
+    """Build a message in 1-to-3-word segments, so it is full of far and
+    double-far pointers."""
+    sizes = iter([1, 2, 3] * 1000)
+    return builder_of(lambda n: bytearray(8 * max(n, next(sizes))))
+
+
+def _sample(alloc=None):
+    kw = {} if alloc is None else {"allocate_seg_callable": alloc}
+    s = sample.Sample.new_message(**kw)
+    s.u8, s.i64, s.flag, s.real, s.colour = 7, -(1 << 62), True, 2.5, "blue"
+    s.text, s.data = "héllo", b"\x00\x01\xff"
+    c = s.init("child")
+    c.text = "child"
+    c.init("numbers", 3)
+    kids = s.init("children", 2)
+    kids[0].text, kids[1].u8 = "k0", 9
+    kids[1].init("bits", 9)[8] = True
+    s.texts = ["a", "", "ccc"]
+    s.numbers = [1, 2, 3, 4, 5]
+    s.bits = [True, False, True]
+    s.init("voids", 5)
+    nested = s.init("nested", 2)
+    nested.init(0, 2)[1] = 0xFFFF
+    nested.init(1, 0)
+    s.choice.more = sample.Sample.new_message(text="deep")
+    return s
+
+
+def content_seeds():
+    """(schema struct module, standalone content segments) with a known schema."""
+    out = []
+    for alloc in (None, "tiny"):
+        def build(make, alloc=alloc):
+            if alloc is None:
+                return make(None).to_segments()
+            return _tiny_segments(lambda a: make(a)).to_segments()
+        out.append((sample.Sample, build(_sample)))
+        for iface, method, fields in (
+                (host.Log, "write", {"text": "hello, log"}),
+                (host.Directory, "open", {"path": "a/b.txt", "mode": "readWrite"}),
+                (host.Directory, "rename", {"from": "x", "to": "y/z"}),
+                (host.File, "read", {"offset": (1 << 63), "count": (1 << 32) - 1}),
+                (host.File, "write", {"offset": (1 << 64) - 1, "data": b"\xff" * 20}),
+                (host.File, "truncate", {"size": (1 << 64) - 1}),
+                (host.Gateway, "get", {"name": "calc"})):
+            m = iface.schema.methods[method]
+            mod = _StructModule(m.param_type, method)
+
+            def make(a, mod=mod, fields=fields):
+                msg = mod.new_message() if a is None else mod.new_message(allocate_seg_callable=a)
+                for k, v in fields.items():
+                    setattr(msg, k, v)
+                return msg
+            out.append((mod, build(make)))
+        m = host.Environment.schema.methods["vars"]
+        mod = _StructModule(m.result_type, "vars")
+
+        def make_vars(a, mod=mod):
+            msg = mod.new_message() if a is None else mod.new_message(allocate_seg_callable=a)
+            vs = msg.init("vars", 3)
+            for i, v in enumerate(vs):
+                v.name, v.value = f"N{i}", "v" * i
+            return msg
+        out.append((mod, build(make_vars)))
+    return [(mod, [bytes(s) for s in segs]) for mod, segs in out]
+
+
+class Obj:
+    """An object the fuzzed connection exports (plain, so events can hold it)."""
+    __slots__ = ("n",)
+
+    def __init__(self, n):
+        self.n = n
+
+    def __repr__(self):
+        return f"Obj({self.n})"
+
+
+EXPORTS = [Obj(i) for i in range(4)]
+
+
+def fresh() -> P.Connection:
+    """A connection whose tables hold something for every id a seed uses:
+    exports 0-3, imports 0-2, questions 0-5 (unanswered), answers 0-3 (0, 1
+    returned with a capability, 2 not returned, 3 returned with an error)."""
+    c = P.Connection("fuzzed", max_unfinished=64)
+    for obj in EXPORTS:
+        c._export(obj)
+    c.imports.update({0: 1, 1: 1, 2: 1})
+    for _ in range(6):
+        c._new_question([])
+    for aid in range(4):
+        c._new_answer(aid)
+    cap_content = _CAP_CONTENT
+    c.send_return(0, cap_content, [EXPORTS[3]])
+    c.send_return(1, cap_content, [P.RemoteRef(1)])
+    c.send_exception(3, "no")
+    return c
+
+
+_CAP_CONTENT = P.Content.standalone([struct.pack("<QQ", 1 << 48, wire.cap_pointer(0))])
+
+
+def _frame(msg) -> bytes:
+    return wire.frame(msg.to_segments())
+
+
+def _tiny(build) -> bytes:
+    """The same message built in tiny segments."""
+    return wire.frame(_tiny_segments(lambda a: build(rpc.Message.new_message(
+        allocate_seg_callable=a))).to_segments())
+
+
+def message_seeds(contents) -> list[bytes]:
+    out = []
+    peer = P.Connection("peer")           # encodes what a peer sends
+    for obj in range(3):
+        peer.imports[obj] = 1
+    descs = [None, Obj(9), P.RemoteRef(2)]
+    for _mod, segs in contents:
+        content = P.Content.standalone(segs)
+        peer.questions.clear()
+        _q, data = peer.send_call(1, 0xA05A5E2C6B2F6D07, 3, content, descs)
+        out.append(_renumber(data, 20))                          # Call: fast path
+        head, at = rpcwire.encode_return(1, False, [(1, 7), (3, 2), (0, 0)])
+        out.append(P.Connection._splice(head, at, content))      # Return with caps
+        head, at = rpcwire.encode_return(4, True, [])
+        out.append(P.Connection._splice(head, at, content))      # noFinishNeeded
+
+    def call_builder(promised: bool, send_to="caller"):
+        def build(m):
+            c = m.init("call")
+            c.questionId, c.interfaceId, c.methodId = 21, 0xA05A5E2C6B2F6D06, 0
+            if promised:
+                pa = c.target.init("promisedAnswer")
+                pa.questionId = 0
+                ops = pa.init("transform", 2)
+                ops[0].noop = None
+                ops[1].getPointerField = 0
+            else:
+                c.target.importedCap = 2
+            setattr(c.sendResultsTo, send_to, None)
+            p = c.init("params")
+            p.content.set_as_text("x/y.txt")
+            t = p.init("capTable", 6)
+            t[0].none = None
+            t[1].senderHosted = 8
+            t[2].senderPromise = 9
+            t[3].receiverHosted = 1
+            ra = t[4].init("receiverAnswer")
+            ra.questionId = 1
+            ra.init("transform", 1)[0].getPointerField = 0
+            t[5].receiverHosted = 0
+            return m
+        return build
+
+    def ret_builder(kind):
+        def build(m):
+            r = m.init("return")
+            r.answerId = {"exception": 2, "canceled": 3, "results": 5}[kind]
+            if kind == "exception":
+                e = r.init("exception")
+                e.reason, e.type = "it broke: ünïcode", "overloaded"
+                e.trace = "trace"
+            elif kind == "canceled":
+                r.canceled = None
+            else:
+                r.releaseParamCaps = True
+                p = r.init("results")
+                p.content.set_as_text("done")
+                p.init("capTable", 1)[0].senderPromise = 4
+            return m
+        return build
+
+    def simple(kind):
+        def build(m):
+            if kind == "bootstrap":
+                m.init("bootstrap").questionId = 22
+            elif kind == "finish":
+                f = m.init("finish")
+                f.questionId, f.releaseResultCaps = 2, True
+            elif kind == "release":
+                r = m.init("release")
+                r.id, r.referenceCount = 1, 1
+            elif kind == "disembargo":
+                d = m.init("disembargo")
+                d.target.init("promisedAnswer").questionId = 0
+                d.context.senderLoopback = 3
+            elif kind == "resolve":
+                r = m.init("resolve")
+                r.promiseId = 0
+                r.cap.senderHosted = 5
+            elif kind == "resolve-exception":
+                r = m.init("resolve")
+                r.promiseId = 1
+                r.init("exception").reason = "nope"
+            elif kind == "abort":
+                e = m.init("abort")
+                e.reason, e.type = "bye", "disconnected"
+            elif kind == "unimplemented":
+                m.unimplemented = rpc.Message.new_message(bootstrap={"questionId": 1})
+            return m
+        return build
+
+    builders = [call_builder(False), call_builder(True), call_builder(False, "yourself"),
+                ret_builder("exception"), ret_builder("canceled"), ret_builder("results")]
+    builders += [simple(k) for k in ("bootstrap", "finish", "release", "disembargo", "resolve",
+                                     "resolve-exception", "abort", "unimplemented")]
+    for build in builders:
+        out.append(_frame(build(rpc.Message.new_message())))
+        out.append(_tiny(build))
+    out.append(rpcwire.encode_finish(0))
+    out.append(rpcwire.encode_finish(1))
+    m = rpc.Message.new_message()
+    m.init("bootstrap").questionId = 23
+    seg = bytearray(m.to_segments()[0])
+    seg[8:10] = struct.pack("<H", 99)                     # a type rpc.capnp lacks
+    out.append(wire.frame([seg]))
+    return out
+
+
+def _renumber(data: bytes, qid: int) -> bytes:
+    segs = [bytearray(s) for s in wire.unframe(data)]
+    _k, s, start, _w = wire.resolve(segs, wire.follow_path(segs, (0, 0), (0,)))
+    segs[s][8 * start:8 * start + 4] = struct.pack("<I", qid)
+    return wire.frame(segs)
+
+
+# ---------------------------------------------------------------- structure of a seed
+
+
+def walk(segs):
+    """(pointer locations, composite-tag locations, text byte ranges) reachable
+    from the root: where mutations hurt most."""
+    ptrs, tags, texts = [], [], []
+    seen = set()
+    todo = [((0, 0), 0)]
+    while todo and len(ptrs) < 2000:
+        loc, depth = todo.pop()
+        if loc in seen or depth > 40:
+            continue
+        seen.add(loc)
+        ptrs.append(loc)
+        try:
+            r = wire.resolve(segs, loc)
+        except wire.WireError:
+            continue
+        if r is None:
+            continue
+        kind, s, start, w = r
+        if kind == wire.STRUCT:
+            data, n = (w >> 32) & 0xFFFF, w >> 48
+            todo.extend(((s, start + data + i), depth + 1) for i in range(n))
+        elif kind == wire.LIST:
+            esz, count = (w >> 32) & 7, w >> 35
+            if esz == 2:
+                texts.append((s, 8 * start, count))
+            elif esz == 6:
+                todo.extend(((s, start + i), depth + 1) for i in range(min(count, 200)))
+            elif esz == 7:
+                tags.append((s, start))
+                try:
+                    n, data, pc = wire.composite_tag(segs, r)
+                except wire.WireError:
+                    continue
+                for i in range(min(n, 100)):
+                    e = start + 1 + i * (data + pc)
+                    todo.extend(((s, e + data + j), depth + 1) for j in range(pc))
+    return ptrs, tags, texts
+
+
+class Seed:
+    __slots__ = ("segs", "ptrs", "tags", "texts", "schema")
+
+    def __init__(self, data_or_segs, schema=None):
+        segs = wire.unframe(data_or_segs) if isinstance(data_or_segs, bytes) else data_or_segs
+        self.segs = [bytes(s) for s in segs]
+        self.ptrs, self.tags, self.texts = walk(self.segs)
+        self.schema = schema

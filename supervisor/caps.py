@@ -1,0 +1,116 @@
+"""Capability objects as the supervisor holds them, and the calls made on them (pure).
+
+Every entry of a c-list (an export of the supervisor to a peer) is one of:
+  Remote   an object hosted by a peer (an engine or an external client),
+           known to us by that peer's export id
+  Proxy    a compartment's main object, as granted by name in the system file;
+           it outlives the compartment's engines (restarts)
+  Host     an object the supervisor serves itself (a log, a directory, ...);
+           `served` is the host layer's state for it, opaque here
+  Wrapped  a capability seen through a membrane (membrane.py)
+Identity matters: two objects are the same capability only if they are the
+same Python object.  Nothing here does I/O.
+"""
+from __future__ import annotations
+
+import attrs
+
+
+class Cap:
+    """A capability object.  `refs`: c-list entries and holders in the supervisor."""
+    refs: int = 0
+
+
+class Remote(Cap):
+    """An object hosted by a peer, known to us by the peer's export id."""
+
+    def __init__(self, peer, import_id: int):
+        self.peer = peer
+        self.import_id = import_id
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Remote({self.peer.name}#{self.import_id})"
+
+
+class Proxy(Cap):
+    """A compartment's main object, as granted by name: stable across its lifetime.
+    Calls wait (`queue`) while the compartment starts and fail once it is gone."""
+
+    def __init__(self, compartment: str, interface_id: int | None):
+        self.compartment = compartment
+        self.interface_id = interface_id
+        self.target: Remote | None = None
+        self.error: str | None = None
+        self.error_type = "disconnected"
+        self.queue: list = []
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Proxy({self.compartment})"
+
+
+class Host(Cap):
+    """An object the supervisor serves: `kind` is a host capability kind ("log",
+    "directory", ...) or "gateway"; `owner` the compartment it was granted to;
+    `label` names it in errors and the audit ("app.data", "app.data>Directory.open")."""
+
+    def __init__(self, kind: str, owner: str, served=None, label: str | None = None):
+        self.kind = kind
+        self.owner = owner
+        self.served = served
+        self.label = label
+        self.released = False
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Host({self.kind} of {self.owner})"
+
+
+class Wrapped(Cap):
+    """A capability seen through a membrane (the attenuation of one grant)."""
+
+    def __init__(self, target: Cap, membrane, label: str):
+        self.target = target
+        self.membrane = membrane
+        self.label = label
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Wrapped({self.label})"
+
+
+@attrs.frozen
+class Call:
+    """A call on its way: what is called, with what, and where the answer goes."""
+    interface_id: int
+    method_id: int
+    content: object           # protocol.Content
+    caps: tuple
+    reply: tuple              # (peer, answer id)
+
+
+class CallError(Exception):
+    """The call fails with this reason; `type` is rpc.capnp's Exception.Type."""
+
+    def __init__(self, reason: str, type: str = "failed"):
+        super().__init__(reason)
+        self.reason = reason
+        self.type = type
+
+
+class Denial(CallError):
+    """Refused by attenuation (an allow-list, revocation, a quota)."""
+
+
+def describe(cap) -> str:
+    """What a capability is, for an error message or the audit."""
+    if isinstance(cap, Wrapped):
+        return cap.label
+    if isinstance(cap, Proxy):
+        return f"{cap.compartment} (main object)"
+    if isinstance(cap, Remote):
+        return f"{cap.peer.name} object #{cap.import_id}"
+    if isinstance(cap, Host):
+        return cap.label or f"{cap.kind} of {cap.owner}"
+    return type(cap).__name__

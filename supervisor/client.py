@@ -1,0 +1,102 @@
+"""`wsuper call`: one call to an exported compartment, as an external client makes it.
+
+It connects to the running system's external socket with pycapnp's own RPC
+client (Cap'n Proto's C++ implementation), asks the Gateway for the
+compartment, and calls the method: exactly the authority of any other
+external client, which reaches exported compartments only.  Parameters are
+Cap'n Proto text (captext.py); results are printed in the same format, or
+as JSON.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import capnp
+
+import capnp_schemas
+
+from . import captext
+
+
+class CallFailed(Exception):
+    """The call did not reach the compartment, or the compartment failed it."""
+
+
+def call(socket_path: str, compartment: str, interface, method: str, params: dict,
+         timeout: float = 30):
+    """Call `compartment`'s `method` (of pycapnp interface module `interface`) with
+    `params`; returns the response (a pycapnp reader)."""
+    async def main():
+        async with capnp.kj_loop():
+            try:
+                stream = await capnp.AsyncIoStream.create_unix_connection(socket_path)
+            except Exception as e:  # noqa: BLE001 - pycapnp raises KjException
+                raise CallFailed(f"cannot connect to {socket_path}: {_first(e)}") from None
+            client = capnp.TwoPartyClient(stream)
+            gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+            try:
+                cap = (await gateway.get(compartment)).cap.as_interface(interface)
+                request = cap._request(method)
+                request.from_dict(params)
+                return await request.send()
+            except capnp.KjException as e:
+                raise CallFailed(_first(e)) from None
+
+    async def bounded():
+        try:
+            return await asyncio.wait_for(main(), timeout)
+        except asyncio.TimeoutError:
+            raise CallFailed(f"no answer within {timeout:g} s") from None
+
+    return asyncio.run(bounded())
+
+
+def as_text(response) -> str:
+    return str(response)
+
+
+def as_json(response) -> str:
+    return json.dumps(_plain(response), indent=None)
+
+
+def _plain(reader):
+    """A reader as JSON-able values; capabilities as the string "<capability>"."""
+    out = {}
+    for field in reader.schema.fields_list:
+        name = field.proto.name
+        if field.proto.discriminantValue != 0xFFFF and reader.which() != name:
+            continue
+        kind = field.proto.which() == "group" and "group" or field.proto.slot.type.which()
+        if kind in ("interface", "anyPointer"):
+            out[name] = "<capability>"
+            continue
+        out[name] = _value(getattr(reader, name), kind)
+    return out
+
+
+def _value(v, kind):
+    if kind in ("struct", "group"):
+        return _plain(v)
+    if kind == "data":
+        return base64.b64encode(bytes(v)).decode()
+    if kind == "enum":
+        return str(v)
+    if kind == "list":
+        items = list(v)
+        return [_plain(x) if hasattr(x, "schema") and hasattr(x.schema, "fields_list")
+                else base64.b64encode(bytes(x)).decode() if isinstance(x, (bytes, bytearray))
+                else x if isinstance(x, (int, float, str, bool)) or x is None else str(x)
+                for x in items]
+    return v
+
+
+def _first(e) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    # pycapnp prefixes remote exceptions with where they were raised in C++
+    return line.split("remote exception: ", 1)[-1]
+
+
+__all__ = ["CallFailed", "as_json", "as_text", "call", "captext"]

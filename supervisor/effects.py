@@ -1,0 +1,85 @@
+"""What the router asks the runtime to do (pure data).
+
+The router (router.py) never performs I/O: each of its entry points returns a
+list of these effects, in order, and the runtime (runtime.py) performs them.
+"""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Send:
+    """Write these bytes (one or more framed messages) to the peer."""
+    peer: int
+    data: bytes
+
+
+@attrs.frozen
+class Close:
+    """Close this peer's connection (an Abort was sent, or it is being cut off)."""
+    peer: int
+    reason: str
+
+
+@attrs.frozen
+class Started:
+    """A compartment's engine is ready; `program`: it has a `_start` to run."""
+    compartment: str
+    program: bool
+
+
+@attrs.frozen
+class StartFailed:
+    compartment: str
+    reason: str
+
+
+@attrs.frozen
+class Exited:
+    """A compartment's program ended: an exit code, or an error (a trap)."""
+    compartment: str
+    exit_code: int | None
+    error: str | None = None
+
+
+@attrs.frozen
+class Notice:
+    """A line for the operator about something the supervisor did or refused."""
+    text: str
+
+
+@attrs.frozen
+class Denied:
+    """A call refused by attenuation: shown on the terminal (throttled per caller)."""
+    text: str
+    caller: str = ""
+
+
+@attrs.frozen
+class Audit:
+    """One capability call, for the audit log."""
+    record: dict
+
+
+@attrs.frozen
+class HostCall:
+    """Serve a call on a host object (hostcaps.py), then report back with
+    `Router.host_returned(token, ...)` or `Router.host_failed(token, ...)`.
+
+    `max_bytes`: the largest results content the caller accepts."""
+    token: int
+    kind: str
+    owner: str
+    served: object
+    interface_id: int
+    method_id: int
+    content: object
+    max_bytes: int
+
+
+@attrs.frozen
+class HostRelease:
+    """Nothing refers to this host object any more: release what it holds."""
+    kind: str
+    served: object

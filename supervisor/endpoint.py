@@ -1,0 +1,255 @@
+"""Where a running system can be reached: its sockets, its lock, the admin protocol.
+
+A running system has
+  * an admin socket (`wsuper revoke` and the operator's commands), always;
+  * an external socket, when a compartment is `external` (any Cap'n Proto
+    client can call the exported compartments through the gateway);
+  * a lock, so that the same system file cannot be brought up twice.
+All of them live in one directory that nobody else can have prepared: by
+default `$XDG_RUNTIME_DIR/wsuper` (else `/tmp/wsuper-UID`), which must be
+owned by this user, mode 0700, and not a symbolic link; a socket path set in
+the system file must be in a directory owned by this user that nobody else
+may write to.  Names carry a hash of the system file's absolute path, so two
+systems whose files share a name never share sockets.
+
+The admin protocol is one JSON object per line each way: a request names the
+system it is meant for, and a system refuses a request meant for another.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket as pysocket
+import stat
+
+ADMIN_LINE_LIMIT = 1 << 16
+
+
+class EndpointError(Exception):
+    """The sockets cannot be set up safely; the text is one line for the operator."""
+
+
+def runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
+
+
+def identity(system_path: str) -> str:
+    """What makes two system files the same: the file itself, however it is reached
+    (symbolic links resolved)."""
+    return os.path.realpath(system_path)
+
+
+def system_id(system_path: str) -> str:
+    """NAME-HASH: the file's name without .toml, and 8 hex digits of its real path."""
+    path = identity(system_path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def default_socket_path(system_path: str) -> str:
+    return os.path.join(runtime_dir(), system_id(system_path) + ".sock")
+
+
+def admin_socket_path(system_path: str) -> str:
+    return os.path.join(runtime_dir(), system_id(system_path) + ".admin.sock")
+
+
+def lock_path(system_path: str) -> str:
+    return os.path.join(runtime_dir(), system_id(system_path) + ".lock")
+
+
+def _make_dir(path: str, what: str):
+    """mkdir 0700 (nothing if it exists)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise EndpointError(f"cannot make {what}{path}: {e.strerror}") from None
+
+
+def _real_dir(path: str, what: str) -> os.stat_result:
+    """lstat of `path`, refused unless it is a directory (not a symbolic link)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise EndpointError(f"{what}{path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise EndpointError(f"{what}{path} is not a directory (a symbolic link or something "
+                            f"else was put there); remove it")
+    return st
+
+
+def private_dir(path: str, create: bool = True) -> str:
+    """The runtime directory, made if missing; refused unless it is ours, 0700, real."""
+    if create:
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise EndpointError(f"cannot make {os.path.dirname(path)}: {e.strerror}") from None
+        _make_dir(path, "")
+    st = _real_dir(path, "")
+    if st.st_uid != os.getuid():
+        raise EndpointError(f"{path} belongs to uid {st.st_uid}, not to you "
+                            f"(uid {os.getuid()}); remove it or set XDG_RUNTIME_DIR")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise EndpointError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be "
+                            f"0700 (chmod 700 {path})")
+    return path
+
+
+def safe_socket_dir(socket_path: str):
+    """A socket the system file names: its directory (made if missing) must be ours and
+    closed to others."""
+    folder = os.path.dirname(os.path.abspath(socket_path))
+    if folder == runtime_dir():
+        private_dir(folder)
+        return
+    own_dir(folder, "socket directory ")
+
+
+def own_dir(folder: str, what: str, parents: bool = False):
+    """A directory wsuper writes into (sockets, logs, the audit file): made 0700 if
+    missing; refused unless it is a real directory of ours that nobody else may
+    write to, so no one can plant a link or a socket in it."""
+    if parents:
+        try:
+            os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise EndpointError(f"cannot make {what}{folder}: {e.strerror}") from None
+    _make_dir(folder, what)
+    st = _real_dir(folder, what)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise EndpointError(f"{what}{folder} must belong to you and be writable "
+                            f"by you only (owner uid {st.st_uid}, mode "
+                            f"{stat.S_IMODE(st.st_mode):04o})")
+
+
+class Lock:
+    """The system's lock: held while it runs, refused to a second `wsuper up`."""
+
+    def __init__(self, system_path: str):
+        self.path = lock_path(system_path)
+        self.fd: int | None = None
+
+    def acquire(self):
+        private_dir(runtime_dir())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            finally:
+                os.close(fd)
+            raise EndpointError(f"this system is already running (pid {pid or '?'}); "
+                                f"stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def is_running(system_path: str) -> bool:
+    """Whether a system holds the lock of `system_path` now."""
+    try:
+        fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def claim_socket_path(path: str):
+    """Make `path` free for bind(): refuse one a live system answers on; remove a stale one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise EndpointError(f"{path} exists and is not a socket; remove it or choose another "
+                            f"path")
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)             # nobody answers: a stale socket
+        return
+    finally:
+        probe.close()
+    raise EndpointError(f"{path} is in use by a running system")
+
+
+def owned_socket(path: str, inode: int):
+    """Remove the socket at `path` if it is still the one we bound (`inode`)."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------ the admin protocol
+
+
+def encode(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict:
+    """One request or answer line: a flat JSON object of strings, numbers, booleans
+    and null (as every request and answer is), or ValueError, whatever the line."""
+    if len(line) > ADMIN_LINE_LIMIT or line.count(b"[") + line.count(b"{") > 64:
+        raise ValueError("not a request: too long or nested too deeply")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def request(system_path: str, body: dict, timeout: float = 10) -> dict:
+    """Send one admin request to the running system `system_path`; its answer.
+    Raises EndpointError when no system answers there."""
+    path = admin_socket_path(system_path)
+    body = {**body, "system": identity(system_path)}
+    try:
+        with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(encode(body))
+            data = b""
+            while not data.endswith(b"\n") and len(data) < ADMIN_LINE_LIMIT:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        raise EndpointError(f"no running system at {path} ({e.strerror or e})") from None
+    try:
+        answer = decode(data)
+    except ValueError:
+        raise EndpointError(f"the system at {path} gave no answer") from None
+    if answer.get("system") != body["system"]:
+        raise EndpointError(f"the socket {path} belongs to another system "
+                            f"({answer.get('system')!r})")
+    return answer

@@ -1,0 +1,271 @@
+"""Host capabilities: the objects the supervisor serves itself.
+
+A log, a clock, a random source, an environment, directories and files: the
+router (router.py) hands every call on one of them over as a `HostCall`
+effect, and the runtime asks `HostCaps.serve` for the answer.  Parameters are
+decoded here, eagerly and completely, by the method's params struct in
+host.capnp (capnp_schemas/hosted.py): a field that cannot be read fails that
+call with EINVAL and goes no further.  Dispatch is derived from the schema
+too: a call of `Directory.open` runs `hostfs.Directory.open(**params)` (see
+hostfs.py for the contract), and its results are built back by the schema.
+
+What touches files never runs on the event loop: `serve` returns a `Job`
+for those, which the runtime runs in a worker thread under a deadline; the
+rest (log, clock, random, environment) answers at once.  Results never
+exceed what the caller accepts (`max_bytes`).
+
+This module owns the host servers' own limits (a log's line rate, a random
+source's bytes per call) and nothing else: attenuation (read-only, allow
+lists, quotas on calls) is the membranes' (membrane.py) and hostfs's.
+"""
+from __future__ import annotations
+
+import inspect
+import keyword
+import os
+import threading
+import time
+
+import attrs
+
+from capnp_schemas import hosted, payloads, protocol
+from capnp_schemas.payloads import DecodeError
+from capnp_schemas.text import first_line
+
+from . import hostfs
+
+LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
+RANDOM_MAX_BYTES = 65536     # Random.bytes per call
+IO_DEADLINE = 10.0           # seconds a file operation may take before its call fails
+RESULT_HEADROOM = 1024       # bytes of a result's own structure beside its data
+
+
+@attrs.frozen
+class LogLine:
+    compartment: str
+    text: str
+
+
+@attrs.frozen
+class Answer:
+    """The call returns `content`; `objects`: (kind, served) of the capabilities in it."""
+    content: object
+    objects: tuple = ()
+    lines: tuple = ()
+
+
+@attrs.frozen
+class Refusal:
+    """The call fails; `notice`: something the operator should know (a fault here)."""
+    reason: str
+    type: str = "failed"
+    notice: str | None = None
+
+
+class Job:
+    """A host call that touches the file system: `run()` (in a worker thread) gives
+    its Answer or Refusal and never raises."""
+
+    def __init__(self, label: str, method: hosted.Method, fn, kwargs: dict):
+        self.label = label
+        self.method = method
+        self._fn = fn
+        self._kwargs = kwargs
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._outcome = None
+
+    def run(self):
+        outcome = self._run()
+        with self._lock:
+            self._outcome = outcome
+            abandoned = self._abandoned
+        if abandoned:                 # nobody will take what it opened: close it
+            _release_objects(outcome)
+        return outcome
+
+    def abandon(self):
+        """The caller gave up waiting (a deadline): what `run` opens, now or when it
+        finishes, is released."""
+        with self._lock:
+            self._abandoned = True
+            outcome = self._outcome
+        _release_objects(outcome)
+
+    def _run(self):
+        values = None
+        try:
+            values = self._fn(**self._kwargs)
+            content, objects = payloads.build(self.method.results, values)
+            return Answer(content, tuple((kind_of(o), o) for o in objects))
+        except hostfs.FsError as e:
+            return Refusal(f"{e.code}: {self.label}: {e}")
+        except Exception as e:  # noqa: BLE001 - a fault in the host layer fails this call only
+            for obj in (values or {}).values() if isinstance(values, dict) else ():
+                if isinstance(obj, (hostfs.File, hostfs.Directory)):
+                    release(kind_of(obj), obj)
+            return Refusal(f"EIO: internal error in {self.method.name} on {self.label}",
+                           notice=f"internal error serving {self.method.name} on {self.label}: "
+                                  f"{type(e).__name__}: {first_line(e)}")
+
+
+def _release_objects(outcome):
+    if isinstance(outcome, Answer):
+        for kind, served in outcome.objects:
+            release(kind, served)
+
+
+def kind_of(obj) -> str:
+    return "directory" if isinstance(obj, hostfs.Directory) else "file"
+
+
+class GrantOpening:
+    """Opening a host grant's file or directory in a worker thread (`run`), which the
+    runtime may give up waiting for (`abandon`): then what it opens is closed."""
+
+    def __init__(self, grant):
+        self.grant = grant
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._opened = None
+
+    def run(self):
+        opened = open_grant(self.grant)
+        with self._lock:
+            self._opened, abandoned = opened, self._abandoned
+        if abandoned:
+            release(self.grant.target, opened)
+        return opened
+
+    def abandon(self):
+        with self._lock:
+            self._abandoned, opened = True, self._opened
+        if opened is not None:
+            release(self.grant.target, opened)
+
+
+def open_grant(grant):
+    """The served object of a host grant (a policy.Grant): opens its file or
+    directory.  Blocking: the runtime calls it in a worker thread.  Raises
+    hostfs.FsError or OSError when the path cannot be opened."""
+    attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
+                       max_bytes_written=grant.max_bytes_written,
+                       refuse_hard_links=grant.refuse_hard_links)
+    if grant.target == "directory":
+        return hostfs.Directory.grant(grant.path, subdir=grant.subdir, **attenuation)
+    if grant.target == "file":
+        return hostfs.File.grant(grant.path, **attenuation)
+    if grant.target == "environment":
+        return (tuple(grant.args), dict(grant.vars))
+    return None
+
+
+def release(kind: str, served):
+    """Close what a host object holds.  Blocking (a close may flush): worker thread."""
+    if kind in ("directory", "file") and served is not None:
+        try:
+            served.close()
+        except OSError:
+            pass
+
+
+class HostCaps:
+    """The host servers.  `log_rate(owner)` is a compartment's Log lines per second;
+    `clock()` is monotonic seconds (for rates); the sources are injectable."""
+
+    def __init__(self, log_rate, clock=time.monotonic, wall_ns=time.time_ns,
+                 monotonic_ns=time.monotonic_ns, entropy=os.urandom):
+        self.log_rate = log_rate
+        self.clock = clock
+        self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
+        self._log_budget: dict[str, list] = {}      # owner -> [tokens, last refill]
+        self._accepts: dict[tuple, bool] = {}       # (class, method) -> takes max_bytes
+
+    def serve(self, call):
+        """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""
+        iface = hosted.BY_KIND.get(call.kind)
+        if iface is None or call.interface_id != iface.id \
+                or not 0 <= call.method_id < len(iface.methods):
+            names = ", ".join(m.name for m in iface.methods) if iface else ""
+            return Refusal(f"ENOTSUP: a {call.kind} implements {iface.name if iface else '?'}"
+                           f" ({names}) only", "unimplemented")
+        method = iface.methods[call.method_id]
+        content = call.content
+        words = sum(len(s) for s in content.segments) // 8 + 1024
+        try:
+            params = payloads.read(method.params, content, words)
+        except DecodeError as e:
+            return Refusal(f"EINVAL: {iface.name}.{method.name}: malformed params: {e}")
+        try:
+            return getattr(self, "_" + call.kind)(call, iface, method, params)
+        except (ValueError, OverflowError) as e:
+            return Refusal(f"EINVAL: {iface.name}.{method.name}: {first_line(e)}")
+
+    # ------------------------------------------------------------ served at once
+
+    def _log(self, call, iface, method, params):
+        rate = self.log_rate(call.owner)
+        now = self.clock()
+        budget = self._log_budget.setdefault(call.owner, [rate, now])
+        budget[0] = min(rate, budget[0] + (now - budget[1]) * rate)
+        budget[1] = now
+        if budget[0] < 1:
+            return Refusal(f"EAGAIN: {call.owner} writes to its log faster than {rate:g} "
+                           f"lines/s (limit log_rate)", "overloaded")
+        budget[0] -= 1
+        text = params["text"]
+        if len(text) > LOG_LINE_LIMIT:
+            text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"
+        return Answer(protocol.EMPTY, lines=(LogLine(call.owner, text),))
+
+    def _clock(self, call, iface, method, params):
+        ns = self.wall_ns() if method.name == "wall" else self.monotonic_ns()
+        return Answer(payloads.build(method.results, {"ns": ns})[0])
+
+    def _random(self, call, iface, method, params):
+        count = params["count"]
+        most = min(RANDOM_MAX_BYTES, call.max_bytes - RESULT_HEADROOM)
+        if count > most:
+            return Refusal(f"EINVAL: Random.bytes: at most {most} bytes per call, not {count}")
+        return Answer(payloads.build(method.results, {"data": self.entropy(count)})[0])
+
+    def _environment(self, call, iface, method, params):
+        args, variables = call.served
+        if method.name == "args":
+            values = {"args": list(args)}
+        elif method.name == "vars":
+            values = {"vars": [{"name": k, "value": v} for k, v in variables.items()]}
+        else:
+            values = {"value": variables.get(params["name"], ""),
+                      "present": params["name"] in variables}
+        content = payloads.build(method.results, values)[0]
+        if sum(len(s) for s in content.segments) > call.max_bytes:
+            return Refusal(f"E2BIG: Environment.{method.name}: more than the caller's "
+                           f"message size limit")
+        return Answer(content)
+
+    # ------------------------------------------------------------ served by a worker
+
+    def _directory(self, call, iface, method, params):
+        return self._job(call, iface, method, params)
+
+    _file = _directory
+
+    def _job(self, call, iface, method, params):
+        obj = call.served
+        fn = getattr(obj, method.name, None)
+        if obj is None or fn is None:
+            return Refusal(f"ENOTSUP: {iface.name}.{method.name} is not served here",
+                           "unimplemented")
+        kwargs = {(k + "_" if keyword.iskeyword(k) else k): v for k, v in params.items()}
+        if self._takes_max_bytes(obj, method.name):
+            kwargs["max_bytes"] = max(call.max_bytes - RESULT_HEADROOM, 0)
+        return Job(f"{call.kind} {getattr(obj, 'label', '?')}", method, fn, kwargs)
+
+    def _takes_max_bytes(self, obj, name: str) -> bool:
+        key = (type(obj), name)
+        takes = self._accepts.get(key)
+        if takes is None:
+            takes = self._accepts[key] = "max_bytes" in inspect.signature(
+                getattr(type(obj), name)).parameters
+        return takes

@@ -1,0 +1,146 @@
+"""Attenuation: membranes, quotas, and the audit trail of calls (pure).
+
+A *membrane* is the attenuation of one grant (an allow-list, revocability,
+quotas), shared by everything obtained through that grant: the router wraps
+every capability that crosses it (results of calls through it, and, for a
+revocable grant, capabilities passed the other way, through its *reverse*).
+Revoking kills the grant, everything derived from it and the calls in flight
+through any of them.
+
+The router asks `Membrane.admit` before delivering each call through a
+wrapped capability; a refusal is a `Denial`.  `AuditTrail` turns calls into
+audit records (opened when a call is delivered, closed when it ends).
+No I/O: time comes from the caller.
+"""
+from __future__ import annotations
+
+from .caps import Call, CallError, Denial, Wrapped, describe
+
+
+class Names:
+    """Interface and method names, for messages and the audit (ids otherwise)."""
+
+    def __init__(self, names: dict | None = None):
+        self._names = names or {}       # interface id -> (name, {method id: name})
+
+    def interface(self, interface_id: int) -> str:
+        entry = self._names.get(interface_id)
+        return entry[0] if entry else f"{interface_id:#x}"
+
+    def method(self, interface_id: int, method_id: int) -> str:
+        entry = self._names.get(interface_id)
+        return str(entry[1].get(method_id, method_id)) if entry else str(method_id)
+
+    def call(self, interface_id: int, method_id: int) -> str:
+        return f"{self.interface(interface_id)}.{self.method(interface_id, method_id)}"
+
+
+class Membrane:
+    """The attenuation of one grant.
+
+    `allow`: (interface id, method id) pairs that may be called on interfaces in
+    `restricted` (the granted one, and any the allow-list names); calls on other
+    interfaces pass.  Quotas (`uses_left`, `expires_at`, `rate`) count calls
+    through the grant and everything obtained through it.
+    """
+
+    def __init__(self, label: str, allow=None, restricted=frozenset(), revocable=False,
+                 forward: "Membrane | None" = None):
+        self.label = label
+        self.allow = allow
+        self.restricted = restricted
+        self.revocable = revocable
+        self.forward = forward            # set on a reverse membrane (the params direction)
+        self._revoked: str | None = None
+        self.uses_left: int | None = None
+        self.expires_at: float | None = None
+        self.rate: float | None = None
+        self.tokens = 0.0
+        self.refilled = 0.0
+        self.wrappers: dict[int, Wrapped] = {}   # id(target) -> its wrapper here
+        self.inflight: set = set()               # reply keys of calls through it
+        self.reverse = Membrane(label + " (passed back)", forward=self) \
+            if revocable and forward is None else None
+
+    @classmethod
+    def for_grant(cls, label: str, grant, interface_id: int, now: float) -> "Membrane":
+        """The membrane of `grant` (a policy.Grant whose `methods` preflight resolved),
+        granted on `interface_id`, created at time `now`."""
+        restricted = frozenset({interface_id} | {i for i, _ in (grant.methods or ())})
+        m = cls(label, grant.methods, restricted, grant.revocable)
+        m.uses_left = grant.max_uses
+        if grant.expires_after is not None:
+            m.expires_at = now + grant.expires_after
+        if grant.calls_per_second is not None:
+            m.rate = m.tokens = grant.calls_per_second
+            m.refilled = now
+        return m
+
+    @property
+    def revoked(self) -> str | None:
+        return self.forward.revoked if self.forward is not None else self._revoked
+
+    def revoke(self) -> list:
+        """Revoke it; returns the reply keys of the calls in flight through it."""
+        if self._revoked is not None:
+            return []
+        self._revoked = "revoked"
+        return list(self.inflight) + list(self.reverse.inflight if self.reverse else ())
+
+    def allows(self, interface_id: int, method_id: int) -> bool:
+        if self.allow is None or interface_id not in self.restricted:
+            return True
+        return (interface_id, method_id) in self.allow
+
+    def admit(self, cap: Wrapped, call: Call, now: float, names: Names):
+        """Raise Denial unless `call` may pass through `cap` (this membrane's wrapper);
+        spends the quotas of a call that passes."""
+        if self.revoked:
+            raise Denial(f"{cap.label} was revoked", "failed")
+        if not self.allows(call.interface_id, call.method_id):
+            allowed = ", ".join(sorted(names.call(i, j) for i, j in self.allow or ()))
+            raise Denial(f"{cap.label}: {names.call(call.interface_id, call.method_id)} "
+                         f"is not allowed (allow = [{allowed}])", "failed")
+        if self.expires_at is not None and now >= self.expires_at:
+            raise Denial(f"{cap.label} has expired (expires_after)", "failed")
+        if self.uses_left is not None and self.uses_left <= 0:
+            raise Denial(f"{cap.label} is used up (max_uses)", "failed")
+        if self.rate is not None:
+            self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            if self.tokens < 1:
+                raise Denial(f"{cap.label}: more than {self.rate:g} calls per second "
+                             f"(calls_per_second)", "overloaded")
+            self.tokens -= 1
+        if self.uses_left is not None:
+            self.uses_left -= 1
+
+
+class AuditTrail:
+    """One record per capability call, emitted when the call ends (or is refused)."""
+
+    def __init__(self, names: Names, enabled: bool):
+        self.names = names
+        self.enabled = enabled
+        self._open: dict[tuple, tuple] = {}      # reply key -> (record, start)
+
+    def open(self, key, cap, call: Call, now: float, wall: float):
+        if self.enabled and key not in self._open:
+            self._open[key] = ({"time": wall, "caller": call.reply[0].name,
+                                "capability": describe(cap),
+                                "interface": self.names.interface(call.interface_id),
+                                "method": self.names.method(call.interface_id, call.method_id)},
+                               now)
+
+    def close(self, key, outcome: str, now: float, reason: str | None = None) -> dict | None:
+        opened = self._open.pop(key, None)
+        if opened is None:
+            return None
+        record, start = opened
+        record.update(outcome=outcome, duration_ms=round((now - start) * 1000, 3))
+        if reason:
+            record["reason"] = reason
+        return record
+
+
+__all__ = ["AuditTrail", "CallError", "Denial", "Membrane", "Names"]

@@ -1,0 +1,214 @@
+"""What a running system tells its operator: the terminal and the log files.
+
+Two streams, as a shell user expects:
+  stdout  what the plugins say: `[NAME] text` (their logs and stderr)
+  stderr  what the supervisor does: `TIME wsuper: text` (ready, finished,
+          restarts, denials, errors), with a wall-clock RFC 3339 time
+With `--log-format json` each line is instead one JSON object
+(`{"time", "compartment", "stream", "text"}` on stdout, `{"time", "event",
+"compartment"}` on stderr).  Every character a guest could control is
+escaped (capnp_schemas.text.printable) before it reaches a terminal.
+
+Everything also goes to log files in the system's log directory (one per
+compartment, and `supervisor.log`), each capped at `LOG_FILE_SIZE` and
+rotated (`NAME.log.1` ... `.3`); `wsuper logs` reads them.
+
+The event loop never waits on any of it: files are written by a worker
+thread in batches, and the terminal by a thread of its own through a bounded
+queue.  A terminal that does not keep up (a pipe nobody reads, a suspended
+terminal) loses plugin lines, counted and said once it catches up; the log
+files keep every line.  A terminal that goes away (`wsuper up | head`)
+stops the system quietly.
+"""
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import queue
+import re
+import threading
+import time
+
+import trio
+
+from capnp_schemas.text import printable
+
+LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
+LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
+SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
+TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
+_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ")
+
+
+def rfc3339(t: float | None = None) -> str:
+    when = datetime.datetime.fromtimestamp(time.time() if t is None else t,
+                                           datetime.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def strip_time(line: str) -> str:
+    """A line without the timestamp this module puts first."""
+    return _TIME.sub("", line, count=1)
+
+
+class Output:
+    def __init__(self, out, err, fmt: str = "text", log_dir: str | None = None,
+                 on_closed=lambda: None):
+        self.out, self.err = out, err
+        self.json = fmt == "json"
+        self.files = LogFiles(log_dir) if log_dir else None
+        self.on_closed = on_closed
+        self.closed = False
+        self.dropped = 0
+        self._queue: queue.Queue | None = None
+        self._token = None
+
+    def start(self):
+        """Write the terminal from a thread from now on (call inside trio)."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue = queue.Queue()
+        threading.Thread(target=self._terminal, name="wsuper terminal", daemon=True).start()
+
+    def stop(self, timeout: float = 2.0):
+        """Let the terminal thread finish what is queued (at most `timeout` s)."""
+        if self._queue is not None:
+            done = threading.Event()
+            self._queue.put((None, done))
+            done.wait(timeout)
+            self._queue = None
+
+    def _terminal(self):
+        while True:
+            stream, line = self._queue.get()
+            if stream is None:
+                line.set()
+                return
+            self._print(stream, line)
+
+    def event(self, text: str, compartment: str | None = None):
+        """A supervisor event (about `compartment`, if it concerns one)."""
+        now = time.time()
+        if self.json:
+            record = {"time": rfc3339(now), "event": text}
+            if compartment:
+                record["compartment"] = compartment
+            self._write(self.err, json.dumps(record))
+        else:
+            self._write(self.err, f"{rfc3339(now)} wsuper: {printable(text)}")
+        if self.files is not None:
+            line = f"{rfc3339(now)} wsuper: {printable(text)}"
+            self.files.add(SUPERVISOR, line)
+            if compartment:
+                self.files.add(compartment, line)
+
+    def plugin(self, compartment: str, text: str, stream: str = "log"):
+        """A line a plugin wrote (to its log, or to its engine's stderr)."""
+        shown = printable(text)
+        if self.json:
+            self._write(self.out, json.dumps({"time": rfc3339(), "compartment": compartment,
+                                              "stream": stream, "text": text}), True)
+        else:
+            self._write(self.out, f"[{compartment}] " + ("stderr: " if stream == "stderr"
+                                                         else "") + shown, True)
+        if self.files is not None:     # marked as the plugin's, never taken for an event
+            self.files.add(compartment, f"{rfc3339()} [{compartment}] "
+                                        + ("stderr: " if stream == "stderr" else "") + shown)
+
+    def _write(self, stream, line: str, droppable: bool = False):
+        if self.closed:
+            return
+        if self._queue is None:
+            self._print(stream, line)
+            return
+        if droppable and self._queue.qsize() >= TERMINAL_BACKLOG:
+            self.dropped += 1
+            return
+        if self.dropped and self._queue.qsize() < TERMINAL_BACKLOG // 2:
+            dropped, self.dropped = self.dropped, 0
+            self._queue.put((self.err, f"{rfc3339()} wsuper: the terminal did not keep up: "
+                                       f"{dropped} plugin lines were not shown (the log "
+                                       f"files have them)"))
+        self._queue.put((stream, line))
+
+    def _print(self, stream, line: str):
+        if self.closed:
+            return
+        try:
+            print(line, file=stream, flush=True)
+        except (BrokenPipeError, ValueError, OSError) as e:
+            if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
+                    and e.errno != errno.EPIPE:
+                return
+            self.closed = True
+            for s in (self.out, self.err):       # nothing more; keep exit from complaining
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), s.fileno())
+                except (OSError, ValueError, AttributeError):
+                    pass
+            if self._token is not None and threading.current_thread().name == "wsuper terminal":
+                try:
+                    self._token.run_sync_soon(self.on_closed)
+                except trio.RunFinishedError:
+                    pass
+            else:
+                self.on_closed()
+
+
+class LogFiles:
+    """Per-name log files in one directory, capped and rotated, written in batches."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.pending: dict[str, list[str]] = {}
+        self.wake = trio.Event()
+        self.failed: str | None = None
+
+    def add(self, name: str, line: str):
+        self.pending.setdefault(name, []).append(line)
+        self.wake.set()
+
+    async def writer(self):
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            await self.flush()
+
+    async def flush(self):
+        batch, self.pending = self.pending, {}
+        if batch and not self.failed:
+            try:
+                await trio.to_thread.run_sync(self._write, batch)
+            except OSError as e:
+                self.failed = f"{self.folder}: {e.strerror or e}"
+
+    def _write(self, batch: dict):
+        for name, lines in batch.items():
+            path = os.path.join(self.folder, name + ".log")
+            data = ("\n".join(lines) + "\n").encode()
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(data) > LOG_FILE_SIZE:
+                rotate(path)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, data[-LOG_FILE_SIZE:])
+            finally:
+                os.close(fd)
+
+
+def rotate(path: str):
+    for i in range(LOG_FILE_KEEP - 1, 0, -1):
+        if os.path.exists(f"{path}.{i}"):
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def default_log_dir(system_id: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".local", "state")
+    return os.path.join(base, "wsuper", system_id)

@@ -1,0 +1,196 @@
+"""Where a running system is reached: sockets nobody else can take, one system per
+file, the admin protocol, and a terminal that goes away."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from supervisor import endpoint
+from tests.conftest import EXAMPLES, ROOT, Running
+from tests.integration.guests import HERE
+
+SERVING = """
+[system]
+schemas = ["{examples}/calc.capnp", "{guests}/spin.capnp"]
+
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+
+[compartments.spin]
+module = "{guests}/spin.wat"
+exports = "Spin"
+
+[compartments.user]
+module = "{guests}/spin.wat"
+exports = "Spin"
+[compartments.user.grants]
+calc = {{ compartment = "calc", revocable = true }}
+"""
+
+
+def _system(folder, name="system.toml"):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write(SERVING.format(examples=EXAMPLES, guests=HERE))
+    return path
+
+
+def _up(path, env=None, **kw):
+    r = Running(["up", path], **kw) if env is None else _Env(["up", path], env)
+    return r
+
+
+class _Env(Running):
+    def __init__(self, args, env):
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, **env})
+        self.lines = []
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def xdg(tmp_path, monkeypatch):
+    """A private XDG_RUNTIME_DIR for the test (and for endpoint's paths here)."""
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return str(d)
+
+
+def test_two_systems_whose_files_share_a_name_never_share_sockets(tmp_path, xdg):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    a, b = _system(tmp_path / "a"), _system(tmp_path / "b")
+    ra, rb = _up(a, env), _up(b, env)
+    try:
+        for r in (ra, rb):
+            r.wait_for("all compartments ready")
+        assert endpoint.admin_socket_path(a) != endpoint.admin_socket_path(b)
+        # revoke reaches the system it names, and says which
+        r = _cli("revoke", a, "user.calc", env=env)
+        assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked user.calc"
+        ra.wait_for("revoked user.calc")
+        assert not any("revoked" in l for l in rb.lines)
+        # the second one stopping leaves the first one's sockets alone
+        rb.proc.send_signal(signal.SIGTERM)
+        assert rb.finish() == 143
+        assert os.path.exists(endpoint.admin_socket_path(a))
+        assert not os.path.exists(endpoint.admin_socket_path(b))
+    finally:
+        ra.stop()
+        rb.stop()
+
+
+def test_a_second_up_of_a_running_system_is_refused(tmp_path, xdg):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path)
+    first = _up(path, env)
+    try:
+        first.wait_for("all compartments ready")
+        r = _cli("up", path, env=env)
+        assert r.returncode == 2
+        assert f"this system is already running (pid {first.proc.pid})" in r.stdout + r.stderr
+        assert first.proc.poll() is None
+    finally:
+        first.stop()
+
+
+def test_a_request_meant_for_another_system_is_refused(tmp_path, xdg):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path)
+    run = _up(path, env)
+    try:
+        run.wait_for("all compartments ready")
+        import json
+        import socket
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(endpoint.admin_socket_path(path))
+            s.sendall(b'{"op": "revoke", "grant": "user.calc", "system": "/elsewhere"}\n')
+            answer = json.loads(s.makefile().readline())
+        assert not answer["ok"] and "not /elsewhere" in answer["error"]
+        assert not any("revoked" in l for l in run.lines)
+    finally:
+        run.stop()
+
+
+@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
+def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, xdg, spoil):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    target = os.path.join(xdg, "wsuper")
+    if spoil == "mode":
+        os.mkdir(target, 0o755)
+        os.chmod(target, 0o755)
+    elif spoil == "symlink":
+        os.mkdir(tmp_path / "elsewhere", 0o700)
+        os.symlink(tmp_path / "elsewhere", target)
+    else:
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        os.mkdir(target, 0o700)
+        os.chown(target, 65534, 65534)
+    r = _cli("up", _system(tmp_path), env=env)
+    assert r.returncode == 2
+    (line,) = r.stdout.strip().splitlines() + r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {target}"), line
+    assert {"mode": "mode 0755; it must be 0700", "symlink": "is not a directory",
+            "owner": "belongs to uid 65534"}[spoil] in line
+
+
+def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path, xdg):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    path = _system(tmp_path)
+    with open(path, "a") as f:
+        f.write(f'\n[compartments.calc.grants]\n')
+    text = open(path).read().replace("[system]\n", f'[system]\nsocket = "{shared}/x.sock"\n')
+    text = text.replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n', 1)
+    open(path, "w").write(text)
+    r = _cli("up", path, env={"XDG_RUNTIME_DIR": xdg})
+    assert r.returncode == 2
+    assert f"socket directory {shared} must belong to you and be writable by you only" \
+        in r.stdout + r.stderr
+
+
+def test_a_closed_terminal_stops_the_system_quietly_and_cleans_up(tmp_path, xdg):
+    path = _system(tmp_path)
+    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+    p = subprocess.Popen(f"{sys.executable} -m supervisor.cli up {path} 2>&1 | head -1", shell=True,
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    out, err = p.communicate(timeout=30)
+    assert len(out.splitlines()) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    admin, lock = endpoint.admin_socket_path(path), endpoint.lock_path(path)
+    deadline = time.monotonic() + 10
+    while (os.path.exists(admin) or os.path.exists(lock)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(admin) and not os.path.exists(lock)
+    assert shutil.which("pgrep") is None or subprocess.run(
+        ["pgrep", "-f", f"supervisor.cli up {path}"], capture_output=True).returncode == 1
+
+
+def test_the_same_system_through_a_symlinked_directory_is_the_same_system(tmp_path, xdg):
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    first = _up(path, env)
+    try:
+        first.wait_for("all compartments ready")
+        r = _cli("up", str(tmp_path / "link" / "system.toml"), env=env)
+        assert r.returncode == 2 and "this system is already running" in r.stderr
+        r = _cli("revoke", str(tmp_path / "link" / "system.toml"), "user.calc", env=env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        first.stop()

@@ -1,0 +1,426 @@
+"""Nothing a plugin or a client sends can stop the supervisor (a live system).
+
+Each hostile input goes to a running `wsuper up`; afterwards another
+compartment's calls still succeed, and the supervisor's descriptors and memory
+are back within bounds.  The classes: fields that cannot be read (text that is
+not UTF-8, enum values past the last, integers at 2^63 and 2^64-1, pointers of
+the wrong kind, lists whose tag lies outside their segment, exception types
+nobody defined), messages the core does not know, half messages, peers that
+do not read, too many connections.
+"""
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+from capnp_schemas import hosted, payloads, protocol as P
+from capnp_schemas.protocol import Content
+from tests.conftest import EXAMPLES, external_client
+from tests.integration.guests import program
+from tests.wireclient import WireClient, frame
+
+CALC_ID, OBSERVER_ID = 0xC0FFEE0000000001, 0xC0FFEE0000000003
+LOG, DIR, FILE = (hosted.BY_KIND[k] for k in ("log", "directory", "file"))
+
+SYSTEM = """
+[system]
+schemas = ["{examples}/calc.capnp"]
+socket = "{tmp}/ext.sock"
+max_connections = 4
+message_timeout = 1
+
+[system.external_limits]
+message_size = "64KiB"
+
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+external = true
+"""
+
+
+def _supervisor(pid: int) -> tuple[int, int]:
+    """(open descriptors, resident KiB) of the supervisor process."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return fds, rss
+
+
+def _add(sock: str, a: int, b: int) -> int:
+    import capnp_schemas
+    calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        return (await calc.add(a, b)).sum
+
+    return external_client(sock, body)
+
+
+@pytest.fixture
+def live(tmp_path, wsuper):
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    sock = str(tmp_path / "ext.sock")
+    assert _add(sock, 1, 2) == 3
+    return run, sock
+
+
+def _still_serving(run, sock, before):
+    assert run.proc.poll() is None, "\n".join(run.lines)
+    assert _add(sock, 20, 22) == 42
+    fds, rss = _supervisor(run.proc.pid)
+    assert fds <= before[0] + 2, (fds, before)
+    assert rss <= before[1] + 40 * 1024, (rss, before)
+
+
+# ------------------------------------------------------------------ external clients
+
+
+def _name_params(raw_name_word: int, extra: bytes = b"") -> Content:
+    """Gateway.get params whose one pointer (`name`) is `raw_name_word`."""
+    return Content.standalone([struct.pack("<QQ", 1 << 48, raw_name_word) + extra])
+
+
+def test_hostile_fields_from_a_client_fail_that_call_or_that_client_only(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    gw = c.bootstrap()
+    get = hosted.GATEWAY.method("get").ordinal
+    # `name` points at a struct, then at text that is not UTF-8
+    as_struct = _name_params(1 << 32, struct.pack("<Q", 7))
+    not_utf8 = _name_params((1 << 0) | (2 << 32) | (3 << 35), b"\xff\xfe\0\0\0\0\0\0")
+    for params in (as_struct, not_utf8):
+        ret = c.returned(c.call(gw, hosted.GATEWAY.id, get, params))
+        assert ret.payload is None and "malformed params" in ret.error
+    # a list of structs whose last element lies past the end of its segment: the
+    # supervisor forwards content unread, and what it may reach there is only the
+    # receiver's own header (capnp_schemas/protocol.py, _splice); the call is
+    # answered either way, and nothing else is touched
+    calc = c.get(gw, "calc")
+    tag_outside = Content.standalone([struct.pack("<QQQ", 1 << 48, 1 | (7 << 32) | (1 << 35),
+                                                  (1 << 2) | (1 << 32))])
+    ret = c.returned(c.call(calc, CALC_ID, 0, tag_outside))
+    assert ret.payload is not None or ret.error
+    _still_serving(run, sock, before)
+    c.close()
+
+
+def test_a_return_with_an_exception_type_nobody_defined_reaches_no_one_as_a_crash(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    observer = object()
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
+    seg = bytearray(params.segments[0])
+    ptr = len(seg) // 8 - 1                         # `observer`: the last pointer
+    struct.pack_into("<Q", seg, 8 * ptr, 3)          # capability #0
+    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    answer = bytearray(c.conn.send_exception(step.answer_id, "no", "failed"))
+    struct.pack_into("<H", answer, 60, 0xFFFF)       # Exception.type
+    c.send(bytes(answer))
+    ret = c.returned(qid)
+    assert ret.payload is None                       # calc's sumTo failed on it, cleanly
+    _still_serving(run, sock, before)
+
+
+def _calc_structs(method):
+    import capnp_schemas
+    calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+    return payloads.method_structs(calc_schema.Calc, method)
+
+
+@pytest.mark.parametrize("what", ["abort not UTF-8", "unknown message", "unknown and broken",
+                                  "garbage"])
+def test_messages_that_break_the_protocol_cut_off_that_client_only(live, what):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    c.bootstrap()
+    if what == "abort not UTF-8":
+        data = bytearray(P.Connection("x").send_abort("hello"))
+        data[56:61] = b"\xff\xfe\xfd\xfc\xfb"
+    elif what == "unknown message":           # Message union value 30, nothing else
+        data = frame(struct.pack("<QQ", (1 << 32) | (1 << 48), 30))
+    elif what == "unknown and broken":        # ... whose pointer leads outside the message
+        data = frame(struct.pack("<QQQ", (1 << 32) | (1 << 48), 30, (40 << 2) | (1 << 32)))
+    else:
+        data = os.urandom(4096)
+    c.send(bytes(data))
+    assert c.closed()
+    _still_serving(run, sock, before)
+
+
+def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    c.send(struct.pack("<II", 0, 4096) + bytes(100))   # promises 32 KiB, sends 100 bytes
+    t = time.monotonic()
+    assert c.closed(timeout=10)
+    assert time.monotonic() - t < 5
+    run.wait_for("did not finish it within 1 s (message_timeout)")
+    _still_serving(run, sock, before)
+
+
+def test_a_peer_that_keeps_sending_large_messages_is_not_taken_for_a_stalled_one(live):
+    """For three times message_timeout, an unbroken stream of 40 KiB calls (and their
+    Finishes), written so that every read ends inside some message: each message
+    has its own deadline, and this peer is never cut off."""
+    from capnp_schemas import rpcwire
+    run, sock = live
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    body = (struct.pack("<QQ", (1 << 32) | (1 << 48), 5)
+            + struct.pack("<Q", 1 | (2 << 32) | ((40 << 10) << 35)) + bytes(40 << 10))
+    drained, stop = [0], time.monotonic() + 3
+
+    def drain():                       # read and drop the answers, whatever they are
+        c.sock.settimeout(0.5)
+        while time.monotonic() < stop + 1:
+            try:
+                data = c.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            drained[0] += len(data)
+    reader = threading.Thread(target=drain)
+    reader.start()
+    qid, rest = 1000, b""
+    while time.monotonic() < stop:     # each write ends inside the next message
+        head, at = rpcwire.encode_call(qid, calc, CALC_ID, 0, [])
+        msg = P.Connection._splice(head, at, Content.standalone([body])) \
+            + rpcwire.encode_finish(qid)
+        c.sock.sendall(rest + msg[:len(msg) // 2])
+        rest = msg[len(msg) // 2:]
+        qid += 1
+        time.sleep(0.005)
+    c.sock.sendall(rest)
+    reader.join()
+    assert drained[0] > 0
+    c.sock.settimeout(10)               # still connected: a plain call is answered
+    params = payloads.build(_calc_structs("add")[0], {"a": 2, "b": 3})[0]
+    assert c.returned(c.call(calc, CALC_ID, 0, params)).payload is not None
+    c.close()
+    _still_serving(run, sock, _supervisor(run.proc.pid))
+
+
+def test_connections_past_max_connections_are_refused_and_the_rest_served(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    held, deadline = [], time.monotonic() + 10
+    while len(held) < 4:                # the fixture's own client may take a moment to go
+        c = WireClient(sock)
+        try:
+            c.bootstrap()
+            held.append(c)
+        except (OSError, AssertionError, P.ProtocolError):
+            c.close()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    extra = WireClient(sock)
+    assert extra.closed()
+    run.wait_for("more than 4 external connections at once")
+    for c in held:
+        c.close()
+    time.sleep(0.2)
+    _still_serving(run, sock, before)
+
+
+def test_a_client_that_never_reads_stops_being_read_and_bounds_memory(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    params = payloads.build(_calc_structs("add")[0], {"a": 1, "b": 2})[0]
+    one = c.conn.send_call(calc, CALC_ID, 0, params)[1]
+    c.sock.settimeout(0.5)
+    sent, stop = [0], time.monotonic() + 8
+
+    def flood():                       # calls, and never a read of their answers
+        try:
+            while time.monotonic() < stop:
+                c.sock.sendall(one * 200)
+                sent[0] += 200
+        except OSError:
+            pass
+    t = threading.Thread(target=flood)
+    t.start()
+    time.sleep(3)
+    assert _add(sock, 2, 3) == 5                     # others are served meanwhile
+    t.join()
+    fds, rss = _supervisor(run.proc.pid)
+    assert rss <= before[1] + 40 * 1024, (rss, before, sent)
+    c.close()
+    _still_serving(run, sock, before)
+
+
+# ------------------------------------------------------------------ compartments
+
+
+def _escaped(data: bytes) -> str:
+    return "".join(f"\\{b:02x}" for b in data)
+
+
+def _params(iface, method, **fields) -> bytes:
+    return frame(payloads.build(iface.method(method).params, fields)[0].segments[0])
+
+
+def _patched(raw: bytes, old: bytes, new: bytes) -> bytes:
+    i = raw.index(old)
+    return raw[:i] + new + raw[i + len(new):]
+
+
+def test_hostile_host_call_params_from_a_compartment_fail_those_calls_only(tmp_path, wsuper):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("content")
+    cases = [   # (handle name, interface, method, framed params)
+        ("log", LOG, "write", _patched(_params(LOG, "write", text="ab"), b"ab", b"\xff\xfe")),
+        ("data", DIR, "open", _params(DIR, "open", path="f", mode="read")[:16]
+         + struct.pack("<H", 7) + _params(DIR, "open", path="f", mode="read")[18:]),
+        ("file", FILE, "read", _params(FILE, "read", offset=1 << 63, count=10)),
+        ("file", FILE, "write", _params(FILE, "write", offset=(1 << 64) - 1, data=b"x")),
+        ("file", FILE, "truncate", _params(FILE, "truncate", size=(1 << 64) - 1)),
+        ("data", DIR, "stat", _patched(_params(DIR, "stat", path="ab"), b"ab", b"\xc3\x28")),
+    ]
+    strings, body = {"log": 100, "data": 20, "file": 30, "case": 40, "big": 50}, []
+    at = 4096
+    for i, (grant, iface, method, raw) in enumerate(cases):
+        strings[_escaped(raw)] = at
+        body.append(f"""
+    (local.set $r (call $call (call $lookup (i32.const {strings[grant]}) (i32.const {len(grant)}))
+                        (i64.const {iface.id}) (i32.const {iface.method(method).ordinal})
+                        (i32.const {at}) (i32.const {len(raw)}) (i32.const 0) (i32.const 0)
+                        (i32.const 1000)))
+    (call $log_int (i32.const 40) (i32.const 4) (i32.add (i32.mul (i32.const 100)
+                   (i32.const {i})) (i32.sub (i32.const 0) (local.get $r))))""")
+        at += (len(raw) + 15) // 16 * 16
+    # Log.write of one mebibyte: a line that long is shown cut, and the call succeeds
+    body.append("""
+    (i32.store (i32.const 65536) (i32.const 0))
+    (i32.store (i32.const 65540) (i32.const 131075))
+    (i64.store (i32.const 65544) (i64.const 0x0001000000000000))
+    (i64.store (i32.const 65552) (i64.or (i64.const 0x0000000200000001)
+                                         (i64.shl (i64.const 1048577) (i64.const 35))))
+    (memory.fill (i32.const 65560) (i32.const 121) (i32.const 1048576))
+    (i32.store8 (i32.const 1114136) (i32.const 0))
+    (local.set $r (call $call (global.get $log) (i64.const 0xa05a5e2c6b2f6d01) (i32.const 0)
+                        (i32.const 65536) (i32.const 1048608) (i32.const 0) (i32.const 0)
+                        (i32.const 1000)))
+    (call $log_int (i32.const 50) (i32.const 3) (local.get $r))""")
+    text = program("".join(body), {k: v for k, v in strings.items()}).replace(
+        '(memory (export "memory") 1)', '(memory (export "memory") 20)')
+    (tmp_path / "evil.wat").write_text(text)
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path) + f"""
+[compartments.evil]
+module = "evil.wat"
+restart = "never"
+[compartments.evil.grants]
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+file = {{ host = "file", path = "{data / 'f'}" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    run.wait_for("finished evil exit=0")
+    cases_seen = [int(l.split()[-1]) for l in run.lines if l.startswith("[evil] case ")]
+    # each hostile call failed alone (E_FAILED = -2), in order
+    assert cases_seen == [100 * i + 2 for i in range(len(cases))], run.lines
+    big = next(l for l in run.lines if l.startswith("[evil] yyyy"))
+    assert big.endswith(f"({(1 << 20) - 4096} more characters)")
+    assert "[evil] big 0" in run.lines
+    assert (data / "f").read_text() == "content"
+    assert _add(str(tmp_path / "ext.sock"), 20, 22) == 42
+
+
+# ------------------------------------------------------------------ descriptors
+
+
+def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
+    """With a low descriptor limit: a compartment holding open files gets EMFILE past
+    the budget; a restart still finds descriptors; connections past what the
+    supervisor can hold are refused.  The supervisor never exits."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, Running
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    open_params = _params(DIR, "open", path="f", mode="read")
+    (tmp_path / "hoard.wat").write_text(program(f"""
+    (block $done (loop $more
+      (local.set $r (call $call (call $lookup (i32.const 20) (i32.const 4))
+                          (i64.const {DIR.id}) (i32.const {DIR.method("open").ordinal})
+                          (i32.const 4096) (i32.const {len(open_params)})
+                          (i32.const 0) (i32.const 0) (i32.const 1000)))
+      (br_if $done (i32.ne (local.get $r) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $more)))
+    (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
+    (call $log_int (i32.const 40) (i32.const 6) (local.get $i))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"data": 20, "opened": 40, _escaped(open_params): 4096}))
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path)
+                                          .replace("max_connections = 4",
+                                                   "max_connections = 1000") + f"""
+[compartments.calc.grants]
+[compartments.hoard]
+module = "hoard.wat"
+restart = "never"
+[compartments.hoard.grants]
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+""")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up",
+                             str(tmp_path / "system.toml")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit)
+    run = Running.__new__(Running)
+    run.proc, run.lines = proc, []
+    try:
+        opened = int(run.wait_for("[hoard] opened").split()[-1])
+        assert 0 < opened < 200
+        assert "EMFILE: the supervisor has no file descriptors to spare" in \
+            run.wait_for("[hoard] EMFILE")
+        sock = str(tmp_path / "ext.sock")
+        # a restart needs descriptors: the reserve has them
+        calc_pid = int(next(l for l in run.lines if "ready calc" in l)
+                       .split("pid=")[1].split()[0])
+        os.kill(calc_pid, signal.SIGKILL)
+        run.wait_for("ready calc", start=len(run.lines))
+        assert _add(sock, 2, 2) == 4
+        # more connections than descriptors: the rest are refused, nobody exits
+        held, deadline = [], time.monotonic() + 30
+        while len(held) < 250 and time.monotonic() < deadline:
+            try:
+                held.append(WireClient(sock, timeout=2))
+            except BlockingIOError:            # the listen backlog is full: let it accept
+                time.sleep(0.02)
+        for c in held[:3]:
+            c.sock.close()
+        held = held[3:]
+        run.wait_for("out of file descriptors")
+        for c in held:
+            c.close()
+        time.sleep(0.5)
+        assert proc.poll() is None
+        assert _add(sock, 20, 22) == 42
+    finally:
+        proc.kill()
+        proc.communicate()

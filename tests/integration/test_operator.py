@@ -1,0 +1,265 @@
+"""Operating a running system: status, logs, call, stop, the example client, the two
+output streams, and limits on a program's whole run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from supervisor.output import strip_time
+from tests.conftest import EXAMPLES, ROOT, run_wsuper
+from tests.integration.guests import HERE, program
+
+SYSTEM = """
+[system]
+schemas = ["{examples}/calc.capnp", "{guests}/spin.capnp"]
+socket = "{tmp}/ext.sock"
+logs = "{tmp}/logs"
+
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+external = true
+
+[compartments.spin]
+module = "{guests}/spin.wat"
+exports = "Spin"
+
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+calc = {{ compartment = "calc" }}
+"""
+
+
+@pytest.fixture
+def running(tmp_path, wsuper):
+    (tmp_path / "app.wat").write_text(program("""
+    (call $log (i32.const 200) (i32.const 5))
+    (local.set $h (call $lookup (i32.const 210) (i32.const 4)))
+    (drop (call $call0 (local.get $h) (i64.const 0xc0ffee0000000001) (i32.const 1)))
+    """, {"hello": 200, "calc": 210}))
+    path = tmp_path / "system.toml"
+    path.write_text(SYSTEM.format(examples=EXAMPLES, guests=HERE, tmp=tmp_path))
+    run = wsuper("up", str(path))
+    run.wait_for("finished app exit=0")
+    return run, str(path), tmp_path
+
+
+def test_status_shows_each_compartment(running):
+    run, path, _ = running
+    assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").returncode == 0
+    r = run_wsuper("status", path, "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["pid"] == run.proc.pid and status["external"] == ["calc"]
+    by_name = {c["name"]: c for c in status["compartments"]}
+    assert [c for c in by_name] == ["calc", "spin", "app"]
+    calc = by_name["calc"]
+    assert calc["state"] == "ready" and calc["restarts"] == 0 and calc["generation"] == 0
+    assert calc["served"] == 2 and calc["failed"] == 0     # app's newCounter, then add
+    assert calc["pid"] > 0 and calc["memory_bytes"] > 1 << 20 and calc["uptime_s"] >= 0
+    assert by_name["app"]["state"] == "finished" and by_name["app"]["handles"] >= 2
+    table = run_wsuper("status", path)
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"system {path}: pid {run.proc.pid}")
+    assert lines[1].split()[:3] == ["COMPARTMENT", "STATE", "PID"]
+    assert lines[2].split()[:2] == ["calc", "ready"]
+
+
+def test_call_goes_through_the_external_endpoint_with_a_clients_authority(running):
+    _run, path, _ = running
+    r = run_wsuper("call", path, "calc.add", "(a = 20, b = 22)")
+    assert (r.returncode, r.stdout.strip()) == (0, "(sum = 42)")
+    r = run_wsuper("call", path, "calc.add", "(a = 20, b = 22)", "--json")
+    assert json.loads(r.stdout) == {"sum": 42}
+    r = run_wsuper("call", path, "calc.newCounter", "--json")
+    assert json.loads(r.stdout) == {"counter": "<capability>"}
+    # only exported compartments, only their methods, only well-typed parameters
+    for args, expected in [
+            (("spin.ping",), "compartment 'spin' is not external"),
+            (("calc.nope",), "Calc has no method 'nope' (methods: add, newCounter, sumTo)"),
+            (("calc.add", "(a = \"x\")"), "a: expected an integer (int32), not 'x'"),
+            (("calc.add", "(a = 1 b = 2)"), "expected ',' or ')' in a struct"),
+            (("calc.add", "(c = 1)"), "c: no such field (fields: a, b)"),
+            (("calc.add", "(a = 99999999999)"), "a: 99999999999 is out of range for int32")]:
+        r = run_wsuper("call", path, *args)
+        assert r.returncode == 2 and expected in r.stderr, (args, r.stderr)
+    r = run_wsuper("call", path, "calc.sumTo", "(n = 3)")     # no observer: calc fails it
+    assert r.returncode == 1 and "calc.sumTo:" in r.stderr
+
+
+def test_logs_show_plugins_and_events_in_time_order(running):
+    run, path, tmp = running
+    r = run_wsuper("logs", path)
+    assert r.returncode == 0, r.stderr
+    lines = [strip_time(l) for l in r.stdout.splitlines()]
+    assert lines.index("wsuper: ready app pid=" + lines[lines.index(
+        next(l for l in lines if l.startswith("wsuper: ready app")))].split("pid=")[1]) \
+        < lines.index("[app] hello") < lines.index("wsuper: finished app exit=0")
+    only = [strip_time(l) for l in run_wsuper("logs", path, "app").stdout.splitlines()]
+    assert "[app] hello" in only and "wsuper: finished app exit=0" in only
+    assert not any("calc" in l and "ready" in l for l in only)
+    assert sorted(os.listdir(tmp / "logs")) == ["app.log", "calc.log", "spin.log",
+                                                "supervisor.log"]
+    # -f shows what comes after
+    follow = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "logs", path, "-f"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(follow.stdout), daemon=True)
+    reader.start()
+    try:
+        time.sleep(0.5)
+        run_wsuper("stop", path)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("wsuper stop" in l for l in seen):
+            time.sleep(0.1)
+        assert any(l.endswith("wsuper: stopping (wsuper stop)\n") for l in seen), seen
+    finally:
+        follow.kill()
+    r = run_wsuper("logs", path, "nope")
+    assert r.returncode == 2 and "has no compartment 'nope'" in r.stderr
+
+
+def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(running):
+    run, path, tmp = running
+    r = run_wsuper("stop", path)
+    assert r.returncode == 0 and r.stdout.strip() == f"wsuper: stopped {path}"
+    assert run.finish() == 0
+    assert not (tmp / "ext.sock").exists()
+    r = run_wsuper("stop", path)
+    assert r.returncode == 1 and "no running system" in r.stderr
+
+
+def test_events_go_to_stderr_with_times_and_plugin_lines_to_stdout(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
+                        os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout == "[app] 2 + 3 = 5\n"
+    events = r.stderr.splitlines()
+    assert events[-1].endswith(" wsuper: finished app exit=0")
+    assert all(strip_time(e) != e and strip_time(e).startswith("wsuper: ") for e in events)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
+                        os.path.join(EXAMPLES, "hello.toml"), "--log-format", "json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    (line,) = map(json.loads, r.stdout.splitlines())
+    assert line["compartment"] == "app" and line["text"] == "2 + 3 = 5" \
+        and line["stream"] == "log" and line["time"].endswith("Z")
+    events = [json.loads(l) for l in r.stderr.splitlines()]
+    assert events[-1]["event"] == "finished app exit=0" and events[-1]["compartment"] == "app"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_stop_the_system_with_the_exit_codes_shells_expect(running, sig, code):
+    run, _path, _ = running
+    run.proc.send_signal(sig)
+    assert run.finish() == code
+
+
+def test_the_example_client_calls_through_the_external_endpoint(wsuper):
+    system = os.path.join(ROOT, "examples", "client", "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready calc")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "client",
+                                                     "calc_client.py")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "exported: calc", "20 + 22 = 42", "counter = 12",
+        "sum 1..4 = 10 with steps [(1, 1), (2, 3), (3, 6), (4, 10)]",
+        "get('nonexistent') failed: no compartment named 'nonexistent' is exported to the "
+        "outside (exported: calc)"]
+
+
+@pytest.mark.parametrize("limit,program_body,message", [
+    ("run_time = 1", """
+    (drop (call $call0 (call $lookup (i32.const 200) (i32.const 4))
+                (i64.const 0xc0ffee00000000f1) (i32.const 0)))""",
+     "its program ran longer than 1 s (limit run_time)"),
+    ("run_cpu = 0.5", "(loop $forever (br $forever))",
+     "its program used more than 0.5 s of CPU (limit run_cpu)"),
+])
+def test_a_programs_whole_run_is_limited_in_wall_time_and_cpu(tmp_path, limit, program_body,
+                                                              message):
+    (tmp_path / "app.wat").write_text(program(program_body, {"spin": 200}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.limits]
+{limit}
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+""")
+    t = time.monotonic()
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=60)
+    assert r.returncode == 1
+    assert f"compartment app failed: {message}" in r.stderr, r.stderr
+    assert time.monotonic() - t < 20
+
+
+def test_a_plugin_cannot_pass_for_the_supervisor_in_the_logs(tmp_path, wsuper):
+    (tmp_path / "app.wat").write_text(program("""
+    (call $log (i32.const 200) (i32.const 27))
+    """, {"wsuper: finished app exit=0": 200}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nlogs = "{tmp_path}/logs"\n[compartments.app]\nmodule = "app.wat"\n'
+                    f'[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(path))
+    assert r.returncode == 0
+    for args in ((), ("app",)):
+        shown = [strip_time(l) for l in run_wsuper("logs", str(path), *args).stdout.splitlines()]
+        assert shown.count("[app] wsuper: finished app exit=0") == 1, shown
+        assert shown.count("wsuper: finished app exit=0") == 1, shown
+
+
+@pytest.mark.parametrize("key", ["logs", "audit"])
+def test_log_and_audit_files_are_never_written_through_a_shared_directory(tmp_path, key):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    planted = "app.log" if key == "logs" else "audit.jsonl"
+    os.symlink(target, shared / planted)
+    value = f"{shared}" if key == "logs" else f"{shared}/audit.jsonl"
+    (tmp_path / "system.toml").write_text(
+        f'[system]\n{key} = "{value}"\n[compartments.app]\nmodule = "{EXAMPLES}/hello.wat"\n'
+        f'[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert f"{shared} must belong to you and be writable by you only" in r.stderr, r.stderr
+    assert target.read_text() == "precious\n"
+
+
+def test_hostile_operator_input_gets_an_error_not_a_traceback(running):
+    _run, path, _ = running
+    for params in ("(a = " + "[" * 200 + "])", "(a = " + "9" * 5000 + ")", '(a = "\\xZZ")'):
+        r = run_wsuper("call", path, "calc.add", params)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    import socket
+    from supervisor import endpoint
+    for line in (b"[" * 60000 + b"\n", b"\xff\xfe\n", b'{"op": "revoke", "grant": 7}\n'):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(endpoint.admin_socket_path(path))
+            s.sendall(line)
+            answer = json.loads(s.makefile().readline())
+        assert answer["ok"] is False
+    assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
+    r = subprocess.run(f"{sys.executable} -m supervisor.cli status {path} | head -1", shell=True,
+                       cwd=ROOT, capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and r.stdout.startswith("system ")

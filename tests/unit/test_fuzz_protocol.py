@@ -1,0 +1,84 @@
+"""A few thousand inputs of the wire/protocol fuzz harness (fuzz/protocol.py),
+and proof that each of its checks fails when the property it checks breaks."""
+import pytest
+
+from capnp_schemas import protocol as P, rpcwire, wire
+from fuzz import protocol as F
+
+COUNT = 10_000
+
+
+def test_a_few_thousand_mutated_messages_break_nothing():
+    done, failures = F.run(COUNT, seed=20261203)
+    assert done == COUNT
+    assert failures == {}, "\n".join(f"{k}: {v[0][:2]}" for k, v in failures.items())
+
+
+def test_the_seeds_cover_every_message_kind_and_both_decoders():
+    kinds, fast = set(), 0
+    for seed in F._setup()["messages"]:
+        plain = rpcwire.decode(seed.segs)
+        fast += plain is not None
+        kinds.add(rpcwire.decode_pycapnp(seed.segs).which)
+    names = {rpcwire.MESSAGE_NAMES.get(k, k) for k in kinds}
+    assert {"bootstrap", "call", "return", "finish", "release", "disembargo", "resolve",
+            "abort", "unimplemented", 99} <= names
+    assert fast >= 10
+    assert len(F._setup()["contents"]) >= 16
+
+
+def _first_failure(monkeypatch, count=400):
+    _done, failures = F.run(count, seed=5)
+    assert not any(k.startswith("harness") for k in failures), failures
+    return failures
+
+
+def test_an_exception_escaping_receive_is_caught(monkeypatch):
+    real = P.Connection.receive
+
+    def leaky(self, data):
+        if len(data) % 7 == 0:
+            raise KeyError("escaped")
+        return real(self, data)
+    monkeypatch.setattr(P.Connection, "receive", leaky)
+    failures = _first_failure(monkeypatch)
+    assert any(k.startswith("protocol: KeyError escaped") for k in failures)
+
+
+def test_a_fast_decoder_that_reads_a_field_wrong_is_caught(monkeypatch):
+    real = rpcwire.decode
+
+    def wrong(segs):
+        p = real(segs)
+        if p is not None and hasattr(p, "method_id"):
+            p.method_id ^= 1
+        return p
+    monkeypatch.setattr(rpcwire, "decode", wrong)
+    failures = _first_failure(monkeypatch)
+    assert any("rpcwire.decode and pycapnp disagree" in k for k in failures)
+
+
+def test_a_copier_that_drops_a_word_is_caught(monkeypatch):
+    real = wire.single_segment_copy
+
+    def lossy(segs, loc, max_words=wire.MAX_MESSAGE_WORDS):
+        out = bytearray(real(segs, loc, max_words))
+        if len(out) > 24:
+            out[-1] ^= 0x40                      # one bit of the last word
+        return bytes(out)
+    monkeypatch.setattr(wire, "single_segment_copy", lossy)
+    failures = _first_failure(monkeypatch)
+    assert any(k.startswith("copier:") for k in failures)
+
+
+def test_content_that_cannot_be_forwarded_is_caught(monkeypatch):
+    def refuse(segs, loc):
+        raise wire.WireError("cannot re-root")
+    monkeypatch.setattr(wire, "with_root_at", refuse)
+    failures = _first_failure(monkeypatch)
+    assert any(k.startswith("forward:") for k in failures)
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_inputs_are_reproducible(i):
+    assert F.one(3, i) == F.one(3, i)

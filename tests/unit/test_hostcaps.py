@@ -1,0 +1,222 @@
+"""The host layer on real files, behind the real router: what a compartment's calls
+on its log, clock, random, environment, directories and files answer.
+
+The runtime runs file operations in worker threads; here they run inline, which
+is the same code without the thread."""
+import struct
+
+import pytest
+
+from capnp_schemas import hosted, payloads, protocol as P, wire
+from capnp_schemas.protocol import Content
+from supervisor import effects as fx, hostcaps, router as R
+from tests.unit.test_router import FakeEngine, grant
+
+DIR, FILE = hosted.BY_KIND["directory"], hosted.BY_KIND["file"]
+LOG, CLOCK, RANDOM, ENV = (hosted.BY_KIND[k] for k in ("log", "clock", "random", "environment"))
+
+
+class Harness:
+    """A router, a real HostCaps, and one compartment `app` with `grants`."""
+
+    def __init__(self, grants, names=None, limits=None, **sources):
+        self.router = R.Router({"app": None}, names=names, limits=limits)
+        self.hosts = hostcaps.HostCaps(lambda owner: 100.0, **sources)
+        self.lines, self.notices, self.released = [], [], []
+        served = {g.name: hostcaps.open_grant(g) for g in grants}
+        e = FakeEngine.__new__(FakeEngine)
+        e.router, e.name, e.exports = self.router, "app", False
+        e.conn, e.control, e.main = P.Connection("app"), object(), object()
+        e.grants, e.inbox, e.effects, e.host_calls, e.answer_hosts = {}, [], [], [], False
+        e.deliver = self.deliver
+        self.app = e
+        e.pid, effects = self.router.add_engine("app", grants, served)
+        FakeEngine.all[e.pid] = e
+        self.deliver(effects)
+
+    def deliver(self, effects):
+        for e in effects:
+            if isinstance(e, fx.Send):
+                FakeEngine.all[e.peer].feed(e.data)
+            elif isinstance(e, fx.HostCall):
+                outcome = self.hosts.serve(e)
+                if isinstance(outcome, hostcaps.Job):
+                    outcome = outcome.run()
+                if isinstance(outcome, hostcaps.Answer):
+                    self.lines += outcome.lines
+                    self.deliver(self.router.host_returned(e.token, outcome.content,
+                                                           outcome.objects))
+                else:
+                    self.notices.append(outcome.notice)
+                    self.deliver(self.router.host_failed(e.token, outcome.reason, outcome.type))
+            elif isinstance(e, fx.HostRelease):
+                self.released.append(e)
+                hostcaps.release(e.kind, e.served)
+            else:
+                self.app.effects.append(e)
+
+    def call(self, handle, iface, method, content=None, **fields):
+        m = iface.method(method)
+        if content is None:
+            content = payloads.build(m.params, fields)[0] if fields else Content()
+        self.app.send(self.app.conn.send_call(handle, iface.id, m.ordinal, content)[1])
+        return self.app.inbox.pop()
+
+    def grant(self, i):
+        return self.app.grants[i].import_id
+
+
+def result(ret, iface, method):
+    return payloads.read(iface.method(method).results, ret.payload.content, 1 << 20)
+
+
+def test_clock_and_random_answer_from_their_sources():
+    h = Harness([grant("clock", "clock", "host"), grant("random", "random", "host")],
+                wall_ns=lambda: 1_700_000_000_000_000_000, monotonic_ns=lambda: 42,
+                entropy=lambda n: b"\x07" * n)
+    assert result(h.call(h.grant(0), CLOCK, "wall"), CLOCK, "wall") == {
+        "ns": 1_700_000_000_000_000_000}
+    assert result(h.call(h.grant(0), CLOCK, "monotonic"), CLOCK, "monotonic") == {"ns": 42}
+    got = h.call(h.grant(1), RANDOM, "bytes", count=5)
+    assert result(got, RANDOM, "bytes") == {"data": b"\x07" * 5}
+    refused = h.call(h.grant(1), RANDOM, "bytes", count=hostcaps.RANDOM_MAX_BYTES + 1)
+    assert "at most 65536 bytes per call" in refused.error
+
+
+def test_random_never_answers_more_than_the_caller_accepts():
+    h = Harness([grant("random", "random", "host")],
+                limits={"app": R.Limits(message_size=4096)}, entropy=lambda n: b"\0" * n)
+    refused = h.call(h.grant(0), RANDOM, "bytes", count=8000)
+    assert "EINVAL: Random.bytes: at most 3072 bytes per call" in refused.error
+
+
+def test_environment_grant_shows_only_what_was_granted(monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_SECRET", "hunter2")
+    h = Harness([grant("env", "environment", "host", args=("-v", "x"),
+                       vars=(("MODE", "fast"),))])
+    e = h.grant(0)
+    assert result(h.call(e, ENV, "args"), ENV, "args") == {"args": ["-v", "x"]}
+    assert result(h.call(e, ENV, "vars"), ENV, "vars") == {
+        "vars": [{"name": "MODE", "value": "fast"}]}
+    assert result(h.call(e, ENV, "get", name="MODE"), ENV, "get") == {
+        "value": "fast", "present": True}
+    assert result(h.call(e, ENV, "get", name="SUPERVISOR_SECRET"), ENV, "get") == {
+        "value": "", "present": False}
+
+
+def test_a_file_opened_through_a_read_only_directory_grant_is_read_only(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    h = Harness([grant("data", "directory", "host", path=str(tmp_path), read_only=True)])
+    d = h.grant(0)
+    assert "is read-only" in h.call(d, DIR, "open", path="notes.txt", mode="readWrite").error
+    f = h.call(d, DIR, "open", path="notes.txt", mode="read").payload.caps[0].import_id
+    assert result(h.call(f, FILE, "read", offset=0, count=100), FILE, "read") == {
+        "data": b"hello"}
+    assert "is read-only" in h.call(f, FILE, "write", offset=0, data=b"X").error
+    assert "contains '..'" in h.call(d, DIR, "open", path="../x", mode="read").error
+    assert (tmp_path / "notes.txt").read_text() == "hello"
+    h.app.send(h.app.conn.send_release(f))          # released: its descriptor is closed
+    assert [r.kind for r in h.released] == ["file"]
+
+
+def test_an_allow_list_on_a_directory_applies_to_the_files_it_opens(tmp_path):
+    (tmp_path / "log.txt").write_text("")
+    names = {DIR.id: ("Directory", {m.ordinal: m.name for m in DIR.methods}),
+             FILE.id: ("File", {m.ordinal: m.name for m in FILE.methods})}
+    allow = frozenset({(DIR.id, DIR.method("open").ordinal),
+                       (FILE.id, FILE.method("append").ordinal)})
+    h = Harness([grant("data", "directory", "host", methods=allow, path=str(tmp_path))],
+                names=names)
+    d = h.grant(0)
+    f = h.call(d, DIR, "open", path="log.txt", mode="readWrite").payload.caps[0].import_id
+    assert h.call(f, FILE, "append", data=b"ok").error is None
+    assert "File.truncate is not allowed" in h.call(f, FILE, "truncate", size=0).error
+    assert (tmp_path / "log.txt").read_text() == "ok"
+
+
+def test_a_file_read_never_answers_more_than_the_caller_accepts(tmp_path):
+    (tmp_path / "big").write_bytes(b"x" * 100_000)
+    h = Harness([grant("big", "file", "host", path=str(tmp_path / "big"))],
+                limits={"app": R.Limits(message_size=8192)})
+    got = h.call(h.grant(0), FILE, "read", offset=0, count=100_000)
+    assert 0 < len(result(got, FILE, "read")["data"]) <= 8192
+
+
+# ------------------------------------------------------------------ hostile parameters
+
+
+def _with_word(iface, method, fields, byte, fmt, value):
+    """Params of `iface.method` with the data word at `byte` (of the root struct) replaced."""
+    seg = bytearray(payloads.build(iface.method(method).params, fields)[0].segments[0])
+    struct.pack_into(fmt, seg, 8 + byte, value)
+    return Content.standalone([bytes(seg)])
+
+
+def _with_text_bytes(iface, method, fields, old: bytes, new: bytes):
+    seg = bytearray(payloads.build(iface.method(method).params, fields)[0].segments[0])
+    i = seg.index(old)
+    seg[i:i + len(new)] = new
+    return Content.standalone([bytes(seg)])
+
+
+def test_params_that_cannot_be_read_fail_that_call_with_einval(tmp_path):
+    (tmp_path / "f").write_text("data")
+    h = Harness([grant("data", "directory", "host", path=str(tmp_path)),
+                 grant("log", "log", "host")])
+    d, log = h.grant(0), h.grant(1)
+    bad_mode = _with_word(DIR, "open", {"path": "f", "mode": "read"}, 0, "<H", 7)
+    assert "EINVAL" in (err := h.call(d, DIR, "open", bad_mode).error) and "mode: 7" in err
+    not_utf8 = _with_text_bytes(DIR, "stat", {"path": "ab"}, b"ab", b"\xff\xfe")
+    assert "not valid UTF-8" in h.call(d, DIR, "stat", not_utf8).error
+    assert "not valid UTF-8" in h.call(log, LOG, "write", _with_text_bytes(
+        LOG, "write", {"text": "ab"}, b"ab", b"\xc3\x28")).error
+    # a text field whose pointer points at a struct
+    seg = bytearray(payloads.build(LOG.method("write").params, {"text": "x"})[0].segments[0])
+    struct.pack_into("<Q", seg, 8, (1 << 32))           # a struct pointer, 1 data word
+    assert "EINVAL" in h.call(log, LOG, "write", Content.standalone([bytes(seg)])).error
+    assert h.lines == []
+    assert h.notices == [None] * 4                        # failed calls, no internal faults
+
+
+def test_a_log_line_of_a_mebibyte_is_shown_cut_and_the_call_succeeds():
+    h = Harness([grant("log", "log", "host")])
+    ret = h.call(h.grant(0), LOG, "write", text="y" * (1 << 20))
+    assert ret.error is None
+    (line,) = h.lines
+    assert line.text.startswith("y" * hostcaps.LOG_LINE_LIMIT)
+    assert line.text.endswith(f"({(1 << 20) - hostcaps.LOG_LINE_LIMIT} more characters)")
+
+
+def test_a_method_the_host_object_does_not_have_is_unimplemented():
+    h = Harness([grant("clock", "clock", "host")])
+    h.app.send(h.app.conn.send_call(h.grant(0), CLOCK.id, 9)[1])
+    ret = h.app.inbox.pop()
+    assert ret.error_type == "unimplemented" and "Clock (wall, monotonic) only" in ret.error
+    h.app.send(h.app.conn.send_call(h.grant(0), FILE.id, 0)[1])
+    assert h.app.inbox.pop().error_type == "unimplemented"
+
+
+def test_a_fault_in_a_file_operation_fails_that_call_and_tells_the_operator(tmp_path,
+                                                                             monkeypatch):
+    (tmp_path / "f").write_text("data")
+    h = Harness([grant("data", "directory", "host", path=str(tmp_path))])
+    monkeypatch.setattr(hostcaps.hostfs.Directory, "stat",
+                        lambda self, path, **_: 1 // 0)
+    ret = h.call(h.grant(0), DIR, "stat", path="f")
+    assert ret.error.startswith("EIO: internal error in stat")
+    assert "ZeroDivisionError" in h.notices[-1]
+
+
+@pytest.mark.parametrize("make", [lambda: RuntimeError("x"), lambda: OSError(5, "EIO")])
+def test_an_abandoned_job_releases_what_it_opened(tmp_path, make):
+    (tmp_path / "f").write_text("data")
+    directory = hostcaps.hostfs.Directory.grant(str(tmp_path))
+    job = hostcaps.HostCaps(lambda o: 1.0).serve(fx.HostCall(
+        1, "directory", "app", directory, DIR.id, DIR.method("open").ordinal,
+        payloads.build(DIR.method("open").params, {"path": "f", "mode": "read"})[0], 1 << 20))
+    job.abandon()
+    outcome = job.run()                    # finishes after its caller gave up
+    (kind, opened), = outcome.objects
+    with pytest.raises(OSError):
+        import os
+        os.fstat(opened.fd)                # closed by the job itself

@@ -1,0 +1,206 @@
+"""wire.py alone: object sizes at the segment's end, framing, the single-segment copy.
+
+pycapnp is the oracle: where resolve() accepts an object that ends exactly at
+its segment's end, pycapnp reads it too; one word further, both refuse."""
+import struct
+
+import pytest
+
+import capnp_schemas
+from capnp_schemas import wire
+
+Q = struct.Struct("<Q")
+
+
+def struct_ptr(offset, data, ptrs):
+    return ((offset << 2) & 0xFFFFFFFF) | (data << 32) | (ptrs << 48)
+
+
+def list_ptr(offset, esz, count):
+    return ((offset << 2) & 0xFFFFFFFF) | 1 | ((esz | (count << 3)) << 32)
+
+
+def far_ptr(seg, pad, double=False):
+    return wire.far_pointer(seg, pad, double)
+
+
+def seg(*words):
+    return b"".join(Q.pack(w) for w in words)
+
+
+# (name, pointer word at word 0 pointing at word 1, words its object takes)
+KINDS = [
+    ("struct data", struct_ptr(0, 2, 0), 2),
+    ("struct pointers", struct_ptr(0, 0, 2), 2),
+    ("struct both", struct_ptr(0, 1, 1), 2),
+    ("void list", list_ptr(0, 0, 1000), 0),
+    ("bit list", list_ptr(0, 1, 65), 2),
+    ("byte list", list_ptr(0, 2, 9), 2),
+    ("u16 list", list_ptr(0, 3, 5), 2),
+    ("u32 list", list_ptr(0, 4, 3), 2),
+    ("u64 list", list_ptr(0, 5, 2), 2),
+    ("pointer list", list_ptr(0, 6, 2), 2),
+    ("struct list (tag + 2 words)", list_ptr(0, 7, 2), 3),
+    ("empty struct list (a tag only)", list_ptr(0, 7, 0), 1),
+]
+
+
+def body(name, words):
+    """`words` words of object content that read as a valid object of that kind."""
+    if name.startswith("struct list"):
+        n = words - 1
+        return [struct_ptr(n, 1, 0)] + [7] * n          # n elements of one data word
+    return [0] * words
+
+
+@pytest.mark.parametrize("name,ptr,words", KINDS, ids=[k[0] for k in KINDS])
+def test_an_object_that_ends_at_the_segment_end_is_read_one_word_past_is_refused(name, ptr, words):
+    exact = seg(ptr, *body(name, words))
+    assert wire.resolve([exact], (0, 0))[2] == 1
+    if words:
+        short = exact[:-8]
+        with pytest.raises(wire.WireError, match="outside its segment"):
+            wire.resolve([short], (0, 0))
+        with pytest.raises(wire.WireError):
+            wire.single_segment_copy([short], (0, 0))
+
+
+@pytest.mark.parametrize("name,ptr,words", KINDS, ids=[k[0] for k in KINDS])
+def test_through_a_far_pointer_too(name, ptr, words):
+    # segment 0: a far pointer to a landing pad at word 0 of segment 1
+    landing = ptr                          # offset 0: the object follows the pad
+    exact = [seg(far_ptr(1, 0)), seg(landing, *body(name, words))]
+    assert wire.resolve(exact, (0, 0))[1:3] == (1, 1)
+    # a double-far: pad (far to segment 2, word 0) + tag, object alone in segment 2
+    tag = ptr & ~0xFFFFFFFC
+    double = [seg(far_ptr(1, 0, True)), seg(far_ptr(2, 0), tag), seg(*body(name, words))]
+    assert wire.resolve(double, (0, 0))[1:3] == (2, 0)
+    if words:
+        for segs in ([exact[0], exact[1][:-8]], double[:2] + [double[2][:-8]]):
+            with pytest.raises(wire.WireError, match="outside its segment"):
+                wire.resolve(segs, (0, 0))
+
+
+def test_landing_pads_past_the_segment_end_are_refused():
+    with pytest.raises(wire.WireError, match="out of range"):
+        wire.resolve([seg(far_ptr(1, 1)), seg(struct_ptr(0, 0, 0))], (0, 0))
+    with pytest.raises(wire.WireError, match="out of range"):      # the tag is missing
+        wire.resolve([seg(far_ptr(1, 0, True)), seg(far_ptr(2, 0))], (0, 0))
+    with pytest.raises(wire.WireError, match="far or capability"):
+        wire.resolve([seg(far_ptr(1, 0)), seg(wire.cap_pointer(0))], (0, 0))
+
+
+def test_pycapnp_agrees_on_the_struct_list_boundary():
+    """The bug class: a list of structs whose last element ends one word past
+    the segment (the tag word was not counted).  pycapnp refuses it; so must we."""
+    Vars = _struct_module(capnp_schemas.host.Environment, "vars", results=True)
+    # root -> struct (0 data, 1 ptr) -> list of 2 Variables (0 data, 2 ptrs each)
+    exact = seg(struct_ptr(0, 0, 1), list_ptr(0, 7, 4), struct_ptr(2, 0, 2), 0, 0, 0, 0)
+    assert len(Vars.from_segments([exact]).vars) == 2
+    assert wire.unframe(wire.single_segment_copy([exact], (0, 0)))[0] == exact
+    assert len(wire.struct_list_elements([exact], (0, 1))) == 2
+    short = exact[:-8]
+    with pytest.raises(Exception, match="out-of-bounds"):
+        Vars.from_segments([short]).vars  # noqa: B018
+    with pytest.raises(wire.WireError, match="outside its segment"):
+        wire.resolve([short], (0, 1))
+    with pytest.raises(wire.WireError):
+        wire.struct_list_elements([short], (0, 1))
+    with pytest.raises(wire.WireError):
+        wire.single_segment_copy([short], (0, 0))
+
+
+def test_a_copied_struct_list_claims_exactly_the_words_it_holds():
+    # the pointer claims 5 words, the tag 1 element of 1 word: the copy says 1
+    src = seg(list_ptr(0, 7, 5), struct_ptr(1, 1, 0), 42, 0, 0, 0, 0)
+    out = wire.unframe(wire.single_segment_copy([src], (0, 0)))
+    ptr = Q.unpack_from(out[0], 0)[0]
+    assert ptr >> 35 == 1 and len(out[0]) == 8 * 3
+    assert wire.struct_list_elements(out, (0, 0)) == [(0, 2, 1, 0)]
+
+
+def test_the_copy_refuses_the_depth_a_stock_reader_refuses():
+    def chain(depth):          # a struct with one pointer, `depth` times, then null
+        return seg(*[struct_ptr(0, 0, 1)] * depth, 0)
+    wire.single_segment_copy([chain(wire.MAX_NESTING)], (0, 0))
+    with pytest.raises(wire.WireError, match="nested deeper"):
+        wire.single_segment_copy([chain(wire.MAX_NESTING + 1)], (0, 0))
+
+
+# ---------------------------------------------------------------- framing
+
+
+def test_one_parser_frames_incrementally_and_at_once():
+    msgs = [wire.frame([seg(struct_ptr(0, 1, 0), i)]) for i in range(3)]
+    msgs.append(wire.frame([seg(far_ptr(1, 0)), seg(struct_ptr(0, 1, 0), 9)]))
+    stream = b"".join(msgs)
+    for cut in range(len(stream) + 1):
+        f = wire.Framer()
+        got = f.feed(stream[:cut]) + f.feed(stream[cut:])
+        assert [[bytes(s) for s in m] for m in got] == \
+            [[bytes(s) for s in wire.unframe(m)] for m in msgs]
+        assert f.pending == 0 and not f.partial and f.messages == 4
+
+
+def test_a_partial_message_is_visible_until_it_completes():
+    m = wire.frame([seg(struct_ptr(0, 1, 0), 5)])
+    f = wire.Framer()
+    assert f.feed(m[:3]) == [] and f.partial and f.pending == 3 and f.messages == 0
+    assert f.feed(m[3:12]) == [] and f.partial and f.pending == 12
+    (got,) = f.feed(m[12:] + m[:9])
+    assert bytes(got[0]) == bytes(wire.unframe(m)[0])
+    assert f.partial and f.pending == 9 and f.messages == 1
+
+
+def test_segments_do_not_change_when_the_callers_buffer_does():
+    buf = bytearray(wire.frame([seg(struct_ptr(0, 1, 0), 5)]))
+    (got,) = wire.Framer().feed(buf)
+    buf[-1] = 0xFF
+    assert bytes(got[0]) == seg(struct_ptr(0, 1, 0), 5)
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "got 0 bytes"),
+    (struct.pack("<II", 0, 2) + b"\0" * 8, "the framing says 24 bytes"),
+    (struct.pack("<II", 0, 1) + b"\0" * 16, "got 24 bytes, the framing says 16"),
+    (struct.pack("<I", 600) + b"\0" * 4, "601 segments"),
+    (struct.pack("<II", 0, 1 << 28), "exceeds the limit"),
+])
+def test_unframe_says_what_is_wrong(data, match):
+    with pytest.raises(wire.WireError, match=match):
+        wire.unframe(data)
+
+
+def test_the_framer_refuses_limits_before_buffering_the_body():
+    f = wire.Framer(max_words=4)
+    with pytest.raises(wire.WireError, match="exceeds the limit of 32 bytes"):
+        f.feed(struct.pack("<II", 0, 5))
+
+
+def _struct_module(iface, method, results=False):
+    from capnp.lib.capnp import _StructModule
+    m = iface.schema.methods[method]
+    return _StructModule(m.result_type if results else m.param_type, method)
+
+
+def test_a_struct_with_no_words_copies_as_a_struct_not_as_null():
+    """Found by fuzzing: a zero-sized struct right after its pointer was written
+    as offset 0, i.e. a word of zeros, which reads as null (pycapnp then read a
+    text field that the original had as a struct as valid)."""
+    src = seg(struct_ptr(0, 0, 1), 0xFFFFFFFC)          # offset -1: an empty struct
+    (one,) = wire.unframe(wire.single_segment_copy([src], (0, 0)))
+    assert Q.unpack_from(one, 8)[0] != 0
+    assert wire.resolve([one], (0, 1))[0] == wire.STRUCT
+    assert wire.near_pointer(5, 6, struct_ptr(0, 0, 0)) == 0xFFFFFFFC
+    assert wire.near_pointer(5, 6, struct_ptr(9, 1, 0)) == struct_ptr(0, 1, 0)
+
+
+def test_a_framed_message_keeps_only_its_own_bytes_alive():
+    """Several messages in one read: each gets its own bytes, so a message
+    kept for long does not pin the whole read (up to 64 KiB) in memory."""
+    small = wire.frame([seg(struct_ptr(0, 1, 0), 5)])
+    big = wire.frame([seg(*[0] * 1000)])
+    first, second = wire.Framer().feed(small + big)
+    assert len(first[0].obj) == len(small) - 8 and len(second[0].obj) == len(big) - 8
+    (only,) = wire.Framer().feed(small)
+    assert bytes(only[0]) == seg(struct_ptr(0, 1, 0), 5)

@@ -1,0 +1,100 @@
+"""A hand-driven Cap'n Proto RPC client for tests that must send what no stock
+client would: our own sans-IO Connection on a blocking socket, plus raw bytes."""
+from __future__ import annotations
+
+import socket
+import time
+
+from capnp_schemas import hosted, payloads, protocol as P, wire
+from capnp_schemas.protocol import Content
+
+GATEWAY = hosted.GATEWAY
+
+
+class WireClient:
+    def __init__(self, path: str, timeout: float = 10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.conn = P.Connection("test client")
+        self.events: list = []
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def pump(self) -> bool:
+        """Read once; False at the end of the stream."""
+        data = self.sock.recv(1 << 16)
+        if not data:
+            return False
+        self.events += self.conn.receive(data)
+        return True
+
+    def wait(self, match, timeout: float = 10):
+        """The first event for which `match(event)` is true (removed from the queue)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.events:
+                if match(ev):
+                    self.events.remove(ev)
+                    return ev
+            if time.monotonic() > deadline or not self.pump():
+                raise AssertionError(f"no such event; got {self.events}")
+
+    def returned(self, qid: int) -> P.ReturnReceived:
+        ev = self.wait(lambda e: isinstance(e, P.ReturnReceived) and e.question_id == qid)
+        if ev.finish_needed:
+            self.send(self.conn.send_finish(qid))
+        return ev
+
+    def closed(self, timeout: float = 10) -> bool:
+        """Whether the supervisor closes the connection (after an Abort) within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.pump():
+                pass
+        except P.ProtocolError:
+            return True
+        except OSError:
+            return True
+        return True
+
+    def bootstrap(self) -> int:
+        qid, data = self.conn.send_bootstrap()
+        self.send(data)
+        return self.returned(qid).payload.caps[0].import_id
+
+    def call(self, target: int, interface_id: int, method_id: int, content=P.EMPTY,
+             caps=()) -> int:
+        qid, data = self.conn.send_call(target, interface_id, method_id, content, list(caps))
+        self.send(data)
+        return qid
+
+    def get(self, gateway: int, name: str) -> int:
+        """Gateway.get(name): the import id of that compartment's main object."""
+        m = GATEWAY.method("get")
+        ret = self.returned(self.call(gateway, GATEWAY.id, m.ordinal,
+                                      payloads.build(m.params, {"name": name})[0]))
+        assert ret.payload is not None, ret.error
+        return ret.payload.caps[0].import_id
+
+
+def struct_content(data_words: list[int], pointers: list[int] = ()) -> Content:
+    """A standalone message whose root struct has these data and pointer words."""
+    d, p = len(data_words), len(pointers)
+    words = [(d << 32) | (p << 48), *data_words, *pointers]
+    return Content.standalone([b"".join(w.to_bytes(8, "little") for w in words)])
+
+
+def patch(content: Content, byte: int, raw: bytes) -> Content:
+    """`content` (one segment) with `raw` written at `byte`."""
+    seg = bytearray(content.segments[0])
+    seg[byte:byte + len(raw)] = raw
+    return Content.standalone([bytes(seg)])
+
+
+def frame(*segments: bytes) -> bytes:
+    return wire.frame(list(segments))
