@@ -189,7 +189,7 @@ ALLOWED = {
     "mmap": "memory, the module's data image (seen); never executable (CONDITIONS)",
     "mprotect": "memory growth (seen); never executable (CONDITIONS)",
     "munmap": "memory released (seen)",
-    "mremap": "large buffers that grow (realloc)",
+    "mremap": "large buffers that grow (realloc; seen)",
     "madvise": "memory given back",
     # locks: only ever contended by... nobody (one thread), but the C library and
     # KJ wake waiters they think may exist, and abort if that fails (seen)
@@ -208,7 +208,7 @@ ALLOWED = {
     "tkill": "signalling itself; only itself (CONDITIONS)",
     # time: the vDSO answers these without a system call, unless the clock source
     # cannot be read from user space; CLOCK_PROCESS_CPUTIME_ID always calls
-    "clock_gettime": "WASI clock_time_get of the process clock; vDSO fallback",
+    "clock_gettime": "WASI clock_time_get of the process clock (seen); vDSO fallback",
     "clock_getres": "vDSO fallback",
     "gettimeofday": "vDSO fallback",
     "time": "vDSO fallback",
