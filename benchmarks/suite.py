@@ -237,9 +237,9 @@ def engine_micro(n: int) -> dict:
     their baselines (an empty wasm loop; a Python function call)."""
     import wasmtime
 
-    from compartments import hostcall
-    from compartments.engine import engine_config
-    from compartments.fastcall import TypedFunc
+    from compartments import unchecked
+    from compartments.unchecked import TypedFunc
+    from compartments.wasm import engine_config
     eng = wasmtime.Engine(engine_config())
     module = wasmtime.Module(eng, """(module
       (import "h" "f" (func $f (param i32) (result i32)))
@@ -255,7 +255,7 @@ def engine_micro(n: int) -> dict:
     store = wasmtime.Store(eng)
     store.set_fuel((1 << 63) - 1)
     linker = wasmtime.Linker(eng)
-    hostcall.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
+    unchecked.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
     inst = linker.instantiate(store, module)
     ex = inst.exports(store)
     calls = TypedFunc(store, ex["calls"], ("i32",), ())
@@ -284,12 +284,14 @@ def engine_micro(n: int) -> dict:
     wasmtime_checked = min(timed(loop_checked) for _ in range(3)) / (n // 10)
     # instance = "per_call": what the engine does before each call (new store, instance)
     from compartments.engine import Engine
+    from compartments.spec import EngineSpec
     a, b = socket.socketpair()
-    eng = Engine(a, "bench", os.path.join(EX, "calc.wat"), True, per_call=True)
+    eng = Engine(a, EngineSpec("bench", os.path.join(EX, "calc.wat"), exports=True,
+                               per_call=True))
     m = max(n // 100, 50)
     t = time.perf_counter()
     for _ in range(m):
-        eng.store, eng.memory, eng.dispatch = eng._fresh_instance()
+        eng._leave_instance(eng._fresh_instance())()
     fresh = (time.perf_counter() - t) / m
     a.close(), b.close()
     return {"wasm_to_host_us": host * 1e6, "python_to_wasm_us": py_to_wasm * 1e6,
@@ -355,6 +357,70 @@ def many(n: int, d: str, settle: float = 0.5) -> dict:
             "uss_mib": statistics.median(u for u, _ in mem),
             "pss_mib": statistics.median(p for _, p in mem),
             "median_start_ms": statistics.median(starts)}
+
+
+def confine_layers(n: int) -> dict:
+    """Start-up cost of each confinement layer, in µs (median of `n` engines'
+    worth): forked from a parent prepared as the zygote is, each child loads
+    the calc module from its sealed memfd and confines itself layer by layer."""
+    import gc
+
+    import wasmtime
+
+    from compartments import abi, confine, engine, seccomp, unchecked, wasm, zygote
+    from compartments.spec import EngineSpec
+    wasm_engine = wasmtime.Engine(wasm.engine_config())
+    for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
+        unchecked.func_type(params, results, wasm_engine)
+    confine.prepare()
+    path = os.path.join(EX, "calc.wat")
+    (fd, desc_fd), _error = zygote._Modules(wasm_engine).get(path)
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    wanted = [name for name, why in confine.namespaces().items() if why is None]
+    gc.collect()
+    gc.freeze()
+    names = ["module from its memfd", "engine (link, instantiate)", "descriptors, rlimits",
+             "namespaces (empty mount namespace)", "privileges", "no_new_privs, Landlock",
+             "seccomp"]
+    rows = []
+    for _ in range(n):
+        r, w = os.pipe()
+        a, b = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            t = [time.perf_counter_ns()]
+            description = wasm.Description.from_json(
+                os.pread(desc_fd, os.fstat(desc_fd).st_size, 0))
+            module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{fd}")
+            t.append(time.perf_counter_ns())
+            engine.Engine(b, EngineSpec("calc", path, exports=True), module, wasm_engine,
+                          description)
+            t.append(time.perf_counter_ns())
+            confine._neutralize_fds_except({0, 1, 2, w, b.fileno()})
+            confine._limit_resources(None)
+            t.append(time.perf_counter_ns())
+            confine._enter_namespaces(wanted, strict=True)
+            t.append(time.perf_counter_ns())
+            confine._drop_privileges(user)
+            t.append(time.perf_counter_ns())
+            confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            if confine.landlock_abi():
+                confine._landlock_deny_all(confine.landlock_abi())
+            t.append(time.perf_counter_ns())
+            if confine.seccomp_supported():
+                seccomp.install()
+            t.append(time.perf_counter_ns())
+            os.write(w, json.dumps(t).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            rows.append(json.loads(f.read()))
+        os.waitpid(pid, 0)
+        a.close(), b.close()
+    out = {name: statistics.median((row[i + 1] - row[i]) / 1000 for row in rows)
+           for i, name in enumerate(names)}
+    out["n"] = n
+    return out
 
 
 def bare_python(n: int) -> dict:
@@ -428,6 +494,12 @@ def section(name: str, cfg: dict) -> dict:
                    "bare_python": bare_python(cfg["bare"])}
             for n in cfg["many"]:
                 out[f"many_{n}"] = many(n, d)
+            out["confine_layers_us"] = confine_layers(cfg["layers"])
+            # as ratios to the bare interpreter measured in this run, so that runs
+            # on a busier or quieter machine (before and after a change) compare
+            bare = out["bare_python"]["per_process_ms"]
+            out["vs_bare_python"] = {"cold_start_one": out["cold_start_one"]["ms"] / bare, **{
+                f"many_{n}": out[f"many_{n}"]["per_compartment_ms"] / bare for n in cfg["many"]}}
             return out
     raise ValueError(name)
 
@@ -449,9 +521,10 @@ def machine() -> dict:
 
 CONFIGS = {
     "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
-             "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000]},
+             "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000],
+             "layers": 50},
     "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
-              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10]},
+              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3},
 }
 
 
@@ -573,6 +646,14 @@ def table(r: dict) -> str:
                      f"{_f(v['uss_mib'])} / {_f(v['pss_mib'])} MiB | "
                      f"{_f(s['bare_python']['uss_mib'])} / {_f(s['bare_python']['pss_mib'])} "
                      f"MiB |")
+    lines += ["", "| start-up / a bare interpreter's start-up (same run) | ratio |", "|---|---|"]
+    for key, v in s["vs_bare_python"].items():
+        what = "one compartment, request → ready" if key == "cold_start_one" else \
+            f"{key[5:]} compartments ready, per compartment"
+        lines.append(f"| {what} | {_f(v)} |")
+    lay = s["confine_layers_us"]
+    lines += ["", f"| an engine's start, step by step (median of {lay['n']}) | µs |", "|---|---|"]
+    lines += [f"| {k} | {_f(v)} |" for k, v in lay.items() if k != "n"]
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     for what, get, limit, op, unit in TARGETS:
         try:

@@ -1,81 +1,113 @@
 """OS confinement of an engine process (Linux), applied after the module is loaded.
 
-Assume the engine's Python has been taken over: the kernel must still hold it.
-`confine()` applies, in this order:
+Owns: every layer the kernel puts around an engine, and `probe()`, which says
+once at start which layers this kernel cannot give.  Must not: import wasmtime,
+the engine or the supervisor; leave a layer out silently (a layer the probe
+found available and that then fails is a `ConfinementError`: the engine does
+not run).
+
+Assume the engine's Python has been taken over -- or wasmtime, so that the
+guest runs native code: the kernel must still hold it.  `confine()` applies,
+in this order:
 
 1. descriptors: every one but stdin/stdout/stderr, the supervisor socket
-   and wasmtime's memory images is pointed at /dev/null.  Not closed: some
-   belong to libraries (pycapnp's schema parser keeps directory descriptors
-   of its import path), which would close them again later, perhaps after
-   the number was reused; on /dev/null they reach nothing;
+   and the module's memfd is pointed at /dev/null.  Not closed: some belong
+   to libraries (pycapnp's schema parser keeps directory descriptors of its
+   import path), which would close them again later, perhaps after the
+   number was reused; on /dev/null they reach nothing;
 2. resource limits: no new files of any size (RLIMIT_FSIZE 0), few descriptors,
    bounded address space, no core dumps;
-3. no new privileges (PR_SET_NO_NEW_PRIVS);
-4. Landlock: no filesystem access at all (no path is granted yet), no TCP bind
-   or connect, no signals or abstract Unix sockets outside the engine
-   (as far as the kernel's Landlock ABI goes);
-5. seccomp: a filter that refuses (EPERM) new sockets, exec, fork/clone,
-   ptrace, mount, module loading, bpf, io_uring, privilege changes and the
-   like, synchronised to every thread; other architectures than x86_64 are
-   killed outright.
+3. namespaces: new IPC, UTS, network and mount namespaces; the mount
+   namespace is emptied (its root is an empty read-only tmpfs, every other
+   mount is detached).  Not root: they come with a user namespace that maps
+   the engine's own uid and gid to themselves and nothing else;
+4. privileges: root changes to the unprivileged `user` (uid, gid, no
+   supplementary groups); then every capability goes -- bounding set,
+   ambient, inheritable, permitted, effective;
+5. no new privileges (PR_SET_NO_NEW_PRIVS);
+6. Landlock: no filesystem access at all, no TCP bind or connect, no signals
+   or abstract Unix sockets outside the engine (as far as the kernel's
+   Landlock ABI goes);
+7. seccomp: an allow-list of the system calls a running engine makes
+   (seccomp.py), synchronised to every thread.
 
-Death with the supervisor is PR_SET_PDEATHSIG (engine.py); the environment is
-empty because the supervisor starts engines with none (`python -I`, env {}).
+Death with the supervisor is PR_SET_PDEATHSIG (`die_with_parent`); the
+environment is empty because the supervisor starts the zygote with none.
 
 We wrote this with ctypes instead of depending on `landlockpy`/`pyseccomp`:
-it is about a hundred lines of well-documented kernel ABI, and an engine must
+it is a few hundred lines of well-documented kernel ABI, and an engine must
 not import more than it needs.  The engine must be single-threaded when it is
-confined (wasmtime is configured without parallel compilation): Landlock
-applies to the calling thread only.
+confined (wasmtime is configured without parallel compilation): Landlock and
+the credential changes apply to the calling thread only.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
+import json
 import os
 import platform
 import resource
+import signal
 import struct
+
+from . import seccomp
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+# Looked up now (the zygote imports this module), not by every engine: ~30 µs each.
+_libc.unshare, _libc.umount2, _libc.setgroups
 
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # Landlock (x86_64 and aarch64 share these syscall numbers)
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 
-# seccomp
-SYS_SECCOMP_X86_64 = 317
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_TSYNC = 1
-AUDIT_ARCH_X86_64 = 0xC000003E
-SECCOMP_RET_KILL_PROCESS = 0x80000000
-SECCOMP_RET_ERRNO = 0x00050000
-SECCOMP_RET_ALLOW = 0x7FFF0000
-EPERM = 1
+SYS_CAPSET = 126
+SYS_PIVOT_ROOT = 155
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-#: x86_64 system calls an engine never needs and a hijacked one would want.
-DENIED_SYSCALLS_X86_64 = {
-    "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53,
-    "accept4": 288, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "execveat": 322,
-    "clone3": 435, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-    "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272,
-    "setns": 308, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
-    "finit_module": 313, "delete_module": 176, "bpf": 321, "perf_event_open": 298,
-    "keyctl": 250, "add_key": 248, "request_key": 249, "userfaultfd": 323,
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "open_by_handle_at": 304, "name_to_handle_at": 303, "personality": 135,
-    "setuid": 105, "setgid": 106, "setreuid": 113, "setregid": 114, "setresuid": 117,
-    "setresgid": 119, "setgroups": 116, "reboot": 169, "swapon": 167, "swapoff": 168,
-    "iopl": 172, "ioperm": 173, "quotactl": 179, "acct": 163, "settimeofday": 164,
-    "clock_settime": 227, "adjtimex": 159, "syslog": 103, "mknod": 133, "mknodat": 259,
-    "memfd_secret": 447, "fsopen": 430, "fsmount": 432, "move_mount": 429, "open_tree": 428,
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+#: The namespaces every engine gets, with what each keeps from it.
+NAMESPACES = {
+    "ipc": (CLONE_NEWIPC, "other processes' System V IPC and POSIX message queues"),
+    "uts": (CLONE_NEWUTS, "the host name"),
+    "net": (CLONE_NEWNET, "network interfaces and abstract Unix sockets"),
+    "mount": (CLONE_NEWNS, "every mounted file system (an empty root instead)"),
 }
 
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MNT_DETACH = 2
+
+
+class ConfinementError(OSError):
+    """A layer the kernel offers could not be applied: the engine must not run."""
+
+
+def die_with_parent(parent_pid: int):
+    """Ask the kernel to SIGKILL us when `parent_pid` (our parent) dies.  The
+    setting is cleared when the process changes user: call it again after."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:               # it died before we asked
+        os._exit(1)
+
+
+# ---------------------------------------------------------------- what the kernel offers
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 if it has none (or it is disabled)."""
@@ -83,9 +115,34 @@ def landlock_abi() -> int:
     return max(v, 0)
 
 
+_seccomp: bool | None = None
+
+
 def seccomp_supported() -> bool:
-    return platform.machine() == "x86_64" and os.path.exists("/proc/self/status") and \
-        _libc.prctl(21, 0, 0, 0, 0) >= 0          # PR_GET_SECCOMP answers
+    global _seccomp
+    if _seccomp is None:
+        _seccomp = platform.machine() == "x86_64" and _libc.prctl(21, 0, 0, 0, 0) >= 0
+    return _seccomp                               # PR_GET_SECCOMP answers
+
+
+_namespaces: dict | None = None      # name -> None (available) or why not; see namespaces()
+
+
+def namespaces() -> dict:
+    """name -> None if engines started by this process get that namespace, else the
+    reason they cannot.  Found out once, by a child that tries what engines do."""
+    global _namespaces
+    if _namespaces is None:
+        _namespaces = _try_namespaces()
+    return _namespaces
+
+
+def prepare():
+    """Done once in the zygote, so that forked engines do not pay for it."""
+    namespaces()
+    _cap_last()
+    if seccomp_supported():
+        seccomp.program()
 
 
 def probe() -> list[str]:
@@ -100,23 +157,77 @@ def probe() -> list[str]:
     if not seccomp_supported():
         missing.append(f"no seccomp filter on {platform.machine()}: engines can make any "
                        f"system call")
+    found = namespaces()
+    if all(why is not None and why.startswith(_NO_USERNS) for why in found.values()):
+        missing.append(f"{next(iter(found.values()))}: engines share the host's IPC, UTS, "
+                       f"network and mount namespaces, and keep this user's capability "
+                       f"bounding set (they hold no capability)")
+    else:
+        missing += [f"no {name} namespace for engines ({why}): they share "
+                    f"{NAMESPACES[name][1]} with the host"
+                    for name, why in found.items() if why is not None]
     return missing
 
 
-def confine(keep_fds, address_space: int | None = None) -> list[str]:
-    """Confine this (single-threaded) process for good; returns what was unavailable."""
-    unavailable = []
+_NO_USERNS = "no user namespace"
+
+
+def _try_namespaces() -> dict:
+    """Fork a child that enters the namespaces as an engine would; its report."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the child: try, report, leave
+        try:
+            report = {}
+            try:
+                _enter_namespaces(list(NAMESPACES), strict=False, report=report)
+            except BaseException as e:  # noqa: BLE001 - anything: say so
+                report["mount"] = str(e) or type(e).__name__
+            os.write(w, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    try:
+        report = json.loads(data)
+    except ValueError:
+        report = dict.fromkeys(NAMESPACES, "the probe died")
+    return {name: report.get(name) for name in NAMESPACES}
+
+
+# ---------------------------------------------------------------- confine
+
+def confine(keep_fds, address_space: int | None = None, user=None, parent: int = 0) -> list[str]:
+    """Confine this (single-threaded) process for good; returns what was unavailable.
+
+    `user`: (uid, gid) to become when running as root (required then).
+    `parent`: die with that process (again: a change of user clears it)."""
+    root = os.geteuid() == 0
+    if root and user is None:
+        raise ConfinementError("running as root, and no user to run the engine as")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:       # Landlock and the change of user would hold one thread only
+        raise ConfinementError(f"the engine has {threads} threads; it must have one")
+    unavailable = [name for name, why in namespaces().items() if why is not None]
+    use_seccomp = seccomp_supported()       # asked now: nothing can be looked up later
+    _cap_last()
     _neutralize_fds_except(set(keep_fds) | {0, 1, 2})
     _limit_resources(address_space)
+    _enter_namespaces([n for n, why in namespaces().items() if why is None], strict=True)
+    _drop_privileges(user if root else None)
+    if parent:
+        die_with_parent(parent)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        unavailable.append("no_new_privs")
+        raise ConfinementError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
     abi = landlock_abi()
     if abi:
         _landlock_deny_all(abi)
     else:
         unavailable.append("landlock")
-    if seccomp_supported():
-        _seccomp_deny(DENIED_SYSCALLS_X86_64.values())
+    if use_seccomp:
+        seccomp.install()
     else:
         unavailable.append("seccomp")
     return unavailable
@@ -151,6 +262,121 @@ def _limit_resources(address_space):
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
 
+def _check(result: int, what: str):
+    if result != 0:
+        e = ctypes.get_errno()
+        raise ConfinementError(e, f"{what}: {os.strerror(e)}")
+
+
+def _enter_namespaces(wanted, strict: bool, report: dict | None = None):
+    """unshare() the `wanted` namespaces (not root: inside a user namespace of our
+    own).  strict: a failure raises ConfinementError.  Else (the probe) each one is
+    tried alone, and why one failed goes to `report[name]`."""
+    if not wanted:
+        return
+    if os.geteuid() != 0:
+        try:
+            _enter_user_namespace()
+        except ConfinementError as e:
+            if strict:
+                raise
+            report.update(dict.fromkeys(wanted, f"{_NO_USERNS}: {e.strerror}"))
+            return
+    if strict:
+        _check(_libc.unshare(sum(NAMESPACES[name][0] for name in wanted)),
+               "unshare(" + ", ".join(wanted) + ")")
+        if "mount" in wanted:
+            _empty_mount_namespace()
+        return
+    for name in wanted:
+        try:
+            _check(_libc.unshare(NAMESPACES[name][0]), "unshare")
+            if name == "mount":
+                _empty_mount_namespace()
+        except ConfinementError as e:
+            report[name] = e.strerror
+
+
+def _enter_user_namespace():
+    """A user namespace in which our own uid and gid map to themselves, and
+    nothing else (so no id in it is privileged outside it)."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
+    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
+                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise ConfinementError(e.errno, f"writing {path}: {e.strerror}") from None
+
+
+def _empty_mount_namespace():
+    """In a new mount namespace: make an empty, read-only tmpfs the root and detach
+    every other mount, so that no path leads anywhere (not even to /proc)."""
+    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
+    # /proc surely exists; the tmpfs only needs somewhere to be mounted before it is the root
+    _check(_libc.mount(b"none", b"/proc", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       b"mode=0555,size=4k,nr_inodes=1"), "mounting an empty tmpfs")
+    os.chdir("/proc")
+    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "detaching the old root")
+    os.chdir("/")
+
+
+_CAP_LAST: int | None = None
+
+
+def _cap_last() -> int:
+    global _CAP_LAST
+    if _CAP_LAST is None:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _CAP_LAST = int(f.read())
+        except (OSError, ValueError):
+            _CAP_LAST = 63
+    return _CAP_LAST
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_privileges(user):
+    """Root: become `user`.  Then no capability at all, in any set."""
+    # not root: only in a user namespace of our own can the bounding set shrink
+    can_drop = os.geteuid() == 0 or any(why is None for why in namespaces().values())
+    last = _cap_last()
+    for cap in range(last + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            e = ctypes.get_errno()
+            if e == errno.EINVAL:                # past the kernel's last capability
+                break
+            if can_drop:
+                raise ConfinementError(e, f"dropping capability {cap} from the bounding set: "
+                                       f"{os.strerror(e)}")
+            break                                # no user namespace: nothing to drop with
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if user is not None:
+        uid, gid = user
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+            raise ConfinementError(errno.EPERM, f"could not become uid {uid} gid {gid}")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
 def _landlock_deny_all(abi: int):
     fs = (1 << 13) - 1                      # ABI 1: execute .. make_sym
     if abi >= 2:
@@ -170,63 +396,9 @@ def _landlock_deny_all(abi: int):
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)
     if fd < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+        raise ConfinementError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
         if _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+            raise ConfinementError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(fd)
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def seccomp_program(denied) -> list[tuple]:
-    """Classic BPF: kill foreign architectures, refuse `denied` (and x32) with EPERM."""
-    LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
-    denied = sorted(set(denied))
-    prog = [(LD_W_ABS, 0, 0, 4),                      # seccomp_data.arch
-            (JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-            (RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
-            (LD_W_ABS, 0, 0, 0)]                      # seccomp_data.nr
-    deny_at = len(prog) + 1 + len(denied) + 1          # index of the EPERM return
-    prog.append((JGE_K, deny_at - len(prog) - 1, 0, 0x40000000))   # x32 system calls
-    for nr in denied:
-        prog.append((JEQ_K, deny_at - len(prog) - 1, 0, nr))
-    prog.append((RET_K, 0, 0, SECCOMP_RET_ALLOW))
-    prog.append((RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM))
-    assert len(prog) == deny_at + 1
-    return prog
-
-
-def _fprog(denied) -> "_SockFprog":
-    prog = seccomp_program(denied)
-    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), filters)
-    fprog._keep = filters
-    return fprog
-
-
-_PROGRAMS: dict = {}
-
-
-def _seccomp_deny(denied):
-    key = tuple(sorted(set(denied)))
-    fprog = _PROGRAMS.get(key)
-    if fprog is None:        # the zygote builds the engines' program once, before forking
-        fprog = _PROGRAMS[key] = _fprog(key)
-    if _libc.syscall(SYS_SECCOMP_X86_64, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
-                     ctypes.byref(fprog)) != 0:
-        raise OSError(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
-
-
-# Built at import (the zygote imports this module), so forked engines do not.
-_ENGINE_SYSCALLS = tuple(sorted(set(DENIED_SYSCALLS_X86_64.values())))
-_PROGRAMS[_ENGINE_SYSCALLS] = _fprog(_ENGINE_SYSCALLS)
-

@@ -1,8 +1,17 @@
-"""The engine program: `python -m compartments.engine --fd N --name NAME --module PATH`.
+"""The engine: one compartment's wasm module, driven by Cap'n Proto RPC.
 
-One engine runs one compartment: a wasmtime Store with the module's own linear
-memory and table, linked only against the `wsuper` ABI.  It speaks Cap'n Proto
-RPC to the supervisor over the inherited socket `--fd`, from a blocking loop:
+Owns: one wasmtime Store per instance of the compartment's module, linked only
+against the `wsuper` ABI (and WASI, compartments/wasi.py); the guest's handle
+table; the blocking loop that speaks Cap'n Proto RPC to the supervisor over
+one socket; the per-call reset of instance = "per_call".
+
+Must not: open files or sockets, import trio or the supervisor, or touch
+wasmtime-py's private API (that is unchecked.py).  Everything it can reach
+comes through the supervisor, which checks it again.
+
+An engine is forked by the zygote (zygote.py), which hands `run()` a
+validated `EngineSpec` (spec.py), the socket and the compiled module; `run()`
+confines the process (confine.py) before it reads a single message.
 
 * its bootstrap capability is the Engine control object (engine.capnp), which
   only the supervisor holds;
@@ -16,10 +25,13 @@ Guest handles index this engine's handle table; each entry is an import (a
 capability held through the supervisor) or one of the guest's own objects.
 The supervisor checks every import id against the compartment's c-list, so a
 forged id in a taken-over engine reaches nothing it was not granted.
+
+Nothing the supervisor sends crashes the engine: a call it cannot handle
+fails with a clear reason, and a protocol violation is reported on stderr
+and ends the engine with EXIT_PROTOCOL.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import signal
@@ -33,14 +45,21 @@ import wasmtime
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
-from . import abi, confine, hostcall, wasi
-from .fastcall import TypedFunc
-from .limits import Limits
+from . import abi, confine, unchecked, wasi, wasm
+from .spec import EngineSpec
+from .unchecked import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
 
 
 UNLIMITED_FUEL = (1 << 63) - 1
+
+# How an engine ends (its exit code); the supervisor prints the last stderr line.
+EXIT_OK = 0
+EXIT_CANNOT_LOAD = 3        # the module cannot be loaded or instantiated
+EXIT_PROTOCOL = 4           # the supervisor broke the protocol
+EXIT_CONFINE = 5            # the process could not be confined: it does not run
+
 #: Incoming calls served re-entrantly while the guest waits in its own calls
 #: (A calls B, B calls A back, ...).  Deeper nesting fails the call: each level
 #: costs native stack in this process.
@@ -92,6 +111,17 @@ class HandleTable:
         self._free.append(h)
         return entry
 
+    def entries(self):
+        return list(self._entries.values())
+
+    def copy(self) -> "HandleTable":
+        """The same handles, in a table of their own (instance = "per_call")."""
+        other = HandleTable(self.limit)
+        other._entries = dict(self._entries)
+        other._free = list(self._free)
+        other._next = self._next
+        return other
+
 
 
 class _Import:
@@ -119,19 +149,27 @@ class _Frame:
         self.error = None
 
 
+#: What belongs to one instance of the module; instance = "per_call" gives each
+#: call a fresh set (Engine._fresh_instance) and puts the outer one back after.
+_INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_wasi_fns")
+
+
 class Engine:
-    def __init__(self, sock: socket.socket, name: str, module_path: str, exports: bool,
-                 limits: Limits | None = None, compiled=None,
-                 per_call: bool = False):
+    def __init__(self, sock: socket.socket, spec: EngineSpec, module: wasmtime.Module = None,
+                 wasm_engine: wasmtime.Engine = None, description: wasm.Description = None):
+        """`module`: the compartment's module, compiled for `wasm_engine` with
+        wasm.engine_config() (the zygote's), and its `description`, its imports
+        already checked; None: compile and check `spec.module` here."""
         self.sock = sock
-        self.name = name
-        self.exports_main = exports
-        self.per_call = per_call              # a fresh instance for every incoming call
-        self.limits = limits or Limits()
+        self.spec = spec
+        self.name = spec.name
+        self.exports_main = spec.exports
+        self.per_call = spec.per_call         # a fresh instance for every incoming call
+        self.limits = spec.limits
         self.max_message_bytes = self.limits.message_size
         # what the supervisor forwards carries its own headers: allow for them
         self.conn = protocol.Connection(
-            f"supervisor->{name}", max_message_words=(self.limits.message_size >> 3) + 8192)
+            f"supervisor->{self.name}", max_message_words=(self.limits.message_size >> 3) + 8192)
         self.handles = HandleTable(self.limits.handles)
         self.grants: dict[str, int] = {}
         self.objects: dict[int, LocalObject] = {}
@@ -141,43 +179,43 @@ class Engine:
         self.control = object()
         self._outgoing: list[bytes] = []
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
-        self.call_times: list[int] | None = None  # ns per outgoing call (WSUPER_STATS=1)
-        self._load(module_path, compiled)
+        self._started = False
+        self._granted: list = []                 # (name, kind, mount, import id), at start
+        self._grant_handles: HandleTable | None = None   # per_call: each call starts here
+        self._wasi_fns: dict = {}
+        self.call_times: list[int] | None = [] if spec.stats else None  # ns per outgoing call
+        self._load(module, wasm_engine, description)
 
     # ------------------------------------------------------------ wasm
 
-    def _load(self, path, compiled):
-        """`compiled`: (wasmtime.Engine, Module, imports, export types) that the zygote
-        compiled and described with our configuration before it forked us, so that
-        none of it costs anything here; or None, and the engine compiles `path`."""
-        if compiled is not None:
-            self.wasm_engine, module, imports, self._export_types = compiled
-        else:
-            self.wasm_engine = wasmtime.Engine(engine_config())
+    def _load(self, module, wasm_engine, description):
+        path = self.spec.module
+        if module is None:
+            wasm_engine = wasmtime.Engine(wasm.engine_config())
             try:
-                module = compile_module(self.wasm_engine, path)
+                module = wasm.compile_module(wasm_engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
-            imports, self._export_types = list(describe_imports(module)), {}
-        problem = abi.check_imports(imports)
-        if problem:
-            raise EngineError(f"module {path} {problem}")
-        wasi_names = sorted({name for m, name, _k, _s in imports if m == abi.WASI_MODULE})
+            description = None
+        self.wasm_engine = wasm_engine
+        if description is None:
+            problem, description = wasm.describe(module)
+            if problem:
+                raise EngineError(f"module {path} {problem}")
+        export_types = description.exports
+        self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
-        self.wasi = wasi.Wasi(self, self.name,
-                              max_io=min(wasi.MAX_IO, self.max_message_bytes // 2)) \
-            if wasi_names else None
-        self.store = wasmtime.Store(self.wasm_engine)
-        self.store.set_limits(memory_size=self.limits.memory,
-                              table_elements=self.limits.table_elements)
-        self.store.set_fuel(UNLIMITED_FUEL)     # start-up code (the start function)
+        self.wasi = self._new_wasi()
+        self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
         for name, (params, results) in abi.IMPORTS.items():
-            hostcall.define(linker, abi.MODULE, name, params, results,
-                            getattr(self, "_host_" + name), self.wasm_engine)
-        for name in wasi_names:
-            hostcall.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
-                            self.wasi.function(name), self.wasm_engine)
+            unchecked.define(linker, abi.MODULE, name, params, results,
+                             getattr(self, "_host_" + name), self.wasm_engine)
+        for name in self._wasi_names:
+            # per_call: each call has a WASI state of its own, so look it up at each call
+            fn = self._wasi_entry(name) if self.per_call else self.wasi.function(name)
+            unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name], fn,
+                             self.wasm_engine)
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
@@ -186,27 +224,51 @@ class Engine:
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
-        self.start_func = self._typed(exports, abi.EXPORT_START, ((), ()), path)
-        self.initialize = self._typed(exports, abi.EXPORT_INITIALIZE, ((), ()), path)
-        self.dispatch = self._typed(exports, abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE, path)
+        typed = lambda name, sig: self._typed(exports, name, sig, export_types)  # noqa: E731
+        self.start_func = typed(abi.EXPORT_START, ((), ()))
+        self.initialize = typed(abi.EXPORT_INITIALIZE, ((), ()))
+        self.dispatch = typed(abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE)
         self._dispatch_type = self.dispatch
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
 
-    def _typed(self, exports, name, sig, path):
+    def _new_store(self, fuel: int) -> wasmtime.Store:
+        store = wasmtime.Store(self.wasm_engine)
+        store.set_limits(memory_size=self.limits.memory,
+                         table_elements=self.limits.table_elements)
+        store.set_fuel(fuel)
+        return store
+
+    def _new_wasi(self):
+        if not self._wasi_names:
+            return None
+        return wasi.Wasi(self, self.name, max_io=min(wasi.MAX_IO, self.max_message_bytes // 2))
+
+    def _wasi_entry(self, name):
+        """A WASI function that runs in whichever WASI state is current."""
+        def call(*args):
+            fn = self._wasi_fns.get(name)
+            if fn is None:
+                fn = self._wasi_fns[name] = self.wasi.function(name)
+            return fn(*args)
+        return call
+
+    def _typed(self, exports, name, sig, export_types):
         func = exports.get(name)
         if func is None:
             return None
         if not isinstance(func, wasmtime.Func):
-            raise EngineError(f"module {path} exports {name}, but not as a function")
+            raise EngineError(f"module {self.spec.module} exports {name}, but not as a function")
         try:
-            return TypedFunc(self.store, func, *sig, actual=self._export_types.get(name))
+            return TypedFunc(self.store, func, *sig, actual=export_types.get(name))
         except TypeError as e:
-            raise EngineError(f"module {path} exports {name} with the wrong type: {e}") from None
+            raise EngineError(f"module {self.spec.module} exports {name} with the wrong "
+                              f"type: {e}") from None
 
-    def confine(self) -> list[str]:
-        """Confine this process for good (see confine.py); returns what was unavailable."""
+    def confine(self, user=None, parent: int = 0) -> list[str]:
+        """Confine this process for good (see confine.py); returns what was unavailable.
+        `user`: (uid, gid) to run as if this process runs as root; `parent`: die with it."""
         keep = [self.sock.fileno()]
         for fd in os.listdir("/proc/self/fd"):     # wasmtime's memory images stay open
             try:
@@ -217,7 +279,8 @@ class Engine:
         with open("/proc/self/status") as f:
             vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
         # room for the guest's memory to grow to its limit, and for our own heap
-        return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20))
+        return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user,
+                               parent=parent)
 
     # ------------------------------------------------------------ guest memory
 
@@ -225,7 +288,7 @@ class Engine:
         """Address of guest memory [ptr, ptr+length), after checking it is inside."""
         if self.memory is None:
             raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
-        base, size = hostcall.memory_span(self.memory)
+        base, size = unchecked.memory_span(self.memory)
         # wasmtime hands high i32 pointers to the host as negative ints.
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestFault(f"guest passed out-of-range memory [{ptr}, {ptr}+{length}) "
@@ -482,7 +545,7 @@ class Engine:
     def _wait_for(self, qid) -> protocol.ReturnReceived:
         while qid not in self.returns:
             if not self._pump():
-                raise SystemExit(0)
+                raise SystemExit(EXIT_OK)
         return self.returns.pop(qid)
 
     def _pump(self) -> bool:
@@ -492,43 +555,56 @@ class Engine:
             return False
         try:
             events = self.conn.receive(data)
-        except protocol.ProtocolError as e:
-            self._send(self.conn.send_abort(str(e)))
-            self._flush()
-            print(f"wsuper engine {self.name}: protocol error from supervisor: {e}",
-                  file=sys.stderr)
-            return False
+        except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
+            self._protocol_violation(e)
         for ev in events:
             self._on_event(ev)
         return True
 
+    def _protocol_violation(self, e: Exception):
+        """The supervisor broke the protocol: say so, tell it, and end (EXIT_PROTOCOL)."""
+        reason = _first_line(e)
+        print(f"wsuper engine {self.name}: protocol error from supervisor: {reason}",
+              file=sys.stderr, flush=True)
+        try:
+            self._send(self.conn.send_abort(reason))
+            self._flush()
+        except Exception:  # noqa: BLE001 - it is going away anyway
+            pass
+        raise SystemExit(EXIT_PROTOCOL)
+
     def _on_event(self, ev):
-        if isinstance(ev, protocol.BootstrapRequested):
-            self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
-                                             [self.control]))
-        elif isinstance(ev, protocol.CallReceived):
+        if isinstance(ev, protocol.CallReceived):
             self._on_call(ev)
-        elif isinstance(ev, protocol.ReturnReceived):
-            self.returns[ev.question_id] = ev
-        elif isinstance(ev, protocol.Unhandled):
-            self._send(ev.reply)
-        elif isinstance(ev, protocol.AbortReceived):
-            raise SystemExit(0)
-        # FinishReceived, ExportReleased: nothing to do (the guest is not told).
+            return
+        try:
+            if isinstance(ev, protocol.BootstrapRequested):
+                self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
+                                                 [self.control]))
+            elif isinstance(ev, protocol.ReturnReceived):
+                self.returns[ev.question_id] = ev
+            elif isinstance(ev, protocol.Unhandled):
+                self._send(ev.reply)
+            elif isinstance(ev, protocol.AbortReceived):
+                raise SystemExit(EXIT_OK)
+            # FinishReceived, ExportReleased: nothing to do (the guest is not told).
+        except Exception as e:  # noqa: BLE001 - an event we cannot act on is a violation
+            self._protocol_violation(e)
 
     def _on_call(self, ev: protocol.CallReceived):
+        """Answer one incoming call.  Whatever goes wrong fails this call only."""
+        after = []      # what must happen once the answer is queued (per_call clean-up)
         try:
             if ev.target is self.control:
                 if ev.interface_id != ENGINE_INTERFACE:
                     raise _CallError("unimplemented", "not an Engine method")
                 content, caps = self._control(ev)
             elif isinstance(ev.target, LocalObject):
-                content, caps = self._dispatch(ev)
+                content, caps = self._dispatch(ev, after)
             else:
                 raise _CallError("unimplemented", "promise pipelining into an engine")
         except _CallError as e:
             self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
-            return
         except wasi.WasiExit as e:     # proc_exit while serving a call: this instance is done
             if self.wasi is not None:
                 self.wasi.flush_all()
@@ -536,19 +612,34 @@ class Engine:
                 ev.answer_id, f"compartment {self.name} exited (code {e.code})", "disconnected",
                 no_finish=True))
             self._flush()
-            raise SystemExit(0) from None
-        # The supervisor never pipelines on an engine's answers.
-        self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
+            raise SystemExit(EXIT_OK) from None
+        except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
+            self._send(self.conn.send_exception(
+                ev.answer_id, f"compartment {self.name}: the engine could not handle this call "
+                f"({type(e).__name__}: {_first_line(e)})", "failed", no_finish=True))
+        else:
+            # The supervisor never pipelines on an engine's answers.
+            self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
+        finally:
+            for f in after:
+                f()
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)
+            if self._started:
+                raise _CallError("failed", "start called twice")
+            grants = payloads.read_grants(ev.payload.content)   # all of it, or the call fails
+            self._started = True
             granted = []
-            for name, index, kind, mount in payloads.read_grants(ev.payload.content):
+            for name, index, kind, mount in grants:
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):
                     self.grants[name] = self._handle_for(cap)
                     granted.append((name, kind, mount, cap.import_id))
+            self._granted = granted
+            if self.per_call:       # every call starts from the grants, with references of its own
+                self._grant_handles = self._holding(self.handles.copy())
             if self.wasi is not None:
                 self.wasi.grant(granted)
             if self.initialize is not None:         # a WASI reactor's constructors
@@ -587,63 +678,106 @@ class Engine:
               f"p50_us={pick(0.5):.1f} p99_us={pick(0.99):.1f} max_us={t[-1] / 1000:.1f}",
               file=sys.stderr, flush=True)
 
-    def _dispatch(self, ev):
+    def _dispatch(self, ev, after: list):
+        """Call the guest's wsuper_dispatch.  `after`: clean-ups to run once the
+        answer is queued (per_call: the instance's own handles are released then,
+        after the answer that may carry some of them)."""
         if len(self.frames) >= MAX_NESTING:
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")
-        try:
-            handles = self._handles_for(ev.payload.caps)
-        except _GuestError as e:
-            raise _CallError("overloaded", str(e)) from None
-        frame = _Frame(self._for_guest(ev.payload.content), handles)
-        self.frames.append(frame)
+        if self.dispatch is None:
+            raise _CallError("unimplemented", f"compartment {self.name} serves no calls")
         outer = self._fresh_instance() if self.per_call else None
         try:
-            status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
-                                 ev.method_id, len(frame.params), len(frame.handles),
-                                 fuel=self.limits.fuel_per_call)
+            try:
+                handles = self._handles_for(ev.payload.caps)
+            except _GuestError as e:
+                raise _CallError("overloaded", str(e)) from None
+            frame = _Frame(self._for_guest(ev.payload.content), handles)
+            self.frames.append(frame)
+            try:
+                status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
+                                     ev.method_id, len(frame.params), len(frame.handles),
+                                     fuel=self.limits.fuel_per_call)
+            finally:
+                self.frames.pop()
         finally:
-            self.frames.pop()
             if outer is not None:
-                self.store, self.memory, self.dispatch = outer
+                after.append(self._leave_instance(outer))
         if status != 0 or frame.error is not None:
             raise _CallError("failed", f"{self.name}: {frame.error or f'dispatch returned {status}'}")
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results
 
-    def _fresh_instance(self):
-        """Switch to a new store and instance for this one call (instance = "per_call");
-        returns what to switch back to.  Nothing the guest does survives the call."""
-        outer = (self.store, self.memory, self.dispatch)
-        store = wasmtime.Store(self.wasm_engine)
-        store.set_limits(memory_size=self.limits.memory,
-                         table_elements=self.limits.table_elements)
-        store.set_fuel(self.limits.fuel_per_call)
+    def _swap(self, state: dict) -> dict:
+        outer = {k: getattr(self, k) for k in _INSTANCE_STATE}
+        for k, v in state.items():
+            setattr(self, k, v)
+        return outer
+
+    def _holding(self, table: HandleTable) -> HandleTable:
+        """`table`, with a reference of its own to every import in it."""
+        for entry in table.entries():
+            if isinstance(entry, _Import):
+                self.hold(entry.import_id)
+        return table
+
+    def _fresh_instance(self) -> dict:
+        """Switch to a new instance for this one call (instance = "per_call"): a new
+        store, memory and tables, no pending reply, the handle table and WASI state
+        as they were right after start (the grants).  Returns what to switch back
+        to with _leave_instance.  Nothing the guest does survives the call."""
+        store = self._new_store(self.limits.fuel_per_call)
         try:
             instance = self.instance_pre.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
             raise _CallError("failed", f"{self.name}: cannot instantiate: {_first_line(e)}") \
                 from None
         exports = instance.exports(store)
-        self.store, self.memory = store, exports.get(abi.EXPORT_MEMORY)
-        self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
+        fresh_wasi = self._new_wasi()
+        if fresh_wasi is not None:
+            fresh_wasi.grant(self._granted)
+        grants = self._grant_handles if self._grant_handles is not None else HandleTable(
+            self.limits.handles)
+        memory = exports.get(abi.EXPORT_MEMORY)
+        outer = self._swap({
+            "store": store, "memory": memory if isinstance(memory, wasmtime.Memory) else None,
+            "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
+            "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
+            "_wasi_fns": {}})
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
                             fuel=self.limits.fuel_per_call)
             except (_CallError, wasi.WasiExit) as e:
-                self.store, self.memory, self.dispatch = outer
+                self._leave_instance(outer)()
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
         return outer
+
+    def _leave_instance(self, outer: dict):
+        """Back to `outer`.  The instance's unfinished output lines are written now;
+        returns the clean-up that drops its references, to run after the answer."""
+        inner = self._swap(outer)
+        if inner["wasi"] is not None:
+            inner["wasi"].flush_all()
+
+        def release():
+            if inner["wasi"] is not None:
+                inner["wasi"].close_all()
+            for entry in inner["handles"].entries():
+                if isinstance(entry, _Import):
+                    self._unref_import(entry.import_id)
+        return release
 
     def _guest(self, func, *args, fuel: int):
         """Enter the guest with a fresh CPU budget.  A re-entrant call (a callback
         while the guest waits) gets its own budget; the outer one resumes with
         what it had left."""
         self._flush()      # the guest may run for long: let the supervisor have it all
-        outer = self.store.get_fuel()
-        self.store.set_fuel(fuel)
+        store = self.store
+        outer = store.get_fuel()
+        store.set_fuel(fuel)
         try:
             return func(*args)
         except GuestFault as e:
@@ -658,7 +792,7 @@ class Engine:
             raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
                 from None
         finally:
-            self.store.set_fuel(outer)
+            store.set_fuel(outer)
 
 
 class _GuestError(Exception):
@@ -675,44 +809,6 @@ class _CallError(Exception):
 
 
 _RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
-
-
-def engine_config() -> wasmtime.Config:
-    """The wasmtime configuration of every engine (the zygote compiles with it too)."""
-    config = wasmtime.Config()
-    config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
-    config.memory_guard_size = 1 << 16
-    config.consume_fuel = True              # CPU per call: see Engine._guest
-    config.parallel_compilation = False     # stay single-threaded: see confine.py
-    return config
-
-
-def compile_module(wasm_engine: wasmtime.Engine, path: str) -> wasmtime.Module:
-    if path.endswith(".wat"):
-        with open(path, encoding="utf-8") as f:
-            return wasmtime.Module(wasm_engine, f.read())
-    return wasmtime.Module.from_file(wasm_engine, path)
-
-
-def export_types(module: wasmtime.Module) -> dict:
-    """name -> (params, results) of each function the module exports."""
-    out = {}
-    for exp in module.exports:
-        ty = exp.type
-        if isinstance(ty, wasmtime.FuncType):
-            out[exp.name] = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
-    return out
-
-
-def describe_imports(module: wasmtime.Module):
-    """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
-    for imp in module.imports:
-        ty = imp.type
-        if isinstance(ty, wasmtime.FuncType):
-            sig = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
-            yield imp.module, imp.name, "func", sig
-        else:
-            yield imp.module, imp.name, type(ty).__name__, None
 
 
 def _trap_reason(trap: wasmtime.Trap) -> str:
@@ -737,100 +833,30 @@ def _first_line(e) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _die_with_parent(parent_pid: int):
-    """Ask the kernel to SIGKILL us when the supervisor dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:               # it died before we asked
-        os._exit(1)
+def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
+        wasm_engine: wasmtime.Engine | None = None, description: wasm.Description = None,
+        parent: int = 0) -> int:
+    """Run one engine in this process (forked by the zygote); returns its exit code.
 
-
-def _arguments() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="wsuper-engine")
-    ap.add_argument("--fd", type=int, required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--module", required=True)
-    ap.add_argument("--exports", action="store_true")
-    ap.add_argument("--parent", type=int, default=0)
-    ap.add_argument("--stats", action="store_true",
-                    help="time outgoing calls; report them on stderr when the program ends")
-    ap.add_argument("--per-call", action="store_true",
-                    help="a fresh instance of the module for every incoming call")
-    for flag in ("memory", "table-elements", "fuel-per-call", "handles", "message-size"):
-        ap.add_argument(f"--{flag}", type=int)
-    return ap
-
-
-# Built once, when the zygote imports this module: building a parser costs a few
-# milliseconds (gettext looks for translations on disk) that every engine would pay.
-_ARGUMENTS = _arguments()
-
-
-_FLAGS = {"--exports", "--stats", "--per-call"}
-_VALUES = {"--fd": int, "--name": str, "--module": str, "--parent": int, "--memory": int,
-           "--table-elements": int, "--fuel-per-call": int, "--handles": int,
-           "--message-size": int}
-
-
-def _parse(argv):
-    """The supervisor's own argument list, read without argparse (~1 ms per engine);
-    anything else goes to argparse, which explains what is wrong."""
-    if argv is None:
-        return _ARGUMENTS.parse_args(argv)
-    values = dict.fromkeys(("fd", "name", "module", "memory", "table_elements",
-                            "fuel_per_call", "handles", "message_size"))
-    values.update(parent=0, exports=False, stats=False, per_call=False)
-    i = 0
-    try:
-        while i < len(argv):
-            flag = argv[i]
-            key = flag[2:].replace("-", "_")
-            if flag in _FLAGS:
-                values[key] = True
-                i += 1
-            elif flag in _VALUES:
-                values[key] = _VALUES[flag](argv[i + 1])
-                i += 2
-            else:
-                raise ValueError(flag)
-        if None in (values["fd"], values["name"], values["module"]):
-            raise ValueError("missing")
-    except (ValueError, IndexError):
-        return _ARGUMENTS.parse_args(argv)
-    return argparse.Namespace(**values)
-
-
-def main(argv=None, compiled=None):
-    args = _parse(argv)
-    limits = Limits(**{k: v for k, v in (
-        ("memory", args.memory), ("table_elements", args.table_elements),
-        ("fuel_per_call", args.fuel_per_call), ("handles", args.handles),
-        ("message_size", args.message_size)) if v is not None})
-    if args.parent:
-        _die_with_parent(args.parent)
+    Loads the module, confines the process for good (confine.py), then serves
+    the supervisor on `sock_fd` until it closes the connection.  `parent`: die
+    with that process (the zygote)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
-    sock = socket.socket(fileno=args.fd)
+    sock = socket.socket(fileno=sock_fd)
     try:
-        engine = Engine(sock, args.name, args.module, args.exports, limits, compiled,
-                        per_call=args.per_call)
+        engine = Engine(sock, spec, module, wasm_engine, description)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    if args.stats:
-        engine.call_times = []
-    engine.confine()
+        return EXIT_CANNOT_LOAD
+    try:
+        engine.confine(spec.user, parent)
+    except OSError as e:                    # ConfinementError, or a layer that failed
+        print(f"error: cannot confine the engine: {e}", file=sys.stderr)
+        return EXIT_CONFINE
     try:
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
-    return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    sys.stderr.flush()
-    # Leave without running library destructors inside the sandbox.
-    os._exit(code)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
+    return EXIT_OK

@@ -797,6 +797,16 @@ class Wasi:
             except HostCallFailed:
                 pass
 
+    def close_all(self):
+        """Drop every reference this state holds (instance = "per_call": the engine
+        makes a fresh Wasi from the grants for each call and closes it after)."""
+        fds, self.fds = self.fds, {}
+        for d in fds.values():
+            self._release(d)
+        for attr in ("clock", "random", "env"):
+            self.host.drop(getattr(self, attr))
+            setattr(self, attr, None)
+
     # ------------------------------------------------------------ directories
 
     def fd_readdir(self, fd, buf, length, cookie, out):

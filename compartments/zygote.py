@@ -1,26 +1,44 @@
 """The zygote: a preloaded process that forks engines on request.
 
-A fresh `python -m compartments.engine` costs ~90 ms and ~18 MiB of private
-memory before it does anything (imports of wasmtime, pycapnp, the schemas).
-The supervisor starts this process once, exec'd like an engine (`python -I`,
-an empty environment), and it imports all of that, freezes the heap
-(`gc.freeze()`, so the children share it copy-on-write) and then, for each
-request, forks an engine:
+Owns: forking engines, the compiled form of each module (sealed memfds) and
+reporting engines' exits.  Must not: hold any module's bytes in its own
+memory, run guest code, or trust the requests beyond what `EngineSpec`
+validates.
+
+A fresh interpreter costs ~50-90 ms and ~15 MiB of private memory before it
+does anything (imports of wasmtime, pycapnp, the schemas).  The supervisor
+starts this process once (supervisor/process.py: `python -I`, an empty
+environment); it imports all of that, makes what every engine shares (the
+wasmtime engine and its function types, the seccomp program, which
+namespaces the kernel gives), walks an engine's start-up once on a built-in
+module of its own, freezes the heap (`gc.freeze()`, so the children share it
+copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
-      one JSON line: the engine's argument list, sent with two descriptors
-      (SCM_RIGHTS): the engine's socket and the write end of its stderr pipe
-  answer: one JSON line {"pid": N}
+      one line: an EngineSpec as a JSON object (compartments/spec.py), sent
+      with two descriptors (SCM_RIGHTS): the engine's socket and the write end
+      of its stderr pipe
+  answer: one JSON line {"pid": N}, or {"error": "..."} for a request it refused
   event:  one JSON line {"exit": N, "code": C} when an engine ends
+
+**No other compartment's bytes.**  A forked child carries its parent's whole
+memory, so the zygote never has a module in its own: each module file is
+compiled once by a short-lived child of the zygote, which serializes the code
+into one memfd and the module's wasm.Description into another, and exits; the
+zygote seals both (no write, no resize) and keeps only the descriptors.  An
+engine closes every other module's descriptors first thing, then maps its own
+(`Module.deserialize_file`: the code pages are the memfd's, shared by all
+engines of that module, and wasmtime uses the same memfd as the image of
+linear memory), so it holds its own module and data and nothing else.
 
 Engines are the zygote's children; the zygote dies with the supervisor
 (PR_SET_PDEATHSIG) and engines with the zygote, so nothing outlives the
-supervisor.  Each engine confines itself exactly as an exec'd one does.
-It is not a fork of the supervisor: that would leak the supervisor's memory,
-its environment included, into every engine.
+supervisor.  It is not a fork of the supervisor: that would leak the
+supervisor's memory, its environment included, into every engine.
 """
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
@@ -28,47 +46,99 @@ import select
 import signal
 import socket
 import sys
+import traceback
 
-import wasmtime
+#: Descriptors (SCM_RIGHTS) that come with each request: socket, stderr pipe.
+REQUEST_FDS = 2
+_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
-from . import abi, engine, hostcall  # (preloaded for the children)
-from .engine import _die_with_parent
 
+class _Modules:
+    """Each module file compiled once, by a child: its code serialized into one
+    sealed memfd, its wasm.Description into another; never in this process's
+    memory.  Keyed by path and the file's identity."""
 
-class _Compiled:
-    """Each module compiled once (keyed by path, mtime and size), by this process.
+    def __init__(self, wasm_engine):
+        self._engine = wasm_engine
+        self._fds: dict[str, tuple] = {}      # path -> (file key, (code memfd, description memfd))
 
-    Children inherit the compiled module itself, with the wasmtime engine that
-    compiled it (the engines' own configuration), so an engine neither compiles
-    nor deserializes.  The zygote stays single-threaded (wasmtime's parallel
-    compilation is off), so forking with a wasmtime engine in memory is safe.
-    """
-
-    def __init__(self):
-        self._engine = None
-        self._cache: dict[tuple, tuple] = {}      # key -> (module, imports, export types)
-
-    def get(self, path: str):
+    def get(self, path: str) -> tuple[tuple | None, str | None]:
+        """((code memfd, description memfd), None), or (None, why the module cannot
+        be loaded)."""
         try:
             st = os.stat(path)
-        except OSError:
-            return None
-        key = (path, st.st_mtime_ns, st.st_size)
-        if key not in self._cache:
-            if self._engine is None:
-                self._engine = wasmtime.Engine(engine.engine_config())
-                for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
-                    hostcall.func_type(params, results, self._engine)   # shared by children
+        except OSError as e:
+            return None, f"cannot load module {path}: {e.strerror}"
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._fds.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1], None
+        fds, error = self._compile(path)
+        if fds is None:
+            return None, error
+        if cached is not None:                # the file changed: its old form goes
+            for fd in cached[1]:
+                os.close(fd)
+        self._fds[path] = (key, fds)
+        return fds, None
+
+    def descriptors(self) -> list[int]:
+        return [fd for _key, fds in self._fds.values() for fd in fds]
+
+    def _compile(self, path: str):
+        fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                    for name in ("wsuper-module", "wsuper-module-description"))
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                       # the compiler: it reads the module, not us
+            code = 1
             try:
-                module = engine.compile_module(self._engine, path)
-            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError):
-                return None                  # the engine compiles it and reports the error
-            self._cache[key] = (module, list(engine.describe_imports(module)),
-                                engine.export_types(module))
-        return (self._engine, *self._cache[key])
+                os.close(r)
+                code = _compile_into(self._engine, path, fds, w)
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            error = f.read(4096).decode("utf-8", "replace")
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            for fd in fds:
+                os.close(fd)
+            return None, f"cannot load module {path}: " + (
+                error or f"its compiler ended with status {status}")
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        return fds, None
 
 
-def _child(args: list[str], sock_fd: int, err_fd: int, compiled: tuple | None) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int) -> int:
+    import wasmtime
+
+    from . import wasm
+    try:
+        module = wasm.compile_module(wasm_engine, path)
+    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+        text = str(e).strip()
+        os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
+        return 1
+    problem, description = wasm.describe(module)
+    if problem:
+        os.write(err, f"module {path} {problem}".encode()[:4000])
+        return 1
+    for fd, data in zip(fds, (module.serialize(), description.to_json())):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    return 0
+
+
+def _child(spec, sock_fd: int, err_fd: int, module_fds: tuple, others, wasm_engine,
+           zygote: int) -> int:
+    import wasmtime
+
+    from . import engine, wasm
+    for fd in others:                      # other compartments' modules: never ours to see
+        os.close(fd)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -79,23 +149,95 @@ def _child(args: list[str], sock_fd: int, err_fd: int, compiled: tuple | None) -
             os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    args = list(args)
-    args[args.index("--fd") + 1] = str(sock_fd)   # its number here, not the supervisor's
-    return engine.main(args, compiled)
+    code_fd, description_fd = module_fds
+    try:
+        description = wasm.Description.from_json(
+            os.pread(description_fd, os.fstat(description_fd).st_size, 0))
+        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code_fd}")
+    except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
+        print(f"error: cannot load module {spec.module}: {e}", file=sys.stderr)
+        return engine.EXIT_CANNOT_LOAD
+    finally:
+        os.close(code_fd)
+        os.close(description_fd)
+    return engine.run(spec, sock_fd, module, wasm_engine, description, parent=zygote)
+
+
+def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
+    """A child that only says why its module cannot be loaded (as an engine would)."""
+    from . import engine
+    os.dup2(err_fd, 2)
+    print(f"error: {error}", file=sys.stderr)
+    return engine.EXIT_CANNOT_LOAD
+
+
+_WARM_UP = """(module
+  (import "wsuper" "params_read" (func (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "warm-up")
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))"""
+
+
+def _warm_up(wasm_engine):
+    """Walk once, here, the path every engine walks (a module of our own: no
+    compartment's), so that what it initializes lazily is shared by the children."""
+    import tempfile
+
+    import wasmtime
+
+    from . import engine, wasm
+    from .spec import EngineSpec
+    try:
+        d = tempfile.TemporaryDirectory()
+    except OSError:
+        return                              # only an optimisation
+    with d:
+        path = os.path.join(d.name, "warm-up.wat")
+        with open(path, "w") as f:
+            f.write(_WARM_UP)
+        warm = _Modules(wasm_engine)
+        (code, desc), error = warm.get(path)
+        if error:
+            return
+        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
+        description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
+        a, b = socket.socketpair()
+        with a, b:
+            e = engine.Engine(a, EngineSpec("warm-up", path, exports=True), module,
+                              wasm_engine, description)
+        e.store.close()         # its instance, memory and host functions: gone now,
+        module.close()          # and the module with its image; nothing is inherited
+        for fd in warm.descriptors():
+            os.close(fd)
 
 
 def serve(control: socket.socket, supervisor_pid: int):
-    _die_with_parent(supervisor_pid)
+    import wasmtime
+
+    from . import abi, confine, engine, unchecked, wasm  # noqa: F401 - engine: preloaded
+    from .spec import EngineSpec, SpecError
+    confine.die_with_parent(supervisor_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    zygote = os.getpid()
+    wasm_engine = wasmtime.Engine(wasm.engine_config())
+    for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
+        unchecked.func_type(params, results, wasm_engine)     # shared by the children
+    confine.prepare()                      # what engines need to confine themselves
+    modules = _Modules(wasm_engine)
+    _warm_up(wasm_engine)
     gc.collect()
     gc.freeze()
     buf = b""
     children: set[int] = set()
-    compiled = _Compiled()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def answer(msg: dict):
+        control.sendall(json.dumps(msg).encode() + b"\n")
+
     while True:
         ready, _, _ = select.select([control, wake_r], [], [])
         if wake_r in ready:
@@ -108,40 +250,71 @@ def serve(control: socket.socket, supervisor_pid: int):
                 if pid == 0:
                     break
                 children.discard(pid)
-                code = os.waitstatus_to_exitcode(status)
-                control.sendall(json.dumps({"exit": pid, "code": code}).encode() + b"\n")
-        if control in ready:
-            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 2)
-            if not data:
-                return                          # the supervisor is gone
-            buf += data
-            if len(fds) == 2:
-                line, _, buf = buf.partition(b"\n")
-                args = json.loads(line)
-                module = compiled.get(args[args.index("--module") + 1])
-                pid = os.fork()
-                if pid == 0:
-                    code = 70
-                    try:
-                        control.close()
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        signal.set_wakeup_fd(-1)
-                        code = _child(args, fds[0], fds[1], module)
-                    finally:
-                        try:
-                            sys.stderr.flush()
-                        finally:
-                            os._exit(code)
-                for fd in fds:
-                    os.close(fd)
-                children.add(pid)
-                control.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        if control not in ready:
+            continue
+        data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
+        if not data:
+            return                          # the supervisor is gone
+        buf += data
+        if b"\n" not in buf:
+            for fd in fds:                  # descriptors come with a whole request
+                os.close(fd)
+            if len(buf) > (1 << 16):
+                buf = b""
+                answer({"error": "engine request: too long"})
+            continue
+        line, _, buf = buf.partition(b"\n")
+        try:
+            if len(fds) != REQUEST_FDS:
+                raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
+            spec = EngineSpec.from_json(line)
+        except (SpecError, ValueError, TypeError) as e:
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"engine request: {e}"})
+            continue
+        try:
+            module_fds, error = modules.get(spec.module)
+            pid = os.fork()
+        except OSError as e:          # out of descriptors, memory, processes: refuse this one
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"cannot start an engine: {e}"})
+            continue
+        if pid == 0:
+            code = 70
+            try:
+                control.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                signal.set_wakeup_fd(-1)
+                if module_fds is None:
+                    code = _refuse(spec, error, fds[0], fds[1], zygote)
+                else:             # its own copies; then every cached descriptor can go
+                    own = tuple(os.dup(fd) for fd in module_fds)
+                    code = _child(spec, fds[0], fds[1], own, modules.descriptors(),
+                                  wasm_engine, zygote)
+            except BaseException:     # a bug: say where on stderr before leaving
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        children.add(pid)
+        answer({"pid": pid})
 
 
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
-    serve(control, int(sys.argv[2]))
+    try:
+        serve(control, int(sys.argv[2]))
+    except ImportError as e:     # unchecked.WasmtimeInternalsChanged, most likely
+        print(f"wsuper zygote: {e}", file=sys.stderr, flush=True)
+        os._exit(1)
     os._exit(0)
 
 

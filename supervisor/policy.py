@@ -23,7 +23,10 @@ PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "max_connections",
-               "message_timeout", "logs"}
+               "message_timeout", "logs", "engine_user"}
+#: uid and gid of every engine when wsuper runs as root (Debian's nobody and nogroup)
+DEFAULT_ENGINE_USER = (65534, 65534)
+_ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy",
@@ -104,6 +107,7 @@ class System:
     logs: str | None = None     # absolute path of the log directory, if set in the file
     max_connections: int = 32   # external connections at once
     message_timeout: float = 10.0   # seconds a peer may take to finish a message it began
+    engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
 
     @property
     def external(self) -> tuple:
@@ -159,6 +163,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         _table(where, "system.external_limits", table)
         _only(where, "system.external_limits", table, EXTERNAL_LIMIT_KEYS)
         external_limits = _limits(where, "system.external_limits", table)
+    engine_user = _engine_user(where, system.get("engine_user"))
     endpoint = {}
     for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
                              ("message_timeout", (int, float), 0.1, 3600)):
@@ -240,7 +245,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
-                  logs, **endpoint)
+                  logs, engine_user=engine_user, **endpoint)
 
 
 def load(path: str) -> System:
@@ -358,6 +363,18 @@ class _Where:
 
     def error(self, key, reason) -> PolicyError:
         return PolicyError(self.path, key, reason, self.line_of(key))
+
+
+def _engine_user(where, value) -> tuple:
+    """system.engine_user = "UID:GID": numbers, neither root's 0 nor 2^32-1."""
+    if value is None:
+        return DEFAULT_ENGINE_USER
+    m = _ENGINE_USER.match(value) if isinstance(value, str) else None
+    ids = (int(m.group(1)), int(m.group(2))) if m else None
+    if ids is None or not all(1 <= i <= 4294967294 for i in ids):
+        raise where.error("system.engine_user", f'must be "UID:GID" with numbers from 1 to '
+                          f'4294967294 (not root), e.g. "65534:65534"; got {value!r}')
+    return ids
 
 
 _KEY = re.compile(r'((?:"[^"]*"|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z0-9_-]+))*)\s*=')

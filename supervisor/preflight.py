@@ -15,7 +15,7 @@ import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
 from compartments import abi
-from compartments.engine import describe_imports
+from compartments.wasm import describe_imports, engine_config
 
 from .policy import PolicyError, System, _Where
 
@@ -62,7 +62,7 @@ def prepare(system: System) -> Plan:
 
     main = {}
     checked = {}        # module path -> (import problem, imports WASI, export names)
-    engine = wasmtime.Engine()
+    engine = wasmtime.Engine(engine_config())      # as the engines will compile them
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
         if comp.exports is not None and comp.exports not in interfaces:

@@ -1,8 +1,13 @@
 """Engine processes: forked by the zygote (compartments/zygote.py).
 
+Owns: starting the zygote, asking it for engines (one EngineSpec each) and
+following their exits.  Must not: decide anything about a compartment (that
+is runtime.py and supervision.py), or start an engine any other way.
+
 The zygote is exec'd once, with an empty environment, and forks every engine
-from its preloaded heap: ~7 ms and ~3.7 MiB per compartment instead of a
-fresh interpreter's ~90 ms and ~18 MiB (benchmarks/suite.py measures both).
+from its preloaded heap: ~8 ms and ~3.9 MiB per compartment, confinement
+included, instead of a fresh interpreter's ~50-90 ms and ~15 MiB
+(benchmarks/suite.py measures both).
 
 It is started here with `Popen`, synchronously, by the thread running trio.
 trio's `open_process` would fork from a worker thread, and Linux delivers
@@ -21,6 +26,8 @@ import subprocess
 import sys
 
 import trio
+
+from compartments.spec import EngineSpec
 
 
 class ForkedEngine:
@@ -92,8 +99,8 @@ class Zygote:
                 while b"\n" in buf:
                     line, _, buf = buf.partition(b"\n")
                     msg = json.loads(line)
-                    if "pid" in msg:
-                        send.send_nowait(msg["pid"])
+                    if "pid" in msg or "error" in msg:
+                        send.send_nowait(msg)
                     elif "exit" in msg:
                         engine = self._engines.pop(msg["exit"], None)
                         if engine is not None:
@@ -110,21 +117,26 @@ class Zygote:
                 self._popen.kill()
             self._popen.wait()
 
-    async def spawn(self, args: list[str], sock_fd: int) -> ForkedEngine:
+    async def spawn(self, spec: EngineSpec, sock_fd: int) -> ForkedEngine:
+        """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy)."""
         err_r, err_w = os.pipe()
         try:
             async with self._lock:                  # answers come back in order
                 if not self.alive:
                     raise OSError("the zygote is gone")
-                line = json.dumps(args).encode() + b"\n"
+                line = spec.to_json() + b"\n"
                 await trio.lowlevel.wait_writable(self._raw)
                 pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
-                pid = await self._answers[1].receive()
+                answer = await self._answers[1].receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             os.close(err_r)
             raise OSError("the zygote is gone") from None
         finally:
             os.close(err_w)
+        if "error" in answer:
+            os.close(err_r)
+            raise OSError(f"the zygote refused: {answer['error']}")
+        pid = answer["pid"]
         engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r))
         if pid in self._early:
             engine._exit(self._early.pop(pid))

@@ -29,6 +29,7 @@ import trio
 from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
+from compartments.spec import EngineSpec
 
 from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
 from .preflight import Plan
@@ -355,21 +356,13 @@ class Supervisor:
             self._act(self.lifecycle.start_failed(
                 comp.name, f"cannot make its socket: {e.strerror}", trio.current_time()))
             return
-        args = ["--fd", str(theirs.fileno()), "--name", comp.name, "--module", comp.module,
-                "--parent", str(self.zygote.pid)]
-        if comp.exports:
-            args.append("--exports")
-        if comp.instance == "per_call":
-            args.append("--per-call")
+        spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
+                          per_call=comp.instance == "per_call", stats=self.stats,
+                          limits=comp.limits, user=self.system.engine_user)
         if self.stats:
-            args.append("--stats")
             self._spawned_at[comp.name] = trio.current_time()
-        lim = comp.limits
-        args += ["--memory", str(lim.memory), "--table-elements", str(lim.table_elements),
-                 "--fuel-per-call", str(lim.fuel_per_call), "--handles", str(lim.handles),
-                 "--message-size", str(lim.message_size)]
         try:
-            proc = await self.zygote.spawn(args, theirs.fileno())
+            proc = await self.zygote.spawn(spec, theirs.fileno())
         except OSError as e:
             ours.close()
             self._release_hosts(comp, hosts)

@@ -32,5 +32,8 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     start = result["startup"]
     assert start["cold_start_one"]["ms"] > 0 and start["cold_start_one"]["samples"] >= 2
     assert all(start[f"many_{n}"]["uss_mib"] > 0 for n in result["config"]["many"])
+    assert set(start["vs_bare_python"]) == {"cold_start_one"} | {
+        f"many_{n}" for n in result["config"]["many"]}
+    assert all(v > 0 for v in start["confine_layers_us"].values())
     table = (tmp_path / "quick.md").read_text()
     assert "| target | measured | goal | met |" in table and "C relay" in table

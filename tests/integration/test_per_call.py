@@ -45,3 +45,61 @@ instance = "per_call"
     r = run_wsuper("check", str(tmp_path / "s.toml"))
     assert r.returncode == 2 and "compartments.app.instance: per_call applies to a " \
         "compartment that exports an interface" in r.stderr
+
+
+def _leftovers(tmp_path, wsuper, instance):
+    """guests/reset.wat under `instance`: each step's answer, and its stdout lines."""
+    sock = tmp_path / f"r-{instance}.sock"
+    (tmp_path / f"r-{instance}.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{HERE}/reset.wat"
+exports = "Calc"
+external = true
+instance = "{instance}"
+[compartments.app.grants]
+calc = {{ compartment = "calc" }}
+stdout = {{ host = "log" }}
+""")
+    run = wsuper("up", str(tmp_path / f"r-{instance}.toml"))
+    run.wait_for("all compartments ready")
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        app = (await gateway.get("app")).cap.as_interface(schema.Calc)
+        out = {}
+        out["call, reply left unread"] = (await app.add(1, 0)).sum
+        out["reply_read in the next call"] = (await app.add(2, 0)).sum
+        out["half a line"] = (await app.add(3, 0)).sum
+        out["the rest of it"] = (await app.add(4, 0)).sum
+        counter = (await app.add(5, 0)).sum
+        out["a handle from the call before"] = (await app.add(6, counter)).sum
+        out["release the grant's handle"] = (await app.add(7, 0)).sum
+        out["the grant, in the next call"] = (await app.add(8, 0)).sum
+        return out
+    answers = external_client(str(sock), body)
+    run.stop()
+    return answers, [line[len("[app] "):] for line in run.lines if line.startswith("[app] ")]
+
+
+def test_a_per_call_instance_starts_from_the_grants_and_nothing_else(tmp_path, wsuper):
+    shared, shared_out = _leftovers(tmp_path, wsuper, "shared")
+    fresh, fresh_out = _leftovers(tmp_path, wsuper, "per_call")
+    # what a shared instance keeps from call to call ...
+    assert shared["reply_read in the next call"] == 0          # the unread reply is still there
+    assert shared["a handle from the call before"] == 0        # the Counter still answers
+    assert shared["the grant, in the next call"] == -1         # released for good (E_BADHANDLE)
+    assert shared_out == ["halfend"]
+    # ... a per_call instance does not: no reply pending, no handle but the grants',
+    # no half-written line (written out when its call ended), and the grants stay
+    assert fresh["call, reply left unread"] == 0
+    assert fresh["reply_read in the next call"] == -8          # E_STATE: no reply pending
+    assert fresh["a handle from the call before"] == -1        # E_BADHANDLE
+    assert fresh["release the grant's handle"] == 0
+    assert fresh["the grant, in the next call"] == 0
+    assert fresh_out == ["half", "end"]

@@ -1,29 +1,108 @@
-"""What `wsuper up` says when the kernel lacks a confinement mechanism."""
-from compartments import confine
+"""What `wsuper up` says when the kernel lacks a confinement mechanism, and
+the seccomp program itself (run through an interpreter of its instructions)."""
+import errno
+
+import pytest
+
+from compartments import confine, seccomp
+
+ALL_THERE = dict.fromkeys(confine.NAMESPACES)
 
 
-def test_probe_names_each_missing_mechanism(monkeypatch):
-    monkeypatch.setattr(confine, "landlock_abi", lambda: 0)
-    monkeypatch.setattr(confine, "seccomp_supported", lambda: False)
+@pytest.fixture
+def kernel(monkeypatch):
+    def set_(landlock=7, seccomp_=True, namespaces=ALL_THERE):
+        monkeypatch.setattr(confine, "landlock_abi", lambda: landlock)
+        monkeypatch.setattr(confine, "seccomp_supported", lambda: seccomp_)
+        monkeypatch.setattr(confine, "namespaces", lambda: dict(namespaces))
+    return set_
+
+
+def test_probe_names_each_missing_mechanism(kernel):
+    kernel(landlock=0, seccomp_=False)
     missing = confine.probe()
     assert len(missing) == 2
     assert "no Landlock" in missing[0] and "not confined to their files" in missing[0]
     assert "seccomp" in missing[1]
 
 
-def test_an_old_landlock_is_named_with_what_it_cannot_do(monkeypatch):
-    monkeypatch.setattr(confine, "landlock_abi", lambda: 3)
-    monkeypatch.setattr(confine, "seccomp_supported", lambda: True)
+def test_an_old_landlock_is_named_with_what_it_cannot_do(kernel):
+    kernel(landlock=3)
     assert confine.probe() == ["the kernel's Landlock ABI is 3 (< 6): engines can still "
                                "signal other processes of this user"]
 
 
-def test_the_seccomp_program_refuses_listed_calls_and_foreign_architectures():
-    prog = confine.seccomp_program([59, 41])
-    assert prog[2] == (0x06, 0, 0, confine.SECCOMP_RET_KILL_PROCESS)
-    assert prog[-1] == (0x06, 0, 0, confine.SECCOMP_RET_ERRNO | confine.EPERM)
-    assert prog[-2] == (0x06, 0, 0, confine.SECCOMP_RET_ALLOW)
-    # every comparison jumps exactly to the EPERM return
-    for i, (code, jt, _jf, _k) in enumerate(prog):
-        if code in (0x15, 0x35) and i > 1:
-            assert i + 1 + jt == len(prog) - 1
+def test_a_missing_namespace_is_named_with_what_engines_then_share(kernel):
+    kernel(namespaces={**ALL_THERE, "net": "unshare: Operation not permitted"})
+    assert confine.probe() == ["no net namespace for engines (unshare: Operation not "
+                               "permitted): they share network interfaces and abstract Unix "
+                               "sockets with the host"]
+
+
+def test_no_user_namespace_is_one_line(kernel):
+    why = "no user namespace: unshare(user): Operation not permitted"
+    kernel(namespaces=dict.fromkeys(confine.NAMESPACES, why))
+    (line,) = confine.probe()
+    assert line.startswith(why) and "IPC, UTS, network and mount namespaces" in line
+
+
+def test_this_kernel_gives_engines_every_namespace():
+    # the real probe: a child that enters them as an engine does (a fresh one here)
+    found = confine._try_namespaces()
+    assert set(found) == set(confine.NAMESPACES)
+    assert all(isinstance(why, (str, type(None))) for why in found.values())
+
+
+PROG = seccomp.build(seccomp.rules())
+NR = seccomp.SYSCALLS
+
+
+def test_every_allowed_call_is_allowed_and_every_refused_one_gets_eperm():
+    plain = set(seccomp.ALLOWED) - set(seccomp.CONDITIONS)
+    assert {n for n in plain if seccomp.run(PROG, NR[n]) != seccomp.ALLOW} == set()
+    assert {n for n in seccomp.REFUSED
+            if seccomp.run(PROG, NR[n]) != seccomp.SECCOMP_RET_ERRNO | errno.EPERM} == set()
+
+
+def test_every_other_known_call_gets_eperm_and_newer_ones_enosys():
+    for name in set(NR) - set(seccomp.ALLOWED):
+        assert seccomp.run(PROG, NR[name]) == seccomp.EPERM, name
+    for nr in (seccomp.LAST_KNOWN + 1, 1000, 0x3FFFFFFF):    # as from an older kernel
+        assert seccomp.run(PROG, nr) == seccomp.SECCOMP_RET_ERRNO | errno.ENOSYS
+
+
+def test_x32_calls_get_eperm_and_other_architectures_are_killed():
+    assert seccomp.run(PROG, 0x40000000 | NR["read"]) == seccomp.SECCOMP_RET_ERRNO | errno.EPERM
+    assert seccomp.run(PROG, 3, arch=0x40000003) == seccomp.SECCOMP_RET_KILL_PROCESS  # i386
+
+
+@pytest.mark.parametrize("name", ["mmap", "mprotect"])
+def test_no_new_executable_memory(name):
+    assert seccomp.run(PROG, NR[name], (0, 4096, 3, 0x22, 0, 0)) == seccomp.ALLOW
+    assert seccomp.run(PROG, NR[name], (0, 4096, 7, 0x22, 0, 0)) == seccomp.EPERM
+    assert seccomp.run(PROG, NR[name], (0, 4096, 4 | (1 << 32), 0, 0, 0)) == seccomp.EPERM
+
+
+def test_futex_only_waits_and_wakes():
+    for op in (0, 1, 9, 10, 128, 129, 128 | 256 | 9):
+        assert seccomp.run(PROG, NR["futex"], (0, op, 0, 0, 0, 0)) == seccomp.ALLOW, op
+    for op in (3, 4, 5, 6, 7, 11, 12, 128 | 4, 128 | 6):     # requeue, wake-op, PI locks
+        assert seccomp.run(PROG, NR["futex"], (0, op, 0, 0, 0, 0)) == seccomp.EPERM, op
+
+
+@pytest.mark.parametrize("name", ["tgkill", "tkill"])
+def test_a_signal_goes_only_to_the_engine_itself(name):
+    assert seccomp.run(PROG, NR[name], (seccomp.SELF, seccomp.SELF, 6, 0, 0, 0)) == seccomp.ALLOW
+    assert seccomp.run(PROG, NR[name], (1, 1, 9, 0, 0, 0)) == seccomp.EPERM
+    assert seccomp.run(PROG, NR["kill"], (seccomp.SELF, 9, 0, 0, 0, 0)) == seccomp.EPERM
+
+
+def test_the_program_fits_the_kernel_and_its_jumps_land_inside():
+    assert len(PROG) <= 4096
+    for i, (code, jt, jf, k) in enumerate(PROG):
+        assert code in (0x20, 0x15, 0x35, 0x45, 0x05, 0x06, 0x54)
+        if code == 0x05:
+            assert i + 1 + k < len(PROG)
+        elif code in (0x15, 0x35, 0x45):
+            assert i + 1 + max(jt, jf) < len(PROG)
+    assert PROG[-1][0] == 0x06                        # it ends in a return

@@ -1,0 +1,376 @@
+"""The seccomp filter of an engine: which system calls a running engine may make.
+
+Owns: the x86_64 system call table, the allow-list (with the argument checks
+of a few calls), the list of calls the issue named as refused, and the BPF
+program built from them.  Must not: apply anything but the filter
+(confine.py orders the layers).
+
+The program (classic BPF, built once in the zygote; ~130 instructions) does,
+for each call:
+
+* an architecture other than x86_64 (i386 through int 0x80): kill the process;
+* an x32 call (number >= 2^30): EPERM;
+* a call in ALLOWED: allowed (for those in CONDITIONS, only with those arguments);
+* a call newer than this table (number > LAST_KNOWN): ENOSYS, as from an older
+  kernel, so that a library probing a new call takes its old-kernel fallback;
+* every other call (REFUSED among them): EPERM.
+
+The allowed calls are found by a search tree over the call number: a call
+costs a handful of comparisons.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+#: x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl, Linux 6.17).
+SYSCALLS = {
+    "read": 0, "write": 1, "open": 2, "close": 3, "stat": 4, "fstat": 5, "lstat": 6, "poll": 7,
+    "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12, "rt_sigaction": 13,
+    "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16, "pread64": 17, "pwrite64": 18,
+    "readv": 19, "writev": 20, "access": 21, "pipe": 22, "select": 23, "sched_yield": 24,
+    "mremap": 25, "msync": 26, "mincore": 27, "madvise": 28, "shmget": 29, "shmat": 30,
+    "shmctl": 31, "dup": 32, "dup2": 33, "pause": 34, "nanosleep": 35, "getitimer": 36,
+    "alarm": 37, "setitimer": 38, "getpid": 39, "sendfile": 40, "socket": 41, "connect": 42,
+    "accept": 43, "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "shutdown": 48,
+    "bind": 49, "listen": 50, "getsockname": 51, "getpeername": 52, "socketpair": 53,
+    "setsockopt": 54, "getsockopt": 55, "clone": 56, "fork": 57, "vfork": 58, "execve": 59,
+    "exit": 60, "wait4": 61, "kill": 62, "uname": 63, "semget": 64, "semop": 65, "semctl": 66,
+    "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "fcntl": 72,
+    "flock": 73, "fsync": 74, "fdatasync": 75, "truncate": 76, "ftruncate": 77, "getdents": 78,
+    "getcwd": 79, "chdir": 80, "fchdir": 81, "rename": 82, "mkdir": 83, "rmdir": 84,
+    "creat": 85, "link": 86, "unlink": 87, "symlink": 88, "readlink": 89, "chmod": 90,
+    "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94, "umask": 95, "gettimeofday": 96,
+    "getrlimit": 97, "getrusage": 98, "sysinfo": 99, "times": 100, "ptrace": 101,
+    "getuid": 102, "syslog": 103, "getgid": 104, "setuid": 105, "setgid": 106, "geteuid": 107,
+    "getegid": 108, "setpgid": 109, "getppid": 110, "getpgrp": 111, "setsid": 112,
+    "setreuid": 113, "setregid": 114, "getgroups": 115, "setgroups": 116, "setresuid": 117,
+    "getresuid": 118, "setresgid": 119, "getresgid": 120, "getpgid": 121, "setfsuid": 122,
+    "setfsgid": 123, "getsid": 124, "capget": 125, "capset": 126, "rt_sigpending": 127,
+    "rt_sigtimedwait": 128, "rt_sigqueueinfo": 129, "rt_sigsuspend": 130, "sigaltstack": 131,
+    "utime": 132, "mknod": 133, "uselib": 134, "personality": 135, "ustat": 136, "statfs": 137,
+    "fstatfs": 138, "sysfs": 139, "getpriority": 140, "setpriority": 141,
+    "sched_setparam": 142, "sched_getparam": 143, "sched_setscheduler": 144,
+    "sched_getscheduler": 145, "sched_get_priority_max": 146, "sched_get_priority_min": 147,
+    "sched_rr_get_interval": 148, "mlock": 149, "munlock": 150, "mlockall": 151,
+    "munlockall": 152, "vhangup": 153, "modify_ldt": 154, "pivot_root": 155, "_sysctl": 156,
+    "prctl": 157, "arch_prctl": 158, "adjtimex": 159, "setrlimit": 160, "chroot": 161,
+    "sync": 162, "acct": 163, "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167,
+    "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172,
+    "ioperm": 173, "create_module": 174, "init_module": 175, "delete_module": 176,
+    "get_kernel_syms": 177, "query_module": 178, "quotactl": 179, "nfsservctl": 180,
+    "getpmsg": 181, "putpmsg": 182, "afs_syscall": 183, "tuxcall": 184, "security": 185,
+    "gettid": 186, "readahead": 187, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
+    "getxattr": 191, "lgetxattr": 192, "fgetxattr": 193, "listxattr": 194, "llistxattr": 195,
+    "flistxattr": 196, "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199,
+    "tkill": 200, "time": 201, "futex": 202, "sched_setaffinity": 203,
+    "sched_getaffinity": 204, "set_thread_area": 205, "io_setup": 206, "io_destroy": 207,
+    "io_getevents": 208, "io_submit": 209, "io_cancel": 210, "get_thread_area": 211,
+    "lookup_dcookie": 212, "epoll_create": 213, "epoll_ctl_old": 214, "epoll_wait_old": 215,
+    "remap_file_pages": 216, "getdents64": 217, "set_tid_address": 218, "restart_syscall": 219,
+    "semtimedop": 220, "fadvise64": 221, "timer_create": 222, "timer_settime": 223,
+    "timer_gettime": 224, "timer_getoverrun": 225, "timer_delete": 226, "clock_settime": 227,
+    "clock_gettime": 228, "clock_getres": 229, "clock_nanosleep": 230, "exit_group": 231,
+    "epoll_wait": 232, "epoll_ctl": 233, "tgkill": 234, "utimes": 235, "vserver": 236,
+    "mbind": 237, "set_mempolicy": 238, "get_mempolicy": 239, "mq_open": 240, "mq_unlink": 241,
+    "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+    "kexec_load": 246, "waitid": 247, "add_key": 248, "request_key": 249, "keyctl": 250,
+    "ioprio_set": 251, "ioprio_get": 252, "inotify_init": 253, "inotify_add_watch": 254,
+    "inotify_rm_watch": 255, "migrate_pages": 256, "openat": 257, "mkdirat": 258,
+    "mknodat": 259, "fchownat": 260, "futimesat": 261, "newfstatat": 262, "unlinkat": 263,
+    "renameat": 264, "linkat": 265, "symlinkat": 266, "readlinkat": 267, "fchmodat": 268,
+    "faccessat": 269, "pselect6": 270, "ppoll": 271, "unshare": 272, "set_robust_list": 273,
+    "get_robust_list": 274, "splice": 275, "tee": 276, "sync_file_range": 277, "vmsplice": 278,
+    "move_pages": 279, "utimensat": 280, "epoll_pwait": 281, "signalfd": 282,
+    "timerfd_create": 283, "eventfd": 284, "fallocate": 285, "timerfd_settime": 286,
+    "timerfd_gettime": 287, "accept4": 288, "signalfd4": 289, "eventfd2": 290,
+    "epoll_create1": 291, "dup3": 292, "pipe2": 293, "inotify_init1": 294, "preadv": 295,
+    "pwritev": 296, "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "recvmmsg": 299,
+    "fanotify_init": 300, "fanotify_mark": 301, "prlimit64": 302, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "clock_adjtime": 305, "syncfs": 306, "sendmmsg": 307,
+    "setns": 308, "getcpu": 309, "process_vm_readv": 310, "process_vm_writev": 311,
+    "kcmp": 312, "finit_module": 313, "sched_setattr": 314, "sched_getattr": 315,
+    "renameat2": 316, "seccomp": 317, "getrandom": 318, "memfd_create": 319,
+    "kexec_file_load": 320, "bpf": 321, "execveat": 322, "userfaultfd": 323, "membarrier": 324,
+    "mlock2": 325, "copy_file_range": 326, "preadv2": 327, "pwritev2": 328,
+    "pkey_mprotect": 329, "pkey_alloc": 330, "pkey_free": 331, "statx": 332,
+    "io_pgetevents": 333, "rseq": 334, "pidfd_send_signal": 424, "io_uring_setup": 425,
+    "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+    "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_open": 434,
+    "clone3": 435, "close_range": 436, "openat2": 437, "pidfd_getfd": 438, "faccessat2": 439,
+    "process_madvise": 440, "epoll_pwait2": 441, "mount_setattr": 442, "quotactl_fd": 443,
+    "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+    "memfd_secret": 447, "process_mrelease": 448, "futex_waitv": 449,
+    "set_mempolicy_home_node": 450, "cachestat": 451, "fchmodat2": 452,
+    "map_shadow_stack": 453, "futex_wake": 454, "futex_wait": 455, "futex_requeue": 456,
+    "statmount": 457, "listmount": 458, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
+    "lsm_list_modules": 461, "mseal": 462, "setxattrat": 463, "getxattrat": 464,
+    "listxattrat": 465, "removexattrat": 466, "open_tree_attr": 467, "file_getattr": 468,
+    "file_setattr": 469,
+}
+
+#: Calls an engine never needs and an escaped one would want, and their relatives
+#: (issue 12's list and more).  They are refused like every call outside ALLOWED;
+#: this list is what the tests and docs/security.md check by name.
+REFUSED = frozenset({
+    # new sockets and connections; the engine has its one socket already
+    "socket", "socketpair", "connect", "accept", "accept4", "bind", "listen",
+    # new processes and programs
+    "clone", "clone3", "fork", "vfork", "execve", "execveat",
+    # other processes
+    "ptrace", "process_vm_readv", "process_vm_writev", "kill",
+    "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_getfd",
+    "pidfd_send_signal", "process_madvise", "process_mrelease", "kcmp",
+    "prlimit64", "setrlimit", "setpriority", "getpriority",
+    "sched_setscheduler", "sched_setparam", "sched_setattr", "sched_setaffinity",
+    "sched_getscheduler", "sched_getparam", "sched_getattr", "sched_getaffinity",
+    "ioprio_set", "ioprio_get", "migrate_pages", "move_pages", "set_mempolicy",
+    "mbind", "get_mempolicy", "set_mempolicy_home_node",
+    # files and their metadata (there are no paths to reach, but no call either)
+    "open", "openat", "openat2", "creat", "open_by_handle_at", "name_to_handle_at",
+    "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
+    "readlink", "readlinkat", "getdents", "getdents64", "chdir", "fchdir", "getcwd",
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "futimesat", "utimensat", "truncate", "ftruncate", "fallocate",
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "getxattr", "lgetxattr",
+    "fgetxattr", "getxattrat", "listxattr", "llistxattr", "flistxattr", "listxattrat",
+    "removexattr", "lremovexattr", "fremovexattr", "removexattrat", "file_setattr",
+    "file_getattr", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename",
+    "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "mknod",
+    "mknodat", "statfs", "fstatfs", "ustat", "sync", "syncfs", "quotactl",
+    "quotactl_fd", "lookup_dcookie", "cachestat",
+    # watching files
+    "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
+    "fanotify_init", "fanotify_mark",
+    # System V IPC and POSIX message queues
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # mounts and namespaces
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsconfig",
+    "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr",
+    "statmount", "listmount",
+    # the machine: time, names, modules, power, accounting
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
+    "setdomainname", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "syslog", "iopl", "ioperm",
+    "vhangup", "nfsservctl", "uselib", "sysfs", "_sysctl", "personality",
+    # identity and privileges
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
+    "setfsgid", "setgroups", "capset", "prctl", "arch_prctl", "seccomp",
+    "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+    "lsm_set_self_attr", "lsm_get_self_attr", "lsm_list_modules",
+    # kernel interfaces an attacker loves
+    "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_secret",
+    "memfd_create", "modify_ldt", "vmsplice", "splice", "tee", "copy_file_range",
+    "sendfile", "remap_file_pages", "fadvise64", "readahead", "io_setup", "io_submit",
+    "io_cancel", "io_destroy", "io_getevents", "io_pgetevents", "mseal", "pkey_alloc",
+    "pkey_free", "pkey_mprotect", "map_shadow_stack", "signalfd", "signalfd4",
+    "timerfd_create", "eventfd", "eventfd2", "epoll_create", "epoll_create1",
+    "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "futex_waitv",
+    "get_robust_list", "set_robust_list", "rseq",
+})
+
+#: Allowed: every call a running engine was seen to make (tracing every engine
+#: of the whole test suite, see scripts/trace-engine-syscalls), and the
+#: relatives of those that only rare paths reach.  Each acts on the engine's
+#: own memory, descriptors, signals or time, and on nothing else.
+ALLOWED = {
+    # the supervisor's socket, and stderr
+    "recvfrom": "reading the socket (seen)",
+    "sendto": "writing the socket (seen)",
+    "write": "stderr (seen: call-stats, errors)",
+    "writev": "stderr, from the C library's error messages (seen, before an abort)",
+    "close": "a descriptor of its own, when an object holding one goes away",
+    # memory: the Python heap, wasm linear memory (growth, moves, fresh instances)
+    "brk": "the C heap (seen)",
+    "mmap": "memory, the module's data image (seen); never executable (CONDITIONS)",
+    "mprotect": "memory growth (seen); never executable (CONDITIONS)",
+    "munmap": "memory released (seen)",
+    "mremap": "large buffers that grow (realloc; seen)",
+    "madvise": "memory given back",
+    # locks: only ever contended by... nobody (one thread), but the C library and
+    # KJ wake waiters they think may exist, and abort if that fails (seen)
+    "futex": "wait and wake only (CONDITIONS)",
+    "sched_yield": "spinning locks",
+    # signals: wasmtime turns SIGSEGV/SIGILL/SIGFPE inside wasm into a trap; a
+    # failed assertion in a library aborts, and must be able to (not spin)
+    "rt_sigreturn": "returning from the trap handler (seen)",
+    "rt_sigprocmask": "its own signal mask (seen, abort)",
+    "rt_sigaction": "its own handlers: abort() and wasmtime reset them to die (seen)",
+    "sigaltstack": "the trap handler's stack (set up before confinement)",
+    "restart_syscall": "a sleep interrupted by a signal, resumed",
+    "getpid": "abort() signals itself (seen)",
+    "gettid": "abort() signals itself (seen)",
+    "tgkill": "abort() signals itself (seen); only itself (CONDITIONS)",
+    "tkill": "signalling itself; only itself (CONDITIONS)",
+    # time: the vDSO answers these without a system call, unless the clock source
+    # cannot be read from user space; CLOCK_PROCESS_CPUTIME_ID always calls
+    "clock_gettime": "WASI clock_time_get of the process clock (seen); vDSO fallback",
+    "clock_getres": "vDSO fallback",
+    "gettimeofday": "vDSO fallback",
+    "time": "vDSO fallback",
+    "clock_nanosleep": "WASI poll_oneoff sleeps (seen)",
+    "nanosleep": "sleeping, older C libraries",
+    "getrandom": "hash seeds of new tables",
+    "exit": "leaving",
+    "exit_group": "leaving (seen)",
+}
+
+PROT_EXEC = 0x4
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
+
+#: Calls allowed only with some arguments; otherwise EPERM.
+#:   ("none_of", i, mask): argument i has none of the bits of mask;
+#:   ("one_of", i, ignored, values): argument i, without the bits `ignored`, is one of values;
+#:   ("self", i): argument i is this process's own pid (set when the filter is installed).
+#: After confinement no new memory is ever executable (wasmtime compiled and mapped
+#: every piece of code before); futex only waits and wakes (no requeue, no PI, no
+#: wake-op); a signal only goes to the engine itself.
+CONDITIONS = {
+    "mmap": ("none_of", 2, PROT_EXEC),
+    "mprotect": ("none_of", 2, PROT_EXEC),
+    "futex": ("one_of", 1, FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME,
+              (FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET)),
+    "tgkill": ("self", 0),
+    "tkill": ("self", 0),
+}
+
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+SYS_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+
+ALLOW = SECCOMP_RET_ALLOW
+EPERM = SECCOMP_RET_ERRNO | errno.EPERM
+ENOSYS = SECCOMP_RET_ERRNO | errno.ENOSYS
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _JA, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x05, 0x06
+_AND_K = 0x54
+_ARGS = 16                  # offsetof(struct seccomp_data, args): 6 u64, little-endian
+SELF = 0xFFFFFFFF           # in a ("self", i) check: replaced by the pid at install
+
+
+LAST_KNOWN = max(SYSCALLS.values())
+
+
+def rules() -> dict[int, object]:
+    """call number -> ALLOW or a condition (CONDITIONS), for every allowed call."""
+    assert not REFUSED & set(ALLOWED), REFUSED & set(ALLOWED)
+    return {SYSCALLS[name]: CONDITIONS.get(name, ALLOW) for name in ALLOWED}
+
+
+def build(actions: dict[int, object]) -> list[tuple]:
+    """The filter: (code, jt, jf, k) instructions, classic BPF."""
+    head = [(_LD_W_ABS, 0, 0, 4),                           # seccomp_data.arch
+            (_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+            (_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+            (_LD_W_ABS, 0, 0, 0),                           # seccomp_data.nr
+            (_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            (_RET_K, 0, 0, EPERM)]
+    # not allowed: ENOSYS past the table, EPERM within it
+    default = [(_JGE_K, 0, 1, LAST_KNOWN + 1), (_RET_K, 0, 0, ENOSYS), (_RET_K, 0, 0, EPERM)]
+    return head + _tree(sorted(actions.items()), default)
+
+
+def _tree(entries, default: list) -> list[tuple]:
+    """A binary search over sorted (number, action): a few comparisons per call."""
+    if len(entries) <= 3:
+        out = []
+        for nr, action in entries:
+            check = _condition(action) if isinstance(action, tuple) else \
+                [(_RET_K, 0, 0, action)]
+            out += [(_JEQ_K, 0, len(check), nr)] + check
+        return out + default
+    mid = len(entries) // 2
+    left, right = _tree(entries[:mid], default), _tree(entries[mid:], default)
+    # nr >= entries[mid]: jump (long) over the left half to the right one
+    return [(_JGE_K, 0, 1, entries[mid][0]), (_JA, 0, 0, len(left))] + left + right
+
+
+def _condition(cond) -> list[tuple]:
+    """Instructions that end in ALLOW or EPERM for one call's argument check
+    (the low 32 bits of the argument: every checked argument is an int)."""
+    kind, index = cond[0], cond[1]
+    load = (_LD_W_ABS, 0, 0, _ARGS + 8 * index)
+    if kind == "none_of":
+        return [load, (_JSET_K, 0, 1, cond[2]), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "one_of":
+        values = cond[3]
+        out = [load, (_AND_K, 0, 0, ~cond[2] & 0xFFFFFFFF)]
+        for i, v in enumerate(values):        # jump to the ALLOW after the EPERM
+            out.append((_JEQ_K, len(values) - i, 0, v))
+        return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "self":
+        return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    raise ValueError(kind)
+
+
+def run(prog: list[tuple], nr: int, args=(0,) * 6, arch: int = AUDIT_ARCH_X86_64) -> int:
+    """What `prog` answers for call `nr` with `args` (an interpreter for the
+    instructions build() emits; the unit tests check the program with it)."""
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == _LD_W_ABS:
+            acc = {0: nr, 4: arch}.get(k)
+            if acc is None:
+                acc = args[(k - _ARGS) // 8] & 0xFFFFFFFF
+        elif code == _RET_K:
+            return k
+        elif code == _JA:
+            pc += k
+        elif code == _AND_K:
+            acc &= k
+        elif code in (_JEQ_K, _JGE_K, _JSET_K):
+            hit = acc == k if code == _JEQ_K else acc >= k if code == _JGE_K else acc & k
+            pc += jt if hit else jf
+        else:
+            raise ValueError(f"instruction {code:#x}")
+        pc += 1
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+_PROGRAM = None
+
+
+def program() -> "_SockFprog":
+    """The engines' filter, built once (the zygote builds it before forking)."""
+    global _PROGRAM
+    if _PROGRAM is None:
+        prog = build(rules())
+        filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+        fprog = _SockFprog(len(prog), filters)
+        fprog._keep = filters
+        fprog._self = [i for i, ins in enumerate(prog) if ins[0] == _JEQ_K and ins[3] == SELF]
+        _PROGRAM = fprog
+    return _PROGRAM
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def install():
+    """Apply the filter to this process, every thread, for good."""
+    fprog = program()
+    for i in fprog._self:            # this engine's own copy of the program: its pid
+        fprog._keep[i].k = os.getpid()
+    if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
+                    ctypes.byref(fprog)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")

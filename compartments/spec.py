@@ -1,0 +1,107 @@
+"""What the supervisor asks the zygote to start: one engine's configuration.
+
+Owns: `EngineSpec`, its JSON form (one object per request, see zygote.py)
+and the validation of that form.  The supervisor builds a spec and sends
+`to_json()`; the zygote reads it back with `from_json()`, which accepts
+exactly the keys and types below and refuses anything else with
+`SpecError` naming the key, before any engine is forked.
+
+Must not: read files, import wasmtime, the engine, trio or the supervisor.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import attrs
+
+from .limits import Limits
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+MAX_REQUEST = 1 << 16       # bytes of one request line
+MAX_ID = (1 << 32) - 2      # the largest uid or gid (2^32 - 1 means "unchanged")
+
+
+class SpecError(ValueError):
+    """A request the zygote refuses; str() names the key and what is wrong."""
+
+
+@attrs.frozen
+class EngineSpec:
+    name: str                       # the compartment
+    module: str                     # absolute path of its module file
+    exports: bool = False           # it serves an interface (its main object)
+    per_call: bool = False          # a fresh instance for every incoming call
+    stats: bool = False             # time outgoing calls, report them on stderr
+    limits: Limits = Limits()
+    #: (uid, gid) the engine runs as when the zygote runs as root; None: not root
+    user: tuple | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "name": self.name, "module": self.module, "exports": self.exports,
+            "per_call": self.per_call, "stats": self.stats,
+            "limits": attrs.asdict(self.limits),
+            "user": list(self.user) if self.user is not None else None,
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "EngineSpec":
+        if len(data) > MAX_REQUEST:
+            raise SpecError(f"request of {len(data)} bytes (at most {MAX_REQUEST})")
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise SpecError(f"not JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise SpecError("not a JSON object")
+        extra = set(obj) - _KEYS
+        if extra:
+            raise SpecError(f"unknown key {sorted(extra)[0]!r}")
+        missing = {"name", "module"} - set(obj)
+        if missing:
+            raise SpecError(f"missing key {sorted(missing)[0]!r}")
+        name, module = obj["name"], obj["module"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SpecError(f"name: not a compartment name: {name!r}")
+        if not isinstance(module, str) or not module.startswith("/") or "\0" in module:
+            raise SpecError(f"module: not an absolute path: {module!r}")
+        flags = {}
+        for key in ("exports", "per_call", "stats"):
+            v = obj.get(key, False)
+            if not isinstance(v, bool):
+                raise SpecError(f"{key}: expected true or false, got {v!r}")
+            flags[key] = v
+        return cls(name, module, **flags, limits=_limits(obj.get("limits", {})),
+                   user=_user(obj.get("user")))
+
+
+_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user"}
+
+
+def _limits(obj) -> Limits:
+    if not isinstance(obj, dict):
+        raise SpecError("limits: expected an object")
+    fields = attrs.fields_dict(Limits)
+    values = {}
+    for key, v in obj.items():
+        if key not in fields:
+            raise SpecError(f"limits: unknown key {key!r}")
+        if v is None and fields[key].default is None:     # a limit that may be absent
+            values[key] = None
+            continue
+        low, high, _size = Limits.RANGES[key]
+        kinds = (int, float) if key in Limits.REAL else int
+        if isinstance(v, bool) or not isinstance(v, kinds) or not low <= v <= high:
+            raise SpecError(f"limits.{key}: expected a number from {low} to {high}, got {v!r}")
+        values[key] = v
+    return Limits(**values)
+
+
+def _user(v):
+    if v is None:
+        return None
+    if not (isinstance(v, list) and len(v) == 2 and
+            all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= MAX_ID for i in v)):
+        raise SpecError(f"user: expected [uid, gid] from 1 to {MAX_ID}, got {v!r}")
+    return (v[0], v[1])

@@ -1,0 +1,301 @@
+"""Calls into and out of wasm without wasmtime-py's per-call checks.
+
+Owns: every use of wasmtime-py's *private* API in wsuper -- its ctypes
+bindings (`wasmtime._ffi`), its exception hand-over (`wasmtime._func`'s
+`LAST_EXCEPTION` and `enter_wasm`), `Trap._consume`, `WasmtimeError._from_ptr`
+and the raw handles of `Func`, `Memory`, `Store`, `Linker` and `FuncType`.
+Nothing else in wsuper may touch them.  At import it checks the wasmtime-py
+version and every feature it relies on, and runs one real call each way;
+anything that moved fails the import with `WasmtimeInternalsChanged`, whose
+message names what moved.
+
+Must not: know the guest ABI, the engine or the protocol; hold any state
+beyond the host functions it defines.
+
+Why: wasmtime-py's `Func.__call__` asks the engine for the function's type
+and converts every argument through `Val` (about 60 µs per call here), and
+its `Linker.define_func` trampoline converts every argument and result
+(10-25 µs per guest -> host call).  The guest ABI has only i32/i64
+parameters and at most one i32 result, so the engine calls exports through
+the C API's `wasmtime_func_call_unchecked` (`TypedFunc`) and defines host
+functions with `wasmtime_linker_define_func_unchecked` (`define`): raw slots,
+read and written directly.  A Python exception raised by a host function --
+`WasiExit` from `proc_exit` included -- becomes a trap in the guest and is
+re-raised, the same object, to whoever called into wasm, exactly as
+wasmtime-py does it; that is what the import-time check verifies.
+"""
+from __future__ import annotations
+
+import ctypes
+import weakref
+from ctypes import byref, c_void_p, cast
+
+import wasmtime
+
+#: The wasmtime-py major versions this module was checked against.
+TESTED_MAJOR_VERSIONS = (50,)
+
+
+class WasmtimeInternalsChanged(ImportError):
+    """wasmtime-py no longer has a private feature this module relies on."""
+
+
+def _fail(what: str):
+    raise WasmtimeInternalsChanged(
+        f"compartments/unchecked.py relies on wasmtime-py internals that changed: {what}. "
+        f"It was checked against wasmtime-py {', '.join(map(str, TESTED_MAJOR_VERSIONS))}.x "
+        f"(pinned in pyproject.toml); adapt unchecked.py and run tests/unit/test_unchecked.py")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("wasmtime")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_VERSION = _version()
+try:
+    if int(_VERSION.split(".")[0]) not in TESTED_MAJOR_VERSIONS:
+        raise ValueError
+except ValueError:
+    _fail(f"wasmtime-py {_VERSION} is installed")
+
+try:
+    import wasmtime._func as _wfunc
+    from wasmtime import _ffi as ffi
+except ImportError as e:
+    _fail(f"cannot import {e.name or 'wasmtime._ffi / wasmtime._func'}")
+
+
+def _need(owner, name: str, where: str):
+    if not hasattr(owner, name):
+        _fail(f"{where}.{name} is gone")
+    return getattr(owner, name)
+
+
+for _name in ("wasmtime_func_call_unchecked", "wasmtime_linker_define_func_unchecked",
+              "wasmtime_func_unchecked_callback_t", "wasmtime_val_raw_t",
+              "wasmtime_caller_context", "wasmtime_memory_data", "wasmtime_memory_data_size",
+              "wasm_trap_t"):
+    _need(ffi, _name, "wasmtime._ffi")
+for _name in ("LAST_EXCEPTION", "enter_wasm"):
+    _need(_wfunc, _name, "wasmtime._func")
+_need(wasmtime.Trap, "_consume", "wasmtime.Trap")
+_need(wasmtime.WasmtimeError, "_from_ptr", "wasmtime.WasmtimeError")
+_need(wasmtime.Store, "_context", "wasmtime.Store")
+for _cls in (wasmtime.Linker, wasmtime.FuncType):
+    _need(_cls, "ptr", f"wasmtime.{_cls.__name__}")
+# The callback returns a trap pointer, as an integer the size of a pointer; 0 is
+# success.  If that changed, a failing host function could look like a successful one.
+if ffi.wasmtime_func_unchecked_callback_t._restype_ not in (ctypes.c_size_t, ctypes.c_void_p) \
+        or len(ffi.wasmtime_func_unchecked_callback_t._argtypes_) != 4:
+    _fail("wasmtime_func_unchecked_callback_t is no longer "
+          "size_t (*)(void *env, caller *, val_raw *, size_t)")
+if getattr(ffi.wasmtime_func_call_unchecked, "__code__", None) is None or \
+        ffi.wasmtime_func_call_unchecked.__code__.co_argcount != 5 or \
+        getattr(ffi.wasmtime_linker_define_func_unchecked, "__code__", None) is None or \
+        ffi.wasmtime_linker_define_func_unchecked.__code__.co_argcount != 9:
+    _fail("wasmtime_func_call_unchecked or wasmtime_linker_define_func_unchecked "
+          "changed their parameters")
+if ctypes.sizeof(ffi.wasmtime_val_raw_t) != 16 or \
+        not {"i32", "i64"} <= {f[0] for f in ffi.wasmtime_val_raw_t._fields_}:
+    _fail("wasmtime_val_raw_t is no longer a 16-byte union with i32 and i64")
+
+_ValRaw = ffi.wasmtime_val_raw_t
+_enter_wasm = _wfunc.enter_wasm
+
+
+# ---------------------------------------------------------------- into wasm
+
+class TypedFunc:
+    """A wasm function whose (params, results) were checked once, at creation."""
+
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, params: tuple, results: tuple,
+                 actual: tuple | None = None):
+        """`actual`: the export's (params, results) if already known from its module."""
+        if actual is None:
+            ty = func.type(store)
+            actual = (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
+        if actual != (tuple(params), tuple(results)):
+            raise TypeError(f"expected func {list(params)} -> {list(results)}, "
+                            f"found {list(actual[0])} -> {list(actual[1])}")
+        if any(k not in ("i32", "i64") for k in (*params, *results)) or len(results) > 1:
+            raise TypeError("only i32/i64 parameters and at most one result are supported")
+        self._store = store
+        self._func = _raw_func(func)
+        self._params = tuple(params)
+        self._result = results[0] if results else None
+        self._slots = max(len(params), len(results))
+
+    def bind(self, store: wasmtime.Store, func: wasmtime.Func) -> "TypedFunc":
+        """The same signature on another instance of the same module (no check again:
+        an export of one module has one type)."""
+        other = object.__new__(TypedFunc)
+        other.__dict__.update(self.__dict__)
+        other._store, other._func = store, _raw_func(func)
+        return other
+
+    def __call__(self, *args):
+        # A fresh array per call: the guest may re-enter (a callback) before we return.
+        raw = (_ValRaw * max(self._slots, 1))()
+        for i, (kind, value) in enumerate(zip(self._params, args, strict=True)):
+            setattr(raw[i], kind, value)
+        with _enter_wasm(self._store) as trap:      # re-raises a host function's exception
+            error = ffi.wasmtime_func_call_unchecked(
+                self._store._context(), byref(self._func), raw, self._slots, trap)
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        return getattr(raw[0], self._result) if self._result else None
+
+
+def _raw_func(func: wasmtime.Func):
+    try:
+        return func._func
+    except AttributeError:
+        _fail("wasmtime.Func._func (the C function handle) is gone")
+
+
+# ---------------------------------------------------------------- out of wasm
+
+_HOST: dict[int, tuple] = {}      # env id -> (function, param kinds, has result)
+
+
+class _CallerContext:
+    """The store context of the current host call."""
+    __slots__ = ("ptr",)
+
+    def __init__(self):
+        self.ptr = None
+
+
+_CURRENT = _CallerContext()
+
+
+@ffi.wasmtime_func_unchecked_callback_t
+def _trampoline(env, caller, raw, nraw):
+    fn, kinds, has_result = _HOST[env or 0]
+    outer = _CURRENT.ptr
+    _CURRENT.ptr = ffi.wasmtime_caller_context(caller)
+    try:
+        result = fn(*[getattr(raw[i], k) for i, k in enumerate(kinds)])
+        if has_result:
+            if not -0x80000000 <= result <= 0x7FFFFFFF:   # ctypes would truncate it
+                raise OverflowError(f"host function result {result!r} is not an i32")
+            raw[0].i32 = result
+        return 0
+    except BaseException as e:   # becomes a trap; re-raised by _enter_wasm to the caller
+        _wfunc.LAST_EXCEPTION = e
+        trap = wasmtime.Trap("python exception")._consume()
+        return cast(trap, c_void_p).value
+    finally:
+        _CURRENT.ptr = outer
+
+
+@ctypes.CFUNCTYPE(None, c_void_p)
+def _finalize(env):
+    _HOST.pop(env or 0, None)
+
+
+def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
+           engine: wasmtime.Engine) -> None:
+    """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`
+    on `linker`, which belongs to `engine`."""
+    if len(results) > 1 or any(r != "i32" for r in results):
+        raise TypeError("host functions return at most one i32")
+    kinds = tuple(params)
+    ty = func_type(kinds, tuple(results), engine)
+    env = len(_HOST) + 1
+    while env in _HOST:
+        env += 1
+    _HOST[env] = (fn, kinds, bool(results))
+    m, n = module.encode(), name.encode()
+    error = ffi.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), ctypes.create_string_buffer(m), len(m), ctypes.create_string_buffer(n),
+        len(n), ty.ptr(), _trampoline, env, _finalize)
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+_VAL = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+# engine -> signature -> FuncType.  A function type is tied to the first engine
+# that uses it (wasmtime asserts it), so types are made once *per engine*; the
+# zygote makes them for its engine before it forks, so engines do not pay for them.
+_TYPES: "weakref.WeakKeyDictionary[wasmtime.Engine, dict]" = weakref.WeakKeyDictionary()
+
+
+def func_type(params: tuple, results: tuple, engine: wasmtime.Engine) -> wasmtime.FuncType:
+    types = _TYPES.setdefault(engine, {})
+    ty = types.get((params, results))
+    if ty is None:                          # kept here: it must outlive the linkers
+        ty = types[params, results] = wasmtime.FuncType([_VAL[k]() for k in params],
+                                                        [_VAL[r]() for r in results])
+    return ty
+
+
+def memory_span(memory: wasmtime.Memory) -> tuple[int, int]:
+    """(base address, size) of a memory, in the current host call's context."""
+    ctx = _CURRENT.ptr
+    handle = byref(memory._memory)
+    return (ctypes.addressof(ffi.wasmtime_memory_data(ctx, handle).contents),
+            ffi.wasmtime_memory_data_size(ctx, handle))
+
+
+# ---------------------------------------------------------------- the import-time check
+
+_SELF_TEST = """(module
+  (import "t" "f" (func $f (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (global $after (export "after") (mut i32) (i32.const 0))
+  (func (export "g") (param i32) (result i32) (local $r i32)
+    (local.set $r (call $f (local.get 0) (i64.const -2)))
+    (global.set $after (i32.const 1))
+    (local.get $r)))"""
+
+
+class _Probe(Exception):
+    pass
+
+
+def _self_test():
+    """One real call each way, with the features the engine relies on."""
+    config = wasmtime.Config()
+    config.parallel_compilation = False   # no thread pool: the zygote forks, engines confine
+    engine = wasmtime.Engine(config)
+    store = wasmtime.Store(engine)
+    linker = wasmtime.Linker(engine)
+    probe = _Probe("raised in a host function")
+    seen = []
+
+    def host(x, y):
+        base, size = memory_span(memory)
+        seen.append((x, y, size))
+        if x == 1:
+            raise probe
+        return 41 + x
+
+    define(linker, "t", "f", ("i32", "i64"), ("i32",), host, engine)
+    instance = linker.instantiate(store, wasmtime.Module(engine, _SELF_TEST))
+    exports = instance.exports(store)
+    memory = exports["memory"]
+    g = TypedFunc(store, exports["g"], ("i32",), ("i32",))
+    try:
+        g(1)
+    except _Probe as e:
+        if e is not probe:
+            _fail("a host function's exception comes back as another object")
+    except (wasmtime.Trap, wasmtime.WasmtimeError):
+        _fail("a host function's exception comes back as a plain trap "
+              "(wasmtime._func.LAST_EXCEPTION / enter_wasm no longer hand it over)")
+    else:
+        _fail("a failing host function returned as if it had succeeded "
+              "(the callback's trap return is not honoured)")
+    if exports["after"].value(store) != 0:
+        _fail("the guest kept running after its host function failed")
+    if g(-5) != 36 or seen != [(1, -2, 65536), (-5, -2, 65536)] or \
+            exports["after"].value(store) != 1:
+        _fail(f"raw arguments or results are read differently (got {seen})")
+
+
+_self_test()

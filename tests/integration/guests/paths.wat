@@ -1,0 +1,58 @@
+;; A Calc whose add(a, b) takes the engine down one of the paths a legitimate
+;; guest takes, chosen by `a` (tests/integration/test_engine_paths.py):
+;;   0: answers b                      1: grows memory by a page, answers the size
+;;   2: grows memory past 64 MiB (beyond wasmtime's reservation), touches the end
+;;   3: unreachable    4: a load out of bounds    5: an integer divided by zero
+;;   6: unbounded recursion             7: an endless loop (its CPU budget ends it)
+;;   8: reads the process's CPU clock (WASI; answers 1 if it is past zero and
+;;      below 2^42 ns, about 73 minutes: a plausible value)
+(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $reply_int (param $v i32) (result i32)
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 8208) (i64.extend_i32_u (local.get $v)))
+    (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+  (func $recurse (param $n i32) (result i32)
+    (i32.add (call $recurse (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (local $a i32) (local $b i32) (local $end i32)
+    (memory.fill (i32.const 0) (i32.const 0) (i32.const 64))    ;; empty params: a = b = 0
+    (drop (call $params (i32.const 0)))
+    (local.set $a (i32.load (i32.const 16)))
+    (local.set $b (i32.load (i32.const 20)))
+    (if (i32.eq (local.get $a) (i32.const 1))
+      (then (drop (memory.grow (i32.const 1)))
+            (return (call $reply_int (memory.size)))))
+    (if (i32.eq (local.get $a) (i32.const 2))
+      (then (if (i32.lt_s (memory.grow (i32.sub (i32.const 1600) (memory.size))) (i32.const 0))
+              (then (return (call $reply_int (i32.const -1)))))
+            (local.set $end (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 4)))
+            (i32.store (local.get $end) (i32.const 77))
+            (return (call $reply_int (i32.add (memory.size) (i32.load (local.get $end)))))))
+    (if (i32.eq (local.get $a) (i32.const 3)) (then unreachable))
+    (if (i32.eq (local.get $a) (i32.const 4))
+      (then (return (call $reply_int (i32.load (i32.const 0xFFFFFFF0))))))
+    (if (i32.eq (local.get $a) (i32.const 5))
+      (then (return (call $reply_int (i32.div_s (i32.const 1) (local.get $b))))))
+    (if (i32.eq (local.get $a) (i32.const 6))
+      (then (return (call $reply_int (call $recurse (i32.const 0))))))
+    (if (i32.eq (local.get $a) (i32.const 7))
+      (then (loop $forever (br $forever))))
+    (if (i32.eq (local.get $a) (i32.const 8))
+      (then (if (call $clock_time_get (i32.const 2) (i64.const 1) (i32.const 64))
+              (then (return (call $reply_int (i32.const -1)))))
+            (return (call $reply_int
+              (i32.and (i64.gt_u (i64.load (i32.const 64)) (i64.const 0))
+                       (i64.lt_u (i64.load (i32.const 64)) (i64.const 0x40000000000)))))))
+    (call $reply_int (local.get $b)))
+  (func $params (param $at i32) (result i32)
+    (call $params_read (local.get $at) (i32.const 4096)))
+)
