@@ -59,6 +59,8 @@ E_MESSAGE = -6         # params/results are not a valid Cap'n Proto message, or 
 E_NOTFOUND = -7        # lookup: no capability granted under that name
 E_STATE = -8           # no reply pending / not inside a dispatch / results already set
 E_TOOMANY = -9         # too many capabilities in one message
+E_DENIED = -10         # refused by attenuation: an allow-list, a revoked, used-up or expired
+                       # grant (the reply says which); a rate limit is E_OVERLOADED
 
 ERROR_NAMES = {v: k for k, v in globals().items() if k.startswith("E_")}
 
@@ -69,6 +71,22 @@ EXCEPTION_CODES = {
     "overloaded": E_OVERLOADED,
     "unimplemented": E_UNIMPLEMENTED,
 }
+
+#: rpc.capnp's Exception has no room for "refused by attenuation": the supervisor
+#: starts such a reason with this, and the engine makes it E_DENIED.
+DENIED_PREFIX = "denied: "
+
+
+def error_code(type: str, reason: str) -> int:
+    """The guest's error code for a call that failed with this exception."""
+    if reason.startswith(DENIED_PREFIX):
+        return E_DENIED
+    return EXCEPTION_CODES.get(type, E_FAILED)
+
+
+#: A status `wsuper_dispatch` returns -> the exception type its caller gets.
+DISPATCH_TYPES = {E_UNIMPLEMENTED: "unimplemented", E_OVERLOADED: "overloaded",
+                  E_DISCONNECTED: "disconnected"}
 
 MAX_CAPS = 256
 

@@ -343,8 +343,7 @@ class Engine:
             payload = self.invoke(entry.import_id, interface_id & ((1 << 64) - 1),
                                   method_id & 0xFFFF, content, caps)
         except wasi.HostCallFailed as e:
-            return self._set_error(out_ptr, abi.EXCEPTION_CODES.get(e.type, abi.E_FAILED),
-                                   e.reason)
+            return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
         try:
             data = self._for_guest(payload.content)
         except _CallError as e:
@@ -705,7 +704,10 @@ class Engine:
             if outer is not None:
                 after.append(self._leave_instance(outer))
         if status != 0 or frame.error is not None:
-            raise _CallError("failed", f"{self.name}: {frame.error or f'dispatch returned {status}'}")
+            reason = f"{self.name}: {frame.error or f'dispatch returned {status}'}"
+            if status == abi.E_DENIED:
+                reason = abi.DENIED_PREFIX + reason
+            raise _CallError(abi.DISPATCH_TYPES.get(status, "failed"), reason)
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results

@@ -34,6 +34,7 @@ from capnp_schemas import hosted, protocol, wire
 from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
 from capnp_schemas.text import first_line as _first_line, printable as _printable
+from compartments import abi
 from compartments.limits import Limits
 
 from . import control, effects as fx
@@ -242,7 +243,7 @@ class Router:
         keys = m.revoke()
         if keys or m.revoked:
             for key in keys:
-                self._guarded(key[0], lambda key=key: self.fail(key, CallError(
+                self._guarded(key[0], lambda key=key: self.fail(key, Denial(
                     f"{label} was revoked while this call was in flight", "failed")),
                     flush=False)
             self.emit(fx.Notice(f"revoked {label}"))
@@ -551,8 +552,11 @@ class Router:
         self._close_call(reply, "denied" if isinstance(e, Denial) else "failed", e.reason)
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             return
+        # a refusal for good is E_DENIED to a guest; a rate limit stays E_OVERLOADED
+        reason = abi.DENIED_PREFIX + e.reason if isinstance(e, Denial) and e.type == "failed" \
+            else e.reason
         self.emit(fx.Send(peer.id, peer.conn.send_exception(
-            answer_id, _bounded(e.reason), e.type, no_finish=peer.kind == "engine")))
+            answer_id, _bounded(reason), e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
             self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)

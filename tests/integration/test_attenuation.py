@@ -64,11 +64,12 @@ spin = {{ compartment = "spin", revocable = true }}
     assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.spin", r.stderr
     assert run.finish() == 0
     logs = [l[6:] for l in run.lines if l.startswith("[app] ")]
-    assert logs == ["calling", "spun -2", "app.spin was revoked while this call was in flight",
-                    "ping -2", "app.spin was revoked"]
+    assert logs == ["calling", "spun -10",
+                    "denied: app.spin was revoked while this call was in flight",
+                    "ping -10", "denied: app.spin was revoked"]
     records = audit_calls(tmp_path / "audit.jsonl")
     spin = [x for x in records if x.get("capability") == "app.spin"]
-    assert [(x["method"], x["outcome"]) for x in spin] == [("spin", "failed"), ("ping", "denied")]
+    assert [(x["method"], x["outcome"]) for x in spin] == [("spin", "denied"), ("ping", "denied")]
     assert spin[0]["duration_ms"] > 0
     # a grant that is not revocable cannot be revoked
     r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.log")

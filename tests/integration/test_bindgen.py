@@ -171,3 +171,30 @@ def test_build_makes_the_output_directory_and_names_a_missing_source(tmp_path):
     r = run_wsuper("build", str(tmp_path / "nope.c"), "-o", str(tmp_path / "y.wasm"))
     assert r.returncode == 2
     assert r.stderr.strip() == f"wsuper: error: {tmp_path / 'nope.c'}: no such source file"
+
+
+def test_a_method_a_skeleton_does_not_know_is_unimplemented_for_the_caller(echo_plugin, tmp_path):
+    """The skeleton's -5 for a method it does not know reaches the caller as
+    E_UNIMPLEMENTED, not E_FAILED."""
+    from tests.integration.guests import program
+    echo_id = capnp_schemas.load(SCHEMA).Echo.schema.node.id
+    (tmp_path / "app.wat").write_text(program(f"""
+    (call $log_int (i32.const 200) (i32.const 6)
+          (call $call0 (call $lookup (i32.const 210) (i32.const 4))
+                (i64.const {echo_id - (1 << 64) if echo_id >= 1 << 63 else echo_id})
+                (i32.const 99)))
+    """, {"status": 200, "echo": 210}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{os.path.join(GUESTS_C, 'echo.capnp')}"]
+[compartments.echo]
+module = "{echo_plugin}"
+exports = "Echo"
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+echo = {{ compartment = "echo" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert "[app] status -5" in r.stdout, r.stdout + r.stderr

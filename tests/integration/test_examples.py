@@ -90,7 +90,7 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
         "[hostile] hostile: read ../data/kv.log -> Capabilities insufficient",
         "[hostile] hostile: read /data/kv.log -> Capabilities insufficient",
         "[hostile] hostile: write /public/readme.txt -> Read-only file system",
-        "[hostile] hostile: put through kv -> -2 (hostile.kv: Store.put is not allowed "
+        "[hostile] hostile: put through kv -> -10 (denied: hostile.kv: Store.put is not allowed "
         "(allow = [Store.get]))",
         "[hostile] hostile: get through forged handle 999 -> -1 (handle 999 is not in this "
         "compartment's c-list)",

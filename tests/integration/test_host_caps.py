@@ -62,5 +62,5 @@ clock = { host = "clock", max_uses = 2 }
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
     logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
-    assert logs == ["tick: 0", "tick: 0", "tick: -2", "app.clock is used up (max_uses)"]
+    assert logs == ["tick: 0", "tick: 0", "tick: -10", "denied: app.clock is used up (max_uses)"]
     assert "wsuper: denied: app -> app.clock is used up (max_uses)" in r.stderr
