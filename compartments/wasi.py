@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import time
 
 from capnp_schemas import host as host_schema, protocol
 from capnp_schemas.payloads import method_structs
 from capnp_schemas.protocol import Content
+
+from . import protect
 
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
 ERRNO = {
@@ -224,6 +227,9 @@ class Wasi:
                 return f.errno
             except HostCallFailed as e:
                 return errno_of(e)
+            except protect.Fault as e:    # a protected page (compartments/protect.py)
+                print(f"wsuper: {name}: EFAULT: {e}", file=sys.stderr, flush=True)
+                return E.FAULT
             except (ValueError, OverflowError, struct.error, UnicodeError):
                 return E.INVAL           # arguments no call could mean (huge, negative)
         if name == "proc_exit":
