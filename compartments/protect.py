@@ -182,11 +182,12 @@ class Layout:
                    obj["declared_problem"], bool(obj["checks"]))
 
 
-def prepare(data: bytes, setting: Setting) -> tuple[bytes, Layout]:
+def prepare(data: bytes, setting: Setting, validate=None) -> tuple[bytes, Layout]:
     """The bytes to compile for a compartment protected as `setting` says, and the
-    module's Layout.  `data` must be a module wasmtime has validated.  Nothing
-    here raises: what cannot be done is Layout.problem (an error if the
-    setting is required, no protection if it is the default)."""
+    module's Layout.  `validate(data)`: raises unless wasmtime accepts the module
+    (called before any rewriting, which needs a valid module; None: it is known
+    valid).  Nothing else here raises: what cannot be done is Layout.problem
+    (an error if the setting is required, no protection if it is the default)."""
     try:
         f = wasmbin.facts(data)
     except Exception as e:  # noqa: BLE001 - a module we cannot read is one we do not protect
@@ -195,6 +196,8 @@ def prepare(data: bytes, setting: Setting) -> tuple[bytes, Layout]:
                     f.declared, f.declared_problem)
     if layout.problem or not f.bulk or (not setting.required and f.declared is None):
         return data, layout
+    if validate is not None:
+        validate(data)
     try:
         checked = wasmbin.add_bulk_checks(data)
     except Exception as e:  # noqa: BLE001 - Unsupported, BinaryError; or a bug: never trusted
@@ -215,8 +218,7 @@ def compile_module(wasm_engine, path: str, setting: Setting):
     else:
         with open(path, "rb") as f:
             data = f.read()
-    wasmtime.Module.validate(wasm_engine, data)     # before rewriting: see add_bulk_checks
-    data, layout = prepare(data, setting)
+    data, layout = prepare(data, setting, lambda d: wasmtime.Module.validate(wasm_engine, d))
     return wasmtime.Module(wasm_engine, data), layout
 
 
