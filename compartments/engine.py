@@ -200,7 +200,8 @@ class Engine:
                 if self.spec.protect is None:
                     module = wasm.compile_module(wasm_engine, path)
                 else:
-                    module, layout = protect.compile_module(wasm_engine, path, self.spec.protect)
+                    module, layout = protect.compile_module(wasm_engine, path, self.spec.protect,
+                                                            self.limits.memory)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
             description = None
@@ -235,7 +236,7 @@ class Engine:
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
         if self.spec.protect is not None:
-            self._protect(description.protect, exports)
+            self._protect(description.protect)
         typed = lambda name, sig: self._typed(exports, name, sig, export_types)  # noqa: E731
         self.start_func = typed(abi.EXPORT_START, ((), ()))
         self.initialize = typed(abi.EXPORT_INITIALIZE, ((), ()))
@@ -245,16 +246,16 @@ class Engine:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
 
-    def _protect(self, layout, exports):
-        """Memory protection (compartments/protect.py): the regions the spec and the
-        module's layout call for, enforced on this first instance."""
+    def _protect(self, layout):
+        """Memory protection (compartments/protect.py): the regions resolved where the
+        module was compiled for this compartment, enforced on this first instance."""
         path = self.spec.module
         try:
-            layout = protect.Layout.from_json(layout) if layout is not None else None
-            self.regions = protect.resolve(self.spec.protect, layout, self.limits.memory)
+            if layout is None:          # not compiled for protection: refuse, never guess
+                raise protect.ProtectError("protect", "the module was not prepared for it")
+            self.regions = protect.regions_of(protect.Layout.from_json(layout))
             if self.regions is not None:
-                self._memory_base = protect.enforce(self.regions, self.store, exports,
-                                                    self.memory)
+                self._memory_base = protect.enforce(self.regions, self.store, self.memory)
         except protect.ProtectError as e:
             raise EngineError(f"module {path}: {e.key}: {e}") from None
         except (ValueError, OSError) as e:
@@ -779,7 +780,7 @@ class Engine:
         base = None
         if self.regions is not None:            # the same protection as the first instance
             try:
-                base = protect.enforce(self.regions, store, exports, memory)
+                base = protect.enforce(self.regions, store, memory)
             except (OSError, AttributeError) as e:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
         outer = self._swap({

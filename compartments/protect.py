@@ -151,14 +151,20 @@ class Layout:
     rodata: tuple | None = None     # (start, end) of the segment named .rodata
     declared: tuple | None = None   # wsuper.protect: (no_access_end, ro_start, ro_end)
     declared_problem: str | None = None
-    checks: bool = False            # bulk-memory checks inserted: it exports CHECK_GLOBALS
+    #: what `prepare` resolved: (no_access_end, ro_start, ro_end), None: not protected
+    regions: tuple | None = None
+    error: tuple | None = None      # (key, reason): the ProtectError of a required setting
+    checks: bool = False            # bulk-memory checks for `regions` were inserted
 
     def to_json(self) -> dict:
         return {"problem": self.problem, "memory": self.memory,
                 "segments": [list(s) for s in self.segments],
                 "rodata": list(self.rodata) if self.rodata is not None else None,
                 "declared": list(self.declared) if self.declared is not None else None,
-                "declared_problem": self.declared_problem, "checks": self.checks}
+                "declared_problem": self.declared_problem,
+                "regions": list(self.regions) if self.regions is not None else None,
+                "error": list(self.error) if self.error is not None else None,
+                "checks": self.checks}
 
     @classmethod
     def from_json(cls, obj) -> "Layout":
@@ -176,41 +182,61 @@ class Layout:
         if not isinstance(segs, list) or not all(
                 isinstance(s, list) and len(s) == 3 and isinstance(s[2], str) for s in segs):
             raise ValueError("bad segments")
+        error = obj["error"]
+        if error is not None and not (isinstance(error, list) and len(error) == 2
+                                      and all(isinstance(x, str) for x in error)):
+            raise ValueError(f"bad error {error!r}")
         return cls(obj["problem"], int(obj["memory"]),
                    tuple((*extent(s[:2], 2), s[2]) for s in segs),
                    extent(obj["rodata"], 2), extent(obj["declared"], 3),
-                   obj["declared_problem"], bool(obj["checks"]))
+                   obj["declared_problem"], extent(obj["regions"], 3),
+                   tuple(error) if error is not None else None, bool(obj["checks"]))
 
 
-def prepare(data: bytes, setting: Setting, validate=None) -> tuple[bytes, Layout]:
+def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
+            page: int = PAGE) -> tuple[bytes, Layout]:
     """The bytes to compile for a compartment protected as `setting` says, and the
-    module's Layout.  `validate(data)`: raises unless wasmtime accepts the module
-    (called before any rewriting, which needs a valid module; None: it is known
-    valid).  Nothing else here raises: what cannot be done is Layout.problem
-    (an error if the setting is required, no protection if it is the default)."""
+    module's Layout with the regions resolved (`resolve`).  `validate(data)`:
+    raises unless wasmtime accepts the module (called before any rewriting,
+    which needs a valid module; None: it is known valid).  Nothing else here
+    raises: a required setting that cannot be met is Layout.error; the default
+    one is simply not applied (Layout.regions is None)."""
     try:
         f = wasmbin.facts(data)
     except Exception as e:  # noqa: BLE001 - a module we cannot read is one we do not protect
-        return data, Layout(problem=f"its binary cannot be read for protection: {e}")
-    layout = Layout(f.memory_problem, f.min_pages * wasmbin.WASM_PAGE, f.segments, f.rodata,
-                    f.declared, f.declared_problem)
-    if layout.problem or not f.bulk or (not setting.required and f.declared is None):
+        layout = Layout(problem=f"its binary cannot be read for protection: {e}")
+    else:
+        layout = Layout(f.memory_problem, f.min_pages * wasmbin.WASM_PAGE, f.segments,
+                        f.rodata, f.declared, f.declared_problem)
+    try:
+        regions = resolve(setting, layout, memory_limit, page)
+    except ProtectError as e:
+        return data, attrs.evolve(layout, error=(e.key, e.reason))
+    if regions is None:
+        return data, layout
+    extents = (regions.no_access_end, regions.read_only_start, regions.read_only_end)
+    layout = attrs.evolve(layout, regions=extents)
+    if not f.bulk:
         return data, layout
     if validate is not None:
         validate(data)
     try:
-        checked = wasmbin.add_bulk_checks(data)
+        checked = wasmbin.add_bulk_checks(data, *extents)
     except Exception as e:  # noqa: BLE001 - Unsupported, BinaryError; or a bug: never trusted
-        return data, attrs.evolve(layout, problem=f"wsuper cannot insert the checks its "
-                                  f"bulk-memory instructions need: {e}")
+        why = f"wsuper cannot insert the checks its bulk-memory instructions need: {e}"
+        if setting.required:
+            return data, attrs.evolve(layout, regions=None, error=(
+                "protect", f"this module cannot be protected: {why}"))
+        return data, attrs.evolve(layout, regions=None, problem=why)
     if checked is None:
         return data, layout
     return checked, attrs.evolve(layout, checks=True)
 
 
-def compile_module(wasm_engine, path: str, setting: Setting):
+def compile_module(wasm_engine, path: str, setting: Setting, memory_limit: int):
     """(wasmtime.Module, Layout): the module file at `path`, prepared and compiled
-    for protection.  Raises what wasm.compile_module raises."""
+    for protection as `setting` and the compartment's memory limit call for.
+    Raises what wasm.compile_module raises."""
     import wasmtime
     if path.endswith(".wat"):
         with open(path, encoding="utf-8") as f:
@@ -218,19 +244,38 @@ def compile_module(wasm_engine, path: str, setting: Setting):
     else:
         with open(path, "rb") as f:
             data = f.read()
-    data, layout = prepare(data, setting, lambda d: wasmtime.Module.validate(wasm_engine, d))
+    data, layout = prepare(data, setting, memory_limit,
+                           lambda d: wasmtime.Module.validate(wasm_engine, d))
     return wasmtime.Module(wasm_engine, data), layout
 
 
-def check_file(wasm_engine, path: str, setting: Setting, memory_limit: int) -> Regions | None:
-    """What `resolve` will make of the module file at `path` (the supervisor's check
-    before any engine starts).  Raises ProtectError."""
+def check_file(wasm_engine, path: str, setting: Setting, memory_limit: int) -> Layout:
+    """What an engine will make of the module file at `path` (the supervisor's check
+    before any engine starts: it also compiles the module as rewritten).
+    Raises ProtectError."""
     import wasmtime
     try:
-        _module, layout = compile_module(wasm_engine, path, setting)
+        _module, layout = compile_module(wasm_engine, path, setting, memory_limit)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
-        raise ProtectError("module", f"cannot be read: {e}") from None
-    return resolve(setting, layout, memory_limit)
+        raise ProtectError("module", f"cannot be prepared for protection: {e}") from None
+    if layout.error is not None:
+        raise ProtectError(*layout.error)
+    return layout
+
+
+def regions_of(layout: Layout, page: int = PAGE) -> Regions | None:
+    """The regions an engine enforces, from what `prepare` resolved where the module
+    was compiled (checked again: whole pages, in order, inside the memory).
+    Raises ProtectError for a required setting that could not be met."""
+    if layout.error is not None:
+        raise ProtectError(*layout.error)
+    if layout.regions is None:
+        return None
+    na, r0, r1 = layout.regions
+    if any(v % page for v in layout.regions) or not 0 <= na <= r0 <= r1 <= layout.memory:
+        raise ValueError(f"regions {layout.regions} do not fit this host's pages "
+                         f"({page} bytes) and memory")
+    return Regions(na, r0, r1, page=page)
 
 
 # ---------------------------------------------------------------- the regions
@@ -330,7 +375,7 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
                                f"would cover the module's data {name or 'segment'} at "
                                f"[{start:#x}, {end:#x}); build it with wsuper build (it "
                                f"reserves a null page) or ask for less")
-    r0 = r1 = 0
+    r0 = r1 = na                        # an empty read-only region starts where no-access ends
     if setting.read_only == AUTO:
         if declared is not None:
             start, end = declared[1], declared[2]
@@ -349,7 +394,7 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
                                    f"[{start:#x}, {end:#x}) holds no whole {page}-byte page "
                                    f"outside the no-access region; build it with wsuper "
                                    f"build, which page-aligns it")
-            r0 = r1 = 0
+            r0 = r1 = na
         if r1 > layout.memory:
             raise ProtectError("protect.read_only", f"the read-only data ends at {end:#x}, "
                                f"past the module's initial memory ({layout.memory} bytes)")
@@ -361,16 +406,9 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
 # ---------------------------------------------------------------- enforcing
 
 
-def enforce(regions: Regions, store, exports, memory) -> int:
+def enforce(regions: Regions, store, memory) -> int:
     """Protect one instance's memory (after instantiation and data initialisation);
-    returns its base address, which must never change (see STATIC_MEMORY).
-    `exports`: the instance's exports (for the check globals, if the module has them)."""
-    for name, value in zip(wasmbin.CHECK_GLOBALS, (regions.no_access_end,
-                                                   regions.read_only_start,
-                                                   regions.read_only_end)):
-        g = exports.get(name)
-        if g is not None:
-            g.set_value(store, value)
+    returns its base address, which must never change (see STATIC_MEMORY)."""
     base = ctypes.addressof(memory.data_ptr(store).contents)
     size = memory.data_len(store)
     if base % regions.page or max(regions.no_access_end, regions.read_only_end) > size:

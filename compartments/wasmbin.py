@@ -19,9 +19,10 @@ it makes the one faulting access of its own (a 1-byte load or store at the
 first protected address of the range), which wasmtime turns into an ordinary
 trap naming that address, and never reaches the instruction.  Every other
 access (loads, stores, SIMD, atomics) faults in compiled code and traps as it
-is.  The functions read the protected extents from three mutable globals the
-engine sets after instantiation (see CHECK_GLOBALS); the module's own code
-cannot name them (see `add_bulk_checks`).
+is.  The protected extents are constants in the functions, so a module is
+rewritten for one set of regions (the zygote compiles it once per set); the
+module's own code cannot call them (see `add_bulk_checks`).  The checks only
+turn a crash into a trap: the pages stay protected by the MMU either way.
 
 Every input is hostile: a module's bytes are walked with bounds checks, and
 anything unexpected is `BinaryError` (malformed) or `Unsupported` (valid, but
@@ -40,9 +41,6 @@ CUSTOM_SECTION = "wsuper.protect"       # what `wsuper build` declares (see `dec
 CUSTOM_VERSION = 1
 #: The functions a rewritten module gets are named from this (in its name section).
 CHECK_FUNCTION = "wsuper.protect.check"
-#: Exported by a rewritten module: no-access end, read-only start, read-only end.
-CHECK_GLOBALS = ("wsuper.protect.no_access_end", "wsuper.protect.read_only_start",
-                 "wsuper.protect.read_only_end")
 WASM_PAGE = 65536
 MAX_SEGMENTS = 100_000          # wasmtime's own limit on data segments
 
@@ -206,7 +204,7 @@ class Facts:
     #: (start, end, name) of each active data segment of memory 0 with a constant offset
     segments: tuple = ()
     unknown_segments: int = 0            # active segments whose offset is computed
-    rodata: tuple | None = None          # (start, end) of the segment the name section calls .rodata
+    rodata: tuple | None = None          # (start, end) of the segment named .rodata
     declared: tuple | None = None        # (no_access_end, read_only_start, read_only_end)
     declared_problem: str | None = None  # why the wsuper.protect section was not read
     bulk: bool = False                   # it may use bulk memory (add_bulk_checks will say)
@@ -560,24 +558,37 @@ _I32 = 0x7F
 _CHECK_TYPE = bytes([0x60, 3, _I32, _I32, _I32, 3, _I32, _I32, _I32])   # (i32 i32 i32) -> same
 
 
-def _check_body(write: bool, read: bool, g_na: int, g_r0: int, g_r1: int) -> bytes:
+def _sleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if (n == 0 and not b & 0x40) or (n == -1 and b & 0x40):
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def _check_body(write: bool, read: bool, na: int, r0: int, r1: int) -> bytes:
     """A function (d, x, n) -> (d, x, n): if n != 0 and [d, d+n) would write a
     protected page (write) or [x, x+n) would read a no-access page (read), make
-    the faulting 1-byte access there; else return its operands."""
-    def g(i):
-        return bytes([0x23]) + _uleb(i)
+    the faulting 1-byte access there; else return its operands.  No-access is
+    [0, na), read-only [r0, r1)."""
+    def i32(v):
+        return b"\x41" + _sleb(v - (1 << 32) if v >= 1 << 31 else v)
     load8, store8 = b"\x2d\x00\x00", b"\x3a\x00\x00"
     code = bytearray(b"\x02\x40" b"\x20\x02\x45\x0d\x00")        # block; n == 0: br 0
-    if write:
-        code += b"\x20\x00" + g(g_na) + b"\x49\x04\x40"             # d <u no_access_end: if
+    if write and na:
+        code += b"\x20\x00" + i32(na) + b"\x49\x04\x40"             # d <u na: if
         code += b"\x20\x00\x20\x00" + load8 + store8 + b"\x00\x0b"  # d[0] = d[0]; unreachable
-        code += b"\x20\x00" + g(g_r1) + b"\x49\x04\x40"             # d <u read_only_end: if
-        code += b"\x20\x00\xad\x20\x02\xad\x7c" + g(g_r0) + b"\xad\x56\x04\x40"  # d+n >u ro_start
-        code += b"\x20\x00" + g(g_r0) + b"\x20\x00" + g(g_r0) + b"\x4b\x1b"      # max(d, ro_start)
+    if write and r1 > r0:
+        code += b"\x20\x00" + i32(r1) + b"\x49\x04\x40"             # d <u r1: if
+        code += b"\x20\x00\xad\x20\x02\xad\x7c\x42" + _sleb(r0) + b"\x56\x04\x40"  # d+n >u r0
+        code += b"\x20\x00" + i32(r0) + b"\x20\x00" + i32(r0) + b"\x4b\x1b"  # max(d, r0)
         code += b"\x22\x03\x20\x03" + load8 + store8 + b"\x00"      # a[0] = a[0]; unreachable
         code += b"\x0b\x0b"
-    if read:
-        code += b"\x20\x01" + g(g_na) + b"\x49\x04\x40"             # x <u no_access_end: if
+    if read and na:
+        code += b"\x20\x01" + i32(na) + b"\x49\x04\x40"             # x <u na: if
         code += b"\x20\x01" + load8 + b"\x1a\x00\x0b"               # x[0]; unreachable
     code += b"\x0b" b"\x20\x00\x20\x01\x20\x02\x0b"                  # end; d x n; end
     body = b"\x01\x01\x7f" + bytes(code)                             # one i32 local
@@ -598,12 +609,18 @@ def _section(sid: int, count: int, entries: bytes) -> bytes:
     return bytes([sid]) + _uleb(len(payload)) + payload
 
 
-def add_bulk_checks(data: bytes) -> bytes | None:
-    """`data` with a check before each bulk-memory instruction on memory 0, or None
-    if it has none.  `data` must be a module wasmtime validated: the functions,
-    type and globals added get the next free indices, which a valid module's
-    code cannot already use.  Raises Unsupported (an instruction this decoder
-    does not know, exports that clash) or BinaryError."""
+def add_bulk_checks(data: bytes, no_access_end: int, read_only_start: int,
+                    read_only_end: int) -> bytes | None:
+    """`data` with a check before each bulk-memory instruction on memory 0 against
+    these regions (no-access [0, no_access_end), read-only [read_only_start,
+    read_only_end)), or None if it has none.  `data` must be a module wasmtime
+    validated: the functions and the type added get the next free indices, which
+    a valid module's code cannot already use.  Raises Unsupported (an
+    instruction this decoder does not know) or BinaryError."""
+    if not 0 <= no_access_end <= read_only_start <= read_only_end <= 1 << 32:
+        raise ValueError("regions out of order")
+    if no_access_end == 0 and read_only_end == read_only_start:
+        return None                     # nothing is protected: nothing to check
     secs = sections(data)
     by_id = {}
     for s in secs:
@@ -641,8 +658,8 @@ def add_bulk_checks(data: bytes) -> bytes | None:
     kinds = sorted({k for _s, _e, sites in bodies for _at, k in sites}, reverse=True)
     if not kinds:
         return None
-    # index spaces: what is imported comes first
-    n_funcs = n_globals = 0
+    # the function index space: what is imported comes first
+    n_funcs = 0
     if _IMPORT in by_id:
         ir = _Reader(data, by_id[_IMPORT].start, by_id[_IMPORT].end)
         for _ in range(ir.count(4)):
@@ -658,7 +675,6 @@ def add_bulk_checks(data: bytes) -> bytes | None:
             elif kind == 0x02:
                 _limits(ir)
             elif kind == 0x03:
-                n_globals += 1
                 _valtype(ir)
                 ir.byte()
             elif kind == 0x04:
@@ -668,27 +684,14 @@ def add_bulk_checks(data: bytes) -> bytes | None:
                 raise Unsupported(f"import kind {kind:#x}")
     n_types = _count_types(data, by_id.get(_TYPE))
     f_count, f_entries = _vector(data, by_id.get(_FUNCTION))
-    g_count, g_entries = _vector(data, by_id.get(_GLOBAL))
-    e_count, e_entries = _vector(data, by_id.get(_EXPORT))
     if len(bodies) != f_count:
         raise BinaryError("function and code sections disagree")
-    er = _Reader(e_entries)
-    for _ in range(e_count):
-        if er.name().decode("utf-8", "replace") in CHECK_GLOBALS:
-            raise Unsupported(f"it already exports one of {', '.join(CHECK_GLOBALS)}")
-        er.byte()
-        er.uleb()
-    g_na, g_r0, g_r1 = (n_globals + g_count + i for i in range(3))
     helper = {k: n_funcs + f_count + i for i, k in enumerate(kinds)}
     t_count, t_entries = _vector(data, by_id.get(_TYPE))
     new = {
         _TYPE: _section(_TYPE, t_count + 1, t_entries + _CHECK_TYPE),
         _FUNCTION: _section(_FUNCTION, f_count + len(kinds),
                             f_entries + _uleb(n_types) * len(kinds)),
-        _GLOBAL: _section(_GLOBAL, g_count + 3, g_entries + b"\x7f\x01\x41\x00\x0b" * 3),
-        _EXPORT: _section(_EXPORT, e_count + 3, e_entries + b"".join(
-            _uleb(len(n)) + n.encode() + b"\x03" + _uleb(i)
-            for n, i in zip(CHECK_GLOBALS, (g_na, g_r0, g_r1)))),
     }
     out_bodies = bytearray()
     for start, end, sites in bodies:
@@ -700,7 +703,7 @@ def add_bulk_checks(data: bytes) -> bytes | None:
         body += data[at:end]
         out_bodies += _uleb(len(body)) + body
     for k in kinds:
-        out_bodies += _check_body(*k, g_na, g_r0, g_r1)
+        out_bodies += _check_body(*k, no_access_end, read_only_start, read_only_end)
     new[_CODE] = _section(_CODE, len(bodies) + len(kinds), bytes(out_bodies))
     names = {i: CHECK_FUNCTION + ("_write" if k[0] else "") + ("_read" if k[1] else "")
              for k, i in helper.items()}

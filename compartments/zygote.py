@@ -63,19 +63,21 @@ class _Modules:
         self._engine = wasm_engine
         self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
 
-    def get(self, path: str, protect=None) -> tuple[tuple | None, str | None]:
+    def get(self, path: str, protect=None, memory_limit: int = 0) -> tuple[tuple | None,
+                                                                         str | None]:
         """((code memfd, description memfd), None), or (None, why the module cannot
-        be loaded).  `protect`: the spec's protect.Setting, or None."""
+        be loaded).  `protect`: the spec's protect.Setting, or None; with it, the
+        compartment's memory limit (both decide the regions, and so the checks)."""
         try:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        variant = (path, None if protect is None else protect.required)
+        variant = (path, protect, memory_limit if protect is not None else 0)
         cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path, protect)
+        fds, error = self._compile(path, protect, memory_limit)
         if fds is None:
             return None, error
         if cached is not None:                # the file changed: its old form goes
@@ -87,7 +89,7 @@ class _Modules:
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds]
 
-    def _compile(self, path: str, protect=None):
+    def _compile(self, path: str, protect=None, memory_limit: int = 0):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
@@ -96,7 +98,7 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fds, w, protect)
+                code = _compile_into(self._engine, path, fds, w, protect, memory_limit)
             finally:
                 os._exit(code)
         os.close(w)
@@ -113,7 +115,8 @@ class _Modules:
         return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fds: tuple, err: int, protect=None) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int, protect=None,
+                  memory_limit: int = 0) -> int:
     import attrs
     import wasmtime
 
@@ -123,7 +126,7 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, protect=None) ->
         if protect is None:
             module = wasm.compile_module(wasm_engine, path)
         else:
-            module, layout = protection.compile_module(wasm_engine, path, protect)
+            module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
         text = str(e).strip()
         os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
@@ -284,7 +287,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}"})
             continue
         try:
-            module_fds, error = modules.get(spec.module, spec.protect)
+            module_fds, error = modules.get(spec.module, spec.protect, spec.limits.memory)
             pid = os.fork()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:

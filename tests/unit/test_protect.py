@@ -104,7 +104,7 @@ def test_the_default_quietly_protects_nothing_the_module_does_not_declare():
 
 def test_sizes_round_up_and_the_modules_extents_round_inward():
     # no_access: at least what was asked, in whole pages
-    assert protect.resolve(Setting(1, NONE), BUILT, LIMIT, PAGE) == Regions(4096, 0, 0)
+    assert protect.resolve(Setting(1, NONE), BUILT, LIMIT, PAGE) == Regions(4096, 4096, 4096)
     # .rodata [4096, 6500) from the name section: only its whole page... none
     layout = attrs.evolve(BUILT, declared=None, rodata=(4096, 12000),
                           segments=((4096, 12000, ".rodata"),))
@@ -230,14 +230,18 @@ WAT = """(module
     (i64.atomic.rmw.cmpxchg (local.get 0) (i64.const 0) (i64.const 7)))
   (func (export "await") (param i32) (result i32)
     (memory.atomic.wait32 (local.get 0) (i32.const 1) (i64.const 0)))
-  (func (export "anotify") (param i32) (result i32) (memory.atomic.notify (local.get 0) (i32.const 1)))
+  (func (export "anotify") (param i32) (result i32)
+    (memory.atomic.notify (local.get 0) (i32.const 1)))
   (func (export "fill") (param i32 i32) (memory.fill (local.get 0) (i32.const 1) (local.get 1)))
   (func (export "copy") (param i32 i32 i32) (memory.copy (local.get 0) (local.get 1) (local.get 2)))
   (func (export "init") (param i32) (memory.init $p (local.get 0) (i32.const 0) (i32.const 7)))
   (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"""
 checked = sys.argv[1] == "checked"
 engine = wasmtime.Engine(wasm.engine_config())
-data, layout = protect.prepare(bytes(wasmtime.wat2wasm(WAT)), protect.Setting(4096, "none"))
+data, layout = protect.prepare(bytes(wasmtime.wat2wasm(WAT)), protect.Setting(4096, "none"),
+                               protect.STATIC_MEMORY)
+assert layout.checks and layout.regions == (4096, 4096, 4096), layout
+data = wasmbin.add_bulk_checks(bytes(wasmtime.wat2wasm(WAT)), 4096, 4096, 8192)
 if not checked:
     data = bytes(wasmtime.wat2wasm(WAT))
 store = wasmtime.Store(engine)
@@ -245,7 +249,7 @@ store.set_fuel(10 ** 9)
 store.set_limits(memory_size=protect.STATIC_MEMORY)
 ex = wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
 regions = protect.Regions(4096, 4096, 8192)
-base = protect.enforce(regions, store, ex, ex["memory"])
+base = protect.enforce(regions, store, ex["memory"])
 for line in sys.stdin:
     name, *args = line.split()
     try:
@@ -373,3 +377,55 @@ def test_an_engine_spec_carries_the_setting_and_refuses_a_bad_one():
     obj["protect"]["no_access"] = "4 KiB"
     with pytest.raises(SpecError, match="protect: no_access"):
         EngineSpec.from_json(json.dumps(obj).encode())
+
+
+# ---------------------------------------------------------------- preparing a module
+
+BULK_WAT = """(module (memory (export "memory") 2)
+  (data $.rodata (i32.const 4096) "read-only") (data $.data (i32.const 8192) "rw")
+  (func (export "fill") (param i32 i32) (memory.fill (local.get 0) (i32.const 0) (local.get 1))))"""
+
+
+def _prepared(setting, limit=LIMIT, declare=None, wat=BULK_WAT):
+    data = bytes(wasmtime.wat2wasm(wat))
+    if declare:
+        data = wasmbin.with_declaration(data, *declare)
+    return data, *protect.prepare(data, setting, limit)
+
+
+def test_prepare_resolves_the_regions_and_checks_bulk_memory_against_them():
+    data, out, layout = _prepared(Setting(4096, AUTO), declare=(4096, 4096, 8192))
+    assert layout.regions == (4096, 4096, 8192) and layout.checks and out != data
+    assert protect.regions_of(layout) == Regions(4096, 4096, 8192)
+    wasmtime.Module.validate(wasmtime.Engine(wasm.engine_config()), out)
+
+
+def test_prepare_leaves_a_module_alone_when_nothing_is_protected():
+    data, out, layout = _prepared(protect.DEFAULT)              # nothing declared
+    assert out is data and layout.regions is None and layout.error is None
+    data, out, layout = _prepared(protect.DEFAULT, declare=(4096, 4096, 8192))
+    assert out != data and layout.regions == (4096, 4096, 8192)
+    data, out, layout = _prepared(protect.DEFAULT, LIMIT + 1, declare=(4096, 4096, 8192))
+    assert out is data and layout.regions is None and layout.error is None
+
+
+def test_prepare_records_what_a_required_setting_cannot_get():
+    data, out, layout = _prepared(Setting(4096, AUTO), LIMIT + 1)
+    assert out is data and layout.error[0] == "limits.memory"
+    with pytest.raises(ProtectError, match="at most 64 MiB"):
+        protect.regions_of(layout)
+    # an instruction the rewriter does not know: required is an error, default is none
+    odd = BULK_WAT.replace("(memory.fill", "(drop (i32.const 0)) (memory.fill")
+    data = bytes(wasmtime.wat2wasm(odd)).replace(b"\x41\x00\x1a", b"\xfb\x7f\x1a")
+    _out, layout = protect.prepare(data, Setting(4096, NONE), LIMIT)
+    assert layout.error[0] == "protect" and "0xfb 127" in layout.error[1]
+    _out, layout = protect.prepare(wasmbin.with_declaration(data, 4096, 4096, 8192),
+                                   protect.DEFAULT, LIMIT)
+    assert layout.regions is None and layout.error is None and "0xfb 127" in layout.problem
+
+
+@pytest.mark.parametrize("regions", [(4000, 4096, 8192), (4096, 8192, 4096),
+                                     (4096, 4096, 3 * 65536)])
+def test_regions_from_elsewhere_are_checked_before_they_are_enforced(regions):
+    with pytest.raises(ValueError):
+        protect.regions_of(attrs.evolve(BUILT, regions=regions))

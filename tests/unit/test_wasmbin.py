@@ -24,14 +24,19 @@ def _wasm(wat: str) -> bytes:
     return bytes(wasmtime.wat2wasm(wat))
 
 
-def _instance(data: bytes, regions=(4096, 4096, 8192)):
+REGIONS = (4096, 4096, 8192)        # no-access [0, 4096), read-only [4096, 8192)
+
+
+def _checked(wat_or_bytes, regions=REGIONS):
+    data = _wasm(wat_or_bytes) if isinstance(wat_or_bytes, str) else wat_or_bytes
+    return wasmbin.add_bulk_checks(data, *regions)
+
+
+def _instance(data: bytes):
     engine = wasmtime.Engine(wasm.engine_config())
     store = wasmtime.Store(engine)
     store.set_fuel(10 ** 9)
-    exports = wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
-    for name, v in zip(wasmbin.CHECK_GLOBALS, regions):
-        exports[name].set_value(store, v)
-    return store, exports
+    return store, wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
 
 
 def _trap_address(call):
@@ -47,12 +52,37 @@ def _trap_address(call):
 
 
 def test_each_bulk_instruction_gets_a_check_and_the_module_stays_valid():
-    checked = wasmbin.add_bulk_checks(_wasm(BULK))
+    checked = _checked(BULK)
     wasmtime.Module.validate(wasmtime.Engine(wasm.engine_config()), checked)
-    # functions, type, globals and exports were added; the originals kept their indices
-    store, ex = _instance(checked, (0, 0, 0))
+    # functions and a type were added; the originals kept their indices
+    store, ex = _instance(checked)
     ex["fill"](store, 9000, 4)
     assert ex["load8"](store, 9003) == 7
+    assert sorted(ex) == ["copy", "fill", "init", "load8", "memory"]     # nothing exported
+
+
+def test_no_regions_no_checks_and_regions_must_be_in_order():
+    assert wasmbin.add_bulk_checks(_wasm(BULK), 0, 8192, 8192) is None
+    with pytest.raises(ValueError):
+        wasmbin.add_bulk_checks(_wasm(BULK), 8192, 4096, 12288)
+
+
+@pytest.mark.parametrize("regions, call, args, traps", [
+    ((4096, 4096, 4096), "fill", (5000, 4), False),       # only a null page
+    ((4096, 4096, 4096), "copy", (9000, 100, 4), True),
+    ((0, 8192, 12288), "fill", (0, 4), False),            # only read-only, not from 0
+    ((0, 8192, 12288), "fill", (12000, 400), True),
+    ((0, 8192, 12288), "copy", (13000, 0, 4), False),
+    ((8192, 2 ** 31, 2 ** 32 - 65536), "fill", (70000, 4), False),  # large constants
+    ((8192, 2 ** 31, 2 ** 32 - 65536), "fill", (2 ** 31 + 8, 4), "out of bounds"),
+])
+def test_checks_for_other_regions(regions, call, args, traps):
+    store, ex = _instance(_checked(BULK, regions))
+    if traps:
+        with pytest.raises(wasmtime.Trap, match="unreachable" if traps is True else traps):
+            ex[call](store, *args)
+    else:
+        ex[call](store, *args)
 
 
 @pytest.mark.parametrize("call, args, address", [
@@ -69,7 +99,7 @@ def test_a_bulk_instruction_that_would_touch_a_protected_page_faults_there_first
                                                                                 address):
     """Without page protection the check's own access does not fault: the
     `unreachable` after it traps.  With it (test_protect.py), it faults at `address`."""
-    store, ex = _instance(wasmbin.add_bulk_checks(_wasm(BULK)))
+    store, ex = _instance(_checked(BULK))
     with pytest.raises(wasmtime.Trap, match="unreachable"):
         ex[call](store, *args)
     assert ex["load8"](store, 4096) == ord("r")          # nothing was written
@@ -85,22 +115,25 @@ def test_a_bulk_instruction_that_would_touch_a_protected_page_faults_there_first
     ("init", (8200, 7)),
 ])
 def test_a_bulk_instruction_on_read_write_memory_runs_as_before(call, args):
-    store, ex = _instance(wasmbin.add_bulk_checks(_wasm(BULK)))
+    store, ex = _instance(_checked(BULK))
     ex[call](store, *args)
 
 
 def test_a_bulk_instruction_out_of_bounds_still_traps_as_out_of_bounds():
-    store, ex = _instance(wasmbin.add_bulk_checks(_wasm(BULK)))
+    store, ex = _instance(_checked(BULK))
     with pytest.raises(wasmtime.Trap, match="out of bounds"):
         ex["fill"](store, 131000, 1000)
 
 
 def test_bulk_instructions_on_another_memory_are_not_checked():
     data = _wasm("""(module (memory (export "memory") 1) (memory $b 1)
-      (func (export "fill") (param i32 i32) (memory.fill $b (local.get 0) (i32.const 1) (local.get 1)))
-      (func (export "copy_in") (param i32 i32 i32) (memory.copy 0 $b (local.get 0) (local.get 1) (local.get 2)))
-      (func (export "copy_out") (param i32 i32 i32) (memory.copy $b 0 (local.get 0) (local.get 1) (local.get 2))))""")
-    store, ex = _instance(wasmbin.add_bulk_checks(data), (4096, 4096, 8192))
+      (func (export "fill") (param i32 i32)
+        (memory.fill $b (local.get 0) (i32.const 1) (local.get 1)))
+      (func (export "copy_in") (param i32 i32 i32)
+        (memory.copy 0 $b (local.get 0) (local.get 1) (local.get 2)))
+      (func (export "copy_out") (param i32 i32 i32)
+        (memory.copy $b 0 (local.get 0) (local.get 1) (local.get 2))))""")
+    store, ex = _instance(_checked(data))
     ex["fill"](store, 0, 100)                            # memory $b: nothing protected there
     with pytest.raises(wasmtime.Trap):
         ex["copy_in"](store, 0, 0, 4)                    # writes memory 0's no-access page
@@ -110,9 +143,8 @@ def test_bulk_instructions_on_another_memory_are_not_checked():
 
 
 def test_a_module_without_bulk_instructions_is_left_as_it_is():
-    assert wasmbin.add_bulk_checks(_wasm('(module (memory 1) (func (drop (i32.const 0xfc0b))))')) \
-        is None
-    assert wasmbin.add_bulk_checks(_wasm("(module)")) is None
+    assert _checked('(module (memory 1) (func (drop (i32.const 0xfc0b))))') is None
+    assert _checked("(module)") is None
 
 
 def test_checks_fit_modules_with_every_kind_of_instruction_around_them():
@@ -153,7 +185,7 @@ def test_checks_fit_modules_with_every_kind_of_instruction_around_them():
       (func (export "f") (param i32) (result i32) (call $k (local.get 0))))""")
     engine = wasmtime.Engine(wasm.engine_config())
     wasmtime.Module.validate(engine, data)
-    checked = wasmbin.add_bulk_checks(data)
+    checked = _checked(data)
     wasmtime.Module.validate(engine, checked)
     assert checked.count(b"\xfc\x0b\x00") == 1
 
@@ -161,19 +193,12 @@ def test_checks_fit_modules_with_every_kind_of_instruction_around_them():
 def test_names_are_kept_and_the_checks_are_named():
     data = _wasm(BULK.replace('(func (export "fill")', '(func $my_fill (export "fill")'))
     for module in (data, _wasm(BULK)):          # with a name section, and without one
-        store, ex = _instance(wasmbin.add_bulk_checks(module))
+        store, ex = _instance(_checked(module))
         with pytest.raises(wasmtime.Trap) as e:
             ex["fill"](store, 5000, 1)
         names = [f.func_name for f in e.value.frames]
         assert names == [wasmbin.CHECK_FUNCTION + "_write",
                          "my_fill" if module is data else None]
-
-
-def test_the_module_cannot_already_use_the_names_the_checks_export():
-    data = _wasm(BULK.replace('(memory (export "memory") 2)', '(memory (export "memory") 2) '
-                              f'(global (export "{wasmbin.CHECK_GLOBALS[1]}") i32 (i32.const 0))'))
-    with pytest.raises(Unsupported, match="already exports"):
-        wasmbin.add_bulk_checks(data)
 
 
 # ---------------------------------------------------------------- facts
@@ -248,7 +273,7 @@ def test_names_from_a_module_are_made_printable():
 def test_hostile_bytes_give_binary_error_or_unsupported_never_anything_else(junk, cut):
     base = _wasm(BULK) + _custom(b"wsuper.protect", b"\x01\x00\x00\x00")
     for data in (junk, wasmbin.MAGIC + junk, base[:cut] + junk, base[:cut]):
-        for fn in (wasmbin.facts, wasmbin.add_bulk_checks):
+        for fn in (wasmbin.facts, lambda d: wasmbin.add_bulk_checks(d, *REGIONS)):
             try:
                 fn(data)
             except (BinaryError, Unsupported):
