@@ -73,7 +73,8 @@ class _Modules:
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        variant = (path, protect, memory_limit if protect is not None else 0)
+        from .protect import STATIC_MEMORY     # the limit matters only as above it or not
+        variant = (path, protect, protect is not None and memory_limit > STATIC_MEMORY)
         cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
