@@ -11,7 +11,7 @@ module level (the supervisor's policy code and the spec read `Setting`).
 
 How it holds (docs/memory-protection.md says more):
 
-* The regions are a prefix of linear memory: no-access [0, A), then
+* The regions lie at the start of linear memory: no-access [0, A), then
   read-only [R0, R1) with A <= R0 <= R1, all whole host pages.  The engine
   mprotects them (PROT_NONE, PROT_READ) after instantiation and data
   initialisation, and again for each per_call instance.
@@ -201,6 +201,7 @@ def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
     which needs a valid module; None: it is known valid).  Nothing else here
     raises: a required setting that cannot be met is Layout.error; the default
     one is simply not applied (Layout.regions is None)."""
+    bulk = False
     try:
         f = wasmbin.facts(data)
     except Exception as e:  # noqa: BLE001 - a module we cannot read is one we do not protect
@@ -208,6 +209,7 @@ def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
     else:
         layout = Layout(f.memory_problem, f.min_pages * wasmbin.WASM_PAGE, f.segments,
                         f.rodata, f.declared, f.declared_problem)
+        bulk = f.bulk
     try:
         regions = resolve(setting, layout, memory_limit, page)
     except ProtectError as e:
@@ -216,7 +218,7 @@ def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
         return data, layout
     extents = (regions.no_access_end, regions.read_only_start, regions.read_only_end)
     layout = attrs.evolve(layout, regions=extents)
-    if not f.bulk:
+    if not bulk:
         return data, layout
     if validate is not None:
         validate(data)

@@ -429,3 +429,11 @@ def test_prepare_records_what_a_required_setting_cannot_get():
 def test_regions_from_elsewhere_are_checked_before_they_are_enforced(regions):
     with pytest.raises(ValueError):
         protect.regions_of(attrs.evolve(BUILT, regions=regions))
+
+
+def test_a_module_that_cannot_be_read_is_not_protected_or_an_error_if_asked():
+    junk = wasmbin.MAGIC + b"\x0b\x05\xff\xff\xff\xff\x0f"
+    out, layout = protect.prepare(junk, protect.DEFAULT, LIMIT)
+    assert out is junk and layout.regions is None and "cannot be read" in layout.problem
+    _out, layout = protect.prepare(junk, Setting(4096, NONE), LIMIT)
+    assert layout.error[0] == "protect" and "cannot be read" in layout.error[1]
