@@ -122,6 +122,11 @@ class _Reader:
         self.pos += n
         return out
 
+    def skip(self, n: int):
+        if n < 0 or self.pos + n > self.end:
+            raise BinaryError("unexpected end")
+        self.pos += n
+
     def name(self) -> bytes:
         return self.take(self.uleb())
 
@@ -259,14 +264,14 @@ def facts(data: bytes) -> Facts:
             for i in range(r.count()):
                 flags = r.uleb()
                 if flags == 1:
-                    r.take(r.uleb())
+                    r.skip(r.uleb())
                     continue
                 if flags not in (0, 2):
                     raise BinaryError(f"data segment flags {flags}")
                 mem = r.uleb() if flags == 2 else 0
                 offset = _const_i32(r)
                 size = r.uleb()
-                r.take(size)
+                r.skip(size)
                 if mem != 0:
                     continue
                 if offset is None:
@@ -285,7 +290,8 @@ def facts(data: bytes) -> Facts:
             try:
                 declared = declaration(data[s.start:s.end])
             except BinaryError as e:
-                declared, declared_problem = None, f"its {CUSTOM_SECTION} section is malformed: {e}"
+                declared = None
+                declared_problem = f"its {CUSTOM_SECTION} section is malformed: {e}"
     rodata = None
     for i, name in data_names.items():
         j = seg_index.get(i)
@@ -477,9 +483,9 @@ def _scan(r: _Reader, found=None):
             for _ in range(r.count()):
                 _valtype(r)
         elif kind == _F32:
-            r.take(4)
+            r.skip(4)
         elif kind == _F64:
-            r.take(8)
+            r.skip(8)
         elif kind == _TRY_TABLE:
             _blocktype(r)
             for _ in range(r.count()):
@@ -512,17 +518,17 @@ def _scan(r: _Reader, found=None):
                 if sub <= 11 or sub in (92, 93):
                     _memarg(r)
                 elif sub in (12, 13):
-                    r.take(16)
+                    r.skip(16)
                 elif 21 <= sub <= 34:
-                    r.take(1)
+                    r.skip(1)
                 elif 84 <= sub <= 91:
                     _memarg(r)
-                    r.take(1)
+                    r.skip(1)
                 elif sub > 0x113:
                     raise Unsupported(f"instruction 0xfd {sub}")
             elif op == 0xFE:
                 if sub == 3:
-                    r.take(1)           # atomic.fence
+                    r.skip(1)           # atomic.fence
                 elif sub <= 2 or 0x10 <= sub <= 0x4E:
                     _memarg(r)
                 else:
