@@ -291,7 +291,8 @@ class Router:
             data = None
         if data is not None:
             self.emit(fx.Send(peer.id, data))
-        self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}"))
+        self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}",
+                            peer=peer.name))
         if self.audit.enabled:
             self.emit(fx.Audit({"time": self.wall(), "peer": peer.name,
                                 "event": "connection aborted", "reason": reason}))

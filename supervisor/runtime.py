@@ -221,6 +221,7 @@ class Supervisor:
         self.links: dict[int, _Link] = {}
         self.procs: dict = {}
         self.denials = S.Throttle(per_second=5)
+        self.notices = S.Throttle(per_second=5)
         # WSUPER_STATS=1: engines time their calls, and start-up times are shown
         self.stats = os.environ.get("WSUPER_STATS") == "1"
         self._spawned_at: dict[str, float] = {}
@@ -243,6 +244,17 @@ class Supervisor:
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
+
+    def _throttled(self, throttle: S.Throttle, key: str, text: str, what: str):
+        """A line a peer can cause at any rate: at most a few a second each (the
+        audit file, if any, has every call and every connection cut off)."""
+        show, hidden = throttle.admit(key, trio.current_time())
+        compartment = key if key in self.system.compartments else None
+        if hidden:
+            self.say(f"({hidden} more {what} {key} were not shown"
+                     + ("; the audit file has them)" if self.audit else ")"), compartment)
+        if show:
+            self.say(text, compartment)
 
     def tell_once(self, key: str, text: str):
         if key not in self._told:
@@ -321,6 +333,7 @@ class Supervisor:
             if self.output.files is not None:
                 with trio.move_on_after(5):
                     await self.output.files.flush()
+                self.output.files.close()
             nursery.cancel_scope.cancel()
         return self._exit_code
 
@@ -852,14 +865,12 @@ class Supervisor:
                 self._act(self.lifecycle.program_ended(e.compartment, e.exit_code, e.error,
                                                        trio.current_time()))
             elif isinstance(e, fx.Notice):
-                self.say(e.text)
+                if e.peer is None:
+                    self.say(e.text)
+                else:
+                    self._throttled(self.notices, e.peer, e.text, "lines about")
             elif isinstance(e, fx.Denied):
-                show, hidden = self.denials.admit(e.caller, trio.current_time())
-                if hidden:
-                    self.say(f"({hidden} more denials for {e.caller} were not shown; "
-                             f"the audit file has every call)", e.caller)
-                if show:
-                    self.say(e.text, e.caller)
+                self._throttled(self.denials, e.caller, e.text, "denials for")
             elif isinstance(e, fx.Audit):
                 if self.audit is not None:
                     self.audit.add(e.record)
