@@ -18,7 +18,7 @@ from .payloads import method_structs
 
 #: kind (as written in the system file) -> interface name in host.capnp
 KINDS = {"log": "Log", "clock": "Clock", "random": "Random", "directory": "Directory",
-         "file": "File", "environment": "Environment"}
+         "file": "File", "environment": "Environment", "probe": "Probe"}
 
 
 @attrs.frozen

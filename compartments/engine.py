@@ -45,7 +45,7 @@ import wasmtime
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 
-from . import abi, confine, unchecked, wasi, wasm
+from . import abi, confine, probing, unchecked, wasi, wasm
 from .spec import EngineSpec
 from .unchecked import TypedFunc
 
@@ -190,32 +190,48 @@ class Engine:
 
     def _load(self, module, wasm_engine, description):
         path = self.spec.module
+        sites = None
         if module is None:
             wasm_engine = wasmtime.Engine(wasm.engine_config())
             try:
-                module = wasm.compile_module(wasm_engine, path)
+                if self.spec.instrument:
+                    module, sites = wasm.compile_instrumented(wasm_engine, path,
+                                                              self.spec.instrument)
+                else:
+                    module = wasm.compile_module(wasm_engine, path)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
+            except Exception as e:  # noqa: BLE001 - instrument.InstrumentError
+                raise EngineError(f"cannot instrument module {path}: {_first_line(e)}") \
+                    from None
             description = None
         self.wasm_engine = wasm_engine
         if description is None:
-            problem, description = wasm.describe(module)
+            problem, description = wasm.describe(module, sites)
             if problem:
                 raise EngineError(f"module {path} {problem}")
+        self.probes = probing.EngineProbes(
+            probing.Sites.from_json(description.sites) if description.sites else None)
         export_types = description.exports
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
+        timed = self.probes.timed          # host-call probes: one flag test while off
         for name, (params, results) in abi.IMPORTS.items():
             unchecked.define(linker, abi.MODULE, name, params, results,
-                             getattr(self, "_host_" + name), self.wasm_engine)
+                             timed(f"{abi.MODULE}.{name}", getattr(self, "_host_" + name)),
+                             self.wasm_engine)
         for name in self._wasi_names:
             # per_call: each call has a WASI state of its own, so look it up at each call
             fn = self._wasi_entry(name) if self.per_call else self.wasi.function(name)
-            unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name], fn,
-                             self.wasm_engine)
+            unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
+                             timed(f"wasi.{name}", fn), self.wasm_engine)
+        if self.probes.sites is not None:  # the hooks of a rewritten module (instrument.py)
+            for name, (params, results) in probing.HOOKS.items():
+                unchecked.define(linker, probing.PROBE_MODULE, name, params, results,
+                                 getattr(self.probes, name), self.wasm_engine)
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
@@ -224,6 +240,7 @@ class Engine:
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self.probes.attach(exports, self.store)
         typed = lambda name, sig: self._typed(exports, name, sig, export_types)  # noqa: E731
         self.start_func = typed(abi.EXPORT_START, ((), ()))
         self.initialize = typed(abi.EXPORT_INITIALIZE, ((), ()))
@@ -666,6 +683,8 @@ class Engine:
                     self._report_call_times()
             results = _RunResults.new_message(exitCode=code)
             return Content.standalone(results.to_segments()), []
+        if ev.method_id in probing.CONTROL:     # describe, probe, collect
+            return probing.control(self.probes, ev.method_id, ev.payload.content), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
     def _report_call_times(self):
@@ -737,6 +756,7 @@ class Engine:
             raise _CallError("failed", f"{self.name}: cannot instantiate: {_first_line(e)}") \
                 from None
         exports = instance.exports(store)
+        probes_outer = self.probes.attach(exports, store)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
             fresh_wasi.grant(self._granted)
@@ -748,6 +768,7 @@ class Engine:
             "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
             "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
             "_wasi_fns": {}})
+        outer["_probes_outer"] = probes_outer
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
@@ -760,7 +781,9 @@ class Engine:
     def _leave_instance(self, outer: dict):
         """Back to `outer`.  The instance's unfinished output lines are written now;
         returns the clean-up that drops its references, to run after the answer."""
+        probes_outer = outer.pop("_probes_outer", None)
         inner = self._swap(outer)
+        self.probes.detach(probes_outer)
         if inner["wasi"] is not None:
             inner["wasi"].flush_all()
 
@@ -780,8 +803,13 @@ class Engine:
         store = self.store
         outer = store.get_fuel()
         store.set_fuel(fuel)
+        depth = self.probes.depth()
         try:
-            return func(*args)
+            try:
+                return func(*args)
+            finally:     # a trap or an exit ended activations that report no exit
+                if self.probes.depth() > depth:
+                    self.probes.unwind(depth)
         except GuestFault as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:

@@ -36,6 +36,8 @@ class EngineSpec:
     limits: Limits = Limits()
     #: (uid, gid) the engine runs as when the zygote runs as root; None: not root
     user: tuple | None = None
+    #: probe points compiled into the module (instrument.POINTS); () runs it as it is
+    instrument: tuple = ()
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -43,6 +45,7 @@ class EngineSpec:
             "per_call": self.per_call, "stats": self.stats,
             "limits": attrs.asdict(self.limits),
             "user": list(self.user) if self.user is not None else None,
+            "instrument": list(self.instrument),
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -73,10 +76,21 @@ class EngineSpec:
                 raise SpecError(f"{key}: expected true or false, got {v!r}")
             flags[key] = v
         return cls(name, module, **flags, limits=_limits(obj.get("limits", {})),
-                   user=_user(obj.get("user")))
+                   user=_user(obj.get("user")), instrument=_instrument(obj.get("instrument")))
 
 
-_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user"}
+_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "instrument"}
+_POINTS = ("functions", "blocks", "stores")      # instrument.POINTS (not imported: no wasmtime)
+
+
+def _instrument(v) -> tuple:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(p, str) and p in _POINTS for p in v) \
+            or len(set(v)) != len(v):
+        raise SpecError(f"instrument: expected a list of distinct points from "
+                        f"{', '.join(_POINTS)}, got {v!r}")
+    return tuple(p for p in _POINTS if p in v)
 
 
 def _limits(obj) -> Limits:

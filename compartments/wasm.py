@@ -72,20 +72,42 @@ class Description:
     """What the engine needs to know of a module, found where it was compiled."""
     wasi: tuple = ()           # the wasi_snapshot_preview1 functions it imports
     exports: dict = {}         # name -> (params, results) of each exported function
+    sites: dict | None = None  # probe sites compiled in (instrument.Sites.to_json), if any
 
     def to_json(self) -> bytes:
         return json.dumps({"wasi": list(self.wasi), "exports": {
-            name: [list(p), list(r)] for name, (p, r) in self.exports.items()}}).encode()
+            name: [list(p), list(r)] for name, (p, r) in self.exports.items()},
+            "sites": self.sites}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Description":
         obj = json.loads(data)
         return cls(tuple(obj["wasi"]), {name: (tuple(p), tuple(r))
-                                        for name, (p, r) in obj["exports"].items()})
+                                        for name, (p, r) in obj["exports"].items()},
+                   obj.get("sites"))
 
 
-def describe(module: wasmtime.Module) -> tuple[str | None, Description]:
-    """(why the module may not be linked, or None; its Description)."""
+def describe(module: wasmtime.Module, sites=None) -> tuple[str | None, Description]:
+    """(why the module may not be linked, or None; its Description).  `sites`: the
+    instrument.Sites of a rewritten module, whose probe imports and export are ours."""
     imports = list(describe_imports(module))
+    if sites is not None:
+        from .instrument import EXPORT_PROBES, PROBE_MODULE
+        imports = [i for i in imports if i[0] != PROBE_MODULE]
     wasi = sorted({name for m, name, _kind, _sig in imports if m == abi.WASI_MODULE})
-    return abi.check_imports(imports), Description(tuple(wasi), export_types(module))
+    exports = export_types(module)
+    if sites is not None:
+        exports.pop(EXPORT_PROBES, None)
+    return abi.check_imports(imports), Description(
+        tuple(wasi), exports, sites.to_json() if sites is not None else None)
+
+
+def compile_instrumented(wasm_engine: wasmtime.Engine, path: str, points):
+    """(module, Sites): the module file rewritten with probe sites for `points`
+    (instrument.py) and compiled.  Raises OSError, UnicodeDecodeError,
+    WasmtimeError or instrument.InstrumentError."""
+    from . import instrument
+    with open(path, "rb") as f:
+        data = f.read(instrument.MAX_MODULE_BYTES + 1)
+    rewritten, sites = instrument.rewrite(data, points)
+    return wasmtime.Module(wasm_engine, rewritten), sites

@@ -62,30 +62,32 @@ class _Modules:
         self._engine = wasm_engine
         self._fds: dict[str, tuple] = {}      # path -> (file key, (code memfd, description memfd))
 
-    def get(self, path: str) -> tuple[tuple | None, str | None]:
+    def get(self, path: str, instrument: tuple = ()) -> tuple[tuple | None, str | None]:
         """((code memfd, description memfd), None), or (None, why the module cannot
-        be loaded)."""
+        be loaded).  `instrument`: the probe points compiled in (instrument.py); each
+        set of points is a module of its own."""
         try:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._fds.get(path)
+        slot = path if not instrument else f"{path}\0{','.join(instrument)}"
+        cached = self._fds.get(slot)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path)
+        fds, error = self._compile(path, instrument)
         if fds is None:
             return None, error
         if cached is not None:                # the file changed: its old form goes
             for fd in cached[1]:
                 os.close(fd)
-        self._fds[path] = (key, fds)
+        self._fds[slot] = (key, fds)
         return fds, None
 
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds]
 
-    def _compile(self, path: str):
+    def _compile(self, path: str, instrument: tuple = ()):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
@@ -94,7 +96,7 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fds, w)
+                code = _compile_into(self._engine, path, fds, w, instrument)
             finally:
                 os._exit(code)
         os.close(w)
@@ -111,17 +113,24 @@ class _Modules:
         return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fds: tuple, err: int) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = ()) -> int:
     import wasmtime
 
-    from . import wasm
+    from . import instrument as rewriting, wasm
+    sites = None
     try:
-        module = wasm.compile_module(wasm_engine, path)
-    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+        if instrument:        # rewritten here, in this child (instrument.py bounds the tool)
+            module, sites = wasm.compile_instrumented(wasm_engine, path, instrument)
+        else:
+            module = wasm.compile_module(wasm_engine, path)
+    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
+            rewriting.InstrumentError) as e:
         text = str(e).strip()
-        os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
+        what = "cannot instrument it: " if isinstance(e, rewriting.InstrumentError) else ""
+        os.write(err, (what + (text.splitlines()[0] if text else type(e).__name__))
+                 .encode()[:4000])
         return 1
-    problem, description = wasm.describe(module)
+    problem, description = wasm.describe(module, sites)
     if problem:
         os.write(err, f"module {path} {problem}".encode()[:4000])
         return 1
@@ -275,7 +284,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}"})
             continue
         try:
-            module_fds, error = modules.get(spec.module)
+            module_fds, error = modules.get(spec.module, spec.instrument)
             pid = os.fork()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:
