@@ -109,4 +109,3 @@ interface Environment @0xa05a5e2c6b2f6d08 {
   vars @1 () -> (vars :List(Variable));
   get @2 (name :Text) -> (value :Text, present :Bool);
 }
-
