@@ -441,6 +441,162 @@ def bare_python(n: int) -> dict:
             "pss_mib": statistics.median(p for _, p in mem)}
 
 
+# ---------------------------------------------------------------- probes (issue 15)
+
+def _cpu_instance(module_bytes, probes_flags=None, events=False):
+    """An instance of benchmarks/cpu.c's module as an engine makes it (the engine's
+    wasmtime configuration, fuel on); with probe sites, the engine's hooks linked
+    and `probes_flags(sites)` written in."""
+    import wasmtime
+
+    from compartments import instrument, probing, unchecked
+    from compartments.wasm import engine_config
+    eng = wasmtime.Engine(engine_config())
+    module = wasmtime.Module(eng, module_bytes)
+    store = wasmtime.Store(eng)
+    store.set_fuel((1 << 63) - 1)
+    linker = wasmtime.Linker(eng)
+    sites = probes_flags[0] if probes_flags else None
+    hooks = probing.EngineProbes(sites) if sites is not None else None
+    if hooks is not None:
+        for name, (params, results) in instrument.HOOKS.items():
+            unchecked.define(linker, instrument.PROBE_MODULE, name, params, results,
+                             getattr(hooks, name), eng)
+    inst = linker.instantiate(store, module)
+    ex = inst.exports(store)
+    if hooks is not None:
+        hooks.attach(ex, store)
+        hooks.set(probes_flags[1], False)
+    from compartments.unchecked import TypedFunc
+    return TypedFunc(store, ex["run"], ("i32",), ("i32",)), hooks
+
+
+def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
+    """The CPU-bound guest (sorting with a comparison function, and hashing): its
+    module as built, rewritten with probe sites all off, and with every
+    function's entry counted; times are the best of `repeats`, interleaved."""
+    from compartments import instrument
+    from compartments.instrument import COUNT, EVENTS
+    from supervisor import toolchain
+    path = toolchain.build([os.path.join(HERE, "cpu.c")], os.path.join(d, "cpu.wasm"),
+                           reactor=True)
+    with open(path, "rb") as f:
+        plain = f.read()
+    t = time.perf_counter()
+    functions, fsites = instrument.rewrite(plain, ["functions"])
+    rewrite_s = time.perf_counter() - t
+    every, esites = instrument.rewrite(plain, instrument.POINTS)
+
+    def flags(sites, bit, kind=0):
+        return bytes(bit if k == kind else 0 for k in sites.kinds)
+    variants = {
+        "plain": (plain, None),
+        "functions_off": (functions, (fsites, bytes(len(fsites)))),
+        "all_points_off": (every, (esites, bytes(len(esites)))),
+        "functions_counted": (functions, (fsites, flags(fsites, COUNT))),
+        "blocks_counted": (every, (esites, flags(esites, COUNT, 1))),
+        "functions_events": (functions, (fsites, flags(fsites, EVENTS))),
+    }
+    runs = {name: _cpu_instance(m, f) for name, (m, f) in variants.items()}
+    best = {name: float("inf") for name in variants}
+    expected = None
+    for _ in range(repeats):
+        for name, (fn, hooks) in runs.items():
+            n = max(1, rounds // 20) if name == "functions_events" else rounds
+            t = time.perf_counter()
+            h = fn(n)
+            dt = (time.perf_counter() - t) / n
+            if hooks is not None:
+                hooks.collect()
+            if n == rounds:
+                expected = h if expected is None else expected
+                if h != expected:
+                    raise RuntimeError(f"{name}: the rewritten module computed {h}, not "
+                                       f"{expected}")
+            best[name] = min(best[name], dt)
+    out = {f"{k}_ms": v * 1000 for k, v in best.items()}
+    out.update({f"{k}_vs_plain": best[k] / best["plain"] for k in variants if k != "plain"})
+    out["functions"] = len(fsites)
+    out["sites_all_points"] = len(esites)
+    out["rewrite_ms"] = rewrite_s * 1000
+    return out
+
+
+def _probe_system(d: str, kind: str, n: int, analysis: str | None = None) -> str:
+    calc = f'[compartments.calc]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n'
+    if kind in ("functions_off", "events"):
+        calc += 'instrument = ["functions"]\n'
+    if kind == "calls_on":
+        calc += '[compartments.calc.probes.c]\npoint = "calls"\n'
+    if kind == "events":
+        calc += ('[compartments.calc.probes.c]\npoint = "calls"\nevents = true\n'
+                 '[compartments.calc.probes.f]\npoint = "functions"\nevents = true\n')
+    with open(os.path.join(d, "app.wat"), "w") as f:
+        f.write(_loop_wat("calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], n))
+    system = (f'[system]\nschemas = ["{EX}/calc.capnp"]\n{calc}'
+              f'[compartments.app]\nmodule = "app.wat"\n'
+              f'[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n')
+    if analysis:
+        system += (f'[compartments.analysis]\nmodule = "{analysis}"\n'
+                   f'[compartments.analysis.limits]\ncall_time = 600\n'
+                   f'[compartments.analysis.grants]\n'
+                   f'events = {{ host = "probe", on = "calc" }}\nclock = {{ host = "clock" }}\n'
+                   f'stdout = {{ host = "log" }}\n'
+                   f'env = {{ host = "environment", args = ["analysis", "{n * 7}"] }}\n')
+    return system
+
+
+def probes_call(n: int, d: str) -> dict:
+    """Compartment -> compartment calls (timed by the calling engine) to a callee
+    as it is, with function probe sites compiled in (off), and with a calls
+    probe on (counting in the supervisor)."""
+    out = {}
+    for kind in ("plain", "functions_off", "calls_on"):
+        r = _wsuper(_probe_system(d, kind, n), d)
+        if r.returncode != 0:
+            raise RuntimeError(r.stdout[-2000:] + r.stderr[-2000:])
+        out[kind] = _call_stats(r.stdout)
+    return out
+
+
+def probes_analysis(n: int, d: str) -> dict:
+    """Events delivered to a wasm analysis compartment (benchmarks/analysis.c) while
+    a program calls calc, whose calls and function entries and exits are probed."""
+    from supervisor import toolchain
+    schema = os.path.join(ROOT, "capnp_schemas", "probe.capnp")
+    inc = os.path.join(d, "include")
+    from supervisor import bindgen
+    bindgen.generate(schema, inc)
+    wasm = toolchain.build([os.path.join(HERE, "analysis.c")], os.path.join(d, "analysis.wasm"),
+                           include=[inc])
+    r = _wsuper(_probe_system(d, "events", n, wasm), d)
+    for line in r.stdout.splitlines():
+        if "analysis-stats " in line:
+            f = dict(kv.split("=") for kv in line.split("analysis-stats ", 1)[1].split())
+            events, seconds = int(f["events"]), float(f["seconds"])
+            return {"events": events, "seconds": seconds, "dropped": int(f["dropped"]),
+                    "reads": int(f["reads"]),
+                    "events_per_s": events / seconds if seconds > 0 else 0.0,
+                    "calls": _call_stats(r.stdout)["n"]}
+    raise RuntimeError("no analysis-stats line; output:\n" + r.stdout[-2000:] + r.stderr[-2000:])
+
+
+def probes_section(cfg: dict, d: str) -> dict:
+    cpu = probes_cpu(cfg["probe_rounds"], cfg["probe_repeats"], d)
+    rounds = [probes_call(cfg["calls"], d) for _ in range(cfg["rounds"])]
+    call = {}
+    for kind in rounds[0]:
+        call[kind] = {"p50_us": statistics.median(r[kind]["p50_us"] for r in rounds),
+                      "mean_us": statistics.median(r[kind]["mean_us"] for r in rounds)}
+    ratios = {}
+    for kind in ("functions_off", "calls_on"):
+        values = [r[kind]["mean_us"] / r["plain"]["mean_us"] for r in rounds]
+        ratios[f"call_{kind}_vs_plain"] = {"median": statistics.median(values),
+                                           "min": min(values), "max": max(values)}
+    return {"cpu": cpu, "call": call, "ratios": ratios,
+            "analysis": probes_analysis(cfg["probe_events_calls"], d)}
+
+
 # ---------------------------------------------------------------- sections
 
 def latency_round(cfg: dict, d: str) -> dict:
@@ -489,6 +645,8 @@ def section(name: str, cfg: dict) -> dict:
             return _aggregate([latency_round(cfg, d) for _ in range(cfg["rounds"])])
         if name == "engine":
             return engine_micro(cfg["micro_calls"])
+        if name == "probes":
+            return probes_section(cfg, d)
         if name == "startup":
             out = {"cold_start_one": cold_start_one(cfg["restarts"], d),
                    "bare_python": bare_python(cfg["bare"])}
@@ -522,9 +680,10 @@ def machine() -> dict:
 CONFIGS = {
     "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
              "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000],
-             "layers": 50},
+             "layers": 50, "probe_rounds": 20, "probe_repeats": 7, "probe_events_calls": 5000},
     "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
-              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3},
+              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3,
+              "probe_rounds": 2, "probe_repeats": 2, "probe_events_calls": 300},
 }
 
 
@@ -545,7 +704,8 @@ def run(quick: bool) -> dict:
               "two_core": {"latency": _child("latency", cfg, False)},
               "one_core": {"latency": _child("latency", cfg, True)},
               "engine": _child("engine", cfg, False),
-              "startup": _child("startup", cfg, False)}
+              "startup": _child("startup", cfg, False),
+              "probes": _child("probes", cfg, False)}
     result["seconds"] = time.perf_counter() - t
     return result
 

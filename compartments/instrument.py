@@ -11,11 +11,13 @@ How a rewritten module works (docs/instrumentation.md has the why):
 * It gets a memory of its own, exported as `wsuper:probes`, that the guest's
   code never names: one flag byte per site, then one 64-bit counter per site
   (at `Sites.counters`).  A disabled site costs one byte load and one branch.
-* Each site is `i32.const S; i32.load8_u $probes; if; ...; end`, stack-neutral,
-  so it can stand between any two instructions.  Flag bit 1 counts (in wasm,
-  no host call); bit 2 calls the imported hook `wsuper_probe.hit(site, what)`
-  (what: 0 entry or block, 1 exit), or `wsuper_probe.store(site, address, size)`
-  for a store.
+* A mutable global exported as `wsuper:on` is 1 while any site is on.  Each
+  site is `global.get $on; if; i32.const S; ...; call $hit; end`: stack-neutral,
+  so it can stand between any two instructions, and one load and one branch
+  while every site is off.  `$hit` (added to the module) reads the site's flag:
+  bit 1 counts (in wasm, no host call); bit 2 calls the imported hook
+  `wsuper_probe.hit(site, what)` (what: 0 entry or block, 1 exit), or
+  `wsuper_probe.store(site, address, size)` for a store.
 * Function exit: the body is wrapped in a block of the function's result
   type, so every way out (falling off the end, a branch to the function's
   label) passes the exit site after it; `return` and tail calls get the exit
@@ -48,6 +50,7 @@ PROBE_MODULE = "wsuper_probe"
 #: Imports of a rewritten module: name -> (params, results)
 HOOKS = {"hit": (("i32", "i32"), ()), "store": (("i32", "i64", "i32"), ())}
 EXPORT_PROBES = "wsuper:probes"
+EXPORT_ON = "wsuper:on"         # 1 while any site is on: the one test a site costs when all are off
 #: Flag bits of a site.
 COUNT, EVENTS = 1, 2
 #: Bounds on what is rewritten (a hostile module can only deny itself probes).
@@ -77,6 +80,7 @@ class Sites:
     names: dict = {}
     counters: int = 0
     imported: int = 0            # functions the original module imports
+    flags_at: int = 0            # offset of the site flags (divert bytes before them)
 
     def __len__(self):
         return len(self.kinds)
@@ -85,13 +89,14 @@ class Sites:
         return {"points": list(self.points), "kinds": bytes(self.kinds).hex(),
                 "functions": list(self.functions),
                 "names": {str(k): v for k, v in self.names.items()},
-                "counters": self.counters, "imported": self.imported}
+                "counters": self.counters, "imported": self.imported,
+                "flags_at": self.flags_at}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Sites":
         return cls(tuple(obj["points"]), tuple(bytes.fromhex(obj["kinds"])),
                    tuple(obj["functions"]), {int(k): v for k, v in obj["names"].items()},
-                   obj["counters"], obj.get("imported", 0))
+                   obj["counters"], obj.get("imported", 0), obj.get("flags_at", 0))
 
     def name(self, function: int) -> str:
         return self.names.get(function) or f"#{function}"
@@ -294,9 +299,41 @@ def _results(header: str) -> str:
     return " " + text if text else ""
 
 
-def _counters(sites: int) -> int:
-    """Offset of the first counter in the probe memory (after one flag byte a site)."""
-    return (max(sites, 1) + 7) & ~7
+def _counters(flags_at: int, sites: int) -> int:
+    """Offset of the first counter in the probe memory: after a divert byte per
+    function and a flag byte per site."""
+    return (flags_at + max(sites, 1) + 7) & ~7
+
+
+def _param_count(header: str) -> int:
+    """How many parameters a function header declares ((param $x t) or (param t t ...))."""
+    toks = _tokens(header)
+    n, k = 0, 0
+    while k < len(toks):
+        if toks[k] == "(" and k + 1 < len(toks) and toks[k + 1] == "param":
+            k += 2
+            named = k < len(toks) and toks[k].startswith("$")
+            count, depth = 0, 0
+            while k < len(toks) and not (toks[k] == ")" and depth == 0):
+                if toks[k] == "(":
+                    if depth == 0:
+                        count += 1
+                    depth += 1
+                elif toks[k] == ")":
+                    depth -= 1
+                elif depth == 0 and not toks[k].startswith("$"):
+                    count += 1
+                k += 1
+            n += 1 if named else count
+        k += 1
+    return n
+
+
+def _rename(header: str, new_id: str) -> str:
+    """The header with the function's id replaced by `new_id` (its comment dropped)."""
+    rest = header.strip()[len("(func"):]
+    rest = re.sub(r'^\s*(\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+)?\s*(\(;[^;]*;\))?', "", rest, count=1)
+    return f"  (func {new_id} {rest.lstrip()}"
 
 
 def _balance(line: str) -> int:
@@ -316,6 +353,9 @@ class _Rewriter:
         self.kinds: list[int] = []
         self.functions: list[int] = []
         self.addr = "i32"
+        self.clones: list[str] = []
+        self.divert = 0                    # a divert byte per defined function, from here
+        self.flags_at = sum(1 for l in self.lines if l.startswith("  (func "))
 
     def site(self, kind: str, function: int) -> int:
         if len(self.kinds) >= MAX_SITES:
@@ -326,7 +366,8 @@ class _Rewriter:
 
     def check(self, s: int, what: int, indent: str) -> list[str]:
         p = self.p
-        return [f"{indent}i32.const {s}", f"{indent}i32.load8_u {p}mem", f"{indent}if",
+        return [f"{indent}i32.const {s}", f"{indent}i32.load8_u {p}mem offset={self.flags_at}",
+                f"{indent}if",
                 f"{indent}  i32.const {s}", f"{indent}  i32.const {what}",
                 f"{indent}  call {p}hit", f"{indent}end"]
 
@@ -368,23 +409,27 @@ class _Rewriter:
             raise InstrumentError("unexpected text from wasm-tools (no end of module)")
         out[end:end] = self.tail()
         text = "\n".join(out)
-        counters = _counters(len(self.kinds))
+        counters = _counters(self.flags_at, len(self.kinds))
         sites = Sites(tuple(sorted(self.points, key=POINTS.index)), tuple(self.kinds),
-                      tuple(self.functions), dict(self.names), counters, imported)
+                      tuple(self.functions), dict(self.names), counters, imported,
+                      self.flags_at)
         return text, sites
 
     def tail(self) -> list[str]:
         p = self.p
         n = len(self.kinds)
-        counters = _counters(n)
+        counters = _counters(self.flags_at, n)
         pages = max(1, -(-(counters + 8 * n) // 65536))
         a = self.addr
-        return [
+        f = self.flags_at
+        return self.clones + [
             f"  (memory {p}mem {pages} {pages})",
             f'  (export "{EXPORT_PROBES}" (memory {p}mem))',
+            f"  (global {p}on (mut i32) (i32.const 0))",
+            f'  (export "{EXPORT_ON}" (global {p}on))',
             f"  (func {p}hit (param {p}s i32) (param {p}w i32)",
             f"    (local {p}f i32)",
-            f"    local.get {p}s", f"    i32.load8_u {p}mem", f"    local.tee {p}f",
+            f"    local.get {p}s", f"    i32.load8_u {p}mem offset={f}", f"    local.tee {p}f",
             f"    i32.const {COUNT}", "    i32.and", f"    local.get {p}w", "    i32.eqz",
             "    i32.and", "    if", f"      local.get {p}s", "      i32.const 3",
             "      i32.shl", f"      local.get {p}s", "      i32.const 3", "      i32.shl",
@@ -395,7 +440,7 @@ class _Rewriter:
             "  )",
             f"  (func {p}st (param {p}s i32) (param {p}a i64) (param {p}n i32)",
             f"    (local {p}f i32)",
-            f"    local.get {p}s", f"    i32.load8_u {p}mem", f"    local.tee {p}f",
+            f"    local.get {p}s", f"    i32.load8_u {p}mem offset={f}", f"    local.tee {p}f",
             f"    i32.const {COUNT}", "    i32.and", "    if", f"      local.get {p}s",
             "      i32.const 3", "      i32.shl", f"      local.get {p}s", "      i32.const 3",
             "      i32.shl", f"      i64.load {p}mem offset={counters}", "      i64.const 1",
@@ -406,7 +451,9 @@ class _Rewriter:
         ] if a in ("i32", "i64") else []
 
     def function(self, lines, i, index, out, imported) -> int:
-        """Rewrite the function whose header is lines[i]; returns the next line's index."""
+        """Rewrite the function whose header is lines[i]: its body stays as it was
+        behind one test of `$on` (and of its divert byte), and a clone with every
+        site goes to self.clones.  Returns the next line's index."""
         p = self.p
         header = lines[i]
         i += 1
@@ -420,40 +467,56 @@ class _Rewriter:
             if body_end == len(lines):
                 raise InstrumentError("unexpected text from wasm-tools (function without end)")
             body, after = lines[i:body_end], body_end + 1
-        out.append(header)
         j = 0
         while j < len(body) and body[j].lstrip().startswith("(local"):
-            out.append(body[j])
             j += 1
-        a = self.addr
-        out.append(f"    (local {p}a {a}) (local {p}i32 i32) (local {p}i64 i64) "
-                   f"(local {p}f32 f32) (local {p}f64 f64)")
+        locals_, code = body[:j], [_renumber(l, imported, 2) for l in body[j:]]
+        ordinal = index - imported
+        clone = f"{p}c{ordinal}"
+        # the function as it was, behind one test while every site is off
+        out.append(header)
+        out.extend(locals_)
+        out += ["    global.get " + p + "on", "    if",
+                f"      i32.const {self.divert + ordinal}", f"      i32.load8_u {p}mem",
+                "      if"]
+        out += [f"        local.get {k}" for k in range(_param_count(header))]
+        out += [f"        call {clone}", "        return", "      end", "    end"]
+        out += code
+        out.append("  )")
+        # the clone: every site compiled in, each behind its own flag byte
+        c = self.clones
+        c.append(_rename(header, clone))
+        c.extend(locals_)
+        if "stores" in self.points:         # scratch locals, only for the types stored
+            stored = sorted({m.group(1) for m in (_STORE.match((_tokens(l.strip()) or [""])[0])
+                                                  for l in code) if m})
+            if stored:
+                c.append(f"    (local {p}a {self.addr}) " +
+                         " ".join(f"(local {p}{t} {t})" for t in stored))
         fsite = self.site("function", index) if "functions" in self.points else None
         ssite = self.site("store", index) if "stores" in self.points else None
         if fsite is not None:
-            out.extend(self.check(fsite, 0, "    "))
+            c.extend(self.check(fsite, 0, "    "))
         if "blocks" in self.points:
-            out.extend(self.check(self.site("block", index), 0, "    "))
-        results = _results(header)
-        out.append(f"    block{results}")
-        for line in body[j:]:
-            stripped = line.strip()
-            toks = _tokens(stripped)
+            c.extend(self.check(self.site("block", index), 0, "    "))
+        c.append(f"    block{_results(header)}")
+        for line in code:
+            toks = _tokens(line.strip())
             op = toks[0] if toks else ""
             indent = "  " + line[:len(line) - len(line.lstrip())]
             if fsite is not None and op in ("return", "return_call", "return_call_indirect",
                                             "return_call_ref"):
-                out.extend(self.check(fsite, 1, indent))
+                c.extend(self.check(fsite, 1, indent))
             if ssite is not None and _STORE.match(op) and \
                     not (len(toks) > 1 and (toks[1].startswith("$") or _NUMBER.match(toks[1]))):
-                out.extend(self.store(ssite, op, toks, indent))
-            out.append("  " + _renumber(line, imported, 2))
+                c.extend(self.store(ssite, op, toks, indent))
+            c.append("  " + line)
             if "blocks" in self.points and op in ("loop", "if", "else", "end", "br_if"):
-                out.extend(self.check(self.site("block", index), 0, indent))
-        out.append("    end")
+                c.extend(self.check(self.site("block", index), 0, indent))
+        c.append("    end")
         if fsite is not None:
-            out.extend(self.check(fsite, 1, "    "))
-        out.append("  )")
+            c.extend(self.check(fsite, 1, "    "))
+        c.append("  )")
         return after
 
     def store(self, site: int, op: str, toks: list, indent: str) -> list[str]:
@@ -469,7 +532,8 @@ class _Rewriter:
         ext = [] if self.addr == "i64" else [f"{indent}  i64.extend_i32_u"]
         return [f"{indent}local.set {p}{vt}", f"{indent}local.tee {p}a",
                 f"{indent}local.get {p}{vt}", f"{indent}i32.const {site}",
-                f"{indent}i32.load8_u {p}mem", f"{indent}if", f"{indent}  i32.const {site}",
+                f"{indent}i32.load8_u {p}mem offset={self.flags_at}", f"{indent}if",
+                f"{indent}  i32.const {site}",
                 f"{indent}  local.get {p}a", *ext, f"{indent}  i64.const {offset}",
                 f"{indent}  i64.add", f"{indent}  i32.const {size}", f"{indent}  call {p}st",
                 f"{indent}end"]

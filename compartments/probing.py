@@ -24,8 +24,10 @@ import ctypes
 import struct
 import time
 
+import wasmtime
+
 from . import abi
-from .instrument import COUNT, EVENTS, EXPORT_PROBES, HOOKS, PROBE_MODULE, Sites
+from .instrument import COUNT, EVENTS, EXPORT_ON, EXPORT_PROBES, HOOKS, PROBE_MODULE, Sites
 
 #: kind, site (or import number), time ns, a, b
 EVENT = struct.Struct("<IIqqq")
@@ -47,6 +49,8 @@ class EngineProbes:
         self.flags = b""                    # one byte a site, as last set
         self.hostcalls = False
         self.memory = None                  # the current instance's probe memory
+        self._store = None                  # ... and its store
+        self._on = None                     # ... and its `wsuper:on` global
         self.events: list[bytes] = []
         self.dropped = 0
         self.totals: list[int] = [0] * len(sites) if sites else []   # per_call instances
@@ -122,8 +126,8 @@ class EngineProbes:
         if self.sites is None:
             return None
         memory = exports.get(EXPORT_PROBES)
-        previous = self.memory, getattr(self, "_store", None)
-        self.memory, self._store = memory, store
+        previous = self.memory, self._store, self._on
+        self.memory, self._store, self._on = memory, store, exports.get(EXPORT_ON)
         if self.flags:
             self._write_flags()
         return previous
@@ -137,16 +141,30 @@ class EngineProbes:
             for i, v in enumerate(self._counters_of(self.memory, self._store)):
                 if v:
                     self.totals[i] += v
-        self.memory, self._store = previous
+        self.memory, self._store, self._on = previous
 
     def _span(self, memory, store):
         ptr = memory.data_ptr(store)
         return ctypes.addressof(ptr.contents), memory.data_len(store)
 
     def _write_flags(self):
+        """Each site's flag, each function's divert byte (1: some site of it is on,
+        so it runs its probed clone), and `wsuper:on`."""
         base, size = self._span(self.memory, self._store)
-        n = min(len(self.flags), size)
-        ctypes.memmove(base, self.flags, n)
+        sites = self.sites
+        at = sites.flags_at
+        if at + len(self.flags) > size:
+            return
+        divert = bytearray(at)
+        for s, f in enumerate(self.flags):
+            if f:
+                k = sites.functions[s] - sites.imported
+                if 0 <= k < at:
+                    divert[k] = 1
+        ctypes.memmove(base, bytes(divert), at)
+        ctypes.memmove(base + at, self.flags, len(self.flags))
+        if self._on is not None:
+            self._on.set_value(self._store, wasmtime.Val.i32(1 if any(self.flags) else 0))
 
     def _counters_of(self, memory, store) -> list[int]:
         if memory is None:

@@ -65,30 +65,53 @@ stdout = {{ host = "log" }}
     return path, sock, kv
 
 
-class _Writer(threading.Thread):
-    """An external client putting key i = value i and reading it back, n times."""
+_WRITER = """
+import sys, time
+import capnp_schemas
+from tests.conftest import external_client
+sock, schema_path, prefix, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+schema = capnp_schemas.load(schema_path)
 
-    def __init__(self, sock, schema, prefix, n):
+async def body(gateway):
+    store = (await gateway.get("store")).cap.as_interface(schema.Store)
+    for i in range(n):
+        key, value = f"{prefix}{i}", f"v{i}"
+        await store.put(key, value)
+        got = await store.get(key)
+        if not got.found or got.value != value:
+            print("wrong", key, got.found, got.value, flush=True)
+        print("done", i + 1, flush=True)
+        time.sleep(0.002)
+    return len((await store.keys()).keys)
+print("keys", external_client(sock, body, timeout=120), flush=True)
+"""
+
+
+class _Writer(threading.Thread):
+    """An external client (a process of its own: pycapnp loads a schema id once per
+    process) putting key i = value i and reading it back, n times."""
+
+    def __init__(self, sock, schema_path, prefix, n):
         super().__init__(daemon=True)
-        self.sock, self.schema, self.prefix, self.n = sock, schema, prefix, n
+        self.args = [str(sock), str(schema_path), prefix, str(n)]
         self.done = 0
+        self.keys = None
         self.errors = []
 
     def run(self):
-        async def body(gateway):
-            store = (await gateway.get("store")).cap.as_interface(self.schema.Store)
-            for i in range(self.n):
-                key, value = f"{self.prefix}{i}", f"v{i}"
-                await store.put(key, value)
-                got = await store.get(key)
-                if not got.found or got.value != value:
-                    self.errors.append((key, got.found, got.value))
-                self.done += 1
-                time.sleep(0.002)
-        try:
-            external_client(str(self.sock), body, timeout=120)
-        except Exception as e:  # noqa: BLE001 - reported by the test
-            self.errors.append(f"{type(e).__name__}: {e}"[:500])
+        import subprocess
+        import sys
+        p = subprocess.Popen([sys.executable, "-c", _WRITER, *self.args], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout:
+            if line.startswith("done "):
+                self.done = int(line.split()[1])
+            elif line.startswith("keys "):
+                self.keys = int(line.split()[1])
+            else:
+                self.errors.append(line.rstrip())
+        if p.wait() != 0:
+            self.errors.append(f"exit {p.returncode}")
 
     def wait_for(self, n, timeout=60):
         deadline = time.monotonic() + timeout
@@ -101,10 +124,9 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
     system, sock, kv = _store_system(plugins, tmp_path)
     run = wsuper("up", str(system))
     run.wait_for("ready store")
-    schema = capnp_schemas.load(str(kv / "kv.capnp"))
     # one writer: the store (plain C stdio) is not written for a second caller
     # re-entering it while it waits on its own file operations
-    writer = _Writer(sock, schema, "k", 200)
+    writer = _Writer(sock, kv / "kv.capnp", "k", 200)
     writer.start()
     writer.wait_for(20)
 
@@ -134,12 +156,8 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
     assert _probe(system, "store", "remove", "dispatch").returncode == 0
     writer.join(120)
     assert writer.errors == [] and writer.done == 200          # no call lost or failed
+    assert writer.keys == 200                                  # every put is there
     assert "no probes" in _probe(system, "store", "list").stdout
-
-    async def count(gateway):
-        store = (await gateway.get("store")).cap.as_interface(schema.Store)
-        return len((await store.keys()).keys)
-    assert external_client(str(sock), count) == 200         # every put is there
     assert len((kv / "data" / "kv.log").read_text().splitlines()) == 200
     run.stop()
     audit = [json.loads(l) for l in (kv / "data" / "audit.jsonl").read_text().splitlines()]

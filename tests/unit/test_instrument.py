@@ -40,7 +40,7 @@ PLAIN = """(module
 """
 
 
-def _run(module_bytes, hooks=None, flags=None):
+def _run(module_bytes, hooks=None, flags=None, sites=None):
     hits = []
     module = wasmtime.Module(ENGINE, module_bytes)
     store = wasmtime.Store(ENGINE)
@@ -58,9 +58,11 @@ def _run(module_bytes, hooks=None, flags=None):
                            lambda s, a, n: hits.append(("store", s, a, n)))
     inst = linker.instantiate(store, module)
     ex = inst.exports(store)
-    if flags is not None:
-        mem = ex[EXPORT_PROBES]
-        mem.write(store, flags, 0)
+    if flags is not None:           # as the engine does it (compartments/probing.py)
+        from compartments.probing import EngineProbes
+        probes = EngineProbes(sites)
+        probes.attach(ex, store)
+        probes.set(flags, False)
     return store, ex, hits
 
 
@@ -94,7 +96,7 @@ def test_function_sites_count_entries_in_the_module(rewritten):
     flags = bytearray(len(sites))
     for s in fn:
         flags[s] = COUNT
-    store, ex, hits = _run(out, hooks=True, flags=bytes(flags))
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
     ex["fib"](store, 10)
     counts = _counters(store, ex, sites)
     by_function = {sites.functions[s]: counts[s] for s in fn}
@@ -108,7 +110,7 @@ def test_every_way_out_of_a_function_reports_its_exit(rewritten):
     site = next(s for s in range(len(sites)) if sites.kinds[s] == 0 and sites.functions[s] == 2)
     flags = bytearray(len(sites))
     flags[site] = EVENTS
-    store, ex, hits = _run(out, hooks=True, flags=bytes(flags))
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
     for x in (0, 1, 5):                   # return, br to the body's label, falling off the end
         hits.clear()
         ex["two"](store, x)
@@ -120,7 +122,7 @@ def test_stores_report_address_and_size(rewritten):
     site = next(s for s in range(len(sites)) if sites.kinds[s] == 2 and sites.functions[s] == 2)
     flags = bytearray(len(sites))
     flags[site] = EVENTS | COUNT
-    store, ex, hits = _run(out, hooks=True, flags=bytes(flags))
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
     ex["two"](store, 5)
     assert [h for h in hits if h[0] == "store"] == [("store", site, 16, 4), ("store", site, 40, 1)]
     assert _counters(store, ex, sites)[site] == 2
@@ -132,7 +134,7 @@ def test_block_sites_show_which_arm_ran(rewritten):
     flags = bytearray(len(sites))
     for s in blocks:
         flags[s] = COUNT
-    store, ex, _ = _run(out, hooks=True, flags=bytes(flags))
+    store, ex, _ = _run(out, hooks=True, flags=bytes(flags), sites=sites)
     ex["fib"](store, 1)                   # only the `then` arm
     once = [c for s, c in zip(range(len(sites)), _counters(store, ex, sites)) if s in blocks]
     assert 0 in once and max(once) == 1   # some blocks never ran
