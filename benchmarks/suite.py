@@ -542,7 +542,7 @@ def _probe_system(d: str, kind: str, n: int, analysis: str | None = None) -> str
                    f'[compartments.analysis.grants]\n'
                    f'events = {{ host = "probe", on = "calc" }}\nclock = {{ host = "clock" }}\n'
                    f'stdout = {{ host = "log" }}\n'
-                   f'env = {{ host = "environment", args = ["analysis", "{n * 7}"] }}\n')
+                   f'env = {{ host = "environment", args = ["{n * 7}"] }}\n')
     return system
 
 
@@ -577,7 +577,8 @@ def probes_analysis(n: int, d: str) -> dict:
             return {"events": events, "seconds": seconds, "dropped": int(f["dropped"]),
                     "reads": int(f["reads"]),
                     "events_per_s": events / seconds if seconds > 0 else 0.0,
-                    "calls": _call_stats(r.stdout)["n"]}
+                    "calls": _call_stats("\n".join(l for l in r.stdout.splitlines()
+                                                    if l.startswith("[app]")))["n"]}
     raise RuntimeError("no analysis-stats line; output:\n" + r.stdout[-2000:] + r.stderr[-2000:])
 
 
