@@ -591,7 +591,7 @@ def probes_section(cfg: dict, d: str) -> dict:
                       "mean_us": statistics.median(r[kind]["mean_us"] for r in rounds)}
     ratios = {}
     for kind in ("functions_off", "calls_on"):
-        values = [r[kind]["mean_us"] / r["plain"]["mean_us"] for r in rounds]
+        values = [r[kind]["p50_us"] / r["plain"]["p50_us"] for r in rounds]
         ratios[f"call_{kind}_vs_plain"] = {"median": statistics.median(values),
                                            "min": min(values), "max": max(values)}
     return {"cpu": cpu, "call": call, "ratios": ratios,
@@ -733,6 +733,10 @@ TARGETS = [
     ("guest -> host call", lambda r: r["engine"]["wasm_to_host_us"], 3.0, "<=", "us"),
     ("fresh instance per call: instantiation", lambda r: r["engine"]["fresh_instance_us"],
      50.0, "<=", "us"),
+    ("probe sites compiled in, off: CPU-bound guest / as built", lambda r: r["probes"]["cpu"]
+     ["all_points_off_vs_plain"], 1.02, "<=", "x"),
+    ("probe sites compiled in, off: call to it / to the module as built", lambda r: r["probes"]
+     ["ratios"]["call_functions_off_vs_plain"]["median"], 1.02, "<=", "x"),
 ]
 
 
@@ -815,6 +819,35 @@ def table(r: dict) -> str:
     lay = s["confine_layers_us"]
     lines += ["", f"| an engine's start, step by step (median of {lay['n']}) | µs |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in lay.items() if k != "n"]
+    p = r.get("probes")
+    if p:
+        c = p["cpu"]
+        lines += ["", "| probes (docs/instrumentation.md): CPU-bound C guest (qsort with a "
+                  "comparison function, then FNV-1a) | ms a run | / as built |", "|---|---|---|"]
+        for key, label in (("plain", "the module as built"),
+                           ("functions_off", "function sites compiled in, off"),
+                           ("all_points_off", "function, block and store sites compiled in, off"),
+                           ("functions_counted", "every function's entry counted (in the module)"),
+                           ("blocks_counted", "every block counted (in the module)"),
+                           ("functions_events", "every entry and exit an event (a host call each)")):
+            ratio = "1" if key == "plain" else _f(c[f"{key}_vs_plain"])
+            lines.append(f"| {label} | {_f(c[f'{key}_ms'])} | {ratio} |")
+        lines.append(f"| (rewriting the module: {_f(c['rewrite_ms'])} ms for {c['functions']} "
+                     f"functions, {c['sites_all_points']} sites with every point) | | |")
+        lines += ["", "| probes: compartment → compartment call (p50 µs, median of rounds) | "
+                  "µs | / plain [min..max] |", "|---|---|---|"]
+        for key, label in (("plain", "to calc as built"),
+                           ("functions_off", "to calc with function sites compiled in, off"),
+                           ("calls_on", "to calc with a calls probe on (counted)")):
+            ratio = p["ratios"].get(f"call_{key}_vs_plain")
+            cell = "1" if ratio is None else \
+                f"{_f(ratio['median'])} [{_f(ratio['min'])}..{_f(ratio['max'])}]"
+            lines.append(f"| {label} | {_f(p['call'][key]['p50_us'])} | {cell} |")
+        a = p["analysis"]
+        lines += ["", f"| probes: events to a wasm analysis compartment | value |", "|---|---|",
+                  f"| events per second delivered (calls and function entries/exits of calc "
+                  f"while a program calls it as fast as it can) | {_f(a['events_per_s'])} |",
+                  f"| events, reads, dropped | {a['events']}, {a['reads']}, {a['dropped']} |"]
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     for what, get, limit, op, unit in TARGETS:
         try:
