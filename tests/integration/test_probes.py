@@ -312,6 +312,7 @@ instrument = ["functions", "stores"]
     assert _probe(system, "calc", "add", "f", "--point", "functions").returncode == 0
     assert _probe(system, "calc", "add", "s", "--point", "stores").returncode == 0
     assert _probe(system, "calc", "add", "c", "--point", "calls").returncode == 0
+    assert _probe(system, "calc", "add", "h", "--point", "hostcalls").returncode == 0
     schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
 
     async def body(gateway):
@@ -323,6 +324,11 @@ instrument = ["functions", "stores"]
     assert probes["s"]["count"] >= 5
     assert sum(probes["c"]["counts"].values()) == 5
     assert list(probes["c"]["counts"]) == ["in external Calc.add"]
+    assert probes["h"]["counts"] == {"wsuper.results_set": 5}     # what counting.wat calls
+    assert set(probes["h"]["histograms"]) == {"wsuper.results_set"}
+    text = _probe(system, "calc", "list").stdout
+    assert "probe h on calc: hostcalls (counts); 5 events" in text
+    assert "wsuper.results_set: 5  p50 " in text
 
 
 def test_declared_probes_survive_a_restart_and_run_time_ones_do_not(tmp_path, wsuper):
