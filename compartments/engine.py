@@ -44,6 +44,7 @@ import wasmtime
 
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
+from capnp_schemas.text import first_line as _first_line
 
 from . import abi, confine, probing, unchecked, wasi, wasm
 from .spec import EngineSpec
@@ -863,11 +864,6 @@ def _trap_reason(trap: wasmtime.Trap) -> str:
 
 def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,

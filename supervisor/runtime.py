@@ -158,6 +158,7 @@ class _Audit:
             await self.wake.wait()
             self.wake = trio.Event()
             await self.flush(on_error)
+            await trio.sleep(output.BATCH_SECONDS)   # let records gather: one write for many
 
     async def flush(self, on_error):
         batch, self.pending = self.pending, []
