@@ -116,7 +116,10 @@ def probe(args) -> int:
     else:
         verb = "added" if args.action == "add" else "removed"
         print(f"wsuper: {verb} probe {printable(args.name)} on {printable(args.compartment)}")
-        print(trace.text([answer["probe"]]))
+        if answer["probe"].get("pending"):
+            print(f"wsuper: note: {printable(str(answer['probe']['pending']))}")
+        if args.action == "remove":
+            print(trace.text([answer["probe"]]))
     return 0
 
 

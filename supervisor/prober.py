@@ -151,6 +151,7 @@ class Prober:
                 raise P.ProbeError(f"{s.compartment} is not running")
             sites = await self._sites(s.compartment)
         probe = self.registry.add(s, sites)
+        pending = None
         if s.point in P.IN_MODULE or s.point == "hostcalls":
             try:
                 await self._push(s.compartment)
@@ -159,8 +160,13 @@ class Prober:
             except P.ProbeError:
                 self.registry.remove(s.compartment, s.name)
                 raise
+            except EngineBusy as e:     # queued: the engine applies it when it can
+                pending = str(e)
         self._audit("probe added", s, by)
-        return probe.summary(self.registry.sites.get(s.compartment))
+        summary = probe.summary(self.registry.sites.get(s.compartment))
+        if pending:
+            summary["pending"] = pending
+        return summary
 
     async def remove(self, compartment: str, name: str, by: str = "operator") -> dict:
         probe = self.registry.probes.get(compartment, {}).get(name)

@@ -131,13 +131,15 @@ def text(probes: list, instrument=()) -> str:
         if "sites" in p:
             lines.append(f"  covered {p['covered']} of {p['sites']} sites, "
                          f"{p['count']} hits")
-            rows = sorted(p["functions_hit"].items(), key=lambda kv: -kv[1]["count"])
+            rows = sorted(((f, v) for f, v in p["functions_hit"].items() if v["count"]),
+                          key=lambda kv: -kv[1]["count"])
             width = max((len(printable(f)) for f, _ in rows[:40]), default=8)
             for f, v in rows[:40]:
                 lines.append(f"  {printable(f):<{width}}  {v['count']:>10}  "
                              f"{v['covered']}/{v['sites']} sites")
-            if len(rows) > 40:
-                lines.append(f"  ... {len(rows) - 40} more functions")
+            unseen = len(p["functions_hit"]) - len(rows)
+            if len(rows) > 40 or unseen:
+                lines.append(f"  ({max(len(rows) - 40, 0)} more functions hit, {unseen} not hit)")
         for key, n in list(p["counts"].items())[:40]:
             if "sites" in p and p["point"] != "stores":
                 break
