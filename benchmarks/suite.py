@@ -473,8 +473,10 @@ def _cpu_instance(module_bytes, probes_flags=None, events=False):
 
 def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
     """The CPU-bound guest (sorting with a comparison function, and hashing): its
-    module as built, rewritten with probe sites all off, and with every
-    function's entry counted; times are the best of `repeats`, interleaved."""
+    module as built (twice: the second copy gives the noise floor, an A/A ratio),
+    rewritten with probe sites all off, and with sites on.  Times are the best
+    of `repeats`, interleaved; fuel (wasm instructions executed, exact) is the
+    noise-free measure of what the sites add."""
     from compartments import instrument
     from compartments.instrument import COUNT, EVENTS
     from supervisor import toolchain
@@ -491,6 +493,7 @@ def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
         return bytes(bit if k == kind else 0 for k in sites.kinds)
     variants = {
         "plain": (plain, None),
+        "plain_again": (plain, None),
         "functions_off": (functions, (fsites, bytes(len(fsites)))),
         "all_points_off": (every, (esites, bytes(len(esites)))),
         "functions_counted": (functions, (fsites, flags(fsites, COUNT))),
@@ -498,6 +501,14 @@ def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
         "functions_events": (functions, (fsites, flags(fsites, EVENTS))),
     }
     runs = {name: _cpu_instance(m, f) for name, (m, f) in variants.items()}
+    fuel = {}
+    for name, (fn, hooks) in runs.items():
+        store = fn._store
+        before = store.get_fuel()
+        fn(1)
+        fuel[name] = before - store.get_fuel()
+        if hooks is not None:
+            hooks.collect()
     best = {name: float("inf") for name in variants}
     expected = None
     for _ in range(repeats):
@@ -516,6 +527,8 @@ def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
             best[name] = min(best[name], dt)
     out = {f"{k}_ms": v * 1000 for k, v in best.items()}
     out.update({f"{k}_vs_plain": best[k] / best["plain"] for k in variants if k != "plain"})
+    out.update({f"{k}_fuel_vs_plain": fuel[k] / fuel["plain"] for k in variants
+                if k != "plain"})
     out["functions"] = len(fsites)
     out["sites_all_points"] = len(esites)
     out["rewrite_ms"] = rewrite_s * 1000
@@ -681,7 +694,7 @@ def machine() -> dict:
 CONFIGS = {
     "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
              "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000],
-             "layers": 50, "probe_rounds": 20, "probe_repeats": 7, "probe_events_calls": 5000},
+             "layers": 50, "probe_rounds": 50, "probe_repeats": 15, "probe_events_calls": 5000},
     "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
               "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3,
               "probe_rounds": 2, "probe_repeats": 2, "probe_events_calls": 300},
@@ -823,17 +836,20 @@ def table(r: dict) -> str:
     if p:
         c = p["cpu"]
         lines += ["", "| probes (docs/instrumentation.md): CPU-bound C guest (qsort with a "
-                  "comparison function, then FNV-1a) | ms a run | / as built |", "|---|---|---|"]
+                  "comparison function, then FNV-1a) | ms a run | time / as built | "
+                  "wasm instructions (fuel) / as built |", "|---|---|---|---|"]
         for key, label in (("plain", "the module as built"),
+                           ("plain_again", "the module as built, again (the noise floor)"),
                            ("functions_off", "function sites compiled in, off"),
                            ("all_points_off", "function, block and store sites compiled in, off"),
                            ("functions_counted", "every function's entry counted (in the module)"),
                            ("blocks_counted", "every block counted (in the module)"),
                            ("functions_events", "every entry and exit an event (a host call each)")):
             ratio = "1" if key == "plain" else _f(c[f"{key}_vs_plain"])
-            lines.append(f"| {label} | {_f(c[f'{key}_ms'])} | {ratio} |")
+            fuel = "1" if key == "plain" else _f(c[f"{key}_fuel_vs_plain"])
+            lines.append(f"| {label} | {_f(c[f'{key}_ms'])} | {ratio} | {fuel} |")
         lines.append(f"| (rewriting the module: {_f(c['rewrite_ms'])} ms for {c['functions']} "
-                     f"functions, {c['sites_all_points']} sites with every point) | | |")
+                     f"functions, {c['sites_all_points']} sites with every point) | | | |")
         lines += ["", "| probes: compartment → compartment call (p50 µs, median of rounds) | "
                   "µs | / plain [min..max] |", "|---|---|---|"]
         for key, label in (("plain", "to calc as built"),
