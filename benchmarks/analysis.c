@@ -1,10 +1,13 @@
 /* The analysis compartment of the probe benchmark (benchmarks/suite.py,
- * section "probes"): reads events from its Probe capability as fast as they
- * come until `target` have arrived (or none came for a second), then prints
- * one line: how many, in how long (its clock grant), and how many were dropped. */
+ * section "probes").  It reads one event, sleeps while its queue fills (the
+ * supervisor keeps at most 10,000 for it and drops the rest, counted), then
+ * reads as fast as events come until none came for a second; it prints how
+ * many it read after the sleep and in how long (its clock grant), how many
+ * were dropped, and in how many reads. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "probe.h"
 
@@ -15,22 +18,24 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-  long target = argc > 1 ? atol(argv[1]) : 10000;
+  long sleep_ms = argc > 1 ? atol(argv[1]) : 1500;
   wsuper_cap events = wsuper_lookup_cap("events");
   wsuper_arena a = {0, 0};
+  probe_read_results r;
   long seen = 0, dropped = 0, reads = 0;
-  double first = 0, last = 0;
-  int idle = 0;
-  while (seen < target && idle < 2) {
-    probe_read_results r;
+  if (probe_read(&a, events, 1, 10000, &r) != WSUPER_OK || r.events.len == 0) {
+    printf("analysis: no first event\n");
+    return 1;
+  }
+  usleep((useconds_t)(sleep_ms * 1000));
+  double first = now(), last = first;
+  for (int idle = 0; idle < 1;) {
     wsuper_arena_free(&a);
     if (probe_read(&a, events, 1024, 1000, &r) != WSUPER_OK) {
       printf("analysis: read failed: %s\n", a.error ? a.error : "");
       return 1;
     }
     if (r.events.len == 0) { idle++; continue; }
-    idle = 0;
-    if (!seen) first = now();
     seen += r.events.len;
     dropped += (long)r.dropped;
     reads++;
