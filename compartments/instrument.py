@@ -299,6 +299,9 @@ def _results(header: str) -> str:
     return " " + text if text else ""
 
 
+_COUNTERS = "@wsuper-counters@"        # the counters' offset, known once every site is
+
+
 def _counters(flags_at: int, sites: int) -> int:
     """Offset of the first counter in the probe memory: after a divert byte per
     function and a flag byte per site."""
@@ -365,11 +368,21 @@ class _Rewriter:
         return len(self.kinds) - 1
 
     def check(self, s: int, what: int, indent: str) -> list[str]:
-        p = self.p
-        return [f"{indent}i32.const {s}", f"{indent}i32.load8_u {p}mem offset={self.flags_at}",
-                f"{indent}if",
-                f"{indent}  i32.const {s}", f"{indent}  i32.const {what}",
-                f"{indent}  call {p}hit", f"{indent}end"]
+        """A site in a clone: its flag byte; counted in place (entries and blocks),
+        the hook called for events."""
+        p, i = self.p, indent
+        out = [f"{i}i32.const {s}", f"{i}i32.load8_u {p}mem offset={self.flags_at}",
+               f"{i}local.tee {p}f", f"{i}if"]
+        if what == 0:
+            out += [f"{i}  local.get {p}f", f"{i}  i32.const {COUNT}", f"{i}  i32.and",
+                    f"{i}  if", f"{i}    i32.const {8 * s}", f"{i}    i32.const {8 * s}",
+                    f"{i}    i64.load {p}mem offset={_COUNTERS}", f"{i}    i64.const 1",
+                    f"{i}    i64.add", f"{i}    i64.store {p}mem offset={_COUNTERS}",
+                    f"{i}  end"]
+        out += [f"{i}  local.get {p}f", f"{i}  i32.const {EVENTS}", f"{i}  i32.and", f"{i}  if",
+                f"{i}    i32.const {s}", f"{i}    i32.const {what}", f"{i}    call {p}hook",
+                f"{i}  end", f"{i}end"]
+        return out
 
     def run(self) -> tuple[str, Sites]:
         lines, p = self.lines, self.p
@@ -408,8 +421,8 @@ class _Rewriter:
         if end is None:
             raise InstrumentError("unexpected text from wasm-tools (no end of module)")
         out[end:end] = self.tail()
-        text = "\n".join(out)
         counters = _counters(self.flags_at, len(self.kinds))
+        text = "\n".join(out).replace(_COUNTERS, str(counters))
         sites = Sites(tuple(sorted(self.points, key=POINTS.index)), tuple(self.kinds),
                       tuple(self.functions), dict(self.names), counters, imported,
                       self.flags_at)
@@ -487,6 +500,7 @@ class _Rewriter:
         c = self.clones
         c.append(_rename(header, clone))
         c.extend(locals_)
+        c.append(f"    (local {p}f i32)")
         if "stores" in self.points:         # scratch locals, only for the types stored
             stored = sorted({m.group(1) for m in (_STORE.match((_tokens(l.strip()) or [""])[0])
                                                   for l in code) if m})
