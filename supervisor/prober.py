@@ -33,6 +33,7 @@ MAX_TRACES = 4
 MAX_READ = 1024
 MAX_WAIT_MS = 10_000
 TRACE_CHUNK = 500                 # events per line of a trace stream
+EVENT_SLICE = 4096                # engine events decoded between two turns of the loop
 _RESULT_WORDS = 1 << 24
 _STRUCTS = {m: payloads.method_structs(engine_schema.Engine, name)
             for m, name in ((probing.DESCRIBE, "describe"), (probing.PROBE, "probe"),
@@ -105,7 +106,8 @@ class Prober:
                 self.registry.sites[name] = None
             else:
                 got = await self._engine(name, probing.DESCRIBE)
-                self.registry.sites[name] = P.parse_sites(got["sites"])
+                self.registry.sites[name] = await trio.to_thread.run_sync(
+                    P.parse_sites, got["sites"])            # up to 8 MiB of JSON: off the loop
             self._incarnation[name] = peer
         return self.registry.sites[name]
 
@@ -122,7 +124,12 @@ class Prober:
         finally:
             self._collecting.discard(name)
         self.registry.counters(name, got["counters"], baseline_for)
-        self.registry.engine_events(name, got["events"], got["dropped"])
+        data, dropped = got["events"], got["dropped"]
+        step = EVENT_SLICE * probing.EVENT.size     # decoded in slices: others get the loop
+        for at in range(0, max(len(data), 1), step):
+            self.registry.engine_events(name, data[at:at + step], dropped if at == 0 else 0)
+            if at + step < len(data):
+                await trio.lowlevel.checkpoint()
 
     async def poll(self):
         """Every POLL seconds: the router's call records, and what engines recorded."""
@@ -150,7 +157,10 @@ class Prober:
             if self.sup._ready_peer.get(s.compartment) != self.sup._peer_of.get(s.compartment):
                 raise P.ProbeError(f"{s.compartment} is not running")
             sites = await self._sites(s.compartment)
-        probe = self.registry.add(s, sites)
+        selected = None
+        if s.point in P.IN_MODULE and sites is not None:   # patterns x names: off the loop
+            selected = await trio.to_thread.run_sync(P.Registry.select, sites, s)
+        probe = self.registry.add(s, sites, selected)
         pending = None
         if s.point in P.IN_MODULE or s.point == "hostcalls":
             try:

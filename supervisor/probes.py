@@ -268,8 +268,9 @@ class Registry:
 
     # ------------------------------------------------------------ probes
 
-    def add(self, s: ProbeSpec, sites: Sites | None = None) -> Probe:
-        """Add probe `s`; for an in-module point `sites` is the engine's table."""
+    def add(self, s: ProbeSpec, sites: Sites | None = None, selected=None) -> Probe:
+        """Add probe `s`; for an in-module point `sites` is the engine's table
+        (`selected`: its sites that `s` covers, if already found with `select`)."""
         mine = self.probes.setdefault(s.compartment, {})
         if s.name in mine:
             raise ProbeError(f"{s.compartment} has a probe named {s.name} already "
@@ -284,7 +285,7 @@ class Registry:
                     f"\"{s.point}\" to instrument = [...] under [compartments."
                     f"{s.compartment}] in the system file and restart it (compiled-in sites "
                     f"cost nothing while off, see docs/instrumentation.md)")
-            probe.sites = self.select(sites, s)
+            probe.sites = selected if selected is not None else self.select(sites, s)
             if not probe.sites:
                 raise ProbeError(f"no function of {s.compartment} matches "
                                  f"{', '.join(s.functions)}")
@@ -326,11 +327,12 @@ class Registry:
         kind = KINDS.index({"functions": "function", "blocks": "block",
                             "stores": "store"}[s.point])
         chosen = set()
+        indices = {int(p[1:]) for p in s.functions if p.startswith("#")}
+        patterns = [re.compile(fnmatch.translate(p)) for p in s.functions
+                    if not p.startswith("#")]
         for f in set(sites.functions):
-            name = sites.name(f)
-            if not s.functions or any(
-                    (p[1:].isdigit() and int(p[1:]) == f) if p.startswith("#")
-                    else fnmatch.fnmatchcase(name, p) for p in s.functions):
+            if not s.functions or f in indices or any(
+                    p.match(sites.name(f)) for p in patterns):
                 chosen.add(f)
         return tuple(i for i, (k, f) in enumerate(zip(sites.kinds, sites.functions))
                      if k == kind and f in chosen)
