@@ -332,11 +332,21 @@ def _param_count(header: str) -> int:
     return n
 
 
-def _rename(header: str, new_id: str) -> str:
-    """The header with the function's id replaced by `new_id` (its comment dropped)."""
+def _rename(header: str, new_id: str, name: str | None = None) -> str:
+    """The header with the function's id replaced by `new_id` (its comment dropped);
+    with `name`, the name the name section gives it (an `@name` annotation)."""
     rest = header.strip()[len("(func"):]
-    rest = re.sub(r'^\s*(\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+)?\s*(\(;[^;]*;\))?', "", rest, count=1)
-    return f"  (func {new_id} {rest.lstrip()}"
+    rest = re.sub(r'^\s*(\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+)?\s*(\(@name\s+"(?:[^"\\]|\\.)*"\))?'
+                  r'\s*(\(;[^;]*;\))?', "", rest, count=1)
+    named = f' (@name "{_wat_string(name)}")' if name else ""
+    return f"  (func {new_id}{named} {rest.lstrip()}"
+
+
+def _wat_string(text: str) -> str:
+    """`text` as the inside of a string of the text format (UTF-8, escaped)."""
+    safe = b"_.-$:<>"
+    return "".join(chr(b) if (b < 0x80 and chr(b).isalnum()) or b in safe else f"\\{b:02x}"
+                   for b in text.encode("utf-8"))
 
 
 def _balance(line: str) -> int:
@@ -498,7 +508,7 @@ class _Rewriter:
         out.append("  )")
         # the clone: every site compiled in, each behind its own flag byte
         c = self.clones
-        c.append(_rename(header, clone))
+        c.append(_rename(header, clone, self.names.get(index)))   # its name, in backtraces too
         c.extend(locals_)
         c.append(f"    (local {p}f i32)")
         if "stores" in self.points:         # scratch locals, only for the types stored

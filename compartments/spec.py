@@ -16,6 +16,7 @@ import re
 import attrs
 
 from .limits import Limits
+from .protect import Setting as Protect
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 MAX_REQUEST = 1 << 16       # bytes of one request line
@@ -38,6 +39,7 @@ class EngineSpec:
     user: tuple | None = None
     #: probe points compiled into the module (instrument.POINTS); () runs it as it is
     instrument: tuple = ()
+    protect: Protect | None = None  # memory protection (compartments/protect.py); None: off
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -46,6 +48,7 @@ class EngineSpec:
             "limits": attrs.asdict(self.limits),
             "user": list(self.user) if self.user is not None else None,
             "instrument": list(self.instrument),
+            "protect": self.protect.to_json() if self.protect is not None else None,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -76,10 +79,12 @@ class EngineSpec:
                 raise SpecError(f"{key}: expected true or false, got {v!r}")
             flags[key] = v
         return cls(name, module, **flags, limits=_limits(obj.get("limits", {})),
-                   user=_user(obj.get("user")), instrument=_instrument(obj.get("instrument")))
+                   user=_user(obj.get("user")), instrument=_instrument(obj.get("instrument")),
+                   protect=_protect(obj.get("protect")))
 
 
-_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "instrument"}
+_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "instrument",
+         "protect"}
 _POINTS = ("functions", "blocks", "stores")      # instrument.POINTS (not imported: no wasmtime)
 
 
@@ -91,6 +96,15 @@ def _instrument(v) -> tuple:
         raise SpecError(f"instrument: expected a list of distinct points from "
                         f"{', '.join(_POINTS)}, got {v!r}")
     return tuple(p for p in _POINTS if p in v)
+
+
+def _protect(v):
+    if v is None:
+        return None
+    try:
+        return Protect.from_json(v)
+    except ValueError as e:
+        raise SpecError(f"protect: {e}") from None
 
 
 def _limits(obj) -> Limits:

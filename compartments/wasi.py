@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import time
 
 from capnp_schemas import host as host_schema, hosted, protocol
 from capnp_schemas.protocol import Content
+
+from . import protect
 
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
 ERRNO = {
@@ -219,6 +222,9 @@ class Wasi:
                 return f.errno
             except HostCallFailed as e:
                 return errno_of(e)
+            except protect.Fault as e:    # a protected page (compartments/protect.py)
+                print(f"wsuper: {name}: EFAULT: {e}", file=sys.stderr, flush=True)
+                return E.FAULT
             except (ValueError, OverflowError, struct.error, UnicodeError):
                 return E.INVAL           # arguments no call could mean (huge, negative)
         if name == "proc_exit":

@@ -56,38 +56,44 @@ _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_
 class _Modules:
     """Each module file compiled once, by a child: its code serialized into one
     sealed memfd, its wasm.Description into another; never in this process's
-    memory.  Keyed by path and the file's identity."""
+    memory.  Keyed by path and the file's identity, and by how it is prepared for
+    memory protection (compartments/protect.py: a module may get checks)."""
 
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
-        self._fds: dict[str, tuple] = {}      # path -> (file key, (code memfd, description memfd))
+        self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
 
-    def get(self, path: str, instrument: tuple = ()) -> tuple[tuple | None, str | None]:
+    def get(self, path: str, instrument: tuple = (), protect=None,
+            memory_limit: int = 0) -> tuple[tuple | None, str | None]:
         """((code memfd, description memfd), None), or (None, why the module cannot
-        be loaded).  `instrument`: the probe points compiled in (instrument.py); each
-        set of points is a module of its own."""
+        be loaded).  `instrument`: the probe points compiled in (instrument.py);
+        `protect`: the spec's protect.Setting, or None, with the compartment's
+        memory limit (both decide the regions, and so the checks).  Each variant
+        is a module of its own."""
         try:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        slot = path if not instrument else f"{path}\0{','.join(instrument)}"
-        cached = self._fds.get(slot)
+        from .protect import STATIC_MEMORY     # the limit matters only as above it or not
+        variant = (path, instrument, protect,
+                   protect is not None and memory_limit > STATIC_MEMORY)
+        cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path, instrument)
+        fds, error = self._compile(path, instrument, protect, memory_limit)
         if fds is None:
             return None, error
         if cached is not None:                # the file changed: its old form goes
             for fd in cached[1]:
                 os.close(fd)
-        self._fds[slot] = (key, fds)
+        self._fds[variant] = (key, fds)
         return fds, None
 
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds]
 
-    def _compile(self, path: str, instrument: tuple = ()):
+    def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
@@ -96,7 +102,8 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fds, w, instrument)
+                code = _compile_into(self._engine, path, fds, w, instrument, protect,
+                                     memory_limit)
             finally:
                 os._exit(code)
         os.close(w)
@@ -113,16 +120,14 @@ class _Modules:
         return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = ()) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = (),
+                  protect=None, memory_limit: int = 0) -> int:
     import wasmtime
 
     from . import instrument as rewriting, wasm
-    sites = None
-    try:
-        if instrument:        # rewritten here, in this child (instrument.py bounds the tool)
-            module, sites = wasm.compile_instrumented(wasm_engine, path, instrument)
-        else:
-            module = wasm.compile_module(wasm_engine, path)
+    try:        # rewritten here, in this child (instrument.py bounds the tool)
+        module, sites, layout = wasm.compile_for(wasm_engine, path, instrument, protect,
+                                                 memory_limit)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
             rewriting.InstrumentError) as e:
         text = str(e).strip()
@@ -130,7 +135,7 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         os.write(err, (what + (text.splitlines()[0] if text else type(e).__name__))
                  .encode()[:4000])
         return 1
-    problem, description = wasm.describe(module, sites)
+    problem, description = wasm.describe(module, sites, layout)
     if problem:
         os.write(err, f"module {path} {problem}".encode()[:4000])
         return 1
@@ -284,7 +289,8 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}"})
             continue
         try:
-            module_fds, error = modules.get(spec.module, spec.instrument)
+            module_fds, error = modules.get(spec.module, spec.instrument, spec.protect,
+                                            spec.limits.memory)
             pid = os.fork()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:

@@ -364,7 +364,7 @@ class Supervisor:
         spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
                           per_call=comp.instance == "per_call", stats=self.stats,
                           limits=comp.limits, user=self.system.engine_user,
-                          instrument=comp.instrument)
+                          instrument=comp.instrument, protect=comp.protect)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
         try:

@@ -41,5 +41,12 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
         "functions_events"))
     assert set(probes["ratios"]) == {"call_functions_off_vs_plain", "call_calls_on_vs_plain"}
     assert probes["analysis"]["events"] > 0 and probes["analysis"]["events_per_s"] > 0
+    protect = result["protect"]           # memory protection: every figure, as ratios
+    for key in ("protected_vs_plain", "protected_bulk_vs_plain_bulk"):
+        assert {"median", "fastest", "fuel"} <= set(protect["ratios"][key])
+    assert protect["ratios"]["protected_vs_plain"]["fuel"] == 1.0      # the same code runs
+    assert protect["ratios"]["protected_bulk_vs_plain_bulk"]["fuel"] > 1.0   # and the checks
+    assert protect["host_call"]["ratio"]["median"] > 0
+    assert protect["startup"]["enforce_us"] > 0 and protect["startup"]["prepare_ms"] > 0
     table = (tmp_path / "quick.md").read_text()
     assert "| target | measured | goal | met |" in table and "C relay" in table
