@@ -10,12 +10,7 @@
 #include <unistd.h>
 
 #include "probe.h"
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec / 1e9;
-}
+#include "timing.h"
 
 int main(int argc, char **argv) {
   long sleep_ms = argc > 1 ? atol(argv[1]) : 1500;
@@ -28,7 +23,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   usleep((useconds_t)(sleep_ms * 1000));
-  double first = now(), last = first;
+  double first = now_us() / 1e6, last = first;
   for (;;) {
     wsuper_arena_free(&a);
     if (probe_read(&a, events, 1024, 1000, &r) != WSUPER_OK) {
@@ -38,7 +33,7 @@ int main(int argc, char **argv) {
     seen += r.events.len;
     dropped += (long)r.dropped;
     reads++;
-    last = now();
+    last = now_us() / 1e6;
     if (r.events.len < 1024) break;   /* the backlog is drained */
   }
   printf("analysis-stats events=%ld seconds=%.6f dropped=%ld reads=%ld\n", seen, last - first,

@@ -8,20 +8,10 @@
 #include <time.h>
 
 #include "calc.h"
+#include "timing.h"
 
 #define BLOCK 50
 #define MAX_BLOCKS 1000
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
-
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 static double per_call[3][MAX_BLOCKS];
 
@@ -36,17 +26,17 @@ int main(int argc, char **argv) {
   for (int b = 0; b < blocks; b++) {
     for (int k = 0; k < 3; k++) {
       int t = (b + k) % 3;          /* each target first, second and third in turn */
-      double t0 = now();
+      double t0 = now_us();
       for (int i = 0; i < BLOCK; i++) {
         calc_add_results r;
         if (calc_add(&a, caps[t], 2, 3, &r) != WSUPER_OK || r.sum != 5) return 2;
         wsuper_arena_free(&a);
       }
-      per_call[t][b] = (now() - t0) / BLOCK;
+      per_call[t][b] = (now_us() - t0) / BLOCK;
     }
   }
   for (int t = 0; t < 3; t++) {
-    qsort(per_call[t], blocks, sizeof(double), cmp);
+    qsort(per_call[t], blocks, sizeof(double), cmp_double);
     printf("callmix %s %.3f\n", names[t], per_call[t][blocks / 2]);
   }
   return 0;

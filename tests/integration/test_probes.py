@@ -13,6 +13,14 @@ import capnp_schemas
 from tests.conftest import EXAMPLES, ROOT, external_client, run_wsuper
 
 GUESTS = os.path.join(ROOT, "tests", "integration", "guests")
+#: a system of one calc compartment (examples/calc), to add others to
+CALC = f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -169,32 +177,11 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
 
 def _chain(tmp_path, n=10_000_000):
     """app (a program calling relay n times) -> relay -> calc."""
-    (tmp_path / "app.wat").write_text(f"""(module
-  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
-  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
-  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 100) "calc")
-  (func (export "_start") (local $h i32) (local $i i32)
-    (local.set $h (call $lookup (i32.const 100) (i32.const 4)))
-    (i32.store (i32.const 1024) (i32.const 0)) (i32.store (i32.const 1028) (i32.const 2))
-    (i64.store (i32.const 1032) (i64.const 0x0000000100000000))
-    (i64.store (i32.const 1040) (i64.const 0x0000000300000002))
-    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (i32.const {n})))
-      (if (i32.lt_s (call $call (local.get $h) (i64.const 0xc0ffee0000000001) (i32.const 0)
-            (i32.const 1024) (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 1000))
-            (i32.const 0)) (then unreachable))
-      (drop (call $reply_read (i32.const 8192) (i32.const 60000)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))))
-""")
+    from benchmarks.suite import CALC_ID, _loop_wat     # the benchmarks' calling program
+    (tmp_path / "app.wat").write_text(_loop_wat(
+        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], n, read_reply=True))
     path = tmp_path / "chain.toml"
-    path.write_text(f"""
-[system]
-schemas = ["{EXAMPLES}/calc.capnp"]
-[compartments.calc]
-module = "{EXAMPLES}/calc.wat"
-exports = "Calc"
-[compartments.relay]
+    path.write_text(CALC + f"""[compartments.relay]
 module = "{GUESTS}/relay.wat"
 exports = "Calc"
 instrument = ["functions"]
@@ -370,13 +357,7 @@ events = true
 
 def test_only_what_the_operator_asks_and_the_module_has(tmp_path, wsuper):
     system = tmp_path / "o.toml"
-    system.write_text(f"""
-[system]
-schemas = ["{EXAMPLES}/calc.capnp"]
-[compartments.calc]
-module = "{EXAMPLES}/calc.wat"
-exports = "Calc"
-""")
+    system.write_text(CALC)
     run = wsuper("up", str(system))
     run.wait_for("ready calc")
     r = _probe(system, "calc", "add", "f", "--point", "functions")
