@@ -151,6 +151,18 @@ def test_names_are_kept(tmp_path):
     assert {sites.name(f) for f in sites.functions} == {"alpha", "beta", "with space"}
 
 
+def test_clones_carry_their_functions_names_even_names_printed_as_annotations():
+    """A trap in a probed function's clone names the function: the clone has its name.
+    Two functions of one name (C's static functions) print as `(@name ...)`."""
+    wat = ('(module (func $a (@name "dup") (export "a") (call $b)) '
+           '(func $b (@name "dup")) (func $"q\\"uote" (export "q") unreachable))')
+    out, sites = instrument.rewrite(wat.encode(), ["functions"])
+    wasmtime.Module(ENGINE, out)
+    names = list(instrument.function_names(out).values())
+    assert names.count("dup") == 4 and names.count('q"uote') == 2     # each, and its clone
+    assert not any(n.startswith("wsuper~0.c") for n in names)
+
+
 def test_hostile_or_unknown_input_is_refused_with_a_reason():
     with pytest.raises(InstrumentError, match="unknown probe point"):
         instrument.rewrite(b"\0asm\1\0\0\0", ["everything"])
