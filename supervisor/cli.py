@@ -88,8 +88,14 @@ def _main(argv=None) -> int:
                       "main that serves calls (the default when no source defines main)")
     kind.add_argument("--command", dest="reactor", action="store_false",
                       help="a program with main")
+    from . import probecli
+    probecli.add_commands(sub)
     args = ap.parse_args(argv)
 
+    if args.command == "probe":
+        return probecli.probe(args) if _load(args.system) is not None else 2
+    if args.command == "trace":
+        return probecli.trace_command(args) if _load(args.system) is not None else 2
     if args.command == "revoke":
         return _revoke(args)
     if args.command == "logs":

@@ -40,6 +40,7 @@ from compartments.limits import Limits
 from . import control, effects as fx
 from .caps import Call, CallError, Cap, Denial, Host, Proxy, Remote, Wrapped, describe
 from .membrane import AuditTrail, Membrane, Names
+from .probes import callee_of
 
 #: Header words a message may carry on top of its content (cap table, call header).
 HEADER_WORDS = 8192
@@ -112,6 +113,10 @@ class Router:
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
+        # Call probes (probes.CallProbes): calls from or to a compartment in
+        # `call_watch` are recorded; while the set is empty this costs one test.
+        self.call_watch: set = set()
+        self.call_probes = None
 
     # ------------------------------------------------------------ entry points
 
@@ -132,6 +137,16 @@ class Router:
 
     def add_external(self, label: str = "external") -> int:
         return self._new_peer(label, "external", self.external_limits).id
+
+    def engine_call(self, name: str, method_id: int, content, handler) -> list:
+        """Call the compartment's Engine (engine.capnp) method `method_id`; `handler`
+        gets the answer (control.py's protocol: returned / lost)."""
+        peer = self.engines.get(name)
+        if peer is None or not peer.alive or peer.control is None:
+            handler.lost(self, peer, "its engine is not running")
+            return self._flush()
+        return self._guarded(peer, lambda: self.call_peer(
+            peer, peer.control.import_id, control.ENGINE_ID, method_id, content, (), handler))
 
     def run(self, name: str) -> list:
         """Run the compartment's program (Engine.run)."""
@@ -427,6 +442,9 @@ class Router:
 
     def _deliver(self, cap, call: Call):
         try:
+            if self.call_watch:
+                self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
+                                      callee_of(cap), self._method(call))
             if self.audit.enabled:
                 self.audit.open(call.reply, cap, call, self.clock(), self.wall())
             while isinstance(cap, Wrapped):
@@ -569,6 +587,8 @@ class Router:
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)
+        if self.call_watch:
+            self.call_probes.close(key, outcome, reason)
         if self.audit.enabled:
             record = self.audit.close(key, outcome, self.clock(), reason)
             if record is not None:

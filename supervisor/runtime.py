@@ -32,6 +32,7 @@ from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
 from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
+from .prober import Prober
 from .preflight import Plan
 from .process import Zygote
 
@@ -240,6 +241,7 @@ class Supervisor:
         self._host_fds = 0               # descriptors held by host files and directories
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
+        self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
@@ -307,6 +309,7 @@ class Supervisor:
                 nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
+            nursery.start_soon(self.prober.poll)
             if self.output.files is not None:
                 nursery.start_soon(self.output.files.writer)
             try:
@@ -374,7 +377,7 @@ class Supervisor:
         spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
                           per_call=comp.instance == "per_call", stats=self.stats,
                           limits=comp.limits, user=self.system.engine_user,
-                          protect=comp.protect)
+                          instrument=comp.instrument, protect=comp.protect)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
         try:
@@ -409,6 +412,9 @@ class Supervisor:
         """Open the files and directories a compartment is granted, off the event loop."""
         hosts = {}
         for g in comp.grants:
+            if g.kind == "host" and g.target == "probe":     # an analysis: a queue of events
+                hosts[g.name] = self.prober.grant(comp.name, g)
+                continue
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
             opened, opening = None, hostcaps.GrantOpening(g)
@@ -614,6 +620,9 @@ class Supervisor:
         return limiter
 
     def _host_call(self, call: fx.HostCall):
+        if call.kind == "probe":
+            self.prober.host_call(call)
+            return
         outcome = self.hosts.serve(call)
         if isinstance(outcome, hostcaps.Job):
             self.nursery.start_soon(self._host_job, call, outcome)
@@ -662,6 +671,9 @@ class Supervisor:
         return True
 
     def _release(self, kind: str, served, counted: bool = True):
+        if kind == "probe":
+            self.prober.registry.unsubscribe(served)
+            return
         if kind in ("directory", "file") and served is not None:
             self._host_fds -= counted
             self.nursery.start_soon(self._release_in_thread, kind, served)
@@ -776,8 +788,21 @@ class Supervisor:
                     if not chunk:
                         break
                     data += chunk
+            line = data.partition(b"\n")[0]
+            if b'"trace"' in line:           # a trace session streams its events
+                try:
+                    req = endpoint.decode(line)
+                except ValueError:
+                    req = {}
+                if req.get("op") == "trace" and \
+                        req.get("system") == endpoint.identity(self.system.path):
+                    try:
+                        await self.prober.trace(stream, req)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    return
             try:
-                answer = await self._admin_answer(data.partition(b"\n")[0])
+                answer = await self._admin_answer(line)
             except Exception as e:  # noqa: BLE001 - no request may end the system
                 self.say(f"internal error answering an admin request: "
                          f"{type(e).__name__}: {first_line(e)}")
@@ -807,6 +832,8 @@ class Supervisor:
             return {"ok": True, "text": f"revoked {req['grant']}"}
         if req.get("op") == "status":
             return {"ok": True, "status": await self._status()}
+        if req.get("op") == "probe":
+            return await self.prober.admin(req)
         if req.get("op") == "stop":
             self.say("stopping (wsuper stop)")
             self._act(self.lifecycle.stop(0))
@@ -896,6 +923,7 @@ class Supervisor:
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
             self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
+        self.prober.started(comp.name)
         self._act(self.lifecycle.started(e.compartment, e.program))
 
     # ------------------------------------------------------------ lifecycle actions
