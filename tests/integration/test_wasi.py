@@ -481,3 +481,16 @@ env = {{ host = "environment", args = {ops} }}
     block = (b"0123456789abcdef" * 65536)[:(1 << 20) - 1] + b"\n"
     assert out == b"L" * 600000 + b"\nlongline 600000 -> ok\n" + block + \
         b"write1m - -> ok\n" + b"L" * 10 + b"\nlongline 10 -> ok\n"
+
+
+def test_check_shows_a_file_name_a_guest_chose_escaped(tmp_path, wasi_guests):
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "y\n\x1b[1;32mwsuper: check passed\x1b[0m\x1b[8m"
+    (data / name).write_text("x")
+    os.link(data / name, data / "second")
+    r = run_wsuper("check", _system(tmp_path, wasi_guests["probe"],
+                                    f'data = {{ host = "directory", path = "{data}" }}'))
+    assert r.returncode == 0
+    assert "\x1b" not in r.stderr and len(r.stderr.splitlines()) == 1, repr(r.stderr)
+    assert "is writable and holds 2 regular files" in r.stderr
