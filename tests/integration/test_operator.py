@@ -316,3 +316,19 @@ def test_call_reads_hostile_results_completely_and_shows_them_escaped(tmp_path, 
             assert r.returncode == 0 and shown in r.stdout and "found = true" in r.stdout
             assert not any(line.startswith("wsuper") for line in r.stdout.splitlines())
     assert run.proc.poll() is None
+
+
+def test_status_of_a_system_of_many_compartments(tmp_path, wsuper):
+    """An answer holds an object per compartment: larger than any request may be."""
+    n = 120
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n' + "".join(
+            f'[compartments.calc{i:03d}]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+            for i in range(n)))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for(f"ready calc{n - 1:03d}", timeout=120)
+    r = run_wsuper("status", str(tmp_path / "system.toml"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["compartments"]) == n
+    r = run_wsuper("status", str(tmp_path / "system.toml"))
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == n + 2
