@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from supervisor.hostfs import ENTRY_COST
 from tests.conftest import ROOT, audit_calls, run_wsuper
 
 
@@ -156,7 +157,7 @@ def test_allow_lists_and_quotas_hold_for_wasi_programs(tmp_path, wasi_guests):
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
 box = {{ host = "directory", path = "{box}", allow = ["open", "File.read", "File.stat"] }}
-q = {{ host = "directory", path = "{quota}", max_bytes_written = 1000 }}
+q = {{ host = "directory", path = "{quota}", max_bytes_written = 6000 }}
 env = {{ host = "environment", args = {json.dumps(ops)} }}
 """)
     r = run_wsuper("up", system, timeout=120)
@@ -169,7 +170,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
               if x["outcome"] == "denied"]
     assert ("app.box", "mkdir") in denied and ("app.box", "stat") in denied
     assert sorted(p.name for p in box.iterdir()) == ["in.txt"]
-    assert (quota / "big.bin").stat().st_size <= 1000
+    assert (quota / "big.bin").stat().st_size <= 6000 - ENTRY_COST - len("big.bin")
 
 
 def test_stdout_can_be_a_granted_file_and_mount_sets_the_preopen_name(tmp_path, wasi_guests):
