@@ -447,7 +447,8 @@ class Supervisor:
 
     async def _respawn(self, comp, delay, generation):
         await trio.sleep(delay)
-        if generation == self.lifecycle.generation[comp.name] and not self._done.is_set():
+        if generation == self.lifecycle.generation[comp.name] and not self._done.is_set() \
+                and self.lifecycle.state[comp.name] == "restarting":
             await self._spawn(comp, generation)
 
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
@@ -572,6 +573,7 @@ class Supervisor:
                     reason = (f"its program used more than {limits.run_cpu:g} s of CPU "
                               f"(limit run_cpu)")
             if reason is not None:
+                self._peer_of[name] = 0      # what this incarnation says from now on: stale
                 self._act(self.lifecycle.program_ended(name, None, reason,
                                                        trio.current_time()))
                 proc.kill()
