@@ -246,6 +246,8 @@ class LogFiles:
         self.wake = trio.Event()
         self.failed: str | None = None
         self._dir: int | None = None
+        self._closed = False
+        self._lock = threading.Lock()
 
     def add(self, name: str, line: str):
         self.pending.setdefault(name, []).append(line)
@@ -271,40 +273,49 @@ class LogFiles:
         first, between two lines (lines are bounded: 4096 characters escaped).
         Everything is done in the directory as opened once (no path is followed
         again: the directory cannot be swapped for a link meanwhile)."""
-        if self._dir is None:
-            self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                | os.O_CLOEXEC)
+        with self._lock:               # close() waits for a write under way
+            if self._closed:
+                return
+            if self._dir is None:
+                self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC)
+            self._write_all(self._dir, batch)
+
+    def _write_all(self, folder: int, batch: dict):
         for name, lines in batch.items():
             file = name + ".log"
             try:
-                size = os.stat(file, dir_fd=self._dir, follow_symlinks=False).st_size
+                size = os.stat(file, dir_fd=folder, follow_symlinks=False).st_size
             except FileNotFoundError:
                 size = 0
             chunk: list[bytes] = []
             for line in lines:
                 data = (line + "\n").encode("utf-8", "backslashreplace")
                 if size and size + len(data) > LOG_FILE_SIZE:
-                    self._append(file, chunk)
-                    rotate(self._dir, file)
+                    _append(folder, file, chunk)
+                    rotate(folder, file)
                     chunk, size = [], 0
                 chunk.append(data)
                 size += len(data)
-            self._append(file, chunk)
-
-    def _append(self, file: str, chunk: list):
-        if not chunk:
-            return
-        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                     | os.O_NOFOLLOW, 0o600, dir_fd=self._dir)
-        try:
-            os.write(fd, b"".join(chunk))
-        finally:
-            os.close(fd)
+            _append(folder, file, chunk)
 
     def close(self):
-        if self._dir is not None:
-            os.close(self._dir)
-            self._dir = None
+        with self._lock:
+            self._closed = True
+            if self._dir is not None:
+                os.close(self._dir)
+                self._dir = None
+
+
+def _append(folder: int, file: str, chunk: list):
+    if not chunk:
+        return
+    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                 | os.O_NOFOLLOW, 0o600, dir_fd=folder)
+    try:
+        os.write(fd, b"".join(chunk))
+    finally:
+        os.close(fd)
 
 
 def rotate(folder: int, file: str):

@@ -1,4 +1,6 @@
 """What the operator sees of a compartment: its engine's stderr, held to log_rate."""
+import os
+
 from supervisor.output import STDERR_LINE_LIMIT, StderrLines, strip_time
 
 
@@ -35,7 +37,6 @@ def test_log_files_rotate_between_lines_and_keep_every_line_that_fits(tmp_path, 
     files = output.LogFiles(str(tmp_path))
     lines = [f"2026-12-03T10:00:00.000Z [ev] line {i:03d} " + "x" * 270 for i in range(12)]
     files._write({"ev": lines})
-    files.close()
     kept = []
     for name in ("ev.log.3", "ev.log.2", "ev.log.1", "ev.log"):
         text = (tmp_path / name).read_text()
@@ -46,6 +47,9 @@ def test_log_files_rotate_between_lines_and_keep_every_line_that_fits(tmp_path, 
     kept = [l for n in ("ev.log.3", "ev.log.2", "ev.log.1", "ev.log")
             for l in (tmp_path / n).read_text().splitlines()]
     assert kept == lines[3:] + lines[:1]
+    files.close()                                        # closed: nothing more is written,
+    files._write({"other": lines[:1]})                   # least of all beside the process
+    assert not (tmp_path / "other.log").exists() and not os.path.exists("other.log")
 
 
 def test_a_terminal_that_is_not_utf8_gets_escapes_and_stays_open(tmp_path):
