@@ -37,6 +37,9 @@ from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SE
                       CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
                       TRAVERSAL_LIMIT_WORDS)
 
+#: Question ids from here up are the supervisor's native forwarding path's
+#: (supervisor/fastlane.py); the allocator here never reaches them.
+NATIVE_QID_BASE = 1 << 31
 #: Answers we returned that the peer has not finished, per connection.
 MAX_UNFINISHED = 4096
 #: Bytes that answers returned with capabilities (kept for pipelining) and never
@@ -278,6 +281,10 @@ class Connection:
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
+        # The supervisor's native forwarding path (supervisor/fastlane.NativeSide),
+        # or None: answer ids open natively count as open here, and native
+        # question ids (>= 2^31) are never this side's to allocate.
+        self.native = None
 
     @property
     def unfinished(self) -> int:
@@ -319,6 +326,8 @@ class Connection:
         for segs in messages:
             try:
                 events = self._handle(segs)
+                if self.native is not None:
+                    self.native_check()
             except ProtocolError as e:
                 raise self._broken(str(e)) from None
             except Exception as e:
@@ -372,6 +381,8 @@ class Connection:
             raise ProtocolError(
                 f"answers it has not finished hold {self._kept} bytes (limit "
                 f"{self.max_kept_bytes}): send Finish for them")
+        if self.native is not None and not self.native.open(aid):
+            raise ProtocolError(f"question id {aid} is already in use")
         self._no_finish.pop(aid, None)
         self.answers[aid] = _Answer()
         self.unanswered += 1
@@ -435,6 +446,9 @@ class Connection:
     def _on_return(self, segs, m, events):
         qid = m.id
         q = self.questions.get(qid)
+        if q is None and self.native is not None:
+            self.native.claim(qid)          # a native call's return: Python's from now on
+            q = self.questions.get(qid)
         if q is None or q.returned:
             raise ProtocolError(f"return for question {qid}, which is not awaiting one")
         q.returned = True
@@ -467,6 +481,8 @@ class Connection:
         if a is None and aid in self._no_finish:
             del self._no_finish[aid]         # allowed, and ignored (rpc.capnp)
             return
+        if a is None and self.native is not None and self.native.finish_ok(aid):
+            return                           # the same, for an answer returned natively
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
@@ -478,6 +494,8 @@ class Connection:
             del self.answers[aid]
             self._unfinished -= 1
             self._kept -= a.kept
+            if self.native is not None:
+                self.native.close(aid)
         events.append(FinishReceived(aid))
 
     def _on_release(self, eid, count, events):
@@ -582,6 +600,8 @@ class Connection:
     def send_release(self, import_id: int) -> bytes:
         """Drop every reference we hold to `import_id`."""
         count = self.imports.pop(import_id)
+        if self.native is not None:
+            self.native_check()
         msg = rpc.Message.new_message()
         rel = msg.init("release")
         rel.id = import_id
@@ -595,6 +615,23 @@ class Connection:
         e.reason = reason
         e.type = type
         return wire.frame(msg.to_segments())
+
+    def adopt_answer(self, aid: int):
+        """A call from the peer that the native path accepted becomes ours (its id
+        stays open on the native side's books, now as ours)."""
+        self.answers[aid] = _Answer()
+        self.unanswered += 1
+
+    def adopt_question(self, qid: int):
+        """A call the native path forwarded to the peer becomes ours."""
+        self.questions[qid] = _Question([])
+
+    def native_check(self):
+        """Tell the native path whether the peer is within the limits this side
+        enforces on new calls (kept bytes, capabilities it passed us)."""
+        n = self.native
+        if n is not None:
+            n.limits_ok(self._kept <= self.max_kept_bytes and len(self.imports) <= n.imports_limit)
 
     def awaiting_return(self, answer_id: int) -> bool:
         a = self.answers.get(answer_id)
@@ -626,7 +663,10 @@ class Connection:
 
     def _drop_question(self, qid):
         if self.questions.pop(qid, None) is not None:
-            self._qids.give(qid)
+            if self.native is not None and qid >= NATIVE_QID_BASE:
+                self.native.dropped(qid)     # a native call Python took over
+            else:
+                self._qids.give(qid)
 
     def _answer_for_return(self, aid) -> _Answer:
         a = self.answers.get(aid)
@@ -639,9 +679,13 @@ class Connection:
     def _answer_done(self, aid, a):
         if a.finished:
             del self.answers[aid]
+            if self.native is not None:
+                self.native.close(aid)
         else:
             self._unfinished += 1
             self._kept += a.kept
+            if self.native is not None:
+                self.native_check()
 
     def _finish_not_needed(self, aid, a):
         a.finished = True

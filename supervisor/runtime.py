@@ -31,7 +31,7 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
-from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
+from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, supervision as S
 from .preflight import Plan
 from .process import Zygote
 
@@ -45,6 +45,7 @@ FD_RESERVE_PER_ENGINE = 4
 
 
 class _Link:
+    native = False
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
@@ -115,6 +116,9 @@ class _Link:
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from None
 
+    async def aclose(self):
+        await self.send.aclose()
+
     async def writer(self):
         async with self.recv:
             async for data in self.recv:
@@ -127,6 +131,57 @@ class _Link:
                 self.queued -= len(data)
                 if not self.queued:
                     self.drained.set()
+
+
+class _NativeLink:
+    """An engine's socket as the fast lane owns it (fastlane.py): the lane's thread
+    reads it, forwards what it can, and queues the rest for `receive`; every write
+    goes through the lane's queue, so the router's writes and the lane's own never
+    interleave.  Backpressure is the lane's: it stops reading a peer while more
+    than `soft` bytes wait for it, or while Python has not taken what it queued."""
+    native = True
+
+    def __init__(self, lane, pid: int, limits: Limits):
+        self.lane = lane
+        self.pid = pid
+        self.soft = R.queue_soft_limit(limits)
+        self.hard = R.queue_hard_limit(limits)
+        self.closed = False
+        self.wake = trio.Event()
+        self.turn = 0.0
+
+    @property
+    def queued(self) -> int:
+        return self.lane.queued(self.pid)
+
+    def write(self, data: bytes) -> bool:
+        if self.closed:
+            return True
+        return self.lane.write(self.pid, data)
+
+    def close(self):
+        self.closed = True
+        self.lane.close(self.pid)
+        self.wake.set()
+
+    async def receive(self) -> list:
+        """What the lane left for Python, in order: bytes (whole messages), None at
+        the end of the stream, an errno if reading failed."""
+        while True:
+            items = self.lane.take(self.pid)
+            if items:
+                return items
+            if self.closed:
+                return [None]
+            self.wake = trio.Event()
+            await self.wake.wait()
+
+    async def writer(self):
+        pass
+
+    async def aclose(self):
+        self.closed = True
+        self.lane.remove(self.pid)
 
 
 class _Audit:
@@ -237,6 +292,7 @@ class Supervisor:
         self._host_fds = 0               # descriptors held by host files and directories
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
+        self.lane = None                 # the fast lane (fastlane.py), once started
 
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
@@ -285,8 +341,23 @@ class Supervisor:
 
     async def _serve(self) -> int:
         self._began = trio.current_time()
+        why = fastlane.enabled()
+        if why is None:
+            self.lane = fastlane.Lane()
+            self.router.native = self.lane
+        else:
+            self.say(f"note: {why}: calls between compartments run slower")
+        try:
+            return await self._serve_all()
+        finally:
+            if self.lane is not None:
+                self.lane.stop()
+
+    async def _serve_all(self) -> int:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            if self.lane is not None:
+                nursery.start_soon(self._lane_events)
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run started",
                                 "system": self.system.path})
@@ -311,6 +382,7 @@ class Supervisor:
             await self._done.wait()
             await self._stop_engines()
             self.zygote.stop()
+            self._perform(self.router.native_tick())     # the last natively forwarded calls
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
@@ -323,11 +395,30 @@ class Supervisor:
         return self._exit_code
 
     async def _expire_calls(self):
-        """Fail calls that took longer than their callee's call_time."""
+        """Fail calls that took longer than their callee's call_time; cut off engines
+        that stalled in the middle of a message (the fast lane frames theirs)."""
         while True:
             await trio.sleep(EXPIRY_TICK)
+            if self.lane is not None:
+                self._perform(self.router.native_tick())
+                for pid in self.lane.stalled(self.system.message_timeout):
+                    self._cut_off(pid, f"it sent part of a message and did not finish it "
+                                       f"within {self.system.message_timeout:g} s "
+                                       f"(message_timeout)")
             if self.router.next_deadline() is not None:
                 self._perform(self.router.expire())
+
+    async def _lane_events(self):
+        """Wake the readers of the peers the fast lane queued something for."""
+        fd = self.lane.event_fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for pid in self.lane.ready():
+                link = self.links.get(pid)
+                if link is not None and link.native:
+                    link.wake.set()
+            if self.audit is not None:
+                self._perform(self.router.native_tick())
 
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -380,7 +471,19 @@ class Supervisor:
         pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
         self._peer_of[comp.name] = pid
         self.nursery.start_soon(self._watch_start, comp, pid, proc)
-        link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
+        if self.lane is not None:
+            framer = self.router.peers[pid].conn._framer
+            try:
+                self.lane.add(pid, ours.fileno(), R.queue_soft_limit(comp.limits),
+                              R.queue_hard_limit(comp.limits), framer.max_words,
+                              framer.max_segments, comp.limits.message_size,
+                              comp.limits.in_flight)
+            finally:
+                ours.close()                 # the lane holds its own descriptor
+            self.router.lane_peer(pid)
+            link = _NativeLink(self.lane, pid, comp.limits)
+        else:
+            link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
         stderr_done = trio.Event()
@@ -443,13 +546,15 @@ class Supervisor:
         elif reason is None:
             reason = "exited"
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
-        await link.send.aclose()
+        await link.aclose()
         self.links.pop(pid, None)
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
                                                 trio.current_time()))
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
         """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""
+        if link.native:
+            return await self._pump_native(pid, link)
         try:
             while True:
                 await self._may_read(link)
@@ -490,6 +595,33 @@ class Supervisor:
                     link.partial, link.partial_since = partial, trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             return str(e) or "connection lost"
+
+    async def _pump_native(self, pid: int, link: _NativeLink) -> str | None:
+        """The same for an engine on the fast lane: what the lane's thread did not
+        forward itself, in order.  The peer stays *held* (nothing of it goes
+        natively) until everything taken was handled: then `release`."""
+        while True:
+            if self.audit is not None and not self.audit.room.is_set():
+                await self.audit.room.wait()
+            items = await link.receive()
+            for item in items:
+                if item is None:
+                    return None
+                if isinstance(item, int):
+                    return os.strerror(item) or "connection lost"
+                for at in range(0, len(item), SLICE):
+                    try:
+                        self._perform(self.router.receive(pid, item[at:at + SLICE]
+                                                          if len(item) > SLICE else item))
+                    except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                        self._fault(pid, e)
+                        return "cut off after an internal error"
+                    if pid not in self.router.peers:
+                        return "broke the protocol"
+                    if time.perf_counter() - link.turn > TURN:
+                        await trio.lowlevel.checkpoint()
+                        link.turn = time.perf_counter()
+            self.lane.release(pid)
 
     async def _may_read(self, link: _Link):
         """Backpressure: no more from a peer while too much waits to be written to
