@@ -220,7 +220,7 @@ class Engine:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-            raise EngineError(f"cannot instantiate {path}: {_first_line(e)}") from None
+            raise EngineError(f"cannot instantiate {path}: {_why_not(e)}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
@@ -734,7 +734,7 @@ class Engine:
         try:
             instance = self.instance_pre.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-            raise _CallError("failed", f"{self.name}: cannot instantiate: {_first_line(e)}") \
+            raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
                 from None
         exports = instance.exports(store)
         fresh_wasi = self._new_wasi()
@@ -811,6 +811,13 @@ class _CallError(Exception):
 
 
 _RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
+
+
+def _why_not(e) -> str:
+    """Why instantiation failed: a trap in the module's start function says where."""
+    if isinstance(e, wasmtime.Trap):
+        return f"its start function trapped: {_trap_reason(e)}"
+    return _first_line(e)
 
 
 def _trap_reason(trap: wasmtime.Trap) -> str:

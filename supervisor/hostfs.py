@@ -544,14 +544,7 @@ class Directory:
         self._refuse("link to", to, append_ok=True)
         if self.refuse_hard_links:
             raise FsError(f"{self.label} refuses hard links (refuse_hard_links)", "EPERM")
-        src, dst = _path(from_), _path(to)
-        with self._h as dfd:
-            sp, sname = self._parent(dfd, src, from_, "EPERM")
-            try:
-                dp, dname = self._parent(dfd, dst, to, "EEXIST")
-            except BaseException:
-                os.close(sp)
-                raise
+        sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST")
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
             os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
@@ -565,14 +558,7 @@ class Directory:
         """Rename beneath this directory (replacing `to`): both parents are resolved
         beneath it, and renameat(2) moves the last component only."""
         self._refuse("rename", from_)
-        src, dst = _path(from_), _path(to)
-        with self._h as dfd:
-            sp, sname = self._parent(dfd, src, from_, "EBUSY")
-            try:
-                dp, dname = self._parent(dfd, dst, to, "EBUSY")
-            except BaseException:
-                os.close(sp)
-                raise
+        sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY")
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
             os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
@@ -581,6 +567,19 @@ class Directory:
         finally:
             os.close(sp)
             os.close(dp)
+
+    def _parents(self, from_: str, from_dot: str, to: str, to_dot: str):
+        """The parents of `from_` and `to`, both resolved beneath this directory, and
+        their last components: (src parent fd, src name, dst parent fd, dst name).
+        `*_dot`: the errno for a path that names this directory itself."""
+        with self._h as dfd:
+            sp, sname = self._parent(dfd, _path(from_), from_, from_dot)
+            try:
+                dp, dname = self._parent(dfd, _path(to), to, to_dot)
+            except BaseException:
+                os.close(sp)
+                raise
+        return sp, sname, dp, dname
 
     def _stays_beneath(self, sp: int, sname, dp: int, from_: str, to: str):
         """Moving a symbolic link (or a directory holding some) to a shallower place

@@ -39,6 +39,8 @@ LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
 SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
+TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
+BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ")
 
@@ -81,12 +83,34 @@ class Output:
             self._queue = None
 
     def _terminal(self):
+        """The terminal's thread: it wakes for a line, lets more gather for a moment,
+        and writes them all, each stream flushed once (a wake-up per batch of lines,
+        not per line, however busy the plugins are)."""
+        q = self._queue
         while True:
-            stream, line = self._queue.get()
-            if stream is None:
-                line.set()
-                return
-            self._print(stream, line)
+            batch = [q.get()]
+            time.sleep(TERMINAL_GATHER)
+            while True:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            touched = set()
+            for stream, line in batch:
+                if stream is None:
+                    self._flush(touched)
+                    line.set()
+                    return
+                self._print(stream, line, flush=False)
+                touched.add(stream)
+            self._flush(touched)
+
+    def _flush(self, streams):
+        for stream in streams:
+            try:
+                stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._print(stream, "", flush=True)      # the same handling as a write
 
     def event(self, text: str, compartment: str | None = None):
         """A supervisor event (about `compartment`, if it concerns one)."""
@@ -133,11 +157,11 @@ class Output:
                                        f"files have them)"))
         self._queue.put((stream, line))
 
-    def _print(self, stream, line: str):
+    def _print(self, stream, line: str, flush: bool = True):
         if self.closed:
             return
         try:
-            print(line, file=stream, flush=True)
+            print(line, file=stream, flush=flush)
         except (BrokenPipeError, ValueError, OSError) as e:
             if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
                     and e.errno != errno.EPIPE:
@@ -218,6 +242,7 @@ class LogFiles:
             await self.wake.wait()
             self.wake = trio.Event()
             await self.flush()
+            await trio.sleep(BATCH_SECONDS)     # let lines gather: one write for many
 
     async def flush(self):
         batch, self.pending = self.pending, {}

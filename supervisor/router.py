@@ -393,8 +393,7 @@ class Router:
                                 f"(limit handles)", "overloaded")
         if refused is not None:
             self.fail(reply, refused)
-            self.sweep([self.remote(peer, c.import_id) for c in ev.payload.caps
-                        if isinstance(c, protocol.Imported)])
+            self._drop_imported(peer, ev.payload)
             return
         try:
             caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps)
@@ -429,12 +428,16 @@ class Router:
             # A late answer to a call that timed out (we already sent Finish):
             # nobody wants what it carries.
             if ev.payload is not None:
-                self.sweep([self.remote(peer, c.import_id) for c in ev.payload.caps
-                            if isinstance(c, protocol.Imported)])
+                self._drop_imported(peer, ev.payload)
             return
         if ev.finish_needed:
             self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
         handler.returned(self, peer, ev)
+
+    def _drop_imported(self, peer: Peer, payload):
+        """Let go of the capabilities a payload brought that nobody will take."""
+        self.sweep([self.remote(peer, c.import_id) for c in payload.caps
+                    if isinstance(c, protocol.Imported)])
 
     def forward_returned(self, peer: Peer, ev, reply):
         """The answer to a call we forwarded to `peer`: on to whoever made it."""

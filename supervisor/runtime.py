@@ -61,8 +61,8 @@ class _Link:
         self.drained.set()
         self.closed = False
         self.partial: int | None = None          # the message half received, if any
-        self.turn = 0.0                          # when it last let others run
         self.partial_since: float | None = None  # ... since when
+        self.turn = 0.0                          # when it last let others run
         self._reads = 0
 
     def write(self, data: bytes) -> bool:
@@ -100,7 +100,8 @@ class _Link:
         non-blocking socket.  trio's SocketStream yields to the scheduler once more
         after every successful read, which cost more per message than routing it;
         here a task parks only when there is nothing to read, and every 16th
-        read yields anyway, so a peer that never stops sending starves nobody."""
+        read yields anyway (and _pump lets go every TURN seconds), so a peer that
+        never stops sending starves nobody."""
         self._reads += 1
         if self._reads % 16 == 0:
             await trio.lowlevel.checkpoint()
@@ -211,6 +212,7 @@ class _Audit:
             await self.wake.wait()
             self.wake = trio.Event()
             await self.flush(on_error)
+            await trio.sleep(output.BATCH_SECONDS)   # let records gather: one write for many
 
     async def flush(self, on_error):
         batch, self.pending = self.pending, []

@@ -1,6 +1,11 @@
-"""Restart decisions for one compartment (pure: the runtime carries them out).
+"""What happens as compartments start, run and stop (pure: the runtime carries it out).
 
-Modes, as in Erlang/OTP supervisors:
+Owns: `Supervision` (one compartment's restart decisions), `Lifecycle` (the
+whole system: events in, actions out), and the rate limiters every part uses
+(`TokenBucket`, and `Throttle` for terminal lines).  Must not: touch a
+process, a socket or the clock (time is always passed in).
+
+Restart modes, as in Erlang/OTP supervisors:
   permanent  restarted whenever its engine stops (a program is run again)
   transient  restarted only when it stops abnormally: its engine died, broke
              the protocol, or its program trapped (the default)

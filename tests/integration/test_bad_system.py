@@ -178,3 +178,13 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"wsuper: error: {tmp_path / name}{expected}"), line
     assert "terminate called" not in r.stderr
+
+
+def test_a_start_function_that_traps_says_so(tmp_path):
+    (tmp_path / "st.wat").write_text('(module (memory (export "memory") 1) '
+                                     '(func $boom unreachable) (start $boom))')
+    (tmp_path / "system.toml").write_text('[compartments.st]\nmodule = "st.wat"\nrestart = "never"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 1
+    assert ("its start function trapped: wasm `unreachable` instruction executed (in boom)"
+            in r.stderr), r.stderr

@@ -424,3 +424,32 @@ data = {{ host = "directory", path = "{data}" }}
     finally:
         proc.kill()
         proc.communicate()
+
+
+# ------------------------------------------------------------------ text a guest controls
+
+
+def test_text_a_guest_controls_never_makes_a_line_of_its_own(tmp_path):
+    """A function name with newlines and escape sequences, traps in it, log lines
+    and stderr-worthy text: every character shows escaped, no fake event appears."""
+    (tmp_path / "v.wat").write_text(program(
+        """(call $log (i32.const 300) (i32.const 38)) (call $evil)""",
+        {"\\1b[2J\\0afinished victim exit=0\\e2\\80\\aeRTL": 300}).replace(
+        '(func (export "_start")',
+        '(func $evil (@name "x\\0aready victim pid=1\\0a\\1b]0;title\\07") unreachable)\n'
+        '  (func (export "_start")'))
+    (tmp_path / "system.toml").write_text(
+        '[compartments.victim]\nmodule = "v.wat"\nrestart = "never"\n'
+        '[compartments.victim.grants]\nlog = { host = "log" }\n')
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
+                        str(tmp_path / "system.toml")], cwd=ROOT, capture_output=True)
+    out = r.stdout + r.stderr
+    assert b"\x1b" not in out and "\u202e".encode() not in out and b"\x07" not in out
+    lines = [line.decode() for line in out.splitlines()]
+    assert not any(line.startswith(("finished victim", "ready victim pid=1")) for line in lines)
+    assert not any("wsuper: finished victim exit=0" in line for line in lines)
+    assert any("(in x\\nready victim pid=1\\n\\x1b]0;title\\x07)" in line for line in lines), lines
+    assert any("[victim] \\x1b[2J\\nfinished victim exit=0\\u202eRTL" in line for line in lines)
