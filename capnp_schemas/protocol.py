@@ -400,6 +400,8 @@ class Connection:
 
     def _promised(self, qid, transform) -> PromisedAnswer:
         a = self.answers.get(qid)
+        if a is None and self.native is not None:
+            a = self._native_answer(qid)
         if a is None:
             raise ProtocolError(f"promisedAnswer names unknown question {qid}")
         return PromisedAnswer(qid, transform, a.result, a.error)
@@ -481,8 +483,10 @@ class Connection:
         if a is None and aid in self._no_finish:
             del self._no_finish[aid]         # allowed, and ignored (rpc.capnp)
             return
-        if a is None and self.native is not None and self.native.finish_ok(aid):
-            return                           # the same, for an answer returned natively
+        if a is None and self.native is not None:
+            if self.native.finish_ok(aid):
+                return                       # the same, for an answer returned natively
+            a = self._native_answer(aid)
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
@@ -615,6 +619,16 @@ class Connection:
         e.reason = reason
         e.type = type
         return wire.frame(msg.to_segments())
+
+    def _native_answer(self, aid: int):
+        """An answer id the native path holds (a call in flight, or returned and not
+        finished): this side's from now on, so that a Finish or a pipelined call
+        on it is handled here.  None: no such answer anywhere."""
+        if self.native.claim_answer(aid) == "returned":
+            a = self.answers[aid] = _Answer(returned=True, result=_NO_RESULT)
+            self._unfinished += 1
+            return a
+        return self.answers.get(aid)
 
     def adopt_answer(self, aid: int):
         """A call from the peer that the native path accepted becomes ours (its id
@@ -762,6 +776,10 @@ class Connection:
             # One segment (what engines send, and most peers): the header follows
             # the content in the same segment.  No far pointers for anyone.
             seg = content.segments[0]
+            if wire._native is not None and content.loc[0] == 0:
+                spliced = wire._native.splice(head, at, seg, content.loc[1])
+                if spliced is not None:      # the same bytes as below
+                    return spliced
             r = wire.resolve([seg], content.loc)
             if r is None or r[0] == wire.OTHER:            # null, or a capability
                 wire.set_word(head, at, 0 if r is None else r[3])

@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fastwire.h"
+#include "../capnp_schemas/fastwire.h"
 
 #define NATIVE_QID_BASE 0x80000000u
 #define READ_CHUNK (64 * 1024)
@@ -231,13 +231,14 @@ typedef struct Peer {
   int closed;       /* no more reading (Python closed it, or end of stream) */
   int write_closed; /* writing failed: output is dropped */
   int held, ok, raw, in_ready, dirty;
+  int external;     /* an external client: returns keep their answer until its Finish */
   uint32_t events;
   Buf in, out;
   Item *qhead, *qtail;
   size_t qbytes;
   size_t soft, hard;
   uint64_t max_words, max_segments, message_size;
-  long in_flight, native_open, py_open;
+  long in_flight, native_open, py_open, returned_open;
   uint64_t messages, partial_msg;
   int64_t partial_since;
   uint32_t next_qid;
@@ -271,6 +272,7 @@ typedef struct {
 } Lane;
 
 static void *const PYOPEN = (void *)1;
+static void *const RETURNED = (void *)2; /* returned natively to an external client, not finished */
 static void *const RESERVED = (void *)1;
 
 static Peer *peer_get(Lane *L, long pid) {
@@ -441,7 +443,9 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   uint64_t size = o->content ? 8 * n : 0;
   if (size > B->message_size) return 0;
   if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
-  if (A->native_open + A->py_open + 1 > A->in_flight || A->py_open + 1 >= NOFINISH_RING) return 0;
+  if (A->native_open + A->py_open + 1 > A->in_flight ||
+      A->py_open + A->returned_open + 1 >= NOFINISH_RING)
+    return 0;
   if (r->audit && L->audit_len == AUDIT_CAPACITY) return 0;
   uint32_t qid = B->next_qid;
   for (int tries = 0; map_get(&L->calls, KEY(B->pid, qid)) || map_get(&L->reserved, KEY(B->pid, qid));
@@ -493,9 +497,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     if (size > A->message_size) return 0; /* Python fails it with the reason */
     uint8_t *out = buf_room(&A->out, fw_forward_size(o, n, 0));
     if (!out) return 0;
-    A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, 1);
+    A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
     mark_dirty(L, A);
-    nofinish_add(L, A, c->aid);
   }
   Route *r = c->route;
   if (r->audit && !c->orphan && L->audit_len < AUDIT_CAPACITY) {
@@ -507,11 +510,25 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     a->wall0 = c->wall0;
     a->duration = now_ns(CLOCK_MONOTONIC) - c->t0;
   }
+  int delivered = !c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0;
   ncall_forget(L, c, 0);
+  if (delivered && A->external) { /* its answer stays open until the client's Finish */
+    map_put(&L->answers, KEY(A->pid, c->aid), RETURNED);
+    A->returned_open++;
+  } else if (delivered) {
+    nofinish_add(L, A, c->aid);
+  }
   route_unref(L, r);
   free(c);
   B->served++;
   L->c_returns++;
+  return 1;
+}
+
+static int fast_finish(Lane *L, Peer *A, const fw_plain *o) {
+  if (map_get(&L->answers, KEY(A->pid, o->id)) != RETURNED) return 0;
+  map_del(&L->answers, KEY(A->pid, o->id));
+  A->returned_open--;
   return 1;
 }
 
@@ -560,6 +577,8 @@ static void process_input(Lane *L, Peer *P) {
         handled = fast_call(L, P, m + 8, first, &o);
       else if (k == FW_RETURN)
         handled = fast_return(L, P, m + 8, first, &o);
+      else if (k == FW_FINISH)
+        handled = fast_finish(L, P, &o);
     }
     if (!handled) to_python(L, P, m, total);
     P->in.off += total;
@@ -737,8 +756,9 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   int fd;
   unsigned long long soft, hard, max_words, max_segments, message_size;
   long in_flight;
-  if (!PyArg_ParseTuple(args, "liKKKKKl", &pid, &fd, &soft, &hard, &max_words, &max_segments,
-                        &message_size, &in_flight))
+  int external = 0;
+  if (!PyArg_ParseTuple(args, "liKKKKKl|p", &pid, &fd, &soft, &hard, &max_words, &max_segments,
+                        &message_size, &in_flight, &external))
     return NULL;
   if (pid < 0 || pid > 0x7FFFFFFF) return PyErr_Format(PyExc_ValueError, "bad peer id %ld", pid);
   int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
@@ -757,6 +777,7 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   P->max_segments = max_segments;
   P->message_size = message_size;
   P->in_flight = in_flight;
+  P->external = external;
   P->ok = 1;
   P->next_qid = NATIVE_QID_BASE;
   LOCK(L);
@@ -982,6 +1003,12 @@ static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
   if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
   LOCK(L);
   int ok = map_del(&L->nofinish, KEY(pid, aid)) != NULL;
+  Peer *P = peer_get(L, pid);
+  if (!ok && P && map_get(&L->answers, KEY(pid, aid)) == RETURNED) {
+    map_del(&L->answers, KEY(pid, aid));
+    P->returned_open--;
+    ok = 1;
+  }
   UNLOCK(L);
   return PyBool_FromLong(ok);
 }
@@ -1051,6 +1078,31 @@ static PyObject *Lane_claim(Lane *L, PyObject *args) {
   PyObject *rec = c ? hand_over(L, c) : Py_NewRef(Py_None);
   UNLOCK(L);
   return rec;
+}
+
+/* claim_answer(caller, aid) -> record (a call in flight natively), True (returned
+ * natively, not finished), or None: Python met this answer id (a Finish, a
+ * pipelined call) and takes it over */
+static PyObject *Lane_claim_answer(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  LOCK(L);
+  PyObject *out;
+  void *v = map_get(&L->answers, KEY(pid, aid));
+  Peer *P = peer_get(L, pid);
+  if (v == RETURNED && P) {
+    map_put(&L->answers, KEY(pid, aid), PYOPEN);
+    P->returned_open--;
+    P->py_open++;
+    out = Py_NewRef(Py_True);
+  } else if (v && v != PYOPEN && v != RETURNED) {
+    out = hand_over(L, (NCall *)v);
+  } else {
+    out = Py_NewRef(Py_None);
+  }
+  UNLOCK(L);
+  return out;
 }
 
 static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
@@ -1180,7 +1232,7 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
   }
   Peer *P = peer_get(L, pid);
   if (P) {
-    P->native_open = P->py_open = 0;
+    P->native_open = P->py_open = P->returned_open = 0;
     P->nf_len = 0;
   }
   UNLOCK(L);
@@ -1265,53 +1317,6 @@ static PyObject *Lane_stats(Lane *L, PyObject *unused) {
 
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }
 
-/* decode(bytes) -> None or a dict: the plain decoder alone, for the fuzzers */
-static PyObject *fl_decode(PyObject *mod, PyObject *args) {
-  Py_buffer b;
-  if (!PyArg_ParseTuple(args, "y*", &b)) return NULL;
-  PyObject *out = Py_NewRef(Py_None);
-  if (b.len % 8 == 0) {
-    fw_plain o;
-    int k = fw_decode(b.buf, (uint64_t)b.len / 8, &o);
-    if (k) {
-      Py_DECREF(out);
-      out = Py_BuildValue("{sssIsIsKsIsisisKsK}", "which", k == FW_CALL ? "call" : "return",
-                          "id", o.id, "import_id", o.import_id, "interface_id",
-                          (unsigned long long)o.interface_id, "method_id", o.method_id,
-                          "no_finish", o.no_finish, "content", o.content, "content_word",
-                          (unsigned long long)o.content_word, "content_start",
-                          (unsigned long long)o.content_start);
-    }
-  }
-  PyBuffer_Release(&b);
-  return out;
-}
-
-/* forward(segment, id, import_id, interface_id, method_id, no_finish) -> framed bytes:
- * what the lane writes for a plain message (call when it is a call) */
-static PyObject *fl_forward(PyObject *mod, PyObject *args) {
-  Py_buffer b;
-  unsigned long id, import_id, method_id;
-  unsigned long long iface;
-  int no_finish;
-  if (!PyArg_ParseTuple(args, "y*kkKkp", &b, &id, &import_id, &iface, &method_id, &no_finish))
-    return NULL;
-  PyObject *out = NULL;
-  fw_plain o;
-  int k = b.len % 8 ? 0 : fw_decode(b.buf, (uint64_t)b.len / 8, &o);
-  if (!k) {
-    PyErr_SetString(PyExc_ValueError, "not a plain message");
-  } else {
-    uint64_t n = (uint64_t)b.len / 8, size = fw_forward_size(&o, n, k == FW_CALL);
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    if (out)
-      fw_forward((uint8_t *)PyBytes_AS_STRING(out), b.buf, n, &o, k == FW_CALL, (uint32_t)id,
-                 (uint32_t)import_id, iface, (uint32_t)method_id, no_finish);
-  }
-  PyBuffer_Release(&b);
-  return out;
-}
-
 static PyMethodDef Lane_methods[] = {
     {"add", (PyCFunction)Lane_add, METH_VARARGS, NULL},
     {"remove", (PyCFunction)Lane_remove, METH_VARARGS, NULL},
@@ -1329,6 +1334,7 @@ static PyMethodDef Lane_methods[] = {
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
     {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},
     {"unreserve", (PyCFunction)Lane_unreserve, METH_VARARGS, NULL},
+    {"claim_answer", (PyCFunction)Lane_claim_answer, METH_VARARGS, NULL},
     {"install", (PyCFunction)Lane_install, METH_VARARGS, NULL},
     {"uninstall", (PyCFunction)Lane_uninstall, METH_VARARGS, NULL},
     {"drop_peer", (PyCFunction)Lane_drop_peer, METH_VARARGS, NULL},
@@ -1353,9 +1359,7 @@ static PyTypeObject LaneType = {
     .tp_getset = Lane_getset,
 };
 
-static PyMethodDef module_methods[] = {{"decode", fl_decode, METH_VARARGS, NULL},
-                                       {"forward", fl_forward, METH_VARARGS, NULL},
-                                       {NULL, NULL, 0, NULL}};
+static PyMethodDef module_methods[] = {{NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "supervisor._fastlane", NULL, -1,
                                     module_methods};

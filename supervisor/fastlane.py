@@ -21,10 +21,10 @@ from __future__ import annotations
 import os
 
 try:
-    from ._fastlane import NATIVE_QID_BASE, Lane, decode, forward
+    from ._fastlane import NATIVE_QID_BASE, Lane
     unavailable: str | None = None
 except ImportError as e:      # no compiler when it was installed: the Python path only
-    Lane = decode = forward = None
+    Lane = None
     NATIVE_QID_BASE = 1 << 31
     unavailable = f"the native forwarding path is not built ({e})"
 
@@ -68,6 +68,18 @@ class NativeSide:
         rec = self.lane.claim(self.pid, qid)
         if rec is not None:
             self.router.adopt(rec)
+
+    def claim_answer(self, aid: int):
+        """Answer `aid` of this peer, open natively, becomes Python's: "returned" (it
+        was returned and awaits the peer's Finish), "adopted" (a call in flight,
+        now the router's), or None."""
+        rec = self.lane.claim_answer(self.pid, aid)
+        if rec is True:
+            return "returned"
+        if rec is not None:
+            self.router.adopt(rec)
+            return "adopted"
+        return None
 
     def dropped(self, qid: int):
         if qid >= NATIVE_QID_BASE:

@@ -507,7 +507,8 @@ class Router:
                     raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
-                if route is not None and route[1] is not None and cap.peer.laned:
+                if route is not None and route[1] is not None and cap.peer.laned \
+                        and cap.peer.kind == "engine":
                     self._route(route, first, chain, proxy, cap, call.interface_id)
             elif isinstance(cap, Host):
                 self._host_call(cap, call)

@@ -134,12 +134,20 @@ class _Link:
                     self.drained.set()
 
 
+_OPEN = object()     # a fast-lane link whose stream has not ended
+
+
 class _NativeLink:
     """An engine's socket as the fast lane owns it (fastlane.py): the lane's thread
-    reads it, forwards what it can, and queues the rest for `receive`; every write
+    reads it, forwards what it can, and queues the rest for Python; every write
     goes through the lane's queue, so the router's writes and the lane's own never
     interleave.  Backpressure is the lane's: it stops reading a peer while more
-    than `soft` bytes wait for it, or while Python has not taken what it queued."""
+    than `soft` bytes wait for it, or while Python has not taken what it queued.
+
+    What the lane queues is handed to the router by the task that watches the
+    lane (Supervisor._lane_events) at once, within one TURN; what is left after
+    that (a flood) goes to this peer's own task (`pending`, `busy`), which lets
+    the others run every TURN.  `end`: why the stream ended (None: it closed)."""
     native = True
 
     def __init__(self, lane, pid: int, limits: Limits):
@@ -149,7 +157,9 @@ class _NativeLink:
         self.hard = R.queue_hard_limit(limits)
         self.closed = False
         self.wake = trio.Event()
-        self.turn = 0.0
+        self.pending: list = []
+        self.busy = False
+        self.end = _OPEN
 
     @property
     def queued(self) -> int:
@@ -163,19 +173,12 @@ class _NativeLink:
     def close(self):
         self.closed = True
         self.lane.close(self.pid)
-        self.wake.set()
+        self.finish(None)
 
-    async def receive(self) -> list:
-        """What the lane left for Python, in order: bytes (whole messages), None at
-        the end of the stream, an errno if reading failed."""
-        while True:
-            items = self.lane.take(self.pid)
-            if items:
-                return items
-            if self.closed:
-                return [None]
-            self.wake = trio.Event()
-            await self.wake.wait()
+    def finish(self, reason):
+        if self.end is _OPEN:
+            self.end = reason
+        self.wake.set()
 
     async def writer(self):
         pass
@@ -411,16 +414,56 @@ class Supervisor:
                 self._perform(self.router.expire())
 
     async def _lane_events(self):
-        """Wake the readers of the peers the fast lane queued something for."""
+        """Hand the router what the fast lane queued for it, as soon as it is there:
+        one wake-up of this task per batch, not one of each peer's task too."""
         fd = self.lane.event_fd
         while True:
             await trio.lowlevel.wait_readable(fd)
+            turn = time.perf_counter()
+            paused = self.audit is not None and not self.audit.room.is_set()
             for pid in self.lane.ready():
                 link = self.links.get(pid)
-                if link is not None and link.native:
+                if link is None or not link.native:
+                    continue
+                if link.busy or paused or link.end is not _OPEN:
+                    link.wake.set()             # its own task carries on
+                    continue
+                rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
+                if rest:
+                    link.pending, link.busy = rest, True
                     link.wake.set()
+                elif rest is not None:
+                    self.lane.release(pid)
+                if time.perf_counter() > turn + TURN:
+                    await trio.lowlevel.checkpoint()
+                    turn = time.perf_counter()
             if self.audit is not None:
                 self._perform(self.router.native_tick())
+
+    def _feed(self, pid: int, link: "_NativeLink", items: list, until: float):
+        """Hand a fast-lane peer's items to the router (in SLICE-byte slices) until
+        they are done or it is time `until`; returns what is left, or None once the
+        stream ended or the peer was cut off (`link.end` says why)."""
+        for i, item in enumerate(items):
+            if item is None or isinstance(item, int):
+                link.finish(None if item is None else os.strerror(item) or "connection lost")
+                return None
+            at = 0
+            while at < len(item):
+                chunk = item if at == 0 and len(item) <= SLICE else item[at:at + SLICE]
+                at += len(chunk)
+                try:
+                    self._perform(self.router.receive(pid, chunk))
+                except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                    self._fault(pid, e)
+                    link.finish("cut off after an internal error")
+                    return None
+                if pid not in self.router.peers:
+                    link.finish("broke the protocol")
+                    return None
+                if time.perf_counter() > until and (at < len(item) or i + 1 < len(items)):
+                    return ([item[at:]] if at < len(item) else []) + items[i + 1:]
+        return []
 
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -599,30 +642,31 @@ class Supervisor:
             return str(e) or "connection lost"
 
     async def _pump_native(self, pid: int, link: _NativeLink) -> str | None:
-        """The same for an engine on the fast lane: what the lane's thread did not
-        forward itself, in order.  The peer stays *held* (nothing of it goes
+        """An engine on the fast lane: the lane's watcher hands the router what the
+        lane queued; this task takes over what it left (a flood), a TURN at a time,
+        and returns when the stream ends.  The peer stays *held* (nothing of it goes
         natively) until everything taken was handled: then `release`."""
         while True:
+            if link.end is not _OPEN:
+                return link.end
+            if not link.pending:
+                link.wake = trio.Event()
+                await link.wake.wait()
+                if not link.busy and link.end is _OPEN:   # woken while paused: take
+                    link.pending = self.lane.take(pid)
+                    link.busy = bool(link.pending)
+                continue
             if self.audit is not None and not self.audit.room.is_set():
                 await self.audit.room.wait()
-            items = await link.receive()
-            for item in items:
-                if item is None:
-                    return None
-                if isinstance(item, int):
-                    return os.strerror(item) or "connection lost"
-                for at in range(0, len(item), SLICE):
-                    try:
-                        self._perform(self.router.receive(pid, item[at:at + SLICE]
-                                                          if len(item) > SLICE else item))
-                    except Exception as e:  # noqa: BLE001 - no peer's input may end the system
-                        self._fault(pid, e)
-                        return "cut off after an internal error"
-                    if pid not in self.router.peers:
-                        return "broke the protocol"
-                    if time.perf_counter() - link.turn > TURN:
-                        await trio.lowlevel.checkpoint()
-                        link.turn = time.perf_counter()
+            items, link.pending = link.pending, []
+            rest = self._feed(pid, link, items, time.perf_counter() + TURN)
+            if rest is None:
+                continue
+            link.pending = rest or self.lane.take(pid)
+            if link.pending:
+                await trio.lowlevel.checkpoint()
+                continue
+            link.busy = False
             self.lane.release(pid)
 
     async def _may_read(self, link: _Link):
@@ -859,14 +903,22 @@ class Supervisor:
         self._external += 1
         limits = self.system.external_limits or Limits()
         pid = self.router.add_external()
-        link = _Link(stream, limits)
+        if self.lane is not None:
+            framer = self.router.peers[pid].conn._framer
+            self.lane.add(pid, stream.socket.fileno(), R.queue_soft_limit(limits),
+                          R.queue_hard_limit(limits), framer.max_words, framer.max_segments,
+                          limits.message_size, limits.in_flight, True)
+            self.router.lane_peer(pid)
+            link = _NativeLink(self.lane, pid, limits)
+        else:
+            link = _Link(stream, limits)
         self.links[pid] = link
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
                 await self._pump(pid, link)
                 self._perform(self.router.disconnected(pid, "external client disconnected"))
-                await link.send.aclose()
+                await link.aclose()
         finally:
             self._external -= 1
             self.links.pop(pid, None)

@@ -7,7 +7,8 @@
  * protocol.Connection accept, and reads the same values:
  *   - one segment; every pointer on the way a near pointer inside it;
  *   - a Call to an imported capability (no promise target), results sent to
- *     the caller, no tail-call or pipelining hints; or a Return with results;
+ *     the caller, no tail-call or pipelining hints; a Return with results;
+ *     or a Finish;
  *   - an empty capability table (or none);
  *   - content that is null, a capability pointer of index only, or a near
  *     struct or list pointer whose object lies inside the segment, and whose
@@ -26,6 +27,7 @@
 #define FW_NOT_PLAIN 0
 #define FW_CALL 1
 #define FW_RETURN 2
+#define FW_FINISH 3
 
 #define FW_TRAVERSAL_LIMIT 65536u /* rpcwire.TRAVERSAL_LIMIT_WORDS */
 #define FW_MAX_CAPS 256u          /* rpcwire.MAX_CAPS_PER_MESSAGE */
@@ -37,12 +39,14 @@
 #define FW_RETURN_CONTENT 6
 
 typedef struct {
-  int which;             /* FW_CALL or FW_RETURN */
+  int which;             /* FW_CALL, FW_RETURN or FW_FINISH */
   uint32_t id;           /* question id (call) or answer id (return) */
   uint32_t import_id;    /* call: the target */
   uint64_t interface_id; /* call */
   uint32_t method_id;    /* call */
   int no_finish;         /* return: noFinishNeeded */
+  int release;           /* finish: releaseResultCaps */
+  int64_t content_at;    /* word of the content pointer; -1: the payload has none */
   int content;           /* 0: none or null, 1: near object, 2: capability pointer */
   uint64_t content_word; /* 1: the pointer (its kind and size); 2: the pointer itself */
   uint64_t content_start;/* 1: first word of the object (a struct list: its tag) */
@@ -90,12 +94,13 @@ static int fw_decode(const uint8_t *seg, uint64_t n, fw_plain *o) {
   uint64_t s, w, dw, pc, spent, w0, payload = 0;
   int has_payload = 0;
   memset(o, 0, sizeof *o);
+  o->content_at = -1;
   if (fw_resolve(seg, n, 0, &k, &s, &w) != 1 || k != 0) return FW_NOT_PLAIN;
   dw = (w >> 32) & 0xFFFF;
   pc = w >> 48;
   if (!dw || !pc) return FW_NOT_PLAIN;
   unsigned which = (unsigned)(fw_word(seg, s) & 0xFFFF);
-  if (which != 2 && which != 3) return FW_NOT_PLAIN;
+  if (which != 2 && which != 3 && which != 4) return FW_NOT_PLAIN;
   spent = dw + pc + 2;
   if (fw_resolve(seg, n, s + dw, &k, &s, &w) != 1 || k != 0) return FW_NOT_PLAIN;
   dw = (w >> 32) & 0xFFFF;
@@ -103,6 +108,11 @@ static int fw_decode(const uint8_t *seg, uint64_t n, fw_plain *o) {
   spent += dw + pc + 2;
   w0 = dw ? fw_word(seg, s) : 0;
   o->id = (uint32_t)(w0 & 0xFFFFFFFF);
+  if (which == 4) { /* Finish: questionId, releaseResultCaps (stored XOR true) */
+    o->which = FW_FINISH;
+    o->release = !((w0 >> 32) & 1);
+    return FW_FINISH;
+  }
   if (which == 2) { /* Call */
     uint64_t w2 = dw >= 3 ? fw_word(seg, s + 2) : 0, ts, tw;
     if ((w0 >> 48) || (w2 & 7) || !pc) return FW_NOT_PLAIN;
@@ -122,6 +132,7 @@ static int fw_decode(const uint8_t *seg, uint64_t n, fw_plain *o) {
   } else { /* Return */
     if ((w0 >> 48) != 0) return FW_NOT_PLAIN; /* exception, canceled, ...: Python's */
     o->which = FW_RETURN;
+    o->release = !((w0 >> 32) & 1); /* releaseParamCaps */
     o->no_finish = (int)((w0 >> 33) & 1);
     if (pc) {
       payload = s + dw;
@@ -162,6 +173,7 @@ static int fw_decode(const uint8_t *seg, uint64_t n, fw_plain *o) {
   if (spent > FW_TRAVERSAL_LIMIT) return FW_NOT_PLAIN;
   if (has_content) { /* protocol.Connection._payload's checks */
     uint64_t cs, cw;
+    o->content_at = (int64_t)content_at;
     if (content_at == 0) return FW_NOT_PLAIN; /* aliases the root: a protocol error */
     int r = fw_resolve(seg, n, content_at, &k, &cs, &cw);
     if (r == 1) {
@@ -233,6 +245,106 @@ static uint64_t fw_forward(uint8_t *out, const uint8_t *seg, uint64_t n, const f
     fw_put(h, at, o->content_word);
   }
   return 8 + 8 * total;
+}
+
+/* ------------------------------------------------------------ the guest's copy */
+
+/* wire.single_segment_copy for one segment: the object the pointer at word
+ * `loc` reaches, copied in pre-order into a new single segment.  `out` has
+ * room for `room` words (word 0 is the root pointer); the result is the word
+ * count, or -1 for anything wire.py would refuse and anything this does not
+ * do (a far pointer): the Python copy then runs and gives the exact answer. */
+typedef struct {
+  uint8_t *out;
+  uint64_t len, room;
+  int64_t budget;
+  const uint8_t *seg;
+  uint64_t n;
+} fw_copy_t;
+
+#define FW_MAX_NESTING 64 /* wire.MAX_NESTING */
+
+static int fw_charge(fw_copy_t *c, uint64_t n) {
+  c->budget -= (int64_t)(n ? n : 1);
+  return c->budget < 0 ? -1 : 0;
+}
+
+static int fw_alloc(fw_copy_t *c, uint64_t words, uint64_t *at) {
+  if (words > c->room - c->len) return -2; /* out of room: the caller retries with more */
+  *at = c->len;
+  memset(c->out + 8 * c->len, 0, 8 * words);
+  c->len += words;
+  return 0;
+}
+
+static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
+  if (src >= c->n) return -1;
+  uint64_t W = fw_word(c->seg, src);
+  if (!W) return 0;
+  if (depth >= FW_MAX_NESTING) return -1;
+  unsigned kind = W & 3;
+  if (kind == 3) {
+    if (W & 0xFFFFFFFC) return -1;
+    fw_put(c->out, dst, W);
+    return 0;
+  }
+  int k;
+  uint64_t start, w, at, size;
+  if (fw_resolve(c->seg, c->n, src, &k, &start, &w) != 1) return -1; /* far: Python's */
+  if (k == 0) {
+    uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
+    int e;
+    if (fw_charge(c, data + ptrs)) return -1;
+    if ((e = fw_alloc(c, data + ptrs, &at))) return e;
+    memcpy(c->out + 8 * at, c->seg + 8 * start, 8 * data);
+    fw_put(c->out, dst, fw_near(dst, at, w));
+    for (uint64_t i = 0; i < ptrs; i++)
+      if ((e = fw_copy_ptr(c, start + data + i, at + data + i, depth + 1))) return e;
+    return 0;
+  }
+  uint64_t esz = (w >> 32) & 7, count = w >> 35;
+  int e;
+  if (esz == 7) {
+    uint64_t tag = fw_word(c->seg, start);
+    uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
+    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count) return -1;
+    uint64_t words = cnt * (data + ptrs);
+    if (fw_charge(c, cnt + words)) return -1;
+    if ((e = fw_alloc(c, 1 + words, &at))) return e;
+    fw_put(c->out, at, tag);
+    for (uint64_t i = 0; i < cnt; i++) {
+      uint64_t es = start + 1 + i * (data + ptrs), ed = at + 1 + i * (data + ptrs);
+      memcpy(c->out + 8 * ed, c->seg + 8 * es, 8 * data);
+      for (uint64_t j = 0; j < ptrs; j++)
+        if ((e = fw_copy_ptr(c, es + data + j, ed + data + j, depth + 1))) return e;
+    }
+    size = (7 | (words << 3)) << 32;
+  } else if (esz == 6) {
+    if (fw_charge(c, count)) return -1;
+    if ((e = fw_alloc(c, count, &at))) return e;
+    for (uint64_t i = 0; i < count; i++)
+      if ((e = fw_copy_ptr(c, start + i, at + i, depth + 1))) return e;
+    size = w & ~0xFFFFFFFFull;
+  } else {
+    uint64_t words = fw_object_words(w);
+    if (fw_charge(c, words > count / 64 ? words : count / 64)) return -1;
+    if ((e = fw_alloc(c, words, &at))) return e;
+    memcpy(c->out + 8 * at, c->seg + 8 * start, 8 * words);
+    size = w & ~0xFFFFFFFFull;
+  }
+  fw_put(c->out, dst, fw_near(dst, at, 1 | size));
+  return 0;
+}
+
+/* The copy: -1 (refused: Python's copy decides), -2 (out of room), or the
+ * number of words written to out (at least 1, the root pointer) */
+static int64_t fw_copy(const uint8_t *seg, uint64_t n, uint64_t loc, int has_loc, int64_t max_words,
+                       uint8_t *out, uint64_t room) {
+  fw_copy_t c = {out, 1, room, max_words, seg, n};
+  if (!room) return -2;
+  memset(out, 0, 8);
+  int e = has_loc ? fw_copy_ptr(&c, loc, 0, 0) : 0;
+  return e ? e : (int64_t)c.len;
 }
 
 #endif
