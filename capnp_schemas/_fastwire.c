@@ -66,7 +66,7 @@ static PyObject *fw_py_copy(PyObject *mod, PyObject *args) {
     uint64_t n = (uint64_t)b.len / 8;
     uint64_t room = 2 * n + 16;
     for (;;) {
-      if ((long long)room > max_words + 1) room = (uint64_t)max_words + 1;
+      if (room > (uint64_t)max_words + 1) room = (uint64_t)max_words + 1;
       PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 + 8 * room));
       if (!buf) break;
       uint8_t *p = (uint8_t *)PyBytes_AS_STRING(buf);

@@ -232,6 +232,7 @@ typedef struct Peer {
   int write_closed; /* writing failed: output is dropped */
   int held, ok, raw, in_ready, dirty;
   int external;     /* an external client: returns keep their answer until its Finish */
+  int lost;         /* errno: input was dropped (out of memory); take() ends the stream with it */
   uint32_t events;
   Buf in, out;
   Item *qhead, *qtail;
@@ -341,21 +342,38 @@ static Item *new_item(Peer *P, int kind) {
   return it;
 }
 
-static void to_python(Lane *L, Peer *P, const uint8_t *d, size_t n) {
-  Item *it = P->qtail && P->qtail->kind == ITEM_BYTES ? P->qtail : new_item(P, ITEM_BYTES);
-  if (it) {
-    buf_put(&it->data, d, n);
-    P->qbytes += n;
-  }
+/* Out of memory for what the peer sent: nothing more is read from it, and once
+ * Python has taken what is queued, the stream ends with an error (fail closed:
+ * never a message silently missing from the middle of a stream). */
+static void lose_input(Lane *L, Peer *P, int err) {
+  if (!P->lost) P->lost = err;
+  P->closed = 1;
   P->held = 1;
+  epoll_set(L, P);
+  signal_python(L, P);
+}
+
+static void to_python(Lane *L, Peer *P, const uint8_t *d, size_t n) {
   L->c_to_python++;
+  if (P->lost) return;
+  Item *it = P->qtail && P->qtail->kind == ITEM_BYTES ? P->qtail : new_item(P, ITEM_BYTES);
+  if (!it || buf_put(&it->data, d, n)) {
+    lose_input(L, P, ENOMEM);
+    return;
+  }
+  P->qbytes += n;
+  P->held = 1;
   signal_python(L, P);
 }
 
 static void end_of_input(Lane *L, Peer *P, int err) {
   if (P->closed) return;
   Item *it = new_item(P, err ? ITEM_ERROR : ITEM_EOF);
-  if (it) it->err = err;
+  if (!it) {
+    lose_input(L, P, err ? err : ENOMEM);
+    return;
+  }
+  it->err = err;
   P->closed = 1;
   P->held = 1;
   epoll_set(L, P);
@@ -749,8 +767,9 @@ static void Lane_dealloc(Lane *L) {
   Py_TYPE(L)->tp_free((PyObject *)L);
 }
 
-/* add(pid, fd, soft, hard, max_words, max_segments, message_size, in_flight): the lane
- * takes its own duplicate of fd */
+/* add(pid, fd, soft, hard, max_words, max_segments, message_size, in_flight[, external]):
+ * the lane owns fd from now on (it closes it in remove); if add raises, the caller
+ * still owns it */
 static PyObject *Lane_add(Lane *L, PyObject *args) {
   long pid;
   int fd;
@@ -761,14 +780,11 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
                         &message_size, &in_flight, &external))
     return NULL;
   if (pid < 0 || pid > 0x7FFFFFFF) return PyErr_Format(PyExc_ValueError, "bad peer id %ld", pid);
-  int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (own < 0) return PyErr_SetFromErrno(PyExc_OSError);
-  fcntl(own, F_SETFL, fcntl(own, F_GETFL) | O_NONBLOCK);
+  int own = fd;
+  if (fcntl(own, F_SETFL, fcntl(own, F_GETFL) | O_NONBLOCK) < 0)
+    return PyErr_SetFromErrno(PyExc_OSError);
   Peer *P = calloc(1, sizeof *P);
-  if (!P) {
-    close(own);
-    return PyErr_NoMemory();
-  }
+  if (!P) return PyErr_NoMemory();
   P->pid = (int)pid;
   P->fd = own;
   P->soft = soft;
@@ -787,6 +803,7 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
     Peer **p = realloc(L->peers, n * sizeof *p);
     if (!p) {
       UNLOCK(L);
+      P->fd = -1; /* still the caller's */
       free_peer(L, P);
       return PyErr_NoMemory();
     }
@@ -796,6 +813,7 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   }
   if (L->peers[pid]) {
     UNLOCK(L);
+    P->fd = -1;
     free_peer(L, P);
     return PyErr_Format(PyExc_ValueError, "peer %ld is in the fast lane already", pid);
   }
@@ -930,6 +948,12 @@ static PyObject *Lane_take(Lane *L, PyObject *args) {
         P->closed = 1;
         epoll_set(L, P);
       }
+    }
+    if (out && P->lost) { /* input was dropped: the stream ends here, with the reason */
+      PyObject *v = PyLong_FromLong(P->lost);
+      if (!v || PyList_Append(out, v)) Py_CLEAR(out);
+      Py_XDECREF(v);
+      P->lost = 0;
     }
   }
   UNLOCK(L);

@@ -516,18 +516,9 @@ class Supervisor:
         pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
         self._peer_of[comp.name] = pid
         self.nursery.start_soon(self._watch_start, comp, pid, proc)
-        if self.lane is not None:
-            framer = self.router.peers[pid].conn._framer
-            try:
-                self.lane.add(pid, ours.fileno(), R.queue_soft_limit(comp.limits),
-                              R.queue_hard_limit(comp.limits), framer.max_words,
-                              framer.max_segments, comp.limits.message_size,
-                              comp.limits.in_flight)
-            finally:
-                ours.close()                 # the lane holds its own descriptor
-            self.router.lane_peer(pid)
-            link = _NativeLink(self.lane, pid, comp.limits)
-        else:
+        link = self._lane_link(pid, ours, comp.limits, external=False) \
+            if self.lane is not None else None
+        if link is None:
             link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
@@ -536,6 +527,27 @@ class Supervisor:
                                 stderr_done)
         self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done)
         self._perform(effects)
+
+    def _lane_link(self, pid: int, sock, limits: Limits, external: bool):
+        """Hand a peer's socket to the fast lane (it owns the descriptor from then
+        on); None if the lane cannot take it (the peer then runs on trio's)."""
+        framer = self.router.peers[pid].conn._framer
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:                  # no descriptor to spare: trio's socket it is
+            return None
+        try:
+            self.lane.add(pid, fd, R.queue_soft_limit(limits), R.queue_hard_limit(limits),
+                          framer.max_words, framer.max_segments, limits.message_size,
+                          limits.in_flight, external)
+        except (OSError, MemoryError, ValueError) as e:
+            os.close(fd)
+            self.tell_once("lane-add", f"note: a connection stays off the native path "
+                                       f"({type(e).__name__}: {first_line(e)})")
+            return None
+        sock.close()                     # the lane's descriptor is the only one now
+        self.router.lane_peer(pid)
+        return _NativeLink(self.lane, pid, limits)
 
     async def _open_grants(self, comp) -> dict:
         """Open the files and directories a compartment is granted, off the event loop."""
@@ -903,14 +915,9 @@ class Supervisor:
         self._external += 1
         limits = self.system.external_limits or Limits()
         pid = self.router.add_external()
-        if self.lane is not None:
-            framer = self.router.peers[pid].conn._framer
-            self.lane.add(pid, stream.socket.fileno(), R.queue_soft_limit(limits),
-                          R.queue_hard_limit(limits), framer.max_words, framer.max_segments,
-                          limits.message_size, limits.in_flight, True)
-            self.router.lane_peer(pid)
-            link = _NativeLink(self.lane, pid, limits)
-        else:
+        link = self._lane_link(pid, stream.socket, limits, external=True) \
+            if self.lane is not None else None
+        if link is None:
             link = _Link(stream, limits)
         self.links[pid] = link
         try:

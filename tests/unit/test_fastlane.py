@@ -8,6 +8,7 @@ Python installs, taken down synchronously (revocation under load, with calls
 in flight), one set of open answer ids, native calls taken over by Python
 when their return is not plain, and peers that go away.
 """
+import os
 import select
 import socket
 import struct
@@ -48,10 +49,9 @@ class Engine:
         self.sock = theirs
         self.pid, effects = sup.router.add_engine(name, list(grants), {})
         limits = sup.router.peers[self.pid].limits
-        sup.lane.add(self.pid, ours.fileno(), R.queue_soft_limit(limits),
+        sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
                      R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
                      512, limits.message_size, limits.in_flight)
-        ours.close()
         sup.router.lane_peer(self.pid)
         sup.engines[self.pid] = self
         sup.perform(effects)
@@ -463,3 +463,62 @@ def test_natively_forwarded_calls_are_audited(sup):
     assert all(r["caller"] == "app" and r["capability"] == "app.calc" and r["method"] == "add"
                and r["interface"] == "Calc" and r["outcome"] == "returned" for r in records)
     assert s.lane.stats()["calls"] == 9
+
+
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_the_lane_owns_a_descriptor_only_once_add_succeeds():
+    lane = fastlane.Lane()
+    try:
+        ours, theirs = socket.socketpair()
+        fd = ours.detach()
+        with pytest.raises(ValueError):          # a bad peer id: the caller still owns fd
+            lane.add(-1, fd, 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+        assert _fd_open(fd)
+        lane.add(7, fd, 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+        other = socket.socketpair()
+        fd2 = other[0].detach()
+        with pytest.raises(ValueError):          # already in the lane: fd2 stays the caller's
+            lane.add(7, fd2, 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+        assert _fd_open(fd2)
+        os.close(fd2)
+        other[1].close()
+        lane.remove(7)                           # the lane closes what it owned
+        assert not _fd_open(fd)
+        theirs.settimeout(2)
+        assert theirs.recv(1) == b""             # the peer sees the end of the stream
+        theirs.close()
+    finally:
+        lane.stop()
+
+
+def test_a_peer_the_lane_cannot_take_runs_on_trio(monkeypatch):
+    from supervisor import runtime
+    from supervisor.policy import Limits
+
+    class Refusing:
+        def add(self, *a):
+            raise OSError(24, "Too many open files")
+
+    said = []
+    fake = type("S", (), {})()
+    fake.lane = Refusing()
+    fake.router = type("Rt", (), {})()
+    fake.router.peers = {3: type("Pr", (), {"conn": P.Connection("x")})()}
+    fake.tell_once = lambda key, text: said.append(text)
+    a, b = socket.socketpair()
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        assert runtime.Supervisor._lane_link(fake, 3, a, Limits(), external=False) is None
+        assert set(os.listdir("/proc/self/fd")) == before   # the duplicate was closed
+        assert a.fileno() >= 0                              # and the socket is still ours
+        assert said and "native path" in said[0]
+    finally:
+        a.close()
+        b.close()
