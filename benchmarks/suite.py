@@ -455,6 +455,159 @@ def bare_python(n: int) -> dict:
             "pss_mib": statistics.median(p for _, p in mem)}
 
 
+# ---------------------------------------------------------------- memory protection
+
+def protect_bench(cfg: dict, d: str) -> dict:
+    """Memory protection (docs/memory-protection.md): a memory-heavy guest (sort,
+    copies: protect_guest.c) with and without it, and what applying it costs at
+    start.  Each round times every variant once, interleaved, in CPU time (other
+    processes on the machine take turns, not this one's instructions), and takes
+    the ratio to its unprotected twin within the round: the median over rounds is
+    reported, and the ratio of the variants' fastest rounds.  Both twins of the
+    plain build run one compiled module; the bulk-memory build's protected twin
+    runs the module with checks.  Fuel (wasm instructions executed) is the same
+    comparison without noise."""
+    import ctypes
+
+    import wasmtime
+
+    from compartments import protect, wasm
+    from supervisor import toolchain
+    src = os.path.join(HERE, "protect_guest.c")
+    data = {}
+    for kind, extra in (("", ()), ("bulk", ("-mbulk-memory", "-ftls-model=local-exec"))):
+        out = toolchain.build([src], os.path.join(d, f"guest{kind}.wasm"), reactor=True,
+                              extra=extra)
+        with open(out, "rb") as f:
+            data[kind] = f.read()
+    engine = wasmtime.Engine(wasm.engine_config())
+    setting = protect.Setting(protect.AUTO, protect.AUTO)
+
+    def prepared(raw):
+        t = time.perf_counter()
+        checked, layout = protect.prepare(raw, setting, protect.STATIC_MEMORY)
+        return checked, layout, time.perf_counter() - t
+
+    variants = {}
+    prep = {}
+    fuel = {}
+    for kind in data:
+        checked, layout, prep[kind] = prepared(data[kind])
+        regions = protect.regions_of(layout)
+        plain = wasmtime.Module(engine, data[kind])
+        for name, module, reg in ((f"plain{kind}", plain, None), (f"protected{kind}", plain
+                                  if checked is data[kind] else wasmtime.Module(engine, checked),
+                                  regions)):
+            store = wasmtime.Store(engine)
+            store.set_fuel((1 << 63) - 1)
+            store.set_limits(memory_size=protect.STATIC_MEMORY)
+            ex = wasmtime.Instance(store, module, []).exports(store)
+            ex["_initialize"](store)
+            if reg is not None:
+                protect.enforce(reg, store, ex["memory"])
+            variants[name] = (store, ex["work"])
+    sums = {}
+    for name, (store, work) in variants.items():
+        before = store.get_fuel()
+        sums[name] = work(store, cfg["sort_n"])
+        fuel[name] = before - store.get_fuel()
+    if len(set(sums.values())) != 1:
+        raise RuntimeError(f"the variants computed different results: {sums}")
+    rounds = {name: [] for name in variants}
+    for i in range(cfg["protect_rounds"]):
+        order = list(variants) if i % 2 == 0 else list(reversed(variants))
+        for name in order:
+            store, work = variants[name]
+            t = time.thread_time()
+            work(store, cfg["sort_n"])
+            rounds[name].append(time.thread_time() - t)
+
+    def ratio(a, b):
+        values = [x / y for x, y in zip(rounds[a], rounds[b])]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values),
+                "fastest": min(rounds[a]) / min(rounds[b])}
+    out = {"n": cfg["sort_n"], "rounds": cfg["protect_rounds"],
+           "guest_ms": {k: statistics.median(v) * 1000 for k, v in rounds.items()},
+           "fuel": fuel,
+           "ratios": {"protected_vs_plain": ratio("protected", "plain"),
+                      "protected_bulk_vs_plain_bulk": ratio("protectedbulk", "plainbulk")}}
+    for key, a, b in (("protected_vs_plain", "protected", "plain"),
+                      ("protected_bulk_vs_plain_bulk", "protectedbulk", "plainbulk")):
+        out["ratios"][key]["fuel"] = fuel[a] / fuel[b]
+    out["host_call"] = _protected_host_calls(cfg, d)
+    # start-up: applying protection to a fresh instance, against instantiating it
+    checked, layout, _t = prepared(data["bulk"])
+    module, regions = wasmtime.Module(engine, checked), protect.regions_of(layout)
+    inst_t, enforce_t = [], []
+    for _ in range(cfg["protect_instances"]):
+        store = wasmtime.Store(engine)
+        t = time.perf_counter()
+        ex = wasmtime.Instance(store, module, []).exports(store)
+        memory = ex["memory"]
+        t1 = time.perf_counter()
+        protect.enforce(regions, store, memory)
+        enforce_t.append(time.perf_counter() - t1)
+        inst_t.append(t1 - t)
+        ctypes.addressof(memory.data_ptr(store).contents)
+        store.close()
+    compile_t = []
+    for _ in range(3):
+        t = time.perf_counter()
+        wasmtime.Module(engine, data["bulk"])
+        compile_t.append(time.perf_counter() - t)
+    out["startup"] = {
+        "instantiate_us": statistics.median(inst_t) * 1e6,
+        "enforce_us": statistics.median(enforce_t) * 1e6,
+        "enforce_vs_instantiate": statistics.median(enforce_t) / statistics.median(inst_t),
+        "prepare_ms": prep["bulk"] * 1000, "compile_ms": min(compile_t) * 1000,
+        "prepare_vs_compile": prep["bulk"] / min(compile_t),
+        "module_kib": len(data["bulk"]) / 1024}
+    return out
+
+
+def _protected_host_calls(cfg: dict, d: str) -> dict:
+    """A guest -> host call (wsuper.lookup, answered in the engine) in a real Engine,
+    with and without protection: the cost of the check every guest pointer passes."""
+    from compartments import protect
+    from compartments.engine import Engine
+    from compartments.spec import EngineSpec
+    from compartments.unchecked import TypedFunc
+    path = os.path.join(d, "lookups.wat")
+    with open(path, "w") as f:
+        f.write("""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8192) "nothing")
+  (func (export "lookups") (param $n i32) (result i32) (local $s i32)
+    (block $d (loop $l (br_if $d (i32.eqz (local.get $n)))
+      (local.set $s (i32.add (local.get $s) (call $lookup (i32.const 8192) (i32.const 7))))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br $l)))
+    (local.get $s)))""")
+    calls = {}
+    for name, setting in (("plain", None), ("protected", protect.Setting(4096, protect.NONE))):
+        a, b = socket.socketpair()
+        engine = Engine(a, EngineSpec("bench", path, protect=setting))
+        assert (engine.regions is not None) == (setting is not None)
+        engine.store.set_fuel((1 << 63) - 1)
+        calls[name] = (TypedFunc(engine.store, engine.instance.exports(engine.store)["lookups"],
+                                 ("i32",), ("i32",)), (a, b))
+    n = cfg["micro_calls"]
+    rounds = {name: [] for name in calls}
+    for i in range(cfg["protect_rounds"]):
+        for name in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+            t = time.thread_time()
+            calls[name][0](n)
+            rounds[name].append((time.thread_time() - t) / n)
+    for _f, socks in calls.values():
+        for s in socks:
+            s.close()
+    values = [p / q for p, q in zip(rounds["protected"], rounds["plain"])]
+    return {"plain_us": statistics.median(rounds["plain"]) * 1e6,
+            "protected_us": statistics.median(rounds["protected"]) * 1e6,
+            "ratio": {"median": statistics.median(values), "min": min(values),
+                      "max": max(values)}}
+
+
 # ---------------------------------------------------------------- sections
 
 def latency_round(cfg: dict, d: str) -> dict:
@@ -509,6 +662,8 @@ def section(name: str, cfg: dict) -> dict:
             return _aggregate([latency_round(cfg, d) for _ in range(cfg["rounds"])])
         if name == "engine":
             return engine_micro(cfg["micro_calls"])
+        if name == "protect":
+            return protect_bench(cfg, d)
         if name == "startup":
             out = {"cold_start_one": cold_start_one(cfg["restarts"], d),
                    "bare_python": bare_python(cfg["bare"])}
@@ -543,10 +698,11 @@ CONFIGS = {
     "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
              "batched_calls": 300000,
              "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000],
-             "layers": 50},
+             "layers": 50, "sort_n": 1 << 18, "protect_rounds": 21, "protect_instances": 200},
     "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
               "batched_calls": 5000,
-              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3},
+              "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3,
+              "sort_n": 1 << 12, "protect_rounds": 3, "protect_instances": 10},
 }
 
 
@@ -567,6 +723,7 @@ def run(quick: bool) -> dict:
               "two_core": {"latency": _child("latency", cfg, False)},
               "one_core": {"latency": _child("latency", cfg, True)},
               "engine": _child("engine", cfg, False),
+              "protect": _child("protect", cfg, False),
               "startup": _child("startup", cfg, False)}
     result["seconds"] = time.perf_counter() - t
     return result
@@ -610,6 +767,12 @@ TARGETS = [
     ("guest -> host call", lambda r: r["engine"]["wasm_to_host_us"], 3.0, "<=", "us"),
     ("fresh instance per call: instantiation", lambda r: r["engine"]["fresh_instance_us"],
      50.0, "<=", "us"),
+    ("memory-heavy guest, protected / unprotected (CPU, fastest rounds)", lambda r: r[
+        "protect"]["ratios"]["protected_vs_plain"]["fastest"], 1.01, "<=", "x"),
+    ("... built with bulk memory: inserted checks (CPU, fastest rounds)", lambda r: r[
+        "protect"]["ratios"]["protected_bulk_vs_plain_bulk"]["fastest"], 1.01, "<=", "x"),
+    ("... built with bulk memory: inserted checks (wasm instructions)", lambda r: r[
+        "protect"]["ratios"]["protected_bulk_vs_plain_bulk"]["fuel"], 1.01, "<=", "x"),
 ]
 
 
@@ -695,6 +858,27 @@ def table(r: dict) -> str:
         what = "one compartment, request → ready" if key == "cold_start_one" else \
             f"{key[5:]} compartments ready, per compartment"
         lines.append(f"| {what} | {_f(v)} |")
+    p = r["protect"]
+    lines += ["", f"| memory protection: sort + copies of {p['n']} numbers, median of "
+              f"{p['rounds']} interleaved rounds | ratio [min..max] |", "|---|---|"]
+    for key, label in (("protected_vs_plain", "protected / unprotected"),
+                       ("protected_bulk_vs_plain_bulk", "built with -mbulk-memory: protected "
+                        "(inserted checks) / unprotected")):
+        v = p["ratios"][key]
+        lines.append(f"| {label}: CPU time | {v['median']:.3f} [{v['min']:.3f}.."
+                     f"{v['max']:.3f}]; fastest rounds {v['fastest']:.3f} |")
+        lines.append(f"| {label}: wasm instructions (fuel) | {v['fuel']:.5f} |")
+    h = p["host_call"]
+    lines.append(f"| a guest → host call passing a pointer (wsuper.lookup): "
+                 f"{_f(h['protected_us'])} µs protected / {_f(h['plain_us'])} µs | "
+                 f"{h['ratio']['median']:.3f} [{h['ratio']['min']:.3f}.."
+                 f"{h['ratio']['max']:.3f}] |")
+    ps = p["startup"]
+    lines += [f"| applying it to a fresh instance: {_f(ps['enforce_us'])} µs / instantiating "
+              f"it: {_f(ps['instantiate_us'])} µs | {_f(ps['enforce_vs_instantiate'])} |",
+              f"| preparing a {_f(ps['module_kib'])} KiB module (layout, checks): "
+              f"{_f(ps['prepare_ms'])} ms / compiling it: {_f(ps['compile_ms'])} ms | "
+              f"{_f(ps['prepare_vs_compile'])} |"]
     lay = s["confine_layers_us"]
     lines += ["", f"| an engine's start, step by step (median of {lay['n']}) | µs |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in lay.items() if k != "n"]

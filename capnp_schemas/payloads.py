@@ -10,6 +10,7 @@ from capnp.lib.capnp import _StructModule
 
 from . import engine as engine_schema, wire
 from .protocol import Content
+from .text import first_line
 
 
 def method_structs(iface, method: str) -> tuple:
@@ -91,7 +92,7 @@ def read(struct_module, content: Content, max_words: int) -> dict:
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - pycapnp raises KjException, ValueError, ...
-        raise DecodeError(_first(e)) from None
+        raise DecodeError(first_line(e)) from None
 
 
 _PLANS: dict[int, tuple] = {}
@@ -228,8 +229,3 @@ def _fill(builder, values: dict):
             _fill(builder.init(name), value)
         else:
             setattr(builder, name, value)
-
-
-def _first(e) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -36,6 +36,7 @@ from . import rpc, rpcwire, wire
 from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
                       CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
                       TRAVERSAL_LIMIT_WORDS)
+from .text import first_line
 
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
@@ -833,9 +834,9 @@ def _set_transform(pa, transform):
 
 
 def _short(e) -> str:
-    """One line naming what went wrong (the exception's class, when it is not
+    """One line naming what went wrong (with the exception's class, when it is not
     one of the decoders' own errors)."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    if not isinstance(e, (wire.WireError, capnp.KjException)):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text[:200]
+    if isinstance(e, (wire.WireError, capnp.KjException)):
+        return first_line(e, 200)
+    return f"{type(e).__name__}: {first_line(e, 200)}" if str(e).strip() \
+        else type(e).__name__

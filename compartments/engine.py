@@ -44,8 +44,9 @@ import wasmtime
 
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
+from capnp_schemas.text import first_line as _first_line
 
-from . import abi, confine, unchecked, wasi, wasm
+from . import abi, confine, protect, unchecked, wasi, wasm
 from .spec import EngineSpec
 from .unchecked import TypedFunc
 
@@ -151,7 +152,8 @@ class _Frame:
 
 #: What belongs to one instance of the module; instance = "per_call" gives each
 #: call a fresh set (Engine._fresh_instance) and puts the outer one back after.
-_INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_wasi_fns")
+_INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_wasi_fns",
+                   "_memory_base")
 
 
 class Engine:
@@ -185,16 +187,23 @@ class Engine:
         self._grant_handles: HandleTable | None = None   # per_call: each call starts here
         self._wasi_fns: dict = {}
         self.call_times: list[int] | None = [] if spec.stats else None  # ns per outgoing call
+        self.regions: protect.Regions | None = None     # memory protection: see _protect
+        self._memory_base = None
         self._load(module, wasm_engine, description)
 
     # ------------------------------------------------------------ wasm
 
     def _load(self, module, wasm_engine, description):
         path = self.spec.module
+        layout = None
         if module is None:
             wasm_engine = wasmtime.Engine(wasm.engine_config())
             try:
-                module = wasm.compile_module(wasm_engine, path)
+                if self.spec.protect is None:
+                    module = wasm.compile_module(wasm_engine, path)
+                else:
+                    module, layout = protect.compile_module(wasm_engine, path, self.spec.protect,
+                                                            self.limits.memory)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
             description = None
@@ -203,6 +212,9 @@ class Engine:
             problem, description = wasm.describe(module)
             if problem:
                 raise EngineError(f"module {path} {problem}")
+            if layout is not None:
+                description = wasm.Description(description.wasi, description.exports,
+                                               layout.to_json())
         export_types = description.exports
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
@@ -225,6 +237,8 @@ class Engine:
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        if self.spec.protect is not None:
+            self._protect(description.protect)
         typed = lambda name, sig: self._typed(exports, name, sig, export_types)  # noqa: E731
         self.start_func = typed(abi.EXPORT_START, ((), ()))
         self.initialize = typed(abi.EXPORT_INITIALIZE, ((), ()))
@@ -233,6 +247,21 @@ class Engine:
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
+
+    def _protect(self, layout):
+        """Memory protection (compartments/protect.py): the regions resolved where the
+        module was compiled for this compartment, enforced on this first instance."""
+        path = self.spec.module
+        try:
+            if layout is None:          # not compiled for protection: refuse, never guess
+                raise protect.ProtectError("protect", "the module was not prepared for it")
+            self.regions = protect.regions_of(protect.Layout.from_json(layout))
+            if self.regions is not None:
+                self._memory_base = protect.enforce(self.regions, self.store, self.memory)
+        except protect.ProtectError as e:
+            raise EngineError(f"module {path}: {e.key}: {e}") from None
+        except (ValueError, OSError) as e:
+            raise EngineError(f"cannot protect the memory of {path}: {e}") from None
 
     def _new_store(self, fuel: int) -> wasmtime.Store:
         store = wasmtime.Store(self.wasm_engine)
@@ -285,8 +314,9 @@ class Engine:
 
     # ------------------------------------------------------------ guest memory
 
-    def _span(self, ptr, length) -> int:
-        """Address of guest memory [ptr, ptr+length), after checking it is inside."""
+    def _span(self, ptr, length, write=False) -> int:
+        """Address of guest memory [ptr, ptr+length), after checking it is inside,
+        and that memory protection lets the host read it (write: write it)."""
         if self.memory is None:
             raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
         base, size = unchecked.memory_span(self.memory)
@@ -294,6 +324,11 @@ class Engine:
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestFault(f"guest passed out-of-range memory [{ptr}, {ptr}+{length}) "
                              f"(memory is {size} bytes)")
+        if self.regions is not None:
+            why = self.regions.check(ptr, length, write) if base == self._memory_base else \
+                "its memory moved, and lost its protection"
+            if why:
+                raise protect.Fault(f"a host call was given protected memory: {why}")
         return base + ptr
 
     def _read(self, ptr, length) -> bytes:
@@ -303,7 +338,7 @@ class Engine:
 
     def _write(self, ptr, data: bytes):
         if data:
-            ctypes.memmove(self._span(ptr, len(data)), data, len(data))
+            ctypes.memmove(self._span(ptr, len(data), True), data, len(data))
 
     # the WASI layer's view of guest memory
     read, write = _read, _write
@@ -325,7 +360,7 @@ class Engine:
 
     def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
-        self._span(out_ptr, 8)
+        self._span(out_ptr, 8, True)
         raw = self._read(p_ptr, p_len)
         handles = self._read_handles(c_ptr, c_count)
         entry = self.handles.get(handle)
@@ -744,11 +779,17 @@ class Engine:
         grants = self._grant_handles if self._grant_handles is not None else HandleTable(
             self.limits.handles)
         memory = exports.get(abi.EXPORT_MEMORY)
+        base = None
+        if self.regions is not None:            # the same protection as the first instance
+            try:
+                base = protect.enforce(self.regions, store, memory)
+            except (OSError, AttributeError) as e:
+                raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
         outer = self._swap({
             "store": store, "memory": memory if isinstance(memory, wasmtime.Memory) else None,
             "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
             "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
-            "_wasi_fns": {}})
+            "_wasi_fns": {}, "_memory_base": base})
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
@@ -786,14 +827,14 @@ class Engine:
         self._entered += 1
         try:
             return func(*args)
-        except GuestFault as e:
+        except (GuestFault, protect.Fault) as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise _CallError("overloaded", f"compartment {self.name} used up its CPU "
                                  f"budget for this call (fuel_per_call = {fuel})") from None
-            raise _CallError("failed", f"compartment {self.name} trapped: {_trap_reason(e)}") \
-                from None
+            raise _CallError("failed", f"compartment {self.name} trapped: "
+                             f"{_trap_reason(e, self.regions)}") from None
         except wasmtime.WasmtimeError as e:
             raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
                 from None
@@ -826,13 +867,15 @@ def _why_not(e) -> str:
     return _first_line(e)
 
 
-def _trap_reason(trap: wasmtime.Trap) -> str:
-    """'wasm `unreachable` instruction executed (in _start)', not wasmtime's first line."""
+def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) -> str:
+    """'wasm `unreachable` instruction executed (in _start)', not wasmtime's first line;
+    a protected page: 'write to read-only memory at 0x1004 (...) (in main)'."""
     lines = [l.strip() for l in str(trap.message).splitlines() if l.strip()]
-    cause = next((l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
-                 lines[-1] if lines else "trap")
-    try:
-        frames = trap.frames
+    cause = protect.explain(str(trap.message), regions) or next(
+        (l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
+        lines[-1] if lines else "trap")
+    try:      # the function that did it, not a check inserted for protection
+        frames = [f for f in trap.frames if not protect.is_check(f.func_name)] or trap.frames
         where = frames[0].func_name or f"function #{frames[0].func_index}" if frames else None
     except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
         where = None
@@ -841,11 +884,6 @@ def _trap_reason(trap: wasmtime.Trap) -> str:
 
 def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,

@@ -16,6 +16,7 @@ import re
 import attrs
 
 from .limits import Limits
+from .protect import Setting as Protect
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 MAX_REQUEST = 1 << 16       # bytes of one request line
@@ -36,6 +37,7 @@ class EngineSpec:
     limits: Limits = Limits()
     #: (uid, gid) the engine runs as when the zygote runs as root; None: not root
     user: tuple | None = None
+    protect: Protect | None = None  # memory protection (compartments/protect.py); None: off
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -43,6 +45,7 @@ class EngineSpec:
             "per_call": self.per_call, "stats": self.stats,
             "limits": attrs.asdict(self.limits),
             "user": list(self.user) if self.user is not None else None,
+            "protect": self.protect.to_json() if self.protect is not None else None,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -73,10 +76,19 @@ class EngineSpec:
                 raise SpecError(f"{key}: expected true or false, got {v!r}")
             flags[key] = v
         return cls(name, module, **flags, limits=_limits(obj.get("limits", {})),
-                   user=_user(obj.get("user")))
+                   user=_user(obj.get("user")), protect=_protect(obj.get("protect")))
 
 
-_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user"}
+_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "protect"}
+
+
+def _protect(v):
+    if v is None:
+        return None
+    try:
+        return Protect.from_json(v)
+    except ValueError as e:
+        raise SpecError(f"protect: {e}") from None
 
 
 def _limits(obj) -> Limits:

@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import time
 
-from capnp_schemas import host as host_schema, protocol
-from capnp_schemas.payloads import method_structs
+from capnp_schemas import host as host_schema, hosted, protocol
 from capnp_schemas.protocol import Content
+
+from . import protect
 
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
 ERRNO = {
@@ -104,12 +106,8 @@ _KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "symlink": FILETYPE_
           "other": FILETYPE_UNKNOWN}
 _KIND_VALUES = {value: _KINDS.get(name, FILETYPE_UNKNOWN)       # Kind's raw value -> filetype
                 for name, value in host_schema.Kind.schema.enumerants.items()}
-_M = {}                     # (interface name, method) -> (interface id, ordinal, params, results)
-for _iface in ("Log", "Clock", "Random", "Directory", "File", "Environment"):
-    _mod = getattr(host_schema, _iface)
-    for _ordinal, _method in enumerate(_mod.schema.node.interface.methods):
-        _M[_iface, _method.name] = (_mod.schema.node.id, _ordinal,
-                                    *method_structs(_mod, _method.name))
+_M = {(i.name, m.name): (i.id, m.ordinal, m.params, m.results)    # from the one table
+      for i in hosted.BY_KIND.values() for m in i.methods}
 
 
 class HostCallFailed(Exception):
@@ -224,6 +222,9 @@ class Wasi:
                 return f.errno
             except HostCallFailed as e:
                 return errno_of(e)
+            except protect.Fault as e:    # a protected page (compartments/protect.py)
+                print(f"wsuper: {name}: EFAULT: {e}", file=sys.stderr, flush=True)
+                return E.FAULT
             except (ValueError, OverflowError, struct.error, UnicodeError):
                 return E.INVAL           # arguments no call could mean (huge, negative)
         if name == "proc_exit":

@@ -72,16 +72,19 @@ class Description:
     """What the engine needs to know of a module, found where it was compiled."""
     wasi: tuple = ()           # the wasi_snapshot_preview1 functions it imports
     exports: dict = {}         # name -> (params, results) of each exported function
+    protect: dict | None = None    # compiled for memory protection: its protect.Layout
 
     def to_json(self) -> bytes:
         return json.dumps({"wasi": list(self.wasi), "exports": {
-            name: [list(p), list(r)] for name, (p, r) in self.exports.items()}}).encode()
+            name: [list(p), list(r)] for name, (p, r) in self.exports.items()},
+            "protect": self.protect}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Description":
         obj = json.loads(data)
         return cls(tuple(obj["wasi"]), {name: (tuple(p), tuple(r))
-                                        for name, (p, r) in obj["exports"].items()})
+                                        for name, (p, r) in obj["exports"].items()},
+                   obj.get("protect"))
 
 
 def describe(module: wasmtime.Module) -> tuple[str | None, Description]:

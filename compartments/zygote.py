@@ -56,36 +56,41 @@ _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_
 class _Modules:
     """Each module file compiled once, by a child: its code serialized into one
     sealed memfd, its wasm.Description into another; never in this process's
-    memory.  Keyed by path and the file's identity."""
+    memory.  Keyed by path and the file's identity, and by how it is prepared for
+    memory protection (compartments/protect.py: a module may get checks)."""
 
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
-        self._fds: dict[str, tuple] = {}      # path -> (file key, (code memfd, description memfd))
+        self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
 
-    def get(self, path: str) -> tuple[tuple | None, str | None]:
+    def get(self, path: str, protect=None, memory_limit: int = 0) -> tuple[tuple | None,
+                                                                         str | None]:
         """((code memfd, description memfd), None), or (None, why the module cannot
-        be loaded)."""
+        be loaded).  `protect`: the spec's protect.Setting, or None; with it, the
+        compartment's memory limit (both decide the regions, and so the checks)."""
         try:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._fds.get(path)
+        from .protect import STATIC_MEMORY     # the limit matters only as above it or not
+        variant = (path, protect, protect is not None and memory_limit > STATIC_MEMORY)
+        cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path)
+        fds, error = self._compile(path, protect, memory_limit)
         if fds is None:
             return None, error
         if cached is not None:                # the file changed: its old form goes
             for fd in cached[1]:
                 os.close(fd)
-        self._fds[path] = (key, fds)
+        self._fds[variant] = (key, fds)
         return fds, None
 
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds]
 
-    def _compile(self, path: str):
+    def _compile(self, path: str, protect=None, memory_limit: int = 0):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
@@ -94,7 +99,7 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fds, w)
+                code = _compile_into(self._engine, path, fds, w, protect, memory_limit)
             finally:
                 os._exit(code)
         os.close(w)
@@ -111,12 +116,18 @@ class _Modules:
         return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fds: tuple, err: int) -> int:
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int, protect=None,
+                  memory_limit: int = 0) -> int:
+    import attrs
     import wasmtime
 
-    from . import wasm
+    from . import protect as protection, wasm
+    layout = None
     try:
-        module = wasm.compile_module(wasm_engine, path)
+        if protect is None:
+            module = wasm.compile_module(wasm_engine, path)
+        else:
+            module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
         text = str(e).strip()
         os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
@@ -125,6 +136,8 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int) -> int:
     if problem:
         os.write(err, f"module {path} {problem}".encode()[:4000])
         return 1
+    if layout is not None:
+        description = attrs.evolve(description, protect=layout.to_json())
     for fd, data in zip(fds, (module.serialize(), description.to_json())):
         view = memoryview(data)
         while view:
@@ -275,7 +288,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}"})
             continue
         try:
-            module_fds, error = modules.get(spec.module)
+            module_fds, error = modules.get(spec.module, spec.protect, spec.limits.memory)
             pid = os.fork()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:

@@ -14,6 +14,7 @@ import tomllib
 import attrs
 
 from capnp_schemas import hosted
+from compartments import protect as protection
 from compartments.limits import Limits
 
 from .supervision import MODES, RestartPolicy
@@ -30,7 +31,7 @@ _ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy",
-                    "instance"}
+                    "instance", "protect"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only", "refuse_hard_links",
@@ -94,6 +95,8 @@ class Compartment:
     limits: Limits = DEFAULT_LIMITS
     restart: RestartPolicy = RestartPolicy()
     instance: str = "shared"    # "per_call": a fresh instance for every incoming call
+    #: memory protection (compartments/protect.py); default: what the module declares
+    protect: protection.Setting | None = protection.DEFAULT
 
 
 @attrs.frozen
@@ -227,8 +230,13 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         if instance == "per_call" and exports is None:
             raise where.error(f"{key}.instance", "per_call applies to a compartment that "
                               "exports an interface (each call gets a fresh instance)")
+        try:
+            protect = protection.parse_setting(body["protect"]) if "protect" in body \
+                else protection.DEFAULT
+        except protection.ProtectError as e:
+            raise where.error(f"{key}.{e.key}", e.reason) from None
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
-                                         restart, instance)
+                                         restart, instance, protect)
 
     for comp in compartments.values():
         for g in comp.grants:

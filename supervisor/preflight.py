@@ -14,7 +14,7 @@ import wasmtime
 import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
-from compartments import abi
+from compartments import abi, protect
 from compartments.wasm import describe_imports, engine_config
 
 from .policy import PolicyError, System, _Where
@@ -89,6 +89,11 @@ def prepare(system: System) -> Plan:
                               f"{comp.limits.memory} bytes")
         if is_wasi:
             _check_wasi_grants(where, key, comp)
+        if comp.protect is not None and comp.protect.required:   # the default is never an error
+            try:
+                protect.check_file(engine, comp.module, comp.protect, comp.limits.memory)
+            except protect.ProtectError as e:
+                raise where.error(f"{key}.{e.key}", f"{comp.module}: {e.reason}") from None
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")

@@ -494,7 +494,8 @@ class Supervisor:
             return
         spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
                           per_call=comp.instance == "per_call", stats=self.stats,
-                          limits=comp.limits, user=self.system.engine_user)
+                          limits=comp.limits, user=self.system.engine_user,
+                          protect=comp.protect)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
         try:

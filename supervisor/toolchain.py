@@ -10,10 +10,26 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+
+from compartments import wasmbin
 
 DEBIAN_PACKAGES = ("clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32")
 RUST_PACKAGES = ("rustc", "libstd-rust-dev-wasm32")
 TARGET = "wasm32-wasi"
+
+
+#: Memory protection (docs/memory-protection.md): every plugin `build` makes is laid
+#: out with a null page below its data and its read-only data (.rodata) on pages
+#: of its own, and says so in a wsuper.protect custom section.
+PROTECT_PAGE = 4096
+#: wasm-ld puts data at 1024 by default; from PROTECT_PAGE, the page below is free
+#: (wasm-ld places .rodata first, then .data, .bss, the stack and the heap).
+LAYOUT_FLAGS = (f"-Wl,--global-base={PROTECT_PAGE}",)
+#: One more source: a variable that page-aligns the start of .data (wasm-ld aligns an
+#: output segment as its most aligned input), so .rodata ends on a page of its own.
+LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
+                 f"char wsuper_layout_data_page = 1;\n")
 
 
 class ToolchainError(Exception):
@@ -29,23 +45,28 @@ def clang() -> str:
 
 
 def command(sources, output: str, *, reactor: bool = False, include=(), exports=(),
-            optimize: str = "-O2", extra=()) -> list[str]:
+            optimize: str = "-O2", extra=(), layout: str | None = None) -> list[str]:
     """The clang command line that builds `sources` into the module `output`.
 
     A plugin that serves an interface is a *reactor* (no main; it exports
     `_initialize` and `wsuper_dispatch`); a program with `main` is a command.
+    `layout`: the path of a file holding LAYOUT_SOURCE, to lay the plugin out
+    for memory protection (None: wasm-ld's own layout).
     """
     cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", output]
     if reactor:
         cmd.append("-mexec-model=reactor")
     cmd += [f"-I{d}" for d in include]
     cmd += [f"-Wl,--export={e}" for e in exports]
-    return cmd + list(extra) + list(sources)
+    if layout is not None:
+        cmd += LAYOUT_FLAGS
+    return cmd + list(extra) + list(sources) + ([layout] if layout is not None else [])
 
 
-def build(sources, output: str, **options) -> str:
+def build(sources, output: str, *, protect: bool = True, **options) -> str:
     """Compile and link; returns `output` (its directory is made if missing).  Raises
-    ToolchainError with clang's messages, or naming a source that is not there."""
+    ToolchainError with clang's messages, or naming a source that is not there.
+    `protect`: lay it out for memory protection and declare that layout."""
     for src in sources:
         if not os.path.isfile(src):
             raise ToolchainError(f"{src}: no such source file")
@@ -54,17 +75,57 @@ def build(sources, output: str, **options) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise ToolchainError(f"cannot make {folder} for {output}: {e.strerror}") from None
-    cmd = command(sources, output, **options)
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except OSError as e:
-        raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="wsuper-build-") as tmp:
+        layout = None
+        if protect:
+            layout = os.path.join(tmp, "wsuper-layout.c")
+            with open(layout, "w") as f:
+                f.write(LAYOUT_SOURCE)
+        cmd = command(sources, output, layout=layout, **options)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except OSError as e:
+            raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
     if r.returncode != 0:
         text = (r.stderr or r.stdout).strip()
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
         raise ToolchainError(f"building {output} failed:\n{text}")
+    if protect:
+        declare_layout(output)
     return output
+
+
+def declared_layout(data: bytes, page: int = PROTECT_PAGE) -> tuple[int, int, int]:
+    """(no_access_end, read_only_start, read_only_end) that a module linked with
+    LAYOUT_FLAGS can declare: a null page if no data lies below `page`; its
+    .rodata, to the end of its last page if the next data starts there."""
+    f = wasmbin.facts(data)
+    segments = sorted((s, e) for s, e, _name in f.segments if e > s)
+    null = page if segments and all(s >= page for s, _e in segments) else 0
+    if f.rodata is None or f.rodata[1] <= f.rodata[0]:
+        return null, null, null
+    start, end = f.rodata
+    after = min((s for s, _e in segments if s >= end), default=None)
+    padded = -(-end // page) * page
+    if after is not None and after >= padded:     # nothing but padding up to the page end
+        end = padded
+    return min(null, start), start, end
+
+
+def declare_layout(path: str) -> None:
+    """Write the module's wsuper.protect section (protect.py reads it)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        out = wasmbin.with_declaration(data, *declared_layout(data))
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(out)
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as e:
+        raise ToolchainError(f"cannot declare the memory layout of {path}: {e}") from None
 
 
 def rustc() -> str:

@@ -37,5 +37,12 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     assert set(start["vs_bare_python"]) == {"cold_start_one"} | {
         f"many_{n}" for n in result["config"]["many"]}
     assert all(v > 0 for v in start["confine_layers_us"].values())
+    protect = result["protect"]           # memory protection: every figure, as ratios
+    for key in ("protected_vs_plain", "protected_bulk_vs_plain_bulk"):
+        assert {"median", "fastest", "fuel"} <= set(protect["ratios"][key])
+    assert protect["ratios"]["protected_vs_plain"]["fuel"] == 1.0      # the same code runs
+    assert protect["ratios"]["protected_bulk_vs_plain_bulk"]["fuel"] > 1.0   # and the checks
+    assert protect["host_call"]["ratio"]["median"] > 0
+    assert protect["startup"]["enforce_us"] > 0 and protect["startup"]["prepare_ms"] > 0
     table = (tmp_path / "quick.md").read_text()
     assert "| target | measured | goal | met |" in table and "C relay" in table

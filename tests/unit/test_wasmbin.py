@@ -1,0 +1,287 @@
+"""compartments/wasmbin.py: reading what protection needs from a module's bytes, and
+the checks inserted before bulk-memory instructions (run here with real wasmtime,
+without page protection: the checks alone decide)."""
+import wasmtime
+from hypothesis import given, settings, strategies as st
+
+import pytest
+
+from compartments import wasm, wasmbin
+from compartments.wasmbin import BinaryError, Unsupported
+
+BULK = """(module
+  (memory (export "memory") 2)
+  (data (i32.const 4096) "read-only")
+  (data $p "passive")
+  (func (export "fill") (param i32 i32) (memory.fill (local.get 0) (i32.const 7) (local.get 1)))
+  (func (export "copy") (param i32 i32 i32)
+    (memory.copy (local.get 0) (local.get 1) (local.get 2)))
+  (func (export "init") (param i32 i32) (memory.init $p (local.get 0) (i32.const 0) (local.get 1)))
+  (func (export "load8") (param i32) (result i32) (i32.load8_u (local.get 0))))"""
+
+
+def _wasm(wat: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+REGIONS = (4096, 4096, 8192)        # no-access [0, 4096), read-only [4096, 8192)
+
+
+def _checked(wat_or_bytes, regions=REGIONS):
+    data = _wasm(wat_or_bytes) if isinstance(wat_or_bytes, str) else wat_or_bytes
+    return wasmbin.add_bulk_checks(data, *regions)
+
+
+def _instance(data: bytes):
+    engine = wasmtime.Engine(wasm.engine_config())
+    store = wasmtime.Store(engine)
+    store.set_fuel(10 ** 9)
+    return store, wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
+
+
+def _trap_address(call):
+    """The address a trap names, or None if the call returned."""
+    try:
+        call()
+    except wasmtime.Trap as e:
+        import re
+        m = re.search(r"memory fault at wasm address (0x[0-9a-f]+)", e.message)
+        assert m, e.message
+        return int(m.group(1), 16)
+    return None
+
+
+def test_each_bulk_instruction_gets_a_check_and_the_module_stays_valid():
+    checked = _checked(BULK)
+    wasmtime.Module.validate(wasmtime.Engine(wasm.engine_config()), checked)
+    # functions and a type were added; the originals kept their indices
+    store, ex = _instance(checked)
+    ex["fill"](store, 9000, 4)
+    assert ex["load8"](store, 9003) == 7
+    assert sorted(ex) == ["copy", "fill", "init", "load8", "memory"]     # nothing exported
+
+
+def test_no_regions_no_checks_and_regions_must_be_in_order():
+    assert wasmbin.add_bulk_checks(_wasm(BULK), 0, 8192, 8192) is None
+    with pytest.raises(ValueError):
+        wasmbin.add_bulk_checks(_wasm(BULK), 8192, 4096, 12288)
+
+
+@pytest.mark.parametrize("regions, call, args, traps", [
+    ((4096, 4096, 4096), "fill", (5000, 4), False),       # only a null page
+    ((4096, 4096, 4096), "copy", (9000, 100, 4), True),
+    ((0, 8192, 12288), "fill", (0, 4), False),            # only read-only, not from 0
+    ((0, 8192, 12288), "fill", (12000, 400), True),
+    ((0, 8192, 12288), "copy", (13000, 0, 4), False),
+    ((8192, 2 ** 31, 2 ** 32 - 65536), "fill", (70000, 4), False),  # large constants
+    ((8192, 2 ** 31, 2 ** 32 - 65536), "fill", (2 ** 31 + 8, 4), "out of bounds"),
+])
+def test_checks_for_other_regions(regions, call, args, traps):
+    store, ex = _instance(_checked(BULK, regions))
+    if traps:
+        with pytest.raises(wasmtime.Trap, match="unreachable" if traps is True else traps):
+            ex[call](store, *args)
+    else:
+        ex[call](store, *args)
+
+
+@pytest.mark.parametrize("call, args, address", [
+    ("fill", (0, 4), 0x0),              # into the no-access region
+    ("fill", (4000, 200), 0xfa0),       # starts below the read-only region, in no-access
+    ("fill", (5000, 10), 5000),         # into the read-only region
+    ("fill", (8000, 300), 8000),
+    ("copy", (4096, 9000, 4), 4096),    # destination read-only
+    ("copy", (9000, 16, 4), 16),        # source no-access
+    ("copy", (9000, 4090, 16), 4090),   # source runs from no-access into read-only
+    ("init", (6000, 3), 6000),
+])
+def test_a_bulk_instruction_that_would_touch_a_protected_page_faults_there_first(call, args,
+                                                                                address):
+    """Without page protection the check's own access does not fault: the
+    `unreachable` after it traps.  With it (test_protect.py), it faults at `address`."""
+    store, ex = _instance(_checked(BULK))
+    with pytest.raises(wasmtime.Trap, match="unreachable"):
+        ex[call](store, *args)
+    assert ex["load8"](store, 4096) == ord("r")          # nothing was written
+    assert ex["load8"](store, address) in (0, ord("r"), ord("e"), ord("a"))
+
+
+@pytest.mark.parametrize("call, args", [
+    ("fill", (8192, 300)),              # read-write
+    ("fill", (0, 0)),                   # touches nothing
+    ("fill", (4096, 0)),
+    ("copy", (9000, 4096, 9)),          # from read-only is a read
+    ("copy", (8192, 9000, 64)),
+    ("init", (8200, 7)),
+])
+def test_a_bulk_instruction_on_read_write_memory_runs_as_before(call, args):
+    store, ex = _instance(_checked(BULK))
+    ex[call](store, *args)
+
+
+def test_a_bulk_instruction_out_of_bounds_still_traps_as_out_of_bounds():
+    store, ex = _instance(_checked(BULK))
+    with pytest.raises(wasmtime.Trap, match="out of bounds"):
+        ex["fill"](store, 131000, 1000)
+
+
+def test_bulk_instructions_on_another_memory_are_not_checked():
+    data = _wasm("""(module (memory (export "memory") 1) (memory $b 1)
+      (func (export "fill") (param i32 i32)
+        (memory.fill $b (local.get 0) (i32.const 1) (local.get 1)))
+      (func (export "copy_in") (param i32 i32 i32)
+        (memory.copy 0 $b (local.get 0) (local.get 1) (local.get 2)))
+      (func (export "copy_out") (param i32 i32 i32)
+        (memory.copy $b 0 (local.get 0) (local.get 1) (local.get 2))))""")
+    store, ex = _instance(_checked(data))
+    ex["fill"](store, 0, 100)                            # memory $b: nothing protected there
+    with pytest.raises(wasmtime.Trap):
+        ex["copy_in"](store, 0, 0, 4)                    # writes memory 0's no-access page
+    with pytest.raises(wasmtime.Trap):
+        ex["copy_out"](store, 0, 0, 4)                   # reads it
+    ex["copy_out"](store, 0, 8192, 4)
+
+
+def test_a_module_without_bulk_instructions_is_left_as_it_is():
+    assert _checked('(module (memory 1) (func (drop (i32.const 0xfc0b))))') is None
+    assert _checked("(module)") is None
+
+
+def test_checks_fit_modules_with_every_kind_of_instruction_around_them():
+    """SIMD, atomics, GC types, exceptions, tail calls, reference types, wide
+    arithmetic: the decoder walks them all to find the bulk instructions."""
+    data = _wasm("""(module
+      (type $s (struct (field (mut i32)) (field i8)))
+      (rec (type $a (array (mut i16))) (type $f (func (param (ref null $a)))))
+      (tag $t (param i32))
+      (import "m" "g" (global $g i32))
+      (import "m" "f" (func $imp (param i32)))
+      (memory (export "memory") 1 1)
+      (table $tb 2 funcref)
+      (global $m (mut i32) (i32.add (global.get $g) (i32.const 1)))
+      (elem declare func $k)
+      (func $k (param i32) (result i32)
+        (local v128 (ref null $s))
+        (local.set 1 (v128.load offset=16 align=4 (i32.const 0)))
+        (v128.store (i32.const 32) (i8x16.shuffle 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+            (local.get 1) (v128.const i64x2 1 2)))
+        (drop (i32x4.extract_lane 3 (local.get 1)))
+        (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1)))
+        (atomic.fence)
+        (local.set 2 (struct.new $s (i32.const 1) (i32.const 2)))
+        (drop (ref.test (ref $s) (local.get 2)))
+        (block $out (result i32)
+          (try_table (catch $t $out) (throw $t (i32.const 5)))
+          (i32.const 0))
+        (drop)
+        (drop (i64.add128 (i64.const 1) (i64.const 2) (i64.const 3) (i64.const 4)))
+        (drop)
+        (block $b (br_table $b $b (i32.const 0)))
+        (memory.fill (local.get 0) (i32.const 0) (i32.const 8))
+        (drop (ref.func $k))
+        (if (local.get 0) (then (return_call $k (i32.const 0))))
+        (call_indirect $tb (param i32) (i32.const 1) (i32.const 0))
+        (i32.const 3))
+      (func (export "f") (param i32) (result i32) (call $k (local.get 0))))""")
+    engine = wasmtime.Engine(wasm.engine_config())
+    wasmtime.Module.validate(engine, data)
+    checked = _checked(data)
+    wasmtime.Module.validate(engine, checked)
+    assert checked.count(b"\xfc\x0b\x00") == 1
+
+
+def test_names_are_kept_and_the_checks_are_named():
+    data = _wasm(BULK.replace('(func (export "fill")', '(func $my_fill (export "fill")'))
+    for module in (data, _wasm(BULK)):          # with a name section, and without one
+        store, ex = _instance(_checked(module))
+        with pytest.raises(wasmtime.Trap) as e:
+            ex["fill"](store, 5000, 1)
+        names = [f.func_name for f in e.value.frames]
+        assert names == [wasmbin.CHECK_FUNCTION + "_write",
+                         "my_fill" if module is data else None]
+
+
+# ---------------------------------------------------------------- facts
+
+
+def test_facts_find_memory_data_and_names():
+    data = _wasm("""(module (memory (export "memory") 3)
+      (data $ro (i32.const 4096) "abc") (data $rw (i32.const 8192) "de") (data $p "x"))""")
+    f = wasmbin.facts(data)
+    assert f.memory_problem is None and f.min_pages == 3 and not f.bulk
+    assert f.segments == ((4096, 4099, "ro"), (8192, 8194, "rw"))
+    assert f.rodata is None and f.declared is None          # no segment named .rodata
+    named = wasmbin.facts(_wasm('(module (memory (export "memory") 1) '
+                                '(data $.rodata (i32.const 1024) "abc"))'))
+    assert named.rodata == (1024, 1027)
+
+
+@pytest.mark.parametrize("wat, problem", [
+    ("(module)", "no memory"),
+    ("(module (memory 1))", "not exported"),
+    ('(module (memory (export "memory") i64 1))', "64-bit"),
+    ('(module (memory (export "memory") 1 1 shared))', "shared"),
+    ('(module (import "m" "mem" (memory 1)) (export "memory" (memory 0)))', "imported"),
+    ('(module (memory 1) (memory (export "memory") 1))', "not exported"),
+])
+def test_memories_that_cannot_be_protected_say_why(wat, problem):
+    assert problem in wasmbin.facts(_wasm(wat)).memory_problem
+
+
+def test_the_declaration_round_trips_and_replaces_an_old_one():
+    data = _wasm('(module (memory (export "memory") 1))')
+    once = wasmbin.with_declaration(data, 4096, 4096, 8192)
+    twice = wasmbin.with_declaration(once, 0, 8192, 12288)
+    assert wasmbin.facts(once).declared == (4096, 4096, 8192)
+    assert wasmbin.facts(twice).declared == (0, 8192, 12288)
+    assert twice.count(wasmbin.CUSTOM_SECTION.encode()) == 1
+    wasmtime.Module.validate(wasmtime.Engine(), twice)
+
+
+def _custom(name: bytes, payload: bytes) -> bytes:
+    body = bytes([len(name)]) + name + payload
+    return b"\x00" + wasmbin._uleb(len(body)) + body
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"\x02\x00\x00\x00", "version 2"),
+    (b"\x01\x80\x20\x00\x00", "out of order"),
+    (b"\x01\x00\x00", "unexpected end"),
+    (b"\x01\x00\x00\x00\x00", "bytes after"),
+    (b"\x01\xff\xff\xff\xff\xff\x00\x00", "too"),
+])
+def test_a_malformed_declaration_is_reported_not_trusted(payload, why):
+    data = _wasm('(module (memory (export "memory") 1))') + _custom(b"wsuper.protect", payload)
+    f = wasmbin.facts(data)
+    assert f.declared is None and why in f.declared_problem
+
+
+def test_a_malformed_name_section_names_nothing():
+    data = _wasm('(module (memory (export "memory") 1) (data (i32.const 0) "x"))')
+    for junk in (b"\x09\x05\x01", b"\x09\x01\xff", b"\x01\xff\xff\xff\x0f"):
+        assert wasmbin.facts(data + _custom(b"name", junk)).segments == ((0, 1, ""),)
+
+
+def test_names_from_a_module_are_made_printable():
+    data = _wasm('(module (memory (export "memory") 1) (data $x (i32.const 0) "x"))')
+    data = data.replace(b"\x01x", b"\x01\x1b")               # the segment's name: ESC
+    assert wasmbin.facts(data).segments[0][2] == "?"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 400))
+def test_hostile_bytes_give_binary_error_or_unsupported_never_anything_else(junk, cut):
+    base = _wasm(BULK) + _custom(b"wsuper.protect", b"\x01\x00\x00\x00")
+    for data in (junk, wasmbin.MAGIC + junk, base[:cut] + junk, base[:cut]):
+        for fn in (wasmbin.facts, lambda d: wasmbin.add_bulk_checks(d, *REGIONS)):
+            try:
+                fn(data)
+            except (BinaryError, Unsupported):
+                pass
+
+
+def test_counts_larger_than_the_bytes_are_refused_before_any_loop():
+    # a data section claiming 2^32-1 segments in 5 bytes
+    data = wasmbin.MAGIC + b"\x0b\x05\xff\xff\xff\xff\x0f"
+    with pytest.raises(BinaryError, match="vector of"):
+        wasmbin.facts(data)
