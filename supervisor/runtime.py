@@ -357,6 +357,9 @@ class Supervisor:
         finally:
             if self.lane is not None:
                 self.lane.stop()
+                if self.stats:           # WSUPER_STATS=1: what the fast lane did
+                    self.say("fast lane: " + " ".join(f"{k}={v}" for k, v in
+                                                      self.lane.stats().items()))
 
     async def _serve_all(self) -> int:
         async with trio.open_nursery() as nursery:
