@@ -522,3 +522,66 @@ def test_a_peer_the_lane_cannot_take_runs_on_trio(monkeypatch):
     finally:
         a.close()
         b.close()
+
+
+def test_a_hostile_peer_sending_mutated_plain_calls_is_cut_off_alone(sup):
+    """The lane's framing and decoder (fastwire.h) on a hostile engine's bytes:
+    mutated plain calls (fuzz/protocol.py's mutator: pointers, sizes, segment
+    tables, truncation, two messages in one read).  Whatever it sends, the lane
+    forwards only what is plain and routed, or hands it to Python, which cuts
+    that peer off; the supervisor does not crash or hang, and app's native calls
+    to calc are still answered after every batch."""
+    import random
+    from fuzz import protocol as F
+
+    s = sup({"calc": CALC, "app": None, "evil": None})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    answered = set()
+
+    def answer():
+        for c in calc.calls():
+            if id(c) not in answered:
+                answered.add(id(c))
+                calc.send(calc.conn.send_return(c.answer_id, params(1), no_finish=True))
+
+    def app_calls_calc():
+        n = len(app.returns())
+        app.call()
+        app.until(lambda: (answer(), len(app.returns()) > n)[1])
+        assert app.returns()[-1].payload is not None
+
+    def new_evil():
+        e = Engine(s, "evil", [grant("calc", "calc")])
+        e.call()                                    # a first call: the route goes in
+        e.until(lambda: (answer(), e.returns())[1])
+        return e
+
+    app_calls_calc()
+    evil = new_evil()
+    seeds = [F.Seed([bytes(m[8:])]) for m in
+             (evil.conn.send_call(evil.grants[0].import_id, CALC, 0, params())[1]
+              for _ in range(4))]
+    seeds += F._setup()["messages"][:40]            # returns, finishes, the rest of rpc.capnp
+    rng = random.Random(14)
+    cut = 0
+    end = time.monotonic() + 15
+    for i in range(1500):
+        if time.monotonic() > end:
+            break
+        evil.send(F.mutate(rng, rng.choice(seeds), seeds))
+        s.pump(0.002)
+        answer()
+        if evil.pid in s.closed or evil.pid not in s.router.peers:
+            cut += 1
+            evil.sock.close()
+            if evil.pid in s.router.peers:
+                s.perform(s.router.disconnected(evil.pid, "cut off"))
+            s.lane.remove(evil.pid)
+            del s.engines[evil.pid]
+            evil = new_evil()
+        if i % 50 == 0:
+            app_calls_calc()
+    app_calls_calc()
+    assert cut > 0 and app.pid not in s.closed and calc.pid not in s.closed
+    assert s.lane.stats()["calls"] > 0
