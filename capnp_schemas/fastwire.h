@@ -338,7 +338,7 @@ static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
 
 /* The copy: -1 (refused: Python's copy decides), -2 (out of room), or the
  * number of words written to out (at least 1, the root pointer) */
-static int64_t fw_copy(const uint8_t *seg, uint64_t n, uint64_t loc, int has_loc, int64_t max_words,
+static inline int64_t fw_copy(const uint8_t *seg, uint64_t n, uint64_t loc, int has_loc, int64_t max_words,
                        uint8_t *out, uint64_t room) {
   fw_copy_t c = {out, 1, room, max_words, seg, n};
   if (!room) return -2;

@@ -1092,6 +1092,25 @@ static PyObject *hand_over(Lane *L, NCall *c) {
   return rec;
 }
 
+/* Hand every native call that `pick` chooses to Python, its record appended to out. */
+static void take_calls(Lane *L, PyObject *out, int (*pick)(const NCall *, const void *),
+                       const void *arg) {
+  for (size_t i = 0; i < L->calls.cap;) {
+    NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
+    if (c && pick(c, arg)) {
+      PyObject *rec = hand_over(L, c);
+      if (rec) PyList_Append(out, rec);
+      Py_XDECREF(rec);
+      continue; /* the deletion shifted another entry into slot i (or none) */
+    }
+    i++;
+  }
+}
+
+static int callee_is(const NCall *c, const void *pid) { return c->callee == *(const long *)pid; }
+
+static int past(const NCall *c, const void *now) { return c->deadline <= *(const int64_t *)now; }
+
 /* claim(callee, qid) -> record or None: Python got a return for this native call */
 static PyObject *Lane_claim(Lane *L, PyObject *args) {
   long pid;
@@ -1231,18 +1250,10 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
     }
     i++;
   }
-  for (size_t i = 0; i < L->calls.cap;) {
+  take_calls(L, out, callee_is, &pid);
+  for (size_t i = 0; i < L->calls.cap; i++) {
     NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
-    if (c && c->callee == pid) {
-      PyObject *rec = hand_over(L, c);
-      if (rec && out) PyList_Append(out, rec);
-      Py_XDECREF(rec);
-      continue;
-    }
-    if (c && c->caller == pid && !c->orphan) {
-      c->orphan = 1; /* its answer id goes with the others below */
-    }
-    i++;
+    if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
   }
   for (Map *m = &L->answers;; m = m == &L->answers ? &L->reserved : &L->nofinish) {
     for (size_t i = 0; i < m->cap;) {
@@ -1270,16 +1281,7 @@ static PyObject *Lane_expired(Lane *L, PyObject *unused) {
   LOCK(L);
   if (L->calls.len) {
     int64_t now = now_ns(CLOCK_MONOTONIC);
-    for (size_t i = 0; i < L->calls.cap;) {
-      NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
-      if (c && c->deadline <= now) {
-        PyObject *rec = hand_over(L, c);
-        if (rec && out) PyList_Append(out, rec);
-        Py_XDECREF(rec);
-        continue;
-      }
-      i++;
-    }
+    take_calls(L, out, past, &now);
   }
   UNLOCK(L);
   return out;

@@ -21,6 +21,7 @@ from capnp_schemas import protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
 from supervisor.policy import Grant
+from tests.unit.test_router import answer_control
 
 pytestmark = pytest.mark.skipif(fastlane.Lane is None, reason=str(fastlane.unavailable))
 
@@ -73,23 +74,7 @@ class Engine:
         if not data:
             return False
         for ev in self.conn.receive(data):
-            if isinstance(ev, P.BootstrapRequested):
-                self.send(self.conn.send_return(ev.answer_id, Content.capability(0),
-                                                [self.control]))
-            elif isinstance(ev, P.CallReceived) and ev.target is self.control:
-                segs = ev.payload.content.message()
-                elems = wire.struct_list_elements(segs, wire.struct_pointer_field(segs, (0, 0), 0))
-                for i, (s, start, d, p) in enumerate(elems):
-                    idx = wire.capability_index(segs, (s, start + d + 1))
-                    self.grants[i] = ev.payload.caps[idx]
-                seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 0))
-                caps = []
-                if self.exports:
-                    wire.set_word(seg, 2, wire.cap_pointer(0))
-                    caps = [self.main]
-                self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]), caps,
-                                                no_finish=True))
-            else:
+            if not answer_control(self, ev, no_finish=True):
                 self.inbox.append(ev)
         return True
 
@@ -165,6 +150,18 @@ def sup():
     yield make
     for s in made:
         s.stop()
+
+
+def routed(sup, **kw):
+    """calc and app, after app's first call to calc went through Python (the route is in)."""
+    s = sup({"calc": CALC, "app": None}, **kw)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app.call()
+    app.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+    return s, calc, app
 
 
 def test_plain_calls_go_natively_after_the_first(sup):
@@ -301,13 +298,7 @@ def test_revocation_under_load_never_forwards_another_call_and_fails_those_in_fl
 
 
 def test_an_answer_id_open_natively_cannot_be_reused(sup):
-    s = sup({"calc": CALC, "app": None})
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup)
     qid = app.call()                               # natively, and calc holds it
     app.until(lambda: len(calc.calls()) == 2)
     assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE
@@ -324,13 +315,7 @@ def test_an_answer_id_open_natively_cannot_be_reused(sup):
 
 
 def test_an_answer_id_open_in_python_cannot_be_reused_natively(sup):
-    s = sup({"calc": CALC, "app": None})
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup)
     # route installed; now a call Python handles and keeps open (a host-less
     # compartment that is not started yet would do; here: calc just holds the
     # first Python-path call of a fresh grant) -- simplest: open one in Python by hand
@@ -355,20 +340,14 @@ def test_finish_for_an_answer_returned_natively_is_ignored(sup):
         calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
         app.until(lambda: len(app.returns()) == i + 1)
     assert s.lane.stats()["returns"] >= 1
-    app.send(wire.frame([bytes(8)]) if False else P.rpcwire.encode_finish(qid))
+    app.send(P.rpcwire.encode_finish(qid))
     app.call()
     app.until(lambda: len(calc.calls()) == 3)
     assert app.pid not in s.closed
 
 
 def test_a_return_that_is_not_plain_is_taken_over_by_python(sup):
-    s = sup({"calc": CALC, "app": None})
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup)
     app.call()
     app.until(lambda: len(calc.calls()) == 2)
     native = calc.calls()[-1].answer_id
@@ -392,13 +371,7 @@ def test_a_return_that_is_not_plain_is_taken_over_by_python(sup):
 
 
 def test_a_callee_that_goes_away_fails_the_native_calls_to_it(sup):
-    s = sup({"calc": CALC, "app": None})
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup)
     for _ in range(3):
         app.call()
     app.until(lambda: len(calc.calls()) == 4)
@@ -409,13 +382,7 @@ def test_a_callee_that_goes_away_fails_the_native_calls_to_it(sup):
 
 
 def test_a_caller_that_goes_away_orphans_its_calls(sup):
-    s = sup({"calc": CALC, "app": None})
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup)
     app.call()
     app.until(lambda: len(calc.calls()) == 2)
     app.sock.close()
@@ -426,14 +393,7 @@ def test_a_caller_that_goes_away_orphans_its_calls(sup):
 
 
 def test_native_calls_past_call_time_fail(sup):
-    s = sup({"calc": CALC, "app": None}, limits={"calc": R.Limits(call_time=0.2)},
-            clock=time.monotonic)
-    calc = Engine(s, "calc", exports=True)
-    app = Engine(s, "app", [grant("calc", "calc")])
-    app.call()
-    app.until(lambda: calc.calls())
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-    app.until(lambda: app.returns())
+    s, calc, app = routed(sup, limits={"calc": R.Limits(call_time=0.2)}, clock=time.monotonic)
     app.call()
     app.until(lambda: len(calc.calls()) == 2)
     time.sleep(0.25)
