@@ -626,6 +626,9 @@ static void on_readable(Lane *L, Peer *P) {
       got += (size_t)k;
       process_input(L, P);
       if (P->qbytes > TO_PYTHON_LIMIT) break;
+      /* a short read drained the socket: epoll (level-triggered) says when more
+       * comes, so no second read just to hear EAGAIN (one system call per wake-up) */
+      if ((size_t)k < READ_CHUNK) break;
       continue;
     }
     if (k == 0) {
