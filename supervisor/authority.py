@@ -99,8 +99,9 @@ def _type_has_cap(t, struct_schema, name, seen) -> bool:
     return False
 
 
-def holdings(plan: Plan) -> str:
-    """Each compartment and what it holds, with attenuation and origin."""
+def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
+    """Each compartment and what it holds, with attenuation and origin.
+    `memory`: a compartment's name -> how its memory is protected."""
     lines = []
     by_holder: dict[str, list[Edge]] = {}
     for e in edges(plan):
@@ -109,6 +110,8 @@ def holdings(plan: Plan) -> str:
         what = []
         if comp.exports:
             what.append(f"serves {comp.exports}" + (" (external)" if comp.external else ""))
+        if memory and comp.name in memory:
+            what.append(memory[comp.name])
         lines.append(f"{comp.name}: {comp.module}" + (f"; {'; '.join(what)}" if what else ""))
         held = by_holder.get(comp.name, [])
         if not held:

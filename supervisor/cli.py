@@ -132,7 +132,7 @@ def _check(plan, args) -> int:
         except KeyError as e:
             _error(f"--reach {target}: {e.args[0]}")
             return 2
-    print(authority.holdings(plan))
+    print(authority.holdings(plan, _protection(plan)))
     _warn_hard_links(plan)
     for target, names, why in reach:
         print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
@@ -146,6 +146,43 @@ def _check(plan, args) -> int:
                 f.write(text)
         print(f"wrote {args.graph}")
     return 0
+
+
+def _protection(plan) -> dict[str, str]:
+    """How each compartment's memory will be protected (docs/memory-protection.md),
+    as its engine will resolve it; preflight has already refused what cannot be met."""
+    import wasmtime
+
+    from compartments import protect
+    out, layouts = {}, {}
+    for comp in plan.system.compartments.values():
+        if comp.protect is None:
+            out[comp.name] = "memory not protected (protect = false)"
+            continue
+        key = (comp.module, comp.protect, comp.limits.memory)
+        if key not in layouts:
+            try:
+                if comp.module.endswith(".wat"):
+                    with open(comp.module, encoding="utf-8") as f:
+                        data = bytes(wasmtime.wat2wasm(f.read()))
+                else:
+                    with open(comp.module, "rb") as f:
+                        data = f.read()
+                layouts[key] = protect.prepare(data, comp.protect, comp.limits.memory)[1]
+            except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+                layouts[key] = protect.Layout(problem=f"cannot read it: {e}")
+        layout = layouts[key]
+        if layout.regions is None:
+            why = layout.problem or (layout.error[1] if layout.error else
+                                     "the module declares no layout")
+            out[comp.name] = f"memory not protected ({why})"
+            continue
+        r = protect.regions_of(layout)
+        parts = [f"no-access [0x0, {r.no_access_end:#x})"] if r.no_access_end else []
+        if r.read_only_end > r.read_only_start:
+            parts.append(f"read-only [{r.read_only_start:#x}, {r.read_only_end:#x})")
+        out[comp.name] = "memory protected: " + ", ".join(parts)
+    return out
 
 
 def _warn_hard_links(plan):

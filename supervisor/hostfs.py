@@ -592,7 +592,8 @@ class Directory:
         every link in a directory moved (up to MOVE_CHECK_ENTRIES of them)."""
         with self._h as dfd:
             old, new = _depth_below(dfd, sp), _depth_below(dfd, dp)
-        if new >= old:
+        new = new or 0                  # cannot tell: the least depth for where it goes,
+        if old is not None and new >= old:  # and for where it was, the most (check it)
             return
         moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)
         if st.S_ISLNK(moved.st_mode):
@@ -654,24 +655,41 @@ class Directory:
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
 
 
-def _climbs(target: bytes, depth: int) -> bool:
-    """Whether a link target, followed from `depth` directories below the grant,
-    climbs above it at some point."""
+def _climbs(target: bytes, depth: int | None) -> bool:
+    """Whether a link target, followed from `depth` directories below the grant
+    (None: cannot tell, the least depth assumed), may climb above it.
+
+    Only leading `..` are allowed: after a name, `..` climbs from wherever that
+    name leads, and a name may itself be a link (`self -> .` makes
+    `self/self/../..` climb two levels from one).  With every `..` leading, a
+    target climbs exactly as far as it says, and every link it passes through
+    was held to the same rule, so a chain of links stays beneath too."""
+    depth = depth or 0
+    named = False
     for part in target.split(b"/"):
-        depth += -1 if part == b".." else 0 if part in (b"", b".") else 1
-        if depth < 0:
-            return True
+        if part == b"..":
+            if named:
+                return True
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            named = True
     return False
 
 
-def _depth_below(root: int, parent: int) -> int:
+def _depth_below(root: int, parent: int) -> int | None:
     """How many directories `parent` lies below `root` (both descriptors of
-    directories, `parent` resolved beneath `root`)."""
+    directories, `parent` resolved beneath `root`); None if that cannot be told
+    (it was moved or removed meanwhile)."""
     a = os.readlink(f"/proc/self/fd/{root}")
     b = os.readlink(f"/proc/self/fd/{parent}")
     rel = os.path.relpath(b, a)
-    if rel == "." or rel.startswith(".."):     # moved meanwhile: assume the least depth
+    if rel == ".":
         return 0
+    if rel == ".." or rel.startswith("../") or not b.startswith("/") \
+            or b.endswith(" (deleted)"):
+        return None
     return len(rel.split("/"))
 
 

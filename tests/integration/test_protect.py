@@ -196,3 +196,17 @@ def test_a_protected_memory_may_not_grow_past_the_static_reservation(tmp_path, p
     # by default such a compartment runs, unprotected (nothing was asked)
     r = _up(tmp_path, _program("app", plugins["null"]) + big, schemas=False)
     assert _lines(r.stdout, "app")[-1] == "null: read 0 (not protected)"
+
+
+def test_check_says_how_each_memory_is_protected_as_up_enforces_it(tmp_path, plugins):
+    (tmp_path / "input.txt").write_text("")
+    (tmp_path / "system.toml").write_text(
+        (_program("null", plugins["null"]) + _program("off", plugins["null"], "protect = false")
+         + _program("plain", plugins["plain_null"])).replace("INPUT", str(tmp_path / "input.txt")))
+    r = run_wsuper("check", str(tmp_path / "system.toml"), merged=True)
+    assert r.returncode == 0, r.stdout
+    heads = {l.split(":")[0]: l for l in r.stdout.splitlines() if not l.startswith(" ")}
+    assert heads["null"].endswith("; memory protected: no-access [0x0, 0x1000), "
+                                  "read-only [0x1000, 0x2000)"), heads
+    assert heads["off"].endswith("; memory not protected (protect = false)")
+    assert heads["plain"].endswith("; memory not protected (the module declares no layout)")

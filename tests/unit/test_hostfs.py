@@ -228,13 +228,14 @@ def test_symlinks_made_by_the_guest_stay_inside(tree):
     d = Directory.grant(str(tree))
     d.symlink("notes.txt", "a")
     d.symlink("../notes.txt", "sub/b")                  # climbs, but not out
-    d.symlink("sub/../notes.txt", "c")
     d.symlink("dangling", "d")
     assert os.readlink(tree / "sub" / "b") == "../notes.txt"
     assert opened(d, "sub/b", follow=True).read(0, 5)["data"] == b"hello"
     assert "would lead outside" in fails("EPERM", d.symlink, "../secret.txt", "e")
     assert "would lead outside" in fails("EPERM", d.symlink, "../../x", "sub/e")
     assert "would lead outside" in fails("EPERM", d.symlink, "a/../../x", "e")
+    # a '..' after a name climbs from wherever the name leads: never allowed
+    assert "would lead outside" in fails("EPERM", d.symlink, "sub/../notes.txt", "c")
     assert "link targets are relative" in fails("EPERM", d.symlink, "/etc/passwd", "e")
     fails("EEXIST", d.symlink, "x", "a")
     fails("ENOENT", d.symlink, "", "e")
@@ -571,3 +572,41 @@ def test_links_that_climb_are_not_moved_where_they_would_lead_outside(tmp_path):
     d.symlink("../../../etc", "a/b/c/up2")
     d.rename("a", "x/y/z/a")                           # deeper: fine
     assert os.readlink(root / "x" / "y" / "z" / "up") == "../../../etc"
+
+
+def test_a_chain_of_links_never_leads_outside(tmp_path):
+    """A name in a target may itself be a link: `self -> .` made `self/self/../..`
+    climb two levels from one.  Only leading '..' count, so no chain of links
+    the guest makes (or moves) leads a host program outside the grant."""
+    root = tmp_path / "granted"
+    (root / "p").mkdir(parents=True)
+    d = Directory.grant(str(root))
+    d.symlink(".", "self")
+    d.symlink("..", "p/up")                            # the grant itself: fine
+    for target in ("self/self/../../etc/passwd", "self/../x", "p/up/../x",
+                   "self/./../x", "p/../../x"):
+        assert "would lead outside" in fails("EPERM", d.symlink, target, "l")
+    # through a link to '.', the link's directory is where it really is (the top)
+    fails("EPERM", d.symlink, "../x", "self/self/l")
+    d.symlink("self/p/up/self", "ok")                  # names only: stays beneath
+    assert os.path.realpath(root / "ok") == str(root)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            real = os.path.realpath(os.path.join(dirpath, name))
+            assert real == str(root) or real.startswith(str(root) + "/"), (name, real)
+
+
+def test_a_directory_whose_name_starts_with_two_dots_is_still_below(tmp_path):
+    """`..a` is a name, not a climb: a directory moved through one keeps its
+    depth, so its links are checked when it moves higher."""
+    root = tmp_path / "granted"
+    (root / "p" / "q" / "r").mkdir(parents=True)
+    (root / "..a").mkdir()
+    d = Directory.grant(str(root))
+    d.symlink("../../../etc", "p/q/r/l")               # at depth 3: stays inside
+    d.rename("p", "..a/p")                             # deeper: fine
+    with pytest.raises(FsError, match="outside the granted directory"):
+        d.rename("..a/p/q/r", "r")                     # from depth 4 to the top: out
+    with pytest.raises(FsError, match="outside"):
+        d.symlink("../../x", "..a/l2")                 # ..a is one level down, not zero
+    assert not (root / "r").exists()
