@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -390,7 +391,8 @@ static void mark_dirty(Lane *L, Peer *P) {
 
 static void flush(Lane *L, Peer *P) {
   while (buf_size(&P->out) && !P->write_closed) {
-    ssize_t k = write(P->fd, P->out.p + P->out.off, buf_size(&P->out));
+    /* send, not write: a peer that went away is EPIPE here, never a SIGPIPE */
+    ssize_t k = send(P->fd, P->out.p + P->out.off, buf_size(&P->out), MSG_NOSIGNAL | MSG_DONTWAIT);
     L->c_writes++;
     if (k > 0) {
       P->out.off += (size_t)k;
