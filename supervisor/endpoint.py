@@ -61,6 +61,32 @@ def lock_path(system_path: str) -> str:
     return os.path.join(runtime_dir(), system_id(system_path) + ".lock")
 
 
+def own_paths(system) -> list[tuple[str, str, bool]]:
+    """The supervisor's own files and directories for `system`: (what, real path,
+    is a directory, how to move it).  No grant may reach them (policy.load refuses it): through a
+    grant a compartment could read the audit of every call, forge records, or
+    put a link where the supervisor writes."""
+    from .output import default_log_dir
+    sid = system_id(system.path)
+    out = [("runtime directory (sockets, lock)", runtime_dir(), True,
+            "XDG_RUNTIME_DIR moves it"),
+           ("log directory", system.logs or default_log_dir(sid), True,
+            "[system] logs moves it")]
+    if system.socket:
+        out.append(("external socket", system.socket, False, "[system] socket moves it"))
+    if system.audit:
+        out.append(("audit file", system.audit, False, "[system] audit moves it"))
+    return [(what, os.path.realpath(p), is_dir, how) for what, p, is_dir, how in out]
+
+
+def reaches(grant: str, is_dir: bool, own: str, own_is_dir: bool) -> bool:
+    """Whether a grant of the real path `grant` reaches the supervisor's `own` path:
+    it is that path, holds it, or (for an own directory) lies inside it."""
+    def under(a, b):
+        return a == b or a.startswith(b.rstrip("/") + "/")
+    return grant == own or (is_dir and under(own, grant)) or (own_is_dir and under(grant, own))
+
+
 def _make_dir(path: str, what: str):
     """mkdir 0700 (nothing if it exists)."""
     try:

@@ -262,6 +262,8 @@ def load(path: str) -> System:
     text = _read_text(path, "")
     system = parse(text, path, lambda p: _read_text(p, "policy file "))
     where = _Where(text, path)
+    from .endpoint import own_paths as supervisor_paths, reaches
+    own_paths = supervisor_paths(system)
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
             raise where.error(f"system.schemas[{i}]", _not_a_file("schema file", s))
@@ -284,6 +286,12 @@ def load(path: str) -> System:
                 problem = _subdir_problem(g.path, g.subdir)
                 if problem:
                     raise gwhere.error(f"{origin_key}.subdir", problem)
+            real = os.path.realpath(os.path.join(g.path, g.subdir or ""))
+            for what, own, own_dir, how in own_paths:
+                if reaches(real, g.target == "directory", own, own_dir):
+                    raise gwhere.error(key, f"{g.path} reaches the supervisor's {what} "
+                                       f"{own}: no compartment may read or change the "
+                                       f"supervisor's own files ({how})")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               _not_a_file("module file", comp.module))

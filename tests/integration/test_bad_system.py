@@ -188,3 +188,54 @@ def test_a_start_function_that_traps_says_so(tmp_path):
     assert r.returncode == 1
     assert ("its start function trapped: wasm `unreachable` instruction executed (in boom)"
             in r.stderr), r.stderr
+
+
+def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
+    """Through a grant a compartment could read every call's audit record, forge
+    records, or plant a link where the supervisor writes its logs: a grant that
+    is, holds or lies inside one of the supervisor's own paths is refused, however
+    the path is spelled (a symlinked parent, a subdir)."""
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+    (tmp_path / "box" / "logs" / "deeper").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    os.symlink(tmp_path, tmp_path / "up")           # a symlinked parent
+    (tmp_path / "box" / "audit.jsonl").write_text("")
+    cases = [  # ([system] lines, grant, the supervisor's path named in the error)
+        ('audit = "box/audit.jsonl"', f'host = "directory", path = "{tmp_path}/up/box"',
+         f"audit file {tmp_path}/box/audit.jsonl"),
+        ('audit = "box/audit.jsonl"', f'host = "file", path = "{tmp_path}/box/audit.jsonl"',
+         "audit file"),
+        ('logs = "box/logs"', f'host = "directory", path = "{tmp_path}/box"',
+         f"log directory {tmp_path}/box/logs"),
+        ('logs = "box/logs"', f'host = "directory", path = "{tmp_path}/box", subdir = "logs"',
+         "log directory"),
+        ('logs = "box"', f'host = "directory", path = "{tmp_path}/box/logs/deeper"',
+         "log directory"),
+        ('socket = "box/calc.sock"', f'host = "directory", path = "{tmp_path}/up/box"',
+         f"external socket {tmp_path}/box/calc.sock"),
+        ('', f'host = "directory", path = "{tmp_path}"',
+         f"runtime directory (sockets, lock) {tmp_path}/run/wsuper"),
+    ]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    for system, grant, named in cases:
+        (tmp_path / "system.toml").write_text(
+            f'[system]\n{system}\n[compartments.m]\nmodule = "m.wat"\n'
+            f'[compartments.m.grants]\nd = {{ {grant} }}\n')
+        for command in ("check", "up"):
+            r = subprocess.run([sys.executable, "-m", "supervisor.cli", command,
+                                str(tmp_path / "system.toml")], capture_output=True,
+                               text=True, env=env, timeout=60)
+            assert r.returncode == 2, (system, grant, r.stdout, r.stderr)
+            assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:6: "
+                                       f"compartments.m.grants.d.path: "), r.stderr
+            assert f"reaches the supervisor's {named}" in r.stderr, r.stderr
+    # beside them, not over them: fine
+    (tmp_path / "data").mkdir()
+    (tmp_path / "system.toml").write_text(
+        f'[system]\naudit = "box/audit.jsonl"\nlogs = "box/logs"\n[compartments.m]\n'
+        f'module = "m.wat"\n[compartments.m.grants]\n'
+        f'd = {{ host = "directory", path = "{tmp_path}/data" }}\n')
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
+                        str(tmp_path / "system.toml")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -29,6 +29,8 @@ def kv(tmp_path_factory):
 def _fresh_data(kv):
     shutil.rmtree(kv / "data", ignore_errors=True)
     (kv / "data").mkdir()
+    for audit in ("audit.jsonl", "hostile-audit.jsonl"):
+        (kv / audit).unlink(missing_ok=True)
 
 
 def test_the_store_persists_to_its_append_only_file(kv):
@@ -46,7 +48,7 @@ def test_the_store_persists_to_its_append_only_file(kv):
     assert "[store] store: replayed 2 records from /data/kv.log" in r.stdout
     assert (kv / "data" / "kv.log").read_text() == \
         "runs\t1\ngreeting\thello\nruns\t2\ngreeting\thello\n"
-    records = audit_calls(kv / "data" / "audit.jsonl")
+    records = audit_calls(kv / "audit.jsonl")
     calls = {(x["caller"], x["capability"].split(" ")[0], x["method"]) for x in records}
     assert {("client", "client.kv", "subscribe"), ("client", "client.kv", "put"),
             ("store", "store.data>Directory.open", "append")} <= calls, calls
@@ -102,7 +104,7 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
     denials = [l for l in run.lines if l.startswith("wsuper: denied: hostile")]
     assert len(denials) < 20                  # the terminal is not flooded either
     assert (kv / "data" / "kv.log").read_text() == "runs\t41\n"
-    records = audit_calls(kv / "data" / "hostile-audit.jsonl")
+    records = audit_calls(kv / "hostile-audit.jsonl")
     assert any(x["caller"] == "hostile" and x["method"] == "put" and x["outcome"] == "denied"
                for x in records)
     assert sum(x["caller"] == "hostile" and x["outcome"] == "denied" for x in records) > 100

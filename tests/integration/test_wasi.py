@@ -229,10 +229,11 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
 
 
 def test_releasing_a_grants_handle_leaves_its_descriptor_working(tmp_path, wasi_guests):
-    (tmp_path / "a.txt").write_text("still here\n")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("still here\n")
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
-data = {{ host = "directory", path = "{tmp_path}" }}
+data = {{ host = "directory", path = "{tmp_path}/d" }}
 env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/data/a.txt",
                                        "release:data"] }}
 """)
