@@ -13,16 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_us(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
+#include "timing.h"
 
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 static void full(int fd, char *buf, int n, int reading) {
   for (int done = 0; done < n;) {
@@ -135,7 +127,7 @@ int main(int argc, char **argv) {
   close(ar[0]);
   while (wait(NULL) > 0) {
   }
-  qsort(t, n, sizeof *t, cmp);
+  qsort(t, n, sizeof *t, cmp_double);
   printf("%.2f %.2f %.2f\n", t[n / 2], t[(int)(n * 0.99)], sum / n);
   return 0;
 }

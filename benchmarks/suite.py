@@ -455,6 +455,206 @@ def bare_python(n: int) -> dict:
             "pss_mib": statistics.median(p for _, p in mem)}
 
 
+# ---------------------------------------------------------------- probes (issue 15)
+
+def _cpu_instance(module_bytes, probes_flags=None, export="run"):
+    """An instance of benchmarks/cpu.c's module as an engine makes it (the engine's
+    wasmtime configuration, fuel on); with probe sites, the engine's hooks linked
+    and `probes_flags(sites)` written in."""
+    import wasmtime
+
+    from compartments import instrument, probing, unchecked
+    from compartments.wasm import engine_config
+    eng = wasmtime.Engine(engine_config())
+    module = wasmtime.Module(eng, module_bytes)
+    store = wasmtime.Store(eng)
+    store.set_fuel((1 << 63) - 1)
+    linker = wasmtime.Linker(eng)
+    sites = probes_flags[0] if probes_flags else None
+    hooks = probing.EngineProbes(sites) if sites is not None else None
+    if hooks is not None:
+        for name, (params, results) in instrument.HOOKS.items():
+            unchecked.define(linker, instrument.PROBE_MODULE, name, params, results,
+                             getattr(hooks, name), eng)
+    inst = linker.instantiate(store, module)
+    ex = inst.exports(store)
+    if hooks is not None:
+        hooks.attach(ex, store)
+        hooks.set(probes_flags[1], False)
+    from compartments.unchecked import TypedFunc
+    return TypedFunc(store, ex[export], ("i32",), ("i32",)), hooks
+
+
+def probes_cpu(rounds: int, repeats: int, d: str) -> dict:
+    """The CPU-bound guest (sorting with a comparison function, and hashing): its
+    module as built (twice: the second copy gives the noise floor, an A/A ratio),
+    rewritten with probe sites all off, and with sites on.  Times are the best
+    of `repeats`, interleaved; fuel (wasm instructions executed, exact) is the
+    noise-free measure of what the sites add."""
+    from compartments import instrument
+    from compartments.instrument import COUNT, EVENTS
+    from supervisor import toolchain
+    path = toolchain.build([os.path.join(HERE, "cpu.c")], os.path.join(d, "cpu.wasm"),
+                           reactor=True)
+    with open(path, "rb") as f:
+        plain = f.read()
+    t = time.perf_counter()
+    functions, fsites = instrument.rewrite(plain, ["functions"])
+    rewrite_s = time.perf_counter() - t
+    every, esites = instrument.rewrite(plain, instrument.POINTS)
+
+    def flags(sites, bit, kind=0):
+        return bytes(bit if k == kind else 0 for k in sites.kinds)
+    variants = {
+        "plain": (plain, None),
+        "plain_again": (plain, None),
+        "functions_off": (functions, (fsites, bytes(len(fsites)))),
+        "all_points_off": (every, (esites, bytes(len(esites)))),
+        "functions_counted": (functions, (fsites, flags(fsites, COUNT))),
+        "blocks_counted": (every, (esites, flags(esites, COUNT, 1))),
+        "functions_events": (functions, (fsites, flags(fsites, EVENTS))),
+    }
+    runs = {name: _cpu_instance(m, f) for name, (m, f) in variants.items()}
+    for name in ("plain", "plain_again", "functions_off", "all_points_off"):
+        m, f = variants[name]
+        runs[f"hash_{name}"] = _cpu_instance(m, f, "hash")
+    fuel = {}
+    for name, (fn, hooks) in runs.items():
+        store = fn._store
+        before = store.get_fuel()
+        fn(1)
+        fuel[name] = before - store.get_fuel()
+        if hooks is not None:
+            hooks.collect()
+    best = {name: float("inf") for name in runs}
+    expected = None
+    for _ in range(repeats):
+        for name, (fn, hooks) in runs.items():
+            n = max(1, rounds // 20) if name == "functions_events" else rounds
+            t = time.perf_counter()
+            h = fn(n)
+            dt = (time.perf_counter() - t) / n
+            if hooks is not None:
+                hooks.collect()
+            if n == rounds and not name.startswith("hash_"):
+                expected = h if expected is None else expected
+                if h != expected:
+                    raise RuntimeError(f"{name}: the rewritten module computed {h}, not "
+                                       f"{expected}")
+            best[name] = min(best[name], dt)
+    out = {f"{k}_ms": v * 1000 for k, v in best.items()}
+    for prefix in ("", "hash_"):
+        base = prefix + "plain"
+        out.update({f"{k}_vs_plain": best[k] / best[base] for k in runs
+                    if k != base and k.startswith(prefix) and (prefix or not
+                                                                k.startswith("hash_"))})
+        out.update({f"{k}_fuel_vs_plain": fuel[k] / fuel[base] for k in runs
+                    if k != base and k.startswith(prefix) and (prefix or not
+                                                                k.startswith("hash_"))})
+    out["functions"] = len(fsites)
+    out["sites_all_points"] = len(esites)
+    out["rewrite_ms"] = rewrite_s * 1000
+    return out
+
+
+def _probe_system(d: str, kind: str, n: int, analysis: str | None = None) -> str:
+    calc = f'[compartments.calc]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n'
+    if kind in ("functions_off", "events"):
+        calc += 'instrument = ["functions"]\n'
+    if kind == "calls_on":
+        calc += '[compartments.calc.probes.c]\npoint = "calls"\n'
+    if kind == "events":
+        calc += ('[compartments.calc.probes.c]\npoint = "calls"\nevents = true\n'
+                 '[compartments.calc.probes.f]\npoint = "functions"\nevents = true\n')
+    with open(os.path.join(d, "app.wat"), "w") as f:
+        f.write(_loop_wat("calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], n))
+    system = (f'[system]\nschemas = ["{EX}/calc.capnp"]\n{calc}'
+              f'[compartments.app]\nmodule = "app.wat"\n'
+              f'[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n')
+    if analysis:
+        system += (f'[compartments.analysis]\nmodule = "{analysis}"\n'
+                   f'[compartments.analysis.limits]\ncall_time = 600\n'
+                   f'[compartments.analysis.grants]\n'
+                   f'events = {{ host = "probe", on = "calc" }}\nclock = {{ host = "clock" }}\n'
+                   f'stdout = {{ host = "log" }}\n'
+                   f'env = {{ host = "environment", args = ["1500"] }}\n')
+    return system
+
+
+def probes_call(blocks: int, d: str) -> dict:
+    """Compartment -> compartment calls from one C program (benchmarks/callmix.c) to
+    three calc compartments: as built, with function probe sites compiled in
+    (off), and with a calls probe on (counting in the supervisor), in
+    interleaved blocks of 50 calls timed by the program; the median over
+    blocks of each block's mean, in µs."""
+    from supervisor import bindgen, toolchain
+    inc = os.path.join(d, "include")
+    bindgen.generate(os.path.join(EX, "calc.capnp"), inc)
+    wasm = toolchain.build([os.path.join(HERE, "callmix.c")], os.path.join(d, "callmix.wasm"),
+                           include=[inc])
+    system = f'[system]\nschemas = ["{EX}/calc.capnp"]\n'
+    for name, extra in (("plain", ""), ("functions_off", 'instrument = ["functions"]\n'),
+                        ("calls_on", "")):
+        system += f'[compartments.{name}]\nmodule = "{EX}/calc.wat"\nexports = "Calc"\n{extra}'
+    system += '[compartments.calls_on.probes.c]\npoint = "calls"\n'
+    system += (f'[compartments.app]\nmodule = "{wasm}"\n[compartments.app.limits]\n'
+               f'log_rate = 1000000\n[compartments.app.grants]\n'
+               f'plain = {{ compartment = "plain" }}\n'
+               f'functions_off = {{ compartment = "functions_off" }}\n'
+               f'calls_on = {{ compartment = "calls_on" }}\nclock = {{ host = "clock" }}\n'
+               f'stdout = {{ host = "log" }}\n'
+               f'env = {{ host = "environment", args = ["{blocks}"] }}\n')
+    r = _wsuper(system, d)
+    out = {}
+    for line in r.stdout.splitlines():
+        if "callmix " in line:
+            name, us = line.split("callmix ", 1)[1].split()
+            out[name] = {"mean_us": float(us)}
+    if set(out) != {"plain", "functions_off", "calls_on"}:
+        raise RuntimeError("no callmix lines; output:\n" + r.stdout[-2000:] + r.stderr[-2000:])
+    return out
+
+
+def probes_analysis(n: int, d: str) -> dict:
+    """Events delivered to a wasm analysis compartment (benchmarks/analysis.c): a
+    program calls calc, whose calls and function entries and exits are probed;
+    the analysis lets its queue fill, then drains it in reads of 1024.  Events
+    per second: the backlog it read, over how long that took."""
+    from supervisor import toolchain
+    schema = os.path.join(ROOT, "capnp_schemas", "probe.capnp")
+    inc = os.path.join(d, "include")
+    from supervisor import bindgen
+    bindgen.generate(schema, inc)
+    wasm = toolchain.build([os.path.join(HERE, "analysis.c")], os.path.join(d, "analysis.wasm"),
+                           include=[inc])
+    r = _wsuper(_probe_system(d, "events", n, wasm), d)
+    for line in r.stdout.splitlines():
+        if "analysis-stats " in line:
+            f = dict(kv.split("=") for kv in line.split("analysis-stats ", 1)[1].split())
+            events, seconds = int(f["events"]), float(f["seconds"])
+            return {"events": events, "seconds": seconds, "dropped": int(f["dropped"]),
+                    "reads": int(f["reads"]),
+                    "events_per_s": events / seconds if seconds > 0 else 0.0,
+                    "calls": _call_stats("\n".join(l for l in r.stdout.splitlines()
+                                                    if l.startswith("[app]")))["n"]}
+    raise RuntimeError("no analysis-stats line; output:\n" + r.stdout[-2000:] + r.stderr[-2000:])
+
+
+def probes_section(cfg: dict, d: str) -> dict:
+    cpu = probes_cpu(cfg["probe_rounds"], cfg["probe_repeats"], d)
+    rounds = [probes_call(cfg["probe_call_blocks"], d) for _ in range(cfg["rounds"])]
+    call = {}
+    for kind in rounds[0]:
+        call[kind] = {"mean_us": statistics.median(r[kind]["mean_us"] for r in rounds)}
+    ratios = {}
+    for kind in ("functions_off", "calls_on"):
+        values = [r[kind]["mean_us"] / r["plain"]["mean_us"] for r in rounds]
+        ratios[f"call_{kind}_vs_plain"] = {"median": statistics.median(values),
+                                           "min": min(values), "max": max(values)}
+    return {"cpu": cpu, "call": call, "ratios": ratios,
+            "analysis": probes_analysis(cfg["probe_events_calls"], d)}
+
+
 # ---------------------------------------------------------------- memory protection
 
 def protect_bench(cfg: dict, d: str) -> dict:
@@ -662,6 +862,8 @@ def section(name: str, cfg: dict) -> dict:
             return _aggregate([latency_round(cfg, d) for _ in range(cfg["rounds"])])
         if name == "engine":
             return engine_micro(cfg["micro_calls"])
+        if name == "probes":
+            return probes_section(cfg, d)
         if name == "protect":
             return protect_bench(cfg, d)
         if name == "startup":
@@ -698,11 +900,15 @@ CONFIGS = {
     "full": {"rounds": 5, "calls": 1000, "in_flight_calls": 3000, "relay_trips": 10000,
              "batched_calls": 300000,
              "micro_calls": 200000, "restarts": 10, "bare": 20, "many": [100, 1000],
-             "layers": 50, "sort_n": 1 << 18, "protect_rounds": 21, "protect_instances": 200},
+             "layers": 50, "probe_rounds": 50, "probe_repeats": 15, "probe_events_calls": 5000,
+             "probe_call_blocks": 60, "sort_n": 1 << 18, "protect_rounds": 21,
+             "protect_instances": 200},
     "quick": {"rounds": 1, "calls": 100, "in_flight_calls": 200, "relay_trips": 500,
               "batched_calls": 5000,
               "micro_calls": 5000, "restarts": 3, "bare": 3, "many": [5, 10], "layers": 3,
-              "sort_n": 1 << 12, "protect_rounds": 3, "protect_instances": 10},
+              "probe_rounds": 2, "probe_repeats": 2, "probe_events_calls": 300,
+              "probe_call_blocks": 3, "sort_n": 1 << 12, "protect_rounds": 3,
+              "protect_instances": 10},
 }
 
 
@@ -724,7 +930,8 @@ def run(quick: bool) -> dict:
               "one_core": {"latency": _child("latency", cfg, True)},
               "engine": _child("engine", cfg, False),
               "protect": _child("protect", cfg, False),
-              "startup": _child("startup", cfg, False)}
+              "startup": _child("startup", cfg, False),
+              "probes": _child("probes", cfg, False)}
     result["seconds"] = time.perf_counter() - t
     return result
 
@@ -767,6 +974,12 @@ TARGETS = [
     ("guest -> host call", lambda r: r["engine"]["wasm_to_host_us"], 3.0, "<=", "us"),
     ("fresh instance per call: instantiation", lambda r: r["engine"]["fresh_instance_us"],
      50.0, "<=", "us"),
+    ("probe sites compiled in, off: C hashing loop / as built", lambda r: r["probes"]["cpu"]
+     ["hash_all_points_off_vs_plain"], 1.02, "<=", "x"),
+    ("probe sites compiled in, off: C qsort, a call per comparison / as built",
+     lambda r: r["probes"]["cpu"]["all_points_off_vs_plain"], 1.02, "<=", "x"),
+    ("probe sites compiled in, off: call to it / to the module as built", lambda r: r["probes"]
+     ["ratios"]["call_functions_off_vs_plain"]["median"], 1.02, "<=", "x"),
     ("memory-heavy guest, protected / unprotected (CPU, fastest rounds)", lambda r: r[
         "protect"]["ratios"]["protected_vs_plain"]["fastest"], 1.01, "<=", "x"),
     ("... built with bulk memory: inserted checks (CPU, fastest rounds)", lambda r: r[
@@ -882,6 +1095,45 @@ def table(r: dict) -> str:
     lay = s["confine_layers_us"]
     lines += ["", f"| an engine's start, step by step (median of {lay['n']}) | µs |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in lay.items() if k != "n"]
+    p = r.get("probes")
+    if p:
+        c = p["cpu"]
+        lines += ["", "| probes (docs/instrumentation.md): CPU-bound C guest (qsort with a "
+                  "comparison function, then FNV-1a) | ms a run | time / as built | "
+                  "wasm instructions (fuel) / as built |", "|---|---|---|---|"]
+        for key, label in (("plain", "the module as built"),
+                           ("plain_again", "the module as built, again (the noise floor)"),
+                           ("functions_off", "function sites compiled in, off"),
+                           ("all_points_off", "function, block and store sites compiled in, off"),
+                           ("functions_counted", "every function's entry counted (in the module)"),
+                           ("blocks_counted", "every block counted (in the module)"),
+                           ("functions_events", "every entry and exit an event (a host call each)")):
+            ratio = "1" if key == "plain" else _f(c[f"{key}_vs_plain"])
+            fuel = "1" if key == "plain" else _f(c[f"{key}_fuel_vs_plain"])
+            lines.append(f"| {label} | {_f(c[f'{key}_ms'])} | {ratio} | {fuel} |")
+        for key, label in (("hash_plain_again", "hashing loop: the module as built, again"),
+                           ("hash_functions_off", "hashing loop: function sites compiled in, off"),
+                           ("hash_all_points_off", "hashing loop: every site compiled in, off")):
+            lines.append(f"| {label} | {_f(c[f'{key}_ms'])} | {_f(c[f'{key}_vs_plain'])} | "
+                         f"{_f(c[f'{key}_fuel_vs_plain'])} |")
+        lines.append(f"| (rewriting the module: {_f(c['rewrite_ms'])} ms for {c['functions']} "
+                     f"functions, {c['sites_all_points']} sites with every point) | | | |")
+        lines += ["", "| probes: compartment → compartment call (one program, the three "
+                  "callees in interleaved blocks; µs a call, median) | µs | / plain "
+                  "[min..max over runs] |", "|---|---|---|"]
+        for key, label in (("plain", "to calc as built"),
+                           ("functions_off", "to calc with function sites compiled in, off"),
+                           ("calls_on", "to calc with a calls probe on (counted)")):
+            ratio = p["ratios"].get(f"call_{key}_vs_plain")
+            cell = "1" if ratio is None else \
+                f"{_f(ratio['median'])} [{_f(ratio['min'])}..{_f(ratio['max'])}]"
+            lines.append(f"| {label} | {_f(p['call'][key]['mean_us'])} | {cell} |")
+        a = p["analysis"]
+        lines += ["", f"| probes: events to a wasm analysis compartment | value |", "|---|---|",
+                  f"| events per second delivered (a full queue drained in reads of 1024; "
+                  f"calc's calls and function entries and exits while a program calls it) | "
+                  f"{_f(a['events_per_s'])} |",
+                  f"| events, reads, dropped | {a['events']}, {a['reads']}, {a['dropped']} |"]
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     for what, get, limit, op, unit in TARGETS:
         try:

@@ -3,6 +3,7 @@
 Layout:
   engine.capnp, host.capnp  the project's own interfaces (engine control, host
                             capabilities, the external gateway)
+  probe.capnp               the Probe host capability (analysis compartments)
   wire.py                   framing and pointer surgery on raw messages (pure)
   rpcwire.py                the Call, Return and Finish headers, by hand (pure)
   protocol.py               the sans-IO Cap'n Proto RPC connection (pure)
@@ -29,6 +30,7 @@ IMPORT_PATH = [os.path.dirname(_CAPNP_DIR), HERE]
 rpc = capnp.load(os.path.join(_CAPNP_DIR, "rpc.capnp"), imports=IMPORT_PATH)
 engine = capnp.load(os.path.join(HERE, "engine.capnp"), imports=IMPORT_PATH)
 host = capnp.load(os.path.join(HERE, "host.capnp"), imports=IMPORT_PATH)
+probe = capnp.load(os.path.join(HERE, "probe.capnp"), imports=IMPORT_PATH)
 
 
 class SchemaError(Exception):

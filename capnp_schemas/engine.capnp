@@ -18,4 +18,20 @@ interface Engine @0xa05a5e2c6b2f6d03 {
   # Run the module's `_start`.  Returns when the program ends; a trap is an
   # exception whose reason says where the guest trapped.
   run @1 () -> (exitCode :Int32);
+
+  # Probes (see the note at the end of this file).
+  describe @2 () -> (sites :Text);
+  probe @3 (flags :Data, hostcalls :Bool) -> ();
+  collect @4 () -> (counters :Data, events :Data, dropped :UInt64);
 }
+
+# Probes (docs/instrumentation.md).  Methods 2..4 are appended to Engine; only the
+# supervisor calls them, and it checks every answer.
+#   describe @2 () -> (sites :Text)
+#     the probe sites compiled into the module (JSON; "" if none)
+#   probe @3 (flags :Data, hostcalls :Bool) -> ()
+#     set every site's flag byte (1 count, 2 events; `flags` is empty or one byte
+#     a site) and whether host calls are timed
+#   collect @4 () -> (counters :Data, events :Data, dropped :UInt64)
+#     the sites' counters (8 bytes each, little-endian) and the events recorded
+#     since the last collect (32-byte records, compartments/probing.py)

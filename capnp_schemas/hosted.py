@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import attrs
 
-from . import host
+from . import host, probe
 from .payloads import method_structs
 
 #: kind (as written in the system file) -> interface name in host.capnp
 KINDS = {"log": "Log", "clock": "Clock", "random": "Random", "directory": "Directory",
-         "file": "File", "environment": "Environment"}
+         "file": "File", "environment": "Environment", "probe": "Probe"}
 
 
 @attrs.frozen
@@ -44,7 +44,7 @@ class Interface:
 
 
 def _interface(kind: str, name: str) -> Interface:
-    module = getattr(host, name)
+    module = getattr(host, name, None) or getattr(probe, name)   # probe.capnp: Probe
     methods = tuple(Method(m.name, i, *method_structs(module, m.name))
                     for i, m in enumerate(module.schema.node.interface.methods))
     return Interface(kind, name, module.schema.node.id, methods)

@@ -46,7 +46,7 @@ from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 from capnp_schemas.text import first_line as _first_line
 
-from . import abi, confine, protect, unchecked, wasi, wasm
+from . import abi, confine, probing, protect, unchecked, wasi, wasm
 from .spec import EngineSpec
 from .unchecked import TypedFunc
 
@@ -195,40 +195,46 @@ class Engine:
 
     def _load(self, module, wasm_engine, description):
         path = self.spec.module
-        layout = None
+        sites = layout = None
         if module is None:
             wasm_engine = wasmtime.Engine(wasm.engine_config())
-            try:
-                if self.spec.protect is None:
-                    module = wasm.compile_module(wasm_engine, path)
-                else:
-                    module, layout = protect.compile_module(wasm_engine, path, self.spec.protect,
-                                                            self.limits.memory)
+            try:       # probe sites first, then protection's checks (wasm.compile_for)
+                module, sites, layout = wasm.compile_for(
+                    wasm_engine, path, self.spec.instrument, self.spec.protect,
+                    self.limits.memory)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 raise EngineError(f"cannot load module {path}: {_first_line(e)}") from None
+            except Exception as e:  # noqa: BLE001 - instrument.InstrumentError
+                raise EngineError(f"cannot instrument module {path}: {_first_line(e)}") \
+                    from None
             description = None
         self.wasm_engine = wasm_engine
         if description is None:
-            problem, description = wasm.describe(module)
+            problem, description = wasm.describe(module, sites, layout)
             if problem:
                 raise EngineError(f"module {path} {problem}")
-            if layout is not None:
-                description = wasm.Description(description.wasi, description.exports,
-                                               layout.to_json())
+        self.probes = probing.EngineProbes(
+            probing.Sites.from_json(description.sites) if description.sites else None)
         export_types = description.exports
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
+        timed = self.probes.timed          # host-call probes: one flag test while off
         for name, (params, results) in abi.IMPORTS.items():
             unchecked.define(linker, abi.MODULE, name, params, results,
-                             getattr(self, "_host_" + name), self.wasm_engine)
+                             timed(f"{abi.MODULE}.{name}", getattr(self, "_host_" + name)),
+                             self.wasm_engine)
         for name in self._wasi_names:
             # per_call: each call has a WASI state of its own, so look it up at each call
             fn = self._wasi_entry(name) if self.per_call else self.wasi.function(name)
-            unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name], fn,
-                             self.wasm_engine)
+            unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
+                             timed(f"wasi.{name}", fn), self.wasm_engine)
+        if self.probes.sites is not None:  # the hooks of a rewritten module (instrument.py)
+            for name, (params, results) in probing.HOOKS.items():
+                unchecked.define(linker, probing.PROBE_MODULE, name, params, results,
+                                 getattr(self.probes, name), self.wasm_engine)
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
@@ -237,6 +243,7 @@ class Engine:
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self.probes.attach(exports, self.store)
         if self.spec.protect is not None:
             self._protect(description.protect)
         typed = lambda name, sig: self._typed(exports, name, sig, export_types)  # noqa: E731
@@ -702,6 +709,8 @@ class Engine:
                     self._report_call_times()
             results = _RunResults.new_message(exitCode=code)
             return Content.standalone(results.to_segments()), []
+        if ev.method_id in probing.CONTROL:     # describe, probe, collect
+            return probing.control(self.probes, ev.method_id, ev.payload.content), []
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
     def _report_call_times(self):
@@ -785,11 +794,13 @@ class Engine:
                 base = protect.enforce(self.regions, store, memory)
             except (OSError, AttributeError) as e:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
+        probes_outer = self.probes.attach(exports, store)
         outer = self._swap({
             "store": store, "memory": memory if isinstance(memory, wasmtime.Memory) else None,
             "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
             "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
             "_wasi_fns": {}, "_memory_base": base})
+        outer["_probes_outer"] = probes_outer
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
@@ -802,7 +813,9 @@ class Engine:
     def _leave_instance(self, outer: dict):
         """Back to `outer`.  The instance's unfinished output lines are written now;
         returns the clean-up that drops its references, to run after the answer."""
+        probes_outer = outer.pop("_probes_outer", None)
         inner = self._swap(outer)
+        self.probes.detach(probes_outer)
         if inner["wasi"] is not None:
             inner["wasi"].flush_all()
 
@@ -812,6 +825,10 @@ class Engine:
             for entry in inner["handles"].entries():
                 if isinstance(entry, _Import):
                     self._unref_import(entry.import_id)
+            # its memories' address space, now: a trap's traceback can keep the store
+            # alive until a garbage collection, and the engine's RLIMIT_AS has room
+            # for only a few instances (each memory reserves 64 MiB)
+            inner["store"].close()
         return release
 
     def _guest(self, func, *args, fuel: int):
@@ -825,8 +842,13 @@ class Engine:
         outer = store.get_fuel() if self._entered else None
         store.set_fuel(fuel)
         self._entered += 1
+        depth = self.probes.depth()
         try:
-            return func(*args)
+            try:
+                return func(*args)
+            finally:     # a trap or an exit ended activations that report no exit
+                if self.probes.depth() > depth:
+                    self.probes.unwind(depth)
         except (GuestFault, protect.Fault) as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:

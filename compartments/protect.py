@@ -201,6 +201,17 @@ def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
     which needs a valid module; None: it is known valid).  Nothing else here
     raises: a required setting that cannot be met is Layout.error; the default
     one is simply not applied (Layout.regions is None)."""
+    layout, bulk = plan(data, setting, memory_limit, page)
+    if layout.regions is None or not bulk:
+        return data, layout
+    return add_checks(data, layout, setting, validate)
+
+
+def plan(data: bytes, setting: Setting, memory_limit: int,
+         page: int = PAGE) -> tuple[Layout, bool]:
+    """The module's Layout with the regions resolved (none if they cannot be, with
+    why), and whether it may have bulk-memory instructions (which need
+    `add_checks` once the regions are known).  Raises nothing."""
     bulk = False
     try:
         f = wasmbin.facts(data)
@@ -213,17 +224,24 @@ def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
     try:
         regions = resolve(setting, layout, memory_limit, page)
     except ProtectError as e:
-        return data, attrs.evolve(layout, error=(e.key, e.reason))
+        return attrs.evolve(layout, error=(e.key, e.reason)), False
     if regions is None:
-        return data, layout
+        return layout, False
     extents = (regions.no_access_end, regions.read_only_start, regions.read_only_end)
-    layout = attrs.evolve(layout, regions=extents)
-    if not bulk:
-        return data, layout
+    return attrs.evolve(layout, regions=extents), bulk
+
+
+def add_checks(data: bytes, layout: Layout, setting: Setting,
+               validate=None) -> tuple[bytes, Layout]:
+    """`data` with a check before each of its bulk-memory instructions on memory 0
+    against `layout.regions` (wasmbin.add_bulk_checks), and the Layout that says
+    so.  `data` may differ from the module `plan` read (probe sites compiled in),
+    as long as its memory 0 and data are the same.  A module the checks cannot be
+    inserted into is not protected (or an error, if `setting` is required)."""
     if validate is not None:
         validate(data)
     try:
-        checked = wasmbin.add_bulk_checks(data, *extents)
+        checked = wasmbin.add_bulk_checks(data, *layout.regions)
     except Exception as e:  # noqa: BLE001 - Unsupported, BinaryError; or a bug: never trusted
         why = f"wsuper cannot insert the checks its bulk-memory instructions need: {e}"
         if setting.required:

@@ -37,6 +37,8 @@ class EngineSpec:
     limits: Limits = Limits()
     #: (uid, gid) the engine runs as when the zygote runs as root; None: not root
     user: tuple | None = None
+    #: probe points compiled into the module (instrument.POINTS); () runs it as it is
+    instrument: tuple = ()
     protect: Protect | None = None  # memory protection (compartments/protect.py); None: off
 
     def to_json(self) -> bytes:
@@ -45,6 +47,7 @@ class EngineSpec:
             "per_call": self.per_call, "stats": self.stats,
             "limits": attrs.asdict(self.limits),
             "user": list(self.user) if self.user is not None else None,
+            "instrument": list(self.instrument),
             "protect": self.protect.to_json() if self.protect is not None else None,
         }, separators=(",", ":")).encode()
 
@@ -76,10 +79,23 @@ class EngineSpec:
                 raise SpecError(f"{key}: expected true or false, got {v!r}")
             flags[key] = v
         return cls(name, module, **flags, limits=_limits(obj.get("limits", {})),
-                   user=_user(obj.get("user")), protect=_protect(obj.get("protect")))
+                   user=_user(obj.get("user")), instrument=_instrument(obj.get("instrument")),
+                   protect=_protect(obj.get("protect")))
 
 
-_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "protect"}
+_KEYS = {"name", "module", "exports", "per_call", "stats", "limits", "user", "instrument",
+         "protect"}
+_POINTS = ("functions", "blocks", "stores")      # instrument.POINTS (not imported: no wasmtime)
+
+
+def _instrument(v) -> tuple:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(p, str) and p in _POINTS for p in v) \
+            or len(set(v)) != len(v):
+        raise SpecError(f"instrument: expected a list of distinct points from "
+                        f"{', '.join(_POINTS)}, got {v!r}")
+    return tuple(p for p in _POINTS if p in v)
 
 
 def _protect(v):

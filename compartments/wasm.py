@@ -72,23 +72,70 @@ class Description:
     """What the engine needs to know of a module, found where it was compiled."""
     wasi: tuple = ()           # the wasi_snapshot_preview1 functions it imports
     exports: dict = {}         # name -> (params, results) of each exported function
+    sites: dict | None = None      # probe sites compiled in (instrument.Sites.to_json), if any
     protect: dict | None = None    # compiled for memory protection: its protect.Layout
 
     def to_json(self) -> bytes:
         return json.dumps({"wasi": list(self.wasi), "exports": {
             name: [list(p), list(r)] for name, (p, r) in self.exports.items()},
-            "protect": self.protect}).encode()
+            "sites": self.sites, "protect": self.protect}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Description":
         obj = json.loads(data)
         return cls(tuple(obj["wasi"]), {name: (tuple(p), tuple(r))
                                         for name, (p, r) in obj["exports"].items()},
-                   obj.get("protect"))
+                   obj.get("sites"), obj.get("protect"))
 
 
-def describe(module: wasmtime.Module) -> tuple[str | None, Description]:
-    """(why the module may not be linked, or None; its Description)."""
+def describe(module: wasmtime.Module, sites=None, layout=None) -> tuple[str | None, Description]:
+    """(why the module may not be linked, or None; its Description).  `sites`: the
+    instrument.Sites of a rewritten module, whose probe imports and export are ours;
+    `layout`: its protect.Layout, if it was compiled for memory protection."""
     imports = list(describe_imports(module))
+    if sites is not None:
+        from .instrument import EXPORT_PROBES, PROBE_MODULE
+        imports = [i for i in imports if i[0] != PROBE_MODULE]
     wasi = sorted({name for m, name, _kind, _sig in imports if m == abi.WASI_MODULE})
-    return abi.check_imports(imports), Description(tuple(wasi), export_types(module))
+    exports = export_types(module)
+    if sites is not None:
+        exports.pop(EXPORT_PROBES, None)
+    return abi.check_imports(imports), Description(
+        tuple(wasi), exports, sites.to_json() if sites is not None else None,
+        layout.to_json() if layout is not None else None)
+
+
+def compile_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=None,
+                memory_limit: int = 0):
+    """(module, instrument.Sites or None, protect.Layout or None): the module file
+    compiled as a compartment asks, with probe sites for the points `instrument`
+    and memory protection as the protect.Setting `protect` (and its memory limit)
+    call for.  Raises OSError, UnicodeDecodeError, WasmtimeError or
+    instrument.InstrumentError.
+
+    Both rewrite the module, in this order (docs/memory-protection.md, "With
+    probes"): the protection layout is read from the module as built; then the
+    probe sites are compiled in (instrument.py, wasm-tools); then protection's
+    checks go before every bulk-memory instruction of the result (clones
+    included), as functions appended after every other, so no probe site's
+    index moves and no probe reports protection's own checks."""
+    if not instrument:
+        if protect is None:
+            return compile_module(wasm_engine, path), None, None
+        from . import protect as protection
+        module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
+        return module, None, layout
+    from . import instrument as rewriting, protect as protection
+    with open(path, "rb") as f:
+        data = f.read(rewriting.MAX_MODULE_BYTES + 1)
+    layout = bulk = None
+    if protect is not None:
+        if not data.startswith(b"\0asm"):
+            data = bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+        wasmtime.Module.validate(wasm_engine, data)
+        layout, bulk = protection.plan(data, protect, memory_limit)
+    data, sites = rewriting.rewrite(data, instrument)
+    if layout is not None and bulk and layout.regions is not None:
+        data, layout = protection.add_checks(
+            data, layout, protect, lambda d: wasmtime.Module.validate(wasm_engine, d))
+    return wasmtime.Module(wasm_engine, data), sites, layout

@@ -63,22 +63,25 @@ class _Modules:
         self._engine = wasm_engine
         self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
 
-    def get(self, path: str, protect=None, memory_limit: int = 0) -> tuple[tuple | None,
-                                                                         str | None]:
+    def get(self, path: str, instrument: tuple = (), protect=None,
+            memory_limit: int = 0) -> tuple[tuple | None, str | None]:
         """((code memfd, description memfd), None), or (None, why the module cannot
-        be loaded).  `protect`: the spec's protect.Setting, or None; with it, the
-        compartment's memory limit (both decide the regions, and so the checks)."""
+        be loaded).  `instrument`: the probe points compiled in (instrument.py);
+        `protect`: the spec's protect.Setting, or None, with the compartment's
+        memory limit (both decide the regions, and so the checks).  Each variant
+        is a module of its own."""
         try:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         from .protect import STATIC_MEMORY     # the limit matters only as above it or not
-        variant = (path, protect, protect is not None and memory_limit > STATIC_MEMORY)
+        variant = (path, instrument, protect,
+                   protect is not None and memory_limit > STATIC_MEMORY)
         cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path, protect, memory_limit)
+        fds, error = self._compile(path, instrument, protect, memory_limit)
         if fds is None:
             return None, error
         if cached is not None:                # the file changed: its old form goes
@@ -90,7 +93,7 @@ class _Modules:
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds]
 
-    def _compile(self, path: str, protect=None, memory_limit: int = 0):
+    def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         r, w = os.pipe()
@@ -99,7 +102,8 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                code = _compile_into(self._engine, path, fds, w, protect, memory_limit)
+                code = _compile_into(self._engine, path, fds, w, instrument, protect,
+                                     memory_limit)
             finally:
                 os._exit(code)
         os.close(w)
@@ -116,28 +120,25 @@ class _Modules:
         return fds, None
 
 
-def _compile_into(wasm_engine, path: str, fds: tuple, err: int, protect=None,
-                  memory_limit: int = 0) -> int:
-    import attrs
+def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = (),
+                  protect=None, memory_limit: int = 0) -> int:
     import wasmtime
 
-    from . import protect as protection, wasm
-    layout = None
-    try:
-        if protect is None:
-            module = wasm.compile_module(wasm_engine, path)
-        else:
-            module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
-    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+    from . import instrument as rewriting, wasm
+    try:        # rewritten here, in this child (instrument.py bounds the tool)
+        module, sites, layout = wasm.compile_for(wasm_engine, path, instrument, protect,
+                                                 memory_limit)
+    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
+            rewriting.InstrumentError) as e:
         text = str(e).strip()
-        os.write(err, (text.splitlines()[0] if text else type(e).__name__).encode()[:4000])
+        what = "cannot instrument it: " if isinstance(e, rewriting.InstrumentError) else ""
+        os.write(err, (what + (text.splitlines()[0] if text else type(e).__name__))
+                 .encode()[:4000])
         return 1
-    problem, description = wasm.describe(module)
+    problem, description = wasm.describe(module, sites, layout)
     if problem:
         os.write(err, f"module {path} {problem}".encode()[:4000])
         return 1
-    if layout is not None:
-        description = attrs.evolve(description, protect=layout.to_json())
     for fd, data in zip(fds, (module.serialize(), description.to_json())):
         view = memoryview(data)
         while view:
@@ -288,7 +289,8 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}"})
             continue
         try:
-            module_fds, error = modules.get(spec.module, spec.protect, spec.limits.memory)
+            module_fds, error = modules.get(spec.module, spec.instrument, spec.protect,
+                                            spec.limits.memory)
             pid = os.fork()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:

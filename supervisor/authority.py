@@ -42,6 +42,8 @@ def edges(plan: Plan) -> list[Edge]:
                     terms.append(f"{k}={getattr(g, k):g}")
             if g.path is not None:
                 terms.insert(0, f"path={g.path}")
+            if g.on is not None:                 # a probe grant: whose events it reads
+                terms.insert(0, f"on={g.on}")
             for k in ("read_only", "append_only", "refuse_hard_links"):
                 if getattr(g, k):
                     terms.append(k)

@@ -88,8 +88,14 @@ def _main(argv=None) -> int:
                       "main that serves calls (the default when no source defines main)")
     kind.add_argument("--command", dest="reactor", action="store_false",
                       help="a program with main")
+    from . import probecli
+    probecli.add_commands(sub)
     args = ap.parse_args(argv)
 
+    if args.command == "probe":
+        return probecli.probe(args) if _load(args.system) is not None else 2
+    if args.command == "trace":
+        return probecli.trace_command(args) if _load(args.system) is not None else 2
     if args.command == "revoke":
         return _revoke(args)
     if args.command == "logs":
@@ -191,6 +197,8 @@ def _warn_hard_links(plan):
     compartment could then read and overwrite (docs/policy-reference.md)."""
     import os
 
+    from capnp_schemas.text import printable
+
     from .hostfs import hard_linked
     for comp in plan.system.compartments.values():
         for g in comp.grants:
@@ -206,11 +214,13 @@ def _warn_hard_links(plan):
             else:
                 n, examples, complete = hard_linked(path)
             if n:
-                print(f"wsuper: warning: {g.origin}: {path} is writable and holds {n}"
-                      f"{'' if complete else ' or more'} regular file{'s' * (n != 1)} with more "
-                      f"than one hard link (such as {examples[0]}); a link made on the host "
-                      f"to a file outside the grant lets {comp.name} read and overwrite that "
-                      f"file: remove the links, or set refuse_hard_links = true",
+                # names of files in a writable grant are a guest's text: escaped
+                print(printable(f"wsuper: warning: {g.origin}: {path} is writable and holds "
+                                f"{n}{'' if complete else ' or more'} regular file"
+                                f"{'s' * (n != 1)} with more than one hard link (such as "
+                                f"{examples[0]}); a link made on the host to a file outside "
+                                f"the grant lets {comp.name} read and overwrite that file: "
+                                f"remove the links, or set refuse_hard_links = true"),
                       file=sys.stderr)
 
 
@@ -283,13 +293,14 @@ def _call(plan, args) -> int:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
     path = args.socket or system.socket or endpoint.default_socket_path(system.path)
     try:
-        response = client.call(path, name, interface, method, params, args.timeout)
+        text = client.call(path, name, interface, method, params, args.timeout, args.json)
     except client.CallFailed as e:
         _error(f"{name}.{method}: {e}")
         return 1
     from capnp_schemas.text import printable
-    text = client.as_json(response) if args.json else client.as_text(response)
-    print("\n".join(printable(line) for line in text.splitlines()))
+    # the compartment's text, escaped as a whole: only the newlines of the
+    # format itself start lines (U+2028, U+0085 ... inside a value stay escaped)
+    print("\n".join(printable(line) for line in text.split("\n")))
     return 0
 
 

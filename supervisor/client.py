@@ -25,9 +25,12 @@ class CallFailed(Exception):
 
 
 def call(socket_path: str, compartment: str, interface, method: str, params: dict,
-         timeout: float = 30):
+         timeout: float = 30, as_json: bool = False) -> str:
     """Call `compartment`'s `method` (of pycapnp interface module `interface`) with
-    `params`; returns the response (a pycapnp reader)."""
+    `params`; returns the results as Cap'n Proto text (or JSON).  The results come
+    from a compartment, so they are read completely here, inside the call: what
+    cannot be read (a pointer out of bounds, text without its NUL, not UTF-8) is a
+    CallFailed, never an abort later in some lazy reader."""
     async def main():
         async with capnp.kj_loop():
             try:
@@ -40,9 +43,13 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
                 cap = (await gateway.get(compartment)).cap.as_interface(interface)
                 request = cap._request(method)
                 request.from_dict(params)
-                return await request.send()
+                response = await request.send()
             except capnp.KjException as e:
                 raise CallFailed(_first(e)) from None
+            try:
+                return json.dumps(_plain(response)) if as_json else str(response)
+            except Exception as e:  # noqa: BLE001 - KjException, UnicodeDecodeError, ...
+                raise CallFailed(f"its results cannot be read: {_first(e)}") from None
 
     async def bounded():
         try:
@@ -51,14 +58,6 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
             raise CallFailed(f"no answer within {timeout:g} s") from None
 
     return asyncio.run(bounded())
-
-
-def as_text(response) -> str:
-    return str(response)
-
-
-def as_json(response) -> str:
-    return json.dumps(_plain(response), indent=None)
 
 
 def _plain(reader):
@@ -99,4 +98,4 @@ def _first(e) -> str:
     return line.split("remote exception: ", 1)[-1]
 
 
-__all__ = ["CallFailed", "as_json", "as_text", "call", "captext"]
+__all__ = ["CallFailed", "call", "captext"]

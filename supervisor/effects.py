@@ -51,8 +51,11 @@ class Exited:
 
 @attrs.frozen
 class Notice:
-    """A line for the operator about something the supervisor did or refused."""
+    """A line for the operator about something the supervisor did or refused.
+    `peer`: the name of the peer whose input caused it (such lines are throttled
+    per peer, as denials are per caller: a peer can cause them at any rate)."""
     text: str
+    peer: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

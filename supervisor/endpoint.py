@@ -24,7 +24,8 @@ import os
 import socket as pysocket
 import stat
 
-ADMIN_LINE_LIMIT = 1 << 16
+ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
+ADMIN_ANSWER_LIMIT = 1 << 26    # an answer (from the system: one entry per compartment)
 
 
 class EndpointError(Exception):
@@ -239,10 +240,14 @@ def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(line: bytes) -> dict:
-    """One request or answer line: a flat JSON object of strings, numbers, booleans
-    and null (as every request and answer is), or ValueError, whatever the line."""
-    if len(line) > ADMIN_LINE_LIMIT or line.count(b"[") + line.count(b"{") > 64:
+def decode(line: bytes, answer: bool = False) -> dict:
+    """One request line (small: a flat JSON object of strings, numbers, booleans
+    and null), or with `answer` one answer line (a status holds an object per
+    compartment); ValueError, whatever the line."""
+    if answer:
+        if len(line) > ADMIN_ANSWER_LIMIT:
+            raise ValueError("not an answer: too long")
+    elif len(line) > ADMIN_LINE_LIMIT or line.count(b"[") + line.count(b"{") > 64:
         raise ValueError("not a request: too long or nested too deeply")
     try:
         obj = json.loads(line.decode("utf-8"))
@@ -264,15 +269,20 @@ def request(system_path: str, body: dict, timeout: float = 10) -> dict:
             s.connect(path)
             s.sendall(encode(body))
             data = b""
-            while not data.endswith(b"\n") and len(data) < ADMIN_LINE_LIMIT:
+            chunks, size = [], 0
+            while size <= ADMIN_ANSWER_LIMIT:
                 chunk = s.recv(1 << 16)
                 if not chunk:
                     break
-                data += chunk
+                chunks.append(chunk)
+                size += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+            data = b"".join(chunks)
     except OSError as e:
         raise EndpointError(f"no running system at {path} ({e.strerror or e})") from None
     try:
-        answer = decode(data)
+        answer = decode(data, answer=True)
     except ValueError:
         raise EndpointError(f"the system at {path} gave no answer") from None
     if answer.get("system") != body["system"]:

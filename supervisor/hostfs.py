@@ -29,6 +29,7 @@ refusal or failure is an FsError with an errno name; nothing else escapes.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -392,7 +393,7 @@ class Directory:
         if self.append_only and writable:
             append = True                          # the kernel keeps every write at the end
         flags |= SYNC[sync] | (os.O_APPEND if append else 0)
-        with self._h as dfd:
+        with self._made(raw if create else None), self._h as dfd:
             fd = self._open_file(dfd, raw, path, flags, create, follow)
         return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
                              append=append, append_only=self.append_only,
@@ -495,9 +496,25 @@ class Directory:
         finally:
             os.close(parent)
 
+    @contextlib.contextmanager
+    def _made(self, name: bytes | None, target: bytes = b""):
+        """A new entry (a file, a directory, a link) spends the write quota too:
+        ENTRY_COST bytes, its name and its link target; given back if it fails."""
+        if name is None:
+            yield
+            return
+        n = ENTRY_COST + len(name) + len(target)
+        self.quota.spend(n, self.label)
+        try:
+            yield
+        except BaseException:
+            self.quota.refund(n)
+            raise
+
     def mkdir(self, path: str):
         self._refuse("make", path, append_ok=True)
-        self._at(path, "EEXIST", lambda p, n: os.mkdir(n, 0o755, dir_fd=p), "make")
+        with self._made(_path(path)):
+            self._at(path, "EEXIST", lambda p, n: os.mkdir(n, 0o755, dir_fd=p), "make")
 
     def unlink(self, path: str):
         self._refuse("remove", path)
@@ -531,7 +548,7 @@ class Directory:
                           f"(link targets are relative)", "EPERM")
         t = _path(target)
         raw = _path(path)
-        with self._h as dfd:
+        with self._made(raw, t), self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
                 if _climbs(t, _depth_below(dfd, parent)):
@@ -551,7 +568,8 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST")
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
-            os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
+            with self._made(dname):
+                os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
         except OSError as e:
             raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None
         finally:
@@ -653,6 +671,9 @@ class Directory:
 
 
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
+#: What a new file, directory or link costs of max_bytes_written (besides its name
+#: and link target): a block of the disk, so names and links cannot fill it for free.
+ENTRY_COST = 4096
 
 
 def _climbs(target: bytes, depth: int | None) -> bool:

@@ -39,6 +39,7 @@ LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
 SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
+                              # (and twice that before the supervisor's events are)
 TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
@@ -60,6 +61,11 @@ class Output:
     def __init__(self, out, err, fmt: str = "text", log_dir: str | None = None,
                  on_closed=lambda: None):
         self.out, self.err = out, err
+        for stream in (out, err):      # a terminal that is not UTF-8 gets escapes, not errors
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass
         self.json = fmt == "json"
         self.files = LogFiles(log_dir) if log_dir else None
         self.on_closed = on_closed
@@ -147,21 +153,28 @@ class Output:
         if self._queue is None:
             self._print(stream, line)
             return
-        if droppable and self._queue.qsize() >= TERMINAL_BACKLOG:
+        # a terminal nobody reads (a stopped pager, Ctrl-S) holds a bounded backlog
+        if self._queue.qsize() >= TERMINAL_BACKLOG * (1 if droppable else 2):
             self.dropped += 1
             return
         if self.dropped and self._queue.qsize() < TERMINAL_BACKLOG // 2:
             dropped, self.dropped = self.dropped, 0
-            self._queue.put((self.err, f"{rfc3339()} wsuper: the terminal did not keep up: "
-                                       f"{dropped} plugin lines were not shown (the log "
-                                       f"files have them)"))
+            note = f"the terminal did not keep up: {dropped} lines were not shown" + \
+                (" (the log files have them)" if self.files is not None else "")
+            self._queue.put((self.err, json.dumps({"time": rfc3339(), "event": note})
+                             if self.json else f"{rfc3339()} wsuper: {note}"))
         self._queue.put((stream, line))
 
     def _print(self, stream, line: str, flush: bool = True):
         if self.closed:
             return
         try:
-            print(line, file=stream, flush=flush)
+            try:
+                print(line, file=stream, flush=flush)
+            except UnicodeEncodeError:     # a stream we could not reconfigure: escape it
+                encoding = getattr(stream, "encoding", None) or "ascii"
+                print(line.encode(encoding, "backslashreplace").decode(encoding, "replace"),
+                      file=stream, flush=flush)
         except (BrokenPipeError, ValueError, OSError) as e:
             if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
                     and e.errno != errno.EPIPE:
@@ -232,6 +245,7 @@ class LogFiles:
         self.pending: dict[str, list[str]] = {}
         self.wake = trio.Event()
         self.failed: str | None = None
+        self._dir: int | None = None
 
     def add(self, name: str, line: str):
         self.pending.setdefault(name, []).append(line)
@@ -253,28 +267,58 @@ class LogFiles:
                 self.failed = f"{self.folder}: {e.strerror or e}"
 
     def _write(self, batch: dict):
+        """Append each name's lines; a file about to pass LOG_FILE_SIZE is rotated
+        first, between two lines (lines are bounded: 4096 characters escaped).
+        Everything is done in the directory as opened once (no path is followed
+        again: the directory cannot be swapped for a link meanwhile)."""
+        if self._dir is None:
+            self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC)
         for name, lines in batch.items():
-            path = os.path.join(self.folder, name + ".log")
-            data = ("\n".join(lines) + "\n").encode()
+            file = name + ".log"
             try:
-                size = os.stat(path).st_size
+                size = os.stat(file, dir_fd=self._dir, follow_symlinks=False).st_size
             except FileNotFoundError:
                 size = 0
-            if size and size + len(data) > LOG_FILE_SIZE:
-                rotate(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, data[-LOG_FILE_SIZE:])
-            finally:
-                os.close(fd)
+            chunk: list[bytes] = []
+            for line in lines:
+                data = (line + "\n").encode("utf-8", "backslashreplace")
+                if size and size + len(data) > LOG_FILE_SIZE:
+                    self._append(file, chunk)
+                    rotate(self._dir, file)
+                    chunk, size = [], 0
+                chunk.append(data)
+                size += len(data)
+            self._append(file, chunk)
+
+    def _append(self, file: str, chunk: list):
+        if not chunk:
+            return
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NOFOLLOW, 0o600, dir_fd=self._dir)
+        try:
+            os.write(fd, b"".join(chunk))
+        finally:
+            os.close(fd)
+
+    def close(self):
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
 
 
-def rotate(path: str):
+def rotate(folder: int, file: str):
+    """NAME.log -> NAME.log.1 -> ... -> NAME.log.LOG_FILE_KEEP (the oldest goes)."""
+    def exists(name):
+        try:
+            os.stat(name, dir_fd=folder, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
     for i in range(LOG_FILE_KEEP - 1, 0, -1):
-        if os.path.exists(f"{path}.{i}"):
-            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
-    os.replace(path, f"{path}.1")
+        if exists(f"{file}.{i}"):
+            os.replace(f"{file}.{i}", f"{file}.{i + 1}", src_dir_fd=folder, dst_dir_fd=folder)
+    os.replace(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder)
 
 
 def default_log_dir(system_id: str) -> str:

@@ -31,11 +31,11 @@ _ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
 EXTERNAL_LIMIT_KEYS = {"in_flight", "handles", "message_size", "call_time"}
 COMPARTMENT_KEYS = {"module", "exports", "external", "grants", "limits", "restart",
                     "max_restarts", "restart_window", "restart_delay", "critical", "policy",
-                    "instance", "protect"}
+                    "instance", "instrument", "probes", "protect"}
 POLICY_KEYS = {"grants", "limits"}
 GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_after",
               "calls_per_second", "path", "read_only", "append_only", "refuse_hard_links",
-              "subdir", "max_bytes_written", "args", "vars", "mount"}
+              "subdir", "max_bytes_written", "args", "vars", "mount", "on"}
 GRANT_TARGETS = ("compartment", "host")
 SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
@@ -68,6 +68,7 @@ class Grant:
     args: tuple = ()                      # environment grants: arguments
     vars: tuple = ()                      # environment grants: (name, value) pairs
     mount: str | None = None              # directory grants: where a WASI program sees it
+    on: str | None = None                 # probe grants: the compartment whose events it reads
     origin: str = ""                      # "FILE: KEY" where the grant was written
     methods: frozenset | None = None      # `allow`, resolved by preflight to
                                           # (interface id, method id) pairs
@@ -95,6 +96,8 @@ class Compartment:
     limits: Limits = DEFAULT_LIMITS
     restart: RestartPolicy = RestartPolicy()
     instance: str = "shared"    # "per_call": a fresh instance for every incoming call
+    instrument: tuple = ()      # probe points compiled into its module (docs/instrumentation.md)
+    probes: tuple = ()          # declared probes (probes.ProbeSpec): on at every start
     #: memory protection (compartments/protect.py); default: what the module declares
     protect: protection.Setting | None = protection.DEFAULT
 
@@ -230,13 +233,14 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         if instance == "per_call" and exports is None:
             raise where.error(f"{key}.instance", "per_call applies to a compartment that "
                               "exports an interface (each call gets a fresh instance)")
+        instrument, declared = _instrumentation(where, key, name, body)
         try:
             protect = protection.parse_setting(body["protect"]) if "protect" in body \
                 else protection.DEFAULT
         except protection.ProtectError as e:
             raise where.error(f"{key}.{e.key}", e.reason) from None
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
-                                         restart, instance, protect)
+                                         restart, instance, instrument, declared, protect)
 
     for comp in compartments.values():
         for g in comp.grants:
@@ -252,6 +256,15 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             elif g.target not in HOST_CAPS:
                 raise where.error(key, f"unknown host capability {g.target!r} "
                                   f"(available: {', '.join(HOST_CAPS)})")
+            elif g.target == "probe":
+                if g.on not in compartments:
+                    raise where.error(f"{key}.on", f"a probe grant names the compartment whose "
+                                      f"probes it reads: on = \"NAME\" (declared: "
+                                      f"{', '.join(compartments)})")
+                if g.on == comp.name:
+                    raise where.error(f"{key}.on", "a compartment cannot read its own probes")
+            if g.on is not None and g.target != "probe":
+                raise where.error(f"{key}.on", "applies only to probe grants")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
                   logs, engine_user=engine_user, **endpoint)
 
@@ -593,5 +606,40 @@ def _grant(where, key, name, spec) -> Grant:
         extra = ", ".join(sorted(files))
         raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "
                           f"and file grants, not to {target!r}")
+    on = spec.get("on")
+    if on is not None and not isinstance(on, str):
+        raise where.error(f"{key}.on", f"must be a compartment name, not {on!r}")
     return Grant(name, kinds[0], target, allow, revocable, **quotas, **files, **env,
-                 origin=f"{where.path}: {key}")
+                 on=on, origin=f"{where.path}: {key}")
+
+
+def _instrumentation(where, key, name, body) -> tuple[tuple, tuple]:
+    """`instrument = [...]` (points compiled in) and `[...probes.NAME]` (declared probes)."""
+    from compartments.instrument import POINTS
+
+    from .probes import IN_MODULE, ProbeError, spec
+    instrument = body.get("instrument", [])
+    if not isinstance(instrument, list) or not all(p in POINTS for p in instrument) \
+            or len(set(instrument)) != len(instrument):
+        raise where.error(f"{key}.instrument", f"must be a list of distinct probe points "
+                          f"to compile in, from {', '.join(POINTS)}; not {instrument!r}")
+    table = body.get("probes", {})
+    _table(where, f"{key}.probes", table)
+    declared = []
+    for pname, pspec in table.items():
+        pkey = f"{key}.probes.{pname}"
+        _table(where, pkey, pspec)
+        _only(where, pkey, pspec, {"point", "functions", "events"})
+        if "point" not in pspec:
+            raise where.error(pkey, f"missing 'point' (one of calls, hostcalls, "
+                              f"{', '.join(IN_MODULE)})")
+        try:
+            s = spec(name, pname, pspec["point"], pspec.get("functions", []),
+                     pspec.get("events", False), declared=True)
+        except ProbeError as e:
+            raise where.error(pkey, str(e)) from None
+        if s.point in IN_MODULE and s.point not in instrument:
+            raise where.error(f"{pkey}.point", f"{s.point} probes need the sites compiled in: "
+                              f"add \"{s.point}\" to {key}.instrument")
+        declared.append(s)
+    return tuple(p for p in POINTS if p in instrument), tuple(declared)

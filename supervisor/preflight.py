@@ -38,7 +38,8 @@ def prepare(system: System) -> Plan:
         where = _Where(f.read(), system.path)
     interfaces: dict[str, int] = {}
     origin: dict[str, str] = {}
-    host = capnp_schemas.interfaces(capnp_schemas.host)
+    host = {**capnp_schemas.interfaces(capnp_schemas.host),
+            **capnp_schemas.interfaces(capnp_schemas.probe)}
     ifaces = {name: host[name] for name in HOST_INTERFACES.values()}   # name -> module
     for i, path in enumerate(system.schemas):
         key = f"system.schemas[{i}]"

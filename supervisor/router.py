@@ -40,6 +40,7 @@ from compartments.limits import Limits
 from . import control, effects as fx
 from .caps import Call, CallError, Cap, Denial, Host, Proxy, Remote, Wrapped, describe
 from .membrane import AuditTrail, Membrane, Names
+from .probes import callee_of
 
 #: Header words a message may carry on top of its content (cap table, call header).
 HEADER_WORDS = 8192
@@ -131,6 +132,10 @@ class Router:
         self.native = None                             # the fast lane (fastlane.Lane), if any
         self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
         self._route_of: dict[tuple, int] = {}          # (caller id, id(cap)) -> export id
+        # Call probes (probes.CallProbes): calls from or to a compartment in
+        # `call_watch` are recorded; while the set is empty this costs one test.
+        self.call_watch: set = set()
+        self.call_probes = None
 
     # ------------------------------------------------------------ entry points
 
@@ -160,6 +165,16 @@ class Router:
 
     def add_external(self, label: str = "external") -> int:
         return self._new_peer(label, "external", self.external_limits).id
+
+    def engine_call(self, name: str, method_id: int, content, handler) -> list:
+        """Call the compartment's Engine (engine.capnp) method `method_id`; `handler`
+        gets the answer (control.py's protocol: returned / lost)."""
+        peer = self.engines.get(name)
+        if peer is None or not peer.alive or peer.control is None:
+            handler.lost(self, peer, "its engine is not running")
+            return self._flush()
+        return self._guarded(peer, lambda: self.call_peer(
+            peer, peer.control.import_id, control.ENGINE_ID, method_id, content, (), handler))
 
     def run(self, name: str) -> list:
         """Run the compartment's program (Engine.run)."""
@@ -326,7 +341,8 @@ class Router:
             data = None
         if data is not None:
             self.emit(fx.Send(peer.id, data))
-        self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}"))
+        self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}",
+                            peer=peer.name))
         if self.audit.enabled:
             self.emit(fx.Audit({"time": self.wall(), "peer": peer.name,
                                 "event": "connection aborted", "reason": reason}))
@@ -473,6 +489,9 @@ class Router:
         plainly from a laned peer: once it is forwarded, later calls like it may go
         natively (a route), if every membrane it crossed is free of quotas."""
         try:
+            if self.call_watch:
+                self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
+                                      callee_of(cap), self._method(call))
             if self.audit.enabled:
                 self.audit.open(call.reply, cap, call, self.clock(), self.wall())
             first, chain, proxy = cap, [], None
@@ -710,6 +729,8 @@ class Router:
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)
+        if self.call_watch:
+            self.call_probes.close(key, outcome, reason)
         if self.audit.enabled:
             record = self.audit.close(key, outcome, self.clock(), reason)
             if record is not None:

@@ -32,6 +32,7 @@ from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
 from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, supervision as S
+from .prober import Prober
 from .preflight import Plan
 from .process import Zygote
 
@@ -279,6 +280,7 @@ class Supervisor:
         self.links: dict[int, _Link] = {}
         self.procs: dict = {}
         self.denials = S.Throttle(per_second=5)
+        self.notices = S.Throttle(per_second=5)
         # WSUPER_STATS=1: engines time their calls, and start-up times are shown
         self.stats = os.environ.get("WSUPER_STATS") == "1"
         self._spawned_at: dict[str, float] = {}
@@ -298,10 +300,22 @@ class Supervisor:
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
+        self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
+
+    def _throttled(self, throttle: S.Throttle, key: str, text: str, what: str):
+        """A line a peer can cause at any rate: at most a few a second each (the
+        audit file, if any, has every call and every connection cut off)."""
+        show, hidden = throttle.admit(key, trio.current_time())
+        compartment = key if key in self.system.compartments else None
+        if hidden:
+            self.say(f"({hidden} more {what} {key} were not shown"
+                     + ("; the audit file has them)" if self.audit else ")"), compartment)
+        if show:
+            self.say(text, compartment)
 
     def tell_once(self, key: str, text: str):
         if key not in self._told:
@@ -372,6 +386,7 @@ class Supervisor:
                 nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
+            nursery.start_soon(self.prober.poll)
             if self.output.files is not None:
                 nursery.start_soon(self.output.files.writer)
             try:
@@ -399,6 +414,7 @@ class Supervisor:
             if self.output.files is not None:
                 with trio.move_on_after(5):
                     await self.output.files.flush()
+                self.output.files.close()
             nursery.cancel_scope.cancel()
         return self._exit_code
 
@@ -498,7 +514,7 @@ class Supervisor:
         spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
                           per_call=comp.instance == "per_call", stats=self.stats,
                           limits=comp.limits, user=self.system.engine_user,
-                          protect=comp.protect)
+                          instrument=comp.instrument, protect=comp.protect)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
         try:
@@ -557,6 +573,9 @@ class Supervisor:
         """Open the files and directories a compartment is granted, off the event loop."""
         hosts = {}
         for g in comp.grants:
+            if g.kind == "host" and g.target == "probe":     # an analysis: a queue of events
+                hosts[g.name] = self.prober.grant(comp.name, g)
+                continue
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
             opened, opening = None, hostcaps.GrantOpening(g)
@@ -792,6 +811,9 @@ class Supervisor:
         return limiter
 
     def _host_call(self, call: fx.HostCall):
+        if call.kind == "probe":
+            self.prober.host_call(call)
+            return
         outcome = self.hosts.serve(call)
         if isinstance(outcome, hostcaps.Job):
             self.nursery.start_soon(self._host_job, call, outcome)
@@ -840,6 +862,9 @@ class Supervisor:
         return True
 
     def _release(self, kind: str, served, counted: bool = True):
+        if kind == "probe":
+            self.prober.registry.unsubscribe(served)
+            return
         if kind in ("directory", "file") and served is not None:
             self._host_fds -= counted
             self.nursery.start_soon(self._release_in_thread, kind, served)
@@ -957,8 +982,21 @@ class Supervisor:
                     if not chunk:
                         break
                     data += chunk
+            line = data.partition(b"\n")[0]
+            if b'"trace"' in line:           # a trace session streams its events
+                try:
+                    req = endpoint.decode(line)
+                except ValueError:
+                    req = {}
+                if req.get("op") == "trace" and \
+                        req.get("system") == endpoint.identity(self.system.path):
+                    try:
+                        await self.prober.trace(stream, req)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    return
             try:
-                answer = await self._admin_answer(data.partition(b"\n")[0])
+                answer = await self._admin_answer(line)
             except Exception as e:  # noqa: BLE001 - no request may end the system
                 self.say(f"internal error answering an admin request: "
                          f"{type(e).__name__}: {first_line(e)}")
@@ -988,6 +1026,8 @@ class Supervisor:
             return {"ok": True, "text": f"revoked {req['grant']}"}
         if req.get("op") == "status":
             return {"ok": True, "status": await self._status()}
+        if req.get("op") == "probe":
+            return await self.prober.admin(req)
         if req.get("op") == "stop":
             self.say("stopping (wsuper stop)")
             self._act(self.lifecycle.stop(0))
@@ -1046,14 +1086,12 @@ class Supervisor:
                 self._act(self.lifecycle.program_ended(e.compartment, e.exit_code, e.error,
                                                        trio.current_time()))
             elif isinstance(e, fx.Notice):
-                self.say(e.text)
+                if e.peer is None:
+                    self.say(e.text)
+                else:
+                    self._throttled(self.notices, e.peer, e.text, "lines about")
             elif isinstance(e, fx.Denied):
-                show, hidden = self.denials.admit(e.caller, trio.current_time())
-                if hidden:
-                    self.say(f"({hidden} more denials for {e.caller} were not shown; "
-                             f"the audit file has every call)", e.caller)
-                if show:
-                    self.say(e.text, e.caller)
+                self._throttled(self.denials, e.caller, e.text, "denials for")
             elif isinstance(e, fx.Audit):
                 if self.audit is not None:
                     self.audit.add(e.record)
@@ -1079,6 +1117,7 @@ class Supervisor:
         if self.stats and comp.name in self._spawned_at:
             ms = (trio.current_time() - self._spawned_at.pop(comp.name)) * 1000
             self.say(f"stats start {comp.name} {ms:.2f} ms", comp.name)
+        self.prober.started(comp.name)
         self._act(self.lifecycle.started(e.compartment, e.program))
 
     # ------------------------------------------------------------ lifecycle actions

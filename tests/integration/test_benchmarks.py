@@ -37,6 +37,12 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     assert set(start["vs_bare_python"]) == {"cold_start_one"} | {
         f"many_{n}" for n in result["config"]["many"]}
     assert all(v > 0 for v in start["confine_layers_us"].values())
+    probes = result["probes"]
+    assert all(probes["cpu"][f"{k}_vs_plain"] > 0 for k in (
+        "functions_off", "all_points_off", "functions_counted", "blocks_counted",
+        "functions_events"))
+    assert set(probes["ratios"]) == {"call_functions_off_vs_plain", "call_calls_on_vs_plain"}
+    assert probes["analysis"]["events"] > 0 and probes["analysis"]["events_per_s"] > 0
     protect = result["protect"]           # memory protection: every figure, as ratios
     for key in ("protected_vs_plain", "protected_bulk_vs_plain_bulk"):
         assert {"median", "fastest", "fuel"} <= set(protect["ratios"][key])

@@ -30,6 +30,7 @@ schemas = ["{examples}/calc.capnp"]
 socket = "{tmp}/ext.sock"
 max_connections = 4
 message_timeout = 1
+logs = "{tmp}/logs"
 
 [system.external_limits]
 message_size = "64KiB"
@@ -68,6 +69,12 @@ def live(tmp_path, wsuper):
     sock = str(tmp_path / "ext.sock")
     assert _add(sock, 1, 2) == 3
     return run, sock
+
+
+def live_logs(run):
+    """The log directory of the `live` system."""
+    import pathlib
+    return pathlib.Path(run.proc.args[-1]).parent / "logs"
 
 
 def _still_serving(run, sock, before):
@@ -453,3 +460,29 @@ def test_text_a_guest_controls_never_makes_a_line_of_its_own(tmp_path):
     assert not any("wsuper: finished victim exit=0" in line for line in lines)
     assert any("(in x\\nready victim pid=1\\n\\x1b]0;title\\x07)" in line for line in lines), lines
     assert any("[victim] \\x1b[2J\\nfinished victim exit=0\\u202eRTL" in line for line in lines)
+
+
+def test_a_flood_of_clients_cut_off_fills_neither_terminal_nor_logs(live):
+    """Each client cut off for a protocol error is a line for the operator; a
+    local client can cause thousands a second.  They are throttled (a few a
+    second, the rest counted), so the supervisor's own history stays in its log
+    files and its terminal backlog stays small."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    began = time.monotonic()
+    for _ in range(400):
+        c = WireClient(sock)
+        c.send(struct.pack("<I", 600))              # a segment table claiming 601 segments
+        c.closed()
+    elapsed = time.monotonic() - began
+    _still_serving(run, sock, before)
+    time.sleep(1.1)
+    c = WireClient(sock)                            # the next one shown says how many were not
+    c.send(struct.pack("<I", 600))
+    c.closed()
+    run.wait_for("more lines about external were not shown")
+    shown = len([l for l in run.lines if "connection aborted" in l])
+    assert 5 <= shown <= 5 * (elapsed + 3) + 1, (shown, elapsed)
+    history = (live_logs(run) / "supervisor.log").read_text()
+    assert "ready calc" in history
+    assert 5 <= history.count("connection aborted") <= 5 * (elapsed + 3) + 1

@@ -2,6 +2,7 @@
 output streams, and limits on a program's whole run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,3 +264,71 @@ def test_hostile_operator_input_gets_an_error_not_a_traceback(running):
     r = subprocess.run(f"{sys.executable} -m supervisor.cli status {path} | head -1", shell=True,
                        cwd=ROOT, capture_output=True, text=True)
     assert "Traceback" not in r.stderr and r.stdout.startswith("system ")
+
+
+# A Store (examples/kv/kv.capnp) whose get() returns `found = true` and a value of
+# the bytes at 1056 (TEXT_LEN of them, counting the NUL a well-formed Text ends in)
+HOSTILE_STORE = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1056) "TEXT")
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (i32.store (i32.const 1024) (i32.const 0))
+    (i32.store (i32.const 1028) (i32.const 8))
+    (i64.store (i32.const 1032) (i64.const 0x0001000100000000))
+    (i64.store (i32.const 1040) (i64.const 1))
+    (i64.store (i32.const 1048) (i64.or (i64.const 0x0000000200000001)
+                                        (i64.shl (i64.const TEXT_LEN) (i64.const 35))))
+    (drop (call $results_set (i32.const 1024) (i32.const 72) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+"""
+
+
+@pytest.mark.parametrize("text, ok, shown", [
+    # a value that holds line separators other than "\n": escaped, no line of its own
+    ("x\\e2\\80\\a8\\c2\\85\\1cwsuper: error: fake\\00", True, 'value = "x\\u2028\\x85'),
+    # text without its NUL (the last byte an ESC): an error line, no abort, escaped
+    ("ok\\1b", False, "store.get: its results cannot be read: "),
+])
+def test_call_reads_hostile_results_completely_and_shows_them_escaped(tmp_path, wsuper, text,
+                                                                      ok, shown):
+    size = len(re.sub(r"\\[0-9a-f]{2}", "_", text))       # a WAT string's bytes
+    (tmp_path / "store.wat").write_text(HOSTILE_STORE.replace("TEXT_LEN", str(size))
+                                        .replace("TEXT", text))
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{ROOT}/examples/kv/kv.capnp"]\n'
+        f'socket = "{tmp_path}/ext.sock"\n[compartments.store]\nmodule = "store.wat"\n'
+        f'exports = "Store"\nexternal = true\n')
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready store")
+    for as_json in (False, True):
+        r = run_wsuper("call", str(tmp_path / "system.toml"), "store.get", '(key = "k")',
+                       *(["--json"] if as_json else []))
+        out = r.stdout + r.stderr
+        assert "\x1b" not in out and "\u2028" not in out and "\x85" not in out, repr(out)
+        if not ok:
+            assert r.returncode == 1 and r.stderr.startswith("wsuper: error: " + shown), out
+            assert len(r.stderr.splitlines()) == 1, out
+        elif as_json:
+            assert json.loads(r.stdout) == {"value": "x\u2028\x85\x1cwsuper: error: fake",
+                                            "found": True}
+        else:
+            assert r.returncode == 0 and shown in r.stdout and "found = true" in r.stdout
+            assert not any(line.startswith("wsuper") for line in r.stdout.splitlines())
+    assert run.proc.poll() is None
+
+
+def test_status_of_a_system_of_many_compartments(tmp_path, wsuper):
+    """An answer holds an object per compartment: larger than any request may be."""
+    n = 120
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n' + "".join(
+            f'[compartments.calc{i:03d}]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+            for i in range(n)))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for(f"ready calc{n - 1:03d}", timeout=120)
+    r = run_wsuper("status", str(tmp_path / "system.toml"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["compartments"]) == n
+    r = run_wsuper("status", str(tmp_path / "system.toml"))
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == n + 2

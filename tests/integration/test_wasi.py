@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from supervisor.hostfs import ENTRY_COST
 from tests.conftest import ROOT, audit_calls, run_wsuper
 
 
@@ -156,7 +157,7 @@ def test_allow_lists_and_quotas_hold_for_wasi_programs(tmp_path, wasi_guests):
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
 box = {{ host = "directory", path = "{box}", allow = ["open", "File.read", "File.stat"] }}
-q = {{ host = "directory", path = "{quota}", max_bytes_written = 1000 }}
+q = {{ host = "directory", path = "{quota}", max_bytes_written = 6000 }}
 env = {{ host = "environment", args = {json.dumps(ops)} }}
 """)
     r = run_wsuper("up", system, timeout=120)
@@ -169,7 +170,7 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
               if x["outcome"] == "denied"]
     assert ("app.box", "mkdir") in denied and ("app.box", "stat") in denied
     assert sorted(p.name for p in box.iterdir()) == ["in.txt"]
-    assert (quota / "big.bin").stat().st_size <= 1000
+    assert (quota / "big.bin").stat().st_size <= 6000 - ENTRY_COST - len("big.bin")
 
 
 def test_stdout_can_be_a_granted_file_and_mount_sets_the_preopen_name(tmp_path, wasi_guests):
@@ -481,3 +482,16 @@ env = {{ host = "environment", args = {ops} }}
     block = (b"0123456789abcdef" * 65536)[:(1 << 20) - 1] + b"\n"
     assert out == b"L" * 600000 + b"\nlongline 600000 -> ok\n" + block + \
         b"write1m - -> ok\n" + b"L" * 10 + b"\nlongline 10 -> ok\n"
+
+
+def test_check_shows_a_file_name_a_guest_chose_escaped(tmp_path, wasi_guests):
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "y\n\x1b[1;32mwsuper: check passed\x1b[0m\x1b[8m"
+    (data / name).write_text("x")
+    os.link(data / name, data / "second")
+    r = run_wsuper("check", _system(tmp_path, wasi_guests["probe"],
+                                    f'data = {{ host = "directory", path = "{data}" }}'))
+    assert r.returncode == 0
+    assert "\x1b" not in r.stderr and len(r.stderr.splitlines()) == 1, repr(r.stderr)
+    assert "is writable and holds 2 regular files" in r.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from capnp_schemas import host as host_schema
 from capnp_schemas.payloads import method_structs
-from supervisor.hostfs import Directory, File, FsError, LIST_PAGE_ENTRIES
+from supervisor.hostfs import ENTRY_COST, Directory, File, FsError, LIST_PAGE_ENTRIES
 
 
 @pytest.fixture
@@ -391,9 +391,9 @@ def test_directory_operations(tree):
 
 
 def test_subdir_grant_and_write_quota_shared_by_what_it_opens(tree):
-    d = Directory.grant(str(tree), subdir="sub", max_bytes_written=5)
+    d = Directory.grant(str(tree), subdir="sub", max_bytes_written=2 * (ENTRY_COST + 1) + 5)
     assert d.label.endswith("/sub")
-    a, b = d.create("a")["file"], d.create("b")["file"]
+    a, b = d.create("a")["file"], d.create("b")["file"]           # each a block and a name
     a.append(b"abc")
     assert "write quota exhausted (2 bytes left, 3 asked" in fails("EDQUOT", b.append, b"xyz")
     b.append(b"xy")
@@ -486,7 +486,7 @@ def _file_results_size(method, results) -> int:
 
 
 def test_concurrent_appends_share_the_quota_exactly(tree):
-    d = Directory.grant(str(tree), max_bytes_written=30_000)
+    d = Directory.grant(str(tree), max_bytes_written=30_000 + 4 * (ENTRY_COST + 2))
     files = [d.create(f"f{i}")["file"] for i in range(4)] + \
         [opened(d, "notes.txt", "append")] * 4
     refused = []
@@ -610,3 +610,25 @@ def test_a_directory_whose_name_starts_with_two_dots_is_still_below(tmp_path):
     with pytest.raises(FsError, match="outside"):
         d.symlink("../../x", "..a/l2")                 # ..a is one level down, not zero
     assert not (root / "r").exists()
+
+
+def test_names_directories_and_links_spend_the_write_quota_too(tree):
+    """max_bytes_written bounds the disk a compartment fills: every entry it makes
+    costs a block (ENTRY_COST) plus its name and link target; one refused for any
+    reason costs nothing."""
+    target = "t" * 3000
+    d = Directory.grant(str(tree), max_bytes_written=3 * ENTRY_COST + 3 * 3000)
+    d.symlink(target, "l1")                                    # 4096 + 2 + 3000
+    d.mkdir("dir")                                             # 4096 + 3
+    fails("EEXIST", d.mkdir, "dir")                            # refused: refunded
+    fails("EPERM", d.symlink, "../" + target, "l2")
+    left = d.quota.left
+    assert left == 3 * ENTRY_COST + 3 * 3000 - (ENTRY_COST + 2 + 3000) - (ENTRY_COST + 3)
+    d.create("f")                                              # 4096 + 1
+    assert "write quota exhausted" in fails("EDQUOT", d.symlink, target, "l3")
+    d.create("f2")                                             # 4096 + 2
+    for make in (lambda: d.mkdir("more"), lambda: d.create("g"),
+                 lambda: d.link("notes.txt", "hard"), lambda: d.symlink("x", "l4")):
+        fails("EDQUOT", make)
+    assert sorted(p.name for p in tree.iterdir()) == ["dir", "f", "f2", "l1", "notes.txt",
+                                                      "sub"]

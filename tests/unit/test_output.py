@@ -24,3 +24,41 @@ def test_stderr_lines_come_whole_and_over_long_ones_in_pieces():
 def test_timestamps_are_stripped_only_where_output_puts_them():
     assert strip_time("2026-12-03T10:00:00.101Z wsuper: ready") == "wsuper: ready"
     assert strip_time("[app] 2026-12-03T10:00:00.101Z ") == "[app] 2026-12-03T10:00:00.101Z "
+
+
+def test_log_files_rotate_between_lines_and_keep_every_line_that_fits(tmp_path, monkeypatch):
+    """A batch larger than a file is split at line boundaries: no file starts in
+    the middle of a line (where a plugin could have put text that looks like a
+    supervisor event), and no line within the kept files is lost."""
+    from supervisor import output
+    monkeypatch.setattr(output, "LOG_FILE_SIZE", 1000)
+    files = output.LogFiles(str(tmp_path))
+    lines = [f"2026-12-03T10:00:00.000Z [ev] line {i:03d} " + "x" * 270 for i in range(12)]
+    files._write({"ev": lines})
+    files.close()
+    kept = []
+    for name in ("ev.log.3", "ev.log.2", "ev.log.1", "ev.log"):
+        text = (tmp_path / name).read_text()
+        assert len(text.encode()) <= 1000 and text.endswith("\n")
+        kept += text.splitlines()
+    assert kept == lines                                 # 4 files of 3 lines: all of them
+    files._write({"ev": lines[:1]})                      # one more: the oldest file goes
+    kept = [l for n in ("ev.log.3", "ev.log.2", "ev.log.1", "ev.log")
+            for l in (tmp_path / n).read_text().splitlines()]
+    assert kept == lines[3:] + lines[:1]
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes_and_stays_open(tmp_path):
+    import io
+
+    from supervisor.output import Output
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    closed = []
+    out = Output(stream, stream, on_closed=lambda: closed.append(True))
+    out.plugin("app", "café € done")
+    out.event("after it")
+    stream.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "[app] caf\\xe9 \\u20ac done" in text and "wsuper: after it" in text
+    assert not closed and not out.closed

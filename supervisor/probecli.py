@@ -1,0 +1,157 @@
+"""`wsuper probe` and `wsuper trace`: the operator's side of the probes.
+
+Both talk to the running system's admin socket (only its owner can reach
+it): `probe` sends one request and prints the answer; `trace` opens a
+session and reads events until the system says it is done.  Answers can be
+larger than the one-line admin answers, so this reads them itself, with
+bounds of its own.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+from capnp_schemas.text import printable
+
+from . import endpoint, trace
+
+MAX_LINE = 64 << 20
+
+
+def add_commands(sub):
+    probe = sub.add_parser("probe", help="add, remove or list probes on a running "
+                           "compartment (docs/instrumentation.md)")
+    probe.add_argument("system", help="path to the running system's system.toml")
+    probe.add_argument("compartment")
+    probe.add_argument("action", choices=("add", "remove", "list"))
+    probe.add_argument("name", nargs="?", help="the probe's name (add, remove)")
+    probe.add_argument("--point", choices=("calls", "hostcalls", "functions", "blocks",
+                                           "stores"),
+                       help="what it watches (add); functions, blocks and stores need the "
+                       "sites compiled in (instrument = [...] in the system file)")
+    probe.add_argument("--functions", default="", metavar="PATTERNS",
+                       help="comma-separated name patterns (store_*) or indices (#12): the "
+                       "functions a functions/blocks/stores probe covers (default: all)")
+    probe.add_argument("--events", action="store_true", help="record every hit as a timed "
+                       "event (for traces and analysis compartments), not only counts")
+    probe.add_argument("--json", action="store_true", help="print the answer as JSON")
+    tr = sub.add_parser("trace", help="record calls across compartments for some seconds "
+                        "into a Chrome trace-event file (open it in Perfetto)")
+    tr.add_argument("system", help="path to the running system's system.toml")
+    tr.add_argument("--seconds", type=float, required=True)
+    tr.add_argument("-o", "--output", required=True, metavar="FILE")
+    tr.add_argument("--format", choices=("chrome", "jsonl"), default="chrome",
+                    help="chrome (default): trace-event JSON; jsonl: one event per line")
+    tr.add_argument("--compartments", default="", metavar="NAMES",
+                    help="comma-separated compartments (default: all)")
+    tr.add_argument("--functions", default="", metavar="PATTERNS",
+                    help="also function entries and exits in compartments that have them "
+                    "compiled in")
+
+
+def _error(text: str):
+    print(f"wsuper: error: {printable(text)}", file=sys.stderr)
+
+
+def _lines(system: str, body: dict, timeout: float):
+    """Send one admin request; yield the answer's lines as objects."""
+    path = endpoint.admin_socket_path(system)
+    body = {**body, "system": endpoint.identity(system)}
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(path)
+    except OSError as e:
+        raise endpoint.EndpointError(f"no running system at {path} ({e.strerror or e})") \
+            from None
+    with s:
+        s.sendall(endpoint.encode(body))
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(1 << 20)
+            except OSError as e:
+                raise endpoint.EndpointError(f"the system at {path} stopped answering "
+                                             f"({e.strerror or e})") from None
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    yield json.loads(line)
+                except (ValueError, RecursionError):
+                    raise endpoint.EndpointError("the system gave an answer that is not "
+                                                 "JSON") from None
+            if len(buf) > MAX_LINE:
+                raise endpoint.EndpointError("the system's answer is too long")
+
+
+def probe(args) -> int:
+    body = {"op": "probe", "compartment": args.compartment, "action": args.action}
+    if args.action in ("add", "remove"):
+        if not args.name:
+            _error(f"probe {args.action} needs the probe's NAME")
+            return 2
+        body["name"] = args.name
+    if args.action == "add":
+        if not args.point:
+            _error("probe add needs --point (calls, hostcalls, functions, blocks, stores)")
+            return 2
+        body.update(point=args.point, functions=args.functions, events=args.events)
+    try:
+        answer = next(_lines(args.system, body, 30), None)
+    except endpoint.EndpointError as e:
+        _error(str(e))
+        return 1
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        _error(str((answer or {}).get("error", "no answer")))
+        return 1
+    if args.json:
+        print(json.dumps(answer.get("probes", answer.get("probe")), indent=2))
+        return 0
+    if args.action == "list":
+        print(trace.text(answer["probes"], answer.get("instrument", ())))
+    else:
+        verb = "added" if args.action == "add" else "removed"
+        print(f"wsuper: {verb} probe {printable(args.name)} on {printable(args.compartment)}")
+        if answer["probe"].get("pending"):
+            print(f"wsuper: note: {printable(str(answer['probe']['pending']))}")
+        if args.action == "remove":
+            print(trace.text([answer["probe"]]))
+    return 0
+
+
+def trace_command(args) -> int:
+    body = {"op": "trace", "seconds": args.seconds, "compartments": args.compartments,
+            "functions": args.functions}
+    events, dropped, meta = [], 0, {}
+    try:
+        for obj in _lines(args.system, body, args.seconds + 60):
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("ok") is False:
+                _error(str(obj.get("error")))
+                return 1
+            if "note" in obj:
+                print(f"wsuper: note: {printable(str(obj['note']))}", file=sys.stderr)
+            if obj.get("ok"):
+                meta = {"compartments": obj.get("compartments")}
+            if isinstance(obj.get("events"), list):
+                events.extend(obj["events"])
+            if obj.get("done"):
+                dropped = obj.get("dropped", 0)
+                break
+    except endpoint.EndpointError as e:
+        _error(str(e))
+        return 1
+    with open(args.output, "w", encoding="utf-8") as f:
+        if args.format == "jsonl":
+            f.write(trace.jsonl(events))
+        else:
+            json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
+    calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
+    print(f"wsuper: wrote {args.output}: {len(events)} events ({calls} call records"
+          + (f", {dropped} dropped" if dropped else "") + ")")
+    return 0

@@ -1,0 +1,387 @@
+"""The trio side of the probes: asking engines, polling them, serving sinks.
+
+Nothing here decides: probes.py says which sites are on and what events mean,
+trace.py what a trace file holds.  This module asks engines for their probe
+sites and sets their flags (Engine.describe/probe/collect, through the
+router), collects what they recorded every POLL seconds, answers the admin
+socket's probe requests (operator only; every change audited), streams a
+trace session to `wsuper trace`, and serves the Probe capability of
+analysis compartments (a read waits for events at most `waitMs`).
+
+A busy engine answers when its guest next waits or returns: no request waits
+for it longer than ENGINE_TIMEOUT, and one collect at a time is in flight
+per engine, so a compartment in a long loop delays only its own events.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import trio
+
+from capnp_schemas import engine as engine_schema, hosted, payloads
+from capnp_schemas.payloads import DecodeError
+from capnp_schemas.text import printable
+from compartments import probing
+
+from . import hostcaps, probes as P
+
+POLL = 0.1
+ENGINE_TIMEOUT = 5.0
+MAX_TRACE_SECONDS = 3600
+MAX_TRACES = 4
+MAX_READ = 1024
+MAX_WAIT_MS = 10_000
+TRACE_CHUNK = 500                 # events per line of a trace stream
+EVENT_SLICE = 4096                # engine events decoded between two turns of the loop
+_RESULT_WORDS = 1 << 24
+_STRUCTS = {m: payloads.method_structs(engine_schema.Engine, name)
+            for m, name in ((probing.DESCRIBE, "describe"), (probing.PROBE, "probe"),
+                            (probing.COLLECT, "collect"))}
+PROBE = hosted.BY_KIND["probe"]
+
+
+class _Answer:
+    """The handler of one Engine call (control.py's protocol), awaited by a task."""
+
+    def __init__(self, results):
+        self.results = results
+        self.done = trio.Event()
+        self.value = None
+        self.error = None
+
+    def returned(self, router, peer, ev):
+        if ev.payload is None:
+            self.error = ev.error
+        else:
+            try:
+                self.value = payloads.read(self.results, ev.payload.content, _RESULT_WORDS)
+            except DecodeError as e:
+                self.error = f"malformed answer: {e}"
+        self.done.set()
+
+    def lost(self, router, peer, reason):
+        self.error = reason
+        self.done.set()
+
+
+class EngineBusy(Exception):
+    pass
+
+
+class Prober:
+    def __init__(self, sup):
+        self.sup = sup
+        self.registry = P.Registry(time.perf_counter_ns, {
+            c.name: c.instrument for c in sup.system.compartments.values()})
+        sup.router.call_watch = self.registry.calls.watch
+        sup.router.call_probes = self.registry.calls
+        self._collecting: set = set()
+        self._traces = 0
+        self._incarnation: dict = {}          # compartment -> engine peer its sites are from
+
+    # ------------------------------------------------------------ engines
+
+    async def _engine(self, name: str, method: int, values: dict | None = None,
+                      timeout: float = ENGINE_TIMEOUT) -> dict:
+        params, results = _STRUCTS[method]
+        content, _caps = payloads.build(params, values or {})
+        answer = _Answer(results)
+        self.sup._perform(self.sup.router.engine_call(name, method, content, answer))
+        with trio.move_on_after(timeout):
+            await answer.done.wait()
+        if not answer.done.is_set():
+            raise EngineBusy(f"{name} did not answer within {timeout:g} s (its guest is busy); "
+                             f"the change applies when it next waits or returns")
+        if answer.error is not None:
+            raise P.ProbeError(f"{name}: {answer.error}")
+        return answer.value
+
+    async def _sites(self, name: str):
+        peer = self.sup._peer_of.get(name)
+        if self._incarnation.get(name) != peer:
+            self.registry.sites.pop(name, None)
+        if name not in self.registry.sites:
+            if not self.sup.system.compartments[name].instrument:
+                self.registry.sites[name] = None
+            else:
+                got = await self._engine(name, probing.DESCRIBE)
+                self.registry.sites[name] = await trio.to_thread.run_sync(
+                    P.parse_sites, got["sites"])            # up to 8 MiB of JSON: off the loop
+            self._incarnation[name] = peer
+        return self.registry.sites[name]
+
+    async def _push(self, name: str):
+        flags, hostcalls = self.registry.flags(name)
+        await self._engine(name, probing.PROBE, {"flags": flags, "hostcalls": hostcalls})
+
+    async def _collect(self, name: str, baseline_for=None):
+        if name in self._collecting:
+            return
+        self._collecting.add(name)
+        try:
+            got = await self._engine(name, probing.COLLECT)
+        finally:
+            self._collecting.discard(name)
+        self.registry.counters(name, got["counters"], baseline_for)
+        data, dropped = got["events"], got["dropped"]
+        step = EVENT_SLICE * probing.EVENT.size     # decoded in slices: others get the loop
+        for at in range(0, max(len(data), 1), step):
+            self.registry.engine_events(name, data[at:at + step], dropped if at == 0 else 0)
+            if at + step < len(data):
+                await trio.lowlevel.checkpoint()
+
+    async def poll(self):
+        """Every POLL seconds: the router's call records, and what engines recorded."""
+        while True:
+            await trio.sleep(POLL)
+            self.registry.take_calls()
+            for name in list(self.registry.probes):
+                if self.registry.engine_points(name) and name not in self._collecting:
+                    self.sup.nursery.start_soon(self._quiet_collect, name)
+
+    async def _quiet_collect(self, name):
+        try:
+            await self._collect(name)
+        except (EngineBusy, P.ProbeError):
+            pass
+
+    # ------------------------------------------------------------ probes
+
+    async def add(self, s: P.ProbeSpec, by: str = "operator") -> dict:
+        if s.compartment not in self.sup.system.compartments:
+            raise P.ProbeError(f"no compartment {s.compartment!r} (compartments: "
+                               f"{', '.join(self.sup.system.compartments)})")
+        sites = None
+        if s.point in P.IN_MODULE or s.point == "hostcalls":
+            if self.sup._ready_peer.get(s.compartment) != self.sup._peer_of.get(s.compartment):
+                raise P.ProbeError(f"{s.compartment} is not running")
+            sites = await self._sites(s.compartment)
+        selected = None
+        if s.point in P.IN_MODULE and sites is not None:   # patterns x names: off the loop
+            selected = await trio.to_thread.run_sync(P.Registry.select, sites, s)
+        probe = self.registry.add(s, sites, selected)
+        pending = None
+        if s.point in P.IN_MODULE or s.point == "hostcalls":
+            try:
+                await self._push(s.compartment)
+                if s.point in P.IN_MODULE:
+                    await self._collect(s.compartment, baseline_for=probe)
+            except P.ProbeError:
+                self.registry.remove(s.compartment, s.name)
+                raise
+            except EngineBusy as e:     # queued: the engine applies it when it can
+                pending = str(e)
+        self._audit("probe added", s, by)
+        summary = probe.summary(self.registry.sites.get(s.compartment))
+        if pending:
+            summary["pending"] = pending
+        return summary
+
+    async def remove(self, compartment: str, name: str, by: str = "operator") -> dict:
+        probe = self.registry.probes.get(compartment, {}).get(name)
+        if probe is not None and probe.spec.point in P.IN_MODULE:
+            try:
+                await self._collect(compartment)    # its last counts
+            except (EngineBusy, P.ProbeError):
+                pass
+        self.registry.take_calls()
+        probe = self.registry.remove(compartment, name)
+        if probe.spec.point in P.IN_MODULE or probe.spec.point == "hostcalls":
+            try:
+                await self._push(compartment)
+            except EngineBusy:
+                pass
+        self._audit("probe removed", probe.spec, by)
+        return probe.summary(self.registry.sites.get(compartment))
+
+    async def list(self, compartment: str) -> list:
+        if self.registry.engine_points(compartment):
+            try:
+                await self._collect(compartment)
+            except (EngineBusy, P.ProbeError):
+                pass
+        self.registry.take_calls()
+        return self.registry.list(compartment)
+
+    def _audit(self, what: str, s: P.ProbeSpec, by: str):
+        text = f"{what}: {s.compartment}.{s.name} ({s.point}" + \
+            (f" {','.join(s.functions)}" if s.functions else "") + \
+            (", events" if s.events else "") + f") by {by}"
+        self.sup.say(printable(text), s.compartment)
+        if self.sup.audit is not None:
+            self.sup.audit.add({"time": None, "event": what, "compartment": s.compartment,
+                                "probe": s.name, "point": s.point,
+                                "functions": list(s.functions), "events": s.events,
+                                "by": by})
+
+    def started(self, name: str):
+        """A new engine of `name` is ready: run-time probes are gone with the old one;
+        the declared ones are added again."""
+        lost = [p.spec for p in self.registry.probes.get(name, {}).values()
+                if not p.spec.declared]
+        self.registry.restarted(name)
+        for s in lost:
+            self._audit("probe dropped by a restart", s, "wsuper")
+        for s in self.sup.system.compartments[name].probes:
+            self.sup.nursery.start_soon(self._declare, s)
+
+    async def _declare(self, s: P.ProbeSpec):
+        try:
+            await self.add(s, by="the system file")
+        except (P.ProbeError, EngineBusy) as e:
+            self.sup.say(f"cannot add declared probe {s.compartment}.{s.name}: "
+                         f"{printable(str(e))}", s.compartment)
+
+    # ------------------------------------------------------------ the admin socket
+
+    async def admin(self, req: dict) -> dict:
+        """{"op": "probe", "compartment", "action": add|remove|list, ...}"""
+        comp, action = req.get("compartment"), req.get("action")
+        if not isinstance(comp, str) or comp not in self.sup.system.compartments:
+            return {"ok": False, "error": f"no compartment {printable(str(comp))[:100]!r} "
+                                          f"(compartments: "
+                                          f"{', '.join(self.sup.system.compartments)})"}
+        try:
+            if action == "add":
+                s = P.spec(comp, req.get("name"), req.get("point"), req.get("functions") or (),
+                           req.get("events", False))
+                return {"ok": True, "probe": await self.add(s)}
+            if action == "remove":
+                return {"ok": True, "probe": await self.remove(comp, str(req.get("name")))}
+            if action == "list":
+                return {"ok": True, "probes": await self.list(comp),
+                        "instrument": list(self.sup.system.compartments[comp].instrument)}
+        except (P.ProbeError, EngineBusy) as e:
+            return {"ok": False, "error": printable(str(e))}
+        return {"ok": False, "error": f"unknown probe action {printable(str(action))[:40]!r} "
+                                      f"(add, remove, list)"}
+
+    async def trace(self, stream, req: dict):
+        """A trace session: calls probes (with events) on the chosen compartments for
+        `seconds`; events go to the client as JSON lines, then one summary line."""
+        async def send(obj):
+            await stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        seconds = req.get("seconds")
+        names = req.get("compartments") or ""
+        functions = req.get("functions") or ""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                or not 0 < seconds <= MAX_TRACE_SECONDS:
+            return await send({"ok": False, "error": f"seconds: a number from 0 to "
+                                                     f"{MAX_TRACE_SECONDS}"})
+        if not isinstance(names, str) or not isinstance(functions, str):
+            return await send({"ok": False, "error": "compartments and functions are "
+                                                     "comma-separated text"})
+        chosen = [n for n in names.split(",") if n] or list(self.sup.system.compartments)
+        unknown = [n for n in chosen if n not in self.sup.system.compartments]
+        if unknown:
+            return await send({"ok": False, "error": f"no compartment "
+                                                     f"{printable(unknown[0])[:100]!r}"})
+        if self._traces >= MAX_TRACES:
+            return await send({"ok": False, "error": f"{MAX_TRACES} traces are running "
+                                                     f"already"})
+        self._traces += 1
+        sub = self.registry.subscribe(P.Subscriber(chosen, label="trace"))
+        label = f"trace-{id(sub) & 0xffff:04x}"
+        added = []
+        try:
+            for c in chosen:
+                specs = [P.spec(c, label, "calls", events=True)]
+                if functions and "functions" in self.sup.system.compartments[c].instrument:
+                    specs.append(P.spec(c, label + "-f", "functions", functions, events=True))
+                for s in specs:
+                    try:
+                        await self.add(s, by="wsuper trace")
+                        added.append(s)
+                    except (P.ProbeError, EngineBusy) as e:
+                        await send({"note": printable(str(e))})
+            await send({"ok": True, "compartments": chosen, "clock": "CLOCK_MONOTONIC ns",
+                        "started_ns": time.perf_counter_ns()})
+            deadline = trio.current_time() + seconds
+            while trio.current_time() < deadline:
+                await trio.sleep(min(POLL * 2, max(0.0, deadline - trio.current_time())))
+                self.registry.take_calls()
+                events, _ = sub.take(TRACE_CHUNK * 20)
+                for i in range(0, len(events), TRACE_CHUNK):
+                    await send({"events": events[i:i + TRACE_CHUNK]})
+        finally:
+            with trio.CancelScope(shield=True):
+                for s in reversed(added):
+                    try:
+                        with trio.move_on_after(ENGINE_TIMEOUT + 1):
+                            await self.remove(s.compartment, s.name, by="wsuper trace")
+                    except (P.ProbeError, EngineBusy):
+                        pass
+                self.registry.unsubscribe(sub)
+                self._traces -= 1
+        events, dropped = sub.take(len(sub.queue))
+        for i in range(0, len(events), TRACE_CHUNK):
+            await send({"events": events[i:i + TRACE_CHUNK]})
+        await send({"done": True, "dropped": dropped})
+
+    # ------------------------------------------------------------ the Probe capability
+
+    def grant(self, owner: str, grant) -> P.Subscriber:
+        """The served object of a probe grant: a bounded queue of `grant.on`'s events."""
+        sub = P.Subscriber([grant.on], limit=10_000, label=f"{owner}.{grant.name}")
+        sub.target = grant.on
+        return self.registry.subscribe(sub)
+
+    def host_call(self, call):
+        """A call on a Probe capability (an analysis compartment reading events)."""
+        sub = call.served
+        if call.interface_id != PROBE.id or not 0 <= call.method_id < len(PROBE.methods) \
+                or not isinstance(sub, P.Subscriber):
+            self.sup._host_done(call.token, hostcaps.Refusal(
+                "ENOTSUP: a probe implements Probe (read, target) only", "unimplemented"))
+            return
+        method = PROBE.methods[call.method_id]
+        try:
+            params = payloads.read(method.params, call.content, 1 << 12)
+        except DecodeError as e:
+            self.sup._host_done(call.token, hostcaps.Refusal(f"EINVAL: {e}"))
+            return
+        if method.name == "target":
+            content, _ = payloads.build(method.results, {"compartment": sub.target})
+            self.sup._host_done(call.token, hostcaps.Answer(content))
+            return
+        n = max(1, min(params["max"], MAX_READ))
+        wait = min(params["waitMs"], MAX_WAIT_MS) / 1000
+        if sub.queue or wait <= 0:
+            self._answer_read(call, sub, n)
+        else:
+            self.sup.nursery.start_soon(self._read_later, call, sub, n, wait)
+
+    async def _read_later(self, call, sub, n, wait):
+        woke = trio.Event()
+        sub.wake = woke.set
+        with trio.move_on_after(wait):
+            await woke.wait()
+        sub.wake = None
+        self._answer_read(call, sub, n)
+
+    def _answer_read(self, call, sub, n):
+        events, dropped = sub.take(n)
+        method = PROBE.methods[0]
+        try:
+            content, _ = payloads.build(method.results, {
+                "events": [_event_struct(e) for e in events], "dropped": dropped})
+        except Exception as e:  # noqa: BLE001 - a value that does not fit the schema
+            self.sup._host_done(call.token, hostcaps.Refusal(f"EINVAL: {e}"))
+            return
+        if sum(len(s) for s in content.segments) > call.max_bytes:
+            self.sup._host_done(call.token, hostcaps.Refusal(
+                "E2BIG: the events do not fit in one message to this compartment: read fewer"))
+            return
+        self.sup._host_done(call.token, hostcaps.Answer(content))
+
+
+def _event_struct(e: dict) -> dict:
+    out = {"kind": e["kind"], "compartment": e.get("compartment", ""),
+           "name": e.get("name", ""), "timeNs": e.get("ts_ns", 0),
+           "durationNs": e.get("dur_ns", 0), "caller": e.get("caller", ""),
+           "callee": e.get("callee", ""), "grant": e.get("grant", ""),
+           "outcome": e.get("outcome", ""), "address": max(e.get("address", 0), 0),
+           "size": e.get("size", 0), "function": e.get("function", 0),
+           "result": e.get("result", 0), "probes": list(e.get("probes", ()))}
+    return out

@@ -1,0 +1,494 @@
+"""Probes: what is being watched, and what the watching saw (pure).
+
+Owns: probe specifications and their validation (every one may come from a
+hostile command line or a system file), the registry of the probes on each
+compartment, the flags each engine must run with (instrument.py's sites),
+the router's hook on calls (`CallProbes`), turning what engines and the
+router recorded into events, the built-in counts and histograms, and the
+bounded queues of the sinks that read events (a trace session, an analysis
+compartment holding a Probe capability).  No I/O, no clock of its own:
+the runtime (runtime.py) asks engines and passes what they answer in.
+
+A probe watches one *point* of one compartment:
+  calls      calls the router delivers from or to the compartment
+  hostcalls  the compartment's host calls (the wsuper ABI and WASI imports)
+  functions  entry and exit of the functions `functions` selects
+  blocks     block coverage inside those functions
+  stores     memory stores inside those functions (address and size)
+The last three need the sites compiled into the module (`instrument = [...]`
+in system.toml).  With `events` off a probe only counts (in the module for
+functions/blocks/stores: no host call at all); with it on, every hit is an
+event with a time, for the trace and for analysis compartments.
+
+Bounds: every queue has a length; what does not fit is dropped and counted,
+never waited for.  The supervisor never stalls for a slow sink.
+"""
+from __future__ import annotations
+
+import collections
+import fnmatch
+import re
+import struct
+
+import attrs
+
+from compartments.instrument import COUNT, EVENTS, KINDS, Sites
+from compartments.probing import BLOCK, ENTER, EVENT, EXIT, HOST_FUNCTIONS, HOSTCALL, STORE
+
+POINTS = ("calls", "hostcalls", "functions", "blocks", "stores")
+IN_MODULE = ("functions", "blocks", "stores")       # need sites compiled in
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+MAX_PATTERNS = 64
+MAX_PATTERN = 200
+MAX_PROBES = 64                 # per compartment
+MAX_OPEN_CALLS = 100_000        # calls the router hook follows at once
+MAX_CALL_EVENTS = 100_000       # call events waiting to be taken
+QUEUE = 100_000                 # events a sink holds before dropping
+MAX_KEYS = 10_000               # distinct names counted per probe
+_KIND_OF_SITE = {0: "functions", 1: "blocks", 2: "stores"}
+
+
+class ProbeError(Exception):
+    """A probe request that cannot be carried out; the text says why and what to do."""
+
+
+@attrs.frozen
+class ProbeSpec:
+    name: str
+    compartment: str
+    point: str
+    functions: tuple = ()        # name patterns (fnmatch) or "#INDEX"; () is every function
+    events: bool = False
+    declared: bool = False       # from system.toml: survives restarts
+
+
+def spec(compartment: str, name, point, functions=(), events=False, declared=False,
+         where: str = "") -> ProbeSpec:
+    """A validated ProbeSpec; ProbeError names what is wrong."""
+    at = f"{where}: " if where else ""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ProbeError(f"{at}probe name {str(name)[:80]!r} is not allowed (letters, digits, "
+                         f"'_' and '-', starting with a letter, at most 64)")
+    if point not in POINTS:
+        raise ProbeError(f"{at}unknown point {str(point)[:80]!r} (points: {', '.join(POINTS)})")
+    if isinstance(functions, str):
+        functions = [f for f in functions.split(",") if f]
+    if not isinstance(functions, (list, tuple)) or len(functions) > MAX_PATTERNS or not all(
+            isinstance(f, str) and 0 < len(f) <= MAX_PATTERN and f.isprintable()
+            for f in functions):
+        raise ProbeError(f"{at}functions: at most {MAX_PATTERNS} printable name patterns "
+                         f"(such as \"store_*\") or indices (\"#12\"), each at most "
+                         f"{MAX_PATTERN} characters")
+    for f in functions:
+        if f.startswith("#") and not f[1:].isdigit():
+            raise ProbeError(f"{at}functions: {f!r}: an index is '#' and digits, like #12")
+    if functions and point not in IN_MODULE:
+        raise ProbeError(f"{at}functions applies to the points {', '.join(IN_MODULE)}, "
+                         f"not {point}")
+    if not isinstance(events, bool):
+        raise ProbeError(f"{at}events must be true or false")
+    return ProbeSpec(name, compartment, point, tuple(functions), events, declared)
+
+
+def _bucket(ns: int) -> int:
+    """Histogram bucket of a duration: b means [2^(b-1), 2^b) µs (0: under 1 µs)."""
+    us = ns // 1000
+    return us.bit_length()
+
+
+def bucket_label(b: int) -> str:
+    if b == 0:
+        return "<1us"
+    lo, hi = 1 << (b - 1), 1 << b
+    unit = lambda v: f"{v}us" if v < 1000 else f"{v / 1000:g}ms" if v < 1_000_000 \
+        else f"{v / 1_000_000:g}s"   # noqa: E731
+    return f"{unit(lo)}-{unit(hi)}"
+
+
+class Probe:
+    """One probe and what it has seen."""
+
+    def __init__(self, spec: ProbeSpec):
+        self.spec = spec
+        self.sites: tuple = ()          # the module's sites it covers
+        self.baseline: dict = {}        # site -> counter when it was added
+        self.counters: dict = {}        # site -> counter, last read
+        self.counts: collections.Counter = collections.Counter()     # name -> events
+        self.histograms: dict = {}      # name -> {bucket: n}
+        self.failed: collections.Counter = collections.Counter()
+        self.events = 0
+        self.dropped = 0
+        self.bytes = 0                  # stores: bytes written
+        self.sizes: collections.Counter = collections.Counter()
+        self.lowest: int | None = None
+        self.highest: int | None = None
+
+    def count(self, key: str, ns: int | None = None, ok: bool = True):
+        self.events += 1
+        if key not in self.counts and len(self.counts) >= MAX_KEYS:
+            key = "(other)"
+        self.counts[key] += 1
+        if not ok:
+            self.failed[key] += 1
+        if ns is not None:
+            h = self.histograms.setdefault(key, {})
+            b = _bucket(max(ns, 0))
+            h[b] = h.get(b, 0) + 1
+
+    def summary(self, sites: Sites | None) -> dict:
+        s = self.spec
+        out = {"name": s.name, "compartment": s.compartment, "point": s.point,
+               "functions": list(s.functions), "events": s.events, "declared": s.declared,
+               "seen": self.events, "dropped": self.dropped}
+        if s.point in IN_MODULE and sites is not None:
+            hits = {site: self.counters.get(site, 0) - self.baseline.get(site, 0)
+                    for site in self.sites}
+            by_function: dict = {}
+            for site, n in hits.items():
+                f = sites.name(sites.functions[site])
+                total, covered, count = by_function.get(f, (0, 0, 0))
+                by_function[f] = (total + 1, covered + (n > 0), count + max(n, 0))
+            out["sites"] = len(self.sites)
+            out["covered"] = sum(1 for n in hits.values() if n > 0)
+            out["functions_hit"] = {f: {"sites": t, "covered": c, "count": n}
+                                    for f, (t, c, n) in sorted(by_function.items())}
+            out["count"] = sum(max(n, 0) for n in hits.values())
+        out["counts"] = dict(self.counts.most_common(200))
+        if self.failed:
+            out["failed"] = dict(self.failed.most_common(200))
+        out["histograms"] = {k: {bucket_label(b): n for b, n in sorted(h.items())}
+                             for k, h in list(self.histograms.items())[:200]}
+        if s.point == "stores":
+            out["bytes"] = self.bytes
+            out["sizes"] = dict(sorted(self.sizes.items()))
+            out["range"] = [self.lowest, self.highest] if self.lowest is not None else None
+        return out
+
+
+class Subscriber:
+    """A sink's bounded queue of events (a trace session, an analysis compartment)."""
+
+    def __init__(self, compartments=None, limit: int = QUEUE, label: str = ""):
+        self.compartments = set(compartments) if compartments is not None else None
+        self.queue: collections.deque = collections.deque()
+        self.limit = limit
+        self.dropped = 0
+        self.label = label
+        self.wake = None                 # set by the runtime: called when events arrive
+
+    def wants(self, compartment: str) -> bool:
+        return self.compartments is None or compartment in self.compartments
+
+    def put(self, event: dict):
+        if len(self.queue) >= self.limit:
+            self.dropped += 1
+            return
+        self.queue.append(event)
+
+    def take(self, n: int) -> tuple[list, int]:
+        n = min(n, len(self.queue))
+        out = [self.queue.popleft() for _ in range(n)]
+        dropped, self.dropped = self.dropped, 0
+        return out, dropped
+
+
+class CallProbes:
+    """The router's hook on calls: it opens a record when a call is delivered and
+    closes it when the call ends, for calls from or to a watched compartment.
+    Pure and bounded; `clock()` is nanoseconds on the engines' clock."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.watch: set = set()          # compartments with a calls probe
+        self._open: dict = {}            # reply key -> record
+        self._ids = 0
+        self.done: list = []
+        self.dropped = 0
+
+    def __bool__(self):
+        return bool(self.watch)
+
+    def open(self, key, caller: str, grant: str, callee: str, method: str):
+        if caller not in self.watch and callee not in self.watch:
+            return
+        if key in self._open:
+            return
+        if len(self._open) >= MAX_OPEN_CALLS:
+            self.dropped += 1
+            return
+        self._ids += 1
+        self._open[key] = {"kind": "call", "id": self._ids, "caller": caller,
+                           "callee": callee, "grant": grant, "name": method,
+                           "ts_ns": self.clock()}
+
+    def close(self, key, outcome: str, reason: str | None = None):
+        record = self._open.pop(key, None)
+        if record is None:
+            return
+        record["dur_ns"] = self.clock() - record["ts_ns"]
+        record["outcome"] = outcome
+        if reason:
+            record["reason"] = reason[:200]
+        if len(self.done) >= MAX_CALL_EVENTS:
+            self.dropped += 1
+            return
+        self.done.append(record)
+
+    def take(self) -> tuple[list, int]:
+        done, self.done = self.done, []
+        dropped, self.dropped = self.dropped, 0
+        return done, dropped
+
+
+def callee_of(cap) -> str:
+    """Who a call on `cap` reaches: a compartment, "external", or "host:KIND"."""
+    from .caps import Host, Proxy, Remote, Wrapped
+    while isinstance(cap, Wrapped):
+        cap = cap.target
+    if isinstance(cap, Proxy):
+        return cap.compartment
+    if isinstance(cap, Remote):
+        return cap.peer.name
+    if isinstance(cap, Host):
+        return f"host:{cap.kind}"
+    return "?"
+
+
+class Registry:
+    """Every probe of a running system, and the sinks reading their events."""
+
+    def __init__(self, clock, instrumented: dict | None = None):
+        self.clock = clock
+        self.calls = CallProbes(clock)
+        self.instrumented = dict(instrumented or {})   # compartment -> points compiled in
+        self.probes: dict[str, dict[str, Probe]] = {}
+        self.sites: dict[str, Sites | None] = {}        # from the current engine
+        self.subscribers: list[Subscriber] = []
+        self.hostcalls_on: set = set()
+
+    # ------------------------------------------------------------ probes
+
+    def add(self, s: ProbeSpec, sites: Sites | None = None, selected=None) -> Probe:
+        """Add probe `s`; for an in-module point `sites` is the engine's table
+        (`selected`: its sites that `s` covers, if already found with `select`)."""
+        mine = self.probes.setdefault(s.compartment, {})
+        if s.name in mine:
+            raise ProbeError(f"{s.compartment} has a probe named {s.name} already "
+                             f"(remove it first)")
+        if len(mine) >= MAX_PROBES:
+            raise ProbeError(f"{s.compartment} has {MAX_PROBES} probes already")
+        probe = Probe(s)
+        if s.point in IN_MODULE:
+            if s.point not in self.instrumented.get(s.compartment, ()) or sites is None:
+                raise ProbeError(
+                    f"{s.compartment} was not loaded with {s.point} probe sites: add "
+                    f"\"{s.point}\" to instrument = [...] under [compartments."
+                    f"{s.compartment}] in the system file and restart it (compiled-in sites "
+                    f"cost nothing while off, see docs/instrumentation.md)")
+            probe.sites = selected if selected is not None else self.select(sites, s)
+            if not probe.sites:
+                raise ProbeError(f"no function of {s.compartment} matches "
+                                 f"{', '.join(s.functions)}")
+        mine[s.name] = probe
+        self._changed(s.compartment)
+        return probe
+
+    def remove(self, compartment: str, name: str) -> Probe:
+        probe = self.probes.get(compartment, {}).pop(name, None)
+        if probe is None:
+            names = ", ".join(self.probes.get(compartment, {})) or "none"
+            raise ProbeError(f"{compartment} has no probe named {name!r} (probes: {names})")
+        self._changed(compartment)
+        return probe
+
+    def restarted(self, compartment: str) -> list[ProbeSpec]:
+        """Its engine was replaced: probes added at run time are gone; the declared
+        ones (returned) must be added again on the new engine."""
+        self.sites.pop(compartment, None)
+        mine = self.probes.pop(compartment, {})
+        self._changed(compartment)
+        return [p.spec for p in mine.values() if p.spec.declared]
+
+    def _changed(self, compartment: str):
+        mine = self.probes.get(compartment, {}).values()
+        if any(p.spec.point == "calls" for p in mine):
+            self.calls.watch.add(compartment)
+        else:
+            self.calls.watch.discard(compartment)
+            if not self.calls.watch:
+                self.calls._open.clear()
+        if any(p.spec.point == "hostcalls" for p in mine):
+            self.hostcalls_on.add(compartment)
+        else:
+            self.hostcalls_on.discard(compartment)
+
+    @staticmethod
+    def select(sites: Sites, s: ProbeSpec) -> tuple:
+        kind = KINDS.index({"functions": "function", "blocks": "block",
+                            "stores": "store"}[s.point])
+        chosen = set()
+        indices = {int(p[1:]) for p in s.functions if p.startswith("#")}
+        patterns = [re.compile(fnmatch.translate(p)) for p in s.functions
+                    if not p.startswith("#")]
+        for f in set(sites.functions):
+            if not s.functions or f in indices or any(
+                    p.match(sites.name(f)) for p in patterns):
+                chosen.add(f)
+        return tuple(i for i, (k, f) in enumerate(zip(sites.kinds, sites.functions))
+                     if k == kind and f in chosen)
+
+    def flags(self, compartment: str) -> tuple[bytes, bool]:
+        """(flag byte per site, host calls timed) the compartment's engine must have."""
+        sites = self.sites.get(compartment)
+        flags = bytearray(len(sites) if sites else 0)
+        for p in self.probes.get(compartment, {}).values():
+            bit = COUNT | (EVENTS if p.spec.events else 0)
+            for site in p.sites:
+                flags[site] |= bit
+        return bytes(flags), compartment in self.hostcalls_on
+
+    def engine_points(self, compartment: str) -> bool:
+        """Whether its engine has anything on (events to collect)."""
+        return any(p.spec.point in IN_MODULE + ("hostcalls",)
+                   for p in self.probes.get(compartment, {}).values())
+
+    def list(self, compartment: str) -> list[dict]:
+        sites = self.sites.get(compartment)
+        return [p.summary(sites) for p in self.probes.get(compartment, {}).values()]
+
+    # ------------------------------------------------------------ events in
+
+    def counters(self, compartment: str, data: bytes, baseline_for: Probe | None = None):
+        """The engine's counters (8 bytes a site)."""
+        sites = self.sites.get(compartment)
+        if sites is None or len(data) != 8 * len(sites):
+            return
+        values = struct.unpack(f"<{len(sites)}q", data)
+        for p in self.probes.get(compartment, {}).values():
+            if not p.sites:
+                continue
+            if p is baseline_for:
+                p.baseline = {s: values[s] for s in p.sites}
+            p.counters = {s: values[s] for s in p.sites}
+
+    def engine_events(self, compartment: str, data: bytes, dropped: int = 0):
+        """Events an engine recorded (probing.EVENT records); anything malformed in
+        them is skipped (the engine is not trusted)."""
+        sites = self.sites.get(compartment)
+        mine = list(self.probes.get(compartment, {}).values())
+        if dropped:
+            for p in mine:
+                if p.spec.events or p.spec.point == "hostcalls":
+                    p.dropped += dropped
+        if len(data) % EVENT.size:
+            data = data[:len(data) - len(data) % EVENT.size]
+        by_site: dict = {}
+        for p in mine:
+            for s in p.sites:
+                by_site.setdefault(s, []).append(p)
+        hostcall_probes = [p for p in mine if p.spec.point == "hostcalls"]
+        for kind, site, t, a, b in EVENT.iter_unpack(data):
+            if kind == HOSTCALL:
+                if not 0 <= site < len(HOST_FUNCTIONS) or not hostcall_probes:
+                    continue
+                name = HOST_FUNCTIONS[site]
+                ev = {"kind": "hostcall", "compartment": compartment, "name": name,
+                      "ts_ns": t, "dur_ns": max(a, 0), "result": b}
+                for p in hostcall_probes:
+                    p.count(name, max(a, 0), ok=b >= 0)
+                self._fan(ev, [p.spec.name for p in hostcall_probes])
+                continue
+            if sites is None or not 0 <= site < len(sites):
+                continue
+            probes = by_site.get(site)
+            if not probes:
+                continue
+            function = sites.functions[site]
+            name = sites.name(function)
+            if kind in (ENTER, EXIT):
+                ev = {"kind": "enter" if kind == ENTER else "exit",
+                      "compartment": compartment, "name": name, "function": function,
+                      "ts_ns": t}
+                if kind == EXIT and b == 1:
+                    ev["unwound"] = True
+                if kind == ENTER:
+                    for p in probes:
+                        p.count(name)
+            elif kind == BLOCK:
+                ev = {"kind": "block", "compartment": compartment, "name": name,
+                      "function": function, "site": site, "ts_ns": t}
+                for p in probes:
+                    p.count(name)
+            elif kind == STORE:
+                if not 0 < b <= 16:
+                    continue
+                ev = {"kind": "store", "compartment": compartment, "name": name,
+                      "function": function, "address": a, "size": b, "ts_ns": t}
+                for p in probes:
+                    p.count(name)
+                    p.bytes += b
+                    p.sizes[b] += 1
+                    p.lowest = a if p.lowest is None else min(p.lowest, a)
+                    p.highest = a + b if p.highest is None else max(p.highest, a + b)
+            else:
+                continue
+            self._fan(ev, [p.spec.name for p in probes])
+
+    def take_calls(self):
+        """Move the router's finished call records into the probes and the sinks."""
+        done, dropped = self.calls.take()
+        if dropped:
+            for c in self.calls.watch:
+                for p in self.probes.get(c, {}).values():
+                    if p.spec.point == "calls":
+                        p.dropped += dropped
+        for ev in done:
+            names = []
+            for c in {ev["caller"], ev["callee"]}:
+                for p in self.probes.get(c, {}).values():
+                    if p.spec.point == "calls":
+                        direction = "out" if c == ev["caller"] else "in"
+                        peer = ev["callee"] if direction == "out" else ev["caller"]
+                        p.count(f"{direction} {peer} {ev['name']}", ev["dur_ns"],
+                                ok=ev["outcome"] == "returned")
+                        names.append(p.spec.name)
+            for c in {ev["caller"], ev["callee"]}:
+                self._fan({**ev, "compartment": c}, names, once=ev)
+
+    def _fan(self, ev: dict, probe_names: list, once: dict | None = None):
+        ev["probes"] = probe_names
+        for sub in self.subscribers:
+            if sub.wants(ev["compartment"]):
+                if once is not None:          # a call: once per sink, not per side
+                    if getattr(sub, "_last", None) is once:
+                        continue
+                    sub._last = once
+                sub.put(ev)
+                if sub.wake is not None:
+                    sub.wake()
+
+    def subscribe(self, sub: Subscriber) -> Subscriber:
+        self.subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber):
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+
+
+def parse_sites(text: str, limit: int = 8 << 20) -> Sites | None:
+    """An engine's answer to Engine.describe, checked (the engine is not trusted)."""
+    import json
+    if not text:
+        return None
+    if len(text) > limit:
+        raise ProbeError("the engine described more probe sites than allowed")
+    try:
+        sites = Sites.from_json(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ProbeError(f"the engine's probe sites are malformed: {e}") from None
+    if len(sites.kinds) != len(sites.functions) or any(k not in (0, 1, 2) for k in sites.kinds) \
+            or not all(isinstance(f, int) and f >= 0 for f in sites.functions) \
+            or not all(isinstance(v, str) for v in sites.names.values()):
+        raise ProbeError("the engine's probe sites are malformed")
+    return attrs.evolve(sites, names={k: v[:200] for k, v in list(sites.names.items())[:1 << 20]})

@@ -1,0 +1,408 @@
+"""Probes on running compartments (issue 15): switched on and off through the
+admin socket while calls are in flight, read as counts, traces and events
+for an analysis compartment; real engines, real rewritten modules, real C."""
+import json
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+import capnp_schemas
+from tests.conftest import EXAMPLES, ROOT, external_client, run_wsuper
+
+GUESTS = os.path.join(ROOT, "tests", "integration", "guests")
+#: a system of one calc compartment (examples/calc), to add others to
+CALC = f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+"""
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory):
+    """examples/kv and examples/probes copied, their C plugins built with `wsuper build`."""
+    top = tmp_path_factory.mktemp("probes")
+    for name in ("kv", "probes"):
+        shutil.copytree(os.path.join(ROOT, "examples", name), top / "examples" / name,
+                        ignore=shutil.ignore_patterns("build", "data"))
+    (top / "policies").mkdir()
+    shutil.copy(os.path.join(ROOT, "policies", "kv-client.toml"), top / "policies")
+    kv, probes = top / "examples" / "kv", top / "examples" / "probes"
+    builds = [(kv / "store.c", kv / "kv.capnp", kv / "build" / "store.wasm"),
+              (kv / "client.c", kv / "kv.capnp", kv / "build" / "client.wasm"),
+              (probes / "analysis.c", os.path.join(ROOT, "capnp_schemas", "probe.capnp"),
+               probes / "build" / "analysis.wasm")]
+    for src, schema, out in builds:
+        r = run_wsuper("build", str(src), "--schema", str(schema), "-o", str(out), timeout=300)
+        assert r.returncode == 0, r.stderr
+    for name in ("store", "client"):
+        shutil.copy(kv / "build" / f"{name}.wasm", probes / "build" / f"{name}.wasm")
+    return top
+
+
+def _probe(system, *args):
+    return run_wsuper("probe", str(system), *args, timeout=60)
+
+
+def _store_system(plugins, tmp_path, extra=""):
+    kv = plugins / "examples" / "kv"
+    shutil.rmtree(kv / "data", ignore_errors=True)
+    (kv / "data").mkdir()
+    sock = tmp_path / "kv.sock"
+    path = kv / "probed.toml"
+    path.write_text(f"""
+[system]
+schemas = ["kv.capnp"]
+socket = "{sock}"
+audit = "data/audit.jsonl"
+[compartments.store]
+module = "build/store.wasm"
+exports = "Store"
+external = true
+instrument = ["functions", "blocks"]
+{extra}
+[compartments.store.grants]
+data = {{ host = "directory", path = "${{SYSTEM_DIR}}/data", append_only = true }}
+stdout = {{ host = "log" }}
+""")
+    return path, sock, kv
+
+
+_WRITER = """
+import sys, time
+import capnp_schemas
+from tests.conftest import external_client
+sock, schema_path, prefix, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+schema = capnp_schemas.load(schema_path)
+
+async def body(gateway):
+    store = (await gateway.get("store")).cap.as_interface(schema.Store)
+    for i in range(n):
+        key, value = f"{prefix}{i}", f"v{i}"
+        await store.put(key, value)
+        got = await store.get(key)
+        if not got.found or got.value != value:
+            print("wrong", key, got.found, got.value, flush=True)
+        print("done", i + 1, flush=True)
+        time.sleep(0.002)
+    return len((await store.keys()).keys)
+print("keys", external_client(sock, body, timeout=120), flush=True)
+"""
+
+
+class _Writer(threading.Thread):
+    """An external client (a process of its own: pycapnp loads a schema id once per
+    process) putting key i = value i and reading it back, n times."""
+
+    def __init__(self, sock, schema_path, prefix, n):
+        super().__init__(daemon=True)
+        self.args = [str(sock), str(schema_path), prefix, str(n)]
+        self.done = 0
+        self.keys = None
+        self.errors = []
+
+    def run(self):
+        import subprocess
+        import sys
+        p = subprocess.Popen([sys.executable, "-c", _WRITER, *self.args], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout:
+            if line.startswith("done "):
+                self.done = int(line.split()[1])
+            elif line.startswith("keys "):
+                self.keys = int(line.split()[1])
+            else:
+                self.errors.append(line.rstrip())
+        if p.wait() != 0:
+            self.errors.append(f"exit {p.returncode}")
+
+    def wait_for(self, n, timeout=60):
+        deadline = time.monotonic() + timeout
+        while self.done < n and self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.done >= n, (self.done, self.errors)
+
+
+def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
+    system, sock, kv = _store_system(plugins, tmp_path)
+    run = wsuper("up", str(system))
+    run.wait_for("ready store")
+    # one writer: the store (plain C stdio) is not written for a second caller
+    # re-entering it while it waits on its own file operations
+    writer = _Writer(sock, kv / "kv.capnp", "k", 200)
+    writer.start()
+    writer.wait_for(20)
+
+    r = _probe(system, "store", "add", "cov", "--point", "functions")
+    assert r.returncode == 0, r.stderr
+    r = _probe(system, "store", "add", "dispatch", "--point", "blocks",
+               "--functions", "wsuper_dispatch")
+    assert r.returncode == 0, r.stderr
+    before = writer.done
+    writer.wait_for(before + 40)
+    r = _probe(system, "store", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    probes = {p["name"]: p for p in json.loads(r.stdout)}
+    cov = probes["cov"]
+    dispatched = cov["functions_hit"]["wsuper_dispatch"]["count"]
+    assert dispatched >= 2 * 40           # a put and a get each time
+    assert cov["functions_hit"]["wsuper_dispatch"]["covered"] == 1
+    assert 0 < cov["covered"] < cov["sites"]               # not every function ran
+    assert cov["functions_hit"]["abort"]["count"] == 0
+    blocks = probes["dispatch"]
+    assert 0 < blocks["covered"] < blocks["sites"]         # put and get, not every method
+    text = _probe(system, "store", "list").stdout
+    assert "probe cov on store: functions (counts)" in text and "wsuper_dispatch" in text
+
+    r = _probe(system, "store", "remove", "cov")
+    assert r.returncode == 0 and "removed probe cov on store" in r.stdout
+    assert _probe(system, "store", "remove", "dispatch").returncode == 0
+    writer.join(120)
+    assert writer.errors == [] and writer.done == 200          # no call lost or failed
+    assert writer.keys == 200                                  # every put is there
+    assert "no probes" in _probe(system, "store", "list").stdout
+    assert len((kv / "data" / "kv.log").read_text().splitlines()) == 200
+    run.stop()
+    audit = [json.loads(l) for l in (kv / "data" / "audit.jsonl").read_text().splitlines()]
+    changes = [(a["event"], a["probe"], a["by"]) for a in audit if "probe" in a]
+    assert changes == [("probe added", "cov", "operator"), ("probe added", "dispatch", "operator"),
+                       ("probe removed", "cov", "operator"),
+                       ("probe removed", "dispatch", "operator")]
+
+
+def _chain(tmp_path, n=10_000_000):
+    """app (a program calling relay n times) -> relay -> calc."""
+    from benchmarks.suite import CALC_ID, _loop_wat     # the benchmarks' calling program
+    (tmp_path / "app.wat").write_text(_loop_wat(
+        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], n, read_reply=True))
+    path = tmp_path / "chain.toml"
+    path.write_text(CALC + f"""[compartments.relay]
+module = "{GUESTS}/relay.wat"
+exports = "Calc"
+instrument = ["functions"]
+[compartments.relay.grants]
+next = {{ compartment = "calc" }}
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+calc = {{ compartment = "relay" }}
+""")
+    return path
+
+
+def _inside(slices, pid, tid, ts):
+    return [s for s in slices if s["pid"] == pid and s["tid"] == tid
+            and s["ts"] <= ts <= s["ts"] + s["dur"]]
+
+
+def test_a_call_trace_across_three_compartments(tmp_path, wsuper):
+    system = _chain(tmp_path)
+    run = wsuper("up", str(system))
+    run.wait_for("ready app")
+    out = tmp_path / "trace.json"
+    r = run_wsuper("trace", str(system), "--seconds", "1", "-o", str(out), "--functions", "*")
+    assert r.returncode == 0, r.stderr
+    assert "call records" in r.stdout
+    trace = json.loads(out.read_text())
+    events = trace["traceEvents"]
+    # the trace-event format: every event has a phase, a process and a thread;
+    # timed ones a number of microseconds; complete ones a duration
+    for e in events:
+        assert e["ph"] in ("M", "X", "B", "E", "s", "f", "i"), e
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int), e
+        if e["ph"] != "M":
+            assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
+            assert isinstance(e["name"], str) and e["name"], e
+        if e["ph"] == "X":
+            assert e["dur"] > 0, e
+    process = {e["pid"]: e["args"]["name"] for e in events
+               if e["ph"] == "M" and e["name"] == "process_name"}
+    assert set(process.values()) >= {"app", "relay", "calc"}
+    pid = {v: k for k, v in process.items()}
+    slices = [e for e in events if e["ph"] == "X" and e["cat"] == "call"]
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    ends = {e["id"]: e for e in events if e["ph"] == "f"}
+    assert starts and set(starts) == set(ends)
+    links = set()
+    for fid, s in starts.items():
+        f = ends[fid]
+        assert f["bp"] == "e" and f["cat"] == s["cat"]
+        caller = _inside(slices, s["pid"], 2, s["ts"])       # "calls out" of the caller
+        callee = _inside(slices, f["pid"], 1, f["ts"])       # "calls in" of the callee
+        assert caller and callee, (s, f)
+        assert caller[0]["args"]["callee"] == process[f["pid"]]
+        assert callee[0]["args"]["caller"] == process[s["pid"]]
+        links.add((process[s["pid"]], process[f["pid"]], callee[0]["name"]))
+    assert links == {("app", "relay", "Calc.add"), ("relay", "calc", "Calc.add")}
+    # each relay -> calc call happens inside an app -> relay call
+    outer = [e for e in slices if e["pid"] == pid["relay"] and e["tid"] == 1]
+    inner = [e for e in slices if e["pid"] == pid["relay"] and e["tid"] == 2]
+    assert len(inner) > 10
+    assert all(any(o["ts"] <= i["ts"] and i["ts"] + i["dur"] <= o["ts"] + o["dur"] + 1
+                   for o in outer) for i in inner[1:-1])
+    # the function probe was turned on while relay was inside calls: never an
+    # exit without its entry
+    depth = {}
+    for e in sorted((e for e in events if e["ph"] in "BE"), key=lambda e: e["ts"]):
+        depth[e["name"]] = depth.get(e["name"], 0) + (1 if e["ph"] == "B" else -1)
+        assert depth[e["name"]] >= 0, e
+    assert depth and any(e["ph"] == "E" for e in events)
+    # and after the trace, nothing is left on
+    assert "no probes" in _probe(system, "relay", "list").stdout
+    assert run.proc.poll() is None
+
+
+def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
+    here = plugins / "examples" / "probes"
+    shutil.rmtree(here / "data", ignore_errors=True)
+    (here / "data").mkdir()
+    (here / "data" / "kv.log").write_text("runs\t42\n")
+    from tests.conftest import Running
+    run = Running(["up", str(here / "system.toml")])
+    try:
+        run.wait_for("[client] client: this is run")
+        run.wait_for("analysis: lookup(\"data\") -> -7 (refused: not granted)")
+        run.wait_for("analysis: fopen(/data/kv.log) -> Capabilities insufficient")
+        line = run.wait_for("analysis: Directory.open on the probe capability -> ")
+        assert "-5 (ENOTSUP: a probe implements Probe (read, target) only)" in line
+        run.wait_for("calls seen")
+        report = run.wait_for("analysis:   Store.put")
+        assert " 2 calls " in report, report
+    finally:
+        run.stop()
+    assert (here / "data" / "kv.log").read_text() == "runs\t42\nruns\t43\ngreeting\thello\n"
+    r = run_wsuper("check", str(here / "system.toml"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_probes_on_a_per_call_compartment(tmp_path, wsuper):
+    sock = tmp_path / "pc.sock"
+    system = tmp_path / "pc.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{GUESTS}/counting.wat"
+exports = "Calc"
+external = true
+instance = "per_call"
+instrument = ["functions", "stores"]
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    assert _probe(system, "calc", "add", "f", "--point", "functions").returncode == 0
+    assert _probe(system, "calc", "add", "s", "--point", "stores").returncode == 0
+    assert _probe(system, "calc", "add", "c", "--point", "calls").returncode == 0
+    assert _probe(system, "calc", "add", "h", "--point", "hostcalls").returncode == 0
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        calc = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        return [(await calc.add(1, 1)).sum for _ in range(5)]
+    assert external_client(str(sock), body) == [1, 1, 1, 1, 1]    # still fresh every call
+    probes = {p["name"]: p for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
+    assert probes["f"]["count"] == 5            # every fresh instance's counters, added up
+    assert probes["s"]["count"] >= 5
+    assert sum(probes["c"]["counts"].values()) == 5
+    assert list(probes["c"]["counts"]) == ["in external Calc.add"]
+    assert probes["h"]["counts"] == {"wsuper.results_set": 5}     # what counting.wat calls
+    assert set(probes["h"]["histograms"]) == {"wsuper.results_set"}
+    text = _probe(system, "calc", "list").stdout
+    assert "probe h on calc: hostcalls (counts); 5 events" in text
+    assert "wsuper.results_set: 5  p50 " in text
+
+
+def test_declared_probes_survive_a_restart_and_run_time_ones_do_not(tmp_path, wsuper):
+    system = tmp_path / "r.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+audit = "{tmp_path}/audit.jsonl"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+restart = "permanent"
+instrument = ["functions"]
+[compartments.calc.probes.entries]
+point = "functions"
+[compartments.calc.probes.served]
+point = "calls"
+events = true
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("probe added: calc.served")
+    run.wait_for("probe added: calc.entries")
+    assert _probe(system, "calc", "add", "mine", "--point", "hostcalls").returncode == 0
+    names = {p["name"] for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
+    assert names == {"entries", "served", "mine"}
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    os.kill(pid, 9)
+    run.wait_for("probe dropped by a restart: calc.mine")
+    at = len(run.lines)
+    run.wait_for("probe added: calc.entries", start=at)
+    run.wait_for("probe added: calc.served", start=at)
+    names = {p["name"] for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
+    assert names == {"entries", "served"}
+    run.stop()
+    audit = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    dropped = [a for a in audit if a.get("event") == "probe dropped by a restart"]
+    assert [(a["probe"], a["by"]) for a in dropped] == [("mine", "wsuper")]
+
+
+def test_only_what_the_operator_asks_and_the_module_has(tmp_path, wsuper):
+    system = tmp_path / "o.toml"
+    system.write_text(CALC)
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    r = _probe(system, "calc", "add", "f", "--point", "functions")
+    assert r.returncode == 1 and "calc was not loaded with functions probe sites: add " \
+        "\"functions\" to instrument = [...]" in r.stderr
+    for args, why in ((["x;rm", "--point", "calls"], "probe name 'x;rm' is not allowed"),
+                      (["f", "--point", "calls", "--functions", "a"],
+                       "functions applies to the points functions, blocks, stores"),
+                      (["f", "--point", "calls", "--functions", "#x"], "an index is")):
+        r = _probe(system, "calc", "add", *args)
+        assert r.returncode == 1 and why in r.stderr, r.stderr
+    r = _probe(system, "nobody", "list")
+    assert r.returncode == 1 and "no compartment 'nobody'" in r.stderr
+    assert _probe(system, "calc", "add", "c", "--point", "calls").returncode == 0
+    r = _probe(system, "calc", "add", "c", "--point", "calls")
+    assert r.returncode == 1 and "has a probe named c already" in r.stderr
+    assert _probe(system, "calc", "remove", "c").returncode == 0
+    r = _probe(system, "calc", "remove", "c")
+    assert r.returncode == 1 and "no probe named 'c'" in r.stderr
+
+
+@pytest.mark.parametrize("grant, why", [
+    ('{ host = "probe" }', "on = \"NAME\""),
+    ('{ host = "probe", on = "app" }', "cannot read its own probes"),
+    ('{ host = "log", on = "calc" }', "applies only to probe grants"),
+])
+def test_probe_grants_name_another_compartment(tmp_path, grant, why):
+    (tmp_path / "s.toml").write_text(f"""
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+p = {grant}
+""")
+    r = run_wsuper("check", str(tmp_path / "s.toml"))
+    assert r.returncode == 2 and why in r.stderr, r.stderr
+
+
+def test_declared_in_module_probes_need_their_sites(tmp_path):
+    (tmp_path / "s.toml").write_text(f"""
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+[compartments.calc.probes.f]
+point = "blocks"
+""")
+    r = run_wsuper("check", str(tmp_path / "s.toml"))
+    assert r.returncode == 2 and "add \"blocks\" to compartments.calc.instrument" in r.stderr

@@ -1,0 +1,177 @@
+"""Module rewriting for probes (compartments/instrument.py), run in wasmtime: a
+rewritten module computes what the original does with every site off, and
+with sites on it reports entries, exits, blocks and stores where they happen."""
+import struct
+
+import pytest
+import wasmtime
+
+from compartments import instrument
+from compartments.instrument import COUNT, EVENTS, EXPORT_PROBES, InstrumentError
+from compartments.wasm import engine_config
+
+ENGINE = wasmtime.Engine(engine_config())
+
+# No name section: every call and element is by number, the case the renumbering is for.
+PLAIN = """(module
+  (type $t (func (param i32) (result i32)))
+  (import "env" "ext" (func (param i32) (result i32)))
+  (table 2 funcref)
+  (memory (export "memory") 1)
+  (global (mut i32) (i32.const 0))
+  (elem (i32.const 0) func 1 2)
+  (func (param i32) (result i32)                      ;; 1: fib, recursive
+    (if (result i32) (i32.lt_u (local.get 0) (i32.const 2))
+      (then (local.get 0))
+      (else (i32.add (call 1 (i32.sub (local.get 0) (i32.const 1)))
+                     (call 1 (i32.sub (local.get 0) (i32.const 2)))))))
+  (func (param i32) (result i32)                      ;; 2: early return, br to the body
+    (if (i32.eqz (local.get 0)) (then (return (i32.const 100))))
+    (block (drop (br_if 1 (i32.const 7) (i32.eq (local.get 0) (i32.const 1)))))
+    (i32.store offset=16 (i32.const 0) (local.get 0))
+    (i64.store8 (i32.const 40) (i64.const 255))
+    (call 0 (local.get 0)))
+  (func (export "fib") (param i32) (result i32) (call_indirect (type $t) (local.get 0) (i32.const 0)))
+  (func (export "two") (param i32) (result i32) (call_indirect (type $t) (local.get 0) (i32.const 1)))
+  (func (export "trap") (call 6))
+  (func unreachable)
+  (start 7)
+  (func (global.set 0 (i32.const 1))))
+"""
+
+
+def _run(module_bytes, hooks=None, flags=None, sites=None):
+    hits = []
+    module = wasmtime.Module(ENGINE, module_bytes)
+    store = wasmtime.Store(ENGINE)
+    store.set_fuel(1 << 40)
+    linker = wasmtime.Linker(ENGINE)
+    linker.define_func("env", "ext", wasmtime.FuncType([wasmtime.ValType.i32()],
+                                                       [wasmtime.ValType.i32()]),
+                       lambda x: x * 1000)
+    if hooks:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define_func(instrument.PROBE_MODULE, "hit", wasmtime.FuncType([i32, i32], []),
+                           lambda s, w: hits.append(("hit", s, w)))
+        linker.define_func(instrument.PROBE_MODULE, "store",
+                           wasmtime.FuncType([i32, i64, i32], []),
+                           lambda s, a, n: hits.append(("store", s, a, n)))
+    inst = linker.instantiate(store, module)
+    ex = inst.exports(store)
+    if flags is not None:           # as the engine does it (compartments/probing.py)
+        from compartments.probing import EngineProbes
+        probes = EngineProbes(sites)
+        probes.attach(ex, store)
+        probes.set(flags, False)
+    return store, ex, hits
+
+
+def _counters(store, ex, sites):
+    data = ex[EXPORT_PROBES].read(store, sites.counters, sites.counters + 8 * len(sites))
+    return struct.unpack(f"<{len(sites)}q", data)
+
+
+@pytest.fixture(scope="module")
+def rewritten():
+    return instrument.rewrite(PLAIN.encode(), instrument.POINTS)
+
+
+def test_with_every_site_off_the_module_computes_what_it_did(rewritten):
+    out, sites = rewritten
+    store0, ex0, _ = _run(wasmtime.wat2wasm(PLAIN))
+    store1, ex1, hits = _run(out, hooks=True)
+    for x in range(0, 12):
+        assert ex1["fib"](store1, x) == ex0["fib"](store0, x)
+    for x in (0, 1, 5):
+        assert ex1["two"](store1, x) == ex0["two"](store0, x)
+    assert ex1["memory"].read(store1, 0, 64) == ex0["memory"].read(store0, 0, 64)
+    assert hits == []
+    with pytest.raises(wasmtime.Trap):
+        ex1["trap"](store1)
+
+
+def test_function_sites_count_entries_in_the_module(rewritten):
+    out, sites = rewritten
+    fn = [s for s in range(len(sites)) if sites.kinds[s] == 0]
+    flags = bytearray(len(sites))
+    for s in fn:
+        flags[s] = COUNT
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
+    ex["fib"](store, 10)
+    counts = _counters(store, ex, sites)
+    by_function = {sites.functions[s]: counts[s] for s in fn}
+    assert by_function[1] == 177          # fib(10) makes 177 calls of function 1
+    assert by_function[3] == 1            # the export that called it
+    assert hits == []                     # counting needs no host call
+
+
+def test_every_way_out_of_a_function_reports_its_exit(rewritten):
+    out, sites = rewritten
+    site = next(s for s in range(len(sites)) if sites.kinds[s] == 0 and sites.functions[s] == 2)
+    flags = bytearray(len(sites))
+    flags[site] = EVENTS
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
+    for x in (0, 1, 5):                   # return, br to the body's label, falling off the end
+        hits.clear()
+        ex["two"](store, x)
+        assert [h for h in hits if h[0] == "hit"] == [("hit", site, 0), ("hit", site, 1)], x
+
+
+def test_stores_report_address_and_size(rewritten):
+    out, sites = rewritten
+    site = next(s for s in range(len(sites)) if sites.kinds[s] == 2 and sites.functions[s] == 2)
+    flags = bytearray(len(sites))
+    flags[site] = EVENTS | COUNT
+    store, ex, hits = _run(out, hooks=True, flags=bytes(flags), sites=sites)
+    ex["two"](store, 5)
+    assert [h for h in hits if h[0] == "store"] == [("store", site, 16, 4), ("store", site, 40, 1)]
+    assert _counters(store, ex, sites)[site] == 2
+
+
+def test_block_sites_show_which_arm_ran(rewritten):
+    out, sites = rewritten
+    blocks = [s for s in range(len(sites)) if sites.kinds[s] == 1 and sites.functions[s] == 1]
+    flags = bytearray(len(sites))
+    for s in blocks:
+        flags[s] = COUNT
+    store, ex, _ = _run(out, hooks=True, flags=bytes(flags), sites=sites)
+    ex["fib"](store, 1)                   # only the `then` arm
+    once = [c for s, c in zip(range(len(sites)), _counters(store, ex, sites)) if s in blocks]
+    assert 0 in once and max(once) == 1   # some blocks never ran
+    ex["fib"](store, 6)
+    twice = [c for s, c in zip(range(len(sites)), _counters(store, ex, sites)) if s in blocks]
+    assert all(c > 0 for c in twice)      # both arms now
+
+
+def test_names_are_kept(tmp_path):
+    wat = '(module (func $alpha (export "a") (call $beta)) (func $beta) (func $"with space"))'
+    out, sites = instrument.rewrite(wat.encode(), ["functions"])
+    names = instrument.function_names(out)
+    assert {"alpha", "beta", "with space"} <= set(names.values())
+    assert {sites.name(f) for f in sites.functions} == {"alpha", "beta", "with space"}
+
+
+def test_clones_carry_their_functions_names_even_names_printed_as_annotations():
+    """A trap in a probed function's clone names the function: the clone has its name.
+    Two functions of one name (C's static functions) print as `(@name ...)`."""
+    wat = ('(module (func $a (@name "dup") (export "a") (call $b)) '
+           '(func $b (@name "dup")) (func $"q\\"uote" (export "q") unreachable))')
+    out, sites = instrument.rewrite(wat.encode(), ["functions"])
+    wasmtime.Module(ENGINE, out)
+    names = list(instrument.function_names(out).values())
+    assert names.count("dup") == 4 and names.count('q"uote') == 2     # each, and its clone
+    assert not any(n.startswith("wsuper~0.c") for n in names)
+
+
+def test_hostile_or_unknown_input_is_refused_with_a_reason():
+    with pytest.raises(InstrumentError, match="unknown probe point"):
+        instrument.rewrite(b"\0asm\1\0\0\0", ["everything"])
+    with pytest.raises(InstrumentError):
+        instrument.rewrite(b"\0asm\1\0\0\0garbage", ["functions"])
+    with pytest.raises(InstrumentError, match="at most"):
+        instrument.rewrite(b"\0asm" + bytes(instrument.MAX_MODULE_BYTES), ["functions"])
+    # a module whose own names look like ours gets other names for the probes
+    wat = '(module (func $wsuper~0.hit (export "f")) (func $wsuper~0.mem))'
+    out, sites = instrument.rewrite(wat.encode(), ["functions"])
+    wasmtime.Module(ENGINE, out)
+    assert "wsuper~0.hit" in instrument.function_names(out).values()

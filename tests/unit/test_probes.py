@@ -1,0 +1,139 @@
+"""The probe registry, the engine's half of the probes and the trace file, without
+processes: hostile specs and hostile engine answers, the consistency rule,
+bounds, and the trace-event format."""
+import struct
+
+import pytest
+
+from compartments.instrument import COUNT, EVENTS, Sites
+from compartments.probing import ENTER, EVENT, EXIT, HOSTCALL, STORE, EngineProbes
+from supervisor import probes as P, trace
+
+SITES = Sites(points=("functions", "blocks", "stores"), kinds=(0, 1, 1, 2, 0, 1, 2),
+              functions=(3, 3, 3, 3, 4, 4, 4), names={3: "alpha", 4: "beta"}, counters=8,
+              imported=3)
+
+
+def _registry():
+    r = P.Registry(lambda: 0, {"c": ("functions", "blocks", "stores")})
+    r.sites["c"] = SITES
+    return r
+
+
+def test_specs_from_a_command_line_are_checked():
+    for args, why in ((("a b", "calls"), "not allowed"), (("a", "nope"), "unknown point"),
+                      (("a", "functions", ["x"] * 65), "at most 64"),
+                      (("a", "functions", ["\x1b[2J"]), "printable"),
+                      (("a", "functions", ["#1x"]), "an index is"),
+                      (("a", "calls", ["f"]), "functions applies to"),
+                      (("a", "calls", (), "yes"), "true or false")):
+        with pytest.raises(P.ProbeError, match=why):
+            P.spec("c", *args)
+    assert P.spec("c", "a", "functions", "alp*,#4").functions == ("alp*", "#4")
+
+
+def test_flags_are_the_union_of_the_probes():
+    r = _registry()
+    r.add(P.spec("c", "f", "functions", ["alpha"]), SITES)
+    r.add(P.spec("c", "e", "functions", ["#4"], events=True), SITES)
+    r.add(P.spec("c", "b", "blocks", ["beta"]), SITES)
+    flags, hostcalls = r.flags("c")
+    assert flags == bytes([COUNT, 0, 0, 0, COUNT | EVENTS, COUNT, 0]) and not hostcalls
+    r.remove("c", "e")
+    assert r.flags("c")[0] == bytes([COUNT, 0, 0, 0, 0, COUNT, 0])
+    with pytest.raises(P.ProbeError, match="no function of c matches"):
+        r.add(P.spec("c", "x", "stores", ["gamma*"]), SITES)
+    with pytest.raises(P.ProbeError, match="not loaded with functions probe sites"):
+        P.Registry(lambda: 0).add(P.spec("d", "x", "functions"), None)
+
+
+def test_hostile_engine_events_are_skipped():
+    r = _registry()
+    r.add(P.spec("c", "s", "stores", events=True), SITES)
+    r.add(P.spec("c", "h", "hostcalls"), SITES)
+    sub = r.subscribe(P.Subscriber(["c"]))
+    good = EVENT.pack(STORE, 3, 10, 4096, 4) + EVENT.pack(HOSTCALL, 1, 11, 5000, 0)
+    bad = (EVENT.pack(STORE, 99, 1, 1, 4) + EVENT.pack(STORE, 3, 1, 1, 1 << 40)
+           + EVENT.pack(77, 3, 1, 1, 1) + EVENT.pack(HOSTCALL, 10 ** 6, 1, 1, 1)
+           + EVENT.pack(ENTER, -1 & 0xffffffff, 1, 1, 1) + b"\x01\x02\x03")
+    r.engine_events("c", good + bad, dropped=5)
+    got, dropped = sub.take(100)
+    assert [(e["kind"], e["name"]) for e in got] == [("store", "alpha"),
+                                                     ("hostcall", "wsuper.call")]
+    summary = {p["name"]: p for p in r.list("c")}
+    assert summary["s"]["bytes"] == 4 and summary["s"]["range"] == [4096, 4100]
+    assert summary["s"]["dropped"] == 5 and summary["h"]["counts"] == {"wsuper.call": 1}
+    r.counters("c", b"\x00" * 7)                           # the wrong size: ignored
+    with pytest.raises(P.ProbeError):
+        P.parse_sites('{"points": [], "kinds": "0009", "functions": [1, 2], "names": {}, '
+                      '"counters": 8}')
+    with pytest.raises(P.ProbeError):
+        P.parse_sites("{" * 100000)
+
+
+def test_sinks_are_bounded_and_count_what_they_drop():
+    sub = P.Subscriber(limit=3)
+    for i in range(10):
+        sub.put({"i": i})
+    got, dropped = sub.take(100)
+    assert [e["i"] for e in got] == [0, 1, 2] and dropped == 7
+    calls = P.CallProbes(lambda: 5)
+    calls.watch.add("a")
+    for k in range(P.MAX_OPEN_CALLS + 3):
+        calls.open(k, "a", "g", "b", "I.m")
+    assert calls.dropped == 3
+    calls.open("x", "c", "g", "d", "I.m")                  # neither side watched
+    calls.close("x", "returned")
+    assert all(e["caller"] == "a" for e in calls.done)
+
+
+def test_an_exit_is_reported_only_after_its_entry():
+    p = EngineProbes(SITES)
+    p.set(bytes([EVENTS, 0, 0, 0, EVENTS, 0, 0]), False)
+    p.hit(0, 1)            # alpha was running when the probe came on: its exit is dropped
+    p.hit(4, 0)
+    p.hit(0, 0)
+    p.hit(0, 1)
+    p.hit(4, 1)
+    p.hit(4, 1)            # a second exit of beta: no entry for it
+    kinds = [(k, s) for k, s, *_ in EVENT.iter_unpack(p.collect()[1])]
+    assert kinds == [(ENTER, 4), (ENTER, 0), (EXIT, 0), (EXIT, 4)]
+    p.hit(0, 0)
+    p.hit(4, 0)
+    p.unwind(0)            # a trap: both close, innermost first, marked unwound
+    events = list(EVENT.iter_unpack(p.collect()[1]))
+    assert [(k, s, b) for k, s, _t, _a, b in events] == [(ENTER, 0, 0), (ENTER, 4, 0),
+                                                         (EXIT, 4, 1), (EXIT, 0, 1)]
+    with pytest.raises(ValueError):
+        p.set(b"\x01", False)
+    with pytest.raises(ValueError):
+        p.set(bytes([8] * 7), False)
+
+
+def test_the_engine_buffer_is_bounded():
+    p = EngineProbes(SITES)
+    p.set(bytes([EVENTS] * 7), False)
+    for _ in range(70_000):
+        p.hit(1, 0)
+    _counters, events, dropped = p.collect()
+    assert len(events) // EVENT.size + dropped == 70_000 and dropped > 0
+
+
+def test_the_chrome_trace_links_caller_and_callee():
+    events = [{"kind": "call", "id": 1, "caller": "a", "callee": "b", "grant": "a.b",
+               "name": "I.m", "ts_ns": 1000, "dur_ns": 5000, "outcome": "returned"},
+              {"kind": "call", "id": 2, "caller": "b", "callee": "host:log", "grant": "b.log",
+               "name": "Log.write", "ts_ns": 2000, "dur_ns": 1000, "outcome": "returned"},
+              {"kind": "enter", "compartment": "b", "name": "f\x1b[2J", "ts_ns": 1500},
+              {"kind": "exit", "compartment": "b", "name": "f\x1b[2J", "ts_ns": 4000},
+              {"kind": "call", "ts_ns": "garbage"}]
+    t = trace.chrome(events)
+    ev = t["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in ev if e.get("name") == "process_name"}
+    assert set(names.values()) == {"a", "b", "host capabilities"}
+    flows = [e for e in ev if e["ph"] in "sf"]
+    assert [(e["ph"], names[e["pid"]], e["id"]) for e in flows] == [
+        ("s", "a", 1), ("f", "b", 1), ("s", "b", 2), ("f", "host capabilities", 2)]
+    assert all("\x1b" not in e["name"] for e in ev)
+    x = [e for e in ev if e["ph"] == "X"]
+    assert x[0]["ts"] == 0 and x[0]["dur"] == 5.0
