@@ -527,7 +527,9 @@ class Router:
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
                 if route is not None and route[1] is not None and cap.peer.laned \
-                        and cap.peer.kind == "engine":
+                        and cap.peer.kind == "engine" and not (self.call_watch and (
+                            route[0].name in self.call_watch
+                            or cap.peer.name in self.call_watch)):
                     self._route(route, first, chain, proxy, cap, call.interface_id)
             elif isinstance(cap, Host):
                 self._host_call(cap, call)
@@ -574,6 +576,17 @@ class Router:
             del self._route_of[(key[0], id(r.cap))]
         for rec in self.native.uninstall(key[0], key[1], take_calls):
             self.adopt(rec)
+
+    def watch(self, compartment: str, on: bool):
+        """A calls probe came to `compartment` (on) or left it.  While one is on,
+        every call from or to it must pass _deliver and _close_call, where the
+        probe sees it: the routes from and to it come down now, synchronously
+        (calls already forwarded natively finish natively, unseen: the probe
+        never sees an exit without its entry), and none is installed while it
+        lasts (_deliver).  When it goes, the next call through Python installs
+        the route again."""
+        if on and self._routes:
+            self._unroute(lambda r: compartment in (r.caller.name, r.callee.name))
 
     def _unroute(self, which, take_calls: bool = False):
         """Take down every route `which(route)` is true of, synchronously."""

@@ -545,3 +545,41 @@ def test_a_hostile_peer_sending_mutated_plain_calls_is_cut_off_alone(sup):
     app_calls_calc()
     assert cut > 0 and app.pid not in s.closed and calc.pid not in s.closed
     assert s.lane.stats()["calls"] > 0
+
+
+def test_a_calls_probe_takes_the_routes_off_the_lane_and_sees_every_call(sup):
+    """docs/instrumentation.md, "What the native fast path must honour": while a
+    calls probe is on for a compartment, no call from or to it goes natively; its
+    routes come down the moment the probe is added, and come back after it goes."""
+    from supervisor import probes
+
+    s, calc, app = routed(sup)
+    registry = probes.Registry(time.monotonic_ns)
+    s.router.call_watch = registry.calls.watch
+    s.router.call_probes = registry.calls
+    registry.calls.on_watch = s.router.watch
+
+    def calls(n):
+        for _ in range(n):
+            k, j = len(app.returns()), len(calc.calls())
+            app.call()
+            app.until(lambda: len(calc.calls()) > j)
+            calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(),
+                                            no_finish=True))
+            app.until(lambda: len(app.returns()) > k)
+            assert app.returns()[-1].payload is not None
+
+    calls(3)
+    assert s.lane.stats()["routes"] == 1
+    native = s.lane.stats()["calls"]
+    registry.add(probes.spec("calc", "watch", "calls"))
+    assert s.lane.stats()["routes"] == 0          # down at once, before any call
+    calls(5)
+    assert s.lane.stats()["calls"] == native      # not one went natively
+    seen_by_probe = [r for r in registry.calls.done if r["callee"] == "calc"]
+    assert len(seen_by_probe) == 5 and all(r["caller"] == "app" and r["outcome"] == "returned"
+                                           for r in seen_by_probe)
+    registry.remove("calc", "watch")
+    calls(4)                                       # the first installs the route again
+    assert s.lane.stats()["routes"] == 1 and s.lane.stats()["calls"] == native + 3
+    assert len([r for r in registry.calls.done if r["callee"] == "calc"]) == 5
