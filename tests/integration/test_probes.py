@@ -59,7 +59,7 @@ def _store_system(plugins, tmp_path, extra=""):
 [system]
 schemas = ["kv.capnp"]
 socket = "{sock}"
-audit = "data/audit.jsonl"
+audit = "audit.jsonl"
 [compartments.store]
 module = "build/store.wasm"
 exports = "Store"
@@ -168,7 +168,7 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
     assert "no probes" in _probe(system, "store", "list").stdout
     assert len((kv / "data" / "kv.log").read_text().splitlines()) == 200
     run.stop()
-    audit = [json.loads(l) for l in (kv / "data" / "audit.jsonl").read_text().splitlines()]
+    audit = [json.loads(l) for l in (kv / "audit.jsonl").read_text().splitlines()]
     changes = [(a["event"], a["probe"], a["by"]) for a in audit if "probe" in a]
     assert changes == [("probe added", "cov", "operator"), ("probe added", "dispatch", "operator"),
                        ("probe removed", "cov", "operator"),
