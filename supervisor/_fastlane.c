@@ -564,7 +564,10 @@ static void process_input(Lane *L, Peer *P) {
       P->in.off = P->in.len = 0;
       break;
     }
-    if (avail < 8) break;
+    /* the segment count is judged as soon as its 4 bytes are here, as wire.Framer
+     * does: a peer that sends a bad count and waits is cut off now, not when its
+     * half message times out */
+    if (avail < 4) break;
     uint32_t nseg32;
     memcpy(&nseg32, m, 4);
     uint64_t nseg = (uint64_t)nseg32 + 1;

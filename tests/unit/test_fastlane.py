@@ -583,3 +583,13 @@ def test_a_calls_probe_takes_the_routes_off_the_lane_and_sees_every_call(sup):
     calls(4)                                       # the first installs the route again
     assert s.lane.stats()["routes"] == 1 and s.lane.stats()["calls"] == native + 3
     assert len([r for r in registry.calls.done if r["callee"] == "calc"]) == 5
+
+
+def test_a_bad_segment_count_is_judged_on_its_four_bytes(sup):
+    """As wire.Framer: a peer that sends a segment count past the limit and then
+    waits is cut off at once, not when its half message times out."""
+    s, calc, app = routed(sup)
+    app.send(struct.pack("<I", 600))               # 601 segments claimed, nothing more
+    app.until(lambda: app.pid in s.closed or app.pid not in s.router.peers, timeout=1.0)
+    calc.until(lambda: True)
+    assert calc.pid not in s.closed
