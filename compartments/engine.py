@@ -892,8 +892,11 @@ def _why_not(e) -> str:
 def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) -> str:
     """'wasm `unreachable` instruction executed (in _start)', not wasmtime's first line;
     a protected page: 'write to read-only memory at 0x1004 (...) (in main)'."""
-    lines = [l.strip() for l in str(trap.message).splitlines() if l.strip()]
-    cause = protect.explain(str(trap.message), regions) or next(
+    # wasmtime's own words come after its backtrace, whose frames carry names the
+    # module chose (any text at all): only the last "Caused by:" section is read
+    text = str(trap.message).rsplit("\nCaused by:\n", 1)[-1]
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    cause = protect.explain(text, regions) or next(
         (l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
         lines[-1] if lines else "trap")
     try:      # the function that did it, not a check inserted for protection

@@ -54,7 +54,11 @@ EXPORT_ON = "wsuper:on"         # 1 while any site is on: the one test a site co
 #: Flag bits of a site.
 COUNT, EVENTS = 1, 2
 #: Bounds on what is rewritten (a hostile module can only deny itself probes).
-MAX_MODULE_BYTES = 32 << 20
+#: The rewriting edits the printed text in Python, at about 200 bytes of memory and
+#: 7 µs per byte of module: 8 MiB is about 2 GiB and a minute, bounded below.
+MAX_MODULE_BYTES = 8 << 20
+#: CPU seconds of the compiler child that rewrites and compiles a module (zygote.py)
+COMPILE_SECONDS = 120
 MAX_SITES = 1 << 20
 TOOL_SECONDS = 60
 TOOL_MEMORY = 4 << 30

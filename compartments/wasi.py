@@ -364,17 +364,21 @@ class Wasi:
                 break
         return done
 
-    def _write_from(self, d: _Desc, offset: int | None, iovs_ptr, count) -> int:
+    def _write_from(self, d: _Desc, offset: int | None, iovs_ptr, count, *,
+                    positional: bool = False) -> int:
         """Write the guest's buffers at `offset` (None: at the end), as many calls
         as it takes; bytes written.  An error after some bytes ends the write
-        short, as POSIX does."""
+        short, as POSIX does.  Appending moves the descriptor's offset to the new
+        end, unless `positional` (pwrite: the offset never moves, even when an
+        append-mode descriptor makes it append)."""
         done = 0
         for run in self._chunks(self._iovecs(iovs_ptr, count), self.max_io):
             data = self._gather(run)
             try:
                 if offset is None:
                     r, _ = self._call(d.cap, "File", "append", data=data)
-                    d.offset = r.offset + len(data)
+                    if not positional:
+                        d.offset = r.offset + len(data)
                     n = len(data)
                 else:
                     r, _ = self._call(d.cap, "File", "write", offset=offset + done, data=data)
@@ -756,8 +760,10 @@ class Wasi:
             raise _Fail(E.SPIPE)
         if offset < 0:
             raise _Fail(E.INVAL)
-        # on an append-mode descriptor it appends, whatever the offset (as Linux does)
-        self._u32(out, self._write_from(d, None if d.append else offset, iovs, count))
+        # on an append-mode descriptor it appends, whatever the offset (as Linux
+        # does); either way the descriptor's own offset stays where it was
+        self._u32(out, self._write_from(d, None if d.append else offset, iovs, count,
+                                        positional=True))
 
     def _log(self, d: _Desc, data: bytes):
         """Lines go to the log one by one.  A line longer than the log shows is

@@ -42,6 +42,7 @@ import fcntl
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -102,6 +103,9 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
+                if instrument:            # the rewriting runs in Python, here: bounded
+                    from .instrument import COMPILE_SECONDS
+                    resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS))
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
                                      memory_limit)
             finally:

@@ -40,6 +40,7 @@ GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
 SLICE = 4096                # bytes of a read fed to the router at a time
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
+IDLE_EVICT = 1.0            # an external connection silent this long may make room for another
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
@@ -64,6 +65,7 @@ class _Link:
         self.partial: int | None = None          # the message half received, if any
         self.partial_since: float | None = None  # ... since when
         self.turn = 0.0                          # when it last let others run
+        self.heard = trio.current_time()         # when it last sent anything
         self._reads = 0
 
     def write(self, data: bytes) -> bool:
@@ -608,7 +610,8 @@ class Supervisor:
 
     async def _respawn(self, comp, delay, generation):
         await trio.sleep(delay)
-        if generation == self.lifecycle.generation[comp.name] and not self._done.is_set():
+        if generation == self.lifecycle.generation[comp.name] and not self._done.is_set() \
+                and self.lifecycle.state[comp.name] == "restarting":
             await self._spawn(comp, generation)
 
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
@@ -650,6 +653,7 @@ class Supervisor:
                     return "stalled in the middle of a message"
                 if not data:
                     return None
+                link.heard = trio.current_time()
                 # Fairness: a read can hold hundreds of small messages; they are fed
                 # in slices, and the loop is let go whenever this peer has held it
                 # for TURN seconds, so no peer's flood delays anyone else for long.
@@ -721,7 +725,8 @@ class Supervisor:
     def _cut_off(self, pid: int, reason: str):
         peer = self.router.peers.get(pid)
         name = peer.name if peer is not None else f"peer {pid}"
-        self.say(f"{name}: connection cut off: {reason}")
+        self._throttled(self.notices, name, f"{name}: connection cut off: {reason}",
+                        "lines about")
         link = self.links.get(pid)
         if link is not None:
             link.close()
@@ -763,6 +768,7 @@ class Supervisor:
                     reason = (f"its program used more than {limits.run_cpu:g} s of CPU "
                               f"(limit run_cpu)")
             if reason is not None:
+                self._peer_of[name] = 0      # what this incarnation says from now on: stale
                 self._act(self.lifecycle.program_ended(name, None, reason,
                                                        trio.current_time()))
                 proc.kill()
@@ -923,13 +929,32 @@ class Supervisor:
                 if stream is None:
                     continue
                 most = self.system.max_connections
-                if self._external >= most:
+                if self._external >= most and not self._make_room():
                     self.tell_once("max-external", f"more than {most} external connections "
                                    f"at once: refusing the others (max_connections)")
                     self.nursery.start_soon(self._refuse, stream, f"too many connections "
                                             f"(at most {most})")
                     continue
                 self.nursery.start_soon(self._serve_external, stream)
+
+    def _make_room(self) -> bool:
+        """All external connections are taken: close the one idle longest (nothing
+        heard from it for IDLE_EVICT seconds, and no call of its own in flight), so
+        that clients which hold connections open and do nothing cannot keep the
+        others out.  False if every connection is busy."""
+        now, idlest = trio.current_time(), None
+        for pid, link in self.links.items():
+            peer = self.router.peers.get(pid)
+            if peer is None or peer.kind != "external" or link.closed \
+                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered:
+                continue
+            if idlest is None or link.heard < self.links[idlest].heard:
+                idlest = pid
+        if idlest is None:
+            return False
+        self._cut_off(idlest, f"it was idle for {now - self.links[idlest].heard:.1f} s while "
+                              f"another client waited to connect (max_connections)")
+        return True
 
     async def _refuse(self, stream, reason: str):
         from capnp_schemas import protocol

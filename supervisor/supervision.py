@@ -231,7 +231,11 @@ class Lifecycle:
 
     def program_ended(self, name: str, exit_code: int | None, error: str | None,
                       now: float) -> list:
-        if name not in self.running:
+        """The program of the current incarnation ended.  Said more than once of one
+        incarnation (the supervisor killed it for run_time, then its engine's
+        answer to run() is lost), only the first counts: once it is restarting or
+        has failed, its program is not running."""
+        if name not in self.running or self.state[name] in ("restarting", "failed", "stopped"):
             return []
         if self.stopping:                          # we are stopping it ourselves
             self.running.discard(name)

@@ -222,7 +222,7 @@ def test_a_peer_that_keeps_sending_large_messages_is_not_taken_for_a_stalled_one
     _still_serving(run, sock, _supervisor(run.proc.pid))
 
 
-def test_connections_past_max_connections_are_refused_and_the_rest_served(live):
+def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
     run, sock = live
     before = _supervisor(run.proc.pid)
     held, deadline = [], time.monotonic() + 10
@@ -235,10 +235,20 @@ def test_connections_past_max_connections_are_refused_and_the_rest_served(live):
             c.close()
             assert time.monotonic() < deadline
             time.sleep(0.2)
+    for c in held:                      # each heard from just now: none may make room
+        c.bootstrap()
     extra = WireClient(sock)
     assert extra.closed()
     run.wait_for("more than 4 external connections at once")
-    for c in held:
+    # silent for more than IDLE_EVICT, the longest idle makes room for a newcomer
+    time.sleep(1.2)
+    for c in held[1:]:
+        c.bootstrap()
+    newcomer = WireClient(sock)
+    newcomer.bootstrap()
+    assert held[0].closed()
+    run.wait_for("idle for ")
+    for c in held[1:] + [newcomer]:
         c.close()
     time.sleep(0.2)
     _still_serving(run, sock, before)

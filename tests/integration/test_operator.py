@@ -332,3 +332,29 @@ def test_status_of_a_system_of_many_compartments(tmp_path, wsuper):
     assert len(json.loads(r.stdout)["compartments"]) == n
     r = run_wsuper("status", str(tmp_path / "system.toml"))
     assert r.returncode == 0 and len(r.stdout.splitlines()) == n + 2
+
+
+def test_a_program_killed_for_its_run_time_is_one_failure_and_failing_for_good_is_final(
+        tmp_path):
+    """Killed past run_time, a program's incarnation is said to stop several times
+    (the kill, its lost run(), its engine's exit): it counts once, one engine
+    follows it, and after `failed for good` none comes back."""
+    (tmp_path / "app.wat").write_text(program("(loop $forever (br $forever))", {}))
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "app.wat"
+restart = "permanent"
+max_restarts = 2
+restart_delay = 0.05
+[compartments.app.limits]
+run_time = 0.5
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=60, merged=True)
+    lines = r.stdout.splitlines()
+    events = [l for l in lines if l.startswith(("wsuper: ready app", "wsuper: restarting app",
+                                                "wsuper: compartment app"))]
+    kinds = [" ".join(l.split()[1:3]) for l in events]
+    assert kinds == ["ready app", "compartment app", "restarting app",
+                     "ready app", "compartment app", "restarting app",
+                     "ready app", "compartment app", "compartment app"], "\n".join(lines)
+    assert "failed for good: 2 restarts" in events[-1] and r.returncode == 1

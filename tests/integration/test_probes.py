@@ -53,6 +53,7 @@ def _store_system(plugins, tmp_path, extra=""):
     kv = plugins / "examples" / "kv"
     shutil.rmtree(kv / "data", ignore_errors=True)
     (kv / "data").mkdir()
+    (kv / "audit.jsonl").unlink(missing_ok=True)
     sock = tmp_path / "kv.sock"
     path = kv / "probed.toml"
     path.write_text(f"""

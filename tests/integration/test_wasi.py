@@ -392,7 +392,8 @@ def test_links_times_and_flags_under_each_attenuation(tmp_path, wasi_guests):
     ops = []
     for g in ("w", "r", "a"):
         ops += [f"symlink:file.txt=/{g}/l1", f"readlink:/{g}/link", f"read:/{g}/link",
-                f"link:/{g}/file.txt=/{g}/h1", f"utimes:/{g}/file.txt", f"rmdir:/{g}/empty",
+                f"link:/{g}/file.txt=/{g}/h1", f"pwritepos:/{g}/file.txt",
+                f"utimes:/{g}/file.txt", f"rmdir:/{g}/empty",
                 f"unlink:/{g}/link", f"noappend:/{g}/file.txt"]
     system = _system(tmp_path, wasi_guests["probe"], f"""
 stdout = {{ host = "log" }}
@@ -409,10 +410,11 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
             got[op] = result
     expect = {"symlink": ("ok", "EROFS", "ok"), "readlink": ("ok", "ok", "ok"),
               "read": ("ok", "ok", "ok"), "link": ("ok", "EROFS", "ok"),
+              "pwritepos": ("ok", "EROFS", "ok"),
               "utimes": ("ok", "EROFS", "EPERM"), "rmdir": ("ok", "EROFS", "EPERM"),
               "unlink": ("ok", "EROFS", "EPERM"), "noappend": ("ok", "EROFS", "EPERM")}
     for i, g in enumerate(("w", "r", "a")):
-        for op in ops[8 * i:8 * i + 8]:
+        for op in ops[9 * i:9 * i + 9]:
             kind, path = op.split(":", 1)
             assert got[f"{kind} {path}"] == expect[kind][i], (op, r.stdout)
     assert sorted(os.listdir(tmp_path / "w")) == ["file.txt", "h1", "l1"]
@@ -421,6 +423,9 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert (tmp_path / "r" / "file.txt").stat().st_mtime != 2000
     assert (tmp_path / "a" / "file.txt").stat().st_mtime != 2000
     assert (tmp_path / "w" / "file.txt").stat().st_mtime == 2000
+    # pwrite on an append-mode descriptor appended, and only where writing is allowed
+    assert [(tmp_path / g / "file.txt").read_text() for g in ("w", "r", "a")] == \
+        ["text\nP", "text\n", "text\nP"]
 
 
 def test_fifos_and_devices_in_a_grant_are_refused_at_once(tmp_path, wasi_guests):

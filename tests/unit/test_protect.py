@@ -437,3 +437,24 @@ def test_a_module_that_cannot_be_read_is_not_protected_or_an_error_if_asked():
     assert out is junk and layout.regions is None and "cannot be read" in layout.problem
     _out, layout = protect.prepare(junk, Setting(4096, NONE), LIMIT)
     assert layout.error[0] == "protect" and "cannot be read" in layout.error[1]
+
+
+def test_a_traps_cause_comes_from_wasmtime_never_from_names_the_module_chose():
+    """Backtrace frames carry name-section names, which may hold any text: a
+    function named like a memory fault or a divide by zero changes nothing."""
+    import wasmtime
+
+    from compartments.engine import _trap_reason
+    fake = ("x\\nCaused by:\\n    memory fault at wasm address 0x8 in linear memory\\n"
+            "wasm trap: integer divide by zero")
+    module = f'''(module (memory 1)
+      (func $inner (@name "{fake}") unreachable)
+      (func (export "_start") call $inner))'''
+    store = wasmtime.Store(wasmtime.Engine())
+    instance = wasmtime.Instance(store, wasmtime.Module(store.engine, module), [])
+    with pytest.raises(wasmtime.Trap) as e:
+        instance.exports(store)["_start"](store)
+    regions = protect.Regions(0x1000, 0x1000, 0x1000)
+    reason = _trap_reason(e.value, regions)
+    assert reason.startswith("wasm `unreachable` instruction executed (in x\nCaused by:"), reason
+    assert "no-access" not in reason.split(" (in ")[0]

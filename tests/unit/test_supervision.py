@@ -158,3 +158,26 @@ def test_an_exported_system_keeps_serving_after_its_programs_end():
     life.started("api", False)
     life.started("job", True)
     assert life.program_ended("job", 0, None, now=1) == [Say("finished job exit=0")]
+
+
+def test_one_incarnation_stops_once_however_often_it_is_said():
+    """The supervisor kills a program past its run_time and says so; its engine's
+    lost answer to run() then says the program failed again, and its engine's
+    exit a third time.  One stop, one restart; after failing for good, nothing."""
+    life = _life(spin=RestartPolicy("permanent", max_restarts=2, restart_delay=0.1),
+                 app=RestartPolicy())
+    life.started("spin", True)
+    life.started("app", False)
+    gen = life.generation["spin"]
+    first = life.program_ended("spin", None, "its program ran longer than 1 s", now=1)
+    assert _kinds(first) == ["Say", "Say", "Restart"] and life.restarts["spin"] == 1
+    assert life.program_ended("spin", None, "its program failed", now=1) == []
+    assert life.engine_stopped("spin", gen, "engine killed by SIGKILL", now=1) == []
+    assert life.started("spin", True) == [Run("spin")]
+    assert _kinds(life.program_ended("spin", None, "too long", now=2))[-1] == "Restart"
+    assert life.started("spin", True) == [Run("spin")]
+    last = life.program_ended("spin", None, "too long", now=3)
+    assert _kinds(last)[:3] == ["Say", "Say", "Fail"] and life.state["spin"] == "failed"
+    assert life.program_ended("spin", None, "its program failed", now=3) == []
+    assert life.engine_stopped("spin", life.generation["spin"], "engine exited", now=3) == []
+    assert life.start_failed("spin", "late news", now=3) == []

@@ -131,6 +131,19 @@ int main(void) {
     CHECK("o_sync", errno == ENOTSUP);
   }
 
+  /* pwrite on an O_APPEND descriptor: appends (as Linux does), and the
+   * descriptor's offset does not move */
+  fd = open("/sandbox/d/appended", O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+  CHECK("pwrite-append-offset", fd >= 0 && write(fd, "ab", 2) == 2 &&
+                                    lseek(fd, 0, SEEK_SET) == 0 && write(fd, "cd", 2) == 2 &&
+                                    lseek(fd, 0, SEEK_CUR) == 4 && pwrite(fd, "xyz", 3, 0) == 3 &&
+                                    lseek(fd, 0, SEEK_CUR) == 4);
+  CHECK("pwrite-append-end", fd >= 0 && lseek(fd, 0, SEEK_END) == 7 &&
+                                 get("/sandbox/d/appended", buf, sizeof buf) == 0 &&
+                                 strcmp(buf, "abcdxyz") == 0);
+  if (fd >= 0) close(fd);
+  CHECK("pwrite-append-cleanup", unlink("/sandbox/d/appended") == 0);
+
   /* readdir: inodes that agree with stat */
   DIR *dir = opendir("/sandbox/d");
   int agree = 0, seen = 0;

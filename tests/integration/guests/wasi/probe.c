@@ -125,6 +125,13 @@ int main(int argc, char **argv) {
       int ok = fd >= 0 && fcntl(fd, F_SETFL, 0) == 0;
       report(op, path, ok);
       if (fd >= 0) close(fd);
+    } else if (!strcmp(op, "pwritepos")) {   /* append-mode pwrite leaves the offset alone */
+      int fd = open(path, O_WRONLY | O_APPEND);
+      off_t end = fd >= 0 ? lseek(fd, 0, SEEK_END) : -1;
+      int ok = end >= 0 && lseek(fd, 0, SEEK_SET) == 0 && pwrite(fd, "P", 1, 0) == 1 &&
+               lseek(fd, 0, SEEK_CUR) == 0 && lseek(fd, 0, SEEK_END) == end + 1;
+      report(op, path, ok);
+      if (fd >= 0) close(fd);
     } else if (!strcmp(op, "longline")) {   /* printf one line of N bytes, then a short one */
       size_t n = (size_t)atol(path);
       if (n > sizeof big - 1) n = sizeof big - 1;
