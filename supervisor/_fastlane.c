@@ -234,6 +234,7 @@ typedef struct Peer {
   int held, ok, raw, in_ready, dirty;
   int external;     /* an external client: returns keep their answer until its Finish */
   int lost;         /* errno: input was dropped (out of memory); take() ends the stream with it */
+  int64_t heard;    /* CLOCK_MONOTONIC ns of the last read that brought bytes */
   uint32_t events;
   Buf in, out;
   Item *qhead, *qtail;
@@ -629,6 +630,7 @@ static void on_readable(Lane *L, Peer *P) {
     if (k > 0) {
       P->in.len += (size_t)k;
       got += (size_t)k;
+      P->heard = now_ns(CLOCK_MONOTONIC);
       process_input(L, P);
       if (P->qbytes > TO_PYTHON_LIMIT) break;
       /* a short read drained the socket: epoll (level-triggered) says when more
@@ -804,6 +806,7 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   P->external = external;
   P->ok = 1;
   P->next_qid = NATIVE_QID_BASE;
+  P->heard = now_ns(CLOCK_MONOTONIC);
   LOCK(L);
   if ((size_t)pid >= L->npeers) {
     size_t n = L->npeers ? L->npeers : 64;
@@ -1061,6 +1064,18 @@ static PyObject *Lane_counts(Lane *L, PyObject *args) {
   }
   UNLOCK(L);
   return Py_BuildValue("lll", from, to, served);
+}
+
+/* idle(pid) -> seconds since the peer last sent anything (since add, if never) */
+static PyObject *Lane_idle(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  double idle = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) idle = (double)(now_ns(CLOCK_MONOTONIC) - P->heard) / 1e9;
+  UNLOCK(L);
+  return PyFloat_FromDouble(idle);
 }
 
 static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
@@ -1366,6 +1381,7 @@ static PyMethodDef Lane_methods[] = {
     {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
+    {"idle", (PyCFunction)Lane_idle, METH_VARARGS, NULL},
     {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},
     {"unreserve", (PyCFunction)Lane_unreserve, METH_VARARGS, NULL},
     {"claim_answer", (PyCFunction)Lane_claim_answer, METH_VARARGS, NULL},

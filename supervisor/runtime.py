@@ -168,6 +168,11 @@ class _NativeLink:
     def queued(self) -> int:
         return self.lane.queued(self.pid)
 
+    @property
+    def heard(self) -> float:
+        """When it last sent anything (trio's clock), as _Link.heard."""
+        return trio.current_time() - self.lane.idle(self.pid)
+
     def write(self, data: bytes) -> bool:
         if self.closed:
             return True
@@ -946,7 +951,8 @@ class Supervisor:
         for pid, link in self.links.items():
             peer = self.router.peers.get(pid)
             if peer is None or peer.kind != "external" or link.closed \
-                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered:
+                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered \
+                    or (peer.conn.native is not None and peer.conn.native.in_flight()):
                 continue
             if idlest is None or link.heard < self.links[idlest].heard:
                 idlest = pid
