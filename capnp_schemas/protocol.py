@@ -38,6 +38,9 @@ from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SE
                       TRAVERSAL_LIMIT_WORDS)
 from .text import first_line
 
+#: Question ids from here up are the supervisor's native forwarding path's
+#: (supervisor/fastlane.py); the allocator here never reaches them.
+NATIVE_QID_BASE = 1 << 31
 #: Answers we returned that the peer has not finished, per connection.
 MAX_UNFINISHED = 4096
 #: Bytes that answers returned with capabilities (kept for pipelining) and never
@@ -279,6 +282,10 @@ class Connection:
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
+        # The supervisor's native forwarding path (supervisor/fastlane.NativeSide),
+        # or None: answer ids open natively count as open here, and native
+        # question ids (>= 2^31) are never this side's to allocate.
+        self.native = None
 
     @property
     def unfinished(self) -> int:
@@ -320,6 +327,8 @@ class Connection:
         for segs in messages:
             try:
                 events = self._handle(segs)
+                if self.native is not None:
+                    self.native_check()
             except ProtocolError as e:
                 raise self._broken(str(e)) from None
             except Exception as e:
@@ -373,6 +382,8 @@ class Connection:
             raise ProtocolError(
                 f"answers it has not finished hold {self._kept} bytes (limit "
                 f"{self.max_kept_bytes}): send Finish for them")
+        if self.native is not None and not self.native.open(aid):
+            raise ProtocolError(f"question id {aid} is already in use")
         self._no_finish.pop(aid, None)
         self.answers[aid] = _Answer()
         self.unanswered += 1
@@ -390,6 +401,8 @@ class Connection:
 
     def _promised(self, qid, transform) -> PromisedAnswer:
         a = self.answers.get(qid)
+        if a is None and self.native is not None:
+            a = self._native_answer(qid)
         if a is None:
             raise ProtocolError(f"promisedAnswer names unknown question {qid}")
         return PromisedAnswer(qid, transform, a.result, a.error)
@@ -436,6 +449,9 @@ class Connection:
     def _on_return(self, segs, m, events):
         qid = m.id
         q = self.questions.get(qid)
+        if q is None and self.native is not None:
+            self.native.claim(qid)          # a native call's return: Python's from now on
+            q = self.questions.get(qid)
         if q is None or q.returned:
             raise ProtocolError(f"return for question {qid}, which is not awaiting one")
         q.returned = True
@@ -468,6 +484,10 @@ class Connection:
         if a is None and aid in self._no_finish:
             del self._no_finish[aid]         # allowed, and ignored (rpc.capnp)
             return
+        if a is None and self.native is not None:
+            if self.native.finish_ok(aid):
+                return                       # the same, for an answer returned natively
+            a = self._native_answer(aid)
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
@@ -479,6 +499,8 @@ class Connection:
             del self.answers[aid]
             self._unfinished -= 1
             self._kept -= a.kept
+            if self.native is not None:
+                self.native.close(aid)
         events.append(FinishReceived(aid))
 
     def _on_release(self, eid, count, events):
@@ -583,6 +605,8 @@ class Connection:
     def send_release(self, import_id: int) -> bytes:
         """Drop every reference we hold to `import_id`."""
         count = self.imports.pop(import_id)
+        if self.native is not None:
+            self.native_check()
         msg = rpc.Message.new_message()
         rel = msg.init("release")
         rel.id = import_id
@@ -596,6 +620,33 @@ class Connection:
         e.reason = reason
         e.type = type
         return wire.frame(msg.to_segments())
+
+    def _native_answer(self, aid: int):
+        """An answer id the native path holds (a call in flight, or returned and not
+        finished): this side's from now on, so that a Finish or a pipelined call
+        on it is handled here.  None: no such answer anywhere."""
+        if self.native.claim_answer(aid) == "returned":
+            a = self.answers[aid] = _Answer(returned=True, result=_NO_RESULT)
+            self._unfinished += 1
+            return a
+        return self.answers.get(aid)
+
+    def adopt_answer(self, aid: int):
+        """A call from the peer that the native path accepted becomes ours (its id
+        stays open on the native side's books, now as ours)."""
+        self.answers[aid] = _Answer()
+        self.unanswered += 1
+
+    def adopt_question(self, qid: int):
+        """A call the native path forwarded to the peer becomes ours."""
+        self.questions[qid] = _Question([])
+
+    def native_check(self):
+        """Tell the native path whether the peer is within the limits this side
+        enforces on new calls (kept bytes, capabilities it passed us)."""
+        n = self.native
+        if n is not None:
+            n.limits_ok(self._kept <= self.max_kept_bytes and len(self.imports) <= n.imports_limit)
 
     def awaiting_return(self, answer_id: int) -> bool:
         a = self.answers.get(answer_id)
@@ -627,7 +678,10 @@ class Connection:
 
     def _drop_question(self, qid):
         if self.questions.pop(qid, None) is not None:
-            self._qids.give(qid)
+            if self.native is not None and qid >= NATIVE_QID_BASE:
+                self.native.dropped(qid)     # a native call Python took over
+            else:
+                self._qids.give(qid)
 
     def _answer_for_return(self, aid) -> _Answer:
         a = self.answers.get(aid)
@@ -640,9 +694,13 @@ class Connection:
     def _answer_done(self, aid, a):
         if a.finished:
             del self.answers[aid]
+            if self.native is not None:
+                self.native.close(aid)
         else:
             self._unfinished += 1
             self._kept += a.kept
+            if self.native is not None:
+                self.native_check()
 
     def _finish_not_needed(self, aid, a):
         a.finished = True
@@ -719,6 +777,10 @@ class Connection:
             # One segment (what engines send, and most peers): the header follows
             # the content in the same segment.  No far pointers for anyone.
             seg = content.segments[0]
+            if wire._native is not None and content.loc[0] == 0:
+                spliced = wire._native.splice(head, at, seg, content.loc[1])
+                if spliced is not None:      # the same bytes as below
+                    return spliced
             r = wire.resolve([seg], content.loc)
             if r is None or r[0] == wire.OTHER:            # null, or a capability
                 wire.set_word(head, at, 0 if r is None else r[3])

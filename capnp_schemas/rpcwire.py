@@ -161,11 +161,38 @@ class Plain:
 def decode(segs) -> Plain | None:
     """Decode a Call to an imported capability, a Return (results or exception)
     or a Finish; None for anything else (the caller falls back to
-    decode_pycapnp).  Never raises."""
+    decode_pycapnp).  Never raises.  A plain one-segment message (fastwire.h)
+    is read natively, to the same values."""
+    if wire._native is not None and len(segs) == 1:
+        t = wire._native.decode(segs[0])
+        if t is not None:
+            return _plain(t)
     try:
         return _decode(segs)
     except wire.WireError:
         return None
+
+
+_WHICH = {1: MSG_CALL, 2: MSG_RETURN, 3: MSG_FINISH}
+
+
+def _plain(t) -> Plain:
+    """A Plain from the native decoder's tuple (capnp_schemas/_fastwire.c)."""
+    which, ident, import_id, interface_id, method_id, no_finish, release, at = t[:8]
+    out = Plain()
+    out.which = _WHICH[which]
+    out.id = ident
+    if which == 3:
+        out.release = bool(release)
+        return out
+    out.content_loc = None if at < 0 else (0, at)
+    out.caps = ()
+    if which == 1:
+        out.import_id, out.promise = import_id, None
+        out.interface_id, out.method_id, out.send_to = interface_id, method_id, "caller"
+    else:
+        out.release, out.no_finish, out.kind = bool(release), bool(no_finish), "results"
+    return out
 
 
 def _decode(segs):

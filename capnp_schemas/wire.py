@@ -49,6 +49,12 @@ MAX_NESTING = 64
 MAX_LIST_ELEMENTS = (1 << 29) - 1
 
 
+try:        # native versions of the hot paths below (setup.py builds them; optional)
+    from . import _fastwire as _native
+except ImportError:
+    _native = None
+
+
 class WireError(ValueError):
     """Bytes that are not a well-formed Cap'n Proto message (or exceed a limit)."""
 
@@ -419,6 +425,10 @@ def single_segment_copy(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORD
     amplify), and pointers nest at most MAX_NESTING deep.  Raises WireError
     for anything malformed and for anything past a bound.
     """
+    if _native is not None and len(segs) == 1 and (loc is None or loc[0] == 0):
+        copied = _native.copy(segs[0], -1 if loc is None else loc[1], max_words)
+        if copied is not None:              # the same bytes; None: the copy below decides
+            return copied
     out = bytearray(8)
     budget = [max_words]
 

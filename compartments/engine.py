@@ -178,6 +178,7 @@ class Engine:
         self.returns: dict[int, protocol.ReturnReceived] = {}
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
         self.frames: list[_Frame] = []
+        self._entered = 0                    # guest code running now (nested: > 1)
         self.control = object()
         self._outgoing: list[bytes] = []
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
@@ -836,8 +837,11 @@ class Engine:
         what it had left."""
         self._flush()      # the guest may run for long: let the supervisor have it all
         store = self.store
-        outer = store.get_fuel()
+        # only guest code that is running (we are inside one of its host calls)
+        # has a budget to resume with; at the top level there is none to keep
+        outer = store.get_fuel() if self._entered else None
         store.set_fuel(fuel)
+        self._entered += 1
         depth = self.probes.depth()
         try:
             try:
@@ -857,7 +861,9 @@ class Engine:
             raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
                 from None
         finally:
-            store.set_fuel(outer)
+            self._entered -= 1
+            if outer is not None:
+                store.set_fuel(outer)
 
 
 class _GuestError(Exception):

@@ -37,6 +37,14 @@ Checks (each failure is reported with its class and a reproducing input):
              (pycapnp, same limits) accepts it and reads the same values;
              decode never raises.  Where decode refuses, the Connection's
              fallback handled it (the protocol check).
+  native     the native code (capnp_schemas/fastwire.h, which the supervisor's
+             fast lane runs too) against the Python it replaces, on every
+             one-segment message and content: where the native decoder
+             accepts a message, the Python decoder (rpcwire._decode) and a
+             Connection accept it with the same values (and pycapnp, by the
+             decoders check); the forwarded bytes are the Connection's
+             (send_call, send_return); the native copy and splice give the
+             Python bytes, and refuse wherever Python raises.
   copier     for content with a known schema: when single_segment_copy
              accepts, the copy is one segment with every pointer inside it,
              and pycapnp reads the same from the copy as from the original
@@ -412,6 +420,105 @@ def check_decoders(data: bytes):
             raise Failure("decoders", f"rpcwire.decode and pycapnp disagree: {diff}")
 
 
+class _PythonOnly:
+    """Within it, wire.py and friends run their Python code, not the native one."""
+
+    def __enter__(self):
+        self.saved, wire._native = wire._native, None
+
+    def __exit__(self, *exc):
+        wire._native = self.saved
+
+
+def _python_copy(segs, loc, words):
+    with _PythonOnly():
+        try:
+            return wire.single_segment_copy(segs, loc, words)
+        except wire.WireError:
+            return None
+
+
+def check_native(data: bytes):
+    native = wire._native
+    if native is None:
+        return
+    try:
+        messages = wire.Framer().feed(data)
+    except wire.WireError:
+        return
+    for segs in messages:
+        if len(segs) != 1:
+            continue
+        seg = bytes(segs[0])
+        # the copy, from the root and (below) from a payload's content
+        for loc in ((0, 0), None):
+            got = native.copy(seg, -1 if loc is None else loc[1], COPY_WORDS)
+            want = _python_copy(segs, loc, COPY_WORDS)
+            if got is not None and got != want:
+                raise Failure("native", f"the native copy differs from wire.py's "
+                                        f"({'refused' if want is None else 'other bytes'})")
+        t = native.decode(seg)
+        if t is None:
+            continue
+        with _PythonOnly():
+            slow = rpcwire.decode(segs)
+        if slow is None:
+            raise Failure("native", "the native decoder accepted what rpcwire._decode refuses")
+        fast = rpcwire._plain(t)
+        if fast.fields() != slow.fields():
+            diff = {k: (v, slow.fields().get(k)) for k, v in fast.fields().items()
+                    if slow.fields().get(k) != v}
+            raise Failure("native", f"the native decoder and rpcwire._decode disagree: {diff}")
+        if t[0] == 3:
+            continue
+        # a Connection accepts it, and forwarding it gives the native bytes
+        conn = P.Connection("native")
+        if t[0] == 1:
+            conn.exports[t[2]] = P._Export(object(), 1)
+            conn._export_ids[id(conn.exports[t[2]].obj)] = t[2]
+        else:
+            conn.questions[t[1]] = P._Question([])
+        try:
+            (ev,) = conn.receive(data if len(messages) == 1 else wire.frame(segs))
+        except P.ProtocolError as e:
+            raise Failure("native", f"the native decoder accepted what a Connection "
+                                    f"refuses: {_line(e)}") from e
+        except Exception:  # noqa: BLE001 - anything else is the protocol check's to report
+            return
+        content = ev.payload.content
+        out = P.Connection("out")
+        with _PythonOnly():
+            if t[0] == 1:
+                out.imports[7] = 1
+                out._qids._next = (1 << 31) + 5
+                _q, want = out.send_call(7, ev.interface_id, ev.method_id, content)
+            else:
+                out.answers[9] = P._Answer()
+                out.unanswered = 1
+                want = out.send_return(9, content, (), no_finish=True)
+        if t[0] == 1:
+            got = native.forward(seg, (1 << 31) + 5, 7, ev.interface_id, ev.method_id, False)
+        else:
+            got = native.forward(seg, 9, 0, 0, 0, True)
+        if got != want:
+            raise Failure("native", "the forwarded bytes differ from protocol.Connection's")
+        # the content as an engine copies it for its guest, and splices it on
+        if content.segments:
+            got = native.copy(seg, content.loc[1], COPY_WORDS)
+            want = _python_copy(content.segments, content.loc, COPY_WORDS)
+            if got is not None and got != want:
+                raise Failure("native", "the native copy of a payload's content differs")
+            head, at = rpcwire.encode_return(3, True, ())
+            got = native.splice(bytes(head), at, seg, content.loc[1])
+            with _PythonOnly():
+                try:
+                    want = P.Connection._splice(bytearray(head), at, content)
+                except wire.WireError:
+                    want = None
+            if got is not None and got != want:
+                raise Failure("native", "the native splice differs from protocol.py's")
+
+
 _STRUCTURAL = re.compile(
     r"out-of-bounds|far pointer|unknown segment|overrun|amplified|too deeply|"
     r"Unknown pointer type|INLINE_COMPOSITE lists of non-STRUCT|did not contain a root")
@@ -522,6 +629,7 @@ def run_one(data: bytes, schema=None, rng=None):
         if segs is not None:
             check_copier(schema, segs)
     check_decoders(data)
+    check_native(data)
     check_protocol(data)
 
 

@@ -76,6 +76,7 @@ class Prober:
             c.name: c.instrument for c in sup.system.compartments.values()})
         sup.router.call_watch = self.registry.calls.watch
         sup.router.call_probes = self.registry.calls
+        self.registry.calls.on_watch = sup.router.watch
         self._collecting: set = set()
         self._traces = 0
         self._incarnation: dict = {}          # compartment -> engine peer its sites are from

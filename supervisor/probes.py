@@ -200,6 +200,9 @@ class CallProbes:
     def __init__(self, clock):
         self.clock = clock
         self.watch: set = set()          # compartments with a calls probe
+        # called with (compartment, on) when its calls probe comes or goes: the
+        # router takes the fast lane's routes to and from it down (see Router.watch)
+        self.on_watch = None
         self._open: dict = {}            # reply key -> record
         self._ids = 0
         self.done: list = []
@@ -311,12 +314,16 @@ class Registry:
 
     def _changed(self, compartment: str):
         mine = self.probes.get(compartment, {}).values()
+        was = compartment in self.calls.watch
         if any(p.spec.point == "calls" for p in mine):
             self.calls.watch.add(compartment)
         else:
             self.calls.watch.discard(compartment)
             if not self.calls.watch:
                 self.calls._open.clear()
+        now = compartment in self.calls.watch
+        if now != was and self.calls.on_watch is not None:
+            self.calls.on_watch(compartment, now)
         if any(p.spec.point == "hostcalls" for p in mine):
             self.hostcalls_on.add(compartment)
         else:

@@ -67,6 +67,7 @@ class Peer:
         self.name = name
         self.kind = kind                 # "engine" | "external"
         self.limits = limits
+        self.laned = False               # its socket is the fast lane's (fastlane.py)
         self.conn = protocol.Connection(
             name, max_message_words=(limits.message_size >> 3) + HEADER_WORDS)
         self.remotes: dict[int, Remote] = {}
@@ -79,6 +80,21 @@ class Peer:
 
 def _no_clock() -> float:
     return 0.0
+
+
+class _Route:
+    """A route the router installed in the fast lane: calls from `caller` on its
+    export `export_id` (the capability `cap`) with `interface_id` go natively to
+    `callee`'s import `import_id`, through `membranes` (none with a quota) and
+    `proxy` (or none).  The fast lane hands it back with each call it gives up."""
+    __slots__ = ("caller", "export_id", "cap", "callee", "import_id", "interface_id",
+                 "membranes", "proxy", "desc")
+
+    def __init__(self, caller, export_id, cap, callee, import_id, interface_id, membranes,
+                 proxy):
+        self.caller, self.export_id, self.cap = caller, export_id, cap
+        self.callee, self.import_id, self.interface_id = callee, import_id, interface_id
+        self.membranes, self.proxy, self.desc = membranes, proxy, describe(cap)
 
 
 class Router:
@@ -113,6 +129,9 @@ class Router:
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
+        self.native = None                             # the fast lane (fastlane.Lane), if any
+        self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
+        self._route_of: dict[tuple, int] = {}          # (caller id, id(cap)) -> export id
         # Call probes (probes.CallProbes): calls from or to a compartment in
         # `call_watch` are recorded; while the set is empty this costs one test.
         self.call_watch: set = set()
@@ -134,6 +153,15 @@ class Router:
         self._pending[(peer.id, qid)] = control.Bootstrap(list(grants), dict(hosts or {}))
         self.emit(fx.Send(peer.id, data))
         return peer.id, self._flush()
+
+    def lane_peer(self, pid: int):
+        """Peer `pid`'s socket is the fast lane's: plain calls between such peers may
+        be forwarded natively along routes this router installs."""
+        from .fastlane import NativeSide
+        peer = self.peers[pid]
+        peer.laned = True
+        peer.conn.native = NativeSide(self.native, pid, self,
+                                      peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE)
 
     def add_external(self, label: str = "external") -> int:
         return self._new_peer(label, "external", self.external_limits).id
@@ -236,12 +264,16 @@ class Router:
         served, failed = self.answered.get(name, (0, 0))
         peer = self.engines.get(name)
         alive = peer is not None and peer.alive
+        native_from = native_to = 0
+        if alive and peer.laned:
+            native_from, native_to, native_served = self.native.counts(peer.id)
+            served += native_served
         return {"served": served, "failed": failed,
                 "handles": len(peer.conn.exports) if alive else 0,
-                "calls_from": peer.conn.unanswered if alive else 0,
-                "calls_to": sum(1 for (pid, _q), h in self._pending.items()
-                                if alive and pid == peer.id
-                                and isinstance(h, control.Forward))}
+                "calls_from": peer.conn.unanswered + native_from if alive else 0,
+                "calls_to": native_to + sum(1 for (pid, _q), h in self._pending.items()
+                                            if alive and pid == peer.id
+                                            and isinstance(h, control.Forward))}
 
     def next_deadline(self) -> float | None:
         times = [h[0][0] for h in (self._deadlines, self._queued) if h]
@@ -255,6 +287,9 @@ class Router:
             revocable = sorted(p for p, x in self.membranes.items() if x.revocable)
             raise KeyError(f"no revocable grant {label!r} "
                            f"(revocable: {', '.join(revocable) or 'none'})")
+        # the fast lane first: once this returns, no call goes natively through m,
+        # and its calls in flight are the router's (so that they fail below)
+        self._unroute(lambda r: m in r.membranes, take_calls=True)
         keys = m.revoke()
         if keys or m.revoked:
             for key in keys:
@@ -346,6 +381,10 @@ class Router:
                 self.emit(fx.Send(peer.id, peer.conn.send_exception(
                     ev.answer_id, "compartments get their capabilities from their grants")))
         elif isinstance(ev, protocol.ExportReleased):
+            if peer.laned:
+                eid = self._route_of.get((peer.id, id(ev.obj)))
+                if eid is not None:
+                    self._unroute_key((peer.id, eid))
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
             pass   # calls pipelined on it are still delivered when it returns
@@ -358,7 +397,9 @@ class Router:
     def _on_call(self, peer: Peer, ev: protocol.CallReceived):
         reply = (peer, ev.answer_id)
         refused = None
-        if peer.conn.unanswered > peer.limits.in_flight:
+        native = peer.conn.native
+        if peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
+                > peer.limits.in_flight:
             refused = CallError(f"{peer.name} has {peer.limits.in_flight} calls in flight "
                                 f"already (limit in_flight = {peer.limits.in_flight})",
                                 "overloaded")
@@ -392,6 +433,9 @@ class Router:
                 self.fail(reply, e)
                 self.sweep(caps)
                 return
+        elif peer.laned and not caps:        # may be routed natively from now on
+            self._deliver(target, call, (peer, peer.conn.export_id(target)))
+            return
         self._deliver(target, call)
 
     def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
@@ -440,21 +484,28 @@ class Router:
 
     # ------------------------------------------------------------ delivery
 
-    def _deliver(self, cap, call: Call):
+    def _deliver(self, cap, call: Call, route=None):
+        """Deliver `call` on `cap`.  `route`: (caller, export id) when the call came
+        plainly from a laned peer: once it is forwarded, later calls like it may go
+        natively (a route), if every membrane it crossed is free of quotas."""
         try:
             if self.call_watch:
                 self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
                                       callee_of(cap), self._method(call))
             if self.audit.enabled:
                 self.audit.open(call.reply, cap, call, self.clock(), self.wall())
+            first, chain, proxy = cap, [], None
             while isinstance(cap, Wrapped):
                 m = cap.membrane
                 m.admit(cap, call, self.clock(), self.names)
+                if m.uses_left is not None or m.expires_at is not None or m.rate is not None:
+                    route = None             # a quota counts every call: Python's
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
                 if m.reverse is not None:
                     call = attrs.evolve(call, caps=tuple(
                         self._wrap(c, m.reverse, m.reverse.label) for c in call.caps))
+                chain.append(m)
                 cap = cap.target
             if isinstance(cap, Proxy):
                 if cap.interface_id is not None and call.interface_id != cap.interface_id:
@@ -468,12 +519,18 @@ class Router:
                     heapq.heappush(self._queued, (self.clock() + limits.call_time,
                                                   next(self._tokens), cap, call))
                     return
+                proxy = cap
                 cap = cap.target
             if isinstance(cap, Remote):
                 if not cap.peer.alive:
                     raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
+                if route is not None and route[1] is not None and cap.peer.laned \
+                        and cap.peer.kind == "engine" and not (self.call_watch and (
+                            route[0].name in self.call_watch
+                            or cap.peer.name in self.call_watch)):
+                    self._route(route, first, chain, proxy, cap, call.interface_id)
             elif isinstance(cap, Host):
                 self._host_call(cap, call)
             else:
@@ -484,6 +541,104 @@ class Router:
                                     call.reply[0].name))
             self.fail(call.reply, e)
             self.sweep(call.caps)
+
+    # ------------------------------------------------------------ the fast lane
+
+    def _route(self, route, cap, chain, proxy, remote: Remote, interface_id: int):
+        """Install the route that later calls like this one take natively.  The
+        lane checks only what is written here: the interface, the methods every
+        membrane on the way allows, and the callee's limits."""
+        caller, export_id = route
+        key = (caller.id, export_id)
+        old = self._routes.get(key)
+        if old is not None and old.cap is cap and old.interface_id == interface_id \
+                and old.callee is remote.peer and old.import_id == remote.import_id:
+            return                                   # installed already
+        every = all(m.allow is None or interface_id not in m.restricted for m in chain)
+        mask = 0
+        if not every:
+            for j in range(64):
+                if all(m.allows(interface_id, j) for m in chain):
+                    mask |= 1 << j
+        r = _Route(caller, export_id, cap, remote.peer, remote.import_id, interface_id,
+                   tuple(chain), proxy)
+        self._routes[key] = r
+        self._route_of[(caller.id, id(cap))] = export_id
+        self.native.install(caller.id, export_id, remote.peer.id, remote.import_id,
+                            interface_id, mask, every, self.audit.enabled,
+                            remote.peer.limits.call_time, r)
+
+    def _unroute_key(self, key, take_calls: bool = False):
+        r = self._routes.pop(key, None)
+        if r is None:
+            return
+        if self._route_of.get((key[0], id(r.cap))) == key[1]:
+            del self._route_of[(key[0], id(r.cap))]
+        for rec in self.native.uninstall(key[0], key[1], take_calls):
+            self.adopt(rec)
+
+    def watch(self, compartment: str, on: bool):
+        """A calls probe came to `compartment` (on) or left it.  While one is on,
+        every call from or to it must pass _deliver and _close_call, where the
+        probe sees it: the routes from and to it come down now, synchronously
+        (calls already forwarded natively finish natively, unseen: the probe
+        never sees an exit without its entry), and none is installed while it
+        lasts (_deliver).  When it goes, the next call through Python installs
+        the route again."""
+        if on and self._routes:
+            self._unroute(lambda r: compartment in (r.caller.name, r.callee.name))
+
+    def _unroute(self, which, take_calls: bool = False):
+        """Take down every route `which(route)` is true of, synchronously."""
+        for key in [k for k, r in self._routes.items() if which(r)]:
+            self._unroute_key(key, take_calls)
+
+    def adopt(self, rec, gone: str | None = None):
+        """A call the fast lane forwarded becomes the router's, exactly as if it had
+        delivered it: its answer on the caller's connection, its question on the
+        callee's (with a deadline), the membranes it crossed, its audit record.
+        `gone`: the callee was lost for this reason (the call fails)."""
+        r, caller_id, aid, callee_id, qid, iface, method, age, wall0, orphan = rec
+        caller, callee = self.peers.get(caller_id), self.peers.get(callee_id)
+        start = self.clock() - age
+        if caller is None or not caller.alive:
+            orphan = True
+            caller = caller or r.caller
+        reply = (caller, aid)
+        if not orphan:
+            caller.conn.adopt_answer(aid)
+            name = self.names.call(iface, method)
+            for m in r.membranes:
+                m.inflight.add(reply)
+                self._through.setdefault(reply, []).append((m, name))
+            if self.audit.enabled:
+                self.audit.open(reply, r.cap, Call(iface, method, protocol.EMPTY, (), reply),
+                                start, wall0)
+        if callee is not None and callee.alive and gone is None:
+            callee.conn.adopt_question(qid)
+            self._pending[(callee.id, qid)] = control.Forward(reply)
+            heapq.heappush(self._deadlines, (start + callee.limits.call_time, callee.id, qid))
+        elif not orphan:
+            self.count(r.callee, False)
+            self.fail(reply, CallError(f"compartment {r.callee.name} is gone"
+                                       + (f": {gone}" if gone else ""), "disconnected"))
+
+    def native_tick(self) -> list:
+        """Native calls past their callee's call_time become the router's (expire()
+        fails them next); the audit records of natively forwarded calls."""
+        if self.native is None:
+            return []
+        for rec in self.native.expired():
+            self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec), flush=False)
+        if self.audit.enabled:
+            for r, iface, method, wall0, seconds in self.native.drain_audit():
+                self.emit(fx.Audit({"time": wall0, "caller": r.caller.name,
+                                    "capability": r.desc,
+                                    "interface": self.names.interface(iface),
+                                    "method": self.names.method(iface, method),
+                                    "outcome": "returned",
+                                    "duration_ms": round(seconds * 1000, 3)}))
+        return self._flush()
 
     def _host_call(self, cap: Host, call: Call):
         if cap.kind == "gateway":
@@ -697,6 +852,9 @@ class Router:
             if isinstance(cap, Remote) and cap.peer.alive \
                     and cap.peer.remotes.get(cap.import_id) is cap:
                 del cap.peer.remotes[cap.import_id]
+                if cap.peer.laned:
+                    self._unroute(lambda r, cap=cap: r.callee is cap.peer
+                                  and r.import_id == cap.import_id)
                 if cap.import_id in cap.peer.conn.imports:
                     self.emit(fx.Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
             elif isinstance(cap, Host) and not cap.released and cap.kind != "gateway":
@@ -718,6 +876,8 @@ class Router:
         """The compartment's engine is up: its main object serves the proxy, and the
         calls that waited go to it."""
         main.refs += 1
+        if self._routes:
+            self._unroute(lambda r: r.proxy is proxy)
         proxy.target = main
         queue, proxy.queue = proxy.queue, []
         for call in queue:
@@ -732,6 +892,10 @@ class Router:
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
+        if peer.laned:        # its routes go; native calls to it fail, calls from it are orphans
+            self._unroute(lambda r: r.caller is peer or r.callee is peer)
+            for rec in self.native.drop_peer(peer.id):
+                self.adopt(rec, gone=reason)
         exported = peer.conn.drop_all()
         pending = [(k, h) for k, h in self._pending.items() if k[0] == peer.id]
         for k, _ in pending:
@@ -758,6 +922,8 @@ class Router:
         self.peers.pop(peer.id, None)
 
     def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
+        if self._routes:
+            self._unroute(lambda r: r.proxy is proxy)
         proxy.error = reason
         proxy.error_type = type
         if proxy.target is not None:

@@ -31,7 +31,7 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
-from . import effects as fx, endpoint, hostcaps, output, router as R, supervision as S
+from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, supervision as S
 from .prober import Prober
 from .preflight import Plan
 from .process import Zygote
@@ -47,6 +47,7 @@ FD_RESERVE_PER_ENGINE = 4
 
 
 class _Link:
+    native = False
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
@@ -119,6 +120,9 @@ class _Link:
             except OSError as e:
                 raise trio.BrokenResourceError(str(e)) from None
 
+    async def aclose(self):
+        await self.send.aclose()
+
     async def writer(self):
         async with self.recv:
             async for data in self.recv:
@@ -131,6 +135,65 @@ class _Link:
                 self.queued -= len(data)
                 if not self.queued:
                     self.drained.set()
+
+
+_OPEN = object()     # a fast-lane link whose stream has not ended
+
+
+class _NativeLink:
+    """An engine's socket as the fast lane owns it (fastlane.py): the lane's thread
+    reads it, forwards what it can, and queues the rest for Python; every write
+    goes through the lane's queue, so the router's writes and the lane's own never
+    interleave.  Backpressure is the lane's: it stops reading a peer while more
+    than `soft` bytes wait for it, or while Python has not taken what it queued.
+
+    What the lane queues is handed to the router by the task that watches the
+    lane (Supervisor._lane_events) at once, within one TURN; what is left after
+    that (a flood) goes to this peer's own task (`pending`, `busy`), which lets
+    the others run every TURN.  `end`: why the stream ended (None: it closed)."""
+    native = True
+
+    def __init__(self, lane, pid: int, limits: Limits):
+        self.lane = lane
+        self.pid = pid
+        self.soft = R.queue_soft_limit(limits)
+        self.hard = R.queue_hard_limit(limits)
+        self.closed = False
+        self.wake = trio.Event()
+        self.pending: list = []
+        self.busy = False
+        self.end = _OPEN
+
+    @property
+    def queued(self) -> int:
+        return self.lane.queued(self.pid)
+
+    @property
+    def heard(self) -> float:
+        """When it last sent anything (trio's clock), as _Link.heard."""
+        return trio.current_time() - self.lane.idle(self.pid)
+
+    def write(self, data: bytes) -> bool:
+        if self.closed:
+            return True
+        return self.lane.write(self.pid, data)
+
+    def close(self):
+        self.closed = True
+        self.lane.close(self.pid)
+        self.finish(None)
+
+    def finish(self, reason):
+        if self.end is _OPEN:
+            self.end = reason
+        self.wake.set()
+
+    async def writer(self):
+        pass
+
+    async def aclose(self):
+        self.closed = True
+        self.lane.remove(self.pid)
 
 
 class _Audit:
@@ -243,6 +306,7 @@ class Supervisor:
         self._host_fds = 0               # descriptors held by host files and directories
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
+        self.lane = None                 # the fast lane (fastlane.py), once started
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     def say(self, text: str, compartment: str | None = None):
@@ -303,8 +367,26 @@ class Supervisor:
 
     async def _serve(self) -> int:
         self._began = trio.current_time()
+        why = fastlane.enabled()
+        if why is None:
+            self.lane = fastlane.Lane()
+            self.router.native = self.lane
+        else:
+            self.say(f"note: {why}: calls between compartments run slower")
+        try:
+            return await self._serve_all()
+        finally:
+            if self.lane is not None:
+                self.lane.stop()
+                if self.stats:           # WSUPER_STATS=1: what the fast lane did
+                    self.say("fast lane: " + " ".join(f"{k}={v}" for k, v in
+                                                      self.lane.stats().items()))
+
+    async def _serve_all(self) -> int:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            if self.lane is not None:
+                nursery.start_soon(self._lane_events)
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run started",
                                 "system": self.system.path})
@@ -330,6 +412,7 @@ class Supervisor:
             await self._done.wait()
             await self._stop_engines()
             self.zygote.stop()
+            self._perform(self.router.native_tick())     # the last natively forwarded calls
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
@@ -343,11 +426,70 @@ class Supervisor:
         return self._exit_code
 
     async def _expire_calls(self):
-        """Fail calls that took longer than their callee's call_time."""
+        """Fail calls that took longer than their callee's call_time; cut off engines
+        that stalled in the middle of a message (the fast lane frames theirs)."""
         while True:
             await trio.sleep(EXPIRY_TICK)
+            if self.lane is not None:
+                self._perform(self.router.native_tick())
+                for pid in self.lane.stalled(self.system.message_timeout):
+                    self._cut_off(pid, f"it sent part of a message and did not finish it "
+                                       f"within {self.system.message_timeout:g} s "
+                                       f"(message_timeout)")
             if self.router.next_deadline() is not None:
                 self._perform(self.router.expire())
+
+    async def _lane_events(self):
+        """Hand the router what the fast lane queued for it, as soon as it is there:
+        one wake-up of this task per batch, not one of each peer's task too."""
+        fd = self.lane.event_fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            turn = time.perf_counter()
+            paused = self.audit is not None and not self.audit.room.is_set()
+            for pid in self.lane.ready():
+                link = self.links.get(pid)
+                if link is None or not link.native:
+                    continue
+                if link.busy or paused or link.end is not _OPEN:
+                    link.wake.set()             # its own task carries on
+                    continue
+                rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
+                if rest:
+                    link.pending, link.busy = rest, True
+                    link.wake.set()
+                elif rest is not None:
+                    self.lane.release(pid)
+                if time.perf_counter() > turn + TURN:
+                    await trio.lowlevel.checkpoint()
+                    turn = time.perf_counter()
+            if self.audit is not None:
+                self._perform(self.router.native_tick())
+
+    def _feed(self, pid: int, link: "_NativeLink", items: list, until: float):
+        """Hand a fast-lane peer's items to the router (in SLICE-byte slices) until
+        they are done or it is time `until`; returns what is left, or None once the
+        stream ended or the peer was cut off (`link.end` says why)."""
+        for i, item in enumerate(items):
+            if item is None or isinstance(item, int):
+                link.finish(None if item is None else os.strerror(item) or "connection lost")
+                return None
+            at = 0
+            while at < len(item):
+                chunk = item if at == 0 and len(item) <= SLICE else item[at:at + SLICE]
+                at += len(chunk)
+                try:
+                    self._perform(self.router.receive(pid, chunk))
+                except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                    self._fault(pid, e)
+                    link.finish("cut off after an internal error")
+                    return None
+                if pid not in self.router.peers:
+                    link.finish("broke the protocol")
+                    return None
+                if time.perf_counter() > until and (at < len(item) or i + 1 < len(items)):
+                    return ([item[at:]] if at < len(item) else []) + items[i + 1:]
+        return []
 
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -401,7 +543,10 @@ class Supervisor:
         pid, effects = self.router.add_engine(comp.name, comp.grants, hosts)
         self._peer_of[comp.name] = pid
         self.nursery.start_soon(self._watch_start, comp, pid, proc)
-        link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
+        link = self._lane_link(pid, ours, comp.limits, external=False) \
+            if self.lane is not None else None
+        if link is None:
+            link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
         stderr_done = trio.Event()
@@ -409,6 +554,27 @@ class Supervisor:
                                 stderr_done)
         self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done)
         self._perform(effects)
+
+    def _lane_link(self, pid: int, sock, limits: Limits, external: bool):
+        """Hand a peer's socket to the fast lane (it owns the descriptor from then
+        on); None if the lane cannot take it (the peer then runs on trio's)."""
+        framer = self.router.peers[pid].conn._framer
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:                  # no descriptor to spare: trio's socket it is
+            return None
+        try:
+            self.lane.add(pid, fd, R.queue_soft_limit(limits), R.queue_hard_limit(limits),
+                          framer.max_words, framer.max_segments, limits.message_size,
+                          limits.in_flight, external)
+        except (OSError, MemoryError, ValueError) as e:
+            os.close(fd)
+            self.tell_once("lane-add", f"note: a connection stays off the native path "
+                                       f"({type(e).__name__}: {first_line(e)})")
+            return None
+        sock.close()                     # the lane's descriptor is the only one now
+        self.router.lane_peer(pid)
+        return _NativeLink(self.lane, pid, limits)
 
     async def _open_grants(self, comp) -> dict:
         """Open the files and directories a compartment is granted, off the event loop."""
@@ -468,13 +634,15 @@ class Supervisor:
         elif reason is None:
             reason = "exited"
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
-        await link.send.aclose()
+        await link.aclose()
         self.links.pop(pid, None)
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
                                                 trio.current_time()))
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
         """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""
+        if link.native:
+            return await self._pump_native(pid, link)
         try:
             while True:
                 await self._may_read(link)
@@ -516,6 +684,34 @@ class Supervisor:
                     link.partial, link.partial_since = partial, trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             return str(e) or "connection lost"
+
+    async def _pump_native(self, pid: int, link: _NativeLink) -> str | None:
+        """An engine on the fast lane: the lane's watcher hands the router what the
+        lane queued; this task takes over what it left (a flood), a TURN at a time,
+        and returns when the stream ends.  The peer stays *held* (nothing of it goes
+        natively) until everything taken was handled: then `release`."""
+        while True:
+            if link.end is not _OPEN:
+                return link.end
+            if not link.pending:
+                link.wake = trio.Event()
+                await link.wake.wait()
+                if not link.busy and link.end is _OPEN:   # woken while paused: take
+                    link.pending = self.lane.take(pid)
+                    link.busy = bool(link.pending)
+                continue
+            if self.audit is not None and not self.audit.room.is_set():
+                await self.audit.room.wait()
+            items, link.pending = link.pending, []
+            rest = self._feed(pid, link, items, time.perf_counter() + TURN)
+            if rest is None:
+                continue
+            link.pending = rest or self.lane.take(pid)
+            if link.pending:
+                await trio.lowlevel.checkpoint()
+                continue
+            link.busy = False
+            self.lane.release(pid)
 
     async def _may_read(self, link: _Link):
         """Backpressure: no more from a peer while too much waits to be written to
@@ -755,7 +951,8 @@ class Supervisor:
         for pid, link in self.links.items():
             peer = self.router.peers.get(pid)
             if peer is None or peer.kind != "external" or link.closed \
-                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered:
+                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered \
+                    or (peer.conn.native is not None and peer.conn.native.in_flight()):
                 continue
             if idlest is None or link.heard < self.links[idlest].heard:
                 idlest = pid
@@ -778,14 +975,17 @@ class Supervisor:
         self._external += 1
         limits = self.system.external_limits or Limits()
         pid = self.router.add_external()
-        link = _Link(stream, limits)
+        link = self._lane_link(pid, stream.socket, limits, external=True) \
+            if self.lane is not None else None
+        if link is None:
+            link = _Link(stream, limits)
         self.links[pid] = link
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
                 await self._pump(pid, link)
                 self._perform(self.router.disconnected(pid, "external client disconnected"))
-                await link.send.aclose()
+                await link.aclose()
         finally:
             self._external -= 1
             self.links.pop(pid, None)

@@ -18,15 +18,17 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
         lat = result[core]["latency"]
         for key in ("c_relay", "python_relay", "pycapnp_direct", "pycapnp_relay",
                     "wsuper_external", "compartment_call", "compartment_per_call",
-                    "compartment_attenuated",
+                    "compartment_attenuated", "compartment_call_python",
                     "compartment_log", "compartment_file"):
             assert lat[key]["p50_us"]["median"] > 0 and lat[key]["p99_us"]["median"] > 0, key
-        for key in ("pycapnp_direct", "pycapnp_relay", "wsuper_external"):
+        for key in ("c_relay_batched", "pycapnp_direct", "pycapnp_relay", "wsuper_external"):
             assert lat[key]["calls_per_s"]["median"] > 0
         assert set(lat["ratios"]) == {"call_vs_c_relay", "call_vs_python_relay",
                                       "call_vs_pycapnp_relay", "external_vs_pycapnp_relay",
-                                      "throughput_vs_pycapnp_relay", "attenuated_vs_plain",
-                                      "per_call_vs_plain"}
+                                      "throughput_vs_pycapnp_relay",
+                                      "throughput_vs_c_relay_batched", "attenuated_vs_plain",
+                                      "per_call_vs_plain", "log_vs_plain", "file_vs_plain",
+                                      "python_path_vs_plain"}
     assert result["engine"]["wasm_to_host_us"] > 0 and result["engine"]["python_to_wasm_us"] > 0
     assert result["engine"]["fresh_instance_us"] > 0
     start = result["startup"]

@@ -220,3 +220,25 @@ def test_an_abandoned_job_releases_what_it_opened(tmp_path, make):
     with pytest.raises(OSError):
         import os
         os.fstat(opened.fd)                # closed by the job itself
+
+
+def test_a_read_the_page_cache_holds_is_answered_at_once_and_others_go_to_a_thread(tmp_path,
+                                                                                    monkeypatch):
+    from supervisor import hostfs
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 16)
+    f = hostfs.File.grant(str(path), read_only=True)
+    hosts = hostcaps.HostCaps(lambda o: 1.0)
+    read = FILE.method("read")
+
+    def serve(offset, count):
+        content = payloads.build(read.params, {"offset": offset, "count": count})[0]
+        return hosts.serve(fx.HostCall(1, "file", "app", f, FILE.id, read.ordinal, content, 1 << 20))
+    path.read_bytes()                                     # in the page cache now
+    now = serve(100, 1000)
+    assert isinstance(now, hostcaps.Answer)               # inline: no worker thread
+    assert payloads.read(read.results, now.content, 4096)["data"] == (bytes(range(256)) * 16)[100:1100]
+    assert isinstance(serve(4000, 1000), hostcaps.Job)    # short (the end of the file): a thread
+    monkeypatch.setattr(hostfs, "_NOWAIT", None)          # no RWF_NOWAIT here: a thread
+    assert isinstance(serve(0, 10), hostcaps.Job)
+    f.close()

@@ -21,6 +21,30 @@ def grant(name, target, kind="compartment", methods=None, **kw):
                  methods=methods, **kw)
 
 
+def answer_control(engine, ev, no_finish=False) -> bool:
+    """An engine's side of bootstrap and start (its grants into `engine.grants`, its
+    main object exported if it has one); False if `ev` is neither."""
+    if isinstance(ev, P.BootstrapRequested):
+        engine.send(engine.conn.send_return(ev.answer_id, Content.capability(0),
+                                            [engine.control]))
+        return True
+    if not (isinstance(ev, P.CallReceived) and ev.target is engine.control):
+        return False
+    segs = ev.payload.content.message()
+    elems = wire.struct_list_elements(segs, wire.struct_pointer_field(segs, (0, 0), 0))
+    for i, (s, start, d, p) in enumerate(elems):
+        idx = wire.capability_index(segs, (s, start + d + 1))
+        engine.grants[i] = ev.payload.caps[idx]
+    seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 0))
+    caps = []
+    if engine.exports:
+        wire.set_word(seg, 2, wire.cap_pointer(0))
+        caps = [engine.main]
+    engine.send(engine.conn.send_return(ev.answer_id, Content.standalone([seg]), caps,
+                                        no_finish=no_finish))
+    return True
+
+
 class FakeEngine:
     """The engine side of the protocol, driven by hand."""
 
@@ -37,20 +61,8 @@ class FakeEngine:
 
     def feed(self, data):
         for ev in self.conn.receive(data):
-            if isinstance(ev, P.BootstrapRequested):
-                self.send(self.conn.send_return(ev.answer_id, Content.capability(0), [self.control]))
-            elif isinstance(ev, P.CallReceived) and ev.target is self.control:
-                segs = ev.payload.content.message()
-                elems = wire.struct_list_elements(segs, wire.struct_pointer_field(segs, (0, 0), 0))
-                for i, (s, start, d, p) in enumerate(elems):
-                    idx = wire.capability_index(segs, (s, start + d + 1))
-                    self.grants[i] = ev.payload.caps[idx]
-                seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 0))
-                caps = []
-                if self.exports:
-                    wire.set_word(seg, 2, wire.cap_pointer(0))
-                    caps = [self.main]
-                self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]), caps))
+            if answer_control(self, ev):
+                pass
             elif isinstance(ev, (P.CallReceived, P.ReturnReceived, P.ExportReleased)):
                 self.inbox.append(ev)
 

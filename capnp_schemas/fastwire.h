@@ -1,0 +1,350 @@
+/* The native forwarding path's wire code: the decoder of a *plain* Call or
+ * Return and the splice that forwards it.  No Python, no I/O, no allocation:
+ * supervisor/_fastlane.c includes it, and tests/unit/test_fastlane_c.py
+ * compiles it alone under AddressSanitizer and UBSan.
+ *
+ * "Plain" is a strict subset of what capnp_schemas/rpcwire.decode and
+ * protocol.Connection accept, and reads the same values:
+ *   - one segment; every pointer on the way a near pointer inside it;
+ *   - a Call to an imported capability (no promise target), results sent to
+ *     the caller, no tail-call or pipelining hints; a Return with results;
+ *     or a Finish;
+ *   - an empty capability table (or none);
+ *   - content that is null, a capability pointer of index only, or a near
+ *     struct or list pointer whose object lies inside the segment, and whose
+ *     pointer is not the message root;
+ *   - no more words charged than pycapnp's traversal limit.
+ * Anything else answers 0 ("not plain"), and the Python side, which gives
+ * the precise error, handles the message.  fuzz/protocol.py checks that
+ * whatever this accepts, rpcwire.decode and pycapnp accept with the same
+ * values, and that the forwarded bytes equal protocol.Connection's. */
+#ifndef WSUPER_FASTWIRE_H
+#define WSUPER_FASTWIRE_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define FW_NOT_PLAIN 0
+#define FW_CALL 1
+#define FW_RETURN 2
+#define FW_FINISH 3
+
+#define FW_TRAVERSAL_LIMIT 65536u /* rpcwire.TRAVERSAL_LIMIT_WORDS */
+#define FW_MAX_CAPS 256u          /* rpcwire.MAX_CAPS_PER_MESSAGE */
+#define FW_MAX_LIST ((1u << 29) - 1)
+
+#define FW_CALL_WORDS 13   /* rpcwire.encode_call's header without a cap table */
+#define FW_CALL_CONTENT 11
+#define FW_RETURN_WORDS 8  /* rpcwire.encode_return's */
+#define FW_RETURN_CONTENT 6
+
+typedef struct {
+  int which;             /* FW_CALL, FW_RETURN or FW_FINISH */
+  uint32_t id;           /* question id (call) or answer id (return) */
+  uint32_t import_id;    /* call: the target */
+  uint64_t interface_id; /* call */
+  uint32_t method_id;    /* call */
+  int no_finish;         /* return: noFinishNeeded */
+  int release;           /* finish: releaseResultCaps */
+  int64_t content_at;    /* word of the content pointer; -1: the payload has none */
+  int content;           /* 0: none or null, 1: near object, 2: capability pointer */
+  uint64_t content_word; /* 1: the pointer (its kind and size); 2: the pointer itself */
+  uint64_t content_start;/* 1: first word of the object (a struct list: its tag) */
+} fw_plain;
+
+static inline uint64_t fw_word(const uint8_t *seg, uint64_t i) {
+  uint64_t w;
+  memcpy(&w, seg + 8 * i, 8);
+  return w;
+}
+
+static inline void fw_put(uint8_t *seg, uint64_t i, uint64_t w) { memcpy(seg + 8 * i, &w, 8); }
+
+/* wire.object_words: words of the object a struct or list pointer describes */
+static inline uint64_t fw_object_words(uint64_t w) {
+  static const unsigned bits[8] = {0, 1, 8, 16, 32, 64, 64, 0};
+  if (!(w & 1)) return ((w >> 32) & 0xFFFF) + (w >> 48);
+  unsigned esz = (w >> 32) & 7;
+  if (esz == 7) return (w >> 35) + 1;
+  return ((w >> 35) * bits[esz] + 63) >> 6;
+}
+
+/* The near pointer at word p: 0 null, 1 a struct or list inside the segment
+ * (kind, start, w set), -1 anything else (far, capability, out of bounds). */
+static inline int fw_resolve(const uint8_t *seg, uint64_t n, uint64_t p, int *kind,
+                             uint64_t *start, uint64_t *w) {
+  if (p >= n) return -1;
+  uint64_t W = fw_word(seg, p);
+  if (!W) return 0;
+  if ((W & 3) > 1) return -1;
+  int64_t off = (int64_t)((W >> 2) & 0x3FFFFFFF);
+  if (off & (1 << 29)) off -= (int64_t)1 << 30;
+  int64_t st = (int64_t)p + 1 + off;
+  if (st < 0 || (uint64_t)st + fw_object_words(W) > n) return -1;
+  *kind = (int)(W & 3);
+  *start = (uint64_t)st;
+  *w = W;
+  return 1;
+}
+
+/* Decode one single-segment message of n words: FW_CALL, FW_RETURN or
+ * FW_NOT_PLAIN.  Mirrors rpcwire._decode step by step. */
+static int fw_decode(const uint8_t *seg, uint64_t n, fw_plain *o) {
+  int k;
+  uint64_t s, w, dw, pc, spent, w0, payload = 0;
+  int has_payload = 0;
+  memset(o, 0, sizeof *o);
+  o->content_at = -1;
+  if (fw_resolve(seg, n, 0, &k, &s, &w) != 1 || k != 0) return FW_NOT_PLAIN;
+  dw = (w >> 32) & 0xFFFF;
+  pc = w >> 48;
+  if (!dw || !pc) return FW_NOT_PLAIN;
+  unsigned which = (unsigned)(fw_word(seg, s) & 0xFFFF);
+  if (which != 2 && which != 3 && which != 4) return FW_NOT_PLAIN;
+  spent = dw + pc + 2;
+  if (fw_resolve(seg, n, s + dw, &k, &s, &w) != 1 || k != 0) return FW_NOT_PLAIN;
+  dw = (w >> 32) & 0xFFFF;
+  pc = w >> 48;
+  spent += dw + pc + 2;
+  w0 = dw ? fw_word(seg, s) : 0;
+  o->id = (uint32_t)(w0 & 0xFFFFFFFF);
+  if (which == 4) { /* Finish: questionId, releaseResultCaps (stored XOR true) */
+    o->which = FW_FINISH;
+    o->release = !((w0 >> 32) & 1);
+    return FW_FINISH;
+  }
+  if (which == 2) { /* Call */
+    uint64_t w2 = dw >= 3 ? fw_word(seg, s + 2) : 0, ts, tw;
+    if ((w0 >> 48) || (w2 & 7) || !pc) return FW_NOT_PLAIN;
+    if (fw_resolve(seg, n, s + dw, &k, &ts, &tw) != 1 || k != 0) return FW_NOT_PLAIN;
+    uint64_t tdw = (tw >> 32) & 0xFFFF, tpc = tw >> 48;
+    spent += tdw + tpc + 2;
+    uint64_t t0 = tdw ? fw_word(seg, ts) : 0;
+    if ((t0 >> 32) & 0xFFFF) return FW_NOT_PLAIN; /* a promised answer */
+    o->which = FW_CALL;
+    o->import_id = (uint32_t)(t0 & 0xFFFFFFFF);
+    o->interface_id = dw >= 2 ? fw_word(seg, s + 1) : 0;
+    o->method_id = (uint32_t)((w0 >> 32) & 0xFFFF);
+    if (pc >= 2) {
+      payload = s + dw + 1;
+      has_payload = 1;
+    }
+  } else { /* Return */
+    if ((w0 >> 48) != 0) return FW_NOT_PLAIN; /* exception, canceled, ...: Python's */
+    o->which = FW_RETURN;
+    o->release = !((w0 >> 32) & 1); /* releaseParamCaps */
+    o->no_finish = (int)((w0 >> 33) & 1);
+    if (pc) {
+      payload = s + dw;
+      has_payload = 1;
+    }
+  }
+  uint64_t content_at = 0;
+  int has_content = 0;
+  if (has_payload) {
+    uint64_t ps, pw;
+    int r = fw_resolve(seg, n, payload, &k, &ps, &pw);
+    if (r < 0) return FW_NOT_PLAIN;
+    if (r == 1) {
+      if (k != 0) return FW_NOT_PLAIN;
+      uint64_t pdw = (pw >> 32) & 0xFFFF, ppc = pw >> 48;
+      spent += pdw + ppc + 2;
+      if (ppc) {
+        has_content = 1;
+        content_at = ps + pdw;
+      }
+      if (ppc >= 2) {
+        uint64_t cs, cw;
+        r = fw_resolve(seg, n, ps + pdw + 1, &k, &cs, &cw);
+        if (r < 0) return FW_NOT_PLAIN;
+        if (r == 1) {
+          if (k != 1 || ((cw >> 32) & 7) != 7) return FW_NOT_PLAIN;
+          uint64_t tag = fw_word(seg, cs);
+          uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
+          if ((tag & 3) != 0 || cnt > FW_MAX_LIST) return FW_NOT_PLAIN;
+          if (cnt * (data + ptrs) > (cw >> 35)) return FW_NOT_PLAIN;
+          if (!data || cnt > FW_MAX_CAPS) return FW_NOT_PLAIN;
+          if (cnt) return FW_NOT_PLAIN; /* capabilities: the Python router's */
+          spent += fw_object_words(cw) + 2;
+        }
+      }
+    }
+  }
+  if (spent > FW_TRAVERSAL_LIMIT) return FW_NOT_PLAIN;
+  if (has_content) { /* protocol.Connection._payload's checks */
+    uint64_t cs, cw;
+    o->content_at = (int64_t)content_at;
+    if (content_at == 0) return FW_NOT_PLAIN; /* aliases the root: a protocol error */
+    int r = fw_resolve(seg, n, content_at, &k, &cs, &cw);
+    if (r == 1) {
+      o->content = 1;
+      o->content_word = cw;
+      o->content_start = cs;
+    } else if (r < 0) {
+      uint64_t W = fw_word(seg, content_at); /* content_at < n: inside the payload */
+      if ((W & 3) != 3 || (W & 0xFFFFFFFC)) return FW_NOT_PLAIN;
+      o->content = 2;
+      o->content_word = W;
+    }
+  }
+  return o->which;
+}
+
+static inline uint64_t fw_struct_ptr(uint64_t off, uint64_t data, uint64_t ptrs) {
+  return ((off << 2) & 0xFFFFFFFF) | (data << 32) | (ptrs << 48);
+}
+
+/* wire.near_pointer */
+static inline uint64_t fw_near(uint64_t at, uint64_t target, uint64_t w) {
+  if (!(w & 0xFFFFFFFF00000001ull)) return 0xFFFFFFFCull;
+  return (w & 0xFFFFFFFF00000003ull) | ((((target - at - 1)) & 0x3FFFFFFF) << 2);
+}
+
+/* Bytes fw_forward writes for a message of n words. */
+static inline uint64_t fw_forward_size(const fw_plain *o, uint64_t n, int call) {
+  uint64_t hw = call ? FW_CALL_WORDS : FW_RETURN_WORDS;
+  return 8 + 8 * (hw + (o->content == 1 ? n : 0));
+}
+
+/* The forwarded message, framed, as protocol.Connection.send_call (call) or
+ * send_return (no capabilities; no_finish) writes it with _splice: the
+ * content's segment unchanged but for its root word, then the new header. */
+static uint64_t fw_forward(uint8_t *out, const uint8_t *seg, uint64_t n, const fw_plain *o,
+                           int call, uint32_t id, uint32_t import_id, uint64_t interface_id,
+                           uint32_t method_id, int no_finish) {
+  uint64_t hw = call ? FW_CALL_WORDS : FW_RETURN_WORDS;
+  uint64_t at = call ? FW_CALL_CONTENT : FW_RETURN_CONTENT;
+  uint64_t base = o->content == 1 ? n : 0; /* where the header starts */
+  uint64_t total = base + hw;
+  uint32_t table[2] = {0, (uint32_t)total};
+  memcpy(out, table, 8);
+  uint8_t *msg = out + 8;
+  if (base) memcpy(msg, seg, 8 * n);
+  uint8_t *h = msg + 8 * base;
+  memset(h, 0, 8 * hw);
+  uint64_t root = fw_struct_ptr(0, 1, 1);
+  fw_put(h, 0, root);
+  if (call) {
+    fw_put(h, 1, 2);
+    fw_put(h, 2, fw_struct_ptr(0, 3, 3));
+    fw_put(h, 3, (uint64_t)id | ((uint64_t)method_id << 32));
+    fw_put(h, 4, interface_id);
+    fw_put(h, 6, fw_struct_ptr(2, 1, 1));
+    fw_put(h, 7, fw_struct_ptr(3, 0, 2));
+    fw_put(h, 9, import_id);
+  } else {
+    fw_put(h, 1, 3);
+    fw_put(h, 2, fw_struct_ptr(0, 2, 1));
+    fw_put(h, 3, (uint64_t)id | (1ull << 32) | (no_finish ? (1ull << 33) : 0));
+    fw_put(h, 5, fw_struct_ptr(0, 0, 2));
+  }
+  if (o->content == 1) {
+    fw_put(h, at, fw_near(base + at, o->content_start, o->content_word));
+    fw_put(msg, 0, fw_near(0, base + 1, root));
+  } else if (o->content == 2) {
+    fw_put(h, at, o->content_word);
+  }
+  return 8 + 8 * total;
+}
+
+/* ------------------------------------------------------------ the guest's copy */
+
+/* wire.single_segment_copy for one segment: the object the pointer at word
+ * `loc` reaches, copied in pre-order into a new single segment.  `out` has
+ * room for `room` words (word 0 is the root pointer); the result is the word
+ * count, or -1 for anything wire.py would refuse and anything this does not
+ * do (a far pointer): the Python copy then runs and gives the exact answer. */
+typedef struct {
+  uint8_t *out;
+  uint64_t len, room;
+  int64_t budget;
+  const uint8_t *seg;
+  uint64_t n;
+} fw_copy_t;
+
+#define FW_MAX_NESTING 64 /* wire.MAX_NESTING */
+
+static int fw_charge(fw_copy_t *c, uint64_t n) {
+  c->budget -= (int64_t)(n ? n : 1);
+  return c->budget < 0 ? -1 : 0;
+}
+
+static int fw_alloc(fw_copy_t *c, uint64_t words, uint64_t *at) {
+  if (words > c->room - c->len) return -2; /* out of room: the caller retries with more */
+  *at = c->len;
+  memset(c->out + 8 * c->len, 0, 8 * words);
+  c->len += words;
+  return 0;
+}
+
+static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
+  if (src >= c->n) return -1;
+  uint64_t W = fw_word(c->seg, src);
+  if (!W) return 0;
+  if (depth >= FW_MAX_NESTING) return -1;
+  unsigned kind = W & 3;
+  if (kind == 3) {
+    if (W & 0xFFFFFFFC) return -1;
+    fw_put(c->out, dst, W);
+    return 0;
+  }
+  int k;
+  uint64_t start, w, at, size;
+  if (fw_resolve(c->seg, c->n, src, &k, &start, &w) != 1) return -1; /* far: Python's */
+  if (k == 0) {
+    uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
+    int e;
+    if (fw_charge(c, data + ptrs)) return -1;
+    if ((e = fw_alloc(c, data + ptrs, &at))) return e;
+    memcpy(c->out + 8 * at, c->seg + 8 * start, 8 * data);
+    fw_put(c->out, dst, fw_near(dst, at, w));
+    for (uint64_t i = 0; i < ptrs; i++)
+      if ((e = fw_copy_ptr(c, start + data + i, at + data + i, depth + 1))) return e;
+    return 0;
+  }
+  uint64_t esz = (w >> 32) & 7, count = w >> 35;
+  int e;
+  if (esz == 7) {
+    uint64_t tag = fw_word(c->seg, start);
+    uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
+    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count) return -1;
+    uint64_t words = cnt * (data + ptrs);
+    if (fw_charge(c, cnt + words)) return -1;
+    if ((e = fw_alloc(c, 1 + words, &at))) return e;
+    fw_put(c->out, at, tag);
+    for (uint64_t i = 0; i < cnt; i++) {
+      uint64_t es = start + 1 + i * (data + ptrs), ed = at + 1 + i * (data + ptrs);
+      memcpy(c->out + 8 * ed, c->seg + 8 * es, 8 * data);
+      for (uint64_t j = 0; j < ptrs; j++)
+        if ((e = fw_copy_ptr(c, es + data + j, ed + data + j, depth + 1))) return e;
+    }
+    size = (7 | (words << 3)) << 32;
+  } else if (esz == 6) {
+    if (fw_charge(c, count)) return -1;
+    if ((e = fw_alloc(c, count, &at))) return e;
+    for (uint64_t i = 0; i < count; i++)
+      if ((e = fw_copy_ptr(c, start + i, at + i, depth + 1))) return e;
+    size = w & ~0xFFFFFFFFull;
+  } else {
+    uint64_t words = fw_object_words(w);
+    if (fw_charge(c, words > count / 64 ? words : count / 64)) return -1;
+    if ((e = fw_alloc(c, words, &at))) return e;
+    memcpy(c->out + 8 * at, c->seg + 8 * start, 8 * words);
+    size = w & ~0xFFFFFFFFull;
+  }
+  fw_put(c->out, dst, fw_near(dst, at, 1 | size));
+  return 0;
+}
+
+/* The copy: -1 (refused: Python's copy decides), -2 (out of room), or the
+ * number of words written to out (at least 1, the root pointer) */
+static inline int64_t fw_copy(const uint8_t *seg, uint64_t n, uint64_t loc, int has_loc, int64_t max_words,
+                       uint8_t *out, uint64_t room) {
+  fw_copy_t c = {out, 1, room, max_words, seg, n};
+  if (!room) return -2;
+  memset(out, 0, 8);
+  int e = has_loc ? fw_copy_ptr(&c, loc, 0, 0) : 0;
+  return e ? e : (int64_t)c.len;
+}
+
+#endif

@@ -1,0 +1,1429 @@
+/* The fast lane: the supervisor's native forwarding path (see supervisor/fastlane.py).
+ *
+ * One thread, no Python: it owns the engines' sockets (epoll), frames what
+ * they send, and forwards the *plain* calls and returns (fastwire.h) along
+ * routes the Python router installed; every other message goes to Python,
+ * in order, through a per-peer queue and one eventfd.  All writes to an
+ * engine, the Python router's too, go through this module's per-peer output
+ * queue, so nothing interleaves.  One mutex guards every table; the thread
+ * never touches a Python object, and Python-facing functions never block.
+ *
+ * Invariants (docs/design.md, "The fast lane"):
+ *  - a peer's messages are handled in order: once one went to Python, the
+ *    peer is *held* and every later one goes to Python too, until Python
+ *    has handled them all (release);
+ *  - an answer id is open on at most one side: the `answers` map holds every
+ *    answer id open on either side (the Python side reports its own through
+ *    open_answer/close_answer), so neither side can accept a reused id;
+ *  - native question ids are >= 2^31 and Python's are below; a native call
+ *    that Python takes over (claim, uninstall, drop_peer, expired) keeps its
+ *    question id reserved until Python's connection drops it;
+ *  - uninstall() returns only after the route is gone: no call is forwarded
+ *    through it afterwards.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../capnp_schemas/fastwire.h"
+
+#define NATIVE_QID_BASE 0x80000000u
+#define READ_CHUNK (64 * 1024)
+#define READ_BUDGET (256 * 1024)    /* bytes read from one peer per wake-up */
+#define TO_PYTHON_LIMIT (1u << 20)  /* bytes queued for Python before reading pauses */
+#define AUDIT_CAPACITY 65536
+#define NOFINISH_RING 4096          /* protocol.MAX_UNFINISHED */
+
+static int64_t now_ns(clockid_t c) {
+  struct timespec t;
+  clock_gettime(c, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* ------------------------------------------------------------ a u64 -> pointer map */
+
+typedef struct {
+  uint64_t *keys;
+  void **vals;
+  size_t cap, len; /* cap: a power of two; key 0 is never stored (keys are offset by 1) */
+} Map;
+
+static uint64_t mix(uint64_t k) {
+  k ^= k >> 33;
+  k *= 0xff51afd7ed558ccdull;
+  k ^= k >> 33;
+  return k;
+}
+
+static int map_grow(Map *m) {
+  size_t cap = m->cap ? m->cap * 2 : 64;
+  uint64_t *keys = calloc(cap, sizeof *keys);
+  void **vals = calloc(cap, sizeof *vals);
+  if (!keys || !vals) {
+    free(keys);
+    free(vals);
+    return -1;
+  }
+  for (size_t i = 0; i < m->cap; i++) {
+    if (!m->keys[i]) continue;
+    size_t j = mix(m->keys[i]) & (cap - 1);
+    while (keys[j]) j = (j + 1) & (cap - 1);
+    keys[j] = m->keys[i];
+    vals[j] = m->vals[i];
+  }
+  free(m->keys);
+  free(m->vals);
+  m->keys = keys;
+  m->vals = vals;
+  m->cap = cap;
+  return 0;
+}
+
+static void *map_get(const Map *m, uint64_t key) {
+  if (!m->cap) return NULL;
+  key += 1;
+  for (size_t j = mix(key) & (m->cap - 1);; j = (j + 1) & (m->cap - 1)) {
+    if (!m->keys[j]) return NULL;
+    if (m->keys[j] == key) return m->vals[j];
+  }
+}
+
+static int map_put(Map *m, uint64_t key, void *val) {
+  if ((m->len + 1) * 2 > m->cap && map_grow(m)) return -1;
+  key += 1;
+  size_t j = mix(key) & (m->cap - 1);
+  while (m->keys[j] && m->keys[j] != key) j = (j + 1) & (m->cap - 1);
+  if (!m->keys[j]) m->len++;
+  m->keys[j] = key;
+  m->vals[j] = val;
+  return 0;
+}
+
+static void *map_del(Map *m, uint64_t key) {
+  if (!m->cap) return NULL;
+  key += 1;
+  size_t j = mix(key) & (m->cap - 1);
+  while (m->keys[j] != key) {
+    if (!m->keys[j]) return NULL;
+    j = (j + 1) & (m->cap - 1);
+  }
+  void *val = m->vals[j];
+  m->keys[j] = 0;
+  m->vals[j] = NULL;
+  m->len--;
+  /* backward-shift deletion keeps every probe chain whole */
+  for (size_t i = (j + 1) & (m->cap - 1); m->keys[i]; i = (i + 1) & (m->cap - 1)) {
+    size_t home = mix(m->keys[i]) & (m->cap - 1);
+    if ((i > j && (home <= j || home > i)) || (i < j && (home <= j && home > i))) {
+      m->keys[j] = m->keys[i];
+      m->vals[j] = m->vals[i];
+      m->keys[i] = 0;
+      m->vals[i] = NULL;
+      j = i;
+    }
+  }
+  return val;
+}
+
+static void map_free(Map *m) {
+  free(m->keys);
+  free(m->vals);
+  memset(m, 0, sizeof *m);
+}
+
+#define KEY(pid, id) (((uint64_t)(uint32_t)(pid) << 32) | (uint32_t)(id))
+
+/* ------------------------------------------------------------ byte buffers */
+
+typedef struct {
+  uint8_t *p;
+  size_t off, len, cap; /* the bytes are p[off..len) */
+} Buf;
+
+static uint8_t *buf_room(Buf *b, size_t n) {
+  if (b->off && b->off == b->len) b->off = b->len = 0;
+  if (b->len + n > b->cap && b->off) { /* compact first */
+    memmove(b->p, b->p + b->off, b->len - b->off);
+    b->len -= b->off;
+    b->off = 0;
+  }
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + n) cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) return NULL;
+    b->p = p;
+    b->cap = cap;
+  }
+  return b->p + b->len;
+}
+
+static int buf_put(Buf *b, const void *d, size_t n) {
+  uint8_t *at = buf_room(b, n);
+  if (!at) return -1;
+  memcpy(at, d, n);
+  b->len += n;
+  return 0;
+}
+
+static inline size_t buf_size(const Buf *b) { return b->len - b->off; }
+
+static void buf_free(Buf *b) {
+  free(b->p);
+  memset(b, 0, sizeof *b);
+}
+
+/* ------------------------------------------------------------ tables */
+
+struct Route;
+
+typedef struct NCall { /* a call forwarded natively, not yet returned */
+  int caller, callee;
+  uint32_t aid, qid;
+  struct Route *route;
+  uint64_t interface_id;
+  uint32_t method_id;
+  int64_t t0, wall0, deadline;
+  int orphan; /* its caller is gone: the return is dropped */
+  struct NCall *prev, *next; /* the route's calls in flight */
+} NCall;
+
+typedef struct Route {
+  int refs; /* the map, its calls in flight, its audit records */
+  int live;
+  PyObject *ctx; /* the Python router's record of it: decref'd only with the GIL */
+  int caller, callee;
+  uint32_t export_id, import_id;
+  uint64_t interface_id, mask;
+  int all_methods, audit;
+  int64_t call_time;
+  NCall *calls;
+  struct Route *next_zombie;
+} Route;
+
+typedef struct {
+  Route *route;
+  uint64_t interface_id;
+  uint32_t method_id;
+  int64_t wall0, duration;
+} AuditRec;
+
+enum { ITEM_BYTES, ITEM_EOF, ITEM_ERROR };
+
+typedef struct Item {
+  int kind, err;
+  Buf data;
+  struct Item *next;
+} Item;
+
+typedef struct Peer {
+  int pid, fd;
+  int closed;       /* no more reading (Python closed it, or end of stream) */
+  int write_closed; /* writing failed: output is dropped */
+  int held, ok, raw, in_ready, dirty;
+  int external;     /* an external client: returns keep their answer until its Finish */
+  int lost;         /* errno: input was dropped (out of memory); take() ends the stream with it */
+  int64_t heard;    /* CLOCK_MONOTONIC ns of the last read that brought bytes */
+  uint32_t events;
+  Buf in, out;
+  Item *qhead, *qtail;
+  size_t qbytes;
+  size_t soft, hard;
+  uint64_t max_words, max_segments, message_size;
+  long in_flight, native_open, py_open, returned_open;
+  uint64_t messages, partial_msg;
+  int64_t partial_since;
+  uint32_t next_qid;
+  long served, failed;
+  uint32_t nf_ring[NOFINISH_RING];
+  uint64_t nf_seq[NOFINISH_RING];
+  size_t nf_head, nf_len;
+  uint64_t nf_next;
+  struct Peer *next_dirty;
+} Peer;
+
+typedef struct {
+  PyObject_HEAD pthread_mutex_t mu;
+  pthread_t thread;
+  int running, epfd, evfd, stopfd;
+  Peer **peers;
+  size_t npeers;
+  Map routes;   /* KEY(caller, export id) -> Route */
+  Map calls;    /* KEY(callee, question id) -> NCall */
+  Map answers;  /* KEY(caller, answer id) -> NCall (native) or PYOPEN */
+  Map reserved; /* KEY(callee, question id) -> RESERVED: taken over by Python */
+  Map nofinish; /* KEY(caller, answer id) -> sequence number: returned natively */
+  int *ready;
+  size_t nready, ready_cap;
+  Route *zombies;
+  Peer *dirty;
+  AuditRec *audit;
+  size_t audit_head, audit_len;
+  /* counters, for profiles */
+  uint64_t c_calls, c_returns, c_to_python, c_wakeups, c_reads, c_writes;
+} Lane;
+
+static void *const PYOPEN = (void *)1;
+static void *const RETURNED = (void *)2; /* returned natively to an external client, not finished */
+static void *const RESERVED = (void *)1;
+
+static Peer *peer_get(Lane *L, long pid) {
+  if (pid < 0 || (size_t)pid >= L->npeers) return NULL;
+  return L->peers[pid];
+}
+
+static void route_unref(Lane *L, Route *r) {
+  if (--r->refs == 0) {
+    r->next_zombie = L->zombies;
+    L->zombies = r;
+  }
+}
+
+static void reap(Lane *L) { /* with the GIL and the mutex */
+  while (L->zombies) {
+    Route *r = L->zombies;
+    L->zombies = r->next_zombie;
+    Py_XDECREF(r->ctx);
+    free(r);
+  }
+}
+
+static void epoll_set(Lane *L, Peer *P) {
+  uint32_t want = 0;
+  if (!P->closed && buf_size(&P->out) <= P->soft && P->qbytes <= TO_PYTHON_LIMIT) want |= EPOLLIN;
+  if (buf_size(&P->out) && !P->write_closed) want |= EPOLLOUT;
+  if (want == P->events || P->fd < 0) return;
+  struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)P->pid};
+  if (!P->events)
+    epoll_ctl(L->epfd, EPOLL_CTL_ADD, P->fd, &ev);
+  else if (!want)
+    epoll_ctl(L->epfd, EPOLL_CTL_DEL, P->fd, NULL);
+  else
+    epoll_ctl(L->epfd, EPOLL_CTL_MOD, P->fd, &ev);
+  P->events = want;
+}
+
+static void signal_python(Lane *L, Peer *P) {
+  if (P->in_ready) return;
+  if (L->nready == L->ready_cap) {
+    size_t cap = L->ready_cap ? 2 * L->ready_cap : 64;
+    int *r = realloc(L->ready, cap * sizeof *r);
+    if (!r) return; /* the next enqueue tries again */
+    L->ready = r;
+    L->ready_cap = cap;
+  }
+  L->ready[L->nready++] = P->pid;
+  P->in_ready = 1;
+  if (L->nready == 1) {
+    uint64_t one = 1;
+    ssize_t k = write(L->evfd, &one, 8);
+    (void)k;
+  }
+}
+
+static Item *new_item(Peer *P, int kind) {
+  Item *it = calloc(1, sizeof *it);
+  if (!it) return NULL;
+  it->kind = kind;
+  if (P->qtail)
+    P->qtail->next = it;
+  else
+    P->qhead = it;
+  P->qtail = it;
+  return it;
+}
+
+/* Out of memory for what the peer sent: nothing more is read from it, and once
+ * Python has taken what is queued, the stream ends with an error (fail closed:
+ * never a message silently missing from the middle of a stream). */
+static void lose_input(Lane *L, Peer *P, int err) {
+  if (!P->lost) P->lost = err;
+  P->closed = 1;
+  P->held = 1;
+  epoll_set(L, P);
+  signal_python(L, P);
+}
+
+static void to_python(Lane *L, Peer *P, const uint8_t *d, size_t n) {
+  L->c_to_python++;
+  if (P->lost) return;
+  Item *it = P->qtail && P->qtail->kind == ITEM_BYTES ? P->qtail : new_item(P, ITEM_BYTES);
+  if (!it || buf_put(&it->data, d, n)) {
+    lose_input(L, P, ENOMEM);
+    return;
+  }
+  P->qbytes += n;
+  P->held = 1;
+  signal_python(L, P);
+}
+
+static void end_of_input(Lane *L, Peer *P, int err) {
+  if (P->closed) return;
+  Item *it = new_item(P, err ? ITEM_ERROR : ITEM_EOF);
+  if (!it) {
+    lose_input(L, P, err ? err : ENOMEM);
+    return;
+  }
+  it->err = err;
+  P->closed = 1;
+  P->held = 1;
+  epoll_set(L, P);
+  signal_python(L, P);
+}
+
+static void mark_dirty(Lane *L, Peer *P) {
+  if (!P->dirty) {
+    P->dirty = 1;
+    P->next_dirty = L->dirty;
+    L->dirty = P;
+  }
+}
+
+static void flush(Lane *L, Peer *P) {
+  while (buf_size(&P->out) && !P->write_closed) {
+    /* send, not write: a peer that went away is EPIPE here, never a SIGPIPE */
+    ssize_t k = send(P->fd, P->out.p + P->out.off, buf_size(&P->out), MSG_NOSIGNAL | MSG_DONTWAIT);
+    L->c_writes++;
+    if (k > 0) {
+      P->out.off += (size_t)k;
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    P->write_closed = 1; /* the peer is gone: its reading side will tell */
+  }
+  if (P->write_closed) P->out.off = P->out.len = 0;
+  if (!buf_size(&P->out)) P->out.off = P->out.len = 0;
+  epoll_set(L, P);
+}
+
+static void flush_dirty(Lane *L) {
+  while (L->dirty) {
+    Peer *P = L->dirty;
+    L->dirty = P->next_dirty;
+    P->dirty = 0;
+    if (P->fd >= 0) flush(L, P);
+  }
+}
+
+/* ------------------------------------------------------------ the calls */
+
+static void ncall_unlink(NCall *c) {
+  if (c->prev)
+    c->prev->next = c->next;
+  else if (c->route->calls == c)
+    c->route->calls = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+/* the call leaves the native tables (its question id is free again unless reserved) */
+static void ncall_forget(Lane *L, NCall *c, int keep_answer) {
+  map_del(&L->calls, KEY(c->callee, c->qid));
+  if (!c->orphan && !keep_answer) {
+    Peer *A = peer_get(L, c->caller);
+    if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) map_del(&L->answers, KEY(c->caller, c->aid));
+    if (A) A->native_open--;
+  }
+  ncall_unlink(c);
+}
+
+static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
+  if (A->nf_len == NOFINISH_RING) { /* forget the oldest, as protocol.py does */
+    uint32_t old = A->nf_ring[A->nf_head];
+    if ((uint64_t)(uintptr_t)map_get(&L->nofinish, KEY(A->pid, old)) == A->nf_seq[A->nf_head])
+      map_del(&L->nofinish, KEY(A->pid, old));
+    A->nf_head = (A->nf_head + 1) % NOFINISH_RING;
+    A->nf_len--;
+  }
+  size_t at = (A->nf_head + A->nf_len) % NOFINISH_RING;
+  A->nf_ring[at] = aid;
+  A->nf_seq[at] = ++A->nf_next;
+  A->nf_len++;
+  map_put(&L->nofinish, KEY(A->pid, aid), (void *)(uintptr_t)A->nf_seq[at]);
+}
+
+static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_plain *o) {
+  Route *r = map_get(&L->routes, KEY(A->pid, o->import_id));
+  if (!r || !r->live || r->interface_id != o->interface_id) return 0;
+  if (!r->all_methods && (o->method_id >= 64 || !((r->mask >> o->method_id) & 1))) return 0;
+  Peer *B = peer_get(L, r->callee);
+  if (!B || B->closed || B->write_closed || B->fd < 0) return 0;
+  if (buf_size(&B->out) > B->soft) return 0; /* the router says "overloaded" */
+  uint64_t size = o->content ? 8 * n : 0;
+  if (size > B->message_size) return 0;
+  if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
+  if (A->native_open + A->py_open + 1 > A->in_flight ||
+      A->py_open + A->returned_open + 1 >= NOFINISH_RING)
+    return 0;
+  if (r->audit && L->audit_len == AUDIT_CAPACITY) return 0;
+  uint32_t qid = B->next_qid;
+  for (int tries = 0; map_get(&L->calls, KEY(B->pid, qid)) || map_get(&L->reserved, KEY(B->pid, qid));
+       tries++) {
+    if (tries > 1000) return 0;
+    qid = qid == 0xFFFFFFFFu ? NATIVE_QID_BASE : qid + 1;
+  }
+  B->next_qid = qid == 0xFFFFFFFFu ? NATIVE_QID_BASE : qid + 1;
+  NCall *c = calloc(1, sizeof *c);
+  uint8_t *out = c ? buf_room(&B->out, fw_forward_size(o, n, 1)) : NULL;
+  if (!out) {
+    free(c);
+    return 0;
+  }
+  c->caller = A->pid;
+  c->callee = B->pid;
+  c->aid = o->id;
+  c->qid = qid;
+  c->route = r;
+  c->interface_id = o->interface_id;
+  c->method_id = o->method_id;
+  c->t0 = now_ns(CLOCK_MONOTONIC);
+  c->wall0 = r->audit ? now_ns(CLOCK_REALTIME) : 0;
+  c->deadline = c->t0 + r->call_time;
+  if (map_put(&L->calls, KEY(B->pid, qid), c) || map_put(&L->answers, KEY(A->pid, o->id), c)) {
+    map_del(&L->calls, KEY(B->pid, qid));
+    free(c);
+    return 0;
+  }
+  map_del(&L->nofinish, KEY(A->pid, o->id));
+  r->refs++;
+  c->next = r->calls;
+  if (r->calls) r->calls->prev = c;
+  r->calls = c;
+  A->native_open++;
+  B->out.len += fw_forward(out, seg, n, o, 1, qid, r->import_id, o->interface_id, o->method_id, 0);
+  mark_dirty(L, B);
+  L->c_calls++;
+  return 1;
+}
+
+static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const fw_plain *o) {
+  if (o->id < NATIVE_QID_BASE || !o->no_finish) return 0;
+  NCall *c = map_get(&L->calls, KEY(B->pid, o->id));
+  if (!c) return 0;
+  Peer *A = peer_get(L, c->caller);
+  uint64_t size = o->content ? 8 * n : 0;
+  if (!c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0) {
+    if (size > A->message_size) return 0; /* Python fails it with the reason */
+    uint8_t *out = buf_room(&A->out, fw_forward_size(o, n, 0));
+    if (!out) return 0;
+    A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
+    mark_dirty(L, A);
+  }
+  Route *r = c->route;
+  if (r->audit && !c->orphan && L->audit_len < AUDIT_CAPACITY) {
+    AuditRec *a = &L->audit[(L->audit_head + L->audit_len++) % AUDIT_CAPACITY];
+    a->route = r;
+    r->refs++;
+    a->interface_id = c->interface_id;
+    a->method_id = c->method_id;
+    a->wall0 = c->wall0;
+    a->duration = now_ns(CLOCK_MONOTONIC) - c->t0;
+  }
+  int delivered = !c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0;
+  ncall_forget(L, c, 0);
+  if (delivered && A->external) { /* its answer stays open until the client's Finish */
+    map_put(&L->answers, KEY(A->pid, c->aid), RETURNED);
+    A->returned_open++;
+  } else if (delivered) {
+    nofinish_add(L, A, c->aid);
+  }
+  route_unref(L, r);
+  free(c);
+  B->served++;
+  L->c_returns++;
+  return 1;
+}
+
+static int fast_finish(Lane *L, Peer *A, const fw_plain *o) {
+  if (map_get(&L->answers, KEY(A->pid, o->id)) != RETURNED) return 0;
+  map_del(&L->answers, KEY(A->pid, o->id));
+  A->returned_open--;
+  return 1;
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void process_input(Lane *L, Peer *P) {
+  for (;;) {
+    size_t avail = buf_size(&P->in);
+    const uint8_t *m = P->in.p + P->in.off;
+    if (!avail) break;
+    if (P->raw) { /* a framing error: Python's framer reports it */
+      to_python(L, P, m, avail);
+      P->in.off = P->in.len = 0;
+      break;
+    }
+    /* the segment count is judged as soon as its 4 bytes are here, as wire.Framer
+     * does: a peer that sends a bad count and waits is cut off now, not when its
+     * half message times out */
+    if (avail < 4) break;
+    uint32_t nseg32;
+    memcpy(&nseg32, m, 4);
+    uint64_t nseg = (uint64_t)nseg32 + 1;
+    if (nseg > P->max_segments) {
+      P->raw = 1;
+      continue;
+    }
+    uint64_t table = 4 + 4 * nseg;
+    table += table & 4;
+    if (avail < table) break;
+    uint64_t words = 0, first = 0;
+    for (uint64_t i = 0; i < nseg; i++) {
+      uint32_t s;
+      memcpy(&s, m + 4 + 4 * i, 4);
+      if (!i) first = s;
+      words += s;
+    }
+    if (words > P->max_words) {
+      P->raw = 1;
+      continue;
+    }
+    uint64_t total = table + 8 * words;
+    if (avail < total) break;
+    P->messages++;
+    int handled = 0;
+    if (!P->held && P->ok && nseg == 1) {
+      fw_plain o;
+      int k = fw_decode(m + 8, first, &o);
+      if (k == FW_CALL)
+        handled = fast_call(L, P, m + 8, first, &o);
+      else if (k == FW_RETURN)
+        handled = fast_return(L, P, m + 8, first, &o);
+      else if (k == FW_FINISH)
+        handled = fast_finish(L, P, &o);
+    }
+    if (!handled) to_python(L, P, m, total);
+    P->in.off += total;
+  }
+  if (buf_size(&P->in) && !P->raw) {
+    if (!P->partial_since || P->partial_msg != P->messages) {
+      P->partial_since = now_ns(CLOCK_MONOTONIC);
+      P->partial_msg = P->messages;
+    }
+  } else {
+    P->partial_since = 0;
+  }
+}
+
+static void on_readable(Lane *L, Peer *P) {
+  size_t got = 0;
+  while (!P->closed && got < READ_BUDGET) {
+    uint8_t *at = buf_room(&P->in, READ_CHUNK);
+    if (!at) {
+      end_of_input(L, P, ENOMEM);
+      return;
+    }
+    ssize_t k = read(P->fd, at, READ_CHUNK);
+    L->c_reads++;
+    if (k > 0) {
+      P->in.len += (size_t)k;
+      got += (size_t)k;
+      P->heard = now_ns(CLOCK_MONOTONIC);
+      process_input(L, P);
+      if (P->qbytes > TO_PYTHON_LIMIT) break;
+      /* a short read drained the socket: epoll (level-triggered) says when more
+       * comes, so no second read just to hear EAGAIN (one system call per wake-up) */
+      if ((size_t)k < READ_CHUNK) break;
+      continue;
+    }
+    if (k == 0) {
+      end_of_input(L, P, 0);
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) end_of_input(L, P, errno);
+    break;
+  }
+  epoll_set(L, P);
+}
+
+static void *lane_thread(void *arg) {
+  Lane *L = arg;
+  struct epoll_event evs[64];
+  for (;;) {
+    int n = epoll_wait(L->epfd, evs, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    pthread_mutex_lock(&L->mu);
+    L->c_wakeups++;
+    int stop = 0;
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u64 == UINT64_MAX) {
+        stop = 1;
+        continue;
+      }
+      Peer *P = peer_get(L, (long)evs[i].data.u64);
+      if (!P || P->fd < 0) continue;
+      if (evs[i].events & EPOLLOUT) flush(L, P);
+      if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (P->closed) {
+          epoll_set(L, P);
+        } else {
+          on_readable(L, P);
+        }
+      }
+    }
+    flush_dirty(L);
+    pthread_mutex_unlock(&L->mu);
+    if (stop) break;
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------ Python */
+
+#define LOCK(L)                                                                                    \
+  pthread_mutex_lock(&(L)->mu);                                                                    \
+  reap(L)
+#define UNLOCK(L) pthread_mutex_unlock(&(L)->mu)
+
+static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
+  if (!PyArg_ParseTuple(args, "")) return -1;
+  if (L->running) return 0;
+  pthread_mutex_init(&L->mu, NULL);
+  L->epfd = epoll_create1(EPOLL_CLOEXEC);
+  L->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  L->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  L->audit = calloc(AUDIT_CAPACITY, sizeof *L->audit);
+  if (L->epfd < 0 || L->evfd < 0 || L->stopfd < 0 || !L->audit) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
+  epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->stopfd, &ev);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old); /* signals stay the main thread's */
+  int e = pthread_create(&L->thread, NULL, lane_thread, L);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (e) {
+    errno = e;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+  L->running = 1;
+  return 0;
+}
+
+static void free_peer(Lane *L, Peer *P) {
+  if (P->fd >= 0) {
+    if (P->events) epoll_ctl(L->epfd, EPOLL_CTL_DEL, P->fd, NULL);
+    close(P->fd);
+  }
+  buf_free(&P->in);
+  buf_free(&P->out);
+  for (Item *it = P->qhead, *next; it; it = next) {
+    next = it->next;
+    buf_free(&it->data);
+    free(it);
+  }
+  free(P);
+}
+
+static PyObject *Lane_stop(Lane *L, PyObject *unused) {
+  if (L->running) {
+    uint64_t one = 1;
+    ssize_t k = write(L->stopfd, &one, 8);
+    (void)k;
+    Py_BEGIN_ALLOW_THREADS pthread_join(L->thread, NULL);
+    Py_END_ALLOW_THREADS L->running = 0;
+  }
+  Py_RETURN_NONE;
+}
+
+static void Lane_dealloc(Lane *L) {
+  Lane_stop(L, NULL);
+  if (L->epfd > 0) {
+    for (size_t i = 0; i < L->npeers; i++)
+      if (L->peers[i]) free_peer(L, L->peers[i]);
+    free(L->peers);
+    for (size_t i = 0; i < L->calls.cap; i++)
+      if (L->calls.keys[i]) free(L->calls.vals[i]);
+    for (size_t i = 0; i < L->routes.cap; i++)
+      if (L->routes.keys[i]) {
+        Route *r = L->routes.vals[i];
+        r->live = 0;
+        route_unref(L, r);
+      }
+    for (size_t i = 0; i < L->audit_len; i++)
+      route_unref(L, L->audit[(L->audit_head + i) % AUDIT_CAPACITY].route);
+    reap(L);
+    map_free(&L->routes);
+    map_free(&L->calls);
+    map_free(&L->answers);
+    map_free(&L->reserved);
+    map_free(&L->nofinish);
+    free(L->ready);
+    free(L->audit);
+    close(L->epfd);
+    close(L->evfd);
+    close(L->stopfd);
+    pthread_mutex_destroy(&L->mu);
+  }
+  Py_TYPE(L)->tp_free((PyObject *)L);
+}
+
+/* add(pid, fd, soft, hard, max_words, max_segments, message_size, in_flight[, external]):
+ * the lane owns fd from now on (it closes it in remove); if add raises, the caller
+ * still owns it */
+static PyObject *Lane_add(Lane *L, PyObject *args) {
+  long pid;
+  int fd;
+  unsigned long long soft, hard, max_words, max_segments, message_size;
+  long in_flight;
+  int external = 0;
+  if (!PyArg_ParseTuple(args, "liKKKKKl|p", &pid, &fd, &soft, &hard, &max_words, &max_segments,
+                        &message_size, &in_flight, &external))
+    return NULL;
+  if (pid < 0 || pid > 0x7FFFFFFF) return PyErr_Format(PyExc_ValueError, "bad peer id %ld", pid);
+  int own = fd;
+  if (fcntl(own, F_SETFL, fcntl(own, F_GETFL) | O_NONBLOCK) < 0)
+    return PyErr_SetFromErrno(PyExc_OSError);
+  Peer *P = calloc(1, sizeof *P);
+  if (!P) return PyErr_NoMemory();
+  P->pid = (int)pid;
+  P->fd = own;
+  P->soft = soft;
+  P->hard = hard;
+  P->max_words = max_words;
+  P->max_segments = max_segments;
+  P->message_size = message_size;
+  P->in_flight = in_flight;
+  P->external = external;
+  P->ok = 1;
+  P->next_qid = NATIVE_QID_BASE;
+  P->heard = now_ns(CLOCK_MONOTONIC);
+  LOCK(L);
+  if ((size_t)pid >= L->npeers) {
+    size_t n = L->npeers ? L->npeers : 64;
+    while (n <= (size_t)pid) n *= 2;
+    Peer **p = realloc(L->peers, n * sizeof *p);
+    if (!p) {
+      UNLOCK(L);
+      P->fd = -1; /* still the caller's */
+      free_peer(L, P);
+      return PyErr_NoMemory();
+    }
+    memset(p + L->npeers, 0, (n - L->npeers) * sizeof *p);
+    L->peers = p;
+    L->npeers = n;
+  }
+  if (L->peers[pid]) {
+    UNLOCK(L);
+    P->fd = -1;
+    free_peer(L, P);
+    return PyErr_Format(PyExc_ValueError, "peer %ld is in the fast lane already", pid);
+  }
+  L->peers[pid] = P;
+  epoll_set(L, P);
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* remove(pid): forget the peer and close the lane's descriptor (drop_peer first) */
+static PyObject *Lane_remove(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    L->peers[pid] = NULL;
+    if (P->dirty) { /* off the dirty list */
+      Peer **pp = &L->dirty;
+      while (*pp && *pp != P) pp = &(*pp)->next_dirty;
+      if (*pp) *pp = P->next_dirty;
+    }
+    for (size_t i = 0; i < L->nready; i++)
+      if (L->ready[i] == pid) L->ready[i] = -1;
+    free_peer(L, P);
+  }
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* close(pid): read no more from it (what is queued for it is still written) */
+static PyObject *Lane_close(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && !P->closed) {
+    P->closed = 1;
+    epoll_set(L, P);
+  }
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* write(pid, data) -> False when more than its hard limit would wait (cut it off) */
+static PyObject *Lane_write(Lane *L, PyObject *args) {
+  long pid;
+  Py_buffer b;
+  if (!PyArg_ParseTuple(args, "ly*", &pid, &b)) return NULL;
+  int ok = 1;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && !P->write_closed && P->fd >= 0) {
+    if (buf_size(&P->out) + (size_t)b.len > P->hard) {
+      ok = 0;
+    } else if (buf_put(&P->out, b.buf, (size_t)b.len) == 0) {
+      flush(L, P);
+    } else {
+      ok = 0;
+    }
+  }
+  UNLOCK(L);
+  PyBuffer_Release(&b);
+  return PyBool_FromLong(ok);
+}
+
+static PyObject *Lane_queued(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  size_t n = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) n = buf_size(&P->out);
+  UNLOCK(L);
+  return PyLong_FromSize_t(n);
+}
+
+/* ready() -> [pid]: peers with something for Python (resets the eventfd) */
+static PyObject *Lane_ready(Lane *L, PyObject *unused) {
+  uint64_t v;
+  ssize_t k = read(L->evfd, &v, 8);
+  (void)k;
+  LOCK(L);
+  PyObject *out = PyList_New(0);
+  for (size_t i = 0; out && i < L->nready; i++) {
+    Peer *P = peer_get(L, L->ready[i]);
+    if (L->ready[i] < 0 || !P) continue;
+    P->in_ready = 0;
+    PyObject *n = PyLong_FromLong(L->ready[i]);
+    if (!n || PyList_Append(out, n)) Py_CLEAR(out);
+    Py_XDECREF(n);
+  }
+  L->nready = 0;
+  UNLOCK(L);
+  return out;
+}
+
+/* take(pid) -> [bytes | None (end) | int (errno)]: what Python must handle, in order */
+static PyObject *Lane_take(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    Item *it = P->qhead;
+    P->qhead = P->qtail = NULL;
+    P->qbytes = 0;
+    epoll_set(L, P);
+    while (it) {
+      Item *next = it->next;
+      PyObject *v;
+      if (it->kind == ITEM_BYTES)
+        v = PyBytes_FromStringAndSize((const char *)it->data.p + it->data.off, buf_size(&it->data));
+      else if (it->kind == ITEM_EOF)
+        v = Py_NewRef(Py_None);
+      else
+        v = PyLong_FromLong(it->err);
+      if (!v || PyList_Append(out, v)) Py_CLEAR(out);
+      Py_XDECREF(v);
+      buf_free(&it->data);
+      free(it);
+      it = next;
+      if (!out) { /* out of memory: drop the rest, and say the stream ended */
+        while (it) {
+          next = it->next;
+          buf_free(&it->data);
+          free(it);
+          it = next;
+        }
+        P->closed = 1;
+        epoll_set(L, P);
+      }
+    }
+    if (out && P->lost) { /* input was dropped: the stream ends here, with the reason */
+      PyObject *v = PyLong_FromLong(P->lost);
+      if (!v || PyList_Append(out, v)) Py_CLEAR(out);
+      Py_XDECREF(v);
+      P->lost = 0;
+    }
+  }
+  UNLOCK(L);
+  return out;
+}
+
+/* release(pid): Python handled everything it took: the peer's plain messages
+ * may go the fast way again (unless more came meanwhile) */
+static PyObject *Lane_release(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && !P->qhead && !P->closed) P->held = 0;
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Lane_set_ok(Lane *L, PyObject *args) {
+  long pid;
+  int ok;
+  if (!PyArg_ParseTuple(args, "lp", &pid, &ok)) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) P->ok = ok;
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* open_answer(pid, aid) -> False if the id is open already (on either side) */
+static PyObject *Lane_open_answer(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  int ok = 1;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    if (map_get(&L->answers, KEY(pid, aid))) {
+      ok = 0;
+    } else if (map_put(&L->answers, KEY(pid, aid), PYOPEN)) {
+      ok = 0;
+    } else {
+      P->py_open++;
+      map_del(&L->nofinish, KEY(pid, aid));
+    }
+  }
+  UNLOCK(L);
+  return PyBool_FromLong(ok);
+}
+
+static PyObject *Lane_close_answer(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && map_get(&L->answers, KEY(pid, aid)) == PYOPEN) {
+    map_del(&L->answers, KEY(pid, aid));
+    P->py_open--;
+  }
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* finish_ok(pid, aid): a Finish for an answer returned natively with noFinishNeeded
+ * (allowed, and ignored) */
+static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  LOCK(L);
+  int ok = map_del(&L->nofinish, KEY(pid, aid)) != NULL;
+  Peer *P = peer_get(L, pid);
+  if (!ok && P && map_get(&L->answers, KEY(pid, aid)) == RETURNED) {
+    map_del(&L->answers, KEY(pid, aid));
+    P->returned_open--;
+    ok = 1;
+  }
+  UNLOCK(L);
+  return PyBool_FromLong(ok);
+}
+
+/* counts(pid) -> (calls from it in flight natively, calls to it in flight natively,
+ *                  served natively) */
+static PyObject *Lane_counts(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  long from = 0, to = 0, served = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    from = P->native_open;
+    served = P->served;
+    for (size_t i = 0; i < L->calls.cap; i++)
+      if (L->calls.keys[i] && ((NCall *)L->calls.vals[i])->callee == pid) to++;
+  }
+  UNLOCK(L);
+  return Py_BuildValue("lll", from, to, served);
+}
+
+/* idle(pid) -> seconds since the peer last sent anything (since add, if never) */
+static PyObject *Lane_idle(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  double idle = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) idle = (double)(now_ns(CLOCK_MONOTONIC) - P->heard) / 1e9;
+  UNLOCK(L);
+  return PyFloat_FromDouble(idle);
+}
+
+static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  long n = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) n = P->native_open;
+  UNLOCK(L);
+  return PyLong_FromLong(n);
+}
+
+/* A native call handed to Python: (ctx, caller, answer id, callee, question id,
+ * interface id, method id, seconds since it began, wall time it began, orphan).
+ * Its answer id becomes Python's; its question id stays reserved. */
+static PyObject *hand_over(Lane *L, NCall *c) {
+  int64_t now = now_ns(CLOCK_MONOTONIC);
+  PyObject *rec = Py_BuildValue("(OiIiIKIddi)", c->route->ctx ? c->route->ctx : Py_None,
+                                c->caller, c->aid, c->callee, c->qid,
+                                (unsigned long long)c->interface_id, c->method_id,
+                                (double)(now - c->t0) / 1e9, (double)c->wall0 / 1e9, c->orphan);
+  if (!c->orphan) {
+    Peer *A = peer_get(L, c->caller);
+    if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) {
+      map_put(&L->answers, KEY(c->caller, c->aid), PYOPEN);
+      if (A) {
+        A->native_open--;
+        A->py_open++;
+      }
+    }
+  }
+  map_put(&L->reserved, KEY(c->callee, c->qid), RESERVED);
+  ncall_forget(L, c, 1);
+  route_unref(L, c->route);
+  free(c);
+  return rec;
+}
+
+/* Hand every native call that `pick` chooses to Python, its record appended to out. */
+static void take_calls(Lane *L, PyObject *out, int (*pick)(const NCall *, const void *),
+                       const void *arg) {
+  for (size_t i = 0; i < L->calls.cap;) {
+    NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
+    if (c && pick(c, arg)) {
+      PyObject *rec = hand_over(L, c);
+      if (rec) PyList_Append(out, rec);
+      Py_XDECREF(rec);
+      continue; /* the deletion shifted another entry into slot i (or none) */
+    }
+    i++;
+  }
+}
+
+static int callee_is(const NCall *c, const void *pid) { return c->callee == *(const long *)pid; }
+
+static int past(const NCall *c, const void *now) { return c->deadline <= *(const int64_t *)now; }
+
+/* claim(callee, qid) -> record or None: Python got a return for this native call */
+static PyObject *Lane_claim(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long qid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &qid)) return NULL;
+  LOCK(L);
+  NCall *c = map_get(&L->calls, KEY(pid, qid));
+  PyObject *rec = c ? hand_over(L, c) : Py_NewRef(Py_None);
+  UNLOCK(L);
+  return rec;
+}
+
+/* claim_answer(caller, aid) -> record (a call in flight natively), True (returned
+ * natively, not finished), or None: Python met this answer id (a Finish, a
+ * pipelined call) and takes it over */
+static PyObject *Lane_claim_answer(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  LOCK(L);
+  PyObject *out;
+  void *v = map_get(&L->answers, KEY(pid, aid));
+  Peer *P = peer_get(L, pid);
+  if (v == RETURNED && P) {
+    map_put(&L->answers, KEY(pid, aid), PYOPEN);
+    P->returned_open--;
+    P->py_open++;
+    out = Py_NewRef(Py_True);
+  } else if (v && v != PYOPEN && v != RETURNED) {
+    out = hand_over(L, (NCall *)v);
+  } else {
+    out = Py_NewRef(Py_None);
+  }
+  UNLOCK(L);
+  return out;
+}
+
+static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long qid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &qid)) return NULL;
+  LOCK(L);
+  map_del(&L->reserved, KEY(pid, qid));
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* install(caller, export_id, callee, import_id, interface_id, mask, all_methods, audit,
+ *         call_time, ctx): calls from `caller` on its export `export_id` with this
+ * interface (and, unless all_methods, a method whose bit is set in mask) go to
+ * `callee`'s import `import_id`.  Replaces a route of the same key. */
+static void route_drop(Lane *L, Route *r) {
+  map_del(&L->routes, KEY(r->caller, r->export_id));
+  r->live = 0;
+  route_unref(L, r);
+}
+
+static PyObject *Lane_install(Lane *L, PyObject *args) {
+  long caller, callee;
+  unsigned long export_id, import_id;
+  unsigned long long iface, mask;
+  int all_methods, audit;
+  double call_time;
+  PyObject *ctx;
+  if (!PyArg_ParseTuple(args, "lklkKKppdO", &caller, &export_id, &callee, &import_id, &iface,
+                        &mask, &all_methods, &audit, &call_time, &ctx))
+    return NULL;
+  Route *r = calloc(1, sizeof *r);
+  if (!r) return PyErr_NoMemory();
+  r->refs = 1;
+  r->live = 1;
+  r->ctx = Py_NewRef(ctx);
+  r->caller = (int)caller;
+  r->callee = (int)callee;
+  r->export_id = (uint32_t)export_id;
+  r->import_id = (uint32_t)import_id;
+  r->interface_id = iface;
+  r->mask = mask;
+  r->all_methods = all_methods;
+  r->audit = audit;
+  r->call_time = (int64_t)(call_time * 1e9);
+  LOCK(L);
+  Route *old = map_get(&L->routes, KEY(caller, export_id));
+  if (old) route_drop(L, old);
+  if (!peer_get(L, caller) || !peer_get(L, callee) ||
+      map_put(&L->routes, KEY(caller, export_id), r)) {
+    r->live = 0;
+    route_unref(L, r);
+  }
+  UNLOCK(L);
+  Py_RETURN_NONE;
+}
+
+/* uninstall(caller, export_id, take_calls) -> [record]: the route is gone when this
+ * returns; with take_calls, its calls in flight are handed to Python (to fail them) */
+static PyObject *Lane_uninstall(Lane *L, PyObject *args) {
+  long caller;
+  unsigned long export_id;
+  int take;
+  if (!PyArg_ParseTuple(args, "lkp", &caller, &export_id, &take)) return NULL;
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  Route *r = map_get(&L->routes, KEY(caller, export_id));
+  if (r) {
+    r->refs++; /* held across the hand-overs */
+    route_drop(L, r);
+    while (take && r->calls) {
+      PyObject *rec = hand_over(L, r->calls);
+      if (!rec || PyList_Append(out, rec)) {
+        Py_XDECREF(rec);
+        Py_CLEAR(out);
+        break;
+      }
+      Py_DECREF(rec);
+    }
+    route_unref(L, r);
+  }
+  UNLOCK(L);
+  return out;
+}
+
+/* drop_peer(pid) -> [record]: the peer is gone.  Its routes go; calls to it are
+ * handed to Python (to fail them); calls from it become orphans (their returns
+ * are dropped); its answer ids, reservations and finish allowances go. */
+static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  for (size_t i = 0; i < L->routes.cap;) {
+    Route *r = L->routes.keys[i] ? L->routes.vals[i] : NULL;
+    if (r && (r->caller == pid || r->callee == pid)) {
+      route_drop(L, r); /* shifts entries: look at slot i again */
+      continue;
+    }
+    i++;
+  }
+  take_calls(L, out, callee_is, &pid);
+  for (size_t i = 0; i < L->calls.cap; i++) {
+    NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
+    if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
+  }
+  for (Map *m = &L->answers;; m = m == &L->answers ? &L->reserved : &L->nofinish) {
+    for (size_t i = 0; i < m->cap;) {
+      if (m->keys[i] && ((m->keys[i] - 1) >> 32) == (uint64_t)pid) {
+        map_del(m, m->keys[i] - 1);
+        continue;
+      }
+      i++;
+    }
+    if (m == &L->nofinish) break;
+  }
+  Peer *P = peer_get(L, pid);
+  if (P) {
+    P->native_open = P->py_open = P->returned_open = 0;
+    P->nf_len = 0;
+  }
+  UNLOCK(L);
+  return out;
+}
+
+/* expired() -> [record]: native calls past their deadline, handed to Python */
+static PyObject *Lane_expired(Lane *L, PyObject *unused) {
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  if (L->calls.len) {
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    take_calls(L, out, past, &now);
+  }
+  UNLOCK(L);
+  return out;
+}
+
+/* stalled(seconds) -> [pid]: peers that began a message longer ago and have not finished it */
+static PyObject *Lane_stalled(Lane *L, PyObject *args) {
+  double seconds;
+  if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  int64_t limit = now_ns(CLOCK_MONOTONIC) - (int64_t)(seconds * 1e9);
+  for (size_t i = 0; i < L->npeers; i++) {
+    Peer *P = L->peers[i];
+    if (P && !P->closed && P->partial_since && P->partial_since <= limit) {
+      PyObject *n = PyLong_FromLong(P->pid);
+      if (n) PyList_Append(out, n);
+      Py_XDECREF(n);
+    }
+  }
+  UNLOCK(L);
+  return out;
+}
+
+/* drain_audit() -> [(ctx, interface id, method id, wall time, seconds)] */
+static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
+  PyObject *out = PyList_New(0);
+  if (!out) return NULL;
+  LOCK(L);
+  while (L->audit_len) {
+    AuditRec *a = &L->audit[L->audit_head];
+    PyObject *rec = Py_BuildValue("(OKIdd)", a->route->ctx ? a->route->ctx : Py_None,
+                                  (unsigned long long)a->interface_id, a->method_id,
+                                  (double)a->wall0 / 1e9, (double)a->duration / 1e9);
+    if (!rec || PyList_Append(out, rec)) {
+      Py_XDECREF(rec);
+      break; /* the record stays for the next drain */
+    }
+    Py_DECREF(rec);
+    route_unref(L, a->route);
+    L->audit_head = (L->audit_head + 1) % AUDIT_CAPACITY;
+    L->audit_len--;
+  }
+  UNLOCK(L);
+  return out;
+}
+
+static PyObject *Lane_stats(Lane *L, PyObject *unused) {
+  LOCK(L);
+  PyObject *d = Py_BuildValue("{sKsKsKsKsKsKsnsnsn}", "calls", L->c_calls, "returns", L->c_returns,
+                              "to_python", L->c_to_python, "wakeups", L->c_wakeups, "reads",
+                              L->c_reads, "writes", L->c_writes, "routes", (Py_ssize_t)L->routes.len,
+                              "in_flight", (Py_ssize_t)L->calls.len, "audit_pending",
+                              (Py_ssize_t)L->audit_len);
+  UNLOCK(L);
+  return d;
+}
+
+static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }
+
+static PyMethodDef Lane_methods[] = {
+    {"add", (PyCFunction)Lane_add, METH_VARARGS, NULL},
+    {"remove", (PyCFunction)Lane_remove, METH_VARARGS, NULL},
+    {"close", (PyCFunction)Lane_close, METH_VARARGS, NULL},
+    {"write", (PyCFunction)Lane_write, METH_VARARGS, NULL},
+    {"queued", (PyCFunction)Lane_queued, METH_VARARGS, NULL},
+    {"ready", (PyCFunction)Lane_ready, METH_NOARGS, NULL},
+    {"take", (PyCFunction)Lane_take, METH_VARARGS, NULL},
+    {"release", (PyCFunction)Lane_release, METH_VARARGS, NULL},
+    {"set_ok", (PyCFunction)Lane_set_ok, METH_VARARGS, NULL},
+    {"open_answer", (PyCFunction)Lane_open_answer, METH_VARARGS, NULL},
+    {"close_answer", (PyCFunction)Lane_close_answer, METH_VARARGS, NULL},
+    {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
+    {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
+    {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
+    {"idle", (PyCFunction)Lane_idle, METH_VARARGS, NULL},
+    {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},
+    {"unreserve", (PyCFunction)Lane_unreserve, METH_VARARGS, NULL},
+    {"claim_answer", (PyCFunction)Lane_claim_answer, METH_VARARGS, NULL},
+    {"install", (PyCFunction)Lane_install, METH_VARARGS, NULL},
+    {"uninstall", (PyCFunction)Lane_uninstall, METH_VARARGS, NULL},
+    {"drop_peer", (PyCFunction)Lane_drop_peer, METH_VARARGS, NULL},
+    {"expired", (PyCFunction)Lane_expired, METH_NOARGS, NULL},
+    {"stalled", (PyCFunction)Lane_stalled, METH_VARARGS, NULL},
+    {"drain_audit", (PyCFunction)Lane_drain_audit, METH_NOARGS, NULL},
+    {"stats", (PyCFunction)Lane_stats, METH_NOARGS, NULL},
+    {"stop", (PyCFunction)Lane_stop, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Lane_getset[] = {{"event_fd", (getter)Lane_get_event_fd, NULL, NULL, NULL},
+                                    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor._fastlane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_methods = Lane_methods,
+    .tp_getset = Lane_getset,
+};
+
+static PyMethodDef module_methods[] = {{NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "supervisor._fastlane", NULL, -1,
+                                    module_methods};
+
+PyMODINIT_FUNC PyInit__fastlane(void) {
+  if (PyType_Ready(&LaneType) < 0) return NULL;
+  PyObject *m = PyModule_Create(&module);
+  if (!m) return NULL;
+  Py_INCREF(&LaneType);
+  if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+    Py_DECREF(&LaneType);
+    Py_DECREF(m);
+    return NULL;
+  }
+  PyModule_AddIntConstant(m, "NATIVE_QID_BASE", NATIVE_QID_BASE);
+  return m;
+}

@@ -1,0 +1,91 @@
+"""The fast lane: the native forwarding path between engines (issue 14).
+
+`_fastlane.c` (built by `pip install -e .` with the system C compiler) runs
+one thread that owns the engines' sockets: it frames what they send, and
+forwards the plain calls and returns (supervisor/fastwire.h) along *routes*
+the Python router installed, without waking the event loop.  Everything else
+(host calls, first use of a capability, capabilities in payloads, errors,
+anything it does not recognise) goes to Python, in order, and Python stays
+the one authority: a route says only "calls from this caller's export X,
+with interface I and a method in M, go to that callee's import Y", computed
+by the router from the membranes the first call crossed, and the router
+takes it down whenever anything about it changes (docs/design.md, "The fast
+lane", has the invariants between the two sides).
+
+`Lane` is None when the extension is not built; `unavailable` says why, and
+the supervisor then says once at start that calls run slower.
+`WSUPER_NATIVE=0` turns the lane off (benchmarks compare both).
+"""
+from __future__ import annotations
+
+import os
+
+try:
+    from ._fastlane import NATIVE_QID_BASE, Lane
+    unavailable: str | None = None
+except ImportError as e:      # no compiler when it was installed: the Python path only
+    Lane = None
+    NATIVE_QID_BASE = 1 << 31
+    unavailable = f"the native forwarding path is not built ({e})"
+
+
+def enabled() -> str | None:
+    """None if the lane may be used; else why not (for the operator)."""
+    if os.environ.get("WSUPER_NATIVE", "1") == "0":
+        return "the native forwarding path is off (WSUPER_NATIVE=0)"
+    return unavailable
+
+
+class NativeSide:
+    """What a protocol.Connection asks of the lane about its peer (duck-typed there,
+    so capnp_schemas does not import the supervisor): which answer ids are open
+    natively, Finish allowances for answers returned natively, and native calls
+    that Python must take over when their return comes to it."""
+    __slots__ = ("lane", "pid", "router", "imports_limit", "ok")
+
+    def __init__(self, lane, pid: int, router, imports_limit: int):
+        self.lane = lane
+        self.pid = pid
+        self.router = router
+        self.imports_limit = imports_limit
+        self.ok = True
+
+    def open(self, aid: int) -> bool:
+        """Python opens answer `aid`; False if it is open already (on either side)."""
+        return self.lane.open_answer(self.pid, aid)
+
+    def close(self, aid: int):
+        self.lane.close_answer(self.pid, aid)
+
+    def finish_ok(self, aid: int) -> bool:
+        return self.lane.finish_ok(self.pid, aid)
+
+    def in_flight(self) -> int:
+        return self.lane.in_flight(self.pid)
+
+    def claim(self, qid: int):
+        """A return for native question `qid` reached Python: take the call over."""
+        rec = self.lane.claim(self.pid, qid)
+        if rec is not None:
+            self.router.adopt(rec)
+
+    def claim_answer(self, aid: int):
+        """Answer `aid` of this peer, open natively, becomes Python's: "returned" (it
+        was returned and awaits the peer's Finish), "adopted" (a call in flight,
+        now the router's), or None."""
+        rec = self.lane.claim_answer(self.pid, aid)
+        if rec is True:
+            return "returned"
+        if rec is not None:
+            self.router.adopt(rec)
+            return "adopted"
+        return None
+
+    def dropped(self, qid: int):
+        if qid >= NATIVE_QID_BASE:
+            self.lane.unreserve(self.pid, qid)
+
+    def limits_ok(self, ok: bool):
+        if ok != self.ok:
+            self.ok = ok
+            self.lane.set_ok(self.pid, ok)
