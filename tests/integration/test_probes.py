@@ -75,15 +75,20 @@ stdout = {{ host = "log" }}
 
 
 _WRITER = """
-import sys, time
+import os, sys, time
 import capnp_schemas
 from tests.conftest import external_client
 sock, schema_path, prefix, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+gate, gate_at = sys.argv[5], int(sys.argv[6])
 schema = capnp_schemas.load(schema_path)
 
 async def body(gateway):
     store = (await gateway.get("store")).cap.as_interface(schema.Store)
     for i in range(n):
+        if i == gate_at:           # hold here until the test has done what it must first
+            deadline = time.monotonic() + 120
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
         key, value = f"{prefix}{i}", f"v{i}"
         await store.put(key, value)
         got = await store.get(key)
@@ -98,11 +103,14 @@ print("keys", external_client(sock, body, timeout=120), flush=True)
 
 class _Writer(threading.Thread):
     """An external client (a process of its own: pycapnp loads a schema id once per
-    process) putting key i = value i and reading it back, n times."""
+    process) putting key i = value i and reading it back, n times; before the
+    `gate_at`-th it waits for the file `gate` (`open_gate`), so that however fast
+    calls are, some are made after whatever the test does first."""
 
-    def __init__(self, sock, schema_path, prefix, n):
+    def __init__(self, sock, schema_path, prefix, n, gate, gate_at):
         super().__init__(daemon=True)
-        self.args = [str(sock), str(schema_path), prefix, str(n)]
+        self.gate = gate
+        self.args = [str(sock), str(schema_path), prefix, str(n), str(gate), str(gate_at)]
         self.done = 0
         self.keys = None
         self.errors = []
@@ -122,6 +130,9 @@ class _Writer(threading.Thread):
         if p.wait() != 0:
             self.errors.append(f"exit {p.returncode}")
 
+    def open_gate(self):
+        open(self.gate, "w").close()
+
     def wait_for(self, n, timeout=60):
         deadline = time.monotonic() + timeout
         while self.done < n and self.is_alive() and time.monotonic() < deadline:
@@ -135,7 +146,7 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
     run.wait_for("ready store")
     # one writer: the store (plain C stdio) is not written for a second caller
     # re-entering it while it waits on its own file operations
-    writer = _Writer(sock, kv / "kv.capnp", "k", 200)
+    writer = _Writer(sock, kv / "kv.capnp", "k", 200, tmp_path / "gate", 100)
     writer.start()
     writer.wait_for(20)
 
@@ -144,7 +155,8 @@ def test_function_coverage_of_the_running_kv_store(plugins, tmp_path, wsuper):
     r = _probe(system, "store", "add", "dispatch", "--point", "blocks",
                "--functions", "wsuper_dispatch")
     assert r.returncode == 0, r.stderr
-    before = writer.done
+    before = writer.done                   # at most 100: it waits for the gate
+    writer.open_gate()
     writer.wait_for(before + 40)
     r = _probe(system, "store", "list", "--json")
     assert r.returncode == 0, r.stderr
