@@ -482,6 +482,10 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   uint64_t size = o->content ? 8 * n : 0;
   if (size > B->message_size) return 0;
   if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
+  /* max_unfinished (protocol.py) is one count of both sides' answers returned and
+   * not finished (Python's plus returned_open, Connection._new_answer): a call is
+   * forwarded only well below it (py_open counts every answer open in Python, its
+   * unfinished ones among them); near it, Python judges the call */
   if (A->native_open + A->py_open + 1 > A->in_flight ||
       A->py_open + A->returned_open + 1 >= NOFINISH_RING)
     return 0;
@@ -1130,6 +1134,20 @@ static PyObject *Lane_idle(Lane *L, PyObject *args) {
   return PyFloat_FromDouble(idle);
 }
 
+/* unfinished(pid) -> answers returned natively to the peer (an external client) and
+ * not finished by it: protocol.Connection adds them to its own count, so that
+ * max_unfinished bounds the answers of both sides together */
+static PyObject *Lane_unfinished(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  long n = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) n = P->returned_open;
+  UNLOCK(L);
+  return PyLong_FromLong(n);
+}
+
 static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
@@ -1505,6 +1523,7 @@ static PyMethodDef Lane_methods[] = {
     {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
+    {"unfinished", (PyCFunction)Lane_unfinished, METH_VARARGS, NULL},
     {"idle", (PyCFunction)Lane_idle, METH_VARARGS, NULL},
     {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},
     {"unreserve", (PyCFunction)Lane_unreserve, METH_VARARGS, NULL},

@@ -43,7 +43,7 @@ def params(n=5):
 class Engine:
     """An engine: a Connection on a socket, driven by hand."""
 
-    def __init__(self, sup, name, grants=(), exports=False):
+    def __init__(self, sup, name, grants=(), exports=False, external=False):
         self.sup, self.name, self.exports = sup, name, exports
         self.conn = P.Connection(name)
         self.control, self.main = object(), object()
@@ -54,7 +54,7 @@ class Engine:
         limits = sup.router.peers[self.pid].limits
         sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
                      R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
-                     512, limits.message_size, limits.in_flight)
+                     512, limits.message_size, limits.in_flight, external)
         sup.router.lane_peer(self.pid)
         sup.engines[self.pid] = self
         sup.perform(effects)
@@ -595,6 +595,30 @@ def test_a_bad_segment_count_is_judged_on_its_four_bytes(sup):
     app.until(lambda: app.pid in s.closed or app.pid not in s.router.peers, timeout=1.0)
     calc.until(lambda: True)
     assert calc.pid not in s.closed
+
+
+def test_answers_returned_natively_count_toward_max_unfinished(sup):
+    """One count of answers returned and never finished: the ones the lane
+    returned to a client that must finish them (an external one) count in the
+    Connection's max_unfinished with Python's own, so the client is cut off at
+    the limit, not at the limit plus what the lane returned."""
+    s = sup({"calc": CALC, "app": None})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")], external=True)
+    for i in range(5):                             # the first through Python, then natively
+        app.call()
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    conn = s.router.peers[app.pid].conn
+    native = s.lane.unfinished(app.pid)
+    assert native >= 4 and conn.native.unfinished() == native
+    total = conn.unfinished + native
+    conn.max_unfinished = total                    # at the limit, counting both sides
+    app.send(app.conn.send_bootstrap()[1])         # not plain: Python judges it
+    app.until(lambda: app.pid in s.closed)
+    assert any(f"{total} answers were returned and never finished" in getattr(e, "text", "")
+               for e in s.other)
 
 
 # A route context and garbage whose finalizers call the lane, run while the lane
