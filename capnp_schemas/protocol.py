@@ -283,8 +283,9 @@ class Connection:
         self._eids = _IdAllocator()
         self.closed: str | None = None
         # The supervisor's native forwarding path (supervisor/fastlane.NativeSide),
-        # or None: answer ids open natively count as open here, and native
-        # question ids (>= 2^31) are never this side's to allocate.
+        # or None: answer ids open natively count as open here, answers it
+        # returned and the peer has not finished count against max_unfinished
+        # here, and native question ids (>= 2^31) are never this side's to allocate.
         self.native = None
 
     @property
@@ -374,9 +375,12 @@ class Connection:
     def _new_answer(self, aid):
         if aid in self.answers:
             raise ProtocolError(f"question id {aid} is already in use")
-        if self._unfinished >= self.max_unfinished:
+        unfinished = self._unfinished
+        if self.native is not None:          # one count: the native path's answers too
+            unfinished += self.native.unfinished()
+        if unfinished >= self.max_unfinished:
             raise ProtocolError(
-                f"{self._unfinished} answers were returned and never finished "
+                f"{unfinished} answers were returned and never finished "
                 f"(limit max_unfinished = {self.max_unfinished}): send Finish for them")
         if self._kept > self.max_kept_bytes:
             raise ProtocolError(

@@ -8,6 +8,14 @@
  * queue, so nothing interleaves.  One mutex guards every table; the thread
  * never touches a Python object, and Python-facing functions never block.
  *
+ * No Python code runs while the mutex is held: with it, the Python-facing
+ * functions read and change only C data (they copy what they return into C
+ * records, and may take a reference with Py_INCREF, which runs nothing); they
+ * build Python objects, and drop references (which may run finalizers and the
+ * garbage collector, and so any Python code, a Lane method included), only
+ * after unlocking.  A route that died is detached with the mutex held and its
+ * context released after (unlock(), reap()).
+ *
  * Invariants (docs/design.md, "The fast lane"):
  *  - a peer's messages are handled in order: once one went to Python, the
  *    peer is *held* and every later one goes to Python too, until Python
@@ -196,7 +204,9 @@ typedef struct NCall { /* a call forwarded natively, not yet returned */
   uint32_t method_id;
   int64_t t0, wall0, deadline;
   int orphan; /* its caller is gone: the return is dropped */
-  struct NCall *prev, *next; /* the route's calls in flight */
+  struct NCall *prev, *next; /* the route's calls in flight; once handed over, the list of them */
+  PyObject *ctx; /* handed over: a reference to its route's context, for the record */
+  double age;    /* handed over: seconds since it began */
 } NCall;
 
 typedef struct Route {
@@ -270,6 +280,7 @@ typedef struct {
   Peer *dirty;
   AuditRec *audit;
   size_t audit_head, audit_len;
+  int draining; /* drain_audit() is building records of the first ones (they stay until built) */
   /* counters, for profiles */
   uint64_t c_calls, c_returns, c_to_python, c_wakeups, c_reads, c_writes;
 } Lane;
@@ -290,10 +301,17 @@ static void route_unref(Lane *L, Route *r) {
   }
 }
 
-static void reap(Lane *L) { /* with the GIL and the mutex */
-  while (L->zombies) {
-    Route *r = L->zombies;
-    L->zombies = r->next_zombie;
+/* The routes that died, detached with the mutex held; reap() frees them after it is released. */
+static Route *detach_zombies(Lane *L) {
+  Route *z = L->zombies;
+  L->zombies = NULL;
+  return z;
+}
+
+static void reap(Route *z) { /* with the GIL, never with the mutex: a decref may run Python code */
+  while (z) {
+    Route *r = z;
+    z = r->next_zombie;
     Py_XDECREF(r->ctx);
     free(r);
   }
@@ -464,6 +482,10 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   uint64_t size = o->content ? 8 * n : 0;
   if (size > B->message_size) return 0;
   if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
+  /* max_unfinished (protocol.py) is one count of both sides' answers returned and
+   * not finished (Python's plus returned_open, Connection._new_answer): a call is
+   * forwarded only well below it (py_open counts every answer open in Python, its
+   * unfinished ones among them); near it, Python judges the call */
   if (A->native_open + A->py_open + 1 > A->in_flight ||
       A->py_open + A->returned_open + 1 >= NOFINISH_RING)
     return 0;
@@ -686,10 +708,18 @@ static void *lane_thread(void *arg) {
 
 /* ------------------------------------------------------------ Python */
 
-#define LOCK(L)                                                                                    \
-  pthread_mutex_lock(&(L)->mu);                                                                    \
-  reap(L)
-#define UNLOCK(L) pthread_mutex_unlock(&(L)->mu)
+/* Between LOCK and UNLOCK only C data is read and changed: no Python object is
+ * built or released (see the top of this file).  UNLOCK releases the mutex and
+ * then the routes that died meanwhile. */
+#define LOCK(L) pthread_mutex_lock(&(L)->mu)
+
+static Route *unlock(Lane *L) {
+  Route *z = detach_zombies(L);
+  pthread_mutex_unlock(&L->mu);
+  return z;
+}
+
+#define UNLOCK(L) reap(unlock(L))
 
 static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
   if (!PyArg_ParseTuple(args, "")) return -1;
@@ -761,7 +791,7 @@ static void Lane_dealloc(Lane *L) {
       }
     for (size_t i = 0; i < L->audit_len; i++)
       route_unref(L, L->audit[(L->audit_head + i) % AUDIT_CAPACITY].route);
-    reap(L);
+    reap(detach_zombies(L)); /* the thread is gone: no mutex to hold */
     map_free(&L->routes);
     map_free(&L->calls);
     map_free(&L->answers);
@@ -908,66 +938,92 @@ static PyObject *Lane_ready(Lane *L, PyObject *unused) {
   ssize_t k = read(L->evfd, &v, 8);
   (void)k;
   LOCK(L);
-  PyObject *out = PyList_New(0);
-  for (size_t i = 0; out && i < L->nready; i++) {
-    Peer *P = peer_get(L, L->ready[i]);
-    if (L->ready[i] < 0 || !P) continue;
+  int *ready = L->ready; /* ours now: the thread starts a new list */
+  size_t n = 0;
+  for (size_t i = 0; i < L->nready; i++) {
+    Peer *P = peer_get(L, ready[i]);
+    if (ready[i] < 0 || !P) continue;
     P->in_ready = 0;
-    PyObject *n = PyLong_FromLong(L->ready[i]);
-    if (!n || PyList_Append(out, n)) Py_CLEAR(out);
-    Py_XDECREF(n);
+    ready[n++] = ready[i];
   }
-  L->nready = 0;
+  L->ready = NULL;
+  L->nready = L->ready_cap = 0;
   UNLOCK(L);
+  PyObject *out = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; out && i < n; i++) {
+    PyObject *v = PyLong_FromLong(ready[i]);
+    if (!v) Py_CLEAR(out);
+    else PyList_SET_ITEM(out, (Py_ssize_t)i, v);
+  }
+  free(ready);
   return out;
+}
+
+static void free_items(Item *it) {
+  while (it) {
+    Item *next = it->next;
+    buf_free(&it->data);
+    free(it);
+    it = next;
+  }
 }
 
 /* take(pid) -> [bytes | None (end) | int (errno)]: what Python must handle, in order */
 static PyObject *Lane_take(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
   LOCK(L);
   Peer *P = peer_get(L, pid);
+  Item *items = NULL; /* ours now */
+  int lost = 0, found = P != NULL;
   if (P) {
-    Item *it = P->qhead;
+    items = P->qhead;
     P->qhead = P->qtail = NULL;
     P->qbytes = 0;
+    lost = P->lost; /* input was dropped: the stream ends after these, with the reason */
+    P->lost = 0;
     epoll_set(L, P);
-    while (it) {
-      Item *next = it->next;
-      PyObject *v;
-      if (it->kind == ITEM_BYTES)
-        v = PyBytes_FromStringAndSize((const char *)it->data.p + it->data.off, buf_size(&it->data));
-      else if (it->kind == ITEM_EOF)
-        v = Py_NewRef(Py_None);
-      else
-        v = PyLong_FromLong(it->err);
-      if (!v || PyList_Append(out, v)) Py_CLEAR(out);
-      Py_XDECREF(v);
-      buf_free(&it->data);
-      free(it);
-      it = next;
-      if (!out) { /* out of memory: drop the rest, and say the stream ended */
-        while (it) {
-          next = it->next;
-          buf_free(&it->data);
-          free(it);
-          it = next;
-        }
-        P->closed = 1;
-        epoll_set(L, P);
-      }
-    }
-    if (out && P->lost) { /* input was dropped: the stream ends here, with the reason */
-      PyObject *v = PyLong_FromLong(P->lost);
-      if (!v || PyList_Append(out, v)) Py_CLEAR(out);
-      Py_XDECREF(v);
-      P->lost = 0;
-    }
   }
   UNLOCK(L);
+  PyObject *out = PyList_New(0);
+  for (Item *it = items; out && it; it = it->next) {
+    PyObject *v;
+    if (it->kind == ITEM_BYTES)
+      v = PyBytes_FromStringAndSize((const char *)it->data.p + it->data.off, buf_size(&it->data));
+    else if (it->kind == ITEM_EOF)
+      v = Py_NewRef(Py_None);
+    else
+      v = PyLong_FromLong(it->err);
+    if (!v || PyList_Append(out, v)) Py_CLEAR(out);
+    Py_XDECREF(v);
+  }
+  if (out && lost) {
+    PyObject *v = PyLong_FromLong(lost);
+    if (!v || PyList_Append(out, v)) Py_CLEAR(out);
+    Py_XDECREF(v);
+  }
+  free_items(items);
+  if (!out && found) {
+    /* Out of memory: what was taken is lost.  As in lose_input: nothing more is
+     * read from the peer, what came after it is dropped too (never a message
+     * missing from the middle of a stream), and the next take() ends the stream
+     * with the reason. */
+    LOCK(L);
+    Peer *Q = peer_get(L, pid); /* peer ids are never reused */
+    Item *later = NULL;
+    if (Q) {
+      later = Q->qhead;
+      Q->qhead = Q->qtail = NULL;
+      Q->qbytes = 0;
+      if (!Q->lost) Q->lost = lost ? lost : ENOMEM;
+      Q->closed = 1;
+      Q->held = 1;
+      epoll_set(L, Q);
+      signal_python(L, Q);
+    }
+    UNLOCK(L);
+    free_items(later);
+  }
   return out;
 }
 
@@ -1078,6 +1134,20 @@ static PyObject *Lane_idle(Lane *L, PyObject *args) {
   return PyFloat_FromDouble(idle);
 }
 
+/* unfinished(pid) -> answers returned natively to the peer (an external client) and
+ * not finished by it: protocol.Connection adds them to its own count, so that
+ * max_unfinished bounds the answers of both sides together */
+static PyObject *Lane_unfinished(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  long n = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P) n = P->returned_open;
+  UNLOCK(L);
+  return PyLong_FromLong(n);
+}
+
 static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
@@ -1089,15 +1159,14 @@ static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
   return PyLong_FromLong(n);
 }
 
-/* A native call handed to Python: (ctx, caller, answer id, callee, question id,
- * interface id, method id, seconds since it began, wall time it began, orphan).
- * Its answer id becomes Python's; its question id stays reserved. */
-static PyObject *hand_over(Lane *L, NCall *c) {
-  int64_t now = now_ns(CLOCK_MONOTONIC);
-  PyObject *rec = Py_BuildValue("(OiIiIKIddi)", c->route->ctx ? c->route->ctx : Py_None,
-                                c->caller, c->aid, c->callee, c->qid,
-                                (unsigned long long)c->interface_id, c->method_id,
-                                (double)(now - c->t0) / 1e9, (double)c->wall0 / 1e9, c->orphan);
+/* A native call handed to Python (with the mutex): it leaves the lane's tables,
+ * its answer id becomes Python's and its question id stays reserved.  The call
+ * itself, appended to the list *tail points at, carries what the record needs
+ * (a reference to its route's context, taken with Py_INCREF, which runs no
+ * Python code); handed_records() builds the records once the mutex is released. */
+static void hand_over(Lane *L, NCall *c, NCall ***tail) {
+  c->age = (double)(now_ns(CLOCK_MONOTONIC) - c->t0) / 1e9;
+  c->ctx = Py_NewRef(c->route->ctx ? c->route->ctx : Py_None);
   if (!c->orphan) {
     Peer *A = peer_get(L, c->caller);
     if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) {
@@ -1110,20 +1179,41 @@ static PyObject *hand_over(Lane *L, NCall *c) {
   }
   map_put(&L->reserved, KEY(c->callee, c->qid), RESERVED);
   ncall_forget(L, c, 1);
-  route_unref(L, c->route);
-  free(c);
-  return rec;
+  route_unref(L, c->route); /* the route may be freed now: the call keeps only ctx */
+  c->route = NULL;
+  c->next = NULL;
+  **tail = c;
+  *tail = &c->next;
 }
 
-/* Hand every native call that `pick` chooses to Python, its record appended to out. */
-static void take_calls(Lane *L, PyObject *out, int (*pick)(const NCall *, const void *),
-                       const void *arg) {
+/* Without the mutex: the records of the calls handed over, (ctx, caller, answer id,
+ * callee, question id, interface id, method id, seconds since it began, wall time
+ * it began, orphan), appended to out in order; the calls are freed.  NULL (and
+ * out released) if a record cannot be made. */
+static PyObject *handed_records(NCall *c, PyObject *out) {
+  while (c) {
+    NCall *next = c->next;
+    if (out) {
+      PyObject *rec = Py_BuildValue("(OiIiIKIddi)", c->ctx, c->caller, c->aid, c->callee, c->qid,
+                                    (unsigned long long)c->interface_id, c->method_id, c->age,
+                                    (double)c->wall0 / 1e9, c->orphan);
+      if (!rec || PyList_Append(out, rec)) Py_CLEAR(out);
+      Py_XDECREF(rec);
+    }
+    Py_DECREF(c->ctx);
+    free(c);
+    c = next;
+  }
+  return out;
+}
+
+/* Hand every native call that `pick` chooses to Python (with the mutex). */
+static void take_calls(Lane *L, int (*pick)(const NCall *, const void *), const void *arg,
+                       NCall ***tail) {
   for (size_t i = 0; i < L->calls.cap;) {
     NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
     if (c && pick(c, arg)) {
-      PyObject *rec = hand_over(L, c);
-      if (rec) PyList_Append(out, rec);
-      Py_XDECREF(rec);
+      hand_over(L, c, tail);
       continue; /* the deletion shifted another entry into slot i (or none) */
     }
     i++;
@@ -1139,10 +1229,16 @@ static PyObject *Lane_claim(Lane *L, PyObject *args) {
   long pid;
   unsigned long qid;
   if (!PyArg_ParseTuple(args, "lk", &pid, &qid)) return NULL;
+  NCall *handed = NULL, **tail = &handed;
   LOCK(L);
   NCall *c = map_get(&L->calls, KEY(pid, qid));
-  PyObject *rec = c ? hand_over(L, c) : Py_NewRef(Py_None);
+  if (c) hand_over(L, c, &tail);
   UNLOCK(L);
+  if (!handed) Py_RETURN_NONE;
+  PyObject *out = handed_records(handed, PyList_New(0));
+  if (!out) return NULL;
+  PyObject *rec = Py_NewRef(PyList_GET_ITEM(out, 0));
+  Py_DECREF(out);
   return rec;
 }
 
@@ -1153,22 +1249,27 @@ static PyObject *Lane_claim_answer(Lane *L, PyObject *args) {
   long pid;
   unsigned long aid;
   if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  NCall *handed = NULL, **tail = &handed;
+  int returned = 0;
   LOCK(L);
-  PyObject *out;
   void *v = map_get(&L->answers, KEY(pid, aid));
   Peer *P = peer_get(L, pid);
   if (v == RETURNED && P) {
     map_put(&L->answers, KEY(pid, aid), PYOPEN);
     P->returned_open--;
     P->py_open++;
-    out = Py_NewRef(Py_True);
+    returned = 1;
   } else if (v && v != PYOPEN && v != RETURNED) {
-    out = hand_over(L, (NCall *)v);
-  } else {
-    out = Py_NewRef(Py_None);
+    hand_over(L, (NCall *)v, &tail);
   }
   UNLOCK(L);
-  return out;
+  if (returned) Py_RETURN_TRUE;
+  if (!handed) Py_RETURN_NONE;
+  PyObject *out = handed_records(handed, PyList_New(0));
+  if (!out) return NULL;
+  PyObject *rec = Py_NewRef(PyList_GET_ITEM(out, 0));
+  Py_DECREF(out);
+  return rec;
 }
 
 static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
@@ -1234,26 +1335,17 @@ static PyObject *Lane_uninstall(Lane *L, PyObject *args) {
   unsigned long export_id;
   int take;
   if (!PyArg_ParseTuple(args, "lkp", &caller, &export_id, &take)) return NULL;
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
+  NCall *handed = NULL, **tail = &handed;
   LOCK(L);
   Route *r = map_get(&L->routes, KEY(caller, export_id));
   if (r) {
     r->refs++; /* held across the hand-overs */
     route_drop(L, r);
-    while (take && r->calls) {
-      PyObject *rec = hand_over(L, r->calls);
-      if (!rec || PyList_Append(out, rec)) {
-        Py_XDECREF(rec);
-        Py_CLEAR(out);
-        break;
-      }
-      Py_DECREF(rec);
-    }
+    while (take && r->calls) hand_over(L, r->calls, &tail);
     route_unref(L, r);
   }
   UNLOCK(L);
-  return out;
+  return handed_records(handed, PyList_New(0));
 }
 
 /* drop_peer(pid) -> [record]: the peer is gone.  Its routes go; calls to it are
@@ -1262,8 +1354,7 @@ static PyObject *Lane_uninstall(Lane *L, PyObject *args) {
 static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
+  NCall *handed = NULL, **tail = &handed;
   LOCK(L);
   for (size_t i = 0; i < L->routes.cap;) {
     Route *r = L->routes.keys[i] ? L->routes.vals[i] : NULL;
@@ -1273,7 +1364,7 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
     }
     i++;
   }
-  take_calls(L, out, callee_is, &pid);
+  take_calls(L, callee_is, &pid, &tail);
   for (size_t i = 0; i < L->calls.cap; i++) {
     NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
     if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
@@ -1294,74 +1385,125 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
     P->nf_len = 0;
   }
   UNLOCK(L);
-  return out;
+  return handed_records(handed, PyList_New(0));
 }
 
 /* expired() -> [record]: native calls past their deadline, handed to Python */
 static PyObject *Lane_expired(Lane *L, PyObject *unused) {
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
+  NCall *handed = NULL, **tail = &handed;
   LOCK(L);
   if (L->calls.len) {
     int64_t now = now_ns(CLOCK_MONOTONIC);
-    take_calls(L, out, past, &now);
+    take_calls(L, past, &now, &tail);
   }
   UNLOCK(L);
-  return out;
+  return handed_records(handed, PyList_New(0));
 }
 
 /* stalled(seconds) -> [pid]: peers that began a message longer ago and have not finished it */
 static PyObject *Lane_stalled(Lane *L, PyObject *args) {
   double seconds;
   if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
+  int *pids = NULL;
+  size_t n = 0;
+  int nomem = 0;
   LOCK(L);
   int64_t limit = now_ns(CLOCK_MONOTONIC) - (int64_t)(seconds * 1e9);
   for (size_t i = 0; i < L->npeers; i++) {
     Peer *P = L->peers[i];
     if (P && !P->closed && P->partial_since && P->partial_since <= limit) {
-      PyObject *n = PyLong_FromLong(P->pid);
-      if (n) PyList_Append(out, n);
-      Py_XDECREF(n);
+      if (!pids && !(pids = malloc(L->npeers * sizeof *pids))) {
+        nomem = 1;
+        break;
+      }
+      pids[n++] = P->pid;
     }
   }
   UNLOCK(L);
+  PyObject *out = nomem ? PyErr_NoMemory() : PyList_New(0);
+  for (size_t i = 0; out && i < n; i++) {
+    PyObject *v = PyLong_FromLong(pids[i]);
+    if (v) PyList_Append(out, v);
+    Py_XDECREF(v);
+  }
+  free(pids);
   return out;
 }
 
-/* drain_audit() -> [(ctx, interface id, method id, wall time, seconds)] */
+/* drain_audit() -> [(ctx, interface id, method id, wall time, seconds)]
+ *
+ * The first records are copied with the mutex held (each with a reference to its
+ * route's context), their Python records built without it, and only the ones
+ * built are then removed: a record that could not be built stays for the next
+ * drain.  Meanwhile `draining` keeps another drain (a finalizer's, another
+ * thread's) from reporting the same records twice: it finds none. */
+typedef struct {
+  PyObject *ctx;
+  uint64_t interface_id;
+  uint32_t method_id;
+  int64_t wall0, duration;
+} AuditCopy;
+
 static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
-  PyObject *out = PyList_New(0);
-  if (!out) return NULL;
+  AuditCopy *copy = NULL;
+  size_t n = 0;
+  int nomem = 0;
   LOCK(L);
-  while (L->audit_len) {
-    AuditRec *a = &L->audit[L->audit_head];
-    PyObject *rec = Py_BuildValue("(OKIdd)", a->route->ctx ? a->route->ctx : Py_None,
-                                  (unsigned long long)a->interface_id, a->method_id,
-                                  (double)a->wall0 / 1e9, (double)a->duration / 1e9);
-    if (!rec || PyList_Append(out, rec)) {
-      Py_XDECREF(rec);
-      break; /* the record stays for the next drain */
+  if (!L->draining && L->audit_len) {
+    n = L->audit_len;
+    copy = malloc(n * sizeof *copy);
+    if (copy) {
+      for (size_t i = 0; i < n; i++) {
+        AuditRec *a = &L->audit[(L->audit_head + i) % AUDIT_CAPACITY];
+        copy[i] = (AuditCopy){Py_NewRef(a->route->ctx ? a->route->ctx : Py_None), a->interface_id,
+                              a->method_id, a->wall0, a->duration};
+      }
+      L->draining = 1;
+    } else {
+      nomem = 1;
+      n = 0;
     }
-    Py_DECREF(rec);
-    route_unref(L, a->route);
-    L->audit_head = (L->audit_head + 1) % AUDIT_CAPACITY;
-    L->audit_len--;
   }
   UNLOCK(L);
+  if (nomem) return PyErr_NoMemory();
+  PyObject *out = PyList_New(0);
+  size_t built = 0;
+  for (; out && built < n; built++) {
+    AuditCopy *a = &copy[built];
+    PyObject *rec = Py_BuildValue("(OKIdd)", a->ctx, (unsigned long long)a->interface_id,
+                                  a->method_id, (double)a->wall0 / 1e9, (double)a->duration / 1e9);
+    if (!rec || PyList_Append(out, rec)) {
+      Py_XDECREF(rec);
+      PyErr_Clear(); /* the rest stay for the next drain; these are returned */
+      break;
+    }
+    Py_DECREF(rec);
+  }
+  if (n) {
+    LOCK(L);
+    for (size_t i = 0; i < built; i++) {
+      route_unref(L, L->audit[L->audit_head].route);
+      L->audit_head = (L->audit_head + 1) % AUDIT_CAPACITY;
+      L->audit_len--;
+    }
+    L->draining = 0;
+    UNLOCK(L);
+  }
+  for (size_t i = 0; i < n; i++) Py_DECREF(copy[i].ctx);
+  free(copy);
   return out;
 }
 
 static PyObject *Lane_stats(Lane *L, PyObject *unused) {
   LOCK(L);
-  PyObject *d = Py_BuildValue("{sKsKsKsKsKsKsnsnsn}", "calls", L->c_calls, "returns", L->c_returns,
-                              "to_python", L->c_to_python, "wakeups", L->c_wakeups, "reads",
-                              L->c_reads, "writes", L->c_writes, "routes", (Py_ssize_t)L->routes.len,
-                              "in_flight", (Py_ssize_t)L->calls.len, "audit_pending",
-                              (Py_ssize_t)L->audit_len);
+  unsigned long long calls = L->c_calls, returns = L->c_returns, to_python = L->c_to_python,
+                     wakeups = L->c_wakeups, reads = L->c_reads, writes = L->c_writes;
+  Py_ssize_t routes = (Py_ssize_t)L->routes.len, in_flight = (Py_ssize_t)L->calls.len,
+             audit_pending = (Py_ssize_t)L->audit_len;
   UNLOCK(L);
-  return d;
+  return Py_BuildValue("{sKsKsKsKsKsKsnsnsn}", "calls", calls, "returns", returns, "to_python",
+                       to_python, "wakeups", wakeups, "reads", reads, "writes", writes, "routes",
+                       routes, "in_flight", in_flight, "audit_pending", audit_pending);
 }
 
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }
@@ -1381,6 +1523,7 @@ static PyMethodDef Lane_methods[] = {
     {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
+    {"unfinished", (PyCFunction)Lane_unfinished, METH_VARARGS, NULL},
     {"idle", (PyCFunction)Lane_idle, METH_VARARGS, NULL},
     {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},
     {"unreserve", (PyCFunction)Lane_unreserve, METH_VARARGS, NULL},

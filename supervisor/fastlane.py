@@ -39,8 +39,9 @@ def enabled() -> str | None:
 class NativeSide:
     """What a protocol.Connection asks of the lane about its peer (duck-typed there,
     so capnp_schemas does not import the supervisor): which answer ids are open
-    natively, Finish allowances for answers returned natively, and native calls
-    that Python must take over when their return comes to it."""
+    natively, Finish allowances for answers returned natively, how many of those
+    are not finished, and native calls that Python must take over when their
+    return comes to it."""
     __slots__ = ("lane", "pid", "router", "imports_limit", "ok")
 
     def __init__(self, lane, pid: int, router, imports_limit: int):
@@ -62,6 +63,11 @@ class NativeSide:
 
     def in_flight(self) -> int:
         return self.lane.in_flight(self.pid)
+
+    def unfinished(self) -> int:
+        """Answers returned natively to the peer (an external client) that it has not
+        finished: the Connection bounds them together with its own (max_unfinished)."""
+        return self.lane.unfinished(self.pid)
 
     def claim(self, qid: int):
         """A return for native question `qid` reached Python: take the call over."""

@@ -12,6 +12,8 @@ import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -41,7 +43,7 @@ def params(n=5):
 class Engine:
     """An engine: a Connection on a socket, driven by hand."""
 
-    def __init__(self, sup, name, grants=(), exports=False):
+    def __init__(self, sup, name, grants=(), exports=False, external=False):
         self.sup, self.name, self.exports = sup, name, exports
         self.conn = P.Connection(name)
         self.control, self.main = object(), object()
@@ -52,7 +54,7 @@ class Engine:
         limits = sup.router.peers[self.pid].limits
         sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
                      R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
-                     512, limits.message_size, limits.in_flight)
+                     512, limits.message_size, limits.in_flight, external)
         sup.router.lane_peer(self.pid)
         sup.engines[self.pid] = self
         sup.perform(effects)
@@ -593,3 +595,142 @@ def test_a_bad_segment_count_is_judged_on_its_four_bytes(sup):
     app.until(lambda: app.pid in s.closed or app.pid not in s.router.peers, timeout=1.0)
     calc.until(lambda: True)
     assert calc.pid not in s.closed
+
+
+def test_answers_returned_natively_count_toward_max_unfinished(sup):
+    """One count of answers returned and never finished: the ones the lane
+    returned to a client that must finish them (an external one) count in the
+    Connection's max_unfinished with Python's own, so the client is cut off at
+    the limit, not at the limit plus what the lane returned."""
+    s = sup({"calc": CALC, "app": None})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")], external=True)
+    for i in range(5):                             # the first through Python, then natively
+        app.call()
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    conn = s.router.peers[app.pid].conn
+    native = s.lane.unfinished(app.pid)
+    assert native >= 4 and conn.native.unfinished() == native
+    total = conn.unfinished + native
+    conn.max_unfinished = total                    # at the limit, counting both sides
+    app.send(app.conn.send_bootstrap()[1])         # not plain: Python judges it
+    app.until(lambda: app.pid in s.closed)
+    assert any(f"{total} answers were returned and never finished" in getattr(e, "text", "")
+               for e in s.other)
+
+
+# A route context and garbage whose finalizers call the lane, run while the lane
+# reaps routes and builds records (tests/unit/test_fastlane.py, below).
+_FINALIZERS = r"""
+import gc, select, socket, struct
+from capnp_schemas import protocol as P
+from capnp_schemas.protocol import Content
+from supervisor._fastlane import Lane
+
+IFACE = 0xC0FFEE0000000001
+lane = Lane()
+from_finalizers = []
+
+
+def peer(pid):
+    ours, theirs = socket.socketpair()
+    lane.add(pid, ours.detach(), 1 << 20, 1 << 24, (1 << 20) + 64, 512, 1 << 23, 64)
+    return theirs
+
+
+def receive(sock, conn):
+    r, _, _ = select.select([sock], [], [], 5)
+    assert r, "nothing forwarded"
+    return conn.receive(sock.recv(1 << 20))
+
+
+app, calc = peer(1), peer(2)
+app_conn, calc_conn = P.Connection("app"), P.Connection("calc")
+app_conn.imports[7] = 1
+eid = calc_conn._export(object())
+params = Content.standalone([struct.pack("<QQ", 1 << 32, 5)])
+
+
+class Ctx:
+    def __del__(self):
+        from_finalizers.append(lane.stats())
+
+
+class Garbage:
+    # a cycle whose finalizer calls the lane and leaves another such cycle: with
+    # gc.set_threshold(1) a collection, and so a Lane method, may run at any
+    # allocation, the lane's own included
+    live = True
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        from_finalizers.append(lane.stats())
+        if Garbage.live:
+            Garbage()
+
+
+def call():
+    app.sendall(app_conn.send_call(7, IFACE, 0, params)[1])
+    (ev,) = receive(calc, calc_conn)
+    return ev
+
+
+lane.install(1, 7, 2, eid, IFACE, 0, True, True, 30.0, Ctx())
+first = call()
+assert first.answer_id >= 1 << 31
+calc.sendall(calc_conn.send_return(first.answer_id, params, no_finish=True))
+receive(app, app_conn)                          # returned natively, audited
+second = call()                                 # in flight natively
+app.sendall(app_conn.send_bootstrap()[1])       # not plain: queued for Python
+
+if GC:
+    gc.set_threshold(1)
+    Garbage()
+select.select([lane.event_fd], [], [], 5)
+assert lane.ready() == [1]
+assert len(lane.take(1)) == 1
+lane.release(1)
+assert len(lane.drain_audit()) == 1
+lane.stalled(0.0)
+lane.expired()
+rec = lane.claim(2, second.answer_id)
+assert rec is not None and isinstance(rec[0], Ctx)
+del rec
+third = call()
+assert len(lane.uninstall(1, 7, True)) == 1     # the route dies; its context goes with the record
+before = len(from_finalizers)
+lane.install(1, 7, 2, eid, IFACE, 0, True, False, 30.0, Ctx())
+lane.install(1, 7, 2, eid, IFACE, 0, True, False, 30.0, Ctx())   # replaces it: reaped
+assert len(from_finalizers) > before
+fourth = call()
+assert len(lane.drop_peer(2)) == 1
+assert lane.uninstall(1, 7, False) == []
+Garbage.live = False
+gc.set_threshold(700)
+gc.collect()
+lane.stop()
+print("ok", len(from_finalizers))
+"""
+
+
+@pytest.mark.parametrize("gc_pressure", [False, True])
+def test_finalizers_may_call_the_lane(gc_pressure):
+    """No Python code runs while the lane's mutex is held: a route's context whose
+    finalizer calls a Lane method is released after the mutex (a route replaced,
+    uninstalled, its calls taken over), and with a collection possible at every
+    allocation, finalizers that call the lane run while it takes, drains, hands
+    calls over and drops a peer.  Before, the main thread deadlocked on its own
+    mutex.  In a child process, so that a deadlock fails the test."""
+    code = f"GC = {gc_pressure}\n" + _FINALIZERS
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the lane deadlocked: a finalizer called it while its mutex was held")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok ")
