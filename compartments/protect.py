@@ -258,15 +258,20 @@ def compile_module(wasm_engine, path: str, setting: Setting, memory_limit: int):
     for protection as `setting` and the compartment's memory limit call for.
     Raises what wasm.compile_module raises."""
     import wasmtime
-    if path.endswith(".wat"):
-        with open(path, encoding="utf-8") as f:
-            data = bytes(wasmtime.wat2wasm(f.read()))
-    else:
-        with open(path, "rb") as f:
-            data = f.read()
-    data, layout = prepare(data, setting, memory_limit,
+    data, layout = prepare(read_module(path), setting, memory_limit,
                            lambda d: wasmtime.Module.validate(wasm_engine, d))
     return wasmtime.Module(wasm_engine, data), layout
+
+
+def read_module(path: str) -> bytes:
+    """The module file at `path` as binary (a .wat is translated).  Raises OSError,
+    UnicodeDecodeError, wasmtime.WasmtimeError."""
+    import wasmtime
+    if path.endswith(".wat"):
+        with open(path, encoding="utf-8") as f:
+            return bytes(wasmtime.wat2wasm(f.read()))
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def check_file(wasm_engine, path: str, setting: Setting, memory_limit: int) -> Layout:

@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -1134,29 +1135,27 @@ static PyObject *Lane_idle(Lane *L, PyObject *args) {
   return PyFloat_FromDouble(idle);
 }
 
-/* unfinished(pid) -> answers returned natively to the peer (an external client) and
- * not finished by it: protocol.Connection adds them to its own count, so that
- * max_unfinished bounds the answers of both sides together */
-static PyObject *Lane_unfinished(Lane *L, PyObject *args) {
+/* A count kept for the peer `pid` (a long field of Peer at `offset`); 0 if none */
+static PyObject *peer_count(Lane *L, PyObject *args, size_t offset) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
   long n = 0;
   LOCK(L);
   Peer *P = peer_get(L, pid);
-  if (P) n = P->returned_open;
+  if (P) n = *(long *)((char *)P + offset);
   UNLOCK(L);
   return PyLong_FromLong(n);
 }
 
+/* unfinished(pid) -> answers returned natively to the peer (an external client) and
+ * not finished by it: protocol.Connection adds them to its own count, so that
+ * max_unfinished bounds the answers of both sides together */
+static PyObject *Lane_unfinished(Lane *L, PyObject *args) {
+  return peer_count(L, args, offsetof(Peer, returned_open));
+}
+
 static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
-  long pid;
-  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
-  long n = 0;
-  LOCK(L);
-  Peer *P = peer_get(L, pid);
-  if (P) n = P->native_open;
-  UNLOCK(L);
-  return PyLong_FromLong(n);
+  return peer_count(L, args, offsetof(Peer, native_open));
 }
 
 /* A native call handed to Python (with the mutex): it leaves the lane's tables,

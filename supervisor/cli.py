@@ -59,7 +59,7 @@ def _main(argv=None) -> int:
     stop = sub.add_parser("stop", help="stop a running system (as Ctrl-C would, exit code 0)")
     stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
-                           "and print who holds what")
+                           "and print who holds what and how each memory is protected")
     check.add_argument("system", help="path to system.toml")
     check.add_argument("--graph", metavar="FILE", help="write the authority graph (DOT; SVG "
                        "when FILE ends in .svg and Graphviz's dot is installed)")
@@ -168,13 +168,8 @@ def _protection(plan) -> dict[str, str]:
         key = (comp.module, comp.protect, comp.limits.memory)
         if key not in layouts:
             try:
-                if comp.module.endswith(".wat"):
-                    with open(comp.module, encoding="utf-8") as f:
-                        data = bytes(wasmtime.wat2wasm(f.read()))
-                else:
-                    with open(comp.module, "rb") as f:
-                        data = f.read()
-                layouts[key] = protect.prepare(data, comp.protect, comp.limits.memory)[1]
+                layouts[key] = protect.prepare(protect.read_module(comp.module), comp.protect,
+                                               comp.limits.memory)[1]
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
                 layouts[key] = protect.Layout(problem=f"cannot read it: {e}")
         layout = layouts[key]
