@@ -6,6 +6,7 @@
   wasm.py       the wasmtime configuration; compiling and describing modules
   unchecked.py  calls into and out of wasm without wasmtime-py's checks: the
                 only user of wasmtime-py's private API, checked at import
+                (its native version: _fastcall.c)
   engine.py     the engine: wasmtime store, linker, handle table and the
                 blocking loop that speaks Cap'n Proto RPC to the supervisor
   wasi.py       WASI preview 1 on top of the compartment's grants

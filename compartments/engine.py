@@ -839,8 +839,8 @@ class Engine:
         store = self.store
         # only guest code that is running (we are inside one of its host calls)
         # has a budget to resume with; at the top level there is none to keep
-        outer = store.get_fuel() if self._entered else None
-        store.set_fuel(fuel)
+        left = unchecked.refuel(store, fuel)
+        outer = left if self._entered else None
         self._entered += 1
         depth = self.probes.depth()
         try:

@@ -18,6 +18,7 @@ the supervisor then says once at start that calls run slower.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 try:
@@ -27,6 +28,16 @@ except ImportError as e:      # no compiler when it was installed: the Python pa
     Lane = None
     NATIVE_QID_BASE = 1 << 31
     unavailable = f"the native forwarding path is not built ({e})"
+
+
+def engines_native() -> str | None:
+    """None if engines call into wasm natively (compartments/_fastcall.c); else why
+    not.  Looked up, not imported: the supervisor never loads wasmtime itself."""
+    if os.environ.get("WSUPER_NATIVE", "1") == "0":
+        return None                     # enabled() says it
+    if importlib.util.find_spec("compartments._fastcall") is None:
+        return "the engines' native calls into wasm are not built (compartments._fastcall)"
+    return None
 
 
 def enabled() -> str | None:

@@ -373,6 +373,9 @@ class Supervisor:
             self.router.native = self.lane
         else:
             self.say(f"note: {why}: calls between compartments run slower")
+        why = fastlane.engines_native()
+        if why is not None:
+            self.say(f"note: {why}: calls into compartments run slower")
         try:
             return await self._serve_all()
         finally:

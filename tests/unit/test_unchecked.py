@@ -1,7 +1,8 @@
 """The unchecked call paths into and out of wasm (compartments/unchecked.py),
 with real wasmtime: what a host function raises comes back out intact, a
 failing host function never looks like a successful one, and a wasmtime-py
-whose internals moved is refused at import, naming what moved."""
+whose internals moved is refused at import, naming what moved.  Every test
+runs on both paths: the native one (_fastcall.c) and ctypes."""
 import subprocess
 import sys
 
@@ -12,6 +13,15 @@ from compartments import abi, unchecked, wasi
 from compartments.unchecked import TypedFunc
 from compartments.wasm import engine_config
 from tests.conftest import ROOT
+
+@pytest.fixture(autouse=True, params=["native", "ctypes"])
+def path(request, monkeypatch):
+    if request.param == "ctypes":
+        monkeypatch.setattr(unchecked, "_native", None)
+    elif unchecked._native is None:
+        pytest.skip("compartments/_fastcall.c is not built")
+    return request.param
+
 
 WAT = """(module (import "h" "f" (func $f (param i32) (result i32)))
   (global $after (export "after") (mut i32) (i32.const 0))
@@ -94,6 +104,59 @@ def test_a_trap_is_a_trap_and_leaves_no_exception_behind():
         boom(0)
     with pytest.raises(wasmtime.Trap):        # not a stale exception from somewhere else
         boom(0)
+
+
+@pytest.mark.parametrize("kinds, args, result", [
+    (("i32", "i64", "i32"), (-1, -(1 << 63), 0x7FFFFFFF), "i64"),
+    (("i64", "i32", "i64"), ((1 << 63) - 1, -(1 << 31), 5), "i32"),
+])
+def test_arguments_and_results_keep_their_kind_and_sign_both_ways(kinds, args, result):
+    seen = []
+    params = " ".join(f"(param {k})" for k in kinds)
+    gets = " ".join(f"(local.get {i})" for i in range(len(kinds)))
+    wat = f"""(module (import "h" "f" (func $f {params} (result i32)))
+      (func (export "g") {params} (result {result})
+        (drop (call $f {gets})) ({result}.const -3)))"""
+
+    def host(*values):
+        seen.append(values)
+        return -7
+
+    store, ex = _instance(host, wat, sig=(kinds, ("i32",)))
+    assert TypedFunc(store, ex["g"], kinds, (result,))(*args) == -3
+    assert seen == [args]
+
+
+def test_a_host_call_made_inside_another_sees_its_own_memory_and_then_the_outer_one():
+    wat = """(module (import "h" "f" (func $f (param i32) (result i32)))
+      (memory (export "memory") 1 3)
+      (func (export "grow") (result i32) (memory.grow (i32.const 1)))
+      (func (export "inner") (param i32) (result i32) (call $f (local.get 0)))
+      (func (export "outer") (result i32) (call $f (i32.const 0))))"""
+    sizes = []
+
+    def host(depth):
+        if depth == 0:
+            sizes.append(unchecked.memory_span(ex["memory"])[1])
+            TypedFunc(store, ex["grow"], (), ("i32",))()
+            inner = TypedFunc(store, ex["inner"], ("i32",), ("i32",))(1)
+            sizes.append(unchecked.memory_span(ex["memory"])[1])   # after the inner one ended
+            return inner + 1
+        sizes.append(unchecked.memory_span(ex["memory"])[1])
+        return 40
+
+    store, ex = _instance(host, wat)
+    assert TypedFunc(store, ex["outer"], (), ("i32",))() == 41
+    assert sizes == [65536, 131072, 131072]
+
+
+def test_fuel_is_read_and_set_in_one_step():
+    store, ex = _instance(lambda x: x)
+    assert unchecked.refuel(store, 1000) == 1 << 30
+    assert unchecked.refuel(store, 0) == 1000
+    with pytest.raises(wasmtime.Trap) as got:
+        TypedFunc(store, ex["twice"], ("i32",), ("i32",))(1)
+    assert got.value.trap_code == wasmtime.TrapCode.OUT_OF_FUEL
 
 
 def _import_with(patch: str) -> subprocess.CompletedProcess:
