@@ -51,6 +51,9 @@ Checks (each failure is reported with its class and a reproducing input):
              (values, or the same schema-mismatch error); when pycapnp cannot
              read the original for a structural reason (bounds, far pointers,
              tags, nesting), the copier refused it too.
+  payloads   for content of a flat host-call struct: payloads.read answers
+             as pycapnp does (the same values, or a refusal), and what the
+             flat reader accepts on its own, pycapnp reads the same.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ import sys
 import time
 import traceback
 
-from capnp_schemas import protocol as P, rpcwire, wire
+from capnp_schemas import payloads, protocol as P, rpcwire, wire
 
 from .seeds import Obj, Seed, content_seeds, fresh, message_seeds, sample
 
@@ -561,6 +564,31 @@ def check_copier(mod, segs):
                                 f"{(copied[1] if copied[0] == 'error' else original[1])[:160]}")
 
 
+def check_payloads(mod, segs):
+    """The flat-struct reader (capnp_schemas/payloads.py) answers as pycapnp does:
+    the same values, or a refusal; and what it accepts itself, pycapnp reads
+    the same."""
+    flat = payloads._flat(mod)
+    if flat is None:
+        return
+    content = P.Content.standalone(segs)
+
+    def outcome(reader):
+        try:
+            return "ok", repr(reader())
+        except payloads.DecodeError:
+            return "refused", ""
+    theirs = outcome(lambda: payloads._read_pycapnp(mod, content, READ_WORDS))
+    ours = outcome(lambda: payloads.read(mod, content, READ_WORDS))
+    if ours != theirs:
+        raise Failure("payloads", f"read gives {ours[0]} {ours[1][:80]}, pycapnp {theirs[0]} "
+                                  f"{theirs[1][:80]}")
+    alone = outcome(lambda: payloads._read_flat(flat, content))
+    if alone[0] == "ok" and alone != theirs:
+        raise Failure("payloads", f"the flat reader accepts what pycapnp reads as {theirs[0]} "
+                                  f"{theirs[1][:80]}: {alone[1][:80]}")
+
+
 def _inside(seg):
     """Every pointer of a single-segment copy is near and inside the segment."""
     todo = [(0, 0)]
@@ -628,6 +656,7 @@ def run_one(data: bytes, schema=None, rng=None):
             segs = None
         if segs is not None:
             check_copier(schema, segs)
+            check_payloads(schema, segs)
     check_decoders(data)
     check_native(data)
     check_protocol(data)
