@@ -857,9 +857,10 @@ class Supervisor:
                                f"{self._host_fds} descriptors, all the supervisor can spare: "
                                f"opening more fails (EMFILE) until some are closed")
         if isinstance(outcome, hostcaps.Answer):
+            # the answer first: the caller goes on while its lines are formatted
+            self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
             for line in outcome.lines:
                 self.output.plugin(line.compartment, line.text)
-            self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
         else:
             if outcome.notice:
                 self.say(outcome.notice)

@@ -66,3 +66,19 @@ def test_a_terminal_that_is_not_utf8_gets_escapes_and_stays_open(tmp_path):
     text = raw.getvalue().decode("ascii")
     assert "[app] caf\\xe9 \\u20ac done" in text and "wsuper: after it" in text
     assert not closed and not out.closed
+
+
+def test_times_are_those_datetime_would_write_to_the_millisecond():
+    import datetime
+    import random
+
+    from supervisor.output import rfc3339
+
+    def expected(t):
+        when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    rng = random.Random(7)
+    edges = [0.0, 0.9999996, 1.0, 1733230000.9995, 1733230000.9999996, 1356270672.6779997]
+    for t in edges + [rng.uniform(0, 4e9) for _ in range(20000)]:
+        assert rfc3339(t) == expected(t), t
+    assert rfc3339().endswith("Z") and len(rfc3339()) == len("2026-12-03T13:40:54.637Z")
