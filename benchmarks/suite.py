@@ -248,7 +248,36 @@ def compartment_call(kind: str, n: int, d: str, native: bool = True) -> dict:
 
 def engine_micro(n: int) -> dict:
     """Inside one engine: a guest->host call, and a Python->guest call, against
-    their baselines (an empty wasm loop; a Python function call)."""
+    their baselines (an empty wasm loop; a Python function call), on the path in
+    use and (when that is the native one) through ctypes too."""
+    from compartments import unchecked
+    out = _engine_crossings(n)
+    native = unchecked._native
+    if native is not None:
+        unchecked._native = None
+        try:
+            out.update({k + "_ctypes": v for k, v in _engine_crossings(n).items()})
+        finally:
+            unchecked._native = native
+    # instance = "per_call": what the engine does before each call (new store, instance)
+    from compartments.engine import Engine
+    from compartments.spec import EngineSpec
+    a, b = socket.socketpair()
+    eng = Engine(a, EngineSpec("bench", os.path.join(EX, "calc.wat"), exports=True,
+                               per_call=True))
+    m = max(n // 100, 50)
+    t = time.perf_counter()
+    for _ in range(m):
+        eng._leave_instance(eng._fresh_instance())()
+    fresh = (time.perf_counter() - t) / m
+    a.close(), b.close()
+    out["fresh_instance_us"] = fresh * 1e6
+    return out
+
+
+def _engine_crossings(n: int) -> dict:
+    """A guest->host call and a Python->guest call on unchecked's current path, and
+    their baselines."""
     import wasmtime
 
     from compartments import unchecked
@@ -296,21 +325,8 @@ def engine_micro(n: int) -> dict:
     py_to_wasm = min(timed(loop, nop) for _ in range(3)) / n
     py_call = min(timed(loop, py_nop) for _ in range(3)) / n
     wasmtime_checked = min(timed(loop_checked) for _ in range(3)) / (n // 10)
-    # instance = "per_call": what the engine does before each call (new store, instance)
-    from compartments.engine import Engine
-    from compartments.spec import EngineSpec
-    a, b = socket.socketpair()
-    eng = Engine(a, EngineSpec("bench", os.path.join(EX, "calc.wat"), exports=True,
-                               per_call=True))
-    m = max(n // 100, 50)
-    t = time.perf_counter()
-    for _ in range(m):
-        eng._leave_instance(eng._fresh_instance())()
-    fresh = (time.perf_counter() - t) / m
-    a.close(), b.close()
     return {"wasm_to_host_us": host * 1e6, "python_to_wasm_us": py_to_wasm * 1e6,
-            "python_call_us": py_call * 1e6, "wasmtime_py_checked_call_us": wasmtime_checked * 1e6,
-            "fresh_instance_us": fresh * 1e6}
+            "python_call_us": py_call * 1e6, "wasmtime_py_checked_call_us": wasmtime_checked * 1e6}
 
 
 # ---------------------------------------------------------------- start-up and memory
@@ -1047,8 +1063,12 @@ def table(r: dict) -> str:
             + " |")
     e, s = r["engine"], r["startup"]
     lines += ["", "| inside an engine | µs |", "|---|---|",
-              f"| guest → host call (unchecked callback) | {_f(e['wasm_to_host_us'])} |",
-              f"| Python → guest call (unchecked) | {_f(e['python_to_wasm_us'])} |",
+              f"| guest → host call (unchecked callback; native) | {_f(e['wasm_to_host_us'])} |",
+              f"| … the same through ctypes (WSUPER_NATIVE=0) | "
+              f"{_f(e.get('wasm_to_host_us_ctypes'))} |",
+              f"| Python → guest call (unchecked; native) | {_f(e['python_to_wasm_us'])} |",
+              f"| … the same through ctypes (WSUPER_NATIVE=0) | "
+              f"{_f(e.get('python_to_wasm_us_ctypes'))} |",
               f"| baseline: a Python function call | {_f(e['python_call_us'])} |",
               f"| wasmtime-py's checked call, for comparison | "
               f"{_f(e['wasmtime_py_checked_call_us'])} |",
