@@ -93,7 +93,7 @@ def read(struct_module, content: Content, max_words: int) -> dict:
     flat = _flat(struct_module)
     if flat is not None and content.segments:
         try:
-            return _read_flat(flat, content)
+            return _read_flat(flat, content, max(max_words, 8))
         except DecodeError:         # pycapnp decides every refusal, and words it
             pass
     return _read_pycapnp(struct_module, content, max_words)
@@ -286,6 +286,7 @@ class _Field:
     codec: object = None          # struct.Struct of a number
     names: dict | None = None     # an enum's {value: name}
     values: dict | None = None    # an enum's {name: value}
+    zero: object = 0              # what a number reads as outside the data section
 
 
 def _flat(struct_module):
@@ -329,12 +330,20 @@ def _flat_field(field) -> _Field | None:
     if kind == "enum":
         names = {v: k for k, v in field.schema.enumerants.items()}
         values = dict(field.schema.enumerants)
-    return _Field(proto.name, kind, proto.slot.offset * codec.size, codec, names, values)
+    return _Field(proto.name, kind, proto.slot.offset * codec.size, codec, names, values,
+                  0.0 if kind.startswith("float") else 0)
 
 
-def _read_flat(layout, content) -> dict:
+def _read_flat(layout, content, max_words: int) -> dict:
+    """The struct's fields, or DecodeError where pycapnp might read it otherwise (it
+    then decides): what pycapnp would refuse, and also content that reaches word 0
+    of segment 0 (pycapnp reads a copy whose root word is replaced, as the content
+    is handed over), an empty segment (which it takes for a missing one), and more
+    words than `max_words` (pycapnp's traversal limit, counted as it counts)."""
     _data, _ptrs, fields, _by_name = layout
     segs = content.segments
+    if not all(segs):
+        raise DecodeError("an empty segment")
     try:
         root = wire.resolve(segs, content.loc)
     except wire.WireError as e:
@@ -347,13 +356,17 @@ def _read_flat(layout, content) -> dict:
         if kind != wire.STRUCT:
             raise DecodeError("the message's root is not a struct")
         data, ptrs = (w >> 32) & 0xFFFF, w >> 48
+        _reaching_root(s, start, data + ptrs)
         seg = segs[s]
+    budget = [max_words - data - ptrs]
+    if budget[0] < 0:
+        raise DecodeError("the message's root is larger than the traversal limit")
     base, end = 8 * start, 8 * (start + data)
     out = {}
     for f in fields:
         kind = f.kind
         if kind == "text" or kind == "data":
-            out[f.name] = _blob(segs, (s, start + data + f.offset), f) \
+            out[f.name] = _blob(segs, (s, start + data + f.offset), f, budget) \
                 if f.offset < ptrs else ("" if kind == "text" else b"")
         elif kind == "bool":
             at = base + (f.offset >> 3)
@@ -362,7 +375,7 @@ def _read_flat(layout, content) -> dict:
             out[f.name] = None
         else:
             at = base + f.offset
-            value = f.codec.unpack_from(seg, at)[0] if at + f.codec.size <= end else 0
+            value = f.codec.unpack_from(seg, at)[0] if at + f.codec.size <= end else f.zero
             if f.names is not None:
                 name = f.names.get(value)
                 if name is None:
@@ -373,7 +386,12 @@ def _read_flat(layout, content) -> dict:
     return out
 
 
-def _blob(segs, loc, f: _Field):
+def _reaching_root(s: int, start: int, words: int):
+    if s == 0 and start == 0 and words:
+        raise DecodeError("an object that holds the message's root word")
+
+
+def _blob(segs, loc, f: _Field, budget: list):
     try:
         r = wire.resolve(segs, loc)
     except wire.WireError as e:
@@ -384,7 +402,13 @@ def _blob(segs, loc, f: _Field):
     kind, s, start, w = r
     if kind != wire.LIST or (w >> 32) & 7 != _BYTES:
         raise DecodeError(f"{f.name}: expected {'text' if text else 'data'} (a list of bytes)")
-    raw = bytes(segs[s][8 * start:8 * start + (w >> 35)])
+    n = w >> 35
+    words = (n + 7) // 8
+    _reaching_root(s, start, words)
+    budget[0] -= words
+    if budget[0] < 0:
+        raise DecodeError(f"{f.name}: past the traversal limit")
+    raw = bytes(segs[s][8 * start:8 * start + n])
     if not text:
         return raw
     if not raw or raw[-1] != 0:
@@ -400,7 +424,9 @@ def _build_flat(layout, values: dict) -> Content | None:
     data, ptrs, _fields, by_name = layout
     head = 1 + data + ptrs
     seg = bytearray(8 * head)
-    wire.set_word(seg, 0, (data << 32) | (ptrs << 48))       # root: the struct at word 1
+    # root: the struct at word 1; an empty one is pointed at as pycapnp does (offset
+    # -1), never with a null pointer, which a guest would read as "no results"
+    wire.set_word(seg, 0, (data << 32) | (ptrs << 48) if data or ptrs else 0xFFFFFFFC)
     blobs = []
     for name, value in values.items():
         f = by_name.get(name)
@@ -415,8 +441,8 @@ def _build_flat(layout, values: dict) -> Content | None:
                     raw = value.encode("utf-8") + b"\0"
                 except UnicodeEncodeError:
                     return None
-            elif isinstance(value, (bytes, bytearray, memoryview)):
-                raw = bytes(value)
+            elif type(value) is bytes:
+                raw = value
             else:
                 return None
             if len(raw) > _MAX_BLOB:
@@ -441,7 +467,7 @@ def _build_flat(layout, values: dict) -> Content | None:
                 return None
             try:
                 f.codec.pack_into(seg, 8 + f.offset, value)
-            except struct.error:
+            except (struct.error, OverflowError):    # pycapnp's own answer, whatever it is
                 return None
     for at, raw in blobs:
         start = len(seg) // 8

@@ -42,7 +42,7 @@ static set_fuel_fn set_fuel;
 static get_fuel_fn get_fuel;
 static PyObject *stash;            /* stash(exception): wasmtime-py's LAST_EXCEPTION */
 static PyObject *CallFailed;       /* CallFailed(is_trap, pointer) */
-static void *current;              /* the store context of the host call running now */
+static _Thread_local void *current; /* the store context of the host call running now */
 
 #define MAX_SLOTS 16
 #define KIND_I32 'i'

@@ -583,7 +583,7 @@ def check_payloads(mod, segs):
     if ours != theirs:
         raise Failure("payloads", f"read gives {ours[0]} {ours[1][:80]}, pycapnp {theirs[0]} "
                                   f"{theirs[1][:80]}")
-    alone = outcome(lambda: payloads._read_flat(flat, content))
+    alone = outcome(lambda: payloads._read_flat(flat, content, READ_WORDS))
     if alone[0] == "ok" and alone != theirs:
         raise Failure("payloads", f"the flat reader accepts what pycapnp reads as {theirs[0]} "
                                   f"{theirs[1][:80]}: {alone[1][:80]}")

@@ -65,16 +65,17 @@ def test_built_here_reads_the_same_in_pycapnp_and_the_other_way(name, sm):
         values = {f.name: _value(f, rng) for f in fields if rng.random() < 0.8}
         ours = payloads._build_flat(payloads._flat(sm), values)
         theirs, _caps = payloads._build_pycapnp(sm, values)
-        _same(payloads._read_pycapnp(sm, ours, 1 << 20), payloads._read_flat(payloads._flat(sm), theirs))
+        _same(payloads._read_pycapnp(sm, ours, 1 << 20),
+              payloads._read_flat(payloads._flat(sm), theirs, 1 << 20))
         _same(payloads._read_pycapnp(sm, ours, 1 << 20), payloads._read_pycapnp(sm, theirs, 1 << 20))
 
 
-def _both(sm, segs, loc=(0, 0), flat_only=False):
+def _both(sm, segs, loc=(0, 0), flat_only=False, words=1 << 20):
     """(what pycapnp reads, what we read): a dict, or 'refused'."""
     out = []
-    for reader in (lambda c: payloads._read_pycapnp(sm, c, 1 << 20),
-                   (lambda c: payloads._read_flat(payloads._flat(sm), c)) if flat_only else
-                   (lambda c: payloads.read(sm, c, 1 << 20))):
+    for reader in (lambda c: payloads._read_pycapnp(sm, c, words),
+                   (lambda c: payloads._read_flat(payloads._flat(sm), c, words)) if flat_only
+                   else (lambda c: payloads.read(sm, c, words))):
         try:
             out.append(reader(Content(tuple(segs), loc)))
         except payloads.DecodeError:
@@ -112,7 +113,7 @@ def test_mutated_messages_read_the_same_or_are_refused_by_both(name, sm):
             assert theirs != "refused", bytes(seg).hex()
             _same(theirs, flat)
             accepted[0] += 1
-    assert accepted[0] > 20             # the mutants are not all refused
+    assert accepted[0] >= 10            # the mutants are not all refused
 
 
 def test_far_pointers_and_a_content_pointer_away_from_the_root_read_the_same():
@@ -127,7 +128,8 @@ def test_far_pointers_and_a_content_pointer_away_from_the_root_read_the_same():
     assert theirs == ours == {"text": "hello"}
     # the same struct, its pointer at word 1 of one segment (not the root)
     seg = struct.pack("<Q", 0) + struct.pack("<Q", (0 << 2) | (1 << 48)) + ptr + text
-    assert payloads._read_flat(payloads._flat(sm), Content((seg,), (0, 1))) == {"text": "hello"}
+    assert payloads._read_flat(payloads._flat(sm), Content((seg,), (0, 1)), 100) == \
+        {"text": "hello"}
 
 
 @pytest.mark.parametrize("values", [{"text": "\udc00"}, {"text": b"bytes"}, {"nope": 1}])
@@ -141,3 +143,93 @@ def test_what_the_flat_builder_does_not_take_goes_to_pycapnp(values):
         except Exception as e:  # noqa: BLE001 - whatever pycapnp raises
             return type(e)
     assert outcome(payloads.build) == outcome(payloads._build_pycapnp)
+
+
+Q = struct.Struct("<Q").pack
+
+
+def _method(kind, name):
+    return next(m for m in hosted.BY_KIND[kind].methods if m.name == name)
+
+
+def test_words_past_the_traversal_limit_are_refused_as_pycapnp_refuses_them():
+    # Directory.rename(from, to): both Text pointers at one 32 KB text, read under
+    # the limit the supervisor uses (the message's words + 1024): pycapnp counts the
+    # text twice and refuses, so read() must refuse too
+    sm = _method("directory", "rename").params
+    text = b"A" * (8 * 4000 - 1) + b"\0"
+    seg = Q(2 << 48) + Q(wire.LIST | (1 << 2) | (2 << 32) | (len(text) << 35)) \
+        + Q(wire.LIST | (0 << 2) | (2 << 32) | (len(text) << 35)) + text
+    words = len(seg) // 8 + 1024
+    theirs, ours = _both(sm, [seg], words=words)
+    assert theirs == ours == "refused"
+    assert _both(sm, [seg], words=2 * len(seg) // 8)[1]["from"] == "A" * (len(text) - 1)
+    # a root struct larger than the limit (Probe.read under the prober's limit)
+    sm = _method("probe", "read").params
+    seg = Q((5000 << 32)) + Q(7 | (9 << 32)) + bytes(8 * 4999)
+    assert _both(sm, [seg], words=1 << 12) == ["refused", "refused"]
+
+
+def test_content_that_reaches_the_root_word_reads_as_pycapnp_reads_it():
+    # File.read params whose struct starts at word 0, the content pointer at word 1:
+    # pycapnp reads the content as a message whose root word is replaced
+    sm = _method("file", "read").params
+    seg = Q(0x1122334455667788) + Q(wire.STRUCT | ((-2 & 0x3FFFFFFF) << 2) | (2 << 32)) \
+        + Q(0x0000000500000005)
+    theirs, ours = _both(sm, [seg], loc=(0, 1))
+    assert theirs == ours and theirs["offset"] != 0x1122334455667788
+
+
+def test_an_empty_segment_is_the_missing_segment_pycapnp_takes_it_for():
+    sm = _method("directory", "unlink").params
+    seg0 = Q(wire.far_pointer(0, 1, double=True)) + Q(wire.far_pointer(1, 0)) + Q(0)
+    assert _both(sm, [seg0, b""]) == ["refused", "refused"]
+    assert _both(sm, [seg0, bytes(8)]) == [{"path": ""}, {"path": ""}]
+
+
+NUMS = """@0xd3a1f0e2b4c59687;
+enum Color { red @0; green @1; }
+struct Nums { f32 @0 :Float32; f64 @1 :Float64; i8 @2 :Int8; u64 @3 :UInt64; b @4 :Bool;
+  t @5 :Text; d @6 :Data; c @7 :Color; i32 @8 :Int32; }
+struct Empty {}
+"""
+
+
+@pytest.fixture(scope="module")
+def nums(tmp_path_factory):
+    import capnp
+    path = tmp_path_factory.mktemp("schema") / "nums.capnp"
+    path.write_text(NUMS)
+    return capnp.load(str(path))
+
+
+def test_numbers_past_the_data_section_read_as_their_kind_of_zero(nums):
+    null_root = Content((Q(0),), (0, 0))
+    short = Content((Q(0) + Q(0),), (0, 0))                   # a struct with no sections
+    for content in (null_root, short):
+        theirs = payloads._read_pycapnp(nums.Nums, content, 100)
+        ours = payloads._read_flat(payloads._flat(nums.Nums), content, 100)
+        _same(theirs, ours)
+        assert type(ours["f32"]) is float and type(ours["i8"]) is int
+
+
+@pytest.mark.parametrize("values", [
+    {"f32": 1e300}, {"f32": 3.5e38}, {"f32": 10 ** 400}, {"f64": 2 ** 53 + 1}, {"f32": True},
+    {"i8": True}, {"i8": 200}, {"i8": -129}, {"u64": -1}, {"u64": 2 ** 64}, {"c": "blue"},
+    {"c": 1}, {"t": "a\0b"}, {"d": bytearray(b"xy")}, {"d": memoryview(b"abcd")[::2]},
+    {"d": "str"}, {"b": 1}, {"b": None}, {"t": None}, {"f64": -0.0}, {"i8": 1.0}])
+def test_odd_values_build_what_pycapnp_builds_or_fail_as_it_fails(nums, values):
+    def outcome(build):
+        try:
+            content, _caps = build(nums.Nums, values)
+            return "ok", repr(payloads._read_pycapnp(nums.Nums, content, 1 << 20))
+        except Exception as e:  # noqa: BLE001 - whatever pycapnp raises
+            return "raised", type(e).__name__
+    assert outcome(payloads.build) == outcome(payloads._build_pycapnp)
+
+
+def test_empty_results_are_an_empty_struct_not_a_null_pointer(nums):
+    for sm in (nums.Empty, _method("directory", "mkdir").results):
+        ours, _ = payloads.build(sm, {})
+        theirs, _ = payloads._build_pycapnp(sm, {})
+        assert ours.segments == tuple(theirs.segments) and ours.segments[0] != bytes(8)
