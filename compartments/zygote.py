@@ -224,10 +224,35 @@ def _warm_up(wasm_engine):
         with a, b:
             e = engine.Engine(a, EngineSpec("warm-up", path, exports=True), module,
                               wasm_engine, description)
+            _warm_up_start(e)
         e.store.close()         # its instance, memory and host functions: gone now,
         module.close()          # and the module with its image; nothing is inherited
         for fd in warm.descriptors():
             os.close(fd)
+
+
+def _warm_up_start(e):
+    """The supervisor's first two questions to a new engine (bootstrap, Engine.start),
+    asked here, so that what answering them first initializes is shared too."""
+    from capnp_schemas import payloads, protocol
+
+    from . import engine
+    sup = protocol.Connection("warm-up")
+
+    def ask(data):
+        for ev in e.conn.receive(data):
+            e._on_event(ev)
+        out = b"".join(e._outgoing)
+        e._outgoing.clear()
+        return sup.receive(out)
+    try:
+        _qid, data = sup.send_bootstrap()
+        (boot,) = ask(data)
+        _qid, data = sup.send_call(boot.payload.caps[0].import_id, engine.ENGINE_INTERFACE, 0,
+                                   payloads.grants_content([]))
+        ask(data)
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
 
 
 def serve(control: socket.socket, supervisor_pid: int):

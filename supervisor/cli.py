@@ -105,21 +105,32 @@ def _main(argv=None) -> int:
     if args.command in ("bindgen", "build"):
         return _toolchain(args)
 
-    from . import policy, preflight
+    zygote = None
+    if args.command == "up":         # its start-up overlaps the policy's and preflight's
+        from .process import Launched
+        try:
+            zygote = Launched()
+        except OSError:
+            pass                     # tried again (and reported) once the system runs
     try:
-        plan = preflight.prepare(policy.load(args.system))
-    except PolicyError as e:
-        _error(f"{e}")
-        return 2
-    if args.command == "check":
-        return _check(plan, args)
-    if args.command == "call":
-        return _call(plan, args)
+        from . import policy, preflight
+        try:
+            plan = preflight.prepare(policy.load(args.system))
+        except PolicyError as e:
+            _error(f"{e}")
+            return 2
+        if args.command == "check":
+            return _check(plan, args)
+        if args.command == "call":
+            return _call(plan, args)
 
-    import trio
+        import trio
 
-    from . import runtime
-    return trio.run(runtime.up, plan, args.socket, args.log_format)
+        from . import runtime
+        return trio.run(runtime.up, plan, args.socket, args.log_format, zygote)
+    finally:
+        if zygote is not None:
+            zygote.discard()         # never used (a refused system): it goes
 
 
 def _check(plan, args) -> int:
