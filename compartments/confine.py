@@ -137,6 +137,27 @@ def namespaces() -> dict:
     return _namespaces
 
 
+#: Namespaces a spare engine enters before it knows its compartment (enter_early):
+#: they need nothing of it.  The mount namespace comes later, in confine(): the
+#: module is read through /proc/self/fd first.
+EARLY = ("ipc", "uts", "net")
+_entered_early: tuple[str, ...] = ()
+
+
+def enter_early():
+    """In a process that will become one engine (a spare, compartments/zygote.py), before
+    it is told which: new IPC, UTS and network namespaces of its own (when not root,
+    inside a new user namespace of its own, as confine() would make them).  confine()
+    then enters only the rest.  Each process gets fresh namespaces, as before; they are
+    only made sooner.  Raises ConfinementError (the engine must then not run)."""
+    global _entered_early
+    wanted = [name for name in EARLY if namespaces()[name] is None]
+    if _entered_early or not wanted:
+        return
+    _enter_namespaces(wanted, strict=True)
+    _entered_early = tuple(wanted)
+
+
 def prepare():
     """Done once in the zygote, so that forked engines do not pay for it."""
     namespaces()
@@ -215,7 +236,9 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     _cap_last()
     _neutralize_fds_except(set(keep_fds) | {0, 1, 2})
     _limit_resources(address_space)
-    _enter_namespaces([n for n, why in namespaces().items() if why is None], strict=True)
+    _enter_namespaces([n for n, why in namespaces().items()
+                       if why is None and n not in _entered_early], strict=True,
+                      in_user_namespace=bool(_entered_early))
     _drop_privileges(user if root else None)
     if parent:
         die_with_parent(parent)
@@ -268,13 +291,15 @@ def _check(result: int, what: str):
         raise ConfinementError(e, f"{what}: {os.strerror(e)}")
 
 
-def _enter_namespaces(wanted, strict: bool, report: dict | None = None):
+def _enter_namespaces(wanted, strict: bool, report: dict | None = None,
+                      in_user_namespace: bool = False):
     """unshare() the `wanted` namespaces (not root: inside a user namespace of our
-    own).  strict: a failure raises ConfinementError.  Else (the probe) each one is
-    tried alone, and why one failed goes to `report[name]`."""
+    own, made here unless `in_user_namespace`: enter_early made it).  strict: a
+    failure raises ConfinementError.  Else (the probe) each one is tried alone, and
+    why one failed goes to `report[name]`."""
     if not wanted:
         return
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not in_user_namespace:
         try:
             _enter_user_namespace()
         except ConfinementError as e:

@@ -222,7 +222,8 @@ def _running(pid, wait=5.0):
     return True
 
 
-def _children() -> set[int]:
+def _ours() -> set[int]:
+    """This process's children."""
     out = set()
     for task in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{task}/children") as f:
@@ -235,7 +236,7 @@ def test_the_zygote_started_early_goes_when_the_system_is_refused(tmp_path, caps
     overlap); a system that is refused takes that zygote with it."""
     from supervisor import cli
     (tmp_path / "system.toml").write_text('[compartments.a]\nmodule = "missing.wat"\n')
-    before = _children()
+    before = _ours()
     assert cli.main(["up", str(tmp_path / "system.toml")]) == 2
     assert "missing.wat" in capsys.readouterr().err
-    assert _children() == before          # neither running nor a zombie
+    assert _ours() == before          # neither running nor a zombie
