@@ -147,8 +147,8 @@ _entered_early: tuple[str, ...] = ()
 def enter_early():
     """In a process that will become one engine (a spare, compartments/zygote.py), before
     it is told which: new IPC, UTS and network namespaces of its own (when not root,
-    inside a new user namespace of its own, as confine() would make them).  confine()
-    then enters only the rest.  Each process gets fresh namespaces, as before; they are
+    inside a new user namespace of its own, as confine() would make them), and an
+    empty capability bounding set.  confine() then does only the rest.  Each process gets fresh namespaces, as before; they are
     only made sooner.  Raises ConfinementError (the engine must then not run)."""
     global _entered_early
     wanted = [name for name in EARLY if namespaces()[name] is None]
@@ -156,6 +156,7 @@ def enter_early():
         return
     _enter_namespaces(wanted, strict=True)
     _entered_early = tuple(wanted)
+    _drop_bounding_set()                 # inside the user namespace, if one was made
 
 
 def prepare():
@@ -375,12 +376,18 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def _drop_privileges(user):
-    """Root: become `user`.  Then no capability at all, in any set."""
+_bounding_dropped = False
+
+
+def _drop_bounding_set():
+    """Empty the capability bounding set and the ambient set: for good (neither can
+    grow again), and harmless to do early (they bound what an exec could gain, not
+    what this process holds: it keeps what it needs for the namespaces and the
+    change of user)."""
+    global _bounding_dropped
     # not root: only in a user namespace of our own can the bounding set shrink
     can_drop = os.geteuid() == 0 or any(why is None for why in namespaces().values())
-    last = _cap_last()
-    for cap in range(last + 1):
+    for cap in range(_cap_last() + 1):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             e = ctypes.get_errno()
             if e == errno.EINVAL:                # past the kernel's last capability
@@ -390,6 +397,13 @@ def _drop_privileges(user):
                                        f"{os.strerror(e)}")
             break                                # no user namespace: nothing to drop with
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _bounding_dropped = True
+
+
+def _drop_privileges(user):
+    """Root: become `user`.  Then no capability at all, in any set."""
+    if not _bounding_dropped:            # enter_early may have done it
+        _drop_bounding_set()
     if user is not None:
         uid, gid = user
         os.setgroups([])

@@ -457,8 +457,9 @@ exports = "Calc"
 
 def test_a_spare_engine_waits_with_namespaces_of_its_own_and_no_module(tmp_path, wsuper):
     """The zygote keeps a spare child ready for the next request (zygote.py): it has
-    made its own IPC, UTS and network namespaces already, holds no compartment's
-    module, and each engine, spare or not, has namespaces of its own."""
+    made its own IPC, UTS and network namespaces already and emptied its capability
+    bounding set, holds no compartment's module, and each engine, spare or not, has
+    namespaces of its own."""
     run = _up(tmp_path, wsuper, f"""
 [compartments.a]
 module = "{EXAMPLES}/calc.wat"
@@ -491,3 +492,5 @@ exports = "Calc"
         if confine.namespaces()[name] is None:
             seen = {ns(pid, name) for pid in (zygote, spare, *engines)}
             assert len(seen) == 4, (name, seen)    # each its own
+    if ROOT_USER or any(why is None for why in confine.namespaces().values()):
+        assert int(_status(spare)["CapBnd"], 16) == 0
