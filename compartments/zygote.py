@@ -31,6 +31,17 @@ engine closes every other module's descriptors first thing, then maps its own
 engines of that module, and wasmtime uses the same memfd as the image of
 linear memory), so it holds its own module and data and nothing else.
 
+**Spares.**  The engine that answers a request was forked before it: after
+each answer (and once at start) the zygote forks a spare (`_Spare`), which
+closes what is the zygote's, enters new IPC, UTS and network namespaces and
+empties its bounding set (confine.enter_early), rehearses an engine's start
+on the built-in warm-up module if no request waits, and then waits on its
+own socket for one request: the spec line, the engine's socket and stderr
+pipe, and its module's two memfds.  What it inherits is the same for every
+compartment; it learns which compartment it is, and gets that module, only
+with its request (docs/design.md says why this is as strong as forking at the
+request).  Requests may come back to back: they are answered in order.
+
 Engines are the zygote's children; the zygote dies with the supervisor
 (PR_SET_PDEATHSIG) and engines with the zygote, so nothing outlives the
 supervisor.  It is not a fork of the supervisor: that would leak the
@@ -165,8 +176,10 @@ class _Spare:
         self.sock = sock
 
 
-def _fork_spare(closing: list, zygote: int, wasm_engine, rehearsal: tuple | None) -> _Spare:
-    """`closing`: the zygote's descriptors (and sockets) a spare must not keep."""
+def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
+                rehearse: bool) -> _Spare:
+    """`closing`: the zygote's descriptors (and sockets) a spare must not keep; `warm`:
+    the built-in module's memfds, to rehearse on if `rehearse`, closed either way."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = os.fork()
@@ -184,7 +197,7 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, rehearsal: tuple | None
                 else:
                     os.close(fd)
             signal.set_wakeup_fd(-1)
-            code = _spare(theirs, wasm_engine, zygote, rehearsal)
+            code = _spare(theirs, wasm_engine, zygote, warm, rehearse)
         except BaseException:     # a bug: say where on stderr before leaving
             traceback.print_exc()
         finally:
@@ -196,7 +209,8 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, rehearsal: tuple | None
     return _Spare(pid, ours)
 
 
-def _spare(sock: socket.socket, wasm_engine, zygote: int, rehearsal: tuple | None) -> int:
+def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
+           rehearse: bool) -> int:
     from . import confine, engine
     from .spec import EngineSpec
     confine.die_with_parent(zygote)       # it may wait long: never outlive the zygote
@@ -213,14 +227,14 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, rehearsal: tuple | Non
         confine.enter_early()
     except OSError as e:                  # said once there is a stderr to say it on
         unconfined = e
-    if rehearsal is not None:             # the built-in module's memfds (_warm_up)
+    if warm is not None:                  # the built-in module's memfds (_warm_up)
         try:
-            if not select.select([sock], [], [], 0)[0]:   # no request waits yet
-                _rehearse(wasm_engine, rehearsal)
+            if rehearse and not select.select([sock], [], [], 0)[0]:   # no request yet
+                _rehearse(wasm_engine, warm)
         except Exception:  # noqa: BLE001 - only an optimisation
             pass
         finally:
-            for fd in rehearsal:
+            for fd in warm:
                 os.close(fd)
     try:
         line, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
@@ -352,7 +366,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         unchecked.func_type(params, results, wasm_engine)     # shared by the children
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
-    rehearsal = _warm_up(wasm_engine)
+    warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     gc.collect()
     gc.freeze()
     buf = b""
@@ -370,7 +384,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         return [control, wake_r, wake_w, *modules.descriptors(),
                 *(s.sock for s in spares)]
     try:
-        spares.append(_fork_spare(closing(), zygote, wasm_engine, rehearsal))
+        spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, True))
     except OSError:
         pass                          # tried again at the first request
 
@@ -409,9 +423,9 @@ def serve(control: socket.socket, supervisor_pid: int):
                 answer({"error": "engine request: too long"})
             continue
         line, _, buf = buf.partition(b"\n")
-        if not spares:
+        if not spares:                # (a request waits for it: no rehearsal)
             try:
-                spares.append(_fork_spare(closing(), zygote, wasm_engine, rehearsal))
+                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, False))
             except OSError as e:      # out of memory, processes: refuse this one
                 for fd in fds:
                     os.close(fd)
@@ -451,6 +465,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                 os.close(wake_w)
                 for other in spares:
                     other.sock.close()
+                for fd in warm or ():
+                    os.close(fd)
                 signal.set_wakeup_fd(-1)
                 code = _refuse(spec, error, fds[0], fds[1], zygote)
             except BaseException:     # a bug: say where on stderr before leaving
@@ -465,8 +481,9 @@ def serve(control: socket.socket, supervisor_pid: int):
         children.add(pid)
         answer({"pid": pid})
         if not spares:                # the next one, while no request waits
-            try:
-                spares.append(_fork_spare(closing(), zygote, wasm_engine, rehearsal))
+            more = b"\n" in buf or select.select([control], [], [], 0)[0]
+            try:              # many requests in a row (wsuper up): no time to rehearse
+                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
             except OSError:
                 pass                  # tried again at the next request
 
