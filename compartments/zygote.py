@@ -237,12 +237,14 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
             for fd in warm:
                 os.close(fd)
     try:
-        line, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
+        line, fds, flags, _addr = socket.recv_fds(sock, 1 << 18, 4)   # a line < 64 KiB
     except OSError:
         return 0
     sock.close()
-    if len(fds) != 4 or not line:         # the zygote is gone, or did not mean us
-        return 0
+    if not line and not fds:
+        return 0                          # the zygote is gone
+    if len(fds) != 4 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        return 70                         # not a request of ours: a bug, never an engine
     sock_fd, err_fd, code_fd, description_fd = fds
     os.dup2(err_fd, 2)
     if err_fd > 2:
