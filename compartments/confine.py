@@ -137,6 +137,28 @@ def namespaces() -> dict:
     return _namespaces
 
 
+#: Namespaces a spare engine enters before it knows its compartment (enter_early):
+#: they need nothing of it.  The mount namespace comes later, in confine(): the
+#: module is read through /proc/self/fd first.
+EARLY = ("ipc", "uts", "net")
+_entered_early: tuple[str, ...] = ()
+
+
+def enter_early():
+    """In a process that will become one engine (a spare, compartments/zygote.py), before
+    it is told which: new IPC, UTS and network namespaces of its own (when not root,
+    inside a new user namespace of its own, as confine() would make them), and an
+    empty capability bounding set.  confine() then does only the rest.  Each process gets fresh namespaces, as before; they are
+    only made sooner.  Raises ConfinementError (the engine must then not run)."""
+    global _entered_early
+    wanted = [name for name in EARLY if namespaces()[name] is None]
+    if _entered_early or not wanted:
+        return
+    _enter_namespaces(wanted, strict=True)
+    _entered_early = tuple(wanted)
+    _drop_bounding_set()                 # inside the user namespace, if one was made
+
+
 def prepare():
     """Done once in the zygote, so that forked engines do not pay for it."""
     namespaces()
@@ -215,7 +237,9 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     _cap_last()
     _neutralize_fds_except(set(keep_fds) | {0, 1, 2})
     _limit_resources(address_space)
-    _enter_namespaces([n for n, why in namespaces().items() if why is None], strict=True)
+    _enter_namespaces([n for n, why in namespaces().items()
+                       if why is None and n not in _entered_early], strict=True,
+                      in_user_namespace=bool(_entered_early))
     _drop_privileges(user if root else None)
     if parent:
         die_with_parent(parent)
@@ -268,13 +292,15 @@ def _check(result: int, what: str):
         raise ConfinementError(e, f"{what}: {os.strerror(e)}")
 
 
-def _enter_namespaces(wanted, strict: bool, report: dict | None = None):
+def _enter_namespaces(wanted, strict: bool, report: dict | None = None,
+                      in_user_namespace: bool = False):
     """unshare() the `wanted` namespaces (not root: inside a user namespace of our
-    own).  strict: a failure raises ConfinementError.  Else (the probe) each one is
-    tried alone, and why one failed goes to `report[name]`."""
+    own, made here unless `in_user_namespace`: enter_early made it).  strict: a
+    failure raises ConfinementError.  Else (the probe) each one is tried alone, and
+    why one failed goes to `report[name]`."""
     if not wanted:
         return
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not in_user_namespace:
         try:
             _enter_user_namespace()
         except ConfinementError as e:
@@ -350,12 +376,18 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def _drop_privileges(user):
-    """Root: become `user`.  Then no capability at all, in any set."""
+_bounding_dropped = False
+
+
+def _drop_bounding_set():
+    """Empty the capability bounding set and the ambient set: for good (neither can
+    grow again), and harmless to do early (they bound what an exec could gain, not
+    what this process holds: it keeps what it needs for the namespaces and the
+    change of user)."""
+    global _bounding_dropped
     # not root: only in a user namespace of our own can the bounding set shrink
     can_drop = os.geteuid() == 0 or any(why is None for why in namespaces().values())
-    last = _cap_last()
-    for cap in range(last + 1):
+    for cap in range(_cap_last() + 1):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             e = ctypes.get_errno()
             if e == errno.EINVAL:                # past the kernel's last capability
@@ -365,6 +397,13 @@ def _drop_privileges(user):
                                        f"{os.strerror(e)}")
             break                                # no user namespace: nothing to drop with
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _bounding_dropped = True
+
+
+def _drop_privileges(user):
+    """Root: become `user`.  Then no capability at all, in any set."""
+    if not _bounding_dropped:            # enter_early may have done it
+        _drop_bounding_set()
     if user is not None:
         uid, gid = user
         os.setgroups([])

@@ -31,6 +31,17 @@ engine closes every other module's descriptors first thing, then maps its own
 engines of that module, and wasmtime uses the same memfd as the image of
 linear memory), so it holds its own module and data and nothing else.
 
+**Spares.**  The engine that answers a request was forked before it: after
+each answer (and once at start) the zygote forks a spare (`_Spare`), which
+closes what is the zygote's, enters new IPC, UTS and network namespaces and
+empties its bounding set (confine.enter_early), rehearses an engine's start
+on the built-in warm-up module if no request waits, and then waits on its
+own socket for one request: the spec line, the engine's socket and stderr
+pipe, and its module's two memfds.  What it inherits is the same for every
+compartment; it learns which compartment it is, and gets that module, only
+with its request (docs/design.md says why this is as strong as forking at the
+request).  Requests may come back to back: they are answered in order.
+
 Engines are the zygote's children; the zygote dies with the supervisor
 (PR_SET_PDEATHSIG) and engines with the zygote, so nothing outlives the
 supervisor.  It is not a fork of the supervisor: that would leak the
@@ -63,6 +74,7 @@ class _Modules:
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
         self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
+        self.spare_sockets = lambda: ()       # set by serve(): what a compiler closes
 
     def get(self, path: str, instrument: tuple = (), protect=None,
             memory_limit: int = 0) -> tuple[tuple | None, str | None]:
@@ -103,6 +115,8 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
+                for sock in self.spare_sockets():   # spares wait for the zygote only
+                    sock.close()
                 if instrument:            # the rewriting runs in Python, here: bounded
                     from .instrument import COMPILE_SECONDS
                     resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS))
@@ -150,23 +164,102 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
     return 0
 
 
-def _child(spec, sock_fd: int, err_fd: int, module_fds: tuple, others, wasm_engine,
-           zygote: int) -> int:
-    import wasmtime
+class _Spare:
+    """A child forked ahead of the next request, the same for every compartment: it
+    has closed what is the zygote's, entered new IPC, UTS and network namespaces
+    (confine.enter_early) and waits on its own socket (SOCK_SEQPACKET) for one
+    request: the EngineSpec line, with its engine socket, stderr pipe and its
+    module's two memfds.  Then it is that compartment's engine, and nothing else."""
 
-    from . import engine, wasm
-    for fd in others:                      # other compartments' modules: never ours to see
-        os.close(fd)
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid = pid
+        self.sock = sock
+
+
+def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
+                rehearse: bool) -> _Spare:
+    """`closing`: the zygote's descriptors (and sockets) a spare must not keep; `warm`:
+    the built-in module's memfds, to rehearse on if `rehearse`, closed either way."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            for fd in closing:
+                if isinstance(fd, socket.socket):
+                    fd.close()
+                else:
+                    os.close(fd)
+            signal.set_wakeup_fd(-1)
+            code = _spare(theirs, wasm_engine, zygote, warm, rehearse)
+        except BaseException:     # a bug: say where on stderr before leaving
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    theirs.close()
+    return _Spare(pid, ours)
+
+
+def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
+           rehearse: bool) -> int:
+    from . import confine, engine
+    from .spec import EngineSpec
+    confine.die_with_parent(zygote)       # it may wait long: never outlive the zygote
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    os.dup2(err_fd, 2)
-    for fd in (null, err_fd):
-        if fd > 2:
-            os.close(fd)
+    if null > 2:
+        os.close(null)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    unconfined = None
+    try:
+        confine.enter_early()
+    except OSError as e:                  # said once there is a stderr to say it on
+        unconfined = e
+    if warm is not None:                  # the built-in module's memfds (_warm_up)
+        try:
+            if rehearse and not select.select([sock], [], [], 0)[0]:   # no request yet
+                _rehearse(wasm_engine, warm)
+        except Exception:  # noqa: BLE001 - only an optimisation
+            pass
+        finally:
+            for fd in warm:
+                os.close(fd)
+    try:
+        line, fds, flags, _addr = socket.recv_fds(sock, 1 << 18, 4)   # a line < 64 KiB
+    except OSError:
+        return 0
+    sock.close()
+    if not line and not fds:
+        return 0                          # the zygote is gone
+    if len(fds) != 4 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        return 70                         # not a request of ours: a bug, never an engine
+    sock_fd, err_fd, code_fd, description_fd = fds
+    os.dup2(err_fd, 2)
+    if err_fd > 2:
+        os.close(err_fd)
+    if unconfined is not None:
+        print(f"error: cannot confine the engine: {unconfined}", file=sys.stderr)
+        return engine.EXIT_CONFINE
+    return _child(EngineSpec.from_json(line), sock_fd, (code_fd, description_fd),
+                  wasm_engine, zygote)
+
+
+def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
+    import wasmtime
+
+    from . import engine, wasm
     code_fd, description_fd = module_fds
     try:
         description = wasm.Description.from_json(
@@ -197,37 +290,69 @@ _WARM_UP = """(module
   (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))"""
 
 
-def _warm_up(wasm_engine):
+def _warm_up(wasm_engine) -> tuple | None:
     """Walk once, here, the path every engine walks (a module of our own: no
-    compartment's), so that what it initializes lazily is shared by the children."""
+    compartment's), so that what it initializes lazily is shared by the children.
+    Returns that module's memfds (spares walk it again: _rehearse), or None."""
     import tempfile
-
-    import wasmtime
-
-    from . import engine, wasm
-    from .spec import EngineSpec
     try:
         d = tempfile.TemporaryDirectory()
     except OSError:
-        return                              # only an optimisation
+        return None                         # only an optimisation
     with d:
         path = os.path.join(d.name, "warm-up.wat")
         with open(path, "w") as f:
             f.write(_WARM_UP)
-        warm = _Modules(wasm_engine)
-        (code, desc), error = warm.get(path)
-        if error:
-            return
-        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
-        description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
-        a, b = socket.socketpair()
-        with a, b:
-            e = engine.Engine(a, EngineSpec("warm-up", path, exports=True), module,
-                              wasm_engine, description)
-        e.store.close()         # its instance, memory and host functions: gone now,
-        module.close()          # and the module with its image; nothing is inherited
-        for fd in warm.descriptors():
-            os.close(fd)
+        fds, error = _Modules(wasm_engine).get(path)
+    if error:
+        return None
+    _rehearse(wasm_engine, fds)
+    return fds
+
+
+def _rehearse(wasm_engine, fds: tuple):
+    """An engine's start-up on the built-in module (`fds`: its memfds), thrown away:
+    in the zygote, what it initializes lazily is then shared; in a spare, the pages
+    it writes (reference counts, allocator pools) are copied then, before a request
+    waits for them."""
+    import wasmtime
+
+    from . import engine, wasm
+    from .spec import EngineSpec
+    code, desc = fds
+    module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
+    description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
+    a, b = socket.socketpair()
+    with a, b:
+        e = engine.Engine(a, EngineSpec("warm-up", "warm-up.wat", exports=True), module,
+                          wasm_engine, description)
+        _warm_up_start(e)
+    e.store.close()         # its instance, memory and host functions: gone now,
+    module.close()          # and the module with its image; nothing is inherited
+
+
+def _warm_up_start(e):
+    """The supervisor's first two questions to a new engine (bootstrap, Engine.start),
+    asked here, so that what answering them first initializes is shared too."""
+    from capnp_schemas import payloads, protocol
+
+    from . import engine
+    sup = protocol.Connection("warm-up")
+
+    def ask(data):
+        for ev in e.conn.receive(data):
+            e._on_event(ev)
+        out = b"".join(e._outgoing)
+        e._outgoing.clear()
+        return sup.receive(out)
+    try:
+        _qid, data = sup.send_bootstrap()
+        (boot,) = ask(data)
+        _qid, data = sup.send_call(boot.payload.caps[0].import_id, engine.ENGINE_INTERFACE, 0,
+                                   payloads.grants_content([]))
+        ask(data)
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
 
 
 def serve(control: socket.socket, supervisor_pid: int):
@@ -243,7 +368,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         unchecked.func_type(params, results, wasm_engine)     # shared by the children
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
-    _warm_up(wasm_engine)
+    warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     gc.collect()
     gc.freeze()
     buf = b""
@@ -252,6 +377,18 @@ def serve(control: socket.socket, supervisor_pid: int):
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    spares: list[_Spare] = []
+    modules.spare_sockets = lambda: [s.sock for s in spares]
+
+    def closing() -> list:
+        """What is the zygote's, for a spare to close: the control socket, the wake-up
+        pipe, every module's memfds, the other spares' sockets."""
+        return [control, wake_r, wake_w, *modules.descriptors(),
+                *(s.sock for s in spares)]
+    try:
+        spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, True))
+    except OSError:
+        pass                          # tried again at the first request
 
     def answer(msg: dict):
         control.sendall(json.dumps(msg).encode() + b"\n")
@@ -267,6 +404,11 @@ def serve(control: socket.socket, supervisor_pid: int):
                     break
                 if pid == 0:
                     break
+                if pid not in children:       # a spare (never handed to anyone)
+                    for s in [s for s in spares if s.pid == pid]:
+                        spares.remove(s)
+                        s.sock.close()
+                    continue
                 children.discard(pid)
                 answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
         if control not in ready:
@@ -283,6 +425,14 @@ def serve(control: socket.socket, supervisor_pid: int):
                 answer({"error": "engine request: too long"})
             continue
         line, _, buf = buf.partition(b"\n")
+        if not spares:                # (a request waits for it: no rehearsal)
+            try:
+                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, False))
+            except OSError as e:      # out of memory, processes: refuse this one
+                for fd in fds:
+                    os.close(fd)
+                answer({"error": f"cannot start an engine: {e}"})
+                continue
         try:
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
@@ -295,7 +445,15 @@ def serve(control: socket.socket, supervisor_pid: int):
         try:
             module_fds, error = modules.get(spec.module, spec.instrument, spec.protect,
                                             spec.limits.memory)
-            pid = os.fork()
+            if module_fds is None:
+                pid = os.fork()
+            else:                     # the spare becomes this compartment's engine
+                spare = spares.pop()
+                pid = spare.pid
+                try:
+                    socket.send_fds(spare.sock, [line], [*fds, *module_fds])
+                finally:
+                    spare.sock.close()
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:
                 os.close(fd)
@@ -307,13 +465,12 @@ def serve(control: socket.socket, supervisor_pid: int):
                 control.close()
                 os.close(wake_r)
                 os.close(wake_w)
+                for other in spares:
+                    other.sock.close()
+                for fd in warm or ():
+                    os.close(fd)
                 signal.set_wakeup_fd(-1)
-                if module_fds is None:
-                    code = _refuse(spec, error, fds[0], fds[1], zygote)
-                else:             # its own copies; then every cached descriptor can go
-                    own = tuple(os.dup(fd) for fd in module_fds)
-                    code = _child(spec, fds[0], fds[1], own, modules.descriptors(),
-                                  wasm_engine, zygote)
+                code = _refuse(spec, error, fds[0], fds[1], zygote)
             except BaseException:     # a bug: say where on stderr before leaving
                 traceback.print_exc()
             finally:
@@ -325,6 +482,12 @@ def serve(control: socket.socket, supervisor_pid: int):
             os.close(fd)
         children.add(pid)
         answer({"pid": pid})
+        if not spares:                # the next one, while no request waits
+            more = b"\n" in buf or select.select([control], [], [], 0)[0]
+            try:              # many requests in a row (wsuper up): no time to rehearse
+                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
+            except OSError:
+                pass                  # tried again at the next request
 
 
 def main():

@@ -5,13 +5,21 @@ import argparse
 import sys
 
 from . import __version__
-from .policy import PolicyError
 
 
 def main(argv=None) -> int:
     """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    zygote = None
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["up"]:
+        # first thing: the zygote's start-up (~150-250 ms) overlaps all of ours,
+        # imports included (launch.py imports nothing heavy)
+        from .launch import Launched
+        try:
+            zygote = Launched()
+        except OSError:
+            pass                     # tried again (and reported) once the system runs
     try:
-        return _main(argv)
+        return _main(argv, zygote)
     except BrokenPipeError:
         import os
         try:
@@ -19,9 +27,13 @@ def main(argv=None) -> int:
         except OSError:
             pass
         return 0
+    finally:
+        if zygote is not None:
+            zygote.discard()         # never used (a refused system): it goes
 
 
-def _main(argv=None) -> int:
+def _main(argv=None, zygote=None) -> int:
+    """`zygote`: a process.Launched for `up` (main starts it), or None."""
     ap = argparse.ArgumentParser(
         prog="wsuper",
         description="Run untrusted WebAssembly plugins as compartments that hold only "
@@ -105,7 +117,11 @@ def _main(argv=None) -> int:
     if args.command in ("bindgen", "build"):
         return _toolchain(args)
 
+    if args.command != "up" and zygote is not None:
+        zygote.discard()
+        zygote = None
     from . import policy, preflight
+    from .policy import PolicyError
     try:
         plan = preflight.prepare(policy.load(args.system))
     except PolicyError as e:
@@ -119,7 +135,7 @@ def _main(argv=None) -> int:
     import trio
 
     from . import runtime
-    return trio.run(runtime.up, plan, args.socket, args.log_format)
+    return trio.run(runtime.up, plan, args.socket, args.log_format, zygote)
 
 
 def _check(plan, args) -> int:
@@ -364,7 +380,7 @@ def _load(path: str):
     from . import policy
     try:
         return policy.load(path)
-    except PolicyError as e:
+    except policy.PolicyError as e:
         _error(f"{e}")
         return None
 

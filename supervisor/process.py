@@ -17,17 +17,17 @@ take the zygote, and with it every engine, down.
 """
 from __future__ import annotations
 
+import collections
 import json
-import math
 import os
 import signal
 import socket as pysocket
-import subprocess
-import sys
 
 import trio
 
 from compartments.spec import EngineSpec
+
+from .launch import Launched, raise_fd_limit  # noqa: F401 - raise_fd_limit: runtime's
 
 
 class ForkedEngine:
@@ -65,22 +65,33 @@ class ForkedEngine:
         self.send_signal(signal.SIGKILL)
 
 
+class _Answer:
+    """The zygote's answer to one request, when it comes (None: it never will)."""
+
+    def __init__(self):
+        self._event = trio.Event()
+        self.value = None
+
+    def set(self, value):
+        self.value = value
+        self._event.set()
+
+    async def wait(self):
+        await self._event.wait()
+        return self.value
+
+
 class Zygote:
     """The supervisor's end of compartments/zygote.py (see there for the protocol)."""
 
-    def __init__(self):
-        ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-        try:
-            self._popen = subprocess.Popen(
-                [sys.executable, "-I", "-m", "compartments.zygote", str(theirs.fileno()),
-                 str(os.getpid())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, env={}, cwd="/", start_new_session=True)
-        finally:
-            theirs.close()
+    def __init__(self, launched: Launched | None = None):
+        self._popen, ours = (launched or Launched()).take()
         self.pid = self._popen.pid
         self._raw = ours
         self._sock = trio.socket.from_stdlib_socket(ours)
-        self._answers = trio.open_memory_channel(math.inf)
+        # one per request sent and not answered yet, in the order sent: the zygote
+        # answers in that order, so requests need not wait for each other's fork
+        self._waiting: collections.deque[_Answer] = collections.deque()
         self._engines: dict[int, ForkedEngine] = {}
         self._early: dict[int, int] = {}           # exits reported before registration
         self._lock = trio.Lock()
@@ -89,7 +100,6 @@ class Zygote:
     async def run(self):
         """Read answers and exit events until the zygote goes away."""
         buf = b""
-        send, _ = self._answers
         try:
             while True:
                 data = await self._sock.recv(1 << 16)
@@ -100,7 +110,8 @@ class Zygote:
                     line, _, buf = buf.partition(b"\n")
                     msg = json.loads(line)
                     if "pid" in msg or "error" in msg:
-                        send.send_nowait(msg)
+                        if self._waiting:
+                            self._waiting.popleft().set(msg)
                     elif "exit" in msg:
                         engine = self._engines.pop(msg["exit"], None)
                         if engine is not None:
@@ -109,7 +120,8 @@ class Zygote:
                             self._early[msg["exit"]] = msg["code"]
         finally:
             self.alive = False
-            send.close()
+            while self._waiting:                    # never to be answered
+                self._waiting.popleft().set(None)
             for engine in self._engines.values():   # they died with the zygote
                 engine._exit(-signal.SIGKILL)
             self._engines.clear()
@@ -117,22 +129,35 @@ class Zygote:
                 self._popen.kill()
             self._popen.wait()
 
-    async def spawn(self, spec: EngineSpec, sock_fd: int) -> ForkedEngine:
-        """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy)."""
+    async def spawn(self, spec: EngineSpec, sock_fd: int, sent=None) -> ForkedEngine:
+        """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy).
+        `sent()` is called once the request is on its way: another may follow it then."""
         err_r, err_w = os.pipe()
+        waiting = _Answer()
         try:
-            async with self._lock:                  # answers come back in order
+            async with self._lock:                  # whole requests, one after another
                 if not self.alive:
                     raise OSError("the zygote is gone")
                 line = spec.to_json() + b"\n"
-                await trio.lowlevel.wait_writable(self._raw)
-                pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
-                answer = await self._answers[1].receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+                while True:     # one sendmsg: the request and its descriptors, or nothing
+                    await trio.lowlevel.wait_writable(self._raw)
+                    try:
+                        pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
+                        break
+                    except BlockingIOError:
+                        continue
+                self._waiting.append(waiting)
+        except BaseException:
             os.close(err_r)
-            raise OSError("the zygote is gone") from None
+            raise
         finally:
             os.close(err_w)
+        if sent is not None:
+            sent()
+        answer = await waiting.wait()
+        if answer is None:
+            os.close(err_r)
+            raise OSError("the zygote is gone")
         if "error" in answer:
             os.close(err_r)
             raise OSError(f"the zygote refused: {answer['error']}")

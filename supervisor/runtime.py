@@ -34,7 +34,7 @@ from compartments.spec import EngineSpec
 from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, supervision as S
 from .prober import Prober
 from .preflight import Plan
-from .process import Zygote
+from .process import Launched, Zygote, raise_fd_limit
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
@@ -258,8 +258,9 @@ class _Audit:
 
 class Supervisor:
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
-                 log_format: str = "text"):
+                 log_format: str = "text", zygote: Launched | None = None):
         self.plan = plan
+        self._launched = zygote
         self.system = plan.system
         self.log_dir = self.system.logs or output.default_log_dir(
             endpoint.system_id(self.system.path))
@@ -353,7 +354,7 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        self._fd_budget = _raise_fd_limit() - FD_RESERVE_BASE \
+        self._fd_budget = raise_fd_limit() - FD_RESERVE_BASE \
             - min(self.system.max_connections, FD_RESERVE_BASE) \
             - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -408,10 +409,13 @@ class Supervisor:
                 self._exit_code = 2
                 nursery.cancel_scope.cancel()
                 return self._exit_code
-            self.zygote = Zygote()
+            self.zygote = Zygote(self._launched)
+            self._launched = None
             nursery.start_soon(self.zygote.run)
             for comp in self.system.compartments.values():
-                await self._spawn(comp, 0)
+                # in order, but each waits for its fork alone: the next request goes
+                # to the zygote as soon as this one is sent
+                await nursery.start(self._first_spawn, comp)
             await self._done.wait()
             await self._stop_engines()
             self.zygote.stop()
@@ -507,8 +511,21 @@ class Supervisor:
 
     # ------------------------------------------------------------ engines
 
-    async def _spawn(self, comp, generation: int):
-        """Start an engine for `comp`; what goes wrong is a failed start, never an exit."""
+    async def _first_spawn(self, comp, task_status=trio.TASK_STATUS_IGNORED):
+        """`_spawn` at start-up: started once its request is sent (or it failed)."""
+        sent = False
+
+        def on_sent():
+            nonlocal sent
+            sent = True
+            task_status.started()
+        await self._spawn(comp, 0, on_sent)
+        if not sent:
+            task_status.started()
+
+    async def _spawn(self, comp, generation: int, sent=None):
+        """Start an engine for `comp`; what goes wrong is a failed start, never an exit.
+        `sent()`: called once the zygote has the request (see Zygote.spawn)."""
         try:
             hosts = await self._open_grants(comp)
         except _StartError as e:
@@ -527,8 +544,13 @@ class Supervisor:
                           instrument=comp.instrument, protect=comp.protect)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
+
+        def on_sent():                   # the zygote has its copy: ours can go now
+            theirs.close()
+            if sent is not None:
+                sent()
         try:
-            proc = await self.zygote.spawn(spec, theirs.fileno())
+            proc = await self.zygote.spawn(spec, theirs.fileno(), on_sent)
         except OSError as e:
             ours.close()
             self._release_hosts(comp, hosts)
@@ -1228,20 +1250,6 @@ def _rss(pids: dict) -> dict:
     return out
 
 
-def _raise_fd_limit() -> int:
-    """Each engine costs the supervisor a socket and a pipe: use the hard limit.
-    Returns the limit."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -1251,5 +1259,8 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text") -> int:
-    return await Supervisor(plan, socket_path, log_format=log_format).run()
+async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text",
+             zygote: Launched | None = None) -> int:
+    """`zygote`: one started already (cli.py starts it before the policy is read);
+    None: start one here."""
+    return await Supervisor(plan, socket_path, log_format=log_format, zygote=zygote).run()

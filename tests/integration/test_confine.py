@@ -453,3 +453,44 @@ exports = "Calc"
     inode = lambda pid: {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")
                          if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:")}  # noqa: E731
     assert len(inode(other)) == 1 and inode(other) != inode(holder)
+
+
+def test_a_spare_engine_waits_with_namespaces_of_its_own_and_no_module(tmp_path, wsuper):
+    """The zygote keeps a spare child ready for the next request (zygote.py): it has
+    made its own IPC, UTS and network namespaces already and emptied its capability
+    bounding set, holds no compartment's module, and each engine, spare or not, has
+    namespaces of its own."""
+    run = _up(tmp_path, wsuper, f"""
+[compartments.a]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.b]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+""")
+    engines = {_pid(run, "a"), _pid(run, "b")}
+    zygote = int(_status(next(iter(engines)))["PPid"])
+    ns = lambda pid, name: os.readlink(f"/proc/{pid}/ns/{name}")  # noqa: E731
+    deadline = time.monotonic() + 10
+    while True:                      # the spare closes the built-in module once it has
+        spares = [int(p) for p in open(f"/proc/{zygote}/task/{zygote}/children").read().split()
+                  if int(p) not in engines]      # rehearsed on it (or a request came)
+        fds = {} if len(spares) != 1 else {
+            fd: os.readlink(f"/proc/{spares[0]}/fd/{fd}") for fd in os.listdir(
+                f"/proc/{spares[0]}/fd")}
+        if len(spares) == 1 and not any(v.startswith("/memfd:") for v in fds.values()):
+            break
+        assert time.monotonic() < deadline, (spares, fds)
+        time.sleep(0.05)
+    spare, = spares
+    assert fds["0"] == fds["1"] == "/dev/null"
+    # its own socket to the zygote and no other (the directories are pycapnp's, as
+    # in the zygote; confine() points them at /dev/null like every other)
+    assert [v.split(":")[0] for k, v in fds.items() if k not in ("0", "1", "2")
+            and not v.startswith("/")] == ["socket"], fds
+    for name in ("ipc", "uts", "net"):
+        if confine.namespaces()[name] is None:
+            seen = {ns(pid, name) for pid in (zygote, spare, *engines)}
+            assert len(seen) == 4, (name, seen)    # each its own
+    if ROOT_USER or any(why is None for why in confine.namespaces().values()):
+        assert int(_status(spare)["CapBnd"], 16) == 0

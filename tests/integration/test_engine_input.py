@@ -152,3 +152,43 @@ def test_the_zygote_refuses_a_request_it_cannot_read():
 def _calc():
     import capnp_schemas
     return capnp_schemas.load(f"{EXAMPLES}/calc.capnp").Calc
+
+
+def test_requests_to_the_zygote_do_not_wait_for_each_others_fork():
+    """Each request goes out as soon as the one before it is sent (`wsuper up` starts
+    many compartments so); every answer still goes to its own request."""
+    async def main():
+        zygote = Zygote()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(zygote.run)
+            results, socks = {}, []
+
+            async def spawn(i, spec, task_status=trio.TASK_STATUS_IGNORED):
+                ours, theirs = socket.socketpair()
+                socks.append(ours)
+                try:
+                    results[i] = (await zygote.spawn(spec, theirs.fileno(),
+                                                     task_status.started), ours)
+                except OSError as e:
+                    results[i] = (e, ours)
+                finally:
+                    theirs.close()
+            good = EngineSpec("calc", f"{EXAMPLES}/calc.wat", exports=True, user=USER)
+            bad = EngineSpec("calc", f"{EXAMPLES}/calc.wat", user=(0, 0))  # root: refused
+            specs = [good, bad, good, bad, good]
+            async with trio.open_nursery() as requests:
+                for i, spec in enumerate(specs):      # the next once this one is sent
+                    await requests.start(spawn, i, spec)
+            for i, spec in enumerate(specs):
+                proc, sock = results[i]
+                if spec is bad:
+                    assert isinstance(proc, OSError) and "the zygote refused" in str(proc)
+                else:           # an engine that answers on the socket it was given
+                    assert await trio.to_thread.run_sync(Supervisor(sock).bootstrap) >= 0
+                    proc.kill()
+                    await proc.wait()
+            for s in socks:
+                s.close()
+            zygote.stop()
+            nursery.cancel_scope.cancel()
+    trio.run(main)

@@ -220,3 +220,23 @@ def _running(pid, wait=5.0):
             return False
         time.sleep(0.05)
     return True
+
+
+def _ours() -> set[int]:
+    """This process's children."""
+    out = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            out.update(int(pid) for pid in f.read().split())
+    return out
+
+
+def test_the_zygote_started_early_goes_when_the_system_is_refused(tmp_path, capsys):
+    """`wsuper up` starts its zygote before reading the system file (the two start-ups
+    overlap); a system that is refused takes that zygote with it."""
+    from supervisor import cli
+    (tmp_path / "system.toml").write_text('[compartments.a]\nmodule = "missing.wat"\n')
+    before = _ours()
+    assert cli.main(["up", str(tmp_path / "system.toml")]) == 2
+    assert "missing.wat" in capsys.readouterr().err
+    assert _ours() == before          # neither running nor a zombie

@@ -1,0 +1,64 @@
+"""Starting the zygote process (compartments/zygote.py), and nothing else.
+
+Kept apart from process.py (which needs trio): `wsuper up` starts the zygote
+first thing, before the CLI imports anything heavy, so that the zygote's
+start-up (imports, preparation: ~150-250 ms) overlaps the supervisor's own.
+Start it from the thread that will run trio: see process.py on
+PR_SET_PDEATHSIG.
+"""
+from __future__ import annotations
+
+import os
+import socket as pysocket
+import subprocess
+import sys
+
+
+class Launched:
+    """A zygote process started, not yet spoken to: `wsuper up` starts it first thing,
+    so that its ~150 ms of imports and preparation overlap the supervisor's own
+    (policy, preflight).  Start it from the thread that will run trio (see above)."""
+
+    def __init__(self):
+        raise_fd_limit()                 # the zygote, and so its engines, inherit it
+        ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        try:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-I", "-m", "compartments.zygote", str(theirs.fileno()),
+                 str(os.getpid())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, env={}, cwd="/", start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock: pysocket.socket | None = ours
+
+    def take(self) -> tuple[subprocess.Popen, pysocket.socket]:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            raise RuntimeError("this zygote was taken already")
+        return self.popen, sock
+
+    def discard(self):
+        """Stop it, unless a Zygote took it."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            if self.popen.poll() is None:
+                self.popen.kill()
+            self.popen.wait()
+
+
+def raise_fd_limit() -> int:
+    """Each engine costs the supervisor a socket and a pipe: use the hard limit.
+    Returns the limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
