@@ -17,7 +17,6 @@ Both the supervisor and the engine import this package; it imports neither.
 from __future__ import annotations
 
 import os
-import sys
 
 import capnp
 
@@ -65,16 +64,20 @@ def load(path: str, extra_imports=()):
     return capnp.load(path, imports=imports)
 
 
-_CHECK_SECONDS = 60
-
-
 def _check_in_child(path: str, imports: list):
     import re
-    returncode, text = _parse_in_fork(path, imports)
-    if returncode is None:            # threads here (fork is unsafe), or no fork
-        returncode, text = _parse_in_interpreter(path, imports)
-    if returncode == 0:
+    import subprocess
+    import sys
+    code = ("import sys, capnp; capnp.remove_import_hook(); "
+            "capnp.load(sys.argv[1], imports=sys.argv[2:])")
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", code, path, *imports],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchemaError(path, None, f"cannot check the schema: {e}") from None
+    if r.returncode == 0:
         return
+    text = r.stderr
     m = re.search(r"what\(\):\s*(.*?):(\d+)(?::\d+)?: (?:failed|error): (.*)", text) \
         or re.search(r"(\S+\.capnp):(\d+)(?::\d+)?: (?:failed|error): (.*)", text)
     if m:
@@ -85,60 +88,7 @@ def _check_in_child(path: str, imports: list):
                           m.group(3).strip().splitlines()[0])
     last = [l for l in text.strip().splitlines() if l.strip()]
     raise SchemaError(path, None, last[-1] if last else
-                      f"the schema parser failed (exit {returncode})")
-
-
-def _parse_in_fork(path: str, imports: list) -> tuple[int | None, str]:
-    """Parse in a forked child of this process, which has pycapnp loaded already (a
-    new interpreter costs ~100 ms more).  (None, "") when this process has threads
-    besides this one: a fork would copy locks they may hold."""
-    import resource
-    import signal
-    import traceback
-    try:
-        if len(os.listdir("/proc/self/task")) != 1:
-            return None, ""
-        r, w = os.pipe()
-    except OSError:
-        return None, ""
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return None, ""
-    if pid == 0:                      # the child: parse, and say nothing unless it fails
-        try:
-            os.close(r)
-            os.dup2(w, 2)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # an abort leaves no core
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(_CHECK_SECONDS)          # SIGALRM ends a parser that hangs
-            capnp.load(path, imports=imports)
-            os._exit(0)
-        except BaseException:         # its message is what the parent reads
-            traceback.print_exc()
-            sys.stderr.flush()
-        finally:
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        text = f.read(1 << 16).decode("utf-8", "replace")
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), text
-
-
-def _parse_in_interpreter(path: str, imports: list) -> tuple[int, str]:
-    import subprocess
-    import sys
-    code = ("import sys, capnp; capnp.remove_import_hook(); "
-            "capnp.load(sys.argv[1], imports=sys.argv[2:])")
-    try:
-        r = subprocess.run([sys.executable, "-I", "-c", code, path, *imports],
-                           capture_output=True, text=True, timeout=_CHECK_SECONDS, cwd="/")
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SchemaError(path, None, f"cannot check the schema: {e}") from None
-    return r.returncode, r.stderr
+                      f"the schema parser failed (exit {r.returncode})")
 
 
 def interfaces(module) -> dict:
