@@ -1,0 +1,74 @@
+"""The CPU a callee engine spends on each plain call, with nothing else running.
+
+    .venv/bin/python benchmarks/callee.py [CALLS] [PER_READ]
+
+An `Engine` serving examples/calc/calc.wat runs in a forked process of its own
+(not confined: this measures the call path, not start-up); this process plays
+the supervisor with a `protocol.Connection`, sends `Calc.add` calls PER_READ
+at a time (1: one call per read, as in a ping-pong; 50: as under load) and
+reads the answers.  Prints the engine process's CPU time per call (user +
+system, its own rusage) and the wall time per call.  WSUPER_NATIVE=0 measures
+the ctypes path into wasm (and the Python wire code) instead.
+"""
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from capnp_schemas import payloads, protocol  # noqa: E402
+from capnp_schemas.protocol import Content  # noqa: E402
+from compartments.engine import ENGINE_INTERFACE, Engine  # noqa: E402
+from compartments.spec import EngineSpec  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CALC = os.path.join(os.path.dirname(HERE), "examples", "calc", "calc.wat")
+CALC_ID = 0xc0ffee0000000001          # examples/calc/calc.capnp: interface Calc
+
+
+def main(calls: int, per_read: int):
+    ours, theirs = socket.socketpair()
+    engine = Engine(theirs, EngineSpec(name="calc", module=CALC, exports=True))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        before = time.process_time()
+        engine.serve()
+        os.write(w, str(time.process_time() - before).encode())
+        os._exit(0)
+    theirs.close()
+    conn = protocol.Connection("supervisor")
+
+    def round_trip(data: bytes, answers: int) -> list:
+        ours.sendall(data)
+        got = []
+        while len(got) < answers:
+            got.extend(conn.receive(ours.recv(1 << 20)))
+        return got
+
+    _qid, data = conn.send_bootstrap()
+    control = round_trip(data, 1)[0].payload.caps[0].import_id
+    _qid, data = conn.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]), [])
+    main_cap = round_trip(data, 1)[0].payload.caps[0].import_id
+    params = Content.standalone([struct.pack("<QQ", 1 << 32, (3 << 32) | 2)])   # add(2, 3)
+    start = time.perf_counter()
+    for _ in range(calls // per_read):
+        batch = [conn.send_call(main_cap, CALC_ID, 0, params, [])[1] for _ in range(per_read)]
+        answers = round_trip(b"".join(batch), per_read)
+        if answers[-1].payload is None:
+            raise SystemExit(f"the call failed: {answers[-1].error}")
+    wall = time.perf_counter() - start
+    ours.close()
+    os.waitpid(pid, 0)
+    cpu = float(os.read(r, 100))
+    n = calls // per_read * per_read
+    print(f"{n} calls, {per_read} a read: engine CPU {cpu / n * 1e6:.1f} µs a call, "
+          f"wall {wall / n * 1e6:.1f} µs a call")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000,
+         int(sys.argv[2]) if len(sys.argv) > 2 else 1)
