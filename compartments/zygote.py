@@ -188,8 +188,7 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
         theirs.close()
         raise
     if pid == 0:
-        code = 70
-        try:
+        def spare() -> int:
             ours.close()
             for fd in closing:
                 if isinstance(fd, socket.socket):
@@ -197,16 +196,25 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
                 else:
                     os.close(fd)
             signal.set_wakeup_fd(-1)
-            code = _spare(theirs, wasm_engine, zygote, warm, rehearse)
-        except BaseException:     # a bug: say where on stderr before leaving
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            return _spare(theirs, wasm_engine, zygote, warm, rehearse)
+        _leave_with(spare)
     theirs.close()
     return _Spare(pid, ours)
+
+
+def _leave_with(run):
+    """In a forked child: run `run()` and exit with its code; never returns.  A bug
+    says where on stderr (the child's own, or the zygote's) and exits with 70."""
+    code = 70
+    try:
+        code = run()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
@@ -460,8 +468,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"cannot start an engine: {e}"})
             continue
         if pid == 0:
-            code = 70
-            try:
+            def refuse() -> int:
                 control.close()
                 os.close(wake_r)
                 os.close(wake_w)
@@ -470,14 +477,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                 for fd in warm or ():
                     os.close(fd)
                 signal.set_wakeup_fd(-1)
-                code = _refuse(spec, error, fds[0], fds[1], zygote)
-            except BaseException:     # a bug: say where on stderr before leaving
-                traceback.print_exc()
-            finally:
-                try:
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+                return _refuse(spec, error, fds[0], fds[1], zygote)
+            _leave_with(refuse)
         for fd in fds:
             os.close(fd)
         children.add(pid)
