@@ -28,12 +28,21 @@ def _files(folder: str, name: str) -> list[str]:
     return [p for p in (*rotated, base) if os.path.exists(p)]
 
 
-def _read(paths) -> list[str]:
-    out = []
+def _read(paths, current: str | None = None, upto: tuple | None = None) -> tuple[list, int]:
+    """The lines of `paths`, and where reading `current` stopped: with `upto` (its
+    inode and size, taken before), no further than that, and only whole lines, so
+    that following it afterwards from there misses and repeats nothing."""
+    out, stop = [], 0
     for p in paths:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            out += [line.rstrip("\n") for line in f]
-    return out
+        with open(p, "rb") as f:
+            if p == current and upto is not None and os.fstat(f.fileno()).st_ino == upto[0]:
+                data = f.read(upto[1])
+                data = data[:data.rfind(b"\n") + 1]
+                stop = len(data)
+            else:
+                data = f.read()
+        out += data.decode("utf-8", "replace").splitlines()
+    return out, stop
 
 
 def lines(system, compartment: str | None = None, follow: bool = False):
@@ -43,11 +52,19 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     names = [compartment] if compartment else [output.SUPERVISOR, *system.compartments]
     if not os.path.isdir(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
-    streams = [_shown(n, _read(_files(folder, n)), compartment) for n in names]
+    # with `follow`, where each file ends is taken first: what is written while
+    # the files are read is shown by the following, not lost between the two
+    positions = {n: _end(os.path.join(folder, n + ".log")) for n in names} if follow else {}
+    streams = []
+    for n in names:
+        current = os.path.join(folder, n + ".log")
+        lines_, stop = _read(_files(folder, n), current, positions.get(n))
+        if follow:
+            positions[n] = (positions[n][0], stop)
+        streams.append(_shown(n, lines_, compartment))
     yield from heapq.merge(*streams, key=_time)
     if not follow:
         return
-    positions = {n: _end(os.path.join(folder, n + ".log")) for n in names}
     while True:
         time.sleep(0.2)
         fresh = []

@@ -29,6 +29,7 @@ import math
 import os
 import queue
 import re
+import select
 import threading
 import time
 
@@ -89,12 +90,39 @@ class Output:
         self.dropped = 0
         self._queue: queue.Queue | None = None
         self._token = None
+        self._trio_thread = None
+        self._closing = threading.Lock()
 
     def start(self):
-        """Write the terminal from a thread from now on (call inside trio)."""
+        """Write the terminal from a thread from now on (call inside trio), and watch
+        for its reader going away."""
         self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.current_thread()
         self._queue = queue.Queue()
         threading.Thread(target=self._terminal, name="wsuper terminal", daemon=True).start()
+        threading.Thread(target=self._watch, name="wsuper terminal watch", daemon=True).start()
+
+    def _watch(self):
+        """A reader that goes away (`wsuper up | head -1`) is noticed even if nothing
+        more is ever written: poll reports an error on a pipe whose reader closed it.
+        (Terminals and files never report one; a hang-up only stops the watching.)"""
+        poller = select.poll()
+        watched = set()
+        for stream in (self.out, self.err):
+            try:
+                fd = stream.fileno()
+            except (AttributeError, ValueError, OSError):
+                continue
+            if fd not in watched:
+                poller.register(fd, 0)          # errors and hang-ups only
+                watched.add(fd)
+        while watched and not self.closed:
+            for fd, events in poller.poll():
+                if events & select.POLLERR:
+                    self._gone()
+                    return
+                poller.unregister(fd)
+                watched.discard(fd)
 
     def stop(self, timeout: float = 2.0):
         """Let the terminal thread finish what is queued (at most `timeout` s)."""
@@ -195,19 +223,33 @@ class Output:
             if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
                     and e.errno != errno.EPIPE:
                 return
+            self._gone()
+
+    def _gone(self):
+        """The terminal's reader went away: nothing more is written to it (the log
+        files still get everything), and the system is told (`on_closed`), once."""
+        with self._closing:
+            if self.closed:
+                return
             self.closed = True
-            for s in (self.out, self.err):       # nothing more; keep exit from complaining
-                try:
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), s.fileno())
-                except (OSError, ValueError, AttributeError):
-                    pass
-            if self._token is not None and threading.current_thread().name == "wsuper terminal":
-                try:
-                    self._token.run_sync_soon(self.on_closed)
-                except trio.RunFinishedError:
-                    pass
-            else:
-                self.on_closed()
+        try:                                 # nothing more; keep exit from complaining
+            null = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            null = None
+        for stream in (self.out, self.err) if null is not None else ():
+            try:
+                os.dup2(null, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        if null is not None:
+            os.close(null)
+        if self._token is not None and threading.current_thread() is not self._trio_thread:
+            try:
+                self._token.run_sync_soon(self.on_closed)
+            except trio.RunFinishedError:
+                pass
+        else:
+            self.on_closed()
 
 
 class StderrLines:

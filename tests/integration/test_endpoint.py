@@ -194,3 +194,30 @@ def test_the_same_system_through_a_symlinked_directory_is_the_same_system(tmp_pa
         assert r.returncode == 0, r.stderr
     finally:
         first.stop()
+
+
+def test_a_reader_that_goes_away_after_the_last_line_still_stops_the_system(tmp_path, xdg):
+    # everything the system will print is read, then the reader goes: no write
+    # would ever fail, so the supervisor must notice the closed pipe by itself
+    path = _system(tmp_path)
+    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+    r, w = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", path], cwd=ROOT,
+                         env=env, stdout=w, stderr=w)
+    os.close(w)
+    try:
+        seen = b""
+        with os.fdopen(r, "rb", buffering=0) as pipe:
+            while b"all compartments ready" not in seen:
+                chunk = pipe.read(4096)
+                assert chunk, seen
+                seen += chunk
+        assert p.wait(timeout=15) == 0          # the pipe's reader is gone: it ends
+    finally:
+        if p.poll() is None:
+            p.kill()
+    admin = endpoint.admin_socket_path(path)
+    deadline = time.monotonic() + 10
+    while os.path.exists(admin) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(admin)
