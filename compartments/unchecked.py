@@ -26,7 +26,7 @@ wasmtime-py does it; that is what the import-time check verifies.
 
 Both directions have a native version, `_fastcall.c` (built by `pip install
 -e .` like the other extensions): the same C API calls without ctypes in the
-way (about 4 µs less per call into the guest and 1 µs per host call).  This
+way (a call into the guest 2.8 -> 0.2 µs, a host call 1.2 -> 0.04 µs here).  This
 module hands it the C functions' addresses from the library wasmtime-py
 loaded, after the prototype checks below, and turns its failures into
 wasmtime-py's objects; the import-time check runs on whichever path is in
