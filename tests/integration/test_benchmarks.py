@@ -30,6 +30,8 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
                                       "per_call_vs_plain", "log_vs_plain", "file_vs_plain",
                                       "python_path_vs_plain"}
     assert result["engine"]["wasm_to_host_us"] > 0 and result["engine"]["python_to_wasm_us"] > 0
+    assert result["engine"]["wasm_to_host_us_ctypes"] > 0          # both paths measured
+    assert result["engine"]["python_to_wasm_us_ctypes"] > 0
     assert result["engine"]["fresh_instance_us"] > 0
     start = result["startup"]
     assert start["cold_start_one"]["ms"] > 0 and start["cold_start_one"]["samples"] >= 2
@@ -52,3 +54,14 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     assert protect["startup"]["enforce_us"] > 0 and protect["startup"]["prepare_ms"] > 0
     table = (tmp_path / "quick.md").read_text()
     assert "| target | measured | goal | met |" in table and "C relay" in table
+
+
+def test_the_callee_benchmark_runs_both_ways():
+    import re
+    for native in ("1", "0"):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "callee.py"),
+                            "200", "10"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "WSUPER_NATIVE": native})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert re.fullmatch(r"200 calls, 10 a read: engine CPU [\d.]+ µs a call, "
+                            r"wall [\d.]+ µs a call\n", r.stdout), r.stdout
