@@ -74,7 +74,10 @@ class _Modules:
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
         self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
-        self.spare_sockets = lambda: ()       # set by serve(): what a compiler closes
+        # set by serve(): what is the zygote's (its control socket, wake-up pipe, the
+        # spares' sockets, the built-in module's and every cached module's memfds),
+        # which a compiler child closes before it reads a module
+        self.zygote_own = lambda: ()
 
     def get(self, path: str, instrument: tuple = (), protect=None,
             memory_limit: int = 0) -> tuple[tuple | None, str | None]:
@@ -115,8 +118,7 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
-                for sock in self.spare_sockets():   # spares wait for the zygote only
-                    sock.close()
+                _close_all(self.zygote_own())      # never another module's, nor ours
                 if instrument:            # the rewriting runs in Python, here: bounded
                     from .instrument import COMPILE_SECONDS
                     resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS))
@@ -190,16 +192,21 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
     if pid == 0:
         def spare() -> int:
             ours.close()
-            for fd in closing:
-                if isinstance(fd, socket.socket):
-                    fd.close()
-                else:
-                    os.close(fd)
+            _close_all(closing)
             signal.set_wakeup_fd(-1)
             return _spare(theirs, wasm_engine, zygote, warm, rehearse)
         _leave_with(spare)
     theirs.close()
     return _Spare(pid, ours)
+
+
+def _close_all(items):
+    """Close descriptors (ints) and sockets, in a forked child."""
+    for item in items:
+        if isinstance(item, socket.socket):
+            item.close()
+        else:
+            os.close(item)
 
 
 def _leave_with(run):
@@ -386,7 +393,7 @@ def serve(control: socket.socket, supervisor_pid: int):
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     spares: list[_Spare] = []
-    modules.spare_sockets = lambda: [s.sock for s in spares]
+    modules.zygote_own = lambda: closing() + list(warm or ())
 
     def closing() -> list:
         """What is the zygote's, for a spare to close: the control socket, the wake-up
@@ -397,6 +404,24 @@ def serve(control: socket.socket, supervisor_pid: int):
         spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, True))
     except OSError:
         pass                          # tried again at the first request
+
+    def hand_over(line: bytes, fds: list, module_fds: tuple) -> int:
+        """The pid of the spare that took this request: the one waiting, or, when
+        there is none or it is gone (a send to it fails), one forked now, which
+        closes this request's descriptors first like everything else of the
+        zygote's.  Raises OSError when neither could take it."""
+        for attempt in range(2):
+            spare = spares.pop() if spares else _fork_spare(
+                closing() + list(fds), zygote, wasm_engine, warm, False)
+            try:
+                socket.send_fds(spare.sock, [line], [*fds, *module_fds])
+                return spare.pid
+            except OSError:
+                if attempt:
+                    raise
+            finally:
+                spare.sock.close()
+        raise AssertionError("unreachable")
 
     def answer(msg: dict):
         control.sendall(json.dumps(msg).encode() + b"\n")
@@ -433,14 +458,6 @@ def serve(control: socket.socket, supervisor_pid: int):
                 answer({"error": "engine request: too long"})
             continue
         line, _, buf = buf.partition(b"\n")
-        if not spares:                # (a request waits for it: no rehearsal)
-            try:
-                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, False))
-            except OSError as e:      # out of memory, processes: refuse this one
-                for fd in fds:
-                    os.close(fd)
-                answer({"error": f"cannot start an engine: {e}"})
-                continue
         try:
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
@@ -455,13 +472,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                                             spec.limits.memory)
             if module_fds is None:
                 pid = os.fork()
-            else:                     # the spare becomes this compartment's engine
-                spare = spares.pop()
-                pid = spare.pid
-                try:
-                    socket.send_fds(spare.sock, [line], [*fds, *module_fds])
-                finally:
-                    spare.sock.close()
+            else:                     # a spare becomes this compartment's engine
+                pid = hand_over(line, fds, module_fds)
         except OSError as e:          # out of descriptors, memory, processes: refuse this one
             for fd in fds:
                 os.close(fd)
@@ -469,13 +481,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             continue
         if pid == 0:
             def refuse() -> int:
-                control.close()
-                os.close(wake_r)
-                os.close(wake_w)
-                for other in spares:
-                    other.sock.close()
-                for fd in warm or ():
-                    os.close(fd)
+                _close_all(closing() + list(warm or ()))
                 signal.set_wakeup_fd(-1)
                 return _refuse(spec, error, fds[0], fds[1], zygote)
             _leave_with(refuse)

@@ -139,13 +139,22 @@ class Zygote:
                 if not self.alive:
                     raise OSError("the zygote is gone")
                 line = spec.to_json() + b"\n"
-                while True:     # one sendmsg: the request and its descriptors, or nothing
+                sent_bytes = 0
+                while True:     # the descriptors go with the request's first bytes
                     await trio.lowlevel.wait_writable(self._raw)
                     try:
-                        pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
+                        sent_bytes = pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
                         break
                     except BlockingIOError:
                         continue
+                # the rest of a line a full buffer cut short, never left half sent
+                with trio.CancelScope(shield=True):
+                    while sent_bytes < len(line):
+                        await trio.lowlevel.wait_writable(self._raw)
+                        try:
+                            sent_bytes += self._raw.send(line[sent_bytes:])
+                        except BlockingIOError:
+                            continue
                 self._waiting.append(waiting)
         except BaseException:
             os.close(err_r)

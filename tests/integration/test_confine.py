@@ -12,6 +12,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -494,3 +496,82 @@ exports = "Calc"
             assert len(seen) == 4, (name, seen)    # each its own
     if ROOT_USER or any(why is None for why in confine.namespaces().values()):
         assert int(_status(spare)["CapBnd"], 16) == 0
+
+
+def _spares(zygote: int, engines: set) -> list:
+    return [int(p) for p in open(f"/proc/{zygote}/task/{zygote}/children").read().split()
+            if int(p) not in engines]
+
+
+def test_no_spare_holds_a_request_even_when_the_spare_was_gone_and_the_module_is_refused(
+        tmp_path, wsuper):
+    """A request that finds no spare (it was killed) and whose module cannot be
+    loaded is refused at once: the next spare never holds its engine socket (before,
+    a spare forked for it did, and the compartment hung in 'restarting')."""
+    shutil.copy(f"{EXAMPLES}/calc.wat", tmp_path / "b.wat")
+    run = _up(tmp_path, wsuper, f"""
+[compartments.a]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.b]
+module = "{tmp_path}/b.wat"
+exports = "Calc"
+restart = "permanent"
+restart_delay = 0.0
+""")
+    a, b = _pid(run, "a"), _pid(run, "b")
+    zygote = int(_status(a)["PPid"])
+    deadline = time.monotonic() + 10
+    while not _spares(zygote, {a, b}):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for spare in _spares(zygote, {a, b}):
+        os.kill(spare, signal.SIGKILL)
+    (tmp_path / "b.wat").write_text("(module (this is not wasm")
+    os.kill(b, signal.SIGKILL)
+    line = run.wait_for("b failed to start", timeout=10)
+    assert "cannot load module" in line
+    deadline = time.monotonic() + 10
+    while True:                       # the spare forked since holds one socket: its own
+        spares = _spares(zygote, {a, b})
+        sockets = [] if len(spares) != 1 else [
+            v for v in (os.readlink(f"/proc/{spares[0]}/fd/{fd}")
+                        for fd in os.listdir(f"/proc/{spares[0]}/fd"))
+            if v.startswith(("socket:", "pipe:"))]
+        if len(spares) == 1 and len([s for s in sockets if s.startswith("socket:")]) == 1:
+            break
+        assert time.monotonic() < deadline, (spares, sockets)
+        time.sleep(0.05)
+
+
+def test_a_compiler_child_holds_nothing_of_the_zygote(monkeypatch):
+    """The child that compiles a module (untrusted bytes, unconfined) closes what is
+    the zygote's first: its control socket, its other modules' memfds, the spares'
+    sockets.  Checked with the real fork: the child lists what it holds."""
+    import wasmtime
+
+    from compartments import wasm, zygote
+
+    def report(_engine, _path, _fds, err, *_a, **_k):   # runs in the compiler child
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:                   # the listing's own descriptor
+                pass
+        os.write(err, "|".join(held).encode())
+        return 1
+    monkeypatch.setattr(zygote, "_compile_into", report)
+    modules = zygote._Modules(wasmtime.Engine(wasm.engine_config()))
+    control, other = socket.socketpair()
+    memfd = os.memfd_create("another-module")
+    name = lambda fd: os.readlink(f"/proc/self/fd/{fd}")   # noqa: E731
+    try:
+        modules.zygote_own = lambda: [control, memfd]
+        fds, error = modules.get(f"{EXAMPLES}/calc.wat")
+        assert fds is None
+        held = error.split(": ", 1)[1].split("|")
+        assert name(control.fileno()) not in held and name(memfd) not in held, error
+        assert name(other.fileno()) in held          # (not the zygote's: still there)
+    finally:
+        control.close(), other.close(), os.close(memfd)

@@ -168,8 +168,13 @@ def test_a_closed_terminal_stops_the_system_quietly_and_cleans_up(tmp_path, xdg)
     env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
     p = subprocess.Popen(f"{sys.executable} -m supervisor.cli up {path} 2>&1 | head -1", shell=True,
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    out, err = p.communicate(timeout=30)
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=30)
+    finally:                         # a system that did not stop must not outlive the test
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
     assert len(out.splitlines()) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     admin, lock = endpoint.admin_socket_path(path), endpoint.lock_path(path)
