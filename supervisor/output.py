@@ -306,6 +306,7 @@ class LogFiles:
         self._dir: int | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._flushing = trio.Lock()
 
     def add(self, name: str, line: str):
         self.pending.setdefault(name, []).append(line)
@@ -319,12 +320,16 @@ class LogFiles:
             await trio.sleep(BATCH_SECONDS)     # let lines gather: one write for many
 
     async def flush(self):
-        batch, self.pending = self.pending, {}
-        if batch and not self.failed:
-            try:
-                await trio.to_thread.run_sync(self._write, batch)
-            except OSError as e:
-                self.failed = f"{self.folder}: {e.strerror or e}"
+        """Write what is pending.  One flush at a time, in order: the last one, at
+        shutdown, waits for a batch the writer took and is still writing (before,
+        close() could come first, and that batch, "stopping" among it, was lost)."""
+        async with self._flushing:
+            batch, self.pending = self.pending, {}
+            if batch and not self.failed:
+                try:
+                    await trio.to_thread.run_sync(self._write, batch)
+                except OSError as e:
+                    self.failed = f"{self.folder}: {e.strerror or e}"
 
     def _write(self, batch: dict):
         """Append each name's lines; a file about to pass LOG_FILE_SIZE is rotated

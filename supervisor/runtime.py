@@ -209,6 +209,7 @@ class _Audit:
         self.room.set()
         self.failed: str | None = None
         self._file = None
+        self._flushing = trio.Lock()
 
     def add(self, record: dict):
         if record.get("time") is None:
@@ -226,16 +227,19 @@ class _Audit:
             await trio.sleep(output.BATCH_SECONDS)   # let records gather: one write for many
 
     async def flush(self, on_error):
-        batch, self.pending = self.pending, []
-        if not batch or self.failed:
+        """Write what is pending.  One flush at a time: records stay in order, and the
+        last flush waits for a batch the writer is still writing."""
+        async with self._flushing:
+            batch, self.pending = self.pending, []
+            if not batch or self.failed:
+                self.room.set()
+                return
+            try:
+                await trio.to_thread.run_sync(self._write, batch)
+            except OSError as e:
+                self.failed = f"{self.path}: {e.strerror or e}"
+                on_error(self.failed)
             self.room.set()
-            return
-        try:
-            await trio.to_thread.run_sync(self._write, batch)
-        except OSError as e:
-            self.failed = f"{self.path}: {e.strerror or e}"
-            on_error(self.failed)
-        self.room.set()
 
     def _write(self, batch: list):
         import json

@@ -82,3 +82,36 @@ def test_times_are_those_datetime_would_write_to_the_millisecond():
     for t in edges + [rng.uniform(0, 4e9) for _ in range(20000)]:
         assert rfc3339(t) == expected(t), t
     assert rfc3339().endswith("Z") and len(rfc3339()) == len("2026-12-03T13:40:54.637Z")
+
+
+def test_the_last_flush_waits_for_a_batch_still_being_written(tmp_path, monkeypatch):
+    """At shutdown the supervisor flushes and closes the log files; a batch the
+    writer task had taken and was still writing must reach the file (before,
+    close() came first and the batch, the 'stopping' line among it, was lost)."""
+    import threading
+
+    import trio
+
+    from supervisor import output
+    files = output.LogFiles(str(tmp_path))
+    write, started = files._write, threading.Event()
+
+    def slow_write(batch):                  # the writer's batch: slow to write
+        if not started.is_set():
+            started.set()
+            threading.Event().wait(0.3)
+        write(batch)
+    monkeypatch.setattr(files, "_write", slow_write)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            files.add("supervisor", "2026-12-03T10:00:00.000Z wsuper: stopping (wsuper stop)")
+            nursery.start_soon(files.flush)          # the writer task's flush
+            await trio.to_thread.run_sync(started.wait)
+            files.add("supervisor", "2026-12-03T10:00:01.000Z wsuper: stopped")
+            await files.flush()                     # the runtime's last flush, then close
+            files.close()
+    trio.run(main)
+    assert (tmp_path / "supervisor.log").read_text().splitlines() == [
+        "2026-12-03T10:00:00.000Z wsuper: stopping (wsuper stop)",
+        "2026-12-03T10:00:01.000Z wsuper: stopped"]
