@@ -118,6 +118,7 @@ class _Modules:
             code = 1
             try:
                 os.close(r)
+                signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
                 _close_all(self.zygote_own())      # never another module's, nor ours
                 if instrument:            # the rewriting runs in Python, here: bounded
                     from .instrument import COMPILE_SECONDS
