@@ -158,10 +158,13 @@ _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_
 
 class Engine:
     def __init__(self, sock: socket.socket, spec: EngineSpec, module: wasmtime.Module = None,
-                 wasm_engine: wasmtime.Engine = None, description: wasm.Description = None):
+                 wasm_engine: wasmtime.Engine = None, description: wasm.Description = None,
+                 instantiate: bool = True):
         """`module`: the compartment's module, compiled for `wasm_engine` with
         wasm.engine_config() (the zygote's), and its `description`, its imports
-        already checked; None: compile and check `spec.module` here."""
+        already checked; None: compile and check `spec.module` here.
+        `instantiate`: False leaves that to `instantiate()`, which runs the
+        module's start function, guest code: `run` confines the process first."""
         self.sock = sock
         self.spec = spec
         self.name = spec.name
@@ -190,6 +193,8 @@ class Engine:
         self.regions: protect.Regions | None = None     # memory protection: see _protect
         self._memory_base = None
         self._load(module, wasm_engine, description)
+        if instantiate:
+            self.instantiate()
 
     # ------------------------------------------------------------ wasm
 
@@ -215,7 +220,6 @@ class Engine:
                 raise EngineError(f"module {path} {problem}")
         self.probes = probing.EngineProbes(
             probing.Sites.from_json(description.sites) if description.sites else None)
-        export_types = description.exports
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()
@@ -235,6 +239,14 @@ class Engine:
             for name, (params, results) in probing.HOOKS.items():
                 unchecked.define(linker, probing.PROBE_MODULE, name, params, results,
                                  getattr(self.probes, name), self.wasm_engine)
+        self._linker, self._module, self._description = linker, module, description
+
+    def instantiate(self):
+        """The module's first instance: its start function runs here (guest code, so
+        `run` calls this only once the process is confined)."""
+        path = self.spec.module
+        linker, module, description = self._linker, self._module, self._description
+        export_types = description.exports
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
@@ -922,7 +934,7 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=sock_fd)
     try:
-        engine = Engine(sock, spec, module, wasm_engine, description)
+        engine = Engine(sock, spec, module, wasm_engine, description, instantiate=False)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
@@ -931,6 +943,11 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     except OSError as e:                    # ConfinementError, or a layer that failed
         print(f"error: cannot confine the engine: {e}", file=sys.stderr)
         return EXIT_CONFINE
+    try:                   # the module's start function is guest code: confined first
+        engine.instantiate()
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CANNOT_LOAD
     try:
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):

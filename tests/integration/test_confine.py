@@ -575,3 +575,39 @@ def test_a_compiler_child_holds_nothing_of_the_zygote(monkeypatch):
         assert name(other.fileno()) in held          # (not the zygote's: still there)
     finally:
         control.close(), other.close(), os.close(memfd)
+
+
+def _children(pid: int) -> list:
+    try:
+        return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def test_a_modules_start_function_runs_confined(tmp_path, wsuper):
+    """A module's start function is guest code: it runs only once the engine is
+    confined (it ran before confine(), unconfined, until this was fixed).  Caught
+    while it spins: the engine running it already has its seccomp filter, no
+    capabilities and no_new_privs."""
+    (tmp_path / "spin.wat").write_text("""(module
+  (memory (export "memory") 1)
+  (func $spin (loop $l (br $l)))
+  (start $spin)
+  (func (export "_start")))""")
+    run = _up(tmp_path, wsuper, """
+[compartments.spinner]
+module = "spin.wat"
+""")
+    deadline = time.monotonic() + 20
+    while True:                       # the zygote's child that is running: the engine
+        zygotes = [c for c in _children(run.proc.pid)
+                   if "compartments.zygote" in open(f"/proc/{c}/cmdline").read()]
+        running = [c for z in zygotes for c in _children(z)
+                   if _status(c).get("State", "").startswith("R")]
+        if running:
+            break
+        assert time.monotonic() < deadline, zygotes
+        time.sleep(0.05)
+    status = _status(running[0])
+    assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", status
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0, status
