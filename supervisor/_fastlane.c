@@ -1206,6 +1206,16 @@ static PyObject *handed_records(NCall *c, PyObject *out) {
   return out;
 }
 
+/* Without the mutex: the record of the one call handed over, or None. */
+static PyObject *handed_record(NCall *handed) {
+  if (!handed) Py_RETURN_NONE;
+  PyObject *out = handed_records(handed, PyList_New(0));
+  if (!out) return NULL;
+  PyObject *rec = Py_NewRef(PyList_GET_ITEM(out, 0));
+  Py_DECREF(out);
+  return rec;
+}
+
 /* Hand every native call that `pick` chooses to Python (with the mutex). */
 static void take_calls(Lane *L, int (*pick)(const NCall *, const void *), const void *arg,
                        NCall ***tail) {
@@ -1233,12 +1243,7 @@ static PyObject *Lane_claim(Lane *L, PyObject *args) {
   NCall *c = map_get(&L->calls, KEY(pid, qid));
   if (c) hand_over(L, c, &tail);
   UNLOCK(L);
-  if (!handed) Py_RETURN_NONE;
-  PyObject *out = handed_records(handed, PyList_New(0));
-  if (!out) return NULL;
-  PyObject *rec = Py_NewRef(PyList_GET_ITEM(out, 0));
-  Py_DECREF(out);
-  return rec;
+  return handed_record(handed);
 }
 
 /* claim_answer(caller, aid) -> record (a call in flight natively), True (returned
@@ -1263,12 +1268,7 @@ static PyObject *Lane_claim_answer(Lane *L, PyObject *args) {
   }
   UNLOCK(L);
   if (returned) Py_RETURN_TRUE;
-  if (!handed) Py_RETURN_NONE;
-  PyObject *out = handed_records(handed, PyList_New(0));
-  if (!out) return NULL;
-  PyObject *rec = Py_NewRef(PyList_GET_ITEM(out, 0));
-  Py_DECREF(out);
-  return rec;
+  return handed_record(handed);
 }
 
 static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
