@@ -286,22 +286,19 @@ def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
         raise TypeError("host functions return at most one i32")
     kinds = tuple(params)
     ty = func_type(kinds, tuple(results), engine)
-    m, n = module.encode(), name.encode()
     if _native is not None:
         env = _native.host(fn, b"".join(_KIND[k] for k in kinds), bool(results))
-        error = ffi.wasmtime_linker_define_func_unchecked(
-            linker.ptr(), ctypes.create_string_buffer(m), len(m), ctypes.create_string_buffer(n),
-            len(n), ty.ptr(), _NATIVE_TRAMPOLINE, env, _NATIVE_FINALIZE)
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
-        return
-    env = len(_HOST) + 1
-    while env in _HOST:
-        env += 1
-    _HOST[env] = (fn, kinds, bool(results))
+        trampoline, finalize = _NATIVE_TRAMPOLINE, _NATIVE_FINALIZE
+    else:
+        env = len(_HOST) + 1
+        while env in _HOST:
+            env += 1
+        _HOST[env] = (fn, kinds, bool(results))
+        trampoline, finalize = _trampoline, _finalize
+    m, n = module.encode(), name.encode()
     error = ffi.wasmtime_linker_define_func_unchecked(
         linker.ptr(), ctypes.create_string_buffer(m), len(m), ctypes.create_string_buffer(n),
-        len(n), ty.ptr(), _trampoline, env, _finalize)
+        len(n), ty.ptr(), trampoline, env, finalize)
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
 
