@@ -317,9 +317,7 @@ def _flat_field(field) -> _Field | None:
     kind = proto.slot.type.which()
     default = proto.slot.defaultValue
     value = getattr(default, default.which()) if default.which() != "void" else None
-    if kind in ("text", "data"):
-        return _Field(proto.name, kind, proto.slot.offset) if not value else None
-    if kind == "bool" or kind == "void":
+    if kind in ("text", "data", "bool", "void"):
         return _Field(proto.name, kind, proto.slot.offset) if not value else None
     if kind not in _NUMBERS or value:
         return None
