@@ -578,6 +578,14 @@ class Connection:
             a.kept = sum(len(seg) for seg in content.segments)
         data = self._splice(head, at, content)
         self._answer_done(answer_id, a)
+        if not caps and not a.finished and self.native is not None \
+                and self.native.returned(answer_id):
+            # The native path keeps it until the peer's Finish, which it can then take
+            # without Python; if Python meets the id again (that Finish behind a
+            # message Python handles, a pipelined call), _native_answer takes it back
+            # exactly as it is here: returned, no capabilities, nothing kept.
+            del self.answers[answer_id]
+            self._unfinished -= 1
         return data
 
     def send_exception(self, answer_id: int, reason: str, type: str = "failed",

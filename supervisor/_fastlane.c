@@ -287,7 +287,8 @@ typedef struct {
 } Lane;
 
 static void *const PYOPEN = (void *)1;
-static void *const RETURNED = (void *)2; /* returned natively to an external client, not finished */
+static void *const RETURNED = (void *)2; /* returned to an external client (natively, or by
+                                            Python with no capabilities: returned()), not finished */
 static void *const RESERVED = (void *)1;
 
 static Peer *peer_get(Lane *L, long pid) {
@@ -1087,6 +1088,27 @@ static PyObject *Lane_close_answer(Lane *L, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* returned(pid, aid) -> True if answer `aid`, open in Python, is now on the native
+ * books as returned and awaiting the peer's Finish (as if returned natively): the
+ * Finish then needs no Python, and claim_answer gives the answer back if Python
+ * meets it again.  Python calls this only for results without capabilities. */
+static PyObject *Lane_returned(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  int ok = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && map_get(&L->answers, KEY(pid, aid)) == PYOPEN &&
+      !map_put(&L->answers, KEY(pid, aid), RETURNED)) {
+    P->py_open--;
+    P->returned_open++;
+    ok = 1;
+  }
+  UNLOCK(L);
+  return PyBool_FromLong(ok);
+}
+
 /* finish_ok(pid, aid): a Finish for an answer returned natively with noFinishNeeded
  * (allowed, and ignored) */
 static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
@@ -1520,6 +1542,7 @@ static PyMethodDef Lane_methods[] = {
     {"open_answer", (PyCFunction)Lane_open_answer, METH_VARARGS, NULL},
     {"close_answer", (PyCFunction)Lane_close_answer, METH_VARARGS, NULL},
     {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
+    {"returned", (PyCFunction)Lane_returned, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
     {"unfinished", (PyCFunction)Lane_unfinished, METH_VARARGS, NULL},

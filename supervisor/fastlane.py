@@ -72,6 +72,12 @@ class NativeSide:
     def finish_ok(self, aid: int) -> bool:
         return self.lane.finish_ok(self.pid, aid)
 
+    def returned(self, aid: int) -> bool:
+        """Answer `aid`, which Python just returned without capabilities, goes on the
+        native books as returned and not finished, as if it had been returned
+        natively: its Finish then needs no Python.  False: it stays Python's."""
+        return self.lane.returned(self.pid, aid)
+
     def in_flight(self) -> int:
         return self.lane.in_flight(self.pid)
 

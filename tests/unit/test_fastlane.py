@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from capnp_schemas import protocol as P, wire
+from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
 from supervisor.policy import Grant
@@ -99,6 +99,40 @@ class Engine:
 
     def calls(self):
         return [e for e in self.inbox if isinstance(e, P.CallReceived)]
+
+
+class External(Engine):
+    """An external client on the gateway (router.add_external), holding calc's
+    main object as grants[0]."""
+
+    def __init__(self, sup, name="client"):
+        self.sup, self.name, self.exports = sup, name, False
+        self.conn = P.Connection(name)
+        self.control, self.main = object(), object()
+        self.grants, self.inbox = {}, []
+        ours, theirs = socket.socketpair()
+        self.sock = theirs
+        self.pid = sup.router.add_external(name)
+        limits = sup.router.peers[self.pid].limits
+        sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
+                     R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
+                     512, limits.message_size, limits.in_flight, True)
+        sup.router.lane_peer(self.pid)
+        sup.engines[self.pid] = self
+        gateway = self._returned(*self.conn.send_bootstrap()).payload.caps[0].import_id
+        get = hosted.GATEWAY.method("get")
+        self.grants[0] = self._returned(*self.conn.send_call(
+            gateway, hosted.GATEWAY.id, get.ordinal,
+            payloads.build(get.params, {"name": "calc"})[0])).payload.caps[0]
+
+    def _returned(self, qid, data):
+        self.send(data)
+        self.until(lambda: any(r.question_id == qid for r in self.returns()))
+        ret = next(r for r in self.returns() if r.question_id == qid)
+        self.inbox.remove(ret)
+        if ret.finish_needed:
+            self.send(self.conn.send_finish(qid))
+        return ret
 
 
 class Sup:
@@ -619,6 +653,79 @@ def test_answers_returned_natively_count_toward_max_unfinished(sup):
     app.until(lambda: app.pid in s.closed)
     assert any(f"{total} answers were returned and never finished" in getattr(e, "text", "")
                for e in s.other)
+
+
+def test_an_external_client_with_many_calls_in_flight_moves_onto_the_lane(sup):
+    """A client that keeps calls in flight and finishes each answer as it comes
+    (as Cap'n Proto clients do): the calls Python answered before the route was
+    in are handed to the lane's books when returned, so their Finish needs no
+    Python, and the calls behind it are forwarded natively.  (When those
+    Finishes went to Python, each held the client's later calls there too,
+    and a client that never paused never reached the lane.)"""
+    s = sup({"calc": CALC}, external=("calc",))
+    calc = Engine(s, "calc", exports=True)
+    app = External(s)
+    before = s.lane.stats()
+    total, in_flight = 300, 20
+    data = b""
+    for _ in range(in_flight):
+        data += app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1]
+    app.send(data)                      # all at once, before any route is in
+    sent, answered, seen = in_flight, 0, 0
+    while seen < total:
+        app.until(lambda: len(calc.calls()) > answered or len(app.returns()) > seen)
+        reply = b""
+        for call in calc.calls()[answered:]:
+            reply += calc.conn.send_return(call.answer_id, params(7), no_finish=True)
+            answered += 1
+        if reply:
+            calc.send(reply)
+        data = b""
+        for ret in app.returns()[seen:]:
+            assert ret.payload is not None and ret.finish_needed
+            data += app.conn.send_finish(ret.question_id)
+            if sent < total:
+                data += app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1]
+                sent += 1
+            seen += 1
+        if data:
+            app.send(data)
+    app.until(lambda: s.lane.unfinished(app.pid) == 0 and not s.router.peers[app.pid]
+              .conn.answers)
+    stats = s.lane.stats()
+    assert stats["calls"] - before["calls"] >= total - 3 * in_flight
+    assert app.pid not in s.closed and s.router.status("calc")["served"] == total
+
+
+def test_a_finish_or_pipelined_call_on_an_answer_python_returned_still_works(sup):
+    s = sup({"calc": CALC}, external=("calc",))
+    calc = Engine(s, "calc", exports=True)
+    app = External(s)
+    conn = s.router.peers[app.pid].conn
+    first = app.call()                             # through Python: no route yet
+    app.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(7), no_finish=True))
+    app.until(lambda: app.returns())
+    # returned without capabilities: on the lane's books, not Python's
+    assert first not in conn.answers and s.lane.unfinished(app.pid) == 1
+    qid, data = app.conn.send_call((first, [0]), CALC, 0, params())
+    app.send(data)                                 # pipelined on it: Python takes it back
+    app.until(lambda: len(app.returns()) == 2)
+    assert "holds no capability" in app.returns()[-1].error
+    app.send(app.conn.send_finish(first))
+    if app.returns()[-1].finish_needed:
+        app.send(app.conn.send_finish(qid))
+    app.until(lambda: first not in conn.answers and s.lane.unfinished(app.pid) == 0
+              and qid not in conn.answers)
+    second = app.call()                            # natively now; its Finish too
+    app.until(lambda: len(app.returns()) == 3 or len(calc.calls()) == 2)
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(8), no_finish=True))
+    app.until(lambda: len(app.returns()) == 3)
+    app.send(app.conn.send_finish(second))
+    app.until(lambda: s.lane.unfinished(app.pid) == 0)
+    app.send(P.rpcwire.encode_finish(second))      # twice: a protocol error, as ever
+    app.until(lambda: app.pid in s.closed)
+    assert any(f"finish for question {second}" in getattr(e, "text", "") for e in s.other)
 
 
 # A route context and garbage whose finalizers call the lane, run while the lane
