@@ -66,6 +66,20 @@ EXIT_CONFINE = 5            # the process could not be confined: it does not run
 #: costs native stack in this process.
 MAX_NESTING = 32
 
+#: Answers are written before the guest is entered, so that a long call never
+#: keeps the answers to earlier ones waiting; except before a call to a method
+#: whose calls have all been short (under HOLD_FUEL wasm instructions): the
+#: answers of a batch of such calls then go out together, in one write, when
+#: the engine next waits for input (or HOLD_MESSAGES are waiting).  A method is
+#: judged by its fuel, not by a clock, so that a busy machine does not change
+#: the judgement; one long call marks its method (at most SLOW_METHODS are
+#: remembered; past that every method counts as long).  What blocks without
+#: using fuel writes the answers first: an outgoing call (it waits for its
+#: return), and a WASI sleep (before_blocking).
+HOLD_FUEL = 100_000
+HOLD_MESSAGES = 32
+SLOW_METHODS = 1024
+
 
 class GuestFault(Exception):
     """The guest broke the ABI (bad pointer, bad length): it traps."""
@@ -184,6 +198,8 @@ class Engine:
         self._entered = 0                    # guest code running now (nested: > 1)
         self.control = object()
         self._outgoing: list[bytes] = []
+        self._slow: set[tuple] = set()          # (object, interface, method) that ran long once
+        self._fuel_used = 0                     # by the last guest entry
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
         self._started = False
         self._granted: list = []                 # (name, kind, mount, import id), at start
@@ -585,6 +601,11 @@ class Engine:
         """Queue a message; it goes out with the others before we next block."""
         self._outgoing.append(data)
 
+    def before_blocking(self):
+        """A host function is about to wait without using fuel (a WASI sleep): the
+        answers waiting to go out go now."""
+        self._flush()
+
     def _flush(self):
         if self._outgoing:
             data = b"".join(self._outgoing)
@@ -751,12 +772,18 @@ class Engine:
                 raise _CallError("overloaded", str(e)) from None
             frame = _Frame(self._for_guest(ev.payload.content), handles)
             self.frames.append(frame)
+            method = (ev.target.tag, ev.interface_id, ev.method_id)
+            hold = method not in self._slow and len(self._outgoing) < HOLD_MESSAGES \
+                and len(self._slow) < SLOW_METHODS
+            self._fuel_used = 0
             try:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                      ev.method_id, len(frame.params), len(frame.handles),
-                                     fuel=self.limits.fuel_per_call)
+                                     fuel=self.limits.fuel_per_call, flush=not hold)
             finally:
                 self.frames.pop()
+                if self._fuel_used >= HOLD_FUEL:
+                    self._slow.add(method)
         finally:
             if outer is not None:
                 after.append(self._leave_instance(outer))
@@ -843,11 +870,14 @@ class Engine:
             inner["store"].close()
         return release
 
-    def _guest(self, func, *args, fuel: int):
+    def _guest(self, func, *args, fuel: int, flush: bool = True):
         """Enter the guest with a fresh CPU budget.  A re-entrant call (a callback
         while the guest waits) gets its own budget; the outer one resumes with
-        what it had left."""
-        self._flush()      # the guest may run for long: let the supervisor have it all
+        what it had left.  `flush`: write the answers waiting to go out first (the
+        guest may run for long); False only for a call expected to be short (see
+        HOLD_FUEL)."""
+        if flush:
+            self._flush()
         store = self.store
         # only guest code that is running (we are inside one of its host calls)
         # has a budget to resume with; at the top level there is none to keep
@@ -874,8 +904,7 @@ class Engine:
                 from None
         finally:
             self._entered -= 1
-            if outer is not None:
-                store.set_fuel(outer)
+            self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
 
 
 class _GuestError(Exception):

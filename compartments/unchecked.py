@@ -213,14 +213,15 @@ class TypedFunc:
 
 
 def refuel(store: wasmtime.Store, fuel: int) -> int:
-    """Set the store's fuel to `fuel`; returns what it had left."""
+    """Set the store's fuel to `fuel` (-1: leave it); returns what it had left."""
     if _native is not None:
         try:
             return _native.fuel(store._context(), fuel)
         except _CallFailed as e:
             _raise_failure(e)
     left = store.get_fuel()
-    store.set_fuel(fuel)
+    if fuel >= 0:
+        store.set_fuel(fuel)
     return left
 
 

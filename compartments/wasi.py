@@ -498,6 +498,7 @@ class Wasi:
                 raise _Fail(E.INVAL)
         if not ready and timers:
             timeout, _ = min(timers)
+            self.host.before_blocking()         # answers the engine holds go out first
             time.sleep(min(timeout / 1e9, MAX_SLEEP))
             ready = [(u, 0, 0) for t, u in timers if t <= timeout]
         out = b"".join(struct.pack("<QHBxxxxxQHxxxxxx", u, err, tag, 0, 0)

@@ -50,6 +50,9 @@ class FakeHost:
     def adopt(self, cap):
         return cap.import_id
 
+    def before_blocking(self):
+        self.calls.append("before_blocking")
+
     def hold(self, cap):
         self.held.append(cap)
         return cap
@@ -374,3 +377,18 @@ def test_any_arguments_give_an_errno_or_a_trap_never_an_engine_error(name, data)
     except Fault:
         return                   # out-of-range memory: the guest traps, as it should
     assert isinstance(r, int) and 0 <= r <= 76, (name, args, r)
+
+
+def test_a_sleep_lets_the_engine_write_what_it_holds_first(monkeypatch):
+    host, w = wasi_with()
+    slept = []
+    monkeypatch.setattr(wasi.time, "sleep", lambda t: slept.append((t, list(host.calls))))
+    # one relative clock subscription (userdata 5, 2 ms), then one on stdout (ready at once)
+    host.write(0, struct.pack("<QB7xIxxxxQQH6x", 5, 0, wasi.CLOCK_MONOTONIC, 2_000_000, 0, 0))
+    assert call(w, "poll_oneoff", 0, 100, 1, 900) == 0
+    assert slept == [(0.002, ["before_blocking"])]          # told before it slept
+    assert host.u32(900) == 1 and struct.unpack_from("<QH", host.mem, 100) == (5, 0)
+    host.calls.clear()
+    host.write(48, struct.pack("<QB7xI28x", 6, 2, 1))
+    assert call(w, "poll_oneoff", 0, 100, 2, 900) == 0     # a ready descriptor: no sleep
+    assert host.calls == [] and len(slept) == 1 and host.u32(900) == 1

@@ -1,0 +1,99 @@
+"""When an engine writes its answers (compartments/engine.py, HOLD_FUEL): the
+answers to a batch of short calls go out in one write, and the answers before
+a call to a method that once ran long go out before it runs.  A real Engine
+with real wasmtime, serving tests/integration/guests/spin.wat; its socket
+records each write."""
+from __future__ import annotations
+
+import os
+import struct
+
+from capnp_schemas import payloads, protocol
+from compartments import engine as E
+from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.limits import Limits
+from compartments.spec import EngineSpec
+
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "guests")
+SPIN = 0xc0ffee00000000f1
+PING, SLOW = 1, 2          # spin.capnp: ping answers 7 at once; slow burns 2M instructions
+
+
+class Recorded:
+    """The engine's socket: hands it the batches given, one per read, and keeps
+    each write apart."""
+
+    def __init__(self):
+        self.batches: list[bytes] = []
+        self.writes: list[bytes] = []
+
+    def recv(self, _n):
+        return self.batches.pop(0) if self.batches else b""
+
+    def sendall(self, data):
+        self.writes.append(bytes(data))
+
+
+def serve(*batches, fuel_per_call: int = 50_000_000):
+    """An engine that has been bootstrapped and started, then served `batches`
+    (lists of methods of Spin, each list sent in one write): the answers to them,
+    write by write, as lists of (question id, value or error)."""
+    sock = Recorded()
+    engine = Engine(sock, EngineSpec(name="spin", module=os.path.join(GUESTS, "spin.wat"),
+                                     exports=True, limits=Limits(fuel_per_call=fuel_per_call)))
+    sup = protocol.Connection("supervisor")
+    _q, boot = sup.send_bootstrap()
+    sock.batches.append(boot)
+    engine._pump()
+    engine._flush()
+    [ev] = sup.receive(sock.writes.pop())
+    control = ev.payload.caps[0].import_id
+    _q, start = sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))
+    sock.batches.append(start)
+    engine._pump()
+    engine._flush()
+    [ev] = sup.receive(sock.writes.pop())
+    main = ev.payload.caps[0].import_id
+    asked = {}
+    for methods in batches:
+        data = b""
+        for m in methods:
+            qid, msg = sup.send_call(main, SPIN, m)
+            asked[qid] = m
+            data += msg
+        sock.batches.append(data)
+    engine.serve()                  # until the batches run out
+    out = []
+    for w in sock.writes:
+        got = []
+        for ev in sup.receive(w):
+            assert isinstance(ev, protocol.ReturnReceived)
+            value = (struct.unpack_from("<i", ev.payload.content.segments[0], 8)[0]
+                     if ev.payload is not None else ev.error)
+            got.append((asked[ev.question_id], value))
+        out.append(got)
+    return out
+
+
+def test_the_answers_to_a_batch_of_short_calls_go_out_in_one_write():
+    assert serve([PING] * 5) == [[(PING, 7)] * 5]
+
+
+def test_answers_go_out_before_a_method_that_once_ran_long_is_entered():
+    writes = serve([SLOW], [PING, PING, SLOW, PING])
+    # the first slow call could not be told from a short one: the answers of its
+    # batch waited for it; from then on the ones before it go out first
+    assert writes == [[(SLOW, 1)], [(PING, 7), (PING, 7)], [(SLOW, 1), (PING, 7)]]
+
+
+def test_a_call_that_runs_out_of_fuel_marks_its_method_long(monkeypatch):
+    monkeypatch.setattr(E, "HOLD_FUEL", 10_000)
+    writes = serve([PING], [0], [PING, 0])      # method 0 spins until its fuel is gone
+    assert [[m for m, _ in w] for w in writes] == [[PING], [0], [PING], [0]]
+    assert "CPU budget" in writes[1][0][1]
+
+
+def test_past_the_held_limit_the_answers_go_out(monkeypatch):
+    monkeypatch.setattr(E, "HOLD_MESSAGES", 3)
+    writes = serve([PING] * 7)
+    assert [len(w) for w in writes] == [3, 3, 1]
