@@ -23,9 +23,12 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
             assert lat[key]["p50_us"]["median"] > 0 and lat[key]["p99_us"]["median"] > 0, key
         for key in ("c_relay_batched", "pycapnp_direct", "pycapnp_relay", "wsuper_external"):
             assert lat[key]["calls_per_s"]["median"] > 0
+        for key in ("pycapnp_direct", "pycapnp_relay", "wsuper_external"):
+            assert lat[key]["calls_per_s_loadgen"]["median"] > 0        # both clients
         assert set(lat["ratios"]) == {"call_vs_c_relay", "call_vs_python_relay",
                                       "call_vs_pycapnp_relay", "external_vs_pycapnp_relay",
                                       "throughput_vs_pycapnp_relay",
+                                      "throughput_vs_pycapnp_relay_pycapnp_client",
                                       "throughput_vs_c_relay_batched", "attenuated_vs_plain",
                                       "per_call_vs_plain", "log_vs_plain", "file_vs_plain",
                                       "python_path_vs_plain"}
