@@ -282,9 +282,11 @@ class Supervisor:
         self.hosts = hostcaps.HostCaps(
             lambda owner: self.system.compartments[owner].limits.log_rate
             if owner in self.system.compartments else 100.0, clock=trio.current_time)
-        holders = {name: [c.name for c in self.system.compartments.values()
-                          if any(g.kind == "compartment" and g.target == name for g in c.grants)]
-                   for name in self.system.compartments}
+        holders: dict[str, list[str]] = {name: [] for name in self.system.compartments}
+        for c in self.system.compartments.values():      # once over the grants: O(grants)
+            for target in dict.fromkeys(g.target for g in c.grants if g.kind == "compartment"):
+                if target in holders:
+                    holders[target].append(c.name)
         self.lifecycle = S.Lifecycle({c.name: c.restart
                                       for c in self.system.compartments.values()},
                                      holders, external=bool(self.system.external))
