@@ -32,7 +32,8 @@ engines of that module, and wasmtime uses the same memfd as the image of
 linear memory), so it holds its own module and data and nothing else.
 
 **Spares.**  The engine that answers a request was forked before it: after
-each answer (and once at start) the zygote forks a spare (`_Spare`), which
+each answer that took the last one (and once at start) the zygote forks a spare
+(`_Spare`; SPARES_AHEAD of them back to back when more requests wait), which
 closes what is the zygote's, enters new IPC, UTS and network namespaces and
 empties its bounding set (confine.enter_early), rehearses an engine's start
 on the built-in warm-up module if no request waits, and then waits on its
@@ -62,6 +63,10 @@ import traceback
 
 #: Descriptors (SCM_RIGHTS) that come with each request: socket, stderr pipe.
 REQUEST_FDS = 2
+#: Spares forked back to back while requests come in a row (`wsuper up`): after a
+#: fork, every page this process writes is copied (~340 a request, for the loop's
+#: Python), so one round of the loop for several forks.
+SPARES_AHEAD = 4
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -492,10 +497,14 @@ def serve(control: socket.socket, supervisor_pid: int):
         answer({"pid": pid})
         if not spares:                # the next one, while no request waits
             more = b"\n" in buf or select.select([control], [], [], 0)[0]
-            try:              # many requests in a row (wsuper up): no time to rehearse
-                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
-            except OSError:
-                pass                  # tried again at the next request
+            # many requests in a row (wsuper up): no time to rehearse, and a few spares
+            # forked back to back, since what this loop writes between two forks is
+            # copied again after each one (docs/performance.md)
+            for _ in range(SPARES_AHEAD if more else 1):
+                try:
+                    spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
+                except OSError:
+                    break             # tried again at the next request
 
 
 def main():
