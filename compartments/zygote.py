@@ -10,8 +10,8 @@ does anything (imports of wasmtime, pycapnp, the schemas).  The supervisor
 starts this process once (supervisor/process.py: `python -I`, an empty
 environment); it imports all of that, makes what every engine shares (the
 wasmtime engine and its function types, the seccomp program, which
-namespaces the kernel gives), walks an engine's start-up once on a built-in
-module of its own, freezes the heap (`gc.freeze()`, so the children share it
+namespaces the kernel gives), walks an engine's start-up on a built-in module
+of its own (WARM_UPS times), freezes the heap (`gc.freeze()`, so the children share it
 copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
@@ -303,6 +303,12 @@ def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
     return engine.EXIT_CANNOT_LOAD
 
 
+#: Times the zygote walks an engine's start before it freezes: CPython 3.11 rewrites
+#: a function's code in place (quickening, specialization) once it has run about 8
+#: times; done here, engines run code that no longer changes (~45 fewer pages
+#: copied each, docs/performance.md).
+WARM_UPS = 8
+
 _WARM_UP = """(module
   (import "wsuper" "params_read" (func (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
@@ -312,7 +318,7 @@ _WARM_UP = """(module
 
 
 def _warm_up(wasm_engine) -> tuple | None:
-    """Walk once, here, the path every engine walks (a module of our own: no
+    """Walk here (WARM_UPS times) the path every engine walks (a module of our own: no
     compartment's), so that what it initializes lazily is shared by the children.
     Returns that module's memfds (spares walk it again: _rehearse), or None."""
     import tempfile
@@ -327,7 +333,8 @@ def _warm_up(wasm_engine) -> tuple | None:
         fds, error = _Modules(wasm_engine).get(path)
     if error:
         return None
-    _rehearse(wasm_engine, fds)
+    for _ in range(WARM_UPS):
+        _rehearse(wasm_engine, fds)
     return fds
 
 
