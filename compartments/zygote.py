@@ -1,7 +1,7 @@
 """The zygote: a preloaded process that forks engines on request.
 
-Owns: forking engines, the compiled form of each module (sealed memfds) and
-reporting engines' exits.  Must not: hold any module's bytes in its own
+Owns: forking engines, the compiled form of each module (sealed memfds),
+reporting engines' exits, and parsing `wsuper up`'s schema files in a child.  Must not: hold any module's bytes in its own
 memory, run guest code, or trust the requests beyond what `EngineSpec`
 validates.
 
@@ -20,6 +20,9 @@ copy-on-write) and then forks one engine per request:
       of its stderr pipe
   answer: one JSON line {"pid": N}, or {"error": "..."} for a request it refused
   event:  one JSON line {"exit": N, "code": C} when an engine ends
+  schema (supervisor -> zygote, before any request): {"schema": PATH, "imports":
+      [DIR, ...]}; answer {"schema": EXIT CODE, "stderr": TEXT} of a child that
+      parsed that file (pycapnp's parser may abort a process: never this one)
 
 **No other compartment's bytes.**  A forked child carries its parent's whole
 memory, so the zygote never has a module in its own: each module file is
@@ -170,6 +173,62 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         while view:
             view = view[os.write(fd, view):]
     return 0
+
+
+#: How long a schema's parse may take (CPU, and wall clock), as supervisor/launch.py.
+SCHEMA_SECONDS = 60
+
+
+def _parse_schema(line: bytes, closing: list) -> dict:
+    """{"schema": exit code, "stderr": what the parser printed} of a child that parsed
+    the schema file `line` names, with its import path: pycapnp's parser aborts the
+    process on some errors, so never here.  The child, like a compiler child, closes
+    what is the zygote's first (`closing`), and holds nothing else: at `wsuper up`
+    this comes before any compartment's request."""
+    try:
+        msg = json.loads(line)
+        path, imports = msg["schema"], msg["imports"]
+        if set(msg) != {"schema", "imports"} or not isinstance(path, str) \
+                or not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+            raise ValueError("bad fields")
+    except (ValueError, KeyError, TypeError) as e:
+        return {"error": f"schema request: {e}"}
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        return {"schema": 70, "stderr": f"cannot check the schema: {e}"}
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            signal.set_wakeup_fd(-1)
+            _close_all(closing)
+            os.dup2(w, 2)
+            os.close(w)
+            resource.setrlimit(resource.RLIMIT_CPU, (SCHEMA_SECONDS, SCHEMA_SECONDS))
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(SCHEMA_SECONDS)
+            import capnp
+            capnp.load(path, imports=imports)
+            code = 0
+        except BaseException:
+            traceback.print_exc()          # what an interpreter would say of it
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(w)
+    text = b""
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read(1 << 16):    # all of it (the child must not block on it)
+            text = (text + chunk)[:1 << 16]
+    _, status = os.waitpid(pid, 0)
+    return {"schema": os.waitstatus_to_exitcode(status),
+            "stderr": text.decode("utf-8", "replace")}
 
 
 class _Spare:
@@ -471,6 +530,11 @@ def serve(control: socket.socket, supervisor_pid: int):
                 answer({"error": "engine request: too long"})
             continue
         line, _, buf = buf.partition(b"\n")
+        if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
+            for fd in fds:
+                os.close(fd)
+            answer(_parse_schema(line, closing() + list(warm or ())))
+            continue
         try:
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
