@@ -46,7 +46,7 @@ _CHECKED: dict[tuple, None] = {}
 #: Where a schema is parsed before it is loaded here: `parse_elsewhere(path,
 #: imports)` -> (exit code, what the parser printed) of a process that parsed it,
 #: or None (then a new interpreter does).  `wsuper up` points it at the zygote,
-#: which parses it in a child of its own (supervisor/launch.py): ~3 ms, against
+#: which parses it in a child of its own (supervisor/launch.py): ~5 ms, against
 #: ~100 ms for a new interpreter.
 parse_elsewhere = None
 
