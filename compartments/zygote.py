@@ -1,9 +1,9 @@
 """The zygote: a preloaded process that forks engines on request.
 
 Owns: forking engines, the compiled form of each module (sealed memfds),
-reporting engines' exits, and parsing `wsuper up`'s schema files in a child.  Must not: hold any module's bytes in its own
-memory, run guest code, or trust the requests beyond what `EngineSpec`
-validates.
+reporting engines' exits, and parsing `wsuper up`'s schema files in a child.
+Must not: hold any module's bytes in its own memory, run guest code, or trust
+the requests beyond what `EngineSpec` validates.
 
 A fresh interpreter costs ~50-90 ms and ~15 MiB of private memory before it
 does anything (imports of wasmtime, pycapnp, the schemas).  The supervisor
@@ -11,8 +11,8 @@ starts this process once (supervisor/process.py: `python -I`, an empty
 environment); it imports all of that, makes what every engine shares (the
 wasmtime engine and its function types, the seccomp program, which
 namespaces the kernel gives), walks an engine's start-up on a built-in module
-of its own (WARM_UPS times), freezes the heap (`gc.freeze()`, so the children share it
-copy-on-write) and then forks one engine per request:
+of its own (WARM_UPS times), freezes the heap (`gc.freeze()`, so the children
+share it copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
       one line: an EngineSpec as a JSON object (compartments/spec.py), sent
@@ -53,6 +53,7 @@ supervisor's memory, its environment included, into every engine.
 """
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import gc
 import json
@@ -209,6 +210,8 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             os.dup2(w, 2)
             os.close(w)
             resource.setrlimit(resource.RLIMIT_CPU, (SCHEMA_SECONDS, SCHEMA_SECONDS))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))    # an abort is an answer:
+            faulthandler.disable()              # no core, no dump of our stack (if enabled)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)
             import capnp
@@ -377,8 +380,8 @@ _WARM_UP = """(module
 
 
 def _warm_up(wasm_engine) -> tuple | None:
-    """Walk here (WARM_UPS times) the path every engine walks (a module of our own: no
-    compartment's), so that what it initializes lazily is shared by the children.
+    """Walk here (WARM_UPS times) the path every engine walks (a module of our own:
+    no compartment's), so that what it initializes lazily is shared by the children.
     Returns that module's memfds (spares walk it again: _rehearse), or None."""
     import tempfile
     try:

@@ -181,15 +181,11 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
     assert "terminate called" not in r.stderr
 
 
-def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path, request):
+def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
     """`wsuper up` has the zygote parse each schema file (compartments/zygote.py)
     in a child of its own, not a new interpreter: what the parser says of a bad
     file comes back as an answer, an abort included, and a good one parses."""
-    import faulthandler
     import json
-    if faulthandler.is_enabled():    # pytest's: the aborting child (a fork of this
-        faulthandler.disable()       # process) would dump its stack in the test log
-        request.addfinalizer(lambda: faulthandler.enable(file=sys.__stderr__))
 
     import capnp_schemas
     from compartments import zygote
