@@ -1,18 +1,18 @@
 """The zygote: a preloaded process that forks engines on request.
 
-Owns: forking engines, the compiled form of each module (sealed memfds) and
-reporting engines' exits.  Must not: hold any module's bytes in its own
-memory, run guest code, or trust the requests beyond what `EngineSpec`
-validates.
+Owns: forking engines, the compiled form of each module (sealed memfds),
+reporting engines' exits, and parsing `wsuper up`'s schema files in a child.
+Must not: hold any module's bytes in its own memory, run guest code, or trust
+the requests beyond what `EngineSpec` validates.
 
 A fresh interpreter costs ~50-90 ms and ~15 MiB of private memory before it
 does anything (imports of wasmtime, pycapnp, the schemas).  The supervisor
 starts this process once (supervisor/process.py: `python -I`, an empty
 environment); it imports all of that, makes what every engine shares (the
 wasmtime engine and its function types, the seccomp program, which
-namespaces the kernel gives), walks an engine's start-up once on a built-in
-module of its own, freezes the heap (`gc.freeze()`, so the children share it
-copy-on-write) and then forks one engine per request:
+namespaces the kernel gives), walks an engine's start-up on a built-in module
+of its own (WARM_UPS times), freezes the heap (`gc.freeze()`, so the children
+share it copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
       one line: an EngineSpec as a JSON object (compartments/spec.py), sent
@@ -20,6 +20,9 @@ copy-on-write) and then forks one engine per request:
       of its stderr pipe
   answer: one JSON line {"pid": N}, or {"error": "..."} for a request it refused
   event:  one JSON line {"exit": N, "code": C} when an engine ends
+  schema (supervisor -> zygote, before any request): {"schema": PATH, "imports":
+      [DIR, ...]}; answer {"schema": EXIT CODE, "stderr": TEXT} of a child that
+      parsed that file (pycapnp's parser may abort a process: never this one)
 
 **No other compartment's bytes.**  A forked child carries its parent's whole
 memory, so the zygote never has a module in its own: each module file is
@@ -32,7 +35,8 @@ engines of that module, and wasmtime uses the same memfd as the image of
 linear memory), so it holds its own module and data and nothing else.
 
 **Spares.**  The engine that answers a request was forked before it: after
-each answer (and once at start) the zygote forks a spare (`_Spare`), which
+each answer that took the last one (and once at start) the zygote forks a spare
+(`_Spare`; SPARES_AHEAD of them back to back when more requests wait), which
 closes what is the zygote's, enters new IPC, UTS and network namespaces and
 empties its bounding set (confine.enter_early), rehearses an engine's start
 on the built-in warm-up module if no request waits, and then waits on its
@@ -49,6 +53,7 @@ supervisor's memory, its environment included, into every engine.
 """
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import gc
 import json
@@ -62,6 +67,10 @@ import traceback
 
 #: Descriptors (SCM_RIGHTS) that come with each request: socket, stderr pipe.
 REQUEST_FDS = 2
+#: Spares forked back to back while requests come in a row (`wsuper up`): after a
+#: fork, every page this process writes is copied (~340 a request, for the loop's
+#: Python), so one round of the loop for several forks.
+SPARES_AHEAD = 4
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -165,6 +174,64 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         while view:
             view = view[os.write(fd, view):]
     return 0
+
+
+#: How long a schema's parse may take (CPU, and wall clock), as supervisor/launch.py.
+SCHEMA_SECONDS = 60
+
+
+def _parse_schema(line: bytes, closing: list) -> dict:
+    """{"schema": exit code, "stderr": what the parser printed} of a child that parsed
+    the schema file `line` names, with its import path: pycapnp's parser aborts the
+    process on some errors, so never here.  The child, like a compiler child, closes
+    what is the zygote's first (`closing`), and holds nothing else: at `wsuper up`
+    this comes before any compartment's request."""
+    try:
+        msg = json.loads(line)
+        path, imports = msg["schema"], msg["imports"]
+        if set(msg) != {"schema", "imports"} or not isinstance(path, str) \
+                or not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+            raise ValueError("bad fields")
+    except (ValueError, KeyError, TypeError) as e:
+        return {"error": f"schema request: {e}"}
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        return {"schema": 70, "stderr": f"cannot check the schema: {e}"}
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            signal.set_wakeup_fd(-1)
+            _close_all(closing)
+            os.dup2(w, 2)
+            os.close(w)
+            resource.setrlimit(resource.RLIMIT_CPU, (SCHEMA_SECONDS, SCHEMA_SECONDS))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))    # an abort is an answer:
+            faulthandler.disable()              # no core, no dump of our stack (if enabled)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(SCHEMA_SECONDS)
+            import capnp
+            capnp.load(path, imports=imports)
+            code = 0
+        except BaseException:
+            traceback.print_exc()          # what an interpreter would say of it
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(w)
+    text = b""
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read(1 << 16):    # all of it (the child must not block on it)
+            text = (text + chunk)[:1 << 16]
+    _, status = os.waitpid(pid, 0)
+    return {"schema": os.waitstatus_to_exitcode(status),
+            "stderr": text.decode("utf-8", "replace")}
 
 
 class _Spare:
@@ -298,6 +365,12 @@ def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
     return engine.EXIT_CANNOT_LOAD
 
 
+#: Times the zygote walks an engine's start before it freezes: CPython 3.11 rewrites
+#: a function's code in place (quickening, specialization) once it has run about 8
+#: times; done here, engines run code that no longer changes (~45 fewer pages
+#: copied each, docs/performance.md).
+WARM_UPS = 8
+
 _WARM_UP = """(module
   (import "wsuper" "params_read" (func (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
@@ -307,8 +380,8 @@ _WARM_UP = """(module
 
 
 def _warm_up(wasm_engine) -> tuple | None:
-    """Walk once, here, the path every engine walks (a module of our own: no
-    compartment's), so that what it initializes lazily is shared by the children.
+    """Walk here (WARM_UPS times) the path every engine walks (a module of our own:
+    no compartment's), so that what it initializes lazily is shared by the children.
     Returns that module's memfds (spares walk it again: _rehearse), or None."""
     import tempfile
     try:
@@ -322,7 +395,8 @@ def _warm_up(wasm_engine) -> tuple | None:
         fds, error = _Modules(wasm_engine).get(path)
     if error:
         return None
-    _rehearse(wasm_engine, fds)
+    for _ in range(WARM_UPS):
+        _rehearse(wasm_engine, fds)
     return fds
 
 
@@ -459,6 +533,11 @@ def serve(control: socket.socket, supervisor_pid: int):
                 answer({"error": "engine request: too long"})
             continue
         line, _, buf = buf.partition(b"\n")
+        if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
+            for fd in fds:
+                os.close(fd)
+            answer(_parse_schema(line, closing() + list(warm or ())))
+            continue
         try:
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
@@ -492,10 +571,14 @@ def serve(control: socket.socket, supervisor_pid: int):
         answer({"pid": pid})
         if not spares:                # the next one, while no request waits
             more = b"\n" in buf or select.select([control], [], [], 0)[0]
-            try:              # many requests in a row (wsuper up): no time to rehearse
-                spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
-            except OSError:
-                pass                  # tried again at the next request
+            # many requests in a row (wsuper up): no time to rehearse, and a few spares
+            # forked back to back, since what this loop writes between two forks is
+            # copied again after each one (docs/performance.md)
+            for _ in range(SPARES_AHEAD if more else 1):
+                try:
+                    spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
+                except OSError:
+                    break             # tried again at the next request
 
 
 def main():

@@ -122,11 +122,16 @@ def _main(argv=None, zygote=None) -> int:
         zygote = None
     from . import policy, preflight
     from .policy import PolicyError
+    if zygote is not None:            # schemas parsed by a fork of it, not a new interpreter
+        import capnp_schemas
+        capnp_schemas.parse_elsewhere = zygote.parse_schema
     try:
         plan = preflight.prepare(policy.load(args.system))
     except PolicyError as e:
         _error(f"{e}")
         return 2
+    if zygote is not None and zygote.sock is None:
+        zygote = None                 # it did not answer: the system starts another
     if args.command == "check":
         return _check(plan, args)
     if args.command == "call":

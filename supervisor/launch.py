@@ -8,10 +8,15 @@ PR_SET_PDEATHSIG.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket as pysocket
 import subprocess
 import sys
+
+
+#: How long a schema's parse may take (the zygote's child: CPU and wall clock).
+SCHEMA_SECONDS = 60
 
 
 class Launched:
@@ -33,6 +38,36 @@ class Launched:
         finally:
             theirs.close()
         self.sock: pysocket.socket | None = ours
+
+    def parse_schema(self, path: str, imports: list) -> tuple[int, str] | None:
+        """Have the zygote parse a schema file in a child of its own (pycapnp's parser
+        can abort a process; compartments/zygote.py): (its exit code, what the parser
+        printed), as capnp_schemas.parse_elsewhere wants it.  None when the zygote
+        did not answer: it is then discarded (`wsuper up` starts another), and the
+        file is parsed another way.  Asked before the supervisor's first spawn, so
+        no other answer can come first."""
+        sock = self.sock
+        if sock is None:
+            return None
+        try:
+            sock.settimeout(SCHEMA_SECONDS + 10)
+            sock.sendall(json.dumps({"schema": path, "imports": list(imports)}).encode()
+                         + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise OSError("the zygote is gone")
+                data += chunk
+            answer = json.loads(data)
+            code, text = answer["schema"], answer["stderr"]
+            if not isinstance(code, int) or not isinstance(text, str):
+                raise ValueError(answer)
+        except (OSError, ValueError, KeyError, TypeError):
+            self.discard()
+            return None
+        sock.settimeout(None)
+        return code, text
 
     def take(self) -> tuple[subprocess.Popen, pysocket.socket]:
         sock, self.sock = self.sock, None

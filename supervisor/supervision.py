@@ -208,7 +208,8 @@ class Lifecycle:
 
     def _all_ready(self) -> list:
         """Every compartment is ready or settled: the programs run."""
-        if self.all_started or len(self.ready | self.settled) < len(self.policies):
+        if self.all_started or len(self.ready) + len(self.settled) < len(self.policies) \
+                or len(self.ready | self.settled) < len(self.policies):    # the sum first: O(1)
             return []
         self.all_started = True
         if not self.ready:

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,47 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"wsuper: error: {tmp_path / name}{expected}"), line
     assert "terminate called" not in r.stderr
+
+
+def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
+    """`wsuper up` has the zygote parse each schema file (compartments/zygote.py)
+    in a child of its own, not a new interpreter: what the parser says of a bad
+    file comes back as an answer, an abort included, and a good one parses."""
+    import json
+
+    import capnp_schemas
+    from compartments import zygote
+
+    def ask(path) -> dict:
+        line = json.dumps({"schema": str(path), "imports": [str(path.parent),
+                                                            *capnp_schemas.IMPORT_PATH]})
+        return zygote._parse_schema(line.encode(), [])
+    for name, (text, expected) in SCHEMAS.items():
+        (tmp_path / name).write_text(text)
+        answer = ask(tmp_path / name)
+        assert answer["schema"] != 0, answer
+        with pytest.raises(capnp_schemas.SchemaError) as e:
+            capnp_schemas._check_parsed(str(tmp_path / name), answer["schema"], answer["stderr"])
+        assert str(e.value).startswith(f"{tmp_path / name}{expected}"), str(e.value)
+    assert ask(Path(SCHEMA)) == {"schema": 0, "stderr": ""}
+    assert "error" in zygote._parse_schema(b'{"schema": 1, "imports": []}', [])
+
+
+def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
+    """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
+    is parsed by a new interpreter instead, and that zygote is discarded."""
+    import capnp_schemas
+    from supervisor.launch import Launched
+    launched = Launched()
+    launched.popen.kill()
+    launched.popen.wait()
+    monkeypatch.setattr(capnp_schemas, "parse_elsewhere", launched.parse_schema)
+    monkeypatch.setattr(capnp_schemas, "_CHECKED", {})
+    (tmp_path / "noid.capnp").write_text(SCHEMAS["noid.capnp"][0])
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "noid.capnp"))
+    assert str(e.value).startswith(f"{tmp_path / 'noid.capnp'}{SCHEMAS['noid.capnp'][1]}")
+    assert launched.sock is None
 
 
 def test_a_start_function_that_traps_says_so(tmp_path):

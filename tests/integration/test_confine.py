@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from compartments import confine
+from compartments import confine, zygote as zygote_module
 from tests.conftest import EXAMPLES
 
 ROOT_USER = os.geteuid() == 0
@@ -458,10 +458,11 @@ exports = "Calc"
 
 
 def test_a_spare_engine_waits_with_namespaces_of_its_own_and_no_module(tmp_path, wsuper):
-    """The zygote keeps a spare child ready for the next request (zygote.py): it has
-    made its own IPC, UTS and network namespaces already and emptied its capability
-    bounding set, holds no compartment's module, and each engine, spare or not, has
-    namespaces of its own."""
+    """The zygote keeps a spare child ready for the next request (zygote.py; a few,
+    forked back to back, when requests come in a row as here): each has made its own
+    IPC, UTS and network namespaces already and emptied its capability bounding set,
+    holds no compartment's module, and each engine, spare or not, has namespaces of
+    its own."""
     run = _up(tmp_path, wsuper, f"""
 [compartments.a]
 module = "{EXAMPLES}/calc.wat"
@@ -473,29 +474,40 @@ exports = "Calc"
     engines = {_pid(run, "a"), _pid(run, "b")}
     zygote = int(_status(next(iter(engines)))["PPid"])
     ns = lambda pid, name: os.readlink(f"/proc/{pid}/ns/{name}")  # noqa: E731
+
+    def held(pid) -> dict:
+        out = {}
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                out[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:          # closed meanwhile
+                pass
+        return out
     deadline = time.monotonic() + 10
-    while True:                      # the spare closes the built-in module once it has
-        spares = [int(p) for p in open(f"/proc/{zygote}/task/{zygote}/children").read().split()
-                  if int(p) not in engines]      # rehearsed on it (or a request came)
-        fds = {} if len(spares) != 1 else {
-            fd: os.readlink(f"/proc/{spares[0]}/fd/{fd}") for fd in os.listdir(
-                f"/proc/{spares[0]}/fd")}
-        if len(spares) == 1 and not any(v.startswith("/memfd:") for v in fds.values()):
+    while True:                      # a spare closes the built-in module once it has
+        spares = _spares(zygote, engines)    # rehearsed on it (or did not rehearse)
+        fds = {spare: held(spare) for spare in spares}
+        if spares and not any(v.startswith("/memfd:") for f in fds.values() for v in f.values()):
             break
-        assert time.monotonic() < deadline, (spares, fds)
+        assert time.monotonic() < deadline, fds
         time.sleep(0.05)
-    spare, = spares
-    assert fds["0"] == fds["1"] == "/dev/null"
-    # its own socket to the zygote and no other (the directories are pycapnp's, as
-    # in the zygote; confine() points them at /dev/null like every other)
-    assert [v.split(":")[0] for k, v in fds.items() if k not in ("0", "1", "2")
-            and not v.startswith("/")] == ["socket"], fds
+    assert 1 <= len(spares) <= zygote_module.SPARES_AHEAD, spares
+    for spare in spares:
+        f = fds[spare]
+        assert f["0"] == f["1"] == "/dev/null"
+        # its own socket to the zygote and no other (the directories are pycapnp's, as
+        # in the zygote; confine() points them at /dev/null like every other)
+        assert [v.split(":")[0] for k, v in f.items() if k not in ("0", "1", "2")
+                and not v.startswith("/")] == ["socket"], f
+        if ROOT_USER or any(why is None for why in confine.namespaces().values()):
+            assert int(_status(spare)["CapBnd"], 16) == 0
+    sockets = [v for f in fds.values() for k, v in f.items() if v.startswith("socket:")]
+    assert len(set(sockets)) == len(spares)          # none holds another's
     for name in ("ipc", "uts", "net"):
         if confine.namespaces()[name] is None:
-            seen = {ns(pid, name) for pid in (zygote, spare, *engines)}
-            assert len(seen) == 4, (name, seen)    # each its own
-    if ROOT_USER or any(why is None for why in confine.namespaces().values()):
-        assert int(_status(spare)["CapBnd"], 16) == 0
+            pids = (zygote, *spares, *engines)
+            seen = {ns(pid, name) for pid in pids}
+            assert len(seen) == len(pids), (name, seen)    # each its own
 
 
 def _spares(zygote: int, engines: set) -> list:

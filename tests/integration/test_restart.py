@@ -132,5 +132,6 @@ hang = {{ compartment = "hang" }}
     assert "[app] hi" in r.stdout, r.stdout
     assert "compartment hang failed to start:" in r.stdout
     assert "compartment hang failed for good" in r.stdout
+    assert "; calls from app to it now fail" in r.stdout       # app holds a grant to it
     assert r.returncode == 1                      # one compartment failed
     assert time.monotonic() - t < 30
