@@ -1181,6 +1181,8 @@ class Supervisor:
         self._write_all(batch)
 
     def _write_all(self, batch: dict):
+        if not batch:
+            return
         for pid, chunks in batch.items():
             link = self.links.get(pid)
             if link is not None and not link.write(
