@@ -18,6 +18,7 @@ the supervisor then says once at start that calls run slower.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -53,7 +54,8 @@ class NativeSide:
     natively, Finish allowances for answers returned natively, how many of those
     are not finished, and native calls that Python must take over when their
     return comes to it."""
-    __slots__ = ("lane", "pid", "router", "imports_limit", "ok")
+    __slots__ = ("lane", "pid", "router", "imports_limit", "ok",
+                 "open", "close", "finish_ok", "in_flight", "unfinished", "returned")
 
     def __init__(self, lane, pid: int, router, imports_limit: int):
         self.lane = lane
@@ -61,30 +63,24 @@ class NativeSide:
         self.router = router
         self.imports_limit = imports_limit
         self.ok = True
-
-    def open(self, aid: int) -> bool:
-        """Python opens answer `aid`; False if it is open already (on either side)."""
-        return self.lane.open_answer(self.pid, aid)
-
-    def close(self, aid: int):
-        self.lane.close_answer(self.pid, aid)
-
-    def finish_ok(self, aid: int) -> bool:
-        return self.lane.finish_ok(self.pid, aid)
-
-    def returned(self, aid: int) -> bool:
-        """Answer `aid`, which Python just returned without capabilities, goes on the
-        native books as returned and not finished, as if it had been returned
-        natively: its Finish then needs no Python.  False: it stays Python's."""
-        return self.lane.returned(self.pid, aid)
-
-    def in_flight(self) -> int:
-        return self.lane.in_flight(self.pid)
-
-    def unfinished(self) -> int:
-        """Answers returned natively to the peer (an external client) that it has not
-        finished: the Connection bounds them together with its own (max_unfinished)."""
-        return self.lane.unfinished(self.pid)
+        # Asked on every call Python handles: the lane's own methods, with the peer
+        # bound (no Python frame in between).
+        #: open(aid) -> False if answer `aid` is open already (on either side)
+        self.open = functools.partial(lane.open_answer, pid)
+        #: close(aid): Python's answer `aid` is done
+        self.close = functools.partial(lane.close_answer, pid)
+        #: finish_ok(aid): a Finish for an answer returned natively (allowed, ignored)
+        self.finish_ok = functools.partial(lane.finish_ok, pid)
+        #: in_flight() -> calls from the peer in flight natively
+        self.in_flight = functools.partial(lane.in_flight, pid)
+        #: unfinished() -> answers returned natively to the peer (an external client)
+        #: that it has not finished: the Connection bounds them together with its own
+        #: (max_unfinished)
+        self.unfinished = functools.partial(lane.unfinished, pid)
+        #: returned(aid) -> True if answer `aid`, which Python just returned without
+        #: capabilities, is now on the lane's books as returned and not finished (as
+        #: if returned natively): its Finish then needs no Python
+        self.returned = functools.partial(lane.returned, pid)
 
     def claim(self, qid: int):
         """A return for native question `qid` reached Python: take the call over."""

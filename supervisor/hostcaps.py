@@ -180,7 +180,7 @@ class HostCaps:
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
-        self._accepts: dict[tuple, bool] = {}       # (class, method) -> takes max_bytes
+        self._accepts: dict[tuple, tuple] = {}      # (class, method) -> _signature()
 
     def serve(self, call):
         """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""
@@ -192,7 +192,8 @@ class HostCaps:
                            f" ({names}) only", "unimplemented")
         method = iface.methods[call.method_id]
         content = call.content
-        words = sum(len(s) for s in content.segments) // 8 + 1024
+        segs = content.segments
+        words = (len(segs[0]) if len(segs) == 1 else sum(len(s) for s in segs)) // 8 + 1024
         try:
             params = payloads.read(method.params, content, words)
         except DecodeError as e:
@@ -256,8 +257,9 @@ class HostCaps:
         if obj is None or fn is None:
             return Refusal(f"ENOTSUP: {iface.name}.{method.name} is not served here",
                            "unimplemented")
-        kwargs = {(k + "_" if keyword.iskeyword(k) else k): v for k, v in params.items()}
-        if self._takes_max_bytes(obj, method.name):
+        takes, renamed = self._signature(obj, method.name)
+        kwargs = {renamed.get(k, k): v for k, v in params.items()} if renamed else params
+        if takes:
             kwargs["max_bytes"] = max(call.max_bytes - RESULT_HEADROOM, 0)
         if method.name == "read" and isinstance(obj, hostfs.File):
             # a read the page cache can serve needs no worker thread (~90 µs a hand-off
@@ -267,10 +269,14 @@ class HostCaps:
                 return Answer(payloads.build(method.results, values)[0])
         return Job(f"{call.kind} {getattr(obj, 'label', '?')}", method, fn, kwargs)
 
-    def _takes_max_bytes(self, obj, name: str) -> bool:
+    def _signature(self, obj, name: str) -> tuple[bool, dict]:
+        """Whether `obj`'s method `name` takes max_bytes, and its parameters that are
+        Python keywords (`from` -> `from_`), looked up once per class and method."""
         key = (type(obj), name)
-        takes = self._accepts.get(key)
-        if takes is None:
-            takes = self._accepts[key] = "max_bytes" in inspect.signature(
-                getattr(type(obj), name)).parameters
-        return takes
+        sig = self._accepts.get(key)
+        if sig is None:
+            parameters = inspect.signature(getattr(type(obj), name)).parameters
+            sig = self._accepts[key] = (
+                "max_bytes" in parameters,
+                {k[:-1]: k for k in parameters if k.endswith("_") and keyword.iskeyword(k[:-1])})
+        return sig

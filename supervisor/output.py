@@ -88,7 +88,7 @@ class Output:
         self.on_closed = on_closed
         self.closed = False
         self.dropped = 0
-        self._queue: queue.Queue | None = None
+        self._queue: queue.SimpleQueue | None = None
         self._token = None
         self._trio_thread = None
         self._closing = threading.Lock()
@@ -98,7 +98,7 @@ class Output:
         for its reader going away."""
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.current_thread()
-        self._queue = queue.Queue()
+        self._queue = queue.SimpleQueue()     # no lock and condition to a put: C
         threading.Thread(target=self._terminal, name="wsuper terminal", daemon=True).start()
         threading.Thread(target=self._watch, name="wsuper terminal watch", daemon=True).start()
 

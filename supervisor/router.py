@@ -209,7 +209,7 @@ class Router:
         call, host = entry
         caps = tuple(Host(kind, host.owner, served,
                           f"{host.label}>{self._method(call)}" if host.label else None)
-                     for kind, served in objects)
+                     for kind, served in objects) if objects else ()
         return self._guarded(call.reply[0], lambda: self._answer(call.reply, content, caps))
 
     def host_failed(self, token: int, reason: str, type: str = "failed") -> list:
@@ -752,7 +752,8 @@ class Router:
 
     @staticmethod
     def _check_size(peer: Peer, content: Content):
-        size = sum(len(s) for s in content.segments)
+        segs = content.segments
+        size = len(segs[0]) if len(segs) == 1 else sum(len(s) for s in segs)
         if size > peer.limits.message_size:
             raise CallError(f"a message of {size} bytes is more than {peer.name} accepts "
                             f"(limit message_size = {peer.limits.message_size})", "failed")
@@ -815,7 +816,7 @@ class Router:
         conn = peer.conn
         new = {id(c) for c in caps if c is not None
                and not (isinstance(c, Remote) and c.peer is peer)
-               and conn.export_id(c) is None}
+               and conn.export_id(c) is None} if caps else ()
         if len(conn.exports) + len(new) > peer.limits.handles:
             raise CallError(f"{peer.name} would hold more than {peer.limits.handles} "
                             f"capabilities (limit handles); it must release some", "overloaded")

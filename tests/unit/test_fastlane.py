@@ -469,6 +469,28 @@ def _fd_open(fd):
         return False
 
 
+def test_any_ready_says_whether_ready_would_name_a_peer_without_taking_anything():
+    # what runtime._lane_events asks after a batch, before going back to trio
+    lane = fastlane.Lane()
+    try:
+        ours, theirs = socket.socketpair()
+        lane.add(3, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+        assert not lane.any_ready()
+        theirs.sendall(wire.frame([bytes(16)]))     # not plain: queued for Python
+        end = time.monotonic() + 5
+        while not lane.any_ready():
+            assert time.monotonic() < end
+            time.sleep(0.001)
+        assert lane.any_ready()                     # asking takes nothing
+        assert select.select([lane.event_fd], [], [], 0)[0]
+        assert lane.ready() == [3] and not lane.any_ready()
+        assert len(lane.take(3)) == 1
+        lane.remove(3)
+        theirs.close()
+    finally:
+        lane.stop()
+
+
 def test_the_lane_owns_a_descriptor_only_once_add_succeeds():
     lane = fastlane.Lane()
     try:

@@ -119,6 +119,23 @@ def test_a_file_opened_through_a_read_only_directory_grant_is_read_only(tmp_path
     assert [r.kind for r in h.released] == ["file"]
 
 
+def test_a_parameter_named_by_a_python_keyword_reaches_the_method_and_max_bytes_too(tmp_path):
+    # Directory.rename(from, to) runs hostfs's rename(from_, to); Directory.list
+    # also gets the caller's max_bytes (both looked up once per class and method)
+    (tmp_path / "a.txt").write_text("x")
+    h = Harness([grant("data", "directory", "host", path=str(tmp_path))],
+                limits={"app": R.Limits(message_size=4096)})
+    d = h.grant(0)
+    for name in ("b.txt", "c.txt"):
+        old = "a.txt" if name == "b.txt" else "b.txt"
+        assert h.call(d, DIR, "rename", **{"from": old, "to": name}).error is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+    for i in range(200):
+        (tmp_path / f"{i:03d}-{'n' * 60}").write_text("")
+    listed = result(h.call(d, DIR, "list", path="."), DIR, "list")
+    assert 0 < len(listed["entries"]) < 201 and not listed["done"]     # a page that fits 4 KiB
+
+
 def test_an_allow_list_on_a_directory_applies_to_the_files_it_opens(tmp_path):
     (tmp_path / "log.txt").write_text("")
     names = {DIR.id: ("Directory", {m.ordinal: m.name for m in DIR.methods}),

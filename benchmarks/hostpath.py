@@ -1,0 +1,234 @@
+"""The supervisor's side of a host call, without engines (issue 14, host calls).
+
+    .venv/bin/python benchmarks/hostpath.py log 20000       # or: file
+    .venv/bin/python benchmarks/hostpath.py log 20000 --profile 40
+
+The real Supervisor's lane task (`_lane_events`), router, host layer and
+output, on the real fast lane, inside trio; the compartment is a small child
+process on the other end of the socket that sends the same call (`Log.write`
+of one character, or a 4 KiB `File.read`, as benchmarks/suite.py's
+compartment_call does) and waits for each answer.  Prints the child's
+round trip (p50, mean) and the CPU the supervisor's trio thread spent per
+call (RUSAGE_THREAD): what a host call costs the supervisor's main thread,
+with no wasm and no engine message loop around it.  `--profile N`: cProfile
+of the trio thread, the N functions with most time of their own.
+
+The Supervisor object is built by hand (Supervisor.__new__) with what this
+path uses, so that the code timed is runtime.py's own.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import trio  # noqa: E402
+
+from capnp_schemas import hosted, payloads, protocol as P, wire  # noqa: E402
+from capnp_schemas.protocol import Content  # noqa: E402
+from compartments.limits import Limits  # noqa: E402
+from supervisor import effects as fx, fastlane, hostcaps, output, router as R  # noqa: E402
+from supervisor import runtime, supervision as S  # noqa: E402
+from supervisor.policy import Grant  # noqa: E402
+
+LOG, FILE = hosted.BY_KIND["log"], hosted.BY_KIND["file"]
+
+# The compartment: sends `msg` n times, each after the answer to the last came,
+# and prints its round trips (µs), sorted.
+CHILD = r"""
+import os, socket, struct, sys, time
+fd, n = int(sys.argv[1]), int(sys.argv[2])
+msg = sys.stdin.buffer.read()
+s = socket.socket(fileno=fd)
+times = []
+buf = b""
+for _ in range(n):
+    t = time.perf_counter()
+    s.sendall(msg)
+    while True:
+        if len(buf) >= 8:
+            nseg = struct.unpack_from("<I", buf)[0] + 1
+            table = 4 + 4 * nseg
+            table += table & 4
+            if len(buf) >= table:
+                words = sum(struct.unpack_from(f"<{nseg}I", buf, 4))
+                if len(buf) >= table + 8 * words:
+                    buf = buf[table + 8 * words:]
+                    break
+        got = s.recv(1 << 16)
+        if not got:
+            sys.exit("the supervisor closed the socket")
+        buf += got
+    times.append(time.perf_counter() - t)
+times.sort()
+print(times[len(times) // 2] * 1e6, sum(times) / len(times) * 1e6)
+"""
+
+
+def _answer_control(conn, ev, send, grants):
+    """The engine's side of bootstrap and start (tests/unit/test_router.answer_control)."""
+    import struct
+    if isinstance(ev, P.BootstrapRequested):
+        send(conn.send_return(ev.answer_id, Content.capability(0), [object()]))
+        return
+    if not isinstance(ev, P.CallReceived):
+        return
+    segs = ev.payload.content.message()
+    elems = wire.struct_list_elements(segs, wire.struct_pointer_field(segs, (0, 0), 0))
+    for i, (s, start, d, p) in enumerate(elems):
+        grants[i] = ev.payload.caps[wire.capability_index(segs, (s, start + d + 1))]
+    seg = bytearray(struct.pack("<QQQ", (1 << 32) | (1 << 48), 1, 0))
+    send(conn.send_return(ev.answer_id, Content.standalone([seg]), [], no_finish=True))
+
+
+def _supervisor(d: str):
+    """A Supervisor with what the host-call path uses, built by hand."""
+    sup = runtime.Supervisor.__new__(runtime.Supervisor)
+    limits = Limits(log_rate=1e6)
+    sup.router = R.Router({"app": None}, limits={"app": limits}, clock=trio.current_time,
+                          wall=time.time)
+    sup.hosts = hostcaps.HostCaps(lambda owner: 1e6, clock=trio.current_time)
+    devnull = open(os.devnull, "w")
+    sup.output = output.Output(devnull, devnull, "text", os.path.join(d, "logs"))
+    os.makedirs(os.path.join(d, "logs"))
+    sup.links, sup.audit, sup._host_fds, sup._fd_budget = {}, None, 0, 1000
+    sup._told, sup._peer_of = set(), {}
+    sup.notices = S.Throttle(per_second=5)
+    sup.denials = S.Throttle(per_second=5)
+    sup.stats = False
+    sup.lane = fastlane.Lane()
+    sup.router.native = sup.lane
+    return sup, limits
+
+
+async def _setup(kind: str, d: str, nursery):
+    """The supervisor, with compartment `app` started on the lane (its engine played
+    by hand here); returns (sup, pid, the engine's socket, the call's bytes)."""
+    path = os.path.join(d, "4k.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(4096))
+    sup, limits = _supervisor(d)
+    if kind == "log":
+        g = Grant("log", "host", "log")
+        served = {"log": None}
+        iface, method, fields = LOG, LOG.method("write"), {"text": "x"}
+    else:
+        g = Grant("file", "host", "file", path=path, read_only=True)
+        served = {"file": hostcaps.open_grant(g)}
+        iface, method, fields = FILE, FILE.method("read"), {"offset": 0, "count": 4096}
+    ours, theirs = socket.socketpair()
+    pid, effects = sup.router.add_engine("app", [g], served)
+    framer = sup.router.peers[pid].conn._framer
+    sup.lane.add(pid, ours.detach(), R.queue_soft_limit(limits), R.queue_hard_limit(limits),
+                 framer.max_words, framer.max_segments, limits.message_size,
+                 limits.in_flight, False)
+    sup.router.lane_peer(pid)
+    sup.links[pid] = runtime._NativeLink(sup.lane, pid, limits)
+    conn, grants = P.Connection("app"), {}
+
+    def send(data):
+        theirs.sendall(data)
+    sup.nursery = nursery
+    sup.output.start()
+    nursery.start_soon(sup.output.files.writer)
+    nursery.start_soon(sup._lane_events)
+    sup._perform(effects)
+    while not grants:                      # bootstrap and start, by hand
+        await trio.lowlevel.wait_readable(theirs)
+        for ev in conn.receive(theirs.recv(1 << 16)):
+            _answer_control(conn, ev, send, grants)
+    content = payloads.build(method.params, fields)[0]
+    _q, msg = conn.send_call(grants[0].import_id, iface.id, method.ordinal, content)
+    return sup, pid, theirs, msg
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime + r.ru_stime
+
+
+async def run(kind: str, n: int, profile: int | None) -> dict:
+    d = tempfile.mkdtemp()
+    async with trio.open_nursery() as nursery:
+        sup, _pid, theirs, msg = await _setup(kind, d, nursery)
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(theirs.fileno()), str(n)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 pass_fds=[theirs.fileno()])
+        prof = cProfile.Profile() if profile else None
+        cpu0 = resource.getrusage(resource.RUSAGE_THREAD)
+        if prof:
+            prof.enable()
+        child.stdin.write(msg)
+        child.stdin.close()
+        out = await trio.to_thread.run_sync(child.stdout.read)
+        if prof:
+            prof.disable()
+        cpu1 = resource.getrusage(resource.RUSAGE_THREAD)
+        await trio.to_thread.run_sync(child.wait)
+        nursery.cancel_scope.cancel()
+    sup.lane.stop()
+    sup.output.stop()
+    p50, mean = map(float, out.split())
+    cpu = (cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime) / n * 1e6
+    sys_ = (cpu1.ru_stime - cpu0.ru_stime) / n * 1e6
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(profile)
+    return {"kind": kind, "n": n, "p50_us": round(p50, 1), "mean_us": round(mean, 1),
+            "trio_thread_cpu_us": round(cpu, 2), "of_which_system_us": round(sys_, 2)}
+
+
+async def micro(kind: str, n: int, profile: int | None) -> dict:
+    """The Python part alone: `_feed` of the same call, n times in a row, in this
+    thread (no wake-up, no lane.ready/take); `cat` reads the answers."""
+    d = tempfile.mkdtemp()
+    async with trio.open_nursery() as nursery:
+        sup, pid, theirs, msg = await _setup(kind, d, nursery)
+        drain = subprocess.Popen(["cat"], stdin=theirs.fileno(), stdout=subprocess.DEVNULL)
+        link = sup.links[pid]
+        items = [msg]
+        feed = sup._feed
+        for _ in range(200):
+            feed(pid, link, items, float("inf"))
+        prof = cProfile.Profile() if profile else None
+        if prof:
+            prof.enable()
+        c0, t0 = _cpu(), time.perf_counter()
+        for _ in range(n):
+            feed(pid, link, items, float("inf"))
+        t1, c1 = time.perf_counter(), _cpu()
+        if prof:
+            prof.disable()
+        nursery.cancel_scope.cancel()
+    sup.lane.stop()
+    sup.output.stop()
+    drain.kill()
+    drain.wait()
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(profile)
+    return {"kind": kind, "n": n, "feed_us": round((t1 - t0) / n * 1e6, 2),
+            "feed_cpu_us": round((c1 - c0) / n * 1e6, 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=("log", "file"))
+    ap.add_argument("n", type=int, nargs="?", default=20000)
+    ap.add_argument("--profile", type=int, default=None)
+    ap.add_argument("--micro", action="store_true", help="_feed alone, in a loop")
+    a = ap.parse_args()
+    print(trio.run(micro if a.micro else run, a.kind, a.n, a.profile))
+
+
+if __name__ == "__main__":
+    main()
