@@ -16,6 +16,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import suite  # noqa: E402  (its reading of an engine's USS and PSS)
 
 
 def _proc(pid: int) -> dict:
@@ -25,16 +28,6 @@ def _proc(pid: int) -> dict:
     with open(f"/proc/{pid}/schedstat") as f:
         ns = int(f.read().split()[0])
     return {"minflt": int(fields[7]), "cpu_s": ns / 1e9, "ppid": int(fields[1])}
-
-
-def _uss_mib(pid: int) -> float:
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                fields[parts[0].rstrip(":")] = int(parts[1])
-    return (fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024
 
 
 def main(n: int, root: str) -> dict:
@@ -61,7 +54,7 @@ def main(n: int, root: str) -> dict:
         engines = [_proc(p) for p in pids]
         zyg = _proc(engines[0]["ppid"])
         time.sleep(0.3)
-        uss = statistics.median(_uss_mib(p) for p in pids[:50])
+        uss = statistics.median(suite._smaps(p)[0] for p in pids[:50])
     finally:
         up.terminate()
         up.wait()

@@ -44,24 +44,28 @@ class Engine:
     """An engine: a Connection on a socket, driven by hand."""
 
     def __init__(self, sup, name, grants=(), exports=False, external=False):
-        self.sup, self.name, self.exports = sup, name, exports
-        self.conn = P.Connection(name)
-        self.control, self.main = object(), object()
-        self.grants, self.inbox = {}, []
-        ours, theirs = socket.socketpair()
-        self.sock = theirs
-        self.pid, effects = sup.router.add_engine(name, list(grants), {})
-        limits = sup.router.peers[self.pid].limits
-        sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
-                     R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
-                     512, limits.message_size, limits.in_flight, external)
-        sup.router.lane_peer(self.pid)
-        sup.engines[self.pid] = self
+        self.exports = exports
+        pid, effects = sup.router.add_engine(name, list(grants), {})
+        self._attach(sup, name, pid, external)
         sup.perform(effects)
         # bootstrap, then start
         self.until(lambda: self.grants or not grants)
         if exports:
             self.until(lambda: sup.router.proxies[name].target is not None)
+
+    def _attach(self, sup, name, pid, external):
+        """Router peer `pid` is this one, on a socket the lane owns the other end of."""
+        self.sup, self.name, self.pid = sup, name, pid
+        self.conn = P.Connection(name)
+        self.control, self.main = object(), object()
+        self.grants, self.inbox = {}, []
+        ours, self.sock = socket.socketpair()
+        limits = sup.router.peers[pid].limits
+        sup.lane.add(pid, ours.detach(), R.queue_soft_limit(limits),
+                     R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
+                     512, limits.message_size, limits.in_flight, external)
+        sup.router.lane_peer(pid)
+        sup.engines[pid] = self
 
     def send(self, data):
         self.sock.sendall(data)
@@ -106,19 +110,8 @@ class External(Engine):
     main object as grants[0]."""
 
     def __init__(self, sup, name="client"):
-        self.sup, self.name, self.exports = sup, name, False
-        self.conn = P.Connection(name)
-        self.control, self.main = object(), object()
-        self.grants, self.inbox = {}, []
-        ours, theirs = socket.socketpair()
-        self.sock = theirs
-        self.pid = sup.router.add_external(name)
-        limits = sup.router.peers[self.pid].limits
-        sup.lane.add(self.pid, ours.detach(), R.queue_soft_limit(limits),
-                     R.queue_hard_limit(limits), (limits.message_size >> 3) + R.HEADER_WORDS,
-                     512, limits.message_size, limits.in_flight, True)
-        sup.router.lane_peer(self.pid)
-        sup.engines[self.pid] = self
+        self.exports = False
+        self._attach(sup, name, sup.router.add_external(name), True)
         gateway = self._returned(*self.conn.send_bootstrap()).payload.caps[0].import_id
         get = hosted.GATEWAY.method("get")
         self.grants[0] = self._returned(*self.conn.send_call(
