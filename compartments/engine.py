@@ -68,17 +68,23 @@ MAX_NESTING = 32
 
 #: Answers are written before the guest is entered, so that a long call never
 #: keeps the answers to earlier ones waiting; except before a call to a method
-#: whose calls have all been short (under HOLD_FUEL wasm instructions): the
-#: answers of a batch of such calls then go out together, in one write, when
-#: the engine next waits for input (or HOLD_MESSAGES are waiting).  A method is
-#: judged by its fuel, not by a clock, so that a busy machine does not change
-#: the judgement; one long call marks its method (at most SLOW_METHODS are
-#: remembered; past that every method counts as long).  What blocks without
-#: using fuel writes the answers first: an outgoing call (it waits for its
-#: return), and a WASI sleep (before_blocking).
+#: known to be short: one that has been called before and whose every call so
+#: far used under HOLD_FUEL wasm instructions and, while answers waited, under
+#: HOLD_NS of this thread's CPU.  The answers of a batch of such calls go out
+#: together, in one write, when the engine next waits for input, or before
+#: the next call once HOLD_MESSAGES or HOLD_BYTES wait or the oldest has
+#: waited HOLD_NS.  One long call marks its method for good (fuel is not
+#: moved by a busy machine; the CPU time is read only when a held call took
+#: HOLD_NS by the clock, so a preempted call is not taken for a long one).
+#: At most METHODS methods are remembered; others always write first.  What
+#: blocks without using CPU writes first: an outgoing call (and the answers
+#: served while it waited go out when it returns), and a WASI sleep
+#: (before_blocking).
 HOLD_FUEL = 100_000
+HOLD_NS = 2_000_000
 HOLD_MESSAGES = 32
-SLOW_METHODS = 1024
+HOLD_BYTES = 256 << 10
+METHODS = 1024
 
 
 class GuestFault(Exception):
@@ -198,7 +204,10 @@ class Engine:
         self._entered = 0                    # guest code running now (nested: > 1)
         self.control = object()
         self._outgoing: list[bytes] = []
-        self._slow: set[tuple] = set()          # (object, interface, method) that ran long once
+        self._outgoing_bytes = 0
+        self._held_since = 0                    # perf_counter_ns when the oldest was queued
+        self._held_cpu: int | None = None       # thread CPU when the first call was held
+        self._short: dict[tuple, bool] = {}     # (object, interface, method) -> short so far
         self._fuel_used = 0                     # by the last guest entry
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
         self._started = False
@@ -441,6 +450,7 @@ class Engine:
             self.call_times.append(time.perf_counter_ns() - t0)
         if ret.finish_needed:
             self._send(self.conn.send_finish(qid))
+        self._flush()       # answers to calls served while it waited: the guest runs on
         if ret.payload is None:
             raise wasi.HostCallFailed(ret.error_type, ret.error)
         return ret.payload
@@ -599,7 +609,10 @@ class Engine:
 
     def _send(self, data: bytes):
         """Queue a message; it goes out with the others before we next block."""
+        if not self._outgoing:
+            self._held_since = time.perf_counter_ns()
         self._outgoing.append(data)
+        self._outgoing_bytes += len(data)
 
     def before_blocking(self):
         """A host function is about to wait without using fuel (a WASI sleep): the
@@ -610,6 +623,8 @@ class Engine:
         if self._outgoing:
             data = b"".join(self._outgoing)
             self._outgoing.clear()
+            self._outgoing_bytes = 0
+            self._held_cpu = None
             self.sock.sendall(data)
 
     def serve(self):
@@ -773,17 +788,16 @@ class Engine:
             frame = _Frame(self._for_guest(ev.payload.content), handles)
             self.frames.append(frame)
             method = (ev.target.tag, ev.interface_id, ev.method_id)
-            hold = method not in self._slow and len(self._outgoing) < HOLD_MESSAGES \
-                and len(self._slow) < SLOW_METHODS
+            hold = self._may_hold(method)
             self._fuel_used = 0
+            t0 = time.perf_counter_ns()
             try:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                      ev.method_id, len(frame.params), len(frame.handles),
                                      fuel=self.limits.fuel_per_call, flush=not hold)
             finally:
                 self.frames.pop()
-                if self._fuel_used >= HOLD_FUEL:
-                    self._slow.add(method)
+                self._judge(method, hold, time.perf_counter_ns() - t0)
         finally:
             if outer is not None:
                 after.append(self._leave_instance(outer))
@@ -795,6 +809,28 @@ class Engine:
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results
+
+    def _may_hold(self, method) -> bool:
+        """Whether the answers waiting may stay queued while `method` runs (HOLD_FUEL)."""
+        if not self._outgoing:
+            return True                 # nothing waits
+        if not self._short.get(method) or len(self._outgoing) >= HOLD_MESSAGES \
+                or self._outgoing_bytes >= HOLD_BYTES \
+                or time.perf_counter_ns() - self._held_since >= HOLD_NS:
+            return False
+        if self._held_cpu is None:
+            self._held_cpu = time.thread_time_ns()
+        return True
+
+    def _judge(self, method, held: bool, ns: int):
+        """Record whether `method`'s call that just ended (`ns` by the clock) was short."""
+        long = self._fuel_used >= HOLD_FUEL or (
+            held and ns >= HOLD_NS and self._held_cpu is not None
+            and time.thread_time_ns() - self._held_cpu >= HOLD_NS)
+        seen = self._short.get(method)
+        if seen is None and len(self._short) >= METHODS:
+            return                      # no room: it writes first, as an unknown one
+        self._short[method] = not long and seen is not False
 
     def _swap(self, state: dict) -> dict:
         outer = {k: getattr(self, k) for k in _INSTANCE_STATE}

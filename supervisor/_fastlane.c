@@ -1100,7 +1100,8 @@ static PyObject *Lane_close_answer(Lane *L, PyObject *args) {
 /* returned(pid, aid) -> True if answer `aid`, open in Python, is now on the native
  * books as returned and awaiting the peer's Finish (as if returned natively): the
  * Finish then needs no Python, and claim_answer gives the answer back if Python
- * meets it again.  Python calls this only for results without capabilities. */
+ * meets it again.  Python calls this only for results without capabilities; only
+ * an external client's answers wait for a Finish (engines' are returned without). */
 static PyObject *Lane_returned(Lane *L, PyObject *args) {
   long pid;
   unsigned long aid;
@@ -1108,7 +1109,7 @@ static PyObject *Lane_returned(Lane *L, PyObject *args) {
   int ok = 0;
   LOCK(L);
   Peer *P = peer_get(L, pid);
-  if (P && map_get(&L->answers, KEY(pid, aid)) == PYOPEN &&
+  if (P && P->external && map_get(&L->answers, KEY(pid, aid)) == PYOPEN &&
       !map_put(&L->answers, KEY(pid, aid), RETURNED)) {
     P->py_open--;
     P->returned_open++;

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
-from capnp_schemas import payloads, protocol
+from capnp_schemas import payloads, protocol, rpcwire, wire
 from compartments import engine as E
 from compartments.engine import ENGINE_INTERFACE, Engine
 from compartments.limits import Limits
@@ -34,13 +35,16 @@ class Recorded:
         self.writes.append(bytes(data))
 
 
-def serve(*batches, fuel_per_call: int = 50_000_000):
-    """An engine that has been bootstrapped and started, then served `batches`
-    (lists of methods of Spin, each list sent in one write): the answers to them,
-    write by write, as lists of (question id, value or error)."""
-    sock = Recorded()
-    engine = Engine(sock, EngineSpec(name="spin", module=os.path.join(GUESTS, "spin.wat"),
-                                     exports=True, limits=Limits(fuel_per_call=fuel_per_call)))
+def make_engine(fuel_per_call: int = 50_000_000):
+    return Engine(Recorded(), EngineSpec(name="spin", module=os.path.join(GUESTS, "spin.wat"),
+                                         exports=True, limits=Limits(fuel_per_call=fuel_per_call)))
+
+
+def started(fuel_per_call: int = 50_000_000):
+    """(engine, its socket, the supervisor's Connection, the engine's main object's
+    import id): an engine that has been bootstrapped and started."""
+    engine = make_engine(fuel_per_call)
+    sock = engine.sock
     sup = protocol.Connection("supervisor")
     _q, boot = sup.send_bootstrap()
     sock.batches.append(boot)
@@ -53,7 +57,14 @@ def serve(*batches, fuel_per_call: int = 50_000_000):
     engine._pump()
     engine._flush()
     [ev] = sup.receive(sock.writes.pop())
-    main = ev.payload.caps[0].import_id
+    return engine, sock, sup, ev.payload.caps[0].import_id
+
+
+def serve(*batches, fuel_per_call: int = 50_000_000):
+    """An engine that has been bootstrapped and started, then served `batches`
+    (lists of methods of Spin, each list sent in one write): the answers to them,
+    write by write, as lists of (question id, value or error)."""
+    engine, sock, sup, main = started(fuel_per_call)
     asked = {}
     for methods in batches:
         data = b""
@@ -97,3 +108,65 @@ def test_past_the_held_limit_the_answers_go_out(monkeypatch):
     monkeypatch.setattr(E, "HOLD_MESSAGES", 3)
     writes = serve([PING] * 7)
     assert [len(w) for w in writes] == [3, 3, 1]
+
+
+def test_a_method_never_seen_writes_first():
+    # ping is new but nothing waits; slow is new and the ping's answer waits: it goes
+    assert serve([PING, SLOW]) == [[(PING, 7)], [(SLOW, 1)]]
+
+
+def test_past_the_held_bytes_the_answers_go_out(monkeypatch):
+    monkeypatch.setattr(E, "HOLD_BYTES", 1)
+    assert [len(w) for w in serve([PING] * 3)] == [1, 1, 1]
+
+
+def test_answers_that_waited_long_enough_go_out(monkeypatch):
+    monkeypatch.setattr(E, "HOLD_NS", 0)
+    assert [len(w) for w in serve([PING] * 3)] == [1, 1, 1]
+
+
+def test_a_held_call_that_took_cpu_marks_its_method_long_and_a_preempted_one_does_not():
+    """Fuel does not count what host functions do: a held call that took HOLD_NS by
+    the clock is long if this thread spent that much CPU since the answers began to
+    wait (a busy machine's preemption does not)."""
+    engine = make_engine()
+    quick, busy = (1, SPIN, PING), (1, SPIN, SLOW)
+    for m in (quick, busy):
+        engine._judge(m, True, 1000)            # seen once, short
+    engine._outgoing.append(b"x")               # an answer waits
+    engine._held_since = time.perf_counter_ns()
+    assert engine._may_hold(quick) and engine._held_cpu is not None
+    engine._judge(quick, True, 10 * E.HOLD_NS)  # slow by the clock, no CPU spent: preempted
+    assert engine._short[quick] is True
+    engine._held_cpu -= 10 * E.HOLD_NS          # as if the held call had spent the CPU
+    engine._judge(busy, True, 10 * E.HOLD_NS)
+    assert engine._short[busy] is False and not engine._may_hold(busy)
+    engine._judge(busy, True, 1000)             # one long call marks it for good
+    assert engine._short[busy] is False
+
+
+def test_remembered_methods_are_bounded(monkeypatch):
+    monkeypatch.setattr(E, "METHODS", 2)
+    engine = make_engine()
+    for i in range(5):
+        engine._judge((1, i, 0), False, 1000)
+    assert len(engine._short) == 2
+    engine._outgoing.append(b"x")
+    engine._held_since = time.perf_counter_ns()
+    assert engine._may_hold((1, 0, 0)) and not engine._may_hold((1, 4, 0))
+
+
+def test_answers_served_while_an_outgoing_call_waited_go_out_when_it_returns():
+    engine, sock, sup, main = started()
+    engine.conn.imports[9] = 1              # a capability it holds, as a grant gives one
+    ping_qid, ping = sup.send_call(main, SPIN, PING)
+
+    def recv(_n):          # a call to it, and the return of its own call, in one read
+        (qid,) = engine.conn.questions
+        head, _at = rpcwire.encode_return(qid, True, [])
+        return ping + wire.frame([bytes(head)])
+    sock.recv = recv
+    engine.invoke(9, SPIN, PING, protocol.EMPTY)
+    # before the guest runs on, the answer it served meanwhile is out
+    assert [ev.question_id for ev in sup.receive(sock.writes[-1])] == [ping_qid]
+    assert not engine._outgoing
