@@ -909,7 +909,7 @@ class Router:
         for calls in waiting:
             self.sweep([c for _t, call in calls for c in call.caps])
         for proxy in self.proxies.values():              # its calls waiting on a start
-            if any(call.reply[0] is peer for call in proxy.queue):
+            if proxy.queue and any(call.reply[0] is peer for call in proxy.queue):
                 mine = [call for call in proxy.queue if call.reply[0] is peer]
                 proxy.queue = [call for call in proxy.queue if call.reply[0] is not peer]
                 for call in mine:
