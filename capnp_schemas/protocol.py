@@ -81,6 +81,12 @@ class Content:
     def capability(cls, index: int) -> "Content":
         return cls(word=wire.cap_pointer(index))
 
+    def size(self) -> int:
+        """Bytes of the segments the content lies in: what a message of it weighs
+        (one segment, nearly always: no generator for it)."""
+        segs = self.segments
+        return len(segs[0]) if len(segs) == 1 else sum(len(s) for s in segs)
+
     def message(self) -> list:
         """The content as a standalone message (segment list, root = content)."""
         if not self.segments:
@@ -575,7 +581,7 @@ class Connection:
         # kept for calls pipelined on it, which need it only to find a capability
         a.result = (content, tuple(caps)) if caps else _NO_RESULT
         if caps and not no_finish:
-            a.kept = sum(len(seg) for seg in content.segments)
+            a.kept = content.size()
         data = self._splice(head, at, content)
         self._answer_done(answer_id, a)
         if not caps and not a.finished and self.native is not None \

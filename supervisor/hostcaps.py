@@ -192,8 +192,7 @@ class HostCaps:
                            f" ({names}) only", "unimplemented")
         method = iface.methods[call.method_id]
         content = call.content
-        segs = content.segments
-        words = (len(segs[0]) if len(segs) == 1 else sum(len(s) for s in segs)) // 8 + 1024
+        words = content.size() // 8 + 1024
         try:
             params = payloads.read(method.params, content, words)
         except DecodeError as e:
@@ -239,7 +238,7 @@ class HostCaps:
             values = {"value": variables.get(params["name"], ""),
                       "present": params["name"] in variables}
         content = payloads.build(method.results, values)[0]
-        if sum(len(s) for s in content.segments) > call.max_bytes:
+        if content.size() > call.max_bytes:
             return Refusal(f"E2BIG: Environment.{method.name}: more than the caller's "
                            f"message size limit")
         return Answer(content)

@@ -370,7 +370,7 @@ class Prober:
         except Exception as e:  # noqa: BLE001 - a value that does not fit the schema
             self.sup._host_done(call.token, hostcaps.Refusal(f"EINVAL: {e}"))
             return
-        if sum(len(s) for s in content.segments) > call.max_bytes:
+        if content.size() > call.max_bytes:
             self.sup._host_done(call.token, hostcaps.Refusal(
                 "E2BIG: the events do not fit in one message to this compartment: read fewer"))
             return

@@ -752,8 +752,7 @@ class Router:
 
     @staticmethod
     def _check_size(peer: Peer, content: Content):
-        segs = content.segments
-        size = len(segs[0]) if len(segs) == 1 else sum(len(s) for s in segs)
+        size = content.size()
         if size > peer.limits.message_size:
             raise CallError(f"a message of {size} bytes is more than {peer.name} accepts "
                             f"(limit message_size = {peer.limits.message_size})", "failed")
