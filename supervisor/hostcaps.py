@@ -180,7 +180,7 @@ class HostCaps:
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
-        self._accepts: dict[tuple, tuple] = {}      # (class, method) -> _signature()
+        self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
 
     def serve(self, call):
         """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""
@@ -272,10 +272,10 @@ class HostCaps:
         """Whether `obj`'s method `name` takes max_bytes, and its parameters that are
         Python keywords (`from` -> `from_`), looked up once per class and method."""
         key = (type(obj), name)
-        sig = self._accepts.get(key)
+        sig = self._signatures.get(key)
         if sig is None:
             parameters = inspect.signature(getattr(type(obj), name)).parameters
-            sig = self._accepts[key] = (
+            sig = self._signatures[key] = (
                 "max_bytes" in parameters,
                 {k[:-1]: k for k in parameters if k.endswith("_") and keyword.iskeyword(k[:-1])})
         return sig
