@@ -9,7 +9,8 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wno-missing-braces"]
 setup(ext_modules=[
     Extension("capnp_schemas._fastwire", ["capnp_schemas/_fastwire.c"],
               depends=["capnp_schemas/fastwire.h"], extra_compile_args=FLAGS, optional=True),
-    Extension("compartments._fastcall", ["compartments/_fastcall.c"], extra_compile_args=FLAGS,
+    Extension("compartments._fastcall", ["compartments/_fastcall.c"],
+              depends=["capnp_schemas/fastwire.h"], extra_compile_args=FLAGS,
               optional=True),
     Extension("supervisor._fastlane", ["supervisor/_fastlane.c"],
               depends=["capnp_schemas/fastwire.h"],

@@ -17,6 +17,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <structmember.h>
+
+#include "../capnp_schemas/fastwire.h"
 
 typedef union {
   int32_t i32;
@@ -168,12 +171,146 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------- out of wasm */
 
+/* ---------------------------------------------------------------- guest memory
+ *
+ * Two host functions of every call, wsuper.params_read and wsuper.results_set
+ * (docs/guest-abi.md), done here without entering Python when the call is
+ * plain; compartments/engine.py's _host_params_read and _host_results_set stay
+ * the definition.  A Guest holds what they need of the engine: its stack of
+ * frames (the calls being dispatched), the memory, the message limit.  The
+ * native version only takes the one path on which the Python one ends well
+ * with nothing to decide: every bound checked before the first byte is
+ * written, no capability to translate, a message that is one segment whose
+ * root is null or a near pointer inside it.  Anything else (an error to
+ * report, a trap to raise, handles, protected memory, host-call probes on)
+ * goes to the Python function, which then does all of it, exactly as it
+ * would have: nothing was written or changed before it runs. */
+
+#define NATIVE_NONE 0
+#define NATIVE_PARAMS_READ 1
+#define NATIVE_RESULTS_SET 2
+#define ABI_OK 0                   /* compartments/abi.py OK */
+#define ABI_MAX_CAPS 256           /* abi.MAX_CAPS */
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *frames;   /* the engine's list of _Frame (params, handles, results, error) */
+  PyObject *memory;   /* the memory's wasmtime_memory_t (ctypes), or None: all to Python */
+  PyObject *probes;   /* .hostcalls true: all to Python (they time host calls) */
+  PyObject *results;  /* results(segment: bytes) -> what frame.results is set to */
+  Py_ssize_t max_bytes;
+  unsigned long long handled; /* host calls done here, for tests and the stats */
+} Guest;
+
+static PyObject *s_params, *s_handles, *s_results, *s_hostcalls;
+
 typedef struct {
   PyObject *fn;
   int nparams;
   int has_result;
   char kinds[MAX_SLOTS];
+  int native;          /* NATIVE_*: tried first, fn when it declines */
+  Guest *guest;
 } host_fn;
+
+/* The memory's base and size in `ctx`, once the guest's state says this host call
+ * may be done natively; 0: it goes to Python. */
+static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
+  const void *memory;
+  if (g->memory == Py_None || !PyList_CheckExact(g->frames) || !PyList_GET_SIZE(g->frames))
+    return 0;
+  PyObject *on = PyObject_GetAttr(g->probes, s_hostcalls);
+  int timed = on ? PyObject_IsTrue(on) : -1;
+  Py_XDECREF(on);
+  if (timed) return 0;      /* on, or could not tell */
+  if (address_of(g->memory, &memory)) return 0;
+  *base = memory_data(ctx, memory);
+  *size = memory_data_size(ctx, memory);
+  return *base != NULL || *size == 0;
+}
+
+static PyObject *top_frame(Guest *g) {
+  return PyList_GET_ITEM(g->frames, PyList_GET_SIZE(g->frames) - 1);
+}
+
+/* params_read(buf_ptr, caps_ptr): the frame's params at buf_ptr, its handles at caps_ptr */
+static int native_params_read(Guest *g, void *ctx, val_raw *raw) {
+  uint8_t *base;
+  uint64_t size;
+  if (!guest_memory(g, ctx, &base, &size)) return 0;
+  PyObject *frame = top_frame(g);
+  PyObject *params = PyObject_GetAttr(frame, s_params);
+  PyObject *handles = PyObject_GetAttr(frame, s_handles);
+  int done = 0;
+  if (!params || !handles || !PyBytes_CheckExact(params) || !PyList_CheckExact(handles))
+    goto out;
+  int64_t buf = raw[0].i32, caps = raw[1].i32;
+  uint64_t len = (uint64_t)PyBytes_GET_SIZE(params);
+  Py_ssize_t nh = PyList_GET_SIZE(handles);
+  if (len && (buf < 0 || (uint64_t)buf + len > size)) goto out;
+  if (nh && (nh > ABI_MAX_CAPS || caps < 0 || (uint64_t)caps + 4 * (uint64_t)nh > size)) goto out;
+  int32_t h[ABI_MAX_CAPS];
+  for (Py_ssize_t i = 0; i < nh; i++) {
+    PyObject *v = PyList_GET_ITEM(handles, i);
+    if (!PyLong_CheckExact(v)) goto out;
+    long x = PyLong_AsLong(v);
+    if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) goto out;
+    h[i] = (int32_t)x;
+  }
+  if (len) memcpy(base + buf, PyBytes_AS_STRING(params), len);
+  if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
+  raw[0].i32 = ABI_OK;
+  done = 1;
+out:
+  Py_XDECREF(params);
+  Py_XDECREF(handles);
+  PyErr_Clear();
+  return done;
+}
+
+/* results_set(ptr, length, caps_ptr, caps_count) with no capabilities: the message
+ * at ptr, checked as _guest_content checks it, becomes the frame's results */
+static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
+  uint8_t *base;
+  uint64_t size;
+  if (!guest_memory(g, ctx, &base, &size)) return 0;
+  int64_t ptr = raw[0].i32, len = raw[1].i32, count = raw[3].i32;
+  if (count != 0 || len <= 0 || ptr < 0 || (uint64_t)(ptr + len) > size ||
+      len > g->max_bytes || len < 16)
+    return 0;
+  const uint8_t *m = base + ptr;
+  uint32_t nseg, words;
+  memcpy(&nseg, m, 4);
+  memcpy(&words, m + 4, 4);
+  if (nseg != 0 || 8 + 8 * (int64_t)words != len) return 0;
+  int kind;
+  uint64_t start, w;
+  if (fw_resolve(m + 8, words, 0, &kind, &start, &w) < 0) return 0;
+  PyObject *frame = top_frame(g);
+  PyObject *before = PyObject_GetAttr(frame, s_results);
+  int done = 0;
+  if (before != Py_None) goto out;          /* set already: Python says E_STATE */
+  PyObject *seg = PyBytes_FromStringAndSize((const char *)m + 8, 8 * (Py_ssize_t)words);
+  PyObject *res = seg ? PyObject_CallOneArg(g->results, seg) : NULL;
+  Py_XDECREF(seg);
+  if (res && !PyObject_SetAttr(frame, s_results, res)) {
+    raw[0].i32 = ABI_OK;
+    done = 1;
+  }
+  Py_XDECREF(res);
+out:
+  Py_XDECREF(before);
+  PyErr_Clear();
+  return done;
+}
+
+static int native_call(host_fn *h, val_raw *raw) {
+  int done = h->native == NATIVE_PARAMS_READ   ? native_params_read(h->guest, current, raw)
+             : h->native == NATIVE_RESULTS_SET ? native_results_set(h->guest, current, raw)
+                                               : 0;
+  if (done) h->guest->handled++;
+  return done;
+}
 
 static void *python_exception_trap(void) {
   PyObject *type, *value, *tb;
@@ -196,6 +333,11 @@ static void *trampoline(void *env, void *caller, val_raw *raw, size_t nraw) {
   void *outer = current;
   current = caller_context(caller);
   void *trap = NULL;
+  if (h->native && native_call(h, raw)) {
+    current = outer;
+    PyGILState_Release(g);
+    return NULL;
+  }
   PyObject *argv[MAX_SLOTS];
   int made = 0;
   for (; made < h->nparams; made++) {
@@ -227,30 +369,125 @@ static void finalize(void *env) {
   host_fn *h = env;
   PyGILState_STATE g = PyGILState_Ensure();
   Py_XDECREF(h->fn);
+  Py_XDECREF(h->guest);
   PyGILState_Release(g);
   PyMem_RawFree(h);
 }
 
-/* host(fn, kinds, has_result) -> env address, for wasmtime_linker_define_func_unchecked
- * with trampoline() and finalize() (addresses()) */
+static PyTypeObject GuestType;
+
+/* host(fn, kinds, has_result[, native, guest]) -> env address, for
+ * wasmtime_linker_define_func_unchecked with trampoline() and finalize()
+ * (addresses()).  native: NATIVE_PARAMS_READ or NATIVE_RESULTS_SET, done with
+ * `guest`'s state when it can be, else by fn. */
 static PyObject *fc_host(PyObject *mod, PyObject *args) {
-  PyObject *fn;
+  PyObject *fn, *guest = Py_None;
   const char *kinds;
   Py_ssize_t n;
-  int has_result;
-  if (!PyArg_ParseTuple(args, "Oy#p", &fn, &kinds, &n, &has_result)) return NULL;
+  int has_result, native = NATIVE_NONE;
+  if (!PyArg_ParseTuple(args, "Oy#p|iO", &fn, &kinds, &n, &has_result, &native, &guest))
+    return NULL;
   if (n > MAX_SLOTS) {
     PyErr_SetString(PyExc_ValueError, "too many parameters");
     return NULL;
   }
+  static const int arity[] = {0, 2, 4};
+  if (native && (native < 0 || native > NATIVE_RESULTS_SET || n != arity[native] ||
+                 !has_result || !PyObject_TypeCheck(guest, &GuestType))) {
+    PyErr_SetString(PyExc_ValueError, "native: params_read(i32, i32) or results_set(4 x i32), "
+                                      "with a Guest");
+    return NULL;
+  }
+  for (Py_ssize_t i = 0; native && i < n; i++)
+    if (kinds[i] != KIND_I32) {
+      PyErr_SetString(PyExc_ValueError, "native host functions take i32 parameters");
+      return NULL;
+    }
   host_fn *h = PyMem_RawCalloc(1, sizeof *h);
   if (!h) return PyErr_NoMemory();
   h->fn = Py_NewRef(fn);
   h->nparams = (int)n;
   h->has_result = has_result;
   memcpy(h->kinds, kinds, (size_t)n);
+  h->native = native;
+  h->guest = native ? (Guest *)Py_NewRef(guest) : NULL;
   return PyLong_FromVoidPtr(h);
 }
+
+/* Guest(frames, probes, max_bytes, results): memory starts as None (all to Python) */
+static int guest_init(Guest *self, PyObject *args, PyObject *kw) {
+  PyObject *frames, *probes, *results;
+  Py_ssize_t max_bytes;
+  if (!PyArg_ParseTuple(args, "O!OnO", &PyList_Type, &frames, &probes, &max_bytes, &results))
+    return -1;
+  if (max_bytes < 0) {
+    PyErr_SetString(PyExc_ValueError, "max_bytes < 0");
+    return -1;
+  }
+  Py_XSETREF(self->frames, Py_NewRef(frames));
+  Py_XSETREF(self->probes, Py_NewRef(probes));
+  Py_XSETREF(self->results, Py_NewRef(results));
+  Py_XSETREF(self->memory, Py_NewRef(Py_None));
+  self->max_bytes = max_bytes;
+  return 0;
+}
+
+static int guest_traverse(Guest *self, visitproc visit, void *arg) {
+  Py_VISIT(self->frames);
+  Py_VISIT(self->memory);
+  Py_VISIT(self->probes);
+  Py_VISIT(self->results);
+  return 0;
+}
+
+static int guest_clear(Guest *self) {
+  Py_CLEAR(self->frames);
+  Py_CLEAR(self->memory);
+  Py_CLEAR(self->probes);
+  Py_CLEAR(self->results);
+  return 0;
+}
+
+static void guest_dealloc(Guest *self) {
+  PyObject_GC_UnTrack(self);
+  guest_clear(self);
+  Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *guest_get_memory(Guest *self, void *closure) {
+  return Py_NewRef(self->memory ? self->memory : Py_None);
+}
+
+static int guest_set_memory(Guest *self, PyObject *v, void *closure) {
+  const void *unused;
+  if (!v) v = Py_None;
+  if (v != Py_None && address_of(v, &unused)) return -1;   /* a ctypes structure */
+  Py_XSETREF(self->memory, Py_NewRef(v));
+  return 0;
+}
+
+static PyGetSetDef guest_getset[] = {
+    {"memory", (getter)guest_get_memory, (setter)guest_set_memory,
+     "the wasmtime_memory_t (ctypes) of the memory host calls use; None: all to Python", NULL},
+    {NULL}};
+
+static PyMemberDef guest_members[] = {
+    {"handled", T_ULONGLONG, offsetof(Guest, handled), READONLY,
+     "host calls done natively so far"},
+    {NULL}};
+
+static PyTypeObject GuestType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "compartments._fastcall.Guest",
+    .tp_basicsize = sizeof(Guest),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)guest_init,
+    .tp_dealloc = (destructor)guest_dealloc,
+    .tp_traverse = (traverseproc)guest_traverse,
+    .tp_clear = (inquiry)guest_clear,
+    .tp_getset = guest_getset,
+    .tp_members = guest_members,
+};
 
 static PyObject *fc_addresses(PyObject *mod, PyObject *unused) {
   return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)trampoline,
@@ -298,4 +535,20 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcall", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastcall(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastcall(void) {
+  if (PyType_Ready(&GuestType) < 0) return NULL;
+  s_params = PyUnicode_InternFromString("params");
+  s_handles = PyUnicode_InternFromString("handles");
+  s_results = PyUnicode_InternFromString("results");
+  s_hostcalls = PyUnicode_InternFromString("hostcalls");
+  if (!s_params || !s_handles || !s_results || !s_hostcalls) return NULL;
+  PyObject *m = PyModule_Create(&module);
+  if (!m) return NULL;
+  if (PyModule_AddObjectRef(m, "Guest", (PyObject *)&GuestType) < 0 ||
+      PyModule_AddIntConstant(m, "PARAMS_READ", NATIVE_PARAMS_READ) < 0 ||
+      PyModule_AddIntConstant(m, "RESULTS_SET", NATIVE_RESULTS_SET) < 0) {
+    Py_DECREF(m);
+    return NULL;
+  }
+  return m;
+}

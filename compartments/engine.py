@@ -170,6 +170,12 @@ class _Frame:
         self.error = None
 
 
+def _native_results(segment: bytes):
+    """frame.results for a message the native results_set checked (_guest_content's
+    checks, one segment, no capabilities)."""
+    return Content((segment,), (0, 0)), []
+
+
 #: What belongs to one instance of the module; instance = "per_call" gives each
 #: call a fresh set (Engine._fresh_instance) and puts the outer one back after.
 _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_wasi_fns",
@@ -251,10 +257,14 @@ class Engine:
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
         timed = self.probes.timed          # host-call probes: one flag test while off
+        # params_read and results_set of a plain call, without Python (instantiate)
+        self._native = unchecked.guest(self.frames, self.probes, self.max_message_bytes,
+                                       _native_results)
         for name, (params, results) in abi.IMPORTS.items():
+            kind = unchecked.NATIVE.get(name) if self._native is not None else None
             unchecked.define(linker, abi.MODULE, name, params, results,
                              timed(f"{abi.MODULE}.{name}", getattr(self, "_host_" + name)),
-                             self.wasm_engine)
+                             self.wasm_engine, native=kind and (kind, self._native))
         for name in self._wasi_names:
             # per_call: each call has a WASI state of its own, so look it up at each call
             fn = self._wasi_entry(name) if self.per_call else self.wasi.function(name)
@@ -288,6 +298,11 @@ class Engine:
         self.initialize = typed(abi.EXPORT_INITIALIZE, ((), ()))
         self.dispatch = typed(abi.EXPORT_DISPATCH, abi.DISPATCH_TYPE)
         self._dispatch_type = self.dispatch
+        if self._native is not None and self.memory is not None and self.regions is None \
+                and not self.per_call:
+            # One memory for good: protected memory (its checks are Python's) and a
+            # new instance per call (a memory each) stay with the Python functions.
+            self._native.memory = self.memory._memory
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")

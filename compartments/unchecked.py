@@ -279,16 +279,31 @@ if _native is not None:
     _NATIVE_FINALIZE = ctypes.CFUNCTYPE(None, c_void_p)(_native.addresses()[1])
 
 
+def guest(frames: list, probes, max_bytes: int, results):
+    """The state the native params_read and results_set work on (_fastcall.Guest:
+    the engine's frame stack, its probes, its message limit, and how results
+    are made from a segment), or None without the native path.  Its `memory`
+    starts as None: every call goes to the Python functions until it is set."""
+    return None if _native is None else _native.Guest(frames, probes, max_bytes, results)
+
+
+#: host functions the native path can do itself, when a Guest allows it
+NATIVE = {"params_read": 1, "results_set": 2}
+
+
 def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
-           engine: wasmtime.Engine) -> None:
+           engine: wasmtime.Engine, native=None) -> None:
     """Define `module.name` (i32/i64 params, at most one i32 result) as `fn(*args)`
-    on `linker`, which belongs to `engine`."""
+    on `linker`, which belongs to `engine`.  `native`: (kind, guest), kind a
+    value of NATIVE: the native path does the plain calls itself (see
+    _fastcall.c), and gives `fn` the rest."""
     if len(results) > 1 or any(r != "i32" for r in results):
         raise TypeError("host functions return at most one i32")
     kinds = tuple(params)
     ty = func_type(kinds, tuple(results), engine)
     if _native is not None:
-        env = _native.host(fn, b"".join(_KIND[k] for k in kinds), bool(results))
+        env = _native.host(fn, b"".join(_KIND[k] for k in kinds), bool(results),
+                           *(native or ()))
         trampoline, finalize = _NATIVE_TRAMPOLINE, _NATIVE_FINALIZE
     else:
         env = len(_HOST) + 1

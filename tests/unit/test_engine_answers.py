@@ -35,15 +35,16 @@ class Recorded:
         self.writes.append(bytes(data))
 
 
-def make_engine(fuel_per_call: int = 50_000_000):
-    return Engine(Recorded(), EngineSpec(name="spin", module=os.path.join(GUESTS, "spin.wat"),
-                                         exports=True, limits=Limits(fuel_per_call=fuel_per_call)))
+def make_engine(fuel_per_call: int = 50_000_000, module: str = "spin.wat", **limits):
+    return Engine(Recorded(), EngineSpec(name="spin", module=os.path.join(GUESTS, module),
+                                         exports=True,
+                                         limits=Limits(fuel_per_call=fuel_per_call, **limits)))
 
 
-def started(fuel_per_call: int = 50_000_000):
+def started(fuel_per_call: int = 50_000_000, module: str = "spin.wat", **limits):
     """(engine, its socket, the supervisor's Connection, the engine's main object's
-    import id): an engine that has been bootstrapped and started."""
-    engine = make_engine(fuel_per_call)
+    import id): an engine serving `module` that has been bootstrapped and started."""
+    engine = make_engine(fuel_per_call, module, **limits)
     sock = engine.sock
     sup = protocol.Connection("supervisor")
     _q, boot = sup.send_bootstrap()

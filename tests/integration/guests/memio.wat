@@ -1,0 +1,33 @@
+;; memio: calls params_read and results_set with whatever arguments the test
+;; wrote at byte 120000 (A, B, C, D as i32), so that a test can hand them any
+;; pointer, length, handle array and message.  See tests/unit/test_engine_native.py.
+(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (memory (export "memory") 2)
+  (func $arg (param $i i32) (result i32)
+    (i32.load (i32.add (i32.const 120000) (i32.shl (local.get $i) (i32.const 2)))))
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (local $r i32)
+    ;; 0: results_set(A, B, C, D)
+    (if (i32.eqz (local.get $method))
+      (then (return (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))))
+    ;; 1: params_read(A, B); then its params and handles back as the results
+    (if (i32.eq (local.get $method) (i32.const 1))
+      (then
+        (local.set $r (call $params_read (call $arg (i32.const 0)) (call $arg (i32.const 1))))
+        (if (local.get $r) (then (return (local.get $r))))
+        (return (call $results_set (call $arg (i32.const 0)) (local.get $len) (call $arg (i32.const 1))
+                                   (local.get $ncaps)))))
+    ;; 2: results_set(A, B, C, D) twice: the second one's status
+    (if (i32.eq (local.get $method) (i32.const 2))
+      (then
+        (drop (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))
+        (return (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))))
+    ;; 3: a new object's handle at C, then results_set(A, B, C, D)
+    (i32.store (call $arg (i32.const 2)) (call $object (i32.const 1)))
+    (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))
+)
