@@ -229,8 +229,10 @@ static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
   return *base != NULL || *size == 0;
 }
 
+/* The frame being dispatched now (a new reference: the results callable runs
+ * Python code while the native results_set holds it). */
 static PyObject *top_frame(Guest *g) {
-  return PyList_GET_ITEM(g->frames, PyList_GET_SIZE(g->frames) - 1);
+  return Py_NewRef(PyList_GET_ITEM(g->frames, PyList_GET_SIZE(g->frames) - 1));
 }
 
 /* params_read(buf_ptr, caps_ptr): the frame's params at buf_ptr, its handles at caps_ptr */
@@ -262,6 +264,7 @@ static int native_params_read(Guest *g, void *ctx, val_raw *raw) {
   raw[0].i32 = ABI_OK;
   done = 1;
 out:
+  Py_DECREF(frame);
   Py_XDECREF(params);
   Py_XDECREF(handles);
   PyErr_Clear();
@@ -299,6 +302,7 @@ static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
   }
   Py_XDECREF(res);
 out:
+  Py_DECREF(frame);
   Py_XDECREF(before);
   PyErr_Clear();
   return done;

@@ -3,16 +3,15 @@ engine whose plain host calls are done in C must behave byte for byte like one
 whose host calls all go to Python (compartments/engine.py's _host_params_read
 and _host_results_set, the definition), whatever the guest hands them.
 
-Two real Engines with real wasmtime serve tests/integration/guests/memio.wat,
-which passes the host functions whatever arguments the test wrote into its
-memory; one has its Guest's memory unset, which sends every host call to
-Python.  Both get the same calls after the same memory writes; their answers
-(every byte they write) and their memories must be the same, and the native
-one must really have done most of the plain ones itself."""
+Two real Engines with real wasmtime serve fuzz/memio.wat, which passes the
+host functions whatever arguments the test wrote into its memory; one has
+its Guest's memory unset, which sends every host call to Python.  Both get
+the same calls after the same memory writes; their answers (every byte they
+write) and their memories must be the same, and the native one must really
+have done the plain ones itself (fuzz/hostmem.py)."""
 from __future__ import annotations
 
 import os
-import random
 import struct
 
 import pytest
@@ -21,129 +20,27 @@ from capnp_schemas import wire
 from capnp_schemas.protocol import Content
 from compartments import unchecked
 from compartments.abi import E_MESSAGE, E_STATE
-
 from compartments.engine import Engine
 from compartments.spec import EngineSpec
-
-from .test_engine_answers import GUESTS, Recorded, started
+from fuzz.hostmem import ARGS, IFACE, LIMIT, MEMIO, MEMORY, call, differ, framed, started, \
+    struct_ptr
 
 pytestmark = pytest.mark.skipif(unchecked._native is None,
                                 reason="the native path is not built (compartments._fastcall)")
 
-IFACE = 0x1234
-ARGS = 120000                    # memio.wat reads A, B, C, D here
-MEMORY = 2 * 65536
-LIMIT = 4096                     # message_size: the engines' message limit
-
-
-def framed(words: list[int], nseg: int = 0, size: int | None = None) -> bytes:
-    """A segment table (nseg + 1 segments, the first of `size` words) and words."""
-    table = struct.pack("<II", nseg, len(words) if size is None else size)
-    if nseg:
-        table += struct.pack("<I", 1) + b"\0" * (4 if nseg % 2 else 0)
-    return table + b"".join(struct.pack("<Q", w & (2**64 - 1)) for w in words)
-
-
-def struct_ptr(offset: int, data: int, ptrs: int) -> int:
-    return ((offset & 0x3FFFFFFF) << 2) | (data << 32) | (ptrs << 48)
-
-
-def messages(rng: random.Random) -> bytes:
-    """Something a guest might pass results_set as a message: well-formed ones of
-    every shape the native path takes, and the ways one can be wrong."""
-    n = rng.randrange(1, 12)
-    body = [rng.getrandbits(64) for _ in range(n)]
-    pick = rng.randrange(14)
-    if pick < 4:                                  # a struct inside the segment
-        return framed([struct_ptr(0, n, 0)] + body)
-    if pick == 4:                                 # a struct with pointers, and a text
-        return framed([struct_ptr(0, 1, 1), 7, (1 << 2) | (2 << 32) | (5 << 35), 0x6f6c6c6568])
-    if pick == 5:                                 # a null root
-        return framed([0] + body)
-    if pick == 6:                                 # a struct past the segment's end
-        return framed([struct_ptr(rng.randrange(n, n + 5), rng.randrange(1, 4), 0)] + body)
-    if pick == 7:                                 # a negative offset
-        return framed([struct_ptr(-rng.randrange(1, 4), 1, 0)] + body)
-    if pick == 8:                                 # a far pointer to a landing pad in it
-        return framed([(1 << 3) | 2, struct_ptr(0, 1, 0), 99])
-    if pick == 9:                                 # a capability pointer as the root
-        return framed([3 | (rng.randrange(3) << 32)] + body)
-    if pick == 10:                                # two segments
-        return framed([struct_ptr(0, 1, 0), 5, 6], nseg=1, size=2)
-    if pick == 11:                                # a table that lies about the size
-        return framed([struct_ptr(0, n, 0)] + body, size=n + rng.choice((-1, 2, 1 << 20)))
-    if pick == 12:                                # a list as the root
-        return framed([1 | (0 << 2) | (4 << 32) | (2 * n << 35)] + body)
-    return bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
-
-
-def scenario(rng: random.Random):
-    """(method, memory writes, the arguments A B C D, params, caps) of one call."""
-    data = messages(rng)
-    where = rng.choice((0, 64, 8192, 60000, MEMORY - len(data), MEMORY - len(data) + 8))
-    length = rng.choice((len(data),) * 14 + (0, 8, len(data) - 8, len(data) + 8, -1, LIMIT + 8))
-    count = rng.choice((0,) * 12 + (1, -1, 300))
-    method = rng.choice((0,) * 6 + (1, 1, 2, 3))
-    writes = []
-    if 0 <= where <= MEMORY - len(data):
-        writes.append((where, data))
-    if length == LIMIT + 8:                        # one past the limit, well framed
-        big = framed([struct_ptr(0, LIMIT // 8, 0)] + [1] * (LIMIT // 8))
-        writes.append((0, big))
-        where, length = 0, len(big)
-    params, caps = Content.standalone([struct.pack("<QQ", 1 << 32, rng.getrandbits(64))]), []
-    if method == 1:
-        where = rng.choice((0, 5, MEMORY - 16, MEMORY - 8, -8))
-        caps = rng.choice(([], [], [object()], [None, object()]))
-        arg_b = rng.choice((4096, MEMORY - 4, MEMORY + 4, -4))
-    else:
-        arg_b = length
-    arg_c = rng.choice((8192 + 1000, MEMORY - 2, -4)) if method == 3 else rng.choice((4096, -4))
-    return method, writes, (where, arg_b, arg_c, 1 if method == 3 else count), params, caps
-
-
-def run(native: bool, seed: int, calls: int):
-    engine, sock, sup, main = started(module="memio.wat", message_size=LIMIT)
-    if not native:
-        engine._native.memory = None          # every host call goes to Python
-    rng = random.Random(seed)
-    answers, memories = [], []
-    for _ in range(calls):
-        method, writes, args, params, caps = scenario(rng)
-        for at, data in writes:
-            engine.memory.write(engine.store, data, at)
-        engine.memory.write(engine.store, struct.pack("<4i", *args), ARGS)
-        _q, msg = sup.send_call(main, IFACE, method, params, caps)
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        answers.append(b"".join(sock.writes))
-        sock.writes.clear()
-        memories.append(bytes(engine.memory.read(engine.store, 0, MEMORY)))
-    return answers, memories, engine._native.handled, sup
-
 
 def test_native_host_calls_answer_exactly_as_python_ones():
+    """fuzz/hostmem.py's differential check, 2,000 calls (long runs: python -m fuzz.hostmem)."""
     for seed in range(4):
-        native, nat_mem, handled, _ = run(True, seed, 150)
-        python, py_mem, none, _ = run(False, seed, 150)
-        for i, (a, b) in enumerate(zip(native, python)):
-            assert a == b, f"seed {seed}, call {i}: the answers differ"
-            assert nat_mem[i] == py_mem[i], f"seed {seed}, call {i}: the memories differ"
-        assert none == 0
-        assert handled > 25, "the native path did (almost) nothing"
+        failures, handled = differ(seed, 500)
+        assert failures == []
+        assert handled > 100, "the native path did (almost) nothing"
 
 
 def results_of(args, writes=(), method=0):
-    engine, sock, sup, main = started(module="memio.wat", message_size=LIMIT)
-    for at, data in writes:
-        engine.memory.write(engine.store, data, at)
-    engine.memory.write(engine.store, struct.pack("<4i", *args), ARGS)
-    _q, msg = sup.send_call(main, IFACE, method, Content.standalone([bytes(16)]))
-    sock.batches.append(msg)
-    engine._pump()
-    engine._flush()
-    [ev] = sup.receive(sock.writes[0])
+    engine, sock, sup, main = started(message_size=LIMIT)
+    out, _memory = call(engine, sock, sup, main, method, writes, args)
+    [ev] = sup.receive(out)
     return ev, engine._native.handled
 
 
@@ -179,7 +76,7 @@ def test_an_out_of_range_message_traps_with_python_s_words():
 
 
 def test_host_call_probes_and_per_call_instances_keep_to_python():
-    engine, sock, sup, main = started(module="memio.wat", message_size=LIMIT)
+    engine, sock, sup, main = started(message_size=LIMIT)
     msg = framed([struct_ptr(0, 1, 0), 9])
     engine.memory.write(engine.store, msg, 64)
     engine.memory.write(engine.store, struct.pack("<4i", 64, len(msg), 0, 0), ARGS)
@@ -194,6 +91,40 @@ def test_host_call_probes_and_per_call_instances_keep_to_python():
     engine._pump()
     assert engine._native.handled == 1
     # a per_call engine has a memory per call: never the native path
-    per_call = Engine(Recorded(), EngineSpec(name="p", module=os.path.join(GUESTS, "memio.wat"),
-                                             exports=True, per_call=True))
+    per_call = Engine(engine.sock, EngineSpec(name="p", module=MEMIO, exports=True,
+                                              per_call=True))
     assert per_call._native.memory is None
+
+
+def test_the_native_host_calls_under_asan_and_ubsan(tmp_path):
+    """The differential test above, again, with _fastcall.c built with
+    AddressSanitizer and UBSan (any error ends the process), in a copy of the
+    tree so that this interpreter's own extension is left alone."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    runtime = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
+                              text=True).stdout.strip() for lib in ("libasan.so", "libubsan.so")]
+    if shutil.which("gcc") is None or not all(os.path.isabs(p) for p in runtime):
+        pytest.skip("gcc with AddressSanitizer and UBSan runtimes is needed")
+    tree = tmp_path / "tree"
+    shutil.copytree(root, tree, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "_fastcall*.so", "build", "*.egg-info", "results"))
+    out = tree / "compartments" / ("_fastcall" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build = subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         f"-I{sysconfig.get_paths()['include']}", str(tree / "compartments" / "_fastcall.c"),
+         "-o", str(out)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/unit/test_engine_native.py", "-k", "not asan"],
+        cwd=tree, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS="detect_leaks=0",
+                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout

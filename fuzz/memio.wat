@@ -1,6 +1,6 @@
 ;; memio: calls params_read and results_set with whatever arguments the test
 ;; wrote at byte 120000 (A, B, C, D as i32), so that a test can hand them any
-;; pointer, length, handle array and message.  See tests/unit/test_engine_native.py.
+;; pointer, length, handle array and message.  See fuzz/hostmem.py.
 (module
   (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
   (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
