@@ -126,7 +126,7 @@ def scenario(rng: random.Random):
     count = rng.choice((0,) * 12 + (1, -1, 300))
     method = rng.choice((0,) * 6 + (1, 1, 2, 3))
     writes = []
-    if 0 <= where <= MEMORY - len(data):
+    if data and 0 <= where <= MEMORY - len(data):
         writes.append((where, data))
     if length == LIMIT + 8:                        # one past the limit, well framed
         big = framed([struct_ptr(0, LIMIT // 8, 0)] + [1] * (LIMIT // 8))
