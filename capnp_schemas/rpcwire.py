@@ -104,8 +104,17 @@ def encode_call(question_id: int, import_id: int, interface_id: int, method_id: 
     return head, 11
 
 
+# A Return's header with no capabilities, answer id 0: what encode_return builds
+_RETURN_PLAIN = b"".join(_Q.pack(w) for w in (
+    _ROOT, MSG_RETURN, _struct_ptr(0, 2, 1), 0, 0, _struct_ptr(0, 0, 2), 0, 0))
+
+
 def encode_return(answer_id: int, no_finish: bool, caps) -> tuple[bytearray, int]:
     """A Return with results (releaseParamCaps = false).  As encode_call."""
+    if not caps:          # the common case: the words below, answer id and flag aside
+        head = bytearray(_RETURN_PLAIN)
+        _Q.pack_into(head, 24, answer_id | (1 << 32) | ((1 << 33) if no_finish else 0))
+        return head, 6
     table_ptr, table = _cap_table(caps)
     # words: 0 root | 1 Message data | 2 Message ptr | 3-4 Return data | 5 Return ptr
     #        | 6-7 Payload ptrs | 8.. cap table
