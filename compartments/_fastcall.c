@@ -173,11 +173,12 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---------------------------------------------------------------- guest memory
  *
- * Two host functions of every call, wsuper.params_read and wsuper.results_set
- * (docs/guest-abi.md), done here without entering Python when the call is
- * plain; compartments/engine.py's _host_params_read and _host_results_set stay
- * the definition.  A Guest holds what they need of the engine: its stack of
- * frames (the calls being dispatched), the memory, the message limit.  The
+ * Two host functions of every call, wsuper.params_read and wsuper.results_set,
+ * and the reply of every call out, wsuper.reply_read (docs/guest-abi.md), done
+ * here without entering Python when the call is plain; compartments/engine.py's
+ * _host_params_read, _host_results_set and _host_reply_read stay the
+ * definition.  A Guest holds what they need of the engine: its stack of frames
+ * (the calls being dispatched), its reply, the memory, the message limit.  The
  * native version only takes the one path on which the Python one ends well
  * with nothing to decide: every bound checked before the first byte is
  * written, no capability to translate, a message that is one segment whose
@@ -189,6 +190,7 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 #define NATIVE_NONE 0
 #define NATIVE_PARAMS_READ 1
 #define NATIVE_RESULTS_SET 2
+#define NATIVE_REPLY_READ 3
 #define ABI_OK 0                   /* compartments/abi.py OK */
 #define ABI_MAX_CAPS 256           /* abi.MAX_CAPS */
 
@@ -198,11 +200,12 @@ typedef struct {
   PyObject *memory;   /* the memory's wasmtime_memory_t (ctypes), or None: all to Python */
   PyObject *probes;   /* .hostcalls true: all to Python (they time host calls) */
   PyObject *results;  /* results(segment: bytes) -> what frame.results is set to */
+  PyObject *owner;    /* the engine: its .reply, (bytes, [handles]) of the last call out */
   Py_ssize_t max_bytes;
   unsigned long long handled; /* host calls done here, for tests and the stats */
 } Guest;
 
-static PyObject *s_params, *s_handles, *s_results, *s_hostcalls;
+static PyObject *s_params, *s_handles, *s_results, *s_hostcalls, *s_reply;
 
 typedef struct {
   PyObject *fn;
@@ -217,8 +220,7 @@ typedef struct {
  * may be done natively; 0: it goes to Python. */
 static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
   const void *memory;
-  if (g->memory == Py_None || !PyList_CheckExact(g->frames) || !PyList_GET_SIZE(g->frames))
-    return 0;
+  if (g->memory == Py_None) return 0;
   PyObject *on = PyObject_GetAttr(g->probes, s_hostcalls);
   int timed = on ? PyObject_IsTrue(on) : -1;
   Py_XDECREF(on);
@@ -232,41 +234,62 @@ static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
 /* The frame being dispatched now (a new reference: the results callable runs
  * Python code while the native results_set holds it). */
 static PyObject *top_frame(Guest *g) {
+  if (!PyList_CheckExact(g->frames) || !PyList_GET_SIZE(g->frames)) return NULL;
   return Py_NewRef(PyList_GET_ITEM(g->frames, PyList_GET_SIZE(g->frames) - 1));
+}
+
+/* data at raw[0], handles (ints) at raw[1], as _write and _write_handles do it;
+ * 0, having written nothing, unless every bound and value is good */
+static int copy_in(uint8_t *base, uint64_t size, val_raw *raw, PyObject *data,
+                   PyObject *handles) {
+  if (!data || !handles || !PyBytes_CheckExact(data) || !PyList_CheckExact(handles)) return 0;
+  int64_t buf = raw[0].i32, caps = raw[1].i32;
+  uint64_t len = (uint64_t)PyBytes_GET_SIZE(data);
+  Py_ssize_t nh = PyList_GET_SIZE(handles);
+  if (len && (buf < 0 || (uint64_t)buf + len > size)) return 0;
+  if (nh && (nh > ABI_MAX_CAPS || caps < 0 || (uint64_t)caps + 4 * (uint64_t)nh > size)) return 0;
+  int32_t h[ABI_MAX_CAPS];
+  for (Py_ssize_t i = 0; i < nh; i++) {
+    PyObject *v = PyList_GET_ITEM(handles, i);
+    if (!PyLong_CheckExact(v)) return 0;
+    long x = PyLong_AsLong(v);
+    if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) return 0;
+    h[i] = (int32_t)x;
+  }
+  if (len) memcpy(base + buf, PyBytes_AS_STRING(data), len);
+  if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
+  raw[0].i32 = ABI_OK;
+  return 1;
 }
 
 /* params_read(buf_ptr, caps_ptr): the frame's params at buf_ptr, its handles at caps_ptr */
 static int native_params_read(Guest *g, void *ctx, val_raw *raw) {
   uint8_t *base;
   uint64_t size;
-  if (!guest_memory(g, ctx, &base, &size)) return 0;
-  PyObject *frame = top_frame(g);
+  PyObject *frame;
+  if (!guest_memory(g, ctx, &base, &size) || !(frame = top_frame(g))) return 0;
   PyObject *params = PyObject_GetAttr(frame, s_params);
   PyObject *handles = PyObject_GetAttr(frame, s_handles);
-  int done = 0;
-  if (!params || !handles || !PyBytes_CheckExact(params) || !PyList_CheckExact(handles))
-    goto out;
-  int64_t buf = raw[0].i32, caps = raw[1].i32;
-  uint64_t len = (uint64_t)PyBytes_GET_SIZE(params);
-  Py_ssize_t nh = PyList_GET_SIZE(handles);
-  if (len && (buf < 0 || (uint64_t)buf + len > size)) goto out;
-  if (nh && (nh > ABI_MAX_CAPS || caps < 0 || (uint64_t)caps + 4 * (uint64_t)nh > size)) goto out;
-  int32_t h[ABI_MAX_CAPS];
-  for (Py_ssize_t i = 0; i < nh; i++) {
-    PyObject *v = PyList_GET_ITEM(handles, i);
-    if (!PyLong_CheckExact(v)) goto out;
-    long x = PyLong_AsLong(v);
-    if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) goto out;
-    h[i] = (int32_t)x;
-  }
-  if (len) memcpy(base + buf, PyBytes_AS_STRING(params), len);
-  if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
-  raw[0].i32 = ABI_OK;
-  done = 1;
-out:
+  int done = copy_in(base, size, raw, params, handles);
   Py_DECREF(frame);
   Py_XDECREF(params);
   Py_XDECREF(handles);
+  PyErr_Clear();
+  return done;
+}
+
+/* reply_read(buf_ptr, caps_ptr): the reply to the guest's last call out (data, handles),
+ * then no reply pending */
+static int native_reply_read(Guest *g, void *ctx, val_raw *raw) {
+  uint8_t *base;
+  uint64_t size;
+  if (!guest_memory(g, ctx, &base, &size)) return 0;
+  PyObject *reply = PyObject_GetAttr(g->owner, s_reply);
+  int done = 0;
+  if (reply && PyTuple_CheckExact(reply) && PyTuple_GET_SIZE(reply) == 2 &&
+      copy_in(base, size, raw, PyTuple_GET_ITEM(reply, 0), PyTuple_GET_ITEM(reply, 1)))
+    done = !PyObject_SetAttr(g->owner, s_reply, Py_None);
+  Py_XDECREF(reply);
   PyErr_Clear();
   return done;
 }
@@ -290,6 +313,7 @@ static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
   uint64_t start, w;
   if (fw_resolve(m + 8, words, 0, &kind, &start, &w) < 0) return 0;
   PyObject *frame = top_frame(g);
+  if (!frame) return 0;
   PyObject *before = PyObject_GetAttr(frame, s_results);
   int done = 0;
   if (before != Py_None) goto out;          /* set already: Python says E_STATE */
@@ -311,6 +335,7 @@ out:
 static int native_call(host_fn *h, val_raw *raw) {
   int done = h->native == NATIVE_PARAMS_READ   ? native_params_read(h->guest, current, raw)
              : h->native == NATIVE_RESULTS_SET ? native_results_set(h->guest, current, raw)
+             : h->native == NATIVE_REPLY_READ  ? native_reply_read(h->guest, current, raw)
                                                : 0;
   if (done) h->guest->handled++;
   return done;
@@ -395,11 +420,11 @@ static PyObject *fc_host(PyObject *mod, PyObject *args) {
     PyErr_SetString(PyExc_ValueError, "too many parameters");
     return NULL;
   }
-  static const int arity[] = {0, 2, 4};
-  if (native && (native < 0 || native > NATIVE_RESULTS_SET || n != arity[native] ||
+  static const int arity[] = {0, 2, 4, 2};
+  if (native && (native < 0 || native > NATIVE_REPLY_READ || n != arity[native] ||
                  !has_result || !PyObject_TypeCheck(guest, &GuestType))) {
-    PyErr_SetString(PyExc_ValueError, "native: params_read(i32, i32) or results_set(4 x i32), "
-                                      "with a Guest");
+    PyErr_SetString(PyExc_ValueError, "native: params_read(i32, i32), results_set(4 x i32) "
+                                      "or reply_read(i32, i32), with a Guest");
     return NULL;
   }
   for (Py_ssize_t i = 0; native && i < n; i++)
@@ -418,16 +443,19 @@ static PyObject *fc_host(PyObject *mod, PyObject *args) {
   return PyLong_FromVoidPtr(h);
 }
 
-/* Guest(frames, probes, max_bytes, results): memory starts as None (all to Python) */
+/* Guest(owner, frames, probes, max_bytes, results): memory starts as None (all to
+ * Python) */
 static int guest_init(Guest *self, PyObject *args, PyObject *kw) {
-  PyObject *frames, *probes, *results;
+  PyObject *owner, *frames, *probes, *results;
   Py_ssize_t max_bytes;
-  if (!PyArg_ParseTuple(args, "O!OnO", &PyList_Type, &frames, &probes, &max_bytes, &results))
+  if (!PyArg_ParseTuple(args, "OO!OnO", &owner, &PyList_Type, &frames, &probes, &max_bytes,
+                        &results))
     return -1;
   if (max_bytes < 0) {
     PyErr_SetString(PyExc_ValueError, "max_bytes < 0");
     return -1;
   }
+  Py_XSETREF(self->owner, Py_NewRef(owner));
   Py_XSETREF(self->frames, Py_NewRef(frames));
   Py_XSETREF(self->probes, Py_NewRef(probes));
   Py_XSETREF(self->results, Py_NewRef(results));
@@ -437,6 +465,7 @@ static int guest_init(Guest *self, PyObject *args, PyObject *kw) {
 }
 
 static int guest_traverse(Guest *self, visitproc visit, void *arg) {
+  Py_VISIT(self->owner);
   Py_VISIT(self->frames);
   Py_VISIT(self->memory);
   Py_VISIT(self->probes);
@@ -445,6 +474,7 @@ static int guest_traverse(Guest *self, visitproc visit, void *arg) {
 }
 
 static int guest_clear(Guest *self) {
+  Py_CLEAR(self->owner);
   Py_CLEAR(self->frames);
   Py_CLEAR(self->memory);
   Py_CLEAR(self->probes);
@@ -545,12 +575,14 @@ PyMODINIT_FUNC PyInit__fastcall(void) {
   s_handles = PyUnicode_InternFromString("handles");
   s_results = PyUnicode_InternFromString("results");
   s_hostcalls = PyUnicode_InternFromString("hostcalls");
-  if (!s_params || !s_handles || !s_results || !s_hostcalls) return NULL;
+  s_reply = PyUnicode_InternFromString("reply");
+  if (!s_params || !s_handles || !s_results || !s_hostcalls || !s_reply) return NULL;
   PyObject *m = PyModule_Create(&module);
   if (!m) return NULL;
   if (PyModule_AddObjectRef(m, "Guest", (PyObject *)&GuestType) < 0 ||
       PyModule_AddIntConstant(m, "PARAMS_READ", NATIVE_PARAMS_READ) < 0 ||
-      PyModule_AddIntConstant(m, "RESULTS_SET", NATIVE_RESULTS_SET) < 0) {
+      PyModule_AddIntConstant(m, "RESULTS_SET", NATIVE_RESULTS_SET) < 0 ||
+      PyModule_AddIntConstant(m, "REPLY_READ", NATIVE_REPLY_READ) < 0) {
     Py_DECREF(m);
     return NULL;
   }

@@ -257,8 +257,8 @@ class Engine:
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
         linker = wasmtime.Linker(self.wasm_engine)
         timed = self.probes.timed          # host-call probes: one flag test while off
-        # params_read and results_set of a plain call, without Python (instantiate)
-        self._native = unchecked.guest(self.frames, self.probes, self.max_message_bytes,
+        # params_read, results_set, reply_read of a plain call, without Python (instantiate)
+        self._native = unchecked.guest(self, self.frames, self.probes, self.max_message_bytes,
                                        _native_results)
         for name, (params, results) in abi.IMPORTS.items():
             kind = unchecked.NATIVE.get(name) if self._native is not None else None

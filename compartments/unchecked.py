@@ -279,16 +279,17 @@ if _native is not None:
     _NATIVE_FINALIZE = ctypes.CFUNCTYPE(None, c_void_p)(_native.addresses()[1])
 
 
-def guest(frames: list, probes, max_bytes: int, results):
-    """The state the native params_read and results_set work on (_fastcall.Guest:
-    the engine's frame stack, its probes, its message limit, and how results
-    are made from a segment), or None without the native path.  Its `memory`
-    starts as None: every call goes to the Python functions until it is set."""
-    return None if _native is None else _native.Guest(frames, probes, max_bytes, results)
+def guest(owner, frames: list, probes, max_bytes: int, results):
+    """The state the native params_read, results_set and reply_read work on
+    (_fastcall.Guest: the engine, whose `reply` it reads, its frame stack, its
+    probes, its message limit, and how results are made from a segment), or
+    None without the native path.  Its `memory` starts as None: every call goes
+    to the Python functions until it is set."""
+    return None if _native is None else _native.Guest(owner, frames, probes, max_bytes, results)
 
 
 #: host functions the native path can do itself, when a Guest allows it
-NATIVE = {"params_read": 1, "results_set": 2}
+NATIVE = {"params_read": 1, "results_set": 2, "reply_read": 3}
 
 
 def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,

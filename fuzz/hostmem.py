@@ -1,11 +1,12 @@
-"""Fuzzing the engine's native params_read and results_set against Python's.
+"""Fuzzing the engine's native params_read, results_set and reply_read against
+Python's.
 
     python -m fuzz.hostmem --count 100000 --seed 1
 
 Owns: the differential check of compartments/_fastcall.c's Guest (the two
-host calls of every call, done in C when they are plain) against
-compartments/engine.py's _host_params_read and _host_results_set, which are
-the definition.  Must not: be imported by wsuper itself.
+host calls of every call and the reply of a call out, done in C when they
+are plain) against compartments/engine.py's _host_params_read,
+_host_results_set and _host_reply_read, which are the definition.  Must not: be imported by wsuper itself.
 
 Two real Engines with real wasmtime serve memio.wat, which hands the host
 functions whatever arguments were written into its memory; one of them has
@@ -15,7 +16,8 @@ well formed in one of the shapes the native path takes, or wrong in one of
 the ways a message can be), the arguments (pointers and lengths inside,
 across the end of and outside memory, negative; capability counts), and the
 method (results_set; params_read then results_set of what it read; results_set
-twice; results_set with a new object's handle).  Checks, after every input:
+twice; results_set with a new object's handle; reply_read of a reply left
+pending, or of none).  Checks, after every input:
 both engines wrote the same bytes (answers, errors, traps and their words)
 and their memories are the same.  `handled` counts what the native path did
 itself, so that a run that never reached it does not pass unnoticed.
@@ -119,12 +121,13 @@ def message(rng: random.Random) -> bytes:
 
 
 def scenario(rng: random.Random):
-    """(method, memory writes, the arguments A B C D, params, caps) of one call."""
+    """(method, memory writes, the arguments A B C D, params, caps, the reply
+    pending) of one call."""
     data = message(rng)
     where = rng.choice((0, 64, 8192, 60000, MEMORY - len(data), MEMORY - len(data) + 8))
     length = rng.choice((len(data),) * 14 + (0, 8, len(data) - 8, len(data) + 8, -1, LIMIT + 8))
     count = rng.choice((0,) * 12 + (1, -1, 300))
-    method = rng.choice((0,) * 6 + (1, 1, 2, 3))
+    method = rng.choice((0,) * 6 + (1, 1, 2, 3, 4, 4))
     writes = []
     if data and 0 <= where <= MEMORY - len(data):
         writes.append((where, data))
@@ -133,18 +136,25 @@ def scenario(rng: random.Random):
         writes.append((0, big))
         where, length = 0, len(big)
     params, caps = Content.standalone([struct.pack("<QQ", 1 << 32, rng.getrandbits(64))]), []
-    if method == 1:
+    reply = None
+    if method == 4 and rng.randrange(6):
+        reply = (bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 1, 24, 300)))),
+                 [rng.choice((0, 1, 7, 65535, -1, 2**31)) for _ in range(rng.choice((0, 1, 3)))])
+    if method in (1, 4):
         where = rng.choice((0, 5, MEMORY - 16, MEMORY - 8, -8))
         caps = rng.choice(([], [], [object()], [None, object()]))
         arg_b = rng.choice((4096, MEMORY - 4, MEMORY + 4, -4))
     else:
         arg_b = length
     arg_c = rng.choice((8192 + 1000, MEMORY - 2, -4)) if method == 3 else rng.choice((4096, -4))
-    return method, writes, (where, arg_b, arg_c, 1 if method == 3 else count), params, caps
+    return method, writes, (where, arg_b, arg_c, 1 if method == 3 else count), params, caps, \
+        reply
 
 
-def call(engine, sock, sup, main, method, writes, args, params=None, caps=()):
-    """One call after the memory writes: (every byte the engine wrote, its memory)."""
+def call(engine, sock, sup, main, method, writes, args, params=None, caps=(), reply=None):
+    """One call after the memory writes, with `reply` pending: (every byte the
+    engine wrote, its memory)."""
+    engine.reply = reply
     for at, data in writes:
         engine.memory.write(engine.store, data, at)
     engine.memory.write(engine.store, struct.pack("<4i", *args), ARGS)
@@ -165,8 +175,8 @@ def differ(seed: int, calls: int) -> tuple[list[str], int]:
     rng = random.Random(seed)
     failures = []
     for i in range(calls):
-        method, writes, args, params, caps = scenario(rng)
-        native, python = (call(*p, method, writes, args, params, caps) for p in pair)
+        method, writes, args, params, caps, reply = scenario(rng)
+        native, python = (call(*p, method, writes, args, params, caps, reply) for p in pair)
         for what, a, b in (("answers", native[0], python[0]), ("memories", native[1], python[1])):
             if a != b:
                 failures.append(f"seed {seed} call {i}: the {what} differ "

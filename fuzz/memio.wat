@@ -1,10 +1,11 @@
-;; memio: calls params_read and results_set with whatever arguments the test
+;; memio: calls params_read, results_set and reply_read with whatever arguments the test
 ;; wrote at byte 120000 (A, B, C, D as i32), so that a test can hand them any
 ;; pointer, length, handle array and message.  See fuzz/hostmem.py.
 (module
   (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
   (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
   (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
   (memory (export "memory") 2)
   (func $arg (param $i i32) (result i32)
     (i32.load (i32.add (i32.const 120000) (i32.shl (local.get $i) (i32.const 2)))))
@@ -27,6 +28,9 @@
       (then
         (drop (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))
         (return (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))))
+    ;; 4: reply_read(A, B): the reply the test left pending
+    (if (i32.eq (local.get $method) (i32.const 4))
+      (then (return (call $reply_read (call $arg (i32.const 0)) (call $arg (i32.const 1))))))
     ;; 3: a new object's handle at C, then results_set(A, B, C, D)
     (i32.store (call $arg (i32.const 2)) (call $object (i32.const 1)))
     (call $results_set (call $arg (i32.const 0)) (call $arg (i32.const 1)) (call $arg (i32.const 2)) (call $arg (i32.const 3))))
