@@ -9,56 +9,29 @@ import os
 import struct
 import time
 
-from capnp_schemas import payloads, protocol, rpcwire, wire
+from capnp_schemas import protocol, rpcwire, wire
 from compartments import engine as E
-from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.engine import Engine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
+from fuzz import hostmem
+from fuzz.hostmem import Recorded   # the engine's socket: one batch a read, each write apart
 
 GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "guests")
+SPIN_WAT = os.path.join(GUESTS, "spin.wat")
 SPIN = 0xc0ffee00000000f1
 PING, SLOW = 1, 2          # spin.capnp: ping answers 7 at once; slow burns 2M instructions
 
 
-class Recorded:
-    """The engine's socket: hands it the batches given, one per read, and keeps
-    each write apart."""
-
-    def __init__(self):
-        self.batches: list[bytes] = []
-        self.writes: list[bytes] = []
-
-    def recv(self, _n):
-        return self.batches.pop(0) if self.batches else b""
-
-    def sendall(self, data):
-        self.writes.append(bytes(data))
+def make_engine(fuel_per_call: int = 50_000_000):
+    return Engine(Recorded(), EngineSpec(name="spin", module=SPIN_WAT, exports=True,
+                                         limits=Limits(fuel_per_call=fuel_per_call)))
 
 
-def make_engine(fuel_per_call: int = 50_000_000, module: str = "spin.wat", **limits):
-    return Engine(Recorded(), EngineSpec(name="spin", module=os.path.join(GUESTS, module),
-                                         exports=True,
-                                         limits=Limits(fuel_per_call=fuel_per_call, **limits)))
-
-
-def started(fuel_per_call: int = 50_000_000, module: str = "spin.wat", **limits):
+def started(fuel_per_call: int = 50_000_000):
     """(engine, its socket, the supervisor's Connection, the engine's main object's
-    import id): an engine serving `module` that has been bootstrapped and started."""
-    engine = make_engine(fuel_per_call, module, **limits)
-    sock = engine.sock
-    sup = protocol.Connection("supervisor")
-    _q, boot = sup.send_bootstrap()
-    sock.batches.append(boot)
-    engine._pump()
-    engine._flush()
-    [ev] = sup.receive(sock.writes.pop())
-    control = ev.payload.caps[0].import_id
-    _q, start = sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))
-    sock.batches.append(start)
-    engine._pump()
-    engine._flush()
-    [ev] = sup.receive(sock.writes.pop())
-    return engine, sock, sup, ev.payload.caps[0].import_id
+    import id): an engine that has been bootstrapped and started."""
+    return hostmem.started(SPIN_WAT, fuel_per_call=fuel_per_call)
 
 
 def serve(*batches, fuel_per_call: int = 50_000_000):
