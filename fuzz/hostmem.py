@@ -33,6 +33,7 @@ import time
 
 from capnp_schemas import payloads, protocol
 from capnp_schemas.protocol import Content
+from compartments import unchecked
 from compartments.engine import ENGINE_INTERFACE, Engine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=100_000, help="calls in all")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
+    if unchecked._native is None:
+        print("the native path is not built or is turned off (WSUPER_NATIVE=0): "
+              "nothing to compare")
+        return 1
     t, failures, handled, per = time.monotonic(), [], 0, 1000
     for k in range(0, args.count, per):       # a fresh pair of engines every `per` calls
         f, h = differ(args.seed * 1_000_003 + k // per, min(per, args.count - k))
