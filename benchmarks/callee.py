@@ -1,6 +1,6 @@
 """The CPU a callee engine spends on each plain call, with nothing else running.
 
-    .venv/bin/python benchmarks/callee.py [CALLS] [PER_READ]
+    .venv/bin/python benchmarks/callee.py [CALLS] [PER_READ] [python-host-calls]
 
 An `Engine` serving examples/calc/calc.wat runs in a forked process of its own
 (not confined: this measures the call path, not start-up); this process plays
@@ -8,7 +8,10 @@ the supervisor with a `protocol.Connection`, sends `Calc.add` calls PER_READ
 at a time (1: one call per read, as in a ping-pong; 50: as under load) and
 reads the answers.  Prints the engine process's CPU time per call (user +
 system, its own rusage) and the wall time per call.  WSUPER_NATIVE=0 measures
-the ctypes path into wasm (and the Python wire code) instead.
+the ctypes path into wasm (and the Python wire code) instead; a third argument
+`python-host-calls` keeps the native paths but sends the guest's params_read,
+results_set and reply_read to the Python functions (the Guest's memory unset),
+for an A/B of the native host calls alone.
 """
 import os
 import socket
@@ -28,9 +31,11 @@ CALC = os.path.join(os.path.dirname(HERE), "examples", "calc", "calc.wat")
 CALC_ID = 0xc0ffee0000000001          # examples/calc/calc.capnp: interface Calc
 
 
-def main(calls: int, per_read: int):
+def main(calls: int, per_read: int, python_host_calls: bool = False):
     ours, theirs = socket.socketpair()
     engine = Engine(theirs, EngineSpec(name="calc", module=CALC, exports=True))
+    if python_host_calls and engine._native is not None:
+        engine._native.memory = None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -71,4 +76,5 @@ def main(calls: int, per_read: int):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000,
-         int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+         int(sys.argv[2]) if len(sys.argv) > 2 else 1,
+         len(sys.argv) > 3 and sys.argv[3] == "python-host-calls")

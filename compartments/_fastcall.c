@@ -407,8 +407,8 @@ static PyTypeObject GuestType;
 
 /* host(fn, kinds, has_result[, native, guest]) -> env address, for
  * wasmtime_linker_define_func_unchecked with trampoline() and finalize()
- * (addresses()).  native: NATIVE_PARAMS_READ or NATIVE_RESULTS_SET, done with
- * `guest`'s state when it can be, else by fn. */
+ * (addresses()).  native: NATIVE_PARAMS_READ, NATIVE_RESULTS_SET or
+ * NATIVE_REPLY_READ, done with `guest`'s state when it can be, else by fn. */
 static PyObject *fc_host(PyObject *mod, PyObject *args) {
   PyObject *fn, *guest = Py_None;
   const char *kinds;

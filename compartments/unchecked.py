@@ -289,7 +289,9 @@ def guest(owner, frames: list, probes, max_bytes: int, results):
 
 
 #: host functions the native path can do itself, when a Guest allows it
-NATIVE = {"params_read": 1, "results_set": 2, "reply_read": 3}
+NATIVE = {} if _native is None else {"params_read": _native.PARAMS_READ,
+                                     "results_set": _native.RESULTS_SET,
+                                     "reply_read": _native.REPLY_READ}
 
 
 def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,
