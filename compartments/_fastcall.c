@@ -194,7 +194,8 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 typedef struct {
   PyObject_HEAD
-  PyObject *frames;   /* the engine's list of _Frame (params, handles, results, error) */
+  PyObject *frames;   /* the engine's list of _Frame (params, handles, results, error);
+                         None on top: guest code outside a dispatch runs (E_STATE) */
   PyObject *memory;   /* the memory's wasmtime_memory_t (ctypes), or None: all to Python */
   PyObject *probes;   /* .hostcalls true: all to Python (they time host calls) */
   PyObject *results;  /* results(segment: bytes) -> what frame.results is set to */
@@ -217,8 +218,11 @@ typedef struct {
  * may be done natively; 0: it goes to Python. */
 static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
   const void *memory;
-  if (g->memory == Py_None || !PyList_CheckExact(g->frames) || !PyList_GET_SIZE(g->frames))
+  Py_ssize_t n;
+  if (g->memory == Py_None || !PyList_CheckExact(g->frames) || !(n = PyList_GET_SIZE(g->frames)))
     return 0;
+  if (PyList_GET_ITEM(g->frames, n - 1) == Py_None)
+    return 0;               /* not inside a dispatch: Python says E_STATE */
   PyObject *on = PyObject_GetAttr(g->probes, s_hostcalls);
   int timed = on ? PyObject_IsTrue(on) : -1;
   Py_XDECREF(on);

@@ -206,7 +206,9 @@ class Engine:
         self.objects: dict[int, LocalObject] = {}
         self.returns: dict[int, protocol.ReturnReceived] = {}
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
-        self.frames: list[_Frame] = []
+        # the calls being dispatched, innermost last; None: guest code that is not a
+        # dispatch runs above them (_outside), and they are not its own
+        self.frames: list[_Frame | None] = []
         self._entered = 0                    # guest code running now (nested: > 1)
         self.control = object()
         self._outgoing: list[bytes] = []
@@ -517,28 +519,30 @@ class Engine:
             return abi.E_TOOMANY
 
     def _host_params_read(self, buf_ptr, caps_ptr):
-        if not self.frames:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None:                  # not inside wsuper_dispatch
             return abi.E_STATE
-        frame = self.frames[-1]
         self._write(buf_ptr, frame.params)
         self._write_handles(caps_ptr, frame.handles)
         return abi.OK
 
     def _host_results_set(self, ptr, length, c_ptr, c_count):
-        if not self.frames or self.frames[-1].results is not None:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None or frame.results is not None:
             return abi.E_STATE
         raw = self._read(ptr, length)
         handles = self._read_handles(c_ptr, c_count)
         try:
-            self.frames[-1].results = (self._guest_content(raw), self._caps_from_handles(handles))
+            frame.results = (self._guest_content(raw), self._caps_from_handles(handles))
         except _GuestError as e:
             return e.code
         return abi.OK
 
     def _host_fail(self, ptr, length):
-        if not self.frames:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None:
             return abi.E_STATE
-        self.frames[-1].error = self._read(ptr, length).decode("utf-8", "replace")
+        frame.error = self._read(ptr, length).decode("utf-8", "replace")
         return abi.OK
 
     # ------------------------------------------------------------ translation
@@ -749,7 +753,7 @@ class Engine:
                 self.wasi.grant(granted)
             if self.initialize is not None:         # a WASI reactor's constructors
                 try:
-                    self._guest(self.initialize, fuel=self.limits.fuel_per_call)
+                    self._outside(self._guest, self.initialize, fuel=self.limits.fuel_per_call)
                 except wasi.WasiExit as e:
                     raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
                         from None
@@ -762,7 +766,7 @@ class Engine:
                 raise _CallError("failed", "module has no _start")
             code = 0
             try:
-                self._guest(self.start_func, fuel=UNLIMITED_FUEL)
+                self._outside(self._guest, self.start_func, fuel=UNLIMITED_FUEL)
             except wasi.WasiExit as e:               # proc_exit
                 code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
             finally:
@@ -893,12 +897,25 @@ class Engine:
         outer["_probes_outer"] = probes_outer
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
-                self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
-                            fuel=self.limits.fuel_per_call)
+                self._outside(self._guest, self.initialize.bind(
+                    store, exports[abi.EXPORT_INITIALIZE]), fuel=self.limits.fuel_per_call)
             except (_CallError, wasi.WasiExit) as e:
                 self._leave_instance(outer)()
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
         return outer
+
+    def _outside(self, run, *args, **kw):
+        """`run(*args, **kw)`, which runs guest code that is not a dispatch (a start
+        function, _initialize, _start), above the calls being dispatched: that code
+        may run while one of them waits in wsuper.call (the supervisor's `run` then,
+        a per_call instance for a call that comes meanwhile), and their params,
+        results and failure are not its own.  A None frame hides them: params_read,
+        results_set and fail say E_STATE, as at the top level."""
+        self.frames.append(None)
+        try:
+            return run(*args, **kw)
+        finally:
+            self.frames.pop()
 
     def _leave_instance(self, outer: dict):
         """Back to `outer`.  The instance's unfinished output lines are written now;
