@@ -223,3 +223,47 @@ def test_a_per_call_instance_s_initialize_cannot_read_the_call_that_waits():
     returns, _seen, _written = waiting("call", per_call=True)
     assert len(returns) == 2
     assert all(r is None for r in returns), "another call's params or results reached it"
+
+
+def test_a_per_call_instance_s_start_function_cannot_reach_the_outer_instance():
+    """A per_call instance's start function runs before _initialize, as it is made:
+    its host calls reach its own handles and memory (none yet: it traps, and the
+    call fails), never the outer instance's.  Its memory belongs to another store,
+    and wasmtime aborts the whole engine when it is used with this one, so this runs
+    in a process of its own."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = f"""if True:
+        import os
+        from capnp_schemas import payloads, protocol
+        from capnp_schemas.protocol import Content
+        from compartments.engine import ENGINE_INTERFACE, Engine
+        from compartments.spec import EngineSpec
+        from fuzz.hostmem import Recorded
+        engine = Engine(Recorded(), EngineSpec(name="startcall", module={os.path.join(
+            GUESTS, "startcall.wat")!r}, exports=True, per_call=True))
+        sock, sup = engine.sock, protocol.Connection("supervisor")
+        def ask(msg):
+            sock.batches.append(msg)
+            engine._pump()
+            engine._flush()
+            [ev] = sup.receive(sock.writes.pop())
+            return ev
+        control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+        main = ask(sup.send_call(control, ENGINE_INTERFACE, 0,
+                                 payloads.grants_content([]))[1]).payload.caps[0].import_id
+        handles = len(engine.handles.entries())
+        for _ in range(2):
+            ev = ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
+            print(ev.error)
+        print(len(engine.handles.entries()) - handles)
+    """
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["startcall: cannot instantiate: its start function trapped: no "
+                         "memory to use: the module exports none named 'memory', or its "
+                         "start function is running"] * 2
+    assert lines[2] == "0", "the new instance's start function added to the outer handles"
