@@ -196,7 +196,8 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
 typedef struct {
   PyObject_HEAD
-  PyObject *frames;   /* the engine's list of _Frame (params, handles, results, error) */
+  PyObject *frames;   /* the engine's list of _Frame (params, handles, results, error);
+                         None on top: guest code outside a dispatch runs (E_STATE) */
   PyObject *memory;   /* the memory's wasmtime_memory_t (ctypes), or None: all to Python */
   PyObject *probes;   /* .hostcalls true: all to Python (they time host calls) */
   PyObject *results;  /* results(segment: bytes) -> what frame.results is set to */
@@ -220,22 +221,30 @@ typedef struct {
  * may be done natively; 0: it goes to Python. */
 static int guest_memory(Guest *g, void *ctx, uint8_t **base, uint64_t *size) {
   const void *memory;
-  if (g->memory == Py_None) return 0;
+  if (!g->memory || g->memory == Py_None || !g->probes || !g->owner || !g->results)
+    return 0;               /* off, or a Guest never initialised */
   PyObject *on = PyObject_GetAttr(g->probes, s_hostcalls);
   int timed = on ? PyObject_IsTrue(on) : -1;
   Py_XDECREF(on);
-  if (timed) return 0;      /* on, or could not tell */
-  if (address_of(g->memory, &memory)) return 0;
+  if (timed || address_of(g->memory, &memory)) {   /* on, or could not tell */
+    PyErr_Clear();
+    return 0;
+  }
   *base = memory_data(ctx, memory);
   *size = memory_data_size(ctx, memory);
   return *base != NULL || *size == 0;
 }
 
 /* The frame being dispatched now (a new reference: the results callable runs
- * Python code while the native results_set holds it). */
+ * Python code while the native results_set holds it); NULL outside a dispatch:
+ * no frame, or None on top (guest code that is not a dispatch runs above the
+ * calls being dispatched: Python says E_STATE). */
 static PyObject *top_frame(Guest *g) {
-  if (!PyList_CheckExact(g->frames) || !PyList_GET_SIZE(g->frames)) return NULL;
-  return Py_NewRef(PyList_GET_ITEM(g->frames, PyList_GET_SIZE(g->frames) - 1));
+  Py_ssize_t n;
+  if (!g->frames || !PyList_CheckExact(g->frames) || !(n = PyList_GET_SIZE(g->frames)))
+    return NULL;
+  PyObject *top = PyList_GET_ITEM(g->frames, n - 1);
+  return top == Py_None ? NULL : Py_NewRef(top);
 }
 
 /* data at raw[0], handles (ints) at raw[1], as _write and _write_handles do it;

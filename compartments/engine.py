@@ -206,7 +206,10 @@ class Engine:
         self.objects: dict[int, LocalObject] = {}
         self.returns: dict[int, protocol.ReturnReceived] = {}
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
-        self.frames: list[_Frame] = []
+        # the calls being dispatched, innermost last; None: guest code that is not a
+        # dispatch runs above them (_outside), and they are not its own
+        self.frames: list[_Frame | None] = []
+        self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
         self.control = object()
         self._outgoing: list[bytes] = []
@@ -285,7 +288,7 @@ class Engine:
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault) as e:
             raise EngineError(f"cannot instantiate {path}: {_why_not(e)}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
@@ -377,7 +380,8 @@ class Engine:
         """Address of guest memory [ptr, ptr+length), after checking it is inside,
         and that memory protection lets the host read it (write: write it)."""
         if self.memory is None:
-            raise GuestFault(f"module has no exported memory named '{abi.EXPORT_MEMORY}'")
+            raise GuestFault(f"no memory to use: the module exports none named "
+                             f"'{abi.EXPORT_MEMORY}', or its start function is running")
         base, size = unchecked.memory_span(self.memory)
         # wasmtime hands high i32 pointers to the host as negative ints.
         if ptr < 0 or length < 0 or ptr + length > size:
@@ -517,28 +521,30 @@ class Engine:
             return abi.E_TOOMANY
 
     def _host_params_read(self, buf_ptr, caps_ptr):
-        if not self.frames:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None:                  # not inside wsuper_dispatch
             return abi.E_STATE
-        frame = self.frames[-1]
         self._write(buf_ptr, frame.params)
         self._write_handles(caps_ptr, frame.handles)
         return abi.OK
 
     def _host_results_set(self, ptr, length, c_ptr, c_count):
-        if not self.frames or self.frames[-1].results is not None:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None or frame.results is not None:
             return abi.E_STATE
         raw = self._read(ptr, length)
         handles = self._read_handles(c_ptr, c_count)
         try:
-            self.frames[-1].results = (self._guest_content(raw), self._caps_from_handles(handles))
+            frame.results = (self._guest_content(raw), self._caps_from_handles(handles))
         except _GuestError as e:
             return e.code
         return abi.OK
 
     def _host_fail(self, ptr, length):
-        if not self.frames:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None:
             return abi.E_STATE
-        self.frames[-1].error = self._read(ptr, length).decode("utf-8", "replace")
+        frame.error = self._read(ptr, length).decode("utf-8", "replace")
         return abi.OK
 
     # ------------------------------------------------------------ translation
@@ -749,7 +755,7 @@ class Engine:
                 self.wasi.grant(granted)
             if self.initialize is not None:         # a WASI reactor's constructors
                 try:
-                    self._guest(self.initialize, fuel=self.limits.fuel_per_call)
+                    self._outside(self._guest, self.initialize, fuel=self.limits.fuel_per_call)
                 except wasi.WasiExit as e:
                     raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
                         from None
@@ -762,7 +768,7 @@ class Engine:
                 raise _CallError("failed", "module has no _start")
             code = 0
             try:
-                self._guest(self.start_func, fuel=UNLIMITED_FUEL)
+                self._outside(self._guest, self.start_func, fuel=UNLIMITED_FUEL)
             except wasi.WasiExit as e:               # proc_exit
                 code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
             finally:
@@ -864,48 +870,77 @@ class Engine:
         """Switch to a new instance for this one call (instance = "per_call"): a new
         store, memory and tables, no pending reply, the handle table and WASI state
         as they were right after start (the grants).  Returns what to switch back
-        to with _leave_instance.  Nothing the guest does survives the call."""
+        to with _leave_instance.  Nothing the guest does survives the call.
+
+        The new state is current before any of the instance's code runs (its start
+        function, then _initialize), and outside any dispatch (_outside): their host
+        calls reach this instance only, never the outer one (its handles, or its
+        memory, which is another store's: wasmtime would abort the process) nor a
+        call that waits below (its params and results).  It has no memory until
+        it is instantiated."""
         store = self._new_store(self.limits.fuel_per_call)
-        try:
-            instance = self.instance_pre.instantiate(store)
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-            raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
-                from None
-        exports = instance.exports(store)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
             fresh_wasi.grant(self._granted)
         grants = self._grant_handles if self._grant_handles is not None else HandleTable(
             self.limits.handles)
+        outer = self._swap({
+            "store": store, "memory": None, "dispatch": None, "reply": None,
+            "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
+            "_memory_base": None})
+        try:
+            self._outside(self._start_instance, store, outer)
+        except BaseException:
+            self._leave_instance(outer)()
+            raise
+        return outer
+
+    def _start_instance(self, store, outer: dict):
+        """_fresh_instance's instance: made, protected, its probes attached, its
+        _initialize run; `outer` gets what to detach."""
+        try:
+            instance = self.instance_pre.instantiate(store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault) as e:
+            raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
+                from None
+        exports = instance.exports(store)
         memory = exports.get(abi.EXPORT_MEMORY)
-        base = None
         if self.regions is not None:            # the same protection as the first instance
             try:
-                base = protect.enforce(self.regions, store, memory)
+                self._memory_base = protect.enforce(self.regions, store, memory)
             except (OSError, AttributeError) as e:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
-        probes_outer = self.probes.attach(exports, store)
-        outer = self._swap({
-            "store": store, "memory": memory if isinstance(memory, wasmtime.Memory) else None,
-            "dispatch": self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH]),
-            "reply": None, "handles": self._holding(grants.copy()), "wasi": fresh_wasi,
-            "_wasi_fns": {}, "_memory_base": base})
-        outer["_probes_outer"] = probes_outer
+        outer["_probes_outer"] = self.probes.attach(exports, store)
+        self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
         if self.initialize is not None:          # a reactor's constructors, every time
             try:
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
                             fuel=self.limits.fuel_per_call)
             except (_CallError, wasi.WasiExit) as e:
-                self._leave_instance(outer)()
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
-        return outer
+
+    def _outside(self, run, *args, **kw):
+        """`run(*args, **kw)`, which runs guest code that is not a dispatch (a start
+        function, _initialize, _start), above the calls being dispatched: that code
+        may run while one of them waits in wsuper.call (the supervisor's `run` then,
+        a per_call instance for a call that comes meanwhile), and their params,
+        results and failure are not its own.  A None frame hides them: params_read,
+        results_set and fail say E_STATE, as at the top level."""
+        self.frames.append(None)
+        try:
+            return run(*args, **kw)
+        finally:
+            self.frames.pop()
 
     def _leave_instance(self, outer: dict):
         """Back to `outer`.  The instance's unfinished output lines are written now;
         returns the clean-up that drops its references, to run after the answer."""
+        attached = "_probes_outer" in outer     # not when the instance never started
         probes_outer = outer.pop("_probes_outer", None)
         inner = self._swap(outer)
-        self.probes.detach(probes_outer)
+        if attached:
+            self.probes.detach(probes_outer)
         if inner["wasi"] is not None:
             inner["wasi"].flush_all()
 
@@ -978,6 +1013,8 @@ def _why_not(e) -> str:
     """Why instantiation failed: a trap in the module's start function says where."""
     if isinstance(e, wasmtime.Trap):
         return f"its start function trapped: {_trap_reason(e)}"
+    if isinstance(e, GuestFault):         # a host call it made broke the ABI
+        return f"its start function trapped: {_first_line(e)}"
     return _first_line(e)
 
 

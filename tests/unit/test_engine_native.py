@@ -16,14 +16,14 @@ import struct
 
 import pytest
 
-from capnp_schemas import wire
+from capnp_schemas import payloads, protocol, wire
 from capnp_schemas.protocol import Content
 from compartments import unchecked
 from compartments.abi import E_MESSAGE, E_STATE
-from compartments.engine import Engine
+from compartments.engine import ENGINE_INTERFACE, Engine
 from compartments.spec import EngineSpec
-from fuzz.hostmem import ARGS, IFACE, LIMIT, MEMIO, MEMORY, call, differ, framed, started, \
-    struct_ptr
+from fuzz.hostmem import ARGS, IFACE, LIMIT, MEMIO, MEMORY, Recorded, call, differ, framed, \
+    started, struct_ptr
 
 pytestmark = pytest.mark.skipif(unchecked._native is None,
                                 reason="the native path is not built (compartments._fastcall)")
@@ -128,3 +128,142 @@ def test_the_native_host_calls_under_asan_and_ubsan(tmp_path):
                  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout
+
+
+# ---------------------------------------------------------------- outside a dispatch
+
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "guests")
+SECRET = Content.standalone([struct.pack("<QQ", 1 << 32, 0x5EC2E7)])
+
+
+class Answering(Recorded):
+    """A socket whose supervisor answers the engine's outgoing calls: `answer(call)`
+    gives what to send back when the engine waits."""
+
+    def __init__(self):
+        super().__init__()
+        self.answer = None
+
+    def recv(self, n):
+        if not self.batches and self.answer is not None and self.writes:
+            out = b"".join(self.writes)
+            self.writes.clear()
+            self.batches.append(self.answer(out))
+        return super().recv(n)
+
+
+def waiting(second: str, native: bool = True, per_call: bool = False):
+    """outside.wat's call 0 (params SECRET), which calls out through its grant and
+    waits; meanwhile `second` comes: "run" (the supervisor's Engine.run: _start runs)
+    or "call" (call 1: with per_call, a new instance's _initialize runs).  Returns
+    (each Return's content segment or None, in order; the statuses _initialize or
+    _start saw; what the engine wrote)."""
+    engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
+        GUESTS, "outside.wat"), exports=True, per_call=per_call))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    control = boot.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", "")]), [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    returns, written = [], []
+
+    def answer(out):
+        written.append(out)
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.ReturnReceived):
+                segments = ev.payload.content.segments
+                returns.append(bytes(segments[0]) if segments else None)
+            if isinstance(ev, protocol.CallReceived):        # call 0 waits: the second comes
+                more += (sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone(
+                    [bytes(8)])) if second == "run" else sup.send_call(
+                        main, IFACE, 1, Content.standalone([bytes(16)])))[1]
+                more += sup.send_return(ev.answer_id, Content.standalone([bytes(16)]))
+        return more
+    sock.answer = answer
+    engine.memory.write(engine.store, struct.pack("<ii", 1, 1), 4000)
+    sock.batches.append(sup.send_call(main, IFACE, 0, SECRET)[1])
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answer(b"".join(sock.writes))
+    seen = struct.unpack("<ii", engine.memory.read(engine.store, 4000, 4008))
+    return returns, seen, b"".join(written)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_start_running_while_a_call_waits_cannot_reach_that_call(native):
+    """The supervisor's `run` may come while a call into the guest waits in
+    wsuper.call; _start then runs above that call, which is not its own:
+    params_read and results_set say E_STATE (as at the top level), natively too."""
+    returns, seen, _written = waiting("run", native)
+    assert seen == (E_STATE, E_STATE)
+    assert len(returns) == 2                           # run's, then call 0's
+    assert returns[1] is None, "_start set the waiting call's results"
+
+
+def test_start_outside_a_dispatch_is_the_same_natively_and_in_python():
+    assert waiting("run", True)[1:] == waiting("run", False)[1:]
+
+
+def test_a_per_call_instance_s_initialize_cannot_read_the_call_that_waits():
+    """instance = "per_call": a call that comes while another waits gets a new
+    instance, whose _initialize runs above the waiting call: it may not read that
+    call's params (which its dispatch would hand to the second caller) nor set
+    its results."""
+    returns, _seen, _written = waiting("call", per_call=True)
+    assert len(returns) == 2
+    assert all(r is None for r in returns), "another call's params or results reached it"
+
+
+def test_a_per_call_instance_s_start_function_cannot_reach_the_outer_instance():
+    """A per_call instance's start function runs before _initialize, as it is made:
+    its host calls reach its own handles and memory (none yet: it traps, and the
+    call fails), never the outer instance's.  Its memory belongs to another store,
+    and wasmtime aborts the whole engine when it is used with this one, so this runs
+    in a process of its own."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = f"""if True:
+        import os
+        from capnp_schemas import payloads, protocol
+        from capnp_schemas.protocol import Content
+        from compartments.engine import ENGINE_INTERFACE, Engine
+        from compartments.spec import EngineSpec
+        from fuzz.hostmem import Recorded
+        engine = Engine(Recorded(), EngineSpec(name="startcall", module={os.path.join(
+            GUESTS, "startcall.wat")!r}, exports=True, per_call=True))
+        sock, sup = engine.sock, protocol.Connection("supervisor")
+        def ask(msg):
+            sock.batches.append(msg)
+            engine._pump()
+            engine._flush()
+            [ev] = sup.receive(sock.writes.pop())
+            return ev
+        control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+        main = ask(sup.send_call(control, ENGINE_INTERFACE, 0,
+                                 payloads.grants_content([]))[1]).payload.caps[0].import_id
+        handles = len(engine.handles.entries())
+        for _ in range(2):
+            ev = ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
+            print(ev.error)
+        print(len(engine.handles.entries()) - handles)
+    """
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["startcall: cannot instantiate: its start function trapped: no "
+                         "memory to use: the module exports none named 'memory', or its "
+                         "start function is running"] * 2
+    assert lines[2] == "0", "the new instance's start function added to the outer handles"
