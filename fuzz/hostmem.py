@@ -14,7 +14,8 @@ its Guest's memory unset, which sends every host call to Python.  Each input
 is one call: some bytes written somewhere in guest memory (a message that is
 well formed in one of the shapes the native path takes, or wrong in one of
 the ways a message can be), the arguments (pointers and lengths inside,
-across the end of and outside memory, negative; capability counts), and the
+across the end of and outside memory, negative; capability counts; now and
+then the memory grows by a page first, so that the bounds move), and the
 method (results_set; params_read then results_set of what it read; results_set
 twice; results_set with a new object's handle; reply_read of a reply left
 pending, or of none).  Checks, after every input:
@@ -166,7 +167,7 @@ def call(engine, sock, sup, main, method, writes, args, params=None, caps=(), re
     engine._flush()
     out = b"".join(sock.writes)
     sock.writes.clear()
-    return out, bytes(engine.memory.read(engine.store, 0, MEMORY))
+    return out, bytes(engine.memory.read(engine.store, 0, engine.memory.data_len(engine.store)))
 
 
 def differ(seed: int, calls: int) -> tuple[list[str], int]:
@@ -177,6 +178,9 @@ def differ(seed: int, calls: int) -> tuple[list[str], int]:
     failures = []
     for i in range(calls):
         method, writes, args, params, caps, reply = scenario(rng)
+        if not rng.randrange(100):             # the memory grows: bounds move
+            for engine, *_ in pair:
+                engine.memory.grow(engine.store, 1)
         native, python = (call(*p, method, writes, args, params, caps, reply) for p in pair)
         for what, a, b in (("answers", native[0], python[0]), ("memories", native[1], python[1])):
             if a != b:
