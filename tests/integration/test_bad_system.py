@@ -281,3 +281,89 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
                         str(tmp_path / "system.toml")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_no_writable_grant_reaches_a_file_that_decides_what_runs(tmp_path):
+    """A module is read again whenever its compartment starts: a compartment that
+    could write it (or the directory that names it, or a link on the way) ran its
+    own code with the other's grants at the other's next start, and `check
+    --reach` said it could not.  The same for the system file, policy files and
+    schemas, read at every `wsuper up`.  So a grant that allows changes (not
+    read_only) may not reach any of them, however the path is spelled."""
+    mod = '(module (memory (export "memory") 1) (func (export "_start")))'
+    (tmp_path / "box" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "box" / "b.wat").write_text(mod)
+    (tmp_path / "other" / "c.wat").write_text(mod)
+    (tmp_path / "a.wat").write_text(mod)
+    (tmp_path / "box" / "calc.capnp").write_text(open(SCHEMA).read())
+    (tmp_path / "box" / "policy.toml").write_text('[grants]\nlog = { host = "log" }\n')
+    os.symlink("../other", tmp_path / "box" / "via")          # a link on the way
+    os.symlink(tmp_path, tmp_path / "up")                     # a symlinked parent
+    (tmp_path / "box" / "a.wat").write_text(mod)
+    cases = [  # (b's module, [system] lines, b's extra lines, grant, what is named)
+        ("box/b.wat", "", "", f'path = "{tmp_path}/box"',
+         f"compartment b's module {tmp_path}/box/b.wat"),
+        ("box/b.wat", "", "", f'path = "{tmp_path}/up/box", append_only = true', "compartment b's module"),
+        ("box/b.wat", "", "", f'host = "file", path = "{tmp_path}/box/b.wat"', "compartment b's module"),
+        ("box/via/c.wat", "", "", f'path = "{tmp_path}/box"',
+         f"compartment b's module {tmp_path}/box/via/c.wat"),
+        ("a.wat", f'schemas = ["box/calc.capnp"]', "", f'path = "{tmp_path}/box"',
+         f"the schema file {tmp_path}/box/calc.capnp"),
+        ("a.wat", "", 'policy = "box/policy.toml"', f'path = "{tmp_path}/box"',
+         f"the policy file {tmp_path}/box/policy.toml"),
+        ("a.wat", "", "", f'path = "{tmp_path}/box"', f"the system file {tmp_path}/box/system.toml"),
+    ]
+    for module, system, extra, grant, named in cases:
+        if not grant.startswith("host"):
+            grant = 'host = "directory", ' + grant
+        at = tmp_path / "box" if "system file" in named else tmp_path
+        (at / "system.toml").write_text(
+            f'[system]\n{system}\n[compartments.a]\nmodule = "{tmp_path}/a.wat"\n'
+            f'[compartments.a.grants]\nd = {{ {grant} }}\n'
+            f'[compartments.b]\nmodule = "{tmp_path}/{module}"\n{extra}\n')
+        r = run_wsuper("check", str(at / "system.toml"))
+        assert r.returncode == 2, (module, grant, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"wsuper: error: {at}/system.toml:6: "
+                                   f"compartments.a.grants.d.path: "), r.stderr
+        assert f"would let compartment a change {named}" in r.stderr, r.stderr
+    # read_only, beside them, or over its own module only: fine
+    for module, grant in (("box/b.wat", f'path = "{tmp_path}/box", read_only = true'),
+                          ("box/b.wat", f'path = "{tmp_path}/box/sub"'),
+                          ("other/c.wat", f'path = "{tmp_path}/box"')):
+        (tmp_path / "system.toml").write_text(
+            f'[compartments.a]\nmodule = "box/a.wat"\n[compartments.a.grants]\n'
+            f'd = {{ host = "directory", {grant} }}\n[compartments.b]\nmodule = "{module}"\n')
+        r = run_wsuper("check", str(tmp_path / "system.toml"))
+        assert r.returncode == 0, r.stderr
+
+
+def test_a_compartment_cannot_rewrite_anothers_module_to_take_its_grants(tmp_path):
+    """The attack itself, as it ran before the check: `a` holds a writable
+    directory that holds b's module, writes its own code there through WASI, and
+    b's next start runs that code with b's grants.  Now `wsuper up` refuses the
+    system before anything runs, and b's module is untouched."""
+    from supervisor import toolchain
+    (tmp_path / "shared").mkdir()
+    b = '(module (memory (export "memory") 1) (func (export "_start")))'
+    (tmp_path / "shared" / "b.wat").write_text(b)
+    (tmp_path / "a.c").write_text(
+        '#include <stdio.h>\n'
+        'int main(void) {\n'
+        '  FILE *f = fopen("/shared/b.wat", "w");\n'
+        '  if (!f) return 1;\n'
+        '  fputs("(module (memory (export \\"memory\\") 1) (func (export \\"_start\\") '
+        'unreachable))", f);\n'
+        '  return fclose(f) != 0;\n'
+        '}\n')
+    toolchain.build([str(tmp_path / "a.c")], str(tmp_path / "a.wasm"))
+    (tmp_path / "system.toml").write_text(
+        f'[compartments.a]\nmodule = "a.wasm"\n[compartments.a.grants]\n'
+        f'shared = {{ host = "directory", path = "{tmp_path}/shared" }}\n'
+        f'[compartments.b]\nmodule = "shared/b.wat"\nrestart = "permanent"\n'
+        f'max_restarts = 2\n[compartments.b.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.output
+    assert "would let compartment a change compartment b's module" in r.stderr
+    assert (tmp_path / "shared" / "b.wat").read_text() == b
+    assert "trapped" not in r.output
