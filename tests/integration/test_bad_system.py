@@ -181,6 +181,44 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
     assert "terminate called" not in r.stderr
 
 
+#: Files that parse alone, and abort pycapnp's parser in a process that loaded
+#: another first (one table of ids per process): an interface written with the
+#: id of one in host.capnp (loaded by every wsuper process), and a copy of a
+#: schema listed before it.
+COLLIDING = {"host_id": ("@0xf0e7afc40966bc32;\ninterface Evil @0xa05a5e2c6b2f6d01 {\n"
+                         "  write @0 (text :Text) -> ();\n}\n",
+                         ":1: Duplicate ID @0xa05a5e2c6b2f6d01."),
+             "copy": (open(SCHEMA).read(), ": Duplicate ID @0xf0e7afc40966bc30.")}
+
+
+@pytest.mark.parametrize("case,command", [(c, cmd) for c in sorted(COLLIDING)
+                                           for cmd in ("check", "up", "bindgen")
+                                           if (c, cmd) != ("copy", "bindgen")])
+def test_a_schema_whose_ids_were_loaded_before_is_an_error_not_an_abort(tmp_path, case,
+                                                                          command):
+    """The child that parses a schema first parsed it alone: a file whose ids
+    collide with one the supervisor had loaded before passed there and then
+    aborted `wsuper up`, `check` and `bindgen` themselves (exit 134, "terminate
+    called").  The child now parses the files loaded before it first.  (bindgen
+    loads one schema only: a copy of calc.capnp is no collision there.)"""
+    text, expected = COLLIDING[case]
+    (tmp_path / "x.capnp").write_text(text)
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) '
+                                    '(result i32) i32.const 0))')
+    (tmp_path / "system.toml").write_text(f'[system]\nschemas = ["{SCHEMA}", "x.capnp"]\n'
+                                          f'[compartments.m]\nmodule = "m.wat"\n'
+                                          f'exports = "Calc"\n')
+    args = {"check": ["check", str(tmp_path / "system.toml")],
+            "up": ["up", str(tmp_path / "system.toml")],
+            "bindgen": ["bindgen", str(tmp_path / "x.capnp"), "-o", str(tmp_path / "out")]}
+    r = run_wsuper(*args[command])
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / 'x.capnp'}{expected}"), line
+    assert "terminate called" not in r.stderr
+
+
 def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
     """`wsuper up` has the zygote parse each schema file (compartments/zygote.py)
     in a child of its own, not a new interpreter: what the parser says of a bad
@@ -203,6 +241,17 @@ def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
         assert str(e.value).startswith(f"{tmp_path / name}{expected}"), str(e.value)
     assert ask(Path(SCHEMA)) == {"schema": 0, "stderr": ""}
     assert "error" in zygote._parse_schema(b'{"schema": 1, "imports": []}', [])
+    # after the files loaded before it: a copy of one of them aborts that child only
+    (tmp_path / "copy.capnp").write_text(open(SCHEMA).read())
+    line = json.dumps({"schema": str(tmp_path / "copy.capnp"),
+                       "imports": [str(tmp_path), *capnp_schemas.IMPORT_PATH],
+                       "before": [[SCHEMA, [os.path.dirname(SCHEMA),
+                                            *capnp_schemas.IMPORT_PATH]]]})
+    answer = zygote._parse_schema(line.encode(), [])
+    assert answer["schema"] != 0 and "Duplicate ID" in answer["stderr"], answer
+    for bad in ('"before": [[1, []]]', '"before": [["x"]]', '"before": "x"'):
+        assert "error" in zygote._parse_schema(
+            ('{"schema": "x", "imports": [], %s}' % bad).encode(), [])
 
 
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
