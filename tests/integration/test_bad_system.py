@@ -416,3 +416,24 @@ def test_a_compartment_cannot_rewrite_anothers_module_to_take_its_grants(tmp_pat
     assert "would let compartment a change compartment b's module" in r.stderr
     assert (tmp_path / "shared" / "b.wat").read_text() == b
     assert "trapped" not in r.output
+
+
+@pytest.mark.parametrize("name,source,reason", [
+    ("types.wat", "(module\n (func (result i32)\n  i32.const 1\n  i32.add))",
+     "failed to compile: wasm[0]::function[0]: Invalid input WebAssembly code at offset 26: "
+     "type mismatch: expected i32 but nothing on stack"),
+    ("syntax.wat", "(module\n  (func $x)\n  (fnc))",
+     "expected valid module field (line 3, column 4)"),
+    ("cut.wasm", b"\0asm\x01\0\0\0\x05\xff",
+     "failed to parse WebAssembly module: unexpected end-of-file (at offset 0xa)"),
+])
+def test_a_module_that_does_not_compile_says_why_and_where(tmp_path, name, source, reason):
+    """wasmtime's first line alone said "failed to compile: wasm[0]::function[0]"
+    or "unknown operator or unexpected token": the error now carries its reason
+    and, for text, the line and column."""
+    (tmp_path / name).write_bytes(source if isinstance(source, bytes) else source.encode())
+    (tmp_path / "system.toml").write_text(f'[compartments.m]\nmodule = "{name}"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: "
+                                f"{tmp_path / name} is not a valid wasm module: {reason}")
