@@ -242,14 +242,37 @@ class _Audit:
                 on_error(self.failed)
             self.room.set()
 
+    def open(self):
+        """Open the file now, before anything runs: never through a link, and a
+        regular file only.  A FIFO there (opened for writing, it waits for a
+        reader) held the writer thread for good: records piled up, peers were
+        paused at AUDIT_BACKLOG, and stopping waited for that write forever."""
+        import stat
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            what = "a FIFO (named pipe) no one reads" if e.errno == errno.ENXIO else \
+                e.strerror or str(e)
+            raise endpoint.EndpointError(f"cannot open the audit file {self.path}: {what}; "
+                                         f"the audit must be a regular file") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" \
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" \
+                if stat.S_ISSOCK(mode) else "not a regular file"
+            raise endpoint.EndpointError(f"the audit file {self.path} is {kind}: the audit "
+                                         f"must be a regular file")
+        os.set_blocking(fd, True)
+        self._file = open(fd, "a", encoding="utf-8")
+
     def _write(self, batch: list):
         import json
         text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
                                   separators=(",", ":")) + "\n" for r in batch)
         if self._file is None:          # never through a link someone planted
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW, 0o600)
-            self._file = open(fd, "a", encoding="utf-8")
+            self.open()
         self._file.write(text)
         self._file.flush()
 
@@ -348,6 +371,7 @@ class Supervisor:
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
             if self.audit is not None:
                 endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
+                self.audit.open()
         except endpoint.EndpointError as e:
             _refuse(e)
             return 2

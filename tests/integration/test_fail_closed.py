@@ -17,7 +17,7 @@ import pytest
 
 from capnp_schemas import hosted, payloads, protocol as P
 from capnp_schemas.protocol import Content
-from tests.conftest import EXAMPLES, external_client
+from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import program
 from tests.wireclient import WireClient, frame
 
@@ -496,3 +496,37 @@ def test_a_flood_of_clients_cut_off_fills_neither_terminal_nor_logs(live):
     history = (live_logs(run) / "supervisor.log").read_text()
     assert "ready calc" in history
     assert 5 <= history.count("connection aborted") <= 5 * (elapsed + 3) + 1
+
+
+def test_the_supervisors_own_files_must_be_regular_files(tmp_path):
+    """The audit file and the log files are opened for writing by worker threads: a
+    FIFO there (opened for writing, it waits for a reader) held one for good. For
+    the audit, records piled up, peers were paused, and `wsuper up` never exited,
+    not even on SIGTERM; for a log file, it never exited either.  The audit file
+    is now opened before anything starts, and refused unless it is a regular
+    file; a log file that is not one fails the log files, not the exit."""
+    calc = os.path.join(EXAMPLES, "calc.wat")
+    hello = os.path.join(EXAMPLES, "hello.wat")
+    body = (f'[compartments.calc]\nmodule = "{calc}"\nexports = "Calc"\n'
+            f'[compartments.app]\nmodule = "{hello}"\n[compartments.app.grants]\n'
+            f'calc = {{ compartment = "calc" }}\nlog = {{ host = "log" }}\n')
+    os.mkfifo(tmp_path / "audit.fifo")
+    os.symlink(tmp_path / "elsewhere.jsonl", tmp_path / "audit.link")
+    for name, said in (("audit.fifo", "a FIFO (named pipe) no one reads"),
+                       ("audit.link", "Too many levels of symbolic links")):
+        (tmp_path / "system.toml").write_text(
+            f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\naudit = "{name}"\n' + body)
+        r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
+        assert r.returncode == 2, r.output
+        assert r.stderr.strip() == (f"wsuper: error: cannot open the audit file "
+                                    f"{tmp_path / name}: {said}; the audit must be a "
+                                    f"regular file"), r.stderr
+        assert r.stdout == ""
+    (tmp_path / "logs").mkdir(mode=0o700)
+    for log in ("supervisor.log", "app.log"):
+        os.mkfifo(tmp_path / "logs" / log)
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nlogs = "logs"\n' + body)
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
+    assert r.returncode == 0, r.output
+    assert "2 + 3 = 5" in r.stdout
