@@ -27,10 +27,24 @@ _CAPNP_DIR = os.path.dirname(capnp.__file__)
 # rpc.capnp imports "/capnp/c++.capnp": the package's parent must be on the path.
 IMPORT_PATH = [os.path.dirname(_CAPNP_DIR), HERE]
 
-rpc = capnp.load(os.path.join(_CAPNP_DIR, "rpc.capnp"), imports=IMPORT_PATH)
-engine = capnp.load(os.path.join(HERE, "engine.capnp"), imports=IMPORT_PATH)
-host = capnp.load(os.path.join(HERE, "host.capnp"), imports=IMPORT_PATH)
-probe = capnp.load(os.path.join(HERE, "probe.capnp"), imports=IMPORT_PATH)
+#: The schema files loaded in this process, in order, as (path, import path).
+#: pycapnp keeps every file it loads in one table per process and *aborts* on a
+#: file that declares an id one of them declared already (the same file copied,
+#: an interface written with another's id): so a file is parsed elsewhere after
+#: the same files, in the same order (load()).
+LOADED: list[tuple[str, tuple]] = []
+
+
+def _builtin(path: str):
+    module = capnp.load(path, imports=IMPORT_PATH)
+    LOADED.append((path, tuple(IMPORT_PATH)))
+    return module
+
+
+rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
+engine = _builtin(os.path.join(HERE, "engine.capnp"))
+host = _builtin(os.path.join(HERE, "host.capnp"))
+probe = _builtin(os.path.join(HERE, "probe.capnp"))
 
 
 class SchemaError(Exception):
@@ -44,7 +58,8 @@ class SchemaError(Exception):
 _CHECKED: dict[tuple, None] = {}
 
 #: Where a schema is parsed before it is loaded here: `parse_elsewhere(path,
-#: imports)` -> (exit code, what the parser printed) of a process that parsed it,
+#: imports, before)` -> (exit code, what the parser printed) of a process that
+#: parsed the files `before` ([path, import path] pairs, as LOADED) and then it,
 #: or None (then a new interpreter does).  `wsuper up` points it at the zygote,
 #: which parses it in a child of its own (supervisor/launch.py): ~5 ms, against
 #: ~100 ms for a new interpreter.
@@ -55,31 +70,52 @@ def load(path: str, extra_imports=()):
     """Load a user schema file (import path: its own directory, then ours).
 
     pycapnp's parser *aborts the process* on some errors (a syntax error, a file
-    without an @0x... id): so a schema is first parsed in a child process, and a
-    failure there becomes a SchemaError naming the file and line.  Once a file
-    (with its size and time) has parsed, it is loaded here directly."""
+    without an @0x... id, an id a file loaded before declared too): so a schema
+    is first parsed in a child process, after the files this process loaded
+    before it (LOADED), and a failure there becomes a SchemaError naming the
+    file and line.  Once a file (with its size and time, after the same files)
+    has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
     imports = [os.path.dirname(path), *extra_imports, *IMPORT_PATH]
     try:
         st = os.stat(path)
     except OSError as e:
         raise SchemaError(path, None, e.strerror or str(e)) from None
-    key = (path, st.st_mtime_ns, st.st_size, tuple(imports))
+    key = (path, st.st_mtime_ns, st.st_size, tuple(imports), tuple(LOADED))
     if key not in _CHECKED:
-        parsed = parse_elsewhere(path, imports) if parse_elsewhere is not None else None
-        _check_parsed(path, *(parsed if parsed is not None else _parse_in_child(path, imports)))
+        before = [[p, list(i)] for p, i in LOADED]
+        parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
+            else None
+        _check_parsed(path, *(parsed if parsed is not None
+                              else _parse_in_child(path, imports, before)))
         _CHECKED[key] = None
-    return capnp.load(path, imports=imports)
+    module = capnp.load(path, imports=imports)
+    if (path, tuple(imports)) not in LOADED:
+        LOADED.append((path, tuple(imports)))
+    return module
 
 
-def _parse_in_child(path: str, imports: list) -> tuple[int, str]:
-    """(exit code, stderr) of a new interpreter that parsed the file."""
+#: What a child that checks a schema runs: the files loaded before it, then it.
+PARSE_AFTER = """if True:
+    import capnp
+    capnp.remove_import_hook()
+    def parse(path, imports, before):
+        for p, i in before:
+            capnp.load(p, imports=i)
+        capnp.load(path, imports=imports)
+"""
+
+
+def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
+    """(exit code, stderr) of a new interpreter that parsed the files `before`,
+    then this one."""
+    import json
     import subprocess
     import sys
-    code = ("import sys, capnp; capnp.remove_import_hook(); "
-            "capnp.load(sys.argv[1], imports=sys.argv[2:])")
+    code = PARSE_AFTER + "\nimport json, sys\nparse(*json.loads(sys.argv[1]))\n"
     try:
-        r = subprocess.run([sys.executable, "-I", "-c", code, path, *imports],
+        r = subprocess.run([sys.executable, "-I", "-c", code,
+                            json.dumps([path, list(imports), [list(b) for b in before]])],
                            capture_output=True, text=True, timeout=60, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SchemaError(path, None, f"cannot check the schema: {e}") from None

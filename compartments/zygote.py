@@ -182,15 +182,20 @@ SCHEMA_SECONDS = 60
 
 def _parse_schema(line: bytes, closing: list) -> dict:
     """{"schema": exit code, "stderr": what the parser printed} of a child that parsed
-    the schema file `line` names, with its import path: pycapnp's parser aborts the
-    process on some errors, so never here.  The child, like a compiler child, closes
-    what is the zygote's first (`closing`), and holds nothing else: at `wsuper up`
-    this comes before any compartment's request."""
+    the schema files `before` names (as capnp_schemas.LOADED: what the supervisor
+    loaded first), then the one `line` names, each with its import path: pycapnp's
+    parser aborts the process on some errors, so never here.  The child, like a
+    compiler child, closes what is the zygote's first (`closing`), and holds
+    nothing else: at `wsuper up` this comes before any compartment's request."""
+    def paths(v):
+        return isinstance(v, list) and all(isinstance(i, str) for i in v)
     try:
         msg = json.loads(line)
-        path, imports = msg["schema"], msg["imports"]
-        if set(msg) != {"schema", "imports"} or not isinstance(path, str) \
-                or not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        path, imports, before = msg["schema"], msg["imports"], msg.get("before", [])
+        if not set(msg) <= {"schema", "imports", "before"} or not isinstance(path, str) \
+                or not paths(imports) or not isinstance(before, list) \
+                or not all(isinstance(b, list) and len(b) == 2 and isinstance(b[0], str)
+                           and paths(b[1]) for b in before):
             raise ValueError("bad fields")
     except (ValueError, KeyError, TypeError) as e:
         return {"error": f"schema request: {e}"}
@@ -214,8 +219,10 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             faulthandler.disable()              # no core, no dump of our stack (if enabled)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)
-            import capnp
-            capnp.load(path, imports=imports)
+            import capnp_schemas
+            scope = {}
+            exec(capnp_schemas.PARSE_AFTER, scope)
+            scope["parse"](path, imports, before)
             code = 0
         except BaseException:
             traceback.print_exc()          # what an interpreter would say of it

@@ -30,6 +30,7 @@ import os
 import queue
 import re
 import select
+import stat
 import threading
 import time
 
@@ -371,11 +372,16 @@ class LogFiles:
 
 
 def _append(folder: int, file: str, chunk: list):
+    """Append to a regular file only: a FIFO there (opened for writing, it waits for
+    a reader) would hold the writer thread for good."""
     if not chunk:
         return
     fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                 | os.O_NOFOLLOW, 0o600, dir_fd=folder)
+                 | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=folder)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{file} is not a regular file")
+        os.set_blocking(fd, True)
         os.write(fd, b"".join(chunk))
     finally:
         os.close(fd)

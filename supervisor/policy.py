@@ -273,10 +273,12 @@ def load(path: str) -> System:
     """Read and validate a system file, then check the files it names."""
     path = os.path.abspath(path)
     text = _read_text(path, "")
-    system = parse(text, path, lambda p: _read_text(p, "policy file "))
+    policy_files = []
+    system = parse(text, path, lambda p: (policy_files.append(p), _read_text(p, "policy file "))[1])
     where = _Where(text, path)
     from .endpoint import own_paths as supervisor_paths, reaches
     own_paths = supervisor_paths(system)
+    deciding = _deciding_files(system, policy_files)
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
             raise where.error(f"system.schemas[{i}]", _not_a_file("schema file", s))
@@ -305,10 +307,65 @@ def load(path: str) -> System:
                     raise gwhere.error(key, f"{g.path} reaches the supervisor's {what} "
                                        f"{own}: no compartment may read or change the "
                                        f"supervisor's own files ({how})")
+            if g.read_only:
+                continue
+            for what, file, owner in deciding:
+                if owner != comp.name and any(reaches(real, g.target == "directory", name, False)
+                       for name in _names_on_the_way(file)):
+                    raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
+                                       f"{what} {file}: "
+                                       f"what a compartment can change there runs with "
+                                       f"another's grants (a module is read again at every "
+                                       f"start); grant it read_only = true, or move the file")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               _not_a_file("module file", comp.module))
     return system
+
+
+def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | None]]:
+    """(what, absolute path, the compartment whose module it is) of every file that
+    decides what runs with which authority: each compartment's module (read again
+    whenever it starts), the system file, its policy files and schemas (read at
+    every `wsuper up`).  A compartment that could change one of them could run
+    its own code with another's grants, so no grant that allows changes may
+    reach them (its own module only: that gains it nothing)."""
+    out = [(f"compartment {c.name}'s module", c.module, c.name)
+           for c in system.compartments.values()]
+    out.append(("the system file", system.path, None))
+    out += [("the policy file", os.path.abspath(p), None) for p in dict.fromkeys(policy_files)]
+    out += [("the schema file", s, None) for s in system.schemas]
+    return out
+
+
+def _names_on_the_way(path: str, hops: int = 40) -> list[str]:
+    """Every name the kernel looks up to resolve `path` (absolute), each as the real
+    directory it is in plus the name, following symbolic links as it goes: whoever
+    can change one of them (replace a directory, a link, the file) changes what
+    `path` names."""
+    names, at = [], "/"
+    todo = [p for p in path.split("/") if p]
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            at = os.path.dirname(at)
+            continue
+        name = os.path.join(at, part)
+        names.append(name)
+        if hops > 0 and os.path.islink(name):
+            hops -= 1
+            try:
+                target = os.readlink(name)
+            except OSError:
+                break
+            if target.startswith("/"):
+                at = "/"
+            todo = [p for p in target.split("/") if p] + todo
+        else:
+            at = name
+    return names
 
 
 def _not_a_file(what: str, path: str) -> str:

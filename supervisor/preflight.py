@@ -136,7 +136,28 @@ def _compile(where, key, engine, path) -> wasmtime.Module:
     try:
         return wasmtime.Module(engine, source)
     except wasmtime.WasmtimeError as e:
-        raise where.error(key, f"{path} is not a valid wasm module: {first_line(e)}") from None
+        raise where.error(key, f"{path} is not a valid wasm module: {_why_invalid(e)}") \
+            from None
+
+
+def _why_invalid(e) -> str:
+    """wasmtime's reason in one line: its first line, the innermost cause (its first
+    line says only "failed to compile: wasm[0]::function[0]"), and, for text, the
+    line and column (its first line says only "unknown operator or unexpected
+    token").  The source lines it quotes are left out."""
+    import re
+    lines = [l.strip() for l in str(e).splitlines()]
+    head = lines[0] if lines and lines[0] else type(e).__name__
+    causes = []
+    if "Caused by:" in lines:
+        for line in lines[lines.index("Caused by:") + 1:]:
+            if line:
+                causes.append(re.sub(r"^\d+: ", "", line))
+    where = next((m for m in (re.match(r"--> .*?:(\d+):(\d+)$", l) for l in lines) if m), None)
+    text = f"{head}: {causes[-1]}" if causes else head
+    if where:
+        text += f" (line {where.group(1)}, column {where.group(2)})"
+    return text[:500]
 
 
 def _what(data: bytes) -> str:

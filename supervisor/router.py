@@ -132,6 +132,12 @@ class Router:
         self.native = None                             # the fast lane (fastlane.Lane), if any
         self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
         self._route_of: dict[tuple, int] = {}          # (caller id, id(cap)) -> export id
+        # the keys of the routes to each (callee id, import id), and from or to each
+        # peer id: releasing a capability, or losing a peer, takes its routes down
+        # without walking every route (a client could make thousands, each release
+        # then cost milliseconds)
+        self._routes_to: dict[tuple, set] = {}
+        self._routes_at: dict[int, set] = {}
         # Call probes (probes.CallProbes): calls from or to a compartment in
         # `call_watch` are recorded; while the set is empty this costs one test.
         self.call_watch: set = set()
@@ -562,16 +568,35 @@ class Router:
                     mask |= 1 << j
         r = _Route(caller, export_id, cap, remote.peer, remote.import_id, interface_id,
                    tuple(chain), proxy)
+        if old is not None:
+            self._unindex(key, old)
         self._routes[key] = r
+        self._routes_to.setdefault((r.callee.id, r.import_id), set()).add(key)
+        self._routes_at.setdefault(caller.id, set()).add(key)
+        self._routes_at.setdefault(r.callee.id, set()).add(key)
         self._route_of[(caller.id, id(cap))] = export_id
         self.native.install(caller.id, export_id, remote.peer.id, remote.import_id,
                             interface_id, mask, every, self.audit.enabled,
                             remote.peer.limits.call_time, r)
 
+    def _unindex(self, key, r: _Route):
+        for index, at in ((self._routes_to, (r.callee.id, r.import_id)),
+                          (self._routes_at, r.caller.id), (self._routes_at, r.callee.id)):
+            keys = index.get(at)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[at]
+
+    def _unroute_keys(self, keys, take_calls: bool = False):
+        for key in list(keys or ()):
+            self._unroute_key(key, take_calls)
+
     def _unroute_key(self, key, take_calls: bool = False):
         r = self._routes.pop(key, None)
         if r is None:
             return
+        self._unindex(key, r)
         if self._route_of.get((key[0], id(r.cap))) == key[1]:
             del self._route_of[(key[0], id(r.cap))]
         for rec in self.native.uninstall(key[0], key[1], take_calls):
@@ -853,8 +878,7 @@ class Router:
                     and cap.peer.remotes.get(cap.import_id) is cap:
                 del cap.peer.remotes[cap.import_id]
                 if cap.peer.laned:
-                    self._unroute(lambda r, cap=cap: r.callee is cap.peer
-                                  and r.import_id == cap.import_id)
+                    self._unroute_keys(self._routes_to.get((cap.peer.id, cap.import_id)))
                 if cap.import_id in cap.peer.conn.imports:
                     self.emit(fx.Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
             elif isinstance(cap, Host) and not cap.released and cap.kind != "gateway":
@@ -893,7 +917,7 @@ class Router:
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
         if peer.laned:        # its routes go; native calls to it fail, calls from it are orphans
-            self._unroute(lambda r: r.caller is peer or r.callee is peer)
+            self._unroute_keys(self._routes_at.get(peer.id))
             for rec in self.native.drop_peer(peer.id):
                 self.adopt(rec, gone=reason)
         exported = peer.conn.drop_all()

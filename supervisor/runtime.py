@@ -45,6 +45,9 @@ IDLE_EVICT = 1.0            # an external connection silent this long may make r
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
+#: Host file descriptors each compartment keeps for itself, whatever the others
+#: hold (at most: the budget shared out, half of it kept for anyone)
+FD_EACH = 16
 
 
 class _Link:
@@ -242,14 +245,37 @@ class _Audit:
                 on_error(self.failed)
             self.room.set()
 
+    def open(self):
+        """Open the file now, before anything runs: never through a link, and a
+        regular file only.  A FIFO there (opened for writing, it waits for a
+        reader) held the writer thread for good: records piled up, peers were
+        paused at AUDIT_BACKLOG, and stopping waited for that write forever."""
+        import stat
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            what = "a FIFO (named pipe) no one reads" if e.errno == errno.ENXIO else \
+                e.strerror or str(e)
+            raise endpoint.EndpointError(f"cannot open the audit file {self.path}: {what}; "
+                                         f"the audit must be a regular file") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" \
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" \
+                if stat.S_ISSOCK(mode) else "not a regular file"
+            raise endpoint.EndpointError(f"the audit file {self.path} is {kind}: the audit "
+                                         f"must be a regular file")
+        os.set_blocking(fd, True)
+        self._file = open(fd, "a", encoding="utf-8")
+
     def _write(self, batch: list):
         import json
         text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
                                   separators=(",", ":")) + "\n" for r in batch)
         if self._file is None:          # never through a link someone planted
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW, 0o600)
-            self._file = open(fd, "a", encoding="utf-8")
+            self.open()
         self._file.write(text)
         self._file.flush()
 
@@ -312,6 +338,10 @@ class Supervisor:
         self._ready_peer: dict[str, int] = {}
         self._began = 0.0
         self._host_fds = 0               # descriptors held by host files and directories
+        self._fds_of: dict[str, int] = {}    # ... by the compartment whose grant opened them
+        self._fd_owner: dict[int, str] = {}  # id(served) -> that compartment
+        self._fd_each = FD_EACH          # ... each compartment keeps for itself (set in _run)
+        self._fd_owed = 0                # what the compartments below _fd_each may still take
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
@@ -348,6 +378,7 @@ class Supervisor:
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
             if self.audit is not None:
                 endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
+                self.audit.open()
         except endpoint.EndpointError as e:
             _refuse(e)
             return 2
@@ -364,6 +395,9 @@ class Supervisor:
         self._fd_budget = raise_fd_limit() - FD_RESERVE_BASE \
             - min(self.system.max_connections, FD_RESERVE_BASE) \
             - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
+        n = max(1, len(self.system.compartments))
+        self._fd_each = max(1, min(FD_EACH, self._fd_budget // (2 * n)))
+        self._fd_owed = self._fd_each * len(self.system.compartments)
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
@@ -659,7 +693,7 @@ class Supervisor:
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
                                   f"than {hostcaps.IO_DEADLINE:g} s")
-            if not self._hold(g.target, opened):
+            if not self._hold(g.target, opened, comp.name):
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
@@ -888,7 +922,7 @@ class Supervisor:
         if isinstance(outcome, hostcaps.Job):
             self.nursery.start_soon(self._host_job, call, outcome)
         else:
-            self._host_done(call.token, outcome)
+            self._host_done(call.token, outcome, call.owner)
 
     async def _host_job(self, call: fx.HostCall, job: hostcaps.Job):
         outcome = None
@@ -899,18 +933,21 @@ class Supervisor:
             job.abandon()
             outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "
                                        f"than {hostcaps.IO_DEADLINE:g} s")
-        self._host_done(call.token, outcome)
+        self._host_done(call.token, outcome, call.owner)
 
-    def _host_done(self, token: int, outcome):
+    def _host_done(self, token: int, outcome, owner: str = ""):
+        """A host call ended; `owner`: the compartment whose grant it went through,
+        which the descriptors it opened are counted to."""
         if isinstance(outcome, hostcaps.Answer) and outcome.objects:
-            held = [self._hold(*o) for o in outcome.objects]
+            held = [self._hold(*o, owner) for o in outcome.objects]
             if not all(held):
                 for (kind, served), counted in zip(outcome.objects, held):
                     self._release(kind, served, counted)
                 outcome = hostcaps.Refusal("EMFILE: the supervisor has no file descriptors to "
                                            "spare; close some files")
                 self.tell_once("fd-budget", f"host files and directories hold "
-                               f"{self._host_fds} descriptors, all the supervisor can spare: "
+                               f"{self._host_fds} descriptors, all the supervisor can spare "
+                               f"(but the last {self._fd_each} of each compartment's own): "
                                f"opening more fails (EMFILE) until some are closed")
         if isinstance(outcome, hostcaps.Answer):
             # the answer first: the caller goes on while its lines are formatted
@@ -922,14 +959,22 @@ class Supervisor:
                 self.say(outcome.notice)
             self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
 
-    def _hold(self, kind: str, served) -> bool:
-        """Count a host object's descriptor; False if there is none to spare (it is not
-        counted then, and the caller releases it)."""
+    def _hold(self, kind: str, served, owner: str = "") -> bool:
+        """Count a host object's descriptor to `owner` (a compartment); False if there
+        is none to spare (it is not counted then, and the caller releases it).  The
+        last _fd_each of the budget for each compartment are its own: one that has
+        fewer may still take one when the others hold every other descriptor (a
+        compartment that opened files until EMFILE left none for anyone)."""
         if kind not in ("directory", "file") or served is None:
             return True
-        if self._host_fds >= self._fd_budget:
+        mine = self._fds_of.get(owner, 0)
+        owed = owner in self.system.compartments and mine < self._fd_each
+        if self._host_fds + 1 + self._fd_owed - owed > self._fd_budget:
             return False
         self._host_fds += 1
+        self._fds_of[owner] = mine + 1
+        self._fd_owed -= owed
+        self._fd_owner[id(served)] = owner
         return True
 
     def _release(self, kind: str, served, counted: bool = True):
@@ -937,7 +982,16 @@ class Supervisor:
             self.prober.registry.unsubscribe(served)
             return
         if kind in ("directory", "file") and served is not None:
-            self._host_fds -= counted
+            if counted:
+                self._host_fds -= 1
+                owner = self._fd_owner.pop(id(served), "")
+                mine = self._fds_of.get(owner, 1) - 1
+                if mine > 0:
+                    self._fds_of[owner] = mine
+                else:
+                    self._fds_of.pop(owner, None)
+                if owner in self.system.compartments and mine < self._fd_each:
+                    self._fd_owed += 1
             self.nursery.start_soon(self._release_in_thread, kind, served)
 
     async def _release_in_thread(self, kind, served):

@@ -181,6 +181,44 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
     assert "terminate called" not in r.stderr
 
 
+#: Files that parse alone, and abort pycapnp's parser in a process that loaded
+#: another first (one table of ids per process): an interface written with the
+#: id of one in host.capnp (loaded by every wsuper process), and a copy of a
+#: schema listed before it.
+COLLIDING = {"host_id": ("@0xf0e7afc40966bc32;\ninterface Evil @0xa05a5e2c6b2f6d01 {\n"
+                         "  write @0 (text :Text) -> ();\n}\n",
+                         ":1: Duplicate ID @0xa05a5e2c6b2f6d01."),
+             "copy": (open(SCHEMA).read(), ": Duplicate ID @0xf0e7afc40966bc30.")}
+
+
+@pytest.mark.parametrize("case,command", [(c, cmd) for c in sorted(COLLIDING)
+                                           for cmd in ("check", "up", "bindgen")
+                                           if (c, cmd) != ("copy", "bindgen")])
+def test_a_schema_whose_ids_were_loaded_before_is_an_error_not_an_abort(tmp_path, case,
+                                                                          command):
+    """The child that parses a schema first parsed it alone: a file whose ids
+    collide with one the supervisor had loaded before passed there and then
+    aborted `wsuper up`, `check` and `bindgen` themselves (exit 134, "terminate
+    called").  The child now parses the files loaded before it first.  (bindgen
+    loads one schema only: a copy of calc.capnp is no collision there.)"""
+    text, expected = COLLIDING[case]
+    (tmp_path / "x.capnp").write_text(text)
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) '
+                                    '(result i32) i32.const 0))')
+    (tmp_path / "system.toml").write_text(f'[system]\nschemas = ["{SCHEMA}", "x.capnp"]\n'
+                                          f'[compartments.m]\nmodule = "m.wat"\n'
+                                          f'exports = "Calc"\n')
+    args = {"check": ["check", str(tmp_path / "system.toml")],
+            "up": ["up", str(tmp_path / "system.toml")],
+            "bindgen": ["bindgen", str(tmp_path / "x.capnp"), "-o", str(tmp_path / "out")]}
+    r = run_wsuper(*args[command])
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / 'x.capnp'}{expected}"), line
+    assert "terminate called" not in r.stderr
+
+
 def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
     """`wsuper up` has the zygote parse each schema file (compartments/zygote.py)
     in a child of its own, not a new interpreter: what the parser says of a bad
@@ -203,6 +241,17 @@ def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
         assert str(e.value).startswith(f"{tmp_path / name}{expected}"), str(e.value)
     assert ask(Path(SCHEMA)) == {"schema": 0, "stderr": ""}
     assert "error" in zygote._parse_schema(b'{"schema": 1, "imports": []}', [])
+    # after the files loaded before it: a copy of one of them aborts that child only
+    (tmp_path / "copy.capnp").write_text(open(SCHEMA).read())
+    line = json.dumps({"schema": str(tmp_path / "copy.capnp"),
+                       "imports": [str(tmp_path), *capnp_schemas.IMPORT_PATH],
+                       "before": [[SCHEMA, [os.path.dirname(SCHEMA),
+                                            *capnp_schemas.IMPORT_PATH]]]})
+    answer = zygote._parse_schema(line.encode(), [])
+    assert answer["schema"] != 0 and "Duplicate ID" in answer["stderr"], answer
+    for bad in ('"before": [[1, []]]', '"before": [["x"]]', '"before": "x"'):
+        assert "error" in zygote._parse_schema(
+            ('{"schema": "x", "imports": [], %s}' % bad).encode(), [])
 
 
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
@@ -281,3 +330,110 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
                         str(tmp_path / "system.toml")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_no_writable_grant_reaches_a_file_that_decides_what_runs(tmp_path):
+    """A module is read again whenever its compartment starts: a compartment that
+    could write it (or the directory that names it, or a link on the way) ran its
+    own code with the other's grants at the other's next start, and `check
+    --reach` said it could not.  The same for the system file, policy files and
+    schemas, read at every `wsuper up`.  So a grant that allows changes (not
+    read_only) may not reach any of them, however the path is spelled."""
+    mod = '(module (memory (export "memory") 1) (func (export "_start")))'
+    (tmp_path / "box" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "box" / "b.wat").write_text(mod)
+    (tmp_path / "other" / "c.wat").write_text(mod)
+    (tmp_path / "a.wat").write_text(mod)
+    (tmp_path / "box" / "calc.capnp").write_text(open(SCHEMA).read())
+    (tmp_path / "box" / "policy.toml").write_text('[grants]\nlog = { host = "log" }\n')
+    os.symlink("../other", tmp_path / "box" / "via")          # a link on the way
+    os.symlink(tmp_path, tmp_path / "up")                     # a symlinked parent
+    (tmp_path / "box" / "a.wat").write_text(mod)
+    cases = [  # (b's module, [system] lines, b's extra lines, grant, what is named)
+        ("box/b.wat", "", "", f'path = "{tmp_path}/box"',
+         f"compartment b's module {tmp_path}/box/b.wat"),
+        ("box/b.wat", "", "", f'path = "{tmp_path}/up/box", append_only = true', "compartment b's module"),
+        ("box/b.wat", "", "", f'host = "file", path = "{tmp_path}/box/b.wat"', "compartment b's module"),
+        ("box/via/c.wat", "", "", f'path = "{tmp_path}/box"',
+         f"compartment b's module {tmp_path}/box/via/c.wat"),
+        ("a.wat", f'schemas = ["box/calc.capnp"]', "", f'path = "{tmp_path}/box"',
+         f"the schema file {tmp_path}/box/calc.capnp"),
+        ("a.wat", "", 'policy = "box/policy.toml"', f'path = "{tmp_path}/box"',
+         f"the policy file {tmp_path}/box/policy.toml"),
+        ("a.wat", "", "", f'path = "{tmp_path}/box"', f"the system file {tmp_path}/box/system.toml"),
+    ]
+    for module, system, extra, grant, named in cases:
+        if not grant.startswith("host"):
+            grant = 'host = "directory", ' + grant
+        at = tmp_path / "box" if "system file" in named else tmp_path
+        (at / "system.toml").write_text(
+            f'[system]\n{system}\n[compartments.a]\nmodule = "{tmp_path}/a.wat"\n'
+            f'[compartments.a.grants]\nd = {{ {grant} }}\n'
+            f'[compartments.b]\nmodule = "{tmp_path}/{module}"\n{extra}\n')
+        r = run_wsuper("check", str(at / "system.toml"))
+        assert r.returncode == 2, (module, grant, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"wsuper: error: {at}/system.toml:6: "
+                                   f"compartments.a.grants.d.path: "), r.stderr
+        assert f"would let compartment a change {named}" in r.stderr, r.stderr
+    # read_only, beside them, or over its own module only: fine
+    for module, grant in (("box/b.wat", f'path = "{tmp_path}/box", read_only = true'),
+                          ("box/b.wat", f'path = "{tmp_path}/box/sub"'),
+                          ("other/c.wat", f'path = "{tmp_path}/box"')):
+        (tmp_path / "system.toml").write_text(
+            f'[compartments.a]\nmodule = "box/a.wat"\n[compartments.a.grants]\n'
+            f'd = {{ host = "directory", {grant} }}\n[compartments.b]\nmodule = "{module}"\n')
+        r = run_wsuper("check", str(tmp_path / "system.toml"))
+        assert r.returncode == 0, r.stderr
+
+
+def test_a_compartment_cannot_rewrite_anothers_module_to_take_its_grants(tmp_path):
+    """The attack itself, as it ran before the check: `a` holds a writable
+    directory that holds b's module, writes its own code there through WASI, and
+    b's next start runs that code with b's grants.  Now `wsuper up` refuses the
+    system before anything runs, and b's module is untouched."""
+    from supervisor import toolchain
+    (tmp_path / "shared").mkdir()
+    b = '(module (memory (export "memory") 1) (func (export "_start")))'
+    (tmp_path / "shared" / "b.wat").write_text(b)
+    (tmp_path / "a.c").write_text(
+        '#include <stdio.h>\n'
+        'int main(void) {\n'
+        '  FILE *f = fopen("/shared/b.wat", "w");\n'
+        '  if (!f) return 1;\n'
+        '  fputs("(module (memory (export \\"memory\\") 1) (func (export \\"_start\\") '
+        'unreachable))", f);\n'
+        '  return fclose(f) != 0;\n'
+        '}\n')
+    toolchain.build([str(tmp_path / "a.c")], str(tmp_path / "a.wasm"))
+    (tmp_path / "system.toml").write_text(
+        f'[compartments.a]\nmodule = "a.wasm"\n[compartments.a.grants]\n'
+        f'shared = {{ host = "directory", path = "{tmp_path}/shared" }}\n'
+        f'[compartments.b]\nmodule = "shared/b.wat"\nrestart = "permanent"\n'
+        f'max_restarts = 2\n[compartments.b.grants]\nlog = {{ host = "log" }}\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.output
+    assert "would let compartment a change compartment b's module" in r.stderr
+    assert (tmp_path / "shared" / "b.wat").read_text() == b
+    assert "trapped" not in r.output
+
+
+@pytest.mark.parametrize("name,source,reason", [
+    ("types.wat", "(module\n (func (result i32)\n  i32.const 1\n  i32.add))",
+     "failed to compile: wasm[0]::function[0]: Invalid input WebAssembly code at offset 26: "
+     "type mismatch: expected i32 but nothing on stack"),
+    ("syntax.wat", "(module\n  (func $x)\n  (fnc))",
+     "expected valid module field (line 3, column 4)"),
+    ("cut.wasm", b"\0asm\x01\0\0\0\x05\xff",
+     "failed to parse WebAssembly module: unexpected end-of-file (at offset 0xa)"),
+])
+def test_a_module_that_does_not_compile_says_why_and_where(tmp_path, name, source, reason):
+    """wasmtime's first line alone said "failed to compile: wasm[0]::function[0]"
+    or "unknown operator or unexpected token": the error now carries its reason
+    and, for text, the line and column."""
+    (tmp_path / name).write_bytes(source if isinstance(source, bytes) else source.encode())
+    (tmp_path / "system.toml").write_text(f'[compartments.m]\nmodule = "{name}"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: "
+                                f"{tmp_path / name} is not a valid wasm module: {reason}")

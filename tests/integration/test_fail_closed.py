@@ -17,7 +17,7 @@ import pytest
 
 from capnp_schemas import hosted, payloads, protocol as P
 from capnp_schemas.protocol import Content
-from tests.conftest import EXAMPLES, external_client
+from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import program
 from tests.wireclient import WireClient, frame
 
@@ -50,12 +50,12 @@ def _supervisor(pid: int) -> tuple[int, int]:
     return fds, rss
 
 
-def _add(sock: str, a: int, b: int) -> int:
+def _add(sock: str, a: int, b: int, name: str = "calc") -> int:
     import capnp_schemas
     calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
 
     async def body(gateway):
-        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        calc = (await gateway.get(name)).cap.as_interface(calc_schema.Calc)
         return (await calc.add(a, b)).sum
 
     return external_client(sock, body)
@@ -443,6 +443,85 @@ data = {{ host = "directory", path = "{data}" }}
         proc.communicate()
 
 
+def test_a_compartment_that_hoards_descriptors_leaves_every_other_its_own(tmp_path):
+    """Host files and directories share the supervisor's descriptor budget: one
+    compartment that opened files until EMFILE took all of it (with a limit of
+    1024 descriptors, within its default `handles`), and every other
+    compartment's next open failed with EMFILE.  Each compartment now keeps a
+    few of the budget for itself: the hoarder stops short of them."""
+    import resource
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, Running
+    from tests.integration.guests import _PRELUDE
+    for d in ("data", "mine"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+    open_params = _params(DIR, "open", path="f", mode="read")
+    opening = f"""(call $call (call $lookup (i32.const 20) (i32.const 4))
+                          (i64.const {DIR.id}) (i32.const {DIR.method("open").ordinal})
+                          (i32.const 4096) (i32.const {len(open_params)})
+                          (i32.const 0) (i32.const 0) (i32.const 1000))"""
+    (tmp_path / "hoard.wat").write_text(program(f"""
+    (block $done (loop $more
+      (local.set $r {opening})
+      (br_if $done (i32.ne (local.get $r) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $more)))
+    (call $log_int (i32.const 40) (i32.const 6) (local.get $i))
+    """, {"data": 20, "opened": 40, _escaped(open_params): 4096}))
+    # `other` opens one file when called: its status is the answer (0: opened)
+    (tmp_path / "other.wat").write_text(f"""(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+{_PRELUDE}
+  (data (i32.const 20) "data")
+  (data (i32.const 4096) "{_escaped(open_params)}")
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (i64.store (i32.const 8208) (i64.extend_i32_u {opening}))
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/ext.sock"
+[compartments.hoard]
+module = "hoard.wat"
+restart = "never"
+[compartments.hoard.grants]
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{tmp_path}/data" }}
+[compartments.other]
+module = "other.wat"
+exports = "Calc"
+external = true
+[compartments.other.grants]
+data = {{ host = "directory", path = "{tmp_path}/mine" }}
+""")
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up",
+                             str(tmp_path / "system.toml")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit)
+    run = Running.__new__(Running)
+    run.proc, run.lines = proc, []
+    try:
+        opened = int(run.wait_for("[hoard] opened").split()[-1])
+        assert 100 < opened < 300, opened
+        run.wait_for("all the supervisor can spare")
+        for _ in range(3):           # each opens (and keeps) one more: its own
+            assert _add(str(tmp_path / "ext.sock"), 0, 0, "other") == 0
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 # ------------------------------------------------------------------ text a guest controls
 
 
@@ -496,3 +575,37 @@ def test_a_flood_of_clients_cut_off_fills_neither_terminal_nor_logs(live):
     history = (live_logs(run) / "supervisor.log").read_text()
     assert "ready calc" in history
     assert 5 <= history.count("connection aborted") <= 5 * (elapsed + 3) + 1
+
+
+def test_the_supervisors_own_files_must_be_regular_files(tmp_path):
+    """The audit file and the log files are opened for writing by worker threads: a
+    FIFO there (opened for writing, it waits for a reader) held one for good. For
+    the audit, records piled up, peers were paused, and `wsuper up` never exited,
+    not even on SIGTERM; for a log file, it never exited either.  The audit file
+    is now opened before anything starts, and refused unless it is a regular
+    file; a log file that is not one fails the log files, not the exit."""
+    calc = os.path.join(EXAMPLES, "calc.wat")
+    hello = os.path.join(EXAMPLES, "hello.wat")
+    body = (f'[compartments.calc]\nmodule = "{calc}"\nexports = "Calc"\n'
+            f'[compartments.app]\nmodule = "{hello}"\n[compartments.app.grants]\n'
+            f'calc = {{ compartment = "calc" }}\nlog = {{ host = "log" }}\n')
+    os.mkfifo(tmp_path / "audit.fifo")
+    os.symlink(tmp_path / "elsewhere.jsonl", tmp_path / "audit.link")
+    for name, said in (("audit.fifo", "a FIFO (named pipe) no one reads"),
+                       ("audit.link", "Too many levels of symbolic links")):
+        (tmp_path / "system.toml").write_text(
+            f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\naudit = "{name}"\n' + body)
+        r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
+        assert r.returncode == 2, r.output
+        assert r.stderr.strip() == (f"wsuper: error: cannot open the audit file "
+                                    f"{tmp_path / name}: {said}; the audit must be a "
+                                    f"regular file"), r.stderr
+        assert r.stdout == ""
+    (tmp_path / "logs").mkdir(mode=0o700)
+    for log in ("supervisor.log", "app.log"):
+        os.mkfifo(tmp_path / "logs" / log)
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nlogs = "logs"\n' + body)
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
+    assert r.returncode == 0, r.output
+    assert "2 + 3 = 5" in r.stdout

@@ -856,3 +856,63 @@ def test_finalizers_may_call_the_lane(gc_pressure):
         pytest.fail("the lane deadlocked: a finalizer called it while its mutex was held")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok ")
+
+
+class _NoWalk(dict):
+    """The router's route table, refusing to be walked whole."""
+
+    def items(self):
+        raise AssertionError("every route was walked")
+
+
+def test_a_release_or_a_lost_peer_takes_its_routes_down_without_walking_every_route(sup):
+    """Releasing a capability and losing a peer took the routes to it down by
+    walking every route in the supervisor: a client that made thousands of
+    routes (one per object it called) made each later release anywhere cost
+    milliseconds.  They are found through an index now; the others stay."""
+    s = sup({"calc": CALC}, external=("calc",))
+    calc = Engine(s, "calc", exports=True)
+    clients = [External(s, f"client{i}") for i in range(3)]
+    # each client: calc's main object, and an object calc returns, both called
+    # twice (the first call puts the route in)
+    objects = []
+    for c in clients:
+        q = c.conn.send_call(c.grants[0].import_id, CALC, 1, params())
+        c.send(q[1])
+        c.until(lambda: calc.calls())
+        call = calc.calls()[-1]
+        calc.inbox.remove(call)
+        obj = object()
+        calc.send(calc.conn.send_return(call.answer_id, Content.capability(0), [obj],
+                                        no_finish=True))
+        c.until(lambda: any(r.question_id == q[0] for r in c.returns()))
+        ret = next(r for r in c.returns() if r.question_id == q[0])
+        c.inbox.remove(ret)
+        c.send(c.conn.send_finish(q[0]))
+        objects.append(ret.payload.caps[0].import_id)
+        for target in (c.grants[0].import_id, objects[-1]):
+            for _ in range(2):
+                qid, data = c.conn.send_call(target, CALC, 0, params())
+                c.send(data)
+                c.until(lambda: calc.calls())
+                call = calc.calls()[-1]
+                calc.inbox.remove(call)
+                calc.send(calc.conn.send_return(call.answer_id, params(7), no_finish=True))
+                c.until(lambda: any(r.question_id == qid for r in c.returns()))
+    assert len(s.router._routes) == 6
+    s.router._routes = _NoWalk(s.router._routes)
+    # client 0 lets go of calc's object: the route to it goes, and only that one
+    c = clients[0]
+    c.send(c.conn.send_release(objects[0]))
+    calc.until(lambda: len(s.router._routes) == 5)
+    # client 1 goes away: its two routes go
+    clients[1].sock.close()
+    calc.until(lambda: len(s.router._routes) == 3)
+    assert {k[0] for k in s.router._routes} == {clients[0].pid, clients[2].pid}
+    # what is left still goes natively
+    before = s.lane.stats()["calls"]
+    c = clients[2]
+    qid = c.call()
+    calc.until(lambda: calc.calls())
+    assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE
+    assert s.lane.stats()["calls"] == before + 1
