@@ -205,6 +205,7 @@ typedef struct NCall { /* a call forwarded natively, not yet returned */
   uint32_t method_id;
   int64_t t0, wall0, deadline;
   int orphan; /* its caller is gone: the return is dropped */
+  int audited; /* holds one of the audit buffer's places (L->audit_held) */
   struct NCall *prev, *next; /* the route's calls in flight; once handed over, the list of them */
   PyObject *ctx; /* handed over: a reference to its route's context, for the record */
   double age;    /* handed over: seconds since it began */
@@ -281,6 +282,8 @@ typedef struct {
   Peer *dirty;
   AuditRec *audit;
   size_t audit_head, audit_len;
+  size_t audit_held; /* places kept for the records of audited calls in flight */
+  size_t audit_cap;  /* the buffer's places: AUDIT_CAPACITY, or fewer (Lane(n), tests) */
   int draining; /* drain_audit() is building records of the first ones (they stay until built) */
   /* counters, for profiles */
   uint64_t c_calls, c_returns, c_to_python, c_wakeups, c_reads, c_writes;
@@ -451,6 +454,10 @@ static void ncall_unlink(NCall *c) {
 /* the call leaves the native tables (its question id is free again unless reserved) */
 static void ncall_forget(Lane *L, NCall *c, int keep_answer) {
   map_del(&L->calls, KEY(c->callee, c->qid));
+  if (c->audited) { /* its record's place: taken (fast_return) or no longer needed */
+    c->audited = 0;
+    L->audit_held--;
+  }
   if (!c->orphan && !keep_answer) {
     Peer *A = peer_get(L, c->caller);
     if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) map_del(&L->answers, KEY(c->caller, c->aid));
@@ -491,7 +498,10 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   if (A->native_open + A->py_open + 1 > A->in_flight ||
       A->py_open + A->returned_open + 1 >= NOFINISH_RING)
     return 0;
-  if (r->audit && L->audit_len == AUDIT_CAPACITY) return 0;
+  /* every audited call in flight has its record's place kept: one whose return
+   * found the buffer full would go unrecorded (and Python, which pauses peers while
+   * its own backlog is full, leaves the records here meanwhile) */
+  if (r->audit && L->audit_len + L->audit_held >= L->audit_cap) return 0;
   uint32_t qid = B->next_qid;
   for (int tries = 0; map_get(&L->calls, KEY(B->pid, qid)) || map_get(&L->reserved, KEY(B->pid, qid));
        tries++) {
@@ -521,6 +531,10 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
     return 0;
   }
   map_del(&L->nofinish, KEY(A->pid, o->id));
+  if (r->audit) {
+    c->audited = 1;
+    L->audit_held++;
+  }
   r->refs++;
   c->next = r->calls;
   if (r->calls) r->calls->prev = c;
@@ -546,8 +560,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     mark_dirty(L, A);
   }
   Route *r = c->route;
-  if (r->audit && !c->orphan && L->audit_len < AUDIT_CAPACITY) {
-    AuditRec *a = &L->audit[(L->audit_head + L->audit_len++) % AUDIT_CAPACITY];
+  if (r->audit && !c->orphan && L->audit_len < L->audit_cap) { /* its kept place */
+    AuditRec *a = &L->audit[(L->audit_head + L->audit_len++) % L->audit_cap];
     a->route = r;
     r->refs++;
     a->interface_id = c->interface_id;
@@ -723,14 +737,22 @@ static Route *unlock(Lane *L) {
 
 #define UNLOCK(L) reap(unlock(L))
 
+/* Lane([audit_capacity]): the places of the buffer of audit records (fewer than
+ * AUDIT_CAPACITY in tests, to fill it) */
 static int Lane_init(Lane *L, PyObject *args, PyObject *kw) {
-  if (!PyArg_ParseTuple(args, "")) return -1;
+  Py_ssize_t cap = AUDIT_CAPACITY;
+  if (!PyArg_ParseTuple(args, "|n", &cap)) return -1;
   if (L->running) return 0;
+  if (cap < 1 || cap > AUDIT_CAPACITY) {
+    PyErr_SetString(PyExc_ValueError, "audit_capacity: 1 .. 65536");
+    return -1;
+  }
+  L->audit_cap = (size_t)cap;
   pthread_mutex_init(&L->mu, NULL);
   L->epfd = epoll_create1(EPOLL_CLOEXEC);
   L->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   L->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  L->audit = calloc(AUDIT_CAPACITY, sizeof *L->audit);
+  L->audit = calloc(L->audit_cap, sizeof *L->audit);
   if (L->epfd < 0 || L->evfd < 0 || L->stopfd < 0 || !L->audit) {
     PyErr_SetFromErrno(PyExc_OSError);
     return -1;
@@ -792,7 +814,7 @@ static void Lane_dealloc(Lane *L) {
         route_unref(L, r);
       }
     for (size_t i = 0; i < L->audit_len; i++)
-      route_unref(L, L->audit[(L->audit_head + i) % AUDIT_CAPACITY].route);
+      route_unref(L, L->audit[(L->audit_head + i) % L->audit_cap].route);
     reap(detach_zombies(L)); /* the thread is gone: no mutex to hold */
     map_free(&L->routes);
     map_free(&L->calls);
@@ -1485,7 +1507,7 @@ static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
     copy = malloc(n * sizeof *copy);
     if (copy) {
       for (size_t i = 0; i < n; i++) {
-        AuditRec *a = &L->audit[(L->audit_head + i) % AUDIT_CAPACITY];
+        AuditRec *a = &L->audit[(L->audit_head + i) % L->audit_cap];
         copy[i] = (AuditCopy){Py_NewRef(a->route->ctx ? a->route->ctx : Py_None), a->interface_id,
                               a->method_id, a->wall0, a->duration};
       }
@@ -1514,7 +1536,7 @@ static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
     LOCK(L);
     for (size_t i = 0; i < built; i++) {
       route_unref(L, L->audit[L->audit_head].route);
-      L->audit_head = (L->audit_head + 1) % AUDIT_CAPACITY;
+      L->audit_head = (L->audit_head + 1) % L->audit_cap;
       L->audit_len--;
     }
     L->draining = 0;

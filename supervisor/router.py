@@ -648,14 +648,16 @@ class Router:
             self.fail(reply, CallError(f"compartment {r.callee.name} is gone"
                                        + (f": {gone}" if gone else ""), "disconnected"))
 
-    def native_tick(self) -> list:
+    def native_tick(self, audit_room: bool = True) -> list:
         """Native calls past their callee's call_time become the router's (expire()
-        fails them next); the audit records of natively forwarded calls."""
+        fails them next); the audit records of natively forwarded calls, unless the
+        audit has no room for them (`audit_room` False: they stay in the lane, whose
+        buffer, once full, sends audited calls to Python, which waits for room)."""
         if self.native is None:
             return []
         for rec in self.native.expired():
             self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec), flush=False)
-        if self.audit.enabled:
+        if self.audit.enabled and audit_room:
             for r, iface, method, wall0, seconds in self.native.drain_audit():
                 self.emit(fx.Audit({"time": wall0, "caller": r.caller.name,
                                     "capability": r.desc,

@@ -478,13 +478,17 @@ class Supervisor:
             nursery.cancel_scope.cancel()
         return self._exit_code
 
+    def _audit_room(self) -> bool:
+        """Whether the audit takes more records now (not while AUDIT_BACKLOG wait)."""
+        return self.audit is None or self.audit.room.is_set()
+
     async def _expire_calls(self):
         """Fail calls that took longer than their callee's call_time; cut off engines
         that stalled in the middle of a message (the fast lane frames theirs)."""
         while True:
             await trio.sleep(EXPIRY_TICK)
             if self.lane is not None:
-                self._perform(self.router.native_tick())
+                self._perform(self.router.native_tick(self._audit_room()))
                 for pid in self.lane.stalled(self.system.message_timeout):
                     self._cut_off(pid, f"it sent part of a message and did not finish it "
                                        f"within {self.system.message_timeout:g} s "
@@ -532,7 +536,7 @@ class Supervisor:
                     await trio.lowlevel.checkpoint()
                     turn = time.perf_counter()
             if self.audit is not None:
-                self._perform(self.router.native_tick())
+                self._perform(self.router.native_tick(self._audit_room()))
             if woke or not self.lane.any_ready():
                 ready = []                      # through trio: what it woke runs first
                 continue

@@ -131,8 +131,8 @@ class External(Engine):
 class Sup:
     """The supervisor's side: the real Router and Lane; pump() is runtime.py's loop."""
 
-    def __init__(self, compartments, **kw):
-        self.lane = fastlane.Lane()
+    def __init__(self, compartments, audit_capacity=None, **kw):
+        self.lane = fastlane.Lane(*([audit_capacity] if audit_capacity else []))
         self.router = R.Router(compartments, names=NAMES, **kw)
         self.router.native = self.lane
         self.engines = {}
@@ -434,6 +434,36 @@ def test_native_calls_past_call_time_fail(sup):
     calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
     s.pump(0.1)
     assert len(app.returns()) == 2 and calc.pid not in s.closed
+
+
+def test_every_natively_forwarded_call_is_audited_when_the_records_wait(sup):
+    """The lane keeps a record's place for each audited call in flight: with room
+    for 3 records, a 4th and 5th call in flight go through Python (which audits
+    them itself), and none of the lane's returns finds the buffer full and goes
+    unrecorded.  While the supervisor's audit has no room, the records stay in the
+    lane (native_tick(False))."""
+    s = sup({"calc": CALC, "app": None}, audit=True, audit_capacity=3)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app.call()                                          # installs the route
+    app.until(lambda: len(calc.calls()) == 1)
+    calc.send(calc.conn.send_return(calc.calls()[0].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 1)
+    for _ in range(5):
+        app.call()
+    app.until(lambda: len(calc.calls()) == 6)
+    native = [c for c in calc.calls()[1:] if c.answer_id >= P.NATIVE_QID_BASE]
+    assert len(native) == 3
+    for c in calc.calls()[1:]:
+        calc.send(calc.conn.send_return(c.answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 6)
+    s.pump(0.1)
+    s.perform(s.router.native_tick(False))
+    assert s.lane.stats()["audit_pending"] == 3
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert len(records) == 6 and all(r["outcome"] == "returned" for r in records)
+    assert s.lane.stats()["audit_pending"] == 0
 
 
 def test_natively_forwarded_calls_are_audited(sup):
