@@ -443,8 +443,9 @@ def confine_layers(n: int) -> dict:
             engine.Engine(b, EngineSpec("calc", path, exports=True), module, wasm_engine,
                           description)
             t.append(time.perf_counter_ns())
-            confine._neutralize_fds_except({0, 1, 2, w, b.fileno()})
-            confine._limit_resources(None)
+            fds = confine._open_fds()
+            confine._neutralize_fds_except({0, 1, 2, w, b.fileno()}, fds)
+            confine._limit_resources(None, max(fds))
             t.append(time.perf_counter_ns())
             confine._enter_namespaces(wanted, strict=True)
             t.append(time.perf_counter_ns())

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import struct
@@ -344,14 +345,13 @@ class Engine:
         """Confine this process for good (see confine.py); returns what was unavailable.
         `user`: (uid, gid) to run as if this process runs as root; `parent`: die with it."""
         keep = [self.sock.fileno()]
-        for fd in os.listdir("/proc/self/fd"):     # wasmtime's memory images stay open
+        for fd in confine.proc_listdir("fd"):     # wasmtime's memory images stay open
             try:
-                if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                if confine.proc_readlink(f"fd/{fd}").startswith("/memfd:"):
                     keep.append(int(fd))
             except OSError:
                 pass
-        with open("/proc/self/status") as f:
-            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        vm = int(confine.proc_read("statm").split()[0]) * resource.getpagesize()  # VmSize
         # room for the guest's memory to grow to its limit, and for our own heap
         return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user,
                                parent=parent)

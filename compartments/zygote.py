@@ -342,12 +342,13 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
 def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
     import wasmtime
 
-    from . import engine, wasm
+    from . import confine, engine, wasm
     code_fd, description_fd = module_fds
     try:
         description = wasm.Description.from_json(
             os.pread(description_fd, os.fstat(description_fd).st_size, 0))
-        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code_fd}")
+        with confine.proc_path(f"fd/{code_fd}") as path:   # after enter_early: relative
+            module = wasmtime.Module.deserialize_file(wasm_engine, path)
     except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
         print(f"error: cannot load module {spec.module}: {e}", file=sys.stderr)
         return engine.EXIT_CANNOT_LOAD
@@ -407,10 +408,11 @@ def _rehearse(wasm_engine, fds: tuple):
     waits for them."""
     import wasmtime
 
-    from . import engine, wasm
+    from . import confine, engine, wasm
     from .spec import EngineSpec
     code, desc = fds
-    module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
+    with confine.proc_path(f"fd/{code}") as path:     # in a spare, after enter_early
+        module = wasmtime.Module.deserialize_file(wasm_engine, path)
     description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
     a, b = socket.socketpair()
     with a, b:
