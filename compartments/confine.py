@@ -19,7 +19,9 @@ in this order:
    bounded address space, no core dumps;
 3. namespaces: new IPC, UTS, network and mount namespaces; the mount
    namespace is emptied (its root is an empty read-only tmpfs, every other
-   mount is detached).  Not root: they come with a user namespace that maps
+   mount is detached).  A spare engine makes them before its request
+   (enter_early); step 1 then also ends the two descriptors it kept (its
+   /proc/self and /dev/null).  Not root: they come with a user namespace that maps
    the engine's own uid and gid to themselves and nothing else;
 4. privileges: root changes to the unprivileged `user` (uid, gid, no
    supplementary groups); then every capability goes -- bounding set,

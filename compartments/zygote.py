@@ -37,8 +37,8 @@ linear memory), so it holds its own module and data and nothing else.
 **Spares.**  The engine that answers a request was forked before it: after
 each answer that took the last one (and once at start) the zygote forks a spare
 (`_Spare`; SPARES_AHEAD of them back to back when more requests wait), which
-closes what is the zygote's, enters new IPC, UTS and network namespaces and
-empties its bounding set (confine.enter_early), rehearses an engine's start
+closes what is the zygote's, enters new IPC, UTS, network and mount namespaces,
+empties the mount namespace and its bounding set (confine.enter_early), rehearses an engine's start
 on the built-in warm-up module if no request waits, and then waits on its
 own socket for one request: the spec line, the engine's socket and stderr
 pipe, and its module's two memfds.  What it inherits is the same for every
@@ -236,8 +236,8 @@ def _parse_schema(line: bytes, closing: list) -> dict:
 
 class _Spare:
     """A child forked ahead of the next request, the same for every compartment: it
-    has closed what is the zygote's, entered new IPC, UTS and network namespaces
-    (confine.enter_early) and waits on its own socket (SOCK_SEQPACKET) for one
+    has closed what is the zygote's, entered new IPC, UTS, network and (emptied) mount
+    namespaces (confine.enter_early) and waits on its own socket (SOCK_SEQPACKET) for one
     request: the EngineSpec line, with its engine socket, stderr pipe and its
     module's two memfds.  Then it is that compartment's engine, and nothing else."""
 
