@@ -359,11 +359,16 @@ def _smaps(pid: int) -> tuple[float, float]:
             fields.get("Pss", 0) / 1024)
 
 
-def cold_start_one(restarts: int, d: str) -> dict:
+def cold_start_one(restarts: int, d: str, spin: int = 0) -> dict:
     """Request -> ready for one compartment on a running system (a warm zygote):
-    a program that ends at once, restarted `restarts` times."""
+    a program that ends at once, restarted `restarts` times.  `spin`: the program
+    first counts to that (20_000_000: ~20 ms), so that each start finds the system
+    idle, its spare waiting (docs/performance.md, "One cold start, third pass")."""
     with open(os.path.join(d, "quit.wat"), "w") as f:
-        f.write('(module (memory (export "memory") 1) (func (export "_start")))')
+        f.write('(module (memory (export "memory") 1) (func (export "_start")))' if not spin
+                else '(module (memory (export "memory") 1) (func (export "_start") (local i32)'
+                     ' (loop (local.set 0 (i32.add (local.get 0) (i32.const 1)))'
+                     f' (br_if 0 (i32.lt_u (local.get 0) (i32.const {spin}))))))')
     r = _wsuper(f'[compartments.c]\nmodule = "quit.wat"\nrestart = "permanent"\n'
                 f'restart_delay = 0.0\nmax_restarts = {restarts}\nrestart_window = 600\n', d)
     ms = [float(l.split()[4]) for l in map(strip_time, r.stderr.splitlines())
@@ -443,8 +448,9 @@ def confine_layers(n: int) -> dict:
             engine.Engine(b, EngineSpec("calc", path, exports=True), module, wasm_engine,
                           description)
             t.append(time.perf_counter_ns())
-            confine._neutralize_fds_except({0, 1, 2, w, b.fileno()})
-            confine._limit_resources(None)
+            fds = confine._open_fds()
+            confine._neutralize_fds_except({0, 1, 2, w, b.fileno()}, fds)
+            confine._limit_resources(None, max(fds))
             t.append(time.perf_counter_ns())
             confine._enter_namespaces(wanted, strict=True)
             t.append(time.perf_counter_ns())

@@ -19,7 +19,9 @@ in this order:
    bounded address space, no core dumps;
 3. namespaces: new IPC, UTS, network and mount namespaces; the mount
    namespace is emptied (its root is an empty read-only tmpfs, every other
-   mount is detached).  Not root: they come with a user namespace that maps
+   mount is detached).  A spare engine makes them before its request
+   (enter_early); step 1 then also ends the two descriptors it kept (its
+   /proc/self and /dev/null).  Not root: they come with a user namespace that maps
    the engine's own uid and gid to themselves and nothing else;
 4. privileges: root changes to the unprivileged `user` (uid, gid, no
    supplementary groups); then every capability goes -- bounding set,
@@ -138,25 +140,80 @@ def namespaces() -> dict:
 
 
 #: Namespaces a spare engine enters before it knows its compartment (enter_early):
-#: they need nothing of it.  The mount namespace comes later, in confine(): the
-#: module is read through /proc/self/fd first.
-EARLY = ("ipc", "uts", "net")
+#: they need nothing of it.  The mount namespace is emptied there too; what is read
+#: through /proc until confine() (the module's memfd, the descriptors to keep, the
+#: threads) is read through this process's own /proc/self, kept open for it (_proc).
+EARLY = ("ipc", "uts", "net", "mount")
 _entered_early: tuple[str, ...] = ()
+#: Kept by enter_early when it empties the mount namespace, and closed by confine()
+#: before any other layer: this process's /proc/self (O_PATH) and /dev/null.
+_proc: int | None = None
+_null: int | None = None
 
 
 def enter_early():
     """In a process that will become one engine (a spare, compartments/zygote.py), before
-    it is told which: new IPC, UTS and network namespaces of its own (when not root,
-    inside a new user namespace of its own, as confine() would make them), and an
-    empty capability bounding set.  confine() then does only the rest.  Each process gets fresh namespaces, as before; they are
-    only made sooner.  Raises ConfinementError (the engine must then not run)."""
-    global _entered_early
+    it is told which: new IPC, UTS, network and mount namespaces of its own, the mount
+    namespace emptied (when not root, all inside a new user namespace of its own, as
+    confine() would make them), and an empty capability bounding set.  confine() then
+    does only the rest.  Each process gets fresh namespaces, as before; they are only
+    made sooner.  Until confine(), this process reaches /proc/self through a descriptor
+    (proc_path and the others below), and nothing else of the file system.
+    Raises ConfinementError (the engine must then not run)."""
+    global _entered_early, _proc, _null
     wanted = [name for name in EARLY if namespaces()[name] is None]
     if _entered_early or not wanted:
         return
+    if "mount" in wanted:
+        _proc = os.open("/proc/self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     _enter_namespaces(wanted, strict=True)
     _entered_early = tuple(wanted)
     _drop_bounding_set()                 # inside the user namespace, if one was made
+
+
+class proc_path:
+    """`with proc_path("fd/3") as path:` a path to /proc/self/fd/3 that works for the
+    block's duration (after enter_early, relative to /proc/self, the working directory
+    then)."""
+
+    def __init__(self, rel: str):
+        self.rel = rel
+
+    def __enter__(self) -> str:
+        if _proc is None:
+            return "/proc/self/" + self.rel
+        os.fchdir(_proc)
+        return self.rel
+
+    def __exit__(self, *exc):
+        if _proc is not None:
+            os.chdir("/")
+
+
+def proc_listdir(rel: str) -> list[str]:
+    """os.listdir("/proc/self/" + rel), also after enter_early."""
+    if _proc is None:
+        return os.listdir("/proc/self/" + rel)
+    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=_proc)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
+def proc_readlink(rel: str) -> str:
+    return os.readlink(rel, dir_fd=_proc) if _proc is not None \
+        else os.readlink("/proc/self/" + rel)
+
+
+def proc_read(rel: str) -> bytes:
+    fd = os.open(rel, os.O_RDONLY | os.O_CLOEXEC, dir_fd=_proc) if _proc is not None \
+        else os.open("/proc/self/" + rel, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
 
 
 def prepare():
@@ -229,14 +286,15 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     root = os.geteuid() == 0
     if root and user is None:
         raise ConfinementError("running as root, and no user to run the engine as")
-    threads = len(os.listdir("/proc/self/task"))
+    threads = len(proc_listdir("task"))
     if threads != 1:       # Landlock and the change of user would hold one thread only
         raise ConfinementError(f"the engine has {threads} threads; it must have one")
     unavailable = [name for name, why in namespaces().items() if why is not None]
     use_seccomp = seccomp_supported()       # asked now: nothing can be looked up later
     _cap_last()
-    _neutralize_fds_except(set(keep_fds) | {0, 1, 2})
-    _limit_resources(address_space)
+    fds = _open_fds()
+    _neutralize_fds_except(set(keep_fds) | {0, 1, 2}, fds)
+    _limit_resources(address_space, max(fds, default=2))
     _enter_namespaces([n for n, why in namespaces().items()
                        if why is None and n not in _entered_early], strict=True,
                       in_user_namespace=bool(_entered_early))
@@ -257,10 +315,13 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     return unavailable
 
 
-def _neutralize_fds_except(keep):
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+def _neutralize_fds_except(keep, fds):
+    """Point every descriptor in `fds` but those in `keep` at /dev/null (enter_early's
+    /proc/self among them); then enter_early's own two are closed."""
+    global _proc, _null
+    null = _null if _null is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        for fd in sorted(_open_fds()):
+        for fd in sorted(fds):
             if fd not in keep and fd != null:
                 try:
                     os.dup2(null, fd)
@@ -268,19 +329,21 @@ def _neutralize_fds_except(keep):
                     pass
     finally:
         os.close(null)
+        if _proc is not None:
+            os.close(_proc)          # /dev/null already, as above
+        _proc = _null = None
 
 
 def _open_fds():
     try:
-        return [int(x) for x in os.listdir("/proc/self/fd")]
+        return [int(x) for x in proc_listdir("fd")]
     except OSError:
         return list(range(3, 1024))
 
 
-def _limit_resources(address_space):
+def _limit_resources(address_space, highest: int):
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    highest = max(_open_fds(), default=2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, highest + 8))
     if address_space:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))

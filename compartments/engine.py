@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import struct
@@ -220,6 +221,8 @@ class Engine:
         self._fuel_used = 0                     # by the last guest entry
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
         self._started = False
+        self._instantiated = False              # Engine.start is answered only after
+        self._early: list = []                  # read with the early bootstrap (serve)
         self._granted: list = []                 # (name, kind, mount, import id), at start
         self._grant_handles: HandleTable | None = None   # per_call: each call starts here
         self._wasi_fns: dict = {}
@@ -309,6 +312,7 @@ class Engine:
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
+        self._instantiated = True
 
     def _protect(self, layout):
         """Memory protection (compartments/protect.py): the regions resolved where the
@@ -362,14 +366,13 @@ class Engine:
         """Confine this process for good (see confine.py); returns what was unavailable.
         `user`: (uid, gid) to run as if this process runs as root; `parent`: die with it."""
         keep = [self.sock.fileno()]
-        for fd in os.listdir("/proc/self/fd"):     # wasmtime's memory images stay open
+        for fd in confine.proc_listdir("fd"):     # wasmtime's memory images stay open
             try:
-                if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                if confine.proc_readlink(f"fd/{fd}").startswith("/memfd:"):
                     keep.append(int(fd))
             except OSError:
                 pass
-        with open("/proc/self/status") as f:
-            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        vm = int(confine.proc_read("statm").split()[0]) * resource.getpagesize()  # VmSize
         # room for the guest's memory to grow to its limit, and for our own heap
         return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user,
                                parent=parent)
@@ -648,8 +651,36 @@ class Engine:
             self._held_cpu = None
             self.sock.sendall(data)
 
+    def answer_bootstrap(self):
+        """Answer the supervisor's bootstrap now if it has come, before the module is
+        instantiated: no guest code has run, so the answer cannot be the guest's, and
+        the supervisor's Engine.start is on its way while this process confines itself
+        and runs the start function (start is answered only after that: _control).
+        What came with the bootstrap waits for serve(), in order."""
+        if self._early:
+            return
+        try:
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        if not data:
+            return                              # gone: serve() sees it too
+        try:
+            events = self.conn.receive(data)
+        except Exception as e:  # noqa: BLE001 - as in _pump
+            self._protocol_violation(e)
+        for i, ev in enumerate(events):
+            if not isinstance(ev, protocol.BootstrapRequested):
+                self._early = events[i:]
+                break
+            self._on_event(ev)
+        self._flush()
+
     def serve(self):
         """Serve until the supervisor closes the connection."""
+        early, self._early = self._early, []
+        for ev in early:
+            self._on_event(ev)
         while self._pump():
             pass
 
@@ -739,6 +770,8 @@ class Engine:
         if ev.method_id == 0:     # start(grants) -> (main, program)
             if self._started:
                 raise _CallError("failed", "start called twice")
+            if not self._instantiated:    # asked during the start function: no grants yet
+                raise _CallError("failed", "start called before the module was instantiated")
             grants = payloads.read_grants(ev.payload.content)   # all of it, or the call fails
             self._started = True
             granted = []
@@ -1055,16 +1088,27 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
+    try:                   # the supervisor's first question, if here: no guest code yet
+        engine.answer_bootstrap()
+    except (BrokenPipeError, ConnectionResetError):
+        return EXIT_OK
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
     try:
         engine.confine(spec.user, parent)
     except OSError as e:                    # ConfinementError, or a layer that failed
         print(f"error: cannot confine the engine: {e}", file=sys.stderr)
         return EXIT_CONFINE
     try:                   # the module's start function is guest code: confined first
+        engine.answer_bootstrap()           # (if it came only now)
         engine.instantiate()
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
+    except (BrokenPipeError, ConnectionResetError):
+        return EXIT_OK
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
     try:
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):

@@ -37,8 +37,8 @@ linear memory), so it holds its own module and data and nothing else.
 **Spares.**  The engine that answers a request was forked before it: after
 each answer that took the last one (and once at start) the zygote forks a spare
 (`_Spare`; SPARES_AHEAD of them back to back when more requests wait), which
-closes what is the zygote's, enters new IPC, UTS and network namespaces and
-empties its bounding set (confine.enter_early), rehearses an engine's start
+closes what is the zygote's, enters new IPC, UTS, network and mount namespaces,
+empties the mount namespace and its bounding set (confine.enter_early), rehearses an engine's start
 on the built-in warm-up module if no request waits, and then waits on its
 own socket for one request: the spec line, the engine's socket and stderr
 pipe, and its module's two memfds.  What it inherits is the same for every
@@ -243,8 +243,8 @@ def _parse_schema(line: bytes, closing: list) -> dict:
 
 class _Spare:
     """A child forked ahead of the next request, the same for every compartment: it
-    has closed what is the zygote's, entered new IPC, UTS and network namespaces
-    (confine.enter_early) and waits on its own socket (SOCK_SEQPACKET) for one
+    has closed what is the zygote's, entered new IPC, UTS, network and (emptied) mount
+    namespaces (confine.enter_early) and waits on its own socket (SOCK_SEQPACKET) for one
     request: the EngineSpec line, with its engine socket, stderr pipe and its
     module's two memfds.  Then it is that compartment's engine, and nothing else."""
 
@@ -349,12 +349,13 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
 def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
     import wasmtime
 
-    from . import engine, wasm
+    from . import confine, engine, wasm
     code_fd, description_fd = module_fds
     try:
         description = wasm.Description.from_json(
             os.pread(description_fd, os.fstat(description_fd).st_size, 0))
-        module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code_fd}")
+        with confine.proc_path(f"fd/{code_fd}") as path:   # after enter_early: relative
+            module = wasmtime.Module.deserialize_file(wasm_engine, path)
     except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
         print(f"error: cannot load module {spec.module}: {e}", file=sys.stderr)
         return engine.EXIT_CANNOT_LOAD
@@ -414,10 +415,11 @@ def _rehearse(wasm_engine, fds: tuple):
     waits for them."""
     import wasmtime
 
-    from . import engine, wasm
+    from . import confine, engine, wasm
     from .spec import EngineSpec
     code, desc = fds
-    module = wasmtime.Module.deserialize_file(wasm_engine, f"/proc/self/fd/{code}")
+    with confine.proc_path(f"fd/{code}") as path:     # in a spare, after enter_early
+        module = wasmtime.Module.deserialize_file(wasm_engine, path)
     description = wasm.Description.from_json(os.pread(desc, os.fstat(desc).st_size, 0))
     a, b = socket.socketpair()
     with a, b:

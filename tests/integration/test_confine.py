@@ -460,9 +460,9 @@ exports = "Calc"
 def test_a_spare_engine_waits_with_namespaces_of_its_own_and_no_module(tmp_path, wsuper):
     """The zygote keeps a spare child ready for the next request (zygote.py; a few,
     forked back to back, when requests come in a row as here): each has made its own
-    IPC, UTS and network namespaces already and emptied its capability bounding set,
-    holds no compartment's module, and each engine, spare or not, has namespaces of
-    its own."""
+    IPC, UTS, network and mount namespaces already, emptied the mount namespace (one
+    empty read-only tmpfs) and its capability bounding set, holds no compartment's
+    module, and each engine, spare or not, has namespaces of its own."""
     run = _up(tmp_path, wsuper, f"""
 [compartments.a]
 module = "{EXAMPLES}/calc.wat"
@@ -501,10 +501,17 @@ exports = "Calc"
                 and not v.startswith("/")] == ["socket"], f
         if ROOT_USER or any(why is None for why in confine.namespaces().values()):
             assert int(_status(spare)["CapBnd"], 16) == 0
+        if confine.namespaces()["mount"] is None:
+            mounts = open(f"/proc/{spare}/mountinfo").read().splitlines()
+            assert len(mounts) == 1 and " / / ro," in mounts[0] and " tmpfs " in mounts[0]
+            # the one way out of it until confine(): its own /proc/PID, to read its
+            # module through (the other directories are the zygote's, as above)
+            assert [v for v in f.values() if v.startswith("/proc")] == [f"/proc/{spare}"], f
     sockets = [v for f in fds.values() for k, v in f.items() if v.startswith("socket:")]
     assert len(set(sockets)) == len(spares)          # none holds another's
-    for name in ("ipc", "uts", "net"):
-        if confine.namespaces()[name] is None:
+    for name, why in confine.namespaces().items():
+        if why is None:
+            name = {"mount": "mnt"}.get(name, name)
             pids = (zygote, *spares, *engines)
             seen = {ns(pid, name) for pid in pids}
             assert len(seen) == len(pids), (name, seen)    # each its own
