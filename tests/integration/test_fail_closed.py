@@ -364,15 +364,30 @@ file = {{ host = "file", path = "{data / 'f'}" }}
 # ------------------------------------------------------------------ descriptors
 
 
+def _up_with_fd_limit(system, limit: int):
+    """`wsuper up system` with RLIMIT_NOFILE at `limit` (the supervisor raises its soft
+    limit to the hard one: both are set), as a conftest.Running."""
+    import resource
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, Running
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    run = Running.__new__(Running)
+    run.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", str(system)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, preexec_fn=low_limit)
+    run.lines = []
+    return run
+
+
 def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
     """With a low descriptor limit: a compartment holding open files gets EMFILE past
     the budget; a restart still finds descriptors; connections past what the
     supervisor can hold are refused.  The supervisor never exits."""
-    import resource
     import signal
-    import subprocess
-    import sys
-    from tests.conftest import ROOT, Running
     data = tmp_path / "data"
     data.mkdir()
     (data / "f").write_text("x")
@@ -402,14 +417,7 @@ log = {{ host = "log" }}
 data = {{ host = "directory", path = "{data}" }}
 """)
 
-    def low_limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
-
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up",
-                             str(tmp_path / "system.toml")], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit)
-    run = Running.__new__(Running)
-    run.proc, run.lines = proc, []
+    run = _up_with_fd_limit(tmp_path / "system.toml", 200)
     try:
         opened = int(run.wait_for("[hoard] opened").split()[-1])
         assert 0 < opened < 200
@@ -436,11 +444,11 @@ data = {{ host = "directory", path = "{data}" }}
         for c in held:
             c.close()
         time.sleep(0.5)
-        assert proc.poll() is None
+        assert run.proc.poll() is None
         assert _add(sock, 20, 22) == 42
     finally:
-        proc.kill()
-        proc.communicate()
+        run.proc.kill()
+        run.proc.communicate()
 
 
 def test_a_compartment_that_hoards_descriptors_leaves_every_other_its_own(tmp_path):
@@ -449,10 +457,6 @@ def test_a_compartment_that_hoards_descriptors_leaves_every_other_its_own(tmp_pa
     1024 descriptors, within its default `handles`), and every other
     compartment's next open failed with EMFILE.  Each compartment now keeps a
     few of the budget for itself: the hoarder stops short of them."""
-    import resource
-    import subprocess
-    import sys
-    from tests.conftest import ROOT, Running
     from tests.integration.guests import _PRELUDE
     for d in ("data", "mine"):
         (tmp_path / d).mkdir()
@@ -502,24 +506,17 @@ external = true
 data = {{ host = "directory", path = "{tmp_path}/mine" }}
 """)
 
-    def low_limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
-
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up",
-                             str(tmp_path / "system.toml")], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit)
-    run = Running.__new__(Running)
-    run.proc, run.lines = proc, []
+    run = _up_with_fd_limit(tmp_path / "system.toml", 300)
     try:
         opened = int(run.wait_for("[hoard] opened").split()[-1])
         assert 100 < opened < 300, opened
         run.wait_for("all the supervisor can spare")
         for _ in range(3):           # each opens (and keeps) one more: its own
             assert _add(str(tmp_path / "ext.sock"), 0, 0, "other") == 0
-        assert proc.poll() is None
+        assert run.proc.poll() is None
     finally:
-        proc.kill()
-        proc.communicate()
+        run.proc.kill()
+        run.proc.communicate()
 
 
 # ------------------------------------------------------------------ text a guest controls
