@@ -166,9 +166,14 @@ class Framer:
         return out
 
 
+_TABLE_ONE = struct.Struct("<II")        # the segment table of a one-segment message
+
+
 def frame(segments) -> bytes:
     """Serialize a segment list with the standard stream segment table."""
     n = len(segments)
+    if n == 1:                           # nearly every message: no format to build
+        return b"".join((_TABLE_ONE.pack(0, len(segments[0]) // 8), segments[0]))
     head = struct.pack(f"<{n + 1}I", n - 1, *(len(s) // 8 for s in segments))
     if len(head) % 8:
         head += b"\0\0\0\0"
