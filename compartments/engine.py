@@ -33,7 +33,6 @@ and ends the engine with EXIT_PROTOCOL.
 from __future__ import annotations
 
 import ctypes
-import os
 import resource
 import signal
 import socket
@@ -665,10 +664,7 @@ class Engine:
             return
         if not data:
             return                              # gone: serve() sees it too
-        try:
-            events = self.conn.receive(data)
-        except Exception as e:  # noqa: BLE001 - as in _pump
-            self._protocol_violation(e)
+        events = self._received(data)
         for i, ev in enumerate(events):
             if not isinstance(ev, protocol.BootstrapRequested):
                 self._early = events[i:]
@@ -695,13 +691,17 @@ class Engine:
         data = self.sock.recv(1 << 16)
         if not data:
             return False
-        try:
-            events = self.conn.receive(data)
-        except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
-            self._protocol_violation(e)
-        for ev in events:
+        for ev in self._received(data):
             self._on_event(ev)
         return True
+
+    def _received(self, data: bytes) -> list:
+        """The events `data` from the supervisor completes; bytes the protocol core
+        refuses end the engine (_protocol_violation)."""
+        try:
+            return self.conn.receive(data)
+        except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
+            self._protocol_violation(e)
 
     def _protocol_violation(self, e: Exception):
         """The supervisor broke the protocol: say so, tell it, and end (EXIT_PROTOCOL)."""
@@ -1088,28 +1088,19 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
-    try:                   # the supervisor's first question, if here: no guest code yet
-        engine.answer_bootstrap()
-    except (BrokenPipeError, ConnectionResetError):
-        return EXIT_OK
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
-    try:
-        engine.confine(spec.user, parent)
-    except OSError as e:                    # ConfinementError, or a layer that failed
-        print(f"error: cannot confine the engine: {e}", file=sys.stderr)
-        return EXIT_CONFINE
-    try:                   # the module's start function is guest code: confined first
+    try:            # the supervisor gone: EXIT_OK; a protocol error: its SystemExit
+        engine.answer_bootstrap()   # the supervisor's first question, if here: no guest code yet
+        try:
+            engine.confine(spec.user, parent)
+        except OSError as e:                # ConfinementError, or a layer that failed
+            print(f"error: cannot confine the engine: {e}", file=sys.stderr)
+            return EXIT_CONFINE
         engine.answer_bootstrap()           # (if it came only now)
-        engine.instantiate()
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CANNOT_LOAD
-    except (BrokenPipeError, ConnectionResetError):
-        return EXIT_OK
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_PROTOCOL
-    try:
+        try:               # the module's start function is guest code: confined first
+            engine.instantiate()
+        except EngineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CANNOT_LOAD
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
