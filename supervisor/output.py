@@ -297,7 +297,9 @@ class StderrLines:
 
 
 class LogFiles:
-    """Per-name log files in one directory, capped and rotated, written in batches."""
+    """Per-name log files in one directory, capped and rotated, written in batches.
+    `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
+    set_event = staticmethod(trio.Event.set)
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -311,7 +313,7 @@ class LogFiles:
 
     def add(self, name: str, line: str):
         self.pending.setdefault(name, []).append(line)
-        self.wake.set()
+        self.set_event(self.wake)
 
     async def writer(self):
         while True:

@@ -44,8 +44,9 @@ PROBE = hosted.BY_KIND["probe"]
 class _Answer:
     """The handler of one Engine call (control.py's protocol), awaited by a task."""
 
-    def __init__(self, results):
+    def __init__(self, results, set_event=trio.Event.set):
         self.results = results
+        self.set_event = set_event       # the supervisor's: the answer may come in either thread
         self.done = trio.Event()
         self.value = None
         self.error = None
@@ -58,11 +59,11 @@ class _Answer:
                 self.value = payloads.read(self.results, ev.payload.content, _RESULT_WORDS)
             except DecodeError as e:
                 self.error = f"malformed answer: {e}"
-        self.done.set()
+        self.set_event(self.done)
 
     def lost(self, router, peer, reason):
         self.error = reason
-        self.done.set()
+        self.set_event(self.done)
 
 
 class EngineBusy(Exception):
@@ -87,7 +88,7 @@ class Prober:
                       timeout: float = ENGINE_TIMEOUT) -> dict:
         params, results = _STRUCTS[method]
         content, _caps = payloads.build(params, values or {})
-        answer = _Answer(results)
+        answer = _Answer(results, self.sup._set)
         self.sup._perform(self.sup.router.engine_call(name, method, content, answer))
         with trio.move_on_after(timeout):
             await answer.done.wait()

@@ -20,9 +20,11 @@ import errno
 import gc
 import math
 import os
+import select
 import signal
 import socket as pysocket
 import sys
+import threading
 import time
 
 import trio
@@ -36,6 +38,7 @@ from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, 
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
+from .turns import Turns
 
 GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
@@ -202,7 +205,9 @@ class _NativeLink:
 
 class _Audit:
     """The audit log, written by a worker thread in batches; JSON lines with
-    wall-clock RFC 3339 times, a run id, and a record when a run starts and ends."""
+    wall-clock RFC 3339 times, a run id, and a record when a run starts and ends.
+    `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
+    set_event = staticmethod(trio.Event.set)
 
     def __init__(self, path: str, run_id: str):
         self.path = path
@@ -219,7 +224,7 @@ class _Audit:
         if record.get("time") is None:
             record = {**record, "time": _wall()}
         self.pending.append(record)
-        self.wake.set()
+        self.set_event(self.wake)
         if len(self.pending) >= AUDIT_BACKLOG and self.room.is_set():
             self.room = trio.Event()
 
@@ -288,6 +293,9 @@ class _Audit:
 
 
 class Supervisor:
+    _turns: Turns | None = None      # while the lane's host worker runs (_lane_host)
+    _clock = None                    # trio's clock, which any thread may read
+
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
                  log_format: str = "text", zygote: Launched | None = None):
         self.plan = plan
@@ -304,11 +312,11 @@ class Supervisor:
             plan.main_interface, self.system.external,
             {c.name: c.limits for c in self.system.compartments.values()},
             external_limits=self.system.external_limits or Limits(),
-            clock=trio.current_time, wall=_wall, names=plan.names,
+            clock=self._now, wall=_wall, names=plan.names,
             audit=self.system.audit is not None, backlog=self._backlog)
         self.hosts = hostcaps.HostCaps(
             lambda owner: self.system.compartments[owner].limits.log_rate
-            if owner in self.system.compartments else 100.0, clock=trio.current_time)
+            if owner in self.system.compartments else 100.0, clock=self._now)
         holders: dict[str, list[str]] = {name: [] for name in self.system.compartments}
         for c in self.system.compartments.values():      # once over the grants: O(grants)
             for target in dict.fromkeys(g.target for g in c.grants if g.kind == "compartment"):
@@ -318,6 +326,10 @@ class Supervisor:
                                       for c in self.system.compartments.values()},
                                      holders, external=bool(self.system.external))
         self.audit = _Audit(self.system.audit, self.run_id) if self.system.audit else None
+        if self.audit is not None:
+            self.audit.set_event = self._set
+        if self.output.files is not None:
+            self.output.files.set_event = self._set
         self.links: dict[int, _Link] = {}
         self.procs: dict = {}
         self.denials = S.Throttle(per_second=5)
@@ -347,6 +359,51 @@ class Supervisor:
         self.lane = None                 # the fast lane (fastlane.py), once started
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
+    # ------------------------------------------------------------ either thread
+    # What the lane's host worker may run as well as trio's thread (turns.py):
+    # the clock, waking a task and starting one.  From the worker, a wake of a
+    # task that waits, and a start, are owed to trio's thread, which does them
+    # before any of its tasks runs: the same as doing them now.
+
+    def _now(self) -> float:
+        """trio.current_time(), from either thread."""
+        clock = self._clock
+        return clock.current_time() if clock is not None else trio.current_time()
+
+    def _set(self, event: trio.Event):
+        turns = self._turns
+        if turns is not None and turns.here and not event.is_set() \
+                and event.statistics().tasks_waiting:
+            turns.owe(event.set)
+        else:
+            event.set()
+
+    def _soon(self, fn, *args):
+        """fn(*args) now in trio's thread; from the worker, before trio's next task."""
+        turns = self._turns
+        if turns is not None and turns.here:
+            turns.owe(fn, *args)
+        else:
+            fn(*args)
+
+    def _in_order(self, fn, *args):
+        """fn(*args) now, unless the worker owes something it must follow: then
+        owed after it."""
+        turns = self._turns
+        if turns is not None and turns.here and turns.stopped:
+            turns.owe(fn, *args)
+        else:
+            fn(*args)
+
+    def _then(self, fn, *args):
+        """fn(*args) now in trio's thread; from the worker, owed with everything
+        after it (the worker stops where it is: the order of effects is kept)."""
+        turns = self._turns
+        if turns is not None and turns.here:
+            turns.owe(fn, *args, stop=True)
+        else:
+            fn(*args)
+
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
@@ -354,7 +411,7 @@ class Supervisor:
     def _throttled(self, throttle: S.Throttle, key: str, text: str, what: str):
         """A line a peer can cause at any rate: at most a few a second each (the
         audit file, if any, has every call and every connection cut off)."""
-        show, hidden = throttle.admit(key, trio.current_time())
+        show, hidden = throttle.admit(key, self._now())
         compartment = key if key in self.system.compartments else None
         if hidden:
             self.say(f"({hidden} more {what} {key} were not shown"
@@ -409,6 +466,7 @@ class Supervisor:
 
     async def _serve(self) -> int:
         self._began = trio.current_time()
+        self._clock = trio.lowlevel.current_clock()
         why = fastlane.enabled()
         if why is None:
             self.lane = fastlane.Lane()
@@ -431,7 +489,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.lane is not None:
-                nursery.start_soon(self._lane_events)
+                nursery.start_soon(self._lane_host if host_worker() else self._lane_events)
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run started",
                                 "system": self.system.path})
@@ -545,13 +603,101 @@ class Supervisor:
                 turn = time.perf_counter()
             ready = self.lane.ready()
 
+    async def _lane_host(self):
+        """The lane's host worker (turns.py): a thread that waits on the lane's event
+        descriptor and hands the router what the lane queued, as _lane_events does,
+        but only while trio's thread waits for I/O, and without trio's scheduler
+        between a host call and its answer.  This task owns it: it ends the thread
+        when the supervisor stops, and raises what the worker could not handle."""
+        turns = self._turns = Turns()
+        turns.install()
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+        worker = threading.Thread(target=self._lane_worker, args=(turns, stop_r),
+                                  name="wsuper-lane-host", daemon=True)
+        try:
+            worker.start()
+            await turns.failed.wait()
+            raise turns.error
+        finally:
+            os.write(stop_w, b"x")
+            turns.close()
+            self._turns = None
+            worker.join(5)
+            os.close(stop_r)
+            os.close(stop_w)
+
+    def _lane_worker(self, turns: Turns, stop: int):
+        """The worker thread: wait (without the GIL) until the lane has something,
+        take a turn, hand it over; until the supervisor stops."""
+        poller = select.poll()
+        poller.register(self.lane.event_fd, select.POLLIN)
+        poller.register(stop, select.POLLIN)
+        ready: list = []
+        while True:
+            if not ready and any(fd == stop for fd, _ in poller.poll()):
+                return
+            if not turns.enter():
+                return
+            try:
+                ready = self._lane_turn(turns, ready)
+            except BaseException as e:  # noqa: BLE001 - raised in trio's thread, by _lane_host
+                turns.owe(_reraise, e, stop=True)
+                return
+            finally:
+                turns.leave()
+
+    def _lane_turn(self, turns: Turns, ready: list) -> list:
+        """One turn of the worker (holding `turns`): what one batch of _lane_events
+        does, for at most TURN; returns the peers whose items it has not taken yet.
+        Once something is owed that later work must follow (`turns.stopped`), the
+        peers still to handle are woken to their own tasks, in trio, after it."""
+        turn = time.perf_counter()
+        if not ready:
+            ready = self.lane.ready()
+        while ready:
+            paused = self.audit is not None and not self.audit.room.is_set()
+            for i, pid in enumerate(ready):
+                if turns.stopped:
+                    turns.owe(self._take_in_trio, ready[i:])
+                    return []
+                if time.perf_counter() > turn + TURN:
+                    return ready[i:]            # trio's turn first, if it wants one
+                link = self.links.get(pid)
+                if link is None or not link.native:
+                    continue
+                if link.busy or paused or link.end is not _OPEN:
+                    self._set(link.wake)        # its own task carries on
+                    continue
+                rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
+                if rest:
+                    link.pending, link.busy = rest, True
+                    self._set(link.wake)
+                elif rest is not None:
+                    self._in_order(self.lane.release, pid)
+            if self.audit is not None:
+                self._perform(self.router.native_tick(self._audit_room()))
+            if turns.stopped or time.perf_counter() > turn + TURN or not self.lane.any_ready():
+                return []
+            ready = self.lane.ready()
+        return []
+
+    def _take_in_trio(self, pids: list):
+        """Peers the worker left when it stopped: each one's own task takes its items
+        (as for a peer woken while the audit is full)."""
+        for pid in pids:
+            link = self.links.get(pid)
+            if link is not None and link.native:
+                link.wake.set()
+
     def _feed(self, pid: int, link: "_NativeLink", items: list, until: float):
         """Hand a fast-lane peer's items to the router (in SLICE-byte slices) until
         they are done or it is time `until`; returns what is left, or None once the
         stream ended or the peer was cut off (`link.end` says why)."""
+        turns = self._turns
         for i, item in enumerate(items):
             if item is None or isinstance(item, int):
-                link.finish(None if item is None else os.strerror(item) or "connection lost")
+                self._then(link.finish,
+                           None if item is None else os.strerror(item) or "connection lost")
                 return None
             at = 0
             while at < len(item):
@@ -560,13 +706,14 @@ class Supervisor:
                 try:
                     self._perform(self.router.receive(pid, chunk))
                 except Exception as e:  # noqa: BLE001 - no peer's input may end the system
-                    self._fault(pid, e)
-                    link.finish("cut off after an internal error")
+                    self._then(self._fault, pid, e)
+                    self._then(link.finish, "cut off after an internal error")
                     return None
                 if pid not in self.router.peers:
-                    link.finish("broke the protocol")
+                    self._then(link.finish, "broke the protocol")
                     return None
-                if time.perf_counter() > until and (at < len(item) or i + 1 < len(items)):
+                if (time.perf_counter() > until or turns is not None and turns.stopped) \
+                        and (at < len(item) or i + 1 < len(items)):
                     return ([item[at:]] if at < len(item) else []) + items[i + 1:]
         return []
 
@@ -920,11 +1067,11 @@ class Supervisor:
 
     def _host_call(self, call: fx.HostCall):
         if call.kind == "probe":
-            self.prober.host_call(call)
+            self._then(self.prober.host_call, call)
             return
         outcome = self.hosts.serve(call)
         if isinstance(outcome, hostcaps.Job):
-            self.nursery.start_soon(self._host_job, call, outcome)
+            self._soon(self.nursery.start_soon, self._host_job, call, outcome)
         else:
             self._host_done(call.token, outcome, call.owner)
 
@@ -942,6 +1089,11 @@ class Supervisor:
     def _host_done(self, token: int, outcome, owner: str = ""):
         """A host call ended; `owner`: the compartment whose grant it went through,
         which the descriptors it opened are counted to."""
+        turns = self._turns
+        if turns is not None and turns.here and (
+                turns.stopped or isinstance(outcome, hostcaps.Answer) and outcome.objects):
+            turns.owe(self._host_done, token, outcome, owner, stop=True)
+            return
         if isinstance(outcome, hostcaps.Answer) and outcome.objects:
             held = [self._hold(*o, owner) for o in outcome.objects]
             if not all(held):
@@ -996,7 +1148,7 @@ class Supervisor:
                     self._fds_of.pop(owner, None)
                 if owner in self.system.compartments and mine < self._fd_each:
                     self._fd_owed += 1
-            self.nursery.start_soon(self._release_in_thread, kind, served)
+            self._soon(self.nursery.start_soon, self._release_in_thread, kind, served)
 
     async def _release_in_thread(self, kind, served):
         await trio.to_thread.run_sync(hostcaps.release, kind, served,
@@ -1209,6 +1361,10 @@ class Supervisor:
     def _perform(self, effects):
         # Consecutive sends to one peer go out as one write; any other effect
         # first flushes them, so nothing it triggers can overtake them.
+        turns = self._turns
+        if turns is not None and turns.here:
+            self._perform_here(turns, effects)
+            return
         batch: dict[int, list] = {}
         for e in effects:
             if isinstance(e, fx.Send):
@@ -1246,15 +1402,48 @@ class Supervisor:
                     self.audit.add(e.record)
         self._write_all(batch)
 
+    def _perform_here(self, turns: Turns, effects):
+        """_perform, in the lane's host worker: sends to peers on the lane, host calls
+        and audit records here; at the first other effect (or once something is
+        owed that must come first), it and every effect after it are owed to
+        trio's thread, which performs them, in order, before any of its tasks runs."""
+        batch: dict[int, list] = {}
+        effects = effects if isinstance(effects, list) else list(effects)
+        for i, e in enumerate(effects):
+            kind = type(e)
+            if not turns.stopped:
+                if kind is fx.Send:
+                    link = self.links.get(e.peer)
+                    if link is None or link.native:
+                        batch.setdefault(e.peer, []).append(e.data)
+                        continue
+                elif kind is fx.HostCall or kind is fx.Audit:
+                    self._write_all(batch)
+                    if not turns.stopped:
+                        if kind is fx.HostCall:
+                            self._host_call(e)
+                        elif self.audit is not None:
+                            self.audit.add(e.record)
+                        continue
+            self._write_all(batch)
+            turns.owe(self._perform, effects[i:], stop=True)
+            return
+        self._write_all(batch)
+
     def _write_all(self, batch: dict):
         if not batch:
             return
+        turns = self._turns
+        here = turns is not None and turns.here
         for pid, chunks in batch.items():
+            if here and turns.stopped:          # after what the worker owes: in order
+                turns.owe(self._write_all, {pid: chunks})
+                continue
             link = self.links.get(pid)
             if link is not None and not link.write(
                     chunks[0] if len(chunks) == 1 else b"".join(chunks)):
-                self._cut_off(pid, f"it does not read its messages (more than {link.hard} "
-                                   f"bytes are waiting for it)")
+                self._then(self._cut_off, pid, f"it does not read its messages (more than "
+                                               f"{link.hard} bytes are waiting for it)")
         batch.clear()
 
     def _on_started(self, e: fx.Started):
@@ -1303,6 +1492,16 @@ class Supervisor:
 
 class _StartError(Exception):
     pass
+
+
+def host_worker() -> bool:
+    """Whether the lane's host worker serves what the fast lane queues (turns.py);
+    WSUPER_HOST_WORKER=0: a trio task does (_lane_events), for measuring."""
+    return os.environ.get("WSUPER_HOST_WORKER", "1") != "0"
+
+
+def _reraise(e: BaseException):
+    raise e
 
 
 def _refuse(e: Exception):

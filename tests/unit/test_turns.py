@@ -1,0 +1,274 @@
+"""turns.Turns, and the supervisor's lane host worker built on it (runtime.py): the
+supervisor's state is touched by one thread at a time, what the worker owes runs
+in trio's thread, in order, before any task, and neither thread starves the other."""
+import socket
+import threading
+import time
+
+import trio
+
+from supervisor import effects as fx, runtime
+from supervisor.turns import Turns
+
+
+def _worker(turns, body, rounds, done):
+    """A thread that takes `rounds` turns, running `body()` in each."""
+    def run():
+        try:
+            for _ in range(rounds):
+                if not turns.enter():
+                    return
+                try:
+                    body()
+                finally:
+                    turns.leave()
+        finally:
+            done.append(True)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_trio_tasks_never_run_while_the_worker_has_its_turn():
+    state = {"owner": None, "clashes": 0, "worker": 0, "trio": 0}
+
+    def body():
+        if state["owner"] is not None:
+            state["clashes"] += 1
+        state["owner"] = "worker"
+        t = time.perf_counter() + 0.0002
+        while time.perf_counter() < t:    # long enough for trio's thread to get the GIL
+            time.sleep(0)
+        state["worker"] += 1
+        state["owner"] = None
+
+    async def main():
+        turns = Turns()
+        turns.install()
+        done = []
+        _worker(turns, body, 300, done)
+        with trio.fail_after(20):
+            while not done:
+                if state["owner"] is not None:
+                    state["clashes"] += 1
+                state["trio"] += 1
+                await trio.sleep(0 if state["trio"] % 2 else 0.0001)
+        turns.close()
+    trio.run(main)
+    assert state["worker"] == 300 and state["trio"] > 10
+    assert state["clashes"] == 0
+
+
+def test_what_the_worker_owes_runs_in_trios_thread_in_order_before_any_task():
+    seen = []
+
+    async def main():
+        turns = Turns()
+        turns.install()
+        trio_thread = threading.get_ident()
+
+        async def spy():
+            while True:
+                seen.append("task")
+                await trio.sleep(0.0005)
+
+        def body():
+            seen.append("worker")
+            for i in range(3):
+                turns.owe(lambda i=i: seen.append(
+                    ("owed", i, threading.get_ident() == trio_thread)), stop=i == 1)
+            assert turns.stopped
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spy)
+            await trio.sleep(0.01)
+            done = []
+            _worker(turns, body, 2, done)
+            with trio.fail_after(10):
+                while not done:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+        turns.close()
+    trio.run(main)
+    first = seen.index("worker")
+    # each turn's debts are paid by trio's thread, in order, before a task runs again,
+    # and the second turn waited for them (never two turns with debts in between)
+    assert seen[first:first + 4] == ["worker", ("owed", 0, True), ("owed", 1, True),
+                                     ("owed", 2, True)]
+    second = seen.index("worker", first + 1)
+    assert seen[second + 1:second + 4] == [("owed", 0, True), ("owed", 1, True),
+                                          ("owed", 2, True)]
+
+
+def test_a_busy_worker_does_not_starve_trio_nor_trio_the_worker():
+    counts = {"worker": 0, "trio": 0}
+
+    def body():
+        counts["worker"] += 1
+
+    async def main():
+        turns = Turns()
+        turns.install()
+        done = []
+        t = _worker(turns, body, 10 ** 9, done)     # until closed
+        with trio.fail_after(30):
+            while counts["trio"] < 2000:      # trio keeps running tasks meanwhile
+                counts["trio"] += 1
+                await trio.sleep(0)
+        at = counts["worker"]
+        with trio.fail_after(30):
+            while counts["worker"] < at + 100:   # ... and so does the worker
+                await trio.sleep(0)
+        turns.close()
+        await trio.to_thread.run_sync(t.join)
+        assert done
+    trio.run(main)
+    assert counts["trio"] >= 2000
+
+
+def test_after_close_or_a_failed_debt_the_worker_gets_no_more_turns():
+    async def main():
+        turns = Turns()
+        turns.install()
+        assert turns.enter.__self__ is turns
+        outcome = []
+
+        def boom():
+            raise ValueError("a bug")
+
+        def first():
+            turns.owe(boom)
+        done = []
+        t = _worker(turns, first, 1, done)
+        with trio.fail_after(10):
+            await turns.failed.wait()
+        assert isinstance(turns.error, ValueError)
+        await trio.to_thread.run_sync(t.join)
+        t2 = threading.Thread(target=lambda: outcome.append(turns.enter()))
+        t2.start()
+        await trio.to_thread.run_sync(t2.join)
+        turns.close()
+        turns.close()                    # twice is harmless
+        return outcome
+    assert trio.run(main) == [False]
+
+
+# ---------------------------------------------------------------- the supervisor's worker
+
+class _Lane:
+    """A lane with one peer (1) whose items are scripted; writes are recorded."""
+
+    def __init__(self):
+        self._r, self._w = socket.socketpair()
+        self.event_fd = self._r.fileno()
+        self.items: list = []
+        self.written: list = []
+        self.released = 0
+
+    def put(self, *items):
+        self.items.extend(items)
+        self._w.send(b"!")
+
+    def ready(self):
+        try:
+            self._r.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        return [1] if self.items else []
+
+    def any_ready(self):
+        return bool(self.items)
+
+    def take(self, pid):
+        items, self.items = self.items, []
+        return items
+
+    def release(self, pid):
+        self.released += 1
+
+    def write(self, pid, data):
+        self.written.append((threading.current_thread().name, data))
+        return True
+
+
+class _Router:
+    """Each item names its effects (a script); `peers` holds the one peer."""
+    peers = {1: None, 2: None}
+
+    def __init__(self, script):
+        self.script = script
+
+    def receive(self, pid, chunk):
+        return list(self.script[chunk])
+
+
+def _supervisor(lane, script):
+    sup = runtime.Supervisor.__new__(runtime.Supervisor)
+    sup.lane, sup.audit, sup.router = lane, None, _Router(script)
+    links = {}
+    for pid in (1, 2):
+        link = runtime._NativeLink.__new__(runtime._NativeLink)
+        link.lane, link.pid, link.closed = lane, pid, False
+        link.busy, link.end, link.wake, link.pending = False, runtime._OPEN, trio.Event(), []
+        links[pid] = link
+    sup.links = links
+    sup._peer_of = {}
+    sup.started = []
+    sup._on_started = lambda e: sup.started.append(
+        (threading.current_thread().name, [d for _, d in lane.written]))
+    return sup
+
+
+def test_the_worker_keeps_the_order_of_effects_it_hands_to_trio():
+    """Sends before a lifecycle effect go out from the worker; the effect and every
+    send after it are performed in trio's thread, in the order the router gave."""
+    lane = _Lane()
+    script = {b"a": [fx.Send(1, b"1")],
+              b"b": [fx.Send(1, b"2"), fx.Started("x", False, 7), fx.Send(2, b"3")],
+              b"c": [fx.Send(1, b"4")]}
+    sup = _supervisor(lane, script)
+    sup._peer_of = {"x": 7}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(sup._lane_host)
+            nursery.start_soon(sup._pump_native, 1, sup.links[1])
+            await trio.sleep(0.01)
+            lane.put(b"a", b"b", b"c")
+            with trio.fail_after(10):
+                while len(lane.written) < 4:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert [d for _, d in lane.written] == [b"1", b"2", b"3", b"4"]
+    assert lane.written[0][0] == "wsuper-lane-host"
+    trio_thread = threading.main_thread().name
+    # the Started effect: in trio's thread, after the sends before it, before those after
+    assert sup.started == [(trio_thread, [b"1", b"2"])]
+    assert all(name == trio_thread for name, _ in lane.written[2:])
+    # the rest of the batch went to the peer's own task, in trio; then it let go
+    assert sup.links[1].pending == [] and not sup.links[1].busy and lane.released == 1
+
+
+def test_a_fault_in_the_worker_cuts_off_that_peer_only():
+    lane = _Lane()
+    sup = _supervisor(lane, {b"ok": [fx.Send(1, b"fine")]})
+    sup.router.receive = lambda pid, chunk: 1 / 0 if chunk == b"bad" else [fx.Send(pid, chunk)]
+    faults = []
+    sup._fault = lambda pid, e: faults.append((threading.current_thread().name, pid,
+                                               type(e).__name__))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(sup._lane_host)
+            await trio.sleep(0.01)
+            lane.put(b"bad")
+            with trio.fail_after(10):
+                while not faults:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert faults == [(threading.main_thread().name, 1, "ZeroDivisionError")]
+    assert sup.links[1].end == "cut off after an internal error"
