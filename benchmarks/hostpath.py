@@ -3,14 +3,16 @@
     .venv/bin/python benchmarks/hostpath.py log 20000       # or: file
     .venv/bin/python benchmarks/hostpath.py log 20000 --profile 40
 
-The real Supervisor's lane task (`_lane_events`), router, host layer and
+The real Supervisor's lane host worker (`_lane_host`; with
+WSUPER_HOST_WORKER=0 the lane task, `_lane_events`), router, host layer and
 output, on the real fast lane, inside trio; the compartment is a small child
 process on the other end of the socket that sends the same call (`Log.write`
 of one character, or a 4 KiB `File.read`, as benchmarks/suite.py's
 compartment_call does) and waits for each answer.  Prints the child's
-round trip (p50, mean) and the CPU the supervisor's trio thread spent per
-call (RUSAGE_THREAD): what a host call costs the supervisor's main thread,
-with no wasm and no engine message loop around it.  `--profile N`: cProfile
+round trip (p50, mean) and the CPU the supervisor's trio thread and its
+lane host worker spent per call (RUSAGE_THREAD, /proc/self/task): what a
+host call costs the supervisor, with no wasm and no engine message loop
+around it.  `--profile N`: cProfile
 of the trio thread, the N functions with most time of their own.
 
 The Supervisor object is built by hand (Supervisor.__new__) with what this
