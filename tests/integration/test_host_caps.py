@@ -1,4 +1,6 @@
 """Clock and Random are capabilities: a guest reads them only through its grants."""
+import pytest
+
 from capnp_schemas.hosted import BY_KIND
 
 CLOCK_ID, RANDOM_ID = BY_KIND["clock"].id, BY_KIND["random"].id
@@ -6,7 +8,11 @@ from tests.conftest import run_wsuper
 from tests.integration.guests import program
 
 
-def test_a_guest_reads_the_clock_and_random_bytes_through_its_grants(tmp_path):
+@pytest.mark.parametrize("worker", ["1", "0"], ids=["host-worker", "trio-task"])
+def test_a_guest_reads_the_clock_and_random_bytes_through_its_grants(tmp_path, monkeypatch,
+                                                                     worker):
+    # the same through the lane's host worker and through the trio task it replaced
+    monkeypatch.setenv("WSUPER_HOST_WORKER", worker)
     (tmp_path / "app.wat").write_text(program(f"""
     (local.set $h (call $lookup (i32.const 200) (i32.const 5)))
     (drop (call $call0 (local.get $h) (i64.const {CLOCK_ID}) (i32.const 1)))
