@@ -610,6 +610,9 @@ class Supervisor:
         between a host call and its answer.  This task owns it: it ends the thread
         when the supervisor stops, and raises what the worker could not handle."""
         turns = self._turns = Turns()
+        turns.on_fault = self._owed_fault
+        turns.waiting = self.lane.any_ready
+        turns.on_stuck = lambda: self._take_in_trio(self.lane.ready())
         turns.install()
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
         worker = threading.Thread(target=self._lane_worker, args=(turns, stop_r),
@@ -632,54 +635,64 @@ class Supervisor:
         poller = select.poll()
         poller.register(self.lane.event_fd, select.POLLIN)
         poller.register(stop, select.POLLIN)
-        ready: list = []
         while True:
-            if not ready and any(fd == stop for fd, _ in poller.poll()):
+            if any(fd == stop for fd, _ in poller.poll()):
                 return
             if not turns.enter():
                 return
             try:
-                ready = self._lane_turn(turns, ready)
+                self._lane_turn(turns)
             except BaseException as e:  # noqa: BLE001 - raised in trio's thread, by _lane_host
                 turns.owe(_reraise, e, stop=True)
                 return
             finally:
                 turns.leave()
 
-    def _lane_turn(self, turns: Turns, ready: list) -> list:
+    def _lane_turn(self, turns: Turns):
         """One turn of the worker (holding `turns`): what one batch of _lane_events
-        does, for at most TURN; returns the peers whose items it has not taken yet.
-        Once something is owed that later work must follow (`turns.stopped`), the
-        peers still to handle are woken to their own tasks, in trio, after it."""
+        does, for at most TURN.  The peers it has not come to by then, or once
+        something is owed that later work must follow (`turns.stopped`), are
+        woken to their own tasks, which take their items in trio, after it."""
         turn = time.perf_counter()
-        if not ready:
-            ready = self.lane.ready()
+        ready = self.lane.ready()
         while ready:
             paused = self.audit is not None and not self.audit.room.is_set()
             for i, pid in enumerate(ready):
                 if turns.stopped:
                     turns.owe(self._take_in_trio, ready[i:])
-                    return []
+                    return
                 if time.perf_counter() > turn + TURN:
-                    return ready[i:]            # trio's turn first, if it wants one
+                    turns.owe(self._take_in_trio, ready[i:])   # their own tasks go on
+                    return
                 link = self.links.get(pid)
                 if link is None or not link.native:
                     continue
                 if link.busy or paused or link.end is not _OPEN:
                     self._set(link.wake)        # its own task carries on
                     continue
-                rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
-                if rest:
-                    link.pending, link.busy = rest, True
-                    self._set(link.wake)
-                elif rest is not None:
-                    self._in_order(self.lane.release, pid)
-            if self.audit is not None:
+                turns.blame = pid               # what is owed from here on is pid's
+                try:
+                    rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
+                    if rest:
+                        link.pending, link.busy = rest, True
+                        self._set(link.wake)
+                    elif rest is not None:
+                        self._in_order(self.lane.release, pid)
+                finally:
+                    turns.blame = None
+            if self.audit is not None and not turns.stopped:
                 self._perform(self.router.native_tick(self._audit_room()))
             if turns.stopped or time.perf_counter() > turn + TURN or not self.lane.any_ready():
-                return []
+                return
             ready = self.lane.ready()
-        return []
+
+    def _owed_fault(self, pid: int, e: Exception):
+        """What the worker owed for pid's input raised in trio's thread: that peer is
+        cut off, as when _feed's own call raises."""
+        link = self.links.get(pid)
+        self._fault(pid, e)
+        if link is not None and link.native:
+            link.finish("cut off after an internal error")
 
     def _take_in_trio(self, pids: list):
         """Peers the worker left when it stopped: each one's own task takes its items

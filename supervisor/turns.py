@@ -36,6 +36,11 @@ import threading
 import trio
 
 
+#: How long trio's thread waits, at most, for a worker that wants the lock to
+#: take it (it wakes within microseconds; the bound is for a stalled thread)
+HANDOFF_WAIT = 0.005
+
+
 def _nothing():
     pass
 
@@ -49,7 +54,15 @@ class Turns(trio.abc.Instrument):
         self._lock.acquire()                # trio's thread: it is running now
         self._token = trio.lowlevel.current_trio_token()
         self._waiter: threading.Event | None = None
+        self._handed: threading.Event | None = None
         self.trio_wants = False             # trio's thread waits for the lock
+        self.worker_wants = False           # the worker waits for the lock
+        self.worker_turns = 0               # turns the worker has taken
+        self.blame = None                   # what owed work is for (see pay)
+        self.on_fault = None                # blame, exception -> None (see pay)
+        self.waiting = None                 # () -> whether work waits for the worker
+        self.on_stuck = None                # trio's thread does that work (see below)
+        self._stuck_at = -1
         self.turn = 0                       # trio's turns so far (each ends at an I/O wait)
         self.owed: list = []                # (fn, args): for trio's thread, in order
         self.stopped = False                # something owed that later work must follow
@@ -72,28 +85,74 @@ class Turns(trio.abc.Instrument):
             waiter.set()
 
     def after_io_wait(self, timeout):
+        if self.worker_wants:
+            # The worker waits for the lock: let it have its turn first.  Without
+            # this, a trio that always has a task to run (a flood on a peer's own
+            # task) takes the lock back within a microsecond of letting go, long
+            # before the worker's thread wakes, and the worker waits for seconds.
+            turns = self.worker_turns
+            handed = self._handed = threading.Event()
+            if self.worker_wants and self.worker_turns == turns:
+                handed.wait(HANDOFF_WAIT)
+            self._handed = None
         if not self._lock.acquire(False):
             self.trio_wants = True
             self._lock.acquire()
             self.trio_wants = False
         if self.owed:
             self.pay()
+        # A trio that always has a task to run lets go of the GIL only for moments
+        # (an epoll that does not wait, a send): CPython may then not hand the
+        # worker the GIL for a long time, and work would wait for it.  When work
+        # waited through two of trio's busy rounds without a turn of the worker's,
+        # trio's thread takes it over (`on_stuck`), as the lane task did.
+        if timeout == 0 and self.waiting is not None and self.waiting():
+            if self._stuck_at == self.worker_turns:
+                self._stuck_at = -1
+                try:
+                    self.on_stuck()
+                except BaseException as e:  # noqa: BLE001 - handed to the watching task
+                    self._fail(e)
+            else:
+                self._stuck_at = self.worker_turns
+        else:
+            self._stuck_at = -1
 
     def pay(self):
         """Run what the worker owes, in order (trio's thread, holding the lock).
-        Whatever raises ends the supervisor, as it would have in the lane task:
-        `failed` wakes the task that watches the worker, which raises `error`."""
+        Work owed while handling one peer's input (`blame`, set by the worker)
+        that raises is that peer's fault, as in the lane task: `on_fault(blame,
+        e)`, and the rest owed for that input is dropped (as the rest of a
+        `_perform` that raised was).  Anything else that raises ends the
+        supervisor: `failed` wakes the task that watches the worker, which
+        raises `error`."""
         owed, self.owed = self.owed, []
         self.stopped = False
-        for fn, args in owed:
+        faulted = []
+        for fn, args, blame in owed:
+            if blame is not None and blame in faulted:
+                continue
             try:
                 fn(*args)
+            except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                if blame is None or self.on_fault is None:
+                    self._fail(e)
+                    return
+                faulted.append(blame)
+                try:
+                    self.on_fault(blame, e)
+                except BaseException as e2:  # noqa: BLE001 - handed to the watching task
+                    self._fail(e2)
+                    return
             except BaseException as e:  # noqa: BLE001 - handed to the watching task
-                if self.error is None:
-                    self.error = e
-                self.closed = True
-                self.failed.set()
+                self._fail(e)
                 return
+
+    def _fail(self, e: BaseException):
+        if self.error is None:
+            self.error = e
+        self.closed = True
+        self.failed.set()
 
     def close(self):
         """Trio's thread, in a task (holding the lock): no more turns for the worker;
@@ -126,7 +185,13 @@ class Turns(trio.abc.Instrument):
                 if (self.trio_wants or self.owed) and self.turn == turn and not self.closed:
                     waiter.wait()
                 self._waiter = None
+            self.worker_wants = True
             self._lock.acquire()
+            self.worker_wants = False
+            self.worker_turns += 1
+            handed = self._handed
+            if handed is not None:
+                handed.set()
             if self.closed or self.owed:    # trio's thread has not paid yet: its turn first
                 self._lock.release()
                 continue
@@ -146,6 +211,6 @@ class Turns(trio.abc.Instrument):
 
     def owe(self, fn, *args, stop: bool = False):
         """For trio's thread, in order, before its next task (see the module)."""
-        self.owed.append((fn, args))
+        self.owed.append((fn, args, self.blame))
         if stop:
             self.stopped = True

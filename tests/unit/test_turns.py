@@ -272,3 +272,102 @@ def test_a_fault_in_the_worker_cuts_off_that_peer_only():
     trio.run(main)
     assert faults == [(threading.main_thread().name, 1, "ZeroDivisionError")]
     assert sup.links[1].end == "cut off after an internal error"
+
+
+def test_what_the_worker_owes_that_fails_cuts_off_that_peer_only():
+    """An effect the worker hands to trio's thread (here Started) raises there: that
+    peer is cut off, as when the lane task ran it, and the supervisor goes on."""
+    lane = _Lane()
+    sup = _supervisor(lane, {b"s": [fx.Started("x", False, 7), fx.Send(1, b"after")]})
+    sup._peer_of = {"x": 7}
+
+    def broken(e):
+        raise KeyError("a bug in a lifecycle handler")
+    sup._on_started = broken
+    faults = []
+    sup._fault = lambda pid, e: faults.append((pid, type(e).__name__))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(sup._lane_host)
+            await trio.sleep(0.01)
+            lane.put(b"s")
+            with trio.fail_after(10):
+                while not faults:
+                    await trio.sleep(0.001)
+            await trio.sleep(0.05)
+            assert not sup._turns.closed        # the worker goes on; trio.run ends well
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert faults == [(1, "KeyError")]
+    assert sup.links[1].end == "cut off after an internal error"
+    assert b"after" not in [d for _, d in lane.written]   # the rest of that input: dropped
+
+
+class _FloodLane(_Lane):
+    """Peer 1 floods (50 items at every take, for as long as `flood`); peer 2's
+    items are put by the test."""
+
+    def __init__(self):
+        super().__init__()
+        self.flood = True
+        self.theirs: list = []
+        self.floods = 0                       # batches peer 1 was given
+
+    def put2(self, item):
+        self.theirs.append(item)
+        self._w.send(b"!")
+
+    def ready(self):
+        try:
+            self._r.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        return [1] * self.flood + [2] * bool(self.theirs)
+
+    def any_ready(self):
+        return bool(self.theirs)
+
+    def take(self, pid):
+        if pid == 1:
+            self.floods += self.flood
+            return [b"f"] * 50 if self.flood else []
+        items, self.theirs = self.theirs, []
+        return items
+
+
+def test_a_flood_on_one_peers_task_does_not_hold_up_another_peers_call():
+    """Peer 1 floods: its own task works in trio a TURN at a time, so trio never waits
+    for I/O, and the worker may not get the GIL for long.  Peer 2's call is still
+    answered within a few of peer 1's batches (trio's thread takes over work that
+    waited through two of its busy rounds; before, it waited hundreds of them)."""
+    lane, waited = _FloodLane(), []
+
+    def receive(pid, chunk):
+        end = time.perf_counter() + 0.0001         # some router work per message
+        while time.perf_counter() < end:
+            pass
+        return [fx.Send(pid, chunk)] if pid == 2 else []
+    sup = _supervisor(lane, {})
+    sup.router.receive = receive
+    sup.router.native_tick = lambda room: []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(sup._lane_host)
+            for pid in (1, 2):
+                nursery.start_soon(sup._pump_native, pid, sup.links[pid])
+            lane._w.send(b"!")                      # the flood starts
+            await trio.sleep(0.3)
+            floods = lane.floods
+            lane.put2(b"call")
+            with trio.fail_after(60):
+                while b"call" not in [d for _, d in lane.written]:
+                    await trio.sleep(0.001)
+            waited.append(lane.floods - floods)
+            lane.flood = False
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert waited[0] <= 20, waited
