@@ -169,11 +169,14 @@ class _Lane:
         self.items.extend(items)
         self._w.send(b"!")
 
-    def ready(self):
+    def _reset(self):
         try:
             self._r.recv(64, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
+
+    def ready(self):
+        self._reset()
         return [1] if self.items else []
 
     def any_ready(self):
@@ -251,10 +254,9 @@ def test_the_worker_keeps_the_order_of_effects_it_hands_to_trio():
     assert sup.links[1].pending == [] and not sup.links[1].busy and lane.released == 1
 
 
-def test_a_fault_in_the_worker_cuts_off_that_peer_only():
-    lane = _Lane()
-    sup = _supervisor(lane, {b"ok": [fx.Send(1, b"fine")]})
-    sup.router.receive = lambda pid, chunk: 1 / 0 if chunk == b"bad" else [fx.Send(pid, chunk)]
+def _faults_from(sup, lane, item) -> list:
+    """Run the host worker, give it `item` from peer 1, and return the faults the
+    supervisor saw (thread, peer, exception); the worker must go on after them."""
     faults = []
     sup._fault = lambda pid, e: faults.append((threading.current_thread().name, pid,
                                                type(e).__name__))
@@ -264,12 +266,22 @@ def test_a_fault_in_the_worker_cuts_off_that_peer_only():
             sup.nursery = nursery
             nursery.start_soon(sup._lane_host)
             await trio.sleep(0.01)
-            lane.put(b"bad")
+            lane.put(item)
             with trio.fail_after(10):
                 while not faults:
                     await trio.sleep(0.001)
+            await trio.sleep(0.05)
+            assert not sup._turns.closed        # the worker goes on; trio.run ends well
             nursery.cancel_scope.cancel()
     trio.run(main)
+    return faults
+
+
+def test_a_fault_in_the_worker_cuts_off_that_peer_only():
+    lane = _Lane()
+    sup = _supervisor(lane, {b"ok": [fx.Send(1, b"fine")]})
+    sup.router.receive = lambda pid, chunk: 1 / 0 if chunk == b"bad" else [fx.Send(pid, chunk)]
+    faults = _faults_from(sup, lane, b"bad")
     assert faults == [(threading.main_thread().name, 1, "ZeroDivisionError")]
     assert sup.links[1].end == "cut off after an internal error"
 
@@ -284,23 +296,8 @@ def test_what_the_worker_owes_that_fails_cuts_off_that_peer_only():
     def broken(e):
         raise KeyError("a bug in a lifecycle handler")
     sup._on_started = broken
-    faults = []
-    sup._fault = lambda pid, e: faults.append((pid, type(e).__name__))
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            sup.nursery = nursery
-            nursery.start_soon(sup._lane_host)
-            await trio.sleep(0.01)
-            lane.put(b"s")
-            with trio.fail_after(10):
-                while not faults:
-                    await trio.sleep(0.001)
-            await trio.sleep(0.05)
-            assert not sup._turns.closed        # the worker goes on; trio.run ends well
-            nursery.cancel_scope.cancel()
-    trio.run(main)
-    assert faults == [(1, "KeyError")]
+    faults = _faults_from(sup, lane, b"s")
+    assert faults == [(threading.main_thread().name, 1, "KeyError")]
     assert sup.links[1].end == "cut off after an internal error"
     assert b"after" not in [d for _, d in lane.written]   # the rest of that input: dropped
 
@@ -320,10 +317,7 @@ class _FloodLane(_Lane):
         self._w.send(b"!")
 
     def ready(self):
-        try:
-            self._r.recv(64, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pass
+        self._reset()
         return [1] * self.flood + [2] * bool(self.theirs)
 
     def any_ready(self):
