@@ -574,22 +574,7 @@ class Supervisor:
             paused = self.audit is not None and not self.audit.room.is_set()
             woke = False
             for pid in ready:
-                link = self.links.get(pid)
-                if link is None or not link.native:
-                    continue
-                if link.busy or paused or link.end is not _OPEN:
-                    link.wake.set()             # its own task carries on
-                    woke = True
-                    continue
-                rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
-                if rest:
-                    link.pending, link.busy = rest, True
-                    link.wake.set()
-                    woke = True
-                elif rest is not None:
-                    self.lane.release(pid)
-                else:
-                    woke = True                 # its stream ended: its task returns
+                woke = self._hand_over(pid, paused, turn + TURN) or woke
                 if time.perf_counter() > turn + TURN:
                     await trio.lowlevel.checkpoint()
                     turn = time.perf_counter()
@@ -664,20 +649,9 @@ class Supervisor:
                 if time.perf_counter() > turn + TURN:
                     turns.owe(self._take_in_trio, ready[i:])   # their own tasks go on
                     return
-                link = self.links.get(pid)
-                if link is None or not link.native:
-                    continue
-                if link.busy or paused or link.end is not _OPEN:
-                    self._set(link.wake)        # its own task carries on
-                    continue
                 turns.blame = pid               # what is owed from here on is pid's
                 try:
-                    rest = self._feed(pid, link, self.lane.take(pid), turn + TURN)
-                    if rest:
-                        link.pending, link.busy = rest, True
-                        self._set(link.wake)
-                    elif rest is not None:
-                        self._in_order(self.lane.release, pid)
+                    self._hand_over(pid, paused, turn + TURN)
                 finally:
                     turns.blame = None
             if self.audit is not None and not turns.stopped:
@@ -685,6 +659,27 @@ class Supervisor:
             if turns.stopped or time.perf_counter() > turn + TURN or not self.lane.any_ready():
                 return
             ready = self.lane.ready()
+
+    def _hand_over(self, pid: int, paused: bool, until: float) -> bool:
+        """A peer the lane named ready (from either thread): hand the router what it
+        queued until `until`; what is left, or everything while it is busy or the
+        audit is full (`paused`), goes to its own task.  True if that task was
+        woken (or its stream ended: it returns)."""
+        link = self.links.get(pid)
+        if link is None or not link.native:
+            return False
+        if link.busy or paused or link.end is not _OPEN:
+            self._set(link.wake)                # its own task carries on
+            return True
+        rest = self._feed(pid, link, self.lane.take(pid), until)
+        if rest:
+            link.pending, link.busy = rest, True
+            self._set(link.wake)
+            return True
+        if rest is not None:
+            self._in_order(self.lane.release, pid)
+            return False
+        return True                             # its stream ended: its task returns
 
     def _owed_fault(self, pid: int, e: Exception):
         """What the worker owed for pid's input raised in trio's thread: that peer is
