@@ -106,17 +106,19 @@ class Turns(trio.abc.Instrument):
         # worker the GIL for a long time, and work would wait for it.  When work
         # waited through two of trio's busy rounds without a turn of the worker's,
         # trio's thread takes it over (`on_stuck`), as the lane task did.
-        if timeout == 0 and self.waiting is not None and self.waiting():
-            if self._stuck_at == self.worker_turns:
-                self._stuck_at = -1
-                try:
+        # Nothing may raise out of a hook: trio would drop the instrument with the
+        # lock held, and the worker would wait for it for ever.
+        try:
+            if timeout == 0 and self.waiting is not None and self.waiting():
+                if self._stuck_at == self.worker_turns:
+                    self._stuck_at = -1
                     self.on_stuck()
-                except BaseException as e:  # noqa: BLE001 - handed to the watching task
-                    self._fail(e)
+                else:
+                    self._stuck_at = self.worker_turns
             else:
-                self._stuck_at = self.worker_turns
-        else:
-            self._stuck_at = -1
+                self._stuck_at = -1
+        except BaseException as e:  # noqa: BLE001 - handed to the watching task
+            self._fail(e)
 
     def pay(self):
         """Run what the worker owes, in order (trio's thread, holding the lock).

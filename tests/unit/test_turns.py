@@ -153,6 +153,31 @@ def test_after_close_or_a_failed_debt_the_worker_gets_no_more_turns():
     assert trio.run(main) == [False]
 
 
+
+def test_an_error_in_trios_hook_fails_the_supervisor_and_never_strands_the_worker():
+    """Nothing raises out of an Instrument hook: trio would drop the instrument with
+    the lock held, and the worker would wait for it for ever."""
+    async def main():
+        turns = Turns()
+        turns.install()
+        turns.on_stuck = lambda: None
+
+        def waiting():
+            raise RuntimeError("a bug in the lane's check")
+        turns.waiting = waiting
+        with trio.fail_after(10):
+            while not turns.failed.is_set():
+                await trio.sleep(0)     # a busy round: the hook asks `waiting`
+        assert isinstance(turns.error, RuntimeError)
+        outcome = []
+        t = threading.Thread(target=lambda: outcome.append(turns.enter()), daemon=True)
+        t.start()
+        await trio.to_thread.run_sync(t.join, 10)
+        assert not t.is_alive(), "the worker waits for a lock nobody will let go"
+        turns.close()
+        return outcome
+    assert trio.run(main) == [False]
+
 # ---------------------------------------------------------------- the supervisor's worker
 
 class _Lane:
