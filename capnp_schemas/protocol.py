@@ -58,9 +58,11 @@ class ProtocolError(Exception):
 
 
 # ------------------------------------------------------------------ values
+# Values: never changed once made.  The ones made on every call (Content, Payload,
+# CallReceived, ReturnReceived) are not frozen only for speed (see effects.py).
 
 
-@attrs.frozen
+@attrs.define
 class Content:
     """Payload content: a pointer inside some message's segments.
 
@@ -154,7 +156,7 @@ class PromisedAnswer:
     error: str | None = None
 
 
-@attrs.frozen
+@attrs.define
 class Payload:
     content: Content
     caps: tuple  # of None | Imported | Exported | PromisedAnswer
@@ -168,7 +170,7 @@ class BootstrapRequested:
     answer_id: int
 
 
-@attrs.frozen
+@attrs.define
 class CallReceived:
     answer_id: int
     target: object            # an exported object, or a PromisedAnswer
@@ -177,7 +179,7 @@ class CallReceived:
     payload: Payload
 
 
-@attrs.frozen
+@attrs.define
 class ReturnReceived:
     question_id: int
     payload: Payload | None   # None when the call failed

@@ -80,7 +80,7 @@ class Wrapped(Cap):
         return f"Wrapped({self.label})"
 
 
-@attrs.frozen
+@attrs.define
 class Call:
     """A call on its way: what is called, with what, and where the answer goes."""
     interface_id: int

@@ -2,13 +2,18 @@
 
 The router (router.py) never performs I/O: each of its entry points returns a
 list of these effects, in order, and the runtime (runtime.py) performs them.
+
+Effects are values: nobody changes one once made.  Those made on every call
+(`Send`, `HostCall`, `Audit`) are plain slotted classes, not frozen ones, only
+because a frozen attrs class sets each field through a method call (~45 ns a
+field; docs/performance.md, "Host calls, fourth pass").
 """
 from __future__ import annotations
 
 import attrs
 
 
-@attrs.frozen
+@attrs.define
 class Send:
     """Write these bytes (one or more framed messages) to the peer."""
     peer: int
@@ -65,13 +70,13 @@ class Denied:
     caller: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Audit:
     """One capability call, for the audit log."""
     record: dict
 
 
-@attrs.frozen
+@attrs.define
 class HostCall:
     """Serve a call on a host object (hostcaps.py), then report back with
     `Router.host_returned(token, ...)` or `Router.host_failed(token, ...)`.

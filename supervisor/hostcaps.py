@@ -41,13 +41,13 @@ IO_DEADLINE = 10.0           # seconds a file operation may take before its call
 RESULT_HEADROOM = 1024       # bytes of a result's own structure beside its data
 
 
-@attrs.frozen
+@attrs.define
 class LogLine:
     compartment: str
     text: str
 
 
-@attrs.frozen
+@attrs.define
 class Answer:
     """The call returns `content`; `objects`: (kind, served) of the capabilities in it."""
     content: object
