@@ -138,6 +138,9 @@ async def _setup(kind: str, d: str, nursery):
                  limits.in_flight, False)
     sup.router.lane_peer(pid)
     sup.links[pid] = runtime._NativeLink(sup.lane, pid, limits)
+    # the peer's own task, as in wsuper up: what the lane's host worker leaves (a
+    # TURN ran out, or trio's thread took the work over) goes to it
+    nursery.start_soon(sup._pump_native, pid, sup.links[pid])
     conn, grants = P.Connection("app"), {}
 
     def send(data):
