@@ -40,13 +40,33 @@ GRANT_TARGETS = ("compartment", "host")
 SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
 
+#: characters of one key (a part of a dotted path) an error shows; a longer one is cut
+SHOWN_KEY = 64
+#: characters of a whole error line (a backstop: keys and values are cut before)
+SHOWN_ERROR = 2000
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class PolicyError(Exception):
-    """A system file that cannot be run.  str() is one line: file:line: key: reason."""
+    """A system file that cannot be run.  str() is one line: file:line: key: reason.
+
+    Keys come from the file, which may be hostile (a key of megabytes): each part
+    of `key` longer than SHOWN_KEY is cut, wherever it appears in the line, and the
+    line itself is cut at SHOWN_ERROR.  The attributes keep the whole text."""
 
     def __init__(self, path: str, key: str, reason: str, line: int | None = None):
         self.path, self.key, self.reason, self.line = path, key, reason, line
         where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        text = f"{where}: {key}: {reason}" if key else f"{where}: {reason}"
+        for part in sorted({p for p in key.split(".") if len(p) > SHOWN_KEY},
+                           key=len, reverse=True):
+            text = text.replace(part, _cut(part, SHOWN_KEY))
+        super().__init__(_cut(text, SHOWN_ERROR))
 
 
 @attrs.frozen

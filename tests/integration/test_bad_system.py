@@ -47,6 +47,31 @@ def test_bad_system_file_is_refused_with_one_clear_line(tmp_path, name):
     assert key in err and reason in err
 
 
+LONG = "k" * 100_000
+
+
+@pytest.mark.parametrize("text, line, shown", [
+    (GOOD + f"{LONG} = 1\n", 7, "compartments.calc." + "k" * 64 + "... (100000 characters)"),
+    (f"[compartments.{LONG}]\nmodule = 'x.wat'\n", 1, "compartments." + "k" * 64 + "..."),
+    (GOOD + f"[compartments.calc.grants.{LONG}]\ncompartment = 'calc'\n", 7,
+     "compartments.calc.grants." + "k" * 64 + "..."),
+    # escaped (its line is its table's: the key as written is not the key as read)
+    (GOOD + f'"{LONG}\\n\\u001b\'\\\\" = 1\n', 4, "compartments.calc.kkk"),
+    (GOOD.replace(CALC, "/" + LONG), 5, "compartments.calc.module: '/kkk"),
+])
+def test_an_error_shows_a_hostile_key_or_value_cut_short_on_one_line(tmp_path, text, line,
+                                                                     shown):
+    """Keys and values come from the file: one of 100,000 characters is named, cut,
+    never echoed whole (an error line is at most ~2,000 characters)."""
+    path = tmp_path / "system.toml"
+    path.write_text(text)
+    r = run_wsuper("check", str(path))
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 2200, err[:300]
+    assert err.startswith(f"wsuper: error: {path}:{line}: {shown}"), err[:300]
+
+
 def test_module_importing_anything_else_is_refused_naming_the_import(tmp_path):
     (tmp_path / "m.wat").write_text(
         '(module (import "env" "open" (func (param i32) (result i32))) '
