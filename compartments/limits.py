@@ -14,7 +14,7 @@ import attrs
 @attrs.frozen
 class Limits:
     memory: int = 64 << 20              # bytes of linear memory
-    table_elements: int = 10_000        # elements across the module's tables
+    table_elements: int = 10_000        # elements of each of the module's tables
     fuel_per_call: int = 1_000_000_000  # wasm fuel (about instructions) per incoming call
     handles: int = 1024                 # capabilities the compartment may hold
     in_flight: int = 64                 # calls from it the supervisor holds unanswered

@@ -319,6 +319,44 @@ def facts(data: bytes) -> Facts:
                  declared_problem, bulk)
 
 
+def table_minimums(data: bytes) -> tuple[int, ...]:
+    """The initial size (elements) of each table of the module: imported ones first,
+    then its own, in index order.  Raises BinaryError or Unsupported as `facts`."""
+    mins = []
+    for s in sections(data):
+        r = _Reader(data, s.start, s.end)
+        if s.id == _IMPORT:
+            for _ in range(r.count(4)):
+                r.name()
+                r.name()
+                kind = r.byte()
+                if kind == 0x00:
+                    r.uleb()
+                elif kind == 0x01:
+                    _valtype(r)
+                    mins.append(_limits(r)[1])
+                elif kind == 0x02:
+                    _limits(r)
+                elif kind == 0x03:
+                    _valtype(r)
+                    r.byte()
+                elif kind == 0x04:
+                    r.byte()
+                    r.uleb()
+                else:
+                    raise Unsupported(f"import kind {kind:#x}")
+        elif s.id == _TABLE:
+            for _ in range(r.count(2)):
+                init = data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
+                if init:
+                    r.skip(2)
+                _valtype(r)
+                mins.append(_limits(r)[1])
+                if init:
+                    _skip_expr(r)
+    return tuple(mins)
+
+
 def _const_i32(r: _Reader) -> int | None:
     """An offset expression: its value if it is `i32.const N; end`, else None (the
     expression is skipped)."""

@@ -14,7 +14,7 @@ import wasmtime
 import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
-from compartments import abi, protect
+from compartments import abi, protect, wasmbin
 from compartments.wasm import describe_imports, engine_config
 
 from .policy import PolicyError, System, _Where
@@ -72,15 +72,16 @@ def prepare(system: System) -> Plan:
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
-            module = _compile(where, f"{key}.module", engine, comp.module)
+            module, binary = _compile(where, f"{key}.module", engine, comp.module)
             imports = list(describe_imports(module))
             memory = next((e.type.limits.min for e in module.exports
                            if e.name == abi.EXPORT_MEMORY
                            and isinstance(e.type, wasmtime.MemoryType)), 0)
             checked[comp.module] = (abi.check_imports(imports),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
-                                    {e.name for e in module.exports}, memory)
-        problem, is_wasi, exported, pages = checked[comp.module]
+                                    {e.name for e in module.exports}, memory,
+                                    _tables(binary))
+        problem, is_wasi, exported, pages, tables = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
         if pages * 65536 > comp.limits.memory:
@@ -88,6 +89,12 @@ def prepare(system: System) -> Plan:
                               f"{comp.module}'s memory starts at {pages} pages "
                               f"({pages * 65536} bytes), more than the limit of "
                               f"{comp.limits.memory} bytes")
+        for i, elements in enumerate(tables):
+            if elements > comp.limits.table_elements:
+                raise where.error(f"{key}.limits.table_elements",
+                                  f"{comp.module}'s table {i} starts at {elements} elements, "
+                                  f"more than the limit of {comp.limits.table_elements} "
+                                  f"(each table)")
         if is_wasi:
             _check_wasi_grants(where, key, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
@@ -114,9 +121,19 @@ def prepare(system: System) -> Plan:
     return Plan(system, interfaces, main, names, ifaces)
 
 
-def _compile(where, key, engine, path) -> wasmtime.Module:
+def _tables(binary: bytes) -> tuple[int, ...]:
+    """Each table's initial size; none known if the module cannot be walked here
+    (wasmtime has validated it: the engine's own limit still holds at start)."""
+    try:
+        return wasmbin.table_minimums(binary)
+    except ValueError:                   # BinaryError, Unsupported
+        return ()
+
+
+def _compile(where, key, engine, path) -> tuple[wasmtime.Module, bytes]:
     """Compile a module file, with an error that says what the file is when it is not
-    WebAssembly (a .wasm is binary; a .wat is UTF-8 text)."""
+    WebAssembly (a .wasm is binary; a .wat is UTF-8 text).  Returns the module and
+    its binary (a .wat's, made from its text)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -134,7 +151,8 @@ def _compile(where, key, engine, path) -> wasmtime.Module:
     else:
         source = data
     try:
-        return wasmtime.Module(engine, source)
+        module = wasmtime.Module(engine, source)
+        return module, source if isinstance(source, bytes) else bytes(wasmtime.wat2wasm(source))
     except wasmtime.WasmtimeError as e:
         raise where.error(key, f"{path} is not a valid wasm module: {_why_invalid(e)}") \
             from None

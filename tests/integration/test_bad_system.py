@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from tests.conftest import EXAMPLES, run_wsuper
 
@@ -101,10 +102,11 @@ def test_a_bad_path_in_a_policy_file_is_reported_in_that_file(tmp_path):
 
 
 def test_an_engine_that_cannot_start_names_why(tmp_path):
-    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 1) (table 100 funcref) '
-                                      '(func (export "_start")))')
-    (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\nrestart = "never"\n'
-                                          '[compartments.big.limits]\ntable_elements = 10\n')
+    # its start function traps: only running it can tell
+    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 1) (func $f unreachable) '
+                                      '(start $f) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\n'
+                                          'restart = "never"\n')
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 1
     assert ("wsuper: compartment big failed to start: engine exited with code 3: error: cannot "
@@ -122,6 +124,29 @@ def test_a_memory_limit_below_the_modules_own_minimum_is_refused_before_start(tm
             f"wsuper: error: {tmp_path}/system.toml:4: compartments.big.limits.memory: "
             f"{tmp_path}/big.wat's memory starts at 32 pages (2097152 bytes), more than the "
             f"limit of 1048576 bytes")
+
+
+def test_a_table_larger_than_its_limit_is_refused_before_start(tmp_path):
+    """Each table counts (wasmtime's limit is per table), its own or one it does not
+    export; a .wasm and a .wat alike."""
+    wat = ('(module (memory (export "memory") 1) (table 3000 funcref) (table 6000 funcref)'
+           ' (func (export "_start")))')
+    (tmp_path / "t.wat").write_text(wat)
+    (tmp_path / "t.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    for module in ("t.wat", "t.wasm"):
+        (tmp_path / "system.toml").write_text(f'[compartments.t]\nmodule = "{module}"\n'
+                                              '[compartments.t.limits]\n'
+                                              'table_elements = 5000\n')
+        for command in ("check", "up"):
+            r = run_wsuper(command, str(tmp_path / "system.toml"))
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.strip() == (
+                f"wsuper: error: {tmp_path}/system.toml:4: compartments.t.limits."
+                f"table_elements: {tmp_path}/{module}'s table 1 starts at 6000 elements, "
+                f"more than the limit of 5000 (each table)")
+    (tmp_path / "system.toml").write_text('[compartments.t]\nmodule = "t.wasm"\n'
+                                          '[compartments.t.limits]\ntable_elements = 6000\n')
+    assert run_wsuper("check", str(tmp_path / "system.toml")).returncode == 0
 
 
 @pytest.mark.parametrize("name,content,expected", [

@@ -273,11 +273,22 @@ def test_names_from_a_module_are_made_printable():
 def test_hostile_bytes_give_binary_error_or_unsupported_never_anything_else(junk, cut):
     base = _wasm(BULK) + _custom(b"wsuper.protect", b"\x01\x00\x00\x00")
     for data in (junk, wasmbin.MAGIC + junk, base[:cut] + junk, base[:cut]):
-        for fn in (wasmbin.facts, lambda d: wasmbin.add_bulk_checks(d, *REGIONS)):
+        for fn in (wasmbin.facts, wasmbin.table_minimums,
+                   lambda d: wasmbin.add_bulk_checks(d, *REGIONS)):
             try:
                 fn(data)
             except (BinaryError, Unsupported):
                 pass
+
+
+@pytest.mark.parametrize("wat, mins", [
+    ('(module (memory (export "memory") 1))', ()),
+    ('(module (import "a" "t" (table 5 funcref)) (table 9 20 funcref) (table i64 4 funcref))',
+     (5, 9, 4)),
+    ('(module (table 3 funcref (ref.null func)) (table 7 externref))', (3, 7)),  # initializer
+])
+def test_table_minimums_of_imported_and_own_tables_in_index_order(wat, mins):
+    assert wasmbin.table_minimums(_wasm(wat)) == mins
 
 
 def test_counts_larger_than_the_bytes_are_refused_before_any_loop():
