@@ -230,26 +230,10 @@ def facts(data: bytes) -> Facts:
     for s in secs:
         r = _Reader(data, s.start, s.end)
         if s.id == _IMPORT:
-            for _ in range(r.count(4)):
-                r.name()
-                r.name()
-                kind = r.byte()
-                if kind == 0x00:
-                    r.uleb()
-                elif kind == 0x01:
-                    _valtype(r)
-                    _limits(r)
-                elif kind == 0x02:
+            for kind, limits in _imports(r):
+                if kind == 0x02:
                     memory_imported = True
-                    memories.append(_limits(r))
-                elif kind == 0x03:
-                    _valtype(r)
-                    r.byte()
-                elif kind == 0x04:
-                    r.byte()
-                    r.uleb()
-                else:
-                    raise Unsupported(f"import kind {kind:#x}")
+                    memories.append(limits)
         elif s.id == _MEMORY:
             for _ in range(r.count()):
                 memories.append(_limits(r))
@@ -319,6 +303,32 @@ def facts(data: bytes) -> Facts:
                  declared_problem, bulk)
 
 
+def _imports(r: _Reader):
+    """The import section's entries: (kind, the limits of a table or memory, else
+    None)."""
+    for _ in range(r.count(4)):
+        r.name()
+        r.name()
+        kind = r.byte()
+        limits = None
+        if kind == 0x00:
+            r.uleb()
+        elif kind == 0x01:
+            _valtype(r)
+            limits = _limits(r)
+        elif kind == 0x02:
+            limits = _limits(r)
+        elif kind == 0x03:
+            _valtype(r)
+            r.byte()
+        elif kind == 0x04:
+            r.byte()
+            r.uleb()
+        else:
+            raise Unsupported(f"import kind {kind:#x}")
+        yield kind, limits
+
+
 def table_minimums(data: bytes) -> tuple[int, ...]:
     """The initial size (elements) of each table of the module: imported ones first,
     then its own, in index order.  Raises BinaryError or Unsupported as `facts`."""
@@ -326,25 +336,7 @@ def table_minimums(data: bytes) -> tuple[int, ...]:
     for s in sections(data):
         r = _Reader(data, s.start, s.end)
         if s.id == _IMPORT:
-            for _ in range(r.count(4)):
-                r.name()
-                r.name()
-                kind = r.byte()
-                if kind == 0x00:
-                    r.uleb()
-                elif kind == 0x01:
-                    _valtype(r)
-                    mins.append(_limits(r)[1])
-                elif kind == 0x02:
-                    _limits(r)
-                elif kind == 0x03:
-                    _valtype(r)
-                    r.byte()
-                elif kind == 0x04:
-                    r.byte()
-                    r.uleb()
-                else:
-                    raise Unsupported(f"import kind {kind:#x}")
+            mins.extend(limits[1] for kind, limits in _imports(r) if kind == 0x01)
         elif s.id == _TABLE:
             for _ in range(r.count(2)):
                 init = data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
@@ -706,26 +698,7 @@ def add_bulk_checks(data: bytes, no_access_end: int, read_only_start: int,
     n_funcs = 0
     if _IMPORT in by_id:
         ir = _Reader(data, by_id[_IMPORT].start, by_id[_IMPORT].end)
-        for _ in range(ir.count(4)):
-            ir.name()
-            ir.name()
-            kind = ir.byte()
-            if kind == 0x00:
-                n_funcs += 1
-                ir.uleb()
-            elif kind == 0x01:
-                _valtype(ir)
-                _limits(ir)
-            elif kind == 0x02:
-                _limits(ir)
-            elif kind == 0x03:
-                _valtype(ir)
-                ir.byte()
-            elif kind == 0x04:
-                ir.byte()
-                ir.uleb()
-            else:
-                raise Unsupported(f"import kind {kind:#x}")
+        n_funcs = sum(1 for kind, _limits_ in _imports(ir) if kind == 0x00)
     n_types = _count_types(data, by_id.get(_TYPE))
     f_count, f_entries = _vector(data, by_id.get(_FUNCTION))
     if len(bodies) != f_count:
