@@ -151,8 +151,8 @@ def _compile(where, key, engine, path) -> tuple[wasmtime.Module, bytes]:
     else:
         source = data
     try:
-        module = wasmtime.Module(engine, source)
-        return module, source if isinstance(source, bytes) else bytes(wasmtime.wat2wasm(source))
+        binary = source if isinstance(source, bytes) else bytes(wasmtime.wat2wasm(source))
+        return wasmtime.Module(engine, binary), binary
     except wasmtime.WasmtimeError as e:
         raise where.error(key, f"{path} is not a valid wasm module: {_why_invalid(e)}") \
             from None

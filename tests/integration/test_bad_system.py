@@ -155,6 +155,7 @@ def test_a_table_larger_than_its_limit_is_refused_before_start(tmp_path):
     ("m.wat", b"\x7fELF\x02\x01\x01\xff" + bytes(40), "is not WebAssembly text: it is not "
      "UTF-8 (byte 7) (it looks like an ELF executable)"),
     ("m.wasm", b"#!/bin/sh\necho hi\n", "(it looks like a script)"),
+    ("m.wat", b"", "is not a valid wasm module: expected at least one module field"),
 ])
 def test_a_module_that_is_not_wasm_says_what_it_is(tmp_path, name, content, expected):
     (tmp_path / name).write_bytes(content)
