@@ -17,6 +17,7 @@ Both the supervisor and the engine import this package; it imports neither.
 from __future__ import annotations
 
 import os
+import re
 
 import capnp
 
@@ -57,6 +58,100 @@ class SchemaError(Exception):
 
 _CHECKED: dict[tuple, None] = {}
 
+#: bytes of one schema file, or of a file a schema imports or embeds
+MAX_SCHEMA_BYTES = 16 << 20
+#: files in one schema's closure (it, and all it imports and embeds)
+MAX_SCHEMA_FILES = 1000
+
+# `import "x"` and `embed "x"`, outside comments; a string is "..." with \ escapes
+_REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\b(import|embed)\s*"((?:[^"\\\n]|\\.)*)"')
+
+
+def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None]]:
+    """Every file `path` (a schema) reads when it is parsed: [(file, the schema that
+    names it, line)], itself first.  A reference is `import "NAME"` or `embed
+    "NAME"`: relative to the naming file's directory, or, with a leading "/",
+    beneath each directory of `import_path` (the first that has it), as the
+    Cap'n Proto compiler resolves them.  Each file must be a regular file of at
+    most MAX_SCHEMA_BYTES (the parser would wait for ever on a FIFO and read
+    /dev/zero to the end): SchemaError names the one that is not, and where it
+    is named.  A name found nowhere is left to the parser, which says so."""
+    path = os.path.abspath(path)
+    out, seen, todo = [], set(), [(path, None, None)]
+    while todo:
+        file, by, line = todo.pop(0)
+        if os.path.realpath(file) in seen:
+            continue
+        seen.add(os.path.realpath(file))
+        if len(seen) > MAX_SCHEMA_FILES:
+            raise SchemaError(by, line, f"reads more than {MAX_SCHEMA_FILES} schema files")
+        text = _read_schema_file(file, by, line)
+        out.append((file, by, line))
+        at, counted = 1, 0
+        for m in _REFERENCE.finditer(text):
+            if m.group(1) is None:
+                continue
+            name = m.group(2)
+            at, counted = at + text.count("\n", counted, m.start()), m.start()
+            if "\\" in name or "\0" in name or not name:
+                raise SchemaError(file, at, f"{m.group(1)} {_shown(name)}: a file name "
+                                  f"with escapes is not supported")
+            if name.startswith("/"):
+                found = next((c for c in (os.path.normpath(os.path.join(d, name.lstrip("/")))
+                                          for d in import_path) if os.path.lexists(c)), None)
+            else:
+                found = os.path.normpath(os.path.join(os.path.dirname(file), name))
+            if found is None or not os.path.lexists(found):
+                continue                        # the parser's error names it
+            if m.group(1) == "import":
+                todo.append((found, file, at))
+            elif os.path.realpath(found) not in seen:
+                seen.add(os.path.realpath(found))
+                _read_schema_file(found, file, at, embedded=True)
+                out.append((found, file, at))
+    return out
+
+
+def _shown(name: str) -> str:
+    from .text import printable
+    return printable(name[:200])
+
+
+def _read_schema_file(file, by, line, embedded=False) -> str | None:
+    """A schema file's text (None if `embedded`: only its kind and size are checked);
+    SchemaError (at `by`:`line`, where it is named) if it is no regular file
+    of at most MAX_SCHEMA_BYTES, or cannot be read."""
+    import stat
+    what = "embeds" if embedded else "imports"
+    where = (by, line) if by else (file, None)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if by is None:
+            raise SchemaError(file, None, f"cannot read it: {e.strerror}") from None
+        raise SchemaError(*where, f"{what} {file}, which cannot be read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file" \
+            if not stat.S_ISFIFO(st.st_mode) else "is a FIFO, not a regular file"
+        if problem is None and st.st_size > MAX_SCHEMA_BYTES:
+            problem = f"has {st.st_size:,} bytes, more than {MAX_SCHEMA_BYTES:,}"
+        if problem:
+            raise SchemaError(*where, f"{file} {problem}" if by is None
+                              else f"{what} {file}, which {problem}")
+        if embedded:
+            return None
+        data = b""
+        while len(data) <= MAX_SCHEMA_BYTES and (chunk := os.read(fd, 1 << 20)):
+            data += chunk
+        if len(data) > MAX_SCHEMA_BYTES:
+            raise SchemaError(*where, f"{file} grew past {MAX_SCHEMA_BYTES:,} bytes")
+        return data.decode("utf-8", "replace")
+    except OSError as e:
+        raise SchemaError(*where, f"cannot read {file}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
 #: Where a schema is parsed before it is loaded here: `parse_elsewhere(path,
 #: imports, before)` -> (exit code, what the parser printed) of a process that
 #: parsed the files `before` ([path, import path] pairs, as LOADED) and then it,
@@ -64,6 +159,11 @@ _CHECKED: dict[tuple, None] = {}
 #: which parses it in a child of its own (supervisor/launch.py): ~5 ms, against
 #: ~100 ms for a new interpreter.
 parse_elsewhere = None
+
+
+def import_path(path: str, extra_imports=()) -> list[str]:
+    """Where an absolute import in the schema file `path` is looked for."""
+    return [os.path.dirname(os.path.abspath(path)), *extra_imports, *IMPORT_PATH]
 
 
 def load(path: str, extra_imports=()):
@@ -76,7 +176,8 @@ def load(path: str, extra_imports=()):
     file and line.  Once a file (with its size and time, after the same files)
     has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
-    imports = [os.path.dirname(path), *extra_imports, *IMPORT_PATH]
+    imports = import_path(path, extra_imports)
+    closure(path, imports)          # no FIFO, device or huge file among what it reads
     try:
         st = os.stat(path)
     except OSError as e:
@@ -131,11 +232,15 @@ def _check_parsed(path: str, returncode: int, text: str):
     m = re.search(r"what\(\):\s*(.*?):(\d+)(?::\d+)?: (?:failed|error): (.*)", text) \
         or re.search(r"(\S+\.capnp):(\d+)(?::\d+)?: (?:failed|error): (.*)", text)
     if m:
-        where = m.group(1)
+        where, reason = m.group(1), m.group(3).strip().splitlines()[0][:500]
+        if not where.endswith(".capnp"):
+            # an error of the library itself ("kj/filesystem-disk-unix.c++:NNN"):
+            # its source line means nothing to whoever wrote the schema
+            raise SchemaError(path, None, reason)
         if not os.path.isabs(where):
             where = os.path.join(os.path.dirname(path), where)
-        raise SchemaError(os.path.normpath(where), int(m.group(2)) or None,
-                          m.group(3).strip().splitlines()[0])
+        # the parser counts lines from 0
+        raise SchemaError(os.path.normpath(where), int(m.group(2)) + 1, reason)
     last = [l for l in text.strip().splitlines() if l.strip()]
     raise SchemaError(path, None, last[-1] if last else
                       f"the schema parser failed (exit {returncode})")

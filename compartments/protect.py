@@ -99,7 +99,7 @@ class Setting:
 #: A compartment whose system file says nothing: what its module declares.
 DEFAULT = Setting(AUTO, AUTO, required=False)
 
-_SIZE = re.compile(r"\s*(\d{1,12})\s*(B|KiB|MiB|GiB)?\s*\Z")
+_SIZE = re.compile(r"\s*([0-9]{1,12})\s*(B|KiB|MiB|GiB)?\s*\Z")
 _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 EXAMPLE = '{ no_access = "4 KiB", read_only = "auto" }'
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import attrs
 
+from capnp_schemas.text import printable
 
 from .preflight import HOST_INTERFACES, Plan
 
@@ -123,25 +124,37 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
                 if e.kind == "compartment" else f"host {HOST_INTERFACES[e.target]}"
             terms = f" [{', '.join(e.attenuation)}]" if e.attenuation else ""
             lines.append(f"  {e.local} -> {target}{terms}  (from {e.origin})")
-    return "\n".join(lines)
+    # paths, mounts, arguments and names of variables come from the system file
+    # (and from the names of directories): shown escaped, one line each
+    return "\n".join(printable(line) for line in lines)
+
+
+def _dot(text: str) -> str:
+    """`text` as the inside of a DOT string: escaped, so that no path or argument
+    from the system file can end the string and write nodes or edges of its own."""
+    return printable(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _label(*lines) -> str:
+    return "\\n".join(_dot(line) for line in lines if line)
 
 
 def dot(plan: Plan) -> str:
     """The authority graph in Graphviz DOT."""
     out = ["digraph authority {", "  rankdir=LR;", "  node [fontname=Helvetica];"]
     for comp in plan.system.compartments.values():
-        label = comp.name + (f"\\n{comp.exports}" if comp.exports else "")
         shape = "doubleoctagon" if comp.external else "box"
-        out.append(f'  "{comp.name}" [shape={shape}, label="{label}"];')
+        out.append(f'  "{_dot(comp.name)}" [shape={shape}, '
+                   f'label="{_label(comp.name, comp.exports)}"];')
     hosts = set()
     for e in edges(plan):
         target = e.target if e.kind == "compartment" else f"{e.holder}:{e.target}"
         if e.kind == "host" and target not in hosts:
             hosts.add(target)
-            out.append(f'  "{target}" [shape=ellipse, label="{e.target}\\n(host)"];')
-        label = e.local + (f"\\n{', '.join(e.attenuation)}" if e.attenuation else "")
+            out.append(f'  "{_dot(target)}" [shape=ellipse, label="{_label(e.target, "(host)")}"];')
+        label = _label(e.local, ", ".join(e.attenuation))
         style = ", style=dashed" if e.attenuation else ""
-        out.append(f'  "{e.holder}" -> "{target}" [label="{label}"{style}];')
+        out.append(f'  "{_dot(e.holder)}" -> "{_dot(target)}" [label="{label}"{style}];')
     out.append("}")
     return "\n".join(out) + "\n"
 

@@ -147,6 +147,8 @@ def _check(plan, args) -> int:
     import shutil
     import subprocess
 
+    from capnp_schemas.text import printable
+
     from . import authority
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "
@@ -162,7 +164,8 @@ def _check(plan, args) -> int:
     print(authority.holdings(plan, _protection(plan)))
     _warn_hard_links(plan)
     for target, names, why in reach:
-        print(f"could reach {target}: {', '.join(names) or 'nobody'}\n  ({why})")
+        print(printable(f"could reach {target}: {', '.join(names) or 'nobody'}"))
+        print(f"  ({printable(why)})")
     if args.graph:
         text = authority.dot(plan)
         if args.graph.endswith(".svg"):

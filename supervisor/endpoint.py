@@ -62,9 +62,9 @@ def lock_path(system_path: str) -> str:
     return os.path.join(runtime_dir(), system_id(system_path) + ".lock")
 
 
-def own_paths(system) -> list[tuple[str, str, bool]]:
+def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
     """The supervisor's own files and directories for `system`: (what, real path,
-    is a directory, how to move it).  No grant may reach them (policy.load refuses it): through a
+    is a directory, how to move it, the path as given).  No grant may reach them (policy.load refuses it): through a
     grant a compartment could read the audit of every call, forge records, or
     put a link where the supervisor writes."""
     from .output import default_log_dir
@@ -77,7 +77,8 @@ def own_paths(system) -> list[tuple[str, str, bool]]:
         out.append(("external socket", system.socket, False, "[system] socket moves it"))
     if system.audit:
         out.append(("audit file", system.audit, False, "[system] audit moves it"))
-    return [(what, os.path.realpath(p), is_dir, how) for what, p, is_dir, how in out]
+    return [(what, os.path.realpath(p), is_dir, how, os.path.abspath(p))
+            for what, p, is_dir, how in out]
 
 
 def reaches(grant: str, is_dir: bool, own: str, own_is_dir: bool) -> bool:

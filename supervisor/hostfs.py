@@ -101,6 +101,37 @@ def _explain(e: OSError, what: str, resolving: bool = True) -> FsError:
     return FsError(f"{what} {_REASONS.get(n, e.strerror or 'failed')}", code)
 
 
+#: File systems that hold the kernel's state rather than files (statfs's f_type):
+#: no grant reaches one.  Opened by the supervisor, /proc/self is the
+#: supervisor's own process (its memory, descriptors, environment), and sysfs,
+#: debugfs or cgroupfs let a write change the machine.
+KERNEL_FS = {0x9fa0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs",
+             0x74726163: "tracefs", 0x73636673: "securityfs", 0x27e0eb: "cgroup",
+             0x63677270: "cgroup2", 0xcafe4a11: "bpf", 0x1cd1: "devpts",
+             0x6165676c: "pstore", 0xde5e81e4: "efivarfs", 0x62656570: "configfs",
+             0x65735543: "fusectl", 0x42494e4d: "binfmt_misc", 0xf97cff8c: "selinuxfs",
+             0x43415d53: "smackfs", 0x6e736673: "nsfs"}
+
+
+def kernel_fs(fd: int) -> str | None:
+    """The name of the kernel file system `fd` is on (KERNEL_FS), or None for an
+    ordinary one; a descriptor fstatfs cannot read counts as one (fails closed)."""
+    buf = ctypes.create_string_buffer(256)        # struct statfs: 120 bytes on 64-bit
+    if _libc.fstatfs(fd, buf) != 0:
+        return "unknown"
+    return KERNEL_FS.get(struct.unpack_from("@l", buf)[0] & 0xFFFFFFFF)
+
+
+def _ordinary(fd: int, what) -> int:
+    """`fd`, if it is on an ordinary file system; else it is closed and refused."""
+    fs = kernel_fs(fd)
+    if fs is None:
+        return fd
+    os.close(fd)
+    raise FsError(f"{what} is on the kernel's {fs} file system, which no grant reaches",
+                  "EACCES")
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]
@@ -113,7 +144,7 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
     for _ in range(_RETRIES):
         fd = _libc.syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
-            return fd
+            return _ordinary(fd, repr(path.decode("utf-8", "replace")))
         err = ctypes.get_errno()
         if err != errno.EAGAIN:
             break
@@ -320,6 +351,7 @@ class Directory:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise _explain(e, path) from None
+        fd = _ordinary(fd, path)
         d = cls(fd, path, quota=WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
@@ -786,7 +818,7 @@ class File:
         else:
             flags, kw = os.O_RDWR, dict(readable=True, writable=True)
         try:
-            p = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            p = _ordinary(os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), path)
         except OSError as e:
             raise _explain(e, path) from None
         try:

@@ -7,13 +7,16 @@ compartment holds exactly the grants written under it.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 
 import attrs
 
+import capnp_schemas
 from capnp_schemas import hosted
+from capnp_schemas.text import printable
 from compartments import protect as protection
 from compartments.limits import Limits
 
@@ -37,6 +40,11 @@ GRANT_KEYS = {"compartment", "host", "allow", "revocable", "max_uses", "expires_
               "calls_per_second", "path", "read_only", "append_only", "refuse_hard_links",
               "subdir", "max_bytes_written", "args", "vars", "mount", "on"}
 GRANT_TARGETS = ("compartment", "host")
+#: a grant's quotas: (key, minimum, maximum, any number rather than a whole one)
+GRANT_QUOTAS = (("max_uses", 1, 1 << 62, False),
+                ("expires_after", 0.001, 1e9, True),        # about 31 years
+                ("calls_per_second", 0.001, 1e9, True))
+MAX_BYTES_WRITTEN = 1 << 60     # an exbibyte: more than any disk
 SYSTEM_DIR = "${SYSTEM_DIR}"   # in a grant's path: the directory of the file that declares it
 
 
@@ -62,11 +70,15 @@ class PolicyError(Exception):
     def __init__(self, path: str, key: str, reason: str, line: int | None = None):
         self.path, self.key, self.reason, self.line = path, key, reason, line
         where = f"{path}:{line}" if line else path
-        text = f"{where}: {key}: {reason}" if key else f"{where}: {reason}"
-        for part in sorted({p for p in key.split(".") if len(p) > SHOWN_KEY},
-                           key=len, reverse=True):
-            text = text.replace(part, _cut(part, SHOWN_KEY))
-        super().__init__(_cut(text, SHOWN_ERROR))
+        long = sorted({p for p in key.split(".") if len(p) > SHOWN_KEY}, key=len, reverse=True)
+        shown = ".".join(_cut(p, SHOWN_KEY) for p in key.split(".")) if long else key
+        reason = reason[:8 * SHOWN_ERROR]          # bounds the work below, not the line
+        for part in long[:8]:                      # where the reason quotes the key
+            reason = reason.replace(part, _cut(part, SHOWN_KEY))
+        text = f"{where}: {shown}: {reason}" if key else f"{where}: {reason}"
+        # escaped before it is cut: escaping lengthens it (a control character
+        # is shown as four or six), and the line must stay within SHOWN_ERROR
+        super().__init__(_cut(printable(text), SHOWN_ERROR))
 
 
 @attrs.frozen
@@ -143,14 +155,72 @@ class System:
 def _toml(text: str, path: str) -> dict:
     if "\0" in text:
         raise PolicyError(path, "", "file contains a NUL byte", text[:text.index("\0")].count("\n") + 1)
+    _no_long_dotted_keys(text, path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
         raise PolicyError(path, "", f"invalid TOML: {str(e)}",
                           int(m.group(1)) if m else None) from None
+    except (ValueError, OverflowError) as e:
+        # not a TOMLDecodeError: tomllib's int() of a number of more than 4,300
+        # digits (Python's limit on int from str) raises ValueError itself
+        m = re.search(r"[0-9][0-9_]{4300}", text)
+        if m:
+            raise PolicyError(path, "", "invalid TOML: a number of more than 4,300 digits",
+                              text.count("\n", 0, m.start()) + 1) from None
+        raise PolicyError(path, "", f"invalid TOML: {_cut(str(e), 200)}") from None
     except RecursionError:
         raise PolicyError(path, "", "invalid TOML: nested too deeply") from None
+
+
+#: parts of a dotted key (a.b.c has 3); a system file needs 6 at most
+MAX_KEY_PARTS = 32
+
+# The file as tokens, enough to tell a dotted key from what is inside a string
+# or a comment: each alternative is linear (a string ends at its delimiter, a
+# basic or literal one at the end of its line).
+_TOKENS = re.compile(r'''
+    (?P<string>"""(?:\\.|[^\\])*?"""(?!")|\'\'\'[^\0]*?\'\'\'(?!\')
+              |"(?:[^"\\\n]|\\.)*"|'[^'\n]*')
+  | (?P<part>[A-Za-z0-9_+:-]+)
+  | (?P<dot>\.)
+  | (?P<space>[ \t]+)
+  | (?P<newline>\n)
+  | \#[^\n]*
+  | [^A-Za-z0-9_+:.\-"'\s\#]+
+  | .
+''', re.VERBOSE | re.DOTALL)
+
+
+def _no_long_dotted_keys(text: str, path: str):
+    """Refuse a key of more than MAX_KEY_PARTS dotted parts before tomllib sees it:
+    tomllib takes time cubic in the parts (20 s for 40,000, hours for the
+    file's 16 MiB).  A multi-line string is skipped whole; a number such as
+    1.5 counts as two parts, which no limit here comes near."""
+    line, run, after_dot, run_line = 1, 0, False, 1
+    for m in _TOKENS.finditer(text):
+        kind = m.lastgroup
+        if kind == "space":
+            continue
+        if kind == "dot":
+            after_dot = run > 0
+            continue
+        if kind in ("part", "string") and not (kind == "string" and m.group().startswith(
+                ('"""', "'''"))):
+            run = run + 1 if after_dot else 1
+            if run == 1:
+                run_line = line
+            if run > MAX_KEY_PARTS:
+                raise PolicyError(path, "", f"a dotted key of more than {MAX_KEY_PARTS} parts",
+                                  run_line)
+        else:
+            run = 0
+        after_dot = False
+        if kind == "newline":
+            line += 1
+        elif kind == "string":
+            line += m.group().count("\n")
 
 
 def _no_policy_files(path):
@@ -194,10 +264,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
                              ("message_timeout", (int, float), 0.1, 3600)):
         if k in system:
-            v = system[k]
-            if isinstance(v, bool) or not isinstance(v, kinds) or not lo <= v <= hi:
-                raise where.error(f"system.{k}", f"must be a number in {lo}..{hi}, not {v!r}")
-            endpoint[k] = v
+            endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:
@@ -298,10 +365,21 @@ def load(path: str) -> System:
     where = _Where(text, path)
     from .endpoint import own_paths as supervisor_paths, reaches
     own_paths = supervisor_paths(system)
-    deciding = _deciding_files(system, policy_files)
+    _socket_paths_fit(system, where)
+    imported = []
     for i, s in enumerate(system.schemas):
         if not os.path.isfile(s):
             raise where.error(f"system.schemas[{i}]", _not_a_file("schema file", s))
+        try:
+            # what it reads beside it; not the schemas installed with wsuper and
+            # pycapnp (c++.capnp): whoever can change those can change wsuper
+            imported += [(f"the schema file {f} (which {s} reads)", f, None)
+                         for f, by, _ in capnp_schemas.closure(s, capnp_schemas.import_path(s))
+                         if by is not None and not any(
+                             f.startswith(d.rstrip("/") + "/") for d in capnp_schemas.IMPORT_PATH)]
+        except capnp_schemas.SchemaError as e:
+            raise where.error(f"system.schemas[{i}]", str(e)) from None
+    deciding = _deciding_files(system, policy_files) + imported
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
@@ -322,25 +400,65 @@ def load(path: str) -> System:
                 if problem:
                     raise gwhere.error(f"{origin_key}.subdir", problem)
             real = os.path.realpath(os.path.join(g.path, g.subdir or ""))
-            for what, own, own_dir, how in own_paths:
-                if reaches(real, g.target == "directory", own, own_dir):
+            is_dir = g.target == "directory"
+            fs = _kernel_fs(real)
+            if fs:
+                raise gwhere.error(key, f"{g.path} is on the kernel's {fs} file system: no "
+                                   f"grant may reach it (opened by the supervisor, /proc/self "
+                                   f"is the supervisor's own process)")
+            for what, own, own_dir, how, given in own_paths:
+                # the path itself, and (for a grant that allows changes) every name
+                # on the way to it as given: a link there, replaced, moves where
+                # the supervisor writes
+                names = [own] if g.read_only else [own, *_names_on_the_way(given)]
+                if any(reaches(real, is_dir, name, own_dir and name == own) for name in names):
                     raise gwhere.error(key, f"{g.path} reaches the supervisor's {what} "
                                        f"{own}: no compartment may read or change the "
                                        f"supervisor's own files ({how})")
             if g.read_only:
                 continue
             for what, file, owner in deciding:
-                if owner != comp.name and any(reaches(real, g.target == "directory", name, False)
-                       for name in _names_on_the_way(file)):
+                if owner == comp.name:
+                    continue
+                if any(reaches(real, is_dir, name, False) for name in _names_on_the_way(file)):
                     raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
                                        f"{what} {file}: "
                                        f"what a compartment can change there runs with "
                                        f"another's grants (a module is read again at every "
                                        f"start); grant it read_only = true, or move the file")
+                links = _other_links(file, real, g)
+                if links:
+                    raise gwhere.error(key, f"{what} {file} has {links} hard links, and "
+                                       f"{g.path} is writable on the same file system: "
+                                       f"another link to it may lie in the grant, through "
+                                       f"which compartment {comp.name} could change it; "
+                                       f"remove the extra links, or grant it read_only = "
+                                       f"true or refuse_hard_links = true")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               _not_a_file("module file", comp.module))
     return system
+
+
+#: bytes of a Unix socket's path (sun_path holds 108, with the closing NUL)
+MAX_SOCKET_PATH = 107
+
+
+def _socket_paths_fit(system: System, where):
+    """Every socket `wsuper up` will bind has a path the kernel takes: bind() fails
+    on a longer one ("AF_UNIX path too long") once everything else has started."""
+    from . import endpoint
+    paths = [("", "the admin socket", endpoint.admin_socket_path(system.path))]
+    if system.external:
+        paths.append(("system.socket", "the external socket", system.socket) if system.socket
+                     else ("", "the external socket", endpoint.default_socket_path(system.path)))
+    for key, what, p in paths:
+        n = len(os.fsencode(p))
+        if n > MAX_SOCKET_PATH:
+            how = "choose a shorter path" if key else \
+                "give the system file a shorter name, or set XDG_RUNTIME_DIR to a shorter directory"
+            raise where.error(key, f"{what} {p} would have {n} bytes, more than a Unix "
+                              f"socket's {MAX_SOCKET_PATH}: {how}")
 
 
 def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | None]]:
@@ -388,6 +506,33 @@ def _names_on_the_way(path: str, hops: int = 40) -> list[str]:
     return names
 
 
+def _kernel_fs(path: str) -> str | None:
+    """The kernel file system (hostfs.KERNEL_FS) `path` is on, if it is on one."""
+    from .hostfs import kernel_fs
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None                 # what does not exist is refused by the caller
+    try:
+        return kernel_fs(fd)
+    finally:
+        os.close(fd)
+
+
+def _other_links(file: str, grant: str, g) -> int:
+    """How many hard links `file` (which decides what runs) has, if more than one
+    and the writable grant `g` (at the real path `grant`) is on its file system
+    and does not refuse hard links: then one may lie inside the grant (finding
+    it would mean reading the whole tree).  0 if not."""
+    if g.refuse_hard_links:
+        return 0
+    try:
+        s, at = os.stat(file), os.stat(grant)
+    except OSError:
+        return 0
+    return s.st_nlink if s.st_nlink > 1 and s.st_dev == at.st_dev else 0
+
+
 def _not_a_file(what: str, path: str) -> str:
     """Why `path` is no regular file, in words."""
     import stat as st
@@ -415,13 +560,37 @@ def _subdir_problem(path: str, subdir: str) -> str | None:
     return None
 
 
+#: bytes of a system or policy file
+MAX_FILE_BYTES = 16 << 20
+
+
 def _read_text(path: str, what: str) -> str:
-    """A system or policy file's text; errors say which (`what` is "" or "policy file ")."""
+    """A system or policy file's text; errors say which (`what` is "" or "policy file ").
+    Only a regular file of at most MAX_FILE_BYTES is read: opening a FIFO would
+    wait for a writer for ever, and /dev/zero never ends."""
+    import stat as st
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not st.S_ISREG(info.st_mode):
+            raise PolicyError(path, "", _not_a_file(f"{what or 'system file '}".strip(), path))
+        if info.st_size > MAX_FILE_BYTES:
+            raise PolicyError(path, "", f"{what}{path} has {info.st_size:,} bytes, more than "
+                              f"{MAX_FILE_BYTES:,}")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise PolicyError(path, "", f"{what}{path} grew past {MAX_FILE_BYTES:,} bytes")
+        raw = b"".join(chunks)
+    except OSError as e:
+        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -443,15 +612,15 @@ class _Where:
         longest prefix of it that the file writes, as a table header, a dotted key
         or an inline table; for a table the file only writes deeper parts of (an
         unknown table `[foo.bar]` for the key `foo`), its first header."""
-        target = [re.sub(r"\[\d+\]$", "", p) for p in re.split(r"\.(?![^\[]*\])", key) if p]
+        target = [re.sub(r"\[[0-9]+\]$", "", p) for p in _split_key(key) if p]
         if not target:
             return None
         best, best_line, table = 0, None, []
         for i, line in enumerate(self.lines, 1):
             s = line.strip()
-            header = re.match(r"^\[\[?\s*(.*?)\s*\]\]?", s)
-            if header:
-                table = path = _split_dotted(header.group(1))
+            header = _header(s)
+            if header is not None:
+                table = path = _split_dotted(header)
             else:
                 m = _KEY.match(s)
                 if m is None:
@@ -484,6 +653,34 @@ def _engine_user(where, value) -> tuple:
 
 
 _KEY = re.compile(r'((?:"[^"]*"|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|[A-Za-z0-9_-]+))*)\s*=')
+
+
+# Both of these see every line of a hostile file and every key of an error: plain
+# string scans, linear in the length (the regular expressions they replace
+# backtracked: cubic on a "[" and spaces, quadratic on a key of many dots).
+
+def _header(line: str) -> str | None:
+    """What a table header `[a.b]` or `[[a.b]]` names, stripped; None if `line`
+    (stripped) is none."""
+    if not line.startswith("["):
+        return None
+    inner = line[2:] if line.startswith("[[") else line[1:]
+    end = inner.find("]")
+    return None if end < 0 else inner[:end].strip()
+
+
+def _split_key(key: str) -> list[str]:
+    """An error's key at its dots, but not at a dot inside brackets (`a.b[x.y]`)."""
+    parts, end, closing = [], len(key), False
+    for i in range(len(key) - 1, -1, -1):
+        c = key[i]
+        if c in "[]":
+            closing = c == "]"
+        elif c == "." and not closing:
+            parts.append(key[i + 1:end])
+            end = i
+    parts.append(key[:end])
+    return parts[::-1]
 
 
 def _split_dotted(key: str) -> list[str]:
@@ -549,10 +746,7 @@ def _restart(where, key, body) -> RestartPolicy:
                              ("restart_window", 0.1, 86_400, (int, float)),
                              ("restart_delay", 0.0, 60, (int, float))):
         if k in body:
-            v = body[k]
-            if isinstance(v, bool) or not isinstance(v, kinds) or not lo <= v <= hi:
-                raise where.error(f"{key}.{k}", f"must be a number in {lo}..{hi}, not {v!r}")
-            values[k] = v
+            values[k] = _number(where, f"{key}.{k}", body[k], lo, hi, real=kinds is not int)
     critical = body.get("critical", False)
     if not isinstance(critical, bool):
         raise where.error(f"{key}.critical", f"must be true or false, not {critical!r}")
@@ -566,24 +760,50 @@ def _limits(where, key, table) -> Limits:
     values = {}
     for k, v in table.items():
         lo, hi, is_size = Limits.RANGES[k]
-        n = _size(where, f"{key}.{k}", v) if is_size else v
-        kinds = (int, float) if k in Limits.REAL else int
-        if isinstance(n, bool) or not isinstance(n, kinds):
-            what = "a number" if k in Limits.REAL else "a whole number"
-            raise where.error(f"{key}.{k}", f"must be {what}, not {v!r}")
-        if not lo <= n <= hi:
-            raise where.error(f"{key}.{k}", f"{v!r} is out of range ({lo}..{hi})")
-        values[k] = n
+        values[k] = _size(where, f"{key}.{k}", v, lo, hi) if is_size else \
+            _number(where, f"{key}.{k}", v, lo, hi, real=k in Limits.REAL)
     return Limits(**values)
 
 
-def _size(where, key, value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*", value) if isinstance(value, str) else None
-    if m is None:
-        raise where.error(key, f"must be a size in bytes, such as 65536 or \"64MiB\", not {value!r}")
-    return int(m.group(1)) * _UNITS[m.group(2) or ""]
+def _number(where, key, value, lo, hi, real=True):
+    """A number from the file, checked once for every key that takes one: an int
+    (or a float, if `real`) from lo to hi.  Not a bool (TOML's true is no count),
+    and not nan or inf, which TOML allows and every comparison would wave
+    through (a quota of nan is no quota)."""
+    kinds = (int, float) if real else int
+    if isinstance(value, bool) or not isinstance(value, kinds) \
+            or (isinstance(value, float) and not math.isfinite(value)) \
+            or not lo <= value <= hi:
+        what = "a number" if real else "a whole number"
+        raise where.error(key, f"must be {what} from {_bound(lo)} to {_bound(hi)}, "
+                          f"not {_shown(value)}")
+    return value
+
+
+def _bound(n) -> str:
+    return f"{int(n):,}" if n == int(n) else f"{n:g}"
+
+
+def _shown(value) -> str:
+    """repr() of a value from the file, cut (an int's too: it may have 4,000 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a number of {value.bit_length()} bits"
+    return _cut(repr(value), SHOWN_KEY)
+
+
+def _size(where, key, value, lo, hi) -> int:
+    """A size: a whole number of bytes, or a string such as "64MiB", from lo to hi."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]{1,20})\s*(B|KiB|MiB|GiB)?\s*", value)
+        if m is None:
+            raise where.error(key, f"must be a size in bytes, such as 65536 or \"64MiB\", "
+                              f"not {_shown(value)}")
+        n = int(m.group(1)) * _UNITS[m.group(2) or ""]
+        if not lo <= n <= hi:
+            raise where.error(key, f"{value!r} is {n:,} bytes; it must be from {_bound(lo)} "
+                              f"to {_bound(hi)}")
+        return n
+    return _number(where, key, value, lo, hi, real=False)
 
 
 def _grant(where, key, name, spec) -> Grant:
@@ -609,13 +829,9 @@ def _grant(where, key, name, spec) -> Grant:
     if not isinstance(revocable, bool):
         raise where.error(f"{key}.revocable", f"must be true or false, not {revocable!r}")
     quotas = {}
-    for k, types, lo in (("max_uses", int, 1), ("expires_after", (int, float), 0.001),
-                         ("calls_per_second", (int, float), 0.001)):
+    for k, lo, hi, real in GRANT_QUOTAS:
         if k in spec:
-            v = spec[k]
-            if isinstance(v, bool) or not isinstance(v, types) or v < lo:
-                raise where.error(f"{key}.{k}", f"must be a number of at least {lo}, not {v!r}")
-            quotas[k] = v
+            quotas[k] = _number(where, f"{key}.{k}", spec[k], lo, hi, real)
     files = {}
     for k in ("read_only", "append_only", "refuse_hard_links"):
         if k in spec:
@@ -640,11 +856,8 @@ def _grant(where, key, name, spec) -> Grant:
             raise where.error(f"{key}.mount", "applies only to directory grants")
         files["mount"] = m
     if "max_bytes_written" in spec:
-        v = spec["max_bytes_written"]
-        v = _size(where, f"{key}.max_bytes_written", v)
-        if v < 0:
-            raise where.error(f"{key}.max_bytes_written", "must not be negative")
-        files["max_bytes_written"] = v
+        files["max_bytes_written"] = _size(where, f"{key}.max_bytes_written",
+                                           spec["max_bytes_written"], 0, MAX_BYTES_WRITTEN)
     if "args" in spec or "vars" in spec:
         if target != "environment":
             raise where.error(f"{key}.{'args' if 'args' in spec else 'vars'}",

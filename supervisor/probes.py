@@ -40,6 +40,8 @@ IN_MODULE = ("functions", "blocks", "stores")       # need sites compiled in
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 MAX_PATTERNS = 64
 MAX_PATTERN = 200
+#: a function index pattern: "#" and ASCII digits (str.isdigit would take "#²", which int() refuses)
+_INDEX = re.compile(r"#[0-9]{1,10}")
 MAX_PROBES = 64                 # per compartment
 MAX_OPEN_CALLS = 100_000        # calls the router hook follows at once
 MAX_CALL_EVENTS = 100_000       # call events waiting to be taken
@@ -80,7 +82,7 @@ def spec(compartment: str, name, point, functions=(), events=False, declared=Fal
                          f"(such as \"store_*\") or indices (\"#12\"), each at most "
                          f"{MAX_PATTERN} characters")
     for f in functions:
-        if f.startswith("#") and not f[1:].isdigit():
+        if f.startswith("#") and not _INDEX.fullmatch(f):
             raise ProbeError(f"{at}functions: {f!r}: an index is '#' and digits, like #12")
     if functions and point not in IN_MODULE:
         raise ProbeError(f"{at}functions applies to the points {', '.join(IN_MODULE)}, "

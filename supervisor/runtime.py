@@ -428,16 +428,20 @@ class Supervisor:
 
     async def run(self) -> int:
         lock = endpoint.Lock(self.system.path)
+        key = ""                   # the key of the system file that moves what failed
         try:
             lock.acquire()
             if self.system.external:
+                key = "system.socket"
                 endpoint.safe_socket_dir(self.socket_path)
+            key = "system.logs"
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
             if self.audit is not None:
+                key = "system.audit"
                 endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
                 self.audit.open()
         except endpoint.EndpointError as e:
-            _refuse(e)
+            _refuse(f"{self.system.path}: {key}: {e}" if key else e)
             return 2
         try:
             return await self._run()

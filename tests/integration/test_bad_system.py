@@ -1,5 +1,7 @@
 """Bad system files are refused before anything starts: one line, file:line, key, exit 2."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,9 +206,9 @@ def test_a_subdir_that_is_missing_or_a_link_is_refused_by_check(tmp_path):
 
 
 SCHEMAS = {"syntax.capnp": ("@0xbf5147cbbecf40c1;\ninterface Foo {\n  bar @0 ( -> ();\n}\n",
-                            ":2: Parse error."),
+                            ":3: Parse error."),
            "noid.capnp": ("interface Foo {\n  bar @0 () -> ();\n}\n",
-                          ": File does not declare an ID.")}
+                          ":1: File does not declare an ID.")}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -238,8 +240,8 @@ def test_a_schema_that_does_not_parse_is_an_error_not_an_abort(tmp_path, name, c
 #: schema listed before it.
 COLLIDING = {"host_id": ("@0xf0e7afc40966bc32;\ninterface Evil @0xa05a5e2c6b2f6d01 {\n"
                          "  write @0 (text :Text) -> ();\n}\n",
-                         ":1: Duplicate ID @0xa05a5e2c6b2f6d01."),
-             "copy": (open(SCHEMA).read(), ": Duplicate ID @0xf0e7afc40966bc30.")}
+                         ":2: Duplicate ID @0xa05a5e2c6b2f6d01."),
+             "copy": (open(SCHEMA).read(), ":1: Duplicate ID @0xf0e7afc40966bc30.")}
 
 
 @pytest.mark.parametrize("case,command", [(c, cmd) for c in sorted(COLLIDING)
@@ -488,3 +490,177 @@ def test_a_module_that_does_not_compile_says_why_and_where(tmp_path, name, sourc
     assert r.returncode == 2
     assert r.stderr.strip() == (f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: "
                                 f"{tmp_path / name} is not a valid wasm module: {reason}")
+
+
+MOD = '(module (memory (export "memory") 1) (func (export "_start")))'
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+@pytest.mark.parametrize("what", ["system file", "policy file", "schema", "import"])
+def test_a_file_that_never_ends_is_refused_not_waited_for(tmp_path, kind, what):
+    """Opening a FIFO waits for a writer for ever, and /dev/zero has no end: the
+    system file, a policy file, a schema and what a schema imports are each read
+    only if they are regular files (and not too large); the error names the file
+    and the key that leads to it.  (A hang here is caught by the suite's timeout.)"""
+    bad = tmp_path / "bad"
+    if kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        os.symlink("/dev/zero", bad)
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "ok.capnp").write_text('@0xd0a1b2c3d4e5f621;\nusing X = import "bad";\n')
+    system = {"system file": None,
+              "policy file": '[compartments.m]\nmodule = "m.wat"\npolicy = "bad"\n',
+              "schema": '[system]\nschemas = ["bad"]\n[compartments.m]\nmodule = "m.wat"\n',
+              "import": '[system]\nschemas = ["ok.capnp"]\n[compartments.m]\nmodule = "m.wat"\n'
+              }[what]
+    path = bad if system is None else tmp_path / "system.toml"
+    if system is not None:
+        path.write_text(system)
+    named = "a FIFO" if kind == "fifo" else "a device" if what != "import" else \
+        "not a regular file"
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(path), timeout=30)
+        assert r.returncode == 2, r.output
+        (line,) = r.stderr.strip().splitlines()
+        key = {"system file": f"{bad}: ", "policy file": ":3: compartments.m.policy: ",
+               "schema": ":2: system.schemas[0]: ",
+               "import": ":2: system.schemas[0]: "}[what]
+        assert key in line and named in line and str(bad) in line, line
+
+
+def _check(tmp_path, system, *args):
+    (tmp_path / "system.toml").write_text(system)
+    return run_wsuper("check", str(tmp_path / "system.toml"), *args)
+
+
+def test_a_writable_grant_cannot_reach_the_audit_through_a_link_it_could_replace(tmp_path):
+    """The audit file's path went through a link inside a writable grant: only
+    the real path was compared, so the grant passed, and the compartment could
+    point the link elsewhere and have the supervisor write (or create) its
+    audit records there."""
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "g" / "link")
+    system = (f'[system]\naudit = "g/link/audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n'
+              f'[compartments.m.grants]\nd = {{ host = "directory", path = "{tmp_path}/g" }}\n')
+    r = _check(tmp_path, system)
+    assert r.returncode == 2, r.output
+    assert "compartments.m.grants.d.path" in r.stderr
+    assert f"reaches the supervisor's audit file {tmp_path}/elsewhere/audit.jsonl" in r.stderr
+    # read only, the link cannot be changed: fine
+    r = _check(tmp_path, system.replace(' }', ', read_only = true }'))
+    assert r.returncode == 0, r.output
+
+
+def test_a_writable_grant_cannot_reach_a_schema_that_a_listed_schema_imports(tmp_path):
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "types.capnp").write_text("@0xd0a1b2c3d4e5f622;\nstruct T { x @0 :UInt8; }\n")
+    (tmp_path / "top.capnp").write_text('@0xd0a1b2c3d4e5f623;\nusing import "g/types.capnp".T;\n'
+                                        'interface I { f @0 (t :T) -> (); }\n')
+    system = (f'[system]\nschemas = ["top.capnp"]\n[compartments.m]\nmodule = "m.wat"\n'
+              f'[compartments.m.grants]\nd = {{ host = "directory", path = "{tmp_path}/g" }}\n')
+    r = _check(tmp_path, system)
+    assert r.returncode == 2, r.output
+    assert (f"would let compartment m change the schema file {tmp_path}/g/types.capnp "
+            f"(which {tmp_path}/top.capnp reads)") in r.stderr, r.stderr
+    r = _check(tmp_path, system.replace(' }', ', read_only = true }'))
+    assert r.returncode == 0, r.output
+
+
+def test_a_module_with_another_hard_link_is_refused_beside_a_writable_grant(tmp_path):
+    """A second link to b's module inside a's writable directory lets a rewrite
+    b's code: that was a warning.  The link cannot be found without reading the
+    whole tree, so any extra link on the grant's file system is refused, unless
+    the grant refuses hard links or is read-only."""
+    (tmp_path / "a.wat").write_text(MOD)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "b.wat").write_text(MOD)
+    os.link(tmp_path / "b.wat", tmp_path / "g" / "copy.wat")
+    system = (f'[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+              f'd = {{ host = "directory", path = "{tmp_path}/g" }}\n'
+              f'[compartments.b]\nmodule = "b.wat"\n')
+    r = _check(tmp_path, system)
+    assert r.returncode == 2, r.output
+    assert f"compartment b's module {tmp_path}/b.wat has 2 hard links" in r.stderr, r.stderr
+    for safe in (", refuse_hard_links = true }", ", read_only = true }"):
+        r = _check(tmp_path, system.replace(' }', safe))
+        assert r.returncode == 0, r.output
+    os.unlink(tmp_path / "g" / "copy.wat")
+    assert _check(tmp_path, system).returncode == 0
+
+
+@pytest.mark.parametrize("path", ["/proc", "/proc/1", "/sys/kernel", "/dev/pts"])
+@pytest.mark.parametrize("read_only", [False, True])
+def test_no_grant_reaches_a_kernel_file_system(tmp_path, path, read_only):
+    """Opened by the supervisor, /proc/self is the supervisor itself (its memory
+    and descriptors); sysfs writes change the machine."""
+    if not os.path.isdir(path):
+        pytest.skip(f"no {path} here")
+    (tmp_path / "m.wat").write_text(MOD)
+    system = (f'[compartments.m]\nmodule = "m.wat"\n[compartments.m.grants]\n'
+              f'd = {{ host = "directory", path = "{path}", read_only = {str(read_only).lower()} }}\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml")) if command == "up" else \
+            _check(tmp_path, system)
+        assert r.returncode == 2, r.output
+        assert "compartments.m.grants.d.path" in r.stderr and "kernel's" in r.stderr, r.stderr
+
+
+def test_check_shows_what_the_file_says_escaped_and_its_graph_cannot_be_forged(tmp_path):
+    """mount, args, vars and paths were printed as written: a value could start
+    a line of its own or send escape sequences to the terminal, and a quote in
+    a mount ended a DOT string and drew an edge of its own."""
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "d").mkdir()
+    forged = 'x" ]; "m" -> "root" [label="forged'
+    system = (f'[compartments.m]\nmodule = "m.wat"\n[compartments.m.grants]\n'
+              f'd = {{ host = "directory", path = "{tmp_path}/d", mount = {forged!r} }}\n'
+              f'e = {{ host = "environment", args = ["a\\nwsuper: ok: forged", "\\u001b[2J"], '
+              f'vars = {{ "V\\nwsuper: ok: var" = "1" }} }}\n').replace("'", "'''")
+    r = _check(tmp_path, system, "--graph", str(tmp_path / "g.dot"))
+    assert r.returncode == 0, r.output
+    assert "\x1b" not in r.stdout and "\nwsuper: ok: forged" not in r.stdout, r.stdout
+    assert "\\x1b[2J" in r.stdout and "a\\nwsuper: ok: forged" in r.stdout, r.stdout
+    assert "\nwsuper: ok: var" not in r.stdout and "V\\nwsuper: ok: var" in r.stdout
+    dot = (tmp_path / "g.dot").read_text()
+    assert "\x1b" not in dot
+    outside_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', dot)
+    assert outside_strings.count("->") == 2, dot       # d and e; no forged edge
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tsvg", str(tmp_path / "g.dot")], check=True,
+                       capture_output=True)
+
+
+def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path):
+    """bind() failed with "AF_UNIX path too long" once everything had started,
+    and the line named no key."""
+    (tmp_path / "calc.capnp").write_text(open(SCHEMA).read())
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir(mode=0o700)
+    system = GOOD.replace(SCHEMA, str(tmp_path / "calc.capnp")) + \
+        f'external = true\n'
+    system = system.replace("[system]\n", f'[system]\nsocket = "{deep}/calc.sock"\n')
+    for command in ("check", "up"):
+        (tmp_path / "system.toml").write_text(system)
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, r.output
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"wsuper: error: {tmp_path}/system.toml:2: system.socket: "
+                               f"the external socket {deep}/calc.sock would have "), line
+    # a directory for the socket that cannot be made: named with its key
+    system = system.replace(f"{deep}/calc.sock", f"{tmp_path}/no/such/calc.sock")
+    (tmp_path / "system.toml").write_text(system)
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.output
+    assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml: system.socket: cannot "
+                               f"make socket directory {tmp_path}/no/such"), r.stderr
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(deep)}
+    (tmp_path / "system.toml").write_text(GOOD)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
+                        str(tmp_path / "system.toml")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the admin socket" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr, r.stderr

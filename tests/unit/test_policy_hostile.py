@@ -1,0 +1,217 @@
+"""A hostile system file, in pure logic: every number, every line, every error.
+
+Each test here covers a class: every key that takes a number, every line the
+error finder reads, every error line.  The same classes run through the real
+command in tests/integration/test_bad_system.py, and fuzz/policy.py throws
+random documents at all of it."""
+import os
+import stat
+
+import pytest
+
+import capnp_schemas
+from compartments.limits import Limits
+from supervisor import policy, probes
+
+BASE = ('[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
+        '[compartments.b]\nmodule = "b.wat"\n')
+
+
+def _numeric_keys():
+    """(where the key goes, its name, a size?) for every key that takes a number."""
+    keys = [("system", k, False) for k in ("max_connections", "message_timeout")]
+    keys += [("external_limits", k, Limits.RANGES[k][2]) for k in policy.EXTERNAL_LIMIT_KEYS]
+    keys += [("compartment", k, False) for k in ("max_restarts", "restart_window",
+                                                  "restart_delay")]
+    keys += [("limits", k, size) for k, (_, _, size) in Limits.RANGES.items()]
+    keys += [("grant", k, False) for k, *_ in policy.GRANT_QUOTAS]
+    keys += [("file grant", "max_bytes_written", True)]
+    return keys
+
+
+def _document(place: str, key: str, value: str) -> tuple[str, str]:
+    """A system file with `key = value` at `place`, and the dotted key an error names."""
+    if place == "system":
+        return f"[system]\n{key} = {value}\n" + BASE, f"system.{key}"
+    if place == "external_limits":
+        return f"[system.external_limits]\n{key} = {value}\n" + BASE, \
+            f"system.external_limits.{key}"
+    if place == "compartment":
+        return BASE + f"{key} = {value}\n", f"compartments.b.{key}"
+    if place == "limits":
+        return BASE + f"[compartments.b.limits]\n{key} = {value}\n", \
+            f"compartments.b.limits.{key}"
+    if place == "grant":
+        return BASE + f'[compartments.b.grants.g]\ncompartment = "a"\n{key} = {value}\n', \
+            f"compartments.b.grants.g.{key}"
+    return BASE + f'[compartments.b.grants.g]\nhost = "directory"\npath = "/srv"\n' \
+        f"{key} = {value}\n", f"compartments.b.grants.g.{key}"
+
+
+HOSTILE_NUMBERS = ["nan", "+nan", "-nan", "inf", "+inf", "-inf", "1e400", "-1",
+                   "99999999999999999999999999999", "-99999999999999999999999999999",
+                   "true", "[]", "{}", '"1"', "0x7fffffffffffffffffff"]
+HOSTILE_SIZES = ['"99999999999999999999999999 GiB"', '"١٢ MiB"', '"64 MiB MiB"', '" "',
+                 '"-1"', '"nan"']
+
+
+@pytest.mark.parametrize("place,key,size", _numeric_keys(),
+                         ids=[f"{p}.{k}" for p, k, _ in _numeric_keys()])
+def test_every_number_that_is_nan_inf_huge_or_no_number_is_refused_naming_its_key(place, key,
+                                                                                   size):
+    """nan passed every range check (each comparison with nan is false): a quota
+    of nan was no quota at all.  Huge integers ran into OverflowError in
+    `wsuper check`.  Every numeric key now goes through one check."""
+    for value in HOSTILE_NUMBERS + (HOSTILE_SIZES if size else []):
+        if size and value == '"1"':
+            continue                      # a size may be a string: "1" is one byte
+        text, dotted = _document(place, key, value)
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(text, "/x/s.toml")
+        assert f": {dotted}: " in str(e.value), (value, str(e.value))
+        assert e.value.line is not None and e.value.line > 1, (value, str(e.value))
+        assert len(str(e.value)) < 400, str(e.value)
+
+
+def test_the_numbers_that_are_allowed_still_are():
+    for place, key, size in _numeric_keys():
+        lo, hi = {**{k: v[:2] for k, v in Limits.RANGES.items()},
+                  **{k: (lo, hi) for k, lo, hi, _ in policy.GRANT_QUOTAS},
+                  "max_bytes_written": (0, policy.MAX_BYTES_WRITTEN),
+                  "max_connections": (1, 100_000), "message_timeout": (0.1, 3600),
+                  "max_restarts": (0, 1000), "restart_window": (0.1, 86_400),
+                  "restart_delay": (0.0, 60)}[key]
+        for value in (lo, hi):
+            text, _ = _document(place, key, repr(value))
+            policy.parse(text, "/x/s.toml")         # no error
+
+
+def test_an_integer_of_more_digits_than_python_reads_is_a_clear_error():
+    text = BASE + "[compartments.b.limits]\nhandles = " + "9" * 5000 + "\n"
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert str(e.value) == "/x/s.toml:7: invalid TOML: a number of more than 4,300 digits"
+
+
+@pytest.mark.parametrize("line", [
+    "[" + " " * 200_000 + "x",                # the header pattern backtracked: cubic
+    "[[" + " " * 200_000 + "]",
+    "[" + "a" * 100_000 + " " * 100_000 + "a]",
+    "a" + ".a" * 100_000 + " =",
+    "a" + " . a" * 100_000,
+    '"a' * 100_000,
+    '"a".' * 50_000 + "=",
+])
+def test_finding_an_errors_line_takes_no_time_on_hostile_lines(line):
+    """Each line of the file is read to find where a key was written, even lines
+    inside a multi-line string; a line of 200,000 characters once took hours.
+    (Guarded by the suite's timeout, not by a timing.)"""
+    text = BASE + 'x = """\n' + line + '\n"""\n'
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert e.value.line == 6 and "compartments.b.x: unknown key" in str(e.value)
+
+
+def test_a_key_of_many_dots_is_split_in_no_time():
+    key = "compartments.b." + "a." * 200_000 + "z"
+    where = policy._Where(BASE, "/x/s.toml")
+    assert where.line_of(key) == 4       # compartments.b, the longest prefix written
+    assert policy._split_key("a.b[x.y].c[.]") == ["a", "b[x.y]", "c[.]"]
+
+
+def test_an_error_line_is_escaped_then_cut():
+    """Escaping lengthens a line (a control character is shown as four to six
+    characters): cut before it, a line reached 20,000 characters."""
+    bad = "\x1b" * 10_000
+    text = BASE + f'[compartments.b.grants.g]\nhost = "directory"\npath = "/{bad}"\n' \
+        'read_only = true\nappend_only = true\n'
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    shown = str(e.value)
+    assert shown.isprintable() and len(shown) <= policy.SHOWN_ERROR + 30, len(shown)
+    many = "compartments.b." + ".".join(["\x07"] * 50_000)
+    shown = str(policy.PolicyError("/x/s.toml", many, "bad"))
+    assert shown.isprintable() and len(shown) <= policy.SHOWN_ERROR + 30
+
+
+@pytest.mark.parametrize("index", ["#²", "#١٢", "#", "#12a", "#" + "9" * 11, "#-1", "# 1"])
+def test_a_probe_function_index_is_ascii_digits(index):
+    """str.isdigit took "#²", which passed `check` and then crashed `up` (int())."""
+    with pytest.raises(probes.ProbeError, match="an index is '#' and digits"):
+        probes.spec("c", "p", "functions", [index])
+    assert probes.spec("c", "p", "functions", ["#12"]).functions == ("#12",)
+
+
+# ------------------------------------------------------------ schema files
+
+
+def _schema(path, body, ident):
+    path.write_text(f"@0x{ident:016x};\n{body}")
+
+
+def test_what_a_schema_reads_is_every_import_and_embed_and_no_more(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _schema(tmp_path / "a.capnp", '# import "comment.capnp"\nusing B = import "sub/b.capnp";\n'
+            'const s :Text = "import \\"string.capnp\\"";\n'
+            'using C = import "/capnp/c++.capnp";\n', 0xd0a1b2c3d4e5f601)
+    _schema(tmp_path / "sub" / "b.capnp", 'using A = import "../a.capnp";\n'
+            'const d :Data = embed "blob";\nusing N = import "missing.capnp";\n',
+            0xd0a1b2c3d4e5f602)
+    (tmp_path / "sub" / "blob").write_bytes(b"\0\1")
+    found = capnp_schemas.closure(str(tmp_path / "a.capnp"),
+                                  capnp_schemas.import_path(str(tmp_path / "a.capnp")))
+    cxx = os.path.join(capnp_schemas.IMPORT_PATH[0], "capnp", "c++.capnp")
+    assert found[0] == (str(tmp_path / "a.capnp"), None, None)
+    assert sorted(found[1:]) == sorted([
+        (str(tmp_path / "sub" / "b.capnp"), str(tmp_path / "a.capnp"), 3),
+        (cxx, str(tmp_path / "a.capnp"), 5),
+        (str(tmp_path / "sub" / "blob"), str(tmp_path / "sub" / "b.capnp"), 3)])
+
+
+@pytest.mark.parametrize("how", ["import", "embed"])
+@pytest.mark.parametrize("kind", ["fifo", "zero", "directory"])
+def test_a_schema_that_reads_a_file_that_never_ends_is_refused_naming_it(tmp_path, how, kind):
+    """The parser waited for ever on a FIFO (60 s, then a line of 1,000
+    characters with no key) and read /dev/zero to the end."""
+    target = tmp_path / "t"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "zero":
+        os.symlink("/dev/zero", target)
+    else:
+        target.mkdir()
+    _schema(tmp_path / "a.capnp", f'\nconst x :Data = {how} "t";\n' if how == "embed"
+            else '\nusing T = import "t";\n', 0xd0a1b2c3d4e5f603)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "a.capnp"), 3)
+    assert e.value.reason.startswith(f"{how}s {target}, which ")
+    assert stat.S_ISREG(os.stat(tmp_path / "a.capnp").st_mode)
+
+
+def test_a_schema_file_that_is_too_large_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(capnp_schemas, "MAX_SCHEMA_BYTES", 1000)
+    _schema(tmp_path / "a.capnp", "# " + "x" * 2000 + "\n", 0xd0a1b2c3d4e5f604)
+    with pytest.raises(capnp_schemas.SchemaError, match="more than 1,000"):
+        capnp_schemas.load(str(tmp_path / "a.capnp"))
+
+
+def test_a_key_of_too_many_dotted_parts_is_refused_before_tomllib_reads_it():
+    """tomllib takes time cubic in a dotted key's parts: 20 s for 40,000, hours
+    for a file of 16 MiB.  Such a key is refused first, at its line; what a
+    string holds is no key."""
+    ok = BASE + "a" + ".a" * (policy.MAX_KEY_PARTS - 1) + " = 1.5\n"
+    with pytest.raises(policy.PolicyError, match="unknown key 'a'"):
+        policy.parse(ok, "/x/s.toml")
+    for text, line in ((BASE + "\n" + "a" + " . a" * 200_000 + " = 1\n", 7),
+                       (BASE + "[" + "a." * 200_000 + "a]\n", 6),
+                       (BASE + "x = { " + '"a".' * 200_000 + "b = 1 }\n", 6),
+                       ("[compartments." + "b." * 40 + "c]\n" + BASE, 1)):
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(text, "/x/s.toml")
+        assert str(e.value) == f"/x/s.toml:{line}: a dotted key of more than 32 parts"
+    for quoted in ('x = """\n' + "a." * 100 + '\n"""\n', "x = '''\n" + "a." * 100 + "\n'''\n",
+                   'x = "' + "a." * 100 + '"\n', "x = '" + "a." * 100 + "'\n",
+                   "x = 1 # " + "a." * 100 + "\n"):
+        with pytest.raises(policy.PolicyError, match="compartments.b.x: unknown key"):
+            policy.parse(BASE + quoted, "/x/s.toml")
