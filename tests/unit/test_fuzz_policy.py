@@ -1,0 +1,33 @@
+"""A few thousand system files from the policy fuzzer (fuzz/policy.py), and
+proof that its checks fail when what they check breaks."""
+import pytest
+
+from fuzz import policy as FP
+from supervisor import authority, policy
+
+COUNT = 10_000
+
+
+def test_a_few_thousand_hostile_system_files_break_nothing():
+    done, failures = FP.run(COUNT, seed=20261204)
+    assert done == COUNT
+    assert failures == {}, "\n".join(failures)
+
+
+def _lenient_number(where, key, value, lo, hi, real=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+        raise where.error(key, "bad")
+    return value                          # the old check: nan and inf pass
+
+
+@pytest.mark.parametrize("breakage,check", [
+    (lambda mp: mp.setattr(policy, "_number", _lenient_number), "values"),
+    (lambda mp: mp.setattr(authority, "_dot", lambda text: text), "check"),
+    (lambda mp: mp.setattr(authority, "printable", lambda text: text), "check"),
+    (lambda mp: mp.setattr(policy, "printable", lambda text: text), "error"),
+    (lambda mp: mp.setattr(policy, "_no_long_dotted_keys", lambda text, path: None), "time"),
+])
+def test_each_check_fails_when_what_it_guards_is_broken(monkeypatch, breakage, check):
+    breakage(monkeypatch)
+    _done, failures = FP.run(60 if check == "time" else 600, seed=5)
+    assert any(k.startswith(f"{check}: ") for k in failures), failures
