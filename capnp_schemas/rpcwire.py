@@ -53,6 +53,12 @@ TRAVERSAL_LIMIT_WORDS = 64 * 1024
 NESTING_LIMIT = 16
 #: Capability descriptors in one payload.
 MAX_CAPS_PER_MESSAGE = 256
+#: Pipeline transform steps in one message, the call's target and every
+#: receiverAnswer descriptor together (each alone is limited by
+#: wire.MAX_PATH_DEPTH).  Such a message is read through pycapnp, at about a
+#: microsecond a step: without this bound, 256 descriptors of 64 steps took
+#: 20-25 ms to decode, ten of the event loop's turns.
+MAX_TRANSFORM_STEPS_PER_MESSAGE = 64
 
 _Q = struct.Struct("<Q")
 _HEAD_ONE = struct.pack("<II", 0, 4)     # stream framing of a one-segment, 4-word message
@@ -355,11 +361,12 @@ def decode_pycapnp(segs) -> Plain:
         out.method_id = call.methodId
         out.send_to = _which(call.sendResultsTo, "Call.sendResultsTo")
         target = call.target
+        budget = [MAX_TRANSFORM_STEPS_PER_MESSAGE]
         if _which(target, "MessageTarget") == "importedCap":
             out.import_id, out.promise = target.importedCap, None
         else:
-            out.import_id, out.promise = None, _promised(target.promisedAnswer)
-        out.caps, out.content_loc = _payload(segs, call.params, 1)
+            out.import_id, out.promise = None, _promised(target.promisedAnswer, budget)
+        out.caps, out.content_loc = _payload(segs, call.params, 1, budget)
     elif which == MSG_RETURN:
         ret = msg.__getattr__("return")
         out.id = ret.answerId
@@ -367,7 +374,8 @@ def decode_pycapnp(segs) -> Plain:
         out.no_finish = ret.noFinishNeeded
         out.kind = kind = _which(ret, "Return")
         if kind == "results":
-            out.caps, out.content_loc = _payload(segs, ret.results, 0)
+            out.caps, out.content_loc = _payload(segs, ret.results, 0,
+                                                 [MAX_TRANSFORM_STEPS_PER_MESSAGE])
         elif kind == "exception":
             out.reason, out.type = _exception(ret.exception)
     elif which == MSG_FINISH:
@@ -399,11 +407,20 @@ def _which(reader, what: str) -> str:
         raise wire.WireError(f"{what}: a union member that rpc.capnp does not define") from None
 
 
-def _promised(pa) -> tuple:
+def _promised(pa, budget: list) -> tuple:
+    """(question id, pointer path) of a PromisedAnswer.  `budget`: [steps the
+    message may still have], checked (by the list's length, which costs nothing)
+    before any step is read, so a message's decoding does bounded work."""
     ops = pa.transform
     if len(ops) > wire.MAX_PATH_DEPTH:
         raise wire.WireError(f"pipeline transform of {len(ops)} steps "
                              f"(limit {wire.MAX_PATH_DEPTH})")
+    budget[0] -= len(ops)
+    if budget[0] < 0:
+        raise wire.WireError(f"more than {MAX_TRANSFORM_STEPS_PER_MESSAGE} pipeline "
+                             f"transform steps in one message (limit "
+                             f"{MAX_TRANSFORM_STEPS_PER_MESSAGE}: the target's and every "
+                             f"capability's together)")
     path = []
     for op in ops:
         if _which(op, "PromisedAnswer.Op") == "getPointerField":
@@ -411,8 +428,9 @@ def _promised(pa) -> tuple:
     return (pa.questionId, tuple(path))
 
 
-def _payload(segs, payload, field: int) -> tuple:
-    """(cap descriptors, content location) of Payload field `field` of the body."""
+def _payload(segs, payload, field: int, budget: list) -> tuple:
+    """(cap descriptors, content location) of Payload field `field` of the body;
+    `budget` as _promised's."""
     table = payload.capTable
     if len(table) > MAX_CAPS_PER_MESSAGE:
         raise wire.WireError(f"{len(table)} capabilities in one message "
@@ -422,7 +440,7 @@ def _payload(segs, payload, field: int) -> tuple:
         name = _which(d, "CapDescriptor")
         kind = _CAP_KINDS[name]
         if kind == CAP_RECEIVER_ANSWER:
-            caps.append((kind, _promised(d.receiverAnswer)))
+            caps.append((kind, _promised(d.receiverAnswer, budget)))
         elif kind == CAP_THIRD_PARTY_HOSTED:
             caps.append((kind, None))
         else:
