@@ -14,6 +14,7 @@ IMPORTS = {
     "call": ((I32, I64, I32, I32, I32, I32, I32, I32), (I32,)),
     "reply_read": ((I32, I32), (I32,)),
     "release": ((I32,), (I32,)),
+    "keep": ((I32,), (I32,)),
     "object": ((I32,), (I32,)),
     "params_read": ((I32, I32), (I32,)),
     "results_set": ((I32, I32, I32, I32), (I32,)),

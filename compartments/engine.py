@@ -33,6 +33,7 @@ and ends the engine with EXIT_PROTOCOL.
 from __future__ import annotations
 
 import ctypes
+import functools
 import resource
 import signal
 import socket
@@ -160,14 +161,17 @@ class _Import:
 
 
 class _Frame:
-    """One incoming call being dispatched to the guest."""
-    __slots__ = ("params", "handles", "results", "error")
+    """One incoming call being dispatched to the guest.  `borrowed`: the handles
+    made for its params that the guest has neither kept (`keep`) nor released:
+    they are released once the call is answered (docs/guest-abi.md, "Handles")."""
+    __slots__ = ("params", "handles", "results", "error", "borrowed")
 
-    def __init__(self, params: bytes, handles: list):
+    def __init__(self, params: bytes, handles: list, borrowed: set | None = None):
         self.params = params
         self.handles = handles
         self.results = None
         self.error = None
+        self.borrowed = borrowed
 
 
 def _native_results(segment: bytes):
@@ -511,10 +515,24 @@ class Engine:
         entry = self.handles.get(handle)
         if entry is None:
             return abi.E_BADHANDLE
+        self._unborrow(handle)
         self.handles.remove(handle)
         if isinstance(entry, _Import):
             self._unref_import(entry.import_id)
         return abi.OK
+
+    def _host_keep(self, handle):
+        """A handle from the params of a call being served stays after the call."""
+        if self.handles.get(handle) is None:
+            return abi.E_BADHANDLE
+        self._unborrow(handle)
+        return abi.OK
+
+    def _unborrow(self, handle):
+        """`handle` is no longer a call's to release (kept, or released already)."""
+        for frame in self.frames:
+            if frame is not None and frame.borrowed:
+                frame.borrowed.discard(handle)
 
     def _host_object(self, tag):
         try:
@@ -839,7 +857,11 @@ class Engine:
                 handles = self._handles_for(ev.payload.caps)
             except _GuestError as e:
                 raise _CallError("overloaded", str(e)) from None
-            frame = _Frame(self._for_guest(ev.payload.content), handles)
+            borrowed = None
+            if outer is None and handles:    # per_call: the instance's table goes anyway
+                borrowed = {h for h in handles if h}
+                after.append(functools.partial(self._release_borrowed, borrowed))
+            frame = _Frame(self._for_guest(ev.payload.content), handles, borrowed)
             self.frames.append(frame)
             method = (ev.target.tag, ev.interface_id, ev.method_id)
             hold = self._may_hold(method)
@@ -863,6 +885,18 @@ class Engine:
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results
+
+    def _release_borrowed(self, borrowed: set):
+        """After a call's answer is queued (it may carry them): release the handles
+        made for its params that the guest did not keep.  A client cannot fill the
+        handle table by sending capabilities a method does not take."""
+        for h in borrowed:
+            if self.handles.get(h) is None:
+                continue
+            entry = self.handles.remove(h)
+            if isinstance(entry, _Import):
+                self._unref_import(entry.import_id)
+        borrowed.clear()
 
     def _may_hold(self, method) -> bool:
         """Whether the answers waiting may stay queued while `method` runs (HOLD_FUEL)."""

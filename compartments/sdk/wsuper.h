@@ -28,6 +28,9 @@ WSUPER_IMPORT(call) int32_t wsuper_call(int32_t handle, int64_t iface, int32_t m
                                         const int32_t *caps, int32_t ncaps, void *out);
 WSUPER_IMPORT(reply_read) int32_t wsuper_reply_read(void *buf, int32_t *caps);
 WSUPER_IMPORT(release) int32_t wsuper_release(int32_t handle);
+/* A handle from the params of the call being served is released when the call
+ * returns, unless kept: keep(h) makes it yours until you release it. */
+WSUPER_IMPORT(keep) int32_t wsuper_keep(int32_t handle);
 WSUPER_IMPORT(object) int32_t wsuper_object(int32_t tag);
 WSUPER_IMPORT(params_read) int32_t wsuper_params_read(void *buf, int32_t *caps);
 WSUPER_IMPORT(results_set) int32_t wsuper_results_set(const void *buf, int32_t len,

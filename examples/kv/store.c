@@ -120,10 +120,9 @@ int store_serve_subscribe(wsuper_arena *a, int32_t object, const store_subscribe
   (void)object;
   (void)out;
   if (!in->listener) return wsuper_error(a, "no listener");
-  if (nlisteners == MAX_LISTENERS) {
-    wsuper_release(in->listener);
-    return wsuper_error(a, "too many listeners");
-  }
-  listeners[nlisteners++] = in->listener; /* the handle is ours to keep */
+  if (nlisteners == MAX_LISTENERS) return wsuper_error(a, "too many listeners");
+  /* a handle in params lasts as long as the call, unless kept */
+  if (wsuper_keep(in->listener) != WSUPER_OK) return wsuper_error(a, "bad listener");
+  listeners[nlisteners++] = in->listener;
   return 0;
 }

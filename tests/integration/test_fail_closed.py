@@ -189,6 +189,51 @@ def test_a_message_whose_pipeline_transforms_are_too_long_together_is_refused(li
     _still_serving(run, sock, before)
 
 
+def _sum_to(c: WireClient, calc: int, n: int) -> P.ReturnReceived:
+    """calc.sumTo(n, observer), the observer hosted by this client and answering."""
+    observer = object()
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": n})[0]
+    seg = bytearray(params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
+    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    while True:
+        ev = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer
+                    or isinstance(e, P.ReturnReceived) and e.question_id == qid)
+        if isinstance(ev, P.ReturnReceived):
+            if ev.finish_needed:
+                c.send(c.conn.send_finish(qid))
+            return ev
+        c.send(c.conn.send_return(ev.answer_id))
+
+
+def test_capabilities_a_method_does_not_take_do_not_fill_the_callees_handle_table(live):
+    """calc.add takes no capability; 64 calls with 16 capabilities each used to fill
+    calc's 1024 handles for good (neither calc nor generated code releases what it
+    did not ask for), and every later call that carries a capability failed
+    'overloaded'.  Now the handles a call's params bring are the call's: released
+    once it is answered, unless the guest keeps them."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    add = payloads.build(_calc_structs("add")[0], {"a": 1, "b": 2})[0]
+    junk = []
+    for _ in range(64):
+        caps = [object() for _ in range(16)]
+        junk += caps
+        ret = c.returned(c.call(calc, CALC_ID, 0, add, caps))
+        assert ret.payload is not None, ret.error
+    ret = _sum_to(c, calc, 3)                        # a capability calc does take
+    assert ret.payload is not None, ret.error
+    # and the client hears that every capability it passed was let go
+    deadline = time.monotonic() + 10
+    while any(id(o) in c.conn._export_ids for o in junk):
+        assert time.monotonic() < deadline, len(c.conn.exports)
+        c.pump()
+    _still_serving(run, sock, before)
+    c.close()
+
+
 def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
     run, sock = live
     before = _supervisor(run.proc.pid)
