@@ -48,6 +48,18 @@ HEADER_WORDS = 8192
 QUEUE_SOFT_FACTOR = 2
 
 
+#: Bytes of the calls a peer has pipelined on answers not yet returned (each holds
+#: its whole message until then): at least this much, and twice its message_size.
+PIPELINED_PEER_BYTES = 1 << 20
+#: ... and of every peer's together.
+PIPELINED_TOTAL_BYTES = 64 << 20
+
+
+def pipelined_limit(limits: Limits) -> int:
+    """Bytes of pipelined calls one peer may have waiting on unreturned answers."""
+    return max(2 * limits.message_size, PIPELINED_PEER_BYTES)
+
+
 def queue_soft_limit(limits: Limits) -> int:
     """Bytes waiting to be written to a peer beyond which calls to it are refused
     and the supervisor stops reading from it (backpressure)."""
@@ -68,6 +80,7 @@ class Peer:
         self.kind = kind                 # "engine" | "external"
         self.limits = limits
         self.laned = False               # its socket is the fast lane's (fastlane.py)
+        self.pipelined = 0               # bytes of its calls waiting on unreturned answers
         self.conn = protocol.Connection(
             name, max_message_words=(limits.message_size >> 3) + HEADER_WORDS)
         self.remotes: dict[int, Remote] = {}
@@ -100,12 +113,14 @@ class _Route:
 class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
-                 names: dict | None = None, audit: bool = False, backlog=None):
+                 names: dict | None = None, audit: bool = False, backlog=None,
+                 pipelined_total: int = PIPELINED_TOTAL_BYTES):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
         id -> (name, {method id: name}).  `backlog(peer id)`: bytes waiting to be
-        written to that peer (backpressure)."""
+        written to that peer (backpressure).  `pipelined_total`: bytes of calls
+        pipelined on unreturned answers that all peers together may have waiting."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -126,6 +141,8 @@ class Router:
         self._tokens = itertools.count(1)
         self._pending: dict[tuple, object] = {}        # (peer id, question id) -> handler
         self._pipelined: dict[tuple, list] = {}        # (peer id, answer id) -> [(transform, Call)]
+        self.pipelined_total = pipelined_total
+        self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
@@ -430,6 +447,23 @@ class Router:
                 self.sweep(caps)
                 return
             if target.result is None:
+                size = call.content.size()
+                if peer.pipelined + size > pipelined_limit(peer.limits) \
+                        or self.pipelined_bytes + size > self.pipelined_total:
+                    mine = peer.pipelined + size > pipelined_limit(peer.limits)
+                    self.fail(reply, CallError(
+                        f"{peer.name} has pipelined calls of {peer.pipelined} bytes waiting on "
+                        f"answers not returned yet; this one of {size} bytes would pass the "
+                        f"limit of {pipelined_limit(peer.limits)} bytes per connection "
+                        f"(twice message_size, at least {PIPELINED_PEER_BYTES})" if mine else
+                        f"pipelined calls waiting on answers not returned yet hold "
+                        f"{self.pipelined_bytes} bytes in all; this one of {size} bytes would "
+                        f"pass the supervisor's limit of {self.pipelined_total} bytes",
+                        "overloaded"))
+                    self.sweep(caps)
+                    return
+                peer.pipelined += size
+                self.pipelined_bytes += size
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
@@ -741,7 +775,7 @@ class Router:
                                      no_finish=peer.kind == "engine")
         self._retain_new(peer, caps)
         self.emit(fx.Send(peer.id, data))
-        for transform, call in self._pipelined.pop((peer.id, answer_id), []):
+        for transform, call in self._take_pipelined(peer, answer_id):
             try:
                 target = self._resolve_pipeline(peer, (content, out_caps), transform)
             except CallError as e:
@@ -761,9 +795,19 @@ class Router:
             else e.reason
         self.emit(fx.Send(peer.id, peer.conn.send_exception(
             answer_id, _bounded(reason), e.type, no_finish=peer.kind == "engine")))
-        for _transform, call in self._pipelined.pop((peer.id, answer_id), []):
+        for _transform, call in self._take_pipelined(peer, answer_id):
             self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)
+
+    def _take_pipelined(self, peer: Peer, answer_id: int) -> list:
+        """The calls `peer` pipelined on its answer `answer_id`, no longer waiting."""
+        calls = self._pipelined.pop((peer.id, answer_id), None)
+        if not calls:
+            return ()
+        size = sum(call.content.size() for _t, call in calls)
+        peer.pipelined -= size
+        self.pipelined_bytes -= size
+        return calls
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
         crossed = self._through.pop(key, [])
@@ -926,9 +970,8 @@ class Router:
         pending = [(k, h) for k, h in self._pending.items() if k[0] == peer.id]
         for k, _ in pending:
             del self._pending[k]
-        waiting = [v for k, v in self._pipelined.items() if k[0] == peer.id]
-        for key in [k for k in self._pipelined if k[0] == peer.id]:
-            del self._pipelined[key]
+        waiting = [self._take_pipelined(peer, k[1]) for k in list(self._pipelined)
+                   if k[0] == peer.id]
         for obj in exported:
             self._drop(obj)
         for calls in waiting:

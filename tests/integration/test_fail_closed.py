@@ -234,6 +234,37 @@ def test_capabilities_a_method_does_not_take_do_not_fill_the_callees_handle_tabl
     c.close()
 
 
+def test_calls_pipelined_on_an_unreturned_answer_are_bounded_in_bytes(live):
+    """Calls pipelined on an answer not returned yet each kept their whole message:
+    in_flight (64) of them at message_size was 0.5 GiB a connection at the default
+    8 MiB.  Now what they hold is bounded (here 1 MiB: twice this system's 64 KiB
+    message_size, at least 1 MiB); the call past it fails at once, 'overloaded'."""
+    from supervisor import router as R
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    observer = object()                  # sumTo waits on it: its answer stays unreturned
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": 1})[0]
+    seg = bytearray(params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)
+    pending = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(60 << 10)])
+    qids = [c.call((pending, ()), CALC_ID, 0, big) for _ in range(30)]
+    waiting = 17                                  # 17 messages of 61.5 KiB fit in 1 MiB
+    refused = [c.returned(q) for q in qids[waiting:]]
+    assert all(r.error_type == "overloaded" and "per connection" in r.error for r in refused)
+    assert str(R.pipelined_limit(R.Limits(message_size=64 << 10))) in refused[0].error
+    c.send(c.conn.send_return(step.answer_id))           # sumTo returns (no capability)
+    assert c.returned(pending).payload is not None
+    for q in qids[:waiting]:                              # the 17 that waited go on now
+        ret = c.returned(q)                               # (and fail: nothing to call)
+        assert ret.payload is None and "pipelined call" in ret.error, ret
+    _still_serving(run, sock, before)
+    c.close()
+
+
 def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
     run, sock = live
     before = _supervisor(run.proc.pid)

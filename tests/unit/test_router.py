@@ -521,3 +521,52 @@ def test_a_revoked_grant_stays_revoked_when_its_holder_restarts():
     again.send(again.conn.send_call(again.grants[0].import_id, CALC, 0)[1])
     assert "app.calc was revoked" in again.inbox.pop().error
     assert calc.inbox == []
+
+
+def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and_in_all():
+    """Each call queued on an answer not returned yet holds its whole message: up to
+    in_flight of them, 8 MiB each, was 0.5 GiB a connection.  The bytes they hold
+    are bounded per peer (twice message_size, at least 1 MiB) and across peers; the
+    call past either bound fails 'overloaded' at once, and the bytes count down as
+    the answer returns and the calls go on."""
+    limits = R.Limits(message_size=64 << 10)
+    router = R.Router({"calc": CALC, "a": None, "b": None},
+                      limits={"a": limits, "b": limits}, pipelined_total=(3 << 20) // 2)
+    calc = start(router, "calc", exports=True)
+    a, b = apps = [start(router, n, [grant("calc", "calc")]) for n in ("a", "b")]
+    body = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(60 << 10)])
+    asked = {}
+    for app in apps:                         # a call each that calc does not answer yet
+        qid, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+        app.send(data)
+        asked[app.name] = qid
+    first, _second = calc.inbox
+    calc.inbox.clear()
+
+    def pipeline(app) -> tuple:
+        """Calls pipelined on the app's unanswered call until one is refused."""
+        n = 0
+        while not app.inbox:
+            app.send(app.conn.send_call((asked[app.name], ()), CALC, 0, body)[1])
+            n += 1
+        refused = app.inbox.pop()
+        assert refused.error_type == "overloaded", refused
+        return n - 1, refused.error
+
+    queued, why = pipeline(a)                # a alone: its own bound, 1 MiB
+    assert "per connection" in why and queued == 17           # 17 x 61 KiB <= 1 MiB
+    held_a = router.peers[a.pid].pipelined
+    assert held_a <= R.PIPELINED_PEER_BYTES
+    queued, why = pipeline(b)                # b: the bound of all peers together first
+    assert "in all" in why and queued == 8
+    assert router.pipelined_bytes == held_a + router.peers[b.pid].pipelined \
+        <= router.pipelined_total
+    assert calc.inbox == []
+    # a's answer returns a capability: its 17 calls go on to it, and no longer count
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [calc.main]))
+    assert len(calc.inbox) == 17
+    assert router.peers[a.pid].pipelined == 0
+    assert router.pipelined_bytes == router.peers[b.pid].pipelined > 0
+    # a peer that goes takes its waiting calls' bytes with it
+    router.disconnected(b.pid, "gone")
+    assert router.pipelined_bytes == 0
