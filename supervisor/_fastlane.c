@@ -246,7 +246,9 @@ typedef struct Peer {
   int held, ok, raw, in_ready, dirty;
   int external;     /* an external client: returns keep their answer until its Finish */
   int lost;         /* errno: input was dropped (out of memory); take() ends the stream with it */
-  int64_t heard;    /* CLOCK_MONOTONIC ns of the last read that brought bytes */
+  int64_t useful;   /* CLOCK_MONOTONIC ns of the last call the lane forwarded from it or
+                       return to or from it (since add, if none): useful work, for
+                       evicting idle external connections (Release, Finish ... are not) */
   uint32_t events;
   Buf in, out;
   Item *qhead, *qtail;
@@ -540,6 +542,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   if (r->calls) r->calls->prev = c;
   r->calls = c;
   A->native_open++;
+  A->useful = c->t0;
   B->out.len += fw_forward(out, seg, n, o, 1, qid, r->import_id, o->interface_id, o->method_id, 0);
   mark_dirty(L, B);
   L->c_calls++;
@@ -570,6 +573,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     a->duration = now_ns(CLOCK_MONOTONIC) - c->t0;
   }
   int delivered = !c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0;
+  B->useful = now_ns(CLOCK_MONOTONIC);
+  if (delivered) A->useful = B->useful;
   ncall_forget(L, c, 0);
   if (delivered && A->external) { /* its answer stays open until the client's Finish */
     map_put(&L->answers, KEY(A->pid, c->aid), RETURNED);
@@ -668,7 +673,6 @@ static void on_readable(Lane *L, Peer *P) {
     if (k > 0) {
       P->in.len += (size_t)k;
       got += (size_t)k;
-      P->heard = now_ns(CLOCK_MONOTONIC);
       process_input(L, P);
       if (P->qbytes > TO_PYTHON_LIMIT) break;
       /* a short read drained the socket: epoll (level-triggered) says when more
@@ -860,7 +864,7 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   P->external = external;
   P->ok = 1;
   P->next_qid = NATIVE_QID_BASE;
-  P->heard = now_ns(CLOCK_MONOTONIC);
+  P->useful = now_ns(CLOCK_MONOTONIC);
   LOCK(L);
   if ((size_t)pid >= L->npeers) {
     size_t n = L->npeers ? L->npeers : 64;
@@ -1177,14 +1181,15 @@ static PyObject *Lane_counts(Lane *L, PyObject *args) {
   return Py_BuildValue("lll", from, to, served);
 }
 
-/* idle(pid) -> seconds since the peer last sent anything (since add, if never) */
+/* idle(pid) -> seconds since the lane last forwarded a call from the peer, or a return
+ * to or from it (since add, if never): Python adds its own (Peer.useful) */
 static PyObject *Lane_idle(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
   double idle = 0;
   LOCK(L);
   Peer *P = peer_get(L, pid);
-  if (P) idle = (double)(now_ns(CLOCK_MONOTONIC) - P->heard) / 1e9;
+  if (P) idle = (double)(now_ns(CLOCK_MONOTONIC) - P->useful) / 1e9;
   UNLOCK(L);
   return PyFloat_FromDouble(idle);
 }

@@ -81,6 +81,10 @@ class Peer:
         self.limits = limits
         self.laned = False               # its socket is the fast lane's (fastlane.py)
         self.pipelined = 0               # bytes of its calls waiting on unreturned answers
+        #: when it last did useful work through the router (router.clock): a call or
+        #: bootstrap it made, a return it gave or got; Release, Finish and the like
+        #: are not (the runtime evicts idle external connections by it)
+        self.useful = 0.0
         self.conn = protocol.Connection(
             name, max_message_words=(limits.message_size >> 3) + HEADER_WORDS)
         self.remotes: dict[int, Remote] = {}
@@ -387,6 +391,7 @@ class Router:
 
     def _new_peer(self, name, kind, limits) -> Peer:
         peer = Peer(next(self._ids), name, kind, limits)
+        peer.useful = self.clock()
         self.peers[peer.id] = peer
         return peer
 
@@ -394,10 +399,13 @@ class Router:
 
     def _event(self, peer: Peer, ev):
         if isinstance(ev, protocol.CallReceived):
+            peer.useful = self.clock()
             self._on_call(peer, ev)
         elif isinstance(ev, protocol.ReturnReceived):
+            peer.useful = self.clock()
             self._on_return(peer, ev)
         elif isinstance(ev, protocol.BootstrapRequested):
+            peer.useful = self.clock()
             if peer.kind == "external":
                 self._answer((peer, ev.answer_id), Content.capability(0), (self.gateway,))
             else:
@@ -770,6 +778,7 @@ class Router:
             self.sweep(caps)
             return
         out_caps = [self._export_cap(peer, c) for c in caps]
+        peer.useful = self.clock()
         # Engines never pipeline: spare them the Finish when nothing needs releasing.
         data = peer.conn.send_return(answer_id, content, out_caps,
                                      no_finish=peer.kind == "engine")

@@ -44,7 +44,8 @@ GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
 SLICE = 4096                # bytes of a read fed to the router at a time
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
-IDLE_EVICT = 1.0            # an external connection silent this long may make room for another
+IDLE_EVICT = 1.0            # an external connection without useful work this long may make
+                            # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
@@ -72,7 +73,6 @@ class _Link:
         self.partial: int | None = None          # the message half received, if any
         self.partial_since: float | None = None  # ... since when
         self.turn = 0.0                          # when it last let others run
-        self.heard = trio.current_time()         # when it last sent anything
         self._reads = 0
 
     def write(self, data: bytes) -> bool:
@@ -174,11 +174,6 @@ class _NativeLink:
     @property
     def queued(self) -> int:
         return self.lane.queued(self.pid)
-
-    @property
-    def heard(self) -> float:
-        """When it last sent anything (trio's clock), as _Link.heard."""
-        return trio.current_time() - self.lane.idle(self.pid)
 
     def write(self, data: bytes) -> bool:
         if self.closed:
@@ -914,7 +909,6 @@ class Supervisor:
                     return "stalled in the middle of a message"
                 if not data:
                     return None
-                link.heard = trio.current_time()
                 # Fairness: a read can hold hundreds of small messages; they are fed
                 # in slices, and the loop is let go whenever this peer has held it
                 # for TURN seconds, so no peer's flood delays anyone else for long.
@@ -1225,23 +1219,26 @@ class Supervisor:
                 self.nursery.start_soon(self._serve_external, stream)
 
     def _make_room(self) -> bool:
-        """All external connections are taken: close the one idle longest (nothing
-        heard from it for IDLE_EVICT seconds, and no call of its own in flight), so
-        that clients which hold connections open and do nothing cannot keep the
-        others out.  False if every connection is busy."""
-        now, idlest = trio.current_time(), None
+        """All external connections are taken: close the one idle longest (see
+        `idlest`), so that clients which hold connections open doing nothing useful
+        cannot keep the others out.  False if every connection is busy."""
+        now, conns = self._now(), []
         for pid, link in self.links.items():
             peer = self.router.peers.get(pid)
-            if peer is None or peer.kind != "external" or link.closed \
-                    or now - link.heard < IDLE_EVICT or peer.conn.unanswered \
-                    or (peer.conn.native is not None and peer.conn.native.in_flight()):
+            if peer is None or peer.kind != "external" or link.closed:
                 continue
-            if idlest is None or link.heard < self.links[idlest].heard:
-                idlest = pid
-        if idlest is None:
+            last = peer.useful                    # the router's, and the lane's own
+            if link.native:
+                last = max(last, now - self.lane.idle(pid))
+            busy = bool(peer.conn.unanswered or (peer.conn.native is not None
+                                                 and peer.conn.native.in_flight()))
+            conns.append((pid, now - last, busy))
+        pick = idlest(conns, IDLE_EVICT)
+        if pick is None:
             return False
-        self._cut_off(idlest, f"it was idle for {now - self.links[idlest].heard:.1f} s while "
-                              f"another client waited to connect (max_connections)")
+        pid, quiet = pick
+        self._cut_off(pid, f"it did no useful work for {quiet:.1f} s while another client "
+                           f"waited to connect (max_connections)")
         return True
 
     async def _refuse(self, stream, reason: str):
@@ -1500,6 +1497,23 @@ class Supervisor:
             elif isinstance(a, S.Finish):
                 self._exit_code = a.code
                 self._done.set()
+
+
+def idlest(conns, idle_after: float) -> tuple | None:
+    """Which external connection makes room for a new one (pure): of `conns`,
+    (pid, seconds since its last useful work, busy), the one idle longest, if
+    idle at least `idle_after` seconds and not busy (no call of its own in
+    flight); (pid, seconds) or None.  Useful work is a call or bootstrap it made,
+    a return it gave or got (Router: Peer.useful, and the lane's own): messages
+    that ask for nothing (Release, Finish, unknown types answered 'unimplemented')
+    do not count, so sending them cannot hold a connection."""
+    best = None
+    for pid, quiet, busy in conns:
+        if busy or quiet < idle_after:
+            continue
+        if best is None or quiet > best[1]:
+            best = (pid, quiet)
+    return best
 
 
 class _StartError(Exception):

@@ -322,19 +322,25 @@ def test_a_peer_that_keeps_sending_large_messages_is_not_taken_for_a_stalled_one
     _still_serving(run, sock, _supervisor(run.proc.pid))
 
 
-def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
-    run, sock = live
-    before = _supervisor(run.proc.pid)
+def _take_every_connection(sock: str, n: int = 4) -> list:
+    """`n` connections, each bootstrapped (the fixture's own may take a moment to go)."""
     held, deadline = [], time.monotonic() + 10
-    while len(held) < 4:                # the fixture's own client may take a moment to go
+    while len(held) < n:
         c = WireClient(sock)
         try:
-            c.bootstrap()
+            c.gateway = c.bootstrap()
             held.append(c)
         except (OSError, AssertionError, P.ProtocolError):
             c.close()
             assert time.monotonic() < deadline
             time.sleep(0.2)
+    return held
+
+
+def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    held = _take_every_connection(sock)
     for c in held:                      # each heard from just now: none may make room
         c.bootstrap()
     extra = WireClient(sock)
@@ -347,8 +353,49 @@ def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
     newcomer = WireClient(sock)
     newcomer.bootstrap()
     assert held[0].closed()
-    run.wait_for("idle for ")
+    run.wait_for("did no useful work for ")
     for c in held[1:] + [newcomer]:
+        c.close()
+    time.sleep(0.2)
+    _still_serving(run, sock, before)
+
+
+def test_connections_that_only_chatter_cannot_keep_a_new_client_out(live):
+    """Every connection sending a message that asks for nothing (a Release of no
+    reference) every 0.3 s used to count as busy: eviction waited for 1 s of
+    silence, so they kept every other client out for as long as they liked.  Only
+    useful work counts now: a call or bootstrap, a return."""
+    from capnp_schemas import rpc
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    held = _take_every_connection(sock)
+
+    def nothing(c) -> bytes:             # Release(the gateway, 0 references)
+        msg = rpc.Message.new_message()
+        msg.init("release").id = c.gateway
+        return frame(*msg.to_segments())
+
+    def chatter(seconds: float):
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            for c in held:
+                try:
+                    c.send(nothing(c))
+                except OSError:          # the one closed to make room
+                    pass
+            time.sleep(0.3)
+    chatter(1.5)
+    extra = WireClient(sock)             # and while they chatter, a newcomer gets in
+    t = threading.Thread(target=chatter, args=(1.0,))
+    t.start()
+    try:
+        calc = extra.get(extra.bootstrap(), "calc")
+        params = payloads.build(_calc_structs("add")[0], {"a": 2, "b": 3})[0]
+        assert extra.returned(extra.call(calc, CALC_ID, 0, params)).payload is not None
+    finally:
+        t.join()
+    run.wait_for("did no useful work for ")
+    for c in held + [extra]:
         c.close()
     time.sleep(0.2)
     _still_serving(run, sock, before)
