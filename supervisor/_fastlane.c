@@ -256,6 +256,7 @@ typedef struct Peer {
   size_t soft, hard;
   uint64_t max_words, max_segments, message_size;
   long in_flight, native_open, py_open, returned_open;
+  size_t slot;      /* its place in Lane.peers */
   uint64_t messages, partial_msg;
   int64_t partial_since;
   uint32_t next_qid;
@@ -271,8 +272,9 @@ typedef struct {
   PyObject_HEAD pthread_mutex_t mu;
   pthread_t thread;
   int running, epfd, evfd, stopfd;
-  Peer **peers;
-  size_t npeers;
+  Map bypid;    /* peer id -> Peer */
+  Peer **peers; /* the peers, dense (no holes: a removed one's place is refilled), for scans */
+  size_t npeers, peers_cap;
   Map routes;   /* KEY(caller, export id) -> Route */
   Map calls;    /* KEY(callee, question id) -> NCall */
   Map answers;  /* KEY(caller, answer id) -> NCall (native) or PYOPEN */
@@ -297,8 +299,8 @@ static void *const RETURNED = (void *)2; /* returned to an external client (nati
 static void *const RESERVED = (void *)1;
 
 static Peer *peer_get(Lane *L, long pid) {
-  if (pid < 0 || (size_t)pid >= L->npeers) return NULL;
-  return L->peers[pid];
+  if (pid < 0) return NULL;
+  return map_get(&L->bypid, (uint64_t)pid);
 }
 
 static void route_unref(Lane *L, Route *r) {
@@ -806,9 +808,9 @@ static PyObject *Lane_stop(Lane *L, PyObject *unused) {
 static void Lane_dealloc(Lane *L) {
   Lane_stop(L, NULL);
   if (L->epfd > 0) {
-    for (size_t i = 0; i < L->npeers; i++)
-      if (L->peers[i]) free_peer(L, L->peers[i]);
+    for (size_t i = 0; i < L->npeers; i++) free_peer(L, L->peers[i]);
     free(L->peers);
+    map_free(&L->bypid);
     for (size_t i = 0; i < L->calls.cap; i++)
       if (L->calls.keys[i]) free(L->calls.vals[i]);
     for (size_t i = 0; i < L->routes.cap; i++)
@@ -866,27 +868,30 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   P->next_qid = NATIVE_QID_BASE;
   P->useful = now_ns(CLOCK_MONOTONIC);
   LOCK(L);
-  if ((size_t)pid >= L->npeers) {
-    size_t n = L->npeers ? L->npeers : 64;
-    while (n <= (size_t)pid) n *= 2;
-    Peer **p = realloc(L->peers, n * sizeof *p);
-    if (!p) {
-      UNLOCK(L);
-      P->fd = -1; /* still the caller's */
-      free_peer(L, P);
-      return PyErr_NoMemory();
-    }
-    memset(p + L->npeers, 0, (n - L->npeers) * sizeof *p);
-    L->peers = p;
-    L->npeers = n;
-  }
-  if (L->peers[pid]) {
+  if (map_get(&L->bypid, (uint64_t)pid)) {
     UNLOCK(L);
     P->fd = -1;
     free_peer(L, P);
     return PyErr_Format(PyExc_ValueError, "peer %ld is in the fast lane already", pid);
   }
-  L->peers[pid] = P;
+  /* by id in a map and dense in an array: peer ids only grow (one per connection
+   * ever made), and an array indexed by id grew with them, and was scanned whole */
+  if (L->npeers == L->peers_cap) {
+    size_t n = L->peers_cap ? L->peers_cap * 2 : 64;
+    Peer **p = realloc(L->peers, n * sizeof *p);
+    if (p) {
+      L->peers = p;
+      L->peers_cap = n;
+    }
+  }
+  if (L->npeers == L->peers_cap || map_put(&L->bypid, (uint64_t)pid, P)) {
+    UNLOCK(L);
+    P->fd = -1; /* still the caller's */
+    free_peer(L, P);
+    return PyErr_NoMemory();
+  }
+  P->slot = L->npeers;
+  L->peers[L->npeers++] = P;
   epoll_set(L, P);
   UNLOCK(L);
   Py_RETURN_NONE;
@@ -899,7 +904,10 @@ static PyObject *Lane_remove(Lane *L, PyObject *args) {
   LOCK(L);
   Peer *P = peer_get(L, pid);
   if (P) {
-    L->peers[pid] = NULL;
+    map_del(&L->bypid, (uint64_t)pid);
+    Peer *last = L->peers[--L->npeers]; /* its place goes to the last one */
+    L->peers[P->slot] = last;
+    last->slot = P->slot;
     if (P->dirty) { /* off the dirty list */
       Peer **pp = &L->dirty;
       while (*pp && *pp != P) pp = &(*pp)->next_dirty;
@@ -1469,7 +1477,7 @@ static PyObject *Lane_stalled(Lane *L, PyObject *args) {
   int64_t limit = now_ns(CLOCK_MONOTONIC) - (int64_t)(seconds * 1e9);
   for (size_t i = 0; i < L->npeers; i++) {
     Peer *P = L->peers[i];
-    if (P && !P->closed && P->partial_since && P->partial_since <= limit) {
+    if (!P->closed && P->partial_since && P->partial_since <= limit) {
       if (!pids && !(pids = malloc(L->npeers * sizeof *pids))) {
         nomem = 1;
         break;
@@ -1557,11 +1565,12 @@ static PyObject *Lane_stats(Lane *L, PyObject *unused) {
   unsigned long long calls = L->c_calls, returns = L->c_returns, to_python = L->c_to_python,
                      wakeups = L->c_wakeups, reads = L->c_reads, writes = L->c_writes;
   Py_ssize_t routes = (Py_ssize_t)L->routes.len, in_flight = (Py_ssize_t)L->calls.len,
-             audit_pending = (Py_ssize_t)L->audit_len;
+             audit_pending = (Py_ssize_t)L->audit_len, peers = (Py_ssize_t)L->npeers;
   UNLOCK(L);
-  return Py_BuildValue("{sKsKsKsKsKsKsnsnsn}", "calls", calls, "returns", returns, "to_python",
+  return Py_BuildValue("{sKsKsKsKsKsKsnsnsnsn}", "calls", calls, "returns", returns, "to_python",
                        to_python, "wakeups", wakeups, "reads", reads, "writes", writes, "routes",
-                       routes, "in_flight", in_flight, "audit_pending", audit_pending);
+                       routes, "in_flight", in_flight, "audit_pending", audit_pending, "peers",
+                       peers);
 }
 
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }

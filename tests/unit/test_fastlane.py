@@ -946,3 +946,41 @@ def test_a_release_or_a_lost_peer_takes_its_routes_down_without_walking_every_ro
     calc.until(lambda: calc.calls())
     assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE
     assert s.lane.stats()["calls"] == before + 1
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_the_lanes_peers_cost_what_is_connected_now_not_every_id_ever_used():
+    """Peer ids only grow (one per connection ever made).  The lane kept its peers
+    in an array indexed by id, which grew with the largest id and was scanned
+    whole every 50 ms (stalled): a peer with id 50,000,000 cost 512 MiB.  Now a
+    peer costs the same whatever its id, and a scan sees the connected ones."""
+    lane = fastlane.Lane()
+    try:
+        for pid in range(1, 2001):            # connections come and go
+            ours, theirs = socket.socketpair()
+            lane.add(pid, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+            if pid % 2:
+                lane.remove(pid)
+            theirs.close()
+        assert lane.stats()["peers"] == 1000
+        for pid in range(2, 2001, 2):
+            lane.remove(pid)
+        assert lane.stats()["peers"] == 0
+        before = _rss_kib()
+        ours, theirs = socket.socketpair()
+        lane.add(50_000_000, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64)
+        assert _rss_kib() - before < 16 << 10
+        theirs.sendall(struct.pack("<II", 0, 4))    # half a message: stalled finds it
+        end = time.monotonic() + 5
+        while lane.stalled(0.0) != [50_000_000]:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        assert lane.stats()["peers"] == 1
+        lane.remove(50_000_000)
+        theirs.close()
+    finally:
+        lane.stop()
