@@ -182,8 +182,8 @@ def _native_results(segment: bytes):
 
 #: What belongs to one instance of the module; instance = "per_call" gives each
 #: call a fresh set (Engine._fresh_instance) and puts the outer one back after.
-_INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "handles", "wasi", "_wasi_fns",
-                   "_memory_base")
+_INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "_reply_entries", "handles", "wasi",
+                   "_wasi_fns", "_memory_base")
 
 
 class Engine:
@@ -210,6 +210,9 @@ class Engine:
         self.objects: dict[int, LocalObject] = {}
         self.returns: dict[int, protocol.ReturnReceived] = {}
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
+        # the handles of the last reply and what they held: released at the next call
+        # if the guest never read it (reply_read sets reply to None, on either path)
+        self._reply_entries: list = []
         # the calls being dispatched, innermost last; None: guest code that is not a
         # dispatch runs above them (_outside), and they are not its own
         self.frames: list[_Frame | None] = []
@@ -430,6 +433,8 @@ class Engine:
     def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
         self._span(out_ptr, 8, True)
+        if self._reply_entries:
+            self._drop_unread_reply()
         raw = self._read(p_ptr, p_len)
         handles = self._read_handles(c_ptr, c_count)
         entry = self.handles.get(handle)
@@ -458,6 +463,8 @@ class Engine:
         except _GuestError as e:
             return self._set_error(out_ptr, e.code, str(e))
         self.reply = (data, new)
+        if new:
+            self._reply_entries = [(h, self.handles.get(h)) for h in new if h]
         self._write(out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
         return abi.OK
 
@@ -495,6 +502,20 @@ class Engine:
     def drop(self, import_id: int | None):
         if import_id is not None:
             self._unref_import(import_id)
+
+    def _drop_unread_reply(self):
+        """A new call: the last reply's handles are released if it was never read
+        (the guest was told to read it before its next call, and cannot know them
+        otherwise).  A callee, or a client hosting a callback, cannot fill the
+        table with capabilities in replies the guest ignores."""
+        entries, self._reply_entries = self._reply_entries, []
+        if self.reply is None:
+            return                                  # read: the handles are the guest's
+        for h, entry in entries:
+            if entry is not None and self.handles.get(h) is entry:
+                self.handles.remove(h)
+                if isinstance(entry, _Import):
+                    self._unref_import(entry.import_id)
 
     def _set_error(self, out_ptr, code, text):
         data = (text or "").encode()
@@ -953,6 +974,7 @@ class Engine:
             self.limits.handles)
         outer = self._swap({
             "store": store, "memory": None, "dispatch": None, "reply": None,
+            "_reply_entries": [],
             "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
             "_memory_base": None})
         try:

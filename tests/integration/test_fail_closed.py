@@ -189,8 +189,9 @@ def test_a_message_whose_pipeline_transforms_are_too_long_together_is_refused(li
     _still_serving(run, sock, before)
 
 
-def _sum_to(c: WireClient, calc: int, n: int) -> P.ReturnReceived:
-    """calc.sumTo(n, observer), the observer hosted by this client and answering."""
+def _sum_to(c: WireClient, calc: int, n: int, junk: int = 0) -> P.ReturnReceived:
+    """calc.sumTo(n, observer), the observer hosted by this client and answering
+    (each answer with `junk` capabilities that Observer.step does not return)."""
     observer = object()
     params = payloads.build(_calc_structs("sumTo")[0], {"n": n})[0]
     seg = bytearray(params.segments[0])
@@ -203,7 +204,7 @@ def _sum_to(c: WireClient, calc: int, n: int) -> P.ReturnReceived:
             if ev.finish_needed:
                 c.send(c.conn.send_finish(qid))
             return ev
-        c.send(c.conn.send_return(ev.answer_id))
+        c.send(c.conn.send_return(ev.answer_id, P.EMPTY, [object() for _ in range(junk)]))
 
 
 def test_capabilities_a_method_does_not_take_do_not_fill_the_callees_handle_table(live):
@@ -261,6 +262,24 @@ def test_calls_pipelined_on_an_unreturned_answer_are_bounded_in_bytes(live):
     for q in qids[:waiting]:                              # the 17 that waited go on now
         ret = c.returned(q)                               # (and fail: nothing to call)
         assert ret.payload is None and "pipelined call" in ret.error, ret
+    _still_serving(run, sock, before)
+    c.close()
+
+
+def test_capabilities_in_replies_a_guest_never_reads_do_not_fill_its_handle_table(live):
+    """calc.sumTo calls the caller's observer back and never reads the replies.  An
+    observer answering each step with 16 capabilities filled calc's handles for
+    good after 64 steps.  Now a reply's handles are released at the guest's next
+    call if it did not read that reply (as the ABI asks it to, before its next call)."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    for _ in range(2):
+        ret = _sum_to(c, calc, 100, junk=16)          # 1600 capabilities in all
+        assert ret.payload is not None, ret.error
+    ret = _sum_to(c, calc, 3)
+    assert ret.payload is not None, ret.error
     _still_serving(run, sock, before)
     c.close()
 
@@ -546,6 +565,8 @@ def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
                           (i32.const 4096) (i32.const {len(open_params)})
                           (i32.const 0) (i32.const 0) (i32.const 1000)))
       (br_if $done (i32.ne (local.get $r) (i32.const 0)))
+      ;; read the reply: its handle is then ours (unread, the next call drops it)
+      (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $more)))
     (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
@@ -617,6 +638,8 @@ def test_a_compartment_that_hoards_descriptors_leaves_every_other_its_own(tmp_pa
     (block $done (loop $more
       (local.set $r {opening})
       (br_if $done (i32.ne (local.get $r) (i32.const 0)))
+      ;; read the reply: its handle is then ours (unread, the next call drops it)
+      (drop (call $reply_read (i32.const 2048) (i32.const 3000)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $more)))
     (call $log_int (i32.const 40) (i32.const 6) (local.get $i))
