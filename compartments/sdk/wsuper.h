@@ -259,6 +259,7 @@ typedef struct {
   bool bad;         /* set by any check that failed: treat the message as malformed */
   uint32_t depth;   /* structs being decoded inside one another (at most WSUPER_MAX_DEPTH) */
   uint64_t budget;  /* words left to decode: pointers that share a target cannot amplify */
+  uint8_t taken[32]; /* caps handed out by wsuper_get_cap (a message has at most 256) */
 } wsuper_reader;
 
 #define WSUPER_MAX_DEPTH 64
@@ -429,8 +430,19 @@ static inline wsuper_cap wsuper_get_cap(wsuper_reader *r, uint32_t ptr) {
   uint32_t t;
   if (!wsuper_follow(r, ptr, &v, &t)) return 0;
   uint32_t i = (uint32_t)(v >> 32);
-  if ((v & 3) != 3 || i >= r->ncaps) { r->bad = true; return 0; }
+  if ((v & 3) != 3 || i >= r->ncaps || i >= 256) { r->bad = true; return 0; }
+  r->taken[i >> 3] |= (uint8_t)(1u << (i & 7));
   return r->caps[i];
+}
+
+/* After a call's results are read: release the reply's handles that the results
+ * did not hand out (a callee may send capabilities the method does not return),
+ * or all of them (`all`: the results are not used).  The generated client stubs
+ * do it; the handles they hand out are yours. */
+static inline void wsuper_release_unread(wsuper_reader *r, bool all) {
+  for (uint32_t i = 0; i < r->ncaps && i < 256; i++)
+    if (r->caps[i] > 0 && (all || !((r->taken[i >> 3] >> (i & 7)) & 1)))
+      wsuper_release(r->caps[i]);
 }
 
 #define WSUPER_ARRAY(a, T, n) ((T *)wsuper_alloc((a), sizeof(T) * ((size_t)(n) ? (size_t)(n) : 1)))
@@ -455,8 +467,11 @@ static inline int wsuper_invoke(wsuper_arena *a, wsuper_cap cap, uint64_t iface,
     a->error = (const char *)buf;
     return rc;
   }
-  if (wsuper_reader_init(r, buf, (uint32_t)out[0], caps, (uint32_t)out[1]) != WSUPER_OK)
+  if (wsuper_reader_init(r, buf, (uint32_t)out[0], caps, (uint32_t)out[1]) != WSUPER_OK) {
+    for (int32_t i = 0; i < out[1]; i++)
+      if (caps[i] > 0) wsuper_release(caps[i]);
     return wsuper_error(a, "malformed results"), WSUPER_E_MESSAGE;
+  }
   return WSUPER_OK;
 }
 

@@ -108,3 +108,74 @@ def test_a_hostile_plugin_is_contained(kv, wsuper):
     assert any(x["caller"] == "hostile" and x["method"] == "put" and x["outcome"] == "denied"
                for x in records)
     assert sum(x["caller"] == "hostile" and x["outcome"] == "denied" for x in records) > 100
+
+
+def test_capabilities_a_listener_adds_to_its_answers_do_not_fill_the_stores_handles(kv, wsuper,
+                                                                                    tmp_path):
+    """The store calls every listener on each put, through a generated client stub
+    that reads the whole reply.  A client whose listener answered `changed` with 16
+    capabilities (the method returns none) filled the store's 1024 handles after
+    64 puts: every later subscribe failed.  The stubs now release what the results
+    do not hold, and the handles in params are the call's (docs/guest-abi.md)."""
+    import struct
+
+    from capnp_schemas import hosted, payloads, protocol as P
+    from capnp_schemas.protocol import Content
+    from tests.wireclient import WireClient
+    import capnp_schemas
+    _fresh_data(kv)
+    system = kv / "external.toml"
+    system.write_text(f"""
+[system]
+schemas = ["kv.capnp"]
+socket = "{tmp_path}/kv.sock"
+
+[compartments.store]
+module = "build/store.wasm"
+exports = "Store"
+external = true
+
+[compartments.store.grants]
+data = {{ host = "directory", path = "${{SYSTEM_DIR}}/data", append_only = true }}
+stdout = {{ host = "log" }}
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready store")
+    schema = capnp_schemas.load(str(kv / "kv.capnp"))
+    store_id = schema.Store.schema.node.id
+    put_params, subscribe_params = (payloads.method_structs(schema.Store, m)[0]
+                                    for m in ("put", "subscribe"))
+    c = WireClient(f"{tmp_path}/kv.sock")
+    store = c.get(c.bootstrap(), "store")
+
+    def subscribe(listener) -> P.ReturnReceived:
+        seg = bytearray(payloads.build(subscribe_params, {})[0].segments[0])
+        struct.pack_into("<Q", seg, len(seg) - 8, 3)      # `listener`: capability #0
+        return c.returned(c.call(store, store_id, 3, Content.standalone([bytes(seg)]),
+                                 [listener]))
+
+    def put(key: str, junk: int) -> list:
+        """store.put, answering the store's calls to our listeners; their keys."""
+        qid = c.call(store, store_id, 0, payloads.build(put_params,
+                                                         {"key": key, "value": "v"})[0])
+        told = []
+        while True:
+            ev = c.wait(lambda e: isinstance(e, P.CallReceived)
+                        or isinstance(e, P.ReturnReceived) and e.question_id == qid)
+            if isinstance(ev, P.ReturnReceived):
+                assert ev.payload is not None, ev.error
+                if ev.finish_needed:
+                    c.send(c.conn.send_finish(qid))
+                return told
+            told.append(ev.target)
+            c.send(c.conn.send_return(ev.answer_id, P.EMPTY,
+                                      [object() for _ in range(junk)]))
+
+    hostile, honest = object(), object()
+    assert subscribe(hostile).payload is not None
+    for i in range(80):                   # 1280 capabilities the store never asked for
+        assert put(f"k{i}", junk=16) == [hostile]
+    ret = subscribe(honest)
+    assert ret.payload is not None, ret.error
+    assert put("last", junk=0) == [hostile, honest]
+    c.close()
