@@ -1,0 +1,16 @@
+"""Which external connection makes room for a new one (runtime.idlest, pure)."""
+from supervisor.runtime import IDLE_EVICT, idlest
+
+
+def test_the_connection_idle_longest_and_not_busy_makes_room():
+    conns = [(1, 5.0, True),           # idle longest, but a call of its own is in flight
+             (2, 3.0, False),
+             (3, 4.0, False),          # the one
+             (4, 0.2, False)]
+    assert idlest(conns, IDLE_EVICT) == (3, 4.0)
+
+
+def test_no_connection_makes_room_while_each_did_useful_work_within_the_bound_or_is_busy():
+    assert idlest([(1, 0.9, False), (2, 30.0, True)], IDLE_EVICT) is None
+    assert idlest([], IDLE_EVICT) is None
+    assert idlest([(1, IDLE_EVICT, False)], IDLE_EVICT) == (1, IDLE_EVICT)
