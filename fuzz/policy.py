@@ -37,6 +37,8 @@ import traceback
 from compartments.limits import Limits
 from supervisor import authority, policy, preflight
 
+from . import run_and_report
+
 HOSTILE_TEXT = ["", "a", "\n", "\r\n", "\x1b[2J", "\u2028", "\u202e", "\x00", '"', "'", "\\",
                 '" ]; "a" -> "b" [label="x', "..", "/", "${SYSTEM_DIR}/x", "#²", "#12",
                 "#١٢", "x" * 300, "\x07" * 50, "k=v", "=", "a.b", "[x]", "é", "\ud7ff"]
@@ -270,17 +272,7 @@ def main(argv=None) -> int:
         text = document(rng)
         print(mutate_text(rng, text) if rng.random() < 0.3 else text, end="")
         return 0
-    t = time.monotonic()
-
-    def progress(n, failures):
-        print(f"{n} inputs, {len(failures)} failure classes, {time.monotonic() - t:.0f} s",
-              file=sys.stderr, flush=True)
-    done, failures = run(args.count, args.seed, progress)
-    print(f"{done} inputs in {time.monotonic() - t:.1f} s: "
-          f"{'no failures' if not failures else f'{len(failures)} failure classes'}")
-    for key, inputs in failures.items():
-        print(f"  {key}  (inputs {inputs[:5]})")
-    return 1 if failures else 0
+    return run_and_report(run, args.count, args.seed)
 
 
 if __name__ == "__main__":

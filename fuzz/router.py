@@ -34,11 +34,10 @@ import traceback
 
 from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
-from compartments.limits import Limits
 from supervisor import effects as fx, hostcaps, router as R
 from supervisor.policy import Grant
 
-from . import protocol as F
+from . import protocol as F, run_and_report
 
 CALC = 0xC0FFEE0000000001
 HOST_KINDS = ("log", "clock", "random", "environment", "directory", "file")
@@ -326,17 +325,7 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
-    t = time.monotonic()
-
-    def progress(n, failures):
-        print(f"{n} inputs, {len(failures)} failure classes, {time.monotonic() - t:.0f} s",
-              file=sys.stderr, flush=True)
-    done, failures = run(args.count, args.seed, progress)
-    print(f"{done} inputs in {time.monotonic() - t:.1f} s: "
-          f"{'no failures' if not failures else f'{len(failures)} failure classes'}")
-    for key, inputs in failures.items():
-        print(f"  {key}  (inputs {inputs[:5]})")
-    return 1 if failures else 0
+    return run_and_report(run, args.count, args.seed)
 
 
 if __name__ == "__main__":

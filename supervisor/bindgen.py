@@ -318,7 +318,7 @@ class Generator:
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
                         f"    if (!out->{name}.items) r->bad = true;",
                         f"    if (r->depth >= WSUPER_MAX_DEPTH) out->{name}.len = 0, r->bad = true;",
-                        f"    r->depth++;",
+                        "    r->depth++;",
                         f"    for (uint32_t i = 0; i < out->{name}.len && !r->bad; i++) "
                         f"{f[3]}_load(r, a, wsuper_element(first, i), &out->{name}.items[i]);",
                         "    r->depth--; }"]

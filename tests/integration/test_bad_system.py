@@ -410,7 +410,7 @@ def test_no_writable_grant_reaches_a_file_that_decides_what_runs(tmp_path):
         ("box/b.wat", "", "", f'host = "file", path = "{tmp_path}/box/b.wat"', "compartment b's module"),
         ("box/via/c.wat", "", "", f'path = "{tmp_path}/box"',
          f"compartment b's module {tmp_path}/box/via/c.wat"),
-        ("a.wat", f'schemas = ["box/calc.capnp"]', "", f'path = "{tmp_path}/box"',
+        ("a.wat", 'schemas = ["box/calc.capnp"]', "", f'path = "{tmp_path}/box"',
          f"the schema file {tmp_path}/box/calc.capnp"),
         ("a.wat", "", 'policy = "box/policy.toml"', f'path = "{tmp_path}/box"',
          f"the policy file {tmp_path}/box/policy.toml"),
@@ -641,7 +641,7 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path)
     deep = tmp_path / ("d" * 100)
     deep.mkdir(mode=0o700)
     system = GOOD.replace(SCHEMA, str(tmp_path / "calc.capnp")) + \
-        f'external = true\n'
+        'external = true\n'
     system = system.replace("[system]\n", f'[system]\nsocket = "{deep}/calc.sock"\n')
     for command in ("check", "up"):
         (tmp_path / "system.toml").write_text(system)
