@@ -632,3 +632,46 @@ def test_names_directories_and_links_spend_the_write_quota_too(tree):
         fails("EDQUOT", make)
     assert sorted(p.name for p in tree.iterdir()) == ["dir", "f", "f2", "l1", "notes.txt",
                                                       "sub"]
+
+
+def test_no_grant_opens_anything_on_a_kernel_file_system():
+    """Opened by the supervisor, /proc/self would be the supervisor itself."""
+    for path in ("/proc", "/sys"):
+        assert fails("EACCES", Directory.grant, path) == \
+            f"{path} is on the kernel's {'proc' if path == '/proc' else 'sysfs'} file " \
+            f"system, which no grant reaches"
+    fails("EACCES", File.grant, "/proc/1/environ", read_only=True)
+
+
+def test_a_kernel_file_system_mounted_beneath_a_grant_is_not_opened(tmp_path):
+    """A mount of proc inside a granted directory (made on the host, after
+    `check`): every open beneath the grant checks where it landed."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    (tmp_path / "g" / "p").mkdir(parents=True)
+    (tmp_path / "g" / "f.txt").write_text("ok")
+    script = (
+        "import subprocess, sys\n"
+        "from supervisor.hostfs import Directory, FsError\n"
+        f"subprocess.run(['mount', '-t', 'proc', 'proc', '{tmp_path}/g/p'], check=True)\n"
+        f"d = Directory.grant('{tmp_path}/g')\n"
+        "d.open('f.txt', 'read')\n"
+        "print('opened f.txt')\n"
+        "for name in ('p', 'p/self/environ', 'p/1/status'):\n"
+        "    try:\n"
+        "        d.open(name, 'read')\n"
+        "        print('opened', name)\n"
+        "    except FsError as e:\n"
+        "        print(e.code, e)\n")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", script], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if r.returncode != 0 and ("Operation not permitted" in r.stderr or "mount" in r.stderr):
+        pytest.skip(f"cannot mount here: {r.stderr.strip()[-200:]}")
+    lines = r.stdout.splitlines()
+    assert lines and lines[0] == "opened f.txt", r.stdout + r.stderr
+    assert all(line.startswith("EACCES ") and "kernel's proc file system" in line
+               for line in lines[1:]) and len(lines) == 4, r.stdout + r.stderr
