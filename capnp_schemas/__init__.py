@@ -64,7 +64,10 @@ MAX_SCHEMA_BYTES = 16 << 20
 MAX_SCHEMA_FILES = 1000
 
 # `import "x"` and `embed "x"`, outside comments; a string is "..." with \ escapes
-_REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\b(import|embed)\s*"((?:[^"\\\n]|\\.)*)"')
+# (a string never closed ends at the end of its line: no scan is tried again
+# from the next character, which was quadratic)
+_REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)'
+                        r'|\b(import|embed)\s*"((?:[^"\\\n]|\\.)*)"')
 
 
 def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None]]:

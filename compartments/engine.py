@@ -462,6 +462,10 @@ class Engine:
             new = self._handles_for(payload.caps)
         except _GuestError as e:
             return self._set_error(out_ptr, e.code, str(e))
+        if self._reply_entries:
+            # a call served meanwhile (nested) left a reply its guest never read:
+            # its handles go now, before this reply's take their place
+            self._drop_unread_reply()
         self.reply = (data, new)
         if new:
             self._reply_entries = [(h, self.handles.get(h)) for h in new if h]

@@ -110,7 +110,10 @@ KERNEL_FS = {0x9fa0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs",
              0x63677270: "cgroup2", 0xcafe4a11: "bpf", 0x1cd1: "devpts",
              0x6165676c: "pstore", 0xde5e81e4: "efivarfs", 0x62656570: "configfs",
              0x65735543: "fusectl", 0x42494e4d: "binfmt_misc", 0xf97cff8c: "selinuxfs",
-             0x43415d53: "smackfs", 0x6e736673: "nsfs"}
+             0x43415d53: "smackfs", 0x6e736673: "nsfs", 0x19800202: "mqueue",
+             0x958458f6: "hugetlbfs", 0x6e667364: "nfsd", 0x67596969: "rpc_pipefs",
+             0x07655821: "resctrl", 0x5a3c69f0: "apparmorfs", 0x0187: "autofs",
+             0x6c6f6f70: "binderfs"}
 
 
 def kernel_fs(fd: int) -> str | None:

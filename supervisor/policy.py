@@ -178,11 +178,12 @@ def _toml(text: str, path: str) -> dict:
 MAX_KEY_PARTS = 32
 
 # The file as tokens, enough to tell a dotted key from what is inside a string
-# or a comment: each alternative is linear (a string ends at its delimiter, a
-# basic or literal one at the end of its line).
+# or a comment.  No alternative can fail after scanning: a string that is
+# never closed ends at the end of its line (or of the file, for a multi-line
+# one), so no scan is tried again from the next character (quadratic).
 _TOKENS = re.compile(r'''
-    (?P<string>"""(?:\\.|[^\\])*?"""(?!")|\'\'\'[^\0]*?\'\'\'(?!\')
-              |"(?:[^"\\\n]|\\.)*"|'[^'\n]*')
+    (?P<string>"""(?:\\.|\\\Z|[^\\])*?(?:"""(?!")|\Z)|\'\'\'[^\0]*?(?:\'\'\'(?!\')|\Z)
+              |"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)|'[^'\n]*(?:'|(?=\n)|\Z))
   | (?P<part>[A-Za-z0-9_+:-]+)
   | (?P<dot>\.)
   | (?P<space>[ \t]+)
@@ -380,14 +381,17 @@ def load(path: str) -> System:
         except capnp_schemas.SchemaError as e:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
+    wheres = {where.path: where}
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
                 continue
             # report it where the grant was written (this file or a policy file)
             origin_file, _, origin_key = g.origin.rpartition(": ")
-            gwhere = where if origin_file == where.path else \
-                _Where(_read_text(origin_file, "policy file "), origin_file)
+            if origin_file not in wheres:       # read once, not once per grant
+                wheres[origin_file] = _Where(_read_text(origin_file, "policy file "),
+                                             origin_file)
+            gwhere = wheres[origin_file]
             key = f"{origin_key}.path"
             if os.path.islink(g.path):
                 raise gwhere.error(key, f"{g.path} is a symbolic link; grant what it points to")
@@ -437,6 +441,11 @@ def load(path: str) -> System:
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               _not_a_file("module file", comp.module))
+        size = os.stat(comp.module).st_size
+        if size > MAX_MODULE_BYTES:
+            raise where.error(f"compartments.{comp.name}.module",
+                              f"module file {comp.module} has {size:,} bytes, more than "
+                              f"{MAX_MODULE_BYTES:,}")
     return system
 
 
@@ -562,6 +571,8 @@ def _subdir_problem(path: str, subdir: str) -> str | None:
 
 #: bytes of a system or policy file
 MAX_FILE_BYTES = 16 << 20
+#: bytes of a module file (it is read whole, and compiled)
+MAX_MODULE_BYTES = 256 << 20
 
 
 def _read_text(path: str, what: str) -> str:

@@ -215,3 +215,18 @@ def test_a_key_of_too_many_dotted_parts_is_refused_before_tomllib_reads_it():
                    "x = 1 # " + "a." * 100 + "\n"):
         with pytest.raises(policy.PolicyError, match="compartments.b.x: unknown key"):
             policy.parse(BASE + quoted, "/x/s.toml")
+
+
+@pytest.mark.parametrize("text", ['"\\' * 100_000, '\\"""\n' * 50_000, "'" * 200_001,
+                                  '"""\\', "x = '''" + "a" * 200_000])
+def test_strings_never_closed_are_scanned_once(text):
+    """The scan for dotted keys tried an unclosed string again from each next
+    character: 80 KB of `"\\` took 17 s.  (Guarded by the suite's timeout.)"""
+    with pytest.raises(policy.PolicyError, match="invalid TOML"):
+        policy.parse(text, "/x/s.toml")
+
+
+def test_a_schema_with_strings_never_closed_is_scanned_once(tmp_path):
+    _schema(tmp_path / "x.capnp", "#\n" + '"\\' * 100_000, 0xd0a1b2c3d4e5f605)
+    assert capnp_schemas.closure(str(tmp_path / "x.capnp")) == \
+        [(str(tmp_path / "x.capnp"), None, None)]
