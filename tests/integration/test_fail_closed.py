@@ -284,6 +284,45 @@ def test_capabilities_in_replies_a_guest_never_reads_do_not_fill_its_handle_tabl
     c.close()
 
 
+def test_an_unread_reply_at_a_nested_level_does_not_fill_the_handle_table(live):
+    """While calc waits in sumTo for its observer, a second sumTo is served nested;
+    its observer's reply (16 capabilities, never read) was overwritten, not
+    released, when the outer observer answered with a capability: 64 rounds
+    filled calc's 1024 handles for good, for every client after."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+
+    def sum_to(n, observer):
+        params = payloads.build(_calc_structs("sumTo")[0], {"n": n})[0]
+        seg = bytearray(params.segments[0])
+        struct.pack_into("<Q", seg, len(seg) - 8, 3)
+        return c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+
+    def step_of(observer):
+        return c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    for _ in range(80):
+        outer, inner = object(), object()
+        q1 = sum_to(2, outer)
+        s1 = step_of(outer)                        # calc waits in outer.step(1)
+        q2 = sum_to(1, inner)                      # served nested
+        c.send(c.conn.send_return(step_of(inner).answer_id, P.EMPTY,
+                                  [object() for _ in range(16)]))
+        r2 = c.returned(q2)
+        c.send(c.conn.send_return(s1.answer_id, P.EMPTY, [object()]))
+        c.send(c.conn.send_return(step_of(outer).answer_id, P.EMPTY, []))
+        r1 = c.returned(q1)
+        assert r1.payload is not None and r2.payload is not None, (r1.error, r2.error)
+    c.close()
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    ret = _sum_to(c, calc, 3, junk=16)
+    assert ret.payload is not None, ret.error
+    _still_serving(run, sock, before)
+    c.close()
+
+
 def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
     run, sock = live
     before = _supervisor(run.proc.pid)
