@@ -124,36 +124,70 @@ def _read_schema_file(file, by, line, embedded=False) -> str | None:
     """A schema file's text (None if `embedded`: only its kind and size are checked);
     SchemaError (at `by`:`line`, where it is named) if it is no regular file
     of at most MAX_SCHEMA_BYTES, or cannot be read."""
-    import stat
     what = "embeds" if embedded else "imports"
-    where = (by, line) if by else (file, None)
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
+        data = read_regular(file, MAX_SCHEMA_BYTES, read=not embedded)
+    except FileProblem as e:
         if by is None:
-            raise SchemaError(file, None, f"cannot read it: {e.strerror}") from None
-        raise SchemaError(*where, f"{what} {file}, which cannot be read: {e.strerror}") from None
+            raise SchemaError(file, None, f"cannot read it: {e.strerror}" if e.strerror
+                              else f"{file} {e}") from None
+        raise SchemaError(by, line, f"{what} {file}, which " + (
+            f"cannot be read: {e.strerror}" if e.strerror else str(e))) from None
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+class FileProblem(Exception):
+    """Why a file the operator names is not read.  str() follows the file's name
+    ("is a FIFO, not a regular file", "has 20,000,000 bytes, more than ...");
+    `strerror` is set instead when the system refused to open or read it."""
+
+    def __init__(self, text: str = "", strerror: str | None = None):
+        super().__init__(text)
+        self.strerror = strerror
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words ("a FIFO")."""
+    import stat
+    return "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" \
+        if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def read_regular(path: str, limit: int, read: bool = True) -> bytes | None:
+    """The bytes of `path` (None if not `read`: only its kind and size are checked),
+    if it is a regular file of at most `limit` bytes; FileProblem if not.  Opened
+    without blocking (a FIFO would wait for a writer for ever) and read no
+    further than `limit` (a file may grow meanwhile; /dev/zero never ends).
+    The one reader of the files that decide what runs: system and policy files,
+    schemas and what they import or embed."""
+    import stat
     try:
-        st = os.fstat(fd)
-        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file" \
-            if not stat.S_ISFIFO(st.st_mode) else "is a FIFO, not a regular file"
-        if problem is None and st.st_size > MAX_SCHEMA_BYTES:
-            problem = f"has {st.st_size:,} bytes, more than {MAX_SCHEMA_BYTES:,}"
-        if problem:
-            raise SchemaError(*where, f"{file} {problem}" if by is None
-                              else f"{what} {file}, which {problem}")
-        if embedded:
-            return None
-        data = b""
-        while len(data) <= MAX_SCHEMA_BYTES and (chunk := os.read(fd, 1 << 20)):
-            data += chunk
-        if len(data) > MAX_SCHEMA_BYTES:
-            raise SchemaError(*where, f"{file} grew past {MAX_SCHEMA_BYTES:,} bytes")
-        return data.decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise SchemaError(*where, f"cannot read {file}: {e.strerror}") from None
+        raise FileProblem(strerror=e.strerror or str(e)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = file_kind(info.st_mode)
+            raise FileProblem(f"is {kind}, not a regular file" if kind != "not a regular file"
+                              else "is not a regular file")
+        if info.st_size > limit:
+            raise FileProblem(f"has {info.st_size:,} bytes, more than {limit:,}")
+        if not read:
+            return None
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileProblem(f"grew past {limit:,} bytes")
+        return b"".join(chunks)
+    except OSError as e:
+        raise FileProblem(strerror=e.strerror or str(e)) from None
     finally:
         os.close(fd)
+
 
 #: Where a schema is parsed before it is loaded here: `parse_elsewhere(path,
 #: imports, before)` -> (exit code, what the parser printed) of a process that

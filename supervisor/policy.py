@@ -544,15 +544,11 @@ def _other_links(file: str, grant: str, g) -> int:
 
 def _not_a_file(what: str, path: str) -> str:
     """Why `path` is no regular file, in words."""
-    import stat as st
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return f"{what} {path} does not exist"
-    kind = "a directory" if st.S_ISDIR(mode) else "a FIFO" if st.S_ISFIFO(mode) else \
-        "a device" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "a socket" \
-        if st.S_ISSOCK(mode) else "not a regular file"
-    return f"{what} {path} is {kind}, not a regular file"
+    return f"{what} {path} is {capnp_schemas.file_kind(mode)}, not a regular file"
 
 
 def _subdir_problem(path: str, subdir: str) -> str | None:
@@ -577,31 +573,12 @@ MAX_MODULE_BYTES = 256 << 20
 
 def _read_text(path: str, what: str) -> str:
     """A system or policy file's text; errors say which (`what` is "" or "policy file ").
-    Only a regular file of at most MAX_FILE_BYTES is read: opening a FIFO would
-    wait for a writer for ever, and /dev/zero never ends."""
-    import stat as st
+    Only a regular file of at most MAX_FILE_BYTES is read (capnp_schemas.read_regular)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not st.S_ISREG(info.st_mode):
-            raise PolicyError(path, "", _not_a_file(f"{what or 'system file '}".strip(), path))
-        if info.st_size > MAX_FILE_BYTES:
-            raise PolicyError(path, "", f"{what}{path} has {info.st_size:,} bytes, more than "
-                              f"{MAX_FILE_BYTES:,}")
-        chunks, size = [], 0
-        while size <= MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 20)):
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_FILE_BYTES:
-            raise PolicyError(path, "", f"{what}{path} grew past {MAX_FILE_BYTES:,} bytes")
-        raw = b"".join(chunks)
-    except OSError as e:
-        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
+        raw = capnp_schemas.read_regular(path, MAX_FILE_BYTES)
+    except capnp_schemas.FileProblem as e:
+        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}" if e.strerror
+                          else f"{what or 'system file '}{path} {e}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
