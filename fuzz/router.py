@@ -205,6 +205,20 @@ def check_router(world: World, data: bytes, as_client: bool):
             world.router.disconnected(world.evil.pid, "fuzz")
             world.new_evil()
     world.honest_call_works()
+    pipelined_add_up(world.router)
+
+
+def pipelined_add_up(router):
+    """The bytes of pipelined calls the router counts are those its peers hold,
+    and what comes from the shared pool is what each holds beyond its own share."""
+    peers = router.peers.values()
+    held = sum(p.pipelined for p in peers)
+    pooled = sum(R.pooled(p.pipelined) for p in peers)
+    if (router.pipelined_bytes, router.pipelined_pooled) != (held, pooled) \
+            or router.pipelined_pooled > router.pipelined_total:
+        raise Failure("router", f"pipelined bytes counted {router.pipelined_bytes} "
+                                f"(pool {router.pipelined_pooled}), peers hold {held} "
+                                f"(pool {pooled})")
 
 
 def check_host(hosts: hostcaps.HostCaps, served: dict, data: bytes, rng):

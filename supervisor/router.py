@@ -50,14 +50,23 @@ QUEUE_SOFT_FACTOR = 2
 
 #: Bytes of the calls a peer has pipelined on answers not yet returned (each holds
 #: its whole message until then): at least this much, and twice its message_size.
+#: This much of each peer's is its own: other peers' calls cannot take it.
 PIPELINED_PEER_BYTES = 1 << 20
-#: ... and of every peer's together.
+#: ... and what peers hold beyond their own PIPELINED_PEER_BYTES, all together: a
+#: shared pool, so that a few connections with a large message_size cannot leave
+#: the others without room for a pipelined call of their own.
 PIPELINED_TOTAL_BYTES = 64 << 20
 
 
 def pipelined_limit(limits: Limits) -> int:
     """Bytes of pipelined calls one peer may have waiting on unreturned answers."""
     return max(2 * limits.message_size, PIPELINED_PEER_BYTES)
+
+
+def pooled(pipelined: int) -> int:
+    """What of a peer's pipelined bytes comes from the shared pool: all beyond the
+    PIPELINED_PEER_BYTES every peer has to itself."""
+    return max(0, pipelined - PIPELINED_PEER_BYTES)
 
 
 def queue_soft_limit(limits: Limits) -> int:
@@ -124,7 +133,8 @@ class Router:
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
         id -> (name, {method id: name}).  `backlog(peer id)`: bytes waiting to be
         written to that peer (backpressure).  `pipelined_total`: bytes of calls
-        pipelined on unreturned answers that all peers together may have waiting."""
+        pipelined on unreturned answers that all peers together may have waiting beyond
+        the PIPELINED_PEER_BYTES each has to itself."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -147,6 +157,7 @@ class Router:
         self._pipelined: dict[tuple, list] = {}        # (peer id, answer id) -> [(transform, Call)]
         self.pipelined_total = pipelined_total
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
+        self.pipelined_pooled = 0                      # ... beyond each one's own share
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
@@ -456,22 +467,25 @@ class Router:
                 return
             if target.result is None:
                 size = call.content.size()
-                if peer.pipelined + size > pipelined_limit(peer.limits) \
-                        or self.pipelined_bytes + size > self.pipelined_total:
-                    mine = peer.pipelined + size > pipelined_limit(peer.limits)
+                mine = peer.pipelined + size > pipelined_limit(peer.limits)
+                more = pooled(peer.pipelined + size) - pooled(peer.pipelined)
+                if mine or self.pipelined_pooled + more > self.pipelined_total:
                     self.fail(reply, CallError(
                         f"{peer.name} has pipelined calls of {peer.pipelined} bytes waiting on "
                         f"answers not returned yet; this one of {size} bytes would pass the "
                         f"limit of {pipelined_limit(peer.limits)} bytes per connection "
                         f"(twice message_size, at least {PIPELINED_PEER_BYTES})" if mine else
                         f"pipelined calls waiting on answers not returned yet hold "
-                        f"{self.pipelined_bytes} bytes in all; this one of {size} bytes would "
-                        f"pass the supervisor's limit of {self.pipelined_total} bytes",
+                        f"{self.pipelined_pooled} bytes in all beyond the "
+                        f"{PIPELINED_PEER_BYTES} bytes each connection has to itself; this "
+                        f"one of {size} bytes would pass the supervisor's limit of "
+                        f"{self.pipelined_total} bytes",
                         "overloaded"))
                     self.sweep(caps)
                     return
                 peer.pipelined += size
                 self.pipelined_bytes += size
+                self.pipelined_pooled += more
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
@@ -814,6 +828,7 @@ class Router:
         if not calls:
             return ()
         size = sum(call.content.size() for _t, call in calls)
+        self.pipelined_pooled -= pooled(peer.pipelined) - pooled(peer.pipelined - size)
         peer.pipelined -= size
         self.pipelined_bytes -= size
         return calls

@@ -526,21 +526,25 @@ def test_a_revoked_grant_stays_revoked_when_its_holder_restarts():
 def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and_in_all():
     """Each call queued on an answer not returned yet holds its whole message: up to
     in_flight of them, 8 MiB each, was 0.5 GiB a connection.  The bytes they hold
-    are bounded per peer (twice message_size, at least 1 MiB) and across peers; the
-    call past either bound fails 'overloaded' at once, and the bytes count down as
-    the answer returns and the calls go on."""
-    limits = R.Limits(message_size=64 << 10)
-    router = R.Router({"calc": CALC, "a": None, "b": None},
-                      limits={"a": limits, "b": limits}, pipelined_total=(3 << 20) // 2)
+    are bounded per peer (twice message_size, at least 1 MiB); what peers hold
+    beyond the first 1 MiB each comes from a shared pool, so that the peers with a
+    large message_size cannot use up every other peer's room.  The call past either
+    bound fails 'overloaded' at once, and the bytes count down as the answer
+    returns and the calls go on, or the peer goes."""
+    big = R.Limits(message_size=1 << 20)             # 2 MiB a connection
+    router = R.Router({"calc": CALC, "a": None, "b": None, "c": None},
+                      limits={"a": big, "b": big, "c": big},
+                      pipelined_total=(3 << 20) // 2)
     calc = start(router, "calc", exports=True)
-    a, b = apps = [start(router, n, [grant("calc", "calc")]) for n in ("a", "b")]
-    body = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(60 << 10)])
+    apps = [start(router, n, [grant("calc", "calc")]) for n in ("a", "b", "c")]
+    a, b, c = apps
+    body = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(124 << 10)])
     asked = {}
     for app in apps:                         # a call each that calc does not answer yet
         qid, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
         app.send(data)
         asked[app.name] = qid
-    first, _second = calc.inbox
+    first = calc.inbox[0]
     calc.inbox.clear()
 
     def pipeline(app) -> tuple:
@@ -553,20 +557,30 @@ def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and
         assert refused.error_type == "overloaded", refused
         return n - 1, refused.error
 
-    queued, why = pipeline(a)                # a alone: its own bound, 1 MiB
-    assert "per connection" in why and queued == 17           # 17 x 61 KiB <= 1 MiB
+    queued, why = pipeline(a)                # a alone: its own bound, 2 MiB
     held_a = router.peers[a.pid].pipelined
-    assert held_a <= R.PIPELINED_PEER_BYTES
-    queued, why = pipeline(b)                # b: the bound of all peers together first
-    assert "in all" in why and queued == 8
-    assert router.pipelined_bytes == held_a + router.peers[b.pid].pipelined \
-        <= router.pipelined_total
+    size = held_a // queued                  # what one call holds (its content as sent)
+    assert "per connection" in why and queued == (2 << 20) // size
+    assert router.pipelined_pooled == held_a - R.PIPELINED_PEER_BYTES
+    queued, why = pipeline(b)                # b: its own 1 MiB, then what a left of the pool
+    assert "in all" in why and "1048576 bytes each connection has to itself" in why
+    assert queued == (R.PIPELINED_PEER_BYTES + router.pipelined_total
+                      - (held_a - R.PIPELINED_PEER_BYTES)) // size
+    assert router.pipelined_pooled <= router.pipelined_total
+    # c still has its own 1 MiB, though the pool is (nearly) used up
+    left = router.pipelined_total - router.pipelined_pooled
+    queued, why = pipeline(c)
+    assert "in all" in why
+    assert queued == (R.PIPELINED_PEER_BYTES + left) // size >= R.PIPELINED_PEER_BYTES // size
+    assert router.pipelined_bytes == sum(router.peers[p.pid].pipelined for p in apps)
     assert calc.inbox == []
-    # a's answer returns a capability: its 17 calls go on to it, and no longer count
+    # a's answer returns a capability: its calls go on to it, and no longer count
     calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [calc.main]))
-    assert len(calc.inbox) == 17
+    assert len(calc.inbox) == (2 << 20) // size
     assert router.peers[a.pid].pipelined == 0
-    assert router.pipelined_bytes == router.peers[b.pid].pipelined > 0
+    assert router.pipelined_pooled == sum(R.pooled(router.peers[p.pid].pipelined)
+                                          for p in (b, c)) > 0
     # a peer that goes takes its waiting calls' bytes with it
     router.disconnected(b.pid, "gone")
-    assert router.pipelined_bytes == 0
+    router.disconnected(c.pid, "gone")
+    assert router.pipelined_bytes == router.pipelined_pooled == 0
