@@ -7,6 +7,7 @@ compartment holds exactly the grants written under it.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from capnp_schemas.text import printable
 from compartments import protect as protection
 from compartments.limits import Limits
 
+from . import mounts
 from .supervision import MODES, RestartPolicy
 
 HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
@@ -364,7 +366,7 @@ def load(path: str) -> System:
     policy_files = []
     system = parse(text, path, lambda p: (policy_files.append(p), _read_text(p, "policy file "))[1])
     where = _Where(text, path)
-    from .endpoint import own_paths as supervisor_paths, reaches
+    from .endpoint import own_paths as supervisor_paths
     own_paths = supervisor_paths(system)
     _socket_paths_fit(system, where)
     imported = []
@@ -382,6 +384,8 @@ def load(path: str) -> System:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
     wheres = {where.path: where}
+    places = mounts.Places()
+    on_the_way = functools.cache(_names_on_the_way)     # the same few paths, every grant
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
@@ -414,8 +418,9 @@ def load(path: str) -> System:
                 # the path itself, and (for a grant that allows changes) every name
                 # on the way to it as given: a link there, replaced, moves where
                 # the supervisor writes
-                names = [own] if g.read_only else [own, *_names_on_the_way(given)]
-                if any(reaches(real, is_dir, name, own_dir and name == own) for name in names):
+                names = [own] if g.read_only else [own, *on_the_way(given)]
+                if any(_reaches(places, real, is_dir, name, own_dir and name == own)
+                       for name in names):
                     raise gwhere.error(key, f"{g.path} reaches the supervisor's {what} "
                                        f"{own}: no compartment may read or change the "
                                        f"supervisor's own files ({how})")
@@ -424,7 +429,8 @@ def load(path: str) -> System:
             for what, file, owner in deciding:
                 if owner == comp.name:
                     continue
-                if any(reaches(real, is_dir, name, False) for name in _names_on_the_way(file)):
+                if any(_reaches(places, real, is_dir, name, False)
+                       for name in on_the_way(file)):
                     raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
                                        f"{what} {file}: "
                                        f"what a compartment can change there runs with "
@@ -483,6 +489,19 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     out += [("the policy file", os.path.abspath(p), None) for p in dict.fromkeys(policy_files)]
     out += [("the schema file", s, None) for s in system.schemas]
     return out
+
+
+def _reaches(places: mounts.Places, grant: str, is_dir: bool, name: str,
+             own_is_dir: bool) -> bool:
+    """Whether a grant of the real path `grant` reaches `name` (endpoint.reaches):
+    by their paths, or by their places in their file systems, which a bind mount
+    of one directory at two paths does not change (mounts.Places)."""
+    from .endpoint import reaches
+    if reaches(grant, is_dir, name, own_is_dir):
+        return True
+    return any(g_dev == dev and reaches(g_path, is_dir, path, own_is_dir)
+               for g_dev, g_path in places.object(grant)
+               for dev, path in places.of(name, follow=False))
 
 
 def _names_on_the_way(path: str, hops: int = 40) -> list[str]:

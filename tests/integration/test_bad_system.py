@@ -664,3 +664,60 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path)
                        env=env, timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "the admin socket" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr, r.stderr
+
+
+_BIND_SCRIPT = """
+import json, subprocess, sys
+cases = json.loads(sys.argv[1])
+out = []
+for source, view, system in cases:
+    subprocess.run(["mount", "--bind", source, view], check=True)
+    with open(system[0], "w") as f:
+        f.write(system[1])
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", system[0]],
+                       capture_output=True, text=True, timeout=60)
+    out.append([r.returncode, r.stderr])
+print(json.dumps(out))
+"""
+
+
+def test_a_bind_mount_does_not_hide_what_a_grant_reaches(tmp_path):
+    """Own paths and deciding files were compared with the grant by real path, and
+    a bind mount shows one directory at two real paths: a writable grant of the
+    second one passed `check`, and the compartment could read and change the
+    audit, the log directory, or another compartment's module.  Paths are also
+    compared by their place in their file system now (supervisor/mounts.py)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    for d in ("box/logs", "mods", "other", "v1", "v2", "v3", "v4"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "mods" / "n.wat").write_text(MOD)
+    (tmp_path / "box" / "audit.jsonl").write_text("")
+
+    def system(n, head, grant):
+        return [str(tmp_path / f"s{n}.toml"),
+                f'[system]\n{head}\n[compartments.m]\nmodule = "m.wat"\n'
+                f'[compartments.m.grants]\nd = {{ host = "directory", path = "{grant}" }}\n'
+                f'[compartments.n]\nmodule = "mods/n.wat"\n']
+    cases = [  # (bound directory, where it is bound, system)
+        (tmp_path / "box", tmp_path / "v1", system(1, 'audit = "box/audit.jsonl"', tmp_path / "v1")),
+        (tmp_path / "box/logs", tmp_path / "v2", system(2, 'logs = "box"', tmp_path / "v2")),
+        (tmp_path / "mods", tmp_path / "v3", system(3, "", tmp_path / "v3")),
+        (tmp_path / "other", tmp_path / "v4", system(4, 'audit = "box/audit.jsonl"',
+                                                     tmp_path / "v4")),   # reaches nothing
+    ]
+    import json
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", _BIND_SCRIPT, json.dumps([[str(a), str(b), s] for a, b, s in cases])],
+                       capture_output=True, text=True, timeout=240,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if r.returncode != 0 and ("Operation not permitted" in r.stderr or "mount" in r.stderr):
+        pytest.skip(f"cannot mount here: {r.stderr.strip()[-200:]}")
+    results = json.loads(r.stdout)
+    named = [f"reaches the supervisor's audit file {tmp_path}/box/audit.jsonl",
+             f"reaches the supervisor's log directory {tmp_path}/box",
+             f"would let compartment m change compartment n's module {tmp_path}/mods/n.wat"]
+    for (code, err), want in zip(results, named):
+        assert code == 2 and "compartments.m.grants.d.path" in err and want in err, err
+    assert results[3][0] == 0, results[3][1]
