@@ -383,6 +383,10 @@ def load(path: str) -> System:
         except capnp_schemas.SchemaError as e:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
+    if system.audit is not None and os.path.isfile(system.audit):
+        links = os.stat(system.audit).st_nlink
+        if links > 1:
+            raise where.error("system.audit", audit_links_problem(system.audit, links))
     wheres = {where.path: where}
     places = mounts.Places()
     on_the_way = functools.cache(_names_on_the_way)     # the same few paths, every grant
@@ -545,6 +549,13 @@ def _kernel_fs(path: str) -> str | None:
         return kernel_fs(fd)
     finally:
         os.close(fd)
+
+
+def audit_links_problem(path: str, links: int) -> str:
+    """Why an audit file with more than one hard link is refused."""
+    return (f"the audit file {path} has {links} hard links: its other name may lie "
+            f"where a compartment can read or change it (every call's record, or "
+            f"forged ones), wherever grants are; remove the other links")
 
 
 def _other_links(file: str, grant: str, g) -> int:

@@ -34,7 +34,8 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
-from . import effects as fx, endpoint, fastlane, hostcaps, output, router as R, supervision as S
+from . import effects as fx, endpoint, fastlane, hostcaps, output, policy, router as R, \
+    supervision as S
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -259,7 +260,8 @@ class _Audit:
                 e.strerror or str(e)
             raise endpoint.EndpointError(f"cannot open the audit file {self.path}: {what}; "
                                          f"the audit must be a regular file") from None
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
             kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" \
@@ -267,6 +269,9 @@ class _Audit:
                 if stat.S_ISSOCK(mode) else "not a regular file"
             raise endpoint.EndpointError(f"the audit file {self.path} is {kind}: the audit "
                                          f"must be a regular file")
+        if st.st_nlink > 1:
+            os.close(fd)
+            raise endpoint.EndpointError(policy.audit_links_problem(self.path, st.st_nlink))
         os.set_blocking(fd, True)
         self._file = open(fd, "a", encoding="utf-8")
 

@@ -721,3 +721,25 @@ def test_a_bind_mount_does_not_hide_what_a_grant_reaches(tmp_path):
     for (code, err), want in zip(results, named):
         assert code == 2 and "compartments.m.grants.d.path" in err and want in err, err
     assert results[3][0] == 0, results[3][1]
+
+
+def test_an_audit_file_with_another_hard_link_is_refused(tmp_path):
+    """A second name of the audit file, made on the host inside a directory a
+    compartment is granted (even read-only), let it read every call's record, or
+    forge records: only check's generic warning said so.  The supervisor owns the
+    audit, so it must have one name: check and up refuse it otherwise."""
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "audit.jsonl").write_text("")
+    os.link(tmp_path / "audit.jsonl", tmp_path / "g" / "notes.txt")
+    system = (f'[system]\naudit = "audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n'
+              f'[compartments.m.grants]\n'
+              f'd = {{ host = "directory", path = "{tmp_path}/g", read_only = true }}\n')
+    (tmp_path / "system.toml").write_text(system)
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, r.output
+        assert f":2: system.audit: the audit file {tmp_path}/audit.jsonl has 2 hard links" \
+            in r.stderr, r.stderr
+    os.unlink(tmp_path / "g" / "notes.txt")
+    assert run_wsuper("check", str(tmp_path / "system.toml")).returncode == 0
