@@ -85,7 +85,7 @@ class Output:
             except (AttributeError, ValueError, OSError):
                 pass
         self.json = fmt == "json"
-        self.files = LogFiles(log_dir) if log_dir else None
+        self.files = LogFiles(log_dir, self._files_failed) if log_dir else None
         self.on_closed = on_closed
         self.closed = False
         self.dropped = 0
@@ -178,6 +178,14 @@ class Output:
             self.files.add(SUPERVISOR, line)
             if compartment:
                 self.files.add(compartment, line)
+
+    def _files_failed(self, why: str):
+        """The log files stopped (said once, on the terminal only)."""
+        text = f"the log files stopped: {why}; lines are shown here only from now on"
+        if self.json:
+            self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
+        else:
+            self._write(self.err, f"{rfc3339()} wsuper: {printable(text)}")
 
     def plugin(self, compartment: str, text: str, stream: str = "log"):
         """A line a plugin wrote (to its log, or to its engine's stderr)."""
@@ -301,8 +309,10 @@ class LogFiles:
     `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
     set_event = staticmethod(trio.Event.set)
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, on_failed=lambda why: None):
+        """`on_failed(why)`: told once, when writing fails and the files stop."""
         self.folder = folder
+        self.on_failed = on_failed
         self.pending: dict[str, list[str]] = {}
         self.wake = trio.Event()
         self.failed: str | None = None
@@ -333,6 +343,7 @@ class LogFiles:
                     await trio.to_thread.run_sync(self._write, batch)
                 except OSError as e:
                     self.failed = f"{self.folder}: {e.strerror or e}"
+                    self.on_failed(self.failed)
 
     def _write(self, batch: dict):
         """Append each name's lines; a file about to pass LOG_FILE_SIZE is rotated
@@ -378,11 +389,21 @@ def _append(folder: int, file: str, chunk: list):
     a reader) would hold the writer thread for good."""
     if not chunk:
         return
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                 | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=folder)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=folder)
+    except OSError as e:
+        why = "is a FIFO no one reads, not a regular file" if e.errno == errno.ENXIO else \
+            "is a symbolic link, not a regular file" if e.errno == errno.ELOOP else \
+            f"cannot be opened: {e.strerror}"
+        raise OSError(e.errno, f"{file} {why}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"{file} is not a regular file")
+        if st.st_nlink > 1:       # another name of it may lie in a grant: not written
+            raise OSError(errno.EMLINK, f"{file} has {st.st_nlink} hard links; remove "
+                                        f"the others")
         os.set_blocking(fd, True)
         os.write(fd, b"".join(chunk))
     finally:

@@ -816,3 +816,7 @@ def test_the_supervisors_own_files_must_be_regular_files(tmp_path):
     r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
     assert r.returncode == 0, r.output
     assert "2 + 3 = 5" in r.stdout
+    # ... and the operator is told, once, that the log files stopped and why
+    assert r.stderr.count("wsuper: the log files stopped: ") == 1, r.stderr
+    assert "log is a FIFO no one reads, not a regular file; lines are shown here only" \
+        in r.stderr, r.stderr

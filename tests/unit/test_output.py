@@ -1,6 +1,8 @@
 """What the operator sees of a compartment: its engine's stderr, held to log_rate."""
 import os
 
+import pytest
+
 from supervisor.output import STDERR_LINE_LIMIT, StderrLines, strip_time
 
 
@@ -115,3 +117,19 @@ def test_the_last_flush_waits_for_a_batch_still_being_written(tmp_path, monkeypa
     assert (tmp_path / "supervisor.log").read_text().splitlines() == [
         "2026-12-03T10:00:00.000Z wsuper: stopping (wsuper stop)",
         "2026-12-03T10:00:01.000Z wsuper: stopped"]
+
+
+def test_a_log_file_with_a_second_hard_link_is_not_written(tmp_path):
+    """A second name of a log file (made on the host inside a grant) would let a
+    compartment read another's log lines: such a file is not written to, and the
+    log files say why; a file with one name takes its lines."""
+    from supervisor.output import LogFiles
+    (tmp_path / "app.log").write_bytes(b"")
+    os.link(tmp_path / "app.log", tmp_path / "elsewhere")
+    files = LogFiles(str(tmp_path))
+    with pytest.raises(OSError, match="app.log has 2 hard links"):
+        files._write({"app": ["secret"]})
+    files._write({"other": ["fine"]})
+    files.close()
+    assert (tmp_path / "app.log").read_bytes() == b""
+    assert (tmp_path / "other.log").read_text() == "fine\n"
