@@ -10,6 +10,9 @@ policy and the interfaces allow, not what the code does.
 """
 from __future__ import annotations
 
+import json
+import re
+
 import attrs
 
 from capnp_schemas.text import printable
@@ -42,15 +45,17 @@ def edges(plan: Plan) -> list[Edge]:
                 if getattr(g, k) is not None:
                     terms.append(f"{k}={getattr(g, k):g}")
             if g.path is not None:
-                terms.insert(0, f"path={g.path}")
+                terms.insert(0, f"path={quoted(g.path)}")
             if g.on is not None:                 # a probe grant: whose events it reads
                 terms.insert(0, f"on={g.on}")
             for k in ("read_only", "append_only", "refuse_hard_links"):
                 if getattr(g, k):
                     terms.append(k)
-            for k in ("subdir", "mount", "max_bytes_written"):
+            for k in ("subdir", "mount"):
                 if getattr(g, k) is not None:
-                    terms.append(f"{k}={getattr(g, k)}")
+                    terms.append(f"{k}={quoted(getattr(g, k))}")
+            if g.max_bytes_written is not None:
+                terms.append(f"max_bytes_written={g.max_bytes_written}")
             if g.args:
                 terms.append(f"args={list(g.args)}")
             if g.vars:
@@ -115,7 +120,8 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
             what.append(f"serves {comp.exports}" + (" (external)" if comp.external else ""))
         if memory and comp.name in memory:
             what.append(memory[comp.name])
-        lines.append(f"{comp.name}: {comp.module}" + (f"; {'; '.join(what)}" if what else ""))
+        lines.append(f"{comp.name}: {quoted(comp.module)}"
+                     + (f"; {'; '.join(what)}" if what else ""))
         held = by_holder.get(comp.name, [])
         if not held:
             lines.append("  holds nothing")
@@ -123,10 +129,22 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
             target = f"{e.target}'s {plan.system.compartments[e.target].exports}" \
                 if e.kind == "compartment" else f"host {HOST_INTERFACES[e.target]}"
             terms = f" [{', '.join(e.attenuation)}]" if e.attenuation else ""
-            lines.append(f"  {e.local} -> {target}{terms}  (from {e.origin})")
+            file, _, key = e.origin.rpartition(": ")
+            lines.append(f"  {e.local} -> {target}{terms}  (from {quoted(file)}: {key})")
     # paths, mounts, arguments and names of variables come from the system file
     # (and from the names of directories): shown escaped, one line each
     return "\n".join(printable(line) for line in lines)
+
+
+_PLAIN = re.compile(r"[\w./@:+=%,~-]*")
+
+
+def quoted(text: str) -> str:
+    """A path or name from the system file (or a directory's name) as shown by
+    `check`: as it is if it is plain, else in double quotes with JSON's escapes,
+    so that no name can pass for the text around it (a directory named
+    'x  (from other.toml: ...)')."""
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 def _dot(text: str) -> str:

@@ -743,3 +743,19 @@ def test_an_audit_file_with_another_hard_link_is_refused(tmp_path):
             in r.stderr, r.stderr
     os.unlink(tmp_path / "g" / "notes.txt")
     assert run_wsuper("check", str(tmp_path / "system.toml")).returncode == 0
+
+
+def test_check_quotes_names_that_could_pass_for_the_text_around_them(tmp_path):
+    """A directory's name is the host's, not the operator's: one named like the end
+    of a line of check's output made that line lie about where a grant came from.
+    Paths that are not plain are shown in double quotes, escaped."""
+    (tmp_path / "m.wat").write_text(MOD)
+    odd = tmp_path / 'd  (from /etc/trusted.toml: compartments.m.grants.x) "'
+    odd.mkdir(parents=True)
+    r = _check(tmp_path, f'[compartments.m]\nmodule = "m.wat"\n[compartments.m.grants]\n'
+                         f'd = {{ host = "directory", path = """{odd}""", read_only = true }}\n')
+    assert r.returncode == 0, r.output
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("  d -> ")]
+    assert line == (f'  d -> host Directory [path="{tmp_path}/d  (from /etc/trusted.toml: '
+                    f'compartments.m.grants.x) \\"", read_only]  '
+                    f"(from {tmp_path}/system.toml: compartments.m.grants.d)"), line
