@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import sys
 import tomllib
 
 import attrs
@@ -389,6 +390,7 @@ def load(path: str) -> System:
             raise where.error("system.audit", audit_links_problem(system.audit, links))
     wheres = {where.path: where}
     places = mounts.Places()
+    installed = _installed()
     on_the_way = functools.cache(_names_on_the_way)     # the same few paths, every grant
     for comp in system.compartments.values():
         for g in comp.grants:
@@ -430,6 +432,13 @@ def load(path: str) -> System:
                                        f"supervisor's own files ({how})")
             if g.read_only:
                 continue
+            for what, folder in installed:
+                if any(_reaches(places, real, is_dir, name, name == folder)
+                       for name in on_the_way(folder)):
+                    raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
+                                       f"{what} {folder}: what is there runs as the "
+                                       f"supervisor at the next start; grant it read_only = "
+                                       f"true, or grant a directory that holds none of it")
             for what, file, owner in deciding:
                 if owner == comp.name:
                     continue
@@ -493,6 +502,30 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     out += [("the policy file", os.path.abspath(p), None) for p in dict.fromkeys(policy_files)]
     out += [("the schema file", s, None) for s in system.schemas]
     return out
+
+
+def _installed() -> list[tuple[str, str]]:
+    """(what, real path) of each directory wsuper runs from: its own packages and
+    the Python that runs it (standard library, installed packages, scripts).  A
+    compartment that could change what is there would run its code as the
+    supervisor (and in every engine) at the next `wsuper up`."""
+    import sysconfig
+    import supervisor
+    import compartments
+    out = [("wsuper's own code", os.path.dirname(m.__file__))
+           for m in (supervisor, compartments, capnp_schemas)]
+    paths = sysconfig.get_paths()
+    out += [("the Python that runs wsuper", paths[k])
+            for k in ("stdlib", "platstdlib", "purelib", "platlib", "scripts") if k in paths]
+    out += [("the Python that runs wsuper", os.path.dirname(exe))
+            for exe in (sys.executable, os.path.realpath(sys.executable))]
+    seen, unique = set(), []
+    for what, path in out:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append((what, real))
+    return unique
 
 
 def _reaches(places: mounts.Places, grant: str, is_dir: bool, name: str,

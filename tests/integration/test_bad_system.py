@@ -759,3 +759,26 @@ def test_check_quotes_names_that_could_pass_for_the_text_around_them(tmp_path):
     assert line == (f'  d -> host Directory [path="{tmp_path}/d  (from /etc/trusted.toml: '
                     f'compartments.m.grants.x) \\"", read_only]  '
                     f"(from {tmp_path}/system.toml: compartments.m.grants.d)"), line
+
+
+def test_no_writable_grant_reaches_what_wsuper_runs_from(tmp_path):
+    """A writable grant over wsuper's own packages, or the Python that runs it, let
+    a compartment change the supervisor's code, which runs with every grant (and
+    in every engine) at the next start; a read-only one is fine."""
+    import sysconfig
+    import supervisor
+    (tmp_path / "m.wat").write_text(MOD)
+    own = os.path.realpath(os.path.dirname(supervisor.__file__))
+    site = os.path.realpath(sysconfig.get_paths()["purelib"])
+    for path, named in ((own, f"wsuper's own code {own}"),
+                        (os.path.dirname(own), f"wsuper's own code {own}"),   # holds it
+                        (site, "the Python that runs wsuper ")):
+        grant = f'd = {{ host = "directory", path = "{path}" }}'
+        for extra, code in (("", 2), (", read_only = true", 0)):
+            r = _check(tmp_path, f'[compartments.m]\nmodule = "m.wat"\n'
+                                 f'[compartments.m.grants]\n{grant[:-2]}{extra} }}\n')
+            assert r.returncode == code, (path, extra, r.output)
+            if code:
+                assert f"compartments.m.grants.d.path: {path} would let compartment m " \
+                       f"change {named}" in r.stderr, r.stderr
+                assert "what is there runs as the supervisor at the next start" in r.stderr
