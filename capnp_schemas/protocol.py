@@ -130,6 +130,14 @@ class RemoteRef:
     import_id: int
 
 
+@attrs.frozen
+class ReceiverAnswer:
+    """An outgoing capability promised in the result of a call the *peer* has not
+    answered yet (sent as receiverAnswer): what a pipelining client passes."""
+    question_id: int
+    transform: tuple = (0,)
+
+
 # Incoming capability references, after decoding the capTable.
 @attrs.frozen
 class Imported:
@@ -209,6 +217,14 @@ class Unhandled:
 @attrs.frozen
 class AbortReceived:
     reason: str
+
+
+@attrs.frozen
+class DisembargoReceived:
+    """The peer asks us to reflect its embargo `embargo_id` once the calls it sent
+    on `target` (an Exported or a PromisedAnswer) are delivered (senderLoopback)."""
+    target: object
+    embargo_id: int
 
 
 # ------------------------------------------------------------------ tables
@@ -371,6 +387,13 @@ class Connection:
         elif which == rpcwire.MSG_ABORT:
             self.closed = "aborted by peer"
             events.append(AbortReceived(m.reason))
+        elif which == rpcwire.MSG_DISEMBARGO and m.kind == "senderLoopback":
+            target = Exported(self._export_obj(m.import_id)) if m.promise is None \
+                else self._promised(*m.promise)
+            events.append(DisembargoReceived(target, m.id))
+        elif which == rpcwire.MSG_DISEMBARGO and m.kind == "receiverLoopback":
+            raise ProtocolError("Disembargo (receiverLoopback) of an embargo we never asked "
+                                "for")
         elif which == rpcwire.MSG_UNIMPLEMENTED:
             # The peer did not understand something we sent; we only send what
             # level-1 peers must implement, so this is the peer's problem.
@@ -553,16 +576,20 @@ class Connection:
             if target not in self.imports:
                 self._drop_question(qid)
                 raise KeyError(f"import id {target} is not held")
-            head, at = rpcwire.encode_call(qid, target, interface_id, method_id,
-                                           self._cap_descs(caps, exported))
-            return qid, self._splice(head, at, content)
-        msg = rpc.Message.new_message()          # a pipelined call: through pycapnp
+            if not any(isinstance(c, ReceiverAnswer) for c in caps):
+                head, at = rpcwire.encode_call(qid, target, interface_id, method_id,
+                                               self._cap_descs(caps, exported))
+                return qid, self._splice(head, at, content)
+        msg = rpc.Message.new_message()     # pipelined, or passing a promise: pycapnp
         call = msg.init("call")
         call.questionId = qid
-        pq, transform = target
-        pa = call.target.init("promisedAnswer")
-        pa.questionId = pq
-        _set_transform(pa, transform)
+        if isinstance(target, int):
+            call.target.importedCap = target
+        else:
+            pq, transform = target
+            pa = call.target.init("promisedAnswer")
+            pa.questionId = pq
+            _set_transform(pa, transform)
         call.interfaceId = interface_id
         call.methodId = method_id
         call.sendResultsTo.caller = None
@@ -621,6 +648,15 @@ class Connection:
         if q.returned:
             self._drop_question(question_id)
         return rpcwire.encode_finish(question_id)
+
+    def send_disembargo(self, import_id: int, embargo_id: int) -> bytes:
+        """The reflection of the peer's Disembargo (senderLoopback): its embargo
+        `embargo_id`, on its own object `import_id` the promise resolved to."""
+        msg = rpc.Message.new_message()
+        d = msg.init("disembargo")
+        d.target.importedCap = import_id
+        d.context.receiverLoopback = embargo_id
+        return wire.frame(msg.to_segments())
 
     def send_release(self, import_id: int) -> bytes:
         """Drop every reference we hold to `import_id`."""
@@ -748,6 +784,8 @@ class Connection:
                 descs.append((CAP_NONE, 0))
             elif isinstance(cap, RemoteRef):
                 descs.append((CAP_RECEIVER_HOSTED, cap.import_id))
+            elif isinstance(cap, ReceiverAnswer):
+                descs.append((CAP_RECEIVER_ANSWER, cap))
             else:
                 descs.append((CAP_SENDER_HOSTED, self._export(cap)))
                 exported.append(cap)
@@ -762,6 +800,10 @@ class Connection:
                 table[i].none = None
             elif kind == CAP_RECEIVER_HOSTED:
                 table[i].receiverHosted = ident
+            elif kind == CAP_RECEIVER_ANSWER:
+                ra = table[i].init("receiverAnswer")
+                ra.questionId = ident.question_id
+                _set_transform(ra, ident.transform)
             else:
                 table[i].senderHosted = ident
 

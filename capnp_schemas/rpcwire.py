@@ -34,7 +34,7 @@ from . import rpc, wire
 
 # Message union (discriminant at byte 0 of Message's one data word)
 MSG_UNIMPLEMENTED, MSG_ABORT, MSG_CALL, MSG_RETURN, MSG_FINISH = 0, 1, 2, 3, 4
-MSG_RELEASE, MSG_BOOTSTRAP = 6, 8
+MSG_RELEASE, MSG_BOOTSTRAP, MSG_DISEMBARGO = 6, 8, 13
 #: Message discriminant -> name, as rpc.capnp defines them
 MESSAGE_NAMES = {f.discriminantValue: f.name for f in rpc.Message.schema.node.struct.fields}
 # Return union (discriminant at byte 6)
@@ -158,6 +158,8 @@ class Plain:
     release   id, count
     bootstrap id
     abort     reason, type
+    disembargo import_id | promise, kind (senderLoopback, receiverLoopback,
+              accept, provide), id (the embargo id of a loopback)
 
     `caps` holds (CAP_* kind, value): the id, 0 for none, (question id,
     transform) for receiverAnswer, None for thirdPartyHosted.  `content_loc`
@@ -388,6 +390,16 @@ def decode_pycapnp(segs) -> Plain:
         out.id = msg.bootstrap.questionId
     elif which == MSG_ABORT:
         out.reason, out.type = _exception(msg.abort)
+    elif which == MSG_DISEMBARGO:
+        d = msg.disembargo
+        target = d.target
+        if _which(target, "MessageTarget") == "importedCap":
+            out.import_id, out.promise = target.importedCap, None
+        else:
+            out.import_id, out.promise = None, _promised(
+                target.promisedAnswer, [MAX_TRANSFORM_STEPS_PER_MESSAGE])
+        out.kind = kind = _which(d.context, "Disembargo.context")
+        out.id = getattr(d.context, kind) if kind.endswith("Loopback") else None
     return out
 
 
@@ -491,7 +503,8 @@ def _check_layout():
         and r[3]["releaseParamCaps"][0] == 32 and r[3]["noFinishNeeded"][0] == 33 \
         and r[3]["results"] == (0, RET_RESULTS) and r[3]["exception"] == (0, RET_EXCEPTION)
     assert m[3]["unimplemented"][1] == MSG_UNIMPLEMENTED and m[3]["abort"][1] == MSG_ABORT \
-        and m[3]["release"][1] == MSG_RELEASE and m[3]["bootstrap"][1] == MSG_BOOTSTRAP
+        and m[3]["release"][1] == MSG_RELEASE and m[3]["bootstrap"][1] == MSG_BOOTSTRAP \
+        and m[3]["disembargo"][1] == MSG_DISEMBARGO
     assert {k: d[3][k][1] for k in _CAP_KINDS} == _CAP_KINDS
     assert t[3]["promisedAnswer"][1] == 1
     f = layout(rpc.Finish)

@@ -231,7 +231,7 @@ class Failure(Exception):
 _PLAIN = (int, str, bytes, float, type(None), Obj)
 _EVENT_TYPES = (P.BootstrapRequested, P.CallReceived, P.ReturnReceived, P.FinishReceived,
                 P.ExportReleased, P.Unhandled, P.AbortReceived, P.Payload, P.Imported,
-                P.Exported, P.PromisedAnswer, P.RemoteRef)
+                P.Exported, P.PromisedAnswer, P.RemoteRef, P.DisembargoReceived)
 
 
 def plain(v, path="event"):

@@ -32,7 +32,7 @@ import tempfile
 import time
 import traceback
 
-from capnp_schemas import hosted, payloads, protocol as P, wire
+from capnp_schemas import hosted, payloads, protocol as P, rpc, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, hostcaps, router as R
 from supervisor.policy import Grant
@@ -157,7 +157,18 @@ class World:
         call(0, gw.id, 1)
         _q, boot = conn.send_bootstrap()
         out.append(boot)
-        return [F.Seed(m) for m in out]
+        # a capability promised in an answer not returned yet, passed in a call
+        # (receiverAnswer), and a Disembargo on such a promise
+        q = call(data, d.id, d.method("open").ordinal, params(d, "open", path="f", mode="read"))
+        opened = out.pop()                # sent just before what follows (LEADS)
+        seeds = [F.Seed(m) for m in out]
+        for build in (lambda m: _promised_in_params(m, 90, calc, q),
+                      lambda m: _disembargo(m, q)):
+            msg = rpc.Message.new_message()
+            build(msg)
+            seeds.append(F.Seed(wire.frame(msg.to_segments())))
+            LEADS[id(seeds[-1])] = opened
+        return seeds
 
     def new_client(self):
         self.client = self.router.add_external("client")
@@ -186,6 +197,28 @@ class World:
         if not self.app.inbox or self.app.inbox[-1].error is not None:
             raise Failure("router", f"app's call to calc failed after the input: "
                                     f"{self.app.inbox[-1:]}")
+
+
+#: id(seed) -> a message sent before each input made from that seed, in the same
+#: bytes (its answer is not back yet when the seed's message is read)
+LEADS: dict = {}
+
+
+def _promised_in_params(msg, qid: int, target: int, promise: int):
+    c = msg.init("call")
+    c.questionId, c.interfaceId, c.methodId = qid, CALC, 2
+    c.target.importedCap = target
+    ra = c.params.init("capTable", 1)[0].init("receiverAnswer")
+    ra.questionId = promise
+    ra.init("transform", 1)[0].getPointerField = 0
+
+
+def _disembargo(msg, promise: int):
+    d = msg.init("disembargo")
+    pa = d.target.init("promisedAnswer")
+    pa.questionId = promise
+    pa.init("transform", 1)[0].getPointerField = 0
+    d.context.senderLoopback = 7
 
 
 def check_router(world: World, data: bytes, as_client: bool):
@@ -304,7 +337,9 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                     s = rng.choice(messages)
                     data = F.mutate(rng, s, everything) if rng.random() < 0.9 else \
                         bytes(wire.frame(s.segs))
-                    if rng.random() < 0.3:      # after a valid one: pipelining, finishes
+                    if id(s) in LEADS:          # a promise in an answer not back yet
+                        data = LEADS[id(s)] + data
+                    elif rng.random() < 0.3:    # after a valid one: pipelining, finishes
                         data = bytes(wire.frame(rng.choice(router_seeds).segs)) + data
                     check_router(world, data, rng.random() < 0.3)
             except Failure as f:

@@ -50,6 +50,27 @@ class Proxy(Cap):
         return f"Proxy({self.compartment})"
 
 
+class Promised(Cap):
+    """A capability in the result of a call `peer` made to us that has not returned
+    yet, passed by the peer in a call (rpc.capnp's receiverAnswer): held like any
+    capability; calls on it wait (`queue`: (call, first cap, membranes crossed))
+    until the answer returns, then go to what it resolved to (`target`), or fail
+    with its `error` if the answer failed or the peer went."""
+
+    def __init__(self, peer, answer_id: int, transform: tuple):
+        self.peer = peer
+        self.answer_id = answer_id
+        self.transform = transform
+        self.target: Cap | None = None
+        self.error: str | None = None
+        self.error_type = "failed"
+        self.queue: list = []
+        self.refs = 0
+
+    def __repr__(self):
+        return f"Promised({self.peer.name}#{self.answer_id})"
+
+
 class Host(Cap):
     """An object the supervisor serves: `kind` is a host capability kind ("log",
     "directory", ...) or "gateway"; `owner` the compartment it was granted to;
@@ -113,4 +134,6 @@ def describe(cap) -> str:
         return f"{cap.peer.name} object #{cap.import_id}"
     if isinstance(cap, Host):
         return cap.label or f"{cap.kind} of {cap.owner}"
+    if isinstance(cap, Promised):
+        return f"a capability promised by {cap.peer.name}'s call #{cap.answer_id}"
     return type(cap).__name__

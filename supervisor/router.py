@@ -38,7 +38,8 @@ from compartments import abi
 from compartments.limits import Limits
 
 from . import control, effects as fx
-from .caps import Call, CallError, Cap, Denial, Host, Proxy, Remote, Wrapped, describe
+from .caps import (Call, CallError, Cap, Denial, Host, Promised, Proxy, Remote, Wrapped,
+                   describe)
 from .membrane import AuditTrail, Membrane, Names
 from .probes import callee_of
 
@@ -56,6 +57,10 @@ PIPELINED_PEER_BYTES = 1 << 20
 #: shared pool, so that a few connections with a large message_size cannot leave
 #: the others without room for a pipelined call of their own.
 PIPELINED_TOTAL_BYTES = 64 << 20
+
+
+#: Membranes and resolved promises a call may pass on its way to its target.
+MAX_HOPS = 256
 
 
 def pipelined_limit(limits: Limits) -> int:
@@ -158,6 +163,7 @@ class Router:
         self.pipelined_total = pipelined_total
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self.pipelined_pooled = 0                      # ... beyond each one's own share
+        self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
@@ -280,6 +286,16 @@ class Router:
             heapq.heapify(self._deadlines)
         while self._queued and self._queued[0][0] <= now:
             _deadline, _n, proxy, call = heapq.heappop(self._queued)
+            if isinstance(proxy, Promised):
+                waiting = [w for w in proxy.queue if w[0] is call]
+                if waiting:                              # still waiting for the answer
+                    proxy.queue.remove(waiting[0])
+                    self._unhold(call.reply[0], call.content.size())
+                    self._guarded(call.reply[0], lambda call=call, p=proxy: self._fail_waiting(
+                        call, f"{describe(p)} did not resolve within "
+                              f"{call.reply[0].limits.call_time:g} s of this call "
+                              f"(limit call_time)"), flush=False)
+                continue
             if call in proxy.queue:                      # still waiting for it to start
                 proxy.queue.remove(call)
                 self._guarded(call.reply[0], lambda call=call, proxy=proxy: self._fail_waiting(
@@ -430,11 +446,32 @@ class Router:
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
             pass   # calls pipelined on it are still delivered when it returns
+        elif isinstance(ev, protocol.DisembargoReceived):
+            self._disembargo(peer, ev)
         elif isinstance(ev, protocol.Unhandled):
             self.emit(fx.Send(peer.id, ev.reply))
         elif isinstance(ev, protocol.AbortReceived):
             self.emit(fx.Close(peer.id, ev.reason))
             self._lose(peer, f"{peer.name} aborted the connection: {_first_line(ev.reason)}")
+
+    def _disembargo(self, peer: Peer, ev: protocol.DisembargoReceived):
+        """A peer that got back, through a promise, a capability it hosts itself
+        embargoes its calls on it until the calls it sent on the promise are
+        delivered: they are (a call on a promise goes on when its answer returns,
+        and every message to the peer is written in order), so the embargo is
+        reflected at once, on the peer's own object.  A target that is not such a
+        promise is a protocol error (rpc.capnp): the peer is cut off."""
+        target = ev.target
+        cap = None
+        if isinstance(target, protocol.PromisedAnswer) and target.result is not None:
+            try:
+                cap = self._resolve_pipeline(peer, target.result, target.transform)
+            except CallError:
+                cap = None
+        if not self.is_remote_of(cap, peer):
+            raise protocol.ProtocolError("Disembargo (senderLoopback) on a target that is "
+                                         "not a promise resolved to the sender's own object")
+        self.emit(fx.Send(peer.id, peer.conn.send_disembargo(cap.import_id, ev.embargo_id)))
 
     def _on_call(self, peer: Peer, ev: protocol.CallReceived):
         reply = (peer, ev.answer_id)
@@ -466,26 +503,11 @@ class Router:
                 self.sweep(caps)
                 return
             if target.result is None:
-                size = call.content.size()
-                mine = peer.pipelined + size > pipelined_limit(peer.limits)
-                more = pooled(peer.pipelined + size) - pooled(peer.pipelined)
-                if mine or self.pipelined_pooled + more > self.pipelined_total:
-                    self.fail(reply, CallError(
-                        f"{peer.name} has pipelined calls of {peer.pipelined} bytes waiting on "
-                        f"answers not returned yet; this one of {size} bytes would pass the "
-                        f"limit of {pipelined_limit(peer.limits)} bytes per connection "
-                        f"(twice message_size, at least {PIPELINED_PEER_BYTES})" if mine else
-                        f"pipelined calls waiting on answers not returned yet hold "
-                        f"{self.pipelined_pooled} bytes in all beyond the "
-                        f"{PIPELINED_PEER_BYTES} bytes each connection has to itself; this "
-                        f"one of {size} bytes would pass the supervisor's limit of "
-                        f"{self.pipelined_total} bytes",
-                        "overloaded"))
+                refused = self._hold(peer, call.content.size())
+                if refused is not None:
+                    self.fail(reply, refused)
                     self.sweep(caps)
                     return
-                peer.pipelined += size
-                self.pipelined_bytes += size
-                self.pipelined_pooled += more
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
@@ -546,18 +568,44 @@ class Router:
 
     # ------------------------------------------------------------ delivery
 
-    def _deliver(self, cap, call: Call, route=None):
+    def _deliver(self, cap, call: Call, route=None, resumed=None):
         """Deliver `call` on `cap`.  `route`: (caller, export id) when the call came
         plainly from a laned peer: once it is forwarded, later calls like it may go
-        natively (a route), if every membrane it crossed is free of quotas."""
+        natively (a route), if every membrane it crossed is free of quotas.
+        `resumed`: (first cap, membranes crossed) of a call that waited on a
+        promised capability, now resolved to `cap`."""
         try:
-            if self.call_watch:
-                self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
-                                      callee_of(cap), self._method(call))
-            if self.audit.enabled:
-                self.audit.open(call.reply, cap, call, self.clock(), self.wall())
-            first, chain, proxy = cap, [], None
-            while isinstance(cap, Wrapped):
+            if resumed is None:
+                if self.call_watch:
+                    self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
+                                          callee_of(cap), self._method(call))
+                if self.audit.enabled:
+                    self.audit.open(call.reply, cap, call, self.clock(), self.wall())
+                first, chain = cap, []
+            else:
+                first, chain = resumed
+                route = None
+            proxy, hops = None, 0
+            while isinstance(cap, (Wrapped, Promised)):
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise CallError(f"a capability that resolves to itself (more than "
+                                    f"{MAX_HOPS} membranes and promises on the way)")
+                if isinstance(cap, Promised):
+                    route = None
+                    if cap.error is not None:
+                        raise CallError(cap.error, cap.error_type)
+                    if cap.target is None:      # waits for the answer, at most call_time
+                        caller = call.reply[0]
+                        refused = self._hold(caller, call.content.size())
+                        if refused is not None:
+                            raise refused
+                        cap.queue.append((call, first, chain))
+                        heapq.heappush(self._queued, (self.clock() + caller.limits.call_time,
+                                                      next(self._tokens), cap, call))
+                        return
+                    cap = cap.target
+                    continue
                 m = cap.membrane
                 m.admit(cap, call, self.clock(), self.names)
                 if m.uses_left is not None or m.expires_at is not None or m.rate is not None:
@@ -603,6 +651,42 @@ class Router:
                                     call.reply[0].name))
             self.fail(call.reply, e)
             self.sweep(call.caps)
+
+    def _settle(self, peer: Peer, answer_id: int, result=None, error: CallError | None = None):
+        """The answer `answer_id` to `peer` returned `result` ((content, caps) as sent)
+        or failed with `error`: the capabilities promised in it resolve, or fail, and
+        the calls that waited on them go on."""
+        for promised in self._promises.pop((peer.id, answer_id), ()):
+            why = error
+            if why is None:
+                try:
+                    target = self._resolve_pipeline(peer, result, promised.transform)
+                except CallError as e:
+                    why = e
+                else:
+                    if target is promised:
+                        why = CallError("the promised capability is itself")
+                    else:
+                        promised.target = target
+                        target.refs += 1
+            if why is not None:
+                promised.error = f"capability promised by a failed call: {why.reason}"
+                promised.error_type = why.type
+            self._run_queue(promised)
+
+    def _run_queue(self, promised: Promised):
+        """The calls that waited on `promised`, now settled, go on (or fail)."""
+        queue, promised.queue = promised.queue, []
+        for call, first, chain in queue:
+            self._unhold(call.reply[0], call.content.size())
+            if not call.reply[0].alive or not call.reply[0].conn.awaiting_return(call.reply[1]):
+                self.sweep(call.caps)             # failed meanwhile (revoked, timed out)
+                continue
+            self._deliver(promised, call, resumed=(first, chain))
+        if promised.refs <= 0 and promised.target is not None:
+            target, promised.target = promised.target, None     # nobody holds it now
+            promised.error = "the promised capability was released"
+            self._drop(target)
 
     # ------------------------------------------------------------ the fast lane
 
@@ -781,6 +865,8 @@ class Router:
         crossed = self._close_call(reply, "returned")
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             self.sweep(caps)
+            if self._promises:
+                self._settle(peer, answer_id, error=CallError("its answer was not sent"))
             return
         for m, label in reversed(crossed):   # innermost membrane first
             caps = tuple(self._wrap(c, m, f"{m.label}>{label}") for c in caps)
@@ -806,12 +892,16 @@ class Router:
                 self.sweep(call.caps)
                 continue
             self._deliver(target, call)
+        if self._promises:
+            self._settle(peer, answer_id, (content, out_caps))
 
     def fail(self, reply, e: CallError):
         """The call `reply` names fails with `e`."""
         peer, answer_id = reply
         self._close_call(reply, "denied" if isinstance(e, Denial) else "failed", e.reason)
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
+            if self._promises:
+                self._settle(peer, answer_id, error=e)
             return
         # a refusal for good is E_DENIED to a guest; a rate limit stays E_OVERLOADED
         reason = abi.DENIED_PREFIX + e.reason if isinstance(e, Denial) and e.type == "failed" \
@@ -821,16 +911,44 @@ class Router:
         for _transform, call in self._take_pipelined(peer, answer_id):
             self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)
+        if self._promises:
+            self._settle(peer, answer_id, error=e)
+
+    def _hold(self, peer: Peer, size: int) -> CallError | None:
+        """Count `size` bytes of a call that waits on an answer not returned yet
+        (pipelined on it, or made on a capability promised in it) against `peer`'s
+        share and the shared pool; the refusal if either would be passed."""
+        mine = peer.pipelined + size > pipelined_limit(peer.limits)
+        more = pooled(peer.pipelined + size) - pooled(peer.pipelined)
+        if mine or self.pipelined_pooled + more > self.pipelined_total:
+            return CallError(
+                f"{peer.name} has pipelined calls of {peer.pipelined} bytes waiting on "
+                f"answers not returned yet; this one of {size} bytes would pass the "
+                f"limit of {pipelined_limit(peer.limits)} bytes per connection "
+                f"(twice message_size, at least {PIPELINED_PEER_BYTES})" if mine else
+                f"pipelined calls waiting on answers not returned yet hold "
+                f"{self.pipelined_pooled} bytes in all beyond the "
+                f"{PIPELINED_PEER_BYTES} bytes each connection has to itself; this "
+                f"one of {size} bytes would pass the supervisor's limit of "
+                f"{self.pipelined_total} bytes",
+                "overloaded")
+        peer.pipelined += size
+        self.pipelined_bytes += size
+        self.pipelined_pooled += more
+        return None
+
+    def _unhold(self, peer: Peer, size: int):
+        """`size` bytes _hold counted for `peer` no longer wait."""
+        self.pipelined_pooled -= pooled(peer.pipelined) - pooled(peer.pipelined - size)
+        peer.pipelined -= size
+        self.pipelined_bytes -= size
 
     def _take_pipelined(self, peer: Peer, answer_id: int) -> list:
         """The calls `peer` pipelined on its answer `answer_id`, no longer waiting."""
         calls = self._pipelined.pop((peer.id, answer_id), None)
         if not calls:
             return ()
-        size = sum(call.content.size() for _t, call in calls)
-        self.pipelined_pooled -= pooled(peer.pipelined) - pooled(peer.pipelined - size)
-        peer.pipelined -= size
-        self.pipelined_bytes -= size
+        self._unhold(peer, sum(call.content.size() for _t, call in calls))
         return calls
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
@@ -899,9 +1017,10 @@ class Router:
         # receiverAnswer: a capability inside the result of a call the peer made to us
         if c.error is not None:
             raise CallError(f"capability from a failed call: {c.error}")
-        if c.result is None:
-            raise CallError("passing a promised capability before it resolves is not supported",
-                            "unimplemented")
+        if c.result is None:            # not returned yet: calls on it wait for it
+            promised = Promised(peer, c.answer_id, c.transform)
+            self._promises.setdefault((peer.id, c.answer_id), []).append(promised)
+            return promised
         return self._resolve_pipeline(peer, c.result, c.transform)
 
     @staticmethod
@@ -958,6 +1077,17 @@ class Router:
             elif isinstance(cap, Wrapped) and cap.membrane.wrappers.get(id(cap.target)) is cap:
                 del cap.membrane.wrappers[id(cap.target)]
                 self._drop(cap.target)
+            elif isinstance(cap, Promised):
+                if cap.target is not None:              # resolved: let go of what it is
+                    target, cap.target = cap.target, None
+                    cap.error = "the promised capability was released"
+                    self._drop(target)
+                elif cap.error is None and not cap.queue:   # no one will call it
+                    waiting = self._promises.get((cap.peer.id, cap.answer_id))
+                    if waiting and cap in waiting:
+                        waiting.remove(cap)
+                        if not waiting:
+                            del self._promises[(cap.peer.id, cap.answer_id)]
 
     def _released_all(self, objects) -> list:
         for kind, served in objects:
@@ -1000,6 +1130,19 @@ class Router:
             self._drop(obj)
         for calls in waiting:
             self.sweep([c for _t, call in calls for c in call.caps])
+        if self._promises:
+            for key in [k for k in self._promises if k[0] == peer.id]:
+                self._settle(peer, key[1], error=CallError(f"{peer.name} is gone: {reason}",
+                                                           "disconnected"))
+            for promises in self._promises.values():     # its calls waiting on a promise
+                for p in promises:
+                    mine = [w for w in p.queue if w[0].reply[0] is peer]
+                    if mine:
+                        p.queue = [w for w in p.queue if w[0].reply[0] is not peer]
+                        for call, _first, _chain in mine:
+                            self._unhold(peer, call.content.size())
+                            self._close_call(call.reply, "failed", "the caller is gone")
+                            self.sweep(call.caps)
         for proxy in self.proxies.values():              # its calls waiting on a start
             if proxy.queue and any(call.reply[0] is peer for call in proxy.queue):
                 mine = [call for call in proxy.queue if call.reply[0] is peer]

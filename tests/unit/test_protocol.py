@@ -123,7 +123,9 @@ def test_huge_segment_tables_are_refused_before_allocating():
 def test_unimplemented_messages_are_answered_not_fatal():
     a, b = pair()
     msg = rpc.Message.new_message()
-    msg.init("disembargo").target.importedCap = 0
+    d = msg.init("disembargo")
+    d.target.importedCap = 0
+    d.context.accept = None                      # level 3: not implemented
     (ev,) = b.receive(wire.frame(msg.to_segments()))
     assert isinstance(ev, P.Unhandled) and ev.which == "disembargo"
     with rpc.Message.from_bytes(ev.reply) as reply:

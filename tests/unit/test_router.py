@@ -584,3 +584,117 @@ def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and
     router.disconnected(b.pid, "gone")
     router.disconnected(c.pid, "gone")
     assert router.pipelined_bytes == router.pipelined_pooled == 0
+
+
+# ---------------------------------------------------------------- promised capabilities
+
+OBSERVER = 0xC0FFEE0000000003
+
+
+def _promise_passed(router, revocable=False):
+    """app asks calc for a counter (not answered yet) and passes the counter it will
+    get to calc in a second call (receiverAnswer): calc holds it at once."""
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=revocable)])
+    h = app.grants[0].import_id
+    q1, data = app.conn.send_call(h, CALC, 1)
+    app.send(data)
+    _q2, data = app.conn.send_call(h, CALC, 2, Content.capability(0), [P.ReceiverAnswer(q1, ())])
+    app.send(data)
+    first, second = calc.inbox
+    calc.inbox.clear()
+    (promised,) = second.payload.caps
+    assert isinstance(promised, P.Imported)             # a capability like any other
+    return calc, app, first, second, promised.import_id
+
+
+def test_calls_on_a_promised_capability_wait_for_its_answer_then_go_to_it_in_order():
+    router = R.Router({"calc": CALC, "app": None})
+    calc, app, first, _second, promised = _promise_passed(router)
+    body = Content.standalone([struct.pack("<QQ", 1 << 32, 5)])
+    for i in range(3):                                   # calc calls it: they wait
+        calc.send(calc.conn.send_call(promised, OBSERVER, i, body)[1])
+    assert calc.inbox == [] and app.inbox == []
+    assert router.pipelined_bytes > 0                    # counted like pipelined calls
+    counter = object()
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [counter]))
+    assert [(ev.target, ev.method_id) for ev in calc.inbox] == [(counter, 0), (counter, 1),
+                                                                (counter, 2)]
+    assert router.pipelined_bytes == 0
+    calc.inbox.clear()
+    calc.send(calc.conn.send_call(promised, OBSERVER, 7)[1])      # resolved: at once
+    assert [(ev.target, ev.method_id) for ev in calc.inbox] == [(counter, 7)]
+
+
+@pytest.mark.parametrize("how", ["fails", "holds none", "caller goes", "times out"])
+def test_calls_on_a_promised_capability_fail_when_its_answer_cannot_give_one(how):
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0],
+                      limits={"calc": R.Limits(call_time=2.0), "app": R.Limits(call_time=2.0)})
+    calc, app, first, _second, promised = _promise_passed(router)
+    calc.send(calc.conn.send_call(promised, OBSERVER, 0)[1])
+    assert calc.inbox == []
+    if how == "fails":
+        calc.send(calc.conn.send_exception(first.answer_id, "no counters left"))
+        said = "capability promised by a failed call: no counters left"
+    elif how == "holds none":
+        calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), []))
+        said = "capability promised by a failed call: pipelined call"   # on no capability
+    elif how == "caller goes":
+        calc.deliver(router.disconnected(app.pid, "gone"))
+        said = "app is gone"
+    else:
+        now[0] = 2.5
+        calc.deliver(router.expire())
+        said = "within 2 s"                 # its answer, or the call on it: both waited
+    (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
+    assert ret.payload is None and said in ret.error, ret.error
+    assert router.pipelined_bytes == 0
+    assert not router._promises
+
+
+def test_a_call_waiting_on_a_promise_through_a_revoked_grant_never_arrives():
+    """The promise came to calc through app's revocable grant: calc's call on it
+    waits, the grant is revoked (the call fails at once), and when the answer
+    comes the call is not delivered after all."""
+    router = R.Router({"calc": CALC, "app": None})
+    calc, app, first, _second, promised = _promise_passed(router, revocable=True)
+    calc.send(calc.conn.send_call(promised, OBSERVER, 0)[1])
+    calc.deliver(router.revoke("app.calc"))
+    (ret,) = calc.inbox
+    assert "was revoked" in ret.error
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    assert not [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    assert router.pipelined_bytes == 0
+
+
+def test_a_promise_released_before_its_answer_is_forgotten():
+    router = R.Router({"calc": CALC, "app": None})
+    calc, app, first, second, promised = _promise_passed(router)
+    assert router._promises
+    calc.send(calc.conn.send_return(second.answer_id))        # the call's caps go with it
+    calc.send(calc.conn.send_release(promised))
+    assert not router._promises
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    (ret,) = [ev for ev in app.inbox if ev.payload is not None and ev.payload.caps]
+    assert ret.payload.caps                                   # app's own answer is intact
+
+
+def test_a_disembargo_on_anything_but_a_promise_come_back_to_its_sender_cuts_it_off():
+    """rpc.capnp: a senderLoopback Disembargo must target a promise that resolved
+    to an object the sender hosts; anything else is the sender's protocol error."""
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)
+    (first,) = calc.inbox
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    msg = P.rpc.Message.new_message()
+    d = msg.init("disembargo")
+    d.target.init("promisedAnswer").questionId = q     # calc's counter: not app's own
+    d.context.senderLoopback = 5
+    app.deliver(router.receive(app.pid, wire.frame(msg.to_segments())))
+    assert app.pid not in router.peers
+    assert any(isinstance(e, fx.Close) and "Disembargo" in e.reason for e in app.effects)

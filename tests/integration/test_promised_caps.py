@@ -1,0 +1,153 @@
+"""A capability promised in the result of a call not returned yet, passed in
+another call (rpc.capnp's receiverAnswer), as Cap'n Proto clients send it when
+they pipeline: `calc.sumTo(3, echo.hold(observer).cap)` in one round trip.  It
+was refused ('unimplemented'); now the callee holds it at once, and its calls on
+it wait in the supervisor until the answer returns, then go to what it resolved
+to, or fail with why."""
+import os
+
+import pytest
+
+from tests.conftest import EXAMPLES, external_client
+
+pytestmark = pytest.mark.interop
+
+ECHO_ID = 0xC0FFEE00000000E1
+
+SCHEMA = f"""@0xd0a1b2c3d4e5f6a7;
+interface Echo @{ECHO_ID:#x} {{
+  hold @0 (cap :Capability) -> (cap :Capability);
+}}
+"""
+
+# Echo.hold returns the params it got, capability included.
+ECHO_WAT = """(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
+        (param $ncaps i32) (result i32)
+    (if (i32.or (i32.gt_u (local.get $len) (i32.const 4096))
+                (i32.gt_u (local.get $ncaps) (i32.const 16)))
+      (then (return (i32.const 1))))
+    (drop (call $params_read (i32.const 0) (i32.const 4096)))
+    (drop (call $results_set (i32.const 0) (local.get $len) (i32.const 4096)
+                             (local.get $ncaps)))
+    (i32.const 0)))
+"""
+
+SYSTEM = """
+[system]
+schemas = ["{examples}/calc.capnp", "{tmp}/echo.capnp"]
+socket = "{tmp}/ext.sock"
+
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+external = true
+
+[compartments.echo]
+module = "{tmp}/echo.wat"
+exports = "Echo"
+external = true
+"""
+
+
+@pytest.fixture
+def calc_and_echo(tmp_path, wsuper):
+    (tmp_path / "echo.capnp").write_text(SCHEMA)
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    run.wait_for("ready echo")
+    return run, tmp_path / "ext.sock"
+
+
+_ECHO: list = []      # the schema, loaded once per process (its id may be loaded once)
+
+
+def _client(run_sock, body):
+    import capnp_schemas
+    calc = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+    if not _ECHO:
+        _ECHO.append(capnp_schemas.load(str(run_sock.parent / "echo.capnp")))
+    echo = _ECHO[0]
+
+    async def with_schemas(gateway):
+        return await body(gateway, calc, echo)
+
+    return external_client(str(run_sock), with_schemas)
+
+
+def _observer(calc_schema, steps: list):
+    class Observer(calc_schema.Observer.Server):
+        async def step(self, i, partial, **_):
+            steps.append((i, partial))
+    return Observer()
+
+
+def test_a_capability_promised_by_an_unreturned_call_can_be_passed_and_called(calc_and_echo):
+    """Cap'n Proto's C++ client (pycapnp) sends calc.sumTo(3, observer) where the
+    observer is `echo.hold(mine).cap`, a promise on a call it has not had an
+    answer to: the capability descriptor is receiverAnswer."""
+    run, sock = calc_and_echo
+    steps = []
+
+    async def body(gateway, calc_schema, echo_schema):
+        calc = gateway.get("calc").cap.cast_as(calc_schema.Calc)
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        held = echo.hold(cap=_observer(calc_schema, steps)).cap     # not returned yet
+        total = (await calc.sumTo(3, held.cast_as(calc_schema.Observer))).total
+        again = (await calc.sumTo(2, held.cast_as(calc_schema.Observer))).total
+        return total, again
+
+    assert _client(sock, body) == (6, 3)
+    # calc's calls on the promise reached the observer it resolved to, in order
+    assert steps == [(1, 1), (2, 3), (3, 6), (1, 1), (2, 3)]
+    assert not [line for line in run.lines if "unimplemented" in line]
+
+
+def test_a_capability_promised_by_a_call_that_holds_none_fails_the_calls_on_it(calc_and_echo):
+    """The promised field holds no capability (echo.hold of none): calc's call on
+    it fails, so sumTo fails, and the connection and both compartments go on."""
+    import capnp
+    run, sock = calc_and_echo
+    steps = []
+
+    async def body(gateway, calc_schema, echo_schema):
+        calc = gateway.get("calc").cap.cast_as(calc_schema.Calc)
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        held = echo.hold().cap
+        with pytest.raises(capnp.KjException):
+            await calc.sumTo(2, held.cast_as(calc_schema.Observer))
+        held = echo.hold(cap=_observer(calc_schema, steps)).cap
+        return (await calc.sumTo(2, held.cast_as(calc_schema.Observer))).total
+
+    assert _client(sock, body) == 3
+    assert steps == [(1, 1), (2, 3)]
+
+
+def test_a_pipelined_call_on_a_promise_that_comes_back_to_its_caller_is_delivered(
+        calc_and_echo):
+    """A call pipelined on `echo.hold(mine).cap` resolves to the client's own
+    object: the client's RPC stack then embargoes its calls on it and sends a
+    Disembargo, which the supervisor answered 'unimplemented' (the C++ stack
+    drops the connection for that).  It is reflected now, and the calls arrive
+    in order."""
+    run, sock = calc_and_echo
+    steps = []
+
+    async def body(gateway, calc_schema, echo_schema):
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        held = echo.hold(cap=_observer(calc_schema, steps)).cap.cast_as(calc_schema.Observer)
+        first = held.step(1, 1)                  # pipelined on the unreturned answer
+        second = held.step(2, 3)
+        await first
+        await second
+        await held.step(3, 6)                    # after it resolved
+        return True
+
+    assert _client(sock, body)
+    assert steps == [(1, 1), (2, 3), (3, 6)]
