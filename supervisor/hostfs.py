@@ -1,7 +1,8 @@
 """Host files and directories, served by the supervisor (engines have no file access).
 
 Every path a compartment names is resolved by the kernel beneath the granted
-directory's descriptor: openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS.
+directory's descriptor: openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+RESOLVE_NO_XDEV.
 '..' and symbolic links are followed only while they stay beneath it; an
 absolute path, a link with an absolute target, or a '..' that would climb out
 fails with ENOTCAPABLE, whether the link was planted before or created during
@@ -44,7 +45,7 @@ _libc.syscall.restype = ctypes.c_long
 SYS_OPENAT2 = 437                         # the same on every architecture
 SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "riscv64": 61, "loongarch64": 61,
                   "ppc64le": 202, "s390x": 220}.get(platform.machine())
-RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 0x02, 0x08
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 0x01, 0x02, 0x08
 AT_EMPTY_PATH = 0x1000
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 MAX_READ = 1 << 20              # bytes one File.read returns at most
@@ -142,8 +143,11 @@ class _OpenHow(ctypes.Structure):
 
 def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
     """openat2 beneath `dirfd`; retried when the kernel saw a race it cannot rule out."""
+    # no mount point is crossed: what is mounted beneath a grant (a bind mount of
+    # the supervisor's own directory, a proc, a mount made after `check`) is not
+    # the granted directory, whatever `check` saw
     how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0,
-                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
     for _ in range(_RETRIES):
         fd = _libc.syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
@@ -158,7 +162,7 @@ def _resolving(e: OSError, raw: bytes, what: str) -> FsError:
     """The FsError for openat2 failing on `raw` (the path `what`)."""
     if e.errno == errno.EXDEV:
         how = "contains '..' that" if b".." in raw.split(b"/") else \
-            "crosses a symbolic link that"
+            "crosses a symbolic link or a mount point that"
         return FsError(f"{what!r} {how} leads outside the granted directory", "ENOTCAPABLE")
     return _explain(e, repr(what))
 
