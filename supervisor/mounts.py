@@ -6,7 +6,9 @@ enough: a bind mount shows one directory at two paths, and `realpath` of each is
 itself.  Here a path is placed as (device, path within that file system): the
 mount a descriptor of it lies on (`mnt_id` in /proc/self/fdinfo), that mount's
 root within its file system and its mount point (/proc/self/mountinfo).  Two
-names of one directory, through any mounts, have one place.
+names of one directory, through any mounts, have one place.  A file seen
+through an overlay mount lies in its upper or lower directory too: a name
+under an overlay (or under one of its layers) is placed in each of its views.
 
 Nothing here decides anything; `policy.load` compares places (with the real
 paths, as before: either match refuses).  What cannot be placed (no /proc, a
@@ -46,13 +48,42 @@ def parse(text: bytes) -> dict[int, tuple[str, str, str]]:
     return table
 
 
-def table() -> dict[int, tuple[str, str, str]]:
-    """This process's mounts (empty where /proc is not there to say)."""
+_OPTION = re.compile(rb"(?:\\.|[^,])+")
+_LAYER = re.compile(rb"(?:\\.|[^:])+")
+
+
+def overlays(text: bytes) -> list[tuple[str, tuple[str, ...]]]:
+    """The overlay mounts in mountinfo's lines: (mount point, its layers: the upper
+    directory and each lower one).  A file seen in the merged view lies in a layer
+    too, under the same relative path, and can be changed there."""
+    out = []
+    for line in text.splitlines():
+        head, sep, tail = line.partition(b" - ")
+        fields, rest = head.split(b" "), tail.split(b" ")
+        if not sep or len(fields) < 5 or len(rest) < 3 or rest[0] != b"overlay":
+            continue
+        layers = []
+        for option in _OPTION.findall(rest[2]):
+            key, _, value = option.partition(b"=")
+            if key in (b"upperdir", b"lowerdir", b"lowerdir+", b"datadir+"):
+                for layer in _LAYER.findall(value):
+                    layers.append(_unescape(re.sub(rb"\\([,:\\])", rb"\1", layer)))
+        if layers:
+            out.append((_unescape(fields[4]), tuple(layers)))
+    return out
+
+
+def _read() -> bytes:
     try:
         with open(MOUNTINFO, "rb") as f:
-            return parse(f.read(MAX_MOUNTINFO))
+            return f.read(MAX_MOUNTINFO)
     except OSError:
-        return {}
+        return b""
+
+
+def table() -> dict[int, tuple[str, str, str]]:
+    """This process's mounts (empty where /proc is not there to say)."""
+    return parse(_read())
 
 
 def _mount_id(fd: int) -> int | None:
@@ -63,6 +94,14 @@ def _mount_id(fd: int) -> int | None:
         return None
     m = re.search(rb"^mnt_id:\s*(\d+)", info, re.M)
     return int(m[1]) if m else None
+
+
+def _beneath(base: str, path: str) -> str | None:
+    """`path` relative to `base` if it is `base` or beneath it ('' for itself)."""
+    if path == base:
+        return ""
+    prefix = base.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
 
 
 def within(point: str, root: str, path: str) -> str | None:
@@ -78,8 +117,10 @@ class Places:
     """Places of paths, each looked up once (one `load`: the mount table is read
     once and mounts are taken not to change meanwhile)."""
 
-    def __init__(self, mounts: dict | None = None):
-        self.mounts = table() if mounts is None else mounts
+    def __init__(self, mounts: dict | None = None, layers: list | None = None):
+        text = _read() if mounts is None or layers is None else b""
+        self.mounts = parse(text) if mounts is None else mounts
+        self.layers = overlays(text) if layers is None else layers
         self._seen: dict[tuple[str, bool | None], frozenset] = {}
 
     def of(self, path: str, follow: bool = True) -> frozenset:
@@ -102,6 +143,18 @@ class Places:
         return self._seen[key]
 
     def _look(self, path: str, follow: bool):
+        yield from self._in_one(path, follow)
+        for point, layers in self.layers:   # the same file in an overlay's other views
+            for base in (point, *layers):
+                rest = _beneath(base, path)
+                if rest is None:
+                    continue
+                for other in (point, *layers):
+                    if other != base:
+                        yield from self._in_one(os.path.join(other, rest) if rest else other,
+                                                follow)
+
+    def _in_one(self, path: str, follow: bool):
         found = self._object(path, follow)
         if found is not None:
             yield found

@@ -670,8 +670,8 @@ _BIND_SCRIPT = """
 import json, subprocess, sys
 cases = json.loads(sys.argv[1])
 out = []
-for source, view, system in cases:
-    subprocess.run(["mount", "--bind", source, view], check=True)
+for mount, system in cases:
+    subprocess.run(mount, check=True)
     with open(system[0], "w") as f:
         f.write(system[1])
     r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", system[0]],
@@ -689,7 +689,8 @@ def test_a_bind_mount_does_not_hide_what_a_grant_reaches(tmp_path):
     compared by their place in their file system now (supervisor/mounts.py)."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1)")
-    for d in ("box/logs", "mods", "other", "v1", "v2", "v3", "v4"):
+    for d in ("box/logs", "mods", "other", "v1", "v2", "v3", "v4", "low", "up", "work",
+              "merged"):
         (tmp_path / d).mkdir(parents=True)
     (tmp_path / "m.wat").write_text(MOD)
     (tmp_path / "mods" / "n.wat").write_text(MOD)
@@ -700,16 +701,25 @@ def test_a_bind_mount_does_not_hide_what_a_grant_reaches(tmp_path):
                 f'[system]\n{head}\n[compartments.m]\nmodule = "m.wat"\n'
                 f'[compartments.m.grants]\nd = {{ host = "directory", path = "{grant}" }}\n'
                 f'[compartments.n]\nmodule = "mods/n.wat"\n']
-    cases = [  # (bound directory, where it is bound, system)
-        (tmp_path / "box", tmp_path / "v1", system(1, 'audit = "box/audit.jsonl"', tmp_path / "v1")),
-        (tmp_path / "box/logs", tmp_path / "v2", system(2, 'logs = "box"', tmp_path / "v2")),
-        (tmp_path / "mods", tmp_path / "v3", system(3, "", tmp_path / "v3")),
-        (tmp_path / "other", tmp_path / "v4", system(4, 'audit = "box/audit.jsonl"',
-                                                     tmp_path / "v4")),   # reaches nothing
+    def bind(source, view):
+        return ["mount", "--bind", str(tmp_path / source), str(tmp_path / view)]
+    overlay = ["mount", "-t", "overlay", "overlay", "-o",
+               f"lowerdir={tmp_path}/low,upperdir={tmp_path}/up,workdir={tmp_path}/work",
+               str(tmp_path / "merged")]
+    (tmp_path / "up" / "audit.jsonl").write_text("")     # seen in merged/ too
+    cases = [  # (a mount, the system)
+        (bind("box", "v1"), system(1, 'audit = "box/audit.jsonl"', tmp_path / "v1")),
+        (bind("box/logs", "v2"), system(2, 'logs = "box"', tmp_path / "v2")),
+        (bind("mods", "v3"), system(3, "", tmp_path / "v3")),
+        # the audit, seen through an overlay, lies in its upper directory too
+        (overlay, system(5, 'audit = "merged/audit.jsonl"', tmp_path / "up")),
+        (["true"], system(6, 'audit = "up/audit.jsonl"', tmp_path / "merged")),
+        (bind("other", "v4"), system(4, 'audit = "box/audit.jsonl"',
+                                     tmp_path / "v4")),   # reaches nothing
     ]
     import json
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
-                        "-c", _BIND_SCRIPT, json.dumps([[str(a), str(b), s] for a, b, s in cases])],
+                        "-c", _BIND_SCRIPT, json.dumps(cases, default=str)],
                        capture_output=True, text=True, timeout=240,
                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     if r.returncode != 0 and ("Operation not permitted" in r.stderr or "mount" in r.stderr):
@@ -717,10 +727,12 @@ def test_a_bind_mount_does_not_hide_what_a_grant_reaches(tmp_path):
     results = json.loads(r.stdout)
     named = [f"reaches the supervisor's audit file {tmp_path}/box/audit.jsonl",
              f"reaches the supervisor's log directory {tmp_path}/box",
-             f"would let compartment m change compartment n's module {tmp_path}/mods/n.wat"]
+             f"would let compartment m change compartment n's module {tmp_path}/mods/n.wat",
+             f"reaches the supervisor's audit file {tmp_path}/merged/audit.jsonl",
+             f"reaches the supervisor's audit file {tmp_path}/up/audit.jsonl"]
     for (code, err), want in zip(results, named):
         assert code == 2 and "compartments.m.grants.d.path" in err and want in err, err
-    assert results[3][0] == 0, results[3][1]
+    assert results[-1][0] == 0, results[-1][1]
 
 
 def test_an_audit_file_with_another_hard_link_is_refused(tmp_path):

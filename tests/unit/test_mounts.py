@@ -37,3 +37,28 @@ def test_places_of_real_paths_names_not_there_yet_and_links(tmp_path):
     assert places.of(str(tmp_path / "link"), follow=False) == {(dev, here[:-2] + "/link")}
     # nothing to go by, nothing placed: the paths alone are compared
     assert mounts.Places({}).object(str(tmp_path)) == frozenset()
+
+
+def test_overlay_layers_are_read_from_the_super_options():
+    text = (b"30 22 0:40 / /merged rw - overlay overlay "
+            b"rw,lowerdir=/l1:/l\\:2,upperdir=/u\\,p,workdir=/w\n"
+            b"31 22 0:41 / /mnt\\040x rw - overlay overlay rw,lowerdir=/a\\040b,upperdir=/c\n"
+            b"32 22 254:0 / /srv rw - ext4 /dev/vda rw,upperdir=/not-an-overlay\n")
+    assert mounts.overlays(text) == [("/merged", ("/l1", "/l:2", "/u,p")),
+                                     ("/mnt x", ("/a b", "/c"))]
+
+
+def test_a_file_in_an_overlay_is_placed_in_each_of_its_layers_too(tmp_path):
+    """Without mounting: a table that says `merged` is an overlay of `low` and `up`
+    places a name under `merged` in `up` and `low` as well, and back."""
+    for d in ("merged", "up", "low"):
+        (tmp_path / d).mkdir()
+    real = mounts.Places()
+    layers = [(str(tmp_path / "merged"), (str(tmp_path / "up"), str(tmp_path / "low")))]
+    places = mounts.Places(real.mounts, layers)
+    (dev, up), = real.object(str(tmp_path / "up"))
+    (_, low), = real.object(str(tmp_path / "low"))
+    assert {(dev, up + "/a.log"), (dev, low + "/a.log")} <= places.of(
+        str(tmp_path / "merged" / "a.log"))
+    (_, merged), = real.object(str(tmp_path / "merged"))
+    assert (dev, merged + "/a.log") in places.of(str(tmp_path / "up" / "a.log"))
