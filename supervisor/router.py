@@ -59,8 +59,9 @@ PIPELINED_PEER_BYTES = 1 << 20
 PIPELINED_TOTAL_BYTES = 64 << 20
 
 
-#: Membranes and resolved promises a call may pass on its way to its target.
-MAX_HOPS = 256
+#: Resolved promises a call may pass on its way to its target (a promise can
+#: resolve to a capability that leads back to it; membranes alone cannot loop).
+MAX_HOPS = 64
 
 
 def pipelined_limit(limits: Limits) -> int:
@@ -587,11 +588,11 @@ class Router:
                 route = None
             proxy, hops = None, 0
             while isinstance(cap, (Wrapped, Promised)):
-                hops += 1
-                if hops > MAX_HOPS:
-                    raise CallError(f"a capability that resolves to itself (more than "
-                                    f"{MAX_HOPS} membranes and promises on the way)")
                 if isinstance(cap, Promised):
+                    hops += 1
+                    if hops > MAX_HOPS:
+                        raise CallError(f"a capability that resolves to itself (more than "
+                                        f"{MAX_HOPS} promises on the way)")
                     route = None
                     if cap.error is not None:
                         raise CallError(cap.error, cap.error_type)

@@ -698,3 +698,18 @@ def test_a_disembargo_on_anything_but_a_promise_come_back_to_its_sender_cuts_it_
     app.deliver(router.receive(app.pid, wire.frame(msg.to_segments())))
     assert app.pid not in router.peers
     assert any(isinstance(e, fx.Close) and "Disembargo" in e.reason for e in app.effects)
+
+
+@pytest.mark.parametrize("through", ["nothing", "a membrane"])
+def test_a_promise_that_resolves_to_itself_fails_the_calls_on_it(through):
+    """calc answers app's first call with the very capability promised in it (as
+    app passed it in the second call, through the grant's membrane if it has
+    one): a call on it would go round for ever."""
+    router = R.Router({"calc": CALC, "app": None})
+    calc, app, first, _second, promised = _promise_passed(router, through == "a membrane")
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0),
+                                    [P.RemoteRef(promised)]))
+    calc.send(calc.conn.send_call(promised, OBSERVER, 0)[1])
+    (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
+    assert ("is itself" if through == "nothing" else "resolves to itself") in ret.error, \
+        ret.error
