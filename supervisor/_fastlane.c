@@ -1298,6 +1298,8 @@ static void take_calls(Lane *L, int (*pick)(const NCall *, const void *), const 
 
 static int callee_is(const NCall *c, const void *pid) { return c->callee == *(const long *)pid; }
 
+static int caller_is(const NCall *c, const void *pid) { return c->caller == *(const long *)pid; }
+
 static int past(const NCall *c, const void *now) { return c->deadline <= *(const int64_t *)now; }
 
 /* claim(callee, qid) -> record or None: Python got a return for this native call */
@@ -1415,8 +1417,9 @@ static PyObject *Lane_uninstall(Lane *L, PyObject *args) {
 }
 
 /* drop_peer(pid) -> [record]: the peer is gone.  Its routes go; calls to it are
- * handed to Python (to fail them); calls from it become orphans (their returns
- * are dropped); its answer ids, reservations and finish allowances go. */
+ * handed to Python (to fail them); calls from it become orphans and are handed to
+ * Python too (which cancels them at their callees: nobody wants their answers);
+ * its answer ids, reservations and finish allowances go. */
 static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
   long pid;
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
@@ -1435,6 +1438,7 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
     NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
     if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
   }
+  take_calls(L, caller_is, &pid, &tail);
   for (Map *m = &L->answers;; m = m == &L->answers ? &L->reserved : &L->nofinish) {
     for (size_t i = 0; i < m->cap;) {
       if (m->keys[i] && ((m->keys[i] - 1) >> 32) == (uint64_t)pid) {

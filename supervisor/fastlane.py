@@ -54,7 +54,7 @@ class NativeSide:
     natively, Finish allowances for answers returned natively, how many of those
     are not finished, and native calls that Python must take over when their
     return comes to it."""
-    __slots__ = ("lane", "pid", "router", "imports_limit", "ok",
+    __slots__ = ("lane", "pid", "router", "imports_limit", "ok", "conn_ok", "router_says",
                  "open", "close", "finish_ok", "in_flight", "unfinished", "returned")
 
     def __init__(self, lane, pid: int, router, imports_limit: int):
@@ -63,6 +63,8 @@ class NativeSide:
         self.router = router
         self.imports_limit = imports_limit
         self.ok = True
+        self.conn_ok = True        # within the Connection's limits (limits_ok)
+        self.router_says = True    # and the router's (router_ok)
         # Asked on every call Python handles: the lane's own methods, with the peer
         # bound (no Python frame in between).
         #: open(aid) -> False if answer `aid` is open already (on either side)
@@ -105,6 +107,17 @@ class NativeSide:
             self.lane.unreserve(self.pid, qid)
 
     def limits_ok(self, ok: bool):
+        """The Connection's say: the peer is within the limits it enforces on new calls."""
+        self.conn_ok = ok
+        self._set(ok and self.router_says)
+
+    def router_ok(self, ok: bool):
+        """The router's say (a bound across peers, such as orphans_limit): False sends
+        the peer's calls to Python, which judges them."""
+        self.router_says = ok
+        self._set(ok and self.conn_ok)
+
+    def _set(self, ok: bool):
         if ok != self.ok:
             self.ok = ok
             self.lane.set_ok(self.pid, ok)

@@ -58,6 +58,13 @@ PIPELINED_PEER_BYTES = 1 << 20
 #: the others without room for a pipelined call of their own.
 PIPELINED_TOTAL_BYTES = 64 << 20
 
+#: Calls forwarded for external clients that are gone, cancelled (Finish sent) and
+#: not answered yet by their callees, all together: past this many times the
+#: external `in_flight`, new calls from external clients fail "overloaded".  A
+#: client cannot multiply its in_flight by reconnecting; one that crashed with its
+#: calls in flight does not stop the others.
+ORPHANS_PER_IN_FLIGHT = 2
+
 
 #: Resolved promises a call may pass on its way to its target (a promise can
 #: resolve to a capability that leads back to it; membranes alone cannot loop).
@@ -133,14 +140,16 @@ class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
                  names: dict | None = None, audit: bool = False, backlog=None,
-                 pipelined_total: int = PIPELINED_TOTAL_BYTES):
+                 pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
         id -> (name, {method id: name}).  `backlog(peer id)`: bytes waiting to be
         written to that peer (backpressure).  `pipelined_total`: bytes of calls
         pipelined on unreturned answers that all peers together may have waiting beyond
-        the PIPELINED_PEER_BYTES each has to itself."""
+        the PIPELINED_PEER_BYTES each has to itself.  `orphans_limit`: calls of gone
+        external clients, cancelled and not answered yet, past which external calls
+        are refused (ORPHANS_PER_IN_FLIGHT times the external in_flight unless set)."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -166,6 +175,12 @@ class Router:
         self.pipelined_pooled = 0                      # ... beyond each one's own share
         self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
+        # (callee id, question id) -> deadline, of calls forwarded for an external
+        # client that is gone: cancelled (Finish sent), not answered yet (_cancel)
+        self._orphans: dict[tuple, float] = {}
+        self.orphans_limit = orphans_limit if orphans_limit is not None \
+            else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
+        self._orphans_full = False
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
         self.native = None                             # the fast lane (fastlane.Lane), if any
@@ -207,6 +222,8 @@ class Router:
         peer.laned = True
         peer.conn.native = NativeSide(self.native, pid, self,
                                       peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE)
+        if peer.kind == "external" and self._orphans_full:
+            peer.conn.native.router_ok(False)
 
     def add_external(self, label: str = "external") -> int:
         return self._new_peer(label, "external", self.external_limits).id
@@ -272,6 +289,9 @@ class Router:
             handler = self._pending.get((pid, qid))
             peer = self.peers.get(pid)
             if not isinstance(handler, control.Forward) or peer is None:
+                if handler is None and self._orphans.get((pid, qid)) == _deadline:
+                    del self._orphans[(pid, qid)]    # cancelled, and not answered in time
+                    self._orphans_changed()
                 continue                     # answered in time, or the peer is gone
             del self._pending[(pid, qid)]
 
@@ -283,7 +303,8 @@ class Router:
                     f"{peer.limits.call_time:g} s (limit call_time)", "overloaded"))
             self._guarded(peer, timed_out, flush=False)
         if len(self._deadlines) > 64 and len(self._deadlines) > 2 * len(self._pending):
-            self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in self._pending]
+            self._deadlines = [d for d in self._deadlines if (d[1], d[2]) in self._pending
+                               or (d[1], d[2]) in self._orphans]
             heapq.heapify(self._deadlines)
         while self._queued and self._queued[0][0] <= now:
             _deadline, _n, proxy, call = heapq.heappop(self._queued)
@@ -487,6 +508,11 @@ class Router:
             refused = CallError(f"{peer.name} has passed the supervisor more than "
                                 f"{peer.limits.handles} capabilities it still holds "
                                 f"(limit handles)", "overloaded")
+        elif self._orphans_full and peer.kind == "external" and ev.target is not self.gateway:
+            refused = CallError(f"{len(self._orphans)} calls of external clients that are "
+                                f"gone are cancelled and not answered yet (limit "
+                                f"{self.orphans_limit}: {ORPHANS_PER_IN_FLIGHT} x the "
+                                f"external in_flight); try again", "overloaded")
         if refused is not None:
             self.fail(reply, refused)
             self._drop_imported(peer, ev.payload)
@@ -526,10 +552,12 @@ class Router:
     def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
         handler = self._pending.pop((peer.id, ev.question_id), None)
         if handler is None:
-            # A late answer to a call that timed out (we already sent Finish):
-            # nobody wants what it carries.
+            # A late answer to a call that timed out or was cancelled (we already
+            # sent Finish): nobody wants what it carries.
             if ev.payload is not None:
                 self._drop_imported(peer, ev.payload)
+            if self._orphans.pop((peer.id, ev.question_id), None) is not None:
+                self._orphans_changed()
             return
         if ev.finish_needed:
             self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
@@ -1117,14 +1145,25 @@ class Router:
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
-        if peer.laned:        # its routes go; native calls to it fail, calls from it are orphans
-            self._unroute_keys(self._routes_at.get(peer.id))
+        if peer.laned:        # its routes go; native calls to it fail, calls from it are
+            self._unroute_keys(self._routes_at.get(peer.id))    # orphans, cancelled below
             for rec in self.native.drop_peer(peer.id):
-                self.adopt(rec, gone=reason)
+                self.adopt(rec, gone=reason if rec[3] == peer.id else None)
         exported = peer.conn.drop_all()
-        pending = [(k, h) for k, h in self._pending.items() if k[0] == peer.id]
+        pending, orphaned = [], []     # calls it was asked; calls forwarded for it
+        for k, h in self._pending.items():
+            if k[0] == peer.id:
+                pending.append((k, h))
+            elif isinstance(h, control.Forward) and h.reply[0] is peer:
+                orphaned.append(k)
         for k, _ in pending:
             del self._pending[k]
+        if self._orphans:              # its own calls' cancellations: it will not answer
+            for k in [k for k in self._orphans if k[0] == peer.id]:
+                del self._orphans[k]
+        for k in orphaned:
+            self._cancel(k, peer)
+        self._orphans_changed()
         waiting = [self._take_pipelined(peer, k[1]) for k in list(self._pipelined)
                    if k[0] == peer.id]
         for obj in exported:
@@ -1157,6 +1196,38 @@ class Router:
         if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
             self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
+
+    def _cancel(self, key, caller: Peer):
+        """The call forwarded as `key` (callee id, question id) for `caller`, which is
+        gone: nobody wants its answer.  The callee is sent Finish before its Return,
+        which rpc.capnp makes a cancellation (an engine does not run a call finished
+        before it began), and its late answer goes nowhere (_on_return), as after
+        call_time.  Until it comes, or the callee's call_time from now passes, an
+        external caller's call counts against orphans_limit."""
+        handler = self._pending.pop(key)
+        self._close_call(handler.reply, "failed", "the caller is gone")
+        callee = self.peers.get(key[0])
+        if callee is None or not callee.alive:
+            return
+
+        def cancel():
+            self.count(callee, False)
+            self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
+            if caller.kind == "external":
+                deadline = self._orphans[key] = self.clock() + callee.limits.call_time
+                heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
+        self._guarded(callee, cancel, flush=False)
+
+    def _orphans_changed(self):
+        """Past orphans_limit (or back under it): external clients' calls go to Python,
+        which refuses them (or may go natively again)."""
+        full = len(self._orphans) >= self.orphans_limit
+        if full == self._orphans_full:
+            return
+        self._orphans_full = full
+        for p in self.peers.values():
+            if p.kind == "external" and p.conn.native is not None:
+                p.conn.native.router_ok(not full)
 
     def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
         if self._routes:

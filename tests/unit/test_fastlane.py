@@ -410,15 +410,21 @@ def test_a_callee_that_goes_away_fails_the_native_calls_to_it(sup):
                for r in app.returns()[1:])
 
 
-def test_a_caller_that_goes_away_orphans_its_calls(sup):
+def test_a_caller_that_goes_away_orphans_its_calls_and_they_are_cancelled(sup):
+    """A native call whose caller goes is handed to Python, which cancels it at its
+    callee (Finish before Return); the callee's late answer goes nowhere."""
     s, calc, app = routed(sup)
     app.call()
     app.until(lambda: len(calc.calls()) == 2)
+    assert s.lane.stats()["in_flight"] == 1
     app.sock.close()
     calc.until(lambda: app.pid not in s.router.peers)
-    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    orphan = calc.calls()[-1].answer_id
+    calc.until(lambda: P.FinishReceived(orphan) in calc.inbox)
+    calc.send(calc.conn.send_return(orphan, no_finish=True))
     s.pump(0.1)
     assert calc.pid not in s.closed and s.lane.stats()["in_flight"] == 0
+    assert s.router._pending == {} and not [e for e in s.other if isinstance(e, fx.Notice)]
 
 
 def test_native_calls_past_call_time_fail(sup):
@@ -984,3 +990,37 @@ def test_the_lanes_peers_cost_what_is_connected_now_not_every_id_ever_used():
         theirs.close()
     finally:
         lane.stop()
+
+
+def test_past_the_bound_on_gone_clients_calls_external_calls_leave_the_lane_and_are_refused(sup):
+    """orphans_limit holds on both paths: an external client whose calls go natively
+    is sent to Python, which refuses them, while the calls of gone clients, cancelled,
+    are not answered; once they are, its calls go natively again."""
+    s = sup({"calc": CALC}, external=("calc",), external_limits=R.Limits(in_flight=2))
+    calc = Engine(s, "calc", exports=True)
+    honest = External(s, "honest")
+    honest.call()
+    honest.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    honest.until(lambda: honest.returns())
+    for name in ("evil1", "evil2"):            # in_flight each, then gone: 4 cancelled
+        evil = External(s, name)
+        evil.call()
+        evil.call()
+        evil.until(lambda: len(calc.calls()) == (3 if name == "evil1" else 5))
+        evil.sock.close()
+        calc.until(lambda: evil.pid not in s.router.peers)
+    cancelled = [c.answer_id for c in calc.calls()[1:]]
+    calc.until(lambda: all(P.FinishReceived(a) in calc.inbox for a in cancelled))
+    before = s.lane.stats()["calls"]
+    honest.call()
+    honest.until(lambda: len(honest.returns()) == 2)
+    refused = honest.returns()[-1]
+    assert refused.error_type == "overloaded" and "limit 4" in refused.error
+    assert s.lane.stats()["calls"] == before and len(calc.calls()) == 5
+    for a in cancelled:                        # calc answers the cancellations
+        calc.send(calc.conn.send_return(a, no_finish=True))
+    calc.until(lambda: s.router._orphans == {})
+    honest.call()
+    calc.until(lambda: len(calc.calls()) == 6)
+    assert s.lane.stats()["calls"] == before + 1      # natively again

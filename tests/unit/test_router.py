@@ -6,7 +6,7 @@ records what it was asked (tests/unit/test_hostcaps.py tests the real one).
 import pytest
 import struct
 
-from capnp_schemas import hosted, protocol as P, wire
+from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, router as R
 from supervisor.policy import Grant
@@ -713,3 +713,106 @@ def test_a_promise_that_resolves_to_itself_fails_the_calls_on_it(through):
     (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
     assert ("is itself" if through == "nothing" else "resolves to itself") in ret.error, \
         ret.error
+
+
+def test_a_lost_callers_forwarded_calls_are_cancelled_at_their_callee_and_late_answers_go_nowhere():
+    """A caller that goes (an engine here; an external client below) leaves no work
+    running for it: each call forwarded for it that its callee has not answered
+    gets a Finish (rpc.capnp: Finish before Return cancels), and the callee's late
+    answer, even carrying a capability, goes nowhere and is released."""
+    router = R.Router({"calc": CALC, "app": None, "other": None}, names=NAMES, audit=True)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    other = start(router, "other", [grant("calc", "calc")])
+    for _ in range(3):
+        app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    other.send(other.conn.send_call(other.grants[0].import_id, CALC, 0)[1])
+    *mine, theirs = calc.inbox
+    calc.send(calc.conn.send_return(mine[0].answer_id))      # answered in time
+    calc.inbox.clear()
+    effects = router.disconnected(app.pid, "it trapped")
+    records = [e.record for e in effects if isinstance(e, fx.Audit)]
+    calc.deliver(effects)
+    assert [calc.conn.answers[c.answer_id].finished for c in mine[1:]] == [True, True]
+    assert not calc.conn.answers[theirs.answer_id].finished      # another caller's: runs on
+    assert [(r["caller"], r["outcome"], r["reason"]) for r in records] == \
+        [("app", "failed", "the caller is gone")] * 2
+    assert [k for k, h in router._pending.items() if k[0] == calc.pid] != []   # other's only
+    assert all(h.reply[0].name == "other" for k, h in router._pending.items() if k[0] == calc.pid)
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    late = object()
+    calc.send(calc.conn.send_return(mine[1].answer_id, Content.standalone([seg]), [late]))
+    calc.send(calc.conn.send_exception(mine[2].answer_id, "call canceled"))
+    assert P.ExportReleased(late) in calc.inbox                  # released at once
+    assert not [e for e in calc.effects + other.effects if isinstance(e, fx.Notice)]
+    assert calc.pid in router.peers and other.inbox == []
+    calc.send(calc.conn.send_return(theirs.answer_id))            # other's answer still arrives
+    assert other.inbox[-1].payload is not None
+
+
+def client(router, name="client"):
+    """An external client holding calc's main object (through the gateway) as grants[0]."""
+    e = FakeEngine.__new__(FakeEngine)
+    e.router, e.name, e.exports = router, name, False
+    e.conn = P.Connection(name)
+    e.control = e.main = object()
+    e.grants, e.inbox, e.effects, e.host_calls = {}, [], [], []
+    e.answer_hosts = True
+    e.pid = router.add_external(name)
+    FakeEngine.all[e.pid] = e
+    qid, data = e.conn.send_bootstrap()
+    e.send(data)
+    gateway = e.inbox.pop().payload.caps[0].import_id
+    get = hosted.GATEWAY.method("get")
+    e.send(e.conn.send_call(gateway, hosted.GATEWAY.id, get.ordinal,
+                            payloads.build(get.params, {"name": "calc"})[0])[1])
+    e.grants[0] = e.inbox.pop().payload.caps[0]
+    return e
+
+
+def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_cannot_multiply_in_flight():
+    """in_flight bounds each connection; a client that sends its in_flight calls and
+    closes, again and again, used to queue work without bound.  Its calls are
+    cancelled now, and until their callees answer the cancellations they count
+    against one bound for all external clients (orphans_limit, twice the external
+    in_flight): past it, external calls fail 'overloaded' at once, naming it, until
+    callees answer, are lost, or call_time passes."""
+    now = [0.0]
+    router = R.Router({"calc": CALC}, external=("calc",), external_limits=R.Limits(in_flight=2),
+                      limits={"calc": R.Limits(call_time=5.0)}, clock=lambda: now[0])
+    assert router.orphans_limit == 4
+    calc = start(router, "calc", exports=True)
+    honest = client(router, "honest")
+    for i in range(5):                               # connect, fill in_flight, close
+        c = client(router, f"evil{i}")
+        for _ in range(2):
+            c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
+        calc.deliver(router.disconnected(c.pid, "closed"))
+    assert len(calc.inbox) == 4                      # the first two clients' calls only
+    assert all(calc.conn.answers[c.answer_id].finished for c in calc.inbox)
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    refused = honest.inbox.pop()
+    assert refused.error_type == "overloaded" and "limit 4" in refused.error \
+        and "external clients that are gone" in refused.error
+    # calc answers one cancellation (a canceled Return, as an engine does): room again
+    first = calc.inbox.pop(0)
+    calc.send(calc.conn.send_exception(first.answer_id, "call canceled"))
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    assert honest.inbox == [] and len(calc.inbox) == 4
+    calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+    assert honest.inbox.pop().payload is not None
+    # the others never answer: they stop counting at call_time
+    now[0] = 3.0
+    for _ in range(2):
+        c = client(router, "again")
+        c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
+        calc.deliver(router.disconnected(c.pid, "closed"))
+    assert len(router._orphans) == 4
+    now[0] = 6.0
+    calc.deliver(router.expire())
+    assert len(router._orphans) == 1                 # the newest is not past its time
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    assert honest.inbox == []
+    # a callee that goes takes its cancellations with it
+    router.disconnected(calc.pid, "killed")
+    assert router._orphans == {}
