@@ -640,6 +640,19 @@ class Connection:
         self._answer_done(answer_id, a)
         return wire.frame(msg.to_segments())
 
+    def send_canceled(self, answer_id: int) -> bytes:
+        """Return 'canceled': the peer sent Finish before we returned, and the call
+        was not carried out (rpc.capnp's cancellation)."""
+        a = self._answer_for_return(answer_id)
+        msg = rpc.Message.new_message()
+        ret = msg.init("return")
+        ret.answerId = answer_id
+        ret.releaseParamCaps = False
+        ret.canceled = None
+        a.error = "call canceled"
+        self._answer_done(answer_id, a)
+        return wire.frame(msg.to_segments())
+
     def send_finish(self, question_id: int) -> bytes:
         q = self.questions.get(question_id)
         if q is None or q.finished:

@@ -87,6 +87,15 @@ HOLD_MESSAGES = 32
 HOLD_BYTES = 256 << 10
 METHODS = 1024
 
+#: A call its caller finished before it was dispatched is not run: rpc.capnp makes
+#: Finish before Return a cancellation, and the supervisor sends one when the caller
+#: is gone; it is answered 'canceled'.  The Finishes that came while the guest ran
+#: are read, without waiting, before the next call of a batch is dispatched, once
+#: LOOK_AHEAD_NS have passed since the socket was last read (at most
+#: LOOK_AHEAD_READS reads of 64 KiB each time); what they bring joins the batch.
+LOOK_AHEAD_NS = 1_000_000
+LOOK_AHEAD_READS = 16
+
 
 class GuestFault(Exception):
     """The guest broke the ABI (bad pointer, bad length): it traps."""
@@ -223,6 +232,7 @@ class Engine:
         self._outgoing_bytes = 0
         self._held_since = 0                    # perf_counter_ns when the oldest was queued
         self._held_cpu: int | None = None       # thread CPU when the first call was held
+        self._read_at = 0                       # perf_counter_ns of the last read
         self._short: dict[tuple, bool] = {}     # (object, interface, method) -> short so far
         self._fuel_used = 0                     # by the last guest entry
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
@@ -734,9 +744,28 @@ class Engine:
         data = self.sock.recv(1 << 16)
         if not data:
             return False
-        for ev in self._received(data):
+        self._read_at = time.perf_counter_ns()
+        events = self._received(data)
+        for ev in events:                   # _look_ahead may add to it
+            if type(ev) is protocol.CallReceived \
+                    and time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
+                self._look_ahead(events)
             self._on_event(ev)
         return True
+
+    def _look_ahead(self, events: list):
+        """Read what came while the guest ran, without waiting, onto the end of
+        `events` (in order): a Finish among it cancels a call of this batch that has
+        not been dispatched (_on_call)."""
+        for _ in range(LOOK_AHEAD_READS):
+            try:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not data:
+                break                       # gone: the next blocking read says so
+            events += self._received(data)
+        self._read_at = time.perf_counter_ns()
 
     def _received(self, data: bytes) -> list:
         """The events `data` from the supervisor completes; bytes the protocol core
@@ -779,6 +808,10 @@ class Engine:
     def _on_call(self, ev: protocol.CallReceived):
         """Answer one incoming call.  Whatever goes wrong fails this call only."""
         after = []      # what must happen once the answer is queued (per_call clean-up)
+        a = self.conn.answers.get(ev.answer_id)
+        if a is not None and a.finished:    # cancelled before it began: not run
+            self._cancelled(ev)
+            return
         try:
             if ev.target is self.control:
                 if ev.interface_id != ENGINE_INTERFACE:
@@ -808,6 +841,16 @@ class Engine:
         finally:
             for f in after:
                 f()
+
+    def _cancelled(self, ev: protocol.CallReceived):
+        """Answer a call its caller finished before it was dispatched ('canceled', as
+        rpc.capnp asks: its question id is free once both Return and Finish are
+        sent), and let go of the capabilities it brought."""
+        for cap in ev.payload.caps:
+            if isinstance(cap, protocol.Imported):
+                self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+                self._unref_import(cap.import_id)
+        self._send(self.conn.send_canceled(ev.answer_id))
 
     def _control(self, ev):
         if ev.method_id == 0:     # start(grants) -> (main, program)

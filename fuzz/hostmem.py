@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import struct
 import sys
 import time
@@ -54,7 +55,9 @@ class Recorded:
         self.batches: list[bytes] = []
         self.writes: list[bytes] = []
 
-    def recv(self, _n):
+    def recv(self, _n, flags=0):
+        if flags & socket.MSG_DONTWAIT and not self.batches:
+            raise BlockingIOError        # nothing more now (the end is for a blocking read)
         return self.batches.pop(0) if self.batches else b""
 
     def sendall(self, data):

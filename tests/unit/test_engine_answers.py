@@ -144,3 +144,31 @@ def test_answers_served_while_an_outgoing_call_waited_go_out_when_it_returns():
     # before the guest runs on, the answer it served meanwhile is out
     assert [ev.question_id for ev in sup.receive(sock.writes[-1])] == [ping_qid]
     assert not engine._outgoing
+
+
+def test_calls_finished_before_they_are_dispatched_are_not_run(monkeypatch):
+    """The supervisor sends Finish for a call whose caller is gone (rpc.capnp:
+    Finish before Return cancels it).  A call finished in the same read is not
+    run, nor is one of the batch whose Finish came while the guest ran an earlier
+    call: each is answered 'canceled'.  The others run."""
+    monkeypatch.setattr(E, "LOOK_AHEAD_NS", 0, raising=False)   # look ahead always
+    engine, sock, sup, main = started()
+    ran = []
+    guest = engine._guest
+    engine._guest = lambda *a, **kw: (ran.append(a[3]), guest(*a, **kw))[1]
+    q1, c1 = sup.send_call(main, SPIN, SLOW)
+    q2, c2 = sup.send_call(main, SPIN, SLOW)
+    q3, c3 = sup.send_call(main, SPIN, PING)
+    q4, c4 = sup.send_call(main, SPIN, PING)
+    q5, c5 = sup.send_call(main, SPIN, PING)
+    # one read: the calls and q4's Finish; the next (while q1 runs): q2's and q3's
+    sock.batches += [c1 + c2 + c3 + c4 + sup.send_finish(q4) + c5,
+                     sup.send_finish(q2) + sup.send_finish(q3)]
+    engine.serve()
+    got = {ev.question_id: ev for w in sock.writes for ev in sup.receive(w)}
+    assert sorted(got) == [q1, q2, q3, q4, q5]
+    assert [got[q].error for q in (q2, q3, q4)] == ["call canceled"] * 3
+    assert got[q1].payload is not None and got[q5].payload is not None
+    assert ran == [SLOW, PING]                        # q1 and q5 only
+    asked = {q1, q2, q3, q4, q5}                      # every id free on both sides
+    assert not asked & set(engine.conn.answers) and not asked & set(sup.questions)
