@@ -820,3 +820,75 @@ def test_the_supervisors_own_files_must_be_regular_files(tmp_path):
     assert r.stderr.count("wsuper: the log files stopped: ") == 1, r.stderr
     assert "log is a FIFO no one reads, not a regular file; lines are shown here only" \
         in r.stderr, r.stderr
+
+
+SLOW_WAT = """(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "wsuper_dispatch") (param $obj i32) (param $iface i64) (param $method i32)
+        (param $len i32) (param $ncaps i32) (result i32)
+    (local $n i32)
+    (if (i32.gt_u (local.get $len) (i32.const 4096)) (then (return (i32.const 1))))
+    (drop (call $params_read (i32.const 0) (i32.const 4096)))
+    ;; Calc.add(a, b): spin a million times a, answer b
+    (local.set $n (i32.mul (i32.load (i32.const 16)) (i32.const 1000000)))
+    (block $d (loop $l (br_if $d (i32.le_s (local.get $n) (i32.const 0)))
+       (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br $l)))
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 8208) (i64.extend_i32_u (i32.load (i32.const 20))))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+"""
+
+
+def test_calls_of_clients_that_closed_are_cancelled_and_an_honest_call_is_answered_promptly(
+        tmp_path, wsuper):
+    """The outside review: 20 connections each sent in_flight (64) slow calls and
+    closed; the engine ran every one for nobody, and an honest call waited behind
+    them until call_time.  Now the calls of a client that is gone are cancelled
+    (Finish to the engine, which does not run them) and those not answered yet
+    count against one bound for all external clients: the honest call, retried
+    while it is refused 'overloaded', is answered within a few of the slow calls."""
+    from tests.wireclient import struct_content
+    (tmp_path / "slow.wat").write_text(SLOW_WAT)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/ext.sock"
+logs = "{tmp_path}/logs"
+[compartments.calc]
+module = "slow.wat"
+exports = "Calc"
+external = true
+[compartments.calc.limits]
+fuel_per_call = 100000000000
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    sock = str(tmp_path / "ext.sock")
+    spin = 50                                  # 50 million iterations: some 50-150 ms a call
+    began = time.monotonic()
+    for _ in range(20):
+        c = WireClient(sock)
+        calc = c.get(c.bootstrap(), "calc")
+        for _ in range(64):
+            c.call(calc, CALC_ID, 0, struct_content([spin | (1 << 32)]))
+        c.close()
+    honest = WireClient(sock, timeout=8)       # before: no answer for minutes
+    calc = honest.get(honest.bootstrap(), "calc")
+    refused = 0
+    while True:
+        ret = honest.returned(honest.call(calc, CALC_ID, 0, struct_content([0 | (42 << 32)])))
+        if ret.payload is not None or ret.error_type != "overloaded" \
+                or time.monotonic() - began > 8:
+            break
+        assert "external clients that are gone" in ret.error, ret.error
+        refused += 1
+        time.sleep(0.05)
+    took = time.monotonic() - began
+    assert ret.payload is not None, (ret.error, refused)
+    assert struct.unpack_from("<i", ret.payload.content.single_segment_copy(), 16)[0] == 42
+    assert took < 8, took
