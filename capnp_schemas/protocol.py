@@ -36,7 +36,7 @@ from . import rpc, rpcwire, wire
 from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
                       CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
                       TRAVERSAL_LIMIT_WORDS)
-from .text import first_line
+from .text import bounded, first_line
 
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
@@ -625,6 +625,8 @@ class Connection:
 
     def send_exception(self, answer_id: int, reason: str, type: str = "failed",
                        no_finish: bool = False) -> bytes:
+        """Return an exception; its reason is cut at text.REASON_LIMIT characters."""
+        reason = bounded(reason)
         a = self._answer_for_return(answer_id)
         msg = rpc.Message.new_message()
         ret = msg.init("return")
@@ -683,6 +685,8 @@ class Connection:
         return wire.frame(msg.to_segments())
 
     def send_abort(self, reason: str, type: str = "failed") -> bytes:
+        """Abort the connection; the reason is cut at text.REASON_LIMIT characters."""
+        reason = bounded(reason)
         self.closed = reason
         msg = rpc.Message.new_message()
         e = msg.init("abort")

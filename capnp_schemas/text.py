@@ -1,13 +1,28 @@
 """Text helpers every layer shares: errors as one line, and text made safe to show.
 
 `first_line(e)`: the first line of an exception's message (or its type's
-name), bounded, for one-line errors.  `printable(text)`: guest-controlled
+name), bounded, for one-line errors.  `bounded(text, limit)`: text cut at
+`limit` characters, saying how many more there were (error reasons any side
+sends, event lines, log lines).  `printable(text)`: guest-controlled
 text made harmless for a terminal or a log: control characters, escape
 sequences, line and paragraph separators and other invisible or
 direction-changing characters are shown escaped (`\\n`, `\\x1b`, `\\u202e`),
 so no guest can start a line of its own or rewrite what is on the screen.
 """
 from __future__ import annotations
+
+
+#: Characters of an error reason sent to a peer (a Return's exception, an Abort):
+#: reasons carry text a peer chose (a name it asked for, a callee's own reason, a
+#: function name from a module), and answers are kept until Finish.
+REASON_LIMIT = 2000
+
+
+def bounded(text: str, limit: int = REASON_LIMIT) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def first_line(e, limit: int = 300) -> str:

@@ -45,7 +45,7 @@ import wasmtime
 
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
-from capnp_schemas.text import first_line as _first_line
+from capnp_schemas.text import bounded, first_line as _first_line
 
 from . import abi, confine, probing, protect, unchecked, wasi, wasm
 from .spec import EngineSpec
@@ -95,6 +95,11 @@ METHODS = 1024
 #: LOOK_AHEAD_READS reads of 64 KiB each time); what they bring joins the batch.
 LOOK_AHEAD_NS = 1_000_000
 LOOK_AHEAD_READS = 16
+
+#: Characters of a trap report's function name (the module's name section says
+#: anything, of any length) and of its cause: the rest is counted, not sent.
+TRAP_NAME_LIMIT = 200
+TRAP_CAUSE_LIMIT = 500
 
 
 class GuestFault(Exception):
@@ -1161,15 +1166,15 @@ def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) ->
     # module chose (any text at all): only the last "Caused by:" section is read
     text = str(trap.message).rsplit("\nCaused by:\n", 1)[-1]
     lines = [l.strip() for l in text.splitlines() if l.strip()]
-    cause = protect.explain(text, regions) or next(
+    cause = bounded(protect.explain(text, regions) or next(
         (l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
-        lines[-1] if lines else "trap")
+        lines[-1] if lines else "trap"), TRAP_CAUSE_LIMIT)
     try:      # the function that did it, not a check inserted for protection
         frames = [f for f in trap.frames if not protect.is_check(f.func_name)] or trap.frames
         where = frames[0].func_name or f"function #{frames[0].func_index}" if frames else None
     except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
         where = None
-    return f"{cause} (in {where})" if where else cause
+    return f"{cause} (in {bounded(where, TRAP_NAME_LIMIT)})" if where else cause
 
 
 def _signed64(v: int) -> int:

@@ -30,7 +30,7 @@ import attrs
 
 from capnp_schemas import hosted, payloads, protocol
 from capnp_schemas.payloads import DecodeError
-from capnp_schemas.text import first_line
+from capnp_schemas.text import bounded, first_line
 
 from . import hostfs
 from .supervision import TokenBucket
@@ -212,9 +212,7 @@ class HostCaps:
         if not budget.take(now):
             return Refusal(f"EAGAIN: {call.owner} writes to its log faster than "
                            f"{budget.rate:g} lines/s (limit log_rate)", "overloaded")
-        text = params["text"]
-        if len(text) > LOG_LINE_LIMIT:
-            text = text[:LOG_LINE_LIMIT] + f"... ({len(text) - LOG_LINE_LIMIT} more characters)"
+        text = bounded(params["text"], LOG_LINE_LIMIT)
         return Answer(protocol.EMPTY, lines=(LogLine(call.owner, text),))
 
     def _clock(self, call, iface, method, params):

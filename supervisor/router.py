@@ -33,7 +33,8 @@ import attrs
 from capnp_schemas import hosted, protocol, wire
 from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
-from capnp_schemas.text import first_line as _first_line, printable as _printable
+from capnp_schemas.text import bounded as _bounded, first_line as _first_line, \
+    printable as _printable
 from compartments import abi
 from compartments.limits import Limits
 
@@ -412,7 +413,7 @@ class Router:
         if not peer.alive:
             return
         try:
-            data = peer.conn.send_abort(_bounded(reason))
+            data = peer.conn.send_abort(reason)          # cut at REASON_LIMIT there
         except Exception:  # noqa: BLE001 - the connection may be in any state
             data = None
         if data is not None:
@@ -935,8 +936,8 @@ class Router:
         # a refusal for good is E_DENIED to a guest; a rate limit stays E_OVERLOADED
         reason = abi.DENIED_PREFIX + e.reason if isinstance(e, Denial) and e.type == "failed" \
             else e.reason
-        self.emit(fx.Send(peer.id, peer.conn.send_exception(
-            answer_id, _bounded(reason), e.type, no_finish=peer.kind == "engine")))
+        self.emit(fx.Send(peer.id, peer.conn.send_exception(     # cut at REASON_LIMIT there
+            answer_id, reason, e.type, no_finish=peer.kind == "engine")))
         for _transform, call in self._take_pipelined(peer, answer_id):
             self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)
@@ -1243,13 +1244,3 @@ class Router:
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)
 
-
-#: Characters of an error reason sent to a peer: reasons carry text a peer chose
-#: (a name it asked for, a callee's own reason), and answers are kept until Finish.
-REASON_LIMIT = 2000
-
-
-def _bounded(reason: str, limit: int = REASON_LIMIT) -> str:
-    if len(reason) <= limit:
-        return reason
-    return reason[:limit] + f"... ({len(reason) - limit} more characters)"

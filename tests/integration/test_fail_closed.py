@@ -892,3 +892,26 @@ fuel_per_call = 100000000000
     assert ret.payload is not None, (ret.error, refused)
     assert struct.unpack_from("<i", ret.payload.content.single_segment_copy(), 16)[0] == 42
     assert took < 8, took
+
+
+def test_a_trap_in_a_function_with_a_long_name_is_reported_within_bounds(tmp_path):
+    """The outside review: a trap in a function whose name (the module's name
+    section) had 300,000 characters made a line of 300,123 on the terminal and in
+    supervisor.log; at 1.5 M the engine's exception was past the supervisor's
+    reader limit (512 KiB), and the honest engine was cut off as a protocol
+    violator.  The name is cut in the engine, every reason sent is cut, and every
+    event line is cut at 4096 characters: the program fails with its trap."""
+    name = "A" * 600_000                       # past the reader limit
+    (tmp_path / "t.wat").write_text(f'(module (memory (export "memory") 1) (func ${name} '
+                                    f'unreachable) (func (export "_start") call ${name}))')
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nlogs = "{tmp_path}/logs"\n'
+        '[compartments.t]\nmodule = "t.wat"\nrestart = "never"\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True)
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 4096 + 100 for line in lines), max(map(len, lines))
+    assert not any("protocol error" in line for line in lines), lines
+    assert any("wasm `unreachable` instruction executed (in AAAA" in line
+               and "more characters)" in line for line in lines), lines
+    logged = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
+    assert logged and all(len(line) <= 4096 + 100 for line in logged)

@@ -172,3 +172,20 @@ def test_calls_finished_before_they_are_dispatched_are_not_run(monkeypatch):
     assert ran == [SLOW, PING]                        # q1 and q5 only
     asked = {q1, q2, q3, q4, q5}                      # every id free on both sides
     assert not asked & set(engine.conn.answers) and not asked & set(sup.questions)
+
+
+def test_a_trap_report_names_its_function_within_a_bound():
+    """The function a trap report names comes from the module's name section, of
+    any length: it is cut before the report is made (and so is the cause)."""
+    import wasmtime
+    name = "A" * 300_000
+    store = wasmtime.Store()
+    module = wasmtime.Module(store.engine, f'(module (func ${name} unreachable) '
+                                           f'(func (export "f") call ${name}))')
+    f = wasmtime.Instance(store, module, []).exports(store)["f"]
+    try:
+        f(store)
+    except wasmtime.Trap as trap:
+        reason = E._trap_reason(trap)
+    assert reason == ("wasm `unreachable` instruction executed (in " + "A" * E.TRAP_NAME_LIMIT
+                      + f"... ({300_000 - E.TRAP_NAME_LIMIT} more characters))")

@@ -526,3 +526,23 @@ def test_answers_kept_for_pipelining_are_bounded_in_bytes():
     q, data = b.send_call(0, 1, 0)
     with pytest.raises(P.ProtocolError, match="hold 12.* bytes .limit 10000.: send Finish"):
         a.receive(data)
+
+
+def test_every_reason_sent_is_cut_at_the_reason_limit():
+    """A reason can carry text a peer or a guest chose (a trap's function name, a
+    name asked for): an engine's exception of 1.5 M characters was past the
+    supervisor's reader limit, and the honest engine was cut off for it.  Every
+    Return exception and Abort a Connection sends is cut at REASON_LIMIT, saying
+    how many characters more there were."""
+    from capnp_schemas.text import REASON_LIMIT
+    a, b = P.Connection("a"), P.Connection("b")
+    qid, data = a.send_bootstrap()
+    (boot,) = b.receive(data)
+    (ret,) = a.receive(b.send_exception(boot.answer_id, "x" * 1_500_000))
+    assert ret.error == "x" * REASON_LIMIT + f"... ({1_500_000 - REASON_LIMIT} more characters)"
+    (abort,) = a.receive(b.send_abort("y" * 600_000))
+    assert abort.reason == "y" * REASON_LIMIT + f"... ({600_000 - REASON_LIMIT} more characters)"
+    c, d = P.Connection("c"), P.Connection("d")     # a reason within the limit is as it was
+    (boot,) = d.receive(c.send_bootstrap()[1])
+    assert c.receive(d.send_exception(boot.answer_id, "z" * REASON_LIMIT))[0].error == \
+        "z" * REASON_LIMIT
