@@ -36,7 +36,7 @@ import time
 
 import trio
 
-from capnp_schemas.text import printable
+from capnp_schemas.text import bounded, printable
 
 LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
@@ -46,6 +46,8 @@ TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lin
 TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
+EVENT_LINE_LIMIT = 4096       # characters of one supervisor event shown (the rest counted), as
+                              # of a plugin's log line (hostcaps.LOG_LINE_LIMIT)
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ")
 
 
@@ -164,7 +166,10 @@ class Output:
                 self._print(stream, "", flush=True)      # the same handling as a write
 
     def event(self, text: str, compartment: str | None = None):
-        """A supervisor event (about `compartment`, if it concerns one)."""
+        """A supervisor event (about `compartment`, if it concerns one).  Events carry
+        text a guest or a peer chose (a trap's function name, a reason): each is cut
+        at EVENT_LINE_LIMIT characters, saying how many more there were."""
+        text = bounded(text, EVENT_LINE_LIMIT)
         now = time.time()
         if self.json:
             record = {"time": rfc3339(now), "event": text}

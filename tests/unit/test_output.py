@@ -133,3 +133,25 @@ def test_a_log_file_with_a_second_hard_link_is_not_written(tmp_path):
     files.close()
     assert (tmp_path / "app.log").read_bytes() == b""
     assert (tmp_path / "other.log").read_text() == "fine\n"
+
+
+def test_supervisor_events_are_cut_at_4096_characters_saying_how_many_more(tmp_path):
+    """An event can carry text a guest chose (a trap in a function whose name is
+    300,000 characters made a line of 300,123 on the terminal and in the log
+    files); like a plugin's log line, each is cut, and what was cut is counted."""
+    import io
+    import json
+
+    from supervisor.output import EVENT_LINE_LIMIT, Output
+    for fmt in ("text", "json"):
+        err = io.StringIO()
+        out = Output(io.StringIO(), err, fmt=fmt, log_dir=str(tmp_path / fmt))
+        out.event("failed t: wasm trap (in " + "A" * 300_000 + ")", "t")
+        out.event("short")
+        lines = err.getvalue().splitlines()
+        event = json.loads(lines[0])["event"] if fmt == "json" else lines[0]
+        assert event.endswith(f"AAAA... ({300_025 - EVENT_LINE_LIMIT} more characters)")
+        assert len(event) < EVENT_LINE_LIMIT + 100 and "short" in lines[1]
+        logged = out.files.pending                  # what the log files' writer gets
+        assert len(logged["supervisor"]) == 2 and len(logged["t"]) == 1
+        assert all(len(line) < EVENT_LINE_LIMIT + 100 for line in logged["supervisor"])
