@@ -1205,7 +1205,9 @@ class Router:
         before it began), and its late answer goes nowhere (_on_return), as after
         call_time.  Until it comes, or the callee's call_time from now passes, an
         external caller's call counts against orphans_limit."""
-        handler = self._pending.pop(key)
+        handler = self._pending.pop(key, None)
+        if handler is None:                  # gone meanwhile (its callee was cut off)
+            return
         self._close_call(handler.reply, "failed", "the caller is gone")
         callee = self.peers.get(key[0])
         if callee is None or not callee.alive:
@@ -1243,4 +1245,3 @@ class Router:
         for call in queue:
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)
-
