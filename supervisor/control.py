@@ -30,11 +30,13 @@ _RESULT_WORDS = 1 << 12          # start and run results are a few words
 
 
 class Forward:
-    """A call forwarded to this peer; the answer goes to `reply` (peer, answer id)."""
-    __slots__ = ("reply",)
+    """A call forwarded to this peer; the answer goes to `reply` (peer, answer id).
+    `deadline`: when it fails if not answered (the router's clock)."""
+    __slots__ = ("reply", "deadline")
 
-    def __init__(self, reply):
+    def __init__(self, reply, deadline: float | None = None):
         self.reply = reply
+        self.deadline = deadline
 
     def returned(self, router, peer, ev):
         router.forward_returned(peer, ev, self.reply)

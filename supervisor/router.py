@@ -289,11 +289,13 @@ class Router:
             _deadline, pid, qid = heapq.heappop(self._deadlines)
             handler = self._pending.get((pid, qid))
             peer = self.peers.get(pid)
-            if not isinstance(handler, control.Forward) or peer is None:
+            if not isinstance(handler, control.Forward) or peer is None \
+                    or handler.deadline != _deadline:
                 if handler is None and self._orphans.get((pid, qid)) == _deadline:
                     del self._orphans[(pid, qid)]    # cancelled, and not answered in time
                     self._orphans_changed()
-                continue                     # answered in time, or the peer is gone
+                continue     # answered in time, the peer is gone, or the question id was
+                #              reused by a later call (whose own deadline is in the heap)
             del self._pending[(pid, qid)]
 
             def timed_out(peer=peer, qid=qid, handler=handler):
@@ -811,8 +813,9 @@ class Router:
                                 start, wall0)
         if callee is not None and callee.alive and gone is None:
             callee.conn.adopt_question(qid)
-            self._pending[(callee.id, qid)] = control.Forward(reply)
-            heapq.heappush(self._deadlines, (start + callee.limits.call_time, callee.id, qid))
+            deadline = start + callee.limits.call_time
+            self._pending[(callee.id, qid)] = control.Forward(reply, deadline)
+            heapq.heappush(self._deadlines, (deadline, callee.id, qid))
         elif not orphan:
             self.count(r.callee, False)
             self.fail(reply, CallError(f"compartment {r.callee.name} is gone"
@@ -885,8 +888,8 @@ class Router:
         self._retain_new(peer, caps)
         self._pending[(peer.id, qid)] = handler
         if isinstance(handler, control.Forward):
-            heapq.heappush(self._deadlines,
-                           (self.clock() + peer.limits.call_time, peer.id, qid))
+            handler.deadline = self.clock() + peer.limits.call_time
+            heapq.heappush(self._deadlines, (handler.deadline, peer.id, qid))
         self.emit(fx.Send(peer.id, data))
 
     def _answer(self, reply, content: Content, caps):

@@ -194,6 +194,33 @@ def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
     assert P.ExportReleased(late) in calc.inbox    # released at once, not leaked
 
 
+def test_a_reused_question_id_does_not_inherit_an_earlier_calls_deadline():
+    """Question ids are reused: a call answered at once left its deadline in the
+    heap, and a later call to the same callee under the same id failed at that
+    deadline, long before its own call_time."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None},
+                      limits={"calc": R.Limits(call_time=5.0)}, clock=lambda: now[0])
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    (first,) = calc.inbox
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(first.answer_id))           # answered at once
+    app.inbox.clear()
+    now[0] = 4.0
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    (second,) = calc.inbox
+    assert second.answer_id == first.answer_id                   # the same id, reused
+    now[0] = 5.5
+    app.deliver(router.expire())
+    assert app.inbox == []                                       # its own deadline: 9
+    now[0] = 9.1
+    app.deliver(router.expire())
+    (ret,) = app.inbox
+    assert "did not answer within 5 s" in ret.error
+
+
 COUNTER = 0xC0FFEE0000000002
 NAMES = {CALC: ("Calc", {0: "add", 1: "newCounter", 2: "sumTo"}), COUNTER: ("Counter", {0: "inc"})}
 
