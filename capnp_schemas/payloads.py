@@ -467,10 +467,20 @@ def _build_flat(layout, values: dict) -> Content | None:
                 f.codec.pack_into(seg, 8 + f.offset, value)
             except (struct.error, OverflowError):    # pycapnp's own answer, whatever it is
                 return None
+    if not blobs:
+        return Content.standalone([bytes(seg)])
+    # the blobs follow the struct, each padded to a whole word: one copy of each
+    parts = [seg]
+    start = head
     for at, raw in blobs:
-        start = len(seg) // 8
         wire.set_word(seg, at, wire.LIST | ((start - at - 1) << 2) | (_BYTES << 32)
                       | (len(raw) << 35))
-        seg += raw
-        seg += bytes(-len(raw) % 8)
-    return Content.standalone([bytes(seg)])
+        parts.append(raw)
+        pad = -len(raw) % 8
+        if pad:
+            parts.append(_ZEROS[:pad])
+        start += (len(raw) + pad) >> 3
+    return Content.standalone([b"".join(parts)])
+
+
+_ZEROS = bytes(8)

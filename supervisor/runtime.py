@@ -724,8 +724,8 @@ class Supervisor:
                 if pid not in self.router.peers:
                     self._then(link.finish, "broke the protocol")
                     return None
-                if (time.perf_counter() > until or turns is not None and turns.stopped) \
-                        and (at < len(item) or i + 1 < len(items)):
+                if (at < len(item) or i + 1 < len(items)) \
+                        and (time.perf_counter() > until or turns is not None and turns.stopped):
                     return ([item[at:]] if at < len(item) else []) + items[i + 1:]
         return []
 
