@@ -135,8 +135,17 @@ class Framer:
         then unusable: the owner must drop the connection)."""
         if type(data) is not bytes:
             data = bytes(data)               # segments must not change under us
-        out = []
         buf = self._buf
+        if not buf and len(data) >= 8:
+            # the common case: exactly one whole one-segment message (what the lane
+            # hands over); the same as the loop below, which handles everything else
+            nseg, words = _TABLE_ONE.unpack_from(data)
+            if not nseg and 8 + 8 * words == len(data) and words <= self.max_words \
+                    and self.max_segments >= 1:
+                self._need = 0
+                self.messages += 1
+                return [[memoryview(data)[8:]]]
+        out = []
         if buf:
             if self._need and len(buf) + len(data) < self._need:
                 buf += data                      # still short of the known end
