@@ -1421,6 +1421,24 @@ class Supervisor:
         and audit records here; at the first other effect (or once something is
         owed that must come first), it and every effect after it are owed to
         trio's thread, which performs them, in order, before any of its tasks runs."""
+        if type(effects) is list and len(effects) == 1 and not turns.stopped:
+            # one effect, nearly always (a host call, or its answer): what the loop
+            # below does with it, without the batch
+            e = effects[0]
+            kind = type(e)
+            if kind is fx.Send:
+                link = self.links.get(e.peer)
+                if link is None:
+                    return
+                if link.native:
+                    if not link.write(e.data):
+                        self._then(self._cut_off, e.peer, f"it does not read its messages (more "
+                                                          f"than {link.hard} bytes are waiting "
+                                                          f"for it)")
+                    return
+            elif kind is fx.HostCall:
+                self._host_call(e)
+                return
         batch: dict[int, list] = {}
         effects = effects if isinstance(effects, list) else list(effects)
         for i, e in enumerate(effects):
