@@ -521,7 +521,8 @@ class Router:
             self._drop_imported(peer, ev.payload)
             return
         try:
-            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps)
+            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps) \
+                if ev.payload.caps else ()
         except CallError as e:
             self.fail(reply, e)
             return
@@ -910,12 +911,13 @@ class Router:
             self.fail(reply, e)
             self.sweep(caps)
             return
-        out_caps = [self._export_cap(peer, c) for c in caps]
+        out_caps = [self._export_cap(peer, c) for c in caps] if caps else []
         peer.useful = self.clock()
         # Engines never pipeline: spare them the Finish when nothing needs releasing.
         data = peer.conn.send_return(answer_id, content, out_caps,
                                      no_finish=peer.kind == "engine")
-        self._retain_new(peer, caps)
+        if caps:
+            self._retain_new(peer, caps)
         self.emit(fx.Send(peer.id, data))
         for transform, call in self._take_pipelined(peer, answer_id):
             try:
