@@ -342,10 +342,12 @@ def _read_flat(layout, content, max_words: int) -> dict:
     segs = content.segments
     if not all(segs):
         raise DecodeError("an empty segment")
-    try:
-        root = wire.resolve(segs, content.loc)
-    except wire.WireError as e:
-        raise DecodeError(str(e)) from None
+    root = content.root                 # resolved already by the protocol core, or False
+    if root is False:
+        try:
+            root = wire.resolve(segs, content.loc)
+        except wire.WireError as e:
+            raise DecodeError(str(e)) from None
     if root is None:
         s = start = data = ptrs = 0
         seg = b""

@@ -74,6 +74,9 @@ class Content:
     segments: tuple = ()
     loc: tuple | None = None
     word: int = 0
+    #: what wire.resolve(segments, loc) gives, once the protocol core has resolved
+    #: it (the pointer is not resolved again); False: not known
+    root: object = attrs.field(default=False, eq=False, repr=False)
 
     @classmethod
     def standalone(cls, segments) -> "Content":
@@ -430,7 +433,7 @@ class Connection:
             target = self._export_obj(m.import_id)
         else:
             target = self._promised(*m.promise)
-        payload = self._payload(segs, m.caps, m.content_loc)
+        payload = self._payload(segs, m.caps, m.content_loc, getattr(m, "content_root", False))
         self._new_answer(m.id)
         events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload))
 
@@ -448,10 +451,11 @@ class Connection:
             raise ProtocolError(f"export id {eid} was never issued or was released")
         return e.obj
 
-    def _payload(self, segs, descs, content_loc) -> Payload:
+    def _payload(self, segs, descs, content_loc, root=False) -> Payload:
         """A payload from its capability descriptors, (kind, value) pairs, and
         the location of its content pointer, which is checked here so that
-        forwarding the content later cannot fail."""
+        forwarding the content later cannot fail.  `root`: the pointer resolved
+        already (by the native decoder, as wire.resolve does), or False."""
         if len(descs) > MAX_CAPS_PER_MESSAGE:
             raise ProtocolError(f"{len(descs)} capabilities in one message "
                                 f"(limit {MAX_CAPS_PER_MESSAGE})")
@@ -474,12 +478,12 @@ class Connection:
             return Payload(EMPTY, tuple(caps))
         if content_loc == (0, 0):
             raise ProtocolError("payload content aliases the message root")
-        r = wire.resolve(segs, content_loc)
+        r = wire.resolve(segs, content_loc) if root is False else root
         if r is None:
             return Payload(EMPTY, tuple(caps))
         if r[0] == wire.OTHER and r[3] & 0xFFFFFFFC:
             raise ProtocolError("payload content is an 'other' pointer that is not a capability")
-        return Payload(Content(tuple(segs), content_loc), tuple(caps))
+        return Payload(Content(tuple(segs), content_loc, root=r), tuple(caps))
 
     def _on_return(self, segs, m, events):
         qid = m.id
@@ -497,7 +501,8 @@ class Connection:
         finish = not m.no_finish
         kind = m.kind
         if kind == "results":
-            payload = self._payload(segs, m.caps, m.content_loc)
+            payload = self._payload(segs, m.caps, m.content_loc,
+                                    getattr(m, "content_root", False))
             if not finish and payload.caps:
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             events.append(ReturnReceived(qid, payload, finish_needed=finish))

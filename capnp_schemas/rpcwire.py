@@ -163,13 +163,19 @@ class Plain:
 
     `caps` holds (CAP_* kind, value): the id, 0 for none, (question id,
     transform) for receiverAnswer, None for thirdPartyHosted.  `content_loc`
-    is where the payload's content pointer lives (None: no content)."""
+    is where the payload's content pointer lives (None: no content).
+
+    `content_root`, set by the native decoder only (which checks the content
+    pointer as protocol.Connection._payload does: fastwire.h): what
+    wire.resolve gives for the pointer at `content_loc`, so that it is not
+    resolved again; not a field of the message (fields() leaves it out)."""
     __slots__ = ("which", "id", "import_id", "promise", "interface_id", "method_id",
                  "send_to", "content_loc", "caps", "release", "no_finish", "kind", "reason",
-                 "type", "count")
+                 "type", "count", "content_root")
 
     def fields(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__ if hasattr(self, k)}
+        return {k: getattr(self, k) for k in self.__slots__
+                if k != "content_root" and hasattr(self, k)}
 
     def __repr__(self):
         return f"Plain({self.fields()})"
@@ -202,7 +208,15 @@ def _plain(t) -> Plain:
     if which == 3:
         out.release = bool(release)
         return out
-    out.content_loc = None if at < 0 else (0, at)
+    if at < 0:
+        out.content_loc = None
+    else:
+        out.content_loc = (0, at)
+        # the pointer there, resolved: null (0), an object in the segment (1) or a
+        # capability (2); as wire.resolve(segs, (0, at)) gives it
+        content, w = t[8], t[9]
+        out.content_root = None if not content else (w & 3, 0, t[10], w) if content == 1 \
+            else (wire.OTHER, 0, at, w)
     out.caps = ()
     if which == 1:
         out.import_id, out.promise = import_id, None

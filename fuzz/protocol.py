@@ -472,6 +472,16 @@ def check_native(data: bytes):
             diff = {k: (v, slow.fields().get(k)) for k, v in fast.fields().items()
                     if slow.fields().get(k) != v}
             raise Failure("native", f"the native decoder and rpcwire._decode disagree: {diff}")
+        if getattr(fast, "content_loc", None) is not None:
+            # the content pointer as it resolved it: what the protocol core and the
+            # flat reader then take instead of resolving it again
+            try:
+                want = wire.resolve(segs, fast.content_loc)
+            except wire.WireError as e:
+                want = f"WireError: {e}"
+            if fast.content_root != want:
+                raise Failure("native", f"the native decoder resolves the content pointer "
+                                        f"as {fast.content_root}, wire.resolve as {want}")
         if t[0] == 3:
             continue
         # a Connection accepts it, and forwarding it gives the native bytes
