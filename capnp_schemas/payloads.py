@@ -426,7 +426,7 @@ def _build_flat(layout, values: dict) -> Content | None:
     seg = bytearray(8 * head)
     # root: the struct at word 1; an empty one is pointed at as pycapnp does (offset
     # -1), never with a null pointer, which a guest would read as "no results"
-    wire.set_word(seg, 0, (data << 32) | (ptrs << 48) if data or ptrs else 0xFFFFFFFC)
+    _U64.pack_into(seg, 0, (data << 32) | (ptrs << 48) if data or ptrs else 0xFFFFFFFC)
     blobs = []
     for name, value in values.items():
         f = by_name.get(name)
@@ -470,19 +470,20 @@ def _build_flat(layout, values: dict) -> Content | None:
             except (struct.error, OverflowError):    # pycapnp's own answer, whatever it is
                 return None
     if not blobs:
-        return Content.standalone([bytes(seg)])
+        return Content((bytes(seg),), (0, 0))
     # the blobs follow the struct, each padded to a whole word: one copy of each
     parts = [seg]
     start = head
     for at, raw in blobs:
-        wire.set_word(seg, at, wire.LIST | ((start - at - 1) << 2) | (_BYTES << 32)
-                      | (len(raw) << 35))
+        _U64.pack_into(seg, 8 * at, wire.LIST | ((start - at - 1) << 2) | (_BYTES << 32)
+                       | (len(raw) << 35))
         parts.append(raw)
         pad = -len(raw) % 8
         if pad:
             parts.append(_ZEROS[:pad])
         start += (len(raw) + pad) >> 3
-    return Content.standalone([b"".join(parts)])
+    return Content((b"".join(parts),), (0, 0))
 
 
 _ZEROS = bytes(8)
+_U64 = struct.Struct("<Q")

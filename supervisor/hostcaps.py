@@ -243,11 +243,6 @@ class HostCaps:
 
     # ------------------------------------------------------------ served by a worker
 
-    def _directory(self, call, iface, method, params):
-        return self._job(call, iface, method, params)
-
-    _file = _directory
-
     def _job(self, call, iface, method, params):
         obj = call.served
         fn = getattr(obj, method.name, None)
@@ -265,6 +260,8 @@ class HostCaps:
             if values is not None:
                 return Answer(payloads.build(method.results, values)[0])
         return Job(f"{call.kind} {getattr(obj, 'label', '?')}", method, fn, kwargs)
+
+    _directory = _file = _job
 
     def _signature(self, obj, name: str) -> tuple[bool, dict]:
         """Whether `obj`'s method `name` takes max_bytes, and its parameters that are

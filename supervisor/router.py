@@ -255,13 +255,13 @@ class Router:
         peer = self.peers.get(pid)
         if peer is None or not peer.alive:
             return []
+        return self._guarded(peer, self._receive, peer, data)
 
-        def handle():
-            for ev in peer.conn.receive_iter(data):
-                self._event(peer, ev)
-                if not peer.alive:
-                    break
-        return self._guarded(peer, handle)
+    def _receive(self, peer: Peer, data: bytes):
+        for ev in peer.conn.receive_iter(data):
+            self._event(peer, ev)
+            if not peer.alive:
+                break
 
     def host_returned(self, token: int, content: Content, objects=()) -> list:
         """A host call ended well: `objects` are (kind, served) pairs for the
@@ -273,7 +273,7 @@ class Router:
         caps = tuple(Host(kind, host.owner, served,
                           f"{host.label}>{self._method(call)}" if host.label else None)
                      for kind, served in objects) if objects else ()
-        return self._guarded(call.reply[0], lambda: self._answer(call.reply, content, caps))
+        return self._guarded(call.reply[0], self._answer, call.reply, content, caps)
 
     def host_failed(self, token: int, reason: str, type: str = "failed") -> list:
         entry = self._host_calls.pop(token, None)
@@ -399,11 +399,12 @@ class Router:
 
     # ------------------------------------------------------------ the choke point
 
-    def _guarded(self, peer: Peer, work, flush: bool = True) -> list:
-        """Run `work` on behalf of `peer`.  A ProtocolError aborts that peer; any other
-        exception is a fault in handling its input, and aborts it too (fail closed)."""
+    def _guarded(self, peer: Peer, work, *args, flush: bool = True) -> list:
+        """Run `work(*args)` on behalf of `peer`.  A ProtocolError aborts that peer; any
+        other exception is a fault in handling its input, and aborts it too (fail
+        closed)."""
         try:
-            work()
+            work(*args)
         except protocol.ProtocolError as e:
             self._abort(peer, f"protocol error: {e}", "protocol error")
         except Exception as e:  # noqa: BLE001 - the one place no peer's input gets past

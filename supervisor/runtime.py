@@ -1377,6 +1377,24 @@ class Supervisor:
         # first flushes them, so nothing it triggers can overtake them.
         turns = self._turns
         if turns is not None and turns.here:
+            if type(effects) is list and len(effects) == 1 and not turns.stopped:
+                # one effect, nearly always (a host call, or its answer): what
+                # _perform_here's loop does with it, without the batch
+                e = effects[0]
+                kind = type(e)
+                if kind is fx.Send:
+                    link = self.links.get(e.peer)
+                    if link is None:
+                        return
+                    if link.native:
+                        if not link.write(e.data):
+                            self._then(self._cut_off, e.peer, f"it does not read its messages "
+                                                              f"(more than {link.hard} bytes are "
+                                                              f"waiting for it)")
+                        return
+                elif kind is fx.HostCall:
+                    self._host_call(e)
+                    return
             self._perform_here(turns, effects)
             return
         batch: dict[int, list] = {}
@@ -1420,25 +1438,8 @@ class Supervisor:
         """_perform, in the lane's host worker: sends to peers on the lane, host calls
         and audit records here; at the first other effect (or once something is
         owed that must come first), it and every effect after it are owed to
-        trio's thread, which performs them, in order, before any of its tasks runs."""
-        if type(effects) is list and len(effects) == 1 and not turns.stopped:
-            # one effect, nearly always (a host call, or its answer): what the loop
-            # below does with it, without the batch
-            e = effects[0]
-            kind = type(e)
-            if kind is fx.Send:
-                link = self.links.get(e.peer)
-                if link is None:
-                    return
-                if link.native:
-                    if not link.write(e.data):
-                        self._then(self._cut_off, e.peer, f"it does not read its messages (more "
-                                                          f"than {link.hard} bytes are waiting "
-                                                          f"for it)")
-                    return
-            elif kind is fx.HostCall:
-                self._host_call(e)
-                return
+        trio's thread, which performs them, in order, before any of its tasks runs.
+        (One effect, nearly always, is done by _perform itself, as the loop would.)"""
         batch: dict[int, list] = {}
         effects = effects if isinstance(effects, list) else list(effects)
         for i, e in enumerate(effects):
