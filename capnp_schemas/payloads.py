@@ -304,10 +304,33 @@ def _flat(struct_module):
                 break
             fields.append(made)
         else:
-            layout = (schema.node.struct.dataWordCount, schema.node.struct.pointerCount,
-                      tuple(fields), {f.name: f for f in fields})
+            layout = _Layout((schema.node.struct.dataWordCount, schema.node.struct.pointerCount,
+                              tuple(fields), {f.name: f for f in fields}))
+            layout.numbers = _numbers(fields)
     _FLATS[struct_module] = layout
     return layout
+
+
+class _Layout(tuple):
+    """(data words, pointers, fields, {name: field}); `numbers`: see _numbers."""
+
+
+def _numbers(fields):
+    """For a struct of numbers only (no enum, bool or pointer), in the order of their
+    offsets: (one struct.Struct that unpacks them all from the data section's start,
+    the bytes it needs, their names), so that a data section that holds them all is
+    read in one call, to the values the field-by-field loop gives.  Else None."""
+    fmt, at = "<", 0
+    for f in fields:
+        if f.kind not in _NUMBERS or f.names is not None or f.offset < at:
+            return None
+        fmt += f"{f.offset - at}x" if f.offset > at else ""
+        fmt += f.codec.format[1:]
+        at = f.offset + f.codec.size
+    if not fields:
+        return None
+    codec = struct.Struct(fmt)
+    return codec, codec.size, tuple(f.name for f in fields)
 
 
 def _flat_field(field) -> _Field | None:
@@ -362,6 +385,9 @@ def _read_flat(layout, content, max_words: int) -> dict:
     if budget[0] < 0:
         raise DecodeError("the message's root is larger than the traversal limit")
     base, end = 8 * start, 8 * (start + data)
+    numbers = layout.numbers if type(layout) is _Layout else None
+    if numbers is not None and numbers[1] <= end - base:
+        return dict(zip(numbers[2], numbers[0].unpack_from(seg, base)))
     out = {}
     for f in fields:
         kind = f.kind
