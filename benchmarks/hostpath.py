@@ -149,6 +149,7 @@ async def _setup(kind: str, d: str, nursery):
     sup.output.start()
     nursery.start_soon(sup.output.files.writer)
     sup._clock = trio.lowlevel.current_clock()
+    sup.router.clock = sup.hosts.clock = sup._clock.current_time      # as Supervisor._serve
     sup.output.files.set_event = sup._set
     nursery.start_soon(sup._lane_host if runtime.host_worker() else sup._lane_events)
     sup._perform(effects)

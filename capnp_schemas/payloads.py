@@ -90,7 +90,9 @@ def read(struct_module, content: Content, max_words: int) -> dict:
     None (its cap-table index is `Content.cap_index`), AnyPointer is refused.  `max_words` bounds the words read (pycapnp's
     traversal limit), so a message that fits the size limit can be read.
     """
-    flat = _flat(struct_module)
+    flat = _FLATS.get(struct_module, False)
+    if flat is False:
+        flat = _flat(struct_module)
     if flat is not None and content.segments:
         try:
             return _read_flat(flat, content, max(max_words, 8))
@@ -214,7 +216,9 @@ def build(struct_module, values: dict | None) -> tuple[Content, list]:
     """A message of `struct_module` from plain values (as `read` returns them), and
     the capabilities it carries: a value for a capability field is any object;
     it goes into the returned list and the field points at its index."""
-    flat = _flat(struct_module)
+    flat = _FLATS.get(struct_module, False)
+    if flat is False:
+        flat = _flat(struct_module)
     if flat is not None:
         built = _build_flat(flat, values or {})
         if built is not None:

@@ -471,6 +471,8 @@ class Supervisor:
     async def _serve(self) -> int:
         self._began = trio.current_time()
         self._clock = trio.lowlevel.current_clock()
+        # what _now answers from here on, without its two frames (a call reads it twice)
+        self.router.clock = self.hosts.clock = self._clock.current_time
         why = fastlane.enabled()
         if why is None:
             self.lane = fastlane.Lane()
