@@ -383,7 +383,8 @@ def _read_flat(layout, content, max_words: int) -> dict:
         if kind != wire.STRUCT:
             raise DecodeError("the message's root is not a struct")
         data, ptrs = (w >> 32) & 0xFFFF, w >> 48
-        _reaching_root(s, start, data + ptrs)
+        if s == 0 and start == 0 and data + ptrs:       # _reaching_root, inline
+            raise DecodeError("an object that holds the message's root word")
         seg = segs[s]
     budget = [max_words - data - ptrs]
     if budget[0] < 0:

@@ -245,15 +245,17 @@ class HostCaps:
 
     def _job(self, call, iface, method, params):
         obj = call.served
-        fn = getattr(obj, method.name, None)
+        name = method.name
+        fn = getattr(obj, name, None)
         if obj is None or fn is None:
-            return Refusal(f"ENOTSUP: {iface.name}.{method.name} is not served here",
+            return Refusal(f"ENOTSUP: {iface.name}.{name} is not served here",
                            "unimplemented")
-        takes, renamed = self._signature(obj, method.name)
+        sig = self._signatures.get((type(obj), name))
+        takes, renamed = sig if sig is not None else self._signature(obj, name)
         kwargs = {renamed.get(k, k): v for k, v in params.items()} if renamed else params
         if takes:
             kwargs["max_bytes"] = max(call.max_bytes - RESULT_HEADROOM, 0)
-        if method.name == "read" and isinstance(obj, hostfs.File):
+        if name == "read" and isinstance(obj, hostfs.File):
             # a read the page cache can serve needs no worker thread (~90 µs a hand-off
             # here); one that would wait for the disk still goes to one
             values = obj.read_now(**kwargs)

@@ -1103,11 +1103,11 @@ class Supervisor:
         """A host call ended; `owner`: the compartment whose grant it went through,
         which the descriptors it opened are counted to."""
         turns = self._turns
-        if turns is not None and turns.here and (
-                turns.stopped or isinstance(outcome, hostcaps.Answer) and outcome.objects):
+        answer = isinstance(outcome, hostcaps.Answer)
+        if turns is not None and turns.here and (turns.stopped or answer and outcome.objects):
             turns.owe(self._host_done, token, outcome, owner, stop=True)
             return
-        if isinstance(outcome, hostcaps.Answer) and outcome.objects:
+        if answer and outcome.objects:
             held = [self._hold(*o, owner) for o in outcome.objects]
             if not all(held):
                 for (kind, served), counted in zip(outcome.objects, held):
@@ -1118,7 +1118,8 @@ class Supervisor:
                                f"{self._host_fds} descriptors, all the supervisor can spare "
                                f"(but the last {self._fd_each} of each compartment's own): "
                                f"opening more fails (EMFILE) until some are closed")
-        if isinstance(outcome, hostcaps.Answer):
+                answer = False
+        if answer:
             # the answer first: the caller goes on while its lines are formatted
             self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
             for line in outcome.lines:
