@@ -1379,25 +1379,26 @@ class Supervisor:
         # Consecutive sends to one peer go out as one write; any other effect
         # first flushes them, so nothing it triggers can overtake them.
         turns = self._turns
-        if turns is not None and turns.here:
-            if type(effects) is list and len(effects) == 1 and not turns.stopped:
-                # one effect, nearly always (a host call, or its answer): what
-                # _perform_here's loop does with it, without the batch
-                e = effects[0]
-                kind = type(e)
-                if kind is fx.Send:
-                    link = self.links.get(e.peer)
-                    if link is None:
-                        return
-                    if link.native:
-                        if not link.write(e.data):
-                            self._then(self._cut_off, e.peer, f"it does not read its messages "
-                                                              f"(more than {link.hard} bytes are "
-                                                              f"waiting for it)")
-                        return
-                elif kind is fx.HostCall:
-                    self._host_call(e)
+        here = turns is not None and turns.here
+        if type(effects) is list and len(effects) == 1 and not (here and turns.stopped):
+            # one effect, nearly always (a host call, or its answer): what the loops
+            # below (or _perform_here's, in the worker) do with it, without the batch
+            e = effects[0]
+            kind = type(e)
+            if kind is fx.Send:
+                link = self.links.get(e.peer)
+                if link is None:
                     return
+                if link.native or not here:
+                    if not link.write(e.data):
+                        self._then(self._cut_off, e.peer, f"it does not read its messages "
+                                                          f"(more than {link.hard} bytes are "
+                                                          f"waiting for it)")
+                    return
+            elif kind is fx.HostCall:
+                self._host_call(e)
+                return
+        if here:
             self._perform_here(turns, effects)
             return
         batch: dict[int, list] = {}
