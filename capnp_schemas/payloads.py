@@ -383,7 +383,7 @@ def _read_flat(layout, content, max_words: int) -> dict:
         if kind != wire.STRUCT:
             raise DecodeError("the message's root is not a struct")
         data, ptrs = (w >> 32) & 0xFFFF, w >> 48
-        if s == 0 and start == 0 and data + ptrs:       # _reaching_root, inline
+        if s == 0 and start == 0 and data + ptrs:       # it holds the root word
             raise DecodeError("an object that holds the message's root word")
         seg = segs[s]
     budget = [max_words - data - ptrs]
@@ -417,11 +417,6 @@ def _read_flat(layout, content, max_words: int) -> dict:
     return out
 
 
-def _reaching_root(s: int, start: int, words: int):
-    if s == 0 and start == 0 and words:
-        raise DecodeError("an object that holds the message's root word")
-
-
 def _blob(segs, loc, f: _Field, budget: list):
     try:
         r = wire.resolve(segs, loc)
@@ -435,7 +430,8 @@ def _blob(segs, loc, f: _Field, budget: list):
         raise DecodeError(f"{f.name}: expected {'text' if text else 'data'} (a list of bytes)")
     n = w >> 35
     words = (n + 7) // 8
-    _reaching_root(s, start, words)
+    if s == 0 and start == 0 and words:                  # it holds the root word
+        raise DecodeError("an object that holds the message's root word")
     budget[0] -= words
     if budget[0] < 0:
         raise DecodeError(f"{f.name}: past the traversal limit")

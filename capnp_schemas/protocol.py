@@ -430,7 +430,10 @@ class Connection:
         if m.send_to != "caller":
             raise ProtocolError(f"sendResultsTo '{m.send_to}' is not supported (only 'caller')")
         if m.promise is None:
-            target = self._export_obj(m.import_id)
+            e = self.exports.get(m.import_id)             # _export_obj, inline
+            if e is None:
+                raise ProtocolError(f"export id {m.import_id} was never issued or was released")
+            target = e.obj
         else:
             target = self._promised(*m.promise)
         payload = self._payload(segs, m.caps, m.content_loc, getattr(m, "content_root", False))
@@ -611,7 +614,7 @@ class Connection:
         if no_finish:
             self._finish_not_needed(answer_id, a)
         head, at = rpcwire.encode_return(answer_id, no_finish,
-                                         self._cap_descs(caps, a.result_exports))
+                                         self._cap_descs(caps, a.result_exports) if caps else ())
         # kept for calls pipelined on it, which need it only to find a capability
         a.result = (content, tuple(caps)) if caps else _NO_RESULT
         if caps and not no_finish:
