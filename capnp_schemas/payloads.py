@@ -454,6 +454,17 @@ def _build_flat(layout, values: dict) -> Content | None:
     # root: the struct at word 1; an empty one is pointed at as pycapnp does (offset
     # -1), never with a null pointer, which a guest would read as "no results"
     _U64.pack_into(seg, 0, (data << 32) | (ptrs << 48) if data or ptrs else 0xFFFFFFFC)
+    if len(values) == 1:
+        # one Data value (File.read's, Random.bytes' results): what the loops below
+        # make of it
+        for name, value in values.items():
+            f = by_name.get(name)
+            if f is not None and f.kind == "data" and type(value) is bytes \
+                    and len(value) <= _MAX_BLOB:
+                at = 1 + data + f.offset
+                _U64.pack_into(seg, 8 * at, wire.LIST | ((head - at - 1) << 2) | (_BYTES << 32)
+                               | (len(value) << 35))
+                return Content((b"".join((seg, value, _ZEROS[:-len(value) % 8])),), (0, 0))
     blobs = []
     for name, value in values.items():
         f = by_name.get(name)
