@@ -181,6 +181,7 @@ class HostCaps:
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
         self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
+        self._servers: dict = {}                       # kind -> its method here (_log, ...)
 
     def serve(self, call):
         """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""
@@ -197,8 +198,11 @@ class HostCaps:
             params = payloads.read(method.params, content, words)
         except DecodeError as e:
             return Refusal(f"EINVAL: {iface.name}.{method.name}: malformed params: {e}")
+        server = self._servers.get(call.kind)
+        if server is None:
+            server = self._servers[call.kind] = getattr(self, "_" + call.kind)
         try:
-            return getattr(self, "_" + call.kind)(call, iface, method, params)
+            return server(call, iface, method, params)
         except (ValueError, OverflowError) as e:
             return Refusal(f"EINVAL: {iface.name}.{method.name}: {first_line(e)}")
 

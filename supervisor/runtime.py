@@ -707,6 +707,18 @@ class Supervisor:
         """Hand a fast-lane peer's items to the router (in SLICE-byte slices) until
         they are done or it is time `until`; returns what is left, or None once the
         stream ended or the peer was cut off (`link.end` says why)."""
+        if len(items) == 1 and type(items[0]) is bytes and 0 < len(items[0]) <= SLICE:
+            # one read of one slice, nearly always: what the loop below does with it
+            try:
+                self._perform(self.router.receive(pid, items[0]))
+            except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+                self._then(self._fault, pid, e)
+                self._then(link.finish, "cut off after an internal error")
+                return None
+            if pid not in self.router.peers:
+                self._then(link.finish, "broke the protocol")
+                return None
+            return []
         turns = self._turns
         for i, item in enumerate(items):
             if item is None or isinstance(item, int):
