@@ -1022,8 +1022,17 @@ class Router:
         return self._wrap(cap, membrane, label)
 
     def _wrap(self, cap, membrane: Membrane, label: str):
-        if cap is None or (isinstance(cap, Wrapped) and cap.membrane is membrane):
+        """`cap` seen through `membrane`: itself if the membrane is already on its way
+        (a capability passed back and forth across a grant is wrapped once, not once
+        a crossing: the same membrane twice admits the same calls, and would count a
+        quota twice a call), else its one wrapper there."""
+        if cap is None:
             return cap
+        inner = cap
+        while type(inner) is Wrapped:
+            if inner.membrane is membrane:
+                return cap
+            inner = inner.target
         w = membrane.wrappers.get(id(cap))
         if w is None:
             w = membrane.wrappers[id(cap)] = Wrapped(cap, membrane, label)

@@ -306,6 +306,48 @@ def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
     assert not any(isinstance(e, P.CallReceived) and e.target is observer for e in app.inbox)
 
 
+def test_a_capability_passed_back_and_forth_across_a_grant_is_wrapped_once_and_counted_once():
+    """app passes its own observer to calc 50 times and calc hands it back each time:
+    the grant's membrane stays once on its way (it used to be wrapped again at every
+    crossing, so each call walked a chain that grew without bound and spent a
+    max_uses quota once a layer), revocation still cuts it, and a call through it
+    spends one use."""
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True, max_uses=60)])
+    h = app.grants[0].import_id
+    observer, held = object(), None
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    for _ in range(50):
+        _q, data = app.conn.send_call(h, CALC, 2, caps=[held or observer])
+        app.send(data)
+        call = calc.inbox.pop()
+        back = P.RemoteRef(call.payload.caps[0].import_id)
+        calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]), [back]))
+        ret = app.inbox.pop()
+        assert ret.error is None
+        held = P.RemoteRef(ret.payload.caps[0].import_id)
+    peer = router.peers[app.pid]
+    deepest = 0
+    for entry in peer.conn.exports.values():
+        cap, n = entry.obj, 0
+        while isinstance(cap, R.Wrapped):
+            cap, n = cap.target, n + 1
+        deepest = max(deepest, n)
+    assert deepest <= 2                              # the grant's membrane and its reverse
+
+    def call_observer():
+        app.send(app.conn.send_call(held.import_id, 0xC0FFEE0000000003, 0)[1])
+        if app.inbox and isinstance(app.inbox[-1], P.CallReceived):
+            app.send(app.conn.send_return(app.inbox.pop().answer_id))
+        return app.inbox.pop()
+
+    assert [call_observer().error for _ in range(10)] == [None] * 10   # uses 51..60
+    assert "is used up (max_uses)" in call_observer().error
+    app.deliver(router.revoke("app.calc"))
+    assert "was revoked" in call_observer().error
+
+
 def test_audit_records_every_call_with_outcome_and_duration():
     now = [10.0]
     router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True, clock=lambda: now[0],
