@@ -362,8 +362,8 @@ def _flat_field(field) -> _Field | None:
 def _read_flat(layout, content, max_words: int) -> dict:
     """The struct's fields, or DecodeError where pycapnp might read it otherwise (it
     then decides): what pycapnp would refuse, and also content that reaches word 0
-    of segment 0 (pycapnp reads a copy whose root word is replaced, as the content
-    is handed over), an empty segment (which it takes for a missing one), and more
+    of segment 0, as an object there or as a far pointer's landing pad (pycapnp reads
+    a copy whose root word is replaced, as the content is handed over), an empty segment (which it takes for a missing one), and more
     words than `max_words` (pycapnp's traversal limit, counted as it counts)."""
     _data, _ptrs, fields, _by_name = layout
     segs = content.segments
@@ -379,6 +379,9 @@ def _read_flat(layout, content, max_words: int) -> dict:
         s = start = data = ptrs = 0
         seg = b""
     else:
+        ls, lp = content.loc
+        if _U64.unpack_from(segs[ls], 8 * lp)[0] in _FAR_TO_ROOT:
+            raise DecodeError("a far pointer whose landing pad is the message's root word")
         kind, s, start, w = root
         if kind != wire.STRUCT:
             raise DecodeError("the message's root is not a struct")
@@ -425,6 +428,8 @@ def _blob(segs, loc, f: _Field, budget: list):
     text = f.kind == "text"
     if r is None:
         return "" if text else b""
+    if _U64.unpack_from(segs[loc[0]], 8 * loc[1])[0] in _FAR_TO_ROOT:
+        raise DecodeError("a far pointer whose landing pad is the message's root word")
     kind, s, start, w = r
     if kind != wire.LIST or (w >> 32) & 7 != _BYTES:
         raise DecodeError(f"{f.name}: expected {'text' if text else 'data'} (a list of bytes)")
@@ -525,3 +530,7 @@ def _build_flat(layout, values: dict) -> Content | None:
 
 _ZEROS = bytes(8)
 _U64 = struct.Struct("<Q")
+#: The far pointers whose landing pad is word 0 of segment 0 (single and double far):
+#: pycapnp reads content as a message whose root word is replaced (Content.message),
+#: so a pad there reads otherwise in it; the flat reader leaves such content to it.
+_FAR_TO_ROOT = frozenset((wire.far_pointer(0, 0), wire.far_pointer(0, 0, double=True)))

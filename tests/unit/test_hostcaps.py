@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from capnp_schemas import hosted, payloads, protocol as P, wire
+from capnp_schemas import hosted, payloads, protocol as P, rpcwire, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, hostcaps, router as R
 from tests.unit.test_router import FakeEngine, grant
@@ -259,3 +259,28 @@ def test_a_read_the_page_cache_holds_is_answered_at_once_and_others_go_to_a_thre
     monkeypatch.setattr(hostfs, "_NOWAIT", None)          # no RWF_NOWAIT here: a thread
     assert isinstance(serve(0, 10), hostcaps.Job)
     f.close()
+
+
+def test_params_behind_a_far_pointer_that_lands_on_the_messages_root_word_fail_with_einval(
+        tmp_path):
+    # File.read whose params pointer is a far pointer with its landing pad at word 0 of
+    # segment 0: the message's root pointer, read as the pad's tag, makes the Call
+    # struct itself the params.  pycapnp reads the params as a message whose root word
+    # is that far pointer (landing on itself) and refuses them; the flat reader must
+    # not answer from the words of the Call instead.
+    (tmp_path / "f").write_text("0123456789")
+    h = Harness([grant("f", "file", "host", path=str(tmp_path / "f"))])
+    params = payloads.build(FILE.method("read").params, {"offset": 0, "count": 4})[0]
+    _q, data = h.app.conn.send_call(h.grant(0), FILE.id, FILE.method("read").ordinal, params)
+    seg = bytearray(wire.unframe(data)[0])
+    at = rpcwire.decode([bytes(seg)]).content_loc[1]
+    struct.pack_into("<Q", seg, 8 * at, wire.far_pointer(0, 0))
+    content = P.Content((bytes(seg),), (0, at))
+    with pytest.raises(payloads.DecodeError):
+        payloads._read_pycapnp(FILE.method("read").params, content, 1 << 20)
+    with pytest.raises(payloads.DecodeError):
+        payloads.read(FILE.method("read").params, content, 1 << 20)
+    h.app.send(wire.frame([bytes(seg)]))
+    ret = h.app.inbox.pop()
+    assert ret.error is not None and "EINVAL: File.read: malformed params" in ret.error
+    assert h.notices == [None]

@@ -180,6 +180,24 @@ def test_content_that_reaches_the_root_word_reads_as_pycapnp_reads_it():
     assert theirs == ours and theirs["offset"] != 0x1122334455667788
 
 
+def test_a_far_pointer_whose_landing_pad_is_the_root_word_reads_as_pycapnp_reads_it():
+    # content pointers at word 4, single and double far, whose landing pad is word 0
+    # of segment 0: pycapnp reads a copy whose root word is that pointer (the single
+    # one then lands on itself: refused; the double one reads other words), while the
+    # original words say File.read(offset 2, count 5): the flat reader leaves both to it
+    sm = _method("file", "read").params
+    single = Q(wire.STRUCT | (0 << 2) | (2 << 32)) + Q(2) + Q(5) + Q(0) \
+        + Q(wire.far_pointer(0, 0))
+    double = Q(wire.far_pointer(0, 2)) + Q(wire.STRUCT | (2 << 32)) + Q(2) + Q(5) \
+        + Q(wire.far_pointer(0, 0, double=True))
+    assert _both(sm, [single], loc=(0, 4)) == ["refused", "refused"]
+    theirs, ours = _both(sm, [double], loc=(0, 4))
+    assert theirs == ours != {"offset": 2, "count": 5}
+    for seg in (single, double):
+        assert wire.resolve([seg], (0, 4))[2] in (1, 2)        # a struct there
+        assert _both(sm, [seg], loc=(0, 4), flat_only=True)[1] == "refused"
+
+
 def test_an_empty_segment_is_the_missing_segment_pycapnp_takes_it_for():
     sm = _method("directory", "unlink").params
     seg0 = Q(wire.far_pointer(0, 1, double=True)) + Q(wire.far_pointer(1, 0)) + Q(0)
