@@ -468,7 +468,9 @@ def serve(control: socket.socket, supervisor_pid: int):
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
-    gc.collect()
+    # no gc.collect() first: it walks the whole heap (~20 ms of CPU, ~40 ms of the
+    # wall time before the first spawn), and what it would free is never touched
+    # by the children (docs/performance.md, "Many compartments, fourth pass")
     gc.freeze()
     buf = b""
     children: set[int] = set()
