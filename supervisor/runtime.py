@@ -963,8 +963,12 @@ class Supervisor:
             if link.end is not _OPEN:
                 return link.end
             if not link.pending:
-                link.wake = trio.Event()
+                # reset after the wait, not before it: a wake that came before this
+                # task first waited (trio's thread taking over the worker's peers,
+                # on_stuck, can wake a new engine's link before its task has run)
+                # must not be lost, or what the lane queued waits for ever
                 await link.wake.wait()
+                link.wake = trio.Event()
                 if not link.busy and link.end is _OPEN:   # woken while paused: take
                     link.pending = self.lane.take(pid)
                     link.busy = bool(link.pending)

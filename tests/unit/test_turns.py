@@ -390,3 +390,27 @@ def test_a_flood_on_one_peers_task_does_not_hold_up_another_peers_call():
             nursery.cancel_scope.cancel()
     trio.run(main)
     assert waited[0] <= 20, waited
+
+
+def test_a_peer_woken_before_its_task_first_waits_is_not_forgotten():
+    """trio's thread takes the worker's peers over (`on_stuck` -> _take_in_trio) by
+    waking each peer's task; a new engine's task may not have run yet then.  Its
+    first wait must see that wake-up: before, it made a new event and waited on
+    that, the items stayed in the lane, and the engine never became ready (a
+    `wsuper up` under load: "did not start within 30 s")."""
+    lane = _Lane()
+    sup = _supervisor(lane, {b"a": [fx.Send(1, b"1")]})
+    lane.items.append(b"a")                      # queued by the lane, never handed over
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            sup._take_in_trio(lane.ready())      # before the peer's task has run
+            nursery.start_soon(sup._pump_native, 1, sup.links[1])
+            with trio.fail_after(10):
+                while not lane.written:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert [d for _, d in lane.written] == [b"1"]
+    assert lane.released == 1 and not sup.links[1].busy
