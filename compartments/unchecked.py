@@ -57,6 +57,19 @@ def _fail(what: str):
 
 
 def _version() -> str:
+    """The installed wasmtime-py's version: from the one wasmtime-*.dist-info beside
+    the package imported, when there is exactly one (its name says the version);
+    else as importlib.metadata finds it.  importlib.metadata costs the zygote ~12 ms
+    of its start and ~40 modules (zipfile, email, ...) that every engine would
+    share, and fork, for nothing (docs/performance.md)."""
+    site = os.path.dirname(os.path.dirname(os.path.abspath(wasmtime.__file__)))
+    try:
+        found = [n for n in os.listdir(site)
+                 if n.startswith("wasmtime-") and n.endswith(".dist-info")]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len("wasmtime-"):-len(".dist-info")]
     from importlib.metadata import PackageNotFoundError, version
     try:
         return version("wasmtime")

@@ -174,7 +174,13 @@ def _import_with(patch: str) -> subprocess.CompletedProcess:
     ("import ctypes; wasmtime._ffi.wasmtime_func_unchecked_callback_t = ctypes.CFUNCTYPE("
      "ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)",
      "wasmtime_func_unchecked_callback_t is no longer"),
-    ("importlib.metadata.version = lambda name: '51.0.0'", "wasmtime-py 51.0.0 is installed"),
+    # the version, from the one wasmtime-*.dist-info beside the package ...
+    ("import os; os.listdir = lambda path: ['wasmtime-51.0.0.dist-info']",
+     "wasmtime-py 51.0.0 is installed"),
+    # ... or, when that is not one, from importlib.metadata
+    ("import os; os.listdir = lambda path: ['wasmtime-50.0.1.dist-info', "
+     "'wasmtime-51.0.0.dist-info']; importlib.metadata.version = lambda name: '51.0.0'",
+     "wasmtime-py 51.0.0 is installed"),
 ])
 def test_wasmtime_internals_that_moved_are_named_at_import(patch, named):
     r = _import_with(patch)
