@@ -111,6 +111,10 @@ class Peer:
         self.conn = protocol.Connection(
             name, max_message_words=(limits.message_size >> 3) + HEADER_WORDS)
         self.remotes: dict[int, Remote] = {}
+        #: answer id -> its own capabilities we returned to it in that answer: held
+        #: until its Finish, since it may pipeline on them until then (the
+        #: answer's result names them by import id only)
+        self.kept: dict[int, list] = {}
         self.alive = True
         self.control: Remote | None = None
 
@@ -471,7 +475,10 @@ class Router:
                     self._unroute_key((peer.id, eid))
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
-            pass   # calls pipelined on it are still delivered when it returns
+            # calls pipelined on it are still delivered when it returns
+            kept = peer.kept.pop(ev.answer_id, None) if peer.kept else None
+            for cap in kept or ():
+                self._drop(cap)
         elif isinstance(ev, protocol.DisembargoReceived):
             self._disembargo(peer, ev)
         elif isinstance(ev, protocol.Unhandled):
@@ -597,6 +604,10 @@ class Router:
             raise CallError("pipelined call on a field that holds no capability")
         cap = caps[index]
         if isinstance(cap, RemoteRef):
+            # its own object: held while the answer is open (Peer.kept), so this
+            # fails only for an answer it has finished, which the protocol refuses
+            if cap.import_id not in peer.conn.imports:
+                raise CallError("pipelined call on a capability that was released")
             return self.remote(peer, cap.import_id)
         return cap
 
@@ -919,6 +930,7 @@ class Router:
                                      no_finish=peer.kind == "engine")
         if caps:
             self._retain_new(peer, caps)
+            self._keep_own(peer, answer_id, caps)
         self.emit(fx.Send(peer.id, data))
         for transform, call in self._take_pipelined(peer, answer_id):
             try:
@@ -1084,6 +1096,20 @@ class Router:
         if isinstance(cap, Remote) and cap.peer is peer:
             return RemoteRef(cap.import_id)
         return cap
+
+    @staticmethod
+    def _keep_own(peer: Peer, answer_id: int, caps):
+        """Hold `peer`'s own objects returned to it in answer `answer_id` until its
+        Finish: the answer names them only by import id, and a call pipelined on it
+        (or a promise on it passed in a call) must find them still imported."""
+        a = peer.conn.answers.get(answer_id)
+        if a is None or a.finished:
+            return
+        own = [c for c in caps if isinstance(c, Remote) and c.peer is peer]
+        if own:
+            for c in own:
+                c.refs += 1
+            peer.kept.setdefault(answer_id, []).extend(own)
 
     @staticmethod
     def _retain_new(peer: Peer, caps):

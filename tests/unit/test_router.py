@@ -839,6 +839,38 @@ def client(router, name="client"):
     return e
 
 
+def test_a_clients_own_object_returned_to_it_stays_imported_until_its_finish():
+    """calc hands the client's observer back in an answer and lets go of it at once;
+    the client then pipelines a call on that answer.  The supervisor had released
+    its import of the observer with calc's release, so the pipelined call went to
+    an import it no longer held: an internal error that cut off whoever's message
+    it was handling (seen under load with pycapnp: 'import id 0 is not held').
+    Now the answer holds it until the client's Finish, and the call arrives."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    observer = object()
+    q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
+                                [observer])
+    cl.send(data)
+    call = calc.inbox.pop()
+    held = call.payload.caps[0].import_id
+    calc.send(calc.conn.send_return(call.answer_id, Content.capability(0), [P.RemoteRef(held)]))
+    calc.send(calc.conn.send_release(held))           # calc lets go of it at once
+    (ret,) = cl.inbox                                  # no ExportReleased of it yet
+    cl.inbox.clear()
+    assert ret.payload.caps[0].obj is observer
+    cl.send(cl.conn.send_call((q, ()), OBSERVER, 0)[1])   # pipelined on the answer
+    (got,) = cl.inbox
+    assert isinstance(got, P.CallReceived) and got.target is observer
+    assert router.peers[cl.pid].alive and router.peers[calc.pid].alive
+    cl.send(cl.conn.send_return(got.answer_id))
+    cl.inbox.clear()
+    cl.send(cl.conn.send_finish(q))                    # now it may go
+    assert [type(e) for e in cl.inbox] == [P.ExportReleased]
+    assert observer not in [e.obj for e in cl.conn.exports.values()]
+
+
 def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_cannot_multiply_in_flight():
     """in_flight bounds each connection; a client that sends its in_flight calls and
     closes, again and again, used to queue work without bound.  Its calls are
