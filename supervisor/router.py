@@ -679,6 +679,10 @@ class Router:
             if isinstance(cap, Remote):
                 if not cap.peer.alive:
                     raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
+                if cap.import_id not in cap.peer.conn.imports:
+                    # a capability released meanwhile (should not happen: held ones are
+                    # counted); the call fails, not the connection whose message it was
+                    raise CallError(f"a capability of {cap.peer.name} that was released")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
                 if route is not None and route[1] is not None and cap.peer.laned \
