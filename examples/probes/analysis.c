@@ -1,6 +1,7 @@
 /* An analysis compartment: it reads the events of the probes on the kv store
  * (its one grant that matters: `events`, a Probe capability on "store") and
- * prints, per method, how many calls it saw and how long they took.
+ * prints, per method, how many calls it saw and how long they took: every
+ * REPORT_EVERY calls, and when the store has been quiet for a read's wait.
  *
  * It is a plugin like any other: it holds nothing else.  To show that, it
  * first tries what it was not given (a directory, a file, another method on
@@ -64,11 +65,11 @@ int main(void) {
   if (probe_target(&a, events, &target) == WSUPER_OK)
     printf("analysis: reading the probes on %s\n", target.compartment.ptr);
   try_what_was_not_granted(events);
-  long seen = 0, dropped = 0, next_report = REPORT_EVERY;
+  long seen = 0, dropped = 0, next_report = REPORT_EVERY, reported = 0;
   for (;;) {
     probe_read_results r;
     wsuper_arena_free(&a);
-    int rc = probe_read(&a, events, 256, 5000, &r);
+    int rc = probe_read(&a, events, 256, 2000, &r);
     if (rc != WSUPER_OK) {
       printf("analysis: read failed (%d): %s\n", rc, a.error ? a.error : "");
       return 1;
@@ -85,8 +86,9 @@ int main(void) {
       m->total_ns += e->duration_ns;
       if (e->duration_ns > m->max_ns) m->max_ns = e->duration_ns;
     }
-    if (seen >= next_report) {
+    if (seen >= next_report || (r.events.len == 0 && seen > reported)) {
       next_report = seen + REPORT_EVERY;
+      reported = seen;
       printf("analysis: %ld calls seen (%ld events dropped)\n", seen, dropped);
       for (int i = 0; i < nmethods; i++)
         printf("analysis:   %-24s %5ld calls %3ld failed  mean %6lld us  max %6lld us\n",
