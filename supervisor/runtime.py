@@ -709,16 +709,7 @@ class Supervisor:
         stream ended or the peer was cut off (`link.end` says why)."""
         if len(items) == 1 and type(items[0]) is bytes and 0 < len(items[0]) <= SLICE:
             # one read of one slice, nearly always: what the loop below does with it
-            try:
-                self._perform(self.router.receive(pid, items[0]))
-            except Exception as e:  # noqa: BLE001 - no peer's input may end the system
-                self._then(self._fault, pid, e)
-                self._then(link.finish, "cut off after an internal error")
-                return None
-            if pid not in self.router.peers:
-                self._then(link.finish, "broke the protocol")
-                return None
-            return []
+            return [] if self._feed_one(pid, link, items[0]) else None
         turns = self._turns
         for i, item in enumerate(items):
             if item is None or isinstance(item, int):
@@ -729,19 +720,26 @@ class Supervisor:
             while at < len(item):
                 chunk = item if at == 0 and len(item) <= SLICE else item[at:at + SLICE]
                 at += len(chunk)
-                try:
-                    self._perform(self.router.receive(pid, chunk))
-                except Exception as e:  # noqa: BLE001 - no peer's input may end the system
-                    self._then(self._fault, pid, e)
-                    self._then(link.finish, "cut off after an internal error")
-                    return None
-                if pid not in self.router.peers:
-                    self._then(link.finish, "broke the protocol")
+                if not self._feed_one(pid, link, chunk):
                     return None
                 if (at < len(item) or i + 1 < len(items)) \
                         and (time.perf_counter() > until or turns is not None and turns.stopped):
                     return ([item[at:]] if at < len(item) else []) + items[i + 1:]
         return []
+
+    def _feed_one(self, pid: int, link: "_NativeLink", chunk: bytes) -> bool:
+        """Hand one slice to the router and perform what it decides; False once the
+        peer was cut off (the choke point: nothing raised here ends the system)."""
+        try:
+            self._perform(self.router.receive(pid, chunk))
+        except Exception as e:  # noqa: BLE001 - no peer's input may end the system
+            self._then(self._fault, pid, e)
+            self._then(link.finish, "cut off after an internal error")
+            return False
+        if pid not in self.router.peers:
+            self._then(link.finish, "broke the protocol")
+            return False
+        return True
 
     async def _signals(self):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
