@@ -41,7 +41,7 @@ import trio  # noqa: E402
 from capnp_schemas import hosted, payloads, protocol as P, wire  # noqa: E402
 from capnp_schemas.protocol import Content  # noqa: E402
 from compartments.limits import Limits  # noqa: E402
-from supervisor import effects as fx, fastlane, hostcaps, output, router as R  # noqa: E402
+from supervisor import fastlane, hostcaps, output, router as R  # noqa: E402
 from supervisor import runtime, supervision as S  # noqa: E402
 from supervisor.policy import Grant  # noqa: E402
 

@@ -1188,7 +1188,7 @@ def table(r: dict) -> str:
                 f"{_f(ratio['median'])} [{_f(ratio['min'])}..{_f(ratio['max'])}]"
             lines.append(f"| {label} | {_f(p['call'][key]['mean_us'])} | {cell} |")
         a = p["analysis"]
-        lines += ["", f"| probes: events to a wasm analysis compartment | value |", "|---|---|",
+        lines += ["", "| probes: events to a wasm analysis compartment | value |", "|---|---|",
                   f"| events per second delivered (a full queue drained in reads of 1024; "
                   f"calc's calls and function entries and exits while a program calls it) | "
                   f"{_f(a['events_per_s'])} |",

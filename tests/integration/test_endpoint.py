@@ -153,7 +153,7 @@ def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path, xdg):
     os.chmod(shared, 0o777)
     path = _system(tmp_path)
     with open(path, "a") as f:
-        f.write(f'\n[compartments.calc.grants]\n')
+        f.write('\n[compartments.calc.grants]\n')
     text = open(path).read().replace("[system]\n", f'[system]\nsocket = "{shared}/x.sock"\n')
     text = text.replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n', 1)
     open(path, "w").write(text)

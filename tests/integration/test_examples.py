@@ -1,6 +1,5 @@
 """The C example plugins of examples/kv, built from source with `wsuper build`
 (clang, lld, wasi-libc) and run under `wsuper up`."""
-import json
 import os
 import shutil
 
@@ -119,7 +118,7 @@ def test_capabilities_a_listener_adds_to_its_answers_do_not_fill_the_stores_hand
     do not hold, and the handles in params are the call's (docs/guest-abi.md)."""
     import struct
 
-    from capnp_schemas import hosted, payloads, protocol as P
+    from capnp_schemas import payloads, protocol as P
     from capnp_schemas.protocol import Content
     from tests.wireclient import WireClient
     import capnp_schemas

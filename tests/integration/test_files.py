@@ -1,5 +1,4 @@
 """Host files with real engines: an append-only journal, and an escape attempt."""
-import json
 
 from capnp_schemas.hosted import BY_KIND
 

@@ -340,7 +340,7 @@ def test_a_program_killed_for_its_run_time_is_one_failure_and_failing_for_good_i
     (the kill, its lost run(), its engine's exit): it counts once, one engine
     follows it, and after `failed for good` none comes back."""
     (tmp_path / "app.wat").write_text(program("(loop $forever (br $forever))", {}))
-    (tmp_path / "system.toml").write_text(f"""
+    (tmp_path / "system.toml").write_text("""
 [compartments.app]
 module = "app.wat"
 restart = "permanent"

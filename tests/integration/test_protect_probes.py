@@ -4,8 +4,6 @@ wasm.compile_for), probes are switched on and off while it runs, and a write int
 its read-only data still traps with the address and the region named, probed or
 not, through a plain store and through the check before a memory.fill."""
 import json
-import os
-import re
 
 import pytest
 

@@ -1,7 +1,6 @@
 """The probe registry, the engine's half of the probes and the trace file, without
 processes: hostile specs and hostile engine answers, the consistency rule,
 bounds, and the trace-event format."""
-import struct
 
 import pytest
 
