@@ -248,6 +248,9 @@ class _Answer:
     error: str | None = None
     result_exports: list = attrs.Factory(list)
     kept: int = 0                    # bytes this answer holds until it is finished
+    #: finished before its return, with releaseResultCaps: the peer will not import
+    #: what the return carries (discards_results)
+    discard: bool = False
 
 
 @attrs.define
@@ -534,6 +537,8 @@ class Connection:
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True
+        if not a.returned:
+            a.discard = release_results
         if release_results:
             for obj in a.result_exports:
                 self._release_export_obj(obj, 1, events)
@@ -728,6 +733,14 @@ class Connection:
         n = self.native
         if n is not None:
             n.limits_ok(self._kept <= self.max_kept_bytes and len(self.imports) <= n.imports_limit)
+
+    def discards_results(self, answer_id: int) -> bool:
+        """The peer gave up `answer_id`: it sent Finish before our return, with
+        releaseResultCaps (as Cap'n Proto's C++ RPC does for a call it cancels or
+        drops), so it will not import the capabilities a return would carry, nor
+        ever release them: return `canceled` (send_canceled) instead."""
+        a = self.answers.get(answer_id)
+        return a is not None and a.finished and a.discard and not a.returned
 
     def awaiting_return(self, answer_id: int) -> bool:
         a = self.answers.get(answer_id)

@@ -920,6 +920,18 @@ class Router:
             return
         for m, label in reversed(crossed):   # innermost membrane first
             caps = tuple(self._wrap(c, m, f"{m.label}>{label}") for c in caps)
+        if caps and peer.conn.discards_results(answer_id):
+            # The peer gave up the call (Finish with releaseResultCaps before this
+            # return): it ignores the capabilities of a return, and would never
+            # release them.  Exported, they stayed in its c-list (and what they are
+            # held) until it disconnected.  It gets `canceled`; calls it pipelined
+            # on the answer before giving up, and promises on it, still go to what
+            # the answer holds.
+            self.emit(fx.Send(peer.id, peer.conn.send_canceled(answer_id)))
+            out_caps = [self._export_cap(peer, c) for c in caps]
+            self._after_return(peer, answer_id, content, out_caps)
+            self.sweep(caps)
+            return
         try:
             self._check_size(peer, content)
             self._check_handles(peer, caps)
@@ -936,6 +948,11 @@ class Router:
             self._retain_new(peer, caps)
             self._keep_own(peer, answer_id, caps)
         self.emit(fx.Send(peer.id, data))
+        self._after_return(peer, answer_id, content, out_caps)
+
+    def _after_return(self, peer: Peer, answer_id: int, content: Content, out_caps):
+        """Answer `answer_id` to `peer` returned (content, out_caps): the calls pipelined
+        on it go on, and the capabilities promised in it resolve."""
         for transform, call in self._take_pipelined(peer, answer_id):
             try:
                 target = self._resolve_pipeline(peer, (content, out_caps), transform)

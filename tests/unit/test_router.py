@@ -871,6 +871,68 @@ def test_a_clients_own_object_returned_to_it_stays_imported_until_its_finish():
     assert observer not in [e.obj for e in cl.conn.exports.values()]
 
 
+def _finish_releasing_results(conn, question_id) -> bytes:
+    """Finish with releaseResultCaps = true, as Cap'n Proto's C++ RPC sends it for a
+    call it gives up before the Return (it then ignores the Return's capabilities:
+    the callee is to release them itself)."""
+    msg = P.rpc.Message.new_message()
+    f = msg.init("finish")
+    f.questionId = question_id
+    f.releaseResultCaps = True
+    conn.questions[question_id].finished = True
+    return wire.frame(msg.to_segments())
+
+
+def test_capabilities_answered_to_a_call_its_caller_gave_up_are_released():
+    """A client drops its promise of calc.newCounter() before the answer (pycapnp:
+    `del p`, asyncio cancel): C++ sends Finish with releaseResultCaps before the
+    Return, and ignores the capabilities the Return carries.  The supervisor still
+    exported the counter to the client in it, and held it, and calc's counter, until
+    the connection closed: each given-up call leaked an entry of the client's
+    c-list (toward its handles limit) and an object in calc.  Now the Return says
+    'canceled' and the counter is released at calc at once."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    exports_before = len(router.peers[cl.pid].conn.exports)
+    q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 1)     # newCounter
+    cl.send(data)
+    call = calc.inbox.pop()
+    cl.send(_finish_releasing_results(cl.conn, q))                  # given up
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]), [counter]))
+    (ret,) = cl.inbox
+    assert ret.payload is None and ret.error == "call canceled"
+    assert len(router.peers[cl.pid].conn.exports) == exports_before
+    assert [e.obj for e in calc.inbox if isinstance(e, P.ExportReleased)] == [counter]
+    assert router.peers[cl.pid].alive
+
+
+def test_a_pipelined_call_on_an_answer_given_up_is_still_delivered_and_nothing_is_kept():
+    """The same, with a call pipelined on the answer before the Finish (rpc.capnp:
+    it is still delivered), and the client's own object in the answer."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    observer = object()
+    q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
+                                [observer])
+    cl.send(data)
+    call = calc.inbox.pop()
+    cl.send(cl.conn.send_call((q, ()), OBSERVER, 0)[1])     # pipelined on the answer
+    cl.send(_finish_releasing_results(cl.conn, q))
+    held = call.payload.caps[0].import_id
+    calc.send(calc.conn.send_return(call.answer_id, Content.capability(0), [P.RemoteRef(held)]))
+    calc.send(calc.conn.send_release(held))
+    ret, got, released = cl.inbox            # the call went before calc's release
+    assert ret.payload is None and ret.error == "call canceled"
+    assert isinstance(got, P.CallReceived) and got.target is observer
+    assert released == P.ExportReleased(observer)          # nothing keeps it now
+    cl.send(cl.conn.send_return(got.answer_id))
+    assert not router.peers[cl.pid].kept and router.peers[cl.pid].alive
+
+
 def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_cannot_multiply_in_flight():
     """in_flight bounds each connection; a client that sends its in_flight calls and
     closes, again and again, used to queue work without bound.  Its calls are
