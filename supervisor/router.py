@@ -529,8 +529,7 @@ class Router:
             self._drop_imported(peer, ev.payload)
             return
         try:
-            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps) \
-                if ev.payload.caps else ()
+            caps = self._import_caps(peer, ev.payload) if ev.payload.caps else ()
         except CallError as e:
             self.fail(reply, e)
             return
@@ -587,7 +586,7 @@ class Router:
             self.fail(reply, CallError(ev.error, ev.error_type))
             return
         try:
-            caps = tuple(self.import_cap(peer, c) for c in ev.payload.caps)
+            caps = self._import_caps(peer, ev.payload)
         except CallError as e:
             self.fail(reply, e)
             return
@@ -1100,6 +1099,21 @@ class Router:
             self._promises.setdefault((peer.id, c.answer_id), []).append(promised)
             return promised
         return self._resolve_pipeline(peer, c.result, c.transform)
+
+    def _import_caps(self, peer: Peer, payload) -> tuple:
+        """Our capability objects for a payload's capabilities; if one cannot be had
+        (a promise on a failed call, on a field that holds none), the CallError, and
+        the others are let go of: the peer's own objects it passed in the same
+        message stayed imported, nobody referring to them, until it disconnected."""
+        caps = []
+        try:
+            for c in payload.caps:
+                caps.append(self.import_cap(peer, c))
+        except CallError:
+            self.sweep(caps)
+            self._drop_imported(peer, payload)
+            raise
+        return tuple(caps)
 
     @staticmethod
     def _check_handles(peer: Peer, caps):

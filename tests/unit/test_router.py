@@ -933,6 +933,29 @@ def test_a_pipelined_call_on_an_answer_given_up_is_still_delivered_and_nothing_i
     assert not router.peers[cl.pid].kept and router.peers[cl.pid].alive
 
 
+def test_a_call_whose_promised_capability_cannot_be_had_lets_go_of_the_others_it_passed():
+    """A call passes the client's own object and, after it, a promise on a call that
+    failed (receiverAnswer: a pipelining client races the failure): the call fails,
+    and the supervisor kept the object imported, referred to by nothing, until the
+    client disconnected (toward its handles limit).  Now it is released at once."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    start(router, "calc", exports=True)
+    cl = client(router)
+    failed, data = cl.conn.send_call(cl.grants[0].import_id, 0x1234, 0)   # wrong interface
+    cl.send(data)
+    assert cl.inbox.pop().payload is None
+    mine, also = object(), object()
+    q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
+                                [mine, P.ReceiverAnswer(failed, ()), also])
+    cl.send(data)
+    (ret,) = [e for e in cl.inbox if isinstance(e, P.ReturnReceived)]
+    assert ret.question_id == q and "failed call" in ret.error
+    released = [e.obj for e in cl.inbox if isinstance(e, P.ExportReleased)]
+    assert sorted(map(id, released)) == sorted(map(id, (mine, also)))
+    peer = router.peers[cl.pid]
+    assert peer.alive and not peer.conn.imports and not peer.remotes and not router._promises
+
+
 def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_cannot_multiply_in_flight():
     """in_flight bounds each connection; a client that sends its in_flight calls and
     closes, again and again, used to queue work without bound.  Its calls are
