@@ -25,9 +25,9 @@ import gc
 import os
 import random
 
-ECHO_ID = 0xC0FFEE00000000E1
+ECHO_ID = 0xC0FFEE00000000E2     # not test_promised_caps.py's: both load in one process
 
-SCHEMA = f"""@0xd0a1b2c3d4e5f6a7;
+SCHEMA = f"""@0xd0a1b2c3d4e5f6a8;
 interface Echo @{ECHO_ID:#x} {{
   hold @0 (cap :Capability) -> (cap :Capability);
 }}
