@@ -686,9 +686,13 @@ class Connection:
         d.context.receiverLoopback = embargo_id
         return wire.frame(msg.to_segments())
 
-    def send_release(self, import_id: int) -> bytes:
-        """Drop every reference we hold to `import_id`."""
-        count = self.imports.pop(import_id)
+    def send_release(self, import_id: int, count: int | None = None) -> bytes:
+        """Drop `count` of the references we hold to `import_id` (None: every one)."""
+        held = self.imports[import_id]
+        if count is None or count >= held:
+            count = self.imports.pop(import_id)
+        else:
+            self.imports[import_id] = held - count
         if self.native is not None:
             self.native_check()
         msg = rpc.Message.new_message()

@@ -241,6 +241,9 @@ class Engine:
         self._short: dict[tuple, bool] = {}     # (object, interface, method) -> short so far
         self._fuel_used = 0                     # by the last guest entry
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
+        #: import id -> references in messages read but not yet taken (a call of the
+        #: batch not dispatched yet, a return not yet read): not ours to release
+        self._unread_refs: dict[int, int] = {}
         self._started = False
         self._instantiated = False              # Engine.start is answered only after
         self._early: list = []                  # read with the early bootstrap (serve)
@@ -472,6 +475,7 @@ class Engine:
         try:
             data = self._for_guest(payload.content)
         except _CallError as e:
+            self._let_go(payload.caps)
             return self._set_error(out_ptr, abi.E_MESSAGE, e.reason)
         try:
             new = self._handles_for(payload.caps)
@@ -510,7 +514,7 @@ class Engine:
         """Keep a capability received outside the handle table (the WASI layer's files)."""
         if not isinstance(cap, protocol.Imported):
             return None
-        self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+        self._take_ref(cap.import_id)
         return cap.import_id
 
     def hold(self, import_id: int) -> int:
@@ -654,7 +658,7 @@ class Engine:
                         self._unref_import(entry.import_id)
             for cap in caps[len(added):]:
                 if isinstance(cap, protocol.Imported):
-                    self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+                    self._take_ref(cap.import_id)
                     self._unref_import(cap.import_id)
             raise _GuestError(abi.E_TOOMANY, f"compartment {self.name} holds too many "
                               f"handles (limit {self.handles.limit}); release some") from None
@@ -665,7 +669,7 @@ class Engine:
             return 0
         if isinstance(cap, protocol.Imported):
             h = self.handles.add(_Import(cap.import_id))
-            self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
+            self._take_ref(cap.import_id)
             return h
         if isinstance(cap, protocol.Exported) and isinstance(cap.obj, LocalObject):
             return self.handles.add(cap.obj)
@@ -677,8 +681,10 @@ class Engine:
             self._import_refs[import_id] = n
             return
         self._import_refs.pop(import_id, None)
-        if import_id in self.conn.imports:
-            self._send(self.conn.send_release(import_id))
+        held = self.conn.imports.get(import_id, 0) - self._unread_refs.get(import_id, 0)
+        if held > 0:
+            # only ours: a message read but not yet dispatched may bring it again
+            self._send(self.conn.send_release(import_id, held))
 
     def _local(self, tag) -> LocalObject:
         obj = self.objects.get(tag)
@@ -774,11 +780,36 @@ class Engine:
 
     def _received(self, data: bytes) -> list:
         """The events `data` from the supervisor completes; bytes the protocol core
-        refuses end the engine (_protocol_violation)."""
+        refuses end the engine (_protocol_violation).  The capabilities they bring
+        are counted as unread until a handle (or the WASI layer) takes them."""
         try:
-            return self.conn.receive(data)
+            events = self.conn.receive(data)
         except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
             self._protocol_violation(e)
+        for ev in events:
+            payload = getattr(ev, "payload", None)
+            if payload is not None and payload.caps:
+                unread = self._unread_refs
+                for cap in payload.caps:
+                    if type(cap) is protocol.Imported:
+                        unread[cap.import_id] = unread.get(cap.import_id, 0) + 1
+        return events
+
+    def _let_go(self, caps):
+        """The capabilities a message brought that nothing takes: released."""
+        for cap in caps:
+            if type(cap) is protocol.Imported:
+                self._take_ref(cap.import_id)
+                self._unref_import(cap.import_id)
+
+    def _take_ref(self, import_id: int):
+        """A reference received in a message is ours now (a handle, the WASI layer)."""
+        self._import_refs[import_id] = self._import_refs.get(import_id, 0) + 1
+        n = self._unread_refs.get(import_id, 0)
+        if n > 1:
+            self._unread_refs[import_id] = n - 1
+        elif n:
+            del self._unread_refs[import_id]
 
     def _protocol_violation(self, e: Exception):
         """The supervisor broke the protocol: say so, tell it, and end (EXIT_PROTOCOL)."""
@@ -820,11 +851,13 @@ class Engine:
         try:
             if ev.target is self.control:
                 if ev.interface_id != ENGINE_INTERFACE:
+                    self._let_go(ev.payload.caps)
                     raise _CallError("unimplemented", "not an Engine method")
                 content, caps = self._control(ev)
             elif isinstance(ev.target, LocalObject):
                 content, caps = self._dispatch(ev, after)
             else:
+                self._let_go(ev.payload.caps)
                 raise _CallError("unimplemented", "promise pipelining into an engine")
         except _CallError as e:
             self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
@@ -851,10 +884,7 @@ class Engine:
         """Answer a call its caller finished before it was dispatched ('canceled', as
         rpc.capnp asks: its question id is free once both Return and Finish are
         sent), and let go of the capabilities it brought."""
-        for cap in ev.payload.caps:
-            if isinstance(cap, protocol.Imported):
-                self._import_refs[cap.import_id] = self._import_refs.get(cap.import_id, 0) + 1
-                self._unref_import(cap.import_id)
+        self._let_go(ev.payload.caps)
         self._send(self.conn.send_canceled(ev.answer_id))
 
     def _control(self, ev):
@@ -919,6 +949,8 @@ class Engine:
         """Call the guest's wsuper_dispatch.  `after`: clean-ups to run once the
         answer is queued (per_call: the instance's own handles are released then,
         after the answer that may carry some of them)."""
+        if len(self.frames) >= MAX_NESTING or self.dispatch is None:
+            self._let_go(ev.payload.caps)       # not taken: released
         if len(self.frames) >= MAX_NESTING:
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")

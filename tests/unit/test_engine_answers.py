@@ -189,3 +189,37 @@ def test_a_trap_report_names_its_function_within_a_bound():
         reason = E._trap_reason(trap)
     assert reason == ("wasm `unreachable` instruction executed (in " + "A" * E.TRAP_NAME_LIMIT
                       + f"... ({300_000 - E.TRAP_NAME_LIMIT} more characters))")
+
+
+CALC_WAT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                        "examples", "calc", "calc.wat")
+CALC, OBSERVER = 0xC0FFEE0000000001, 0xC0FFEE0000000003
+
+
+def test_a_capability_let_go_by_one_call_stays_for_the_next_call_of_the_same_read():
+    """Two sumTo calls pass the same observer and arrive in one read; the first
+    (n = 0) releases its handle at its end.  The engine released every reference
+    the supervisor had sent, the second call's too, which had been read but not
+    dispatched yet: its call to the observer failed 'that capability was released'
+    (calc: dispatch returned 5), seen with real clients under load.  Now it lets
+    go of only its own, and the second call reaches the observer."""
+    engine, sock, sup, main = hostmem.started(CALC_WAT)
+    observer = object()
+
+    def sum_to(n):
+        seg = struct.pack("<QQQ", (1 << 32) | (1 << 48), n, wire.cap_pointer(0))
+        return sup.send_call(main, CALC, 2, protocol.Content.standalone([seg]), [observer])
+
+    (q1, first), (q2, second) = sum_to(0), sum_to(1)
+    sock.batches.append(first + second)
+    try:
+        engine.serve()              # until the input ends: the second waits on its step
+    except SystemExit:
+        pass
+    events = [ev for w in sock.writes for ev in sup.receive(w)]
+    returns = {ev.question_id: ev for ev in events if isinstance(ev, protocol.ReturnReceived)}
+    assert returns[q1].payload is not None                      # sumTo(0) = 0
+    assert q2 not in returns, returns[q2].error                 # still running, not failed
+    steps = [ev for ev in events if isinstance(ev, protocol.CallReceived)]
+    assert [(ev.target, ev.interface_id) for ev in steps] == [(observer, OBSERVER)]
+    assert sup.export_id(observer) is not None                  # the second's reference holds
