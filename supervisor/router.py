@@ -320,6 +320,7 @@ class Router:
                 if waiting:                              # still waiting for the answer
                     proxy.queue.remove(waiting[0])
                     self._unhold(call.reply[0], call.content.size())
+                    self._unpin(call.caps)
                     self._guarded(call.reply[0], lambda call=call, p=proxy: self._fail_waiting(
                         call, f"{describe(p)} did not resolve within "
                               f"{call.reply[0].limits.call_time:g} s of this call "
@@ -327,6 +328,7 @@ class Router:
                 continue
             if call in proxy.queue:                      # still waiting for it to start
                 proxy.queue.remove(call)
+                self._unpin(call.caps)
                 self._guarded(call.reply[0], lambda call=call, proxy=proxy: self._fail_waiting(
                     call, f"compartment {proxy.compartment} did not start within "
                           f"{self.limits.get(proxy.compartment, Limits()).call_time:g} s of "
@@ -546,6 +548,7 @@ class Router:
                     self.fail(reply, refused)
                     self.sweep(caps)
                     return
+                self._pin(caps)
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
@@ -644,6 +647,7 @@ class Router:
                         refused = self._hold(caller, call.content.size())
                         if refused is not None:
                             raise refused
+                        self._pin(call.caps)
                         cap.queue.append((call, first, chain))
                         heapq.heappush(self._queued, (self.clock() + caller.limits.call_time,
                                                       next(self._tokens), cap, call))
@@ -668,6 +672,7 @@ class Router:
                 if cap.error is not None:
                     raise CallError(cap.error, cap.error_type)
                 if cap.target is None:          # starting: it waits, at most call_time
+                    self._pin(call.caps)
                     cap.queue.append(call)
                     limits = self.limits.get(cap.compartment, Limits())
                     heapq.heappush(self._queued, (self.clock() + limits.call_time,
@@ -727,6 +732,7 @@ class Router:
         queue, promised.queue = promised.queue, []
         for call, first, chain in queue:
             self._unhold(call.reply[0], call.content.size())
+            self._unpin(call.caps)
             if not call.reply[0].alive or not call.reply[0].conn.awaiting_return(call.reply[1]):
                 self.sweep(call.caps)             # failed meanwhile (revoked, timed out)
                 continue
@@ -1011,12 +1017,31 @@ class Router:
         peer.pipelined -= size
         self.pipelined_bytes -= size
 
+    @staticmethod
+    def _pin(caps):
+        """The capabilities of a call that waits (on an answer, a promise, a start)
+        are held while it waits: another holder letting go of one must not release
+        it at its peer, whose count of references includes this call's."""
+        for c in caps:
+            if c is not None:
+                c.refs += 1
+
+    @staticmethod
+    def _unpin(caps):
+        """A waiting call goes on (or fails): what _pin held is left to the call's own
+        handling, which exports the capabilities or sweeps them."""
+        for c in caps:
+            if c is not None:
+                c.refs -= 1
+
     def _take_pipelined(self, peer: Peer, answer_id: int) -> list:
         """The calls `peer` pipelined on its answer `answer_id`, no longer waiting."""
         calls = self._pipelined.pop((peer.id, answer_id), None)
         if not calls:
             return ()
         self._unhold(peer, sum(call.content.size() for _t, call in calls))
+        for _t, call in calls:
+            self._unpin(call.caps)
         return calls
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
@@ -1211,6 +1236,7 @@ class Router:
         proxy.target = main
         queue, proxy.queue = proxy.queue, []
         for call in queue:
+            self._unpin(call.caps)
             self._deliver(proxy, call)
 
     def start_failed(self, peer: Peer, reason: str):
@@ -1258,6 +1284,7 @@ class Router:
                         p.queue = [w for w in p.queue if w[0].reply[0] is not peer]
                         for call, _first, _chain in mine:
                             self._unhold(peer, call.content.size())
+                            self._unpin(call.caps)
                             self._close_call(call.reply, "failed", "the caller is gone")
                             self.sweep(call.caps)
         for proxy in self.proxies.values():              # its calls waiting on a start
@@ -1265,6 +1292,7 @@ class Router:
                 mine = [call for call in proxy.queue if call.reply[0] is peer]
                 proxy.queue = [call for call in proxy.queue if call.reply[0] is not peer]
                 for call in mine:
+                    self._unpin(call.caps)
                     self._close_call(call.reply, "failed", "the caller is gone")
                     self.sweep(call.caps)
         for _key, handler in pending:
@@ -1319,5 +1347,6 @@ class Router:
         proxy.target = None
         queue, proxy.queue = proxy.queue, []
         for call in queue:
+            self._unpin(call.caps)
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)

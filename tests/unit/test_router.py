@@ -956,6 +956,34 @@ def test_a_call_whose_promised_capability_cannot_be_had_lets_go_of_the_others_it
     assert peer.alive and not peer.conn.imports and not peer.remotes and not router._promises
 
 
+def test_a_capability_in_a_waiting_call_stays_imported_when_its_other_holder_lets_go():
+    """The client passes its observer to calc in one call, and again in a call
+    pipelined on an answer not returned yet (it waits in the supervisor).  calc
+    lets go of the first: the supervisor released every reference the client had
+    sent, the waiting call's too, so when that call went on, the observer it
+    carried was gone.  The waiting call holds it now."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    main, observer = cl.grants[0].import_id, object()
+    cl.send(cl.conn.send_call(main, CALC, 2, Content.capability(0), [observer])[1])
+    first = calc.inbox.pop()
+    q, data = cl.conn.send_call(main, CALC, 1)                    # newCounter: not answered
+    cl.send(data)
+    asked = calc.inbox.pop()
+    cl.send(cl.conn.send_call((q, ()), COUNTER, 0, Content.capability(0), [observer])[1])
+    assert calc.inbox == []                                       # it waits on the answer
+    calc.send(calc.conn.send_release(first.payload.caps[0].import_id))
+    assert not [ev for ev in cl.inbox if isinstance(ev, P.ExportReleased)]
+    counter = object()
+    calc.send(calc.conn.send_return(asked.answer_id, Content.capability(0), [counter]))
+    (waited,) = calc.inbox
+    assert waited.target is counter
+    calc.send(calc.conn.send_call(waited.payload.caps[0].import_id, OBSERVER, 0)[1])
+    got = [ev for ev in cl.inbox if isinstance(ev, P.CallReceived)]
+    assert [ev.target for ev in got] == [observer]
+
+
 def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_cannot_multiply_in_flight():
     """in_flight bounds each connection; a client that sends its in_flight calls and
     closes, again and again, used to queue work without bound.  Its calls are
