@@ -16,9 +16,9 @@ router fixes of 2026-12-04 it failed every time, and other seeds too): calc's
 Observer.step calls fail "compartment external is gone: external client
 disconnected".  What is known: the supervisor forwards calc's step to the
 client's own export (which it still imports: it has sent no Release for it), and
-then reads ECONNRESET on that connection, which the harness did not close (strace
-of the client shows no close of its descriptor): the client's RPC stack drops a
-connection it is using.  Not known: why; the supervisor's messages to it were
+then reads ECONNRESET on that connection, which the harness had not closed (an
+strace of the client showed closes only where the harness closes connections):
+the client's side drops a connection it is using.  Not known: why; the supervisor's messages to it were
 checked (releaseParamCaps false on every Return, no Release before the calls).
 """
 import os
