@@ -127,7 +127,6 @@ async def run(sock: str, seed: int, ops: int, conns: int = 3, calc_schema=None,
     calc_s, echo_s = calc_schema, echo_schema
     gateway_s = __import__("capnp_schemas").host.Gateway
     observers_alive = [0]
-    steps_seen: list = []
     counter = [0]
 
     class Observer(calc_s.Observer.Server):

@@ -20,22 +20,9 @@ interface Echo @{ECHO_ID:#x} {{
 }}
 """
 
-# Echo.hold returns the params it got, capability included.
-ECHO_WAT = """(module
-  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
-  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "wsuper_dispatch")
-        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
-        (param $ncaps i32) (result i32)
-    (if (i32.or (i32.gt_u (local.get $len) (i32.const 4096))
-                (i32.gt_u (local.get $ncaps) (i32.const 16)))
-      (then (return (i32.const 1))))
-    (drop (call $params_read (i32.const 0) (i32.const 4096)))
-    (drop (call $results_set (i32.const 0) (local.get $len) (i32.const 4096)
-                             (local.get $ncaps)))
-    (i32.const 0)))
-"""
+# Echo.hold returns the params it got, capability included (the same module as
+# the stress uses).
+from tests.rpcstress import ECHO_WAT  # noqa: E402
 
 SYSTEM = """
 [system]
