@@ -222,7 +222,10 @@ class Engine:
         self.handles = HandleTable(self.limits.handles)
         self.grants: dict[str, int] = {}
         self.objects: dict[int, LocalObject] = {}
-        self.returns: dict[int, protocol.ReturnReceived] = {}
+        #: question id -> the list its Return goes into, bound when the Return is read
+        #: (the id may be reused at once: a Return without Finish frees it, and a
+        #: call served before the Return is handled may ask a new question)
+        self._waiting: dict[int, list] = {}
         self.reply: tuple | None = None      # (bytes, handles) for reply_read
         # the handles of the last reply and what they held: released at the next call
         # if the guest never read it (reply_read sets reply to None, on either path)
@@ -499,8 +502,9 @@ class Engine:
                                             list(caps))
         except KeyError:
             raise wasi.HostCallFailed("disconnected", "that capability was released") from None
+        slot = self._waiting[qid] = []
         self._send(data)
-        ret = self._wait_for(qid)
+        ret = self._wait_for(slot)
         if self.call_times is not None:
             self.call_times.append(time.perf_counter_ns() - t0)
         if ret.finish_needed:
@@ -744,11 +748,11 @@ class Engine:
         while self._pump():
             pass
 
-    def _wait_for(self, qid) -> protocol.ReturnReceived:
-        while qid not in self.returns:
+    def _wait_for(self, slot: list) -> protocol.ReturnReceived:
+        while not slot:
             if not self._pump():
                 raise SystemExit(EXIT_OK)
-        return self.returns.pop(qid)
+        return slot[0]
 
     def _pump(self) -> bool:
         self._flush()
@@ -793,6 +797,14 @@ class Engine:
                 for cap in payload.caps:
                     if type(cap) is protocol.Imported:
                         unread[cap.import_id] = unread.get(cap.import_id, 0) + 1
+            if type(ev) is protocol.ReturnReceived:
+                # to the question's waiter now: by the time the event is handled, a
+                # call served before it may have asked a new question with the same id
+                slot = self._waiting.pop(ev.question_id, None)
+                if slot is not None:
+                    slot.append(ev)
+                elif payload is not None:
+                    self._let_go(payload.caps)      # nobody asked: nothing takes them
         return events
 
     def _let_go(self, caps):
@@ -832,7 +844,7 @@ class Engine:
                 self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
                                                  [self.control]))
             elif isinstance(ev, protocol.ReturnReceived):
-                self.returns[ev.question_id] = ev
+                pass        # it went to its question's waiter when it was read (_received)
             elif isinstance(ev, protocol.Unhandled):
                 self._send(ev.reply)
             elif isinstance(ev, protocol.AbortReceived):

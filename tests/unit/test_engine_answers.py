@@ -223,3 +223,46 @@ def test_a_capability_let_go_by_one_call_stays_for_the_next_call_of_the_same_rea
     steps = [ev for ev in events if isinstance(ev, protocol.CallReceived)]
     assert [(ev.target, ev.interface_id) for ev in steps] == [(observer, OBSERVER)]
     assert sup.export_id(observer) is not None                  # the second's reference holds
+
+
+def test_an_answer_read_with_a_call_goes_to_its_own_question_not_to_the_calls():
+    """calc's sumTo waits on its call to an observer; the observer's answer comes in
+    one read with another sumTo.  The answer's question id is free once it is read
+    (no Finish is owed), the second sumTo was served first and its own call got the
+    same id, and took the first call's answer: it went on without its observer
+    having answered, and the first got the second's answer (seen with real
+    clients: a step that failed elsewhere failed this one)."""
+    engine, sock, sup, main = hostmem.started(CALC_WAT)
+    first, second = object(), object()
+
+    def sum_to(n, observer):
+        seg = struct.pack("<QQQ", (1 << 32) | (1 << 48), n, wire.cap_pointer(0))
+        return sup.send_call(main, CALC, 2, protocol.Content.standalone([seg]), [observer])
+
+    q1, call1 = sum_to(2, first)
+    step = None
+
+    def read_writes():
+        events = [ev for w in sock.writes for ev in sup.receive(w)]
+        sock.writes.clear()
+        return events
+
+    sock.batches.append(call1)
+    try:
+        engine.serve()
+    except SystemExit:
+        pass
+    (step,) = [ev for ev in read_writes() if isinstance(ev, protocol.CallReceived)]
+    assert step.target is first
+    q2, call2 = sum_to(1, second)
+    answer = sup.send_return(step.answer_id, protocol.EMPTY, no_finish=True)
+    sock.batches.append(answer + call2)          # the answer, then a call, in one read
+    try:
+        engine.serve()
+    except SystemExit:
+        pass
+    events = read_writes()
+    answered = {ev.question_id for ev in events if isinstance(ev, protocol.ReturnReceived)}
+    asked = [ev.target for ev in events if isinstance(ev, protocol.CallReceived)]
+    assert q2 not in answered                    # the second still waits on its observer
+    assert asked == [second]                     # its step went out, the first's did not
