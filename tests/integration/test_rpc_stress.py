@@ -10,18 +10,12 @@ fixed seed, a few hundred operations.  The long run, under CPU load, many seeds:
 
 (or set WSUPER_RPC_STRESS=SEEDS,OPS, e.g. 1-20,400, to run it here).
 
-Open (not fixed): seed 7 with 150 ops (`python -m fuzz.rpc_stress --seeds 7 --ops
-150 --load 0`) fails about one run in five, at its op #71 (before the engine and
-router fixes of 2026-12-04 it failed every time, and other seeds too): calc's
-Observer.step calls fail "compartment external is gone: external client
-disconnected".  What is known: the supervisor forwards calc's step to the
-client's own export (which it still imports: it has sent no Release for it), and
-then reads ECONNRESET on that connection, which the harness had not closed (an
-strace of the client showed closes only where the harness closes connections):
-the client's side drops a connection it is using.  Not known: why; the supervisor's messages to it were
-checked (releaseParamCaps false on every Return, no Release before the calls).
-With the fast lane off (WSUPER_NATIVE=0) it fails more often (6 of 6 runs of up
-to ten passes), so the pure-Python path shows it too.
+Found with it and fixed (each with a unit test): answers swapped between an
+engine's nested calls (seed 7 failed: an answer read with a call went to the
+call's question, which had been given the answer's freed id), references
+released for calls not yet dispatched, waiting calls' capabilities released,
+answers given up still exporting, a client's own object released before its
+Finish.
 """
 import os
 
