@@ -660,10 +660,7 @@ class Engine:
                     entry = self.handles.remove(h)
                     if isinstance(entry, _Import):
                         self._unref_import(entry.import_id)
-            for cap in caps[len(added):]:
-                if isinstance(cap, protocol.Imported):
-                    self._take_ref(cap.import_id)
-                    self._unref_import(cap.import_id)
+            self._let_go(caps[len(added):])
             raise _GuestError(abi.E_TOOMANY, f"compartment {self.name} holds too many "
                               f"handles (limit {self.handles.limit}); release some") from None
         return added
@@ -843,13 +840,12 @@ class Engine:
             if isinstance(ev, protocol.BootstrapRequested):
                 self._send(self.conn.send_return(ev.answer_id, Content.capability(0),
                                                  [self.control]))
-            elif isinstance(ev, protocol.ReturnReceived):
-                pass        # it went to its question's waiter when it was read (_received)
             elif isinstance(ev, protocol.Unhandled):
                 self._send(ev.reply)
             elif isinstance(ev, protocol.AbortReceived):
                 raise SystemExit(EXIT_OK)
-            # FinishReceived, ExportReleased: nothing to do (the guest is not told).
+            # FinishReceived, ExportReleased: nothing to do (the guest is not told);
+            # ReturnReceived went to its question's waiter when it was read (_received).
         except Exception as e:  # noqa: BLE001 - an event we cannot act on is a violation
             self._protocol_violation(e)
 
@@ -961,12 +957,12 @@ class Engine:
         """Call the guest's wsuper_dispatch.  `after`: clean-ups to run once the
         answer is queued (per_call: the instance's own handles are released then,
         after the answer that may carry some of them)."""
-        if len(self.frames) >= MAX_NESTING or self.dispatch is None:
-            self._let_go(ev.payload.caps)       # not taken: released
         if len(self.frames) >= MAX_NESTING:
+            self._let_go(ev.payload.caps)       # not taken: released
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")
         if self.dispatch is None:
+            self._let_go(ev.payload.caps)
             raise _CallError("unimplemented", f"compartment {self.name} serves no calls")
         outer = self._fresh_instance() if self.per_call else None
         try:

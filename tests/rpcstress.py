@@ -25,7 +25,7 @@ import gc
 import os
 import random
 
-ECHO_ID = 0xC0FFEE00000000E2     # not test_promised_caps.py's: both load in one process
+ECHO_ID = 0xC0FFEE00000000E2
 
 SCHEMA = f"""@0xd0a1b2c3d4e5f6a8;
 interface Echo @{ECHO_ID:#x} {{

@@ -4,63 +4,26 @@ they pipeline: `calc.sumTo(3, echo.hold(observer).cap)` in one round trip.  It
 was refused ('unimplemented'); now the callee holds it at once, and its calls on
 it wait in the supervisor until the answer returns, then go to what it resolved
 to, or fail with why."""
-import os
-
 import pytest
 
-from tests.conftest import EXAMPLES, external_client
+from tests import rpcstress
+from tests.conftest import external_client
 
 pytestmark = pytest.mark.interop
-
-ECHO_ID = 0xC0FFEE00000000E1
-
-SCHEMA = f"""@0xd0a1b2c3d4e5f6a7;
-interface Echo @{ECHO_ID:#x} {{
-  hold @0 (cap :Capability) -> (cap :Capability);
-}}
-"""
-
-# Echo.hold returns the params it got, capability included (the same module as
-# the stress uses).
-from tests.rpcstress import ECHO_WAT  # noqa: E402
-
-SYSTEM = """
-[system]
-schemas = ["{examples}/calc.capnp", "{tmp}/echo.capnp"]
-socket = "{tmp}/ext.sock"
-
-[compartments.calc]
-module = "{examples}/calc.wat"
-exports = "Calc"
-external = true
-
-[compartments.echo]
-module = "{tmp}/echo.wat"
-exports = "Echo"
-external = true
-"""
 
 
 @pytest.fixture
 def calc_and_echo(tmp_path, wsuper):
-    (tmp_path / "echo.capnp").write_text(SCHEMA)
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
-    run = wsuper("up", str(tmp_path / "system.toml"))
+    """calc and an Echo whose hold returns the params it got, capability included:
+    the system the stress runs (tests/rpcstress.py)."""
+    run = wsuper("up", rpcstress.write_system(str(tmp_path)))
     run.wait_for("ready calc")
     run.wait_for("ready echo")
     return run, tmp_path / "ext.sock"
 
 
-_ECHO: list = []      # the schema, loaded once per process (its id may be loaded once)
-
-
 def _client(run_sock, body):
-    import capnp_schemas
-    calc = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
-    if not _ECHO:
-        _ECHO.append(capnp_schemas.load(str(run_sock.parent / "echo.capnp")))
-    echo = _ECHO[0]
+    calc, echo = rpcstress.schemas(str(run_sock.parent))
 
     async def with_schemas(gateway):
         return await body(gateway, calc, echo)

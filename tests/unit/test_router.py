@@ -839,13 +839,10 @@ def client(router, name="client"):
     return e
 
 
-def test_a_clients_own_object_returned_to_it_stays_imported_until_its_finish():
-    """calc hands the client's observer back in an answer and lets go of it at once;
-    the client then pipelines a call on that answer.  The supervisor had released
-    its import of the observer with calc's release, so the pipelined call went to
-    an import it no longer held: an internal error that cut off whoever's message
-    it was handling (seen under load with pycapnp: 'import id 0 is not held').
-    Now the answer holds it until the client's Finish, and the call arrives."""
+def _observer_passed_to_calc():
+    """calc, and an external client that passed an observer of its own to calc in a
+    sumTo calc has not answered: (router, calc, client, observer, the client's
+    question, the call calc received)."""
     router = R.Router({"calc": CALC}, external=("calc",))
     calc = start(router, "calc", exports=True)
     cl = client(router)
@@ -853,7 +850,17 @@ def test_a_clients_own_object_returned_to_it_stays_imported_until_its_finish():
     q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
                                 [observer])
     cl.send(data)
-    call = calc.inbox.pop()
+    return router, calc, cl, observer, q, calc.inbox.pop()
+
+
+def test_a_clients_own_object_returned_to_it_stays_imported_until_its_finish():
+    """calc hands the client's observer back in an answer and lets go of it at once;
+    the client then pipelines a call on that answer.  The supervisor had released
+    its import of the observer with calc's release, so the pipelined call went to
+    an import it no longer held: an internal error that cut off whoever's message
+    it was handling (seen under load with pycapnp: 'import id 0 is not held').
+    Now the answer holds it until the client's Finish, and the call arrives."""
+    router, calc, cl, observer, q, call = _observer_passed_to_calc()
     held = call.payload.caps[0].import_id
     calc.send(calc.conn.send_return(call.answer_id, Content.capability(0), [P.RemoteRef(held)]))
     calc.send(calc.conn.send_release(held))           # calc lets go of it at once
@@ -912,14 +919,7 @@ def test_capabilities_answered_to_a_call_its_caller_gave_up_are_released():
 def test_a_pipelined_call_on_an_answer_given_up_is_still_delivered_and_nothing_is_kept():
     """The same, with a call pipelined on the answer before the Finish (rpc.capnp:
     it is still delivered), and the client's own object in the answer."""
-    router = R.Router({"calc": CALC}, external=("calc",))
-    calc = start(router, "calc", exports=True)
-    cl = client(router)
-    observer = object()
-    q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
-                                [observer])
-    cl.send(data)
-    call = calc.inbox.pop()
+    router, calc, cl, observer, q, call = _observer_passed_to_calc()
     cl.send(cl.conn.send_call((q, ()), OBSERVER, 0)[1])     # pipelined on the answer
     cl.send(_finish_releasing_results(cl.conn, q))
     held = call.payload.caps[0].import_id
@@ -962,12 +962,8 @@ def test_a_capability_in_a_waiting_call_stays_imported_when_its_other_holder_let
     lets go of the first: the supervisor released every reference the client had
     sent, the waiting call's too, so when that call went on, the observer it
     carried was gone.  The waiting call holds it now."""
-    router = R.Router({"calc": CALC}, external=("calc",))
-    calc = start(router, "calc", exports=True)
-    cl = client(router)
-    main, observer = cl.grants[0].import_id, object()
-    cl.send(cl.conn.send_call(main, CALC, 2, Content.capability(0), [observer])[1])
-    first = calc.inbox.pop()
+    router, calc, cl, observer, _q, first = _observer_passed_to_calc()
+    main = cl.grants[0].import_id
     q, data = cl.conn.send_call(main, CALC, 1)                    # newCounter: not answered
     cl.send(data)
     asked = calc.inbox.pop()
