@@ -125,8 +125,8 @@ class _Link:
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.fd)
                 self.turn = time.perf_counter()
-            except OSError as e:
-                raise trio.BrokenResourceError(str(e)) from None
+            except OSError as e:           # said as the lane says it: "Connection reset by peer"
+                raise trio.BrokenResourceError(e.strerror or str(e)) from None
 
     async def aclose(self):
         await self.send.aclose()
@@ -1284,8 +1284,9 @@ class Supervisor:
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
-                await self._pump(pid, link)
-                self._perform(self.router.disconnected(pid, "external client disconnected"))
+                why = await self._pump(pid, link)      # None: it closed; else what ended it
+                self._perform(self.router.disconnected(
+                    pid, "external client disconnected" + (f" ({why})" if why else "")))
                 await link.aclose()
         finally:
             self._external -= 1

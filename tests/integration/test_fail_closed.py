@@ -844,6 +844,47 @@ SLOW_WAT = """(module
 """
 
 
+def test_what_ended_an_external_clients_connection_reaches_the_calls_it_leaves(
+        tmp_path, wsuper):
+    """A client that closed with an answer unread (the supervisor's read then fails
+    ECONNRESET) was reported as if it had closed cleanly: every call it left failed
+    'external client disconnected'.  Now the reason says what ended the stream."""
+    (tmp_path / "system.toml").write_text(
+        SYSTEM.format(examples=EXAMPLES, tmp=tmp_path)
+        .replace("logs =", f'audit = "{tmp_path}/audit.jsonl"\nlogs ='))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    c = WireClient(str(tmp_path / "ext.sock"))
+    calc = c.get(c.bootstrap(), "calc")
+    observer = object()                   # calc's sumTo calls it back; it never answers
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
+    seg = bytearray(params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)
+    c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    c.call(calc, CALC_ID, 0, payloads.build(_calc_structs("add")[0], {"a": 1, "b": 2})[0])
+    deadline = time.monotonic() + 10      # add's answer is in the socket, unread
+    while not _audited(tmp_path, "add") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.close()
+    while not _audited(tmp_path, "step") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    step = _audited(tmp_path, "step")
+    assert step and step["outcome"] == "failed", step
+    assert step["reason"] == ("compartment external is gone: external client disconnected "
+                              "(Connection reset by peer)"), step
+
+
+def _audited(tmp_path, method):
+    """The audit record of the first call of `method`, once it is written."""
+    import json
+    try:
+        lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return next((r for r in map(json.loads, lines) if r.get("method") == method), None)
+
+
 def test_calls_of_clients_that_closed_are_cancelled_and_an_honest_call_is_answered_promptly(
         tmp_path, wsuper):
     """The outside review: 20 connections each sent in_flight (64) slow calls and
