@@ -33,6 +33,8 @@ MAX_TRACES = 4
 MAX_READ = 1024
 MAX_WAIT_MS = 10_000
 TRACE_CHUNK = 500                 # events per line of a trace stream
+#: A trace client that takes none of a line for this long is gone: its probes come off.
+TRACE_SEND_TIMEOUT = 5.0
 EVENT_SLICE = 4096                # engine events decoded between two turns of the loop
 _RESULT_WORDS = 1 << 24
 _STRUCTS = {m: payloads.method_structs(engine_schema.Engine, name)
@@ -263,7 +265,13 @@ class Prober:
         """A trace session: calls probes (with events) on the chosen compartments for
         `seconds`; events go to the client as JSON lines, then one summary line."""
         async def send(obj):
-            await stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            # a client that stops reading would hold the trace, and its probes on every
+            # compartment it chose, for as long as it keeps the connection open
+            with trio.move_on_after(TRACE_SEND_TIMEOUT):
+                await stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+                return
+            raise trio.BrokenResourceError(f"the trace client read nothing for "
+                                           f"{TRACE_SEND_TIMEOUT:g} s")
         seconds = req.get("seconds")
         names = req.get("compartments") or ""
         functions = req.get("functions") or ""

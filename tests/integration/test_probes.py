@@ -270,6 +270,27 @@ def test_a_call_trace_across_three_compartments(tmp_path, wsuper):
     assert run.proc.poll() is None
 
 
+def test_a_trace_whose_client_stops_reading_ends_and_takes_its_probes_off(tmp_path, wsuper):
+    """A trace client that asked for events and then read nothing kept the trace,
+    and its probes on every compartment it chose, on for as long as it kept the
+    connection open.  Now a line not taken within TRACE_SEND_TIMEOUT ends it."""
+    import socket
+    from supervisor import endpoint, prober
+    system = _chain(tmp_path)
+    run = wsuper("up", str(system))
+    run.wait_for("ready app")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(endpoint.admin_socket_path(str(system)))
+    client.sendall(json.dumps({"op": "trace", "system": endpoint.identity(str(system)),
+                               "seconds": 1, "functions": "*"}).encode() + b"\n")
+    deadline = time.monotonic() + 1 + prober.TRACE_SEND_TIMEOUT + 20
+    while "no probes" not in _probe(system, "relay", "list").stdout:
+        assert time.monotonic() < deadline, "the trace's probes are still on"
+        time.sleep(0.5)
+    assert run.proc.poll() is None
+    client.close()
+
+
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
     here = plugins / "examples" / "probes"
     shutil.rmtree(here / "data", ignore_errors=True)
