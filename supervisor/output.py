@@ -415,15 +415,16 @@ def _append(folder: int, file: str, chunk: list):
         os.close(fd)
 
 
-def rotate(folder: int, file: str):
-    """NAME.log -> NAME.log.1 -> ... -> NAME.log.LOG_FILE_KEEP (the oldest goes)."""
+def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP):
+    """NAME -> NAME.1 -> ... -> NAME.`keep` (the oldest goes), in the directory
+    `folder` (a descriptor): no name is followed through a link."""
     def exists(name):
         try:
             os.stat(name, dir_fd=folder, follow_symlinks=False)
             return True
         except FileNotFoundError:
             return False
-    for i in range(LOG_FILE_KEEP - 1, 0, -1):
+    for i in range(keep - 1, 0, -1):
         if exists(f"{file}.{i}"):
             os.replace(f"{file}.{i}", f"{file}.{i + 1}", src_dir_fd=folder, dst_dir_fd=folder)
     os.replace(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder)

@@ -29,8 +29,13 @@ HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
-SYSTEM_KEYS = {"socket", "schemas", "audit", "external_limits", "max_connections",
-               "message_timeout", "logs", "engine_user"}
+SYSTEM_KEYS = {"socket", "schemas", "audit", "audit_max_size", "audit_keep",
+               "external_limits", "max_connections", "message_timeout", "logs",
+               "engine_user"}
+#: The audit file is rotated at this size (AUDIT.1 .. AUDIT.N, the oldest goes)
+AUDIT_MAX_SIZE = 64 << 20
+AUDIT_KEEP = 8
+AUDIT_KEEP_MOST = 100
 #: uid and gid of every engine when wsuper runs as root (Debian's nobody and nogroup)
 DEFAULT_ENGINE_USER = (65534, 65534)
 _ENGINE_USER = re.compile(r"([0-9]{1,10}):([0-9]{1,10})\Z")
@@ -149,6 +154,8 @@ class System:
     max_connections: int = 32   # external connections at once
     message_timeout: float = 10.0   # seconds a peer may take to finish a message it began
     engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
+    audit_max_size: int = AUDIT_MAX_SIZE   # bytes before the audit is rotated; 0: never
+    audit_keep: int = AUDIT_KEEP           # rotated audit files kept (AUDIT.1 .. AUDIT.N)
 
     @property
     def external(self) -> tuple:
@@ -266,9 +273,14 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     engine_user = _engine_user(where, system.get("engine_user"))
     endpoint = {}
     for k, kinds, lo, hi in (("max_connections", int, 1, 100_000),
-                             ("message_timeout", (int, float), 0.1, 3600)):
+                             ("message_timeout", (int, float), 0.1, 3600),
+                             ("audit_keep", int, 1, AUDIT_KEEP_MOST)):
         if k in system:
             endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
+    if "audit_max_size" in system:
+        size = system["audit_max_size"]
+        endpoint["audit_max_size"] = 0 if type(size) is int and size == 0 else \
+            _size(where, "system.audit_max_size", size, 1 << 20, 1 << 50)
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:

@@ -205,9 +205,13 @@ class _Audit:
     `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
     set_event = staticmethod(trio.Event.set)
 
-    def __init__(self, path: str, run_id: str):
+    def __init__(self, path: str, run_id: str, max_size: int = 0, keep: int = 1):
         self.path = path
         self.run_id = run_id
+        self.max_size = max_size          # rotated before it would pass this; 0: never
+        self.keep = keep
+        self._size = 0
+        self._dir = None                  # its directory, opened once (rotation renames)
         self.pending: list[dict] = []
         self.wake = trio.Event()
         self.room = trio.Event()
@@ -241,6 +245,9 @@ class _Audit:
                 return
             try:
                 await trio.to_thread.run_sync(self._write, batch)
+            except endpoint.EndpointError as e:   # the file found there after a rotation
+                self.failed = str(e)
+                on_error(self.failed)
             except OSError as e:
                 self.failed = f"{self.path}: {e.strerror or e}"
                 on_error(self.failed)
@@ -253,8 +260,12 @@ class _Audit:
         paused at AUDIT_BACKLOG, and stopping waited for that write forever."""
         import stat
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            if self.max_size and self._dir is None:    # where it is rotated, for good
+                self._dir = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY
+                                    | os.O_CLOEXEC)
+            fd = os.open(self.path if self._dir is None else os.path.basename(self.path),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=self._dir)
         except OSError as e:
             what = "a FIFO (named pipe) no one reads" if e.errno == errno.ENXIO else \
                 e.strerror or str(e)
@@ -273,16 +284,37 @@ class _Audit:
             os.close(fd)
             raise endpoint.EndpointError(policy.audit_links_problem(self.path, st.st_nlink))
         os.set_blocking(fd, True)
-        self._file = open(fd, "a", encoding="utf-8")
+        self._size = st.st_size
+        self._file = open(fd, "ab")
 
     def _write(self, batch: list):
         import json
-        text = "".join(json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
-                                  separators=(",", ":")) + "\n" for r in batch)
         if self._file is None:          # never through a link someone planted
             self.open()
-        self._file.write(text)
-        self._file.flush()
+        chunk: list[bytes] = []
+        for r in batch:
+            line = (json.dumps({**r, "time": _rfc3339(r["time"]), "run": self.run_id},
+                               separators=(",", ":")) + "\n").encode()
+            if self.max_size and self._size and self._size + len(line) > self.max_size:
+                self._append(chunk)
+                chunk = []
+                self._rotate()
+            chunk.append(line)
+            self._size += len(line)
+        self._append(chunk)
+
+    def _append(self, chunk: list):
+        if chunk:
+            self._file.write(b"".join(chunk))
+            self._file.flush()
+
+    def _rotate(self):
+        """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), then a new AUDIT,
+        opened with the same checks as the first."""
+        self._file.close()
+        self._file = None
+        output.rotate(self._dir, os.path.basename(self.path), self.keep)
+        self.open()
 
     def close(self):
         if self._file is not None:
@@ -290,6 +322,10 @@ class _Audit:
                 self._file.close()
             except OSError:
                 pass
+            self._file = None
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
 
 
 class Supervisor:
@@ -325,7 +361,8 @@ class Supervisor:
         self.lifecycle = S.Lifecycle({c.name: c.restart
                                       for c in self.system.compartments.values()},
                                      holders, external=bool(self.system.external))
-        self.audit = _Audit(self.system.audit, self.run_id) if self.system.audit else None
+        self.audit = _Audit(self.system.audit, self.run_id, self.system.audit_max_size,
+                            self.system.audit_keep) if self.system.audit else None
         if self.audit is not None:
             self.audit.set_event = self._set
         if self.output.files is not None:

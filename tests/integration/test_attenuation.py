@@ -74,3 +74,38 @@ spin = {{ compartment = "spin", revocable = true }}
     # a grant that is not revocable cannot be revoked
     r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.log")
     assert r.returncode == 2 and "no revocable grant 'app.log' (revocable: app.spin)" in r.stderr
+
+
+def test_a_compartment_calling_without_pause_fills_no_more_than_the_audits_bound(tmp_path):
+    """Every call appends an audit record: a program calling as fast as it can grew
+    the file without bound (and a full disk stops the run).  With audit_max_size
+    and audit_keep the records of the run lie in AUDIT and AUDIT.1, the oldest
+    gone, each file within its size."""
+    from benchmarks.suite import CALC_ID, _loop_wat
+    calls = 12_000
+    (tmp_path / "app.wat").write_text(_loop_wat(
+        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], calls))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+audit = "audit.jsonl"
+audit_max_size = "1MiB"
+audit_keep = 1
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.grants]
+calc = {{ compartment = "calc" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    files = [tmp_path / "audit.jsonl.1", tmp_path / "audit.jsonl"]
+    assert not (tmp_path / "audit.jsonl.2").exists()
+    assert all(f.stat().st_size <= 1 << 20 for f in files)
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    adds = [x for x in records if x.get("method") == "add"]
+    assert 0 < len(adds) < calls and all(x["outcome"] == "returned" for x in adds)
+    assert records[-1]["event"] == "run stopped"

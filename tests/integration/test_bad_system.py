@@ -344,7 +344,10 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
     (tmp_path / "run").mkdir()
     os.symlink(tmp_path, tmp_path / "up")           # a symlinked parent
     (tmp_path / "box" / "audit.jsonl").write_text("")
+    (tmp_path / "box" / "audit.jsonl.3").write_text("")
     cases = [  # ([system] lines, grant, the supervisor's path named in the error)
+        ('audit = "box/audit.jsonl"', f'host = "file", path = "{tmp_path}/box/audit.jsonl.3"',
+         f"rotated audit file {tmp_path}/box/audit.jsonl.3"),
         ('audit = "box/audit.jsonl"', f'host = "directory", path = "{tmp_path}/up/box"',
          f"audit file {tmp_path}/box/audit.jsonl"),
         ('audit = "box/audit.jsonl"', f'host = "file", path = "{tmp_path}/box/audit.jsonl"',

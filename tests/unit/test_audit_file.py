@@ -1,4 +1,8 @@
-import os, pytest
+import json
+import os
+
+import pytest
+
 from supervisor import endpoint, runtime
 
 
@@ -16,3 +20,42 @@ def test_the_audit_is_not_opened_through_a_second_hard_link(tmp_path):
     audit._write([{"event": "x", "time": 0.0}])
     audit.close()
     assert '"event":"x"' in path.read_text()
+
+
+def test_the_audit_is_rotated_at_its_size_and_the_oldest_file_goes(tmp_path):
+    """Every call appends a record: without a bound, a busy (or hostile) compartment
+    filled the disk, and then the run stopped.  At `audit_max_size` the file is
+    rotated (AUDIT.1 .. AUDIT.keep): each file stays within the size, the records
+    kept run on in order with none missing, and a link planted at a rotated name
+    is replaced, not followed."""
+    path = tmp_path / "audit.jsonl"
+    outside = tmp_path / "outside"
+    outside.write_text("not the audit's\n")
+    os.symlink(outside, tmp_path / "audit.jsonl.1")
+    audit = runtime._Audit(str(path), "run", max_size=1 << 20, keep=2)
+    audit.open()
+    n = 0
+    for _ in range(40):                        # ~3.5 MiB in batches, as the writer makes them
+        audit._write([{"event": "call", "n": n + i, "pad": "x" * 150, "time": 0.0}
+                      for i in range(512)])
+        n += 512
+    audit.close()
+    files = [tmp_path / f"audit.jsonl.{i}" for i in (2, 1)] + [path]
+    assert not (tmp_path / "audit.jsonl.3").exists()
+    assert outside.read_text() == "not the audit's\n"
+    seen = []
+    for f in files:
+        assert not f.is_symlink() and f.stat().st_size <= 1 << 20, f
+        seen += [json.loads(line)["n"] for line in f.read_text().splitlines()]
+    assert seen == list(range(seen[0], n)) and seen[0] > 0     # in order, none missing
+    assert sum(f.stat().st_size for f in files) > 2.5 * (1 << 20)  # three files' worth
+
+
+def test_an_audit_without_a_size_bound_is_never_rotated(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    audit = runtime._Audit(str(path), "run", max_size=0)
+    audit.open()
+    for _ in range(10):
+        audit._write([{"event": "call", "pad": "x" * 1000, "time": 0.0}] * 200)
+    audit.close()
+    assert os.listdir(tmp_path) == ["audit.jsonl"] and path.stat().st_size > 2 << 20

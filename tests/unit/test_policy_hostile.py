@@ -19,7 +19,8 @@ BASE = ('[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
 
 def _numeric_keys():
     """(where the key goes, its name, a size?) for every key that takes a number."""
-    keys = [("system", k, False) for k in ("max_connections", "message_timeout")]
+    keys = [("system", k, False) for k in ("max_connections", "message_timeout", "audit_keep")]
+    keys += [("system", "audit_max_size", True)]
     keys += [("external_limits", k, Limits.RANGES[k][2]) for k in policy.EXTERNAL_LIMIT_KEYS]
     keys += [("compartment", k, False) for k in ("max_restarts", "restart_window",
                                                   "restart_delay")]
@@ -79,6 +80,7 @@ def test_the_numbers_that_are_allowed_still_are():
                   **{k: (lo, hi) for k, lo, hi, _ in policy.GRANT_QUOTAS},
                   "max_bytes_written": (0, policy.MAX_BYTES_WRITTEN),
                   "max_connections": (1, 100_000), "message_timeout": (0.1, 3600),
+                  "audit_keep": (1, policy.AUDIT_KEEP_MOST), "audit_max_size": (1 << 20, 1 << 50),
                   "max_restarts": (0, 1000), "restart_window": (0.1, 86_400),
                   "restart_delay": (0.0, 60)}[key]
         for value in (lo, hi):
