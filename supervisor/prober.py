@@ -149,6 +149,9 @@ class Prober:
             await self._collect(name)
         except (EngineBusy, P.ProbeError):
             pass
+        except Exception as e:  # noqa: BLE001 - a task of the supervisor's: never fatal
+            self.sup.say(f"cannot collect {name}'s probes: internal error "
+                         f"({type(e).__name__}: {printable(str(e))[:200]})", name)
 
     # ------------------------------------------------------------ probes
 
@@ -236,6 +239,10 @@ class Prober:
         except (P.ProbeError, EngineBusy) as e:
             self.sup.say(f"cannot add declared probe {s.compartment}.{s.name}: "
                          f"{printable(str(e))}", s.compartment)
+        except Exception as e:  # noqa: BLE001 - a task of the supervisor's: never fatal
+            self.sup.say(f"cannot add declared probe {s.compartment}.{s.name}: internal "
+                         f"error ({type(e).__name__}: {printable(str(e))[:200]})",
+                         s.compartment)
 
     # ------------------------------------------------------------ the admin socket
 

@@ -494,8 +494,10 @@ def parse_sites(text: str, limit: int = 8 << 20) -> Sites | None:
         raise ProbeError("the engine described more probe sites than allowed")
     try:
         sites = Sites.from_json(json.loads(text))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ProbeError(f"the engine's probe sites are malformed: {e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever an engine's JSON makes raise (nesting:
+        # RecursionError) is a malformed answer
+        raise ProbeError(f"the engine's probe sites are malformed: "
+                         f"{type(e).__name__}: {str(e)[:200]}") from None
     if len(sites.kinds) != len(sites.functions) or any(k not in (0, 1, 2) for k in sites.kinds) \
             or not all(isinstance(f, int) and f >= 0 for f in sites.functions) \
             or not all(isinstance(v, str) for v in sites.names.values()):

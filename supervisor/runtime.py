@@ -1364,6 +1364,9 @@ class Supervisor:
                         await self.prober.trace(stream, req)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
+                    except Exception as e:  # noqa: BLE001 - no request may end the system
+                        self.say(f"internal error in a trace session: "
+                                 f"{type(e).__name__}: {first_line(e)}")
                     return
             try:
                 answer = await self._admin_answer(line)

@@ -70,6 +70,43 @@ def test_hostile_engine_events_are_skipped():
         P.parse_sites("{" * 100000)
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000, '{"points": ' + "[" * 50_000,
+                                  '{"names": {"1": ' + "[" * 50_000 + "]" * 50_000 + "}}"])
+def test_probe_sites_nested_deeper_than_python_recurses_are_malformed_not_a_crash(text):
+    """A taken-over engine answered Engine.describe with JSON nested 100,000 deep:
+    json.loads raised RecursionError, which no one caught, and the task that
+    added a declared probe ended the supervisor and every compartment (an
+    outside review).  Whatever an engine's JSON makes raise is a malformed
+    answer."""
+    with pytest.raises(P.ProbeError, match="malformed"):
+        P.parse_sites(text)
+
+
+def test_a_fault_while_adding_a_declared_probe_is_said_and_not_fatal():
+    """The prober's own tasks (declared probes, background collects) run in the
+    supervisor's nursery: an exception escaping one would stop the system."""
+    import trio
+    from supervisor import prober
+
+    said = []
+    sup = type("Sup", (), {"say": lambda self, text, c=None: said.append(text)})()
+    p = object.__new__(prober.Prober)
+    p.sup = sup
+
+    async def add(s, by):
+        raise RuntimeError("boom")
+
+    async def collect(name):
+        raise RecursionError("deep")
+
+    p.add, p._collect = add, collect
+    spec = P.spec("calc", "f", "functions")
+    trio.run(p._declare, spec)
+    trio.run(p._quiet_collect, "calc")
+    assert said == ["cannot add declared probe calc.f: internal error (RuntimeError: boom)",
+                    "cannot collect calc's probes: internal error (RecursionError: deep)"]
+
+
 def test_sinks_are_bounded_and_count_what_they_drop():
     sub = P.Subscriber(limit=3)
     for i in range(10):
