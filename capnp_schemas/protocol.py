@@ -750,6 +750,12 @@ class Connection:
         a = self.answers.get(answer_id)
         return a is not None and not a.returned
 
+    def gave_up(self, answer_id: int) -> bool:
+        """The peer sent Finish for `answer_id` before our return: it cancelled the
+        call (rpc.capnp), and still expects a Return."""
+        a = self.answers.get(answer_id)
+        return a is not None and a.finished and not a.returned
+
     def export_id(self, obj) -> int | None:
         return self._export_ids.get(id(obj))
 

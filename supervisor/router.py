@@ -141,6 +141,19 @@ class _Route:
         self.membranes, self.proxy, self.desc = membranes, proxy, describe(cap)
 
 
+class _Waiting:
+    """A call waiting in the router on a promised capability (`where`: a Promised)
+    or on a compartment's start (a Proxy), in `where.queue` and in the deadline
+    heap `_queued`.  `first`, `chain`: the capability it was made on and the
+    membranes it crossed before it had to wait (it goes on from `where` with them).
+    `call` is None once it left the queue (went on, failed, its caller went): the
+    heap's entry then holds nothing of it."""
+    __slots__ = ("call", "where", "first", "chain")
+
+    def __init__(self, call, where, first, chain):
+        self.call, self.where, self.first, self.chain = call, where, first, chain
+
+
 class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
@@ -164,7 +177,8 @@ class Router:
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
         self._deadlines: list = []                     # heap: (deadline, peer id, question id)
-        self._queued: list = []                        # heap: (deadline, n, Proxy, Call)
+        self._queued: list = []                        # heap: (deadline, n, _Waiting)
+        self._waiting = 0                              # _Waiting in it that still wait
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
         self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
@@ -314,29 +328,23 @@ class Router:
                                or (d[1], d[2]) in self._orphans]
             heapq.heapify(self._deadlines)
         while self._queued and self._queued[0][0] <= now:
-            _deadline, _n, proxy, call = heapq.heappop(self._queued)
-            if isinstance(proxy, Promised):
-                waiting = [w for w in proxy.queue if w[0] is call]
-                if waiting:                              # still waiting for the answer
-                    proxy.queue.remove(waiting[0])
-                    self._unhold(call.reply[0], call.content.size())
-                    self._unpin(call.caps)
-                    self._guarded(call.reply[0], lambda call=call, p=proxy: self._fail_waiting(
-                        call, f"{describe(p)} did not resolve within "
-                              f"{call.reply[0].limits.call_time:g} s of this call "
-                              f"(limit call_time)"), flush=False)
+            w = heapq.heappop(self._queued)[2]
+            if w.call is None:                           # went on, or failed, meanwhile
                 continue
-            if call in proxy.queue:                      # still waiting for it to start
-                proxy.queue.remove(call)
-                self._unpin(call.caps)
-                self._guarded(call.reply[0], lambda call=call, proxy=proxy: self._fail_waiting(
-                    call, f"compartment {proxy.compartment} did not start within "
-                          f"{self.limits.get(proxy.compartment, Limits()).call_time:g} s of "
-                          f"this call (limit call_time)"), flush=False)
+            where = w.where
+            where.queue.remove(w)
+            call = self._unwait(w)
+            why = f"{describe(where)} did not resolve within " \
+                  f"{call.reply[0].limits.call_time:g} s of this call" \
+                if isinstance(where, Promised) else \
+                f"compartment {where.compartment} did not start within " \
+                f"{self.limits.get(where.compartment, Limits()).call_time:g} s of this call"
+            self._guarded(call.reply[0], self._fail_waiting, call, why + " (limit call_time)",
+                          flush=False)
         return self._flush()
 
-    def _fail_waiting(self, call, reason):
-        self.fail(call.reply, CallError(reason, "overloaded"))
+    def _fail_waiting(self, call, reason, type="overloaded"):
+        self.fail(call.reply, CallError(reason, type))
         self.sweep(call.caps)
 
     def count(self, peer: Peer, served: bool):
@@ -543,12 +551,11 @@ class Router:
                 self.sweep(caps)
                 return
             if target.result is None:
-                refused = self._hold(peer, call.content.size())
+                refused = self._hold_call(call)
                 if refused is not None:
                     self.fail(reply, refused)
                     self.sweep(caps)
                     return
-                self._pin(caps)
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
                     (target.transform, call))
                 return
@@ -643,14 +650,7 @@ class Router:
                     if cap.error is not None:
                         raise CallError(cap.error, cap.error_type)
                     if cap.target is None:      # waits for the answer, at most call_time
-                        caller = call.reply[0]
-                        refused = self._hold(caller, call.content.size())
-                        if refused is not None:
-                            raise refused
-                        self._pin(call.caps)
-                        cap.queue.append((call, first, chain))
-                        heapq.heappush(self._queued, (self.clock() + caller.limits.call_time,
-                                                      next(self._tokens), cap, call))
+                        self._wait(cap, call, first, chain, call.reply[0].limits.call_time)
                         return
                     cap = cap.target
                     continue
@@ -672,11 +672,8 @@ class Router:
                 if cap.error is not None:
                     raise CallError(cap.error, cap.error_type)
                 if cap.target is None:          # starting: it waits, at most call_time
-                    self._pin(call.caps)
-                    cap.queue.append(call)
-                    limits = self.limits.get(cap.compartment, Limits())
-                    heapq.heappush(self._queued, (self.clock() + limits.call_time,
-                                                  next(self._tokens), cap, call))
+                    self._wait(cap, call, first, chain,
+                               self.limits.get(cap.compartment, Limits()).call_time)
                     return
                 proxy = cap
                 cap = cap.target
@@ -726,17 +723,50 @@ class Router:
                 promised.error = f"capability promised by a failed call: {why.reason}"
                 promised.error_type = why.type
             self._run_queue(promised)
+            self._settled(promised)
 
-    def _run_queue(self, promised: Promised):
-        """The calls that waited on `promised`, now settled, go on (or fail)."""
-        queue, promised.queue = promised.queue, []
-        for call, first, chain in queue:
-            self._unhold(call.reply[0], call.content.size())
-            self._unpin(call.caps)
-            if not call.reply[0].alive or not call.reply[0].conn.awaiting_return(call.reply[1]):
-                self.sweep(call.caps)             # failed meanwhile (revoked, timed out)
-                continue
-            self._deliver(promised, call, resumed=(first, chain))
+    def _run_queue(self, where):
+        """The calls that waited on `where` (a Promised now settled, or a Proxy whose
+        compartment is up) go on from it, as they were when they began to wait; not
+        those whose caller no longer waits for them (revoked, cancelled, timed out,
+        gone): nothing of those reaches the callee."""
+        queue, where.queue = where.queue, []
+        for w in queue:
+            call = self._unwait(w)
+            caller, answer_id = call.reply
+            if not caller.alive or not caller.conn.awaiting_return(answer_id):
+                self.sweep(call.caps)
+            elif caller.conn.gave_up(answer_id):
+                self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
+                                         "be delivered", "failed")
+            else:
+                self._deliver(where, call, resumed=(w.first, w.chain))
+
+    def _wait(self, where, call: Call, first, chain, time_limit: float):
+        """`call` waits on `where` (a Promised or a Proxy), at most `time_limit`; its
+        bytes and capabilities are held meanwhile (_hold_call).  CallError if its
+        caller holds too much waiting already."""
+        refused = self._hold_call(call)
+        if refused is not None:
+            raise refused
+        w = _Waiting(call, where, first, chain)
+        where.queue.append(w)
+        self._waiting += 1
+        if len(self._queued) > 64 and len(self._queued) > 2 * self._waiting:
+            self._queued = [e for e in self._queued if e[2].call is not None]
+            heapq.heapify(self._queued)
+        heapq.heappush(self._queued, (self.clock() + time_limit, next(self._tokens), w))
+
+    def _unwait(self, w: _Waiting) -> Call:
+        """`w` left its queue (taken out by the caller of this): its call, no longer held."""
+        call, w.call = w.call, None
+        self._waiting -= 1
+        self._let_go_call(call)
+        return call
+
+    def _settled(self, promised: Promised):
+        """`promised` settled and its calls went on: if nobody holds it, let go of
+        what it resolved to."""
         if promised.refs <= 0 and promised.target is not None:
             target, promised.target = promised.target, None     # nobody holds it now
             promised.error = "the promised capability was released"
@@ -989,18 +1019,21 @@ class Router:
             self._settle(peer, answer_id, error=e)
 
     def _hold(self, peer: Peer, size: int) -> CallError | None:
-        """Count `size` bytes of a call that waits on an answer not returned yet
-        (pipelined on it, or made on a capability promised in it) against `peer`'s
-        share and the shared pool; the refusal if either would be passed."""
+        """Count `size` bytes of a call that waits in the router (pipelined on an
+        answer not returned yet, made on a capability promised in one, or made on a
+        compartment that is starting) against `peer`'s share and the shared pool;
+        the refusal if either would be passed."""
         mine = peer.pipelined + size > pipelined_limit(peer.limits)
         more = pooled(peer.pipelined + size) - pooled(peer.pipelined)
         if mine or self.pipelined_pooled + more > self.pipelined_total:
             return CallError(
-                f"{peer.name} has pipelined calls of {peer.pipelined} bytes waiting on "
-                f"answers not returned yet; this one of {size} bytes would pass the "
+                f"{peer.name} has calls of {peer.pipelined} bytes waiting (on answers "
+                f"not returned yet, or on a compartment's start); this one of {size} "
+                f"bytes would pass the "
                 f"limit of {pipelined_limit(peer.limits)} bytes per connection "
                 f"(twice message_size, at least {PIPELINED_PEER_BYTES})" if mine else
-                f"pipelined calls waiting on answers not returned yet hold "
+                f"calls waiting on answers not returned yet, or on a compartment's "
+                f"start, hold "
                 f"{self.pipelined_pooled} bytes in all beyond the "
                 f"{PIPELINED_PEER_BYTES} bytes each connection has to itself; this "
                 f"one of {size} bytes would pass the supervisor's limit of "
@@ -1017,20 +1050,24 @@ class Router:
         peer.pipelined -= size
         self.pipelined_bytes -= size
 
-    @staticmethod
-    def _pin(caps):
-        """The capabilities of a call that waits (on an answer, a promise, a start)
-        are held while it waits: another holder letting go of one must not release
-        it at its peer, whose count of references includes this call's."""
-        for c in caps:
-            if c is not None:
-                c.refs += 1
+    def _hold_call(self, call: Call) -> CallError | None:
+        """A call waits in the router (pipelined on an answer, on a promise, on a
+        compartment's start): its bytes count against its caller (_hold), and its
+        capabilities are held while it waits: another holder letting go of one must
+        not release it at its peer, whose count of references includes this call's.
+        The refusal if the bytes would pass a limit (nothing is held then)."""
+        refused = self._hold(call.reply[0], call.content.size())
+        if refused is None:
+            for c in call.caps:
+                if c is not None:
+                    c.refs += 1
+        return refused
 
-    @staticmethod
-    def _unpin(caps):
-        """A waiting call goes on (or fails): what _pin held is left to the call's own
-        handling, which exports the capabilities or sweeps them."""
-        for c in caps:
+    def _let_go_call(self, call: Call):
+        """A waiting call goes on (or fails): what _hold_call held is left to the
+        call's own handling, which exports the capabilities or sweeps them."""
+        self._unhold(call.reply[0], call.content.size())
+        for c in call.caps:
             if c is not None:
                 c.refs -= 1
 
@@ -1039,9 +1076,8 @@ class Router:
         calls = self._pipelined.pop((peer.id, answer_id), None)
         if not calls:
             return ()
-        self._unhold(peer, sum(call.content.size() for _t, call in calls))
         for _t, call in calls:
-            self._unpin(call.caps)
+            self._let_go_call(call)
         return calls
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
@@ -1234,10 +1270,7 @@ class Router:
         if self._routes:
             self._unroute(lambda r: r.proxy is proxy)
         proxy.target = main
-        queue, proxy.queue = proxy.queue, []
-        for call in queue:
-            self._unpin(call.caps)
-            self._deliver(proxy, call)
+        self._run_queue(proxy)
 
     def start_failed(self, peer: Peer, reason: str):
         self.emit(fx.StartFailed(peer.name, reason, peer.id))
@@ -1279,28 +1312,26 @@ class Router:
                                                            "disconnected"))
             for promises in self._promises.values():     # its calls waiting on a promise
                 for p in promises:
-                    mine = [w for w in p.queue if w[0].reply[0] is peer]
-                    if mine:
-                        p.queue = [w for w in p.queue if w[0].reply[0] is not peer]
-                        for call, _first, _chain in mine:
-                            self._unhold(peer, call.content.size())
-                            self._unpin(call.caps)
-                            self._close_call(call.reply, "failed", "the caller is gone")
-                            self.sweep(call.caps)
+                    self._drop_waiting(p, peer)
         for proxy in self.proxies.values():              # its calls waiting on a start
-            if proxy.queue and any(call.reply[0] is peer for call in proxy.queue):
-                mine = [call for call in proxy.queue if call.reply[0] is peer]
-                proxy.queue = [call for call in proxy.queue if call.reply[0] is not peer]
-                for call in mine:
-                    self._unpin(call.caps)
-                    self._close_call(call.reply, "failed", "the caller is gone")
-                    self.sweep(call.caps)
+            self._drop_waiting(proxy, peer)
         for _key, handler in pending:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
         if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
             self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
+
+    def _drop_waiting(self, where, peer: Peer):
+        """The calls of `peer`, which is gone, that wait on `where`: they end."""
+        if not any(w.call.reply[0] is peer for w in where.queue):
+            return
+        mine = [w for w in where.queue if w.call.reply[0] is peer]
+        where.queue = [w for w in where.queue if w.call.reply[0] is not peer]
+        for w in mine:
+            call = self._unwait(w)
+            self._close_call(call.reply, "failed", "the caller is gone")
+            self.sweep(call.caps)
 
     def _cancel(self, key, caller: Peer):
         """The call forwarded as `key` (callee id, question id) for `caller`, which is
@@ -1346,7 +1377,7 @@ class Router:
             self.sweep((proxy.target,))
         proxy.target = None
         queue, proxy.queue = proxy.queue, []
-        for call in queue:
-            self._unpin(call.caps)
+        for w in queue:
+            call = self._unwait(w)
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)
