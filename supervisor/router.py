@@ -166,8 +166,9 @@ class Router:
         written to that peer (backpressure).  `pipelined_total`: bytes of calls
         pipelined on unreturned answers that all peers together may have waiting beyond
         the PIPELINED_PEER_BYTES each has to itself.  `orphans_limit`: calls of gone
-        external clients, cancelled and not answered yet, past which external calls
-        are refused (ORPHANS_PER_IN_FLIGHT times the external in_flight unless set)."""
+        external clients to one compartment, cancelled and not answered yet, past
+        which external calls to that compartment are refused (ORPHANS_PER_IN_FLIGHT
+        times the external in_flight unless set)."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -197,6 +198,7 @@ class Router:
         # (callee id, question id) -> deadline, of calls forwarded for an external
         # client that is gone: cancelled (Finish sent), not answered yet (_cancel)
         self._orphans: dict[tuple, float] = {}
+        self._orphans_at: dict[int, int] = {}          # callee id -> how many of them
         self.orphans_limit = orphans_limit if orphans_limit is not None \
             else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
         self._orphans_full = False
@@ -310,7 +312,7 @@ class Router:
             if not isinstance(handler, control.Forward) or peer is None \
                     or handler.deadline != _deadline:
                 if handler is None and self._orphans.get((pid, qid)) == _deadline:
-                    del self._orphans[(pid, qid)]    # cancelled, and not answered in time
+                    self._unorphan((pid, qid))       # cancelled, and not answered in time
                     self._orphans_changed()
                 continue     # answered in time, the peer is gone, or the question id was
                 #              reused by a later call (whose own deadline is in the heap)
@@ -529,11 +531,6 @@ class Router:
             refused = CallError(f"{peer.name} has passed the supervisor more than "
                                 f"{peer.limits.handles} capabilities it still holds "
                                 f"(limit handles)", "overloaded")
-        elif self._orphans_full and peer.kind == "external" and ev.target is not self.gateway:
-            refused = CallError(f"{len(self._orphans)} calls of external clients that are "
-                                f"gone are cancelled and not answered yet (limit "
-                                f"{self.orphans_limit}: {ORPHANS_PER_IN_FLIGHT} x the "
-                                f"external in_flight); try again", "overloaded")
         if refused is not None:
             self.fail(reply, refused)
             self._drop_imported(peer, ev.payload)
@@ -577,7 +574,7 @@ class Router:
             # sent Finish): nobody wants what it carries.
             if ev.payload is not None:
                 self._drop_imported(peer, ev.payload)
-            if self._orphans.pop((peer.id, ev.question_id), None) is not None:
+            if self._unorphan((peer.id, ev.question_id)):
                 self._orphans_changed()
             return
         if ev.finish_needed:
@@ -680,6 +677,14 @@ class Router:
             if isinstance(cap, Remote):
                 if not cap.peer.alive:
                     raise CallError(f"compartment {cap.peer.name} is gone", "disconnected")
+                if self._orphans_full and call.reply[0].kind == "external":
+                    left = self._orphans_at.get(cap.peer.id, 0)
+                    if left >= self.orphans_limit:
+                        raise CallError(
+                            f"{left} calls of external clients that are gone are "
+                            f"cancelled at {cap.peer.name} and not answered yet (limit "
+                            f"{self.orphans_limit} a compartment: {ORPHANS_PER_IN_FLIGHT} x "
+                            f"the external in_flight); try again", "overloaded")
                 if cap.import_id not in cap.peer.conn.imports:
                     # a capability released meanwhile (should not happen: held ones are
                     # counted); the call fails, not the connection whose message it was
@@ -1296,7 +1301,7 @@ class Router:
             del self._pending[k]
         if self._orphans:              # its own calls' cancellations: it will not answer
             for k in [k for k in self._orphans if k[0] == peer.id]:
-                del self._orphans[k]
+                self._unorphan(k)
         for k in orphaned:
             self._cancel(k, peer)
         self._orphans_changed()
@@ -1353,13 +1358,25 @@ class Router:
             self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
             if caller.kind == "external":
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
+                self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
         self._guarded(callee, cancel, flush=False)
 
+    def _unorphan(self, key) -> bool:
+        """The cancelled call `key` is answered, or past its time: it counts no more."""
+        if self._orphans.pop(key, None) is None:
+            return False
+        n = self._orphans_at.pop(key[0]) - 1
+        if n:
+            self._orphans_at[key[0]] = n
+        return True
+
     def _orphans_changed(self):
-        """Past orphans_limit (or back under it): external clients' calls go to Python,
-        which refuses them (or may go natively again)."""
-        full = len(self._orphans) >= self.orphans_limit
+        """A compartment past orphans_limit (or none any more): external clients'
+        calls go to Python, which refuses those to that compartment (or they may go
+        natively again).  The bound is per compartment: the calls one client left at
+        one compartment must not keep every client from every other."""
+        full = any(n >= self.orphans_limit for n in self._orphans_at.values())
         if full == self._orphans_full:
             return
         self._orphans_full = full

@@ -909,8 +909,8 @@ def test_a_lost_callers_forwarded_calls_are_cancelled_at_their_callee_and_late_a
     assert other.inbox[-1].payload is not None
 
 
-def client(router, name="client"):
-    """An external client holding calc's main object (through the gateway) as grants[0]."""
+def client(router, name="client", target="calc"):
+    """An external client holding `target`'s main object (through the gateway) as grants[0]."""
     e = FakeEngine.__new__(FakeEngine)
     e.router, e.name, e.exports = router, name, False
     e.conn = P.Connection(name)
@@ -924,9 +924,38 @@ def client(router, name="client"):
     gateway = e.inbox.pop().payload.caps[0].import_id
     get = hosted.GATEWAY.method("get")
     e.send(e.conn.send_call(gateway, hosted.GATEWAY.id, get.ordinal,
-                            payloads.build(get.params, {"name": "calc"})[0])[1])
+                            payloads.build(get.params, {"name": target})[0])[1])
     e.grants[0] = e.inbox.pop().payload.caps[0]
     return e
+
+
+def test_calls_gone_clients_left_at_one_compartment_do_not_refuse_calls_to_another():
+    """An outside review: the bound on calls of gone external clients was one for all
+    compartments, so a client that sent its in_flight calls to a slow compartment
+    and closed, twice, had every external call to every compartment refused.  The
+    bound is per compartment: calls to the others go on; only calls to the one
+    holding the cancelled calls are refused until it answers them."""
+    router = R.Router({"calc": CALC, "spin": CALC}, external=("calc", "spin"),
+                      external_limits=R.Limits(in_flight=2))
+    calc = start(router, "calc", exports=True)
+    spin = start(router, "spin", exports=True)
+    for i in range(2):                               # 4 calls left at spin: its bound
+        c = client(router, f"evil{i}", "spin")
+        for _ in range(2):
+            c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
+        spin.deliver(router.disconnected(c.pid, "closed"))
+    honest = client(router, "honest")
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    (call,) = calc.inbox                             # calc is served
+    calc.send(calc.conn.send_return(call.answer_id))
+    assert honest.inbox.pop().payload is not None
+    to_spin = client(router, "to spin", "spin")
+    to_spin.send(to_spin.conn.send_call(to_spin.grants[0].import_id, CALC, 0)[1])
+    refused = to_spin.inbox.pop()                    # spin is not, until it answers
+    assert refused.error_type == "overloaded" and "cancelled at spin" in refused.error
+    spin.send(spin.conn.send_exception(spin.inbox[0].answer_id, "call canceled"))
+    to_spin.send(to_spin.conn.send_call(to_spin.grants[0].import_id, CALC, 0)[1])
+    assert to_spin.inbox == [] and len(spin.inbox) == 5
 
 
 def _observer_passed_to_calc():
