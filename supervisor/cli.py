@@ -27,9 +27,28 @@ def main(argv=None) -> int:
         except OSError:
             pass
         return 0
+    except OSError as e:      # a file a command writes or reads (--graph, -o): said, not a traceback
+        _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        return 1
     finally:
         if zygote is not None:
             zygote.discard()         # never used (a refused system): it goes
+
+
+def seconds_arg(most: float):
+    """An argparse type: a number of seconds, more than 0 and at most `most` (not nan,
+    not inf); anything else is a usage error naming the bound."""
+    def seconds(text: str) -> float:
+        import math
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= most:           # false for nan
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 "
+                                             f"to {most:g}")
+        return value
+    return seconds
 
 
 def _main(argv=None, zygote=None) -> int:
@@ -63,7 +82,8 @@ def _main(argv=None, zygote=None) -> int:
     call.add_argument("--json", action="store_true", help="print the results as JSON")
     call.add_argument("--socket", help="the external socket, if the system was started with "
                       "--socket")
-    call.add_argument("--timeout", type=float, default=30, help="seconds to wait (30)")
+    call.add_argument("--timeout", type=seconds_arg(3600), default=30,
+                      help="seconds to wait (30; at most 3600)")
     status = sub.add_parser("status", help="what each compartment of a running system is "
                             "doing: state, pid, uptime, restarts, calls, memory, handles")
     status.add_argument("system", help="path to the running system's system.toml")
@@ -159,7 +179,7 @@ def _check(plan, args) -> int:
         try:
             reach.append((target, *authority.could_reach(plan, target)))
         except KeyError as e:
-            _error(f"--reach {target}: {e.args[0]}")
+            _error(f"--reach {target[:200]}: {str(e.args[0])[:500]}")
             return 2
     print(authority.holdings(plan, _protection(plan)))
     _warn_hard_links(plan)
@@ -169,8 +189,12 @@ def _check(plan, args) -> int:
     if args.graph:
         text = authority.dot(plan)
         if args.graph.endswith(".svg"):
-            subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
-                           check=True)
+            done = subprocess.run(["dot", "-Tsvg", "-o", args.graph], input=text, text=True,
+                                  stderr=subprocess.PIPE)
+            if done.returncode:
+                _error(f"--graph: dot could not write {args.graph}: "
+                       f"{done.stderr.strip()[:500]}")
+                return 1
         else:
             with open(args.graph, "w", encoding="utf-8") as f:
                 f.write(text)

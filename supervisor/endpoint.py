@@ -37,6 +37,10 @@ def runtime_dir() -> str:
     return os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
 
 
+#: The longest trace session (`wsuper trace --seconds`), in seconds.
+MAX_TRACE_SECONDS = 3600
+
+
 def identity(system_path: str) -> str:
     """What makes two system files the same: the file itself, however it is reached
     (symbolic links resolved)."""

@@ -9,6 +9,7 @@ bounds of its own.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 
@@ -39,7 +40,8 @@ def add_commands(sub):
     tr = sub.add_parser("trace", help="record calls across compartments for some seconds "
                         "into a Chrome trace-event file (open it in Perfetto)")
     tr.add_argument("system", help="path to the running system's system.toml")
-    tr.add_argument("--seconds", type=float, required=True)
+    from .cli import seconds_arg
+    tr.add_argument("--seconds", type=seconds_arg(endpoint.MAX_TRACE_SECONDS), required=True)
     tr.add_argument("-o", "--output", required=True, metavar="FILE")
     tr.add_argument("--format", choices=("chrome", "jsonl"), default="chrome",
                     help="chrome (default): trace-event JSON; jsonl: one event per line")
@@ -126,6 +128,23 @@ def probe(args) -> int:
 def trace_command(args) -> int:
     body = {"op": "trace", "seconds": args.seconds, "compartments": args.compartments,
             "functions": args.functions}
+    existed = os.path.lexists(args.output)
+    try:                  # before the trace: a path that cannot be written loses nothing
+        out = open(args.output, "a", encoding="utf-8")     # emptied only once it succeeds
+    except OSError as e:
+        _error(f"-o {args.output}: {e.strerror}")
+        return 1
+    with out:
+        code = _trace(args, body, out)
+    if code and not existed:
+        try:
+            os.unlink(args.output)
+        except OSError:
+            pass
+    return code
+
+
+def _trace(args, body: dict, f) -> int:
     events, dropped, meta = [], 0, {}
     try:
         for obj in _lines(args.system, body, args.seconds + 60):
@@ -146,11 +165,12 @@ def trace_command(args) -> int:
     except endpoint.EndpointError as e:
         _error(str(e))
         return 1
-    with open(args.output, "w", encoding="utf-8") as f:
-        if args.format == "jsonl":
-            f.write(trace.jsonl(events))
-        else:
-            json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
+    f.seek(0)
+    f.truncate()
+    if args.format == "jsonl":
+        f.write(trace.jsonl(events))
+    else:
+        json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     print(f"wsuper: wrote {args.output}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")

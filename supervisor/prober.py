@@ -25,10 +25,10 @@ from capnp_schemas.text import printable
 from compartments import probing
 
 from . import hostcaps, probes as P
+from .endpoint import MAX_TRACE_SECONDS
 
 POLL = 0.1
 ENGINE_TIMEOUT = 5.0
-MAX_TRACE_SECONDS = 3600
 MAX_TRACES = 4
 MAX_READ = 1024
 MAX_WAIT_MS = 10_000

@@ -266,6 +266,30 @@ def test_hostile_operator_input_gets_an_error_not_a_traceback(running):
     assert "Traceback" not in r.stderr and r.stdout.startswith("system ")
 
 
+@pytest.mark.parametrize("args, code, said", [
+    (["check", "{system}", "--graph", "/dev/full"], 1, "wsuper: error: "),
+    (["check", "{system}", "--graph", "{tmp}/no/such/dir/g.dot"], 1, "No such file"),
+    (["check", "{system}", "--reach", "x" * 5000], 2, "--reach xxx"),
+    (["trace", "{system}", "--seconds", "nan", "-o", "{tmp}/t.json"], 2, "not a number of seconds"),
+    (["trace", "{system}", "--seconds", "inf", "-o", "{tmp}/t.json"], 2, "from 0 to 3600"),
+    (["trace", "{system}", "--seconds", "1e308", "-o", "{tmp}/t.json"], 2, "from 0 to 3600"),
+    (["trace", "{system}", "--seconds", "1", "-o", "{tmp}/no/such/t.json"], 1, "-o {tmp}/no/such"),
+    (["call", "{system}", "calc.add", "(a = 1)", "--timeout", "nan"], 2, "not a number of seconds"),
+])
+def test_operator_commands_given_hostile_arguments_say_so_without_a_traceback(tmp_path, args,
+                                                                              code, said):
+    """An outside review: an unwritable --graph or trace -o (after the whole trace),
+    or --seconds nan, inf or 1e308, ended in a Python traceback.  Numbers of seconds
+    are checked when read, an output file is opened before anything is done, and an
+    I/O error is one line."""
+    system = os.path.join(EXAMPLES, "hello.toml")
+    args = [a.format(system=system, tmp=tmp_path) for a in args]
+    r = run_wsuper(*args)
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+    assert said.format(tmp=tmp_path) in r.stderr, r.stderr
+    assert len(r.stderr) < 2000, r.stderr
+
+
 # A Store (examples/kv/kv.capnp) whose get() returns `found = true` and a value of
 # the bytes at 1056 (TEXT_LEN of them, counting the NUL a well-formed Text ends in)
 HOSTILE_STORE = """(module
