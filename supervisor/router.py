@@ -387,10 +387,21 @@ class Router:
         self._unroute(lambda r: m in r.membranes, take_calls=True)
         keys = m.revoke()
         if keys or m.revoked:
+            # and at their callees: a call forwarded but not run yet (queued in a busy
+            # engine) is cancelled with Finish, which an engine honours by not running
+            # it; the late answer of one running goes nowhere
+            wanted = set(keys)
+            forwarded = [k for k, h in self._pending.items()
+                         if isinstance(h, control.Forward) and h.reply in wanted] \
+                if wanted else ()
             for key in keys:
                 self._guarded(key[0], lambda key=key: self.fail(key, Denial(
                     f"{label} was revoked while this call was in flight", "failed")),
                     flush=False)
+            for k in forwarded:
+                handler = self._pending.get(k)
+                if handler is not None:
+                    self._cancel(k, handler.reply[0])
             self.emit(fx.Notice(f"revoked {label}"))
         return self._flush()
 

@@ -670,6 +670,30 @@ def test_the_deadline_heap_holds_nothing_of_calls_that_went_on():
     assert len(router._queued) <= 65 and router.pipelined_bytes == 0
 
 
+def test_a_revoked_call_already_forwarded_is_cancelled_at_its_callee():
+    """An outside review: a call forwarded through a grant, and queued in its busy
+    callee, ran after the grant was revoked: its caller was told it failed, but
+    the callee heard nothing.  Revocation now sends the callee Finish for each such
+    call (an engine does not run a call finished before it began), and its late
+    answer goes nowhere; calls through other grants are untouched."""
+    router = R.Router({"calc": CALC, "app": None, "other": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    other = start(router, "other", [grant("calc", "calc")])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    other.send(other.conn.send_call(other.grants[0].import_id, CALC, 0)[1])
+    mine, theirs = calc.inbox
+    app.deliver(router.revoke("app.calc"))
+    assert calc.conn.answers[mine.answer_id].finished             # cancelled at calc
+    assert not calc.conn.answers[theirs.answer_id].finished
+    (ret,) = app.inbox
+    assert "revoked while this call was in flight" in ret.error
+    calc.send(calc.conn.send_return(mine.answer_id, Content.capability(0), [object()]))
+    assert app.inbox == [ret]                                     # the late answer: nowhere
+    calc.send(calc.conn.send_return(theirs.answer_id))
+    assert other.inbox.pop().payload is not None
+
+
 def test_a_revoked_grant_stays_revoked_when_its_holder_restarts():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
