@@ -299,10 +299,15 @@ def _leave_with(run):
             os._exit(code)
 
 
+#: What a spare uses, bound by serve() before it forks any: a child finds them here
+#: without an import statement, whose machinery (importlib's _handle_fromlist, each
+#: module's __spec__) copies ~30 pages in every engine (docs/performance.md, "Start-up,
+#: fifth pass").
+wasmtime = confine = engine = wasm = EngineSpec = None
+
+
 def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
            rehearse: bool) -> int:
-    from . import confine, engine
-    from .spec import EngineSpec
     confine.die_with_parent(zygote)       # it may wait long: never outlive the zygote
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -347,9 +352,6 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
 
 
 def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
-    import wasmtime
-
-    from . import confine, engine, wasm
     code_fd, description_fd = module_fds
     try:
         description = wasm.Description.from_json(
@@ -408,6 +410,29 @@ def _warm_up(wasm_engine) -> tuple | None:
     return fds
 
 
+def _warm_up_fork_handlers():
+    """Run here, WARM_UPS times, what CPython runs in every forked child before any of
+    our code (the stdlib's os.register_at_fork handlers: threading's and logging's;
+    random's reseeding costs no pages), so that their code, like the engine's (_warm_up),
+    is quickened in the pages the children share: ~60 fewer pages copied by the time
+    a child runs its first line, ~30 fewer over an engine's whole start
+    (docs/performance.md, "Start-up, fifth pass").  In this process, which has one
+    thread and no lock held, they change nothing a fork would not.  Only an
+    optimisation: skipped if the interpreter's handlers are not the ones we know."""
+    threading, logging = sys.modules.get("threading"), sys.modules.get("logging")
+    handlers = [getattr(threading, "_after_fork", None),     # (if imported: pycapnp's
+                getattr(logging, "_after_at_fork_child_reinit_locks", None)]   # asyncio)
+    handlers = [h for h in handlers if h is not None]
+    if not handlers or threading is None or threading.active_count() != 1:
+        return
+    try:
+        for _ in range(WARM_UPS):
+            for handler in handlers:
+                handler()
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
+
+
 def _rehearse(wasm_engine, fds: tuple):
     """An engine's start-up on the built-in module (`fds`: its memfds), thrown away:
     in the zygote, what it initializes lazily is then shared; in a spare, the pages
@@ -455,9 +480,10 @@ def _warm_up_start(e):
 
 
 def serve(control: socket.socket, supervisor_pid: int):
+    global wasmtime, confine, engine, wasm, EngineSpec     # for the spares (above)
     import wasmtime
 
-    from . import abi, confine, engine, unchecked, wasm  # noqa: F401 - engine: preloaded
+    from . import abi, confine, engine, unchecked, wasm
     from .spec import EngineSpec, SpecError
     confine.die_with_parent(supervisor_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -468,6 +494,7 @@ def serve(control: socket.socket, supervisor_pid: int):
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
+    _warm_up_fork_handlers()
     # no gc.collect() first: it walks the whole heap (~20 ms of CPU, ~40 ms of the
     # wall time before the first spawn), and what it would free is never touched
     # by the children (docs/performance.md, "Many compartments, fourth pass")
