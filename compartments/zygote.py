@@ -36,7 +36,9 @@ linear memory), so it holds its own module and data and nothing else.
 
 **Spares.**  The engine that answers a request was forked before it: after
 each answer that took the last one (and once at start) the zygote forks a spare
-(`_Spare`; SPARES_AHEAD of them back to back when more requests wait), which
+(`_Spare`; SPARES_AHEAD of them back to back when more requests wait; and while
+requests come one at a time it keeps SPARES_IDLE, the one taken replaced
+FORK_DELAY after the answer, when no request waits), which
 closes what is the zygote's, enters new IPC, UTS, network and mount namespaces,
 empties the mount namespace and its bounding set (confine.enter_early), rehearses an engine's start
 on the built-in warm-up module if no request waits, and then waits on its
@@ -63,6 +65,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 
 #: Descriptors (SCM_RIGHTS) that come with each request: socket, stderr pipe.
@@ -71,6 +74,13 @@ REQUEST_FDS = 2
 #: fork, every page this process writes is copied (~340 a request, for the loop's
 #: Python), so one round of the loop for several forks.
 SPARES_AHEAD = 4
+#: Spares kept while requests come one at a time (restarts): the one that takes a
+#: request leaves another, so the next spare is forked FORK_DELAY later, not while
+#: the engine it replaces starts (its fork, set-up and rehearsal are ~5 ms of CPU on
+#: the cores that engine and the supervisor need: docs/performance.md, "Start-up,
+#: fifth pass"), and a restart that comes within the delay still finds one.
+SPARES_IDLE = 2
+FORK_DELAY = 0.005
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -539,8 +549,17 @@ def serve(control: socket.socket, supervisor_pid: int):
     def answer(msg: dict):
         control.sendall(json.dumps(msg).encode() + b"\n")
 
+    deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
     while True:
-        ready, _, _ = select.select([control, wake_r], [], [])
+        timeout = None if deferred is None else max(0.0, deferred - time.monotonic())
+        ready, _, _ = select.select([control, wake_r], [], [], timeout)
+        if deferred is not None and control not in ready and time.monotonic() >= deferred:
+            deferred = None                   # no request waits: fork it now
+            while len(spares) < SPARES_IDLE:
+                try:
+                    spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
+                except OSError:
+                    break             # tried again at the next request
         if wake_r in ready:
             os.read(wake_r, 512)
             while True:
@@ -617,6 +636,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                     spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
                 except OSError:
                     break             # tried again at the next request
+        if len(spares) < SPARES_IDLE and deferred is None:
+            deferred = time.monotonic() + FORK_DELAY
 
 
 def main():
