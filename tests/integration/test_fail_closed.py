@@ -873,6 +873,9 @@ def test_what_ended_an_external_clients_connection_reaches_the_calls_it_leaves(
     assert step and step["outcome"] == "failed", step
     assert step["reason"] == ("compartment external is gone: external client disconnected "
                               "(Connection reset by peer)"), step
+    # the gateway's calls are named too (they were "0xa05a5e2c6b2f6d02", "0")
+    get = _audited(tmp_path, "get")
+    assert (get["interface"], get["capability"]) == ("Gateway", "the gateway"), get
 
 
 def _audited(tmp_path, method):
