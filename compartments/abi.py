@@ -92,6 +92,27 @@ DISPATCH_TYPES = {E_UNIMPLEMENTED: "unimplemented", E_OVERLOADED: "overloaded",
 MAX_CAPS = 256
 
 
+#: The functions an engine calls, if a module exports them: their one type each.
+ENTRY_TYPES = {EXPORT_START: ((), ()), EXPORT_INITIALIZE: ((), ()),
+               EXPORT_DISPATCH: DISPATCH_TYPE}
+
+
+def check_entries(exports: dict) -> str | None:
+    """Error text for the first entry point (ENTRY_TYPES) a module exports as
+    something else, else None (the engine refuses the same at its start).
+    `exports`: name -> (params, results) of a function, or None for another kind."""
+    for name, want in ENTRY_TYPES.items():
+        if name not in exports:
+            continue
+        found = exports[name]
+        if found is None:
+            return f"exports {name}, but not as a function"
+        if found != want:
+            return (f"exports {name} with the wrong type: expected func {list(want[0])} -> "
+                    f"{list(want[1])}, found {list(found[0])} -> {list(found[1])}")
+    return None
+
+
 def check_imports(imports) -> str | None:
     """Error text for the first import a module may not have, else None.
 

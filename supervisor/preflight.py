@@ -15,7 +15,7 @@ import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
 from compartments import abi, protect, wasmbin
-from compartments.wasm import describe_imports, engine_config
+from compartments.wasm import describe_imports, engine_config, signature
 
 from .policy import PolicyError, System, _Where
 
@@ -79,7 +79,9 @@ def prepare(system: System) -> Plan:
             memory = next((e.type.limits.min for e in module.exports
                            if e.name == abi.EXPORT_MEMORY
                            and isinstance(e.type, wasmtime.MemoryType)), 0)
-            checked[comp.module] = (abi.check_imports(imports),
+            entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
+                       else None for e in module.exports}
+            checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
                                     {e.name for e in module.exports}, memory,
                                     _tables(binary))

@@ -86,6 +86,29 @@ def test_module_importing_anything_else_is_refused_naming_the_import(tmp_path):
     assert ":2: compartments.m.module:" in r.stderr
 
 
+@pytest.mark.parametrize("export, said", [
+    ('(func (export "wsuper_dispatch") (param i32) (result i32) (i32.const 0))',
+     "exports wsuper_dispatch with the wrong type: expected func ['i32', 'i64', 'i32', "
+     "'i32', 'i32'] -> ['i32'], found ['i32'] -> ['i32']"),
+    ('(global (export "wsuper_dispatch") i32 (i32.const 0))',
+     "exports wsuper_dispatch, but not as a function"),
+    ('(func (export "_start") (param i32))', "exports _start with the wrong type"),
+    ('(func (export "_initialize") (result i32) (i32.const 0))',
+     "exports _initialize with the wrong type"),
+])
+def test_an_entry_point_of_the_wrong_kind_or_type_is_refused_by_check_as_by_up(tmp_path, export,
+                                                                               said):
+    """An outside review: `wsuper check` passed a module whose wsuper_dispatch had the
+    wrong type, which only the engine refused at `up`.  Both refuse it now, naming it."""
+    (tmp_path / "m.wat").write_text(f'(module (memory (export "memory") 1) {export})')
+    (tmp_path / "system.toml").write_text(
+        '[system]\nschemas = ["' + EXAMPLES + '/calc.capnp"]\n'
+        '[compartments.m]\nmodule = "m.wat"\nexports = "Calc"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2 and said in r.stderr, (command, r.stderr)
+
+
 def test_not_wasm_is_refused(tmp_path):
     (tmp_path / "m.wasm").write_bytes(b"\0asm\x01\0\0\0\x99 broken")
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
