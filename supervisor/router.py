@@ -746,9 +746,7 @@ class Router:
         compartment is up) go on from it, as they were when they began to wait; not
         those whose caller no longer waits for them (revoked, cancelled, timed out,
         gone): nothing of those reaches the callee."""
-        queue, where.queue = where.queue, []
-        for w in queue:
-            call = self._unwait(w)
+        for call, first, chain in self._take_all(where):
             caller, answer_id = call.reply
             if not caller.alive or not caller.conn.awaiting_return(answer_id):
                 self.sweep(call.caps)
@@ -756,7 +754,14 @@ class Router:
                 self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
                                          "be delivered", "failed")
             else:
-                self._deliver(where, call, resumed=(w.first, w.chain))
+                self._deliver(where, call, resumed=(first, chain))
+
+    def _take_all(self, where) -> list:
+        """Every call waiting on `where`, out of its queue and no longer held, before
+        any goes on: (call, first, chain) each.  (A ticket still holding its call is
+        always in its queue, whatever raises while the calls go on.)"""
+        queue, where.queue = where.queue, []
+        return [(self._unwait(w), w.first, w.chain) for w in queue]
 
     def _wait(self, where, call: Call, first, chain, time_limit: float):
         """`call` waits on `where` (a Promised or a Proxy), at most `time_limit`; its
@@ -1344,8 +1349,7 @@ class Router:
             return
         mine = [w for w in where.queue if w.call.reply[0] is peer]
         where.queue = [w for w in where.queue if w.call.reply[0] is not peer]
-        for w in mine:
-            call = self._unwait(w)
+        for call in [self._unwait(w) for w in mine]:
             self._close_call(call.reply, "failed", "the caller is gone")
             self.sweep(call.caps)
 
@@ -1404,8 +1408,6 @@ class Router:
             proxy.target.refs -= 1
             self.sweep((proxy.target,))
         proxy.target = None
-        queue, proxy.queue = proxy.queue, []
-        for w in queue:
-            call = self._unwait(w)
+        for call, _first, _chain in self._take_all(proxy):
             self.fail(call.reply, CallError(reason, type))
             self.sweep(call.caps)

@@ -595,7 +595,11 @@ class Supervisor:
                                        f"within {self.system.message_timeout:g} s "
                                        f"(message_timeout)")
             if self.router.next_deadline() is not None:
-                self._perform(self.router.expire())
+                try:
+                    self._perform(self.router.expire())
+                except Exception as e:  # noqa: BLE001 - a fault here must not end the system
+                    self.tell_once("expire-fault", f"internal error while expiring calls: "
+                                                   f"{type(e).__name__}: {first_line(e)}")
 
     async def _lane_events(self):
         """Hand the router what the fast lane queued for it, as soon as it is there:
