@@ -81,9 +81,6 @@ def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
         out.append(("external socket", system.socket, False, "[system] socket moves it"))
     if system.audit:
         out.append(("audit file", system.audit, False, "[system] audit moves it"))
-        if system.audit_max_size:
-            out += [("rotated audit file", f"{system.audit}.{i}", False,
-                     "[system] audit moves it") for i in range(1, system.audit_keep + 1)]
     return [(what, os.path.realpath(p), is_dir, how, os.path.abspath(p))
             for what, p, is_dir, how in out]
 

@@ -432,6 +432,10 @@ def load(path: str) -> System:
                 raise gwhere.error(key, f"{g.path} is on the kernel's {fs} file system: no "
                                    f"grant may reach it (opened by the supervisor, /proc/self "
                                    f"is the supervisor's own process)")
+            if system.audit is not None and _rotated_audit(places, real, system.audit):
+                raise gwhere.error(key, f"{g.path} reaches the supervisor's rotated audit file "
+                                   f"{real}: no compartment may read or change the "
+                                   f"supervisor's own files ([system] audit moves it)")
             for what, own, own_dir, how, given in own_paths:
                 # the path itself, and (for a grant that allows changes) every name
                 # on the way to it as given: a link there, replaced, moves where
@@ -551,6 +555,20 @@ def _reaches(places: mounts.Places, grant: str, is_dir: bool, name: str,
     return any(g_dev == dev and reaches(g_path, is_dir, path, own_is_dir)
                for g_dev, g_path in places.object(grant)
                for dev, path in places.of(name, follow=False))
+
+
+def _rotated_audit(places: mounts.Places, grant: str, audit: str) -> bool:
+    """Whether the real path `grant` is a rotated audit file (AUDIT.N, whatever
+    audit_keep is now, or whether rotation is on: earlier runs may have left them),
+    by its path or by its place in its file system."""
+    def rotated(path, base):
+        return path.startswith(base + ".") and path[len(base) + 1:].isdigit()
+    audit = os.path.realpath(audit)
+    if rotated(grant, audit):
+        return True
+    return any(g_dev == dev and rotated(g_path, path)
+               for g_dev, g_path in places.object(grant)
+               for dev, path in places.of(audit, follow=False))
 
 
 def _names_on_the_way(path: str, hops: int = 40) -> list[str]:

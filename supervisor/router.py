@@ -25,6 +25,7 @@ notices.  The engine control protocol (start, run) is in control.py.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 
@@ -179,7 +180,9 @@ class Router:
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
         self._deadlines: list = []                     # heap: (deadline, peer id, question id)
         self._queued: list = []                        # heap: (deadline, n, _Waiting)
-        self._waiting = 0                              # _Waiting in it that still wait
+        self._waiting: dict[tuple, _Waiting] = {}     # reply key -> the call waiting
+        self._later: collections.deque = collections.deque()   # _soon's work list
+        self._draining = False
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
         self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
@@ -195,6 +198,7 @@ class Router:
         self.pipelined_pooled = 0                      # ... beyond each one's own share
         self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
+        self._host_of: dict[tuple, int] = {}           # reply key -> its host call's token
         # (callee id, question id) -> deadline, of calls forwarded for an external
         # client that is gone: cancelled (Finish sent), not answered yet (_cancel)
         self._orphans: dict[tuple, float] = {}
@@ -283,6 +287,11 @@ class Router:
             if not peer.alive:
                 break
 
+    def host_call_live(self, token: int) -> bool:
+        """Whether host call `token` is still wanted: not failed meanwhile (revoked,
+        its caller gone).  A job queued behind others checks this before it runs."""
+        return token in self._host_calls
+
     def host_returned(self, token: int, content: Content, objects=()) -> list:
         """A host call ended well: `objects` are (kind, served) pairs for the
         capabilities in `content` (its cap table, in order)."""
@@ -290,6 +299,7 @@ class Router:
         if entry is None:
             return self._released_all(objects)
         call, host = entry
+        self._host_of.pop(call.reply, None)
         caps = tuple(Host(kind, host.owner, served,
                           f"{host.label}>{self._method(call)}" if host.label else None)
                      for kind, served in objects) if objects else ()
@@ -300,6 +310,7 @@ class Router:
         if entry is None:
             return []
         call, _host = entry
+        self._host_of.pop(call.reply, None)
         return self._guarded(call.reply[0], lambda: self.fail(call.reply, CallError(reason, type)))
 
     def expire(self) -> list:
@@ -384,7 +395,8 @@ class Router:
                            f"(revocable: {', '.join(revocable) or 'none'})")
         # the fast lane first: once this returns, no call goes natively through m,
         # and its calls in flight are the router's (so that they fail below)
-        self._unroute(lambda r: m in r.membranes, take_calls=True)
+        self._unroute(lambda r: m in r.membranes or m.reverse in r.membranes,
+                      take_calls=True)       # its reverse too: the calls back through it
         keys = m.revoke()
         if keys or m.revoked:
             # and at their callees: a call forwarded but not run yet (queued in a busy
@@ -401,7 +413,8 @@ class Router:
             for k in forwarded:
                 handler = self._pending.get(k)
                 if handler is not None:
-                    self._cancel(k, handler.reply[0])
+                    self._cancel(k, handler.reply[0], orphan=not handler.reply[0].alive)
+            self._orphans_changed()
             self.emit(fx.Notice(f"revoked {label}"))
         return self._flush()
 
@@ -718,10 +731,29 @@ class Router:
             self.fail(call.reply, e)
             self.sweep(call.caps)
 
+    def _soon(self, work, *args):
+        """Do `work(*args)` now or, while such work is being done, right after it.
+        Settling a promise delivers the calls that waited on it; one that fails settles
+        the promises in its own answer, and so on: as recursion a chain of a few
+        hundred ended in RecursionError (an outside review), so it is a work list."""
+        self._later.append((work, args))
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._later:
+                work, args = self._later.popleft()
+                work(*args)
+        finally:
+            self._draining = False
+
     def _settle(self, peer: Peer, answer_id: int, result=None, error: CallError | None = None):
         """The answer `answer_id` to `peer` returned `result` ((content, caps) as sent)
         or failed with `error`: the capabilities promised in it resolve, or fail, and
-        the calls that waited on them go on."""
+        the calls that waited on them go on (_soon)."""
+        self._soon(self._settle_now, peer, answer_id, result, error)
+
+    def _settle_now(self, peer: Peer, answer_id: int, result, error: CallError | None):
         for promised in self._promises.pop((peer.id, answer_id), ()):
             why = error
             if why is None:
@@ -772,8 +804,8 @@ class Router:
             raise refused
         w = _Waiting(call, where, first, chain)
         where.queue.append(w)
-        self._waiting += 1
-        if len(self._queued) > 64 and len(self._queued) > 2 * self._waiting:
+        self._waiting[call.reply] = w
+        if len(self._queued) > 64 and len(self._queued) > 2 * len(self._waiting):
             self._queued = [e for e in self._queued if e[2].call is not None]
             heapq.heapify(self._queued)
         heapq.heappush(self._queued, (self.clock() + time_limit, next(self._tokens), w))
@@ -781,9 +813,19 @@ class Router:
     def _unwait(self, w: _Waiting) -> Call:
         """`w` left its queue (taken out by the caller of this): its call, no longer held."""
         call, w.call = w.call, None
-        self._waiting -= 1
+        del self._waiting[call.reply]
         self._let_go_call(call)
         return call
+
+    def _stop_waiting(self, key):
+        """The call `key` ends while it waits (revoked): it leaves its queue and never
+        goes on.  Left there, it went on once its callee was up or its promise
+        resolved, and since its caller's id is free once answered, a new call's
+        (an outside review): the revoked call reached the callee and its answer
+        went to the new call."""
+        w = self._waiting[key]
+        w.where.queue.remove(w)
+        self.sweep(self._unwait(w).caps)
 
     def _settled(self, promised: Promised):
         """`promised` settled and its calls went on: if nobody holds it, let go of
@@ -925,6 +967,7 @@ class Router:
             raise CallError(f"{describe(cap)} is closed", "disconnected")
         token = next(self._tokens)
         self._host_calls[token] = (call, cap)
+        self._host_of[call.reply] = token
         caller = call.reply[0]
         self.emit(fx.HostCall(token, cap.kind, cap.owner, cap.served, call.interface_id,
                               call.method_id, call.content, caller.limits.message_size))
@@ -1010,6 +1053,14 @@ class Router:
         """Answer `answer_id` to `peer` returned (content, out_caps): the calls pipelined
         on it go on, and the capabilities promised in it resolve."""
         for transform, call in self._take_pipelined(peer, answer_id):
+            caller, their_id = call.reply
+            if not caller.alive or not caller.conn.awaiting_return(their_id):
+                self.sweep(call.caps)
+                continue
+            if caller.conn.gave_up(their_id):         # as _run_queue: cancelled (Finish)
+                self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
+                                         "be delivered", "failed")
+                continue
             try:
                 target = self._resolve_pipeline(peer, (content, out_caps), transform)
             except CallError as e:
@@ -1033,11 +1084,16 @@ class Router:
             else e.reason
         self.emit(fx.Send(peer.id, peer.conn.send_exception(     # cut at REASON_LIMIT there
             answer_id, reason, e.type, no_finish=peer.kind == "engine")))
-        for _transform, call in self._take_pipelined(peer, answer_id):
-            self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
-            self.sweep(call.caps)
+        calls = self._take_pipelined(peer, answer_id)
+        if calls:                       # each may have calls pipelined on it: _soon
+            self._soon(self._fail_pipelined, calls, e)
         if self._promises:
             self._settle(peer, answer_id, error=e)
+
+    def _fail_pipelined(self, calls, e: CallError):
+        for _transform, call in calls:
+            self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
+            self.sweep(call.caps)
 
     def _hold(self, peer: Peer, size: int) -> CallError | None:
         """Count `size` bytes of a call that waits in the router (pipelined on an
@@ -1102,6 +1158,10 @@ class Router:
         return calls
 
     def _close_call(self, key, outcome: str, reason: str | None = None) -> list:
+        if key in self._waiting:
+            self._stop_waiting(key)
+        if key in self._host_of:        # a host call that ended without its answer (revoked):
+            del self._host_calls[self._host_of.pop(key)]     # its answer goes nowhere
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)
@@ -1353,13 +1413,14 @@ class Router:
             self._close_call(call.reply, "failed", "the caller is gone")
             self.sweep(call.caps)
 
-    def _cancel(self, key, caller: Peer):
+    def _cancel(self, key, caller: Peer, orphan: bool = True):
         """The call forwarded as `key` (callee id, question id) for `caller`, which is
         gone: nobody wants its answer.  The callee is sent Finish before its Return,
         which rpc.capnp makes a cancellation (an engine does not run a call finished
         before it began), and its late answer goes nowhere (_on_return), as after
         call_time.  Until it comes, or the callee's call_time from now passes, an
-        external caller's call counts against orphans_limit."""
+        external caller's call counts against orphans_limit (if `orphan`: its caller
+        is gone, not merely refused it)."""
         handler = self._pending.pop(key, None)
         if handler is None:                  # gone meanwhile (its callee was cut off)
             return
@@ -1371,7 +1432,7 @@ class Router:
         def cancel():
             self.count(callee, False)
             self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
-            if caller.kind == "external":
+            if orphan and caller.kind == "external":
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
                 self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))

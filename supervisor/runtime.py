@@ -1146,8 +1146,13 @@ class Supervisor:
     async def _host_job(self, call: fx.HostCall, job: hostcaps.Job):
         outcome = None
         with trio.move_on_after(hostcaps.IO_DEADLINE):
-            outcome = await trio.to_thread.run_sync(job.run, abandon_on_cancel=True,
-                                                    limiter=self._io_limiter(call.owner))
+            async with self._io_limiter(call.owner):
+                if not self.router.host_call_live(call.token):
+                    # failed while it waited its turn (its grant revoked, its caller
+                    # gone): what it asked is not done, and nobody wants an answer
+                    job.abandon()
+                    return
+                outcome = await trio.to_thread.run_sync(job.run, abandon_on_cancel=True)
         if outcome is None:
             job.abandon()
             outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "

@@ -371,6 +371,13 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
     cases = [  # ([system] lines, grant, the supervisor's path named in the error)
         ('audit = "box/audit.jsonl"', f'host = "file", path = "{tmp_path}/box/audit.jsonl.3"',
          f"rotated audit file {tmp_path}/box/audit.jsonl.3"),
+        # whatever rotation is now: a run before may have left them
+        ('audit = "box/audit.jsonl"\naudit_max_size = 0',
+         f'host = "file", path = "{tmp_path}/up/box/audit.jsonl.3", read_only = true',
+         "rotated audit file"),
+        ('audit = "box/audit.jsonl"\naudit_keep = 2',
+         f'host = "file", path = "{tmp_path}/box/audit.jsonl.3", read_only = true',
+         "rotated audit file"),
         ('audit = "box/audit.jsonl"', f'host = "directory", path = "{tmp_path}/up/box"',
          f"audit file {tmp_path}/box/audit.jsonl"),
         ('audit = "box/audit.jsonl"', f'host = "file", path = "{tmp_path}/box/audit.jsonl"',
@@ -396,7 +403,8 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
                                 str(tmp_path / "system.toml")], capture_output=True,
                                text=True, env=env, timeout=60)
             assert r.returncode == 2, (system, grant, r.stdout, r.stderr)
-            assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:6: "
+            line = 6 + system.count("\n")
+            assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:{line}: "
                                        f"compartments.m.grants.d.path: "), r.stderr
             assert f"reaches the supervisor's {named}" in r.stderr, r.stderr
     # beside them, not over them: fine

@@ -1024,3 +1024,44 @@ def test_past_the_bound_on_gone_clients_calls_external_calls_leave_the_lane_and_
     honest.call()
     calc.until(lambda: len(calc.calls()) == 6)
     assert s.lane.stats()["calls"] == before + 1      # natively again
+
+
+def test_revocation_takes_down_the_routes_of_calls_back_through_the_grant(sup):
+    """An outside review: a capability app passed through its revocable grant is
+    wrapped by the grant's reverse membrane, so that revoking the grant also stops
+    calc calling back on it; calc's plain callbacks got a native route through
+    that reverse membrane, which revocation left up: they still reached app."""
+    observer_id = 0xC0FFEE0000000003
+    s = sup({"calc": CALC, "app": None})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", revocable=True)])
+    observer = object()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, Content.capability(0),
+                                [observer])[1])
+    app.until(lambda: calc.calls())
+    first = calc.calls()[-1]
+    obs = first.payload.caps[0].import_id
+    calc.send(calc.conn.send_return(first.answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+
+    def callback() -> bool:
+        """calc calls app's observer: True if it reached app (app answers it)."""
+        calc.inbox[:] = [e for e in calc.inbox if not isinstance(e, P.ReturnReceived)]
+        n = len([c for c in app.calls() if c.target is observer])
+        qid, data = calc.conn.send_call(obs, observer_id, 0, params())
+        calc.send(data)
+        calc.until(lambda: len([c for c in app.calls() if c.target is observer]) > n
+                   or any(r.question_id == qid for r in calc.returns()), 3)
+        got = [c for c in app.calls() if c.target is observer]
+        if len(got) > n:
+            app.send(app.conn.send_return(got[-1].answer_id, no_finish=True))
+            calc.until(lambda: any(r.question_id == qid for r in calc.returns()), 3)
+            return True
+        return False
+
+    assert callback()                                   # through Python: the route goes in
+    before = s.lane.stats()["calls"]
+    assert callback() and s.lane.stats()["calls"] == before + 1      # natively
+    s.perform(s.router.revoke("app.calc"))
+    assert not callback()
+    assert "was revoked" in calc.returns()[-1].error

@@ -497,6 +497,32 @@ def test_a_host_call_goes_out_as_an_effect_with_the_callers_size_limit():
     assert app.inbox.pop().error == "EIO: the clock broke"
 
 
+def test_a_host_call_failed_by_a_revocation_is_not_run_and_its_late_answer_goes_nowhere():
+    """An outside review: a host call waiting its turn (two at a time a compartment)
+    still ran after its grant was revoked, and a late answer went to whatever call
+    of the caller's had the failed one's id by then (an engine's ids are free once
+    answered).  A revoked host call is forgotten at once: the runtime asks
+    `host_call_live` before it runs a job, and its answer goes nowhere."""
+    router = R.Router({"app": None}, names={CLOCK: ("Clock", {0: "wall"})})
+    app = start(router, "app", [grant("time", "clock", "host", revocable=True),
+                                grant("other", "clock", "host")], answer_hosts=False)
+    q1, data = app.conn.send_call(app.grants[0].import_id, CLOCK, 0)
+    app.send(data)
+    (revoked,) = app.host_calls
+    assert router.host_call_live(revoked.token)
+    app.deliver(router.revoke("app.time"))
+    assert "was revoked" in app.inbox.pop().error
+    assert not router.host_call_live(revoked.token)
+    q2, data = app.conn.send_call(app.grants[1].import_id, CLOCK, 0)   # the same id again
+    app.send(data)
+    assert q2 == q1
+    mine = app.host_calls[-1]
+    app.deliver(router.host_returned(revoked.token, Content.standalone([b"\0" * 16])))
+    assert app.inbox == []                          # not an answer to the second call
+    app.deliver(router.host_returned(mine.token, Content()))
+    assert app.inbox.pop().payload is not None
+
+
 def test_objects_a_host_call_returns_carry_the_grants_membrane_and_are_released():
     DIR, FILE = hosted.BY_KIND["directory"].id, hosted.BY_KIND["file"].id
     names = {DIR: ("Directory", {0: "open"}), FILE: ("File", {0: "read", 3: "truncate"})}
@@ -850,6 +876,62 @@ def test_a_call_waiting_on_a_promise_through_a_revoked_grant_never_arrives():
     calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
     assert not [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
     assert router.pipelined_bytes == 0
+
+
+def test_a_chain_of_hundreds_of_calls_waiting_on_each_others_promises_settles_without_recursion():
+    """An outside review: each call waiting on a promise whose own answer was promised
+    to the next: settling the root failed each in turn recursively (_settle ->
+    _run_queue -> _deliver -> fail -> _settle), and at ~300 links RecursionError cut
+    off an innocent peer and left waiting calls counted and in no queue, on which
+    expire() then raised.  Settling is a work list now."""
+    names = [f"x{i}" for i in range(5)]
+    router = R.Router({"echo": CALC, **{n: None for n in names}}, names=NAMES)
+    echo = start(router, "echo", exports=True)
+    xs = [start(router, n, [grant("echo", "echo")]) for n in names]
+
+    def via_echo(x, cap):
+        """x passes `cap` to echo, which returns it: (echo's answer id, its import)."""
+        x.send(x.conn.send_call(x.grants[0].import_id, CALC, 0, Content.capability(0),
+                                [cap])[1])
+        (ev,) = echo.inbox
+        echo.inbox.clear()
+        return ev.answer_id, ev.payload.caps[0]
+
+    def returned_to(x, answer_id, imported):
+        echo.send(echo.conn.send_return(answer_id, Content.capability(0),
+                                        [P.RemoteRef(imported.import_id)]))
+        (ret,) = [e for e in x.inbox if isinstance(e, P.ReturnReceived)]
+        x.inbox.clear()
+        return ret.payload.caps[0].import_id
+
+    x = xs[0]
+    q0, data = x.conn.send_call(x.grants[0].import_id, CALC, 1)      # never answered
+    x.send(data)
+    (root,) = echo.inbox
+    echo.inbox.clear()
+    held = returned_to(x, *via_echo(x, P.ReceiverAnswer(q0, (0,))))
+    last = None
+    for k, x in enumerate(xs):
+        if k:                                    # the last promise, handed to the next peer
+            x.send(x.conn.send_call(x.grants[0].import_id, CALC, 2)[1])
+            (ev,) = echo.inbox
+            echo.inbox.clear()
+            held = returned_to(x, ev.answer_id, last)
+        for i in range(60):                      # a call on it, whose answer is promised on
+            w, data = x.conn.send_call(held, CALC, 0)
+            x.send(data)
+            answer_id, last = via_echo(x, P.ReceiverAnswer(w, (0,)))
+            if i < 59:
+                held = returned_to(x, answer_id, last)
+            else:
+                echo.send(echo.conn.send_return(answer_id))
+                x.inbox.clear()
+    assert len(router._waiting) == 300
+    effects = router.receive(echo.pid, echo.conn.send_exception(root.answer_id, "no"))
+    assert not [e for e in effects if isinstance(e, (fx.Notice, fx.Close))], effects
+    assert not router._waiting and router.pipelined_bytes == 0
+    assert all(p in router.peers for p in (e.pid for e in xs + [echo]))
+    router.expire()
 
 
 def test_a_promise_released_before_its_answer_is_forgotten():
