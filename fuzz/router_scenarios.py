@@ -80,6 +80,13 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         tagc[0] += 1
         return tagc[0]
 
+    def ask(c, target, method, with_cap=False, caps=()):
+        """`c` calls `target` with a new tag (and `caps`), remembered with the question."""
+        t = new_tag()
+        q, data = c.conn.send_call(target, CALC, method, content(t, with_cap), list(caps))
+        sent[(id(c), q)] = t
+        c.send(data)
+
     def collect():
         for c in list(callers.values()) + exts:
             rest = []
@@ -138,16 +145,10 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         try:
             if op == "call":
                 c = callers[rng.choice(["a1", "a2"])]
-                t = new_tag()
-                q, data = c.conn.send_call(c.grants[0].import_id, CALC, rng.randrange(3), content(t))
-                sent[(id(c), q)] = t
-                c.send(data)
+                ask(c, c.grants[0].import_id, rng.randrange(3))
             elif op == "call_store":
                 c = callers[rng.choice(["a1", "a2"])]
-                t = new_tag()
-                q, data = c.conn.send_call(c.grants[1].import_id, CALC, 0, content(t))
-                sent[(id(c), q)] = t
-                c.send(data)
+                ask(c, c.grants[1].import_id, 0)
             elif op == "store_answer":
                 latest = {}
                 for ev in store.inbox:
@@ -168,35 +169,23 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 opens = [q for (cid, q) in sent if cid == id(c)
                          and c.conn.questions.get(q) and not c.conn.questions[q].returned]
                 if opens:
-                    t = new_tag()
-                    q, data = c.conn.send_call((rng.choice(opens), (0,)), CALC, 0, content(t))
-                    sent[(id(c), q)] = t
-                    c.send(data)
+                    ask(c, (rng.choice(opens), (0,)), 0)
             elif op == "ext_promise" and exts:
                 c = rng.choice(exts)
                 opens = [q for (cid, q) in sent if cid == id(c)
                          and c.conn.questions.get(q) and not c.conn.questions[q].returned]
                 if opens:
-                    t = new_tag()
-                    q, data = c.conn.send_call(c.grants[0].import_id, CALC, 1, content(t, True),
-                                               [P.ReceiverAnswer(rng.choice(opens), (0,))])
-                    sent[(id(c), q)] = t
-                    c.send(data)
+                    ask(c, c.grants[0].import_id, 1, with_cap=True,
+                        caps=[P.ReceiverAnswer(rng.choice(opens), (0,))])
             elif op == "call_cap":
                 c = callers[rng.choice(["a1", "a2"])]
-                t = new_tag()
-                q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0, content(t, True), [object()])
-                sent[(id(c), q)] = t
-                c.send(data)
+                ask(c, c.grants[0].import_id, 0, with_cap=True, caps=[object()])
             elif op == "promise":
                 c = callers[rng.choice(["a1", "a2"])]
                 opens = [q for (cid, q) in sent if cid == id(c)]
                 if opens:
-                    t = new_tag()
-                    q, data = c.conn.send_call(c.grants[0].import_id, CALC, 1, content(t, True),
-                                               [P.ReceiverAnswer(rng.choice(opens), (0,))])
-                    sent[(id(c), q)] = t
-                    c.send(data)
+                    ask(c, c.grants[0].import_id, 1, with_cap=True,
+                        caps=[P.ReceiverAnswer(rng.choice(opens), (0,))])
             elif op == "answer":
                 pend = [ev for ev in calls_at_calc() if ev.answer_id in calc.conn.answers
                         and not calc.conn.answers[ev.answer_id].returned]
@@ -231,10 +220,7 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 exts.append(client(router, f"x{seed}_{step}"))
             elif op == "ext_call" and exts:
                 c = rng.choice(exts)
-                t = new_tag()
-                q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0, content(t))
-                sent[(id(c), q)] = t
-                c.send(data)
+                ask(c, c.grants[0].import_id, 0)
             elif op == "ext_gone" and exts:
                 c = exts.pop(rng.randrange(len(exts)))
                 c.deliver(router.disconnected(c.pid, "gone"))
