@@ -279,7 +279,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
     if "audit_max_size" in system:
         size = system["audit_max_size"]
-        endpoint["audit_max_size"] = 0 if type(size) is int and size == 0 else \
+        endpoint["audit_max_size"] = 0 if type(size) is int and size == 0 or size == "0" else \
             _size(where, "system.audit_max_size", size, 1 << 20, 1 << 50)
 
     comps_doc = doc.get("compartments")
