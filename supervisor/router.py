@@ -288,9 +288,14 @@ class Router:
                 break
 
     def host_call_live(self, token: int) -> bool:
-        """Whether host call `token` is still wanted: not failed meanwhile (revoked,
-        its caller gone).  A job queued behind others checks this before it runs."""
-        return token in self._host_calls
+        """Whether host call `token` is still wanted: not failed meanwhile (revoked),
+        its caller not gone and not cancelling it (Finish).  A job that waited its
+        turn checks this before it runs (from a worker thread: reads only)."""
+        entry = self._host_calls.get(token)
+        if entry is None:
+            return False
+        peer, answer_id = entry[0].reply
+        return peer.alive and not peer.conn.gave_up(answer_id)
 
     def host_returned(self, token: int, content: Content, objects=()) -> list:
         """A host call ended well: `objects` are (kind, served) pairs for the
@@ -434,7 +439,7 @@ class Router:
         """The peer's connection closed or its process died."""
         peer = self.peers.get(pid)
         if peer is not None and peer.alive:
-            self._lose(peer, reason)
+            self._guarded(peer, self._lose, peer, reason, flush=False)
         return self._flush()
 
     # ------------------------------------------------------------ the choke point
@@ -453,7 +458,10 @@ class Router:
         return self._flush() if flush else []
 
     def _abort(self, peer: Peer, reason: str, what: str):
-        if not peer.alive:
+        if not peer.alive:                 # a fault while it was being lost: said, not hidden
+            self.emit(fx.Notice(f"{peer.name}: {what} after it was lost: {reason}",
+                                peer=peer.name))
+            self.peers.pop(peer.id, None)
             return
         try:
             data = peer.conn.send_abort(reason)          # cut at REASON_LIMIT there
@@ -740,12 +748,18 @@ class Router:
         if self._draining:
             return
         self._draining = True
+        fault = None
         try:
-            while self._later:
-                work, args = self._later.popleft()
-                work(*args)
+            while self._later:            # all of it, even past a fault: nothing is left
+                work, args = self._later.popleft()     # for an unrelated drain later
+                try:
+                    work(*args)
+                except Exception as e:  # noqa: BLE001 - raised below, once the list is done
+                    fault = fault or e
         finally:
             self._draining = False
+        if fault is not None:
+            raise fault
 
     def _settle(self, peer: Peer, answer_id: int, result=None, error: CallError | None = None):
         """The answer `answer_id` to `peer` returned `result` ((content, caps) as sent)
@@ -781,6 +795,7 @@ class Router:
         for call, first, chain in self._take_all(where):
             caller, answer_id = call.reply
             if not caller.alive or not caller.conn.awaiting_return(answer_id):
+                self._close_call(call.reply, "failed", "the caller is gone")
                 self.sweep(call.caps)
             elif caller.conn.gave_up(answer_id):
                 self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
@@ -1391,27 +1406,22 @@ class Router:
             for key in [k for k in self._promises if k[0] == peer.id]:
                 self._settle(peer, key[1], error=CallError(f"{peer.name} is gone: {reason}",
                                                            "disconnected"))
-            for promises in self._promises.values():     # its calls waiting on a promise
-                for p in promises:
-                    self._drop_waiting(p, peer)
-        for proxy in self.proxies.values():              # its calls waiting on a start
-            self._drop_waiting(proxy, peer)
+        # its calls waiting (on a promise, on a start): out of their queues first, then
+        # ended (sweeping their capabilities may drop promises: not while iterating)
+        mine = [w for key, w in self._waiting.items() if key[0] is peer]
+        for w in mine:
+            w.where.queue.remove(w)
+        for call in [self._unwait(w) for w in mine]:
+            self._close_call(call.reply, "failed", "the caller is gone")
+            self.sweep(call.caps)
+        for key in [k for k in self._host_of if k[0] is peer]:   # its host calls: not run
+            self._close_call(key, "failed", "the caller is gone")
         for _key, handler in pending:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
         if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
             self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
-
-    def _drop_waiting(self, where, peer: Peer):
-        """The calls of `peer`, which is gone, that wait on `where`: they end."""
-        if not any(w.call.reply[0] is peer for w in where.queue):
-            return
-        mine = [w for w in where.queue if w.call.reply[0] is peer]
-        where.queue = [w for w in where.queue if w.call.reply[0] is not peer]
-        for call in [self._unwait(w) for w in mine]:
-            self._close_call(call.reply, "failed", "the caller is gone")
-            self.sweep(call.caps)
 
     def _cancel(self, key, caller: Peer, orphan: bool = True):
         """The call forwarded as `key` (callee id, question id) for `caller`, which is

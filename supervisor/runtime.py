@@ -199,6 +199,9 @@ class _NativeLink:
         self.lane.remove(self.pid)
 
 
+_SKIPPED = object()          # a host job not run: its call ended while it waited
+
+
 class _Audit:
     """The audit log, written by a worker thread in batches; JSON lines with
     wall-clock RFC 3339 times, a run id, and a record when a run starts and ends.
@@ -378,6 +381,7 @@ class Supervisor:
         self._exit_code = 0
         self._stderr_tail: dict[str, collections.deque] = {}
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
+        self._jobs: dict[tuple, collections.deque] = {}   # host object -> its jobs, in order
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
         self._external = 0
@@ -1139,21 +1143,61 @@ class Supervisor:
             return
         outcome = self.hosts.serve(call)
         if isinstance(outcome, hostcaps.Job):
-            self._soon(self.nursery.start_soon, self._host_job, call, outcome)
+            self._soon(self._queue_job, call, outcome)
         else:
             self._host_done(call.token, outcome, call.owner)
 
+    def _queue_job(self, call: fx.HostCall, job: hostcaps.Job):
+        """Jobs on one host object run one after another, in the order their calls
+        came (E-order: a write then a truncate on one File ran in two threads at once,
+        and the truncate could land first; an outside review); jobs on different
+        objects run side by side, at most 2 a compartment (_io_limiter)."""
+        key = (call.kind, id(call.served)) if call.served is not None else \
+            (call.kind, call.owner)
+        queue = self._jobs.get(key)
+        if queue is not None:
+            queue.append((call, job))
+            return
+        self._jobs[key] = collections.deque([(call, job)])
+        self.nursery.start_soon(self._run_jobs, key)
+
+    async def _run_jobs(self, key: tuple):
+        queue = self._jobs[key]
+        try:
+            while queue:
+                call, job = queue[0]
+                try:
+                    await self._host_job(call, job)
+                except Exception as e:  # noqa: BLE001 - one job's fault ends that call only
+                    job.abandon()
+                    self._host_done(call.token, hostcaps.Refusal(
+                        f"EIO: {job.label}: internal error ({type(e).__name__})",
+                        notice=f"internal error in a host call: {type(e).__name__}: "
+                               f"{first_line(e)}"), call.owner)
+                queue.popleft()
+        finally:
+            del self._jobs[key]
+
     async def _host_job(self, call: fx.HostCall, job: hostcaps.Job):
+        live, token = self.router.host_call_live, call.token
+
+        def run():
+            # in the worker, once the compartment's turn came: a call that ended while
+            # it waited (its grant revoked, its caller gone or cancelling it) is not done
+            return job.run() if live(token) else _SKIPPED
+
         outcome = None
         with trio.move_on_after(hostcaps.IO_DEADLINE):
-            async with self._io_limiter(call.owner):
-                if not self.router.host_call_live(call.token):
-                    # failed while it waited its turn (its grant revoked, its caller
-                    # gone): what it asked is not done, and nobody wants an answer
-                    job.abandon()
-                    return
-                outcome = await trio.to_thread.run_sync(job.run, abandon_on_cancel=True)
-        if outcome is None:
+            # the compartment's token is held until the thread ends, even abandoned at
+            # the deadline: a compartment whose operations hang runs 2 at a time, not
+            # every one, nor all of trio's threads
+            outcome = await trio.to_thread.run_sync(run, abandon_on_cancel=True,
+                                                    limiter=self._io_limiter(call.owner))
+        if outcome is _SKIPPED:
+            job.abandon()
+            outcome = hostcaps.Refusal("ECANCELED: the call ended before its turn came "
+                                       "(revoked, cancelled, or its caller is gone)")
+        elif outcome is None:
             job.abandon()
             outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "
                                        f"than {hostcaps.IO_DEADLINE:g} s")

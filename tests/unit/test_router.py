@@ -523,6 +523,70 @@ def test_a_host_call_failed_by_a_revocation_is_not_run_and_its_late_answer_goes_
     assert app.inbox.pop().payload is not None
 
 
+def test_a_host_call_is_no_longer_wanted_once_its_caller_is_gone_or_cancels_it():
+    """An outside review: a host call waiting its turn was still 'live' once its
+    caller's engine was gone (a restart: the old incarnation's write landed after
+    it) or its external caller had cancelled it with Finish."""
+    names = dict(NAMES)
+    names[CLOCK] = ("Clock", {0: "wall"})
+    router = R.Router({"calc": CALC, "app": None}, external=("calc",), names=names)
+    app = start(router, "app", [grant("time", "clock", "host")], answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (gone,) = app.host_calls
+    assert router.host_call_live(gone.token)
+    router.stop_engine("app", "restarting")
+    assert not router.host_call_live(gone.token) and not router._host_of
+    # calc hands an external client its host capability; the client calls it, then
+    # cancels the call
+    calc = start(router, "calc", [grant("time", "clock", "host")], exports=True,
+                 answer_hosts=False)
+    c = client(router)
+    c.answer_hosts = False
+    q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0)
+    c.send(data)
+    ev = calc.inbox.pop()
+    calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                    [P.RemoteRef(calc.grants[0].import_id)]))
+    host = [e for e in c.inbox if isinstance(e, P.ReturnReceived)][-1].payload.caps[0]
+    c.send(c.conn.send_finish(q))
+    q2, data = c.conn.send_call(host.import_id, CLOCK, 0)
+    c.send(data)
+    cancelled = (calc.host_calls + c.host_calls)[-1]
+    assert router.host_call_live(cancelled.token)
+    c.send(c.conn.send_finish(q2))
+    assert not router.host_call_live(cancelled.token)
+
+
+def test_an_engine_lost_while_its_call_waits_on_a_promise_it_passes_on_is_lost_cleanly():
+    """An outside review: calc, holding a capability promised in app's unanswered
+    call, called it passing the promise itself; when calc's engine went, sweeping
+    that waiting call's capabilities dropped the promise from the dict _lose was
+    iterating: RuntimeError out of stop_engine (in the runtime, out of the task
+    reading the engine: every compartment down), or, on an Abort, a half-lost
+    calc whose callers' calls were never answered."""
+    for how in ("stopped", "aborts"):
+        now = [0.0]
+        router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0],
+                          limits={"calc": R.Limits(call_time=5.0)})
+        calc, app, _first, _second, promised = _promise_passed(router)
+        q3, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+        app.send(data)
+        calc.send(calc.conn.send_call(promised, OBSERVER, 0, Content.capability(0),
+                                      [P.RemoteRef(promised)])[1])
+        assert len(router._waiting) == 1
+        app.inbox.clear()
+        if how == "stopped":
+            app.deliver(router.stop_engine("calc", "restart"))
+        else:
+            calc.send(calc.conn.send_abort("bye"))
+        app.deliver(router.expire())
+        (ret,) = [ev for ev in app.inbox if isinstance(ev, P.ReturnReceived)
+                  and ev.question_id == q3]
+        assert "calc" in ret.error and router.proxies["calc"].error is not None, ret
+        assert calc.pid not in router.peers and not router._waiting
+        assert router.pipelined_bytes == 0
+
+
 def test_objects_a_host_call_returns_carry_the_grants_membrane_and_are_released():
     DIR, FILE = hosted.BY_KIND["directory"].id, hosted.BY_KIND["file"].id
     names = {DIR: ("Directory", {0: "open"}), FILE: ("File", {0: "read", 3: "truncate"})}

@@ -1,0 +1,112 @@
+"""How the supervisor runs host calls that touch the file system (runtime.py:
+`_queue_job`, `_run_jobs`, `_host_job`), with real trio threads and real
+hostcaps.Jobs; the supervisor around them is a stand-in.  Found by an outside
+review: jobs on one File ran out of order, a compartment whose operations hung
+ran any number at once, and a call that ended while its job waited was done."""
+import threading
+import time
+
+import trio
+
+from capnp_schemas import hosted
+from supervisor import effects as fx, hostcaps, runtime
+
+FILE = hosted.BY_KIND["file"]
+
+
+class Sup:
+    """What the job runner uses of the supervisor."""
+    _io_limiter = runtime.Supervisor._io_limiter
+    _queue_job = runtime.Supervisor._queue_job
+    _run_jobs = runtime.Supervisor._run_jobs
+    _host_job = runtime.Supervisor._host_job
+
+    def __init__(self, nursery, live=lambda token: True):
+        self.nursery = nursery
+        self._io_limiters, self._jobs = {}, {}
+        self.router = type("Router", (), {"host_call_live": staticmethod(live)})()
+        self.done = {}
+
+    def _host_done(self, token, outcome, owner=""):
+        self.done[token] = outcome
+
+
+def _call(token, served, owner="app"):
+    return fx.HostCall(token, "file", owner, served, FILE.id, 0, None, 1 << 20)
+
+
+def _job(fn):
+    return hostcaps.Job("File.write", FILE.method("write"), fn, {})
+
+
+def test_jobs_on_one_object_run_in_the_order_their_calls_came_and_others_beside_them():
+    order, seen = [], threading.Event()
+
+    def step(name, delay):
+        def fn():
+            if name == "other":
+                seen.set()
+            time.sleep(delay)
+            order.append(name)
+            return {}
+        return _job(fn)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            sup._queue_job(_call(1, "f"), step("write", 0.3))        # slow, sent first
+            sup._queue_job(_call(2, "f"), step("truncate", 0.0))
+            sup._queue_job(_call(3, "g"), step("other", 0.0))        # another file
+        return sup
+
+    sup = trio.run(main)
+    assert order.index("write") < order.index("truncate")
+    assert order.index("other") < order.index("write")              # did not wait for f's
+    assert set(sup.done) == {1, 2, 3} and not sup._jobs
+
+
+def test_a_compartment_whose_operations_hang_runs_two_at_a_time_even_past_the_deadline(
+        monkeypatch):
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.05)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def hang():
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.5)
+        with lock:
+            running[0] -= 1
+        return {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            for i in range(8):                   # each on its own file: side by side
+                sup._queue_job(_call(i, f"f{i}"), _job(hang))
+                await trio.sleep(0.06)           # the last one has passed its deadline
+        return sup
+
+    sup = trio.run(main)
+    assert peak[0] == 2, peak[0]
+    assert all(o.reason.startswith("ETIMEDOUT") for o in sup.done.values())
+    assert trio.run(_default_borrowed) == 0
+
+
+async def _default_borrowed():
+    return trio.to_thread.current_default_thread_limiter().borrowed_tokens
+
+
+def test_a_job_whose_call_ended_while_it_waited_is_not_done():
+    ran = []
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n, live=lambda token: token != 2)
+            sup._queue_job(_call(1, "f"), _job(lambda: ran.append(1) or {}))
+            sup._queue_job(_call(2, "f"), _job(lambda: ran.append(2) or {}))
+        return sup
+
+    sup = trio.run(main)
+    assert ran == [1]
+    assert sup.done[2].reason.startswith("ECANCELED")
