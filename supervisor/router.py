@@ -287,6 +287,15 @@ class Router:
             if not peer.alive:
                 break
 
+    def host_calls_through(self, label: str) -> list[int]:
+        """The tokens of the host calls under way through grant `label`'s membrane (or
+        its reverse): what a revocation of it may have to wait for."""
+        m = self.membranes.get(label)
+        if m is None:
+            return []
+        return [token for key, token in self._host_of.items()
+                if any(x is m or x is m.reverse for x, _method in self._through.get(key, ()))]
+
     def host_call_live(self, token: int) -> bool:
         """Whether host call `token` is still wanted: not failed meanwhile (revoked),
         its caller not gone and not cancelling it (Finish).  A job that waited its

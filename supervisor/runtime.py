@@ -382,6 +382,8 @@ class Supervisor:
         self._stderr_tail: dict[str, collections.deque] = {}
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
         self._jobs: dict[tuple, collections.deque] = {}   # host object -> its jobs, in order
+        # host call token -> set when its job's thread ends; present while one runs
+        self._host_threads: dict[int, threading.Event] = {}
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
         self._external = 0
@@ -1183,8 +1185,15 @@ class Supervisor:
 
         def run():
             # in the worker, once the compartment's turn came: a call that ended while
-            # it waited (its grant revoked, its caller gone or cancelling it) is not done
-            return job.run() if live(token) else _SKIPPED
+            # it waited (its grant revoked, its caller gone or cancelling it) is not
+            # done.  Marked running first: a revocation that does not see the mark
+            # came before the check, which then fails (`_revoke` waits for the others)
+            finished = self._host_threads[token] = threading.Event()
+            try:
+                return job.run() if live(token) else _SKIPPED
+            finally:
+                finished.set()
+                self._host_threads.pop(token, None)
 
         outcome = None
         with trio.move_on_after(hostcaps.IO_DEADLINE):
@@ -1200,7 +1209,8 @@ class Supervisor:
         elif outcome is None:
             job.abandon()
             outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "
-                                       f"than {hostcaps.IO_DEADLINE:g} s")
+                                       f"than {hostcaps.IO_DEADLINE:g} s; it may still "
+                                       f"complete")
         self._host_done(call.token, outcome, call.owner)
 
     def _host_done(self, token: int, outcome, owner: str = ""):
@@ -1433,6 +1443,26 @@ class Supervisor:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    async def _revoke(self, grant: str) -> dict:
+        """Revoke `grant`; answered once nothing more happens through it.  A file
+        operation a worker thread has already begun cannot be stopped (the kernel is
+        in the middle of it): the answer waits for those (at most IO_DEADLINE), so
+        that no write lands after `wsuper revoke` said ok (an outside review), and
+        says so if one is still running then."""
+        tokens = self.router.host_calls_through(grant)
+        try:
+            self._perform(self.router.revoke(grant))
+        except KeyError as e:
+            return {"ok": False, "error": e.args[0]}
+        running = [e for e in map(self._host_threads.get, tokens) if e is not None]
+        deadline = trio.current_time() + hostcaps.IO_DEADLINE
+        while not all(e.is_set() for e in running) and trio.current_time() < deadline:
+            await trio.sleep(0.01)
+        left = sum(not e.is_set() for e in running)
+        return {"ok": True, "text": f"revoked {grant}" + (
+            f"; {left} file operation{'s' if left > 1 else ''} begun before it did not finish "
+            f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "")}
+
     async def _admin_answer(self, line: bytes) -> dict:
         try:
             req = endpoint.decode(line)
@@ -1445,11 +1475,7 @@ class Supervisor:
             return {"ok": False, "error": "revoke needs the grant as a string, "
                                           "\"COMPARTMENT.GRANT\""}
         if req.get("op") == "revoke":
-            try:
-                self._perform(self.router.revoke(req["grant"]))
-            except KeyError as e:
-                return {"ok": False, "error": e.args[0]}
-            return {"ok": True, "text": f"revoked {req['grant']}"}
+            return await self._revoke(req["grant"])
         if req.get("op") == "status":
             return {"ok": True, "status": await self._status()}
         if req.get("op") == "probe":

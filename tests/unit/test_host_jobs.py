@@ -23,7 +23,7 @@ class Sup:
 
     def __init__(self, nursery, live=lambda token: True):
         self.nursery = nursery
-        self._io_limiters, self._jobs = {}, {}
+        self._io_limiters, self._jobs, self._host_threads = {}, {}, {}
         self.router = type("Router", (), {"host_call_live": staticmethod(live)})()
         self.done = {}
 
@@ -110,3 +110,40 @@ def test_a_job_whose_call_ended_while_it_waited_is_not_done():
     sup = trio.run(main)
     assert ran == [1]
     assert sup.done[2].reason.startswith("ECANCELED")
+
+
+def test_revoke_answers_once_the_file_operations_already_under_way_through_the_grant_end(
+        monkeypatch):
+    """An outside review: a write a worker thread had begun when `wsuper revoke` came
+    landed after revoke said ok (the kernel cannot be stopped mid-write).  Revoke now
+    waits for those (at most IO_DEADLINE) before it answers, and says so if one is
+    still running then."""
+    from supervisor import router as R
+    from tests.unit.test_router import CLOCK, grant, start
+
+    def system():
+        router = R.Router({"app": None}, names={CLOCK: ("Clock", {0: "wall"})})
+        app = start(router, "app", [grant("time", "clock", "host", revocable=True)],
+                    answer_hosts=False)
+        app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+        (call,) = app.host_calls
+        sup = type("Sup", (), {"_revoke": runtime.Supervisor._revoke})()
+        sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
+        return sup, call.token
+
+    sup, token = system()
+    assert sup.router.host_calls_through("app.time") == [token]
+    finished = sup._host_threads[token] = threading.Event()      # its thread is writing
+    threading.Timer(0.3, finished.set).start()
+    began = time.monotonic()
+    answer = trio.run(sup._revoke, "app.time")
+    assert answer == {"ok": True, "text": "revoked app.time"}
+    assert finished.is_set() and time.monotonic() - began >= 0.25
+
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.1)
+    sup, token = system()
+    sup._host_threads[token] = threading.Event()                   # never ends
+    answer = trio.run(sup._revoke, "app.time")
+    assert answer["text"] == ("revoked app.time; 1 file operation begun before it did not "
+                              "finish within 0.1 s and may still complete")
+    assert trio.run(sup._revoke, "nothing.here")["ok"] is False
