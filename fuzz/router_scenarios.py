@@ -96,6 +96,15 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         tagc[0] += 1
         return tagc[0]
 
+    def store_pending():
+        """The calls store received and has not answered yet."""
+        latest = {}
+        for ev in store.inbox:
+            if isinstance(ev, P.CallReceived):
+                latest[ev.answer_id] = ev
+        return [ev for ev in latest.values() if ev.answer_id in store.conn.answers
+                and not store.conn.answers[ev.answer_id].returned]
+
     def ask(c, target, method, with_cap=False, caps=(), interface=CALC):
         """`c` calls `target` with a new tag (and `caps`), remembered with the question."""
         t = new_tag()
@@ -214,13 +223,7 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 if imp in store.conn.imports:
                     ask(store, imp, rng.randrange(3))
             elif op == "store_give" and store_held:    # store answers a call with a held cap
-                latest = {}
-                for ev in store.inbox:
-                    if isinstance(ev, P.CallReceived):
-                        latest[ev.answer_id] = ev
-                sp = [ev for ev in latest.values()
-                      if ev.answer_id in store.conn.answers
-                      and not store.conn.answers[ev.answer_id].returned]
+                sp = store_pending()
                 imp = rng.choice(store_held)
                 if sp and imp in store.conn.imports:
                     ev = rng.choice(sp)
@@ -267,13 +270,7 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 c = callers[rng.choice(["a1", "a2"])]
                 ask(c, c.grants[1].import_id, 0)
             elif op == "store_answer":
-                latest = {}
-                for ev in store.inbox:
-                    if isinstance(ev, P.CallReceived):
-                        latest[ev.answer_id] = ev
-                sp = [ev for ev in latest.values()
-                      if ev.answer_id in store.conn.answers
-                      and not store.conn.answers[ev.answer_id].returned]
+                sp = store_pending()
                 if sp:
                     ev = rng.choice(sp)
                     store.send(store.conn.send_return(ev.answer_id, content(tag_of(ev.payload) or 0)))
