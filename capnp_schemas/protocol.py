@@ -743,8 +743,7 @@ class Connection:
         releaseResultCaps (as Cap'n Proto's C++ RPC does for a call it cancels or
         drops), so it will not import the capabilities a return would carry, nor
         ever release them: return `canceled` (send_canceled) instead."""
-        a = self.answers.get(answer_id)
-        return a is not None and a.finished and a.discard and not a.returned
+        return self.gave_up(answer_id) and self.answers[answer_id].discard
 
     def awaiting_return(self, answer_id: int) -> bool:
         a = self.answers.get(answer_id)

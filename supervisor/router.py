@@ -417,17 +417,15 @@ class Router:
             # engine) is cancelled with Finish, which an engine honours by not running
             # it; the late answer of one running goes nowhere
             wanted = set(keys)
-            forwarded = [k for k, h in self._pending.items()
+            forwarded = [(k, h.reply[0]) for k, h in self._pending.items()
                          if isinstance(h, control.Forward) and h.reply in wanted] \
                 if wanted else ()
             for key in keys:
                 self._guarded(key[0], lambda key=key: self.fail(key, Denial(
                     f"{label} was revoked while this call was in flight", "failed")),
                     flush=False)
-            for k in forwarded:
-                handler = self._pending.get(k)
-                if handler is not None:
-                    self._cancel(k, handler.reply[0], orphan=not handler.reply[0].alive)
+            for k, caller in forwarded:          # (_cancel skips one answered meanwhile)
+                self._cancel(k, caller, orphan=not caller.alive)
             self._orphans_changed()
             self.emit(fx.Notice(f"revoked {label}"))
         return self._flush()
