@@ -74,9 +74,16 @@ class Job:
         self._kwargs = kwargs
         self._lock = threading.Lock()
         self._abandoned = False
+        self._begun = False
         self._outcome = None
 
     def run(self):
+        """The operation, unless its caller already gave up (`abandon`): then None,
+        and it is never begun."""
+        with self._lock:
+            if self._abandoned:
+                return None
+            self._begun = True
         outcome = self._run()
         with self._lock:
             self._outcome = outcome
@@ -85,13 +92,15 @@ class Job:
             _release_objects(outcome)
         return outcome
 
-    def abandon(self):
+    def abandon(self) -> bool:
         """The caller gave up waiting (a deadline): what `run` opens, now or when it
-        finishes, is released."""
+        finishes, is released, and a `run` not yet begun never begins.  True if it
+        had begun (it may still complete)."""
         with self._lock:
             self._abandoned = True
-            outcome = self._outcome
+            outcome, begun = self._outcome, self._begun
         _release_objects(outcome)
+        return begun
 
     def _run(self):
         values = None

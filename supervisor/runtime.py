@@ -26,6 +26,7 @@ import socket as pysocket
 import sys
 import threading
 import time
+import weakref
 
 import trio
 
@@ -200,6 +201,17 @@ class _NativeLink:
 
 
 _SKIPPED = object()          # a host job not run: its call ended while it waited
+_BLOCKED = object()          # nor this: its object's earlier operation did not end in time
+
+
+class _Turn:
+    """One host object's turn in the worker threads, held while one of its
+    operations runs, even one whose caller gave up at its deadline: the next
+    operation waits for it (until its own deadline) and never overtakes it."""
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self):
+        self.lock = threading.Lock()
 
 
 class _Audit:
@@ -382,6 +394,8 @@ class Supervisor:
         self._stderr_tail: dict[str, collections.deque] = {}
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
         self._jobs: dict[tuple, collections.deque] = {}   # host object -> its jobs, in order
+        # host object -> its _Turn, while a queue or a thread (even abandoned) has it
+        self._object_turns: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # host call token -> set when its job's thread ends; present while one runs
         self._host_threads: dict[int, threading.Event] = {}
         self._release_limiter = trio.CapacityLimiter(4)
@@ -1165,11 +1179,14 @@ class Supervisor:
 
     async def _run_jobs(self, key: tuple):
         queue = self._jobs[key]
+        turn = self._object_turns.get(key)       # still held by an abandoned operation?
+        if turn is None:
+            turn = self._object_turns[key] = _Turn()
         try:
             while queue:
                 call, job = queue[0]
                 try:
-                    await self._host_job(call, job)
+                    await self._host_job(call, job, turn)
                 except Exception as e:  # noqa: BLE001 - one job's fault ends that call only
                     job.abandon()
                     self._host_done(call.token, hostcaps.Refusal(
@@ -1180,20 +1197,28 @@ class Supervisor:
         finally:
             del self._jobs[key]
 
-    async def _host_job(self, call: fx.HostCall, job: hostcaps.Job):
+    async def _host_job(self, call: fx.HostCall, job: hostcaps.Job, turn: _Turn):
         live, token = self.router.host_call_live, call.token
+        until = time.monotonic() + hostcaps.IO_DEADLINE
 
         def run():
-            # in the worker, once the compartment's turn came: a call that ended while
-            # it waited (its grant revoked, its caller gone or cancelling it) is not
-            # done.  Marked running first: a revocation that does not see the mark
-            # came before the check, which then fails (`_revoke` waits for the others)
-            finished = self._host_threads[token] = threading.Event()
+            # in the worker, once the compartment's turn came, and then the object's
+            # (an operation abandoned at its deadline keeps it until it ends: one begun
+            # later landed before it).  A call that ended while it waited (its grant
+            # revoked, its caller gone or cancelling it) is not done.  Marked running
+            # first: a revocation that does not see the mark came before the check,
+            # which then fails (`_revoke` waits for the others)
+            if not turn.lock.acquire(timeout=max(0.0, until - time.monotonic())):
+                return _BLOCKED
             try:
-                return job.run() if live(token) else _SKIPPED
+                finished = self._host_threads[token] = threading.Event()
+                try:
+                    return job.run() if live(token) else _SKIPPED
+                finally:
+                    finished.set()
+                    self._host_threads.pop(token, None)
             finally:
-                finished.set()
-                self._host_threads.pop(token, None)
+                turn.lock.release()
 
         outcome = None
         with trio.move_on_after(hostcaps.IO_DEADLINE):
@@ -1206,11 +1231,15 @@ class Supervisor:
             job.abandon()
             outcome = hostcaps.Refusal("ECANCELED: the call ended before its turn came "
                                        "(revoked, cancelled, or its caller is gone)")
-        elif outcome is None:
-            job.abandon()
-            outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: the operation took longer "
-                                       f"than {hostcaps.IO_DEADLINE:g} s; it may still "
-                                       f"complete")
+        elif outcome is None or outcome is _BLOCKED:
+            if job.abandon():
+                outcome = hostcaps.Refusal(
+                    f"ETIMEDOUT: {job.label}: the operation took longer than "
+                    f"{hostcaps.IO_DEADLINE:g} s; it may still complete")
+            else:
+                outcome = hostcaps.Refusal(
+                    f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
+                    f"(earlier file operations have not ended); it was not done")
         self._host_done(call.token, outcome, call.owner)
 
     def _host_done(self, token: int, outcome, owner: str = ""):

@@ -5,6 +5,7 @@ review: jobs on one File ran out of order, a compartment whose operations hung
 ran any number at once, and a call that ended while its job waited was done."""
 import threading
 import time
+import weakref
 
 import trio
 
@@ -24,6 +25,7 @@ class Sup:
     def __init__(self, nursery, live=lambda token: True):
         self.nursery = nursery
         self._io_limiters, self._jobs, self._host_threads = {}, {}, {}
+        self._object_turns = weakref.WeakValueDictionary()
         self.router = type("Router", (), {"host_call_live": staticmethod(live)})()
         self.done = {}
 
@@ -97,6 +99,46 @@ async def _default_borrowed():
     return trio.to_thread.current_default_thread_limiter().borrowed_tokens
 
 
+def test_an_operation_abandoned_at_its_deadline_is_never_overtaken_on_its_object(
+        monkeypatch):
+    """A write abandoned at its deadline (slow storage) still ran in its thread, and
+    the next operation on the same File began beside it and could land first.  The
+    next one now waits for it, until its own deadline, and is then refused as not
+    done; once the first has ended, operations on that File run again, in order."""
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.2)
+    events, lock = [], threading.Lock()
+
+    def op(name, delay):
+        def fn():
+            with lock:
+                events.append(("begin", name))
+            time.sleep(delay)
+            with lock:
+                events.append(("end", name))
+            return {}
+        return _job(fn)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            sup._queue_job(_call(1, "f"), op("hung", 0.6))      # past its deadline
+            sup._queue_job(_call(2, "f"), op("next", 0.0))      # waits, then not done
+            sup._queue_job(_call(3, "g"), op("other", 0.0))     # another file: runs
+            await trio.sleep(0.5)
+            sup._queue_job(_call(4, "f"), op("later", 0.0))     # waits for "hung" to end
+        return sup
+
+    sup = trio.run(main)
+    assert ("begin", "next") not in events
+    assert events.index(("end", "hung")) < events.index(("begin", "later"))
+    assert ("end", "other") in events
+    assert sup.done[1].reason.endswith("took longer than 0.2 s; it may still complete")
+    assert sup.done[2].reason == ("ETIMEDOUT: File.write: not begun within 0.2 s (earlier "
+                                  "file operations have not ended); it was not done")
+    assert not hasattr(sup.done[4], "reason") and not hasattr(sup.done[3], "reason")
+    assert not sup._jobs and not sup._object_turns
+
+
 def test_a_job_whose_call_ended_while_it_waited_is_not_done():
     ran = []
 
@@ -147,3 +189,13 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
     assert answer["text"] == ("revoked app.time; 1 file operation begun before it did not "
                               "finish within 0.1 s and may still complete")
     assert trio.run(sup._revoke, "nothing.here")["ok"] is False
+
+
+def test_a_job_abandoned_before_its_thread_began_it_is_never_begun():
+    ran = []
+    job = _job(lambda: ran.append(1) or {})
+    assert job.abandon() is False               # not begun: the caller is told "not done"
+    assert job.run() is None and ran == []
+    job = _job(lambda: ran.append(2) or {})
+    job.run()
+    assert job.abandon() is True and ran == [2]

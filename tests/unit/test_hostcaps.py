@@ -224,15 +224,21 @@ def test_a_fault_in_a_file_operation_fails_that_call_and_tells_the_operator(tmp_
     assert "ZeroDivisionError" in h.notices[-1]
 
 
-@pytest.mark.parametrize("make", [lambda: RuntimeError("x"), lambda: OSError(5, "EIO")])
-def test_an_abandoned_job_releases_what_it_opened(tmp_path, make):
+def test_an_abandoned_job_releases_what_it_opened(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("data")
     directory = hostcaps.hostfs.Directory.grant(str(tmp_path))
+    real_open, abandoned = hostcaps.hostfs.Directory.open, []
+
+    def open_(self, *args, **kwargs):
+        abandoned.append(job.abandon())    # its caller gives up while it runs
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(hostcaps.hostfs.Directory, "open", open_)
     job = hostcaps.HostCaps(lambda o: 1.0).serve(fx.HostCall(
         1, "directory", "app", directory, DIR.id, DIR.method("open").ordinal,
         payloads.build(DIR.method("open").params, {"path": "f", "mode": "read"})[0], 1 << 20))
-    job.abandon()
-    outcome = job.run()                    # finishes after its caller gave up
+    outcome = job.run()
+    assert abandoned == [True]                    # finishes after its caller gave up
     (kind, opened), = outcome.objects
     with pytest.raises(OSError):
         import os
