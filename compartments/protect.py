@@ -155,6 +155,8 @@ class Layout:
     regions: tuple | None = None
     error: tuple | None = None      # (key, reason): the ProtectError of a required setting
     checks: bool = False            # bulk-memory checks for `regions` were inserted
+    #: active data segments of memory 0 whose address is known only at instantiation
+    unknown_segments: int = 0
 
     def to_json(self) -> dict:
         return {"problem": self.problem, "memory": self.memory,
@@ -164,7 +166,7 @@ class Layout:
                 "declared_problem": self.declared_problem,
                 "regions": list(self.regions) if self.regions is not None else None,
                 "error": list(self.error) if self.error is not None else None,
-                "checks": self.checks}
+                "checks": self.checks, "unknown_segments": self.unknown_segments}
 
     @classmethod
     def from_json(cls, obj) -> "Layout":
@@ -190,7 +192,8 @@ class Layout:
                    tuple((*extent(s[:2], 2), s[2]) for s in segs),
                    extent(obj["rodata"], 2), extent(obj["declared"], 3),
                    obj["declared_problem"], extent(obj["regions"], 3),
-                   tuple(error) if error is not None else None, bool(obj["checks"]))
+                   tuple(error) if error is not None else None, bool(obj["checks"]),
+                   int(obj["unknown_segments"]))
 
 
 def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
@@ -219,7 +222,8 @@ def plan(data: bytes, setting: Setting, memory_limit: int,
         layout = Layout(problem=f"its binary cannot be read for protection: {e}")
     else:
         layout = Layout(f.memory_problem, f.min_pages * wasmbin.WASM_PAGE, f.segments,
-                        f.rodata, f.declared, f.declared_problem)
+                        f.rodata, f.declared, f.declared_problem,
+                        unknown_segments=f.unknown_segments)
         bulk = f.bulk
     try:
         regions = resolve(setting, layout, memory_limit, page)
@@ -394,6 +398,11 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
     if na > layout.memory:
         raise ProtectError("protect.no_access", f"{na} bytes is more than the module's "
                            f"initial memory ({layout.memory} bytes)")
+    if na and layout.unknown_segments:
+        raise ProtectError("protect.no_access", f"{na} bytes: the module has "
+                           f"{layout.unknown_segments} data segment(s) whose address is "
+                           f"known only when it is instantiated, which the no-access "
+                           f"region could cover; give their offsets as constants")
     for start, end, name in layout.segments:
         if end > start and start < na:
             raise ProtectError("protect.no_access", f"{na} bytes (whole {page}-byte pages) "

@@ -227,6 +227,7 @@ def facts(data: bytes) -> Facts:
     declared = declared_problem = None
     seg_index = {}
     bulk = False
+    globals_: list = []         # the value of each i32 global known before instantiation
     for s in secs:
         r = _Reader(data, s.start, s.end)
         if s.id == _IMPORT:
@@ -234,6 +235,16 @@ def facts(data: bytes) -> Facts:
                 if kind == 0x02:
                     memory_imported = True
                     memories.append(limits)
+                elif kind == 0x03:
+                    globals_.append(None)       # its value comes from outside
+        elif s.id == _GLOBAL:
+            for _ in range(r.count(3)):
+                is_i32 = r.pos < r.end and data[r.pos] == _I32
+                _valtype(r)
+                mutable = r.byte()
+                value = _const_i32(r, globals_)
+                # a constant expression may only read immutable globals
+                globals_.append(value if is_i32 and not mutable else None)
         elif s.id == _MEMORY:
             for _ in range(r.count()):
                 memories.append(_limits(r))
@@ -253,7 +264,7 @@ def facts(data: bytes) -> Facts:
                 if flags not in (0, 2):
                     raise BinaryError(f"data segment flags {flags}")
                 mem = r.uleb() if flags == 2 else 0
-                offset = _const_i32(r)
+                offset = _const_i32(r, globals_)
                 size = r.uleb()
                 r.skip(size)
                 if mem != 0:
@@ -349,15 +360,36 @@ def table_minimums(data: bytes) -> tuple[int, ...]:
     return tuple(mins)
 
 
-def _const_i32(r: _Reader) -> int | None:
-    """An offset expression: its value if it is `i32.const N; end`, else None (the
-    expression is skipped)."""
+def _const_i32(r: _Reader, globals_: list = ()) -> int | None:
+    """A constant expression of type i32 (an offset, a global's value): its value,
+    or None if it cannot be known before instantiation (it reads an imported
+    global) or is not of that form; the expression is read to its `end` either
+    way.  Evaluated as wasmtime does: `i32.const`, `global.get` of an immutable
+    global whose value is known (`globals_`, index -> value or None), and
+    extended-const's `i32.add`, `i32.sub` and `i32.mul`, wrapping at 2^32."""
     start = r.pos
-    if r.byte() == 0x41:
-        value = r.sleb(32)
-        if r.byte() == 0x0B:
-            return value & 0xFFFFFFFF
-    r.pos = start
+    stack: list = []
+    try:
+        while True:
+            op = r.byte()
+            if op == 0x0B:
+                if len(stack) == 1 and stack[0] is not None:
+                    return stack[0] & 0xFFFFFFFF
+                return None
+            if op == 0x41:
+                stack.append(r.sleb(32))
+            elif op == 0x23:
+                index = r.uleb()
+                stack.append(globals_[index] if index < len(globals_) else None)
+            elif op in (0x6A, 0x6B, 0x6C) and len(stack) >= 2:
+                b, a = stack.pop(), stack.pop()
+                stack.append(None if a is None or b is None else
+                             a + b if op == 0x6A else a - b if op == 0x6B else a * b)
+            else:
+                break
+    except BinaryError:
+        pass
+    r.pos = start                       # another form: skipped, its value unknown
     _skip_expr(r)
     return None
 

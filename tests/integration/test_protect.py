@@ -210,3 +210,31 @@ def test_check_says_how_each_memory_is_protected_as_up_enforces_it(tmp_path, plu
                                   "read-only [0x1000, 0x2000)"), heads
     assert heads["off"].endswith("; memory not protected (protect = false)")
     assert heads["plain"].endswith("; memory not protected (the module declares no layout)")
+
+
+_DATA_AT_A_GLOBAL = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (global $g i32 (i32.const 16))
+  (memory (export "memory") 2)
+  (data (offset (i32.add (global.get $g) (i32.const 8))) "hello from data at 24\\n")
+  (func (export "_start")
+    (i32.store (i32.const 8192) (i32.const 24))
+    (i32.store (i32.const 8196) (i32.const 22))
+    (drop (call $w (i32.const 1) (i32.const 8192) (i32.const 1) (i32.const 8200)))))
+"""
+
+
+def test_a_null_page_over_data_placed_by_a_constant_expression_is_refused(tmp_path):
+    """Data whose offset reads a global (or is extended-const arithmetic) is where
+    wasmtime evaluates it: a required no-access region over it is refused before
+    anything starts, as over data at an i32.const (it once ran, its data unreadable)."""
+    (tmp_path / "app.wat").write_text(_DATA_AT_A_GLOBAL)
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "app.wat"\nprotect = { no_access = "4 KiB" }\n'
+        '[compartments.app.grants]\nstdout = { host = "log" }\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, r.stdout + r.stderr
+        err = (r.stdout + r.stderr).strip()
+        assert len(err.splitlines()) == 1 and "compartments.app.protect.no_access: " in err
+        assert "would cover the module's data segment at [0x18, 0x2e)" in err, err

@@ -137,6 +137,8 @@ def test_read_only_starts_after_the_no_access_region():
     (Setting(0, AUTO), attrs.evolve(BUILT, declared=(0, 0, 3 * 65536)), LIMIT,
      "protect.read_only", "past the module's initial memory"),
     (Setting(0, AUTO), None, LIMIT, "protect", "not prepared"),
+    (Setting(4096, NONE), attrs.evolve(BUILT, unknown_segments=1), LIMIT,
+     "protect.no_access", "known only when it is instantiated"),
 ])
 def test_what_cannot_be_met_is_an_error_when_the_system_file_asks_for_it(
         setting, layout, limit, key, why):

@@ -216,6 +216,33 @@ def test_facts_find_memory_data_and_names():
     assert named.rodata == (1024, 1027)
 
 
+@pytest.mark.parametrize("offset, where", [
+    ("(global.get $g)", 16),                                    # an immutable global
+    ("(offset (i32.add (global.get $g) (i32.const 8)))", 24),    # extended-const
+    ("(offset (i32.sub (i32.mul (i32.const 4) (global.get $h)) (i32.const 4)))", 60),
+    ("(offset (i32.add (i32.const -1) (i32.const 4097)))", 4096),   # wraps at 2^32
+])
+def test_data_placed_by_a_constant_expression_is_found_where_wasmtime_puts_it(offset, where):
+    """A segment's offset may be any constant expression: one that reads a global or
+    does extended-const arithmetic lands where wasmtime evaluates it, and the
+    no-access check must see it there (it once saw only a lone i32.const)."""
+    wat = f"""(module (global $g i32 (i32.const 16)) (global $h i32 (global.get $g))
+      (memory (export "memory") 2) (data $d {offset} "data"))"""
+    f = wasmbin.facts(_wasm(wat))
+    assert f.segments == ((where, where + 4, "d"),) and f.unknown_segments == 0
+    store = wasmtime.Store(wasmtime.Engine(wasm.engine_config()))
+    store.set_fuel(1000)
+    instance = wasmtime.Instance(store, wasmtime.Module(store.engine, _wasm(wat)), [])
+    memory = instance.exports(store)["memory"]
+    assert bytes(memory.read(store, where, where + 4)) == b"data"
+
+
+def test_data_placed_by_a_mutable_or_imported_global_is_unknown():
+    f = wasmbin.facts(_wasm("""(module (import "m" "g" (global $g i32))
+      (memory (export "memory") 1) (data (global.get $g) "x"))"""))
+    assert f.segments == () and f.unknown_segments == 1
+
+
 @pytest.mark.parametrize("wat, problem", [
     ("(module)", "no memory"),
     ("(module (memory 1))", "not exported"),
