@@ -67,7 +67,14 @@ KINDS = ("function", "block", "store")     # Sites.kinds values index this
 
 
 class InstrumentError(Exception):
-    """The module cannot be rewritten; the text says why (one line)."""
+    """The module cannot be rewritten; the text says why (one line).  `transient`:
+    it failed for want of time or resources (wasm-tools ran out of them, or could
+    not be run), not because of what the module is."""
+    transient = False
+
+    def __init__(self, text: str, transient: bool = False):
+        super().__init__(text)
+        self.transient = transient
 
 
 @attrs.frozen
@@ -230,13 +237,14 @@ def _tool(args: list, data: bytes) -> bytes:
                            timeout=TOOL_SECONDS, preexec_fn=_confine_tool(binary), env={},
                            close_fds=True)
     except subprocess.TimeoutExpired:
-        raise InstrumentError(f"wasm-tools {args[0]} took longer than {TOOL_SECONDS} s") from None
+        raise InstrumentError(f"wasm-tools {args[0]} took longer than {TOOL_SECONDS} s",
+                              transient=True) from None
     except OSError as e:
-        raise InstrumentError(f"cannot run wasm-tools: {e}") from None
+        raise InstrumentError(f"cannot run wasm-tools: {e}", transient=True) from None
     if r.returncode != 0:
         text = r.stderr.decode("utf-8", "replace").strip().splitlines()
         raise InstrumentError(f"wasm-tools {args[0]}: {text[0] if text else r.returncode}"
-                              [:500])
+                              [:500], transient=r.returncode < 0 or not text)
     return r.stdout
 
 

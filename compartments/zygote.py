@@ -81,6 +81,8 @@ SPARES_AHEAD = 4
 #: fifth pass"), and a restart that comes within the delay still finds one.
 SPARES_IDLE = 2
 FORK_DELAY = 0.005
+#: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
+FAILED_RETRY = 10.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -93,6 +95,9 @@ class _Modules:
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
         self._fds: dict[tuple, tuple] = {}    # (path, protection) -> (file key, memfds)
+        #: (path, protection) -> (file key, why, until): a compile that failed, not tried
+        #: again for that file until `until` (time.monotonic(); None: until it changes)
+        self._failed: dict[tuple, tuple] = {}
         # set by serve(): what is the zygote's (its control socket, wake-up pipe, the
         # spares' sockets, the built-in module's and every cached module's memfds),
         # which a compiler child closes before it reads a module
@@ -116,9 +121,23 @@ class _Modules:
         cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
             return cached[1], None
-        fds, error = self._compile(path, instrument, protect, memory_limit)
+        failed = self._failed.get(variant)
+        if failed is not None and failed[0] == key and (
+                failed[2] is None or time.monotonic() < failed[2]):
+            return None, failed[1]
+        began = time.monotonic()
+        fds, error, said = self._compile(path, instrument, protect, memory_limit)
         if fds is None:
+            # The same file fails the same way: while the compiler works, no other
+            # engine starts (one module at a time), so a module that takes long to
+            # fail must not be compiled again at each of its restarts.  Failures the
+            # compiler explained are kept until the file changes; a compiler that
+            # died (a signal, a limit) is tried again after ten times its run.
+            took = time.monotonic() - began
+            self._failed[variant] = (key, error, None if said else
+                                     time.monotonic() + max(FAILED_RETRY, 10 * took))
             return None, error
+        self._failed.pop(variant, None)
         if cached is not None:                # the file changed: its old form goes
             for fd in cached[1]:
                 os.close(fd)
@@ -153,11 +172,12 @@ class _Modules:
         if status != 0:
             for fd in fds:
                 os.close(fd)
+            said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
             return None, f"cannot load module {path}: " + (
-                error or f"its compiler ended with status {status}")
+                error or f"its compiler ended with status {status}"), said
         for fd in fds:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        return fds, None
+        return fds, None, False
 
 
 def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = (),
@@ -174,7 +194,10 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         what = "cannot instrument it: " if isinstance(e, rewriting.InstrumentError) else ""
         os.write(err, (what + (text.splitlines()[0] if text else type(e).__name__))
                  .encode()[:4000])
-        return 1
+        # 1: the module is at fault, and will be again (_Modules.get keeps it);
+        # 2: time or resources ran out, or the file could not be read: try again later
+        transient = isinstance(e, OSError) or getattr(e, "transient", False)
+        return 2 if transient else 1
     problem, description = wasm.describe(module, sites, layout)
     if problem:
         os.write(err, f"module {path} {problem}".encode()[:4000])
