@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 import resource
 import signal
 import socket
@@ -1167,7 +1168,7 @@ class Engine:
             raise _CallError("failed", f"compartment {self.name} trapped: "
                              f"{_trap_reason(e, self.regions)}") from None
         except wasmtime.WasmtimeError as e:
-            raise _CallError("failed", f"compartment {self.name} failed: {_first_line(e)}") \
+            raise _CallError("failed", f"compartment {self.name} failed: {_error_reason(e)}") \
                 from None
         finally:
             self._entered -= 1
@@ -1196,7 +1197,21 @@ def _why_not(e) -> str:
         return f"its start function trapped: {_trap_reason(e)}"
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"
-    return _first_line(e)
+    return _error_reason(e)
+
+
+def _error_reason(e: Exception) -> str:
+    """Why wasmtime failed, in one bounded line: an error raised while guest code
+    ran ("GC heap out of memory: ...") comes after a backtrace, whose first line
+    ("error while executing at wasm backtrace:") says nothing and whose frames
+    carry names the module chose: only the last "Caused by:" section is read,
+    its innermost cause."""
+    text = str(e)
+    if "\nCaused by:\n" not in text:
+        return bounded(_first_line(e), TRAP_CAUSE_LIMIT)
+    lines = [l.strip() for l in text.rsplit("\nCaused by:\n", 1)[-1].splitlines() if l.strip()]
+    cause = re.sub(r"^\d+: ", "", lines[-1]) if lines else _first_line(e)
+    return bounded(cause, TRAP_CAUSE_LIMIT)
 
 
 def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) -> str:

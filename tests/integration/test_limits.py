@@ -190,3 +190,31 @@ def test_a_log_flood_is_refused_past_log_rate(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     # a burst of 20 (plus what refilled meanwhile), not 1000
     assert 20 <= logs.count("flood") < 40
+
+
+def test_running_out_of_gc_heap_names_the_cause_not_a_backtrace(tmp_path):
+    """A GC allocation past limits.memory is a WasmtimeError, not a Trap: its first
+    line was all the report said ("error while executing at wasm backtrace:");
+    the cause comes after the backtrace."""
+    (tmp_path / "gc.wat").write_text("""(module
+  (type $a (array (mut i8)))
+  (table $t 0 anyref)
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $l
+      (drop (table.grow $t (array.new $a (i32.const 1) (i32.const 1000000)) (i32.const 1)))
+      (br $l))))""")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "gc.wat"
+restart = "never"
+[compartments.app.limits]
+memory = "4 MiB"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    failed = [l for l in r.stderr.splitlines() if "compartment app failed:" in l]
+    assert len(failed) == 1, r.stderr
+    assert failed[0].endswith("compartment app failed: GC heap out of memory: no capacity "
+                              "for allocation of 1000028 bytes"), failed[0]
