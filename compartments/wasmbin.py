@@ -314,6 +314,56 @@ def facts(data: bytes) -> Facts:
                  declared_problem, bulk)
 
 
+def instantiation_problem(data: bytes) -> str | None:
+    """Why wasmtime, configured as the engines are, would compile this module but
+    refuse to instantiate it, for what can be seen in its bytes (None: nothing
+    seen): a shared memory (shared memories are off), or an active data segment
+    at a constant address past the initial size of its memory.  Raises
+    BinaryError or Unsupported as `facts`."""
+    memories: list = []
+    globals_: list = []
+    for s in sections(data):
+        r = _Reader(data, s.start, s.end)
+        if s.id == _IMPORT:
+            for kind, limits in _imports(r):
+                if kind == 0x02:
+                    memories.append(limits)
+                elif kind == 0x03:
+                    globals_.append(None)
+        elif s.id == _MEMORY:
+            for _ in range(r.count()):
+                memories.append(_limits(r))
+        elif s.id == _GLOBAL:
+            for _ in range(r.count(3)):
+                is_i32 = r.pos < r.end and data[r.pos] == _I32
+                _valtype(r)
+                mutable = r.byte()
+                value = _const_i32(r, globals_)
+                globals_.append(value if is_i32 and not mutable else None)
+        elif s.id == _DATA:
+            for i in range(r.count()):
+                flags = r.uleb()
+                if flags == 1:
+                    r.skip(r.uleb())
+                    continue
+                if flags not in (0, 2):
+                    raise BinaryError(f"data segment flags {flags}")
+                mem = r.uleb() if flags == 2 else 0
+                offset = _const_i32(r, globals_)
+                size = r.uleb()
+                r.skip(size)
+                if offset is None or mem >= len(memories) or memories[mem][0] & (4 | 8):
+                    continue            # 64-bit or custom pages: not read here
+                end = memories[mem][1] * WASM_PAGE
+                if offset + size > end:
+                    return (f"its data segment {i} at [{offset:#x}, {offset + size:#x}) lies "
+                            f"past the end of memory {mem} ({end} bytes when it starts)")
+    for i, (flags, _low, _high) in enumerate(memories):
+        if flags & 2:
+            return f"its memory {i} is shared (wsuper's engines run without shared memory)"
+    return None
+
+
 def _imports(r: _Reader):
     """The import section's entries: (kind, the limits of a table or memory, else
     None)."""

@@ -81,7 +81,8 @@ def prepare(system: System) -> Plan:
                            and isinstance(e.type, wasmtime.MemoryType)), 0)
             entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
                        else None for e in module.exports}
-            checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries),
+            checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries)
+                                    or _instantiation_problem(binary),
                                     any(m == abi.WASI_MODULE for m, *_ in imports),
                                     {e.name for e in module.exports}, memory,
                                     _tables(binary))
@@ -123,6 +124,16 @@ def prepare(system: System) -> Plan:
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
     return Plan(system, interfaces, main, names, ifaces)
+
+
+def _instantiation_problem(binary: bytes) -> str | None:
+    """What would make every engine of this module fail to start although it compiles
+    (wasmbin.instantiation_problem); nothing if the module cannot be walked here
+    (wasmtime has validated it: the engine says why at start)."""
+    try:
+        return wasmbin.instantiation_problem(binary)
+    except ValueError:                   # BinaryError, Unsupported
+        return None
 
 
 def _tables(binary: bytes) -> tuple[int, ...]:

@@ -109,6 +109,32 @@ def test_an_entry_point_of_the_wrong_kind_or_type_is_refused_by_check_as_by_up(t
         assert r.returncode == 2 and said in r.stderr, (command, r.stderr)
 
 
+@pytest.mark.parametrize("body, said", [
+    ('(memory (export "memory") 1 1 shared)',
+     "its memory 0 is shared (wsuper's engines run without shared memory)"),
+    ('(memory (export "memory") 1) (memory 1 2 shared)', "its memory 1 is shared"),
+    ('(memory (export "memory") 1) (data (i32.const 65530) "0123456789")',
+     "its data segment 0 at [0xfffa, 0x10004) lies past the end of memory 0 (65536 bytes "
+     "when it starts)"),
+    ('(global $g i32 (i32.const 65536)) (memory (export "memory") 1) (memory 2) '
+     '(data (memory 1) (offset (i32.add (global.get $g) (i32.const 65535))) "ab")',
+     "its data segment 0 at [0x1ffff, 0x20001) lies past the end of memory 1"),
+])
+def test_a_module_that_compiles_but_cannot_be_instantiated_is_refused_before_start(
+        tmp_path, body, said):
+    """wasmtime compiles these, and only instantiation refuses them: `wsuper check`
+    passed them, and `up` started an engine that failed, and again at each restart."""
+    (tmp_path / "m.wat").write_text(f'(module {body} (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        line = r.stderr.strip()
+        assert len(line.splitlines()) == 1 and line.startswith(
+            f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: "
+            f"{tmp_path}/m.wat its ") and said in line, line
+
+
 def test_not_wasm_is_refused(tmp_path):
     (tmp_path / "m.wasm").write_bytes(b"\0asm\x01\0\0\0\x99 broken")
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')

@@ -243,6 +243,19 @@ def test_data_placed_by_a_mutable_or_imported_global_is_unknown():
     assert f.segments == () and f.unknown_segments == 1
 
 
+def test_what_compiles_but_cannot_be_instantiated_is_seen():
+    assert wasmbin.instantiation_problem(_wasm(
+        '(module (memory 1) (data (i32.const 65535) "a") (data (i32.const 0) ""))')) is None
+    assert "shared" in wasmbin.instantiation_problem(_wasm("(module (memory 1 1 shared))"))
+    assert "past the end" in wasmbin.instantiation_problem(_wasm(
+        '(module (memory 1) (data (i32.const 65535) "ab"))'))
+    # computed from an imported global, or in a 64-bit memory: not judged here
+    assert wasmbin.instantiation_problem(_wasm(
+        '(module (import "m" "g" (global i32)) (memory 1) (data (global.get 0) "ab"))')) is None
+    assert wasmbin.instantiation_problem(_wasm(
+        '(module (memory i64 1) (data (i64.const 65535) "ab"))')) is None
+
+
 @pytest.mark.parametrize("wat, problem", [
     ("(module)", "no memory"),
     ("(module (memory 1))", "not exported"),
