@@ -317,10 +317,11 @@ def facts(data: bytes) -> Facts:
 def instantiation_problem(data: bytes) -> str | None:
     """Why wasmtime, configured as the engines are, would compile this module but
     refuse to instantiate it, for what can be seen in its bytes (None: nothing
-    seen): a shared memory (shared memories are off), or an active data segment
-    at a constant address past the initial size of its memory.  Raises
+    seen): a shared memory (shared memories are off), or an active data (element)
+    segment at a constant address past the initial size of its memory (table).  Raises
     BinaryError or Unsupported as `facts`."""
     memories: list = []
+    tables: list = []
     globals_: list = []
     for s in sections(data):
         r = _Reader(data, s.start, s.end)
@@ -328,8 +329,43 @@ def instantiation_problem(data: bytes) -> str | None:
             for kind, limits in _imports(r):
                 if kind == 0x02:
                     memories.append(limits)
+                elif kind == 0x01:
+                    tables.append(limits)
                 elif kind == 0x03:
                     globals_.append(None)
+        elif s.id == _TABLE:
+            for _ in range(r.count(2)):
+                init = data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
+                if init:
+                    r.skip(2)
+                _valtype(r)
+                tables.append(_limits(r))
+                if init:
+                    _skip_expr(r)
+        elif s.id == _ELEMENT:
+            for i in range(r.count()):
+                flags = r.uleb()
+                if flags > 7:
+                    raise BinaryError(f"element segment flags {flags}")
+                table = r.uleb() if flags in (2, 6) else 0
+                offset = _const_i32(r, globals_) if not flags & 1 else None
+                if flags & 3 in (1, 2, 3):
+                    if flags & 4:
+                        _valtype(r)             # the reference type of its expressions
+                    else:
+                        r.byte()                # elemkind (0: funcref)
+                count = r.count()
+                for _ in range(count):
+                    if flags & 4:
+                        _skip_expr(r)
+                    else:
+                        r.uleb()
+                if offset is None or table >= len(tables) or tables[table][0] & 4:
+                    continue            # passive, declared, computed or 64-bit: not read
+                if offset + count > tables[table][1]:
+                    return (f"its element segment {i} at [{offset}, {offset + count}) lies "
+                            f"past the end of table {table} ({tables[table][1]} elements "
+                            f"when it starts)")
         elif s.id == _MEMORY:
             for _ in range(r.count()):
                 memories.append(_limits(r))

@@ -119,6 +119,10 @@ def test_an_entry_point_of_the_wrong_kind_or_type_is_refused_by_check_as_by_up(t
     ('(global $g i32 (i32.const 65536)) (memory (export "memory") 1) (memory 2) '
      '(data (memory 1) (offset (i32.add (global.get $g) (i32.const 65535))) "ab")',
      "its data segment 0 at [0x1ffff, 0x20001) lies past the end of memory 1"),
+    ('(memory (export "memory") 1) (table 1 funcref) (table 2 funcref) (func $f) '
+     '(elem (table 1) (i32.const 1) funcref (ref.func $f) (ref.null func))',
+     "its element segment 0 at [1, 3) lies past the end of table 1 (2 elements when it "
+     "starts)"),
 ])
 def test_a_module_that_compiles_but_cannot_be_instantiated_is_refused_before_start(
         tmp_path, body, said):

@@ -254,6 +254,19 @@ def test_what_compiles_but_cannot_be_instantiated_is_seen():
         '(module (import "m" "g" (global i32)) (memory 1) (data (global.get 0) "ab"))')) is None
     assert wasmbin.instantiation_problem(_wasm(
         '(module (memory i64 1) (data (i64.const 65535) "ab"))')) is None
+    # element segments, in each of their forms
+    assert "element segment 0 at [1, 3)" in wasmbin.instantiation_problem(_wasm(
+        "(module (table 2 funcref) (func $f) (elem (i32.const 1) $f $f))"))
+    assert "table 1" in wasmbin.instantiation_problem(_wasm(
+        "(module (table 1 funcref) (table 2 funcref) (func $f) "
+        "(elem (table 1) (i32.const 1) func $f $f))"))
+    assert "[5, 7)" in wasmbin.instantiation_problem(_wasm(
+        "(module (global i32 (i32.const 5)) (table 6 funcref) (func $f) "
+        "(elem (global.get 0) funcref (ref.func $f) (ref.null func)))"))
+    assert wasmbin.instantiation_problem(_wasm(
+        "(module (table 3 funcref) (func $f) (elem (i32.const 1) $f $f) (elem func $f $f) "
+        "(elem declare func $f) (elem funcref (ref.func $f)) "
+        "(elem declare funcref (ref.func $f)))")) is None
 
 
 @pytest.mark.parametrize("wat, problem", [
