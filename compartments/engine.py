@@ -48,7 +48,7 @@ from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
 from capnp_schemas.text import bounded, first_line as _first_line
 
-from . import abi, confine, probing, protect, unchecked, wasi, wasm
+from . import abi, confine, probing, protect, unchecked, wasi, wasm, wasmbin
 from .spec import EngineSpec
 from .unchecked import TypedFunc
 
@@ -62,6 +62,10 @@ EXIT_OK = 0
 EXIT_CANNOT_LOAD = 3        # the module cannot be loaded or instantiated
 EXIT_PROTOCOL = 4           # the supervisor broke the protocol
 EXIT_CONFINE = 5            # the process could not be confined: it does not run
+
+#: Linear memories a compartment's module may have: wasmtime applies limits.memory
+#: to each, so a module with ten had ten times its limit (preflight refuses more).
+MEMORIES = wasmbin.MAX_MEMORIES
 
 #: Incoming calls served re-entrantly while the guest waits in its own calls
 #: (A calls B, B calls A back, ...).  Deeper nesting fails the call: each level
@@ -359,8 +363,11 @@ class Engine:
 
     def _new_store(self, fuel: int) -> wasmtime.Store:
         store = wasmtime.Store(self.wasm_engine)
+        # memory_size bounds each linear memory: the module's one memory, and the
+        # probe memory of a rewritten module (instrument.py), and no more
         store.set_limits(memory_size=self.limits.memory,
-                         table_elements=self.limits.table_elements)
+                         table_elements=self.limits.table_elements,
+                         memories=MEMORIES + (self.probes.sites is not None))
         store.set_fuel(fuel)
         return store
 

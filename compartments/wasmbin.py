@@ -43,6 +43,9 @@ CUSTOM_VERSION = 1
 CHECK_FUNCTION = "wsuper.protect.check"
 WASM_PAGE = 65536
 MAX_SEGMENTS = 100_000          # wasmtime's own limit on data segments
+#: Linear memories a compartment's module may have (the engine's store allows no more:
+#: wasmtime applies limits.memory to each memory, so more would multiply it)
+MAX_MEMORIES = 1
 
 # section ids, and the order the binary format requires for the non-custom ones
 _CUSTOM, _TYPE, _IMPORT, _FUNCTION, _TABLE, _MEMORY, _GLOBAL, _EXPORT, _START, _ELEMENT, \
@@ -317,8 +320,9 @@ def facts(data: bytes) -> Facts:
 def instantiation_problem(data: bytes) -> str | None:
     """Why wasmtime, configured as the engines are, would compile this module but
     refuse to instantiate it, for what can be seen in its bytes (None: nothing
-    seen): a shared memory (shared memories are off), or an active data (element)
-    segment at a constant address past the initial size of its memory (table).  Raises
+    seen): a shared memory (shared memories are off), more than MAX_MEMORIES
+    memories (the engine's store limit), or an active data (element) segment at a
+    constant address past the initial size of its memory (table).  Raises
     BinaryError or Unsupported as `facts`."""
     memories: list = []
     tables: list = []
@@ -397,6 +401,9 @@ def instantiation_problem(data: bytes) -> str | None:
     for i, (flags, _low, _high) in enumerate(memories):
         if flags & 2:
             return f"its memory {i} is shared (wsuper's engines run without shared memory)"
+    if len(memories) > MAX_MEMORIES:
+        return (f"it has {len(memories)} memories: a compartment's limits.memory bounds each "
+                f"linear memory, so its module may have at most {MAX_MEMORIES}")
     return None
 
 

@@ -218,3 +218,53 @@ module = "{EXAMPLES}/calc.wat"
     assert len(failed) == 1, r.stderr
     assert failed[0].endswith("compartment app failed: GC heap out of memory: no capacity "
                               "for allocation of 1000028 bytes"), failed[0]
+
+
+def _memories(n: int) -> str:
+    """A program with n memories that grows each to 64 MiB and writes every page."""
+    grow = "".join(f"(drop (memory.grow {i} (i32.const 1023))) (memory.fill {i} (i32.const 0) "
+                   f"(i32.const 7) (i32.mul (memory.size {i}) (i32.const 65536)))"
+                   for i in range(n))
+    return (f'(module (memory (export "memory") 1) '
+            f'{"".join("(memory 1)" for _ in range(n - 1))} (func (export "_start") {grow}))')
+
+
+def test_a_module_with_more_memories_cannot_use_more_than_its_memory_limit(tmp_path):
+    """limits.memory is wasmtime's per memory: a module with ten memories could touch
+    ten times its limit (490 MiB of RSS with 7 under the default 64 MiB).  It may
+    have one: `check` and `up` refuse more, and the engine's store allows no more."""
+    (tmp_path / "m.wat").write_text(_memories(7))
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert r.stderr.strip() == (
+            f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: {tmp_path}/m.wat "
+            f"it has 7 memories: a compartment's limits.memory bounds each linear memory, so "
+            f"its module may have at most 1"), r.stderr
+
+
+def test_the_engines_store_allows_one_memory_and_a_probe_memory(tmp_path):
+    import socket
+
+    from compartments.engine import Engine, EngineError
+    from compartments.spec import EngineSpec
+    ours, theirs = socket.socketpair()
+    path = str(tmp_path / "two-memories.wat")
+    try:
+        with open(path, "w") as f:
+            f.write(_memories(2))
+        engine = Engine(theirs, EngineSpec(name="m", module=path), instantiate=False)
+        try:
+            engine.instantiate()
+        except EngineError as e:
+            assert "memory count too high" in str(e), e
+        else:
+            raise AssertionError("a second memory was allowed")
+        # a rewritten module's probe memory is the one more it may have
+        probed = Engine(theirs, EngineSpec(name="p", module=f"{EXAMPLES}/calc.wat",
+                                           exports=True, instrument=("functions",)),
+                        instantiate=False)
+        probed.instantiate()
+    finally:
+        ours.close(), theirs.close()
