@@ -268,14 +268,11 @@ def compile_module(wasm_engine, path: str, setting: Setting, memory_limit: int):
 
 
 def read_module(path: str) -> bytes:
-    """The module file at `path` as binary (a .wat is translated).  Raises OSError,
-    UnicodeDecodeError, wasmtime.WasmtimeError."""
-    import wasmtime
-    if path.endswith(".wat"):
-        with open(path, encoding="utf-8") as f:
-            return bytes(wasmtime.wat2wasm(f.read()))
-    with open(path, "rb") as f:
-        return f.read()
+    """The module file at `path` as binary (wasm.read_module: a .wat is translated
+    unless it is binary).  Raises OSError, UnicodeDecodeError,
+    wasmtime.WasmtimeError."""
+    from . import wasm
+    return wasm.read_module(path)
 
 
 def check_file(wasm_engine, path: str, setting: Setting, memory_limit: int) -> Layout:

@@ -38,12 +38,23 @@ def engine_config() -> wasmtime.Config:
     return config
 
 
+def read_module(path: str) -> bytes:
+    """A module file as a binary module, read as the supervisor's preflight reads it:
+    a `.wat` file is WebAssembly text (UTF-8) unless it starts as a binary module
+    does; any other file is binary.  Raises OSError, UnicodeDecodeError or
+    WasmtimeError.  (A binary named .wat passed preflight as binary, and every
+    engine then read it as text and failed.)"""
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".wat") and not data.startswith(b"\0asm"):
+        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+    return data
+
+
 def compile_module(wasm_engine: wasmtime.Engine, path: str) -> wasmtime.Module:
-    """Compile a module file; raises OSError, UnicodeDecodeError or WasmtimeError."""
-    if path.endswith(".wat"):
-        with open(path, encoding="utf-8") as f:
-            return wasmtime.Module(wasm_engine, f.read())
-    return wasmtime.Module.from_file(wasm_engine, path)
+    """Compile a module file (read_module); raises OSError, UnicodeDecodeError or
+    WasmtimeError."""
+    return wasmtime.Module(wasm_engine, read_module(path))
 
 
 def signature(ty: wasmtime.FuncType) -> tuple:

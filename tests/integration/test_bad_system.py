@@ -139,6 +139,25 @@ def test_a_module_that_compiles_but_cannot_be_instantiated_is_refused_before_sta
             f"{tmp_path}/m.wat its ") and said in line, line
 
 
+@pytest.mark.parametrize("protect_", ["", "protect = false", 'protect = { no_access = "4 KiB" }'])
+def test_a_binary_module_named_wat_runs_as_check_said(tmp_path, protect_):
+    """Preflight reads a .wat that starts as a binary module does as binary; the
+    engines read every .wat as text, so such a module passed `check` and failed
+    at every start ('utf-8' codec can't decode ...).  One reader now."""
+    (tmp_path / "m.wat").write_bytes(wasmtime.wat2wasm("""(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 4096) "hello \\80\\ff\\n")
+      (func (export "_start")
+        (i32.store (i32.const 8192) (i32.const 4096)) (i32.store (i32.const 8196) (i32.const 9))
+        (drop (call $w (i32.const 1) (i32.const 8192) (i32.const 1) (i32.const 8200)))))"""))
+    (tmp_path / "system.toml").write_text(f'[compartments.m]\nmodule = "m.wat"\n{protect_}\n'
+                                          '[compartments.m.grants]\nstdout = { host = "log" }\n')
+    assert run_wsuper("check", str(tmp_path / "system.toml")).returncode == 0
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0 and "[m] hello" in r.stdout, r.stdout + r.stderr
+
+
 def test_not_wasm_is_refused(tmp_path):
     (tmp_path / "m.wasm").write_bytes(b"\0asm\x01\0\0\0\x99 broken")
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
