@@ -433,6 +433,20 @@ def _imports(r: _Reader):
         yield kind, limits
 
 
+def memory_minimums(data: bytes) -> tuple[int, ...]:
+    """The initial size (64 KiB pages) of each memory of the module, exported or not:
+    imported ones first, then its own.  Raises BinaryError or Unsupported as `facts`."""
+    mins = []
+    for s in sections(data):
+        r = _Reader(data, s.start, s.end)
+        if s.id == _IMPORT:
+            mins.extend(limits[1] for kind, limits in _imports(r) if kind == 0x02)
+        elif s.id == _MEMORY:
+            for _ in range(r.count()):
+                mins.append(_limits(r)[1])
+    return tuple(mins)
+
+
 def table_minimums(data: bytes) -> tuple[int, ...]:
     """The initial size (elements) of each table of the module: imported ones first,
     then its own, in index order.  Raises BinaryError or Unsupported as `facts`."""

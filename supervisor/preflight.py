@@ -76,9 +76,7 @@ def prepare(system: System) -> Plan:
         if comp.module not in checked:          # each module file once
             module, binary = _compile(where, f"{key}.module", engine, comp.module)
             imports = list(describe_imports(module))
-            memory = next((e.type.limits.min for e in module.exports
-                           if e.name == abi.EXPORT_MEMORY
-                           and isinstance(e.type, wasmtime.MemoryType)), 0)
+            memory = _memory_pages(binary, module)
             entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
                        else None for e in module.exports}
             checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries)
@@ -134,6 +132,18 @@ def _instantiation_problem(binary: bytes) -> str | None:
         return wasmbin.instantiation_problem(binary)
     except ValueError:                   # BinaryError, Unsupported
         return None
+
+
+def _memory_pages(binary: bytes, module) -> int:
+    """The initial size of the module's largest memory, in pages: exported or not,
+    every memory is held to limits.memory (one not exported as `memory` passed
+    here, and failed every start)."""
+    try:
+        return max(wasmbin.memory_minimums(binary), default=0)
+    except ValueError:                   # BinaryError, Unsupported: what it exports
+        return next((e.type.limits.min for e in module.exports
+                     if e.name == abi.EXPORT_MEMORY
+                     and isinstance(e.type, wasmtime.MemoryType)), 0)
 
 
 def _tables(binary: bytes) -> tuple[int, ...]:

@@ -187,8 +187,12 @@ def test_an_engine_that_cannot_start_names_why(tmp_path):
             "instantiate") in r.stderr, r.stderr
 
 
-def test_a_memory_limit_below_the_modules_own_minimum_is_refused_before_start(tmp_path):
-    (tmp_path / "big.wat").write_text('(module (memory (export "memory") 32) (func (export "_start")))')
+@pytest.mark.parametrize("memory", ['(memory (export "memory") 32)', "(memory 32)",
+                                    '(memory (export "mem") i64 32)'])
+def test_a_memory_limit_below_the_modules_own_minimum_is_refused_before_start(tmp_path, memory):
+    """Exported as `memory` or not, 32- or 64-bit: a memory not exported as `memory`
+    passed `check`, and every start failed."""
+    (tmp_path / "big.wat").write_text(f'(module {memory} (func (export "_start")))')
     (tmp_path / "system.toml").write_text('[compartments.big]\nmodule = "big.wat"\n'
                                           '[compartments.big.limits]\nmemory = "1MiB"\n')
     for command in ("check", "up"):
