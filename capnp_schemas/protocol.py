@@ -188,6 +188,10 @@ class CallReceived:
     interface_id: int
     method_id: int
     payload: Payload
+    #: sendResultsTo.yourself (a tail call, rpc.capnp level 1): the results are
+    #: not returned to the peer but kept for its Return ... takeFromOtherQuestion
+    #: (send_elsewhere)
+    elsewhere: bool = False
 
 
 @attrs.define
@@ -197,6 +201,16 @@ class ReturnReceived:
     error: str | None = None
     error_type: str = "failed"
     finish_needed: bool = True   # False: the peer set noFinishNeeded; do not send Finish
+
+
+@attrs.frozen
+class ReturnTaken:
+    """The peer answered our question `question_id` with the results of its own
+    call `answer_id` to us, made with sendResultsTo.yourself (a tail call):
+    Return with takeFromOtherQuestion.  The question is returned; the owner
+    hands that call's outcome to whoever asked `question_id`."""
+    question_id: int
+    answer_id: int
 
 
 @attrs.frozen
@@ -251,6 +265,10 @@ class _Answer:
     #: finished before its return, with releaseResultCaps: the peer will not import
     #: what the return carries (discards_results)
     discard: bool = False
+    #: sendResultsTo.yourself: returned with resultsSentElsewhere (send_elsewhere)
+    elsewhere: bool = False
+    #: a Return ... takeFromOtherQuestion named it (at most once: rpc.capnp)
+    taken: bool = False
 
 
 @attrs.define
@@ -430,8 +448,9 @@ class Connection:
         self.unanswered += 1
 
     def _on_call(self, segs, m, events):
-        if m.send_to != "caller":
-            raise ProtocolError(f"sendResultsTo '{m.send_to}' is not supported (only 'caller')")
+        if m.send_to != "caller" and m.send_to != "yourself":
+            raise ProtocolError(f"sendResultsTo '{m.send_to}' is not supported (only 'caller' "
+                                f"and 'yourself')")
         if m.promise is None:
             e = self.exports.get(m.import_id)             # _export_obj, inline
             if e is None:
@@ -441,6 +460,11 @@ class Connection:
             target = self._promised(*m.promise)
         payload = self._payload(segs, m.caps, m.content_loc, getattr(m, "content_root", False))
         self._new_answer(m.id)
+        if m.send_to == "yourself":
+            self.answers[m.id].elsewhere = True
+            events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload,
+                                       True))
+            return
         events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload))
 
     def _promised(self, qid, transform) -> PromisedAnswer:
@@ -518,6 +542,19 @@ class Connection:
         elif kind == "canceled":
             events.append(ReturnReceived(qid, None, "call canceled", "failed",
                                          finish_needed=finish))
+        elif kind == "takeFromOtherQuestion":
+            # A tail call: the results of its call m.take (sendResultsTo.yourself)
+            # are this question's.  We always send Finish for it.
+            a = self.answers.get(m.take)
+            if a is None and self.native is not None:
+                a = self._native_answer(m.take)
+            if a is None or not a.elsewhere or a.taken:
+                raise ProtocolError(f"takeFromOtherQuestion names question {m.take}, which "
+                                    f"is not an open call with sendResultsTo.yourself, or "
+                                    f"was taken already")
+            a.taken = True
+            finish = True
+            events.append(ReturnTaken(qid, m.take))
         else:
             raise ProtocolError(f"return of kind '{kind}' is not supported")
         if not finish:
@@ -636,6 +673,28 @@ class Connection:
             self._unfinished -= 1
         return data
 
+    def send_elsewhere(self, answer_id: int, kept: int = 0) -> bytes:
+        """Return resultsSentElsewhere for a call made with sendResultsTo.yourself
+        (its outcome goes to the question the peer answers with
+        takeFromOtherQuestion, which the owner delivers).  Calls pipelined on it
+        find no results.  `kept`: bytes the owner holds for it until the peer's
+        Finish (counted against max_kept_bytes)."""
+        a = self._answer_for_return(answer_id)
+        a.error = "its results were sent elsewhere (sendResultsTo.yourself)"
+        a.kept = kept
+        msg = rpc.Message.new_message()
+        ret = msg.init("return")
+        ret.answerId = answer_id
+        ret.releaseParamCaps = False
+        ret.resultsSentElsewhere = None
+        self._answer_done(answer_id, a)
+        return wire.frame(msg.to_segments())
+
+    def sends_elsewhere(self, answer_id: int) -> bool:
+        """Whether `answer_id` was asked with sendResultsTo.yourself (a tail call)."""
+        a = self.answers.get(answer_id)
+        return a is not None and a.elsewhere
+
     def send_exception(self, answer_id: int, reason: str, type: str = "failed",
                        no_finish: bool = False) -> bytes:
         """Return an exception; its reason is cut at text.REASON_LIMIT characters."""
@@ -753,7 +812,9 @@ class Connection:
         """The peer sent Finish for `answer_id` before our return: it cancelled the
         call (rpc.capnp), and still expects a Return."""
         a = self.answers.get(answer_id)
-        return a is not None and a.finished and not a.returned
+        # a tail call whose results a question of ours took: the peer's Finish gives
+        # up only its own view of the call (C++ sends it at once), not the results
+        return a is not None and a.finished and not a.returned and not a.taken
 
     def export_id(self, obj) -> int | None:
         return self._export_ids.get(id(obj))

@@ -153,7 +153,7 @@ class Plain:
     call      id, import_id | promise (question id, transform), interface_id,
               method_id, send_to, content_loc, caps
     return    id, release, no_finish, kind; results: content_loc, caps;
-              exception: reason, type
+              exception: reason, type; takeFromOtherQuestion: take (an answer id)
     finish    id, release
     release   id, count
     bootstrap id
@@ -171,7 +171,7 @@ class Plain:
     resolved again; not a field of the message (fields() leaves it out)."""
     __slots__ = ("which", "id", "import_id", "promise", "interface_id", "method_id",
                  "send_to", "content_loc", "caps", "release", "no_finish", "kind", "reason",
-                 "type", "count", "content_root")
+                 "type", "count", "take", "content_root")
 
     def fields(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__
@@ -394,6 +394,8 @@ def decode_pycapnp(segs) -> Plain:
                                                  [MAX_TRANSFORM_STEPS_PER_MESSAGE])
         elif kind == "exception":
             out.reason, out.type = _exception(ret.exception)
+        elif kind == "takeFromOtherQuestion":
+            out.take = ret.takeFromOtherQuestion
     elif which == MSG_FINISH:
         fin = msg.finish
         out.id, out.release = fin.questionId, fin.releaseResultCaps

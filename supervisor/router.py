@@ -155,6 +155,15 @@ class _Waiting:
         self.call, self.where, self.first, self.chain = call, where, first, chain
 
 
+@attrs.define
+class _Outcome:
+    """How a tail call ended, kept for the question the peer will answer with it:
+    results (content and capabilities, which it holds) or an error."""
+    content: object
+    caps: tuple
+    error: CallError | None
+
+
 class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
@@ -197,6 +206,11 @@ class Router:
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self.pipelined_pooled = 0                      # ... beyond each one's own share
         self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
+        # Tail calls (sendResultsTo.yourself), (peer id, answer id) -> either the
+        # handler of the question the peer answered with it (takeFromOtherQuestion)
+        # while the call runs, or, once it ended first, its _Outcome, held until
+        # the peer takes it or finishes the call
+        self._tails: dict[tuple, object] = {}
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self._host_of: dict[tuple, int] = {}           # reply key -> its host call's token
         # (callee id, question id) -> deadline, of calls forwarded for an external
@@ -530,6 +544,12 @@ class Router:
             kept = peer.kept.pop(ev.answer_id, None) if peer.kept else None
             for cap in kept or ():
                 self._drop(cap)
+            if self._tails and isinstance(self._tails.get((peer.id, ev.answer_id)), _Outcome):
+                # a tail call's outcome the peer never took: nobody will
+                self._let_go_outcome(self._tails.pop((peer.id, ev.answer_id)))
+        elif isinstance(ev, protocol.ReturnTaken):
+            peer.useful = self.clock()
+            self._on_taken(peer, ev)
         elif isinstance(ev, protocol.DisembargoReceived):
             self._disembargo(peer, ev)
         elif isinstance(ev, protocol.Unhandled):
@@ -619,6 +639,75 @@ class Router:
         if ev.finish_needed:
             self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
         handler.returned(self, peer, ev)
+
+    def _on_taken(self, peer: Peer, ev: protocol.ReturnTaken):
+        """The peer answered our question with the outcome of its tail call to us
+        (takeFromOtherQuestion): whoever asked gets that call's outcome, now if it
+        ended already, else when it does (_tail_ended)."""
+        handler = self._pending.pop((peer.id, ev.question_id), None)
+        if handler is not None:     # else we finished it already (timed out, cancelled)
+            self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
+        key = (peer.id, ev.answer_id)
+        outcome = self._tails.pop(key, None)
+        if outcome is None:
+            self._tails[key] = handler          # None: nobody waits (timed out)
+            return
+        self._let_go_outcome(outcome, hold=False)
+        self._hand_outcome(handler, peer, ev.question_id, outcome)
+
+    def _tail_ended(self, peer: Peer, answer_id: int, content=None, caps=(),
+                    error: CallError | None = None):
+        """The peer's tail call `answer_id` (sendResultsTo.yourself) ended: the peer
+        is told its results went elsewhere, and they go to the question it answered
+        with them, or wait for it until the peer finishes the call."""
+        a = peer.conn.answers[answer_id]
+        key = (peer.id, answer_id)
+        wait = not a.taken and not a.finished
+        size = content.size() if wait and content is not None else 0
+        self.emit(fx.Send(peer.id, peer.conn.send_elsewhere(answer_id, kept=size)))
+        why = CallError("pipelined on a call whose results were sent elsewhere "
+                        "(sendResultsTo.yourself)")
+        calls = self._take_pipelined(peer, answer_id)
+        if calls:
+            self._soon(self._fail_pipelined, calls, why)
+        if self._promises:
+            self._settle(peer, answer_id, error=why)
+        outcome = _Outcome(content, tuple(caps), error)
+        if wait:
+            for c in outcome.caps:
+                if c is not None:
+                    c.refs += 1
+            self._tails[key] = outcome
+        elif key in self._tails:
+            self._hand_outcome(self._tails.pop(key), peer, None, outcome)
+        else:                                # finished without being taken: nobody wants it
+            self.sweep(outcome.caps)
+
+    def _hand_outcome(self, handler, peer: Peer, question_id, outcome: _Outcome):
+        """Give the outcome of `peer`'s tail call to `handler` (the question it
+        answered with it), as if `peer` had returned it; None: nobody waits."""
+        if handler is not None:
+            if outcome.error is not None:
+                ev = protocol.ReturnReceived(question_id, None, outcome.error.reason,
+                                             outcome.error.type)
+            else:
+                ev = protocol.ReturnReceived(question_id, protocol.Payload(
+                    outcome.content if outcome.content is not None else protocol.EMPTY,
+                    tuple(None if c is None else protocol.Exported(c)
+                          for c in outcome.caps)))
+            handler.returned(self, peer, ev)
+        self.sweep(outcome.caps)
+
+    def _let_go_outcome(self, outcome, hold: bool = True):
+        """A kept tail call's outcome is no longer held here (and, unless it goes on
+        to its question now, let go of)."""
+        if not isinstance(outcome, _Outcome):
+            return
+        for c in outcome.caps:
+            if c is not None:
+                c.refs -= 1
+        if hold:
+            self.sweep(outcome.caps)
 
     def _drop_imported(self, peer: Peer, payload):
         """Let go of the capabilities a payload brought that nobody will take."""
@@ -1041,6 +1130,9 @@ class Router:
             return
         for m, label in reversed(crossed):   # innermost membrane first
             caps = tuple(self._wrap(c, m, f"{m.label}>{label}") for c in caps)
+        if peer.conn.sends_elsewhere(answer_id):
+            self._tail_ended(peer, answer_id, content, caps)
+            return
         if caps and peer.conn.discards_results(answer_id):
             # The peer gave up the call (Finish with releaseResultCaps before this
             # return): it ignores the capabilities of a return, and would never
@@ -1100,6 +1192,9 @@ class Router:
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             if self._promises:
                 self._settle(peer, answer_id, error=e)
+            return
+        if peer.conn.sends_elsewhere(answer_id):
+            self._tail_ended(peer, answer_id, error=e)
             return
         # a refusal for good is E_DENIED to a guest; a rate limit stays E_OVERLOADED
         reason = abi.DENIED_PREFIX + e.reason if isinstance(e, Denial) and e.type == "failed" \
@@ -1397,6 +1492,13 @@ class Router:
                 orphaned.append(k)
         for k, _ in pending:
             del self._pending[k]
+        if self._tails:                # its tail calls: questions waiting on them, outcomes
+            for k in [k for k in self._tails if k[0] == peer.id]:
+                t = self._tails.pop(k)
+                if isinstance(t, _Outcome):
+                    self._let_go_outcome(t)
+                elif t is not None:
+                    pending.append((k, t))
         if self._orphans:              # its own calls' cancellations: it will not answer
             for k in [k for k in self._orphans if k[0] == peer.id]:
                 self._unorphan(k)

@@ -101,3 +101,50 @@ def test_a_pipelined_call_on_a_promise_that_comes_back_to_its_caller_is_delivere
 
     assert _client(sock, body)
     assert steps == [(1, 1), (2, 3), (3, 6)]
+
+
+def test_a_call_cpp_forwards_back_as_a_tail_call_does_not_cut_the_client_off(calc_and_echo):
+    """A client passes calc a promise of its own (senderPromise) that resolves to a
+    capability it got from the supervisor on the same connection.  When calc calls
+    it, Cap'n Proto's C++ RPC forwards the call back as a tail call: Call with
+    sendResultsTo.yourself, then Return with takeFromOtherQuestion (rpc.capnp level
+    1).  The supervisor cut the client off for it ("sendResultsTo 'yourself' is not
+    supported"); now the call goes on, its outcome answers calc's call (here a
+    failure: the capability is echo, which is no Observer), and the connection
+    serves on."""
+    import asyncio
+
+    import capnp
+
+    import capnp_schemas
+    run, sock = calc_and_echo
+    calc_schema, echo_schema = rpcstress.schemas(str(sock.parent))
+
+    async def main():
+        async with capnp.kj_loop():
+            stream = await capnp.AsyncIoStream.create_unix_connection(str(sock))
+            client = capnp.TwoPartyClient(stream)
+            gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+            calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+            echo = (await gateway.get("echo")).cap.as_interface(echo_schema.Echo)
+            go = asyncio.Event()
+
+            class Later(echo_schema.Echo.Server):       # a local promise of echo
+                async def hold(self, cap, _context, **_):
+                    await go.wait()
+                    _context.results.cap = cap
+
+            promise = echo_schema.Echo._new_client(Later()).hold(cap=echo).cap
+            total = asyncio.ensure_future(calc.sumTo(2, promise.cast_as(calc_schema.Observer)))
+            await asyncio.sleep(0.3)                      # sent as a senderPromise
+            go.set()
+            with pytest.raises(capnp.KjException) as failed:
+                await total
+            return str(failed.value), (await calc.add(1, 2)).sum
+
+    reason, after = asyncio.run(asyncio.wait_for(main(), 30))
+    assert "yourself" not in reason and "disconnected" not in reason
+    assert "does not implement" in reason or "dispatch returned" in reason
+    assert after == 3
+    run.wait_for("ready echo")
+    assert not [line for line in run.lines if "protocol error" in line]

@@ -1315,3 +1315,179 @@ def test_calls_of_gone_external_clients_are_bounded_in_all_so_reconnecting_canno
     # a callee that goes takes its cancellations with it
     router.disconnected(calc.pid, "killed")
     assert router._orphans == {}
+
+
+# ------------------------------------------------------------ tail calls (rpc.capnp level 1)
+
+
+def _tail_call(question_id, target, interface_id, method_id, content=P.EMPTY) -> bytes:
+    """A Call with sendResultsTo.yourself, as Cap'n Proto's C++ RPC sends it for a
+    tail call (or a call on a promise that resolved to a capability of the peer it
+    came from)."""
+    msg = P.rpc.Message.new_message()
+    c = msg.init("call")
+    c.questionId = question_id
+    c.target.importedCap = target
+    c.interfaceId = interface_id
+    c.methodId = method_id
+    c.sendResultsTo.yourself = None
+    c.init("params")
+    return P.Connection._with_content(msg, (0, 1), content)
+
+
+def _take_from(answer_id, question_id) -> bytes:
+    msg = P.rpc.Message.new_message()
+    r = msg.init("return")
+    r.answerId = answer_id
+    r.releaseParamCaps = False
+    r.takeFromOtherQuestion = question_id
+    return wire.frame(msg.to_segments())
+
+
+def _raw_finish(question_id) -> bytes:
+    msg = P.rpc.Message.new_message()
+    msg.init("finish").questionId = question_id
+    return wire.frame(msg.to_segments())
+
+
+def _observer_called():
+    """calc calls the observer the client passed it: (router, calc, client, the
+    question calc asked, the call the client received).  What the supervisor sends
+    the client from then on is kept raw, in `client.raw` (its own Connection does
+    not read resultsSentElsewhere: the supervisor never asks for it)."""
+    router, calc, cl, observer, q, call = _observer_passed_to_calc()
+    oq, data = calc.conn.send_call(call.payload.caps[0].import_id, OBSERVER, 0)
+    calc.send(data)
+    (got,) = cl.inbox
+    cl.inbox.clear()
+    cl.raw = []
+
+    def feed(data):
+        for segs in wire.Framer(512, 1 << 20).feed(data):
+            msg = P.rpc.Message.from_segments(segs)
+            cl.raw.append((msg.which(), msg))
+    cl.feed = feed
+    return router, calc, cl, oq, got
+
+
+def _returns(engine, qid):
+    return [e for e in engine.inbox if isinstance(e, P.ReturnReceived) and e.question_id == qid]
+
+
+def test_a_tail_call_answers_the_question_it_was_taken_for():
+    """Cap'n Proto's C++ RPC answers a call with a tail call to the peer it came
+    from: Call with sendResultsTo.yourself, then Return with takeFromOtherQuestion
+    (and Finish of the tail call at once).  The supervisor cut the client off
+    ("sendResultsTo 'yourself' is not supported"); rpc.capnp puts it in level 1.
+    Now the tail call goes on, the client is told resultsSentElsewhere, and its
+    results answer calc's call, whether they come after the Return or before it."""
+    router, calc, cl, oq, got = _observer_called()
+    calc_cap = cl.grants[0].import_id
+    params = Content.standalone([struct.pack("<QQ", 1 << 32, 3 | (4 << 32))])
+    cl.send(_tail_call(40, calc_cap, CALC, 0, params))
+    cl.send(_take_from(got.answer_id, 40) + _raw_finish(40))
+    (add,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    assert add.target is calc.main and add.method_id == 0
+    calc.inbox.remove(add)
+    assert add.payload.content.single_segment_copy() == params.single_segment_copy()
+    assert _returns(calc, oq) == []                   # not before the tail call ends
+    calc.send(calc.conn.send_return(add.answer_id, Content.standalone(
+        [struct.pack("<QQ", 1 << 32, 7)])))
+    (ret,) = _returns(calc, oq)
+    assert ret.payload is not None
+    seg = wire.unframe(ret.payload.content.single_segment_copy())[0]
+    assert struct.unpack_from("<Q", seg, 8)[0] == 7
+    kinds = [(w, m.__getattr__("return").which() if w == "return" else None)
+             for w, m in cl.raw]
+    assert ("return", "resultsSentElsewhere") in kinds and ("abort", None) not in kinds
+    assert router.peers[cl.pid].alive and router._tails == {}
+
+    # the other order: the tail call (to the gateway) ends before the Return names it
+    calc.inbox.clear()
+    oq2, data = calc.conn.send_call(next(iter(calc.conn.imports)), OBSERVER, 0)
+    calc.send(data)
+    (w, second) = cl.raw[-1]
+    assert w == "call"
+    gateway = next(i for i in cl.conn.imports if i != calc_cap)
+    cl.send(_tail_call(41, gateway, hosted.GATEWAY.id, hosted.GATEWAY.method("list").ordinal))
+    assert cl.raw[-1][1].__getattr__("return").which() == "resultsSentElsewhere"
+    assert _returns(calc, oq2) == []
+    cl.send(_take_from(second.call.questionId, 41))
+    (ret,) = _returns(calc, oq2)
+    assert ret.payload is not None and ret.error is None
+    assert payloads.read(hosted.GATEWAY.method("list").results, ret.payload.content,
+                         1 << 16)["names"] == ["calc"]
+    cl.send(_raw_finish(41))
+    assert router.peers[cl.pid].alive and router._tails == {}
+
+
+def test_a_tail_calls_failure_fails_the_question_it_was_taken_for():
+    router, calc, cl, oq, got = _observer_called()
+    gateway = next(i for i in cl.conn.imports if i != cl.grants[0].import_id)
+    cl.send(_tail_call(40, gateway, 0x1234, 0) + _take_from(got.answer_id, 40))
+    (ret,) = _returns(calc, oq)
+    assert ret.payload is None and "Gateway.get and Gateway.list only" in ret.error
+    assert router.peers[cl.pid].alive
+
+
+@pytest.mark.parametrize("how", ["not a tail call", "taken twice", "unknown"])
+def test_take_from_other_question_must_name_an_open_tail_call_taken_once(how):
+    router, calc, cl, oq, got = _observer_called()
+    gateway = next(i for i in cl.conn.imports if i != cl.grants[0].import_id)
+    if how == "not a tail call":
+        msg = P.rpc.Message.new_message()
+        c = msg.init("call")
+        c.questionId = 40
+        c.target.importedCap = gateway
+        c.interfaceId = hosted.GATEWAY.id
+        c.methodId = hosted.GATEWAY.method("list").ordinal
+        c.sendResultsTo.caller = None
+        cl.send(wire.frame(msg.to_segments()))
+    elif how == "taken twice":
+        oq2, data = calc.conn.send_call(next(iter(calc.conn.imports)), OBSERVER, 0)
+        calc.send(data)
+        second = cl.raw[-1][1].call.questionId
+        cl.send(_tail_call(40, gateway, hosted.GATEWAY.id, 1) + _take_from(second, 40))
+    cl.send(_take_from(got.answer_id, 40))
+    assert cl.raw[-1][0] == "abort"
+    assert "takeFromOtherQuestion names question 40" in cl.raw[-1][1].abort.reason
+    assert cl.pid not in router.peers
+    (ret,) = _returns(calc, oq)                       # calc's question fails: the peer is gone
+    assert ret.payload is None and ret.error_type == "disconnected"
+    assert router._tails == {}
+
+
+def test_a_tail_calls_results_nobody_took_are_let_go_at_its_finish():
+    """A peer that makes tail calls and never names them in a Return: their results
+    are held (counted against the unfinished answers and their bytes) until its
+    Finish, then let go of."""
+    router, calc, cl, oq, got = _observer_called()
+    gateway = next(i for i in cl.conn.imports if i != cl.grants[0].import_id)
+    get = hosted.GATEWAY.method("get")
+    content = payloads.build(get.params, {"name": "calc"})[0]
+    cl.send(_tail_call(40, gateway, hosted.GATEWAY.id, get.ordinal, content))
+    proxy = router.proxies["calc"]
+    held = proxy.refs
+    assert list(router._tails) == [(cl.pid, 40)]
+    cl.send(_raw_finish(40))
+    assert router._tails == {} and proxy.refs == held - 1
+    assert router.peers[cl.pid].alive
+
+
+def test_a_tail_call_taken_for_a_question_that_timed_out_goes_nowhere():
+    """calc's call to the client timed out (the supervisor sent Finish); the client
+    then answers it with a tail call: the tail call's outcome goes nowhere, and
+    the client stays connected."""
+    router, calc, cl, oq, got = _observer_called()
+    now = [0.0]
+    router.clock = lambda: now[0]
+    gateway = next(i for i in cl.conn.imports if i != cl.grants[0].import_id)
+    now[0] = 1e6
+    calc.deliver(router.expire())
+    (ret,) = _returns(calc, oq)
+    assert ret.error_type == "overloaded"
+    cl.send(_tail_call(40, gateway, hosted.GATEWAY.id, 1) + _take_from(got.answer_id, 40))
+    cl.send(_raw_finish(40))
+    assert [w for w, _m in cl.raw].count("abort") == 0
+    assert router.peers[cl.pid].alive and router._tails == {}
+    assert len(_returns(calc, oq)) == 1
