@@ -36,7 +36,7 @@ from . import rpc, rpcwire, wire
 from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
                       CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
                       TRAVERSAL_LIMIT_WORDS)
-from .text import bounded, first_line
+from .text import KEPT_REASON_LIMIT, bounded, first_line
 
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
@@ -410,7 +410,7 @@ class Connection:
             events.append(BootstrapRequested(m.id))
         elif which == rpcwire.MSG_ABORT:
             self.closed = "aborted by peer"
-            events.append(AbortReceived(m.reason))
+            events.append(AbortReceived(bounded(m.reason, KEPT_REASON_LIMIT)))
         elif which == rpcwire.MSG_DISEMBARGO and m.kind == "senderLoopback":
             target = Exported(self._export_obj(m.import_id)) if m.promise is None \
                 else self._promised(*m.promise)
@@ -537,7 +537,9 @@ class Connection:
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             events.append(ReturnReceived(qid, payload, finish_needed=finish))
         elif kind == "exception":
-            events.append(ReturnReceived(qid, None, m.reason or "(no reason)", m.type,
+            # cut where it is read: the router copies a reason into every call and
+            # promise that fails with it, and into the audit
+            events.append(ReturnReceived(qid, None, bounded(m.reason, KEPT_REASON_LIMIT) or "(no reason)", m.type,
                                          finish_needed=finish))
         elif kind == "canceled":
             events.append(ReturnReceived(qid, None, "call canceled", "failed",

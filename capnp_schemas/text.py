@@ -16,6 +16,10 @@ from __future__ import annotations
 #: reasons carry text a peer chose (a name it asked for, a callee's own reason, a
 #: function name from a module), and answers are kept until Finish.
 REASON_LIMIT = 2000
+#: Characters of a reason kept when one is read or held (a peer's Return exception
+#: or Abort, a CallError, an audit record): room for a sender's own cut, which
+#: says how many characters more there were, so a reason cut once reads the same.
+KEPT_REASON_LIMIT = REASON_LIMIT + 100
 
 
 def bounded(text: str, limit: int = REASON_LIMIT) -> str:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import attrs
 
+from capnp_schemas.text import KEPT_REASON_LIMIT, bounded
+
 
 class Cap:
     """A capability object.  `refs`: c-list entries and holders in the supervisor."""
@@ -112,9 +114,14 @@ class Call:
 
 
 class CallError(Exception):
-    """The call fails with this reason; `type` is rpc.capnp's Exception.Type."""
+    """The call fails with this reason; `type` is rpc.capnp's Exception.Type.  The
+    reason is cut at text.KEPT_REASON_LIMIT characters: it is copied into every call
+    and promise that fails with it, and into the audit, and may hold text a peer
+    chose (a review: one 400 KB reason, copied into each of 1,500 promises, took
+    the supervisor from 50 to 624 MiB)."""
 
     def __init__(self, reason: str, type: str = "failed"):
+        reason = bounded(reason, KEPT_REASON_LIMIT)
         super().__init__(reason)
         self.reason = reason
         self.type = type

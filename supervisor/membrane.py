@@ -14,6 +14,8 @@ No I/O: time comes from the caller.
 """
 from __future__ import annotations
 
+from capnp_schemas.text import KEPT_REASON_LIMIT, bounded
+
 from .caps import Call, CallError, Denial, Wrapped, describe
 from .supervision import TokenBucket
 
@@ -133,7 +135,7 @@ class AuditTrail:
         record, start = opened
         record.update(outcome=outcome, duration_ms=round((now - start) * 1000, 3))
         if reason:
-            record["reason"] = reason
+            record["reason"] = bounded(reason, KEPT_REASON_LIMIT)
         return record
 
 

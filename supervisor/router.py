@@ -864,6 +864,8 @@ class Router:
         self._soon(self._settle_now, peer, answer_id, result, error)
 
     def _settle_now(self, peer: Peer, answer_id: int, result, error: CallError | None):
+        # one text for all the promises an error fails (a call can pass hundreds)
+        failed = f"capability promised by a failed call: {error.reason}" if error else None
         for promised in self._promises.pop((peer.id, answer_id), ()):
             why = error
             if why is None:
@@ -878,7 +880,8 @@ class Router:
                         promised.target = target
                         target.refs += 1
             if why is not None:
-                promised.error = f"capability promised by a failed call: {why.reason}"
+                promised.error = failed if why is error else \
+                    f"capability promised by a failed call: {why.reason}"
                 promised.error_type = why.type
             self._run_queue(promised)
             self._settled(promised)

@@ -1491,3 +1491,53 @@ def test_a_tail_call_taken_for_a_question_that_timed_out_goes_nowhere():
     assert [w for w, _m in cl.raw].count("abort") == 0
     assert router.peers[cl.pid].alive and router._tails == {}
     assert len(_returns(calc, oq)) == 1
+
+
+def test_a_peers_long_reason_is_cut_once_not_copied_into_every_promise_it_fails():
+    """A client answers, with an exception of a 400,000-character reason, a call
+    that the supervisor forwarded back to it (pipelined on a promise of its own
+    object), after passing 1,500 promises on that call's answer in calls that
+    wait.  The reason was kept whole and copied into each promise (and each call
+    and audit record that failed with it): 50 -> 624 MiB in one message, and 60
+    such calls of 250 promises would have been 6 GB.  Reasons are cut where they
+    are read, CallError bounds every reason, and the promises share one text."""
+    from capnp_schemas.text import REASON_LIMIT
+    router, calc, cl, observer, q, call = _observer_passed_to_calc()
+    calc.send(calc.conn.send_return(call.answer_id, Content.capability(0),
+                                    [P.RemoteRef(call.payload.caps[0].import_id)]))
+    cl.inbox.clear()
+    first, data = cl.conn.send_call((q, ()), OBSERVER, 0)
+    cl.send(data)
+    second, data = cl.conn.send_call((q, ()), OBSERVER, 0)
+    cl.send(data)
+    (back, _) = [e for e in cl.inbox if isinstance(e, P.CallReceived)]
+    cl.inbox.clear()
+    for _ in range(10):               # calls waiting on `second`, holding promises on `first`
+        cl.send(cl.conn.send_call((second, (0,)), OBSERVER, 0, P.EMPTY,
+                                  [P.ReceiverAnswer(first, ())] * 150)[1])
+    promised = [c for _t, waiting in router._pipelined[(cl.pid, second)] for c in waiting.caps]
+    assert len(promised) == 1500
+    msg = P.rpc.Message.new_message()
+    r = msg.init("return")
+    r.answerId = back.answer_id
+    r.releaseParamCaps = False
+    r.init("exception").reason = "x" * 400_000
+    cl.conn.answers[back.answer_id].returned = True
+    cl.send(wire.frame(msg.to_segments()))
+    (failed,) = [e for e in cl.inbox if isinstance(e, P.ReturnReceived)]
+    assert failed.question_id == first and len(failed.error) <= REASON_LIMIT + 100
+    assert all(p.error is not None and len(p.error) < REASON_LIMIT + 200 for p in promised)
+    assert len({id(p.error) for p in promised}) == 1
+    assert router.peers[cl.pid].alive
+
+
+def test_call_errors_and_audit_records_bound_every_reason():
+    from capnp_schemas.text import REASON_LIMIT
+    from supervisor.caps import CallError
+    from supervisor.membrane import AuditTrail, Names
+    assert len(CallError("y" * 100_000).reason) <= REASON_LIMIT + 150
+    trail = AuditTrail(Names({}), True)
+    caller = R.Peer(1, "client", "external", R.Limits())
+    key = (caller, 1)
+    trail.open(key, R.Proxy("calc", CALC), R.Call(CALC, 0, Content(), (), key), 0.0, 0.0)
+    assert len(trail.close(key, "failed", 0.0, "z" * 100_000)["reason"]) <= REASON_LIMIT + 150
