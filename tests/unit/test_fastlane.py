@@ -1065,3 +1065,27 @@ def test_revocation_takes_down_the_routes_of_calls_back_through_the_grant(sup):
     s.perform(s.router.revoke("app.calc"))
     assert not callback()
     assert "was revoked" in calc.returns()[-1].error
+
+
+def test_a_large_message_leaves_no_large_buffer_behind(sup):
+    """A peer's input buffer grew to hold the largest message it ever sent, and its
+    output buffer the largest backlog, and kept that size while it stayed open:
+    a client that sent one 8 MiB call held 18 MiB of the supervisor's memory from
+    then on, and max_connections clients, or engines, that much each.  Once empty,
+    a buffer past 1 MiB is given back."""
+    s = sup({"calc": CALC}, external=("calc",))
+    calc = Engine(s, "calc", exports=True)
+    client = External(s)
+    big = Content.standalone([struct.pack("<QQ", 1 << 32, 5) + bytes(4 << 20)])
+    qid, data = client.conn.send_call(client.grants[0].import_id, CALC, 0, big)
+    client.send(data)
+    client.until(lambda: calc.calls())
+    (call,) = calc.calls()
+    calc.send(calc.conn.send_return(call.answer_id, big))     # 4 MiB back, through the lane
+    client.until(lambda: client.returns())
+    assert client.returns()[0].payload.content.size() > 4 << 20
+    end = time.monotonic() + 5
+    while s.lane.stats()["buffers"] >= 4 << 20:
+        assert time.monotonic() < end, s.lane.stats()["buffers"]
+        client.until(lambda: True)
+        time.sleep(0.01)
