@@ -165,6 +165,10 @@ class PromisedAnswer:
     transform: tuple
     result: tuple | None = attrs.field(default=None, eq=False)
     error: str | None = None
+    #: the failed answer's exception type: a call pipelined on it fails with the
+    #: same type, as on a broken promise (a client retries "overloaded" and
+    #: "disconnected", not "failed")
+    error_type: str = "failed"
 
 
 @attrs.define
@@ -260,6 +264,7 @@ class _Answer:
     finished: bool = False
     result: tuple | None = None      # (Content, caps) once returned with results
     error: str | None = None
+    error_type: str = "failed"
     result_exports: list = attrs.Factory(list)
     kept: int = 0                    # bytes this answer holds until it is finished
     #: finished before its return, with releaseResultCaps: the peer will not import
@@ -473,7 +478,7 @@ class Connection:
             a = self._native_answer(qid)
         if a is None:
             raise ProtocolError(f"promisedAnswer names unknown question {qid}")
-        return PromisedAnswer(qid, transform, a.result, a.error)
+        return PromisedAnswer(qid, transform, a.result, a.error, a.error_type)
 
     def _export_obj(self, eid):
         e = self.exports.get(eid)
@@ -713,6 +718,7 @@ class Connection:
         e.reason = reason
         e.type = type
         a.error = reason
+        a.error_type = type
         self._answer_done(answer_id, a)
         return wire.frame(msg.to_segments())
 

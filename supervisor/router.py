@@ -603,7 +603,8 @@ class Router:
         target = ev.target
         if isinstance(target, protocol.PromisedAnswer):
             if target.error is not None:
-                self.fail(reply, CallError(f"pipelined call on a failed call: {target.error}"))
+                self.fail(reply, CallError(f"pipelined call on a failed call: {target.error}",
+                                           target.error_type))
                 self.sweep(caps)
                 return
             if target.result is None:
@@ -1355,7 +1356,7 @@ class Router:
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us
         if c.error is not None:
-            raise CallError(f"capability from a failed call: {c.error}")
+            raise CallError(f"capability from a failed call: {c.error}", c.error_type)
         if c.result is None:            # not returned yet: calls on it wait for it
             promised = Promised(peer, c.answer_id, c.transform)
             self._promises.setdefault((peer.id, c.answer_id), []).append(promised)

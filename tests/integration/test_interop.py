@@ -105,3 +105,25 @@ def test_interop_hostile_client_is_cut_off_and_others_are_served(external_calc, 
         return (await calc.add(3, 4)).sum
 
     assert _client(path, body) == 7
+
+
+def test_interop_a_pipelined_call_on_a_failed_call_fails_with_its_type(external_calc):
+    """Cap'n Proto rejects a call pipelined on a broken promise with the promise's
+    own exception: a call on calc through the wrong interface is UNIMPLEMENTED, and
+    so is a call pipelined on its result (it was FAILED)."""
+    _run, path = external_calc
+
+    async def body(gateway, calc_schema):
+        await gateway.list()
+        calc = gateway.get("calc").cap
+        wrong = calc.cast_as(capnp_schemas.host.Gateway).get("x")   # not calc's interface
+        pipelined = wrong.cap.cast_as(calc_schema.Calc).add(1, 2)
+        types = []
+        for promise in (wrong, pipelined):
+            try:
+                await promise
+            except capnp.KjException as e:
+                types.append(e.type)
+        return types
+
+    assert _client(path, body) == ["UNIMPLEMENTED", "UNIMPLEMENTED"]

@@ -1541,3 +1541,22 @@ def test_call_errors_and_audit_records_bound_every_reason():
     key = (caller, 1)
     trail.open(key, R.Proxy("calc", CALC), R.Call(CALC, 0, Content(), (), key), 0.0, 0.0)
     assert len(trail.close(key, "failed", 0.0, "z" * 100_000)["reason"]) <= REASON_LIMIT + 150
+
+
+def test_calls_pipelined_on_a_failed_answer_fail_with_its_exception_type():
+    """A call pipelined on an answer that failed fails as a broken promise does in
+    Cap'n Proto: with the same exception type.  It was always 'failed' when the
+    answer had failed by the time the pipelined call was read (a call refused at
+    once: unimplemented, overloaded), and pycapnp clients, which retry on
+    OVERLOADED and DISCONNECTED, saw FAILED."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    start(router, "calc", exports=True)
+    cl = client(router)
+    calc_cap = cl.grants[0].import_id
+    q, first = cl.conn.send_call(calc_cap, 0x1234, 0)          # not calc's interface
+    q2, pipelined = cl.conn.send_call((q, (0,)), CALC, 0)
+    q3, passing = cl.conn.send_call(calc_cap, CALC, 2, Content.capability(0),
+                                    [P.ReceiverAnswer(q, (0,))])
+    cl.send(first + pipelined + passing)
+    types = {r.question_id: r.error_type for r in cl.inbox if isinstance(r, P.ReturnReceived)}
+    assert types == {q: "unimplemented", q2: "unimplemented", q3: "unimplemented"}
