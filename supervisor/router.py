@@ -206,10 +206,12 @@ class Router:
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self.pipelined_pooled = 0                      # ... beyond each one's own share
         self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
-        # Tail calls (sendResultsTo.yourself), (peer id, answer id) -> either the
-        # handler of the question the peer answered with it (takeFromOtherQuestion)
-        # while the call runs, or, once it ended first, its _Outcome, held until
-        # the peer takes it or finishes the call
+        # Tail calls (sendResultsTo.yourself), (peer id, answer id) -> either
+        # (question id, handler) of the question the peer answered with it
+        # (takeFromOtherQuestion) while the call runs (the handler stays in
+        # _pending, under its deadline, and the question is finished only when
+        # it is answered: its id cannot be reused meanwhile), or, once the call
+        # ended first, its _Outcome, held until the peer takes it or finishes it
         self._tails: dict[tuple, object] = {}
         self._host_calls: dict[int, tuple] = {}        # token -> (Call, Host)
         self._host_of: dict[tuple, int] = {}           # reply key -> its host call's token
@@ -645,16 +647,30 @@ class Router:
         """The peer answered our question with the outcome of its tail call to us
         (takeFromOtherQuestion): whoever asked gets that call's outcome, now if it
         ended already, else when it does (_tail_ended)."""
-        handler = self._pending.pop((peer.id, ev.question_id), None)
-        if handler is not None:     # else we finished it already (timed out, cancelled)
-            self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
         key = (peer.id, ev.answer_id)
         outcome = self._tails.pop(key, None)
         if outcome is None:
-            self._tails[key] = handler          # None: nobody waits (timed out)
+            # it waits for the call, at most until its own deadline (expire)
+            handler = self._pending.get((peer.id, ev.question_id))
+            if handler is not None:             # else it timed out or was cancelled
+                self._tails[key] = (ev.question_id, handler)
             return
         self._let_go_outcome(outcome, hold=False)
-        self._hand_outcome(handler, peer, ev.question_id, outcome)
+        self._hand_outcome(self._take_waiting(peer, ev.question_id), peer, ev.question_id,
+                           outcome)
+
+    def _take_waiting(self, peer: Peer, question_id: int, handler=None):
+        """The handler of our question `question_id` to `peer`, answered by a tail
+        call: out of _pending, and the question finished.  With `handler`: only if
+        that is still the one waiting (it may have timed out, and the id been
+        reused by another question since); else None."""
+        key = (peer.id, question_id)
+        waiting = self._pending.get(key)
+        if waiting is None or (handler is not None and waiting is not handler):
+            return None
+        del self._pending[key]
+        self.emit(fx.Send(peer.id, peer.conn.send_finish(question_id)))
+        return waiting
 
     def _tail_ended(self, peer: Peer, answer_id: int, content=None, caps=(),
                     error: CallError | None = None):
@@ -680,7 +696,8 @@ class Router:
                     c.refs += 1
             self._tails[key] = outcome
         elif key in self._tails:
-            self._hand_outcome(self._tails.pop(key), peer, None, outcome)
+            qid, handler = self._tails.pop(key)
+            self._hand_outcome(self._take_waiting(peer, qid, handler), peer, qid, outcome)
         else:                                # finished without being taken: nobody wants it
             self.sweep(outcome.caps)
 
@@ -1498,11 +1515,9 @@ class Router:
             del self._pending[k]
         if self._tails:                # its tail calls: questions waiting on them, outcomes
             for k in [k for k in self._tails if k[0] == peer.id]:
-                t = self._tails.pop(k)
+                t = self._tails.pop(k)      # (its questions are in `pending` already)
                 if isinstance(t, _Outcome):
                     self._let_go_outcome(t)
-                elif t is not None:
-                    pending.append((k, t))
         if self._orphans:              # its own calls' cancellations: it will not answer
             for k in [k for k in self._orphans if k[0] == peer.id]:
                 self._unorphan(k)

@@ -1560,3 +1560,33 @@ def test_calls_pipelined_on_a_failed_answer_fail_with_its_exception_type():
     cl.send(first + pipelined + passing)
     types = {r.question_id: r.error_type for r in cl.inbox if isinstance(r, P.ReturnReceived)}
     assert types == {q: "unimplemented", q2: "unimplemented", q3: "unimplemented"}
+
+
+def test_a_question_answered_by_a_tail_call_still_ends_at_its_own_deadline():
+    """The question a tail call answers waits for that call, but no longer than
+    its own call_time: taken out of the deadlines, a client could answer each
+    call calc made to it with a tail call whose own call lasts call_time, and so
+    on, holding calc's frame in_flight times call_time instead of call_time."""
+    now = [0.0]
+    router, calc, cl, oq, got = _observer_called()
+    router.clock = lambda: now[0]
+    # calc's question was asked at 0 (under the clock the harness had): restart it
+    calc.inbox.clear()
+    router._pending[(cl.pid, got.answer_id)].deadline = 30.0
+    import heapq
+    heapq.heappush(router._deadlines, (30.0, cl.pid, got.answer_id))
+    now[0] = 20.0
+    cl.send(_tail_call(40, cl.grants[0].import_id, CALC, 0,
+                       Content.standalone([struct.pack("<QQ", 1 << 32, 1)])))
+    cl.send(_take_from(got.answer_id, 40) + _raw_finish(40))
+    (add,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.inbox.remove(add)
+    now[0] = 31.0                                   # calc's question is due, the tail call not
+    calc.deliver(router.expire())
+    (ret,) = _returns(calc, oq)
+    assert ret.payload is None and "did not answer within" in ret.error
+    calc.send(calc.conn.send_return(add.answer_id))   # the tail call ends: its outcome goes nowhere
+    assert len(_returns(calc, oq)) == 1
+    assert router._tails == {} and router.peers[cl.pid].alive
+    finishes = [m.finish.questionId for w, m in cl.raw if w == "finish"]
+    assert finishes.count(got.answer_id) == 1
