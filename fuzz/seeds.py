@@ -186,8 +186,10 @@ def message_seeds(contents) -> list[bytes]:
     def ret_builder(kind):
         def build(m):
             r = m.init("return")
-            r.answerId = {"exception": 2, "canceled": 3, "results": 5}[kind]
-            if kind == "exception":
+            r.answerId = {"exception": 2, "canceled": 3, "results": 5, "take": 1}[kind]
+            if kind == "take":                 # a tail call's results (rpc.capnp level 1)
+                r.takeFromOtherQuestion = 0
+            elif kind == "exception":
                 e = r.init("exception")
                 e.reason, e.type = "it broke: ünïcode", "overloaded"
                 e.trace = "trace"
@@ -232,7 +234,8 @@ def message_seeds(contents) -> list[bytes]:
         return build
 
     builders = [call_builder(False), call_builder(True), call_builder(False, "yourself"),
-                ret_builder("exception"), ret_builder("canceled"), ret_builder("results")]
+                ret_builder("exception"), ret_builder("canceled"), ret_builder("results"),
+                ret_builder("take")]
     builders += [simple(k) for k in ("bootstrap", "finish", "release", "disembargo", "resolve",
                                      "resolve-exception", "abort", "unimplemented")]
     for build in builders:
