@@ -117,17 +117,21 @@ class Prober:
 
     async def _push(self, name: str):
         flags, hostcalls = self.registry.flags(name)
+        self.registry.pushed(name)
         await self._engine(name, probing.PROBE, {"flags": flags, "hostcalls": hostcalls})
 
-    async def _collect(self, name: str, baseline_for=None):
+    async def _collect(self, name: str):
         if name in self._collecting:
             return
         self._collecting.add(name)
+        sent_after, peer = self.registry.pushes.get(name, 0), self.sup._peer_of.get(name)
         try:
             got = await self._engine(name, probing.COLLECT)
         finally:
             self._collecting.discard(name)
-        self.registry.counters(name, got["counters"], baseline_for)
+        if self.sup._peer_of.get(name) != peer:
+            return                   # what a replaced engine counted is not the new one's
+        self.registry.counters(name, got["counters"], sent_after)
         data, dropped = got["events"], got["dropped"]
         step = EVENT_SLICE * probing.EVENT.size     # decoded in slices: others get the loop
         for at in range(0, max(len(data), 1), step):
@@ -173,7 +177,7 @@ class Prober:
             try:
                 await self._push(s.compartment)
                 if s.point in P.IN_MODULE:
-                    await self._collect(s.compartment, baseline_for=probe)
+                    await self._collect(s.compartment)      # its baseline (or the next one's)
             except P.ProbeError:
                 self.registry.remove(s.compartment, s.name)
                 raise

@@ -113,7 +113,10 @@ class Probe:
     def __init__(self, spec: ProbeSpec):
         self.spec = spec
         self.sites: tuple = ()          # the module's sites it covers
-        self.baseline: dict = {}        # site -> counter when it was added
+        # site -> the engine's counter when the probe came on; None until a collect the
+        # engine answered after applying the flags that turned it on (push `on_after`)
+        self.baseline: dict | None = None
+        self.on_after: int | None = None
         self.counters: dict = {}        # site -> counter, last read
         self.counts: collections.Counter = collections.Counter()     # name -> events
         self.histograms: dict = {}      # name -> {bucket: n}
@@ -143,7 +146,8 @@ class Probe:
                "functions": list(s.functions), "events": s.events, "declared": s.declared,
                "seen": self.events, "dropped": self.dropped}
         if s.point in IN_MODULE and sites is not None:
-            hits = {site: self.counters.get(site, 0) - self.baseline.get(site, 0)
+            base = self.baseline if self.baseline is not None else self.counters
+            hits = {site: self.counters.get(site, 0) - base.get(site, 0)
                     for site in self.sites}
             by_function: dict = {}
             for site, n in hits.items():
@@ -270,6 +274,7 @@ class Registry:
         self.sites: dict[str, Sites | None] = {}        # from the current engine
         self.subscribers: list[Subscriber] = []
         self.hostcalls_on: set = set()
+        self.pushes: dict[str, int] = {}     # compartment -> flag changes sent to its engines
 
     # ------------------------------------------------------------ probes
 
@@ -356,6 +361,16 @@ class Registry:
                 flags[site] |= bit
         return bytes(flags), compartment in self.hostcalls_on
 
+    def pushed(self, compartment: str) -> int:
+        """The flags of `compartment` (`flags`) are being sent to its engine: the number
+        of that change.  Each probe added since the last one comes on with it: its
+        baseline is the first counters read by a collect sent after it (`counters`)."""
+        seq = self.pushes[compartment] = self.pushes.get(compartment, 0) + 1
+        for p in self.probes.get(compartment, {}).values():
+            if p.on_after is None:
+                p.on_after = seq
+        return seq
+
     def engine_points(self, compartment: str) -> bool:
         """Whether its engine has anything on (events to collect)."""
         return any(p.spec.point in IN_MODULE + ("hostcalls",)
@@ -367,8 +382,15 @@ class Registry:
 
     # ------------------------------------------------------------ events in
 
-    def counters(self, compartment: str, data: bytes, baseline_for: Probe | None = None):
-        """The engine's counters (8 bytes a site)."""
+    def counters(self, compartment: str, data: bytes, sent_after: int = 0):
+        """The engine's counters (8 bytes a site), read by a collect sent when
+        `sent_after` flag changes had been sent (`pushed`).  The engine serves its
+        supervisor in order, so those changes were applied when it read them: a probe
+        that came on with one of them takes these counters as its baseline (what
+        earlier probes on the same sites counted is not its).  A collect sent before
+        its flags (one in flight when it was added, or when its change had to wait
+        for a busy guest) is no baseline: counted from it, the new probe would show
+        the hits of every probe before it."""
         sites = self.sites.get(compartment)
         if sites is None or len(data) != 8 * len(sites):
             return
@@ -376,7 +398,7 @@ class Registry:
         for p in self.probes.get(compartment, {}).values():
             if not p.sites:
                 continue
-            if p is baseline_for:
+            if p.baseline is None and p.on_after is not None and sent_after >= p.on_after:
                 p.baseline = {s: values[s] for s in p.sites}
             p.counters = {s: values[s] for s in p.sites}
 

@@ -173,3 +173,31 @@ def test_the_chrome_trace_links_caller_and_callee():
     assert all("\x1b" not in e["name"] for e in ev)
     x = [e for e in ev if e["ph"] == "X"]
     assert x[0]["ts"] == 0 and x[0]["dur"] == 5.0
+
+
+def _counts(*values):
+    import struct
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+def test_a_new_probe_counts_from_a_collect_sent_after_its_flags_never_from_an_older_one():
+    """An outside review: a probe whose flags had to wait for a busy guest (or whose
+    add met a collect already in flight) never got a baseline, and showed every hit
+    an earlier probe on the same sites had counted (11 hits where it saw 1)."""
+    r = _registry()
+    a = r.add(P.spec("c", "a", "functions", ["beta"]), SITES)
+    sent = r.pushed("c")
+    r.counters("c", _counts(0, 0, 0, 0, 0, 0, 0), sent)
+    r.counters("c", _counts(0, 0, 0, 0, 10, 0, 0), sent)           # a counts 10 entries
+    assert r.list("c")[0]["count"] == 10
+    r.remove("c", "a")
+    r.pushed("c")                                  # beta's site is off: the counter stays
+    b = r.add(P.spec("c", "b", "functions", ["beta"]), SITES)
+    before = r.pushes["c"]                         # a collect sent before b's flags ...
+    r.pushed("c")
+    r.counters("c", _counts(0, 0, 0, 0, 10, 0, 0), before)         # ... answered after
+    assert b.baseline is None and r.list("c")[0]["count"] == 0
+    r.counters("c", _counts(0, 0, 0, 0, 11, 0, 0), r.pushes["c"])  # the first after them
+    r.counters("c", _counts(0, 0, 0, 0, 12, 0, 0), r.pushes["c"])
+    assert b.baseline == {4: 11} and r.list("c")[0]["count"] == 1
+    assert a.on_after == 1 and b.on_after == 3
