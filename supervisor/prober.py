@@ -35,6 +35,9 @@ MAX_WAIT_MS = 10_000
 TRACE_CHUNK = 500                 # events per line of a trace stream
 #: A trace client that takes none of a line for this long is gone: its probes come off.
 TRACE_SEND_TIMEOUT = 5.0
+#: With no events to send, an empty line this often: a client that closed its
+#: connection is noticed (the write fails) and its probes come off.
+TRACE_HEARTBEAT = 1.0
 EVENT_SLICE = 4096                # engine events decoded between two turns of the loop
 _RESULT_WORDS = 1 << 24
 _STRUCTS = {m: payloads.method_structs(engine_schema.Engine, name)
@@ -275,11 +278,15 @@ class Prober:
     async def trace(self, stream, req: dict):
         """A trace session: calls probes (with events) on the chosen compartments for
         `seconds`; events go to the client as JSON lines, then one summary line."""
+        last = trio.current_time()
+
         async def send(obj):
             # a client that stops reading would hold the trace, and its probes on every
             # compartment it chose, for as long as it keeps the connection open
+            nonlocal last
             with trio.move_on_after(TRACE_SEND_TIMEOUT):
                 await stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+                last = trio.current_time()
                 return
             raise trio.BrokenResourceError(f"the trace client read nothing for "
                                            f"{TRACE_SEND_TIMEOUT:g} s")
@@ -325,6 +332,12 @@ class Prober:
                 events, _ = sub.take(TRACE_CHUNK * 20)
                 for i in range(0, len(events), TRACE_CHUNK):
                     await send({"events": events[i:i + TRACE_CHUNK]})
+                if trio.current_time() - last >= TRACE_HEARTBEAT:
+                    # a client that went away is told from one that waits only by
+                    # writing to it: without this, one that closed its connection
+                    # while nothing happened kept the session, its probes (events on)
+                    # and a place of MAX_TRACES for up to MAX_TRACE_SECONDS
+                    await send({"events": []})
         finally:
             with trio.CancelScope(shield=True):
                 for s in reversed(added):

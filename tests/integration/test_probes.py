@@ -291,6 +291,37 @@ def test_a_trace_whose_client_stops_reading_ends_and_takes_its_probes_off(tmp_pa
     client.close()
 
 
+def test_a_trace_whose_client_closed_its_connection_ends_and_takes_its_probes_off(
+        tmp_path, wsuper):
+    """An outside review: a trace client that went away (Ctrl-C of `wsuper trace`, a
+    closed connection) while nothing happened left the session running for all of
+    its seconds (up to an hour): its probes stayed on, events included, and it held
+    one of the MAX_TRACES places.  The session now writes an empty line every
+    TRACE_HEARTBEAT when it has nothing else to send, and ends at the first that
+    fails."""
+    import socket
+    from supervisor import endpoint
+    system = tmp_path / "quiet.toml"               # serves until stopped; nobody calls
+    system.write_text(CALC.replace("[system]\n", f'[system]\nsocket = "{tmp_path}/q.sock"\n')
+                      + "external = true\n")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(endpoint.admin_socket_path(str(system)))
+    client.sendall(json.dumps({"op": "trace", "system": endpoint.identity(str(system)),
+                               "seconds": 3600, "functions": "*"}).encode() + b"\n")
+    client.settimeout(30)
+    assert b'"ok":true' in client.recv(1 << 16)
+    assert "trace-" in _probe(system, "calc", "list").stdout
+    client.close()
+    deadline = time.monotonic() + 20             # (one TRACE_HEARTBEAT, and some)
+    while "no probes" not in _probe(system, "calc", "list").stdout:
+        assert time.monotonic() < deadline, "the trace's probes are still on"
+        time.sleep(0.5)
+    run.wait_for("probe removed: calc.trace-")
+    assert run.proc.poll() is None
+
+
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
     here = plugins / "examples" / "probes"
     shutil.rmtree(here / "data", ignore_errors=True)
