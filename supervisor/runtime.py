@@ -1480,9 +1480,11 @@ class Supervisor:
         says so if one is still running then."""
         tokens = self.router.host_calls_through(grant)
         try:
-            self._perform(self.router.revoke(grant))
+            effects = self.router.revoke(grant)
         except KeyError as e:
             return {"ok": False, "error": e.args[0]}
+        self._audit_operator({"event": "grant revoked", "grant": grant})  # before its denials
+        self._perform(effects)
         running = [e for e in map(self._host_threads.get, tokens) if e is not None]
         deadline = trio.current_time() + hostcaps.IO_DEADLINE
         while not all(e.is_set() for e in running) and trio.current_time() < deadline:
@@ -1511,9 +1513,16 @@ class Supervisor:
             return await self.prober.admin(req)
         if req.get("op") == "stop":
             self.say("stopping (wsuper stop)")
+            self._audit_operator({"event": "stop requested"})
             self._act(self.lifecycle.stop(0))
             return {"ok": True, "text": "stopping", "pid": os.getpid()}
         return {"ok": False, "error": f"unknown request {printable(str(req.get('op')))!r}"}
+
+    def _audit_operator(self, record: dict):
+        """An operator's change to the running system (a revocation, a stop; probe
+        changes: prober._audit) is a record of the audit, as the calls it affects are."""
+        if self.audit is not None:
+            self.audit.add({"time": None, **record, "by": "operator"})
 
     async def _status(self) -> dict:
         now = trio.current_time()

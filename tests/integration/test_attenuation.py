@@ -70,6 +70,13 @@ spin = {{ compartment = "spin", revocable = true }}
     records = audit_calls(tmp_path / "audit.jsonl")
     spin = [x for x in records if x.get("capability") == "app.spin"]
     assert [(x["method"], x["outcome"]) for x in spin] == [("spin", "denied"), ("ping", "denied")]
+    # the revocation itself is in the audit, before the denials it caused (an outside
+    # review: the audit showed calls denied "app.spin was revoked", never the revocation)
+    records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    revoked = [i for i, x in enumerate(records) if x.get("event") == "grant revoked"]
+    assert len(revoked) == 1 and records[revoked[0]]["grant"] == "app.spin"
+    assert records[revoked[0]]["by"] == "operator" and records[revoked[0]]["time"]
+    assert revoked[0] < records.index(spin[0])
     assert spin[0]["duration_ms"] > 0
     # a grant that is not revocable cannot be revoked
     r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.log")

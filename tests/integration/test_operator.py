@@ -20,6 +20,7 @@ SYSTEM = """
 schemas = ["{examples}/calc.capnp", "{guests}/spin.capnp"]
 socket = "{tmp}/ext.sock"
 logs = "{tmp}/logs"
+audit = "{tmp}/audit.jsonl"
 
 [compartments.calc]
 module = "{examples}/calc.wat"
@@ -136,6 +137,9 @@ def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(runnin
     assert not (tmp / "ext.sock").exists()
     r = run_wsuper("stop", path)
     assert r.returncode == 1 and "no running system" in r.stderr
+    # who stopped it is in the audit (an outside review: only "run stopped" was)
+    events = [x.get("event") for x in map(json.loads, open(tmp / "audit.jsonl"))]
+    assert events[-2:] == ["stop requested", "run stopped"]
 
 
 def test_events_go_to_stderr_with_times_and_plugin_lines_to_stdout(tmp_path):
