@@ -26,6 +26,10 @@ import stat
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
 ADMIN_ANSWER_LIMIT = 1 << 26    # an answer (from the system: one entry per compartment)
+#: How long an operator's command waits for the answer: longer than any request takes
+#: (a revocation waits up to hostcaps.IO_DEADLINE, 10 s, for the file operations
+#: already begun through the grant; a status reads /proc for each engine).
+ADMIN_ANSWER_TIMEOUT = 30.0
 
 
 class EndpointError(Exception):
@@ -263,15 +267,20 @@ def decode(line: bytes, answer: bool = False) -> dict:
     return obj
 
 
-def request(system_path: str, body: dict, timeout: float = 10) -> dict:
+def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT) -> dict:
     """Send one admin request to the running system `system_path`; its answer.
-    Raises EndpointError when no system answers there."""
+    Raises EndpointError when no system answers there, or it does not answer in time
+    (which does not mean the request was not carried out)."""
     path = admin_socket_path(system_path)
     body = {**body, "system": identity(system_path)}
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(path)
+            try:
+                s.connect(path)
+            except OSError as e:
+                raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
+                    from None
             s.sendall(encode(body))
             data = b""
             chunks, size = [], 0
@@ -285,7 +294,9 @@ def request(system_path: str, body: dict, timeout: float = 10) -> dict:
                     break
             data = b"".join(chunks)
     except OSError as e:
-        raise EndpointError(f"no running system at {path} ({e.strerror or e})") from None
+        # connected: a system is there, and may have done what was asked
+        raise EndpointError(f"the system at {path} did not answer ({e.strerror or e}); "
+                            f"the request may still have been carried out") from None
     try:
         answer = decode(data, answer=True)
     except ValueError:
