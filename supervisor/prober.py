@@ -166,15 +166,29 @@ class Prober:
         if s.compartment not in self.sup.system.compartments:
             raise P.ProbeError(f"no compartment {s.compartment!r} (compartments: "
                                f"{', '.join(self.sup.system.compartments)})")
+        # The engine it is added on: one that restarts meanwhile takes run-time probes
+        # with it (started), and its successor's sites are its own.  Said, not
+        # answered ok: a probe added with the old engine's sites into the new one's
+        # registry got no flags (or another's), and one the restart dropped while its
+        # flags went out was reported added (an outside review).
+        peer = self.sup._peer_of.get(s.compartment)
+        restarted = P.ProbeError(f"{s.compartment} restarted while the probe was being "
+                                 f"added; its run-time probes went with the old engine: "
+                                 f"add it again")
         sites = None
         if s.point in P.IN_MODULE or s.point == "hostcalls":
-            if self.sup._ready_peer.get(s.compartment) != self.sup._peer_of.get(s.compartment):
+            if self.sup._ready_peer.get(s.compartment) != peer:
                 raise P.ProbeError(f"{s.compartment} is not running")
             sites = await self._sites(s.compartment)
         selected = None
         if s.point in P.IN_MODULE and sites is not None:   # patterns x names: off the loop
             selected = await trio.to_thread.run_sync(P.Registry.select, sites, s)
+        if self.sup._peer_of.get(s.compartment) != peer:
+            raise restarted
         probe = self.registry.add(s, sites, selected)
+
+        def held() -> bool:
+            return self.registry.probes.get(s.compartment, {}).get(s.name) is probe
         pending = None
         if s.point in P.IN_MODULE or s.point == "hostcalls":
             try:
@@ -182,10 +196,14 @@ class Prober:
                 if s.point in P.IN_MODULE:
                     await self._collect(s.compartment)      # its baseline (or the next one's)
             except P.ProbeError:
+                if not held():
+                    raise restarted from None
                 self.registry.remove(s.compartment, s.name)
                 raise
             except EngineBusy as e:     # queued: the engine applies it when it can
                 pending = str(e)
+            if not held():
+                raise restarted
         self._audit("probe added", s, by)
         summary = probe.summary(self.registry.sites.get(s.compartment))
         if pending:

@@ -201,3 +201,51 @@ def test_a_new_probe_counts_from_a_collect_sent_after_its_flags_never_from_an_ol
     r.counters("c", _counts(0, 0, 0, 0, 12, 0, 0), r.pushes["c"])
     assert b.baseline == {4: 11} and r.list("c")[0]["count"] == 1
     assert a.on_after == 1 and b.on_after == 3
+
+
+@pytest.mark.parametrize("restart_during", [None, "describe", "push", "push-lost"])
+def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
+        restart_during):
+    """An outside review: a compartment that restarted while `wsuper probe add` waited
+    for its engine got the probe into its new engine's registry with the old one's
+    sites (its flags never pushed), or lost it to the restart while the answer said
+    it was added.  Now the add says the compartment restarted, and nothing of it is
+    left in the registry; without a restart it is added."""
+    import json
+    import trio
+    from compartments import probing
+    from supervisor import prober
+
+    said = []
+    comp = type("Comp", (), {"instrument": ("functions",), "probes": ()})()
+    sup = type("Sup", (), {})()
+    sup.system = type("System", (), {"compartments": {"c": comp}})()
+    sup._peer_of, sup._ready_peer, sup.audit = {"c": 1}, {"c": 1}, None
+    sup.say = lambda text, c=None: said.append(text)
+    p = object.__new__(prober.Prober)
+    p.sup, p._collecting, p._incarnation, p._traces = sup, set(), {}, 0
+    p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
+
+    def restart():
+        sup._peer_of["c"] = sup._ready_peer["c"] = sup._peer_of["c"] + 1
+        p.started("c")
+
+    async def engine(name, method, values=None, timeout=prober.ENGINE_TIMEOUT):
+        if method == probing.DESCRIBE:
+            if restart_during == "describe":
+                restart()
+            return {"sites": json.dumps(SITES.to_json())}
+        if method == probing.PROBE and restart_during and restart_during.startswith("push"):
+            restart()
+            if restart_during == "push-lost":
+                raise P.ProbeError("c: engine gone")
+        return {"counters": b"", "events": b"", "dropped": 0}
+    p._engine = engine
+    spec = P.spec("c", "f", "functions", ["alpha"])
+    if restart_during is None:
+        assert trio.run(p.add, spec)["name"] == "f"
+        assert list(p.registry.probes["c"]) == ["f"]
+        return
+    with pytest.raises(P.ProbeError, match="c restarted while the probe was being added"):
+        trio.run(p.add, spec)
+    assert not p.registry.probes.get("c") and not any("probe added" in t for t in said)
