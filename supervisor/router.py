@@ -168,7 +168,8 @@ class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
                  names: dict | None = None, audit: bool = False, backlog=None,
-                 pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None):
+                 pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None,
+                 revocable: tuple = ()):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
@@ -178,7 +179,9 @@ class Router:
         the PIPELINED_PEER_BYTES each has to itself.  `orphans_limit`: calls of gone
         external clients to one compartment, cancelled and not answered yet, past
         which external calls to that compartment are refused (ORPHANS_PER_IN_FLIGHT
-        times the external in_flight unless set)."""
+        times the external in_flight unless set).  `revocable`: the labels of the
+        revocable grants ("compartment.grant"): each may be revoked before its holder
+        first starts (its membrane is made then)."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -186,6 +189,8 @@ class Router:
         self.audit = AuditTrail(self.names, audit)
         self.backlog = backlog or (lambda pid: 0)
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
+        self.revocable = frozenset(revocable)
+        self._revoked_early: set[str] = set()          # revoked before their membrane was made
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
         self._deadlines: list = []                     # heap: (deadline, peer id, question id)
         self._queued: list = []                        # heap: (deadline, n, _Waiting)
@@ -419,8 +424,16 @@ class Router:
         """Revoke grant `label` ("compartment.grant"): it, everything obtained through
         it, and every call in flight through any of them fail from now on."""
         m = self.membranes.get(label)
+        if m is None and label in self.revocable:
+            # its holder has not started yet (a system starting up, or a first start
+            # that keeps failing): its membrane is made revoked (attenuate).  Refused
+            # as "no revocable grant", the holder then started with it (an outside review)
+            self._revoked_early.add(label)
+            self.emit(fx.Notice(f"revoked {label}"))
+            return self._flush()
         if m is None or not m.revocable:
-            revocable = sorted(p for p, x in self.membranes.items() if x.revocable)
+            revocable = sorted(self.revocable | {p for p, x in self.membranes.items()
+                                                 if x.revocable})
             raise KeyError(f"no revocable grant {label!r} "
                            f"(revocable: {', '.join(revocable) or 'none'})")
         # the fast lane first: once this returns, no call goes natively through m,
@@ -1331,6 +1344,8 @@ class Router:
         if membrane is None:
             membrane = self.membranes[label] = Membrane.for_grant(label, grant, interface_id,
                                                                   self.clock())
+            if label in self._revoked_early:
+                membrane.revoke()                 # nothing is in flight through it yet
         return self._wrap(cap, membrane, label)
 
     def _wrap(self, cap, membrane: Membrane, label: str):

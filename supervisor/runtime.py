@@ -364,7 +364,9 @@ class Supervisor:
             {c.name: c.limits for c in self.system.compartments.values()},
             external_limits=self.system.external_limits or Limits(),
             clock=self._now, wall=_wall, names=plan.names,
-            audit=self.system.audit is not None, backlog=self._backlog)
+            audit=self.system.audit is not None, backlog=self._backlog,
+            revocable=tuple(f"{c.name}.{g.name}" for c in self.system.compartments.values()
+                            for g in c.grants if g.revocable))
         self.hosts = hostcaps.HostCaps(
             lambda owner: self.system.compartments[owner].limits.log_rate
             if owner in self.system.compartments else 100.0, clock=self._now)

@@ -796,6 +796,25 @@ def test_a_revoked_grant_stays_revoked_when_its_holder_restarts():
     assert calc.inbox == []
 
 
+def test_a_grant_revoked_before_its_holder_first_starts_is_revoked_when_it_starts():
+    """An outside review: while a system started (or while a holder's first start kept
+    failing), `wsuper revoke` of a grant the system file makes revocable was refused
+    "no revocable grant 'app.calc' (revocable: none)": its membrane is made at the
+    holder's first start.  The holder then started with the grant.  Now the
+    revocation holds, and the membrane is made revoked."""
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES,
+                      revocable=("app.calc", "app.other"))
+    calc = start(router, "calc", exports=True)
+    router.revoke("app.calc")
+    with pytest.raises(KeyError, match=r"no revocable grant 'app\.log' \(revocable: "
+                                       r"app\.calc, app\.other\)"):
+        router.revoke("app.log")
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert "app.calc was revoked" in app.inbox.pop().error
+    assert calc.inbox == []
+
+
 def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and_in_all():
     """Each call queued on an answer not returned yet holds its whole message: up to
     in_flight of them, 8 MiB each, was 0.5 GiB a connection.  The bytes they hold
