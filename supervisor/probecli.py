@@ -136,7 +136,8 @@ def trace_command(args) -> int:
         return 1
     with out:
         code = _trace(args, body, out)
-    if code and not existed:
+        wrote = out.tell() > 0
+    if code and not existed and not wrote:     # a trace cut short keeps what came
         try:
             os.unlink(args.output)
         except OSError:
@@ -145,7 +146,7 @@ def trace_command(args) -> int:
 
 
 def _trace(args, body: dict, f) -> int:
-    events, dropped, meta = [], 0, {}
+    events, dropped, meta, done = [], 0, {}, False
     try:
         for obj in _lines(args.system, body, args.seconds + 60):
             if not isinstance(obj, dict):
@@ -160,10 +161,13 @@ def _trace(args, body: dict, f) -> int:
             if isinstance(obj.get("events"), list):
                 events.extend(obj["events"])
             if obj.get("done"):
-                dropped = obj.get("dropped", 0)
+                dropped, done = obj.get("dropped", 0), True
                 break
     except endpoint.EndpointError as e:
         _error(str(e))
+        return 1
+    if not meta:
+        _error("the system ended the trace before it began (it is stopping?)")
         return 1
     f.seek(0)
     f.truncate()
@@ -174,4 +178,10 @@ def _trace(args, body: dict, f) -> int:
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     print(f"wsuper: wrote {args.output}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")
+    if not done:
+        # the connection ended without the session's last line: the system stopped
+        # (or failed) before the seconds were up; what came is written, and said so
+        _error(f"the trace was cut short: the system ended the session before "
+               f"{args.seconds:g} s (it stopped?); {args.output} holds what came before")
+        return 1
     return 0

@@ -322,6 +322,28 @@ def test_a_trace_whose_client_closed_its_connection_ends_and_takes_its_probes_of
     assert run.proc.poll() is None
 
 
+def test_a_trace_the_system_cuts_short_says_so_and_keeps_what_came(tmp_path, wsuper):
+    """An outside review: `wsuper trace` of a system that stopped during the session
+    wrote the file and exited 0, as if the trace had run its seconds."""
+    import subprocess
+    import sys
+    system = tmp_path / "quiet.toml"
+    system.write_text(CALC.replace("[system]\n", f'[system]\nsocket = "{tmp_path}/q.sock"\n')
+                      + "external = true\n")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    out = tmp_path / "cut.json"
+    trace = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "trace", str(system),
+                              "--seconds", "60", "-o", str(out)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.wait_for("probe added: calc.trace-")
+    assert run_wsuper("stop", str(system)).returncode == 0
+    stdout, stderr = trace.communicate(timeout=30)
+    assert trace.returncode == 1, (stdout, stderr)
+    assert "the trace was cut short: the system ended the session before 60 s" in stderr
+    assert json.loads(out.read_text())["traceEvents"] is not None
+
+
 def test_an_analysis_compartment_holds_only_its_probe_capability(plugins):
     here = plugins / "examples" / "probes"
     shutil.rmtree(here / "data", ignore_errors=True)
