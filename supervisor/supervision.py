@@ -162,7 +162,8 @@ class Lifecycle:
       trap, an engine that died or broke the protocol, or a failed (re)start is
       abnormal.  The restart policy (`Supervision`) decides what follows.
     * A compartment that fails for good makes the exit code 1; a `critical` one
-      stops the system.  An abnormal stop that is not restarted makes it 1 too.
+      stops the system.  An abnormal stop that is not restarted makes it 1 too, and
+      is as final: a `critical` compartment's stops the system.
     * The system is done when it has programs, none is running, and nothing is
       exported to the outside (then it serves until stopped).
     * SIGINT and SIGTERM stop it with exit code 128 + the signal (130, 143).
@@ -297,6 +298,13 @@ class Lifecycle:
             if name in self.running or name not in self.ready:
                 self.exit_code = 1
             self.state[name] = "stopped"
+            if policy.critical:
+                # left stopped after an abnormal stop, it is gone for good as surely as
+                # one past max_restarts (restart = "never" went on without it, while
+                # max_restarts = 0 stopped the system: an outside review)
+                self.running.discard(name)
+                return out + [Say(f"{name} is critical: stopping the system", name),
+                              *self._finish(1)]
         elif self.state[name] == "running":
             self.state[name] = "finished"        # its program ended; it still serves calls
         self.running.discard(name)

@@ -146,6 +146,29 @@ def test_a_critical_compartment_that_fails_for_good_stops_the_system():
     assert life.started("app", True) == []                 # stopping: nothing more runs
 
 
+def test_a_critical_compartment_left_stopped_after_an_abnormal_stop_stops_the_system():
+    """An outside review: `critical` with restart = "never" (or a failed start or a trap
+    of a transient one whose policy leaves it stopped) let the system go on without
+    it, while max_restarts = 0, which restarts it no more either, stopped the system."""
+    life = _life(db=RestartPolicy("never", critical=True), app=RestartPolicy())
+    life.started("db", False)
+    life.started("app", True)
+    actions = life.engine_stopped("db", 0, "engine killed by SIGKILL", now=1)
+    assert actions == [Say("compartment db stopped: engine killed by SIGKILL "
+                           "(restart = 'never')"),
+                       Say("db is critical: stopping the system"), Finish(1)]
+    assert life.state["db"] == "stopped" and life.exit_code == 1
+    # one that never started, too
+    life = _life(db=RestartPolicy("never", critical=True), app=RestartPolicy())
+    life.started("app", True)
+    assert life.start_failed("db", "it did not start within 1 s", now=1)[-1] == Finish(1)
+    # a clean end of its program is no failure: the system goes on
+    life = _life(db=RestartPolicy("transient", critical=True), app=RestartPolicy())
+    life.started("db", True)
+    life.started("app", True)
+    assert Finish(0) not in life.program_ended("db", 0, None, now=1) and not life.stopping
+
+
 def test_programs_stopped_by_the_supervisor_are_reported_stopped():
     life = _life(app=RestartPolicy())
     life.started("app", True)
