@@ -88,7 +88,8 @@ def _main(argv=None, zygote=None) -> int:
                             "doing: state, pid, uptime, restarts, calls, memory, handles")
     status.add_argument("system", help="path to the running system's system.toml")
     status.add_argument("--json", action="store_true", help="the same, as JSON")
-    stop = sub.add_parser("stop", help="stop a running system (as Ctrl-C would, exit code 0)")
+    stop = sub.add_parser("stop", help="stop a running system (it exits 0, or 1 if a "
+                          "compartment failed or stopped abnormally)")
     stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what and how each memory is protected")

@@ -295,8 +295,9 @@ class Lifecycle:
         out = []
         if abnormal:
             out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
-            if name in self.running or name not in self.ready:
-                self.exit_code = 1
+            # whether it ran a program, served calls, or never started: a server whose
+            # engine died was not counted, and `wsuper stop` then exited 0 (a review)
+            self.exit_code = 1
             self.state[name] = "stopped"
             if policy.critical:
                 # left stopped after an abnormal stop, it is gone for good as surely as
