@@ -186,9 +186,18 @@ class Prober:
         if self.sup._peer_of.get(s.compartment) != peer:
             raise restarted
         probe = self.registry.add(s, sites, selected)
+        # audited as it enters the registry: from here a restart may drop it, or another
+        # request remove it, and each of those is audited too
+        self._audit("probe added", s, by)
 
-        def held() -> bool:
-            return self.registry.probes.get(s.compartment, {}).get(s.name) is probe
+        def gone() -> P.ProbeError | None:
+            # why the probe is no longer in the registry, if it is not
+            if self.registry.probes.get(s.compartment, {}).get(s.name) is probe:
+                return None
+            if self.sup._peer_of.get(s.compartment) != peer:
+                return restarted
+            return P.ProbeError(f"{s.compartment}.{s.name} was removed while it was being "
+                                f"added")
         pending = None
         if s.point in P.IN_MODULE or s.point == "hostcalls":
             try:
@@ -196,15 +205,17 @@ class Prober:
                 if s.point in P.IN_MODULE:
                     await self._collect(s.compartment)      # its baseline (or the next one's)
             except P.ProbeError:
-                if not held():
-                    raise restarted from None
+                why = gone()
+                if why is not None:
+                    raise why from None
                 self.registry.remove(s.compartment, s.name)
+                self._audit("probe removed", s, by)
                 raise
             except EngineBusy as e:     # queued: the engine applies it when it can
                 pending = str(e)
-            if not held():
-                raise restarted
-        self._audit("probe added", s, by)
+            why = gone()
+            if why is not None:
+                raise why
         summary = probe.summary(self.registry.sites.get(s.compartment))
         if pending:
             summary["pending"] = pending

@@ -203,14 +203,16 @@ def test_a_new_probe_counts_from_a_collect_sent_after_its_flags_never_from_an_ol
     assert a.on_after == 1 and b.on_after == 3
 
 
-@pytest.mark.parametrize("restart_during", [None, "describe", "push", "push-lost"])
+@pytest.mark.parametrize("restart_during", [None, "describe", "push", "push-lost", "removed"])
 def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
         restart_during):
     """An outside review: a compartment that restarted while `wsuper probe add` waited
     for its engine got the probe into its new engine's registry with the old one's
     sites (its flags never pushed), or lost it to the restart while the answer said
-    it was added.  Now the add says the compartment restarted, and nothing of it is
-    left in the registry; without a restart it is added."""
+    it was added.  Now the add says the compartment restarted (or that another
+    request removed the probe meanwhile), nothing of it is left in the registry, and
+    the audit, which records the probe as it enters the registry, records it leaving;
+    without a restart it is added."""
     import json
     import trio
     from compartments import probing
@@ -235,7 +237,9 @@ def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
             if restart_during == "describe":
                 restart()
             return {"sites": json.dumps(SITES.to_json())}
-        if method == probing.PROBE and restart_during and restart_during.startswith("push"):
+        if method == probing.PROBE and restart_during == "removed":
+            p.registry.remove("c", "f")          # another request removes it meanwhile
+        elif method == probing.PROBE and restart_during and restart_during.startswith("push"):
             restart()
             if restart_during == "push-lost":
                 raise P.ProbeError("c: engine gone")
@@ -246,6 +250,12 @@ def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
         assert trio.run(p.add, spec)["name"] == "f"
         assert list(p.registry.probes["c"]) == ["f"]
         return
-    with pytest.raises(P.ProbeError, match="c restarted while the probe was being added"):
+    why = "c.f was removed while it was being added" if restart_during == "removed" \
+        else "c restarted while the probe was being added"
+    with pytest.raises(P.ProbeError, match=why):
         trio.run(p.add, spec)
-    assert not p.registry.probes.get("c") and not any("probe added" in t for t in said)
+    assert not p.registry.probes.get("c")
+    # the audit says what the registry held: a probe said added is said dropped after
+    added = sum("probe added" in t for t in said)
+    assert added == (restart_during != "describe")
+    assert added == sum("dropped by a restart" in t for t in said) + (restart_during == "removed")
