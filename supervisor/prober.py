@@ -230,12 +230,15 @@ class Prober:
                 pass
         self.registry.take_calls()
         probe = self.registry.remove(compartment, name)
+        self._audit("probe removed", probe.spec, by)     # it is: whatever its engine says
         if probe.spec.point in P.IN_MODULE or probe.spec.point == "hostcalls":
             try:
                 await self._push(compartment)
-            except EngineBusy:
+            except (EngineBusy, P.ProbeError):
+                # busy: it applies the flags when it can; gone (its engine died, it is
+                # restarting or failed): no engine runs them, and the next starts with
+                # none.  Said as an error, the removal that had happened went unaudited
                 pass
-        self._audit("probe removed", probe.spec, by)
         return probe.summary(self.registry.sites.get(compartment))
 
     async def list(self, compartment: str) -> list:

@@ -259,3 +259,35 @@ def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
     added = sum("probe added" in t for t in said)
     assert added == (restart_during != "describe")
     assert added == sum("dropped by a restart" in t for t in said) + (restart_during == "removed")
+
+
+def test_removing_a_probe_from_a_compartment_whose_engine_is_gone_removes_it_and_says_so():
+    """An outside review: `wsuper probe c remove f` after c's engine died (restart =
+    "never", or while it waits to restart) answered "c: its engine is not running",
+    exit 1, while the probe had left the registry, and no 'probe removed' was
+    audited.  No engine runs its flags any more: the removal is done, and said."""
+    import trio
+    from compartments import probing
+    from supervisor import prober
+
+    said = []
+    comp = type("Comp", (), {"instrument": ("functions",), "probes": ()})()
+    sup = type("Sup", (), {})()
+    sup.system = type("System", (), {"compartments": {"c": comp}})()
+    sup._peer_of, sup._ready_peer, sup.audit = {"c": 1}, {"c": 1}, None
+    sup.say = lambda text, c=None: said.append(text)
+    p = object.__new__(prober.Prober)
+    p.sup, p._collecting, p._incarnation, p._traces = sup, set(), {}, 0
+    p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
+    p.registry.sites["c"] = SITES
+    p.registry.add(P.spec("c", "f", "functions", ["alpha"]), SITES)
+
+    async def engine(name, method, values=None, timeout=prober.ENGINE_TIMEOUT):
+        assert method in (probing.PROBE, probing.COLLECT)
+        raise P.ProbeError("c: its engine is not running")
+    p._engine = engine
+    answer = trio.run(prober.Prober.admin, p, {"compartment": "c", "action": "remove",
+                                                 "name": "f"})
+    assert answer["ok"] and answer["probe"]["name"] == "f"
+    assert not p.registry.probes["c"]
+    assert said == ["probe removed: c.f (functions alpha) by operator"]
