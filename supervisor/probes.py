@@ -117,6 +117,7 @@ class Probe:
         # engine answered after applying the flags that turned it on (push `on_after`)
         self.baseline: dict | None = None
         self.on_after: int | None = None
+        self.since = 0                  # ns (the engines' clock): it counts calls begun from then
         self.counters: dict = {}        # site -> counter, last read
         self.counts: collections.Counter = collections.Counter()     # name -> events
         self.histograms: dict = {}      # name -> {bucket: n}
@@ -288,6 +289,7 @@ class Registry:
         if len(mine) >= MAX_PROBES:
             raise ProbeError(f"{s.compartment} has {MAX_PROBES} probes already")
         probe = Probe(s)
+        probe.since = self.clock()
         if s.point in IN_MODULE:
             if s.point not in self.instrumented.get(s.compartment, ()) or sites is None:
                 raise ProbeError(
@@ -477,7 +479,10 @@ class Registry:
             names = []
             for c in {ev["caller"], ev["callee"]}:
                 for p in self.probes.get(c, {}).values():
-                    if p.spec.point == "calls":
+                    # a call begun before the probe came is not its own: one that had
+                    # ended (or been failed by a restart) before the records were
+                    # taken was counted by a probe added after it, on the new engine
+                    if p.spec.point == "calls" and ev["ts_ns"] >= p.since:
                         direction = "out" if c == ev["caller"] else "in"
                         peer = ev["callee"] if direction == "out" else ev["caller"]
                         p.count(f"{direction} {peer} {ev['name']}", ev["dur_ns"],

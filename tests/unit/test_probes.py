@@ -291,3 +291,25 @@ def test_removing_a_probe_from_a_compartment_whose_engine_is_gone_removes_it_and
     assert answer["ok"] and answer["probe"]["name"] == "f"
     assert not p.registry.probes["c"]
     assert said == ["probe removed: c.f (functions alpha) by operator"]
+
+
+def test_a_calls_probe_counts_only_the_calls_begun_after_it_came():
+    """An outside review: the router's call records wait up to a poll to be taken;
+    a calls probe added meanwhile (on the new engine of a compartment that had just
+    restarted, say) counted calls that had begun, and even ended, before it: the
+    old engine's calls failed by its death among them."""
+    now = [100]
+    r = P.Registry(lambda: now[0])
+    old = r.add(P.spec("c", "served", "calls"))
+    r.calls.open(("k", 1), "app", "app.c", "c", "Calc.add")      # begins at 100
+    now[0] = 150
+    r.calls.close(("k", 1), "failed", "compartment c is gone")  # its engine died
+    r.restarted("c")                                            # ... and a new one came
+    now[0] = 200
+    new = r.add(P.spec("c", "mine", "calls"))
+    r.calls.open(("k", 2), "app", "app.c", "c", "Calc.add")      # begins at 200
+    now[0] = 210
+    r.calls.close(("k", 2), "returned")
+    r.take_calls()
+    assert old.events == 0 and new.events == 1
+    assert dict(new.counts) == {"in app Calc.add": 1}
