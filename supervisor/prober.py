@@ -85,6 +85,7 @@ class Prober:
         self.registry.calls.on_watch = sup.router.watch
         self._collecting: set = set()
         self._traces = 0
+        self._trace_ids = 0                   # names the probes of each trace session
         self._incarnation: dict = {}          # compartment -> engine peer its sites are from
 
     # ------------------------------------------------------------ engines
@@ -342,7 +343,10 @@ class Prober:
                                                      f"already"})
         self._traces += 1
         sub = self.registry.subscribe(P.Subscriber(chosen, label="trace"))
-        label = f"trace-{id(sub) & 0xffff:04x}"
+        # a name of its own: two sessions once named by id(sub) & 0xffff could share one,
+        # and the second's probes were refused while the first's came off under it
+        self._trace_ids += 1
+        label = f"trace-{self._trace_ids}"
         added = []
         try:
             for c in chosen:
