@@ -72,12 +72,19 @@ interface Directory @0xa05a5e2c6b2f6d06 {
   remove @4 (path :Text) -> ();                 # a file, a link, or an empty directory
   mkdir @5 (path :Text) -> ();
   subdir @6 (path :Text, follow :Bool) -> (dir :Directory);   # same attenuation as this one
-  rename @7 (from :Text, to :Text) -> ();       # both beneath this directory; replaces `to`
+  rename @7 (from :Text, to :Text, fromDir :Text, fromInode :UInt64, toDir :Text,
+             toInode :UInt64) -> ();
+  # both beneath this directory; replaces `to`.  `fromDir` (if not empty): `from`
+  # is resolved beneath that directory instead (itself beneath this one), which
+  # must still be the directory with inode `fromInode`, else EXDEV (it was moved
+  # or replaced since it was opened); `toDir`, `toInode` likewise for `to`.
   unlink @8 (path :Text) -> ();                 # anything but a directory (EISDIR)
   rmdir @9 (path :Text) -> ();                  # an empty directory (ENOTDIR, ENOTEMPTY)
   symlink @10 (target :Text, path :Text) -> (); # `target` must stay beneath this directory
   readlink @11 (path :Text) -> (target :Text);
-  link @12 (from :Text, to :Text) -> ();        # a hard link; the last component is not followed
+  link @12 (from :Text, to :Text, fromDir :Text, fromInode :UInt64, toDir :Text,
+            toInode :UInt64) -> ();
+  # a hard link; the last component is not followed; `fromDir` ... as for rename
   setTimes @13 (path :Text, follow :Bool, accessedNs :Int64, accessed :TimeSet,
                 modifiedNs :Int64, modified :TimeSet) -> ();
   sync @14 () -> ();                            # fsync(2) of this directory

@@ -830,9 +830,7 @@ class Wasi:
         data = bytearray()
         while len(data) < length:
             if cookie < 2:
-                if d.ino is None:
-                    r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
-                    d.ino = r.info.inode
+                self._ino(d)
                 # '..' gets the directory's own inode, as under wasmtime (the parent
                 # may be outside the grant)
                 name = b"." if cookie == 0 else b".."
@@ -959,15 +957,32 @@ class Wasi:
                                   inheriting=DIR_INHERITING & d.inheriting,
                                   root=self.host.hold(d.root), rel=f"{d.rel}/{path}"))
 
-    def _two(self, fd_a, path_a, fd_b, path_b) -> tuple[int, str, str]:
-        """One directory capability for an operation on two paths: the descriptor's
-        own if they are the same one, else their common preopen (they must come
-        from one grant: across two, EXDEV)."""
+    def _two(self, fd_a, path_a, fd_b, path_b) -> tuple[int, dict]:
+        """One directory capability and the fields for an operation on two paths:
+        the descriptor's own if they are the same one, else their common preopen
+        (they must come from one grant: across two, EXDEV), each path relative to
+        its descriptor's directory, named by its path from the preopen and its
+        inode.  The supervisor resolves each path beneath that directory (it
+        cannot climb out of it, as with one descriptor) and checks the inode, so
+        a directory moved since it was opened is never mistaken for what now has
+        its old name (EXDEV instead)."""
         if fd_a.cap == fd_b.cap:
-            return fd_a.cap, path_a, path_b
+            return fd_a.cap, {"from": path_a, "to": path_b}
         if fd_a.root != fd_b.root:
             raise _Fail(E.XDEV)
-        return fd_a.root, f"{fd_a.rel}/{path_a}", f"{fd_b.rel}/{path_b}"
+        fields = {"from": path_a, "to": path_b}
+        for side, d in (("from", fd_a), ("to", fd_b)):
+            if d.cap != d.root:
+                fields[f"{side}Dir"] = d.rel
+                fields[f"{side}Inode"] = self._ino(d)
+        return fd_a.root, fields
+
+    def _ino(self, d: _Desc) -> int:
+        """The inode of a directory descriptor's own directory (asked once)."""
+        if d.ino is None:
+            r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
+            d.ino = r.info.inode
+        return d.ino
 
     def path_filestat_get(self, dirfd, flags, path_ptr, path_len, out):
         d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_FILESTAT_GET)
@@ -996,16 +1011,16 @@ class Wasi:
     def path_rename(self, dirfd, old_ptr, old_len, newfd, new_ptr, new_len):
         d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_RENAME_SOURCE)
         n, new = self._dir_path(newfd, new_ptr, new_len, RIGHT_PATH_RENAME_TARGET)
-        cap, old, new = self._two(d, old, n, new)
-        self._call(cap, "Directory", "rename", **{"from": old, "to": new})
+        cap, fields = self._two(d, old, n, new)
+        self._call(cap, "Directory", "rename", **fields)
 
     def path_link(self, dirfd, flags, old_ptr, old_len, newfd, new_ptr, new_len):
         d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_LINK_SOURCE)
         n, new = self._dir_path(newfd, new_ptr, new_len, RIGHT_PATH_LINK_TARGET)
         if flags & LOOKUP_SYMLINK_FOLLOW:   # following would need a path outside: refused
             raise _Fail(E.INVAL)
-        cap, old, new = self._two(d, old, n, new)
-        self._call(cap, "Directory", "link", **{"from": old, "to": new})
+        cap, fields = self._two(d, old, n, new)
+        self._call(cap, "Directory", "link", **fields)
 
     def path_symlink(self, old_ptr, old_len, dirfd, new_ptr, new_len):
         target = self._path(old_ptr, old_len)

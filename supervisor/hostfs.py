@@ -599,12 +599,15 @@ class Directory:
             finally:
                 os.close(parent)
 
-    def link(self, from_: str, to: str):
-        """A hard link `to` naming what `from_` names (a link itself, if it is one)."""
+    def link(self, from_: str, to: str, fromDir: str = "", fromInode: int = 0,  # noqa: N803
+             toDir: str = "", toInode: int = 0):                                  # noqa: N803
+        """A hard link `to` naming what `from_` names (a link itself, if it is one).
+        `fromDir`/`toDir`: see _parents."""
         self._refuse("link to", to, append_ok=True)
         if self.refuse_hard_links:
             raise FsError(f"{self.label} refuses hard links (refuse_hard_links)", "EPERM")
-        sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST")
+        sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
+                                             (fromDir, fromInode), (toDir, toInode))
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
             with self._made(dname):
@@ -615,11 +618,14 @@ class Directory:
             os.close(sp)
             os.close(dp)
 
-    def rename(self, from_: str, to: str):
+    def rename(self, from_: str, to: str, fromDir: str = "", fromInode: int = 0,  # noqa: N803
+               toDir: str = "", toInode: int = 0):                                  # noqa: N803
         """Rename beneath this directory (replacing `to`): both parents are resolved
-        beneath it, and renameat(2) moves the last component only."""
+        beneath it, and renameat(2) moves the last component only.  `fromDir`/`toDir`:
+        see _parents."""
         self._refuse("rename", from_)
-        sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY")
+        sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY",
+                                             (fromDir, fromInode), (toDir, toInode))
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
             os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
@@ -629,18 +635,40 @@ class Directory:
             os.close(sp)
             os.close(dp)
 
-    def _parents(self, from_: str, from_dot: str, to: str, to_dot: str):
+    def _parents(self, from_: str, from_dot: str, to: str, to_dot: str,
+                 from_base=("", 0), to_base=("", 0)):
         """The parents of `from_` and `to`, both resolved beneath this directory, and
         their last components: (src parent fd, src name, dst parent fd, dst name).
-        `*_dot`: the errno for a path that names this directory itself."""
+        `*_dot`: the errno for a path that names this directory itself.
+
+        `*_base`: (path, inode) of the directory the path is relative to, when it is
+        not this one (a WASI rename or link between two descriptors of one grant):
+        the path is then resolved beneath that directory, so that it cannot climb
+        out of it, and that directory, resolved beneath this one, must still be
+        the one with that inode (EXDEV if it was moved or replaced since it was
+        opened), so the operation never lands on whatever now has its old name.
+        The inode is checked on the descriptor that is then used: no second lookup."""
         with self._h as dfd:
-            sp, sname = self._parent(dfd, _path(from_), from_, from_dot)
+            sp, sname = self._parent_in(dfd, from_, from_dot, from_base)
             try:
-                dp, dname = self._parent(dfd, _path(to), to, to_dot)
+                dp, dname = self._parent_in(dfd, to, to_dot, to_base)
             except BaseException:
                 os.close(sp)
                 raise
         return sp, sname, dp, dname
+
+    def _parent_in(self, dfd: int, path: str, dots: str, base) -> tuple[int, bytes]:
+        where, inode = base
+        if not where:
+            return self._parent(dfd, _path(path), path, dots)
+        bfd = self._beneath(dfd, _path(where), os.O_PATH | os.O_DIRECTORY, where)
+        try:
+            if os.fstat(bfd).st_ino != inode:
+                raise FsError(f"{where!r} is no longer the directory that was opened by "
+                              f"that name (it was moved or replaced)", "EXDEV")
+            return self._parent(bfd, _path(path), path, dots)
+        finally:
+            os.close(bfd)
 
     def _stays_beneath(self, sp: int, sname, dp: int, from_: str, to: str):
         """Moving a symbolic link (or a directory holding some) to a shallower place

@@ -500,3 +500,73 @@ def test_check_shows_a_file_name_a_guest_chose_escaped(tmp_path, wasi_guests):
     assert r.returncode == 0
     assert "\x1b" not in r.stderr and len(r.stderr.splitlines()) == 1, repr(r.stderr)
     assert "is writable and holds 2 regular files" in r.stderr
+
+
+# ------------------------------------------------------------------ edges an outside review found
+
+
+@pytest.fixture(scope="module")
+def edges_guest(tmp_path_factory):
+    from supervisor import toolchain
+    out = tmp_path_factory.mktemp("edges")
+    return toolchain.build([os.path.join(GUESTS, "edges.c")], str(out / "edges.wasm"))
+
+
+def _edges_tree(d, outside):
+    (d / "sub").mkdir(parents=True)
+    (d / "full").mkdir()
+    (d / "sub" / "inner.txt").write_text("inner\n")
+    for name in ("r1", "r2", "full/a", "full/b"):
+        (d / name).write_text(name)
+    (d / "dangling").symlink_to("made.txt")
+    (d / "dangling2").symlink_to("made2.txt")
+    (d / "chain1").symlink_to("chain2")
+    (d / "chain2").symlink_to("made3.txt")
+    (d / "sub" / "up").symlink_to("../made4.txt")
+    (d / "climbing").symlink_to(f"../{outside.name}")
+    (d / "absolute").symlink_to(outside.parent / f"abs-{outside.name}")
+    (d / "nodir").symlink_to("nodir-dir/x")
+    (d / "loop").symlink_to("loop")
+    (d / "slash").symlink_to("made5/")
+    (d / "dangling3").symlink_to("made6.txt")
+
+
+def _both(tmp_path, module, part):
+    """(wasmtime's lines, wsuper's lines, wsuper's run, the two trees) for one part."""
+    trees = []
+    for name in ("wasmtime", "wsuper"):
+        d = tmp_path / name / "sandbox"
+        _edges_tree(d, tmp_path / name / "outside.txt")
+        trees.append(d)
+    code, theirs = under_wasmtime(module, trees[0], [part])
+    assert code == 0, theirs
+    code, ours, r = under_wsuper(tmp_path, module, trees[1], [part])
+    assert code == 0, r.stdout + r.stderr
+    return theirs, ours, r, trees
+
+
+def _listing(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_rename_and_link_between_two_directory_descriptors(tmp_path, edges_guest):
+    """A path relative to a directory descriptor stays beneath it with two
+    descriptors as with one (they used to be joined to the preopen, '..'
+    included: `renameat(sub, "../r1", full, "x")` reached out of `sub`), and a
+    descriptor whose directory was moved is never taken for the directory that
+    now has its old name (the decoy used to be the one moved)."""
+    theirs, ours, r, (a, b) = _both(tmp_path, edges_guest, "dirfds")
+    want = {"rename-climb-one": "63", "rename-climb-from": "63", "rename-climb-to": "63",
+            "link-climb-from": "63", "link-climb-to": "63", "rename-between": "0",
+            "rename-back": "0", "link-between": "0", "move-sub": "0", "new-sub": "0",
+            "decoy": "0", "rename-after-move": "0", "link-after-move": "0"}
+    assert dict(x.split() for x in theirs) == want, theirs
+    # wsuper: ENOTCAPABLE (76) where wasmtime says EPERM (63), as for every path
+    # that leaves its directory; a moved directory: EXDEV (75), and nothing else moves
+    ours_want = {k: {"63": "76"}.get(v, v) for k, v in want.items()}
+    ours_want.update({"rename-after-move": "75", "link-after-move": "75"})
+    assert dict(x.split() for x in ours) == ours_want, r.stdout + r.stderr
+    assert (b / "sub" / "inner.txt").read_text() == "" and \
+        (b / "moved" / "inner.txt").read_text() == "inner\n"
+    assert _listing(b) == sorted(set(_listing(a)) - {"full/got.txt", "moved/b-hard"}
+                                 | {"moved/inner.txt"})

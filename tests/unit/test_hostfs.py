@@ -689,3 +689,30 @@ def test_nothing_mounted_beneath_a_grant_is_reached_through_it(tmp_path):
     assert (tmp_path / "outside" / "audit.jsonl").read_text() == "records"
     assert not (tmp_path / "outside" / "new").exists()
 
+
+
+def test_rename_and_link_relative_to_a_directory_beneath_checked_by_inode(tree):
+    """fromDir/toDir (a WASI rename or link between two descriptors): each path is
+    resolved beneath its own directory, which must still be the one with that
+    inode; a directory moved since is EXDEV, and its old name is never used."""
+    d = Directory.grant(str(tree))
+    (tree / "other").mkdir()
+    (tree / "sub" / "a.txt").write_text("a")
+    sub, other = (tree / "sub").stat().st_ino, (tree / "other").stat().st_ino
+    d.rename("a.txt", "b.txt", fromDir="sub", fromInode=sub, toDir="other", toInode=other)
+    assert (tree / "other" / "b.txt").read_text() == "a"
+    d.link("b.txt", "c.txt", fromDir="other", fromInode=other, toDir="sub", toInode=sub)
+    assert (tree / "sub" / "c.txt").read_text() == "a"
+    for call in (lambda: d.rename("../notes.txt", "x", fromDir="sub", fromInode=sub),
+                 lambda: d.rename("notes.txt", "../x", toDir="sub", toInode=sub),
+                 lambda: d.link("../notes.txt", "x", fromDir="sub", fromInode=sub)):
+        fails("ENOTCAPABLE", call)                 # not out of its own directory
+    os.rename(tree / "sub", tree / "moved")
+    (tree / "sub").mkdir()
+    (tree / "sub" / "c.txt").write_text("decoy")
+    fails("EXDEV", d.rename, "c.txt", "d.txt", fromDir="sub", fromInode=sub)
+    fails("EXDEV", d.link, "b.txt", "e.txt", fromDir="other", fromInode=other,
+          toDir="sub", toInode=sub)
+    assert sorted(os.listdir(tree / "sub")) == ["c.txt"]
+    assert sorted(os.listdir(tree / "other")) == ["b.txt"]
+    fails("EXDEV", d.rename, "notes.txt", "x", toDir="sub", toInode=0)

@@ -239,10 +239,20 @@ def test_link_and_rename_across_descriptors_of_one_grant_but_not_two():
     sub = host.u32(64)
     host.write(100, b"f")
     host.write(110, b"g")
+    host.results["Directory", "stat"] = {"info": {"kind": "directory", "inode": 55}}
     assert call(w, "path_link", 3, 0, 100, 1, sub, 110, 1) == 0
-    assert host.calls[-1] == (7, "link", {"from": "./f", "to": "./sub/g"})   # through /a
+    # through /a: each path relative to its own directory, the subdirectory named by
+    # its path from /a and its inode (asked of its own descriptor), which the
+    # supervisor checks before it resolves "g" beneath it
+    assert host.calls[-2] == (101, "stat", {"path": "", "follow": True})
+    cap, method, fields = host.calls[-1]
+    assert (cap, method) == (7, "link") and not fields.get("fromDir") and \
+        {k: fields[k] for k in ("from", "to", "toDir", "toInode")} == \
+        {"from": "f", "to": "g", "toDir": "./sub", "toInode": 55}
     assert call(w, "path_rename", sub, 100, 1, sub, 110, 1) == 0
-    assert host.calls[-1] == (101, "rename", {"from": "f", "to": "g"})
+    cap, method, fields = host.calls[-1]                # one descriptor: its own
+    assert (cap, method, fields["from"], fields["to"]) == (101, "rename", "f", "g") and \
+        not fields.get("fromDir") and not fields.get("toDir")
     assert call(w, "path_rename", 3, 100, 1, 4, 110, 1) == E.XDEV
     assert call(w, "path_link", sub, 0, 100, 1, 4, 110, 1) == E.XDEV
     assert call(w, "path_link", 3, wasi.LOOKUP_SYMLINK_FOLLOW, 100, 1, 3, 110, 1) == E.INVAL

@@ -1,0 +1,110 @@
+/* WASI edge cases found by an outside review, made with raw
+ * wasi_snapshot_preview1 calls.  Prints "NAME ERRNO" (and a detail) per call;
+ * test_wasi.py runs it under wasmtime's own WASI and under wsuper on the same
+ * tree (preopened as /sandbox, fd 3).  argv[1] picks the part:
+ *   dirfds    rename and link between two directory descriptors
+ *   dangling  O_CREAT through a symbolic link whose target does not exist
+ *   partial   a read or write that faults after some of its bytes moved */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define W(n) __attribute__((import_module("wasi_snapshot_preview1"), import_name(#n)))
+typedef int32_t I;
+typedef int64_t L;
+W(path_open) I w_path_open(I, I, I, I, I, L, L, I, I);
+W(path_rename) I w_path_rename(I, I, I, I, I, I);
+W(path_link) I w_path_link(I, I, I, I, I, I, I);
+W(path_create_directory) I w_path_create_directory(I, I, I);
+W(fd_close) I w_fd_close(I);
+W(fd_read) I w_fd_read(I, I, I, I);
+W(fd_write) I w_fd_write(I, I, I, I);
+W(fd_seek) I w_fd_seek(I, L, I, I);
+W(fd_tell) I w_fd_tell(I, I);
+W(fd_filestat_get) I w_fd_filestat_get(I, I);
+
+#define P(x) ((I)(uintptr_t)(x))
+#define S(s) P(s), (I)strlen(s)
+#define RD 2LL
+#define WR 64LL
+#define ALL 0x1FFFFFFFLL
+enum { CREAT = 1, DIRECTORY = 2, EXCL = 4, TRUNC = 8 };
+typedef struct { uint32_t p, n; } iov;
+
+static I dir(const char *path) {
+  uint32_t fd = 0;
+  I e = w_path_open(3, 1, S(path), DIRECTORY, 0, ALL, 0, P(&fd));
+  return e ? -e : (I)fd;
+}
+
+static void create(const char *name, const char *path, I lookup, I oflags) {
+  uint32_t fd = 0;
+  I e = w_path_open(3, lookup, S(path), oflags, RD | WR, ALL, 0, P(&fd));
+  printf("%s %d\n", name, e);
+  if (!e) w_fd_close(fd);
+}
+
+static void dirfds(void) {
+  I sub = dir("sub"), full = dir("full");
+  /* a path relative to a descriptor stays beneath it, one descriptor or two */
+  printf("rename-climb-one %d\n", w_path_rename(sub, S("../r1"), sub, S("x")));
+  printf("rename-climb-from %d\n", w_path_rename(sub, S("../r1"), full, S("x")));
+  printf("rename-climb-to %d\n", w_path_rename(full, S("a"), sub, S("../y")));
+  printf("link-climb-from %d\n", w_path_link(sub, 0, S("../r2"), full, S("z")));
+  printf("link-climb-to %d\n", w_path_link(full, 0, S("a"), sub, S("../z")));
+  printf("rename-between %d\n", w_path_rename(sub, S("inner.txt"), full, S("moved.txt")));
+  printf("rename-back %d\n", w_path_rename(full, S("moved.txt"), sub, S("inner.txt")));
+  printf("link-between %d\n", w_path_link(full, 0, S("a"), sub, S("a-hard")));
+  /* the directory of `sub` moves; a new "sub" with a decoy takes its name */
+  printf("move-sub %d\n", w_path_rename(3, S("sub"), 3, S("moved")));
+  printf("new-sub %d\n", w_path_create_directory(3, S("sub")));
+  create("decoy", "sub/inner.txt", 0, CREAT | EXCL);
+  printf("rename-after-move %d\n", w_path_rename(sub, S("inner.txt"), full, S("got.txt")));
+  printf("link-after-move %d\n", w_path_link(full, 0, S("b"), sub, S("b-hard")));
+}
+
+static void dangling(void) {
+  create("creat-through-dangling", "dangling", 1, CREAT);
+  create("creat-excl-dangling", "dangling2", 1, CREAT | EXCL);
+  create("creat-nofollow-dangling", "dangling2", 0, CREAT);
+  create("creat-through-chain", "chain1", 1, CREAT);
+  create("creat-through-sub-link", "sub/up", 1, CREAT);
+  create("creat-dangling-climbing", "climbing", 1, CREAT);
+  create("creat-dangling-absolute", "absolute", 1, CREAT);
+  create("creat-dangling-missing-dir", "nodir", 1, CREAT);
+  create("creat-loop", "loop", 1, CREAT);
+  create("creat-dangling-dir-target", "slash", 1, CREAT);
+  create("creat-dangling-trunc", "dangling3", 1, CREAT | TRUNC);
+}
+
+static uint8_t big[400000];
+
+static void partial(void) {
+  uint32_t fd = 0, n = 7;
+  uint64_t t = 0, st[8] = {0};
+  printf("open %d\n", w_path_open(3, 1, S("part.txt"), CREAT | TRUNC, RD | WR, ALL, 0, P(&fd)));
+  memset(big, 'x', sizeof big);
+  /* 300000 good bytes, then a buffer in the null page (16: no access under wsuper) */
+  iov w[2] = {{P(big), 300000}, {16, 16}};
+  I e = w_fd_write(fd, P(w), 2, P(&n));
+  w_fd_tell(fd, P(&t));
+  w_fd_filestat_get(fd, P(st));
+  printf("write %d n=%u tell=%llu size=%llu\n", e, n, (unsigned long long)t,
+         (unsigned long long)st[4]);
+  iov more = {P(big), 100000};
+  w_fd_write(fd, P(&more), 1, P(&n));
+  w_fd_seek(fd, 0, 0, P(&t));
+  n = 7;
+  iov r[2] = {{P(big), 300000}, {16, 16}};
+  e = w_fd_read(fd, P(r), 2, P(&n));
+  w_fd_tell(fd, P(&t));
+  printf("read %d n=%u tell=%llu\n", e, n, (unsigned long long)t);
+}
+
+int main(int argc, char **argv) {
+  const char *part = argc > 1 ? argv[1] : "";
+  if (!strcmp(part, "dirfds")) dirfds();
+  if (!strcmp(part, "dangling")) dangling();
+  if (!strcmp(part, "partial")) partial();
+  return 0;
+}
