@@ -93,6 +93,7 @@ CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
 MAX_IO = 256 << 10          # bytes moved by one File.read or File.write call (see Wasi.max_io)
 MAX_FDS = 1024
 MAX_PATH = 4096
+MAX_LINKS = 40              # symbolic links O_CREAT follows to a missing target (Linux's limit)
 MAX_IOVECS = 1024
 MAX_TRANSFER = 64 << 20     # bytes one fd_read / fd_write moves at most (then it is short)
 LOG_LINE = 4096             # characters of one log line the supervisor shows
@@ -932,23 +933,43 @@ class Wasi:
     def _open_file(self, d: _Desc, path, read, write, oflags, follow, append, sync):
         """(file capability, whether it was created): Directory.open for an existing
         file, Directory.create for a new one (two methods, so that an allow-list
-        can tell opening from creating)."""
+        can tell opening from creating).  Directory.create never follows a link
+        (O_EXCL): O_CREAT through a symbolic link whose target does not exist
+        makes that target, as Linux does, by reading the link and creating where
+        it leads, itself a path the supervisor resolves beneath the directory
+        (an absolute target, or one that climbs out: ENOTCAPABLE)."""
         mode = "readWrite" if read and write else "write" if write else "read"
-        opened = dict(path=path, mode=mode, follow=follow, append=append, sync=sync)
-        made = dict(path=path, readable=read, append=append, sync=sync)
         if oflags & OFLAGS_CREAT and oflags & OFLAGS_EXCL:
+            made = dict(path=path, readable=read, append=append, sync=sync)
             return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
-        try:
-            return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
-        except HostCallFailed as e:
-            if not oflags & OFLAGS_CREAT or errno_of(e) != E.NOENT:
-                raise
-        try:
-            return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
-        except HostCallFailed as e:           # created meanwhile by someone else
-            if errno_of(e) != E.EXIST:
-                raise
-        return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
+        for _ in range(MAX_LINKS + 1):
+            opened = dict(path=path, mode=mode, follow=follow, append=append, sync=sync)
+            made = dict(path=path, readable=read, append=append, sync=sync)
+            try:
+                return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
+            except HostCallFailed as e:
+                if not oflags & OFLAGS_CREAT or errno_of(e) != E.NOENT:
+                    raise
+            try:
+                return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
+            except HostCallFailed as e:       # the name is taken: made meanwhile, or a link
+                if errno_of(e) != E.EXIST:
+                    raise
+            try:
+                return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
+            except HostCallFailed as e:
+                if not follow or errno_of(e) != E.NOENT or path.endswith("/"):
+                    raise
+                try:                          # a link to nothing: create its target
+                    target, _ = self._call(d.cap, "Directory", "readlink", path=path)
+                except HostCallFailed:
+                    raise e from None
+            target = target.target
+            if not target:
+                raise _Fail(E.NOENT)
+            parent = path.rpartition("/")[0]
+            path = target if target.startswith("/") or not parent else f"{parent}/{target}"
+        raise _Fail(E.LOOP)
 
     def _open_dir(self, d: _Desc, path: str, follow: bool, fdflags: int) -> int:
         _, caps = self._call(d.cap, "Directory", "subdir", path=path, follow=follow)

@@ -570,3 +570,22 @@ def test_rename_and_link_between_two_directory_descriptors(tmp_path, edges_guest
         (b / "moved" / "inner.txt").read_text() == "inner\n"
     assert _listing(b) == sorted(set(_listing(a)) - {"full/got.txt", "moved/b-hard"}
                                  | {"moved/inner.txt"})
+
+
+def test_creating_through_a_symbolic_link_to_nothing_makes_its_target(tmp_path, edges_guest):
+    """open(O_CREAT) of a link whose target does not exist creates the target, as
+    Linux and wasmtime do (it used to fail with ENOENT); the target is a path like
+    any other: one that climbs out or is absolute makes nothing."""
+    theirs, ours, r, (a, b) = _both(tmp_path, edges_guest, "dangling")
+    want = {"creat-through-dangling": "0", "creat-excl-dangling": "20",
+            "creat-nofollow-dangling": "32", "creat-through-chain": "0",
+            "creat-through-sub-link": "0", "creat-dangling-climbing": "63",
+            "creat-dangling-absolute": "63", "creat-dangling-missing-dir": "44",
+            "creat-loop": "32", "creat-dangling-dir-target": "31",
+            "creat-dangling-trunc": "0"}
+    assert dict(x.split() for x in theirs) == want, theirs
+    assert dict(x.split() for x in ours) == {k: {"63": "76"}.get(v, v)
+                                             for k, v in want.items()}, r.stdout + r.stderr
+    assert _listing(a) == _listing(b)
+    assert {"made.txt", "made3.txt", "made4.txt", "made6.txt"} <= set(_listing(b))
+    assert sorted(os.listdir(b.parent)) == ["sandbox"]          # nothing outside
