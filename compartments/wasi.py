@@ -359,7 +359,12 @@ class Wasi:
                     break                  # what was read is the result; the error comes again
                 raise
             data = bytes(r.data)[:want]
-            self._scatter(run, data)
+            try:
+                self._scatter(run, data)
+            except protect.Fault:          # a buffer further on is protected: short
+                if done:
+                    break
+                raise
             done += len(data)
             if len(data) < want:
                 break
@@ -368,14 +373,14 @@ class Wasi:
     def _write_from(self, d: _Desc, offset: int | None, iovs_ptr, count, *,
                     positional: bool = False) -> int:
         """Write the guest's buffers at `offset` (None: at the end), as many calls
-        as it takes; bytes written.  An error after some bytes ends the write
-        short, as POSIX does.  Appending moves the descriptor's offset to the new
+        as it takes; bytes written.  An error after some bytes (the host's, or a
+        protected buffer further on) ends the write short, as POSIX does.  Appending moves the descriptor's offset to the new
         end, unless `positional` (pwrite: the offset never moves, even when an
         append-mode descriptor makes it append)."""
         done = 0
         for run in self._chunks(self._iovecs(iovs_ptr, count), self.max_io):
-            data = self._gather(run)
             try:
+                data = self._gather(run)
                 if offset is None:
                     r, _ = self._call(d.cap, "File", "append", data=data)
                     if not positional:
@@ -384,7 +389,7 @@ class Wasi:
                 else:
                     r, _ = self._call(d.cap, "File", "write", offset=offset + done, data=data)
                     n = r.written
-            except HostCallFailed:
+            except (HostCallFailed, protect.Fault):   # after some bytes: a short write
                 if done:
                     break
                 raise
@@ -746,8 +751,13 @@ class Wasi:
         elif d.kind == "log":
             n = 0
             for run in self._chunks(self._iovecs(iovs, count), self.max_io):
-                data = self._gather(run)
-                self._log(d, data)
+                try:
+                    data = self._gather(run)
+                    self._log(d, data)
+                except (HostCallFailed, protect.Fault):   # after some bytes: short
+                    if n:
+                        break
+                    raise
                 n += len(data)
         elif d.append:
             n = self._write_from(d, None, iovs, count)
