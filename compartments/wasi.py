@@ -488,6 +488,8 @@ class Wasi:
             if tag == 0:
                 clock, timeout, _precision, flags = struct.unpack_from("<IxxxxQQH", raw,
                                                                         48 * i + 16)
+                if clock > CLOCK_THREAD:       # not a clock at all (wasmtime: EINVAL too)
+                    raise _Fail(E.INVAL)
                 if flags & 1:                  # absolute: how far is it from now?
                     if self.clock is None or clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
                         ready.append((userdata, E.NOTCAPABLE if self.clock is None
@@ -536,7 +538,7 @@ class Wasi:
             raise _Fail(E.BADF)
         name = d.mount.encode()
         if (length & 0xFFFFFFFF) < len(name):
-            raise _Fail(E.INVAL)
+            raise _Fail(E.NAMETOOLONG)          # as wasmtime says
         self.host.write(buf & 0xFFFFFFFF, name)
 
     def fd_close(self, fd):

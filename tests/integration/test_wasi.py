@@ -604,3 +604,12 @@ def test_a_protected_buffer_after_some_bytes_makes_a_short_read_or_write(tmp_pat
     assert ours[1:] == ["write 0 n=262144 tell=262144 size=262144",
                         "read 0 n=262144 tell=262144"], r.stdout + r.stderr
     assert (b / "part.txt").stat().st_size == 262144 + 100000
+
+
+def test_errors_that_used_to_differ_from_wasmtime(tmp_path, edges_guest):
+    """fd_prestat_dir_name into a buffer too small: ENAMETOOLONG (37), not EINVAL;
+    poll_oneoff on a clock that does not exist: EINVAL (28), not a sleep."""
+    theirs, ours, r, _ = _both(tmp_path, edges_guest, "errnos")
+    assert theirs == ["prestat-dir-name-short 37", "prestat-dir-name 0 /sandbox",
+                      "poll-no-such-clock 28"]
+    assert ours == theirs, r.stdout + r.stderr

@@ -4,7 +4,8 @@
  * tree (preopened as /sandbox, fd 3).  argv[1] picks the part:
  *   dirfds    rename and link between two directory descriptors
  *   dangling  O_CREAT through a symbolic link whose target does not exist
- *   partial   a read or write that faults after some of its bytes moved */
+ *   partial   a read or write that faults after some of its bytes moved
+ *   errnos    errors that used to differ from wasmtime's */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +23,8 @@ W(fd_write) I w_fd_write(I, I, I, I);
 W(fd_seek) I w_fd_seek(I, L, I, I);
 W(fd_tell) I w_fd_tell(I, I);
 W(fd_filestat_get) I w_fd_filestat_get(I, I);
+W(fd_prestat_dir_name) I w_fd_prestat_dir_name(I, I, I);
+W(poll_oneoff) I w_poll_oneoff(I, I, I, I);
 
 #define P(x) ((I)(uintptr_t)(x))
 #define S(s) P(s), (I)strlen(s)
@@ -101,10 +104,23 @@ static void partial(void) {
   printf("read %d n=%u tell=%llu\n", e, n, (unsigned long long)t);
 }
 
+static void errnos(void) {
+  char name[16] = {0};
+  printf("prestat-dir-name-short %d\n", w_fd_prestat_dir_name(3, P(name), 3));
+  printf("prestat-dir-name %d %s\n", w_fd_prestat_dir_name(3, P(name), sizeof name), name);
+  uint8_t sub[48] = {0}, ev[32];
+  uint32_t clock = 9, n = 7;
+  uint64_t timeout = 1000;
+  memcpy(sub + 16, &clock, 4);
+  memcpy(sub + 24, &timeout, 8);
+  printf("poll-no-such-clock %d\n", w_poll_oneoff(P(sub), P(ev), 1, P(&n)));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
   if (!strcmp(part, "dangling")) dangling();
   if (!strcmp(part, "partial")) partial();
+  if (!strcmp(part, "errnos")) errnos();
   return 0;
 }
