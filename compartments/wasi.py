@@ -177,6 +177,8 @@ class Wasi:
         self.fds: dict[int, _Desc] = {}
         self.clock = self.random = self.env = None
         self._argv = self._environ = None
+        self._active = 0            # WASI calls running now (nested: > 1)
+        self._deferred: list[_Desc] = []   # closed meanwhile: dropped when they end
 
     def grant(self, grants):
         """`grants`: (name, kind, mount, import id) for each granted capability.
@@ -216,6 +218,7 @@ class Wasi:
         """The host function for one wasi_snapshot_preview1 import (ENOSYS if unknown)."""
         impl = getattr(self, name, None) or self._nosys
         def call(*args):
+            self._active += 1
             try:
                 r = impl(*args)
                 return 0 if r is None else r
@@ -228,6 +231,10 @@ class Wasi:
                 return E.FAULT
             except (ValueError, OverflowError, struct.error, UnicodeError):
                 return E.INVAL           # arguments no call could mean (huge, negative)
+            finally:
+                self._active -= 1
+                if not self._active and self._deferred:
+                    self._drop_deferred()
         if name == "proc_exit":
             return impl
         call.__name__ = name
@@ -285,9 +292,26 @@ class Wasi:
         return fd
 
     def _release(self, d: _Desc):
+        """Drop a closed descriptor's references.  Inside a WASI call that runs while
+        another waits (a call into this compartment served meanwhile, see engine.py,
+        whose dispatch closes the descriptor the outer read or write is using), they
+        are dropped once the outermost call returns: until then the capability stays
+        the same file at the same import id, which a drop would let the next open
+        reuse, and the rest of the outer read or write would go to that other file.
+        A closed file is still read to the end of a read that had begun, as on Linux."""
+        if self._active > 1:
+            self._deferred.append(d)
+            return
         self.host.drop(d.cap)
         if d.root is not None and d.root != d.cap:
             self.host.drop(d.root)
+
+    def _drop_deferred(self):
+        deferred, self._deferred = self._deferred, []
+        for d in deferred:
+            self.host.drop(d.cap)
+            if d.root is not None and d.root != d.cap:
+                self.host.drop(d.root)
 
     def _u32(self, ptr, value):
         self.host.write(ptr & 0xFFFFFFFF, struct.pack("<I", value & 0xFFFFFFFF))
@@ -824,6 +848,7 @@ class Wasi:
         fds, self.fds = self.fds, {}
         for d in fds.values():
             self._release(d)
+        self._drop_deferred()
         for attr in ("clock", "random", "env"):
             self.host.drop(getattr(self, attr))
             setattr(self, attr, None)

@@ -613,3 +613,44 @@ def test_errors_that_used_to_differ_from_wasmtime(tmp_path, edges_guest):
     assert theirs == ["prestat-dir-name-short 37", "prestat-dir-name 0 /sandbox",
                       "poll-no-such-clock 28"]
     assert ours == theirs, r.stdout + r.stderr
+
+
+def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
+    """While a WASI read waits for the supervisor, a call into the compartment is
+    served; its dispatch closed the descriptor and opened another file, which got
+    the same import id, and the rest of the read came from that other file. A
+    descriptor closed meanwhile now keeps its capability until the outer call
+    returns (as Linux keeps the file of a read under way)."""
+    from supervisor import toolchain
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    import capnp_schemas
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    src = os.path.join(GUESTS, "nested.c")
+    reader = toolchain.build([src], str(tmp_path / "reader.wasm"), exports=["wsuper_dispatch"])
+    caller = toolchain.build([src], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_bytes(b"X" * (4 << 20))
+    (data / "y.txt").write_bytes(b"Y" * (4 << 20))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "{reader}"
+exports = "Echo"
+restart = "never"
+[compartments.a.grants]
+stdout = {{ host = "log" }}
+data = {{ host = "directory", path = "{data}" }}
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    lines = [x[4:] for x in r.stdout.splitlines() if x.startswith("[a] ")]
+    assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
+    assert lines == ["open 0", "during the read: close 0, open 0 as fd 4 (was 4)",
+                     f"read 0 n={4 << 20} X={4 << 20} Y=0"], lines
