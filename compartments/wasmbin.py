@@ -407,6 +407,21 @@ def instantiation_problem(data: bytes) -> str | None:
     return None
 
 
+def exported_functions(data: bytes) -> list[str]:
+    """The names of the functions `data` (a module binary) exports."""
+    names = []
+    for s in sections(data):
+        if s.id == _EXPORT:
+            r = _Reader(data, s.start, s.end)
+            for _ in range(r.count(3)):
+                name = r.name()
+                kind = r.byte()
+                r.uleb()
+                if kind == 0x00:
+                    names.append(name.decode("utf-8", "replace"))
+    return names
+
+
 def _imports(r: _Reader):
     """The import section's entries: (kind, the limits of a table or memory, else
     None)."""

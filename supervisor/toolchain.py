@@ -32,6 +32,19 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
                  f"char wsuper_layout_data_page = 1;\n")
 
 
+#: The start of a program linked as a reactor (see build): wasm-ld wraps every export
+#: of a *command* but `_start` in __wasm_call_ctors/__wasm_call_dtors, so a C program
+#: that also serves calls (a callback, a Listener: wsuper_dispatch) ran libc's
+#: exit-time code after every call it served: its atexit handlers at the first one,
+#: and stdout flushed from inside whatever stdio call was waiting (lines written
+#: twice).  As a reactor, its constructors run once (`_initialize`, which the engine
+#: calls at start) and its exit-time code once, at the end of `_start`.
+START_SOURCE = ("#include <stdlib.h>\n"
+                "int __main_void(void);\n"
+                "__attribute__((export_name(\"_start\"))) void _start(void) "
+                "{ exit(__main_void()); }\n")
+
+
 class ToolchainError(Exception):
     """The compiler is missing or the build failed; the text says which and why."""
 
@@ -81,19 +94,38 @@ def build(sources, output: str, *, protect: bool = True, **options) -> str:
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
-        cmd = command(sources, output, layout=layout, **options)
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except OSError as e:
-            raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
+        _link(command(sources, output, layout=layout, **options), output)
+        if not options.get("reactor") and _serves(output):
+            # a program that serves calls: again, as a reactor with a _start of its own
+            start = os.path.join(tmp, "wsuper-start.c")
+            with open(start, "w") as f:
+                f.write(START_SOURCE)
+            _link(command([*sources, start], output, layout=layout,
+                          **{**options, "reactor": True}), output)
+    if protect:
+        declare_layout(output)
+    return output
+
+
+def _link(cmd: list[str], output: str) -> None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except OSError as e:
+        raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
     if r.returncode != 0:
         text = (r.stderr or r.stdout).strip()
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
         raise ToolchainError(f"building {output} failed:\n{text}")
-    if protect:
-        declare_layout(output)
-    return output
+
+
+def _serves(path: str) -> bool:
+    """Whether the command at `path` exports a function other than _start."""
+    try:
+        with open(path, "rb") as f:
+            return any(n != "_start" for n in wasmbin.exported_functions(f.read()))
+    except (OSError, ValueError):
+        return False
 
 
 def declared_layout(data: bytes, page: int = PROTECT_PAGE) -> tuple[int, int, int]:

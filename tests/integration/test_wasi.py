@@ -654,3 +654,46 @@ a = {{ compartment = "a" }}
     assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
     assert lines == ["open 0", "during the read: close 0, open 0 as fd 4 (was 4)",
                      f"read 0 n={4 << 20} X={4 << 20} Y=0"], lines
+
+
+def test_a_program_that_serves_calls_runs_its_exit_time_code_once_at_the_end(tmp_path):
+    """wasm-ld wraps each export of a C command in __wasm_call_ctors/_dtors: the
+    program's atexit handlers ran when it served its first call, and stdout was
+    flushed from inside the call then waiting (lines came twice or ran together:
+    'main: constructed 1atexit: constructed 1, calls 1', 'waited 0waited 1').
+    `wsuper build` (toolchain.build) links such a program as a reactor with a
+    _start of its own."""
+    from supervisor import toolchain
+    from compartments import wasmbin
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    import capnp_schemas
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    served = toolchain.build([os.path.join(GUESTS, "served.c")], str(tmp_path / "served.wasm"))
+    with open(served, "rb") as f:
+        assert sorted(wasmbin.exported_functions(f.read())) == \
+            ["_initialize", "_start", "wsuper_dispatch"]
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "{served}"
+exports = "Echo"
+restart = "never"
+[compartments.a.grants]
+stdout = {{ host = "log" }}
+clock = {{ host = "clock" }}
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
+    lines = [x[4:] for x in r.stdout.splitlines() if x.startswith("[a] ")]
+    waited = [x for x in lines if x.startswith("waited")]
+    assert lines == ["main: constructed 1", *waited, "main: 5 calls",
+                     "atexit: constructed 1, calls 5"], lines
+    assert waited == [f"waited {i}" for i in range(len(waited))]
