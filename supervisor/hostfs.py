@@ -815,8 +815,16 @@ def _page(fd: int, cursor: int, budget: int) -> dict:
                 except FileNotFoundError:        # removed since it was read: not there
                     last = off
                     continue
-            entries.append({"name": name.decode("utf-8", "replace"), "kind": kind,
-                            "inode": ino, "cursor": off})
+            try:
+                text = name.decode("utf-8")
+            except UnicodeDecodeError:
+                # not a name anyone can use here (paths are UTF-8: EILSEQ); shown with
+                # replacement characters it could be taken for another entry's name
+                if entries:
+                    return {"entries": entries, "cursor": last, "done": False}
+                raise FsError(f"the name {name[:64]!r} in this directory is not valid "
+                              f"UTF-8", "EILSEQ") from None
+            entries.append({"name": text, "kind": kind, "inode": ino, "cursor": off})
             used += cost
             last = off
 

@@ -697,3 +697,23 @@ a = {{ compartment = "a" }}
     assert lines == ["main: constructed 1", *waited, "main: 5 calls",
                      "atexit: constructed 1, calls 5"], lines
     assert waited == [f"waited {i}" for i in range(len(waited))]
+
+
+def test_a_name_that_is_not_utf8_is_not_listed_as_another(tmp_path, edges_guest):
+    """A name the host made that is not UTF-8 was listed with U+FFFD in place of
+    its bytes: the name of no entry, or of another one (b"bad\\xff" and
+    "bad\\ufffd" were both listed as the second). fd_readdir now fails with EILSEQ
+    (25) when it reaches it, as under wasmtime; Directory.list gives the entries
+    before it first (tests/unit/test_hostfs.py)."""
+    trees = []
+    for name in ("wasmtime", "wsuper"):
+        d = tmp_path / name / "sandbox"
+        _edges_tree(d, tmp_path / name / "outside.txt")
+        (d / "names").mkdir()
+        (d / "names" / "bad\ufffd").write_text("a real file")
+        open(os.fsencode(d / "names") + b"/bad\xff", "w").close()
+        trees.append(d)
+    code, theirs = under_wasmtime(edges_guest, trees[0], ["listing"])
+    assert code == 0 and theirs == ["readdir 25"], theirs
+    code, ours, r = under_wsuper(tmp_path, edges_guest, trees[1], ["listing"])
+    assert code == 0 and ours == theirs, r.stdout + r.stderr

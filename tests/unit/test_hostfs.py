@@ -716,3 +716,22 @@ def test_rename_and_link_relative_to_a_directory_beneath_checked_by_inode(tree):
     assert sorted(os.listdir(tree / "sub")) == ["c.txt"]
     assert sorted(os.listdir(tree / "other")) == ["b.txt"]
     fails("EXDEV", d.rename, "notes.txt", "x", toDir="sub", toInode=0)
+
+
+def test_a_name_that_is_not_utf8_ends_the_listing_with_eilseq(tree):
+    """Listed with replacement characters, b"bad\\xff" was "bad\\ufffd", the name of
+    another file; the entries before it are listed, then EILSEQ."""
+    d = Directory.grant(str(tree))
+    for i in range(20):
+        (tree / f"f{i:02}").write_text("")
+    (tree / "bad\ufffd").write_text("")
+    open(os.fsencode(tree) + b"/bad\xff", "w").close()
+    names, cursor = [], 0
+    with pytest.raises(FsError) as e:
+        for _ in range(100):
+            page = d.list("", cursor)
+            names += [x["name"] for x in page["entries"]]
+            cursor = page["cursor"]
+            assert not page["done"]
+    assert e.value.code == "EILSEQ" and "not valid UTF-8" in str(e.value)
+    assert len(names) == len(set(names)) and all((tree / n).exists() for n in names)

@@ -5,7 +5,8 @@
  *   dirfds    rename and link between two directory descriptors
  *   dangling  O_CREAT through a symbolic link whose target does not exist
  *   partial   a read or write that faults after some of its bytes moved
- *   errnos    errors that used to differ from wasmtime's */
+ *   errnos    errors that used to differ from wasmtime's
+ *   listing   fd_readdir of a directory with a name that is not UTF-8 */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +26,7 @@ W(fd_tell) I w_fd_tell(I, I);
 W(fd_filestat_get) I w_fd_filestat_get(I, I);
 W(fd_prestat_dir_name) I w_fd_prestat_dir_name(I, I, I);
 W(poll_oneoff) I w_poll_oneoff(I, I, I, I);
+W(fd_readdir) I w_fd_readdir(I, I, I, L, I);
 
 #define P(x) ((I)(uintptr_t)(x))
 #define S(s) P(s), (I)strlen(s)
@@ -116,11 +118,19 @@ static void errnos(void) {
   printf("poll-no-such-clock %d\n", w_poll_oneoff(P(sub), P(ev), 1, P(&n)));
 }
 
+static void listing(void) {
+  static uint8_t buf[4096];
+  uint32_t n = 0;
+  I d = dir("names");
+  printf("readdir %d\n", w_fd_readdir(d, P(buf), sizeof buf, 0, P(&n)));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
   if (!strcmp(part, "dangling")) dangling();
   if (!strcmp(part, "partial")) partial();
   if (!strcmp(part, "errnos")) errnos();
+  if (!strcmp(part, "listing")) listing();
   return 0;
 }
