@@ -712,7 +712,7 @@ class Wasi:
         if d.kind == "log":
             raise _Fail(E.SPIPE)
         self._need(d, RIGHT_FD_TELL if offset == 0 and whence == 1 else RIGHT_FD_SEEK)
-        if whence & 0xFF > 2:
+        if whence not in (0, 1, 2):    # (256 passed a check of its low byte, then was END)
             raise _Fail(E.INVAL)
         if d.kind == "null":
             return self._u64(out, 0)

@@ -402,3 +402,18 @@ def test_a_sleep_lets_the_engine_write_what_it_holds_first(monkeypatch):
     host.write(48, struct.pack("<QB7xI28x", 6, 2, 1))
     assert call(w, "poll_oneoff", 0, 100, 2, 900) == 0     # a ready descriptor: no sleep
     assert host.calls == [] and len(slept) == 1 and host.u32(900) == 1
+
+
+def test_seek_takes_only_the_three_whences():
+    """whence is a u8: 256 passed the check of its low byte (0) and then was taken
+    as SEEK_END, the branch for anything that was not 0 or 1."""
+    host, w = wasi_with()
+    host.results["Directory", "open"] = "cap"
+    host.results["File", "stat"] = {"info": {"kind": "file", "size": 1000}}
+    host.write(0, b"f")
+    assert call(w, "path_open", 3, 0, 0, 1, 0, wasi.RIGHT_FD_READ, 0, 0, 64) == 0
+    fd = host.u32(64)
+    assert call(w, "fd_seek", fd, 10, 2, 900) == 0 and host.u32(900) == 1010
+    for whence in (3, 256, 257, 258, -1):
+        assert call(w, "fd_seek", fd, 10, whence, 900) == E.INVAL
+    assert call(w, "fd_seek", fd, 0, 1, 900) == 0 and host.u32(900) == 1010
