@@ -177,8 +177,8 @@ class Wasi:
         self.fds: dict[int, _Desc] = {}
         self.clock = self.random = self.env = None
         self._argv = self._environ = None
-        self._active = 0            # WASI calls running now (nested: > 1)
-        self._deferred: list[_Desc] = []   # closed meanwhile: dropped when they end
+        self._frames: list[list[_Desc]] = []   # per WASI call running now: what it uses
+        self._deferred: list[_Desc] = []   # closed while an outer call uses them
 
     def grant(self, grants):
         """`grants`: (name, kind, mount, import id) for each granted capability.
@@ -218,7 +218,7 @@ class Wasi:
         """The host function for one wasi_snapshot_preview1 import (ENOSYS if unknown)."""
         impl = getattr(self, name, None) or self._nosys
         def call(*args):
-            self._active += 1
+            self._frames.append([])
             try:
                 r = impl(*args)
                 return 0 if r is None else r
@@ -232,8 +232,8 @@ class Wasi:
             except (ValueError, OverflowError, struct.error, UnicodeError):
                 return E.INVAL           # arguments no call could mean (huge, negative)
             finally:
-                self._active -= 1
-                if not self._active and self._deferred:
+                self._frames.pop()
+                if self._deferred:
                     self._drop_deferred()
         if name == "proc_exit":
             return impl
@@ -271,6 +271,8 @@ class Wasi:
         d = self.fds.get(fd)
         if d is None:
             raise _Fail(E.BADF)
+        if self._frames:
+            self._frames[-1].append(d)          # in use until this call returns
         if kinds and d.kind not in kinds:
             raise _Fail(E.NOTDIR if kinds == ("dir",) else E.BADF)
         return d
@@ -292,26 +294,36 @@ class Wasi:
         return fd
 
     def _release(self, d: _Desc):
-        """Drop a closed descriptor's references.  Inside a WASI call that runs while
-        another waits (a call into this compartment served meanwhile, see engine.py,
-        whose dispatch closes the descriptor the outer read or write is using), they
-        are dropped once the outermost call returns: until then the capability stays
-        the same file at the same import id, which a drop would let the next open
-        reuse, and the rest of the outer read or write would go to that other file.
-        A closed file is still read to the end of a read that had begun, as on Linux."""
-        if self._active > 1:
+        """Drop a closed descriptor's references.  A WASI call waits for the supervisor
+        as wsuper.call does, and calls into the compartment are served meanwhile
+        (engine.py): one whose dispatch closes the descriptor that the waiting call
+        is using leaves its references until that call returns.  Dropped at once,
+        the import id would be free for the next open to take, and the rest of the
+        outer read or write would go to that other file; a closed file is read to
+        the end of a read that had begun, as on Linux."""
+        if self._in_use(d, self._frames[:-1]):
             self._deferred.append(d)
-            return
+        else:
+            self._drop(d)
+
+    def _drop(self, d: _Desc):
         self.host.drop(d.cap)
         if d.root is not None and d.root != d.cap:
             self.host.drop(d.root)
 
+    @staticmethod
+    def _in_use(d: _Desc, frames) -> bool:
+        """Whether one of the WASI calls of `frames` (waiting) uses `d`."""
+        return any(x is d for frame in frames for x in frame)
+
     def _drop_deferred(self):
+        """After a WASI call returned: what no call still running uses goes."""
         deferred, self._deferred = self._deferred, []
         for d in deferred:
-            self.host.drop(d.cap)
-            if d.root is not None and d.root != d.cap:
-                self.host.drop(d.root)
+            if self._in_use(d, self._frames):
+                self._deferred.append(d)
+            else:
+                self._drop(d)
 
     def _u32(self, ptr, value):
         self.host.write(ptr & 0xFFFFFFFF, struct.pack("<I", value & 0xFFFFFFFF))

@@ -417,3 +417,31 @@ def test_seek_takes_only_the_three_whences():
     for whence in (3, 256, 257, 258, -1):
         assert call(w, "fd_seek", fd, 10, whence, 900) == E.INVAL
     assert call(w, "fd_seek", fd, 0, 1, 900) == 0 and host.u32(900) == 1010
+
+
+def test_a_descriptor_closed_by_a_nested_call_stays_until_the_call_using_it_returns():
+    """A WASI call waits as wsuper.call does, and the guest may be called meanwhile:
+    a nested fd_close of the descriptor an fd_read is using keeps its capability
+    (the same file, the same import id) until that read returns; a descriptor no
+    waiting call uses (a program that sleeps in poll_oneoff while it serves calls
+    that open and close files) goes at once."""
+    host, w = wasi_with()
+    w.max_io = 4
+    fd = open_file(w, host)
+    other = open_file(w, host, b"y.txt")
+    cap, other_cap = w.fds[fd].cap, w.fds[other].cap
+    seen = []
+
+    def read(offset, count):
+        if offset == 4:                  # between the outer read's first and second call
+            assert call(w, "fd_close", fd) == 0 and call(w, "fd_close", other) == 0
+            seen.append(list(host.dropped))
+        return {"data": b"x" * count}
+
+    host.results["File", "read"] = read
+    host.write(200, struct.pack("<II", 1000, 12))
+    assert call(w, "fd_read", fd, 200, 1, 900) == 0 and host.u32(900) == 12
+    assert seen == [[other_cap]]          # the other one at once; the one being read: not yet
+    assert [c[0] for c in host.calls if c[1] == "read"] == [cap] * 3
+    assert host.dropped == [other_cap, cap]
+    assert call(w, "fd_read", fd, 200, 1, 900) == E.BADF
