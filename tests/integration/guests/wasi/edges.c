@@ -6,7 +6,8 @@
  *   dangling  O_CREAT through a symbolic link whose target does not exist
  *   partial   a read or write that faults after some of its bytes moved
  *   errnos    errors that used to differ from wasmtime's
- *   listing   fd_readdir of a directory with a name that is not UTF-8 */
+ *   listing   fd_readdir of a directory with a name that is not UTF-8
+ *   dirsync   fd_sync and fd_datasync of directories */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,6 +28,8 @@ W(fd_filestat_get) I w_fd_filestat_get(I, I);
 W(fd_prestat_dir_name) I w_fd_prestat_dir_name(I, I, I);
 W(poll_oneoff) I w_poll_oneoff(I, I, I, I);
 W(fd_readdir) I w_fd_readdir(I, I, I, L, I);
+W(fd_sync) I w_fd_sync(I);
+W(fd_datasync) I w_fd_datasync(I);
 
 #define P(x) ((I)(uintptr_t)(x))
 #define S(s) P(s), (I)strlen(s)
@@ -125,6 +128,13 @@ static void listing(void) {
   printf("readdir %d\n", w_fd_readdir(d, P(buf), sizeof buf, 0, P(&n)));
 }
 
+static void dirsync(void) {
+  I d = dir("sub");
+  printf("sync-preopen %d\n", w_fd_sync(3));
+  printf("sync-dir %d\n", w_fd_sync(d));
+  printf("datasync-dir %d\n", w_fd_datasync(d));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -132,5 +142,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "partial")) partial();
   if (!strcmp(part, "errnos")) errnos();
   if (!strcmp(part, "listing")) listing();
+  if (!strcmp(part, "dirsync")) dirsync();
   return 0;
 }
