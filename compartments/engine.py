@@ -240,6 +240,7 @@ class Engine:
         self.frames: list[_Frame | None] = []
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
+        self._run_answer = None              # the answer id of run() while _start runs
         self.control = object()
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
@@ -883,6 +884,14 @@ class Engine:
             self._send(self.conn.send_exception(
                 ev.answer_id, f"compartment {self.name} exited (code {e.code})", "disconnected",
                 no_finish=True))
+            if self._run_answer is not None:
+                # served while its program runs (a callback): the program ends with
+                # this status, as if _start had called it
+                code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+                self._send(self.conn.send_return(
+                    self._run_answer, Content.standalone(
+                        _RunResults.new_message(exitCode=code).to_segments()), [],
+                    no_finish=True))
             self._flush()
             raise SystemExit(EXIT_OK) from None
         except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
@@ -937,11 +946,13 @@ class Engine:
             if self.start_func is None:
                 raise _CallError("failed", "module has no _start")
             code = 0
+            self._run_answer = ev.answer_id
             try:
                 self._outside(self._guest, self.start_func, fuel=UNLIMITED_FUEL)
             except wasi.WasiExit as e:               # proc_exit
                 code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
             finally:
+                self._run_answer = None
                 if self.wasi is not None:
                     self.wasi.flush_all()
                 if self.call_times:

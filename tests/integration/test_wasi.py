@@ -727,3 +727,38 @@ def test_fsync_of_a_directory_works_as_documented(tmp_path, edges_guest):
     theirs, ours, r, _ = _both(tmp_path, edges_guest, "dirsync")
     assert theirs == ["sync-preopen 8", "sync-dir 8", "datasync-dir 8"], theirs
     assert ours == ["sync-preopen 0", "sync-dir 0", "datasync-dir 0"], r.stdout + r.stderr
+
+
+def test_exit_in_a_call_served_while_the_program_runs_ends_the_program_with_its_status(
+        tmp_path):
+    """exit(7) in a callback while main waits used to end the engine with no answer
+    to run(): the supervisor said 'compartment a failed: engine exited' (a failure
+    for the restart policy) and the status was lost. The program now ends with it."""
+    from supervisor import toolchain
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    import capnp_schemas
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    served = toolchain.build([os.path.join(GUESTS, "served.c")], str(tmp_path / "served.wasm"),
+                             extra=["-DEXIT_AT=3"])
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "{served}"
+exports = "Echo"
+restart = "never"
+[compartments.a.grants]
+stdout = {{ host = "log" }}
+clock = {{ host = "clock" }}
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    assert "finished a exit=7" in r.stderr and "its program ended (exit 7)" in r.stderr, \
+        r.stdout + r.stderr
+    assert "engine exited" not in r.stderr, r.stderr

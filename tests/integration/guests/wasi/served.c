@@ -1,7 +1,8 @@
 /* A C program (main) that also serves calls: each call it serves must not run
  * libc's exit-time code (atexit handlers, stdio's exit flush).  It waits in
  * poll_oneoff (serving calls meanwhile) until five calls came, writing a line
- * each time; nested.c's caller (-DCALLER) calls it until a call fails. */
+ * each time; nested.c's caller (-DCALLER) calls it until a call fails.
+ * -DEXIT_AT=N: the Nth call exits (7). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,9 @@ static void at_exit(void) { printf("atexit: constructed %d, calls %d\n", constru
 __attribute__((export_name("wsuper_dispatch")))
 int32_t wsuper_dispatch(int32_t object, int64_t iface, int32_t method, int32_t len, int32_t ncaps) {
   calls++;
+#ifdef EXIT_AT
+  if (calls == EXIT_AT) exit(7);        /* ends the program, which is waiting meanwhile */
+#endif
   return calls >= 5;
 }
 
