@@ -32,6 +32,7 @@ and ends the engine with EXIT_PROTOCOL.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import re
@@ -241,6 +242,7 @@ class Engine:
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
         self._run_answer = None              # the answer id of run() while _start runs
+        self._backlog = collections.deque()  # events received and not handled yet (_pump)
         self.control = object()
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
@@ -749,8 +751,7 @@ class Engine:
     def serve(self):
         """Serve until the supervisor closes the connection."""
         early, self._early = self._early, []
-        for ev in early:
-            self._on_event(ev)
+        self._backlog.extend(early)
         while self._pump():
             pass
 
@@ -761,20 +762,29 @@ class Engine:
         return slot[0]
 
     def _pump(self) -> bool:
-        self._flush()
-        data = self.sock.recv(1 << 16)
-        if not data:
-            return False
-        self._read_at = time.perf_counter_ns()
-        events = self._received(data)
-        for ev in events:                   # _look_ahead may add to it
+        """Handle what has come (the events not handled yet first, else what the
+        socket brings).  Each event leaves the backlog before it is handled, so that
+        one whose handling waits (run(): the whole program; a call whose guest makes
+        a host call) does not hold back those that came with it: a call that came
+        in the same read as run() used to wait until the program ended (its caller
+        timed out), although the engine served calls all the while."""
+        if not self._backlog:
+            self._flush()
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return False
+            self._read_at = time.perf_counter_ns()
+            self._backlog.extend(self._received(data))
+        backlog = self._backlog
+        while backlog:                      # _look_ahead may add to it
+            ev = backlog.popleft()
             if type(ev) is protocol.CallReceived \
                     and time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
-                self._look_ahead(events)
+                self._look_ahead(backlog)
             self._on_event(ev)
         return True
 
-    def _look_ahead(self, events: list):
+    def _look_ahead(self, events):
         """Read what came while the guest ran, without waiting, onto the end of
         `events` (in order): a Finish among it cancels a call of this batch that has
         not been dispatched (_on_call)."""

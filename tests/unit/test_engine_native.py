@@ -267,3 +267,45 @@ def test_a_per_call_instance_s_start_function_cannot_reach_the_outer_instance():
                          "memory to use: the module exports none named 'memory', or its "
                          "start function is running"] * 2
     assert lines[2] == "0", "the new instance's start function added to the outer handles"
+
+
+def test_a_call_that_came_with_one_that_waits_is_served_while_it_waits():
+    """Calls 0 and 1 in one read: call 0 calls out and waits (the engine serves
+    calls meanwhile), and call 1 is answered during that wait.  It used to wait
+    behind call 0 in the list of that read's events until call 0 had returned; a
+    call that came in one read with run() waited for the whole program (its
+    caller timed out) -- and one that call 0's callee waits for, for ever."""
+    engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
+        GUESTS, "outside.wat"), exports=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    control = boot.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", "")]), [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    first_q, first = sup.send_call(main, IFACE, 0, Content.standalone([bytes(16)]))
+    second_q, second = sup.send_call(main, IFACE, 1, Content.standalone([bytes(16)]))
+    answered_before_the_wait_ended = []
+
+    def answer(out):
+        events = sup.receive(out)
+        returned = [ev.question_id for ev in events if isinstance(ev, protocol.ReturnReceived)]
+        more = b""
+        for ev in events:
+            if isinstance(ev, protocol.CallReceived):       # call 0's call out: it waits
+                answered_before_the_wait_ended.extend(returned)
+                more += sup.send_return(ev.answer_id, Content.standalone([bytes(16)]))
+        return more
+
+    sock.answer = answer
+    sock.batches.append(first + second)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    assert answered_before_the_wait_ended == [second_q]
