@@ -218,6 +218,35 @@ class Facts:
     bulk: bool = False                   # it may use bulk memory (add_bulk_checks will say)
 
 
+def _read_globals(r: _Reader, globals_: list):
+    """A global section: the value of each i32 global known before instantiation
+    (None: not known) is appended to `globals_`.  A constant expression may only
+    read immutable globals."""
+    for _ in range(r.count(3)):
+        is_i32 = r.pos < r.end and r.data[r.pos] == _I32
+        _valtype(r)
+        mutable = r.byte()
+        value = _const_i32(r, globals_)
+        globals_.append(value if is_i32 and not mutable else None)
+
+
+def _active_data(r: _Reader, globals_: list):
+    """A data section's active segments: (index, memory, offset or None if
+    computed, size)."""
+    for i in range(r.count()):
+        flags = r.uleb()
+        if flags == 1:                  # passive
+            r.skip(r.uleb())
+            continue
+        if flags not in (0, 2):
+            raise BinaryError(f"data segment flags {flags}")
+        mem = r.uleb() if flags == 2 else 0
+        offset = _const_i32(r, globals_)
+        size = r.uleb()
+        r.skip(size)
+        yield i, mem, offset, size
+
+
 def facts(data: bytes) -> Facts:
     """What `data` (a module binary) says about its memory and data.
     Raises BinaryError if the sections cannot be walked at all."""
@@ -241,13 +270,7 @@ def facts(data: bytes) -> Facts:
                 elif kind == 0x03:
                     globals_.append(None)       # its value comes from outside
         elif s.id == _GLOBAL:
-            for _ in range(r.count(3)):
-                is_i32 = r.pos < r.end and data[r.pos] == _I32
-                _valtype(r)
-                mutable = r.byte()
-                value = _const_i32(r, globals_)
-                # a constant expression may only read immutable globals
-                globals_.append(value if is_i32 and not mutable else None)
+            _read_globals(r, globals_)
         elif s.id == _MEMORY:
             for _ in range(r.count()):
                 memories.append(_limits(r))
@@ -259,17 +282,7 @@ def facts(data: bytes) -> Facts:
                 if kind == 0x02 and name == b"memory":
                     exported_memory = index
         elif s.id == _DATA:
-            for i in range(r.count()):
-                flags = r.uleb()
-                if flags == 1:
-                    r.skip(r.uleb())
-                    continue
-                if flags not in (0, 2):
-                    raise BinaryError(f"data segment flags {flags}")
-                mem = r.uleb() if flags == 2 else 0
-                offset = _const_i32(r, globals_)
-                size = r.uleb()
-                r.skip(size)
+            for i, mem, offset, size in _active_data(r, globals_):
                 if mem != 0:
                     continue
                 if offset is None:
@@ -374,24 +387,9 @@ def instantiation_problem(data: bytes) -> str | None:
             for _ in range(r.count()):
                 memories.append(_limits(r))
         elif s.id == _GLOBAL:
-            for _ in range(r.count(3)):
-                is_i32 = r.pos < r.end and data[r.pos] == _I32
-                _valtype(r)
-                mutable = r.byte()
-                value = _const_i32(r, globals_)
-                globals_.append(value if is_i32 and not mutable else None)
+            _read_globals(r, globals_)
         elif s.id == _DATA:
-            for i in range(r.count()):
-                flags = r.uleb()
-                if flags == 1:
-                    r.skip(r.uleb())
-                    continue
-                if flags not in (0, 2):
-                    raise BinaryError(f"data segment flags {flags}")
-                mem = r.uleb() if flags == 2 else 0
-                offset = _const_i32(r, globals_)
-                size = r.uleb()
-                r.skip(size)
+            for i, mem, offset, size in _active_data(r, globals_):
                 if offset is None or mem >= len(memories) or memories[mem][0] & (4 | 8):
                     continue            # 64-bit or custom pages: not read here
                 end = memories[mem][1] * WASM_PAGE
