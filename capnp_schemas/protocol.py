@@ -816,6 +816,13 @@ class Connection:
         a = self.answers.get(answer_id)
         return a is not None and not a.returned
 
+    def question_returned(self, question_id: int) -> bool:
+        """Our question `question_id` is open and the peer returned it (it waits for
+        our Finish only: a Return with takeFromOtherQuestion whose outcome has not
+        come yet)."""
+        q = self.questions.get(question_id)
+        return q is not None and q.returned
+
     def gave_up(self, answer_id: int) -> bool:
         """The peer sent Finish for `answer_id` before our return: it cancelled the
         call (rpc.capnp), and still expects a Return."""

@@ -649,8 +649,7 @@ class Router:
             # sent Finish): nobody wants what it carries.
             if ev.payload is not None:
                 self._drop_imported(peer, ev.payload)
-            if self._unorphan((peer.id, ev.question_id)):
-                self._orphans_changed()
+            self._answered_late(peer, ev.question_id)
             return
         if ev.finish_needed:
             self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
@@ -660,6 +659,8 @@ class Router:
         """The peer answered our question with the outcome of its tail call to us
         (takeFromOtherQuestion): whoever asked gets that call's outcome, now if it
         ended already, else when it does (_tail_ended)."""
+        if (peer.id, ev.question_id) not in self._pending:
+            self._answered_late(peer, ev.question_id)      # its id is free from now on
         key = (peer.id, ev.answer_id)
         outcome = self._tails.pop(key, None)
         if outcome is None:
@@ -671,6 +672,14 @@ class Router:
         self._let_go_outcome(outcome, hold=False)
         self._hand_outcome(self._take_waiting(peer, ev.question_id), peer, ev.question_id,
                            outcome)
+
+    def _answered_late(self, peer: Peer, question_id: int):
+        """The peer returned our question `question_id` after we finished it (it timed
+        out, or was cancelled), with results, an exception or takeFromOtherQuestion:
+        the protocol core has let go of the question, whose id the next call may
+        take, so nothing of ours may stay keyed by it (an orphan's count)."""
+        if self._unorphan((peer.id, question_id)):
+            self._orphans_changed()
 
     def _take_waiting(self, peer: Peer, question_id: int, handler=None):
         """The handler of our question `question_id` to `peer`, answered by a tail
@@ -1584,8 +1593,12 @@ class Router:
 
         def cancel():
             self.count(callee, False)
+            # its Return may have come already: takeFromOtherQuestion, naming a tail
+            # call still running (_on_taken).  Then this Finish ends the question (its
+            # id free for the next call) and no answer is to come: nothing to count
+            returned = callee.conn.question_returned(key[1])
             self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
-            if orphan and caller.kind == "external":
+            if orphan and caller.kind == "external" and not returned:
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
                 self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))

@@ -1609,3 +1609,85 @@ def test_a_question_answered_by_a_tail_call_still_ends_at_its_own_deadline():
     assert router._tails == {} and router.peers[cl.pid].alive
     finishes = [m.finish.questionId for w, m in cl.raw if w == "finish"]
     assert finishes.count(got.answer_id) == 1
+
+
+def _reads_elsewhere(engine):
+    """`engine` takes resultsSentElsewhere (answering its tail calls) into
+    `engine.elsewhere`; its Connection does not read it."""
+    engine.elsewhere = []
+    real = engine.feed
+
+    def feed(data):
+        for segs in wire.Framer(512, 1 << 20).feed(data):
+            msg = P.rpc.Message.from_segments(segs)
+            if msg.which() == "return" \
+                    and msg.__getattr__("return").which() == "resultsSentElsewhere":
+                engine.elsewhere.append(msg.__getattr__("return").answerId)
+            else:
+                real(wire.frame(segs))
+    engine.feed = feed
+    return engine
+
+
+def test_a_cancelled_call_answered_late_by_a_tail_call_no_longer_counts_as_an_orphan():
+    """A client's call to calc, cancelled when the client left, counts against
+    orphans_limit until calc answers it (or call_time passes).  An answer with
+    takeFromOtherQuestion ended the question (its id free for the next call) but
+    not its count: once the id was reused, the count outlived everything (the
+    next cancellation of that id counted it again, and its deadline was skipped as
+    that of a live call), so a callee answering cancelled calls with tail calls
+    pushed the orphan count of its compartment up for good, past orphans_limit:
+    every client's calls to it refused, and the fast lane off for all of them."""
+    router = R.Router({"calc": CALC, "store": CALC}, external=("calc",), orphans_limit=1000)
+    start(router, "store", exports=True)
+    calc = start(router, "calc", [grant("store", "store")], exports=True)
+    for i in range(3):
+        x = client(router, f"x{i}")
+        x.send(x.conn.send_call(x.grants[0].import_id, CALC, 0)[1])
+        (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.clear()
+        calc.deliver(router.disconnected(x.pid, "gone"))    # calc gets Finish: an orphan
+        assert calc.conn.answers[call.answer_id].finished
+        assert router._orphans_at == {calc.pid: 1}
+        a = calc.conn._answer_for_return(call.answer_id)    # calc answers it, late, with
+        calc.conn._answer_done(call.answer_id, a)           # a tail call to store
+        tail = 100 + i
+        calc.send(_tail_call(tail, calc.grants[0].import_id, CALC, 0)
+                  + _take_from(call.answer_id, tail) + _raw_finish(tail))
+        assert router._orphans == {} and router._orphans_at == {}
+    assert router.peers[calc.pid].alive
+
+
+def test_a_call_whose_answer_waits_on_a_tail_call_is_no_orphan_when_its_caller_goes():
+    """calc answers a client's call with takeFromOtherQuestion naming a tail call
+    still running; the client then leaves.  The call was cancelled (Finish) and
+    counted as an orphan awaiting calc's Return, but that Return had come: the
+    Finish let go of the question, whose id the next call took, and the count
+    stayed (its deadline skipped as that of the live call holding the id), for
+    good once the reused id was cancelled again."""
+    router = R.Router({"calc": CALC, "store": CALC}, external=("calc",), orphans_limit=1000)
+    store = start(router, "store", exports=True)
+    calc = _reads_elsewhere(start(router, "calc", [grant("store", "store")], exports=True))
+    now = [0.0]
+    router.clock = lambda: now[0]
+    for i in range(3):
+        x = client(router, f"x{i}")
+        x.send(x.conn.send_call(x.grants[0].import_id, CALC, 0)[1])
+        (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.clear()
+        tail = 100 + i
+        calc.send(_tail_call(tail, calc.grants[0].import_id, CALC, 0)
+                  + _take_from(call.answer_id, tail) + _raw_finish(tail))
+        a = calc.conn._answer_for_return(call.answer_id)
+        calc.conn._answer_done(call.answer_id, a)
+        calc.deliver(router.disconnected(x.pid, "gone"))     # Finish: the question ends
+        assert call.answer_id not in calc.conn.answers
+        assert router._orphans == {} and router._orphans_at == {}
+    y = client(router, "y")                          # a live call takes the id; time passes
+    y.send(y.conn.send_call(y.grants[0].import_id, CALC, 0)[1])
+    now[0] += 100
+    calc.deliver(router.expire())
+    assert router._orphans_at == {}
+    assert len([e for e in store.inbox if isinstance(e, P.CallReceived)]) == 3
+    assert sorted(calc.elsewhere) == [100, 101, 102]       # the tail calls timed out
+    assert router.peers[calc.pid].alive and router._tails == {}
