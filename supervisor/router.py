@@ -663,14 +663,25 @@ class Router:
             self._answered_late(peer, ev.question_id)      # its id is free from now on
         key = (peer.id, ev.answer_id)
         outcome = self._tails.pop(key, None)
+        handler = self._pending.get((peer.id, ev.question_id))  # None: timed out, cancelled
         if outcome is None:
             # it waits for the call, at most until its own deadline (expire)
-            handler = self._pending.get((peer.id, ev.question_id))
-            if handler is not None:             # else it timed out or was cancelled
+            if handler is not None:
                 self._tails[key] = (ev.question_id, handler)
             return
+        # (held since the call ended: _tail_taken lets go of it)
+        self._soon(self._tail_taken, peer, ev.question_id, handler, outcome)
+
+    def _tail_taken(self, peer: Peer, question_id: int, handler, outcome):
+        """Work list (_soon): `outcome`, held (_hold_outcome), goes to our question
+        `question_id` if `handler` still waits for it.  Not a direct call: handing
+        it on may end another peer's tail call taken for a question of ours on
+        behalf of that call, and so on, as far as the peers chain them (an outside
+        review: 400 tail calls across two clients, each taken for the question the
+        other's made, ended in RecursionError while the supervisor handled the last
+        answer, cutting off whoever sent it, a compartment)."""
         self._let_go_outcome(outcome, hold=False)
-        self._hand_outcome(self._take_waiting(peer, ev.question_id), peer, ev.question_id,
+        self._hand_outcome(self._take_waiting(peer, question_id, handler), peer, question_id,
                            outcome)
 
     def _answered_late(self, peer: Peer, question_id: int):
@@ -713,13 +724,12 @@ class Router:
             self._settle(peer, answer_id, error=why)
         outcome = _Outcome(content, tuple(caps), error)
         if wait:
-            for c in outcome.caps:
-                if c is not None:
-                    c.refs += 1
+            self._hold_outcome(outcome)
             self._tails[key] = outcome
         elif key in self._tails:
             qid, handler = self._tails.pop(key)
-            self._hand_outcome(self._take_waiting(peer, qid, handler), peer, qid, outcome)
+            self._hold_outcome(outcome)      # whoever gave us `caps` may let go on return
+            self._soon(self._tail_taken, peer, qid, handler, outcome)
         else:                                # finished without being taken: nobody wants it
             self.sweep(outcome.caps)
 
@@ -737,6 +747,12 @@ class Router:
                           for c in outcome.caps)))
             handler.returned(self, peer, ev)
         self.sweep(outcome.caps)
+
+    @staticmethod
+    def _hold_outcome(outcome: _Outcome):
+        for c in outcome.caps:
+            if c is not None:
+                c.refs += 1
 
     def _let_go_outcome(self, outcome, hold: bool = True):
         """A kept tail call's outcome is no longer held here (and, unless it goes on

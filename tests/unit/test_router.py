@@ -1691,3 +1691,59 @@ def test_a_call_whose_answer_waits_on_a_tail_call_is_no_orphan_when_its_caller_g
     assert len([e for e in store.inbox if isinstance(e, P.CallReceived)]) == 3
     assert sorted(calc.elsewhere) == [100, 101, 102]       # the tail calls timed out
     assert router.peers[calc.pid].alive and router._tails == {}
+
+
+def test_a_long_chain_of_tail_calls_ends_without_recursion():
+    """Two clients hold each other's objects (passed through calc).  a calls b's;
+    b answers with a tail call to a's object, taken for that question; a answers
+    the question that makes with a tail call to b's, and so on, 600 deep; the last
+    one goes to calc.  calc's answer then ends every tail call of the chain, one
+    handing its outcome to the next: as recursion that was a RecursionError while
+    the supervisor handled calc's message, which cut calc off (a compartment
+    disconnected by a client) and left the chain's records behind."""
+    from fuzz.router_scenarios import send_finish, send_take, tailify, to_yourself
+    depth = 300
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      external_limits=R.Limits(in_flight=depth + 2))
+    calc = start(router, "calc", exports=True)
+    a, b = tailify(client(router, "a")), tailify(client(router, "b"))
+    objs, held = {a.name: object(), b.name: object()}, {}
+    for me, other in ((a, b), (b, a)):       # calc hands each one's object to the other
+        me.send(me.conn.send_call(me.grants[0].import_id, CALC, 2, Content.capability(0),
+                                  [objs[me.name]])[1])
+        passed = calc.inbox[-1].payload.caps[0].import_id
+        other.send(other.conn.send_call(other.grants[0].import_id, CALC, 1)[1])
+        calc.send(calc.conn.send_return(calc.inbox[-1].answer_id, Content.capability(0),
+                                        [P.RemoteRef(passed)]))
+        held[other.name] = other.inbox[-1].payload.caps[0].import_id
+
+    def tag(n):
+        return Content.standalone([struct.pack("<QQ", 1 << 32, n)])
+
+    root, data = a.conn.send_call(held["a"], OBSERVER, 0, tag(0))
+    a.send(data)
+    at, target = b, None
+    for i in range(2 * depth):
+        (q,) = [e for e in at.inbox if isinstance(e, P.CallReceived)
+                and e.target is objs[at.name]]
+        at.inbox.remove(q)
+        target = held[at.name] if i < 2 * depth - 1 else at.grants[0].import_id   # calc
+        tail, data = at.conn.send_call(target, CALC if i == 2 * depth - 1 else OBSERVER, 0,
+                                       tag(i))
+        at.send(to_yourself(data) + send_take(at.conn, q.answer_id, tail)
+                + send_finish(at.conn, tail, False))
+        if i < 2 * depth - 1:
+            at = a if at is b else b
+    assert len(router._tails) == 2 * depth
+    (last,) = [e for e in calc.inbox if isinstance(e, P.CallReceived) and e.method_id == 0]
+    calc.send(calc.conn.send_return(last.answer_id, tag(99)))
+    notices = [x.text for e in (calc, a, b) for x in e.effects if isinstance(x, fx.Notice)]
+    assert notices == []
+    assert all(router.peers[e.pid].alive for e in (calc, a, b))
+    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == root]
+    assert ret.payload is not None
+    assert struct.unpack_from("<Q", wire.unframe(ret.payload.content.single_segment_copy())[0],
+                              8)[0] == 99
+    assert router._tails == {} and not [k for k in router._pending if k[0] != calc.pid]
+    # what is left in flight: the calls that passed their objects, still at calc
+    assert router.peers[a.pid].conn.unanswered == 1 == router.peers[b.pid].conn.unanswered
