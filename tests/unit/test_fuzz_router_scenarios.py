@@ -1,6 +1,7 @@
 """A few hundred random scenarios of the router's call lifecycle (fuzz/router_scenarios.py),
 and proof that they find what they check for when it breaks."""
 from fuzz import router_scenarios as RS
+from capnp_schemas import protocol as P
 from supervisor import router as R
 
 
@@ -24,3 +25,63 @@ def test_the_scenarios_find_a_leak_of_bytes_held_for_waiting_calls(monkeypatch):
     monkeypatch.setattr(R.Router, "_unhold", leaky)
     fails = RS.run(range(1, 401), steps=80)
     assert any("pipelined_bytes" in k for k in fails), fails
+
+
+def _fails_with(monkeypatch, obj, name, value, seeds=200):
+    """The failures of `seeds` scenarios with obj.name broken as `value` (the kinds are
+    the first 50 characters of what broke)."""
+    monkeypatch.setattr(obj, name, value)
+    return RS.run(range(1, seeds + 1), steps=80)
+
+
+def test_the_scenarios_find_an_orphan_count_a_tail_call_left_behind(monkeypatch):
+    """As first built, a Return takeFromOtherQuestion for a cancelled call did not
+    end its orphan count (7e17d3d)."""
+    fails = _fails_with(monkeypatch, R.Router, "_answered_late", lambda self, peer, q: None)
+    assert any("orphan" in k for k in fails), fails
+
+
+def test_the_scenarios_find_a_tail_calls_outcome_held_past_its_finish(monkeypatch):
+    real = R.Router._event
+
+    def forgets(self, peer, ev):
+        if isinstance(ev, P.FinishReceived):
+            tails, self._tails = self._tails, {}
+            try:
+                return real(self, peer, ev)
+            finally:
+                self._tails = tails
+        return real(self, peer, ev)
+    fails = _fails_with(monkeypatch, R.Router, "_event", forgets)
+    assert any("not open" in k for k in fails), fails
+
+
+def test_the_scenarios_find_kept_bytes_not_counted(monkeypatch):
+    real = P.Connection.send_elsewhere
+    fails = _fails_with(monkeypatch, P.Connection, "send_elsewhere",
+                        lambda self, aid, kept=0: real(self, aid, 0))
+    assert any("its outcome holds" in k for k in fails), fails
+
+
+def test_the_scenarios_find_an_outcome_handed_twice_or_to_the_wrong_question(monkeypatch):
+    real = R.Router._hand_outcome
+
+    def twice(self, handler, peer, qid, outcome):
+        real(self, handler, peer, qid, outcome)
+        if handler is not None:
+            real(self, handler, peer, qid, outcome)
+    fails = _fails_with(monkeypatch, R.Router, "_hand_outcome", twice)
+    assert any("came twice" in k for k in fails), fails
+    monkeypatch.undo()
+    take = R.Router._take_waiting
+    fails = _fails_with(monkeypatch, R.Router, "_take_waiting",
+                        lambda self, peer, qid, handler=None: take(self, peer, qid), 400)
+    assert any("carries tag" in k for k in fails), fails
+
+
+def test_the_scenarios_find_a_taken_tail_call_cancelled_by_its_finish(monkeypatch):
+    def gave_up(self, aid):
+        a = self.answers.get(aid)
+        return a is not None and a.finished and not a.returned
+    fails = _fails_with(monkeypatch, P.Connection, "gave_up", gave_up)
+    assert any("failed as cancelled" in k for k in fails), fails
