@@ -681,8 +681,9 @@ class Router:
         other's made, ended in RecursionError while the supervisor handled the last
         answer, cutting off whoever sent it, a compartment)."""
         self._let_go_outcome(outcome, hold=False)
-        self._hand_outcome(self._take_waiting(peer, question_id, handler), peer, question_id,
-                           outcome)
+        waiting = self._take_waiting(peer, question_id, handler) if handler is not None \
+            else None                      # (its id may be another call's by now)
+        self._hand_outcome(waiting, peer, question_id, outcome)
 
     def _answered_late(self, peer: Peer, question_id: int):
         """The peer returned our question `question_id` after we finished it (it timed
