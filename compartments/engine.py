@@ -102,6 +102,11 @@ METHODS = 1024
 LOOK_AHEAD_NS = 1_000_000
 LOOK_AHEAD_READS = 16
 
+#: Seconds a wait for an answer (a guest's host call) reads only what comes before it
+#: also serves calls read before it began, when it is not the outermost wait of
+#: guest code (see Engine._wait_for).
+BACKLOG_GRACE = 0.5
+
 #: Characters of a trap report's function name (the module's name section says
 #: anything, of any length) and of its cause: the rest is counted, not sent.
 TRAP_NAME_LIMIT = 200
@@ -242,7 +247,9 @@ class Engine:
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
         self._run_answer = None              # the answer id of run() while _start runs
-        self._backlog = collections.deque()  # events received and not handled yet (_pump)
+        # (read sequence, event) received and not handled yet (_pump)
+        self._backlog: collections.deque = collections.deque()
+        self._read_seq = 0                   # reads of the socket so far
         self.control = object()
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
@@ -751,42 +758,123 @@ class Engine:
     def serve(self):
         """Serve until the supervisor closes the connection."""
         early, self._early = self._early, []
-        self._backlog.extend(early)
+        self._backlog.extend((0, ev) for ev in early)
         while self._pump():
             pass
 
     def _wait_for(self, slot: list) -> protocol.ReturnReceived:
+        """Serve what comes until `slot` has the answer a guest waits for.
+
+        Events read while it waits are handled here, one at a time, so that the
+        guest runs on as soon as its answer is in.  Events read before it began
+        (the backlog of an outer read: calls that came with this one, or with
+        run()) are taken here only by the outermost wait of guest code (run()'s
+        program, or a call served by the top-level loop), or once this wait has
+        lasted BACKLOG_GRACE with nothing to read (its answer may depend on one of
+        them); the outermost wait also serves what came up to its answer before the
+        guest runs on.  Taken by every wait as they came, a read of n calls whose guests
+        each made a host call nested n deep: each wait took the next call before
+        its own question had even gone out (sent only before a read blocks), and
+        from the 33rd on calls failed 'nested deeper than 32 (a call cycle?)'."""
+        since, began = self._read_seq + 1, time.monotonic()
         while not slot:
-            if not self._pump():
+            if not self._pump(since, began):
                 raise SystemExit(EXIT_OK)
+        if self._entered <= 1:
+            # the outermost wait serves what came up to its answer before the guest
+            # runs on (a program may not wait again for long; what comes later, a
+            # steady stream, does not hold it back); a deeper one leaves it to the
+            # waits it is in
+            until = self._read_seq
+            while self._take_new(since, until):
+                pass
         return slot[0]
 
-    def _pump(self) -> bool:
+    def _take_new(self, since: int, until: int | None = None) -> bool:
+        """Handle the first event of the backlog read from read `since` on (up to
+        read `until`); False if there is none."""
+        backlog = self._backlog
+        for i, (seq, ev) in enumerate(backlog):
+            if seq >= since:
+                if until is not None and seq > until:
+                    return False
+                del backlog[i]
+                self._on_event(ev)
+                return True
+        return False
+
+    def _pump(self, since: int | None = None, began: float = 0.0) -> bool:
         """Handle what has come (the events not handled yet first, else what the
         socket brings).  Each event leaves the backlog before it is handled, so that
         one whose handling waits (run(): the whole program; a call whose guest makes
         a host call) does not hold back those that came with it: a call that came
         in the same read as run() used to wait until the program ended (its caller
-        timed out), although the engine served calls all the while."""
-        if not self._backlog:
+        timed out), although the engine served calls all the while.
+
+        `since` (a wait, _wait_for): handle at most one event, preferring those read
+        since the wait began (read sequence >= `since`), and read the socket rather
+        than take an older one, unless the wait may (see _wait_for)."""
+        backlog = self._backlog
+        if since is not None:
+            return self._pump_waiting(since, began)
+        if not backlog:
             self._flush()
             data = self.sock.recv(1 << 16)
             if not data:
                 return False
-            self._read_at = time.perf_counter_ns()
-            self._backlog.extend(self._received(data))
-        backlog = self._backlog
+            self._take(data)
         while backlog:                      # _look_ahead may add to it
-            ev = backlog.popleft()
+            _seq, ev = backlog.popleft()
             if type(ev) is protocol.CallReceived \
                     and time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
-                self._look_ahead(backlog)
+                self._look_ahead()
             self._on_event(ev)
         return True
 
-    def _look_ahead(self, events):
-        """Read what came while the guest ran, without waiting, onto the end of
-        `events` (in order): a Finish among it cancels a call of this batch that has
+    def _pump_waiting(self, since: int, began: float) -> bool:
+        backlog = self._backlog
+        if self._take_new(since):           # read while this wait went on: handled now
+            return True
+        self._flush()                       # this wait's question goes out first
+        if backlog:
+            if self._entered <= 1:          # the outermost wait: it serves them
+                _seq, ev = backlog.popleft()
+                self._on_event(ev)
+                return True
+            # a wait within a wait: what comes, for BACKLOG_GRACE (no poll(2) in
+            # the engine's system calls: reads that do not wait, and short sleeps)
+            pause = 0.0001
+            while time.monotonic() - began < BACKLOG_GRACE:
+                try:
+                    data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.01)
+                    continue
+                if not data:
+                    return False
+                self._take(data)
+                return True
+            if len(self.frames) < MAX_NESTING:
+                _seq, ev = backlog.popleft()
+                self._on_event(ev)
+                return True
+        data = self.sock.recv(1 << 16)
+        if not data:
+            return False
+        self._take(data)
+        return True
+
+    def _take(self, data: bytes):
+        """What one read brought, onto the end of the backlog with its sequence number."""
+        self._read_at = time.perf_counter_ns()
+        self._read_seq += 1
+        seq = self._read_seq
+        self._backlog.extend((seq, ev) for ev in self._received(data))
+
+    def _look_ahead(self):
+        """Read what came while the guest ran, without waiting, onto the end of the
+        backlog (in order): a Finish among it cancels a call of this batch that has
         not been dispatched (_on_call)."""
         for _ in range(LOOK_AHEAD_READS):
             try:
@@ -795,7 +883,7 @@ class Engine:
                 break
             if not data:
                 break                       # gone: the next blocking read says so
-            events += self._received(data)
+            self._take(data)
         self._read_at = time.perf_counter_ns()
 
     def _received(self, data: bytes) -> list:

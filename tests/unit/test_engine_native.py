@@ -144,12 +144,12 @@ class Answering(Recorded):
         super().__init__()
         self.answer = None
 
-    def recv(self, n):
+    def recv(self, n, flags=0):
         if not self.batches and self.answer is not None and self.writes:
             out = b"".join(self.writes)
             self.writes.clear()
             self.batches.append(self.answer(out))
-        return super().recv(n)
+        return super().recv(n, flags)
 
 
 def waiting(second: str, native: bool = True, per_call: bool = False):
@@ -174,7 +174,7 @@ def waiting(second: str, native: bool = True, per_call: bool = False):
     engine._flush()
     [ready] = sup.receive(sock.writes.pop())
     main = ready.payload.caps[0].import_id
-    returns, written = [], []
+    returns, written, later = [], [], []
 
     def answer(out):
         written.append(out)
@@ -187,8 +187,10 @@ def waiting(second: str, native: bool = True, per_call: bool = False):
                 more += (sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone(
                     [bytes(8)])) if second == "run" else sup.send_call(
                         main, IFACE, 1, Content.standalone([bytes(16)])))[1]
-                more += sup.send_return(ev.answer_id, Content.standalone([bytes(16)]))
-        return more
+                # the answer call 0 waits for, in a later read (in the same read it
+                # would end the wait before the second is served)
+                later.append(sup.send_return(ev.answer_id, Content.standalone([bytes(16)])))
+        return more or (later.pop() if later else b"")
     sock.answer = answer
     engine.memory.write(engine.store, struct.pack("<ii", 1, 1), 4000)
     sock.batches.append(sup.send_call(main, IFACE, 0, SECRET)[1])
@@ -309,3 +311,55 @@ def test_a_call_that_came_with_one_that_waits_is_served_while_it_waits():
         engine._pump()
     engine._flush()
     assert answered_before_the_wait_ended == [second_q]
+
+
+def test_calls_that_come_in_one_read_and_each_wait_are_not_nested_into_each_other():
+    """40 calls in one read, each of which calls out and waits: each wait sends its
+    question and reads its answer before it takes the next of those calls.  Every
+    wait took the next call of the read at once (its own question not even sent:
+    that happens before a read blocks), so the calls nested 40 deep and those past
+    MAX_NESTING (32) failed 'calls nested deeper than 32 (a call cycle between
+    compartments?)', where there was no cycle."""
+    engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
+        GUESTS, "outside.wat"), exports=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    control = boot.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", "")]), [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    asked, batch = {}, b""
+    for _ in range(40):
+        q, msg = sup.send_call(main, IFACE, 0, Content.standalone([bytes(16)]))
+        asked[q] = None
+        batch += msg
+    deepest = [0]
+
+    def answer(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.ReturnReceived) and ev.question_id in asked:
+                asked[ev.question_id] = ev.error or "ok"
+            if isinstance(ev, protocol.CallReceived):       # a call out: answered
+                more += sup.send_return(ev.answer_id, Content.standalone([bytes(16)]))
+        deepest[0] = max(deepest[0], len(engine.frames))
+        return more
+
+    sock.answer = answer
+    sock.batches.append(batch)
+    for _ in range(1000):
+        if all(asked.values()):
+            break
+        engine._pump()
+        engine._flush()
+        answer(b"".join(sock.writes))
+        sock.writes.clear()
+    failed = [e for e in asked.values() if e != "ok"]
+    assert not failed, f"{len(failed)} calls failed: {failed[0]}"
+    assert deepest[0] <= 2
