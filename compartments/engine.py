@@ -780,7 +780,7 @@ class Engine:
         while not slot:
             if not self._pump(since, began):
                 raise SystemExit(EXIT_OK)
-        if self._entered <= 1:
+        if self._entered <= 1 and self._backlog:
             # the outermost wait serves what came up to its answer before the guest
             # runs on (a program may not wait again for long; what comes later, a
             # steady stream, does not hold it back); a deeper one leaves it to the
@@ -833,7 +833,7 @@ class Engine:
 
     def _pump_waiting(self, since: int, began: float) -> bool:
         backlog = self._backlog
-        if self._take_new(since):           # read while this wait went on: handled now
+        if backlog and self._take_new(since):   # read while this wait went on: handled now
             return True
         self._flush()                       # this wait's question goes out first
         if backlog:
@@ -870,7 +870,7 @@ class Engine:
         self._read_at = time.perf_counter_ns()
         self._read_seq += 1
         seq = self._read_seq
-        self._backlog.extend((seq, ev) for ev in self._received(data))
+        self._backlog.extend([(seq, ev) for ev in self._received(data)])
 
     def _look_ahead(self):
         """Read what came while the guest ran, without waiting, onto the end of the
