@@ -776,7 +776,23 @@ class Engine:
         each made a host call nested n deep: each wait took the next call before
         its own question had even gone out (sent only before a read blocks), and
         from the 33rd on calls failed 'nested deeper than 32 (a call cycle?)'."""
-        since, began = self._read_seq + 1, time.monotonic()
+        if not self._backlog:
+            # the usual case: nothing kept back, and the next read brings the answer
+            # alone; what the general loop below would do, without its rounds
+            self._flush()
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise SystemExit(EXIT_OK)
+            events = self._received_seq(data)
+            if slot and len(events) == 1:
+                self._on_event(events[0])
+                return slot[0]
+            seq = self._read_seq
+            self._backlog.extend([(seq, ev) for ev in events])
+            since = seq
+        else:
+            since = self._read_seq + 1
+        began = time.monotonic()
         while not slot:
             if not self._pump(since, began):
                 raise SystemExit(EXIT_OK)
@@ -867,10 +883,15 @@ class Engine:
 
     def _take(self, data: bytes):
         """What one read brought, onto the end of the backlog with its sequence number."""
+        events = self._received_seq(data)
+        seq = self._read_seq
+        self._backlog.extend([(seq, ev) for ev in events])
+
+    def _received_seq(self, data: bytes) -> list:
+        """The events of one read, which is counted (_read_seq)."""
         self._read_at = time.perf_counter_ns()
         self._read_seq += 1
-        seq = self._read_seq
-        self._backlog.extend([(seq, ev) for ev in self._received(data)])
+        return self._received(data)
 
     def _look_ahead(self):
         """Read what came while the guest ran, without waiting, onto the end of the
