@@ -351,14 +351,7 @@ def instantiation_problem(data: bytes) -> str | None:
                 elif kind == 0x03:
                     globals_.append(None)
         elif s.id == _TABLE:
-            for _ in range(r.count(2)):
-                init = data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
-                if init:
-                    r.skip(2)
-                _valtype(r)
-                tables.append(_limits(r))
-                if init:
-                    _skip_expr(r)
+            tables.extend(_table_limits(r) for _ in range(r.count(2)))
         elif s.id == _ELEMENT:
             for i in range(r.count()):
                 flags = r.uleb()
@@ -446,38 +439,43 @@ def _imports(r: _Reader):
         yield kind, limits
 
 
-def memory_minimums(data: bytes) -> tuple[int, ...]:
-    """The initial size (64 KiB pages) of each memory of the module, exported or not:
-    imported ones first, then its own.  Raises BinaryError or Unsupported as `facts`."""
+def _table_limits(r: _Reader) -> tuple:
+    """One entry of a table section: its limits (an initializer, if any, skipped)."""
+    init = r.data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
+    if init:
+        r.skip(2)
+    _valtype(r)
+    limits = _limits(r)
+    if init:
+        _skip_expr(r)
+    return limits
+
+
+def _minimums(data: bytes, kind: int) -> tuple[int, ...]:
+    """The initial size of each memory (`kind` 0x02) or table (0x01) of the module:
+    imported ones first, then its own, in index order."""
     mins = []
     for s in sections(data):
         r = _Reader(data, s.start, s.end)
         if s.id == _IMPORT:
-            mins.extend(limits[1] for kind, limits in _imports(r) if kind == 0x02)
-        elif s.id == _MEMORY:
-            for _ in range(r.count()):
-                mins.append(_limits(r)[1])
+            mins.extend(limits[1] for k, limits in _imports(r) if k == kind)
+        elif s.id == _MEMORY and kind == 0x02:
+            mins.extend(_limits(r)[1] for _ in range(r.count()))
+        elif s.id == _TABLE and kind == 0x01:
+            mins.extend(_table_limits(r)[1] for _ in range(r.count(2)))
     return tuple(mins)
+
+
+def memory_minimums(data: bytes) -> tuple[int, ...]:
+    """The initial size (64 KiB pages) of each memory of the module, exported or not:
+    imported ones first, then its own.  Raises BinaryError or Unsupported as `facts`."""
+    return _minimums(data, 0x02)
 
 
 def table_minimums(data: bytes) -> tuple[int, ...]:
     """The initial size (elements) of each table of the module: imported ones first,
     then its own, in index order.  Raises BinaryError or Unsupported as `facts`."""
-    mins = []
-    for s in sections(data):
-        r = _Reader(data, s.start, s.end)
-        if s.id == _IMPORT:
-            mins.extend(limits[1] for kind, limits in _imports(r) if kind == 0x01)
-        elif s.id == _TABLE:
-            for _ in range(r.count(2)):
-                init = data[r.pos:r.pos + 2] == b"\x40\x00"   # with an initializer
-                if init:
-                    r.skip(2)
-                _valtype(r)
-                mins.append(_limits(r)[1])
-                if init:
-                    _skip_expr(r)
-    return tuple(mins)
+    return _minimums(data, 0x01)
 
 
 def _const_i32(r: _Reader, globals_: list = ()) -> int | None:
