@@ -152,12 +152,10 @@ class Answering(Recorded):
         return super().recv(n, flags)
 
 
-def waiting(second: str, native: bool = True, per_call: bool = False):
-    """outside.wat's call 0 (params SECRET), which calls out through its grant and
-    waits; meanwhile `second` comes: "run" (the supervisor's Engine.run: _start runs)
-    or "call" (call 1: with per_call, a new instance's _initialize runs).  Returns
-    (each Return's content segment or None, in order; the statuses _initialize or
-    _start saw; what the engine wrote)."""
+def _outside(native: bool = True, per_call: bool = False):
+    """outside.wat's engine, bootstrapped and started with one grant ("peer") on a
+    recording socket: (engine, its socket, the supervisor's Connection, the import
+    ids of the engine's control object and of its main object)."""
     engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
         GUESTS, "outside.wat"), exports=True, per_call=per_call))
     if not native:
@@ -174,6 +172,16 @@ def waiting(second: str, native: bool = True, per_call: bool = False):
     engine._flush()
     [ready] = sup.receive(sock.writes.pop())
     main = ready.payload.caps[0].import_id
+    return engine, sock, sup, control, main
+
+
+def waiting(second: str, native: bool = True, per_call: bool = False):
+    """outside.wat's call 0 (params SECRET), which calls out through its grant and
+    waits; meanwhile `second` comes: "run" (the supervisor's Engine.run: _start runs)
+    or "call" (call 1: with per_call, a new instance's _initialize runs).  Returns
+    (each Return's content segment or None, in order; the statuses _initialize or
+    _start saw; what the engine wrote)."""
+    engine, sock, sup, control, main = _outside(native, per_call)
     returns, written, later = [], [], []
 
     def answer(out):
@@ -277,20 +285,7 @@ def test_a_call_that_came_with_one_that_waits_is_served_while_it_waits():
     behind call 0 in the list of that read's events until call 0 had returned; a
     call that came in one read with run() waited for the whole program (its
     caller timed out) -- and one that call 0's callee waits for, for ever."""
-    engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
-        GUESTS, "outside.wat"), exports=True))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-    sock.batches.append(sup.send_bootstrap()[1])
-    engine._pump()
-    engine._flush()
-    [boot] = sup.receive(sock.writes.pop())
-    control = boot.payload.caps[0].import_id
-    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
-        [("peer", "compartment", "")]), [object()])[1])
-    engine._pump()
-    engine._flush()
-    [ready] = sup.receive(sock.writes.pop())
-    main = ready.payload.caps[0].import_id
+    engine, sock, sup, _control, main = _outside()
     first_q, first = sup.send_call(main, IFACE, 0, Content.standalone([bytes(16)]))
     second_q, second = sup.send_call(main, IFACE, 1, Content.standalone([bytes(16)]))
     answered_before_the_wait_ended = []
@@ -320,20 +315,7 @@ def test_calls_that_come_in_one_read_and_each_wait_are_not_nested_into_each_othe
     that happens before a read blocks), so the calls nested 40 deep and those past
     MAX_NESTING (32) failed 'calls nested deeper than 32 (a call cycle between
     compartments?)', where there was no cycle."""
-    engine = Engine(Answering(), EngineSpec(name="outside", module=os.path.join(
-        GUESTS, "outside.wat"), exports=True))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-    sock.batches.append(sup.send_bootstrap()[1])
-    engine._pump()
-    engine._flush()
-    [boot] = sup.receive(sock.writes.pop())
-    control = boot.payload.caps[0].import_id
-    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
-        [("peer", "compartment", "")]), [object()])[1])
-    engine._pump()
-    engine._flush()
-    [ready] = sup.receive(sock.writes.pop())
-    main = ready.payload.caps[0].import_id
+    engine, sock, sup, _control, main = _outside()
     asked, batch = {}, b""
     for _ in range(40):
         q, msg = sup.send_call(main, IFACE, 0, Content.standalone([bytes(16)]))
