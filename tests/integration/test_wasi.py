@@ -656,22 +656,16 @@ a = {{ compartment = "a" }}
                      f"read 0 n={4 << 20} X={4 << 20} Y=0"], lines
 
 
-def test_a_program_that_serves_calls_runs_its_exit_time_code_once_at_the_end(tmp_path):
-    """wasm-ld wraps each export of a C command in __wasm_call_ctors/_dtors: the
-    program's atexit handlers ran when it served its first call, and stdout was
-    flushed from inside the call then waiting (lines came twice or ran together:
-    'main: constructed 1atexit: constructed 1, calls 1', 'waited 0waited 1').
-    `wsuper build` (toolchain.build) links such a program as a reactor with a
-    _start of its own."""
+def _served_and_called(tmp_path, served_flags=()):
+    """served.c (built with `served_flags`) as compartment a, a program that serves
+    Echo, and nested.c's caller as b, which calls it: built and run with `wsuper
+    up`.  (served.wasm's path, the run)."""
     from supervisor import toolchain
-    from compartments import wasmbin
-    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
     import capnp_schemas
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
     echo_id = capnp_schemas.load(echo).Echo.schema.node.id
-    served = toolchain.build([os.path.join(GUESTS, "served.c")], str(tmp_path / "served.wasm"))
-    with open(served, "rb") as f:
-        assert sorted(wasmbin.exported_functions(f.read())) == \
-            ["_initialize", "_start", "wsuper_dispatch"]
+    served = toolchain.build([os.path.join(GUESTS, "served.c")], str(tmp_path / "served.wasm"),
+                             extra=list(served_flags))
     caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
                              extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
     (tmp_path / "system.toml").write_text(f"""
@@ -691,6 +685,21 @@ restart = "never"
 a = {{ compartment = "a" }}
 """)
     r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    return served, r
+
+
+def test_a_program_that_serves_calls_runs_its_exit_time_code_once_at_the_end(tmp_path):
+    """wasm-ld wraps each export of a C command in __wasm_call_ctors/_dtors: the
+    program's atexit handlers ran when it served its first call, and stdout was
+    flushed from inside the call then waiting (lines came twice or ran together:
+    'main: constructed 1atexit: constructed 1, calls 1', 'waited 0waited 1').
+    `wsuper build` (toolchain.build) links such a program as a reactor with a
+    _start of its own."""
+    from compartments import wasmbin
+    served, r = _served_and_called(tmp_path)
+    with open(served, "rb") as f:
+        assert sorted(wasmbin.exported_functions(f.read())) == \
+            ["_initialize", "_start", "wsuper_dispatch"]
     assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
     lines = [x[4:] for x in r.stdout.splitlines() if x.startswith("[a] ")]
     waited = [x for x in lines if x.startswith("waited")]
@@ -734,31 +743,7 @@ def test_exit_in_a_call_served_while_the_program_runs_ends_the_program_with_its_
     """exit(7) in a callback while main waits used to end the engine with no answer
     to run(): the supervisor said 'compartment a failed: engine exited' (a failure
     for the restart policy) and the status was lost. The program now ends with it."""
-    from supervisor import toolchain
-    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
-    import capnp_schemas
-    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
-    served = toolchain.build([os.path.join(GUESTS, "served.c")], str(tmp_path / "served.wasm"),
-                             extra=["-DEXIT_AT=3"])
-    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
-                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{echo}"]
-[compartments.a]
-module = "{served}"
-exports = "Echo"
-restart = "never"
-[compartments.a.grants]
-stdout = {{ host = "log" }}
-clock = {{ host = "clock" }}
-[compartments.b]
-module = "{caller}"
-restart = "never"
-[compartments.b.grants]
-a = {{ compartment = "a" }}
-""")
-    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    _served, r = _served_and_called(tmp_path, ["-DEXIT_AT=3"])
     assert "finished a exit=7" in r.stderr and "its program ended (exit 7)" in r.stderr, \
         r.stdout + r.stderr
     assert "engine exited" not in r.stderr, r.stderr
