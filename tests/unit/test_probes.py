@@ -203,6 +203,23 @@ def test_a_new_probe_counts_from_a_collect_sent_after_its_flags_never_from_an_ol
     assert a.on_after == 1 and b.on_after == 3
 
 
+def _stand_in_prober():
+    """A Prober of a stand-in supervisor with one instrumented compartment "c" whose
+    engine is peer 1 (tests set `_engine`): (the prober, its supervisor, the lines the
+    supervisor said)."""
+    from supervisor import prober
+    said = []
+    comp = type("Comp", (), {"instrument": ("functions",), "probes": ()})()
+    sup = type("Sup", (), {})()
+    sup.system = type("System", (), {"compartments": {"c": comp}})()
+    sup._peer_of, sup._ready_peer, sup.audit = {"c": 1}, {"c": 1}, None
+    sup.say = lambda text, c=None: said.append(text)
+    p = object.__new__(prober.Prober)
+    p.sup, p._collecting, p._incarnation, p._traces = sup, set(), {}, 0
+    p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
+    return p, sup, said
+
+
 @pytest.mark.parametrize("restart_during", [None, "describe", "push", "push-lost", "removed"])
 def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
         restart_during):
@@ -218,15 +235,7 @@ def test_a_probe_added_while_its_compartment_restarts_is_refused_not_said_added(
     from compartments import probing
     from supervisor import prober
 
-    said = []
-    comp = type("Comp", (), {"instrument": ("functions",), "probes": ()})()
-    sup = type("Sup", (), {})()
-    sup.system = type("System", (), {"compartments": {"c": comp}})()
-    sup._peer_of, sup._ready_peer, sup.audit = {"c": 1}, {"c": 1}, None
-    sup.say = lambda text, c=None: said.append(text)
-    p = object.__new__(prober.Prober)
-    p.sup, p._collecting, p._incarnation, p._traces = sup, set(), {}, 0
-    p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
+    p, sup, said = _stand_in_prober()
 
     def restart():
         sup._peer_of["c"] = sup._ready_peer["c"] = sup._peer_of["c"] + 1
@@ -270,15 +279,7 @@ def test_removing_a_probe_from_a_compartment_whose_engine_is_gone_removes_it_and
     from compartments import probing
     from supervisor import prober
 
-    said = []
-    comp = type("Comp", (), {"instrument": ("functions",), "probes": ()})()
-    sup = type("Sup", (), {})()
-    sup.system = type("System", (), {"compartments": {"c": comp}})()
-    sup._peer_of, sup._ready_peer, sup.audit = {"c": 1}, {"c": 1}, None
-    sup.say = lambda text, c=None: said.append(text)
-    p = object.__new__(prober.Prober)
-    p.sup, p._collecting, p._incarnation, p._traces = sup, set(), {}, 0
-    p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
+    p, sup, said = _stand_in_prober()
     p.registry.sites["c"] = SITES
     p.registry.add(P.spec("c", "f", "functions", ["alpha"]), SITES)
 
