@@ -9,6 +9,8 @@ import os
 import struct
 import time
 
+import pytest
+
 from capnp_schemas import protocol, rpcwire, wire
 from compartments import engine as E
 from compartments.engine import Engine
@@ -21,6 +23,13 @@ GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration",
 SPIN_WAT = os.path.join(GUESTS, "spin.wat")
 SPIN = 0xc0ffee00000000f1
 PING, SLOW = 1, 2          # spin.capnp: ping answers 7 at once; slow burns 2M instructions
+
+
+@pytest.fixture(autouse=True)
+def patient(monkeypatch):
+    """Answers are held by fuel and counts here, not by the clock: a test that wants
+    HOLD_NS sets it.  (At 2 ms, a run preempted on a loaded machine wrote early.)"""
+    monkeypatch.setattr(E, "HOLD_NS", 60 * 10**9)
 
 
 def make_engine(fuel_per_call: int = 50_000_000):
