@@ -573,7 +573,12 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
   uint64_t size = o->content ? 8 * n : 0;
   if (!c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0) {
     if (size > A->message_size) return 0; /* Python fails it with the reason */
-    uint8_t *out = buf_room(&A->out, fw_forward_size(o, n, 0));
+    /* past the caller's hard limit it does not read its messages: Python, whose
+     * write is refused there, cuts it off (a caller that stopped reading took its
+     * calls' returns here without bound: in_flight x message_size) */
+    uint64_t need = fw_forward_size(o, n, 0);
+    if (buf_size(&A->out) + need > A->hard) return 0;
+    uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;
     A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
     mark_dirty(L, A);

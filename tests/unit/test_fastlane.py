@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from compartments.limits import Limits
 from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
@@ -1089,3 +1090,66 @@ def test_a_large_message_leaves_no_large_buffer_behind(sup):
         assert time.monotonic() < end, s.lane.stats()["buffers"]
         client.until(lambda: True)
         time.sleep(0.01)
+
+
+class CutOff(Sup):
+    """A Sup that does what runtime.py does when a write is refused over a peer's
+    hard limit: it cuts that peer off (and says so in `cut`)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.cut = set()
+
+    def perform(self, effects):
+        for e in effects:
+            if isinstance(e, fx.Send) and not self.lane.write(e.peer, e.data):
+                self.cut.add(e.peer)
+                self.lane.close(e.peer)
+                self.perform(self.router.disconnected(e.peer, "it does not read"))
+            elif not isinstance(e, fx.Send):
+                super().perform([e])
+
+
+@pytest.mark.parametrize("kind", ["engine", "external"])
+def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path(kind):
+    """A caller that sends calls and then reads nothing: the returns of its calls
+    in flight wait for it.  Python's write is refused past the peer's hard limit
+    (it is cut off: "it does not read its messages"); the lane appended the returns
+    it forwarded natively without looking, so a caller with in_flight calls of
+    message_size results made the supervisor hold in_flight x message_size bytes
+    for it (64 x 8 MiB by default, against a hard limit of 80 MiB), and stayed."""
+    limits = Limits(message_size=256 << 10, in_flight=150)
+    s = CutOff({"calc": CALC, "app": None}, external=("calc",),
+               limits={"app": limits}, external_limits=limits)
+    try:
+        calc = Engine(s, "calc", exports=True)
+        app = Engine(s, "app", [grant("calc", "calc")]) if kind == "engine" else External(s)
+        app.call()                                   # through Python: the route goes in
+        app.until(lambda: calc.calls())
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        app.until(lambda: app.returns())
+        hard = R.queue_hard_limit(limits)
+        n = 120                                      # x 200 KiB: past the 20 MiB hard limit
+        for _ in range(n):
+            app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1])
+        end = time.monotonic() + 10
+        while len(calc.calls()) < n + 1:             # app reads nothing from here on
+            assert time.monotonic() < end
+            s.pump(0.005)
+            calc.poll(0.0)
+        assert s.lane.stats()["calls"] >= n          # natively
+        words = (200 << 10) // 8
+        big = Content.standalone([struct.pack("<Q", words << 32) + b"\1" * (8 * words)])
+        for call in calc.calls()[1:]:
+            calc.send(calc.conn.send_return(call.answer_id, big, no_finish=True))
+            s.pump(0.001)
+            assert s.lane.queued(app.pid) <= hard
+        end = time.monotonic() + 10
+        while app.pid not in s.cut:
+            assert time.monotonic() < end, (s.lane.queued(app.pid), hard)
+            s.pump(0.01)
+            calc.poll(0.0)
+        assert s.lane.queued(app.pid) <= hard
+        assert app.pid not in s.router.peers         # cut off, as on the Python path
+    finally:
+        s.stop()
