@@ -1026,8 +1026,8 @@ class Router:
                     mask |= 1 << j
         r = _Route(caller, export_id, cap, remote.peer, remote.import_id, interface_id,
                    tuple(chain), proxy)
-        if old is not None:
-            self._unindex(key, old)
+        if old is not None:                          # its calls in flight become ours
+            self._unroute_key(key)
         self._routes[key] = r
         self._routes_to.setdefault((r.callee.id, r.import_id), set()).add(key)
         self._routes_at.setdefault(caller.id, set()).add(key)
@@ -1046,11 +1046,19 @@ class Router:
                 if not keys:
                     del index[at]
 
-    def _unroute_keys(self, keys, take_calls: bool = False):
+    def _unroute_keys(self, keys, take_calls: bool = True):
         for key in list(keys or ()):
             self._unroute_key(key, take_calls)
 
-    def _unroute_key(self, key, take_calls: bool = False):
+    def _unroute_key(self, key, take_calls: bool = True):
+        """Take the route `key` down, synchronously.  Its calls in flight become the
+        router's (adopt), exactly as if it had delivered them: whatever happens to
+        them from now on (a revocation of a membrane they crossed, their callee's
+        call_time, their caller going) finds them on its books.  Left in the lane
+        on a route that was gone, they were nobody's: a later revocation of their
+        grant neither failed them nor cancelled them at their callee, and their
+        answers reached their caller after it (an outside review).  Only `_lose`
+        leaves them (`take_calls` False), to the lane's `drop_peer` right after."""
         r = self._routes.pop(key, None)
         if r is None:
             return
@@ -1064,14 +1072,14 @@ class Router:
         """A calls probe came to `compartment` (on) or left it.  While one is on,
         every call from or to it must pass _deliver and _close_call, where the
         probe sees it: the routes from and to it come down now, synchronously
-        (calls already forwarded natively finish natively, unseen: the probe
-        never sees an exit without its entry), and none is installed while it
+        (calls already forwarded natively become the router's, unseen by the
+        probe, which never sees an exit without its entry), and none is installed while it
         lasts (_deliver).  When it goes, the next call through Python installs
         the route again."""
         if on and self._routes:
             self._unroute(lambda r: compartment in (r.caller.name, r.callee.name))
 
-    def _unroute(self, which, take_calls: bool = False):
+    def _unroute(self, which, take_calls: bool = True):
         """Take down every route `which(route)` is true of, synchronously."""
         for key in [k for k, r in self._routes.items() if which(r)]:
             self._unroute_key(key, take_calls)
@@ -1542,7 +1550,8 @@ class Router:
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
         if peer.laned:        # its routes go; native calls to it fail, calls from it are
-            self._unroute_keys(self._routes_at.get(peer.id))    # orphans, cancelled below
+            self._unroute_keys(self._routes_at.get(peer.id), take_calls=False)  # orphans,
+            #                                                   cancelled below
             for rec in self.native.drop_peer(peer.id):
                 self.adopt(rec, gone=reason if rec[3] == peer.id else None)
         exported = peer.conn.drop_all()

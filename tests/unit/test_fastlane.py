@@ -1153,3 +1153,66 @@ def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path
         assert app.pid not in s.router.peers         # cut off, as on the Python path
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("down", ["probe", "release", "interface"])
+def test_a_revocation_fails_native_calls_in_flight_on_a_route_already_taken_down(sup, down):
+    """A route taken down for another reason (a calls probe came to its callee,
+    its caller released the capability, a call on it with another interface
+    installed a new route in its place) left its calls in flight in the lane,
+    where the router's books (the membranes' calls in flight) did not see them:
+    a revocation of the grant they went through then neither failed them nor
+    cancelled them at their callee, and their answers reached the caller after
+    the grant was revoked.  Every call in flight when a route comes down is the
+    router's from then on."""
+    s = sup({"calc": CALC, "app": None})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", revocable=True)])
+    handle = app.grants[0].import_id
+    if down == "interface":                      # an object calc hosts, through the grant
+        counter = object()
+        first, data = app.conn.send_call(handle, CALC, 1, params())
+        app.send(data)
+        app.until(lambda: calc.calls())
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, Content.capability(0),
+                                        [counter], no_finish=True))
+        app.until(lambda: app.returns())
+        handle = app.returns()[-1].payload.caps[0].import_id
+        app.inbox.clear()
+        calc.inbox.clear()
+
+    def call(interface=CALC):
+        qid, data = app.conn.send_call(handle, interface, 0, params())
+        app.send(data)
+        return qid
+    call()                                       # through Python: the route goes in
+    app.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+    app.inbox.clear()
+    n = s.lane.stats()["calls"]
+    qid = call()                                 # natively; calc holds on to it
+    app.until(lambda: len(calc.calls()) == 2)
+    native = calc.calls()[-1].answer_id
+    assert native >= P.NATIVE_QID_BASE and s.lane.stats()["calls"] == n + 1
+    routes = s.lane.stats()["routes"]
+    if down == "probe":
+        s.router.watch("calc", True)
+    elif down == "release":
+        app.send(app.conn.send_release(handle))
+    else:                                        # another interface: a route in its place
+        call(CALC + 1)
+        app.until(lambda: len(calc.calls()) == 3)
+        assert calc.calls()[-1].answer_id < P.NATIVE_QID_BASE
+    app.until(lambda: s.lane.stats()["routes"] == routes - (down != "interface"))
+    s.perform(s.router.revoke("app.calc"))
+    app.until(lambda: any(r.question_id == qid for r in app.returns()), 3)
+    (ret,) = [r for r in app.returns() if r.question_id == qid]
+    assert ret.payload is None and "was revoked while this call was in flight" in ret.error
+    calc.until(lambda: P.FinishReceived(native) in calc.inbox, 3)   # cancelled there
+    calc.send(calc.conn.send_return(native, params(), no_finish=True))   # late: nowhere
+    s.pump(0.1)
+    app.poll(0.05)
+    assert len([r for r in app.returns() if r.question_id == qid]) == 1
+    assert calc.pid not in s.closed and app.pid not in s.closed
+    assert s.lane.stats()["in_flight"] == 0
