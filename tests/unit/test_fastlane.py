@@ -1151,6 +1151,7 @@ def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path
             calc.poll(0.0)
         assert s.lane.queued(app.pid) <= hard
         assert app.pid not in s.router.peers         # cut off, as on the Python path
+        assert s.cut == {app.pid} and calc.pid in s.router.peers      # and it alone
     finally:
         s.stop()
 
