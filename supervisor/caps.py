@@ -132,7 +132,10 @@ class Denial(CallError):
 
 
 def describe(cap) -> str:
-    """What a capability is, for an error message or the audit."""
+    """What a capability is, for an error message or the audit (text: what a call
+    refused before it reached one was made on)."""
+    if isinstance(cap, str):
+        return cap
     if isinstance(cap, Wrapped):
         return cap.label
     if isinstance(cap, Proxy):

@@ -606,26 +606,26 @@ class Router:
                                 f"{peer.limits.handles} capabilities it still holds "
                                 f"(limit handles)", "overloaded")
         if refused is not None:
-            self.fail(reply, refused)
+            self._refuse(ev, reply, refused)
             self._drop_imported(peer, ev.payload)
             return
         try:
             caps = self._import_caps(peer, ev.payload) if ev.payload.caps else ()
         except CallError as e:
-            self.fail(reply, e)
+            self._refuse(ev, reply, e)
             return
         call = Call(ev.interface_id, ev.method_id, ev.payload.content, caps, reply)
         target = ev.target
         if isinstance(target, protocol.PromisedAnswer):
             if target.error is not None:
-                self.fail(reply, CallError(f"pipelined call on a failed call: {target.error}",
-                                           target.error_type))
+                self._refuse(ev, reply, CallError(
+                    f"pipelined call on a failed call: {target.error}", target.error_type))
                 self.sweep(caps)
                 return
             if target.result is None:
                 refused = self._hold_call(call)
                 if refused is not None:
-                    self.fail(reply, refused)
+                    self._refuse(ev, reply, refused)
                     self.sweep(caps)
                     return
                 self._pipelined.setdefault((peer.id, target.answer_id), []).append(
@@ -634,13 +634,26 @@ class Router:
             try:
                 target = self._resolve_pipeline(peer, target.result, target.transform)
             except CallError as e:
-                self.fail(reply, e)
+                self._refuse(ev, reply, e)
                 self.sweep(caps)
                 return
         elif peer.laned and not caps:        # may be routed natively from now on
             self._deliver(target, call, (peer, peer.conn.export_id(target)))
             return
         self._deliver(target, call)
+
+    def _refuse(self, ev: protocol.CallReceived, reply, e: CallError):
+        """A call refused before it was delivered (in_flight, handles, a pipelined
+        call with nothing to reach): it fails, and the audit records it as every
+        call is recorded, naming what it was made on."""
+        if self.audit.enabled:
+            target = ev.target
+            if isinstance(target, protocol.PromisedAnswer):
+                target = f"the answer to {reply[0].name}'s call #{target.answer_id}"
+            self.audit.open(reply, target, Call(ev.interface_id, ev.method_id,
+                                                protocol.EMPTY, (), reply),
+                            self.clock(), self.wall())
+        self.fail(reply, e)
 
     def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
         handler = self._pending.pop((peer.id, ev.question_id), None)

@@ -1747,3 +1747,42 @@ def test_a_long_chain_of_tail_calls_ends_without_recursion():
     assert router._tails == {} and not [k for k in router._pending if k[0] != calc.pid]
     # what is left in flight: the calls that passed their objects, still at calc
     assert router.peers[a.pid].conn.unanswered == 1 == router.peers[b.pid].conn.unanswered
+
+
+def test_calls_refused_before_delivery_are_audited_like_every_call():
+    """The audit records every capability call.  Calls refused before they reached
+    a capability (past in_flight, pipelined on a failed answer, pipelined on a
+    field that holds none) left no record (a seventh review): a client could make
+    any number of them unseen.  Each is recorded, failed, with its reason, naming
+    what it was made on."""
+    router = R.Router({"calc": CALC}, names=NAMES, audit=True, external=("calc",),
+                      external_limits=R.Limits(in_flight=1))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    calc_cap = cl.grants[0].import_id
+    _q, first = cl.conn.send_call(calc_cap, CALC, 0)            # calc does not answer
+    _q2, second = cl.conn.send_call(calc_cap, CALC, 0)
+    cl.send(first + second)                                     # past in_flight
+    calc.send(calc.conn.send_exception(calc.inbox.pop().answer_id, "no"))
+    q, wrong = cl.conn.send_call(calc_cap, 0x1234, 0)           # not calc's interface
+    q4, pipelined = cl.conn.send_call((q, (0,)), CALC, 0)
+    cl.send(wrong + pipelined)
+    q5, plain = cl.conn.send_call(calc_cap, CALC, 0)
+    cl.send(plain)
+    calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))    # no capability in it
+    cl.send(cl.conn.send_call((q5, (0,)), CALC, 0)[1])
+    records = [e.record for e in calc.effects + cl.effects if isinstance(e, fx.Audit)]
+    mine = [(r["capability"], r["method"], r["outcome"], r.get("reason"))
+            for r in records if r["capability"] != "the gateway"]
+    assert sorted(mine, key=str) == sorted([
+        ("calc (main object)", "add", "failed", "no"),
+        ("calc (main object)", "add", "failed",
+         "client has 1 calls in flight already (limit in_flight = 1)"),
+        ("calc (main object)", "0", "failed",
+         "compartment calc does not implement interface 0x1234"),
+        (f"the answer to client's call #{q}", "add", "failed",
+         "pipelined call on a failed call: compartment calc does not implement "
+         "interface 0x1234"),
+        ("calc (main object)", "add", "returned", None),
+        (f"the answer to client's call #{q5}", "add", "failed",
+         "pipelined call on a field that holds no capability")], key=str)
