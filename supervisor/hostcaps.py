@@ -131,16 +131,19 @@ def kind_of(obj) -> str:
 
 class GrantOpening:
     """Opening a host grant's file or directory in a worker thread (`run`), which the
-    runtime may give up waiting for (`abandon`): then what it opens is closed."""
+    runtime may give up waiting for (`abandon`): then what it opens is closed.
+    `quota`: the grant's write quota (HostCaps.write_quota), which outlives this
+    opening: a restart opens the grant again and spends from the same quota."""
 
-    def __init__(self, grant):
+    def __init__(self, grant, quota: hostfs.WriteQuota | None = None):
         self.grant = grant
+        self.quota = quota
         self._lock = threading.Lock()
         self._abandoned = False
         self._opened = None
 
     def run(self):
-        opened = open_grant(self.grant)
+        opened = open_grant(self.grant, self.quota)
         with self._lock:
             self._opened, abandoned = opened, self._abandoned
         if abandoned:
@@ -154,13 +157,16 @@ class GrantOpening:
             release(self.grant.target, opened)
 
 
-def open_grant(grant):
+def open_grant(grant, quota: hostfs.WriteQuota | None = None):
     """The served object of a host grant (a policy.Grant): opens its file or
     directory.  Blocking: the runtime calls it in a worker thread.  Raises
-    hostfs.FsError or OSError when the path cannot be opened."""
+    hostfs.FsError or OSError when the path cannot be opened.  `quota`: what is
+    left of the grant's max_bytes_written (HostCaps.write_quota); without it, a
+    new quota of max_bytes_written (for one opening only)."""
+    if quota is None:
+        quota = hostfs.WriteQuota(grant.max_bytes_written)
     attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
-                       max_bytes_written=grant.max_bytes_written,
-                       refuse_hard_links=grant.refuse_hard_links)
+                       quota=quota, refuse_hard_links=grant.refuse_hard_links)
     if grant.target == "directory":
         return hostfs.Directory.grant(grant.path, subdir=grant.subdir, **attenuation)
     if grant.target == "file":
@@ -191,6 +197,18 @@ class HostCaps:
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
         self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
         self._servers: dict = {}                       # kind -> its method here (_log, ...)
+        self._quotas: dict[tuple, hostfs.WriteQuota] = {}  # (owner, grant) -> its quota
+
+    def write_quota(self, owner: str, grant) -> hostfs.WriteQuota:
+        """The write quota (max_bytes_written) of `owner`'s grant, for as long as the
+        system runs: a grant's quota belongs to the grant, not to one run of its
+        holder, so a holder that restarts (and has its grants opened anew) goes on
+        spending what was left, as a membrane's max_uses does."""
+        key = (owner, grant.name)
+        quota = self._quotas.get(key)
+        if quota is None:
+            quota = self._quotas[key] = hostfs.WriteQuota(grant.max_bytes_written)
+        return quota
 
     def serve(self, call):
         """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""

@@ -353,13 +353,16 @@ class Directory:
 
     @classmethod
     def grant(cls, path: str, subdir: str | None = None, max_bytes_written: int | None = None,
-              **attenuation) -> "Directory":
+              quota: WriteQuota | None = None, **attenuation) -> "Directory":
+        """The granted directory.  `quota`: the grant's write quota, when it outlives
+        this object (a restart opens the grant again); else one of
+        `max_bytes_written`."""
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise _explain(e, path) from None
         fd = _ordinary(fd, path)
-        d = cls(fd, path, quota=WriteQuota(max_bytes_written), **attenuation)
+        d = cls(fd, path, quota=quota or WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
                 sub = d._subdir(subdir, follow=True)     # beneath, like any path
@@ -852,7 +855,9 @@ class File:
 
     @classmethod
     def grant(cls, path: str, read_only: bool = False, append_only: bool = False,
-              max_bytes_written: int | None = None, refuse_hard_links: bool = False) -> "File":
+              max_bytes_written: int | None = None, refuse_hard_links: bool = False,
+              quota: WriteQuota | None = None) -> "File":
+        """The granted file.  `quota`: as Directory.grant's."""
         if read_only:
             flags, kw = os.O_RDONLY, dict(readable=True, writable=False)
         elif append_only:
@@ -876,7 +881,7 @@ class File:
         finally:
             os.close(p)
         return cls(fd, path, append_only=append_only, read_only=read_only,
-                   quota=WriteQuota(max_bytes_written), **kw)
+                   quota=quota or WriteQuota(max_bytes_written), **kw)
 
     def _writing(self, what: str):
         if not self.writable:

@@ -916,7 +916,8 @@ class Supervisor:
                 continue
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
-            opened, opening = None, hostcaps.GrantOpening(g)
+            opened, opening = None, hostcaps.GrantOpening(
+                g, self.hosts.write_quota(comp.name, g))
             with trio.move_on_after(hostcaps.IO_DEADLINE):
                 try:
                     opened = await trio.to_thread.run_sync(

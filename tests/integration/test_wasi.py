@@ -173,6 +173,33 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert (quota / "big.bin").stat().st_size <= 6000 - ENTRY_COST - len("big.bin")
 
 
+def test_a_grants_write_quota_is_not_renewed_when_its_holder_restarts(tmp_path, wasi_guests):
+    """max_bytes_written belongs to the grant, as max_uses does: each restart opened
+    the grant's directory or file anew, with a fresh quota, so a program that wrote
+    its quota and exited (or crashed) wrote it again at every restart."""
+    quota = tmp_path / "quota"
+    quota.mkdir()
+    (tmp_path / "out.txt").write_text("")
+    line = "bigwrite /q/big.bin -> ok\n"
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "file", path = "{tmp_path}/out.txt", max_bytes_written = {len(line) + 20} }}
+stderr = {{ host = "log" }}
+q = {{ host = "directory", path = "{quota}", max_bytes_written = 100000 }}
+env = {{ host = "environment", args = ["bigwrite:/q/big.bin", "exit:1"] }}
+""", extra="max_restarts = 2\nrestart_delay = 0")
+    system_text = open(system).read().replace('restart = "never"', 'restart = "transient"')
+    open(system, "w").write(system_text)
+    r = run_wsuper("up", system, timeout=120)
+    assert r.stderr.count("finished app exit=1") == 3, r.stdout + r.stderr
+    # the directory's quota took one 64 KiB file; the second and third runs were refused
+    assert (quota / "big.bin").stat().st_size == 0
+    # and the stdout file's quota one run's line: the others' went nowhere
+    assert (tmp_path / "out.txt").read_text() == line
+    edquot = [x for x in _audit(tmp_path) if (x["reason"] if "reason" in x else "")
+              .startswith("EDQUOT")]
+    assert {x["capability"] for x in edquot} >= {"app.q>Directory.open", "app.stdout"}
+
+
 def test_stdout_can_be_a_granted_file_and_mount_sets_the_preopen_name(tmp_path, wasi_guests):
     (tmp_path / "out.txt").write_text("")
     work = tmp_path / "work"

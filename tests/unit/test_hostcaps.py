@@ -290,3 +290,27 @@ def test_params_behind_a_far_pointer_that_lands_on_the_messages_root_word_fail_w
     ret = h.app.inbox.pop()
     assert ret.error is not None and "EINVAL: File.read: malformed params" in ret.error
     assert h.notices == [None]
+
+
+def test_a_grants_write_quota_outlives_each_opening_of_the_grant(tmp_path):
+    """The runtime opens a compartment's grants at each start: the quota it opens
+    them with is the grant's (HostCaps.write_quota), so a restart does not renew it."""
+    from supervisor import policy
+    d = tmp_path / "d"
+    d.mkdir()
+    g = policy.Grant("q", "host", "directory", path=str(d), max_bytes_written=5000)
+    f = policy.Grant("f", "host", "file", path=str(d / "f.txt"), max_bytes_written=10)
+    (d / "f.txt").write_text("")
+    hosts = hostcaps.HostCaps(lambda owner: 100.0)
+    assert hosts.write_quota("app", g) is hosts.write_quota("app", g)
+    assert hosts.write_quota("other", g) is not hosts.write_quota("app", g)
+    for grant, write in ((g, lambda o: o.create("x%d" % id(o))["file"].append(b"y" * 800)),
+                         (f, lambda o: o.append(b"0123456789"))):
+        first = hostcaps.GrantOpening(grant, hosts.write_quota("app", grant)).run()
+        write(first)                               # spends most of it ...
+        first.close()
+        again = hostcaps.GrantOpening(grant, hosts.write_quota("app", grant)).run()
+        with pytest.raises(hostcaps.hostfs.FsError, match="write quota exhausted") as e:
+            write(again)                           # ... and a second opening has the rest
+        assert e.value.code == "EDQUOT"
+        again.close()
