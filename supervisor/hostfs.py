@@ -943,14 +943,22 @@ class File:
         if offset + len(data) > OFF_MAX:
             raise FsError(f"{self.label}: writing {len(data)} bytes at {offset} would pass "
                           f"the largest file size", "EFBIG")
-        self.quota.spend(len(data), self.label)
         with self._h as fd:
+            # a write past the end adds the zeros before it too, as truncate does, and
+            # they count alike (else one byte at 2^40 made a file of a TiB for one byte
+            # of the quota, which a file system without holes writes out in full)
+            try:
+                gap = max(offset - os.fstat(fd).st_size, 0) \
+                    if data and self.quota.left is not None else 0
+            except OSError as e:
+                raise _explain(e, self.label) from None
+            self.quota.spend(len(data) + gap, self.label)
             try:
                 n = os.pwrite(fd, data, offset)
             except OSError as e:
-                self.quota.refund(len(data))
+                self.quota.refund(len(data) + gap)
                 raise _explain(e, self.label) from None
-        self.quota.refund(len(data) - n)
+        self.quota.refund(len(data) - n + (gap if not n else 0))
         return {"written": n}
 
     def append(self, data: bytes) -> dict:

@@ -735,3 +735,26 @@ def test_a_name_that_is_not_utf8_ends_the_listing_with_eilseq(tree):
             assert not page["done"]
     assert e.value.code == "EILSEQ" and "not valid UTF-8" in str(e.value)
     assert len(names) == len(set(names)) and all((tree / n).exists() for n in names)
+
+
+def test_growing_a_file_spends_the_quota_alike_by_truncate_or_by_a_write_past_its_end(tree):
+    """The zeros a file gains count as written whichever call adds them: truncate
+    counted them, and a write at an offset past the end did not (one byte at 2^40
+    made a file of a TiB for one byte of the quota; a file system without holes,
+    vfat or exFAT, writes it out in full)."""
+    d = Directory.grant(str(tree), max_bytes_written=ENTRY_COST + 1 + 1000)
+    f = d.create("f", readable=True)["file"]
+    assert "write quota exhausted" in fails("EDQUOT", f.write, 1 << 40, b"x")
+    assert "write quota exhausted" in fails("EDQUOT", f.truncate, 1 << 40)
+    assert os.path.getsize(tree / "f") == 0 and d.quota.left == 1000
+    f.write(0, b"abc")                           # 3 bytes
+    f.write(100, b"z")                           # 97 zeros and 1 byte
+    f.write(50, b"y" * 10)                       # within the file: what it writes
+    f.truncate(200)                              # 99 zeros
+    f.write(0, b"")                              # nothing written, nothing added
+    f.write(10 ** 6, b"")
+    assert os.path.getsize(tree / "f") == 200
+    assert d.quota.left == 1000 - 3 - 98 - 10 - 99
+    fails("EDQUOT", f.write, 200 + d.quota.left, b"w")    # one past what is left
+    f.write(199 + d.quota.left, b"w")                     # exactly what is left
+    assert d.quota.left == 0
