@@ -28,21 +28,16 @@ def _files(folder: str, name: str) -> list[str]:
     return [p for p in (*rotated, base) if os.path.exists(p)]
 
 
-def _read(paths, current: str | None = None, upto: tuple | None = None) -> tuple[list, int]:
-    """The lines of `paths`, and where reading `current` stopped: with `upto` (its
-    inode and size, taken before), no further than that, and only whole lines, so
-    that following it afterwards from there misses and repeats nothing."""
-    out, stop = [], 0
+def _read(paths) -> list[str]:
+    """The lines of the files `paths`, in that order."""
+    out = []
     for p in paths:
-        with open(p, "rb") as f:
-            if p == current and upto is not None and os.fstat(f.fileno()).st_ino == upto[0]:
-                data = f.read(upto[1])
-                data = data[:data.rfind(b"\n") + 1]
-                stop = len(data)
-            else:
-                data = f.read()
-        out += data.decode("utf-8", "replace").splitlines()
-    return out, stop
+        try:
+            with open(p, "rb") as f:
+                out += _lines(f.read())
+        except FileNotFoundError:        # rotated away since it was listed
+            pass
+    return out
 
 
 def lines(system, compartment: str | None = None, follow: bool = False):
@@ -52,39 +47,125 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     names = [compartment] if compartment else [output.SUPERVISOR, *system.compartments]
     if not os.path.isdir(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
-    # with `follow`, where each file ends is taken first: what is written while
-    # the files are read is shown by the following, not lost between the two
-    positions = {n: _end(os.path.join(folder, n + ".log")) for n in names} if follow else {}
-    streams = []
-    for n in names:
-        current = os.path.join(folder, n + ".log")
-        lines_, stop = _read(_files(folder, n), current, positions.get(n))
-        if follow:
-            positions[n] = (positions[n][0], stop)
-        streams.append(_shown(n, lines_, compartment))
-    yield from heapq.merge(*streams, key=_time)
     if not follow:
+        yield from heapq.merge(*(_shown(n, _read(_files(folder, n)), compartment)
+                                 for n in names), key=_time)
         return
-    while True:
-        time.sleep(0.2)
-        fresh = []
+    # with `follow`, each current file is opened first and then read through that
+    # descriptor, before and after: what is written while the files are first read
+    # is shown by the following, and a rotation at any time loses nothing
+    followed = {n: _Followed(folder, n) for n in names}
+    try:
+        streams = []
         for n in names:
-            path = os.path.join(folder, n + ".log")
-            inode, offset = positions[n]
+            f = followed[n]
+            older = _read(f.older())
+            streams.append(_shown(n, older + _lines(f.rest()), compartment))
+        yield from heapq.merge(*streams, key=_time)
+        while True:
+            time.sleep(0.2)
+            fresh = []
+            for n in names:
+                fresh += _shown(n, followed[n].new_lines(), compartment)
+            yield from sorted(fresh, key=_time)
+    finally:
+        for f in followed.values():
+            f.close()
+
+
+class _Followed:
+    """One log followed across its rotations.  The file being followed is kept open,
+    so that when its name moves on (NAME.log -> NAME.log.1 and a new NAME.log), what
+    was appended to it since the last look is still read from it, then every file
+    rotated after it, then the new one: `-f` used to notice a new inode and read
+    the new file from its start, and lost the old one's last lines at every
+    rotation (those written between its last look and the rotation)."""
+
+    def __init__(self, folder: str, name: str):
+        self.path = os.path.join(folder, name + ".log")
+        self.file, self.offset = None, 0
+        try:
+            self.file = open(self.path, "rb")
+        except FileNotFoundError:
+            pass
+
+    def _inode(self):
+        return os.fstat(self.file.fileno()).st_ino if self.file is not None else None
+
+    def _rotated(self) -> list[tuple[str, int]]:
+        """(path, inode) of the rotated files, newest first."""
+        out = []
+        for i in range(1, output.LOG_FILE_KEEP + 1):
+            p = f"{self.path}.{i}"
             try:
-                st = os.stat(path)
+                out.append((p, os.stat(p).st_ino))
             except FileNotFoundError:
-                continue
-            if st.st_ino != inode or st.st_size < offset:     # rotated: read it anew
-                inode, offset = st.st_ino, 0
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            positions[n] = (inode, offset + end)
-            fresh += _shown(n, data[:end].decode("utf-8", "replace").splitlines(),
-                            compartment)
-        yield from sorted(fresh, key=_time)
+                pass
+        return out
+
+    def older(self) -> list[str]:
+        """The rotated files older than the one followed, oldest first."""
+        rotated = self._rotated()
+        ino = self._inode()
+        at = next((i for i, (_p, n) in enumerate(rotated) if n == ino), None)
+        return [p for p, _n in reversed(rotated[at + 1 if at is not None else 0:])]
+
+    def new_lines(self) -> list[str]:
+        data = self.rest()
+        try:
+            now = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return _lines(data)
+        old = self._inode()
+        if now == old:
+            return _lines(data)
+        # rotated (or made since): the rest of the old file was read above; now the
+        # files rotated after it, oldest first, then the new current one
+        try:
+            current = open(self.path, "rb")
+        except FileNotFoundError:
+            return _lines(data)
+        newest = os.fstat(current.fileno()).st_ino
+        between = []
+        for p, n in self._rotated():
+            if n == old:
+                break
+            if n != newest:
+                between.append(p)
+        else:
+            if old is None:           # nothing was followed yet: the new file only
+                between = []
+        data += b"".join(_whole(p) for p in reversed(between))
+        self.close()
+        self.file, self.offset = current, 0
+        return _lines(data + self.rest())
+
+    def rest(self) -> bytes:
+        """Whole lines appended to the followed file since the last look."""
+        if self.file is None:
+            return b""
+        self.file.seek(self.offset)
+        data = self.file.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end]
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _whole(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _lines(data: bytes) -> list[str]:
+    return data.decode("utf-8", "replace").splitlines()
 
 
 def _shown(name: str, lines: list[str], compartment: str | None) -> list[str]:
@@ -99,11 +180,3 @@ def _shown(name: str, lines: list[str], compartment: str | None) -> list[str]:
 
 def _time(line: str) -> str:
     return line.partition(" ")[0]
-
-
-def _end(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-        return st.st_ino, st.st_size
-    except FileNotFoundError:
-        return 0, 0

@@ -34,3 +34,49 @@ def test_a_half_written_last_line_is_shown_once_it_is_whole(tmp_path):
     with open(log, "a") as f:
         f.write("per: two\n")
     assert next(lines) == "2026-12-03T10:00:01.000Z wsuper: two"
+
+
+
+def _rotate(log, keep=3):
+    """What the running system does to a log file at its size limit (output.rotate)."""
+    import os
+    for i in range(keep - 1, 0, -1):
+        if os.path.exists(f"{log}.{i}"):
+            os.replace(f"{log}.{i}", f"{log}.{i + 1}")
+    os.replace(log, f"{log}.1")
+
+
+def test_lines_written_just_before_a_rotation_are_followed_not_lost(tmp_path, monkeypatch):
+    """`-f` noticed a rotation (the name has a new inode) and read the new file
+    from its start: the lines appended to the old one since its last look, and
+    any file rotated in between, were never shown."""
+    polls = []
+
+    def sleep(_seconds):                 # a look that finds nothing, more than once: lost
+        polls.append(1)
+        assert len(polls) < 3, "a line written before the rotation was never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    log = tmp_path / "app.log"
+    log.write_text("2026-12-03T10:00:00.000Z [app] line 0\n")
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": None},
+                                   path=str(tmp_path))
+    lines = logs.lines(system, "app", follow=True)
+    assert next(lines) == "2026-12-03T10:00:00.000Z [app] line 0"
+    n = 1
+    for rotations in (1, 2, 1):          # between two looks: once, twice, once
+        first = n
+        for _ in range(rotations):
+            for _ in range(2):           # a line before the rotation, one after
+                with open(log, "a") as f:
+                    f.write(f"2026-12-03T10:00:{n:02d}.000Z [app] line {n}\n")
+                n += 1
+            _rotate(log)
+        with open(log, "a") as f:
+            f.write(f"2026-12-03T10:00:{n:02d}.000Z [app] line {n}\n")
+        n += 1
+        got = []
+        for _ in range(n - first):
+            got.append(next(lines))
+            polls.clear()
+        assert got == [f"2026-12-03T10:00:{i:02d}.000Z [app] line {i}"
+                       for i in range(first, n)]
