@@ -28,6 +28,11 @@ from .supervision import MODES, RestartPolicy
 HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+#: compartment names that are the supervisor's own: each compartment's log file is
+#: NAME.log beside the supervisor's supervisor.log (output.SUPERVISOR), so a
+#: compartment of that name wrote its lines into the supervisor's log, every event
+#: about it twice, and `wsuper logs` showed every event two to four times
+RESERVED_NAMES = frozenset({"supervisor"})
 
 SYSTEM_KEYS = {"socket", "schemas", "audit", "audit_max_size", "audit_keep",
                "external_limits", "max_connections", "message_timeout", "logs",
@@ -295,6 +300,9 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         if not _NAME.match(name):
             raise where.error(key, f"compartment name {name!r} is not allowed "
                               "(letters, digits, '_' and '-', starting with a letter, at most 64)")
+        if name in RESERVED_NAMES:
+            raise where.error(key, f"compartment name {name!r} is reserved: its log file "
+                              f"would be the supervisor's own ({name}.log)")
         _table(where, key, body)
         _only(where, key, body, COMPARTMENT_KEYS)
         if "module" not in body:

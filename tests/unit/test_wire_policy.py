@@ -161,3 +161,17 @@ def test_external_limits_take_the_connection_limits_only():
     with pytest.raises(policy.PolicyError, match="system.external_limits.memory: unknown key"):
         policy.parse('[system]\nexternal_limits = { memory = "1MiB" }\n[compartments.a]\n'
                      'module = "a.wat"\n', "/s/s.toml")
+
+
+def test_no_compartment_takes_the_name_of_the_supervisors_own_log():
+    """Each compartment's log file is NAME.log beside supervisor.log: one named
+    `supervisor` wrote into the supervisor's log, and `wsuper logs` showed every
+    event two to four times (and that compartment's view, everyone's events)."""
+    from supervisor import output
+    assert output.SUPERVISOR in policy.RESERVED_NAMES
+    for name in policy.RESERVED_NAMES:
+        with pytest.raises(policy.PolicyError, match=f"compartments.{name}: compartment name "
+                           f"'{name}' is reserved: its log file would be the supervisor's"):
+            policy.parse(f'[compartments.{name}]\nmodule = "a.wat"\n', "/s/system.toml")
+    policy.parse('[compartments.supervisor2]\nmodule = "a.wat"\n'
+                 '[compartments.Supervisor]\nmodule = "a.wat"\n', "/s/system.toml")
