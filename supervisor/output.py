@@ -17,8 +17,9 @@ The event loop never waits on any of it: files are written by a worker
 thread in batches, and the terminal by a thread of its own through a bounded
 queue.  A terminal that does not keep up (a pipe nobody reads, a suspended
 terminal) loses plugin lines, counted and said once it catches up; the log
-files keep every line.  A terminal that goes away (`wsuper up | head`)
-stops the system quietly.
+files keep every line (unless the disk itself does not keep up: then what
+waits for it is bounded too, see LogFiles).  A terminal that goes away
+(`wsuper up | head`) stops the system quietly.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lin
                               # (and twice that before the supervisor's events are)
 TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
+LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
+                              # plugin lines are dropped (and twice that before events are)
 STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
 EVENT_LINE_LIMIT = 4096       # characters of one supervisor event shown (the rest counted), as
                               # of a plugin's log line (hostcaps.LOG_LINE_LIMIT)
@@ -203,7 +206,8 @@ class Output:
                                                          else "") + shown, True)
         if self.files is not None:     # marked as the plugin's, never taken for an event
             self.files.add(compartment, f"{rfc3339()} [{compartment}] "
-                                        + ("stderr: " if stream == "stderr" else "") + shown)
+                                        + ("stderr: " if stream == "stderr" else "") + shown,
+                           droppable=True)
 
     def _write(self, stream, line: str, droppable: bool = False):
         if self.closed:
@@ -311,7 +315,13 @@ class StderrLines:
 
 class LogFiles:
     """Per-name log files in one directory, capped and rotated, written in batches.
-    `set_event`: how `add` wakes the writer (the supervisor's, from either thread)."""
+    `set_event`: how `add` wakes the writer (the supervisor's, from either thread).
+
+    What waits for the writer is bounded (LOG_BACKLOG_BYTES): a disk that does not
+    keep up (a hung network file system, a full one retried) held every line in
+    memory, without bound, while plugins went on writing.  Past the bound plugin
+    lines are counted, not kept, and each file says how many it lost once the
+    writer catches up; the supervisor's events have twice the room."""
     set_event = staticmethod(trio.Event.set)
 
     def __init__(self, folder: str, on_failed=lambda why: None):
@@ -319,6 +329,8 @@ class LogFiles:
         self.folder = folder
         self.on_failed = on_failed
         self.pending: dict[str, list[str]] = {}
+        self.pending_size = 0          # characters in `pending`
+        self.dropped: dict[str, int] = {}   # name -> lines not kept since the last batch
         self.wake = trio.Event()
         self.failed: str | None = None
         self._dir: int | None = None
@@ -326,8 +338,12 @@ class LogFiles:
         self._lock = threading.Lock()
         self._flushing = trio.Lock()
 
-    def add(self, name: str, line: str):
+    def add(self, name: str, line: str, droppable: bool = False):
+        if self.pending_size + len(line) > LOG_BACKLOG_BYTES * (1 if droppable else 2):
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+            return
         self.pending.setdefault(name, []).append(line)
+        self.pending_size += len(line)
         self.set_event(self.wake)
 
     async def writer(self):
@@ -342,7 +358,15 @@ class LogFiles:
         shutdown, waits for a batch the writer took and is still writing (before,
         close() could come first, and that batch, "stopping" among it, was lost)."""
         async with self._flushing:
-            batch, self.pending = self.pending, {}
+            batch, self.pending, self.pending_size = self.pending, {}, 0
+            dropped, self.dropped = self.dropped, {}
+            for name, n in dropped.items():     # after what was kept: they came later
+                note = f"{rfc3339()} wsuper: {n} lines were not written to the log files " \
+                       f"(the disk did not keep up)"
+                batch.setdefault(name, []).append(note)
+                if name != SUPERVISOR:
+                    batch.setdefault(SUPERVISOR, []).append(
+                        f"{note[:-1]}: {n} of {name}'s)")
             if batch and not self.failed:
                 try:
                     await trio.to_thread.run_sync(self._write, batch)

@@ -155,3 +155,45 @@ def test_supervisor_events_are_cut_at_4096_characters_saying_how_many_more(tmp_p
         logged = out.files.pending                  # what the log files' writer gets
         assert len(logged["supervisor"]) == 2 and len(logged["t"]) == 1
         assert all(len(line) < EVENT_LINE_LIMIT + 100 for line in logged["supervisor"])
+
+
+def test_lines_waiting_for_a_disk_that_does_not_keep_up_are_bounded_and_counted(tmp_path,
+                                                                               monkeypatch):
+    """The log files' writer is one thread: while it waits on a disk that does not
+    keep up (a hung network file system), every line plugins wrote was kept in
+    memory, without bound.  Past LOG_BACKLOG_BYTES plugin lines are counted, not
+    kept (events have twice the room), and each file says how many it lost."""
+    import io
+
+    import trio
+
+    from supervisor import output
+    monkeypatch.setattr(output, "LOG_BACKLOG_BYTES", 2000)
+    out = output.Output(io.StringIO(), io.StringIO(), log_dir=str(tmp_path))
+    files = out.files
+
+    async def main():
+        for i in range(100):                        # the writer is stuck: nothing is written
+            out.plugin("app", f"line {i:03d} " + "x" * 90)
+            out.plugin("other", f"line {i:03d} " + "y" * 90, "stderr")
+        assert files.pending_size <= 2000
+        for i in range(6):
+            out.event(f"event {i} " + "e" * 90, "app")     # events still have room ...
+        assert 2000 < files.pending_size <= 4000
+        await files.flush()                                # ... and the disk catches up
+    trio.run(main)
+    app = [strip_time(l) for l in (tmp_path / "app.log").read_text().splitlines()]
+    other = [strip_time(l) for l in (tmp_path / "other.log").read_text().splitlines()]
+    sup = [strip_time(l) for l in (tmp_path / "supervisor.log").read_text().splitlines()]
+    kept_app = [l for l in app if l.startswith("[app] line")]
+    kept_other = [l for l in other if l.startswith("[other] stderr: line")]
+    assert 0 < len(kept_app) < 100 and 0 < len(kept_other) < 100
+    assert kept_app == [f"[app] line {i:03d} " + "x" * 90 for i in range(len(kept_app))]
+    assert len([l for l in app if l.startswith("wsuper: event")]) == 6
+    assert app[-1] == f"wsuper: {100 - len(kept_app)} lines were not written to the log " \
+                      f"files (the disk did not keep up)"
+    assert other[-1] == f"wsuper: {100 - len(kept_other)} lines were not written to the " \
+                        f"log files (the disk did not keep up)"
+    assert f"wsuper: {100 - len(kept_other)} lines were not written to the log files (the " \
+           f"disk did not keep up: {100 - len(kept_other)} of other's)" in sup
+    assert len([l for l in sup if l.startswith("wsuper: event")]) == 6
