@@ -539,19 +539,57 @@ class Directory:
             os.close(parent)
 
     @contextlib.contextmanager
-    def _made(self, name: bytes | None, target: bytes = b""):
+    def _made(self, name: bytes | None, target: bytes = b"", parent: int | None = None):
         """A new entry (a file, a directory, a link) spends the write quota too:
-        ENTRY_COST bytes, its name and its link target; given back if it fails."""
+        ENTRY_COST bytes, its name and its link target; given back if it fails.
+        `name`: its path beneath this directory, or its name in `parent` (a
+        descriptor).  When the quota cannot pay, a name that is taken already, or
+        whose directory is not there, fails as it does with quota to spare
+        (EEXIST, ENOENT): nothing would have been made.  `mkdir -p` and
+        O_CREAT|O_EXCL go by EEXIST, and got EDQUOT once the quota ran low."""
         if name is None:
             yield
             return
         n = ENTRY_COST + len(name) + len(target)
-        self.quota.spend(n, self.label)
+        try:
+            self.quota.spend(n, self.label)
+        except FsError:
+            self._fails_anyway(name, parent)
+            raise
         try:
             yield
         except BaseException:
             self.quota.refund(n)
             raise
+
+    def _fails_anyway(self, raw: bytes, parent: int | None):
+        """The FsError making the entry `raw` gets whatever the quota (see _made): it
+        exists (EEXIST), its path is refused (ENOTCAPABLE, ELOOP, ...), or the
+        directory it would be in does not exist."""
+        name = raw.rstrip(b"/") or b"."
+        try:
+            if parent is not None:
+                os.stat(name, dir_fd=parent, follow_symlinks=False)
+            else:
+                with self._h as dfd:
+                    os.close(_openat2(dfd, name, os.O_PATH | os.O_NOFOLLOW))
+        except FsError:
+            return
+        except OSError as e:
+            if parent is not None:
+                return
+            if e.errno != errno.ENOENT:        # the path itself is refused: that first
+                raise _resolving(e, name, name.decode("utf-8", "replace")) from None
+            where, _ = _split(raw)
+            try:
+                with self._h as dfd:
+                    os.close(_openat2(dfd, where, os.O_PATH | os.O_DIRECTORY))
+            except FsError:
+                return
+            except OSError as e2:
+                raise _resolving(e2, where, where.decode("utf-8", "replace")) from None
+            return
+        raise FsError(f"{raw.decode('utf-8', 'replace')!r} already exists", "EEXIST")
 
     def mkdir(self, path: str):
         self._refuse("make", path, append_ok=True)
@@ -613,7 +651,7 @@ class Directory:
                                              (fromDir, fromInode), (toDir, toInode))
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
-            with self._made(dname):
+            with self._made(dname, parent=dp):
                 os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
         except OSError as e:
             raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None

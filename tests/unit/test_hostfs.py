@@ -758,3 +758,24 @@ def test_growing_a_file_spends_the_quota_alike_by_truncate_or_by_a_write_past_it
     fails("EDQUOT", f.write, 200 + d.quota.left, b"w")    # one past what is left
     f.write(199 + d.quota.left, b"w")                     # exactly what is left
     assert d.quota.left == 0
+
+
+def test_with_the_quota_spent_a_name_that_is_taken_still_fails_eexist_not_edquot(tree):
+    """Nothing would be made, so the quota is not why it fails: `mkdir -p` and
+    O_CREAT|O_EXCL go by EEXIST (and a missing directory by ENOENT), and every
+    call that makes an entry got EDQUOT instead once the quota ran low."""
+    (tree / "sub" / "l").symlink_to("x")
+    d = Directory.grant(str(tree), max_bytes_written=10)
+    for make in (lambda: d.mkdir("sub"), lambda: d.mkdir("sub/"),
+                 lambda: d.create("notes.txt"), lambda: d.symlink("y", "notes.txt"),
+                 lambda: d.link("notes.txt", "sub/l"), lambda: d.mkdir("sub/l"),
+                 lambda: d.subdir("sub")["dir"].mkdir("l")):
+        assert fails("EEXIST", make).endswith("already exists")
+    assert "does not exist" in fails("ENOENT", d.mkdir, "nowhere/new")
+    assert "does not exist" in fails("ENOENT", d.create, "nowhere/new")
+    for make in (lambda: d.mkdir("new"), lambda: d.create("new"),
+                 lambda: d.symlink("y", "sub/new"), lambda: d.link("notes.txt", "new")):
+        assert "write quota exhausted" in fails("EDQUOT", make)
+    fails("ENOTCAPABLE", d.mkdir, "../outside")          # the path's own refusal first
+    assert d.quota.left == 10
+    assert sorted(p.name for p in tree.iterdir()) == ["notes.txt", "sub"]
