@@ -49,10 +49,12 @@ class LogLine:
 
 @attrs.define
 class Answer:
-    """The call returns `content`; `objects`: (kind, served) of the capabilities in it."""
+    """The call returns `content`; `objects`: (kind, served) of the capabilities in it;
+    `lines`: LogLines to show; `notices`: lines for the operator, about `owner`."""
     content: object
     objects: tuple = ()
     lines: tuple = ()
+    notices: tuple = ()
 
 
 @attrs.frozen
@@ -195,6 +197,8 @@ class HostCaps:
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
+        self._log_refused: dict[str, int] = {}    # owner -> lines refused, not yet said
+        self._log_refused_said: dict[str, float] = {}    # owner -> when that was last said
         self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
         self._servers: dict = {}                       # kind -> its method here (_log, ...)
         self._quotas: dict[tuple, hostfs.WriteQuota] = {}  # (owner, grant) -> its quota
@@ -241,10 +245,31 @@ class HostCaps:
         if budget is None:
             budget = self._log_budget[call.owner] = TokenBucket(self.log_rate(call.owner), now)
         if not budget.take(now):
+            self._log_refused[call.owner] = self._log_refused.get(call.owner, 0) + 1
             return Refusal(f"EAGAIN: {call.owner} writes to its log faster than "
                            f"{budget.rate:g} lines/s (limit log_rate)", "overloaded")
         text = bounded(params["text"], LOG_LINE_LIMIT)
-        return Answer(protocol.EMPTY, lines=(LogLine(call.owner, text),))
+        note = None
+        if call.owner in self._log_refused and \
+                now - self._log_refused_said.get(call.owner, -1.0) >= 1.0:
+            self._log_refused_said[call.owner] = now      # at most once a second
+            note = self.log_refused(call.owner)
+        return Answer(protocol.EMPTY, lines=(LogLine(call.owner, text),),
+                      notices=(note,) if note else ())
+
+    def log_refused(self, owner: str) -> str | None:
+        """What the operator was not told yet: how many of `owner`'s log lines were
+        refused by its log_rate since it was last said (with a line shown, at most
+        once a second, and when its program ends or its engine stops).  The plugin got EAGAIN for
+        each; without this a burst of printf (a WASI program's stdout) lost its
+        lines and nobody watching the system ever knew."""
+        n = self._log_refused.pop(owner, 0)
+        if not n:
+            return None
+        budget = self._log_budget.get(owner)
+        rate = budget.rate if budget is not None else self.log_rate(owner)
+        return f"{n} log line{'s' * (n != 1)} of {owner} not shown: more than {rate:g} " \
+               f"a second (limit log_rate)"
 
     def _clock(self, call, iface, method, params):
         ns = self.wall_ns() if method.name == "wall" else self.monotonic_ns()

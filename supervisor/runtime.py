@@ -467,6 +467,13 @@ class Supervisor:
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
 
+    def _say_log_refused(self, name: str):
+        """Log lines of `name` its log_rate refused and nobody was told of yet (its
+        program ended, or its engine stopped: no line may follow to say it)."""
+        text = self.hosts.log_refused(name)
+        if text:
+            self.say(text, name)
+
     def _throttled(self, throttle: S.Throttle, key: str, text: str, what: str):
         """A line a peer can cause at any rate: at most a few a second each (the
         audit file, if any, has every call and every connection cut off)."""
@@ -968,6 +975,7 @@ class Supervisor:
         self._perform(self.router.disconnected(pid, f"engine {reason}"))
         await link.aclose()
         self.links.pop(pid, None)
+        self._say_log_refused(name)
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
                                                 trio.current_time()))
 
@@ -1109,6 +1117,7 @@ class Supervisor:
                               f"(limit run_cpu)")
             if reason is not None:
                 self._peer_of[name] = 0      # what this incarnation says from now on: stale
+                self._say_log_refused(name)
                 self._act(self.lifecycle.program_ended(name, None, reason,
                                                        trio.current_time()))
                 proc.kill()
@@ -1268,6 +1277,8 @@ class Supervisor:
         if answer:
             # the answer first: the caller goes on while its lines are formatted
             self._perform(self.router.host_returned(token, outcome.content, outcome.objects))
+            for text in outcome.notices:       # before the line that follows them
+                self.say(text, owner or None)
             for line in outcome.lines:
                 self.output.plugin(line.compartment, line.text)
         else:
@@ -1599,6 +1610,7 @@ class Supervisor:
                 self._act(self.lifecycle.start_failed(e.compartment, e.reason,
                                                       trio.current_time()))
             elif isinstance(e, fx.Exited):
+                self._say_log_refused(e.compartment)
                 self._act(self.lifecycle.program_ended(e.compartment, e.exit_code, e.error,
                                                        trio.current_time()))
             elif isinstance(e, fx.Notice):

@@ -200,6 +200,28 @@ env = {{ host = "environment", args = ["bigwrite:/q/big.bin", "exit:1"] }}
     assert {x["capability"] for x in edquot} >= {"app.q>Directory.open", "app.stdout"}
 
 
+def test_a_burst_of_printf_past_log_rate_is_counted_for_the_operator(tmp_path, wasi_guests):
+    """300 lines at once to a log grant, at log_rate 100: the plugin's printf got
+    EAGAIN past the burst and the operator saw 100-odd lines and no word of the
+    rest.  Every line is now either shown or counted ("N log lines of app not
+    shown"), the last count said when the program ends."""
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+env = {{ host = "environment", args = {json.dumps(["time"] * 300)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    shown = [l for l in _lines(r) if l == "time  -> ENOTCAPABLE"]
+    counts = [int(m.group(1)) for m in re.finditer(
+        r"wsuper: (\d+) log lines? of app not shown: more than 100 a second "
+        r"\(limit log_rate\)", r.stderr)]
+    assert counts and len(shown) + sum(counts) == 300, r.stdout + r.stderr
+    said = r.stderr.splitlines()
+    last = max(i for i, l in enumerate(said) if "log lines of app not shown" in l
+               or "log line of app not shown" in l)
+    assert last < said.index("wsuper: finished app exit=0")
+
+
 def test_stdout_can_be_a_granted_file_and_mount_sets_the_preopen_name(tmp_path, wasi_guests):
     (tmp_path / "out.txt").write_text("")
     work = tmp_path / "work"

@@ -22,7 +22,7 @@ class Harness:
     def __init__(self, grants, names=None, limits=None, **sources):
         self.router = R.Router({"app": None}, names=names, limits=limits)
         self.hosts = hostcaps.HostCaps(lambda owner: 100.0, **sources)
-        self.lines, self.notices, self.released = [], [], []
+        self.lines, self.notices, self.released, self.said = [], [], [], []
         served = {g.name: hostcaps.open_grant(g) for g in grants}
         e = FakeEngine.__new__(FakeEngine)
         e.router, e.name, e.exports = self.router, "app", False
@@ -44,6 +44,7 @@ class Harness:
                     outcome = outcome.run()
                 if isinstance(outcome, hostcaps.Answer):
                     self.lines += outcome.lines
+                    self.said += outcome.notices
                     self.deliver(self.router.host_returned(e.token, outcome.content,
                                                            outcome.objects))
                 else:
@@ -314,3 +315,28 @@ def test_a_grants_write_quota_outlives_each_opening_of_the_grant(tmp_path):
             write(again)                           # ... and a second opening has the rest
         assert e.value.code == "EDQUOT"
         again.close()
+
+
+def test_log_lines_refused_by_the_rate_are_told_to_the_operator_not_lost_in_silence():
+    """Past log_rate a Log.write fails EAGAIN for the plugin; the operator was told
+    nothing (a WASI program's burst of printf lost its lines without a trace, where
+    an engine's stderr says "N lines not shown").  The count is said with a line
+    shown (at most once a second) and, by the runtime, when the program ends."""
+    now = [0.0]
+    h = Harness([grant("log", "log", "host")], clock=lambda: now[0])
+    outcomes = [h.call(h.grant(0), LOG, "write", text=f"line {i}").error for i in range(250)]
+    assert outcomes.count(None) == 100 and len(h.lines) == 100      # a burst of log_rate
+    assert all("EAGAIN" in e and "limit log_rate" in e for e in outcomes if e)
+    assert h.said == []                          # nothing shown since: nothing said yet
+    now[0] = 0.5
+    assert h.call(h.grant(0), LOG, "write", text="half a second on").error is None
+    assert h.said == ["150 log lines of app not shown: more than 100 a second "
+                      "(limit log_rate)"] and h.lines[-1].text == "half a second on"
+    for i in range(120):                          # 49 tokens left: 71 refused
+        h.call(h.grant(0), LOG, "write", text=f"again {i}")
+    now[0] = 0.9                                  # said less than a second ago: counted on
+    h.call(h.grant(0), LOG, "write", text="later")
+    assert len(h.said) == 1
+    assert h.hosts.log_refused("app") == "71 log lines of app not shown: more than 100 " \
+                                         "a second (limit log_rate)"
+    assert h.hosts.log_refused("app") is None     # said once
