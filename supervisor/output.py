@@ -44,6 +44,8 @@ LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
 SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
                               # (and twice that before the supervisor's events are)
+TERMINAL_BACKLOG_CHARS = 16 << 20   # ... and characters of them: a line is at most 4096
+                              # characters, escaped up to ten times that (\U000e0001)
 TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
@@ -95,6 +97,8 @@ class Output:
         self.closed = False
         self.dropped = 0
         self._queue: queue.SimpleQueue | None = None
+        self._queued = 0               # characters of the lines in _queue (under _counting)
+        self._counting = threading.Lock()
         self._token = None
         self._trio_thread = None
         self._closing = threading.Lock()
@@ -131,12 +135,21 @@ class Output:
                 watched.discard(fd)
 
     def stop(self, timeout: float = 2.0):
-        """Let the terminal thread finish what is queued (at most `timeout` s)."""
+        """Let the terminal thread finish what is queued (at most `timeout` s), then
+        say how many lines it did not show, if no later line has said it."""
         if self._queue is not None:
             done = threading.Event()
             self._queue.put((None, done))
-            done.wait(timeout)
+            if done.wait(timeout) and self.dropped:
+                self._print(self.err, self._dropped_note())
             self._queue = None
+
+    def _dropped_note(self) -> str:
+        dropped, self.dropped = self.dropped, 0
+        note = f"the terminal did not keep up: {dropped} lines were not shown" + \
+            (" (the log files have them)" if self.files is not None else "")
+        return json.dumps({"time": rfc3339(), "event": note}) if self.json \
+            else f"{rfc3339()} wsuper: {note}"
 
     def _terminal(self):
         """The terminal's thread: it wakes for a line, lets more gather for a moment,
@@ -160,6 +173,8 @@ class Output:
                 self._print(stream, line, flush=False)
                 touched.add(stream)
             self._flush(touched)
+            with self._counting:         # written: no longer held (a stopped terminal
+                self._queued -= sum(len(line) for _stream, line in batch)   # holds them)
 
     def _flush(self, streams):
         for stream in streams:
@@ -215,16 +230,23 @@ class Output:
         if self._queue is None:
             self._print(stream, line)
             return
-        # a terminal nobody reads (a stopped pager, Ctrl-S) holds a bounded backlog
-        if self._queue.qsize() >= TERMINAL_BACKLOG * (1 if droppable else 2):
+        # a terminal nobody reads (a stopped pager, Ctrl-S) holds a bounded backlog, in
+        # lines and in characters (10,000 lines of escapes were ~400 MB)
+        share = 1 if droppable else 2
+        with self._counting:
+            queued = self._queued
+        if self._queue.qsize() >= TERMINAL_BACKLOG * share \
+                or queued + len(line) > TERMINAL_BACKLOG_CHARS * share:
             self.dropped += 1
             return
-        if self.dropped and self._queue.qsize() < TERMINAL_BACKLOG // 2:
-            dropped, self.dropped = self.dropped, 0
-            note = f"the terminal did not keep up: {dropped} lines were not shown" + \
-                (" (the log files have them)" if self.files is not None else "")
-            self._queue.put((self.err, json.dumps({"time": rfc3339(), "event": note})
-                             if self.json else f"{rfc3339()} wsuper: {note}"))
+        if self.dropped and self._queue.qsize() < TERMINAL_BACKLOG // 2 \
+                and queued < TERMINAL_BACKLOG_CHARS // 2:
+            self._put(self.err, self._dropped_note())
+        self._put(stream, line)
+
+    def _put(self, stream, line: str):
+        with self._counting:
+            self._queued += len(line)
         self._queue.put((stream, line))
 
     def _print(self, stream, line: str, flush: bool = True):

@@ -197,3 +197,46 @@ def test_lines_waiting_for_a_disk_that_does_not_keep_up_are_bounded_and_counted(
     assert f"wsuper: {100 - len(kept_other)} lines were not written to the log files (the " \
            f"disk did not keep up: {100 - len(kept_other)} of other's)" in sup
     assert len([l for l in sup if l.startswith("wsuper: event")]) == 6
+
+
+def test_a_terminal_that_does_not_read_holds_a_bounded_number_of_characters(monkeypatch):
+    """The lines waiting for a terminal nobody reads (Ctrl-S, a stopped pager) were
+    bounded in number only: 10,000 plugin lines of 4096 characters a plugin chose to
+    be escaped ten times over (\\U000e0001 each) were ~400 MB of the supervisor's
+    memory.  Characters are bounded too; the lines past it are counted and said once
+    the terminal catches up (at the latest when the system stops: the count used to
+    wait for a later line, which the end of a run never brought)."""
+    import io
+    import threading
+
+    import trio
+
+    from supervisor import output
+    monkeypatch.setattr(output, "TERMINAL_BACKLOG_CHARS", 100_000)
+    stuck, go = threading.Event(), threading.Event()
+
+    class Stopped(io.StringIO):          # a terminal that blocks its writer until `go`
+        def write(self, text):
+            stuck.set()
+            go.wait()
+            return super().write(text)
+    out_stream, err_stream = Stopped(), io.StringIO()
+    out = output.Output(out_stream, err_stream)
+
+    async def main():
+        out.start()
+        out.plugin("app", "first")
+        await trio.to_thread.run_sync(stuck.wait)        # the terminal thread is stuck
+        for _ in range(200):
+            out.plugin("app", "\U000e0001" * 4096)       # 40,966 characters shown each
+        assert out._queued <= 100_000 + len("[app] first")
+        assert out.dropped >= 190
+        out.event("still said")                           # events have twice the room
+        go.set()
+        await trio.to_thread.run_sync(out.stop)          # caught up: the count is said
+    trio.run(main)
+    assert "wsuper: still said" in err_stream.getvalue()
+    shown = out_stream.getvalue().count("[app] \\U000e0001")
+    assert 1 <= shown <= 3
+    assert f"the terminal did not keep up: {200 - shown} lines were not shown" in \
+        err_stream.getvalue()
