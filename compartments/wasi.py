@@ -90,7 +90,8 @@ STREAM_RIGHTS = RIGHT_FD_FDSTAT_SET_FLAGS | RIGHT_FD_FILESTAT_GET | RIGHT_FD_SYN
     | RIGHT_FD_DATASYNC | RIGHT_POLL_FD_READWRITE
 
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS, CLOCK_THREAD = 0, 1, 2, 3
-MAX_IO = 256 << 10          # bytes moved by one File.read or File.write call (see Wasi.max_io)
+MAX_IO = 256 << 10          # bytes moved by one File.read, File.write or Random.bytes call
+                            # (see Wasi.max_io)
 MAX_FDS = 1024
 MAX_PATH = 4096
 MAX_LINKS = 40              # symbolic links O_CREAT follows to a missing target (Linux's limit)
@@ -497,7 +498,9 @@ class Wasi:
             raise _Fail(E.NOTCAPABLE)
         buf, length = buf & 0xFFFFFFFF, length & 0xFFFFFFFF
         while length:
-            n = min(length, RANDOM_CHUNK)
+            # at most what one answer to this compartment may carry, as for files:
+            # with message_size = 64 KiB a chunk of 65536 bytes was refused (EINVAL)
+            n = min(length, RANDOM_CHUNK, self.max_io)
             r, _ = self._call(self.random, "Random", "bytes", count=n)
             data = bytes(r.data)
             if len(data) != n:

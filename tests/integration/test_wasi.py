@@ -222,6 +222,20 @@ env = {{ host = "environment", args = {json.dumps(["time"] * 300)} }}
     assert last < said.index("wsuper: finished app exit=0")
 
 
+def test_random_get_of_any_size_works_whatever_the_message_size(tmp_path, wasi_guests):
+    """random_get asked Random.bytes for 64 KiB at a time, more than an answer to a
+    compartment with message_size = 64 KiB may carry: every random_get of 64513
+    bytes or more failed EINVAL there.  It now asks in pieces that fit, as reads do."""
+    sizes = [16, 32768, 65536, 100000, 1 << 20]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+random = {{ host = "random" }}
+env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in sizes])} }}
+""", extra='[compartments.app.limits]\nmessage_size = "64KiB"')
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
+
+
 def test_stdout_can_be_a_granted_file_and_mount_sets_the_preopen_name(tmp_path, wasi_guests):
     (tmp_path / "out.txt").write_text("")
     work = tmp_path / "work"

@@ -331,6 +331,20 @@ def test_reads_and_writes_move_at_most_max_io_per_call_and_all_of_it():
     assert call(w, "fd_pwrite", fd, 0, 1, 100, 900) == E.NOSPC
 
 
+def test_random_bytes_are_asked_for_in_pieces_every_answer_can_carry():
+    """Random.bytes answers at most what fits in a message to the compartment; with
+    message_size = 64 KiB, random_get asked for 65536 bytes in one call, was
+    refused, and every random_get of 64513 bytes or more failed EINVAL."""
+    host, w = wasi_with(("random", "random", None, 9))
+    w.max_io = 32 << 10                      # what engine.py sets for 64 KiB messages
+    host.results["Random", "bytes"] = lambda count: \
+        {"data": b"\x5a" * count} if count <= 64512 else failed("EINVAL: too many")
+    assert call(w, "random_get", 500, 65_000) == 0
+    asks = [c[2]["count"] for c in host.calls if c[1] == "bytes"]
+    assert max(asks) <= w.max_io and sum(asks) == 65_000
+    assert host.read(500, 65_000) == b"\x5a" * 65_000
+
+
 def test_a_long_log_line_is_cut_and_never_sent_whole():
     host, w = wasi_with(("stdout", "log", "", 5))
     sent = []

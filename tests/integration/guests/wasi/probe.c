@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <wasi/api.h>
 
 static char big[1 << 20];
 
@@ -93,6 +94,14 @@ int main(int argc, char **argv) {
     } else if (!strcmp(op, "random")) {
       unsigned char b[16];
       report(op, path, getentropy(b, sizeof b) == 0);
+    } else if (!strcmp(op, "randombig")) {   /* random_get of N bytes in one call */
+      size_t n = (size_t)atol(path);
+      if (n > sizeof big) n = sizeof big;
+      memset(big, 0, n);
+      errno = __wasi_random_get((uint8_t *)big, n);
+      size_t zeros = 0;
+      for (size_t k = 0; k < n; k++) zeros += big[k] == 0;
+      report(op, path, errno == 0 && zeros < n / 64 + 8);
     } else if (!strcmp(op, "bigwrite")) {   /* 64 KiB in one write */
       FILE *f = fopen(path, "w");
       static char block[65536];
