@@ -312,6 +312,11 @@ class HostCaps:
         if takes:
             kwargs["max_bytes"] = max(call.max_bytes - RESULT_HEADROOM, 0)
         if name == "read" and isinstance(obj, hostfs.File):
+            if kwargs.get("count", 0) > 0 and \
+                    kwargs["max_bytes"] <= hostfs.RESULT_SLACK:
+                # no byte fits: an answer without data reads as the end of the file
+                return Refusal(f"E2BIG: file {obj.label}: not one byte read fits in a "
+                               f"message to {call.owner} (raise its message_size)")
             # a read the page cache can serve needs no worker thread (~90 µs a hand-off
             # here); one that would wait for the disk still goes to one
             values = obj.read_now(**kwargs)

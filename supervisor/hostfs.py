@@ -55,6 +55,7 @@ DEFAULT_MAX_BYTES = 1 << 20     # results size when the caller states no limit
 LIST_PAGE_BYTES = 64 << 10      # one page of a listing: at most this much ...
 LIST_PAGE_ENTRIES = 2048        # ... and this many entries
 _RESULT_SLACK = 64              # results' own structure around data or entries
+RESULT_SLACK = _RESULT_SLACK
 _GETDENTS_BUF = 32 << 10
 _RETRIES = 8                    # openat2 EAGAIN: a rename raced a '..' it resolved
 

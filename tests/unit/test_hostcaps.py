@@ -160,6 +160,22 @@ def test_a_file_read_never_answers_more_than_the_caller_accepts(tmp_path):
     assert 0 < len(result(got, FILE, "read")["data"]) <= 8192
 
 
+def test_a_file_read_that_cannot_fit_any_byte_fails_and_is_never_taken_for_the_end(tmp_path):
+    """With message_size = 1 KiB, no byte of a file fits beside a result's headroom:
+    File.read answered no data, which every reader takes for the end of the file
+    (a WASI program read an empty file).  It fails E2BIG, naming the limit."""
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    h = Harness([grant("f", "file", "host", path=str(tmp_path / "f"))],
+                limits={"app": R.Limits(message_size=1024)})
+    got = h.call(h.grant(0), FILE, "read", offset=0, count=10)
+    assert got.error is not None and got.error.startswith("E2BIG: ") \
+        and "message_size" in got.error, got.error
+    got = h.call(h.grant(0), FILE, "read", offset=0, count=0)      # nothing asked: nothing
+    assert result(got, FILE, "read")["data"] == b""
+    got = h.call(h.grant(0), FILE, "read", offset=500, count=10)   # past the end: the same
+    assert got.error is not None and got.error.startswith("E2BIG: ")
+
+
 # ------------------------------------------------------------------ hostile parameters
 
 
