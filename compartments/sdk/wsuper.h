@@ -263,6 +263,11 @@ typedef struct {
 } wsuper_reader;
 
 #define WSUPER_MAX_DEPTH 64
+/* The decoding budget: eight words per word of the message (each object is charged
+ * its size: a struct its words, a list of bits its bytes, any other list its
+ * elements, a list of structs its words and elements), and this many more, so that a
+ * list of empty structs, which takes no room in the message, can still be read. */
+#define WSUPER_BUDGET_SLACK 65536u
 
 /* Charge `words` (at least one) to the decoding budget. */
 static inline bool wsuper_spend(wsuper_reader *r, uint64_t words) {
@@ -290,7 +295,7 @@ static inline int wsuper_reader_init(wsuper_reader *r, const uint8_t *msg, uint3
   if (head[0] != 0 || head[1] == 0 || (uint64_t)head[1] * 8 > len - 8) return WSUPER_E_MESSAGE;
   r->seg = msg + 8;
   r->words = head[1];
-  r->budget = 8 * (uint64_t)head[1];
+  r->budget = 8 * (uint64_t)head[1] + WSUPER_BUDGET_SLACK;
   r->caps = caps;
   r->ncaps = ncaps;
   return WSUPER_OK;
@@ -361,7 +366,8 @@ static inline uint32_t wsuper_get_list(wsuper_reader *r, uint32_t ptr, uint32_t 
     r->bad = true;
     return 0;
   }
-  if (!wsuper_spend(r, count)) return 0;
+  /* a list of bits is charged its bytes: eight of them per word, like everything else */
+  if (!wsuper_spend(r, code == 1 ? ((uint64_t)count + 7) / 8 : count)) return 0;
   *n = count;
   return t;
 }
@@ -379,7 +385,8 @@ static inline wsuper_loc wsuper_get_struct_list(wsuper_reader *r, uint32_t ptr, 
   uint32_t count = (uint32_t)(tag & 0xFFFFFFFFu) >> 2;
   s.dwords = (uint16_t)(tag >> 32);
   s.ptrs = (uint16_t)(tag >> 48);
-  if ((tag & 3) != 0 || (uint64_t)count * (s.dwords + s.ptrs) > words || count > r->words) {
+  /* empty elements take no room: the budget alone bounds how many there are */
+  if ((tag & 3) != 0 || (uint64_t)count * (s.dwords + s.ptrs) > words) {
     r->bad = true;
     return s;
   }
