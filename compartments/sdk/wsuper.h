@@ -90,6 +90,7 @@ typedef union wsuper_block { union wsuper_block *next; uint64_t align; } wsuper_
 typedef struct { wsuper_block *blocks; const char *error; } wsuper_arena;
 
 static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
+  if (n > SIZE_MAX - sizeof(wsuper_block)) return NULL;
   wsuper_block *b = (wsuper_block *)malloc(sizeof(wsuper_block) + (n ? n : 1));
   if (!b) return NULL;
   b->next = a->blocks;
@@ -452,7 +453,16 @@ static inline void wsuper_release_unread(wsuper_reader *r, bool all) {
       wsuper_release(r->caps[i]);
 }
 
-#define WSUPER_ARRAY(a, T, n) ((T *)wsuper_alloc((a), sizeof(T) * ((size_t)(n) ? (size_t)(n) : 1)))
+/* `n` elements of `size` bytes, zeroed; NULL when out of memory or when n * size does
+ * not fit in a size_t (wasm32's is 32 bits: a count from a message times a large C
+ * struct must not wrap around to a small block). */
+static inline void *wsuper_alloc_array(wsuper_arena *a, size_t size, uint64_t n) {
+  if (n == 0) n = 1;
+  if (n > SIZE_MAX / size) return NULL;
+  return wsuper_alloc(a, size * (size_t)n);
+}
+
+#define WSUPER_ARRAY(a, T, n) ((T *)wsuper_alloc_array((a), sizeof(T), (uint64_t)(n)))
 
 /* ------------------------------------------------------------------ calls */
 

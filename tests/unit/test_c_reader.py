@@ -189,3 +189,52 @@ def test_every_valid_message_decodes_whatever_its_lists_hold(harness, tmp_path):
                         f"empties={len(c.get('empties', []))} wides=0 "
                         f"pad={len(c.get('pad', b''))}"), c.keys()
 
+
+def _empty_elements(n: int, pad_words: int) -> bytes:
+    """Holder with `wides` a list of n elements of no words each (each a 8 KiB C
+    struct on wasm32), and `pad` enough Data for the message to be as long as it
+    must be for n to be within the decoding budget."""
+    words = [(0 << 2) | (0 << 32) | (4 << 48),             # root -> word 1: 0 data, 4 ptrs
+             0, 0,                                          # flags, empties: null
+             (1 << 2) | 1 | ((7 | 0 << 3) << 32),           # wides -> word 5, 0 words
+             (1 << 2) | 1 | ((2 | (pad_words * 8) << 3) << 32),   # pad -> word 6
+             (n << 2)]                                      # the tag: n elements, 0 + 0 words
+    words += [0] * pad_words
+    return _framed(b"".join(w.to_bytes(8, "little") for w in words))
+
+
+def test_an_element_count_cannot_overflow_an_allocation_on_wasm32(harness, tmp_path):
+    """The reader in a real plugin (wasm32, a 32-bit size_t): 2^19 empty elements of
+    an 8 KiB C struct are 4 GiB, which wrapped around to a block of a few bytes that
+    the decoder then wrote 4 GiB into (a trap at the end of memory, after the
+    plugin's heap was overwritten).  Now the array is refused: malformed."""
+    import wasmtime
+
+    from supervisor import toolchain
+    exe, d = harness
+    wasm = d / "h.wasm"
+    if not wasm.exists():
+        toolchain.build([str(d / "h.c")], str(wasm), include=[str(d)], protect=False,
+                        extra=["-Wno-attributes", "-O1"])
+    messages = [_empty_elements(1 << 19, 1 << 19), _empty_elements(3, 0)]
+    for i, m in enumerate(messages):
+        (tmp_path / f"w{i}.bin").write_bytes(m)
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    config = wasmtime.WasiConfig()
+    config.argv = ["h", "h", *(f"/m/w{i}.bin" for i in range(len(messages)))]
+    config.preopen_dir(str(tmp_path), "/m")
+    config.stdout_file = str(tmp_path / "out.txt")
+    store.set_wasi(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(wasm)))
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as e:
+        assert e.code == 0
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert lines == ["bad flags=0 ones=0 empties=0 wides=0 pad=0",
+                     "ok flags=0 ones=0 empties=0 wides=3 pad=0"]
+    # natively too (a 64-bit size_t does not overflow; the message is still read)
+    assert _run(harness, "h", messages[1:]) == [lines[1]]
