@@ -202,7 +202,7 @@ class Generator:
         for st in self.order:
             out.append(f"typedef struct {st.cname} {st.cname};")
         for lname, elem in self.list_types.items():
-            out.append(f"typedef struct {{ {elem} *items; uint32_t len; }} {lname};")
+            out.append(f"typedef struct {lname} {{ struct {elem} *items; uint32_t len; }} {lname};")
         out.append("")
         for st in self.order:
             out.append(f"struct {st.cname} {{")
@@ -216,9 +216,9 @@ class Generator:
         out.append("")
         for st in self.order:
             out.append(f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, "
-                       f"const {st.cname} *v) WSUPER_UNUSED;")
+                       f"const struct {st.cname} *v) WSUPER_UNUSED;")
             out.append(f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, "
-                       f"wsuper_loc s, {st.cname} *out) WSUPER_UNUSED;")
+                       f"wsuper_loc s, struct {st.cname} *out) WSUPER_UNUSED;")
         out.append("")
         for st in self.order:
             out += self._fill(st) + self._load(st)
@@ -248,7 +248,8 @@ class Generator:
         return f"at + {st.dwords + index}"
 
     def _fill(self, st) -> list[str]:
-        out = [f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, const {st.cname} *v) {{"]
+        out = [f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, "
+               f"const struct {st.cname} *v) {{"]
         if not st.fields:
             out.append("  (void)b; (void)at; (void)v;")
         for f in st.fields:
@@ -284,7 +285,7 @@ class Generator:
 
     def _load(self, st) -> list[str]:
         out = [f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, wsuper_loc s, "
-               f"{st.cname} *out) {{"]
+               f"struct {st.cname} *out) {{"]
         out.append("  (void)a;")
         if not st.fields:
             out.append("  (void)r; (void)s; (void)out;")
@@ -292,14 +293,14 @@ class Generator:
             kind, name = f[0], f[1]
             ptr = f"wsuper_ptr(s, {f[2]})" if kind != "prim" else None
             if kind == "prim":
-                out.append(f"  out->{name} = " + _get_prim(f[2], f[3], f[4], f[5]) + ";")
+                out.append(f"  out->{name} = " + _get_prim(f[2], f[3], f[4], _plain(f)) + ";")
             elif kind in ("text", "data"):
                 out.append(f"  out->{name} = wsuper_get_{kind}(r, {ptr});")
             elif kind == "cap":
                 out.append(f"  out->{name} = wsuper_get_cap(r, {ptr});")
             elif kind == "struct":
                 out += [f"  {{ wsuper_loc t = wsuper_get_struct(r, {ptr});",
-                        f"    out->{name} = t.present ? WSUPER_ARRAY(a, {f[3]}, 1) : NULL;",
+                        f"    out->{name} = t.present ? WSUPER_ARRAY(a, struct {f[3]}, 1) : NULL;",
                         f"    if (out->{name} && r->depth < WSUPER_MAX_DEPTH) {{ r->depth++; "
                         f"{f[3]}_load(r, a, t, out->{name}); r->depth--; }}",
                         f"    else if (t.present) {{ r->bad = true; out->{name} = NULL; }} }}"]
@@ -307,14 +308,14 @@ class Generator:
                 elem = f[3]
                 code = _PRIM[elem][3] if elem in _PRIM else 6
                 out += [f"  {{ uint32_t n, l = wsuper_get_list(r, {ptr}, {code}, &n);",
-                        f"    out->{name}.items = WSUPER_ARRAY(a, {f[5]}, n);",
+                        f"    out->{name}.items = WSUPER_ARRAY(a, {_plain(f)}, n);",
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
                         f"    if (!out->{name}.items) r->bad = true;",
                         f"    for (uint32_t i = 0; i < out->{name}.len; i++) out->{name}.items[i] = "
-                        + _get_elem(elem, f[5]) + "; }"]
+                        + _get_elem(elem, _plain(f)) + "; }"]
             elif kind == "slist":
                 out += [f"  {{ uint32_t n; wsuper_loc first = wsuper_get_struct_list(r, {ptr}, &n);",
-                        f"    out->{name}.items = WSUPER_ARRAY(a, {f[3]}, n);",
+                        f"    out->{name}.items = WSUPER_ARRAY(a, struct {f[3]}, n);",
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
                         f"    if (!out->{name}.items) r->bad = true;",
                         f"    if (r->depth >= WSUPER_MAX_DEPTH) out->{name}.len = 0, r->bad = true;",
@@ -341,17 +342,23 @@ class Generator:
         out.append("")
         for ordinal, mname, params, results in self._methods(schema, cname):
             args = ["wsuper_arena *arena_", "wsuper_cap cap_"]
+            # types by their typedef names, unless a parameter of the same name (`point
+            # :Point`) shadows one: then by struct tag (or uint16_t), which none shadows
+            names = {f[1] for f in params.fields}
             for f in params.fields:
                 t = self._ctype(f)
-                args.append(f"const {f[3]} *{f[1]}" if f[0] == "struct" else f"{t} {f[1]}")
+                if t.rstrip(" *") in names:
+                    t = _shadowless(f)
+                args.append(f"const {t}{f[1]}" if f[0] == "struct" else f"{t} {f[1]}")
             if results.fields:
-                args.append(f"{results.cname} *out_")
+                rtype = results.cname if results.cname not in names else f"struct {results.cname}"
+                args.append(f"{rtype} *out_")
             out.append(f"static int {cname}_{mname}({', '.join(args)}) WSUPER_UNUSED;")
             out.append(f"static int {cname}_{mname}({', '.join(args)}) {{")
-            out.append(f"  {params.cname} in_;")
+            out.append(f"  struct {params.cname} in_;")
             out.append("  memset(&in_, 0, sizeof in_);")
             for f in params.fields:
-                cast = f"({f[3]} *)" if f[0] == "struct" else ""
+                cast = f"(struct {f[3]} *)" if f[0] == "struct" else ""
                 out.append(f"  in_.{f[1]} = {cast}{f[1]};")
             out += ["  wsuper_builder b_;", "  wsuper_reader r_;", "  wsuper_builder_init(&b_);",
                     f"  {params.cname}_fill(&b_, wsuper_new_struct(&b_, 0, {params.dwords}, "
@@ -378,7 +385,7 @@ class Generator:
         methods = list(self._methods(schema, cname))
         for ordinal, mname, params, results in methods:
             out.append(f"int {cname}_serve_{mname}(wsuper_arena *a, int32_t object, "
-                       f"const {params.cname} *in, {results.cname} *out);")
+                       f"const struct {params.cname} *in, struct {results.cname} *out);")
         out += ["",
                 f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
                 "int32_t len, int32_t ncaps) WSUPER_UNUSED;",
@@ -390,7 +397,7 @@ class Generator:
                 "  if (rc == WSUPER_OK) switch (method) {"]
         for ordinal, mname, params, results in methods:
             out += [f"  case {ordinal}: {{",
-                    f"    {params.cname} in;", f"    {results.cname} out;",
+                    f"    struct {params.cname} in;", f"    struct {results.cname} out;",
                     "    memset(&in, 0, sizeof in);", "    memset(&out, 0, sizeof out);",
                     f"    {params.cname}_load(&r, &a, wsuper_root(&r), &in);",
                     "    if (r.bad) { rc = WSUPER_E_MESSAGE; break; }",
@@ -405,6 +412,30 @@ class Generator:
                 "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(&a, rc);",
                 "  wsuper_arena_free(&a);", "  return rc;", "}", "#endif", ""]
         return out
+
+
+def _plain(f) -> str:
+    """A field's C element type as generated code spells it inside functions: an
+    enum as its uint16_t (the enum's typedef name may be a parameter's or a
+    local's: `(color :Color, other :Color)`, an enum named `T`)."""
+    return "uint16_t" if f[2 if f[0] == "prim" else 3] == "enum" else f[5]
+
+
+def _shadowless(f) -> str:
+    """A field's C type as a client stub's parameter list spells it: a struct and a
+    list of structs by their tag (`struct point *`), which no parameter name
+    shadows, an enum as uint16_t. `put @0 (point :Point, other :Point)` gives
+    `const struct point *point, const struct point *other`."""
+    kind = f[0]
+    if kind == "prim":
+        return _plain(f)
+    if kind == "struct":
+        return f"struct {f[3]} *"
+    if kind == "slist":
+        return f"struct {f[3]}_list"
+    if kind == "plist":
+        return f[4]
+    return {"text": "wsuper_text", "data": "wsuper_data", "cap": "wsuper_cap"}[kind]
 
 
 def _default_bits(kind, default) -> int:

@@ -154,6 +154,93 @@ def test_names_that_are_c_keywords_still_compile(tmp_path):
                     include=[str(tmp_path / "inc")], extra=["-Werror"])
 
 
+SHADOWS = """@0xd1f0a3b2c4e5f60a;
+struct A { x @0 :Int32; }
+struct B { a @0 :A; }
+struct R { b @0 :B; }
+struct S { r @0 :R; s @1 :List(S); }
+struct T { s @0 :S; t @1 :T; }
+struct V { t @0 :List(T); }
+struct At { v @0 :V; }
+struct Out { at @0 :At; }
+struct In { out @0 :Out; }
+struct Object { in @0 :In; }
+struct Method { object @0 :Object; }
+struct Len { method @0 :Method; }
+enum N { x @0; y @1; }
+enum L { x @0; }
+enum I { x @0; }
+enum First { x @0; }
+enum Iface { x @0; }
+enum Ncaps { x @0; }
+enum Rc { x @0; }
+struct Point { x @0 :Int32; }
+enum Color { red @0; }
+struct Enums { n @0 :N; l @1 :L; i @2 :I; first @3 :First; iface @4 :Iface; ncaps @5 :Ncaps;
+               rc @6 :Rc; ns @7 :List(N); ls @8 :List(L); is @9 :List(I); firsts @10 :List(First); }
+interface Shadow {
+  put @0 (point :Point, other :Point, color :Color, hue :Color, pointList :List(Point),
+          more :List(Point)) -> (point :Point, color :Color);
+  a @1 A -> B;
+  r @2 R -> S;
+  t @3 (t :T, v :V, at :At, out :Out, in :In, object :Object, method :Method, len :Len)
+       -> (e :Enums);
+  s @4 (a :A, b :B, r :R, s :S, n :N, l :L, i :I, first :First, iface :Iface, ncaps :Ncaps,
+        rc :Rc) -> (a :A);
+}
+"""
+
+
+def test_names_that_are_also_type_names_still_compile(tmp_path):
+    """A parameter named after its type (`put (point :Point, other :Point)`, the
+    commonest way to write a schema), and types named like the generated code's
+    own parameters and locals (`struct S`, `struct A`, `enum N`): the generated
+    functions refer to types by struct tag or by uint16_t, which no name shadows."""
+    from supervisor import toolchain
+    (tmp_path / "shadow.capnp").write_text(SHADOWS)
+    r = run_wsuper("bindgen", str(tmp_path / "shadow.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "use.c").write_text(r"""
+#define WSUPER_SERVE_SHADOW
+#include "shadow.h"
+WSUPER_SERVE_ONLY(shadow)
+int shadow_serve_put(wsuper_arena *a, int32_t object, const shadow_put_params *in,
+                     shadow_put_results *out) {
+  (void)a; (void)object; out->point = in->other; out->color = in->hue; return 0; }
+int shadow_serve_a(wsuper_arena *a, int32_t object, const struct a *in, b *out) {
+  (void)a; (void)object; out->a = (struct a *)in; return 0; }
+int shadow_serve_r(wsuper_arena *a, int32_t object, const r *in, s *out) {
+  (void)a; (void)object; (void)in; (void)out; return 0; }
+int shadow_serve_t(wsuper_arena *a, int32_t object, const shadow_t_params *in,
+                   shadow_t_results *out) {
+  (void)a; (void)object; (void)in; (void)out; return 0; }
+int shadow_serve_s(wsuper_arena *a, int32_t object, const shadow_s_params *in,
+                   shadow_s_results *out) {
+  (void)object; out->a = WSUPER_ARRAY(a, struct a, 1); out->a->x = in->n; return 0; }
+int main(void) {
+  wsuper_arena arena = {0, 0};
+  point p = {1};
+  point_list ps = {&p, 1};
+  shadow_put_results pr;
+  int rc = shadow_put(&arena, 1, &p, &p, COLOR_RED, COLOR_RED, ps, ps, &pr);
+  struct a x = {2};
+  b br;
+  rc |= shadow_a(&arena, 1, x.x, &br);   /* a named params struct: its fields */
+  s sr;
+  rc |= shadow_r(&arena, 1, NULL, &sr);
+  shadow_t_results tr;
+  rc |= shadow_t(&arena, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, &tr);
+  shadow_s_results sres;
+  rc |= shadow_s(&arena, 1, &x, NULL, NULL, NULL, N_Y, L_X, I_X, FIRST_X, IFACE_X, NCAPS_X,
+                 RC_X, &sres);
+  wsuper_arena_free(&arena);
+  return rc;
+}
+""")
+    toolchain.build([str(tmp_path / "use.c")], str(tmp_path / "use.wasm"),
+                    include=[str(tmp_path / "inc")], extra=["-Werror"])
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
