@@ -46,6 +46,13 @@ _PRIM = {
 _C_KEYWORDS = set("""auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed sizeof static struct
 switch typedef union unsigned void volatile while bool""".split())
+#: Lower-case names a field, struct or enum cannot have in C either, so they get a
+#: trailing _ as keywords do: GNU C's and C23's keywords, and the object-like macros
+#: of the C library a plugin includes beside the header (stdio.h's `stdout` is
+#: `(stdout)`: a field `stdout` made `out->(stdout)`), stdbool's, iso646's.
+_C_RESERVED = _C_KEYWORDS | set("""asm typeof true false alignas alignof constexpr nullptr
+thread_local static_assert noreturn complex imaginary stdin stdout stderr errno and or not xor
+bitand bitor compl""".split())
 
 
 class BindgenError(Exception):
@@ -58,7 +65,7 @@ def snake(name: str) -> str:
 
 def _ident(name: str) -> str:
     s = snake(name)
-    return s + "_" if s in _C_KEYWORDS else s
+    return s + "_" if s in _C_RESERVED else s
 
 
 class _Struct:
@@ -86,7 +93,9 @@ class Generator:
         self.enums: dict[int, tuple] = {}
         self.interfaces: list[tuple] = []   # (schema, cname)
         self.list_types: dict[str, str] = {}   # typedef name -> element C type
+        self._displays: dict[int, str] = {}    # enum id -> its name in the schema
         self._collect(self.module, self.module.schema.node)
+        self._check_names()
 
     # ------------------------------------------------------------ collecting
 
@@ -112,12 +121,13 @@ class Generator:
     def _type_name(self, schema) -> str:
         """A struct's or enum's C type name (a keyword gets a trailing _)."""
         name = self._name(schema)
-        return name + "_" if name in _C_KEYWORDS else name
+        return name + "_" if name in _C_RESERVED else name
 
     def _enum(self, schema) -> str:
         nid = schema.node.id
         if nid not in self.enums:
             self.enums[nid] = (self._type_name(schema), dict(schema.enumerants))
+            self._displays[nid] = schema.node.displayName.split(":", 1)[-1]
         return self.enums[nid][0]
 
     def _interface(self, schema):
@@ -142,8 +152,13 @@ class Generator:
         where = f"{self.path}: {st.cname}"
         if schema.node.struct.discriminantCount:
             raise BindgenError(f"{where}: unions are not supported")
+        fields: dict[str, str] = {}       # C name -> the field's own
         for field in schema.node.struct.fields:
             fwhere = f"{where}.{field.name}"
+            other = fields.setdefault(_ident(field.name), field.name)
+            if other != field.name:
+                raise BindgenError(f"{where}: fields {other} and {field.name} would both be "
+                                   f"{_ident(field.name)} in C; rename one ({_RENAME})")
             if field.which() == "group":
                 raise BindgenError(f"{fwhere}: groups are not supported")
             slot = field.slot
@@ -185,6 +200,60 @@ class Generator:
             raise BindgenError(f"{where}: List({elem}) is not supported")
         raise BindgenError(f"{where}: {kind} fields are not supported")
 
+    def _check_names(self):
+        """Every name the header declares, macros included, is declared once and is
+        nobody else's: two schema names that become one C name (`fooBar` and
+        `fooBAR`, `Foo.Bar` and `FooBar`, a method `id` and the interface's id
+        STORE_ID, a method `dispatch` and the skeleton) are refused naming both,
+        and so is a name the C SDK or the C library owns (`wsuper_...`,
+        `WSUPER_OK`, `size_t`).  A macro defined twice was only a warning, and the
+        second value won: `STORE_ID` became 0 and no call reached the store."""
+        seen: dict[str, str] = {}
+
+        def claim(ident: str, what: str, is_type: bool = False):
+            why = _reserved(ident, is_type)
+            if why:
+                raise BindgenError(f"{self.path}: {what} would be {ident} in C, which {why}; "
+                                   f"rename it ({_RENAME})")
+            other = seen.setdefault(ident, what)
+            if other != what:
+                raise BindgenError(f"{self.path}: {other} and {what} would both be {ident} in C; "
+                                   f"rename one ({_RENAME})")
+
+        for nid, (cname, values) in self.enums.items():
+            what = f"enum {self._display(nid)}"
+            claim(cname, what, True)
+            for k in values:
+                claim(_macro(cname, k), f"enumerant {self._display(nid)}.{k}")
+        for st in self.order:
+            what = self._what(st.schema)
+            claim(st.cname, what, True)
+            claim(f"{st.cname}_fill", f"{what} (its _fill function)")
+            claim(f"{st.cname}_load", f"{what} (its _load function)")
+            claim(f"{st.cname.upper()}_DWORDS", f"{what} (its _DWORDS constant)")
+            claim(f"{st.cname.upper()}_PTRS", f"{what} (its _PTRS constant)")
+        for lname, elem in self.list_types.items():
+            claim(lname, f"lists of {elem}", True)
+        for schema, cname in self.interfaces:
+            name = schema.node.displayName.split(":", 1)[-1]
+            claim(f"{cname.upper()}_ID", f"the id of interface {name}")
+            claim(f"{cname}_dispatch", f"the dispatch function of interface {name}")
+            for ordinal, method in enumerate(schema.node.interface.methods):
+                what, m = f"method {name}.{method.name}", snake(method.name)
+                claim(_macro(cname, method.name), f"{what} (its ordinal)")
+                claim(f"{cname}_{m}", f"{what} (its client stub)")
+                claim(f"{cname}_serve_{m}", f"{what} (its server function)")
+
+    def _display(self, nid) -> str:
+        return self._displays[nid]
+
+    def _what(self, schema) -> str:
+        display = schema.node.displayName.split(":", 1)[-1]
+        for suffix, kind in (("$Params", "the params"), ("$Results", "the results")):
+            if display.endswith(suffix):
+                return f"{kind} of {display[:-len(suffix)]}"
+        return f"struct {display}"
+
     # ------------------------------------------------------------ emitting
 
     def header(self) -> str:
@@ -197,7 +266,8 @@ class Generator:
                f"#ifndef {guard}", f"#define {guard}", "", '#include "wsuper.h"', ""]
         for cname, values in self.enums.values():
             out.append(f"typedef uint16_t {cname};")
-            out += [f"#define {cname.upper()}_{snake(k).upper()} {v}" for k, v in values.items()]
+            for k, v in values.items():
+                out += _define(_macro(cname, k), str(v))
             out.append("")
         for st in self.order:
             out.append(f"typedef struct {st.cname} {st.cname};")
@@ -336,9 +406,9 @@ class Generator:
 
     def _client(self, schema, cname) -> list[str]:
         out = [f"/* ---- interface {schema.node.displayName.split(':', 1)[-1]}: client */",
-               f"#define {cname.upper()}_ID UINT64_C({schema.node.id:#x})"]
-        for ordinal, mname, params, results in self._methods(schema, cname):
-            out.append(f"#define {cname.upper()}_{mname.upper()} {ordinal}")
+               *_define(f"{cname.upper()}_ID", f"UINT64_C({schema.node.id:#x})")]
+        for ordinal, method in enumerate(schema.node.interface.methods):
+            out += _define(_macro(cname, method.name), str(ordinal))
         out.append("")
         for ordinal, mname, params, results in self._methods(schema, cname):
             args = ["wsuper_arena *arena_", "wsuper_cap cap_"]
@@ -412,6 +482,41 @@ class Generator:
                 "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(&a, rc);",
                 "  wsuper_arena_free(&a);", "  return rc;", "}", "#endif", ""]
         return out
+
+
+_RENAME = "names are not on the wire: a copy of the schema may rename it"
+
+#: The C SDK's names (wsuper.h): functions, types, and enum constants such as
+#: WSUPER_OK, which a generated macro would have replaced in all code after it.
+_SDK_PREFIXES = ("wsuper_", "WSUPER_")
+
+
+def _reserved(ident: str, is_type: bool) -> str | None:
+    """Why `ident` cannot be a generated C name, or None."""
+    if ident.startswith(_SDK_PREFIXES):
+        return "the C SDK (wsuper.h) reserves"
+    if ident in _C_RESERVED:
+        return "is a C keyword or a C library macro"
+    if is_type and ident.endswith("_t"):
+        return "the C library reserves for its types (names ending in _t)"
+    return None
+
+
+def _macro(prefix: str, name: str) -> str:
+    """The macro of an enumerant or a method's ordinal: COLOR_RED, STORE_GET."""
+    return f"{prefix.upper()}_{snake(name).upper()}"
+
+
+def _define(name: str, value: str) -> list[str]:
+    """`#define name value`, refusing (#error) a macro of that name already defined
+    with another value: by the C library (`enum Exit { failure @0; success @1; }`
+    would make EXIT_SUCCESS 1), by another generated header, or by the plugin.
+    A redefinition was only a warning, and the second value won."""
+    return [f"#if defined({name}) && ({name}) != ({value})",
+            f'#error "wsuper bindgen: {name} is already defined with another value"',
+            f"#elif !defined({name})",
+            f"#define {name} {value}",
+            "#endif"]
 
 
 def _plain(f) -> str:

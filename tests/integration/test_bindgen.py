@@ -241,6 +241,98 @@ int main(void) {
                     include=[str(tmp_path / "inc")], extra=["-Werror"])
 
 
+@pytest.mark.parametrize("body, first, second, c_name", [
+    # a method's ordinal macro and the interface id: STORE_ID was redefined as 0
+    ("interface Store { id @0 () -> (id :UInt64); }",
+     "the id of interface Store", "method Store.id", "STORE_ID"),
+    ("enum Mode { fooBar @0; fooBAR @1; }\nstruct S { m @0 :Mode; }",
+     "enumerant Mode.fooBar", "enumerant Mode.fooBAR", "MODE_FOO_BAR"),
+    ("interface Bus { dispatch @0 (); }",
+     "the dispatch function of interface Bus", "method Bus.dispatch", "bus_dispatch"),
+    ("interface Bus { x @0 (); serveX @1 (); }",
+     "method Bus.x (its server function)", "method Bus.serveX (its client stub)", "bus_serve_x"),
+    ("struct Foo { struct Bar {} }\nstruct FooBar {}", "struct Foo.Bar", "struct FooBar", "foo_bar"),
+    ("interface Foo { get @0 (x :Int32); }\nstruct FooGetParams {}",
+     "the params of Foo.get", "struct FooGetParams", "foo_get_params"),
+    ("interface I { getUrl @0 (); getURL @1 (); }", "I.getUrl", "I.getURL", "i_get_url_params"),
+    ("struct S { fooBar @0 :Int32; fooBAR @1 :Int32; }", "fields fooBar", "fooBAR", "foo_bar"),
+    ("enum Shape { box @0; }\nstruct Shape2 { l @0 :List(Shape2); }\nstruct Shape2List {}",
+     "lists of shape2", "struct Shape2List", "shape2_list"),
+    # the SDK's names: a macro WSUPER_OK would have replaced the SDK's constant
+    ("interface Wsuper { ok @0 (); }", "Wsuper.ok", "the C SDK (wsuper.h) reserves",
+     "wsuper_ok_params"),
+    ("struct WsuperText {}", "struct WsuperText", "the C SDK (wsuper.h) reserves", "wsuper_text"),
+    ("struct SizeT { x @0 :Int32; }", "struct SizeT", "names ending in _t", "size_t"),
+])
+def test_names_that_would_collide_in_c_are_refused_naming_both(tmp_path, body, first, second,
+                                                                c_name):
+    """Two schema names that become one C name, or a name the SDK or the C library
+    owns, are refused by bindgen with both named: a macro defined twice was only a
+    compiler warning, and the second value won (a method `id` made STORE_ID 0,
+    so no call reached the store)."""
+    (tmp_path / "n.capnp").write_text(f"@0xd1f0a3b2c4e5f60b;\n{body}\n")
+    r = run_wsuper("bindgen", str(tmp_path / "n.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 2, r.stdout
+    assert first in r.stderr and second in r.stderr and f" {c_name} in C" in r.stderr, r.stderr
+    assert "rename" in r.stderr and not (tmp_path / "inc").exists()
+
+
+def _compile(tmp_path, schemas: dict, source: str):
+    from supervisor import toolchain
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, body in schemas.items():
+        (tmp_path / f"{name}.capnp").write_text(body)
+        r = run_wsuper("bindgen", str(tmp_path / f"{name}.capnp"), "-o", str(tmp_path / "inc"))
+        assert r.returncode == 0, r.stderr
+    (tmp_path / "use.c").write_text(source)
+    try:
+        toolchain.build([str(tmp_path / "use.c")], str(tmp_path / "use.wasm"),
+                        include=[str(tmp_path / "inc")], extra=["-Werror"])
+        return ""
+    except toolchain.ToolchainError as e:
+        return str(e)
+
+
+def test_a_generated_macro_never_silently_takes_another_value(tmp_path):
+    """A macro the C library (or another generated header) defined already is not
+    redefined with another value: the compiler stops at an #error naming it.  The
+    same value again is harmless and compiles."""
+    libc = "@0xd1f0a3b2c4e5f60c;\nenum Int8 { max @0; }\nstruct S { e @0 :Int8; }\n"
+    error = _compile(tmp_path / "libc", {"libc": libc},
+                     '#include "libc.h"\nint main(void) { return INT8_MAX; }\n')
+    assert "wsuper bindgen: INT8_MAX is already defined with another value" in error, error
+    one = "@0xd1f0a3b2c4e5f60d;\nenum Color { red @0; green @1; }\nstruct A { c @0 :Color; }\n"
+    two = "@0xd1f0a3b2c4e5f60e;\nenum Color { green @0; }\nstruct B { c @0 :Color; }\n"
+    same = "@0xd1f0a3b2c4e5f60f;\nenum Color { red @0; }\nstruct C { c @0 :Color; }\n"
+    error = _compile(tmp_path / "two", {"one": one, "two": two},
+                     '#include "one.h"\n#include "two.h"\nint main(void) { return COLOR_GREEN; }\n')
+    assert "wsuper bindgen: COLOR_GREEN is already defined with another value" in error, error
+    assert _compile(tmp_path / "same", {"one": one, "same": same},
+                    '#include "one.h"\n#include "same.h"\n'
+                    'int main(void) { return COLOR_RED; }\n') == ""
+
+
+def test_fields_named_like_c_library_macros_compile(tmp_path):
+    """`stdout` is a macro of stdio.h (`(stdout)`), `errno` of errno.h, `true` of
+    stdbool.h, `asm` a GNU C keyword: such a field or type gets a trailing _ as a
+    keyword does, and a plugin that includes them first still compiles."""
+    schema = ("@0xd1f0a3b2c4e5f61c;\nstruct Stdout { stdout @0 :Text; errno @1 :Int32; "
+              "true @2 :Bool; asm @3 :Int8; typeof @4 :Int8; }\n"
+              "interface Runner { run @0 (stdin :Text) -> (stdout :Text, stderr :Text, "
+              "errno :Int32, out :Stdout); }\n")
+    assert _compile(tmp_path / "x", {"runner": schema}, """#include <errno.h>
+#include <stdio.h>
+#include "runner.h"
+int main(void) {
+  wsuper_arena a = {0, 0};
+  runner_run_results r;
+  stdout_ s = {{"x", 1}, 2, true, 3, 4};
+  int rc = runner_run(&a, 1, wsuper_str("in"), &r);
+  return rc == 0 && r.stdout_.len && r.errno_ && r.out && s.true_ && s.asm_ && s.typeof_;
+}
+""") == ""
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
