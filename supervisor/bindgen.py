@@ -94,6 +94,7 @@ class Generator:
         self.interfaces: list[tuple] = []   # (schema, cname)
         self.list_types: dict[str, str] = {}   # typedef name -> element C type
         self._displays: dict[int, str] = {}    # enum id -> its name in the schema
+        self.list_ids: dict[str, int] = {}     # list typedef name -> its element's node id
         self._collect(self.module, self.module.schema.node)
         self._check_names()
 
@@ -196,6 +197,7 @@ class Generator:
             if elem == "struct":
                 sub = self._struct(fschema.elementType)
                 self.list_types[f"{sub.cname}_list"] = sub.cname
+                self.list_ids[f"{sub.cname}_list"] = fschema.elementType.node.id
                 return ("slist", name, slot.offset, sub.cname)
             raise BindgenError(f"{where}: List({elem}) is not supported")
         raise BindgenError(f"{where}: {kind} fields are not supported")
@@ -264,34 +266,40 @@ class Generator:
                " * including, define NAME_serve_METHOD(), export wsuper_dispatch calling",
                " * NAME_dispatch() (WSUPER_SERVE_ONLY(NAME) does that).  docs/plugins.md */",
                f"#ifndef {guard}", f"#define {guard}", "", '#include "wsuper.h"', ""]
-        for cname, values in self.enums.values():
-            out.append(f"typedef uint16_t {cname};")
+        # Every type is emitted under a guard of its own, by node id: the headers of
+        # two schemas that import a third (or two with a `-> stream` method) each hold
+        # its types, and a plugin includes both.
+        for nid, (cname, values) in self.enums.items():
+            body = [f"typedef uint16_t {cname};"]
             for k, v in values.items():
-                out += _define(_macro(cname, k), str(v))
-            out.append("")
+                body += _define(_macro(cname, k), str(v))
+            out += _once(nid, "ENUM", body) + [""]
         for st in self.order:
-            out.append(f"typedef struct {st.cname} {st.cname};")
+            out += _once(st.schema.node.id, "TYPEDEF", [f"typedef struct {st.cname} {st.cname};"])
         for lname, elem in self.list_types.items():
-            out.append(f"typedef struct {lname} {{ struct {elem} *items; uint32_t len; }} {lname};")
+            out += _once(self.list_ids[lname], "LIST", [
+                f"typedef struct {lname} {{ struct {elem} *items; uint32_t len; }} {lname};"])
         out.append("")
         for st in self.order:
-            out.append(f"struct {st.cname} {{")
+            body = [f"struct {st.cname} {{"]
             for f in st.fields:
-                out.append(f"  {self._ctype(f)} {f[1]};")
+                body.append(f"  {self._ctype(f)} {f[1]};")
             if not st.fields:
-                out.append("  char unused_;   /* C has no empty structs */")
-            out.append("};")
-            out.append(f"enum {{ {st.cname.upper()}_DWORDS = {st.dwords}, "
-                       f"{st.cname.upper()}_PTRS = {st.ptrs} }};")
+                body.append("  char unused_;   /* C has no empty structs */")
+            body.append("};")
+            body.append(f"enum {{ {st.cname.upper()}_DWORDS = {st.dwords}, "
+                        f"{st.cname.upper()}_PTRS = {st.ptrs} }};")
+            out += _once(st.schema.node.id, "STRUCT", body)
         out.append("")
         for st in self.order:
-            out.append(f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, "
-                       f"const struct {st.cname} *v) WSUPER_UNUSED;")
-            out.append(f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, "
-                       f"wsuper_loc s, struct {st.cname} *out) WSUPER_UNUSED;")
+            out += _once(st.schema.node.id, "DECLARED", [
+                f"static void {st.cname}_fill(wsuper_builder *b, uint32_t at, "
+                f"const struct {st.cname} *v) WSUPER_UNUSED;",
+                f"static void {st.cname}_load(wsuper_reader *r, wsuper_arena *a, "
+                f"wsuper_loc s, struct {st.cname} *out) WSUPER_UNUSED;"])
         out.append("")
         for st in self.order:
-            out += self._fill(st) + self._load(st)
+            out += _once(st.schema.node.id, "DEFINED", self._fill(st) + self._load(st))
         for schema, cname in self.interfaces:
             out += self._client(schema, cname)
         for schema, cname in self.interfaces:
@@ -519,6 +527,14 @@ def _define(name: str, value: str) -> list[str]:
             "#endif"]
 
 
+def _once(node_id: int, part: str, lines: list[str]) -> list[str]:
+    """`lines` under a guard that is the node's own (WSUPER_GEN_<id>_<part>): a type
+    another generated header (of a schema importing the same file) emitted already
+    is not emitted again."""
+    guard = f"WSUPER_GEN_{node_id:016X}_{part}"
+    return [f"#ifndef {guard}", f"#define {guard}", *lines, "#endif"]
+
+
 def _plain(f) -> str:
     """A field's C element type as generated code spells it inside functions: an
     enum as its uint16_t (the enum's typedef name may be a parameter's or a
@@ -613,13 +629,41 @@ def _get_elem(elem, ctype) -> str:
     return _from_bits(elem, f"wsuper_elem_u{bits}(r, l, i)", ctype)
 
 
+def header_name(schema_path: str) -> str:
+    """The header a schema's bindings are written to: NAME.h for NAME.capnp."""
+    return os.path.splitext(os.path.basename(schema_path))[0] + ".h"
+
+
+def generate_all(schema_paths, out_dir: str) -> list[str]:
+    """generate() each schema into out_dir, having refused first two schemas that
+    would write one header (a/kv.capnp and b/kv.capnp: the second replaced the
+    first) and a schema whose header would be the SDK's wsuper.h."""
+    by_header: dict[str, str] = {}
+    for path in schema_paths:
+        name = header_name(path)
+        if name == os.path.basename(SDK_HEADER):
+            raise BindgenError(f"{path}: its bindings would be {name}, the C SDK's header, "
+                               "which bindgen writes beside them; rename the schema file")
+        other = by_header.setdefault(name, path)
+        if os.path.realpath(other) != os.path.realpath(path):
+            raise BindgenError(f"{other} and {path} would both be bound to {name} in "
+                               f"{out_dir}; rename one of the files or bind them apart")
+    written: list[str] = []
+    for path in by_header.values():
+        written += [p for p in generate(path, out_dir) if p not in written]
+    return written
+
+
 def generate(schema_path: str, out_dir: str) -> list[str]:
     """Write NAME.h (and wsuper.h) into out_dir; returns the paths written."""
+    if header_name(schema_path) == os.path.basename(SDK_HEADER):
+        raise BindgenError(f"{schema_path}: its bindings would be wsuper.h, the C SDK's "
+                           "header, which bindgen writes beside them; rename the schema file")
     gen = Generator(schema_path)
-    if not gen.interfaces and not gen.order:
-        raise BindgenError(f"{schema_path}: no interfaces or structs to bind")
+    if not gen.interfaces and not gen.order and not gen.enums:
+        raise BindgenError(f"{schema_path}: no interfaces, structs or enums to bind")
     os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, gen.base + ".h")
+    target = os.path.join(out_dir, header_name(schema_path))
     with open(target, "w") as f:
         f.write(gen.header())
     runtime = os.path.join(out_dir, "wsuper.h")

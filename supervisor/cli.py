@@ -275,16 +275,14 @@ def _toolchain(args) -> int:
     from . import bindgen, toolchain
     try:
         if args.command == "bindgen":
-            for schema in args.schemas:
-                for path in bindgen.generate(schema, args.output):
-                    print(f"wrote {path}")
+            for path in bindgen.generate_all(args.schemas, args.output):
+                print(f"wrote {path}")
             return 0
         include = list(args.include)
         if args.schema:
             gen_dir = args.include_dir or os.path.join(
                 os.path.dirname(os.path.abspath(args.output)), "include")
-            for schema in args.schema:
-                bindgen.generate(schema, gen_dir)
+            bindgen.generate_all(args.schema, gen_dir)
             include.insert(0, gen_dir)
         missing = [src for src in args.sources if not os.path.isfile(src)]
         if missing:

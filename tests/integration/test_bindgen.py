@@ -333,6 +333,80 @@ int main(void) {
 """) == ""
 
 
+def test_schemas_that_share_types_can_be_used_by_one_plugin(tmp_path):
+    """Two schemas that import a third each have its types in their header (and
+    two with a `-> stream` method each have StreamResult): a plugin that speaks
+    both, and includes the third's header too, compiles: each type is defined
+    once.  A file of enums alone binds too."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "types.capnp").write_text(
+        "@0xd1f0a3b2c4e5f621;\nstruct Point { x @0 :Int32; y @1 :Int32; }\n"
+        "enum Shape { circle @0; square @1; }\n")
+    (tmp_path / "src" / "shapes.capnp").write_text(
+        "@0xd1f0a3b2c4e5f624;\nenum Corner { round @0; sharp @1; }\n")
+    (tmp_path / "src" / "a.capnp").write_text(
+        '@0xd1f0a3b2c4e5f622;\nusing T = import "types.capnp";\n'
+        "interface A { at @0 (p :T.Point) -> (s :T.Shape, ps :List(T.Point));\n"
+        "  feed @1 (p :T.Point) -> stream; }\n")
+    (tmp_path / "src" / "b.capnp").write_text(
+        '@0xd1f0a3b2c4e5f623;\nusing T = import "types.capnp";\n'
+        "interface B { near @0 (p :T.Point) -> (q :T.Point, ps :List(T.Point));\n"
+        "  feed @1 (s :T.Shape) -> stream; }\n")
+    source = tmp_path / "use.c"
+    source.write_text("""#define WSUPER_SERVE_A
+#include "a.h"
+#include "b.h"
+#include "types.h"
+#include "shapes.h"
+WSUPER_SERVE_ONLY(a)
+int a_serve_at(wsuper_arena *x, int32_t object, const a_at_params *in, a_at_results *out) {
+  (void)x; (void)object; out->s = in->p && in->p->x ? SHAPE_SQUARE : SHAPE_CIRCLE; return 0; }
+int a_serve_feed(wsuper_arena *x, int32_t object, const a_feed_params *in, stream_result *out) {
+  (void)x; (void)object; (void)in; (void)out; return 0; }
+int main(void) {
+  wsuper_arena arena = {0, 0};
+  point p = {1, 2};
+  b_near_results r;
+  int rc = b_near(&arena, 1, &p, &r) | b_feed(&arena, 1, SHAPE_CIRCLE) | a_feed(&arena, 1, &p);
+  point_list l = r.ps;
+  return rc + (int)l.len + CORNER_SHARP;
+}
+""")
+    out = tmp_path / "plugin.wasm"
+    r = run_wsuper("build", str(source), "-o", str(out), "--schema", str(tmp_path / "src" / "a.capnp"),
+                   "--schema", str(tmp_path / "src" / "b.capnp"),
+                   "--schema", str(tmp_path / "src" / "types.capnp"),
+                   "--schema", str(tmp_path / "src" / "shapes.capnp"))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes().startswith(b"\0asm")
+
+
+def test_schemas_whose_headers_would_overwrite_one_another_are_refused(tmp_path):
+    """a/kv.capnp and b/kv.capnp would both be kv.h (the second replaced the first,
+    and the plugin failed to compile, or compiled against the wrong one), and
+    wsuper.capnp would be wsuper.h, which the SDK's header then replaced."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "kv.capnp").write_text(
+            f"@0xd1f0a3b2c4e5f62{'5' if d == 'a' else '6'};\nstruct {d.upper()} {{ x @0 :Int32; }}\n")
+    r = run_wsuper("bindgen", str(tmp_path / "a" / "kv.capnp"), str(tmp_path / "b" / "kv.capnp"),
+                   "-o", str(tmp_path / "inc"))
+    assert r.returncode == 2 and "would both be bound to kv.h" in r.stderr, r.stderr
+    assert not (tmp_path / "inc").exists()
+    (tmp_path / "use.c").write_text("int main(void) { return 0; }\n")
+    r = run_wsuper("build", str(tmp_path / "use.c"), "-o", str(tmp_path / "x.wasm"),
+                   "--schema", str(tmp_path / "a" / "kv.capnp"),
+                   "--schema", str(tmp_path / "b" / "kv.capnp"))
+    assert r.returncode == 2 and "would both be bound to kv.h" in r.stderr, r.stderr
+    (tmp_path / "wsuper.capnp").write_text("@0xd1f0a3b2c4e5f627;\nstruct W { x @0 :Int32; }\n")
+    r = run_wsuper("bindgen", str(tmp_path / "wsuper.capnp"), "-o", str(tmp_path / "inc2"))
+    assert r.returncode == 2 and "the C SDK's header" in r.stderr, r.stderr
+    # the same file named twice is bound once
+    r = run_wsuper("bindgen", str(tmp_path / "a" / "kv.capnp"),
+                   os.path.join(str(tmp_path), "a", ".", "kv.capnp"), "-o", str(tmp_path / "inc3"))
+    assert r.returncode == 0 and sorted(os.listdir(tmp_path / "inc3")) == ["kv.h", "wsuper.h"]
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
