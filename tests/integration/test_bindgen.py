@@ -407,6 +407,19 @@ def test_schemas_whose_headers_would_overwrite_one_another_are_refused(tmp_path)
     assert r.returncode == 0 and sorted(os.listdir(tmp_path / "inc3")) == ["kv.h", "wsuper.h"]
 
 
+def test_headers_of_files_with_similar_names_are_all_included(tmp_path):
+    """a-b.capnp and a_b.capnp (café.capnp and caf_.capnp) made one include guard,
+    WSUPER_GEN_A_B_H: whichever header came second was silently empty.  The
+    guard holds the file's id."""
+    files = {"a-b": "P", "a_b": "Q", "café": "R", "caf_": "S"}
+    schemas = {name: f"@0xd1f0a3b2c4e5f6{50 + i};\nstruct {s} {{ x @0 :Int32; }}\n"
+               for i, (name, s) in enumerate(files.items())}
+    includes = "".join(f'#include "{name}.h"\n' for name in files)
+    assert _compile(tmp_path, schemas, includes + "int main(void) {\n"
+                    "  p w = {1}; q x = {2}; r y = {3}; s z = {4};\n"
+                    "  return w.x + x.x + y.x + z.x;\n}\n") == ""
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
