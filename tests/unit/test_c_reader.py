@@ -25,7 +25,9 @@ struct Node { next @0 :Node; kids @1 :List(Node); value @2 :Int64; name @3 :Text
 HOLDER = """@0xd1f0a3b2c4e5f604;
 struct Empty {}
 struct Wide { %s }
-struct Holder { flags @0 :List(Bool); empties @1 :List(Empty); wides @2 :List(Wide); pad @3 :Data; }
+struct Holder { flags @0 :List(Bool); empties @1 :List(Empty); wides @2 :List(Wide); pad @3 :Data;
+                thing @4 :Thing; things @5 :List(Thing); }
+interface Thing {}
 """ % " ".join(f"f{i} @{i} :Int64;" for i in range(1024))
 
 HARNESS = r"""
@@ -65,8 +67,13 @@ int main(int argc, char **argv) {
       holder_load(&r, &a, wsuper_root(&r), &v);
       unsigned ones = 0;
       for (uint32_t k = 0; k < v.flags.len; k++) ones += v.flags.items[k];
-      printf("%s flags=%u ones=%u empties=%u wides=%u pad=%u\n", r.bad ? "bad" : "ok",
+      printf("%s flags=%u ones=%u empties=%u wides=%u pad=%u", r.bad ? "bad" : "ok",
              v.flags.len, ones, v.empties.len, v.wides.len, v.pad.len);
+      if (v.thing || v.things.len) {
+        printf(" thing=%d things=", v.thing);
+        for (uint32_t k = 0; k < v.things.len; k++) printf("%d,", v.things.items[k]);
+      }
+      printf("\n");
     } else if (argv[1][0] == 'e') {
       everything v;
       memset(&v, 0, sizeof v);
@@ -238,3 +245,27 @@ def test_an_element_count_cannot_overflow_an_allocation_on_wasm32(harness, tmp_p
                      "ok flags=0 ones=0 empties=0 wides=3 pad=0"]
     # natively too (a 64-bit size_t does not overflow; the message is still read)
     assert _run(harness, "h", messages[1:]) == [lines[1]]
+
+
+def _with_caps(thing: int | None, things: list[int]) -> bytes:
+    """Holder whose `thing` is cap index `thing` and `things` those indexes."""
+    def cap(i):
+        return 3 | (i << 32)
+    words = [(0 << 2) | (0 << 32) | (6 << 48), 0, 0, 0, 0,        # root -> 6 ptrs at word 1
+             0 if thing is None else cap(thing),
+             (0 << 2) | 1 | ((6 | len(things) << 3) << 32)]       # things -> word 7
+    words += [cap(i) for i in things]
+    return _framed(b"".join(w.to_bytes(8, "little") for w in words))
+
+
+def test_a_capability_is_handed_out_once(harness):
+    """Two fields that point to one capability of the message would be one handle
+    in two places: releasing one released the other's, and once the number was
+    reused, some other capability.  The reader hands each out once; a message
+    that names one twice (which no Cap'n Proto builder writes: each cap pointer
+    set gets its own index) is malformed.  Out of range is malformed too."""
+    lines = _run(harness, "h", [_with_caps(0, [1, 2, 3]), _with_caps(0, [0]),
+                                _with_caps(None, [1, 2, 1]), _with_caps(2, [2]),
+                                _with_caps(None, [4]), _with_caps(7, [])])
+    assert lines[0] == "ok flags=0 ones=0 empties=0 wides=0 pad=0 thing=11 things=12,13,14,"
+    assert all(line.startswith("bad ") for line in lines[1:]), lines
