@@ -279,6 +279,7 @@ def _toolchain(args) -> int:
                 print(f"wrote {path}")
             return 0
         include = list(args.include)
+        toolchain.check_output(args.output, [*args.sources, *args.schema])
         if args.schema:
             gen_dir = args.include_dir or os.path.join(
                 os.path.dirname(os.path.abspath(args.output)), "include")

@@ -83,6 +83,7 @@ def build(sources, output: str, *, protect: bool = True, **options) -> str:
     for src in sources:
         if not os.path.isfile(src):
             raise ToolchainError(f"{src}: no such source file")
+    check_output(output, sources)
     folder = os.path.dirname(os.path.abspath(output))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -105,6 +106,19 @@ def build(sources, output: str, *, protect: bool = True, **options) -> str:
     if protect:
         declare_layout(output)
     return output
+
+
+def check_output(output: str, inputs) -> None:
+    """Refuse an output that is one of the inputs (a source, a schema): clang writes
+    the module over its own input without a word (`wsuper build kv.c -o kv.c`)."""
+    for path in inputs:
+        try:
+            same = os.path.samefile(path, output)
+        except OSError:
+            continue
+        if same:
+            raise ToolchainError(f"{output} is the input {path}: not writing the module over "
+                                 "it (-o names the .wasm to write)")
 
 
 def _link(cmd: list[str], output: str) -> None:

@@ -420,6 +420,38 @@ def test_headers_of_files_with_similar_names_are_all_included(tmp_path):
                     "  return w.x + x.x + y.x + z.x;\n}\n") == ""
 
 
+def test_build_and_bindgen_never_write_over_what_they_did_not_make(tmp_path):
+    """`wsuper build kv.c -o kv.c` wrote the module over the source (clang does
+    not mind), `-o kv.capnp` over the schema; the default include/ beside the
+    output (or --include-dir) may hold the plugin's own kv.h or wsuper.h, which
+    bindgen replaced.  Each is refused and the file is left as it was; headers
+    bindgen wrote itself are written again."""
+    (tmp_path / "kv.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "kv.capnp").write_text("@0xd1f0a3b2c4e5f671;\nstruct K { x @0 :Int32; }\n")
+    keep = {p: p.read_bytes() for p in (tmp_path / "kv.c", tmp_path / "kv.capnp")}
+    for out in ("kv.c", "kv.capnp", "./kv.c"):
+        r = run_wsuper("build", str(tmp_path / "kv.c"), "-o", os.path.join(str(tmp_path), out),
+                       "--schema", str(tmp_path / "kv.capnp"))
+        assert r.returncode == 2 and "not writing the module over it" in r.stderr, r.stderr
+    (tmp_path / "include").mkdir()
+    for name in ("kv.h", "wsuper.h"):
+        mine = tmp_path / "include" / name
+        mine.write_text("/* the plugin's own */\n")
+        r = run_wsuper("build", str(tmp_path / "kv.c"), "-o", str(tmp_path / "kv.wasm"),
+                       "--schema", str(tmp_path / "kv.capnp"))
+        assert r.returncode == 2 and f"{mine} exists and was not written by wsuper bindgen" \
+            in r.stderr, r.stderr
+        r = run_wsuper("bindgen", str(tmp_path / "kv.capnp"), "-o", str(tmp_path / "include"))
+        assert r.returncode == 2 and "not replacing it" in r.stderr, r.stderr
+        assert mine.read_text() == "/* the plugin's own */\n"
+        mine.unlink()
+    assert all(p.read_bytes() == b for p, b in keep.items())
+    for _ in range(2):      # its own headers, again
+        r = run_wsuper("build", str(tmp_path / "kv.c"), "-o", str(tmp_path / "kv.wasm"),
+                       "--schema", str(tmp_path / "kv.capnp"))
+        assert r.returncode == 0, r.stderr
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
