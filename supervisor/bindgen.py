@@ -19,6 +19,7 @@ with a message that names the field.
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -95,13 +96,25 @@ class Generator:
         self.list_types: dict[str, str] = {}   # typedef name -> element C type
         self._displays: dict[int, str] = {}    # enum id -> its name in the schema
         self.list_ids: dict[str, int] = {}     # list typedef name -> its element's node id
+        self._unread: collections.deque = collections.deque()  # structs whose fields wait
         self._collect(self.module, self.module.schema.node)
         self._check_names()
 
     # ------------------------------------------------------------ collecting
 
     def _collect(self, parent, node):
-        for nested in node.nestedNodes:
+        """Every struct, enum and interface declared in the file, nested ones too, in
+        the file's order; then the structs their fields reach.  Both walks keep
+        their own stack and queue: a schema may nest types a thousand deep, or
+        chain a thousand structs each holding the next, and Python's recursion
+        ended in a RecursionError traceback."""
+        stack = [(parent, iter(node.nestedNodes))]
+        while stack:
+            parent, nested_nodes = stack[-1]
+            nested = next(nested_nodes, None)
+            if nested is None:
+                stack.pop()
+                continue
             child = getattr(parent, nested.name, None)
             schema = getattr(child, "schema", None)
             if schema is None:
@@ -113,7 +126,9 @@ class Generator:
                 self._enum(schema)
             elif which == "interface":
                 self._interface(schema)
-            self._collect(child, schema.node)
+            stack.append((child, iter(schema.node.nestedNodes)))
+        while self._unread:
+            self._fields(self._unread.popleft())
 
     def _name(self, schema) -> str:
         display = schema.node.displayName.split(":", 1)[-1]
@@ -146,10 +161,17 @@ class Generator:
                     self._struct(s)
 
     def _struct(self, schema, cname: str | None = None) -> _Struct:
+        """The struct's C binding; its fields are read later (_collect), so that a
+        chain of structs does not recurse."""
         nid = schema.node.id
         if nid in self.structs:
             return self.structs[nid]
         st = self.structs[nid] = _Struct(schema, cname or self._type_name(schema))
+        self._unread.append(st)
+        return st
+
+    def _fields(self, st: _Struct):
+        schema = st.schema
         where = f"{self.path}: {st.cname}"
         if schema.node.struct.discriminantCount:
             raise BindgenError(f"{where}: unions are not supported")
@@ -170,7 +192,6 @@ class Generator:
                 "struct", "list", "enum", "interface") else None
             st.fields.append(self._field(fwhere, _ident(field.name), kind, slot, fschema))
         self.order.append(st)
-        return st
 
     def _field(self, where, name, kind, slot, fschema) -> tuple:
         if kind in _PRIM:

@@ -452,6 +452,23 @@ def test_build_and_bindgen_never_write_over_what_they_did_not_make(tmp_path):
         assert r.returncode == 0, r.stderr
 
 
+def test_deeply_nested_and_long_chained_schemas_bind(tmp_path):
+    """Types nested 1200 deep, and 1500 structs each holding the next (and a list
+    of it): bindgen walked both by recursion and died in a RecursionError
+    traceback; the header now is written and compiles."""
+    deep = "@0xd1f0a3b2c4e5f690;\n" + "".join(
+        f"struct N{i} {{ x @0 :Int32; " for i in range(1200)) + "}" * 1200 + "\n"
+    chain = "@0xd1f0a3b2c4e5f692;\n" + "".join(
+        f"struct S{i} {{ n @0 :S{i + 1}; l @1 :List(S{i + 1}); }}\n" for i in range(1500)) + \
+        "struct S1500 { x @0 :Int32; }\ninterface I { get @0 (s :S0) -> (s :S0); }\n"
+    (tmp_path / "deep.capnp").write_text(deep)      # names 7000 characters long: not compiled
+    r = run_wsuper("bindgen", str(tmp_path / "deep.capnp"), "-o", str(tmp_path / "deep"))
+    assert r.returncode == 0 and "n0_n1_n2" in (tmp_path / "deep" / "deep.h").read_text(), r.stderr
+    assert _compile(tmp_path / "chain", {"chain": chain},    # (calling i_get: 30 s of -O2)
+                    '#include "chain.h"\nint main(void) {\n'
+                    "  s0 s = {0, {0, 0}};\n  return s.n != 0 || I_GET != 0;\n}\n") == ""
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
