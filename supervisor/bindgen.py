@@ -95,6 +95,7 @@ class Generator:
         self.interfaces: list[tuple] = []   # (schema, cname)
         self.list_types: dict[str, str] = {}   # typedef name -> element C type
         self._displays: dict[int, str] = {}    # enum id -> its name in the schema
+        self._enum_files: dict[int, str] = {}  # enum id -> its file
         self.list_ids: dict[str, int] = {}     # list typedef name -> its element's node id
         self._unread: collections.deque = collections.deque()  # structs whose fields wait
         self._collect(self.module, self.module.schema.node)
@@ -144,6 +145,7 @@ class Generator:
         if nid not in self.enums:
             self.enums[nid] = (self._type_name(schema), dict(schema.enumerants))
             self._displays[nid] = schema.node.displayName.split(":", 1)[-1]
+            self._enum_files[nid] = schema.node.displayName.split(":", 1)[0]
         return self.enums[nid][0]
 
     def _interface(self, schema):
@@ -239,12 +241,12 @@ class Generator:
                 raise BindgenError(f"{self.path}: {what} would be {ident} in C, which {why}; "
                                    f"rename it ({_RENAME})")
             other = seen.setdefault(ident, what)
-            if other != what:
+            if other is not what:       # each name is claimed once: a second claim collides
                 raise BindgenError(f"{self.path}: {other} and {what} would both be {ident} in C; "
                                    f"rename one ({_RENAME})")
 
         for nid, (cname, values) in self.enums.items():
-            what = f"enum {self._display(nid)}"
+            what = f"enum {self._display(nid)} ({self._enum_files[nid]})"
             claim(cname, what, True)
             for k in values:
                 claim(_macro(cname, k), f"enumerant {self._display(nid)}.{k}")
@@ -271,11 +273,13 @@ class Generator:
         return self._displays[nid]
 
     def _what(self, schema) -> str:
-        display = schema.node.displayName.split(":", 1)[-1]
+        file, _, display = schema.node.displayName.rpartition(":")
+        mine = self.module.schema.node.displayName
+        where = f" (of {file})" if file and file != mine else ""
         for suffix, kind in (("$Params", "the params"), ("$Results", "the results")):
             if display.endswith(suffix):
-                return f"{kind} of {display[:-len(suffix)]}"
-        return f"struct {display}"
+                return f"{kind} of {display[:-len(suffix)]}{where}"
+        return f"struct {display}{where}"
 
     # ------------------------------------------------------------ emitting
 

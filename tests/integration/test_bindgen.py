@@ -277,6 +277,24 @@ def test_names_that_would_collide_in_c_are_refused_naming_both(tmp_path, body, f
     assert "rename" in r.stderr and not (tmp_path / "inc").exists()
 
 
+def test_a_type_and_an_imported_type_of_one_name_are_refused(tmp_path):
+    """A struct (or enum) and one of the same name in a file it imports would both
+    be one C type: refused with both named, the imported one with its file."""
+    (tmp_path / "t.capnp").write_text(
+        "@0xd1f0a3b2c4e5f6a0;\nstruct Point { x @0 :Int32; }\nenum Color { red @0; }\n")
+    (tmp_path / "u.capnp").write_text(
+        '@0xd1f0a3b2c4e5f6a1;\nusing T = import "t.capnp";\nstruct Point { p @0 :T.Point; }\n')
+    (tmp_path / "v.capnp").write_text(
+        '@0xd1f0a3b2c4e5f6a2;\nusing T = import "t.capnp";\nenum Color { blue @0; }\n'
+        "struct S { c @0 :Color; d @1 :T.Color; }\n")
+    for name, first, second, c_name in (
+            ("u", "struct Point and", "struct Point (of t.capnp)", "point"),
+            ("v", "enum Color (v.capnp)", "enum Color (t.capnp)", "color")):
+        r = run_wsuper("bindgen", str(tmp_path / f"{name}.capnp"), "-o", str(tmp_path / "inc"))
+        assert r.returncode == 2, r.stdout
+        assert first in r.stderr and second in r.stderr and f" {c_name} in C" in r.stderr, r.stderr
+
+
 def _compile(tmp_path, schemas: dict, source: str):
     from supervisor import toolchain
     tmp_path.mkdir(parents=True, exist_ok=True)
