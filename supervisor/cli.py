@@ -270,7 +270,6 @@ def _warn_hard_links(plan):
 
 def _toolchain(args) -> int:
     import os
-    import re
 
     from . import bindgen, toolchain
     try:
@@ -290,9 +289,11 @@ def _toolchain(args) -> int:
             raise toolchain.ToolchainError(f"{missing[0]}: no such source file")
         reactor = args.reactor
         if reactor is None:
-            text = "".join(open(src, encoding="utf-8", errors="replace").read()
-                           for src in args.sources)
-            reactor = re.search(r"\bint\s+main\s*\(", text) is None
+            texts = []
+            for src in args.sources:
+                with open(src, encoding="utf-8", errors="replace") as f:
+                    texts.append(f.read())
+            reactor = not toolchain.defines_main(texts)
         toolchain.build(args.sources, args.output, reactor=reactor, include=include)
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0

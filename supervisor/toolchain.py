@@ -8,6 +8,7 @@ command line.  Set WSUPER_CLANG to use another clang (a wasi-sdk one, say).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -108,6 +109,18 @@ def build(sources, output: str, *, protect: bool = True, **options) -> str:
     return output
 
 
+_C_TOKENS = re.compile(r'/\*.*?(?:\*/|\Z)|//(?:[^\n\\]|\\.)*|"(?:[^"\\\n]|\\.)*"?|'
+                       r"'(?:[^'\\\n]|\\.)*'?", re.S)
+
+
+def defines_main(texts) -> bool:
+    """Whether C sources define `int main(`: the guess between a command and a
+    reactor when neither is asked for.  Comments and string and character
+    literals do not count: a reactor whose comment said "no int main(void)"
+    was built as a command, and failed to link (undefined symbol: main)."""
+    return any(re.search(r"\bint\s+main\s*\(", _C_TOKENS.sub(" ", text)) for text in texts)
+
+
 def check_output(output: str, inputs) -> None:
     """Refuse an output that is one of the inputs (a source, a schema): clang writes
     the module over its own input without a word (`wsuper build kv.c -o kv.c`)."""
@@ -130,6 +143,9 @@ def _link(cmd: list[str], output: str) -> None:
         text = (r.stderr or r.stdout).strip()
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
+        elif "undefined symbol: main" in text and "-mexec-model=reactor" not in cmd:
+            text += ("\n(built as a program, which needs main; a plugin that only serves "
+                     "calls is a reactor: --reactor)")
         raise ToolchainError(f"building {output} failed:\n{text}")
 
 

@@ -487,6 +487,25 @@ def test_deeply_nested_and_long_chained_schemas_bind(tmp_path):
                     "  s0 s = {0, {0, 0}};\n  return s.n != 0 || I_GET != 0;\n}\n") == ""
 
 
+def test_build_guesses_a_reactor_from_code_not_comments(tmp_path):
+    """A source that defines no main is built as a reactor even if a comment or a
+    string says `int main(` (it was built as a program, and failed to link:
+    "undefined symbol: main"); one that does define main is a program.  A
+    program without main is told to use --reactor."""
+    (tmp_path / "serve.c").write_text(
+        '/* a reactor: it has no int main(void), it only serves */\n'
+        '// int main(int argc, char **argv) neither\n'
+        'const char *why = "int main(";\nint helper(void) { return 1; }\n')
+    r = run_wsuper("build", str(tmp_path / "serve.c"), "-o", str(tmp_path / "serve.wasm"))
+    assert r.returncode == 0 and "(reactor)" in r.stdout, r.stdout + r.stderr
+    (tmp_path / "prog.c").write_text("int\nmain (void) { return 0; }\n")
+    r = run_wsuper("build", str(tmp_path / "prog.c"), "-o", str(tmp_path / "prog.wasm"))
+    assert r.returncode == 0 and "(command)" in r.stdout, r.stdout + r.stderr
+    r = run_wsuper("build", str(tmp_path / "serve.c"), "-o", str(tmp_path / "x.wasm"), "--command")
+    assert r.returncode == 2 and "undefined symbol: main" in r.stderr
+    assert "--reactor" in r.stderr, r.stderr
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
