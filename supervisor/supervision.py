@@ -155,8 +155,9 @@ class Lifecycle:
       restart policy decides (a hostile module that never starts cannot hold
       the others back).  A compartment that never started and will not be
       restarted is *settled*.
-    * Once every compartment is ready or settled, each program (`_start`) runs;
-      a restarted compartment runs its program again.  If every compartment is
+    * Once every compartment is ready or settled, each program (`_start`) of a
+      compartment ready then runs; a restarted compartment runs its program
+      again (once its new incarnation is ready).  If every compartment is
       settled and none ever became ready, the system stops, exit code 1.
     * A program that ends with exit code 0 stopped normally; a non-zero exit, a
       trap, an engine that died or broke the protocol, or a failed (re)start is
@@ -164,8 +165,8 @@ class Lifecycle:
     * A compartment that fails for good makes the exit code 1; a `critical` one
       stops the system.  An abnormal stop that is not restarted makes it 1 too, and
       is as final: a `critical` compartment's stops the system.
-    * The system is done when it has programs, none is running, and nothing is
-      exported to the outside (then it serves until stopped).
+    * The system is done when it has programs, none is running or restarting,
+      and nothing is exported to the outside (then it serves until stopped).
     * SIGINT and SIGTERM stop it with exit code 128 + the signal (130, 143).
 
     Each incarnation of a compartment has a generation; an event about an older
@@ -217,9 +218,15 @@ class Lifecycle:
             return [Say("no compartment could start"), *self._finish(1)]
         if not self.programs:
             return [Say("all compartments ready; serving until Ctrl-C")]
-        for n in self.programs:
+        # only the programs of incarnations that are ready now: one that became ready
+        # and then stopped while others were still starting is restarting (its next
+        # incarnation runs it once ready), failed for good, or left stopped.  Running
+        # it anyway marked it running: its restart was skipped, or its missing engine
+        # counted as one more failure (one crash then used up max_restarts = 1)
+        runs = sorted(n for n in self.programs if self.state[n] == "ready")
+        for n in runs:
             self._run(n)
-        return [Run(n) for n in sorted(self.programs)]
+        return [Run(n) for n in runs] + self._check_done()
 
     def _run(self, name: str):
         self.running.add(name)
@@ -319,7 +326,11 @@ class Lifecycle:
         return self._all_ready()
 
     def _check_done(self) -> list:
-        if self.all_started and self.programs and not self.running and not self.external:
+        """Done once no program runs, nor will run again: a program whose compartment
+        is restarting runs again once it is ready (the system ended, and its restart
+        never came, if another program happened to end during the restart delay)."""
+        if self.all_started and self.programs and not self.running and not self.external \
+                and not any(self.state[n] == "restarting" for n in self.programs):
             return self._finish(0)
         return []
 

@@ -206,3 +206,53 @@ def test_one_incarnation_stops_once_however_often_it_is_said():
     assert life.program_ended("spin", None, "its program failed", now=3) == []
     assert life.engine_stopped("spin", life.generation["spin"], "engine exited", now=3) == []
     assert life.start_failed("spin", "late news", now=3) == []
+
+
+def test_a_program_whose_engine_stopped_before_the_others_were_ready_is_not_run():
+    """An outside review: a compartment ready early whose engine then died while
+    another was still starting was Run with the others all the same.  Marked
+    running, a restarting one skipped its restart (or its missing engine counted
+    as one more failure: one crash used up max_restarts = 1), and one that had
+    failed for good, or was left stopped, was 'running' again."""
+    # restarting: not run now, but once its new incarnation is ready; one restart
+    life = _life(app=RestartPolicy(max_restarts=1, restart_delay=5), slow=RestartPolicy())
+    assert life.started("app", program=True) == []
+    assert _kinds(life.engine_stopped("app", 0, "engine killed by SIGKILL", now=1)) == \
+        ["Say", "Restart"]
+    assert life.started("slow", program=False) == []          # app is restarting
+    assert life.state["app"] == "restarting" and not life.running
+    assert life.started("app", program=True) == [Run("app")]
+    assert life.restarts["app"] == 1 and life.state["app"] == "running"
+    assert life.program_ended("app", 0, None, now=2) == [Say("finished app exit=0"),
+                                                         Finish(0)]
+    # failed for good, or left stopped: never run again; the system ends with exit 1
+    for policy in (RestartPolicy(max_restarts=0), RestartPolicy("never")):
+        life = _life(app=policy, job=RestartPolicy(), slow=RestartPolicy())
+        life.started("app", program=True)
+        life.started("job", program=True)
+        life.engine_stopped("app", 0, "engine killed by SIGKILL", now=1)
+        gone = life.state["app"]
+        assert life.started("slow", program=False) == [Run("job")]
+        assert life.state["app"] == gone and life.running == {"job"}
+        assert life.program_ended("job", 0, None, now=2)[-1] == Finish(1)
+    # no program left to run at all: the system ends there
+    life = _life(app=RestartPolicy(max_restarts=0), slow=RestartPolicy())
+    life.started("app", program=True)
+    life.engine_stopped("app", 0, "engine killed by SIGKILL", now=1)
+    assert life.started("slow", program=False) == [Finish(1)]
+
+
+def test_the_system_does_not_end_while_a_program_is_restarting():
+    """A program restarting when the others became ready is not running yet: the
+    system must not end because another program finishes before it is back."""
+    life = _life(app=RestartPolicy(restart_delay=5), job=RestartPolicy(),
+                 slow=RestartPolicy())
+    life.started("app", program=True)
+    life.started("job", program=True)
+    life.engine_stopped("app", 0, "engine killed by SIGKILL", now=1)
+    assert life.started("slow", program=False) == [Run("job")]
+    assert life.program_ended("job", 0, None, now=2) == [Say("finished job exit=0")]
+    assert not life.stopping
+    assert life.started("app", program=True) == [Run("app")]
+    assert life.program_ended("app", 0, None, now=7) == [Say("finished app exit=0"),
+                                                         Finish(0)]
