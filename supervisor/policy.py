@@ -404,10 +404,10 @@ def load(path: str) -> System:
         except capnp_schemas.SchemaError as e:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
-    if system.audit is not None and os.path.isfile(system.audit):
-        links = os.stat(system.audit).st_nlink
-        if links > 1:
-            raise where.error("system.audit", audit_links_problem(system.audit, links))
+    if system.audit is not None:
+        problem = audit_file_problem(system.audit)
+        if problem:
+            raise where.error("system.audit", problem)
     wheres = {where.path: where}
     places = mounts.Places()
     installed = _installed()
@@ -620,6 +620,29 @@ def _kernel_fs(path: str) -> str | None:
         return kernel_fs(fd)
     finally:
         os.close(fd)
+
+
+def audit_file_problem(path: str) -> str | None:
+    """Why the audit file `path` cannot be opened as `wsuper up` opens it (never
+    through a link, a regular file with one name), or None: the same refusals in
+    `check` as in `up` (check said a symbolic link or a FIFO there was fine).
+    Nothing there yet is fine: up makes it."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot look at the audit file {path}: {e.strerror or e}"
+    if stat.S_ISLNK(st.st_mode):
+        return (f"the audit file {path} is a symbolic link: the audit is never opened "
+                f"through one; name the file itself")
+    if not stat.S_ISREG(st.st_mode):
+        return (f"the audit file {path} is {capnp_schemas.file_kind(st.st_mode)}: the "
+                f"audit must be a regular file")
+    if st.st_nlink > 1:
+        return audit_links_problem(path, st.st_nlink)
+    return None
 
 
 def audit_links_problem(path: str, links: int) -> str:

@@ -881,3 +881,34 @@ def test_no_writable_grant_reaches_what_wsuper_runs_from(tmp_path):
                 assert f"compartments.m.grants.d.path: {path} would let compartment m " \
                        f"change {named}" in r.stderr, r.stderr
                 assert "what is there runs as the supervisor at the next start" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "socket", "dangling"])
+def test_check_refuses_every_audit_file_that_up_refuses(tmp_path, kind):
+    """An outside review: docs/policy-reference.md says a symbolic link, a FIFO, a
+    socket or a device at the audit's path stops `wsuper check` and `wsuper up`;
+    check said every one of them was fine (exit 0), and only up refused."""
+    import socket
+    (tmp_path / "m.wat").write_text(MOD)
+    audit = tmp_path / "audit.jsonl"
+    if kind == "symlink":
+        (tmp_path / "real.jsonl").write_text("")
+        os.symlink(tmp_path / "real.jsonl", audit)
+    elif kind == "dangling":
+        os.symlink(tmp_path / "nowhere.jsonl", audit)
+    elif kind == "fifo":
+        os.mkfifo(audit)
+    elif kind == "directory":
+        audit.mkdir()
+    else:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(audit))
+        s.close()
+    (tmp_path / "system.toml").write_text(
+        f'[system]\naudit = "audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, (command, r.output)
+        assert f":2: system.audit: " in r.stderr and str(audit) in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "nowhere.jsonl").exists()      # nothing made through a link
