@@ -38,14 +38,40 @@ def engine_config() -> wasmtime.Config:
     return config
 
 
+#: bytes of a module file (it is read whole, and compiled): the one bound, which
+#: `wsuper check` and `up` hold the system file's modules to, and every read here
+MAX_MODULE_BYTES = 256 << 20
+
+
+class ModuleFileError(OSError):
+    """The module file is no regular file of at most MAX_MODULE_BYTES: the file is at
+    fault, and will be again until it changes (not a passing failure)."""
+    transient = False
+
+
+def read_file(path: str) -> bytes:
+    """A module file's bytes, as they are.  Only a regular file of at most
+    MAX_MODULE_BYTES is read, opened without blocking (capnp_schemas.read_regular):
+    a module file replaced while the system runs is read again at the next start,
+    and a FIFO there held the zygote's compiler in open() for good (no engine
+    started again, `wsuper stop` waited for ever); /dev/zero was read until
+    memory ran out.  Raises ModuleFileError, or OSError if it cannot be read."""
+    import capnp_schemas
+    try:
+        return capnp_schemas.read_regular(path, MAX_MODULE_BYTES)
+    except capnp_schemas.FileProblem as e:
+        if e.strerror:
+            raise OSError(e.strerror) from None
+        raise ModuleFileError(f"the file {e}") from None
+
+
 def read_module(path: str) -> bytes:
     """A module file as a binary module, read as the supervisor's preflight reads it:
     a `.wat` file is WebAssembly text (UTF-8) unless it starts as a binary module
     does; any other file is binary.  Raises OSError, UnicodeDecodeError or
     WasmtimeError.  (A binary named .wat passed preflight as binary, and every
     engine then read it as text and failed.)"""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_file(path)
     if path.endswith(".wat") and not data.startswith(b"\0asm"):
         return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
     return data
@@ -137,8 +163,7 @@ def compile_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=
         module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
         return module, None, layout
     from . import instrument as rewriting, protect as protection
-    with open(path, "rb") as f:
-        data = f.read(rewriting.MAX_MODULE_BYTES + 1)
+    data = read_file(path)
     layout = bulk = None
     if protect is not None:
         if not data.startswith(b"\0asm"):

@@ -150,11 +150,16 @@ class _Modules:
     def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0):
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
+        from . import confine as confining     # imported already: serve() binds it
         r, w = os.pipe()
+        zygote = os.getpid()
         pid = os.fork()
         if pid == 0:                       # the compiler: it reads the module, not us
             code = 1
             try:
+                # a compile may take long: never outlive the zygote (one left blocked
+                # on a module file outlived the whole system)
+                confining.die_with_parent(zygote)
                 os.close(r)
                 signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
                 _close_all(self.zygote_own())      # never another module's, nor ours
@@ -196,7 +201,7 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
                  .encode()[:4000])
         # 1: the module is at fault, and will be again (_Modules.get keeps it);
         # 2: time or resources ran out, or the file could not be read: try again later
-        transient = isinstance(e, OSError) or getattr(e, "transient", False)
+        transient = getattr(e, "transient", isinstance(e, OSError))
         return 2 if transient else 1
     problem, description = wasm.describe(module, sites, layout)
     if problem:

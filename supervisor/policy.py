@@ -691,8 +691,8 @@ def _subdir_problem(path: str, subdir: str) -> str | None:
 
 #: bytes of a system or policy file
 MAX_FILE_BYTES = 16 << 20
-#: bytes of a module file (it is read whole, and compiled)
-MAX_MODULE_BYTES = 256 << 20
+#: bytes of a module file (it is read whole, and compiled): compartments/wasm.py's
+from compartments.wasm import MAX_MODULE_BYTES  # noqa: E402
 
 
 def _read_text(path: str, what: str) -> str:

@@ -135,3 +135,42 @@ hang = {{ compartment = "hang" }}
     assert "; calls from app to it now fail" in r.stdout       # app holds a grant to it
     assert r.returncode == 1                      # one compartment failed
     assert time.monotonic() - t < 30
+
+
+def test_a_module_file_replaced_by_a_fifo_fails_that_start_and_holds_nobody_back(
+        tmp_path, wsuper):
+    """An outside review: a module file replaced while the system ran by a FIFO held
+    the zygote's compiler in open() at the compartment's restart, and the zygote with
+    it: no other compartment started again, and stopping waited for ever."""
+    import shutil
+    for name in ("a", "b"):
+        shutil.copy(os.path.join(EXAMPLES, "calc.wat"), tmp_path / f"{name}.wat")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.a]
+module = "a.wat"
+exports = "Calc"
+external = true
+max_restarts = 1
+restart_delay = 0.05
+[compartments.b]
+module = "b.wat"
+exports = "Calc"
+external = true
+restart_delay = 0.05
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    a = int(run.wait_for("ready a").split("pid=")[1].split()[0])
+    b = int(run.wait_for("ready b").split("pid=")[1].split()[0])
+    os.unlink(tmp_path / "a.wat")
+    os.mkfifo(tmp_path / "a.wat")
+    os.kill(a, signal.SIGKILL)
+    assert "the file is a FIFO, not a regular file" in run.wait_for("compartment a failed to start")
+    run.wait_for("compartment a failed for good")
+    at = len(run.lines)
+    os.kill(b, signal.SIGKILL)
+    run.wait_for("ready b", start=at)                  # the zygote still starts engines
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=30) == 143

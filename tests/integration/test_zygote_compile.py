@@ -14,6 +14,7 @@ import pytest
 import wasmtime
 
 from compartments import wasm, zygote
+from supervisor.policy import MAX_MODULE_BYTES     # what check and up allow
 
 # valid, but its rewriting for `stores` fails at the end: the stores of memory 0
 # get a scratch local of memory 1's address type (i64), which does not validate
@@ -74,3 +75,47 @@ def test_a_compiler_that_ran_out_of_time_or_died_is_tried_again_later(
     time.sleep(0.6)
     monkeypatch.undo()
     assert modules.get(str(path))[0] is not None and len(modules.runs) == 2
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too large"])
+def test_a_module_file_that_is_no_regular_file_is_refused_without_waiting(
+        tmp_path, modules, kind):
+    """An outside review: a module file is read again at each start, and one replaced
+    while the system ran by a FIFO held the compiler in open() for good, and with it
+    the zygote: no engine started again, `wsuper stop` waited for ever, and the
+    compiler outlived the system.  /dev/zero was read until memory ran out.  Only
+    a regular file of at most MAX_MODULE_BYTES is read; the answer is kept until
+    the file changes, as for any module at fault."""
+    import threading
+    path = tmp_path / "m.wat"
+    done = threading.Event()
+    if kind == "fifo":
+        os.mkfifo(path)
+
+        def writer():       # were it opened, it is let go (with nothing in it)
+            while not done.wait(0.2):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    return
+                except OSError:
+                    continue
+        threading.Thread(target=writer, daemon=True).start()
+    elif kind == "device":
+        os.symlink("/dev/zero", path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:          # sparse: no disk used
+            f.truncate(MAX_MODULE_BYTES + 1)
+    try:
+        fds, why = modules.get(str(path))
+    finally:
+        done.set()
+    want = {"fifo": "a FIFO, not a regular file", "device": "a device, not a regular file",
+            "directory": "a directory, not a regular file",
+            "too large": f"has {MAX_MODULE_BYTES + 1:,} bytes, more than"}[kind]
+    assert fds is None and why.startswith(f"cannot load module {path}: the file ") \
+        and want in why, why
+    assert modules.get(str(path)) == (None, why) and len(modules.runs) == 1
+    with pytest.raises(wasm.ModuleFileError, match=want.split(",")[0]):
+        wasm.read_module(str(path))
