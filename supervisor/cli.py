@@ -409,10 +409,12 @@ def _status_table(path: str, status: dict) -> str:
 
 
 def _load(path: str):
-    """The system file at `path`, or None after saying why it cannot be read."""
+    """The system file at `path` of a system that runs (commands to it), or None
+    after saying why it cannot be read.  Its text only (policy.read): not the files
+    it names, which the system's compartments may have changed since it started."""
     from . import policy
     try:
-        return policy.load(path)
+        return policy.read(path)
     except policy.PolicyError as e:
         _error(f"{e}")
         return None

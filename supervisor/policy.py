@@ -380,6 +380,17 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                   logs, engine_user=engine_user, **endpoint)
 
 
+def read(path: str) -> System:
+    """Read and validate a system file and its policy files as text, and nothing they
+    name: what the commands to a running system need (stop, status, revoke, logs,
+    probe, trace).  They re-ran load()'s checks of the disk, which see the disk as
+    it is now: a compartment that renamed a directory another grant names (through
+    a writable grant), or deleted its own module from its grant, locked the
+    operator out of `wsuper revoke` and `wsuper stop` of the system already running."""
+    path = os.path.abspath(path)
+    return parse(_read_text(path, ""), path, lambda p: _read_text(p, "policy file "))
+
+
 def load(path: str) -> System:
     """Read and validate a system file, then check the files it names."""
     path = os.path.abspath(path)

@@ -386,3 +386,45 @@ run_time = 0.5
                      "ready app", "compartment app", "restarting app",
                      "ready app", "compartment app", "compartment app"], "\n".join(lines)
     assert "failed for good: 2 restarts" in events[-1] and r.returncode == 1
+
+
+def test_commands_to_a_running_system_do_not_depend_on_what_its_files_name_now(
+        tmp_path, wsuper):
+    """An outside review: stop, status, revoke, logs, probe and trace checked the disk
+    as `up` does, as it is now: a compartment that renamed, through its writable
+    grant, a directory another of its grants names (or deleted its own module from
+    its grant) locked the operator out of `wsuper revoke` and `wsuper stop` of the
+    system already running.  They read the system file only."""
+    import shutil
+    data = tmp_path / "data"
+    (data / "inner").mkdir(parents=True)
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), data / "calc.wat")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/ext.sock"
+logs = "{tmp_path}/logs"
+[compartments.calc]
+module = "data/calc.wat"
+exports = "Calc"
+external = true
+[compartments.calc.grants]
+data = {{ host = "directory", path = "{data}", revocable = true }}
+inner = {{ host = "directory", path = "{data}", subdir = "inner", read_only = true }}
+""")
+    system = str(tmp_path / "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready calc")
+    # what a compartment holding `data` can do to it (here done from outside)
+    os.rename(data / "inner", data / "moved")
+    os.unlink(data / "calc.wat")
+    assert run_wsuper("check", system).returncode == 2       # a new start would refuse
+    status = run_wsuper("status", system)
+    assert status.returncode == 0 and "calc" in status.stdout, status.output
+    assert run_wsuper("logs", system, "calc").returncode == 0
+    assert run_wsuper("probe", system, "calc", "list").returncode == 0
+    revoked = run_wsuper("revoke", system, "calc.data")
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.output
+    stopped = run_wsuper("stop", system)
+    assert stopped.returncode == 0, stopped.output
+    assert run.finish(timeout=30) == 0
