@@ -67,7 +67,8 @@ class Membrane:
     def for_grant(cls, label: str, grant, interface_id: int, now: float) -> "Membrane":
         """The membrane of `grant` (a policy.Grant whose `methods` preflight resolved),
         granted on `interface_id`, created at time `now`."""
-        restricted = frozenset({interface_id} | {i for i, _ in (grant.methods or ())})
+        restricted = frozenset({interface_id} | set(grant.mentioned or ())
+                               | {i for i, _ in (grant.methods or ())})
         m = cls(label, grant.methods, restricted, grant.revocable)
         m.uses_left = grant.max_uses
         if grant.expires_after is not None:

@@ -117,6 +117,8 @@ class Grant:
     origin: str = ""                      # "FILE: KEY" where the grant was written
     methods: frozenset | None = None      # `allow`, resolved by preflight to
                                           # (interface id, method id) pairs
+    mentioned: frozenset | None = None    # `allow`, resolved: the ids of every interface
+                                          # it restricts (the granted one, and each named)
 
     @property
     def attenuated(self) -> bool:

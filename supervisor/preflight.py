@@ -41,6 +41,9 @@ def prepare(system: System) -> Plan:
     host = {**capnp_schemas.interfaces(capnp_schemas.host),
             **capnp_schemas.interfaces(capnp_schemas.probe)}
     ifaces = {name: host[name] for name in HOST_INTERFACES.values()}   # name -> module
+    # every interface with its name, the host's and the schemas': a schema may declare
+    # one named as a host interface (File, Probe), and each keeps its own id and name
+    every = list(ifaces.items())
     for i, path in enumerate(system.schemas):
         key = f"system.schemas[{i}]"
         try:
@@ -57,11 +60,14 @@ def prepare(system: System) -> Plan:
             interfaces[name] = iface.schema.node.id
             origin[name] = path
             ifaces[name] = iface
+            every.append((name, iface))
 
-    names = {i.schema.node.id: (n, _method_names(i)) for n, i in ifaces.items()}
+    names = {i.schema.node.id: (n, _method_names(i)) for n, i in every}
     gateway = hosted.GATEWAY                # not granted, but called: named in the audit
     names[gateway.id] = (gateway.name, {m.ordinal: m.name for m in gateway.methods})
-    by_name = {n: i.schema.node.id for n, i in ifaces.items()}
+    by_name: dict[str, list[int]] = {}      # name -> the id of each interface so named
+    for n, i in every:
+        by_name.setdefault(n, []).append(i.schema.node.id)
 
     main = {}
     checked = {}        # module path -> (import problem, imports WASI, export names)
@@ -113,11 +119,18 @@ def prepare(system: System) -> Plan:
         grants = []
         for g in comp.grants:
             if g.allow is not None:
-                granted = (system.compartments[g.target].exports if g.kind == "compartment"
-                           else HOST_INTERFACES[g.target])
-                g = attrs.evolve(g, methods=frozenset(
-                    _resolve_method(where, f"compartments.{comp.name}.grants.{g.name}.allow",
-                                    m, granted, by_name, names) for m in g.allow))
+                # the interface granted, by its id: by its name, a schema's File or
+                # Directory stood for the host's
+                granted = (interfaces[system.compartments[g.target].exports]
+                           if g.kind == "compartment" else hosted.BY_KIND[g.target].id)
+                methods, mentioned = set(), {granted}
+                for m in g.allow:
+                    ids, pairs = _resolve_method(
+                        where, f"compartments.{comp.name}.grants.{g.name}.allow", m, granted,
+                        by_name, names)
+                    methods |= pairs
+                    mentioned |= ids
+                g = attrs.evolve(g, methods=frozenset(methods), mentioned=frozenset(mentioned))
             grants.append(g)
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
@@ -237,16 +250,22 @@ def _method_names(iface) -> dict:
     return out
 
 
-def _resolve_method(where, key, entry, granted, by_name, names) -> tuple:
-    """'add' (a method of the granted interface) or 'Counter.inc' -> (interface id, method id)."""
+def _resolve_method(where, key, entry, granted, by_name, names) -> tuple[set, set]:
+    """'add' (a method of the granted interface, `granted` its id) or 'Counter.inc' ->
+    (the ids of every interface it names, its (interface id, method id) pairs).
+
+    An interface name may stand for two interfaces: a host one (File, Probe) and
+    one a schema declares by the same name.  `File.read` then restricts both, each
+    to its `read` if it has one: resolved to the schema's File alone, the host's
+    File, which a directory grant returns, passed unrestricted (every write of a
+    grant that allowed File.read only went through; an outside review)."""
     iface, _, method = entry.rpartition(".")
-    iface = iface or granted
-    if iface not in by_name:
+    ids = by_name.get(iface, []) if iface else [granted]
+    if not ids:
         raise where.error(key, f"unknown interface {iface!r} in {entry!r}")
-    iid = by_name[iface]
-    methods = names[iid][1]
-    for mid, name in methods.items():
-        if name == method:
-            return (iid, mid)
-    raise where.error(key, f"{iface} has no method {method!r} "
-                      f"(methods: {', '.join(methods.values())})")
+    pairs = {(iid, mid) for iid in ids for mid, name in names[iid][1].items() if name == method}
+    if not pairs:
+        known = dict.fromkeys(n for iid in ids for n in names[iid][1].values())
+        raise where.error(key, f"{iface or names[granted][0]} has no method {method!r} "
+                          f"(methods: {', '.join(known)})")
+    return set(ids), pairs

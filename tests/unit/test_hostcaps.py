@@ -356,3 +356,45 @@ def test_log_lines_refused_by_the_rate_are_told_to_the_operator_not_lost_in_sile
     assert h.hosts.log_refused("app") == "71 log lines of app not shown: more than 100 " \
                                          "a second (limit log_rate)"
     assert h.hosts.log_refused("app") is None     # said once
+
+
+@pytest.mark.parametrize("declared", [["File"], ["File", "Directory"], []])
+def test_an_allow_list_names_the_host_interfaces_whatever_the_schemas_declare(
+        tmp_path, declared):
+    """An outside review: a schema of the system that declared an interface named
+    File (or Directory) took the name's place: `File.read` in a directory grant's
+    allow list meant the schema's File, the host's File that the grant returns was
+    restricted by nothing, and a compartment allowed only to read wrote its files.
+    A name stands for every interface so named, each restricted; the granted one
+    is the one granted, by its id."""
+    from supervisor import policy, preflight
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "log.txt").write_text("kept")
+    ids = iter(range(0x80 + 0x10 * len(declared), 0x90 + 0x10 * len(declared)))
+    (tmp_path / "mine.capnp").write_text(f"@0xd3a7e5c1b0a99e{len(declared):02x};\n" + "".join(
+        f"interface {n} @0xd3a7e5c1b0a99f{next(ids):02x} {{\n  read @0 () -> ();\n"
+        f"  open @1 () -> ();\n}}\n" for n in declared))
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["mine.capnp"]
+[compartments.app]
+module = "m.wat"
+[compartments.app.grants]
+data = {{ host = "directory", path = "{tmp_path}/data", allow = ["open", "File.read"] }}
+""")
+    plan = preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+    (g,) = plan.system.compartments["app"].grants
+    assert (DIR.id, DIR.method("open").ordinal) in g.methods
+    assert (FILE.id, FILE.method("read").ordinal) in g.methods
+    assert {DIR.id, FILE.id} <= g.mentioned
+    h = Harness([g], names=plan.names)
+    d = h.grant(0)
+    f = h.call(d, DIR, "open", path="log.txt", mode="readWrite").payload.caps[0].import_id
+    assert h.call(f, FILE, "read", offset=0, count=10).error is None
+    for method, fields in (("write", {"offset": 0, "data": b"PWNED"}), ("truncate",
+                                                                          {"size": 0})):
+        assert f"File.{method} is not allowed" in h.call(f, FILE, method, **fields).error
+    assert "Directory.remove is not allowed" in h.call(d, DIR, "remove", path="log.txt").error
+    assert (tmp_path / "data" / "log.txt").read_text() == "kept"
