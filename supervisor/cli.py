@@ -147,7 +147,10 @@ def _main(argv=None, zygote=None) -> int:
         import capnp_schemas
         capnp_schemas.parse_elsewhere = zygote.parse_schema
     try:
-        plan = preflight.prepare(policy.load(args.system))
+        # up's --socket is checked as [system] socket is (a grant reaching it, its
+        # length): it went around both, straight to the runtime
+        plan = preflight.prepare(policy.load(
+            args.system, socket=args.socket if args.command == "up" else None))
     except PolicyError as e:
         _error(f"{e}")
         return 2
@@ -161,7 +164,7 @@ def _main(argv=None, zygote=None) -> int:
     import trio
 
     from . import runtime
-    return trio.run(runtime.up, plan, args.socket, args.log_format, zygote)
+    return trio.run(runtime.up, plan, None, args.log_format, zygote)   # --socket: in plan
 
 
 def _check(plan, args) -> int:

@@ -82,7 +82,8 @@ def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
            ("log directory", system.logs or default_log_dir(sid), True,
             "[system] logs moves it")]
     if system.socket:
-        out.append(("external socket", system.socket, False, "[system] socket moves it"))
+        out.append(("external socket", system.socket, False,
+                    "--socket moves it" if system.socket_option else "[system] socket moves it"))
     if system.audit:
         out.append(("audit file", system.audit, False, "[system] audit moves it"))
     return [(what, os.path.realpath(p), is_dir, how, os.path.abspath(p))

@@ -163,6 +163,7 @@ class System:
     engine_user: tuple = DEFAULT_ENGINE_USER   # (uid, gid) of engines when run as root
     audit_max_size: int = AUDIT_MAX_SIZE   # bytes before the audit is rotated; 0: never
     audit_keep: int = AUDIT_KEEP           # rotated audit files kept (AUDIT.1 .. AUDIT.N)
+    socket_option: bool = False            # `socket` is `wsuper up --socket`'s, not the file's
 
     @property
     def external(self) -> tuple:
@@ -393,12 +394,18 @@ def read(path: str) -> System:
     return parse(_read_text(path, ""), path, lambda p: _read_text(p, "policy file "))
 
 
-def load(path: str) -> System:
-    """Read and validate a system file, then check the files it names."""
+def load(path: str, socket: str | None = None) -> System:
+    """Read and validate a system file, then check the files it names.  `socket`:
+    `wsuper up --socket`, which takes the place of [system] socket, and is checked
+    as it is (its length; no grant may reach it)."""
     path = os.path.abspath(path)
     text = _read_text(path, "")
     policy_files = []
     system = parse(text, path, lambda p: (policy_files.append(p), _read_text(p, "policy file "))[1])
+    if socket is not None:
+        if not socket or "\0" in socket:
+            raise PolicyError(path, "--socket", f"must be a non-empty path, not {socket!r}")
+        system = attrs.evolve(system, socket=os.path.abspath(socket), socket_option=True)
     where = _Where(text, path)
     from .endpoint import own_paths as supervisor_paths
     own_paths = supervisor_paths(system)
@@ -515,7 +522,8 @@ def _socket_paths_fit(system: System, where):
     from . import endpoint
     paths = [("", "the admin socket", endpoint.admin_socket_path(system.path))]
     if system.external:
-        paths.append(("system.socket", "the external socket", system.socket) if system.socket
+        key = "--socket" if system.socket_option else "system.socket"
+        paths.append((key, "the external socket", system.socket) if system.socket
                      else ("", "the external socket", endpoint.default_socket_path(system.path)))
     for key, what, p in paths:
         n = len(os.fsencode(p))

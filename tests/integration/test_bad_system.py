@@ -912,3 +912,33 @@ def test_check_refuses_every_audit_file_that_up_refuses(tmp_path, kind):
         assert f":2: system.audit: " in r.stderr and str(audit) in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "nowhere.jsonl").exists()      # nothing made through a link
+
+
+@pytest.mark.parametrize("case", ["granted", "too long", "empty"])
+def test_up_socket_is_checked_as_the_system_files_socket_is(tmp_path, case):
+    """An outside review: `wsuper up --socket PATH` went straight to the runtime,
+    around what [system] socket is held to: a socket in a directory a compartment
+    may change through its grant (it could remove or replace the supervisor's
+    socket) was bound, a path too long for the kernel failed with only "AF_UNIX
+    path too long", and an empty one was taken as none."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{SCHEMA}"]
+[compartments.calc]
+module = "{CALC}"
+exports = "Calc"
+external = true
+[compartments.calc.grants]
+data = {{ host = "directory", path = "{tmp_path}/data" }}
+""")
+    socket = {"granted": f"{tmp_path}/data/x.sock", "too long": f"{tmp_path}/{'s' * 120}.sock",
+              "empty": ""}[case]
+    want = {"granted": f"compartments.calc.grants.data.path: {tmp_path}/data reaches the "
+                       f"supervisor's external socket {socket}",
+            "too long": f": --socket: the external socket {socket} would have",
+            "empty": ": --socket: must be a non-empty path"}[case]
+    r = run_wsuper("up", str(tmp_path / "system.toml"), "--socket", socket, timeout=30)
+    assert r.returncode == 2 and r.stdout == "", r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and want in r.stderr, r.stderr
+    assert not os.path.exists(f"{tmp_path}/data/x.sock")
