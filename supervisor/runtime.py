@@ -395,6 +395,9 @@ class Supervisor:
         self._exit_code = 0
         self._stderr_tail: dict[str, collections.deque] = {}
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
+        #: COMPARTMENT.GRANT -> (st_dev, st_ino) of the file or directory its path named
+        #: when the system started: each start of the compartment must open that one
+        self._granted: dict[str, tuple] = {}
         self._jobs: dict[tuple, collections.deque] = {}   # host object -> its jobs, in order
         # host object -> its _Turn, while a queue or a thread (even abandoned) has it
         self._object_turns: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -585,6 +588,7 @@ class Supervisor:
             # compartments start (~0.1 s a pause at 300 of them; docs/performance.md).
             # No gc.collect() first: it would delay the first spawn by ~20 ms
             gc.freeze()
+            await trio.to_thread.run_sync(self._note_granted)
             self.zygote = Zygote(self._launched)
             self._launched = None
             nursery.start_soon(self.zygote.run)
@@ -939,6 +943,11 @@ class Supervisor:
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
                                   f"than {hostcaps.IO_DEADLINE:g} s")
+            problem = self._not_granted(comp.name, g, opened)
+            if problem:
+                self._release(g.target, opened, counted=False)
+                self._release_hosts(comp, hosts)
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: {problem}")
             if not self._hold(g.target, opened, comp.name):
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
@@ -946,6 +955,34 @@ class Supervisor:
                                   f"has no file descriptors to spare (EMFILE)")
             hosts[g.name] = opened
         return hosts
+
+    def _note_granted(self):
+        """What each file and directory grant's path names now, before any engine runs
+        (policy.load has just checked it)."""
+        for comp in self.system.compartments.values():
+            for g in comp.grants:
+                if g.kind == "host" and g.target in ("directory", "file"):
+                    try:
+                        st = os.stat(os.path.join(g.path, g.subdir or ""))
+                    except OSError:
+                        continue                  # the first open says why, and notes it
+                    self._granted[f"{comp.name}.{g.name}"] = (st.st_dev, st.st_ino)
+
+    def _not_granted(self, name: str, g, opened) -> str | None:
+        """Why `opened` (grant `g` of compartment `name`, opened by its path) is not the
+        file or directory granted, or None.  A grant's path is opened again at every
+        start, following what is on its way: a compartment that replaced a directory
+        there by a symbolic link (through a writable grant that holds it) had its
+        next start open wherever the link pointed, outside every grant."""
+        if g.target not in ("directory", "file"):
+            return None
+        st = os.fstat(opened.fd)
+        granted = self._granted.setdefault(f"{name}.{g.name}", (st.st_dev, st.st_ino))
+        if granted == (st.st_dev, st.st_ino):
+            return None
+        return (f"it now names another {g.target} than when the system started (something "
+                f"on its way was replaced, by a symbolic link maybe); a grant is what its "
+                f"path named then: start the system anew to grant what is there now")
 
     def _release_hosts(self, comp, hosts: dict):
         for g in comp.grants:

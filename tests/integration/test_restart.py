@@ -174,3 +174,50 @@ restart_delay = 0.05
     run.wait_for("ready b", start=at)                  # the zygote still starts engines
     run.proc.send_signal(signal.SIGTERM)
     assert run.finish(timeout=30) == 143
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_restart_opens_what_was_granted_not_where_a_planted_link_points(
+        tmp_path, wsuper, kind):
+    """An outside review: a grant's path is opened again at every start, following
+    the directories on its way.  A compartment holding a writable grant of one of
+    them replaced it by a symbolic link, crashed itself, and its next start opened
+    the link's target as its grant: any directory (or file) of that name anywhere,
+    outside every grant.  Each start must open what the path named when the system
+    started, or fail naming the grant."""
+    (tmp_path / "data" / "x" / "inner").mkdir(parents=True)
+    (tmp_path / "data" / "x" / "inner.txt").write_text("granted")
+    (tmp_path / "elsewhere" / "inner").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "inner.txt").write_text("not granted")
+    name = "inner" if kind == "directory" else "inner.txt"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+max_restarts = 1
+restart_delay = 0.05
+[compartments.calc.grants]
+data = {{ host = "directory", path = "{tmp_path}/data" }}
+inner = {{ host = "{kind}", path = "{tmp_path}/data/x/{name}", read_only = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    # what calc may do through `data`: rename x, and put a link in its place
+    os.rename(tmp_path / "data" / "x", tmp_path / "data" / "x.old")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "x")
+    at = len(run.lines)
+    os.kill(pid, signal.SIGKILL)
+    k = at
+    while True:        # the next start's news: ready (through the link), or refused
+        line = run.wait_for("calc", start=k)
+        k = run.lines.index(line, k) + 1
+        if line.startswith(("wsuper: ready calc", "wsuper: compartment calc failed to start")):
+            break
+    assert f"cannot open {tmp_path}/data/x/{name} for grant inner: it now names another " \
+        f"{kind} than when the system started" in line, line
+    run.wait_for("compartment calc failed for good", start=at)
+    assert not any(l.startswith("wsuper: ready calc") for l in run.lines[at:])
