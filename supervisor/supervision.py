@@ -13,7 +13,8 @@ Restart modes, as in Erlang/OTP supervisors:
 
 Intensity: more than `max_restarts` restarts within `restart_window` seconds
 and the compartment has failed for good.  Each restart in a window waits
-twice as long as the one before (from `restart_delay`, at most MAX_DELAY).
+twice as long as the one before (from `restart_delay`, at most MAX_DELAY, or
+`restart_delay` itself if that is longer).
 """
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ class Supervision:
         if len(self._restarts) >= p.max_restarts:
             return Decision("fail", reason=f"{len(self._restarts)} restarts within "
                                            f"{p.restart_window:g} s (max_restarts = {p.max_restarts})")
-        delay = min(p.restart_delay * (2 ** len(self._restarts)), MAX_DELAY)
+        # doubled up to MAX_DELAY, but never below restart_delay itself: its range goes
+        # to 60 s, and 60 was cut to 10 (docs/policy-reference.md: the first waits it)
+        delay = min(p.restart_delay * (2 ** len(self._restarts)),
+                    max(MAX_DELAY, p.restart_delay))
         self._restarts.append(now)
         return Decision("restart", delay, len(self._restarts))
 

@@ -256,3 +256,14 @@ def test_the_system_does_not_end_while_a_program_is_restarting():
     assert life.started("app", program=True) == [Run("app")]
     assert life.program_ended("app", 0, None, now=7) == [Say("finished app exit=0"),
                                                          Finish(0)]
+
+
+def test_a_restart_delay_above_the_doubling_cap_is_waited_as_written():
+    """An outside review: restart_delay may be up to 60 s, but every restart waited
+    at most MAX_DELAY (10 s): restart_delay = 60 restarted after 10."""
+    from supervisor.supervision import MAX_DELAY
+    s = Supervision(RestartPolicy(max_restarts=3, restart_delay=60))
+    assert [s.decide(t, abnormal=True).delay for t in (0, 1, 2)] == [60, 60, 60]
+    s = Supervision(RestartPolicy(max_restarts=5, restart_delay=3))
+    assert [s.decide(t, abnormal=True).delay for t in range(5)] == \
+        [3, 6, MAX_DELAY, MAX_DELAY, MAX_DELAY]
