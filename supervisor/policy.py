@@ -864,8 +864,9 @@ def _policy_file(where, key, ref, base, read_policy):
     _table(pwhere, "grants", grants_doc)
     grants = tuple(_grant(pwhere, f"grants.{g}", g, spec) for g, spec in grants_doc.items())
     limits = doc.get("limits", {})
-    _table(pwhere, "limits", limits)
-    _only(pwhere, "limits", limits, set(Limits.RANGES))
+    # checked here, where they are written: merged first, a bad value was reported
+    # at the system file's [compartments.NAME] line, under a key it does not have
+    _limits(pwhere, "limits", limits)
     return grants, limits
 
 

@@ -175,3 +175,22 @@ def test_no_compartment_takes_the_name_of_the_supervisors_own_log():
             policy.parse(f'[compartments.{name}]\nmodule = "a.wat"\n', "/s/system.toml")
     policy.parse('[compartments.supervisor2]\nmodule = "a.wat"\n'
                  '[compartments.Supervisor]\nmodule = "a.wat"\n', "/s/system.toml")
+
+
+@pytest.mark.parametrize("value, reason", [
+    ('"1TiB"', "must be a size in bytes"), ("1", "must be a whole number from 65,536"),
+    ("nan", "must be a whole number from 65,536"), ("true", "must be a whole number")])
+def test_a_policy_files_bad_limit_is_reported_in_the_policy_file(value, reason):
+    """An outside review: a policy file's limits were checked only once merged into
+    the compartment's, and a bad value was reported at the system file's
+    [compartments.NAME] line under compartments.NAME.limits.KEY, a key the system
+    file does not have; docs/policy-reference.md: errors name the policy file, its
+    line and key.  (A bad value is an error even where an inline limit overrides it:
+    the file is shared, and wrong for every system that uses it.)"""
+    bad = POLICY.replace('memory = "1MiB"', f"memory = {value}")
+    for inline in ("", '[compartments.app.limits]\nmemory = "2MiB"\n'):
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(SYSTEM + inline, "/s/system.toml",
+                         {"/s/p/client.toml": bad}.__getitem__)
+        assert str(e.value).startswith(f"/s/p/client.toml:4: limits.memory: {reason}"), \
+            str(e.value)
