@@ -437,11 +437,7 @@ def load(path: str, socket: str | None = None) -> System:
             if g.path is None:
                 continue
             # report it where the grant was written (this file or a policy file)
-            origin_file, _, origin_key = g.origin.rpartition(": ")
-            if origin_file not in wheres:       # read once, not once per grant
-                wheres[origin_file] = _Where(_read_text(origin_file, "policy file "),
-                                             origin_file)
-            gwhere = wheres[origin_file]
+            gwhere, origin_key = grant_where(g, wheres)
             key = f"{origin_key}.path"
             if os.path.islink(g.path):
                 raise gwhere.error(key, f"{g.path} is a symbolic link; grant what it points to")
@@ -510,6 +506,16 @@ def load(path: str, socket: str | None = None) -> System:
                               f"module file {comp.module} has {size:,} bytes, more than "
                               f"{MAX_MODULE_BYTES:,}")
     return system
+
+
+def grant_where(g: Grant, wheres: dict) -> tuple["_Where", str]:
+    """Where grant `g` was written, to report an error about it: (the _Where of the
+    system file or policy file that holds it, its key there).  `wheres`: path ->
+    _Where, the files read so far (each is read once, not once per grant)."""
+    origin_file, _, origin_key = g.origin.rpartition(": ")
+    if origin_file not in wheres:
+        wheres[origin_file] = _Where(_read_text(origin_file, "policy file "), origin_file)
+    return wheres[origin_file], origin_key
 
 
 #: bytes of a Unix socket's path (sun_path holds 108, with the closing NUL)

@@ -17,7 +17,7 @@ from capnp_schemas.text import first_line
 from compartments import abi, protect, wasmbin
 from compartments.wasm import describe_imports, engine_config, signature
 
-from .policy import PolicyError, System, _Where
+from .policy import PolicyError, System, _Where, grant_where
 
 
 @attrs.frozen
@@ -70,6 +70,7 @@ def prepare(system: System) -> Plan:
         by_name.setdefault(n, []).append(i.schema.node.id)
 
     main = {}
+    wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
     checked = {}        # module path -> (import problem, imports WASI, export names)
     engine = wasmtime.Engine(engine_config())      # as the engines will compile them
     for comp in system.compartments.values():
@@ -105,7 +106,8 @@ def prepare(system: System) -> Plan:
                                   f"more than the limit of {comp.limits.table_elements} "
                                   f"(each table)")
         if is_wasi:
-            _check_wasi_grants(where, key, comp)
+            _check_wasi_grants(wheres, comp)
+        _check_environment_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             try:
                 protect.check_file(engine, comp.module, comp.protect, comp.limits.memory)
@@ -124,10 +126,10 @@ def prepare(system: System) -> Plan:
                 granted = (interfaces[system.compartments[g.target].exports]
                            if g.kind == "compartment" else hosted.BY_KIND[g.target].id)
                 methods, mentioned = set(), {granted}
+                gwhere, gkey = grant_where(g, wheres)
                 for m in g.allow:
-                    ids, pairs = _resolve_method(
-                        where, f"compartments.{comp.name}.grants.{g.name}.allow", m, granted,
-                        by_name, names)
+                    ids, pairs = _resolve_method(gwhere, f"{gkey}.allow", m, granted,
+                                                 by_name, names)
                     methods |= pairs
                     mentioned |= ids
                 g = attrs.evolve(g, methods=frozenset(methods), mentioned=frozenset(mentioned))
@@ -225,20 +227,44 @@ def _what(data: bytes) -> str:
     return ""
 
 
-def _check_wasi_grants(where, key, comp):
-    """What a WASI program takes from its grants must be unambiguous (compartments/wasi.py)."""
+def _check_wasi_grants(wheres, comp):
+    """What a WASI program takes from its grants must be unambiguous (compartments/wasi.py).
+    Each error names the grant where it is written (the system file or a policy file)."""
     seen = {}
     for g in comp.grants:
+        gwhere, gkey = grant_where(g, wheres)
         target = g.target if g.kind == "host" else "compartment"
         if target in ("clock", "random", "environment"):
             if target in seen:
-                raise where.error(f"{key}.grants.{g.name}", f"a WASI program takes its {target} "
-                                  f"from one grant, and {seen[target]!r} is one already")
+                raise gwhere.error(gkey, f"a WASI program takes its {target} from one grant, "
+                                   f"and {seen[target]!r} is one already")
             seen[target] = g.name
         wanted = {"stdin": ("file",), "stdout": ("log", "file"), "stderr": ("log", "file")}
         if g.name in wanted and target not in wanted[g.name]:
-            raise where.error(f"{key}.grants.{g.name}", f"a WASI program's {g.name} must be a "
-                              f"{' or '.join(wanted[g.name])} grant, not {target}")
+            raise gwhere.error(gkey, f"a WASI program's {g.name} must be a "
+                               f"{' or '.join(wanted[g.name])} grant, not {target}")
+
+
+def _check_environment_fits(wheres, comp):
+    """An environment grant's arguments and variables must fit in one answer to its
+    holder (limits.message_size): a larger one was refused at every Environment
+    call (E2BIG), and a WASI program, which reads them before main, ended with exit
+    code 71 and no word of why."""
+    from capnp_schemas import payloads
+    env = hosted.BY_KIND["environment"]
+    for g in comp.grants:
+        if g.kind != "host" or g.target != "environment":
+            continue
+        for method, key, values in (
+                ("args", "args", {"args": list(g.args)}),
+                ("vars", "vars", {"vars": [{"name": k, "value": v} for k, v in g.vars]})):
+            size = payloads.build(env.method(method).results, values)[0].size()
+            if size > comp.limits.message_size:
+                gwhere, gkey = grant_where(g, wheres)
+                raise gwhere.error(f"{gkey}.{key}", f"its {key} take {size:,} bytes in a "
+                                   f"message, more than compartment {comp.name} accepts "
+                                   f"(limits.message_size = {comp.limits.message_size:,}): "
+                                   f"it could never read them")
 
 
 def _method_names(iface) -> dict:
