@@ -425,7 +425,7 @@ def load(path: str, socket: str | None = None) -> System:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
     if system.audit is not None:
-        problem = audit_file_problem(system.audit)
+        problem = audit_file_problem(system.audit) or _audit_among_logs(system, own_paths)
         if problem:
             raise where.error("system.audit", problem)
     wheres = {where.path: where}
@@ -670,6 +670,26 @@ def audit_file_problem(path: str) -> str | None:
     if st.st_nlink > 1:
         return audit_links_problem(path, st.st_nlink)
     return None
+
+
+def _audit_among_logs(system: System, own_paths) -> str | None:
+    """Why the audit file cannot be where it is, if it is one of the log files (or
+    their rotations): supervisor.log or a compartment's NAME.log in the log
+    directory.  The audit's records and the log's lines were written into one file,
+    and the log's rotation at 1 MiB (which a compartment's own lines bring about)
+    moved the audit file from under its writer, and then deleted it."""
+    log_dir = next(p for what, p, *_ in own_paths if what == "log directory")
+    audit = os.path.realpath(system.audit)
+    if os.path.dirname(audit) != log_dir:
+        return None
+    names = ["supervisor", *system.compartments]
+    m = re.fullmatch(r"(.*)\.log(\.[0-9]+)?", os.path.basename(audit))
+    if m is None or m.group(1) not in names:
+        return None
+    whose = "the supervisor's" if m.group(1) == "supervisor" else f"compartment {m.group(1)}'s"
+    return (f"the audit file {system.audit} is {whose} log file in the log directory "
+            f"{log_dir}{' (a rotation of it)' if m.group(2) else ''}: the two would be "
+            f"written, and rotated, as one file; name another file")
 
 
 def audit_links_problem(path: str, links: int) -> str:

@@ -1005,3 +1005,34 @@ def test_an_environment_larger_than_its_holder_can_read_is_refused_naming_the_gr
         (tmp_path / "system.toml").write_text(
             (tmp_path / "system.toml").read_text().replace(value, ok))
         assert run_wsuper("check", str(tmp_path / "system.toml")).returncode == 0
+
+
+@pytest.mark.parametrize("audit", ["logs/m.log", "logs/supervisor.log", "logs/m.log.2",
+                                   "DEFAULT/supervisor.log"])
+def test_the_audit_cannot_be_one_of_the_log_files(tmp_path, audit):
+    """An outside review: [system] audit could name a log file (supervisor.log or a
+    compartment's NAME.log): audit records and log lines went into one file, and
+    the log's rotation at 1 MiB, which a compartment's own lines bring about, moved
+    the audit from under its writer and later deleted it."""
+    from supervisor import endpoint, output
+    (tmp_path / "m.wat").write_text(MOD)
+    system = tmp_path / "system.toml"
+    if audit.startswith("DEFAULT/"):
+        state = tmp_path / "state"
+        env = {**os.environ, "XDG_STATE_HOME": str(state)}
+        logs = ""
+        audit = audit.replace("DEFAULT", os.path.join(
+            str(state), "wsuper", endpoint.system_id(str(system))))
+    else:
+        env, logs = None, 'logs = "logs"\n'
+    system.write_text(f'[system]\n{logs}audit = "{audit}"\n[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
+                           capture_output=True, text=True, timeout=60, env=env,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        line = 2 if env is not None else 3
+        assert f":{line}: system.audit: the audit file" in r.stderr and "log file in the log " \
+            "directory" in r.stderr, r.stderr
+    system.write_text(system.read_text().replace(os.path.basename(audit), "audit.jsonl"))
+    assert run_wsuper("check", str(system)).returncode == 0 or env is not None
