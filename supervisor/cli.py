@@ -173,7 +173,14 @@ def _check(plan, args) -> int:
 
     from capnp_schemas.text import printable
 
-    from . import authority
+    from . import authority, policy
+    system = plan.system
+    if system.audit is not None:        # what up refuses when it opens the audit file
+        problem = policy.audit_file_problem(system.audit)
+        if problem:
+            with open(system.path, encoding="utf-8") as f:
+                _error(f"{policy._Where(f.read(), system.path).error('system.audit', problem)}")
+            return 2
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "
               "instead")

@@ -158,11 +158,26 @@ def own_dir(folder: str, what: str, parents: bool = False):
         except OSError as e:
             raise EndpointError(f"cannot make {what}{folder}: {e.strerror}") from None
     _make_dir(folder, what)
-    st = _real_dir(folder, what)
+    problem = foreign_dir(folder, what)
+    if problem:
+        raise EndpointError(problem)
+
+
+def foreign_dir(folder: str, what: str) -> str | None:
+    """Why wsuper may not write into `folder` (own_dir), or None: it is a real
+    directory of ours that nobody else may write to, or it does not exist yet.
+    Makes nothing (`wsuper check` asks it too)."""
+    try:
+        _real_dir(folder, what)
+    except EndpointError as e:
+        if not os.path.lexists(folder):
+            return None
+        return str(e)
+    st = os.lstat(folder)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise EndpointError(f"{what}{folder} must belong to you and be writable "
-                            f"by you only (owner uid {st.st_uid}, mode "
-                            f"{stat.S_IMODE(st.st_mode):04o})")
+        return (f"{what}{folder} must belong to you and be writable by you only (owner uid "
+                f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+    return None
 
 
 class Lock:

@@ -425,7 +425,11 @@ def load(path: str, socket: str | None = None) -> System:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
     if system.audit is not None:
-        problem = audit_file_problem(system.audit) or _audit_among_logs(system, own_paths)
+        problem = _audit_among_logs(system, own_paths)
+        if problem is None and os.path.isfile(system.audit):
+            links = os.stat(system.audit).st_nlink
+            if links > 1:
+                problem = audit_links_problem(system.audit, links)
         if problem:
             raise where.error("system.audit", problem)
     wheres = {where.path: where}
@@ -650,11 +654,21 @@ def _kernel_fs(path: str) -> str | None:
 
 
 def audit_file_problem(path: str) -> str | None:
-    """Why the audit file `path` cannot be opened as `wsuper up` opens it (never
-    through a link, a regular file with one name), or None: the same refusals in
-    `check` as in `up` (check said a symbolic link or a FIFO there was fine).
-    Nothing there yet is fine: up makes it."""
+    """Why the audit file `path` cannot be opened as `wsuper up` opens it (in a
+    directory of ours that no one else may write to, never through a link, a
+    regular file with one name), or None: what `wsuper check` says of it (it said
+    a symbolic link or a FIFO there was fine).  Nothing there yet is fine: up
+    makes it.  `up` itself refuses the same when it opens the file (runtime
+    _Audit.open, on the descriptor: no race)."""
     import stat
+
+    from .endpoint import foreign_dir
+    folder = os.path.dirname(path)
+    # first, as up does (not a link there: check leaves that to up, and to the checks
+    # of the grants that may reach what it points at)
+    problem = None if os.path.islink(folder) else foreign_dir(folder, "audit directory ")
+    if problem:
+        return problem
     try:
         st = os.lstat(path)
     except FileNotFoundError:
