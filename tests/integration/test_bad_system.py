@@ -905,7 +905,7 @@ def test_check_refuses_every_audit_file_that_up_refuses(tmp_path, kind):
         s.bind(str(audit))
         s.close()
     (tmp_path / "system.toml").write_text(
-        f'[system]\naudit = "audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n')
+        '[system]\naudit = "audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n')
     for command in ("check", "up"):
         r = run_wsuper(command, str(tmp_path / "system.toml"))
         assert r.returncode == 2, (command, r.output)
@@ -1015,7 +1015,7 @@ def test_the_audit_cannot_be_one_of_the_log_files(tmp_path, audit):
     compartment's NAME.log): audit records and log lines went into one file, and
     the log's rotation at 1 MiB, which a compartment's own lines bring about, moved
     the audit from under its writer and later deleted it."""
-    from supervisor import endpoint, output
+    from supervisor import endpoint
     (tmp_path / "m.wat").write_text(MOD)
     system = tmp_path / "system.toml"
     if audit.startswith("DEFAULT/"):

@@ -321,12 +321,12 @@ def test_a_grants_write_quota_outlives_each_opening_of_the_grant(tmp_path):
     hosts = hostcaps.HostCaps(lambda owner: 100.0)
     assert hosts.write_quota("app", g) is hosts.write_quota("app", g)
     assert hosts.write_quota("other", g) is not hosts.write_quota("app", g)
-    for grant, write in ((g, lambda o: o.create("x%d" % id(o))["file"].append(b"y" * 800)),
-                         (f, lambda o: o.append(b"0123456789"))):
-        first = hostcaps.GrantOpening(grant, hosts.write_quota("app", grant)).run()
+    for opened, write in ((g, lambda o: o.create("x%d" % id(o))["file"].append(b"y" * 800)),
+                          (f, lambda o: o.append(b"0123456789"))):
+        first = hostcaps.GrantOpening(opened, hosts.write_quota("app", opened)).run()
         write(first)                               # spends most of it ...
         first.close()
-        again = hostcaps.GrantOpening(grant, hosts.write_quota("app", grant)).run()
+        again = hostcaps.GrantOpening(opened, hosts.write_quota("app", opened)).run()
         with pytest.raises(hostcaps.hostfs.FsError, match="write quota exhausted") as e:
             write(again)                           # ... and a second opening has the rest
         assert e.value.code == "EDQUOT"
