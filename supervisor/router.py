@@ -643,14 +643,25 @@ class Router:
         self._deliver(target, call)
 
     def _refuse(self, ev: protocol.CallReceived, reply, e: CallError):
-        """A call refused before it was delivered (in_flight, handles, a pipelined
-        call with nothing to reach): it fails, and the audit records it as every
-        call is recorded, naming what it was made on."""
+        """A call refused on arrival, before it was delivered (in_flight, handles, a
+        pipelined call with nothing to reach): see _refuse_call."""
+        target = ev.target
+        if isinstance(target, protocol.PromisedAnswer):
+            target = target.answer_id
+        self._refuse_call(reply, target, ev.interface_id, ev.method_id, e)
+
+    def _refuse_call(self, reply, target, interface_id: int, method_id: int,
+                     e: CallError):
+        """A call refused before it was delivered, on arrival or while it waited in
+        the router (pipelined on an answer that then failed, went elsewhere or held
+        no capability there): it fails, and the audit records it as every call is
+        recorded, naming what it was made on (`target`: a capability, or the id of
+        the caller's answer it was pipelined on).  The one place such a refusal is
+        audited: calls refused when their answer came left no record."""
         if self.audit.enabled:
-            target = ev.target
-            if isinstance(target, protocol.PromisedAnswer):
-                target = f"the answer to {reply[0].name}'s call #{target.answer_id}"
-            self.audit.open(reply, target, Call(ev.interface_id, ev.method_id,
+            if isinstance(target, int):
+                target = f"the answer to {reply[0].name}'s call #{target}"
+            self.audit.open(reply, target, Call(interface_id, method_id,
                                                 protocol.EMPTY, (), reply),
                             self.clock(), self.wall())
         self.fail(reply, e)
@@ -733,7 +744,7 @@ class Router:
                         "(sendResultsTo.yourself)")
         calls = self._take_pipelined(peer, answer_id)
         if calls:
-            self._soon(self._fail_pipelined, calls, why)
+            self._soon(self._fail_pipelined, calls, why, answer_id)
         if self._promises:
             self._settle(peer, answer_id, error=why)
         outcome = _Outcome(content, tuple(caps), error)
@@ -1252,14 +1263,18 @@ class Router:
             if not caller.alive or not caller.conn.awaiting_return(their_id):
                 self.sweep(call.caps)
                 continue
+            why = None
             if caller.conn.gave_up(their_id):         # as _run_queue: cancelled (Finish)
-                self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
-                                         "be delivered", "failed")
-                continue
-            try:
-                target = self._resolve_pipeline(peer, (content, out_caps), transform)
-            except CallError as e:
-                self.fail(call.reply, e)
+                why = CallError("cancelled by its caller (Finish) before it could be "
+                                "delivered", "failed")
+            else:
+                try:
+                    target = self._resolve_pipeline(peer, (content, out_caps), transform)
+                except CallError as e:
+                    why = e
+            if why is not None:
+                self._refuse_call(call.reply, answer_id, call.interface_id, call.method_id,
+                                  why)
                 self.sweep(call.caps)
                 continue
             self._deliver(target, call)
@@ -1284,13 +1299,15 @@ class Router:
             answer_id, reason, e.type, no_finish=peer.kind == "engine")))
         calls = self._take_pipelined(peer, answer_id)
         if calls:                       # each may have calls pipelined on it: _soon
-            self._soon(self._fail_pipelined, calls, e)
+            self._soon(self._fail_pipelined, calls, e, answer_id)
         if self._promises:
             self._settle(peer, answer_id, error=e)
 
-    def _fail_pipelined(self, calls, e: CallError):
+    def _fail_pipelined(self, calls, e: CallError, answer_id: int):
+        """Calls pipelined on the answer `answer_id`, which failed: refused."""
         for _transform, call in calls:
-            self.fail(call.reply, CallError(f"pipelined on a failed call: {e.reason}", e.type))
+            self._refuse_call(call.reply, answer_id, call.interface_id, call.method_id,
+                              CallError(f"pipelined on a failed call: {e.reason}", e.type))
             self.sweep(call.caps)
 
     def _hold(self, peer: Peer, size: int) -> CallError | None:

@@ -1786,3 +1786,33 @@ def test_calls_refused_before_delivery_are_audited_like_every_call():
         ("calc (main object)", "add", "returned", None),
         (f"the answer to client's call #{q5}", "add", "failed",
          "pipelined call on a field that holds no capability")], key=str)
+
+
+def test_calls_pipelined_before_their_answer_and_refused_when_it_comes_are_audited():
+    """Calls pipelined on an answer that has not come yet wait in the router; when
+    it comes and they cannot go on (it failed, the field holds no capability, its
+    results were sent elsewhere) they are refused there, before delivery.  Only
+    those refused at once, the answer being known, were recorded; those refused
+    later left no record (the audit records every capability call)."""
+    router = R.Router({"calc": CALC}, names=NAMES, audit=True, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    calc_cap = cl.grants[0].import_id
+    q, first = cl.conn.send_call(calc_cap, CALC, 0)                 # calc fails it, later
+    _q2, on_failed = cl.conn.send_call((q, (0,)), CALC, 0)
+    q3, plain = cl.conn.send_call(calc_cap, CALC, 0)                # returns no capability
+    _q4, on_empty = cl.conn.send_call((q3, (0,)), CALC, 0)
+    cl.send(first + on_failed + plain + on_empty)
+    assert len(calc.inbox) == 2                 # the pipelined ones wait in the router
+    one, two = calc.inbox
+    calc.send(calc.conn.send_exception(one.answer_id, "no"))
+    calc.send(calc.conn.send_return(two.answer_id))
+    records = [e.record for e in calc.effects + cl.effects if isinstance(e, fx.Audit)]
+    mine = [(r["method"], r["outcome"], r.get("reason")) for r in records
+            if r["capability"] != "the gateway"]
+    assert sorted(mine, key=str) == sorted([
+        ("add", "failed", "no"),
+        ("add", "returned", None),
+        ("add", "failed", "pipelined on a failed call: no"),
+        ("add", "failed", "pipelined call on a field that holds no capability")], key=str)
+    assert router.audit._open == {}
