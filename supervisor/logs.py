@@ -119,8 +119,12 @@ class _Followed:
         old = self._inode()
         if now == old:
             return _lines(data)
-        # rotated (or made since): the rest of the old file was read above; now the
-        # files rotated after it, oldest first, then the new current one
+        # rotated (or made since).  What the old file gained between the read above
+        # and the look at its name is read now: the system appends its last lines
+        # and rotates at once (LogFiles._write_all), and once the name has moved on
+        # nothing more is written to the old file (it is written by name).  Then
+        # the files rotated after it, oldest first, then the new current one
+        data += self.rest()
         try:
             current = open(self.path, "rb")
         except FileNotFoundError:

@@ -80,3 +80,36 @@ def test_lines_written_just_before_a_rotation_are_followed_not_lost(tmp_path, mo
             polls.clear()
         assert got == [f"2026-12-03T10:00:{i:02d}.000Z [app] line {i}"
                        for i in range(first, n)]
+
+
+def test_lines_written_and_rotated_away_during_a_look_are_followed_not_lost(tmp_path,
+                                                                            monkeypatch):
+    """A look reads what the followed file gained, then sees whether its name moved
+    on.  The system writes its last lines to a file and rotates it right away
+    (LogFiles._write_all): when both fell between the read and the check, the look
+    saw the rotation, went on to the new file and never read the old one again."""
+    polls = []
+
+    def sleep(_seconds):                 # looks that find nothing, again and again: lost
+        polls.append(1)
+        assert len(polls) < 5, "a line written before the rotation was never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    log = tmp_path / "app.log"
+    log.write_text("2026-12-03T10:00:00.000Z [app] line 0\n")
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": None},
+                                   path=str(tmp_path))
+    lines = logs.lines(system, "app", follow=True)
+    assert next(lines) == "2026-12-03T10:00:00.000Z [app] line 0"
+    rest, armed = logs._Followed.rest, [True]
+
+    def rest_then_write_and_rotate(self):      # the system, between read and check
+        out = rest(self)
+        if armed and armed.pop():
+            with open(log, "a") as f:
+                f.write("2026-12-03T10:00:01.000Z [app] line 1\n")
+            _rotate(log)
+            log.write_text("2026-12-03T10:00:02.000Z [app] line 2\n")
+        return out
+    monkeypatch.setattr(logs._Followed, "rest", rest_then_write_and_rotate)
+    assert [next(lines), next(lines)] == ["2026-12-03T10:00:01.000Z [app] line 1",
+                                          "2026-12-03T10:00:02.000Z [app] line 2"]
