@@ -6,6 +6,12 @@ from __future__ import annotations
 
 MODULE = "wsuper"
 
+#: Bytes of a message to a compartment that the supervisor's host servers keep for
+#: a result's own structure: a host call answers at most message_size less this
+#: much data (Random.bytes, File.read: supervisor/hostcaps.py).  The WASI layer
+#: (compartments/wasi.py) asks for no more than that in one call.
+RESULT_HEADROOM = 1024
+
 I32, I64 = "i32", "i64"
 
 #: Host functions in the `wsuper` import module: name -> (params, results).

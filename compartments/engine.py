@@ -384,7 +384,8 @@ class Engine:
     def _new_wasi(self):
         if not self._wasi_names:
             return None
-        return wasi.Wasi(self, self.name, max_io=min(wasi.MAX_IO, self.max_message_bytes // 2))
+        return wasi.Wasi(self, self.name, max_io=min(wasi.MAX_IO, self.max_message_bytes // 2),
+                         max_answer=self.max_message_bytes)
 
     def _wasi_entry(self, name):
         """A WASI function that runs in whichever WASI state is current."""

@@ -41,7 +41,7 @@ import time
 from capnp_schemas import host as host_schema, hosted, protocol
 from capnp_schemas.protocol import Content
 
-from . import protect
+from . import abi, protect
 
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
 ERRNO = {
@@ -169,17 +169,29 @@ class Wasi:
     (read, write), capability calls (invoke) and import ownership (adopt, drop).
     `max_io`: bytes one File.read or File.write may move, so that every
     message stays within the compartment's message_size (and the supervisor's
-    decoding limits); a larger read or write from the program is several calls."""
+    decoding limits); a larger read or write from the program is several calls.
+    `max_answer`: the compartment's message_size: what one Random.bytes answer
+    may carry is that less the supervisor's headroom (abi.RESULT_HEADROOM)."""
 
-    def __init__(self, host, name: str, max_io: int = MAX_IO):
+    def __init__(self, host, name: str, max_io: int = MAX_IO,
+                 max_answer: int | None = None):
         self.host = host
         self.name = name
         self.max_io = max(1, min(max_io, MAX_IO))
+        self.max_answer = max_answer
         self.fds: dict[int, _Desc] = {}
         self.clock = self.random = self.env = None
         self._argv = self._environ = None
         self._frames: list[list[_Desc]] = []   # per WASI call running now: what it uses
         self._deferred: list[_Desc] = []   # closed while an outer call uses them
+
+    @property
+    def max_random(self) -> int:
+        """Bytes asked of Random.bytes at a time: max_io, and no more than an answer
+        carries (half of message_size was more than that below 2 KiB: EINVAL)."""
+        if self.max_answer is None:
+            return self.max_io
+        return max(1, min(self.max_io, self.max_answer - abi.RESULT_HEADROOM))
 
     def grant(self, grants):
         """`grants`: (name, kind, mount, import id) for each granted capability.
@@ -500,7 +512,7 @@ class Wasi:
         while length:
             # at most what one answer to this compartment may carry, as for files:
             # with message_size = 64 KiB a chunk of 65536 bytes was refused (EINVAL)
-            n = min(length, RANDOM_CHUNK, self.max_io)
+            n = min(length, RANDOM_CHUNK, self.max_random)
             r, _ = self._call(self.random, "Random", "bytes", count=n)
             data = bytes(r.data)
             if len(data) != n:

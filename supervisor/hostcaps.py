@@ -31,6 +31,7 @@ import attrs
 from capnp_schemas import hosted, payloads, protocol
 from capnp_schemas.payloads import DecodeError
 from capnp_schemas.text import bounded, first_line
+from compartments import abi
 
 from . import hostfs
 from .supervision import TokenBucket
@@ -38,7 +39,8 @@ from .supervision import TokenBucket
 LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
 RANDOM_MAX_BYTES = 65536     # Random.bytes per call
 IO_DEADLINE = 10.0           # seconds a file operation may take before its call fails
-RESULT_HEADROOM = 1024       # bytes of a result's own structure beside its data
+RESULT_HEADROOM = abi.RESULT_HEADROOM   # bytes of a result's own structure beside its
+#                                         data (the WASI layer asks within it too)
 
 
 @attrs.define

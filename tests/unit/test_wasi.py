@@ -459,3 +459,40 @@ def test_a_descriptor_closed_by_a_nested_call_stays_until_the_call_using_it_retu
     assert [c[0] for c in host.calls if c[1] == "read"] == [cap] * 3
     assert host.dropped == [other_cap, cap]
     assert call(w, "fd_read", fd, 200, 1, 900) == E.BADF
+
+
+def test_random_get_pieces_fit_the_supervisors_answer_for_every_message_size():
+    """random_get asked for max_io bytes (half of message_size) a call, but the
+    supervisor's Random.bytes answers at most message_size less its results'
+    headroom (hostcaps): with message_size between 1 KiB and 2 KiB half of it is
+    more than that, and random_get (getentropy) failed EINVAL.  The pieces are
+    judged here by the supervisor's own rule, for the engine's own Wasi."""
+    import types
+
+    from capnp_schemas import hosted
+    from compartments.engine import Engine
+    from supervisor import hostcaps
+
+    class Call:
+        owner, kind = "app", "random"
+
+    for size in (1100, 1500, 2000, 2047, 4096, 64 << 10, 8 << 20):
+        server = hostcaps.HostCaps(log_rate=lambda _o: 10)
+        me = types.SimpleNamespace(name="app", max_message_bytes=size,
+                                   _wasi_names={"random_get"})
+        w = Engine._new_wasi(me)
+        host = FakeHost()
+        w.host = host
+        w.grant([("random", "random", None, 9)])
+
+        def bytes_(count, size=size):
+            c = Call()
+            c.max_bytes = size
+            got = server._random(c, None, hosted.BY_KIND["random"].method("bytes"),
+                                 {"count": count})
+            if isinstance(got, hostcaps.Refusal):
+                return failed(got.reason)
+            return {"data": b"\x5a" * count}
+        host.results["Random", "bytes"] = bytes_
+        assert call(w, "random_get", 500, 3000) == 0, size
+        assert host.read(500, 3000) == b"\x5a" * 3000
