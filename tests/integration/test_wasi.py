@@ -810,3 +810,17 @@ def test_exit_in_a_call_served_while_the_program_runs_ends_the_program_with_its_
     assert "finished a exit=7" in r.stderr and "its program ended (exit 7)" in r.stderr, \
         r.stdout + r.stderr
     assert "engine exited" not in r.stderr, r.stderr
+
+
+def test_random_get_works_with_a_message_size_under_2_kib(tmp_path, wasi_guests):
+    """random_get asked for half of message_size at a time, but an answer carries
+    message_size less 1 KiB: with message_size = 1536 every random_get of more
+    than 512 bytes failed EINVAL (getentropy of 700 bytes, say)."""
+    sizes = [16, 700, 5000]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+random = {{ host = "random" }}
+env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in sizes])} }}
+""", extra='[compartments.app.limits]\nmessage_size = 1536')
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
