@@ -658,13 +658,18 @@ class Router:
         recorded, naming what it was made on (`target`: a capability, or the id of
         the caller's answer it was pipelined on).  The one place such a refusal is
         audited: calls refused when their answer came left no record."""
+        self._audit_refused(reply, target, interface_id, method_id)
+        self.fail(reply, e)
+
+    def _audit_refused(self, reply, target, interface_id: int, method_id: int):
+        """Open the audit record of a call refused before delivery (see _refuse_call);
+        whoever ends the call closes it (_close_call)."""
         if self.audit.enabled:
             if isinstance(target, int):
                 target = f"the answer to {reply[0].name}'s call #{target}"
             self.audit.open(reply, target, Call(interface_id, method_id,
                                                 protocol.EMPTY, (), reply),
                             self.clock(), self.wall())
-        self.fail(reply, e)
 
     def _on_return(self, peer: Peer, ev: protocol.ReturnReceived):
         handler = self._pending.pop((peer.id, ev.question_id), None)
@@ -1604,11 +1609,14 @@ class Router:
         for k in orphaned:
             self._cancel(k, peer)
         self._orphans_changed()
-        waiting = [self._take_pipelined(peer, k[1]) for k in list(self._pipelined)
+        waiting = [(k[1], self._take_pipelined(peer, k[1])) for k in list(self._pipelined)
                    if k[0] == peer.id]
         for obj in exported:
             self._drop(obj)
-        for calls in waiting:
+        for on, calls in waiting:
+            for _t, call in calls:       # made, never delivered: recorded as refused
+                self._audit_refused(call.reply, on, call.interface_id, call.method_id)
+                self._close_call(call.reply, "failed", "the caller is gone")
             self.sweep([c for _t, call in calls for c in call.caps])
         if self._promises:
             for key in [k for k in self._promises if k[0] == peer.id]:

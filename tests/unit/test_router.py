@@ -1816,3 +1816,28 @@ def test_calls_pipelined_before_their_answer_and_refused_when_it_comes_are_audit
         ("add", "failed", "pipelined on a failed call: no"),
         ("add", "failed", "pipelined call on a field that holds no capability")], key=str)
     assert router.audit._open == {}
+
+
+def test_calls_pipelined_by_a_caller_that_goes_before_their_answer_are_audited():
+    """A client pipelines calls on one a compartment is slow to answer, then goes:
+    the calls that waited in the router for that answer were swept without a
+    record, so any number of calls could be made unseen, one connection at a
+    time.  Each is recorded, failed, saying why."""
+    router = R.Router({"calc": CALC}, names=NAMES, audit=True, external=("calc",))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    calc_cap = cl.grants[0].import_id
+    q, first = cl.conn.send_call(calc_cap, CALC, 0)                 # calc holds on to it
+    data = first
+    for _ in range(3):
+        data += cl.conn.send_call((q, (0,)), CALC, 0)[1]
+    cl.send(data)
+    assert len(calc.inbox) == 1
+    calc.deliver(router.disconnected(cl.pid, "it closed its socket"))
+    calc.send(calc.conn.send_return(calc.inbox[0].answer_id))       # late: nobody wants it
+    records = [e.record for e in calc.effects + cl.effects if isinstance(e, fx.Audit)]
+    mine = [(r["capability"], r["outcome"]) for r in records
+            if r["capability"] != "the gateway"]
+    assert sorted(mine) == sorted([("calc (main object)", "failed")]
+                                  + [(f"the answer to client's call #{q}", "failed")] * 3)
+    assert router.audit._open == {}
