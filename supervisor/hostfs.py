@@ -232,6 +232,15 @@ def _split(raw: bytes) -> tuple[bytes, bytes]:
     return parent or b".", name + (b"/" if len(stripped) != len(raw) else b"")
 
 
+def _link_source(sp: int, sname: bytes, directory: bool = False):
+    """What link(2) says of its source (raised as OSError): ENOENT if it is not
+    there (before it looks at the new name); with `directory`, EPERM if it is a
+    directory (after: a name taken is EEXIST first)."""
+    s = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+    if directory and st.S_ISDIR(s.st_mode):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+
 def _kind(mode: int) -> str:
     return "file" if st.S_ISREG(mode) else "directory" if st.S_ISDIR(mode) else \
         "symlink" if st.S_ISLNK(mode) else "other"
@@ -436,7 +445,7 @@ class Directory:
         if self.append_only and writable:
             append = True                          # the kernel keeps every write at the end
         flags |= SYNC[sync] | (os.O_APPEND if append else 0)
-        with self._made(raw if create else None), self._h as dfd:
+        with self._made(raw if create else None, slash="EISDIR"), self._h as dfd:
             fd = self._open_file(dfd, raw, path, flags, create, follow)
         return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
                              append=append, append_only=self.append_only,
@@ -540,14 +549,21 @@ class Directory:
             os.close(parent)
 
     @contextlib.contextmanager
-    def _made(self, name: bytes | None, target: bytes = b"", parent: int | None = None):
+    def _made(self, name: bytes | None, target: bytes = b"", parent: int | None = None,
+              look: bytes | None = None, slash: str | None = None, first=None,
+              then=None):
         """A new entry (a file, a directory, a link) spends the write quota too:
         ENTRY_COST bytes, its name and its link target; given back if it fails.
-        `name`: its path beneath this directory, or its name in `parent` (a
-        descriptor).  When the quota cannot pay, a name that is taken already, or
-        whose directory is not there, fails as it does with quota to spare
-        (EEXIST, ENOENT): nothing would have been made.  `mkdir -p` and
-        O_CREAT|O_EXCL go by EEXIST, and got EDQUOT once the quota ran low."""
+        `name`: its path beneath this directory (what it costs).  When the quota
+        cannot pay, a call that would fail anyway fails as it does with quota to
+        spare (EEXIST, ENOENT, EPERM, ...), not EDQUOT: nothing would have been
+        made.  `mkdir -p` and O_CREAT|O_EXCL go by EEXIST, and got EDQUOT once the
+        quota ran low.  Where that is looked up (_fails_anyway): `look`, the
+        entry's name in `parent` (a descriptor), or else `name` beneath this
+        directory; `slash`: the errno of a name with a trailing '/' that is not
+        there (create: EISDIR; symlink, link: ENOENT); `first`, `then`: the
+        call's own checks that come before and after the name's (a link's source:
+        ENOENT first, EPERM for a directory then, as link(2) does)."""
         if name is None:
             yield
             return
@@ -555,7 +571,11 @@ class Directory:
         try:
             self.quota.spend(n, self.label)
         except FsError:
-            self._fails_anyway(name, parent)
+            if first is not None:
+                first()
+            self._fails_anyway(name if look is None else look, parent, slash)
+            if then is not None:
+                then()
             raise
         try:
             yield
@@ -563,11 +583,13 @@ class Directory:
             self.quota.refund(n)
             raise
 
-    def _fails_anyway(self, raw: bytes, parent: int | None):
+    def _fails_anyway(self, raw: bytes, parent: int | None, slash: str | None = None):
         """The FsError making the entry `raw` gets whatever the quota (see _made): it
-        exists (EEXIST), its path is refused (ENOTCAPABLE, ELOOP, ...), or the
-        directory it would be in does not exist."""
+        exists (EEXIST), its path is refused (ENOTCAPABLE, ELOOP, ENAMETOOLONG, ...),
+        the directory it would be in does not exist, or it ends in '/' and the call
+        makes no directory (`slash`)."""
         name = raw.rstrip(b"/") or b"."
+        what = raw.decode("utf-8", "replace")
         try:
             if parent is not None:
                 os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -577,20 +599,27 @@ class Directory:
         except FsError:
             return
         except OSError as e:
-            if parent is not None:
-                return
             if e.errno != errno.ENOENT:        # the path itself is refused: that first
+                if parent is not None:
+                    raise _explain(e, repr(what), resolving=False) from None
                 raise _resolving(e, name, name.decode("utf-8", "replace")) from None
-            where, _ = _split(raw)
-            try:
-                with self._h as dfd:
-                    os.close(_openat2(dfd, where, os.O_PATH | os.O_DIRECTORY))
-            except FsError:
-                return
-            except OSError as e2:
-                raise _resolving(e2, where, where.decode("utf-8", "replace")) from None
+            if parent is None:
+                where, _ = _split(raw)
+                try:
+                    with self._h as dfd:
+                        os.close(_openat2(dfd, where, os.O_PATH | os.O_DIRECTORY))
+                except FsError:
+                    return
+                except OSError as e2:
+                    raise _resolving(e2, where, where.decode("utf-8", "replace")) from None
+            if slash is not None and raw.endswith(b"/"):
+                raise _explain(OSError(getattr(errno, slash), os.strerror(getattr(errno, slash))),
+                               repr(what), resolving=False) from None
             return
-        raise FsError(f"{raw.decode('utf-8', 'replace')!r} already exists", "EEXIST")
+        if slash == "EISDIR" and raw.endswith(b"/"):      # open(2): before EEXIST
+            raise _explain(OSError(errno.EISDIR, os.strerror(errno.EISDIR)), repr(what),
+                           resolving=False) from None
+        raise FsError(f"{what!r} already exists", "EEXIST")
 
     def mkdir(self, path: str):
         self._refuse("make", path, append_ok=True)
@@ -629,13 +658,14 @@ class Directory:
                           f"(link targets are relative)", "EPERM")
         t = _path(target)
         raw = _path(path)
-        with self._made(raw, t), self._h as dfd:
+        with self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
                 if _climbs(t, _depth_below(dfd, parent)):
                     raise FsError(f"a link at {path!r} to {target!r} would lead outside "
                                   f"the granted directory", "EPERM")
-                os.symlink(t, name, dir_fd=parent)
+                with self._made(raw, t, parent=parent, look=name, slash="ENOENT"):
+                    os.symlink(t, name, dir_fd=parent)
             except OSError as e:
                 raise _explain(e, repr(path), resolving=False) from None
             finally:
@@ -652,7 +682,9 @@ class Directory:
                                              (fromDir, fromInode), (toDir, toInode))
         try:
             self._stays_beneath(sp, sname, dp, from_, to)
-            with self._made(dname, parent=dp):
+            with self._made(dname, parent=dp, slash="ENOENT",
+                            first=lambda: _link_source(sp, sname),
+                            then=lambda: _link_source(sp, sname, directory=True)):
                 os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
         except OSError as e:
             raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None

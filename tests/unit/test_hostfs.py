@@ -779,3 +779,50 @@ def test_with_the_quota_spent_a_name_that_is_taken_still_fails_eexist_not_edquot
     fails("ENOTCAPABLE", d.mkdir, "../outside")          # the path's own refusal first
     assert d.quota.left == 10
     assert sorted(p.name for p in tree.iterdir()) == ["notes.txt", "sub"]
+
+
+MAKERS = {      # a call that makes an entry: (method, its arguments for a path)
+    "mkdir": ("mkdir", lambda p: (p,)),
+    "create": ("create", lambda p: (p,)),
+    "symlink": ("symlink", lambda p: ("y", p)),
+    "symlink climbing out": ("symlink", lambda p: ("../../etc", p)),
+    "link": ("link", lambda p: ("notes.txt", p)),
+    "link of nothing": ("link", lambda p: ("missing", p)),
+    "link of a directory": ("link", lambda p: ("sub", p)),
+}
+HOSTILE_NAMES = ["sub", "sub/", "notes.txt", "notes.txt/", "notes.txt/x", "nowhere/new",
+                 "new", "new/", ".", "..", "../x", "sub/..", "sub/../new", "loop", "loop/x",
+                 "out", "out/x", "dirlink", "dirlink/new", "sub/l", "sub/l/", "a" * 300,
+                 "sub/deep/../../new"]
+
+
+@pytest.mark.parametrize("maker", sorted(MAKERS))
+def test_with_the_quota_spent_every_call_that_fails_anyway_fails_as_with_quota_to_spare(
+        tmp_path, maker):
+    """Without quota to spare, a call that would make nothing fails with the errno
+    it gets with quota to spare (EEXIST, ENOENT, EISDIR, EPERM, ENAMETOOLONG, ...);
+    only one that would make an entry fails EDQUOT.  _made looked only for a name
+    taken or a directory missing, and before the call's own checks: a symbolic
+    link leading outside (EPERM), a link of a missing file (ENOENT) or of a
+    directory (EPERM), O_CREAT on 'name/' (EISDIR), a name too long failed
+    EEXIST or EDQUOT instead."""
+    method, args = MAKERS[maker]
+
+    def outcome(quota, path, n=[0]):
+        n[0] += 1
+        root = tmp_path / f"t{n[0]}"
+        (root / "sub" / "deep").mkdir(parents=True)
+        (root / "notes.txt").write_text("x")
+        (root / "sub" / "l").symlink_to("x")
+        (root / "loop").symlink_to("loop")
+        (root / "out").symlink_to(str(tmp_path))
+        (root / "dirlink").symlink_to("sub")
+        d = Directory.grant(str(root), max_bytes_written=quota)
+        try:
+            getattr(d, method)(*args(path))
+            return "made"
+        except FsError as e:
+            return e.code
+    for path in HOSTILE_NAMES:
+        spare, spent = outcome(None, path), outcome(10, path)
+        assert spent == ("EDQUOT" if spare == "made" else spare), (path, spare, spent)
