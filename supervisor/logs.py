@@ -84,6 +84,7 @@ class _Followed:
     def __init__(self, folder: str, name: str):
         self.path = os.path.join(folder, name + ".log")
         self.file, self.offset = None, 0
+        self.read_before: set = set()     # inodes of the rotated files older() read
         try:
             self.file = open(self.path, "rb")
         except FileNotFoundError:
@@ -108,7 +109,9 @@ class _Followed:
         rotated = self._rotated()
         ino = self._inode()
         at = next((i for i, (_p, n) in enumerate(rotated) if n == ino), None)
-        return [p for p, _n in reversed(rotated[at + 1 if at is not None else 0:])]
+        older = rotated[at + 1 if at is not None else 0:]
+        self.read_before = {n for _p, n in older}
+        return [p for p, _n in reversed(older)]
 
     def new_lines(self) -> list[str]:
         data = self.rest()
@@ -134,12 +137,13 @@ class _Followed:
         for p, n in self._rotated():
             if n == old:
                 break
-            if n != newest:
+            if n != newest and (old is not None or n not in self.read_before):
                 between.append(p)
-        else:
-            if old is None:           # nothing was followed yet: the new file only
-                between = []
+        # nothing was followed yet (there was no file): every file rotated since,
+        # which older() did not read (one made and rotated between two looks
+        # was lost, the new one read from its start)
         data += b"".join(_whole(p) for p in reversed(between))
+        self.read_before = set()
         self.close()
         self.file, self.offset = current, 0
         return _lines(data + self.rest())

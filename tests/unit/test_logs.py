@@ -113,3 +113,26 @@ def test_lines_written_and_rotated_away_during_a_look_are_followed_not_lost(tmp_
     monkeypatch.setattr(logs._Followed, "rest", rest_then_write_and_rotate)
     assert [next(lines), next(lines)] == ["2026-12-03T10:00:01.000Z [app] line 1",
                                           "2026-12-03T10:00:02.000Z [app] line 2"]
+
+
+def test_a_log_made_and_rotated_between_two_looks_is_followed_not_lost(tmp_path, monkeypatch):
+    """`-f` started before a compartment's log existed (following a system that
+    is about to start): if the file was made and rotated before the next look,
+    only the new one was read, from its start, and the rotated one never."""
+    polls = []
+
+    def sleep(_seconds):
+        polls.append(1)
+        assert len(polls) < 5, "a line written before the rotation was never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    (tmp_path / "app.log.1").write_text("2026-12-03T09:00:00.000Z [app] an older run\n")
+    log = tmp_path / "app.log"
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": None},
+                                   path=str(tmp_path))
+    lines = logs.lines(system, "app", follow=True)
+    assert next(lines) == "2026-12-03T09:00:00.000Z [app] an older run"
+    log.write_text("2026-12-03T10:00:01.000Z [app] line 1\n")
+    _rotate(log)
+    log.write_text("2026-12-03T10:00:02.000Z [app] line 2\n")
+    assert [next(lines), next(lines)] == ["2026-12-03T10:00:01.000Z [app] line 1",
+                                          "2026-12-03T10:00:02.000Z [app] line 2"]
