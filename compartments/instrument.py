@@ -57,8 +57,6 @@ COUNT, EVENTS = 1, 2
 #: The rewriting edits the printed text in Python, at about 200 bytes of memory and
 #: 7 µs per byte of module: 8 MiB is about 2 GiB and a minute, bounded below.
 MAX_MODULE_BYTES = 8 << 20
-#: CPU seconds of the compiler child that rewrites and compiles a module (zygote.py)
-COMPILE_SECONDS = 120
 MAX_SITES = 1 << 20
 TOOL_SECONDS = 60
 TOOL_MEMORY = 4 << 30

@@ -81,6 +81,8 @@ SPARES_AHEAD = 4
 #: fifth pass"), and a restart that comes within the delay still finds one.
 SPARES_IDLE = 2
 FORK_DELAY = 0.005
+#: CPU seconds of the child that compiles a module (and rewrites it for probes)
+COMPILE_SECONDS = 120
 #: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
 FAILED_RETRY = 10.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -163,9 +165,10 @@ class _Modules:
                 os.close(r)
                 signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
                 _close_all(self.zygote_own())      # never another module's, nor ours
-                if instrument:            # the rewriting runs in Python, here: bounded
-                    from .instrument import COMPILE_SECONDS
-                    resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS))
+                # bounded: while it runs no other engine starts (one module at a
+                # time), and a module can be made to compile for minutes (a 3 MB
+                # function took 5 s); probes' rewriting runs in Python here too
+                resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS + 5))
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
                                      memory_limit)
             finally:
@@ -178,6 +181,10 @@ class _Modules:
             for fd in fds:
                 os.close(fd)
             said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+                # the same file takes as long again: kept until it changes
+                error, said = (f"compiling it took more than {COMPILE_SECONDS} s of CPU "
+                               f"(the compiler's limit)"), True
             return None, f"cannot load module {path}: " + (
                 error or f"its compiler ended with status {status}"), said
         for fd in fds:

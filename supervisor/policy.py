@@ -484,15 +484,16 @@ def load(path: str, socket: str | None = None) -> System:
                                        f"supervisor at the next start; grant it read_only = "
                                        f"true, or grant a directory that holds none of it")
             for what, file, owner in deciding:
-                if owner == comp.name:
-                    continue
                 if any(_reaches(places, real, is_dir, name, False)
                        for name in on_the_way(file)):
+                    why = ("a module is compiled again at its next start, and one can be "
+                           "made to compile for minutes, while no other compartment "
+                           "starts" if owner == comp.name else
+                           "what a compartment can change there runs with another's "
+                           "grants (a module is read again at every start)")
                     raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
-                                       f"{what} {file}: "
-                                       f"what a compartment can change there runs with "
-                                       f"another's grants (a module is read again at every "
-                                       f"start); grant it read_only = true, or move the file")
+                                       f"{what} {file}: {why}; grant it read_only = true, or "
+                                       f"move the file")
                 links = _other_links(file, real, g)
                 if links:
                     raise gwhere.error(key, f"{what} {file} has {links} hard links, and "
@@ -550,7 +551,8 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     whenever it starts), the system file, its policy files and schemas (read at
     every `wsuper up`).  A compartment that could change one of them could run
     its own code with another's grants, so no grant that allows changes may
-    reach them (its own module only: that gains it nothing)."""
+    reach them.  Its own module neither: that gains it no authority, but a
+    module can be made to compile for minutes, while no other engine starts."""
     out = [(f"compartment {c.name}'s module", c.module, c.name)
            for c in system.compartments.values()]
     out.append(("the system file", system.path, None))

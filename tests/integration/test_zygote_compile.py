@@ -119,3 +119,41 @@ def test_a_module_file_that_is_no_regular_file_is_refused_without_waiting(
     assert modules.get(str(path)) == (None, why) and len(modules.runs) == 1
     with pytest.raises(wasm.ModuleFileError, match=want.split(",")[0]):
         wasm.read_module(str(path))
+
+
+def _slow_to_compile(instructions: int) -> bytes:
+    """A valid module whose one function is `instructions` additions in a row:
+    cranelift takes about 5 s of CPU for a million (3 MB)."""
+    def leb(n):
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | 0x80 if n else b)
+            if not n:
+                return bytes(out)
+
+    def section(i, body):
+        return bytes([i]) + leb(len(body)) + body
+    body = b"\x00\x41\x00" + b"\x41\x01\x6a" * instructions + b"\x1a\x0b"
+    return (b"\x00asm\x01\x00\x00\x00" + section(1, b"\x01\x60\x00\x00")
+            + section(3, b"\x01\x00") + section(10, b"\x01" + leb(len(body)) + body))
+
+
+def test_a_module_slow_to_compile_is_stopped_at_the_compilers_limit_and_kept_failed(
+        tmp_path, modules, monkeypatch):
+    """While the zygote's compiler works no other engine starts, and a module can be
+    made to compile for minutes (a compartment that may write its own module, or a
+    file replaced while the system runs).  The compiler's CPU is bounded whether or
+    not the module is rewritten for probes (it was only with probes), the failure
+    says why, and the same file is not compiled again at each restart."""
+    monkeypatch.setattr(zygote, "COMPILE_SECONDS", 1)
+    path = tmp_path / "slow.wasm"
+    path.write_bytes(_slow_to_compile(1_500_000))
+    first = modules.get(str(path))
+    assert first[0] is None
+    assert first[1] == (f"cannot load module {path}: compiling it took more than 1 s of "
+                        f"CPU (the compiler's limit)")
+    assert modules.get(str(path)) == first and len(modules.runs) == 1
+    path.write_bytes(_slow_to_compile(10))          # a fixed file loads
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert modules.get(str(path))[0] is not None
