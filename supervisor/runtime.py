@@ -958,12 +958,14 @@ class Supervisor:
 
     def _note_granted(self):
         """What each file and directory grant's path names now, before any engine runs
-        (policy.load has just checked it)."""
+        (policy.load has just checked it).  The path as it is, with its subdir if it has
+        one: joined with "" it ended in "/", which a file's stat refuses (ENOTDIR), so
+        file grants were noted only at their first open, wherever the path led then."""
         for comp in self.system.compartments.values():
             for g in comp.grants:
                 if g.kind == "host" and g.target in ("directory", "file"):
                     try:
-                        st = os.stat(os.path.join(g.path, g.subdir or ""))
+                        st = os.stat(os.path.join(g.path, g.subdir) if g.subdir else g.path)
                     except OSError:
                         continue                  # the first open says why, and notes it
                     self._granted[f"{comp.name}.{g.name}"] = (st.st_dev, st.st_ino)

@@ -221,3 +221,75 @@ inner = {{ host = "{kind}", path = "{tmp_path}/data/x/{name}", read_only = true 
         f"{kind} than when the system started" in line, line
     run.wait_for("compartment calc failed for good", start=at)
     assert not any(l.startswith("wsuper: ready calc") for l in run.lines[at:])
+
+
+def test_a_file_grant_is_what_its_path_named_when_the_system_started_not_at_its_first_open(
+        tmp_path, wsuper):
+    """A grant is what its path named when the system started (docs/policy-reference.md).
+    A file grant's identity was noted only at its first open (the start-up note
+    stat'ed PATH + "/", which is ENOTDIR for a file): a holder whose first start
+    failed before its file grant was opened (here: the file had a second link and
+    refuse_hard_links) had its next start open wherever a link planted on the way
+    meanwhile pointed, and granted that."""
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (tmp_path / "data" / "x" / "inner.txt").write_text("granted")
+    os.link(tmp_path / "data" / "x" / "inner.txt", tmp_path / "data" / "x" / "second")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "inner.txt").write_text("not granted")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+max_restarts = 1
+restart_delay = 2
+[compartments.calc.grants]
+data = {{ host = "directory", path = "{tmp_path}/data" }}
+# its first start fails here: the file has two links
+stop = {{ host = "file", path = "{tmp_path}/data/x/inner.txt", refuse_hard_links = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("compartment calc failed to start")
+    at = len(run.lines)
+    # meanwhile (what a compartment holding `data` may do): x becomes a link elsewhere
+    os.rename(tmp_path / "data" / "x", tmp_path / "data" / "x.old")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "x")
+    k = at
+    while True:        # the next start's news: ready (through the link), or refused
+        line = run.wait_for("calc", start=k)
+        k = run.lines.index(line, k) + 1
+        if line.startswith(("wsuper: ready calc", "wsuper: compartment calc failed to start")):
+            break
+    assert f"cannot open {tmp_path}/data/x/inner.txt for grant stop: it now names " \
+        f"another file than when the system started" in line, line
+    assert not any(l.startswith("wsuper: ready calc") for l in run.lines)
+    run.proc.send_signal(signal.SIGTERM)
+    run.finish(timeout=30)
+
+
+def test_every_file_and_directory_grant_is_noted_before_any_engine_runs(tmp_path):
+    """The class of the test above: whatever its kind (a file, a directory, a directory
+    with a subdir), each grant's identity is noted at start-up, not at its first
+    open (which may come after a compartment changed what is on its way)."""
+    import types
+    from supervisor import policy, runtime
+    (tmp_path / "d" / "s").mkdir(parents=True)
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+file = {{ host = "file", path = "{tmp_path}/f.txt" }}
+dir = {{ host = "directory", path = "{tmp_path}/d" }}
+sub = {{ host = "directory", path = "{tmp_path}/d", subdir = "s" }}
+env = {{ host = "environment", args = ["a"] }}
+""")
+    fake = types.SimpleNamespace(system=policy.load(str(tmp_path / "system.toml")), _granted={})
+    runtime.Supervisor._note_granted(fake)
+    ident = lambda p: (os.stat(p).st_dev, os.stat(p).st_ino)     # noqa: E731
+    assert fake._granted == {"app.file": ident(tmp_path / "f.txt"),
+                             "app.dir": ident(tmp_path / "d"),
+                             "app.sub": ident(tmp_path / "d" / "s")}
