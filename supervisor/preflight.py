@@ -14,7 +14,7 @@ import wasmtime
 import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
-from compartments import abi, protect, wasmbin
+from compartments import abi, protect, wasm, wasmbin
 from compartments.wasm import describe_imports, engine_config, signature
 
 from .policy import PolicyError, System, _Where, grant_where
@@ -175,10 +175,15 @@ def _compile(where, key, engine, path) -> tuple[wasmtime.Module, bytes]:
     WebAssembly (a .wasm is binary; a .wat is UTF-8 text).  Returns the module and
     its binary (a .wat's, made from its text)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # as every start reads it (wasm.read_file): a regular file of at most
+        # MAX_MODULE_BYTES, opened without blocking; it may have changed since
+        # policy.load looked at it (a FIFO there held check and up in open())
+        data = wasm.read_file(path)
+    except wasm.ModuleFileError as e:
+        raise where.error(key, f"module file {path} {str(e).removeprefix('the file ')}") \
+            from None
     except OSError as e:
-        raise where.error(key, f"cannot read {path}: {e.strerror}") from None
+        raise where.error(key, f"cannot read {path}: {e.strerror or e}") from None
     if path.endswith(".wat") and not data.startswith(b"\0asm"):
         try:
             source = data.decode("utf-8")

@@ -1042,3 +1042,48 @@ def test_the_audit_cannot_be_one_of_the_log_files(tmp_path, audit):
             "directory" in r.stderr, r.stderr
     system.write_text(system.read_text().replace(os.path.basename(audit), "audit.jsonl"))
     assert run_wsuper("check", str(system)).returncode == 0 or env is not None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too large"])
+def test_preflight_reads_a_module_as_every_start_does_never_waiting_on_it(tmp_path, kind):
+    """wasm.read_file is the one reader of module bytes (a regular file of at most
+    MAX_MODULE_BYTES, opened without blocking), but preflight (`check`, `up`) read
+    the module with open().read(): a module replaced after policy.load looked at it
+    (a compartment may change its own module in its writable grant) by a FIFO held
+    `check` and `up` in open() for good; a file grown past the bound was read whole."""
+    import threading
+    from compartments.wasm import MAX_MODULE_BYTES
+    from supervisor import policy, preflight
+    path = tmp_path / "m.wat"
+    path.write_text("(module)")
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    system = policy.load(str(tmp_path / "system.toml"))
+    path.unlink()                      # now, after load looked at it
+    done = threading.Event()
+    if kind == "fifo":
+        os.mkfifo(path)
+
+        def writer():       # were it opened to wait for a writer, it is let go
+            while not done.wait(0.2):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    return
+                except OSError:
+                    continue
+        threading.Thread(target=writer, daemon=True).start()
+    elif kind == "device":
+        os.symlink("/dev/null", path)     # /dev/zero: read until memory ran out
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:          # sparse: no disk used
+            f.truncate(MAX_MODULE_BYTES + 1)
+    try:
+        with pytest.raises(policy.PolicyError) as e:
+            preflight.prepare(system)
+    finally:
+        done.set()
+    want = {"fifo": "is a FIFO, not a regular file", "device": "is a device, not a regular file",
+            "directory": "is a directory, not a regular file",
+            "too large": f"has {MAX_MODULE_BYTES + 1:,} bytes, more than {MAX_MODULE_BYTES:,}"}
+    assert e.value.key == "compartments.m.module" and want[kind] in str(e.value), str(e.value)
