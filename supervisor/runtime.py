@@ -966,8 +966,9 @@ class Supervisor:
                 if g.kind == "host" and g.target in ("directory", "file"):
                     try:
                         st = os.stat(os.path.join(g.path, g.subdir) if g.subdir else g.path)
-                    except OSError:
-                        continue                  # the first open says why, and notes it
+                    except OSError as e:        # gone since policy.load: never granted
+                        self._granted[f"{comp.name}.{g.name}"] = e.strerror or str(e)
+                        continue
                     self._granted[f"{comp.name}.{g.name}"] = (st.st_dev, st.st_ino)
 
     def _not_granted(self, name: str, g, opened) -> str | None:
@@ -979,9 +980,15 @@ class Supervisor:
         if g.target not in ("directory", "file"):
             return None
         st = os.fstat(opened.fd)
-        granted = self._granted.setdefault(f"{name}.{g.name}", (st.st_dev, st.st_ino))
+        # noted before any engine ran; noted at a first open instead, it would be
+        # whatever the path led to then (fail closed: nothing noted, nothing granted)
+        granted = self._granted.get(f"{name}.{g.name}")
         if granted == (st.st_dev, st.st_ino):
             return None
+        if not isinstance(granted, tuple):
+            return (f"it could not be looked at when the system started "
+                    f"({granted or 'not noted'}); a grant is what its path named then: "
+                    f"start the system anew to grant what is there now")
         return (f"it now names another {g.target} than when the system started (something "
                 f"on its way was replaced, by a symbolic link maybe); a grant is what its "
                 f"path named then: start the system anew to grant what is there now")

@@ -293,3 +293,34 @@ env = {{ host = "environment", args = ["a"] }}
     assert fake._granted == {"app.file": ident(tmp_path / "f.txt"),
                              "app.dir": ident(tmp_path / "d"),
                              "app.sub": ident(tmp_path / "d" / "s")}
+
+
+def test_a_grant_not_there_when_the_system_started_is_not_granted_when_it_appears(tmp_path):
+    """Nothing noted at start-up (the path was gone by then), nothing granted later:
+    noted at its first open instead, a grant would be whatever its path led to then."""
+    import types
+    from supervisor import hostcaps, policy, runtime
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+file = {{ host = "file", path = "{tmp_path}/f.txt" }}
+dir = {{ host = "directory", path = "{tmp_path}/d" }}
+""")
+    system = policy.load(str(tmp_path / "system.toml"))
+    os.rename(tmp_path / "f.txt", tmp_path / "f.old")
+    os.rename(tmp_path / "d", tmp_path / "d.old")
+    fake = types.SimpleNamespace(system=system, _granted={})
+    runtime.Supervisor._note_granted(fake)
+    (tmp_path / "f.txt").write_text("y")          # there again, but not what was granted
+    (tmp_path / "d").mkdir()
+    for g in system.compartments["app"].grants:
+        opened = hostcaps.open_grant(g)
+        try:
+            problem = runtime.Supervisor._not_granted(fake, "app", g, opened)
+        finally:
+            hostcaps.release(g.target, opened)
+        assert problem is not None and "could not be looked at when the system started" \
+            in problem and "No such file or directory" in problem, problem
