@@ -255,6 +255,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     path = os.path.abspath(path)           # every error names files the same way
     base = os.path.dirname(path)
     where = _Where(text, path)
+    wheres = {path: where}                 # each file read: a grant's errors name its own
     doc = _toml(text, path)
 
     _only(where, "", doc, {"system", "compartments"})
@@ -330,7 +331,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         _table(where, f"{key}.limits", limits_doc)
         if "policy" in body:
             pgrants, plimits = _policy_file(where, f"{key}.policy", body["policy"], base,
-                                            read_policy)
+                                            read_policy, wheres)
             clash = {g.name for g in grants} & {g.name for g in pgrants}
             if clash:
                 raise where.error(f"{key}.grants.{sorted(clash)[0]}",
@@ -358,27 +359,32 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
 
     for comp in compartments.values():
         for g in comp.grants:
-            key = f"compartments.{comp.name}.grants.{g.name}"
+            # reported where the grant is written: a policy file's grant was reported
+            # at the system file's [compartments.NAME] line, under a key it does not have
+            origin_file, _, key = g.origin.rpartition(": ")
+            gwhere = wheres.get(origin_file, where)
+            of = "" if gwhere is where else f" (in the policy of compartment {comp.name})"
             if g.kind == "compartment":
                 other = compartments.get(g.target)
                 if other is None:
-                    raise where.error(key, f"no compartment named {g.target!r} "
-                                      f"(declared: {', '.join(compartments)})")
+                    raise gwhere.error(key, f"no compartment named {g.target!r} "
+                                       f"(declared: {', '.join(compartments)}){of}")
                 if other.exports is None:
-                    raise where.error(key, f"compartment {g.target!r} exports no interface "
-                                      "(set exports = \"Interface\" on it)")
+                    raise gwhere.error(key, f"compartment {g.target!r} exports no interface "
+                                       f"(set exports = \"Interface\" on it){of}")
             elif g.target not in HOST_CAPS:
-                raise where.error(key, f"unknown host capability {g.target!r} "
-                                  f"(available: {', '.join(HOST_CAPS)})")
+                raise gwhere.error(key, f"unknown host capability {g.target!r} "
+                                   f"(available: {', '.join(HOST_CAPS)})")
             elif g.target == "probe":
                 if g.on not in compartments:
-                    raise where.error(f"{key}.on", f"a probe grant names the compartment whose "
-                                      f"probes it reads: on = \"NAME\" (declared: "
-                                      f"{', '.join(compartments)})")
+                    raise gwhere.error(f"{key}.on", f"a probe grant names the compartment whose "
+                                       f"probes it reads: on = \"NAME\" (declared: "
+                                       f"{', '.join(compartments)}){of}")
                 if g.on == comp.name:
-                    raise where.error(f"{key}.on", "a compartment cannot read its own probes")
+                    raise gwhere.error(f"{key}.on",
+                                       f"a compartment cannot read its own probes{of}")
             if g.on is not None and g.target != "probe":
-                raise where.error(f"{key}.on", "applies only to probe grants")
+                raise gwhere.error(f"{key}.on", "applies only to probe grants")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
                   logs, engine_user=engine_user, **endpoint)
 
@@ -890,8 +896,9 @@ def _path(where, key, value, base) -> str:
     return os.path.normpath(os.path.join(base, value))
 
 
-def _policy_file(where, key, ref, base, read_policy):
-    """Grants and limits from a policy file: (tuple of Grant, limits table)."""
+def _policy_file(where, key, ref, base, read_policy, wheres=None):
+    """Grants and limits from a policy file: (tuple of Grant, limits table).
+    `wheres`: path -> _Where of the files read, to which it adds its own."""
     if not isinstance(ref, str) or not ref:
         raise where.error(key, f"must be the path of a policy file, not {ref!r}")
     path = os.path.normpath(os.path.join(base, ref))
@@ -900,6 +907,8 @@ def _policy_file(where, key, ref, base, read_policy):
     except PolicyError as e:
         raise where.error(key, e.reason) from None
     pwhere = _Where(text, path)
+    if wheres is not None:
+        wheres.setdefault(path, pwhere)
     doc = _toml(text, path)
     _only(pwhere, "", doc, POLICY_KEYS)
     grants_doc = doc.get("grants", {})

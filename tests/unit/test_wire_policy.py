@@ -194,3 +194,30 @@ def test_a_policy_files_bad_limit_is_reported_in_the_policy_file(value, reason):
                          {"/s/p/client.toml": bad}.__getitem__)
         assert str(e.value).startswith(f"/s/p/client.toml:4: limits.memory: {reason}"), \
             str(e.value)
+
+
+@pytest.mark.parametrize("grant, key, reason", [
+    ('calc = { compartment = "nosuch" }', "grants.calc", "no compartment named 'nosuch'"),
+    ('calc = { compartment = "app" }', "grants.calc", "compartment 'app' exports no interface"),
+    ('x = { host = "nosuchhost" }', "grants.x", "unknown host capability 'nosuchhost'"),
+    ('x = { host = "probe", on = "nobody" }', "grants.x.on", "a probe grant names"),
+    ('x = { host = "probe", on = "app" }', "grants.x.on", "a compartment cannot read its own probes"),
+    ('x = { host = "log", on = "calc" }', "grants.x.on", "applies only to probe grants"),
+])
+def test_what_a_policy_files_grant_names_is_reported_in_the_policy_file(grant, key, reason):
+    """After the limits (above), the rest of a policy file's grant checks: what its
+    grant names (a compartment, a host capability, a probe's `on`) was checked once
+    the system's compartments were known, and reported at the system file's
+    [compartments.NAME] line under compartments.NAME.grants.G, a key that file does
+    not have."""
+    bad = POLICY.replace('calc = { compartment = "calc", allow = ["add"] }', grant)
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(SYSTEM, "/s/system.toml", {"/s/p/client.toml": bad}.__getitem__)
+    assert str(e.value).startswith(f"/s/p/client.toml:2: {key}: {reason}"), str(e.value)
+    # the same grant written inline is still reported in the system file
+    inline = SYSTEM.replace('policy = "p/client.toml"\n', "") + \
+        f"[compartments.app.grants]\n{grant}\n"
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(inline, "/s/system.toml")
+    assert str(e.value).startswith(f"/s/system.toml:7: compartments.app.{key}: {reason}"), \
+        str(e.value)
