@@ -167,6 +167,30 @@ def _main(argv=None, zygote=None) -> int:
     return trio.run(runtime.up, plan, None, args.log_format, zygote)   # --socket: in plan
 
 
+def _refused_by_up(system):
+    """What `wsuper up` would refuse before anything starts (runtime.Supervisor.run:
+    the socket's directory, the log directory, the audit's directory and file), as a
+    PolicyError, or None: check said 0 for each of them, and up then exited 2."""
+    from . import endpoint, output, policy
+    where = None
+    for key, problem in (
+            ("--socket" if system.socket_option else "system.socket" if system.socket else "",
+             endpoint.socket_dir_problem(system.socket or endpoint.default_socket_path(
+                 system.path)) if system.external else None),
+            ("system.logs" if system.logs else "", endpoint.own_dir_problem(
+                system.logs or output.default_log_dir(endpoint.system_id(system.path)),
+                "log directory ", parents=True)),
+            ("system.audit", policy.audit_file_problem(system.audit)
+             if system.audit is not None else None)):
+        if problem:
+            if key == "--socket" or not key:
+                return policy.PolicyError(system.path, key, problem)
+            if where is None:
+                where = policy._Where(policy._read_text(system.path, ""), system.path)
+            return where.error(key, problem)
+    return None
+
+
 def _check(plan, args) -> int:
     import shutil
     import subprocess
@@ -174,13 +198,10 @@ def _check(plan, args) -> int:
     from capnp_schemas.text import printable
 
     from . import authority, policy
-    system = plan.system
-    if system.audit is not None:        # what up refuses when it opens the audit file
-        problem = policy.audit_file_problem(system.audit)
-        if problem:
-            with open(system.path, encoding="utf-8") as f:
-                _error(f"{policy._Where(f.read(), system.path).error('system.audit', problem)}")
-            return 2
+    problem = _refused_by_up(plan.system)
+    if problem:
+        _error(f"{problem}")
+        return 2
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "
               "instead")

@@ -148,6 +148,32 @@ def safe_socket_dir(socket_path: str):
     own_dir(folder, "socket directory ")
 
 
+def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None:
+    """Why own_dir(folder, what, parents) would refuse, or None; makes nothing (what
+    `wsuper check` says, so that it refuses what `up` will): a folder there must be
+    a real directory of ours closed to others (foreign_dir); one missing is made,
+    which needs its parent (or with `parents`, the nearest that exists) to be a
+    directory."""
+    if os.path.lexists(folder):
+        return foreign_dir(folder, what)
+    parent = os.path.dirname(folder)
+    if parents:
+        while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        why = "Not a directory" if os.path.lexists(parent) else "No such file or directory"
+        return f"cannot make {what}{folder}: {why}"
+    return None
+
+
+def socket_dir_problem(socket_path: str) -> str | None:
+    """Why safe_socket_dir(socket_path) would refuse, or None; makes nothing."""
+    folder = os.path.dirname(os.path.abspath(socket_path))
+    if folder == runtime_dir():
+        return None                  # the runtime directory: private_dir's, made at up
+    return own_dir_problem(folder, "socket directory ")
+
+
 def own_dir(folder: str, what: str, parents: bool = False):
     """A directory wsuper writes into (sockets, logs, the audit file): made 0700 if
     missing; refused unless it is a real directory of ours that nobody else may

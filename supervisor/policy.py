@@ -670,11 +670,12 @@ def audit_file_problem(path: str) -> str | None:
     _Audit.open, on the descriptor: no race)."""
     import stat
 
-    from .endpoint import foreign_dir
+    from .endpoint import own_dir_problem
     folder = os.path.dirname(path)
-    # first, as up does (not a link there: check leaves that to up, and to the checks
+    # first, as up does (endpoint.own_dir): a real directory of ours, closed to others,
+    # or one up can make (not a link there: check leaves that to up, and to the checks
     # of the grants that may reach what it points at)
-    problem = None if os.path.islink(folder) else foreign_dir(folder, "audit directory ")
+    problem = None if os.path.islink(folder) else own_dir_problem(folder, "audit directory ")
     if problem:
         return problem
     try:

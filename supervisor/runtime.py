@@ -501,7 +501,9 @@ class Supervisor:
         try:
             lock.acquire()
             if self.system.external:
-                key = "system.socket"
+                # the key that moves it: `up --socket`'s, or the file's (none: the default)
+                key = "--socket" if self.system.socket_option else \
+                    "system.socket" if self.system.socket else ""
                 endpoint.safe_socket_dir(self.socket_path)
             key = "system.logs"
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)

@@ -920,6 +920,50 @@ def test_check_refuses_every_audit_file_that_up_refuses(tmp_path, kind):
     assert not (tmp_path / "nowhere.jsonl").exists()      # nothing made through a link
 
 
+@pytest.mark.parametrize("case", ["socket dir open to others", "socket dir a link",
+                                  "--socket dir open to others", "logs open to others",
+                                  "logs a link", "audit dir cannot be made"])
+def test_check_refuses_every_directory_that_up_refuses(tmp_path, case):
+    """The class of the test above: `wsuper check` validates everything up would, but
+    it looked at the audit file only: a socket directory, a log directory or an
+    audit directory that up refuses before anything starts (open to others, a
+    symbolic link, one that cannot be made) passed check with exit 0.  (An audit
+    directory that is a link is left to up, as test_a_writable_grant_cannot_reach_
+    the_audit_through_a_link_it_could_replace asks.)  And up named
+    `system.socket` for the directory of `--socket`, a key the file does not have."""
+    (tmp_path / "open").mkdir()
+    os.chmod(tmp_path / "open", 0o777)
+    (tmp_path / "real").mkdir(mode=0o700)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    system, args, key = "", [], ""
+    if case == "socket dir open to others":
+        system, key = f'socket = "{tmp_path}/open/s.sock"\n', "system.socket"
+    elif case == "socket dir a link":
+        system, key = f'socket = "{tmp_path}/link/s.sock"\n', "system.socket"
+    elif case == "--socket dir open to others":
+        args, key = ["--socket", f"{tmp_path}/open/s.sock"], "--socket"
+    elif case == "logs open to others":
+        system, key = f'logs = "{tmp_path}/open"\n', "system.logs"
+    elif case == "logs a link":
+        system, key = f'logs = "{tmp_path}/link"\n', "system.logs"
+    else:
+        system, key = f'audit = "{tmp_path}/no/such/audit.jsonl"\n', "system.audit"
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n{system}'
+        f'[compartments.m]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        f'external = true\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"), *(args if command == "up" else []),
+                       timeout=60)
+        if command == "check" and args:         # check has no --socket: up only
+            assert r.returncode == 0, r.output
+            continue
+        assert r.returncode == 2, (command, r.output)
+        assert f": {key}: " in r.stderr, (command, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "no").exists() and not os.listdir(tmp_path / "real")
+
+
 @pytest.mark.parametrize("case", ["granted", "too long", "empty"])
 def test_up_socket_is_checked_as_the_system_files_socket_is(tmp_path, case):
     """An outside review: `wsuper up --socket PATH` went straight to the runtime,
