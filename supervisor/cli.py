@@ -126,9 +126,9 @@ def _main(argv=None, zygote=None) -> int:
     args = ap.parse_args(argv)
 
     if args.command == "probe":
-        return probecli.probe(args) if _load(args.system) is not None else 2
+        return probecli.probe(args) if _running_or_read(args.system) else 2
     if args.command == "trace":
-        return probecli.trace_command(args) if _load(args.system) is not None else 2
+        return probecli.trace_command(args) if _running_or_read(args.system) else 2
     if args.command == "revoke":
         return _revoke(args)
     if args.command == "logs":
@@ -385,7 +385,7 @@ def _admin(args) -> int:
     import time
 
     from . import endpoint
-    if _load(args.system) is None:
+    if not _running_or_read(args.system):
         return 2
     try:
         answer = endpoint.request(args.system, {"op": args.command})
@@ -451,6 +451,17 @@ def _load(path: str):
         return None
 
 
+def _running_or_read(path: str) -> bool:
+    """Whether a command may go on to the system at `path`: at once if one runs there
+    (it knows its own grants; the file may have been edited since `up`, or a policy
+    file it shares with other systems: a grant no longer revocable in the text, or a
+    file that no longer parses, locked the operator out of `wsuper revoke`, `stop`
+    and `status` of the system already running); otherwise if the file reads (its
+    error says more than "no running system" would)."""
+    from . import endpoint
+    return endpoint.is_running(path) or _load(path) is not None
+
+
 def _logs(args) -> int:
     from . import logs
     system = _load(args.system)
@@ -475,15 +486,18 @@ def _logs(args) -> int:
 
 def _revoke(args) -> int:
     from . import endpoint
-    system = _load(args.system)
-    if system is None:
-        return 2
-    revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
-                       for g in c.grants if g.revocable)
-    if args.grant not in revocable:
-        _error(f"{args.system} has no revocable grant {args.grant!r} "
-              f"(revocable: {', '.join(revocable) or 'none'})")
-        return 2
+    if not endpoint.is_running(args.system):
+        # nothing runs there: the file's own answer (the running system's is its own,
+        # whatever the file says now)
+        system = _load(args.system)
+        if system is None:
+            return 2
+        revocable = sorted(f"{c.name}.{g.name}" for c in system.compartments.values()
+                           for g in c.grants if g.revocable)
+        if args.grant not in revocable:
+            _error(f"{args.system} has no revocable grant {args.grant!r} "
+                  f"(revocable: {', '.join(revocable) or 'none'})")
+            return 2
     try:
         answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
     except endpoint.EndpointError as e:

@@ -427,3 +427,53 @@ inner = {{ host = "directory", path = "{data}", subdir = "inner", read_only = tr
     stopped = run_wsuper("stop", system)
     assert stopped.returncode == 0, stopped.output
     assert run.finish(timeout=30) == 0
+
+
+@pytest.mark.parametrize("edit", ["not revocable now", "policy file broken",
+                                  "system file broken"])
+def test_commands_to_a_running_system_do_not_depend_on_what_its_files_say_now(
+        tmp_path, wsuper, edit):
+    """The running system knows its grants; its files may have been edited since `up`
+    (a policy file is shared by several systems).  The commands to it refused when
+    the text said otherwise: a grant revocable in the running system but no longer
+    in the file could not be revoked ("no revocable grant"), and a file that no
+    longer parsed locked the operator out of `wsuper stop`, `status` and `revoke`."""
+    (tmp_path / "client.toml").write_text(
+        '[grants]\ncalc = { compartment = "calc", revocable = true }\n')
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/ext.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+policy = "client.toml"
+""")
+    system = str(tmp_path / "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready app")
+    if edit == "not revocable now":
+        (tmp_path / "client.toml").write_text('[grants]\ncalc = { compartment = "calc" }\n')
+    elif edit == "policy file broken":
+        (tmp_path / "client.toml").write_text('[grants]\ncalc = \n')
+    else:
+        with open(system, "a") as f:
+            f.write("[[[\n")
+    status = run_wsuper("status", system)
+    assert status.returncode == 0 and "app" in status.stdout, status.output
+    assert run_wsuper("probe", system, "app", "list").returncode == 0
+    revoked = run_wsuper("revoke", system, "app.calc")
+    assert revoked.returncode == 0 and "revoked app.calc" in revoked.stdout, revoked.output
+    # what the running system does not hold is still refused, by it
+    wrong = run_wsuper("revoke", system, "app.nothing")
+    assert wrong.returncode == 1 and "no revocable grant 'app.nothing'" in wrong.stderr \
+        and "app.calc" in wrong.stderr, wrong.output
+    stopped = run_wsuper("stop", system)
+    assert stopped.returncode == 0, stopped.output
+    assert run.finish(timeout=30) == 0
+    # nothing runs now: the file's own error, as before
+    assert run_wsuper("stop", system).returncode == (1 if edit == "not revocable now" else 2)
