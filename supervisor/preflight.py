@@ -68,6 +68,11 @@ def prepare(system: System) -> Plan:
     by_name: dict[str, list[int]] = {}      # name -> the id of each interface so named
     for n, i in every:
         by_name.setdefault(n, []).append(i.schema.node.id)
+    # id -> the ids of every interface it extends (transitively): an inherited method
+    # is called with its own interface's id, so an allow list that restricts Counter
+    # must restrict the methods Counter inherits too (Base.reset on a Counter passed
+    # an allow list of Counter.inc as a call on an interface it did not mention)
+    supers = {i.schema.node.id: _superclasses(i.schema, names) for _n, i in every}
 
     main = {}
     wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
@@ -125,11 +130,11 @@ def prepare(system: System) -> Plan:
                 # Directory stood for the host's
                 granted = (interfaces[system.compartments[g.target].exports]
                            if g.kind == "compartment" else hosted.BY_KIND[g.target].id)
-                methods, mentioned = set(), {granted}
+                methods, mentioned = set(), {granted, *supers.get(granted, ())}
                 gwhere, gkey = grant_where(g, wheres)
                 for m in g.allow:
                     ids, pairs = _resolve_method(gwhere, f"{gkey}.allow", m, granted,
-                                                 by_name, names)
+                                                 by_name, names, supers)
                     methods |= pairs
                     mentioned |= ids
                 g = attrs.evolve(g, methods=frozenset(methods), mentioned=frozenset(mentioned))
@@ -281,7 +286,25 @@ def _method_names(iface) -> dict:
     return out
 
 
-def _resolve_method(where, key, entry, granted, by_name, names) -> tuple[set, set]:
+def _superclasses(schema, names: dict, seen: set | None = None) -> tuple:
+    """The ids of every interface `schema` extends, transitively (each named in
+    `names`, which gains those that are not: one a schema imports, say)."""
+    seen = set() if seen is None else seen
+    out = []
+    for sup in schema.superclasses:
+        sid = sup.node.id
+        if sid in seen:
+            continue
+        seen.add(sid)
+        if sid not in names:
+            short = sup.node.displayName.rpartition(":")[2].rpartition(".")[2]
+            names[sid] = (short, {i: m.name for i, m in enumerate(sup.node.interface.methods)})
+        out += [sid, *_superclasses(sup, names, seen)]
+    return tuple(out)
+
+
+def _resolve_method(where, key, entry, granted, by_name, names,
+                    supers=None) -> tuple[set, set]:
     """'add' (a method of the granted interface, `granted` its id) or 'Counter.inc' ->
     (the ids of every interface it names, its (interface id, method id) pairs).
 
@@ -294,6 +317,8 @@ def _resolve_method(where, key, entry, granted, by_name, names) -> tuple[set, se
     ids = by_name.get(iface, []) if iface else [granted]
     if not ids:
         raise where.error(key, f"unknown interface {iface!r} in {entry!r}")
+    # each with what it inherits: `Counter.reset` names Base's reset, and restricts it
+    ids = list(dict.fromkeys(x for iid in ids for x in (iid, *(supers or {}).get(iid, ()))))
     pairs = {(iid, mid) for iid in ids for mid, name in names[iid][1].items() if name == method}
     if not pairs:
         known = dict.fromkeys(n for iid in ids for n in names[iid][1].values())

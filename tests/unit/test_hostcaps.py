@@ -398,3 +398,53 @@ data = {{ host = "directory", path = "{tmp_path}/data", allow = ["open", "File.r
         assert f"File.{method} is not allowed" in h.call(f, FILE, method, **fields).error
     assert "Directory.remove is not allowed" in h.call(d, DIR, "remove", path="log.txt").error
     assert (tmp_path / "data" / "log.txt").read_text() == "kept"
+
+
+def test_an_allow_list_restricts_what_a_mentioned_interface_inherits(tmp_path):
+    """An inherited method is called with the id of the interface that declares it:
+    `allow = ["newCounter", "Counter.inc"]` restricted Counter's own id only, so
+    Base.reset on a Counter (Counter extends Base) passed as a call on an interface
+    the list never mentioned, and `Counter.reset` could not even be written ("no
+    method"). A mentioned interface stands for what it extends, transitively; the
+    granted one too."""
+    from supervisor import membrane, policy, preflight
+    (tmp_path / "inh.capnp").write_text("""@0xd3a7e5c1b0a99e77;
+interface Root @0xd3a7e5c1b0a99f71 { wipe @0 () -> (); }
+interface Base @0xd3a7e5c1b0a99f72 extends(Root) { reset @0 () -> (); }
+interface Counter @0xd3a7e5c1b0a99f73 extends(Base) { inc @0 (by :Int32) -> (value :Int32); }
+interface Calc @0xd3a7e5c1b0a99f74 extends(Base) {
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+  newCounter @1 () -> (counter :Counter);
+}
+""")
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    from tests.conftest import EXAMPLES
+    root, base, counter, calc = (0xd3a7e5c1b0a99f71, 0xd3a7e5c1b0a99f72,
+                                 0xd3a7e5c1b0a99f73, 0xd3a7e5c1b0a99f74)
+
+    def membrane_of(allow):
+        (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["inh.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "m.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = {allow!r} }}
+""".replace("'", '"'))
+        plan = preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+        (g,) = plan.system.compartments["app"].grants
+        return membrane.Membrane.for_grant("app.calc", g, calc, 0.0)
+
+    m = membrane_of(["newCounter", "Counter.inc"])
+    assert m.allows(counter, 0) and m.allows(calc, 1)
+    assert not m.allows(base, 0) and not m.allows(root, 0)     # reset, wipe: inherited
+    assert not m.allows(calc, 0)
+    m = membrane_of(["newCounter", "Counter.inc", "Counter.reset"])
+    assert m.allows(base, 0) and not m.allows(root, 0)
+    m = membrane_of(["add", "wipe"])                            # bare: the granted Calc's
+    assert m.allows(calc, 0) and m.allows(root, 0) and not m.allows(base, 0)
+    assert not m.allows(calc, 1)
