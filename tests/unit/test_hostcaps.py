@@ -448,3 +448,52 @@ calc = {{ compartment = "calc", allow = {allow!r} }}
     m = membrane_of(["add", "wipe"])                            # bare: the granted Calc's
     assert m.allows(calc, 0) and m.allows(root, 0) and not m.allows(base, 0)
     assert not m.allows(calc, 1)
+
+
+def test_a_main_object_serves_the_methods_its_interface_inherits(tmp_path):
+    """A Cap'n Proto client calls an inherited method with the id of the interface
+    that declares it: a compartment exporting `Calc extends(Base)` was refused
+    Base.reset on its main object ("does not implement interface"), whoever called.
+    The plan says what each interface extends and the router's main objects take
+    those ids too; an interface it does not extend is still refused."""
+    from supervisor import policy, preflight, router as R
+    from capnp_schemas import protocol as P
+    from tests.unit.test_router import start
+    (tmp_path / "inh.capnp").write_text("""@0xd3a7e5c1b0a99e78;
+interface Root @0xd3a7e5c1b0a99f81 { wipe @0 () -> (); }
+interface Base @0xd3a7e5c1b0a99f82 extends(Root) { reset @0 () -> (); }
+interface Calc @0xd3a7e5c1b0a99f84 extends(Base) { add @0 (a :Int32, b :Int32) -> (sum :Int32); }
+interface Other @0xd3a7e5c1b0a99f85 { poke @0 () -> (); }
+""")
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    from tests.conftest import EXAMPLES
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["inh.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "m.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc" }}
+""")
+    plan = preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+    root, base, calc_id, other = (0xd3a7e5c1b0a99f81, 0xd3a7e5c1b0a99f82,
+                                  0xd3a7e5c1b0a99f84, 0xd3a7e5c1b0a99f85)
+    assert set(plan.extends[calc_id]) == {base, root}
+    router = R.Router(plan.main_interface, names=plan.names, extends=plan.extends)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", plan.system.compartments["app"].grants)
+    h = app.grants[0].import_id
+    for iface in (calc_id, base, root):
+        app.send(app.conn.send_call(h, iface, 0)[1])
+        got = calc.inbox.pop()
+        assert isinstance(got, P.CallReceived) and got.interface_id == iface
+        calc.send(calc.conn.send_return(got.answer_id))
+        assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(h, other, 0)[1])
+    refused = app.inbox.pop()
+    assert refused.error_type == "unimplemented" and "does not implement" in refused.error
+    assert calc.inbox == []
