@@ -183,6 +183,9 @@ class Payload:
 @attrs.frozen
 class BootstrapRequested:
     answer_id: int
+    #: the Bootstrap named an object (deprecatedObjectId, Cap'n Proto 0.4's
+    #: named exports): not the bootstrap capability the peer would get without it
+    named: bool = False
 
 
 @attrs.define
@@ -412,7 +415,7 @@ class Connection:
             self._on_release(m.id, m.count, events)
         elif which == rpcwire.MSG_BOOTSTRAP:
             self._new_answer(m.id)
-            events.append(BootstrapRequested(m.id))
+            events.append(BootstrapRequested(m.id, m.named))
         elif which == rpcwire.MSG_ABORT:
             self.closed = "aborted by peer"
             events.append(AbortReceived(bounded(m.reason, KEPT_REASON_LIMIT)))

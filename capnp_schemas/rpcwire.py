@@ -156,7 +156,7 @@ class Plain:
               exception: reason, type; takeFromOtherQuestion: take (an answer id)
     finish    id, release
     release   id, count
-    bootstrap id
+    bootstrap id, named (deprecatedObjectId is set: a 0.4-style named object)
     abort     reason, type
     disembargo import_id | promise, kind (senderLoopback, receiverLoopback,
               accept, provide), id (the embargo id of a loopback)
@@ -171,7 +171,7 @@ class Plain:
     resolved again; not a field of the message (fields() leaves it out)."""
     __slots__ = ("which", "id", "import_id", "promise", "interface_id", "method_id",
                  "send_to", "content_loc", "caps", "release", "no_finish", "kind", "reason",
-                 "type", "count", "take", "content_root")
+                 "type", "count", "take", "named", "content_root")
 
     def fields(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__
@@ -404,6 +404,7 @@ def decode_pycapnp(segs) -> Plain:
         out.id, out.count = rel.id, rel.referenceCount
     elif which == MSG_BOOTSTRAP:
         out.id = msg.bootstrap.questionId
+        out.named = msg.bootstrap._has("deprecatedObjectId")
     elif which == MSG_ABORT:
         out.reason, out.type = _exception(msg.abort)
     elif which == MSG_DISEMBARGO:

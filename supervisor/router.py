@@ -546,7 +546,14 @@ class Router:
             self._on_return(peer, ev)
         elif isinstance(ev, protocol.BootstrapRequested):
             peer.useful = self.clock()
-            if peer.kind == "external":
+            if ev.named:
+                # rpc.capnp: deprecatedObjectId names which of several bootstrap
+                # objects to return; we have one, and it is not what was named
+                self.emit(fx.Send(peer.id, peer.conn.send_exception(
+                    ev.answer_id, "named bootstrap objects (Bootstrap.deprecatedObjectId) "
+                    "are not supported: bootstrap without one to get the Gateway, and "
+                    "ask it for a compartment with get(name)", "unimplemented")))
+            elif peer.kind == "external":
                 self._answer((peer, ev.answer_id), Content.capability(0), (self.gateway,))
             else:
                 self.emit(fx.Send(peer.id, peer.conn.send_exception(

@@ -548,3 +548,20 @@ def test_every_reason_sent_is_cut_at_the_reason_limit():
     (boot,) = d.receive(c.send_bootstrap()[1])
     assert c.receive(d.send_exception(boot.answer_id, "z" * REASON_LIMIT))[0].error == \
         "z" * REASON_LIMIT
+
+
+@pytest.mark.parametrize("object_id", ["calc", b"\x01\x02", None])
+def test_a_bootstrap_naming_an_object_says_so(object_id):
+    """rpc.capnp: Bootstrap.deprecatedObjectId names which of several bootstrap
+    objects to return (Cap'n Proto 0.4's named exports); it was not read, so the
+    answer to a request for one object was another.  Whatever the name is (text,
+    data, a struct), the event says a name was given; without one, it does not."""
+    _a, b = pair()
+    msg = rpc.Message.new_message()
+    boot = msg.init("bootstrap")
+    boot.questionId = 4
+    if object_id is not None:
+        boot.deprecatedObjectId = object_id
+    (ev,) = b.receive(wire.frame(msg.to_segments()))
+    assert ev == P.BootstrapRequested(4, object_id is not None)
+    assert ev.named is (object_id is not None)

@@ -1841,3 +1841,30 @@ def test_calls_pipelined_by_a_caller_that_goes_before_their_answer_are_audited()
     assert sorted(mine) == sorted([("calc (main object)", "failed")]
                                   + [(f"the answer to client's call #{q}", "failed")] * 3)
     assert router.audit._open == {}
+
+
+@pytest.mark.parametrize("object_id", ["calc", "gateway", ""])
+def test_a_bootstrap_naming_an_object_is_refused_not_answered_with_the_gateway(object_id):
+    """A client asking Bootstrap for a named object (deprecatedObjectId, as Cap'n
+    Proto 0.4 clients do) was handed the Gateway as if it were that object: its
+    calls then failed with the Gateway's 'unimplemented', far from the cause.  It
+    gets an 'unimplemented' exception that says why, its connection goes on, and
+    a plain bootstrap still gets the Gateway."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    start(router, "calc", exports=True)
+    cl = client(router)
+    qid, _plain = cl.conn.send_bootstrap()       # the client's books: a question
+    msg = P.rpc.Message.new_message()
+    boot = msg.init("bootstrap")
+    boot.questionId = qid
+    boot.deprecatedObjectId = object_id
+    cl.send(wire.frame(msg.to_segments()))
+    (ret,) = cl.inbox
+    assert ret.payload is None and ret.error_type == "unimplemented"
+    assert "deprecatedObjectId" in ret.error
+    cl.inbox.clear()
+    qid, data = cl.conn.send_bootstrap()
+    cl.send(data)
+    (ret,) = cl.inbox
+    assert ret.payload is not None and len(ret.payload.caps) == 1
+    assert not [e for e in cl.effects if isinstance(e, fx.Close)]
