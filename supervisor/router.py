@@ -419,6 +419,13 @@ class Router:
                                             if alive and pid == peer.id
                                             and isinstance(h, control.Forward))}
 
+    def serving(self) -> set:
+        """Ids of the peers serving a call of ours now: we wait for their answer (a
+        compartment's call on a capability an external client hosts, not past its
+        call_time).  Such a client is busy, whether or not it has a call of its
+        own in flight: closing it fails the call it serves."""
+        return {pid for pid, _qid in self._pending}
+
     def next_deadline(self) -> float | None:
         times = [h[0][0] for h in (self._deadlines, self._queued) if h]
         return min(times) if times else None

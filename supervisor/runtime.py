@@ -1437,6 +1437,7 @@ class Supervisor:
         `idlest`), so that clients which hold connections open doing nothing useful
         cannot keep the others out.  False if every connection is busy."""
         now, conns = self._now(), []
+        serving = self.router.serving()
         for pid, link in self.links.items():
             peer = self.router.peers.get(pid)
             if peer is None or peer.kind != "external" or link.closed:
@@ -1445,7 +1446,8 @@ class Supervisor:
             if link.native:
                 last = max(last, now - self.lane.idle(pid))
             busy = bool(peer.conn.unanswered or (peer.conn.native is not None
-                                                 and peer.conn.native.in_flight()))
+                                                 and peer.conn.native.in_flight())
+                        or pid in serving)
             conns.append((pid, now - last, busy))
         pick = idlest(conns, IDLE_EVICT)
         if pick is None:
@@ -1767,7 +1769,7 @@ def idlest(conns, idle_after: float) -> tuple | None:
     """Which external connection makes room for a new one (pure): of `conns`,
     (pid, seconds since its last useful work, busy), the one idle longest, if
     idle at least `idle_after` seconds and not busy (no call of its own in
-    flight); (pid, seconds) or None.  Useful work is a call or bootstrap it made,
+    flight, and none of ours that it serves: Router.serving); (pid, seconds) or None.  Useful work is a call or bootstrap it made,
     a return it gave or got (Router: Peer.useful, and the lane's own): messages
     that ask for nothing (Release, Finish, unknown types answered 'unimplemented')
     do not count, so sending them cannot hold a connection."""

@@ -1868,3 +1868,45 @@ def test_a_bootstrap_naming_an_object_is_refused_not_answered_with_the_gateway(o
     (ret,) = cl.inbox
     assert ret.payload is not None and len(ret.payload.caps) == 1
     assert not [e for e in cl.effects if isinstance(e, fx.Close)]
+
+
+def test_a_client_serving_a_call_of_a_compartment_is_busy_until_it_answers():
+    """max_connections makes room by closing a client idle for 1 s with no call of
+    its own in flight.  A client that hosts an object a compartment holds (an
+    observer, a subscriber) and is serving that compartment's call on it had no
+    call of its own in flight, so it counted as idle, was closed while it served,
+    and the compartment's call failed 'disconnected'.  It is busy (Router.serving)
+    from the call to its answer, for each call it serves, and idle again after;
+    a call past its call_time does not keep it busy."""
+    router = R.Router({"calc": CALC}, external=("calc",), limits={"calc": R.Limits(call_time=5)})
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    other = client(router, "other")
+    mine = object()
+    _q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content(), [mine])
+    cl.send(data)
+    (call,) = calc.inbox
+    held = call.payload.caps[0].import_id          # calc keeps the client's object
+    calc.send(calc.conn.send_return(call.answer_id))
+    calc.inbox.clear()
+    cl.inbox.clear()
+    assert cl.conn.unanswered == 0 and cl.pid not in router.serving()
+    questions = []
+    for _ in range(2):                             # two calls of calc on it at once
+        q, data = calc.conn.send_call(held, 0xC0FFEE0000000003, 0)
+        calc.send(data)
+        questions.append(q)
+    first, second = cl.inbox
+    assert first.target is mine and cl.pid in router.serving()
+    assert other.pid not in router.serving()
+    cl.send(cl.conn.send_return(first.answer_id))
+    assert cl.pid in router.serving()              # one still served
+    cl.send(cl.conn.send_return(second.answer_id))
+    assert cl.pid not in router.serving()
+    # a call it never answers keeps it busy only until call_time
+    q, data = calc.conn.send_call(held, 0xC0FFEE0000000003, 0)
+    calc.send(data)
+    assert cl.pid in router.serving()
+    router.clock = lambda: 1e9
+    calc.deliver(router.expire())
+    assert cl.pid not in router.serving()
