@@ -79,7 +79,10 @@ def _main(argv=None, zygote=None) -> int:
     call.add_argument("target", metavar="COMPARTMENT.METHOD")
     call.add_argument("params", nargs="?", default="()",
                       help="the parameters in Cap'n Proto text, e.g. '(a = 20, b = 22)'")
-    call.add_argument("--json", action="store_true", help="print the results as JSON")
+    call.add_argument("--json", action="store_true",
+                      help="print the results as JSON (capabilities as \"<capability>\", "
+                           "Data as base64, NaN and the infinities as the strings "
+                           "\"NaN\", \"Infinity\", \"-Infinity\")")
     call.add_argument("--socket", help="the external socket, if the system was started with "
                       "--socket")
     call.add_argument("--timeout", type=seconds_arg(3600), default=30,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 
 import capnp
 
@@ -47,7 +48,7 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
             except capnp.KjException as e:
                 raise CallFailed(_first(e)) from None
             try:
-                return json.dumps(_plain(response)) if as_json else str(response)
+                return to_json(response) if as_json else str(response)
             except Exception as e:  # noqa: BLE001 - KjException, UnicodeDecodeError, ...
                 raise CallFailed(f"its results cannot be read: {_first(e)}") from None
 
@@ -58,6 +59,11 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
             raise CallFailed(f"no answer within {timeout:g} s") from None
 
     return asyncio.run(bounded())
+
+
+def to_json(reader) -> str:
+    """Results as JSON (RFC 8259: strict; a value it cannot carry is a ValueError)."""
+    return json.dumps(_plain(reader), allow_nan=False)
 
 
 def _plain(reader):
@@ -75,7 +81,18 @@ def _plain(reader):
     return out
 
 
+def _number(x):
+    """A float JSON can carry: NaN and the infinities, which JSON has no literal for
+    (json.dumps wrote NaN, Infinity: not JSON), as the strings "NaN", "Infinity"
+    and "-Infinity" (as protobuf's JSON mapping writes them)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if x != x else "Infinity" if x > 0 else "-Infinity"
+    return x
+
+
 def _value(v, kind):
+    if kind in ("float32", "float64"):
+        return _number(v)
     if kind in ("struct", "group"):
         return _plain(v)
     if kind == "data":
@@ -86,7 +103,8 @@ def _value(v, kind):
         items = list(v)
         return [_plain(x) if hasattr(x, "schema") and hasattr(x.schema, "fields_list")
                 else base64.b64encode(bytes(x)).decode() if isinstance(x, (bytes, bytearray))
-                else x if isinstance(x, (int, float, str, bool)) or x is None else str(x)
+                else _number(x) if isinstance(x, (int, float, str, bool)) or x is None
+                else str(x)
                 for x in items]
     return v
 
