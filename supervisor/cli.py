@@ -200,7 +200,7 @@ def _check(plan, args) -> int:
 
     from capnp_schemas.text import printable
 
-    from . import authority, policy
+    from . import authority
     problem = _refused_by_up(plan.system)
     if problem:
         _error(f"{problem}")
