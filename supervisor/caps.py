@@ -39,10 +39,9 @@ class Proxy(Cap):
     """A compartment's main object, as granted by name: stable across its lifetime.
     Calls wait (`queue`) while the compartment starts and fail once it is gone."""
 
-    def __init__(self, compartment: str, interface_id: int | None, inherited=()):
+    def __init__(self, compartment: str, interface_id: int | None):
         self.compartment = compartment
         self.interface_id = interface_id
-        self.inherited = frozenset(inherited)   # the ids of the interfaces it extends
         self.target: Remote | None = None
         self.error: str | None = None
         self.error_type = "disconnected"

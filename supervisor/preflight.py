@@ -27,7 +27,6 @@ class Plan:
     main_interface: dict    # compartment name -> interface id | None
     names: dict = {}        # interface id -> (name, {method id: method name})
     interface_modules: dict = {}   # interface name -> pycapnp interface module
-    extends: dict = {}      # interface id -> the ids of every interface it extends
 
 
 HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
@@ -142,8 +141,7 @@ def prepare(system: System) -> Plan:
             grants.append(g)
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
-    return Plan(system, interfaces, main, names, ifaces,
-                {iid: ids for iid, ids in supers.items() if ids})
+    return Plan(system, interfaces, main, names, ifaces)
 
 
 def _instantiation_problem(binary: bytes) -> str | None:
