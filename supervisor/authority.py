@@ -191,7 +191,7 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
                        f"{', '.join(plan.system.compartments)})")
     exports = plan.system.compartments[comp_name].exports
     if method and host is None:
-        methods = list(plan.interface_modules[exports].schema.methods) if exports else []
+        methods = _method_names(plan.interface_modules[exports].schema) if exports else []
         if method not in methods:
             raise KeyError(f"{comp_name}'s interface {exports or '(none)'} has no method "
                            f"{method!r} (methods: {', '.join(methods) or 'none'})")
@@ -239,17 +239,7 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
 
 def _blocks(e: Edge, plan: Plan, target: str, method: str) -> bool:
     """Results crossing e's membrane carry its allow-list: does it forbid the method?"""
-    if not method:
-        return False
-    g = _grant(e, plan)
-    if g.allow is None:
-        return False
-    iface = plan.system.compartments[target].exports
-    granted = plan.system.compartments[e.target].exports
-    mentioned = {a.rpartition(".")[0] or granted for a in g.allow}
-    if iface not in mentioned | {granted}:
-        return False
-    return method not in g.allow and f"{iface}.{method}" not in g.allow
+    return bool(method) and not _passes(e, plan, target, method)
 
 
 def _grant(e: Edge, plan: Plan):
@@ -258,7 +248,47 @@ def _grant(e: Edge, plan: Plan):
 
 
 def _allows(e: Edge, plan: Plan, method: str) -> bool:
-    if not method:
-        return True
+    return not method or _passes(e, plan, e.target, method)
+
+
+def _passes(e: Edge, plan: Plan, target: str, method: str) -> bool:
+    """Whether a call of `method` on `target`'s interface may pass e's membrane: decided
+    as the running system decides it (membrane.Membrane.allows, on the (interface
+    id, method id) pairs preflight resolved the allow list to), never again from the
+    list's names, which said `Calc.add` was not `add`, and knew nothing of what an
+    interface inherits (an inherited method is called with its declarer's id)."""
+    from .membrane import Membrane
     g = _grant(e, plan)
-    return g.allow is None or method in g.allow
+    if g.allow is None:
+        return True
+    granted = plan.interface_modules[plan.system.compartments[e.target].exports].schema.node.id
+    m = Membrane.for_grant(e.local, g, granted, 0.0)
+    pairs = _method_ids(plan.interface_modules[plan.system.compartments[target].exports]
+                        .schema, method)
+    return any(m.allows(i, j) for i, j in pairs)
+
+
+def _supers_and_self(schema) -> list:
+    """`schema` and every interface it extends, transitively, each once."""
+    out, seen, todo = [], set(), [schema]
+    while todo:
+        s = todo.pop(0)
+        if s.node.id in seen:
+            continue
+        seen.add(s.node.id)
+        out.append(s)
+        todo += list(s.superclasses)
+    return out
+
+
+def _method_names(schema) -> list[str]:
+    """The methods an interface declares, then those it inherits."""
+    return list(dict.fromkeys(m.name for s in _supers_and_self(schema)
+                              for m in s.node.interface.methods))
+
+
+def _method_ids(schema, method: str) -> set:
+    """(interface id, method id) of each method so named that `schema` declares or
+    inherits (the id a call of it carries is its declarer's)."""
+    return {(s.node.id, j) for s in _supers_and_self(schema)
+            for j, m in enumerate(s.node.interface.methods) if m.name == method}

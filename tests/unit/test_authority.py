@@ -97,3 +97,60 @@ def test_check_refuses_an_svg_graph_without_graphviz_before_printing_anything(tm
                         os.path.join(EXAMPLES, "callback.toml"), "--reach", "calc.nope"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == "" and "has no method 'nope'" in r.stderr
+
+
+INHERITING = """@0xc4b8e6d2a1b77e77;
+interface Root @0xc4b8e6d2a1b77f71 { wipe @0 () -> (); }
+interface Base @0xc4b8e6d2a1b77f72 extends(Root) { reset @0 () -> (); }
+interface Counter @0xc4b8e6d2a1b77f73 extends(Base) { inc @0 (by :Int32) -> (value :Int32); }
+interface Calc @0xc4b8e6d2a1b77f74 extends(Base) {
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+  newCounter @1 () -> (counter :Counter);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def inheriting(tmp_path_factory):
+    """A directory with the schema (one path: a schema's id is loaded once a process)."""
+    d = tmp_path_factory.mktemp("inheriting")
+    (d / "inh.capnp").write_text(INHERITING)
+    return d
+
+
+@pytest.mark.parametrize("allow,reaching", [
+    (["add"], {"add"}),
+    (["Calc.add"], {"add"}),                   # the granted interface, by its name
+    (["Calc.add", "reset"], {"add", "reset"}),  # reset: inherited from Base
+    (["Calc.wipe"], {"wipe"}),                  # from Root, through Base
+    (["Base.reset", "Root.wipe"], {"reset", "wipe"}),
+    (["Counter.inc"], set()),                   # Calc itself restricted to nothing
+    (["newCounter", "Counter.reset"], {"newCounter", "reset"}),  # Base's reset is Calc's
+])
+def test_reach_decides_an_allow_list_as_the_membrane_does(inheriting, allow, reaching):
+    """`check --reach` said a grant with allow = ["Calc.add"] could not reach calc.add
+    (it compared the list's text with the bare name, where the running system
+    compares the ids the list resolves to), knew nothing of inherited methods
+    (`--reach calc.reset`: "no method"), and so said "nobody" of what the membrane
+    lets through: an under-approximation where it promises an over-approximation.
+    Every method, own or inherited, is now decided by the membrane's own test."""
+    from supervisor import membrane
+    plan = plan_of(inheriting, f"""
+[system]
+schemas = ["inh.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = {allow!r} }}
+""".replace("'", '"'))
+    (g,) = plan.system.compartments["app"].grants
+    m = membrane.Membrane.for_grant("app.calc", g, 0xc4b8e6d2a1b77f74, 0.0)
+    ids = {"wipe": (0xc4b8e6d2a1b77f71, 0), "reset": (0xc4b8e6d2a1b77f72, 0),
+           "add": (0xc4b8e6d2a1b77f74, 0), "newCounter": (0xc4b8e6d2a1b77f74, 1)}
+    assert {name for name, (i, j) in ids.items() if m.allows(i, j)} == reaching
+    for method in ids:             # own and inherited methods can all be asked about
+        holders = authority.could_reach(plan, f"calc.{method}")[0]
+        assert holders == (["app"] if method in reaching else []), method
