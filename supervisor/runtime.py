@@ -505,7 +505,7 @@ class Supervisor:
                 key = "--socket" if self.system.socket_option else \
                     "system.socket" if self.system.socket else ""
                 endpoint.safe_socket_dir(self.socket_path)
-            key = "system.logs"
+            key = "system.logs" if self.system.logs else ""     # none: the default
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
             if self.audit is not None:
                 key = "system.audit"

@@ -922,15 +922,17 @@ def test_check_refuses_every_audit_file_that_up_refuses(tmp_path, kind):
 
 @pytest.mark.parametrize("case", ["socket dir open to others", "socket dir a link",
                                   "--socket dir open to others", "logs open to others",
-                                  "logs a link", "audit dir cannot be made"])
-def test_check_refuses_every_directory_that_up_refuses(tmp_path, case):
+                                  "logs a link", "audit dir cannot be made",
+                                  "default logs open to others"])
+def test_check_refuses_every_directory_that_up_refuses(tmp_path, monkeypatch, case):
     """The class of the test above: `wsuper check` validates everything up would, but
     it looked at the audit file only: a socket directory, a log directory or an
     audit directory that up refuses before anything starts (open to others, a
     symbolic link, one that cannot be made) passed check with exit 0.  (An audit
     directory that is a link is left to up, as test_a_writable_grant_cannot_reach_
     the_audit_through_a_link_it_could_replace asks.)  And up named
-    `system.socket` for the directory of `--socket`, a key the file does not have."""
+    `system.socket` for the directory of `--socket`, and `system.logs` for the
+    default log directory: keys the file does not have."""
     (tmp_path / "open").mkdir()
     os.chmod(tmp_path / "open", 0o777)
     (tmp_path / "real").mkdir(mode=0o700)
@@ -946,6 +948,12 @@ def test_check_refuses_every_directory_that_up_refuses(tmp_path, case):
         system, key = f'logs = "{tmp_path}/open"\n', "system.logs"
     elif case == "logs a link":
         system, key = f'logs = "{tmp_path}/link"\n', "system.logs"
+    elif case == "default logs open to others":      # no key: the file has none
+        from supervisor import endpoint
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        logs = tmp_path / "state" / "wsuper" / endpoint.system_id(str(tmp_path / "system.toml"))
+        logs.mkdir(parents=True)
+        os.chmod(logs, 0o777)
     else:
         system, key = f'audit = "{tmp_path}/no/such/audit.jsonl"\n', "system.audit"
     (tmp_path / "system.toml").write_text(
@@ -959,7 +967,11 @@ def test_check_refuses_every_directory_that_up_refuses(tmp_path, case):
             assert r.returncode == 0, r.output
             continue
         assert r.returncode == 2, (command, r.output)
-        assert f": {key}: " in r.stderr, (command, r.stderr)
+        if key:
+            assert f": {key}: " in r.stderr, (command, r.stderr)
+        else:
+            assert "log directory" in r.stderr and ": system." not in r.stderr, \
+                (command, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "no").exists() and not os.listdir(tmp_path / "real")
 
