@@ -39,9 +39,13 @@ class Proxy(Cap):
     """A compartment's main object, as granted by name: stable across its lifetime.
     Calls wait (`queue`) while the compartment starts and fail once it is gone."""
 
-    def __init__(self, compartment: str, interface_id: int | None):
+    def __init__(self, compartment: str, interface_id: int | None, extends: tuple = ()):
         self.compartment = compartment
         self.interface_id = interface_id
+        # what a call on it may name: its interface, and every one that extends (a
+        # Calc extends(Base) is called reset with Base's id, as Cap'n Proto calls
+        # an inherited method with its declarer's)
+        self.interface_ids = frozenset({interface_id, *extends})
         self.target: Remote | None = None
         self.error: str | None = None
         self.error_type = "disconnected"

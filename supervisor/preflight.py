@@ -27,6 +27,7 @@ class Plan:
     main_interface: dict    # compartment name -> interface id | None
     names: dict = {}        # interface id -> (name, {method id: method name})
     interface_modules: dict = {}   # interface name -> pycapnp interface module
+    extends: dict = {}      # interface id -> the ids of every interface it extends
 
 
 HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
@@ -141,7 +142,7 @@ def prepare(system: System) -> Plan:
             grants.append(g)
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
-    return Plan(system, interfaces, main, names, ifaces)
+    return Plan(system, interfaces, main, names, ifaces, supers)
 
 
 def _instantiation_problem(binary: bytes) -> str | None:

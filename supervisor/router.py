@@ -169,7 +169,7 @@ class Router:
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
                  names: dict | None = None, audit: bool = False, backlog=None,
                  pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None,
-                 revocable: tuple = ()):
+                 revocable: tuple = (), extends: dict | None = None):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
@@ -181,7 +181,10 @@ class Router:
         which external calls to that compartment are refused (ORPHANS_PER_IN_FLIGHT
         times the external in_flight unless set).  `revocable`: the labels of the
         revocable grants ("compartment.grant"): each may be revoked before its holder
-        first starts (its membrane is made then)."""
+        first starts (its membrane is made then).  `extends`: interface id -> the ids
+        of every interface it extends (preflight.Plan.extends): a compartment's main
+        object is called with those too (an inherited method carries its declarer's
+        id), and with no other."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -199,8 +202,8 @@ class Router:
         self._draining = False
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
-        self.proxies = {name: Proxy(name, iid) for name, iid in compartments.items()
-                        if iid is not None}
+        self.proxies = {name: Proxy(name, iid, (extends or {}).get(iid, ()))
+                        for name, iid in compartments.items() if iid is not None}
         self.external = tuple(external)
         self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
@@ -891,7 +894,7 @@ class Router:
                 chain.append(m)
                 cap = cap.target
             if isinstance(cap, Proxy):
-                if cap.interface_id is not None and call.interface_id != cap.interface_id:
+                if cap.interface_id is not None and call.interface_id not in cap.interface_ids:
                     raise CallError(f"compartment {cap.compartment} does not implement "
                                     f"interface {call.interface_id:#x}", "unimplemented")
                 if cap.error is not None:

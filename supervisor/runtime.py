@@ -366,7 +366,8 @@ class Supervisor:
             clock=self._now, wall=_wall, names=plan.names,
             audit=self.system.audit is not None, backlog=self._backlog,
             revocable=tuple(f"{c.name}.{g.name}" for c in self.system.compartments.values()
-                            for g in c.grants if g.revocable))
+                            for g in c.grants if g.revocable),
+            extends=plan.extends)
         self.hosts = hostcaps.HostCaps(
             lambda owner: self.system.compartments[owner].limits.log_rate
             if owner in self.system.compartments else 100.0, clock=self._now)

@@ -154,3 +154,19 @@ calc = {{ compartment = "calc", allow = {allow!r} }}
     for method in ids:             # own and inherited methods can all be asked about
         holders = authority.could_reach(plan, f"calc.{method}")[0]
         assert holders == (["app"] if method in reaching else []), method
+
+
+def test_a_plan_says_what_each_interface_extends(inheriting):
+    """The router lets a compartment's main object be called with the ids of the
+    interfaces its own extends (inherited methods): the plan hands them over."""
+    plan = plan_of(inheriting, f"""
+[system]
+schemas = ["inh.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+""")
+    root, base, calc = 0xc4b8e6d2a1b77f71, 0xc4b8e6d2a1b77f72, 0xc4b8e6d2a1b77f74
+    assert plan.main_interface["calc"] == calc
+    assert set(plan.extends[calc]) == {base, root} and set(plan.extends[base]) == {root}
+    assert plan.extends[root] == ()

@@ -117,6 +117,48 @@ def test_wrong_interface_on_a_grant_is_refused_without_reaching_the_callee():
     assert ret.error_type == "unimplemented" and "does not implement" in ret.error
 
 
+BASE, ROOT = 0xC0FFEE00000000B1, 0xC0FFEE00000000B0
+
+
+@pytest.mark.parametrize("iface,reaches", [(CALC, True), (BASE, True), (ROOT, True),
+                                           (0x1234, False)])
+def test_a_main_object_is_called_with_the_interfaces_it_extends(iface, reaches):
+    """Cap'n Proto calls an inherited method with the id of the interface that
+    declares it: a compartment exporting Calc extends(Base) (Base extends(Root)) is
+    called reset with Base's id.  The grant's check of the interface id knew the
+    exported one only, and refused every inherited method ("does not implement"),
+    though an allow list may name them (Calc.reset, reset).  What it extends
+    reaches it; any other interface still does not."""
+    router = R.Router({"calc": CALC, "app": None}, extends={CALC: (BASE, ROOT), BASE: (ROOT,)})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, iface, 0)
+    app.send(data)
+    if reaches:
+        (call,) = calc.inbox
+        assert call.target is calc.main and call.interface_id == iface and app.inbox == []
+    else:
+        assert calc.inbox == []
+        (ret,) = app.inbox
+        assert ret.error_type == "unimplemented" and "does not implement" in ret.error
+
+
+def test_an_allow_list_holds_an_inherited_method_of_a_main_object_to_it():
+    """Deny by default still: with allow = ["add", "reset"] on a Calc extends(Base,
+    Root), Base.reset passes and Root.wipe is refused by the membrane."""
+    router = R.Router({"calc": CALC, "app": None}, extends={CALC: (BASE, ROOT)})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0), (BASE, 0)}),
+                                      mentioned=frozenset({CALC, BASE, ROOT}))])
+    for iface in (BASE, ROOT):
+        _q, data = app.conn.send_call(app.grants[0].import_id, iface, 0)
+        app.send(data)
+    (call,) = calc.inbox
+    assert call.interface_id == BASE
+    (ret,) = app.inbox
+    assert "is not allowed" in ret.error
+
+
 def test_forged_export_id_aborts_only_that_connection():
     router = R.Router({"calc": CALC, "app": None, "evil": None}, audit=True)
     calc = start(router, "calc", exports=True)
