@@ -412,7 +412,8 @@ def _admin(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(_status_table(args.system, status))
+    from capnp_schemas.text import printable
+    print("\n".join(printable(line) for line in _status_table(args.system, status).split("\n")))
     return 0
 
 

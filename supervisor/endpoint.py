@@ -239,8 +239,31 @@ class Lock:
             self.fd = None
 
 
+def admin_socket(system_path: str) -> str:
+    """The admin socket of the system at `system_path`, to connect to: only in a
+    runtime directory of ours, 0700, not a link (private_dir, as `up` makes it).
+    In one that is not (someone else made /tmp/wsuper-UID first), `up` refuses
+    to run, and whoever made it could have its own lock and socket there answer
+    `wsuper status`, `stop`, `revoke` ... as the system (a revoke said done, a
+    status of their choosing).  Raises EndpointError."""
+    path = admin_socket_path(system_path)
+    if not os.path.lexists(runtime_dir()):
+        raise EndpointError(f"no running system at {path} (No such file or directory)")
+    try:
+        private_dir(runtime_dir(), create=False)
+    except EndpointError as e:
+        raise EndpointError(f"no system of yours can run at {path}, nor be asked there: "
+                            f"{e}") from None
+    return path
+
+
 def is_running(system_path: str) -> bool:
-    """Whether a system holds the lock of `system_path` now."""
+    """Whether a system holds the lock of `system_path` now (a lock in a runtime
+    directory that is not ours and private is nobody's: admin_socket)."""
+    try:
+        private_dir(runtime_dir(), create=False)
+    except EndpointError:
+        return False
     try:
         fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
@@ -313,7 +336,7 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
     """Send one admin request to the running system `system_path`; its answer.
     Raises EndpointError when no system answers there, or it does not answer in time
     (which does not mean the request was not carried out)."""
-    path = admin_socket_path(system_path)
+    path = admin_socket(system_path)
     body = {**body, "system": identity(system_path)}
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:

@@ -58,7 +58,7 @@ def _error(text: str):
 
 def _lines(system: str, body: dict, timeout: float):
     """Send one admin request; yield the answer's lines as objects."""
-    path = endpoint.admin_socket_path(system)
+    path = endpoint.admin_socket(system)       # EndpointError: not our runtime directory
     body = {**body, "system": endpoint.identity(system)}
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

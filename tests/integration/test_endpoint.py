@@ -147,6 +147,75 @@ def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, x
             "owner": "belongs to uid 65534"}[spoil] in line
 
 
+@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
+def test_commands_never_ask_a_system_in_a_runtime_directory_up_refuses(tmp_path, xdg, spoil):
+    """`up` refuses a runtime directory someone else could have made (the test above),
+    but stop, status, revoke and probe connected to the lock and socket in it as they
+    found them: whoever made /tmp/wsuper-UID first could answer them as the system
+    ('revoked', a status of its choosing, escapes for the terminal included).  They
+    now refuse that directory as up does, and ask nothing there."""
+    import fcntl
+    import json
+    import socket
+    import threading
+    path = _system(tmp_path)
+    target = os.path.join(xdg, "wsuper")
+    if spoil == "mode":
+        os.mkdir(target, 0o777)
+        os.chmod(target, 0o777)
+    elif spoil == "symlink":
+        os.mkdir(tmp_path / "elsewhere", 0o700)
+        os.symlink(tmp_path / "elsewhere", target)
+    else:
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        os.mkdir(target, 0o700)
+        os.chown(target, 65534, 65534)
+    # the impostor: holds the lock, answers every request as the system would
+    lock = os.open(endpoint.lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(endpoint.admin_socket_path(path))
+    server.listen(8)
+    asked = []
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                asked.append(conn.recv(1 << 16))
+                conn.sendall(json.dumps({
+                    "ok": True, "system": endpoint.identity(path), "text": "revoked user.calc",
+                    "pid": 1, "probes": [],
+                    "status": {"pid": 1, "uptime_s": 1, "run": "x", "external": [],
+                               "compartments": [{"name": "\x1b]0;owned\x07", "state": "up",
+                                                 "pid": 1, "uptime_s": 1, "restarts": 0,
+                                                 "generation": 1, "served": 0, "failed": 0,
+                                                 "memory_bytes": 0, "handles": 0,
+                                                 "calls_from": 0, "calls_to": 0}]}})
+                    .encode() + b"\n")
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        env = {"XDG_RUNTIME_DIR": xdg}
+        for args in (["status", path], ["revoke", path, "user.calc"], ["stop", path],
+                     ["probe", path, "calc", "list"]):
+            r = _cli(*args, env=env)
+            assert r.returncode != 0, (args, r.stdout, r.stderr)
+            assert "revoked" not in r.stdout and "owned" not in r.stdout + r.stderr, args
+            assert "\x1b" not in r.stdout + r.stderr
+            assert target in r.stderr, (args, r.stderr)
+        assert asked == []
+    finally:
+        server.close()
+        os.close(lock)
+        t.join(5)
+
+
 def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path, xdg):
     shared = tmp_path / "shared"
     shared.mkdir()
