@@ -172,11 +172,13 @@ def _main(argv=None, zygote=None) -> int:
 
 def _refused_by_up(system):
     """What `wsuper up` would refuse before anything starts (runtime.Supervisor.run:
-    the socket's directory, the log directory, the audit's directory and file), as a
+    the runtime directory (its lock's, its admin socket's), the socket's directory,
+    the log directory, the audit's directory and file), as a
     PolicyError, or None: check said 0 for each of them, and up then exited 2."""
     from . import endpoint, output, policy
     where = None
     for key, problem in (
+            ("", endpoint.private_dir_problem(endpoint.runtime_dir())),   # its lock's
             ("--socket" if system.socket_option else "system.socket" if system.socket else "",
              endpoint.socket_dir_problem(system.socket or endpoint.default_socket_path(
                  system.path)) if system.external else None),

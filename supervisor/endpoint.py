@@ -166,6 +166,23 @@ def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None
     return None
 
 
+def private_dir_problem(path: str) -> str | None:
+    """Why private_dir(path) would refuse, or None; makes nothing (`wsuper check`
+    says it, as up, which takes its lock there, does before anything starts)."""
+    if not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            return f"cannot make {os.path.dirname(path)}: Not a directory"
+        return None
+    try:
+        private_dir(path, create=False)
+    except EndpointError as e:
+        return str(e)
+    return None
+
+
 def socket_dir_problem(socket_path: str) -> str | None:
     """Why safe_socket_dir(socket_path) would refuse, or None; makes nothing."""
     folder = os.path.dirname(os.path.abspath(socket_path))

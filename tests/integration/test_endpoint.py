@@ -139,12 +139,18 @@ def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, x
             pytest.skip("making a directory owned by another user needs root")
         os.mkdir(target, 0o700)
         os.chown(target, 65534, 65534)
+    why = {"mode": "mode 0755; it must be 0700", "symlink": "is not a directory",
+           "owner": "belongs to uid 65534"}[spoil]
     r = _cli("up", _system(tmp_path), env=env)
     assert r.returncode == 2
     (line,) = r.stdout.strip().splitlines() + r.stderr.strip().splitlines()
     assert line.startswith(f"wsuper: error: {target}"), line
-    assert {"mode": "mode 0755; it must be 0700", "symlink": "is not a directory",
-            "owner": "belongs to uid 65534"}[spoil] in line
+    assert why in line
+    # and check, which is to refuse what up refuses, says it too (it said 0)
+    r = _cli("check", _system(tmp_path), env=env)
+    assert r.returncode == 2, r.stdout
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("wsuper: error: ") and f"{target}" in line and why in line, line
 
 
 @pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
