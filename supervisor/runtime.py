@@ -352,12 +352,17 @@ class Supervisor:
         self.plan = plan
         self._launched = zygote
         self.system = plan.system
+        # what this system is (its file, links resolved), once: its lock, its sockets
+        # and its answers are named after it.  Resolved again at each request, a link
+        # on the way moved since (cur -> v1, now -> v2) made it refuse every request
+        # meant for it as meant for another, and nothing could stop it
+        self.identity = endpoint.identity(self.system.path)
         self.log_dir = self.system.logs or output.default_log_dir(
-            endpoint.system_id(self.system.path))
+            endpoint.system_id(self.identity))
         self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
                                     self.log_dir, lambda: self._act(self.lifecycle.stop(0)))
         self.socket_path = socket_path or self.system.socket or \
-            endpoint.default_socket_path(self.system.path)
+            endpoint.default_socket_path(self.identity)
         self.run_id = os.urandom(6).hex()
         self.router = R.Router(
             plan.main_interface, self.system.external,
@@ -497,7 +502,7 @@ class Supervisor:
     # ------------------------------------------------------------ main
 
     async def run(self) -> int:
-        lock = endpoint.Lock(self.system.path)
+        lock = endpoint.Lock(self.identity)
         key = ""                   # the key of the system file that moves what failed
         try:
             lock.acquire()
@@ -1489,7 +1494,7 @@ class Supervisor:
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
         """The admin socket: one JSON request line per connection, one answer line."""
-        listener = await self._bind(endpoint.admin_socket_path(self.system.path))
+        listener = await self._bind(endpoint.admin_socket_path(self.identity))
         task_status.started()
         async with listener:
             while True:
@@ -1516,7 +1521,7 @@ class Supervisor:
                 except ValueError:
                     req = {}
                 if req.get("op") == "trace" and \
-                        req.get("system") == endpoint.identity(self.system.path):
+                        req.get("system") == self.identity:
                     try:
                         await self.prober.trace(stream, req)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1531,7 +1536,7 @@ class Supervisor:
                 self.say(f"internal error answering an admin request: "
                          f"{type(e).__name__}: {first_line(e)}")
                 answer = {"ok": False, "error": "internal error"}
-            answer["system"] = endpoint.identity(self.system.path)
+            answer["system"] = self.identity
             try:
                 await stream.send_all(endpoint.encode(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1564,7 +1569,7 @@ class Supervisor:
             req = endpoint.decode(line)
         except ValueError:
             return {"ok": False, "error": "expected one JSON object on one line"}
-        if req.get("system") != endpoint.identity(self.system.path):
+        if req.get("system") != self.identity:
             return {"ok": False, "error": f"this is {self.system.path}, not "
                                           f"{printable(str(req.get('system')))[:200]}"}
         if req.get("op") == "revoke" and not isinstance(req.get("grant"), str):

@@ -124,6 +124,36 @@ def test_a_request_meant_for_another_system_is_refused(tmp_path, xdg):
         run.stop()
 
 
+def test_a_system_is_still_asked_after_a_link_on_its_files_way_moves(tmp_path, xdg):
+    """A system started as cur/system.toml, cur a link to v1 (a common way to
+    deploy), is the system of v1/system.toml: its lock and sockets are named after
+    that.  But it checked each admin request against what its path resolved to at
+    the moment it answered: once cur pointed at v2, a request for v1/system.toml
+    (the only path that still finds its socket) was refused as meant for another
+    system ('this is .../cur/system.toml, not .../v1/system.toml'), and nothing
+    could reach it: not status, not revoke, not stop.  Its identity is the one it
+    started with."""
+    env = {"XDG_RUNTIME_DIR": xdg}
+    v1, v2 = _system(tmp_path / "v1"), _system(tmp_path / "v2")
+    os.symlink(tmp_path / "v1", tmp_path / "cur")
+    run = _up(str(tmp_path / "cur" / "system.toml"), env)
+    try:
+        run.wait_for("all compartments ready")
+        os.symlink(tmp_path / "v2", tmp_path / "next")
+        os.replace(tmp_path / "next", tmp_path / "cur")      # the link moves, atomically
+        r = _cli("status", v1, env=env)
+        assert r.returncode == 0 and "calc" in r.stdout, r.stdout + r.stderr
+        r = _cli("revoke", v1, "user.calc", env=env)
+        assert r.returncode == 0 and "revoked user.calc" in r.stdout, r.stdout + r.stderr
+        r = _cli("status", v2, env=env)                   # nothing runs as v2's
+        assert r.returncode != 0 and "no running system" in r.stderr, r.stdout + r.stderr
+        r = _cli("stop", v1, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert run.finish() == 0
+    finally:
+        run.stop()
+
+
 @pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
 def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, xdg, spoil):
     env = {"XDG_RUNTIME_DIR": xdg}
