@@ -119,6 +119,9 @@ class Grant:
                                           # (interface id, method id) pairs
     mentioned: frozenset | None = None    # `allow`, resolved: the ids of every interface
                                           # it restricts (the granted one, and each named)
+    #: directory / file grants: (st_dev, st_ino) of what `load` looked at (and checked),
+    #: which the running system grants (runtime._note_granted); None if not loaded
+    checked: tuple | None = attrs.field(default=None, eq=False)
 
     @property
     def attenuated(self) -> bool:
@@ -442,6 +445,7 @@ def load(path: str, socket: str | None = None) -> System:
     places = mounts.Places()
     installed = _installed()
     on_the_way = functools.cache(_names_on_the_way)     # the same few paths, every grant
+    checked: dict[tuple, tuple] = {}     # (compartment, grant) -> (st_dev, st_ino)
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
@@ -460,6 +464,11 @@ def load(path: str, socket: str | None = None) -> System:
                 if problem:
                     raise gwhere.error(f"{origin_key}.subdir", problem)
             real = os.path.realpath(os.path.join(g.path, g.subdir or ""))
+            try:        # what the checks below look at: what the system grants
+                st = os.stat(real)
+                checked[(comp.name, g.name)] = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
             is_dir = g.target == "directory"
             fs = _kernel_fs(real)
             if fs:
@@ -516,7 +525,11 @@ def load(path: str, socket: str | None = None) -> System:
             raise where.error(f"compartments.{comp.name}.module",
                               f"module file {comp.module} has {size:,} bytes, more than "
                               f"{MAX_MODULE_BYTES:,}")
-    return system
+    return attrs.evolve(system, compartments={
+        name: attrs.evolve(comp, grants=tuple(
+            attrs.evolve(g, checked=checked[(name, g.name)]) if (name, g.name) in checked
+            else g for g in comp.grants))
+        for name, comp in system.compartments.items()})
 
 
 def grant_where(g: Grant, wheres: dict) -> tuple["_Where", str]:

@@ -343,6 +343,11 @@ class _Audit:
             self._dir = None
 
 
+#: Supervisor._granted's note of a grant whose path named another directory or file
+#: when the system started than when policy.load checked it
+_REPLACED = "replaced since it was checked"
+
+
 class Supervisor:
     _turns: Turns | None = None      # while the lane's host worker runs (_lane_host)
     _clock = None                    # trio's clock, which any thread may read
@@ -968,7 +973,9 @@ class Supervisor:
         """What each file and directory grant's path names now, before any engine runs
         (policy.load has just checked it).  The path as it is, with its subdir if it has
         one: joined with "" it ended in "/", which a file's stat refuses (ENOTDIR), so
-        file grants were noted only at their first open, wherever the path led then."""
+        file grants were noted only at their first open, wherever the path led then.
+        What policy.load checked it must still be (Grant.checked): between the two a
+        system compiles its modules (seconds), time to plant a link on the way."""
         for comp in self.system.compartments.values():
             for g in comp.grants:
                 if g.kind == "host" and g.target in ("directory", "file"):
@@ -977,7 +984,14 @@ class Supervisor:
                     except OSError as e:        # gone since policy.load: never granted
                         self._granted[f"{comp.name}.{g.name}"] = e.strerror or str(e)
                         continue
-                    self._granted[f"{comp.name}.{g.name}"] = (st.st_dev, st.st_ino)
+                    now = (st.st_dev, st.st_ino)
+                    if g.checked is not None and now != g.checked:
+                        # replaced between policy.load's checks (the supervisor's own
+                        # files, the modules, the kernel's file systems) and now, by a
+                        # link on the way maybe: what it names now was never checked
+                        self._granted[f"{comp.name}.{g.name}"] = _REPLACED
+                        continue
+                    self._granted[f"{comp.name}.{g.name}"] = now
 
     def _not_granted(self, name: str, g, opened) -> str | None:
         """Why `opened` (grant `g` of compartment `name`, opened by its path) is not the
@@ -993,6 +1007,10 @@ class Supervisor:
         granted = self._granted.get(f"{name}.{g.name}")
         if granted == (st.st_dev, st.st_ino):
             return None
+        if granted is _REPLACED:
+            return ("it was replaced after wsuper up checked it, before the system "
+                    "started (something on its way, by a symbolic link maybe): what it "
+                    "names now was never checked; start the system anew")
         if not isinstance(granted, tuple):
             return (f"it could not be looked at when the system started "
                     f"({granted or 'not noted'}); a grant is what its path named then: "

@@ -324,3 +324,54 @@ dir = {{ host = "directory", path = "{tmp_path}/d" }}
             hostcaps.release(g.target, opened)
         assert problem is not None and "could not be looked at when the system started" \
             in problem and "No such file or directory" in problem, problem
+
+
+@pytest.mark.parametrize("what", ["file", "dir", "sub", "on the way"])
+def test_a_grant_replaced_between_its_checks_and_the_start_is_not_granted(tmp_path, what):
+    """policy.load checks what each grant's path names (not the supervisor's files,
+    not a module, not the kernel's file systems); the system notes what it names
+    when it starts, after preflight has compiled every module (seconds).  What was
+    there in between became the grant: a directory on the way replaced by a link
+    meanwhile (by another system's compartment, say) granted what the link
+    pointed at, which no check had seen.  What was checked must still be there."""
+    import types
+    from supervisor import hostcaps, policy, runtime
+    (tmp_path / "top" / "d" / "s").mkdir(parents=True)
+    (tmp_path / "top" / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+file = {{ host = "file", path = "{tmp_path}/top/f.txt" }}
+dir = {{ host = "directory", path = "{tmp_path}/top/d" }}
+sub = {{ host = "directory", path = "{tmp_path}/top/d", subdir = "s" }}
+""")
+    system = policy.load(str(tmp_path / "system.toml"))
+    if what == "file":
+        os.rename(tmp_path / "top" / "f.txt", tmp_path / "f.old")
+        (tmp_path / "top" / "f.txt").write_text("never checked")
+    elif what == "dir":
+        os.rename(tmp_path / "top" / "d", tmp_path / "d.old")
+        (tmp_path / "top" / "d" / "s").mkdir(parents=True)
+    elif what == "sub":
+        os.rename(tmp_path / "top" / "d" / "s", tmp_path / "s.old")
+        (tmp_path / "top" / "d" / "s").mkdir()
+    else:                                   # a link on the way, to a look-alike elsewhere
+        (tmp_path / "elsewhere" / "d" / "s").mkdir(parents=True)
+        (tmp_path / "elsewhere" / "f.txt").write_text("elsewhere")
+        os.rename(tmp_path / "top", tmp_path / "top.old")
+        os.symlink(tmp_path / "elsewhere", tmp_path / "top")
+    fake = types.SimpleNamespace(system=system, _granted={})
+    runtime.Supervisor._note_granted(fake)
+    refused = set()
+    for g in system.compartments["app"].grants:
+        opened = hostcaps.open_grant(g)
+        try:
+            problem = runtime.Supervisor._not_granted(fake, "app", g, opened)
+        finally:
+            hostcaps.release(g.target, opened)
+        if problem is not None:
+            assert "replaced after wsuper up checked it" in problem, problem
+            refused.add(g.name)
+    assert refused == {"file": {"file"}, "dir": {"dir", "sub"}, "sub": {"sub"},
+                       "on the way": {"file", "dir", "sub"}}[what]
