@@ -163,7 +163,21 @@ def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None
     if not os.path.isdir(parent):
         why = "Not a directory" if os.path.lexists(parent) else "No such file or directory"
         return f"cannot make {what}{folder}: {why}"
-    return None
+    why = _unwritable(parent)
+    return f"cannot make {what}{folder}: {why}" if why else None
+
+
+def _unwritable(parent: str) -> str | None:
+    """Why nothing can be made in the existing directory `parent` (mkdir would fail
+    there: a read-only file system, no write or search permission), or None."""
+    if os.access(parent, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            return "Read-only file system"
+    except OSError:
+        pass
+    return "Permission denied"
 
 
 def private_dir_problem(path: str) -> str | None:
@@ -175,7 +189,8 @@ def private_dir_problem(path: str) -> str | None:
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):
             return f"cannot make {os.path.dirname(path)}: Not a directory"
-        return None
+        why = _unwritable(parent)
+        return f"cannot make {os.path.dirname(path)}: {why}" if why else None
     try:
         private_dir(path, create=False)
     except EndpointError as e:

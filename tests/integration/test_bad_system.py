@@ -976,6 +976,48 @@ def test_check_refuses_every_directory_that_up_refuses(tmp_path, monkeypatch, ca
     assert not (tmp_path / "no").exists() and not os.listdir(tmp_path / "real")
 
 
+@pytest.fixture
+def unwritable(tmp_path):
+    """A directory nothing can be made in: mode 0500 for a user, a read-only tmpfs
+    for root (whom no mode stops)."""
+    import subprocess
+    d = tmp_path / "unwritable"
+    d.mkdir()
+    if os.getuid() != 0:
+        os.chmod(d, 0o500)
+        yield d
+        os.chmod(d, 0o700)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "none", str(d)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+@pytest.mark.parametrize("case", ["logs", "audit", "socket"])
+def test_check_refuses_a_directory_up_cannot_make(tmp_path, unwritable, case):
+    """check said 0 of a log, audit or socket directory up must make where nothing
+    can be made (a read-only file system, a directory not writable by the user):
+    it looked only at whether its parent was a directory, and up then exited 2
+    ("cannot make log directory ...: Read-only file system")."""
+    key, line = {"logs": ("system.logs", f'logs = "{unwritable}/logs"\n'),
+                 "audit": ("system.audit", f'audit = "{unwritable}/a/audit.jsonl"\n'),
+                 "socket": ("system.socket", f'socket = "{unwritable}/s/x.sock"\n')}[case]
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n{line}'
+        f'[compartments.m]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        f'external = true\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"), timeout=60)
+        assert r.returncode == 2, (command, r.output)
+        assert f": {key}: cannot make " in r.stderr and str(unwritable) in r.stderr, \
+            (command, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 @pytest.mark.parametrize("case", ["granted", "too long", "empty"])
 def test_up_socket_is_checked_as_the_system_files_socket_is(tmp_path, case):
     """An outside review: `wsuper up --socket PATH` went straight to the runtime,
