@@ -959,3 +959,51 @@ def test_a_trap_in_a_function_with_a_long_name_is_reported_within_bounds(tmp_pat
                and "more characters)" in line for line in lines), lines
     logged = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
     assert logged and all(len(line) <= 4096 + 100 for line in logged)
+
+
+def test_an_inherited_method_reaches_a_granted_main_object_and_the_allow_list_holds(tmp_path):
+    """Real engines: srv exports Sub, which extends(Pinger).  A call of Pinger's
+    ping on the granted Sub carries Pinger's id (as Cap'n Proto calls an inherited
+    method); the supervisor refused it ('does not implement interface') before it
+    reached srv, though allow = ["ping"] names it.  It reaches srv now; Pinger's
+    spin, not listed, is still denied, and an interface Sub does not extend still
+    does not reach srv."""
+    from tests.conftest import Running
+    from tests.integration.guests import HERE
+    (tmp_path / "sub.capnp").write_text("""@0xe5a1c3d7b9f20e01;
+interface Pinger @0xe5a1c3d7b9f20e02 { spin @0 () -> (); ping @1 () -> (value :Int32); }
+interface Sub @0xe5a1c3d7b9f20e03 extends(Pinger) { other @0 () -> (); }
+""")
+    (tmp_path / "client.wat").write_text(program("""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 3)))
+    (call $log_int (i32.const 300) (i32.const 4)
+          (call $call0 (local.get $h) (i64.const 0xe5a1c3d7b9f20e02) (i32.const 1)))
+    (call $log_int (i32.const 310) (i32.const 4)
+          (call $call0 (local.get $h) (i64.const 0xe5a1c3d7b9f20e02) (i32.const 0)))
+    (call $log_int (i32.const 320) (i32.const 5)
+          (call $call0 (local.get $h) (i64.const 0x1234) (i32.const 1)))
+    (call $log (i32.const 330) (i32.const 4))
+""", {"srv": 200, "ping": 300, "spin": 310, "other": 320, "done": 330}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["sub.capnp"]
+[compartments.srv]
+module = "{HERE}/spin.wat"
+exports = "Sub"
+[compartments.client]
+module = "client.wat"
+restart = "never"
+[compartments.client.grants]
+log = {{ host = "log" }}
+srv = {{ compartment = "srv", allow = ["ping"] }}
+""")
+    run = Running(["up", str(tmp_path / "system.toml")])
+    try:
+        run.wait_for("[client] done")
+        said = {line.split("[client] ")[1].split()[0]: line.split()[-1]
+                for line in run.lines if "[client] " in line and "done" not in line}
+        assert said["ping"] == "0", run.lines
+        assert said["spin"] != "0" and said["other"] != "0", run.lines
+        assert any("Pinger.spin is not allowed" in line for line in run.lines), run.lines
+    finally:
+        run.stop()
