@@ -168,7 +168,11 @@ class _Modules:
                 # bounded: while it runs no other engine starts (one module at a
                 # time), and a module can be made to compile for minutes (a 3 MB
                 # function took 5 s); probes' rewriting runs in Python here too
-                resource.setrlimit(resource.RLIMIT_CPU, (COMPILE_SECONDS, COMPILE_SECONDS + 5))
+                # (never above the hard limit it has: raising one fails without root)
+                _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+                cap = COMPILE_SECONDS + 5 if hard == resource.RLIM_INFINITY \
+                    else min(hard, COMPILE_SECONDS + 5)
+                resource.setrlimit(resource.RLIMIT_CPU, (min(COMPILE_SECONDS, cap), cap))
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
                                      memory_limit)
             finally:

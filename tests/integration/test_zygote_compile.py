@@ -157,3 +157,36 @@ def test_a_module_slow_to_compile_is_stopped_at_the_compilers_limit_and_kept_fai
     path.write_bytes(_slow_to_compile(10))          # a fixed file loads
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert modules.get(str(path))[0] is not None
+
+
+def test_the_compilers_limit_never_asks_more_than_the_hard_limit_it_has(modules):
+    """The compiler's CPU limit is set below whatever hard limit wsuper runs under:
+    asking more than it (COMPILE_SECONDS + 5 under a hard limit of 60 s, say) fails
+    without root, and every module failed 'its compiler ended with status 1'.  (As
+    root, the child gives up root first: root may raise a hard limit.)"""
+    import resource
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp()
+    try:
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "small.wasm")
+        with open(path, "wb") as f:
+            f.write(_slow_to_compile(10))
+        os.chmod(path, 0o644)
+        pid = os.fork()
+        if pid == 0:                    # a child of its own: the limit stays there
+            code = 1
+            try:
+                resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                code = 0 if modules.get(path)[0] is not None else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        shutil.rmtree(folder)
