@@ -20,6 +20,7 @@ with a message that names the field.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import re
 import shutil
@@ -558,9 +559,20 @@ def _define(name: str, value: str) -> list[str]:
 def _once(node_id: int, part: str, lines: list[str]) -> list[str]:
     """`lines` under a guard that is the node's own (WSUPER_GEN_<id>_<part>): a type
     another generated header (of a schema importing the same file) emitted already
-    is not emitted again."""
+    is not emitted again.  The guard's value is a digest of the lines: a header
+    that would skip a *different* definition of that id (two schemas giving one id
+    to two structs, or headers made from two versions of a shared file) stops the
+    compiler at an #error, instead of its code using the other header's layout."""
     guard = f"WSUPER_GEN_{node_id:016X}_{part}"
-    return [f"#ifndef {guard}", f"#define {guard}", *lines, "#endif"]
+    # 60 bits: a positive constant for the preprocessor's intmax_t arithmetic
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:15]
+    sig = f"{guard}_SIG"
+    return [f"#ifndef {guard}", f"#define {guard}", f"#define {sig} 0x{digest}", *lines,
+            f"#elif !defined({sig}) || {sig} != 0x{digest}",
+            f'#error "wsuper bindgen: node @0x{node_id:016x} ({part.lower()}) is defined '
+            'differently by another generated header: two schemas give one id to two types, '
+            'or the headers were made from two versions of one file"',
+            "#endif"]
 
 
 def _plain(f) -> str:

@@ -550,3 +550,30 @@ echo = {{ compartment = "echo" }}
 """)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert "[app] status -5" in r.stdout, r.stdout + r.stderr
+
+
+def test_one_type_id_with_two_definitions_does_not_compile(tmp_path):
+    """Each generated type sits under a guard named by its node id, so a header
+    included second skipped a type the first had defined: two schemas that give
+    one id to two different structs (`x @0, y @1` and `y @0, x @1`; one with a
+    field more, say a newer copy of a shared file) compiled, and the second's
+    calls encoded and decoded with the first's layout -- x sent as y, without a
+    word.  The compiler now stops at an #error naming the id; the same type from
+    two headers (a shared import, or an identical copy) still compiles."""
+    point = "struct Point @0xe1f0a3b2c4e5f6a7 {{ {} }}\n"
+    iface = "interface {} {{ put @0 (p :Point) -> (q :Point); }}\n"
+    xy, yx = "x @0 :Int32; y @1 :Int32;", "y @0 :Int32; x @1 :Int32;"
+    use = ('#include "one.h"\n#include "two.h"\n'
+           "int main(void) { wsuper_arena a = {0, 0}; point p = {1, 2}; two_put_results r;\n"
+           "  return one_put(&a, 1, &p, (one_put_results *)&r) | two_put(&a, 1, &p, &r); }\n")
+    for name, first, second in (("swapped", xy, yx), ("grown", xy, xy + " z @2 :Int64;"),
+                                ("enum", "x @0 :Int32; c @1 :Color;",
+                                 "x @0 :Int32; c @1 :Int32;")):
+        colors = "enum Color { red @0; }\n"
+        schemas = {"one": f"@0xd1f0a3b2c4e5f6b1;\n{colors}" + point.format(first) + iface.format("One"),
+                   "two": f"@0xd1f0a3b2c4e5f6b2;\n{colors}" + point.format(second) + iface.format("Two")}
+        error = _compile(tmp_path / name, schemas, use)
+        assert "wsuper bindgen:" in error and "E1F0A3B2C4E5F6A7" in error.upper(), (name, error)
+    same = {"one": "@0xd1f0a3b2c4e5f6b1;\n" + point.format(xy) + iface.format("One"),
+            "two": "@0xd1f0a3b2c4e5f6b2;\n" + point.format(xy) + iface.format("Two")}
+    assert _compile(tmp_path / "same", same, use) == ""
