@@ -571,7 +571,8 @@ def _once(node_id: int, part: str, lines: list[str]) -> list[str]:
             f"#elif !defined({sig}) || {sig} != 0x{digest}",
             f'#error "wsuper bindgen: node @0x{node_id:016x} ({part.lower()}) is defined '
             'differently by another generated header: two schemas give one id to two types, '
-            'or the headers were made from two versions of one file"',
+            'or the headers were made from two versions of one file (or of bindgen): '
+            'regenerate them together"',
             "#endif"]
 
 
