@@ -477,8 +477,11 @@ class Generator:
                         "  memset(out_, 0, sizeof *out_);",
                         f"  {results.cname}_load(&r_, arena_, wsuper_root(&r_), out_);",
                         "  wsuper_release_unread(&r_, r_.bad);  /* what out_ does not hold */",
-                        "  if (r_.bad) return wsuper_error(arena_, \"malformed results\"), "
-                        "WSUPER_E_MESSAGE;", "  return WSUPER_OK;"]
+                        # all or nothing: the fields decoded before the fault hold
+                        # handles just released, which a caller's clean-up released again
+                        "  if (r_.bad) return memset(out_, 0, sizeof *out_), "
+                        "wsuper_error(arena_, \"malformed results\"), WSUPER_E_MESSAGE;",
+                        "  return WSUPER_OK;"]
             else:
                 out.append("  if (rc_ == WSUPER_OK) wsuper_release_unread(&r_, true);")
                 out.append("  return rc_;")

@@ -269,3 +269,85 @@ def test_a_capability_is_handed_out_once(harness):
                                 _with_caps(None, [4]), _with_caps(7, [])])
     assert lines[0] == "ok flags=0 ones=0 empties=0 wides=0 pad=0 thing=11 things=12,13,14,"
     assert all(line.startswith("bad ") for line in lines[1:]), lines
+
+
+PAIR = """@0xd1f0a3b2c4e5f6c1;
+interface Thing {}
+interface Pair { get @0 () -> (a :Thing, b :Thing, n :Int64); }
+"""
+
+PAIR_HARNESS = r"""
+#include <stdio.h>
+#include "pair.h"
+/* the guest ABI's imports: wsuper_call answers with the reply in argv[i] and caps
+ * 21, 22, 23; wsuper_release prints what it releases */
+static uint8_t reply[4096];
+static int32_t reply_len;
+static const int32_t reply_caps[3] = {21, 22, 23};
+int32_t wsuper_lookup(const char *n, int32_t l) { (void)n; (void)l; return -7; }
+int32_t wsuper_call(int32_t h, int64_t i, int32_t m, const void *p, int32_t l, const int32_t *c,
+                    int32_t n, void *o) { (void)h; (void)i; (void)m; (void)p; (void)l; (void)c;
+                    (void)n; int32_t out[2] = {reply_len, 3}; memcpy(o, out, 8); return 0; }
+int32_t wsuper_reply_read(void *b, int32_t *c) {
+  memcpy(b, reply, (size_t)reply_len); memcpy(c, reply_caps, sizeof reply_caps); return 0; }
+int32_t wsuper_release(int32_t h) { printf("release %d; ", h); return 0; }
+int32_t wsuper_object(int32_t t) { (void)t; return 1; }
+int32_t wsuper_params_read(void *b, int32_t *c) { (void)b; (void)c; return -8; }
+int32_t wsuper_results_set(const void *b, int32_t l, const int32_t *c, int32_t n) {
+  (void)b; (void)l; (void)c; (void)n; return -8; }
+int32_t wsuper_fail(const char *m, int32_t l) { (void)m; (void)l; return 0; }
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    FILE *f = fopen(argv[i], "rb");
+    reply_len = (int32_t)fread(reply, 1, sizeof reply, f);
+    fclose(f);
+    wsuper_arena a = {0, 0};
+    pair_get_results out;
+    memset(&out, 0x55, sizeof out);
+    int rc = pair_get(&a, 1, &out);
+    printf("rc=%d a=%d b=%d n=%lld\n", rc, out.a, out.b, (long long)out.n);
+    wsuper_arena_free(&a);
+  }
+  return 0;
+}
+"""
+
+
+def test_results_that_fail_to_decode_hold_no_handle(tmp_path):
+    """A reply whose results are malformed (two fields naming one capability, or a
+    bad pointer after a good one) is WSUPER_E_MESSAGE, and the stub releases every
+    handle of the reply.  The results used to keep the fields decoded before the
+    fault: a handle already released, which a caller that cleans up what its
+    results hold released a second time (once the number was reused, some other
+    capability).  Failed results are now all zero; good ones keep their handles."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed (every supported machine has it)")
+    (tmp_path / "pair.capnp").write_text(PAIR)
+    bindgen.generate(str(tmp_path / "pair.capnp"), str(tmp_path))
+    (tmp_path / "p.c").write_text(PAIR_HARNESS)
+    r = subprocess.run(["gcc", "-O1", "-g", "-Wall", "-Wno-attributes", "-I", str(tmp_path),
+                        "-o", str(tmp_path / "p"), str(tmp_path / "p.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+    def results(a: int, b: int) -> bytes:     # (a, b, n = 7): a, b whole pointer words
+        return _framed((0 | (1 << 32) | (2 << 48)).to_bytes(8, "little")
+                       + (7).to_bytes(8, "little") + a.to_bytes(8, "little")
+                       + b.to_bytes(8, "little"))
+
+    def cap(i):
+        return 3 | (i << 32)
+    far = 2 | (5 << 3)
+    replies = [results(cap(0), cap(1)), results(cap(0), cap(0)), results(cap(1), far),
+               results(cap(2), cap(7))]
+    paths = []
+    for i, m in enumerate(replies):
+        (tmp_path / f"r{i}.bin").write_bytes(m)
+        paths.append(str(tmp_path / f"r{i}.bin"))
+    r = subprocess.run([str(tmp_path / "p"), *paths], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "release 23; rc=0 a=21 b=22 n=7", lines
+    for line in lines[1:]:
+        assert line == "release 21; release 22; release 23; rc=-6 a=0 b=0 n=0", lines
