@@ -473,8 +473,9 @@ class Generator:
                     f"  int rc_ = wsuper_invoke(arena_, cap_, {cname.upper()}_ID, {ordinal}, "
                     "&b_, &r_);"]
             if results.fields:
-                out += ["  if (rc_ != WSUPER_OK) return rc_;",
-                        "  memset(out_, 0, sizeof *out_);",
+                # zeroed whatever the outcome (the params are encoded by now)
+                out += ["  memset(out_, 0, sizeof *out_);",
+                        "  if (rc_ != WSUPER_OK) return rc_;",
                         f"  {results.cname}_load(&r_, arena_, wsuper_root(&r_), out_);",
                         "  wsuper_release_unread(&r_, r_.bad);  /* what out_ does not hold */",
                         # all or nothing: the fields decoded before the fault hold

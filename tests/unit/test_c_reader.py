@@ -320,7 +320,8 @@ def test_results_that_fail_to_decode_hold_no_handle(tmp_path):
     handle of the reply.  The results used to keep the fields decoded before the
     fault: a handle already released, which a caller that cleans up what its
     results hold released a second time (once the number was reused, some other
-    capability).  Failed results are now all zero; good ones keep their handles."""
+    capability).  Failed results are now all zero (and so are those of a reply too
+    short to be a message); good ones keep their handles."""
     if shutil.which("gcc") is None:
         pytest.fail("gcc is needed (every supported machine has it)")
     (tmp_path / "pair.capnp").write_text(PAIR)
@@ -340,7 +341,7 @@ def test_results_that_fail_to_decode_hold_no_handle(tmp_path):
         return 3 | (i << 32)
     far = 2 | (5 << 3)
     replies = [results(cap(0), cap(1)), results(cap(0), cap(0)), results(cap(1), far),
-               results(cap(2), cap(7))]
+               results(cap(2), cap(7)), b"\0" * 12]
     paths = []
     for i, m in enumerate(replies):
         (tmp_path / f"r{i}.bin").write_bytes(m)
@@ -351,3 +352,4 @@ def test_results_that_fail_to_decode_hold_no_handle(tmp_path):
     assert lines[0] == "release 23; rc=0 a=21 b=22 n=7", lines
     for line in lines[1:]:
         assert line == "release 21; release 22; release 23; rc=-6 a=0 b=0 n=0", lines
+    assert len(lines) == len(replies)
