@@ -341,12 +341,25 @@ def _open_fds():
         return list(range(3, 1024))
 
 
+def lower_limit(which: int, soft: int, hard: int | None = None):
+    """setrlimit(which, (soft, hard)) (hard: soft if None), never above the hard limit
+    already in force: raising a hard limit fails without root (ValueError), and
+    wsuper may run under one lower than ours (`ulimit -t 50`, `ulimit -v`, a service
+    manager's LimitCPU=): every schema, module compile or wasm-tools child then
+    failed.  Under a lower hard limit, that one holds (the tighter bound)."""
+    hard = soft if hard is None else hard
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:
+        hard = min(hard, current)
+    resource.setrlimit(which, (min(soft, hard), hard))
+
+
 def _limit_resources(address_space, highest: int):
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, highest + 8))
+    lower_limit(resource.RLIMIT_FSIZE, 0)
+    lower_limit(resource.RLIMIT_CORE, 0)
+    lower_limit(resource.RLIMIT_NOFILE, highest + 8)
     if address_space:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        lower_limit(resource.RLIMIT_AS, address_space)
 
 
 def _check(result: int, what: str):

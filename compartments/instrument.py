@@ -175,11 +175,11 @@ def _confine_tool(binary: str):
     """preexec_fn of the wasm-tools child: bounded, no new privileges, and (Landlock)
     nothing on the file system but reading and running its own binary and libraries."""
     def limit():
-        resource.setrlimit(resource.RLIMIT_CPU, (TOOL_SECONDS, TOOL_SECONDS))
-        resource.setrlimit(resource.RLIMIT_AS, (TOOL_MEMORY, TOOL_MEMORY))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        from . import confine
+        from . import confine       # never above a hard limit wsuper runs under
+        confine.lower_limit(resource.RLIMIT_CPU, TOOL_SECONDS)
+        confine.lower_limit(resource.RLIMIT_AS, TOOL_MEMORY)
+        confine.lower_limit(resource.RLIMIT_FSIZE, 0)
+        confine.lower_limit(resource.RLIMIT_CORE, 0)
         confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         abi = confine.landlock_abi()
         if abi:

@@ -169,10 +169,8 @@ class _Modules:
                 # time), and a module can be made to compile for minutes (a 3 MB
                 # function took 5 s); probes' rewriting runs in Python here too
                 # (never above the hard limit it has: raising one fails without root)
-                _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-                cap = COMPILE_SECONDS + 5 if hard == resource.RLIM_INFINITY \
-                    else min(hard, COMPILE_SECONDS + 5)
-                resource.setrlimit(resource.RLIMIT_CPU, (min(COMPILE_SECONDS, cap), cap))
+                confining.lower_limit(resource.RLIMIT_CPU, COMPILE_SECONDS,
+                                      COMPILE_SECONDS + 5)
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
                                      memory_limit)
             finally:
@@ -263,8 +261,9 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             _close_all(closing)
             os.dup2(w, 2)
             os.close(w)
-            resource.setrlimit(resource.RLIMIT_CPU, (SCHEMA_SECONDS, SCHEMA_SECONDS))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))    # an abort is an answer:
+            from . import confine        # never above a hard limit wsuper runs under
+            confine.lower_limit(resource.RLIMIT_CPU, SCHEMA_SECONDS)
+            confine.lower_limit(resource.RLIMIT_CORE, 0)        # an abort is an answer:
             faulthandler.disable()              # no core, no dump of our stack (if enabled)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)

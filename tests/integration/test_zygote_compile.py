@@ -190,3 +190,89 @@ def test_the_compilers_limit_never_asks_more_than_the_hard_limit_it_has(modules)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         shutil.rmtree(folder)
+
+
+def _under_hard_limits(limits: dict, run) -> int:
+    """run() in a child of its own under the hard `limits` ({RLIMIT_X: value}),
+    unprivileged (root may raise a hard limit); its exit code: 0 if run() is true."""
+    import resource
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for which, value in limits.items():
+                resource.setrlimit(which, (value, value))
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            code = 0 if run() else 3
+        except BaseException:               # noqa: BLE001 - the code says it
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.parametrize("child", ["schema", "wasm-tools", "engine"])
+def test_no_child_asks_more_than_a_hard_limit_wsuper_runs_under(child):
+    """Each child wsuper bounds (a schema's parse, SCHEMA_SECONDS; the wasm-tools
+    child, TOOL_SECONDS and TOOL_MEMORY; an engine, its memory as address space)
+    sets its limits below whatever hard limit wsuper runs under (`ulimit -t 50`,
+    `ulimit -v`, a service's LimitCPU=): asking more fails without root.  Under a
+    CPU hard limit of 50 s, `wsuper up` refused every system with a schema
+    ('ValueError: not allowed to raise maximum limit'), as the compiler did
+    before 28029c1.  The lower hard limit holds instead."""
+    import json
+    import resource
+    import shutil
+    import tempfile
+
+    import capnp_schemas
+    from compartments import confine, instrument
+    folder = tempfile.mkdtemp()
+    try:
+        os.chmod(folder, 0o755)
+        schema = os.path.join(folder, "calc.capnp")
+        shutil.copyfile(os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                                     "calc", "calc.capnp"), schema)
+        os.chmod(schema, 0o644)
+
+        def parse():
+            line = json.dumps({"schema": schema,
+                               "imports": [folder, *capnp_schemas.IMPORT_PATH]})
+            answer = zygote._parse_schema(line.encode(), [])
+            return answer == {"schema": 0, "stderr": ""} or print(answer)
+
+        def tool():
+            instrument._confine_tool("/bin/true")()
+            return resource.getrlimit(resource.RLIMIT_CPU) == (50, 50) and \
+                resource.getrlimit(resource.RLIMIT_AS) == (instrument.TOOL_MEMORY // 2,) * 2
+
+        def engine():
+            confine._limit_resources(instrument.TOOL_MEMORY, 10)
+            return resource.getrlimit(resource.RLIMIT_AS) == (instrument.TOOL_MEMORY // 2,) * 2
+
+        runs = {"schema": ({resource.RLIMIT_CPU: 50}, parse),
+                "wasm-tools": ({resource.RLIMIT_CPU: 50,
+                                resource.RLIMIT_AS: instrument.TOOL_MEMORY // 2}, tool),
+                "engine": ({resource.RLIMIT_AS: instrument.TOOL_MEMORY // 2}, engine)}
+        limits, run = runs[child]
+        assert _under_hard_limits(limits, run) == 0
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_limit_is_lowered_to_the_hard_limit_in_force_never_raised():
+    import resource
+
+    from compartments import confine
+
+    def lowered():
+        confine.lower_limit(resource.RLIMIT_CPU, 120, 125)
+        first = resource.getrlimit(resource.RLIMIT_CPU)
+        confine.lower_limit(resource.RLIMIT_CPU, 20, 25)        # below it: as asked
+        return first == (50, 50) and resource.getrlimit(resource.RLIMIT_CPU) == (20, 25)
+    assert _under_hard_limits({resource.RLIMIT_CPU: 50}, lowered) == 0
