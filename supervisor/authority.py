@@ -5,7 +5,8 @@ reach a capability if it holds it by a grant, or if some compartment that
 could reach it can hand it over.  Capabilities travel only in calls: from a
 caller to the compartment it calls (in params) and back (in results), and only
 through interfaces whose schema has a capability (or AnyPointer) somewhere in
-those params or results.  Guests may not do any of that; this says what the
+those params or results.  External clients are callers too (they hold every
+external compartment's main object).  Guests may not do any of that; this says what the
 policy and the interfaces allow, not what the code does.
 """
 from __future__ import annotations
@@ -198,7 +199,10 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
     if host is not None and method:
         raise KeyError(f"{target!r}: name a host capability as COMPARTMENT:HOSTCAP, "
                        f"with no method")
-    all_edges = edges(plan)
+    # external clients are callers too: the gateway hands each of them every external
+    # compartment's main object (no allow list), and what they get they may pass on
+    # in params to another, or have passed back in results
+    all_edges = edges(plan) + _client_edges(plan)
     if host is not None:
         start = {e.holder for e in all_edges
                  if e.holder == comp_name and e.kind == "host" and e.target == host}
@@ -228,13 +232,31 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
     if host is None:
         reach.discard(comp_name)        # its own code needs no capability to run
         start.discard(comp_name)
+    clients = CLIENTS in reach
+    reach.discard(CLIENTS)
+    start.discard(CLIENTS)
     why = ("held by grant: " + (", ".join(sorted(start)) or "nobody") +
            "; could be passed on to: " + (", ".join(sorted(reach - start)) or "nobody"))
-    if host is None and plan.system.compartments[comp_name].external:
+    if clients:
         why += "; and any client of the external socket"
     return sorted(reach), why + " (an over-approximation: what the policy and interfaces " \
                                 "allow, not what the code does" + \
         (f"; {comp_name} itself runs its own code, of course" if host is None else "") + ")"
+
+
+#: could_reach's holder of what external clients hold (no compartment has this name)
+CLIENTS = "(external clients)"
+
+
+def _client_edges(plan: Plan) -> list[Edge]:
+    """The gateway's: external clients hold each external compartment's main object."""
+    out = []
+    for comp in plan.system.compartments.values():
+        if comp.external and comp.exports is not None:
+            carries_in, carries_out = _carries(plan.interface_modules.get(comp.exports))
+            out.append(Edge(CLIENTS, "", "compartment", comp.name, (), carries_in,
+                            carries_out, "the gateway (external)"))
+    return out
 
 
 def _blocks(e: Edge, plan: Plan, target: str, method: str) -> bool:
@@ -258,6 +280,8 @@ def _passes(e: Edge, plan: Plan, target: str, method: str) -> bool:
     list's names, which said `Calc.add` was not `add`, and knew nothing of what an
     interface inherits (an inherited method is called with its declarer's id)."""
     from .membrane import Membrane
+    if e.holder == CLIENTS:
+        return True                     # the gateway's objects carry no allow list
     g = _grant(e, plan)
     if g.allow is None:
         return True

@@ -170,3 +170,57 @@ exports = "Calc"
     assert plan.main_interface["calc"] == calc
     assert set(plan.extends[calc]) == {base, root} and set(plan.extends[base]) == {root}
     assert plan.extends[root] == ()
+
+
+def test_reach_counts_what_external_clients_can_hand_on(tmp_path):
+    """External clients are callers too: the gateway hands each of them every
+    external compartment's main object, with no allow list, and a client may
+    pass what it holds on in params (Calc.sumTo takes an Observer) or get one back
+    in results.  Reach left them out: with two external compartments and no
+    grant between them, `--reach calc` said nobody, though any client can hand
+    calc's main object to store as sumTo's observer; and what an external
+    compartment holds, a client could get out of it and hand on the same way."""
+    plan = plan_of(tmp_path, f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+[compartments.store]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+[compartments.inner]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.inner.grants]
+calc = {{ compartment = "calc", allow = ["add"] }}
+[compartments.keeper]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/callback.wat"
+external = false
+[compartments.app.grants]
+keeper = {{ compartment = "keeper" }}
+log = {{ host = "log" }}
+[compartments.bridge]
+module = "{EXAMPLES}/callback.wat"
+[compartments.bridge.grants]
+calc = {{ compartment = "calc" }}
+log = {{ host = "log" }}
+""")
+    names, why = authority.could_reach(plan, "calc")
+    assert names == ["bridge", "inner", "store"], names
+    assert "could be passed on to: store; and any client of the external socket" in why
+    # inner's allow list holds sumTo back; a client's main object has none
+    assert authority.could_reach(plan, "calc.sumTo")[0] == ["bridge", "store"]
+    # nothing app or keeper holds can reach a client: keeper is app's alone
+    names, why = authority.could_reach(plan, "keeper")
+    assert names == ["app"] and "external socket" not in why, (names, why)
+    # what bridge hands calc, a client can get out of calc and hand on to store
+    names, why = authority.could_reach(plan, "bridge:log")
+    assert names == ["bridge", "calc", "inner", "store"], names
+    assert "any client of the external socket" in why
+    assert authority.could_reach(plan, "app:log")[0] == ["app", "keeper"]
