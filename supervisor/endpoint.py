@@ -239,14 +239,40 @@ def foreign_dir(folder: str, what: str) -> str | None:
 
 
 class Lock:
-    """The system's lock: held while it runs, refused to a second `wsuper up`."""
+    """The system's lock: held while it runs, refused to a second `wsuper up`.
+    Two locks: the lock file in the runtime directory (its pid, `is_running`), and
+    the system file itself, which is the same file whatever XDG_RUNTIME_DIR says:
+    with the lock file alone, a second `wsuper up` under another XDG_RUNTIME_DIR
+    ran the same system beside the first, both writing (and rotating) one audit
+    file and one log directory, both opening the same grants."""
 
     def __init__(self, system_path: str):
         self.path = lock_path(system_path)
+        self.system_path = system_path
         self.fd: int | None = None
+        self.file_fd: int | None = None
 
     def acquire(self):
         private_dir(runtime_dir())
+        self._acquire_file()             # first: a second up beside it names its pid
+        try:
+            file_fd = os.open(self.system_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+                              | os.O_NONBLOCK)
+        except OSError as e:
+            self.release()
+            raise EndpointError(f"cannot open {self.system_path} to lock it: "
+                                f"{e.strerror}") from None
+        try:
+            fcntl.flock(file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(file_fd)
+            self.release()
+            raise EndpointError(f"this system is already running: its file "
+                                f"{self.system_path} is locked by another wsuper up (under "
+                                f"another XDG_RUNTIME_DIR, maybe); stop it first") from None
+        self.file_fd = file_fd
+
+    def _acquire_file(self):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -269,6 +295,9 @@ class Lock:
                 pass
             os.close(self.fd)
             self.fd = None
+        if self.file_fd is not None:
+            os.close(self.file_fd)
+            self.file_fd = None
 
 
 def admin_socket(system_path: str) -> str:

@@ -106,6 +106,43 @@ def test_a_second_up_of_a_running_system_is_refused(tmp_path, xdg):
         first.stop()
 
 
+@pytest.mark.parametrize("how", ["another XDG_RUNTIME_DIR", "no XDG_RUNTIME_DIR",
+                                 "a link to its file"])
+def test_a_second_up_of_a_running_system_is_refused_whatever_its_runtime_directory(
+        tmp_path, xdg, how):
+    """The lock file lives in the runtime directory, which XDG_RUNTIME_DIR moves: a
+    second `wsuper up` of the same system under another one (or none: /tmp) took a
+    lock of its own and ran beside the first, both writing and rotating one audit
+    file and one log directory, both opening the same grants.  The system file
+    itself is locked too, however it is reached."""
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path / "sys")
+    with open(path) as f:
+        text = f.read().replace("[system]\n", f'[system]\naudit = "{tmp_path}/audit.jsonl"\n'
+                                               f'logs = "{tmp_path}/logs"\n', 1)
+    with open(path, "w") as f:
+        f.write(text)
+    first = _up(path, env)
+    try:
+        first.wait_for("all compartments ready")
+        other = tmp_path / "other-xdg"
+        other.mkdir(mode=0o700)
+        second, second_env = path, {"XDG_RUNTIME_DIR": str(other)}
+        if how == "no XDG_RUNTIME_DIR":
+            second_env = {"XDG_RUNTIME_DIR": ""}
+        elif how == "a link to its file":
+            os.symlink(tmp_path / "sys", tmp_path / "link")
+            second = str(tmp_path / "link" / "system.toml")
+        r = _cli("up", second, env=second_env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "this system is already running" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert first.proc.poll() is None
+        r = _cli("status", path, env=env)                 # the first one is untouched
+        assert r.returncode == 0 and "calc" in r.stdout, r.stdout + r.stderr
+    finally:
+        first.stop()
+
+
 def test_a_request_meant_for_another_system_is_refused(tmp_path, xdg):
     env = {"XDG_RUNTIME_DIR": xdg}
     path = _system(tmp_path)
