@@ -256,7 +256,11 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     (`load()` passes one that reads the disk; tests pass a dict's get).
     """
     path = os.path.abspath(path)           # every error names files the same way
-    base = os.path.dirname(path)
+    # relative paths name the files of the system this is (endpoint.identity: its
+    # directory's links resolved, once): through a link on the way (cur -> v1, the
+    # usual deploy) a module was read again at a restart through `cur`, after it
+    # had moved to v2, and a running v1 system ran v2's module, never checked
+    base = _real_dir_of(path)
     where = _Where(text, path)
     wheres = {path: where}                 # each file read: a grant's errors name its own
     doc = _toml(text, path)
@@ -902,6 +906,12 @@ def _list(where, key, value):
     return value
 
 
+def _real_dir_of(path: str) -> str:
+    """The directory that holds the file `path`, its links resolved (not the file's
+    own name: a system file that is itself a link keeps its paths beside the link)."""
+    return os.path.realpath(os.path.dirname(path))
+
+
 def _path(where, key, value, base) -> str:
     if not isinstance(value, str) or not value:
         raise where.error(key, f"must be a non-empty path string, not {value!r}")
@@ -1078,7 +1088,7 @@ def _grant(where, key, name, spec) -> Grant:
         if not isinstance(p, str) or not p or "\0" in p:
             raise where.error(f"{key}.path", f"must be a path, not {p!r}")
         if p.startswith(SYSTEM_DIR + "/"):     # the one variable: where this file is
-            p = os.path.dirname(os.path.abspath(where.path)) + p[len(SYSTEM_DIR):]
+            p = _real_dir_of(os.path.abspath(where.path)) + p[len(SYSTEM_DIR):]
         if not p.startswith("/"):
             raise where.error(f"{key}.path", f"{p!r} is relative; grant an absolute path "
                               f"(or one that starts with {SYSTEM_DIR}/)")

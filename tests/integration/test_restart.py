@@ -375,3 +375,55 @@ sub = {{ host = "directory", path = "{tmp_path}/top/d", subdir = "s" }}
             refused.add(g.name)
     assert refused == {"file": {"file"}, "dir": {"dir", "sub"}, "sub": {"sub"},
                        "on the way": {"file", "dir", "sub"}}[what]
+
+
+def test_a_system_started_through_a_link_keeps_its_own_files_when_the_link_moves(tmp_path):
+    """A system started as cur/system.toml, cur a link to v1 (the usual deploy), is
+    v1's system (its identity: 61f5539).  But its relative paths and ${SYSTEM_DIR}
+    grants went through `cur` at each use: once cur pointed at v2, a restart read
+    v2's module (never checked by this system's preflight: its imports, its memory,
+    its exports) and opened v2's data, which the grant refused ('it now names
+    another directory ... start the system anew'), so the compartment never came
+    back.  Every path relative to a system or policy file names that file's own
+    directory, links resolved once, at load."""
+    import types
+    from supervisor import hostcaps, policy, runtime
+    for v in ("v1", "v2"):
+        (tmp_path / v / "data").mkdir(parents=True)
+        (tmp_path / v / "calc.wat").write_text(open(f"{EXAMPLES}/calc.wat").read())
+        (tmp_path / v / "calc.capnp").write_text(open(f"{EXAMPLES}/calc.capnp").read())
+        (tmp_path / v / "client.toml").write_text(
+            'grants.data = { host = "directory", path = "${SYSTEM_DIR}/data" }\n')
+        (tmp_path / v / "system.toml").write_text("""
+[system]
+schemas = ["calc.capnp"]
+audit = "audit.jsonl"
+[compartments.calc]
+module = "calc.wat"
+exports = "Calc"
+[compartments.calc.grants]
+data = { host = "directory", path = "${SYSTEM_DIR}/data" }
+[compartments.app]
+module = "calc.wat"
+policy = "client.toml"
+""")
+    os.symlink(tmp_path / "v1", tmp_path / "cur")
+    system = policy.load(str(tmp_path / "cur" / "system.toml"))
+    v1 = str(tmp_path / "v1")
+    assert system.path == str(tmp_path / "cur" / "system.toml")     # as given, for errors
+    assert system.schemas == (f"{v1}/calc.capnp",) and system.audit == f"{v1}/audit.jsonl"
+    for comp in system.compartments.values():
+        assert comp.module == f"{v1}/calc.wat"
+        (g,) = [g for g in comp.grants if g.name == "data"]
+        assert g.path == f"{v1}/data", g.path
+    fake = types.SimpleNamespace(system=system, _granted={})
+    runtime.Supervisor._note_granted(fake)
+    os.symlink(tmp_path / "v2", tmp_path / "next")
+    os.replace(tmp_path / "next", tmp_path / "cur")               # the deploy
+    for comp in system.compartments.values():                     # a restart, after it
+        (g,) = [g for g in comp.grants if g.name == "data"]
+        opened = hostcaps.open_grant(g)
+        try:
+            assert runtime.Supervisor._not_granted(fake, comp.name, g, opened) is None
+        finally:
+            hostcaps.release(g.target, opened)
