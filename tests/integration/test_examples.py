@@ -56,6 +56,7 @@ def test_the_store_persists_to_its_append_only_file(kv):
 
 
 def test_check_shows_who_holds_what_in_the_example(kv):
+    _fresh_data(kv)                 # the grant's directory must exist (alone, it did not)
     r = run_wsuper("check", str(kv / "hostile.toml"), "--reach", "store.put")
     assert r.returncode == 0, r.stderr
     assert f"  data -> host Directory [path={kv}/data, append_only]" in r.stdout
