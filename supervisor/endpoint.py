@@ -156,15 +156,21 @@ def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None
     directory."""
     if os.path.lexists(folder):
         return foreign_dir(folder, what)
+    why = _unmakeable(folder, parents)
+    return f"cannot make {what}{folder}: {why}" if why else None
+
+
+def _unmakeable(folder: str, parents: bool) -> str | None:
+    """Why the missing directory `folder` cannot be made (its parent, or with
+    `parents` the nearest that exists, is no directory, or nothing can be made in
+    it), as the kernel would say it; or None."""
     parent = os.path.dirname(folder)
     if parents:
         while parent != os.path.dirname(parent) and not os.path.lexists(parent):
             parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        why = "Not a directory" if os.path.lexists(parent) else "No such file or directory"
-        return f"cannot make {what}{folder}: {why}"
-    why = _unwritable(parent)
-    return f"cannot make {what}{folder}: {why}" if why else None
+        return "Not a directory" if os.path.lexists(parent) else "No such file or directory"
+    return _unwritable(parent)
 
 
 def _unwritable(parent: str) -> str | None:
@@ -184,12 +190,7 @@ def private_dir_problem(path: str) -> str | None:
     """Why private_dir(path) would refuse, or None; makes nothing (`wsuper check`
     says it, as up, which takes its lock there, does before anything starts)."""
     if not os.path.lexists(path):
-        parent = os.path.dirname(path)
-        while parent != os.path.dirname(parent) and not os.path.lexists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            return f"cannot make {os.path.dirname(path)}: Not a directory"
-        why = _unwritable(parent)
+        why = _unmakeable(path, parents=True)
         return f"cannot make {os.path.dirname(path)}: {why}" if why else None
     try:
         private_dir(path, create=False)
