@@ -270,12 +270,35 @@ stop = {{ host = "file", path = "{tmp_path}/data/x/inner.txt", refuse_hard_links
     run.finish(timeout=30)
 
 
+def _noted(system):
+    """A stand-in for the Supervisor of `system` that has noted its grants at start-up
+    (Supervisor._note_granted, which needs nothing else of it)."""
+    import types
+    from supervisor import runtime
+    fake = types.SimpleNamespace(system=system, _granted={})
+    runtime.Supervisor._note_granted(fake)
+    return fake
+
+
+def _refusals(fake, compartment: str) -> dict:
+    """grant name -> why its start would not grant what its path opens now (None: it
+    would), asking Supervisor._not_granted of each of `compartment`'s grants."""
+    from supervisor import hostcaps, runtime
+    out = {}
+    for g in fake.system.compartments[compartment].grants:
+        opened = hostcaps.open_grant(g)
+        try:
+            out[g.name] = runtime.Supervisor._not_granted(fake, compartment, g, opened)
+        finally:
+            hostcaps.release(g.target, opened)
+    return out
+
+
 def test_every_file_and_directory_grant_is_noted_before_any_engine_runs(tmp_path):
     """The class of the test above: whatever its kind (a file, a directory, a directory
     with a subdir), each grant's identity is noted at start-up, not at its first
     open (which may come after a compartment changed what is on its way)."""
-    import types
-    from supervisor import policy, runtime
+    from supervisor import policy
     (tmp_path / "d" / "s").mkdir(parents=True)
     (tmp_path / "f.txt").write_text("x")
     (tmp_path / "system.toml").write_text(f"""
@@ -287,8 +310,7 @@ dir = {{ host = "directory", path = "{tmp_path}/d" }}
 sub = {{ host = "directory", path = "{tmp_path}/d", subdir = "s" }}
 env = {{ host = "environment", args = ["a"] }}
 """)
-    fake = types.SimpleNamespace(system=policy.load(str(tmp_path / "system.toml")), _granted={})
-    runtime.Supervisor._note_granted(fake)
+    fake = _noted(policy.load(str(tmp_path / "system.toml")))
     ident = lambda p: (os.stat(p).st_dev, os.stat(p).st_ino)     # noqa: E731
     assert fake._granted == {"app.file": ident(tmp_path / "f.txt"),
                              "app.dir": ident(tmp_path / "d"),
@@ -298,8 +320,7 @@ env = {{ host = "environment", args = ["a"] }}
 def test_a_grant_not_there_when_the_system_started_is_not_granted_when_it_appears(tmp_path):
     """Nothing noted at start-up (the path was gone by then), nothing granted later:
     noted at its first open instead, a grant would be whatever its path led to then."""
-    import types
-    from supervisor import hostcaps, policy, runtime
+    from supervisor import policy
     (tmp_path / "d").mkdir()
     (tmp_path / "f.txt").write_text("x")
     (tmp_path / "system.toml").write_text(f"""
@@ -312,16 +333,10 @@ dir = {{ host = "directory", path = "{tmp_path}/d" }}
     system = policy.load(str(tmp_path / "system.toml"))
     os.rename(tmp_path / "f.txt", tmp_path / "f.old")
     os.rename(tmp_path / "d", tmp_path / "d.old")
-    fake = types.SimpleNamespace(system=system, _granted={})
-    runtime.Supervisor._note_granted(fake)
+    fake = _noted(system)
     (tmp_path / "f.txt").write_text("y")          # there again, but not what was granted
     (tmp_path / "d").mkdir()
-    for g in system.compartments["app"].grants:
-        opened = hostcaps.open_grant(g)
-        try:
-            problem = runtime.Supervisor._not_granted(fake, "app", g, opened)
-        finally:
-            hostcaps.release(g.target, opened)
+    for problem in _refusals(fake, "app").values():
         assert problem is not None and "could not be looked at when the system started" \
             in problem and "No such file or directory" in problem, problem
 
@@ -334,8 +349,7 @@ def test_a_grant_replaced_between_its_checks_and_the_start_is_not_granted(tmp_pa
     there in between became the grant: a directory on the way replaced by a link
     meanwhile (by another system's compartment, say) granted what the link
     pointed at, which no check had seen.  What was checked must still be there."""
-    import types
-    from supervisor import hostcaps, policy, runtime
+    from supervisor import policy
     (tmp_path / "top" / "d" / "s").mkdir(parents=True)
     (tmp_path / "top" / "f.txt").write_text("x")
     (tmp_path / "system.toml").write_text(f"""
@@ -361,18 +375,11 @@ sub = {{ host = "directory", path = "{tmp_path}/top/d", subdir = "s" }}
         (tmp_path / "elsewhere" / "f.txt").write_text("elsewhere")
         os.rename(tmp_path / "top", tmp_path / "top.old")
         os.symlink(tmp_path / "elsewhere", tmp_path / "top")
-    fake = types.SimpleNamespace(system=system, _granted={})
-    runtime.Supervisor._note_granted(fake)
     refused = set()
-    for g in system.compartments["app"].grants:
-        opened = hostcaps.open_grant(g)
-        try:
-            problem = runtime.Supervisor._not_granted(fake, "app", g, opened)
-        finally:
-            hostcaps.release(g.target, opened)
+    for name, problem in _refusals(_noted(system), "app").items():
         if problem is not None:
             assert "replaced after wsuper up checked it" in problem, problem
-            refused.add(g.name)
+            refused.add(name)
     assert refused == {"file": {"file"}, "dir": {"dir", "sub"}, "sub": {"sub"},
                        "on the way": {"file", "dir", "sub"}}[what]
 
