@@ -83,7 +83,7 @@ class Prober:
         sup.router.call_watch = self.registry.calls.watch
         sup.router.call_probes = self.registry.calls
         self.registry.calls.on_watch = sup.router.watch
-        self._collecting: set = set()
+        self._collecting: dict = {}       # compartment -> the trio.Lock of its collects
         self._traces = 0
         self._trace_ids = 0                   # names the probes of each trace session
         self._incarnation: dict = {}          # compartment -> engine peer its sites are from
@@ -125,14 +125,18 @@ class Prober:
         await self._engine(name, probing.PROBE, {"flags": flags, "hostcalls": hostcalls})
 
     async def _collect(self, name: str):
-        if name in self._collecting:
-            return
-        self._collecting.add(name)
+        """The engine's counts and events now.  One collect at a time per compartment,
+        and each its own: one that came while another was under way returned at once,
+        so `probe list` (or a baseline, or a removed probe's last counts) showed what
+        was counted before (0 for a probe just added) when the periodic poll's
+        collect happened to be under way."""
+        lock = self._collecting.setdefault(name, trio.Lock())
+        async with lock:
+            await self._collect_now(name)
+
+    async def _collect_now(self, name: str):
         sent_after, peer = self.registry.pushes.get(name, 0), self.sup._peer_of.get(name)
-        try:
-            got = await self._engine(name, probing.COLLECT)
-        finally:
-            self._collecting.discard(name)
+        got = await self._engine(name, probing.COLLECT)
         if self.sup._peer_of.get(name) != peer:
             return                   # what a replaced engine counted is not the new one's
         self.registry.counters(name, got["counters"], sent_after)
@@ -149,7 +153,8 @@ class Prober:
             await trio.sleep(POLL)
             self.registry.take_calls()
             for name in list(self.registry.probes):
-                if self.registry.engine_points(name) and name not in self._collecting:
+                busy = self._collecting.get(name)
+                if self.registry.engine_points(name) and not (busy and busy.locked()):
                     self.sup.nursery.start_soon(self._quiet_collect, name)
 
     async def _quiet_collect(self, name):
