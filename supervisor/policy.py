@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import stat
 import sys
 import tomllib
 
@@ -468,12 +469,23 @@ def load(path: str, socket: str | None = None) -> System:
                 if problem:
                     raise gwhere.error(f"{origin_key}.subdir", problem)
             real = os.path.realpath(os.path.join(g.path, g.subdir or ""))
-            try:        # what the checks below look at: what the system grants
-                st = os.stat(real)
-                checked[(comp.name, g.name)] = (st.st_dev, st.st_ino)
-            except OSError:
-                pass
             is_dir = g.target == "directory"
+            # what the checks below look at is what the system grants, pinned by
+            # device and inode (Grant.checked); gone or another kind of file since
+            # the looks above, there is nothing checked to pin, and a start must
+            # not grant whatever the path names by then (fail closed)
+            try:
+                st = os.stat(real)
+            except OSError as e:
+                raise gwhere.error(key, f"{g.path} changed while it was being checked "
+                                   f"({real}: {e.strerror or e}); run the command "
+                                   f"again") from None
+            if stat.S_ISDIR(st.st_mode) != is_dir or not (
+                    is_dir or stat.S_ISREG(st.st_mode)):
+                raise gwhere.error(key, f"{g.path} changed while it was being checked "
+                                   f"({real} is now {capnp_schemas.file_kind(st.st_mode)}); "
+                                   f"run the command again")
+            checked[(comp.name, g.name)] = (st.st_dev, st.st_ino)
             fs = _kernel_fs(real)
             if fs:
                 raise gwhere.error(key, f"{g.path} is on the kernel's {fs} file system: no "

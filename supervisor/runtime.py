@@ -985,7 +985,11 @@ class Supervisor:
                         self._granted[f"{comp.name}.{g.name}"] = e.strerror or str(e)
                         continue
                     now = (st.st_dev, st.st_ino)
-                    if g.checked is not None and now != g.checked:
+                    if g.checked is None:       # never through policy.load: nothing
+                        self._granted[f"{comp.name}.{g.name}"] = (     # was checked
+                            "wsuper up never checked it")
+                        continue
+                    if now != g.checked:
                         # replaced between policy.load's checks (the supervisor's own
                         # files, the modules, the kernel's file systems) and now, by a
                         # link on the way maybe: what it names now was never checked

@@ -384,6 +384,62 @@ sub = {{ host = "directory", path = "{tmp_path}/top/d", subdir = "s" }}
                        "on the way": {"file", "dir", "sub"}}[what]
 
 
+@pytest.mark.parametrize("change", ["gone", "another kind"])
+def test_a_grant_that_changes_while_policy_load_checks_it_fails_the_load(tmp_path,
+                                                                       monkeypatch, change):
+    """policy.load looks at a grant's path (is it a directory?), then resolves it and
+    pins what it names (Grant.checked).  When the path was gone by the pin, or named
+    another kind of file, the grant went on unpinned, and a start granted whatever
+    the path named by then, never checked (fail open).  Now the load fails, naming
+    the grant.  (The race is played by resolving the path elsewhere at that moment.)"""
+    from supervisor import policy
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+dir = {{ host = "directory", path = "{tmp_path}/d" }}
+file = {{ host = "file", path = "{tmp_path}/f.txt" }}
+""")
+    elsewhere = {"gone": str(tmp_path / "nothing"), "another kind": "/dev/null"}[change]
+    for grant in ("d", "f.txt"):
+        real = os.path.realpath
+        monkeypatch.setattr(policy.os.path, "realpath",
+                            lambda p, *a, grant=grant, **k: elsewhere
+                            if p.rstrip("/") == f"{tmp_path}/{grant}" else real(p, *a, **k))
+        with pytest.raises(policy.PolicyError) as e:
+            policy.load(str(tmp_path / "system.toml"))
+        name = {"d": "dir", "f.txt": "file"}[grant]
+        assert f"grants.{name}.path" in str(e.value), str(e.value)
+        assert "changed while it was being checked" in str(e.value), str(e.value)
+        monkeypatch.setattr(policy.os.path, "realpath", real)
+
+
+def test_a_grant_policy_load_never_checked_is_not_granted(tmp_path):
+    """A system whose grants never went through policy.load's checks (built some
+    other way: no Grant.checked) is granted nothing by path: the start fails
+    closed, it does not grant whatever the path names."""
+    import attrs
+    from supervisor import policy
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+dir = {{ host = "directory", path = "{tmp_path}/d" }}
+file = {{ host = "file", path = "{tmp_path}/f.txt" }}
+""")
+    system = policy.load(str(tmp_path / "system.toml"))
+    assert _refusals(_noted(system), "app") == {"dir": None, "file": None}
+    app = system.compartments["app"]
+    unchecked = attrs.evolve(system, compartments={"app": attrs.evolve(app, grants=tuple(
+        attrs.evolve(g, checked=None) for g in app.grants))})
+    for problem in _refusals(_noted(unchecked), "app").values():
+        assert problem is not None and "wsuper up never checked it" in problem, problem
+
+
 def test_a_system_started_through_a_link_keeps_its_own_files_when_the_link_moves(tmp_path):
     """A system started as cur/system.toml, cur a link to v1 (the usual deploy), is
     v1's system (its identity: 61f5539).  But its relative paths and ${SYSTEM_DIR}
