@@ -210,7 +210,7 @@ def load(path: str, extra_imports=()):
     without an @0x... id, an id a file loaded before declared too): so a schema
     is first parsed in a child process, after the files this process loaded
     before it (LOADED), and a failure there becomes a SchemaError naming the
-    file and line.  Once a file (with its size and time, after the same files)
+    file and line.  Once a file (its inode, size and times, after the same files)
     has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
     imports = import_path(path, extra_imports)
@@ -219,7 +219,8 @@ def load(path: str, extra_imports=()):
         st = os.stat(path)
     except OSError as e:
         raise SchemaError(path, None, e.strerror or str(e)) from None
-    key = (path, st.st_mtime_ns, st.st_size, tuple(imports), tuple(LOADED))
+    key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+           tuple(imports), tuple(LOADED))
     if key not in _CHECKED:
         before = [[p, list(i)] for p, i in LOADED]
         parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \

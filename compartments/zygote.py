@@ -116,7 +116,9 @@ class _Modules:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}"
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        # the change time too: a copy that keeps times (cp -p) of a module of the
+        # same size, written in place, kept the old compiled code for good
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         from .protect import STATIC_MEMORY     # the limit matters only as above it or not
         variant = (path, instrument, protect,
                    protect is not None and memory_limit > STATIC_MEMORY)

@@ -348,6 +348,42 @@ def test_a_schema_whose_ids_were_loaded_before_is_an_error_not_an_abort(tmp_path
     assert "terminate called" not in r.stderr
 
 
+def test_a_schema_rewritten_in_place_with_its_size_and_time_kept_is_checked_again(tmp_path):
+    """A schema that parsed once was known by its path, size and modification time:
+    rewritten in place to the same size with its time kept (`cp -p`, `touch -r`),
+    it was loaded again unchecked (pycapnp's parser aborts the process on a bad
+    file).  The change time, which no one sets, says it changed.  (In a child: an
+    abort there must not end the test run.)"""
+    import subprocess
+    import sys
+    good = "@0xbf5147cbbecf40c1;\ninterface Foo {\n  bar @0 () -> ();\n}\n"
+    bad = SCHEMAS["syntax.capnp"][0]
+    good, bad = good.ljust(len(bad)), bad.ljust(len(good))
+    path = tmp_path / "s.capnp"
+    path.write_text(good)
+    code = f"""if True:
+        import os, time, capnp_schemas
+        path = {str(path)!r}
+        capnp_schemas.load(path)
+        capnp_schemas.load(path)       # known now, after the files loaded before it
+        st = os.stat(path)
+        time.sleep(0.01)
+        with open(path, "r+") as f:
+            f.write({bad!r})
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        try:
+            capnp_schemas.load(path)
+        except capnp_schemas.SchemaError as e:
+            print("refused:", e)
+        else:
+            print("loaded")
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(SCHEMA)))
+    assert r.returncode == 0 and r.stdout.startswith(
+        f"refused: {path}{SCHEMAS['syntax.capnp'][1]}"), r.stdout + r.stderr
+
+
 def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
     """`wsuper up` has the zygote parse each schema file (compartments/zygote.py)
     in a child of its own, not a new interpreter: what the parser says of a bad

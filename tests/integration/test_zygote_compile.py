@@ -62,6 +62,33 @@ def test_a_module_that_fails_to_compile_is_not_compiled_again_until_its_file_cha
     assert modules.get(str(path), ("stores",))[0] is not None and len(modules.runs) == 4
 
 
+@pytest.mark.parametrize("then", ["fails", "loads"])
+def test_a_module_rewritten_in_place_with_its_size_and_time_kept_is_compiled_again(
+        tmp_path, modules, then):
+    """The cache knew a file by its device, inode, size and modification time; a
+    copy that keeps times (`cp -p`, `rsync -t`, `touch -r`) of a module of the same
+    size over the old one kept the old compiled code (or the old failure) for every
+    restart after.  The change time, which no one sets, says the file changed."""
+    good = '(module (memory (export "memory") 1) (func (export "_start")))'
+    bad = FAILS_TO_INSTRUMENT
+    first, second = (good, bad.ljust(len(good))) if then == "fails" else \
+        (bad, good.ljust(len(bad)))
+    first, second = first.ljust(len(second)), second.ljust(len(first))
+    path = tmp_path / "m.wat"
+    path.write_text(first)
+    st = os.stat(path)
+    was = modules.get(str(path), ("stores",))
+    assert (was[0] is None) == (then == "loads"), was
+    time.sleep(0.01)
+    with open(path, "r+") as f:                 # in place: same inode, same size
+        f.write(second)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_ino == st.st_ino
+    now = modules.get(str(path), ("stores",))
+    assert (now[0] is None) == (then == "fails"), now
+    assert len(modules.runs) == 2
+
+
 def test_a_compiler_that_ran_out_of_time_or_died_is_tried_again_later(
         tmp_path, modules, monkeypatch):
     """Not the module's fault, perhaps (a busy machine, memory short): tried again,
