@@ -329,7 +329,15 @@ def _toolchain(args) -> int:
             for src in args.sources:
                 with open(src, encoding="utf-8", errors="replace") as f:
                     texts.append(f.read())
-            reactor = not toolchain.defines_main(texts)
+            if toolchain.mentions_main(texts):    # a program, unless the linker
+                try:                                # finds no main: then it serves
+                    toolchain.build(args.sources, args.output, reactor=False,
+                                    include=include)
+                    print(f"wrote {args.output} (command)")
+                    return 0
+                except toolchain.NoMain:
+                    pass
+            reactor = True
         toolchain.build(args.sources, args.output, reactor=reactor, include=include)
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0

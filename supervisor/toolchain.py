@@ -50,6 +50,10 @@ class ToolchainError(Exception):
     """The compiler is missing or the build failed; the text says which and why."""
 
 
+class NoMain(ToolchainError):
+    """Built as a program (a command), it has no `main` to run: the linker says so."""
+
+
 def clang() -> str:
     path = shutil.which(os.environ.get("WSUPER_CLANG", "clang"))
     if path is None:
@@ -113,12 +117,15 @@ _C_TOKENS = re.compile(r'/\*.*?(?:\*/|\Z)|//(?:[^\n\\]|\\.)*|"(?:[^"\\\n]|\\.)*"
                        r"'(?:[^'\\\n]|\\.)*'?", re.S)
 
 
-def defines_main(texts) -> bool:
-    """Whether C sources define `int main(`: the guess between a command and a
-    reactor when neither is asked for.  Comments and string and character
-    literals do not count: a reactor whose comment said "no int main(void)"
-    was built as a command, and failed to link (undefined symbol: main)."""
-    return any(re.search(r"\bint\s+main\s*\(", _C_TOKENS.sub(" ", text)) for text in texts)
+def mentions_main(texts) -> bool:
+    """Whether C sources may define `main`: the first guess between a command and a
+    reactor when neither is asked for; the linker has the last word (`wsuper
+    build` links a program that turns out to have no main as a reactor).  Any
+    `main(` outside comments and string and character literals counts, whatever
+    comes before it: `int32_t main(` and `signed main(` were guessed reactors, so
+    their main never ran and nothing said why.  Comments and literals do not: a
+    reactor whose comment said "no int main(void)" failed to link as a command."""
+    return any(re.search(r"\bmain\s*\(", _C_TOKENS.sub(" ", text)) for text in texts)
 
 
 def check_output(output: str, inputs) -> None:
@@ -144,8 +151,9 @@ def _link(cmd: list[str], output: str) -> None:
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
         elif "undefined symbol: main" in text and "-mexec-model=reactor" not in cmd:
-            text += ("\n(built as a program, which needs main; a plugin that only serves "
-                     "calls is a reactor: --reactor)")
+            raise NoMain(f"building {output} failed:\n{text}\n(built as a program, which "
+                         f"needs main; a plugin that only serves calls is a reactor: "
+                         f"--reactor)")
         raise ToolchainError(f"building {output} failed:\n{text}")
 
 

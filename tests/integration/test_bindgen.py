@@ -506,6 +506,34 @@ def test_build_guesses_a_reactor_from_code_not_comments(tmp_path):
     assert "--reactor" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("main", ["int32_t main(void)", "signed main(void)",
+                                  "int main(int argc, char **argv)",
+                                  "MAIN_TYPE main(void)"])
+def test_build_makes_a_program_of_any_main_and_a_reactor_of_a_main_only_named(tmp_path,
+                                                                               main):
+    """`int32_t main(` (or `signed`, or a macro's type) was guessed a reactor, as
+    only `int main(` counted: the program built, and its main never ran when the
+    system was up, with no word why.  Any `main(` outside comments and literals
+    now makes a first guess of a program, and the linker decides: a source that
+    only declares or calls main (no definition) is still a reactor."""
+    (tmp_path / "prog.c").write_text(
+        "#include <stdint.h>\n#include <stdio.h>\n#define MAIN_TYPE int\n"
+        f"{main} {{ puts(\"main ran\"); return 7; }}\n")
+    r = run_wsuper("build", str(tmp_path / "prog.c"), "-o", str(tmp_path / "prog.wasm"))
+    assert r.returncode == 0 and "(command)" in r.stdout, r.stdout + r.stderr
+    (tmp_path / "system.toml").write_text(
+        '[compartments.prog]\nmodule = "prog.wasm"\n'
+        '[compartments.prog.grants]\nstdout = { host = "log" }\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=60)
+    assert "main ran" in r.stdout + r.stderr and "exit=7" in r.stdout + r.stderr, \
+        r.stdout + r.stderr
+    (tmp_path / "serve.c").write_text(
+        "int main(void);\nint helper(void) { return 1; }\n"
+        "int twice(void) { return helper() * 2; }\n")
+    r = run_wsuper("build", str(tmp_path / "serve.c"), "-o", str(tmp_path / "serve.wasm"))
+    assert r.returncode == 0 and "(reactor)" in r.stdout, r.stdout + r.stderr
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
