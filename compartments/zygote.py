@@ -15,10 +15,12 @@ of its own (WARM_UPS times), freezes the heap (`gc.freeze()`, so the children
 share it copy-on-write) and then forks one engine per request:
 
   request (supervisor -> zygote, on the control socket):
-      one line: an EngineSpec as a JSON object (compartments/spec.py), sent
-      with two descriptors (SCM_RIGHTS): the engine's socket and the write end
-      of its stderr pipe
-  answer: one JSON line {"pid": N}, or {"error": "..."} for a request it refused
+      one line: the request's number, a space, and an EngineSpec as a JSON
+      object (compartments/spec.py), sent with two descriptors (SCM_RIGHTS):
+      the engine's socket and the write end of its stderr pipe
+  answer: one JSON line {"pid": N, "id": NUMBER}, or {"error": "...", "id":
+      NUMBER} for a request it refused; a request whose module must be compiled
+      first is answered when that is done, and later requests meanwhile
   event:  one JSON line {"exit": N, "code": C} when an engine ends
   schema (supervisor -> zygote, before any request): {"schema": PATH, "imports":
       [DIR, ...]}; answer {"schema": EXIT CODE, "stderr": TEXT} of a child that
@@ -46,7 +48,12 @@ own socket for one request: the spec line, the engine's socket and stderr
 pipe, and its module's two memfds.  What it inherits is the same for every
 compartment; it learns which compartment it is, and gets that module, only
 with its request (docs/design.md says why this is as strong as forking at the
-request).  Requests may come back to back: they are answered in order.
+request).  Requests may come back to back.
+
+**Compiles beside the loop.**  A module can be made to compile for a long time
+(up to COMPILE_SECONDS of CPU), and while the zygote waited for one no other
+engine started or restarted.  Compilers run beside the loop now (COMPILES at
+once), each request waiting for its own module only.
 
 Engines are the zygote's children; the zygote dies with the supervisor
 (PR_SET_PDEATHSIG) and engines with the zygote, so nothing outlives the
@@ -55,6 +62,7 @@ supervisor's memory, its environment included, into every engine.
 """
 from __future__ import annotations
 
+import collections
 import faulthandler
 import fcntl
 import gc
@@ -83,16 +91,71 @@ SPARES_IDLE = 2
 FORK_DELAY = 0.005
 #: CPU seconds of the child that compiles a module (and rewrites it for probes)
 COMPILE_SECONDS = 120
+#: Compilers at once; more modules to compile wait for one to end (their requests
+#: with them), while requests for modules compiled already go on
+COMPILES = max(2, os.cpu_count() or 1)
 #: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
 FAILED_RETRY = 10.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+class _Compile:
+    """One module's compile, in a child of the zygote (_Modules.start): its memfds
+    and the pipe it says why on."""
+
+    def __init__(self, want: tuple, args: tuple, fds: tuple, pid: int, pipe: int):
+        self.want = want                # (variant, file key): what it is compiled for
+        self.args = args                # (path, instrument, protect, memory_limit)
+        self.fds = fds
+        self.pid = pid
+        self.pipe = pipe                # read end; end of file: the compiler is done
+        self.text = b""                 # what it said (the first 4096 bytes)
+        self.status: int | None = None  # its wait status, once reaped
+        self.began = time.monotonic()
+
+    def read(self) -> bool:
+        """Take what the compiler wrote; True at end of file (it is done)."""
+        try:
+            data = os.read(self.pipe, 1 << 16)
+        except BlockingIOError:
+            return False
+        self.text = (self.text + data)[:4096]
+        return not data
+
+    def wait(self) -> tuple:
+        """(fds, None, False) or (None, why, said): blocks until the compiler ends."""
+        os.set_blocking(self.pipe, True)
+        while not self.read():
+            pass
+        os.close(self.pipe)
+        if self.status is None:
+            _, self.status = os.waitpid(self.pid, 0)
+        status, path = self.status, self.args[0]
+        error = self.text.decode("utf-8", "replace")
+        if status != 0:
+            for fd in self.fds:
+                os.close(fd)
+            said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+                # the same file takes as long again: kept until it changes
+                error, said = (f"compiling it took more than {COMPILE_SECONDS} s of CPU "
+                               f"(the compiler's limit)"), True
+            return None, f"cannot load module {path}: " + (
+                error or f"its compiler ended with status {status}"), said
+        for fd in self.fds:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        return self.fds, None, False
 
 
 class _Modules:
     """Each module file compiled once, by a child: its code serialized into one
     sealed memfd, its wasm.Description into another; never in this process's
     memory.  Keyed by path and the file's identity, and by how it is prepared for
-    memory protection (compartments/protect.py: a module may get checks)."""
+    memory protection (compartments/protect.py: a module may get checks).
+
+    A compile runs beside the zygote's loop (serve: `lookup`, `start`, `settle`):
+    a module can be made to compile for a long time (COMPILE_SECONDS), and while
+    one compiled no other engine started or restarted.  `get` compiles and waits."""
 
     def __init__(self, wasm_engine):
         self._engine = wasm_engine
@@ -100,9 +163,11 @@ class _Modules:
         #: (path, protection) -> (file key, why, until): a compile that failed, not tried
         #: again for that file until `until` (time.monotonic(); None: until it changes)
         self._failed: dict[tuple, tuple] = {}
+        #: the compiles under way, by what they are for (_Compile.want)
+        self.compiling: dict[tuple, _Compile] = {}
         # set by serve(): what is the zygote's (its control socket, wake-up pipe, the
-        # spares' sockets, the built-in module's and every cached module's memfds),
-        # which a compiler child closes before it reads a module
+        # spares' sockets, the requests waiting, the built-in module's and every
+        # module's memfds), which a compiler child closes before it reads a module
         self.zygote_own = lambda: ()
 
     def get(self, path: str, instrument: tuple = (), protect=None,
@@ -112,10 +177,21 @@ class _Modules:
         `protect`: the spec's protect.Setting, or None, with the compartment's
         memory limit (both decide the regions, and so the checks).  Each variant
         is a module of its own."""
+        fds, why, want = self.lookup(path, instrument, protect, memory_limit)
+        if want is None:
+            return fds, why
+        began = time.monotonic()
+        return self.settle(want, began, *self._compile(path, instrument, protect,
+                                                       memory_limit))
+
+    def lookup(self, path: str, instrument: tuple = (), protect=None,
+               memory_limit: int = 0) -> tuple:
+        """(fds, None, None) for a module compiled, (None, why, None) for one that
+        cannot be, or (None, None, want) for one to compile (`start(want, ...)`)."""
         try:
             st = os.stat(path)
         except OSError as e:
-            return None, f"cannot load module {path}: {e.strerror}"
+            return None, f"cannot load module {path}: {e.strerror}", None
         # the change time too: a copy that keeps times (cp -p) of a module of the
         # same size, written in place, kept the old compiled code for good
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -124,24 +200,27 @@ class _Modules:
                    protect is not None and memory_limit > STATIC_MEMORY)
         cached = self._fds.get(variant)
         if cached is not None and cached[0] == key:
-            return cached[1], None
+            return cached[1], None, None
         failed = self._failed.get(variant)
         if failed is not None and failed[0] == key and (
                 failed[2] is None or time.monotonic() < failed[2]):
-            return None, failed[1]
-        began = time.monotonic()
-        fds, error, said = self._compile(path, instrument, protect, memory_limit)
+            return None, failed[1], None
+        return None, None, (variant, key)
+
+    def settle(self, want: tuple, began: float, fds, error, said) -> tuple:
+        """Keep what a compile for `want` gave: (fds, None) or (None, why)."""
+        variant, key = want
         if fds is None:
-            # The same file fails the same way: while the compiler works, no other
-            # engine starts (one module at a time), so a module that takes long to
-            # fail must not be compiled again at each of its restarts.  Failures the
-            # compiler explained are kept until the file changes; a compiler that
-            # died (a signal, a limit) is tried again after ten times its run.
+            # The same file fails the same way: a module that takes long to fail must
+            # not be compiled again at each of its restarts.  Failures the compiler
+            # explained are kept until the file changes; a compiler that died (a
+            # signal, a limit) is tried again after ten times its run.
             took = time.monotonic() - began
             self._failed[variant] = (key, error, None if said else
                                      time.monotonic() + max(FAILED_RETRY, 10 * took))
             return None, error
         self._failed.pop(variant, None)
+        cached = self._fds.get(variant)
         if cached is not None:                # the file changed: its old form goes
             for fd in cached[1]:
                 os.close(fd)
@@ -149,15 +228,37 @@ class _Modules:
         return fds, None
 
     def descriptors(self) -> list[int]:
-        return [fd for _key, fds in self._fds.values() for fd in fds]
+        return [fd for _key, fds in self._fds.values() for fd in fds] + [
+            fd for c in self.compiling.values() for fd in (*c.fds, c.pipe)]
 
     def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0):
+        """Compile and wait: (fds, None, False) or (None, why, said)."""
+        job = self.start(None, (path, instrument, protect, memory_limit))
+        try:
+            return job.wait()
+        finally:
+            self.compiling.pop(job.want, None)
+
+    def start(self, want, args: tuple) -> _Compile:
+        """Fork the child that compiles `args` (path, instrument, protect,
+        memory_limit) for `want`; it is in `compiling` until its end is settled."""
+        path, instrument, protect, memory_limit = args
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         from . import confine as confining     # imported already: serve() binds it
-        r, w = os.pipe()
+        try:
+            r, w = os.pipe()
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
         zygote = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (*fds, r, w):
+                os.close(fd)
+            raise
         if pid == 0:                       # the compiler: it reads the module, not us
             code = 1
             try:
@@ -167,10 +268,10 @@ class _Modules:
                 os.close(r)
                 signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
                 _close_all(self.zygote_own())      # never another module's, nor ours
-                # bounded: while it runs no other engine starts (one module at a
-                # time), and a module can be made to compile for minutes (a 3 MB
-                # function took 5 s); probes' rewriting runs in Python here too
-                # (never above the hard limit it has: raising one fails without root)
+                # bounded: a module can be made to compile for minutes (a 3 MB
+                # function took 5 s), and its restarts wait for it; probes'
+                # rewriting runs in Python here too (never above the hard limit
+                # it has: raising one fails without root)
                 confining.lower_limit(resource.RLIMIT_CPU, COMPILE_SECONDS,
                                       COMPILE_SECONDS + 5)
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
@@ -178,22 +279,10 @@ class _Modules:
             finally:
                 os._exit(code)
         os.close(w)
-        with os.fdopen(r, "rb") as f:
-            error = f.read(4096).decode("utf-8", "replace")
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            for fd in fds:
-                os.close(fd)
-            said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
-                # the same file takes as long again: kept until it changes
-                error, said = (f"compiling it took more than {COMPILE_SECONDS} s of CPU "
-                               f"(the compiler's limit)"), True
-            return None, f"cannot load module {path}: " + (
-                error or f"its compiler ended with status {status}"), said
-        for fd in fds:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        return fds, None, False
+        os.set_blocking(r, False)
+        job = _Compile(want if want is not None else ("sync", pid), args, fds, pid, r)
+        self.compiling[job.want] = job
+        return job
 
 
 def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tuple = (),
@@ -557,12 +646,19 @@ def serve(control: socket.socket, supervisor_pid: int):
     signal.signal(signal.SIGCHLD, lambda *_: None)
     spares: list[_Spare] = []
     modules.zygote_own = lambda: closing() + list(warm or ())
+    #: requests waiting for their module's compile, by what it is compiled for
+    #: (_Compile.want): [(id, line, spec, fds)]; and the compiles that wait for a
+    #: slot (COMPILES at once), in the order they were asked for: [(want, args)]
+    parked: dict[tuple, list] = {}
+    queued: collections.deque = collections.deque()
 
     def closing() -> list:
         """What is the zygote's, for a spare to close: the control socket, the wake-up
-        pipe, every module's memfds, the other spares' sockets."""
+        pipe, every module's memfds and every compiler's pipe, the other spares'
+        sockets, the descriptors of the requests that wait for a compile."""
         return [control, wake_r, wake_w, *modules.descriptors(),
-                *(s.sock for s in spares)]
+                *(s.sock for s in spares),
+                *(fd for requests in parked.values() for *_, fds in requests for fd in fds)]
     try:
         spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, True))
     except OSError:
@@ -589,10 +685,77 @@ def serve(control: socket.socket, supervisor_pid: int):
     def answer(msg: dict):
         control.sendall(json.dumps(msg).encode() + b"\n")
 
+    def dispatch(ident, line: bytes, spec, fds: list, module_fds, error) -> None:
+        """Answer request `ident`: a spare becomes its engine, or (its module cannot
+        be loaded) a child that says why."""
+        nonlocal deferred
+        try:
+            if module_fds is None:
+                pid = os.fork()
+            else:                     # a spare becomes this compartment's engine
+                pid = hand_over(line, fds, module_fds)
+        except OSError as e:          # out of descriptors, memory, processes: refuse this one
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"cannot start an engine: {e}", "id": ident})
+            return
+        if pid == 0:
+            def refuse() -> int:
+                _close_all(closing() + list(warm or ()))
+                signal.set_wakeup_fd(-1)
+                return _refuse(spec, error, fds[0], fds[1], zygote)
+            _leave_with(refuse)
+        for fd in fds:
+            os.close(fd)
+        children.add(pid)
+        answer({"pid": pid, "id": ident})
+        if not spares:                # the next one, while no request waits
+            more = b"\n" in buf or select.select([control], [], [], 0)[0]
+            # many requests in a row (wsuper up): no time to rehearse, and a few spares
+            # forked back to back, since what this loop writes between two forks is
+            # copied again after each one (docs/performance.md)
+            for _ in range(SPARES_AHEAD if more else 1):
+                try:
+                    spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
+                except OSError:
+                    break             # tried again at the next request
+        if len(spares) < SPARES_IDLE and deferred is None:
+            deferred = time.monotonic() + FORK_DELAY
+
+    def start_compiles():
+        """Start the compiles that wait, while fewer than COMPILES run; one that
+        cannot start (no memory, processes) fails its requests."""
+        while queued and len(modules.compiling) < COMPILES:
+            want, args = queued.popleft()
+            try:
+                modules.start(want, args)
+            except OSError as e:
+                for ident, line, spec, fds in parked.pop(want, ()):
+                    for fd in fds:
+                        os.close(fd)
+                    answer({"error": f"cannot compile module {args[0]}: {e}", "id": ident})
+
+    def compiled(job: _Compile):
+        """A compiler is done: keep what it made, and answer what waited for it."""
+        began = job.began
+        try:
+            result = job.wait()
+        finally:
+            modules.compiling.pop(job.want, None)
+        module_fds, error = modules.settle(job.want, began, *result)
+        # one at a time, the others left among what a child closes: a spare forked
+        # for one must never hold another's socket or stderr pipe
+        requests = parked.get(job.want, [])
+        while requests:
+            dispatch(*requests.pop(0), module_fds, error)
+        parked.pop(job.want, None)
+        start_compiles()
+
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
     while True:
         timeout = None if deferred is None else max(0.0, deferred - time.monotonic())
-        ready, _, _ = select.select([control, wake_r], [], [], timeout)
+        jobs = {job.pipe: job for job in modules.compiling.values()}
+        ready, _, _ = select.select([control, wake_r, *jobs], [], [], timeout)
         if deferred is not None and control not in ready and time.monotonic() >= deferred:
             deferred = None                   # no request waits: fork it now
             while len(spares) < SPARES_IDLE:
@@ -609,13 +772,19 @@ def serve(control: socket.socket, supervisor_pid: int):
                     break
                 if pid == 0:
                     break
-                if pid not in children:       # a spare (never handed to anyone)
+                if pid not in children:       # a compiler, or a spare (never handed on)
+                    for job in modules.compiling.values():
+                        if job.pid == pid:
+                            job.status = status
                     for s in [s for s in spares if s.pid == pid]:
                         spares.remove(s)
                         s.sock.close()
                     continue
                 children.discard(pid)
                 answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        for fd, job in jobs.items():
+            if fd in ready and job.read():
+                compiled(job)
         if control not in ready:
             continue
         data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
@@ -626,8 +795,9 @@ def serve(control: socket.socket, supervisor_pid: int):
             for fd in fds:                  # descriptors come with a whole request
                 os.close(fd)
             if len(buf) > (1 << 16):
+                ident = _request_id(buf)
                 buf = b""
-                answer({"error": "engine request: too long"})
+                answer({"error": "engine request: too long", "id": ident})
             continue
         line, _, buf = buf.partition(b"\n")
         if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
@@ -635,49 +805,42 @@ def serve(control: socket.socket, supervisor_pid: int):
                 os.close(fd)
             answer(_parse_schema(line, closing() + list(warm or ())))
             continue
+        ident = _request_id(line)
+        line = line.partition(b" ")[2]
         try:
+            if ident is None:
+                raise SpecError("a request starts with its number and a space")
             if len(fds) != REQUEST_FDS:
                 raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
             spec = EngineSpec.from_json(line)
         except (SpecError, ValueError, TypeError) as e:
             for fd in fds:
                 os.close(fd)
-            answer({"error": f"engine request: {e}"})
+            answer({"error": f"engine request: {e}", "id": ident})
             continue
         try:
-            module_fds, error = modules.get(spec.module, spec.instrument, spec.protect,
-                                            spec.limits.memory)
-            if module_fds is None:
-                pid = os.fork()
-            else:                     # a spare becomes this compartment's engine
-                pid = hand_over(line, fds, module_fds)
-        except OSError as e:          # out of descriptors, memory, processes: refuse this one
+            module_fds, error, want = modules.lookup(spec.module, spec.instrument,
+                                                     spec.protect, spec.limits.memory)
+        except OSError as e:
             for fd in fds:
                 os.close(fd)
-            answer({"error": f"cannot start an engine: {e}"})
+            answer({"error": f"cannot start an engine: {e}", "id": ident})
             continue
-        if pid == 0:
-            def refuse() -> int:
-                _close_all(closing() + list(warm or ()))
-                signal.set_wakeup_fd(-1)
-                return _refuse(spec, error, fds[0], fds[1], zygote)
-            _leave_with(refuse)
-        for fd in fds:
-            os.close(fd)
-        children.add(pid)
-        answer({"pid": pid})
-        if not spares:                # the next one, while no request waits
-            more = b"\n" in buf or select.select([control], [], [], 0)[0]
-            # many requests in a row (wsuper up): no time to rehearse, and a few spares
-            # forked back to back, since what this loop writes between two forks is
-            # copied again after each one (docs/performance.md)
-            for _ in range(SPARES_AHEAD if more else 1):
-                try:
-                    spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, not more))
-                except OSError:
-                    break             # tried again at the next request
-        if len(spares) < SPARES_IDLE and deferred is None:
-            deferred = time.monotonic() + FORK_DELAY
+        if want is None:
+            dispatch(ident, line, spec, fds, module_fds, error)
+            continue
+        # its module is compiled beside this loop: other requests go on meanwhile
+        if want not in parked:
+            queued.append((want, (spec.module, spec.instrument, spec.protect,
+                                  spec.limits.memory)))
+        parked.setdefault(want, []).append((ident, line, spec, fds))
+        start_compiles()
+
+
+def _request_id(line: bytes) -> int | None:
+    """The number a request starts with (the supervisor's, to match its answer)."""
+    head = line[:21].partition(b" ")
+    return int(head[0]) if head[1] and head[0].isdigit() else None
 
 
 def main():

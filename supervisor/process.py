@@ -17,7 +17,7 @@ take the zygote, and with it every engine, down.
 """
 from __future__ import annotations
 
-import collections
+import itertools
 import json
 import os
 import signal
@@ -89,9 +89,11 @@ class Zygote:
         self.pid = self._popen.pid
         self._raw = ours
         self._sock = trio.socket.from_stdlib_socket(ours)
-        # one per request sent and not answered yet, in the order sent: the zygote
-        # answers in that order, so requests need not wait for each other's fork
-        self._waiting: collections.deque[_Answer] = collections.deque()
+        # one per request sent and not answered yet, by the number it was sent with:
+        # the zygote answers a request whose module it must compile when that is
+        # done, and the others meanwhile (compartments/zygote.py)
+        self._waiting: dict[int, _Answer] = {}
+        self._ids = itertools.count(1)
         self._engines: dict[int, ForkedEngine] = {}
         self._early: dict[int, int] = {}           # exits reported before registration
         self._lock = trio.Lock()
@@ -110,8 +112,9 @@ class Zygote:
                     line, _, buf = buf.partition(b"\n")
                     msg = json.loads(line)
                     if "pid" in msg or "error" in msg:
-                        if self._waiting:
-                            self._waiting.popleft().set(msg)
+                        waiting = self._waiting.pop(msg.get("id"), None)
+                        if waiting is not None:
+                            waiting.set(msg)
                     elif "exit" in msg:
                         engine = self._engines.pop(msg["exit"], None)
                         if engine is not None:
@@ -120,8 +123,9 @@ class Zygote:
                             self._early[msg["exit"]] = msg["code"]
         finally:
             self.alive = False
-            while self._waiting:                    # never to be answered
-                self._waiting.popleft().set(None)
+            for waiting in self._waiting.values():  # never to be answered
+                waiting.set(None)
+            self._waiting.clear()
             for engine in self._engines.values():   # they died with the zygote
                 engine._exit(-signal.SIGKILL)
             self._engines.clear()
@@ -138,7 +142,8 @@ class Zygote:
             async with self._lock:                  # whole requests, one after another
                 if not self.alive:
                     raise OSError("the zygote is gone")
-                line = spec.to_json() + b"\n"
+                ident = next(self._ids)
+                line = b"%d " % ident + spec.to_json() + b"\n"
                 sent_bytes = 0
                 while True:     # the descriptors go with the request's first bytes
                     await trio.lowlevel.wait_writable(self._raw)
@@ -155,7 +160,7 @@ class Zygote:
                             sent_bytes += self._raw.send(line[sent_bytes:])
                         except BlockingIOError:
                             continue
-                self._waiting.append(waiting)
+                self._waiting[ident] = waiting
         except BaseException:
             os.close(err_r)
             raise

@@ -1,7 +1,7 @@
 """The zygote's module cache and modules that fail to compile.
 
-The zygote compiles one module at a time, and while it does no other engine
-starts.  A module that took long to fail (a rewriting for probes that fails at
+The zygote compiled one module at a time, and while it did no other engine
+started (now compilers run beside its loop).  A module that took long to fail (a rewriting for probes that fails at
 its last step: about 35 s for an 8 MiB module) was compiled again at each of
 its restarts; each attempt took longer than the restart intensity's window, so
 it never failed for good, the zygote was never free again, and no other
@@ -306,3 +306,64 @@ def test_a_limit_is_lowered_to_the_hard_limit_in_force_never_raised():
         confine.lower_limit(resource.RLIMIT_CPU, 20, 25)        # below it: as asked
         return first == (50, 50) and resource.getrlimit(resource.RLIMIT_CPU) == (20, 25)
     assert _under_hard_limits({resource.RLIMIT_CPU: 50}, lowered) == 0
+
+
+def test_a_module_slow_to_compile_holds_up_only_its_own_starts(tmp_path):
+    """The zygote compiled one module at a time and waited for it: while a module
+    compiled (up to COMPILE_SECONDS of CPU: a file replaced while the system ran,
+    a probe switched on, a plugin made to compile slowly), no other compartment
+    started or restarted.  Now each request waits for its own module only: the
+    requests after it are answered first, each to its own, and a spare forked
+    meanwhile holds none of the waiting request's descriptors."""
+    import socket
+
+    import trio
+
+    from compartments.spec import EngineSpec
+    from supervisor.process import Zygote
+    from tests.conftest import EXAMPLES
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    slow = tmp_path / "slow.wasm"
+    slow.write_bytes(_slow_to_compile(400_000))      # a second or two of cranelift
+    order, engines, kept = [], {}, []
+
+    async def main():
+        zygote_ = Zygote()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(zygote_.run)
+
+            async def spawn(name, module, task_status=trio.TASK_STATUS_IGNORED):
+                ours, theirs = socket.socketpair()
+                kept.append((name, ours, os.fstat(theirs.fileno()).st_ino))
+                try:
+                    engines[name] = await zygote_.spawn(
+                        EngineSpec(name, module, user=user), theirs.fileno(),
+                        task_status.started)
+                    order.append(name)
+                finally:
+                    theirs.close()
+            async with trio.open_nursery() as requests:
+                await requests.start(spawn, "slow", str(slow))
+                await requests.start(spawn, "calc", f"{EXAMPLES}/calc.wat")
+                await requests.start(spawn, "slow2", str(slow))
+                await requests.start(spawn, "calc2", f"{EXAMPLES}/calc.wat")
+            slow_socket = {ino for name, _s, ino in kept if name.startswith("slow")}
+            for name in ("calc", "calc2"):
+                try:
+                    held = {os.stat(f"/proc/{engines[name].pid}/fd/{fd}").st_ino
+                            for fd in os.listdir(f"/proc/{engines[name].pid}/fd")}
+                except PermissionError:
+                    continue
+                assert not held & slow_socket, (name, held & slow_socket)
+            for proc in engines.values():
+                proc.kill()
+                await proc.wait()
+            zygote_.stop()
+            nursery.cancel_scope.cancel()
+    try:
+        trio.run(main)
+    finally:
+        for _name, s, _ino in kept:
+            s.close()
+    assert sorted(order[:2]) == ["calc", "calc2"] and sorted(order[2:]) == ["slow", "slow2"], \
+        order
