@@ -752,11 +752,17 @@ def serve(control: socket.socket, supervisor_pid: int):
         start_compiles()
 
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
+    control_fd = control.fileno()
     while True:
         timeout = None if deferred is None else max(0.0, deferred - time.monotonic())
         jobs = {job.pipe: job for job in modules.compiling.values()}
-        ready, _, _ = select.select([control, wake_r, *jobs], [], [], timeout)
-        if deferred is not None and control not in ready and time.monotonic() >= deferred:
+        # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
+        # zygote holds two memfds a module, two descriptors a waiting request)
+        poller = select.poll()
+        for fd in (control_fd, wake_r, *jobs):
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+        if deferred is not None and control_fd not in ready and time.monotonic() >= deferred:
             deferred = None                   # no request waits: fork it now
             while len(spares) < SPARES_IDLE:
                 try:
@@ -785,7 +791,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         for fd, job in jobs.items():
             if fd in ready and job.read():
                 compiled(job)
-        if control not in ready:
+        if control_fd not in ready:
             continue
         data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
         if not data:
