@@ -2,8 +2,9 @@
 
 A *membrane* is the attenuation of one grant (an allow-list, revocability,
 quotas), shared by everything obtained through that grant: the router wraps
-every capability that crosses it (results of calls through it, and, for a
-revocable grant, capabilities passed the other way, through its *reverse*).
+every capability that crosses it: results of calls through it, capabilities
+the holder passes the other way (through its *reverse*), and capabilities the
+other side passes back in calls on those (through the membrane itself).
 Revoking kills the grant, everything derived from it and the calls in flight
 through any of them.
 
@@ -60,8 +61,13 @@ class Membrane:
         self.rate: TokenBucket | None = None
         self.wrappers: dict[int, Wrapped] = {}   # id(target) -> its wrapper here
         self.inflight: set = set()               # reply keys of calls through it
+        # Every grant's membrane has a reverse: what the holder passes through the
+        # grant (in params) is wrapped by it, so that calls back on it are known to
+        # cross the grant, and what the other side hands the holder in *their*
+        # params (an object passed to a callback) is wrapped by the grant itself,
+        # as results are (Router._deliver): it is obtained through the grant too.
         self.reverse = Membrane(label + " (passed back)", forward=self) \
-            if revocable and forward is None else None
+            if forward is None else None
 
     @classmethod
     def for_grant(cls, label: str, grant, interface_id: int, now: float) -> "Membrane":

@@ -888,9 +888,13 @@ class Router:
                     route = None             # a quota counts every call: Python's
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
-                if m.reverse is not None:
+                if call.caps:
+                    # params cross the grant too: the holder's into its reverse, and
+                    # the other side's (a call back on what the holder passed) into
+                    # the grant's own membrane, as results are: obtained through it
+                    into = m.reverse if m.forward is None else m.forward
                     call = attrs.evolve(call, caps=tuple(
-                        self._wrap(c, m.reverse, m.reverse.label) for c in call.caps))
+                        self._wrap(c, into, into.label) for c in call.caps))
                 chain.append(m)
                 cap = cap.target
             if isinstance(cap, Proxy):

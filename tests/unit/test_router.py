@@ -1952,3 +1952,43 @@ def test_a_client_serving_a_call_of_a_compartment_is_busy_until_it_answers():
     router.clock = lambda: 1e9
     calc.deliver(router.expire())
     assert cl.pid not in router.serving()
+
+
+def _handed_back_in_a_callback(router, app, calc, handle):
+    """app passes its observer to calc (sumTo); calc calls it back with a Counter of
+    its own in the params.  Returns (the counter, app's import id for it)."""
+    observer = object()
+    app.send(app.conn.send_call(handle, CALC, 2, caps=[observer])[1])
+    call = calc.inbox.pop()
+    passed = call.payload.caps[0].import_id
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_call(passed, OBSERVER, 0, Content.standalone([seg]),
+                                  caps=[counter])[1])
+    step = app.inbox.pop()
+    assert isinstance(step, P.CallReceived) and step.target is observer
+    return counter, step.payload.caps[0].import_id
+
+
+@pytest.mark.parametrize("how", ["revocable", "allow", "max_uses"])
+def test_what_the_callee_hands_back_in_params_of_a_callback_keeps_the_grants_attenuation(how):
+    """A grant's attenuation covers everything its holder obtains through it: in
+    results, and also in the params of calls back into what the holder passed
+    through it (an observer, a callback).  Those came to the holder bare: a Counter
+    calc handed app in Observer.step could be called after the grant was revoked,
+    past an allow-list that restricts Counter, and without spending max_uses."""
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    kw = {"revocable": dict(revocable=True),
+          # sumTo, and Counter restricted to a method it has not: not Counter.inc
+          "allow": dict(methods=frozenset({(CALC, 2), (COUNTER, 1)})),
+          "max_uses": dict(max_uses=1)}[how]
+    app = start(router, "app", [grant("calc", "calc", **kw)])
+    counter, c = _handed_back_in_a_callback(router, app, calc, app.grants[0].import_id)
+    if how == "revocable":
+        app.deliver(router.revoke("app.calc"))
+    app.send(app.conn.send_call(c, COUNTER, 0)[1])
+    assert not any(isinstance(e, P.CallReceived) and e.target is counter for e in calc.inbox)
+    error = app.inbox.pop().error
+    assert {"revocable": "was revoked", "allow": "Counter.inc is not allowed",
+            "max_uses": "is used up (max_uses)"}[how] in error
