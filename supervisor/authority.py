@@ -4,8 +4,10 @@ Reachability is an over-approximation, on purpose: a compartment *could*
 reach a capability if it holds it by a grant, or if some compartment that
 could reach it can hand it over.  Capabilities travel only in calls: from a
 caller to the compartment it calls (in params) and back (in results), and only
-through interfaces whose schema has a capability (or AnyPointer) somewhere in
-those params or results.  External clients are callers too (they hold every
+across grants of interfaces whose schema (or one it extends) has a capability
+(or AnyPointer) somewhere in a method's params or results; once one crosses,
+either way, it may be an object of any interface, so such a grant carries
+capabilities both ways.  External clients are callers too (they hold every
 external compartment's main object).  Guests may not do any of that; this says what the
 policy and the interfaces allow, not what the code does.
 """
@@ -72,14 +74,21 @@ def edges(plan: Plan) -> list[Edge]:
 
 
 def _carries(iface) -> tuple[bool, bool]:
-    """Whether any method's params / results can hold a capability."""
+    """Whether capabilities can cross a grant of `iface` into its target (params) /
+    back to its holder (results).  Only the main object's interface is checked by
+    the router (it and those it extends, whose methods count too); a capability
+    that crosses once, either way, may be an object of any interface, and calls on
+    it carry capabilities both ways (a Box returned takes one in `put`; an Observer
+    passed in is called back with one in `notify`).  So any capability anywhere in
+    the interface's methods, own or inherited, carries both ways; none, neither."""
     if iface is None:
         return True, True                    # unknown: assume the worst
-    params = results = False
-    for method in iface.schema.methods.values():
-        params |= _has_cap(method.param_type, set())
-        results |= _has_cap(method.result_type, set())
-    return params, results
+    schema = getattr(iface, "schema", iface)
+    for s in _supers_and_self(schema):
+        for method in s.methods.values():
+            if _has_cap(method.param_type, set()) or _has_cap(method.result_type, set()):
+                return True, True
+    return False, False
 
 
 def _has_cap(struct_schema, seen) -> bool:
@@ -88,23 +97,25 @@ def _has_cap(struct_schema, seen) -> bool:
         return False
     seen.add(node_id)
     for field in struct_schema.node.struct.fields:
-        if field.which() == "group":
-            continue
-        if _type_has_cap(field.slot.type, struct_schema, field.name, seen):
+        schema = (lambda name=field.name: struct_schema.fields[name].schema)
+        if field.which() == "group":       # a group (or a named union) is a struct inside
+            if _has_cap(schema(), seen):
+                return True
+        elif _type_has_cap(field.slot.type, schema, seen):
             return True
     return False
 
 
-def _type_has_cap(t, struct_schema, name, seen) -> bool:
+def _type_has_cap(t, schema, seen) -> bool:
+    """`t`: a field's type; `schema()`: its schema (asked only for structs and lists:
+    pycapnp has none for other types)."""
     kind = t.which()
     if kind in ("interface", "anyPointer"):
         return True
     if kind == "list":
-        return _type_has_cap(t.list.elementType, struct_schema, name, seen) if \
-            t.list.elementType.which() != "struct" else \
-            _has_cap(struct_schema.fields[name].schema.elementType, seen)
+        return _type_has_cap(t.list.elementType, lambda: schema().elementType, seen)
     if kind == "struct":
-        return _has_cap(struct_schema.fields[name].schema, seen)
+        return _has_cap(schema(), seen)
     return False
 
 

@@ -224,3 +224,73 @@ log = {{ host = "log" }}
     assert names == ["bridge", "calc", "inner", "store"], names
     assert "any client of the external socket" in why
     assert authority.could_reach(plan, "app:log")[0] == ["app", "keeper"]
+
+
+ONE_WAY = """@0xd5a9f7e3b2c88e01;
+interface Box @0xd5a9f7e3b2c88f01 {
+  put @0 (thing :Capability) -> ();
+  take @1 () -> (thing :Capability);
+}
+interface Hub @0xd5a9f7e3b2c88f02 { open @0 () -> (box :Box); }
+interface Observer @0xd5a9f7e3b2c88f03 { notify @0 (thing :Capability) -> (); }
+interface Feed @0xd5a9f7e3b2c88f04 { subscribe @0 (obs :Observer) -> (); }
+interface Base @0xd5a9f7e3b2c88f05 { stash @0 (thing :Capability) -> (); }
+interface Plain @0xd5a9f7e3b2c88f06 extends(Base) { add @0 (a :Int32) -> (b :Int32); }
+interface Sealed @0xd5a9f7e3b2c88f07 { add @0 (a :Int32) -> (b :Int32); }
+struct Inner { thing @0 :Capability; }
+struct Holder {
+  g :group { thing @0 :Capability; }
+  u :union { none @1 :Void; nested @2 :List(List(Inner)); }
+  ints @3 :List(List(Int32));
+}
+interface Grouped @0xd5a9f7e3b2c88f08 { put @0 (h :Holder) -> (); }
+struct Deep { l @0 :List(List(Inner)); }
+interface Deeper @0xd5a9f7e3b2c88f09 { get @0 () -> (d :Deep); }
+"""
+
+
+@pytest.fixture(scope="module")
+def one_way(tmp_path_factory):
+    d = tmp_path_factory.mktemp("one_way")
+    (d / "oneway.capnp").write_text(ONE_WAY)
+    return d
+
+
+@pytest.mark.parametrize("served", ["Hub", "Feed", "Plain", "Grouped", "Deeper"])
+def test_reach_follows_capabilities_both_ways_across_any_grant_that_can_carry_one(
+        one_way, served):
+    """A capability that crosses a grant either way can be an object of any
+    interface, and calls on it carry capabilities both ways: the holder of a Hub
+    puts its log in the Box that Hub.open returned (Hub's own params carry none);
+    a Feed hands its subscriber what it holds in the params of Observer.notify
+    (Feed's own results carry none); Plain inherits Base.stash.  Reach looked at
+    the granted interface's own methods only, one way each, and said nobody else
+    could reach app's log, or what the server holds: an under-approximation.  It
+    also missed a capability inside a group or a named union (Grouped), and
+    crashed on a list of lists of structs (Deeper: AttributeError)."""
+    plan = plan_of(one_way, f"""
+[system]
+schemas = ["oneway.capnp"]
+[compartments.secret]
+module = "{EXAMPLES}/calc.wat"
+exports = "Sealed"
+[compartments.server]
+module = "{EXAMPLES}/calc.wat"
+exports = "{served}"
+[compartments.server.grants]
+secret = {{ compartment = "secret" }}
+[compartments.app]
+module = "{EXAMPLES}/callback.wat"
+[compartments.app.grants]
+server = {{ compartment = "server" }}
+log = {{ host = "log" }}
+[compartments.lonely]
+module = "{EXAMPLES}/callback.wat"
+[compartments.lonely.grants]
+secret = {{ compartment = "secret" }}
+log = {{ host = "log" }}
+""")
+    assert authority.could_reach(plan, "app:log")[0] == ["app", "server"]
+    assert authority.could_reach(plan, "secret")[0] == ["app", "lonely", "server"]
+    # an interface through which no capability can pass carries nothing either way
+    assert authority.could_reach(plan, "lonely:log")[0] == ["lonely"]
