@@ -892,9 +892,12 @@ class Router:
                     # params cross the grant too: the holder's into its reverse, and
                     # the other side's (a call back on what the holder passed) into
                     # the grant's own membrane, as results are: obtained through it
-                    into = m.reverse if m.forward is None else m.forward
+                    if m.forward is None:
+                        into, label = m.reverse, m.reverse.label
+                    else:
+                        into, label = m.forward, f"{m.forward.label}>{self._method(call)}"
                     call = attrs.evolve(call, caps=tuple(
-                        self._wrap(c, into, into.label) for c in call.caps))
+                        self._wrap(c, into, label) for c in call.caps))
                 chain.append(m)
                 cap = cap.target
             if isinstance(cap, Proxy):

@@ -1977,7 +1977,8 @@ def test_what_the_callee_hands_back_in_params_of_a_callback_keeps_the_grants_att
     through it (an observer, a callback).  Those came to the holder bare: a Counter
     calc handed app in Observer.step could be called after the grant was revoked,
     past an allow-list that restricts Counter, and without spending max_uses."""
-    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    router = R.Router({"calc": CALC, "app": None},
+                      names={**NAMES, OBSERVER: ("Observer", {0: "step"})})
     calc = start(router, "calc", exports=True)
     kw = {"revocable": dict(revocable=True),
           # sumTo, and Counter restricted to a method it has not: not Counter.inc
@@ -1992,3 +1993,4 @@ def test_what_the_callee_hands_back_in_params_of_a_callback_keeps_the_grants_att
     error = app.inbox.pop().error
     assert {"revocable": "was revoked", "allow": "Counter.inc is not allowed",
             "max_uses": "is used up (max_uses)"}[how] in error
+    assert error.startswith("denied: app.calc>Observer.step"), error    # its record too
