@@ -3,7 +3,9 @@ import json
 import re
 import os
 
-from tests.conftest import audit_calls, EXAMPLES, run_wsuper
+import pytest
+
+from tests.conftest import audit_calls, EXAMPLES, GUESTS_C, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, program
 
 
@@ -116,3 +118,53 @@ calc = {{ compartment = "calc" }}
     adds = [x for x in records if x.get("method") == "add"]
     assert 0 < len(adds) < calls and all(x["outcome"] == "returned" for x in adds)
     assert records[-1]["event"] == "run stopped"
+
+
+@pytest.fixture(scope="module")
+def feed_plugins(tmp_path_factory):
+    """guests/c/feed.c (serves Feed, hands out a Secret in Observer.notify) and
+    guests/c/subscriber.c (a program that subscribes and calls the Secret)."""
+    from supervisor import bindgen, toolchain
+    out = tmp_path_factory.mktemp("feed")
+    bindgen.generate(os.path.join(GUESTS_C, "feed.capnp"), str(out / "include"))
+    feed = toolchain.build([os.path.join(GUESTS_C, "feed.c")], str(out / "feed.wasm"),
+                           reactor=True, include=[str(out / "include")])
+    sub = toolchain.build([os.path.join(GUESTS_C, "subscriber.c")], str(out / "sub.wasm"),
+                          include=[str(out / "include")])
+    return feed, sub
+
+
+@pytest.mark.parametrize("attenuation,denied", [
+    ('allow = ["subscribe", "Secret.other"]',
+     "app.feed>Observer.notify: Secret.peek is not allowed"),
+    ("max_uses = 1", "app.feed>Observer.notify is used up (max_uses)"),
+])
+def test_what_a_grant_hands_its_holder_in_a_call_back_keeps_the_grants_attenuation(
+        tmp_path, feed_plugins, attenuation, denied):
+    """Real engines: app subscribes an observer of its own through its grant; the
+    feed calls it back with a Secret in the params of Observer.notify.  That Secret
+    was obtained through the grant as surely as a result is, but it came bare: app
+    called Secret.peek past an allow-list restricting Secret, and with max_uses
+    spent (and after a revocation: tests/unit/test_router.py)."""
+    feed, sub = feed_plugins
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{GUESTS_C}/feed.capnp"]
+audit = "{tmp_path}/audit.jsonl"
+[compartments.feed]
+module = "{feed}"
+exports = "Feed"
+[compartments.app]
+module = "{sub}"
+restart = "never"
+[compartments.app.grants]
+feed = {{ compartment = "feed", {attenuation} }}
+stdout = {{ host = "log" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert "[app] peek: 42" not in r.stdout, r.stdout
+    assert f"[app] peek failed (" in r.stdout and denied in r.stdout, r.stdout + r.stderr
+    records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
+    assert ("app", "app.feed>Observer.notify", "peek", "denied") in [
+        (x["caller"], x["capability"], x["method"], x["outcome"])
+        for x in records if "capability" in x]
