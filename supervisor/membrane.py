@@ -66,7 +66,7 @@ class Membrane:
         # cross the grant, and what the other side hands the holder in *their*
         # params (an object passed to a callback) is wrapped by the grant itself,
         # as results are (Router._deliver): it is obtained through the grant too.
-        self.reverse = Membrane(label + " (passed back)", forward=self) \
+        self.reverse = Membrane(label + " (passed through)", forward=self) \
             if forward is None else None
 
     @classmethod

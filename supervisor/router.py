@@ -892,12 +892,14 @@ class Router:
                     # params cross the grant too: the holder's into its reverse, and
                     # the other side's (a call back on what the holder passed) into
                     # the grant's own membrane, as results are: obtained through it
-                    if m.forward is None:
-                        into, label = m.reverse, m.reverse.label
+                    if m.forward is None:       # (named for the audit: whose, and how)
+                        call = attrs.evolve(call, caps=tuple(
+                            self._wrap(c, m.reverse, f"{describe(c)} (passed through "
+                                                     f"{m.label})") for c in call.caps))
                     else:
-                        into, label = m.forward, f"{m.forward.label}>{self._method(call)}"
-                    call = attrs.evolve(call, caps=tuple(
-                        self._wrap(c, into, label) for c in call.caps))
+                        label = f"{m.forward.label}>{self._method(call)}"
+                        call = attrs.evolve(call, caps=tuple(
+                            self._wrap(c, m.forward, label) for c in call.caps))
                 chain.append(m)
                 cap = cap.target
             if isinstance(cap, Proxy):

@@ -3,6 +3,8 @@
 No sockets, no files: host objects are answered by a fake host layer that
 records what it was asked (tests/unit/test_hostcaps.py tests the real one).
 """
+import re
+
 import pytest
 import struct
 
@@ -349,7 +351,9 @@ def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
     app.deliver(router.revoke("app.calc"))
     _q, data = calc.conn.send_call(passed, 0xC0FFEE0000000003, 0)   # calc calls it back
     calc.send(data)
-    assert "was revoked" in calc.inbox.pop().error
+    # named as what it is, and the grant it was passed through (for the audit too)
+    assert re.search(r"denied: app object #\d+ \(passed through app\.calc\) was revoked",
+                     calc.inbox.pop().error)
     assert not any(isinstance(e, P.CallReceived) and e.target is observer for e in app.inbox)
 
 
