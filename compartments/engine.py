@@ -231,7 +231,9 @@ class Engine:
         self.conn = protocol.Connection(
             f"supervisor->{self.name}", max_message_words=(self.limits.message_size >> 3) + 8192)
         self.handles = HandleTable(self.limits.handles)
-        self.grants: dict[str, int] = {}
+        #: name -> (handle, its entry) of each grant, from Engine.start; the handle
+        #: names the grant only while that entry is still there (_host_lookup)
+        self.grants: dict[str, tuple[int, object]] = {}
         self.objects: dict[int, LocalObject] = {}
         #: question id -> the list its Return goes into, bound when the Return is read
         #: (the id may be reused at once: a Return without Finish frees it, and a
@@ -468,7 +470,12 @@ class Engine:
 
     def _host_lookup(self, ptr, length):
         name = self._read(ptr, length).decode("utf-8", "replace")
-        return self.grants.get(name, abi.E_NOTFOUND)
+        handle, entry = self.grants.get(name, (abi.E_NOTFOUND, None))
+        # released, the number may name something else since (an object, a reply's
+        # capability): the grant is gone from this table, never another in its place
+        if entry is None or self.handles.get(handle) is not entry:
+            return abi.E_NOTFOUND
+        return handle
 
     def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
@@ -1045,7 +1052,8 @@ class Engine:
                 cap = ev.payload.caps[index] if index is not None and index < len(ev.payload.caps) \
                     else None
                 if isinstance(cap, protocol.Imported):
-                    self.grants[name] = self._handle_for(cap)
+                    h = self._handle_for(cap)
+                    self.grants[name] = (h, self.handles.get(h))
                     granted.append((name, kind, mount, cap.import_id))
             self._granted = granted
             if self.per_call:       # every call starts from the grants, with references of its own

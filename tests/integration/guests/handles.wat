@@ -1,0 +1,51 @@
+;; handles: what a guest's handles name after it gives one up, and what becomes
+;; of the capabilities of a reply it never read.  See tests/unit/test_engine_handles.py.
+;; Grants "peer" and "other".  Every method answers (v :Int32) with v below.
+;;   method 0: release peer's handle, make an object: v = lookup("peer") afterwards
+;;   method 1: release peer's handle, call "other" (its answer carries a capability)
+;;             and read the reply: v = lookup("peer") afterwards
+;;   method 2: call "peer", read its reply (whatever it was), call "peer" again:
+;;             v = the first call's status
+;;   method 3: call "peer" and never read the reply: v = its status
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
+  (import "wsuper" "release" (func $release (param i32) (result i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "peer")
+  (data (i32.const 110) "other")
+  (func $peer (result i32) (call $lookup (i32.const 100) (i32.const 4)))
+  (func $out (param $h i32) (result i32)
+    (call $call (local.get $h) (i64.const 7) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 200)))
+  (func $answer (param $v i32) (result i32)
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 8208) (i64.extend_i32_s (local.get $v)))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0))
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (local $r i32)
+    (if (i32.eqz (local.get $method))
+      (then (drop (call $release (call $peer)))
+            (drop (call $object (i32.const 9)))
+            (return (call $answer (call $peer)))))
+    (if (i32.eq (local.get $method) (i32.const 1))
+      (then (drop (call $release (call $peer)))
+            (drop (call $out (call $lookup (i32.const 110) (i32.const 5))))
+            (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
+            (return (call $answer (call $peer)))))
+    (if (i32.eq (local.get $method) (i32.const 2))
+      (then (local.set $r (call $out (call $peer)))
+            (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
+            (drop (call $out (call $peer)))
+            (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
+            (return (call $answer (local.get $r)))))
+    (call $answer (call $out (call $peer))))
+)

@@ -1,0 +1,102 @@
+"""A guest's handles (docs/guest-abi.md, "Handles"): what a name it looks up
+gives once it has given that handle up, and what becomes of the capabilities
+of a reply it never read.  A real Engine with real wasmtime serving
+tests/integration/guests/handles.wat, its supervisor played here."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from capnp_schemas import payloads, protocol
+from capnp_schemas.protocol import Content
+from compartments import abi
+from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.spec import EngineSpec
+from tests.unit.test_engine_native import Answering
+
+GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "guests")
+IFACE = 0x1234
+EMPTY16 = Content.standalone([bytes(16)])
+
+
+def _engine(native: bool = True):
+    """handles.wat's engine, started with the grants "peer" and "other": (engine, its
+    socket, the supervisor's Connection, its main object, {grant: our object})."""
+    engine = Engine(Answering(), EngineSpec(name="handles", module=os.path.join(
+        GUESTS, "handles.wat"), exports=True))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        [ev] = sup.receive(sock.writes.pop())
+        return ev
+    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    grants = {"peer": object(), "other": object()}
+    ready = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", ""), ("other", "compartment", "")]),
+        list(grants.values()))[1])
+    return engine, sock, sup, ready.payload.caps[0].import_id, grants
+
+
+def _value(ev) -> int | str:
+    if ev.payload is None:
+        return ev.error
+    return struct.unpack_from("<i", ev.payload.content.segments[0], 8)[0]
+
+
+def _serve(engine, sock, sup, main, method, answer):
+    """Call `method`; `answer(call event)` gives the engine's outgoing calls their
+    answers (bytes).  Returns the call's value (or error)."""
+    mine = []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):
+                more += answer(ev)
+            elif isinstance(ev, protocol.ReturnReceived):
+                mine.append(ev)
+        return more
+    sock.answer = answering
+    sock.batches.append(sup.send_call(main, IFACE, method, EMPTY16)[1])
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    sock.writes.clear()
+    [ev] = mine
+    return _value(ev)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("method", [0, 1], ids=["an object", "a reply's capability"])
+def test_a_released_grant_is_not_found_whatever_took_its_handle_since(native, method):
+    """lookup("peer") after the guest released that handle, and the handle number was
+    given to something else (its own object, a capability from a reply): it said
+    that other handle, as if it were the grant (a call through it reached another
+    capability).  A name whose handle was released is not found."""
+    engine, sock, sup, main, grants = _engine(native)
+    peer, _entry = engine.grants["peer"]
+
+    def answer(ev):
+        return sup.send_return(ev.answer_id, EMPTY16, [object()])
+    assert _serve(engine, sock, sup, main, method, answer) == abi.E_NOTFOUND
+    assert engine.handles.get(peer) is not None, "the handle was not given to another"
+
+
+def test_a_grant_s_name_still_finds_it_while_its_handle_is_held():
+    engine, sock, sup, main, grants = _engine()
+    peer, _entry = engine.grants["peer"]
+    got = []
+
+    def answer(ev):
+        got.append(ev.target)
+        return sup.send_return(ev.answer_id, EMPTY16)
+    assert _serve(engine, sock, sup, main, 3, answer) == 0
+    assert got == [grants["peer"]] and engine.grants["peer"][0] == peer
