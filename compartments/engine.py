@@ -510,15 +510,20 @@ class Engine:
             new = self._handles_for(payload.caps)
         except _GuestError as e:
             return self._set_error(out_ptr, e.code, str(e))
-        if self._reply_entries:
-            # a call served meanwhile (nested) left a reply its guest never read:
-            # its handles go now, before this reply's take their place
-            self._drop_unread_reply()
-        self.reply = (data, new)
-        if new:
-            self._reply_entries = [(h, self.handles.get(h)) for h in new if h]
+        self._new_reply(data, new)
         self._write(out_ptr, len(data).to_bytes(4, "little") + len(new).to_bytes(4, "little"))
         return abi.OK
+
+    def _new_reply(self, data: bytes, handles: list[int]):
+        """The reply `reply_read` copies from now on, an answer's or a failure's.
+        A call served meanwhile (nested) may have left a reply its guest never
+        read: its handles go now, whatever this reply is (a failure's too: the
+        guest reads that one, and would never learn the handles it replaces)."""
+        if self._reply_entries:
+            self._drop_unread_reply()
+        self.reply = (data, handles)
+        if handles:
+            self._reply_entries = [(h, self.handles.get(h)) for h in handles if h]
 
     def invoke(self, import_id, interface_id, method_id, content, caps=()) -> protocol.Payload:
         """Call a capability we import and wait for its answer (serving calls meanwhile)."""
@@ -572,7 +577,7 @@ class Engine:
 
     def _set_error(self, out_ptr, code, text):
         data = (text or "").encode()
-        self.reply = (data, [])
+        self._new_reply(data, [])
         self._write(out_ptr, len(data).to_bytes(4, "little") + bytes(4))
         return code
 

@@ -100,3 +100,46 @@ def test_a_grant_s_name_still_finds_it_while_its_handle_is_held():
         return sup.send_return(ev.answer_id, EMPTY16)
     assert _serve(engine, sock, sup, main, 3, answer) == 0
     assert got == [grants["peer"]] and engine.grants["peer"][0] == peer
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_unread_nested_reply_goes_when_the_call_it_was_under_fails(native):
+    """Method 2 calls "peer" and waits; meanwhile method 3 is served nested, calls
+    "peer" and never reads its reply, which brings 4 capabilities.  Then method 2's
+    call fails, and it reads the failure's reason as the ABI asks before its next
+    call.  The nested reply's handles were released only if a *successful* reply
+    replaced it: after a failure they stayed in the table for good, handles the
+    guest never learned (64 such rounds filled a table of 256)."""
+    engine, sock, sup, main, grants = _engine(native)
+    before = len(engine.handles.entries())
+    outgoing, nested = [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):
+                outgoing.append(ev.answer_id)
+                if len(outgoing) == 1:          # method 2 waits: method 3 comes
+                    q, msg = sup.send_call(main, IFACE, 3, EMPTY16)
+                    nested.append(q)
+                    more += msg
+                elif len(outgoing) == 2:        # method 3's call: 4 capabilities
+                    more += sup.send_return(ev.answer_id, EMPTY16,
+                                            [object() for _ in range(4)])
+                else:                           # method 2's second call
+                    more += sup.send_return(ev.answer_id, EMPTY16)
+            elif isinstance(ev, protocol.ReturnReceived) and ev.question_id in nested:
+                assert _value(ev) == 0
+                more += sup.send_exception(outgoing[0], "no", "failed")
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(main, IFACE, 2, EMPTY16)
+    sock.batches.append(msg)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    [ret] = [ev for ev in sup.receive(b"".join(sock.writes))
+             if isinstance(ev, protocol.ReturnReceived) and ev.question_id == q]
+    assert _value(ret) == abi.E_FAILED
+    assert len(outgoing) == 3
+    assert len(engine.handles.entries()) == before, "the unread reply's handles stayed"
