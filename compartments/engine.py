@@ -1132,10 +1132,14 @@ class Engine:
             hold = self._may_hold(method)
             self._fuel_used = 0
             t0 = time.perf_counter_ns()
+            # per_call: the instance's start function and _initialize were this call's
+            # too, and spent of its one budget
+            fuel = self.limits.fuel_per_call if outer is None else unchecked.refuel(
+                self.store, -1)
             try:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                      ev.method_id, len(frame.params), len(frame.handles),
-                                     fuel=self.limits.fuel_per_call, flush=not hold)
+                                     fuel=fuel, flush=not hold)
             finally:
                 self.frames.pop()
                 self._judge(method, hold, time.perf_counter_ns() - t0)
@@ -1234,6 +1238,8 @@ class Engine:
         try:
             instance = self.instance_pre.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault) as e:
+            if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+                raise self._out_of_fuel() from None
             raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
                 from None
         exports = instance.exports(store)
@@ -1247,11 +1253,19 @@ class Engine:
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
         self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
         if self.initialize is not None:          # a reactor's constructors, every time
-            try:
+            try:       # what the start function left of the call's budget
                 self._guest(self.initialize.bind(store, exports[abi.EXPORT_INITIALIZE]),
-                            fuel=self.limits.fuel_per_call)
-            except (_CallError, wasi.WasiExit) as e:
+                            fuel=unchecked.refuel(store, -1))
+            except _CallError as e:
+                if e.type == "overloaded":      # out of fuel: the call's budget is spent
+                    raise
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
+            except wasi.WasiExit as e:
+                raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
+
+    def _out_of_fuel(self) -> "_CallError":
+        return _CallError("overloaded", f"compartment {self.name} used up its CPU budget "
+                          f"for this call (fuel_per_call = {self.limits.fuel_per_call})")
 
     def _outside(self, run, *args, **kw):
         """`run(*args, **kw)`, which runs guest code that is not a dispatch (a start
@@ -1314,8 +1328,7 @@ class Engine:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None
         except wasmtime.Trap as e:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-                raise _CallError("overloaded", f"compartment {self.name} used up its CPU "
-                                 f"budget for this call (fuel_per_call = {fuel})") from None
+                raise self._out_of_fuel() from None
             raise _CallError("failed", f"compartment {self.name} trapped: "
                              f"{_trap_reason(e, self.regions)}") from None
         except wasmtime.WasmtimeError as e:

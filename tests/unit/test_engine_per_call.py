@@ -1,0 +1,78 @@
+"""instance = "per_call": one call's CPU budget (fuel_per_call) covers everything
+of its instance, the module's start function, _initialize and wsuper_dispatch,
+and running out anywhere is E_OVERLOADED ("used up its CPU budget").  A real
+Engine with real wasmtime on a recording socket, its supervisor played here."""
+from __future__ import annotations
+
+import pytest
+
+from capnp_schemas import payloads, protocol
+from capnp_schemas.protocol import Content
+from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.limits import Limits
+from compartments.spec import EngineSpec
+from fuzz.hostmem import Recorded
+
+FUEL = 200_000
+PHASES = ("start", "initialize", "dispatch")
+
+
+def _burn(n: int) -> str:
+    return (f"(local $i i32) (local.set $i (i32.const {n})) (block $d (loop $l "
+            f"(br_if $d (i32.eqz (local.get $i))) "
+            f"(local.set $i (i32.sub (local.get $i) (i32.const 1))) (br $l)))")
+
+
+def _module(path, start=0, initialize=0, dispatch=0) -> str:
+    """A module whose start function, _initialize and dispatch each loop so often."""
+    path.write_text(f"""(module (memory (export "memory") 1)
+  (func $s {_burn(start)}) (start $s)
+  (func (export "_initialize") {_burn(initialize)})
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    {_burn(dispatch)} (i32.const 0)))""")
+    return str(path)
+
+
+def _engine(module: str, per_call: bool):
+    engine = Engine(Recorded(), EngineSpec(name="burn", module=module, exports=True,
+                                           per_call=per_call,
+                                           limits=Limits(fuel_per_call=FUEL)))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        [ev] = sup.receive(sock.writes.pop())
+        return ev
+    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
+               ).payload.caps[0].import_id
+    return engine, lambda: ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
+
+
+def _fuel_per_loop(tmp_path) -> float:
+    engine, call = _engine(_module(tmp_path / "one.wat", dispatch=1000), per_call=False)
+    assert call().payload is not None
+    return engine._fuel_used / 1000
+
+
+@pytest.mark.parametrize("spent", [("start", "dispatch"), ("initialize", "dispatch"),
+                                   ("start", "initialize")], ids="+".join)
+def test_a_per_call_instance_s_start_and_initialize_spend_the_call_s_budget(tmp_path, spent):
+    """Each of two phases takes 60% of fuel_per_call: alone, each fits; together,
+    the call is over budget.  Each phase got a budget of its own (the start
+    function the store's, _initialize and dispatch a fresh fuel_per_call each),
+    so one call could burn three times fuel_per_call; and a start function that
+    ran out failed 'cannot instantiate: its start function trapped: all fuel
+    consumed' (E_FAILED) instead of E_OVERLOADED."""
+    n = int(0.6 * FUEL / _fuel_per_loop(tmp_path))
+    for phase in spent:                          # alone, each phase fits the budget
+        _engine_, call = _engine(_module(tmp_path / f"{phase}.wat", **{phase: n}), True)
+        assert call().payload is not None
+    _engine_, call = _engine(_module(tmp_path / "both.wat", **{p: n for p in spent}), True)
+    for _ in range(2):                           # and the compartment keeps serving
+        ret = call()
+        assert ret.payload is None and ret.error_type == "overloaded", ret.error
+        assert ret.error == (f"compartment burn used up its CPU budget for this call "
+                             f"(fuel_per_call = {FUEL})")
