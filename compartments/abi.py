@@ -103,15 +103,24 @@ ENTRY_TYPES = {EXPORT_START: ((), ()), EXPORT_INITIALIZE: ((), ()),
                EXPORT_DISPATCH: DISPATCH_TYPE}
 
 
+#: check_entries' word for an exported memory
+MEMORY_KIND = "memory"
+
+
 def check_entries(exports: dict) -> str | None:
     """Error text for the first entry point (ENTRY_TYPES) a module exports as
-    something else, else None (the engine refuses the same at its start).
-    `exports`: name -> (params, results) of a function, or None for another kind."""
+    something else, or `memory` that it exports as something other than a
+    memory, else None (the engine refuses the same at its start).  `exports`:
+    name -> (params, results) of a function, MEMORY_KIND for a memory, or None
+    for another kind."""
+    if EXPORT_MEMORY in exports and exports[EXPORT_MEMORY] != MEMORY_KIND:
+        return (f"exports {EXPORT_MEMORY}, but not as a memory (every pointer the host "
+                f"functions take is into the memory of that name)")
     for name, want in ENTRY_TYPES.items():
         if name not in exports:
             continue
         found = exports[name]
-        if found is None:
+        if found is None or found == MEMORY_KIND:
             return f"exports {name}, but not as a function"
         if found != want:
             return (f"exports {name} with the wrong type: expected func {list(want[0])} -> "

@@ -339,7 +339,10 @@ class Engine:
             raise EngineError(f"cannot instantiate {path}: {_why_not(e)}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
-        self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        if memory is not None and not isinstance(memory, wasmtime.Memory):
+            raise EngineError(f"module {path} exports {abi.EXPORT_MEMORY}, but not as a "
+                              f"memory")
+        self.memory = memory
         self.probes.attach(exports, self.store)
         if self.spec.protect is not None:
             self._protect(description.protect)

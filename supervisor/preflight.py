@@ -91,6 +91,7 @@ def prepare(system: System) -> Plan:
             imports = list(describe_imports(module))
             memory = _memory_pages(binary, module)
             entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
+                       else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
                        else None for e in module.exports}
             checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries)
                                     or _instantiation_problem(binary),

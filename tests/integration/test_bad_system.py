@@ -109,6 +109,35 @@ def test_an_entry_point_of_the_wrong_kind_or_type_is_refused_by_check_as_by_up(t
         assert r.returncode == 2 and said in r.stderr, (command, r.stderr)
 
 
+@pytest.mark.parametrize("export", [
+    '(global (export "memory") i32 (i32.const 0))',
+    '(table (export "memory") 1 funcref)',
+    '(func (export "memory"))',
+])
+def test_memory_exported_as_something_else_is_refused_by_check_as_by_up(tmp_path, export):
+    """docs/guest-abi.md: every pointer is into the export `memory`, and an export
+    of that name of another kind is refused.  A global, table or function named
+    `memory` passed `check` and `up`; the module's real memory then went
+    unnamed, and every host call that takes a pointer trapped 'no memory to use'."""
+    (tmp_path / "m.wat").write_text(f'(module (memory 1) {export} (func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2 and "m.wat exports memory, but not as a memory" in r.stderr, \
+            (command, r.stderr)
+
+
+def test_the_engine_refuses_memory_exported_as_something_else_itself(tmp_path):
+    """The same, when an engine is asked to run such a module without preflight."""
+    from compartments.engine import Engine, EngineError
+    from compartments.spec import EngineSpec
+    from fuzz.hostmem import Recorded
+    (tmp_path / "m.wat").write_text('(module (memory 1) (global (export "memory") i32 '
+                                    '(i32.const 0)) (func (export "_start")))')
+    with pytest.raises(EngineError, match="exports memory, but not as a memory"):
+        Engine(Recorded(), EngineSpec(name="m", module=str(tmp_path / "m.wat")))
+
+
 @pytest.mark.parametrize("body, said", [
     ('(memory (export "memory") 1 1 shared)',
      "its memory 0 is shared (wsuper's engines run without shared memory)"),
