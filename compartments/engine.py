@@ -1143,6 +1143,13 @@ class Engine:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                      ev.method_id, len(frame.params), len(frame.handles),
                                      fuel=fuel, flush=not hold)
+            except wasi.WasiExit as e:
+                if outer is None:       # the compartment's one instance: it is done
+                    raise
+                # per_call: the call's own instance ended, and only it: the compartment
+                # serves on (the next call's instance is new anyway)
+                raise _CallError("failed", f"compartment {self.name} exited (code {e.code}) "
+                                 f"in this call's instance") from None
             finally:
                 self.frames.pop()
                 self._judge(method, hold, time.perf_counter_ns() - t0)

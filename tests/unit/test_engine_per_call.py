@@ -76,3 +76,36 @@ def test_a_per_call_instance_s_start_and_initialize_spend_the_call_s_budget(tmp_
         assert ret.payload is None and ret.error_type == "overloaded", ret.error
         assert ret.error == (f"compartment burn used up its CPU budget for this call "
                              f"(fuel_per_call = {FUEL})")
+
+
+def test_exit_in_a_per_call_instance_fails_that_call_and_the_compartment_serves_on(tmp_path):
+    """proc_exit in a per_call instance's dispatch ended the whole engine: every
+    other caller's capability broke ('compartment ... is gone'), and a client
+    calling it four times within a minute used up its restarts, for good.  Only
+    that call's instance ends now; the next call gets a new one as always."""
+    module = tmp_path / "exit.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (if (i32.eqz (local.get 2)) (then (call $exit (i32.const 3))))
+    (i32.const 0)))""")
+    engine = Engine(Recorded(), EngineSpec(name="exits", module=str(module), exports=True,
+                                           per_call=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        [ev] = sup.receive(sock.writes.pop())
+        return ev
+    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
+               ).payload.caps[0].import_id
+    for _ in range(3):
+        ret = ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
+        assert ret.payload is None and ret.error_type == "failed"
+        assert ret.error == "compartment exits exited (code 3) in this call's instance"
+        assert ask(sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))[1]).payload \
+            is not None
