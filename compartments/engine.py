@@ -335,7 +335,7 @@ class Engine:
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
-        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault) as e:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             raise EngineError(f"cannot instantiate {path}: {_why_not(e)}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
@@ -1247,7 +1247,7 @@ class Engine:
         _initialize run; `outer` gets what to detach."""
         try:
             instance = self.instance_pre.instantiate(store)
-        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault) as e:
+        except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
             raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
@@ -1371,6 +1371,8 @@ def _why_not(e) -> str:
         return f"its start function trapped: {_trap_reason(e)}"
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"
+    if isinstance(e, wasi.WasiExit):      # proc_exit: a start function has no exit code
+        return f"its start function called exit({e.code})"
     return _error_reason(e)
 
 

@@ -109,3 +109,32 @@ def test_exit_in_a_per_call_instance_fails_that_call_and_the_compartment_serves_
         assert ret.error == "compartment exits exited (code 3) in this call's instance"
         assert ask(sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))[1]).payload \
             is not None
+
+
+def test_exit_in_a_start_function_is_a_clear_failure_to_instantiate(tmp_path):
+    """A start function (the module's `start` section) that calls proc_exit: the
+    engine died with a Python traceback on stderr (exit code 70, 'compartments.wasi.
+    WasiExit: 4'); in a per_call instance, it took the whole engine down.  Now the
+    first instance cannot be instantiated, saying why, and a per_call call fails."""
+    from compartments.engine import EngineError
+    always, later = tmp_path / "always.wat", tmp_path / "later.wat"
+    body = """(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $s (if (i32.gt_s (call $object (i32.const 5)) (i32.const %d))
+    (then (call $exit (i32.const 4)))))
+  (start $s)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))"""
+    always.write_text(body % 0)
+    with pytest.raises(EngineError, match=r"cannot instantiate .*always.wat: its start "
+                                          r"function called exit\(4\)$"):
+        Engine(Recorded(), EngineSpec(name="always", module=str(always), exports=True))
+    # the first instance's handle 1 (its object) is in every per_call instance's table:
+    # there, the start function's object is handle 2, and it exits
+    later.write_text(body % 1)
+    _engine_, call = _engine(str(later), per_call=True)
+    for _ in range(2):
+        ret = call()
+        assert ret.payload is None and ret.error_type == "failed"
+        assert ret.error == "burn: cannot instantiate: its start function called exit(4)"
