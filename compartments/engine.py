@@ -499,9 +499,12 @@ class Engine:
         if isinstance(entry, LocalObject):
             return self._set_error(out_ptr, abi.E_UNIMPLEMENTED,
                                    "calling your own object through a handle is not supported")
+        if not 0 <= method_id <= 0xFFFF:    # Cap'n Proto's are UInt16: never another one
+            return self._set_error(out_ptr, abi.E_UNIMPLEMENTED,
+                                   f"method id {method_id} is out of range 0..65535")
         try:
             payload = self.invoke(entry.import_id, interface_id & ((1 << 64) - 1),
-                                  method_id & 0xFFFF, content, caps)
+                                  method_id, content, caps)
         except wasi.HostCallFailed as e:
             return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
         try:

@@ -50,7 +50,7 @@ def _value(ev) -> int | str:
     return struct.unpack_from("<i", ev.payload.content.segments[0], 8)[0]
 
 
-def _serve(engine, sock, sup, main, method, answer):
+def _serve(engine, sock, sup, main, method, answer, params=EMPTY16):
     """Call `method`; `answer(call event)` gives the engine's outgoing calls their
     answers (bytes).  Returns the call's value (or error)."""
     mine = []
@@ -64,7 +64,7 @@ def _serve(engine, sock, sup, main, method, answer):
                 mine.append(ev)
         return more
     sock.answer = answering
-    sock.batches.append(sup.send_call(main, IFACE, method, EMPTY16)[1])
+    sock.batches.append(sup.send_call(main, IFACE, method, params)[1])
     while sock.batches:
         engine._pump()
     engine._flush()
@@ -143,3 +143,43 @@ def test_an_unread_nested_reply_goes_when_the_call_it_was_under_fails(native):
     assert _value(ret) == abi.E_FAILED
     assert len(outgoing) == 3
     assert len(engine.handles.entries()) == before, "the unread reply's handles stayed"
+
+
+@pytest.mark.parametrize("method_id", [0x10001, -65535, -1, (1 << 31) - 1])
+def test_a_method_id_out_of_range_is_unimplemented_never_another_method(method_id):
+    """Method ids are Cap'n Proto's UInt16; the guest passes an i32.  One out of
+    range was cut to 16 bits: method 0x10001 called method 1 (and -1 method
+    65535), the call the guest did not make."""
+    engine, sock, sup, main, grants = _engine()
+    called = []
+
+    def answer(ev):
+        called.append(ev.method_id)
+        return sup.send_return(ev.answer_id, EMPTY16)
+    params = Content.standalone([struct.pack("<Qi4x", 1 << 32, method_id)])
+    assert _serve(engine, sock, sup, main, 4, answer, params) == abi.E_UNIMPLEMENTED
+    assert called == []
+    assert engine.reply[0] == f"method id {method_id} is out of range 0..65535".encode()
+
+
+def test_a_method_id_in_range_is_called_as_it_is():
+    engine, sock, sup, main, grants = _engine()
+    called = []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):
+                called.append(ev.method_id)
+                more += sup.send_return(ev.answer_id, EMPTY16)
+        return more
+    sock.answer = answering
+    for m in (0, 1, 65535):
+        sock.batches.append(sup.send_call(main, IFACE, 4, Content.standalone(
+            [struct.pack("<Qi4x", 1 << 32, m)]))[1])
+        while sock.batches:
+            engine._pump()
+        engine._flush()
+        answering(b"".join(sock.writes))
+        sock.writes.clear()
+    assert called == [0, 1, 65535]

@@ -7,6 +7,7 @@
 ;;   method 2: call "peer", read its reply (whatever it was), call "peer" again:
 ;;             v = the first call's status
 ;;   method 3: call "peer" and never read the reply: v = its status
+;;   method 4: call "peer"'s method N, N the i32 at params byte 16: v = its status
 (module
   (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
   (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -14,12 +15,14 @@
   (import "wsuper" "release" (func $release (param i32) (result i32)))
   (import "wsuper" "object" (func $object (param i32) (result i32)))
   (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 100) "peer")
   (data (i32.const 110) "other")
   (func $peer (result i32) (call $lookup (i32.const 100) (i32.const 4)))
-  (func $out (param $h i32) (result i32)
-    (call $call (local.get $h) (i64.const 7) (i32.const 0)
+  (func $out (param $h i32) (result i32) (call $out_m (local.get $h) (i32.const 0)))
+  (func $out_m (param $h i32) (param $m i32) (result i32)
+    (call $call (local.get $h) (i64.const 7) (local.get $m)
           (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 200)))
   (func $answer (param $v i32) (result i32)
     (i32.store (i32.const 8192) (i32.const 0))
@@ -47,5 +50,8 @@
             (drop (call $out (call $peer)))
             (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
             (return (call $answer (local.get $r)))))
+    (if (i32.eq (local.get $method) (i32.const 4))
+      (then (drop (call $params_read (i32.const 4000) (i32.const 5000)))
+            (return (call $answer (call $out_m (call $peer) (i32.load (i32.const 4016)))))))
     (call $answer (call $out (call $peer))))
 )
