@@ -188,8 +188,10 @@ class _Import:
 class _Frame:
     """One incoming call being dispatched to the guest.  `borrowed`: the handles
     made for its params that the guest has neither kept (`keep`) nor released:
-    they are released once the call is answered (docs/guest-abi.md, "Handles")."""
-    __slots__ = ("params", "handles", "results", "error", "borrowed")
+    they are released once the call is answered (docs/guest-abi.md, "Handles").
+    `held`: the imports its results name, each with a reference of the results'
+    own until the answer is queued (the guest may release its handles first)."""
+    __slots__ = ("params", "handles", "results", "error", "borrowed", "held")
 
     def __init__(self, params: bytes, handles: list, borrowed: set | None = None):
         self.params = params
@@ -197,6 +199,7 @@ class _Frame:
         self.results = None
         self.error = None
         self.borrowed = borrowed
+        self.held: list[int] = []
 
 
 def _native_results(segment: bytes):
@@ -643,6 +646,11 @@ class Engine:
             frame.results = (self._guest_content(raw), self._caps_from_handles(handles))
         except _GuestError as e:
             return e.code
+        # the answer names these imports: released through their handles before it
+        # goes (the guest may release them now), the supervisor would read it as a
+        # reference to an import we gave up, and end this engine's connection
+        frame.held = [self.hold(cap.import_id) for cap in frame.results[1]
+                      if isinstance(cap, RemoteRef)]
         return abi.OK
 
     def _host_fail(self, ptr, length):
@@ -1133,6 +1141,7 @@ class Engine:
                 borrowed = {h for h in handles if h}
                 after.append(functools.partial(self._release_borrowed, borrowed))
             frame = _Frame(self._for_guest(ev.payload.content), handles, borrowed)
+            after.append(functools.partial(self._let_results_go, frame))
             self.frames.append(frame)
             method = (ev.target.tag, ev.interface_id, ev.method_id)
             hold = self._may_hold(method)
@@ -1167,6 +1176,13 @@ class Engine:
         if frame.results is None:
             return protocol.EMPTY, []
         return frame.results
+
+    def _let_results_go(self, frame: _Frame):
+        """After a call's answer is queued (or its results were dropped): the
+        references its results held (_host_results_set)."""
+        held, frame.held = frame.held, []
+        for import_id in held:
+            self._unref_import(import_id)
 
     def _release_borrowed(self, borrowed: set):
         """After a call's answer is queued (it may carry them): release the handles

@@ -183,3 +183,39 @@ def test_a_method_id_in_range_is_called_as_it_is():
         answering(b"".join(sock.writes))
         sock.writes.clear()
     assert called == [0, 1, 65535]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["a grant", "a reply's capability"])
+def test_an_answer_keeps_its_capabilities_when_the_guest_releases_their_handles(which):
+    """results_set with a capability, then release of its handle before returning
+    (the guest is done with it): the Release went out before the Return that names
+    the capability, and the supervisor ended the engine's connection ('protocol
+    error: export id 0 was never issued or was released'): the compartment was
+    restarted and every caller's capability to it broke.  The results hold a
+    reference of their own until the answer is queued."""
+    engine, sock, sup, main, grants = _engine()
+    returned, released = [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):             # the supervisor's own checks
+            if isinstance(ev, protocol.CallReceived):
+                more += sup.send_return(ev.answer_id, EMPTY16, [object()])
+            elif isinstance(ev, protocol.ReturnReceived):
+                returned.append(ev)
+            elif isinstance(ev, protocol.ExportReleased):
+                released.append(ev)
+        return more
+    sock.answer = answering
+    params = Content.standalone([struct.pack("<Qi4x", 1 << 32, which)])
+    sock.batches.append(sup.send_call(main, IFACE, 5, params)[1])
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    [ret] = [r for r in returned if r.payload is not None and r.payload.caps]
+    cap = ret.payload.caps[0]          # ours, as the supervisor hosts what it names
+    assert isinstance(cap, protocol.Exported)
+    assert (cap.obj is grants["peer"]) == (which == 0) and cap.obj is not grants["other"]
+    assert _value(ret) == 5
+    assert released, "the guest released its last handle: the reference goes after the answer"

@@ -8,6 +8,8 @@
 ;;             v = the first call's status
 ;;   method 3: call "peer" and never read the reply: v = its status
 ;;   method 4: call "peer"'s method N, N the i32 at params byte 16: v = its status
+;;   method 5: answers a capability, and releases its handle before returning:
+;;             "peer" (params byte 16 = 0) or the one "other"'s answer brings (1)
 (module
   (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
   (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -53,5 +55,21 @@
     (if (i32.eq (local.get $method) (i32.const 4))
       (then (drop (call $params_read (i32.const 4000) (i32.const 5000)))
             (return (call $answer (call $out_m (call $peer) (i32.load (i32.const 4016)))))))
+    (if (i32.eq (local.get $method) (i32.const 5))
+      (then (drop (call $params_read (i32.const 4000) (i32.const 5000)))
+            (local.set $r (call $peer))
+            (if (i32.load (i32.const 4016))
+              (then (drop (call $out (call $lookup (i32.const 110) (i32.const 5))))
+                    (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
+                    (local.set $r (i32.load (i32.const 3000)))))
+            (i32.store (i32.const 3100) (local.get $r))
+            ;; (v :Int32) and a capability pointer to caps[0] after it
+            (i32.store (i32.const 8192) (i32.const 0))
+            (i32.store (i32.const 8196) (i32.const 3))
+            (i64.store (i32.const 8200) (i64.const 0x0001000100000000))
+            (i64.store (i32.const 8208) (i64.const 5))
+            (i64.store (i32.const 8216) (i64.const 3))
+            (drop (call $results_set (i32.const 8192) (i32.const 32) (i32.const 3100) (i32.const 1)))
+            (return (call $release (local.get $r)))))
     (call $answer (call $out (call $peer))))
 )
