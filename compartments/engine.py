@@ -486,8 +486,7 @@ class Engine:
     def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
         self._span(out_ptr, 8, True)
-        if self._reply_entries:
-            self._drop_unread_reply()
+        self._drop_unread_reply()
         raw = self._read(p_ptr, p_len)
         handles = self._read_handles(c_ptr, c_count)
         entry = self.handles.get(handle)
@@ -578,6 +577,9 @@ class Engine:
         entries, self._reply_entries = self._reply_entries, []
         if self.reply is None:
             return                                  # read: the handles are the guest's
+        # no longer pending either: its handle numbers may name something else soon
+        # (a call that traps after this leaves no reply for a later reply_read)
+        self.reply = None
         for h, entry in entries:
             if entry is not None and self.handles.get(h) is entry:
                 self.handles.remove(h)

@@ -219,3 +219,17 @@ def test_an_answer_keeps_its_capabilities_when_the_guest_releases_their_handles(
     assert (cap.obj is grants["peer"]) == (which == 0) and cap.obj is not grants["other"]
     assert _value(ret) == 5
     assert released, "the guest released its last handle: the reference goes after the answer"
+
+
+def test_a_reply_whose_handles_went_at_the_next_call_is_not_pending_any_more():
+    """A reply left unread loses its handles at the guest's next call.  When that
+    call then trapped (its params out of memory), the old reply stayed pending: a
+    later reply_read copied its handle numbers, released by then and perhaps given
+    to something else since (here the guest's own object), as the reply's
+    capabilities.  It is no longer pending (E_STATE)."""
+    engine, sock, sup, main, grants = _engine()
+
+    def answer(ev):
+        return sup.send_return(ev.answer_id, EMPTY16, [object()])
+    assert "trapped" in _serve(engine, sock, sup, main, 6, answer)
+    assert _serve(engine, sock, sup, main, 7, answer) == abi.E_STATE

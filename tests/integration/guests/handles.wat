@@ -10,6 +10,9 @@
 ;;   method 4: call "peer"'s method N, N the i32 at params byte 16: v = its status
 ;;   method 5: answers a capability, and releases its handle before returning:
 ;;             "peer" (params byte 16 = 0) or the one "other"'s answer brings (1)
+;;   method 6: call "other" and leave its reply unread, then call "peer" with params
+;;             out of memory: it traps
+;;   method 7: make an object, then v = reply_read's status
 (module
   (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
   (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -71,5 +74,12 @@
             (i64.store (i32.const 8216) (i64.const 3))
             (drop (call $results_set (i32.const 8192) (i32.const 32) (i32.const 3100) (i32.const 1)))
             (return (call $release (local.get $r)))))
+    (if (i32.eq (local.get $method) (i32.const 6))
+      (then (drop (call $out (call $lookup (i32.const 110) (i32.const 5))))
+            (return (call $call (call $peer) (i64.const 7) (i32.const 0) (i32.const -16)
+                          (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 200)))))
+    (if (i32.eq (local.get $method) (i32.const 7))
+      (then (drop (call $object (i32.const 9)))
+            (return (call $answer (call $reply_read (i32.const 1000) (i32.const 3000))))))
     (call $answer (call $out (call $peer))))
 )
