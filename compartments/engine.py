@@ -1291,8 +1291,9 @@ class Engine:
                 if e.type == "overloaded":      # out of fuel: the call's budget is spent
                     raise
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
-            except wasi.WasiExit as e:
-                raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
+            except wasi.WasiExit as e:      # as at start (_control)
+                raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
+                    from None
 
     def _out_of_fuel(self) -> "_CallError":
         return _CallError("overloaded", f"compartment {self.name} used up its CPU budget "

@@ -138,3 +138,23 @@ def test_exit_in_a_start_function_is_a_clear_failure_to_instantiate(tmp_path):
         ret = call()
         assert ret.payload is None and ret.error_type == "failed"
         assert ret.error == "burn: cannot instantiate: its start function called exit(4)"
+
+
+def test_exit_in_a_per_call_instance_s_initialize_says_so(tmp_path):
+    """It said '_initialize failed: 4' (the exception's bare code); at start the
+    same is '_initialize called exit(4)'."""
+    module = tmp_path / "init.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $s (drop (call $object (i32.const 7))))
+  (start $s)
+  ;; at start its object is handle 2 (the start function's is 1); in a per_call
+  ;; instance, whose table starts as the first one's was at start, 3: it exits
+  (func (export "_initialize")
+    (if (i32.gt_s (call $object (i32.const 5)) (i32.const 2)) (then (call $exit (i32.const 4)))))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))""")
+    _engine_, call = _engine(str(module), per_call=True)
+    ret = call()
+    assert ret.payload is None and ret.error == "burn: _initialize called exit(4)"
