@@ -127,3 +127,46 @@ def test_interop_a_pipelined_call_on_a_failed_call_fails_with_its_type(external_
         return types
 
     assert _client(path, body) == ["UNIMPLEMENTED", "UNIMPLEMENTED"]
+
+
+def _int_result(ret) -> int:
+    """The Int32 result (`sum`, `value`, `total`) of a calc method's Return."""
+    import struct
+    assert ret.payload is not None, ret.error
+    msg = ret.payload.content.single_segment_copy()
+    data_words = struct.unpack_from("<H", msg, 12)[0]
+    return struct.unpack_from("<i", msg, 16)[0] if data_words else 0
+
+
+def test_interop_params_smaller_than_the_schema_read_as_defaults(external_calc):
+    """Cap'n Proto clients may send a params struct smaller than the method's (an
+    older schema) or none at all: Rust's capnp-rpc sends a null params pointer for
+    a request whose fields it never set (`calc.add_request().send()`), and every
+    field then has its default.  calc read its data fields without looking at the
+    struct's size, so such a call was answered with the previous call's params
+    (another client's): add() after add(20, 22) returned 42."""
+    from capnp_schemas import protocol as P
+    from tests.wireclient import WireClient, struct_content
+    _run, path = external_calc
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    CALC = 0xC0FFEE0000000001
+    no_data = struct_content([])                          # a struct of no words
+    pointer_only = struct_content([], [0])                # a null pointer, no data
+    assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([20 | 22 << 32])))) == 42
+    for smaller in (P.EMPTY, no_data, pointer_only):
+        assert _int_result(c.returned(c.call(calc, CALC, 0, smaller))) == 0
+    # Counter.inc(by) with no `by`: adds nothing
+    counter_ret = c.returned(c.call(calc, CALC, 1))
+    counter = counter_ret.payload.caps[0].import_id
+    assert _int_result(c.returned(c.call(counter, CALC + 1, 0, struct_content([5])))) == 5
+    for smaller in (P.EMPTY, no_data, pointer_only):
+        assert _int_result(c.returned(c.call(counter, CALC + 1, 0, smaller))) == 5
+    # sumTo(n, observer) without its pointer section: no observer, whatever the last
+    # call left in calc's buffer and whatever capabilities come beside the params
+    mine = object()
+    for smaller in (P.EMPTY, struct_content([3])):
+        ret = c.returned(c.call(calc, CALC, 2, smaller, [mine]))
+        assert ret.payload is None and "dispatch returned 4" in ret.error
+    assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32])))) == 3
+    c.close()
