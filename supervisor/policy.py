@@ -34,6 +34,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 #: compartment of that name wrote its lines into the supervisor's log, every event
 #: about it twice, and `wsuper logs` showed every event two to four times
 RESERVED_NAMES = frozenset({"supervisor"})
+#: What the audit ("caller"), the supervisor's events, call probes and traces call
+#: every client of the external socket: no compartment may be called so too.
+CLIENT_NAME = "external"
 
 SYSTEM_KEYS = {"socket", "schemas", "audit", "audit_max_size", "audit_keep",
                "external_limits", "max_connections", "message_timeout", "logs",
@@ -315,6 +318,11 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         if name in RESERVED_NAMES:
             raise where.error(key, f"compartment name {name!r} is reserved: its log file "
                               f"would be the supervisor's own ({name}.log)")
+        if name == CLIENT_NAME:
+            raise where.error(key, f"compartment name {name!r} is reserved: the audit, the "
+                              f"supervisor's events, probes and traces name every client "
+                              f"of the external socket so, and could not tell this "
+                              f"compartment from them")
         _table(where, key, body)
         _only(where, key, body, COMPARTMENT_KEYS)
         if "module" not in body:

@@ -177,6 +177,25 @@ def test_no_compartment_takes_the_name_of_the_supervisors_own_log():
                  '[compartments.Supervisor]\nmodule = "a.wat"\n', "/s/system.toml")
 
 
+def test_no_compartment_takes_the_name_every_external_client_goes_by():
+    """Every client of the external socket is `external` in the audit ("caller"),
+    in the supervisor's events ("compartment external did not answer ...") and to
+    call probes and traces: a compartment named `external` (a plausible name for
+    an adapter) made its calls and a client's the same records."""
+    import inspect
+
+    from supervisor.router import Router
+    assert inspect.signature(Router.add_external).parameters["label"].default \
+        == policy.CLIENT_NAME == "external"
+    for where in ('[compartments.external]\nmodule = "a.wat"\n',
+                  '[compartments]\nexternal = { module = "a.wat" }\n'):
+        with pytest.raises(policy.PolicyError, match="compartments.external: compartment name "
+                           "'external' is reserved: the audit"):
+            policy.parse(where, "/s/system.toml")
+    policy.parse('[compartments.external2]\nmodule = "a.wat"\n'
+                 '[compartments.External]\nmodule = "a.wat"\n', "/s/system.toml")
+
+
 @pytest.mark.parametrize("value, reason", [
     ('"1TiB"', "must be a size in bytes"), ("1", "must be a whole number from 65,536"),
     ("nan", "must be a whole number from 65,536"), ("true", "must be a whole number")])
