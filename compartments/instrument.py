@@ -512,8 +512,10 @@ class _Rewriter:
         out += ["    global.get " + p + "on", "    if",
                 f"      i32.const {self.divert + ordinal}", f"      i32.load8_u {p}mem",
                 "      if"]
+        # a tail call: a probed tail-recursive function still runs in constant stack
+        # (`call` then `return` kept this frame: a loop of return_calls overflowed)
         out += [f"        local.get {k}" for k in range(_param_count(header))]
-        out += [f"        call {clone}", "        return", "      end", "    end"]
+        out += [f"        return_call {clone}", "      end", "    end"]
         out += code
         out.append("  )")
         # the clone: every site compiled in, each behind its own flag byte

@@ -175,3 +175,46 @@ def test_hostile_or_unknown_input_is_refused_with_a_reason():
     out, sites = instrument.rewrite(wat.encode(), ["functions"])
     wasmtime.Module(ENGINE, out)
     assert "wsuper~0.hit" in instrument.function_names(out).values()
+
+
+# Tail calls by every route (direct, through a table, between two functions),
+# deep enough that a frame per call overflows wasmtime's stack.
+TAIL = """(module
+  (type $t (func (param i32) (result i32)))
+  (table 2 funcref)
+  (elem (i32.const 0) func $down $even)
+  (memory 1)
+  (func $down (export "down") (param i32) (result i32)
+    (i32.store (i32.const 8) (local.get 0))
+    (if (result i32) (i32.eqz (local.get 0)) (then (i32.const 42))
+      (else (return_call $down (i32.sub (local.get 0) (i32.const 1))))))
+  (func $indirect (export "indirect") (param i32) (result i32)
+    (if (result i32) (i32.eqz (local.get 0)) (then (i32.const 43))
+      (else (return_call_indirect (type $t) (i32.sub (local.get 0) (i32.const 1))
+                                  (i32.const 1)))))
+  (func $even (export "even") (param i32) (result i32)
+    (if (result i32) (i32.eqz (local.get 0)) (then (i32.const 1))
+      (else (return_call $odd (i32.sub (local.get 0) (i32.const 1))))))
+  (func $odd (param i32) (result i32)
+    (if (result i32) (i32.eqz (local.get 0)) (then (i32.const 0))
+      (else (return_call $even (i32.sub (local.get 0) (i32.const 1))))))
+  (elem (table 0) (i32.const 1) func $indirect))
+"""
+
+
+@pytest.mark.parametrize("points", [("functions",), ("blocks",), ("stores",), instrument.POINTS])
+def test_tail_calls_keep_constant_stack_with_sites_on(points):
+    """A probed function that tail-calls runs in constant stack as it did: its
+    divert into the clone is a tail call too (it was `call` then `return`, and a
+    loop of return_calls overflowed the stack as soon as a probe was on)."""
+    out, sites = instrument.rewrite(TAIL.encode(), points)
+    deep = 300_000                            # a frame each overflows 512 KiB
+    store0, ex0, _ = _run(wasmtime.wat2wasm(TAIL))
+    expected = {name: ex0[name](store0, deep) for name in ("down", "indirect", "even")}
+    store, ex, hits = _run(out, hooks=True, flags=bytes([COUNT]) * len(sites), sites=sites)
+    for name, value in expected.items():
+        assert ex[name](store, deep) == value, (points, name)
+    if "functions" in points:
+        fn = {sites.functions[s]: c for s, c in enumerate(_counters(store, ex, sites))
+              if sites.kinds[s] == 0}
+        assert fn[0] == deep + 1              # every activation of $down counted
