@@ -406,7 +406,17 @@ class _Rewriter:
 
     def run(self) -> tuple[str, Sites]:
         lines, p = self.lines, self.p
-        imported = sum(1 for l in lines if l.startswith("  (import ") and "func" in _tokens(l))
+        imports = [_tokens(l) for l in lines if l.startswith("  (import ")]
+        for toks in imports:        # ( import "module" "name" ( kind ...
+            if len(toks) < 6:
+                raise InstrumentError("unexpected text from wasm-tools (an import)")
+            if toks[2] == f'"{PROBE_MODULE}"':
+                # its own calls would reach the engine's hooks: forged probe events
+                raise InstrumentError(f"the module imports {toks[2][1:-1]}.{toks[3][1:-1]}: "
+                                      f"{PROBE_MODULE} is the probes' own import module, "
+                                      f"which a module may not import itself")
+        # function imports only: a global, table or tag of type (ref func) is no function
+        imported = sum(1 for toks in imports if toks[5] == "func")
         last_import = max((i for i, l in enumerate(lines) if l.startswith("  (import ")),
                           default=None)
         for l in lines:

@@ -218,3 +218,41 @@ def test_tail_calls_keep_constant_stack_with_sites_on(points):
         fn = {sites.functions[s]: c for s, c in enumerate(_counters(store, ex, sites))
               if sites.kinds[s] == 0}
         assert fn[0] == deep + 1              # every activation of $down counted
+
+
+@pytest.mark.parametrize("name", ["hit", "store", "other"])
+def test_a_module_importing_the_probe_hooks_itself_is_refused(name):
+    """The probe hooks are the engine's: a module that imported them itself had
+    its own calls linked to them once instrumented (only then: uninstrumented,
+    the import is refused), and reported entries, exits and stores that never
+    happened, with every probe off."""
+    wat = (f'(module (import "{instrument.PROBE_MODULE}" "{name}" (func (param i32 i32))) '
+           f'(func (export "f") (call 0 (i32.const 0) (i32.const 0))))')
+    with pytest.raises(InstrumentError, match=f"imports {instrument.PROBE_MODULE}.{name}"):
+        instrument.rewrite(wat.encode(), instrument.POINTS)
+
+
+# Imports of a global and a tag whose types name `func`, and calls by number: only
+# function imports move the module's own functions (both counted as functions, and
+# the call of function 1, the store, was left pointing at the `hit` hook, of its type).
+REF_IMPORTS = """(module
+  (import "env" "g" (global (ref func)))
+  (import "env" "e" (tag (param (ref func))))
+  (import "env" "ext" (func (param i32) (result i32)))
+  (memory 1)
+  (func (param i32 i32) (i32.store (local.get 0) (local.get 1)))
+  (func (export "f") (param i32) (result i32)
+    (call 1 (i32.const 0) (call 0 (local.get 0)))
+    (i32.load (i32.const 0)))
+  (elem declare func 2))
+"""
+
+
+def test_only_function_imports_shift_the_function_indices():
+    out, sites = instrument.rewrite(REF_IMPORTS.encode(), instrument.POINTS)
+    wasmtime.Module(ENGINE, out)
+    assert sites.imported == 1 and set(sites.functions) == {1, 2}
+    calls = [line.split()[1] for line in instrument._tool(["print", "-"], out).decode()
+             .splitlines() if line.split()[:1] == ["call"]]
+    # ext stays 0; the store moves past the two hooks (1, 2) to 3, in f and its clone
+    assert calls.count("0") == 2 and calls.count("3") == 2 and "1" not in calls
