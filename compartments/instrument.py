@@ -419,9 +419,12 @@ class _Rewriter:
         imported = sum(1 for toks in imports if toks[5] == "func")
         last_import = max((i for i, l in enumerate(lines) if l.startswith("  (import ")),
                           default=None)
-        for l in lines:
-            if l.startswith("  (memory ") and " i64 " in f" {' '.join(_tokens(l))} ":
-                self.addr = "i64"
+        for l in lines:             # memory 0 (the stores probed): imported ones come first
+            toks = _tokens(l)
+            if l.startswith("  (memory ") or (l.startswith("  (import ") and toks[5:6] ==
+                                               ["memory"]):
+                if "i64" in toks:
+                    self.addr = "i64"
                 break
         out: list[str] = []
         if last_import is None:     # before the first definition

@@ -256,3 +256,43 @@ def test_only_function_imports_shift_the_function_indices():
              .splitlines() if line.split()[:1] == ["call"]]
     # ext stays 0; the store moves past the two hooks (1, 2) to 3, in f and its clone
     assert calls.count("0") == 2 and calls.count("3") == 2 and "1" not in calls
+
+
+@pytest.mark.parametrize("memories,address", [
+    ("(memory 1) (memory i64 1)", "i32"),
+    ("(memory i64 1) (memory 1)", "i64"),
+    ('(import "env" "mem" (memory i64 1)) (memory 1)', "i64"),
+    ('(import "env" "mem" (memory 1)) (memory i64 1)', "i32"),
+])
+def test_stores_are_probed_with_memory_0s_address_type(memories, address):
+    """The stores probed are memory 0's: its address type is the one the rewriter
+    keeps, whatever another memory's is (a 64-bit memory 1 made every function
+    with a store fail to validate: the module could not be instrumented)."""
+    other = "i64" if address == "i32" else "i32"
+    wat = f"""(module {memories}
+      (func (export "f") (result i32)
+        (i32.store offset=16 ({address}.const 4) (i32.const 7))
+        (i64.store 1 ({other}.const 8) (i64.const 1))
+        (i32.load ({address}.const 20))))"""
+    out, sites = instrument.rewrite(wat.encode(), ["stores"])
+    results = []
+    for module, flags in ((wasmtime.wat2wasm(wat), None), (out, bytes([EVENTS]) * len(sites))):
+        store = wasmtime.Store(ENGINE)
+        store.set_fuel(1 << 20)
+        linker = wasmtime.Linker(ENGINE)
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define(store, "env", "mem", wasmtime.Memory(store, wasmtime.MemoryType(
+            wasmtime.Limits(1, None), is_64=address == "i64")))
+        linker.define_func(instrument.PROBE_MODULE, "hit", wasmtime.FuncType([i32, i32], []),
+                           lambda s, w: None)
+        linker.define_func(instrument.PROBE_MODULE, "store",
+                           wasmtime.FuncType([i32, i64, i32], []),
+                           lambda s, a, n: results.append(("store", a, n)))
+        ex = linker.instantiate(store, wasmtime.Module(ENGINE, module)).exports(store)
+        if flags is not None:
+            from compartments.probing import EngineProbes
+            probes = EngineProbes(sites)
+            probes.attach(ex, store)
+            probes.set(flags, False)
+        results.append(ex["f"](store))
+    assert results == [7, ("store", 20, 4), 7]
