@@ -16,12 +16,15 @@ How a rewritten module works (docs/instrumentation.md has the why):
   so it can stand between any two instructions, and one load and one branch
   while every site is off.  `$hit` (added to the module) reads the site's flag:
   bit 1 counts (in wasm, no host call); bit 2 calls the imported hook
-  `wsuper_probe.hit(site, what)` (what: 0 entry or block, 1 exit), or
+  `wsuper_probe.hit(site, what)` (what: 0 entry or block, 1 exit, 2 exit by an
+  exception that leaves the function), or
   `wsuper_probe.store(site, address, size)` for a store.
 * Function exit: the body is wrapped in a block of the function's result
   type, so every way out (falling off the end, a branch to the function's
   label) passes the exit site after it; `return` and tail calls get the exit
-  site just before them.
+  site just before them.  In a module that throws, the clone's body is also in a
+  `try_table` that catches any exception, passes the exit site (what 2) and
+  throws it on (`throw_ref`).
 * Only the module's own function indices move (two imports are added): every
   numeric reference to a defined function is renumbered; names are kept.
 
@@ -379,6 +382,7 @@ class _Rewriter:
         self.clones: list[str] = []
         self.divert = 0                    # a divert byte per defined function, from here
         self.flags_at = sum(1 for l in self.lines if l.startswith("  (func "))
+        self.throws = re.search(r"^\s+(throw|throw_ref|rethrow)\b", wat, re.M) is not None
 
     def site(self, kind: str, function: int) -> int:
         if len(self.kinds) >= MAX_SITES:
@@ -548,7 +552,14 @@ class _Rewriter:
             c.extend(self.check(fsite, 0, "    "))
         if "blocks" in self.points:
             c.extend(self.check(self.site("block", index), 0, "    "))
-        c.append(f"    block{_results(header)}")
+        results = _results(header)
+        # an exception leaving the activation passes its exit site too, marked unwound
+        # (what 2), and goes on: without it, an entry had no exit until the guest call
+        # ended, after the exits of its callers (only modules that throw pay for it)
+        catch = fsite is not None and self.throws
+        if catch:
+            c += ["    block (result exnref)", f"    try_table{results} (catch_all_ref 0)"]
+        c.append(f"    block{results}")
         for line in code:
             toks = _tokens(line.strip())
             op = toks[0] if toks else ""
@@ -565,6 +576,10 @@ class _Rewriter:
         c.append("    end")
         if fsite is not None:
             c.extend(self.check(fsite, 1, "    "))
+        if catch:
+            c += ["    end", "    return", "    end"]
+            c.extend(self.check(fsite, 2, "    "))
+            c.append("    throw_ref")
         c.append("  )")
         return after
 

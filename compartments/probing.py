@@ -72,7 +72,7 @@ class EngineProbes:
                 self._open[site] -= 1
                 if self._stack and self._stack[-1] == site:
                     self._stack.pop()
-                self._record(EXIT, site, 0, 0)
+                self._record(EXIT, site, 0, 1 if what == 2 else 0)   # 2: an exception
         else:
             self._record(BLOCK, site, 0, 0)
 

@@ -296,3 +296,60 @@ def test_stores_are_probed_with_memory_0s_address_type(memories, address):
             probes.set(flags, False)
         results.append(ex["f"](store))
     assert results == [7, ("store", 20, 4), 7]
+
+
+# An exception thrown two functions down and caught above them, by `throw` and by
+# `throw_ref` (rethrown from a catch), many times in one guest call.
+THROWS = """(module
+  (tag $e (param i32))
+  (func $thrower (param i32) (if (local.get 0) (then (throw $e (local.get 0)))))
+  (func $middle (param i32) (call $thrower (local.get 0)))
+  (func $rethrower (param i32)
+    (block $h (result exnref)
+      (try_table (catch_all_ref $h) (call $middle (local.get 0)))
+      (return))
+    (throw_ref))
+  (func $catcher (export "catch") (param i32) (result i32)
+    (block $h (result i32) (try_table (catch $e $h) (call $rethrower (local.get 0)))
+      (i32.const -1)))
+  (func (export "many") (param i32) (result i32) (local i32)
+    (loop $l
+      (local.set 1 (i32.add (local.get 1) (call $catcher (local.get 0))))
+      (br_if $l (local.tee 0 (i32.sub (local.get 0) (i32.const 1)))))
+    (local.get 1)))
+"""
+
+
+def test_an_exception_reports_the_exits_of_the_activations_it_leaves():
+    """Every activation an exception leaves reports its exit there, innermost first,
+    marked unwound (what 2), and the exception goes on as it did: an entry no
+    longer waits for the end of the guest call for its exit (after its callers'
+    exits), and the engine's stack of open entries no longer grows per throw."""
+    out, sites = instrument.rewrite(THROWS.encode(), instrument.POINTS)
+    store0, ex0, _ = _run(wasmtime.wat2wasm(THROWS))
+    expected = [ex0["catch"](store0, 0), ex0["catch"](store0, 7), ex0["many"](store0, 50)]
+    fn = {sites.functions[s]: s for s in range(len(sites)) if sites.kinds[s] == 0}
+    for flag in (COUNT, EVENTS, COUNT | EVENTS):
+        store, ex, hits = _run(out, hooks=True, flags=bytes([flag]) * len(sites), sites=sites)
+        from compartments.probing import EngineProbes
+        probes = EngineProbes(sites)      # the engine's bookkeeping of the same hits
+        probes.set(bytes([flag]) * len(sites), False)
+        got = []
+        for name, arg in (("catch", 0), ("catch", 7), ("many", 50)):
+            hits.clear()
+            probes.collect()
+            got.append(ex[name](store, arg))
+            for h in hits:
+                if h[0] == "hit":
+                    probes.hit(h[1], h[2])
+            assert probes.depth() == 0, (flag, name)    # every entry has its exit
+            if flag & EVENTS and (name, arg) == ("catch", 7):
+                assert [(h[1], h[2]) for h in hits if h[0] == "hit" and
+                        sites.kinds[h[1]] == 0] == [
+                    (fn[3], 0), (fn[2], 0), (fn[1], 0), (fn[0], 0),
+                    (fn[0], 2), (fn[1], 2), (fn[2], 2), (fn[3], 1)]
+                from compartments.probing import EVENT, EXIT
+                exits = [(site, b) for kind, site, _t, _a, b in
+                         EVENT.iter_unpack(probes.collect()[1]) if kind == EXIT]
+                assert exits == [(fn[0], 1), (fn[1], 1), (fn[2], 1), (fn[3], 0)]
+        assert got == expected, flag
