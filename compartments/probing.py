@@ -142,6 +142,8 @@ class EngineProbes:
                 if v:
                     self.totals[i] += v
         self.memory, self._store, self._on = previous
+        if self.memory is not None and self.flags:   # set meanwhile: written in the inner one
+            self._write_flags()
 
     def _span(self, memory, store):
         ptr = memory.data_ptr(store)

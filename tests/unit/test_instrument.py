@@ -353,3 +353,33 @@ def test_an_exception_reports_the_exits_of_the_activations_it_leaves():
                          EVENT.iter_unpack(probes.collect()[1]) if kind == EXIT]
                 assert exits == [(fn[0], 1), (fn[1], 1), (fn[2], 1), (fn[3], 0)]
         assert got == expected, flag
+
+
+def test_flags_set_while_an_inner_instance_runs_reach_the_outer_one_after_it(rewritten):
+    """instance = "per_call": a call that comes while another waits gets an instance
+    of its own, attached over the waiting one.  A probe turned on or off meanwhile
+    is written into the inner instance only; when it ends, the outer one gets the
+    flags too (it kept the old ones: counted nothing of a probe added meanwhile, and
+    kept calling the hooks of one removed)."""
+    from compartments.probing import EngineProbes
+    out, sites = rewritten
+    fib = next(s for s in range(len(sites)) if sites.kinds[s] == 0 and sites.functions[s] == 1)
+    on = bytearray(len(sites))
+    on[fib] = COUNT | EVENTS
+    probes = EngineProbes(sites)
+    outer_store, outer, outer_hits = _run(out, hooks=True)
+    probes.attach(outer, outer_store)
+    probes.set(bytes(len(sites)), False)
+    inner_store, inner, _ = _run(out, hooks=True)
+    previous = probes.attach(inner, inner_store)
+    probes.set(bytes(on), False)                  # on, while the inner instance runs
+    probes.detach(previous)
+    outer["fib"](outer_store, 5)
+    assert _counters(outer_store, outer, sites)[fib] == 15
+    assert outer_hits
+    previous = probes.attach(inner, inner_store)
+    probes.set(bytes(len(sites)), False)          # off, while the inner instance runs
+    probes.detach(previous)
+    outer_hits.clear()
+    outer["fib"](outer_store, 5)
+    assert _counters(outer_store, outer, sites)[fib] == 15 and outer_hits == []
