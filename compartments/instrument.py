@@ -62,6 +62,10 @@ COUNT, EVENTS = 1, 2
 MAX_MODULE_BYTES = 8 << 20
 MAX_SITES = 1 << 20
 TOOL_SECONDS = 60
+#: wasm-tools may print this many bytes of text per byte of module (and 1 MiB):
+#: real modules print 3-8; one of a few bytes can ask for gigabytes (50,000 locals
+#: printed one by one, per function), held in the compiler child and edited.
+TEXT_PER_BYTE = 32
 TOOL_MEMORY = 4 << 30
 
 KINDS = ("function", "block", "store")     # Sites.kinds values index this
@@ -231,22 +235,65 @@ def _landlock_read_only(paths, abi: int):
         os.close(fd)
 
 
-def _tool(args: list, data: bytes) -> bytes:
+def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
+    """What wasm-tools `args` prints for `data`: at most `limit` bytes (default:
+    TEXT_PER_BYTE times the input and 1 MiB), read as it comes; a tool that
+    prints more is killed and the module refused.  Raises InstrumentError."""
+    import selectors
+    import time
     binary = wasm_tools()
-    try:
-        r = subprocess.run([binary, *args], input=data, capture_output=True,
-                           timeout=TOOL_SECONDS, preexec_fn=_confine_tool(binary), env={},
-                           close_fds=True)
-    except subprocess.TimeoutExpired:
-        raise InstrumentError(f"wasm-tools {args[0]} took longer than {TOOL_SECONDS} s",
-                              transient=True) from None
+    if limit is None:
+        limit = TEXT_PER_BYTE * len(data) + (1 << 20)
+    try:        # the input from a memory file: nothing to write while we read
+        source = os.memfd_create("wsuper-tool-input", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(source, view):]
+            os.lseek(source, 0, os.SEEK_SET)
+            proc = subprocess.Popen([binary, *args], stdin=source, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, preexec_fn=_confine_tool(binary),
+                                    env={}, close_fds=True)
+        finally:
+            os.close(source)
     except OSError as e:
         raise InstrumentError(f"cannot run wasm-tools: {e}", transient=True) from None
-    if r.returncode != 0:
-        text = r.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise InstrumentError(f"wasm-tools {args[0]}: {text[0] if text else r.returncode}"
-                              [:500], transient=r.returncode < 0 or not text)
-    return r.stdout
+    out, err, too_much = [], [], False
+    size = 0
+    deadline = time.monotonic() + TOOL_SECONDS
+    with proc, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map() and not too_much:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise InstrumentError(f"wasm-tools {args[0]} took longer than "
+                                      f"{TOOL_SECONDS} s", transient=True)
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 20)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.data is out:
+                    size += len(chunk)
+                    if size > limit:
+                        too_much = True
+                        break
+                    out.append(chunk)
+                elif sum(map(len, err)) < 1 << 16:
+                    err.append(chunk)
+        if too_much:
+            proc.kill()
+            proc.wait()
+            # a module of a few bytes can print as gigabytes (50,000 locals a function)
+            raise InstrumentError(f"wasm-tools {args[0]} printed more than {limit} bytes for "
+                                  f"a module of {len(data)}: too large to instrument")
+        returncode = proc.wait()
+    if returncode != 0:
+        text = b"".join(err).decode("utf-8", "replace").strip().splitlines()
+        raise InstrumentError(f"wasm-tools {args[0]}: {text[0] if text else returncode}"
+                              [:500], transient=returncode < 0 or not text)
+    return b"".join(out)
 
 
 # ------------------------------------------------------------------ the rewriting

@@ -407,3 +407,36 @@ def test_the_probes_prefix_is_found_in_one_pass_over_the_text():
     out, sites = instrument.rewrite(wasmtime.wat2wasm(wat), ["functions"])
     wasmtime.Module(ENGINE, out)
     assert len(sites) == n + 2
+
+
+def _many_locals(functions: int, count: int) -> bytes:
+    """A module of `functions` functions with `count` i32 locals each: a few bytes,
+    which wasm-tools prints as `(local i32 i32 ...)`, four bytes a local."""
+    def uleb(n):
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+    body = b"\x01" + uleb(count) + b"\x7f\x0b"
+    funcs = uleb(functions) + b"\x00" * functions
+    code = uleb(functions) + (uleb(len(body)) + body) * functions
+    return (b"\0asm\1\0\0\0" + b"\x01\x04\x01\x60\x00\x00" + b"\x03" + uleb(len(funcs)) +
+            funcs + b"\x0a" + uleb(len(code)) + code)
+
+
+def test_a_module_that_prints_as_far_more_text_than_its_size_is_refused():
+    """Ten functions of 50,000 locals are 100 bytes, and 2 MB of text; 10,000 such
+    functions (100 KB) were 2 GB, read whole into the compiler child (which has no
+    memory limit) and edited there, while no other compartment could start.  The
+    text is read as it comes and bounded by the module's size."""
+    small = _many_locals(10, 50_000)
+    wasmtime.Module.validate(ENGINE, small)
+    with pytest.raises(InstrumentError, match="printed more than .* for a module of 100") as e:
+        instrument.rewrite(small, ["functions"])
+    assert not e.value.transient          # the module is at fault: not tried again
+    fine = _many_locals(10, 500)          # a lot of locals, but text of its own size
+    out, sites = instrument.rewrite(fine, ["functions"])
+    wasmtime.Module(ENGINE, out)
+    assert len(sites) == 10
