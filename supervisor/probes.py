@@ -151,8 +151,9 @@ class Probe:
             hits = {site: self.counters.get(site, 0) - base.get(site, 0)
                     for site in self.sites}
             by_function: dict = {}
+            label = _labels(sites)
             for site, n in hits.items():
-                f = sites.name(sites.functions[site])
+                f = label(sites.functions[site])
                 total, covered, count = by_function.get(f, (0, 0, 0))
                 by_function[f] = (total + 1, covered + (n > 0), count + max(n, 0))
             out["sites"] = len(self.sites)
@@ -170,6 +171,21 @@ class Probe:
             out["sizes"] = dict(sorted(self.sizes.items()))
             out["range"] = [self.lowest, self.highest] if self.lowest is not None else None
         return out
+
+
+def _labels(sites: Sites):
+    """function index -> its row in `probe list`: its name, or with its index when
+    the name does not tell it apart (two static functions of one name; a name such
+    as '#7' that is another function's index).  Rows are keyed by these: by name,
+    functions of one name were added up in one row, and '#7' was two functions."""
+    shared = collections.Counter(sites.name(f) for f in set(sites.functions))
+
+    def label(f: int) -> str:
+        name = sites.name(f)
+        if name != f"#{f}" and (shared[name] > 1 or name.startswith("#")):
+            return f"{name} (#{f})"
+        return name
+    return label
 
 
 class Subscriber:

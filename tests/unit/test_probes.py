@@ -363,3 +363,24 @@ def test_a_list_while_another_collect_is_under_way_waits_and_collects_again():
     (probe,) = trio.run(main)
     assert asked == ["collect"] * 3        # ... then asks for itself
     assert probe["count"] == 5
+
+
+def test_probe_list_keeps_apart_functions_whose_names_do_not_tell_them_apart():
+    """`probe list` had a row per function *name*: two static functions of one name
+    (C's `compare` in two files) were added up in one row, and a module could name
+    a function '#6' to have its hits shown, and added up, as those of function 6.
+    A name that does not tell its function apart gets the index with it."""
+    sites = Sites(points=("functions",), kinds=(0, 0, 0, 0, 0),
+                  functions=(3, 4, 5, 6, 7), names={3: "dup", 4: "dup", 5: "#6", 7: "#7"},
+                  counters=8, imported=3)
+    r = P.Registry(lambda: 0, {"c": ("functions",)})
+    r.sites["c"] = sites
+    r.add(P.spec("c", "f", "functions"), sites)
+    r.counters("c", b"".join(n.to_bytes(8, "little") for n in (0, 0, 0, 0, 0)), r.pushed("c"))
+    r.counters("c", b"".join(n.to_bytes(8, "little") for n in (1, 2, 3, 4, 5)), r.pushes["c"])
+    rows = r.list("c")[0]["functions_hit"]
+    assert {f: v["count"] for f, v in rows.items()} == {
+        "dup (#3)": 1, "dup (#4)": 2, "#6 (#5)": 3, "#6": 4, "#7": 5}
+    assert all(v["sites"] == 1 for v in rows.values())
+    listed = trace.text(r.list("c"))
+    assert "dup (#4)" in listed and "#6 (#5)" in listed
