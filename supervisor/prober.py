@@ -436,19 +436,34 @@ class Prober:
         self._answer_read(call, sub, n)
 
     def _answer_read(self, call, sub, n):
+        """Up to `n` of `sub`'s events, as many as fit in one message to the reader:
+        the rest stay queued for its next read, and an event that cannot be sent
+        at all (larger than a message, or a value the schema cannot hold) is
+        dropped and counted.  (The events taken were refused whole with E2BIG:
+        lost uncounted, and one event larger than a message refused every read
+        after it.)"""
         events, dropped = sub.take(n)
         method = PROBE.methods[0]
-        try:
-            content, _ = payloads.build(method.results, {
-                "events": [_event_struct(e) for e in events], "dropped": dropped})
-        except Exception as e:  # noqa: BLE001 - a value that does not fit the schema
-            self.sup._host_done(call.token, hostcaps.Refusal(f"EINVAL: {e}"))
-            return
-        if content.size() > call.max_bytes:
-            self.sup._host_done(call.token, hostcaps.Refusal(
-                "E2BIG: the events do not fit in one message to this compartment: read fewer"))
-            return
-        self.sup._host_done(call.token, hostcaps.Answer(content))
+        while True:
+            try:
+                content, _ = payloads.build(method.results, {
+                    "events": [_event_struct(e) for e in events], "dropped": dropped})
+            except Exception:  # noqa: BLE001 - a value that does not fit the schema
+                content = None
+            if content is not None and content.size() <= call.max_bytes:
+                self.sup._host_done(call.token, hostcaps.Answer(content))
+                return
+            if len(events) > 1:         # the second half waits for the next read
+                half = len(events) // 2
+                sub.queue.extendleft(reversed(events[half:]))
+                events = events[:half]
+            elif events:
+                events, dropped = [], dropped + 1
+            else:                       # not even an empty answer fits
+                sub.dropped += dropped
+                self.sup._host_done(call.token, hostcaps.Refusal(
+                    "E2BIG: no answer fits in one message to this compartment"))
+                return
 
 
 def _event_struct(e: dict) -> dict:

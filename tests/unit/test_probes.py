@@ -384,3 +384,56 @@ def test_probe_list_keeps_apart_functions_whose_names_do_not_tell_them_apart():
     assert all(v["sites"] == 1 for v in rows.values())
     listed = trace.text(r.list("c"))
     assert "dup (#4)" in listed and "#6 (#5)" in listed
+
+
+def test_a_probe_read_answers_what_fits_and_loses_no_event_uncounted():
+    """An analysis compartment's read took up to `max` events and, if they did not
+    fit in one message to it, refused them all (E2BIG): those events were gone and
+    not counted (a compartment with message_size = "64 KiB" reading 1024 call
+    events of a few hundred bytes each), and an event larger than a message made
+    every read after it fail.  Now a read
+    answers as many as fit, leaves the rest queued, and drops and counts only an
+    event that cannot be sent at all."""
+    from capnp_schemas import payloads
+    from supervisor import hostcaps
+    from supervisor.prober import PROBE, Prober
+
+    answers = []
+
+    class Sup:
+        def _host_done(self, token, result):
+            answers.append(result)
+
+    class Call:
+        token = 1
+        max_bytes = 4096
+
+    prober = object.__new__(Prober)
+    prober.sup = Sup()
+
+    def read(sub, n):
+        answers.clear()
+        prober._answer_read(Call(), sub, n)
+        assert isinstance(answers[0], hostcaps.Answer), answers[0]
+        got = payloads.read(PROBE.methods[0].results, answers[0].content, 1 << 20)
+        return [e["name"] for e in got["events"]], got["dropped"]
+
+    sub = P.Subscriber(["c"])
+    names = [f"f{i}" for i in range(40)]
+    for i, name in enumerate(names):
+        sub.put({"kind": "enter", "compartment": "c", "name": name, "ts_ns": i})
+        if i == 20:
+            sub.put({"kind": "enter", "compartment": "c", "name": "x" * 10_000, "ts_ns": i})
+    seen, dropped = [], 0
+    for _ in range(40):
+        got, d = read(sub, 1024)
+        seen += got
+        dropped += d
+        if not sub.queue:
+            break
+    assert seen == names and dropped == 1 and not sub.queue
+    Call.max_bytes = 8                  # not even an empty answer fits: said, nothing lost
+    sub.put({"kind": "enter", "compartment": "c", "name": "f", "ts_ns": 1})
+    prober._answer_read(Call(), sub, 10)
+    assert isinstance(answers[-1], hostcaps.Refusal) and "E2BIG" in answers[-1].reason
+    assert len(sub.queue) == 0 and sub.dropped == 1
