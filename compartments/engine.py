@@ -304,6 +304,16 @@ class Engine:
                 raise EngineError(f"module {path} {problem}")
         self.probes = probing.EngineProbes(
             probing.Sites.from_json(description.sites) if description.sites else None)
+        sites = self.probes.sites
+        if sites is not None and sites.memory_bytes() > self.limits.memory:
+            # limits.memory bounds each memory of the store, the probe memory too:
+            # wasmtime's refusal named neither ("memory minimum size of 6 pages
+            # exceeds memory limits", for a guest of one page)
+            raise EngineError(
+                f"module {path}: its {len(sites)} probe sites (instrument = "
+                f"{list(sites.points)}) need {sites.memory_bytes()} bytes of probe memory, "
+                f"more than limits.memory ({self.limits.memory} bytes), which bounds each "
+                f"of its memories: raise limits.memory or instrument fewer points")
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()

@@ -114,6 +114,10 @@ class Sites:
                    tuple(obj["functions"]), {int(k): v for k, v in obj["names"].items()},
                    obj["counters"], obj.get("imported", 0), obj.get("flags_at", 0))
 
+    def memory_bytes(self) -> int:
+        """Bytes of the probe memory of the rewritten module (whole wasm pages)."""
+        return _probe_pages(self.counters, len(self.kinds)) * 65536
+
     def name(self, function: int) -> str:
         return self.names.get(function) or f"#{function}"
 
@@ -368,6 +372,11 @@ def _counters(flags_at: int, sites: int) -> int:
     return (flags_at + max(sites, 1) + 7) & ~7
 
 
+def _probe_pages(counters: int, sites: int) -> int:
+    """Wasm pages of the probe memory: flags, then a counter per site."""
+    return max(1, -(-(counters + 8 * sites) // 65536))
+
+
 def _param_count(header: str) -> int:
     """How many parameters a function header declares ((param $x t) or (param t t ...))."""
     toks = _tokens(header)
@@ -517,7 +526,7 @@ class _Rewriter:
         p = self.p
         n = len(self.kinds)
         counters = _counters(self.flags_at, n)
-        pages = max(1, -(-(counters + 8 * n) // 65536))
+        pages = _probe_pages(counters, n)
         a = self.addr
         f = self.flags_at
         return self.clones + [

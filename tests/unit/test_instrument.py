@@ -440,3 +440,31 @@ def test_a_module_that_prints_as_far_more_text_than_its_size_is_refused():
     out, sites = instrument.rewrite(fine, ["functions"])
     wasmtime.Module(ENGINE, out)
     assert len(sites) == 10
+
+
+def test_probe_memory_over_the_memory_limit_is_refused_naming_it(tmp_path):
+    """limits.memory bounds every memory of a compartment's store, the probe memory
+    too: a module of one page whose probe sites needed six failed to start with
+    wasmtime's "memory minimum size of 6 pages exceeds memory limits"."""
+    import socket
+
+    from compartments.engine import Engine, EngineError
+    from compartments.limits import Limits
+    from compartments.spec import EngineSpec
+    path = tmp_path / "many.wat"
+    path.write_text('(module (memory (export "memory") 1) (func (export "_start")) ' + "".join(
+        f"(func (param i32) (if (local.get 0) (then nop) (else nop)))" for _ in range(9000))
+        + ")")
+    for memory, refused in ((64 << 10, True), (1 << 20, False)):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            spec = EngineSpec(name="many", module=str(path), instrument=("blocks",),
+                              limits=Limits(memory=memory))
+            if refused:
+                with pytest.raises(EngineError, match=r"[0-9]+ probe sites \(instrument = "
+                                   r"\['blocks'\]\) need 393216 bytes of probe memory, more "
+                                   r"than limits.memory \(65536 bytes\)"):
+                    Engine(theirs, spec, instantiate=False)
+            else:
+                engine = Engine(theirs, spec, instantiate=False)
+                engine.instantiate()
