@@ -270,6 +270,8 @@ typedef struct Peer {
   size_t slot;      /* its place in Lane.peers */
   uint64_t messages, partial_msg;
   int64_t partial_since;
+  int64_t paused_since; /* CLOCK_MONOTONIC ns since the lane stopped reading it (0: reading):
+                           time it was not read does not count against message_timeout */
   uint32_t next_qid;
   long served, failed;
   uint32_t nf_ring[NOFINISH_RING];
@@ -342,6 +344,14 @@ static void epoll_set(Lane *L, Peer *P) {
   if (!P->closed && buf_size(&P->out) <= P->soft && P->qbytes <= TO_PYTHON_LIMIT) want |= EPOLLIN;
   if (buf_size(&P->out) && !P->write_closed) want |= EPOLLOUT;
   if (want == P->events || P->fd < 0) return;
+  if ((P->events & EPOLLIN) && !(want & EPOLLIN)) {
+    P->paused_since = now_ns(CLOCK_MONOTONIC);
+  } else if (!(P->events & EPOLLIN) && (want & EPOLLIN) && P->paused_since) {
+    /* a message half read when the lane stopped reading (backpressure: its answers
+       wait, or Python's queue is full) had its clock stopped meanwhile */
+    if (P->partial_since) P->partial_since += now_ns(CLOCK_MONOTONIC) - P->paused_since;
+    P->paused_since = 0;
+  }
   struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)P->pid};
   if (!P->events)
     epoll_ctl(L->epfd, EPOLL_CTL_ADD, P->fd, &ev);
@@ -1501,7 +1511,7 @@ static PyObject *Lane_stalled(Lane *L, PyObject *args) {
   int64_t limit = now_ns(CLOCK_MONOTONIC) - (int64_t)(seconds * 1e9);
   for (size_t i = 0; i < L->npeers; i++) {
     Peer *P = L->peers[i];
-    if (!P->closed && P->partial_since && P->partial_since <= limit) {
+    if (!P->closed && P->partial_since && !P->paused_since && P->partial_since <= limit) {
       if (!pids && !(pids = malloc(L->npeers * sizeof *pids))) {
         nomem = 1;
         break;

@@ -1061,7 +1061,12 @@ class Supervisor:
             return await self._pump_native(pid, link)
         try:
             while True:
+                paused = trio.current_time()
                 await self._may_read(link)
+                if link.partial_since is not None:
+                    # time this peer was not read (its answers waited, or the audit's)
+                    # is not its own: a half-read message's clock stops meanwhile
+                    link.partial_since += trio.current_time() - paused
                 deadline = math.inf if link.partial_since is None \
                     else link.partial_since + self.system.message_timeout
                 data = None

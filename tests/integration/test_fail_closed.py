@@ -1007,3 +1007,55 @@ srv = {{ compartment = "srv", allow = ["ping"] }}
         assert any("Pinger.spin is not allowed" in line for line in run.lines), run.lines
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_time_the_supervisor_did_not_read_a_peer_does_not_count_against_its_message(
+        tmp_path, wsuper, monkeypatch, native):
+    """message_timeout is for a peer that begins a message and does not finish it.
+    The supervisor stops reading a peer while its answers wait unread (backpressure;
+    or while the audit, or Python's queue, is full): a message it had half read
+    when it stopped kept its clock running, so the peer was cut off ("did not
+    finish it within 1 s") though the rest had been sent long before: the fast
+    lane cut it off while it was not even reading it, Python once it read again.
+    Here a client sends 60,000 whole calls (~4 MB of answers, past the 1 MiB the
+    supervisor queues before it stops reading) and reads nothing for three times
+    message_timeout; then it reads every answer and is still served."""
+    from capnp_schemas import rpcwire
+    monkeypatch.setenv("WSUPER_NATIVE", native)
+    (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    c = WireClient(str(tmp_path / "ext.sock"))
+    calc = c.get(c.bootstrap(), "calc")
+    params = payloads.build(_calc_structs("add")[0], {"a": 2, "b": 3})[0]
+
+    def call(qid):
+        head, at = rpcwire.encode_call(qid, calc, CALC_ID, 0, [])
+        return P.Connection._splice(head, at, params) + rpcwire.encode_finish(qid)
+    blob = b"".join(call(qid) for qid in range(1000, 61000))   # reads end inside one
+    sent = threading.Thread(target=c.sock.sendall, args=(blob,))
+    sent.start()
+    time.sleep(3)                       # answers unread: it stops reading this client
+    drained, frames, rest = 0, 0, b""
+    c.sock.settimeout(60)
+    while frames < 60000:               # now read every answer (a frame each), to the last
+        data = c.sock.recv(1 << 16)
+        assert data, (frames, run.lines[-3:])
+        drained, rest = drained + len(data), rest + data
+        while len(rest) >= 8:
+            n = struct.unpack_from("<I", rest)[0] + 1
+            head = (4 + 4 * n + 7) & ~7
+            if len(rest) < head:
+                break
+            size = head + 8 * sum(struct.unpack_from(f"<{n}I", rest, 4))
+            if len(rest) < size:
+                break
+            rest, frames = rest[size:], frames + 1
+    sent.join()
+    assert drained > 1 << 20 and not rest, drained
+    c.sock.settimeout(10)
+    ret = c.returned(c.call(calc, CALC_ID, 0, params))     # still connected, and served
+    assert ret.payload is not None, ret.error
+    assert not any("did not finish it within" in line for line in run.lines), run.lines
+    c.close()
