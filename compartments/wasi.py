@@ -957,17 +957,19 @@ class Wasi:
 
     def path_open(self, dirfd, lookupflags, path_ptr, path_len, oflags, rights, _inheriting,
                   fdflags, out):
-        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_OPEN)
         oflags, fdflags, rights = oflags & 0xFFFF, fdflags & 0xFFFF, rights & U64
-        if oflags & ~0xF or fdflags & ~FDFLAGS_ALL:
+        # flags that no path could make valid are EINVAL before the path is looked
+        # at (an empty path with O_DIRECTORY|O_CREAT was ENOENT), as under wasmtime
+        if oflags & ~0xF or fdflags & ~FDFLAGS_ALL or oflags & OFLAGS_DIRECTORY and \
+                oflags & (OFLAGS_CREAT | OFLAGS_EXCL | OFLAGS_TRUNC):
+            self._fd(dirfd, "dir")
             raise _Fail(E.INVAL)
+        d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_OPEN)
         if oflags & OFLAGS_CREAT:
             self._need(d, RIGHT_PATH_CREATE_FILE)
         follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
         read, write = bool(rights & RIGHT_FD_READ), bool(rights & RIGHT_FD_WRITE)
         if oflags & OFLAGS_DIRECTORY:
-            if oflags & (OFLAGS_CREAT | OFLAGS_EXCL | OFLAGS_TRUNC):
-                raise _Fail(E.INVAL)
             fd = self._open_dir(d, path, follow, fdflags)
             if write:                    # a directory is opened for writing by nobody
                 self.fd_close(fd)
@@ -1007,9 +1009,17 @@ class Wasi:
         it leads, itself a path the supervisor resolves beneath the directory
         (an absolute target, or one that climbs out: ENOTCAPABLE)."""
         mode = "readWrite" if read and write else "write" if write else "read"
-        if oflags & OFLAGS_CREAT and oflags & OFLAGS_EXCL:
+        # O_CREAT with a trailing '/' never opens anything: the kernel's create says
+        # why (EISDIR, or ENOENT/ENOTDIR for the directory it would be in), as open(2)
+        # does for a file, a link or nothing by that name (an open first said ENOTDIR)
+        if oflags & OFLAGS_CREAT and (oflags & OFLAGS_EXCL or path.endswith("/")):
             made = dict(path=path, readable=read, append=append, sync=sync)
-            return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
+            try:
+                return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True
+            except HostCallFailed as e:   # "./": EEXIST is O_EXCL's; without it, EISDIR
+                if oflags & OFLAGS_EXCL or errno_of(e) != E.EXIST:
+                    raise
+                raise _Fail(E.ISDIR) from None
         for _ in range(MAX_LINKS + 1):
             opened = dict(path=path, mode=mode, follow=follow, append=append, sync=sync)
             made = dict(path=path, readable=read, append=append, sync=sync)

@@ -7,7 +7,9 @@
  *   partial   a read or write that faults after some of its bytes moved
  *   errnos    errors that used to differ from wasmtime's
  *   listing   fd_readdir of a directory with a name that is not UTF-8
- *   dirsync   fd_sync and fd_datasync of directories */
+ *   dirsync   fd_sync and fd_datasync of directories
+ *   openflags path_open with each oflags, rights and lookupflags on files,
+ *             directories, links, trailing slashes, '.', '' and missing names */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,6 +32,8 @@ W(poll_oneoff) I w_poll_oneoff(I, I, I, I);
 W(fd_readdir) I w_fd_readdir(I, I, I, L, I);
 W(fd_sync) I w_fd_sync(I);
 W(fd_datasync) I w_fd_datasync(I);
+W(fd_fdstat_get) I w_fd_fdstat_get(I, I);
+W(path_symlink) I w_path_symlink(I, I, I, I, I);
 
 #define P(x) ((I)(uintptr_t)(x))
 #define S(s) P(s), (I)strlen(s)
@@ -135,6 +139,35 @@ static void dirsync(void) {
   printf("datasync-dir %d\n", w_fd_datasync(d));
 }
 
+static void openflags(void) {
+  static const char *paths[] = {"of", "od", "olf", "old", "odang", "of/", "od/", "olf/",
+                                "old/", "odang/", ".", "./", "", "od/..", "od/../",
+                                "onew", "onew/", "of/x", "of/x/", "onodir/x/", 0};
+  static const I oflags[] = {0, CREAT, DIRECTORY, CREAT | EXCL, TRUNC, CREAT | TRUNC,
+                             CREAT | DIRECTORY, DIRECTORY | TRUNC, DIRECTORY | EXCL,
+                             CREAT | EXCL | TRUNC};
+  static const L rights[] = {0, RD, WR, RD | WR};
+  create("made-of", "of", 0, CREAT);
+  printf("made-od %d\n", w_path_create_directory(3, S("od")));
+  printf("made-olf %d\n", w_path_symlink(S("of"), 3, S("olf")));
+  printf("made-old %d\n", w_path_symlink(S("od"), 3, S("old")));
+  printf("made-odang %d\n", w_path_symlink(S("onothing"), 3, S("odang")));
+  for (int p = 0; paths[p]; p++)
+    for (unsigned o = 0; o < sizeof oflags / sizeof *oflags; o++)
+      for (int r = 0; r < 4; r++)
+        for (I follow = 0; follow < 2; follow++) {
+          uint32_t fd = 0;
+          uint8_t st[24] = {0};
+          I e = w_path_open(3, follow, S(paths[p]), oflags[o], rights[r], ALL, 0, P(&fd));
+          if (!e) {
+            w_fd_fdstat_get(fd, P(st));
+            w_fd_close(fd);
+          }
+          printf("open[%s]/%d/%lld/%d %d %d\n", paths[p], oflags[o], rights[r], follow, e,
+                 e ? -1 : st[0]);
+        }
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -143,5 +176,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "errnos")) errnos();
   if (!strcmp(part, "listing")) listing();
   if (!strcmp(part, "dirsync")) dirsync();
+  if (!strcmp(part, "openflags")) openflags();
   return 0;
 }
