@@ -552,7 +552,10 @@ class Wasi:
                 timers.append((timeout, userdata))
             elif tag in (1, 2):
                 (fd,) = struct.unpack_from("<I", raw, 48 * i + 16)
-                ready.append((userdata, 0 if fd in self.fds else E.BADF, tag))
+                d = self.fds.get(fd)
+                # a dropped POLL_FD_READWRITE is enforced as every dropped right is
+                ready.append((userdata, E.BADF if d is None else 0
+                              if d.base & RIGHT_POLL_FD_READWRITE else E.NOTCAPABLE, tag))
             else:
                 raise _Fail(E.INVAL)
         if not ready and timers:
@@ -716,6 +719,7 @@ class Wasi:
             raise _Fail(E.ISDIR)
         if d.kind != "file":
             raise _Fail(E.BADF)
+        self._need(d, RIGHT_FD_ALLOCATE)
         raise _Fail(E.NOTSUP)
 
     def fd_sync(self, fd):
@@ -797,6 +801,7 @@ class Wasi:
         d = self._readable(fd)
         if d.kind != "file" and d.kind != "null":
             raise _Fail(E.SPIPE)
+        self._need(d, RIGHT_FD_SEEK)    # witx: FD_READ "with FD_SEEK, includes fd_pread"
         if offset < 0:
             raise _Fail(E.INVAL)
         self._u32(out, self._read_into(d, offset, iovs, count))
@@ -827,6 +832,7 @@ class Wasi:
         d = self._writable(fd)
         if d.kind != "file":
             raise _Fail(E.SPIPE)
+        self._need(d, RIGHT_FD_SEEK)
         if offset < 0:
             raise _Fail(E.INVAL)
         # on an append-mode descriptor it appends, whatever the offset (as Linux

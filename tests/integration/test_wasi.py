@@ -711,6 +711,30 @@ def test_path_open_with_every_flag_on_every_kind_of_name_answers_as_wasmtime(tmp
     assert _listing(a) == _listing(b)
 
 
+def test_every_right_dropped_refuses_the_calls_that_need_it(tmp_path, edges_guest):
+    """Each right a file or directory descriptor has, dropped alone with
+    fd_fdstat_set_rights, makes the call that needs it fail (EBADF for FD_READ
+    and FD_WRITE, ENOTCAPABLE for the rest), where it worked before the drop.
+    POLL_FD_READWRITE (poll_oneoff said ready), FD_SEEK for pread and pwrite
+    (which need it, as witx's rights say) and FD_ALLOCATE (ENOTSUP) were not
+    enforced, though docs/guest-abi.md says a dropped right is."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["dropped"], to_file=True)
+    assert code == 0, r.stdout + r.stderr
+    results = dict((x.split()[0], x.split()[1:]) for x in lines[1:])
+    # the rights a file and a directory have, each with a call that needs it
+    assert sorted(k for k in results if k.startswith("file-")) == sorted(
+        f"file-{b}" for b in (0, 1, 2, 3, 4, 5, 6, 7, 8, 21, 22, 23, 27, 100, 101))
+    assert sorted(k for k in results if k.startswith("dir-")) == sorted(
+        f"dir-{b}" for b in (9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 23, 24, 25, 26))
+    for name, (kept, dropped_ok, gone, had) in results.items():
+        assert had == "had" and dropped_ok == "0", (name, lines)
+        assert kept in ("0", "58"), (name, kept)            # 58: fd_allocate, ENOTSUP
+        want = "8" if name in ("file-1", "file-6") else "76"
+        assert gone == want, (name, kept, gone)
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -9,7 +9,9 @@
  *   listing   fd_readdir of a directory with a name that is not UTF-8
  *   dirsync   fd_sync and fd_datasync of directories
  *   openflags path_open with each oflags, rights and lookupflags on files,
- *             directories, links, trailing slashes, '.', '' and missing names */
+ *             directories, links, trailing slashes, '.', '' and missing names
+ *   dropped   each right, dropped with fd_fdstat_set_rights, refuses the calls
+ *             that need it (wsuper only: wasmtime refuses to drop rights) */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,6 +36,19 @@ W(fd_sync) I w_fd_sync(I);
 W(fd_datasync) I w_fd_datasync(I);
 W(fd_fdstat_get) I w_fd_fdstat_get(I, I);
 W(path_symlink) I w_path_symlink(I, I, I, I, I);
+W(fd_fdstat_set_rights) I w_fd_fdstat_set_rights(I, L, L);
+W(fd_fdstat_set_flags) I w_fd_fdstat_set_flags(I, I);
+W(fd_pread) I w_fd_pread(I, I, I, L, I);
+W(fd_pwrite) I w_fd_pwrite(I, I, I, L, I);
+W(fd_advise) I w_fd_advise(I, L, L, I);
+W(fd_allocate) I w_fd_allocate(I, L, L);
+W(fd_filestat_set_size) I w_fd_filestat_set_size(I, L);
+W(fd_filestat_set_times) I w_fd_filestat_set_times(I, L, L, I);
+W(path_filestat_get) I w_path_filestat_get(I, I, I, I, I);
+W(path_filestat_set_times) I w_path_filestat_set_times(I, I, I, I, L, L, I);
+W(path_readlink) I w_path_readlink(I, I, I, I, I, I);
+W(path_remove_directory) I w_path_remove_directory(I, I, I);
+W(path_unlink_file) I w_path_unlink_file(I, I, I);
 
 #define P(x) ((I)(uintptr_t)(x))
 #define S(s) P(s), (I)strlen(s)
@@ -168,6 +183,113 @@ static void openflags(void) {
         }
 }
 
+/* One call that needs right `bit` (of a file at `fd`, or a directory at `fd`
+ * holding "file", "dir", "link"); -1: no call needs it. */
+static I needs(I fd, int bit, int is_dir) {
+  static uint8_t buf[256];
+  static const int file_bits[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 21, 22, 23, 27, 100, 101, -1};
+  static const int dir_bits[] = {9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 23, 24, 25,
+                                 26, -1};
+  if (fd < 0) {                 /* is there such a call? */
+    for (const int *b = is_dir ? dir_bits : file_bits; *b >= 0; b++)
+      if (*b == bit) return 0;
+    return -1;
+  }
+  uint32_t n = 0, out = 0;
+  uint64_t off = 0;
+  iov v = {P(buf), 4};
+  if (!is_dir) switch (bit) {
+    case 0: return w_fd_datasync(fd);
+    case 1: return w_fd_read(fd, P(&v), 1, P(&n));
+    case 2: return w_fd_seek(fd, 1, 0, P(&off));
+    case 3: return w_fd_fdstat_set_flags(fd, 1);
+    case 4: return w_fd_sync(fd);
+    case 5: return w_fd_tell(fd, P(&off));
+    case 6: return w_fd_write(fd, P(&v), 1, P(&n));
+    case 7: return w_fd_advise(fd, 0, 0, 0);
+    case 8: return w_fd_allocate(fd, 0, 1);
+    case 21: return w_fd_filestat_get(fd, P(buf));
+    case 22: return w_fd_filestat_set_size(fd, 1);
+    case 23: return w_fd_filestat_set_times(fd, 0, 0, 10);
+    case 27: {
+      uint8_t sub[48] = {0}, ev[32] = {0};
+      sub[8] = 1;                                     /* FD_READ */
+      memcpy(sub + 16, &fd, 4);
+      I e = w_poll_oneoff(P(sub), P(ev), 1, P(&n));
+      return e ? e : (I)(ev[8] | ev[9] << 8);         /* the event's error */
+    }
+    case 100: return w_fd_pread(fd, P(&v), 1, 0, P(&n));
+    case 101: return w_fd_pwrite(fd, P(&v), 1, 0, P(&n));
+    default: return -1;
+  }
+  switch (bit) {
+    case 9: return w_path_create_directory(fd, S("new-dir"));
+    case 10: return w_path_open(fd, 0, S("new-file"), CREAT, RD | WR, ALL, 0, P(&out));
+    case 11: return w_path_link(fd, 0, S("file"), fd, S("hard"));
+    case 12: return w_path_link(fd, 0, S("file"), fd, S("hard"));
+    case 13: return w_path_open(fd, 0, S("file"), 0, RD, ALL, 0, P(&out));
+    case 14: return w_fd_readdir(fd, P(buf), sizeof buf, 0, P(&n));
+    case 15: return w_path_readlink(fd, S("link"), P(buf), sizeof buf, P(&n));
+    case 16: return w_path_rename(fd, S("file"), fd, S("renamed"));
+    case 17: return w_path_rename(fd, S("file"), fd, S("renamed"));
+    case 18: return w_path_filestat_get(fd, 0, S("file"), P(buf));
+    case 20: return w_path_filestat_set_times(fd, 0, S("file"), 0, 0, 10);
+    case 21: return w_fd_filestat_get(fd, P(buf));
+    case 23: return w_fd_filestat_set_times(fd, 0, 0, 10);
+    case 24: return w_path_symlink(S("file"), fd, S("new-link"));
+    case 25: return w_path_remove_directory(fd, S("dir"));
+    case 26: return w_path_unlink_file(fd, S("file"));
+    default: return -1;
+  }
+}
+
+static void dropped(void) {
+  printf("made-dir %d\n", w_path_create_directory(3, S("rights")));
+  I top = dir("rights");
+  for (int bit = 0; bit < 102; bit++) {
+    if (bit == 30) bit = 100;
+    for (int is_dir = 0; is_dir < 2; is_dir++) {
+      /* a fresh file and directory each time: what the call changes is made again */
+      uint32_t fd = 0;
+      uint8_t st[24] = {0};
+      w_path_unlink_file(top, S("renamed"));
+      w_path_unlink_file(top, S("hard"));
+      w_path_unlink_file(top, S("new-link"));
+      w_path_unlink_file(top, S("new-file"));
+      w_path_remove_directory(top, S("new-dir"));
+      w_path_create_directory(top, S("dir"));
+      w_path_symlink(S("file"), top, S("link"));
+      if (w_path_open(top, 0, S("file"), CREAT, RD | WR, ALL, 0, P(&fd))) continue;
+      if (is_dir) {
+        w_fd_close(fd);
+        fd = (uint32_t)dir("rights");
+      }
+      int right = bit >= 100 ? 2 : bit;       /* pread, pwrite: FD_SEEK (and READ, WRITE) */
+      if (needs(-1, bit, is_dir) == -1) {
+        w_fd_close(fd);
+        continue;
+      }
+      w_fd_fdstat_get(fd, P(st));
+      uint64_t base, inheriting;
+      memcpy(&base, st + 8, 8);
+      memcpy(&inheriting, st + 16, 8);
+      I kept = needs(fd, bit, is_dir);
+      /* again, on what the first call left (a link made, a file renamed: undone) */
+      w_path_unlink_file(top, S("hard"));
+      w_path_rename(top, S("renamed"), top, S("file"));
+      w_path_unlink_file(top, S("new-link"));
+      w_path_unlink_file(top, S("new-file"));
+      w_path_remove_directory(top, S("new-dir"));
+      w_path_create_directory(top, S("dir"));
+      I set = w_fd_fdstat_set_rights(fd, base & ~(1ULL << right), inheriting);
+      I gone = needs(fd, bit, is_dir);
+      printf("%s-%d %d %d %d %s\n", is_dir ? "dir" : "file", bit, kept, set, gone,
+             base & (1ULL << right) ? "had" : "never");
+      w_fd_close(fd);
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -177,5 +299,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "listing")) listing();
   if (!strcmp(part, "dirsync")) dirsync();
   if (!strcmp(part, "openflags")) openflags();
+  if (!strcmp(part, "dropped")) dropped();
   return 0;
 }
