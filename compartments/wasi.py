@@ -33,6 +33,7 @@ used-up grant) is ENOTCAPABLE.
 """
 from __future__ import annotations
 
+import errno
 import re
 import struct
 import sys
@@ -44,14 +45,23 @@ from capnp_schemas.protocol import Content
 from . import abi, protect
 
 # wasi_snapshot_preview1 errno values (the WASI witx `errno` enum)
-ERRNO = {
-    "SUCCESS": 0, "E2BIG": 1, "EACCES": 2, "EAGAIN": 6, "EBADF": 8, "EBUSY": 10,
-    "EDQUOT": 19, "EEXIST": 20, "EFAULT": 21, "EFBIG": 22, "EILSEQ": 25, "EINVAL": 28,
-    "EIO": 29, "EISDIR": 31, "ELOOP": 32, "EMFILE": 33, "EMLINK": 34, "ENAMETOOLONG": 37,
-    "ENFILE": 41, "ENOENT": 44, "ENOMEM": 48, "ENOSPC": 51, "ENOSYS": 52, "ENOTDIR": 54,
-    "ENOTEMPTY": 55, "ENOTSOCK": 57, "ENOTSUP": 58, "EOVERFLOW": 61, "EPERM": 63,
-    "EROFS": 69, "ESPIPE": 70, "ETXTBSY": 74, "EXDEV": 75, "ENOTCAPABLE": 76,
-}
+ERRNO = {"SUCCESS": 0, **{name: value for value, name in enumerate((
+    "E2BIG", "EACCES", "EADDRINUSE", "EADDRNOTAVAIL", "EAFNOSUPPORT", "EAGAIN", "EALREADY",
+    "EBADF", "EBADMSG", "EBUSY", "ECANCELED", "ECHILD", "ECONNABORTED", "ECONNREFUSED",
+    "ECONNRESET", "EDEADLK", "EDESTADDRREQ", "EDOM", "EDQUOT", "EEXIST", "EFAULT", "EFBIG",
+    "EHOSTUNREACH", "EIDRM", "EILSEQ", "EINPROGRESS", "EINTR", "EINVAL", "EIO", "EISCONN",
+    "EISDIR", "ELOOP", "EMFILE", "EMLINK", "EMSGSIZE", "EMULTIHOP", "ENAMETOOLONG",
+    "ENETDOWN", "ENETRESET", "ENETUNREACH", "ENFILE", "ENOBUFS", "ENODEV", "ENOENT",
+    "ENOEXEC", "ENOLCK", "ENOLINK", "ENOMEM", "ENOMSG", "ENOPROTOOPT", "ENOSPC", "ENOSYS",
+    "ENOTCONN", "ENOTDIR", "ENOTEMPTY", "ENOTRECOVERABLE", "ENOTSOCK", "ENOTSUP", "ENOTTY",
+    "ENXIO", "EOVERFLOW", "EOWNERDEAD", "EPERM", "EPIPE", "EPROTO", "EPROTONOSUPPORT",
+    "EPROTOTYPE", "ERANGE", "EROFS", "ESPIPE", "ESRCH", "ESTALE", "ETIMEDOUT", "ETXTBSY",
+    "EXDEV", "ENOTCAPABLE"), start=1)}}
+#: the host's names for some of them
+_ALIASES = {"EDEADLOCK": "EDEADLK", "EOPNOTSUPP": "ENOTSUP", "EWOULDBLOCK": "EAGAIN"}
+#: every errno the host's kernel has a name for: one WASI has not is an I/O error there
+#: (EUCLEAN, ENOMEDIUM, EREMOTEIO, ...), never taken for a refusal (ENOTCAPABLE)
+_HOST_ERRNOS = frozenset(errno.errorcode.values())
 E = type("E", (), {k[1:]: v for k, v in ERRNO.items() if k.startswith("E") and k != "E2BIG"})
 
 FILETYPE_UNKNOWN, FILETYPE_CHAR, FILETYPE_DIR, FILETYPE_FILE, FILETYPE_SYMLINK = 0, 2, 3, 4, 7
@@ -136,8 +146,12 @@ class _Fail(Exception):
 def errno_of(e: HostCallFailed) -> int:
     """The WASI errno for a failed capability call."""
     m = _ERRNO_PREFIX.match(e.reason or "")
-    if m and m.group(1) in ERRNO:
-        return ERRNO[m.group(1)]
+    if m:
+        name = _ALIASES.get(m.group(1), m.group(1))
+        if name in ERRNO:
+            return ERRNO[name]
+        if name in _HOST_ERRNOS:
+            return E.IO
     return {"overloaded": E.AGAIN, "disconnected": E.IO,
             "unimplemented": E.NOTSUP}.get(e.type, E.NOTCAPABLE)
 

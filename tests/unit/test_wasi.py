@@ -87,6 +87,25 @@ def test_errno_comes_from_the_reason_or_the_exception_type():
     assert errno_of(HostCallFailed("disconnected", "gone")) == E.IO
 
 
+def test_every_errno_the_host_names_is_an_errno_never_a_refusal():
+    """A file error the host's kernel gave (an NFS grant's ESTALE or ETIMEDOUT, a
+    damaged file system's EUCLEAN, ENXIO, ...) is WASI's errno of that name, or
+    EIO if WASI has none: it used to be ENOTCAPABLE, as if attenuation refused it,
+    for every name missing from a partial table."""
+    import errno
+    for name in set(errno.errorcode.values()):
+        got = errno_of(failed(f"{name}: directory /x: 'a' failed"))
+        assert got != E.NOTCAPABLE, name
+        if name in wasi.ERRNO:
+            assert got == wasi.ERRNO[name], name
+    assert errno_of(failed("ESTALE: x")) == 72 and errno_of(failed("ENXIO: x")) == 60
+    assert errno_of(failed("ETIMEDOUT: x")) == 73 and errno_of(failed("EUCLEAN: x")) == E.IO
+    assert errno_of(failed("EOPNOTSUPP: x")) == E.NOTSUP
+    assert errno_of(failed("EDEADLOCK: x")) == wasi.ERRNO["EDEADLK"] == 16
+    # WASI's own numbering (witx): a few anchors
+    assert (E.ACCES, E.BADF, E.NOENT, E.XDEV, E.NOTCAPABLE) == (2, 8, 44, 75, 76)
+
+
 def test_preopens_and_stdio_follow_the_grants():
     host, w = wasi_with(("stdout", "log", "", 11), ("data", "directory", "/data", 12),
                         ("other", "directory", ".", 13), ("stdin", "log", "", 14))
