@@ -159,7 +159,8 @@ def errno_of(e: HostCallFailed) -> int:
 class _Desc:
     """One open descriptor."""
     __slots__ = ("kind", "cap", "mount", "offset", "readable", "writable", "append", "flags",
-                 "base", "inheriting", "line", "cut", "root", "rel", "ino", "page")
+                 "base", "inheriting", "line", "cut", "root", "rel", "ino", "page",
+                 "cursors")
 
     def __init__(self, kind, cap, *, mount=None, readable=False, writable=False, append=False,
                  flags=0, base=0, inheriting=0, root=None, rel="."):
@@ -176,6 +177,7 @@ class _Desc:
         self.rel = rel              # ... and its path from there (for link/rename across fds)
         self.ino = None             # dir: its inode, for '.' and '..' in fd_readdir
         self.page = None            # dir: the last page of its listing fd_readdir fetched
+        self.cursors = []           # dir: the host's cursor after each entry listed, in order
 
 
 class Wasi:
@@ -908,10 +910,14 @@ class Wasi:
 
     def fd_readdir(self, fd, buf, length, cookie, out):
         """Entries from `cookie` on.  Cookies 1 and 2 follow '.' and '..'; after
-        that a cookie is the host's listing cursor plus 3, so any cookie can be
-        resumed without the engine keeping the listing.  It keeps one page
-        (what one Directory.list returned) to serve the small buffers libc asks
-        with; a listing from the start always asks the host again."""
+        that the cookie after the n-th entry of the listing is n + 2 (n from 1),
+        as under wasmtime: small, since wasi-libc's telldir gives them as a
+        32-bit long (the host's cursors, ext4's 63-bit hashes, came back cut and
+        seekdir resumed elsewhere).  The host's cursor after each entry is kept
+        (d.cursors) to resume at any cookie; one past them is found by listing on
+        from the last known.  It keeps one page (what one Directory.list
+        returned) to serve the small buffers libc asks with; a listing from the
+        start always asks the host again."""
         d = self._fd(fd, "dir")
         self._need(d, RIGHT_FD_READDIR)
         length &= 0xFFFFFFFF
@@ -946,23 +952,35 @@ class Wasi:
         self._u32(out, len(data))
 
     def _list_page(self, d: _Desc, cookie: int):
-        """One page of the directory from `cookie` (>= 2): (dirent records, the cookie
-        after each, {cookie: index of the record after it}, whether it is the last)."""
-        cursor = 0 if cookie == 2 else cookie - 3
-        for _ in range(1000):          # pages without entries ('.' and '..' only)
+        """One page of the directory after the entry `cookie` (>= 2) names, which
+        follows cookie - 2 entries: (dirent records, the cookie after each,
+        {cookie: index of the record after it}, whether it is the last).  From the
+        start (2), the directory as it is now: what was known of it is forgotten."""
+        skip = cookie - 2                      # entries before the page
+        if skip == 0:
+            d.cursors = []
+        known = d.cursors
+        while True:                            # each page adds an entry, or ends
+            have = min(skip, len(known))       # entries before the next page asked
+            cursor = known[have - 1] if have else 0
             r, _ = self._call(d.cap, "Directory", "list", path="", cursor=cursor)
+            entries = list(r.entries)
+            if not entries and not r.done:     # (the host never ends a page on nothing)
+                break
+            del known[have:]                   # what the host says now
+            known.extend(e.cursor for e in entries)
+            if have + len(entries) <= skip and not r.done:
+                continue                       # not there yet: on from the last entry
             records, cookies = [], []
-            for e in r.entries:
-                name, nxt = e.name.encode(), e.cursor + 3
+            for j, e in enumerate(entries[skip - have:]):
+                name, nxt = e.name.encode(), skip + j + 3
                 records.append(_DIRENT.pack(nxt, e.inode, len(name),
                                             _KIND_VALUES.get(e.kind.raw, FILETYPE_UNKNOWN))
                                + name)
                 cookies.append(nxt)
-            if records or r.done:
-                at = {c: i + 1 for i, c in enumerate(cookies)}
-                at[cookie] = 0
-                return records, cookies, at, r.done
-            cursor = r.cursor
+            at = {c: i + 1 for i, c in enumerate(cookies)}
+            at[cookie] = 0
+            return records, cookies, at, r.done
         raise _Fail(E.IO)
 
     # ------------------------------------------------------------ paths

@@ -735,6 +735,17 @@ def test_every_right_dropped_refuses_the_calls_that_need_it(tmp_path, edges_gues
         assert gone == want, (name, kept, gone)
 
 
+def test_readdir_cookies_are_small_and_telldir_and_seekdir_work(tmp_path, edges_guest):
+    """A cookie is 1 after '.', 2 after '..' and one more after each entry, as
+    under wasmtime, whatever the file system: they were the host's cursors plus 3
+    (on ext4 63-bit hashes), which wasi-libc's telldir gives as a 32-bit long, so
+    seekdir came back elsewhere (12 entries after the 8th of 22 were 20)."""
+    theirs, ours, r, _ = _both(tmp_path, edges_guest, "cookies", to_file=True)
+    assert ours == theirs, r.stderr
+    assert [int(x.split()[2]) for x in ours if x.startswith("cookie ")] == list(range(1, 43))
+    assert "listed 42" in ours and "seekdir-wrong 0 rest-after-8 34" in ours
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

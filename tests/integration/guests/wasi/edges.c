@@ -11,7 +11,10 @@
  *   openflags path_open with each oflags, rights and lookupflags on files,
  *             directories, links, trailing slashes, '.', '' and missing names
  *   dropped   each right, dropped with fd_fdstat_set_rights, refuses the calls
- *             that need it (wsuper only: wasmtime refuses to drop rights) */
+ *             that need it (wsuper only: wasmtime refuses to drop rights)
+ *   cookies   readdir cookies: what they are, and telldir/seekdir (a 32-bit long
+ *             in wasi-libc) at every entry */
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -290,6 +293,53 @@ static void dropped(void) {
   }
 }
 
+static void cookies(void) {
+  static uint8_t buf[8192];
+  static char names[64][32];
+  static long where[64];
+  uint32_t n = 0;
+  printf("mkdir %d\n", w_path_create_directory(3, S("many")));
+  for (int i = 0; i < 40; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "many/entry-%02d", i);
+    create("made", name, 0, CREAT);
+  }
+  /* the cookies themselves: after '.' 1, '..' 2, then one more after each entry */
+  I d = dir("many");
+  printf("readdir %d\n", w_fd_readdir(d, P(buf), sizeof buf, 0, P(&n)));
+  uint32_t pos = 0;
+  int i = 0;
+  while (pos + 24 <= n) {
+    uint64_t next;
+    uint32_t len;
+    memcpy(&next, buf + pos, 8);
+    memcpy(&len, buf + pos + 16, 4);
+    printf("cookie %d %llu\n", i++, (unsigned long long)next);
+    pos += 24 + len;
+  }
+  /* wasi-libc: telldir before each entry, then seekdir back to each */
+  DIR *dp = opendir("/sandbox/many");
+  struct dirent *e;
+  int count = 0;
+  for (;;) {
+    where[count] = telldir(dp);
+    if (!(e = readdir(dp)) || count == 63) break;
+    snprintf(names[count++], 32, "%s", e->d_name);
+  }
+  printf("listed %d\n", count);
+  int wrong = 0;
+  for (int k = count - 1; k >= 0; k--) {
+    seekdir(dp, where[k]);
+    e = readdir(dp);
+    if (!e || strcmp(e->d_name, names[k])) wrong++;
+  }
+  seekdir(dp, where[8]);
+  int rest = 0;
+  while (readdir(dp)) rest++;
+  printf("seekdir-wrong %d rest-after-8 %d\n", wrong, rest);
+  closedir(dp);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -300,5 +350,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "dirsync")) dirsync();
   if (!strcmp(part, "openflags")) openflags();
   if (!strcmp(part, "dropped")) dropped();
+  if (!strcmp(part, "cookies")) cookies();
   return 0;
 }
