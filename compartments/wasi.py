@@ -122,6 +122,14 @@ _M = {(i.name, m.name): (i.id, m.ordinal, m.params, m.results)    # from the one
       for i in hosted.BY_KIND.values() for m in i.methods}
 
 
+#: (argument, bytes) of the result of each call that changes something: a result
+#: pointer the program may not write (memory protection: EFAULT) fails the call
+#: before it opens, writes, reads or seeks (it used to do that, then say EFAULT:
+#: the program, told nothing happened, wrote again or lost what it read)
+_RESULTS = {"path_open": ((8, 4),), "fd_read": ((3, 4),), "fd_write": ((3, 4),),
+            "fd_pread": ((4, 4),), "fd_pwrite": ((4, 4),), "fd_seek": ((3, 8),)}
+
+
 class HostCallFailed(Exception):
     """A capability call that returned an exception (raised by the engine)."""
 
@@ -246,9 +254,12 @@ class Wasi:
     def function(self, name: str):
         """The host function for one wasi_snapshot_preview1 import (ENOSYS if unknown)."""
         impl = getattr(self, name, None) or self._nosys
+        results = _RESULTS.get(name, ())
         def call(*args):
             self._frames.append([])
             try:
+                for i, size in results:         # before the call does anything
+                    self.host.write(args[i] & 0xFFFFFFFF, bytes(size))
                 r = impl(*args)
                 return 0 if r is None else r
             except _Fail as f:

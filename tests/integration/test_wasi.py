@@ -746,6 +746,24 @@ def test_readdir_cookies_are_small_and_telldir_and_seekdir_work(tmp_path, edges_
     assert "listed 42" in ours and "seekdir-wrong 0 rest-after-8 34" in ours
 
 
+def test_a_result_pointer_in_protected_memory_fails_the_call_before_it_acts(tmp_path,
+                                                                            edges_guest):
+    """write, pwrite, read, seek and open, each given a result pointer in the null
+    page: EFAULT, and nothing done.  They used to do it and then say EFAULT: the
+    bytes were in the file and the offset moved (a program told nothing happened
+    writes them again), a read consumed what it read, and an open made the file
+    and kept a descriptor the program never learnt (the next open got fd + 2)."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["badout"], to_file=True)
+    assert code == 0, r.stdout + r.stderr
+    assert lines == ["open 0", "write 21", "after-write size=0 tell=0", "pwrite 21",
+                     "after-pwrite size=0", "read 21", "after-read tell=0", "seek 21",
+                     "after-seek tell=0", "open-bad 21", "stat-bo2 44", "open-next 0",
+                     "next-fd-is-fd+1 1"], r.stderr
+    assert sorted(os.listdir(d)) == ["bo.txt"] and (d / "bo.txt").read_text() == "abcdefg"
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -13,7 +13,9 @@
  *   dropped   each right, dropped with fd_fdstat_set_rights, refuses the calls
  *             that need it (wsuper only: wasmtime refuses to drop rights)
  *   cookies   readdir cookies: what they are, and telldir/seekdir (a 32-bit long
- *             in wasi-libc) at every entry */
+ *             in wasi-libc) at every entry
+ *   badout    calls whose result pointer is in the null page (wsuper: EFAULT)
+ *             and what they did anyway */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -340,6 +342,35 @@ static void cookies(void) {
   closedir(dp);
 }
 
+static void badout(void) {
+  uint32_t fd = 0, n = 0;
+  uint64_t t = 0, st[8] = {0};
+  const I bad = 16;                 /* the null page: no access under wsuper */
+  char data[8] = "abcdefg";
+  iov v = {P(data), 7};
+  printf("open %d\n", w_path_open(3, 0, S("bo.txt"), CREAT, RD | WR, ALL, 0, P(&fd)));
+  printf("write %d\n", w_fd_write(fd, P(&v), 1, bad));
+  w_fd_filestat_get(fd, P(st));
+  w_fd_tell(fd, P(&t));
+  printf("after-write size=%llu tell=%llu\n", (unsigned long long)st[4], (unsigned long long)t);
+  printf("pwrite %d\n", w_fd_pwrite(fd, P(&v), 1, 0, bad));
+  w_fd_filestat_get(fd, P(st));
+  printf("after-pwrite size=%llu\n", (unsigned long long)st[4]);
+  w_fd_write(fd, P(&v), 1, P(&n));
+  w_fd_seek(fd, 0, 0, P(&t));
+  printf("read %d\n", w_fd_read(fd, P(&v), 1, bad));
+  w_fd_tell(fd, P(&t));
+  printf("after-read tell=%llu\n", (unsigned long long)t);
+  printf("seek %d\n", w_fd_seek(fd, 5, 0, bad));
+  w_fd_tell(fd, P(&t));
+  printf("after-seek tell=%llu\n", (unsigned long long)t);
+  printf("open-bad %d\n", w_path_open(3, 0, S("bo2.txt"), CREAT, RD | WR, ALL, 0, bad));
+  printf("stat-bo2 %d\n", w_path_filestat_get(3, 0, S("bo2.txt"), P(st)));
+  uint32_t next = 0;
+  printf("open-next %d\n", w_path_open(3, 0, S("bo.txt"), 0, RD, ALL, 0, P(&next)));
+  printf("next-fd-is-fd+1 %d\n", next == fd + 1);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -351,5 +382,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "openflags")) openflags();
   if (!strcmp(part, "dropped")) dropped();
   if (!strcmp(part, "cookies")) cookies();
+  if (!strcmp(part, "badout")) badout();
   return 0;
 }
