@@ -113,6 +113,7 @@ MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and
 U64 = (1 << 64) - 1
 _DIRENT = struct.Struct("<QQIBxxx")      # d_next, d_ino, d_namlen, d_type; the name follows
 _ERRNO_PREFIX = re.compile(r"(E[A-Z0-9]+): ")
+_HANDLES_FULL = "(limit handles)"           # in the router's refusal of a full c-list
 
 _KINDS = {"file": FILETYPE_FILE, "directory": FILETYPE_DIR, "symlink": FILETYPE_SYMLINK,
           "other": FILETYPE_UNKNOWN}
@@ -160,6 +161,11 @@ def errno_of(e: HostCallFailed) -> int:
             return ERRNO[name]
         if name in _HOST_ERRNOS:
             return E.IO
+    if e.type == "overloaded" and _HANDLES_FULL in (e.reason or ""):
+        # the c-list is full (limit handles), of the program's own descriptors for the
+        # most part: EMFILE, as a full descriptor table is; it is no passing
+        # overload that trying again clears (EAGAIN: a loop that retried spun for good)
+        return E.MFILE
     return {"overloaded": E.AGAIN, "disconnected": E.IO,
             "unimplemented": E.NOTSUP}.get(e.type, E.NOTCAPABLE)
 

@@ -764,6 +764,20 @@ def test_a_result_pointer_in_protected_memory_fails_the_call_before_it_acts(tmp_
     assert sorted(os.listdir(d)) == ["bo.txt"] and (d / "bo.txt").read_text() == "abcdefg"
 
 
+def test_opening_past_the_handles_limit_is_emfile_not_eagain(tmp_path, edges_guest):
+    """Each open file or directory is a handle; with the default `handles` (1024)
+    the c-list fills before the 1024 descriptors: the open failed EAGAIN (the
+    router's E_OVERLOADED), which a program that retries EAGAIN retried for good,
+    where a full descriptor table is EMFILE, as guest-abi.md says; closing one
+    makes room."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["emfile"], to_file=True)
+    assert code == 0, r.stdout + r.stderr
+    assert lines == ["made 0", "full 33 after-many", "close 0", "again 0", "dir-full 33"], \
+        r.stderr
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -84,6 +84,10 @@ def test_errno_comes_from_the_reason_or_the_exception_type():
     assert errno_of(failed("app.data: Directory.mkdir is not allowed")) == E.NOTCAPABLE
     assert errno_of(failed("EBOGUS: nothing we know")) == E.NOTCAPABLE
     assert errno_of(HostCallFailed("overloaded", "too fast")) == E.AGAIN
+    # a full c-list is a full descriptor table, not an overload that passes
+    assert errno_of(HostCallFailed("overloaded", "app would hold more than 1024 "
+                                   "capabilities (limit handles); it must release some")) \
+        == E.MFILE
     assert errno_of(HostCallFailed("disconnected", "gone")) == E.IO
 
 

@@ -15,7 +15,8 @@
  *   cookies   readdir cookies: what they are, and telldir/seekdir (a 32-bit long
  *             in wasi-libc) at every entry
  *   badout    calls whose result pointer is in the null page (wsuper: EFAULT)
- *             and what they did anyway */
+ *             and what they did anyway
+ *   emfile    open until it fails; close one; open again */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -371,6 +372,23 @@ static void badout(void) {
   printf("next-fd-is-fd+1 %d\n", next == fd + 1);
 }
 
+static void emfile(void) {
+  uint32_t fd = 0, last = 0;
+  int opened = 0;
+  I e = 0;
+  create("made", "many.txt", 0, CREAT);
+  while (opened < 5000) {
+    e = w_path_open(3, 0, S("many.txt"), 0, RD, ALL, 0, P(&fd));
+    if (e) break;
+    opened++;
+    last = fd;
+  }
+  printf("full %d %s\n", e, opened > 500 ? "after-many" : "too-soon");
+  printf("close %d\n", w_fd_close(last));
+  printf("again %d\n", w_path_open(3, 0, S("many.txt"), 0, RD, ALL, 0, P(&fd)));
+  printf("dir-full %d\n", w_path_open(3, 0, S("."), DIRECTORY, 0, ALL, 0, P(&fd)));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -383,5 +401,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "dropped")) dropped();
   if (!strcmp(part, "cookies")) cookies();
   if (!strcmp(part, "badout")) badout();
+  if (!strcmp(part, "emfile")) emfile();
   return 0;
 }
