@@ -109,7 +109,7 @@ MAX_IOVECS = 1024
 MAX_TRANSFER = 64 << 20     # bytes one fd_read / fd_write moves at most (then it is short)
 LOG_LINE = 4096             # characters of one log line the supervisor shows
 RANDOM_CHUNK = 65536        # Random.bytes' per-call bound
-MAX_SLEEP = 3600.0          # seconds one poll_oneoff may sleep (it returns, and may sleep again)
+MAX_SLEEP = 3600.0          # seconds one time.sleep of poll_oneoff (a longer sleep: several)
 U64 = (1 << 64) - 1
 _DIRENT = struct.Struct("<QQIBxxx")      # d_next, d_ino, d_namlen, d_type; the name follows
 _ERRNO_PREFIX = re.compile(r"(E[A-Z0-9]+): ")
@@ -594,7 +594,13 @@ class Wasi:
         if not ready and timers:
             timeout, _ = min(timers)
             self.host.before_blocking()         # answers the engine holds go out first
-            time.sleep(min(timeout / 1e9, MAX_SLEEP))
+            left = timeout / 1e9
+            while True:      # in pieces time.sleep takes; the clock is due only at the end
+                piece = min(left, MAX_SLEEP)    # (it used to be reported due after an hour)
+                time.sleep(piece)
+                left -= piece
+                if left <= 0:
+                    break
             ready = [(u, 0, 0) for t, u in timers if t <= timeout]
         out = b"".join(struct.pack("<QHBxxxxxQHxxxxxx", u, err, tag, 0, 0)
                        for u, err, tag in ready)

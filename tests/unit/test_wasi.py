@@ -441,6 +441,20 @@ def test_a_sleep_lets_the_engine_write_what_it_holds_first(monkeypatch):
     assert host.calls == [] and len(slept) == 1 and host.u32(900) == 1
 
 
+def test_a_sleep_longer_than_an_hour_is_slept_whole(monkeypatch):
+    """A relative clock of two hours (or 2^64-1 ns) is slept in pieces of at most
+    MAX_SLEEP until it is due: it used to sleep one hour and report the clock due
+    (sleep(7200) returned after 3600 s)."""
+    host, w = wasi_with()
+    slept = []
+    monkeypatch.setattr(wasi.time, "sleep", slept.append)
+    host.write(0, struct.pack("<QB7xIxxxxQQH6x", 5, 0, wasi.CLOCK_MONOTONIC,
+                              7200 * 10**9, 0, 0))
+    assert call(w, "poll_oneoff", 0, 100, 1, 900) == 0
+    assert sum(slept) == 7200 and max(slept) <= wasi.MAX_SLEEP
+    assert host.u32(900) == 1 and struct.unpack_from("<QH", host.mem, 100) == (5, 0)
+
+
 def test_seek_takes_only_the_three_whences():
     """whence is a u8: 256 passed the check of its low byte (0) and then was taken
     as SEEK_END, the branch for anything that was not 0 or 1."""
