@@ -25,6 +25,16 @@ import socket as pysocket
 import stat
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
+#: Admin connections served at once.  Past it, a new one closes the oldest that has
+#: not sent its whole request yet, or is refused (one line) if every one has: a
+#: local process that opens connections and sends nothing, or asks and never reads
+#: its answer, took a descriptor (and the answer's memory) for each, until the
+#: supervisor had none left for its engines, its log files or its clients.
+ADMIN_CONNECTIONS = 16
+#: Seconds a connection may take to send its request line ...
+ADMIN_READ_TIMEOUT = 5.0
+#: ... and the system waits for it to take the answer (it is then closed).
+ADMIN_SEND_TIMEOUT = 5.0
 ADMIN_ANSWER_LIMIT = 1 << 26    # an answer (from the system: one entry per compartment)
 #: How long an operator's command waits for the answer: longer than any request takes
 #: (a revocation waits up to hostcaps.IO_DEADLINE, 10 s, for the file operations
@@ -370,6 +380,17 @@ def owned_socket(path: str, inode: int):
 
 
 # ------------------------------------------------------------------ the admin protocol
+
+
+def admin_evictee(conns):
+    """Which admin connection makes room for a new one (pure): of `conns`, (key,
+    since, reading), the one that began longest ago and is still reading its
+    request; its key, or None when every one has sent it (and is answered)."""
+    best = None
+    for key, since, reading in conns:
+        if reading and (best is None or since < best[1]):
+            best = (key, since)
+    return None if best is None else best[0]
 
 
 def encode(obj: dict) -> bytes:

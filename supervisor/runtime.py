@@ -146,6 +146,19 @@ class _Link:
                     self.drained.set()
 
 
+class _AdminConn:
+    """An admin connection being served: since when, whether its request line is
+    still being read (then it may be closed to make room: endpoint.admin_evictee),
+    and the scope of that read."""
+    __slots__ = ("since", "reading", "evicted", "scope")
+
+    def __init__(self, since: float):
+        self.since = since
+        self.reading = True
+        self.evicted = False
+        self.scope = trio.CancelScope()
+
+
 _OPEN = object()     # a fast-lane link whose stream has not ended
 
 
@@ -417,6 +430,7 @@ class Supervisor:
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
         self._external = 0
+        self._admin_conns: set[_AdminConn] = set()     # admin connections being served
         self._fd_reserve: int | None = None
         self._ready_at: dict[str, float] = {}
         self._peer_of: dict[str, int] = {}   # compartment -> its current engine connection
@@ -1520,50 +1534,102 @@ class Supervisor:
             await stream.aclose()
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
-        """The admin socket: one JSON request line per connection, one answer line."""
+        """The admin socket: one JSON request line per connection, one answer line;
+        at most ADMIN_CONNECTIONS at once (endpoint.admin_evictee)."""
         listener = await self._bind(endpoint.admin_socket_path(self.identity))
         task_status.started()
         async with listener:
             while True:
                 stream = await self._accept(listener)
-                if stream is not None:
-                    self.nursery.start_soon(self._serve_admin, stream)
+                if stream is None:
+                    continue
+                if len(self._admin_conns) >= endpoint.ADMIN_CONNECTIONS:
+                    victim = endpoint.admin_evictee(
+                        [(c, c.since, c.reading) for c in self._admin_conns])
+                    if victim is None:
+                        self._refuse_admin(stream)
+                        continue
+                    victim.evicted = True
+                    victim.scope.cancel()
+                    self._admin_conns.discard(victim)
+                conn = _AdminConn(trio.current_time())
+                self._admin_conns.add(conn)
+                self.nursery.start_soon(self._serve_admin, stream, conn)
 
-    async def _serve_admin(self, stream):
-        async with stream:
-            data = b""
-            with trio.move_on_after(5):
-                while b"\n" not in data and len(data) < endpoint.ADMIN_LINE_LIMIT:
-                    try:
-                        chunk = await stream.receive_some(1 << 16)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-                    if not chunk:
-                        break
-                    data += chunk
-            line = data.partition(b"\n")[0]
-            if b'"trace"' in line:           # a trace session streams its events
+    def _refuse_admin(self, stream):
+        """Every admin connection is being answered: this one gets one line, if the
+        socket takes it at once, and is closed now (nothing of it is kept)."""
+        self.tell_once("max-admin", f"more than {endpoint.ADMIN_CONNECTIONS} admin "
+                                    f"connections at once: refusing the others")
+        self._admin_line_now(stream, self._admin_busy())
+        stream.socket.close()
+
+    @staticmethod
+    def _admin_line_now(stream, answer: dict):
+        """Write one answer line without waiting (the socket is non-blocking): lost if
+        the client's socket does not take it whole at once."""
+        try:
+            os.write(stream.socket.fileno(), endpoint.encode(answer))
+        except OSError:
+            pass
+
+    def _admin_busy(self) -> dict:
+        return {"ok": False, "system": self.identity,
+                "error": f"too many admin connections at once (at most "
+                         f"{endpoint.ADMIN_CONNECTIONS}); try again"}
+
+    async def _serve_admin(self, stream, conn):
+        try:
+            async with stream:
+                await self._serve_admin_line(stream, conn)
+        finally:
+            self._admin_conns.discard(conn)
+
+    async def _serve_admin_line(self, stream, conn):
+        data = b""
+        conn.scope.deadline = trio.current_time() + endpoint.ADMIN_READ_TIMEOUT
+        with conn.scope:
+            while b"\n" not in data and len(data) < endpoint.ADMIN_LINE_LIMIT:
                 try:
-                    req = endpoint.decode(line)
-                except ValueError:
-                    req = {}
-                if req.get("op") == "trace" and \
-                        req.get("system") == self.identity:
-                    try:
-                        await self.prober.trace(stream, req)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-                    except Exception as e:  # noqa: BLE001 - no request may end the system
-                        self.say(f"internal error in a trace session: "
-                                 f"{type(e).__name__}: {first_line(e)}")
+                    chunk = await stream.receive_some(1 << 16)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+                if not chunk:
+                    break
+                data += chunk
+        conn.reading = False
+        if conn.evicted:           # a line, if the socket takes it at once
+            self._admin_line_now(stream, {
+                **self._admin_busy(), "error": f"closed before the whole request came: "
+                f"another connection needed its place (at most "
+                f"{endpoint.ADMIN_CONNECTIONS} admin connections at once)"})
+            return
+        line = data.partition(b"\n")[0]
+        if b'"trace"' in line:           # a trace session streams its events
             try:
-                answer = await self._admin_answer(line)
-            except Exception as e:  # noqa: BLE001 - no request may end the system
-                self.say(f"internal error answering an admin request: "
-                         f"{type(e).__name__}: {first_line(e)}")
-                answer = {"ok": False, "error": "internal error"}
-            answer["system"] = self.identity
+                req = endpoint.decode(line)
+            except ValueError:
+                req = {}
+            if req.get("op") == "trace" and \
+                    req.get("system") == self.identity:
+                try:
+                    await self.prober.trace(stream, req)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except Exception as e:  # noqa: BLE001 - no request may end the system
+                    self.say(f"internal error in a trace session: "
+                             f"{type(e).__name__}: {first_line(e)}")
+                return
+        try:
+            answer = await self._admin_answer(line)
+        except Exception as e:  # noqa: BLE001 - no request may end the system
+            self.say(f"internal error answering an admin request: "
+                     f"{type(e).__name__}: {first_line(e)}")
+            answer = {"ok": False, "error": "internal error"}
+        answer["system"] = self.identity
+        # a client that never reads its answer (one larger than the socket's buffer:
+        # a status of many compartments) held the connection, and the answer, for ever
+        with trio.move_on_after(endpoint.ADMIN_SEND_TIMEOUT):
             try:
                 await stream.send_all(endpoint.encode(answer))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1613,7 +1679,10 @@ class Supervisor:
             self._audit_operator({"event": "stop requested"})
             self._act(self.lifecycle.stop(0))
             return {"ok": True, "text": "stopping", "pid": os.getpid()}
-        return {"ok": False, "error": f"unknown request {printable(str(req.get('op')))!r}"}
+        # at most 100 characters of it: the answer to a request of 64 KiB of
+        # characters printable escapes was five times as long
+        return {"ok": False, "error": f"unknown request "
+                                      f"{printable(str(req.get('op'))[:100])!r}"}
 
     def _audit_operator(self, record: dict):
         """An operator's change to the running system (a revocation, a stop; probe

@@ -368,3 +368,63 @@ def test_a_reader_that_goes_away_after_the_last_line_still_stops_the_system(tmp_
     while os.path.exists(admin) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(admin)
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_admin_clients_that_send_nothing_or_never_read_cannot_pile_up(tmp_path, xdg):
+    """Any local process can connect to the admin socket.  Each connection took a
+    descriptor until its request line came (5 s), and until its answer was taken
+    (for ever): a request whose answer is larger than the socket's buffer (an
+    unknown op of 64 KiB of characters printable escapes was echoed five times
+    as long) held the connection and the answer's memory as long as the client
+    did not read, and a few thousand connections took every descriptor of the
+    supervisor (its log files stopped for good, its engines could not be
+    restarted).  Now at most endpoint.ADMIN_CONNECTIONS are served at once (a new
+    one closes the oldest still sending its request), an answer is never longer
+    than the request allows, nor waits for its reader for long, and the system
+    still answers its operator."""
+    import json
+    import socket
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path)
+    run = _up(path, env)
+    held = []
+    try:
+        run.wait_for("all compartments ready")
+        pid = run.proc.pid
+        before = _descriptors(pid)
+        admin = endpoint.admin_socket_path(path)
+        system = json.dumps(endpoint.identity(path)).encode()
+        # the answer to this one (an unknown op) echoed the op, escaped
+        huge = b'{"system":' + system + b',"op":"' + b"\x7f" * 65000 + b'"}\n'
+        for i in range(300):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(admin)           # blocking: a unix socket's full backlog waits
+            s.settimeout(10)
+            if i % 3 == 0:                 # asks, and never reads the answer
+                try:
+                    s.sendall(huge)
+                except OSError:
+                    pass                    # closed to make room: so be it
+            held.append(s)                  # the others send nothing at all
+        assert _descriptors(pid) <= before + endpoint.ADMIN_CONNECTIONS + 4
+        # one that reads gets its answer, bounded
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(admin)
+            s.settimeout(10)
+            s.sendall(huge)
+            answer = s.makefile("rb").readline()
+        assert len(answer) < 4096 and b"unknown request" in answer, answer[:200]
+        r = _cli("status", path, env=env)
+        assert r.returncode == 0 and "calc" in r.stdout, r.stdout + r.stderr
+        r = _cli("stop", path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert run.finish() == 0
+    finally:
+        for s in held:
+            s.close()
+        run.stop()

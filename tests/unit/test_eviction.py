@@ -14,3 +14,11 @@ def test_no_connection_makes_room_while_each_did_useful_work_within_the_bound_or
     assert idlest([(1, 0.9, False), (2, 30.0, True)], IDLE_EVICT) is None
     assert idlest([], IDLE_EVICT) is None
     assert idlest([(1, IDLE_EVICT, False)], IDLE_EVICT) == (1, IDLE_EVICT)
+
+
+def test_an_admin_connection_makes_room_by_closing_the_oldest_still_sending_its_request():
+    from supervisor.endpoint import admin_evictee
+    conns = [("a", 1.0, False), ("b", 2.0, True), ("c", 0.5, False), ("d", 3.0, True)]
+    assert admin_evictee(conns) == "b"           # "a" and "c" are being answered
+    assert admin_evictee([("a", 1.0, False), ("c", 0.5, False)]) is None   # refuse the new
+    assert admin_evictee([]) is None
