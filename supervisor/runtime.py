@@ -46,6 +46,7 @@ GRACE_SECONDS = 2.0
 EXPIRY_TICK = 0.05          # call_time is enforced to within this
 SLICE = 4096                # bytes of a read fed to the router at a time
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
+CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external connection may take
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
@@ -1528,6 +1529,10 @@ class Supervisor:
                 self._perform(self.router.disconnected(
                     pid, "external client disconnected" + (f" ({why})" if why else "")))
                 await link.aclose()
+                # what is still queued for it (an Abort last) goes out if it reads, for a
+                # while: a client aborted or evicted while it read nothing kept its
+                # writer, its descriptor and its place of max_connections for ever
+                n.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH
         finally:
             self._external -= 1
             self.links.pop(pid, None)

@@ -9,6 +9,7 @@ nobody defined), messages the core does not know, half messages, peers that
 do not read, too many connections.
 """
 import os
+import socket
 import struct
 import threading
 import time
@@ -416,6 +417,42 @@ def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
         c.close()
     time.sleep(0.2)
     _still_serving(run, sock, before)
+
+
+@pytest.fixture(params=["1", "0"], ids=["native", "trio"])
+def either_path(request, monkeypatch):
+    """The live system with its external connections on the fast lane, and on
+    trio's sockets (WSUPER_NATIVE=0; also any connection the lane could not take
+    a descriptor for)."""
+    monkeypatch.setenv("WSUPER_NATIVE", request.param)
+    return request.param
+
+
+def test_clients_cut_off_while_they_read_nothing_give_their_place_back(either_path, live):
+    """A client whose answers waited in the supervisor's queue when it was aborted
+    (here: bad framing), and that never read again, kept its connection's writer
+    waiting on it for ever on trio's sockets: its descriptor, and its place of
+    max_connections, which no eviction could take back (it is no longer a peer).
+    Four of them kept every other client out for good.  What is queued for a
+    closed connection goes out for a second at most."""
+    run, sock = live
+    gateway_list = hosted.GATEWAY.method("list")
+    held = _take_every_connection(sock)
+    for c in held:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        batch = bytearray()
+        for _ in range(6000):            # ~0.5 MB of answers: past the socket buffers,
+            qid, data = c.conn.send_call(c.gateway, hosted.GATEWAY.id,   # under `soft`
+                                         gateway_list.ordinal, P.EMPTY, [])
+            batch += data + c.conn.send_finish(qid)
+        c.sock.settimeout(10)
+        c.sock.sendall(bytes(batch) + b"\xff\xff\xff\x00" + bytes(4))   # then bad framing
+    run.wait_for("bad framing")
+    # every place comes back while the four still hold their sockets, reading nothing
+    newcomers = _take_every_connection(sock)
+    for c in newcomers + held:
+        c.close()
+    assert run.proc.poll() is None
 
 
 def test_connections_that_only_chatter_cannot_keep_a_new_client_out(live):
