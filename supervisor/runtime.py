@@ -1166,13 +1166,26 @@ class Supervisor:
         self._cut_off(pid, f"internal error while handling its message "
                            f"({type(e).__name__}: {first_line(e)})")
 
-    def _cut_off(self, pid: int, reason: str):
+    def _cut_off(self, pid: int, reason: str, tell: bool = True):
+        """Close a peer's connection for `reason`; an external client is told why (an
+        Abort naming the limit), unless `tell` is False (it reads nothing: the Abort
+        would only wait behind what it does not read)."""
         peer = self.router.peers.get(pid)
         name = peer.name if peer is not None else f"peer {pid}"
         self._throttled(self.notices, name, f"{name}: connection cut off: {reason}",
                         "lines about")
         link = self.links.get(pid)
         if link is not None:
+            if tell and peer is not None and peer.kind == "external" and peer.alive \
+                    and not link.closed:
+                # evicted, or stalled in the middle of a message: without this, its end
+                # of the stream was all a client heard, with no reason or limit named
+                try:
+                    data = peer.conn.send_abort(f"connection cut off: {reason}")
+                except Exception:  # noqa: BLE001 - the connection may be in any state
+                    data = None
+                if data is not None:
+                    link.write(data)          # closed next: at most CLOSE_FLUSH on trio's
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
 
@@ -1736,7 +1749,7 @@ class Supervisor:
                     if not link.write(e.data):
                         self._then(self._cut_off, e.peer, f"it does not read its messages "
                                                           f"(more than {link.hard} bytes are "
-                                                          f"waiting for it)")
+                                                          f"waiting for it)", False)
                     return
             elif kind is fx.HostCall:
                 self._host_call(e)
@@ -1824,7 +1837,7 @@ class Supervisor:
             if link is not None and not link.write(
                     chunks[0] if len(chunks) == 1 else b"".join(chunks)):
                 self._then(self._cut_off, pid, f"it does not read its messages (more than "
-                                               f"{link.hard} bytes are waiting for it)")
+                                               f"{link.hard} bytes are waiting for it)", False)
         batch.clear()
 
     def _on_started(self, e: fx.Started):

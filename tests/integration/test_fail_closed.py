@@ -455,6 +455,37 @@ def test_clients_cut_off_while_they_read_nothing_give_their_place_back(either_pa
     assert run.proc.poll() is None
 
 
+def test_a_client_cut_off_is_told_why_in_an_abort_naming_the_limit(either_path, live):
+    """A client cut off for a limit heard nothing but the end of the stream (a
+    pycapnp client: 'disconnected', no reason) when it stalled in the middle of a
+    message (message_timeout) or was evicted to make room (max_connections), while
+    a protocol error or a refused connection gets an Abort that says why."""
+    run, sock = live
+
+    def abort_of(c) -> str:
+        assert c.closed()
+        aborts = [e for e in c.events if isinstance(e, P.AbortReceived)]
+        assert aborts, c.events
+        return aborts[0].reason
+
+    stalled = WireClient(sock)
+    stalled.bootstrap()
+    stalled.send(struct.pack("<II", 0, 100) + bytes(16))   # 2 words of 100, then nothing
+    reason = abort_of(stalled)
+    assert "did not finish it within 1 s (message_timeout)" in reason, reason
+    held = _take_every_connection(sock)
+    time.sleep(1.2)                       # the first is idle longest, the others are not
+    for c in held[1:]:
+        c.bootstrap()
+    newcomer = WireClient(sock)
+    newcomer.bootstrap()
+    reason = abort_of(held[0])
+    assert "did no useful work" in reason and "(max_connections)" in reason, reason
+    for c in held + [newcomer, stalled]:
+        c.close()
+    assert run.proc.poll() is None
+
+
 def test_connections_that_only_chatter_cannot_keep_a_new_client_out(live):
     """Every connection sending a message that asks for nothing (a Release of no
     reference) every 0.3 s used to count as busy: eviction waited for 1 s of
