@@ -565,3 +565,15 @@ def test_a_bootstrap_naming_an_object_says_so(object_id):
     (ev,) = b.receive(wire.frame(msg.to_segments()))
     assert ev == P.BootstrapRequested(4, object_id is not None)
     assert ev.named is (object_id is not None)
+
+
+@pytest.mark.parametrize("segments", [[b""], [b"", bytes(8)]], ids=["empty", "empty first"])
+def test_a_message_without_a_root_pointer_is_refused_in_words_not_cpp(segments):
+    """pycapnp's refusal reached the peer's Abort as it came: "capnp/message.c++:99:
+    failed: expected segment != nullptr && segment->checkObject(...); Message did
+    not contain a root pointer." (most of it C++, and the Abort's reason is cut)."""
+    c = P.Connection("peer")
+    with pytest.raises(P.ProtocolError) as e:
+        c.receive(wire.frame(segments))
+    assert str(e.value) == "malformed message: Message did not contain a root pointer."
+    assert c.closed == "protocol error: " + str(e.value)
