@@ -92,7 +92,8 @@ class Output:
             except (AttributeError, ValueError, OSError):
                 pass
         self.json = fmt == "json"
-        self.files = LogFiles(log_dir, self._files_failed) if log_dir else None
+        self.files = LogFiles(log_dir, self._files_failed, self._files_paused) \
+            if log_dir else None
         self.on_closed = on_closed
         self.closed = False
         self.dropped = 0
@@ -205,6 +206,15 @@ class Output:
     def _files_failed(self, why: str):
         """The log files stopped (said once, on the terminal only)."""
         text = f"the log files stopped: {why}; lines are shown here only from now on"
+        if self.json:
+            self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
+        else:
+            self._write(self.err, f"{rfc3339()} wsuper: {printable(text)}")
+
+    def _files_paused(self, why: str):
+        """The log files cannot be written for a moment (on the terminal only)."""
+        text = f"the log files wait: {why}; their lines are kept (up to a bound) and " \
+               f"written once a descriptor is free"
         if self.json:
             self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
         else:
@@ -335,6 +345,12 @@ class StderrLines:
             out.append((text, True))
 
 
+#: Errors writing the log files that pass: no descriptor free, in the supervisor
+#: (EMFILE) or in the system (ENFILE), no memory for one.  Lines wait (bounded by
+#: LOG_BACKLOG_BYTES) and are written when it has passed.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
 class LogFiles:
     """Per-name log files in one directory, capped and rotated, written in batches.
     `set_event`: how `add` wakes the writer (the supervisor's, from either thread).
@@ -346,10 +362,14 @@ class LogFiles:
     writer catches up; the supervisor's events have twice the room."""
     set_event = staticmethod(trio.Event.set)
 
-    def __init__(self, folder: str, on_failed=lambda why: None):
-        """`on_failed(why)`: told once, when writing fails and the files stop."""
+    def __init__(self, folder: str, on_failed=lambda why: None, on_paused=lambda why: None):
+        """`on_failed(why)`: told once, when writing fails and the files stop;
+        `on_paused(why)`: when writing fails for want of a descriptor (then it is
+        tried again, and told again only after it worked once more)."""
         self.folder = folder
         self.on_failed = on_failed
+        self.on_paused = on_paused
+        self.paused = False
         self.pending: dict[str, list[str]] = {}
         self.pending_size = 0          # characters in `pending`
         self.dropped: dict[str, int] = {}   # name -> lines not kept since the last batch
@@ -393,8 +413,37 @@ class LogFiles:
                 try:
                     await trio.to_thread.run_sync(self._write, batch)
                 except OSError as e:
-                    self.failed = f"{self.folder}: {e.strerror or e}"
-                    self.on_failed(self.failed)
+                    if e.errno not in TRANSIENT_ERRNOS:
+                        self.failed = f"{self.folder}: {e.strerror or e}"
+                        self.on_failed(self.failed)
+                        return
+                    # no descriptor free for a moment (a flood of connections, of
+                    # files): the files stopped for good, and every later line of the
+                    # run was lost.  What was not written waits for the next flush,
+                    # before what came since, as long as it fits; the rest is counted
+                    self._keep(batch)
+                    if not self.paused:
+                        self.paused = True
+                        self.on_paused(f"{self.folder}: {e.strerror or e}")
+                    self.set_event(self.wake)
+                    return
+                self.paused = False
+
+    def _keep(self, batch: dict):
+        """Put what `batch` still holds (not written) back before what is pending, up
+        to the backlog's bound; count the rest as dropped."""
+        pending, self.pending, self.pending_size = self.pending, {}, 0
+        for source in (batch, pending):
+            for name, lines in source.items():
+                for line in lines:
+                    self._readd(name, line)
+
+    def _readd(self, name: str, line: str):
+        if self.pending_size + len(line) > LOG_BACKLOG_BYTES * 2:
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+            return
+        self.pending.setdefault(name, []).append(line)
+        self.pending_size += len(line)
 
     def _write(self, batch: dict):
         """Append each name's lines; a file about to pass LOG_FILE_SIZE is rotated
@@ -410,22 +459,25 @@ class LogFiles:
             self._write_all(self._dir, batch)
 
     def _write_all(self, folder: int, batch: dict):
-        for name, lines in batch.items():
+        """What is written leaves `batch`: when writing fails, it holds what was not."""
+        for name, lines in list(batch.items()):
             file = name + ".log"
             try:
                 size = os.stat(file, dir_fd=folder, follow_symlinks=False).st_size
             except FileNotFoundError:
                 size = 0
             chunk: list[bytes] = []
-            for line in lines:
+            for i, line in enumerate(lines):
                 data = (line + "\n").encode("utf-8", "backslashreplace")
                 if size and size + len(data) > LOG_FILE_SIZE:
                     _append(folder, file, chunk)
+                    batch[name] = lines[i:]
                     rotate(folder, file)
                     chunk, size = [], 0
                 chunk.append(data)
                 size += len(data)
             _append(folder, file, chunk)
+            del batch[name]
 
     def close(self):
         with self._lock:

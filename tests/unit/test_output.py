@@ -240,3 +240,52 @@ def test_a_terminal_that_does_not_read_holds_a_bounded_number_of_characters(monk
     assert 1 <= shown <= 3
     assert f"the terminal did not keep up: {200 - shown} lines were not shown" in \
         err_stream.getvalue()
+
+
+def test_log_files_wait_out_a_shortage_of_descriptors_and_lose_no_line(tmp_path, monkeypatch):
+    """Out of descriptors for a moment (a flood of connections), the log files
+    stopped for good: 'the log files stopped: ... Too many open files', and every
+    line of the rest of the run was lost.  A shortage passes: what was not written
+    waits (bounded) and is written, in order, once a descriptor is free; a line
+    that was written is not written twice.  Other errors still stop them."""
+    import errno
+
+    import trio
+
+    from supervisor import output
+    told = []
+    files = output.LogFiles(str(tmp_path), on_failed=lambda why: told.append(("failed", why)),
+                            on_paused=lambda why: told.append(("paused", why)))
+    real, short = output._append, {"left": 0}
+
+    def append(folder, file, chunk):
+        if short["left"] and file == "app.log":
+            short["left"] -= 1
+            raise OSError(errno.EMFILE, f"{file} cannot be opened: Too many open files")
+        real(folder, file, chunk)
+    monkeypatch.setattr(output, "_append", append)
+
+    async def main():
+        files.add("supervisor", "event 1")
+        files.add("app", "app 1")
+        short["left"] = 2                   # two writes of app.log fail
+        await files.flush()                 # supervisor.log written, app.log not
+        files.add("app", "app 2")
+        await files.flush()                 # fails again: kept, in order
+        assert files.failed is None and files.paused
+        await files.flush()                 # a descriptor is free again
+        assert not files.paused
+    trio.run(main)
+    files.close()
+    assert [k for k, _ in told] == ["paused"] and "Too many open files" in told[0][1]
+    assert (tmp_path / "supervisor.log").read_text() == "event 1\n"
+    assert (tmp_path / "app.log").read_text() == "app 1\napp 2\n"
+    # anything else (a file that is not a regular one, say) still stops them
+    files = output.LogFiles(str(tmp_path), on_failed=lambda why: told.append(("failed", why)))
+    os.remove(tmp_path / "app.log")
+    os.mkfifo(tmp_path / "app.log")
+    monkeypatch.setattr(output, "_append", real)
+    files.add("app", "app 3")
+    trio.run(files.flush)
+    files.close()
+    assert files.failed and told[-1][0] == "failed"
