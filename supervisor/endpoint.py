@@ -23,6 +23,7 @@ import json
 import os
 import socket as pysocket
 import stat
+import time
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
 #: Admin connections served at once.  Past it, a new one closes the oldest that has
@@ -415,6 +416,30 @@ def decode(line: bytes, answer: bool = False) -> dict:
     return obj
 
 
+def connect_admin(s, path: str, timeout: float):
+    """Connect to the admin socket, waiting up to `timeout` for room in its backlog.
+    A unix socket whose backlog is full refuses a connect with a timeout at once
+    (EAGAIN): a local process that kept it full (connecting and sending nothing)
+    made `wsuper stop` and `status` say there was no running system."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        s.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            s.connect(path)
+            return
+        except (BlockingIOError, InterruptedError) as e:
+            if time.monotonic() >= deadline:
+                raise EndpointError(f"the system at {path} is busy: its admin socket took "
+                                    f"no connection within {timeout:g} s "
+                                    f"({e.strerror or e})") from None
+        except OSError as e:
+            raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
+                from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT) -> dict:
     """Send one admin request to the running system `system_path`; its answer.
     Raises EndpointError when no system answers there, or it does not answer in time
@@ -423,12 +448,8 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
     body = {**body, "system": identity(system_path)}
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+            connect_admin(s, path, timeout)
             s.settimeout(timeout)
-            try:
-                s.connect(path)
-            except OSError as e:
-                raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
-                    from None
             s.sendall(encode(body))
             data = b""
             chunks, size = [], 0

@@ -60,13 +60,13 @@ def _lines(system: str, body: dict, timeout: float):
     """Send one admin request; yield the answer's lines as objects."""
     path = endpoint.admin_socket(system)       # EndpointError: not our runtime directory
     body = {**body, "system": endpoint.identity(system)}
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(path)
-    except OSError as e:
-        raise endpoint.EndpointError(f"no running system at {path} ({e.strerror or e})") \
-            from None
+        endpoint.connect_admin(s, path, timeout)     # EndpointError: none there, or busy
+    except endpoint.EndpointError:
+        s.close()
+        raise
+    s.settimeout(timeout)
     with s:
         s.sendall(endpoint.encode(body))
         buf = b""

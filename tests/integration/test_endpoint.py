@@ -428,3 +428,53 @@ def test_admin_clients_that_send_nothing_or_never_read_cannot_pile_up(tmp_path, 
         for s in held:
             s.close()
         run.stop()
+
+
+def test_commands_wait_for_room_in_a_full_admin_backlog(tmp_path, xdg):
+    """A unix socket whose backlog is full refuses a connect that has a timeout at
+    once (EAGAIN): while a local process kept the admin socket's backlog full
+    (connecting as fast as it could, sending nothing), `wsuper stop` and `status`
+    said 'no running system at ... (Resource temporarily unavailable)' and gave
+    up.  They wait for room (up to their timeout), and then are answered."""
+    import json
+    import socket
+    import threading
+    path = _system(tmp_path)
+    endpoint.private_dir(endpoint.runtime_dir())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(endpoint.admin_socket_path(path))
+    listener.listen(0)
+    queued = []
+    while True:                                  # fill the backlog
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(endpoint.admin_socket_path(path))
+        except BlockingIOError:
+            s.close()
+            break
+        queued.append(s)
+    assert queued
+
+    def system():                                # a system slow to take connections
+        time.sleep(0.3)
+        for _ in range(len(queued) + 1):
+            conn, _ = listener.accept()
+            with conn:
+                line = conn.makefile("rb").readline()
+                if line:
+                    conn.sendall(endpoint.encode({"ok": True, "text": "fine",
+                                                  "system": json.loads(line)["system"]}))
+    server = threading.Thread(target=system, daemon=True)
+    server.start()
+    try:
+        for s in queued:
+            s.setblocking(True)
+            s.shutdown(socket.SHUT_WR)           # they send nothing: closed at once
+        answer = endpoint.request(path, {"op": "status"}, timeout=10)
+        assert answer["ok"] and answer["text"] == "fine"
+    finally:
+        for s in queued:
+            s.close()
+        server.join(10)
+        listener.close()
