@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import math
+import socket
 
 import capnp
 
@@ -35,7 +36,8 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     async def main():
         async with capnp.kj_loop():
             try:
-                stream = await capnp.AsyncIoStream.create_unix_connection(socket_path)
+                sock = await connect(socket_path)
+                stream = await capnp.AsyncIoStream.create_unix_connection(sock=sock)
             except Exception as e:  # noqa: BLE001 - pycapnp raises KjException
                 raise CallFailed(f"cannot connect to {socket_path}: {_first(e)}") from None
             client = capnp.TwoPartyClient(stream)
@@ -59,6 +61,29 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
             raise CallFailed(f"no answer within {timeout:g} s") from None
 
     return asyncio.run(bounded())
+
+
+async def connect(path: str) -> socket.socket:
+    """A connected unix socket to `path`, once its backlog has room.  A unix socket
+    whose backlog is full refuses a non-blocking connect at once (EAGAIN), and
+    asyncio's connect took the socket that then became writable for connected:
+    while any local process kept the external socket's backlog full, every `wsuper
+    call` failed with 'disconnected: ... Transport endpoint is not connected'.
+    The caller's timeout bounds the wait."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    pause = 0.005
+    try:
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except (BlockingIOError, InterruptedError):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def to_json(reader) -> str:

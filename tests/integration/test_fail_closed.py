@@ -1127,3 +1127,63 @@ def test_time_the_supervisor_did_not_read_a_peer_does_not_count_against_its_mess
     assert ret.payload is not None, ret.error
     assert not any("did not finish it within" in line for line in run.lines), run.lines
     c.close()
+
+
+def test_wsuper_call_waits_for_room_in_a_full_backlog(live, tmp_path):
+    """A unix socket whose backlog is full refuses a non-blocking connect at once
+    (EAGAIN), and asyncio took the socket for connected as soon as it was writable:
+    while any local process kept the external socket's backlog full, `wsuper call`
+    failed with 'disconnected: ... Transport endpoint is not connected'.  It waits
+    for room now (its timeout bounds the wait).  Here a listener slow to accept,
+    with a full backlog, stands before the live system's socket."""
+    import capnp_schemas
+    from supervisor import client
+    run, sock = live
+    front = str(tmp_path / "front.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(front)
+    listener.listen(0)
+    queued = []
+    while True:                                  # fill the backlog
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(front)
+        except BlockingIOError:
+            s.close()
+            break
+        queued.append(s)
+
+    def pump(a, b):
+        try:
+            while True:
+                data = a.recv(1 << 16)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def slow_front():
+        time.sleep(0.3)
+        for _ in range(len(queued) + 1):
+            conn, _ = listener.accept()
+            back = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            back.connect(sock)
+            threading.Thread(target=pump, args=(conn, back), daemon=True).start()
+            threading.Thread(target=pump, args=(back, conn), daemon=True).start()
+    threading.Thread(target=slow_front, daemon=True).start()
+    calc = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp")).Calc
+    try:
+        out = client.call(front, "calc", calc, "add", {"a": 40, "b": 2}, timeout=20)
+        assert "sum = 42" in out, out
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
