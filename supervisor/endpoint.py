@@ -26,12 +26,14 @@ import stat
 import time
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
-#: Admin connections served at once.  Past it, a new one closes the oldest that has
-#: not sent its whole request yet, or is refused (one line) if every one has: a
-#: local process that opens connections and sends nothing, or asks and never reads
-#: its answer, took a descriptor (and the answer's memory) for each, until the
-#: supervisor had none left for its engines, its log files or its clients.
+#: Admin connections still sending their request, at once: a new one closes the
+#: oldest of them.  A local process that opened connections and sent nothing, or
+#: asked and never read its answer, took a descriptor (and the answer's memory) for
+#: each, until the supervisor had none left for its engines, its log files or its
+#: clients.
 ADMIN_CONNECTIONS = 16
+#: Requests answered at once: past it, any but a stop is answered "too many".
+ADMIN_ANSWERING = 16
 #: Seconds a connection may take to send its request line ...
 ADMIN_READ_TIMEOUT = 5.0
 #: ... and the system waits for it to take the answer (it is then closed).
@@ -392,6 +394,15 @@ def admin_evictee(conns):
         if reading and (best is None or since < best[1]):
             best = (key, since)
     return None if best is None else best[0]
+
+
+def is_stop(line: bytes) -> bool:
+    """Whether the request line asks the system to stop (which is never refused for
+    being one too many)."""
+    try:
+        return decode(line).get("op") == "stop"
+    except ValueError:
+        return False
 
 
 def encode(obj: dict) -> bytes:

@@ -1553,7 +1553,10 @@ class Supervisor:
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
         """The admin socket: one JSON request line per connection, one answer line;
-        at most ADMIN_CONNECTIONS at once (endpoint.admin_evictee)."""
+        at most ADMIN_CONNECTIONS still sending their request (a new one closes the
+        oldest: endpoint.admin_evictee), and ADMIN_ANSWERING requests answered at once
+        (past it, any but a stop is refused: nothing a local client does keeps
+        `wsuper stop` out)."""
         listener = await self._bind(endpoint.admin_socket_path(self.identity))
         task_status.started()
         async with listener:
@@ -1561,26 +1564,15 @@ class Supervisor:
                 stream = await self._accept(listener)
                 if stream is None:
                     continue
-                if len(self._admin_conns) >= endpoint.ADMIN_CONNECTIONS:
-                    victim = endpoint.admin_evictee(
-                        [(c, c.since, c.reading) for c in self._admin_conns])
-                    if victim is None:
-                        self._refuse_admin(stream)
-                        continue
+                conns = [(c, c.since, c.reading) for c in self._admin_conns]
+                if sum(reading for _c, _s, reading in conns) >= endpoint.ADMIN_CONNECTIONS:
+                    victim = endpoint.admin_evictee(conns)
                     victim.evicted = True
                     victim.scope.cancel()
                     self._admin_conns.discard(victim)
                 conn = _AdminConn(trio.current_time())
                 self._admin_conns.add(conn)
                 self.nursery.start_soon(self._serve_admin, stream, conn)
-
-    def _refuse_admin(self, stream):
-        """Every admin connection is being answered: this one gets one line, if the
-        socket takes it at once, and is closed now (nothing of it is kept)."""
-        self.tell_once("max-admin", f"more than {endpoint.ADMIN_CONNECTIONS} admin "
-                                    f"connections at once: refusing the others")
-        self._admin_line_now(stream, self._admin_busy())
-        stream.socket.close()
 
     @staticmethod
     def _admin_line_now(stream, answer: dict):
@@ -1593,8 +1585,9 @@ class Supervisor:
 
     def _admin_busy(self) -> dict:
         return {"ok": False, "system": self.identity,
-                "error": f"too many admin connections at once (at most "
-                         f"{endpoint.ADMIN_CONNECTIONS}); try again"}
+                "error": f"too many admin requests at once (at most "
+                         f"{endpoint.ADMIN_ANSWERING} are answered at a time, and a stop "
+                         f"always); try again"}
 
     async def _serve_admin(self, stream, conn):
         try:
@@ -1620,9 +1613,15 @@ class Supervisor:
             self._admin_line_now(stream, {
                 **self._admin_busy(), "error": f"closed before the whole request came: "
                 f"another connection needed its place (at most "
-                f"{endpoint.ADMIN_CONNECTIONS} admin connections at once)"})
+                f"{endpoint.ADMIN_CONNECTIONS} admin connections still sending theirs)"})
             return
         line = data.partition(b"\n")[0]
+        answering = sum(not c.reading for c in self._admin_conns) - 1
+        if answering >= endpoint.ADMIN_ANSWERING and not endpoint.is_stop(line):
+            self.tell_once("max-admin", f"more than {endpoint.ADMIN_ANSWERING} admin "
+                                        f"requests at once: refusing the others (not a stop)")
+            self._admin_line_now(stream, self._admin_busy())
+            return
         if b'"trace"' in line:           # a trace session streams its events
             try:
                 req = endpoint.decode(line)

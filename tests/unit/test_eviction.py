@@ -22,3 +22,12 @@ def test_an_admin_connection_makes_room_by_closing_the_oldest_still_sending_its_
     assert admin_evictee(conns) == "b"           # "a" and "c" are being answered
     assert admin_evictee([("a", 1.0, False), ("c", 0.5, False)]) is None   # refuse the new
     assert admin_evictee([]) is None
+
+
+def test_only_a_stop_request_is_one_the_admin_socket_never_refuses_for_being_too_many():
+    from supervisor.endpoint import is_stop
+    assert is_stop(b'{"op":"stop","system":"/x"}')
+    assert not is_stop(b'{"op":"status","system":"/x"}')
+    assert not is_stop(b'{"op":"stop"')                  # not JSON
+    assert not is_stop(b"[" * 100 + b"]" * 100)          # nested too deeply
+    assert not is_stop(b'{"op":["stop"]}')
