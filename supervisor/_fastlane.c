@@ -518,6 +518,9 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   if (buf_size(&B->out) > B->soft) return 0; /* the router says "overloaded" */
   uint64_t size = o->content ? 8 * n : 0;
   if (size > B->message_size) return 0;
+  /* an external client's params past its own message_size (the framing admits its
+   * header on top): Python refuses the call, naming the limit */
+  if (A->external && size > A->message_size) return 0;
   if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
   /* max_unfinished (protocol.py) is one count of both sides' answers returned and
    * not finished (Python's plus returned_open, Connection._new_answer): a call is
@@ -583,6 +586,7 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
   uint64_t size = o->content ? 8 * n : 0;
   if (!c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0) {
     if (size > A->message_size) return 0; /* Python fails it with the reason */
+    if (B->external && size > B->message_size) return 0; /* as fast_call's params */
     /* past the caller's hard limit it does not read its messages: Python, whose
      * write is refused there, cuts it off (a caller that stopped reading took its
      * calls' returns here without bound: in_flight x message_size) */

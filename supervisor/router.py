@@ -622,6 +622,8 @@ class Router:
             refused = CallError(f"{peer.name} has passed the supervisor more than "
                                 f"{peer.limits.handles} capabilities it still holds "
                                 f"(limit handles)", "overloaded")
+        else:
+            refused = self._oversized(peer, ev.payload.content, "params")
         if refused is not None:
             self._refuse(ev, reply, refused)
             self._drop_imported(peer, ev.payload)
@@ -699,6 +701,11 @@ class Router:
             return
         if ev.finish_needed:
             self.emit(fx.Send(peer.id, peer.conn.send_finish(ev.question_id)))
+        if ev.payload is not None:
+            refused = self._oversized(peer, ev.payload.content, "results")
+            if refused is not None:          # the call fails, and says why
+                self._drop_imported(peer, ev.payload)
+                ev.payload, ev.error, ev.error_type = None, refused.args[0], refused.type
         handler.returned(self, peer, ev)
 
     def _on_taken(self, peer: Peer, ev: protocol.ReturnTaken):
@@ -1418,6 +1425,21 @@ class Router:
             if record is not None:
                 self.emit(fx.Audit(record))
         return crossed
+
+    @staticmethod
+    def _oversized(peer: Peer, content: Content, what: str) -> CallError | None:
+        """An external client's params or results larger than its message_size: the
+        framing admits a message up to HEADER_WORDS more (its header), and what lay
+        between went on to the compartment (params of 56 KB from a client whose
+        message_size was 1 KiB).  A compartment's own are its engine's to refuse
+        (E_MESSAGE)."""
+        if peer.kind != "external":
+            return None
+        size = content.size()
+        if size <= peer.limits.message_size:
+            return None
+        return CallError(f"{what} of {size} bytes from {peer.name} are more than it may "
+                         f"send (limit message_size = {peer.limits.message_size})", "failed")
 
     @staticmethod
     def _check_size(peer: Peer, content: Content):

@@ -208,6 +208,51 @@ def _sum_to(c: WireClient, calc: int, n: int, junk: int = 0) -> P.ReturnReceived
         c.send(c.conn.send_return(ev.answer_id, P.EMPTY, [object() for _ in range(junk)]))
 
 
+def test_an_external_client_sends_nothing_past_its_message_size(either_path, live):
+    """The framing admits a message up to message_size plus 64 KiB (its header),
+    and what lay between went on: params of 100 KB from a client whose message_size
+    is 64 KiB reached calc, and so did results that large from an object the client
+    hosts.  Now such params fail the call, and such results the call they answer,
+    each naming the limit; the client's connection goes on, on either path (the
+    fast lane forwards calls once the route is known: a few small calls first)."""
+    from tests.wireclient import struct_content
+    run, sock = live
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    add = payloads.build(_calc_structs("add")[0], {"a": 1, "b": 2})[0]
+    for _ in range(5):
+        ret = c.returned(c.call(calc, CALC_ID, 0, add))
+        assert ret.payload is not None, ret.error
+    for words in (9000, 12000):                    # 72 KB and 96 KB: past 64 KiB
+        ret = c.returned(c.call(calc, CALC_ID, 0, struct_content([1, 2] + [0] * words)))
+        assert ret.payload is None and "(limit message_size = 65536)" in ret.error, ret
+        assert "params of" in ret.error
+    ret = c.returned(c.call(calc, CALC_ID, 0, add))        # the connection goes on
+    assert ret.payload is not None, ret.error
+    # results: the client's observer answers calc's Observer.step with 72 KB
+    observer = object()
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
+    seg = bytearray(params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
+    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    steps = 0
+    while True:
+        ev = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer
+                    or isinstance(e, P.ReturnReceived) and e.question_id == qid)
+        if isinstance(ev, P.ReturnReceived):
+            if ev.finish_needed:
+                c.send(c.conn.send_finish(qid))
+            break
+        c.send(c.conn.send_return(ev.answer_id, struct_content([0] * 9000) if not steps
+                                  else P.EMPTY))
+        steps += 1
+    # calc's first step failed (calc gives up: 'dispatch returned 5'), it got no 72 KB
+    assert steps == 1 and ev.payload is None, (steps, ev)
+    ret = c.returned(c.call(calc, CALC_ID, 0, add))
+    assert ret.payload is not None, ret.error
+    c.close()
+
+
 def test_capabilities_a_method_does_not_take_do_not_fill_the_callees_handle_table(live):
     """calc.add takes no capability; 64 calls with 16 capabilities each used to fill
     calc's 1024 handles for good (neither calc nor generated code releases what it
