@@ -303,7 +303,8 @@ env = {{ host = "environment", args = ["release:data", "release:stdout", "read:/
 """)
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == ["release data -> 0", "release stdout -> 0", "read /data/a.txt -> ok",
-                         "  still here", "release data -> -1"], r.stdout + r.stderr   # gone
+                         "  still here", "release data -> -7"], r.stdout + r.stderr
+    # gone: once its handle is released, lookup finds no grant of that name (E_NOTFOUND)
     assert "finished app exit=0" in r.stderr
 
 
