@@ -251,6 +251,8 @@ class Engine:
         self.frames: list[_Frame | None] = []
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
+        #: the store of each guest code running now, innermost last (_guest)
+        self._running: list = []
         self._run_answer = None              # the answer id of run() while _start runs
         # (read sequence, event) received and not handled yet (_pump)
         self._backlog: collections.deque = collections.deque()
@@ -1355,10 +1357,15 @@ class Engine:
             self._flush()
         store = self.store
         # only guest code that is running (we are inside one of its host calls)
-        # has a budget to resume with; at the top level there is none to keep
+        # has a budget to resume with, and only in its own store: at the top level
+        # there is none to keep, and a per_call instance's store is not the one of
+        # the code that waits below it (restoring the new store's fuel as it was
+        # before would give back what this run spent: its _initialize, nested, cost
+        # the call nothing)
         left = unchecked.refuel(store, fuel)
-        outer = left if self._entered else None
+        outer = left if self._running and self._running[-1] is store else None
         self._entered += 1
+        self._running.append(store)
         depth = self.probes.depth()
         try:
             try:
@@ -1378,6 +1385,7 @@ class Engine:
                 from None
         finally:
             self._entered -= 1
+            self._running.pop()
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
 
 

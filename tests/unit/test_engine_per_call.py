@@ -158,3 +158,80 @@ def test_exit_in_a_per_call_instance_s_initialize_says_so(tmp_path):
     _engine_, call = _engine(str(module), per_call=True)
     ret = call()
     assert ret.payload is None and ret.error == "burn: _initialize called exit(4)"
+
+
+def _calling_module(path, start=0, initialize=0, dispatch=0) -> str:
+    """As _module, but method 0 calls the grant "peer" (and waits for it), and only
+    the other methods loop `dispatch` times."""
+    path.write_text(f"""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "peer")
+  (func $s {_burn(start)}) (start $s)
+  (func (export "_initialize") {_burn(initialize)})
+  (func $burn {_burn(dispatch)})
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (if (i32.eqz (local.get 2))
+      (then (return (call $call (call $lookup (i32.const 100) (i32.const 4)) (i64.const 7)
+                          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                          (i32.const 0) (i32.const 200)))))
+    (call $burn) (i32.const 0)))""")
+    return str(path)
+
+
+@pytest.mark.parametrize("spent", [("start", "dispatch"), ("initialize", "dispatch")],
+                         ids="+".join)
+def test_a_per_call_call_served_while_another_waits_has_the_same_one_budget(tmp_path, spent):
+    """Method 0 calls out and waits; meanwhile method 1 comes, served nested in an
+    instance of its own whose phases each take 60% of fuel_per_call.  At the top
+    level that call is over budget; nested, it passed: re-entering the guest keeps
+    the budget of the code that waits below to give it back after, but it took
+    that budget from the *new* instance's store, so _initialize's fuel was given
+    back to the call's instance, and its dispatch ran on a budget of its own."""
+    from tests.unit.test_engine_native import Answering
+    n = int(0.6 * FUEL / _fuel_per_loop(tmp_path))
+    module = _calling_module(tmp_path / "nest.wat", dispatch=n,
+                             **{p: n for p in spent if p != "dispatch"})
+    engine = Engine(Answering(), EngineSpec(name="burn", module=module, exports=True,
+                                            per_call=True, limits=Limits(fuel_per_call=FUEL)))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        [ev] = sup.receive(sock.writes.pop())
+        return ev
+    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", "")]), [object()])[1]).payload.caps[0].import_id
+    empty = Content.standalone([bytes(16)])
+    top = ask(sup.send_call(main, 1, 1, empty)[1])
+    assert top.payload is None and top.error_type == "overloaded", top.error
+    returns, asked = {}, {}
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):    # method 0 waits: method 1 comes
+                asked["out"] = ev.answer_id
+                asked["nested"], msg = sup.send_call(main, 1, 1, empty)
+                more += msg
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+                if ev.question_id == asked.get("nested"):
+                    more += sup.send_return(asked["out"], empty)
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(main, 1, 0, empty)
+    sock.batches.append(msg)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    nested = returns[asked["nested"]]
+    assert nested.payload is None and nested.error_type == "overloaded", nested.error
+    assert nested.error == (f"compartment burn used up its CPU budget for this call "
+                            f"(fuel_per_call = {FUEL})")
+    assert returns[q].payload is not None        # the call that waited is served on
