@@ -73,6 +73,21 @@ def edges(plan: Plan) -> list[Edge]:
     return out
 
 
+def sealed(plan: Plan) -> frozenset:
+    """The ids of the compartments' main interfaces through which no capability
+    can pass (_carries: none anywhere in their schema, or one they extend).  A cap
+    table is the sender's, whatever the schema says: the router refuses one on
+    calls to such an object, and in its answers (Router(sealed=...)), so that what
+    this module says of them holds."""
+    out = set()
+    for comp in plan.system.compartments.values():
+        iid = plan.main_interface.get(comp.name)
+        if iid is not None and comp.exports is not None \
+                and _carries(plan.interface_modules.get(comp.exports)) == (False, False):
+            out.add(iid)
+    return frozenset(out)
+
+
 def _carries(iface) -> tuple[bool, bool]:
     """Whether capabilities can cross a grant of `iface` into its target (params) /
     back to its holder (results).  Only the main object's interface is checked by

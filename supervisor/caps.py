@@ -39,9 +39,14 @@ class Proxy(Cap):
     """A compartment's main object, as granted by name: stable across its lifetime.
     Calls wait (`queue`) while the compartment starts and fail once it is gone."""
 
-    def __init__(self, compartment: str, interface_id: int | None, extends: tuple = ()):
+    def __init__(self, compartment: str, interface_id: int | None, extends: tuple = (),
+                 sealed: bool = False):
         self.compartment = compartment
         self.interface_id = interface_id
+        # its interface's schema (with what it extends) has no capability anywhere:
+        # calls on it pass none, either way (Router._deliver, Router._answer), as
+        # `wsuper check --reach` assumes
+        self.sealed = sealed
         # what a call on it may name: its interface, and every one that extends (a
         # Calc extends(Base) is called reset with Base's id, as Cap'n Proto calls
         # an inherited method with its declarer's)

@@ -169,7 +169,7 @@ class Router:
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
                  names: dict | None = None, audit: bool = False, backlog=None,
                  pipelined_total: int = PIPELINED_TOTAL_BYTES, orphans_limit: int | None = None,
-                 revocable: tuple = (), extends: dict | None = None):
+                 revocable: tuple = (), extends: dict | None = None, sealed=()):
         """`compartments`: name -> interface id of its main object (None: exports nothing).
         `limits`: name -> Limits.  `clock`: monotonic seconds (deadlines, quotas,
         durations); `wall`: seconds since the epoch (audit times).  `names`: interface
@@ -184,7 +184,11 @@ class Router:
         first starts (its membrane is made then).  `extends`: interface id -> the ids
         of every interface it extends (preflight.Plan.extends): a compartment's main
         object is called with those too (an inherited method carries its declarer's
-        id), and with no other."""
+        id), and with no other.  `sealed`: the ids of the interfaces whose schema (with
+        what they extend) has no capability anywhere in a method's params or
+        results (authority.sealed): a main object of one takes none and answers
+        none, from any caller (a cap table is the sender's, whatever the schema
+        says; `wsuper check --reach` counts on this)."""
         self.limits = limits or {}
         self.external_limits = external_limits
         self.clock, self.wall = clock, wall
@@ -202,8 +206,11 @@ class Router:
         self._draining = False
         self.peers: dict[int, Peer] = {}
         self.engines: dict[str, Peer] = {}
-        self.proxies = {name: Proxy(name, iid, (extends or {}).get(iid, ()))
+        sealed = frozenset(sealed)
+        self.proxies = {name: Proxy(name, iid, (extends or {}).get(iid, ()), iid in sealed)
                         for name, iid in compartments.items() if iid is not None}
+        # reply key -> what was called, of each call on a sealed main object
+        self._sealed: dict = {}
         self.external = tuple(external)
         self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
@@ -915,6 +922,14 @@ class Router:
                                     f"interface {call.interface_id:#x}", "unimplemented")
                 if cap.error is not None:
                     raise CallError(cap.error, cap.error_type)
+                if cap.sealed:
+                    if call.caps:
+                        raise Denial(f"{describe(first)}: {self._method(call)} passes "
+                                     f"{len(call.caps)} capabilities, but "
+                                     f"{self.names.interface(cap.interface_id)} carries "
+                                     f"none (its schema has no capability)", "failed")
+                    self._sealed[call.reply] = (f"{describe(first)}: {self._method(call)}",
+                                                self.names.interface(cap.interface_id))
                 if cap.target is None:          # starting: it waits, at most call_time
                     self._wait(cap, call, first, chain,
                                self.limits.get(cap.compartment, Limits()).call_time)
@@ -1160,6 +1175,9 @@ class Router:
         reply = (caller, aid)
         if not orphan:
             caller.conn.adopt_answer(aid)
+            if r.proxy is not None and r.proxy.sealed:
+                self._sealed[reply] = (f"{r.desc}: {self.names.call(iface, method)}",
+                                       self.names.interface(r.proxy.interface_id))
             name = self.names.call(iface, method)
             for m in r.membranes:
                 m.inflight.add(reply)
@@ -1252,6 +1270,14 @@ class Router:
     def _answer(self, reply, content: Content, caps):
         """Return results to whoever made the call `reply` names."""
         peer, answer_id = reply
+        if caps and reply in self._sealed:
+            # a sealed main object's answer: its schema has no capability to carry
+            what, iface = self._sealed[reply]
+            self.fail(reply, CallError(
+                f"{what} answered with {len(caps)} capabilities, but {iface} carries none "
+                f"(its schema has no capability)"))
+            self.sweep(caps)
+            return
         crossed = self._close_call(reply, "returned")
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
             self.sweep(caps)
@@ -1415,6 +1441,7 @@ class Router:
             self._stop_waiting(key)
         if key in self._host_of:        # a host call that ended without its answer (revoked):
             del self._host_calls[self._host_of.pop(key)]     # its answer goes nowhere
+        self._sealed.pop(key, None)
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)

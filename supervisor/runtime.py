@@ -35,8 +35,8 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
-from . import effects as fx, endpoint, fastlane, hostcaps, output, policy, router as R, \
-    supervision as S
+from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
+    router as R, supervision as S
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -391,7 +391,7 @@ class Supervisor:
             audit=self.system.audit is not None, backlog=self._backlog,
             revocable=tuple(f"{c.name}.{g.name}" for c in self.system.compartments.values()
                             for g in c.grants if g.revocable),
-            extends=plan.extends)
+            extends=plan.extends, sealed=authority.sealed(plan))
         self.hosts = hostcaps.HostCaps(
             lambda owner: self.system.compartments[owner].limits.log_rate
             if owner in self.system.compartments else 100.0, clock=self._now)

@@ -294,3 +294,25 @@ log = {{ host = "log" }}
     assert authority.could_reach(plan, "secret")[0] == ["app", "lonely", "server"]
     # an interface through which no capability can pass carries nothing either way
     assert authority.could_reach(plan, "lonely:log")[0] == ["lonely"]
+
+
+def test_the_router_is_told_which_main_objects_carry_no_capability(one_way):
+    """reach counts a grant of an interface with no capability anywhere in its
+    schema (Sealed) as carrying nothing; the router must hold every call on such a
+    main object to that (a cap table is the sender's, whatever the schema says):
+    authority.sealed is what it is told.  Plain only inherits its capability
+    (Base.stash), and Hub, Grouped and Deeper carry theirs in a result, a group or
+    a list of lists: none of them is sealed."""
+    plan = plan_of(one_way, f"""
+[system]
+schemas = ["oneway.capnp"]
+""" + "".join(f"""
+[compartments.{name.lower()}]
+module = "{EXAMPLES}/calc.wat"
+exports = "{name}"
+""" for name in ("Sealed", "Plain", "Hub", "Grouped", "Deeper", "Feed")) + f"""
+[compartments.app]
+module = "{EXAMPLES}/callback.wat"
+""")
+    sealed = authority.sealed(plan)
+    assert sealed == {plan.main_interface["sealed"]}

@@ -1998,3 +1998,58 @@ def test_what_the_callee_hands_back_in_params_of_a_callback_keeps_the_grants_att
     assert {"revocable": "was revoked", "allow": "Counter.inc is not allowed",
             "max_uses": "is used up (max_uses)"}[how] in error
     assert error.startswith("denied: app.calc>Observer.step"), error    # its record too
+
+
+SEALED = 0xC0FFEE00000000C1
+
+
+@pytest.mark.parametrize("caller", ["a grant", "a revocable grant", "an external client"])
+@pytest.mark.parametrize("way", ["params", "results"])
+def test_no_capability_crosses_to_or_from_an_object_whose_schema_carries_none(caller, way):
+    """A cap table is the sender's, whatever the schema says: app called secret
+    (whose interface has no capability anywhere) with its own object in the
+    params, or secret answered with one, and it went through.  `wsuper check
+    --reach` counts such a grant as carrying nothing, and said nobody else could
+    reach what app holds: an under-approximation of what the router let pass.
+    A sealed main object now takes none and answers none, from any caller."""
+    names = {**NAMES, SEALED: ("Sealed", {0: "add"})}
+    router = R.Router({"secret": SEALED, "app": None}, external=("secret",), names=names,
+                      sealed={SEALED})
+    secret = start(router, "secret", exports=True)
+    if caller == "an external client":
+        app = client(router, target="secret")
+    else:
+        app = start(router, "app", [grant("secret", "secret",
+                                          revocable=caller == "a revocable grant")])
+    mine, theirs = object(), object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    effects = router.receive(app.pid, app.conn.send_call(
+        app.grants[0].import_id, SEALED, 0, Content.standalone([seg]),
+        caps=[mine] if way == "params" else [])[1])
+    app.deliver(effects)
+    if way == "params":
+        assert secret.inbox == []                       # never reached it
+        (ret,) = [e for e in app.inbox if isinstance(e, P.ReturnReceived)]
+        # and app's object is let go of
+        assert [e.obj for e in app.inbox if isinstance(e, P.ExportReleased)] == [mine]
+        app.inbox.clear()
+        error = ret.error
+        assert "Sealed.add passes 1 capabilities, but Sealed carries none" in error, error
+        assert error.startswith("denied: ") and any(isinstance(e, fx.Denied) for e in effects)
+    else:
+        call = secret.inbox.pop()
+        secret.send(secret.conn.send_return(call.answer_id, Content.standalone([seg]),
+                                            [theirs]))
+        ret = app.inbox.pop()
+        assert ret.payload is None and "answered with 1 capabilities, but Sealed carries " \
+            "none" in ret.error, ret.error
+        # and secret's object is let go of, not held for a caller that never got it
+        assert [type(e) for e in secret.inbox] == [P.ExportReleased]
+        secret.inbox.clear()
+    # a call without capabilities either way still goes, and is answered
+    app.send(app.conn.send_call(app.grants[0].import_id, SEALED, 0)[1])
+    call = secret.inbox.pop()
+    secret.send(secret.conn.send_return(call.answer_id))
+    assert app.inbox.pop().payload is not None
+    assert router.peers[app.pid].alive and router.peers[secret.pid].alive
+    assert not router._sealed
