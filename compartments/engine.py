@@ -1364,6 +1364,13 @@ class Engine:
         # the call nothing)
         left = unchecked.refuel(store, fuel)
         outer = left if self._running and self._running[-1] is store else None
+        # guest code that waits below (in wsuper.call, or in a WASI call that went to
+        # the supervisor) may have a reply pending that it has yet to read: this run
+        # has a reply of its own, and leaves the waiting code's as it found it (a
+        # call made here took it, and the code below read this run's reply instead)
+        waiting_reply = (self.reply, self._reply_entries) if self._running else None
+        if waiting_reply is not None:
+            self.reply, self._reply_entries = None, []
         self._entered += 1
         self._running.append(store)
         depth = self.probes.depth()
@@ -1386,6 +1393,9 @@ class Engine:
         finally:
             self._entered -= 1
             self._running.pop()
+            if waiting_reply is not None:
+                self._drop_unread_reply()       # this run's, never read: its handles go
+                self.reply, self._reply_entries = waiting_reply
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
 
 

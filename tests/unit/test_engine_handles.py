@@ -233,3 +233,60 @@ def test_a_reply_whose_handles_went_at_the_next_call_is_not_pending_any_more():
         return sup.send_return(ev.answer_id, EMPTY16, [object()])
     assert "trapped" in _serve(engine, sock, sup, main, 6, answer)
     assert _serve(engine, sock, sup, main, 7, answer) == abi.E_STATE
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_call_served_while_a_reply_is_pending_leaves_it_to_its_guest(native):
+    """replyslot.wat's method 0 calls "peer" (answer: 42 and 2 capabilities), then
+    writes a line to its log, a WASI call that goes to the supervisor and serves
+    the calls that come meanwhile; then it reads its reply.  Meanwhile method 1 is
+    served nested: it calls "peer" (7 and 3 capabilities) and never reads that.
+    The nested call took the waiting guest's reply: its 2 handles were released,
+    and it read 7 and the nested call's 3 handles instead of its own answer.  A
+    run of guest code above another has a reply of its own."""
+    engine = Engine(Answering(), EngineSpec(name="replyslot", module=os.path.join(
+        GUESTS, "replyslot.wat"), exports=True))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        [ev] = sup.receive(sock.writes.pop())
+        return ev
+    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    peer, log = object(), object()
+    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", ""), ("stdout", "log", "")]), [peer, log])[1]
+               ).payload.caps[0].import_id
+    before = len(engine.handles.entries())
+    answers, returns, nested = iter([(42, 2), (7, 3)]), {}, []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived) and ev.target is peer:
+                v, n = next(answers)
+                more += sup.send_return(ev.answer_id, Content.standalone(
+                    [struct.pack("<Qq", 1 << 32, v)]), [object() for _ in range(n)])
+            elif isinstance(ev, protocol.CallReceived):     # the log's write: method 1
+                assert ev.target is log
+                q, msg = sup.send_call(main, IFACE, 1, EMPTY16)
+                nested.append(q)
+                more += msg + sup.send_return(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(main, IFACE, 0, EMPTY16)
+    sock.batches.append(msg)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    assert [_value(returns[n]) for n in nested] == [0]      # it was served meanwhile
+    assert _value(returns[q]) == 42
+    # the waiting guest's 2 handles are its own; the nested reply's 3 went
+    assert len(engine.handles.entries()) == before + 2
