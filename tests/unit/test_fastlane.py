@@ -1217,3 +1217,26 @@ def test_a_revocation_fails_native_calls_in_flight_on_a_route_already_taken_down
     assert len([r for r in app.returns() if r.question_id == qid]) == 1
     assert calc.pid not in s.closed and app.pid not in s.closed
     assert s.lane.stats()["in_flight"] == 0
+
+
+def test_a_natively_forwarded_call_to_a_sealed_object_is_answered_no_capability(sup):
+    """calc's interface carries no capability (Router sealed=): a call forwarded
+    natively, whose return brings one, is taken over by Python, which refuses that
+    answer as it refuses one of a call it forwarded itself (Router.adopt)."""
+    s, calc, app = routed(sup, sealed={CALC})
+    app.call()
+    app.until(lambda: len(calc.calls()) == 2)
+    assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, Content.standalone([seg]),
+                                    [object()]))
+    app.until(lambda: len(app.returns()) == 2)
+    ret = app.returns()[-1]
+    assert ret.payload is None and "but Calc carries none" in ret.error, ret.error
+    app.call()                                     # and the next plain one goes natively
+    app.until(lambda: len(calc.calls()) == 3)
+    assert calc.calls()[-1].answer_id >= P.NATIVE_QID_BASE
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 3)
+    assert app.returns()[-1].payload is not None
+    assert not s.router._sealed
