@@ -1144,7 +1144,14 @@ class Engine:
         if self.dispatch is None:
             self._let_go(ev.payload.caps)
             raise _CallError("unimplemented", f"compartment {self.name} serves no calls")
-        outer = self._fresh_instance() if self.per_call else None
+        try:
+            outer = self._fresh_instance() if self.per_call else None
+        except BaseException:
+            # the call's instance could not be had (its start function or _initialize
+            # failed, ran out of fuel, exited): the capabilities it brought were never
+            # taken, and stayed imported for good, a reference to each caller's object
+            self._let_go(ev.payload.caps)
+            raise
         try:
             try:
                 handles = self._handles_for(ev.payload.caps)

@@ -235,3 +235,34 @@ def test_a_per_call_call_served_while_another_waits_has_the_same_one_budget(tmp_
     assert nested.error == (f"compartment burn used up its CPU budget for this call "
                             f"(fuel_per_call = {FUEL})")
     assert returns[q].payload is not None        # the call that waited is served on
+
+
+@pytest.mark.parametrize("how", ["start", "initialize"])
+def test_capabilities_of_a_call_whose_instance_cannot_be_had_are_released(tmp_path, how):
+    """A per_call call whose instance fails before its dispatch (its start function
+    runs out of the call's fuel, or _initialize runs out of what the start function
+    left) fails; the capabilities it brought were never taken, and stayed imported
+    for good: each failed call held its callers' objects at the supervisor, and
+    the engine's imports grew without bound."""
+    n = int(0.6 * FUEL / _fuel_per_loop(tmp_path))
+    phases = {"start": dict(start=3 * n), "initialize": dict(start=n, initialize=n)}[how]
+    engine = Engine(Recorded(), EngineSpec(name="burn", module=_module(
+        tmp_path / f"{how}.wat", **phases), exports=True, per_call=True,
+        limits=Limits(fuel_per_call=FUEL)))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+
+    def ask(msg):
+        sock.writes.clear()
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        return sup.receive(b"".join(sock.writes))
+    control = ask(sup.send_bootstrap()[1])[0].payload.caps[0].import_id
+    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
+               )[0].payload.caps[0].import_id
+    for _ in range(3):
+        (ret,) = [e for e in ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]),
+                                               [object(), object()])[1])
+                  if isinstance(e, protocol.ReturnReceived)]
+        assert ret.payload is None and ret.error_type == "overloaded", ret.error
+    assert engine.conn.imports == {} and sup.exports == {}
