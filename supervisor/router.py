@@ -1285,7 +1285,12 @@ class Router:
                 self._settle(peer, answer_id, error=CallError("its answer was not sent"))
             return
         for m, label in reversed(crossed):   # innermost membrane first
-            caps = tuple(self._wrap(c, m, f"{m.label}>{label}") for c in caps)
+            # a call back through a grant's reverse: what the holder answers it with
+            # is its own, passed through the grant, and named so (as in _deliver),
+            # not as the grant's ("app.calc (passed through)>Observer.step")
+            caps = tuple(self._wrap(c, m, f"{m.label}>{label}" if m.forward is None else
+                                    f"{describe(c)} (passed through {m.forward.label})")
+                         for c in caps)
         if peer.conn.sends_elsewhere(answer_id):
             self._tail_ended(peer, answer_id, content, caps)
             return

@@ -357,6 +357,38 @@ def test_capabilities_passed_into_a_revoked_grant_cannot_be_called_back():
     assert not any(isinstance(e, P.CallReceived) and e.target is observer for e in app.inbox)
 
 
+@pytest.mark.parametrize("how", ["params", "results of a call back"])
+def test_what_the_holder_hands_across_a_grant_is_named_as_its_own_either_way(how):
+    """app's objects that cross its grant to calc are named in denials and in the
+    audit as what they are and the grant they went through: in the params of a
+    call through the grant, and in the answer to a call back on what app passed
+    (an observer's step answering with an object of app's).  The latter were
+    named as the grant ('app.calc (passed through)>Observer.step'), as if calc's
+    call went to app.calc."""
+    router = R.Router({"calc": CALC, "app": None},
+                      names={**NAMES, OBSERVER: ("Observer", {0: "step"})}, audit=True)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    observer = object()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 2, caps=[observer])[1])
+    passed = calc.inbox.pop().payload.caps[0].import_id
+    if how == "params":
+        held = passed
+    else:
+        calc.send(calc.conn.send_call(passed, OBSERVER, 0)[1])
+        step = app.inbox.pop()
+        seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+        app.send(app.conn.send_return(step.answer_id, Content.standalone([seg]), [object()]))
+        held = calc.inbox.pop().payload.caps[0].import_id
+    app.deliver(router.revoke("app.calc"))
+    effects = router.receive(calc.pid, calc.conn.send_call(held, COUNTER, 0)[1])
+    calc.deliver(effects)
+    assert re.fullmatch(r"denied: app object #\d+ \(passed through app\.calc\) was revoked",
+                        calc.inbox.pop().error)
+    (record,) = [e.record for e in effects if isinstance(e, fx.Audit)]
+    assert re.fullmatch(r"app object #\d+ \(passed through app\.calc\)", record["capability"])
+
+
 def test_a_capability_passed_back_and_forth_across_a_grant_is_wrapped_once_and_counted_once():
     """app passes its own observer to calc 50 times and calc hands it back each time:
     the grant's membrane stays once on its way (it used to be wrapped again at every
