@@ -141,6 +141,12 @@ def check_output(output: str, inputs) -> None:
                                  "it (-o names the .wasm to write)")
 
 
+#: What wasm-ld says of a program with no main: the symbol `main` itself, whole.  A
+#: substring test took "undefined symbol: main_loop" (a program's own link error)
+#: for it, and `wsuper build` then made a reactor of the program, its main never run.
+_NO_MAIN = re.compile(r"undefined symbol: main$", re.M)
+
+
 def _link(cmd: list[str], output: str) -> None:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -150,7 +156,7 @@ def _link(cmd: list[str], output: str) -> None:
         text = (r.stderr or r.stdout).strip()
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
             text += f"\n(install the Debian packages {' '.join(DEBIAN_PACKAGES)})"
-        elif "undefined symbol: main" in text and "-mexec-model=reactor" not in cmd:
+        elif _NO_MAIN.search(text) and "-mexec-model=reactor" not in cmd:
             raise NoMain(f"building {output} failed:\n{text}\n(built as a program, which "
                          f"needs main; a plugin that only serves calls is a reactor: "
                          f"--reactor)")

@@ -534,6 +534,25 @@ def test_build_makes_a_program_of_any_main_and_a_reactor_of_a_main_only_named(tm
     assert r.returncode == 0 and "(reactor)" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("main", ["int main(void)", "int main(int argc, char **argv)"])
+@pytest.mark.parametrize("missing", ["main_loop", "mainloop", "main2"])
+def test_a_program_whose_link_fails_on_a_symbol_named_like_main_is_not_made_a_reactor(
+        tmp_path, main, missing):
+    """A program that does define main, whose link fails on another undefined symbol
+    whose name begins with "main" (main_loop), was taken for a program without main
+    ("undefined symbol: main" was found in "undefined symbol: main_loop"), built
+    again as a reactor, where its main and what it calls are dropped: it built,
+    "(reactor)", its main never ran, and the link error was never said.  Only the
+    symbol main itself, undefined, makes the second guess."""
+    (tmp_path / "prog.c").write_text(
+        f"#include <stdio.h>\nvoid {missing}(void);\n"
+        f"{main} {{ puts(\"start\"); {missing}(); return 0; }}\n")
+    r = run_wsuper("build", str(tmp_path / "prog.c"), "-o", str(tmp_path / "prog.wasm"))
+    assert r.returncode == 2 and f"undefined symbol: {missing}" in r.stderr, \
+        r.stdout + r.stderr
+    assert "(reactor)" not in r.stdout and not (tmp_path / "prog.wasm").exists(), r.stdout
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
