@@ -17,7 +17,8 @@ share it copy-on-write) and then forks one engine per request:
   request (supervisor -> zygote, on the control socket):
       one line: the request's number, a space, and an EngineSpec as a JSON
       object (compartments/spec.py), sent with two descriptors (SCM_RIGHTS):
-      the engine's socket and the write end of its stderr pipe
+      the engine's socket and the write end of its stderr pipe, which come with
+      the request's first bytes (a long request may come in pieces: _Lines)
   answer: one JSON line {"pid": N, "id": NUMBER}, or {"error": "...", "id":
       NUMBER} for a request it refused; a request whose module must be compiled
       first is answered when that is done, and later requests meanwhile
@@ -638,7 +639,10 @@ def serve(control: socket.socket, supervisor_pid: int):
     # wall time before the first spawn), and what it would free is never touched
     # by the children (docs/performance.md, "Many compartments, fourth pass")
     gc.freeze()
-    buf = b""
+    #: the control socket's lines (_Lines), and the whole ones not handled yet, each
+    #: with its descriptors: [(line, fds, too_long)]
+    lines = _Lines()
+    received: collections.deque = collections.deque()
     children: set[int] = set()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -655,10 +659,13 @@ def serve(control: socket.socket, supervisor_pid: int):
     def closing() -> list:
         """What is the zygote's, for a spare to close: the control socket, the wake-up
         pipe, every module's memfds and every compiler's pipe, the other spares'
-        sockets, the descriptors of the requests that wait for a compile."""
+        sockets, the descriptors of the requests that wait for a compile, and of those
+        read and not handled yet (or read in part)."""
         return [control, wake_r, wake_w, *modules.descriptors(),
                 *(s.sock for s in spares),
-                *(fd for requests in parked.values() for *_, fds in requests for fd in fds)]
+                *(fd for requests in parked.values() for *_, fds in requests for fd in fds),
+                *(fd for _line, fds, _long in received for fd in fds),
+                *lines.descriptors()]
     try:
         spares.append(_fork_spare(closing(), zygote, wasm_engine, warm, True))
     except OSError:
@@ -710,7 +717,8 @@ def serve(control: socket.socket, supervisor_pid: int):
         children.add(pid)
         answer({"pid": pid, "id": ident})
         if not spares:                # the next one, while no request waits
-            more = b"\n" in buf or select.select([control], [], [], 0)[0]
+            more = bool(received) or lines.pending() or \
+                select.select([control], [], [], 0)[0]
             # many requests in a row (wsuper up): no time to rehearse, and a few spares
             # forked back to back, since what this loop writes between two forks is
             # copied again after each one (docs/performance.md)
@@ -749,6 +757,47 @@ def serve(control: socket.socket, supervisor_pid: int):
         while requests:
             dispatch(*requests.pop(0), module_fds, error)
         parked.pop(job.want, None)
+        start_compiles()
+
+    def request(line: bytes, fds: list, too_long: bool) -> None:
+        """One line from the supervisor: a schema to parse, or a request for an engine."""
+        if too_long:
+            answer({"error": "engine request: too long", "id": _request_id(line)})
+            return
+        if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
+            for fd in fds:
+                os.close(fd)
+            answer(_parse_schema(line, closing() + list(warm or ())))
+            return
+        ident = _request_id(line)
+        line = line.partition(b" ")[2]
+        try:
+            if ident is None:
+                raise SpecError("a request starts with its number and a space")
+            if len(fds) != REQUEST_FDS:
+                raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
+            spec = EngineSpec.from_json(line)
+        except (SpecError, ValueError, TypeError) as e:
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"engine request: {e}", "id": ident})
+            return
+        try:
+            module_fds, error, want = modules.lookup(spec.module, spec.instrument,
+                                                     spec.protect, spec.limits.memory)
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            answer({"error": f"cannot start an engine: {e}", "id": ident})
+            return
+        if want is None:
+            dispatch(ident, line, spec, fds, module_fds, error)
+            return
+        # its module is compiled beside this loop: other requests go on meanwhile
+        if want not in parked:
+            queued.append((want, (spec.module, spec.instrument, spec.protect,
+                                  spec.limits.memory)))
+        parked.setdefault(want, []).append((ident, line, spec, fds))
         start_compiles()
 
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
@@ -796,51 +845,75 @@ def serve(control: socket.socket, supervisor_pid: int):
         data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
         if not data:
             return                          # the supervisor is gone
-        buf += data
-        if b"\n" not in buf:
-            for fd in fds:                  # descriptors come with a whole request
-                os.close(fd)
-            if len(buf) > (1 << 16):
-                ident = _request_id(buf)
-                buf = b""
-                answer({"error": "engine request: too long", "id": ident})
-            continue
-        line, _, buf = buf.partition(b"\n")
-        if line.startswith(b'{"schema":'):     # a schema to parse (supervisor/launch.py)
-            for fd in fds:
-                os.close(fd)
-            answer(_parse_schema(line, closing() + list(warm or ())))
-            continue
-        ident = _request_id(line)
-        line = line.partition(b" ")[2]
-        try:
-            if ident is None:
-                raise SpecError("a request starts with its number and a space")
-            if len(fds) != REQUEST_FDS:
-                raise SpecError(f"expected {REQUEST_FDS} descriptors, got {len(fds)}")
-            spec = EngineSpec.from_json(line)
-        except (SpecError, ValueError, TypeError) as e:
-            for fd in fds:
-                os.close(fd)
-            answer({"error": f"engine request: {e}", "id": ident})
-            continue
-        try:
-            module_fds, error, want = modules.lookup(spec.module, spec.instrument,
-                                                     spec.protect, spec.limits.memory)
-        except OSError as e:
-            for fd in fds:
-                os.close(fd)
-            answer({"error": f"cannot start an engine: {e}", "id": ident})
-            continue
-        if want is None:
-            dispatch(ident, line, spec, fds, module_fds, error)
-            continue
-        # its module is compiled beside this loop: other requests go on meanwhile
-        if want not in parked:
-            queued.append((want, (spec.module, spec.instrument, spec.protect,
-                                  spec.limits.memory)))
-        parked.setdefault(want, []).append((ident, line, spec, fds))
-        start_compiles()
+        whole, stray = lines.feed(data, fds)
+        for fd in stray:
+            os.close(fd)
+        received.extend(whole)
+        while received:                     # every whole line, in order
+            line, fds, too_long = received.popleft()
+            request(line, fds, too_long)
+
+class _Lines:
+    """The control socket's bytes cut into lines, each with the descriptors that came
+    with it: protocol state only (it closes nothing; the loop does).  The
+    supervisor sends a request's two descriptors with its first bytes; a line
+    longer than half the socket's send buffer goes in pieces, and the kernel
+    hands the descriptors over with the read that reaches the piece they came
+    with, and ends that read there: so they belong to the last line that *starts*
+    in that read's bytes.  (They were taken for the first line that *ended*
+    there: a request in pieces had its descriptors closed and was refused, and
+    one whose last piece was read together with the next request's first piece
+    took that request's socket and stderr pipe.)"""
+
+    def __init__(self, limit: int = 1 << 16):
+        self.limit = limit
+        self._buf = b""            # the line being received (never a whole one)
+        self._fds: list = []       # its descriptors
+        self._skip = False         # dropping the rest of a line that was too long
+
+    def feed(self, data: bytes, fds: list) -> tuple[list, list]:
+        """([(line, fds, too_long)], stray): the lines `data` completes, in order,
+        and the descriptors to close (they came where no line starts, which the
+        supervisor never does, or with a line dropped).  A line too long comes once,
+        cut, with too_long True and no descriptors; the rest of it is dropped."""
+        total = self._buf + data
+        stray: list = []
+        start = None                  # where the line the descriptors came with starts
+        if fds:
+            nl = total.rfind(b"\n", len(self._buf), len(total) - 1)
+            start = nl + 1 if nl >= 0 else (0 if not self._buf and total else None)
+            if start is None or (start == 0 and self._skip):
+                stray, fds, start = list(fds), [], None
+        out, pos = [], 0
+        while True:
+            end = total.find(b"\n", pos)
+            mine = (self._fds if pos == 0 else []) + (fds if pos == start else [])
+            if end < 0:
+                break
+            if pos == 0 and self._skip:          # the end of a line too long
+                self._skip = False
+                stray += mine
+            else:
+                out.append((total[pos:end], mine, False))
+            pos = end + 1
+        rest = total[pos:]
+        if pos == 0 and self._skip:              # still in a line too long
+            self._buf, self._fds = b"", []
+            stray += mine
+        elif len(rest) > self.limit:
+            out.append((rest[:self.limit], [], True))
+            self._buf, self._fds, self._skip = b"", [], True
+            stray += mine
+        else:
+            self._buf, self._fds = rest, mine
+        return out, stray
+
+    def descriptors(self) -> list:
+        """Those of the line being received: the zygote's until it is whole."""
+        return list(self._fds)
+
+    def pending(self) -> bool:
+        return bool(self._buf)
 
 
 def _request_id(line: bytes) -> int | None:

@@ -368,3 +368,72 @@ def test_a_module_slow_to_compile_holds_up_only_its_own_starts(tmp_path):
             s.close()
     assert sorted(order[:2]) == ["calc", "calc2"] and sorted(order[2:]) == ["slow", "slow2"], \
         order
+
+
+def test_requests_sent_in_pieces_each_start_their_own_engine(tmp_path):
+    """A request longer than half the control socket's send buffer goes to the
+    zygote in pieces (the supervisor sends the rest of a line a full buffer cut
+    short), its socket and stderr pipe with the first.  The zygote took them for
+    the first line that *ended* in the read that brought them: a request in
+    pieces had them closed and was refused ("expected 2 descriptors, got 0"), and
+    one whose last piece was read with the next request's first took that
+    request's socket (its engine served the other compartment's connection).
+    Played with a small send buffer and module paths long in JSON; each engine
+    must hold its own socket, and no other request's."""
+    import socket
+
+    import trio
+
+    from compartments.spec import EngineSpec
+    from supervisor.process import Zygote
+    from tests.conftest import EXAMPLES
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    modules_ = []
+    for i in range(2):              # non-ASCII: six bytes each in JSON
+        d = tmp_path.joinpath(str(i), *["é" * 100] * 10)
+        d.mkdir(parents=True)
+        (d / "calc.wat").symlink_to(f"{EXAMPLES}/calc.wat")
+        modules_.append(str(d / "calc.wat"))
+    assert len(EngineSpec("c", modules_[0]).to_json()) > 6000
+    results, kept = {}, {}
+
+    async def main():
+        zygote_ = Zygote()
+        zygote_._raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)   # the least
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(zygote_.run)
+
+            async def spawn(name, module):
+                ours, theirs = socket.socketpair()
+                kept[name] = (ours, os.fstat(theirs.fileno()).st_ino)
+                try:
+                    results[name] = await zygote_.spawn(EngineSpec(name, module, user=user),
+                                                        theirs.fileno())
+                except OSError as e:
+                    results[name] = e
+                finally:
+                    theirs.close()
+            with trio.fail_after(60):
+                async with trio.open_nursery() as requests:
+                    for i in range(12):
+                        requests.start_soon(spawn, f"c{i}", modules_[i % 2])
+            for name, proc in results.items():
+                if isinstance(proc, Exception):
+                    continue
+                held = set()
+                for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                    try:
+                        held.add(os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino)
+                    except OSError:
+                        pass
+                results[name] = {n for n, (_s, ino) in kept.items() if ino in held}
+                proc.kill()
+                await proc.wait()
+            zygote_.stop()
+            nursery.cancel_scope.cancel()
+    try:
+        trio.run(main)
+    finally:
+        for s, _ino in kept.values():
+            s.close()
+    assert results == {f"c{i}": {f"c{i}"} for i in range(12)}, results
