@@ -595,7 +595,8 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     every `wsuper up`).  A compartment that could change one of them could run
     its own code with another's grants, so no grant that allows changes may
     reach them.  Its own module neither: that gains it no authority, but a
-    module can be made to compile for minutes, while no other engine starts."""
+    module can be made to compile for minutes, in one of the zygote's few compiler
+    slots (other modules to compile wait for one)."""
     out = [(f"compartment {c.name}'s module", c.module, c.name)
            for c in system.compartments.values()]
     out.append(("the system file", system.path, None))
