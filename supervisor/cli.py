@@ -329,15 +329,24 @@ def _toolchain(args) -> int:
             for src in args.sources:
                 with open(src, encoding="utf-8", errors="replace") as f:
                     texts.append(f.read())
+            # a first guess from the text; the linker has the last word either way
             if toolchain.mentions_main(texts):    # a program, unless the linker
                 try:                                # finds no main: then it serves
                     toolchain.build(args.sources, args.output, reactor=False,
-                                    include=include)
+                                    include=include, guessed=True)
                     print(f"wrote {args.output} (command)")
                     return 0
                 except toolchain.NoMain:
                     pass
-            reactor = True
+            try:                # a reactor, unless its inputs define main after all
+                toolchain.build(args.sources, args.output, reactor=True, include=include,
+                                guessed=True)
+                reactor = True
+            except toolchain.DefinesMain:
+                reactor = False
+            else:
+                print(f"wrote {args.output} (reactor)")
+                return 0
         toolchain.build(args.sources, args.output, reactor=reactor, include=include)
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0

@@ -54,6 +54,20 @@ class NoMain(ToolchainError):
     """Built as a program (a command), it has no `main` to run: the linker says so."""
 
 
+class DefinesMain(ToolchainError):
+    """Guessed a reactor (no `main(` in its text), yet its inputs define main (a
+    macro's name for it, a header or an object file that holds it): a program.
+    The linker says so (TRACE_MAIN)."""
+
+
+#: Asked of a reactor's link when it was only guessed one: where main is defined.
+#: `int main(void)` defines main, `int main(int, char **)` __main_argc_argv; wasi-libc's
+#: own are "lazy" definitions (its fallbacks), never the sources'.
+TRACE_MAIN = ("-Wl,--trace-symbol=main", "-Wl,--trace-symbol=__main_argc_argv")
+_DEFINES_MAIN = re.compile(r"^(?!.*\blazy definition\b).*: definition of "
+                           r"(?:main|__main_argc_argv)$", re.M)
+
+
 def clang() -> str:
     path = shutil.which(os.environ.get("WSUPER_CLANG", "clang"))
     if path is None:
@@ -81,10 +95,14 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     return cmd + list(extra) + list(sources) + ([layout] if layout is not None else [])
 
 
-def build(sources, output: str, *, protect: bool = True, **options) -> str:
+def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
+          **options) -> str:
     """Compile and link; returns `output` (its directory is made if missing).  Raises
     ToolchainError with clang's messages, or naming a source that is not there.
-    `protect`: lay it out for memory protection and declare that layout."""
+    `protect`: lay it out for memory protection and declare that layout.
+    `guessed`: the kind (reactor or command) is only a guess from the sources'
+    text, and the linker has the last word: NoMain for a command without main,
+    DefinesMain for a reactor whose inputs define main."""
     for src in sources:
         if not os.path.isfile(src):
             raise ToolchainError(f"{src}: no such source file")
@@ -100,7 +118,12 @@ def build(sources, output: str, *, protect: bool = True, **options) -> str:
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
-        _link(command(sources, output, layout=layout, **options), output)
+        first = options
+        if guessed and options.get("reactor"):
+            first = {**options, "extra": (*options.get("extra", ()), *TRACE_MAIN)}
+        said = _link(command(sources, output, layout=layout, **first), output)
+        if first is not options and _DEFINES_MAIN.search(said):
+            raise DefinesMain(f"{output}: its inputs define main: a program, not a reactor")
         if not options.get("reactor") and _serves(output):
             # a program that serves calls: again, as a reactor with a _start of its own
             start = os.path.join(tmp, "wsuper-start.c")
@@ -147,7 +170,9 @@ def check_output(output: str, inputs) -> None:
 _NO_MAIN = re.compile(r"undefined symbol: main$", re.M)
 
 
-def _link(cmd: list[str], output: str) -> None:
+def _link(cmd: list[str], output: str) -> str:
+    """Run clang; what it said (the linker's traces are on stdout) when it succeeded,
+    ToolchainError if not."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except OSError as e:
@@ -161,6 +186,7 @@ def _link(cmd: list[str], output: str) -> None:
                          f"needs main; a plugin that only serves calls is a reactor: "
                          f"--reactor)")
         raise ToolchainError(f"building {output} failed:\n{text}")
+    return (r.stdout or "") + (r.stderr or "")
 
 
 def _serves(path: str) -> bool:

@@ -553,6 +553,47 @@ def test_a_program_whose_link_fails_on_a_symbol_named_like_main_is_not_made_a_re
     assert "(reactor)" not in r.stdout and not (tmp_path / "prog.wasm").exists(), r.stdout
 
 
+@pytest.mark.parametrize("how", ["macro", "macro argv", "header", "object"])
+def test_build_makes_a_program_of_a_main_its_text_never_names(tmp_path, how):
+    """The guess between a program and a reactor reads the sources' text for
+    `main(`: a main spelled through a macro (`int ENTRY(void)`), defined in a header
+    the source includes, or in an object file given to build, was never seen, the
+    program was built as a reactor, "(reactor)", and its main never ran when the
+    system was up.  A guessed reactor's link now says whether its inputs define
+    main (the linker's trace), and such a build is a program."""
+    import subprocess
+
+    from supervisor import toolchain
+    body = '{ puts("main ran"); return 7; }\n'
+    source = tmp_path / "prog.c"
+    if how == "macro":
+        source.write_text(f"#include <stdio.h>\n#define ENTRY main\nint ENTRY(void) {body}")
+    elif how == "macro argv":
+        source.write_text("#include <stdio.h>\n#define ENTRY main\n"
+                          f"int ENTRY(int argc, char **argv) {body}")
+    elif how == "header":
+        (tmp_path / "entry.h").write_text(f"int main(void) {body}")
+        source.write_text('#include <stdio.h>\n#include "entry.h"\n')
+    else:
+        (tmp_path / "entry.c").write_text(f"#include <stdio.h>\nint main(void) {body}")
+        subprocess.run([toolchain.clang(), f"--target={toolchain.TARGET}", "-O2", "-c",
+                        "-o", str(tmp_path / "prog.o"), str(tmp_path / "entry.c")], check=True)
+        source = tmp_path / "prog.o"
+    r = run_wsuper("build", str(source), "-o", str(tmp_path / "prog.wasm"))
+    assert r.returncode == 0 and "(command)" in r.stdout, r.stdout + r.stderr
+    (tmp_path / "system.toml").write_text(
+        '[compartments.prog]\nmodule = "prog.wasm"\n'
+        '[compartments.prog.grants]\nstdout = { host = "log" }\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=60)
+    assert "main ran" in r.stdout + r.stderr and "exit=7" in r.stdout + r.stderr, \
+        r.stdout + r.stderr
+    # a reactor that only declares main, or whose libc's fallbacks name it, stays one
+    (tmp_path / "serve.c").write_text("#define ENTRY main\nint ENTRY(void);\n"
+                                      "int helper(void) { return 1; }\n")
+    r = run_wsuper("build", str(tmp_path / "serve.c"), "-o", str(tmp_path / "serve.wasm"))
+    assert r.returncode == 0 and "(reactor)" in r.stdout, r.stdout + r.stderr
+
+
 def test_build_reports_what_the_compiler_said(tmp_path):
     (tmp_path / "bad.c").write_text("int main(void) { return undeclared; }\n")
     r = run_wsuper("build", str(tmp_path / "bad.c"), "-o", str(tmp_path / "bad.wasm"))
