@@ -420,13 +420,17 @@ def test_requests_sent_in_pieces_each_start_their_own_engine(tmp_path):
             for name, proc in results.items():
                 if isinstance(proc, Exception):
                     continue
-                held = set()
-                for fd in os.listdir(f"/proc/{proc.pid}/fd"):
-                    try:
-                        held.add(os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino)
-                    except OSError:
-                        pass
-                results[name] = {n for n, (_s, ino) in kept.items() if ino in held}
+                for _ in range(300):    # once the spare took its request (it may rehearse)
+                    held = set()
+                    for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                        try:
+                            held.add(os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino)
+                        except OSError:
+                            pass
+                    results[name] = {n for n, (_s, ino) in kept.items() if ino in held}
+                    if results[name]:
+                        break
+                    await trio.sleep(0.05)
                 proc.kill()
                 await proc.wait()
             zygote_.stop()
@@ -437,3 +441,71 @@ def test_requests_sent_in_pieces_each_start_their_own_engine(tmp_path):
         for s, _ino in kept.values():
             s.close()
     assert results == {f"c{i}": {f"c{i}"} for i in range(12)}, results
+
+
+def test_the_last_piece_of_a_request_read_with_the_next_one_keeps_its_own_descriptors(
+        tmp_path):
+    """The kernel hands a request's descriptors over with the read that reaches
+    them, and may glue before them the last piece of the request before
+    ("...tail\\n2 {...}\\n" with request 2's socket and stderr pipe): the zygote gave
+    them to request 1, whose engine then served request 2's connection, and
+    request 2 waited without them.  Played exactly: the zygote stopped while the
+    pieces are sent, so that its reads are the kernel's."""
+    import json
+    import signal
+    import socket
+
+    from compartments.spec import EngineSpec
+    from supervisor.launch import Launched
+    from tests.conftest import EXAMPLES
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    popen, control = Launched().take()
+    kept = []
+    try:
+        control.sendall(b'{"schema": "/nonexistent.capnp", "imports": []}\n')   # it is up
+        assert control.recv(1 << 16).endswith(b"\n")
+        inodes = {}
+        os.kill(popen.pid, signal.SIGSTOP)
+        try:
+            for ident in (1, 2):
+                ours, theirs = socket.socketpair()
+                r, w = os.pipe()
+                kept += [ours, theirs, r, w]
+                inodes[ident] = os.fstat(theirs.fileno()).st_ino
+                line = b"%d " % ident + EngineSpec(f"c{ident}", f"{EXAMPLES}/calc.wat",
+                                                    user=user).to_json() + b"\n"
+                cut = 10 if ident == 1 else len(line)        # request 1 in two pieces
+                socket.send_fds(control, [line[:cut]], [theirs.fileno(), w])
+                if cut < len(line):
+                    control.sendall(line[cut:])
+        finally:
+            os.kill(popen.pid, signal.SIGCONT)
+        control.settimeout(30)
+        answers, data = {}, b""
+        while len(answers) < 2:
+            data += control.recv(1 << 16)
+            *lines, data = data.split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                if "id" in msg:
+                    answers[msg["id"]] = msg
+        for ident, msg in answers.items():
+            assert "pid" in msg, msg
+            for _ in range(300):        # once the spare took its request (it may rehearse)
+                held = set()
+                for fd in os.listdir(f"/proc/{msg['pid']}/fd"):
+                    try:
+                        held.add(os.stat(f"/proc/{msg['pid']}/fd/{fd}").st_ino)
+                    except OSError:
+                        pass
+                if held & set(inodes.values()):
+                    break
+                time.sleep(0.05)
+            assert held & set(inodes.values()) == {inodes[ident]}, (ident, msg)
+            os.kill(msg["pid"], signal.SIGKILL)
+    finally:
+        control.close()
+        popen.kill()
+        popen.wait()
+        for item in kept:
+            item.close() if isinstance(item, socket.socket) else os.close(item)
