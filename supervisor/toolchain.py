@@ -61,11 +61,13 @@ class DefinesMain(ToolchainError):
 
 
 #: Asked of a reactor's link when it was only guessed one: where main is defined.
-#: `int main(void)` defines main, `int main(int, char **)` __main_argc_argv; wasi-libc's
-#: own are "lazy" definitions (its fallbacks), never the sources'.
-TRACE_MAIN = ("-Wl,--trace-symbol=main", "-Wl,--trace-symbol=__main_argc_argv")
-_DEFINES_MAIN = re.compile(r"^(?!.*\blazy definition\b).*: definition of "
-                           r"(?:main|__main_argc_argv)$", re.M)
+#: `int main(void)` defines main (and __main_void), `int main(int, char **)`
+#: __main_argc_argv; wasi-libc's own (its fallbacks, "lazy" until something pulls
+#: them in) are never the sources'.
+TRACE_MAIN = ("-Wl,--trace-symbol=main", "-Wl,--trace-symbol=__main_argc_argv",
+              "-Wl,--trace-symbol=__main_void")
+_DEFINES_MAIN = re.compile(r"^(?!.*\blazy definition\b)(?!.*/libc\.a\()"
+                           r".*: definition of (?:main|__main_argc_argv|__main_void)$", re.M)
 
 
 def clang() -> str:
