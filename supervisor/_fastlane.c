@@ -274,8 +274,11 @@ typedef struct Peer {
                            time it was not read does not count against message_timeout */
   uint32_t next_qid;
   long served, failed;
-  uint32_t nf_ring[NOFINISH_RING];
-  uint64_t nf_seq[NOFINISH_RING];
+  /* an engine's answers returned natively without a Finish to wait for, oldest first
+   * (allocated at its first such return: 48 KiB a peer, which no external client
+   * needs, took 48 KiB of every external connection's) */
+  uint32_t *nf_ring;
+  uint64_t *nf_seq;
   size_t nf_head, nf_len;
   uint64_t nf_next;
   struct Peer *next_dirty;
@@ -592,6 +595,17 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
      * calls' returns here without bound: in_flight x message_size) */
     uint64_t need = fw_forward_size(o, n, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
+    if (!A->external && !A->nf_ring) { /* nofinish_add's ring, at its first return */
+      A->nf_ring = malloc(NOFINISH_RING * sizeof *A->nf_ring);
+      A->nf_seq = malloc(NOFINISH_RING * sizeof *A->nf_seq);
+      if (!A->nf_ring || !A->nf_seq) {
+        free(A->nf_ring);
+        free(A->nf_seq);
+        A->nf_ring = NULL;
+        A->nf_seq = NULL;
+        return 0; /* Python returns it */
+      }
+    }
     uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;
     A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
@@ -820,6 +834,8 @@ static void free_peer(Lane *L, Peer *P) {
   }
   buf_free(&P->in);
   buf_free(&P->out);
+  free(P->nf_ring);
+  free(P->nf_seq);
   for (Item *it = P->qhead, *next; it; it = next) {
     next = it->next;
     buf_free(&it->data);
