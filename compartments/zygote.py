@@ -93,8 +93,11 @@ FORK_DELAY = 0.005
 #: CPU seconds of the child that compiles a module (and rewrites it for probes)
 COMPILE_SECONDS = 120
 #: Compilers at once; more modules to compile wait for one to end (their requests
-#: with them), while requests for modules compiled already go on
-COMPILES = max(2, os.cpu_count() or 1)
+#: with them), while requests for modules compiled already go on.  The CPUs this
+#: process may run on, at least 2 and at most 4: a compile of a large module takes
+#: hundreds of MB (830 MB for 3.6 MB of wasm), and a big host's every CPU at once
+#: would be gigabytes at `wsuper up`
+COMPILES = min(4, max(2, len(os.sched_getaffinity(0))))
 #: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
 FAILED_RETRY = 10.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
