@@ -403,12 +403,9 @@ class LogFiles:
             batch, self.pending, self.pending_size = self.pending, {}, 0
             dropped, self.dropped = self.dropped, {}
             for name, n in dropped.items():     # after what was kept: they came later
-                note = f"{rfc3339()} wsuper: {n} lines were not written to the log files " \
-                       f"(the disk did not keep up)"
-                batch.setdefault(name, []).append(note)
+                batch.setdefault(name, []).append(_Lost.note(name, name, n))
                 if name != SUPERVISOR:
-                    batch.setdefault(SUPERVISOR, []).append(
-                        f"{note[:-1]}: {n} of {name}'s)")
+                    batch.setdefault(SUPERVISOR, []).append(_Lost.note(SUPERVISOR, name, n))
             if batch and not self.failed:
                 try:
                     await trio.to_thread.run_sync(self._write, batch)
@@ -431,12 +428,24 @@ class LogFiles:
 
     def _keep(self, batch: dict):
         """Put what `batch` still holds (not written) back before what is pending, up
-        to the backlog's bound; count the rest as dropped."""
+        to the backlog's bound; count the rest as dropped.  A count of lines lost
+        that was not written is no line to keep or drop: dropped, it was counted as
+        one line (a file said "1 lines were not written" for hundreds lost).  The
+        counts not written are summed, per file and per whose lines they count, and
+        kept whatever the bound (one per file and name), after that file's lines."""
         pending, self.pending, self.pending_size = self.pending, {}, 0
+        lost: dict[tuple[str, str], int] = {}
         for source in (batch, pending):
             for name, lines in source.items():
                 for line in lines:
-                    self._readd(name, line)
+                    if type(line) is _Lost:
+                        lost[name, line.owner] = lost.get((name, line.owner), 0) + line.n
+                    else:
+                        self._readd(name, line)
+        for (name, owner), n in lost.items():
+            note = _Lost.note(name, owner, n)
+            self.pending.setdefault(name, []).append(note)
+            self.pending_size += len(note)
 
     def _readd(self, name: str, line: str):
         if self.pending_size + len(line) > LOG_BACKLOG_BYTES * 2:
@@ -485,6 +494,21 @@ class LogFiles:
             if self._dir is not None:
                 os.close(self._dir)
                 self._dir = None
+
+
+class _Lost(str):
+    """The line that says how many of `owner`'s lines were not written (in its own
+    file, or a copy in the supervisor's); `n` is that count."""
+    __slots__ = ("owner", "n")
+
+    @classmethod
+    def note(cls, file: str, owner: str, n: int) -> "_Lost":
+        text = f"{rfc3339()} wsuper: {n} lines were not written to the log files " \
+               f"(the disk did not keep up" + (f": {n} of {owner}'s)" if file != owner
+                                               else ")")
+        line = cls(text)
+        line.owner, line.n = owner, n
+        return line
 
 
 def _append(folder: int, file: str, chunk: list):

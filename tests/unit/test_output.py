@@ -289,3 +289,56 @@ def test_log_files_wait_out_a_shortage_of_descriptors_and_lose_no_line(tmp_path,
     trio.run(files.flush)
     files.close()
     assert files.failed and told[-1][0] == "failed"
+
+
+def test_lines_lost_while_the_log_files_wait_are_all_counted(tmp_path, monkeypatch):
+    """While the log files wait out a shortage of descriptors, what is not written
+    is kept up to the backlog's bound and the rest counted.  The count of lines not
+    kept used to travel as a line ("N lines were not written ...") in the batch that
+    failed, and was then kept or dropped as any line: a full backlog dropped it and
+    counted it as *one* line, so the files said "1 lines were not written" for
+    hundreds lost.  Whatever the shortage's length, every line added is either in
+    its file or in the count its file gives, and the supervisor's copy of each
+    count agrees with it."""
+    import errno
+    import re
+
+    import trio
+
+    from supervisor import output
+    monkeypatch.setattr(output, "LOG_BACKLOG_BYTES", 2000)
+    files = output.LogFiles(str(tmp_path))
+    real, short = output._append, {"on": False}
+
+    def append(folder, file, chunk):
+        if short["on"]:
+            raise OSError(errno.EMFILE, f"{file} cannot be opened: Too many open files")
+        real(folder, file, chunk)
+    monkeypatch.setattr(output, "_append", append)
+    added = {"app": 0, "other": 0}
+
+    async def main():
+        short["on"] = True
+        for _round in range(6):               # a shortage over several flushes
+            for name in added:
+                for _ in range(40):
+                    files.add(name, f"{name} line {added[name]:04d} " + "x" * 80,
+                              droppable=True)
+                    added[name] += 1
+            await files.flush()
+            assert files.paused and files.failed is None
+        short["on"] = False
+        await files.flush()
+        assert not files.paused
+        await files.flush()                   # nothing left over
+    trio.run(main)
+    files.close()
+    sup = (tmp_path / "supervisor.log").read_text()
+    for name, n in added.items():
+        text = (tmp_path / f"{name}.log").read_text()
+        kept = [l for l in text.splitlines() if l.startswith(f"{name} line")]
+        assert kept == sorted(kept) and len(set(kept)) == len(kept)      # in order, once
+        lost = sum(map(int, re.findall(r"wsuper: (\d+) lines were not written", text)))
+        assert len(kept) + lost == n, (len(kept), lost, n)
+        copied = sum(map(int, re.findall(rf"(\d+) of {name}'s\)", sup)))
+        assert copied == lost, (copied, lost)
