@@ -370,6 +370,7 @@ class LogFiles:
         self.on_failed = on_failed
         self.on_paused = on_paused
         self.paused = False
+        self.paused_why = ""
         self.pending: dict[str, list[str]] = {}
         self.pending_size = 0          # characters in `pending`
         self.dropped: dict[str, int] = {}   # name -> lines not kept since the last batch
@@ -419,12 +420,23 @@ class LogFiles:
                     # run was lost.  What was not written waits for the next flush,
                     # before what came since, as long as it fits; the rest is counted
                     self._keep(batch)
+                    self.paused_why = f"{self.folder}: {e.strerror or e}"
                     if not self.paused:
                         self.paused = True
-                        self.on_paused(f"{self.folder}: {e.strerror or e}")
+                        self.on_paused(self.paused_why)
                     self.set_event(self.wake)
                     return
                 self.paused = False
+
+    async def flush_last(self):
+        """The last flush, at stop: a shortage of descriptors is waited out (within the
+        caller's deadline) as the writer would have; close() says what it left.  One
+        flush that failed for want of a descriptor lost every line kept for the
+        files, though the operator had been told they would be written."""
+        await self.flush()
+        while self.paused and not self.failed and (self.pending or self.dropped):
+            await trio.sleep(BATCH_SECONDS)
+            await self.flush()
 
     def _keep(self, batch: dict):
         """Put what `batch` still holds (not written) back before what is pending, up
@@ -489,11 +501,18 @@ class LogFiles:
             del batch[name]
 
     def close(self):
+        """No more writes.  Lines still kept for the files when they wait (a shortage
+        of descriptors that outlasted the last flush) are said lost, once."""
         with self._lock:
             self._closed = True
             if self._dir is not None:
                 os.close(self._dir)
                 self._dir = None
+        left = sum(map(len, self.pending.values())) + sum(self.dropped.values())
+        if self.paused and not self.failed and left:
+            self.failed = f"{self.paused_why} until the system stopped: {left} lines " \
+                          f"kept for them were not written"
+            self.on_failed(self.failed)
 
 
 class _Lost(str):

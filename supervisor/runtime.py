@@ -635,7 +635,7 @@ class Supervisor:
                     await self.audit.flush(self._audit_failed)
             if self.output.files is not None:
                 with trio.move_on_after(5):
-                    await self.output.files.flush()
+                    await self.output.files.flush_last()
                 self.output.files.close()
             nursery.cancel_scope.cancel()
         return self._exit_code

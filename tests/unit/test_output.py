@@ -342,3 +342,49 @@ def test_lines_lost_while_the_log_files_wait_are_all_counted(tmp_path, monkeypat
         assert len(kept) + lost == n, (len(kept), lost, n)
         copied = sum(map(int, re.findall(rf"(\d+) of {name}'s\)", sup)))
         assert copied == lost, (copied, lost)
+
+
+def test_the_last_flush_waits_out_a_shortage_and_says_what_it_could_not_write(tmp_path,
+                                                                              monkeypatch):
+    """The operator is told the log files wait and their lines will be written once a
+    descriptor is free.  At stop, one flush was tried: a shortage still there then
+    lost every line kept, without a word.  The last flush waits it out (within its
+    deadline), and what it still could not write is said, with how many lines."""
+    import errno
+
+    import trio
+
+    from supervisor import output
+    real, short = output._append, {"left": 0}
+
+    def append(folder, file, chunk):
+        if short["left"]:
+            short["left"] -= 1
+            raise OSError(errno.ENFILE, f"{file} cannot be opened: Too many open files "
+                                        f"in system")
+        real(folder, file, chunk)
+    monkeypatch.setattr(output, "_append", append)
+    told = []
+    files = output.LogFiles(str(tmp_path / "a"), on_failed=lambda why: told.append(why))
+    os.mkdir(tmp_path / "a")
+    files.add("app", "app 1")
+    short["left"] = 3                      # passes after three tries
+    trio.run(files.flush_last)
+    files.close()
+    assert (tmp_path / "a" / "app.log").read_text() == "app 1\n" and not told
+    # one that outlasts the last flush's deadline
+    files = output.LogFiles(str(tmp_path / "b"), on_failed=lambda why: told.append(why))
+    os.mkdir(tmp_path / "b")
+    files.add("app", "app 1")
+    files.add("supervisor", "event 1")
+    short["left"] = 10 ** 9
+
+    async def last():
+        with trio.move_on_after(0.3):
+            await files.flush_last()
+    trio.run(last)
+    files.close()
+    assert len(told) == 1 and "2 lines kept for them were not written" in told[0], told
+    assert "Too many open files in system" in told[0]
+    files.close()                           # said once
+    assert len(told) == 1
