@@ -33,10 +33,14 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     from a compartment, so they are read completely here, inside the call: what
     cannot be read (a pointer out of bounds, text without its NUL, not UTF-8) is a
     CallFailed, never an abort later in some lazy reader."""
+    connected = False
+
     async def main():
+        nonlocal connected
         async with capnp.kj_loop():
             try:
                 sock = await connect(socket_path)
+                connected = True
                 stream = await capnp.AsyncIoStream.create_unix_connection(sock=sock)
             except Exception as e:  # noqa: BLE001 - pycapnp raises KjException
                 raise CallFailed(f"cannot connect to {socket_path}: {_first(e)}") from None
@@ -58,6 +62,10 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
         try:
             return await asyncio.wait_for(main(), timeout)
         except asyncio.TimeoutError:
+            if not connected:        # as `wsuper status` says it (endpoint.connect_admin)
+                raise CallFailed(f"the system at {socket_path} is busy: its socket took no "
+                                 f"connection within {timeout:g} s (its backlog stayed "
+                                 f"full)") from None
             raise CallFailed(f"no answer within {timeout:g} s") from None
 
     return asyncio.run(bounded())
