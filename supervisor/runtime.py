@@ -443,6 +443,7 @@ class Supervisor:
         self._fd_each = FD_EACH          # ... each compartment keeps for itself (set in _run)
         self._fd_owed = 0                # what the compartments below _fd_each may still take
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
+        self._max_external = 0           # external connections at once (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
         self.prober = Prober(self)          # probes: docs/instrumentation.md
@@ -550,9 +551,20 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        self._fd_budget = raise_fd_limit() - FD_RESERVE_BASE \
-            - min(self.system.max_connections, FD_RESERVE_BASE) \
-            - FD_RESERVE_PER_ENGINE * len(self.system.compartments)
+        limit = raise_fd_limit()
+        engines = FD_RESERVE_PER_ENGINE * len(self.system.compartments)
+        # external connections take a descriptor each: as many as max_connections
+        # allows, but never more than half of what is left beside the engines'
+        # reserve, the rest being the host files' (a max_connections above the
+        # descriptors let clients take every one: no engine restarted, no grant opened)
+        self._max_external = min(self.system.max_connections, max(
+            FD_RESERVE_BASE, (limit - FD_RESERVE_BASE - engines) // 2))
+        if self._max_external < self.system.max_connections:
+            self.say(f"note: max_connections {self.system.max_connections} is more than "
+                     f"this process's {limit} file descriptors allow beside its "
+                     f"compartments: at most {self._max_external} external connections "
+                     f"at once (raise the limit: ulimit -n)")
+        self._fd_budget = limit - FD_RESERVE_BASE - self._max_external - engines
         n = max(1, len(self.system.compartments))
         self._fd_each = max(1, min(FD_EACH, self._fd_budget // (2 * n)))
         self._fd_owed = self._fd_each * len(self.system.compartments)
@@ -1483,7 +1495,7 @@ class Supervisor:
                 stream = await self._accept(listener)
                 if stream is None:
                     continue
-                most = self.system.max_connections
+                most = self._max_external
                 if self._external >= most and not self._make_room():
                     self.tell_once("max-external", f"more than {most} external connections "
                                    f"at once: refusing the others (max_connections)")

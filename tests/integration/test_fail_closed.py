@@ -1268,3 +1268,59 @@ def test_an_idle_external_connection_costs_the_supervisor_little_memory(tmp_path
         for c in clients:
             c.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_external_clients_never_take_the_descriptors_the_compartments_need(tmp_path, wsuper):
+    """A max_connections above the supervisor's file descriptors let clients take
+    every one: then no engine restarted and no grant opened.  The supervisor
+    accepts at most half of what is left beside its compartments' reserve, and
+    says so at start; here, under a limit of 400 descriptors, 500 clients connect,
+    the calc engine is killed, and it comes back (its eight grants opened) and
+    serves."""
+    import resource
+    import signal
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 700:
+        pytest.skip(f"needs 700 descriptors (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 700), hard))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "system.toml").write_text(
+        SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).replace(
+            "max_connections = 4", "max_connections = 100000")
+        + "[compartments.calc.grants]\n" + "".join(
+            f'data{i} = {{ host = "directory", path = "{tmp_path}/d" }}\n' for i in range(8)))
+    run = wsuper("up", str(tmp_path / "system.toml"), preexec_fn=low_limit)
+    ready = run.wait_for("ready calc")
+    sock, clients = str(tmp_path / "ext.sock"), []
+    try:
+        tries = 0
+        while len(clients) < 500 and tries < 2000:
+            tries += 1
+            try:
+                clients.append(WireClient(sock, timeout=2))
+            except OSError:              # its backlog full (EAGAIN): it accepts meanwhile
+                time.sleep(0.01)
+        time.sleep(1)
+        pid = int(ready.split("pid=")[1].split()[0])
+        os.kill(pid, signal.SIGKILL)
+        at = len(run.lines)
+        line = run.wait_for("calc", start=at)
+        while "ready calc" not in line and "failed" not in line:
+            at = run.lines.index(line, at) + 1
+            line = run.wait_for("calc", start=at)
+        assert "ready calc" in line, run.lines[-5:]
+        for c in clients:
+            c.close()
+        clients = []
+        time.sleep(1.5)                  # the refused and the closed are gone
+        assert _add(sock, 20, 22) == 42
+        (note,) = [line for line in run.lines if "note: max_connections" in line]
+        assert "100000 is more than this process's 400 file descriptors" in note \
+            and "ulimit -n" in note, note
+    finally:
+        for c in clients:
+            c.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
