@@ -1532,7 +1532,14 @@ class Router:
         if c is None:
             return None
         if isinstance(c, protocol.Imported):
-            return self.remote(peer, c.import_id)
+            r = self.remote(peer, c.import_id)
+            proxy = self.proxies.get(peer.name) if peer.kind == "engine" else None
+            if proxy is not None and proxy.target is r:
+                # its main object (wsuper.object(0)), handed on by its own compartment:
+                # the object its proxy serves, so it is that proxy, with its checks
+                # (the interface, a sealed one's), not a way around them
+                return proxy
+            return r
         if isinstance(c, protocol.Exported):
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us

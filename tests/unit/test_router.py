@@ -2085,3 +2085,49 @@ def test_no_capability_crosses_to_or_from_an_object_whose_schema_carries_none(ca
     assert app.inbox.pop().payload is not None
     assert router.peers[app.pid].alive and router.peers[secret.pid].alive
     assert not router._sealed
+
+
+@pytest.mark.parametrize("way", ["params", "results", "another interface"])
+def test_a_main_object_handed_on_by_its_compartment_is_called_as_its_proxy(way):
+    """secret (whose interface carries no capability) handed its own main object
+    (wsuper.object(0)) to t across a grant that carries some: t got it as a plain
+    object of secret's, and its calls on it passed none of the main object's
+    checks (a capability went in, one came back; any interface id was taken),
+    though it is the very object the sealed proxy serves.  The main object has
+    one identity in the router, its proxy, however it arrives: every check a
+    grant's call passes applies to t's."""
+    names = {**NAMES, SEALED: ("Sealed", {0: "add"})}
+    router = R.Router({"secret": SEALED, "t": CALC}, names=names, sealed={SEALED})
+    t = start(router, "t", exports=True)
+    secret = start(router, "secret", [grant("t", "t")], exports=True)
+    secret.send(secret.conn.send_call(secret.grants[0].import_id, CALC, 2,
+                                      caps=[secret.main])[1])
+    (call,) = t.inbox
+    t.inbox.clear()
+    held = call.payload.caps[0].import_id
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    mine = object()
+    t.send(t.conn.send_call(held, CALC if way == "another interface" else SEALED, 0,
+                            Content.standalone([seg]) if way == "params" else P.EMPTY,
+                            caps=[mine] if way == "params" else [])[1])
+    if way == "results":
+        (nested,) = [e for e in secret.inbox if isinstance(e, P.CallReceived)]
+        assert nested.target is secret.main
+        secret.send(secret.conn.send_return(nested.answer_id, Content.standalone([seg]),
+                                            [object()]))
+    else:
+        assert not [e for e in secret.inbox if isinstance(e, P.CallReceived)]
+    (ret,) = [e for e in t.inbox if isinstance(e, P.ReturnReceived)]
+    assert ret.payload is None, "the call reached secret's main object unchecked"
+    assert {"params": "passes 1 capabilities, but Sealed carries none",
+            "results": "answered with 1 capabilities, but Sealed carries none",
+            "another interface": "does not implement interface"}[way] in ret.error, ret.error
+    # a call as a grant's holder makes it still goes, and is answered
+    t.inbox.clear()
+    secret.inbox.clear()
+    t.send(t.conn.send_call(held, SEALED, 0)[1])
+    (nested,) = [e for e in secret.inbox if isinstance(e, P.CallReceived)]
+    secret.send(secret.conn.send_return(nested.answer_id))
+    (ret,) = [e for e in t.inbox if isinstance(e, P.ReturnReceived)]
+    assert ret.payload is not None
+    assert router.peers[t.pid].alive and router.peers[secret.pid].alive
