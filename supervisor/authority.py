@@ -241,7 +241,9 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
         for e in all_edges:
             if e.kind == "compartment" and e.target == comp_name and _allows(e, plan, method):
                 start.add(e.holder)
-    reach = set(start)
+    # the target's own compartment holds its main object (it serves it) and can
+    # hand it on like anything it holds (wsuper.object(0), in a call or an answer)
+    reach = set(start) | ({comp_name} if host is None else set())
     changed = True
     while changed:                             # capabilities flow along calls
         changed = False

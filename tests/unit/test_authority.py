@@ -316,3 +316,43 @@ module = "{EXAMPLES}/callback.wat"
 """)
     sealed = authority.sealed(plan)
     assert sealed == {plan.main_interface["sealed"]}
+
+
+_SEALED_IDS = ((0xe6b0c1d2a3f49500 + i, 0xe6b0c1d2a3f4a500 + i) for i in range(1000))
+
+
+@pytest.mark.parametrize("exports", ["Sealed", "Calc"])
+@pytest.mark.parametrize("held", [True, False], ids=["held by a grant", "held by nobody"])
+def test_reach_counts_the_target_handing_its_own_main_object_on(tmp_path, exports, held):
+    """s can hand its own main object (wsuper.object(0)) to t, in a call across its
+    grant to t, whose interface carries capabilities: t can call s from then on.
+    Reach counted only what s's callers could pass on, never s itself ("s itself
+    runs its own code"), and said nobody but a could reach s, or nobody at all."""
+    ids = next(_SEALED_IDS)          # a schema's ids once a process (pycapnp)
+    (tmp_path / "sealed.capnp").write_text(
+        f"@{ids[0]:#x};\n"
+        f"interface Sealed @{ids[1]:#x} {{ add @0 (a :Int32) -> (sum :Int32); }}\n")
+    plan = plan_of(tmp_path, f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp", "sealed.capnp"]
+[compartments.s]
+module = "{EXAMPLES}/calc.wat"
+exports = "{exports}"
+[compartments.s.grants]
+t = {{ compartment = "t" }}
+[compartments.t]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.a]
+module = "{EXAMPLES}/callback.wat"
+""" + ("""[compartments.a.grants]
+s = { compartment = "s" }
+""" if held else ""))
+    method = ".add"
+    for target in ("s", "s" + method):
+        names, why = authority.could_reach(plan, target)
+        assert "t" in names, (target, names, why)
+        assert ("a" in names) == held, (target, names)
+    # s passes nothing to a across a's grant when Sealed carries none
+    if held and exports == "Sealed":
+        assert authority.could_reach(plan, "t")[0] == ["s"]
