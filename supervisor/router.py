@@ -916,6 +916,14 @@ class Router:
                             self._wrap(c, m.forward, label) for c in call.caps))
                 chain.append(m)
                 cap = cap.target
+            if isinstance(cap, Remote) and cap.peer.kind == "engine":
+                main = self.proxies.get(cap.peer.name)
+                if main is not None and main.target is cap:
+                    # a compartment's main object, however the caller holds it (handed
+                    # on by that compartment, wsuper.object(0), even from its
+                    # _initialize, before the proxy had it): called as its proxy, with
+                    # its checks (the interface, a sealed one's), not around them
+                    cap = main
             if isinstance(cap, Proxy):
                 if cap.interface_id is not None and call.interface_id not in cap.interface_ids:
                     raise CallError(f"compartment {cap.compartment} does not implement "
@@ -1532,14 +1540,7 @@ class Router:
         if c is None:
             return None
         if isinstance(c, protocol.Imported):
-            r = self.remote(peer, c.import_id)
-            proxy = self.proxies.get(peer.name) if peer.kind == "engine" else None
-            if proxy is not None and proxy.target is r:
-                # its main object (wsuper.object(0)), handed on by its own compartment:
-                # the object its proxy serves, so it is that proxy, with its checks
-                # (the interface, a sealed one's), not a way around them
-                return proxy
-            return r
+            return self.remote(peer, c.import_id)
         if isinstance(c, protocol.Exported):
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us

@@ -2087,21 +2087,32 @@ def test_no_capability_crosses_to_or_from_an_object_whose_schema_carries_none(ca
     assert not router._sealed
 
 
+@pytest.mark.parametrize("when", ["once started", "in its _initialize"])
 @pytest.mark.parametrize("way", ["params", "results", "another interface"])
-def test_a_main_object_handed_on_by_its_compartment_is_called_as_its_proxy(way):
+def test_a_main_object_handed_on_by_its_compartment_is_called_as_its_proxy(way, when):
     """secret (whose interface carries no capability) handed its own main object
     (wsuper.object(0)) to t across a grant that carries some: t got it as a plain
     object of secret's, and its calls on it passed none of the main object's
     checks (a capability went in, one came back; any interface id was taken),
-    though it is the very object the sealed proxy serves.  The main object has
-    one identity in the router, its proxy, however it arrives: every check a
-    grant's call passes applies to t's."""
+    though it is the very object the sealed proxy serves.  Handed on from its
+    _initialize, it comes before the proxy has it (start's answer).  A call on
+    the main object is a call on its proxy, however the caller holds it."""
     names = {**NAMES, SEALED: ("Sealed", {0: "add"})}
     router = R.Router({"secret": SEALED, "t": CALC}, names=names, sealed={SEALED})
     t = start(router, "t", exports=True)
-    secret = start(router, "secret", [grant("t", "t")], exports=True)
-    secret.send(secret.conn.send_call(secret.grants[0].import_id, CALC, 2,
-                                      caps=[secret.main])[1])
+    secret, effects = start(router, "secret", [grant("t", "t")], exports=True, later=True)
+    plain, early = secret.send, when == "in its _initialize"
+
+    def send(data):                 # start's answer: its grants are there by now
+        if early and secret.grants and not t.inbox:
+            plain(secret.conn.send_call(secret.grants[0].import_id, CALC, 2,
+                                        caps=[secret.main])[1])
+        plain(data)
+    secret.send = send
+    secret.deliver(effects)
+    if not early:
+        secret.send(secret.conn.send_call(secret.grants[0].import_id, CALC, 2,
+                                          caps=[secret.main])[1])
     (call,) = t.inbox
     t.inbox.clear()
     held = call.payload.caps[0].import_id
