@@ -270,6 +270,7 @@ class Engine:
         #: batch not dispatched yet, a return not yet read): not ours to release
         self._unread_refs: dict[int, int] = {}
         self._started = False
+        self._main_served = False               # start's answer has the main object
         self._instantiated = False              # Engine.start is answered only after
         self._early: list = []                  # read with the early bootstrap (serve)
         self._granted: list = []                 # (name, kind, mount, import id), at start
@@ -637,6 +638,11 @@ class Engine:
                 frame.borrowed.discard(handle)
 
     def _host_object(self, tag):
+        if tag == 0 and self.exports_main and not self._main_served:
+            # the main object is the proxy's, which has it only with start's answer:
+            # handed on before (a start function, _initialize), calls on it would
+            # reach it unchecked (the interface, a sealed one's: Router._deliver)
+            return abi.E_STATE
         try:
             return self.handles.add(self._local(tag))
         except OverflowError:
@@ -1101,6 +1107,7 @@ class Engine:
                         from None
             results = payloads.StartResults.new_message(program=self.start_func is not None)
             if self.exports_main:
+                self._main_served = True        # from now on the proxy's (_host_object)
                 return payloads.with_capability(results), [self._local(0)]
             return Content.standalone(results.to_segments()), []
         if ev.method_id == 1:     # run() -> (exitCode)

@@ -1,0 +1,47 @@
+;; sealinit: see tests/integration/test_sealed.py.
+;; s (Sealed): its _initialize calls "t" (Calc.sumTo) with object(0).
+;; t (Calc): a call with a capability: calls it (Sealed.add) with an object of its
+;;   own, keeps the answer's value (or status) in $seen; a call without: answers $seen.
+;; s's main object answers 1000 + the capabilities a call brought.
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "reply_read" (func $reply_read (param i32 i32) (result i32)))
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $seen (mut i32) (i32.const -77))
+  (data (i32.const 110) "t")
+  (func $answer (param $v i32) (result i32)
+    (i32.store (i32.const 8192) (i32.const 0))
+    (i32.store (i32.const 8196) (i32.const 2))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 8208) (i64.extend_i32_s (local.get $v)))
+    (drop (call $results_set (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0))
+  (func (export "_initialize")
+    (local $t i32)
+    (local.set $t (call $lookup (i32.const 110) (i32.const 1)))
+    (if (i32.le_s (local.get $t) (i32.const 0)) (then (return)))   ;; t itself, a
+    (i32.store (i32.const 3000) (call $object (i32.const 0)))
+    (drop (call $call (local.get $t) (i64.const 0xc0ffee0000000001) (i32.const 2)
+                (i32.const 0) (i32.const 0) (i32.const 3000) (i32.const 1) (i32.const 200))))
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32) (param $ncaps i32)
+        (result i32)
+    (local $r i32)
+    (if (i64.eq (local.get $iface) (i64.const 0xc0ffee0000000001))
+      (then
+        (if (i32.eqz (local.get $ncaps)) (then (return (call $answer (global.get $seen)))))
+        (drop (call $params_read (i32.const 4000) (i32.const 5000)))
+        (i32.store (i32.const 3000) (call $object (i32.const 1)))
+        (local.set $r (call $call (i32.load (i32.const 5000)) (i64.const 0xd5a1ed0000000001)
+                            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 3000)
+                            (i32.const 1) (i32.const 200)))
+        (if (local.get $r)
+          (then (global.set $seen (local.get $r)))
+          (else (drop (call $reply_read (i32.const 1000) (i32.const 3100)))
+                (global.set $seen (i32.load (i32.const 1016)))))
+        (return (call $answer (i32.const 0)))))
+    (call $answer (i32.add (i32.const 1000) (local.get $ncaps)))))
