@@ -21,11 +21,10 @@ class Running:
     """A `wsuper up` subprocess whose output lines (stdout and stderr, in the order
     they come, supervisor events without their time) can be awaited."""
 
-    def __init__(self, args, cwd=None, preexec_fn=None):
+    def __init__(self, args, cwd=None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", *args], cwd=cwd or ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=preexec_fn)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
 
     def wait_for(self, fragment, timeout=30, start=0):
@@ -63,8 +62,8 @@ class Running:
 def wsuper():
     started = []
 
-    def start(*args, cwd=None, preexec_fn=None):
-        r = Running(args, cwd, preexec_fn)
+    def start(*args, cwd=None):
+        r = Running(args, cwd)
         started.append(r)
         return r
 
