@@ -126,7 +126,10 @@ _M = {(i.name, m.name): (i.id, m.ordinal, m.params, m.results)    # from the one
 #: (argument, bytes) of the result of each call that changes something: a result
 #: pointer the program may not write (memory protection: EFAULT) fails the call
 #: before it opens, writes, reads or seeks (it used to do that, then say EFAULT:
-#: the program, told nothing happened, wrote again or lost what it read)
+#: the program, told nothing happened, wrote again or lost what it read).  The
+#: check writes back the bytes that are there: a result pointer into the call's
+#: own path, iovecs or data is read as the program left it (zeros were written
+#: there first, so fd_write wrote them and path_open read a path cut by a NUL)
 _RESULTS = {"path_open": ((8, 4),), "fd_read": ((3, 4),), "fd_write": ((3, 4),),
             "fd_pread": ((4, 4),), "fd_pwrite": ((4, 4),), "fd_seek": ((3, 8),)}
 
@@ -265,7 +268,10 @@ class Wasi:
             self._frames.append([])
             try:
                 for i, size in results:         # before the call does anything
-                    self.host.write(args[i] & 0xFFFFFFFF, bytes(size))
+                    # written back as it is: the result may share memory with what
+                    # the call reads (its path, iovecs or data), read after this
+                    at = args[i] & 0xFFFFFFFF
+                    self.host.write(at, self.host.read(at, size))
                 r = impl(*args)
                 return 0 if r is None else r
             except _Fail as f:

@@ -533,3 +533,41 @@ def test_random_get_pieces_fit_the_supervisors_answer_for_every_message_size():
         host.results["Random", "bytes"] = bytes_
         assert call(w, "random_get", 500, 3000) == 0, size
         assert host.read(500, 3000) == b"\x5a" * 3000
+
+
+def test_a_result_pointer_into_the_calls_own_input_leaves_the_input_as_it_was():
+    """Each call that checks its result pointer before it acts (wasi._RESULTS) reads
+    its path, iovecs and data as the program left them, even where the result
+    pointer shares their memory (as under wasmtime: the result is written last).
+    The check wrote zeros there first: fd_write wrote them, an iovec pointing at
+    the result's bytes wrote memory 0, and path_open read a path cut by a NUL."""
+    host, w = wasi_with()
+    host.results[("Directory", "open")] = "cap"
+    written = []
+    host.results[("File", "write")] = lambda **p: written.append(p["data"]) or \
+        {"written": len(p["data"])}
+    host.results[("File", "read")] = lambda **p: {"data": b"x" * p["count"]}
+    # path_open: the descriptor is written over the path it opens
+    host.mem[2000:2005] = b"f.txt"
+    assert call(w, "path_open", 3, 0, 2000, 5, 0, wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE,
+                0, 0, 2001) == 0
+    assert host.calls[-1][2]["path"] == "f.txt"
+    fd = host.u32(2001)
+    for name, extra in (("fd_write", ()), ("fd_pwrite", (0,))):
+        # the count written falls inside the data written ...
+        host.mem[1000:1008] = b"ABCDEFGH"
+        host.mem[100:108] = struct.pack("<II", 1000, 8)
+        assert call(w, name, fd, 100, 1, *extra, 1002) == 0, name
+        assert written.pop() == b"ABCDEFGH", name
+        assert host.u32(1002) == 8
+        # ... and over the iovec that says where the data is
+        host.mem[1000:1008] = b"ABCDEFGH"
+        host.mem[100:108] = struct.pack("<II", 1000, 8)
+        assert call(w, name, fd, 100, 1, *extra, 100) == 0, name
+        assert written.pop() == b"ABCDEFGH", name
+    for name, extra in (("fd_read", ()), ("fd_pread", (0,))):
+        # the count read is written over the iovec: the data goes where it said
+        host.mem[1000:1008] = bytes(8)
+        host.mem[100:108] = struct.pack("<II", 1000, 8)
+        assert call(w, name, fd, 100, 1, *extra, 100) == 0, name
+        assert host.read(1000, 8) == b"x" * 8 and host.u32(100) == 8, name
