@@ -62,12 +62,16 @@ class DefinesMain(ToolchainError):
 
 #: Asked of a reactor's link when it was only guessed one: where main is defined.
 #: `int main(void)` defines main (and __main_void), `int main(int, char **)`
-#: __main_argc_argv; wasi-libc's own (its fallbacks, "lazy" until something pulls
-#: them in) are never the sources'.
+#: __main_argc_argv; wasi-libc's own (its fallbacks, in libc.a) are never the
+#: sources'.  A static library given to `build` that holds main defines it too:
+#: a reactor's link only says "lazy definition" (nothing pulls it in), which a
+#: command's would pull in and run; it was not counted, so a program whose main
+#: is in its library was built a reactor, "(reactor)", and its main never ran.
 TRACE_MAIN = ("-Wl,--trace-symbol=main", "-Wl,--trace-symbol=__main_argc_argv",
               "-Wl,--trace-symbol=__main_void")
-_DEFINES_MAIN = re.compile(r"^(?!.*\blazy definition\b)(?!.*/libc\.a\()"
-                           r".*: definition of (?:main|__main_argc_argv|__main_void)$", re.M)
+_DEFINES_MAIN = re.compile(r"^(?!.*/libc\.a[:(])"
+                           r".*: (?:lazy )?definition of (?:main|__main_argc_argv|__main_void)$",
+                           re.M)
 
 
 def clang() -> str:
