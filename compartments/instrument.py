@@ -306,6 +306,15 @@ def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
 #: parenthesis, or an atom (keyword, id, number).
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\$"(?:[^"\\]|\\.)*"|\(;.*?;\)|;;.*$|[()]|[^\s()";]+')
 _STORE = re.compile(r"(i32|i64|f32|f64)\.store(8|16|32)?\Z")
+#: Every other instruction that writes memory: atomic stores and read-modify-writes,
+#: SIMD stores, and the bulk ones (memory.fill, memory.copy, memory.init, whose size
+#: is their length operand).  Only plain stores were probed: memset and memcpy
+#: (memory.fill and memory.copy, as newer compilers emit them), a SIMD or an atomic
+#: store wrote the memory a `stores` probe watched without a word.
+_ATOMIC = re.compile(r"(i32|i64)\.atomic\.(?:store|rmw)(8|16|32)?"
+                     r"(?:\.(add|sub|and|or|xor|xchg|cmpxchg)(?:_u)?)?\Z")
+_LANE = re.compile(r"v128\.store(8|16|32|64)_lane\Z")
+_BULK = ("memory.fill", "memory.copy", "memory.init")
 _SIZES = {"i32": 4, "i64": 8, "f32": 4, "f64": 8}
 _NUMBER = re.compile(r"[0-9]+\Z")
 
@@ -436,6 +445,7 @@ class _Rewriter:
         self.kinds: list[int] = []
         self.functions: list[int] = []
         self.addr = "i32"
+        self.memories: list[tuple[str, str | None]] = []   # (address type, $name) by index
         self.clones: list[str] = []
         self.divert = 0                    # a divert byte per defined function, from here
         self.flags_at = sum(1 for l in self.lines if l.startswith("  (func "))
@@ -481,12 +491,16 @@ class _Rewriter:
         last_import = max((i for i, l in enumerate(lines) if l.startswith("  (import ")),
                           default=None)
         for l in lines:             # memory 0 (the stores probed): imported ones come first
+            if not l.startswith(("  (memory ", "  (import ")):
+                continue
             toks = _tokens(l)
-            if l.startswith("  (memory ") or (l.startswith("  (import ") and toks[5:6] ==
-                                               ["memory"]):
-                if "i64" in toks:
-                    self.addr = "i64"
-                break
+            if l.startswith("  (memory ") or toks[5:6] == ["memory"]:
+                kind = toks.index("memory")
+                name = toks[kind + 1] if toks[kind + 1:kind + 2] and \
+                    toks[kind + 1].startswith("$") else None
+                self.memories.append(("i64" if "i64" in toks else "i32", name))
+        if self.memories:
+            self.addr = self.memories[0][0]
         out: list[str] = []
         if last_import is None:     # before the first definition
             first_def = next((i for i, l in enumerate(lines) if l.startswith("  (") and not
@@ -597,12 +611,13 @@ class _Rewriter:
         c.append(_rename(header, clone, self.names.get(index)))   # its name, in backtraces too
         c.extend(locals_)
         c.append(f"    (local {p}f i32)")
-        if "stores" in self.points:         # scratch locals, only for the types stored
-            stored = sorted({m.group(1) for m in (_STORE.match((_tokens(l.strip()) or [""])[0])
-                                                  for l in code) if m})
+        if "stores" in self.points:         # scratch locals, only for the operands stored
+            stored = sorted({(k, t) for l in code
+                             for k, t in enumerate((self.shape(_tokens(l.strip())) or
+                                                    ((), 0))[0])})
             if stored:
                 c.append(f"    (local {p}a {self.addr}) " +
-                         " ".join(f"(local {p}{t} {t})" for t in stored))
+                         " ".join(f"(local {p}{t}{k} {t})" for k, t in stored))
         fsite = self.site("function", index) if "functions" in self.points else None
         ssite = self.site("store", index) if "stores" in self.points else None
         if fsite is not None:
@@ -624,9 +639,9 @@ class _Rewriter:
             if fsite is not None and op in ("return", "return_call", "return_call_indirect",
                                             "return_call_ref"):
                 c.extend(self.check(fsite, 1, indent))
-            if ssite is not None and _STORE.match(op) and \
-                    not (len(toks) > 1 and (toks[1].startswith("$") or _NUMBER.match(toks[1]))):
-                c.extend(self.store(ssite, op, toks, indent))
+            shape = self.shape(toks) if ssite is not None else None
+            if shape is not None:
+                c.extend(self.store(ssite, shape, toks, indent))
             c.append("  " + line)
             if "blocks" in self.points and op in ("loop", "if", "else", "end", "br_if"):
                 c.extend(self.check(self.site("block", index), 0, indent))
@@ -640,23 +655,79 @@ class _Rewriter:
         c.append("  )")
         return after
 
-    def store(self, site: int, op: str, toks: list, indent: str) -> list[str]:
-        p = self.p
-        vt = op.split(".")[0]
+    def _memory(self, tok: str) -> int | None:
+        """The index a memory immediate names (a number or a $name)."""
+        if _NUMBER.match(tok):
+            return int(tok)
+        return next((k for k, (_t, name) in enumerate(self.memories) if name == tok), None)
+
+    def shape(self, toks: list):
+        """(the operands above the address, in order, by type; the bytes written: a
+        number, or None for the last operand's value) of an instruction that writes
+        memory 0; None for any other."""
+        op = toks[0] if toks else ""
+        if "store" not in op and "rmw" not in op and not op.startswith("memory."):
+            return None                 # (most lines: one test)
+        imms = [t for t in toks[1:] if not t.startswith(("offset=", "align="))]
+        a = self.addr
         m = _STORE.match(op)
-        size = int(m.group(2)) // 8 if m.group(2) else _SIZES[vt]
+        if m:
+            vt, bits = m.group(1), m.group(2)
+            return None if imms else ((vt,), int(bits) // 8 if bits else _SIZES[vt])
+        m = _ATOMIC.match(op)
+        if m:
+            vt, bits = m.group(1), m.group(2)
+            vals = (vt, vt) if m.group(3) == "cmpxchg" else (vt,)
+            return None if imms else (vals, int(bits) // 8 if bits else _SIZES[vt])
+        if op == "v128.store":
+            return None if imms else (("v128",), 16)
+        m = _LANE.match(op)
+        if m:           # [memory] lane: a memory named only when there are two
+            return None if len(imms) > 1 and self._memory(imms[0]) != 0 else \
+                (("v128",), int(m.group(1)) // 8)
+        if op in _BULK and self.memories:
+            if op == "memory.init":   # [memory] data
+                dst = self._memory(imms[0]) if len(imms) > 1 else 0
+                return (("i32", "i32"), None) if dst == 0 else None
+            dst = self._memory(imms[0]) if imms else 0
+            if dst != 0:
+                return None
+            if op == "memory.fill":
+                return (("i32", a), None)
+            src = self._memory(imms[1]) if len(imms) > 1 else 0
+            if src is None or src >= len(self.memories):
+                return None
+            st = self.memories[src][0]
+            return ((st, "i64" if a == st == "i64" else "i32"), None)
+        return None
+
+    def store(self, site: int, shape, toks: list, indent: str) -> list[str]:
+        p = self.p
+        vals, size = shape
         offset = 0
         for t in toks[1:]:
             if t.startswith("offset="):
                 offset = int(t[7:].replace("_", ""), 16 if t[7:].startswith("0x") else 10) \
                     if not t[7:].startswith("0x") else int(t[9:].replace("_", ""), 16)
         ext = [] if self.addr == "i64" else [f"{indent}  i64.extend_i32_u"]
-        return [f"{indent}local.set {p}{vt}", f"{indent}local.tee {p}a",
-                f"{indent}local.get {p}{vt}", f"{indent}i32.const {site}",
+        if size is not None:
+            length = [f"{indent}  i32.const {size}"]
+        elif vals[-1] == "i64":         # a length past 4 GiB is told as 4 GiB - 1
+            n = f"{p}{vals[-1]}{len(vals) - 1}"
+            length = [f"{indent}  local.get {n}", f"{indent}  i64.const 0xffffffff",
+                      f"{indent}  local.get {n}", f"{indent}  i64.const 0xffffffff",
+                      f"{indent}  i64.lt_u", f"{indent}  select", f"{indent}  i32.wrap_i64"]
+        else:
+            length = [f"{indent}  local.get {p}{vals[-1]}{len(vals) - 1}"]
+        saved = [f"{p}{t}{k}" for k, t in enumerate(vals)]
+        return [*(f"{indent}local.set {v}" for v in reversed(saved)),
+                f"{indent}local.tee {p}a",
+                *(f"{indent}local.get {v}" for v in saved),
+                f"{indent}i32.const {site}",
                 f"{indent}i32.load8_u {p}mem offset={self.flags_at}", f"{indent}if",
                 f"{indent}  i32.const {site}",
                 f"{indent}  local.get {p}a", *ext, f"{indent}  i64.const {offset}",
-                f"{indent}  i64.add", f"{indent}  i32.const {size}", f"{indent}  call {p}st",
+                f"{indent}  i64.add", *length, f"{indent}  call {p}st",
                 f"{indent}end"]
 
 

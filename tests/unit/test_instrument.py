@@ -468,3 +468,54 @@ def test_probe_memory_over_the_memory_limit_is_refused_naming_it(tmp_path):
             else:
                 engine = Engine(theirs, spec, instantiate=False)
                 engine.instantiate()
+
+
+# Every kind of instruction that writes memory, each once, in memory 0 (reported)
+# and in memory 1 (not: the stores probed are memory 0's).  {a}: memory 0's address
+# type, {b}: memory 1's, {n}: the length's type of a copy between them.
+WRITES = """(module
+  (memory $m0 {a} 1) (memory $m1 {b} 1)
+  (data $d "wxyz")
+  (func (export "f") (param {a}) (result i32)
+    ({a}.const 300) (i32.const 1) ({a}.const 5) (memory.fill)
+    ({b}.const 300) (i32.const 1) ({b}.const 5) (memory.fill $m1)
+    ({a}.const 400) ({a}.const 300) ({a}.const 6) (memory.copy)
+    ({a}.const 500) ({b}.const 300) ({n}.const 7) (memory.copy $m0 $m1)
+    ({b}.const 500) ({a}.const 300) ({n}.const 7) (memory.copy $m1 $m0)
+    ({a}.const 600) (i32.const 1) (i32.const 3) (memory.init $d)
+    ({b}.const 600) (i32.const 1) (i32.const 3) (memory.init $m1 $d)
+    (v128.store offset=16 (local.get 0) (v128.const i32x4 1 2 3 4))
+    (v128.store $m1 ({b}.const 100) (v128.const i32x4 1 2 3 4))
+    (v128.store16_lane offset=2 3 (local.get 0) (v128.const i32x4 1 2 3 4))
+    (v128.store64_lane $m1 1 ({b}.const 0) (v128.const i32x4 1 2 3 4))
+    (i32.atomic.store8 offset=40 (local.get 0) (i32.const 9))
+    (i64.atomic.store $m1 ({b}.const 40) (i64.const 9))
+    (drop (i64.atomic.rmw32.add_u offset=48 (local.get 0) (i64.const 1)))
+    (drop (i32.atomic.rmw16.cmpxchg_u offset=56 (local.get 0) (i32.const 0) (i32.const 2)))
+    (drop (i32.atomic.rmw.xchg $m1 ({b}.const 56) (i32.const 2)))
+    (i32.add (i32.add (i32.load8_u ({a}.const 304)) (i32.load8_u ({a}.const 405)))
+             (i32.add (i32.load8_u ({a}.const 602)) (i32.load offset=16 (local.get 0))))))
+"""
+
+
+@pytest.mark.parametrize("a,b", [("i32", "i32"), ("i64", "i32"), ("i32", "i64"),
+                                 ("i64", "i64")])
+def test_every_instruction_that_writes_memory_0_is_a_store_site(a, b):
+    """`stores` reports every write to memory 0, as docs/instrumentation.md says:
+    memory.fill, memory.copy and memory.init (memset, memcpy: their length is the
+    size), SIMD stores and lane stores, atomic stores and read-modify-writes.
+    Only the plain stores were probed: a probe watching a buffer never saw a
+    memcpy into it.  Memory 1's writes are not reported, and the module computes
+    what it did, with every site off and with every site on."""
+    wat = WRITES.format(a=a, b=b, n="i64" if a == b == "i64" else "i32")
+    out, sites = instrument.rewrite(wat.encode(), ["stores"])
+    results, reported = [], []
+    for module, flags in ((wasmtime.wat2wasm(wat), None), (out, None),
+                          (out, bytes([EVENTS]) * len(sites))):
+        store, ex, hits = _run(module, hooks=True, flags=flags, sites=sites)
+        results.append(ex["f"](store, 100))
+        reported.append([(h[2], h[3]) for h in hits if h[0] == "store"])
+    assert results[0] == results[1] == results[2], results
+    assert reported[:2] == [[], []]
+    assert reported[2] == [(300, 5), (400, 6), (500, 7), (600, 3), (116, 16), (102, 2),
+                           (140, 1), (148, 4), (156, 2)], (a, b)
