@@ -177,15 +177,24 @@ def _labels(sites: Sites):
     """function index -> its row in `probe list`: its name, or with its index when
     the name does not tell it apart (two static functions of one name; a name such
     as '#7' that is another function's index).  Rows are keyed by these: by name,
-    functions of one name were added up in one row, and '#7' was two functions."""
+    functions of one name were added up in one row, and '#7' was two functions.
+    A name written as such a row ('dup (#3)' beside two functions named 'dup') gets
+    its index too: only a name that is neither shared, nor starts with '#', nor
+    ends as a row with an index does is shown alone, and rows with an index end
+    in their own function's, so no two functions share a row."""
     shared = collections.Counter(sites.name(f) for f in set(sites.functions))
 
     def label(f: int) -> str:
         name = sites.name(f)
-        if name != f"#{f}" and (shared[name] > 1 or name.startswith("#")):
+        if name != f"#{f}" and (shared[name] > 1 or name.startswith("#")
+                                or _INDEXED.search(name)):
             return f"{name} (#{f})"
         return name
     return label
+
+
+#: How a row's label ends when it carries its function's index
+_INDEXED = re.compile(r" \(#[0-9]+\)\Z")
 
 
 class Subscriber:

@@ -386,6 +386,29 @@ def test_probe_list_keeps_apart_functions_whose_names_do_not_tell_them_apart():
     assert "dup (#4)" in listed and "#6 (#5)" in listed
 
 
+@pytest.mark.parametrize("names", [
+    {3: "dup", 4: "dup", 5: "dup (#3)"},           # a name as another's row is shown
+    {3: "dup", 4: "dup", 5: "dup (#4)", 6: "#6 (#5)", 7: "#5"},
+    {3: "f (#4)", 4: "f", 5: "f"},
+    {3: "#4 (#3)", 4: "#4", 5: "#5 (#3)", 6: "x", 7: "x (#6)"},
+])
+def test_probe_list_has_a_row_per_function_whatever_the_names(names):
+    """A name written as another function's row ('dup (#3)', while two functions
+    are named 'dup') was its own row's label too: the two functions' hits were
+    added up in one row, as by name before.  Every function has a row of its own."""
+    functions = tuple(range(3, 8))
+    sites = Sites(points=("functions",), kinds=(0,) * 5, functions=functions,
+                  names=names, counters=8, imported=3)
+    r = P.Registry(lambda: 0, {"c": ("functions",)})
+    r.sites["c"] = sites
+    r.add(P.spec("c", "f", "functions"), sites)
+    r.counters("c", bytes(40), r.pushed("c"))
+    r.counters("c", b"".join((1 << k).to_bytes(8, "little") for k in range(5)), r.pushes["c"])
+    rows = r.list("c")[0]["functions_hit"]
+    assert len(rows) == len(functions), rows
+    assert sorted(v["count"] for v in rows.values()) == [1 << k for k in range(5)], rows
+
+
 def test_a_probe_read_answers_what_fits_and_loses_no_event_uncounted():
     """An analysis compartment's read took up to `max` events and, if they did not
     fit in one message to it, refused them all (E2BIG): those events were gone and
