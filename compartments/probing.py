@@ -77,7 +77,8 @@ class EngineProbes:
             self._record(BLOCK, site, 0, 0)
 
     def store(self, site: int, address: int, size: int):
-        self._record(STORE, site, address, size)
+        # an i32 comes signed: a bulk write of 2 GiB or more is no negative size
+        self._record(STORE, site, address, size & 0xFFFFFFFF)
 
     def _record(self, kind, site, a, b, t=None):
         if len(self.events) >= MAX_EVENTS:

@@ -173,6 +173,13 @@ class Probe:
         return out
 
 
+def _size_key(size: int) -> int:
+    """A store's row in a `stores` probe's sizes: its size up to 16 bytes (every
+    store instruction's), else the power of two at or above it (bulk writes come
+    in any length: one row each would grow without bound)."""
+    return size if size <= 16 else 1 << (size - 1).bit_length()
+
+
 def _labels(sites: Sites):
     """function index -> its row in `probe list`: its name, or with its index when
     the name does not tell it apart (two static functions of one name; a name such
@@ -478,14 +485,18 @@ class Registry:
                 for p in probes:
                     p.count(name)
             elif kind == STORE:
-                if not 0 < b <= 16:
+                # a bulk write (memory.fill, memory.copy, memory.init) is as long as
+                # its length, up to 4 GiB - 1 (the engine's module says so at most);
+                # a store of more than 16 bytes was taken for a malformed event and
+                # dropped, so memset and memcpy never reached a `stores` probe
+                if not 0 < b < 1 << 32:
                     continue
                 ev = {"kind": "store", "compartment": compartment, "name": name,
                       "function": function, "address": a, "size": b, "ts_ns": t}
                 for p in probes:
                     p.count(name)
                     p.bytes += b
-                    p.sizes[b] += 1
+                    p.sizes[_size_key(b)] += 1
                     p.lowest = a if p.lowest is None else min(p.lowest, a)
                     p.highest = a + b if p.highest is None else max(p.highest, a + b)
             else:

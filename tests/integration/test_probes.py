@@ -494,3 +494,41 @@ point = "blocks"
 """)
     r = run_wsuper("check", str(tmp_path / "s.toml"))
     assert r.returncode == 2 and "add \"blocks\" to compartments.calc.instrument" in r.stderr
+
+
+def test_a_stores_probe_sees_memset_and_memcpy(tmp_path, wsuper):
+    """memory.fill and memory.copy (memset and memcpy, as newer compilers emit them)
+    wrote the memory a `stores` probe watched without a word: the rewriter probed
+    only plain stores, and the supervisor skipped a store of more than 16 bytes."""
+    with open(os.path.join(GUESTS, "counting.wat")) as f:
+        guest = f.read().replace(
+            "(i32.store (i32.const 0) (i32.const 0))",
+            "(memory.fill (i32.const 1024) (i32.const 7) (i32.const 300))\n"
+            "    (memory.copy (i32.const 2048) (i32.const 1024) (i32.const 100))\n"
+            "    (i32.store (i32.const 0) (i32.const 0))")
+    (tmp_path / "bulk.wat").write_text(guest)
+    sock = tmp_path / "bulk.sock"
+    system = tmp_path / "bulk.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "bulk.wat"
+exports = "Calc"
+external = true
+instrument = ["stores"]
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    assert _probe(system, "calc", "add", "s", "--point", "stores", "--events").returncode == 0
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        calc = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        return [(await calc.add(1, 1)).sum for _ in range(3)]
+    assert external_client(str(sock), body) == [1, 2, 3]
+    (probe,) = json.loads(_probe(system, "calc", "list", "--json").stdout)
+    assert probe["sizes"] == {"128": 3, "512": 3, "4": 6, "8": 6}, probe["sizes"]
+    assert probe["bytes"] == 3 * (300 + 100 + 4 + 4 + 8 + 8)
+    assert probe["range"] == [0, 2048 + 100]

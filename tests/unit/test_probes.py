@@ -70,6 +70,33 @@ def test_hostile_engine_events_are_skipped():
         P.parse_sites("{" * 100000)
 
 
+def test_a_bulk_write_reaches_a_stores_probe_and_its_sizes_stay_bounded():
+    """memory.fill, memory.copy and memory.init are stores of their length (up to
+    4 GiB - 1): one of more than 16 bytes was skipped as malformed, so a probe never
+    saw memset or memcpy.  Their sizes are rows by the power of two at or above
+    them: any number of lengths is a bounded table."""
+    r = _registry()
+    r.add(P.spec("c", "s", "stores", events=True), SITES)
+    sub = r.subscribe(P.Subscriber(["c"]))
+    sizes = [4, 16, 17, 1000, 4096, (1 << 32) - 1] + list(range(20, 5000, 7))
+    r.engine_events("c", b"".join(EVENT.pack(STORE, 3, 10, 8192, n) for n in sizes)
+                    + EVENT.pack(STORE, 3, 10, 8192, 1 << 32))      # more than any length
+    got, _ = sub.take(10_000)
+    assert [e["size"] for e in got] == sizes
+    summary = r.list("c")[0]
+    assert summary["bytes"] == sum(sizes)
+    assert summary["range"] == [8192, 8192 + (1 << 32) - 1]
+    assert summary["sizes"][4] == 1 and summary["sizes"][16] == 1
+    assert summary["sizes"][32] == 3 and summary["sizes"][1 << 32] == 1     # 17, 20, 27
+    assert sum(summary["sizes"].values()) == len(sizes) and len(summary["sizes"]) <= 32
+    # the engine's hook gets the length as wasm's i32, signed: 3 GiB is no -1 GiB
+    engine = EngineProbes(SITES)
+    engine.set(bytes([EVENTS]) * len(SITES), False)
+    engine.store(3, 8192, (3 << 30) - (1 << 32))
+    (event,) = EVENT.iter_unpack(engine.collect()[1])
+    assert event[4] == 3 << 30
+
+
 @pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000, '{"points": ' + "[" * 50_000,
                                   '{"names": {"1": ' + "[" * 50_000 + "]" * 50_000 + "}}"])
 def test_probe_sites_nested_deeper_than_python_recurses_are_malformed_not_a_crash(text):
