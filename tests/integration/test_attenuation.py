@@ -163,7 +163,7 @@ stdout = {{ host = "log" }}
 """)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert "[app] peek: 42" not in r.stdout, r.stdout
-    assert f"[app] peek failed (" in r.stdout and denied in r.stdout, r.stdout + r.stderr
+    assert "[app] peek failed (" in r.stdout and denied in r.stdout, r.stdout + r.stderr
     records = [json.loads(l) for l in open(tmp_path / "audit.jsonl")]
     assert ("app", "app.feed>Observer.notify", "peek", "denied") in [
         (x["caller"], x["capability"], x["method"], x["outcome"])

@@ -303,7 +303,7 @@ def test_the_router_is_told_which_main_objects_carry_no_capability(one_way):
     authority.sealed is what it is told.  Plain only inherits its capability
     (Base.stash), and Hub, Grouped and Deeper carry theirs in a result, a group or
     a list of lists: none of them is sealed."""
-    plan = plan_of(one_way, f"""
+    plan = plan_of(one_way, """
 [system]
 schemas = ["oneway.capnp"]
 """ + "".join(f"""

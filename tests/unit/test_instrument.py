@@ -453,7 +453,7 @@ def test_probe_memory_over_the_memory_limit_is_refused_naming_it(tmp_path):
     from compartments.spec import EngineSpec
     path = tmp_path / "many.wat"
     path.write_text('(module (memory (export "memory") 1) (func (export "_start")) ' + "".join(
-        f"(func (param i32) (if (local.get 0) (then nop) (else nop)))" for _ in range(9000))
+        "(func (param i32) (if (local.get 0) (then nop) (else nop)))" for _ in range(9000))
         + ")")
     for memory, refused in ((64 << 10, True), (1 << 20, False)):
         ours, theirs = socket.socketpair()
