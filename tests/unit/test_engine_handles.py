@@ -9,11 +9,12 @@ import struct
 
 import pytest
 
-from capnp_schemas import payloads, protocol
+from capnp_schemas import protocol
 from capnp_schemas.protocol import Content
 from compartments import abi
-from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.engine import Engine
 from compartments.spec import EngineSpec
+from tests.enginedriver import Driven
 from tests.unit.test_engine_native import Answering
 
 GUESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration", "guests")
@@ -28,20 +29,10 @@ def _engine(native: bool = True):
         GUESTS, "handles.wat"), exports=True))
     if not native:
         engine._native.memory = None
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        [ev] = sup.receive(sock.writes.pop())
-        return ev
-    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
     grants = {"peer": object(), "other": object()}
-    ready = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
-        [("peer", "compartment", ""), ("other", "compartment", "")]),
-        list(grants.values()))[1])
-    return engine, sock, sup, ready.payload.caps[0].import_id, grants
+    d = Driven(engine, [("peer", "compartment", ""), ("other", "compartment", "")],
+               grants.values())
+    return engine, d.sock, d.sup, d.main, grants
 
 
 def _value(ev) -> int | str:
@@ -248,19 +239,9 @@ def test_a_call_served_while_a_reply_is_pending_leaves_it_to_its_guest(native):
         GUESTS, "replyslot.wat"), exports=True))
     if not native:
         engine._native.memory = None
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        [ev] = sup.receive(sock.writes.pop())
-        return ev
-    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
     peer, log = object(), object()
-    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
-        [("peer", "compartment", ""), ("stdout", "log", "")]), [peer, log])[1]
-               ).payload.caps[0].import_id
+    d = Driven(engine, [("peer", "compartment", ""), ("stdout", "log", "")], [peer, log])
+    sock, sup, main = d.sock, d.sup, d.main
     before = len(engine.handles.entries())
     answers, returns, nested = iter([(42, 2), (7, 3)]), {}, []
 

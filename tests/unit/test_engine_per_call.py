@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from capnp_schemas import payloads, protocol
+from capnp_schemas import protocol
 from capnp_schemas.protocol import Content
-from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.engine import Engine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
 from fuzz.hostmem import Recorded
+from tests.enginedriver import Driven
 
 FUEL = 200_000
 PHASES = ("start", "initialize", "dispatch")
@@ -37,18 +38,8 @@ def _engine(module: str, per_call: bool):
     engine = Engine(Recorded(), EngineSpec(name="burn", module=module, exports=True,
                                            per_call=per_call,
                                            limits=Limits(fuel_per_call=FUEL)))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        [ev] = sup.receive(sock.writes.pop())
-        return ev
-    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
-    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
-               ).payload.caps[0].import_id
-    return engine, lambda: ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
+    d = Driven(engine)
+    return engine, lambda: d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
 
 
 def _fuel_per_loop(tmp_path) -> float:
@@ -92,17 +83,8 @@ def test_exit_in_a_per_call_instance_fails_that_call_and_the_compartment_serves_
     (i32.const 0)))""")
     engine = Engine(Recorded(), EngineSpec(name="exits", module=str(module), exports=True,
                                            per_call=True))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        [ev] = sup.receive(sock.writes.pop())
-        return ev
-    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
-    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
-               ).payload.caps[0].import_id
+    d = Driven(engine)
+    sup, ask, main = d.sup, d.ask, d.main
     for _ in range(3):
         ret = ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))[1])
         assert ret.payload is None and ret.error_type == "failed"
@@ -195,17 +177,8 @@ def test_a_per_call_call_served_while_another_waits_has_the_same_one_budget(tmp_
                              **{p: n for p in spent if p != "dispatch"})
     engine = Engine(Answering(), EngineSpec(name="burn", module=module, exports=True,
                                             per_call=True, limits=Limits(fuel_per_call=FUEL)))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        [ev] = sup.receive(sock.writes.pop())
-        return ev
-    control = ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
-    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
-        [("peer", "compartment", "")]), [object()])[1]).payload.caps[0].import_id
+    d = Driven(engine, [("peer", "compartment", "")], [object()])
+    sock, sup, ask, main = d.sock, d.sup, d.ask, d.main
     empty = Content.standalone([bytes(16)])
     top = ask(sup.send_call(main, 1, 1, empty)[1])
     assert top.payload is None and top.error_type == "overloaded", top.error
@@ -249,17 +222,8 @@ def test_capabilities_of_a_call_whose_instance_cannot_be_had_are_released(tmp_pa
     engine = Engine(Recorded(), EngineSpec(name="burn", module=_module(
         tmp_path / f"{how}.wat", **phases), exports=True, per_call=True,
         limits=Limits(fuel_per_call=FUEL)))
-    sock, sup = engine.sock, protocol.Connection("supervisor")
-
-    def ask(msg):
-        sock.writes.clear()
-        sock.batches.append(msg)
-        engine._pump()
-        engine._flush()
-        return sup.receive(b"".join(sock.writes))
-    control = ask(sup.send_bootstrap()[1])[0].payload.caps[0].import_id
-    main = ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1]
-               )[0].payload.caps[0].import_id
+    d = Driven(engine)
+    sup, ask, main = d.sup, d.events, d.main
     for _ in range(3):
         (ret,) = [e for e in ask(sup.send_call(main, 1, 0, Content.standalone([bytes(16)]),
                                                [object(), object()])[1])
