@@ -309,6 +309,17 @@ def test_a_limit_is_lowered_to_the_hard_limit_in_force_never_raised():
     assert _under_hard_limits({resource.RLIMIT_CPU: 50}, lowered) == 0
 
 
+def _held(pid: int) -> set[int]:
+    """The inodes of what process `pid` holds open (its sockets and pipes among them)."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:
+            pass              # closed meanwhile
+    return held
+
+
 def test_a_module_slow_to_compile_holds_up_only_its_own_starts(tmp_path):
     """The zygote compiled one module at a time and waited for it: while a module
     compiled (up to COMPILE_SECONDS of CPU: a file replaced while the system ran,
@@ -353,12 +364,7 @@ def test_a_module_slow_to_compile_holds_up_only_its_own_starts(tmp_path):
             for name in ("calc", "calc2"):
                 pid = engines[name].pid
                 for _ in range(300):    # once the spare took its request (it may rehearse)
-                    held = set()
-                    for fd in os.listdir(f"/proc/{pid}/fd"):
-                        try:
-                            held.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
-                        except OSError:
-                            pass
+                    held = _held(pid)
                     if own[name] in held:
                         break
                     await trio.sleep(0.05)
@@ -428,12 +434,7 @@ def test_requests_sent_in_pieces_each_start_their_own_engine(tmp_path):
                 if isinstance(proc, Exception):
                     continue
                 for _ in range(300):    # once the spare took its request (it may rehearse)
-                    held = set()
-                    for fd in os.listdir(f"/proc/{proc.pid}/fd"):
-                        try:
-                            held.add(os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino)
-                        except OSError:
-                            pass
+                    held = _held(proc.pid)
                     results[name] = {n for n, (_s, ino) in kept.items() if ino in held}
                     if results[name]:
                         break
