@@ -294,6 +294,20 @@ def _refusals(fake, compartment: str) -> dict:
     return out
 
 
+def _file_and_dir(tmp_path):
+    """system.toml in tmp_path: compartment app with a file grant (f.txt) and a
+    directory grant (d), both made here."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+[compartments.app.grants]
+file = {{ host = "file", path = "{tmp_path}/f.txt" }}
+dir = {{ host = "directory", path = "{tmp_path}/d" }}
+""")
+
+
 def test_every_file_and_directory_grant_is_noted_before_any_engine_runs(tmp_path):
     """The class of the test above: whatever its kind (a file, a directory, a directory
     with a subdir), each grant's identity is noted at start-up, not at its first
@@ -321,15 +335,7 @@ def test_a_grant_not_there_when_the_system_started_is_not_granted_when_it_appear
     """Nothing noted at start-up (the path was gone by then), nothing granted later:
     noted at its first open instead, a grant would be whatever its path led to then."""
     from supervisor import policy
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f.txt").write_text("x")
-    (tmp_path / "system.toml").write_text(f"""
-[compartments.app]
-module = "{EXAMPLES}/calc.wat"
-[compartments.app.grants]
-file = {{ host = "file", path = "{tmp_path}/f.txt" }}
-dir = {{ host = "directory", path = "{tmp_path}/d" }}
-""")
+    _file_and_dir(tmp_path)
     system = policy.load(str(tmp_path / "system.toml"))
     os.rename(tmp_path / "f.txt", tmp_path / "f.old")
     os.rename(tmp_path / "d", tmp_path / "d.old")
@@ -393,15 +399,7 @@ def test_a_grant_that_changes_while_policy_load_checks_it_fails_the_load(tmp_pat
     the path named by then, never checked (fail open).  Now the load fails, naming
     the grant.  (The race is played by resolving the path elsewhere at that moment.)"""
     from supervisor import policy
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f.txt").write_text("x")
-    (tmp_path / "system.toml").write_text(f"""
-[compartments.app]
-module = "{EXAMPLES}/calc.wat"
-[compartments.app.grants]
-dir = {{ host = "directory", path = "{tmp_path}/d" }}
-file = {{ host = "file", path = "{tmp_path}/f.txt" }}
-""")
+    _file_and_dir(tmp_path)
     elsewhere = {"gone": str(tmp_path / "nothing"), "another kind": "/dev/null"}[change]
     for grant in ("d", "f.txt"):
         real = os.path.realpath
@@ -422,15 +420,7 @@ def test_a_grant_policy_load_never_checked_is_not_granted(tmp_path):
     closed, it does not grant whatever the path names."""
     import attrs
     from supervisor import policy
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f.txt").write_text("x")
-    (tmp_path / "system.toml").write_text(f"""
-[compartments.app]
-module = "{EXAMPLES}/calc.wat"
-[compartments.app.grants]
-dir = {{ host = "directory", path = "{tmp_path}/d" }}
-file = {{ host = "file", path = "{tmp_path}/f.txt" }}
-""")
+    _file_and_dir(tmp_path)
     system = policy.load(str(tmp_path / "system.toml"))
     assert _refusals(_noted(system), "app") == {"dir": None, "file": None}
     app = system.compartments["app"]
