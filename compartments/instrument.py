@@ -709,7 +709,20 @@ class _Rewriter:
             if t.startswith("offset="):
                 offset = int(t[7:].replace("_", ""), 16 if t[7:].startswith("0x") else 10) \
                     if not t[7:].startswith("0x") else int(t[9:].replace("_", ""), 16)
-        ext = [] if self.addr == "i64" else [f"{indent}  i64.extend_i32_u"]
+        if self.addr == "i32":          # at most 2^33 - 2: no i64 wraps
+            address = [f"{indent}  local.get {p}a", f"{indent}  i64.extend_i32_u",
+                       f"{indent}  i64.const {offset}", f"{indent}  i64.add"]
+        elif offset == 0:
+            address = [f"{indent}  local.get {p}a"]
+        else:
+            # memory64: address + offset past 2^64 - 1 wrapped to a low address (a
+            # store at 2^64 - 16 with offset=32 was told as a store at 16, where
+            # nothing was written: it traps); it is told as 2^64 - 1, past any memory
+            address = [f"{indent}  i64.const -1", f"{indent}  local.get {p}a",
+                       f"{indent}  i64.const {offset}", f"{indent}  i64.add",
+                       f"{indent}  local.get {p}a",
+                       f"{indent}  i64.const {(1 << 64) - 1 - offset}",
+                       f"{indent}  i64.gt_u", f"{indent}  select"]
         if size is not None:
             length = [f"{indent}  i32.const {size}"]
         elif vals[-1] == "i64":         # a length past 4 GiB is told as 4 GiB - 1
@@ -726,8 +739,7 @@ class _Rewriter:
                 f"{indent}i32.const {site}",
                 f"{indent}i32.load8_u {p}mem offset={self.flags_at}", f"{indent}if",
                 f"{indent}  i32.const {site}",
-                f"{indent}  local.get {p}a", *ext, f"{indent}  i64.const {offset}",
-                f"{indent}  i64.add", *length, f"{indent}  call {p}st",
+                *address, *length, f"{indent}  call {p}st",
                 f"{indent}end"]
 
 

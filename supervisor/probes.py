@@ -491,6 +491,10 @@ class Registry:
                 # dropped, so memset and memcpy never reached a `stores` probe
                 if not 0 < b < 1 << 32:
                     continue
+                # an address is unsigned (memory64's go up to 2^64 - 1), the record's
+                # field signed: one at 2^63 or past was told as negative (and as
+                # address 0 to an analysis: prober)
+                a &= (1 << 64) - 1
                 ev = {"kind": "store", "compartment": compartment, "name": name,
                       "function": function, "address": a, "size": b, "ts_ns": t}
                 for p in probes:

@@ -519,3 +519,46 @@ def test_every_instruction_that_writes_memory_0_is_a_store_site(a, b):
     assert reported[:2] == [[], []]
     assert reported[2] == [(300, 5), (400, 6), (500, 7), (600, 3), (116, 16), (102, 2),
                            (140, 1), (148, 4), (156, 2)], (a, b)
+
+
+@pytest.mark.parametrize("address,offset,told", [
+    (-16, 0x20, (1 << 64) - 1),             # address + offset past 2^64 - 1: not 16
+    (-16, 0, (1 << 64) - 16),               # at 2^63 or past: unsigned
+    (-1, 1, (1 << 64) - 1),
+    ((1 << 63) - 8, 8, 1 << 63),            # past 2^63 without wrapping
+    (0x200, 0xffff_ffff_ffff_ff00, (1 << 64) - 1),
+    (0x80, 0xffff_ffff_ffff_ff00, (1 << 64) - 0x80),
+    (8, 8, 16),
+])
+def test_a_memory64_store_is_reported_at_its_address_never_a_wrapped_one(address,
+                                                                          offset, told):
+    """A memory64 store's effective address is address + offset, unbounded (past
+    the memory it traps, and a `stores` probe reports it first).  The rewriter
+    added them in an i64, which wrapped: a store at 2^64 - 16 with offset=32 was
+    reported as one at 16, where nothing was written; it is reported at 2^64 - 1,
+    past any memory.  The supervisor reads addresses unsigned (one at 2^63 or past
+    was negative, and address 0 to an analysis)."""
+    wat = f"""(module (memory i64 1)
+      (func (export "f") (param i64)
+        (i64.store offset={offset} (local.get 0) (i64.const 1))))"""
+    out, sites = instrument.rewrite(wat.encode(), ["stores"])
+    store, ex, hits = _run(out, hooks=True, flags=bytes([EVENTS]) * len(sites), sites=sites)
+    expect_trap = told + 8 > 65536
+    try:
+        ex["f"](store, address)
+        trapped = False
+    except wasmtime.Trap:
+        trapped = True
+    assert trapped == expect_trap
+    ((_kind, site, reported, size),) = hits
+    assert (reported & ((1 << 64) - 1), size) == (told, 8)
+    from supervisor import probes as P
+    from compartments.probing import EVENT, STORE
+    r = P.Registry(lambda: 0, {"c": ("stores",)})
+    r.sites["c"] = sites
+    r.add(P.spec("c", "s", "stores", events=True), sites)
+    sub = r.subscribe(P.Subscriber(["c"]))
+    r.engine_events("c", EVENT.pack(STORE, site, 1, reported, size))
+    (event,), _ = sub.take(10)
+    assert event["address"] == told
+    assert r.list("c")[0]["range"] == [told, told + 8]
