@@ -410,6 +410,12 @@ class LogFiles:
             if batch and not self.failed:
                 try:
                     await trio.to_thread.run_sync(self._write, batch)
+                except trio.Cancelled:
+                    # the stop's deadline came before the write began (to_thread
+                    # checks it first): the batch, already out of `pending`, was
+                    # lost without a word.  Kept, close() says it was not written
+                    self._keep(batch)
+                    raise
                 except OSError as e:
                     if e.errno not in TRANSIENT_ERRNOS:
                         self.failed = f"{self.folder}: {e.strerror or e}"
@@ -508,11 +514,26 @@ class LogFiles:
             if self._dir is not None:
                 os.close(self._dir)
                 self._dir = None
-        left = sum(map(len, self.pending.values())) + sum(self.dropped.values())
-        if self.paused and not self.failed and left:
-            self.failed = f"{self.paused_why} until the system stopped: {left} lines " \
+        left = self.unwritten()
+        if not self.failed and left:
+            why = self.paused_why if self.paused else \
+                f"{self.folder}: the last write did not end in time"
+            self.failed = f"{why} until the system stopped: {left} lines " \
                           f"kept for them were not written"
             self.on_failed(self.failed)
+
+    def unwritten(self) -> int:
+        """How many lines are kept or counted, not written.  A note of lines lost
+        stands for its count, not one line, and the supervisor's copy of another's
+        note for none (they are counted in that one's file)."""
+        n = sum(self.dropped.values())
+        for name, lines in self.pending.items():
+            for line in lines:
+                if type(line) is not _Lost:
+                    n += 1
+                elif line.owner == name:
+                    n += line.n
+        return n
 
 
 class _Lost(str):

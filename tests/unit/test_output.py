@@ -388,3 +388,68 @@ def test_the_last_flush_waits_out_a_shortage_and_says_what_it_could_not_write(tm
     assert "Too many open files in system" in told[0]
     files.close()                           # said once
     assert len(told) == 1
+
+
+def test_what_the_last_flush_leaves_is_counted_as_lines_and_never_lost_silently(
+        tmp_path, monkeypatch):
+    """At stop, what the log files could not write is said, with how many lines.
+    The count took each line kept as one, so a note standing for hundreds of lines
+    lost was one, and the supervisor's copy of another file's note one more; and a
+    stop whose deadline came just as a flush had taken its batch out of what was
+    kept (trio checks for a cancel before the write's thread starts) lost that
+    batch without a word."""
+    import errno
+    import re
+
+    import trio
+
+    from supervisor import output
+    monkeypatch.setattr(output, "LOG_BACKLOG_BYTES", 2000)
+    real = output._append
+
+    def append(folder, file, chunk):
+        raise OSError(errno.EMFILE, f"{file} cannot be opened: Too many open files")
+    monkeypatch.setattr(output, "_append", append)
+    told = []
+    files = output.LogFiles(str(tmp_path), on_failed=told.append)
+    added = 0
+
+    async def main():
+        nonlocal added
+        for _round in range(4):
+            for name in ("app", "other", "supervisor"):
+                for _ in range(40):
+                    files.add(name, f"{name} line " + "x" * 80, droppable=True)
+                    added += 1
+            await files.flush()
+            assert files.paused and files.failed is None
+        with trio.move_on_after(0.3):
+            await files.flush_last()
+    trio.run(main)
+    files.close()
+    assert len(told) == 1, told
+    assert int(re.search(r"(\d+) lines kept", told[0])[1]) == added, (told, added)
+
+    # the stop's deadline comes once a flush has taken its batch, before the write
+    monkeypatch.setattr(output, "_append", real)
+    told.clear()
+    files = output.LogFiles(str(tmp_path / "b"), on_failed=told.append)
+    os.mkdir(tmp_path / "b")
+    for i in range(3):
+        files.add("app", f"app {i}")
+    run_sync = trio.to_thread.run_sync
+
+    async def main2():
+        with trio.CancelScope() as scope:
+            async def cancelled_first(*args, **kwargs):
+                scope.cancel()
+                return await run_sync(*args, **kwargs)
+            monkeypatch.setattr(trio.to_thread, "run_sync", cancelled_first)
+            await files.flush_last()
+        monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+    trio.run(main2)
+    files.close()
+    written = (tmp_path / "b" / "app.log").read_text().splitlines() \
+        if (tmp_path / "b" / "app.log").exists() else []
+    assert len(written) == 3 or (len(told) == 1 and
+                                 f"{3 - len(written)} lines kept" in told[0]), (written, told)
