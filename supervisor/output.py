@@ -380,6 +380,7 @@ class LogFiles:
         self._closed = False
         self._lock = threading.Lock()
         self._flushing = trio.Lock()
+        self._writing: dict | None = None   # the batch a flush hands its thread
 
     def add(self, name: str, line: str, droppable: bool = False):
         if self.pending_size + len(line) > LOG_BACKLOG_BYTES * (1 if droppable else 2):
@@ -408,6 +409,7 @@ class LogFiles:
                 if name != SUPERVISOR:
                     batch.setdefault(SUPERVISOR, []).append(_Lost.note(SUPERVISOR, name, n))
             if batch and not self.failed:
+                self._writing = batch
                 try:
                     await trio.to_thread.run_sync(self._write, batch)
                 except trio.Cancelled:
@@ -432,6 +434,8 @@ class LogFiles:
                         self.on_paused(self.paused_why)
                     self.set_event(self.wake)
                     return
+                finally:
+                    self._writing = None
                 self.paused = False
 
     async def flush_last(self):
@@ -527,7 +531,10 @@ class LogFiles:
         stands for its count, not one line, and the supervisor's copy of another's
         note for none (they are counted in that one's file)."""
         n = sum(self.dropped.values())
-        for name, lines in self.pending.items():
+        # a batch whose thread had not begun when close() came is never written (the
+        # thread finds the files closed); one written meanwhile holds what was not
+        batches = [self.pending] + ([self._writing] if self._writing else [])
+        for name, lines in ((k, v) for b in batches for k, v in b.items()):
             for line in lines:
                 if type(line) is not _Lost:
                     n += 1

@@ -453,3 +453,41 @@ def test_what_the_last_flush_leaves_is_counted_as_lines_and_never_lost_silently(
         if (tmp_path / "b" / "app.log").exists() else []
     assert len(written) == 3 or (len(told) == 1 and
                                  f"{3 - len(written)} lines kept" in told[0]), (written, told)
+
+
+def test_close_counts_a_batch_the_writer_had_taken_but_not_yet_written(tmp_path):
+    """At stop close() comes right after the last flush, while the writer task may
+    have taken a batch and handed it to its thread that has not begun: the thread
+    then finds the files closed and writes nothing, and those lines, out of what
+    was kept, were lost without a word.  Whatever the order, every line is written
+    or counted in what close() says."""
+    import re
+    import threading
+
+    import trio
+
+    from supervisor import output
+    told = []
+    files = output.LogFiles(str(tmp_path), on_failed=told.append)
+    real_write = files._write
+    in_thread, go = threading.Event(), threading.Event()
+
+    def write(batch):
+        in_thread.set()
+        go.wait(10)
+        real_write(batch)
+    files._write = write
+    for i in range(5):
+        files.add("app", f"app {i}")
+
+    async def main():
+        async with trio.open_nursery() as n:
+            n.start_soon(files.flush)              # the writer's flush, mid-way
+            await trio.to_thread.run_sync(in_thread.wait, 10)
+            files.close()                          # the stop's, meanwhile
+            go.set()
+    trio.run(main)
+    log = tmp_path / "app.log"
+    written = log.read_text().splitlines() if log.exists() else []
+    said = int(re.search(r"(\d+) lines kept", told[0])[1]) if told else 0
+    assert len(written) + said == 5, (written, told)
