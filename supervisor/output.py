@@ -520,10 +520,9 @@ class LogFiles:
                 self._dir = None
         left = self.unwritten()
         if not self.failed and left:
-            why = self.paused_why if self.paused else \
-                f"{self.folder}: the last write did not end in time"
-            self.failed = f"{why} until the system stopped: {left} lines " \
-                          f"kept for them were not written"
+            why = f"{self.paused_why} until the system stopped" if self.paused else \
+                f"{self.folder}: the last write did not end in time at stop"
+            self.failed = f"{why}: {left} lines kept for them were not written"
             self.on_failed(self.failed)
 
     def unwritten(self) -> int:
