@@ -578,7 +578,9 @@ def _append(folder: int, file: str, chunk: list):
             raise OSError(errno.EMLINK, f"{file} has {st.st_nlink} hard links; remove "
                                         f"the others")
         os.set_blocking(fd, True)
-        os.write(fd, b"".join(chunk))
+        data = memoryview(b"".join(chunk))
+        while data:                # a short write (a disk or a file size limit reached)
+            data = data[os.write(fd, data):]     # is followed by its error, not lost
     finally:
         os.close(fd)
 

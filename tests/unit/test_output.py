@@ -491,3 +491,31 @@ def test_close_counts_a_batch_the_writer_had_taken_but_not_yet_written(tmp_path)
     written = log.read_text().splitlines() if log.exists() else []
     said = int(re.search(r"(\d+) lines kept", told[0])[1]) if told else 0
     assert len(written) + said == 5, (written, told)
+
+
+def test_a_short_write_to_a_log_file_stops_the_files_and_says_why(tmp_path):
+    """A write to a log file that takes only part of a batch (the disk, or the
+    process's file size limit, reached midway) returns how much it took, with no
+    error: the rest of the batch, lines the files were said to hold, was dropped
+    without a word.  The rest is written again and its error reported."""
+    import subprocess
+    import sys
+    code = f"""
+import resource, trio
+from supervisor import output
+told = []
+files = output.LogFiles({str(tmp_path)!r}, on_failed=told.append)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+for i in range(10):
+    files.add("app", f"app line {{i:02d}} " + "x" * 20)
+trio.run(files.flush)
+files.close()
+print(repr(told))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr
+    written = (tmp_path / "app.log").read_text()
+    assert len(written) < 10 * 32               # the limit held it back
+    assert "File too large" in r.stdout, r.stdout      # said, not lost unseen
