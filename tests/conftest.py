@@ -43,6 +43,17 @@ class Running:
                 return line
         raise AssertionError(f"never saw {fragment!r}; output:\n" + "\n".join(self.lines))
 
+    def next_start(self, name, start=0):
+        """The first line from line `start` on that ends a start of compartment
+        `name`: it is ready, or it failed to start."""
+        k = start
+        while True:
+            line = self.wait_for(name, start=k)
+            k = self.lines.index(line, k) + 1
+            if line.startswith((f"wsuper: ready {name}",
+                                f"wsuper: compartment {name} failed to start")):
+                return line
+
     def finish(self, timeout=30):
         out, _ = self.proc.communicate(timeout=timeout)
         self.lines += [strip_time(line) for line in out.splitlines()]

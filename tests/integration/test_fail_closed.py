@@ -1305,11 +1305,7 @@ def test_external_clients_never_take_the_descriptors_the_compartments_need(tmp_p
         time.sleep(1)
         pid = int(ready.split("pid=")[1].split()[0])
         os.kill(pid, signal.SIGKILL)
-        at = len(run.lines)
-        line = run.wait_for("calc", start=at)
-        while "ready calc" not in line and "failed" not in line:
-            at = run.lines.index(line, at) + 1
-            line = run.wait_for("calc", start=at)
+        line = run.next_start("calc", len(run.lines))
         assert "ready calc" in line, run.lines[-5:]
         for c in clients:
             c.close()

@@ -211,12 +211,7 @@ inner = {{ host = "{kind}", path = "{tmp_path}/data/x/{name}", read_only = true 
     os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "x")
     at = len(run.lines)
     os.kill(pid, signal.SIGKILL)
-    k = at
-    while True:        # the next start's news: ready (through the link), or refused
-        line = run.wait_for("calc", start=k)
-        k = run.lines.index(line, k) + 1
-        if line.startswith(("wsuper: ready calc", "wsuper: compartment calc failed to start")):
-            break
+    line = run.next_start("calc", at)    # ready (through the link), or refused
     assert f"cannot open {tmp_path}/data/x/{name} for grant inner: it now names another " \
         f"{kind} than when the system started" in line, line
     run.wait_for("compartment calc failed for good", start=at)
@@ -257,12 +252,7 @@ stop = {{ host = "file", path = "{tmp_path}/data/x/inner.txt", refuse_hard_links
     # meanwhile (what a compartment holding `data` may do): x becomes a link elsewhere
     os.rename(tmp_path / "data" / "x", tmp_path / "data" / "x.old")
     os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "x")
-    k = at
-    while True:        # the next start's news: ready (through the link), or refused
-        line = run.wait_for("calc", start=k)
-        k = run.lines.index(line, k) + 1
-        if line.startswith(("wsuper: ready calc", "wsuper: compartment calc failed to start")):
-            break
+    line = run.next_start("calc", at)    # ready (through the link), or refused
     assert f"cannot open {tmp_path}/data/x/inner.txt for grant stop: it now names " \
         f"another file than when the system started" in line, line
     assert not any(l.startswith("wsuper: ready calc") for l in run.lines)
