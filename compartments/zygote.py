@@ -100,7 +100,117 @@ COMPILE_SECONDS = 120
 COMPILES = min(4, max(2, len(os.sched_getaffinity(0))))
 #: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
 FAILED_RETRY = 10.0
+#: Bytes of address space a child that compiles a module may map (on top of what
+#: it had when forked).  A compile's memory grows with the module (one function of
+#: 200,000 additions, 600 KB: 217 MB; 3.6 MB: 830 MB), and 120 s of CPU is enough
+#: for a module that needs tens of GB: COMPILES of them at once could take the
+#: machine's memory, and the kernel's OOM killer chooses among the supervisor and
+#: every engine.  4 GiB, or less on a small host (its memory shared by the
+#: compilers that may run at once, and one more).
+def _compile_memory() -> int:
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        physical = 0
+    return 4 << 30 if physical <= 0 else max(1 << 30, min(4 << 30, physical // (COMPILES + 1)))
+
+
+COMPILE_MEMORY = _compile_memory()
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+#: What starts the compiler's own explanation on its pipe, which is its stderr too
+_SAID = b"\x00wsuper: "
+#: What Rust's allocator prints before it aborts (the compiler's stderr is its pipe)
+_RUST_OUT_OF_MEMORY = b"memory allocation of "
+
+
+def out_of_memory() -> str:
+    return (f"compiling it needed more than {COMPILE_MEMORY >> 20} MiB of memory "
+            f"(the compiler's limit)")
+
+
+def limit_compiler(confining, stderr: int):
+    """In a child about to compile a module: its CPU and memory bounded (never above
+    a hard limit already in force), and its stderr on `stderr`, the pipe it says
+    why on (what wasmtime prints as it aborts)."""
+    confining.lower_limit(resource.RLIMIT_CPU, COMPILE_SECONDS, COMPILE_SECONDS + 5)
+    # on top of what this fork has mapped already (the supervisor's, or a process
+    # holding a wasmtime instance, which reserves gigabytes of address space)
+    with open("/proc/self/statm", "rb") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    confining.lower_limit(resource.RLIMIT_AS, mapped + COMPILE_MEMORY)
+    os.dup2(stderr, 2)
+    faulthandler.disable()      # an abort at the limit is an answer, not a crash to dump
+
+
+def compiler_limit_hit(status: int, text: bytes) -> str | None:
+    """Which of its limits a compiler that ended with wait `status`, having
+    written `text`, ran into; None if none."""
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+        return f"compiling it took more than {COMPILE_SECONDS} s of CPU (the compiler's limit)"
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT \
+            and _RUST_OUT_OF_MEMORY in text:        # wasmtime aborts when malloc fails
+        return out_of_memory()
+    if _SAID + out_of_memory().encode() in text:    # Python's MemoryError
+        return out_of_memory()
+    return None
+
+
+class CompilerFailed(Exception):
+    """A child compiling a module (`in_a_compiler`) ended without an answer."""
+
+
+def in_a_compiler(work):
+    """The result of `work()` (JSON values) computed in a child of this process under
+    a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY), as the zygote compiles:
+    `wsuper check` and `up` compile each module once, and a module can be made to
+    take minutes and tens of GB to compile (or abort the process when memory runs
+    out).  Raises CompilerFailed naming the limit, or what the child said."""
+    from . import confine as confining
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            limit_compiler(confining, w)
+            try:
+                result = work()
+            except MemoryError:
+                os.write(w, _SAID + out_of_memory().encode())
+            else:
+                view = memoryview(_SAID + json.dumps(result).encode())
+                while view:
+                    view = view[os.write(w, view):]
+                code = 0
+        except BaseException:          # noqa: BLE001 - said on the pipe
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    try:
+        while True:
+            data = os.read(r, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks)
+    if status == 0 and _SAID in text:
+        return json.loads(text.rpartition(_SAID)[2])
+    limit = compiler_limit_hit(status, text)
+    last = text.decode("utf-8", "replace").strip().splitlines()
+    raise CompilerFailed(limit or f"its compiler ended with status {status}" + (
+        f": {last[-1][:500]}" if last else ""))
 
 
 class _Compile:
@@ -113,7 +223,7 @@ class _Compile:
         self.fds = fds
         self.pid = pid
         self.pipe = pipe                # read end; end of file: the compiler is done
-        self.text = b""                 # what it said (the first 4096 bytes)
+        self.text = b""                 # what it said (the last 4096 bytes)
         self.status: int | None = None  # its wait status, once reaped
         self.began = time.monotonic()
 
@@ -123,7 +233,7 @@ class _Compile:
             data = os.read(self.pipe, 1 << 16)
         except BlockingIOError:
             return False
-        self.text = (self.text + data)[:4096]
+        self.text = (self.text + data)[-4096:]
         return not data
 
     def wait(self) -> tuple:
@@ -135,15 +245,16 @@ class _Compile:
         if self.status is None:
             _, self.status = os.waitpid(self.pid, 0)
         status, path = self.status, self.args[0]
-        error = self.text.decode("utf-8", "replace")
         if status != 0:
             for fd in self.fds:
                 os.close(fd)
+            # its own word follows _SAID (what a library printed may come before it)
+            error = self.text.rpartition(_SAID)[2].decode("utf-8", "replace") \
+                if _SAID in self.text else ""
             said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
-                # the same file takes as long again: kept until it changes
-                error, said = (f"compiling it took more than {COMPILE_SECONDS} s of CPU "
-                               f"(the compiler's limit)"), True
+            limit = compiler_limit_hit(status, self.text)
+            if limit:       # the same file needs as much again: kept until it changes
+                error, said = limit, True
             return None, f"cannot load module {path}: " + (
                 error or f"its compiler ended with status {status}"), said
         for fd in self.fds:
@@ -276,8 +387,7 @@ class _Modules:
                 # function took 5 s), and its restarts wait for it; probes'
                 # rewriting runs in Python here too (never above the hard limit
                 # it has: raising one fails without root)
-                confining.lower_limit(resource.RLIMIT_CPU, COMPILE_SECONDS,
-                                      COMPILE_SECONDS + 5)
+                limit_compiler(confining, w)
                 code = _compile_into(self._engine, path, fds, w, instrument, protect,
                                      memory_limit)
             finally:
@@ -297,11 +407,14 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
     try:        # rewritten here, in this child (instrument.py bounds the tool)
         module, sites, layout = wasm.compile_for(wasm_engine, path, instrument, protect,
                                                  memory_limit)
+    except MemoryError:     # Python's, rewriting it for probes
+        os.write(err, _SAID + out_of_memory().encode())
+        return 1
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
             rewriting.InstrumentError) as e:
         text = str(e).strip()
         what = "cannot instrument it: " if isinstance(e, rewriting.InstrumentError) else ""
-        os.write(err, (what + (text.splitlines()[0] if text else type(e).__name__))
+        os.write(err, _SAID + (what + (text.splitlines()[0] if text else type(e).__name__))
                  .encode()[:4000])
         # 1: the module is at fault, and will be again (_Modules.get keeps it);
         # 2: time or resources ran out, or the file could not be read: try again later
@@ -309,7 +422,7 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         return 2 if transient else 1
     problem, description = wasm.describe(module, sites, layout)
     if problem:
-        os.write(err, f"module {path} {problem}".encode()[:4000])
+        os.write(err, _SAID + f"module {path} {problem}".encode()[:4000])
         return 1
     for fd, data in zip(fds, (module.serialize(), description.to_json())):
         view = memoryview(data)

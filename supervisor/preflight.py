@@ -14,7 +14,7 @@ import wasmtime
 import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
-from compartments import abi, protect, wasm, wasmbin
+from compartments import abi, protect, wasm, wasmbin, zygote
 from compartments.wasm import describe_imports, engine_config, signature
 
 from .policy import PolicyError, System, _Where, grant_where
@@ -87,17 +87,12 @@ def prepare(system: System) -> Plan:
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
-            module, binary = _compile(where, f"{key}.module", engine, comp.module)
-            imports = list(describe_imports(module))
-            memory = _memory_pages(binary, module)
-            entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
-                       else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
-                       else None for e in module.exports}
-            checked[comp.module] = (abi.check_imports(imports) or abi.check_entries(entries)
-                                    or _instantiation_problem(binary),
-                                    any(m == abi.WASI_MODULE for m, *_ in imports),
-                                    {e.name for e in module.exports}, memory,
-                                    _tables(binary))
+            facts = _bounded(where, f"{key}.module", comp.module,
+                             lambda: _module_facts(engine, comp.module))
+            if "error" in facts:
+                raise where.error(f"{key}.module", facts["error"])
+            checked[comp.module] = (facts["problem"], facts["wasi"], set(facts["exported"]),
+                                    facts["pages"], tuple(facts["tables"]))
         problem, is_wasi, exported, pages, tables = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
@@ -116,10 +111,10 @@ def prepare(system: System) -> Plan:
             _check_wasi_grants(wheres, comp)
         _check_environment_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
-            try:
-                protect.check_file(engine, comp.module, comp.protect, comp.limits.memory)
-            except protect.ProtectError as e:
-                raise where.error(f"{key}.{e.key}", f"{comp.module}: {e.reason}") from None
+            refused = _bounded(where, f"{key}.module", comp.module,
+                               lambda: _protect_refusal(engine, comp))
+            if refused:
+                raise where.error(f"{key}.{refused[0]}", f"{comp.module}: {refused[1]}")
         if comp.exports and abi.EXPORT_DISPATCH not in exported:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
@@ -144,6 +139,46 @@ def prepare(system: System) -> Plan:
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
     return Plan(system, interfaces, main, names, ifaces, supers)
+
+
+def _bounded(where, key: str, path: str, work):
+    """`work()` in a child under the limits of the zygote's compilers: a module can be
+    made to take minutes and tens of GB to compile, or abort the process that
+    compiles it when memory runs out, and this process is `wsuper check`'s or the
+    supervisor's.  A child that failed is a PolicyError at `key`."""
+    try:
+        return zygote.in_a_compiler(work)
+    except zygote.CompilerFailed as e:
+        raise where.error(key, f"cannot compile {path}: {e}") from None
+
+
+def _module_facts(engine, path: str) -> dict:
+    """What the checks need of the module at `path` (JSON values, made in a child):
+    {"error": why it is no module} or its import problem, whether it imports WASI,
+    its export names, its memory and its tables."""
+    try:
+        module, binary = _compile(engine, path)
+    except _NoModule as e:
+        return {"error": str(e)}
+    imports = list(describe_imports(module))
+    entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
+               else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
+               else None for e in module.exports}
+    return {"problem": abi.check_imports(imports) or abi.check_entries(entries)
+            or _instantiation_problem(binary),
+            "wasi": any(m == abi.WASI_MODULE for m, *_ in imports),
+            "exported": [e.name for e in module.exports],
+            "pages": _memory_pages(binary, module), "tables": list(_tables(binary))}
+
+
+def _protect_refusal(engine, comp):
+    """[key, reason] of a required protection setting the module cannot meet, or
+    None (made in a child: it compiles the module as rewritten)."""
+    try:
+        protect.check_file(engine, comp.module, comp.protect, comp.limits.memory)
+    except protect.ProtectError as e:
+        return [e.key, e.reason]
+    return None
 
 
 def _instantiation_problem(binary: bytes) -> str | None:
@@ -177,7 +212,11 @@ def _tables(binary: bytes) -> tuple[int, ...]:
         return ()
 
 
-def _compile(where, key, engine, path) -> tuple[wasmtime.Module, bytes]:
+class _NoModule(Exception):
+    """The file is no module that compiles (the text says why, after its path)."""
+
+
+def _compile(engine, path) -> tuple[wasmtime.Module, bytes]:
     """Compile a module file, with an error that says what the file is when it is not
     WebAssembly (a .wasm is binary; a .wat is UTF-8 text).  Returns the module and
     its binary (a .wat's, made from its text)."""
@@ -187,27 +226,25 @@ def _compile(where, key, engine, path) -> tuple[wasmtime.Module, bytes]:
         # policy.load looked at it (a FIFO there held check and up in open())
         data = wasm.read_file(path)
     except wasm.ModuleFileError as e:
-        raise where.error(key, f"module file {path} {str(e).removeprefix('the file ')}") \
-            from None
+        raise _NoModule(f"module file {path} {str(e).removeprefix('the file ')}") from None
     except OSError as e:
-        raise where.error(key, f"cannot read {path}: {e.strerror or e}") from None
+        raise _NoModule(f"cannot read {path}: {e.strerror or e}") from None
     if path.endswith(".wat") and not data.startswith(b"\0asm"):
         try:
             source = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise where.error(key, f"{path} is not WebAssembly text: it is not UTF-8 "
-                              f"(byte {e.start}){_what(data)}") from None
+            raise _NoModule(f"{path} is not WebAssembly text: it is not UTF-8 "
+                            f"(byte {e.start}){_what(data)}") from None
     elif not data.startswith(b"\0asm"):
-        raise where.error(key, f"{path} is not a WebAssembly binary: it does not start with "
-                          f"\\0asm{_what(data)}")
+        raise _NoModule(f"{path} is not a WebAssembly binary: it does not start with "
+                        f"\\0asm{_what(data)}")
     else:
         source = data
     try:
         binary = source if isinstance(source, bytes) else bytes(wasmtime.wat2wasm(source))
         return wasmtime.Module(engine, binary), binary
     except wasmtime.WasmtimeError as e:
-        raise where.error(key, f"{path} is not a valid wasm module: {_why_invalid(e)}") \
-            from None
+        raise _NoModule(f"{path} is not a valid wasm module: {_why_invalid(e)}") from None
 
 
 def _why_invalid(e) -> str:

@@ -187,6 +187,50 @@ def test_a_module_slow_to_compile_is_stopped_at_the_compilers_limit_and_kept_fai
     assert modules.get(str(path))[0] is not None
 
 
+def test_a_module_that_needs_more_memory_to_compile_than_the_compilers_limit_is_kept_failed(
+        tmp_path, modules, monkeypatch):
+    """A compile's memory grows with the module (one function of 200,000 additions
+    took 217 MB), and the compilers had no bound but the CPU's: a module that needs
+    tens of GB, compiled by two to four compilers at once, took the machine's memory.
+    Past the compiler's address-space limit wasmtime aborts the compiler; the
+    failure says which limit it was, and the file is not compiled again until it
+    changes."""
+    monkeypatch.setattr(zygote, "COMPILE_MEMORY", 64 << 20)
+    path = tmp_path / "big.wasm"
+    path.write_bytes(_slow_to_compile(200_000))
+    first = modules.get(str(path))
+    assert first == (None, f"cannot load module {path}: compiling it needed more than 64 MiB "
+                           f"of memory (the compiler's limit)")
+    assert modules.get(str(path)) == first and len(modules.runs) == 1
+    path.write_bytes(_slow_to_compile(10))          # a fixed file loads
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert modules.get(str(path))[0] is not None
+
+
+@pytest.mark.parametrize("limit", ["memory", "cpu"])
+def test_wsuper_check_and_up_compile_a_module_within_the_compilers_limits(
+        tmp_path, monkeypatch, limit):
+    """`wsuper check` and `up` compile every module once before anything starts, and
+    did so in their own process, with no bound: a module made to compile for
+    minutes held them, and one that needs more memory than there is aborted the
+    supervisor (Rust's allocator aborts the process) or took the machine's memory.
+    The check now compiles in a child under the zygote's compiler limits, and a
+    module past one is refused naming the limit and the key."""
+    from supervisor import policy, preflight
+    if limit == "memory":
+        monkeypatch.setattr(zygote, "COMPILE_MEMORY", 64 << 20)
+        module, why = _slow_to_compile(200_000), "needed more than 64 MiB of memory"
+    else:
+        monkeypatch.setattr(zygote, "COMPILE_SECONDS", 1)
+        module, why = _slow_to_compile(1_500_000), "took more than 1 s of CPU"
+    (tmp_path / "m.wasm").write_bytes(module)
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+    assert str(e.value) == (f"{tmp_path}/system.toml:2: compartments.m.module: cannot compile "
+                            f"{tmp_path}/m.wasm: compiling it {why} (the compiler's limit)")
+
+
 def test_the_compilers_limit_never_asks_more_than_the_hard_limit_it_has(modules):
     """The compiler's CPU limit is set below whatever hard limit wsuper runs under:
     asking more than it (COMPILE_SECONDS + 5 under a hard limit of 60 s, say) fails
