@@ -492,7 +492,14 @@ def _drop_privileges(user):
     _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
-def _landlock_deny_all(abi: int):
+def landlock_ruleset(abi: int) -> bytes:
+    """struct landlock_ruleset_attr handling every right Landlock ABI `abi` knows:
+    every file-system access, TCP bind and connect (ABI 4), and the scopes (ABI 6:
+    abstract Unix sockets and signals outside the domain).  What a ruleset handles
+    and no rule allows is denied, so every ruleset wsuper makes (an engine's, the
+    wasm-tools child's: instrument.py) starts from this one: a right left out of
+    it is a right the sandboxed process keeps (the wasm-tools child, uid 0, could
+    signal every process of the machine, the supervisor's among them)."""
     fs = (1 << 13) - 1                      # ABI 1: execute .. make_sym
     if abi >= 2:
         fs |= 1 << 13                       # refer
@@ -503,11 +510,31 @@ def _landlock_deny_all(abi: int):
     net = 0b11 if abi >= 4 else 0           # bind_tcp, connect_tcp
     scoped = 0b11 if abi >= 6 else 0        # abstract unix sockets, signals
     if abi >= 6:
-        attr = struct.pack("<QQQ", fs, net, scoped)
-    elif abi >= 4:
-        attr = struct.pack("<QQ", fs, net)
-    else:
-        attr = struct.pack("<Q", fs)
+        return struct.pack("<QQQ", fs, net, scoped)
+    if abi >= 4:
+        return struct.pack("<QQ", fs, net)
+    return struct.pack("<Q", fs)
+
+
+def drop_capabilities_before_exec():
+    """In a child about to exec a helper (wasm-tools): when root, empty the capability
+    bounding set and the ambient set, so that the program it execs, uid 0 though it
+    is, gains no capability (exec gives root the bounding set).  Not root: an exec
+    under no_new_privs gains none anyway.  Raises ConfinementError."""
+    if os.geteuid() != 0:
+        return
+    for cap in range(_cap_last() + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            e = ctypes.get_errno()
+            if e == errno.EINVAL:                # past the kernel's last capability
+                break
+            raise ConfinementError(e, f"dropping capability {cap} from the bounding set: "
+                                   f"{os.strerror(e)}")
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def _landlock_deny_all(abi: int):
+    attr = landlock_ruleset(abi)
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)
     if fd < 0:

@@ -183,8 +183,10 @@ def wasm_tools() -> str:
 
 
 def _confine_tool(binary: str):
-    """preexec_fn of the wasm-tools child: bounded, no new privileges, and (Landlock)
-    nothing on the file system but reading and running its own binary and libraries."""
+    """preexec_fn of the wasm-tools child: bounded, no new privileges, no capability
+    even when root (an empty bounding set: exec gives uid 0 nothing), and (Landlock)
+    nothing on the file system but reading and running its own binary and libraries,
+    no TCP, no signal to any process outside it."""
     def limit():
         from . import confine       # never above a hard limit wsuper runs under
         confine.lower_limit(resource.RLIMIT_CPU, TOOL_SECONDS)
@@ -192,6 +194,7 @@ def _confine_tool(binary: str):
         confine.lower_limit(resource.RLIMIT_FSIZE, 0)
         confine.lower_limit(resource.RLIMIT_CORE, 0)
         confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        confine.drop_capabilities_before_exec()     # uid 0 gains none at the exec
         abi = confine.landlock_abi()
         if abi:
             _landlock_read_only([os.path.dirname(binary), "/lib", "/lib64", "/usr/lib",
@@ -200,20 +203,15 @@ def _confine_tool(binary: str):
 
 
 def _landlock_read_only(paths, abi: int):
-    """Landlock: every file-system right handled; reading and executing allowed
-    beneath `paths` only; no TCP (ABI >= 4)."""
+    """Landlock: every right the kernel's ABI knows handled (confine.landlock_ruleset);
+    reading and executing allowed beneath `paths` only; no TCP (ABI >= 4), no signal
+    or abstract Unix socket outside (ABI >= 6)."""
     import ctypes
     import struct
 
     from . import confine
     execute, read_file, read_dir = 1 << 0, 1 << 2, 1 << 3
-    fs = (1 << 13) - 1
-    if abi >= 2:
-        fs |= 1 << 13
-    if abi >= 3:
-        fs |= 1 << 14
-    net = 0b11 if abi >= 4 else 0
-    attr = struct.pack("<QQ", fs, net) if abi >= 4 else struct.pack("<Q", fs)
+    attr = confine.landlock_ruleset(abi)      # every right this ABI knows, then the rules
     buf = ctypes.create_string_buffer(attr, len(attr))
     libc = confine._libc
     fd = libc.syscall(confine.SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)

@@ -661,3 +661,62 @@ module = "spin.wat"
     status = _status(spinning[0])
     assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", status
     assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0, status
+
+
+#: What a taken-over wasm-tools child tries: signal a process outside it, say whether
+#: that worked (the shell's status), then wait while the test looks at it.
+TOOL_CHILD = 'kill -TERM "$1" 2>/dev/null; echo "$?"; read -r _'
+
+
+@pytest.mark.skipif(confine.landlock_abi() == 0, reason="the kernel has no Landlock")
+def test_the_wasm_tools_child_holds_no_capability_and_signals_nothing_outside():
+    """The helper that rewrites modules for probes (wasm-tools, instrument._tool) reads
+    hostile modules: its child is confined by instrument._confine_tool.  Run with that
+    same confinement, a program (a shell here, as wasm-tools taken over) holds no
+    capability even when wsuper runs as root (exec gave uid 0 its whole bounding set:
+    it could load a kernel module or change the clock), and (Landlock ABI 6) cannot
+    signal a process outside it: it could kill any process of its user (as
+    root, every process: the supervisor's first)."""
+    from compartments import instrument
+    shell = os.path.realpath(shutil.which("sh"))       # a program, as wasm-tools is
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    r, w = os.pipe()
+    try:
+        tool = subprocess.Popen([shell, "-c", TOOL_CHILD, "sh", str(victim.pid)],
+                                stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={}, preexec_fn=instrument._confine_tool(shell))
+        os.close(r)
+        try:
+            said = tool.stdout.readline().decode().strip()
+            assert said, tool.stderr.read()
+            status = _status(tool.pid)
+            for cap in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"):
+                assert int(status[cap], 16) == 0, (cap, status[cap])
+            assert status["NoNewPrivs"].strip() == "1"
+            if confine.landlock_abi() >= 6:
+                assert said != "0", said           # kill failed (EPERM)
+                time.sleep(0.1)
+                assert victim.poll() is None
+        finally:
+            os.close(w)
+            tool.wait(timeout=30)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_every_landlock_ruleset_handles_every_right_of_the_kernels_abi():
+    """confine.landlock_ruleset, from which both rulesets (an engine's, the wasm-tools
+    child's) are made: each ABI's every right handled, none of a later ABI."""
+    import struct
+    sizes = {1: 8, 2: 8, 3: 8, 4: 16, 5: 16, 6: 24, 7: 24}
+    fs_bits = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16, 6: 16, 7: 16}
+    for abi, size in sizes.items():
+        attr = confine.landlock_ruleset(abi)
+        assert len(attr) == size, abi
+        fields = struct.unpack(f"<{size // 8}Q", attr)
+        assert fields[0] == (1 << fs_bits[abi]) - 1, abi
+        if abi >= 4:
+            assert fields[1] == 0b11, abi          # bind_tcp, connect_tcp
+        if abi >= 6:
+            assert fields[2] == 0b11, abi          # abstract Unix sockets, signals
