@@ -186,7 +186,11 @@ def _confine_tool(binary: str):
     """preexec_fn of the wasm-tools child: bounded, no new privileges, no capability
     even when root (an empty bounding set: exec gives uid 0 nothing), and (Landlock)
     nothing on the file system but reading and running its own binary and libraries,
-    no TCP, no signal to any process outside it."""
+    no TCP, no signal to any process outside it.  It dies with the process that ran
+    it (PR_SET_PDEATHSIG): a compiler child killed, or gone with the zygote and the
+    supervisor, left wasm-tools running on for up to its TOOL_SECONDS of CPU."""
+    parent = os.getpid()
+
     def limit():
         from . import confine       # never above a hard limit wsuper runs under
         confine.lower_limit(resource.RLIMIT_CPU, TOOL_SECONDS)
@@ -199,6 +203,8 @@ def _confine_tool(binary: str):
         if abi:
             _landlock_read_only([os.path.dirname(binary), "/lib", "/lib64", "/usr/lib",
                                  "/etc/ld.so.cache"], abi)
+        if os.getpid() != parent:                   # a child of the caller (preexec_fn):
+            confine.die_with_parent(parent)         # last, as nothing after changes creds
     return limit
 
 

@@ -720,3 +720,49 @@ def test_every_landlock_ruleset_handles_every_right_of_the_kernels_abi():
             assert fields[1] == 0b11, abi          # bind_tcp, connect_tcp
         if abi >= 6:
             assert fields[2] == 0b11, abi          # abstract Unix sockets, signals
+
+
+#: A process that runs a program under the wasm-tools child's confinement (as the
+#: compiler child does, instrument._tool), says the program's pid, and waits.
+TOOL_PARENT = r"""
+import os, shutil, subprocess, sys
+from compartments import instrument
+shell = os.path.realpath(shutil.which("sh"))
+tool = subprocess.Popen([shell, "-c", 'read -r _'], stdin=int(sys.argv[1]), env={},
+                        preexec_fn=instrument._confine_tool(shell), pass_fds=())
+os.write(1, b"%d\n" % tool.pid)
+os.read(0, 1)
+"""
+
+
+def test_the_wasm_tools_child_dies_with_the_process_that_ran_it():
+    """The compiler child that runs wasm-tools may die first (killed at its CPU limit,
+    or with the zygote, which dies with the supervisor): wasm-tools must not run on
+    for up to its own CPU limit after the whole system is gone."""
+    r, w = os.pipe()                    # the tool's stdin: it never ends on its own
+    parent = subprocess.Popen([sys.executable, "-c", TOOL_PARENT, str(r)], pass_fds=[r],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                                  os.path.abspath(__file__)))))
+    os.close(r)
+    tool = None
+    try:
+        tool = int(parent.stdout.readline())
+        assert _status(tool)["PPid"].strip() == str(parent.pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                state = _status(tool)
+            except FileNotFoundError:
+                break                                # gone (reaped by init)
+            if state.get("State", "").startswith("Z"):
+                break                                # dead, waiting to be reaped
+            assert time.monotonic() < deadline, ("the tool outlived its parent", state)
+            time.sleep(0.05)
+    finally:
+        os.close(w)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
