@@ -605,7 +605,8 @@ def test_a_compiler_child_holds_nothing_of_the_zygote(monkeypatch):
                 pass
         # only the answers: the whole list can pass the parent's read of the error
         # (a process that has run many tests holds many descriptors)
-        os.write(err, "|".join(k for k, v in watched.items() if v in held).encode())
+        os.write(err, zygote._SAID      # as the compiler says why (after what others printed)
+                 + "|".join(k for k, v in watched.items() if v in held).encode())
         return 1
     monkeypatch.setattr(zygote, "_compile_into", report)
     modules = zygote._Modules(wasmtime.Engine(wasm.engine_config()))
