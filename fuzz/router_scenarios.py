@@ -245,12 +245,14 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                       limits={"calc": R.Limits(call_time=5.0)},
                       external_limits=R.Limits(in_flight=4, call_time=5.0))
     FakeEngine.all = {}
-    calc_grants = [grant("store", "store", revocable=True)]     # calc.store: tail calls
+    # calc.store: tail calls; a quota that never runs out, but is spent and refunded
+    calc_grants = [grant("store", "store", revocable=True, max_uses=1 << 40)]
     state = {"calc": tailify(start(router, "calc", calc_grants, exports=True)),
              "starting": None}
     store = tailify(start(router, "store", exports=True))
     callers = {n: start(router, n, [grant("calc", "calc", revocable=True), grant("store", "store"),
-                                    grant("time", "clock", "host", revocable=True)],
+                                    grant("time", "clock", "host", revocable=True,
+                                          max_uses=1 << 40)],
                         answer_hosts=False)
                for n in ("a1", "a2")}
     store_held = []    # import ids (in store) of capabilities passed to store
@@ -369,6 +371,9 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             if not key[0].alive or not key[0].conn.awaiting_return(key[1]):
                 raise Violation(f"_through holds a call of {key[0].name} that ended "
                                 f"({'gone' if not key[0].alive else 'answered'})")
+        for key in router._spent:          # a quota spent by a call that neither reached
+            if key not in router._waiting:  # its callee nor waits: a reused id refunds it
+                raise Violation(f"_spent holds a call of {key[0].name} that does not wait")
         for key, w in router._waiting.items():
             if not key[0].alive:
                 raise Violation(f"call of gone {key[0].name} still waiting")
@@ -577,7 +582,8 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 got_caps[:] = [g for g in got_caps if g[0] is not c]
                 callers[n] = start(router, n, [grant("calc", "calc", revocable=True),
                                                grant("store", "store"),
-                                               grant("time", "clock", "host", revocable=True)],
+                                               grant("time", "clock", "host", revocable=True,
+                                                     max_uses=1 << 40)],
                                    answer_hosts=False)
                 callers[n].host_calls.extend(c.host_calls)    # the host layer still has them
             elif op == "call":
@@ -828,6 +834,8 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         probs.append(f"orphans {router._orphans} {router._orphans_at}")
     if router._through:
         probs.append(f"_through {len(router._through)}")
+    if router._spent:
+        probs.append(f"_spent {len(router._spent)}")
     if router._pending:
         probs.append(f"_pending {len(router._pending)}")
     if router._tails:

@@ -118,6 +118,20 @@ class Membrane:
         if self.uses_left is not None:
             self.uses_left -= 1
 
+    @property
+    def counts(self) -> bool:
+        """Whether a call through it spends a quota (max_uses, calls_per_second)."""
+        return self.uses_left is not None or self.rate is not None
+
+    def refund(self):
+        """A call admit() let pass never reached its callee (refused further on, by
+        another membrane or the router, or failed while it waited): what it spent
+        comes back.  Only a call that reaches its callee spends a use."""
+        if self.uses_left is not None:
+            self.uses_left += 1
+        if self.rate is not None:
+            self.rate.give_back()
+
 
 class AuditTrail:
     """One record per capability call, emitted when the call ends (or is refused)."""

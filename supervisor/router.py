@@ -199,6 +199,10 @@ class Router:
         self.revocable = frozenset(revocable)
         self._revoked_early: set[str] = set()          # revoked before their membrane was made
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
+        # reply key -> the membranes whose quotas (max_uses, calls_per_second) a call
+        # spent and that has not reached its callee yet: it gets them back if it ends
+        # before it does (_close_call), and keeps them spent once it has (_reached)
+        self._spent: dict[tuple, list] = {}
         self._deadlines: list = []                     # heap: (deadline, peer id, question id)
         self._queued: list = []                        # heap: (deadline, n, _Waiting)
         self._waiting: dict[tuple, _Waiting] = {}     # reply key -> the call waiting
@@ -898,7 +902,9 @@ class Router:
                     continue
                 m = cap.membrane
                 m.admit(cap, call, self.clock(), self.names)
-                if m.uses_left is not None or m.expires_at is not None or m.rate is not None:
+                if m.counts:
+                    self._spent.setdefault(call.reply, []).append(m)
+                if m.counts or m.expires_at is not None:
                     route = None             # a quota counts every call: Python's
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
@@ -961,6 +967,7 @@ class Router:
                     raise CallError(f"a capability of {cap.peer.name} that was released")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
+                self._reached(call.reply)
                 if route is not None and route[1] is not None and cap.peer.laned \
                         and cap.peer.kind == "engine" and not (self.call_watch and (
                             route[0].name in self.call_watch
@@ -1222,9 +1229,16 @@ class Router:
                                     "duration_ms": round(seconds * 1000, 3)}))
         return self._flush()
 
+    def _reached(self, key):
+        """The call `key` reached its callee (forwarded, or run by the host layer): the
+        quotas it spent on its way stay spent, whatever its answer."""
+        if self._spent:
+            self._spent.pop(key, None)
+
     def _host_call(self, cap: Host, call: Call):
         if cap.kind == "gateway":
             content, caps = self._gateway(call)
+            self._reached(call.reply)
             self._answer(call.reply, content, caps)
             self.sweep(call.caps)
             return
@@ -1238,6 +1252,7 @@ class Router:
         caller = call.reply[0]
         self.emit(fx.HostCall(token, cap.kind, cap.owner, cap.served, call.interface_id,
                               call.method_id, call.content, caller.limits.message_size))
+        self._reached(call.reply)
 
     def _gateway(self, call: Call):
         gateway = hosted.GATEWAY
@@ -1455,6 +1470,12 @@ class Router:
         if key in self._host_of:        # a host call that ended without its answer (revoked):
             del self._host_calls[self._host_of.pop(key)]     # its answer goes nowhere
         self._sealed.pop(key, None)
+        if self._spent:
+            # it ends before it reached its callee (refused by another membrane on its
+            # way or by the router, or failed while it waited): a refused call spends
+            # no use and no rate token of the grants it crossed (docs/policy-reference.md)
+            for m in self._spent.pop(key, ()):
+                m.refund()
         crossed = self._through.pop(key, [])
         for m, _label in crossed:
             m.inflight.discard(key)

@@ -83,6 +83,10 @@ class TokenBucket:
         self.tokens -= 1
         return True
 
+    def give_back(self):
+        """Return the token the last take() spent (the event it admitted did not happen)."""
+        self.tokens = min(max(self.rate, 1.0), self.tokens + 1)
+
     def wait(self) -> float:
         """Seconds until the next token."""
         return max(0.0, (1 - self.tokens) / self.rate)

@@ -168,3 +168,47 @@ stdout = {{ host = "log" }}
     assert ("app", "app.feed>Observer.notify", "peek", "denied") in [
         (x["caller"], x["capability"], x["method"], x["outcome"])
         for x in records if "capability" in x]
+
+
+def test_calls_refused_before_they_reach_the_callee_spend_none_of_a_grants_quota(tmp_path):
+    """Real engines: app calls its spin grant (max_uses = 2, calls_per_second = 2)
+    three times with an interface spin does not implement: each is refused by the
+    supervisor and never reaches spin, yet each spent a use and a token, and app's
+    two real calls then failed "used up".  Only a call that reaches its callee
+    spends (tests/unit/test_router.py has the other refusals: a second grant's
+    allow-list or quota on the way, a callee that never started)."""
+    wrong = ("(call $log (i32.const 2048) (i32.load (i32.const 1000)))\n"
+             "(drop (call $call0 (local.get $h) (i64.const 0x1234) (i32.const 1)))\n")
+    ping = (f"(call $log_int (i32.const 300) (i32.const 5) "
+            f"(call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))\n")
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (drop (call $call0 (local.get $h) (i64.const 0x1234) (i32.const 1)))
+    {wrong * 2}
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    {ping * 3}
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"spin": 200, "ping:": 300}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+audit = "audit.jsonl"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin", max_uses = 2, calls_per_second = 2 }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
+    assert logs[:3] == ["compartment spin does not implement interface 0x1234"] * 3, logs
+    assert logs[3:] == ["ping: 0", "ping: 0", "ping: -10",
+                        "denied: app.spin is used up (max_uses)"], logs
+    spin = [(x["method"], x["outcome"]) for x in audit_calls(tmp_path / "audit.jsonl")
+            if x.get("capability") == "app.spin"]
+    assert spin == [("1", "failed")] * 3 + [("ping", "returned")] * 2 + [("ping", "denied")]

@@ -481,6 +481,70 @@ def test_quotas_on_a_grant_uses_expiry_and_rate():
 
 # ------------------------------------------------------------------ the choke point
 
+
+STORE = 0xC0FFEE0000000009
+
+
+@pytest.mark.parametrize("refusal", ["allow", "max_uses", "calls_per_second", "interface"])
+def test_a_call_refused_past_a_grant_spends_none_of_its_quota(refusal):
+    """A call crossing two grants (app's to calc, calc's to store, which calc handed
+    app) spent a use and a rate token of the first when the second refused it (its
+    allow-list, its own quota) or the router did (an interface store does not
+    implement): nothing reached store, yet app's grant was used up by refusals.
+    Only a call that reaches its callee spends: after any number of refused calls,
+    max_uses 3 still allows exactly 3, and the rate its tokens."""
+    router = R.Router({"calc": CALC, "store": STORE, "app": None}, clock=lambda: 0.0,
+                      names={**NAMES, STORE: ("Store", {0: "get", 1: "put"})})
+    store = start(router, "store", exports=True)
+    inner = {"allow": dict(methods=frozenset({(STORE, 0)})), "max_uses": dict(max_uses=1),
+             "calls_per_second": dict(calls_per_second=1), "interface": {}}[refusal]
+    calc = start(router, "calc", [grant("store", "store", **inner)], exports=True)
+    app = start(router, "app", [grant("calc", "calc", max_uses=3, calls_per_second=3)])
+    h = app.grants[0].import_id
+    app.send(app.conn.send_call(h, CALC, 1)[1])                    # use 1: calc hands
+    call = calc.inbox.pop()                                         # app its store grant
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]),
+                                    [P.RemoteRef(calc.grants[0].import_id)]))
+    s = app.inbox.pop().payload.caps[0].import_id
+    if refusal in ("max_uses", "calls_per_second"):
+        calc.send(calc.conn.send_call(calc.grants[0].import_id, STORE, 0)[1])  # spends it
+        store.send(store.conn.send_return(store.inbox.pop().answer_id))
+        calc.inbox.pop()
+    iface, method = (0x1234, 0) if refusal == "interface" else (STORE, 1)
+    for _ in range(5):
+        app.send(app.conn.send_call(s, iface, method)[1])
+        assert app.inbox.pop().error, refusal
+    assert store.inbox == []
+    for _ in range(2):                                              # uses 2 and 3
+        app.send(app.conn.send_call(h, CALC, 0)[1])
+        assert calc.inbox and not app.inbox, (app.inbox[-1].error if app.inbox else None)
+        calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+        assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(h, CALC, 0)[1])
+    assert "app.calc is used up (max_uses)" in app.inbox.pop().error
+
+
+def test_a_call_that_never_reached_a_starting_compartment_spends_no_use():
+    """A call through a grant with max_uses that waited for its callee to start, and
+    ended before it was delivered (call_time, or its caller cancelling it), spent a
+    use for nothing: the grant's one use went to a call nobody ran."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0],
+                      limits={"calc": R.Limits(call_time=2.0)})
+    app = start(router, "app", [grant("calc", "calc", max_uses=1)])
+    calc, starting = start(router, "calc", exports=True, later=True)
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    now[0] = 2.5
+    app.deliver(router.expire())
+    assert "did not start within" in app.inbox.pop().error
+    calc.deliver(starting)
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+    assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert "app.calc is used up (max_uses)" in app.inbox.pop().error
+
 INJECTION_POINTS = [
     ("supervisor.router.Router._on_call", "a call"),
     ("supervisor.router.Router._deliver", "a call"),
