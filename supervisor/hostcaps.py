@@ -216,8 +216,11 @@ class HostCaps:
             quota = self._quotas[key] = hostfs.WriteQuota(grant.max_bytes_written)
         return quota
 
-    def serve(self, call):
-        """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job."""
+    def serve(self, call, at_once: bool = True):
+        """The answer to a `effects.HostCall`: an Answer or Refusal now, or a Job.
+        `at_once`: nothing else is under way on the object (the caller's turns say),
+        so a file call that needs no waiting may be answered now; else every file
+        call is a Job, which takes its turn after those before it."""
         iface = hosted.BY_KIND.get(call.kind)
         if iface is None or call.interface_id != iface.id \
                 or not 0 <= call.method_id < len(iface.methods):
@@ -235,6 +238,8 @@ class HostCaps:
         if server is None:
             server = self._servers[call.kind] = getattr(self, "_" + call.kind)
         try:
+            if call.kind in ("directory", "file"):
+                return server(call, iface, method, params, at_once)
             return server(call, iface, method, params)
         except (ValueError, OverflowError) as e:
             return Refusal(f"EINVAL: {iface.name}.{method.name}: {first_line(e)}")
@@ -301,7 +306,7 @@ class HostCaps:
 
     # ------------------------------------------------------------ served by a worker
 
-    def _job(self, call, iface, method, params):
+    def _job(self, call, iface, method, params, at_once: bool = True):
         obj = call.served
         name = method.name
         fn = getattr(obj, name, None)
@@ -320,8 +325,9 @@ class HostCaps:
                 return Refusal(f"E2BIG: file {obj.label}: not one byte read fits in a "
                                f"message to {call.owner} (raise its message_size)")
             # a read the page cache can serve needs no worker thread (~90 µs a hand-off
-            # here); one that would wait for the disk still goes to one
-            values = obj.read_now(**kwargs)
+            # here); one that would wait for the disk still goes to one, and so does
+            # one on a File with an operation queued or running (it would overtake it)
+            values = obj.read_now(**kwargs) if at_once else None
             if values is not None:
                 return Answer(payloads.build(method.results, values)[0])
         return Job(f"{call.kind} {getattr(obj, 'label', '?')}", method, fn, kwargs)

@@ -1290,25 +1290,44 @@ class Supervisor:
         if call.kind == "probe":
             self._then(self.prober.host_call, call)
             return
-        outcome = self.hosts.serve(call)
+        outcome = self.hosts.serve(call, at_once=self._idle(call))
         if isinstance(outcome, hostcaps.Job):
-            self._soon(self._queue_job, call, outcome)
+            self._queue_job(call, outcome)
         else:
             self._host_done(call.token, outcome, call.owner)
+
+    @staticmethod
+    def _job_key(call: fx.HostCall) -> tuple:
+        """The host object whose operations `call` takes its turn among."""
+        return (call.kind, id(call.served)) if call.served is not None else \
+            (call.kind, call.owner)
+
+    def _idle(self, call: fx.HostCall) -> bool:
+        """Whether nothing is under way on `call`'s host object: no operation queued,
+        none running in a thread (even one abandoned at its deadline).  Only then may
+        a call be answered at once on this thread (a read the page cache holds):
+        else it overtook what came before it (a read answered what was there before
+        the write sent ahead of it; an outside review)."""
+        key = self._job_key(call)
+        if key in self._jobs:
+            return False
+        turn = self._object_turns.get(key)
+        return turn is None or not turn.lock.locked()
 
     def _queue_job(self, call: fx.HostCall, job: hostcaps.Job):
         """Jobs on one host object run one after another, in the order their calls
         came (E-order: a write then a truncate on one File ran in two threads at once,
         and the truncate could land first; an outside review); jobs on different
         objects run side by side, at most 2 a compartment (_io_limiter)."""
-        key = (call.kind, id(call.served)) if call.served is not None else \
-            (call.kind, call.owner)
+        key = self._job_key(call)
         queue = self._jobs.get(key)
         if queue is not None:
             queue.append((call, job))
             return
+        # queued now, even by the lane's worker (which owes only the task's start): a
+        # call after it in the same turn sees its object busy (_idle)
         self._jobs[key] = collections.deque([(call, job)])
-        self.nursery.start_soon(self._run_jobs, key)
+        self._soon(self.nursery.start_soon, self._run_jobs, key)
 
     async def _run_jobs(self, key: tuple):
         queue = self._jobs[key]
