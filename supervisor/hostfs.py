@@ -661,11 +661,12 @@ class Directory:
         with self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
-                if _climbs(t, _depth_below(dfd, parent)):
-                    raise FsError(f"a link at {path!r} to {target!r} would lead outside "
-                                  f"the granted directory", "EPERM")
-                with self._made(raw, t, parent=parent, look=name, slash="ENOENT"):
-                    os.symlink(t, name, dir_fd=parent)
+                with _names_turn(dfd, repr(path)):
+                    if _climbs(t, _depth_below(dfd, parent)):
+                        raise FsError(f"a link at {path!r} to {target!r} would lead "
+                                      f"outside the granted directory", "EPERM")
+                    with self._made(raw, t, parent=parent, look=name, slash="ENOENT"):
+                        os.symlink(t, name, dir_fd=parent)
             except OSError as e:
                 raise _explain(e, repr(path), resolving=False) from None
             finally:
@@ -681,11 +682,13 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            self._stays_beneath(sp, sname, dp, from_, to)
-            with self._made(dname, parent=dp, slash="ENOENT",
-                            first=lambda: _link_source(sp, sname),
-                            then=lambda: _link_source(sp, sname, directory=True)):
-                os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp, follow_symlinks=False)
+            with _names_turn(sp, f"linking {from_!r} as {to!r}"):
+                self._stays_beneath(sp, sname, dp, from_, to)
+                with self._made(dname, parent=dp, slash="ENOENT",
+                                first=lambda: _link_source(sp, sname),
+                                then=lambda: _link_source(sp, sname, directory=True)):
+                    os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp,
+                            follow_symlinks=False)
         except OSError as e:
             raise _explain(e, f"linking {from_!r} as {to!r}:", resolving=False) from None
         finally:
@@ -701,8 +704,9 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            self._stays_beneath(sp, sname, dp, from_, to)
-            os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
+            with _names_turn(sp, f"renaming {from_!r} to {to!r}"):
+                self._stays_beneath(sp, sname, dp, from_, to)
+                os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
         except OSError as e:
             raise _explain(e, f"renaming {from_!r} to {to!r}:", resolving=False) from None
         finally:
@@ -812,6 +816,36 @@ class Directory:
 
 
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
+NAMES_WAIT = 5.0                # seconds one waits for another's turn (_names_turn)
+_names_locks: dict[int, threading.Lock] = {}    # st_dev -> its turn
+_names_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _names_turn(fd: int, what: str):
+    """Held while a symbolic link is made, or a name renamed or hard-linked, on the
+    file system of `fd` (a granted directory): their checks that links stay beneath
+    (_climbs at the new link's depth, _stays_beneath for what moves higher) look,
+    then act, and another such operation in between, by any holder of any grant,
+    must not change what was looked at (a link made inside a directory after it was
+    walked and before it moves higher; a climbing link renamed over the harmless one
+    checked): it then was moved where its '..' led outside.  Renames and links never
+    cross file systems, so one turn a file system.  EAGAIN after NAMES_WAIT."""
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError as e:
+        raise _explain(e, what) from None
+    with _names_guard:
+        lock = _names_locks.get(dev)
+        if lock is None:
+            lock = _names_locks[dev] = threading.Lock()
+    if not lock.acquire(timeout=NAMES_WAIT):
+        raise FsError(f"{what}: other renames, links or symbolic links on this file system "
+                      f"took longer than {NAMES_WAIT:g} s; try again", "EAGAIN")
+    try:
+        yield
+    finally:
+        lock.release()
 #: What a new file, directory or link costs of max_bytes_written (besides its name
 #: and link target): a block of the disk, so names and links cannot fill it for free.
 ENTRY_COST = 4096

@@ -574,6 +574,87 @@ def test_links_that_climb_are_not_moved_where_they_would_lead_outside(tmp_path):
     assert os.readlink(root / "x" / "y" / "z" / "up") == "../../../etc"
 
 
+@pytest.mark.parametrize("race", ["a link made in a directory as it moves higher",
+                                  "a link renamed over the one being moved higher"])
+def test_no_race_between_two_holders_of_a_directory_moves_a_link_where_it_leads_outside(
+        tmp_path, race, monkeypatch):
+    """An outside review: the checks that keep links beneath (a move higher looks at
+    the links it moves; a new link at its depth) looked, then acted, and another
+    holder of the same directory (a second grant of it, or a Directory handed on:
+    their calls run in threads side by side) changed names in between: a link made
+    in a directory after it was walked and before it moved higher, or a climbing
+    link renamed over the harmless one checked, was moved where its '..' led
+    outside the grant.  Such operations on one file system now take turns.  (A
+    slow disk is played by a check that takes a little while.)"""
+    from supervisor import hostfs
+    from supervisor.hostfs import _climbs
+
+    def slow_climbs(target, depth):
+        time.sleep(0.0002)
+        return _climbs(target, depth)
+    monkeypatch.setattr(hostfs, "_climbs", slow_climbs)
+    root = tmp_path / "granted"
+    (root / "a" / "b" / "c" / "d").mkdir(parents=True)
+    mover, racer = Directory.grant(str(root)), Directory.grant(str(root))
+    rounds, done, outside = 1500, threading.Event(), []
+
+    def attempt(fn, *args):
+        try:
+            fn(*args)
+        except FsError:
+            pass
+
+    def check(path):
+        try:
+            target = os.readlink(root / path)
+        except OSError:
+            return
+        if _climbs(os.fsencode(target), path.count("/")):
+            outside.append((path, target))
+
+    def race_inside():
+        while not done.is_set():
+            attempt(racer.symlink, "../../../../x", "a/b/c/d/l")   # fine at depth 4
+            attempt(racer.unlink, "a/b/c/d/l")
+
+    def move_inside():
+        for _ in range(rounds):
+            attempt(mover.rename, "a/b/c/d", "d")
+            check("d/l")                                          # depth 1: outside
+            attempt(mover.rename, "d", "a/b/c/d")
+
+    def race_swap():
+        while not done.is_set():
+            attempt(racer.symlink, "../../../../x", "a/b/c/d/evil")   # fine at depth 4
+            try:
+                if racer.readlink("a/b/c/d/l")["target"] == "y":      # being moved up?
+                    attempt(racer.rename, "a/b/c/d/evil", "a/b/c/d/l")  # as deep: no check
+            except FsError:
+                pass
+
+    def move_swap():
+        for _ in range(rounds):
+            attempt(mover.unlink, "a/b/c/d/l")
+            attempt(mover.symlink, "y", "a/b/c/d/l")
+            attempt(mover.rename, "a/b/c/d/l", "l")               # "y": fine at the top
+            check("l")
+            attempt(mover.unlink, "l")
+
+    race, move = (race_inside, move_inside) if race.startswith("a link made") else \
+        (race_swap, move_swap)
+    t = threading.Thread(target=race)
+    t.start()
+    try:
+        move()
+    finally:
+        done.set()
+        t.join()
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            check(os.path.relpath(os.path.join(dirpath, name), root))
+    assert not outside, outside[:3]
+
+
 def test_a_chain_of_links_never_leads_outside(tmp_path):
     """A name in a target may itself be a link: `self -> .` made `self/self/../..`
     climb two levels from one.  Only leading '..' count, so no chain of links
