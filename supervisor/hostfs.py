@@ -952,7 +952,7 @@ class File:
         self.append_only = append_only      # ... and always will be (the grant)
         self.read_only = read_only
         self.quota = quota or WriteQuota(None)
-        self._lock = threading.Lock()       # append: find the end and write there
+        self._lock = threading.Lock()       # append: its write, then the offset it left
 
     @property
     def fd(self) -> int:
@@ -1072,12 +1072,14 @@ class File:
         self.quota.spend(len(data), self.label)
         with self._h as fd, self._lock:
             try:
-                if self.appending:                     # O_APPEND: the kernel picks the end
-                    end = os.fstat(fd).st_size
-                    n = os.write(fd, data)
-                else:
-                    end = os.lseek(fd, 0, os.SEEK_END)
-                    n = os.pwrite(fd, data, end)
+                # the kernel picks the end in the write itself (RWF_APPEND, as O_APPEND
+                # does), and leaves this descriptor's offset after what it wrote: found
+                # first (lseek, fstat) and written then, two Files of one file appending
+                # at once wrote over each other or were told one offset for both
+                if not data:                           # nothing written: nothing moved
+                    return {"offset": os.fstat(fd).st_size}
+                n = os.pwritev(fd, [data], -1, os.RWF_APPEND)
+                end = os.lseek(fd, 0, os.SEEK_CUR) - n
             except OSError as e:
                 self.quota.refund(len(data))
                 raise _explain(e, self.label) from None

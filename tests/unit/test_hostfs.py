@@ -509,6 +509,39 @@ def test_concurrent_appends_share_the_quota_exactly(tree):
     assert d.quota.left == 0
 
 
+@pytest.mark.parametrize("how", [dict(mode="readWrite"), dict(mode="write"),
+                                 dict(mode="append"), dict(mode="write", append=True)])
+def test_appends_through_two_opens_of_one_file_lose_nothing_and_say_where_they_went(
+        tree, how):
+    """An outside review: File.append found the end (lseek, or fstat with O_APPEND)
+    and then wrote, so two Files of one file (two compartments whose stdout is that
+    file, or one that opened it twice) appending at once wrote over each other's
+    records (without O_APPEND: data lost) or were told the same offset for records
+    that went to two.  The kernel now picks the end in the write itself."""
+    (tree / "log").write_bytes(b"")
+    d = Directory.grant(str(tree))
+    files = [opened(d, "log", **how) for _ in range(2)]
+    offsets = {}
+
+    def work(f, tag):
+        offsets[tag] = [f.append(tag * 16)["offset"] for _ in range(2000)]
+
+    threads = [threading.Thread(target=work, args=(f, tag))
+               for f, tag in zip(files, (b"a", b"b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = (tree / "log").read_bytes()
+    assert len(data) == 2 * 2000 * 16
+    for tag, told in offsets.items():
+        assert len(set(told)) == 2000
+        assert all(data[o:o + 16] == tag * 16 for o in told)
+    assert files[0].append(b"")["offset"] == len(data)       # nothing: where the end is
+    for f in files:
+        f.close()
+
+
 def test_closing_while_other_threads_use_it_never_touches_another_file(tree):
     """close() waits for the calls using the descriptor; later calls get EBADF, and
     never a descriptor number that meanwhile names some other file."""
