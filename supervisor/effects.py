@@ -81,7 +81,9 @@ class HostCall:
     """Serve a call on a host object (hostcaps.py), then report back with
     `Router.host_returned(token, ...)` or `Router.host_failed(token, ...)`.
 
-    `max_bytes`: the largest results content the caller accepts."""
+    `max_bytes`: the largest results content the caller accepts; `caller`: the
+    peer that called (`owner`: the compartment whose grant the object came through,
+    which a caller it was handed on to is not)."""
     token: int
     kind: str
     owner: str
@@ -90,6 +92,7 @@ class HostCall:
     method_id: int
     content: object
     max_bytes: int
+    caller: str = ""
 
 
 @attrs.frozen

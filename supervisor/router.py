@@ -1251,7 +1251,8 @@ class Router:
         self._host_of[call.reply] = token
         caller = call.reply[0]
         self.emit(fx.HostCall(token, cap.kind, cap.owner, cap.served, call.interface_id,
-                              call.method_id, call.content, caller.limits.message_size))
+                              call.method_id, call.content, caller.limits.message_size,
+                              caller.name))
         self._reached(call.reply)
 
     def _gateway(self, call: Call):

@@ -55,6 +55,7 @@ FD_RESERVE_PER_ENGINE = 4
 #: Host file descriptors each compartment keeps for itself, whatever the others
 #: hold (at most: the budget shared out, half of it kept for anyone)
 FD_EACH = 16
+IO_LIMITERS_KEPT = 256       # worker-thread limiters (owner, caller) kept before idle ones go
 
 
 class _Link:
@@ -1280,10 +1281,19 @@ class Supervisor:
 
     # ------------------------------------------------------------ host objects
 
-    def _io_limiter(self, owner: str) -> trio.CapacityLimiter:
-        limiter = self._io_limiters.get(owner)
+    def _io_limiter(self, owner: str, caller: str = "") -> trio.CapacityLimiter:
+        """The worker threads (2) of `owner`'s host objects, or of `caller`'s calls on
+        those it was handed: a caller's slow operations never hold up the owner's (a
+        compartment handed a Directory took both its owner's threads, and every file
+        operation of the owner, on any grant, failed "not begun"; an outside review)."""
+        key = owner if not caller or caller == owner else (owner, caller)
+        limiter = self._io_limiters.get(key)
         if limiter is None:
-            limiter = self._io_limiters[owner] = trio.CapacityLimiter(2)
+            if len(self._io_limiters) >= IO_LIMITERS_KEPT:     # callers come and go
+                for k in [k for k, lim in self._io_limiters.items()
+                          if not lim.borrowed_tokens and not lim.statistics().tasks_waiting]:
+                    del self._io_limiters[k]
+            limiter = self._io_limiters[key] = trio.CapacityLimiter(2)
         return limiter
 
     def _host_call(self, call: fx.HostCall):
@@ -1318,7 +1328,8 @@ class Supervisor:
         """Jobs on one host object run one after another, in the order their calls
         came (E-order: a write then a truncate on one File ran in two threads at once,
         and the truncate could land first; an outside review); jobs on different
-        objects run side by side, at most 2 a compartment (_io_limiter)."""
+        objects run side by side, at most 2 a compartment, and 2 a caller on what it
+        was handed (_io_limiter)."""
         key = self._job_key(call)
         queue = self._jobs.get(key)
         if queue is not None:
@@ -1378,7 +1389,8 @@ class Supervisor:
             # the deadline: a compartment whose operations hang runs 2 at a time, not
             # every one, nor all of trio's threads
             outcome = await trio.to_thread.run_sync(run, abandon_on_cancel=True,
-                                                    limiter=self._io_limiter(call.owner))
+                                                    limiter=self._io_limiter(call.owner,
+                                                                             call.caller))
         if outcome is _SKIPPED:
             job.abandon()
             outcome = hostcaps.Refusal("ECANCELED: the call ended before its turn came "

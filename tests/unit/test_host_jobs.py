@@ -38,8 +38,9 @@ class Sup:
         fn(*args)
 
 
-def _call(token, served, owner="app"):
-    return fx.HostCall(token, "file", owner, served, FILE.id, 0, None, 1 << 20)
+def _call(token, served, owner="app", caller=None):
+    return fx.HostCall(token, "file", owner, served, FILE.id, 0, None, 1 << 20,
+                       **({} if caller is None else {"caller": caller}))
 
 
 def _job(fn):
@@ -326,3 +327,52 @@ def test_a_read_the_page_cache_could_answer_at_once_never_overtakes_an_operation
     sup = trio.run(main)
     assert not sup._jobs
     f.close()
+
+
+def test_a_compartment_handed_a_directory_whose_operations_hang_never_holds_up_its_owner(
+        monkeypatch):
+    """An outside review: worker threads were shared by the compartment whose grant a
+    host object came through (`owner`), whoever called it: a compartment handed a
+    Directory (or a File) and making slow operations on it (a hung network file
+    system, a large fsync) took both of its owner's threads, and every file
+    operation of the owner, on any of its grants, waited and then failed ETIMEDOUT
+    ("not begun").  A caller's operations on what it was handed take threads of its
+    own; still at most 2 at a time."""
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.3)
+    running, peak, lock = {}, {}, threading.Lock()
+
+    def work(who, delay):
+        def fn():
+            with lock:
+                running[who] = running.get(who, 0) + 1
+                peak[who] = max(peak.get(who, 0), running[who])
+            time.sleep(delay)
+            with lock:
+                running[who] -= 1
+            return {}
+        return _job(fn)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            for i in range(4):      # `b`'s calls on `a`'s files (handed on), each hanging
+                sup._queue_job(_call(i, f"handed{i}", owner="a", caller="b"),
+                               work("b", 0.6))
+            await trio.sleep(0.05)
+            sup._queue_job(_call(10, "own", owner="a", caller="a"), work("a", 0.0))
+        return sup
+
+    sup = trio.run(main)
+    assert not hasattr(sup.done[10], "reason"), sup.done[10]       # a's own: done
+    assert peak["b"] == 2
+    assert trio.run(_default_borrowed) == 0
+
+
+def test_the_worker_thread_limiters_of_callers_that_came_and_went_are_not_kept_for_ever():
+    async def main():
+        sup = Sup(None)
+        for i in range(5000):                 # external clients, each handed a File once
+            sup._io_limiter("a", f"client#{i}")
+        return len(sup._io_limiters)
+
+    assert trio.run(main) <= runtime.IO_LIMITERS_KEPT + 1
