@@ -937,6 +937,19 @@ def _page(fd: int, cursor: int, budget: int) -> dict:
             last = off
 
 
+def _write_appending(fd: int, data: bytes) -> int:
+    """write(2) with O_APPEND on for it (and as it was after): where pwritev2's
+    RWF_APPEND is not supported."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & os.O_APPEND:
+        return os.write(fd, data)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
+    try:
+        return os.write(fd, data)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
 class File:
     """An open regular file: a descriptor, what it was opened for, and the
     attenuation of the grant it came through."""
@@ -1078,7 +1091,12 @@ class File:
                 # at once wrote over each other or were told one offset for both
                 if not data:                           # nothing written: nothing moved
                     return {"offset": os.fstat(fd).st_size}
-                n = os.pwritev(fd, [data], -1, os.RWF_APPEND)
+                try:
+                    n = os.pwritev(fd, [data], -1, os.RWF_APPEND)
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    n = _write_appending(fd, data)     # no RWF_APPEND here: O_APPEND
                 end = os.lseek(fd, 0, os.SEEK_CUR) - n
             except OSError as e:
                 self.quota.refund(len(data))

@@ -940,3 +940,20 @@ def test_with_the_quota_spent_every_call_that_fails_anyway_fails_as_with_quota_t
     for path in HOSTILE_NAMES:
         spare, spent = outcome(None, path), outcome(10, path)
         assert spent == ("EDQUOT" if spare == "made" else spare), (path, spare, spent)
+
+
+def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, monkeypatch):
+    from supervisor import hostfs
+    real = os.pwritev
+
+    def without(fd, buffers, offset, flags=0):
+        if flags & os.RWF_APPEND:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return real(fd, buffers, offset, flags)
+    monkeypatch.setattr(hostfs.os, "pwritev", without)
+    d = Directory.grant(str(tree))
+    f = opened(d, "notes.txt", "readWrite")
+    assert f.append(b" world")["offset"] == 5
+    assert f.write(0, b"J")["written"] == 1                 # still written where asked
+    assert (tree / "notes.txt").read_bytes() == b"Jello world"
+    assert not fcntl.fcntl(f.fd, fcntl.F_GETFL) & os.O_APPEND
