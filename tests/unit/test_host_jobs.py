@@ -265,11 +265,24 @@ def test_a_read_the_page_cache_could_answer_at_once_never_overtakes_an_operation
         path.write_bytes(content)
         path.read_bytes()                             # in the page cache: read_now serves it
 
+    written = threading.Event()
+
     def write_slowly(delay):
+        written.clear()
+
         def fn():
             time.sleep(delay)
-            return f.write(0, b"new!")
+            try:
+                return f.write(0, b"new!")
+            finally:
+                written.set()
         return hostcaps.Job("file f.txt", write, fn, {})
+
+    async def answered(sup, token):
+        with trio.fail_after(20):
+            while token not in sup.done:
+                await trio.sleep(0.01)
+        return sup.done[token]
 
     def call(token, method, **params):
         content = payloads.build(method.params, params)[0]
@@ -303,23 +316,24 @@ def test_a_read_the_page_cache_could_answer_at_once_never_overtakes_an_operation
             owed, sup.owed = sup.owed, None
             for fn, args in owed:
                 fn(*args)
-            await trio.sleep(0.3)
-            assert data(sup.done[2]) == b"new!"
+            assert data(await answered(sup, 2)) == b"new!"
 
             cached(b"old!")
             sup._queue_job(_call(3, f), write_slowly(0.3))      # queued, then running
             sup._host_call(call(4, read, offset=0, count=4))    # came after it
-            await trio.sleep(0.5)
-            assert data(sup.done[4]) == b"new!"
+            assert data(await answered(sup, 4)) == b"new!"
 
             cached(b"old!")
             monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.2)
             sup._queue_job(_call(5, f), write_slowly(0.6))      # abandoned at its deadline
-            await trio.sleep(0.3)
-            assert sup.done[5].reason.startswith("ETIMEDOUT")
-            sup._host_call(call(6, read, offset=0, count=4))    # waits for it: not done
-            await trio.sleep(0.5)
-            assert not isinstance(sup.done[6], hostcaps.Answer) or data(sup.done[6]) == b"new!"
+            assert (await answered(sup, 5)).reason.startswith("ETIMEDOUT")
+            if not written.is_set():
+                sup._host_call(call(6, read, offset=0, count=4))    # waits for it
+                outcome = await answered(sup, 6)
+                assert not isinstance(outcome, hostcaps.Answer) or data(outcome) == b"new!"
+            with trio.fail_after(20):
+                while not written.is_set() or not sup._idle(call(0, read)):
+                    await trio.sleep(0.01)
             sup._host_call(call(7, read, offset=0, count=4))    # all ended: served as usual
             assert data(sup.done[7]) == b"new!"                 # at once
         return sup
@@ -338,7 +352,7 @@ def test_a_compartment_handed_a_directory_whose_operations_hang_never_holds_up_i
     operation of the owner, on any of its grants, waited and then failed ETIMEDOUT
     ("not begun").  A caller's operations on what it was handed take threads of its
     own; still at most 2 at a time."""
-    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.3)
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 1.0)
     running, peak, lock = {}, {}, threading.Lock()
 
     def work(who, delay):
@@ -357,7 +371,7 @@ def test_a_compartment_handed_a_directory_whose_operations_hang_never_holds_up_i
             sup = Sup(n)
             for i in range(4):      # `b`'s calls on `a`'s files (handed on), each hanging
                 sup._queue_job(_call(i, f"handed{i}", owner="a", caller="b"),
-                               work("b", 0.6))
+                               work("b", 2.0))
             await trio.sleep(0.05)
             sup._queue_job(_call(10, "own", owner="a", caller="a"), work("a", 0.0))
         return sup
