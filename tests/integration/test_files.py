@@ -95,3 +95,39 @@ data = {{ host = "directory", path = "{granted}" }}
     logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
     assert logs == ["open -2", f"ENOTCAPABLE: directory {granted}: '../secret.txt' contains '..' "
                                "that leads outside the granted directory"]
+
+
+def test_two_compartments_appending_to_one_file_lose_no_record(tmp_path):
+    """An outside review: File.append found the end and then wrote there, so two
+    compartments granted one file (both their journals, or both their stdout)
+    appending at once wrote over each other's records.  Each record is there."""
+    journal = tmp_path / "journal.txt"
+    journal.write_text("")
+    rounds = 1500
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 7)))
+    (loop $again
+      {APPEND}
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.const {rounds}))))
+    """, {"journal": 200, "entry\\n": 220, "appended at": 300}).replace(
+        "(call $log_int (i32.const 300) (i32.const 11) (i32.wrap_i64 (i64.load (i32.const 2064))))",
+        ""))
+    grants = f"""
+log = {{ host = "log" }}
+journal = {{ host = "file", path = "{journal}" }}
+"""
+    (tmp_path / "system.toml").write_text(f"""
+[compartments.a]
+module = "app.wat"
+[compartments.a.grants]
+{grants}
+[compartments.b]
+module = "app.wat"
+[compartments.b.grants]
+{grants}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = journal.read_bytes()
+    assert data == b"entry\n" * (2 * rounds), f"{len(data)} bytes, not {12 * rounds}"
