@@ -957,3 +957,19 @@ def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, mo
     assert f.write(0, b"J")["written"] == 1                 # still written where asked
     assert (tree / "notes.txt").read_bytes() == b"Jello world"
     assert not fcntl.fcntl(f.fd, fcntl.F_GETFL) & os.O_APPEND
+
+
+def test_a_rename_that_waits_too_long_for_its_turn_fails_eagain_and_changes_nothing(
+        tree, monkeypatch):
+    from supervisor import hostfs
+    monkeypatch.setattr(hostfs, "NAMES_WAIT", 0.05)
+    d = Directory.grant(str(tree))
+    d.symlink("notes.txt", "l")                       # its file system has a turn now
+    dev = os.stat(tree).st_dev
+    with hostfs._names_locks[dev]:                    # another holder's, not ending
+        for attempt in (lambda: d.rename("notes.txt", "moved"),
+                        lambda: d.link("notes.txt", "linked"),
+                        lambda: d.symlink("notes.txt", "l2")):
+            assert "try again" in fails("EAGAIN", attempt)
+    assert sorted(os.listdir(tree)) == ["l", "notes.txt", "sub"]
+    d.rename("notes.txt", "moved")                    # its turn came
