@@ -1304,7 +1304,7 @@ class Supervisor:
         if isinstance(outcome, hostcaps.Job):
             self._queue_job(call, outcome)
         else:
-            self._host_done(call.token, outcome, call.owner)
+            self._host_done(call.token, outcome, call.owner, call.caller)
 
     @staticmethod
     def _job_key(call: fx.HostCall) -> tuple:
@@ -1404,18 +1404,21 @@ class Supervisor:
                 outcome = hostcaps.Refusal(
                     f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
                     f"(earlier file operations have not ended); it was not done")
-        self._host_done(call.token, outcome, call.owner)
+        self._host_done(call.token, outcome, call.owner, call.caller)
 
-    def _host_done(self, token: int, outcome, owner: str = ""):
-        """A host call ended; `owner`: the compartment whose grant it went through,
-        which the descriptors it opened are counted to."""
+    def _host_done(self, token: int, outcome, owner: str = "", caller: str = ""):
+        """A host call ended; `owner`: the compartment whose grant it went through;
+        `caller`: who called, which the descriptors it opened are counted to (the
+        owner if not said): counted to the owner, a compartment it handed a
+        Directory opened files through it until none were left, the owner's own
+        share too, and the owner's own opens failed EMFILE (an outside review)."""
         turns = self._turns
         answer = isinstance(outcome, hostcaps.Answer)
         if turns is not None and turns.here and (turns.stopped or answer and outcome.objects):
-            turns.owe(self._host_done, token, outcome, owner, stop=True)
+            turns.owe(self._host_done, token, outcome, owner, caller, stop=True)
             return
         if answer and outcome.objects:
-            held = [self._hold(*o, owner) for o in outcome.objects]
+            held = [self._hold(*o, caller or owner) for o in outcome.objects]
             if not all(held):
                 for (kind, served), counted in zip(outcome.objects, held):
                     self._release(kind, served, counted)

@@ -31,7 +31,7 @@ class Sup:
         self.router = type("Router", (), {"host_call_live": staticmethod(live)})()
         self.done = {}
 
-    def _host_done(self, token, outcome, owner=""):
+    def _host_done(self, token, outcome, owner="", caller=""):
         self.done[token] = outcome
 
     def _soon(self, fn, *args):
@@ -390,3 +390,70 @@ def test_the_worker_thread_limiters_of_callers_that_came_and_went_are_not_kept_f
         return len(sup._io_limiters)
 
     assert trio.run(main) <= runtime.IO_LIMITERS_KEPT + 1
+
+
+def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_not_the_owner(
+        tmp_path):
+    """An outside review: descriptors a host call opened were counted to the
+    compartment whose grant the object came through, whoever called: a compartment
+    handed a Directory opened files through it until EMFILE, all counted to the
+    owner, and the descriptors each compartment keeps for itself (FD_EACH) were the
+    owner's no more: its own opens, on any grant, failed EMFILE.  They count to the
+    caller, whose own share they spend."""
+    from supervisor import hostfs
+    DIR = hosted.BY_KIND["directory"]
+
+    class Host(Sup):
+        _hold = runtime.Supervisor._hold
+        _release = runtime.Supervisor._release
+        _host_done = runtime.Supervisor._host_done
+
+        def __init__(self, nursery):
+            super().__init__(nursery)
+            self._turns = None
+            self.system = type("System", (), {"compartments": {"a": None, "b": None}})()
+            self._fd_each, self._fd_budget, self._fd_owed = 2, 6, 4
+            self._host_fds, self._fds_of, self._fd_owner = 0, {}, {}
+            self.answered, self.told = {}, []
+            self.router = type("Router", (), {
+                "host_call_live": staticmethod(lambda token: True),
+                "host_returned": lambda r, token, content, objects:
+                    self.answered.setdefault(token, True) and [],
+                "host_failed": lambda r, token, reason, type:
+                    self.answered.setdefault(token, reason) and []})()
+
+        def _perform(self, effects):
+            pass
+
+        def tell_once(self, key, text):
+            self.told.append(text)
+
+        def say(self, *args):
+            pass
+
+        async def _release_in_thread(self, kind, served):
+            hostcaps.release(kind, served)
+
+    def opening():
+        return hostcaps.Job("directory d", DIR.method("subdir"),
+                            lambda: {"dir": hostfs.Directory.grant(str(tmp_path))}, {})
+
+    def subdir_call(token, caller):
+        return fx.HostCall(token, "directory", "a", f"d{token}", DIR.id, 6, None, 1 << 20,
+                           caller)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Host(n)
+            for token in range(10):          # b, through a Directory a handed it
+                sup._queue_job(subdir_call(token, "b"), opening())
+        async with trio.open_nursery() as n:
+            sup.nursery = n
+            sup._queue_job(subdir_call(100, "a"), opening())     # a's own
+        return sup
+
+    sup = trio.run(main)
+    b = [sup.answered[t] for t in range(10)]            # 2 its own, 2 shared; then EMFILE
+    assert b.count(True) == 4 and all(str(x).startswith("EMFILE") for x in b if x is not True)
+    assert sup.answered[100] is True, sup.answered[100]
+    assert sup._fds_of == {"b": 4, "a": 1}
