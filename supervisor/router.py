@@ -1188,6 +1188,12 @@ class Router:
             orphan = True
             caller = caller or r.caller
         reply = (caller, aid)
+        # its record is opened whoever waits for it: a call forwarded for a caller
+        # that is gone (an orphan, cancelled at its callee) reached that callee, and
+        # is recorded as the calls Python forwarded are ("the caller is gone")
+        if self.audit.enabled:
+            self.audit.open(reply, r.cap, Call(iface, method, protocol.EMPTY, (), reply),
+                            start, wall0)
         if not orphan:
             caller.conn.adopt_answer(aid)
             if r.proxy is not None and r.proxy.sealed:
@@ -1197,9 +1203,6 @@ class Router:
             for m in r.membranes:
                 m.inflight.add(reply)
                 self._through.setdefault(reply, []).append((m, name))
-            if self.audit.enabled:
-                self.audit.open(reply, r.cap, Call(iface, method, protocol.EMPTY, (), reply),
-                                start, wall0)
         if callee is not None and callee.alive and gone is None:
             callee.conn.adopt_question(qid)
             deadline = start + callee.limits.call_time
@@ -1209,6 +1212,8 @@ class Router:
             self.count(r.callee, False)
             self.fail(reply, CallError(f"compartment {r.callee.name} is gone"
                                        + (f": {gone}" if gone else ""), "disconnected"))
+        else:                 # neither its caller nor its callee is left: it ends here
+            self._close_call(reply, "failed", "the caller is gone")
 
     def native_tick(self, audit_room: bool = True) -> list:
         """Native calls past their callee's call_time become the router's (expire()

@@ -1240,3 +1240,35 @@ def test_a_natively_forwarded_call_to_a_sealed_object_is_answered_no_capability(
     app.until(lambda: len(app.returns()) == 3)
     assert app.returns()[-1].payload is not None
     assert not s.router._sealed
+
+
+@pytest.mark.parametrize("caller_kind", ["engine", "external client"])
+def test_native_calls_in_flight_when_their_caller_goes_are_audited(sup, caller_kind):
+    """A review of the audit: calls the lane forwarded for a caller that then goes
+    (an engine that died, a client that closed its socket) are handed to Python as
+    orphans and cancelled at their callee, but adopt() opened no audit record for an
+    orphan: the callee got (and may have run) calls the audit never named, while
+    the same calls sent through Python are recorded "the caller is gone"."""
+    external = caller_kind == "external client"
+    s = sup({"calc": CALC, "app": None}, audit=True,
+            **({"external": ("calc",)} if external else {}))
+    calc = Engine(s, "calc", exports=True)
+    app = External(s, "client") if external else Engine(s, "app", [grant("calc", "calc")])
+    app.call()                                          # installs the route
+    app.until(lambda: len(calc.calls()) == 1)
+    calc.send(calc.conn.send_return(calc.calls()[0].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 1)
+    before = s.lane.stats()["calls"]
+    for _ in range(3):
+        app.call()
+    app.until(lambda: len(calc.calls()) == 4)
+    assert s.lane.stats()["calls"] - before == 3         # all three natively
+    app.sock.close()
+    calc.until(lambda: app.pid not in s.router.peers)
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)
+               and e.record.get("method") == "add"]        # (not the client's Gateway.get)
+    assert [(r["caller"], r["outcome"], r.get("reason")) for r in records] == \
+        [(app.name, "returned", None)] + [(app.name, "failed", "the caller is gone")] * 3
+    assert all(r["interface"] == "Calc" for r in records)
+    assert s.router.audit._open == {}                    # nothing left open
