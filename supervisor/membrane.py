@@ -159,5 +159,10 @@ class AuditTrail:
             record["reason"] = bounded(reason, KEPT_REASON_LIMIT)
         return record
 
+    def close_all(self, outcome: str, now: float, reason: str) -> list[dict]:
+        """The records of every call still open, ended with `outcome` and `reason`, in
+        the order the calls arrived."""
+        return [self.close(key, outcome, now, reason) for key in list(self._open)]
+
 
 __all__ = ["AuditTrail", "CallError", "Denial", "Membrane", "Names"]

@@ -194,6 +194,7 @@ class Router:
         self.clock, self.wall = clock, wall
         self.names = Names(names)
         self.audit = AuditTrail(self.names, audit)
+        self.ended = False               # end_audit: the system stops, no call is taken
         self.backlog = backlog or (lambda pid: 0)
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
         self.revocable = frozenset(revocable)
@@ -624,7 +625,9 @@ class Router:
         reply = (peer, ev.answer_id)
         refused = None
         native = peer.conn.native
-        if peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
+        if self.ended:       # the run's audit has ended (end_audit): no call goes unrecorded
+            refused = CallError("the system is stopping", "disconnected")
+        elif peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
                 > peer.limits.in_flight:
             refused = CallError(f"{peer.name} has {peer.limits.in_flight} calls in flight "
                                 f"already (limit in_flight = {peer.limits.in_flight})",
@@ -1239,6 +1242,27 @@ class Router:
         quotas it spent on its way stay spent, whatever its answer."""
         if self._spent:
             self._spent.pop(key, None)
+
+    def end_audit(self, reason: str) -> list:
+        """The system stops: every call not ended yet (waiting for its callee, its
+        answer, its turn; forwarded by the lane and not returned) gets its record
+        now, `failed` with `reason`, and the audit takes no more: the records of
+        calls in flight when the engines were stopped came after `run stopped`,
+        or never (an engine whose loss was not handled yet left its calls open).
+        Call it after native_tick() has taken the lane's finished calls."""
+        self.ended = True                # from now on every call is refused (_on_call)
+        if not self.audit.enabled:
+            return []
+        if self.native is not None:      # the lane's calls in flight become the router's
+            for peer in list(self.peers.values()):
+                if peer.laned:
+                    for rec in self.native.drop_peer(peer.id):
+                        self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec),
+                                      flush=False)
+        for record in self.audit.close_all("failed", self.clock(), reason):
+            self.emit(fx.Audit(record))
+        self.audit.enabled = False
+        return self._flush()
 
     def _host_call(self, cap: Host, call: Call):
         if cap.kind == "gateway":

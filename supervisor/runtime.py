@@ -247,10 +247,13 @@ class _Audit:
         self.room = trio.Event()
         self.room.set()
         self.failed: str | None = None
+        self.ended = False                # `run stopped` was added: nothing comes after it
         self._file = None
         self._flushing = trio.Lock()
 
     def add(self, record: dict):
+        if self.ended:                  # `run stopped` is the run's last record
+            return
         if record.get("time") is None:
             record = {**record, "time": _wall()}
         self.pending.append(record)
@@ -642,8 +645,12 @@ class Supervisor:
             self.zygote.stop()
             self._perform(self.router.native_tick())     # the last natively forwarded calls
             if self.audit is not None:
+                # calls still in flight end here, recorded before `run stopped`, the
+                # run's last record (they came after it, or never)
+                self._perform(self.router.end_audit("the system stopped before it was answered"))
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
+                self.audit.ended = True
                 with trio.move_on_after(5):
                     await self.audit.flush(self._audit_failed)
             if self.output.files is not None:

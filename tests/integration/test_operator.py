@@ -13,7 +13,7 @@ import pytest
 
 from supervisor.output import strip_time
 from tests.conftest import EXAMPLES, ROOT, run_wsuper
-from tests.integration.guests import HERE, program
+from tests.integration.guests import HERE, SPIN_ID, program
 
 SYSTEM = """
 [system]
@@ -140,6 +140,49 @@ def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(runnin
     # who stopped it is in the audit (an outside review: only "run stopped" was)
     events = [x.get("event") for x in map(json.loads, open(tmp / "audit.jsonl"))]
     assert events[-2:] == ["stop requested", "run stopped"]
+
+
+@pytest.mark.parametrize("how", ["wsuper stop", "SIGTERM"])
+def test_calls_in_flight_at_stop_are_audited_before_run_stopped(tmp_path, wsuper, how):
+    """A review of the audit: `run stopped` is the run's last record, yet the calls
+    still in flight when the system stopped were recorded after it (once the
+    engines' loss was handled) or, forwarded by the fast lane, never."""
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 210) (i32.const 4)))
+    (drop (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (drop (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log (i32.const 220) (i32.const 8))
+    (drop (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    """, {"spin": 210, "spinning": 220}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'''[system]
+schemas = ["{HERE}/spin.capnp"]
+logs = "{tmp_path}/logs"
+audit = "{tmp_path}/audit.jsonl"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+call_time = 600
+fuel_per_call = 4_000_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+''')
+    run = wsuper("up", str(path))
+    run.wait_for("[app] spinning")
+    if how == "SIGTERM":
+        run.proc.terminate()
+    else:
+        assert run_wsuper("stop", str(path)).returncode == 0
+    run.finish()
+    records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    assert records[-1]["event"] == "run stopped", records[-3:]
+    calls = sorted((r["method"], r["outcome"]) for r in records if "method" in r)
+    assert calls == [("ping", "returned"), ("ping", "returned"), ("spin", "failed"),
+                     ("write", "returned")], calls
 
 
 def test_events_go_to_stderr_with_times_and_plugin_lines_to_stdout(tmp_path):

@@ -1272,3 +1272,44 @@ def test_native_calls_in_flight_when_their_caller_goes_are_audited(sup, caller_k
         [(app.name, "returned", None)] + [(app.name, "failed", "the caller is gone")] * 3
     assert all(r["interface"] == "Calc" for r in records)
     assert s.router.audit._open == {}                    # nothing left open
+
+
+def test_calls_in_flight_when_the_system_stops_are_audited_before_it_ends(sup):
+    """A review of the audit: at stop, the calls still in flight (through Python or
+    forwarded natively) had their records written after `run stopped`, once the
+    engines' loss was handled, or never.  end_audit() ends every one, failed, and
+    the audit takes nothing after it: a late answer makes no record."""
+    s = sup({"calc": CALC, "app": None}, audit=True, audit_capacity=2)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app.call()                                          # installs the route
+    app.until(lambda: len(calc.calls()) == 1)
+    calc.send(calc.conn.send_return(calc.calls()[0].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 1)
+    calc.inbox.clear()
+    s.perform(s.router.native_tick())
+    s.other.clear()
+    before = s.lane.stats()["calls"]
+    for _ in range(4):
+        app.call()
+    app.until(lambda: len(calc.calls()) == 4)
+    assert s.lane.stats()["calls"] - before == 2        # two natively, two through Python
+    s.perform(s.router.native_tick())
+    assert [e for e in s.other if isinstance(e, fx.Audit)] == []
+    s.perform(s.router.end_audit("the system stopped before it was answered"))
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [(r["caller"], r["method"], r["outcome"], r["reason"]) for r in records] == \
+        [("app", "add", "failed", "the system stopped before it was answered")] * 4
+    s.other.clear()
+    for c in calc.calls():                                # too late to be recorded
+        calc.send(calc.conn.send_return(c.answer_id, no_finish=True))
+    s.pump(0.1)
+    s.perform(s.router.native_tick())
+    assert [e for e in s.other if isinstance(e, fx.Audit)] == []
+    calc.inbox.clear()
+    qid = app.call()                                      # a new call: refused, not run
+    app.until(lambda: any(r.question_id == qid for r in app.returns()))
+    refused = next(r for r in app.returns() if r.question_id == qid)
+    assert "the system is stopping" in refused.error and not calc.calls()
+    s.perform(s.router.native_tick())
+    assert [e for e in s.other if isinstance(e, fx.Audit)] == []
