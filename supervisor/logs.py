@@ -6,6 +6,7 @@ running system: the files stay after it stops.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import os
 import time
@@ -48,26 +49,22 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     if not os.path.isdir(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
     if not follow:
-        yield from heapq.merge(*(_shown(n, _read(_files(folder, n)), compartment)
-                                 for n in names), key=_time)
+        yield from _merged({n: _read(_files(folder, n)) for n in names}, compartment)
         return
     # with `follow`, each current file is opened first and then read through that
     # descriptor, before and after: what is written while the files are first read
     # is shown by the following, and a rotation at any time loses nothing
     followed = {n: _Followed(folder, n) for n in names}
     try:
-        streams = []
+        first = {}
         for n in names:
             f = followed[n]
             older = _read(f.older())
-            streams.append(_shown(n, older + _lines(f.rest()), compartment))
-        yield from heapq.merge(*streams, key=_time)
+            first[n] = older + _lines(f.rest())
+        yield from _merged(first, compartment)
         while True:
             time.sleep(0.2)
-            fresh = []
-            for n in names:
-                fresh += _shown(n, followed[n].new_lines(), compartment)
-            yield from sorted(fresh, key=_time)
+            yield from _merged({n: followed[n].new_lines() for n in names}, compartment)
     finally:
         for f in followed.values():
             f.close()
@@ -176,14 +173,69 @@ def _lines(data: bytes) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()
 
 
-def _shown(name: str, lines: list[str], compartment: str | None) -> list[str]:
-    """One file's lines as shown: a compartment's own file as it is (its plugin's
-    lines marked `[NAME]`, the supervisor's events about it `wsuper:`); in the
-    merged view only its plugin lines, since supervisor.log has every event."""
-    if compartment is not None or name == output.SUPERVISOR:
-        return lines
-    mark = f"[{name}] "
-    return [line for line in lines if line.partition(" ")[2].startswith(mark)]
+def _merged(read: dict[str, list[str]], compartment: str | None):
+    """The files' lines as shown (`read`: name -> its lines, in file order), in time
+    order.  One compartment's file as it is (its plugin's lines marked `[NAME]`,
+    the supervisor's events about it `wsuper:`).  The merged view shows each line
+    once: every event from supervisor.log, in its order, and each compartment's
+    plugin lines by time among them; an event about a compartment, which its own
+    file has too, never before the lines that file has before it.  Merged by the
+    millisecond alone, with events first on a tie, `finished app exit=0` was
+    shown before the last lines app wrote in that millisecond."""
+    if compartment is not None:
+        yield from heapq.merge(*read.values(), key=_time)
+        return
+    events = read.get(output.SUPERVISOR, [])
+    left = collections.Counter(events)
+    queues: list[collections.deque] = []      # per compartment: (is an event, line)
+    holders: dict[str, collections.deque] = {}   # event -> the queues that hold it (indices)
+    for name, lines in read.items():
+        if name == output.SUPERVISOR:
+            continue
+        mark, q = f"[{name}] ", collections.deque()
+        for line in lines:
+            if line.partition(" ")[2].startswith(mark):
+                q.append((False, line))
+            elif left[line] > 0:      # an event about it (its own copy of a lost-lines
+                left[line] -= 1       # note, or one rotated out of supervisor.log: not)
+                q.append((True, line))
+                holders.setdefault(line, collections.deque()).append(len(queues))
+        queues.append(q)
+    heads = []                # (time, which queue, its serial) of queues whose head is a line
+    serial = [0] * len(queues)    # an entry of an older serial is stale (skipped)
+
+    def push(i):
+        q = queues[i]
+        if q and not q[0][0]:
+            heapq.heappush(heads, (_time(q[0][1]), i, serial[i]))
+
+    def pop(i) -> str:
+        line = queues[i].popleft()[1]
+        push(i)
+        return line
+    for i in range(len(queues)):
+        push(i)
+    for event in events:
+        t = _time(event)
+        while heads and heads[0][0] < t:           # plugin lines that came before it
+            _t, i, n = heapq.heappop(heads)
+            if n == serial[i]:
+                yield pop(i)
+        held = holders.get(event)
+        if held:
+            i = held.popleft()
+            q = queues[i]
+            serial[i] += 1
+            while q and q[0] != (True, event) and not q[0][0]:
+                yield q.popleft()[1]                # its lines before it, whatever their time
+            try:
+                q.remove((True, event))
+            except ValueError:
+                pass
+            push(i)
+        yield event
+    rest = [[line for is_event, line in q if not is_event] for q in queues]
+    yield from heapq.merge(*rest, key=_time)
 
 
 def _time(line: str) -> str:

@@ -136,3 +136,76 @@ def test_a_log_made_and_rotated_between_two_looks_is_followed_not_lost(tmp_path,
     log.write_text("2026-12-03T10:00:02.000Z [app] line 2\n")
     assert [next(lines), next(lines)] == ["2026-12-03T10:00:01.000Z [app] line 1",
                                           "2026-12-03T10:00:02.000Z [app] line 2"]
+
+
+def test_the_merged_view_shows_a_compartments_events_among_its_lines_in_the_order_they_came(
+        tmp_path, monkeypatch):
+    """A review of `wsuper logs`: the merged view took every event from
+    supervisor.log and merged by the millisecond, events first on a tie, so that
+    `finished app exit=0` came before the last lines app wrote in that millisecond.
+    Each event about a compartment is now taken where that compartment's file has
+    it, among its lines, and every line is still shown once (with -f too)."""
+    monkeypatch.setattr(logs.time, "sleep", lambda _s: None)
+    t0, t1 = "2026-12-03T10:00:00.000Z", "2026-12-03T10:00:01.000Z"
+    (tmp_path / "supervisor.log").write_text(
+        f"{t0} wsuper: ready app pid=1\n{t0} wsuper: ready calc pid=2\n"
+        f"{t1} wsuper: finished app exit=0\n{t1} wsuper: stopping (wsuper stop)\n")
+    (tmp_path / "app.log").write_text(
+        f"{t0} wsuper: ready app pid=1\n{t0} [app] one\n{t1} [app] two\n{t1} [app] three\n"
+        f"{t1} wsuper: finished app exit=0\n{t1} [app] four\n"
+        f"{t1} wsuper: 2 lines were not written to the log files (the disk did not keep up)\n")
+    (tmp_path / "calc.log").write_text(f"{t1} [calc] five\n")   # its "ready": rotated away
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": 0, "calc": 0},
+                                   path=str(tmp_path))
+    expected = [f"{t0} wsuper: ready app pid=1", f"{t0} wsuper: ready calc pid=2",
+                f"{t0} [app] one", f"{t1} [app] two", f"{t1} [app] three",
+                f"{t1} wsuper: finished app exit=0", f"{t1} wsuper: stopping (wsuper stop)",
+                f"{t1} [app] four", f"{t1} [calc] five"]
+    shown = list(logs.lines(system))
+    assert shown == expected, shown
+    followed = logs.lines(system, follow=True)
+    assert [next(followed) for _ in expected] == expected
+    with open(tmp_path / "supervisor.log", "a") as f:
+        f.write(f"{t1} wsuper: ready app pid=3\n")
+    with open(tmp_path / "app.log", "a") as f:
+        f.write(f"{t1} [app] six\n{t1} wsuper: ready app pid=3\n{t1} [app] seven\n")
+    assert [next(followed) for _ in range(3)] == \
+        [f"{t1} [app] six", f"{t1} wsuper: ready app pid=3", f"{t1} [app] seven"]
+    followed.close()
+
+
+def test_the_merged_view_keeps_every_files_order_and_shows_each_line_once(tmp_path):
+    """The same on random runs: whatever lines share a millisecond, the merged view
+    shows each line once, supervisor.log's events in their order, and each
+    compartment's lines and events about it in the order its file has them."""
+    import random
+    rnd = random.Random(77)
+    for run in range(40):
+        folder = tmp_path / str(run)
+        folder.mkdir()
+        names = ["app", "calc", "db"][:rnd.randint(1, 3)]
+        files = {n: [] for n in ["supervisor", *names]}
+        ms, seen = 0, 0
+        for _ in range(rnd.randint(1, 60)):
+            ms += rnd.choice((0, 0, 0, 1))
+            t = f"2026-12-03T10:00:{ms // 1000:02d}.{ms % 1000:03d}Z"
+            seen += 1
+            who = rnd.choice([None, *names])
+            if rnd.random() < 0.4:                      # an event, about who (or no one)
+                line = f"{t} wsuper: event {seen}" + (f" about {who}" if who else "")
+                files["supervisor"].append(line)
+                if who:
+                    files[who].append(line)
+            elif who:
+                files[who].append(f"{t} [{who}] line {seen}")
+        for n, lines in files.items():
+            (folder / f"{n}.log").write_text("".join(l + "\n" for l in lines))
+        system = types.SimpleNamespace(logs=str(folder), compartments=dict.fromkeys(names),
+                                       path=str(folder))
+        shown = list(logs.lines(system))
+        plugin = [l for n in names for l in files[n] if f"[{n}]" in l]
+        assert sorted(shown) == sorted(files["supervisor"] + plugin)
+        assert [l for l in shown if " wsuper: " in l] == files["supervisor"]
+        for n in names:
+            assert [l for l in shown if l in set(files[n])] == files[n], (run, n)
+        assert [logs._time(l) for l in shown] == sorted(logs._time(l) for l in shown)
