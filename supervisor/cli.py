@@ -9,6 +9,15 @@ from . import __version__
 
 def main(argv=None) -> int:
     """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    # every command prints a guest's text (escaped, but printable characters of any
+    # script stay as they are): a terminal or pipe that is not UTF-8 gets escapes
+    # (\xe9), as `up`'s output does (output.Output); `wsuper logs` ended in a
+    # UnicodeEncodeError traceback at a plugin's first "é", the rest unshown
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     zygote = None
     if (sys.argv[1:] if argv is None else argv)[:1] == ["up"]:
         # first thing: the zygote's start-up (~150-250 ms) overlaps all of ours,

@@ -275,6 +275,34 @@ def test_a_plugin_cannot_pass_for_the_supervisor_in_the_logs(tmp_path, wsuper):
         assert shown.count("wsuper: finished app exit=0") == 1, shown
 
 
+@pytest.mark.parametrize("args, code, said", [
+    ((), 0, "[app] H\\xe9 \\u65e5\\u672c"),                     # a plugin's text, on stdout
+    (("\u00e9t\u00e9",), 2, "has no compartment '\\xe9t\\xe9'"),   # an error, on stderr
+])
+def test_commands_on_an_output_that_is_not_utf8_show_escapes_not_a_traceback(tmp_path, args,
+                                                                            code, said):
+    """A review of the operator's commands: `wsuper up` escapes what a terminal that is
+    not UTF-8 cannot show, but `wsuper logs` (and every other command) ended in a
+    UnicodeEncodeError traceback at the first such character of a plugin's line,
+    the lines after it never shown."""
+    text = "H\u00e9 \u65e5\u672c".encode()
+    (tmp_path / "app.wat").write_text(program(
+        f"(call $log (i32.const 300) (i32.const {len(text)}))",
+        {"".join(f"\\{b:02x}" for b in text): 300}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nlogs = "{tmp_path}/logs"\n[compartments.app]\n'
+                    f'module = "app.wat"\n[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    assert run_wsuper("up", str(path)).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "logs", str(path), *args],
+                       cwd=ROOT, capture_output=True, env={**os.environ,
+                                                          "PYTHONIOENCODING": "ascii"})
+    out, err = r.stdout.decode("ascii"), r.stderr.decode("ascii")
+    assert r.returncode == code and "Traceback" not in err, err
+    assert said in (out if code == 0 else err), (out, err)
+    if code == 0:
+        assert out.splitlines()[-1].endswith("wsuper: finished app exit=0"), out
+
+
 @pytest.mark.parametrize("key", ["logs", "audit"])
 def test_log_and_audit_files_are_never_written_through_a_shared_directory(tmp_path, key):
     shared = tmp_path / "shared"
