@@ -338,11 +338,40 @@ class StderrLines:
                 self.hidden += 1
                 out.append((text, False))
                 continue
-            if self.hidden:
-                out.append((f"({self.hidden} lines not shown: more than {self.rate.rate:g} "
-                            f"a second, limit log_rate)", True))
-                self.hidden = 0
+            out += self._said()
             out.append((text, True))
+
+    def finish(self, now: float) -> list[tuple[str, bool]]:
+        """The stream ended (the engine exited): how many lines the rate held back,
+        which no later line will say, then its last line if no newline ended it
+        (shown whatever the rate: one a stream, and last, where the reason of the
+        engine's end is taken from).  Both were lost without a word: an engine's
+        last words without a newline, and the count of a flood before it died."""
+        out = self._said()
+        if self.buf:
+            text, self.buf = self.buf.decode("utf-8", "replace"), b""
+            self.rate.take(now)
+            out.append((text, True))
+        return out
+
+    @staticmethod
+    def is_note(text: str) -> bool:
+        """Whether a line `feed` or `finish` gave is its own count of lines held back
+        (not the engine's: no reason of its end is taken from it)."""
+        return type(text) is _Note
+
+    def _said(self) -> list[tuple[str, bool]]:
+        if not self.hidden:
+            return []
+        note = (_Note(f"({self.hidden} lines not shown: more than {self.rate.rate:g} "
+                      f"a second, limit log_rate)"), True)
+        self.hidden = 0
+        return [note]
+
+
+class _Note(str):
+    """StderrLines' count of the lines it held back (a str)."""
+    __slots__ = ()
 
 
 #: Errors writing the log files that pass: no descriptor free, in the supervisor

@@ -1264,11 +1264,16 @@ class Supervisor:
                     chunk = await proc.stderr.receive_some(1 << 14)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     chunk = b""
-                if not chunk:
+                if not chunk:            # what was held back, its last line (no newline)
+                    for text, shown in lines.finish(trio.current_time()):
+                        if not lines.is_note(text):
+                            tail.append(printable(text))
+                        self.output.plugin(name, text, "stderr")
                     done.set()
                     break
                 for text, shown in lines.feed(chunk, trio.current_time()):
-                    tail.append(printable(text))
+                    if not lines.is_note(text):      # its own lines: why it ended
+                        tail.append(printable(text))
                     if shown:
                         self.output.plugin(name, text, "stderr")
                 if lines.over:                 # read on only when the rate allows

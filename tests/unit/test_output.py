@@ -519,3 +519,24 @@ print(repr(told))
     written = (tmp_path / "app.log").read_text()
     assert len(written) < 10 * 32               # the limit held it back
     assert "File too large" in r.stdout, r.stdout      # said, not lost unseen
+
+
+def test_stderr_that_ends_says_its_last_line_without_a_newline_and_what_the_rate_held_back():
+    """A review of the operator's output: at the end of an engine's stderr, a last
+    line that no newline ended was never shown (nor kept for the reason of its
+    death), and the count of lines the rate held back, said only with a later
+    line shown, was never said."""
+    lines = StderrLines(rate=1000, now=0.0)
+    lines.feed(b"one\nfatal: no newline", 0.0)
+    assert lines.finish(0.0) == [("fatal: no newline", True)]
+    assert lines.finish(0.0) == []                            # said once
+    for last in (b"last", b""):       # the last line is last (the reason is taken from it)
+        flooded = StderrLines(rate=2, now=0.0)
+        flooded.feed(b"".join(b"line %d\n" % i for i in range(5)) + last, 0.0)
+        assert flooded.finish(0.0) == [
+            ("(3 lines not shown: more than 2 a second, limit log_rate)", True)] + \
+            ([("last", True)] if last else [])
+        assert flooded.finish(0.0) == []
+    said = StderrLines(rate=1, now=0.0)
+    got = said.feed(b"a\nb\n", 0.0) + said.feed(b"c\n", 5.0) + said.finish(5.0)
+    assert [t for t, _ in got if not said.is_note(t)] == ["a", "b", "c"]   # the engine's
