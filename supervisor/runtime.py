@@ -50,6 +50,7 @@ CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external conne
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
+AUDIT_LAST_WRITE = 5.0      # seconds the last audit write may take at stop
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
 #: Host file descriptors each compartment keeps for itself, whatever the others
@@ -278,6 +279,11 @@ class _Audit:
                 return
             try:
                 await trio.to_thread.run_sync(self._write, batch)
+            except trio.Cancelled:
+                # the stop's deadline came before the write began: kept, so that
+                # unwritten() counts them (they were gone without a word)
+                self.pending[:0] = batch
+                raise
             except endpoint.EndpointError as e:   # the file found there after a rotation
                 self.failed = str(e)
                 on_error(self.failed)
@@ -285,6 +291,10 @@ class _Audit:
                 self.failed = f"{self.path}: {e.strerror or e}"
                 on_error(self.failed)
             self.room.set()
+
+    def unwritten(self) -> int:
+        """Records added and not written (nor being written)."""
+        return len(self.pending)
 
     def open(self):
         """Open the file now, before anything runs: never through a link, and a
@@ -651,8 +661,17 @@ class Supervisor:
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
                 self.audit.ended = True
-                with trio.move_on_after(5):
+                with trio.move_on_after(AUDIT_LAST_WRITE):
                     await self.audit.flush(self._audit_failed)
+                left = self.audit.unwritten()
+                if left and not self.audit.failed:
+                    # a disk that held the last write past the deadline lost the run's
+                    # last records, `run stopped` among them, and nobody was told
+                    self.say(f"error: the audit file {self.audit.path}: its last {left} "
+                             f"record{'s' * (left != 1)} (`run stopped` among them) were "
+                             f"not written: a write to it did not end within "
+                             f"{AUDIT_LAST_WRITE:g} s at stop")
+                    self._exit_code = self._exit_code or 1
             if self.output.files is not None:
                 with trio.move_on_after(5):
                     await self.output.files.flush_last()

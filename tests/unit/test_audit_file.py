@@ -59,3 +59,47 @@ def test_an_audit_without_a_size_bound_is_never_rotated(tmp_path):
         audit._write([{"event": "call", "pad": "x" * 1000, "time": 0.0}] * 200)
     audit.close()
     assert os.listdir(tmp_path) == ["audit.jsonl"] and path.stat().st_size > 2 << 20
+
+
+@pytest.mark.parametrize("cut", ["waiting for the write under way", "a deadline already past"])
+def test_records_a_last_flush_cut_short_leaves_are_counted_not_lost_without_a_word(tmp_path,
+                                                                                   cut):
+    """A review of the audit at stop: the last flush has a deadline; a disk that held
+    the write under way past it (or a deadline already past) lost the
+    records left, `run stopped` among them, and nobody was told.  They stay counted
+    (unwritten()), which the stop says (runtime: "were not written")."""
+    import threading
+
+    import trio
+    path = tmp_path / "audit.jsonl"
+    audit = runtime._Audit(str(path), "run")
+    audit.open()
+    gate, writing = threading.Event(), threading.Event()
+    real = audit._write
+
+    def slow(batch):
+        writing.set()
+        gate.wait(10)
+        real(batch)
+    audit._write = slow
+    errors = []
+
+    async def main():
+        async with trio.open_nursery() as n:
+            if cut == "waiting for the write under way":
+                n.start_soon(audit.writer, errors.append)
+                audit.add({"time": 0.0, "event": "call"})
+                await trio.to_thread.run_sync(writing.wait)
+            audit.add({"time": 0.0, "event": "run stopped"})
+            with trio.CancelScope() as scope:
+                if cut == "a deadline already past":
+                    scope.cancel()
+                else:
+                    scope.deadline = trio.current_time() + 0.2
+                await audit.flush(errors.append)
+            assert scope.cancelled_caught
+            assert audit.unwritten() == 1 and not errors
+            gate.set()
+            n.cancel_scope.cancel()
+    trio.run(main)
+    audit.close()
