@@ -22,11 +22,34 @@ def log_dir(system) -> str:
     return system.logs or output.default_log_dir(endpoint.system_id(system.path))
 
 
-def _files(folder: str, name: str) -> list[str]:
-    """A log's files, oldest first (rotated ones, then the current one)."""
+def _read_log(folder: str, name: str) -> list[str]:
+    """A log's lines, its rotated files' then its current one's, as they were at one
+    moment.  Each is opened, newest first, before any is read: read oldest first,
+    name after name, a rotation between two reads (NAME.log -> NAME.log.1) had the
+    file that had been current read under neither name, and its lines, up to a
+    whole file of them, were not shown.  Opened newest first, a rotation meanwhile
+    only shows a file again under its next name, which is skipped (its inode)."""
     base = os.path.join(folder, name + ".log")
-    rotated = [f"{base}.{i}" for i in range(output.LOG_FILE_KEEP, 0, -1)]
-    return [p for p in (*rotated, base) if os.path.exists(p)]
+    opened, seen = [], set()
+    try:
+        for p in (base, *(f"{base}.{i}" for i in range(1, output.LOG_FILE_KEEP + 1))):
+            try:
+                f = open(p, "rb")
+            except FileNotFoundError:
+                continue
+            ino = os.fstat(f.fileno()).st_ino
+            if ino in seen:
+                f.close()
+                continue
+            seen.add(ino)
+            opened.append(f)
+        out = []
+        for f in reversed(opened):
+            out += _lines(f.read())
+        return out
+    finally:
+        for f in opened:
+            f.close()
 
 
 def _read(paths) -> list[str]:
@@ -49,7 +72,7 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     if not os.path.isdir(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
     if not follow:
-        yield from _merged({n: _read(_files(folder, n)) for n in names}, compartment)
+        yield from _merged({n: _read_log(folder, n) for n in names}, compartment)
         return
     # with `follow`, each current file is opened first and then read through that
     # descriptor, before and after: what is written while the files are first read

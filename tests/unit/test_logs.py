@@ -1,6 +1,9 @@
 """`wsuper logs -f` (supervisor/logs.py) on real files: a line written while the
 files are first read is shown by the following, once, never lost between the two."""
+import os
 import types
+
+import pytest
 
 from supervisor import logs
 
@@ -209,3 +212,40 @@ def test_the_merged_view_keeps_every_files_order_and_shows_each_line_once(tmp_pa
         for n in names:
             assert [l for l in shown if l in set(files[n])] == files[n], (run, n)
         assert [logs._time(l) for l in shown] == sorted(logs._time(l) for l in shown)
+
+
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_a_rotation_while_the_logs_are_read_loses_no_file(tmp_path, monkeypatch, after):
+    """A review of `wsuper logs`: the files were read oldest first, name after name,
+    so a rotation between two reads (app.log -> app.log.1, a new app.log) had the
+    file that was current read under neither name: its lines were not shown, and
+    nothing said so.  A rotation at any moment of the reading shows every line
+    of the files as they were, once, in order."""
+    t = "2026-12-03T10:00:00.000Z"
+    (tmp_path / "app.log.2").write_text(f"{t} [app] a\n")
+    (tmp_path / "app.log.1").write_text(f"{t} [app] b\n")
+    (tmp_path / "app.log").write_text(f"{t} [app] c\n")
+    (tmp_path / "supervisor.log").write_text("")
+    opened = []
+    real_open = open
+
+    def rotating_open(path, *args, **kw):
+        f = real_open(path, *args, **kw)
+        if str(path).startswith(str(tmp_path / "app.log")):
+            opened.append(path)
+            if len(opened) == after:        # the system rotates right then
+                _rotate(tmp_path / "app.log")
+                (tmp_path / "app.log").write_text(f"{t} [app] d\n")
+        return f
+    monkeypatch.setattr(logs, "open", rotating_open, raising=False)
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": 0},
+                                   path=str(tmp_path))
+    for compartment in (None, "app"):
+        opened.clear()
+        for p in ("app.log", "app.log.1", "app.log.2", "app.log.3"):
+            if (tmp_path / p).exists():
+                os.unlink(tmp_path / p)
+        for p, x in (("app.log.2", "a"), ("app.log.1", "b"), ("app.log", "c")):
+            (tmp_path / p).write_text(f"{t} [app] {x}\n")
+        shown = [line.rpartition(" ")[2] for line in logs.lines(system, compartment)]
+        assert shown in (["a", "b", "c"], ["a", "b", "c", "d"]), (after, shown)
