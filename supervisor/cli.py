@@ -44,6 +44,11 @@ def main(argv=None) -> int:
             zygote.discard()         # never used (a refused system): it goes
 
 
+#: seconds `wsuper stop` waits for the system to be gone (its own stop takes at most
+#: its engines' grace and the last writes of the audit and the log files, 5 s each)
+STOP_WAIT = 30.0
+
+
 def seconds_arg(most: float):
     """An argparse type: a number of seconds, more than 0 and at most `most` (not nan,
     not inf); anything else is a usage error naming the bound."""
@@ -427,15 +432,17 @@ def _admin(args) -> int:
         _error(f"{answer.get('error', 'refused')}")
         return 1
     if args.command == "stop":
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STOP_WAIT
         while time.monotonic() < deadline:
             if not endpoint.is_running(args.system):
                 print(f"wsuper: stopped {args.system}")
                 return 0
             time.sleep(0.05)
-        print(f"wsuper: asked {args.system} to stop (pid {answer.get('pid')}); it has not "
-              f"stopped yet")
-        return 0
+        # not "stopped": a script that goes on (`wsuper stop S && wsuper up S`) would
+        # find it still running; said as an error, exit 1
+        _error(f"asked {args.system} to stop (pid {answer.get('pid')}); it has not "
+               f"stopped within {STOP_WAIT:g} s")
+        return 1
     status = answer["status"]
     if args.json:
         print(json.dumps(status, indent=2))
