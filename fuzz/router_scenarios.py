@@ -374,6 +374,14 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         for key in router._spent:          # a quota spent by a call that neither reached
             if key not in router._waiting:  # its callee nor waits: a reused id refunds it
                 raise Violation(f"_spent holds a call of {key[0].name} that does not wait")
+        held = {}                          # each membrane's count of calls holding
+        for ms in router._spent.values():  # its quotas is exactly the calls that do
+            for m in ms:
+                held[m] = held.get(m, 0) + 1
+        for label, m in router.membranes.items():
+            if m.held != held.get(m, 0):
+                raise Violation(f"{label} counts {m.held} calls holding its quotas, "
+                                f"{held.get(m, 0)} do")
         for key, w in router._waiting.items():
             if not key[0].alive:
                 raise Violation(f"call of gone {key[0].name} still waiting")

@@ -61,6 +61,10 @@ class Membrane:
         self.rate: TokenBucket | None = None
         self.wrappers: dict[int, Wrapped] = {}   # id(target) -> its wrapper here
         self.inflight: set = set()               # reply keys of calls through it
+        # calls that spent its quotas and have not reached their callee yet (they wait
+        # for a start, a promise): each keeps what it spent (kept) or gets it back
+        # (refund), so until they are done a grant at max_uses is not used up for good
+        self.held = 0
         # Every grant's membrane has a reverse: what the holder passes through the
         # grant (in params) is wrapped by it, so that calls back on it are known to
         # cross the grant, and what the other side hands the holder in *their*
@@ -111,22 +115,36 @@ class Membrane:
         if self.expires_at is not None and now >= self.expires_at:
             raise Denial(f"{cap.label} has expired (expires_after)", "failed")
         if self.uses_left is not None and self.uses_left <= 0:
+            if self.held:
+                # a use may come back (refund): E_DENIED would be a refusal for good
+                raise Denial(f"{cap.label} is used up for now: {self.held} calls that "
+                             f"spent its uses have not reached their callee yet, and "
+                             f"give them back if they never do (max_uses); try again",
+                             "overloaded")
             raise Denial(f"{cap.label} is used up (max_uses)", "failed")
         if self.rate is not None and not self.rate.take(now):
             raise Denial(f"{cap.label}: more than {self.rate.rate:g} calls per second "
                          f"(calls_per_second)", "overloaded")
         if self.uses_left is not None:
             self.uses_left -= 1
+        if self.uses_left is not None or self.rate is not None:
+            self.held += 1        # until the router says it reached its callee, or not
 
     @property
     def counts(self) -> bool:
         """Whether a call through it spends a quota (max_uses, calls_per_second)."""
         return self.uses_left is not None or self.rate is not None
 
+    def kept(self):
+        """A call admit() let pass (and that spent its quotas) reached its callee:
+        what it spent stays spent."""
+        self.held -= 1
+
     def refund(self):
         """A call admit() let pass never reached its callee (refused further on, by
         another membrane or the router, or failed while it waited): what it spent
         comes back.  Only a call that reaches its callee spends a use."""
+        self.held -= 1
         if self.uses_left is not None:
             self.uses_left += 1
         if self.rate is not None:

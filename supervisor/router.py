@@ -1241,7 +1241,8 @@ class Router:
         """The call `key` reached its callee (forwarded, or run by the host layer): the
         quotas it spent on its way stay spent, whatever its answer."""
         if self._spent:
-            self._spent.pop(key, None)
+            for m in self._spent.pop(key, ()):
+                m.kept()
 
     def end_audit(self, reason: str) -> list:
         """The system stops: every call not ended yet (waiting for its callee, its

@@ -545,6 +545,46 @@ def test_a_call_that_never_reached_a_starting_compartment_spends_no_use():
     app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
     assert "app.calc is used up (max_uses)" in app.inbox.pop().error
 
+
+@pytest.mark.parametrize("then", ["timed out", "reached"])
+def test_a_grant_whose_last_use_a_waiting_call_holds_is_not_said_used_up_for_good(then):
+    """max_uses = 1, and app's one use is spent by a call that waits for calc to
+    start: a second call was refused E_DENIED "app.calc is used up (max_uses)", a
+    refusal for good (docs/guest-abi.md), yet the use came back when the waiting call
+    timed out, and a third call went through.  While a call that may give a use
+    back holds it, a call past the quota is refused for now (E_OVERLOADED, try
+    again); once no use can come back, used up is for good."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0],
+                      limits={"calc": R.Limits(call_time=2.0)})
+    app = start(router, "app", [grant("calc", "calc", max_uses=1)])
+    calc, starting = start(router, "calc", exports=True, later=True)
+    h = app.grants[0].import_id
+    app.send(app.conn.send_call(h, CALC, 0)[1])                    # holds the one use
+    for _ in range(3):
+        app.send(app.conn.send_call(h, CALC, 0)[1])
+        held = app.inbox.pop()
+        assert held.error_type == "overloaded", held.error
+        assert not held.error.startswith("denied: ") and "app.calc" in held.error \
+            and "max_uses" in held.error and "try again" in held.error, held.error
+    if then == "timed out":
+        now[0] = 2.5
+        app.deliver(router.expire())
+        assert "did not start within" in app.inbox.pop().error
+        calc.deliver(starting)
+        app.send(app.conn.send_call(h, CALC, 0)[1])               # the use came back
+        calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+        assert app.inbox.pop().error is None
+    else:
+        calc.deliver(starting)
+        calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+        assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(h, CALC, 0)[1])
+    used_up = app.inbox.pop()
+    assert used_up.error_type == "failed" and \
+        used_up.error == "denied: app.calc is used up (max_uses)", used_up.error
+    assert calc.inbox == [] and not router._spent
+
 INJECTION_POINTS = [
     ("supervisor.router.Router._on_call", "a call"),
     ("supervisor.router.Router._deliver", "a call"),
