@@ -1772,6 +1772,13 @@ class Router:
             self.sweep(call.caps)
         for key in [k for k in self._host_of if k[0] is peer]:   # its host calls: not run
             self._close_call(key, "failed", "the caller is gone")
+        # its calls still on the books with neither a callee nor a wait: ones a fault
+        # cut off while they were delivered (_guarded), after a membrane admitted
+        # them and before they reached a callee: what they spent comes back, and no
+        # membrane counts them in flight
+        for key in [k for k in (*self._spent, *self._through) if k[0] is peer]:
+            if key in self._spent or key in self._through:
+                self._close_call(key, "failed", "the caller is gone")
         for _key, handler in pending:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)

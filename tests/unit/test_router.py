@@ -634,6 +634,44 @@ def test_any_exception_while_handling_a_peer_cuts_off_that_peer_only(monkeypatch
     assert app.inbox[-1].error is None
 
 
+@pytest.mark.parametrize("where", ["call_peer", "_wait", "_check_size"])
+def test_a_fault_while_a_call_through_a_quota_is_delivered_gives_its_use_back(monkeypatch,
+                                                                              where):
+    """A fault (any exception) while the router delivered app's call through its grant
+    with max_uses = 1, after the grant spent the use and before the call reached calc:
+    app was cut off, as any fault in its input cuts it off, but the call stayed on
+    the router's books (_spent, _through, the membrane's calls in flight): the use
+    never came back, and app, restarted, was told its grant was used up "for now"
+    for ever.  What a lost peer's calls hold on their way is given back."""
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES)
+    calc, starting = start(router, "calc", exports=True, later=True)
+    if where != "_wait":
+        calc.deliver(starting)                      # (_wait: calc is still starting)
+    app = start(router, "app", [grant("calc", "calc", max_uses=1, revocable=True)])
+    real = getattr(R.Router, where)
+    armed = [True]
+
+    def fault(self, *args, **kw):
+        if armed[0] and (where != "call_peer" or isinstance(args[-1], R.control.Forward)):
+            armed[0] = False
+            raise RuntimeError("boom")
+        return real(self, *args, **kw)
+    monkeypatch.setattr(R.Router, where, fault)
+    effects = router.receive(app.pid, app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert not armed[0] and [e.peer for e in effects if isinstance(e, fx.Close)] == [app.pid]
+    monkeypatch.undo()
+    assert not router._spent and not router._through and calc.inbox == []
+    assert not router.membranes["app.calc"].inflight
+    if where == "_wait":
+        calc.deliver(starting)
+    app = start(router, "app", [grant("calc", "calc", max_uses=1, revocable=True)])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    calc.send(calc.conn.send_return(calc.inbox.pop().answer_id))
+    assert app.inbox.pop().error is None
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert app.inbox.pop().error == "denied: app.calc is used up (max_uses)"
+
+
 def _raiser(exc):
     def raise_it(*_args, **_kw):
         raise exc
