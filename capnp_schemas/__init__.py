@@ -65,9 +65,14 @@ MAX_SCHEMA_FILES = 1000
 
 # `import "x"` and `embed "x"`, outside comments; a string is "..." with \ escapes
 # (a string never closed ends at the end of its line: no scan is tried again
-# from the next character, which was quadratic)
+# from the next character, which was quadratic).  Between the keyword and its
+# string the parser takes what it takes between any two tokens, comments
+# included (`import # why\n "x"`): a scan that took only spaces there missed
+# that file, which was then neither checked (a FIFO hung the parse) nor kept out
+# of writable grants.  Possessive (*+), so that a comment is never cut short
+# to find a string inside it.
 _REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)'
-                        r'|\b(import|embed)\s*"((?:[^"\\\n]|\\.)*)"')
+                        r'|\b(import|embed)(?:\s++|#[^\n]*+)*+"((?:[^"\\\n]|\\.)*)"')
 
 
 def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None]]:

@@ -232,3 +232,30 @@ def test_a_schema_with_strings_never_closed_is_scanned_once(tmp_path):
     _schema(tmp_path / "x.capnp", "#\n" + '"\\' * 100_000, 0xd0a1b2c3d4e5f605)
     assert capnp_schemas.closure(str(tmp_path / "x.capnp")) == \
         [(str(tmp_path / "x.capnp"), None, None)]
+
+
+@pytest.mark.parametrize("between", [" # why\n  ", "\n# one\n#two \"x\"\n", "#\n", "\t\r\n\f"])
+@pytest.mark.parametrize("how", ["import", "embed"])
+def test_a_comment_between_import_and_its_file_hides_no_file(tmp_path, how, between):
+    """The parser takes comments between `import` (or `embed`) and its file name as it
+    takes them between any two tokens; the scan took only spaces there, and missed
+    the file: a FIFO so named hung the parse (60 s), and the file was kept out of no
+    writable grant.  A string inside such a comment is no file name."""
+    os.mkfifo(tmp_path / "t")
+    (tmp_path / "fake").write_text("")
+    use = "const x :Data = " if how == "embed" else "using T = "
+    _schema(tmp_path / "a.capnp", f'\n{use}{how}{between}"t";\n', 0xd0a1b2c3d4e5f606)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "a.capnp"), 3)
+    assert e.value.reason.startswith(f"{how}s {tmp_path / 't'}, which is a FIFO")
+
+
+def test_a_string_inside_a_comment_after_import_is_not_its_file(tmp_path):
+    (tmp_path / "fake.capnp").write_text("")
+    _schema(tmp_path / "b.capnp", "struct B {}\n", 0xd0a1b2c3d4e5f607)
+    _schema(tmp_path / "a.capnp", 'using B = import # "fake.capnp"\n  "b.capnp";\n',
+            0xd0a1b2c3d4e5f608)
+    assert [f for f, _, _ in capnp_schemas.closure(str(tmp_path / "a.capnp"))] == \
+        [str(tmp_path / "a.capnp"), str(tmp_path / "b.capnp")]
+    capnp_schemas.load(str(tmp_path / "a.capnp"))
