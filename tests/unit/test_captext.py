@@ -1,0 +1,119 @@
+"""`wsuper call`'s parameters in Cap'n Proto text (supervisor/captext.py), read
+as hostile: every error names where, every value means what the format says."""
+import pytest
+
+import capnp_schemas
+from supervisor import captext
+
+SCHEMA = """@0xd1e0a5b5c0f0e1a1;
+struct U {
+  union {
+    a @0 :Int32;
+    b @1 :Text;
+  }
+  f @2 :Float32;
+  g :group { x @3 :Int32; y @4 :Int32; }
+  l @5 :List(List(Int8));
+  level @6 :Level;
+  d @7 :Data;
+  t @8 :Text;
+  named :union { p @9 :Int8; q @10 :Int8; }
+  d64 @11 :Float64;
+}
+enum Level { info @0; nanny @1; infinite @2; }
+"""
+
+
+@pytest.fixture(scope="module")
+def u(tmp_path_factory):
+    path = tmp_path_factory.mktemp("captext") / "u.capnp"
+    path.write_text(SCHEMA)
+    return capnp_schemas.load(str(path)).U
+
+
+def _typed(u, text):
+    value = captext.typed(captext.parse(text), u.schema)
+    message = u.new_message()
+    message.from_dict(value)
+    return message
+
+
+@pytest.mark.parametrize("text, at", [
+    ("(a = 1", 6), ("(a = 1,,)", 7), ("[", 1), ("(a 1)", 3), ("(= 1)", 1),
+    ("(a = 1) (", 8), ("[1 2]", 3), ("(a = )", 5), ("  [1,", 5), ("(a = 1]", 6),
+    ("(a = 1, a = 2)", 8), ('(b = "\\q")', 6), ("(a = 010)", 5), ("(a = ٣)", 5),
+    ("(d64 = 1e999)", 7), ("[" * 40, 32), ("(a = @)", 5)])
+def test_every_malformed_text_names_where(text, at):
+    """A parse error said 'expected ',' or ')' in a struct', not where: in a
+    long struct that is no help."""
+    with pytest.raises(captext.TextError) as e:
+        captext.parse(text)
+    assert str(e.value).endswith(f"(at character {at})"), str(e.value)
+
+
+def test_a_long_value_is_read_in_linear_time():
+    """The tokenizer copied the rest of the text at each token: 1 MiB of `[1,1,...]`
+    took 15 s.  (Guarded by the suite's timeout.)"""
+    for item in ("1", '"a"', "x"):
+        n = (captext.MAX_TEXT - 2) // (len(item) + 1)
+        text = "[" + ",".join([item] * n) + "]"
+        text += " " * (captext.MAX_TEXT - len(text))
+        assert len(captext.parse(text)) == n
+
+
+@pytest.mark.parametrize("escape, byte", [
+    ("\\a", 7), ("\\b", 8), ("\\f", 12), ("\\n", 10), ("\\r", 13), ("\\t", 9), ("\\v", 11),
+    ("\\'", 39), ('\\"', 34), ("\\\\", 92), ("\\?", 63), ("\\x41", 0x41), ("\\xff", 0xff),
+    ("\\0", 0), ("\\12", 10), ("\\012", 10), ("\\177", 127), ("\\377", 255)])
+def test_each_escape_is_the_one_byte_the_format_says(u, escape, byte):
+    """\\a was 'a', \\012 was NUL then '12', and \\xff in Data was two bytes
+    (U+00FF in UTF-8)."""
+    assert _typed(u, f'(d = "<{escape}>")').d == bytes([60, byte, 62])
+
+
+@pytest.mark.parametrize("escape", ["\\q", "\\x4", "\\x 4", "\\x+4", "\\xg0", "\\8", "\\u0041"])
+def test_an_escape_the_format_does_not_have_is_refused(escape):
+    with pytest.raises(captext.TextError, match="is no escape of the text format"):
+        captext.parse(f'"{escape}"')
+
+
+def test_text_is_utf8_and_data_any_bytes(u):
+    assert _typed(u, '(t = "é\\xc3\\xa9", d = "é")').t == "éé"
+    assert _typed(u, '(d = "é")').d == "é".encode()
+    with pytest.raises(captext.TextError, match=r"t: Text must be UTF-8; byte 1 .*0xff"):
+        _typed(u, '(t = "a\\xff")')
+    with pytest.raises(captext.TextError, match='t: expected text in double quotes, '
+                                                'not data 0x"0a"'):
+        _typed(u, '(t = 0x"0a")')
+
+
+@pytest.mark.parametrize("text", ["(a = 1, b = \"x\")", "(b = \"x\", a = 1)",
+                                  "(named = (p = 1, q = 2))"])
+def test_two_members_of_one_union_are_refused(u, text):
+    """The second replaced the first without a word."""
+    with pytest.raises(captext.TextError, match="are members of one union: give one"):
+        _typed(u, text)
+    assert _typed(u, "(b = \"x\", g = (x = 1, y = 2), named = (q = 2))").b == "x"
+
+
+@pytest.mark.parametrize("name", ["info", "nanny", "infinite"])
+def test_an_enumerant_may_begin_like_a_number(u, name):
+    """`info` was read as the number inf followed by a name o."""
+    assert _typed(u, f"(level = {name})").level == name
+
+
+@pytest.mark.parametrize("value", ["1e300", "-3.5e38", "1e39"])
+def test_a_number_too_large_for_float32_is_refused(u, value):
+    """It became inf without a word."""
+    with pytest.raises(captext.TextError, match="f: .* is out of range for float32"):
+        _typed(u, f"(f = {value})")
+    assert _typed(u, f"(d64 = {value})").d64 == float(value)
+    assert _typed(u, "(f = -inf)").f == float("-inf")
+    assert _typed(u, "(f = 3.4028234e38)").f == pytest.approx(3.4028234e38)
+
+
+def test_a_command_line_that_is_not_utf8_keeps_its_bytes(u):
+    raw = b'(d = "\xff\xfe", t = "ok")'.decode("utf-8", "surrogateescape")
+    assert _typed(u, raw).d == b"\xff\xfe"
+    with pytest.raises(captext.TextError, match="Text must be UTF-8"):
+        _typed(u, b'(t = "\xff")'.decode("utf-8", "surrogateescape"))
