@@ -99,38 +99,41 @@ def _carries(iface) -> tuple[bool, bool]:
     if iface is None:
         return True, True                    # unknown: assume the worst
     schema = getattr(iface, "schema", iface)
+    seen: set = set()           # structs walked whole, none holding a capability
     for s in _supers_and_self(schema):
         for method in s.methods.values():
-            if _has_cap(method.param_type, set()) or _has_cap(method.result_type, set()):
+            if _has_cap(method.param_type, seen) or _has_cap(method.result_type, seen):
                 return True, True
     return False, False
 
 
 def _has_cap(struct_schema, seen) -> bool:
-    node_id = struct_schema.node.id
-    if node_id in seen:
-        return False
-    seen.add(node_id)
-    for field in struct_schema.node.struct.fields:
-        schema = (lambda name=field.name: struct_schema.fields[name].schema)
-        if field.which() == "group":       # a group (or a named union) is a struct inside
-            if _has_cap(schema(), seen):
+    """Whether a capability (or AnyPointer) is anywhere in the struct: in a field, a
+    group, a list (of lists ...) or a struct it holds, at any depth.  Walked with
+    a stack of its own: a chain of 3,000 structs each holding the next (or lists
+    nested as deep) ended `check` and `up` in a RecursionError.  `seen`: structs
+    walked already, with nothing found (shared by the calls of one question)."""
+    todo = [struct_schema]
+    while todo:
+        st = todo.pop()
+        if st.node.id in seen:
+            continue
+        seen.add(st.node.id)
+        for field in st.node.struct.fields:
+            if field.which() == "group":     # a group (or a named union) is a struct inside
+                todo.append(st.fields[field.name].schema)
+                continue
+            t, lists = field.slot.type, 0
+            while t.which() == "list":
+                t, lists = t.list.elementType, lists + 1
+            kind = t.which()
+            if kind in ("interface", "anyPointer"):
                 return True
-        elif _type_has_cap(field.slot.type, schema, seen):
-            return True
-    return False
-
-
-def _type_has_cap(t, schema, seen) -> bool:
-    """`t`: a field's type; `schema()`: its schema (asked only for structs and lists:
-    pycapnp has none for other types)."""
-    kind = t.which()
-    if kind in ("interface", "anyPointer"):
-        return True
-    if kind == "list":
-        return _type_has_cap(t.list.elementType, lambda: schema().elementType, seen)
-    if kind == "struct":
-        return _has_cap(schema(), seen)
+            if kind == "struct":
+                inner = st.fields[field.name].schema
+                for _ in range(lists):
+                    inner = inner.elementType
+                todo.append(inner)
     return False
 
 

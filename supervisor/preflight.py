@@ -73,7 +73,15 @@ def prepare(system: System) -> Plan:
     # is called with its own interface's id, so an allow list that restricts Counter
     # must restrict the methods Counter inherits too (Base.reset on a Counter passed
     # an allow list of Counter.inc as a call on an interface it did not mention)
-    supers = {i.schema.node.id: _superclasses(i.schema, names) for _n, i in every}
+    supers = {}
+    for n, i in every:
+        try:
+            supers[i.schema.node.id] = _superclasses(i.schema, names)
+        except ExtendsTooMany as e:
+            path = origin.get(n, "")
+            key = f"system.schemas[{system.schemas.index(path)}]" \
+                if path in system.schemas else "system.schemas"
+            raise where.error(key, f"{path}: {e}" if path else str(e)) from None
 
     main = {}
     wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
@@ -325,20 +333,41 @@ def _method_names(iface) -> dict:
     return out
 
 
-def _superclasses(schema, names: dict, seen: set | None = None) -> tuple:
-    """The ids of every interface `schema` extends, transitively (each named in
-    `names`, which gains those that are not: one a schema imports, say)."""
-    seen = set() if seen is None else seen
-    out = []
-    for sup in schema.superclasses:
+#: interfaces one interface may extend, transitively: an allow list, the router and
+#: `check --reach` each walk them, for every interface (a chain of 3,000 ended
+#: `check` and `up` in a RecursionError; a chain that long costs its square)
+MAX_EXTENDS = 64
+
+
+class ExtendsTooMany(Exception):
+    """An interface extends more than MAX_EXTENDS interfaces (str names it)."""
+
+
+def _superclasses(schema, names: dict) -> tuple:
+    """The ids of every interface `schema` extends, transitively, depth first, each
+    once (each named in `names`, which gains those that are not: one a schema
+    imports, say).  Kept on a stack of its own, and at most MAX_EXTENDS of them:
+    ExtendsTooMany says so."""
+    seen: set = set()
+    out: list = []
+    stack = [iter(schema.superclasses)]
+    while stack:
+        sup = next(stack[-1], None)
+        if sup is None:
+            stack.pop()
+            continue
         sid = sup.node.id
         if sid in seen:
             continue
         seen.add(sid)
+        if len(seen) > MAX_EXTENDS:
+            raise ExtendsTooMany(f"interface {schema.node.displayName} extends more than "
+                                 f"{MAX_EXTENDS} interfaces (counting those they extend)")
         if sid not in names:
             short = sup.node.displayName.rpartition(":")[2].rpartition(".")[2]
             names[sid] = (short, {i: m.name for i, m in enumerate(sup.node.interface.methods)})
-        out += [sid, *_superclasses(sup, names, seen)]
+        out.append(sid)
+        stack.append(iter(sup.superclasses))
     return tuple(out)
 
 

@@ -356,3 +356,67 @@ s = { compartment = "s" }
     # s passes nothing to a across a's grant when Sealed carries none
     if held and exports == "Sealed":
         assert authority.could_reach(plan, "t")[0] == ["s"]
+
+
+def _chain(n: int, last: str, ident: int) -> str:
+    """A schema whose Deep interface returns S0, S0 holding S1 ... S{n-1} holding `last`."""
+    lines = [f"@0x{ident:x};"]
+    for i in range(n):
+        lines.append(f"struct S{i} {{ pad @0 :Int32; "
+                     f"next @1 :{f'List(S{i + 1})' if i % 2 else f'S{i + 1}'}; }}"
+                     if i < n - 1 else f"struct S{i} {{ last @0 :{last}; }}")
+    return "\n".join(lines) + "\ninterface Deep { get @0 () -> (s :S0); }\n"
+
+
+@pytest.mark.parametrize("last, carries", [("Capability", True), ("List(List(Data))", False)])
+def test_reach_walks_structs_nested_deeper_than_pythons_stack(tmp_path, last, carries):
+    """A chain of 3,000 structs each holding the next ended `check` (and `up`,
+    which asks which main objects are sealed) in a RecursionError traceback."""
+    (tmp_path / "deep.capnp").write_text(_chain(3000, last, 0xd5a9f7e3b2c88f20 + carries))
+    plan = plan_of(tmp_path, f"""
+[system]
+schemas = ["deep.capnp"]
+[compartments.deep]
+module = "{EXAMPLES}/calc.wat"
+exports = "Deep"
+[compartments.app]
+module = "{EXAMPLES}/callback.wat"
+[compartments.app.grants]
+deep = {{ compartment = "deep" }}
+log = {{ host = "log" }}
+""")
+    assert authority.could_reach(plan, "app:log")[0] == (["app", "deep"] if carries else ["app"])
+    assert bool(authority.sealed(plan)) is not carries
+    assert "deep -> " in authority.holdings(plan)
+
+
+@pytest.mark.parametrize("n", [preflight.MAX_EXTENDS, preflight.MAX_EXTENDS + 1, 3000])
+def test_an_interface_extending_too_many_is_refused_naming_it(tmp_path, n):
+    """A chain of 3,000 interfaces each extending the next ended `check` and `up`
+    in a RecursionError traceback (and walking it costs its square)."""
+    lines = [f"@0x{0xd5a9f7e3b2c88f22 + n:x};"]   # one id to one file in a process
+    lines += [f"interface J{i} extends(J{i + 1}) {{ m{i} @0 () -> (); }}" for i in range(n)]
+    lines.append(f"interface J{n} {{ last @0 () -> (); }}")
+    (tmp_path / "ext.capnp").write_text("\n".join(lines) + "\n")
+    text = f"""
+[system]
+schemas = ["ext.capnp"]
+[compartments.j]
+module = "{EXAMPLES}/calc.wat"
+exports = "J0"
+[compartments.app]
+module = "{EXAMPLES}/callback.wat"
+[compartments.app.grants]
+j = {{ compartment = "j", allow = ["last"] }}
+"""
+    if n <= preflight.MAX_EXTENDS:
+        plan = plan_of(tmp_path, text)
+        assert len(plan.extends[plan.interfaces["J0"]]) == n
+        assert authority.could_reach(plan, "j.last")[0] == ["app"]
+        assert authority.could_reach(plan, "j.m1")[0] == []
+        return
+    with pytest.raises(policy.PolicyError) as e:
+        plan_of(tmp_path, text)
+    assert f"{tmp_path}/ext.capnp: interface ext.capnp:J0 " \
+        f"extends more than {preflight.MAX_EXTENDS} interfaces" in str(e.value)
+    assert "system.schemas[0]" in str(e.value)
