@@ -54,7 +54,31 @@ switch typedef union unsigned void volatile while bool""".split())
 #: `(stdout)`: a field `stdout` made `out->(stdout)`), stdbool's, iso646's.
 _C_RESERVED = _C_KEYWORDS | set("""asm typeof true false alignas alignof constexpr nullptr
 thread_local static_assert noreturn complex imaginary stdin stdout stderr errno and or not xor
-bitand bitor compl""".split())
+bitand bitor compl memset""".split())
+#: Lower-case names the headers wsuper.h includes (stdbool, stddef, stdint, stdlib,
+#: string; wasi-libc's, with its POSIX and BSD extras) declare at file scope: a
+#: struct or enum so named was a C type of that name, and a schema with `struct
+#: Index` (string.h's index()), `enum Random` or `struct Timespec` gave a header
+#: that did not compile ("redefinition of 'index' as different kind of symbol").
+#: Such a type gets a trailing _ as a keyword does; a function bindgen would name
+#: so (interface At, method quickExit: at_quick_exit) is refused.
+_C_LIBRARY = frozenset("""a64l abort abs aligned_alloc alloca arc4random arc4random_buf
+arc4random_uniform at_quick_exit atexit atof atoi atol atoll bcmp bcopy bsearch bzero calloc
+clearenv div drand48 erand48 exit explicit_bzero ffs ffsl ffsll free getenv getsubopt index
+initstate iovec jrand48 l64a labs lcong48 ldiv llabs lldiv lrand48 malloc mblen mbstowcs
+mbtowc memccpy memchr memcmp memcpy memmove memset mrand48 nrand48 posix_memalign putenv
+qsort quick_exit rand rand_r random realloc rindex seed48 setenv setkey setstate srand
+srand48 srandom stpcpy stpncpy strcasecmp strcasecmp_l strcat strchr strcmp strcoll
+strcoll_l strcpy strcspn strdup strerror strerror_l strerror_r strlcat strlcpy strlen
+strncasecmp strncasecmp_l strncat strncmp strncpy strndup strnlen strpbrk strrchr strsep
+strsignal strspn strstr strtod strtof strtok strtok_r strtol strtold strtoll strtoul
+strtoull strxfrm strxfrm_l system timespec timeval unsetenv wcstombs wctomb
+div_t int16_t int32_t int64_t int8_t int_fast16_t int_fast32_t int_fast64_t int_fast8_t
+int_least16_t int_least32_t int_least64_t int_least8_t intmax_t intptr_t ldiv_t lldiv_t
+locale_t max_align_t ptrdiff_t size_t suseconds_t time_t uint16_t uint32_t uint64_t
+uint8_t uint_fast16_t uint_fast32_t uint_fast64_t uint_fast8_t uint_least16_t
+uint_least32_t uint_least64_t uint_least8_t uintmax_t uintptr_t wchar_t
+offsetof""".split())
 
 
 class BindgenError(Exception):
@@ -67,7 +91,9 @@ def snake(name: str) -> str:
 
 def _ident(name: str) -> str:
     s = snake(name)
-    return s + "_" if s in _C_RESERVED else s
+    # a field is a member (any name will do) but also a parameter of a client stub,
+    # where one named as a type (`sizeT :UInt32`) hid the type from the parameters after it
+    return s + "_" if s in _C_RESERVED or (s.endswith("_t") and s in _C_LIBRARY) else s
 
 
 class _Struct:
@@ -139,7 +165,9 @@ class Generator:
     def _type_name(self, schema) -> str:
         """A struct's or enum's C type name (a keyword gets a trailing _)."""
         name = self._name(schema)
-        return name + "_" if name in _C_RESERVED else name
+        # (one ending in _t is refused: _reserved, as for every such type name)
+        return name + "_" if name in _C_RESERVED or (
+            name in _C_LIBRARY and not name.endswith("_t")) else name
 
     def _enum(self, schema) -> str:
         nid = schema.node.id
@@ -262,6 +290,10 @@ class Generator:
             claim(lname, f"lists of {elem}", True)
         for schema, cname in self.interfaces:
             name = schema.node.displayName.split(":", 1)[-1]
+            if f"WSUPER_SERVE_{cname.upper()}" in _SDK_MACROS:
+                raise BindgenError(f"{self.path}: interface {name} would be served by "
+                                   f"defining WSUPER_SERVE_{cname.upper()}, a macro of the "
+                                   f"C SDK (wsuper.h); rename it ({_RENAME})")
             claim(f"{cname.upper()}_ID", f"the id of interface {name}")
             claim(f"{cname}_dispatch", f"the dispatch function of interface {name}")
             for ordinal, method in enumerate(schema.node.interface.methods):
@@ -530,6 +562,8 @@ _RENAME = "names are not on the wire: a copy of the schema may rename it"
 #: The C SDK's names (wsuper.h): functions, types, and enum constants such as
 #: WSUPER_OK, which a generated macro would have replaced in all code after it.
 _SDK_PREFIXES = ("wsuper_", "WSUPER_")
+#: wsuper.h's macros that a generated WSUPER_SERVE_<INTERFACE> switch could be
+_SDK_MACROS = frozenset({"WSUPER_SERVE_ONLY"})
 
 
 def _reserved(ident: str, is_type: bool) -> str | None:
@@ -540,6 +574,8 @@ def _reserved(ident: str, is_type: bool) -> str | None:
         return "is a C keyword or a C library macro"
     if is_type and ident.endswith("_t"):
         return "the C library reserves for its types (names ending in _t)"
+    if ident in _C_LIBRARY:
+        return "the C library wsuper.h includes (stdlib.h, string.h, ...) declares"
     return None
 
 

@@ -352,6 +352,50 @@ int main(void) {
 """) == ""
 
 
+def test_types_named_like_what_the_c_library_declares_compile(tmp_path):
+    """wsuper.h includes stdlib.h and string.h: a struct or enum named like what they
+    declare (`struct Index`: string.h's index(); `enum Random`, `struct Timespec`,
+    `struct System`) was a C type of that name, and the header did not compile
+    ("redefinition of 'index' as different kind of symbol"); a parameter `memset`
+    hid the memset every client stub calls, and one named like a type (`sizeT`)
+    hid the type from the parameters after it.  Each gets a trailing _, and each
+    name bindgen declares is checked against every such name."""
+    from supervisor import bindgen
+    schema = ("@0xd1f0a3b2c4e5f62a;\nstruct Index { memset @0 :Int32; sizeT @1 :UInt32; "
+              "free @2 :Text; }\nenum Random { a @0; }\nstruct Timespec { s @0 :Int64; }\n"
+              "struct System { index @0 :Index; r @1 :Random; t @2 :List(Timespec); }\n"
+              "interface Lib { run @0 (memset :Int32, sizeT :UInt32, n :UInt32, i :Index) "
+              "-> (system :System, abs :Int32); }\n")
+    assert _compile(tmp_path / "x", {"lib": schema}, """#include "lib.h"
+int main(void) {
+  wsuper_arena a = {0, 0};
+  lib_run_results r;
+  index_ i = {1, 2, {"x", 1}};
+  random_ q = RANDOM__A;
+  timespec_ t = {3};
+  system_ s = {&i, q, {&t, 1}};
+  int rc = lib_run(&a, 1, 4, 5, 6, &i, &r);
+  void *p = malloc(1);
+  memset(p, 0, 1);
+  free(p);
+  return rc == 0 && r.system && r.abs && s.index && i.memset_ && i.size_t_ && index("a", 'a');
+}
+""") == ""
+    for name in sorted(bindgen._C_LIBRARY):        # every name is a trailing _ or refused
+        assert bindgen._reserved(name, False) is not None, name
+
+
+def test_an_interface_served_by_an_sdk_macro_is_refused(tmp_path):
+    """Interface Only was served by defining WSUPER_SERVE_ONLY, which wsuper.h
+    defines (a function-like macro): its skeleton was always there."""
+    (tmp_path / "only.capnp").write_text("@0xd1f0a3b2c4e5f62b;\n"
+                                         "interface Only { m @0 () -> (); }\n")
+    r = run_wsuper("bindgen", str(tmp_path / "only.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 2 and "interface Only would be served by defining " \
+        "WSUPER_SERVE_ONLY, a macro of the C SDK" in r.stderr, r.stderr
+    assert not (tmp_path / "inc").exists()
+
+
 def test_schemas_that_share_types_can_be_used_by_one_plugin(tmp_path):
     """Two schemas that import a third each have its types in their header (and
     two with a `-> stream` method each have StreamResult): a plugin that speaks
