@@ -209,6 +209,25 @@ def _utf8(chars: str, pos: int) -> bytes:
                         f"(at character {pos + e.start})") from None
 
 
+def method(interface_schema, name: str):
+    """The pycapnp method `name` of an interface: its own, or one it inherits (a
+    call of an inherited method is made on the interface as it is; `wsuper call`
+    looked at the interface's own methods only and refused every inherited one).
+    KeyError names them all if there is none."""
+    seen, todo, names = set(), [interface_schema], []
+    while todo:
+        s = todo.pop(0)
+        if s.node.id in seen:
+            continue
+        seen.add(s.node.id)
+        methods = s.methods
+        if name in methods:
+            return methods[name]
+        names += [m for m in methods if m not in names]
+        todo += list(s.superclasses)
+    raise KeyError(f"has no method {name!r} (methods: {', '.join(names) or 'none'})")
+
+
 def typed(value, struct_schema, where: str = "") -> dict:
     """`value` (a parsed struct) checked against a pycapnp struct schema, converted
     where the text allows two readings (a text literal for Data, a number for a

@@ -394,12 +394,12 @@ def _call(plan, args) -> int:
                       f"compartments with external = true can be called "
                       f"(external: {', '.join(system.external) or 'none'})")
     interface = plan.interface_modules[comp.exports]
-    methods = interface.schema.methods
-    if method not in methods:
-        return refuse(f"{comp.exports} has no method {method!r} (methods: "
-                      f"{', '.join(methods)})")
     try:
-        params = captext.typed(captext.parse(args.params), methods[method].param_type)
+        found = captext.method(interface.schema, method)
+    except KeyError as e:
+        return refuse(f"{comp.exports} {e.args[0]}")
+    try:
+        params = captext.typed(captext.parse(args.params), found.param_type)
     except captext.TextError as e:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
     path = args.socket or system.socket or endpoint.default_socket_path(system.path)

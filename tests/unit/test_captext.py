@@ -117,3 +117,29 @@ def test_a_command_line_that_is_not_utf8_keeps_its_bytes(u):
     assert _typed(u, raw).d == b"\xff\xfe"
     with pytest.raises(captext.TextError, match="Text must be UTF-8"):
         _typed(u, b'(t = "\xff")'.decode("utf-8", "surrogateescape"))
+
+
+INHERITS = """@0xd1e0a5b5c0f0e1a2;
+interface Base { stash @0 (x :Int32) -> (); shared @1 (s :Text) -> (); }
+interface Middle extends(Base) { mid @0 (m :Bool) -> (); }
+interface Loop extends(Loop) { spin @0 () -> (); }
+interface Plain extends(Middle, Loop) { add @0 (a :Int32) -> (b :Int32);
+                                        shared @1 (n :Int8) -> (); }
+"""
+
+
+def test_call_finds_inherited_methods(tmp_path):
+    """`wsuper call` looked at the interface's own methods only: every inherited
+    method was 'no method'.  The interface's own comes first; a cycle of extends
+    ends."""
+    (tmp_path / "inh.capnp").write_text(INHERITS)
+    plain = capnp_schemas.load(str(tmp_path / "inh.capnp")).Plain.schema
+    assert captext.typed(captext.parse("(x = 3)"), captext.method(plain, "stash").param_type) \
+        == {"x": 3}
+    assert captext.typed(captext.parse("(m = true)"), captext.method(plain, "mid").param_type) \
+        == {"m": True}
+    assert list(captext.method(plain, "shared").param_type.fields) == ["n"]
+    assert captext.method(plain, "spin") is not None
+    with pytest.raises(KeyError) as e:
+        captext.method(plain, "nope")
+    assert e.value.args[0] == "has no method 'nope' (methods: add, shared, mid, spin, stash)"
