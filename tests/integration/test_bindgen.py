@@ -385,6 +385,31 @@ int main(void) {
         assert bindgen._reserved(name, False) is not None, name
 
 
+@pytest.mark.parametrize("directory", ["a:b", "x:int evil(void){return 1;}int y", ":c:"])
+def test_a_colon_in_an_imported_files_path_is_no_part_of_a_c_name(tmp_path, directory):
+    """A node's display name is its file's path, a colon, its name: split at the
+    first colon, a file imported from `a:b/x.capnp` gave `typedef struct
+    b/x_capnp:foo ...`, text of a directory's name written into the header's
+    code.  The names are the schema's, and the header compiles."""
+    (tmp_path / "out" / directory).mkdir(parents=True)
+    (tmp_path / "out" / directory / "x.capnp").write_text(
+        "@0xd1f0a3b2c4e5f62c;\nstruct Foo { x @0 :Int32; }\nenum Col { red @0; }\n")
+    top = (f'@0xd1f0a3b2c4e5f62d;\nusing X = import "{directory}/x.capnp";\n'
+           "interface Top { get @0 (c :X.Col) -> (f :X.Foo); }\n")
+    assert _compile(tmp_path / "out", {"top": top}, """#include "top.h"
+int main(void) {
+  wsuper_arena a = {0, 0};
+  top_get_results r;
+  foo f = {COL_RED};
+  col c = COL_RED;
+  return top_get(&a, 1, c, &r) == 0 && r.f && f.x == 0;
+}
+""") == ""
+    header = (tmp_path / "out" / "inc" / "top.h").read_text()
+    code = [line for line in header.splitlines() if not line.startswith(("/*", " *"))]
+    assert not [line for line in code if "evil" in line or "capnp" in line or "/x" in line]
+
+
 def test_an_interface_served_by_an_sdk_macro_is_refused(tmp_path):
     """Interface Only was served by defining WSUPER_SERVE_ONLY, which wsuper.h
     defines (a function-like macro): its skeleton was always there."""
