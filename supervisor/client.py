@@ -106,11 +106,12 @@ def _plain(reader):
         name = field.proto.name
         if field.proto.discriminantValue != 0xFFFF and reader.which() != name:
             continue
-        kind = field.proto.which() == "group" and "group" or field.proto.slot.type.which()
-        if kind in ("interface", "anyPointer"):
-            out[name] = "<capability>"
-            continue
-        out[name] = _value(getattr(reader, name), kind)
+        if field.proto.which() == "group":
+            out[name] = _plain(getattr(reader, name))
+        elif field.proto.slot.type.which() in ("interface", "anyPointer"):
+            out[name] = "<capability>"           # not read: what it is stays unasked
+        else:
+            out[name] = _value(getattr(reader, name), field.proto.slot.type)
     return out
 
 
@@ -123,22 +124,24 @@ def _number(x):
     return x
 
 
-def _value(v, kind):
+def _value(v, type_):
+    """A value of the Cap'n Proto type `type_` (a schema Type) as JSON-able values:
+    by the type, at every depth (a list of lists was written as the *string*
+    "[1, 2]", and the floats, data and enums inside it as pycapnp prints them)."""
+    kind = type_.which()
+    if kind in ("interface", "anyPointer"):
+        return "<capability>"
     if kind in ("float32", "float64"):
         return _number(v)
-    if kind in ("struct", "group"):
+    if kind == "struct":
         return _plain(v)
     if kind == "data":
         return base64.b64encode(bytes(v)).decode()
     if kind == "enum":
         return str(v)
     if kind == "list":
-        items = list(v)
-        return [_plain(x) if hasattr(x, "schema") and hasattr(x.schema, "fields_list")
-                else base64.b64encode(bytes(x)).decode() if isinstance(x, (bytes, bytearray))
-                else _number(x) if isinstance(x, (int, float, str, bool)) or x is None
-                else str(x)
-                for x in items]
+        element = type_.list.elementType
+        return [_value(x, element) for x in v]
     return v
 
 

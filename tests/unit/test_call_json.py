@@ -64,3 +64,33 @@ def test_finite_results_are_unchanged(schema):
     msg.u.b = -3
     out = _strict(client.to_json(msg.as_reader()))
     assert out["x"] == 0.25 and out["y"] == 0.0 and out["u"] == {"b": -3} and out["xs"] == []
+
+
+NESTED = """@0xd0a1b2c3d4e5f6c2;
+enum Color { red @0; green @1; }
+struct Item { c @0 :Color; d @1 :Data; }
+struct Nested {
+  ints @0 :List(List(Int32));
+  floats @1 :List(List(List(Float32)));
+  colors @2 :List(List(Color));
+  data @3 :List(List(Data));
+  items @4 :List(List(Item));
+  texts @5 :List(Text);
+}
+"""
+
+
+def test_lists_of_lists_are_json_arrays_of_their_values(tmp_path):
+    """A list of lists was written as a list of *strings* ("[1, 2]"), and the
+    floats, data and enums inside as pycapnp prints them (nan, not "NaN")."""
+    (tmp_path / "nested.capnp").write_text(NESTED)
+    message = capnp_schemas.load(str(tmp_path / "nested.capnp")).Nested.new_message()
+    message.ints = [[1, 2], [], [3]]
+    message.floats = [[[math.nan, 1.5]], []]
+    message.colors = [["green", "red"]]
+    message.data = [[b"\x00\xff"]]
+    message.items = [[{"c": "green", "d": b"a"}]]
+    message.texts = ["x", ""]
+    assert _strict(client.to_json(message.as_reader())) == {
+        "ints": [[1, 2], [], [3]], "floats": [[["NaN", 1.5]], []], "colors": [["green", "red"]],
+        "data": [["AP8="]], "items": [[{"c": "green", "d": "YQ=="}]], "texts": ["x", ""]}
