@@ -272,11 +272,15 @@ def _check_parsed(path: str, returncode: int, text: str):
     import re
     if returncode == 0:
         return
-    m = re.search(r"what\(\):\s*(.*?):(\d+)(?::\d+)?: (?:failed|error): (.*)", text) \
-        or re.search(r"(\S+\.capnp):(\d+)(?::\d+)?: (?:failed|error): (.*)", text)
+    # "FILE:LINE[:COL]: failed: REASON", after "what():" or on a line of its own; a
+    # file imported need not end in .capnp (`import "b.schema"`: its error was shown
+    # as the parser printed it, its line counted from 0); the library's own sources
+    # (kj/...c++) are no place in a schema
+    found = [m for m in (_PARSER_ERROR.search(line) for line in text.splitlines()) if m]
+    m = next((m for m in found if not _library_source(m.group(1))), found[0] if found else None)
     if m:
-        where, reason = m.group(1), m.group(3).strip().splitlines()[0][:500]
-        if not where.endswith(".capnp"):
+        where, reason = m.group(1), m.group(3).strip()[:500]
+        if _library_source(where):
             # an error of the library itself ("kj/filesystem-disk-unix.c++:NNN"):
             # its source line means nothing to whoever wrote the schema
             raise SchemaError(path, None, reason)
@@ -287,6 +291,14 @@ def _check_parsed(path: str, returncode: int, text: str):
     last = [l for l in text.strip().splitlines() if l.strip()]
     raise SchemaError(path, None, last[-1] if last else
                       f"the schema parser failed (exit {returncode})")
+
+
+_PARSER_ERROR = re.compile(r"(?:what\(\):\s*)?(\S.*?):(\d+)(?::\d+)?: (?:failed|error): (.*)")
+
+
+def _library_source(where: str) -> bool:
+    """Whether a parser's error names a source file of the library itself."""
+    return where.endswith((".c++", ".h", ".cc", ".cpp"))
 
 
 def interfaces(module) -> dict:

@@ -259,3 +259,25 @@ def test_a_string_inside_a_comment_after_import_is_not_its_file(tmp_path):
     assert [f for f, _, _ in capnp_schemas.closure(str(tmp_path / "a.capnp"))] == \
         [str(tmp_path / "a.capnp"), str(tmp_path / "b.capnp")]
     capnp_schemas.load(str(tmp_path / "a.capnp"))
+
+
+@pytest.mark.parametrize("name", ["b.capnp", "b.schema", "sub/b", "b.capnp.txt"])
+def test_an_error_in_an_imported_file_names_it_and_its_line(tmp_path, name):
+    """An imported file whose name does not end in .capnp had its error shown as
+    the parser printed it, under the importing file: its line counted from 0."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / name).write_text("@0xd0a1b2c3d4e5f60a;\n\nstruct B { x @0 :Int32 }\n")
+    _schema(tmp_path / "a.capnp", f'using B = import "{name}";\n', 0xd0a1b2c3d4e5f609)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / name), 3), str(e.value)
+    assert e.value.reason == "Parse error."
+
+
+def test_an_error_of_the_parsers_own_source_names_the_schema_without_a_line():
+    text = ("terminate called after throwing an instance of 'kj::ExceptionImpl'\n"
+            "  what():  kj/filesystem-disk-unix.c++:1703: failed: open(/x): Permission denied\n")
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas._check_parsed("/s/a.capnp", 134, text)
+    assert (e.value.path, e.value.line, e.value.reason) == \
+        ("/s/a.capnp", None, "open(/x): Permission denied")
