@@ -83,11 +83,17 @@ def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None
     Cap'n Proto compiler resolves them.  Each file must be a regular file of at
     most MAX_SCHEMA_BYTES (the parser would wait for ever on a FIFO and read
     /dev/zero to the end): SchemaError names the one that is not, and where it
-    is named.  A name found nowhere is left to the parser, which says so."""
+    is named.  A name found nowhere is left to the parser, which says so.
+
+    A relative name may not lead above the directory its file was found beneath
+    (the schema's own, or the import path's directory an absolute name was found
+    in): the parser refuses that, and said only "expected parts.size() > 0 [0 >
+    0]; can't use ".." to break out of starting directory", naming the schema
+    and not the file or line; SchemaError names them."""
     path = os.path.abspath(path)
-    out, seen, todo = [], set(), [(path, None, None)]
+    out, seen, todo = [], set(), [(path, None, None, os.path.dirname(path))]
     while todo:
-        file, by, line = todo.pop(0)
+        file, by, line, root = todo.pop(0)
         if os.path.realpath(file) in seen:
             continue
         seen.add(os.path.realpath(file))
@@ -105,14 +111,19 @@ def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None
                 raise SchemaError(file, at, f"{m.group(1)} {_shown(name)}: a file name "
                                   f"with escapes is not supported")
             if name.startswith("/"):
-                found = next((c for c in (os.path.normpath(os.path.join(d, name.lstrip("/")))
-                                          for d in import_path) if os.path.lexists(c)), None)
+                found, base = next(((c, d) for c, d in (
+                    (os.path.normpath(os.path.join(d, name.lstrip("/"))), d)
+                    for d in import_path) if os.path.lexists(c)), (None, None))
             else:
-                found = os.path.normpath(os.path.join(os.path.dirname(file), name))
+                found, base = os.path.normpath(os.path.join(os.path.dirname(file), name)), root
+                if os.path.commonpath([found, root]) != root:
+                    raise SchemaError(file, at, f"{m.group(1)} {_shown(name)} leads above "
+                                      f"{root}, the directory the parser reads it beneath: "
+                                      "it reads nothing outside that directory")
             if found is None or not os.path.lexists(found):
                 continue                        # the parser's error names it
             if m.group(1) == "import":
-                todo.append((found, file, at))
+                todo.append((found, file, at, os.path.normpath(base)))
             elif os.path.realpath(found) not in seen:
                 seen.add(os.path.realpath(found))
                 _read_schema_file(found, file, at, embedded=True)

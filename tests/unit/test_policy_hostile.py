@@ -281,3 +281,33 @@ def test_an_error_of_the_parsers_own_source_names_the_schema_without_a_line():
         capnp_schemas._check_parsed("/s/a.capnp", 134, text)
     assert (e.value.path, e.value.line, e.value.reason) == \
         ("/s/a.capnp", None, "open(/x): Permission denied")
+
+
+@pytest.mark.parametrize("how", ["import", "embed"])
+def test_a_name_leading_above_where_the_parser_reads_is_refused_naming_it(tmp_path, how):
+    """The parser reads nothing above the schema's directory: `import "../x"` in a
+    file it imports was refused with "expected parts.size() > 0 [0 > 0]; can't use
+    \\"..\\" to break out of starting directory", naming the schema and no line.
+    Inside that directory, `..` is fine."""
+    n = 0x10 if how == "import" else 0x20        # one id to one file in a process
+    (tmp_path / "top" / "sub").mkdir(parents=True)
+    (tmp_path / "outside.capnp").write_text(f"@{0xd0a1b2c3d4e5f60b + n:x};\nstruct O {{}}\n")
+    (tmp_path / "top" / "blob").write_text("x")
+    _schema(tmp_path / "top" / "sub" / "b.capnp", 'using A = import "../ok.capnp";\n'
+            'const d :Data = embed "../blob";\n'
+            + ('using O = import "../../outside.capnp";\nstruct B { o @0 :O.O; }\n'
+               if how == "import" else 'const e :Data = embed "../../outside.capnp";\n'),
+            0xd0a1b2c3d4e5f60c + n)
+    _schema(tmp_path / "top" / "ok.capnp", "struct Ok {}\n", 0xd0a1b2c3d4e5f60d + n)
+    _schema(tmp_path / "top" / "a.capnp", 'using B = import "sub/b.capnp";\n'
+            "const x :Data = B.d;\n", 0xd0a1b2c3d4e5f60e + n)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "top" / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "top" / "sub" / "b.capnp"), 4)
+    assert e.value.reason == (f'{how} ../../outside.capnp leads above {tmp_path / "top"}, the '
+                              "directory the parser reads it beneath: it reads nothing "
+                              "outside that directory")
+    # what stays inside is read as before
+    _schema(tmp_path / "top" / "c.capnp", 'using B = import "sub/../ok.capnp";\n'
+            'const x :Data = embed "sub/../blob";\n', 0xd0a1b2c3d4e5f60f + n)
+    assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
