@@ -299,6 +299,17 @@ def _check_parsed(path: str, returncode: int, text: str):
             where = os.path.join(os.path.dirname(path), where)
         # the parser counts lines from 0
         raise SchemaError(os.path.normpath(where), int(m.group(2)) + 1, reason)
+    if returncode < 0:
+        # killed by a signal, having printed nothing that says where: the parser
+        # recurses on what a schema nests (3,000 List(List(...)) overflow its stack)
+        import signal
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        raise SchemaError(path, None, f"the schema parser crashed ({name}) reading it, or a "
+                          "file it reads: a type nested thousands deep (List(List(...))) "
+                          "does that")
     last = [l for l in text.strip().splitlines() if l.strip()]
     raise SchemaError(path, None, last[-1] if last else
                       f"the schema parser failed (exit {returncode})")

@@ -311,3 +311,18 @@ def test_a_name_leading_above_where_the_parser_reads_is_refused_naming_it(tmp_pa
     _schema(tmp_path / "top" / "c.capnp", 'using B = import "sub/../ok.capnp";\n'
             'const x :Data = embed "sub/../blob";\n', 0xd0a1b2c3d4e5f60f + n)
     assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
+
+
+def test_a_schema_that_crashes_the_parser_is_refused_saying_so(tmp_path):
+    """The parser recurses on nested types: 3,000 nested lists overflow its stack
+    (in the child that checks a schema first).  That said 'the schema parser
+    failed (exit -11)'."""
+    t = "Int32"
+    for _ in range(3000):
+        t = f"List({t})"
+    _schema(tmp_path / "deep.capnp", f"struct S {{ l @0 :{t}; }}\n", 0xd0a1b2c3d4e5f630)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "deep.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "deep.capnp"), None)
+    assert e.value.reason.startswith("the schema parser crashed (SIG"), \
+        e.value.reason
