@@ -1090,10 +1090,24 @@ class Supervisor:
 
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
         reason = await self._pump(pid, link)
+        lingered = False
         if pid not in self.router.peers and proc.returncode is None:
             proc.kill()                  # cut off (it broke the protocol, or stalled)
+        elif proc.returncode is None:
+            # its connection ended and its process lives on: an engine exiting closes
+            # its socket as it goes, but a taken-over one may close it (or stop itself)
+            # and wait, and was never noticed: not restarted, its holders' calls each
+            # waiting their whole call_time (an outside review).  GRACE_SECONDS to go
+            with trio.move_on_after(GRACE_SECONDS):
+                await proc.wait()
+            if proc.returncode is None:
+                lingered = True
+                proc.kill()
         code = await proc.wait()
-        if code:                  # its own exit says more than the broken socket
+        if lingered:
+            reason = (f"closed its connection and did not exit within {GRACE_SECONDS:g} s "
+                      f"(killed)")
+        elif code:                # its own exit says more than the broken socket
             with trio.move_on_after(1):       # its last words, if it left any
                 await stderr_done.wait()
             reason = _describe_exit(code)

@@ -470,3 +470,112 @@ policy = "client.toml"
             assert runtime.Supervisor._not_granted(fake, comp.name, g, opened) is None
         finally:
             hostcaps.release(g.target, opened)
+
+
+def _in_engine(pid: int, *calls: str):
+    """Make engine `pid` run `calls` (C expressions, as gdb evaluates them, or gdb's
+    `shell` commands) as a taken-over engine could (close, sigaction, tgkill of
+    itself are in its seccomp allow-list); skipped where gdb cannot attach."""
+    import shutil
+    import subprocess
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("needs gdb to act inside an engine")
+    exe = os.readlink(f"/proc/{pid}/exe")
+    args = [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set sysroot /", "-ex", f"file {exe}"]
+    for c in calls:
+        args += ["-ex", c if c.startswith("shell ") else f"print {c}"]
+    r = subprocess.run(args + ["-ex", "detach"], capture_output=True, text=True, timeout=60)
+    results = [l for l in r.stdout.splitlines() if l.startswith("$")]
+    if len(results) != len([c for c in calls if not c.startswith("shell ")]):
+        pytest.skip(f"gdb could not act inside the engine: {r.stdout[-500:]} {r.stderr[-500:]}")
+    return results
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    """Whether process `pid` is gone (or a zombie) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(params=["1", "0"], ids=["fast-lane", "trio"])
+def engine_path(request, monkeypatch):
+    """Engines' connections on the fast lane, and on trio's sockets (WSUPER_NATIVE=0)."""
+    monkeypatch.setenv("WSUPER_NATIVE", request.param)
+    return request.param
+
+
+def test_an_engine_that_closes_its_connection_and_lives_on_is_killed_and_restarted(
+        tmp_path, wsuper, engine_path):
+    """A taken-over engine closes its socket and stays (stopped here: its own loop
+    would see the socket gone and exit): it was never noticed, not restarted, and
+    calls to it each waited their whole call_time.  Its connection's end is its
+    end: killed, restarted, and the grant reaches the new incarnation."""
+    path, sock = _system(tmp_path, "transient")
+    run = wsuper("up", path)
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    fd = next(int(f) for f in os.listdir(f"/proc/{pid}/fd")
+              if os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:"))
+    # stopped before gdb lets it go, with its socket closed
+    _in_engine(pid, f"(int)close({fd})", f"shell kill -STOP {pid}")
+    line = run.wait_for("restarting calc")
+    assert "closed its connection" in line, line
+    new = run.wait_for("ready calc", start=run.lines.index(line))
+    assert f"pid={pid} " not in new
+    assert _gone(pid)
+
+    async def main():
+        async with capnp.kj_loop():
+            client, calc = await _connect(sock)
+            return (await calc.add(2, 3)).sum
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == 5
+
+
+def test_an_engine_let_go_that_ignores_sigterm_is_killed(tmp_path, wsuper, engine_path):
+    """When a compartment restarts or fails for good with its engine still there
+    (its program ended, and it serves), the engine is sent SIGTERM, which a
+    taken-over engine may ignore: it must not run on beside its next incarnation
+    (the peer it was is gone, so its connection's end kills it, on either path)."""
+    (tmp_path / "slow.wat").write_text("""(module (memory (export "memory") 1)
+      (func $loop (loop $l (br $l))) (start $loop)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    # a program that serves too: its engine stays once its program has ended
+    (tmp_path / "app.wat").write_text(program("(call $log (i32.const 200) (i32.const 2))",
+                                              {"hi": 200}).rstrip()[:-1] + """
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.slow]
+module = "slow.wat"
+exports = "Calc"
+restart = "never"
+[compartments.slow.limits]
+start_time = 8
+[compartments.app]
+module = "app.wat"
+exports = "Calc"
+restart = "permanent"
+max_restarts = 1
+restart_delay = 0.05
+[compartments.app.grants]
+log = {{ host = "log" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    # app is ready; its program runs once slow is settled (start_time): time to act
+    first = int(run.wait_for("ready app").split("pid=")[1].split()[0])
+    _in_engine(first, f"(long)signal({int(signal.SIGTERM)}, 1)")       # SIG_IGN
+    k = run.lines.index(run.wait_for("restarting app"))
+    second = int(run.wait_for("ready app", start=k).split("pid=")[1].split()[0])
+    assert _gone(first), "the first incarnation ignored SIGTERM and is still running"
+    run.wait_for("compartment app failed for good", start=k)
+    assert _gone(second)
