@@ -183,6 +183,11 @@ class Zygote:
             self._engines[pid] = engine
         return engine
 
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it is gone (negative: the signal that killed it)."""
+        return self._popen.returncode
+
     def stop(self):
         if self._popen.poll() is None:
             self._popen.terminate()

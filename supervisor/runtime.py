@@ -645,7 +645,7 @@ class Supervisor:
             await trio.to_thread.run_sync(self._note_granted)
             self.zygote = Zygote(self._launched)
             self._launched = None
-            nursery.start_soon(self.zygote.run)
+            nursery.start_soon(self._run_zygote)
             for comp in self.system.compartments.values():
                 # in order, but each waits for its fork alone: the next request goes
                 # to the zygote as soon as this one is sent
@@ -678,6 +678,22 @@ class Supervisor:
                 self.output.files.close()
             nursery.cancel_scope.cancel()
         return self._exit_code
+
+    async def _run_zygote(self):
+        """The zygote's answers and engines' exits, until it is gone.  Gone before the
+        system is done (killed, or out of memory), it took every engine with it and
+        nothing can start again: the system stops, saying so.  It stopped only when
+        some compartment next tried to start: one left stopped (restart = "never"),
+        or waiting out a long restart_delay, and the system served on without a
+        single engine, each telling its callers it was "killed by SIGKILL"."""
+        zygote = self.zygote
+        await zygote.run()
+        if not self._done.is_set():
+            code = zygote.returncode
+            how = f" ({_describe_exit(code)})" if code is not None else ""
+            self.say(f"the zygote (pid {zygote.pid}) is gone{how}, and every engine with it: "
+                     f"no compartment can start again; stopping")
+            self._act(self.lifecycle.stop(1))
 
     def _audit_room(self) -> bool:
         """Whether the audit takes more records now (not while AUDIT_BACKLOG wait)."""

@@ -579,3 +579,32 @@ log = {{ host = "log" }}
     assert _gone(first), "the first incarnation ignored SIGTERM and is still running"
     run.wait_for("compartment app failed for good", start=k)
     assert _gone(second)
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("restart", ["never", "permanent", "transient"])
+def test_a_dead_zygote_stops_the_system_at_once_whatever_the_restart_policies(
+        tmp_path, wsuper, restart):
+    """The zygote killed takes every engine with it, and nothing can start again.
+    The system stopped only when a compartment next tried to start: with restart =
+    "never", or a long restart_delay, it served on without an engine, its callers
+    told the engine was "killed by SIGKILL"."""
+    path, _sock = _system(tmp_path, restart)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("restart_delay = 0.05", "restart_delay = 60"))
+    run = wsuper("up", path)
+    engine = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    zygote = _parent(engine)
+    assert _parent(zygote) == run.proc.pid
+    os.kill(zygote, signal.SIGKILL)
+    line = run.wait_for("the zygote")
+    assert f"the zygote (pid {zygote}) is gone (killed by SIGKILL)" in line, line
+    assert "no compartment can start again; stopping" in line
+    assert run.finish() == 1
+    assert _gone(engine)
