@@ -608,3 +608,29 @@ def test_a_dead_zygote_stops_the_system_at_once_whatever_the_restart_policies(
     assert "no compartment can start again; stopping" in line
     assert run.finish() == 1
     assert _gone(engine)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "wsuper stop"])
+def test_a_stopped_zygote_does_not_hold_the_systems_stop(tmp_path, wsuper, how):
+    """The engines' exits are the zygote's news: with the zygote stopped (SIGSTOP),
+    or wedged, the supervisor waited for them for ever once asked to stop, and
+    neither SIGTERM nor `wsuper stop` ended it.  It stops, and takes the zygote and
+    every engine with it."""
+    path, _sock = _system(tmp_path, "transient")
+    run = wsuper("up", path)
+    engine = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    zygote = _parent(engine)
+    assert _parent(zygote) == run.proc.pid
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        if how == "SIGTERM":
+            run.proc.send_signal(signal.SIGTERM)
+        else:
+            assert run_wsuper("stop", path).returncode == 0
+        assert run.finish(timeout=30) == (143 if how == "SIGTERM" else 0)
+    finally:
+        try:
+            os.kill(zygote, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert _gone(engine) and _gone(zygote)
