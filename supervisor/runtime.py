@@ -432,7 +432,6 @@ class Supervisor:
         self._spawned_at: dict[str, float] = {}
         self._done = trio.Event()
         self._exit_code = 0
-        self._stderr_tail: dict[str, collections.deque] = {}
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
         #: COMPARTMENT.GRANT -> (st_dev, st_ino) of the file or directory its path named
         #: when the system started: each start of the compartment must open that one
@@ -974,10 +973,13 @@ class Supervisor:
             link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
-        stderr_done = trio.Event()
+        # this incarnation's last stderr lines, for why it ended: its own (one kept by
+        # name had an earlier incarnation's last words end the reason of every later
+        # one, "killed by SIGKILL: error: cannot load module ..." long after it loaded)
+        stderr_done, tail = trio.Event(), collections.deque(maxlen=5)
         self.nursery.start_soon(self._read_engine, comp.name, generation, pid, link, proc,
-                                stderr_done)
-        self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done)
+                                stderr_done, tail)
+        self.nursery.start_soon(self._read_stderr, comp.name, proc, stderr_done, tail)
         self._perform(effects)
 
     def _lane_link(self, pid: int, sock, limits: Limits, external: bool):
@@ -1104,7 +1106,7 @@ class Supervisor:
                 and self.lifecycle.state[comp.name] == "restarting":
             await self._spawn(comp, generation)
 
-    async def _read_engine(self, name, gen, pid, link, proc, stderr_done):
+    async def _read_engine(self, name, gen, pid, link, proc, stderr_done, tail):
         reason = await self._pump(pid, link)
         lingered = False
         if pid not in self.router.peers and proc.returncode is None:
@@ -1127,7 +1129,6 @@ class Supervisor:
             with trio.move_on_after(1):       # its last words, if it left any
                 await stderr_done.wait()
             reason = _describe_exit(code)
-            tail = self._stderr_tail.get(name)
             if tail:
                 reason += f": {tail[-1]}"
         elif reason is None:
@@ -1301,10 +1302,9 @@ class Supervisor:
                 proc.kill()
                 return
 
-    async def _read_stderr(self, name, proc, done):
+    async def _read_stderr(self, name, proc, done, tail):
         """An engine's stderr, shown line by line at most log_rate lines a second;
         an engine that floods it is read only as fast as that (output.StderrLines)."""
-        tail = self._stderr_tail.setdefault(name, collections.deque(maxlen=5))
         lines = output.StderrLines(self.system.compartments[name].limits.log_rate,
                                    trio.current_time())
         async with proc.stderr:

@@ -634,3 +634,33 @@ def test_a_stopped_zygote_does_not_hold_the_systems_stop(tmp_path, wsuper, how):
         except ProcessLookupError:
             pass
     assert _gone(engine) and _gone(zygote)
+
+
+def test_why_an_engine_ended_is_its_own_not_an_earlier_incarnations(tmp_path, wsuper):
+    """The reason an engine ended ends with its last stderr line; the lines were kept
+    by compartment, so an incarnation that said nothing (killed, say) was given the
+    last words of one before it, long gone: "killed by SIGKILL: error: cannot load
+    module ..." of an engine that had loaded it and served."""
+    import shutil
+    module = tmp_path / "calc.wat"
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), module)
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=module, socket=sock)
+        + "restart_delay = 0.5\nmax_restarts = 10\n")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    (tmp_path / "broken.wat").write_text("(module garbage")
+    os.replace(tmp_path / "broken.wat", module)            # its next start cannot load it
+    os.kill(pid, signal.SIGKILL)
+    k = run.lines.index(run.wait_for("compartment calc failed to start"))
+    assert "cannot load module" in run.lines[k]            # said by that engine, on stderr
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), tmp_path / "good.wat")
+    os.replace(tmp_path / "good.wat", module)
+    line = run.wait_for("ready calc", start=k)
+    pid = int(line.split("pid=")[1].split()[0])
+    k = run.lines.index(line)
+    os.kill(pid, signal.SIGKILL)
+    line = run.wait_for("restarting calc", start=k)
+    assert "(engine killed by SIGKILL; restart" in line, line
+    assert "cannot load" not in line
