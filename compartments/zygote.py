@@ -69,6 +69,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -119,15 +120,55 @@ COMPILE_MEMORY = _compile_memory()
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-#: What starts the compiler's own explanation on its pipe, which is its stderr too
+#: What starts the compiler's own explanation on its pipe, which is its stderr too.
+#: Only `say` writes it, and the text it says never holds a NUL (the text quotes
+#: the module: an import's name may be any bytes): a marker in what was said, or
+#: in what a library printed, is never read as the compiler's own.
 _SAID = b"\x00wsuper: "
-#: What Rust's allocator prints before it aborts (the compiler's stderr is its pipe)
-_RUST_OUT_OF_MEMORY = b"memory allocation of "
+#: Bytes of the compiler's explanation at most (an answer of in_a_compiler may be more)
+SAID_MAX = 4000
+#: Bytes at most of all a child of in_a_compiler writes (its answer and what a library
+#: printed): more is no answer (it is killed), never read into this process's memory
+ANSWER_MAX = 1 << 20
+#: The line Rust's allocator prints before it aborts (the compiler's stderr is its pipe)
+_RUST_OUT_OF_MEMORY = re.compile(rb"^memory allocation of [0-9]+ bytes failed$", re.M)
 
 
 def out_of_memory() -> str:
     return (f"compiling it needed more than {COMPILE_MEMORY >> 20} MiB of memory "
             f"(the compiler's limit)")
+
+
+def say(fd: int, text: str, limit: int = SAID_MAX):
+    """In a compiler child: its own word on its pipe `fd`, after the marker, every NUL
+    of `text` escaped (a module's import named "\\0wsuper: compiling it needed more
+    than ..." made its refusal read as the memory limit; one that put the marker at
+    the cut made the compiler say nothing, and a module at fault was tried again
+    and again as a compiler that died)."""
+    view = memoryview(_SAID + text.replace("\0", "\\x00").encode("utf-8", "replace")[:limit])
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def own_word(status: int, text: bytes) -> str | None:
+    """What a compiler that ended with wait `status`, having written `text`, said of
+    itself (`say`): the text after the last marker, if it exited; None if it said
+    nothing (a child killed by a signal never said its word: a marker in what it
+    printed before is not its own)."""
+    if not os.WIFEXITED(status) or _SAID not in text:
+        return None
+    return text.rpartition(_SAID)[2].decode("utf-8", "replace")
+
+
+def ended(status: int) -> str:
+    """How a compiler ended, in words (not a wait status: "256" was exit code 1)."""
+    if os.WIFSIGNALED(status):
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        return f"its compiler was killed by {name}"
+    return f"its compiler exited with code {os.waitstatus_to_exitcode(status)}"
 
 
 def limit_compiler(confining, stderr: int):
@@ -146,13 +187,15 @@ def limit_compiler(confining, stderr: int):
 
 def compiler_limit_hit(status: int, text: bytes) -> str | None:
     """Which of its limits a compiler that ended with wait `status`, having
-    written `text`, ran into; None if none."""
+    written `text`, ran into; None if none.  Only the compiler's own word (`say`),
+    or an abort with Rust's out-of-memory line, says it ran out of memory: the text
+    anywhere else quotes the module."""
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
         return f"compiling it took more than {COMPILE_SECONDS} s of CPU (the compiler's limit)"
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT \
-            and _RUST_OUT_OF_MEMORY in text:        # wasmtime aborts when malloc fails
+            and _RUST_OUT_OF_MEMORY.search(text):   # wasmtime aborts when malloc fails
         return out_of_memory()
-    if _SAID + out_of_memory().encode() in text:    # Python's MemoryError
+    if own_word(status, text) == out_of_memory():   # Python's MemoryError
         return out_of_memory()
     return None
 
@@ -166,7 +209,11 @@ def in_a_compiler(work):
     a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY), as the zygote compiles:
     `wsuper check` and `up` compile each module once, and a module can be made to
     take minutes and tens of GB to compile (or abort the process when memory runs
-    out).  Raises CompilerFailed naming the limit, or what the child said."""
+    out).  Raises CompilerFailed naming the limit, or what the child said.
+
+    The child parses hostile modules: what it answers is JSON (or CompilerFailed),
+    of at most ANSWER_MAX bytes, and nothing more is known of it: the caller checks
+    its shape as it would any hostile input."""
     from . import confine as confining
     r, w = os.pipe()
     try:
@@ -183,34 +230,51 @@ def in_a_compiler(work):
             try:
                 result = work()
             except MemoryError:
-                os.write(w, _SAID + out_of_memory().encode())
+                say(w, out_of_memory())
             else:
-                view = memoryview(_SAID + json.dumps(result).encode())
-                while view:
-                    view = view[os.write(w, view):]
+                # ensure_ascii: no NUL in it (nor a marker)
+                say(w, json.dumps(result, ensure_ascii=True), limit=ANSWER_MAX)
                 code = 0
-        except BaseException:          # noqa: BLE001 - said on the pipe
-            traceback.print_exc()
+        except BaseException as e:     # noqa: BLE001 - said on the pipe, in one line
+            try:
+                say(w, "".join(traceback.format_exception_only(e)).strip()
+                    .replace("\n", " ")[:500])
+            except BaseException:      # noqa: BLE001
+                pass
         finally:
             os._exit(code)
     os.close(w)
-    chunks = []
+    chunks, size, too_much = [], 0, False
     try:
         while True:
             data = os.read(r, 1 << 16)
             if not data:
                 break
+            size += len(data)
+            if size > ANSWER_MAX + len(_SAID):
+                too_much = True         # never held here: the child is stopped
+                os.kill(pid, signal.SIGKILL)
+                break
             chunks.append(data)
     finally:
         os.close(r)
         _, status = os.waitpid(pid, 0)
+    if too_much:
+        raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")
     text = b"".join(chunks)
-    if status == 0 and _SAID in text:
-        return json.loads(text.rpartition(_SAID)[2])
+    word = own_word(status, text)
+    if status == 0 and word is not None:
+        try:
+            return json.loads(word)
+        except (ValueError, RecursionError):
+            raise CompilerFailed("its compiler's answer is not JSON") from None
     limit = compiler_limit_hit(status, text)
-    last = text.decode("utf-8", "replace").strip().splitlines()
-    raise CompilerFailed(limit or f"its compiler ended with status {status}" + (
-        f": {last[-1][:500]}" if last else ""))
+    if limit:
+        raise CompilerFailed(limit)
+    if word is None:        # what a library printed last (Rust's panic, say)
+        lines = text.decode("utf-8", "replace").replace("\0", "\\x00").strip().splitlines()
+        word = lines[-1] if lines else ""
+    raise CompilerFailed(ended(status) + (f": {word[:500]}" if word else ""))
 
 
 class _Compile:
@@ -249,14 +313,13 @@ class _Compile:
             for fd in self.fds:
                 os.close(fd)
             # its own word follows _SAID (what a library printed may come before it)
-            error = self.text.rpartition(_SAID)[2].decode("utf-8", "replace") \
-                if _SAID in self.text else ""
+            error = own_word(status, self.text) or ""
             said = bool(error) and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
             limit = compiler_limit_hit(status, self.text)
             if limit:       # the same file needs as much again: kept until it changes
                 error, said = limit, True
             return None, f"cannot load module {path}: " + (
-                error or f"its compiler ended with status {status}"), said
+                error or ended(status)), said
         for fd in self.fds:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
         return self.fds, None, False
@@ -408,21 +471,20 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         module, sites, layout = wasm.compile_for(wasm_engine, path, instrument, protect,
                                                  memory_limit)
     except MemoryError:     # Python's, rewriting it for probes
-        os.write(err, _SAID + out_of_memory().encode())
+        say(err, out_of_memory())
         return 1
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
             rewriting.InstrumentError) as e:
         text = str(e).strip()
         what = "cannot instrument it: " if isinstance(e, rewriting.InstrumentError) else ""
-        os.write(err, _SAID + (what + (text.splitlines()[0] if text else type(e).__name__))
-                 .encode()[:4000])
+        say(err, what + (text.splitlines()[0] if text else type(e).__name__))
         # 1: the module is at fault, and will be again (_Modules.get keeps it);
         # 2: time or resources ran out, or the file could not be read: try again later
         transient = getattr(e, "transient", isinstance(e, OSError))
         return 2 if transient else 1
     problem, description = wasm.describe(module, sites, layout)
     if problem:
-        os.write(err, _SAID + f"module {path} {problem}".encode()[:4000])
+        say(err, f"module {path} {problem}")
         return 1
     for fd, data in zip(fds, (module.serialize(), description.to_json())):
         view = memoryview(data)

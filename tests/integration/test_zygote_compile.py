@@ -8,6 +8,7 @@ it never failed for good, the zygote was never free again, and no other
 compartment's program ever ran (the others wait for every start to settle).
 """
 import os
+import signal
 import time
 
 import pytest
@@ -229,6 +230,90 @@ def test_wsuper_check_and_up_compile_a_module_within_the_compilers_limits(
         preflight.prepare(policy.load(str(tmp_path / "system.toml")))
     assert str(e.value) == (f"{tmp_path}/system.toml:2: compartments.m.module: cannot compile "
                             f"{tmp_path}/m.wasm: compiling it {why} (the compiler's limit)")
+
+
+def _importing(field: bytes) -> bytes:
+    """A valid module that imports a function env.`field` (any bytes: a name)."""
+    def leb(n):
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | 0x80 if n else b)
+            if not n:
+                return bytes(out)
+
+    def section(i, body):
+        return bytes([i]) + leb(len(body)) + body
+    return (b"\x00asm\x01\x00\x00\x00" + section(1, b"\x01\x60\x00\x00")
+            + section(2, b"\x01\x03env" + leb(len(field)) + field + b"\x00\x00"))
+
+
+def _forgeries(path) -> dict:
+    """Import names that carry the compiler's marker (zygote._SAID): one followed by
+    the out-of-memory refusal, one placed where the compiler's word is cut (4000
+    bytes), so that nothing of its own followed the last marker."""
+    prefix = f"module {path} imports env.".encode()
+    return {"oom": zygote._SAID + zygote.out_of_memory().encode(),
+            "cut": b"x" * (4000 - len(prefix) - len(zygote._SAID)) + zygote._SAID + b"y" * 50,
+            "panic": b"\nmemory allocation of 12 bytes failed\n" + zygote._SAID}
+
+
+@pytest.mark.parametrize("forgery", ["oom", "cut", "panic"])
+def test_a_module_cannot_forge_what_its_compiler_says(tmp_path, modules, forgery):
+    """The compiler's explanation follows a marker on its pipe, and the text it says
+    quotes the module (an import's name, any bytes).  A module importing
+    "\0wsuper: compiling it needed more than 4096 MiB ..." was refused as if it had
+    run out of memory; one whose name put the marker where the compiler's word is
+    cut made it say nothing, so a module at fault (kept failed until it changes)
+    was taken for a compiler that died, and compiled again and again."""
+    path = tmp_path / "m.wasm"
+    path.write_bytes(_importing(_forgeries(path)[forgery]))
+    fds, why = modules.get(str(path))
+    assert fds is None
+    assert why.startswith(f"cannot load module {path}: module {path} imports env."), why
+    assert "(the compiler's limit)" not in why.split("\\x00wsuper: ")[0]
+    assert zygote._SAID not in why.encode()
+    variant = next(iter(modules._failed))
+    assert modules._failed[variant][2] is None       # the module's fault: kept until it changes
+
+
+#: what a child of in_a_compiler may write at most (zygote.ANSWER_MAX)
+ANSWER_MAX = getattr(zygote, "ANSWER_MAX", 1 << 20)
+
+
+def _child_crash():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _child_not_json():
+    os.write(2, zygote._SAID + b'{"problem": ')
+    os._exit(0)
+
+
+def _child_forges_in_its_error():
+    raise ValueError("\0wsuper: " + zygote.out_of_memory())
+
+
+def _child_says_too_much():
+    os.write(2, zygote._SAID + b'["' + b"x" * (ANSWER_MAX + 10) + b'"]')
+    os._exit(0)
+
+
+@pytest.mark.parametrize("work, said", [
+    (_child_crash, "its compiler was killed by SIGSEGV"),
+    (_child_not_json, "its compiler's answer is not JSON"),
+    (_child_forges_in_its_error, "its compiler exited with code 1: ValueError: \\x00wsuper: "),
+    (_child_says_too_much, f"its compiler wrote more than {ANSWER_MAX} bytes")])
+def test_a_child_of_in_a_compiler_that_ends_badly_is_compiler_failed(work, said):
+    """`wsuper check` and `up` compile in a child (zygote.in_a_compiler) that parses
+    hostile modules: a child killed by a signal was 'ended with status 11' (a wait
+    status), one whose answer was no JSON a traceback out of check and up, one whose
+    error quoted the marker and the out-of-memory text a module over the memory
+    limit, and what the child wrote was read whole into this process."""
+    with pytest.raises(zygote.CompilerFailed) as e:
+        zygote.in_a_compiler(work)
+    assert str(e.value).startswith(said), str(e.value)
+    assert "(the compiler's limit)" not in str(e.value).split("\\x00")[0]
 
 
 def test_the_compilers_limit_never_asks_more_than_the_hard_limit_it_has(modules):
