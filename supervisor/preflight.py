@@ -85,7 +85,7 @@ def prepare(system: System) -> Plan:
 
     main = {}
     wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
-    checked = {}        # module path -> (import problem, imports WASI, export names)
+    checked = {}        # module path -> (import problem, imports WASI, exports dispatch, ...)
     engine = wasmtime.Engine(engine_config())      # as the engines will compile them
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
@@ -96,12 +96,12 @@ def prepare(system: System) -> Plan:
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
             facts = _bounded(where, f"{key}.module", comp.module,
-                             lambda: _module_facts(engine, comp.module))
+                             lambda: _module_facts(engine, comp.module), _facts_problem)
             if "error" in facts:
                 raise where.error(f"{key}.module", facts["error"])
-            checked[comp.module] = (facts["problem"], facts["wasi"], set(facts["exported"]),
+            checked[comp.module] = (facts["problem"], facts["wasi"], facts["dispatch"],
                                     facts["pages"], tuple(facts["tables"]))
-        problem, is_wasi, exported, pages, tables = checked[comp.module]
+        problem, is_wasi, dispatch, pages, tables = checked[comp.module]
         if problem:
             raise where.error(f"{key}.module", f"{comp.module} {problem}")
         if pages * 65536 > comp.limits.memory:
@@ -120,10 +120,10 @@ def prepare(system: System) -> Plan:
         _check_environment_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             refused = _bounded(where, f"{key}.module", comp.module,
-                               lambda: _protect_refusal(engine, comp))
+                               lambda: _protect_refusal(engine, comp), _refusal_problem)
             if refused:
                 raise where.error(f"{key}.{refused[0]}", f"{comp.module}: {refused[1]}")
-        if comp.exports and abi.EXPORT_DISPATCH not in exported:
+        if comp.exports and not dispatch:
             raise where.error(f"{key}.exports", f"{comp.module} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
     resolved = {}
@@ -149,34 +149,87 @@ def prepare(system: System) -> Plan:
     return Plan(system, interfaces, main, names, ifaces, supers)
 
 
-def _bounded(where, key: str, path: str, work):
+def _bounded(where, key: str, path: str, work, problem):
     """`work()` in a child under the limits of the zygote's compilers: a module can be
     made to take minutes and tens of GB to compile, or abort the process that
     compiles it when memory runs out, and this process is `wsuper check`'s or the
-    supervisor's.  A child that failed is a PolicyError at `key`."""
+    supervisor's.  A child that failed is a PolicyError at `key`, and so is an
+    answer `problem(answer)` finds fault with: the child parsed a hostile module,
+    and its answer is hostile input here (not JSON, or a list for a dict, was a
+    traceback out of `wsuper check` and `up`)."""
     try:
-        return zygote.in_a_compiler(work)
+        answer = zygote.in_a_compiler(work)
     except zygote.CompilerFailed as e:
         raise where.error(key, f"cannot compile {path}: {e}") from None
+    wrong = problem(answer)
+    if wrong:
+        raise where.error(key, f"cannot compile {path}: its compiler's answer {wrong}")
+    return answer
+
+
+#: Characters at most of a text a compiler child answers (a problem names an import,
+#: whose name may be 100,000 bytes; a refusal's reason)
+TEXT_MAX = 2000
+
+
+def _is_text(value, limit: int = TEXT_MAX) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and 0 <= value < 1 << 64
+
+
+def _facts_problem(facts) -> str | None:
+    """What is wrong with an answer of _module_facts, or None."""
+    if not isinstance(facts, dict):
+        return "is no object"
+    if set(facts) == {"error"}:
+        return None if _is_text(facts["error"], 2 * TEXT_MAX) else "has a bad error"
+    if set(facts) != {"problem", "wasi", "dispatch", "pages", "tables"}:
+        return f"has the wrong keys ({', '.join(sorted(map(str, facts)))[:200]})"
+    if not (facts["problem"] is None or _is_text(facts["problem"])) \
+            or type(facts["wasi"]) is not bool or type(facts["dispatch"]) is not bool \
+            or not _is_count(facts["pages"]) or not isinstance(facts["tables"], list) \
+            or len(facts["tables"]) > 100_000 or not all(map(_is_count, facts["tables"])):
+        return "has a value of the wrong kind"
+    return None
+
+
+def _refusal_problem(refused) -> str | None:
+    """What is wrong with an answer of _protect_refusal, or None."""
+    if refused is None:
+        return None
+    if not (isinstance(refused, list) and len(refused) == 2 and _is_text(refused[0], 100)
+            and refused[0].replace(".", "").replace("_", "").isalnum()
+            and refused[0].isascii() and _is_text(refused[1])):
+        return "is no refusal"
+    return None
 
 
 def _module_facts(engine, path: str) -> dict:
     """What the checks need of the module at `path` (JSON values, made in a child):
     {"error": why it is no module} or its import problem, whether it imports WASI,
-    its export names, its memory and its tables."""
+    whether it exports the dispatch entry, its memory and its tables.  (Not every
+    export name: a module of 256 MiB may have 100,000 of 100 KB each.)"""
     try:
         module, binary = _compile(engine, path)
     except _NoModule as e:
-        return {"error": str(e)}
+        return {"error": _clip(str(e), 2 * TEXT_MAX)}
     imports = list(describe_imports(module))
     entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
                else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
                else None for e in module.exports}
-    return {"problem": abi.check_imports(imports) or abi.check_entries(entries)
-            or _instantiation_problem(binary),
+    problem = (abi.check_imports(imports) or abi.check_entries(entries)
+               or _instantiation_problem(binary))
+    return {"problem": None if problem is None else _clip(problem, TEXT_MAX),
             "wasi": any(m == abi.WASI_MODULE for m, *_ in imports),
-            "exported": [e.name for e in module.exports],
+            "dispatch": abi.EXPORT_DISPATCH in entries,
             "pages": _memory_pages(binary, module), "tables": list(_tables(binary))}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _protect_refusal(engine, comp):
@@ -185,7 +238,7 @@ def _protect_refusal(engine, comp):
     try:
         protect.check_file(engine, comp.module, comp.protect, comp.limits.memory)
     except protect.ProtectError as e:
-        return [e.key, e.reason]
+        return [e.key, _clip(e.reason, TEXT_MAX)]
     return None
 
 

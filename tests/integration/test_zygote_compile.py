@@ -316,6 +316,46 @@ def test_a_child_of_in_a_compiler_that_ends_badly_is_compiler_failed(work, said)
     assert "(the compiler's limit)" not in str(e.value).split("\\x00")[0]
 
 
+@pytest.mark.parametrize("answer", [
+    [], "x", {}, {"problem": None}, {"error": 1},
+    {"problem": None, "wasi": False, "dispatch": True, "pages": "1" * 100, "tables": []},
+    {"problem": None, "wasi": False, "dispatch": True, "pages": 1, "tables": [-1]},
+    {"problem": None, "wasi": 0, "dispatch": True, "pages": 1, "tables": []},
+    {"problem": ["x"], "wasi": False, "dispatch": True, "pages": 1, "tables": []},
+    {"problem": None, "wasi": False, "dispatch": True, "pages": 1, "tables": [], "x": 1}])
+def test_wsuper_check_takes_no_answer_of_its_compiler_child_on_trust(
+        tmp_path, monkeypatch, answer):
+    """The child that compiles a module for `wsuper check` and `up` parses hostile
+    wasm, so its answer is hostile input: one of the wrong shape (a list, missing
+    keys, a string for a number) is a PolicyError naming the module, never a
+    traceback, nor a number of pages made of a string."""
+    from supervisor import policy, preflight
+    monkeypatch.setattr(preflight, "_module_facts", lambda engine, path: answer)
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+    assert str(e.value).startswith(f"{tmp_path}/system.toml:2: compartments.m.module: cannot "
+                                   f"compile {tmp_path}/m.wat: its compiler's answer "), e.value
+
+
+def test_wsuper_check_refuses_a_module_that_imports_a_name_with_the_compilers_marker(
+        tmp_path):
+    """The same forgeries through `wsuper check`'s child: the module is refused for
+    its import, and the name is shown escaped and at most TEXT_MAX long."""
+    from supervisor import policy, preflight
+    path = tmp_path / "m.wasm"
+    path.write_bytes(_importing(zygote._SAID + zygote.out_of_memory().encode()
+                                + b"z" * 90_000))
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wasm"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(policy.load(str(tmp_path / "system.toml")))
+    assert str(e.value).startswith(f"{tmp_path}/system.toml:2: compartments.m.module: "
+                                   f"{path} imports env.\\x00wsuper: compiling"), e.value
+    assert len(str(e.value)) < preflight.TEXT_MAX + 500
+
+
 def test_the_compilers_limit_never_asks_more_than_the_hard_limit_it_has(modules):
     """The compiler's CPU limit is set below whatever hard limit wsuper runs under:
     asking more than it (COMPILE_SECONDS + 5 under a hard limit of 60 s, say) fails
