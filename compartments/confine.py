@@ -516,18 +516,59 @@ def landlock_ruleset(abi: int) -> bytes:
     return struct.pack("<Q", fs)
 
 
+PR_CAPBSET_READ = 23
+CAP_SETPCAP = 8
+
+
+def _bounding_set() -> list[int]:
+    """The capabilities in this thread's bounding set."""
+    held = []
+    for cap in range(_cap_last() + 1):
+        r = _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
+        if r < 0:                                # past the kernel's last capability
+            break
+        if r:
+            held.append(cap)
+    return held
+
+
+def exec_capability_problem() -> str | None:
+    """Why drop_capabilities_before_exec cannot work here, or None: root (whom an
+    exec gives its bounding set) with capabilities in that set but without
+    CAP_SETPCAP to drop them (wsuper as root in a container or a unit whose
+    capabilities are cut, setpcap among them), so that a helper it runs would
+    hold them."""
+    if os.geteuid() != 0:
+        return None
+    held = _bounding_set()
+    if not held:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f
+                             if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        effective = 0
+    if effective >> CAP_SETPCAP & 1:
+        return None
+    return (f"wsuper runs as root without CAP_SETPCAP, and its bounding set holds "
+            f"{len(held)} capabilities (first {held[0]}): a program it runs would have "
+            f"them, and it cannot drop them (empty the bounding set, or run wsuper "
+            f"as another user)")
+
+
 def drop_capabilities_before_exec():
     """In a child about to exec a helper (wasm-tools): when root, empty the capability
     bounding set and the ambient set, so that the program it execs, uid 0 though it
     is, gains no capability (exec gives root the bounding set).  Not root: an exec
-    under no_new_privs gains none anyway.  Raises ConfinementError."""
+    under no_new_privs gains none anyway.  A capability not in the set is not
+    dropped (that needs CAP_SETPCAP too: root with an empty bounding set and no
+    CAP_SETPCAP could run no helper at all).  Raises ConfinementError."""
     if os.geteuid() != 0:
         return
-    for cap in range(_cap_last() + 1):
+    for cap in _bounding_set():
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             e = ctypes.get_errno()
-            if e == errno.EINVAL:                # past the kernel's last capability
-                break
             raise ConfinementError(e, f"dropping capability {cap} from the bounding set: "
                                    f"{os.strerror(e)}")
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)

@@ -252,6 +252,10 @@ def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
     binary = wasm_tools()
     if limit is None:
         limit = TEXT_PER_BYTE * len(data) + (1 << 20)
+    from . import confine
+    problem = confine.exec_capability_problem()     # the tool would keep root's
+    if problem:
+        raise InstrumentError(f"cannot confine wasm-tools: {problem}")
     try:        # the input from a memory file: nothing to write while we read
         source = os.memfd_create("wsuper-tool-input", os.MFD_CLOEXEC)
         try:
@@ -266,6 +270,8 @@ def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
             os.close(source)
     except OSError as e:
         raise InstrumentError(f"cannot run wasm-tools: {e}", transient=True) from None
+    except subprocess.SubprocessError as e:     # _confine_tool raised: never run unconfined
+        raise InstrumentError(f"cannot confine wasm-tools: {e}") from None
     out, err, too_much = [], [], False
     size = 0
     deadline = time.monotonic() + TOOL_SECONDS

@@ -834,3 +834,37 @@ exports = "Calc"
     address_space = int(re.search(r"Max address space\s+(\d+)", limits).group(1))
     base = address_space - 2 * (64 << 20) - (512 << 20)
     assert base < 512 << 20, base >> 20
+
+
+#: Rewrites a small module with wasm-tools as the compiler child does (instrument._tool),
+#: and says what came of it.
+TOOL_RUN = r"""
+from compartments import instrument
+try:
+    out = instrument._tool(["print"], b"\0asm\x01\0\0\0")
+    print("ran", out.decode().split()[0])
+except BaseException as e:
+    print("refused", type(e).__name__, e)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (util-linux)")
+@pytest.mark.parametrize("bounding, said", [
+    ("-all", "ran (module"),
+    ("-setpcap", "refused InstrumentError cannot confine wasm-tools: wsuper runs as root "
+                 "without CAP_SETPCAP")])
+def test_wasm_tools_runs_as_root_with_capabilities_cut_or_is_refused_saying_why(
+        bounding, said):
+    """Emptying the wasm-tools child's bounding set (drop_capabilities_before_exec)
+    needs CAP_SETPCAP, which root may lack (a container, a unit with its
+    capabilities cut): with an empty bounding set already, every rewrite for probes
+    failed ('Exception occurred in preexec_fn', which the compiler did not catch:
+    it died saying nothing, and was tried again every 10 s); with others left and
+    no CAP_SETPCAP, the same.  Now a capability not held is not dropped, and root
+    that cannot drop what it holds is refused saying why, never run with them."""
+    r = subprocess.run(["setpriv", f"--bounding-set={bounding}", sys.executable, "-c", TOOL_RUN],
+                       capture_output=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))))
+    assert r.stdout.decode().startswith(said), (r.stdout, r.stderr[-2000:])
