@@ -215,6 +215,7 @@ def in_a_compiler(work):
     of at most ANSWER_MAX bytes, and nothing more is known of it: the caller checks
     its shape as it would any hostile input."""
     from . import confine as confining
+    parent = os.getpid()
     r, w = os.pipe()
     try:
         pid = os.fork()
@@ -225,6 +226,9 @@ def in_a_compiler(work):
     if pid == 0:
         code = 1
         try:
+            # never outlive `wsuper check` or `up` (killed, or ^C): a compile may
+            # run on for COMPILE_SECONDS and COMPILE_MEMORY after it
+            confining.die_with_parent(parent)
             os.close(r)
             limit_compiler(confining, w)
             try:
@@ -244,7 +248,7 @@ def in_a_compiler(work):
         finally:
             os._exit(code)
     os.close(w)
-    chunks, size, too_much = [], 0, False
+    chunks, size, too_much, done = [], 0, False, False
     try:
         while True:
             data = os.read(r, 1 << 16)
@@ -253,11 +257,13 @@ def in_a_compiler(work):
             size += len(data)
             if size > ANSWER_MAX + len(_SAID):
                 too_much = True         # never held here: the child is stopped
-                os.kill(pid, signal.SIGKILL)
                 break
             chunks.append(data)
+        done = not too_much
     finally:
         os.close(r)
+        if not done:                    # too much, or interrupted here (^C): no answer
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     if too_much:
         raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")

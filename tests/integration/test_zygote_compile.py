@@ -686,3 +686,52 @@ def test_the_last_piece_of_a_request_read_with_the_next_one_keeps_its_own_descri
         popen.wait()
         for item in kept:
             item.close() if isinstance(item, socket.socket) else os.close(item)
+
+
+#: A process that compiles in a child (zygote.in_a_compiler) whose work says its pid
+#: and then takes long (as a module slow to compile does).
+IN_A_COMPILER = r"""
+import os, time
+from compartments import zygote
+def work():
+    os.write(1, b"%d\n" % os.getpid())
+    time.sleep(600)
+zygote.in_a_compiler(work)
+"""
+
+
+def _ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_the_child_of_in_a_compiler_never_outlives_check_or_up(how):
+    """`wsuper check` and `up` compile each module in a child that may run for
+    COMPILE_SECONDS of CPU with COMPILE_MEMORY: killed, check or up left it running
+    on after them (no PR_SET_PDEATHSIG); interrupted (^C reaches check, and a
+    compile in wasmtime does not see its own until it is done), check waited for
+    it to end.  The child dies with its parent, and an interrupted parent ends it."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    parent = subprocess.Popen([sys.executable, "-c", IN_A_COMPILER], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        parent.send_signal(how)
+        parent.wait(timeout=60)                 # an interrupted parent does not wait
+        deadline = time.monotonic() + 20
+        while not _ended(child):
+            assert time.monotonic() < deadline, "the compiler child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None and not _ended(child):
+            os.kill(child, signal.SIGKILL)
