@@ -107,13 +107,49 @@ FAILED_RETRY = 10.0
 #: for a module that needs tens of GB: COMPILES of them at once could take the
 #: machine's memory, and the kernel's OOM killer chooses among the supervisor and
 #: every engine.  4 GiB, or less on a small host (its memory shared by the
-#: compilers that may run at once, and one more).
-def _compile_memory() -> int:
+#: compilers that may run at once, and one more), but never less than 1 GiB.  A
+#: host's memory is the least of its RAM and the memory limit of the control group
+#: wsuper runs in (a container's, a service's MemoryMax=): a container of 2 GiB on
+#: a large machine is a small host, and its OOM killer chooses among its processes.
+def _compile_memory(physical: int | None = None, compiles: int | None = None) -> int:
+    physical = _host_memory() if physical is None else physical
+    compiles = COMPILES if compiles is None else compiles
+    return 4 << 30 if physical <= 0 else max(1 << 30, min(4 << 30, physical // (compiles + 1)))
+
+
+def _host_memory(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int:
+    """The bytes of memory this process may use: the host's RAM, or less, the limit
+    of its control group or of one above it (v2 memory.max, v1
+    memory.limit_in_bytes); 0 if none is known."""
     try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        known = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
     except (ValueError, OSError):
-        physical = 0
-    return 4 << 30 if physical <= 0 else max(1 << 30, min(4 << 30, physical // (COMPILES + 1)))
+        known = []
+    try:
+        with open(cgroups, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            base, name = root, "memory.max"                 # v2 (unified)
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"   # v1
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):        # its group and every one above
+            try:
+                with open(os.path.join(base, *parts[:depth], name), encoding="ascii") as f:
+                    value = f.read().strip()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if value.isdigit() and 0 < int(value) < 1 << 62:  # "max", v1's "unlimited"
+                known.append(int(value))
+    known = [k for k in known if k > 0]
+    return min(known) if known else 0
 
 
 COMPILE_MEMORY = _compile_memory()

@@ -735,3 +735,36 @@ def test_the_child_of_in_a_compiler_never_outlives_check_or_up(how):
             parent.wait()
         if child is not None and not _ended(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_compilers_memory_limit_heeds_the_control_groups_limit(tmp_path):
+    """COMPILE_MEMORY is the host's memory shared by COMPILES + 1 compilers, and the
+    host's memory was its RAM only: in a container (or a service with MemoryMax=)
+    of 2 GiB on a machine of 64 GiB, each of four compilers could map 4 GiB, and the
+    container's OOM killer chose among the supervisor and the engines.  The limit
+    of the process's control group (v2 memory.max, v1 memory.limit_in_bytes), or of
+    one above it, counts as the host's memory when it is less."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    v2 = tmp_path / "v2"
+    (v2 / "system.slice" / "wsuper.service").mkdir(parents=True)
+    (v2 / "system.slice" / "memory.max").write_text("2147483648\n")
+    (v2 / "system.slice" / "wsuper.service" / "memory.max").write_text("max\n")
+    (tmp_path / "cgroup2").write_text("0::/system.slice/wsuper.service\n")
+    assert zygote._host_memory(str(tmp_path / "cgroup2"), str(v2)) == min(physical, 2 << 30)
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(
+        str(1536 << 20) + "\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "cgroup1").write_text("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n"
+                                      "0::/\n")
+    assert zygote._host_memory(str(tmp_path / "cgroup1"), str(v1)) == min(physical,
+                                                                            1536 << 20)
+    # no control group limit: the RAM
+    (tmp_path / "none").write_text("0::/\n")
+    assert zygote._host_memory(str(tmp_path / "none"), str(tmp_path / "empty")) == physical
+    # shared by the compilers and one more, between 1 GiB and 4 GiB
+    assert zygote._compile_memory(8 << 30, 3) == 2 << 30
+    assert zygote._compile_memory(2 << 30, 4) == 1 << 30
+    assert zygote._compile_memory(64 << 30, 4) == 4 << 30
+    assert zygote._compile_memory(0, 4) == 4 << 30
