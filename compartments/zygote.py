@@ -252,13 +252,16 @@ def in_a_compiler(work):
     its shape as it would any hostile input."""
     from . import confine as confining
     parent = os.getpid()
-    r, w = os.pipe()
+    try:                    # no process or descriptor left: a failure, not a traceback
+        r, w = os.pipe()
+    except OSError as e:
+        raise CompilerFailed(f"cannot start a compiler: {e.strerror or e}") from None
     try:
         pid = os.fork()
-    except OSError:
+    except OSError as e:
         os.close(r)
         os.close(w)
-        raise
+        raise CompilerFailed(f"cannot start a compiler: {e.strerror or e}") from None
     if pid == 0:
         code = 1
         try:

@@ -768,3 +768,26 @@ def test_the_compilers_memory_limit_heeds_the_control_groups_limit(tmp_path):
     assert zygote._compile_memory(2 << 30, 4) == 1 << 30
     assert zygote._compile_memory(64 << 30, 4) == 4 << 30
     assert zygote._compile_memory(0, 4) == 4 << 30
+
+
+@pytest.mark.parametrize("call", ["fork", "pipe"])
+def test_wsuper_check_that_cannot_start_a_compiler_says_so(tmp_path, monkeypatch, call):
+    """`wsuper check` and `up` now fork a compiler for each module: a fork refused
+    (EAGAIN: the user's process limit; ENOMEM) or no descriptor left for its pipe
+    was a traceback out of them, not an error naming the module."""
+    import errno
+
+    from supervisor import policy, preflight
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = "m.wat"\n')
+    system = policy.load(str(tmp_path / "system.toml"))
+
+    def refused(*args):
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    monkeypatch.setattr(os, call, refused)
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(system)
+    assert str(e.value) == (f"{tmp_path}/system.toml:2: compartments.m.module: cannot compile "
+                            f"{tmp_path}/m.wat: cannot start a compiler: "
+                            f"{os.strerror(errno.EAGAIN)}")
