@@ -52,7 +52,9 @@
 #define READ_BUDGET (256 * 1024)    /* bytes read from one peer per wake-up */
 #define TO_PYTHON_LIMIT (1u << 20)  /* bytes queued for Python before reading pauses */
 #define AUDIT_CAPACITY 65536
-#define NOFINISH_RING 4096          /* protocol.MAX_UNFINISHED */
+#define NOFINISH_RING 4096          /* protocol.MAX_UNFINISHED: allowances kept */
+#define NF_CAP (2 * NOFINISH_RING)  /* the ring's places: the kept ones, and room for ones
+                                       gone since (compacted when full) */
 
 static int64_t now_ns(clockid_t c) {
   struct timespec t;
@@ -275,11 +277,12 @@ typedef struct Peer {
   uint32_t next_qid;
   long served, failed;
   /* an engine's answers returned natively without a Finish to wait for, oldest first
-   * (allocated at its first such return: 48 KiB a peer, which no external client
-   * needs, took 48 KiB of every external connection's) */
+   * (allocated at its first such return: 96 KiB a peer, which no external client
+   * needs, took 48 KiB of every external connection's); nf_live of them are still
+   * allowed (in `nofinish`): the others' ids were used again, or finished, since */
   uint32_t *nf_ring;
   uint64_t *nf_seq;
-  size_t nf_head, nf_len;
+  size_t nf_head, nf_len, nf_live;
   uint64_t nf_next;
   struct Peer *next_dirty;
 } Peer;
@@ -497,19 +500,56 @@ static void ncall_forget(Lane *L, NCall *c, int keep_answer) {
   ncall_unlink(c);
 }
 
+/* The ring's entry at `i` (an index from its head) is still an allowance: its id was
+ * not used again, nor finished, since (or added again later, with a newer number). */
+static int nofinish_live(Lane *L, Peer *A, size_t i) {
+  size_t at = (A->nf_head + i) % NF_CAP;
+  return (uint64_t)(uintptr_t)map_get(&L->nofinish, KEY(A->pid, A->nf_ring[at])) ==
+         A->nf_seq[at];
+}
+
+/* The allowance for answer `aid` of peer `pid` goes (its id is open again, or its
+ * Finish came): 1 if it had one. */
+static int nofinish_forget(Lane *L, long pid, uint32_t aid) {
+  if (!map_del(&L->nofinish, KEY(pid, aid))) return 0;
+  Peer *P = peer_get(L, pid);
+  if (P && P->nf_live) P->nf_live--;
+  return 1;
+}
+
+/* As protocol.Connection._finish_not_needed: the last NOFINISH_RING answers returned
+ * without a Finish *that are still allowed one* keep the allowance; past that the
+ * oldest of them loses it.  Counting every return instead (ids used again since among
+ * them) took it from an answer Python would have kept: a caller reusing a few ids
+ * lost it after NOFINISH_RING round trips, and its allowed Finish cut it off. */
 static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
-  if (A->nf_len == NOFINISH_RING) { /* forget the oldest, as protocol.py does */
-    uint32_t old = A->nf_ring[A->nf_head];
-    if ((uint64_t)(uintptr_t)map_get(&L->nofinish, KEY(A->pid, old)) == A->nf_seq[A->nf_head])
-      map_del(&L->nofinish, KEY(A->pid, old));
-    A->nf_head = (A->nf_head + 1) % NOFINISH_RING;
+  while (A->nf_len && A->nf_live >= NOFINISH_RING) { /* the oldest kept one goes */
+    if (nofinish_live(L, A, 0)) {
+      map_del(&L->nofinish, KEY(A->pid, A->nf_ring[A->nf_head]));
+      A->nf_live--;
+    }
+    A->nf_head = (A->nf_head + 1) % NF_CAP;
     A->nf_len--;
   }
-  size_t at = (A->nf_head + A->nf_len) % NOFINISH_RING;
+  if (A->nf_len == NF_CAP) { /* compact: only the kept ones stay, in order (fewer than
+                                NOFINISH_RING: room for NF_CAP - NOFINISH_RING more) */
+    size_t kept = 0;
+    for (size_t i = 0; i < A->nf_len; i++) {
+      if (!nofinish_live(L, A, i)) continue;
+      size_t from = (A->nf_head + i) % NF_CAP, to = (A->nf_head + kept) % NF_CAP;
+      A->nf_ring[to] = A->nf_ring[from];
+      A->nf_seq[to] = A->nf_seq[from];
+      kept++;
+    }
+    A->nf_len = kept;
+  }
+  int had = map_get(&L->nofinish, KEY(A->pid, aid)) != NULL;
+  size_t at = (A->nf_head + A->nf_len) % NF_CAP;
   A->nf_ring[at] = aid;
   A->nf_seq[at] = ++A->nf_next;
   A->nf_len++;
-  map_put(&L->nofinish, KEY(A->pid, aid), (void *)(uintptr_t)A->nf_seq[at]);
+  if (map_put(&L->nofinish, KEY(A->pid, aid), (void *)(uintptr_t)A->nf_seq[at]) == 0 && !had)
+    A->nf_live++;
 }
 
 static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_plain *o) {
@@ -564,7 +604,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
     free(c);
     return 0;
   }
-  map_del(&L->nofinish, KEY(A->pid, o->id));
+  nofinish_forget(L, A->pid, o->id);
   if (r->audit) {
     c->audited = 1;
     L->audit_held++;
@@ -596,8 +636,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     uint64_t need = fw_forward_size(o, n, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
     if (!A->external && !A->nf_ring) { /* nofinish_add's ring, at its first return */
-      A->nf_ring = malloc(NOFINISH_RING * sizeof *A->nf_ring);
-      A->nf_seq = malloc(NOFINISH_RING * sizeof *A->nf_seq);
+      A->nf_ring = malloc(NF_CAP * sizeof *A->nf_ring);
+      A->nf_seq = malloc(NF_CAP * sizeof *A->nf_seq);
       if (!A->nf_ring || !A->nf_seq) {
         free(A->nf_ring);
         free(A->nf_seq);
@@ -1160,7 +1200,7 @@ static PyObject *Lane_open_answer(Lane *L, PyObject *args) {
       ok = 0;
     } else {
       P->py_open++;
-      map_del(&L->nofinish, KEY(pid, aid));
+      nofinish_forget(L, pid, (uint32_t)aid);
     }
   }
   UNLOCK(L);
@@ -1210,7 +1250,7 @@ static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
   unsigned long aid;
   if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
   LOCK(L);
-  int ok = map_del(&L->nofinish, KEY(pid, aid)) != NULL;
+  int ok = nofinish_forget(L, pid, (uint32_t)aid);
   Peer *P = peer_get(L, pid);
   if (!ok && P && map_get(&L->answers, KEY(pid, aid)) == RETURNED) {
     map_del(&L->answers, KEY(pid, aid));
@@ -1502,7 +1542,7 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
   Peer *P = peer_get(L, pid);
   if (P) {
     P->native_open = P->py_open = P->returned_open = 0;
-    P->nf_len = 0;
+    P->nf_head = P->nf_len = P->nf_live = 0;
   }
   UNLOCK(L);
   return handed_records(handed, PyList_New(0));

@@ -1242,6 +1242,7 @@ def test_a_natively_forwarded_call_to_a_sealed_object_is_answered_no_capability(
     assert not s.router._sealed
 
 
+<<<<<<< HEAD
 @pytest.mark.parametrize("caller_kind", ["engine", "external client"])
 def test_native_calls_in_flight_when_their_caller_goes_are_audited(sup, caller_kind):
     """A review of the audit: calls the lane forwarded for a caller that then goes
@@ -1313,3 +1314,74 @@ def test_calls_in_flight_when_the_system_stops_are_audited_before_it_ends(sup):
     assert "the system is stopping" in refused.error and not calc.calls()
     s.perform(s.router.native_tick())
     assert [e for e in s.other if isinstance(e, fx.Audit)] == []
+=======
+def _by_hand(sup, path):
+    """calc and app routed; app's messages written and read by hand (its own question
+    ids); `path` "python" sends every one of app's messages through Python."""
+    s, calc, app = routed(sup)
+    if path == "python":
+        s.lane.set_ok(app.pid, False)
+    imp = app.grants[0].import_id
+    framer, got = wire.Framer(), []
+    calc.inbox.clear()
+
+    def poll(timeout=0.0):
+        r, _, _ = select.select([app.sock], [], [], timeout)
+        data = app.sock.recv(1 << 20) if r else b""
+        for segs in framer.feed(data):
+            m = P.rpcwire.decode(segs)
+            got.append((m.which, m.id) if m is not None else None)
+        return bool(data)
+    app.poll = poll
+
+    def round_trip(ids):
+        """Calls with these question ids, each answered without a Finish to wait for."""
+        n = len(got)
+        app.send(b"".join(P.Connection._splice(*P.rpcwire.encode_call(q, imp, CALC, 0, ()),
+                                                params()) for q in ids))
+        app.until(lambda: len(calc.calls()) == len(ids))
+        for c in calc.calls():
+            calc.send(calc.conn.send_return(c.answer_id, params(1), no_finish=True))
+        calc.inbox.clear()
+        app.until(lambda: len(got) == n + len(ids))
+        assert all(g == (P.rpcwire.MSG_RETURN, q) for g, q in zip(got[n:], ids))
+    return s, app, round_trip
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_a_finish_allowed_on_the_python_path_is_allowed_on_the_lane_too(sup, path):
+    """rpc.capnp allows a Finish for an answer returned with noFinishNeeded; both
+    paths keep that allowance for the last max_unfinished such answers *still
+    allowed one*, as protocol.Connection does (an id used again since, or finished,
+    no longer counts).  The lane counted every native return instead, ids reused
+    since among them, so a caller that reuses a few question ids (as Cap'n Proto
+    clients do) lost an older answer's allowance after max_unfinished round trips,
+    and its allowed Finish cut it off ('finish for question 1000, which is not
+    open'), where the Python path kept it."""
+    s, app, round_trip = _by_hand(sup, path)
+    round_trip([1000])
+    for _ in range(2 * P.MAX_UNFINISHED // 16 + 2):  # past the ring's places: compacted
+        round_trip(range(16))                       # ids 0..15, again and again
+    if path == "native":
+        assert s.lane.stats()["returns"] > 2 * P.MAX_UNFINISHED
+    app.send(P.rpcwire.encode_finish(1000))        # allowed, and ignored
+    round_trip([16])
+    assert app.pid not in s.closed and app.pid in s.router.peers
+    app.send(P.rpcwire.encode_finish(1000))        # but once only
+    app.until(lambda: app.pid in s.closed)
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_past_max_unfinished_allowances_the_oldest_goes_on_either_path(sup, path):
+    """The bound stays: with max_unfinished answers allowed a Finish after it, the
+    oldest one's Finish is refused, on either path."""
+    s, app, round_trip = _by_hand(sup, path)
+    first = 100_000
+    for at in range(first, first + P.MAX_UNFINISHED + 16, 16):
+        round_trip(range(at, at + 16))              # every id once: all still allowed
+    app.send(P.rpcwire.encode_finish(first + 17))  # among the last max_unfinished
+    round_trip([5])
+    assert app.pid not in s.closed
+    app.send(P.rpcwire.encode_finish(first))       # the oldest: gone
+    app.until(lambda: app.pid in s.closed)
+>>>>>>> 353203b (fast lane: a Finish allowance Python keeps is kept natively too: the ring of answers returned with noFinishNeeded gave the allowance to the last 4096 returns, ids used again since among them, where protocol.Connection keeps the last 4096 still allowed one; an engine reusing a few question ids lost an older answer's allowance after 4096 native round trips and its spec-allowed Finish cut it off, on the lane only. The ring now counts the live allowances, evicts the oldest live one, and compacts away reused ids (NF_CAP places, amortised O(1)))
