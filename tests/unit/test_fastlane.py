@@ -1384,4 +1384,42 @@ def test_past_max_unfinished_allowances_the_oldest_goes_on_either_path(sup, path
     assert app.pid not in s.closed
     app.send(P.rpcwire.encode_finish(first))       # the oldest: gone
     app.until(lambda: app.pid in s.closed)
+<<<<<<< HEAD
 >>>>>>> 353203b (fast lane: a Finish allowance Python keeps is kept natively too: the ring of answers returned with noFinishNeeded gave the allowance to the last 4096 returns, ids used again since among them, where protocol.Connection keeps the last 4096 still allowed one; an engine reusing a few question ids lost an older answer's allowance after 4096 native round trips and its spec-allowed Finish cut it off, on the lane only. The ring now counts the live allowances, evicts the oldest live one, and compacts away reused ids (NF_CAP places, amortised O(1)))
+=======
+
+
+def test_the_lane_under_asan_and_ubsan(tmp_path):
+    """Every test above again, with _fastlane.c built with AddressSanitizer and UBSan
+    (any error ends the process), in a copy of the tree so that this interpreter's
+    own extension is left alone: the lane's own C (framing at every split, the
+    tables, routes torn down under calls, hostile engines) was only ever run
+    unsanitised; fastwire.h alone (test_fastwire_c.py) and _fastcall.c
+    (test_engine_native.py) were."""
+    import shutil
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    runtime = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
+                              text=True).stdout.strip() for lib in ("libasan.so", "libubsan.so")]
+    if shutil.which("gcc") is None or not all(os.path.isabs(p) for p in runtime):
+        pytest.skip("gcc with AddressSanitizer and UBSan runtimes is needed")
+    tree = tmp_path / "tree"
+    shutil.copytree(root, tree, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "_fastlane*.so", "build", "*.egg-info", "results"))
+    out = tree / "supervisor" / ("_fastlane" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build = subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer", "-std=gnu11",
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-pthread",
+         f"-I{sysconfig.get_paths()['include']}", str(tree / "supervisor" / "_fastlane.c"),
+         "-o", str(out)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/unit/test_fastlane.py", "-k", "not asan"],
+        cwd=tree, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS="detect_leaks=0",
+                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout
+>>>>>>> 32bc3ad (tests: the fast lane's own C under AddressSanitizer and UBSan: every test_fastlane test again with _fastlane.c built sanitised in a copy of the tree (fastwire.h alone and _fastcall.c had such a test; the lane's framing, tables and route teardown never ran sanitised))
