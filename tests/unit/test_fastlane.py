@@ -1242,7 +1242,6 @@ def test_a_natively_forwarded_call_to_a_sealed_object_is_answered_no_capability(
     assert not s.router._sealed
 
 
-<<<<<<< HEAD
 @pytest.mark.parametrize("caller_kind", ["engine", "external client"])
 def test_native_calls_in_flight_when_their_caller_goes_are_audited(sup, caller_kind):
     """A review of the audit: calls the lane forwarded for a caller that then goes
@@ -1314,7 +1313,8 @@ def test_calls_in_flight_when_the_system_stops_are_audited_before_it_ends(sup):
     assert "the system is stopping" in refused.error and not calc.calls()
     s.perform(s.router.native_tick())
     assert [e for e in s.other if isinstance(e, fx.Audit)] == []
-=======
+
+
 def _by_hand(sup, path):
     """calc and app routed; app's messages written and read by hand (its own question
     ids); `path` "python" sends every one of app's messages through Python."""
@@ -1384,9 +1384,6 @@ def test_past_max_unfinished_allowances_the_oldest_goes_on_either_path(sup, path
     assert app.pid not in s.closed
     app.send(P.rpcwire.encode_finish(first))       # the oldest: gone
     app.until(lambda: app.pid in s.closed)
-<<<<<<< HEAD
->>>>>>> 353203b (fast lane: a Finish allowance Python keeps is kept natively too: the ring of answers returned with noFinishNeeded gave the allowance to the last 4096 returns, ids used again since among them, where protocol.Connection keeps the last 4096 still allowed one; an engine reusing a few question ids lost an older answer's allowance after 4096 native round trips and its spec-allowed Finish cut it off, on the lane only. The ring now counts the live allowances, evicts the oldest live one, and compacts away reused ids (NF_CAP places, amortised O(1)))
-=======
 
 
 def test_the_lane_under_asan_and_ubsan(tmp_path):
@@ -1422,4 +1419,3 @@ def test_the_lane_under_asan_and_ubsan(tmp_path):
                  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout
->>>>>>> 32bc3ad (tests: the fast lane's own C under AddressSanitizer and UBSan: every test_fastlane test again with _fastlane.c built sanitised in a copy of the tree (fastwire.h alone and _fastcall.c had such a test; the lane's framing, tables and route teardown never ran sanitised))
