@@ -661,7 +661,7 @@ class Directory:
         with self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
-                with _names_turn(dfd, repr(path)):
+                with _names_turn(repr(path)):
                     if _climbs(t, _depth_below(dfd, parent)):
                         raise FsError(f"a link at {path!r} to {target!r} would lead "
                                       f"outside the granted directory", "EPERM")
@@ -682,7 +682,7 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            with _names_turn(sp, f"linking {from_!r} as {to!r}"):
+            with _names_turn(f"linking {from_!r} as {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
                 with self._made(dname, parent=dp, slash="ENOENT",
                                 first=lambda: _link_source(sp, sname),
@@ -704,7 +704,7 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            with _names_turn(sp, f"renaming {from_!r} to {to!r}"):
+            with _names_turn(f"renaming {from_!r} to {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
                 os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
         except OSError as e:
@@ -817,35 +817,33 @@ class Directory:
 
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
 NAMES_WAIT = 5.0                # seconds one waits for another's turn (_names_turn)
-_names_locks: dict[int, threading.Lock] = {}    # st_dev -> its turn
-_names_guard = threading.Lock()
+_names_lock = threading.Lock()  # the one turn of every symlink, rename and hard link
 
 
 @contextlib.contextmanager
-def _names_turn(fd: int, what: str):
-    """Held while a symbolic link is made, or a name renamed or hard-linked, on the
-    file system of `fd` (a granted directory): their checks that links stay beneath
-    (_climbs at the new link's depth, _stays_beneath for what moves higher) look,
-    then act, and another such operation in between, by any holder of any grant,
-    must not change what was looked at (a link made inside a directory after it was
-    walked and before it moves higher; a climbing link renamed over the harmless one
-    checked): it then was moved where its '..' led outside.  Renames and links never
-    cross file systems, so one turn a file system.  EAGAIN after NAMES_WAIT."""
-    try:
-        dev = os.fstat(fd).st_dev
-    except OSError as e:
-        raise _explain(e, what) from None
-    with _names_guard:
-        lock = _names_locks.get(dev)
-        if lock is None:
-            lock = _names_locks[dev] = threading.Lock()
-    if not lock.acquire(timeout=NAMES_WAIT):
-        raise FsError(f"{what}: other renames, links or symbolic links on this file system "
-                      f"took longer than {NAMES_WAIT:g} s; try again", "EAGAIN")
+def _names_turn(what: str):
+    """Held while a symbolic link is made, or a name renamed or hard-linked, in any
+    granted directory: their checks that links stay beneath (_climbs at the new
+    link's depth, _stays_beneath for what moves higher) look, then act, and another
+    such operation in between, by any holder of any grant, must not change what was
+    looked at (a link made inside a directory after it was walked and before it
+    moves higher; a climbing link renamed over the harmless one checked): it then
+    was moved where its '..' led outside.
+
+    One turn for all, not one per file system: the file system cannot be told from
+    st_dev, which differs inside one (a btrfs subvolume: a link made in it through
+    the grant took the turn of the grant's st_dev, a rename in it that of the
+    subvolume's, and the race was back; a directory moved higher may hold a
+    subvolume too).  EAGAIN after NAMES_WAIT."""
+    if not _names_lock.acquire(timeout=NAMES_WAIT):
+        raise FsError(f"{what}: other renames, links or symbolic links took longer than "
+                      f"{NAMES_WAIT:g} s; try again", "EAGAIN")
     try:
         yield
     finally:
-        lock.release()
+        _names_lock.release()
+
+
 #: What a new file, directory or link costs of max_bytes_written (besides its name
 #: and link target): a block of the disk, so names and links cannot fill it for free.
 ENTRY_COST = 4096

@@ -964,12 +964,123 @@ def test_a_rename_that_waits_too_long_for_its_turn_fails_eagain_and_changes_noth
     from supervisor import hostfs
     monkeypatch.setattr(hostfs, "NAMES_WAIT", 0.05)
     d = Directory.grant(str(tree))
-    d.symlink("notes.txt", "l")                       # its file system has a turn now
-    dev = os.stat(tree).st_dev
-    with hostfs._names_locks[dev]:                    # another holder's, not ending
+    d.symlink("notes.txt", "l")
+    with hostfs._names_lock:                          # another holder's, not ending
         for attempt in (lambda: d.rename("notes.txt", "moved"),
                         lambda: d.link("notes.txt", "linked"),
                         lambda: d.symlink("notes.txt", "l2")):
             assert "try again" in fails("EAGAIN", attempt)
     assert sorted(os.listdir(tree)) == ["l", "notes.txt", "sub"]
     d.rename("notes.txt", "moved")                    # its turn came
+
+
+_HOLD_A_TURN = '''
+import os, sys, threading
+from supervisor import hostfs
+from supervisor.hostfs import Directory, FsError
+
+def held_while(mover, move, racer, races):
+    """What each of `races` (calls on `racer`) did while `move` (a rename on
+    `mover` that moves a directory higher) held its turn: it must wait (EAGAIN)."""
+    entered, release = threading.Event(), threading.Event()
+    checked = Directory._stays_beneath
+
+    def blocking(self, *args):
+        if not entered.is_set():         # the mover's, in its turn; others' go on
+            entered.set()
+            release.wait(30)
+        return checked(self, *args)
+    Directory._stays_beneath = blocking
+    t = threading.Thread(target=move)
+    t.start()
+    try:
+        assert entered.wait(30)
+        hostfs.NAMES_WAIT = 0.1
+        got = []
+        for race in races:
+            try:
+                race()
+                got.append("done")
+            except FsError as e:
+                got.append(e.code)
+        return got
+    finally:
+        release.set()
+        t.join()
+        Directory._stays_beneath = checked
+        hostfs.NAMES_WAIT = 5.0
+'''
+
+
+def test_renames_and_links_take_one_turn_wherever_their_directories_are(tmp_path):
+    """An outside review: the turn of symbolic links, renames and hard links was
+    one per st_dev, taken by a symlink at the grant's directory and by a rename or
+    link at the parent of what it moves; inside one file system st_dev can differ
+    (a btrfs subvolume, and a directory moved higher may hold one), so a link made
+    there and a rename there took two turns, and the race they exclude was back
+    (test_a_link_made_in_a_btrfs_subvolume_never_races_a_rename_there).  Whatever
+    st_dev the directories of two holders have (here two file systems), one waits
+    for the other's turn."""
+    import subprocess
+    import sys
+    other = "/dev/shm"
+    if not os.path.isdir(other) or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system at hand")
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=other) as there:
+        for root in (str(tmp_path), there):
+            os.makedirs(f"{root}/a/b/c/d")
+            open(f"{root}/a/b/c/d/f", "w").close()
+        script = _HOLD_A_TURN + (
+            f"mover, racer = Directory.grant({str(tmp_path)!r}), Directory.grant({there!r})\n"
+            "print(held_while(mover, lambda: mover.rename('a/b/c/d', 'd'), racer, [\n"
+            "    lambda: racer.symlink('../../../../x', 'a/b/c/d/l'),\n"
+            "    lambda: racer.rename('a/b/c/d/f', 'a/b/c/d/g'),\n"
+            "    lambda: racer.link('a/b/c/d/f', 'a/b/c/d/h')]))\n")
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert r.stdout.strip() == "['EAGAIN', 'EAGAIN', 'EAGAIN']", r.stdout + r.stderr
+        assert sorted(os.listdir(f"{there}/a/b/c/d")) == ["f"]       # nothing was done
+    assert os.path.isdir(tmp_path / "d")                              # the move was
+
+
+def test_a_link_made_in_a_btrfs_subvolume_never_races_a_rename_there(tmp_path):
+    """The attack on a real btrfs: a subvolume inside the grant has an st_dev of its
+    own.  A symbolic link made in it (the turn of the grant's st_dev) while a rename
+    there moved its directory higher (the subvolume's turn) did not wait, and the
+    racer of test_no_race_between_two_holders_... got links where their '..' led
+    outside (27 in 1500 rounds).  Now the link waits for the rename's turn."""
+    import shutil
+    import subprocess
+    import sys
+    if os.geteuid() != 0 or shutil.which("unshare") is None \
+            or shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+        pytest.skip("needs root, unshare(1) and btrfs-progs")
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(128 << 20)
+    if subprocess.run(["mkfs.btrfs", "-q", str(image)], capture_output=True).returncode:
+        pytest.skip("mkfs.btrfs failed")
+    script = (
+        "import subprocess\n"
+        f"subprocess.run(['mount', '-o', 'loop', {str(image)!r}, {str(mnt)!r}], check=True)\n"
+        f"subprocess.run(['btrfs', '-q', 'subvolume', 'create', '{mnt}/sv'], check=True)\n"
+        f"os.makedirs('{mnt}/sv/a/b/c/d')\n"
+        f"open('{mnt}/sv/a/b/c/d/f', 'w').close()\n"
+        f"assert os.stat({str(mnt)!r}).st_dev != os.stat('{mnt}/sv').st_dev\n"
+        f"mover, racer = Directory.grant({str(mnt)!r}), Directory.grant({str(mnt)!r})\n"
+        "print(held_while(mover, lambda: mover.rename('sv/a/b/c/d', 'sv/d'), racer, [\n"
+        "    lambda: racer.symlink('../../../../x', 'sv/a/b/c/d/l'),\n"
+        "    lambda: racer.rename('sv/a/b/c/d/f', 'sv/a/b/c/d/g'),\n"
+        "    lambda: racer.link('sv/a/b/c/d/f', 'sv/a/b/c/d/h')]))\n"
+        f"print(sorted(os.listdir('{mnt}/sv/d')))\n")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", _HOLD_A_TURN + script], capture_output=True, text=True,
+                       timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if r.returncode != 0 and ("mount" in r.stderr or "Operation not permitted" in r.stderr):
+        pytest.skip(f"cannot mount a btrfs here: {r.stderr.strip()[-200:]}")
+    assert r.stdout.splitlines() == ["['EAGAIN', 'EAGAIN', 'EAGAIN']", "['f']"], \
+        r.stdout + r.stderr
