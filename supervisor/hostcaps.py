@@ -322,8 +322,11 @@ class HostCaps:
             if kwargs.get("count", 0) > 0 and \
                     kwargs["max_bytes"] <= hostfs.RESULT_SLACK:
                 # no byte fits: an answer without data reads as the end of the file
+                # max_bytes is the caller's message_size: it is the one to raise (the
+                # owner, whose grant the File came through, was named)
                 return Refusal(f"E2BIG: file {obj.label}: not one byte read fits in a "
-                               f"message to {call.owner} (raise its message_size)")
+                               f"message to {call.caller or call.owner} (raise its "
+                               f"message_size)")
             # a read the page cache can serve needs no worker thread (~90 µs a hand-off
             # here); one that would wait for the disk still goes to one, and so does
             # one on a File with an operation queued or running (it would overtake it)

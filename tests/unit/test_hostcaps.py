@@ -497,3 +497,24 @@ calc = {{ compartment = "calc" }}
     refused = app.inbox.pop()
     assert refused.error_type == "unimplemented" and "does not implement" in refused.error
     assert calc.inbox == []
+
+
+def test_a_read_no_byte_of_which_fits_names_the_caller_whose_message_size_it_is(tmp_path):
+    """A review of host capabilities: the E2BIG of a File.read no byte of which fits
+    named the compartment whose grant the File came through ("raise its
+    message_size"), but the limit is the caller's: a compartment handed the File
+    by another was told to raise the other's message_size, which changes nothing."""
+    from supervisor import hostfs
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    f = hostfs.File.grant(str(tmp_path / "f"))
+    hosts = hostcaps.HostCaps(lambda owner: 100.0)
+    read = FILE.method("read")
+    content = payloads.build(read.params, {"offset": 0, "count": 10})[0]
+    try:
+        for caller, named in (("b", "b"), ("a", "a"), ("", "a")):
+            got = hosts.serve(fx.HostCall(1, "file", "a", f, FILE.id, read.ordinal, content,
+                                          1024, caller))
+            assert isinstance(got, hostcaps.Refusal) and got.reason.startswith("E2BIG: "), got
+            assert f"message to {named} (raise its message_size)" in got.reason, got.reason
+    finally:
+        f.close()
