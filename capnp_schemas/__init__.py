@@ -250,15 +250,30 @@ def load(path: str, extra_imports=()):
     return module
 
 
-#: What a child that checks a schema runs: the files loaded before it, then it.
+#: Bytes of address space a child that checks a schema may map beyond what it had
+#: when it began (its interpreter): a schema file is small, but what the parser
+#: makes of it need not be, and the check runs so that what loads the schema after
+#: it (the supervisor) does not have to find out.
+PARSE_MEMORY = 2 << 30
+
+#: What a child that checks a schema runs: its memory bounded (never above a hard
+#: limit in force), the files loaded before it, then it.
 PARSE_AFTER = """if True:
+    import resource
+    with open("/proc/self/statm", "rb") as f:
+        _mapped = int(f.read().split()[0]) * resource.getpagesize()
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    _want = _mapped + %d
+    if _hard != resource.RLIM_INFINITY:
+        _want = min(_want, _hard)
+    resource.setrlimit(resource.RLIMIT_AS, (_want, _hard))
     import capnp
     capnp.remove_import_hook()
     def parse(path, imports, before):
         for p, i in before:
             capnp.load(p, imports=i)
         capnp.load(path, imports=imports)
-"""
+""" % PARSE_MEMORY
 
 
 def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
@@ -307,6 +322,9 @@ def _check_parsed(path: str, returncode: int, text: str):
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
+        if "std::bad_alloc" in text or "Cannot allocate memory" in text:
+            raise SchemaError(path, None, f"the schema parser ran out of memory reading it, "
+                              f"or a file it reads (it may map {PARSE_MEMORY >> 20} MiB)")
         raise SchemaError(path, None, f"the schema parser crashed ({name}) reading it, or a "
                           "file it reads: a type nested thousands deep (List(List(...))) "
                           "does that")

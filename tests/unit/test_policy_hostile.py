@@ -326,3 +326,21 @@ def test_a_schema_that_crashes_the_parser_is_refused_saying_so(tmp_path):
     assert (e.value.path, e.value.line) == (str(tmp_path / "deep.capnp"), None)
     assert e.value.reason.startswith("the schema parser crashed (SIG"), \
         e.value.reason
+
+
+def test_the_child_that_checks_a_schema_is_bounded_in_memory_and_says_so(tmp_path, monkeypatch):
+    """The child that checks a schema had a time limit only: what the parser makes
+    of a file (constants, nested types) took as much memory as it liked, in the
+    child and then in the supervisor that loads the schema after it.  The child may
+    map PARSE_MEMORY beyond what it began with (here a few MiB, so that 12 MB of
+    constants are too much), and running out is said as such."""
+    small = capnp_schemas.PARSE_AFTER.replace(str(capnp_schemas.PARSE_MEMORY), str(40 << 20))
+    assert small != capnp_schemas.PARSE_AFTER
+    monkeypatch.setattr(capnp_schemas, "PARSE_AFTER", small)
+    data = "ab" * (2 << 20)
+    _schema(tmp_path / "big.capnp", f'const x :Data = 0x"{data}";\n'
+            f'const y :List(Data) = [0x"{data}", 0x"{data}"];\n', 0xd0a1b2c3d4e5f631)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "big.capnp"))
+    assert e.value.reason.startswith("the schema parser ran out of memory reading it"), \
+        e.value.reason
