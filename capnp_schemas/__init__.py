@@ -295,7 +295,6 @@ def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
 def _check_parsed(path: str, returncode: int, text: str):
     """Nothing if the parser ended well (`returncode` 0), else SchemaError from what
     it printed."""
-    import re
     if returncode == 0:
         return
     # "FILE:LINE[:COL]: failed: REASON", after "what():" or on a line of its own; a
