@@ -334,6 +334,12 @@ def _neutralize_fds_except(keep, fds):
         _proc = _null = None
 
 
+def neutralize_fds(keep):
+    """Point every descriptor of this process but those in `keep` at /dev/null (as
+    confine() does: a library may close its own later)."""
+    _neutralize_fds_except(set(keep), _open_fds())
+
+
 def _open_fds():
     try:
         return [int(x) for x in proc_listdir("fd")]
@@ -572,6 +578,92 @@ def drop_capabilities_before_exec():
             raise ConfinementError(e, f"dropping capability {cap} from the bounding set: "
                                    f"{os.strerror(e)}")
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def landlock_read_only(paths, abi: int):
+    """Landlock: every right the kernel's ABI knows handled (landlock_ruleset);
+    reading and executing allowed beneath `paths` only (none: no file at all); no
+    TCP (ABI >= 4), no signal or abstract Unix socket outside (ABI >= 6).  A path
+    that does not exist is left out.  Raises ConfinementError."""
+    execute, read_file, read_dir = 1 << 0, 1 << 2, 1 << 3
+    attr = landlock_ruleset(abi)      # every right this ABI knows, then the rules
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)
+    if fd < 0:
+        raise ConfinementError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path in paths:
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                is_dir = os.path.isdir(path)
+                allowed = execute | read_file | (read_dir if is_dir else 0)
+                rule = ctypes.create_string_buffer(struct.pack("<Qi", allowed, pfd), 12)
+                if _libc.syscall(445, fd, 1, rule, 0) != 0:   # landlock_add_rule, PATH_BENEATH
+                    raise ConfinementError(ctypes.get_errno(), f"landlock_add_rule {path}")
+            finally:
+                os.close(pfd)
+        if _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
+            raise ConfinementError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(fd)
+
+
+#: What a helper that runs wasm-tools may read and execute besides the tool's own
+#: directory: the dynamic loader's libraries and cache.
+TOOL_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache")
+
+
+def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
+    """Confine a short-lived child that parses hostile input (a module's compiler, the
+    preflight's, the schema parser) once it has opened and read what it must; returns
+    the layers this kernel could not give.  For good, in this order:
+
+    1. root: no capability can come back (an empty bounding set and ambient set),
+       then `user` (uid, gid; no supplementary groups) if given.  None keeps uid 0
+       (the schema parser reads files only root may), without any capability;
+    2. every capability set empty (effective, permitted, inheritable);
+    3. death with `parent` (after the change of user, which clears it);
+    4. no new privileges;
+    5. Landlock: nothing of the file system but reading (and executing) beneath
+       `readable`; no TCP; no signal or abstract Unix socket outside;
+    6. seccomp: seccomp.HELPER_REFUSED refused (no socket, no namespace...).
+
+    Not the engines' full confinement: no namespaces (they cost milliseconds a
+    compile) and no descriptor clean-up (the caller's).  The process must have
+    one thread.  Raises ConfinementError."""
+    unavailable = []
+    if os.geteuid() == 0:
+        drop_capabilities_before_exec()
+        if user is not None:
+            uid, gid = user
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+                raise ConfinementError(errno.EPERM, f"could not become uid {uid} gid {gid}")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+    if parent:
+        die_with_parent(parent)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfinementError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+    abi = landlock_abi()
+    if abi:
+        landlock_read_only(readable, abi)
+    else:
+        unavailable.append("landlock")
+    if seccomp_supported():
+        try:
+            seccomp.install_helper()
+        except OSError as e:
+            raise ConfinementError(e.errno, str(e)) from None
+    else:
+        unavailable.append("seccomp")
+    return unavailable
 
 
 def _landlock_deny_all(abi: int):

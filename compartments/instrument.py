@@ -201,46 +201,16 @@ def _confine_tool(binary: str):
         confine.drop_capabilities_before_exec()     # uid 0 gains none at the exec
         abi = confine.landlock_abi()
         if abi:
-            _landlock_read_only([os.path.dirname(binary), "/lib", "/lib64", "/usr/lib",
-                                 "/etc/ld.so.cache"], abi)
+            _landlock_read_only([os.path.dirname(binary), *confine.TOOL_LIBRARIES], abi)
         if os.getpid() != parent:                   # a child of the caller (preexec_fn):
             confine.die_with_parent(parent)         # last, as nothing after changes creds
     return limit
 
 
 def _landlock_read_only(paths, abi: int):
-    """Landlock: every right the kernel's ABI knows handled (confine.landlock_ruleset);
-    reading and executing allowed beneath `paths` only; no TCP (ABI >= 4), no signal
-    or abstract Unix socket outside (ABI >= 6)."""
-    import ctypes
-    import struct
-
+    """Landlock: reading and executing beneath `paths` only (confine.landlock_read_only)."""
     from . import confine
-    execute, read_file, read_dir = 1 << 0, 1 << 2, 1 << 3
-    attr = confine.landlock_ruleset(abi)      # every right this ABI knows, then the rules
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    libc = confine._libc
-    fd = libc.syscall(confine.SYS_LANDLOCK_CREATE_RULESET, buf, len(attr), 0)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-    try:
-        for path in paths:
-            try:
-                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                is_dir = os.path.isdir(path)
-                allowed = execute | read_file | (read_dir if is_dir else 0)
-                rule = ctypes.create_string_buffer(struct.pack("<Qi", allowed, pfd), 12)
-                if libc.syscall(445, fd, 1, rule, 0) != 0:   # landlock_add_rule, PATH_BENEATH
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
-            finally:
-                os.close(pfd)
-        if libc.syscall(confine.SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    finally:
-        os.close(fd)
+    confine.landlock_read_only(paths, abi)
 
 
 def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:

@@ -345,7 +345,68 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
+#: What a helper child refuses (confine.confine_helper: the children that parse a
+#: hostile module or schema, and the wasm-tools they run).  A deny-list, not the
+#: engines' allow-list: a compiler runs wasmtime's compiler, CPython and (probes)
+#: fork and exec wasm-tools, and an allow-list that missed a call they make on
+#: some input would fail compiles.  What it refuses is what a helper never needs
+#: and an escaped one would want: sockets (the network, and Unix sockets by path,
+#: which Landlock does not cover), other processes' memory, the kernel's
+#: modules, keys, mounts, namespaces (a user namespace would give it a full set
+#: of capabilities there), io_uring (which bypasses this filter), BPF.
+HELPER_REFUSED = frozenset({
+    "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "fsopen", "fsmount",
+    "fsconfig", "fspick", "open_tree", "mount_setattr", "unshare", "setns",
+    "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "open_by_handle_at", "name_to_handle_at", "reboot", "swapon", "swapoff",
+    "settimeofday", "clock_settime", "quotactl", "acct", "iopl", "ioperm", "uselib",
+})
+#: Namespace flags of clone(): a helper's clone with any of them is refused, and
+#: clone3 (whose flags are in memory a filter cannot read) answers ENOSYS, so that
+#: the C library falls back to clone.
+_CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
+    | 0x40000000 | 0x00000080
+
+
+def helper_rules() -> dict[int, object]:
+    """call number -> EPERM, ENOSYS or a condition, for every call a helper may not
+    make as it likes (everything else is allowed)."""
+    actions = {SYSCALLS[name]: EPERM for name in HELPER_REFUSED}
+    actions[SYSCALLS["clone3"]] = ENOSYS
+    actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW)
+    return actions
+
+
+def build_helper() -> list[tuple]:
+    """The helpers' filter: build()'s head (other architectures killed, x32
+    refused), helper_rules(), and every other call allowed."""
+    return build(helper_rules())[:6] + _tree(sorted(helper_rules().items()),
+                                             [(_RET_K, 0, 0, ALLOW)])
+
+
 _PROGRAM = None
+_HELPER = None
+
+
+def _fprog(prog: list[tuple]) -> "_SockFprog":
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), filters)
+    fprog._keep = filters
+    return fprog
+
+
+def install_helper():
+    """Apply the helpers' filter (build_helper) to this process, for good."""
+    global _HELPER
+    if _HELPER is None:
+        _HELPER = _fprog(build_helper())
+    if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
+                     ctypes.byref(_HELPER)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(e)}")
 
 
 def program() -> "_SockFprog":

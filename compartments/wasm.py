@@ -49,6 +49,21 @@ class ModuleFileError(OSError):
     transient = False
 
 
+#: path -> (bytes, None) or (None, the error reading it raised): module files read
+#: by `preload` in a child that then gave up its access to files.
+_PRELOADED: dict = {}
+
+
+def preload(path: str):
+    """In a child about to give up root and every file (a compiler:
+    confine.confine_helper): read the module file at `path` now; read_file(path)
+    then answers from memory, or raises what reading it raised."""
+    try:
+        _PRELOADED[path] = (read_file(path), None)
+    except (OSError, ModuleFileError) as e:
+        _PRELOADED[path] = (None, e)
+
+
 def read_file(path: str) -> bytes:
     """A module file's bytes, as they are.  Only a regular file of at most
     MAX_MODULE_BYTES is read, opened without blocking (capnp_schemas.read_regular):
@@ -56,6 +71,11 @@ def read_file(path: str) -> bytes:
     and a FIFO there held the zygote's compiler in open() for good (no engine
     started again, `wsuper stop` waited for ever); /dev/zero was read until
     memory ran out.  Raises ModuleFileError, or OSError if it cannot be read."""
+    if path in _PRELOADED:
+        data, error = _PRELOADED[path]
+        if error is not None:
+            raise error
+        return data
     import capnp_schemas
     try:
         return capnp_schemas.read_regular(path, MAX_MODULE_BYTES)

@@ -221,6 +221,41 @@ def limit_compiler(confining, stderr: int):
     faulthandler.disable()      # an abort at the limit is an answer, not a crash to dump
 
 
+#: (uid, gid) a compiler runs as when wsuper is root and no engine user is known (the
+#: built-in warm-up module, `wsuper check`): policy.DEFAULT_ENGINE_USER's default.
+COMPILER_USER = (65534, 65534)
+
+
+def confine_compiler(confining, path: str, probes: bool, user=None, parent: int = 0) -> list:
+    """In a child about to parse and compile the module at `path` (hostile bytes:
+    wasmparser, Cranelift, the probes' rewriter and wasm-tools), once limited
+    (limit_compiler): read the module file now (wasm.preload), import what the
+    compile imports late, then give up, for good (confine.confine_helper), root
+    (for `user`, or COMPILER_USER), every capability, new privileges, every file
+    (Landlock; with `probes`, reading and executing wasm-tools and the loader's
+    libraries only), TCP, signals and abstract sockets outside, and sockets,
+    namespaces, mounts, modules, ptrace (seccomp).  It dies with `parent`.
+    Returns what the kernel could not give; raises confine.ConfinementError."""
+    import selectors  # noqa: F401 - imported now: no file can be read after
+    import subprocess  # noqa: F401
+    import time  # noqa: F401
+
+    import capnp_schemas  # noqa: F401
+    import capnp_schemas.text  # noqa: F401
+
+    from . import instrument, protect, wasm  # noqa: F401
+    wasm.preload(path)
+    readable = ()
+    if probes:
+        try:
+            readable = (os.path.dirname(instrument.wasm_tools()), *confining.TOOL_LIBRARIES)
+        except instrument.InstrumentError:
+            pass                    # the rewriting says so, with nothing to run
+    if user is None and os.geteuid() == 0:
+        user = COMPILER_USER
+    return confining.confine_helper(user, parent, readable)
+
+
 def compiler_limit_hit(status: int, text: bytes) -> str | None:
     """Which of its limits a compiler that ended with wait `status`, having
     written `text`, ran into; None if none.  Only the compiler's own word (`say`),
@@ -240,12 +275,16 @@ class CompilerFailed(Exception):
     """A child compiling a module (`in_a_compiler`) ended without an answer."""
 
 
-def in_a_compiler(work):
+def in_a_compiler(work, path: str, user=None):
     """The result of `work()` (JSON values) computed in a child of this process under
     a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY), as the zygote compiles:
     `wsuper check` and `up` compile each module once, and a module can be made to
     take minutes and tens of GB to compile (or abort the process when memory runs
-    out).  Raises CompilerFailed naming the limit, or what the child said.
+    out).  Confined as the zygote's compilers are (confine_compiler: `work` reads
+    the module file at `path`, read first, and no other file; `user` as there),
+    with every descriptor it inherited but its pipe pointed at /dev/null (this
+    process is the supervisor's: its admin socket, its engines' sockets).  Raises
+    CompilerFailed naming the limit, or what the child said.
 
     The child parses hostile modules: what it answers is JSON (or CompilerFailed),
     of at most ANSWER_MAX bytes, and nothing more is known of it: the caller checks
@@ -270,6 +309,12 @@ def in_a_compiler(work):
             confining.die_with_parent(parent)
             os.close(r)
             limit_compiler(confining, w)
+            try:
+                confining.neutralize_fds(keep={2, w})
+                confine_compiler(confining, path, False, user, os.getppid())
+            except confining.ConfinementError as e:
+                say(w, f"cannot confine its compiler: {e}")
+                os._exit(1)
             try:
                 result = work()
             except MemoryError:
@@ -464,8 +509,11 @@ class _Modules:
 
     def start(self, want, args: tuple) -> _Compile:
         """Fork the child that compiles `args` (path, instrument, protect,
-        memory_limit) for `want`; it is in `compiling` until its end is settled."""
-        path, instrument, protect, memory_limit = args
+        memory_limit[, user]) for `want`; it is in `compiling` until its end is
+        settled.  `user`: (uid, gid) the compiler runs as when the zygote is root
+        (the engines'; COMPILER_USER if None): confine_compiler."""
+        path, instrument, protect, memory_limit = args[:4]
+        user = args[4] if len(args) > 4 else None        # the engines' (EngineSpec.user)
         fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                     for name in ("wsuper-module", "wsuper-module-description"))
         from . import confine as confining     # imported already: serve() binds it
@@ -496,8 +544,16 @@ class _Modules:
                 # rewriting runs in Python here too (never above the hard limit
                 # it has: raising one fails without root)
                 limit_compiler(confining, w)
-                code = _compile_into(self._engine, path, fds, w, instrument, protect,
-                                     memory_limit)
+                # it reads the module now, as root if the zygote is; then it gives up
+                # root, every capability and every file before it parses a byte
+                try:
+                    confine_compiler(confining, path, bool(instrument), user, zygote)
+                except confining.ConfinementError as e:
+                    say(w, f"cannot confine its compiler: {e}")
+                    code = 2                   # not the module's fault: tried again later
+                else:
+                    code = _compile_into(self._engine, path, fds, w, instrument, protect,
+                                         memory_limit)
             finally:
                 os._exit(code)
         os.close(w)
@@ -1019,7 +1075,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         # its module is compiled beside this loop: other requests go on meanwhile
         if want not in parked:
             queued.append((want, (spec.module, spec.instrument, spec.protect,
-                                  spec.limits.memory)))
+                                  spec.limits.memory, spec.user)))
         parked.setdefault(want, []).append((ident, line, spec, fds))
         start_compiles()
 

@@ -96,7 +96,8 @@ def prepare(system: System) -> Plan:
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
             facts = _bounded(where, f"{key}.module", comp.module,
-                             lambda: _module_facts(engine, comp.module), _facts_problem)
+                             lambda: _module_facts(engine, comp.module), _facts_problem,
+                             system.engine_user)
             if "error" in facts:
                 raise where.error(f"{key}.module", facts["error"])
             checked[comp.module] = (facts["problem"], facts["wasi"], facts["dispatch"],
@@ -120,7 +121,8 @@ def prepare(system: System) -> Plan:
         _check_environment_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             refused = _bounded(where, f"{key}.module", comp.module,
-                               lambda: _protect_refusal(engine, comp), _refusal_problem)
+                               lambda: _protect_refusal(engine, comp), _refusal_problem,
+                               system.engine_user)
             if refused:
                 raise where.error(f"{key}.{refused[0]}", f"{comp.module}: {refused[1]}")
         if comp.exports and not dispatch:
@@ -149,7 +151,7 @@ def prepare(system: System) -> Plan:
     return Plan(system, interfaces, main, names, ifaces, supers)
 
 
-def _bounded(where, key: str, path: str, work, problem):
+def _bounded(where, key: str, path: str, work, problem, user=None):
     """`work()` in a child under the limits of the zygote's compilers: a module can be
     made to take minutes and tens of GB to compile, or abort the process that
     compiles it when memory runs out, and this process is `wsuper check`'s or the
@@ -158,7 +160,7 @@ def _bounded(where, key: str, path: str, work, problem):
     and its answer is hostile input here (not JSON, or a list for a dict, was a
     traceback out of `wsuper check` and `up`)."""
     try:
-        answer = zygote.in_a_compiler(work)
+        answer = zygote.in_a_compiler(work, path, user)
     except zygote.CompilerFailed as e:
         raise where.error(key, f"cannot compile {path}: {e}") from None
     wrong = problem(answer)

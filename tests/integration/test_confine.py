@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -593,15 +594,17 @@ def test_a_compiler_child_holds_nothing_of_the_zygote(monkeypatch):
 
     from compartments import wasm, zygote
 
-    name = lambda fd: os.readlink(f"/proc/self/fd/{fd}")   # noqa: E731
-    watched = {}                    # what the child looks for: the descriptors' names
+    # what the child looks for: the descriptors' files (device, inode), by fstat: the
+    # compiler is confined before it compiles, and may not list /proc/self/fd then
+    name = lambda fd: (os.fstat(fd).st_dev, os.fstat(fd).st_ino)   # noqa: E731
+    watched = {}
 
     def report(_engine, _path, _fds, err, *_a, **_k):   # runs in the compiler child
         held = set()
-        for fd in os.listdir("/proc/self/fd"):
+        for fd in range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 16)):
             try:
-                held.add(os.readlink(f"/proc/self/fd/{fd}"))
-            except OSError:                   # the listing's own descriptor
+                held.add(name(fd))
+            except OSError:                   # not open
                 pass
         # only the answers: the whole list can pass the parent's read of the error
         # (a process that has run many tests holds many descriptors)
@@ -868,3 +871,152 @@ def test_wasm_tools_runs_as_root_with_capabilities_cut_or_is_refused_saying_why(
                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                            os.path.abspath(__file__)))))
     assert r.stdout.decode().startswith(said), (r.stdout, r.stderr[-2000:])
+
+
+def _what_this_process_can_do(place: str) -> dict:
+    """Run in a child that parses hostile input (a compiler, the schema parser): what
+    it holds and what it can reach, as names (the attempt's errno name, or "allowed").
+    `place`: a directory anybody may write to, with a world-readable file `secret`,
+    and a Unix socket `sock` anybody may connect to; the parent is signalled."""
+    import errno as errno_
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    libc.syscall(125, header, data)                     # capget
+    bounding = [c for c in range(41) if libc.prctl(23, c, 0, 0, 0) == 1]  # CAPBSET_READ
+    facts = {"uid": os.geteuid(), "effective": data[0], "permitted": data[1],
+             "bounding": len(bounding), "no_new_privs": libc.prctl(39, 0, 0, 0, 0),
+             "seccomp": libc.prctl(21, 0, 0, 0, 0)}
+
+    def attempt(name, f):
+        try:
+            f()
+            facts[name] = "allowed"
+        except OSError as e:
+            facts[name] = errno_.errorcode.get(e.errno, str(e.errno))
+    attempt("signal the parent", lambda: os.kill(os.getppid(), 0))
+    attempt("write a file", lambda: os.close(os.open(os.path.join(place, "written"),
+                                                     os.O_WRONLY | os.O_CREAT, 0o644)))
+    attempt("read a file", lambda: os.close(os.open(os.path.join(place, "secret"),
+                                                    os.O_RDONLY)))
+
+    def unix():
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(os.path.join(place, "sock"))
+        finally:
+            s.close()
+    attempt("connect a Unix socket", unix)
+    attempt("open a UDP socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
+    attempt("run /bin/true", lambda: subprocess.run(["/bin/true"], check=True))
+    attempt("make a user namespace", lambda: _unshare_user(libc))
+    return facts
+
+
+def _unshare_user(libc):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code:
+        raise OSError(code, "unshare")
+
+
+@pytest.fixture
+def place():
+    """The directory `_what_this_process_can_do` attacks, open to anybody (under the
+    system's temporary directory: pytest's tmp_path is root's own, 0700), with
+    its listening Unix socket."""
+    import tempfile
+    where = tempfile.mkdtemp(prefix="wsuper-attack-")
+    try:
+        os.chmod(where, 0o777)
+        for d in (os.path.dirname(where),):
+            if os.stat(d).st_mode & 0o001 == 0:
+                pytest.skip(f"{d} is not searchable by others")
+        with open(os.path.join(where, "secret"), "w") as f:
+            f.write("secret")
+        os.chmod(os.path.join(where, "secret"), 0o644)
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(os.path.join(where, "sock"))
+        os.chmod(os.path.join(where, "sock"), 0o777)
+        server.listen(8)
+        with server:
+            yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1,
+                "seccomp": 2, "signal the parent": "EPERM", "write a file": "EACCES",
+                "read a file": "EACCES", "connect a Unix socket": "EPERM",
+                "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
+                "make a user namespace": "EPERM"}
+
+
+def _held(facts: dict) -> dict:
+    """What of HELD_BY_NONE a child still held (the layers this kernel has)."""
+    expected = dict(HELD_BY_NONE)
+    if not ROOT_USER:
+        expected["bounding"] = facts["bounding"]     # a user's, shrinks only in a userns
+    if confine.landlock_abi() < 6:
+        expected.pop("signal the parent")            # root: uid 65534 cannot either
+    if not confine.landlock_abi():
+        for k in ("write a file", "read a file", "run /bin/true"):
+            expected.pop(k)
+    if not confine.seccomp_supported():
+        for k in ("seccomp", "connect a Unix socket", "open a UDP socket",
+                  "make a user namespace"):
+            expected.pop(k)
+    return {k: facts[k] for k in expected if facts[k] != expected[k]}
+
+
+@pytest.mark.parametrize("probes", [(), ("calls",)])
+def test_a_compiler_child_holds_no_authority(monkeypatch, place, probes):
+    """The child that compiles a module parses hostile bytes (wasmparser, Cranelift,
+    the probes' rewriter): a memory bug there ran as root with every capability, and
+    could signal the supervisor, write root's files, open sockets, connect to a Unix
+    socket by path, make namespaces.  Now it has read its module and then given up
+    root, every capability, the file system, sockets: checked from inside a real
+    compiler child, with and without probes (which run wasm-tools)."""
+    import wasmtime
+
+    from compartments import wasm, zygote
+
+    def report(_engine, path, _fds, err, *_a, **_k):      # runs in the compiler child
+        facts = _what_this_process_can_do(place)
+        facts["module"] = len(wasm.read_file(path))        # read before it gave files up
+        os.write(err, zygote._SAID + json.dumps(facts).encode())
+        return 1
+    monkeypatch.setattr(zygote, "_compile_into", report)
+    modules = zygote._Modules(wasmtime.Engine(wasm.engine_config()))
+    fds, error = modules.get(f"{EXAMPLES}/calc.wat", probes)
+    assert fds is None
+    facts = json.loads(error.split(": ", 1)[1])
+    assert facts["module"] == os.path.getsize(f"{EXAMPLES}/calc.wat")
+    if ROOT_USER:
+        assert facts["uid"] == ENGINE_USER[0]
+    assert _held(facts) == {}, facts
+    assert not os.path.exists(os.path.join(place, "written"))
+
+
+def test_the_preflights_compiler_child_holds_no_authority(place):
+    """`wsuper check` and `up` compile each module in a child of their own process
+    (zygote.in_a_compiler): the same hostile bytes, and the supervisor's process is
+    root's with the admin socket.  It gives up as much as the zygote's compiler."""
+    from compartments import wasm, zygote
+
+    path = f"{EXAMPLES}/calc.wat"
+
+    def work():
+        facts = _what_this_process_can_do(place)
+        facts["module"] = len(wasm.read_file(path))
+        return facts
+    facts = zygote.in_a_compiler(work, path)
+    assert facts["module"] == os.path.getsize(path)
+    if ROOT_USER:
+        assert facts["uid"] == ENGINE_USER[0]
+    assert _held(facts) == {}, facts
+

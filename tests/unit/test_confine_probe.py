@@ -106,3 +106,27 @@ def test_the_program_fits_the_kernel_and_its_jumps_land_inside():
         elif code in (0x15, 0x35, 0x45):
             assert i + 1 + max(jt, jf) < len(PROG)
     assert PROG[-1][0] == 0x06                        # it ends in a return
+
+
+HELPER = seccomp.build_helper()
+
+
+def test_the_helpers_filter_refuses_what_a_compiler_never_needs_and_allows_the_rest():
+    """The compilers' deny-list (seccomp.HELPER_REFUSED): every call on it EPERM, a
+    clone that makes any namespace EPERM (a user namespace would give it every
+    capability there), clone3 ENOSYS (its flags cannot be read: the C library falls
+    back to clone); every other call of the table allowed, as a compile and its
+    wasm-tools need (fork, exec, wait, pipes, memory)."""
+    refused = {n for n in seccomp.HELPER_REFUSED if seccomp.run(HELPER, NR[n]) != seccomp.EPERM}
+    assert refused == set()
+    others = set(NR) - seccomp.HELPER_REFUSED - {"clone", "clone3"}
+    assert {n for n in others if seccomp.run(HELPER, NR[n]) != seccomp.ALLOW} == set()
+    assert seccomp.run(HELPER, NR["clone3"]) == seccomp.ENOSYS
+    for flag in (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                 0x40000000, 0x00000080):
+        assert seccomp.run(HELPER, NR["clone"], (flag | 0x11,) + (0,) * 5) == seccomp.EPERM
+    vfork = 0x00004000 | 0x00000100 | 17                 # CLONE_VFORK | CLONE_VM | SIGCHLD
+    assert seccomp.run(HELPER, NR["clone"], (vfork,) + (0,) * 5) == seccomp.ALLOW
+    assert seccomp.run(HELPER, 1 << 30) == seccomp.EPERM               # x32
+    assert seccomp.run(HELPER, NR["read"], arch=0x40000003) == \
+        seccomp.SECCOMP_RET_KILL_PROCESS                               # i386
