@@ -278,6 +278,22 @@ def _try_namespaces() -> dict:
 
 # ---------------------------------------------------------------- confine
 
+def drop_root_early(user, parent: int):
+    """In a spare that has its request, before it loads the module (wasmtime's
+    Module.deserialize trusts the bytes a compiler wrote): when root, become `user`
+    and hold no capability (empty bounding, ambient, effective, permitted and
+    inheritable sets), and die with `parent` again (the change of user cleared
+    it).  confine() then does the rest as that user.  Not root: nothing to give
+    up yet.  Raises ConfinementError (root and no user)."""
+    if os.geteuid() != 0:
+        return
+    if user is None:
+        raise ConfinementError(errno.EPERM, "running as root, and no user to run the engine as")
+    _drop_privileges(user)
+    if parent:
+        die_with_parent(parent)
+
+
 def confine(keep_fds, address_space: int | None = None, user=None, parent: int = 0) -> list[str]:
     """Confine this (single-threaded) process for good; returns what was unavailable.
 

@@ -772,6 +772,16 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
 
 def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
     code_fd, description_fd = module_fds
+    # Module.deserialize trusts its input, which a compiler wrote (hostile bytes
+    # went through it): root's uid and capabilities go before it, for the
+    # engine's user (confine() does the rest; it finds root gone)
+    try:
+        confine.drop_root_early(spec.user, zygote)
+    except OSError as e:
+        os.close(code_fd)
+        os.close(description_fd)
+        print(f"error: cannot confine the engine: {e}", file=sys.stderr)
+        return engine.EXIT_CONFINE
     try:
         description = wasm.Description.from_json(
             os.pread(description_fd, os.fstat(description_fd).st_size, 0))

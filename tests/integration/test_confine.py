@@ -1020,3 +1020,63 @@ def test_the_preflights_compiler_child_holds_no_authority(place):
         assert facts["uid"] == ENGINE_USER[0]
     assert _held(facts) == {}, facts
 
+
+@pytest.mark.skipif(not ROOT_USER, reason="a spare gives up root only when it has it")
+def test_a_spare_gives_up_root_before_it_loads_its_compiled_module(monkeypatch):
+    """wasmtime's Module.deserialize trusts its input, and a compiler that parsed the
+    hostile module wrote it: the spare that loads it ran as root with every
+    capability (its bounding set only was empty) until confine(), after the load.
+    Now it is the engine's user, with no capability, before: checked with the real
+    _child in a real fork, at the moment it loads the module."""
+    import types
+
+    import wasmtime
+
+    from compartments import engine, wasm, zygote
+    from compartments.spec import EngineSpec
+
+    path = f"{EXAMPLES}/calc.wat"
+    wasm_engine = wasmtime.Engine(wasm.engine_config())
+    fds, error = zygote._Modules(wasm_engine).get(path)
+    assert error is None
+    r, w = os.pipe()
+
+    class Module:
+        @staticmethod
+        def deserialize_file(_engine, _path):        # runs in the child, at the load
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+            data = (ctypes.c_uint32 * 6)()
+            libc.syscall(125, header, data)                 # capget
+            os.write(w, json.dumps([os.getresuid(), os.getresgid(), os.getgroups(),
+                                    [data[i] for i in range(6)]]).encode())
+            raise wasmtime.WasmtimeError("stopped here by the test")
+    monkeypatch.setattr(zygote, "wasmtime", types.SimpleNamespace(
+        Module=Module, WasmtimeError=wasmtime.WasmtimeError))
+    monkeypatch.setattr(zygote, "wasm", wasm)
+    monkeypatch.setattr(zygote, "engine", engine)
+    monkeypatch.setattr(zygote, "confine", confine)
+    a, b = socket.socketpair()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            spec = EngineSpec("calc", path, user=ENGINE_USER)
+            code = zygote._child(spec, b.fileno(), tuple(os.dup(fd) for fd in fds),
+                                 wasm_engine, parent)
+        finally:
+            os._exit(code)
+    os.close(w)
+    a.close(), b.close()
+    with os.fdopen(r, "rb") as f:
+        said = f.read()
+    _, status = os.waitpid(pid, 0)
+    for fd in fds:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == engine.EXIT_CANNOT_LOAD
+    uids, gids, groups, caps = json.loads(said)
+    assert uids == [ENGINE_USER[0]] * 3 and gids == [ENGINE_USER[1]] * 3 and groups == []
+    assert caps == [0] * 6
