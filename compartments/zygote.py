@@ -604,7 +604,11 @@ def _parse_schema(line: bytes, closing: list) -> dict:
     loaded first), then the one `line` names, each with its import path: pycapnp's
     parser aborts the process on some errors, so never here.  The child, like a
     compiler child, closes what is the zygote's first (`closing`), and holds
-    nothing else: at `wsuper up` this comes before any compartment's request."""
+    nothing else: at `wsuper up` this comes before any compartment's request.
+    Then it gives up what it holds (confine.confine_helper): every capability
+    (it stays uid 0 if root: the schema files may be root's alone), no new
+    privileges, Landlock reading only beneath those files and import
+    directories, the helpers' seccomp deny-list; it dies with the zygote."""
     def paths(v):
         return isinstance(v, list) and all(isinstance(i, str) for i in v)
     try:
@@ -618,6 +622,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
     except (ValueError, KeyError, TypeError) as e:
         return {"error": f"schema request: {e}"}
     r, w = os.pipe()
+    zygote = os.getpid()
     try:
         pid = os.fork()
     except OSError as e:
@@ -639,6 +644,13 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)
             import capnp_schemas
+            # pycapnp's parser opens imports as it finds them: it may read beneath
+            # the files and import directories it was given, and nothing else; as
+            # uid 0 if the zygote is root (the operator's files may be root's only),
+            # but with no capability, signal, socket or file write (/dev/urandom:
+            # for a file without an id, the parser suggests a random one)
+            confine.confine_helper(None, zygote, [path, *imports, *(
+                p for p, _ in before), *(d for _, i in before for d in i), "/dev/urandom"])
             scope = {}
             exec(capnp_schemas.PARSE_AFTER, scope)
             scope["parse"](path, imports, before)

@@ -1080,3 +1080,31 @@ def test_a_spare_gives_up_root_before_it_loads_its_compiled_module(monkeypatch):
     uids, gids, groups, caps = json.loads(said)
     assert uids == [ENGINE_USER[0]] * 3 and gids == [ENGINE_USER[1]] * 3 and groups == []
     assert caps == [0] * 6
+
+
+def test_the_schema_parsers_child_holds_no_authority(monkeypatch, place):
+    """The zygote parses each schema file in a child (pycapnp's parser aborts on some
+    errors): that child ran as root with every capability.  Now it keeps uid 0 (the
+    files may be root's alone) but no capability, reads only beneath the files and
+    import directories it was given, and makes no socket, namespace or file.
+    Checked inside the real child, where the parser would run."""
+    import capnp_schemas
+
+    from compartments import zygote
+
+    monkeypatch.setattr(capnp_schemas, "PARSE_AFTER", f"""if True:
+    import json, os, sys
+    def parse(path, imports, before):
+        test = sys.modules[{__name__!r}]
+        facts = test._what_this_process_can_do({place!r})
+        facts["schema"] = len(open(path).read())        # what it was given: readable
+        os.write(2, ("\\x00" + json.dumps(facts)).encode())   # 2: its pipe
+        os._exit(3)
+""")
+    schema = f"{EXAMPLES}/calc.capnp"
+    line = json.dumps({"schema": schema, "imports": [os.path.dirname(schema)]})
+    answer = zygote._parse_schema(line.encode(), [])
+    assert answer["schema"] == 3, answer
+    facts = json.loads(answer["stderr"].rpartition("\x00")[2])
+    assert facts["schema"] == os.path.getsize(schema)
+    assert _held(facts) == {}, facts
