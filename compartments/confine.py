@@ -51,6 +51,7 @@ import os
 import platform
 import resource
 import signal
+import stat
 import struct
 
 from . import seccomp
@@ -222,6 +223,7 @@ def prepare():
     _cap_last()
     if seccomp_supported():
         seccomp.program()
+        seccomp.helper_program()         # the compilers' and schema parser's
 
 
 def probe() -> list[str]:
@@ -600,7 +602,9 @@ def landlock_read_only(paths, abi: int):
     """Landlock: every right the kernel's ABI knows handled (landlock_ruleset);
     reading and executing allowed beneath `paths` only (none: no file at all); no
     TCP (ABI >= 4), no signal or abstract Unix socket outside (ABI >= 6).  A path
-    that does not exist is left out.  Raises ConfinementError."""
+    that does not exist is left out; an int is a descriptor opened already (O_PATH:
+    a directory this process may no longer reach by its path).  Raises
+    ConfinementError."""
     execute, read_file, read_dir = 1 << 0, 1 << 2, 1 << 3
     attr = landlock_ruleset(abi)      # every right this ABI knows, then the rules
     buf = ctypes.create_string_buffer(attr, len(attr))
@@ -610,17 +614,18 @@ def landlock_read_only(paths, abi: int):
     try:
         for path in paths:
             try:
-                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                pfd = path if isinstance(path, int) else os.open(path, os.O_PATH | os.O_CLOEXEC)
+                is_dir = stat.S_ISDIR(os.fstat(pfd).st_mode)
             except OSError:
                 continue
             try:
-                is_dir = os.path.isdir(path)
                 allowed = execute | read_file | (read_dir if is_dir else 0)
                 rule = ctypes.create_string_buffer(struct.pack("<Qi", allowed, pfd), 12)
                 if _libc.syscall(445, fd, 1, rule, 0) != 0:   # landlock_add_rule, PATH_BENEATH
                     raise ConfinementError(ctypes.get_errno(), f"landlock_add_rule {path}")
             finally:
-                os.close(pfd)
+                if not isinstance(path, int):
+                    os.close(pfd)
         if _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0) != 0:
             raise ConfinementError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:

@@ -182,6 +182,28 @@ def wasm_tools() -> str:
                               f"./scripts/setup installs it): {e}") from None
 
 
+#: (binary, its directory's descriptor, the binary's), both O_PATH: set by
+#: hold_wasm_tools in a compiler before it gives up root, so that it can still run
+#: wasm-tools when the user it becomes may not reach it by its path (wsuper
+#: installed beneath root's own 0700 home)
+_HELD: tuple | None = None
+
+
+def hold_wasm_tools() -> int:
+    """Open wasm-tools and its directory now (O_PATH), for `_tool` to run it through
+    /proc/self/fd and Landlock to allow it by descriptor; returns the directory's
+    descriptor.  Raises InstrumentError (not installed) or OSError."""
+    global _HELD
+    binary = wasm_tools()
+    directory = os.open(os.path.dirname(binary), os.O_PATH | os.O_CLOEXEC)
+    try:
+        _HELD = (binary, directory, os.open(binary, os.O_PATH | os.O_CLOEXEC))
+    except OSError:
+        os.close(directory)
+        raise
+    return directory
+
+
 def _confine_tool(binary: str):
     """preexec_fn of the wasm-tools child: bounded, no new privileges, no capability
     even when root (an empty bounding set: exec gives uid 0 nothing), and (Landlock)
@@ -201,7 +223,8 @@ def _confine_tool(binary: str):
         confine.drop_capabilities_before_exec()     # uid 0 gains none at the exec
         abi = confine.landlock_abi()
         if abi:
-            _landlock_read_only([os.path.dirname(binary), *confine.TOOL_LIBRARIES], abi)
+            where = _HELD[1] if _HELD is not None else os.path.dirname(binary)
+            _landlock_read_only([where, *confine.TOOL_LIBRARIES], abi)
         if os.getpid() != parent:                   # a child of the caller (preexec_fn):
             confine.die_with_parent(parent)         # last, as nothing after changes creds
     return limit
@@ -233,9 +256,12 @@ def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
             while view:
                 view = view[os.write(source, view):]
             os.lseek(source, 0, os.SEEK_SET)
+            held = _HELD if _HELD is not None and _HELD[0] == binary else None
             proc = subprocess.Popen([binary, *args], stdin=source, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, preexec_fn=_confine_tool(binary),
-                                    env={}, close_fds=True)
+                                    env={}, close_fds=True,
+                                    executable=held and f"/proc/self/fd/{held[2]}",
+                                    pass_fds=held[1:] if held else ())
         finally:
             os.close(source)
     except OSError as e:

@@ -398,11 +398,17 @@ def _fprog(prog: list[tuple]) -> "_SockFprog":
     return fprog
 
 
-def install_helper():
-    """Apply the helpers' filter (build_helper) to this process, for good."""
+def helper_program() -> "_SockFprog":
+    """The helpers' filter, built once (the zygote builds it before forking)."""
     global _HELPER
     if _HELPER is None:
         _HELPER = _fprog(build_helper())
+    return _HELPER
+
+
+def install_helper():
+    """Apply the helpers' filter (build_helper) to this process, for good."""
+    helper_program()
     if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
                      ctypes.byref(_HELPER)) != 0:
         e = ctypes.get_errno()

@@ -248,8 +248,10 @@ def confine_compiler(confining, path: str, probes: bool, user=None, parent: int 
     readable = ()
     if probes:
         try:
-            readable = (os.path.dirname(instrument.wasm_tools()), *confining.TOOL_LIBRARIES)
-        except instrument.InstrumentError:
+            # by descriptor: `user` may not reach it by its path (wsuper beneath
+            # root's 0700 home); run through /proc/self/fd (instrument._tool)
+            readable = (instrument.hold_wasm_tools(), *confining.TOOL_LIBRARIES)
+        except (instrument.InstrumentError, OSError):
             pass                    # the rewriting says so, with nothing to run
     if user is None and os.geteuid() == 0:
         user = COMPILER_USER

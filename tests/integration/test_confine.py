@@ -973,7 +973,7 @@ def _held(facts: dict) -> dict:
     return {k: facts[k] for k in expected if facts[k] != expected[k]}
 
 
-@pytest.mark.parametrize("probes", [(), ("calls",)])
+@pytest.mark.parametrize("probes", [(), ("functions",)])
 def test_a_compiler_child_holds_no_authority(monkeypatch, place, probes):
     """The child that compiles a module parses hostile bytes (wasmparser, Cranelift,
     the probes' rewriter): a memory bug there ran as root with every capability, and
@@ -1108,3 +1108,29 @@ def test_the_schema_parsers_child_holds_no_authority(monkeypatch, place):
     facts = json.loads(answer["stderr"].rpartition("\x00")[2])
     assert facts["schema"] == os.path.getsize(schema)
     assert _held(facts) == {}, facts
+
+
+@pytest.mark.skipif(not ROOT_USER, reason="a compiler gives up root only when it has it")
+def test_a_compiler_runs_wasm_tools_its_user_cannot_reach_by_path(monkeypatch, tmp_path):
+    """A compiler becomes the engines' user before it rewrites a module for probes,
+    and wsuper may be installed where that user cannot go (beneath root's 0700 home):
+    it opens wasm-tools and its directory while still root and runs it through
+    /proc/self/fd, so probes still compile.  Checked with a real compile, a copy of
+    wasm-tools in a directory only root may enter."""
+    import wasmtime
+
+    from compartments import instrument, wasm, zygote
+
+    private = tmp_path / "root-only"
+    (private / "bin").mkdir(parents=True)
+    binary = private / "bin" / "wasm-tools"
+    shutil.copy2(instrument.wasm_tools(), binary)
+    private.chmod(0o700)
+    monkeypatch.setattr(instrument, "wasm_tools", lambda: str(binary))
+    modules = zygote._Modules(wasmtime.Engine(wasm.engine_config()))
+    fds, error = modules.get(f"{EXAMPLES}/calc.wat", ("functions",))
+    assert error is None
+    description = wasm.Description.from_json(os.pread(fds[1], 1 << 20, 0))
+    assert description.sites is not None and len(description.sites) > 0
+    for fd in fds:
+        os.close(fd)
