@@ -352,8 +352,9 @@ class _SockFprog(ctypes.Structure):
 #: some input would fail compiles.  What it refuses is what a helper never needs
 #: and an escaped one would want: sockets (the network, and Unix sockets by path,
 #: which Landlock does not cover), other processes' memory, the kernel's
-#: modules, keys, mounts, namespaces (a user namespace would give it a full set
-#: of capabilities there), io_uring (which bypasses this filter), BPF.
+#: modules, keys, mounts, System V IPC, namespaces (a user namespace would give
+#: it a full set of capabilities there), io_uring (which bypasses this filter),
+#: BPF.
 HELPER_REFUSED = frozenset({
     "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
@@ -363,6 +364,11 @@ HELPER_REFUSED = frozenset({
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "open_by_handle_at", "name_to_handle_at", "reboot", "swapon", "swapoff",
     "settimeofday", "clock_settime", "quotactl", "acct", "iopl", "ioperm", "uselib",
+    # System V IPC and POSIX message queues: a helper shares the host's IPC
+    # namespace, and its user (the engines') may be other daemons' too
+    "shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semctl", "semtimedop", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
 })
 #: Namespace flags of clone(): a helper's clone with any of them is refused, and
 #: clone3 (whose flags are in memory a filter cannot read) answers ENOSYS, so that

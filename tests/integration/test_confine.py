@@ -912,6 +912,13 @@ def _what_this_process_can_do(place: str) -> dict:
     attempt("open a UDP socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
     attempt("run /bin/true", lambda: subprocess.run(["/bin/true"], check=True))
     attempt("make a user namespace", lambda: _unshare_user(libc))
+
+    def shm():
+        made = libc.shmget(0, 4096, 0o1600)                # IPC_PRIVATE, IPC_CREAT
+        if made < 0:
+            raise OSError(ctypes.get_errno(), "shmget")
+        libc.shmctl(made, 0, None)                         # IPC_RMID: leave none behind
+    attempt("make System V shared memory", shm)
     return facts
 
 
@@ -953,7 +960,7 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "seccomp": 2, "signal the parent": "EPERM", "write a file": "EACCES",
                 "read a file": "EACCES", "connect a Unix socket": "EPERM",
                 "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
-                "make a user namespace": "EPERM"}
+                "make a user namespace": "EPERM", "make System V shared memory": "EPERM"}
 
 
 def _held(facts: dict) -> dict:
@@ -968,7 +975,7 @@ def _held(facts: dict) -> dict:
             expected.pop(k)
     if not confine.seccomp_supported():
         for k in ("seccomp", "connect a Unix socket", "open a UDP socket",
-                  "make a user namespace"):
+                  "make a user namespace", "make System V shared memory"):
             expected.pop(k)
     return {k: facts[k] for k in expected if facts[k] != expected[k]}
 
