@@ -256,9 +256,9 @@ def load(path: str, extra_imports=()):
 #: it (the supervisor) does not have to find out.
 PARSE_MEMORY = 2 << 30
 
-#: What a child that checks a schema runs: its memory bounded (never above a hard
-#: limit in force), the files loaded before it, then it.
-PARSE_AFTER = """if True:
+#: What a child that checks a schema runs first, before it reads any file: its
+#: memory bounded (never above a hard limit in force).
+PARSE_BOUND = """if True:
     import resource
     with open("/proc/self/statm", "rb") as f:
         _mapped = int(f.read().split()[0]) * resource.getpagesize()
@@ -267,13 +267,17 @@ PARSE_AFTER = """if True:
     if _hard != resource.RLIM_INFINITY:
         _want = min(_want, _hard)
     resource.setrlimit(resource.RLIMIT_AS, (_want, _hard))
+""" % PARSE_MEMORY
+
+#: What it runs then: the files loaded before it, then it.
+PARSE_AFTER = """if True:
     import capnp
     capnp.remove_import_hook()
     def parse(path, imports, before):
         for p, i in before:
             capnp.load(p, imports=i)
         capnp.load(path, imports=imports)
-""" % PARSE_MEMORY
+"""
 
 
 def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
@@ -282,7 +286,7 @@ def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
     import json
     import subprocess
     import sys
-    code = PARSE_AFTER + "\nimport json, sys\nparse(*json.loads(sys.argv[1]))\n"
+    code = PARSE_BOUND + PARSE_AFTER + "\nimport json, sys\nparse(*json.loads(sys.argv[1]))\n"
     try:
         r = subprocess.run([sys.executable, "-I", "-c", code,
                             json.dumps([path, list(imports), [list(b) for b in before]])],

@@ -646,6 +646,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)
             import capnp_schemas
+            exec(capnp_schemas.PARSE_BOUND, {})     # /proc is out of reach after
             # pycapnp's parser opens imports as it finds them: it may read beneath
             # the files and import directories it was given, and nothing else; as
             # uid 0 if the zygote is root (the operator's files may be root's only),

@@ -334,9 +334,9 @@ def test_the_child_that_checks_a_schema_is_bounded_in_memory_and_says_so(tmp_pat
     child and then in the supervisor that loads the schema after it.  The child may
     map PARSE_MEMORY beyond what it began with (here a few MiB, so that 12 MB of
     constants are too much), and running out is said as such."""
-    small = capnp_schemas.PARSE_AFTER.replace(str(capnp_schemas.PARSE_MEMORY), str(40 << 20))
-    assert small != capnp_schemas.PARSE_AFTER
-    monkeypatch.setattr(capnp_schemas, "PARSE_AFTER", small)
+    small = capnp_schemas.PARSE_BOUND.replace(str(capnp_schemas.PARSE_MEMORY), str(40 << 20))
+    assert small != capnp_schemas.PARSE_BOUND
+    monkeypatch.setattr(capnp_schemas, "PARSE_BOUND", small)
     data = "ab" * (2 << 20)
     _schema(tmp_path / "big.capnp", f'const x :Data = 0x"{data}";\n'
             f'const y :List(Data) = [0x"{data}", 0x"{data}"];\n', 0xd0a1b2c3d4e5f631)
