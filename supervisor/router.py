@@ -337,7 +337,7 @@ class Router:
         its caller not gone and not cancelling it (Finish).  A job that waited its
         turn checks this before it runs (from a worker thread: reads only)."""
         entry = self._host_calls.get(token)
-        if entry is None:
+        if entry is None or self.ended:   # the audit said it failed (end_audit): not run
             return False
         peer, answer_id = entry[0].reply
         return peer.alive and not peer.conn.gave_up(answer_id)
@@ -878,6 +878,8 @@ class Router:
         `resumed`: (first cap, membranes crossed) of a call that waited on a
         promised capability, now resolved to `cap`."""
         try:
+            if self.ended:     # after end_audit: no call is carried out, none unrecorded
+                raise CallError("the system is stopping", "disconnected")
             if resumed is None:
                 if self.call_watch:
                     self.call_probes.open(call.reply, call.reply[0].name, describe(cap),
@@ -1260,6 +1262,18 @@ class Router:
                     for rec in self.native.drop_peer(peer.id):
                         self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec),
                                       flush=False)
+        # calls pipelined on an answer not come yet have no record until they are
+        # delivered: refused now, recorded (they were delivered after the end, unrecorded)
+        for (pid, answer_id) in list(self._pipelined):
+            peer = self.peers.get(pid)
+            if peer is None:
+                continue
+            calls = self._take_pipelined(peer, answer_id)
+            for _t, call in calls:
+                self._guarded(call.reply[0], lambda call=call, on=answer_id: self._refuse_call(
+                    call.reply, on, call.interface_id, call.method_id,
+                    CallError(reason, "disconnected")), flush=False)
+            self.sweep([c for _t, call in calls for c in call.caps])
         for record in self.audit.close_all("failed", self.clock(), reason):
             self.emit(fx.Audit(record))
         self.audit.enabled = False

@@ -2284,3 +2284,49 @@ def test_a_main_object_handed_on_by_its_compartment_is_called_as_its_proxy(way, 
     (ret,) = [e for e in t.inbox if isinstance(e, P.ReturnReceived)]
     assert ret.payload is not None
     assert router.peers[t.pid].alive and router.peers[secret.pid].alive
+
+
+def test_a_call_the_audits_end_recorded_failed_is_never_carried_out_after_it():
+    """A review of end_audit: at stop it records every call still open `failed`
+    ('the system stopped before it was answered') and only then is `run stopped`
+    written; yet the calls themselves went on.  A host call queued for its turn
+    (a File's writes, one after another) still ran when its turn came, and a call
+    pipelined on an answer, or waiting on a promise, was delivered once the answer
+    came: carried out after the end of the run, with a record that says it failed
+    and no other.  Once the audit has ended no call is delivered and no host call
+    is run."""
+    names = dict(NAMES)
+    names[CLOCK] = ("Clock", {0: "wall"})
+    router = R.Router({"calc": CALC, "app": None}, external=("calc",), names=names,
+                      audit=True)
+    app = start(router, "app", [grant("time", "clock", "host")], answer_hosts=False)
+    calc = start(router, "calc", [grant("time", "clock", "host")], exports=True,
+                 answer_hosts=False)
+    c = client(router)
+    c.answer_hosts = False
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (queued,) = app.host_calls                    # waits for its turn (a worker thread)
+    q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0)
+    c.send(data)
+    c.send(c.conn.send_call((q, ()), CLOCK, 0)[1])    # pipelined on calc's answer
+    ev = calc.inbox.pop()
+    assert router.host_call_live(queued.token)
+    c.effects.clear()
+    c.deliver(router.end_audit("the system stopped before it was answered"))
+    records = [e.record for e in c.effects if isinstance(e, fx.Audit)]
+    assert sorted((r["caller"], r["method"], r["outcome"], r.get("reason")) for r in records) == \
+        [(who, method, "failed", "the system stopped before it was answered")
+         for who, method in (("app", "wall"), ("client", "add"), ("client", "wall"))]
+    (refused,) = [e for e in c.inbox if isinstance(e, P.ReturnReceived)]
+    assert "the system stopped before it was answered" in refused.error
+    assert not router.host_call_live(queued.token)     # its turn comes: it is not run
+    # calc answers with its clock: nothing is delivered on it
+    c.inbox.clear()
+    calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                    [P.RemoteRef(calc.grants[0].import_id)]))
+    assert calc.host_calls == [] and c.host_calls == []
+    # nor is one made on the capability the answer brought
+    host = next(e for e in c.inbox if isinstance(e, P.ReturnReceived)
+                and e.payload is not None).payload.caps[0]
+    c.send(c.conn.send_call(host.import_id, CLOCK, 0)[1])
+    assert calc.host_calls == [] and c.host_calls == []
