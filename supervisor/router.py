@@ -1262,6 +1262,20 @@ class Router:
                     for rec in self.native.drop_peer(peer.id):
                         self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec),
                                       flush=False)
+        # calls forwarded to a callee fail now, as at their deadline (an answer read
+        # after this, the engines' last, went to a caller whose record said failed)
+        stopped = CallError(reason, "disconnected")
+        for (pid, qid), handler in list(self._pending.items()):
+            peer = self.peers.get(pid)
+            if not isinstance(handler, control.Forward) or peer is None:
+                continue
+            del self._pending[(pid, qid)]
+
+            def ended(peer=peer, qid=qid, handler=handler):
+                if peer.alive:
+                    self.emit(fx.Send(peer.id, peer.conn.send_finish(qid)))
+                self.fail(handler.reply, stopped)
+            self._guarded(peer, ended, flush=False)
         # calls pipelined on an answer not come yet have no record until they are
         # delivered: refused now, recorded (they were delivered after the end, unrecorded)
         for (pid, answer_id) in list(self._pipelined):
@@ -1271,8 +1285,7 @@ class Router:
             calls = self._take_pipelined(peer, answer_id)
             for _t, call in calls:
                 self._guarded(call.reply[0], lambda call=call, on=answer_id: self._refuse_call(
-                    call.reply, on, call.interface_id, call.method_id,
-                    CallError(reason, "disconnected")), flush=False)
+                    call.reply, on, call.interface_id, call.method_id, stopped), flush=False)
             self.sweep([c for _t, call in calls for c in call.caps])
         for record in self.audit.close_all("failed", self.clock(), reason):
             self.emit(fx.Audit(record))
