@@ -52,15 +52,15 @@ def _read_log(folder: str, name: str) -> list[str]:
             f.close()
 
 
-def _read(paths) -> list[str]:
-    """The lines of the files `paths`, in that order."""
+def _read(files) -> list[str]:
+    """The lines of the open files `files`, in that order (each is closed)."""
     out = []
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                out += _lines(f.read())
-        except FileNotFoundError:        # rotated away since it was listed
-            pass
+    try:
+        for f in files:
+            out += _lines(f.read())
+    finally:
+        for f in files:
+            f.close()
     return out
 
 
@@ -113,25 +113,31 @@ class _Followed:
     def _inode(self):
         return os.fstat(self.file.fileno()).st_ino if self.file is not None else None
 
-    def _rotated(self) -> list[tuple[str, int]]:
-        """(path, inode) of the rotated files, newest first."""
-        out = []
-        for i in range(1, output.LOG_FILE_KEEP + 1):
-            p = f"{self.path}.{i}"
-            try:
-                out.append((p, os.stat(p).st_ino))
-            except FileNotFoundError:
-                pass
-        return out
-
-    def older(self) -> list[str]:
-        """The rotated files older than the one followed, oldest first."""
-        rotated = self._rotated()
+    def older(self) -> list:
+        """The rotated files older than the one followed, opened, oldest first (for
+        _read, which closes them).  Each is opened, newest first, before any is
+        read (as _read_log does): listed by name and then read by name, a rotation
+        between the two had a name read that named another file by then, the
+        followed one among them (its lines shown twice), the oldest under none."""
         ino = self._inode()
-        at = next((i for i, (_p, n) in enumerate(rotated) if n == ino), None)
-        older = rotated[at + 1 if at is not None else 0:]
-        self.read_before = {n for _p, n in older}
-        return [p for p, _n in reversed(older)]
+        opened, seen = [], set()
+        for i in range(1, output.LOG_FILE_KEEP + 1):
+            try:
+                f = open(f"{self.path}.{i}", "rb")
+            except FileNotFoundError:
+                continue
+            n = os.fstat(f.fileno()).st_ino
+            if n in seen:                # moved on by a rotation meanwhile: read once
+                f.close()
+                continue
+            seen.add(n)
+            opened.append((n, f))
+        at = next((i for i, (n, _f) in enumerate(opened) if n == ino), None)
+        for _n, f in opened[:at + 1 if at is not None else 0]:
+            f.close()                    # the followed one, and any newer
+        older = opened[at + 1 if at is not None else 0:]
+        self.read_before = {n for n, _f in older}
+        return [f for _n, f in reversed(older)]
 
     def new_lines(self) -> list[str]:
         data = self.rest()
@@ -153,16 +159,31 @@ class _Followed:
         except FileNotFoundError:
             return _lines(data)
         newest = os.fstat(current.fileno()).st_ino
-        between = []
-        for p, n in self._rotated():
-            if n == old:
-                break
-            if n != newest and (old is not None or n not in self.read_before):
-                between.append(p)
         # nothing was followed yet (there was no file): every file rotated since,
         # which older() did not read (one made and rotated between two looks
-        # was lost, the new one read from its start)
-        data += b"".join(_whole(p) for p in reversed(between))
+        # was lost, the new one read from its start).  Each is opened, newest
+        # first, before any is read: listed and then read by name, a rotation
+        # meanwhile had a name read that named another file by then
+        between, seen = [], {newest}
+        try:
+            for i in range(1, output.LOG_FILE_KEEP + 1):
+                try:
+                    f = open(f"{self.path}.{i}", "rb")
+                except FileNotFoundError:
+                    continue
+                n = os.fstat(f.fileno()).st_ino
+                if n == old:
+                    f.close()
+                    break
+                if n in seen or (old is None and n in self.read_before):
+                    f.close()
+                    continue
+                seen.add(n)
+                between.append(f)
+            data += b"".join(f.read() for f in reversed(between))
+        finally:
+            for f in between:
+                f.close()
         self.read_before = set()
         self.close()
         self.file, self.offset = current, 0
@@ -182,14 +203,6 @@ class _Followed:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-
-def _whole(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
 
 
 def _lines(data: bytes) -> list[str]:

@@ -249,3 +249,110 @@ def test_a_rotation_while_the_logs_are_read_loses_no_file(tmp_path, monkeypatch,
             (tmp_path / p).write_text(f"{t} [app] {x}\n")
         shown = [line.rpartition(" ")[2] for line in logs.lines(system, compartment)]
         assert shown in (["a", "b", "c"], ["a", "b", "c", "d"]), (after, shown)
+
+
+class _Polled(Exception):
+    pass
+
+
+@pytest.mark.parametrize("after", [1, 2, 3, 4])
+def test_a_rotation_while_the_followed_logs_are_first_read_loses_no_file(tmp_path,
+                                                                      monkeypatch, after):
+    """A review of `wsuper logs -f`: the rotated files older than the one followed
+    were listed (their names and inodes), then read by name: a rotation between
+    the two had a name read that by then named another file, the followed one
+    among them (its lines shown twice) while the oldest was read under no name.
+    A rotation at any moment of the first reading shows every line once, in
+    order."""
+    t = "2026-12-03T10:00:00.000Z"
+    opened, polls, rotated = [], [], []
+    real_open = open
+
+    def rotating_open(path, *args, **kw):
+        f = real_open(path, *args, **kw)
+        if str(path).startswith(str(tmp_path / "app.log")):
+            opened.append(path)
+            if len(opened) == after:        # the system rotates right then
+                rotated.append(1)
+                _rotate(tmp_path / "app.log")
+                (tmp_path / "app.log").write_text(f"{t} [app] d\n")
+        return f
+
+    def sleep(_s):
+        polls.append(1)
+        if len(polls) > 2:
+            raise _Polled
+    monkeypatch.setattr(logs, "open", rotating_open, raising=False)
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(sleep=sleep))
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": 0},
+                                   path=str(tmp_path))
+    (tmp_path / "supervisor.log").write_text("")
+    for compartment in (None, "app"):
+        opened.clear()
+        polls.clear()
+        rotated.clear()
+        for p in ("app.log", "app.log.1", "app.log.2", "app.log.3", "app.log.4"):
+            if (tmp_path / p).exists():
+                os.unlink(tmp_path / p)
+        for p, x in (("app.log.2", "a"), ("app.log.1", "b"), ("app.log", "c")):
+            (tmp_path / p).write_text(f"{t} [app] {x}\n")
+        shown = []
+        with pytest.raises(_Polled):
+            for line in logs.lines(system, compartment, follow=True):
+                shown.append(line.rpartition(" ")[2])
+        assert rotated or after > 3        # the first reading opens the files 3 times
+        assert shown == ["a", "b", "c"] + ["d"] * len(rotated), (after, compartment, shown)
+
+
+@pytest.mark.parametrize("after", [1, 2, 3, 4, 5])
+def test_a_rotation_while_a_followed_log_catches_up_on_its_rotations_loses_no_file(
+        tmp_path, monkeypatch, after):
+    """A review of `wsuper logs -f`: a look that found its file rotated (twice since
+    the last one: app.log -> .2, another -> .1, a new app.log) listed the files
+    rotated after it by name and inode, then read them by name: a rotation between
+    the two had the name read that named the new current file by then (its lines
+    shown twice) and the file rotated after the followed one under no name.
+    A rotation at any moment of the look (at any open or stat of the files)
+    shows every line once, in order."""
+    t = "2026-12-03T10:00:00.000Z"
+    (tmp_path / "supervisor.log").write_text("")
+    (tmp_path / "app.log").write_text(f"{t} [app] a\n")
+    real_open, real_stat = open, os.stat
+    looks, polls, rotated = [], [], []
+
+    def look(path):
+        if polls and not rotated and str(path).startswith(str(tmp_path / "app.log")):
+            looks.append(path)
+            if len(looks) == after:         # the system rotates right then
+                rotated.append(1)
+                _rotate(tmp_path / "app.log")
+                (tmp_path / "app.log").write_text(f"{t} [app] d\n")
+
+    def rotating_open(path, *args, **kw):
+        f = real_open(path, *args, **kw)
+        look(path)
+        return f
+
+    def rotating_stat(path, *args, **kw):
+        st = real_stat(path, *args, **kw)
+        look(path)
+        return st
+
+    def sleep(_s):
+        if not polls:                       # twice rotated since the first look
+            for x in "bc":
+                _rotate(tmp_path / "app.log")
+                (tmp_path / "app.log").write_text(f"{t} [app] {x}\n")
+        polls.append(1)
+        if len(polls) > 3:
+            raise _Polled
+    monkeypatch.setattr(logs, "open", rotating_open, raising=False)
+    monkeypatch.setattr(os, "stat", rotating_stat)
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(sleep=sleep))
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={"app": 0},
+                                   path=str(tmp_path))
+    shown = []
+    with pytest.raises(_Polled):
+        for line in logs.lines(system, "app", follow=True):
+            shown.append(line.rpartition(" ")[2])
+    assert shown == ["a", "b", "c"] + ["d"] * len(rotated), (after, shown)
