@@ -39,6 +39,7 @@ import platform
 import stat as st
 import struct
 import threading
+import time
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -766,25 +767,10 @@ class Directory:
             return
         if not st.S_ISDIR(moved.st_mode):
             return
-        fd = os.open(sname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=sp)
-        try:
-            seen = 0
-            for top, dirs, files, tfd in os.fwalk(dir_fd=fd, follow_symlinks=False):
-                depth = new + 1 + top.count("/")       # "." is the moved directory itself
-                for name in files + dirs:
-                    seen += 1
-                    if seen > MOVE_CHECK_ENTRIES:
-                        raise FsError(f"{from_!r} holds too many entries to check before "
-                                      f"moving it higher (more than {MOVE_CHECK_ENTRIES})",
-                                      "EPERM")
-                    if st.S_ISLNK(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode) \
-                            and _climbs(os.fsencode(os.readlink(name, dir_fd=tfd)), depth):
-                        raise FsError(f"moving {from_!r} to {to!r} would make the link "
-                                      f"{os.path.join(top, name)!r} in it lead outside the "
-                                      f"granted directory", "EPERM")
-        finally:
-            os.close(fd)
+        bad = _climbing_link_in(sname, sp, new + 1, from_)
+        if bad is not None:
+            raise FsError(f"moving {from_!r} to {to!r} would make the link {bad!r} in it "
+                          f"lead outside the granted directory", "EPERM")
 
     # ------------------------------------------------------------ metadata
 
@@ -816,7 +802,9 @@ class Directory:
 
 
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
+MOVE_CHECK_SECONDS = 1.0        # and the time that check may take (_climbing_link_in)
 NAMES_WAIT = 5.0                # seconds one waits for another's turn (_names_turn)
+
 _names_lock = threading.Lock()  # the one turn of every symlink, rename and hard link
 
 
@@ -847,6 +835,70 @@ def _names_turn(what: str):
 #: What a new file, directory or link costs of max_bytes_written (besides its name
 #: and link target): a block of the disk, so names and links cannot fill it for free.
 ENTRY_COST = 4096
+
+
+def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
+    """The path (below `name`) of a symbolic link in the directory `name` of
+    `parent` that would climb out of the grant were that directory `depth - 1`
+    directories below it, or None.  Held in the turn of _names_turn, so its work is
+    bounded: entries are read as they are checked, and it fails (EPERM) past
+    MOVE_CHECK_ENTRIES of them or MOVE_CHECK_SECONDS, however large a directory is
+    (os.fwalk read every entry of each directory before the count began: a rename
+    of one with a million names held every compartment's turn for half a second).
+    A directory it cannot read fails it too: none is passed over unchecked
+    (os.fwalk passed over those it could not open, say at EMFILE in a deep tree,
+    and climbing links beneath them were moved higher)."""
+    deadline = time.monotonic() + MOVE_CHECK_SECONDS
+    seen = 0
+    stack: list = []
+
+    def enter(at: int, entry, path: str, d: int):
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=at)
+        except (FileNotFoundError, NotADirectoryError):
+            return                      # removed meanwhile: nothing in it to move
+        try:
+            stack.append((fd, os.scandir(fd), path, d))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    try:
+        try:
+            enter(parent, name, "", depth)
+            while stack:
+                fd, it, path, d = stack[-1]
+                entry = next(it, None)
+                if entry is None:
+                    stack.pop()
+                    it.close()
+                    os.close(fd)
+                    continue
+                seen += 1
+                if seen > MOVE_CHECK_ENTRIES:
+                    raise FsError(f"{what!r} holds too many entries to check before moving it "
+                                  f"higher (more than {MOVE_CHECK_ENTRIES})", "EPERM")
+                if time.monotonic() > deadline:
+                    raise FsError(f"the entries of {what!r} took longer than {MOVE_CHECK_SECONDS:g} s "
+                                  f"to check before moving it higher", "EPERM")
+                where = f"{path}/{entry.name}" if path else entry.name
+                try:
+                    if entry.is_symlink():
+                        if _climbs(os.fsencode(os.readlink(entry.name, dir_fd=fd)), d):
+                            return where
+                    elif entry.is_dir(follow_symlinks=False):
+                        enter(fd, entry.name, where, d + 1)
+                except FileNotFoundError:
+                    continue            # removed meanwhile (removals take no turn)
+        except OSError as e:
+            raise FsError(f"the entries of {what!r} could not all be checked before moving it "
+                          f"higher: {e.strerror or e}", "EPERM") from None
+    finally:
+        for fd, it, _path, _d in stack:
+            it.close()
+            os.close(fd)
+    return None
 
 
 def _climbs(target: bytes, depth: int | None) -> bool:

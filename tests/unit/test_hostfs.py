@@ -1084,3 +1084,123 @@ def test_a_link_made_in_a_btrfs_subvolume_never_races_a_rename_there(tmp_path):
         pytest.skip(f"cannot mount a btrfs here: {r.stderr.strip()[-200:]}")
     assert r.stdout.splitlines() == ["['EAGAIN', 'EAGAIN', 'EAGAIN']", "['f']"], \
         r.stdout + r.stderr
+
+
+class _CountedScandir:
+    """os.scandir, counting the entries read from every directory."""
+
+    read = 0
+
+    def __init__(self, real, *args):
+        self._it = real(*args)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        entry = next(self._it)
+        _CountedScandir.read += 1
+        return entry
+
+    def close(self):
+        self._it.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.mark.parametrize("where", ["m", "m/a/b"])
+def test_moving_a_directory_higher_reads_no_more_entries_than_it_checks(
+        tmp_path, monkeypatch, where):
+    """An outside review: the check of the links in a directory moved higher
+    counted entries up to MOVE_CHECK_ENTRIES, but os.fwalk had read every entry
+    of a directory before the count began, and all of it in the one turn of every
+    compartment's symbolic links, renames and hard links: a rename of a directory
+    of a million names (hard links cost no inode) held that turn for 0.56 s, and
+    two threads renaming it over and over kept another compartment's renames
+    waiting 1.8 s.  However large a directory, at top or deep inside, no more
+    entries are read than are checked."""
+    from supervisor import hostfs
+    monkeypatch.setattr(hostfs, "MOVE_CHECK_ENTRIES", 50)
+    root = tmp_path / "granted"
+    big = root / "a" / where
+    big.mkdir(parents=True)
+    (root / "f").write_text("x")
+    for i in range(3000):
+        os.link(root / "f", big / f"l{i}")
+    real = os.scandir
+    _CountedScandir.read = 0
+    monkeypatch.setattr(os, "scandir", lambda *a: _CountedScandir(real, *a))
+    d = Directory.grant(str(root))
+    assert "too many entries" in fails("EPERM", d.rename, "a/m", "m")
+    assert _CountedScandir.read <= 51
+    assert (root / "a" / "m").is_dir() and not (root / "m").exists()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.EACCES, errno.ENOMEM])
+def test_a_directory_the_check_cannot_read_fails_the_move_higher(
+        tmp_path, monkeypatch, code):
+    """An outside review: os.fwalk passed over, in silence, a directory it could
+    not open or list (onerror=None), and the climbing links beneath it were never
+    looked at, and the directory was moved higher with them, where they led
+    outside (one the supervisor may not read: see the next test; or an open that
+    failed EMFILE or ENOMEM).  Every failure to read fails the move (EPERM) and
+    moves nothing."""
+    root = tmp_path / "granted"
+    (root / "a" / "m" / "b" / "c").mkdir(parents=True)
+    os.symlink("../../../../x", root / "a" / "m" / "b" / "c" / "l")    # depth 4: fine
+    real = os.open
+
+    def failing(path, *args, **kw):
+        if path in ("b", b"b", "c", b"c"):
+            raise OSError(code, os.strerror(code))
+        return real(path, *args, **kw)
+    monkeypatch.setattr(os, "open", failing)
+    d = Directory.grant(str(root))
+    assert "could not all be checked" in fails("EPERM", d.rename, "a/m", "m")
+    assert not (root / "m").exists()
+
+
+def test_a_drop_box_directory_is_not_moved_higher_with_its_links_unchecked(tmp_path):
+    """The attack itself, on a supervisor that does not run as root: a directory of
+    the host in the grant that may be written and searched but not read (mode
+    0300, a drop box), a link made in it that climbs to the grant (allowed at its
+    depth), and its parent moved one higher: os.fwalk could not open the drop box,
+    passed over it, and the move was done; the link then led outside."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to play a supervisor that is not root")
+    script = (
+        "import os, sys\n"
+        "from supervisor.hostfs import Directory, FsError\n"
+        "root = sys.argv[1]\n"
+        "d = Directory.grant(root)\n"
+        "d.mkdir('a'); d.mkdir('a/m'); d.mkdir('a/m/box')\n"
+        "os.chmod(root + '/a/m/box', 0o300)\n"           # the host's drop box
+        "d.symlink('../../../x', 'a/m/box/l')\n"         # at depth 3: fine
+        "try:\n"
+        "    d.rename('a/m', 'm')\n"
+        "    print('moved')\n"
+        "except FsError as e:\n"
+        "    print(e.code)\n")
+    with tempfile.TemporaryDirectory() as there:
+        os.chmod(there, 0o755)
+        root = os.path.join(there, "granted")
+        os.mkdir(root)
+        os.chown(root, 65534, 65534)
+        r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                            "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                            sys.executable, "-c", script, root],
+                           capture_output=True, text=True, timeout=120,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        if "Permission denied" in r.stderr and "hostfs" not in r.stderr:
+            pytest.skip(f"cannot run as nobody here: {r.stderr.strip()[-200:]}")
+        assert r.stdout.strip() == "EPERM", r.stdout + r.stderr
+        assert not os.path.exists(os.path.join(root, "m"))
+        os.chmod(os.path.join(root, "a", "m", "box"), 0o755)
