@@ -803,6 +803,7 @@ class Directory:
 
 MOVE_CHECK_ENTRIES = 10_000     # entries of a directory checked before it moves higher
 MOVE_CHECK_SECONDS = 1.0        # and the time that check may take (_climbing_link_in)
+MOVE_CHECK_DEPTH = 100          # and the directories within one another it walks
 NAMES_WAIT = 5.0                # seconds one waits for another's turn (_names_turn)
 
 _names_lock = threading.Lock()  # the one turn of every symlink, rename and hard link
@@ -842,7 +843,9 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
     `parent` that would climb out of the grant were that directory `depth - 1`
     directories below it, or None.  Held in the turn of _names_turn, so its work is
     bounded: entries are read as they are checked, and it fails (EPERM) past
-    MOVE_CHECK_ENTRIES of them or MOVE_CHECK_SECONDS, however large a directory is
+    MOVE_CHECK_ENTRIES of them or MOVE_CHECK_SECONDS, however large a directory is,
+    and past MOVE_CHECK_DEPTH directories within one another (each one walked holds
+    two descriptors of the supervisor's, which every compartment shares)
     (os.fwalk read every entry of each directory before the count began: a rename
     of one with a million names held every compartment's turn for half a second).
     A directory it cannot read fails it too: none is passed over unchecked
@@ -853,6 +856,9 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
     stack: list = []
 
     def enter(at: int, entry, path: str, d: int):
+        if len(stack) >= MOVE_CHECK_DEPTH:
+            raise FsError(f"{what!r} is too deep to check before moving it higher (more "
+                          f"than {MOVE_CHECK_DEPTH} directories within it)", "EPERM")
         try:
             fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                          dir_fd=at)

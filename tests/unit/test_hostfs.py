@@ -1204,3 +1204,39 @@ def test_a_drop_box_directory_is_not_moved_higher_with_its_links_unchecked(tmp_p
         assert r.stdout.strip() == "EPERM", r.stdout + r.stderr
         assert not os.path.exists(os.path.join(root, "m"))
         os.chmod(os.path.join(root, "a", "m", "box"), 0o755)
+
+
+def test_moving_a_deep_tree_higher_holds_few_descriptors(tmp_path, monkeypatch):
+    """The walk of a directory moved higher holds descriptors for every level it is
+    in at once (the supervisor's, which every compartment shares): a chain of
+    directories nearly MOVE_CHECK_ENTRIES deep held thousands of them.  Past
+    MOVE_CHECK_DEPTH levels the move fails (EPERM), and no more are ever held."""
+    from supervisor import hostfs
+    root = tmp_path / "granted"
+    levels = hostfs.MOVE_CHECK_DEPTH + 20
+    deep = root / "a" / "/".join(["c"] * levels)
+    deep.mkdir(parents=True)
+    real_open, real_close, held = os.open, os.close, {"now": 0, "most": 0}
+
+    def counted_open(*a, **kw):
+        fd = real_open(*a, **kw)
+        held["now"] += 1
+        held["most"] = max(held["most"], held["now"])
+        return fd
+
+    def counted_close(fd):
+        held["now"] -= 1
+        real_close(fd)
+    d = Directory.grant(str(root))
+    monkeypatch.setattr(os, "open", counted_open)
+    monkeypatch.setattr(os, "close", counted_close)
+    assert "too deep" in fails("EPERM", d.rename, "a/c", "c")
+    monkeypatch.undo()
+    assert held["most"] <= hostfs.MOVE_CHECK_DEPTH + 5
+    assert not (root / "c").exists()
+    within = root / "b" / "/".join(["c"] * hostfs.MOVE_CHECK_DEPTH)
+    within.mkdir(parents=True)                  # as deep as may be: moved
+    os.symlink("../" * (hostfs.MOVE_CHECK_DEPTH + 1) + "x", within / "l")
+    assert "would make the link" in fails("EPERM", d.rename, "b/c", "c")
+    os.unlink(within / "l")
+    d.rename("b/c", "c")
