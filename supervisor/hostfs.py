@@ -1138,8 +1138,10 @@ class File:
     def append(self, data: bytes) -> dict:
         """Write at the end; the offset it was written at."""
         self._writing("append")
-        self.quota.spend(len(data), self.label)
         with self._h as fd, self._lock:
+            # spent once the File is known open: an append to a closed one (released
+            # by its holder, a call queued after the release) spent the quota for good
+            self.quota.spend(len(data), self.label)
             try:
                 # the kernel picks the end in the write itself (RWF_APPEND, as O_APPEND
                 # does), and leaves this descriptor's offset after what it wrote: found

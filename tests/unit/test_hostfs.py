@@ -1257,3 +1257,26 @@ def test_a_check_past_its_time_fails_the_move_higher(tmp_path, monkeypatch):
     assert not (root / "m").exists()
     d.rename("a/m/n", "n")
     d.rename("a/m", "m")
+
+
+@pytest.mark.parametrize("op", ["append", "write", "truncate", "create", "mkdir", "symlink",
+                                "link"])
+def test_an_operation_on_a_closed_object_costs_no_quota(tree, op):
+    """An outside review: File.append spent max_bytes_written before it found its
+    File closed (released by its holder; a call that was queued before the release
+    runs after it), and the EBADF never gave it back: each such append took its
+    bytes of the grant's quota for good, though nothing was written.  A refused
+    call costs nothing, whichever it is."""
+    d = Directory.grant(str(tree), max_bytes_written=100_000)
+    f = opened(d, "notes.txt", "readWrite")
+    left = d.quota.left
+    calls = {"append": lambda: f.append(b"x" * 3000),
+             "write": lambda: f.write(0, b"x" * 3000),
+             "truncate": lambda: f.truncate(50_000),
+             "create": lambda: d.create("new"),
+             "mkdir": lambda: d.mkdir("newdir"),
+             "symlink": lambda: d.symlink("notes.txt", "newlink"),
+             "link": lambda: d.link("notes.txt", "newhard")}
+    (f if op in ("append", "write", "truncate") else d).close()
+    fails("EBADF", calls[op])
+    assert d.quota.left == left
