@@ -849,8 +849,9 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
     (os.fwalk read every entry of each directory before the count began: a rename
     of one with a million names held every compartment's turn for half a second).
     A directory it cannot read fails it too: none is passed over unchecked
-    (os.fwalk passed over those it could not open, say at EMFILE in a deep tree,
-    and climbing links beneath them were moved higher)."""
+    (os.fwalk passed over those it could not open: one the supervisor may search
+    and write but not read, mode 0300, and the climbing links made in it were
+    moved higher)."""
     deadline = time.monotonic() + MOVE_CHECK_SECONDS
     seen = 0
     stack: list = []
@@ -886,8 +887,9 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
                     raise FsError(f"{what!r} holds too many entries to check before moving it "
                                   f"higher (more than {MOVE_CHECK_ENTRIES})", "EPERM")
                 if time.monotonic() > deadline:
-                    raise FsError(f"the entries of {what!r} took longer than {MOVE_CHECK_SECONDS:g} s "
-                                  f"to check before moving it higher", "EPERM")
+                    raise FsError(f"the entries of {what!r} took longer than "
+                                  f"{MOVE_CHECK_SECONDS:g} s to check before moving it higher",
+                                  "EPERM")
                 where = f"{path}/{entry.name}" if path else entry.name
                 try:
                     if entry.is_symlink():
