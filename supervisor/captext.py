@@ -6,14 +6,17 @@ value grammar of the format (structs, lists, text, data, numbers, bools,
 void, enumerants), read into plain Python values that the schema then
 checks (`typed`), so that an error names the field and what was expected.
 
-    value    = struct | list | text | data | number | "true" | "false" | "void"
-             | enumerant
+    value    = struct | list | text | data | number | name
     struct   = "(" [ field { "," field } ] ")"      field = name "=" value
     list     = "[" [ value { "," value } ] "]"
     text     = '"' chars and escapes '"'   (each escape one byte: \\a \\b \\f \\n
-               \\r \\t \\v \\' \\" \\\\ \\?, \\xHH, \\NNN octal; no others)
+               \\r \\t \\v \\' \\" \\\\ \\?, \\xHH, \\NNN octal; no others); adjacent
+               literals are one ("a" "b" is "ab")
     data     = 0x"hex digits"  (a text literal is taken as its bytes)
-    number   = decimal or 0x hex integer (no leading 0), or a float (inf, nan)
+    number   = decimal or 0x hex integer (no leading 0), or a float (-inf, -nan)
+    name     = an enumerant, or true, false (Bool), void (Void), inf, nan (floats):
+               a bare name means what the field's type says (an enumerant, or a
+               field, may itself be called inf, nan, true or void)
 
 A Text field takes a text literal's bytes as UTF-8 (refusing any that are
 not); two members of one union are refused, as is a number a Float32 cannot
@@ -35,15 +38,16 @@ _TOKEN = re.compile(r"""
     (?P<punct>[()\[\],=])
     | (?P<data>0x"[0-9a-fA-F\s]*")
     | (?P<text>"(?:[^"\\]|\\.)*")
-    | (?P<number>[-+]?(?:0x[0-9a-fA-F]+|(?:inf|nan)(?![A-Za-z0-9_])
-                       |(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?))
+    | (?P<number>[-+]?(?:0x[0-9a-fA-F]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)
+                 |[-+](?:inf|nan)(?![A-Za-z0-9_]))
     | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     """, re.X | re.S)
 _SPACE = re.compile(r"\s*")
 
 
 class _Enumerant(str):
-    """A bare name: an enumerant (or true/false/void)."""
+    """A bare name: an enumerant, or true/false/void/inf/nan, as the field's type
+    takes it (read by the type, never before: an enumerant may be called nan)."""
 
 
 class _Literal(bytes):
@@ -105,30 +109,53 @@ def _value(tokens, at, depth=0):
     if tok == "[" and kind == "punct":
         return _list(tokens, at + 1, depth + 1)
     if kind == "text":
-        return _unescape(tok[1:-1], pos + 1), at + 1
+        # adjacent literals are one ("a" "b" is "ab"), as the format has it
+        parts = []
+        while tokens[at][0] == "text":
+            parts.append(_unescape(tokens[at][1][1:-1], tokens[at][2] + 1))
+            at += 1
+        return _Literal(b"".join(parts)), at
     if kind == "data":
         digits = re.sub(r"\s", "", tok[3:-1])
         if len(digits) % 2:
             raise TextError(f"{tok[:40]}: an odd number of hex digits (at character {pos})")
         return bytes.fromhex(digits), at + 1
     if kind == "number":
-        low = tok.lower().lstrip("+-")
-        if len(low) > 40:
-            raise TextError(f"{tok[:20]}...: a number too long for any field "
-                            f"(at character {pos})")
-        if low in ("inf", "nan") or "." in tok or ("e" in low and not low.startswith("0x")):
-            if low not in ("inf", "nan") and math.isinf(float(tok)):
-                raise TextError(f"{tok!r} is too large for any float field; write inf if "
-                                f"that is meant (at character {pos})")
-            return float(tok), at + 1
-        try:
-            return int(tok, 0), at + 1
-        except ValueError:       # 010: octal to Cap'n Proto, decimal to others
-            raise TextError(f"{tok!r} is not a number (a leading 0 is not allowed) "
-                            f"(at character {pos})") from None
+        return _number(tok, pos), at + 1
     if kind == "name":
-        return {"true": True, "false": False, "void": None}.get(tok, _Enumerant(tok)), at + 1
+        # true, false, void, inf and nan too: what a bare name means is the field's
+        # type's to say (an enumerant, or a field, may be called inf or true)
+        return _Enumerant(tok), at + 1
     _fail(tokens[at], "a value")
+
+
+#: Significant digits of an integer literal past which no field can hold it (a
+#: Float64 holds below 1.8e308); its digits are not converted (int() of
+#: thousands of digits is refused, and slow).
+MAX_DIGITS = 400
+
+
+def _number(tok: str, pos: int):
+    """The int or float a number token means (a float only if it is written as
+    one: a point, an exponent, or a signed inf or nan)."""
+    low = tok.lower().lstrip("+-")
+    if low in ("inf", "nan") or "." in tok or ("e" in low and not low.startswith("0x")):
+        value = float(tok)
+        if low not in ("inf", "nan") and math.isinf(value):
+            raise TextError(f"{_cut(tok)} is too large for any float field; write inf if "
+                            f"that is meant (at character {pos})")
+        return value
+    if len((low[2:] if low.startswith("0x") else low).lstrip("0")) > MAX_DIGITS:
+        raise TextError(f"{_cut(tok)}: a number too long for any field (at character {pos})")
+    try:
+        return int(tok, 0)
+    except ValueError:       # 010: octal to Cap'n Proto, decimal to others
+        raise TextError(f"{_cut(tok)} is not a number (a leading 0 is not allowed) "
+                        f"(at character {pos})") from None
+
+
+def _cut(tok: str) -> str:
+    return repr(tok if len(tok) <= 40 else tok[:20] + "...")
 
 
 def _struct(tokens, at, depth):
@@ -282,16 +309,25 @@ def _typed(v, type_, field, where):
             raise TextError(f"{where}: {v} is out of range for {kind}")
         return v
     if kind in ("float32", "float64"):
+        if isinstance(v, _Enumerant) and v in ("inf", "nan"):
+            return float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TextError(f"{where}: expected a number, not {_shown(v)}")
-        if kind == "float32" and math.isfinite(v) and not _fits_float32(v):
+        try:
+            number = float(v)
+        except OverflowError:          # an integer of hundreds of digits
+            number = math.inf
+        if math.isinf(number) and not (isinstance(v, float) and math.isinf(v)):
+            raise TextError(f"{where}: {_shown(v)[:40]} is too large for any float field; "
+                            "write inf if that is meant")
+        if kind == "float32" and math.isfinite(number) and not _fits_float32(number):
             raise TextError(f"{where}: {v} is out of range for float32 (it would be "
                             "infinite; write inf if that is meant)")
-        return float(v)
+        return number
     if kind == "bool":
-        if not isinstance(v, bool):
+        if not (isinstance(v, _Enumerant) and v in ("true", "false")):
             raise TextError(f"{where}: expected true or false, not {_shown(v)}")
-        return v
+        return v == "true"
     if kind == "text":
         if not isinstance(v, _Literal):
             raise TextError(f"{where}: expected text in double quotes, not {_shown(v)}")
@@ -313,8 +349,8 @@ def _typed(v, type_, field, where):
     if kind == "struct":
         return typed(v, field.schema, where + ".")
     if kind == "void":
-        if v is not None:
-            raise TextError(f"{where}: expected void")
+        if not (isinstance(v, _Enumerant) and v == "void"):
+            raise TextError(f"{where}: expected void, not {_shown(v)}")
         return None
     if kind == "list":
         if not isinstance(v, list):
@@ -344,8 +380,4 @@ def _shown(v) -> str:
         return repr(bytes(v[:40]).decode("utf-8", "replace"))
     if isinstance(v, bytes):
         return f'data 0x"{v[:40].hex()}"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "void"
     return str(v)

@@ -1,5 +1,8 @@
 """`wsuper call`'s parameters in Cap'n Proto text (supervisor/captext.py), read
 as hostile: every error names where, every value means what the format says."""
+import math
+import re
+
 import pytest
 
 import capnp_schemas
@@ -143,3 +146,80 @@ def test_call_finds_inherited_methods(tmp_path):
     with pytest.raises(KeyError) as e:
         captext.method(plain, "nope")
     assert e.value.args[0] == "has no method 'nope' (methods: add, shared, mid, spin, stash)"
+
+
+WORDS = """@0xd1e0a5b5c0f0e1a3;
+enum Word { inf @0; nan @1; true @2; false @3; void @4; }
+struct W {
+  inf @0 :Int32; nan @1 :Float64; true @2 :Bool; void @3 :Void;
+  word @4 :Word; words @5 :List(Word); f @6 :Float32; b @7 :Bool; v @8 :Void;
+  fs @9 :List(Float64); bs @10 :List(Bool); t @11 :Text; ts @12 :List(Text);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory):
+    path = tmp_path_factory.mktemp("captext") / "w.capnp"
+    path.write_text(WORDS)
+    return capnp_schemas.load(str(path)).W
+
+
+def _w(w, text):
+    message = w.new_message()
+    message.from_dict(captext.typed(captext.parse(text), w.schema))
+    return message
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    ("(word = inf)", "word", "inf"), ("(word = nan)", "word", "nan"),
+    ("(word = true)", "word", "true"), ("(word = false)", "word", "false"),
+    ("(word = void)", "word", "void"), ("(words = [void, inf, true, nan, false])", "words",
+                                        ["void", "inf", "true", "nan", "false"]),
+    ("(inf = 3)", "inf", 3), ("(true = true)", "true", True), ("(void = void)", "void", None),
+    ("(nan = -inf)", "nan", float("-inf")), ("(f = inf)", "f", float("inf")),
+    ("(b = false)", "b", False), ("(v = void)", "v", None), ("(bs = [true, false])", "bs",
+                                                             [True, False]),
+    ("(fs = [inf, -inf, 0.5])", "fs", [float("inf"), float("-inf"), 0.5])])
+def test_a_bare_name_means_what_the_fields_type_says(w, text, field, expected):
+    """inf, nan, true, false and void were read before the field's type was known:
+    an enumerant so named (enum Word { nan @0; true @1; }) was refused as 'not nan'
+    and a field named inf or nan could not be given at all ('expected a field
+    name'), though Cap'n Proto's own parser reads them as the schema says."""
+    value = getattr(_w(w, text), field)
+    assert (list(value) if field in ("words", "bs", "fs") else value) == \
+        ([str(x) for x in expected] if field == "words" else expected)
+    assert math.isnan(_w(w, "(nan = nan)").nan) and math.isnan(_w(w, "(f = -nan)").f)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(b = 1)", "b: expected true or false, not 1"), ("(v = 0)", "v: expected void, not 0"),
+    ("(f = true)", "f: expected a number, not true"), ("(word = 0)", "word: expected one of"),
+    ("(inf = inf)", "inf: expected an integer"), ("(b = inf)", "b: expected true or false"),
+    ("(t = nan)", "t: expected text"), ("(v = nan)", "v: expected void, not nan")])
+def test_a_bare_name_another_type_does_not_take_is_refused(w, text, message):
+    with pytest.raises(captext.TextError, match=re.escape(message)):
+        _w(w, text)
+
+
+def test_adjacent_text_literals_are_one(w):
+    """Cap'n Proto's parser joins "a" "b" into "ab"; it was refused."""
+    assert _w(w, '(t = "a" "\\x62"  "c")').t == "abc"
+    assert list(_w(w, '(ts = ["a" "b", "c"])').ts) == ["ab", "c"]
+    with pytest.raises(captext.TextError, match="Text must be UTF-8"):
+        _w(w, '(t = "\\xc3" "x")')          # one literal: checked as a whole
+    assert _w(w, '(t = "\\xc3" "\\xa9")').t == "é"
+
+
+def test_a_number_is_not_refused_for_its_length_alone(w):
+    """Any number longer than 40 characters was 'too long for any field', though a
+    float may be written with as many digits as one likes."""
+    assert _w(w, "(nan = 0.1" + "0" * 100 + "1)").nan == 0.1
+    assert _w(w, "(nan = " + "1" * 300 + ")").nan == float("1" * 300)
+    assert _w(w, "(inf = 0x" + "0" * 100 + "7)").inf == 7
+    for text, message in [("(nan = " + "9" * 350 + ")", "nan: 999.* is too large for any float"),
+                          ("(f = " + "9" * 50 + ")", "f: .* is out of range for float32"),
+                          ("(inf = " + "9" * 50 + ")", "inf: .* is out of range for int32"),
+                          ("(inf = " + "9" * 5000 + ")", "a number too long for any field")]:
+        with pytest.raises(captext.TextError, match=message):
+            _w(w, text)
