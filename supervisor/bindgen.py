@@ -92,8 +92,11 @@ def snake(name: str) -> str:
 def _ident(name: str) -> str:
     s = snake(name)
     # a field is a member (any name will do) but also a parameter of a client stub,
-    # where one named as a type (`sizeT :UInt32`) hid the type from the parameters after it
-    return s + "_" if s in _C_RESERVED or (s.endswith("_t") and s in _C_LIBRARY) else s
+    # where one named as a type (`sizeT :UInt32`) hid the type from the parameters after it,
+    # and one named as the SDK's (`wsuperText`, `wsuperCap`, `wsuperInvoke`) hid its type
+    # from them, or its function from the stub's body, which calls them
+    return s + "_" if s in _C_RESERVED or (s.endswith("_t") and s in _C_LIBRARY) \
+        or s.startswith(_SDK_PREFIXES[0]) else s
 
 
 class _Struct:
@@ -486,12 +489,18 @@ class Generator:
             args = ["wsuper_arena *arena_", "wsuper_cap cap_"]
             # types by their typedef names, unless a parameter of the same name (`point
             # :Point`) shadows one: then by struct tag (or uint16_t), which none shadows
-            names = {f[1] for f in params.fields}
+            # a parameter is named as its field is, unless that is a function the stub
+            # calls (`shadeM2ParamsFill` of method m2: shade_m2_params_fill), which it
+            # would hide: then with a trailing _ (callers pass parameters by position)
+            callees = {f"{params.cname}_fill", f"{results.cname}_load"}
+            arg = {f[1]: f[1] + "_" if f[1] in callees else f[1] for f in params.fields}
+            names = set(arg.values())
             for f in params.fields:
                 t = self._ctype(f)
                 if t.rstrip(" *") in names:
                     t = _shadowless(f)
-                args.append(f"const {t}{f[1]}" if f[0] == "struct" else f"{t} {f[1]}")
+                args.append(f"const {t}{arg[f[1]]}" if f[0] == "struct"
+                            else f"{t} {arg[f[1]]}")
             if results.fields:
                 rtype = results.cname if results.cname not in names else f"struct {results.cname}"
                 args.append(f"{rtype} *out_")
@@ -501,7 +510,7 @@ class Generator:
             out.append("  memset(&in_, 0, sizeof in_);")
             for f in params.fields:
                 cast = f"(struct {f[3]} *)" if f[0] == "struct" else ""
-                out.append(f"  in_.{f[1]} = {cast}{f[1]};")
+                out.append(f"  in_.{f[1]} = {cast}{arg[f[1]]};")
             out += ["  wsuper_builder b_;", "  wsuper_reader r_;", "  wsuper_builder_init(&b_);",
                     f"  {params.cname}_fill(&b_, wsuper_new_struct(&b_, 0, {params.dwords}, "
                     f"{params.ptrs}), &in_);",

@@ -352,6 +352,46 @@ int main(void) {
 """) == ""
 
 
+def test_parameters_named_like_what_a_client_stub_uses_compile(tmp_path):
+    """A client stub's parameter is named as its field: one named like a type of the
+    C SDK (`wsuperText :Int32` before `b :Text`) hid that type from the parameters
+    after it, one named like a function the stub calls (wsuper_invoke, or the
+    params' own shade_m2_params_fill) hid it from the stub's body: the header did
+    not compile.  A field named like the SDK's gets a trailing _ (as `memset`
+    does); a parameter named like the stub's own _fill or _load, only there."""
+    schema = ("@0xd1f0a3b2c4e5f61f;\nstruct Point { wsuperText @0 :Text; }\n"
+              "interface Shade {\n"
+              "  m @0 (wsuperText :Int32, b :Text, wsuperData :Int32, d :Data,\n"
+              "        wsuperListI32 :Int32, l :List(Int32), wsuperCap :Int32, c :Shade,\n"
+              "        wsuperInvoke :Int32, wsuperArena :Point, wsuperRoot :Int8)\n"
+              "     -> (wsuperArena :Int32, wsuperRoot :Text);\n"
+              "  m2 @1 (shadeM2ParamsFill :Int32, shadeM2ResultsLoad :Int32) -> (r :Int32);\n"
+              "}\n")
+    assert _compile(tmp_path / "x", {"shade": schema}, """#define WSUPER_SERVE_SHADE
+#include "shade.h"
+WSUPER_SERVE_ONLY(shade)
+int shade_serve_m(wsuper_arena *a, int32_t object, const shade_m_params *in,
+                  shade_m_results *out) {
+  (void)a; (void)object;
+  out->wsuper_arena_ = in->wsuper_text_ + in->wsuper_cap_ + in->wsuper_root_;
+  out->wsuper_root_ = in->b; return 0; }
+int shade_serve_m2(wsuper_arena *a, int32_t object, const shade_m2_params *in,
+                   shade_m2_results *out) {
+  (void)a; (void)object; out->r = in->shade_m2_params_fill + in->shade_m2_results_load;
+  return 0; }
+int main(void) {
+  wsuper_arena a = {0, 0};
+  shade_m_results r;
+  shade_m2_results r2;
+  point p = {{"x", 1}};
+  int rc = shade_m(&a, 1, 1, wsuper_str("b"), 2, (wsuper_data){0, 0}, 3,
+                   (wsuper_list_i32){0, 0}, 4, 0, 5, &p, 6, &r);
+  rc |= shade_m2(&a, 1, 7, 8, &r2);
+  return rc + (int)p.wsuper_text_.len;
+}
+""") == ""
+
+
 def test_types_named_like_what_the_c_library_declares_compile(tmp_path):
     """wsuper.h includes stdlib.h and string.h: a struct or enum named like what they
     declare (`struct Index`: string.h's index(); `enum Random`, `struct Timespec`,
