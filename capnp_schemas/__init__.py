@@ -111,6 +111,13 @@ def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None
                 raise SchemaError(file, at, f"{m.group(1)} {_shown(name)}: a file name "
                                   f"with escapes is not supported")
             if name.startswith("/"):
+                # beneath each directory of the import path: one that leads above it
+                # (`/../x.capnp`) is refused by the parser as for a relative name, and
+                # was read here from beside that directory
+                if os.path.normpath(name.lstrip("/")).split("/")[0] == "..":
+                    raise SchemaError(file, at, f"{m.group(1)} {_shown(name)} leads above "
+                                      "the import path's directories, which the parser "
+                                      "reads it beneath: it reads nothing outside them")
                 found, base = next(((c, d) for c, d in (
                     (os.path.normpath(os.path.join(d, name.lstrip("/"))), d)
                     for d in import_path) if os.path.lexists(c)), (None, None))

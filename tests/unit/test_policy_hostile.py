@@ -313,6 +313,40 @@ def test_a_name_leading_above_where_the_parser_reads_is_refused_naming_it(tmp_pa
     assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
 
 
+ABOVE = ["/../outside.capnp", "/sub/../../outside.capnp", "//../x"]
+
+
+@pytest.mark.parametrize("how", ["import", "embed"])
+@pytest.mark.parametrize("name", ABOVE)
+def test_an_absolute_name_leading_above_the_import_path_is_refused_naming_it(tmp_path, how,
+                                                                            name):
+    """An absolute name is read beneath a directory of the import path, and the
+    parser reads nothing above it: `import "/../x.capnp"` was read here from beside
+    the schema's directory (its checks, its imports) and then refused by the parser
+    with "can't use \"..\" to break out of starting directory", naming the schema
+    and no line.  Inside the directory, `..` is fine."""
+    # one id to one file in a process
+    n = (0x40 if how == "import" else 0x80) + 0x10 * ABOVE.index(name)
+    (tmp_path / "top" / "sub").mkdir(parents=True)
+    (tmp_path / "outside.capnp").write_text(f"@{0xd0a1b2c3d4e5f60b + n:x};\nstruct O {{}}\n")
+    (tmp_path / "top" / "blob").write_text("x")
+    _schema(tmp_path / "top" / "ok.capnp", "struct Ok {}\n", 0xd0a1b2c3d4e5f60d + n)
+    use = f'using O = import "{name}";\n' if how == "import" else \
+        f'const e :Data = embed "{name}";\n'
+    _schema(tmp_path / "top" / "a.capnp", 'using A = import "/sub/../ok.capnp";\n' + use,
+            0xd0a1b2c3d4e5f60e + n)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "top" / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "top" / "a.capnp"), 3)
+    assert e.value.reason == (f"{how} {name} leads above the import path's directories, "
+                              "which the parser reads it beneath: it reads nothing outside "
+                              "them")
+    # what stays inside is read as before
+    _schema(tmp_path / "top" / "c.capnp", 'using B = import "/sub/../ok.capnp";\n'
+            'const x :Data = embed "/sub/../blob";\n', 0xd0a1b2c3d4e5f60f + n)
+    assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
+
+
 def test_a_schema_that_crashes_the_parser_is_refused_saying_so(tmp_path):
     """The parser recurses on nested types: 3,000 nested lists overflow its stack
     (in the child that checks a schema first).  That said 'the schema parser
