@@ -242,18 +242,44 @@ def method(interface_schema, name: str):
     call of an inherited method is made on the interface as it is; `wsuper call`
     looked at the interface's own methods only and refused every inherited one).
     KeyError names them all if there is none."""
+    return find(interface_schema, name)[1]
+
+
+def find(interface_schema, name: str):
+    """(the interface that declares it, the method) for the method `name` of an
+    interface, found as Cap'n Proto finds a method by its name: its own, then
+    each interface it extends in order, depth first (C extends(A, B), A
+    extends(D): D's before B's).  A search breadth first took B's, while
+    pycapnp called D's with the parameters typed for B's.  The call is made on
+    the interface found (its id and the method's ordinal, as any call of an
+    inherited method is), never by the name again: Cap'n Proto's own search
+    gives up after 64 interfaces visited, counting each of a diamond's as often
+    as it is reached.  KeyError names them all if there is none."""
+    seen, todo = set(), [interface_schema]
+    while todo:
+        s = todo.pop()
+        if s.node.id in seen:
+            continue
+        seen.add(s.node.id)
+        methods = s.methods
+        if name in methods:
+            return s, methods[name]
+        todo += reversed(list(s.superclasses))
+    raise KeyError(f"has no method {name!r} (methods: "
+                   f"{', '.join(_method_names(interface_schema)) or 'none'})")
+
+
+def _method_names(interface_schema) -> list:
+    """Every method name of an interface and those it extends, nearest first."""
     seen, todo, names = set(), [interface_schema], []
     while todo:
         s = todo.pop(0)
         if s.node.id in seen:
             continue
         seen.add(s.node.id)
-        methods = s.methods
-        if name in methods:
-            return methods[name]
-        names += [m for m in methods if m not in names]
+        names += [m for m in s.methods if m not in names]
         todo += list(s.superclasses)
-    raise KeyError(f"has no method {name!r} (methods: {', '.join(names) or 'none'})")
+    return names
 
 
 def typed(value, struct_schema, where: str = "") -> dict:

@@ -395,7 +395,7 @@ def _call(plan, args) -> int:
                       f"(external: {', '.join(system.external) or 'none'})")
     interface = plan.interface_modules[comp.exports]
     try:
-        found = captext.method(interface.schema, method)
+        declared_by, found = captext.find(interface.schema, method)
     except KeyError as e:
         return refuse(f"{comp.exports} {e.args[0]}")
     try:
@@ -404,7 +404,8 @@ def _call(plan, args) -> int:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
     path = args.socket or system.socket or endpoint.default_socket_path(system.path)
     try:
-        text = client.call(path, name, interface, method, params, args.timeout, args.json)
+        text = client.call(path, name, interface, method, params, args.timeout, args.json,
+                           declared_by)
     except client.CallFailed as e:
         _error(f"{name}.{method}: {e}")
         return 1

@@ -27,9 +27,11 @@ class CallFailed(Exception):
 
 
 def call(socket_path: str, compartment: str, interface, method: str, params: dict,
-         timeout: float = 30, as_json: bool = False) -> str:
-    """Call `compartment`'s `method` (of pycapnp interface module `interface`) with
-    `params`; returns the results as Cap'n Proto text (or JSON).  The results come
+         timeout: float = 30, as_json: bool = False, declared_by=None) -> str:
+    """Call `compartment`'s `method` (of pycapnp interface module `interface`;
+    declared by the interface schema `declared_by`, if it inherits it:
+    captext.find) with `params`; returns the results as Cap'n Proto text (or
+    JSON).  The results come
     from a compartment, so they are read completely here, inside the call: what
     cannot be read (a pointer out of bounds, text without its NUL, not UTF-8) is a
     CallFailed, never an abort later in some lazy reader."""
@@ -48,6 +50,10 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
             gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
             try:
                 cap = (await gateway.get(compartment)).cap.as_interface(interface)
+                if declared_by is not None:
+                    # the method of the interface the params were typed for, by its
+                    # id and ordinal: not found by its name again (captext.find)
+                    cap = cap.cast_as(declared_by)
                 request = cap._request(method)
                 request.from_dict(params)
                 response = await request.send()

@@ -223,3 +223,35 @@ def test_a_number_is_not_refused_for_its_length_alone(w):
                           ("(inf = " + "9" * 5000 + ")", "a number too long for any field")]:
         with pytest.raises(captext.TextError, match=message):
             _w(w, text)
+
+
+DEPTH_FIRST = """@0xd1e0a5b5c0f0e1a4;
+interface D { f @0 (d :Int32); g @1 (); }
+interface A extends(D) { }
+interface B { f @0 (b :Text); g @1 (x :Int8); h @2 (); }
+interface E extends(B) { h @0 (e :Int8); }
+interface C extends(A, E) { }
+"""
+
+
+@pytest.fixture(scope="module")
+def depth_first(tmp_path_factory):
+    path = tmp_path_factory.mktemp("captext") / "df.capnp"
+    path.write_text(DEPTH_FIRST)
+    return capnp_schemas.load(str(path)).C.schema
+
+
+@pytest.mark.parametrize("name, declared_by, fields", [
+    ("f", "D", ["d"]), ("g", "D", []), ("h", "E", ["e"])])
+def test_an_inherited_method_is_found_as_cap_n_proto_finds_it(depth_first, name, declared_by,
+                                                             fields):
+    """Cap'n Proto finds a method by name in the interface, then in each it
+    extends in order, depth first: C extends(A, E), A extends(D), so C's f is D's.
+    captext searched breadth first and took B's f: the params were typed for B's
+    while pycapnp, calling by name, sent D's."""
+    c = depth_first
+    found = captext.method(c, name)
+    assert list(found.param_type.fields) == fields
+    interface, method = captext.find(c, name)
+    assert interface.node.displayName.endswith(f":{declared_by}")
+    assert method.param_type.node.id == found.param_type.node.id
