@@ -440,9 +440,18 @@ def _resolve_method(where, key, entry, granted, by_name, names,
     ids = by_name.get(iface, []) if iface else [granted]
     if not ids:
         raise where.error(key, f"unknown interface {iface!r} in {entry!r}")
-    # each with what it inherits: `Counter.reset` names Base's reset, and restricts it
+    # each with what it inherits: `Counter.reset` names Base's reset, and restricts it.
+    # A name is the one method Cap'n Proto means by it: the interface's own, else the
+    # first that what it extends declares, depth first (its `supers` order): with C
+    # extends(A, B), A extends(D), `f` is D's f; B's f, which shares its name, was
+    # allowed too.  That one is named by its own interface (`B.f`).
+    named = ids
     ids = list(dict.fromkeys(x for iid in ids for x in (iid, *(supers or {}).get(iid, ()))))
-    pairs = {(iid, mid) for iid in ids for mid, name in names[iid][1].items() if name == method}
+    pairs = set()
+    for iid in named:
+        pairs |= next(({(x, mid) for mid, name in names[x][1].items() if name == method}
+                       for x in (iid, *(supers or {}).get(iid, ()))
+                       if method in names[x][1].values()), set())
     if not pairs:
         known = dict.fromkeys(n for iid in ids for n in names[iid][1].values())
         raise where.error(key, f"{iface or names[granted][0]} has no method {method!r} "

@@ -420,3 +420,49 @@ j = {{ compartment = "j", allow = ["last"] }}
     assert f"{tmp_path}/ext.capnp: interface ext.capnp:J0 " \
         f"extends more than {preflight.MAX_EXTENDS} interfaces" in str(e.value)
     assert "system.schemas[0]" in str(e.value)
+
+
+SHADOWED = """@0xc4b8e6d2a1b77e78;
+interface D @0xc4b8e6d2a1b77f81 { f @0 () -> (); }
+interface A @0xc4b8e6d2a1b77f82 extends(D) { }
+interface B @0xc4b8e6d2a1b77f83 { f @0 () -> (); g @1 () -> (); }
+interface C @0xc4b8e6d2a1b77f84 extends(A, B) { g @0 () -> (); }
+"""
+
+
+@pytest.fixture(scope="module")
+def shadowed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shadowed")
+    (d / "shadowed.capnp").write_text(SHADOWED)
+    return d
+
+
+@pytest.mark.parametrize("allow,reaching", [
+    (["f"], {"D.f"}),                  # C's f is D's (depth first), as Cap'n Proto says
+    (["g"], {"C.g"}),                  # C's own g, not B's it hides
+    (["C.f"], {"D.f"}), (["A.f"], {"D.f"}),
+    (["B.f"], {"B.f"}), (["B.g"], {"B.g"}), (["f", "B.f", "B.g"], {"D.f", "B.f", "B.g"}),
+])
+def test_an_allow_list_name_is_the_one_method_cap_n_proto_means_by_it(shadowed, allow,
+                                                                       reaching):
+    """`allow = ["f"]` on a grant of C, which extends(A, B) with A extends(D), D and B
+    each declaring an f: Cap'n Proto's C.f is D's, and B's is reached only by its
+    own name (B.f).  Every method so named anywhere C extends was allowed, so the
+    list let through a method it never named (B.f; B.g behind C's own g)."""
+    from supervisor import membrane
+    plan = plan_of(shadowed, f"""
+[system]
+schemas = ["shadowed.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "C"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = {allow!r} }}
+""".replace("'", '"'))
+    (g,) = plan.system.compartments["app"].grants
+    m = membrane.Membrane.for_grant("app.calc", g, 0xc4b8e6d2a1b77f84, 0.0)
+    ids = {"D.f": (0xc4b8e6d2a1b77f81, 0), "B.f": (0xc4b8e6d2a1b77f83, 0),
+           "B.g": (0xc4b8e6d2a1b77f83, 1), "C.g": (0xc4b8e6d2a1b77f84, 0)}
+    assert {name for name, (i, j) in ids.items() if m.allows(i, j)} == reaching
