@@ -230,7 +230,8 @@ def plan(data: bytes, setting: Setting, memory_limit: int,
     except ProtectError as e:
         return attrs.evolve(layout, error=(e.key, e.reason)), False
     if regions is None:
-        return layout, False
+        return attrs.evolve(layout, problem=layout.problem or _unmet(
+            setting, layout, memory_limit, page)), False
     extents = (regions.no_access_end, regions.read_only_start, regions.read_only_end)
     return attrs.evolve(layout, regions=extents), bulk
 
@@ -370,6 +371,23 @@ def resolve(setting: Setting | None, layout: Layout | None, memory_limit: int,
         if setting.required:
             raise
         return None
+
+
+def _unmet(setting: Setting | None, layout: Layout, memory_limit: int,
+           page: int) -> str | None:
+    """Why the default setting leaves a module that declares a layout unprotected
+    (None: it declares none, or nothing was asked): `wsuper check` says it, where it
+    said "the module declares no layout" of a wsuper build plugin whose memory
+    limit was above 64 MiB."""
+    if setting is None or setting.required or layout.declared is None:
+        return None
+    try:
+        if _resolve(setting, layout, memory_limit, page) is None:
+            return (f"its declared layout cannot be enforced: it holds no whole "
+                    f"{page}-byte page of this host")
+    except ProtectError as e:
+        return f"its declared layout cannot be enforced: {e.key}: {e.reason}"
+    return None
 
 
 def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: int):

@@ -411,6 +411,23 @@ def test_prepare_leaves_a_module_alone_when_nothing_is_protected():
     assert out is data and layout.regions is None and layout.error is None
 
 
+def test_the_default_says_why_a_declared_layout_is_left_unprotected():
+    """`wsuper check` shows Layout.problem: a wsuper build plugin whose declared
+    layout cannot be enforced was said to declare no layout at all (a memory limit
+    above 64 MiB); each reason the default gives up for is named, and a module
+    that declares nothing still has no problem."""
+    declared = (4096, 4096, 8192)
+    _data, out, layout = _prepared(protect.DEFAULT, LIMIT + 1, declare=declared)
+    assert layout.regions is None and layout.error is None
+    assert "limits.memory" in layout.problem and "at most 64 MiB" in layout.problem
+    data = wasmbin.with_declaration(bytes(wasmtime.wat2wasm(BULK_WAT)), *declared)
+    _out, layout = protect.prepare(data, protect.DEFAULT, LIMIT, page=16384)
+    assert layout.regions is None and layout.error is None
+    assert "cannot be enforced" in layout.problem and "16384" in layout.problem
+    _data, out, layout = _prepared(protect.DEFAULT, LIMIT + 1)
+    assert layout.regions is None and layout.problem is None
+
+
 def test_prepare_records_what_a_required_setting_cannot_get():
     data, out, layout = _prepared(Setting(4096, AUTO), LIMIT + 1)
     assert out is data and layout.error[0] == "limits.memory"
