@@ -1,4 +1,5 @@
 """docs/tutorial.md, run as written: its files, its commands, its output."""
+import json
 import os
 import re
 import subprocess
@@ -52,3 +53,73 @@ def test_the_tutorial_works_as_written(tmp_path):
     assert r.returncode == 0 and "could reach greeter.greet: app\n" in r.stdout, r.stdout
     shown = re.search(r"```\n(could reach greeter.greet: .*?)\n```", text).group(1)
     assert f"{shown}\n" in r.stdout
+
+
+def test_what_the_tutorial_says_to_try_happens(tmp_path):
+    """Section 8's experiments, as written: an audit line per call, a compartment
+    without stdout that runs the same, a read-only directory grant (its C lines and
+    what each gets), and a greeter that loops, whose call fails on its CPU budget
+    while the app and the greeter carry on."""
+    text = open(TUTORIAL, encoding="utf-8").read()
+    files = dict(re.findall(r"^`([\w.]+)`:\n\n```\w*\n(.*?)```", text, re.M | re.S))
+    try_it = text[text.index("## 8."):]
+    grant = re.search(r"add `(data = \{.*?\})`", try_it, re.S).group(1)
+    grant = " ".join(grant.split())
+    snippet = re.search(r"```c\n(.*?)```", try_it, re.S).group(1)
+    opens = re.findall(r"^\s*(FILE \*(\w) = fopen\(.*?\);)\s*/\* (.*?) \*/", snippet, re.M)
+    assert [v for _, v, _ in opens] == ["f", "g", "h"]
+    (tmp_path / "greeter.capnp").write_text(files["greeter.capnp"])
+    loops = 'if (in->name.len == 4 && !memcmp(in->name.ptr, "loop", 4)) for (;;) {}\n  '
+    (tmp_path / "greeter.c").write_text("#include <string.h>\n" + files["greeter.c"].replace(
+        "if (in->name.len == 0)", loops + "if (in->name.len == 0)"))
+    lines = "\n".join(
+        f'  errno = 0;\n  {line}\n  printf("{v}: %s %d\\n", {v} ? "opened" : "NULL", errno);'
+        for line, v, _ in opens)
+    (tmp_path / "app.c").write_text(f"""#include <errno.h>
+#include <stdio.h>
+#include "greeter.h"
+int main(void) {{
+  wsuper_arena a = {{0, 0}};
+  wsuper_cap greeter = wsuper_lookup_cap("greeter");
+  const char *names[] = {{"loop", "Ada"}};
+  for (int i = 0; i < 2; i++) {{
+    greeter_greet_results r;
+    int rc = greeter_greet(&a, greeter, wsuper_str(names[i]), &r);
+    printf("%s: %d %s\\n", names[i], rc, rc ? a.error : r.greeting.ptr);
+  }}
+{lines}
+  printf("EROFS=%d\\n", EROFS);
+  return 0;
+}}
+""")
+    for name in ("greeter", "app"):
+        r = _wsuper(["build", f"{name}.c", "--schema", "greeter.capnp", "-o",
+                     f"build/{name}.wasm"], tmp_path)
+        assert r.returncode == 0, r.stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("notes\n")
+    system = files["system.toml"].replace("[system]", '[system]\naudit = "audit.jsonl"')
+    assert 'audit = "audit.jsonl"' in system
+    (tmp_path / "system.toml").write_text(system.replace(
+        'stdout = { host = "log" }', 'stdout = { host = "log" }\n' + grant))
+    r = _wsuper(["up", "system.toml"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = dict(l[len("[app] "):].split(": ", 1) for l in r.stdout.splitlines()
+                if l.startswith("[app] ") and ": " in l)
+    # the loop: E_OVERLOADED (-4), its CPU budget named; the next call is served
+    assert said["loop"].startswith("-4 ") and "fuel_per_call" in said["loop"], said
+    assert said["Ada"] == "0 Hello, Ada!", said
+    erofs = int(re.search(r"EROFS=(\d+)", r.stdout).group(1))
+    assert said["f"] == "opened 0"                      # works: it is granted
+    assert said["g"] == f"NULL {erofs}"                 # NULL, errno EROFS: read_only
+    assert said["h"].startswith("NULL ")                # NULL: nothing granted there
+    records = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    calls = [c for c in records if "caller" in c]
+    assert {"time", "caller", "capability", "method", "outcome", "duration_ms"} <= set(calls[0])
+    assert [c["outcome"] for c in calls if c["method"] == "greet"] == ["failed", "returned"]
+    # without stdout: the app runs the same, and prints nowhere
+    (tmp_path / "system.toml").write_text(files["system.toml"].replace(
+        'stdout = { host = "log" }\n', ""))
+    r = _wsuper(["up", "system.toml"], tmp_path, merged=True)
+    assert r.returncode == 0 and "finished app exit=0" in r.stdout, r.stdout
+    assert "[app]" not in r.stdout, r.stdout
