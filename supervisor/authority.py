@@ -236,7 +236,11 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
         start = {e.holder for e in all_edges
                  if e.holder == comp_name and e.kind == "host" and e.target == host}
         if not start:
-            raise KeyError(f"{comp_name} holds no host {host!r}")
+            kinds = sorted({e.target for e in all_edges
+                            if e.holder == comp_name and e.kind == "host"})
+            raise KeyError(f"{comp_name} holds no host {host!r} (COMPARTMENT:HOSTCAP names "
+                           f"the kind of host capability, not a grant's name; "
+                           f"{comp_name} holds: {', '.join(kinds) or 'none'})")
     else:
         if plan.system.compartments[comp_name].exports is None:
             raise KeyError(f"{comp_name} exports nothing")

@@ -59,6 +59,9 @@ def test_reach_follows_interfaces_that_can_carry_capabilities(tmp_path):
     ("app.log", "app's interface (none) has no method 'log'"),
     ("app:log.write", "name a host capability as COMPARTMENT:HOSTCAP, with no method"),
     ("other:clock", "other holds no host 'clock'"),
+    # a grant's name where the kind goes: the answer says which kinds it holds
+    ("app:calc", "not a grant's name; app holds: log)"),
+    ("calc:log", "calc holds: none)"),
 ])
 def test_reach_refuses_names_that_do_not_exist(tmp_path, target, error):
     with pytest.raises(KeyError, match=re.escape(error)):
