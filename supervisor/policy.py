@@ -314,7 +314,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         key = f"compartments.{name}"
         if not _NAME.match(name):
             raise where.error(key, f"compartment name {name!r} is not allowed "
-                              "(letters, digits, '_' and '-', starting with a letter, at most 64)")
+                              "(letters, digits, '_' and '-', starting with a letter or '_', at most 64)")
         if name in RESERVED_NAMES:
             raise where.error(key, f"compartment name {name!r} is reserved: its log file "
                               f"would be the supervisor's own ({name}.log)")
@@ -1038,7 +1038,8 @@ def _size(where, key, value, lo, hi) -> int:
 
 def _grant(where, key, name, spec) -> Grant:
     if not _NAME.match(name):
-        raise where.error(key, f"grant name {name!r} is not allowed")
+        raise where.error(key, f"grant name {name!r} is not allowed (letters, digits, '_' "
+                          "and '-', starting with a letter or '_', at most 64)")
     if not isinstance(spec, dict):
         raise where.error(key, "must be a table such as { compartment = \"calc\" } "
                           "or { host = \"log\" }")

@@ -70,7 +70,7 @@ def spec(compartment: str, name, point, functions=(), events=False, declared=Fal
     at = f"{where}: " if where else ""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ProbeError(f"{at}probe name {str(name)[:80]!r} is not allowed (letters, digits, "
-                         f"'_' and '-', starting with a letter, at most 64)")
+                         f"'_' and '-', starting with a letter or '_', at most 64)")
     if point not in POINTS:
         raise ProbeError(f"{at}unknown point {str(point)[:80]!r} (points: {', '.join(POINTS)})")
     if isinstance(functions, str):

@@ -381,3 +381,24 @@ def test_the_child_that_checks_a_schema_is_bounded_in_memory_and_says_so(tmp_pat
         capnp_schemas.load(str(tmp_path / "big.capnp"))
     assert e.value.reason.startswith("the schema parser ran out of memory reading it"), \
         e.value.reason
+
+
+_NAME_PLACES = {
+    "compartment": lambda n: f'[compartments.{n}]\nmodule = "x.wat"\n' + BASE,
+    "grant": lambda n: BASE + f'[compartments.b.grants]\n{n} = {{ host = "clock" }}\n',
+    "probe": lambda n: BASE + f'[compartments.b.probes.{n}]\npoint = "calls"\n',
+}
+
+
+@pytest.mark.parametrize("place", sorted(_NAME_PLACES))
+def test_every_names_error_states_the_rule_the_name_is_held_to(place):
+    """Compartment, grant and probe names are held to one rule (a letter or '_'
+    first): the compartment's and the probe's errors said "starting with a letter"
+    of names that may start with '_', and a grant's said nothing at all."""
+    document = _NAME_PLACES[place]
+    policy.parse(document("_x-1"), "/srv/system.toml")          # '_' first is fine
+    for bad in ("-x", "1x", "x" * 65):
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(document(bad), "/srv/system.toml")
+        assert "(letters, digits, '_' and '-', starting with a letter or '_', at most 64)" \
+            in str(e.value), str(e.value)
