@@ -1,0 +1,184 @@
+"""The docs against the code, as data: every key the system file takes is in
+docs/policy-reference.md and every key there is taken, each number with the
+default and the range the code holds it to (tried at both ends and one past
+them); docs/guest-abi.md's error codes and host functions are abi.py's; and
+every Markdown table in the docs renders as one table (a blank line inside one
+cuts it in two, and the rows after it show as text)."""
+import glob
+import os
+import re
+
+import pytest
+
+from compartments import abi
+from compartments.limits import Limits
+from supervisor import policy
+from tests.conftest import ROOT
+
+DOCS = os.path.join(ROOT, "docs")
+REFERENCE = os.path.join(DOCS, "policy-reference.md")
+BASE = ('[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
+        '[compartments.b]\nmodule = "b.wat"\n')
+
+
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _tables(section: str) -> list[list[list[str]]]:
+    """The tables of a Markdown section: rows of cells, header and separator left out."""
+    tables, rows = [], None
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if rows is None:
+                rows = []
+            elif not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif rows is not None:
+            tables.append(rows)
+            rows = None
+    return tables
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _keys(cell: str) -> set[str]:
+    """The keys a table's first cell names: `key`, or `key = value, other = ...`."""
+    keys = set()
+    for code in re.findall(r"`([^`]*)`", cell):
+        code = re.sub(r"\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"", "", code)
+        if re.fullmatch(r"\w+", code):
+            keys.add(code)
+        keys.update(re.findall(r"(\w+)\s*=", code))
+    return keys
+
+
+def _number(text: str):
+    """A number as the reference writes it: 1000, 0.01, 10^7, 2^62, 64 KiB, "8MiB"."""
+    text = text.strip().strip("`").strip('"')
+    if text == "none":
+        return None
+    m = re.fullmatch(r"(\d+)\^(\d+)", text)
+    if m:
+        return int(m.group(1)) ** int(m.group(2))
+    m = re.fullmatch(r"([0-9.]+)\s*(KiB|MiB|GiB|PiB)?", text)
+    assert m, f"not a number: {text!r}"
+    unit = {None: 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "PiB": 1 << 50}
+    value = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
+    return value * unit[m.group(2)]
+
+
+def _document(place: str, key: str, value: str) -> str:
+    if place == "system":
+        return f"[system]\n{key} = {value}\n" + BASE
+    if place == "compartment":
+        return BASE + f"{key} = {value}\n"
+    return BASE + f"[compartments.b.limits]\n{key} = {value}\n"
+
+
+def _taken(place: str, key: str, value) -> bool:
+    try:
+        policy.parse(_document(place, key, repr(value)), "/srv/system.toml")
+    except policy.PolicyError as e:
+        assert key in str(e), e
+        return False
+    return True
+
+
+def _past(value, lo: bool):
+    """A number just past a bound: the next whole one, or 1 % off a real one."""
+    if isinstance(value, int):
+        return value - 1 if lo else value + 1
+    return value * (0.99 if lo else 1.01) if value else -0.001
+
+
+REFERENCE_TEXT = _text(REFERENCE)
+SYSTEM_ROWS = _tables(_section(REFERENCE_TEXT, "## `[system]`"))[0]
+COMPARTMENT_ROWS = _tables(_section(REFERENCE_TEXT, "## `[compartments.NAME]`"))[0]
+LIMIT_ROWS = _tables(_section(REFERENCE_TEXT, "## `[compartments.NAME.limits]`"))[0]
+PROBE_ROWS = _tables(_section(REFERENCE_TEXT, "## `[compartments.NAME.probes.PROBE]`"))[0]
+GRANT_TABLES = _tables(_section(REFERENCE_TEXT, "## `[compartments.NAME.grants]`"))
+
+
+def test_every_key_the_system_file_takes_is_documented_and_no_other():
+    assert set().union(*(_keys(r[0]) for r in SYSTEM_ROWS)) == policy.SYSTEM_KEYS
+    # grants, limits and probes are tables of their own, with sections of their own
+    assert set().union(*(_keys(r[0]) for r in COMPARTMENT_ROWS)) | {
+        "grants", "limits", "probes"} == policy.COMPARTMENT_KEYS
+    assert {r[0].strip("`") for r in LIMIT_ROWS} == set(Limits.RANGES)
+    assert {r[0].strip("`") for r in PROBE_ROWS} == {"point", "functions", "events"}
+    kinds, attenuation = GRANT_TABLES[0], GRANT_TABLES[1]
+    rows = set().union(*(_keys(r[0]) for r in kinds + attenuation))
+    # read_only and append_only are told in the directory grant's row
+    told = set().union(*(_keys(r[1]) for r in kinds + attenuation))
+    assert rows <= policy.GRANT_KEYS and policy.GRANT_KEYS <= rows | told, \
+        (rows - policy.GRANT_KEYS, policy.GRANT_KEYS - rows - told)
+    hosts = {m for r in kinds for m in re.findall(r'host = "(\w+)"', r[0])}
+    assert hosts == set(policy.HOST_CAPS)
+    external = next(r for r in SYSTEM_ROWS if r[0] == "`external_limits`")
+    assert all(f"`{k}`" in external[3] for k in policy.EXTERNAL_LIMIT_KEYS), external
+
+
+@pytest.mark.parametrize("row", LIMIT_ROWS, ids=[r[0].strip("`") for r in LIMIT_ROWS])
+def test_each_limit_has_the_default_and_the_range_the_reference_gives(row):
+    key = row[0].strip("`")
+    assert _number(row[1]) == getattr(Limits(), key), row[:3]
+    lo, hi = (_number(v) for v in row[2].split(".."))
+    assert (lo, hi) == Limits.RANGES[key][:2], row[:3]
+    assert _taken("limits", key, lo) and _taken("limits", key, hi)
+    assert not _taken("limits", key, _past(lo, True))
+    assert not _taken("limits", key, _past(hi, False))
+
+
+_RANGED = [("system", r) for r in SYSTEM_ROWS] + [("compartment", r) for r in COMPARTMENT_ROWS]
+_RANGED = [(p, r) for p, r in _RANGED if re.match(r"(int|seconds) [0-9.]+\s*\.\.", r[1])]
+
+
+@pytest.mark.parametrize("place,row", _RANGED, ids=[r[0].strip("`") for _, r in _RANGED])
+def test_each_number_of_the_system_and_compartment_tables_has_its_range_and_default(place, row):
+    key = row[0].strip("`")
+    lo, hi = (_number(v) for v in row[1].split(" ", 1)[1].split(".."))
+    assert _taken(place, key, lo) and _taken(place, key, hi), row[:3]
+    assert not _taken(place, key, _past(lo, True)), row[:3]
+    assert not _taken(place, key, _past(hi, False)), row[:3]
+    system = policy.parse(BASE, "/srv/system.toml")
+    default = getattr(system, key) if place == "system" else \
+        getattr(system.compartments["b"].restart, key)
+    assert _number(row[2]) == default, row[:3]
+
+
+def test_the_error_codes_of_the_guest_abi_are_abi_pys():
+    rows = _tables(_section(_text(os.path.join(DOCS, "guest-abi.md")), "## Errors"))[0]
+    documented = {int(code): name.strip("`") for code, name, _ in rows}
+    assert documented == abi.ERROR_NAMES
+
+
+def test_the_host_functions_of_the_guest_abi_are_abi_pys():
+    rows = _tables(_section(_text(os.path.join(DOCS, "guest-abi.md")), "## Imports"))[0]
+    documented = {}
+    for call, types, _ in rows:
+        name = re.match(r"`(\w+)\(", call).group(1)
+        params, results = re.fullmatch(r"`\(([^)]*)\) -> (\w*)`", types).groups()
+        documented[name] = (tuple(params.split()), (results,) if results else ())
+    assert documented == abi.IMPORTS
+    exports = _tables(_section(_text(os.path.join(DOCS, "guest-abi.md")), "## Exports"))[0]
+    dispatch = next(r for r in exports if r[0] == f"`{abi.EXPORT_DISPATCH}`")
+    params, result = re.search(r"`\(([^)]*)\) -> (\w+)`", dispatch[2]).groups()
+    assert (tuple(p.split()[-1] for p in params.split(",")), (result,)) == abi.DISPATCH_TYPE
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(DOCS, "*.md")))
+                         + [os.path.join(ROOT, "README.md")], ids=os.path.basename)
+def test_every_table_in_the_docs_renders_as_one(path):
+    """A blank line between two rows ends the table: what follows shows as text."""
+    lines = _text(path).splitlines()
+    for i in range(1, len(lines) - 2):
+        if lines[i] == "" and lines[i - 1].startswith("|") and lines[i + 1].startswith("|") \
+                and not re.fullmatch(r"\|[-:| ]+\|", lines[i + 2]):
+            pytest.fail(f"{os.path.basename(path)}:{i + 1}: a blank line inside a table")
