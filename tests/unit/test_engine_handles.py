@@ -227,6 +227,21 @@ def test_a_reply_whose_handles_went_at_the_next_call_is_not_pending_any_more():
 
 
 @pytest.mark.parametrize("native", [True, False])
+def test_a_call_on_a_handle_of_its_own_object_is_unimplemented_and_says_why(native):
+    """docs/guest-abi.md, E_UNIMPLEMENTED: `call` on a handle `object` gave the
+    guest is refused in the engine, with a reason; nothing goes to the supervisor."""
+    engine, sock, sup, main, grants = _engine(native)
+
+    def answer(ev):
+        raise AssertionError(f"the engine called out: {ev}")
+    assert _serve(engine, sock, sup, main, 8, answer) == abi.E_UNIMPLEMENTED
+    mem = engine.memory.read(engine.store, 1000, 1008 + 200)
+    length = struct.unpack_from("<I", mem, 0)[0]
+    assert mem[8:8 + length].decode() == "calling your own object through a handle is " \
+        "not supported"
+
+
+@pytest.mark.parametrize("native", [True, False])
 def test_a_call_served_while_a_reply_is_pending_leaves_it_to_its_guest(native):
     """replyslot.wat's method 0 calls "peer" (answer: 42 and 2 capabilities), then
     writes a line to its log, a WASI call that goes to the supervisor and serves
