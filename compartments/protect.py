@@ -373,6 +373,24 @@ def resolve(setting: Setting | None, layout: Layout | None, memory_limit: int,
         return None
 
 
+def rodata_extent(segments, rodata: tuple, page: int) -> tuple[int, int]:
+    """.rodata's extent, with the padding after it up to the end of its last page
+    when the next data starts at or past that end: what wasm-ld leaves before a
+    .data that starts a page (toolchain.LAYOUT_SOURCE: wsuper build's layout, or the
+    same by hand), where nothing lies.  Without data after it, its last page stays
+    as it is: .bss, the stack or the heap may follow.  `segments`: (start, end, ...)
+    of the module's data segments.  wsuper build declares this extent
+    (toolchain.declared_layout); `read_only = "auto"` takes it from the name section
+    of a module built by hand, where it took .rodata alone, rounded inward: the
+    recipe of docs/plugins.md ended on a partial page and got no read-only page."""
+    start, end = rodata
+    after = min((s[0] for s in segments if s[1] > s[0] and s[0] >= end), default=None)
+    padded = _up(end, page)
+    if after is not None and after >= padded:
+        end = padded
+    return start, end
+
+
 def _unmet(setting: Setting | None, layout: Layout, memory_limit: int,
            page: int) -> str | None:
     """Why the default setting leaves a module that declares a layout unprotected
@@ -429,7 +447,7 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
         if declared is not None:
             start, end = declared[1], declared[2]
         elif layout.rodata is not None:
-            start, end = layout.rodata
+            start, end = rodata_extent(layout.segments, layout.rodata, page)
         else:
             raise ProtectError("protect.read_only", f"\"auto\": the module does not say where "
                                f"its read-only data is{why_none}: it has no wsuper.protect "

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 
 from compartments import wasmbin
+from compartments.protect import rodata_extent
 
 DEBIAN_PACKAGES = ("clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32")
 RUST_PACKAGES = ("rustc", "libstd-rust-dev-wasm32")
@@ -213,11 +214,7 @@ def declared_layout(data: bytes, page: int = PROTECT_PAGE) -> tuple[int, int, in
     null = page if segments and all(s >= page for s, _e in segments) else 0
     if f.rodata is None or f.rodata[1] <= f.rodata[0]:
         return null, null, null
-    start, end = f.rodata
-    after = min((s for s, _e in segments if s >= end), default=None)
-    padded = -(-end // page) * page
-    if after is not None and after >= padded:     # nothing but padding up to the page end
-        end = padded
+    start, end = rodata_extent(f.segments, f.rodata, page)   # with the padding to .data
     return min(null, start), start, end
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import GUESTS_C, run_wsuper
+from tests.conftest import GUESTS_C, ROOT, run_wsuper
 
 PROBE_SCHEMA = os.path.join(GUESTS_C, "protect.capnp")
 NA = "no-access region [0x0, 0x1000) (the null page)"
@@ -238,3 +238,28 @@ def test_a_null_page_over_data_placed_by_a_constant_expression_is_refused(tmp_pa
         err = (r.stdout + r.stderr).strip()
         assert len(err.splitlines()) == 1 and "compartments.app.protect.no_access: " in err
         assert "would cover the module's data segment at [0x18, 0x2e)" in err, err
+
+
+def test_a_plugin_laid_out_by_hand_as_plugins_md_says_is_protected_as_asked(tmp_path):
+    """docs/plugins.md's own clang line (-Wl,--global-base=4096 and its layout.c),
+    no wsuper.protect section, and the system file's protect it gives: check refused
+    it ("the module's read-only data [0x1000, 0x1ac0) holds no whole 4096-byte
+    page"), since read_only = "auto" took .rodata alone from the name section and
+    rounded it inward, where wsuper build's declaration runs to the page-aligned
+    .data.  Both read the same extent now, and a write into a literal traps."""
+    from compartments import wasmbin
+    from supervisor import toolchain
+    text = open(os.path.join(ROOT, "docs", "plugins.md"), encoding="utf-8").read()
+    flags = re.search(r"-Wl,--global-base=\d+", text).group(0)
+    layout = re.search(r"```c\n\s*(__attribute__\(\(aligned.*?)```", text, re.S).group(1)
+    setting = re.search(r"`(protect = \{ no_access = .*?\})`", text).group(1)
+    (tmp_path / "layout.c").write_text(layout)
+    module = toolchain.build([os.path.join(GUESTS_C, "protect_literal.c"),
+                              str(tmp_path / "layout.c")], str(tmp_path / "literal.wasm"),
+                             protect=False, extra=[flags])
+    f = wasmbin.facts(open(module, "rb").read())
+    assert f.declared is None and f.rodata[1] % 4096, f.rodata   # a partial last page
+    r = _up(tmp_path, _program("literal", module, setting), schemas=False)
+    at = re.search(r"literal: at (0x[0-9a-f]+), writing", r.stdout).group(1)
+    assert f"compartment literal trapped: write to read-only memory at {at} ({RO})" \
+        in r.stdout, r.stdout
