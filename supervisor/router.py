@@ -442,9 +442,21 @@ class Router:
         times = [h[0][0] for h in (self._deadlines, self._queued) if h]
         return min(times) if times else None
 
+    def revoked_already(self, label: str) -> bool:
+        """Whether grant `label` is revoked already: `wsuper revoke` of it again changes
+        nothing, and said "revoked" again, with a second audit record of a revocation
+        at a time it did not happen (and the same line on the terminal twice)."""
+        m = self.membranes.get(label)
+        if m is None:
+            return label in self._revoked_early
+        return m.revocable and m.revoked is not None
+
     def revoke(self, label: str) -> list:
         """Revoke grant `label` ("compartment.grant"): it, everything obtained through
-        it, and every call in flight through any of them fail from now on."""
+        it, and every call in flight through any of them fail from now on.  A grant
+        revoked already is left as it is (`revoked_already`)."""
+        if self.revoked_already(label):
+            return self._flush()
         m = self.membranes.get(label)
         if m is None and label in self.revocable:
             # its holder has not started yet (a system starting up, or a first start

@@ -85,6 +85,48 @@ spin = {{ compartment = "spin", revocable = true }}
     assert r.returncode == 2 and "no revocable grant 'app.log' (revocable: app.spin)" in r.stderr
 
 
+def test_revoking_a_grant_again_changes_nothing_and_says_so(tmp_path, wsuper):
+    """A second `wsuper revoke` of a grant said "ok: revoked" again, wrote a second
+    "grant revoked" record (a revocation at a time it did not happen) and a second
+    line on the terminal.  It now answers that the grant was revoked already, and
+    the audit has the one revocation."""
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log_int (i32.const 300) (i32.const 4) (local.get $r))
+    """, {"spin": 200, "calling": 210, "spun": 300}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+audit = "audit.jsonl"
+socket = "{tmp_path}/s.sock"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] calling")
+    said = [run_wsuper("revoke", str(tmp_path / "system.toml"), "app.spin") for _ in range(2)]
+    assert [r.returncode for r in said] == [0, 0], [r.stderr for r in said]
+    assert [r.stdout.strip() for r in said] == [
+        "wsuper: ok: revoked app.spin", "wsuper: ok: app.spin was revoked already"]
+    assert run_wsuper("stop", str(tmp_path / "system.toml")).returncode == 0
+    run.finish()
+    assert [l for l in run.lines if l.endswith("wsuper: revoked app.spin")] != []
+    assert len([l for l in run.lines if l.endswith("wsuper: revoked app.spin")]) == 1
+    records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    assert [x["grant"] for x in records if x.get("event") == "grant revoked"] == ["app.spin"]
+
+
 def test_a_compartment_calling_without_pause_fills_no_more_than_the_audits_bound(tmp_path):
     """Every call appends an audit record: a program calling as fast as it can grew
     the file without bound (and a full disk stops the run).  With audit_max_size

@@ -1035,6 +1035,23 @@ def test_a_grant_revoked_before_its_holder_first_starts_is_revoked_when_it_start
     assert calc.inbox == []
 
 
+def test_revoking_a_grant_revoked_already_changes_nothing():
+    """Before its holder starts and after: the second revocation is no revocation
+    (no Notice, no effect), and revoked_already says so; a grant that is not
+    revocable, or not revoked, is not."""
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, revocable=("app.calc",))
+    start(router, "calc", exports=True)
+    assert not router.revoked_already("app.calc") and not router.revoked_already("app.log")
+    assert any(isinstance(e, fx.Notice) for e in router.revoke("app.calc"))   # early
+    assert router.revoked_already("app.calc") and router.revoke("app.calc") == []
+    app = start(router, "app", [grant("calc", "calc", revocable=True),
+                                grant("log", "log", "host")])
+    assert router.revoked_already("app.calc") and router.revoke("app.calc") == []
+    assert not router.revoked_already("app.log")
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert "app.calc was revoked" in app.inbox.pop().error
+
+
 def test_calls_pipelined_on_unreturned_answers_are_bounded_in_bytes_per_peer_and_in_all():
     """Each call queued on an answer not returned yet holds its whole message: up to
     in_flight of them, 8 MiB each, was 0.5 GiB a connection.  The bytes they hold
