@@ -814,7 +814,11 @@ def _read_text(path: str, what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise PolicyError(path, "", f"{what}{path} is not UTF-8 (byte {e.start})") from None
+        # its line, as every other error of the file says (and as the NUL byte's does);
+        # in the reason too: a policy file's error is said at the line that names it
+        line = raw[:e.start].count(b"\n") + 1
+        raise PolicyError(path, "", f"{what}{path} is not UTF-8 (line {line}, byte "
+                          f"{e.start})", line) from None
 
 
 # ------------------------------------------------------------------ helpers

@@ -402,3 +402,22 @@ def test_every_names_error_states_the_rule_the_name_is_held_to(place):
             policy.parse(document(bad), "/srv/system.toml")
         assert "(letters, digits, '_' and '-', starting with a letter or '_', at most 64)" \
             in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("bad", [b"\xff", b"\x00"], ids=["not UTF-8", "NUL"])
+def test_a_byte_the_file_may_not_hold_is_said_with_its_line(tmp_path, bad):
+    """`wsuper: error: FILE:LINE: ...` (policy-reference.md): a byte that is not
+    UTF-8 was said as 'FILE: ... (byte 27)', with no line; in a policy file, the
+    line the system file names it on is the one shown, and the reason has its own."""
+    (tmp_path / "system.toml").write_bytes(
+        b'[compartments.a]\n\nmodule = "' + bad + b'a.wat"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.read(str(tmp_path / "system.toml"))
+    assert e.value.line == 3 and f"{tmp_path / 'system.toml'}:3: " in str(e.value)
+    (tmp_path / "p.toml").write_bytes(b'[grants]\n\nlog = { host = "' + bad + b'log" }\n')
+    (tmp_path / "system.toml").write_text('[compartments.a]\nmodule = "a.wat"\n'
+                                          'policy = "p.toml"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.read(str(tmp_path / "system.toml"))
+    assert f"{tmp_path / 'p.toml'}:3: " in str(e.value) or (
+        "compartments.a.policy" in str(e.value) and "(line 3, byte 26)" in str(e.value))
