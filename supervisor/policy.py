@@ -298,9 +298,12 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         if k in system:
             endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
     if "audit_max_size" in system:
-        size = system["audit_max_size"]
-        endpoint["audit_max_size"] = 0 if type(size) is int and size == 0 or size == "0" else \
-            _size(where, "system.audit_max_size", size, 1 << 20, 1 << 50)
+        # 0 however written ("0 MiB" too: it was refused as below 1 MiB), else 1 MiB..1 PiB
+        size = _size(where, "system.audit_max_size", system["audit_max_size"], 0, 1 << 50)
+        if 0 < size < 1 << 20:
+            raise where.error("system.audit_max_size", f"must be 0 (never rotated) or a size "
+                              f"from 1 MiB to 1 PiB, not {size:,} bytes")
+        endpoint["audit_max_size"] = size
 
     comps_doc = doc.get("compartments")
     if comps_doc is None:

@@ -421,3 +421,21 @@ def test_a_byte_the_file_may_not_hold_is_said_with_its_line(tmp_path, bad):
         policy.read(str(tmp_path / "system.toml"))
     assert f"{tmp_path / 'p.toml'}:3: " in str(e.value) or (
         "compartments.a.policy" in str(e.value) and "(line 3, byte 26)" in str(e.value))
+
+
+@pytest.mark.parametrize("value,size", [("0", 0), ('"0"', 0), ('"0 MiB"', 0), ('"0B"', 0),
+                                        ('"1MiB"', 1 << 20), ("1048576", 1 << 20),
+                                        ('"1048576 GiB"', 1 << 50), ("1048575", None),
+                                        ('"1023 KiB"', None), ("1125899906842625", None)])
+def test_audit_max_size_is_0_or_from_1_mib_to_1_pib_however_written(value, size):
+    """policy-reference.md: a size 1 MiB .. 1 PiB, or 0 (never rotated). "0 MiB" was
+    refused as below 1 MiB, and a size below it did not say that 0 would do."""
+    text = f"[system]\naudit_max_size = {value}\n" + BASE
+    if size is None:
+        with pytest.raises(policy.PolicyError, match="system.audit_max_size"):
+            policy.parse(text, "/srv/system.toml")
+        if value in ("1048575", '"1023 KiB"'):
+            with pytest.raises(policy.PolicyError, match=r"must be 0 \(never rotated\) or"):
+                policy.parse(text, "/srv/system.toml")
+    else:
+        assert policy.parse(text, "/srv/system.toml").audit_max_size == size
