@@ -185,8 +185,10 @@ def _toml(text: str, path: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
-        raise PolicyError(path, "", f"invalid TOML: {str(e)}",
-                          int(m.group(1)) if m else None) from None
+        line = int(m.group(1)) if m else None
+        if line is None and "at end of document" in str(e):    # its last line, then
+            line = text.count("\n") + (not text.endswith("\n"))
+        raise PolicyError(path, "", f"invalid TOML: {str(e)}", line) from None
     except (ValueError, OverflowError) as e:
         # not a TOMLDecodeError: tomllib's int() of a number of more than 4,300
         # digits (Python's limit on int from str) raises ValueError itself

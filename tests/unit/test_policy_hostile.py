@@ -439,3 +439,15 @@ def test_audit_max_size_is_0_or_from_1_mib_to_1_pib_however_written(value, size)
                 policy.parse(text, "/srv/system.toml")
     else:
         assert policy.parse(text, "/srv/system.toml").audit_max_size == size
+
+
+@pytest.mark.parametrize("tail", ["garbage = [\n", "garbage = [", "garbage = [1,\n\n",
+                                  'garbage = """\n'])
+def test_a_file_that_ends_in_the_middle_of_a_value_is_said_with_a_line(tail):
+    """tomllib says "(at end of document)" with no line: the error was 'FILE:
+    invalid TOML: ...', the one kind of error without FILE:LINE.  It is the last."""
+    text = BASE + tail
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/srv/system.toml")
+    assert e.value.line == text.count("\n") + (not text.endswith("\n")) > 5, str(e.value)
+    assert str(e.value).startswith(f"/srv/system.toml:{e.value.line}: invalid TOML: ")
