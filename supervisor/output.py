@@ -440,12 +440,17 @@ class LogFiles:
             if batch and not self.failed:
                 self._writing = batch
                 try:
-                    await trio.to_thread.run_sync(self._write, batch)
+                    # abandoned when cancelled: a disk that held a write (a hung
+                    # network file system) held the stop with it, as long as it
+                    # held the write, past flush_last's deadline and SIGTERM
+                    await trio.to_thread.run_sync(self._write, batch,
+                                                  abandon_on_cancel=True)
                 except trio.Cancelled:
-                    # the stop's deadline came before the write began (to_thread
-                    # checks it first): the batch, already out of `pending`, was
-                    # lost without a word.  Kept, close() says it was not written
-                    self._keep(batch)
+                    # the stop's deadline came before the write began, or before it
+                    # ended: the batch, already out of `pending`, was lost without a
+                    # word.  Kept (what the thread has not written of it, as it is
+                    # now: the thread may go on), close() says it was not written
+                    self._keep(batch.copy())
                     raise
                 except OSError as e:
                     if e.errno not in TRANSIENT_ERRNOS:
@@ -510,7 +515,7 @@ class LogFiles:
         first, between two lines (lines are bounded: 4096 characters escaped).
         Everything is done in the directory as opened once (no path is followed
         again: the directory cannot be swapped for a link meanwhile)."""
-        with self._lock:               # close() waits for a write under way
+        with self._lock:               # close() leaves the directory to a write under way
             if self._closed:
                 return
             if self._dir is None:
@@ -542,11 +547,17 @@ class LogFiles:
     def close(self):
         """No more writes.  Lines still kept for the files when they wait (a shortage
         of descriptors that outlasted the last flush) are said lost, once."""
-        with self._lock:
-            self._closed = True
-            if self._dir is not None:
-                os.close(self._dir)
-                self._dir = None
+        # a write still under way (abandoned at stop: a disk that holds it) keeps the
+        # directory, which the process's exit closes: waiting for it here held the
+        # stop for as long as the disk held the write
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._dir is not None:
+                    os.close(self._dir)
+                    self._dir = None
+            finally:
+                self._lock.release()
         left = self.unwritten()
         if not self.failed and left:
             why = f"{self.paused_why} until the system stopped" if self.paused else \

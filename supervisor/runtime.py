@@ -251,6 +251,11 @@ class _Audit:
         self.ended = False                # `run stopped` was added: nothing comes after it
         self._file = None
         self._flushing = trio.Lock()
+        # held by the thread that writes (_write); close() takes it only if free: a
+        # write a hung disk holds is abandoned at stop, never waited for
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writing: list | tuple = ()  # the batch a write under way has
 
     def add(self, record: dict):
         if self.ended:                  # `run stopped` is the run's last record
@@ -277,11 +282,15 @@ class _Audit:
             if not batch or self.failed:
                 self.room.set()
                 return
+            self._writing = batch
             try:
-                await trio.to_thread.run_sync(self._write, batch)
+                # abandoned when cancelled: a disk that held a write (a hung network
+                # file system) held the stop with it, for as long as it held the
+                # write, past AUDIT_LAST_WRITE, `wsuper stop` and SIGTERM included
+                await trio.to_thread.run_sync(self._write, batch, abandon_on_cancel=True)
             except trio.Cancelled:
-                # the stop's deadline came before the write began: kept, so that
-                # unwritten() counts them (they were gone without a word)
+                # the stop's deadline came before the write began, or before it ended:
+                # kept, so that unwritten() counts them (they were gone without a word)
                 self.pending[:0] = batch
                 raise
             except endpoint.EndpointError as e:   # the file found there after a rotation
@@ -290,11 +299,14 @@ class _Audit:
             except OSError as e:
                 self.failed = f"{self.path}: {e.strerror or e}"
                 on_error(self.failed)
+            finally:
+                self._writing = ()
             self.room.set()
 
     def unwritten(self) -> int:
-        """Records added and not written (nor being written)."""
-        return len(self.pending)
+        """Records added and not written: waiting, or in a write that has not ended (the
+        writer's, which a disk may hold past the stop: it is not waited for)."""
+        return len(self.pending) + len(self._writing)
 
     def open(self):
         """Open the file now, before anything runs: never through a link, and a
@@ -331,6 +343,11 @@ class _Audit:
         self._file = open(fd, "ab")
 
     def _write(self, batch: list):
+        with self._lock:
+            if not self._closed:        # an abandoned write that begins after close()
+                self._write_now(batch)
+
+    def _write_now(self, batch: list):
         import json
         if self._file is None:          # never through a link someone planted
             self.open()
@@ -360,15 +377,24 @@ class _Audit:
         self.open()
 
     def close(self):
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-        if self._dir is not None:
-            os.close(self._dir)
-            self._dir = None
+        """No more writes.  A write still under way (abandoned at stop: a disk that
+        holds it) keeps the file, which the process's exit closes: waiting for it
+        here held the stop for as long as the disk held the write."""
+        self._closed = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._file = None
+            if self._dir is not None:
+                os.close(self._dir)
+                self._dir = None
+        finally:
+            self._lock.release()
 
 
 #: Supervisor._granted's note of a grant whose path named another directory or file
@@ -669,7 +695,7 @@ class Supervisor:
                     self.say(f"error: the audit file {self.audit.path}: its last {left} "
                              f"record{'s' * (left != 1)} (`run stopped` among them) were "
                              f"not written: a write to it did not end within "
-                             f"{AUDIT_LAST_WRITE:g} s at stop")
+                             f"{AUDIT_LAST_WRITE:g} s at stop (it is not waited for)")
                     self._exit_code = self._exit_code or 1
             if self.output.files is not None:
                 with trio.move_on_after(5):
