@@ -195,6 +195,10 @@ class Router:
         self.names = Names(names)
         self.audit = AuditTrail(self.names, audit)
         self.ended = False               # end_audit: the system stops, no call is taken
+        #: the stop's reason, once the system stops (the runtime sets it before it ends
+        #: the engines): what ends the calls in flight of an engine lost from then on,
+        #: which the stop ended, whether it was their callee or their caller
+        self.stopping: str | None = None
         self.backlog = backlog or (lambda pid: 0)
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
         self.revocable = frozenset(revocable)
@@ -1060,7 +1064,7 @@ class Router:
         for call, first, chain in self._take_all(where):
             caller, answer_id = call.reply
             if not caller.alive or not caller.conn.awaiting_return(answer_id):
-                self._close_call(call.reply, "failed", "the caller is gone")
+                self._close_call(call.reply, "failed", self._caller_gone())
                 self.sweep(call.caps)
             elif caller.conn.gave_up(answer_id):
                 self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
@@ -1230,7 +1234,7 @@ class Router:
             self.fail(reply, CallError(f"compartment {r.callee.name} is gone"
                                        + (f": {gone}" if gone else ""), "disconnected"))
         else:                 # neither its caller nor its callee is left: it ends here
-            self._close_call(reply, "failed", "the caller is gone")
+            self._close_call(reply, "failed", self._caller_gone())
 
     def native_tick(self, audit_room: bool = True) -> list:
         """Native calls past their callee's call_time become the router's (expire()
@@ -1760,9 +1764,19 @@ class Router:
         if proxy is not None:
             self._break_proxy(proxy, f"compartment {peer.name} failed to start: {reason}")
 
+    def _caller_gone(self) -> str:
+        """Why a call whose caller went is recorded failed: the stop's reason once the
+        system stops (its callers are the engines it ends: "the caller is gone" said
+        of a call in flight at the stop, as if its caller had died on its own)."""
+        return self.stopping or "the caller is gone"
+
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
+        if self.stopping is not None and peer.kind == "engine":
+            # the stop ended it: its callers were told "engine killed by SIGTERM", as
+            # if it had crashed, not that the system stopped (an outside review)
+            reason = f"{self.stopping} ({reason})"
         if peer.laned:        # its routes go; native calls to it fail, calls from it are
             self._unroute_keys(self._routes_at.get(peer.id), take_calls=False)  # orphans,
             #                                                   cancelled below
@@ -1795,7 +1809,7 @@ class Router:
         for on, calls in waiting:
             for _t, call in calls:       # made, never delivered: recorded as refused
                 self._audit_refused(call.reply, on, call.interface_id, call.method_id)
-                self._close_call(call.reply, "failed", "the caller is gone")
+                self._close_call(call.reply, "failed", self._caller_gone())
             self.sweep([c for _t, call in calls for c in call.caps])
         if self._promises:
             for key in [k for k in self._promises if k[0] == peer.id]:
@@ -1807,17 +1821,17 @@ class Router:
         for w in mine:
             w.where.queue.remove(w)
         for call in [self._unwait(w) for w in mine]:
-            self._close_call(call.reply, "failed", "the caller is gone")
+            self._close_call(call.reply, "failed", self._caller_gone())
             self.sweep(call.caps)
         for key in [k for k in self._host_of if k[0] is peer]:   # its host calls: not run
-            self._close_call(key, "failed", "the caller is gone")
+            self._close_call(key, "failed", self._caller_gone())
         # its calls still on the books with neither a callee nor a wait: ones a fault
         # cut off while they were delivered (_guarded), after a membrane admitted
         # them and before they reached a callee: what they spent comes back, and no
         # membrane counts them in flight
         for key in [k for k in (*self._spent, *self._through) if k[0] is peer]:
             if key in self._spent or key in self._through:
-                self._close_call(key, "failed", "the caller is gone")
+                self._close_call(key, "failed", self._caller_gone())
         for _key, handler in pending:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
@@ -1836,7 +1850,7 @@ class Router:
         handler = self._pending.pop(key, None)
         if handler is None:                  # gone meanwhile (its callee was cut off)
             return
-        self._close_call(handler.reply, "failed", "the caller is gone")
+        self._close_call(handler.reply, "failed", self._caller_gone())
         callee = self.peers.get(key[0])
         if callee is None or not callee.alive:
             return

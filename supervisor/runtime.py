@@ -51,6 +51,10 @@ IDLE_EVICT = 1.0            # an external connection without useful work this lo
                             # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 AUDIT_LAST_WRITE = 5.0      # seconds the last audit write may take at stop
+#: why a call still in flight when the system stops failed (its record's reason, what
+#: its caller is told): ended by the audit's end, or by the stop of its callee's or
+#: its caller's engine (Router.stopping)
+STOPPED = "the system stopped before it was answered"
 FD_RESERVE_BASE = 64        # descriptors kept free for restarts and connections
 FD_RESERVE_PER_ENGINE = 4
 #: Host file descriptors each compartment keeps for itself, whatever the others
@@ -676,13 +680,14 @@ class Supervisor:
                 # to the zygote as soon as this one is sent
                 await nursery.start(self._first_spawn, comp)
             await self._done.wait()
+            self.router.stopping = STOPPED   # the engines' ends from here on are the stop's
             await self._stop_engines()
             self.zygote.stop()
             self._perform(self.router.native_tick())     # the last natively forwarded calls
             if self.audit is not None:
                 # calls still in flight end here, recorded before `run stopped`, the
                 # run's last record (they came after it, or never)
-                self._perform(self.router.end_audit("the system stopped before it was answered"))
+                self._perform(self.router.end_audit(STOPPED))
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
                 self.audit.ended = True

@@ -185,6 +185,74 @@ spin = {{ compartment = "spin" }}
                      ("write", "returned")], calls
 
 
+@pytest.mark.parametrize("how", ["wsuper stop", "SIGTERM"])
+def test_calls_in_flight_to_an_engine_the_stop_ends_fail_with_the_stops_reason(tmp_path,
+                                                                              wsuper, how):
+    """A review of the stop: a call in flight when the system stops is documented to
+    fail `the system stopped before it was answered`, but the stop ends the engines
+    first (SIGTERM), and the calls in flight to them failed with their engine's
+    exit, `compartment spin is gone: engine killed by SIGTERM`, in the audit and
+    to their callers (a compartment's program, an external client), as if the
+    engine had crashed; a call whose caller's engine the stop ended first said
+    `the caller is gone`.  Every engine the stop ends says the stop's reason."""
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 210) (i32.const 4)))
+    (call $log (i32.const 220) (i32.const 8))
+    (drop (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    """, {"spin": 210, "spinning": 220}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'''[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{tmp_path}/ext.sock"
+logs = "{tmp_path}/logs"
+audit = "{tmp_path}/audit.jsonl"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+call_time = 600
+fuel_per_call = 4_000_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+''')
+    run = wsuper("up", str(path))
+    run.wait_for("[app] spinning")
+    client = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "call", str(path),
+                               "spin.ping", "()"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        # the client's ping waits behind app's spin (one call at a time in an engine)
+        for _ in range(600):
+            records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+            if any(r.get("method") == "get" for r in records):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        if how == "SIGTERM":
+            run.proc.terminate()
+        else:
+            assert run_wsuper("stop", str(path)).returncode == 0
+        run.finish()
+        _out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    failed = {(r["caller"], r["method"]): r["reason"] for r in records
+              if r.get("outcome") == "failed"}
+    # whichever ended first, the audit, the callee's engine or the caller's (app's
+    # engine is ended by the stop too: its call was "the caller is gone")
+    stopped = "the system stopped before it was answered"
+    assert failed.keys() == {("app", "spin"), ("external", "ping")}, failed
+    assert all(reason in (stopped, f"compartment spin is gone: {stopped} (engine killed "
+                                   f"by SIGTERM)") for reason in failed.values()), failed
+    assert client.returncode != 0 and "the system stopped before it was answered" in err, err
+
+
 def test_events_go_to_stderr_with_times_and_plugin_lines_to_stdout(tmp_path):
     r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
                         os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT, capture_output=True,
