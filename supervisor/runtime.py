@@ -929,10 +929,20 @@ class Supervisor:
         return True
 
     async def _signals(self):
+        """SIGINT and SIGTERM stop the system; received until it has stopped.  It
+        returned after the first: a second one while the system stopped (a slow
+        stop, or SIGINT and SIGTERM together) met the handlers trio restored, and
+        SIGTERM's killed the supervisor at once (no `run stopped`, its sockets
+        left), SIGINT's ended it in a traceback with exit code 1.  The stop is
+        bounded (GRACE_SECONDS, the last writes' deadlines): it goes on."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for sig in signals:
-                self._act(self.lifecycle.signal(sig, signal.Signals(sig).name))
-                return
+                name = signal.Signals(sig).name
+                if self._done.is_set():
+                    self.tell_once(f"signal-{name}", f"{name} while stopping: the stop goes "
+                                                     f"on (SIGKILL would lose its last records)")
+                    continue
+                self._act(self.lifecycle.signal(sig, name))
 
     def _audit_failed(self, reason: str):
         self.say(f"error: cannot write the audit log ({reason}); stopping, since calls "
