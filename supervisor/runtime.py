@@ -1584,8 +1584,11 @@ class Supervisor:
             self._soon(self.nursery.start_soon, self._release_in_thread, kind, served)
 
     async def _release_in_thread(self, kind, served):
+        # abandoned when cancelled (at stop: the process's exit closes it): a close a
+        # disk holds (a file with writes a hung network file system has not taken;
+        # the engines' loss at stop releases their files) held the stop as long
         await trio.to_thread.run_sync(hostcaps.release, kind, served,
-                                      limiter=self._release_limiter)
+                                      limiter=self._release_limiter, abandon_on_cancel=True)
 
     # ------------------------------------------------------------ endpoints
 

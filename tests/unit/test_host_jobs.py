@@ -457,3 +457,34 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
     assert b.count(True) == 4 and all(str(x).startswith("EMFILE") for x in b if x is not True)
     assert sup.answered[100] is True, sup.answered[100]
     assert sup._fds_of == {"b": 4, "a": 1}
+
+
+def test_a_host_file_whose_close_a_disk_holds_does_not_hold_the_stop():
+    """A review of the stop while a disk is slow: the engines' loss at stop releases
+    their files and directories, each closed in a worker thread (a close may flush:
+    on a hung network file system it waits for the server).  That thread was not
+    abandoned when the stop cancelled everything, and the stop waited for the
+    close as long as the disk held it (`wsuper stop` and SIGTERM included)."""
+    gate, closing, held_out = threading.Event(), threading.Event(), threading.Event()
+
+    class Held:                        # a file whose close the disk holds
+        def close(self):
+            closing.set()
+            if not gate.wait(20):
+                held_out.set()         # the stop waited for the close (the bug)
+
+    class Stand:
+        _release_in_thread = runtime.Supervisor._release_in_thread
+        _release_limiter = trio.CapacityLimiter(4)
+
+    async def stop():
+        async with trio.open_nursery() as n:
+            for kind in ("file", "directory"):
+                n.start_soon(Stand()._release_in_thread, kind, Held())
+            await trio.to_thread.run_sync(closing.wait, 20)
+            n.cancel_scope.cancel()    # the stop's end: everything still running
+    try:
+        trio.run(stop)
+        assert not held_out.is_set(), "the stop waited for a close the disk held"
+    finally:
+        gate.set()
