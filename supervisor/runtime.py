@@ -676,6 +676,8 @@ class Supervisor:
             self._launched = None
             nursery.start_soon(self._run_zygote)
             for comp in self.system.compartments.values():
+                if self._done.is_set():        # stopped while they start: no more
+                    break
                 # in order, but each waits for its fork alone: the next request goes
                 # to the zygote as soon as this one is sent
                 await nursery.start(self._first_spawn, comp)
@@ -965,11 +967,19 @@ class Supervisor:
 
     async def _spawn(self, comp, generation: int, sent=None):
         """Start an engine for `comp`; what goes wrong is a failed start, never an exit.
-        `sent()`: called once the zygote has the request (see Zygote.spawn)."""
+        `sent()`: called once the zygote has the request (see Zygote.spawn).  None
+        once the system stops: a stop during start-up (SIGTERM, `wsuper stop`) went on
+        opening the grants of, and forking, every compartment not started yet (each
+        said "ready" after "stopping"), before the stop could begin."""
+        if self._done.is_set():
+            return
         try:
             hosts = await self._open_grants(comp)
         except _StartError as e:
             self._act(self.lifecycle.start_failed(comp.name, str(e), trio.current_time()))
+            return
+        if self._done.is_set():          # stopped while its grants were opened
+            self._release_hosts(comp, hosts)
             return
         try:
             ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
@@ -1999,6 +2009,8 @@ class Supervisor:
         batch.clear()
 
     def _on_started(self, e: fx.Started):
+        if self._done.is_set():          # forked as the stop began: not ready for anything
+            return
         self._ready_at[e.compartment] = trio.current_time()
         self._ready_peer[e.compartment] = e.peer
         comp = self.system.compartments[e.compartment]

@@ -524,6 +524,39 @@ def test_status_of_a_system_of_many_compartments(tmp_path, wsuper):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == n + 2
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_starts_no_more_compartments(tmp_path, sig):
+    """A review of the stop racing start-up: a signal that came while a system of
+    many compartments started stopped nothing until every one of them had been
+    started: the supervisor went on opening their grants and asking the zygote
+    for their engines, each said "ready" after "stopping" (104 of 150), and the
+    stop waited for them all."""
+    n = 120
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n' + "".join(
+        f'[compartments.calc{i:03d}]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        for i in range(n)))
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", str(path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if len(lines) == 1:              # the first compartment is ready
+                assert " ready calc" in line, line
+                proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopping = [i for i, line in enumerate(lines) if "stopping" in line]
+    assert stopping, lines[-5:]
+    after = [line.strip() for line in lines[stopping[0]:] if " ready " in line]
+    assert not after, after[:5]
+    assert code == 128 + sig
+
+
 def test_a_program_killed_for_its_run_time_is_one_failure_and_failing_for_good_is_final(
         tmp_path):
     """Killed past run_time, a program's incarnation is said to stop several times
