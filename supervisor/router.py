@@ -1268,10 +1268,19 @@ class Router:
         now, `failed` with `reason`, and the audit takes no more: the records of
         calls in flight when the engines were stopped came after `run stopped`,
         or never (an engine whose loss was not handled yet left its calls open).
-        Call it after native_tick() has taken the lane's finished calls."""
+        Call it after native_tick() has taken the lane's finished calls.
+
+        Calls waiting (for their callee to start, on a promise) fail now, audit or
+        not: they were recorded failed, but nothing told their callers, who got the
+        end of their connection instead of an answer (an outside review)."""
         self.ended = True                # from now on every call is refused (_on_call)
+        for w in [w for w in self._waiting.values() if w.call is not None]:
+            w.where.queue.remove(w)
+            call = self._unwait(w)
+            self._guarded(call.reply[0], self._fail_waiting, call, reason, "disconnected",
+                          flush=False)
         if not self.audit.enabled:
-            return []
+            return self._flush()
         if self.native is not None:      # the lane's calls in flight become the router's
             for peer in list(self.peers.values()):
                 if peer.laned:

@@ -686,10 +686,10 @@ class Supervisor:
             await self._stop_engines()
             self.zygote.stop()
             self._perform(self.router.native_tick())     # the last natively forwarded calls
+            # calls still in flight end here (their callers told), recorded before
+            # `run stopped`, the run's last record (they came after it, or never)
+            self._perform(self.router.end_audit(STOPPED))
             if self.audit is not None:
-                # calls still in flight end here, recorded before `run stopped`, the
-                # run's last record (they came after it, or never)
-                self._perform(self.router.end_audit(STOPPED))
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})
                 self.audit.ended = True

@@ -2349,3 +2349,30 @@ def test_a_call_the_audits_end_recorded_failed_is_never_carried_out_after_it():
     # nor is a new call, through the gateway or on what it held
     c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
     assert calc.inbox == [] and "the system is stopping" in c.inbox.pop().error
+
+
+@pytest.mark.parametrize("audit", [True, False])
+def test_calls_waiting_for_a_start_when_the_system_stops_are_answered(audit):
+    """A review of the stop: a call waiting for its callee to start (a module being
+    compiled) when the system stopped was recorded failed by end_audit, but its
+    caller was never told: an external client got the end of its connection, not
+    an answer, and without an audit nothing ended it at all.  end_audit answers
+    every waiting call, with the stop's reason, audit or not; the start that comes
+    after delivers nothing."""
+    router = R.Router({"calc": CALC, "app": None}, audit=audit,
+                      limits={"calc": R.Limits(call_time=60.0)})
+    app = start(router, "app", [grant("calc", "calc")])
+    calc, starting = start(router, "calc", exports=True, later=True)
+    for _ in range(2):
+        app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert not app.inbox                              # they wait for calc's start
+    app.effects.clear()
+    app.deliver(router.end_audit("the system stopped before it was answered"))
+    answers = [e for e in app.inbox if isinstance(e, P.ReturnReceived)]
+    assert len(answers) == 2 and all(
+        "the system stopped before it was answered" in e.error for e in answers)
+    records = [e.record for e in app.effects if isinstance(e, fx.Audit)]
+    assert len(records) == (2 if audit else 0) and all(
+        r["outcome"] == "failed" and "the system stopped" in r["reason"] for r in records)
+    calc.deliver(starting)
+    assert calc.inbox == []
