@@ -354,7 +354,7 @@ class _SockFprog(ctypes.Structure):
 #: which Landlock does not cover), other processes' memory, the kernel's
 #: modules, keys, mounts, System V IPC, namespaces (a user namespace would give
 #: it a full set of capabilities there), io_uring (which bypasses this filter),
-#: BPF.
+#: BPF, leaving its process group.
 HELPER_REFUSED = frozenset({
     "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
@@ -369,6 +369,11 @@ HELPER_REFUSED = frozenset({
     "shmget", "shmat", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
     "semget", "semop", "semctl", "semtimedop", "mq_open", "mq_unlink", "mq_timedsend",
     "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # its process group: a helper leads one, and what it forks stays in it, so that
+    # the process that started it ends them all with it (zygote.end_group); a
+    # process that left it (a daemon of the module's) outlived everything, and
+    # held the compiler's pipe and memfds open
+    "setsid", "setpgid",
 })
 #: Namespace flags of clone(): a helper's clone with any of them is refused, and
 #: clone3 (whose flags are in memory a filter cannot read) answers ENOSYS, so that

@@ -93,6 +93,11 @@ SPARES_IDLE = 2
 FORK_DELAY = 0.005
 #: CPU seconds of the child that compiles a module (and rewrites it for probes)
 COMPILE_SECONDS = 120
+#: Seconds of wall clock it may take (COMPILES share the CPUs, which the engines
+#: use too).  A compiler that sleeps, or blocks, uses no CPU: one that closed its
+#: pipe and slept held the zygote's whole loop in waitpid, and one that kept its
+#: pipe open held its compile slot and its requests, for good
+COMPILE_WALL = 3 * COMPILE_SECONDS
 #: Compilers at once; more modules to compile wait for one to end (their requests
 #: with them), while requests for modules compiled already go on.  The CPUs this
 #: process may run on, at least 2 and at most 4: a compile of a large module takes
@@ -207,6 +212,36 @@ def ended(status: int) -> str:
     return f"its compiler exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+def lead_group():
+    """In a child that will parse hostile input (a compiler), first: lead a process
+    group of its own.  What it forks stays in it (the helpers' seccomp filter refuses
+    setsid and setpgid), so that end_group ends them all: a process the module forked
+    outlived the compiler, the zygote and the supervisor, holding the compiler's
+    pipe (its parent waited on it for good) and its memfds (mapped for writing, so
+    that the zygote could not seal them, and died)."""
+    os.setpgid(0, 0)
+
+
+def end_group(pid: int):
+    """SIGKILL the child `pid` (lead_group) and every process of its group.  Only
+    while `pid` is not reaped yet (running, or a zombie): no other process or group
+    can then have its number."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def joined(pid: int):
+    """In the parent, after forking a child that calls lead_group: the same, so that
+    end_group reaches its group even before the child ran."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass        # it did it already, or it is gone (end_group's os.kill still is)
+
+
 def limit_compiler(confining, stderr: int):
     """In a child about to compile a module: its CPU and memory bounded (never above
     a hard limit already in force), and its stderr on `stderr`, the pipe it says
@@ -306,6 +341,7 @@ def in_a_compiler(work, path: str, user=None):
     if pid == 0:
         code = 1
         try:
+            lead_group()
             # never outlive `wsuper check` or `up` (killed, or ^C): a compile may
             # run on for COMPILE_SECONDS and COMPILE_MEMORY after it
             confining.die_with_parent(parent)
@@ -334,26 +370,12 @@ def in_a_compiler(work, path: str, user=None):
         finally:
             os._exit(code)
     os.close(w)
-    chunks, size, too_much, done = [], 0, False, False
-    try:
-        while True:
-            data = os.read(r, 1 << 16)
-            if not data:
-                break
-            size += len(data)
-            if size > ANSWER_MAX + len(_SAID):
-                too_much = True         # never held here: the child is stopped
-                break
-            chunks.append(data)
-        done = not too_much
-    finally:
-        os.close(r)
-        if not done:                    # too much, or interrupted here (^C): no answer
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    if too_much:
+    joined(pid)
+    status, text, why = collect(pid, r, COMPILE_WALL, ANSWER_MAX + len(_SAID))
+    if why == "too much":
         raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")
-    text = b"".join(chunks)
+    if why == "time":
+        raise CompilerFailed(took_too_long())
     word = own_word(status, text)
     if status == 0 and word is not None:
         try:
@@ -369,6 +391,68 @@ def in_a_compiler(work, path: str, user=None):
     raise CompilerFailed(ended(status) + (f": {word[:500]}" if word else ""))
 
 
+def took_too_long() -> str:
+    return f"compiling it took more than {COMPILE_WALL} s (the compiler's limit)"
+
+
+def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
+    """(wait status, bytes, why) of the child `pid` (lead_group), which writes on
+    `pipe` (the read end, closed here): read until the child ends, not until the
+    end of file (what it forked may hold the pipe open), nor beyond `seconds` or
+    `limit` bytes (`why`: "time" or "too much", else None).  Then its group is
+    ended (end_group), what is left in the pipe read, and the child reaped;
+    interrupted (^C), the same, and the exception goes on."""
+    pidfd = os.pidfd_open(pid)
+    deadline = time.monotonic() + seconds
+    chunks, size, why = [], 0, None
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    try:
+        while why is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "time"
+                break
+            ready = dict(poller.poll(left * 1000))
+            if pipe in ready:
+                try:
+                    data = os.read(pipe, 1 << 16)
+                except BlockingIOError:
+                    data = None
+            if pipe in ready and data is not None:
+                if not data:
+                    poller.unregister(pipe)
+                size += len(data)
+                if size > limit:
+                    why = "too much"        # never held here: the child is stopped
+                    break
+                chunks.append(data)
+            if pidfd in ready:
+                break                       # it ended
+    finally:
+        end_group(pid)          # before it is reaped: the group's number is its own
+        os.close(pidfd)
+        try:
+            if why is None:     # what it wrote before it ended
+                os.set_blocking(pipe, False)
+                while size <= limit:
+                    try:
+                        data = os.read(pipe, 1 << 16)
+                    except BlockingIOError:
+                        break
+                    if not data:
+                        break
+                    size += len(data)
+                    chunks.append(data)
+                if size > limit:
+                    why = "too much"
+        finally:
+            os.close(pipe)
+            _, status = os.waitpid(pid, 0)
+    return status, b"".join(chunks), why
+
+
 class _Compile:
     """One module's compile, in a child of the zygote (_Modules.start): its memfds
     and the pipe it says why on."""
@@ -382,25 +466,53 @@ class _Compile:
         self.text = b""                 # what it said (the last 4096 bytes)
         self.status: int | None = None  # its wait status, once reaped
         self.began = time.monotonic()
+        self.deadline = self.began + COMPILE_WALL
+        self.eof = False                # its pipe is at end of file (it may still run)
+        self.timed_out = False          # ended at `deadline` (end_group)
 
     def read(self) -> bool:
-        """Take what the compiler wrote; True at end of file (it is done)."""
+        """Take what the compiler wrote; True at end of file.  The compile is done
+        when the compiler is reaped (`status`), not then: what it forked may hold
+        its pipe, and it may close the pipe and go on."""
         try:
             data = os.read(self.pipe, 1 << 16)
         except BlockingIOError:
             return False
         self.text = (self.text + data)[-4096:]
+        self.eof = self.eof or not data
         return not data
 
+    def drain(self):
+        """What is left in the pipe of a compiler that ended (its group ended)."""
+        os.set_blocking(self.pipe, False)
+        for _ in range(64):         # a pipe's worth, bounded: nothing writes any more
+            if self.eof:
+                return
+            try:
+                data = os.read(self.pipe, 1 << 16)
+            except BlockingIOError:
+                return
+            self.text = (self.text + data)[-4096:]
+            self.eof = not data
+
     def wait(self) -> tuple:
-        """(fds, None, False) or (None, why, said): blocks until the compiler ends."""
-        os.set_blocking(self.pipe, True)
-        while not self.read():
-            pass
+        """(fds, None, False) or (None, why, said): blocks until the compiler ends
+        (COMPILE_WALL at most)."""
+        status, text, why = collect(self.pid, os.dup(self.pipe),
+                                    max(0.0, self.deadline - time.monotonic()), 1 << 20)
+        self.status, self.text = status, (self.text + text)[-4096:]
+        self.timed_out = why == "time"
+        self.eof = True
+        return self.finish()
+
+    def finish(self) -> tuple:
+        """wait()'s answer for a compiler that ended and was reaped (`status`)."""
         os.close(self.pipe)
-        if self.status is None:
-            _, self.status = os.waitpid(self.pid, 0)
         status, path = self.status, self.args[0]
+        if self.timed_out:
+            for fd in self.fds:
+                os.close(fd)
+            return None, f"cannot load module {path}: {took_too_long()}", False
         if status != 0:
             for fd in self.fds:
                 os.close(fd)
@@ -412,8 +524,14 @@ class _Compile:
                 error, said = limit, True
             return None, f"cannot load module {path}: " + (
                 error or ended(status)), said
-        for fd in self.fds:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        try:
+            for fd in self.fds:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        except OSError as e:    # still mapped for writing (EBUSY): never used unsealed
+            for fd in self.fds:
+                os.close(fd)
+            return None, f"cannot load module {path}: its compiler's output cannot be " \
+                f"sealed ({e.strerror})", False
         return self.fds, None, False
 
 
@@ -535,6 +653,7 @@ class _Modules:
         if pid == 0:                       # the compiler: it reads the module, not us
             code = 1
             try:
+                lead_group()
                 # a compile may take long: never outlive the zygote (one left blocked
                 # on a module file outlived the whole system)
                 confining.die_with_parent(zygote)
@@ -559,6 +678,7 @@ class _Modules:
             finally:
                 os._exit(code)
         os.close(w)
+        joined(pid)
         os.set_blocking(r, False)
         job = _Compile(want if want is not None else ("sync", pid), args, fds, pid, r)
         self.compiling[job.want] = job
@@ -1051,7 +1171,7 @@ def serve(control: socket.socket, supervisor_pid: int):
         """A compiler is done: keep what it made, and answer what waited for it."""
         began = job.began
         try:
-            result = job.wait()
+            result = job.finish()
         finally:
             modules.compiling.pop(job.want, None)
         module_fds, error = modules.settle(job.want, began, *result)
@@ -1107,8 +1227,11 @@ def serve(control: socket.socket, supervisor_pid: int):
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
     control_fd = control.fileno()
     while True:
-        timeout = None if deferred is None else max(0.0, deferred - time.monotonic())
-        jobs = {job.pipe: job for job in modules.compiling.values()}
+        until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
+        if deferred is not None:
+            until.append(deferred)
+        timeout = max(0.0, min(until) - time.monotonic()) if until else None
+        jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
         # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
         # zygote holds two memfds a module, two descriptors a waiting request)
         poller = select.poll()
@@ -1122,15 +1245,23 @@ def serve(control: socket.socket, supervisor_pid: int):
                     spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
                 except OSError:
                     break             # tried again at the next request
+        for job in modules.compiling.values():
+            if not job.timed_out and job.status is None and time.monotonic() >= job.deadline:
+                job.timed_out = True        # reaped below once dead, then settled
+                end_group(job.pid)
         if wake_r in ready:
             os.read(wake_r, 512)
+            compilers = {job.pid for job in modules.compiling.values() if job.status is None}
             while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
+                try:        # who ended, left a zombie: a compiler's group ends first
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                 except ChildProcessError:
                     break
-                if pid == 0:
+                if info is None or info.si_pid == 0:
                     break
+                if info.si_pid in compilers:
+                    end_group(info.si_pid)
+                pid, status = os.waitpid(info.si_pid, 0)
                 if pid not in children:       # a compiler, or a spare (never handed on)
                     for job in modules.compiling.values():
                         if job.pid == pid:
@@ -1142,8 +1273,11 @@ def serve(control: socket.socket, supervisor_pid: int):
                 children.discard(pid)
                 answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
         for fd, job in jobs.items():
-            if fd in ready and job.read():
-                compiled(job)
+            if fd in ready:
+                job.read()
+        for job in [job for job in modules.compiling.values() if job.status is not None]:
+            job.drain()
+            compiled(job)
         if control_fd not in ready:
             continue
         data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)

@@ -919,6 +919,19 @@ def _what_this_process_can_do(place: str) -> dict:
             raise OSError(ctypes.get_errno(), "shmget")
         libc.shmctl(made, 0, None)                         # IPC_RMID: leave none behind
     attempt("make System V shared memory", shm)
+
+    def leave_group():          # what it forks (a daemon) tries to leave its group
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                os._exit(0)
+            except OSError as e:
+                os._exit(e.errno)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code:
+            raise OSError(code, "setsid")
+    attempt("leave its process group", leave_group)
     return facts
 
 
@@ -960,7 +973,8 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "seccomp": 2, "signal the parent": "EPERM", "write a file": "EACCES",
                 "read a file": "EACCES", "connect a Unix socket": "EPERM",
                 "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
-                "make a user namespace": "EPERM", "make System V shared memory": "EPERM"}
+                "make a user namespace": "EPERM", "make System V shared memory": "EPERM",
+                "leave its process group": "EPERM"}
 
 
 def _held(facts: dict) -> dict:
@@ -975,7 +989,8 @@ def _held(facts: dict) -> dict:
             expected.pop(k)
     if not confine.seccomp_supported():
         for k in ("seccomp", "connect a Unix socket", "open a UDP socket",
-                  "make a user namespace", "make System V shared memory"):
+                  "make a user namespace", "make System V shared memory",
+                  "leave its process group"):
             expected.pop(k)
     return {k: facts[k] for k in expected if facts[k] != expected[k]}
 

@@ -7,6 +7,7 @@ its restarts; each attempt took longer than the restart intensity's window, so
 it never failed for good, the zygote was never free again, and no other
 compartment's program ever ran (the others wait for every start to settle).
 """
+import json
 import os
 import signal
 import time
@@ -802,3 +803,192 @@ def test_wsuper_check_that_cannot_start_a_compiler_says_so(tmp_path, monkeypatch
     assert str(e.value) == (f"{tmp_path}/system.toml:2: compartments.m.module: cannot compile "
                             f"{tmp_path}/m.wat: cannot start a compiler: "
                             f"{os.strerror(errno.EAGAIN)}")
+
+
+def _hostile_compiler(how: str, target: str):
+    """A zygote._compile_into for module `target` only (the others, the built-in
+    warm-up module among them, compile as ever): code running in the compiler child,
+    as a memory bug in wasmparser or Cranelift would.  `how`:
+      "mapped": compiles, then forks a process that maps its output memfd for
+        writing (so that it cannot be sealed), closes everything else, and sleeps;
+      "keeps pipe": forks a process that holds its pipe open and sleeps, and exits;
+      "sleeps": closes its pipe and sleeps (no CPU: its CPU limit never comes)."""
+    import ctypes
+    import mmap
+    real = zygote._compile_into
+
+    def compile_into(engine, path, fds, err, *args, **kwargs):
+        if path != target:
+            return real(engine, path, fds, err, *args, **kwargs)
+        code = real(engine, path, fds, err, *args, **kwargs) if how == "mapped" else 1
+        if how == "sleeps":
+            for fd in range(1024):
+                if fd not in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            time.sleep(600)
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, LEFT.encode(), 0, 0, 0)     # PR_SET_NAME
+            if how == "mapped":
+                kept = mmap.mmap(fds[0], 4096, mmap.MAP_SHARED,  # noqa: F841
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+                for fd in range(1024):
+                    if fd not in fds:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            time.sleep(600)
+            os._exit(0)
+        if how == "keeps pipe":
+            zygote.say(err, f"left {os.getpid()}")
+        return code
+    return compile_into
+
+
+def _left_behind() -> set[int]:
+    """Live processes that _hostile_compiler forked (named LEFT)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if f"({LEFT})" in stat and stat.rpartition(")")[2].split()[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+LEFT = "wsuper-left"
+
+
+@pytest.mark.parametrize("how", ["mapped", "keeps pipe", "sleeps"])
+def test_a_hostile_compiler_neither_ends_nor_holds_the_zygote_and_leaves_nothing(
+        tmp_path, how):
+    """What a compiler child runs once a module's bytes took it over: a process it
+    forked mapped the output memfd for writing, the zygote's seal failed (EBUSY)
+    and the zygote died, and every compartment with it; a process it forked kept
+    its pipe open, and the module's compile (and a compile slot) never ended; a
+    compiler that closed its pipe and slept held the zygote's loop in waitpid for
+    good.  And what it forked outlived everything.  Now a compile ends when its
+    compiler does (at COMPILE_WALL at most), with every process it forked (its
+    process group, which they cannot leave), and output that cannot be sealed is
+    refused.  Checked in a real zygote loop (serve, in a child), with another
+    module requested after the hostile one."""
+    import select
+    import socket
+    import sys
+
+    from compartments.spec import EngineSpec
+    hostile = tmp_path / "hostile.wat"
+    hostile.write_text(open(f"{EXAMPLES}/calc.wat").read())
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = os.getpid()
+    before = _left_behind()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            sys.stderr = open(2, "w", buffering=1, closefd=False)   # not pytest's
+            zygote._compile_into = _hostile_compiler(how, str(hostile))
+            zygote.COMPILE_WALL = 5
+            zygote.serve(theirs, parent)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    kept, answers = [], []
+    try:
+        for ident, module in enumerate((str(hostile), f"{EXAMPLES}/calc.wat")):
+            engine_ours, engine_theirs = socket.socketpair()
+            err_r, err_w = os.pipe()
+            kept += [engine_ours, err_r]
+            line = b"%d " % ident + EngineSpec(f"c{ident}", module, user=user).to_json() + b"\n"
+            socket.send_fds(ours, [line], [engine_theirs.fileno(), err_w])
+            engine_theirs.close()
+            os.close(err_w)
+        ours.settimeout(120)            # a bound on a broken test, not a measure
+        data = b""
+        while len(answers) < 2:
+            chunk = ours.recv(1 << 16)
+            assert chunk, f"the zygote died; answers {answers}"
+            data += chunk
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                msg = json.loads(line)
+                if "id" in msg:
+                    answers.append(msg)
+        by_id = {a["id"]: a for a in answers}
+        assert "pid" in by_id[1], by_id                 # the other module: an engine
+        said = b""                                      # the hostile one: refused, on
+        while how != "mapped":                          # its stderr (zygote._refuse)
+            chunk = os.read(kept[1], 4096) if select.select([kept[1]], [], [], 60)[0] \
+                else b""
+            said += chunk
+            if not chunk:
+                break
+        # "mapped": its output sealed once what mapped it was dead, or refused (EBUSY)
+        assert how == "mapped" or b"cannot load module " + str(hostile).encode() in said, \
+            (by_id, said)
+        if how == "sleeps":
+            assert b"took more than 5 s" in said, said
+        os.kill(pid, 0)                                 # the zygote lives on
+        deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
+        while _left_behind() - before:
+            assert time.monotonic() < deadline, "a process the compiler forked lives on"
+            time.sleep(0.1)
+    finally:
+        ours.close()
+        for item in kept:
+            item.close() if hasattr(item, "close") else os.close(item)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for left in _left_behind() - before:
+            os.kill(left, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["keeps pipe", "sleeps"])
+def test_wsuper_checks_compiler_child_cannot_hold_it_nor_leave_a_process(monkeypatch, how):
+    """`wsuper check` and `up` (zygote.in_a_compiler) read their compiler child's pipe
+    to its end: a process the child forked held it open, or the child slept (no
+    CPU, so its CPU limit never came), and check and up waited for good, and what
+    it forked lived on after them.  Now the answer is the child's when it ends
+    (COMPILE_WALL at most, CompilerFailed saying so), and every process it forked
+    ends with it."""
+    import ctypes
+
+    def work():
+        if how == "sleeps":
+            time.sleep(600)
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, LEFT.encode(), 0, 0, 0)     # PR_SET_NAME
+            time.sleep(600)
+            os._exit(0)
+        return {"answer": 42}
+
+    def stuck(*_):
+        raise TimeoutError("in_a_compiler still waits")
+    monkeypatch.setattr(zygote, "COMPILE_WALL", 5, raising=False)
+    before = _left_behind()
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(90)                    # a bound on a broken test, not a measure
+    try:
+        if how == "sleeps":
+            with pytest.raises(zygote.CompilerFailed, match="took more than 5 s"):
+                zygote.in_a_compiler(work, f"{EXAMPLES}/calc.wat")
+        else:
+            assert zygote.in_a_compiler(work, f"{EXAMPLES}/calc.wat") == {"answer": 42}
+        deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
+        while _left_behind() - before:
+            assert time.monotonic() < deadline, "a process the compiler forked lives on"
+            time.sleep(0.1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        for left in _left_behind() - before:
+            os.kill(left, signal.SIGKILL)

@@ -130,3 +130,13 @@ def test_the_helpers_filter_refuses_what_a_compiler_never_needs_and_allows_the_r
     assert seccomp.run(HELPER, 1 << 30) == seccomp.EPERM               # x32
     assert seccomp.run(HELPER, NR["read"], arch=0x40000003) == \
         seccomp.SECCOMP_RET_KILL_PROCESS                               # i386
+
+
+def test_no_helper_and_nothing_it_forks_can_leave_its_process_group():
+    """A compiler leads a process group that its parent ends with it (zygote.end_group):
+    setsid or setpgid in anything it forks made a process nobody ended, which held the
+    compiler's pipe and memfds after it, and outlived the supervisor.  Both refused."""
+    for call in ("setsid", "setpgid"):
+        assert call in seccomp.HELPER_REFUSED
+        assert seccomp.run(HELPER, NR[call], (0,) * 6) == seccomp.EPERM, call
+    assert seccomp.run(HELPER, NR["getpgid"]) == seccomp.ALLOW          # asking is fine
