@@ -371,7 +371,10 @@ def in_a_compiler(work, path: str, user=None):
             os._exit(code)
     os.close(w)
     joined(pid)
-    status, text, why = collect(pid, r, COMPILE_WALL, ANSWER_MAX + len(_SAID))
+    try:
+        status, text, why = collect(pid, r, COMPILE_WALL, ANSWER_MAX + len(_SAID))
+    except OSError as e:
+        raise CompilerFailed(f"cannot wait for its compiler: {e.strerror or e}") from None
     if why == "too much":
         raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")
     if why == "time":
@@ -402,7 +405,13 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
     `limit` bytes (`why`: "time" or "too much", else None).  Then its group is
     ended (end_group), what is left in the pipe read, and the child reaped;
     interrupted (^C), the same, and the exception goes on."""
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:             # no descriptor left: it is not waited for blindly
+        end_group(pid)
+        os.close(pipe)
+        os.waitpid(pid, 0)
+        raise
     deadline = time.monotonic() + seconds
     chunks, size, why = [], 0, None
     poller = select.poll()

@@ -992,3 +992,29 @@ def test_wsuper_checks_compiler_child_cannot_hold_it_nor_leave_a_process(monkeyp
         signal.signal(signal.SIGALRM, old)
         for left in _left_behind() - before:
             os.kill(left, signal.SIGKILL)
+
+
+def test_wsuper_check_that_cannot_wait_for_its_compiler_says_so_and_leaves_none(
+        monkeypatch):
+    """in_a_compiler waits for its child through a pidfd (collect): with no descriptor
+    left for it, the answer is CompilerFailed, and the child is ended, not left."""
+    import errno
+    children = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+        return pid
+
+    def refused(*args):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    with pytest.raises(zygote.CompilerFailed, match="cannot wait for its compiler: "
+                       + os.strerror(errno.EMFILE)):
+        zygote.in_a_compiler(lambda: time.sleep(600), f"{EXAMPLES}/calc.wat")
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):          # reaped already
+        os.waitpid(children[0], os.WNOHANG)
