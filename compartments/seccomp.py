@@ -354,7 +354,8 @@ class _SockFprog(ctypes.Structure):
 #: which Landlock does not cover), other processes' memory, the kernel's
 #: modules, keys, mounts, System V IPC, namespaces (a user namespace would give
 #: it a full set of capabilities there), io_uring (which bypasses this filter),
-#: BPF, leaving its process group.
+#: BPF, leaving its process group, and changing another process's limits,
+#: priority or scheduling (HELPER_SELF_ONLY: on itself only).
 HELPER_REFUSED = frozenset({
     "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
@@ -374,7 +375,17 @@ HELPER_REFUSED = frozenset({
     # process that left it (a daemon of the module's) outlived everything, and
     # held the compiler's pipe and memfds open
     "setsid", "setpgid",
+    # other processes of its uid (the engines', the supervisor's when it is not
+    # root; uid 0's when the schema parser keeps it): their priority, by process,
+    # group or the whole user, and their I/O priority.  Neither Landlock nor the
+    # change of user stops these: same uid is all they ask
+    "setpriority", "ioprio_set",
 })
+#: Calls a helper may make on itself only (pid 0), never on another process of its
+#: uid: an engine's RLIMIT_NOFILE set to 0, or RLIMIT_CPU to 1, by the compiler of
+#: another compartment's module, its scheduling or CPUs changed
+HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler",
+                    "sched_setparam", "sched_setattr")
 #: Namespace flags of clone(): a helper's clone with any of them is refused, and
 #: clone3 (whose flags are in memory a filter cannot read) answers ENOSYS, so that
 #: the C library falls back to clone.
@@ -386,6 +397,8 @@ def helper_rules() -> dict[int, object]:
     """call number -> EPERM, ENOSYS or a condition, for every call a helper may not
     make as it likes (everything else is allowed)."""
     actions = {SYSCALLS[name]: EPERM for name in HELPER_REFUSED}
+    for name in HELPER_SELF_ONLY:                   # pid 0: the caller
+        actions[SYSCALLS[name]] = ("one_of", 0, 0, (0,))
     actions[SYSCALLS["clone3"]] = ENOSYS
     actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW)
     return actions

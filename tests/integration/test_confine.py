@@ -932,6 +932,22 @@ def _what_this_process_can_do(place: str) -> dict:
         if code:
             raise OSError(code, "setsid")
     attempt("leave its process group", leave_group)
+
+    def limit_another():        # a process of its uid (an engine's, as here its child)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE,
+                             resource.prlimit(pid, resource.RLIMIT_NOFILE))
+        finally:
+            os.close(w)
+            os.waitpid(pid, 0)
+    attempt("limit another process of its uid", limit_another)
     return facts
 
 
@@ -974,7 +990,8 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "read a file": "EACCES", "connect a Unix socket": "EPERM",
                 "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
                 "make a user namespace": "EPERM", "make System V shared memory": "EPERM",
-                "leave its process group": "EPERM"}
+                "leave its process group": "EPERM",
+                "limit another process of its uid": "EPERM"}
 
 
 def _held(facts: dict) -> dict:
@@ -990,7 +1007,7 @@ def _held(facts: dict) -> dict:
     if not confine.seccomp_supported():
         for k in ("seccomp", "connect a Unix socket", "open a UDP socket",
                   "make a user namespace", "make System V shared memory",
-                  "leave its process group"):
+                  "leave its process group", "limit another process of its uid"):
             expected.pop(k)
     return {k: facts[k] for k in expected if facts[k] != expected[k]}
 
