@@ -763,6 +763,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
     if pid == 0:
         code = 1
         try:
+            lead_group()                 # what it forks ends with it (collect)
             os.close(r)
             signal.set_wakeup_fd(-1)
             _close_all(closing)
@@ -795,13 +796,16 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             finally:
                 os._exit(code)
     os.close(w)
-    text = b""
-    with os.fdopen(r, "rb") as f:
-        while chunk := f.read(1 << 16):    # all of it (the child must not block on it)
-            text = (text + chunk)[:1 << 16]
-    _, status = os.waitpid(pid, 0)
+    joined(pid)
+    try:        # until it ends, not until the end of file: what it forked may hold it
+        status, text, why = collect(pid, r, SCHEMA_SECONDS + 5, 16 << 20)
+    except OSError as e:
+        return {"schema": 70, "stderr": f"cannot check the schema: {e}"}
+    if why == "time":
+        return {"schema": 70, "stderr": f"checking the schema took more than "
+                f"{SCHEMA_SECONDS} s"}
     return {"schema": os.waitstatus_to_exitcode(status),
-            "stderr": text.decode("utf-8", "replace")}
+            "stderr": text[:1 << 16].decode("utf-8", "replace")}
 
 
 class _Spare:

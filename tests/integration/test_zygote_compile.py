@@ -1018,3 +1018,39 @@ def test_wsuper_check_that_cannot_wait_for_its_compiler_says_so_and_leaves_none(
     assert len(children) == 1
     with pytest.raises(ChildProcessError):          # reaped already
         os.waitpid(children[0], os.WNOHANG)
+
+
+def test_the_schema_parsers_child_cannot_hold_the_zygote_nor_leave_a_process(monkeypatch):
+    """The zygote read its schema parser's pipe to its end: a process the parser's
+    child forked (as a memory bug in the parser could) held it open, the zygote
+    waited for good, and that process (uid 0 if the zygote is root) lived on.  Now
+    the answer is the child's when it ends, and what it forked ends with it."""
+    import capnp_schemas
+    monkeypatch.setattr(capnp_schemas, "PARSE_AFTER", f"""if True:
+    import ctypes, os, time
+    def parse(path, imports, before):
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, {LEFT!r}.encode(), 0, 0, 0)
+            time.sleep(600)
+            os._exit(0)
+        os._exit(3)
+""")
+
+    def stuck(*_):
+        raise TimeoutError("the zygote still waits for the schema's parser")
+    before = _left_behind()
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(90)                    # a bound on a broken test, not a measure
+    try:
+        schema = f"{EXAMPLES}/calc.capnp"
+        line = json.dumps({"schema": schema, "imports": [os.path.dirname(schema)]})
+        assert zygote._parse_schema(line.encode(), [])["schema"] == 3
+        deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
+        while _left_behind() - before:
+            assert time.monotonic() < deadline, "a process the parser forked lives on"
+            time.sleep(0.1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        for left in _left_behind() - before:
+            os.kill(left, signal.SIGKILL)
