@@ -314,7 +314,8 @@ class CompilerFailed(Exception):
 
 def in_a_compiler(work, path: str, user=None):
     """The result of `work()` (JSON values) computed in a child of this process under
-    a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY), as the zygote compiles:
+    a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY, COMPILE_WALL; what it
+    forks ends with it: collect), as the zygote compiles:
     `wsuper check` and `up` compile each module once, and a module can be made to
     take minutes and tens of GB to compile (or abort the process when memory runs
     out).  Confined as the zygote's compilers are (confine_compiler: `work` reads
