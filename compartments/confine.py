@@ -504,13 +504,24 @@ def _drop_privileges(user):
     """Root: become `user`.  Then no capability at all, in any set."""
     if not _bounding_dropped:            # enter_early may have done it
         _drop_bounding_set()
-    if user is not None:
-        uid, gid = user
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-            raise ConfinementError(errno.EPERM, f"could not become uid {uid} gid {gid}")
+    _become(user)
+    _no_capabilities()
+
+
+def _become(user):
+    """Root: become `user` ((uid, gid), no supplementary groups); None: stay."""
+    if user is None:
+        return
+    uid, gid = user
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise ConfinementError(errno.EPERM, f"could not become uid {uid} gid {gid}")
+
+
+def _no_capabilities():
+    """Empty the effective, permitted and inheritable sets."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
@@ -658,16 +669,8 @@ def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
     unavailable = []
     if os.geteuid() == 0:
         drop_capabilities_before_exec()
-        if user is not None:
-            uid, gid = user
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-                raise ConfinementError(errno.EPERM, f"could not become uid {uid} gid {gid}")
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+        _become(user)
+    _no_capabilities()
     if parent:
         die_with_parent(parent)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
