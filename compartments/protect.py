@@ -373,7 +373,7 @@ def resolve(setting: Setting | None, layout: Layout | None, memory_limit: int,
         return None
 
 
-def rodata_extent(segments, rodata: tuple, page: int) -> tuple[int, int]:
+def rodata_extent(segments, rodata: tuple, page: int, unknown: int = 0) -> tuple[int, int]:
     """.rodata's extent, with the padding after it up to the end of its last page
     when the next data starts at or past that end: what wasm-ld leaves before a
     .data that starts a page (toolchain.LAYOUT_SOURCE: wsuper build's layout, or the
@@ -382,11 +382,19 @@ def rodata_extent(segments, rodata: tuple, page: int) -> tuple[int, int]:
     of the module's data segments.  wsuper build declares this extent
     (toolchain.declared_layout); `read_only = "auto"` takes it from the name section
     of a module built by hand, where it took .rodata alone, rounded inward: the
-    recipe of docs/plugins.md ended on a partial page and got no read-only page."""
+    recipe of docs/plugins.md ended on a partial page and got no read-only page.
+    Only if no segment lies in that padding, even in part, and none has an address
+    known only at instantiation (`unknown` of them), which may lie there."""
     start, end = rodata
-    after = min((s[0] for s in segments if s[1] > s[0] and s[0] >= end), default=None)
     padded = _up(end, page)
-    if after is not None and after >= padded:
+    if unknown:
+        return start, end               # one of them may lie in the padding
+    # every segment that reaches past .rodata's end, wherever it starts: one that
+    # starts inside .rodata and runs on into the padding is data written there too
+    # (it was passed over, as it starts before .rodata's end, and its bytes past
+    # that end made read-only: the module trapped writing its own writable data)
+    later = [s for s in segments if s[1] > s[0] and s[1] > end]
+    if later and all(s[0] >= padded for s in later):
         end = padded
     return start, end
 
@@ -447,7 +455,8 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
         if declared is not None:
             start, end = declared[1], declared[2]
         elif layout.rodata is not None:
-            start, end = rodata_extent(layout.segments, layout.rodata, page)
+            start, end = rodata_extent(layout.segments, layout.rodata, page,
+                                       layout.unknown_segments)
         else:
             raise ProtectError("protect.read_only", f"\"auto\": the module does not say where "
                                f"its read-only data is{why_none}: it has no wsuper.protect "

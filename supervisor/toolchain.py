@@ -214,7 +214,8 @@ def declared_layout(data: bytes, page: int = PROTECT_PAGE) -> tuple[int, int, in
     null = page if segments and all(s >= page for s, _e in segments) else 0
     if f.rodata is None or f.rodata[1] <= f.rodata[0]:
         return null, null, null
-    start, end = rodata_extent(f.segments, f.rodata, page)   # with the padding to .data
+    # with the padding up to .data
+    start, end = rodata_extent(f.segments, f.rodata, page, f.unknown_segments)
     return min(null, start), start, end
 
 

@@ -355,6 +355,40 @@ def test_wsuper_build_declares_what_its_layout_gives(segments, declared):
     assert toolchain.declared_layout(_module(segments)) == declared
 
 
+# Writable data in the padding after .rodata's last partial page, however it gets
+# there: the padding must then stay writable (it was made read-only when the segment
+# started inside .rodata, and the module trapped writing its own data).
+PADDING_WRITTEN = [
+    # a segment starting inside .rodata, running on into its last page's padding
+    '(data $.rodata (i32.const 4096) "rr") (data $.data (i32.const 4097) "dd") '
+    '(data $.more (i32.const 8192) "m")',
+    # one starting before .rodata and running past its end
+    '(data $.rodata (i32.const 4096) "rr") (data $.data (i32.const 4000) '
+    f'"{"d" * 120}") (data $.more (i32.const 8192) "m")',
+    # one whose address is known only at instantiation (it may lie in the padding)
+    '(data $.rodata (i32.const 4096) "rr") (data $.data (global.get $b) "dd") '
+    '(data $.more (i32.const 8192) "m")',
+]
+
+
+@pytest.mark.parametrize("segments", PADDING_WRITTEN)
+def test_rodata_padding_holding_writable_data_stays_writable(segments):
+    data = bytes(wasmtime.wat2wasm(f'(module (import "env" "base" (global $b i32)) '
+                                   f'(memory (export "memory") 2) {segments})'))
+    assert toolchain.declared_layout(data)[2] == 4098
+    f = wasmbin.facts(data)
+    layout = protect.Layout(None, 2 * 65536, f.segments, f.rodata,
+                            unknown_segments=f.unknown_segments)
+    with pytest.raises(protect.ProtectError, match="holds no whole 4096-byte page"):
+        protect.resolve(Setting(0, AUTO), layout, LIMIT)
+    # and with the padding empty, both still run to the page end
+    clean = _module('(data $.rodata (i32.const 4096) "rr") (data $.more (i32.const 8192) "m")')
+    assert toolchain.declared_layout(clean)[2] == 8192
+    f = wasmbin.facts(clean)
+    layout = protect.Layout(None, 2 * 65536, f.segments, f.rodata)
+    assert protect.resolve(Setting(0, AUTO), layout, LIMIT) == Regions(0, 4096, 8192)
+
+
 def test_a_module_built_by_wsuper_build_is_laid_out_and_declared(tmp_path):
     src = tmp_path / "p.c"
     src.write_text(textwrap.dedent("""
