@@ -471,6 +471,9 @@ class Supervisor:
         self._object_turns: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # host call token -> set when its job's thread ends; present while one runs
         self._host_threads: dict[int, threading.Event] = {}
+        # grant -> the file operations its revocation waited for (_revoke): a second
+        # `wsuper revoke` of it waits for those still running, and says so
+        self._revoke_waits: dict[str, list[threading.Event]] = {}
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
         self._external = 0
@@ -1825,21 +1828,31 @@ class Supervisor:
         that no write lands after `wsuper revoke` said ok (an outside review), and
         says so if one is still running then."""
         if self.router.revoked_already(grant):
-            # one revocation, one record: a second said a revocation at its own time
-            return {"ok": True, "text": f"{grant} was revoked already"}
-        tokens = self.router.host_calls_through(grant)
-        try:
-            effects = self.router.revoke(grant)
-        except KeyError as e:
-            return {"ok": False, "error": e.args[0]}
-        self._audit_operator({"event": "grant revoked", "grant": grant})  # before its denials
-        self._perform(effects)
-        running = [e for e in map(self._host_threads.get, tokens) if e is not None]
+            # one revocation, one record: a second said a revocation at its own time.
+            # But not "ok" while a file operation begun before the first still runs
+            # (that one gave up waiting, or is still waiting): it said ok at once, and
+            # the write landed after it
+            text = f"{grant} was revoked already"
+            running = self._revoke_waits.get(grant, [])
+        else:
+            text = f"revoked {grant}"
+            tokens = self.router.host_calls_through(grant)
+            try:
+                effects = self.router.revoke(grant)
+            except KeyError as e:
+                return {"ok": False, "error": e.args[0]}
+            self._audit_operator({"event": "grant revoked", "grant": grant})  # before denials
+            self._perform(effects)
+            running = [e for e in map(self._host_threads.get, tokens) if e is not None]
+            if running:
+                self._revoke_waits[grant] = running
         deadline = trio.current_time() + hostcaps.IO_DEADLINE
         while not all(e.is_set() for e in running) and trio.current_time() < deadline:
             await trio.sleep(0.01)
         left = sum(not e.is_set() for e in running)
-        return {"ok": True, "text": f"revoked {grant}" + (
+        if not left:
+            self._revoke_waits.pop(grant, None)
+        return {"ok": True, "text": text + (
             f"; {left} file operation{'s' if left > 1 else ''} begun before it did not finish "
             f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "")}
 

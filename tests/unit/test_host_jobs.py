@@ -178,7 +178,7 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
         sup = type("Sup", (), {"_revoke": runtime.Supervisor._revoke,
                                "_audit_operator": runtime.Supervisor._audit_operator})()
         sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
-        sup.audit = None
+        sup.audit, sup._revoke_waits = None, {}
         return sup, call.token
 
     sup, token = system()
@@ -197,6 +197,48 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
     assert answer["text"] == ("revoked app.time; 1 file operation begun before it did not "
                               "finish within 0.1 s and may still complete")
     assert trio.run(sup._revoke, "nothing.here")["ok"] is False
+
+
+def test_revoking_again_says_ok_only_once_the_file_operations_of_the_first_end(monkeypatch):
+    """A second `wsuper revoke` of a grant (after the first gave up waiting for a
+    write begun before it, or while the first still waits) answered "ok: ... was
+    revoked already" at once, though that write was still running and landed after
+    it: revoke's promise (no write lands after it said ok) held for the first only.
+    It now waits for those still running as the first did, and says so if one is."""
+    from supervisor import router as R
+    from tests.unit.test_router import CLOCK, grant, start
+
+    router = R.Router({"app": None}, names={CLOCK: ("Clock", {0: "wall"})})
+    app = start(router, "app", [grant("time", "clock", "host", revocable=True)],
+                answer_hosts=False)
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (call,) = app.host_calls
+    sup = type("Sup", (), {"_revoke": runtime.Supervisor._revoke,
+                           "_audit_operator": runtime.Supervisor._audit_operator})()
+    sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
+    sup.audit, sup._revoke_waits = None, {}
+    writing = sup._host_threads[call.token] = threading.Event()      # never ends, yet
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.1)
+    late = ("1 file operation begun before it did not finish within 0.1 s and may "
+            "still complete")
+    assert trio.run(sup._revoke, "app.time")["text"] == f"revoked app.time; {late}"
+    for _ in range(2):          # again, and again: not ok while it runs
+        assert trio.run(sup._revoke, "app.time")["text"] == \
+            f"app.time was revoked already; {late}"
+
+    async def both():           # two at once: neither says ok while it runs
+        answers = []
+
+        async def one():
+            answers.append(await sup._revoke("app.time"))
+        async with trio.open_nursery() as n:
+            n.start_soon(one)
+            n.start_soon(one)
+        return answers
+    assert {a["text"] for a in trio.run(both)} == {f"app.time was revoked already; {late}"}
+    writing.set()
+    assert trio.run(sup._revoke, "app.time")["text"] == "app.time was revoked already"
+    assert sup._revoke_waits == {}
 
 
 def test_a_job_abandoned_before_its_thread_began_it_is_never_begun():
