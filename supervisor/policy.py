@@ -301,10 +301,17 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             endpoint[k] = _number(where, f"system.{k}", system[k], lo, hi, real=kinds is not int)
     if "audit_max_size" in system:
         # 0 however written ("0 MiB" too: it was refused as below 1 MiB), else 1 MiB..1 PiB
-        size = _size(where, "system.audit_max_size", system["audit_max_size"], 0, 1 << 50)
-        if 0 < size < 1 << 20:
+        # every refusal states the one rule: "from 0 to 1 PiB" (_size's, of a size
+        # past 1 PiB, -1, true or 0.5) said that 512 would do, which it does not
+        raw = system["audit_max_size"]
+        try:
+            size = _size(where, "system.audit_max_size", raw, 0, 1 << 50)
+        except PolicyError:
+            size = None
+        if size is None or 0 < size < 1 << 20:
             raise where.error("system.audit_max_size", f"must be 0 (never rotated) or a size "
-                              f"from 1 MiB to 1 PiB, not {size:,} bytes")
+                              f"from 1 MiB to 1 PiB, such as \"64 MiB\", not " + (
+                                  f"{size:,} bytes" if size is not None else _shown(raw)))
         endpoint["audit_max_size"] = size
 
     comps_doc = doc.get("compartments")

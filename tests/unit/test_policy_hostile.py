@@ -426,14 +426,20 @@ def test_a_byte_the_file_may_not_hold_is_said_with_its_line(tmp_path, bad):
 @pytest.mark.parametrize("value,size", [("0", 0), ('"0"', 0), ('"0 MiB"', 0), ('"0B"', 0),
                                         ('"1MiB"', 1 << 20), ("1048576", 1 << 20),
                                         ('"1048576 GiB"', 1 << 50), ("1048575", None),
-                                        ('"1023 KiB"', None), ("1125899906842625", None)])
+                                        ('"1023 KiB"', None), ("1125899906842625", None),
+                                        ('"2000000 GiB"', None), ("-1", None), ("true", None),
+                                        ("0.0", None), ('"64 PiB"', None), ("[]", None)])
 def test_audit_max_size_is_0_or_from_1_mib_to_1_pib_however_written(value, size):
     """policy-reference.md: a size 1 MiB .. 1 PiB, or 0 (never rotated). "0 MiB" was
-    refused as below 1 MiB, and a size below it did not say that 0 would do."""
+    refused as below 1 MiB, and a size below it did not say that 0 would do.  Every
+    refusal states that rule: one past 1 PiB, -1 or true said "from 0 to
+    1,125,899,906,842,624", as if 512 would do."""
     text = f"[system]\naudit_max_size = {value}\n" + BASE
     if size is None:
-        with pytest.raises(policy.PolicyError, match="system.audit_max_size"):
+        with pytest.raises(policy.PolicyError, match="system.audit_max_size") as e:
             policy.parse(text, "/srv/system.toml")
+        assert "must be 0 (never rotated) or a size from 1 MiB to 1 PiB" in str(e.value)
+        assert "from 0 to" not in str(e.value) and e.value.line == 2, str(e.value)
         if value in ("1048575", '"1023 KiB"'):
             with pytest.raises(policy.PolicyError, match=r"must be 0 \(never rotated\) or"):
                 policy.parse(text, "/srv/system.toml")
