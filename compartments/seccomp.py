@@ -354,7 +354,7 @@ class _SockFprog(ctypes.Structure):
 #: which Landlock does not cover), other processes' memory, the kernel's
 #: modules, keys, mounts, System V IPC, namespaces (a user namespace would give
 #: it a full set of capabilities there), io_uring (which bypasses this filter),
-#: BPF, leaving its process group, and changing another process's limits,
+#: BPF, leaving its process group or its parent (CLONE_PARENT), and changing another process's limits,
 #: priority or scheduling (HELPER_SELF_ONLY: on itself only).
 HELPER_REFUSED = frozenset({
     "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
@@ -391,6 +391,11 @@ HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler",
 #: the C library falls back to clone.
 _CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
     | 0x40000000 | 0x00000080
+#: CLONE_PARENT: the new process is its caller's parent's child.  A compiler's so made
+#: was a child of `wsuper up`'s supervisor (in_a_compiler): ended with the group
+#: (zygote.end_group), but never reaped there, a zombie of the engines' uid for good,
+#: as many as the compile could fork (its uid's process limit, the pid space)
+_CLONE_PARENT = 0x00008000
 
 
 def helper_rules() -> dict[int, object]:
@@ -400,7 +405,7 @@ def helper_rules() -> dict[int, object]:
     for name in HELPER_SELF_ONLY:                   # pid 0: the caller
         actions[SYSCALLS[name]] = ("one_of", 0, 0, (0,))
     actions[SYSCALLS["clone3"]] = ENOSYS
-    actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW)
+    actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW | _CLONE_PARENT)
     return actions
 
 

@@ -994,6 +994,59 @@ def test_wsuper_checks_compiler_child_cannot_hold_it_nor_leave_a_process(monkeyp
             os.kill(left, signal.SIGKILL)
 
 
+def _our_children_named(name: str) -> set[int]:
+    """This process's children (zombies too) named `name`."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if f"({name})" in stat and int(stat.rpartition(")")[2].split()[2]) == os.getpid():
+            found.add(int(entry))
+    return found
+
+
+def test_a_compiler_child_cannot_make_its_callers_child():
+    """clone(CLONE_PARENT) in in_a_compiler's child (as a memory bug in the parser
+    could) made a process that was the caller's child (`wsuper up`'s supervisor):
+    collect ended it with the group, but nothing there reaped it, a zombie of the
+    engines' uid for good, as many as a compile could fork.  Refused now (EPERM,
+    the helpers' seccomp filter); nothing of the compile is this process's child."""
+    import ctypes
+
+    name = "wsuper-cparent"
+
+    def work():
+        libc = ctypes.CDLL(None, use_errno=True)
+        made = []
+        for _ in range(3):
+            pid = libc.syscall(56, 0x00008000 | 17, 0, 0, 0, 0)    # CLONE_PARENT|SIGCHLD
+            if pid == 0:
+                libc.prctl(15, name.encode(), 0, 0, 0)                 # PR_SET_NAME
+                time.sleep(600)
+                os._exit(0)
+            made.append((pid, ctypes.get_errno()))
+        return made
+
+    def stuck(*_):
+        raise TimeoutError("in_a_compiler still waits")
+    before = _our_children_named(name)
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(90)                    # a bound on a broken test, not a measure
+    try:
+        made = zygote.in_a_compiler(work, f"{EXAMPLES}/calc.wat")
+        assert made and all(pid == -1 and errno == 1 for pid, errno in made), made
+        assert _our_children_named(name) - before == set()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        for left in _our_children_named(name) - before:
+            os.kill(left, signal.SIGKILL)
+            os.waitpid(left, 0)
+
+
 def test_wsuper_check_that_cannot_wait_for_its_compiler_says_so_and_leaves_none(
         monkeypatch):
     """in_a_compiler waits for its child through a pidfd (collect): with no descriptor

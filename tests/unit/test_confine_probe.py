@@ -143,6 +143,19 @@ def test_no_helper_and_nothing_it_forks_can_leave_its_process_group():
     assert seccomp.run(HELPER, NR["getpgid"]) == seccomp.ALLOW          # asking is fine
 
 
+def test_no_helper_forks_a_process_that_is_not_its_own_child():
+    """clone(CLONE_PARENT) made a helper's process the child of the helper's parent
+    (`wsuper up`'s supervisor, for in_a_compiler): ended with the group, but a
+    zombie there for good, as many as the compile could fork.  Refused, whatever
+    else the call asks (fork, vfork, a thread); a plain fork, vfork and a thread
+    are not."""
+    parent = 0x00008000
+    for flags in (17, 0x00004000 | 0x00000100 | 17, 0x003D0F00):
+        assert seccomp.run(HELPER, NR["clone"], (flags,) + (0,) * 5) == seccomp.ALLOW
+        assert seccomp.run(HELPER, NR["clone"], (flags | parent,) + (0,) * 5) == \
+            seccomp.EPERM, hex(flags)
+
+
 def test_no_helper_changes_the_limits_or_priority_of_another_process_of_its_uid():
     """A compiler runs as the engines' user (the supervisor's own when not root; the
     schema parser keeps uid 0): prlimit64 set another compartment's engine's
