@@ -421,8 +421,9 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
     try:
         while why is None:
             left = deadline - time.monotonic()
-            if left <= 0:
-                why = "time"
+            if left <= 0:      # unless it ended meanwhile: then its end is its answer
+                if pidfd not in dict(poller.poll(0)):
+                    why = "time"
                 break
             ready = dict(poller.poll(left * 1000))
             if pipe in ready:
@@ -491,6 +492,18 @@ class _Compile:
         self.text = (self.text + data)[-4096:]
         self.eof = self.eof or not data
         return not data
+
+    def ended(self) -> bool:
+        """Whether the compiler ended already (a zombie, not reaped yet): then its own
+        end is its answer, never its deadline.  The loop sees an end only when it
+        gets to it: a compile done in time, seen past its deadline (the zygote busy
+        meanwhile: a schema's parse, spares, the machine's load), was refused as
+        too long, and the module with it."""
+        try:
+            return os.waitid(os.P_PID, self.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return False
 
     def drain(self):
         """What is left in the pipe of a compiler that ended (its group ended)."""
@@ -1260,7 +1273,8 @@ def serve(control: socket.socket, supervisor_pid: int):
                 except OSError:
                     break             # tried again at the next request
         for job in modules.compiling.values():
-            if not job.timed_out and job.status is None and time.monotonic() >= job.deadline:
+            if not job.timed_out and job.status is None and time.monotonic() >= job.deadline \
+                    and not job.ended():
                 job.timed_out = True        # reaped below once dead, then settled
                 end_group(job.pid)
         if wake_r in ready:

@@ -1107,3 +1107,76 @@ def test_the_schema_parsers_child_cannot_hold_the_zygote_nor_leave_a_process(mon
         signal.signal(signal.SIGALRM, old)
         for left in _left_behind() - before:
             os.kill(left, signal.SIGKILL)
+
+
+def test_a_compile_that_ended_before_its_wall_clock_limit_is_never_taken_as_too_long(
+        tmp_path):
+    """The zygote's loop judged a compiler past COMPILE_WALL before it reaped what had
+    ended: a compile that was done well in time, but whose end the loop saw only
+    after its deadline (the zygote busy meanwhile: a schema's parse, spares), was
+    refused as "took more than COMPILE_WALL s", and the module with it, for ten
+    times that.  Now a compiler that ended is never ended as too long: its own end
+    is its answer.  Checked in a real zygote loop (serve, in a child), busy with a
+    slow schema parse while the module compiles."""
+    import select
+    import socket
+    import sys
+
+    import capnp_schemas
+    from compartments.spec import EngineSpec
+    module = tmp_path / "m.wat"
+    module.write_text(open(f"{EXAMPLES}/calc.wat").read())
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            sys.stderr = open(2, "w", buffering=1, closefd=False)   # not pytest's
+            zygote.COMPILE_WALL = 6
+            capnp_schemas.PARSE_AFTER = """if True:
+    import time
+    def parse(path, imports, before):
+        time.sleep(15)
+"""
+            zygote.serve(theirs, parent)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    engine_ours, engine_theirs = socket.socketpair()
+    err_r, err_w = os.pipe()
+    try:
+        schema = f"{EXAMPLES}/calc.capnp"
+        line = b"0 " + EngineSpec("c0", str(module), user=user).to_json() + b"\n"
+        socket.send_fds(ours, [line], [engine_theirs.fileno(), err_w])
+        ours.sendall(json.dumps({"schema": schema, "imports": [os.path.dirname(schema)]}
+                                ).encode() + b"\n")
+        engine_theirs.close()
+        os.close(err_w)
+        ours.settimeout(120)            # a bound on a broken test, not a measure
+        data, answers = b"", []
+        while not any("id" in a for a in answers):
+            chunk = ours.recv(1 << 16)
+            assert chunk, f"the zygote died; answers {answers}"
+            data += chunk
+            while b"\n" in data:
+                one, data = data.split(b"\n", 1)
+                answers.append(json.loads(one))
+        assert any("schema" in a for a in answers), answers              # it was busy
+        started = [a for a in answers if "id" in a][0]
+        assert "pid" in started, started
+        os.kill(started["pid"], signal.SIGKILL)         # what it said, to its end
+        said = b""
+        while chunk := (os.read(err_r, 4096) if select.select([err_r], [], [], 60)[0]
+                        else b""):
+            said += chunk
+        assert b"took more than" not in said and b"cannot load module" not in said, said
+    finally:
+        ours.close()
+        engine_ours.close()
+        os.close(err_r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
