@@ -1180,3 +1180,19 @@ def test_a_compile_that_ended_before_its_wall_clock_limit_is_never_taken_as_too_
         os.close(err_r)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_collect_takes_a_child_that_ended_by_its_deadline_as_ended_not_too_long():
+    """collect judged "time" by the clock alone: a child that had ended, its answer on
+    the pipe, seen only at its deadline (this process busy), was no answer.  Its
+    own end is its answer (a deadline of 0 s, after it ended)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, b"done")
+        os._exit(7)
+    os.close(w)
+    zygote.joined(pid)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)      # it ended (not reaped)
+    status, text, why = zygote.collect(pid, r, 0, 1 << 10)
+    assert (why, os.waitstatus_to_exitcode(status), text) == (None, 7, b"done")
