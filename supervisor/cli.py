@@ -19,16 +19,25 @@ def main(argv=None) -> int:
         except (AttributeError, ValueError, OSError):
             pass
     zygote = None
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["up"]:
-        # first thing: the zygote's start-up (~150-250 ms) overlaps all of ours,
-        # imports included (launch.py imports nothing heavy)
-        from .launch import Launched
-        try:
-            zygote = Launched()
-        except OSError:
-            pass                     # tried again (and reported) once the system runs
+    from . import startsignals
     try:
+        if (sys.argv[1:] if argv is None else argv)[:1] == ["up"]:
+            # before anything: SIGINT or SIGTERM while the system is read, checked and
+            # compiled stops `up` with 130 or 143 and a word (StoppedAtStart below),
+            # not a KeyboardInterrupt traceback or a death without one
+            startsignals.stop_at_start()
+            # first thing: the zygote's start-up (~150-250 ms) overlaps all of ours,
+            # imports included (launch.py imports nothing heavy)
+            from .launch import Launched
+            try:
+                zygote = Launched()
+            except OSError:
+                pass                 # tried again (and reported) once the system runs
         return _main(argv, zygote)
+    except startsignals.StoppedAtStart as e:     # only `up` installs its handlers
+        print(f"wsuper: {e.name} during start-up: stopped before the system started",
+              file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:
         import os
         try:
@@ -180,7 +189,10 @@ def _main(argv=None, zygote=None) -> int:
 
     import trio
 
-    from . import runtime
+    from . import runtime, startsignals
+    # from here on a signal is held for the system's receiver, which takes it as soon
+    # as it is installed (runtime.Supervisor._signals): never raised inside trio
+    startsignals.hold()
     return trio.run(runtime.up, plan, None, args.log_format, zygote)   # --socket: in plan
 
 

@@ -36,7 +36,7 @@ from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
 from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
-    router as R, supervision as S
+    router as R, startsignals, supervision as S
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -941,13 +941,20 @@ class Supervisor:
         left), SIGINT's ended it in a traceback with exit code 1.  The stop is
         bounded (GRACE_SECONDS, the last writes' deadlines): it goes on."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # those that came before it was installed (`up` holds them from trio.run
+            # on: startsignals): a SIGTERM then killed the supervisor without a word
+            for sig in startsignals.take():
+                self._on_signal(sig)
             async for sig in signals:
-                name = signal.Signals(sig).name
-                if self._done.is_set():
-                    self.tell_once(f"signal-{name}", f"{name} while stopping: the stop goes "
-                                                     f"on (SIGKILL would lose its last records)")
-                    continue
-                self._act(self.lifecycle.signal(sig, name))
+                self._on_signal(sig)
+
+    def _on_signal(self, sig: int):
+        name = signal.Signals(sig).name
+        if self._done.is_set():
+            self.tell_once(f"signal-{name}", f"{name} while stopping: the stop goes "
+                                             f"on (SIGKILL would lose its last records)")
+            return
+        self._act(self.lifecycle.signal(sig, name))
 
     def _audit_failed(self, reason: str):
         self.say(f"error: cannot write the audit log ({reason}); stopping, since calls "

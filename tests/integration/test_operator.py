@@ -672,3 +672,75 @@ policy = "client.toml"
     assert run.finish(timeout=30) == 0
     # nothing runs now: the file's own error, as before
     assert run_wsuper("stop", system).returncode == (1 if edit == "not revocable now" else 2)
+
+
+# `wsuper up`, with one step of its start-up replaced: the step says "held" and, for
+# "compile", waits for ever (a compile that takes long: the signal comes while it
+# runs, before the system's receiver exists); for "in trio", sends the signal to the
+# supervisor itself (inside trio.run, before the receiver is installed)
+_HELD_AT = """
+import os, sys, threading, time
+sys.path.insert(0, {root!r})
+from supervisor import cli, preflight, runtime
+where, sig = sys.argv[1], int(sys.argv[2])
+if where == "compile":
+    def prepare(*a, **k):
+        print("held", flush=True)
+        while True:
+            time.sleep(60)
+    preflight.prepare = prepare
+else:
+    real = runtime.raise_fd_limit
+    def raise_fd_limit():
+        print("held", flush=True)
+        os.kill(os.getpid(), sig)
+        return real()
+    runtime.raise_fd_limit = raise_fd_limit
+sys.exit(cli.main(["up", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize("where", ["compile", "in trio"])
+@pytest.mark.parametrize("sigs", [[signal.SIGTERM], [signal.SIGINT],
+                                  [signal.SIGINT, signal.SIGTERM, signal.SIGINT]],
+                         ids=["SIGTERM", "SIGINT", "three"])
+def test_a_signal_before_the_systems_receiver_stops_it_with_its_code_and_a_word(
+        running, where, sigs):
+    """A review of the stop: the system receives SIGINT and SIGTERM only while it
+    runs.  One before (while the system is read, checked and compiled, which may
+    take seconds, or in trio before the receiver is installed) met Python's own
+    handlers: SIGTERM killed `wsuper up` without a word (exit -15), SIGINT ended
+    it in a KeyboardInterrupt traceback.  Now the first one decides: 130 or 143,
+    said once, and a system already under way stops as the receiver would have
+    stopped it (`run stopped` in its audit); later ones do not cut it short."""
+    _run, path, tmp = running
+    _run.stop()
+    os.unlink(tmp / "audit.jsonl")
+    script = tmp / "held_at.py"
+    script.write_text(_HELD_AT.format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), where, str(int(sigs[0])), path],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        if where == "compile":
+            for sig in sigs:
+                proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    code = proc.returncode
+    name = signal.Signals(sigs[0]).name
+    assert code == 128 + sigs[0], (code, out[-2000:])
+    assert "Traceback" not in out, out[-2000:]
+    if where == "compile":
+        assert out.strip().endswith(f"wsuper: {name} during start-up: stopped before "
+                                    f"the system started"), out[-2000:]
+        assert not (tmp / "audit.jsonl").exists()
+    else:
+        assert f"{name}, stopping" in out, out[-2000:]
+        records = [json.loads(line) for line in open(tmp / "audit.jsonl")]
+        assert records[-1]["event"] == "run stopped" and records[-1]["exit_code"] == code
+    assert not (tmp / "ext.sock").exists()

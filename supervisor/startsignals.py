@@ -1,0 +1,63 @@
+"""SIGINT and SIGTERM outside the running system's receiver (`Supervisor._signals`).
+
+`wsuper up` reads, checks and compiles the system before it runs (a compile may take
+seconds), and the receiver lives only while the system runs.  A signal before it
+met Python's handlers: SIGINT a KeyboardInterrupt traceback out of whatever was
+under way (an import, a compile's wait), SIGTERM's default killed the supervisor
+without a word; one after it (the system's last writes, its sockets' removal) killed
+it before its sockets were removed.  README promises 130 for Ctrl-C and 143 for
+SIGTERM, a stop said once.
+
+So, for `up`: before the system runs, the first such signal raises `StoppedAtStart`
+(`cli.main` says it and exits 128 + the signal's number), and every later one is
+held; from `trio.run` on (`hold`), each is held, never raised inside trio, and the
+receiver, once installed, takes those held (`take`) as if it had received them.
+No I/O here: the handlers only raise or record."""
+from __future__ import annotations
+
+import signal
+
+STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+_held: list[int] = []
+
+
+class StoppedAtStart(BaseException):
+    """A SIGINT or SIGTERM before the system ran: `up` stops, nothing started."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def _raise(signum, _frame):
+    hold()                       # the first one decides; any later one is only held
+    raise StoppedAtStart(signum)
+
+
+def _hold(signum, _frame):
+    _held.append(signum)
+
+
+def stop_at_start():
+    """Until `hold`: a SIGINT or SIGTERM ends the start-up (StoppedAtStart)."""
+    for sig in STOPPING:
+        signal.signal(sig, _raise)
+
+
+def hold():
+    """From now on a SIGINT or SIGTERM is held for the system's receiver (`take`):
+    never an exception at an arbitrary point of trio's (or the stop's) code."""
+    for sig in STOPPING:
+        signal.signal(sig, _hold)
+
+
+def take() -> list[int]:
+    """The signals held since the last take, oldest first."""
+    held = _held[:]
+    del _held[:len(held)]
+    return held
