@@ -1014,6 +1014,11 @@ class Supervisor:
         except OSError as e:
             ours.close()
             self._release_hosts(comp, hosts)
+            if self._done.is_set():
+                # the stop ended the zygote while it was asked (a start under way as
+                # the stop came): no failure, and nothing to say; it was said as one,
+                # "cannot start compartment calc: the zygote is gone" after "stopping"
+                return
             if not self.zygote.alive:
                 self.say(f"cannot start compartment {comp.name}: the zygote is gone")
                 self._act(self.lifecycle.stop(1))

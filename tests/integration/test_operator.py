@@ -744,3 +744,63 @@ def test_a_signal_before_the_systems_receiver_stops_it_with_its_code_and_a_word(
         records = [json.loads(line) for line in open(tmp / "audit.jsonl")]
         assert records[-1]["event"] == "run stopped" and records[-1]["exit_code"] == code
     assert not (tmp / "ext.sock").exists()
+
+
+_START_UNDER_WAY = """
+import sys
+sys.path.insert(0, {root!r})
+import trio
+from supervisor import cli, process
+real = process.Zygote.spawn
+async def spawn(self, spec, sock_fd, sent=None):
+    if spec.name == "calc":            # its request waits: the start is under way
+        if sent is not None:
+            sent()
+        print("held", flush=True)
+        while self.alive:
+            await trio.sleep(0.01)
+        sent = None
+    return await real(self, spec, sock_fd, sent)
+process.Zygote.spawn = spawn
+sys.exit(cli.main(["up", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "wsuper stop"])
+def test_a_start_under_way_when_the_stop_ends_the_zygote_is_no_failure(running, how):
+    """A review of the stop racing start-up: a compartment whose engine the zygote
+    was asked for when the stop came (the stop ends the zygote, and its answer
+    never comes) was said to fail, after "stopping": "cannot start compartment
+    calc: the zygote is gone", an error the operator had not caused, and the
+    system's stop(1) asked again.  A start the stop cut short is no failure."""
+    _run, path, tmp = running
+    _run.stop()
+    script = tmp / "under_way.py"
+    script.write_text(_START_UNDER_WAY.format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), path], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "held":
+                break
+        # the others start meanwhile; the stop comes with calc's start under way
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            assert run_wsuper("stop", path).returncode == 0
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines += out.splitlines()
+    assert proc.returncode == (143 if how == "SIGTERM" else 0), lines[-10:]
+    assert any("stopping" in line for line in lines), lines[-10:]
+    assert not any("zygote is gone" in line or "cannot start" in line
+                   for line in lines), lines[-10:]
+    assert not any("ready calc" in line for line in lines), lines[-10:]
+    records = [json.loads(line) for line in open(tmp / "audit.jsonl")]
+    assert records[-1]["event"] == "run stopped"
+    assert records[-1]["exit_code"] == proc.returncode
