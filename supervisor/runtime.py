@@ -934,13 +934,14 @@ class Supervisor:
         return True
 
     async def _signals(self):
-        """SIGINT and SIGTERM stop the system; received until it has stopped.  It
+        """SIGINT, SIGTERM and SIGHUP stop the system (startsignals.stopping: not one
+        ignored when it began, nohup's SIGHUP); received until it has stopped.  It
         returned after the first: a second one while the system stopped (a slow
         stop, or SIGINT and SIGTERM together) met the handlers trio restored, and
         SIGTERM's killed the supervisor at once (no `run stopped`, its sockets
         left), SIGINT's ended it in a traceback with exit code 1.  The stop is
         bounded (GRACE_SECONDS, the last writes' deadlines): it goes on."""
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*startsignals.stopping()) as signals:
             # those that came before it was installed (`up` holds them from trio.run
             # on: startsignals): a SIGTERM then killed the supervisor without a word
             for sig in startsignals.take():

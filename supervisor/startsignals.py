@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM outside the running system's receiver (`Supervisor._signals`).
+"""SIGINT, SIGTERM and SIGHUP outside the running system's receiver (`Supervisor._signals`).
 
 `wsuper up` reads, checks and compiles the system before it runs (a compile may take
 seconds), and the receiver lives only while the system runs.  A signal before it
@@ -17,9 +17,23 @@ from __future__ import annotations
 
 import signal
 
-STOPPING = (signal.SIGINT, signal.SIGTERM)
+#: the signals that stop `wsuper up`: SIGHUP too (the terminal it ran in closed, an
+#: ssh session dropped), whose default killed the supervisor without a word, its
+#: audit without `run stopped`, its sockets left
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _held: list[int] = []
+#: those ignored when `up` began (`nohup`, SIGINT of a background job `&` of a
+#: script): they stay ignored, as the one who started it asked
+_ignored: set[int] | None = None
+
+
+def stopping() -> tuple[int, ...]:
+    """The signals that stop the system: STOPPING less those ignored when it began."""
+    global _ignored
+    if _ignored is None:
+        _ignored = {sig for sig in STOPPING if signal.getsignal(sig) == signal.SIG_IGN}
+    return tuple(sig for sig in STOPPING if sig not in _ignored)
 
 
 class StoppedAtStart(BaseException):
@@ -45,14 +59,14 @@ def _hold(signum, _frame):
 
 def stop_at_start():
     """Until `hold`: a SIGINT or SIGTERM ends the start-up (StoppedAtStart)."""
-    for sig in STOPPING:
+    for sig in stopping():
         signal.signal(sig, _raise)
 
 
 def hold():
     """From now on a SIGINT or SIGTERM is held for the system's receiver (`take`):
     never an exception at an arbitrary point of trio's (or the stop's) code."""
-    for sig in STOPPING:
+    for sig in stopping():
         signal.signal(sig, _hold)
 
 

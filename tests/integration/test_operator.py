@@ -804,3 +804,51 @@ def test_a_start_under_way_when_the_stop_ends_the_zygote_is_no_failure(running, 
     records = [json.loads(line) for line in open(tmp / "audit.jsonl")]
     assert records[-1]["event"] == "run stopped"
     assert records[-1]["exit_code"] == proc.returncode
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["SIGHUP", "nohup"])
+def test_a_hang_up_stops_the_system_unless_it_was_started_ignoring_it(tmp_path, ignored):
+    """A review of the stop: SIGHUP (the terminal `wsuper up` ran in closed, an ssh
+    session dropped) met its default and killed the supervisor without a word: no
+    `run stopped` in its audit, its socket left behind.  It stops the system as
+    SIGTERM does (129); a signal ignored when `up` began (`nohup`, SIGINT of a
+    script's background job) stays ignored."""
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{tmp_path}/ext.sock"\naudit = "{tmp_path}/audit.jsonl"\n'
+                    f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                    f'exports = "Calc"\nexternal = true\n')
+
+    def nohup():
+        if ignored:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", str(path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=nohup)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready calc" in line:
+                break
+        proc.send_signal(signal.SIGHUP)
+        if ignored:
+            proc.send_signal(signal.SIGINT)
+            # still serving: a call is answered after both
+            r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)")
+            assert r.returncode == 0, r.stderr
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines += out.splitlines()
+    expected = signal.SIGTERM if ignored else signal.SIGHUP
+    assert proc.returncode == 128 + expected, lines[-10:]
+    assert any(f"{expected.name}, stopping" in line for line in lines), lines[-10:]
+    records = [json.loads(line) for line in open(tmp_path / "audit.jsonl")]
+    assert records[-1]["event"] == "run stopped"
+    assert records[-1]["exit_code"] == proc.returncode
+    assert not (tmp_path / "ext.sock").exists()
