@@ -49,6 +49,8 @@ def main(argv=None) -> int:
         _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         return 1
     finally:
+        if startsignals.installed():
+            startsignals.hold()      # `up` is over: a late signal is not a traceback
         if zygote is not None:
             zygote.discard()         # never used (a refused system): it goes
 

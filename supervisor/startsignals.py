@@ -57,6 +57,11 @@ def _hold(signum, _frame):
     _held.append(signum)
 
 
+def installed() -> bool:
+    """Whether this process installed the handlers (`up` did)."""
+    return any(signal.getsignal(sig) in (_raise, _hold) for sig in STOPPING)
+
+
 def stop_at_start():
     """Until `hold`: a SIGINT or SIGTERM ends the start-up (StoppedAtStart)."""
     for sig in stopping():
