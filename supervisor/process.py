@@ -104,7 +104,13 @@ class Zygote:
         buf = b""
         try:
             while True:
-                data = await self._sock.recv(1 << 16)
+                try:
+                    data = await self._sock.recv(1 << 16)
+                except OSError:
+                    # its end closed with our requests unread (the stop's SIGTERM while
+                    # compartments start): ECONNRESET, not an end; it is gone all the
+                    # same.  Raised, it ended `wsuper up` in a traceback, exit 1
+                    break
                 if not data:
                     break
                 buf += data
