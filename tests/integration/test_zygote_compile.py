@@ -15,7 +15,7 @@ import time
 import pytest
 import wasmtime
 
-from compartments import wasm, zygote
+from compartments import wasm, wasmbin, zygote
 from tests.conftest import EXAMPLES
 from supervisor.policy import MAX_MODULE_BYTES     # what check and up allow
 
@@ -152,22 +152,17 @@ def test_a_module_file_that_is_no_regular_file_is_refused_without_waiting(
         wasm.read_module(str(path))
 
 
+def _section(i: int, body: bytes) -> bytes:
+    """A module's section `i` holding `body`."""
+    return bytes([i]) + wasmbin._uleb(len(body)) + body
+
+
 def _slow_to_compile(instructions: int) -> bytes:
     """A valid module whose one function is `instructions` additions in a row:
     cranelift takes about 5 s of CPU for a million (3 MB)."""
-    def leb(n):
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | 0x80 if n else b)
-            if not n:
-                return bytes(out)
-
-    def section(i, body):
-        return bytes([i]) + leb(len(body)) + body
     body = b"\x00\x41\x00" + b"\x41\x01\x6a" * instructions + b"\x1a\x0b"
-    return (b"\x00asm\x01\x00\x00\x00" + section(1, b"\x01\x60\x00\x00")
-            + section(3, b"\x01\x00") + section(10, b"\x01" + leb(len(body)) + body))
+    return (b"\x00asm\x01\x00\x00\x00" + _section(1, b"\x01\x60\x00\x00")
+            + _section(3, b"\x01\x00") + _section(10, b"\x01" + wasmbin._uleb(len(body)) + body))
 
 
 def test_a_module_slow_to_compile_is_stopped_at_the_compilers_limit_and_kept_failed(
@@ -236,18 +231,8 @@ def test_wsuper_check_and_up_compile_a_module_within_the_compilers_limits(
 
 def _importing(field: bytes) -> bytes:
     """A valid module that imports a function env.`field` (any bytes: a name)."""
-    def leb(n):
-        out = bytearray()
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | 0x80 if n else b)
-            if not n:
-                return bytes(out)
-
-    def section(i, body):
-        return bytes([i]) + leb(len(body)) + body
-    return (b"\x00asm\x01\x00\x00\x00" + section(1, b"\x01\x60\x00\x00")
-            + section(2, b"\x01\x03env" + leb(len(field)) + field + b"\x00\x00"))
+    return (b"\x00asm\x01\x00\x00\x00" + _section(1, b"\x01\x60\x00\x00")
+            + _section(2, b"\x01\x03env" + wasmbin._uleb(len(field)) + field + b"\x00\x00"))
 
 
 def _forgeries(path) -> dict:
