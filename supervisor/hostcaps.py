@@ -199,7 +199,8 @@ class HostCaps:
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
         self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
-        self._log_refused: dict[str, int] = {}    # owner -> lines refused, not yet said
+        # writer -> {owner of the log: [lines refused, not yet said, the rate]}
+        self._log_refused: dict[str, dict[str, list]] = {}
         self._log_refused_said: dict[str, float] = {}    # owner -> when that was last said
         self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
         self._servers: dict = {}                       # kind -> its method here (_log, ...)
@@ -248,35 +249,52 @@ class HostCaps:
 
     def _log(self, call, iface, method, params):
         now = self.clock()
-        budget = self._log_budget.get(call.owner)
+        owner = call.owner
+        writer = call.caller or owner
+        # The budget is the writer's: a compartment (or client) handed another's Log
+        # writes from a bucket of its own for that log, at the lower of the two
+        # log_rates.  On the owner's bucket, it took every line of the owner's own
+        # logs (stdout, stderr, any log grant), which then failed EAGAIN: a limit of
+        # one compartment reached by another.  At its own rate alone, a writer with
+        # a higher log_rate than the owner filled the owner's log faster than the
+        # owner itself may.
+        key = owner if writer == owner else (owner, writer)
+        budget = self._log_budget.get(key)
         if budget is None:
-            budget = self._log_budget[call.owner] = TokenBucket(self.log_rate(call.owner), now)
+            rate = self.log_rate(owner) if writer == owner else \
+                min(self.log_rate(owner), self.log_rate(writer))
+            budget = self._log_budget[key] = TokenBucket(rate, now)
         if not budget.take(now):
-            self._log_refused[call.owner] = self._log_refused.get(call.owner, 0) + 1
-            return Refusal(f"EAGAIN: {call.owner} writes to its log faster than "
+            refused = self._log_refused.setdefault(writer, {}).setdefault(owner, [0, 0.0])
+            refused[0] += 1
+            refused[1] = budget.rate
+            into = "its log" if writer == owner else f"{owner}'s log"
+            return Refusal(f"EAGAIN: {writer} writes to {into} faster than "
                            f"{budget.rate:g} lines/s (limit log_rate)", "overloaded")
         text = bounded(params["text"], LOG_LINE_LIMIT)
         note = None
-        if call.owner in self._log_refused and \
-                now - self._log_refused_said.get(call.owner, -1.0) >= 1.0:
-            self._log_refused_said[call.owner] = now      # at most once a second
-            note = self.log_refused(call.owner)
-        return Answer(protocol.EMPTY, lines=(LogLine(call.owner, text),),
+        if writer in self._log_refused and \
+                now - self._log_refused_said.get(writer, -1.0) >= 1.0:
+            self._log_refused_said[writer] = now      # at most once a second
+            note = self.log_refused(writer)
+        return Answer(protocol.EMPTY, lines=(LogLine(owner, text),),
                       notices=(note,) if note else ())
 
-    def log_refused(self, owner: str) -> str | None:
-        """What the operator was not told yet: how many of `owner`'s log lines were
-        refused by its log_rate since it was last said (with a line shown, at most
-        once a second, and when its program ends or its engine stops).  The plugin got EAGAIN for
-        each; without this a burst of printf (a WASI program's stdout) lost its
-        lines and nobody watching the system ever knew."""
-        n = self._log_refused.pop(owner, 0)
-        if not n:
+    def log_refused(self, writer: str) -> str | None:
+        """What the operator was not told yet: how many of the log lines `writer` wrote
+        were refused by log_rate since it was last said (with a line shown, at most
+        once a second, and when its program ends or its engine stops).  The plugin got
+        EAGAIN for each; without this a burst of printf (a WASI program's stdout) lost
+        its lines and nobody watching the system ever knew."""
+        refused = self._log_refused.pop(writer, None)
+        if not refused:
             return None
-        budget = self._log_budget.get(owner)
-        rate = budget.rate if budget is not None else self.log_rate(owner)
-        return f"{n} log line{'s' * (n != 1)} of {owner} not shown: more than {rate:g} " \
-               f"a second (limit log_rate)"
+        said = []
+        for owner, (count, rate) in refused.items():
+            into = "" if owner == writer else f" (to {owner}'s log)"
+            said.append(f"{count} log line{'s' * (count != 1)} of {writer}{into} not "
+                        f"shown: more than {rate:g} a second (limit log_rate)")
+        return "; ".join(said)
 
     def _clock(self, call, iface, method, params):
         ns = self.wall_ns() if method.name == "wall" else self.monotonic_ns()

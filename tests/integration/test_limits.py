@@ -268,3 +268,62 @@ def test_the_engines_store_allows_one_memory_and_a_probe_memory(tmp_path):
         probed.instantiate()
     finally:
         ours.close(), theirs.close()
+
+
+def test_a_log_handed_on_and_flooded_leaves_its_owner_its_own_lines(tmp_path):
+    """Real engines: app hands its Log to sink (in the capability table of a call),
+    and sink writes 200 lines to it at once.  Those lines were taken from app's own
+    log_rate budget, shared by every log app has: app's next line to its own log
+    failed EAGAIN, a limit of app's reached by another compartment.  sink now
+    writes from a budget of its own for that log (at the lower of the two rates),
+    and app's own line is shown."""
+    from tests.integration.guests import _PRELUDE
+    (tmp_path / "sink.wat").write_text(f"""(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+{_PRELUDE}
+  (data (i32.const 300) "sunk")
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
+        (param $ncaps i32) (result i32)
+    (local $i i32)
+    (drop (call $params_read (i32.const 4000) (i32.const 5000)))
+    (global.set $log (i32.load (i32.const 5000)))     ;; the log app handed over
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 200)))
+      (call $log (i32.const 300) (i32.const 4))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (i32.const 0)))
+""")
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (i32.store (i32.const 3000) (global.get $log))
+    (local.set $r (call $call (local.get $h) (i64.const {CALC_ID}) (i32.const 2)
+                        (i32.const 0) (i32.const 0) (i32.const 3000) (i32.const 1)
+                        (i32.const 1000)))
+    (call $log_int (i32.const 230) (i32.const 4) (local.get $r))
+    (call $log (i32.const 210) (i32.const 12))
+    (if (i32.ne (i32.load (i32.const 7896)) (i32.const 0)) (then unreachable))
+    """, {"sink": 200, "app is heard": 210, "sent": 230}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.sink]
+module = "sink.wat"
+exports = "Calc"
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.grants]
+log = {{ host = "log" }}
+sink = {{ compartment = "sink" }}
+[compartments.app.limits]
+log_rate = 20
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    lines = [l[len("[app] "):] for l in r.stdout.splitlines() if l.startswith("[app] ")]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sent 0" in lines and lines[-1] == "app is heard", lines
+    # sink's lines went to app's log, at app's rate at most: a burst of 20
+    assert 20 <= lines.count("sunk") < 40, lines
+    assert "log lines of sink (to app's log) not shown" in r.stderr, r.stderr

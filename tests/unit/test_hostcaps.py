@@ -518,3 +518,36 @@ def test_a_read_no_byte_of_which_fits_names_the_caller_whose_message_size_it_is(
             assert f"message to {named} (raise its message_size)" in got.reason, got.reason
     finally:
         f.close()
+
+
+@pytest.mark.parametrize("writer", ["z", "external"])
+def test_a_log_handed_on_is_written_from_the_writers_budget_not_the_owners(writer):
+    """app hands its Log to z (or to an external client), which writes as fast as it
+    can: its lines were taken from app's log_rate bucket, which every log of app's
+    (stdout, stderr, any log grant) shares, so app's own writes on any of them failed
+    EAGAIN, a limit of one compartment reached by another.  The writer now has a
+    bucket of its own for that log, at the lower of the two rates (a writer with a
+    higher log_rate still cannot fill app's log faster than app itself may)."""
+    rates = {"app": 10.0, "z": 1000.0}
+    now = [0.0]
+    hosts = hostcaps.HostCaps(lambda name: rates.get(name, 100.0), clock=lambda: now[0])
+    write = LOG.method("write")
+
+    def line(caller, text="x"):
+        content = payloads.build(write.params, {"text": text})[0]
+        return hosts.serve(fx.HostCall(1, "log", "app", None, LOG.id, write.ordinal,
+                                       content, 1 << 20, caller))
+
+    outcomes = [line(writer) for _ in range(50)]
+    shown = [o for o in outcomes if isinstance(o, hostcaps.Answer)]
+    assert len(shown) == 10                      # app's rate, not the writer's own
+    assert all(l.compartment == "app" for o in shown for l in o.lines)  # app's log still
+    refused = [o for o in outcomes if isinstance(o, hostcaps.Refusal)]
+    assert refused and all(o.type == "overloaded" and f"{writer} writes to app's log" in
+                           o.reason for o in refused)
+    # app itself (caller app, or unnamed) still has its whole burst
+    assert all(isinstance(line(c), hostcaps.Answer) for c in ("app", "") for _ in range(5))
+    # and the operator is told whose lines were not shown
+    assert hosts.log_refused(writer) == (f"40 log lines of {writer} (to app's log) not "
+                                         f"shown: more than 10 a second (limit log_rate)")
+    assert hosts.log_refused("app") is None
