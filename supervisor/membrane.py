@@ -91,6 +91,14 @@ class Membrane:
     def revoked(self) -> str | None:
         return self.forward.revoked if self.forward is not None else self._revoked
 
+    @property
+    def expires(self) -> float | None:
+        """When the grant expires (expires_after): a reverse membrane expires with its
+        grant, as it is revoked with it.  Else the other side called back what the
+        holder passed through the grant (an observer) for ever after the grant had
+        expired, and natively: the fast lane took such calls back."""
+        return self.forward.expires_at if self.forward is not None else self.expires_at
+
     def revoke(self) -> list:
         """Revoke it; returns the reply keys of the calls in flight through it."""
         if self._revoked is not None:
@@ -112,7 +120,8 @@ class Membrane:
             allowed = ", ".join(sorted(names.call(i, j) for i, j in self.allow or ()))
             raise Denial(f"{cap.label}: {names.call(call.interface_id, call.method_id)} "
                          f"is not allowed (allow = [{allowed}])", "failed")
-        if self.expires_at is not None and now >= self.expires_at:
+        expires = self.expires
+        if expires is not None and now >= expires:
             raise Denial(f"{cap.label} has expired (expires_after)", "failed")
         if self.uses_left is not None and self.uses_left <= 0:
             if self.held:

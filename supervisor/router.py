@@ -925,8 +925,9 @@ class Router:
                 m.admit(cap, call, self.clock(), self.names)
                 if m.counts:
                     self._spent.setdefault(call.reply, []).append(m)
-                if m.counts or m.expires_at is not None:
-                    route = None             # a quota counts every call: Python's
+                if m.counts or m.expires is not None:
+                    route = None             # a quota counts every call: Python's (an
+                    #                          expiry, its reverse's callbacks too)
                 m.inflight.add(call.reply)
                 self._through.setdefault(call.reply, []).append((m, self._method(call)))
                 if call.caps:

@@ -1068,6 +1068,47 @@ def test_revocation_takes_down_the_routes_of_calls_back_through_the_grant(sup):
     assert "was revoked" in calc.returns()[-1].error
 
 
+def test_calls_back_through_a_grant_that_expires_never_take_the_lane(sup):
+    """A grant with expires_after: calc's plain callbacks on the observer app passed
+    through it got a native route (the grant's reverse membrane had no expiry), so
+    they went on natively after the grant expired.  Like calls through the grant,
+    they stay Python's, which refuses them once it has."""
+    observer_id = 0xC0FFEE0000000003
+    now = [0.0]
+    s = sup({"calc": CALC, "app": None}, clock=lambda: now[0])
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", expires_after=5)])
+    observer = object()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, Content.capability(0),
+                                [observer])[1])
+    app.until(lambda: calc.calls())
+    first = calc.calls()[-1]
+    obs = first.payload.caps[0].import_id
+    calc.send(calc.conn.send_return(first.answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+
+    def callback() -> bool:
+        calc.inbox[:] = [e for e in calc.inbox if not isinstance(e, P.ReturnReceived)]
+        n = len([c for c in app.calls() if c.target is observer])
+        qid, data = calc.conn.send_call(obs, observer_id, 0, params())
+        calc.send(data)
+        calc.until(lambda: len([c for c in app.calls() if c.target is observer]) > n
+                   or any(r.question_id == qid for r in calc.returns()), 3)
+        got = [c for c in app.calls() if c.target is observer]
+        if len(got) > n:
+            app.send(app.conn.send_return(got[-1].answer_id, no_finish=True))
+            calc.until(lambda: any(r.question_id == qid for r in calc.returns()), 3)
+            return True
+        return False
+
+    before = s.lane.stats()["calls"]
+    assert callback() and callback()
+    assert s.lane.stats()["calls"] == before and not s.router._routes    # Python's
+    now[0] = 5.0
+    assert not callback()
+    assert "has expired (expires_after)" in calc.returns()[-1].error
+
+
 def test_a_large_message_leaves_no_large_buffer_behind(sup):
     """A peer's input buffer grew to hold the largest message it ever sent, and its
     output buffer the largest backlog, and kept that size while it stayed open:

@@ -479,6 +479,50 @@ def test_quotas_on_a_grant_uses_expiry_and_rate():
 
 
 
+@pytest.mark.parametrize("passed", ["in params", "in a call back's answer"])
+def test_what_the_holder_passed_through_a_grant_cannot_be_called_back_once_it_expired(passed):
+    """A grant with expires_after: app passes its observer to calc through it (in
+    the params of sumTo, or in its answer to calc's call back on another
+    observer).  Once the grant expired, app's own calls through it were denied, but
+    calc called the observer back for ever after: the grant's reverse membrane,
+    which revocation cuts, knew nothing of the expiry.  Now it expires with the
+    grant, as it is revoked with it."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0],
+                      names={**NAMES, OBSERVER: ("Observer", {0: "step"})})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", expires_after=5)])
+    first, observer = object(), object()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 2, caps=[first])[1])
+    held = calc.inbox.pop().payload.caps[0].import_id
+    if passed != "in params":
+        calc.send(calc.conn.send_call(held, OBSERVER, 0)[1])
+        step = app.inbox.pop()
+        seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+        app.send(app.conn.send_return(step.answer_id, Content.standalone([seg]), [observer]))
+        held = calc.inbox.pop().payload.caps[0].import_id
+    target = first if passed == "in params" else observer
+
+    def call_back():
+        calc.send(calc.conn.send_call(held, OBSERVER, 0)[1])
+        got = [e for e in app.inbox if isinstance(e, P.CallReceived)]
+        app.inbox[:] = [e for e in app.inbox if not isinstance(e, P.CallReceived)]
+        if got:
+            assert got[-1].target is target
+            app.send(app.conn.send_return(got[-1].answer_id))
+        return calc.inbox.pop()
+
+    now[0] = 4.0
+    assert call_back().error is None                      # before: it reaches app
+    now[0] = 5.0
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert "app.calc has expired (expires_after)" in app.inbox.pop().error
+    ret = call_back()                                     # after: it does not
+    assert ret.error is not None, "calc called app's observer after the grant expired"
+    assert re.fullmatch(r"denied: app object #\d+ \(passed through app\.calc\) has "
+                        r"expired \(expires_after\)", ret.error), ret.error
+
+
 # ------------------------------------------------------------------ the choke point
 
 
