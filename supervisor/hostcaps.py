@@ -198,10 +198,12 @@ class HostCaps:
         self.log_rate = log_rate
         self.clock = clock
         self.wall_ns, self.monotonic_ns, self.entropy = wall_ns, monotonic_ns, entropy
-        self._log_budget: dict[str, TokenBucket] = {}      # owner -> its lines per second
-        # writer -> {owner of the log: [lines refused, not yet said, the rate]}
+        # a writer -> its lines per second (to every log), and (owner, writer) -> the
+        # writer's at the owner's rate on a Log it was handed (_log)
+        self._log_budget: dict = {}
+        # writer -> {owner of the log: [lines refused and not yet said, the rate]}
         self._log_refused: dict[str, dict[str, list]] = {}
-        self._log_refused_said: dict[str, float] = {}    # owner -> when that was last said
+        self._log_refused_said: dict[str, float] = {}    # writer -> when that was last said
         self._signatures: dict[tuple, tuple] = {}      # (class, method) -> _signature()
         self._servers: dict = {}                       # kind -> its method here (_log, ...)
         self._quotas: dict[tuple, hostfs.WriteQuota] = {}  # (owner, grant) -> its quota
@@ -251,26 +253,33 @@ class HostCaps:
         now = self.clock()
         owner = call.owner
         writer = call.caller or owner
-        # The budget is the writer's: a compartment (or client) handed another's Log
-        # writes from a bucket of its own for that log, at the lower of the two
-        # log_rates.  On the owner's bucket, it took every line of the owner's own
-        # logs (stdout, stderr, any log grant), which then failed EAGAIN: a limit of
-        # one compartment reached by another.  At its own rate alone, a writer with
-        # a higher log_rate than the owner filled the owner's log faster than the
-        # owner itself may.
-        key = owner if writer == owner else (owner, writer)
-        budget = self._log_budget.get(key)
-        if budget is None:
-            rate = self.log_rate(owner) if writer == owner else \
-                min(self.log_rate(owner), self.log_rate(writer))
-            budget = self._log_budget[key] = TokenBucket(rate, now)
-        if not budget.take(now):
-            refused = self._log_refused.setdefault(writer, {}).setdefault(owner, [0, 0.0])
-            refused[0] += 1
-            refused[1] = budget.rate
-            into = "its log" if writer == owner else f"{owner}'s log"
-            return Refusal(f"EAGAIN: {writer} writes to {into} faster than "
-                           f"{budget.rate:g} lines/s (limit log_rate)", "overloaded")
+        # Every line is the writer's: it spends the writer's own log_rate, whoever's
+        # log it goes to.  A line to a Log handed on by another compartment (or to an
+        # external client) also spends a budget of the writer's own for that log, at
+        # the owner's log_rate, and never the owner's: on the owner's bucket, which
+        # all of the owner's logs share (stdout, stderr, any log grant), another
+        # compartment made the owner's own lines fail EAGAIN, a limit of one
+        # compartment reached by another; and no writer fills the owner's log faster
+        # than the owner itself may.
+        taken = []
+        for key, rate_of in ((writer, writer), ((owner, writer), owner)) \
+                if writer != owner else ((owner, owner),):      # (bucket, whose rate)
+            budget = self._log_budget.get(key)
+            if budget is None:
+                budget = self._log_budget[key] = TokenBucket(self.log_rate(rate_of), now)
+            if not budget.take(now):
+                for given in taken:
+                    given.give_back()
+                refused = self._log_refused.setdefault(writer, {}).setdefault(
+                    owner, [0, 0.0])
+                refused[0] += 1
+                refused[1] = budget.rate
+                whose = "" if key == writer else f"{owner}'s "
+                into = "its logs" if key == writer else f"{owner}'s log"
+                return Refusal(f"EAGAIN: {writer} writes to {into} faster than "
+                               f"{budget.rate:g} lines/s ({whose}limit log_rate)",
+                               "overloaded")
+            taken.append(budget)
         text = bounded(params["text"], LOG_LINE_LIMIT)
         note = None
         if writer in self._log_refused and \

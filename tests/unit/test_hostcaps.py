@@ -551,3 +551,23 @@ def test_a_log_handed_on_is_written_from_the_writers_budget_not_the_owners(write
     assert hosts.log_refused(writer) == (f"40 log lines of {writer} (to app's log) not "
                                          f"shown: more than 10 a second (limit log_rate)")
     assert hosts.log_refused("app") is None
+
+
+def test_what_a_compartment_writes_to_a_log_it_was_handed_spends_its_own_log_rate_too():
+    """Every line is its writer's: z (log_rate 5) handed app's Log (log_rate 100)
+    writes 5 lines at once, not 100 (its log_rate bounds what it writes, to its own
+    logs or another's), and its own log then refuses it too, while app's is whole."""
+    rates = {"app": 100.0, "z": 5.0}
+    hosts = hostcaps.HostCaps(lambda name: rates.get(name, 100.0), clock=lambda: 0.0)
+    write = LOG.method("write")
+
+    def line(owner, caller):
+        content = payloads.build(write.params, {"text": "x"})[0]
+        return hosts.serve(fx.HostCall(1, "log", owner, None, LOG.id, write.ordinal,
+                                       content, 1 << 20, caller))
+
+    shown = [line("app", "z") for _ in range(20)]
+    assert sum(isinstance(o, hostcaps.Answer) for o in shown) == 5
+    assert "z writes to its logs faster than 5 lines/s (limit log_rate)" in shown[-1].reason
+    assert isinstance(line("z", "z"), hostcaps.Refusal)
+    assert all(isinstance(line("app", "app"), hostcaps.Answer) for _ in range(100))
