@@ -229,7 +229,11 @@ class Router:
         self.pipelined_total = pipelined_total
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self.pipelined_pooled = 0                      # ... beyond each one's own share
-        self._promises: dict[tuple, list] = {}         # (peer id, answer id) -> [Promised]
+        # (peer id, answer id) -> {Promised: None}, in the order they came: a dict, not
+        # a list, so that letting go of one is not a search among all the others (a
+        # peer could keep thousands waiting on one answer, and make each of its calls
+        # of 256 such capabilities compare millions)
+        self._promises: dict[tuple, dict] = {}
         # Tail calls (sendResultsTo.yourself), (peer id, answer id) -> either
         # (question id, handler) of the question the peer answered with it
         # (takeFromOtherQuestion) while the call runs (the handler stays in
@@ -1653,7 +1657,7 @@ class Router:
             raise CallError(f"capability from a failed call: {c.error}", c.error_type)
         if c.result is None:            # not returned yet: calls on it wait for it
             promised = Promised(peer, c.answer_id, c.transform)
-            self._promises.setdefault((peer.id, c.answer_id), []).append(promised)
+            self._promises.setdefault((peer.id, c.answer_id), {})[promised] = None
             return promised
         return self._resolve_pipeline(peer, c.result, c.transform)
 
@@ -1748,7 +1752,7 @@ class Router:
                 elif cap.error is None and not cap.queue:   # no one will call it
                     waiting = self._promises.get((cap.peer.id, cap.answer_id))
                     if waiting and cap in waiting:
-                        waiting.remove(cap)
+                        del waiting[cap]
                         if not waiting:
                             del self._promises[(cap.peer.id, cap.answer_id)]
 

@@ -1298,6 +1298,65 @@ def test_a_chain_of_hundreds_of_calls_waiting_on_each_others_promises_settles_wi
     router.expire()
 
 
+def test_letting_go_of_promises_costs_the_same_however_many_others_wait_on_that_answer(
+        monkeypatch):
+    """An outside review: the promises on one unreturned answer were a list, and each
+    one let go of was looked for in it and removed from it, so a peer that kept
+    thousands waiting (calls pipelined on the answer, each passing 256 capabilities
+    promised by it) made every later call of 256 such capabilities compare millions
+    of them: 4 ms became 130 ms of the event loop per message, and another
+    compartment's call waited half a second behind a flood of them.  Counted in
+    comparisons, not time: letting go of a call's promises compares at most a few
+    per promise, with 5,120 others waiting on the same answer or none."""
+    from supervisor import caps as C
+    compared = [0]
+
+    def eq(self, other):
+        compared[0] += 1
+        return self is other
+
+    monkeypatch.setattr(C.Promised, "__eq__", eq)
+    monkeypatch.setattr(C.Promised, "__hash__", object.__hash__)
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    h = app.grants[0].import_id
+    q1, data = app.conn.send_call(h, CALC, 1)            # never answered
+    app.send(data)
+    (first,) = calc.inbox
+    n = 128                                # (256 do not fit pycapnp's first segment)
+    promised = [P.ReceiverAnswer(q1, ())] * n
+
+    def refused_call():
+        """A call passing n promises, refused on delivery: they are let go of."""
+        app.inbox.clear()
+        app.send(app.conn.send_call(h, 0x1234, 0, P.EMPTY, promised)[1])
+        (ret,) = app.inbox
+        assert "does not implement" in ret.error
+
+    compared[0] = 0
+    refused_call()
+    alone = compared[0]
+    for _ in range(40):                                   # each waits, holding n
+        app.send(app.conn.send_call((q1, ()), CALC, 0, P.EMPTY, promised)[1])
+    assert sum(map(len, router._promises.values())) == 40 * n
+    compared[0] = 0
+    refused_call()
+    assert compared[0] <= alone + 4 * n, compared[0]
+    assert sum(map(len, router._promises.values())) == 40 * n
+    # and they settle when the answer comes: the waiting calls go on to what it holds
+    # (as far as calc's handles limit takes what they pass; the others fail saying so)
+    calc.inbox.clear()
+    app.inbox.clear()
+    counter = object()
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [counter]))
+    assert not router._promises
+    went = [ev.target for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    failed = [ev.error for ev in app.inbox if isinstance(ev, P.ReturnReceived) and ev.error]
+    assert went == [counter] * len(went) and len(went) + len(failed) == 40
+    assert all("limit handles" in e for e in failed), failed
+
+
 def test_a_promise_released_before_its_answer_is_forgotten():
     router = R.Router({"calc": CALC, "app": None})
     calc, app, first, second, promised = _promise_passed(router)
