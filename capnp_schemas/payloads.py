@@ -16,7 +16,7 @@ from capnp.lib.capnp import _StructModule
 
 from . import engine as engine_schema, wire
 from .protocol import Content
-from .text import first_line
+from .text import first_line, kj_text
 
 
 def method_structs(iface, method: str) -> tuple:
@@ -110,7 +110,7 @@ def _read_pycapnp(struct_module, content: Content, max_words: int) -> dict:
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - pycapnp raises KjException, ValueError, ...
-        raise DecodeError(first_line(e)) from None
+        raise DecodeError(first_line(kj_text(e))) from None     # in words, not its C++
 
 
 _PLANS: dict[int, tuple] = {}

@@ -36,7 +36,7 @@ from . import rpc, rpcwire, wire
 from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
                       CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
                       TRAVERSAL_LIMIT_WORDS)
-from .text import KEPT_REASON_LIMIT, bounded, first_line
+from .text import KEPT_REASON_LIMIT, bounded, first_line, kj_text
 
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
@@ -1021,24 +1021,11 @@ def _set_transform(pa, transform):
         ops[i].getPointerField = f
 
 
-def _kj_text(e) -> str:
-    """What a KJ exception says, without the C++ it comes from: "capnp/message.c++:99:
-    failed: expected segment != nullptr && ...; Message did not contain a root
-    pointer." is "Message did not contain a root pointer." (a peer hears it in its
-    Abort, and the operator reads it)."""
-    text = getattr(e, "description", None)
-    if not isinstance(text, str) or not text.strip():
-        return str(e)
-    if text.startswith("expected ") and "; " in text:
-        text = text.split("; ", 1)[1]               # the condition that failed: C++
-    return text.strip() or str(e)
-
-
 def _short(e) -> str:
     """One line naming what went wrong (with the exception's class, when it is not
     one of the decoders' own errors)."""
     if isinstance(e, capnp.KjException):
-        return first_line(_kj_text(e), 200)
+        return first_line(kj_text(e), 200)
     if isinstance(e, wire.WireError):
         return first_line(e, 200)
     return f"{type(e).__name__}: {first_line(e, 200)}" if str(e).strip() \

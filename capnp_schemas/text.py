@@ -1,7 +1,8 @@
 """Text helpers every layer shares: errors as one line, and text made safe to show.
 
 `first_line(e)`: the first line of an exception's message (or its type's
-name), bounded, for one-line errors.  `bounded(text, limit)`: text cut at
+name), bounded, for one-line errors; `kj_text(e)`: what a pycapnp (KJ)
+exception says, without its C++.  `bounded(text, limit)`: text cut at
 `limit` characters, saying how many more there were (error reasons any side
 sends, event lines, log lines).  `printable(text)`: guest-controlled
 text made harmless for a terminal or a log: control characters, escape
@@ -32,6 +33,20 @@ def bounded(text: str, limit: int = REASON_LIMIT) -> str:
 def first_line(e, limit: int = 300) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def kj_text(e) -> str:
+    """What a KJ exception (pycapnp's) says, without the C++ it comes from:
+    "capnp/message.c++:99: failed: expected segment != nullptr && ...; Message did
+    not contain a root pointer." is "Message did not contain a root pointer." (a
+    peer hears it, in an Abort or a failed call, and the operator reads it).  Any
+    other exception: its text."""
+    text = getattr(e, "description", None)
+    if not isinstance(text, str) or not text.strip():
+        return str(e)
+    if text.startswith("expected ") and "; " in text:
+        text = text.split("; ", 1)[1]               # the condition that failed: C++
+    return text.strip() or str(e)
 
 
 def printable(text: str) -> str:

@@ -251,3 +251,31 @@ def test_empty_results_are_an_empty_struct_not_a_null_pointer(nums):
         ours, _ = payloads.build(sm, {})
         theirs, _ = payloads._build_pycapnp(sm, {})
         assert ours.segments == tuple(theirs.segments) and ours.segments[0] != bytes(8)
+
+
+def _far(seg, pad):
+    return 2 | (pad << 3) | (seg << 32)
+
+
+@pytest.mark.parametrize("segments", [
+    # the text field is a far pointer whose landing pad is another far pointer
+    [struct.pack("<QQ", 1 << 48, _far(1, 0)), struct.pack("<Q", _far(1, 0))],
+    # text that runs past its segment
+    [struct.pack("<QQ", 1 << 48, 1 | (2 << 32) | (1000 << 35))],
+    # a struct where text should be
+    [struct.pack("<QQQ", 1 << 48, 1 << 32, 7)],
+    # a far pointer into a segment that does not exist
+    [struct.pack("<QQ", 1 << 48, _far(5, 0))],
+], ids=["far to far", "past its segment", "struct for text", "no such segment"])
+def test_what_pycapnp_refuses_is_refused_in_words_not_cpp(segments):
+    """An outside review: Gateway.get with params pycapnp refuses answered the client
+    "Gateway.get: malformed params: capnp/layout.c++:2463: failed: expected
+    ref->kind() == WirePointer::LIST [2 == 1]; Schema mismatch: ..." (and a guest's
+    host call its EINVAL the same): the C++ of pycapnp's check, where the protocol's
+    refusals say only what was wrong (protocol._short, e5b1143)."""
+    get = hosted.GATEWAY.method("get")
+    content = Content.standalone(segments)
+    with pytest.raises(payloads.DecodeError) as e:
+        payloads.read(get.params, content, 1 << 16)
+    said = str(e.value)
+    assert said and "c++" not in said and "expected " not in said and "failed:" not in said, said
