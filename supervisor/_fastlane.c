@@ -455,7 +455,15 @@ static void flush(Lane *L, Peer *P) {
     }
     if (k < 0 && errno == EINTR) continue;
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    int err = k < 0 ? errno : EPIPE;
     P->write_closed = 1; /* the peer is gone: its reading side will tell */
+    /* ... an engine's does (it ends, and its last messages are still read); an
+     * external client's need not: one that shut down only its reading side (EPIPE
+     * here, while what it sends is still read) was served on and on, its answers
+     * dropped, never finished (max_unfinished) nor read (the queue's hard limit),
+     * where trio's sockets (runtime._Link) cut it off as gone.  It is gone here too:
+     * its stream ends now, with this error. */
+    if (P->external) end_of_input(L, P, err);
   }
   if (P->write_closed) P->out.off = P->out.len = 0;
   if (!buf_size(&P->out)) {

@@ -600,6 +600,35 @@ def test_a_client_that_never_reads_stops_being_read_and_bounds_memory(live):
     _still_serving(run, sock, before)
 
 
+def test_a_client_that_shuts_its_reading_side_is_cut_off_as_one_that_is_gone(either_path, live):
+    """An outside review: a client that shut down the reading side of its socket
+    (shutdown(SHUT_RD): the supervisor's writes to it fail with EPIPE, while what it
+    sends is still read) was cut off on trio's sockets, as a client that is gone;
+    on the fast lane, its output was dropped and it went on being served: 14,500
+    calls in 4 s, never finished (max_unfinished is 4096) and never read, calc
+    serving every one.  Whatever path it is on, a peer the supervisor can no longer
+    write to is gone: it is cut off before it can have a bound's worth of calls
+    answered, and the others are served."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    params = payloads.build(_calc_structs("add")[0], {"a": 1, "b": 2})[0]
+    for _ in range(3):                                   # its calls go natively, if they may
+        assert c.returned(c.call(calc, CALC_ID, 0, params)).payload is not None
+    c.sock.shutdown(socket.SHUT_RD)
+    c.sock.settimeout(5)
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):   # it closes it
+        while sent < 2 * P.MAX_UNFINISHED:            # calls, never finished nor read
+            c.sock.sendall(b"".join(c.conn.send_call(calc, CALC_ID, 0, params)[1]
+                                    for _ in range(50)))
+            sent += 50
+            time.sleep(0.002)
+    c.close()
+    _still_serving(run, sock, before)
+
+
 # ------------------------------------------------------------------ compartments
 
 
