@@ -887,6 +887,11 @@ class Router:
             if cap.import_id not in peer.conn.imports:
                 raise CallError("pipelined call on a capability that was released")
             return self.remote(peer, cap.import_id)
+        if not self._held(cap):
+            # let go of since the answer was returned (its holder released its import,
+            # and nothing else held it): its host may have given its id to another
+            # object since, which this one would now name
+            raise CallError("pipelined call on a capability that was released")
         return cap
 
     # ------------------------------------------------------------ delivery
@@ -987,9 +992,13 @@ class Router:
                             f"cancelled at {cap.peer.name} and not answered yet (limit "
                             f"{self.orphans_limit} a compartment: {ORPHANS_PER_IN_FLIGHT} x "
                             f"the external in_flight); try again", "overloaded")
-                if cap.import_id not in cap.peer.conn.imports:
+                if cap.peer.remotes.get(cap.import_id) is not cap \
+                        or cap.import_id not in cap.peer.conn.imports:
                     # a capability released meanwhile (should not happen: held ones are
-                    # counted); the call fails, not the connection whose message it was
+                    # counted; _resolve_pipeline refuses what an answer no longer holds);
+                    # its id may name another object of that peer's by now, which this
+                    # call must not reach.  The call fails, not the connection whose
+                    # message it was.
                     raise CallError(f"a capability of {cap.peer.name} that was released")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
                                call.content, call.caps, control.Forward(call.reply))
@@ -1639,6 +1648,21 @@ class Router:
         if r is None:
             r = peer.remotes[import_id] = Remote(peer, import_id)
         return r
+
+    @staticmethod
+    def _held(cap) -> bool:
+        """Whether `cap` (taken from an answer's result) is still a capability the
+        supervisor holds.  A Remote let go of (swept: its import released at its
+        host) is not, and its import id is its host's to give to another object:
+        client a, which released its import of a counter and pipelined on the
+        unfinished answer that returned it, reached client b's new counter, to
+        which calc had given the id (an outside review).  A Wrapped is what it
+        wraps (the membrane's checks still apply to it)."""
+        while type(cap) is Wrapped:
+            cap = cap.target
+        if isinstance(cap, Remote):
+            return cap.peer.remotes.get(cap.import_id) is cap
+        return True
 
     @staticmethod
     def is_remote_of(cap, peer: Peer) -> bool:

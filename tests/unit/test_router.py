@@ -1458,6 +1458,54 @@ def client(router, name="client", target="calc"):
     return e
 
 
+@pytest.mark.parametrize("how", ["called", "passed"])
+def test_a_capability_let_go_of_is_not_reached_through_an_answer_that_returned_it(how):
+    """An outside review: client a asked calc for a counter and kept the answer open
+    (no Finish), released its import of the counter (the router let it go at calc),
+    and pipelined on the answer: calc had given the counter's export id to client
+    b's new counter meanwhile, and a's call on the answer (or the capability it
+    passed as promised by the answer) reached b's counter: a's inc made b's 100
+    into 101, live.  What an answer returned and the router let go of since is
+    refused, as the peer's own objects it released are ("released"), however it is
+    taken from the answer: as a call's target, or a capability passed."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    a, b = client(router, "a"), client(router, "b")
+
+    def counter_for(c):
+        """c asks calc for a counter, which calc returns: (c's question, calc's object)."""
+        q, data = c.conn.send_call(c.grants[0].import_id, CALC, 1)
+        c.send(data)
+        (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.clear()
+        obj = object()
+        calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0), [obj]))
+        return q, obj
+
+    qa, mine = counter_for(a)
+    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived)]     # a never finishes
+    a.inbox.clear()
+    a.send(a.conn.send_release(ret.payload.caps[0].import_id))
+    assert [e.obj for e in calc.inbox if isinstance(e, P.ExportReleased)] == [mine]
+    calc.inbox.clear()
+    qb, theirs = counter_for(b)
+    assert calc.conn.export_id(theirs) is not None        # calc's id for mine, most likely
+    if how == "called":
+        q, data = a.conn.send_call((qa, ()), COUNTER, 0)
+    else:                                     # passed to calc, as promised by the answer
+        q, data = a.conn.send_call(a.grants[0].import_id, CALC, 2, Content.capability(0),
+                                   [P.ReceiverAnswer(qa, ())])
+    a.send(data)
+    reached = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    assert not [e for e in reached if e.target is theirs
+                or any(getattr(c, "obj", None) is theirs for c in e.payload.caps)]
+    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
+    assert ret.payload is None and "released" in ret.error, ret
+    assert a.pid in router.peers and b.pid in router.peers
+    b.send(b.conn.send_call((qb, ()), COUNTER, 0)[1])        # b's own is b's, as before
+    (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived) and e.target is theirs]
+
+
 def test_calls_gone_clients_left_at_one_compartment_do_not_refuse_calls_to_another():
     """An outside review: the bound on calls of gone external clients was one for all
     compartments, so a client that sent its in_flight calls to a slow compartment
