@@ -300,9 +300,13 @@ def _tool(args: list, data: bytes, limit: int | None = None) -> bytes:
                                   f"a module of {len(data)}: too large to instrument")
         returncode = proc.wait()
     if returncode != 0:
-        text = b"".join(err).decode("utf-8", "replace").strip().splitlines()
-        raise InstrumentError(f"wasm-tools {args[0]}: {text[0] if text else returncode}"
-                              [:500], transient=returncode < 0 or not text)
+        text = [t.strip() for t in b"".join(err).decode("utf-8", "replace").splitlines()
+                if t.strip()]
+        # its first line and its innermost cause ("func 0 failed to validate", "0:
+        # unknown memory 1 (at offset 0x35)"): the first alone did not say what
+        what = text[0] + (f": {text[-1]}" if len(text) > 1 else "") if text else returncode
+        raise InstrumentError(f"wasm-tools {args[0]}: {what}"[:500],
+                              transient=returncode < 0 or not text)
     return b"".join(out)
 
 
@@ -761,6 +765,19 @@ def rewrite(module: bytes, points) -> tuple[bytes, Sites]:
                               f"instrumented")
     if not module.startswith(b"\0asm"):
         module = _tool(["parse", "-", "-o", "/dev/stdout"], module)
+    # The module as it is must be valid: the rewriting adds a memory, a global and
+    # functions after the module's own, so a reference past the module's own (memory
+    # 1 of a module with one, global.set of a global it lacks, a call past its last
+    # function) named them in the result, which then validated: the module wrote the
+    # probe memory's flags and counters and called the probe hooks (events that never
+    # happened).  Refused before a line is edited, whoever calls this.
+    try:
+        _tool(["validate", "--features", "all", "-"], module)
+    except InstrumentError as e:
+        if e.transient:
+            raise
+        raise InstrumentError(f"the module is not valid WebAssembly ({e}), so it is not "
+                              f"rewritten") from None
     names = function_names(module)
     wat = _tool(["print", "-"], module).decode("utf-8")
     text, sites = _Rewriter(wat, points, names).run()

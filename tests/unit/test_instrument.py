@@ -562,3 +562,30 @@ def test_a_memory64_store_is_reported_at_its_address_never_a_wrapped_one(address
     (event,), _ = sub.take(10)
     assert event["address"] == told
     assert r.list("c")[0]["range"] == [told, told + 8]
+
+
+# Each names what the module does not have, and what the rewriting adds after its
+# own: the probe memory (memory 1), `wsuper:on` (global 0 of a module without
+# globals), and the functions appended (the clones, the hit and store helpers).
+PAST_THE_MODULE = {
+    "a memory": '(memory 1) (func (export "f") (i32.store8 1 (i32.const 0) (i32.const 3)))',
+    "a load": '(memory 1) (func (export "f") (result i32) (i32.load 1 (i32.const 0)))',
+    "a global": '(memory 1) (func (export "f") (global.set 0 (i32.const 1)))',
+    "a function": '(memory 1) (func (export "f") (call 2 (i32.const 0) (i32.const 2)))',
+    "a reference": '(memory 1) (elem declare func 3) (func (export "f") (drop (ref.func 3)))',
+}
+
+
+@pytest.mark.parametrize("what", PAST_THE_MODULE)
+def test_an_invalid_module_is_refused_before_its_references_reach_the_probes(what):
+    """A module that names a memory, global or function it does not have is invalid,
+    and stays so: rewritten, those indices named the probe memory, `wsuper:on` and
+    the functions the rewriting adds, the result validated, and the module wrote
+    its own flags and counters and called the probe hooks (forged events).  The
+    supervisor's check refuses the module as it is, but a module file replaced while
+    the system runs is read again at the next start, where only this stands."""
+    wat = f"(module {PAST_THE_MODULE[what]})"
+    with pytest.raises(InstrumentError, match="not valid WebAssembly"):
+        instrument.rewrite(wat.encode(), instrument.POINTS)
+    with pytest.raises(InstrumentError, match="not valid WebAssembly"):
+        instrument.rewrite(bytes(wasmtime.wat2wasm(wat)), ["functions"])
