@@ -1432,6 +1432,18 @@ _RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
 def _why_not(e) -> str:
     """Why instantiation failed: a trap in the module's start function says where."""
     if isinstance(e, wasmtime.Trap):
+        try:
+            ran, code = bool(e.frames), e.trap_code
+        except Exception:  # noqa: BLE001 - a backtrace is a nicety
+            ran, code = True, None
+        if not ran:     # no code of its own ran: its memory and tables were being set
+            # up (a module without a start function was said to have one that trapped)
+            what = {wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS:
+                    "one of its data segments lies past the end of its memory",
+                    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS:
+                    "one of its element segments lies past the end of its table"}.get(
+                code, "setting up its memory, tables and globals failed")
+            return f"{what}: {_trap_reason(e)}"
         return f"its start function trapped: {_trap_reason(e)}"
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"

@@ -219,20 +219,23 @@ class Facts:
 
 
 def _read_globals(r: _Reader, globals_: list):
-    """A global section: the value of each i32 global known before instantiation
-    (None: not known) is appended to `globals_`.  A constant expression may only
-    read immutable globals."""
+    """A global section: the value of each i32 or i64 global known before
+    instantiation, as (bits, value) (None: not known, or another type), is
+    appended to `globals_`.  A constant expression may only read immutable
+    globals."""
     for _ in range(r.count(3)):
-        is_i32 = r.pos < r.end and r.data[r.pos] == _I32
+        bits = {_I32: 32, _I64: 64}.get(r.data[r.pos]) if r.pos < r.end else None
         _valtype(r)
         mutable = r.byte()
-        value = _const_i32(r, globals_)
-        globals_.append(value if is_i32 and not mutable else None)
+        value = _const(r, globals_, bits or 32)
+        globals_.append((bits, value) if bits and value is not None and not mutable
+                        else None)
 
 
-def _active_data(r: _Reader, globals_: list):
+def _active_data(r: _Reader, globals_: list, wide=()):
     """A data section's active segments: (index, memory, offset or None if
-    computed, size)."""
+    computed, size).  `wide`: the indices of the 64-bit memories (memory64), whose
+    offsets are i64 expressions."""
     for i in range(r.count()):
         flags = r.uleb()
         if flags == 1:                  # passive
@@ -241,7 +244,7 @@ def _active_data(r: _Reader, globals_: list):
         if flags not in (0, 2):
             raise BinaryError(f"data segment flags {flags}")
         mem = r.uleb() if flags == 2 else 0
-        offset = _const_i32(r, globals_)
+        offset = _const(r, globals_, 64 if mem in wide else 32)
         size = r.uleb()
         r.skip(size)
         yield i, mem, offset, size
@@ -358,7 +361,8 @@ def instantiation_problem(data: bytes) -> str | None:
                 if flags > 7:
                     raise BinaryError(f"element segment flags {flags}")
                 table = r.uleb() if flags in (2, 6) else 0
-                offset = _const_i32(r, globals_) if not flags & 1 else None
+                wide = table < len(tables) and tables[table][0] & 4     # table64
+                offset = _const(r, globals_, 64 if wide else 32) if not flags & 1 else None
                 if flags & 3 in (1, 2, 3):
                     if flags & 4:
                         _valtype(r)             # the reference type of its expressions
@@ -370,8 +374,8 @@ def instantiation_problem(data: bytes) -> str | None:
                         _skip_expr(r)
                     else:
                         r.uleb()
-                if offset is None or table >= len(tables) or tables[table][0] & 4:
-                    continue            # passive, declared, computed or 64-bit: not read
+                if offset is None or table >= len(tables):
+                    continue            # passive, declared or computed: not read
                 if offset + count > tables[table][1]:
                     return (f"its element segment {i} at [{offset}, {offset + count}) lies "
                             f"past the end of table {table} ({tables[table][1]} elements "
@@ -382,9 +386,10 @@ def instantiation_problem(data: bytes) -> str | None:
         elif s.id == _GLOBAL:
             _read_globals(r, globals_)
         elif s.id == _DATA:
-            for i, mem, offset, size in _active_data(r, globals_):
-                if offset is None or mem >= len(memories) or memories[mem][0] & (4 | 8):
-                    continue            # 64-bit or custom pages: not read here
+            wide = {k for k, (flags, _low, _high) in enumerate(memories) if flags & 4}
+            for i, mem, offset, size in _active_data(r, globals_, wide):
+                if offset is None or mem >= len(memories) or memories[mem][0] & 8:
+                    continue            # custom pages: not read here
                 end = memories[mem][1] * WASM_PAGE
                 if offset + size > end:
                     return (f"its data segment {i} at [{offset:#x}, {offset + size:#x}) lies "
@@ -479,12 +484,25 @@ def table_minimums(data: bytes) -> tuple[int, ...]:
 
 
 def _const_i32(r: _Reader, globals_: list = ()) -> int | None:
-    """A constant expression of type i32 (an offset, a global's value): its value,
-    or None if it cannot be known before instantiation (it reads an imported
-    global) or is not of that form; the expression is read to its `end` either
-    way.  Evaluated as wasmtime does: `i32.const`, `global.get` of an immutable
-    global whose value is known (`globals_`, index -> value or None), and
-    extended-const's `i32.add`, `i32.sub` and `i32.mul`, wrapping at 2^32."""
+    """A constant expression of type i32: see `_const`."""
+    return _const(r, globals_, 32)
+
+
+#: (const, add, sub, mul) opcodes of i32 and of i64
+_CONST_OPS = {32: (0x41, 0x6A, 0x6B, 0x6C), 64: (0x42, 0x7C, 0x7D, 0x7E)}
+
+
+def _const(r: _Reader, globals_: list = (), bits: int = 32) -> int | None:
+    """A constant expression of type i32 or i64 (`bits`: an offset, a global's
+    value): its value, unsigned, or None if it cannot be known before
+    instantiation (it reads an imported global) or is not of that form; the
+    expression is read to its `end` either way.  Evaluated as wasmtime does:
+    `iNN.const`, `global.get` of an immutable global of that type whose value is
+    known (`globals_`, index -> (bits, value) or None), and extended-const's
+    `add`, `sub` and `mul`, wrapping at 2^bits.  (A 64-bit memory's or table's
+    offsets are i64: read as i32, they were unknown, and a data segment past
+    the end of a memory64 passed every check and failed every start.)"""
+    const, *arith = _CONST_OPS[bits]
     start = r.pos
     stack: list = []
     try:
@@ -492,17 +510,18 @@ def _const_i32(r: _Reader, globals_: list = ()) -> int | None:
             op = r.byte()
             if op == 0x0B:
                 if len(stack) == 1 and stack[0] is not None:
-                    return stack[0] & 0xFFFFFFFF
+                    return stack[0] & ((1 << bits) - 1)
                 return None
-            if op == 0x41:
-                stack.append(r.sleb(32))
+            if op == const:
+                stack.append(r.sleb(bits))
             elif op == 0x23:
                 index = r.uleb()
-                stack.append(globals_[index] if index < len(globals_) else None)
-            elif op in (0x6A, 0x6B, 0x6C) and len(stack) >= 2:
+                known = globals_[index] if index < len(globals_) else None
+                stack.append(known[1] if known is not None and known[0] == bits else None)
+            elif op in arith and len(stack) >= 2:
                 b, a = stack.pop(), stack.pop()
                 stack.append(None if a is None or b is None else
-                             a + b if op == 0x6A else a - b if op == 0x6B else a * b)
+                             a + b if op == arith[0] else a - b if op == arith[1] else a * b)
             else:
                 break
     except BinaryError:
@@ -741,6 +760,7 @@ _BULK_BYTES = re.compile(rb"\xfc(?:[\x08\x0a\x0b]|[\x88\x8a\x8b]\x80{0,3}\x00)")
 # ---------------------------------------------------------------- rewriting
 
 _I32 = 0x7F
+_I64 = 0x7E
 _CHECK_TYPE = bytes([0x60, 3, _I32, _I32, _I32, 3, _I32, _I32, _I32])   # (i32 i32 i32) -> same
 
 

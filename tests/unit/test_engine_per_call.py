@@ -230,3 +230,27 @@ def test_capabilities_of_a_call_whose_instance_cannot_be_had_are_released(tmp_pa
                   if isinstance(e, protocol.ReturnReceived)]
         assert ret.payload is None and ret.error_type == "overloaded", ret.error
     assert engine.conn.imports == {} and sup.exports == {}
+
+
+@pytest.mark.parametrize("body, says", [
+    ('(memory (export "memory") i64 1) (data (i64.const 65530) "0123456789")',
+     "one of its data segments lies past the end of its memory: out of bounds memory access"),
+    ('(memory (export "memory") 1) (table i64 1 funcref) (elem (table 0) (i64.const 1) func 0)',
+     "one of its element segments lies past the end of its table: undefined element: "
+     "out of bounds table access"),
+    ('(memory (export "memory") 1) (func $s unreachable) (start $s)',
+     "its start function trapped: wasm `unreachable` instruction executed (in s)"),
+])
+def test_a_module_whose_segments_do_not_fit_is_not_said_to_have_a_start_function_trap(
+        tmp_path, body, says):
+    """A module that cannot be set up (a data or element segment past the end of its
+    memory or table: a module file replaced since `wsuper check`, or one its reader
+    could not judge) was reported as 'its start function trapped: out of bounds
+    memory access', whether it had a start function or not."""
+    from compartments.engine import EngineError
+    path = tmp_path / "segments.wat"
+    path.write_text(f"(module {body} (func (export \"wsuper_dispatch\") "
+                    f"(param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))")
+    with pytest.raises(EngineError) as e:
+        Engine(Recorded(), EngineSpec(name="segments", module=str(path), exports=True))
+    assert str(e.value) == f"cannot instantiate {path}: {says}"
