@@ -108,18 +108,27 @@ def signature(ty: wasmtime.FuncType) -> tuple:
     return (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
 
 
-def export_types(module: wasmtime.Module) -> dict:
-    """name -> (params, results) of each function the module exports."""
+def export_types(module: wasmtime.Module, names=abi.ENTRY_TYPES) -> dict:
+    """name -> (params, results) of each function the module exports under one of
+    `names` (the entry points: the only exports the engine calls).  Only those
+    types are read: wasmtime's C API aborts the process that asks for a function
+    type holding a v128, exnref or GC reference (`support for v128 is not
+    implemented`), and a module exporting any such helper was refused with its
+    compiler killed by SIGABRT."""
     return {exp.name: signature(exp.type) for exp in module.exports
-            if isinstance(exp.type, wasmtime.FuncType)}
+            if exp.name in names and isinstance(exp.type, wasmtime.FuncType)}
 
 
 def describe_imports(module: wasmtime.Module):
-    """(module, name, kind, signature) for each import, in abi.check_imports' terms."""
+    """(module, name, kind, signature) for each import, in abi.check_imports' terms.
+    The signature is read only of a function the ABI lists (see export_types: any
+    other is refused by its name)."""
     for imp in module.imports:
         ty = imp.type
         if isinstance(ty, wasmtime.FuncType):
-            yield imp.module, imp.name, "func", signature(ty)
+            listed = imp.name in (abi.IMPORTS if imp.module == abi.MODULE else
+                                  abi.WASI_IMPORTS if imp.module == abi.WASI_MODULE else {})
+            yield imp.module, imp.name, "func", signature(ty) if listed else None
         else:
             yield imp.module, imp.name, type(ty).__name__, None
 

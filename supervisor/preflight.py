@@ -219,9 +219,12 @@ def _module_facts(engine, path: str) -> dict:
     except _NoModule as e:
         return {"error": _clip(str(e), 2 * TEXT_MAX)}
     imports = list(describe_imports(module))
+    # only the entry points' types (wasm.export_types: reading a type that holds a
+    # v128 or a GC reference aborts this child)
     entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
                else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
-               else None for e in module.exports}
+               else None for e in module.exports
+               if e.name in abi.ENTRY_TYPES or e.name == abi.EXPORT_MEMORY}
     problem = (abi.check_imports(imports) or abi.check_entries(entries)
                or _instantiation_problem(binary))
     return {"problem": None if problem is None else _clip(problem, TEXT_MAX),

@@ -1,6 +1,8 @@
 """compartments/wasmbin.py: reading what protection needs from a module's bytes, and
 the checks inserted before bulk-memory instructions (run here with real wasmtime,
 without page protection: the checks alone decide)."""
+import os
+
 import wasmtime
 from hypothesis import given, settings, strategies as st
 
@@ -386,3 +388,50 @@ def test_counts_larger_than_the_bytes_are_refused_before_any_loop():
     data = wasmbin.MAGIC + b"\x0b\x05\xff\xff\xff\xff\x0f"
     with pytest.raises(BinaryError, match="vector of"):
         wasmbin.facts(data)
+
+
+# Types wasmtime's C API cannot hand over (it aborts the process that asks: `support
+# for v128 is not implemented`), in exports and imports the engine never calls.
+EXOTIC = ("v128", "anyref", "exnref", "(ref null 0)", "i31ref", "(ref func)")
+
+
+@pytest.mark.parametrize("where", ["export", "import"])
+def test_a_module_with_functions_of_types_wasmtime_cannot_describe_is_judged_not_aborted(
+        tmp_path, where):
+    """A module exporting a helper with a v128 (or GC reference) parameter is valid:
+    the engine calls only its entry points.  Asking wasmtime for every export's type
+    killed the process that asked (wsuper check's child, the zygote's compiler) with
+    SIGABRT, and the module was refused as 'its compiler was killed by SIGABRT'.  An
+    import of such a function is refused by its name, as any other the ABI does not
+    list."""
+    import json
+    import subprocess
+    import sys
+    helpers = "".join(
+        f'(func (export "h{i}") (param {t}) (result {t}) unreachable)' if where == "export"
+        else f'(import "env" "h{i}" (func (param {t}) (result {t})))'
+        for i, t in enumerate(EXOTIC))
+    path = tmp_path / "exotic.wat"
+    path.write_text(f'(module (type (struct)) {helpers} (memory (export "memory") 1) '
+                    f'(func (export "_start")))')
+    script = f"""if True:
+        import json, wasmtime
+        from compartments import wasm
+        from supervisor import preflight
+        engine = wasmtime.Engine(wasm.engine_config())
+        problem, d = wasm.describe(wasm.compile_module(engine, {str(path)!r}))
+        facts = preflight._module_facts(engine, {str(path)!r})
+        print(json.dumps([problem, {{k: list(map(list, v)) for k, v in d.exports.items()}},
+                          facts["problem"]]))
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-500:]
+    problem, exports, facts_problem = json.loads(run.stdout)
+    assert exports == {"_start": [[], []]}
+    if where == "export":
+        assert problem is None and facts_problem is None
+    else:
+        assert problem.startswith("imports env.h0, which is not granted")
+        assert facts_problem == problem
