@@ -566,13 +566,17 @@ def test_a_memory64_store_is_reported_at_its_address_never_a_wrapped_one(address
 
 # Each names what the module does not have, and what the rewriting adds after its
 # own: the probe memory (memory 1), `wsuper:on` (global 0 of a module without
-# globals), and the functions appended (the clones, the hit and store helpers).
+# globals), the functions appended (the clones, the hit and store helpers), and
+# the hooks' function types.
 PAST_THE_MODULE = {
     "a memory": '(memory 1) (func (export "f") (i32.store8 1 (i32.const 0) (i32.const 3)))',
     "a load": '(memory 1) (func (export "f") (result i32) (i32.load 1 (i32.const 0)))',
     "a global": '(memory 1) (func (export "f") (global.set 0 (i32.const 1)))',
     "a function": '(memory 1) (func (export "f") (call 2 (i32.const 0) (i32.const 2)))',
     "a reference": '(memory 1) (elem declare func 3) (func (export "f") (drop (ref.func 3)))',
+    # the probe hooks' types come after the module's own too
+    "a type": '(memory 1) (table 1 funcref) (func (export "f") '
+              '(call_indirect (type 2) (i32.const 0) (i64.const 0) (i32.const 0) (i32.const 0)))',
 }
 
 
