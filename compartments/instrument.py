@@ -487,6 +487,12 @@ class _Rewriter:
 
     def run(self) -> tuple[str, Sites]:
         lines, p = self.lines, self.p
+        if lines and lines[0].startswith("(module") and lines[0].endswith(")") and \
+                _balance(lines[0]) == 0:
+            # a module with nothing in it prints as one line, `(module)`: no line of
+            # its own ends it ("unexpected text from wasm-tools (no end of module)")
+            lines[0:1] = [lines[0][:-1], ")"]
+        end_of_module = max((i for i, l in enumerate(lines) if l == ")"), default=len(lines))
         imports = [_tokens(l) for l in lines if l.startswith("  (import ")]
         for toks in imports:        # ( import "module" "name" ( kind ...
             if len(toks) < 6:
@@ -513,9 +519,11 @@ class _Rewriter:
             self.addr = self.memories[0][0]
         out: list[str] = []
         if last_import is None:     # before the first definition
+            # (none: before the module's end; the line after it was taken, and a
+            # module of types alone got its hooks after its end, which failed to parse)
             first_def = next((i for i, l in enumerate(lines) if l.startswith("  (") and not
                               l.startswith("  (type ") and not l.startswith("  (rec")),
-                             len(lines) - 1)
+                             end_of_module)
             insert_at = first_def
         else:
             insert_at = last_import + 1

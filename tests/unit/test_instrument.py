@@ -593,3 +593,16 @@ def test_an_invalid_module_is_refused_before_its_references_reach_the_probes(wha
         instrument.rewrite(wat.encode(), instrument.POINTS)
     with pytest.raises(InstrumentError, match="not valid WebAssembly"):
         instrument.rewrite(bytes(wasmtime.wat2wasm(wat)), ["functions"])
+
+
+@pytest.mark.parametrize("wat", ["(module)", "(module $m)", "(module (type (func (param f32))))",
+                                 "(module (rec (type (struct)) (type (func))))",
+                                 "(module (memory 1))"])
+def test_a_module_without_functions_is_rewritten_too(wat):
+    """A valid module with no function (nothing, or only types) failed to be
+    instrumented: `(module)` prints as one line, so its end was not found ('no end of
+    module'), and with only types the hooks went after the module's end ('extra
+    tokens remaining after parse')."""
+    out, sites = instrument.rewrite(wat.encode(), instrument.POINTS)
+    wasmtime.Module(ENGINE, out)
+    assert len(sites) == 0
