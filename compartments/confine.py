@@ -102,10 +102,11 @@ class ConfinementError(OSError):
     """A layer the kernel offers could not be applied: the engine must not run."""
 
 
-def die_with_parent(parent_pid: int):
-    """Ask the kernel to SIGKILL us when `parent_pid` (our parent) dies.  The
-    setting is cleared when the process changes user: call it again after."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL):
+    """Ask the kernel to SIGKILL us (or send `sig`) when `parent_pid` (our parent)
+    dies.  The setting is cleared when the process changes user: call it again
+    after."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent_pid:               # it died before we asked
         os._exit(1)
 

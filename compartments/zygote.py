@@ -413,6 +413,9 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
         os.close(pipe)
         os.waitpid(pid, 0)
         raise
+    _collecting.add(pid)        # the zygote's SIGTERM ends it (_stop)
+    if _stopping:
+        end_group(pid)
     deadline = time.monotonic() + seconds
     chunks, size, why = [], 0, None
     poller = select.poll()
@@ -460,6 +463,7 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
                     why = "too much"
         finally:
             os.close(pipe)
+            _collecting.discard(pid)
             _, status = os.waitpid(pid, 0)
     return status, b"".join(chunks), why
 
@@ -682,6 +686,7 @@ class _Modules:
                 confining.die_with_parent(zygote)
                 os.close(r)
                 signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)      # not the zygote's _stop
                 _close_all(self.zygote_own())      # never another module's, nor ours
                 # bounded: a module can be made to compile for minutes (a 3 MB
                 # function took 5 s), and its restarts wait for it; probes'
@@ -780,6 +785,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             lead_group()                 # what it forks ends with it (collect)
             os.close(r)
             signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)      # not the zygote's _stop
             _close_all(closing)
             os.dup2(w, 2)
             os.close(w)
@@ -820,6 +826,22 @@ def _parse_schema(line: bytes, closing: list) -> dict:
                 f"{SCHEMA_SECONDS} s"}
     return {"schema": os.waitstatus_to_exitcode(status),
             "stderr": text[:1 << 16].decode("utf-8", "replace")}
+
+
+#: Set by the zygote's SIGTERM (_stop): its loop ends at its next turn
+_stopping = False
+#: The children collect() waits for, not reaped yet (group leaders: lead_group)
+_collecting: set = set()
+
+
+def _stop(_signum, _frame):
+    """The zygote's SIGTERM (the supervisor's stop): a child it waits for in collect
+    (a schema's parse, for up to a minute) ends now, with its group; the loop ends
+    the compilers' groups as it ends."""
+    global _stopping
+    _stopping = True
+    for pid in list(_collecting):
+        end_group(pid)
 
 
 class _Spare:
@@ -1076,7 +1098,9 @@ def serve(control: socket.socket, supervisor_pid: int):
 
     from . import abi, confine, engine, unchecked, wasm
     from .spec import EngineSpec, SpecError
-    confine.die_with_parent(supervisor_pid)
+    # SIGTERM, not SIGKILL: the supervisor killed, it ends its compilers' groups
+    # too (_stop), which PR_SET_PDEATHSIG alone never reaches
+    confine.die_with_parent(supervisor_pid, signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     zygote = os.getpid()
     wasm_engine = wasmtime.Engine(wasm.engine_config())
@@ -1161,6 +1185,7 @@ def serve(control: socket.socket, supervisor_pid: int):
             def refuse() -> int:
                 _close_all(closing() + list(warm or ()))
                 signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 return _refuse(spec, error, fds[0], fds[1], zygote)
             _leave_with(refuse)
         for fd in fds:
@@ -1253,71 +1278,96 @@ def serve(control: socket.socket, supervisor_pid: int):
 
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
     control_fd = control.fileno()
-    while True:
-        until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
-        if deferred is not None:
-            until.append(deferred)
-        timeout = max(0.0, min(until) - time.monotonic()) if until else None
-        jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
-        # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
-        # zygote holds two memfds a module, two descriptors a waiting request)
-        poller = select.poll()
-        for fd in (control_fd, wake_r, *jobs):
-            poller.register(fd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
-        if deferred is not None and control_fd not in ready and time.monotonic() >= deferred:
-            deferred = None                   # no request waits: fork it now
-            while len(spares) < SPARES_IDLE:
-                try:
-                    spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
-                except OSError:
-                    break             # tried again at the next request
-        for job in modules.compiling.values():
-            if not job.timed_out and job.status is None and time.monotonic() >= job.deadline \
-                    and not job.ended():
-                job.timed_out = True        # reaped below once dead, then settled
+
+    def loop():
+        """Requests, compilers' ends and engines' exits, until the supervisor is gone
+        (or its SIGTERM: _stop)."""
+        nonlocal deferred
+        while True:
+            if _stopping:                   # its SIGTERM, while it did something else
+                return
+            until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
+            if deferred is not None:
+                until.append(deferred)
+            timeout = max(0.0, min(until) - time.monotonic()) if until else None
+            jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
+            # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
+            # zygote holds two memfds a module, two descriptors a waiting request)
+            poller = select.poll()
+            for fd in (control_fd, wake_r, *jobs):
+                poller.register(fd, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+            if _stopping:                   # its SIGTERM (the wake-up pipe woke it)
+                return
+            if deferred is not None and control_fd not in ready and time.monotonic() >= deferred:
+                deferred = None                   # no request waits: fork it now
+                while len(spares) < SPARES_IDLE:
+                    try:
+                        spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
+                    except OSError:
+                        break             # tried again at the next request
+            for job in modules.compiling.values():
+                if not job.timed_out and job.status is None and time.monotonic() >= job.deadline \
+                        and not job.ended():
+                    job.timed_out = True        # reaped below once dead, then settled
+                    end_group(job.pid)
+            if wake_r in ready:
+                os.read(wake_r, 512)
+                compilers = {job.pid for job in modules.compiling.values() if job.status is None}
+                while True:
+                    try:        # who ended, left a zombie: a compiler's group ends first
+                        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    except ChildProcessError:
+                        break
+                    if info is None or info.si_pid == 0:
+                        break
+                    if info.si_pid in compilers:
+                        end_group(info.si_pid)
+                    pid, status = os.waitpid(info.si_pid, 0)
+                    if pid not in children:       # a compiler, or a spare (never handed on)
+                        for job in modules.compiling.values():
+                            if job.pid == pid:
+                                job.status = status
+                        for s in [s for s in spares if s.pid == pid]:
+                            spares.remove(s)
+                            s.sock.close()
+                        continue
+                    children.discard(pid)
+                    answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+            for fd, job in jobs.items():
+                if fd in ready:
+                    job.read()
+            for job in [job for job in modules.compiling.values() if job.status is not None]:
+                job.drain()
+                compiled(job)
+            if control_fd not in ready:
+                continue
+            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
+            if not data:
+                return                          # the supervisor is gone
+            whole, stray = lines.feed(data, fds)
+            for fd in stray:
+                os.close(fd)
+            received.extend(whole)
+            while received:                     # every whole line, in order
+                line, fds, too_long = received.popleft()
+                request(line, fds, too_long)
+
+    # Its end (the supervisor gone, its SIGTERM at the stop, a bug) ends every
+    # compiler's group first: a compiler dies with the zygote (PR_SET_PDEATHSIG), but
+    # what it forked does not (the setting is not inherited), and lived on after
+    # `wsuper up`, with whatever the module's code made of it
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        loop()
+    finally:
+        for job in list(modules.compiling.values()):
+            if job.status is None:      # not reaped yet: its group is its own
                 end_group(job.pid)
-        if wake_r in ready:
-            os.read(wake_r, 512)
-            compilers = {job.pid for job in modules.compiling.values() if job.status is None}
-            while True:
-                try:        # who ended, left a zombie: a compiler's group ends first
-                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:
-                    break
-                if info is None or info.si_pid == 0:
-                    break
-                if info.si_pid in compilers:
-                    end_group(info.si_pid)
-                pid, status = os.waitpid(info.si_pid, 0)
-                if pid not in children:       # a compiler, or a spare (never handed on)
-                    for job in modules.compiling.values():
-                        if job.pid == pid:
-                            job.status = status
-                    for s in [s for s in spares if s.pid == pid]:
-                        spares.remove(s)
-                        s.sock.close()
-                    continue
-                children.discard(pid)
-                answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-        for fd, job in jobs.items():
-            if fd in ready:
-                job.read()
-        for job in [job for job in modules.compiling.values() if job.status is not None]:
-            job.drain()
-            compiled(job)
-        if control_fd not in ready:
-            continue
-        data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
-        if not data:
-            return                          # the supervisor is gone
-        whole, stray = lines.feed(data, fds)
-        for fd in stray:
-            os.close(fd)
-        received.extend(whole)
-        while received:                     # every whole line, in order
-            line, fds, too_long = received.popleft()
-            request(line, fds, too_long)
+    if _stopping:               # ended by its signal, as it was before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 class _Lines:
     """The control socket's bytes cut into lines, each with the descriptors that came

@@ -1181,3 +1181,111 @@ def test_collect_takes_a_child_that_ended_by_its_deadline_as_ended_not_too_long(
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)      # it ended (not reaped)
     status, text, why = zygote.collect(pid, r, 0, 1 << 10)
     assert (why, os.waitstatus_to_exitcode(status), text) == (None, 7, b"done")
+
+
+@pytest.mark.parametrize("how", ["supervisor gone", "SIGTERM", "supervisor killed",
+                                 "SIGTERM in a schema's parse"])
+def test_what_a_compiler_forked_ends_with_the_zygote(tmp_path, monkeypatch, how):
+    """A compiler dies with the zygote (PR_SET_PDEATHSIG), but a process it forked
+    does not (the setting is not inherited): `wsuper up` ended (its zygote's socket
+    closed, then its SIGTERM), or killed, while a module's compile ran, and what
+    the module's code had forked lived on after the whole system (uid 0 for the
+    schema parser's child).  Now the zygote ends every compiler's group (and the
+    schema parser's) as it ends, and its supervisor's death is its SIGTERM.
+    Checked in a real zygote loop (serve) under a process playing the supervisor."""
+    import ctypes
+    import socket
+    import sys
+
+    import capnp_schemas
+    from compartments.spec import EngineSpec
+    hostile = tmp_path / "hostile.wat"
+    hostile.write_text(open(f"{EXAMPLES}/calc.wat").read())
+    monkeypatch.setattr(capnp_schemas, "PARSE_AFTER", f"""if True:
+    import ctypes, os, time
+    def parse(path, imports, before):
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, {LEFT!r}.encode(), 0, 0, 0)
+            time.sleep(600)
+            os._exit(0)
+        time.sleep(600)
+""")
+
+    real = zygote._compile_into
+
+    def compile_into(engine, path, fds, err, *args, **kwargs):
+        if path != str(hostile):        # the zygote's own warm-up module
+            return real(engine, path, fds, err, *args, **kwargs)
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, LEFT.encode(), 0, 0, 0)     # PR_SET_NAME
+            time.sleep(600)
+            os._exit(0)
+        time.sleep(600)
+        return 1
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    told_r, told_w = os.pipe()
+    before = _left_behind()
+    supervisor = os.fork()
+    if supervisor == 0:                 # plays the supervisor: the zygote's parent
+        code = 70
+        try:
+            ours.close()
+            os.close(told_r)
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                sys.stderr = open(2, "w", buffering=1, closefd=False)   # not pytest's
+                zygote._compile_into = compile_into
+                zygote.serve(theirs, me)
+                os._exit(0)
+            theirs.close()
+            os.write(told_w, b"%d\n" % pid)
+            os.waitpid(pid, 0)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    os.close(told_w)
+    kept = []
+    try:
+        with os.fdopen(told_r) as told:
+            zygote_pid = int(told.readline())
+        if how.endswith("schema's parse"):
+            schema = f"{EXAMPLES}/calc.capnp"
+            ours.sendall(json.dumps({"schema": schema, "imports": [os.path.dirname(schema)]})
+                         .encode() + b"\n")
+        else:
+            engine_ours, engine_theirs = socket.socketpair()
+            err_r, err_w = os.pipe()
+            kept += [engine_ours, err_r]
+            line = b"1 " + EngineSpec("c1", str(hostile), user=user).to_json() + b"\n"
+            socket.send_fds(ours, [line], [engine_theirs.fileno(), err_w])
+            engine_theirs.close()
+            os.close(err_w)
+        deadline = time.monotonic() + 60        # a bound on a broken test, not a measure
+        while not _left_behind() - before:      # the compile (or parse) has forked
+            assert time.monotonic() < deadline, "the hostile compiler never forked"
+            time.sleep(0.1)
+        if how == "supervisor gone":
+            ours.close()
+        elif how == "supervisor killed":
+            os.kill(supervisor, signal.SIGKILL)
+        else:
+            os.kill(zygote_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
+        while _left_behind() - before:
+            assert time.monotonic() < deadline, "a process the compiler forked lives on"
+            time.sleep(0.1)
+    finally:
+        ours.close()
+        for item in kept:
+            item.close() if hasattr(item, "close") else os.close(item)
+        for pid in (supervisor, zygote_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, NameError):
+                pass
+        os.waitpid(supervisor, 0)
+        for left in _left_behind() - before:
+            os.kill(left, signal.SIGKILL)
