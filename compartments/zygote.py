@@ -661,15 +661,17 @@ class _Modules:
         (the engines'; COMPILER_USER if None): confine_compiler."""
         path, instrument, protect, memory_limit = args[:4]
         user = args[4] if len(args) > 4 else None        # the engines' (EngineSpec.user)
-        fds = tuple(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-                    for name in ("wsuper-module", "wsuper-module-description"))
         from . import confine as confining     # imported already: serve() binds it
+        made: list = []     # the second memfd or the pipe refused: the first ones closed
         try:
+            for name in ("wsuper-module", "wsuper-module-description"):
+                made.append(os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING))
             r, w = os.pipe()
         except OSError:
-            for fd in fds:
+            for fd in made:
                 os.close(fd)
             raise
+        fds = tuple(made)
         zygote = os.getpid()
         try:
             pid = os.fork()

@@ -1289,3 +1289,31 @@ def test_what_a_compiler_forked_ends_with_the_zygote(tmp_path, monkeypatch, how)
         os.waitpid(supervisor, 0)
         for left in _left_behind() - before:
             os.kill(left, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("refused", [("memfd_create", 1), ("memfd_create", 2), ("pipe", 1),
+                                     ("fork", 1)])
+def test_a_compile_that_cannot_start_leaves_no_descriptor(tmp_path, modules, monkeypatch,
+                                                          refused):
+    """A compile that could not start (no descriptor, memory or process left) is the
+    requests' error (serve's start_compiles); the descriptors made for it before
+    the call that failed must be closed: the second memfd refused (EMFILE) left
+    the first open in the zygote, one more at each start tried, on a zygote out
+    of descriptors already."""
+    path = tmp_path / "m.wat"
+    path.write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+    call, nth = refused
+    real, calls = getattr(os, call), []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == nth:
+            raise OSError(24, "Too many open files")
+        return real(*args, **kwargs)
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, call, failing)
+    with pytest.raises(OSError):
+        modules.start(("test", 1), (str(path), (), None, 0))
+    monkeypatch.undo()
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert not modules.compiling
