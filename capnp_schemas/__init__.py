@@ -177,13 +177,16 @@ def file_kind(mode: int) -> str:
         if stat.S_ISSOCK(mode) else "not a regular file"
 
 
-def read_regular(path: str, limit: int, read: bool = True) -> bytes | None:
+def read_regular(path: str, limit: int, read: bool = True, seen: list | None = None
+                 ) -> bytes | None:
     """The bytes of `path` (None if not `read`: only its kind and size are checked),
     if it is a regular file of at most `limit` bytes; FileProblem if not.  Opened
     without blocking (a FIFO would wait for a writer for ever) and read no
     further than `limit` (a file may grow meanwhile; /dev/zero never ends).
     The one reader of the files that decide what runs: system and policy files,
-    schemas and what they import or embed."""
+    schemas and what they import or embed.  `seen`: appended the os.stat_result
+    of the file read, taken once it was read (what was read is that file's as
+    it was then, unless its change time changed)."""
     import stat
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -205,6 +208,8 @@ def read_regular(path: str, limit: int, read: bool = True) -> bytes | None:
             size += len(chunk)
         if size > limit:
             raise FileProblem(f"grew past {limit:,} bytes")
+        if seen is not None:
+            seen.append(os.fstat(fd))
         return b"".join(chunks)
     except OSError as e:
         raise FileProblem(strerror=e.strerror or str(e)) from None

@@ -54,12 +54,29 @@ class ModuleFileError(OSError):
 _PRELOADED: dict = {}
 
 
-def preload(path: str):
+def file_key(st: os.stat_result) -> tuple:
+    """What a compiled module is known by (the zygote's cache, zygote._Modules): its
+    file's device, inode, size, modification and change times.  The change time
+    too: a copy that keeps times (cp -p) of a module of the same size, written in
+    place, kept the old compiled code for good."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def preload(path: str, expect: tuple | None = None):
     """In a child about to give up root and every file (a compiler:
     confine.confine_helper): read the module file at `path` now; read_file(path)
-    then answers from memory, or raises what reading it raised."""
+    then answers from memory, or raises what reading it raised.  `expect`: the
+    file_key its compiled form will be known by (the zygote looked it up before):
+    if the file read is not that one as it was then (the path renamed over, a
+    symbolic link pointed elsewhere, the file written, since), reading it raises
+    OSError: what was read must never be taken for another file's code."""
+    seen: list = []
     try:
-        _PRELOADED[path] = (read_file(path), None)
+        data = _read_regular(path, seen)
+        if expect is not None and file_key(seen[0]) != tuple(expect):
+            raise OSError(f"the module file {path} changed while it was being compiled "
+                          f"(compiled again once it changes, or a few seconds later)")
+        _PRELOADED[path] = (data, None)
     except (OSError, ModuleFileError) as e:
         _PRELOADED[path] = (None, e)
 
@@ -76,9 +93,13 @@ def read_file(path: str) -> bytes:
         if error is not None:
             raise error
         return data
+    return _read_regular(path)
+
+
+def _read_regular(path: str, seen: list | None = None) -> bytes:
     import capnp_schemas
     try:
-        return capnp_schemas.read_regular(path, MAX_MODULE_BYTES)
+        return capnp_schemas.read_regular(path, MAX_MODULE_BYTES, seen=seen)
     except capnp_schemas.FileProblem as e:
         if e.strerror:
             raise OSError(e.strerror) from None

@@ -261,7 +261,8 @@ def limit_compiler(confining, stderr: int):
 COMPILER_USER = (65534, 65534)
 
 
-def confine_compiler(confining, path: str, probes: bool, user=None, parent: int = 0) -> list:
+def confine_compiler(confining, path: str, probes: bool, user=None, parent: int = 0,
+                     expect: tuple | None = None) -> list:
     """In a child about to parse and compile the module at `path` (hostile bytes:
     wasmparser, Cranelift, the probes' rewriter and wasm-tools), once limited
     (limit_compiler): read the module file now (wasm.preload), import what the
@@ -270,6 +271,7 @@ def confine_compiler(confining, path: str, probes: bool, user=None, parent: int 
     (Landlock; with `probes`, reading and executing wasm-tools and the loader's
     libraries only), TCP, signals and abstract sockets outside, and sockets,
     namespaces, mounts, modules, ptrace (seccomp).  It dies with `parent`.
+    `expect`: the file the compile is for (wasm.file_key; wasm.preload).
     Returns what the kernel could not give; raises confine.ConfinementError."""
     import selectors  # noqa: F401 - imported now: no file can be read after
     import subprocess  # noqa: F401
@@ -279,7 +281,7 @@ def confine_compiler(confining, path: str, probes: bool, user=None, parent: int 
     import capnp_schemas.text  # noqa: F401
 
     from . import instrument, protect, wasm  # noqa: F401
-    wasm.preload(path)
+    wasm.preload(path, expect)
     readable = ()
     if probes:
         try:
@@ -597,7 +599,7 @@ class _Modules:
             return fds, why
         began = time.monotonic()
         return self.settle(want, began, *self._compile(path, instrument, protect,
-                                                       memory_limit))
+                                                       memory_limit, expect=want[1]))
 
     def lookup(self, path: str, instrument: tuple = (), protect=None,
                memory_limit: int = 0) -> tuple:
@@ -607,9 +609,11 @@ class _Modules:
             st = os.stat(path)
         except OSError as e:
             return None, f"cannot load module {path}: {e.strerror}", None
-        # the change time too: a copy that keeps times (cp -p) of a module of the
-        # same size, written in place, kept the old compiled code for good
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        # the change time too (wasm.file_key); the compiler reads this file as it
+        # is now, or fails (wasm.preload): a path pointed at another file meanwhile
+        # (a symbolic link, a rename) had that file's code kept as this one's
+        from .wasm import file_key
+        key = file_key(st)
         from .protect import STATIC_MEMORY     # the limit matters only as above it or not
         variant = (path, instrument, protect,
                    protect is not None and memory_limit > STATIC_MEMORY)
@@ -646,21 +650,26 @@ class _Modules:
         return [fd for _key, fds in self._fds.values() for fd in fds] + [
             fd for c in self.compiling.values() for fd in (*c.fds, c.pipe)]
 
-    def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0):
-        """Compile and wait: (fds, None, False) or (None, why, said)."""
-        job = self.start(None, (path, instrument, protect, memory_limit))
+    def _compile(self, path: str, instrument: tuple = (), protect=None, memory_limit: int = 0,
+                 expect: tuple | None = None):
+        """Compile and wait: (fds, None, False) or (None, why, said).  `expect`: the
+        file's key it is for (wasm.preload)."""
+        job = self.start(None, (path, instrument, protect, memory_limit), expect)
         try:
             return job.wait()
         finally:
             self.compiling.pop(job.want, None)
 
-    def start(self, want, args: tuple) -> _Compile:
+    def start(self, want, args: tuple, expect: tuple | None = None) -> _Compile:
         """Fork the child that compiles `args` (path, instrument, protect,
-        memory_limit[, user]) for `want`; it is in `compiling` until its end is
-        settled.  `user`: (uid, gid) the compiler runs as when the zygote is root
+        memory_limit[, user]) for `want` ((variant, file key), whose file it must
+        read, or fail: wasm.preload; or None, with that key in `expect`); it is in
+        `compiling` until its end is settled.  `user`: (uid, gid) the compiler runs as when the zygote is root
         (the engines'; COMPILER_USER if None): confine_compiler."""
         path, instrument, protect, memory_limit = args[:4]
         user = args[4] if len(args) > 4 else None        # the engines' (EngineSpec.user)
+        if want is not None:
+            expect = want[1]
         from . import confine as confining     # imported already: serve() binds it
         made: list = []     # the second memfd or the pipe refused: the first ones closed
         try:
@@ -698,7 +707,8 @@ class _Modules:
                 # it reads the module now, as root if the zygote is; then it gives up
                 # root, every capability and every file before it parses a byte
                 try:
-                    confine_compiler(confining, path, bool(instrument), user, zygote)
+                    confine_compiler(confining, path, bool(instrument), user, zygote,
+                                     expect)
                 except confining.ConfinementError as e:
                     say(w, f"cannot confine its compiler: {e}")
                     code = 2                   # not the module's fault: tried again later

@@ -1317,3 +1317,67 @@ def test_a_compile_that_cannot_start_leaves_no_descriptor(tmp_path, modules, mon
     monkeypatch.undo()
     assert set(os.listdir("/proc/self/fd")) <= before
     assert not modules.compiling
+
+
+@pytest.mark.parametrize("change", ["symbolic link", "renamed over", "written in place"])
+@pytest.mark.parametrize("compile_", ["beside the loop", "waited for"])
+def test_a_module_file_changed_before_its_compiler_read_it_is_never_another_files_code(
+        tmp_path, modules, change, compile_):
+    """The cache knew a compile by the file's key looked up at the request (wasm.file_key),
+    but the compiler read the path later (a compile waits for a slot, for
+    minutes): a symbolic link pointed at another module meanwhile (a deployment's
+    `current`) had that module's code kept as the first one's, and pointed back
+    (a rollback), the first module's compartment ran the other's code for good.
+    Now a compiler that reads another file than the one looked up fails (not
+    the module's fault: compiled again once it changes), and what it made is
+    never kept under the first file's key."""
+    a, b = tmp_path / "a.wat", tmp_path / "b.wat"
+    a.write_text('(module (memory (export "memory") 1) (func (export "_start")) '
+                 '(func (export "aaa")))')
+    b.write_text('(module (memory (export "memory") 1) (func (export "_start")) '
+                 '(func (export "bbb")))')
+    path = tmp_path / "m.wat"
+    if change == "symbolic link":
+        path.symlink_to(a)
+    else:
+        path.write_bytes(a.read_bytes())
+
+    def point(to):
+        if change == "symbolic link":
+            (tmp_path / "new").symlink_to(to)
+            os.rename(tmp_path / "new", path)
+        elif change == "renamed over":
+            (tmp_path / "new").write_bytes(to.read_bytes())
+            os.rename(tmp_path / "new", path)
+        else:
+            with open(path, "r+b") as f:
+                f.write(to.read_bytes())
+
+    def exports(fds):
+        text = os.pread(fds[1], 1 << 20, 0)
+        return [name for name in ("aaa", "bbb") if name.encode() in text]
+    _fds, _why, want = modules.lookup(str(path))
+    assert want is not None
+    if compile_ == "beside the loop":
+        point(b)
+        job = modules.start(want, (str(path), (), None, 0))
+        fds, why = modules.settle(want, job.began, *job.wait())
+        modules.compiling.pop(job.want, None)
+    else:
+        compile_real = modules._compile
+
+        def changed_first(*args, **kwargs):
+            point(b)
+            return compile_real(*args, **kwargs)
+        modules._compile = changed_first
+        fds, why = modules.get(str(path))
+        modules._compile = compile_real
+    assert fds is None and "changed while it was being compiled" in why, (fds, why)
+    if change == "symbolic link":           # rolled back: the first module, or nothing
+        point(a)
+        fds, why = modules.get(str(path))
+        assert fds is None or exports(fds) == ["aaa"], exports(fds)
+    point(b)                                # changed again: compiled, the new module
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    fds, why = modules.get(str(path))
+    assert fds is not None and exports(fds) == ["bbb"], why
