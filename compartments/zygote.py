@@ -416,8 +416,6 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
         os.waitpid(pid, 0)
         raise
     _collecting.add(pid)        # the zygote's SIGTERM ends it (_stop)
-    if _stopping:
-        end_group(pid)
     deadline = time.monotonic() + seconds
     chunks, size, why = [], 0, None
     poller = select.poll()
@@ -840,20 +838,31 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             "stderr": text[:1 << 16].decode("utf-8", "replace")}
 
 
-#: Set by the zygote's SIGTERM (_stop): its loop ends at its next turn
-_stopping = False
 #: The children collect() waits for, not reaped yet (group leaders: lead_group)
 _collecting: set = set()
+#: The zygote's compilers (serve sets it): their pids, group leaders too
+_compilers = lambda: ()     # noqa: E731
 
 
-def _stop(_signum, _frame):
-    """The zygote's SIGTERM (the supervisor's stop): a child it waits for in collect
-    (a schema's parse, for up to a minute) ends now, with its group; the loop ends
-    the compilers' groups as it ends."""
-    global _stopping
-    _stopping = True
-    for pid in list(_collecting):
+def _end_groups():
+    """End the groups of this process's compilers (and collect's child): at the
+    zygote's end, whatever ends it.  Only those of a child not reaped yet, whose
+    number is still its own."""
+    for pid in {*_collecting, *_compilers()}:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            continue                # reaped already: the number may be another's now
         end_group(pid)
+
+
+def _stop(signum, _frame):
+    """The zygote's SIGTERM (the supervisor's stop, or its death): every compiler's
+    group ends first (and a schema parser's), and then the zygote, by that signal,
+    as it did before; wherever it was (a send blocked, a schema's parse)."""
+    _end_groups()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class _Spare:
@@ -1105,7 +1114,20 @@ def _warm_up_start(e):
 
 
 def serve(control: socket.socket, supervisor_pid: int):
+    """The zygote, until the supervisor is gone.  Its end (that, its SIGTERM at the
+    stop or at the supervisor's death: _stop, a bug) ends every compiler's group
+    first: a compiler dies with the zygote (PR_SET_PDEATHSIG), but what it forked
+    does not (the setting is not inherited), and lived on after `wsuper up`, with
+    whatever the module's code made of it."""
+    try:
+        _serve(control, supervisor_pid)
+    finally:
+        _end_groups()
+
+
+def _serve(control: socket.socket, supervisor_pid: int):
     global wasmtime, confine, engine, wasm, EngineSpec     # for the spares (above)
+    global _compilers
     import wasmtime
 
     from . import abi, confine, engine, unchecked, wasm
@@ -1120,6 +1142,8 @@ def serve(control: socket.socket, supervisor_pid: int):
         unchecked.func_type(params, results, wasm_engine)     # shared by the children
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
+    _compilers = lambda: [job.pid for job in modules.compiling.values()]   # noqa: E731
+    signal.signal(signal.SIGTERM, _stop)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     _warm_up_fork_handlers()
     # no gc.collect() first: it walks the whole heap (~20 ms of CPU, ~40 ms of the
@@ -1290,96 +1314,71 @@ def serve(control: socket.socket, supervisor_pid: int):
 
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
     control_fd = control.fileno()
-
-    def loop():
-        """Requests, compilers' ends and engines' exits, until the supervisor is gone
-        (or its SIGTERM: _stop)."""
-        nonlocal deferred
-        while True:
-            if _stopping:                   # its SIGTERM, while it did something else
-                return
-            until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
-            if deferred is not None:
-                until.append(deferred)
-            timeout = max(0.0, min(until) - time.monotonic()) if until else None
-            jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
-            # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
-            # zygote holds two memfds a module, two descriptors a waiting request)
-            poller = select.poll()
-            for fd in (control_fd, wake_r, *jobs):
-                poller.register(fd, select.POLLIN)
-            ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
-            if _stopping:                   # its SIGTERM (the wake-up pipe woke it)
-                return
-            if deferred is not None and control_fd not in ready and time.monotonic() >= deferred:
-                deferred = None                   # no request waits: fork it now
-                while len(spares) < SPARES_IDLE:
-                    try:
-                        spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
-                    except OSError:
-                        break             # tried again at the next request
-            for job in modules.compiling.values():
-                if not job.timed_out and job.status is None and time.monotonic() >= job.deadline \
-                        and not job.ended():
-                    job.timed_out = True        # reaped below once dead, then settled
-                    end_group(job.pid)
-            if wake_r in ready:
-                os.read(wake_r, 512)
-                compilers = {job.pid for job in modules.compiling.values() if job.status is None}
-                while True:
-                    try:        # who ended, left a zombie: a compiler's group ends first
-                        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                    except ChildProcessError:
-                        break
-                    if info is None or info.si_pid == 0:
-                        break
-                    if info.si_pid in compilers:
-                        end_group(info.si_pid)
-                    pid, status = os.waitpid(info.si_pid, 0)
-                    if pid not in children:       # a compiler, or a spare (never handed on)
-                        for job in modules.compiling.values():
-                            if job.pid == pid:
-                                job.status = status
-                        for s in [s for s in spares if s.pid == pid]:
-                            spares.remove(s)
-                            s.sock.close()
-                        continue
-                    children.discard(pid)
-                    answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-            for fd, job in jobs.items():
-                if fd in ready:
-                    job.read()
-            for job in [job for job in modules.compiling.values() if job.status is not None]:
-                job.drain()
-                compiled(job)
-            if control_fd not in ready:
-                continue
-            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
-            if not data:
-                return                          # the supervisor is gone
-            whole, stray = lines.feed(data, fds)
-            for fd in stray:
-                os.close(fd)
-            received.extend(whole)
-            while received:                     # every whole line, in order
-                line, fds, too_long = received.popleft()
-                request(line, fds, too_long)
-
-    # Its end (the supervisor gone, its SIGTERM at the stop, a bug) ends every
-    # compiler's group first: a compiler dies with the zygote (PR_SET_PDEATHSIG), but
-    # what it forked does not (the setting is not inherited), and lived on after
-    # `wsuper up`, with whatever the module's code made of it
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        loop()
-    finally:
-        for job in list(modules.compiling.values()):
-            if job.status is None:      # not reaped yet: its group is its own
+    while True:
+        until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
+        if deferred is not None:
+            until.append(deferred)
+        timeout = max(0.0, min(until) - time.monotonic()) if until else None
+        jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
+        # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the
+        # zygote holds two memfds a module, two descriptors a waiting request)
+        poller = select.poll()
+        for fd in (control_fd, wake_r, *jobs):
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+        if deferred is not None and control_fd not in ready and time.monotonic() >= deferred:
+            deferred = None                   # no request waits: fork it now
+            while len(spares) < SPARES_IDLE:
+                try:
+                    spares.insert(0, _fork_spare(closing(), zygote, wasm_engine, warm, True))
+                except OSError:
+                    break             # tried again at the next request
+        for job in modules.compiling.values():
+            if not job.timed_out and job.status is None and time.monotonic() >= job.deadline \
+                    and not job.ended():
+                job.timed_out = True        # reaped below once dead, then settled
                 end_group(job.pid)
-    if _stopping:               # ended by its signal, as it was before
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
+        if wake_r in ready:
+            os.read(wake_r, 512)
+            compilers = {job.pid for job in modules.compiling.values() if job.status is None}
+            while True:
+                try:        # who ended, left a zombie: a compiler's group ends first
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    break
+                if info is None or info.si_pid == 0:
+                    break
+                if info.si_pid in compilers:
+                    end_group(info.si_pid)
+                pid, status = os.waitpid(info.si_pid, 0)
+                if pid not in children:       # a compiler, or a spare (never handed on)
+                    for job in modules.compiling.values():
+                        if job.pid == pid:
+                            job.status = status
+                    for s in [s for s in spares if s.pid == pid]:
+                        spares.remove(s)
+                        s.sock.close()
+                    continue
+                children.discard(pid)
+                answer({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        for fd, job in jobs.items():
+            if fd in ready:
+                job.read()
+        for job in [job for job in modules.compiling.values() if job.status is not None]:
+            job.drain()
+            compiled(job)
+        if control_fd not in ready:
+            continue
+        data, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, REQUEST_FDS + 1)
+        if not data:
+            return                          # the supervisor is gone
+        whole, stray = lines.feed(data, fds)
+        for fd in stray:
+            os.close(fd)
+        received.extend(whole)
+        while received:                     # every whole line, in order
+            line, fds, too_long = received.popleft()
+            request(line, fds, too_long)
 
 class _Lines:
     """The control socket's bytes cut into lines, each with the descriptors that came
