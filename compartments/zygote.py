@@ -374,10 +374,23 @@ def in_a_compiler(work, path: str, user=None):
             os._exit(code)
     os.close(w)
     joined(pid)
+    # a signal whose default ends this process (`wsuper check` stopped) ends the
+    # child's group first (_stop): the child dies with us, but what it forked does
+    # not (`up` raises StoppedAtStart there instead, and collect ends the group)
+    kept = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                kept[sig] = signal.signal(sig, _stop)
+        except ValueError:      # not the main thread: no handler of ours
+            break
     try:
         status, text, why = collect(pid, r, COMPILE_WALL, ANSWER_MAX + len(_SAID))
     except OSError as e:
         raise CompilerFailed(f"cannot wait for its compiler: {e.strerror or e}") from None
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
     if why == "too much":
         raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")
     if why == "time":
@@ -859,7 +872,8 @@ def _end_groups():
 def _stop(signum, _frame):
     """The zygote's SIGTERM (the supervisor's stop, or its death): every compiler's
     group ends first (and a schema parser's), and then the zygote, by that signal,
-    as it did before; wherever it was (a send blocked, a schema's parse)."""
+    as it did before; wherever it was (a send blocked, a schema's parse).  Also
+    in_a_compiler's, for a signal that would end its caller."""
     _end_groups()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)

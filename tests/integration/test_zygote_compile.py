@@ -1381,3 +1381,59 @@ def test_a_module_file_changed_before_its_compiler_read_it_is_never_another_file
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     fds, why = modules.get(str(path))
     assert fds is not None and exports(fds) == ["bbb"], why
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_what_in_a_compilers_child_forked_ends_when_its_caller_is_stopped(sig):
+    """`wsuper check` stopped (SIGTERM, SIGHUP: their default ends the process at
+    once) while its compiler child ran: the child died with it (PR_SET_PDEATHSIG),
+    but a process the child forked did not, and lived on after check.  Now such
+    a signal ends the child's group first, and then the caller, by that signal;
+    the caller's handlers are its own again after (checked in a child of this
+    test playing `wsuper check`)."""
+    import ctypes
+    before = _left_behind()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+            def work():
+                if os.fork() == 0:
+                    ctypes.CDLL(None).prctl(15, LEFT.encode(), 0, 0, 0)     # PR_SET_NAME
+                    time.sleep(600)
+                    os._exit(0)
+                time.sleep(600)
+            zygote.in_a_compiler(work, f"{EXAMPLES}/calc.wat")
+        except KeyboardInterrupt:
+            code = 0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and \
+                signal.getsignal(signal.SIGHUP) == signal.SIG_DFL else 71
+        finally:
+            os._exit(code)
+    try:
+        deadline = time.monotonic() + 60        # a bound on a broken test, not a measure
+        while not _left_behind() - before:      # the child has forked
+            assert time.monotonic() < deadline, "the compiler child never forked"
+            time.sleep(0.1)
+        os.kill(pid, sig)
+        _, status = os.waitpid(pid, 0)
+        if sig == signal.SIGINT:                # KeyboardInterrupt, handlers restored
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        else:                                   # ended by that signal, as before
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig, status
+        deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
+        while _left_behind() - before:
+            assert time.monotonic() < deadline, "a process the compiler child forked lives on"
+            time.sleep(0.1)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+        for left in _left_behind() - before:
+            os.kill(left, signal.SIGKILL)
