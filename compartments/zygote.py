@@ -64,6 +64,7 @@ supervisor's memory, its environment included, into every engine.
 from __future__ import annotations
 
 import collections
+import errno
 import faulthandler
 import fcntl
 import gc
@@ -180,6 +181,18 @@ def out_of_memory() -> str:
             f"(the compiler's limit)")
 
 
+def too_big(limit: int | None = None) -> str:
+    """Its output past `limit` bytes (RLIMIT_FSIZE: COMPILE_MEMORY, or a lower hard
+    limit wsuper runs under) or, kept, past COMPILE_MEMORY."""
+    limit = COMPILE_MEMORY if limit is None else limit
+    size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+    return f"its compiled form is more than {size} (the compiler's limit)"
+
+
+_TOO_BIG = re.compile(r"its compiled form is more than [0-9]+ (MiB|bytes) "
+                      r"\(the compiler's limit\)")
+
+
 def say(fd: int, text: str, limit: int = SAID_MAX):
     """In a compiler child: its own word on its pipe `fd`, after the marker, every NUL
     of `text` escaped (a module's import named "\\0wsuper: compiling it needed more
@@ -252,6 +265,10 @@ def limit_compiler(confining, stderr: int):
     with open("/proc/self/statm", "rb") as f:
         mapped = int(f.read().split()[0]) * resource.getpagesize()
     confining.lower_limit(resource.RLIMIT_AS, mapped + COMPILE_MEMORY)
+    # and what it writes (its output memfds, which the zygote keeps): a memfd's pages
+    # are not the writer's address space, and a compiler taken over by its module
+    # wrote gigabytes there, kept sealed in the zygote and read whole by each engine
+    confining.lower_limit(resource.RLIMIT_FSIZE, COMPILE_MEMORY)
     os.dup2(stderr, 2)
     faulthandler.disable()      # an abort at the limit is an answer, not a crash to dump
 
@@ -307,6 +324,9 @@ def compiler_limit_hit(status: int, text: bytes) -> str | None:
         return out_of_memory()
     if own_word(status, text) == out_of_memory():   # Python's MemoryError
         return out_of_memory()
+    word = own_word(status, text)
+    if word is not None and _TOO_BIG.fullmatch(word):    # its output, past RLIMIT_FSIZE
+        return word
     return None
 
 
@@ -567,11 +587,18 @@ class _Compile:
         try:
             for fd in self.fds:
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            # sealed: its size is what it is for good.  Both were in the compiler's
+            # memory at once (COMPILE_MEMORY): never kept bigger, whatever it wrote
+            big = sum(os.fstat(fd).st_size for fd in self.fds) > COMPILE_MEMORY
         except OSError as e:    # still mapped for writing (EBUSY): never used unsealed
             for fd in self.fds:
                 os.close(fd)
             return None, f"cannot load module {path}: its compiler's output cannot be " \
                 f"sealed ({e.strerror})", False
+        if big:
+            for fd in self.fds:
+                os.close(fd)
+            return None, f"cannot load module {path}: {too_big()}", True
         return self.fds, None, False
 
 
@@ -760,10 +787,16 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
     if problem:
         say(err, f"module {path} {problem}")
         return 1
-    for fd, data in zip(fds, (module.serialize(), description.to_json())):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+    try:
+        for fd, data in zip(fds, (module.serialize(), description.to_json())):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    except OSError as e:
+        if e.errno != errno.EFBIG:      # past RLIMIT_FSIZE (limit_compiler)
+            raise
+        say(err, too_big(resource.getrlimit(resource.RLIMIT_FSIZE)[0]))
+        return 1
     return 0
 
 

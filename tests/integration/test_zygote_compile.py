@@ -1437,3 +1437,62 @@ def test_what_in_a_compilers_child_forked_ends_when_its_caller_is_stopped(sig):
             pass
         for left in _left_behind() - before:
             os.kill(left, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("limits", ["the compiler's", "none"])
+def test_a_compilers_output_is_never_kept_bigger_than_its_memory_limit(
+        modules, monkeypatch, limits):
+    """A compiler's memory is bounded (RLIMIT_AS, COMPILE_MEMORY), but what it writes
+    to its output memfds is not its address space: one taken over by its module
+    wrote 600 MiB under a 256 MiB limit, which the zygote kept sealed for good and
+    every engine of that module read whole.  Now a compiler may write
+    COMPILE_MEMORY at most (RLIMIT_FSIZE), and the zygote never keeps more than
+    that in all (both were in the compiler's memory at once), whatever limits
+    the compiler ran under ("none": limit_compiler skipped)."""
+    monkeypatch.setattr(zygote, "COMPILE_MEMORY", 64 << 20)
+    real = zygote._compile_into
+
+    def hostile(engine, path, fds, err, *args, **kwargs):
+        code = real(engine, path, fds, err, *args, **kwargs)
+        chunk = b"\0" * (1 << 20)
+        try:
+            for _ in range(65):
+                os.write(fds[1], chunk)
+        except OSError:
+            pass                        # what it wrote stays written
+        return code
+    monkeypatch.setattr(zygote, "_compile_into", hostile)
+    if limits == "none":
+        monkeypatch.setattr(zygote, "limit_compiler", lambda confining, stderr: None)
+    fds, why = modules.get(f"{EXAMPLES}/calc.wat")
+    assert fds is None, [os.fstat(fd).st_size for fd in fds]
+    assert why.endswith("its compiled form is more than 64 MiB (the compiler's limit)"), why
+    assert not modules.descriptors()
+
+
+def test_a_compiled_form_past_the_compilers_limit_says_so():
+    """The compiler's own output past RLIMIT_FSIZE (COMPILE_MEMORY, or a lower hard
+    limit wsuper runs under: `ulimit -f`) is its limit, said as such and kept until
+    the file changes, as its other limits; not "exited with code 1", tried again
+    and again.  (In a child of this test, under a hard limit of 16 KiB.)"""
+    import resource
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+            m = zygote._Modules(wasmtime.Engine(wasm.engine_config()))
+            first = m.get(f"{EXAMPLES}/calc.wat")
+            kept = m.get(f"{EXAMPLES}/calc.wat") == first
+            os.write(w, json.dumps([first[1], kept]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        why, kept = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert why.endswith("its compiled form is more than 16384 bytes (the compiler's limit)"), why
+    assert kept
