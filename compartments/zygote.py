@@ -702,8 +702,9 @@ class _Modules:
         """Fork the child that compiles `args` (path, instrument, protect,
         memory_limit[, user]) for `want` ((variant, file key), whose file it must
         read, or fail: wasm.preload; or None, with that key in `expect`); it is in
-        `compiling` until its end is settled.  `user`: (uid, gid) the compiler runs as when the zygote is root
-        (the engines'; COMPILER_USER if None): confine_compiler."""
+        `compiling` until its end is settled.  `user`: (uid, gid) the compiler runs
+        as when the zygote is root (the engines'; COMPILER_USER if None):
+        confine_compiler."""
         path, instrument, protect, memory_limit = args[:4]
         user = args[4] if len(args) > 4 else None        # the engines' (EngineSpec.user)
         if want is not None:
