@@ -73,7 +73,7 @@ def preload(path: str, expect: tuple | None = None):
     seen: list = []
     try:
         data = _read_regular(path, seen)
-        if expect is not None and file_key(seen[0]) != tuple(expect):
+        if expect is not None and file_key(seen[0]) != expect:
             raise OSError(f"the module file {path} changed while it was being compiled "
                           f"(compiled again once it changes, or a few seconds later)")
         _PRELOADED[path] = (data, None)
