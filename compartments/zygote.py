@@ -1169,6 +1169,8 @@ def serve(control: socket.socket, supervisor_pid: int):
     whatever the module's code made of it."""
     try:
         _serve(control, supervisor_pid)
+    except (BrokenPipeError, ConnectionResetError):
+        pass        # the supervisor is gone, our answers unread: an end, not a traceback
     finally:
         _end_groups()
 

@@ -1496,3 +1496,52 @@ def test_a_compiled_form_past_the_compilers_limit_says_so():
     os.waitpid(pid, 0)
     assert why.endswith("its compiled form is more than 16384 bytes (the compiler's limit)"), why
     assert kept
+
+
+def test_the_zygote_ends_quietly_when_the_supervisor_goes_with_its_answers_unread(tmp_path):
+    """The supervisor gone (killed) with the zygote's answers unread in its socket:
+    the zygote's next read failed with ECONNRESET (not an end of file), a traceback
+    on the terminal `wsuper up` ran in, exit 1.  Now it is its end, as an end of
+    file is (and what its compilers forked ends with it: serve)."""
+    import socket
+    import sys
+
+    from compartments.spec import EngineSpec
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    err = tmp_path / "zygote.err"
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            fd = os.open(err, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.dup2(fd, 2)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)   # not pytest's
+            zygote.serve(theirs, parent)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        for ident in range(3):              # answered, never read
+            engine_ours, engine_theirs = socket.socketpair()
+            err_r, err_w = os.pipe()
+            line = b"%d " % ident + EngineSpec(f"c{ident}", f"{EXAMPLES}/calc.wat").to_json()
+            socket.send_fds(ours, [line + b"\n"], [engine_theirs.fileno(), err_w])
+            for item in (engine_ours, engine_theirs):
+                item.close()
+            for fd in (err_r, err_w):
+                os.close(fd)
+        ours.settimeout(60)                 # a bound on a broken test, not a measure
+        assert ours.recv(1, socket.MSG_PEEK)        # an answer waits, unread
+        ours.close()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+    assert "Traceback" not in err.read_text(), err.read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
