@@ -34,7 +34,13 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     JSON).  The results come
     from a compartment, so they are read completely here, inside the call: what
     cannot be read (a pointer out of bounds, text without its NUL, not UTF-8) is a
-    CallFailed, never an abort later in some lazy reader."""
+    CallFailed, never an abort later in some lazy reader.  Only a socket in a
+    directory `up` would bind it in is asked (endpoint.external_socket)."""
+    from .endpoint import EndpointError, external_socket
+    try:
+        external_socket(socket_path)     # never one someone else could have put there
+    except EndpointError as e:
+        raise CallFailed(str(e)) from None
     connected = False
 
     async def main():

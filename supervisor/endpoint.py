@@ -332,6 +332,35 @@ def admin_socket(system_path: str) -> str:
     return path
 
 
+def external_socket(socket_path: str) -> str:
+    """The external socket at `socket_path`, to connect to as a system's (`wsuper
+    call`): only in a directory `up` would bind it in (the runtime directory:
+    ours, 0700, real, as admin_socket; any other: a real directory of ours that
+    nobody else may write to, as safe_socket_dir).  `wsuper call` connected to
+    whatever socket it found there: whoever made /tmp/wsuper-UID first (up
+    refuses to run there), or may write to the directory the system file's
+    socket names, could bind a socket of their own, read the call's parameters
+    and answer it with results of their choosing, said as the compartment's.
+    Raises EndpointError."""
+    folder = os.path.dirname(os.path.abspath(socket_path))
+    if folder == runtime_dir():
+        if not os.path.lexists(folder):
+            raise EndpointError(f"no running system at {socket_path} (No such file or "
+                                f"directory)")
+        try:
+            private_dir(folder, create=False)
+        except EndpointError as e:
+            problem = str(e)
+        else:
+            return socket_path
+    else:
+        problem = foreign_dir(folder, "socket directory ")
+        if problem is None:
+            return socket_path
+    raise EndpointError(f"no system of yours can run at {socket_path}, nor be asked there: "
+                        f"{problem}")
+
+
 def is_running(system_path: str) -> bool:
     """Whether a system holds the lock of `system_path` now (a lock in a runtime
     directory that is not ours and private is nobody's: admin_socket)."""

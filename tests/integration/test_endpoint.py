@@ -289,6 +289,72 @@ def test_commands_never_ask_a_system_in_a_runtime_directory_up_refuses(tmp_path,
         t.join(5)
 
 
+@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner", "shared", "option"])
+def test_call_never_asks_a_socket_in_a_directory_up_refuses(tmp_path, xdg, spoil):
+    """`wsuper call` connected to the external socket wherever it found one: in a
+    runtime directory someone else made first (up refuses to run there), or in
+    the directory a system file's `socket` (or `--socket`) names that others may
+    write to (up refuses that too), whoever put a socket there was sent the call's
+    parameters and answered it, said as the compartment's results.  It asks only
+    a socket in a directory up would bind it in (endpoint.external_socket)."""
+    import socket
+    import threading
+    path = _system(tmp_path)
+    text = open(path).read().replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n',
+                                     1)
+    target = os.path.join(xdg, "wsuper")
+    args = []
+    if spoil == "mode":
+        os.mkdir(target, 0o777)
+        os.chmod(target, 0o777)
+    elif spoil == "symlink":
+        os.mkdir(tmp_path / "elsewhere", 0o700)
+        os.symlink(tmp_path / "elsewhere", target)
+    elif spoil == "owner":
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        os.mkdir(target, 0o700)
+        os.chown(target, 65534, 65534)
+    else:
+        target = str(tmp_path / "shared")
+        os.mkdir(target)
+        os.chmod(target, 0o777)
+        if spoil == "shared":
+            text = text.replace("[system]\n", f'[system]\nsocket = "{target}/x.sock"\n')
+        else:
+            args = ["--socket", f"{target}/x.sock"]
+    with open(path, "w") as f:
+        f.write(text)
+    sock = os.path.join(target, "x.sock") if spoil in ("shared", "option") else \
+        endpoint.default_socket_path(path)
+    server = socket.socket(socket.AF_UNIX)         # the impostor's gateway
+    server.bind(sock)
+    server.listen(8)
+    asked = []
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                asked.append(conn.recv(1 << 16))
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        r = _cli("call", path, "calc.add", "(a = 1234, b = 5678)", *args,
+                 env={"XDG_RUNTIME_DIR": xdg})
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert r.stdout == ""
+        assert "nor be asked there" in r.stderr and target in r.stderr, r.stderr
+        assert asked == []
+    finally:
+        server.close()
+        t.join(5)
+
+
 def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path, xdg):
     shared = tmp_path / "shared"
     shared.mkdir()
