@@ -68,7 +68,7 @@ def system_id(system_path: str) -> str:
     """NAME-HASH: the file's name without .toml, and 8 hex digits of its real path."""
     path = identity(system_path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha256(os.fsencode(path)).hexdigest()[:8]}"
 
 
 def default_socket_path(system_path: str) -> str:

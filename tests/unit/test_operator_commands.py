@@ -22,3 +22,39 @@ def test_stop_of_a_system_that_says_it_stops_but_does_not_is_an_error(tmp_path, 
     monkeypatch.setattr(endpoint, "is_running", lambda _p: next(running))
     assert cli.main(["stop", str(path)]) == 0
     assert capsys.readouterr().out == f"wsuper: stopped {path}\n"
+
+
+def test_a_system_file_whose_path_is_not_utf8_has_its_sockets_lock_and_logs(
+        tmp_path, monkeypatch, capsys):
+    """A system file whose name (or any directory on its way) is not UTF-8 (a file
+    from an archive, a Latin-1 name) ended every command but build and bindgen in
+    a UnicodeEncodeError traceback: its sockets, lock and log directory are named
+    by a hash of its path, taken of path.encode(), which refuses the surrogates a
+    name that is not UTF-8 decodes to.  The hash is of the path's bytes as the
+    file system has them (os.fsencode): a UTF-8 path hashes as it always did."""
+    import os
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"          # Latin-1 on its way
+    os.mkdir(folder)
+    text = b'[compartments.app]\nmodule = "app.wat"\n'
+    for name in (b"s\xff.toml", b"t\x1b[31m.toml"):
+        with open(folder + b"/" + name, "wb") as f:
+            f.write(text)
+        path = os.fsdecode(folder + b"/" + name)
+        sid = endpoint.system_id(path)
+        assert sid == endpoint.system_id(path) and len(sid.rsplit("-", 1)[1]) == 8
+        for where in (endpoint.default_socket_path, endpoint.admin_socket_path,
+                      endpoint.lock_path):
+            assert sid in where(path)
+        assert not endpoint.is_running(path)
+        for args in (["status", path], ["stop", path], ["revoke", path, "app.x"],
+                     ["logs", path]):
+            code = cli.main(args)
+            out, err = capsys.readouterr()
+            assert code in (1, 2), (args, out, err)
+            assert err.startswith("wsuper: error: ") and "Traceback" not in err, (args, err)
+    # a UTF-8 path keeps its name (a running system's sockets are still found)
+    utf8 = "/srv/é/system.toml"
+    import hashlib
+    assert endpoint.system_id(utf8) == \
+        "system-" + hashlib.sha256(utf8.encode()).hexdigest()[:8]
