@@ -11,6 +11,8 @@ import heapq
 import os
 import time
 
+from capnp_schemas.text import printable
+
 from . import endpoint, output
 
 
@@ -69,8 +71,14 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     or of every log merged by time; then, with `follow`, new lines as they come."""
     folder = log_dir(system)
     names = [compartment] if compartment else [output.SUPERVISOR, *system.compartments]
-    if not os.path.isdir(folder):
+    if not os.path.lexists(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
+    # only a directory `up` would write its logs in (endpoint.own_dir): one made by
+    # someone else (`up` refuses to run with it) held lines of their choosing,
+    # shown as the system's, terminal escapes included
+    problem = endpoint.foreign_dir(folder, "log directory ")
+    if problem:
+        raise NoLogs(f"no logs of yours for {system.path}: {problem}")
     if not follow:
         yield from _merged({n: _read_log(folder, n) for n in names}, compartment)
         return
@@ -206,7 +214,13 @@ class _Followed:
 
 
 def _lines(data: bytes) -> list[str]:
-    return data.decode("utf-8", "replace").splitlines()
+    """The lines of `data` as shown: the system writes them escaped already
+    (output.py), and whatever else is in a file is escaped here (printable is the
+    same on text it has escaped), so no line moves the cursor or starts another."""
+    lines = data.decode("utf-8", "replace").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [printable(line) for line in lines]
 
 
 def _merged(read: dict[str, list[str]], compartment: str | None):

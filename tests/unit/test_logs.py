@@ -356,3 +356,51 @@ def test_a_rotation_while_a_followed_log_catches_up_on_its_rotations_loses_no_fi
         for line in logs.lines(system, "app", follow=True):
             shown.append(line.rpartition(" ")[2])
     assert shown == ["a", "b", "c"] + ["d"] * len(rotated), (after, shown)
+
+
+@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
+def test_logs_never_shows_a_log_directory_up_refuses(tmp_path, capsys, spoil):
+    """`up` writes its logs only in a real directory of the user's that nobody else
+    may write to (endpoint.own_dir), and refuses to run with any other; `wsuper
+    logs` read whatever it found there: a directory another user made first (or
+    one others may write to, or a link to one) held lines of their choosing, shown
+    as the system's, terminal escapes raw (a window title set, the screen
+    cleared), with exit 0."""
+    from supervisor import cli
+    folder = tmp_path / "logs"
+    if spoil == "mode":
+        folder.mkdir()
+        os.chmod(folder, 0o777)
+    elif spoil == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        os.symlink(tmp_path / "elsewhere", folder)
+    else:
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 65534, 65534)
+    (folder / "supervisor.log").write_text(
+        "2026-12-03T10:00:00.000Z wsuper: ready app pid=1 \x1b]0;owned\x07\x1b[2J\n")
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\nlogs = "{folder}"\n[compartments.app]\n'
+                      f'module = "app.wat"\n')
+    assert cli.main(["logs", str(system)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "owned" not in err and "\x1b" not in err
+    assert err.startswith("wsuper: error: no logs of yours") and str(folder) in err, err
+
+
+def test_every_line_shown_is_escaped_whatever_the_file_holds(tmp_path):
+    """The system writes its log lines escaped (output.py); what else a file holds
+    (a line from another version, an editor's) is escaped when shown, and only a
+    newline ends a line: no line moves the cursor, nor starts another (a \\r,
+    U+2028 or U+0085 inside one ended it there, the rest shown as a line of its
+    own, time included)."""
+    (tmp_path / "supervisor.log").write_bytes(
+        "2026-12-03T10:00:00.000Z wsuper: a \x1b[2J b\r2026-12-03T10:00:09.000Z wsuper: "
+        "fake\u2028c\x85d\\x1b\n2026-12-03T10:00:01.000Z wsuper: two\n".encode())
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={}, path=str(tmp_path))
+    assert list(logs.lines(system)) == [
+        "2026-12-03T10:00:00.000Z wsuper: a \\x1b[2J b\\r2026-12-03T10:00:09.000Z wsuper: "
+        "fake\\u2028c\\x85d\\x1b",
+        "2026-12-03T10:00:01.000Z wsuper: two"]
