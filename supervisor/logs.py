@@ -201,6 +201,15 @@ class _Followed:
         """Whole lines appended to the followed file since the last look."""
         if self.file is None:
             return b""
+        fd = self.file.fileno()
+        # truncated since the last look (logrotate's copytruncate, `: > NAME.log`):
+        # the system appends (O_APPEND) from its new end, and reading on from the old
+        # offset showed nothing until the file grew past it, then the rest of a line
+        # from its middle.  The offset always follows a newline: a file shorter than
+        # it, or without a newline just before it, is read again from its start
+        if self.offset and (os.fstat(fd).st_size < self.offset
+                            or os.pread(fd, 1, self.offset - 1) != b"\n"):
+            self.offset = 0
         self.file.seek(self.offset)
         data = self.file.read()
         end = data.rfind(b"\n") + 1

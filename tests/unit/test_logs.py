@@ -404,3 +404,29 @@ def test_every_line_shown_is_escaped_whatever_the_file_holds(tmp_path):
         "2026-12-03T10:00:00.000Z wsuper: a \\x1b[2J b\\r2026-12-03T10:00:09.000Z wsuper: "
         "fake\\u2028c\\x85d\\x1b",
         "2026-12-03T10:00:01.000Z wsuper: two"]
+
+
+@pytest.mark.parametrize("after", ["shorter", "longer"])
+def test_a_followed_log_truncated_in_place_is_read_again_from_its_start(tmp_path, monkeypatch,
+                                                                         after):
+    """A log truncated in place (logrotate's copytruncate, `: > NAME.log`): the
+    system appends from the new end (O_APPEND), and `-f` read on from its old
+    offset: nothing was shown until the file grew past it (lines lost), then the
+    rest of some line from its middle (a line without its time)."""
+    log = tmp_path / "supervisor.log"
+    log.write_text("2026-12-03T10:00:00.000Z wsuper: " + "x" * 200 + "\n")
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={}, path=str(tmp_path))
+    polls = []
+
+    def sleep(_seconds):
+        polls.append(1)
+        assert len(polls) < 3, "a line written after the truncation was never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    lines = logs.lines(system, follow=True)
+    assert next(lines).endswith("x" * 200)
+    os.truncate(log, 0)
+    new = ["2026-12-03T10:00:01.000Z wsuper: after"] if after == "shorter" else \
+        [f"2026-12-03T10:00:0{i}.000Z wsuper: {'y' * 150}" for i in range(1, 3)]
+    with open(log, "a") as f:
+        f.write("".join(line + "\n" for line in new))
+    assert [next(lines) for _ in new] == new
