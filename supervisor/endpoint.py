@@ -93,7 +93,14 @@ def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
     out = [("runtime directory (sockets, lock)", runtime_dir(), True,
             "XDG_RUNTIME_DIR moves it"),
            ("log directory", system.logs or default_log_dir(sid), True,
-            "[system] logs moves it")]
+            "[system] logs moves it"),
+           # every system's log directory lies there by default, as every system's
+           # sockets lie in the runtime directory: a grant of another system's (or
+           # of a directory holding them, for a system whose own logs are
+           # elsewhere) let a compartment forge the lines `wsuper logs` shows of
+           # it, read them, or stop its logs (a second hard link to a log file)
+           ("log directories of every system (their default place)",
+            os.path.dirname(default_log_dir(sid)), True, "XDG_STATE_HOME moves it")]
     if system.socket:
         out.append(("external socket", system.socket, False,
                     "--socket moves it" if system.socket_option else "[system] socket moves it"))

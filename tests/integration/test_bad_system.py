@@ -1250,3 +1250,45 @@ def test_preflight_reads_a_module_as_every_start_does_never_waiting_on_it(tmp_pa
             "directory": "is a directory, not a regular file",
             "too large": f"has {MAX_MODULE_BYTES + 1:,} bytes, more than {MAX_MODULE_BYTES:,}"}
     assert e.value.key == "compartments.m.module" and want[kind] in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("grant", ["its log directory", "read-only", "a file in it",
+                                   "every system's", "their parent"])
+def test_no_grant_reaches_another_systems_log_directory(tmp_path, monkeypatch, grant):
+    """Every system's log directory lies in $XDG_STATE_HOME/wsuper by default, as
+    every system's sockets lie in the runtime directory; only the system's own
+    was out of its grants: a compartment could be granted another system's log
+    directory (or, in a system whose own logs are elsewhere, the directory
+    holding them all) and forge the lines `wsuper logs` shows of it, read them,
+    or stop its logs (a second hard link to a log file).  That directory is the
+    supervisor's too (endpoint.own_paths)."""
+    from supervisor import endpoint, policy
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    other = tmp_path / "other.toml"
+    others = state / "wsuper" / endpoint.system_id(str(other))
+    others.mkdir(parents=True, mode=0o700)
+    (others / "supervisor.log").write_text("")
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "data").mkdir()
+    path, extra, logs = {
+        "its log directory": (others, "", ""),
+        "read-only": (others, ", read_only = true", ""),
+        "a file in it": (others / "supervisor.log", "", ""),
+        "every system's": (state / "wsuper", "", 'logs = "mine"\n'),
+        "their parent": (state, "", 'logs = "mine"\n')}[grant]
+    kind = "file" if grant == "a file in it" else "directory"
+    system = tmp_path / "system.toml"
+
+    def text(where, more=""):
+        return (f'[system]\n{logs}[compartments.m]\nmodule = "m.wat"\n[compartments.m.grants]\n'
+                f'd = {{ host = "{kind}", path = "{where}"{more} }}\n')
+    system.write_text(text(path, extra))
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system))
+    assert "compartments.m.grants.d.path" in str(e.value)
+    assert f"reaches the supervisor's log directories of every system (their default " \
+           f"place) {state}/wsuper" in str(e.value), str(e.value)
+    if kind == "directory":              # and a directory elsewhere is granted as before
+        system.write_text(text(tmp_path / "data"))
+        policy.load(str(system))
