@@ -295,7 +295,7 @@ class Prober:
         """{"op": "probe", "compartment", "action": add|remove|list, ...}"""
         comp, action = req.get("compartment"), req.get("action")
         if not isinstance(comp, str) or comp not in self.sup.system.compartments:
-            return {"ok": False, "error": f"no compartment {printable(str(comp))[:100]!r} "
+            return {"ok": False, "error": f"no compartment {str(comp)[:100]!r} "
                                           f"(compartments: "
                                           f"{', '.join(self.sup.system.compartments)})"}
         try:
@@ -310,7 +310,7 @@ class Prober:
                         "instrument": list(self.sup.system.compartments[comp].instrument)}
         except (P.ProbeError, EngineBusy) as e:
             return {"ok": False, "error": printable(str(e))}
-        return {"ok": False, "error": f"unknown probe action {printable(str(action))[:40]!r} "
+        return {"ok": False, "error": f"unknown probe action {str(action)[:40]!r} "
                                       f"(add, remove, list)"}
 
     async def trace(self, stream, req: dict):
@@ -342,7 +342,7 @@ class Prober:
         unknown = [n for n in chosen if n not in self.sup.system.compartments]
         if unknown:
             return await send({"ok": False, "error": f"no compartment "
-                                                     f"{printable(unknown[0])[:100]!r}"})
+                                                     f"{unknown[0][:100]!r}"})
         if self._traces >= MAX_TRACES:
             return await send({"ok": False, "error": f"{MAX_TRACES} traces are running "
                                                      f"already"})

@@ -34,8 +34,7 @@ import attrs
 from capnp_schemas import hosted, protocol, wire
 from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
-from capnp_schemas.text import bounded as _bounded, first_line as _first_line, \
-    printable as _printable
+from capnp_schemas.text import bounded as _bounded, first_line as _first_line
 from compartments import abi
 from compartments.limits import Limits
 
@@ -1364,7 +1363,7 @@ class Router:
         except DecodeError as e:
             raise CallError(f"Gateway.get: malformed params: {e}") from None
         if name not in self.external:
-            raise CallError(f"no compartment named {_printable(_bounded(name, 100))!r} is "
+            raise CallError(f"no compartment named {_bounded(name, 100)!r} is "
                             f"exported to the outside (exported: "
                             f"{', '.join(self.external) or 'none'})")
         return build(method.results, {"cap": self.proxies[name]})

@@ -1894,7 +1894,7 @@ class Supervisor:
         # at most 100 characters of it: the answer to a request of 64 KiB of
         # characters printable escapes was five times as long
         return {"ok": False, "error": f"unknown request "
-                                      f"{printable(str(req.get('op'))[:100])!r}"}
+                                      f"{str(req.get('op'))[:100]!r}"}
 
     def _audit_operator(self, record: dict):
         """An operator's change to the running system (a revocation, a stop; probe

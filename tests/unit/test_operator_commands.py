@@ -58,3 +58,40 @@ def test_a_system_file_whose_path_is_not_utf8_has_its_sockets_lock_and_logs(
     import hashlib
     assert endpoint.system_id(utf8) == \
         "system-" + hashlib.sha256(utf8.encode()).hexdigest()[:8]
+
+
+def test_admin_answers_show_a_name_from_the_request_escaped_once():
+    """An answer naming what the request said (an unknown compartment, probe action,
+    or op) escaped it and then quoted it with repr, which doubled every backslash:
+    a compartment asked for as "a<ESC>b" was said as 'a\\\\x1bb', the name of one
+    that holds a backslash and no escape at all; "a\\x1bb" (a real backslash)
+    looked the same as a real escape would have.  Each is said once escaped: the
+    two names are told apart, and no character reaches the terminal raw."""
+    import json
+    import types
+
+    import trio
+
+    from supervisor.prober import Prober
+    from supervisor.runtime import Supervisor
+    system = types.SimpleNamespace(compartments={"calc": None}, path="/s.toml")
+    fake = types.SimpleNamespace(sup=types.SimpleNamespace(system=system), system=system,
+                                 identity="/s.toml")
+    sent = []
+
+    class Stream:
+        async def send_all(self, data):
+            sent.append(json.loads(data))
+
+    def answers(name):
+        out = [trio.run(Prober.admin, fake, {"compartment": name, "action": "list"}),
+               trio.run(Prober.admin, fake, {"compartment": "calc", "action": name}),
+               trio.run(Supervisor._admin_answer, fake, json.dumps(
+                   {"system": "/s.toml", "op": name}).encode())]
+        trio.run(Prober.trace, fake, Stream(), {"seconds": 1, "compartments": name})
+        out.append(sent.pop())
+        return [a["error"] for a in out]
+    for escape, backslash in zip(answers("a\x1bb"), answers("a\\x1bb")):
+        assert "'a\\x1bb'" in escape and "\\\\" not in escape, escape
+        assert "'a\\\\x1bb'" in backslash, backslash
+        assert escape.isprintable()
