@@ -578,6 +578,13 @@ class Engine:
         self._import_refs[import_id] = self._import_refs.get(import_id, 0) + 1
         return import_id
 
+    def can_hold(self, n: int) -> bool:
+        """Whether `n` more capabilities fit this compartment's c-list (`handles`), as
+        the router counts it (what the supervisor has given it and it still holds):
+        the WASI layer asks before an open that creates or truncates, which the
+        router could refuse to hand over only after it had run."""
+        return len(self.conn.imports) + n <= self.limits.handles
+
     def drop(self, import_id: int | None):
         if import_id is not None:
             self._unref_import(import_id)

@@ -335,6 +335,17 @@ class Wasi:
         if not d.base & right:
             raise _Fail(E.BADF if right in (RIGHT_FD_READ, RIGHT_FD_WRITE) else E.NOTCAPABLE)
 
+    def _room(self):
+        """EMFILE unless one more descriptor fits, in the descriptor table and in the
+        c-list (each open file is a handle): asked before an open does anything, as
+        open(2) takes its descriptor first.  Found full only after Directory.create
+        or Directory.open and File.truncate had run, an O_CREAT made the file and an
+        O_TRUNC emptied it, and the program was told EMFILE: nothing happened (an
+        O_EXCL tried again then said EEXIST).  _new_fd checks again (a call served
+        meanwhile may have opened some)."""
+        if len(self.fds) >= MAX_FDS or not self.host.can_hold(1):
+            raise _Fail(E.MFILE)
+
     def _new_fd(self, desc: _Desc) -> int:
         if len(self.fds) >= MAX_FDS:
             self._release(desc)
@@ -1034,6 +1045,7 @@ class Wasi:
         d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_OPEN)
         if oflags & OFLAGS_CREAT:
             self._need(d, RIGHT_PATH_CREATE_FILE)
+        self._room()
         follow = bool(lookupflags & LOOKUP_SYMLINK_FOLLOW)
         read, write = bool(rights & RIGHT_FD_READ), bool(rights & RIGHT_FD_WRITE)
         if oflags & OFLAGS_DIRECTORY:

@@ -22,6 +22,7 @@ class FakeHost:
         self.dropped = []
         self.held = []
         self._next_cap = 100
+        self.handles_left = 1 << 20      # room in the c-list (limit handles)
 
     def read(self, ptr, n):
         return bytes(self.mem[ptr:ptr + n])
@@ -59,6 +60,9 @@ class FakeHost:
 
     def drop(self, cap):
         self.dropped.append(cap)
+
+    def can_hold(self, n):
+        return self.handles_left >= n
 
     def u32(self, ptr):
         return struct.unpack_from("<I", self.mem, ptr)[0]
@@ -233,6 +237,28 @@ def test_creating_is_its_own_call_and_truncating_too():
     host.calls.clear()
     open_file(w, host, oflags=wasi.OFLAGS_CREAT | wasi.OFLAGS_EXCL)
     assert [c[1] for c in host.calls] == ["create"] and fd == 4
+
+
+@pytest.mark.parametrize("full", ["c-list", "descriptors"])
+@pytest.mark.parametrize("oflags", [wasi.OFLAGS_CREAT, wasi.OFLAGS_CREAT | wasi.OFLAGS_EXCL,
+                                    wasi.OFLAGS_TRUNC, wasi.OFLAGS_CREAT | wasi.OFLAGS_TRUNC,
+                                    0, wasi.OFLAGS_DIRECTORY])
+def test_an_open_with_no_descriptor_left_asks_the_supervisor_nothing(full, oflags):
+    """EMFILE before any Directory.open, create, subdir or File.truncate: each of
+    them may change the directory (O_CREAT made the file, O_TRUNC emptied it)
+    before the c-list or the descriptor table was found full."""
+    host, w = wasi_with()
+    for m in ("open", "create", "subdir"):
+        host.results[("Directory", m)] = "cap"
+    if full == "c-list":
+        host.handles_left = 0
+    else:
+        for fd in range(len(w.fds), wasi.MAX_FDS):
+            w.fds[fd + 100] = wasi._Desc("null", None)
+    host.mem[0:5] = b"x.txt"
+    rights = wasi.RIGHT_FD_READ | (0 if oflags & wasi.OFLAGS_DIRECTORY else wasi.RIGHT_FD_WRITE)
+    assert call(w, "path_open", 3, 0, 0, 5, oflags, rights, 0, 0, 64) == E.MFILE
+    assert host.calls == []
 
 
 def test_a_directory_is_never_opened_for_writing():

@@ -16,7 +16,8 @@
  *             in wasi-libc) at every entry
  *   badout    calls whose result pointer is in the null page (wsuper: EFAULT)
  *             and what they did anyway
- *   emfile    open until it fails; close one; open again */
+ *   emfile    open until it fails; close one; open again
+ *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -389,6 +390,37 @@ static void emfile(void) {
   printf("dir-full %d\n", w_path_open(3, 0, S("."), DIRECTORY, 0, ALL, 0, P(&fd)));
 }
 
+static void fullopen(void) {
+  /* with no descriptor (or handle) left, an open that would create or truncate
+   * fails EMFILE and does nothing, as open(2), which takes its descriptor first */
+  uint32_t fd = 0, n = 0, last = 0;
+  int opened = 0;
+  I e = 0;
+  iov v = {P("precious\n"), 9};
+  w_path_open(3, 0, S("keep.txt"), CREAT | TRUNC, WR, ALL, 0, P(&fd));
+  w_fd_write(fd, P(&v), 1, P(&n));
+  w_fd_close(fd);
+  while (opened < 5000) {
+    e = w_path_open(3, 0, S("keep.txt"), 0, RD, ALL, 0, P(&fd));
+    if (e) break;
+    opened++;
+    last = fd;
+  }
+  printf("full %d\n", e);
+  uint64_t st[8] = {0};
+  printf("trunc %d\n", w_path_open(3, 0, S("keep.txt"), TRUNC, RD | WR, ALL, 0, P(&fd)));
+  I s = w_path_filestat_get(3, 0, S("keep.txt"), P(st));
+  printf("kept %d %llu\n", s, (unsigned long long)st[4]);
+  printf("creat %d\n", w_path_open(3, 0, S("new.txt"), CREAT, RD | WR, ALL, 0, P(&fd)));
+  printf("creat-excl %d\n", w_path_open(3, 0, S("new2.txt"), CREAT | EXCL, WR, ALL, 0, P(&fd)));
+  printf("creat-trunc %d\n", w_path_open(3, 0, S("new3.txt"), CREAT | TRUNC, WR, ALL, 0, P(&fd)));
+  printf("made %d %d %d\n", w_path_filestat_get(3, 0, S("new.txt"), P(st)),
+         w_path_filestat_get(3, 0, S("new2.txt"), P(st)),
+         w_path_filestat_get(3, 0, S("new3.txt"), P(st)));
+  w_fd_close(last);           /* room for one: the O_EXCL that failed works now */
+  printf("excl-again %d\n", w_path_open(3, 0, S("new2.txt"), CREAT | EXCL, WR, ALL, 0, P(&fd)));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -402,5 +434,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "cookies")) cookies();
   if (!strcmp(part, "badout")) badout();
   if (!strcmp(part, "emfile")) emfile();
+  if (!strcmp(part, "fullopen")) fullopen();
   return 0;
 }
