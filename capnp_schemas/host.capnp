@@ -96,7 +96,9 @@ interface File @0xa05a5e2c6b2f6d07 {
   # in one message to the caller; fewer bytes than asked at the end of the file.
   read @0 (offset :UInt64, count :UInt32) -> (data :Data);
   write @1 (offset :UInt64, data :Data) -> (written :UInt32);
-  append @2 (data :Data) -> (offset :UInt64);   # the offset it was written at
+  append @2 (data :Data) -> (offset :UInt64, written :UInt32);
+  # the offset it was written at, and how many bytes: fewer than given when the
+  # file system filled up or the file reached its largest size (as write says)
   truncate @3 (size :UInt64) -> ();
   stat @4 () -> (info :Info);
   setAppend @5 (append :Bool) -> ();            # O_APPEND on or off (never off on an append-only grant)

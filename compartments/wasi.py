@@ -481,10 +481,12 @@ class Wasi:
             try:
                 data = self._gather(run)
                 if offset is None:
+                    # what went: fewer bytes than sent when the file system filled up
+                    # or the file reached its largest (they were said to be written)
                     r, _ = self._call(d.cap, "File", "append", data=data)
+                    n = min(r.written, len(data))
                     if not positional:
-                        d.offset = r.offset + len(data)
-                    n = len(data)
+                        d.offset = r.offset + n
                 else:
                     r, _ = self._call(d.cap, "File", "write", offset=offset + done, data=data)
                     n = r.written

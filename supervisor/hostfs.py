@@ -1138,7 +1138,8 @@ class File:
         return {"written": n}
 
     def append(self, data: bytes) -> dict:
-        """Write at the end; the offset it was written at."""
+        """Write at the end; the offset it was written at and the bytes written (a
+        short write, as write(2)'s: the file system full, the file at its largest)."""
         self._writing("append")
         with self._h as fd, self._lock:
             # spent once the File is known open: an append to a closed one (released
@@ -1150,7 +1151,7 @@ class File:
                 # first (lseek, fstat) and written then, two Files of one file appending
                 # at once wrote over each other or were told one offset for both
                 if not data:                           # nothing written: nothing moved
-                    return {"offset": os.fstat(fd).st_size}
+                    return {"offset": os.fstat(fd).st_size, "written": 0}
                 try:
                     n = os.pwritev(fd, [data], -1, os.RWF_APPEND)
                 except OSError as e:
@@ -1162,7 +1163,7 @@ class File:
                 self.quota.refund(len(data))
                 raise _explain(e, self.label) from None
         self.quota.refund(len(data) - n)
-        return {"offset": end}
+        return {"offset": end, "written": n}
 
     def truncate(self, size: int):
         if self.append_only:

@@ -807,6 +807,46 @@ env = {{ host = "environment", args = ["fullopen"] }}
     assert sorted(os.listdir(d)) == ["keep.txt", "new2.txt"]
 
 
+def test_an_append_cut_short_is_a_short_write_not_a_whole_one(tmp_path, edges_guest):
+    """The file system full, or the file at its largest (here the supervisor's
+    RLIMIT_FSIZE, set once the program runs): an append writes part of its bytes,
+    and the program is told how many, as write(2) does.  File.append said only
+    where it wrote, and fd_write (and fd_pwrite on an append-mode descriptor)
+    said every byte went: 200000 written, 100000 in the file, no error."""
+    import resource
+    import subprocess
+    import sys
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    system = _system(tmp_path, edges_guest, f"""
+stdout = {{ host = "log" }}
+sandbox = {{ host = "directory", path = "{d}", mount = "/sandbox" }}
+env = {{ host = "environment", args = ["shortappend"] }}
+""")
+    with open(tmp_path / "out.txt", "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", system], cwd=ROOT,
+                             stdout=out, stderr=subprocess.PIPE, text=True)
+        try:
+            said = []
+            for line in p.stderr:
+                said.append(line)
+                if "ready app" in line:
+                    break
+            resource.prlimit(p.pid, resource.RLIMIT_FSIZE,
+                             (100000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            (d / "go").write_text("")
+            said.append(p.communicate(timeout=120)[1])
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lines = [l[6:] for l in (tmp_path / "out.txt").read_text().splitlines()
+             if l.startswith("[app] ")]
+    assert lines == ["open 0", "write 0 n=100000 tell=100000 size=100000", "again 22",
+                     "pwrite 0 n=1000"], "".join(said)
+    assert os.path.getsize(d / "app.txt") == 100000
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

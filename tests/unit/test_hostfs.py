@@ -326,10 +326,30 @@ def test_read_only_carries_to_files_and_subdirectories(tree):
     assert (tree / "notes.txt").read_text() == "hello"
 
 
+@pytest.mark.parametrize("append_only", [False, True])
+def test_an_append_cut_short_says_how_many_bytes_went(tree, append_only):
+    """A file at its largest (RLIMIT_FSIZE here; a full file system alike) takes
+    part of an append, as write(2) says: File.append said only where it wrote,
+    and its caller took every byte for written (a WASI program was told 300 of
+    which 100 were in the file)."""
+    import resource
+    f = File.grant(str(tree / "notes.txt"), append_only=append_only)     # "hello"
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (105, old[1]))
+    try:
+        got = f.append(b"x" * 300)
+        fails("EFBIG", f.append, b"y")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    assert got == {"offset": 5, "written": 100}
+    assert f.append(b"") == {"offset": 105, "written": 0}
+    assert os.path.getsize(tree / "notes.txt") == 105
+
+
 def test_append_only_cannot_overwrite_truncate_or_remove_and_the_kernel_agrees(tree):
     f = File.grant(str(tree / "notes.txt"), append_only=True)
     assert fcntl.fcntl(f.fd, fcntl.F_GETFL) & os.O_APPEND
-    assert f.append(b" world") == {"offset": 5}
+    assert f.append(b" world") == {"offset": 5, "written": 6}
     fails("EPERM", f.write, 0, b"X")
     fails("EPERM", f.truncate, 0)
     fails("EPERM", f.setAppend, False)

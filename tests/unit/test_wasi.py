@@ -380,6 +380,31 @@ def test_reads_and_writes_move_at_most_max_io_per_call_and_all_of_it():
     assert call(w, "fd_pwrite", fd, 0, 1, 100, 900) == E.NOSPC
 
 
+def test_an_append_cut_short_is_a_short_write():
+    """File.append says how many bytes went (a full file system, a file at its
+    largest): fd_write, and fd_pwrite on an append-mode descriptor, count those,
+    not what was sent, and the offset moves by them."""
+    host, w = wasi_with()
+    w.max_io = 100
+    fd = open_file(w, host, fdflags=wasi.FDFLAGS_APPEND)
+    end = [0]
+
+    def append(data):
+        n = min(len(data), 250 - end[0])
+        if not n:
+            return failed("EFBIG: the file is at its largest")
+        end[0] += n
+        return {"offset": end[0] - n, "written": n}
+    host.results["File", "append"] = append
+    host.write(0, struct.pack("<II", 2000, 180))
+    assert call(w, "fd_write", fd, 0, 1, 900) == 0 and host.u32(900) == 180
+    assert call(w, "fd_write", fd, 0, 1, 900) == 0 and host.u32(900) == 70
+    assert call(w, "fd_tell", fd, 900) == 0 and struct.unpack_from("<Q", host.mem, 900)[0] == 250
+    assert call(w, "fd_write", fd, 0, 1, 900) == E.FBIG
+    end[0] = 200
+    assert call(w, "fd_pwrite", fd, 0, 1, 0, 900) == 0 and host.u32(900) == 50
+
+
 def test_random_bytes_are_asked_for_in_pieces_every_answer_can_carry():
     """Random.bytes answers at most what fits in a message to the compartment; with
     message_size = 64 KiB, random_get asked for 65536 bytes in one call, was

@@ -17,7 +17,8 @@
  *   badout    calls whose result pointer is in the null page (wsuper: EFAULT)
  *             and what they did anyway
  *   emfile    open until it fails; close one; open again
- *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing */
+ *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing
+ *   shortappend  appends that the file's largest size cuts short (waits for "go") */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -421,6 +422,33 @@ static void fullopen(void) {
   printf("excl-again %d\n", w_path_open(3, 0, S("new2.txt"), CREAT | EXCL, WR, ALL, 0, P(&fd)));
 }
 
+static uint8_t many[200000];
+
+static void shortappend(void) {
+  /* the test caps the supervisor's file size (RLIMIT_FSIZE) at 100000 bytes, then
+   * makes "go": an append (fd_write, fd_pwrite) past it is short, as write(2) is */
+  uint32_t fd = 0, n = 0, t0 = 0;
+  uint64_t st[8] = {0}, t = 0;
+  uint8_t sub[48] = {0}, ev[32];
+  uint64_t ten_ms = 10000000;
+  memcpy(sub + 24, &ten_ms, 8);
+  sub[16] = 1;                                      /* monotonic, relative */
+  while (w_path_filestat_get(3, 0, S("go"), P(st))) w_poll_oneoff(P(sub), P(ev), 1, P(&t0));
+  memset(many, 'x', sizeof many);
+  iov v = {P(many), sizeof many};
+  printf("open %d\n", w_path_open(3, 0, S("app.txt"), CREAT, RD | WR, ALL, 1, P(&fd)));
+  I e = w_fd_write(fd, P(&v), 1, P(&n));
+  w_fd_tell(fd, P(&t));
+  w_fd_filestat_get(fd, P(st));
+  printf("write %d n=%u tell=%llu size=%llu\n", e, n, (unsigned long long)t,
+         (unsigned long long)st[4]);
+  printf("again %d\n", w_fd_write(fd, P(&v), 1, P(&n)));
+  w_fd_filestat_set_size(fd, 99000);
+  n = 0;
+  e = w_fd_pwrite(fd, P(&v), 1, 0, P(&n));
+  printf("pwrite %d n=%u\n", e, n);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -435,5 +463,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "badout")) badout();
   if (!strcmp(part, "emfile")) emfile();
   if (!strcmp(part, "fullopen")) fullopen();
+  if (!strcmp(part, "shortappend")) shortappend();
   return 0;
 }
