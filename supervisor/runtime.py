@@ -30,6 +30,7 @@ import weakref
 
 import trio
 
+from capnp_schemas import hosted
 from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
@@ -222,6 +223,13 @@ class _NativeLink:
 
 _SKIPPED = object()          # a host job not run: its call ended while it waited
 _BLOCKED = object()          # nor this: its object's earlier operation did not end in time
+#: (kind, interface id, method id) of the host methods whose answer is an object
+#: holding a descriptor (Directory.open, create, subdir): counted before they run
+_OPENS = frozenset((kind, iface.id, i) for kind, iface in hosted.BY_KIND.items()
+                   if kind in ("directory", "file") for i, m in enumerate(iface.methods)
+                   if any(str(f.proto.slot.type.which) == "interface"
+                          for f in m.results.schema.fields_list))
+_NO_FDS = "EMFILE: the supervisor has no file descriptors to spare; close some files"
 
 
 class _Turn:
@@ -489,6 +497,8 @@ class Supervisor:
         self._fd_each = FD_EACH          # ... each compartment keeps for itself (set in _run)
         self._fd_owed = 0                # what the compartments below _fd_each may still take
         self._fd_budget = 0              # ... and how many they may hold (set in _run)
+        self._fd_reserved: dict[int, object] = {}  # host call token -> the descriptor
+                                                   # counted for it before it ran (_host_call)
         self._max_external = 0           # external connections at once (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
@@ -1433,6 +1443,16 @@ class Supervisor:
         if call.kind == "probe":
             self._then(self.prober.host_call, call)
             return
+        if (call.kind, call.interface_id, call.method_id) in _OPENS:
+            # the descriptor it will hold is counted before it runs: found missing
+            # after (_host_done), Directory.create had made the file and the caller
+            # was told EMFILE (an O_EXCL tried again then said EEXIST)
+            seat = object()
+            if not self._hold("file", seat, call.caller or call.owner):
+                self._tell_fd_budget()
+                self._host_done(call.token, hostcaps.Refusal(_NO_FDS), call.owner, call.caller)
+                return
+            self._fd_reserved[call.token] = seat
         outcome = self.hosts.serve(call, at_once=self._idle(call))
         if isinstance(outcome, hostcaps.Job):
             self._queue_job(call, outcome)
@@ -1550,17 +1570,16 @@ class Supervisor:
         if turns is not None and turns.here and (turns.stopped or answer and outcome.objects):
             turns.owe(self._host_done, token, outcome, owner, caller, stop=True)
             return
+        seat = self._fd_reserved.pop(token, None)
+        if seat is not None:         # counted before it ran: now for what it opened, if any
+            self._uncount(seat)
         if answer and outcome.objects:
             held = [self._hold(*o, caller or owner) for o in outcome.objects]
             if not all(held):
                 for (kind, served), counted in zip(outcome.objects, held):
                     self._release(kind, served, counted)
-                outcome = hostcaps.Refusal("EMFILE: the supervisor has no file descriptors to "
-                                           "spare; close some files")
-                self.tell_once("fd-budget", f"host files and directories hold "
-                               f"{self._host_fds} descriptors, all the supervisor can spare "
-                               f"(but the last {self._fd_each} of each compartment's own): "
-                               f"opening more fails (EMFILE) until some are closed")
+                outcome = hostcaps.Refusal(_NO_FDS)
+                self._tell_fd_budget()
                 answer = False
         if answer:
             # the answer first: the caller goes on while its lines are formatted
@@ -1573,6 +1592,12 @@ class Supervisor:
             if outcome.notice:
                 self.say(outcome.notice)
             self._perform(self.router.host_failed(token, outcome.reason, outcome.type))
+
+    def _tell_fd_budget(self):
+        self.tell_once("fd-budget", f"host files and directories hold "
+                       f"{self._host_fds} descriptors, all the supervisor can spare "
+                       f"(but the last {self._fd_each} of each compartment's own): "
+                       f"opening more fails (EMFILE) until some are closed")
 
     def _hold(self, kind: str, served, owner: str = "") -> bool:
         """Count a host object's descriptor to `owner` (a compartment); False if there
@@ -1598,16 +1623,20 @@ class Supervisor:
             return
         if kind in ("directory", "file") and served is not None:
             if counted:
-                self._host_fds -= 1
-                owner = self._fd_owner.pop(id(served), "")
-                mine = self._fds_of.get(owner, 1) - 1
-                if mine > 0:
-                    self._fds_of[owner] = mine
-                else:
-                    self._fds_of.pop(owner, None)
-                if owner in self.system.compartments and mine < self._fd_each:
-                    self._fd_owed += 1
+                self._uncount(served)
             self._soon(self.nursery.start_soon, self._release_in_thread, kind, served)
+
+    def _uncount(self, served):
+        """The descriptor _hold counted for `served` is free again."""
+        self._host_fds -= 1
+        owner = self._fd_owner.pop(id(served), "")
+        mine = self._fds_of.get(owner, 1) - 1
+        if mine > 0:
+            self._fds_of[owner] = mine
+        else:
+            self._fds_of.pop(owner, None)
+        if owner in self.system.compartments and mine < self._fd_each:
+            self._fd_owed += 1
 
     async def _release_in_thread(self, kind, served):
         # abandoned when cancelled (at stop: the process's exit closes it): a close a

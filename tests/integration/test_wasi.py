@@ -779,27 +779,37 @@ def test_opening_past_the_handles_limit_is_emfile_not_eagain(tmp_path, edges_gue
         r.stderr
 
 
-@pytest.mark.parametrize("handles", [None, 4096])
+@pytest.mark.parametrize("full", ["handles", "descriptors", "supervisor"])
 def test_an_open_past_the_last_descriptor_creates_and_truncates_nothing(tmp_path, edges_guest,
-                                                                       handles):
+                                                                       full):
     """open(2) takes its descriptor before it looks at the path: with none left it
     is EMFILE and nothing happens.  Found full only after the supervisor had run
     Directory.create (or Directory.open and File.truncate), an O_CREAT made the
     file, an O_TRUNC emptied it (data lost), and an O_EXCL tried again said
-    EEXIST.  Full either way: the c-list (the default `handles`, 1024) or the
-    1024 descriptors (a larger `handles`)."""
+    EEXIST.  Full in each way: the c-list (the default `handles`, 1024), the 1024
+    descriptors (a larger `handles`), or the supervisor's own descriptors for
+    host files (a low RLIMIT_NOFILE)."""
+    import resource
+    import subprocess
+    import sys
     d = tmp_path / "sandbox"
     d.mkdir()
     out = tmp_path / "stdout.txt"
     out.write_text("")
-    limits = f"[compartments.app.limits]\nhandles = {handles}" if handles else ""
+    limits = "[compartments.app.limits]\nhandles = 4096" if full == "descriptors" else ""
     system = _system(tmp_path, edges_guest, f"""
 stdout = {{ host = "file", path = "{out}" }}
 sandbox = {{ host = "directory", path = "{d}", mount = "/sandbox" }}
 env = {{ host = "environment", args = ["fullopen"] }}
 """, limits)
-    r = run_wsuper("up", system, timeout=120)
+
+    def low_limit():
+        if full == "supervisor":
+            resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", system], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, preexec_fn=low_limit)
     assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    assert ("opening more fails (EMFILE)" in r.stderr) == (full == "supervisor"), r.stderr
     assert out.read_text().splitlines() == [
         "full 33", "trunc 33", "kept 0 9", "creat 33", "creat-excl 33", "creat-trunc 33",
         "made 44 44 44", "excl-again 0"], r.stderr

@@ -448,11 +448,16 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
     class Host(Sup):
         _hold = runtime.Supervisor._hold
         _release = runtime.Supervisor._release
+        _uncount = runtime.Supervisor._uncount
         _host_done = runtime.Supervisor._host_done
+        _host_call = runtime.Supervisor._host_call
+        _tell_fd_budget = runtime.Supervisor._tell_fd_budget
+        _idle = runtime.Supervisor._idle
 
         def __init__(self, nursery):
             super().__init__(nursery)
             self._turns = None
+            self._fd_reserved = {}
             self.system = type("System", (), {"compartments": {"a": None, "b": None}})()
             self._fd_each, self._fd_budget, self._fd_owed = 2, 6, 4
             self._host_fds, self._fds_of, self._fd_owner = 0, {}, {}
@@ -499,6 +504,31 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
     assert b.count(True) == 4 and all(str(x).startswith("EMFILE") for x in b if x is not True)
     assert sup.answered[100] is True, sup.answered[100]
     assert sup._fds_of == {"b": 4, "a": 1}
+
+    # through _host_call (as the router's calls come): a call that would open one
+    # more than the budget holds is never run.  It ran, then was refused: create
+    # made the file and the caller was told EMFILE (an O_EXCL again: EEXIST)
+    ran = []
+
+    def counted(token):
+        def fn():
+            ran.append(token)
+            return {"dir": hostfs.Directory.grant(str(tmp_path))}
+        return hostcaps.Job("directory d", DIR.method("subdir"), fn, {})
+
+    async def through_host_call():
+        async with trio.open_nursery() as n:
+            sup = Host(n)
+            sup.hosts = type("Hosts", (), {"serve": staticmethod(
+                lambda call, at_once: counted(call.token))})()
+            for token in range(10):          # at once: none has run when the next comes
+                sup._host_call(subdir_call(token, "b"))
+        return sup, n
+    sup, _ = trio.run(through_host_call)
+    b = [sup.answered[t] for t in range(10)]
+    assert b.count(True) == 4 and all(str(x).startswith("EMFILE") for x in b if x is not True)
+    assert sorted(ran) == [t for t in range(10) if b[t] is True]       # the rest never ran
+    assert sup._fds_of == {"b": 4} and sup._fd_reserved == {} and sup._host_fds == 4
 
 
 def test_a_host_file_whose_close_a_disk_holds_does_not_hold_the_stop():
