@@ -873,12 +873,14 @@ class Wasi:
             for run in self._chunks(self._iovecs(iovs, count), self.max_io):
                 try:
                     data = self._gather(run)
-                    self._log(d, data)
+                    took = self._log(d, data)
                 except (HostCallFailed, protect.Fault):   # after some bytes: short
                     if n:
                         break
                     raise
-                n += len(data)
+                n += took
+                if took < len(data):
+                    break
         elif d.append:
             n = self._write_from(d, None, iovs, count)
         else:
@@ -898,20 +900,33 @@ class Wasi:
         self._u32(out, self._write_from(d, None if d.append else offset, iovs, count,
                                         positional=True))
 
-    def _log(self, d: _Desc, data: bytes):
+    def _log(self, d: _Desc, data: bytes) -> int:
         """Lines go to the log one by one.  A line longer than the log shows is
-        cut there (the rest is counted, not sent)."""
+        cut there (the rest is counted, not sent).  The bytes taken: all, or when
+        a line is refused (past log_rate), those of the lines before it, a short
+        write (none: the refusal), and the line refused is as it was before this
+        write (what an earlier write left unfinished stays).  Every byte was
+        said to be refused, those of lines shown too, and a program that tried
+        again showed them twice."""
         start = 0
         while True:
             nl = data.find(b"\n", start)
             piece = data[start:] if nl < 0 else data[start:nl]
+            kept, cut = len(d.line), d.cut
             room = 4 * LOG_LINE - len(d.line)
             if room > 0:
                 d.line += piece[:room]
             d.cut += max(0, len(piece) - max(room, 0))
             if nl < 0:
-                return
-            self._send_line(d)
+                return len(data)
+            pending = d.line[:kept]
+            try:
+                self._send_line(d)
+            except HostCallFailed:
+                d.line, d.cut = pending, cut
+                if start:
+                    return start
+                raise
             start = nl + 1
 
     def _send_line(self, d: _Desc):

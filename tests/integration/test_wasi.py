@@ -857,6 +857,23 @@ env = {{ host = "environment", args = ["shortappend"] }}
     assert os.path.getsize(d / "app.txt") == 100000
 
 
+def test_a_write_to_a_log_past_its_rate_says_which_lines_went(tmp_path, edges_guest):
+    """A write of three lines to a log that lets one through (log_rate): the first
+    is shown and the write is short, its bytes; it said EAGAIN and nothing written,
+    and a program that tried again showed the first line twice."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    system = _system(tmp_path, edges_guest, f"""
+stdout = {{ host = "log" }}
+sandbox = {{ host = "directory", path = "{d}", mount = "/sandbox" }}
+env = {{ host = "environment", args = ["lograte"] }}
+""", "[compartments.app.limits]\nlog_rate = 0.01")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    assert _lines(r) == ["l1"], r.stdout
+    assert (d / "said.txt").read_text() == "write 0 n=3\n"
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

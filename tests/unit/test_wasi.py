@@ -435,6 +435,48 @@ def test_a_long_log_line_is_cut_and_never_sent_whole():
     assert sent[1] == "short" and sent[2].startswith("yyy")
 
 
+def test_a_log_line_refused_makes_a_short_write_of_the_lines_before_it():
+    """Past log_rate a line is refused (EAGAIN): the lines before it in the same
+    write were shown, and the write says so (short); it said every byte was
+    refused, and a program that tried again showed them twice.  The refused
+    line is as before the write: what an earlier write left unfinished stays."""
+    host, w = wasi_with(("stdout", "log", "", 5))
+    sent, room = [], [0]
+
+    def log(text):
+        if not room[0]:
+            return HostCallFailed("overloaded", "EAGAIN: app writes to its log faster "
+                                                "than 1 lines/s (limit log_rate)")
+        room[0] -= 1
+        sent.append(text)
+        return {}
+    host.results["Log", "write"] = log
+
+    def write(data: bytes):
+        host.write(1000, data)
+        host.write(0, struct.pack("<II", 1000, len(data)))
+        return call(w, "fd_write", 1, 0, 1, 900), host.u32(900)
+    room[0] = 1
+    assert write(b"abc") == (0, 3)                 # unfinished: nothing sent yet
+    assert write(b"def\nghi\njkl\n") == (0, 4)     # "abcdef" shown, "ghi" refused
+    assert sent == ["abcdef"]
+    host.write(900, b"\xff" * 4)
+    assert write(b"ghi\njkl\n")[0] == E.AGAIN       # refused at once: nothing went
+    assert host.u32(900) == 0xFFFFFFFF
+    room[0] = 5
+    assert write(b"xy") == (0, 2)
+    assert write(b"z\n") == (0, 2)
+    w.flush_all()
+    assert sent == ["abcdef", "xyz"]
+    # refused at the first line: the unfinished part of an earlier write stays
+    room[0] = 0
+    assert write(b"pq") == (0, 2)
+    assert write(b"r\ns\n")[0] == E.AGAIN
+    room[0] = 5
+    assert write(b"r\n") == (0, 2)
+    assert sent == ["abcdef", "xyz", "pqr"]
+
+
 class Fault(Exception):
     """What the engine raises for out-of-range guest memory (a trap)."""
 

@@ -18,7 +18,8 @@
  *             and what they did anyway
  *   emfile    open until it fails; close one; open again
  *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing
- *   shortappend  appends that the file's largest size cuts short (waits for "go") */
+ *   shortappend  appends that the file's largest size cuts short (waits for "go")
+ *   lograte   a write of three lines to a log that lets one through */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -449,6 +450,19 @@ static void shortappend(void) {
   printf("pwrite %d n=%u\n", e, n);
 }
 
+static void lograte(void) {
+  /* stdout is a log whose log_rate lets one line through: the write is short,
+   * the lines before the one refused; what it said goes to a file */
+  uint32_t n = 99, fd = 0, m = 0;
+  iov v = {P("l1\nl2\nl3\n"), 9};
+  I e = w_fd_write(1, P(&v), 1, P(&n));
+  char out[64];
+  int len = snprintf(out, sizeof out, "write %d n=%u\n", e, n);
+  w_path_open(3, 0, S("said.txt"), CREAT | TRUNC, WR, ALL, 0, P(&fd));
+  iov r = {P(out), (uint32_t)len};
+  w_fd_write(fd, P(&r), 1, P(&m));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -464,5 +478,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "emfile")) emfile();
   if (!strcmp(part, "fullopen")) fullopen();
   if (!strcmp(part, "shortappend")) shortappend();
+  if (!strcmp(part, "lograte")) lograte();
   return 0;
 }
