@@ -662,10 +662,20 @@ class Wasi:
             self._release(d)
 
     def fd_renumber(self, fd, to):
+        """`fd` takes the number `to` (which must be open), at once: closing what
+        `to` was cannot fail it, as dup2(2) ignores the errors of that close (a
+        log's unfinished line refused past log_rate closed `to`, left `fd` where
+        it was and failed EAGAIN)."""
         self._fd(fd)
-        self._fd(to)
+        old = self._fd(to)
         if fd != to:
-            self.fd_close(to)
+            del self.fds[to]
+            try:
+                self._flush(old)
+            except HostCallFailed:
+                pass
+            finally:
+                self._release(old)
             self.fds[to] = self.fds.pop(fd)
 
     def _filetype(self, d: _Desc) -> int:

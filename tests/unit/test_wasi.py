@@ -477,6 +477,22 @@ def test_a_log_line_refused_makes_a_short_write_of_the_lines_before_it():
     assert sent == ["abcdef", "xyz", "pqr"]
 
 
+def test_renumber_is_done_whatever_closing_the_old_descriptor_says():
+    """fd_renumber closes `to` as dup2 does, ignoring what that close says: a log's
+    unfinished line refused (past log_rate) failed it EAGAIN with `to` closed
+    and `fd` left where it was."""
+    host, w = wasi_with(("stdout", "log", "", 5), ("data", "directory", "/data", 7))
+    host.results["Log", "write"] = HostCallFailed("overloaded", "EAGAIN: too fast")
+    host.write(1000, b"unfinished")
+    host.write(0, struct.pack("<II", 1000, 10))
+    assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 10
+    fd = open_file(w, host)
+    moved = w.fds[fd]
+    assert call(w, "fd_renumber", fd, 1) == 0
+    assert w.fds[1] is moved and fd not in w.fds
+    assert 5 in host.dropped                      # the log's reference went with it
+
+
 class Fault(Exception):
     """What the engine raises for out-of-range guest memory (a trap)."""
 
