@@ -933,7 +933,8 @@ class Wasi:
             try:
                 self._send_line(d)
             except HostCallFailed:
-                d.line, d.cut = pending, cut
+                # (before what a call served meanwhile wrote to it, if one did)
+                d.line, d.cut = pending + d.line, cut + d.cut
                 if start:
                     return start
                 raise
