@@ -65,9 +65,11 @@ interface Directory @0xa05a5e2c6b2f6d06 {
   create @1 (path :Text, readable :Bool, append :Bool, sync :Sync) -> (file :File);
   # a new regular file, open to write (and to read if `readable`); fails if the
   # name exists (EEXIST), even as a symbolic link.
-  list @2 (path :Text, cursor :UInt64) -> (entries :List(Entry), cursor :UInt64, done :Bool);
+  list @2 (path :Text, cursor :UInt64) -> (entries :List(Entry), cursor :UInt64, done :Bool,
+                                          inode :UInt64);
   # "" lists this directory; '.' and '..' are not listed.  One page per call:
-  # call again with the returned cursor until `done`.
+  # call again with the returned cursor until `done`.  `inode`: the directory's
+  # own (its '.'), so that a listing needs no `stat`.
   stat @3 (path :Text, follow :Bool) -> (info :Info);
   remove @4 (path :Text) -> ();                 # a file, a link, or an empty directory
   mkdir @5 (path :Text) -> ();

@@ -991,9 +991,14 @@ class Wasi:
         length &= 0xFFFFFFFF
         cookie &= U64
         data = bytearray()
+        fresh = False                     # the first page was just fetched, for '.'
         while len(data) < length:
             if cookie < 2:
-                self._ino(d)
+                if d.ino is None:         # the listing says it (Directory.list alone:
+                    d.page = self._list_page(d, 2)    # an allow-list without stat)
+                    fresh = True
+                    if d.ino is None:     # (a listing that does not say: stat)
+                        self._ino(d)
                 # '..' gets the directory's own inode, as under wasmtime (the parent
                 # may be outside the grant)
                 name = b"." if cookie == 0 else b".."
@@ -1001,8 +1006,9 @@ class Wasi:
                 data += _DIRENT.pack(cookie, d.ino, len(name), FILETYPE_DIR) + name
                 continue
             page = d.page
-            if cookie == 2 or page is None or cookie not in page[2]:
+            if (cookie == 2 and not fresh) or page is None or cookie not in page[2]:
                 page = d.page = self._list_page(d, cookie)
+            fresh = False
             records, cookies, at, done = page
             i = at[cookie]
             if i == len(records):
@@ -1032,6 +1038,8 @@ class Wasi:
             have = min(skip, len(known))       # entries before the next page asked
             cursor = known[have - 1] if have else 0
             r, _ = self._call(d.cap, "Directory", "list", path="", cursor=cursor)
+            if d.ino is None and r.inode:
+                d.ino = r.inode
             entries = list(r.entries)
             if not entries and not r.done:     # (the host never ends a page on nothing)
                 break

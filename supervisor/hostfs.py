@@ -508,7 +508,9 @@ class Directory:
         try:
             if cursor:
                 os.lseek(fd, cursor, os.SEEK_SET)
-            return _page(fd, cursor, budget)
+            # the directory's own inode ('.'): a WASI readdir lists '.' with it, and
+            # asked it of `stat`, which an allow-list of "list" alone refused
+            return {**_page(fd, cursor, budget), "inode": os.fstat(fd).st_ino}
         except OSError as e:
             raise _explain(e, repr(path)) from None
         finally:

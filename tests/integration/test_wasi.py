@@ -874,6 +874,19 @@ env = {{ host = "environment", args = ["lograte"] }}
     assert (d / "said.txt").read_text() == "write 0 n=3\n"
 
 
+def test_a_directory_that_allows_list_alone_can_be_read(tmp_path, edges_guest):
+    """`allow = ["list"]`: fd_readdir is Directory.list (guest-abi.md), and it
+    lists; it asked Directory.stat for the inode of '.' too, and failed."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    (d / "a").write_text("a")
+    (d / "b").mkdir()
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["listonly"],
+                                  attenuation=', allow = ["list"]')
+    assert code == 0 and lines == ["readdir 0 entries=4 dot-inode=1"], r.stdout + r.stderr
+    assert "not allowed" not in r.stderr
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -400,6 +400,9 @@ def test_directory_operations(tree):
         [("a.txt", "file"), ("notes.txt", "file"), ("sub", "directory")]
     for e in listing["entries"]:
         assert e["inode"] == d.stat(e["name"])["info"]["inode"]
+    # and the directory's own ('.'), so that a listing needs no stat
+    assert listing["inode"] == os.stat(tree).st_ino
+    assert d.list("sub")["inode"] == os.stat(tree / "sub").st_ino
     assert [e["name"] for e in d.subdir("sub")["dir"].list("")["entries"]] == ["deeper"]
     d.remove("a.txt")
     assert "does not exist" in fails("ENOENT", d.stat, "a.txt")

@@ -357,6 +357,26 @@ def test_readdir_gives_inodes_and_resumes_at_any_cookie_across_pages():
     assert len([c for c in host.calls if c[1] == "list"]) == n + 3
 
 
+def test_readdir_needs_only_list_the_listing_says_the_inode_of_dot():
+    """`allow = ["list"]` lists: '.' and '..' take the directory's inode from the
+    listing (it was asked of Directory.stat, which that allow-list refuses, and
+    every readdir from the start failed ENOTCAPABLE), and the first page is
+    fetched once."""
+    host, w = wasi_with()
+    host.results["Directory", "list"] = {"entries": [{"name": "a", "kind": "file",
+                                                      "inode": 5, "cursor": 9}],
+                                         "cursor": 9, "done": True, "inode": 42}
+    host.results["Directory", "stat"] = failed("ENOTCAPABLE: Directory.stat is not allowed")
+    assert call(w, "fd_readdir", 3, 1000, 4096, 0, 900) == 0
+    used, pos, out = host.u32(900), 1000, []
+    while pos < 1000 + used:
+        _nxt, ino, namelen, _t = struct.unpack_from("<QQIB", host.mem, pos)
+        out.append((bytes(host.mem[pos + 24:pos + 24 + namelen]), ino))
+        pos += 24 + namelen
+    assert out == [(b".", 42), (b"..", 42), (b"a", 5)]
+    assert [c[1] for c in host.calls] == ["list"]
+
+
 def test_reads_and_writes_move_at_most_max_io_per_call_and_all_of_it():
     host, w = wasi_with()
     w.max_io = 100

@@ -19,7 +19,8 @@
  *   emfile    open until it fails; close one; open again
  *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing
  *   shortappend  appends that the file's largest size cuts short (waits for "go")
- *   lograte   a write of three lines to a log that lets one through */
+ *   lograte   a write of three lines to a log that lets one through
+ *   listonly  readdir of a grant that allows Directory.list alone */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -463,6 +464,23 @@ static void lograte(void) {
   w_fd_write(fd, P(&r), 1, P(&m));
 }
 
+static void listonly(void) {
+  /* the grant allows Directory.list alone: readdir from the start works */
+  static uint8_t lb[4096];
+  uint32_t used = 0;
+  I e = w_fd_readdir(3, P(lb), sizeof lb, 0, P(&used));
+  int entries = 0, dot = 0;
+  for (uint32_t pos = 0; pos + 24 <= used;) {
+    uint64_t ino; uint32_t len;
+    memcpy(&ino, lb + pos + 8, 8);
+    memcpy(&len, lb + pos + 16, 4);
+    if (len == 1 && lb[pos + 24] == '.') dot = ino != 0;
+    entries++;
+    pos += 24 + len;
+  }
+  printf("readdir %d entries=%d dot-inode=%d\n", e, entries, dot);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -479,5 +497,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "fullopen")) fullopen();
   if (!strcmp(part, "shortappend")) shortappend();
   if (!strcmp(part, "lograte")) lograte();
+  if (!strcmp(part, "listonly")) listonly();
   return 0;
 }
