@@ -1141,7 +1141,10 @@ class Wasi:
             try:
                 return self._one_cap(self._call(d.cap, "Directory", "open", **opened)[1]), False
             except HostCallFailed as e:
-                if not oflags & OFLAGS_CREAT or errno_of(e) != E.NOENT:
+                # not there, or opening refused (an allow-list of "create" without
+                # "open": a new file is still made, as with O_EXCL; one that exists
+                # stays refused, by the open after create's EEXIST)
+                if not oflags & OFLAGS_CREAT or errno_of(e) not in (E.NOENT, E.NOTCAPABLE):
                     raise
             try:
                 return self._one_cap(self._call(d.cap, "Directory", "create", **made)[1]), True

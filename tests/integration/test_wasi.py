@@ -887,6 +887,23 @@ def test_a_directory_that_allows_list_alone_can_be_read(tmp_path, edges_guest):
     assert "not allowed" not in r.stderr
 
 
+def test_a_directory_that_allows_create_alone_makes_new_files(tmp_path, edges_guest):
+    """`allow = ["create"]` (and the files' own methods): O_CREAT asked
+    Directory.open first, was refused (ENOTCAPABLE) and stopped there, so only
+    O_EXCL made files and fopen(..., "w") failed; a file that exists stays
+    refused.  `allow = ["open"]` is the converse: opens, creates none."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    (d / "old.txt").write_text("old")
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["createonly"],
+                                  attenuation=', allow = ["create", "File.write"]')
+    assert code == 0 and lines == [
+        "creat-new 0", "creat-trunc-new 0", "creat-excl-new 0", "creat-existing 76",
+        "creat-trunc-existing 76", "open-existing 76", "fopen-w 1"], r.stdout + r.stderr
+    assert (d / "old.txt").read_text() == "old" and (d / "new4.txt").read_text() == "made"
+    assert sorted(os.listdir(d)) == ["new.txt", "new2.txt", "new3.txt", "new4.txt", "old.txt"]
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -261,6 +261,21 @@ def test_an_open_with_no_descriptor_left_asks_the_supervisor_nothing(full, oflag
     assert host.calls == []
 
 
+def test_o_creat_makes_a_new_file_where_opening_is_refused_but_creating_is_not():
+    """allow = ["create"] without "open": O_CREAT (without O_EXCL) of a new file
+    is made with Directory.create (it stopped at the open's ENOTCAPABLE); one
+    that exists stays refused (create: EEXIST, then the open again: refused)."""
+    host, w = wasi_with()
+    host.results["Directory", "open"] = failed("ENOTCAPABLE: Directory.open is not allowed")
+    host.results["Directory", "create"] = "cap"
+    fd = open_file(w, host, oflags=wasi.OFLAGS_CREAT | wasi.OFLAGS_TRUNC)
+    assert fd in w.fds and [c[1] for c in host.calls] == ["open", "create"]
+    host.calls.clear()
+    host.results["Directory", "create"] = failed("EEXIST: 'x.txt' already exists")
+    assert open_file(w, host, oflags=wasi.OFLAGS_CREAT) == E.NOTCAPABLE
+    assert [c[1] for c in host.calls] == ["open", "create", "open"]
+
+
 def test_a_directory_is_never_opened_for_writing():
     host, w = wasi_with()
     host.results["Directory", "subdir"] = "cap"

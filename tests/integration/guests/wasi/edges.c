@@ -20,7 +20,8 @@
  *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing
  *   shortappend  appends that the file's largest size cuts short (waits for "go")
  *   lograte   a write of three lines to a log that lets one through
- *   listonly  readdir of a grant that allows Directory.list alone */
+ *   listonly  readdir of a grant that allows Directory.list alone
+ *   createonly  O_CREAT on a grant that allows Directory.create alone */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -481,6 +482,20 @@ static void listonly(void) {
   printf("readdir %d entries=%d dot-inode=%d\n", e, entries, dot);
 }
 
+static void createonly(void) {
+  /* the grant allows Directory.create alone: O_CREAT makes a new file (with or
+   * without O_EXCL, as fopen "w" asks), and an existing one stays refused */
+  uint32_t fd = 0;
+  create("creat-new", "new.txt", 0, CREAT);
+  create("creat-trunc-new", "new2.txt", 0, CREAT | TRUNC);
+  create("creat-excl-new", "new3.txt", 0, CREAT | EXCL);
+  create("creat-existing", "old.txt", 0, CREAT);
+  create("creat-trunc-existing", "old.txt", 0, CREAT | TRUNC);
+  printf("open-existing %d\n", w_path_open(3, 0, S("old.txt"), 0, RD, ALL, 0, P(&fd)));
+  FILE *f = fopen("/sandbox/new4.txt", "w");
+  printf("fopen-w %d\n", f != NULL && fputs("made", f) >= 0 && fclose(f) == 0);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -498,5 +513,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "shortappend")) shortappend();
   if (!strcmp(part, "lograte")) lograte();
   if (!strcmp(part, "listonly")) listonly();
+  if (!strcmp(part, "createonly")) createonly();
   return 0;
 }
