@@ -502,16 +502,32 @@ class Wasi:
     # ------------------------------------------------------------ args, environment
 
     def _strings(self, which) -> list[bytes]:
-        if self._argv is None:
-            argv, environ = [self.name], []
-            if self.env is not None:
-                r, _ = self._call(self.env, "Environment", "args")
-                argv += list(r.args)
-                r, _ = self._call(self.env, "Environment", "vars")
-                environ = [f"{v.name}={v.value}" for v in r.vars]
-            self._argv = [a.encode() + b"\0" for a in argv]
-            self._environ = [v.encode() + b"\0" for v in environ]
-        return self._argv if which == "args" else self._environ
+        """argv (args_*: Environment.args) or environ (environ_*: Environment.vars),
+        each asked once, of its own method: with `allow = ["args"]` the arguments
+        were refused too (both were asked at once), and wasi-libc's start, whose
+        args_sizes_get failed, ended every program with 71 before main.  A method
+        the grant refuses (an allow-list, revoked) gives none, as no environment
+        grant does: wasi-libc ends the program (71) at any failure there."""
+        if which == "args":
+            if self._argv is None:
+                argv = [self.name, *self._env_list("args")]
+                self._argv = [a.encode() + b"\0" for a in argv]
+            return self._argv
+        if self._environ is None:
+            self._environ = [f"{v.name}={v.value}".encode() + b"\0"
+                             for v in self._env_list("vars")]
+        return self._environ
+
+    def _env_list(self, method: str) -> list:
+        if self.env is None:
+            return []
+        try:
+            r, _ = self._call(self.env, "Environment", method)
+        except HostCallFailed as e:
+            if errno_of(e) == E.NOTCAPABLE:
+                return []
+            raise
+        return list(r.args if method == "args" else r.vars)
 
     def _sizes(self, which, count_ptr, size_ptr):
         strings = self._strings(which)

@@ -904,6 +904,30 @@ def test_a_directory_that_allows_create_alone_makes_new_files(tmp_path, edges_gu
     assert sorted(os.listdir(d)) == ["new.txt", "new2.txt", "new3.txt", "new4.txt", "old.txt"]
 
 
+@pytest.mark.parametrize("allow", ['["args"]', '["vars"]'])
+def test_an_environment_grant_that_allows_args_or_vars_alone_runs_the_program(tmp_path,
+                                                                            allow):
+    """`allow = ["args"]` on an environment grant: the program runs with its
+    arguments and no variables (and the converse); every program that took argv
+    ended with 71 before main (both methods were asked at once)."""
+    from supervisor import toolchain
+    src = tmp_path / "env.c"
+    src.write_text('#include <stdio.h>\n#include <stdlib.h>\n'
+                   'int main(int argc, char **argv) {\n'
+                   '  printf("args %d %s\\n", argc, argc > 1 ? argv[1] : "-");\n'
+                   '  printf("MODE %s\\n", getenv("MODE") ? getenv("MODE") : "-");\n'
+                   '  return 0;\n}\n')
+    module = toolchain.build([str(src)], str(tmp_path / "env.wasm"))
+    system = _system(tmp_path, module, f"""
+stdout = {{ host = "log" }}
+env = {{ host = "environment", args = ["one"], vars = {{ MODE = "fast" }}, allow = {allow} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    assert _lines(r) == (["args 2 one", "MODE -"] if "args" in allow
+                         else ["args 1 -", "MODE fast"]), r.stdout + r.stderr
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -276,6 +276,30 @@ def test_o_creat_makes_a_new_file_where_opening_is_refused_but_creating_is_not()
     assert [c[1] for c in host.calls] == ["open", "create", "open"]
 
 
+@pytest.mark.parametrize("allowed", ["args", "vars"])
+def test_args_and_environ_each_need_their_own_method_only(allowed):
+    """args_* is Environment.args and environ_* Environment.vars, each asked on
+    its own: with one refused (an allow-list) the other still works, and the
+    refused one is empty, as without an environment grant (both were asked at
+    once, args_sizes_get failed, and wasi-libc ended every program with 71)."""
+    host, w = wasi_with(("env", "environment", "", 9))
+    refusal = failed("ENOTCAPABLE: not allowed")
+    host.results["Environment", "args"] = {"args": ["one", "two"]} \
+        if allowed == "args" else refusal
+    host.results["Environment", "vars"] = {"vars": [{"name": "A", "value": "b"}]} \
+        if allowed == "vars" else refusal
+    assert call(w, "args_sizes_get", 100, 104) == 0
+    assert (host.u32(100), host.u32(104)) == ((3, 12) if allowed == "args" else (1, 4))
+    assert call(w, "environ_sizes_get", 100, 104) == 0
+    assert (host.u32(100), host.u32(104)) == ((1, 4) if allowed == "vars" else (0, 0))
+    assert call(w, "environ_get", 200, 300) == 0 and call(w, "args_get", 400, 500) == 0
+    assert bytes(host.mem[500:504]) == b"app\0"
+    # another failure (the supervisor gone) is an error, not an empty list
+    host2, w2 = wasi_with(("env", "environment", "", 9))
+    host2.results["Environment", "vars"] = HostCallFailed("disconnected", "gone")
+    assert call(w2, "environ_sizes_get", 100, 104) == E.IO
+
+
 def test_a_directory_is_never_opened_for_writing():
     host, w = wasi_with()
     host.results["Directory", "subdir"] = "cap"
