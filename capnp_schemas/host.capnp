@@ -73,7 +73,9 @@ interface Directory @0xa05a5e2c6b2f6d06 {
   stat @3 (path :Text, follow :Bool) -> (info :Info);
   remove @4 (path :Text) -> ();                 # a file, a link, or an empty directory
   mkdir @5 (path :Text) -> ();
-  subdir @6 (path :Text, follow :Bool) -> (dir :Directory);   # same attenuation as this one
+  subdir @6 (path :Text, follow :Bool) -> (dir :Directory, inode :UInt64);
+  # same attenuation as this one; `inode`: the directory's (what a rename or link
+  # between two of them names it by, with no `stat`)
   rename @7 (from :Text, to :Text, fromDir :Text, fromInode :UInt64, toDir :Text,
              toInode :UInt64) -> ();
   # both beneath this directory; replaces `to`.  `fromDir` (if not empty): `from`

@@ -1184,11 +1184,14 @@ class Wasi:
         raise _Fail(E.LOOP)
 
     def _open_dir(self, d: _Desc, path: str, follow: bool, fdflags: int) -> int:
-        _, caps = self._call(d.cap, "Directory", "subdir", path=path, follow=follow)
-        return self._new_fd(_Desc("dir", self._one_cap(caps), flags=fdflags,
-                                  base=DIR_RIGHTS & d.inheriting,
-                                  inheriting=DIR_INHERITING & d.inheriting,
-                                  root=self.host.hold(d.root), rel=f"{d.rel}/{path}"))
+        r, caps = self._call(d.cap, "Directory", "subdir", path=path, follow=follow)
+        desc = _Desc("dir", self._one_cap(caps), flags=fdflags,
+                     base=DIR_RIGHTS & d.inheriting, inheriting=DIR_INHERITING & d.inheriting,
+                     root=self.host.hold(d.root), rel=f"{d.rel}/{path}")
+        # its inode, for rename and link between two descriptors (_two) and '.' in
+        # readdir: from the answer, so that neither needs Directory.stat
+        desc.ino = r.inode or None
+        return self._new_fd(desc)
 
     def _two(self, fd_a, path_a, fd_b, path_b) -> tuple[int, dict]:
         """One directory capability and the fields for an operation on two paths:

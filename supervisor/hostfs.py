@@ -474,7 +474,13 @@ class Directory:
             os.close(p)
 
     def subdir(self, path: str, follow: bool = False) -> dict:
-        return {"dir": self._subdir(path, follow)}
+        d = self._subdir(path, follow)
+        try:
+            inode = os.fstat(d.fd).st_ino
+        except BaseException:
+            d.close()
+            raise
+        return {"dir": d, "inode": inode}
 
     def _subdir(self, path: str, follow: bool) -> "Directory":
         raw = _path(path)

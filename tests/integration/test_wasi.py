@@ -928,6 +928,21 @@ env = {{ host = "environment", args = ["one"], vars = {{ MODE = "fast" }}, allow
                          else ["args 1 -", "MODE fast"]), r.stdout + r.stderr
 
 
+def test_rename_between_two_directory_descriptors_needs_no_stat(tmp_path, edges_guest):
+    """`allow = ["subdir", "rename", "link"]`: rename and link between two
+    directory descriptors work, as with one; they asked Directory.stat for each
+    directory's inode (ENOTCAPABLE).  Directory.subdir answers it."""
+    d = tmp_path / "sandbox"
+    _edges_tree(d, tmp_path / "outside.txt")
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["renameonly"],
+                                  attenuation=', allow = ["subdir", "rename", "link"]')
+    assert code == 0 and lines == ["open-sub 0", "open-full 0", "rename-between 0",
+                                   "link-between 0", "rename-one 0"], r.stdout + r.stderr
+    assert (d / "full" / "moved.txt").read_text() == "inner\n"
+    assert (d / "sub" / "a-hard").read_text() == "full/a"
+    assert "not allowed" not in r.stderr
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

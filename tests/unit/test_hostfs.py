@@ -403,6 +403,7 @@ def test_directory_operations(tree):
     # and the directory's own ('.'), so that a listing needs no stat
     assert listing["inode"] == os.stat(tree).st_ino
     assert d.list("sub")["inode"] == os.stat(tree / "sub").st_ino
+    assert d.subdir("sub")["inode"] == os.stat(tree / "sub").st_ino     # (no stat either)
     assert [e["name"] for e in d.subdir("sub")["dir"].list("")["entries"]] == ["deeper"]
     d.remove("a.txt")
     assert "does not exist" in fails("ENOENT", d.stat, "a.txt")

@@ -21,7 +21,8 @@
  *   shortappend  appends that the file's largest size cuts short (waits for "go")
  *   lograte   a write of three lines to a log that lets one through
  *   listonly  readdir of a grant that allows Directory.list alone
- *   createonly  O_CREAT on a grant that allows Directory.create alone */
+ *   createonly  O_CREAT on a grant that allows Directory.create alone
+ *   renameonly  rename and link between two directory descriptors, no stat */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -496,6 +497,17 @@ static void createonly(void) {
   printf("fopen-w %d\n", f != NULL && fputs("made", f) >= 0 && fclose(f) == 0);
 }
 
+static void renameonly(void) {
+  /* the grant allows subdir, rename and link (no stat): between two directory
+   * descriptors of it, as with one */
+  uint32_t sub = 0, full = 0;
+  printf("open-sub %d\n", w_path_open(3, 0, S("sub"), DIRECTORY, 0, ALL, 0, P(&sub)));
+  printf("open-full %d\n", w_path_open(3, 0, S("full"), DIRECTORY, 0, ALL, 0, P(&full)));
+  printf("rename-between %d\n", w_path_rename(sub, S("inner.txt"), full, S("moved.txt")));
+  printf("link-between %d\n", w_path_link(full, 0, S("a"), sub, S("a-hard")));
+  printf("rename-one %d\n", w_path_rename(3, S("r1"), 3, S("r1-moved")));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -514,5 +526,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "lograte")) lograte();
   if (!strcmp(part, "listonly")) listonly();
   if (!strcmp(part, "createonly")) createonly();
+  if (!strcmp(part, "renameonly")) renameonly();
   return 0;
 }
