@@ -1114,10 +1114,20 @@ class Wasi:
             cap, created = self._open_file(d, path, read, write or trunc, oflags, follow,
                                            append, sync)
         except HostCallFailed as e:
-            # open(dir, O_RDONLY) opens the directory, as on Linux
-            if errno_of(e) == E.ISDIR and not write and \
+            # open(dir, O_RDONLY) opens the directory, as on Linux: also where
+            # Directory.open is refused (allow = ["subdir", ...]: a directory is
+            # Directory.subdir's, and it was refused with it); if that fails too,
+            # the open's refusal is the answer
+            why = errno_of(e)
+            if why in (E.ISDIR, E.NOTCAPABLE) and not write and \
                     not oflags & (OFLAGS_CREAT | OFLAGS_TRUNC):
-                return self._u32(out, self._open_dir(d, path, follow, fdflags))
+                if why == E.ISDIR:
+                    return self._u32(out, self._open_dir(d, path, follow, fdflags))
+                try:
+                    fd = self._open_dir(d, path, follow, fdflags)
+                except HostCallFailed:
+                    raise e from None
+                return self._u32(out, fd)
             raise
         mask = ~0 if read else ~RIGHT_FD_READ
         mask &= ~0 if write else ~RIGHT_FD_WRITE

@@ -943,6 +943,18 @@ def test_rename_between_two_directory_descriptors_needs_no_stat(tmp_path, edges_
     assert "not allowed" not in r.stderr
 
 
+def test_a_directory_opened_without_o_directory_needs_subdir_not_open(tmp_path, edges_guest):
+    """`allow = ["subdir", "list"]`: open(dir, O_RDONLY) then fdopendir lists it
+    (the directory is Directory.subdir's); it asked Directory.open first and
+    stopped at its refusal.  A file stays refused."""
+    d = tmp_path / "sandbox"
+    _edges_tree(d, tmp_path / "outside.txt")
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["subdironly"],
+                                  attenuation=', allow = ["subdir", "list"]')
+    assert code == 0 and lines == ["open-file 76", "fdopendir 1 entries 4"], \
+        r.stdout + r.stderr
+
+
 def test_a_read_goes_on_with_its_file_when_a_nested_call_closes_the_descriptor(tmp_path):
     """While a WASI read waits for the supervisor, a call into the compartment is
     served; its dispatch closed the descriptor and opened another file, which got

@@ -300,6 +300,21 @@ def test_args_and_environ_each_need_their_own_method_only(allowed):
     assert call(w2, "environ_sizes_get", 100, 104) == E.IO
 
 
+def test_a_directory_opened_without_o_directory_where_open_is_refused():
+    """open(dir, O_RDONLY) is Directory.subdir's when Directory.open is refused
+    (allow = ["subdir", ...]), as when it says EISDIR; if subdir fails too, the
+    open's refusal is the answer (a file stays refused, ENOTCAPABLE)."""
+    host, w = wasi_with()
+    host.results["Directory", "open"] = failed("ENOTCAPABLE: Directory.open is not allowed")
+    host.results["Directory", "subdir"] = "cap"
+    fd = open_file(w, host, rights=wasi.RIGHT_FD_READ)
+    assert w.fds[fd].kind == "dir" and [c[1] for c in host.calls] == ["open", "subdir"]
+    host.results["Directory", "subdir"] = failed("ENOTDIR: 'x.txt' is not a directory")
+    assert open_file(w, host, rights=wasi.RIGHT_FD_READ) == E.NOTCAPABLE
+    host.calls.clear()          # to write: never a directory, never asked
+    assert open_file(w, host) == E.NOTCAPABLE and [c[1] for c in host.calls] == ["open"]
+
+
 def test_a_directory_is_never_opened_for_writing():
     host, w = wasi_with()
     host.results["Directory", "subdir"] = "cap"

@@ -22,8 +22,10 @@
  *   lograte   a write of three lines to a log that lets one through
  *   listonly  readdir of a grant that allows Directory.list alone
  *   createonly  O_CREAT on a grant that allows Directory.create alone
- *   renameonly  rename and link between two directory descriptors, no stat */
+ *   renameonly  rename and link between two directory descriptors, no stat
+ *   subdironly  open(dir, O_RDONLY) on a grant that allows subdir, not open */
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -508,6 +510,17 @@ static void renameonly(void) {
   printf("rename-one %d\n", w_path_rename(3, S("r1"), 3, S("r1-moved")));
 }
 
+static void subdironly(void) {
+  /* the grant allows subdir and list, not open: open(dir, O_RDONLY) and
+   * fdopendir work, a file stays refused */
+  uint32_t fd = 0;
+  printf("open-file %d\n", w_path_open(3, 0, S("r1"), 0, RD, ALL, 0, P(&fd)));
+  DIR *dd = fdopendir(open("/sandbox/full", O_RDONLY));
+  int n = 0;
+  while (dd && readdir(dd)) n++;
+  printf("fdopendir %d entries %d\n", dd != NULL, n);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -527,5 +540,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "listonly")) listonly();
   if (!strcmp(part, "createonly")) createonly();
   if (!strcmp(part, "renameonly")) renameonly();
+  if (!strcmp(part, "subdironly")) subdironly();
   return 0;
 }
