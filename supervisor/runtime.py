@@ -1453,7 +1453,13 @@ class Supervisor:
                 self._host_done(call.token, hostcaps.Refusal(_NO_FDS), call.owner, call.caller)
                 return
             self._fd_reserved[call.token] = seat
-        outcome = self.hosts.serve(call, at_once=self._idle(call))
+        try:
+            outcome = self.hosts.serve(call, at_once=self._idle(call))
+        except BaseException:
+            seat = self._fd_reserved.pop(call.token, None)
+            if seat is not None:
+                self._uncount(seat)
+            raise
         if isinstance(outcome, hostcaps.Job):
             self._queue_job(call, outcome)
         else:
