@@ -614,8 +614,12 @@ class Wasi:
                         ready.append((userdata, E.NOTCAPABLE if self.clock is None
                                       else E.NOTSUP, tag))
                         continue
-                    r, _ = self._call(self.clock, "Clock", "wall" if clock == CLOCK_REALTIME
-                                      else "monotonic")
+                    try:
+                        r, _ = self._call(self.clock, "Clock", "wall" if clock == CLOCK_REALTIME
+                                          else "monotonic")
+                    except HostCallFailed as e:   # refused (allow, revoked): its event
+                        ready.append((userdata, errno_of(e), tag))     # says so, as
+                        continue                  # without the grant (not the whole call)
                     timeout = max(0, timeout - r.ns)
                 timers.append((timeout, userdata))
             elif tag in (1, 2):

@@ -315,6 +315,21 @@ def test_a_directory_opened_without_o_directory_where_open_is_refused():
     assert open_file(w, host) == E.NOTCAPABLE and [c[1] for c in host.calls] == ["open"]
 
 
+def test_an_absolute_clock_the_grant_refuses_is_its_events_error():
+    """poll_oneoff until an absolute time on a clock grant that refuses that
+    clock (allow = ["monotonic"], revoked): the subscription's event says
+    ENOTCAPABLE, as without a clock grant; the whole call failed instead, and
+    the other subscriptions' events were lost."""
+    host, w = wasi_with(("clock", "clock", "", 8))
+    host.results["Clock", "wall"] = failed("ENOTCAPABLE: Clock.wall is not allowed")
+    sub = struct.pack("<QB7xIIQQH6x", 7, 0, wasi.CLOCK_REALTIME, 0, 10**18, 0, 1)
+    fd_sub = struct.pack("<QB7xI28x", 8, 1, 0)           # stdin: ready
+    host.write(0, sub + fd_sub)
+    assert call(w, "poll_oneoff", 0, 200, 2, 400) == 0 and host.u32(400) == 2
+    events = [struct.unpack_from("<QHB", host.mem, 200 + 32 * i) for i in range(2)]
+    assert events == [(7, E.NOTCAPABLE, 0), (8, 0, 1)]
+
+
 def test_a_directory_is_never_opened_for_writing():
     host, w = wasi_with()
     host.results["Directory", "subdir"] = "cap"
