@@ -9,6 +9,7 @@ from . import __version__
 
 def main(argv=None) -> int:
     """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    _standard_descriptors()
     # every command prints a guest's text (escaped, but printable characters of any
     # script stay as they are): a terminal or pipe that is not UTF-8 gets escapes
     # (\xe9), as `up`'s output does (output.Output); `wsuper logs` ended in a
@@ -53,6 +54,35 @@ def main(argv=None) -> int:
             startsignals.hold()      # `up` is over: a late signal is not a traceback
         if zygote is not None:
             zygote.discard()         # never used (a refused system): it goes
+
+
+def _standard_descriptors():
+    """Descriptors 0, 1 and 2 closed at launch (`wsuper up >&-`, a daemon manager that
+    closes them) get /dev/null, first thing.  Left closed, the next descriptor opened
+    took the number: the zygote's socket landed on 2, which the zygote inherited as
+    its stderr (its own words written into its own control socket: `up` refused its
+    system with "no such file" for a schema that is there), a socket landed on 1, a
+    directory on 2, and anything that writes to 1 or 2 (the log lines, a child's
+    output) wrote into whatever was there.  Python makes sys.stdout or sys.stderr
+    None for a descriptor closed at its start: they become text streams on
+    /dev/null, so that every `print` goes where it would have, to nothing."""
+    import os
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)     # the lowest free: fd, as those below are open
+        if null != fd:
+            os.dup2(null, fd, inheritable=True)
+            os.close(null)
+        else:
+            os.set_inheritable(fd, True)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, buffering=1 if fd == 2 else -1,
+                                    closefd=False, errors="backslashreplace"))
 
 
 #: seconds `wsuper stop` waits for the system to be gone (its own stop takes at most

@@ -243,3 +243,40 @@ def test_the_zygote_started_early_goes_when_the_system_is_refused(tmp_path, caps
     assert cli.main(["up", str(tmp_path / "system.toml")]) == 2
     assert "missing.wat" in capsys.readouterr().err
     assert _ours() == before          # neither running nor a zombie
+
+
+@pytest.mark.parametrize("closed", [(0,), (1,), (2,), (1, 2), (0, 1, 2)],
+                         ids=lambda c: "closed " + ",".join(map(str, c)))
+def test_standard_descriptors_closed_at_launch_take_nothing_up_opens(tmp_path, closed):
+    """A review of start-up in hostile environments: `wsuper up` launched with
+    descriptor 0, 1 or 2 closed (`>&-`, a daemon manager) let the next descriptor it
+    opened take that number: the zygote's socket landed on 2 and the zygote inherited
+    it as its stderr (`up` then refused its system: "calc.capnp: no such file"), a
+    socket on 1, a directory on 2, and writes meant for the terminal went into them.
+    Each closed one is /dev/null from the start: the system runs as it would, and
+    what goes to a stream still open is there."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def close():
+        for fd in closed:
+            os.close(fd)
+    streams = {fd: tmp_path / f"fd{fd}" for fd in (1, 2) if fd not in closed}
+    files = {fd: open(path, "w") for fd, path in streams.items()}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", "up", os.path.join(EXAMPLES, "hello.toml")],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=files.get(1), stderr=files.get(2),
+            preexec_fn=close, timeout=60)
+    finally:
+        for f in files.values():
+            f.close()
+    out = {fd: path.read_text() for fd, path in streams.items()}
+    assert proc.returncode == 0, out
+    if 1 in out:
+        assert "[app] 2 + 3 = 5" in out[1].splitlines(), out
+    if 2 in out:
+        assert out[2].splitlines()[-1].endswith("wsuper: finished app exit=0"), out
+        assert "error" not in out[2], out
