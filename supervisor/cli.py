@@ -36,8 +36,8 @@ def main(argv=None) -> int:
                 pass                 # tried again (and reported) once the system runs
         return _main(argv, zygote)
     except startsignals.StoppedAtStart as e:     # only `up` installs its handlers
-        print(f"wsuper: {e.name} during start-up: stopped before the system started",
-              file=sys.stderr)
+        from . import stderr
+        stderr.line(f"wsuper: {e.name} during start-up: stopped before the system started")
         return 128 + e.signum
     except BrokenPipeError:
         import os
@@ -409,14 +409,17 @@ def _toolchain(args) -> int:
         print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
         return 0
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
-        print(f"wsuper: error: {e}", file=sys.stderr)   # the compiler's lines, as they are
+        from . import stderr
+        stderr.line(f"wsuper: error: {e}")     # the compiler's lines, as they are
         return 2
 
 
 def _error(text: str):
     """One error line; text from a guest, a module or a peer is shown escaped."""
     from capnp_schemas.text import printable
-    print(f"wsuper: error: {printable(text)}", file=sys.stderr)
+
+    from . import stderr
+    stderr.line(f"wsuper: error: {printable(text)}")
 
 
 def _call(plan, args) -> int:

@@ -15,7 +15,7 @@ import sys
 
 from capnp_schemas.text import printable
 
-from . import endpoint, trace
+from . import endpoint, stderr, trace
 
 MAX_LINE = 64 << 20
 
@@ -53,7 +53,7 @@ def add_commands(sub):
 
 
 def _error(text: str):
-    print(f"wsuper: error: {printable(text)}", file=sys.stderr)
+    stderr.line(f"wsuper: error: {printable(text)}")
 
 
 def _lines(system: str, body: dict, timeout: float):

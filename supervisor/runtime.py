@@ -37,7 +37,7 @@ from compartments.limits import Limits
 from compartments.spec import EngineSpec
 
 from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
-    router as R, startsignals, supervision as S
+    router as R, startsignals, stderr, supervision as S
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -2148,7 +2148,7 @@ def _reraise(e: BaseException):
 
 def _refuse(e: Exception):
     """The system cannot start: one line, like every other error that stops a command."""
-    print(f"wsuper: error: {printable(first_line(e, 1000))}", file=sys.stderr, flush=True)
+    stderr.line(f"wsuper: error: {printable(first_line(e, 1000))}")
 
 
 def _wall() -> float:

@@ -852,3 +852,54 @@ def test_a_hang_up_stops_the_system_unless_it_was_started_ignoring_it(tmp_path, 
     assert records[-1]["event"] == "run stopped"
     assert records[-1]["exit_code"] == proc.returncode
     assert not (tmp_path / "ext.sock").exists()
+
+
+_SIGNALLED_AT_START = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from supervisor import cli, preflight
+def prepare(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+preflight.prepare = prepare
+sys.exit(cli.main(["up", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("case", ["refused", "refused at start", "check refused",
+                                  "signal at start"])
+def test_an_error_said_to_a_stderr_whose_reader_is_gone_keeps_its_exit_code(
+        tmp_path, case):
+    """A review of start-up in hostile environments: stdout and stderr a pipe whose
+    reader is gone (`wsuper up S 2>&1 | head -0`, a log collector that died).  The
+    error line's write failed with BrokenPipeError, which `cli.main` took for a
+    reader of stdout that went away (`wsuper status | head`) and answered 0: a
+    system that `up` or `check` refused exited 0, as if it had run or passed, and a
+    SIGTERM at start-up exited 1 in a traceback instead of 143.  The line is lost
+    (no one reads it), the exit code is the error's."""
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    os.chmod(sockets, 0o777)             # refused once the system starts (its socket's)
+    path = tmp_path / "system.toml"
+    module = f"{EXAMPLES}/calc.wat" if case != "refused" and case != "check refused" \
+        else f"{tmp_path}/missing.wat"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{sockets if case == "refused at start" else tmp_path}/e.sock"\n'
+                    f'[compartments.calc]\nmodule = "{module}"\n'
+                    f'exports = "Calc"\nexternal = true\n')
+    script = tmp_path / "signalled.py"
+    script.write_text(_SIGNALLED_AT_START.format(root=ROOT))
+    args = {"refused": ["-m", "supervisor.cli", "up", str(path)],
+            "refused at start": ["-m", "supervisor.cli", "up", str(path)],
+            "check refused": ["-m", "supervisor.cli", "check", str(path)],
+            "signal at start": [str(script), str(path)]}[case]
+    expected = 128 + signal.SIGTERM if case == "signal at start" else 2
+    r, w = os.pipe()
+    os.close(r)                          # the reader is gone before anything is written
+    try:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=w, stderr=w, timeout=60)
+    finally:
+        os.close(w)
+    assert proc.returncode == expected
+    assert not (tmp_path / "e.sock").exists() and not (sockets / "e.sock").exists()

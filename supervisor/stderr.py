@@ -1,0 +1,43 @@
+"""One line on stderr, for the errors and notes that end or accompany a command.
+
+A stderr whose reader is gone (`wsuper up ... 2>&1 | head -1`, a log collector that
+died) cannot be told anything more; the exit code is then the only answer, and it
+must be the error's.  Raised, the write's BrokenPipeError reached `cli.main`'s
+handler for a reader of stdout that went away (`wsuper status | head`), which
+returns 0: a system that `up` refused (2), or one it stopped at start for a signal
+(143), exited 0, or 1 in a traceback.  No imports beyond the standard library's:
+`cli.main` uses it before anything heavy is loaded."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+
+def line(text: str):
+    """`text` and a newline on stderr, now; nothing (and no exception) if stderr is
+    gone, which from then on is /dev/null (the interpreter's own flush at exit
+    would complain of it otherwise)."""
+    stream = sys.stderr
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, ValueError, AttributeError):
+        _gone(stream)
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+            raise
+        _gone(stream)
+
+
+def _gone(stream):
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
