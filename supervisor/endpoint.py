@@ -401,9 +401,16 @@ def claim_socket_path(path: str):
     try:
         probe.settimeout(1)
         probe.connect(path)
-    except OSError:
-        os.unlink(path)             # nobody answers: a stale socket
+    except ConnectionRefusedError:
+        os.unlink(path)             # nobody listens there: a stale socket
         return
+    except OSError as e:
+        # someone listens, or may: a full backlog (EAGAIN: a system stopped with
+        # Ctrl-Z, or slower to accept than its clients connect), no answer within the
+        # second, no permission.  Removed, a running system lost its socket to this
+        # one, and its clients were served by this system instead
+        raise EndpointError(f"{path} may be in use by a running system (connecting to it: "
+                            f"{e.strerror or 'no answer'}); not removed") from None
     finally:
         probe.close()
     raise EndpointError(f"{path} is in use by a running system")

@@ -544,3 +544,81 @@ def test_commands_wait_for_room_in_a_full_admin_backlog(tmp_path, xdg):
             s.close()
         server.join(10)
         listener.close()
+
+
+def test_a_socket_someone_listens_on_is_never_taken_for_stale(tmp_path):
+    """A review of start-up: `up` removes a socket left at its path by a system that
+    was killed (nobody listens: ECONNREFUSED).  It removed one on *any* error of its
+    probe: a live system whose backlog was full (EAGAIN: stopped with Ctrl-Z while
+    clients kept connecting, or slower to accept than they connect) lost its socket
+    to a second system given the same path, whose clients it then served.  Only a
+    refused connection is stale; any other answer leaves the socket, refused."""
+    import socket
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()                                    # bound, never listening: stale
+    endpoint.claim_socket_path(stale)
+    assert not os.path.lexists(stale)
+    live = str(tmp_path / "live.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(live)
+    listener.listen(1)
+    clients = []
+    try:
+        while True:                              # fill its backlog, never accepted
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            clients.append(c)
+            try:
+                c.connect(live)
+            except BlockingIOError:
+                break
+        with pytest.raises(endpoint.EndpointError, match="may be in use"):
+            endpoint.claim_socket_path(live)
+        assert os.path.lexists(live)
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+
+
+def test_a_second_system_on_the_socket_of_a_suspended_one_leaves_it_alone(tmp_path, xdg):
+    """The same, end to end: system A is suspended (SIGSTOP, as Ctrl-Z) with its
+    external socket's backlog full; system B, another file naming the same socket,
+    is refused, and A, resumed, still answers on its socket."""
+    import socket
+    sock = str(tmp_path / "ext.sock")
+    paths = []
+    for name in ("a", "b"):
+        path = tmp_path / name / "system.toml"
+        path.parent.mkdir()
+        path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nsocket = "{sock}"\n'
+                        f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                        f'exports = "Calc"\nexternal = true\n')
+        paths.append(str(path))
+    a = _up(paths[0])
+    clients = []
+    try:
+        a.wait_for("ready calc")
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        try:
+            while True:
+                c = socket.socket(socket.AF_UNIX)
+                c.setblocking(False)
+                clients.append(c)
+                try:
+                    c.connect(sock)
+                except BlockingIOError:
+                    break
+            r = _cli("up", paths[1])
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert "may be in use" in r.stderr, r.stderr
+        finally:
+            for c in clients:
+                c.close()
+            os.kill(a.proc.pid, signal.SIGCONT)
+        r = _cli("call", paths[0], "calc.add", "(a = 1, b = 2)")
+        assert r.returncode == 0 and "sum = 3" in r.stdout, r.stdout + r.stderr
+    finally:
+        a.stop()
