@@ -720,7 +720,7 @@ def audit_file_problem(path: str) -> str | None:
     _Audit.open, on the descriptor: no race)."""
     import stat
 
-    from .endpoint import own_dir_problem
+    from .endpoint import _unwritable, own_dir_problem
     folder = os.path.dirname(path)
     # first, as up does (endpoint.own_dir): a real directory of ours, closed to others,
     # or one up can make (not a link there: check leaves that to up, and to the checks
@@ -731,7 +731,10 @@ def audit_file_problem(path: str) -> str | None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return None
+        # up makes it: in a directory it can write (a read-only file system, or a
+        # directory of ours without write permission, passed check and refused up)
+        why = _unwritable(folder) if os.path.isdir(folder) else None
+        return f"cannot make the audit file {path}: {why}" if why else None
     except OSError as e:
         return f"cannot look at the audit file {path}: {e.strerror or e}"
     if stat.S_ISLNK(st.st_mode):
@@ -742,6 +745,10 @@ def audit_file_problem(path: str) -> str | None:
                 f"audit must be a regular file")
     if st.st_nlink > 1:
         return audit_links_problem(path, st.st_nlink)
+    if not os.access(path, os.W_OK):     # up opens it for appending
+        why = "Read-only file system" if _unwritable(folder) == "Read-only file system" \
+            else "Permission denied"
+        return f"cannot open the audit file {path} for writing: {why}"
     return None
 
 

@@ -336,8 +336,12 @@ class _Audit:
         except OSError as e:
             what = "a FIFO (named pipe) no one reads" if e.errno == errno.ENXIO else \
                 e.strerror or str(e)
-            raise endpoint.EndpointError(f"cannot open the audit file {self.path}: {what}; "
-                                         f"the audit must be a regular file") from None
+            # the hint only where the file is what is wrong (a FIFO, a link): a
+            # read-only file system or a full one is no matter of the file's kind
+            hint = "; the audit must be a regular file" \
+                if e.errno in (errno.ENXIO, errno.ELOOP) else ""
+            raise endpoint.EndpointError(f"cannot open the audit file {self.path}: "
+                                         f"{what}{hint}") from None
         st = os.fstat(fd)
         mode = st.st_mode
         if not stat.S_ISREG(mode):

@@ -1292,3 +1292,47 @@ def test_no_grant_reaches_another_systems_log_directory(tmp_path, monkeypatch, g
     if kind == "directory":              # and a directory elsewhere is granted as before
         system.write_text(text(tmp_path / "data"))
         policy.load(str(system))
+
+
+@pytest.mark.parametrize("there", [False, True], ids=["to be made", "there already"])
+def test_check_refuses_an_audit_file_up_cannot_write(tmp_path, there):
+    """A review of start-up in hostile environments: an audit file in a directory up
+    cannot write (a read-only file system; for a user, a directory of theirs without
+    write permission), or one already there that cannot be opened for writing,
+    passed `wsuper check` (exit 0) and `up` refused it (2), with "the audit must be
+    a regular file" after a read-only file system, which is no matter of the file's
+    kind.  Check refuses what up refuses, and each says only what is wrong."""
+    import subprocess
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o700)
+    audit = folder / "audit.jsonl"
+    if there:
+        audit.write_text("")
+        audit.chmod(0o600)
+    mounted = False
+    if os.geteuid() == 0:            # root writes whatever its modes say: a read-only mount
+        r = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)],
+                           capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount read-only here: {r.stderr.decode()[:200]}")
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        why = "Read-only file system"
+    else:
+        (audit if there else folder).chmod(0o400 if there else 0o500)
+        why = "Permission denied"
+    try:
+        (tmp_path / "m.wat").write_text(MOD)
+        (tmp_path / "system.toml").write_text(
+            '[system]\naudit = "ro/audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n')
+        for command in ("check", "up"):
+            r = run_wsuper(command, str(tmp_path / "system.toml"))
+            assert r.returncode == 2, (command, r.output)
+            assert ": system.audit: " in r.stderr and str(audit) in r.stderr, r.stderr
+            assert why in r.stderr and "regular file" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            folder.chmod(0o700)
