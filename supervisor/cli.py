@@ -20,7 +20,12 @@ def main(argv=None) -> int:
         except (AttributeError, ValueError, OSError):
             pass
     zygote = None
-    from . import startsignals
+    from . import launch, startsignals
+    problem = launch.fd_floor_problem()
+    if problem:                        # said before capnp_schemas (_error) is imported
+        from . import stderr
+        stderr.line(f"wsuper: error: {problem}")
+        return 2
     try:
         if (sys.argv[1:] if argv is None else argv)[:1] == ["up"]:
             # before anything: SIGINT or SIGTERM while the system is read, checked and

@@ -85,6 +85,25 @@ class Launched:
             self.popen.wait()
 
 
+#: Descriptors below which no command starts (`ulimit -n` lower, its hard limit too):
+#: the schemas' parser (pycapnp) aborts the process that runs out while it reads
+#: (SIGABRT, a C++ `terminate`, no word of wsuper's), the zygote died in a
+#: traceback, and `up` said only "[Errno 24] Too many open files".  The supervisor's
+#: own reserve (runtime.FD_RESERVE_BASE) is as many.
+FD_FLOOR = 64
+
+
+def fd_floor_problem() -> str | None:
+    """Raise the soft descriptor limit to the hard one (raise_fd_limit); why no
+    command can run under it (below FD_FLOOR), or None."""
+    import resource
+    soft = raise_fd_limit()
+    if soft >= FD_FLOOR or soft == resource.RLIM_INFINITY:
+        return None
+    return (f"this process may open only {soft} file descriptors (RLIMIT_NOFILE, its hard "
+            f"limit included); wsuper needs at least {FD_FLOOR}: raise it (ulimit -n)")
+
+
 def raise_fd_limit() -> int:
     """Each engine costs the supervisor a socket and a pipe: use the hard limit.
     Returns the limit."""

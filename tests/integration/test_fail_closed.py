@@ -730,6 +730,38 @@ def _up_with_fd_limit(system, limit: int):
     return run
 
 
+@pytest.mark.parametrize("limit", [8, 16, 24, 63, 64])
+@pytest.mark.parametrize("command", ["up", "check"])
+def test_a_descriptor_limit_too_low_to_start_is_said_first(command, limit):
+    """A review of start-up in hostile environments: `ulimit -n` low at launch (its
+    hard limit too).  Under 24 or so the schemas' parser aborted `wsuper up` and
+    `wsuper check` (a C++ `terminate`, SIGABRT, exit 134, no word of wsuper's), the
+    zygote died in a traceback, or up said only "[Errno 24] Too many open files",
+    exit 1.  Below launch.FD_FLOOR every command says so first, exit 2, and starts
+    nothing; at it, the system runs."""
+    import resource
+    import subprocess
+    import sys
+    from supervisor.launch import FD_FLOOR
+    from tests.conftest import ROOT
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", command,
+                        os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, preexec_fn=low_limit)
+    assert "Traceback" not in r.stderr and "terminate" not in r.stderr, r.stderr[-2000:]
+    if limit < FD_FLOOR:
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr == (f"wsuper: error: this process may open only {limit} file "
+                            f"descriptors (RLIMIT_NOFILE, its hard limit included); wsuper "
+                            f"needs at least {FD_FLOOR}: raise it (ulimit -n)\n")
+        assert r.stdout == ""
+    else:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert command == "check" or "[app] 2 + 3 = 5" in r.stdout, r.stdout
+
+
 def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
     """With a low descriptor limit: a compartment holding open files gets EMFILE past
     the budget; a restart still finds descriptors; connections past what the
