@@ -259,6 +259,34 @@ def foreign_dir(folder: str, what: str) -> str | None:
     return None
 
 
+def lock_exclusive(fd: int):
+    """Hold `fd`'s file (or directory) for this process until it is closed: a
+    second process asking fails at once (EndpointError), whatever its runtime
+    directory; the kernel lets go when the holder ends, SIGKILLed or not."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        raise EndpointError(e.strerror or str(e)) from None
+
+
+def lock_dir(folder: str, what: str) -> int:
+    """A descriptor of the directory `folder` (own_dir's), locked (lock_exclusive):
+    the system's own, while it runs.  Two systems given one log directory wrote
+    each other's supervisor.log (and a compartment's of the same name), and each
+    rotated and deleted what the other was writing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise EndpointError(f"cannot open {what}{folder}: {e.strerror}") from None
+    try:
+        lock_exclusive(fd)
+    except EndpointError:
+        os.close(fd)
+        raise EndpointError(f"{what}{folder} is in use by another running system: give "
+                            f"each system its own") from None
+    return fd
+
+
 class Lock:
     """The system's lock: held while it runs, refused to a second `wsuper up`.
     Two locks: the lock file in the runtime directory (its pid, `is_running`), and

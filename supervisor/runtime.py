@@ -354,6 +354,16 @@ class _Audit:
         if st.st_nlink > 1:
             os.close(fd)
             raise endpoint.EndpointError(policy.audit_links_problem(self.path, st.st_nlink))
+        try:
+            # this run's, while it runs: another system given the same file (a second
+            # system file) interleaved its records and rotated the file from under this
+            # one, whose writes then went into a rotation, deleted at the next
+            endpoint.lock_exclusive(fd)
+        except endpoint.EndpointError:
+            os.close(fd)
+            raise endpoint.EndpointError(f"the audit file {self.path} is being written by "
+                                         f"another running system: give each system its "
+                                         f"own") from None
         os.set_blocking(fd, True)
         self._size = st.st_size
         self._file = open(fd, "ab")
@@ -421,6 +431,7 @@ _REPLACED = "replaced since it was checked"
 class Supervisor:
     _turns: Turns | None = None      # while the lane's host worker runs (_lane_host)
     _clock = None                    # trio's clock, which any thread may read
+    _log_dir_fd: int | None = None   # the log directory, locked while the system runs
 
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
                  log_format: str = "text", zygote: Launched | None = None):
@@ -594,11 +605,13 @@ class Supervisor:
                 endpoint.safe_socket_dir(self.socket_path)
             key = "system.logs" if self.system.logs else ""     # none: the default
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
+            self._log_dir_fd = endpoint.lock_dir(self.log_dir, "log directory ")
             if self.audit is not None:
                 key = "system.audit"
                 endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
                 self.audit.open()
         except endpoint.EndpointError as e:
+            self._let_go(lock)
             _refuse(f"{self.system.path}: {key}: {e}" if key else e)
             return 2
         try:
@@ -606,9 +619,17 @@ class Supervisor:
         finally:
             for path, inode in self._bound.items():
                 endpoint.owned_socket(path, inode)
-            if self.audit is not None:
-                self.audit.close()
-            lock.release()
+            self._let_go(lock)
+
+    def _let_go(self, lock):
+        """What run took before anything started: the audit file, the log directory,
+        the system's lock (all, or those it had when it was refused)."""
+        if self.audit is not None:
+            self.audit.close()
+        if self._log_dir_fd is not None:
+            os.close(self._log_dir_fd)
+            self._log_dir_fd = None
+        lock.release()
 
     async def _run(self) -> int:
         limit = raise_fd_limit()

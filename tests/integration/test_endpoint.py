@@ -1,5 +1,6 @@
 """Where a running system is reached: sockets nobody else can take, one system per
 file, the admin protocol, and a terminal that goes away."""
+import json
 import os
 import shutil
 import signal
@@ -622,3 +623,47 @@ def test_a_second_system_on_the_socket_of_a_suspended_one_leaves_it_alone(tmp_pa
         assert r.returncode == 0 and "sum = 3" in r.stdout, r.stdout + r.stderr
     finally:
         a.stop()
+
+
+@pytest.mark.parametrize("shared", ["audit", "logs"])
+def test_two_systems_never_write_one_audit_file_or_log_directory(tmp_path, xdg, shared):
+    """A review of start-up: two systems (two system files) given one audit file ran
+    side by side, interleaving their records, each rotating the file at its own
+    count: the other's writes then went into a rotation, deleted at the next, lost
+    without a word; given one log directory, the same with supervisor.log and a
+    compartment's NAME.log.  The second is refused while the first runs (the file
+    and the directory are locked, whatever the runtime directory; the kernel lets go
+    at any end); once the first has stopped it runs."""
+    paths = []
+    for name in ("a", "b"):
+        own = tmp_path / name
+        own.mkdir(mode=0o700)
+        audit = tmp_path / "audit.jsonl" if shared == "audit" else own / "audit.jsonl"
+        logs = tmp_path / "logs" if shared == "logs" else own / "logs"
+        (own / "system.toml").write_text(
+            f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nsocket = "{own}/ext.sock"\n'
+            f'audit = "{audit}"\nlogs = "{logs}"\n'
+            f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+            f'exports = "Calc"\nexternal = true\n')
+        paths.append(str(own / "system.toml"))
+    a = _up(paths[0])
+    try:
+        a.wait_for("ready calc")
+        r = _cli("up", paths[1], env={"XDG_RUNTIME_DIR": str(tmp_path)})
+        assert r.returncode == 2, r.stdout + r.stderr
+        key = "system.audit" if shared == "audit" else "system.logs"
+        assert f"{paths[1]}: {key}: " in r.stderr and "another running system" in r.stderr, \
+            r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        r = _cli("call", paths[0], "calc.add", "(a = 1, b = 2)")
+        assert r.returncode == 0 and "sum = 3" in r.stdout, r.stdout + r.stderr
+    finally:
+        a.stop()
+    audit = tmp_path / ("audit.jsonl" if shared == "audit" else "a/audit.jsonl")
+    records = [json.loads(line) for line in open(audit)]
+    assert len({r["run"] for r in records}) == 1 and records[-1]["event"] == "run stopped"
+    b = _up(paths[1])                  # the first has stopped: the second runs
+    try:
+        b.wait_for("ready calc")
+    finally:
+        b.stop()
