@@ -230,6 +230,7 @@ def _main(argv=None, zygote=None) -> int:
     # from here on a signal is held for the system's receiver, which takes it as soon
     # as it is installed (runtime.Supervisor._signals): never raised inside trio
     startsignals.hold()
+    startsignals.stop_if_held()      # one whose StoppedAtStart was dropped: said here
     return trio.run(runtime.up, plan, None, args.log_format, zygote)   # --socket: in plan
 
 

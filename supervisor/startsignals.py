@@ -49,8 +49,24 @@ class StoppedAtStart(BaseException):
 
 
 def _raise(signum, _frame):
+    # held first: Python runs a handler wherever the main thread is, a weakref's
+    # callback or a __del__ among them (an import's module lock has one), where an
+    # exception is printed as "ignored" and dropped.  Raised there alone, the signal
+    # was lost: a traceback, and `up` went on to run its system, deaf to the SIGTERM
+    # it had been sent (several at once come as one).  Held, the receiver takes it.
+    _held.append(signum)
     hold()                       # the first one decides; any later one is only held
     raise StoppedAtStart(signum)
+
+
+def _unraisable(hook):
+    """sys.unraisablehook: a StoppedAtStart dropped where exceptions cannot go (held
+    already: `_raise`) is no traceback; anything else goes to `hook`."""
+    def unraisable(info):
+        if not isinstance(info.exc_value, StoppedAtStart):
+            hook(info)
+    unraisable.startsignals = True
+    return unraisable
 
 
 def _hold(signum, _frame):
@@ -64,6 +80,9 @@ def installed() -> bool:
 
 def stop_at_start():
     """Until `hold`: a SIGINT or SIGTERM ends the start-up (StoppedAtStart)."""
+    import sys
+    if not getattr(sys.unraisablehook, "startsignals", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
     for sig in stopping():
         signal.signal(sig, _raise)
 
@@ -73,6 +92,13 @@ def hold():
     never an exception at an arbitrary point of trio's (or the stop's) code."""
     for sig in stopping():
         signal.signal(sig, _hold)
+
+
+def stop_if_held():
+    """At the end of the start-up: a signal held already is one whose StoppedAtStart
+    was dropped (`_raise`): raised now, before anything runs."""
+    if _held:
+        raise StoppedAtStart(_held[0])
 
 
 def take() -> list[int]:
