@@ -448,7 +448,7 @@ def collect(pid: int, pipe: int, seconds: float, limit: int) -> tuple:
         os.close(pipe)
         os.waitpid(pid, 0)
         raise
-    _collecting.add(pid)        # the zygote's SIGTERM ends it (_stop)
+    _collecting.add(pid)        # the zygote's STOP ends it (_stop)
     deadline = time.monotonic() + seconds
     chunks, size, why = [], 0, None
     poller = select.poll()
@@ -736,7 +736,7 @@ class _Modules:
                 confining.die_with_parent(zygote)
                 os.close(r)
                 signal.set_wakeup_fd(-1)           # the zygote's wake-up pipe goes next
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)      # not the zygote's _stop
+                _defaults()                     # not the zygote's _stop, nor IGNORED
                 _close_all(self.zygote_own())      # never another module's, nor ours
                 # bounded: a module can be made to compile for minutes (a 3 MB
                 # function took 5 s), and its restarts wait for it; probes'
@@ -842,7 +842,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             lead_group()                 # what it forks ends with it (collect)
             os.close(r)
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)      # not the zygote's _stop
+            _defaults()                     # not the zygote's _stop, nor IGNORED
             _close_all(closing)
             os.dup2(w, 2)
             os.close(w)
@@ -904,7 +904,7 @@ def _end_groups():
 
 
 def _stop(signum, _frame):
-    """The zygote's SIGTERM (the supervisor's stop, or its death): every compiler's
+    """The zygote's STOP (the supervisor's stop, or its death): every compiler's
     group ends first (and a schema parser's), and then the zygote, by that signal,
     as it did before; wherever it was (a send blocked, a schema's parse).  Also
     in_a_compiler's, for a signal that would end its caller."""
@@ -988,7 +988,7 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
     if null > 2:
         os.close(null)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _defaults()
     unconfined = None
     try:
         confine.enter_early()
@@ -1162,7 +1162,7 @@ def _warm_up_start(e):
 
 
 def serve(control: socket.socket, supervisor_pid: int):
-    """The zygote, until the supervisor is gone.  Its end (that, its SIGTERM at the
+    """The zygote, until the supervisor is gone.  Its end (that, its STOP at the
     stop or at the supervisor's death: _stop, a bug) ends every compiler's group
     first: a compiler dies with the zygote (PR_SET_PDEATHSIG), but what it forked
     does not (the setting is not inherited), and lived on after `wsuper up`, with
@@ -1182,10 +1182,11 @@ def _serve(control: socket.socket, supervisor_pid: int):
 
     from . import abi, confine, engine, unchecked, wasm
     from .spec import EngineSpec, SpecError
-    # SIGTERM, not SIGKILL: the supervisor killed, it ends its compilers' groups
+    # STOP, not SIGKILL, at the supervisor's death: it ends the compilers' groups
     # too (_stop), which PR_SET_PDEATHSIG alone never reaches
-    confine.die_with_parent(supervisor_pid, signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    confine.die_with_parent(supervisor_pid, STOP)
+    for sig in IGNORED:        # main did, unless serve runs without it
+        signal.signal(sig, signal.SIG_IGN)
     zygote = os.getpid()
     wasm_engine = wasmtime.Engine(wasm.engine_config())
     for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
@@ -1193,7 +1194,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
     _compilers = lambda: [job.pid for job in modules.compiling.values()]   # noqa: E731
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(STOP, _stop)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     _warm_up_fork_handlers()
     # no gc.collect() first: it walks the whole heap (~20 ms of CPU, ~40 ms of the
@@ -1269,9 +1270,9 @@ def _serve(control: socket.socket, supervisor_pid: int):
             return
         if pid == 0:
             def refuse() -> int:
+                _defaults()                 # an engine's, to the stop
                 _close_all(closing() + list(warm or ()))
                 signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 return _refuse(spec, error, fds[0], fds[1], zygote)
             _leave_with(refuse)
         for fd in fds:
@@ -1499,7 +1500,30 @@ def _request_id(line: bytes) -> int | None:
     return int(head[0]) if head[1] and head[0].isdigit() else None
 
 
+#: Signals the zygote ignores: the supervisor decides when it stops (Zygote.stop:
+#: STOP; and the kernel's when the supervisor dies: PR_SET_PDEATHSIG).  A SIGTERM
+#: sent to every process of the service at once (systemd's KillMode=control-group,
+#: its default, `kill 0`) killed the zygote too, and the supervisor, seeing it gone
+#: before its own SIGTERM, said "the zygote is gone ... no compartment can start
+#: again" and exited 1, not 143.  Its children take SIGTERM's default back (_defaults).
+IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: The zygote's stop: the supervisor's (Zygote.stop), and the kernel's when the
+#: supervisor dies (PR_SET_PDEATHSIG).  Its handler (_stop) ends every compiler's
+#: group first, then the zygote by this signal.  Not SIGTERM, which it ignores.
+STOP = signal.SIGUSR2
+
+
+def _defaults():
+    """A child of the zygote (a spare, a compiler, the schema's parser, a refusal)
+    takes SIGTERM's default back, and STOP's (not the zygote's _stop)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(STOP, signal.SIG_DFL)
+
+
 def main():
+    for sig in IGNORED:        # first thing: its imports and warm-up take ~150 ms
+        signal.signal(sig, signal.SIG_IGN)
     control = socket.socket(fileno=int(sys.argv[1]))
     try:
         serve(control, int(sys.argv[2]))

@@ -25,6 +25,7 @@ import socket as pysocket
 
 import trio
 
+from compartments import zygote
 from compartments.spec import EngineSpec
 
 from .launch import Launched, raise_fd_limit  # noqa: F401 - raise_fd_limit: runtime's
@@ -195,5 +196,7 @@ class Zygote:
         return self._popen.returncode
 
     def stop(self):
+        """Its own stop signal (compartments/zygote.py STOP: it ends its compilers'
+        process groups first); it ignores SIGTERM (IGNORED)."""
         if self._popen.poll() is None:
-            self._popen.terminate()
+            self._popen.send_signal(zygote.STOP)

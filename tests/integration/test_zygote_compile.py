@@ -1183,15 +1183,16 @@ def test_collect_takes_a_child_that_ended_by_its_deadline_as_ended_not_too_long(
     assert (why, os.waitstatus_to_exitcode(status), text) == (None, 7, b"done")
 
 
-@pytest.mark.parametrize("how", ["supervisor gone", "SIGTERM", "supervisor killed",
-                                 "SIGTERM in a schema's parse"])
+@pytest.mark.parametrize("how", ["supervisor gone", "its stop", "supervisor killed",
+                                 "its stop in a schema's parse"])
 def test_what_a_compiler_forked_ends_with_the_zygote(tmp_path, monkeypatch, how):
     """A compiler dies with the zygote (PR_SET_PDEATHSIG), but a process it forked
     does not (the setting is not inherited): `wsuper up` ended (its zygote's socket
-    closed, then its SIGTERM), or killed, while a module's compile ran, and what
+    closed, then its stop signal), or killed, while a module's compile ran, and what
     the module's code had forked lived on after the whole system (uid 0 for the
     schema parser's child).  Now the zygote ends every compiler's group (and the
-    schema parser's) as it ends, and its supervisor's death is its SIGTERM.
+    schema parser's) as it ends, and its supervisor's death is its stop signal
+    (zygote.STOP: SIGTERM, which it ignores, is no longer the supervisor's).
     Checked in a real zygote loop (serve) under a process playing the supervisor."""
     import ctypes
     import socket
@@ -1272,7 +1273,7 @@ def test_what_a_compiler_forked_ends_with_the_zygote(tmp_path, monkeypatch, how)
         elif how == "supervisor killed":
             os.kill(supervisor, signal.SIGKILL)
         else:
-            os.kill(zygote_pid, signal.SIGTERM)
+            os.kill(zygote_pid, zygote.STOP)
         deadline = time.monotonic() + 30                # SIGKILL lands: no timing asserted
         while _left_behind() - before:
             assert time.monotonic() < deadline, "a process the compiler forked lives on"

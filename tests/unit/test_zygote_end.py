@@ -8,7 +8,7 @@ from supervisor import process
 
 
 def test_a_zygote_gone_with_a_request_unread_ends_its_run_not_the_supervisor():
-    """A review of the stop racing start-up: the stop ends the zygote (SIGTERM)
+    """A review of the stop racing start-up: the stop ends the zygote (its stop signal)
     while requests for engines may still be in its socket, unread.  Its end of a
     Unix socket closed with data unread makes the supervisor's recv fail with
     ECONNRESET, not end: Zygote.run raised it, and `wsuper up` ended in a
