@@ -216,7 +216,8 @@ def private_dir_problem(path: str) -> str | None:
         private_dir(path, create=False)
     except EndpointError as e:
         return str(e)
-    return None
+    why = _unwritable(path)            # up makes its lock and admin socket there
+    return f"cannot make the system's lock in {path}: {why}" if why else None
 
 
 def socket_dir_problem(socket_path: str) -> str | None:
@@ -322,7 +323,12 @@ class Lock:
         self.file_fd = file_fd
 
     def _acquire_file(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+        except OSError as e:            # a runtime directory read-only, or full
+            raise EndpointError(f"cannot make the system's lock {self.path}: "
+                                f"{e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -332,9 +338,16 @@ class Lock:
                 os.close(fd)
             raise EndpointError(f"this system is already running (pid {pid or '?'}); "
                                 f"stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            # a full runtime directory: "[Errno 28] No space left on device", exit 1,
+            # named nowhere, and the lock file left behind
+            self.release()
+            raise EndpointError(f"cannot write the system's lock {self.path}: "
+                                f"{e.strerror or e}") from None
 
     def release(self):
         if self.fd is not None:

@@ -667,3 +667,53 @@ def test_two_systems_never_write_one_audit_file_or_log_directory(tmp_path, xdg, 
         b.wait_for("ready calc")
     finally:
         b.stop()
+
+
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_a_runtime_directory_up_cannot_write_is_refused_and_said(tmp_path, how):
+    """A review of start-up in hostile environments: the runtime directory (the
+    system's lock, its admin socket) on a file system that is full, or read-only.
+    Full, `up` said only "[Errno 28] No space left on device", exit 1, and left its
+    lock file; read-only, exit 1 (a refusal before anything starts is 2), and
+    `wsuper check` said 0.  Both are refused with 2, naming the lock; check refuses
+    the read-only one too, and nothing is left there."""
+    import subprocess as sp
+    if os.geteuid() != 0:
+        pytest.skip("mounts a small file system")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = sp.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=700", "tmpfs", str(mnt)],
+               capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode()[:200]}")
+    try:
+        runtime = mnt / "rt" / "wsuper"
+        runtime.mkdir(parents=True, mode=0o700)
+        os.chmod(mnt / "rt", 0o700)
+        if how == "full":
+            fd = os.open(mnt / "fill", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 1024)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        else:
+            sp.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        path = _system(tmp_path / "sys")
+        env = {"XDG_RUNTIME_DIR": str(mnt / "rt")}
+        r = _cli("up", path, env=env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.startswith(f"wsuper: error: cannot ") and \
+            f"the system's lock {endpoint.lock_path(path).replace(endpoint.runtime_dir(), str(runtime))}" \
+            in r.stderr, r.stderr
+        assert ("Read-only file system" if how == "read-only" else "No space left on device") \
+            in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert os.listdir(runtime) == []
+        if how == "read-only":
+            r = _cli("check", path, env=env)
+            assert r.returncode == 2 and "Read-only file system" in r.stderr, r.stderr
+    finally:
+        sp.run(["umount", str(mnt)], check=True)
