@@ -1354,8 +1354,8 @@ def test_a_module_file_changed_before_its_compiler_read_it_is_never_another_file
             with open(path, "r+b") as f:
                 f.write(to.read_bytes())
 
-    def exports(fds):
-        text = os.pread(fds[1], 1 << 20, 0)
+    def exports(fds):           # as the compiled form names them
+        text = os.pread(fds[0], 1 << 24, 0)
         return [name for name in ("aaa", "bbb") if name.encode() in text]
     _fds, _why, want = modules.lookup(str(path))
     assert want is not None
