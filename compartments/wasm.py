@@ -17,6 +17,7 @@ the zygote imports it to compile modules for engines.
 from __future__ import annotations
 
 import json
+import os
 
 import attrs
 import wasmtime

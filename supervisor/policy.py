@@ -309,8 +309,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         except PolicyError:
             size = None
         if size is None or 0 < size < 1 << 20:
-            raise where.error("system.audit_max_size", f"must be 0 (never rotated) or a size "
-                              f"from 1 MiB to 1 PiB, such as \"64 MiB\", not " + (
+            raise where.error("system.audit_max_size", "must be 0 (never rotated) or a size "
+                              "from 1 MiB to 1 PiB, such as \"64 MiB\", not " + (
                                   f"{size:,} bytes" if size is not None else _shown(raw)))
         endpoint["audit_max_size"] = size
 

@@ -705,7 +705,7 @@ def test_a_runtime_directory_up_cannot_write_is_refused_and_said(tmp_path, how):
         env = {"XDG_RUNTIME_DIR": str(mnt / "rt")}
         r = _cli("up", path, env=env)
         assert r.returncode == 2, r.stdout + r.stderr
-        assert r.stderr.startswith(f"wsuper: error: cannot ") and \
+        assert r.stderr.startswith("wsuper: error: cannot ") and \
             f"the system's lock {endpoint.lock_path(path).replace(endpoint.runtime_dir(), str(runtime))}" \
             in r.stderr, r.stderr
         assert ("Read-only file system" if how == "read-only" else "No space left on device") \
