@@ -685,18 +685,21 @@ class Wasi:
         """`fd` takes the number `to` (which must be open), at once: closing what
         `to` was cannot fail it, as dup2(2) ignores the errors of that close (a
         log's unfinished line refused past log_rate closed `to`, left `fd` where
-        it was and failed EAGAIN)."""
+        it was and failed EAGAIN).  The move is done before that close: its flush
+        is a host call, during which calls into the compartment are served, and
+        with `to` free and `fd` still at its number meanwhile, an open took `to`
+        (and the move overwrote it, its file's reference lost) or a close of
+        `fd` made the move fail."""
         self._fd(fd)
         old = self._fd(to)
         if fd != to:
-            del self.fds[to]
+            self.fds[to] = self.fds.pop(fd)
             try:
                 self._flush(old)
             except HostCallFailed:
                 pass
             finally:
                 self._release(old)
-            self.fds[to] = self.fds.pop(fd)
 
     def _filetype(self, d: _Desc) -> int:
         return {"dir": FILETYPE_DIR, "file": FILETYPE_FILE}.get(d.kind, FILETYPE_CHAR)

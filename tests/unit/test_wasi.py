@@ -582,6 +582,52 @@ def test_renumber_is_done_whatever_closing_the_old_descriptor_says():
     assert 5 in host.dropped                      # the log's reference went with it
 
 
+@pytest.mark.parametrize("meanwhile", ["open", "close-fd", "close-to"])
+def test_renumber_is_whole_while_a_call_served_meanwhile_opens_or_closes(meanwhile):
+    """fd_renumber freed `to`, then flushed the log it was (a host call, during
+    which calls into the compartment are served), then moved `fd` there: an
+    open served meanwhile took the number `to` and the move overwrote it (its
+    file's reference leaked, the program held a number that named another
+    file), and a close of `fd` meanwhile made the move fail (KeyError, a trap).
+    The move is done first; only then is the old target flushed and released."""
+    host, w = wasi_with(("stdout", "log", "", 5), ("data", "directory", "/data", 7))
+    host.write(1000, b"unfinished")
+    host.write(0, struct.pack("<II", 1000, 10))
+    assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 10
+    to = open_file(w, host)
+    assert call(w, "fd_renumber", 1, to) == 0    # the log, its line unfinished, at `to`
+    fd = open_file(w, host)
+    moved, log = w.fds[fd], w.fds[to]
+    seen = {}
+
+    def log_write(text):
+        if meanwhile == "open":      # the lowest free number: `to`, if it is free now
+            host.write(2000, b"other.txt")
+            seen["r"] = call(w, "path_open", 3, 0, 2000, 9, 0, wasi.RIGHT_FD_READ, 0, 0, 2100)
+            seen["fd"] = host.u32(2100)
+            seen["desc"] = w.fds.get(seen["fd"])
+        else:
+            seen["r"] = call(w, "fd_close", fd if meanwhile == "close-fd" else to)
+        return {}
+
+    host.results["Log", "write"] = log_write
+    assert call(w, "fd_renumber", fd, to) == 0
+    assert [c[2] for c in host.calls if c[1] == "write"] == [{"text": "unfinished"}]
+    if meanwhile == "open":
+        assert seen["r"] == 0 and seen["desc"] is not None and seen["fd"] != to
+        assert w.fds.get(seen["fd"]) is seen["desc"] and w.fds[to] is moved
+    elif meanwhile == "close-fd":   # already moved: that number is closed
+        assert seen["r"] == E.BADF and w.fds[to] is moved and fd not in w.fds
+    else:                           # already moved: what it closes is `fd`'s file
+        assert seen["r"] == 0 and to not in w.fds and fd not in w.fds
+    assert log not in w.fds.values() and 5 in host.dropped
+    # every reference taken is held by a descriptor or was given back, once
+    held = [d.cap for d in w.fds.values()]
+    opened = set(range(101, host._next_cap + 1))
+    assert opened <= set(held) | set(host.dropped)
+    assert not set(held) & set(host.dropped)
+
+
 class Fault(Exception):
     """What the engine raises for out-of-range guest memory (a trap)."""
 
