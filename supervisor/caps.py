@@ -77,6 +77,9 @@ class Promised(Cap):
         self.error_type = "failed"
         self.queue: list = []
         self.refs = 0
+        # let go of (nobody in the supervisor held it): it never goes on to what its
+        # answer returns, and is never reached again (Router._held, _let_go_promise)
+        self.released = False
 
     def __repr__(self):
         return f"Promised({self.peer.name}#{self.answer_id})"

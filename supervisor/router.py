@@ -1128,9 +1128,7 @@ class Router:
         """`promised` settled and its calls went on: if nobody holds it, let go of
         what it resolved to."""
         if promised.refs <= 0 and promised.target is not None:
-            target, promised.target = promised.target, None     # nobody holds it now
-            promised.error = "the promised capability was released"
-            self._drop(target)
+            self._let_go_promise(promised)                      # nobody holds it now
 
     # ------------------------------------------------------------ the fast lane
 
@@ -1661,6 +1659,10 @@ class Router:
             cap = cap.target
         if isinstance(cap, Remote):
             return cap.peer.remotes.get(cap.import_id) is cap
+        if isinstance(cap, Promised):
+            # let go of: out of the promises its answer settles (or what it resolved
+            # to let go of too); reached, a call on it waited until its call_time
+            return not cap.released
         return True
 
     @staticmethod
@@ -1769,15 +1771,27 @@ class Router:
                 self._drop(cap.target)
             elif isinstance(cap, Promised):
                 if cap.target is not None:              # resolved: let go of what it is
-                    target, cap.target = cap.target, None
-                    cap.error = "the promised capability was released"
-                    self._drop(target)
+                    self._let_go_promise(cap)
                 elif cap.error is None and not cap.queue:   # no one will call it
                     waiting = self._promises.get((cap.peer.id, cap.answer_id))
                     if waiting and cap in waiting:
                         del waiting[cap]
                         if not waiting:
                             del self._promises[(cap.peer.id, cap.answer_id)]
+                    # out of the promises its answer settles: reached again (through
+                    # an open answer that returned it, _held), a call on it waited
+                    # for a settling that never came, until its call_time
+                    self._let_go_promise(cap)
+
+    def _let_go_promise(self, promised: Promised):
+        """`promised` is let go of (nobody holds it): what it resolved to too, and it
+        fails whatever reaches it after (_held refuses it in an answer's result)."""
+        promised.released = True
+        promised.error = "the promised capability was released"
+        promised.error_type = "failed"
+        target, promised.target = promised.target, None
+        if target is not None:
+            self._drop(target)
 
     def _released_all(self, objects) -> list:
         for kind, served in objects:

@@ -2527,3 +2527,40 @@ def test_calls_waiting_for_a_start_when_the_system_stops_are_answered(audit):
         r["outcome"] == "failed" and "the system stopped" in r["reason"] for r in records)
     calc.deliver(starting)
     assert calc.inbox == []
+
+
+@pytest.mark.parametrize("how", ["called", "passed"])
+def test_a_promise_let_go_of_is_not_reached_through_an_answer_that_returned_it(how):
+    """A promised capability (receiverAnswer) let go of before its answer came is out
+    of the promises its answer settles: reached again through an open answer that
+    returned it (pipelined on, or passed as promised by that answer), it was called
+    as a promise still to be settled, and the call waited, its bytes held, until its
+    call_time, though the answer it waited for had returned meanwhile: nothing
+    would ever settle it.  Refused at once, as a Remote let go of is ('released')."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None, "b": None}, clock=lambda: now[0],
+                      limits={n: R.Limits(call_time=2.0) for n in ("calc", "app", "b")})
+    calc, app, first, _second, promised = _promise_passed(router)
+    b = start(router, "b", [grant("calc", "calc")])
+    qb, data = b.conn.send_call(b.grants[0].import_id, CALC, 3)       # b never finishes
+    b.send(data)
+    (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                    [P.RemoteRef(promised)]))
+    (ret,) = [e for e in b.inbox if isinstance(e, P.ReturnReceived)]
+    b.inbox.clear()
+    b.send(b.conn.send_release(ret.payload.caps[0].import_id))        # b lets it go
+    calc.send(calc.conn.send_release(promised))                        # and so does calc
+    if how == "called":
+        q, data = b.conn.send_call((qb, ()), OBSERVER, 0)
+    else:
+        q, data = b.conn.send_call(b.grants[0].import_id, CALC, 2, Content.capability(0),
+                                   [P.ReceiverAnswer(qb, ())])
+    b.send(data)
+    calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    assert not [e for e in calc.inbox if isinstance(e, P.CallReceived)]   # not passed on
+    (ret,) = [e for e in b.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
+    assert ret.payload is None and "released" in ret.error, ret
+    assert not router._waiting and router.pipelined_bytes == 0
+    assert all(p in router.peers for p in (calc.pid, app.pid, b.pid))
