@@ -1074,16 +1074,38 @@ class Router:
         compartment is up) go on from it, as they were when they began to wait; not
         those whose caller no longer waits for them (revoked, cancelled, timed out,
         gone): nothing of those reaches the callee."""
-        for call, first, chain in self._take_all(where):
-            caller, answer_id = call.reply
-            if not caller.alive or not caller.conn.awaiting_return(answer_id):
-                self._close_call(call.reply, "failed", self._caller_gone())
-                self.sweep(call.caps)
-            elif caller.conn.gave_up(answer_id):
-                self._fail_waiting(call, "cancelled by its caller (Finish) before it could "
-                                         "be delivered", "failed")
-            else:
-                self._deliver(where, call, resumed=(first, chain))
+        taken = self._take_all(where)
+        held = self._hold_until_done(call for call, _f, _c in taken)
+        try:
+            for call, first, chain in taken:
+                caller, answer_id = call.reply
+                if not caller.alive or not caller.conn.awaiting_return(answer_id):
+                    self._close_call(call.reply, "failed", self._caller_gone())
+                    self.sweep(call.caps)
+                elif caller.conn.gave_up(answer_id):
+                    self._fail_waiting(call, "cancelled by its caller (Finish) before it "
+                                             "could be delivered", "failed")
+                else:
+                    self._deliver(where, call, resumed=(first, chain))
+        finally:
+            self._done_holding(held)
+
+    def _hold_until_done(self, calls) -> list:
+        """The capabilities of calls taken out of a queue together (_take_all,
+        _take_pipelined: no longer held by their calls) are held until all of them
+        are handled: one call failing (cancelled, its caller gone, refused) swept
+        what it passed before the next call that passed it too went on, the router
+        released it at its peer, and the next passed on a capability released (an
+        outside review).  What nobody holds is let go of after (_done_holding)."""
+        held = [c for call in calls for c in call.caps if c is not None]
+        for c in held:
+            c.refs += 1
+        return held
+
+    def _done_holding(self, held: list):
+        for c in held:
+            c.refs -= 1
+        self.sweep(held)
 
     def _take_all(self, where) -> list:
         """Every call waiting on `where`, out of its queue and no longer held, before
@@ -1444,26 +1466,31 @@ class Router:
     def _after_return(self, peer: Peer, answer_id: int, content: Content, out_caps):
         """Answer `answer_id` to `peer` returned (content, out_caps): the calls pipelined
         on it go on, and the capabilities promised in it resolve."""
-        for transform, call in self._take_pipelined(peer, answer_id):
-            caller, their_id = call.reply
-            if not caller.alive or not caller.conn.awaiting_return(their_id):
-                self.sweep(call.caps)
-                continue
-            why = None
-            if caller.conn.gave_up(their_id):         # as _run_queue: cancelled (Finish)
-                why = CallError("cancelled by its caller (Finish) before it could be "
-                                "delivered", "failed")
-            else:
-                try:
-                    target = self._resolve_pipeline(peer, (content, out_caps), transform)
-                except CallError as e:
-                    why = e
-            if why is not None:
-                self._refuse_call(call.reply, answer_id, call.interface_id, call.method_id,
-                                  why)
-                self.sweep(call.caps)
-                continue
-            self._deliver(target, call)
+        taken = self._take_pipelined(peer, answer_id)
+        held = self._hold_until_done(call for _t, call in taken)
+        try:
+            for transform, call in taken:
+                caller, their_id = call.reply
+                if not caller.alive or not caller.conn.awaiting_return(their_id):
+                    self.sweep(call.caps)
+                    continue
+                why = None
+                if caller.conn.gave_up(their_id):     # as _run_queue: cancelled (Finish)
+                    why = CallError("cancelled by its caller (Finish) before it could be "
+                                    "delivered", "failed")
+                else:
+                    try:
+                        target = self._resolve_pipeline(peer, (content, out_caps), transform)
+                    except CallError as e:
+                        why = e
+                if why is not None:
+                    self._refuse_call(call.reply, answer_id, call.interface_id,
+                                      call.method_id, why)
+                    self.sweep(call.caps)
+                    continue
+                self._deliver(target, call)
+        finally:
+            self._done_holding(held)
         if self._promises:
             self._settle(peer, answer_id, (content, out_caps))
 

@@ -2564,3 +2564,61 @@ def test_a_promise_let_go_of_is_not_reached_through_an_answer_that_returned_it(h
     assert ret.payload is None and "released" in ret.error, ret
     assert not router._waiting and router.pipelined_bytes == 0
     assert all(p in router.peers for p in (calc.pid, app.pid, b.pid))
+
+
+
+@pytest.mark.parametrize("waits_on", ["a start", "an answer", "a promise"])
+def test_a_capability_passed_in_two_waiting_calls_outlives_the_first_ones_cancel(waits_on):
+    """A peer passed its own observer in two calls that waited together (on calc's
+    start, pipelined on an answer, on a promise) and cancelled the first (Finish).
+    When they went on, both were let go of at once, before either was handled: the
+    first, cancelled, swept the observer nothing else held, the router released it
+    at its peer, and the second then passed on an observer already released, whose
+    calls failed ('a capability of app that was released').  What a waiting call
+    passed is held until its own turn comes."""
+    router = R.Router({"calc": CALC, "app": None})
+    app = start(router, "app", [grant("calc", "calc")])
+    h = app.grants[0].import_id
+    observer = object()
+    if waits_on == "a start":
+        calc, starting = start(router, "calc", exports=True, later=True)
+    else:
+        calc = start(router, "calc", exports=True)
+        q0, data = app.conn.send_call(h, CALC, 1)          # calc answers it later
+        app.send(data)
+        (first,) = calc.inbox
+        calc.inbox.clear()
+    if waits_on == "a promise":          # calc calls app's promise twice, passing its own
+        calc, app = app, calc            # observer: the roles of the others swapped
+        calc.send(calc.conn.send_call(h, CALC, 2, Content.capability(0),
+                                      [P.ReceiverAnswer(q0, ())])[1])
+        (ev,) = app.inbox
+        app.inbox.clear()
+        app.send(app.conn.send_return(ev.answer_id))
+        target = ev.payload.caps[0].import_id
+    else:
+        target = h if waits_on == "a start" else (q0, ())
+    qs = []
+    for _ in range(2):
+        q, data = app.conn.send_call(target, CALC, 0, Content.capability(0), [observer])
+        app.send(data)
+        qs.append(q)
+    app.send(app.conn.send_finish(qs[0]))                   # the first one cancelled
+    assert not [e for e in app.inbox if isinstance(e, P.ExportReleased)]
+    if waits_on == "a start":
+        calc.deliver(starting)
+    elif waits_on == "an answer":
+        calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    else:                       # calc (`app` here) answers app's call with its own object
+        app.send(app.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    receiver = app if waits_on == "a promise" else calc
+    (ev,) = [e for e in receiver.inbox if isinstance(e, P.CallReceived)]   # the second
+    receiver.inbox.clear()
+    assert not [e for e in app.inbox if isinstance(e, P.ExportReleased)]
+    (got,) = ev.payload.caps
+    if isinstance(got, P.Exported):                     # its own, back: as it passed it
+        assert got.obj is observer
+        return
+    receiver.send(receiver.conn.send_call(got.import_id, OBSERVER, 7)[1])
+    (back,) = [e for e in app.inbox if isinstance(e, P.CallReceived)]
+    assert back.target is observer and back.method_id == 7
