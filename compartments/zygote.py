@@ -684,6 +684,14 @@ class _Modules:
         self._fds[variant] = (key, fds)
         return fds, None
 
+    def running(self) -> list[int]:
+        """The pids of the compilers not reaped yet (_end_groups ends their groups).
+        One reaped (its `status` known) stays in `compiling` until its end is
+        settled, and the zygote forks meanwhile (the requests that waited for
+        another compile): its number may be a new child's (an engine) by then,
+        which waitid cannot tell from the compiler's."""
+        return [job.pid for job in self.compiling.values() if job.status is None]
+
     def descriptors(self) -> list[int]:
         return [fd for _key, fds in self._fds.values() for fd in fds] + [
             fd for c in self.compiling.values() for fd in (*c.fds, c.pipe)]
@@ -1193,7 +1201,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         unchecked.func_type(params, results, wasm_engine)     # shared by the children
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
-    _compilers = lambda: [job.pid for job in modules.compiling.values()]   # noqa: E731
+    _compilers = modules.running
     signal.signal(STOP, _stop)
     warm = _warm_up(wasm_engine)          # the built-in module's memfds, or None
     _warm_up_fork_handlers()

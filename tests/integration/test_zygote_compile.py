@@ -1546,3 +1546,32 @@ def test_the_zygote_ends_quietly_when_the_supervisor_goes_with_its_answers_unrea
             pass
     assert "Traceback" not in err.read_text(), err.read_text()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_the_zygotes_end_never_signals_a_child_that_took_a_reaped_compilers_number(
+        modules, monkeypatch):
+    """A compiler reaped by the zygote's loop stays in `compiling` until its end is
+    settled, and settling another compile first forks (the spares that take the
+    requests that waited for it): a new child may get the reaped compiler's
+    number.  The zygote's end (_end_groups, at its STOP) checked each number with
+    waitid, which a live child of the zygote passes whoever it is: it SIGKILLed
+    that child (an engine) and its group.  Only compilers not reaped are ended."""
+    import subprocess
+    child = subprocess.Popen(["sleep", "60"])    # the new child with the old number
+    try:
+        reaped = zygote._Compile(("reaped",), ("m.wasm", (), None, 0), (), child.pid, -1)
+        reaped.status = 0                        # the loop reaped the compiler
+        modules.compiling[reaped.want] = reaped
+        monkeypatch.setattr(zygote, "_compilers", modules.running)
+        assert modules.running() == []
+        zygote._end_groups()
+        assert child.poll() is None, "a child not a compiler was killed"
+        reaped.status = None                     # not reaped: its number is its own
+        assert modules.running() == [child.pid]
+        zygote._end_groups()
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        modules.compiling.clear()
+        if child.poll() is None:
+            child.kill()
+        child.wait()
