@@ -107,6 +107,10 @@ COMPILE_WALL = 3 * COMPILE_SECONDS
 COMPILES = min(4, max(2, len(os.sched_getaffinity(0))))
 #: Seconds at least before a module whose compiler died is compiled again (_Modules.get)
 FAILED_RETRY = 10.0
+#: Times at most a request is compiled again for its module file as it is now, when
+#: the file changed under a compile that failed (its compiler refuses to read a file
+#: other than the one looked up: wasm.preload); then that failure is its answer
+RECOMPILES = 3
 #: Bytes of address space a child that compiles a module may map (on top of what
 #: it had when forked).  A compile's memory grows with the module (one function of
 #: 200,000 additions, 600 KB: 217 MB; 3.6 MB: 830 MB), and 120 s of CPU is enough
@@ -684,6 +688,17 @@ class _Modules:
         self._fds[variant] = (key, fds)
         return fds, None
 
+    def changed(self, want: tuple) -> bool:
+        """Whether the file of `want` (variant, file key) is not the one looked up
+        any more (wasm.file_key): a compile of it that failed failed for another
+        file, or for the same one touched (a chmod, a hard link made: its change
+        time), and says nothing of the file as it is now."""
+        from .wasm import file_key
+        try:
+            return file_key(os.stat(want[0][0])) != want[1]
+        except OSError:
+            return False            # gone: its lookup says so
+
     def running(self) -> list[int]:
         """The pids of the compilers not reaped yet (_end_groups ends their groups).
         One reaped (its `status` known) stays in `compiling` until its end is
@@ -1225,6 +1240,9 @@ def _serve(control: socket.socket, supervisor_pid: int):
     #: slot (COMPILES at once), in the order they were asked for: [(want, args)]
     parked: dict[tuple, list] = {}
     queued: collections.deque = collections.deque()
+    #: requests whose module file changed under a compile that failed: how many
+    #: times each was compiled again for its file as it is now (RECOMPILES at most)
+    recompiled: dict = {}
 
     def closing() -> list:
         """What is the zygote's, for a spare to close: the control socket, the wake-up
@@ -1260,6 +1278,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         raise AssertionError("unreachable")
 
     def answer(msg: dict):
+        recompiled.pop(msg.get("id"), None)     # answered: it waits no more
         control.sendall(json.dumps(msg).encode() + b"\n")
 
     def dispatch(ident, line: bytes, spec, fds: list, module_fds, error) -> None:
@@ -1326,7 +1345,16 @@ def _serve(control: socket.socket, supervisor_pid: int):
         # for one must never hold another's socket or stderr pipe
         requests = parked.get(job.want, [])
         while requests:
-            dispatch(*requests.pop(0), module_fds, error)
+            ident, line, spec, fds = requests.pop(0)
+            if error is not None and modules.changed(job.want) \
+                    and recompiled.get(ident, 0) < RECOMPILES:
+                # its file is not the one looked up any more (a chmod, a hard link,
+                # a touch: its change time; or a new version): what failed was not
+                # the module asked for now, which is compiled for it instead
+                recompiled[ident] = recompiled.get(ident, 0) + 1
+                load(ident, line, spec, fds)
+                continue
+            dispatch(ident, line, spec, fds, module_fds, error)
         parked.pop(job.want, None)
         start_compiles()
 
@@ -1353,6 +1381,11 @@ def _serve(control: socket.socket, supervisor_pid: int):
                 os.close(fd)
             answer({"error": f"engine request: {e}", "id": ident})
             return
+        load(ident, line, spec, fds)
+
+    def load(ident, line: bytes, spec, fds: list) -> None:
+        """Answer request `ident` with its module as its file is now: compiled, failed,
+        or compiled first (parked meanwhile)."""
         try:
             module_fds, error, want = modules.lookup(spec.module, spec.instrument,
                                                      spec.protect, spec.limits.memory)

@@ -1575,3 +1575,84 @@ def test_the_zygotes_end_never_signals_a_child_that_took_a_reaped_compilers_numb
         if child.poll() is None:
             child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("touch", ["chmod", "hard link made", "times set as they were"])
+def test_a_module_file_touched_while_its_compile_waits_still_starts(tmp_path, touch):
+    """The compiler refuses to read a file other than the one its request looked up
+    (wasm.preload: its key holds the change time), and a compile may wait for a
+    slot.  A file not changed but touched meanwhile (a chmod, a hard link made by a
+    backup or a deployment, its times set as they were) failed its start: "the
+    module file changed while it was being compiled", a compartment with restart
+    "never" never ran.  A compile that fails for a file that is not the one looked
+    up any more is done again for the file as it is now, for the requests that
+    waited for it (zygote.RECOMPILES times at most)."""
+    import socket
+
+    import trio
+
+    from compartments.spec import EngineSpec
+    from supervisor.process import Zygote
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    slow = []
+    for i in range(zygote.COMPILES):            # every compile slot busy for a while
+        path = tmp_path / f"slow{i}.wasm"
+        path.write_bytes(_slow_to_compile(600_000 + i))
+        slow.append(str(path))
+    module = tmp_path / "m.wat"
+    module.write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+    os.chmod(module, 0o644)
+    kept, answers, said = {}, {}, {}
+
+    def touched():
+        if touch == "chmod":
+            os.chmod(module, 0o664)
+        elif touch == "hard link made":
+            os.link(module, tmp_path / "m.bak")
+        else:
+            st = os.stat(module)
+            os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    async def main():
+        zygote_ = Zygote()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(zygote_.run)
+
+            async def spawn(name, path, task_status=trio.TASK_STATUS_IGNORED):
+                ours, theirs = socket.socketpair()
+                kept[name] = ours
+                try:
+                    answers[name] = await zygote_.spawn(
+                        EngineSpec(name, path, user=user), theirs.fileno(),
+                        task_status.started)
+                finally:
+                    theirs.close()
+            with trio.fail_after(120):
+                async with trio.open_nursery() as requests:
+                    for i, path in enumerate(slow):
+                        await requests.start(spawn, f"slow{i}", path)
+                    await requests.start(spawn, "m", str(module))
+                    # answered at once, after the zygote looked "m" up (a line at a time)
+                    await requests.start(spawn, "gone", str(tmp_path / "gone.wasm"))
+                    while "gone" not in answers:
+                        await trio.sleep(0.01)
+                    touched()
+                # an engine ends when its socket does; one refused says why first
+                kept.pop("m").close()
+                text = b""
+                while chunk := await answers["m"].stderr.receive_some(1 << 16):
+                    text += chunk
+                said["m"] = (await answers["m"].wait(), text.decode())
+            for proc in answers.values():
+                proc.kill()
+                await proc.wait()
+            zygote_.stop()
+            nursery.cancel_scope.cancel()
+    try:
+        trio.run(main)
+    finally:
+        for s in kept.values():
+            s.close()
+    from compartments import engine
+    code, text = said["m"]
+    assert code != engine.EXIT_CANNOT_LOAD and "cannot load" not in text, said["m"]
