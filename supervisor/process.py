@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket as pysocket
+import subprocess
 
 import trio
 
@@ -82,6 +83,10 @@ class _Answer:
         return self.value
 
 
+#: Seconds the zygote has to end by its own stop (zygote.STOP) before it is killed
+STOP_WAIT = 5.0
+
+
 class Zygote:
     """The supervisor's end of compartments/zygote.py (see there for the protocol)."""
 
@@ -136,9 +141,7 @@ class Zygote:
             for engine in self._engines.values():   # they died with the zygote
                 engine._exit(-signal.SIGKILL)
             self._engines.clear()
-            if self._popen.poll() is None:
-                self._popen.kill()
-            self._popen.wait()
+            self._end()
 
     async def spawn(self, spec: EngineSpec, sock_fd: int, sent=None) -> ForkedEngine:
         """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy).
@@ -194,6 +197,21 @@ class Zygote:
     def returncode(self) -> int | None:
         """Its exit status once it is gone (negative: the signal that killed it)."""
         return self._popen.returncode
+
+    def _end(self):
+        """The zygote ends, by its own stop first: its STOP handler ends every
+        compiler's process group before the zygote goes (compartments/zygote.py
+        _stop), which a SIGKILL never lets it do.  `wsuper up`'s stop sent STOP and
+        then ended run() at once: the SIGKILL here came before the zygote ran its
+        handler (4 times in 5), and what a compiler had forked outlived the system.
+        SIGKILL only if it is not gone within STOP_WAIT seconds."""
+        if self._popen.poll() is None:
+            try:
+                self._popen.send_signal(zygote.STOP)
+                self._popen.wait(timeout=STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+        self._popen.wait()
 
     def stop(self):
         """Its own stop signal (compartments/zygote.py STOP: it ends its compilers'

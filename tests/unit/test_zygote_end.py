@@ -37,3 +37,98 @@ def test_a_zygote_gone_with_a_request_unread_ends_its_run_not_the_supervisor():
     trio.run(main)
     assert not zygote.alive and answer.value is None
     ours.close()
+
+
+def _zygote_of(popen, ours):
+    zygote = object.__new__(process.Zygote)
+    zygote._popen = popen
+    zygote.pid = popen.pid
+    zygote._raw = ours
+    zygote._sock = trio.socket.from_stdlib_socket(ours)
+    zygote._waiting = {}
+    zygote._engines = {}
+    zygote._early = {}
+    zygote.alive = True
+    return zygote
+
+
+def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monkeypatch):
+    """The zygote's stop signal (zygote.STOP) runs its handler, which ends every
+    compiler's process group before the zygote goes: what a compiler forked must
+    not outlive the system.  `wsuper up`'s stop sent it (Zygote.stop) and then
+    cancelled Zygote.run at once, whose end SIGKILLed a zygote still running: the
+    SIGKILL came before the handler ran (4 stops in 5 with a real zygote), and
+    the groups were never ended.  Whatever ends run(), the zygote gets its STOP
+    and its handler's end; one that does not end by it is killed after
+    process.STOP_WAIT."""
+    import signal
+    import sys
+    from compartments import zygote as zygote_module
+    done = tmp_path / "handler ran"
+    # plays a zygote whose handler takes a while (a loaded machine schedules it late)
+    code = f"""if True:
+        import os, signal, sys, time
+        def stop(signum, frame):
+            time.sleep(0.5)
+            open({str(done)!r}, "w").close()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        signal.signal({int(zygote_module.STOP)}, stop)
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        time.sleep(60)
+    """
+    for how in ("stopped", "cancelled", "socket ended"):
+        done.unlink(missing_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert popen.stdout.readline() == b"ready\n"
+        zygote = _zygote_of(popen, ours)
+
+        async def main():
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(zygote.run)
+                    await trio.sleep(0)
+                    if how == "stopped":
+                        zygote.stop()
+                    if how == "socket ended":
+                        theirs.close()
+                    else:
+                        nursery.cancel_scope.cancel()
+        try:
+            trio.run(main)
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+            popen.wait()
+            popen.stdout.close()
+            theirs.close()
+            ours.close()
+        assert popen.returncode == -zygote_module.STOP and done.exists(), (how, popen.returncode)
+    # one that does not end by its stop is killed all the same
+    monkeypatch.setattr(process, "STOP_WAIT", 0.2)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    popen = subprocess.Popen([sys.executable, "-c", f"""if True:
+        import signal, sys, time
+        signal.signal({int(zygote_module.STOP)}, signal.SIG_IGN)
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        time.sleep(60)
+    """], stdout=subprocess.PIPE)
+    assert popen.stdout.readline() == b"ready\n"
+    zygote = _zygote_of(popen, ours)
+    theirs.close()
+
+    async def ended():
+        with trio.fail_after(30):
+            await zygote.run()
+    try:
+        trio.run(ended)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+        popen.stdout.close()
+        ours.close()
+    assert popen.returncode == -signal.SIGKILL
