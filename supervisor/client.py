@@ -97,10 +97,15 @@ async def connect(path: str) -> socket.socket:
         while True:
             try:
                 sock.connect(path)
-                return sock
+                break
             except (BlockingIOError, InterruptedError):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.1)
+        # the directory was checked before (endpoint.external_socket), by its path:
+        # it may be another by now; nothing is sent to a socket not of this user's
+        from .endpoint import check_peer
+        check_peer(sock, path)
+        return sock
     except BaseException:
         sock.close()
         raise

@@ -23,6 +23,7 @@ import json
 import os
 import socket as pysocket
 import stat
+import struct
 import time
 
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
@@ -248,12 +249,11 @@ def foreign_dir(folder: str, what: str) -> str | None:
     directory of ours that nobody else may write to, or it does not exist yet.
     Makes nothing (`wsuper check` asks it too)."""
     try:
-        _real_dir(folder, what)
+        st = _real_dir(folder, what)     # one look: a second lstat raised when it was gone
     except EndpointError as e:
         if not os.path.lexists(folder):
             return None
         return str(e)
-    st = os.lstat(folder)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         return (f"{what}{folder} must belong to you and be writable by you only (owner uid "
                 f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
@@ -511,17 +511,47 @@ def decode(line: bytes, answer: bool = False) -> dict:
     return obj
 
 
+def peer_problem(peer_uid: int, path: str, uid: int) -> str | None:
+    """Why the process listening on the socket at `path` (its uid `peer_uid`, as
+    the kernel says it) is not a system of the user `uid`, or None.  Only the
+    user's own `up` can bind a socket that is theirs to ask: the checks of the
+    socket's directory (admin_socket, external_socket) are made on its path
+    before the connect, and a directory in a parent that others may write to
+    (or any path they can change meanwhile) can be another by then."""
+    if peer_uid == uid:
+        return None
+    return (f"the socket at {path} is held by uid {peer_uid}, not by you (uid {uid}): "
+            f"no system of yours answers there (was its directory moved or replaced?)")
+
+
+def check_peer(s, path: str):
+    """Refuse (EndpointError) the connected unix socket `s` unless its listener is
+    this user's (peer_problem), before anything is sent on it."""
+    try:
+        creds = s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED,
+                             struct.calcsize("3i"))
+        _pid, peer_uid, _gid = struct.unpack("3i", creds)
+    except OSError as e:
+        raise EndpointError(f"cannot tell who holds the socket at {path}: "
+                            f"{e.strerror or e}") from None
+    problem = peer_problem(peer_uid, path, os.getuid())
+    if problem:
+        raise EndpointError(problem)
+
+
 def connect_admin(s, path: str, timeout: float):
     """Connect to the admin socket, waiting up to `timeout` for room in its backlog.
     A unix socket whose backlog is full refuses a connect with a timeout at once
     (EAGAIN): a local process that kept it full (connecting and sending nothing)
-    made `wsuper stop` and `status` say there was no running system."""
+    made `wsuper stop` and `status` say there was no running system.  Only a
+    socket this user's process listens on is kept (check_peer)."""
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
         s.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             s.connect(path)
+            check_peer(s, path)
             return
         except (BlockingIOError, InterruptedError) as e:
             if time.monotonic() >= deadline:

@@ -717,3 +717,82 @@ def test_a_runtime_directory_up_cannot_write_is_refused_and_said(tmp_path, how):
             assert r.returncode == 2 and "Read-only file system" in r.stderr, r.stderr
     finally:
         sp.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("command", ["call", "status", "probe"])
+def test_commands_never_talk_to_a_socket_another_user_listens_on(tmp_path, xdg, command):
+    """The socket's directory is checked by its path before the connect (ours,
+    closed to others), and by the connect it may be another: a parent others may
+    write to let them swap it for theirs in between (a real race, won about one
+    time in thirty with a loop of renames).  What the client then reached was
+    another user's socket, sent the call's parameters (or the admin request) and
+    answered as the system.  The socket in the checked directory here is one
+    another user listens on, as after such a swap: every command refuses it by
+    the listener's uid (endpoint.check_peer), and sends it nothing."""
+    if os.getuid() != 0:
+        pytest.skip("a listener of another user needs root")
+    import tempfile
+    path = _system(tmp_path)
+    text = open(path).read().replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n',
+                                     1)
+    with open(path, "w") as f:
+        f.write(text)
+    import socket
+    theirs = tempfile.mkdtemp(prefix="wsuper-impostor-")
+    os.chown(theirs, 65534, 65534)
+    ready, told = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                 # the other user's listener
+        try:
+            os.close(ready)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(os.path.join(theirs, "s.sock"))
+            s.listen(8)
+            os.write(told, b"ready\n")
+            while True:
+                c, _ = s.accept()
+                c.settimeout(2)
+                try:
+                    os.write(told, b"got %r\n" % c.recv(1 << 16))
+                except OSError:
+                    pass
+                c.close()
+        finally:
+            os._exit(1)
+    os.close(told)
+    try:
+        assert os.read(ready, 6) == b"ready\n"
+        runtime = os.path.join(xdg, "wsuper")
+        os.mkdir(runtime, 0o700)
+        target = endpoint.default_socket_path(path) if command == "call" else \
+            endpoint.admin_socket_path(path)
+        os.rename(os.path.join(theirs, "s.sock"), target)     # the swapped-in socket
+        args = {"call": ["call", path, "calc.add", "(a = 1234, b = 5678)"],
+                "status": ["status", path], "probe": ["probe", path, "calc", "list"]}[command]
+        r = _cli(*args, env={"XDG_RUNTIME_DIR": xdg})
+        assert r.returncode != 0, (r.stdout, r.stderr)
+        assert "held by uid 65534, not by you" in r.stderr, r.stderr
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        import shutil
+        shutil.rmtree(theirs, ignore_errors=True)
+    heard = b""
+    os.set_blocking(ready, False)
+    try:
+        heard = os.read(ready, 1 << 16)
+    except BlockingIOError:
+        pass
+    os.close(ready)
+    assert b"got b'" not in heard.replace(b"got b''", b""), heard   # nothing was sent to it
+
+
+def test_peer_problem_is_the_listeners_uid_alone():
+    assert endpoint.peer_problem(1000, "/x.sock", 1000) is None
+    assert endpoint.peer_problem(0, "/x.sock", 0) is None
+    for peer, me in ((65534, 0), (0, 1000), (1001, 1000)):
+        problem = endpoint.peer_problem(peer, "/x.sock", me)
+        assert f"uid {peer}" in problem and "/x.sock" in problem
