@@ -130,27 +130,40 @@ def signature(ty: wasmtime.FuncType) -> tuple:
     return (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results))
 
 
-def export_types(module: wasmtime.Module, names=abi.ENTRY_TYPES) -> dict:
+def export_types(module: wasmtime.Module, names=abi.ENTRY_TYPES, known=None) -> dict:
     """name -> (params, results) of each function the module exports under one of
     `names` (the entry points: the only exports the engine calls).  Only those
     types are read: wasmtime's C API aborts the process that asks for a function
     type holding a v128, exnref or GC reference (`support for v128 is not
     implemented`), and a module exporting any such helper was refused with its
-    compiler killed by SIGABRT."""
-    return {exp.name: signature(exp.type) for exp in module.exports
+    compiler killed by SIGABRT.  `known`: wasmbin.function_types' exports of the
+    module's binary: an entry point of a type wasmtime cannot show (a v128, a GC
+    reference) is given that type, as the binary says it, and refused by it
+    (abi.check_entries names it), never asked of wasmtime."""
+    return {exp.name: _signature(exp.type, (known or {}).get(exp.name))
+            for exp in module.exports
             if exp.name in names and isinstance(exp.type, wasmtime.FuncType)}
 
 
-def describe_imports(module: wasmtime.Module):
+def _signature(ty: wasmtime.FuncType, known) -> tuple:
+    """signature(ty), unless the binary's own reading `known` holds a type asking
+    wasmtime for would abort this process (wasmbin.unshown): then `known`."""
+    from . import wasmbin
+    return known if wasmbin.unshown(known) else signature(ty)
+
+
+def describe_imports(module: wasmtime.Module, known=None):
     """(module, name, kind, signature) for each import, in abi.check_imports' terms.
     The signature is read only of a function the ABI lists (see export_types: any
-    other is refused by its name)."""
+    other is refused by its name); `known`: wasmbin.function_types' imports, as
+    export_types' `known`."""
     for imp in module.imports:
         ty = imp.type
         if isinstance(ty, wasmtime.FuncType):
             listed = imp.name in (abi.IMPORTS if imp.module == abi.MODULE else
                                   abi.WASI_IMPORTS if imp.module == abi.WASI_MODULE else {})
-            yield imp.module, imp.name, "func", signature(ty) if listed else None
+            yield imp.module, imp.name, "func", _signature(
+                ty, (known or {}).get((imp.module, imp.name))) if listed else None
         else:
             yield imp.module, imp.name, type(ty).__name__, None
 

@@ -418,6 +418,104 @@ def exported_functions(data: bytes) -> list[str]:
     return names
 
 
+#: The value types whose names the host can be given (wasmtime's own words)
+_NUMBERS = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x70: "funcref",
+            0x6F: "externref"}
+
+
+def _valtype_name(r: _Reader) -> str:
+    """One value type, named: a number (or funcref, externref) as wasmtime says it,
+    anything else (v128, exnref, a GC reference) as what it is."""
+    b = r.data[r.pos] if r.pos < r.end else -1
+    _valtype(r)
+    if b in _NUMBERS:
+        return _NUMBERS[b]
+    return "v128" if b == 0x7B else "a reference type"
+
+
+def function_types(data: bytes) -> tuple[dict, dict]:
+    """({(module, name): (params, results)} of each function imported, {name:
+    (params, results)} of each function exported), read from the binary alone, the
+    types named as wasmtime names them (`_valtype_name`), None for one that is no
+    function type.  Asking wasmtime instead for a function type holding a v128,
+    exnref or GC reference aborts the process that asks (its C API: `support for
+    v128 is not implemented`): an entry point, or an ABI import, of such a type
+    had the module refused with its compiler killed by SIGABRT, naming neither."""
+    types: list = []
+    funcs: list = []                        # the type index of each function
+    imports: dict = {}
+    exports: dict = {}
+    for s in sections(data):
+        r = _Reader(data, s.start, s.end)
+        if s.id == _TYPE:
+            for _ in range(r.count()):
+                group = 1
+                if r.pos < r.end and r.data[r.pos] == 0x4E:      # rec
+                    r.pos += 1
+                    group = r.count()
+                for _ in range(group):
+                    types.append(_named_subtype(r))
+        elif s.id == _IMPORT:
+            for _ in range(r.count(4)):
+                module, name = r.name(), r.name()
+                kind = r.byte()
+                if kind == 0x00:
+                    index = r.uleb()
+                    funcs.append(index)
+                    imports[(module.decode("utf-8", "replace"),
+                             name.decode("utf-8", "replace"))] = \
+                        types[index] if index < len(types) else None
+                elif kind == 0x01:
+                    _valtype(r)
+                    _limits(r)
+                elif kind == 0x02:
+                    _limits(r)
+                elif kind == 0x03:
+                    _valtype(r)
+                    r.byte()
+                elif kind == 0x04:
+                    r.byte()
+                    r.uleb()
+                else:
+                    raise Unsupported(f"import kind {kind:#x}")
+        elif s.id == _FUNCTION:
+            funcs += [r.uleb() for _ in range(r.count())]
+        elif s.id == _EXPORT:
+            for _ in range(r.count(3)):
+                name = r.name()
+                kind = r.byte()
+                index = r.uleb()
+                if kind == 0x00:
+                    ty = funcs[index] if index < len(funcs) else None
+                    exports[name.decode("utf-8", "replace")] = \
+                        types[ty] if ty is not None and ty < len(types) else None
+    return imports, exports
+
+
+def _named_subtype(r: _Reader):
+    """One type of the type section: (params, results) named, if a function type
+    (`sub` or not), else None."""
+    start = r.pos
+    b = r.byte()
+    if b in (0x50, 0x4F):          # sub, sub final: supertypes, then the type
+        for _ in range(r.count()):
+            r.uleb()
+        b = r.byte()
+    if b != 0x60:
+        r.pos = start
+        _subtype(r)
+        return None
+    params = tuple(_valtype_name(r) for _ in range(r.count()))
+    results = tuple(_valtype_name(r) for _ in range(r.count()))
+    return params, results
+
+
+def unshown(sig) -> bool:
+    """Whether the (params, results) `sig` (function_types') holds a type wasmtime
+    aborts the process to show (anything but numbers, funcref and externref)."""
+    return sig is not None and any(t not in _NUMBERS.values() for t in (*sig[0], *sig[1]))
+
+
 def _imports(r: _Reader):
     """The import section's entries: (kind, the limits of a table or memory, else
     None)."""

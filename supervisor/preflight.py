@@ -15,7 +15,7 @@ import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line
 from compartments import abi, protect, wasm, wasmbin, zygote
-from compartments.wasm import describe_imports, engine_config, signature
+from compartments.wasm import describe_imports, engine_config
 
 from .policy import PolicyError, System, _Where, grant_where
 
@@ -218,10 +218,18 @@ def _module_facts(engine, path: str) -> dict:
         module, binary = _compile(engine, path)
     except _NoModule as e:
         return {"error": _clip(str(e), 2 * TEXT_MAX)}
-    imports = list(describe_imports(module))
+    # a function type holding a v128 or a GC reference is read from the binary: asked
+    # of wasmtime it aborts this child ("its compiler was killed by SIGABRT",
+    # naming neither the function nor its type)
+    try:
+        known_imports, known_exports = wasmbin.function_types(binary)
+    except (wasmbin.BinaryError, wasmbin.Unsupported):
+        known_imports, known_exports = {}, {}
+    imports = list(describe_imports(module, known_imports))
     # only the entry points' types (wasm.export_types: reading a type that holds a
     # v128 or a GC reference aborts this child)
-    entries = {e.name: signature(e.type) if isinstance(e.type, wasmtime.FuncType)
+    entries = {e.name: wasm._signature(e.type, known_exports.get(e.name))
+               if isinstance(e.type, wasmtime.FuncType)
                else abi.MEMORY_KIND if isinstance(e.type, wasmtime.MemoryType)
                else None for e in module.exports
                if e.name in abi.ENTRY_TYPES or e.name == abi.EXPORT_MEMORY}

@@ -435,3 +435,60 @@ def test_a_module_with_functions_of_types_wasmtime_cannot_describe_is_judged_not
     else:
         assert problem.startswith("imports env.h0, which is not granted")
         assert facts_problem == problem
+
+
+@pytest.mark.parametrize("where", ["_start", "_initialize", "wsuper_dispatch", "abi import",
+                                   "wasi import"])
+def test_an_entry_point_or_abi_import_of_a_type_wasmtime_cannot_describe_is_refused_by_name(
+        tmp_path, where):
+    """The engine calls the entry points and links the ABI's imports, so their types
+    are read; asked of wasmtime, a type holding a v128 or a GC reference killed
+    the process that asked (wsuper check's child) with SIGABRT, and the module
+    was refused as 'its compiler was killed by SIGABRT: `support for v128 ` is not
+    implemented', naming neither the function nor what is wrong with it.  Such a
+    type is read from the binary (wasmbin.function_types) and refused as any
+    other wrong type, by the function's name."""
+    import json
+    import subprocess
+    import sys
+    for i, t in enumerate(EXOTIC):
+        if where in ("abi import", "wasi import"):
+            module, name = ("wsuper", "params_read") if where == "abi import" else \
+                ("wasi_snapshot_preview1", "fd_write")
+            body = (f'(import "{module}" "{name}" (func (param {t} i32) (result i32))) '
+                    f'(type (struct)) (memory (export "memory") 1) (func (export "_start"))')
+            want = f"imports {module}.{name} with the wrong type"
+        else:
+            body = (f'(type (struct)) (memory (export "memory") 1) '
+                    f'(func (export "{where}") (param {t}) unreachable)')
+            want = f"exports {where} with the wrong type"
+        path = tmp_path / f"exotic{i}.wat"
+        path.write_text(f"(module {body})")
+        script = f"""if True:
+            import json, wasmtime
+            from compartments import wasm
+            from supervisor import preflight
+            engine = wasmtime.Engine(wasm.engine_config())
+            print(json.dumps(preflight._module_facts(engine, {str(path)!r})["problem"]))
+        """
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, (t, run.stderr[-500:])
+        problem = json.loads(run.stdout)
+        assert problem is not None and problem.startswith(want), (t, problem)
+
+
+def test_function_types_reads_every_function_type_from_the_binary():
+    data = wasmtime.wat2wasm(
+        '(module (rec (type (struct)) (type $f (sub final (func (param v128) (result i32)))))'
+        ' (import "m" "a" (func (type $f))) (import "m" "g" (global i32))'
+        ' (func (export "b") (param i32 f64) (result i64) unreachable)'
+        ' (func (export "c") (param (ref null 0))) (memory (export "memory") 1)'
+        ' (export "a2" (func 0)))')
+    imports, exports = wasmbin.function_types(bytes(data))
+    assert imports == {("m", "a"): (("v128",), ("i32",))}
+    assert exports == {"b": (("i32", "f64"), ("i64",)), "c": (("a reference type",), ()),
+                       "a2": (("v128",), ("i32",))}
+    assert wasmbin.unshown(exports["c"]) and wasmbin.unshown(exports["a2"])
+    assert not wasmbin.unshown(exports["b"]) and not wasmbin.unshown(None)
