@@ -16,6 +16,11 @@ from capnp_schemas.text import printable
 from . import endpoint, output
 
 
+#: Bytes of the followed file kept from just before the offset `-f` reads on from,
+#: to tell a file truncated and written again from one appended to
+TAIL_BYTES = 256
+
+
 class NoLogs(Exception):
     pass
 
@@ -112,6 +117,7 @@ class _Followed:
     def __init__(self, folder: str, name: str):
         self.path = os.path.join(folder, name + ".log")
         self.file, self.offset = None, 0
+        self.tail = b""          # the last bytes read, up to the offset (rest())
         self.read_before: set = set()     # inodes of the rotated files older() read
         try:
             self.file = open(self.path, "rb")
@@ -194,7 +200,7 @@ class _Followed:
                 f.close()
         self.read_before = set()
         self.close()
-        self.file, self.offset = current, 0
+        self.file, self.offset, self.tail = current, 0, b""
         return _lines(data + self.rest())
 
     def rest(self) -> bytes:
@@ -205,15 +211,20 @@ class _Followed:
         # truncated since the last look (logrotate's copytruncate, `: > NAME.log`):
         # the system appends (O_APPEND) from its new end, and reading on from the old
         # offset showed nothing until the file grew past it, then the rest of a line
-        # from its middle.  The offset always follows a newline: a file shorter than
-        # it, or without a newline just before it, is read again from its start
-        if self.offset and (os.fstat(fd).st_size < self.offset
-                            or os.pread(fd, 1, self.offset - 1) != b"\n"):
+        # from its middle.  A file shorter than the offset, or whose bytes just before
+        # it are not the end of the last line read (`tail`), is read again from its
+        # start: a newline alone there was no proof (lines of one length, as a
+        # ticker's, written again past the old offset had every line before it lost)
+        if self.offset and (os.fstat(fd).st_size < self.offset or os.pread(
+                fd, len(self.tail), self.offset - len(self.tail)) != self.tail):
             self.offset = 0
+            self.tail = b""
         self.file.seek(self.offset)
         data = self.file.read()
         end = data.rfind(b"\n") + 1
         self.offset += end
+        if end:
+            self.tail = (self.tail + data[:end])[-TAIL_BYTES:]
         return data[:end]
 
     def close(self):

@@ -430,3 +430,32 @@ def test_a_followed_log_truncated_in_place_is_read_again_from_its_start(tmp_path
     with open(log, "a") as f:
         f.write("".join(line + "\n" for line in new))
     assert [next(lines) for _ in new] == new
+
+
+@pytest.mark.parametrize("lines_of", ["the same length", "one byte more", "two lines"])
+def test_a_followed_log_truncated_and_written_past_its_old_offset_loses_no_line(
+        tmp_path, monkeypatch, lines_of):
+    """After a truncation in place, lines written past the old offset before `-f`
+    looked again (a ticker's lines, all of one length, are the common case) left
+    a newline just before the old offset: `-f` took the file as appended to,
+    read on from there, and every line written before that offset since the
+    truncation was lost, without a word."""
+    log = tmp_path / "supervisor.log"
+    old = [f"2026-12-03T10:00:0{i}.000Z wsuper: tick {i}" for i in range(3)]
+    log.write_text("".join(line + "\n" for line in old))
+    system = types.SimpleNamespace(logs=str(tmp_path), compartments={}, path=str(tmp_path))
+    polls = []
+
+    def sleep(_seconds):
+        polls.append(1)
+        assert len(polls) < 3, "lines written after the truncation were never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    lines = logs.lines(system, follow=True)
+    assert [next(lines) for _ in old] == old
+    os.truncate(log, 0)
+    extra = {"the same length": "", "one byte more": "x", "two lines": ""}[lines_of]
+    new = [f"2026-12-03T10:00:1{i}.000Z wsuper: tick {i}{extra}" for i in range(
+        3 if lines_of != "two lines" else 4)]
+    with open(log, "a") as f:
+        f.write("".join(line + "\n" for line in new))
+    assert [next(lines) for _ in new] == new
