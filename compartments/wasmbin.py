@@ -601,6 +601,7 @@ def _const(r: _Reader, globals_: list = (), bits: int = 32) -> int | None:
     offsets are i64: read as i32, they were unknown, and a data segment past
     the end of a memory64 passed every check and failed every start.)"""
     const, *arith = _CONST_OPS[bits]
+    mask = (1 << bits) - 1
     start = r.pos
     stack: list = []
     try:
@@ -617,9 +618,13 @@ def _const(r: _Reader, globals_: list = (), bits: int = 32) -> int | None:
                 known = globals_[index] if index < len(globals_) else None
                 stack.append(known[1] if known is not None and known[0] == bits else None)
             elif op in arith and len(stack) >= 2:
+                # wrapped at each step, as wasmtime does: unwrapped, a chain of
+                # multiplications grew a number of millions of bits, each step
+                # slower than the last (a module of a few MB took hours to read)
                 b, a = stack.pop(), stack.pop()
                 stack.append(None if a is None or b is None else
-                             a + b if op == arith[0] else a - b if op == arith[1] else a * b)
+                             (a + b if op == arith[0] else a - b if op == arith[1] else a * b)
+                             & mask)
             else:
                 break
     except BinaryError:

@@ -492,3 +492,26 @@ def test_function_types_reads_every_function_type_from_the_binary():
                        "a2": (("v128",), ("i32",))}
     assert wasmbin.unshown(exports["c"]) and wasmbin.unshown(exports["a2"])
     assert not wasmbin.unshown(exports["b"]) and not wasmbin.unshown(None)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_a_long_constant_expression_is_read_wrapping_at_each_step(bits):
+    """extended-const's add, sub and mul wrap at 2^bits at each step (as wasmtime
+    evaluates them).  Read unwrapped, a data segment offset of N multiplications
+    grew a number of ~63 N bits, each step slower than the last: a module of a
+    few MB kept `wsuper check`'s child busy until its CPU limit, named as a
+    compile that took too long.  Here 400,000 steps (hours, read unwrapped), whose value is the one
+    wrapped arithmetic gives."""
+    const, add, sub, mul = {32: (0x41, 0x6A, 0x6B, 0x6C), 64: (0x42, 0x7C, 0x7D, 0x7E)}[bits]
+    big = (1 << (bits - 1)) - 1
+    n = 400_000
+    step = bytes([const]) + wasmbin._sleb(big) + bytes([mul])
+    expr = bytes([const]) + wasmbin._sleb(big) + step * n + \
+        bytes([const]) + wasmbin._sleb(-3) + bytes([sub]) + \
+        bytes([const]) + wasmbin._sleb(5) + bytes([add]) + b"\x0b"
+    want = (pow(big, n + 1, 1 << bits) + 3 + 5) % (1 << bits)
+    memory = b"\x01\x04\x01" if bits == 64 else b"\x01\x00\x01"      # memory64 or not
+    data = (wasmbin.MAGIC + wasmbin._section(5, 1, memory[1:])
+            + wasmbin._section(11, 1, b"\x00" + expr + b"\x01a"))
+    problem = wasmbin.instantiation_problem(data)
+    assert problem is not None and f"[{want:#x}, {want + 1:#x})" in problem, problem
