@@ -254,6 +254,12 @@ def foreign_dir(folder: str, what: str) -> str | None:
         if not os.path.lexists(folder):
             return None
         return str(e)
+    return owned_problem(st, folder, what)
+
+
+def owned_problem(st: os.stat_result, folder: str, what: str) -> str | None:
+    """Why the directory of stat `st` (at `folder`) is not one of the user's that
+    nobody else may write to, or None."""
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         return (f"{what}{folder} must belong to you and be writable by you only (owner uid "
                 f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")

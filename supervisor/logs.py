@@ -29,7 +29,7 @@ def log_dir(system) -> str:
     return system.logs or output.default_log_dir(endpoint.system_id(system.path))
 
 
-def _read_log(folder: str, name: str) -> list[str]:
+def _read_log(folder: str, name: str, at: int) -> list[str]:
     """A log's lines, its rotated files' then its current one's, as they were at one
     moment.  Each is opened, newest first, before any is read: read oldest first,
     name after name, a rotation between two reads (NAME.log -> NAME.log.1) had the
@@ -41,7 +41,7 @@ def _read_log(folder: str, name: str) -> list[str]:
     try:
         for p in (base, *(f"{base}.{i}" for i in range(1, output.LOG_FILE_KEEP + 1))):
             try:
-                f = open(p, "rb")
+                f = open(p, "rb", opener=_in(at))
             except FileNotFoundError:
                 continue
             ino = os.fstat(f.fileno()).st_ino
@@ -84,13 +84,47 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     problem = endpoint.foreign_dir(folder, "log directory ")
     if problem:
         raise NoLogs(f"no logs of yours for {system.path}: {problem}")
+    fd = _pinned(system, folder)
+    try:
+        # read through the directory checked, whatever its path names meanwhile
+        yield from _lines_in(folder, fd, names, compartment, follow)
+    finally:
+        os.close(fd)
+
+
+def _pinned(system, folder: str) -> int:
+    """A descriptor of the log directory `folder`, checked as foreign_dir checks its
+    path (a real directory of the user's that nobody else may write to).  The path
+    was checked and then its files were opened by path: a directory swapped in
+    between (its parent writable by others) was read as the system's."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise NoLogs(f"no logs of yours for {system.path}: log directory {folder}: "
+                     f"{e.strerror or e} (a symbolic link or something else was put "
+                     f"there?)") from None
+    problem = endpoint.owned_problem(os.fstat(fd), folder, "log directory ")
+    if problem:
+        os.close(fd)
+        raise NoLogs(f"no logs of yours for {system.path}: {problem}")
+    return fd
+
+
+def _in(at: int):
+    """An opener for open(): the file of that name in the directory `at` (a
+    descriptor), whatever the directory's path names by now."""
+    return lambda path, flags: os.open(os.path.basename(path), flags | os.O_CLOEXEC,
+                                       dir_fd=at)
+
+
+def _lines_in(folder: str, at: int, names: list, compartment: str | None, follow: bool):
     if not follow:
-        yield from _merged({n: _read_log(folder, n) for n in names}, compartment)
+        yield from _merged({n: _read_log(folder, n, at) for n in names}, compartment)
         return
     # with `follow`, each current file is opened first and then read through that
     # descriptor, before and after: what is written while the files are first read
     # is shown by the following, and a rotation at any time loses nothing
-    followed = {n: _Followed(folder, n) for n in names}
+    followed = {n: _Followed(folder, n, at) for n in names}
     try:
         first = {}
         for n in names:
@@ -114,13 +148,14 @@ class _Followed:
     the new file from its start, and lost the old one's last lines at every
     rotation (those written between its last look and the rotation)."""
 
-    def __init__(self, folder: str, name: str):
+    def __init__(self, folder: str, name: str, at: int):
         self.path = os.path.join(folder, name + ".log")
+        self.at = at                     # the directory's descriptor (logs._pinned)
         self.file, self.offset = None, 0
         self.tail = b""          # the last bytes read, up to the offset (rest())
         self.read_before: set = set()     # inodes of the rotated files older() read
         try:
-            self.file = open(self.path, "rb")
+            self.file = open(self.path, "rb", opener=_in(self.at))
         except FileNotFoundError:
             pass
 
@@ -137,7 +172,7 @@ class _Followed:
         opened, seen = [], set()
         for i in range(1, output.LOG_FILE_KEEP + 1):
             try:
-                f = open(f"{self.path}.{i}", "rb")
+                f = open(f"{self.path}.{i}", "rb", opener=_in(self.at))
             except FileNotFoundError:
                 continue
             n = os.fstat(f.fileno()).st_ino
@@ -156,7 +191,7 @@ class _Followed:
     def new_lines(self) -> list[str]:
         data = self.rest()
         try:
-            now = os.stat(self.path).st_ino
+            now = os.stat(os.path.basename(self.path), dir_fd=self.at).st_ino
         except FileNotFoundError:
             return _lines(data)
         old = self._inode()
@@ -169,7 +204,7 @@ class _Followed:
         # the files rotated after it, oldest first, then the new current one
         data += self.rest()
         try:
-            current = open(self.path, "rb")
+            current = open(self.path, "rb", opener=_in(self.at))
         except FileNotFoundError:
             return _lines(data)
         newest = os.fstat(current.fileno()).st_ino
@@ -182,7 +217,7 @@ class _Followed:
         try:
             for i in range(1, output.LOG_FILE_KEEP + 1):
                 try:
-                    f = open(f"{self.path}.{i}", "rb")
+                    f = open(f"{self.path}.{i}", "rb", opener=_in(self.at))
                 except FileNotFoundError:
                     continue
                 n = os.fstat(f.fileno()).st_ino

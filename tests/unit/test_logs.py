@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from supervisor import logs
+from supervisor import endpoint, logs
 
 
 def test_a_line_written_while_the_logs_are_first_read_is_followed_not_lost(tmp_path, monkeypatch):
@@ -459,3 +459,43 @@ def test_a_followed_log_truncated_and_written_past_its_old_offset_loses_no_line(
     with open(log, "a") as f:
         f.write("".join(line + "\n" for line in new))
     assert [next(lines) for _ in new] == new
+
+
+@pytest.mark.parametrize("swapped_for", ["symlink", "mode", "owner"])
+@pytest.mark.parametrize("follow", [False, True])
+def test_logs_never_reads_a_log_directory_swapped_in_after_its_check(tmp_path, monkeypatch,
+                                                                     swapped_for, follow):
+    """The log directory was checked by its path (endpoint.foreign_dir) and its files
+    then opened by path: in a parent others may write to, the checked directory
+    could be swapped for theirs in between (a link to it, or one of theirs), and
+    its lines were shown as the system's.  The directory is opened once, checked
+    by its descriptor, and read through it: here the swap comes right after the
+    check, and the forged lines are never shown."""
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    (folder / "supervisor.log").write_text("2026-12-03T10:00:00.000Z wsuper: real\n")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    (theirs / "supervisor.log").write_text("2026-12-03T10:00:00.000Z wsuper: forged\n")
+    if swapped_for == "mode":
+        os.chmod(theirs, 0o777)
+    elif swapped_for == "owner":
+        if os.getuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        os.chown(theirs, 65534, 65534)
+    checked = endpoint.foreign_dir
+
+    def check_then_swap(path, what):
+        problem = checked(path, what)
+        os.rename(folder, tmp_path / "was-ours")
+        if swapped_for == "symlink":
+            os.symlink(theirs, folder)
+        else:
+            os.rename(theirs, folder)
+        return problem
+    monkeypatch.setattr(endpoint, "foreign_dir", check_then_swap)
+    monkeypatch.setattr(logs.time, "sleep", lambda _s: pytest.fail("nothing to follow"))
+    system = types.SimpleNamespace(logs=str(folder), compartments={}, path=str(tmp_path))
+    with pytest.raises(logs.NoLogs, match="no logs of yours") as e:
+        next(logs.lines(system, follow=follow))
+    assert "forged" not in str(e.value)
