@@ -17,6 +17,7 @@ system it is meant for, and a system refuses a request meant for another.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -266,14 +267,30 @@ def owned_problem(st: os.stat_result, folder: str, what: str) -> str | None:
     return None
 
 
-def lock_exclusive(fd: int):
+class LockHeld(EndpointError):
+    """Another process holds the lock asked for (lock_exclusive)."""
+
+
+#: flock's answers that mean another holds the lock; any other error (ENOLCK: a
+#: network file system without its lock service, EOPNOTSUPP, EINVAL: one that does
+#: not lock at all) means nobody can tell, and was said "in use by another running
+#: system", which sent the operator looking for a system that was not there
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN)
+
+
+def lock_exclusive(fd: int, what: str = "it"):
     """Hold `fd`'s file (or directory) for this process until it is closed: a
-    second process asking fails at once (EndpointError), whatever its runtime
-    directory; the kernel lets go when the holder ends, SIGKILLed or not."""
+    second process asking fails at once (LockHeld), whatever its runtime
+    directory; the kernel lets go when the holder ends, SIGKILLed or not.  A file
+    system that cannot lock is refused too, saying so (EndpointError, naming
+    `what`): failing closed, never running unlocked."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        raise EndpointError(e.strerror or str(e)) from None
+        if e.errno in _HELD:
+            raise LockHeld(e.strerror or str(e)) from None
+        raise EndpointError(f"cannot lock {what}: {e.strerror or e} (its file system "
+                            f"does not lock files here; wsuper needs it to)") from None
 
 
 def lock_dir(folder: str, what: str) -> int:
@@ -286,12 +303,46 @@ def lock_dir(folder: str, what: str) -> int:
     except OSError as e:
         raise EndpointError(f"cannot open {what}{folder}: {e.strerror}") from None
     try:
-        lock_exclusive(fd)
-    except EndpointError:
+        lock_exclusive(fd, f"{what}{folder}")
+    except LockHeld:
         os.close(fd)
         raise EndpointError(f"{what}{folder} is in use by another running system: give "
                             f"each system its own") from None
+    except EndpointError:
+        os.close(fd)
+        raise
     return fd
+
+
+#: Times Lock tries again for its lock file while only `is_running` probes hold it
+#: (a shared lock, for a moment), and the pause between two tries (seconds)
+LOCK_TRIES = 200
+LOCK_PAUSE = 0.005
+
+
+def _pause():
+    time.sleep(LOCK_PAUSE)
+
+
+def _held_exclusively(fd: int) -> bool:
+    """Whether a process holds `fd`'s file with an exclusive lock (a running
+    system), not only shared ones (is_running's probes, for a moment)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in _HELD
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether `path` still names `fd`'s file."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 class Lock:
@@ -319,31 +370,60 @@ class Lock:
             raise EndpointError(f"cannot open {self.system_path} to lock it: "
                                 f"{e.strerror}") from None
         try:
-            fcntl.flock(file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            lock_exclusive(file_fd, f"the system file {self.system_path}")
+        except EndpointError as e:
             os.close(file_fd)
             self.release()
+            if not isinstance(e, LockHeld):
+                raise
             raise EndpointError(f"this system is already running: its file "
                                 f"{self.system_path} is locked by another wsuper up (under "
                                 f"another XDG_RUNTIME_DIR, maybe); stop it first") from None
         self.file_fd = file_fd
 
     def _acquire_file(self):
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                         0o600)
-        except OSError as e:            # a runtime directory read-only, or full
-            raise EndpointError(f"cannot make the system's lock {self.path}: "
-                                f"{e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        """The lock file, locked, and still the one at its path.  Two races are
+        lost otherwise: a lock taken on the file the system before us unlinked as it
+        stopped (opened before its unlink, locked after its close) ran this system
+        with no lock file at its path, and `wsuper status`, `stop` and `revoke`
+        said it was not running (`stop` answered "stopped" at once); and a
+        `wsuper status` probing the lock (is_running: a shared lock for a moment)
+        made `up` say "already running (pid ?)" of a system that was not."""
+        for _ in range(LOCK_TRIES):
             try:
-                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            finally:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             0o600)
+            except OSError as e:            # a runtime directory read-only, or full
+                raise EndpointError(f"cannot make the system's lock {self.path}: "
+                                    f"{e.strerror or e}") from None
+            try:
+                lock_exclusive(fd, f"the system's lock {self.path}")
+            except LockHeld:
+                held = _held_exclusively(fd)
+                if held:
+                    try:
+                        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                    finally:
+                        os.close(fd)
+                    raise EndpointError(f"this system is already running (pid {pid or '?'}); "
+                                        f"stop it first") from None
+                os.close(fd)             # only probed (is_running): once more
+                _pause()
+                continue
+            except EndpointError:        # a file system that cannot lock: said so
+                if _names(self.path, fd) and not os.fstat(fd).st_size:
+                    try:                 # made just now (empty): not left behind
+                        os.unlink(self.path)
+                    except OSError:
+                        pass
                 os.close(fd)
-            raise EndpointError(f"this system is already running (pid {pid or '?'}); "
-                                f"stop it first") from None
+                raise
+            if _names(self.path, fd):
+                break
+            os.close(fd)                 # unlinked (or replaced) by its holder: once more
+        else:
+            raise EndpointError(f"cannot take the system's lock {self.path}: other "
+                                f"processes hold it or replace it without end") from None
         self.fd = fd
         try:
             os.ftruncate(fd, 0)

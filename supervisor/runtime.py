@@ -358,12 +358,28 @@ class _Audit:
             # this run's, while it runs: another system given the same file (a second
             # system file) interleaved its records and rotated the file from under this
             # one, whose writes then went into a rotation, deleted at the next
-            endpoint.lock_exclusive(fd)
-        except endpoint.EndpointError:
+            endpoint.lock_exclusive(fd, f"the audit file {self.path}")
+        except endpoint.LockHeld:
             os.close(fd)
             raise endpoint.EndpointError(f"the audit file {self.path} is being written by "
                                          f"another running system: give each system its "
                                          f"own") from None
+        except endpoint.EndpointError:
+            os.close(fd)                # a file system that cannot lock: said so
+            raise
+        # and still the file at its name: locked after the system before us let go of
+        # it at its rotation (opened before its rename, locked after), this run wrote
+        # into that system's AUDIT.1 while it wrote the new file
+        try:
+            now = os.stat(self.path if self._dir is None else os.path.basename(self.path),
+                          dir_fd=self._dir, follow_symlinks=False)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise endpoint.EndpointError(f"the audit file {self.path} is being rotated by "
+                                         f"another running system: give each system its "
+                                         f"own")
         os.set_blocking(fd, True)
         self._size = st.st_size
         self._file = open(fd, "ab")
@@ -397,10 +413,14 @@ class _Audit:
     def _rotate(self):
         """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), then a new AUDIT,
         opened with the same checks as the first."""
-        self._file.close()
-        self._file = None
-        output.rotate(self._dir, os.path.basename(self.path), self.keep)
-        self.open()
+        # the file stays open, and so locked, until the new one is: closed first, a
+        # second system starting meanwhile locked it, and wrote into AUDIT.1
+        old, self._file = self._file, None
+        try:
+            output.rotate(self._dir, os.path.basename(self.path), self.keep)
+            self.open()
+        finally:
+            old.close()
 
     def close(self):
         """No more writes.  A write still under way (abandoned at stop: a disk that

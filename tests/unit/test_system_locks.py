@@ -1,0 +1,170 @@
+"""The locks a running system holds (its lock file and system file, its log
+directory, its audit file): taken whole, said rightly, never lost at a race with
+the system before it or with a command that only looks."""
+import errno
+import fcntl
+import os
+
+import pytest
+
+from supervisor import endpoint, output, runtime
+
+
+@pytest.fixture
+def rundir(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    system = tmp_path / "system.toml"
+    system.write_text("")
+    return str(system)
+
+
+def test_a_lock_taken_as_the_system_before_lets_go_is_the_one_at_its_path(rundir,
+                                                                            monkeypatch):
+    """A review of start and stop: `up` opened the lock file, the system before it
+    (stopping) unlinked it and closed it, and `up` then locked that unlinked file:
+    it ran with no lock file at its path, so `wsuper status`, `stop` and `revoke`
+    said it was not running (`stop` answered "stopped" at once).  The lock taken
+    is the file at the path (its holder let go: once more)."""
+    first = endpoint.Lock(rundir)
+    first.acquire()
+    real = fcntl.flock
+    raced = []
+
+    def flock(fd, op):
+        if not raced and op & fcntl.LOCK_EX and first.fd is not None:
+            raced.append(fd)
+            first.release()                  # unlinked and closed between open and lock
+        return real(fd, op)
+    monkeypatch.setattr(endpoint.fcntl, "flock", flock)
+    second = endpoint.Lock(rundir)
+    second.acquire()
+    try:
+        assert raced
+        assert endpoint.is_running(rundir)
+        st = os.stat(endpoint.lock_path(rundir))
+        own = os.fstat(second.fd)
+        assert (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+        assert open(endpoint.lock_path(rundir)).read() == f"{os.getpid()}\n"
+    finally:
+        second.release()
+    assert not endpoint.is_running(rundir)
+
+
+def test_a_command_probing_the_lock_never_makes_up_say_it_is_running(rundir, monkeypatch):
+    """`wsuper status` (stop, revoke) asks whether the system runs by taking the
+    lock file's shared lock for a moment (is_running): an `up` at that moment was
+    refused "this system is already running (pid ?)" of a system that was not.
+    Only an exclusive holder (a running system) refuses it."""
+    path = endpoint.lock_path(rundir)
+    endpoint.private_dir(endpoint.runtime_dir())
+    probe = [os.open(path, os.O_RDWR | os.O_CREAT, 0o600)]
+    fcntl.flock(probe[0], fcntl.LOCK_SH)      # a probe under way
+    tries = []
+
+    def pause():
+        tries.append(1)
+        if probe:
+            os.close(probe.pop())             # the probe is done
+    monkeypatch.setattr(endpoint, "_pause", pause, raising=False)
+    lock = endpoint.Lock(rundir)
+    try:
+        lock.acquire()
+        assert tries and endpoint.is_running(rundir)
+    finally:
+        lock.release()
+    # a running system (exclusive) is refused at once, naming its pid
+    first = endpoint.Lock(rundir)
+    first.acquire()
+    try:
+        with pytest.raises(endpoint.EndpointError,
+                           match=rf"already running \(pid {os.getpid()}\)"):
+            endpoint.Lock(rundir).acquire()
+        assert endpoint.is_running(rundir)
+    finally:
+        first.release()
+
+
+@pytest.mark.parametrize("err", [errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL],
+                         ids=["ENOLCK", "EOPNOTSUPP", "EINVAL"])
+@pytest.mark.parametrize("what", ["lock file", "system file", "log directory", "audit file"])
+def test_a_file_system_that_cannot_lock_is_said_so_not_another_running_system(
+        rundir, tmp_path, monkeypatch, err, what):
+    """A review of start-up: flock failing for another reason than a holder (an NFS
+    mount without its lock service: ENOLCK; a file system that does not lock)
+    was said "this system is already running", "is in use by another running
+    system", "is being written by another running system": the operator looked
+    for a system that was not there.  Refused all the same (never unlocked), but
+    saying what is wrong."""
+    real = fcntl.flock
+    audit = tmp_path / "audit.jsonl"
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    target = {"lock file": endpoint.lock_path(rundir), "system file": rundir,
+              "log directory": str(logs), "audit file": str(audit)}[what]
+
+    def flock(fd, op):
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        own = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            raise OSError(err, os.strerror(err))
+        return real(fd, op)
+    monkeypatch.setattr(endpoint.fcntl, "flock", flock)
+    with pytest.raises(endpoint.EndpointError) as e:
+        if what in ("lock file", "system file"):
+            lock = endpoint.Lock(rundir)
+            lock.acquire()
+            lock.release()
+        elif what == "log directory":
+            os.close(endpoint.lock_dir(str(logs), "log directory "))
+        else:
+            runtime._Audit(str(audit), "run").open()
+    text = str(e.value)
+    assert "running" not in text and "in use" not in text, text
+    assert "cannot lock " in text and target in text and os.strerror(err) in text, text
+    assert not os.path.exists(endpoint.lock_path(rundir))     # nothing left behind
+
+
+def test_the_audit_stays_locked_while_it_is_rotated(tmp_path, monkeypatch):
+    """A review of start-up: the audit file's lock (one running system's) was let go
+    at each rotation, before the renames: a second system starting then, which had
+    opened the file before the rename, locked it and wrote into what became AUDIT.1,
+    while the first wrote the new AUDIT; rotations then took records of one or the
+    other away.  At every moment of the rotation the file is locked, and a system
+    that locked a file the path no longer names is refused."""
+    path = tmp_path / "audit.jsonl"
+    audit = runtime._Audit(str(path), "a", max_size=1 << 20, keep=2)
+    audit.open()
+    real = output.rotate
+    seen = []
+
+    def rotate(folder, file, keep):
+        other = os.open(path, os.O_WRONLY | os.O_APPEND)    # a second system's open...
+        try:
+            real(folder, file, keep)
+            try:                                            # ... and its lock after
+                endpoint.lock_exclusive(other)
+                seen.append("locked")
+            except endpoint.LockHeld:
+                seen.append("held")
+        finally:
+            os.close(other)
+    monkeypatch.setattr(runtime.output, "rotate", rotate)
+    for _ in range(12):
+        audit._write([{"event": "call", "pad": "x" * 500, "time": 0.0}] * 400)
+    assert seen and set(seen) == {"held"}, seen
+    # and one that locked the file a rotation renamed is refused, not writing there
+    other = runtime._Audit(str(path), "b")
+    real_lock = endpoint.lock_exclusive
+
+    def late(fd, what="it"):
+        audit.close()                     # the first let go (it stopped) ...
+        os.replace(path, str(path) + ".1")   # ... after it renamed the file
+        return real_lock(fd, what)
+    monkeypatch.setattr(endpoint, "lock_exclusive", late)
+    with pytest.raises(endpoint.EndpointError, match="another running system"):
+        other.open()
