@@ -76,13 +76,39 @@ class Launched:
         return self.popen, sock
 
     def discard(self):
-        """Stop it, unless a Zygote took it."""
+        """Stop it, unless a Zygote took it: by its stop signal (end)."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-            if self.popen.poll() is None:
-                self.popen.kill()
-            self.popen.wait()
+            end(self.popen)
+
+
+#: Seconds the zygote has to end by its stop signal (compartments/zygote.py STOP:
+#: it ends its compilers' and the schema parser's process groups first, then
+#: itself) before it is killed (one SIGSTOPped never ends by it)
+STOP_GRACE = 2.0
+
+
+def stop_signal() -> int:
+    from compartments import zygote          # standard library imports alone
+    return zygote.STOP
+
+
+def end(popen: subprocess.Popen, grace: float | None = None):
+    """End the zygote `popen`: its stop signal, then SIGKILL if it has not ended
+    within `grace` (STOP_GRACE).  Killed at once, it never ended its compilers'
+    groups, and what a compiler (or the schema parser, uid 0) forked outlived the
+    whole system: PR_SET_PDEATHSIG ends the compiler alone."""
+    if popen.poll() is None:
+        try:
+            popen.send_signal(stop_signal())
+        except ProcessLookupError:
+            pass
+        try:
+            popen.wait(STOP_GRACE if grace is None else grace)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+    popen.wait()
 
 
 #: Descriptors below which no command starts (`ulimit -n` lower, its hard limit too):

@@ -22,13 +22,13 @@ import json
 import os
 import signal
 import socket as pysocket
-import subprocess
 
 import trio
 
 from compartments import zygote
 from compartments.spec import EngineSpec
 
+from . import launch
 from .launch import Launched, raise_fd_limit  # noqa: F401 - raise_fd_limit: runtime's
 
 
@@ -83,12 +83,9 @@ class _Answer:
         return self.value
 
 
-#: Seconds the zygote has to end by its own stop (zygote.STOP) before it is killed
-STOP_WAIT = 5.0
-
-
 class Zygote:
     """The supervisor's end of compartments/zygote.py (see there for the protocol)."""
+    _stopped = False                 # its stop signal was sent (stop)
 
     def __init__(self, launched: Launched | None = None):
         self._popen, ours = (launched or Launched()).take()
@@ -141,7 +138,16 @@ class Zygote:
             for engine in self._engines.values():   # they died with the zygote
                 engine._exit(-signal.SIGKILL)
             self._engines.clear()
-            self._end()
+            # by its stop signal, never SIGKILL first: cancelled right after stop() (the
+            # runtime's stop cancels this at once), the zygote was SIGKILLed before
+            # it had ended its compilers' groups, and what they forked lived on
+            if self._popen.poll() is None:
+                with trio.CancelScope(shield=True):
+                    self.stop()
+                    with trio.move_on_after(launch.STOP_GRACE):
+                        while self._popen.poll() is None:
+                            await trio.sleep(0.01)
+            launch.end(self._popen, 0)
 
     async def spawn(self, spec: EngineSpec, sock_fd: int, sent=None) -> ForkedEngine:
         """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy).
@@ -198,23 +204,10 @@ class Zygote:
         """Its exit status once it is gone (negative: the signal that killed it)."""
         return self._popen.returncode
 
-    def _end(self):
-        """The zygote ends, by its own stop first: its STOP handler ends every
-        compiler's process group before the zygote goes (compartments/zygote.py
-        _stop), which a SIGKILL never lets it do.  `wsuper up`'s stop sent STOP and
-        then ended run() at once: the SIGKILL here came before the zygote ran its
-        handler (4 times in 5), and what a compiler had forked outlived the system.
-        SIGKILL only if it is not gone within STOP_WAIT seconds."""
-        if self._popen.poll() is None:
-            try:
-                self._popen.send_signal(zygote.STOP)
-                self._popen.wait(timeout=STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                self._popen.kill()
-        self._popen.wait()
-
     def stop(self):
         """Its own stop signal (compartments/zygote.py STOP: it ends its compilers'
-        process groups first); it ignores SIGTERM (IGNORED)."""
-        if self._popen.poll() is None:
+        process groups first); it ignores SIGTERM (IGNORED).  Once: run's end
+        waits for it (launch.STOP_GRACE) before it kills."""
+        if not self._stopped and self._popen.poll() is None:
+            self._stopped = True
             self._popen.send_signal(zygote.STOP)

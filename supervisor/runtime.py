@@ -1462,7 +1462,8 @@ class Supervisor:
                 p.kill()
         # their exits are the zygote's news: a zygote that does not tell them (stopped,
         # or wedged) held the stop for ever, `wsuper stop` and SIGTERM included.  It is
-        # killed next (and any engine left with it: PR_SET_PDEATHSIG)
+        # stopped next, and killed if it does not end (any engine left goes with it:
+        # PR_SET_PDEATHSIG)
         with trio.move_on_after(GRACE_SECONDS):
             for p in procs:
                 await p.wait()

@@ -2,6 +2,7 @@
 import socket
 import subprocess
 
+import pytest
 import trio
 
 from supervisor import process
@@ -60,7 +61,7 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
     SIGKILL came before the handler ran (4 stops in 5 with a real zygote), and
     the groups were never ended.  Whatever ends run(), the zygote gets its STOP
     and its handler's end; one that does not end by it is killed after
-    process.STOP_WAIT."""
+    launch.STOP_GRACE."""
     import signal
     import sys
     from compartments import zygote as zygote_module
@@ -107,7 +108,8 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
             ours.close()
         assert popen.returncode == -zygote_module.STOP and done.exists(), (how, popen.returncode)
     # one that does not end by its stop is killed all the same
-    monkeypatch.setattr(process, "STOP_WAIT", 0.2)
+    from supervisor import launch
+    monkeypatch.setattr(launch, "STOP_GRACE", 0.2)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     popen = subprocess.Popen([sys.executable, "-c", f"""if True:
@@ -132,3 +134,59 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
         popen.stdout.close()
         ours.close()
     assert popen.returncode == -signal.SIGKILL
+
+
+def _serving_zygote():
+    """A real zygote (launch.Launched), once it serves (its stop handler is in)."""
+    import os
+
+    from supervisor import launch
+    from tests.conftest import EXAMPLES
+    launched = launch.Launched()
+    assert launched.parse_schema(os.path.join(EXAMPLES, "calc.capnp"), []) is not None
+    return launched
+
+
+@pytest.mark.parametrize("how", ["the runtime's stop", "its run cancelled",
+                                 "discarded", "discarded while SIGSTOPped"])
+def test_the_supervisor_ends_its_zygote_by_its_stop_signal_not_sigkill(monkeypatch, how):
+    """A review of the zygote's stop signal: the runtime's stop sent it zygote.STOP
+    and then cancelled Zygote.run, whose end SIGKILLed the zygote at once (seen in
+    3 of 4 stops: the zygote ended -9, its handler never ran), and
+    Launched.discard (a system refused, or stopped at start-up while a schema was
+    parsed) SIGKILLed it too: the zygote never ended its compilers' (and the
+    schema parser's) process groups, and what they forked outlived the system.
+    Every end of the supervisor's is by the stop signal, SIGKILL only when it has
+    not ended within launch.STOP_GRACE (one SIGSTOPped never does)."""
+    import os
+    import signal
+
+    from compartments import zygote as zygote_module
+    from supervisor import launch
+    launched = _serving_zygote()
+    popen = launched.popen
+    try:
+        if how.startswith("discarded"):
+            if how.endswith("SIGSTOPped"):
+                monkeypatch.setattr(launch, "STOP_GRACE", 0.5)
+                os.kill(popen.pid, signal.SIGSTOP)
+            launched.discard()
+        else:
+            zygote = process.Zygote(launched)
+
+            async def main():
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(zygote.run)
+                        await trio.sleep(0)
+                        if how == "the runtime's stop":
+                            zygote.stop()
+                        nursery.cancel_scope.cancel()     # as _serve_all's end does
+            trio.run(main)
+            zygote._raw.close()
+        expected = -signal.SIGKILL if how.endswith("SIGSTOPped") else -zygote_module.STOP
+        assert popen.returncode == expected, popen.returncode
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
