@@ -9,23 +9,23 @@ returns 0: a system that `up` refused (2), or one it stopped at start for a sign
 `cli.main` uses it before anything heavy is loaded."""
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
 
 def line(text: str):
     """`text` and a newline on stderr, now; nothing (and no exception) if stderr is
-    gone, which from then on is /dev/null (the interpreter's own flush at exit
-    would complain of it otherwise)."""
+    gone or cannot be written, which from then on is /dev/null (the interpreter's
+    own flush at exit would complain of it otherwise)."""
     stream = sys.stderr
     try:
         print(text, file=stream, flush=True)
-    except (BrokenPipeError, ValueError, AttributeError):
-        _gone(stream)
-    except OSError as e:
-        if e.errno not in (errno.EPIPE, errno.ECONNRESET):
-            raise
+    except (OSError, ValueError, AttributeError):
+        # any write that fails loses the line, never the exit code: not only a reader
+        # gone (EPIPE, ECONNRESET) but a terminal hung up (EIO: the ssh session that
+        # ran `up` dropped), a stderr on a full disk (ENOSPC, /dev/full) or opened
+        # read-only (EBADF, `2</dev/null`): raised, a refused `check` or `up` exited
+        # 1 ("lost sys.stderr"), not 2, and a signal at start-up 1, not 143
         _gone(stream)
 
 

@@ -962,3 +962,41 @@ def test_a_signal_at_start_up_whose_exception_is_dropped_still_stops_it(running,
     assert out.strip() == f"wsuper: {sig.name} during start-up: stopped before the system " \
                           f"started", out[-2000:]
     assert not (tmp / "audit.jsonl").exists() and not (tmp / "ext.sock").exists()
+
+
+@pytest.mark.parametrize("stderr", ["terminal hung up", "full", "read-only"])
+@pytest.mark.parametrize("case", ["refused", "check refused", "signal at start"])
+def test_an_error_said_to_a_stderr_that_cannot_be_written_keeps_its_exit_code(
+        tmp_path, case, stderr):
+    """The same class as a reader gone, for every other way a write to stderr fails:
+    the terminal `up` ran in hung up (EIO: the ssh session dropped, the window
+    closed), a stderr on a full disk (ENOSPC: `2>/dev/full`), one opened read-only
+    (EBADF: `2</dev/null`).  stderr.line let those through: a refused `up` or
+    `check` exited 1 ("lost sys.stderr"), not 2, and a SIGTERM at start-up 1, not
+    143.  The line is lost, the exit code is the error's."""
+    import pty
+    path = tmp_path / "system.toml"
+    module = f"{EXAMPLES}/calc.wat" if case == "signal at start" else f"{tmp_path}/missing.wat"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{tmp_path}/e.sock"\n'
+                    f'[compartments.calc]\nmodule = "{module}"\n'
+                    f'exports = "Calc"\nexternal = true\n')
+    script = tmp_path / "signalled.py"
+    script.write_text(_SIGNALLED_AT_START.format(root=ROOT))
+    args = {"refused": ["-m", "supervisor.cli", "up", str(path)],
+            "check refused": ["-m", "supervisor.cli", "check", str(path)],
+            "signal at start": [str(script), str(path)]}[case]
+    expected = 128 + signal.SIGTERM if case == "signal at start" else 2
+    if stderr == "terminal hung up":
+        master, fd = pty.openpty()
+        os.close(master)                 # its writes now fail with EIO
+    else:
+        fd = os.open("/dev/full" if stderr == "full" else os.devnull,
+                     os.O_WRONLY if stderr == "full" else os.O_RDONLY)
+    try:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=fd, timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == expected
+    assert not (tmp_path / "e.sock").exists()
