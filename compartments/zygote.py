@@ -1546,7 +1546,8 @@ def _request_id(line: bytes) -> int | None:
 #: sent to every process of the service at once (systemd's KillMode=control-group,
 #: its default, `kill 0`) killed the zygote too, and the supervisor, seeing it gone
 #: before its own SIGTERM, said "the zygote is gone ... no compartment can start
-#: again" and exited 1, not 143.  Its children take SIGTERM's default back (_defaults).
+#: again" and exited 1, not 143.  Its children take SIGTERM's and SIGHUP's defaults
+#: back (_defaults).
 IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 #: The zygote's stop: the supervisor's (Zygote.stop), and the kernel's when the
@@ -1557,8 +1558,12 @@ STOP = signal.SIGUSR2
 
 def _defaults():
     """A child of the zygote (a spare, a compiler, the schema's parser, a refusal)
-    takes SIGTERM's default back, and STOP's (not the zygote's _stop)."""
+    takes SIGTERM's and SIGHUP's defaults back (IGNORED: an ignored disposition
+    survives fork; every engine ignored SIGHUP), and STOP's (not the zygote's
+    _stop).  SIGINT stays ignored, as it was before: the engine ignores it anyway
+    (the supervisor decides when it stops)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(STOP, signal.SIG_DFL)
 
 

@@ -310,3 +310,36 @@ def test_a_stop_signal_sent_to_the_whole_service_is_the_supervisors_alone(
     assert run.finish(timeout=30) == 128 + sig, run.lines
     assert not any("zygote" in l for l in run.lines), run.lines
     assert not _running(zygote) and not _running(engine)
+
+
+def test_engines_and_spares_ignore_none_of_the_zygotes_stop_signals(tmp_path, wsuper):
+    """A review of the zygote's stop signal: the zygote ignores SIGTERM and SIGHUP
+    (zygote.IGNORED) and catches zygote.STOP; a disposition ignored survives fork,
+    and _defaults gave its children SIGTERM's and STOP's back but not SIGHUP's:
+    every engine and spare ignored SIGHUP, as none did before.  None of the
+    zygote's children (engines, spares) ignores or catches SIGTERM, SIGHUP or
+    STOP: each has its default."""
+    from compartments import zygote as zygote_module
+    sock = tmp_path / "s.sock"
+    path = tmp_path / "system.toml"
+    path.write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    run = wsuper("up", str(path))
+    try:
+        engine = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+        (zygote, _cmd), = [c for c in _children(run.proc.pid) if "compartments.zygote" in c[1]]
+        children = [pid for pid, _ in _children(zygote)]
+        assert engine in children
+        mask = 0
+        for sig in (signal.SIGTERM, signal.SIGHUP, zygote_module.STOP):
+            mask |= 1 << (sig - 1)
+        for pid in children:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":\t", 1) for line in f.read().splitlines()
+                              if ":\t" in line)
+            for field in ("SigIgn", "SigCgt"):
+                assert not int(fields[field], 16) & mask, (pid, pid == engine, field,
+                                                           fields[field])
+    finally:
+        run.stop()
