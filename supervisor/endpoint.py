@@ -529,7 +529,16 @@ def claim_socket_path(path: str):
         probe.settimeout(1)
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)             # nobody listens there: a stale socket
+        try:
+            os.unlink(path)         # nobody listens there: a stale socket
+        except FileNotFoundError:
+            pass                    # gone meanwhile: free all the same
+        return
+    except FileNotFoundError:
+        # gone since (the system before stopping, as it removes its sockets): free.
+        # Taken for "may be in use", a second system started as the first stopped
+        # was refused; and one removed between the probe and its unlink ended up in
+        # "[Errno 2] No such file or directory", naming no key
         return
     except OSError as e:
         # someone listens, or may: a full backlog (EAGAIN: a system stopped with

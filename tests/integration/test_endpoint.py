@@ -796,3 +796,32 @@ def test_peer_problem_is_the_listeners_uid_alone():
     for peer, me in ((65534, 0), (0, 1000), (1001, 1000)):
         problem = endpoint.peer_problem(peer, "/x.sock", me)
         assert f"uid {peer}" in problem and "/x.sock" in problem
+
+
+@pytest.mark.parametrize("when", ["before the probe", "after the probe"])
+def test_a_socket_the_system_before_removes_as_it_stops_is_free(tmp_path, monkeypatch,
+                                                                  when):
+    """A review of start and stop: a second `up` on the socket of a system that is
+    stopping (it removes its sockets as it goes).  Removed between up's look and its
+    probe, the socket was said "may be in use by a running system (connecting to it:
+    No such file or directory)", exit 2; removed between the probe (refused: nobody
+    listens any more) and its unlink, up ended in "[Errno 2] No such file or
+    directory".  Gone, the path is free."""
+    import socket
+    path = str(tmp_path / "e.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()                                     # bound, never listening: stale
+
+    class Probe(socket.socket):
+        def connect(self, address):
+            if when == "before the probe":
+                os.unlink(address)
+            try:
+                return super().connect(address)
+            finally:
+                if when == "after the probe":
+                    os.unlink(address)
+    monkeypatch.setattr(endpoint.pysocket, "socket", Probe)
+    endpoint.claim_socket_path(path)
+    assert not os.path.lexists(path)
