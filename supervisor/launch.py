@@ -111,7 +111,8 @@ def end(popen: subprocess.Popen, grace: float | None = None):
     popen.wait()
 
 
-#: Descriptors below which no command starts (`ulimit -n` lower, its hard limit too):
+#: Descriptors below which no command starts (`ulimit -n` lower, its hard limit too,
+#: less those open at launch beside 0, 1 and 2: fd_floor_problem):
 #: the schemas' parser (pycapnp) aborts the process that runs out while it reads
 #: (SIGABRT, a C++ `terminate`, no word of wsuper's), the zygote died in a
 #: traceback, and `up` said only "[Errno 24] Too many open files".  The supervisor's
@@ -121,13 +122,44 @@ FD_FLOOR = 64
 
 def fd_floor_problem() -> str | None:
     """Raise the soft descriptor limit to the hard one (raise_fd_limit); why no
-    command can run under it (below FD_FLOOR), or None."""
+    command can run under it (fewer than FD_FLOOR left to open), or None.  What is
+    left counts the descriptors open already beside 0, 1 and 2 (inherited at
+    launch: a parent, a daemon manager that leaks its own): counted by the limit
+    alone, 50 inherited under a limit of 64 passed the floor, and the schemas'
+    parser aborted `up` and `check` (SIGABRT) as before it."""
     import resource
     soft = raise_fd_limit()
-    if soft >= FD_FLOOR or soft == resource.RLIM_INFINITY:
+    if soft == resource.RLIM_INFINITY:
         return None
+    held = _inherited_descriptors(soft)
+    if soft - held >= FD_FLOOR:
+        return None
+    if not held:
+        return (f"this process may open only {soft} file descriptors (RLIMIT_NOFILE, its "
+                f"hard limit included); wsuper needs at least {FD_FLOOR}: raise it "
+                f"(ulimit -n)")
     return (f"this process may open only {soft} file descriptors (RLIMIT_NOFILE, its hard "
-            f"limit included); wsuper needs at least {FD_FLOOR}: raise it (ulimit -n)")
+            f"limit included), and {held} beside 0, 1 and 2 are open already (inherited "
+            f"at launch): {max(soft - held, 0)} left, and wsuper needs at least "
+            f"{FD_FLOOR}: raise the limit (ulimit -n), or launch it without them")
+
+
+def _inherited_descriptors(limit: int) -> int:
+    """Descriptors open in this process beside 0, 1 and 2."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        fds = None
+    if fds is not None:      # less the one listdir itself had open
+        return max(0, sum(1 for fd in fds if fd.isdigit() and int(fd) > 2) - 1)
+    held = 0
+    for fd in range(3, min(limit, 1 << 16)):
+        try:
+            os.fstat(fd)
+            held += 1
+        except OSError:
+            pass
+    return held
 
 
 def raise_fd_limit() -> int:

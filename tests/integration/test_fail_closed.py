@@ -762,6 +762,44 @@ def test_a_descriptor_limit_too_low_to_start_is_said_first(command, limit):
         assert command == "check" or "[app] 2 + 3 = 5" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("limit,inherited", [(64, 40), (64, 58), (128, 50)],
+                         ids=["64 with 40 open", "64 with 58 open", "128 with 50 open"])
+@pytest.mark.parametrize("command", ["up", "check"])
+def test_descriptors_open_at_launch_count_against_the_floor(command, limit, inherited):
+    """A review of start-up: the floor (launch.FD_FLOOR) was the limit alone, not
+    what is left of it: launched with descriptors open beside 0, 1 and 2 (a parent
+    or a daemon manager that leaks its own), 50 of them under a limit of 64, the
+    schemas' parser aborted `up` and `check` (SIGABRT, exit -6), and 40 made `up`
+    say only "[Errno 24] Too many open files", exit 1, as before the floor.  What
+    is left counts: below the floor, said first, exit 2; above it, the system runs."""
+    import resource
+    import subprocess
+    import sys
+    from supervisor.launch import FD_FLOOR
+    from tests.conftest import ROOT
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    kept = [os.open(os.devnull, os.O_RDONLY) for _ in range(inherited)]
+    try:
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command,
+                            os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, preexec_fn=low_limit,
+                           pass_fds=kept)
+    finally:
+        for fd in kept:
+            os.close(fd)
+    assert "Traceback" not in r.stderr and "terminate" not in r.stderr, r.stderr[-2000:]
+    if limit - inherited < FD_FLOOR:
+        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+        assert r.stderr.startswith("wsuper: error: this process may open only ") and \
+            f"{inherited} beside 0, 1 and 2 are open already" in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and r.stdout == ""
+    else:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert command == "check" or "[app] 2 + 3 = 5" in r.stdout, r.stdout
+
+
 def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
     """With a low descriptor limit: a compartment holding open files gets EMFILE past
     the budget; a restart still finds descriptors; connections past what the
