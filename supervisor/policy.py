@@ -843,32 +843,119 @@ def _read_text(path: str, what: str) -> str:
 # ------------------------------------------------------------------ helpers
 
 
+#: The file as tokens for _Where: TOML's own (a string whole, a multi-line one
+#: too, so that nothing inside a string is taken for a key or a header), each
+#: bracket and `=` alone.  Linear, as _TOKENS is.
+_LINE_TOKENS = re.compile(r'''
+    (?P<string>"""(?:\\.|\\\Z|[^\\])*?(?:"""(?!")|\Z)|\'\'\'[^\0]*?(?:\'\'\'(?!\')|\Z)
+              |"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)|'[^'\n]*(?:'|(?=\n)|\Z))
+  | (?P<part>[A-Za-z0-9_+:-]+)
+  | (?P<dot>\.)
+  | (?P<newline>\n)
+  | (?P<open>[\[{])
+  | (?P<close>[\]}])
+  | (?P<eq>=)
+  | [ \t\r]+
+  | \#[^\n]*
+  | [^A-Za-z0-9_+:.\-"'\s\#\[\]{}=]+
+  | .
+''', re.VERBOSE | re.DOTALL)
+
+
+def _key_part(token: str) -> str:
+    """One part of a TOML key as TOML reads it: bare, 'literal' or "basic" (its
+    escapes decoded: "\\u0061pp" is app)."""
+    if token.startswith("'"):
+        return token[1:-1]
+    if token.startswith('"'):
+        if "\\" not in token:
+            return token[1:-1]
+        try:
+            return next(iter(tomllib.loads(f"{token} = 0")))
+        except (tomllib.TOMLDecodeError, StopIteration, ValueError):
+            return token[1:-1]
+    return token
+
+
+def _written_keys(text: str) -> list:
+    """(key path, line) of each table header and each key the file writes, in
+    order, as TOML reads them: lines counted at \\n alone (TOML's newline; a
+    U+2028 or U+0085 in a comment or a string ends no line), keys decoded
+    (quoted, literal, with escapes), and nothing inside a string (a multi-line
+    one holding "[a]" or "b = 1") taken for a header or a key."""
+    out, table, line = [], [], 1
+    state, parts, depth, key_line, after_dot = "start", [], 0, 1, True
+    for m in _LINE_TOKENS.finditer(text):
+        kind, tok = m.lastgroup, m.group()
+        if state == "value":                 # skipped to its end: a newline outside brackets
+            if kind == "open":
+                depth += 1
+            elif kind == "close":
+                depth = max(depth - 1, 0)
+            elif kind == "newline" and depth == 0:
+                state = "start"
+        elif state == "start":
+            if kind in ("part", "string"):
+                state, parts, key_line, after_dot = "key", [_key_part(tok)], line, False
+            elif kind == "open" and tok == "[":
+                state, parts, key_line, after_dot = "header", [], line, True
+        elif state == "header":
+            if kind == "open" and not parts:
+                pass                         # [[an array of tables]]
+            elif kind in ("part", "string") and after_dot:
+                parts.append(_key_part(tok))
+                after_dot = False
+            elif kind == "dot":
+                after_dot = True
+            elif kind == "close":
+                table = parts
+                out.append((tuple(parts), key_line))
+                state, depth = "value", 0    # the rest of the line (`]]`, a comment)
+            elif kind == "newline":
+                state = "start"
+        elif state == "key":
+            if kind in ("part", "string") and after_dot:
+                parts.append(_key_part(tok))
+                after_dot = False
+            elif kind == "dot":
+                after_dot = True
+            elif kind == "eq":
+                out.append((tuple(table) + tuple(parts), key_line))
+                state, depth = "value", 0
+            elif kind == "newline":
+                state = "start"
+        if kind == "newline":
+            line += 1
+        elif kind == "string":
+            line += tok.count("\n")
+    return out
+
+
 class _Where:
     """Finds the line a key was written on, for error messages."""
 
     def __init__(self, text, path):
-        self.lines = text.splitlines()
+        self.text = text
         self.path = path
+        self._keys = None           # _written_keys, made at the first error
 
     def line_of(self, key: str) -> int | None:
         """The line that writes `key` (dotted, list indices ignored): the line of the
         longest prefix of it that the file writes, as a table header, a dotted key
         or an inline table; for a table the file only writes deeper parts of (an
-        unknown table `[foo.bar]` for the key `foo`), its first header."""
+        unknown table `[foo.bar]` for the key `foo`), its first header.  Keys are
+        read as TOML reads them (_written_keys): `'bogus' = 1`, `"b\\u006fgus" = 1`
+        and `['compartments'.app]` were not found (the error named the table's
+        line, or line 1), a U+2028 in a comment moved every line after it by one,
+        and a multi-line string holding a header took an error to its lines."""
         target = [re.sub(r"\[[0-9]+\]$", "", p) for p in _split_key(key) if p]
         if not target:
             return None
-        best, best_line, table = 0, None, []
-        for i, line in enumerate(self.lines, 1):
-            s = line.strip()
-            header = _header(s)
-            if header is not None:
-                table = path = _split_dotted(header)
-            else:
-                m = _KEY.match(s)
-                if m is None:
-                    continue
-                path = table + _split_dotted(m.group(1))
+        if self._keys is None:
+            self._keys = _written_keys(self.text)
+        best, best_line = 0, None
+        for path, line in self._keys:
+            path = list(path)
             if path == target[:len(path)]:
                 score = len(path)
             elif target == path[:len(target)]:
@@ -876,7 +963,7 @@ class _Where:
             else:
                 continue
             if score > best:
-                best, best_line = score, i
+                best, best_line = score, line
         return best_line
 
     def error(self, key, reason) -> PolicyError:

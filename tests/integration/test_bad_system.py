@@ -58,8 +58,8 @@ LONG = "k" * 100_000
     (f"[compartments.{LONG}]\nmodule = 'x.wat'\n", 1, "compartments." + "k" * 64 + "..."),
     (GOOD + f"[compartments.calc.grants.{LONG}]\ncompartment = 'calc'\n", 7,
      "compartments.calc.grants." + "k" * 64 + "..."),
-    # escaped (its line is its table's: the key as written is not the key as read)
-    (GOOD + f'"{LONG}\\n\\u001b\'\\\\" = 1\n', 4, "compartments.calc.kkk"),
+    # escaped: its own line, the key read as TOML reads it (it was its table's line)
+    (GOOD + f'"{LONG}\\n\\u001b\'\\\\" = 1\n', 7, "compartments.calc.kkk"),
     (GOOD.replace(CALC, "/" + LONG), 5, "compartments.calc.module: '/kkk"),
 ])
 def test_an_error_shows_a_hostile_key_or_value_cut_short_on_one_line(tmp_path, text, line,

@@ -114,6 +114,48 @@ def test_finding_an_errors_line_takes_no_time_on_hostile_lines(line):
     assert e.value.line == 6 and "compartments.b.x: unknown key" in str(e.value)
 
 
+@pytest.mark.parametrize("before, key", [
+    ("", "'bogus'"),                                  # a literal key
+    ("", '"b\\u006fgus"'),                          # a basic key with an escape
+    ("", '"bogus"'),
+    ("# a comment with a line separator \u2028 in it\n", "bogus"),
+    ("# and one with a next line \u0085 in it\n", "bogus"),
+    ('module = "a string \u2028 holding one.wat"\n', "bogus"),
+    ('module = """\n[compartments.b]\nbogus = 1\n.wat"""\n', "bogus"),  # a header in a string
+    ("module = \'\'\'\n[compartments.b]\nbogus = 1\n.wat\'\'\'\n", "bogus"),
+    ('module = "a.wat"\ngrants.env.host = "environment"\n'
+     'grants.env.args = [\n  "[compartments.b]",\n  "bogus = 1",\n]\n', "bogus"),
+])
+def test_an_error_names_the_line_toml_reads_its_key_on(before, key):
+    """The error's line is the line the key is on as TOML reads the file: a key
+    spelled quoted, literal or with escapes is that key (an error named the
+    table's header, or line 1), only \\n ends a line (a U+2028 or U+0085 in a
+    comment or a string moved every later error down a line), and what a string
+    holds is no header or key (an error named a line inside a multi-line
+    string)."""
+    text = ('[compartments.a]\nexports = "A"\n' + (before or 'module = "a.wat"\n')
+            + '[compartments.b]\nmodule = "b.wat"\n\n\n' + key + " = 1\n")
+    if "module" not in text.split("[compartments.b]")[0]:
+        text = text.replace('exports = "A"\n', 'exports = "A"\nmodule = "a.wat"\n', 1)
+    lines = text.split("\n")
+    want = len(lines) - lines[::-1].index(key + " = 1")      # the last: not in a string
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert "compartments.b." in str(e.value) and "unknown key" in str(e.value)
+    assert e.value.line == want, str(e.value)
+
+
+@pytest.mark.parametrize("header", ["['compartments'.'b'.grants]",
+                                    '["compartments" . b . "grants"]',
+                                    '[ compartments.b."gr\\u0061nts" ]'])
+def test_an_error_in_a_table_whose_header_is_quoted_names_its_line(header):
+    text = BASE + header + '\n\n\nx = { host = "nope" }\n'
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert "compartments.b.grants.x" in str(e.value)
+    assert e.value.line == 9, str(e.value)
+
+
 def test_a_key_of_many_dots_is_split_in_no_time():
     key = "compartments.b." + "a." * 200_000 + "z"
     where = policy._Where(BASE, "/x/s.toml")
