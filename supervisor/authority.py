@@ -170,14 +170,17 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-_PLAIN = re.compile(r"[\w./@:+=%,~-]*")
+#: what `check` shows as it is: ASCII alone (\\w took every script's letters, so
+#: '/srv/d\u0430ta', its 'а' Cyrillic, was shown exactly as /srv/data)
+_PLAIN = re.compile(r"[A-Za-z0-9_./@:+=%,~-]*")
 
 
 def quoted(text: str) -> str:
     """A path or name from the system file (or a directory's name) as shown by
-    `check`: as it is if it is plain, else in double quotes with JSON's escapes,
-    so that no name can pass for the text around it (a directory named
-    'x  (from other.toml: ...)')."""
+    `check`: as it is if it is plain (ASCII), else in double quotes with JSON's
+    escapes (every character past ASCII as \\uXXXX), so that no name can pass for
+    the text around it (a directory named 'x  (from other.toml: ...)') nor for
+    another name (a letter of another script that looks like a Latin one)."""
     return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 

@@ -502,3 +502,25 @@ def test_reach_looks_at_each_grant_once_however_the_file_orders_them(tmp_path, m
         names, _ = authority.could_reach(plan, target)
         assert len(names) == n - 1
         assert len(looks) <= 2 * (n - 1), (target, len(looks))
+
+
+@pytest.mark.parametrize("name", ["d\u0430ta",          # a Cyrillic a
+                                  "\u0501ata",          # a Cyrillic d
+                                  "dat\u0251",          # a Latin alpha
+                                  "\uff44ata",          # a fullwidth d
+                                  "da\u0074\u0327a"])   # t and a combining cedilla
+def test_check_shows_no_path_that_looks_like_another(tmp_path, name):
+    """What `check` shows of a path is plain ASCII or quoted with every other
+    character escaped: a directory whose name is written in letters of another
+    script that look like Latin ones was shown as the directory it is not."""
+    (tmp_path / name).mkdir()
+    (tmp_path / "data").mkdir()
+    plan = plan_of(tmp_path, SYSTEM + f'look = {{ host = "directory", path = "{tmp_path}/{name}" }}\n'
+                                      f'real = {{ host = "directory", path = "{tmp_path}/data" }}\n')
+    lines = authority.holdings(plan).splitlines()
+    (look,) = [x for x in lines if x.startswith("  look -> ")]
+    (real,) = [x for x in lines if x.startswith("  real -> ")]
+    assert look.isascii() and "\\u" in look, look
+    assert f"[path={tmp_path}/data]" in real
+    assert look.split("[path=")[1].split("]")[0] != real.split("[path=")[1].split("]")[0]
+    assert authority.quoted("/srv/d\u0430ta") == '"/srv/d\\u0430ta"'
