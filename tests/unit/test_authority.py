@@ -524,3 +524,26 @@ def test_check_shows_no_path_that_looks_like_another(tmp_path, name):
     assert f"[path={tmp_path}/data]" in real
     assert look.split("[path=")[1].split("]")[0] != real.split("[path=")[1].split("]")[0]
     assert authority.quoted("/srv/d\u0430ta") == '"/srv/d\\u0430ta"'
+
+
+def test_reach_finds_each_grant_without_searching_its_holders_grants(tmp_path):
+    """Deciding an allow-list for `--reach calc.add` looked each grant up among all
+    its holder's grants, once a grant: one compartment with 50,000 grants took
+    `check --reach` more than 200 s.  Each edge knows its grant.  Counted, not timed."""
+    n = 300                                     # other's grants, each to calc
+    text = SYSTEM + "".join(f'g{i} = {{ compartment = "calc", allow = ["add"], max_uses = 5 }}\n'
+                            for i in range(n))
+    plan = plan_of(tmp_path, text)
+    seen = []
+
+    class Counting(tuple):
+        def __iter__(self):
+            for g in tuple.__iter__(self):
+                seen.append(g)
+                yield g
+
+    for comp in plan.system.compartments.values():
+        object.__setattr__(comp, "grants", Counting(comp.grants))
+    names, _ = authority.could_reach(plan, "calc.add")
+    assert names == ["app", "other"]
+    assert len(seen) <= 3 * (n + 4), len(seen)
