@@ -1597,7 +1597,7 @@ def test_a_module_file_touched_while_its_compile_waits_still_starts(tmp_path, to
     slow = []
     for i in range(zygote.COMPILES):            # every compile slot busy for a while
         path = tmp_path / f"slow{i}.wasm"
-        path.write_bytes(_slow_to_compile(600_000 + i))
+        path.write_bytes(_slow_to_compile(150_000 + i))
         slow.append(str(path))
     module = tmp_path / "m.wat"
     module.write_text('(module (memory (export "memory") 1) (func (export "_start")))')
