@@ -619,16 +619,30 @@ def peer_problem(peer_uid: int, path: str, uid: int) -> str | None:
             f"no system of yours answers there (was its directory moved or replaced?)")
 
 
+#: the kernel's struct ucred (SO_PEERCRED): pid_t pid (signed), uid_t uid and gid_t
+#: gid (unsigned 32 bits).  Read as three signed ints, a uid of 2**31 or more (id
+#: mapped directory users, user namespaces, nfsnobody's 4294967294) came out
+#: negative, never the user's own: their own system refused them every command
+_UCRED = struct.Struct("=iII")
+
+
+def peer_creds(raw: bytes) -> tuple[int, int, int]:
+    """(pid, uid, gid) of SO_PEERCRED's answer `raw` (pure); ValueError if it is
+    not one."""
+    if len(raw) != _UCRED.size:
+        raise ValueError(f"SO_PEERCRED gave {len(raw)} bytes, not {_UCRED.size}")
+    return _UCRED.unpack(raw)
+
+
 def check_peer(s, path: str):
     """Refuse (EndpointError) the connected unix socket `s` unless its listener is
     this user's (peer_problem), before anything is sent on it."""
     try:
-        creds = s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED,
-                             struct.calcsize("3i"))
-        _pid, peer_uid, _gid = struct.unpack("3i", creds)
-    except OSError as e:
+        _pid, peer_uid, _gid = peer_creds(
+            s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED, _UCRED.size))
+    except (OSError, ValueError) as e:
         raise EndpointError(f"cannot tell who holds the socket at {path}: "
-                            f"{e.strerror or e}") from None
+                            f"{getattr(e, 'strerror', None) or e}") from None
     problem = peer_problem(peer_uid, path, os.getuid())
     if problem:
         raise EndpointError(problem)

@@ -825,3 +825,77 @@ def test_a_socket_the_system_before_removes_as_it_stops_is_free(tmp_path, monkey
     monkeypatch.setattr(endpoint.pysocket, "socket", Probe)
     endpoint.claim_socket_path(path)
     assert not os.path.lexists(path)
+
+
+def test_peer_creds_reads_the_kernels_ucred_with_uids_past_two_to_the_31():
+    """struct ucred is (pid_t, uid_t, gid_t): uid and gid unsigned.  Read as three
+    signed ints, a uid of 2**31 or more came out negative, never the user's own."""
+    import struct
+    for uid in (0, 1000, 65534, 2 ** 31, 3_000_000_000, 2 ** 32 - 2):
+        raw = struct.pack("=iII", 4321, uid, uid)
+        assert endpoint.peer_creds(raw) == (4321, uid, uid)
+        assert endpoint.peer_problem(endpoint.peer_creds(raw)[1], "/x.sock", uid) is None
+    with pytest.raises(ValueError):
+        endpoint.peer_creds(b"\0" * 8)
+
+
+_HIGH_UID_DRIVER = r"""
+import json, os, subprocess, sys, time
+path, root = sys.argv[1], sys.argv[2]
+env = {**os.environ}
+def cli(*args):
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=root,
+                       capture_output=True, text=True, timeout=60, env=env)
+    return {"rc": r.returncode, "out": r.stdout, "err": r.stderr}
+up = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", path], cwd=root,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+out = {"uid": os.getuid()}
+try:
+    for line in up.stdout:
+        if "serving until" in line:
+            break
+    out["status"] = cli("status", path)
+    out["call"] = cli("call", path, "calc.add", "(a = 2, b = 3)")
+    out["probe"] = cli("probe", path, "calc", "list")
+    out["stop"] = cli("stop", path)
+    up.wait(timeout=30)
+finally:
+    if up.poll() is None:
+        up.kill()
+        up.wait()
+print(json.dumps(out))
+"""
+
+
+def test_a_user_whose_uid_is_past_two_to_the_31_can_ask_their_own_system(tmp_path):
+    """A review of the peer checks: SO_PEERCRED's uid was read as a signed int, so
+    a user whose uid is 2**31 or more (directory services with id mapping, user
+    namespaces) was told by `status`, `call`, `probe` and `stop` that their own
+    running system's socket was "held by uid -1294967296, not by you", exit 1:
+    such a system could not be stopped but by a signal.  Run in a user namespace
+    that maps this user to uid 3000000000, every command reaches the system."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    probe = subprocess.run(["unshare", "-U", "--map-user=3000000000",
+                            "--map-group=3000000000", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace here: {probe.stderr!r}")
+    path = _system(tmp_path / "sys")
+    text = open(path).read().replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n',
+                                     1)
+    with open(path, "w") as f:
+        f.write(text)
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    r = subprocess.run(["unshare", "-U", "--map-user=3000000000", "--map-group=3000000000",
+                        sys.executable, "-c", _HIGH_UID_DRIVER, path, ROOT], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "XDG_RUNTIME_DIR": str(xdg),
+                            "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["uid"] == 3_000_000_000
+    for command in ("status", "call", "probe", "stop"):
+        assert out[command]["rc"] == 0, (command, out[command])
+        assert "not by you" not in out[command]["err"], (command, out[command])
+    assert "sum = 5" in out["call"]["out"], out["call"]
