@@ -131,8 +131,8 @@ def fd_floor_problem() -> str | None:
     soft = raise_fd_limit()
     if soft == resource.RLIM_INFINITY:
         return None
-    held = _inherited_descriptors(soft)
-    if soft - held >= FD_FLOOR:
+    held, below = _inherited_descriptors(soft)
+    if soft - below >= FD_FLOOR:
         return None
     if not held:
         return (f"this process may open only {soft} file descriptors (RLIMIT_NOFILE, its "
@@ -140,18 +140,26 @@ def fd_floor_problem() -> str | None:
                 f"(ulimit -n)")
     return (f"this process may open only {soft} file descriptors (RLIMIT_NOFILE, its hard "
             f"limit included), and {held} beside 0, 1 and 2 are open already (inherited "
-            f"at launch): {max(soft - held, 0)} left, and wsuper needs at least "
+            f"at launch): {max(soft - below, 0)} left, and wsuper needs at least "
             f"{FD_FLOOR}: raise the limit (ulimit -n), or launch it without them")
 
 
-def _inherited_descriptors(limit: int) -> int:
-    """Descriptors open in this process beside 0, 1 and 2."""
+def _inherited_descriptors(limit: int) -> tuple[int, int]:
+    """Descriptors open in this process beside 0, 1 and 2: how many, and how many of
+    them take a place below `limit` (the soft RLIMIT_NOFILE).  One numbered `limit`
+    or more (a parent opened it under a higher limit) takes none of the places a
+    new descriptor is given (the lowest free number below the limit): counted
+    against the floor, `ulimit -n 66` with one descriptor inherited low and three
+    high was refused "62 left" of the 65 it had, and the count differed from the
+    one without /proc below, which stops at the limit."""
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
         fds = None
-    if fds is not None:      # less the one listdir itself had open
-        return max(0, sum(1 for fd in fds if fd.isdigit() and int(fd) > 2) - 1)
+    if fds is not None:      # less the one listdir itself had open (below the limit)
+        numbers = [int(fd) for fd in fds if fd.isdigit()]
+        return (max(0, descriptors_below(numbers, 1 << 62) - 1),
+                max(0, descriptors_below(numbers, limit) - 1))
     held = 0
     for fd in range(3, min(limit, 1 << 16)):
         try:
@@ -159,7 +167,13 @@ def _inherited_descriptors(limit: int) -> int:
             held += 1
         except OSError:
             pass
-    return held
+    return held, held
+
+
+def descriptors_below(fds, limit: int) -> int:
+    """How many of the descriptor numbers `fds` beside 0, 1 and 2 take a place under
+    the soft limit `limit` (pure)."""
+    return sum(1 for fd in fds if 2 < fd < limit)
 
 
 def raise_fd_limit() -> int:

@@ -800,6 +800,47 @@ def test_descriptors_open_at_launch_count_against_the_floor(command, limit, inhe
         assert command == "check" or "[app] 2 + 3 = 5" in r.stdout, r.stdout
 
 
+def test_descriptors_numbered_past_the_limit_take_no_place_under_it():
+    """A review of the floor's count: a descriptor inherited with a number at or
+    past the soft limit (opened by a parent under a higher one) takes none of the
+    places under it, where every new descriptor goes; counted from /proc, `ulimit
+    -n 66` with one low descriptor and three high ones was refused "62 left" of
+    the 65 it had (and the count without /proc, which stops at the limit, said
+    otherwise).  Only the low one counts: `check` runs."""
+    import resource
+    import subprocess
+    import sys
+    from supervisor.launch import FD_FLOOR, descriptors_below
+    from tests.conftest import ROOT
+    assert descriptors_below([0, 1, 2, 3, 10, 65, 66, 251], 66) == 3
+    assert descriptors_below([], 64) == 0
+    limit = FD_FLOOR + 2
+    low = os.open(os.devnull, os.O_RDONLY)
+    high = []
+    try:
+        assert low < limit
+        for n in range(400, 1000):
+            if len(high) == 3:
+                break
+            try:
+                os.fstat(n)
+            except OSError:
+                high.append(os.dup2(low, n))
+
+        def low_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
+                            os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, preexec_fn=low_limit,
+                           pass_fds=[low, *high])
+    finally:
+        for fd in (low, *high):
+            os.close(fd)
+    assert len(high) == 3
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "file descriptors" not in r.stderr, r.stderr
+
+
 def test_running_out_of_descriptors_refuses_never_exits(tmp_path):
     """With a low descriptor limit: a compartment holding open files gets EMFILE past
     the budget; a restart still finds descriptors; connections past what the
