@@ -625,9 +625,11 @@ def _append(folder: int, file: str, chunk: list):
         os.close(fd)
 
 
-def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP):
+def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP, keep_current: bool = False):
     """NAME -> NAME.1 -> ... -> NAME.`keep` (the oldest goes), in the directory
-    `folder` (a descriptor): no name is followed through a link."""
+    `folder` (a descriptor): no name is followed through a link.  With
+    `keep_current`, NAME.1 is a second link to NAME, which stays where it is (its
+    writer replaces it at once: the name is never missing)."""
     def exists(name):
         try:
             os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -637,7 +639,12 @@ def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP):
     for i in range(keep - 1, 0, -1):
         if exists(f"{file}.{i}"):
             os.replace(f"{file}.{i}", f"{file}.{i + 1}", src_dir_fd=folder, dst_dir_fd=folder)
-    os.replace(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder)
+    if not keep_current:
+        os.replace(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder)
+        return
+    if exists(f"{file}.1"):        # keep = 1: the one rotated file goes
+        os.unlink(f"{file}.1", dir_fd=folder)
+    os.link(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
 
 
 def default_log_dir(system_id: str) -> str:

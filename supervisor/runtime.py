@@ -351,9 +351,6 @@ class _Audit:
                 if stat.S_ISSOCK(mode) else "not a regular file"
             raise endpoint.EndpointError(f"the audit file {self.path} is {kind}: the audit "
                                          f"must be a regular file")
-        if st.st_nlink > 1:
-            os.close(fd)
-            raise endpoint.EndpointError(policy.audit_links_problem(self.path, st.st_nlink))
         try:
             # this run's, while it runs: another system given the same file (a second
             # system file) interleaved its records and rotated the file from under this
@@ -367,6 +364,11 @@ class _Audit:
         except endpoint.EndpointError:
             os.close(fd)                # a file system that cannot lock: said so
             raise
+        # after the lock: a running system's rotation links AUDIT.1 to the file for
+        # a moment (_rotate), and a second system is told of that system, not of links
+        if st.st_nlink > 1:
+            os.close(fd)
+            raise endpoint.EndpointError(policy.audit_links_problem(self.path, st.st_nlink))
         # and still the file at its name: locked after the system before us let go of
         # it at its rotation (opened before its rename, locked after), this run wrote
         # into that system's AUDIT.1 while it wrote the new file
@@ -411,16 +413,64 @@ class _Audit:
             self._file.flush()
 
     def _rotate(self):
-        """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), then a new AUDIT,
-        opened with the same checks as the first."""
-        # the file stays open, and so locked, until the new one is: closed first, a
-        # second system starting meanwhile locked it, and wrote into AUDIT.1
+        """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), and a new AUDIT
+        in its place, locked before it takes the name: at no moment is AUDIT
+        missing, nor a file this system has not locked.  The file stays open, and
+        so locked, until the new one is (closed first, a second system starting
+        meanwhile locked it, and wrote into AUDIT.1); and the new one was made after
+        the renames, opened by its name: a second system (a service manager
+        starting it again and again) that made and locked AUDIT in between ran,
+        and this one, refused its own new file, stopped."""
         old, self._file = self._file, None
         try:
-            output.rotate(self._dir, os.path.basename(self.path), self.keep)
-            self.open()
+            name = os.path.basename(self.path)
+            fd = self._successor(name)
+            try:
+                output.rotate(self._dir, name, self.keep, keep_current=True)
+                os.replace(self._next_name(name), name, src_dir_fd=self._dir,
+                           dst_dir_fd=self._dir)
+                now = os.stat(name, dir_fd=self._dir, follow_symlinks=False)
+                own = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino):
+                    raise endpoint.EndpointError(f"the audit file {self.path} was replaced "
+                                                 f"while it was rotated")
+            except BaseException:
+                try:
+                    os.unlink(self._next_name(name), dir_fd=self._dir)
+                except OSError:
+                    pass
+                os.close(fd)
+                raise
+            os.set_blocking(fd, True)
+            self._size = 0
+            self._file = open(fd, "ab")
         finally:
             old.close()
+
+    @staticmethod
+    def _next_name(name: str) -> str:
+        return f".{name}.rotating"
+
+    def _successor(self, name: str) -> int:
+        """The next audit file, made (empty, a regular file, never through a link)
+        and locked under a name of its own beside the audit (_next_name)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC \
+            | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            try:
+                fd = os.open(self._next_name(name), flags, 0o600, dir_fd=self._dir)
+            except FileExistsError:      # left by a rotation cut short: not ours now
+                os.unlink(self._next_name(name), dir_fd=self._dir)
+                fd = os.open(self._next_name(name), flags, 0o600, dir_fd=self._dir)
+        except OSError as e:
+            raise endpoint.EndpointError(f"cannot make the next audit file beside "
+                                         f"{self.path}: {e.strerror or e}") from None
+        try:
+            endpoint.lock_exclusive(fd, f"the audit file {self.path}")
+        except endpoint.EndpointError:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self):
         """No more writes.  A write still under way (abandoned at stop: a disk that

@@ -142,10 +142,10 @@ def test_the_audit_stays_locked_while_it_is_rotated(tmp_path, monkeypatch):
     real = output.rotate
     seen = []
 
-    def rotate(folder, file, keep):
+    def rotate(folder, file, keep, **how):
         other = os.open(path, os.O_WRONLY | os.O_APPEND)    # a second system's open...
         try:
-            real(folder, file, keep)
+            real(folder, file, keep, **how)
             try:                                            # ... and its lock after
                 endpoint.lock_exclusive(other)
                 seen.append("locked")
@@ -168,3 +168,74 @@ def test_the_audit_stays_locked_while_it_is_rotated(tmp_path, monkeypatch):
     monkeypatch.setattr(endpoint, "lock_exclusive", late)
     with pytest.raises(endpoint.EndpointError, match="another running system"):
         other.open()
+
+
+def test_a_second_system_started_during_a_rotation_never_takes_the_audit_over(tmp_path,
+                                                                              monkeypatch):
+    """A review of the audit's lock: the rotation renamed AUDIT to AUDIT.1 and then
+    made the new AUDIT by its name, and locked it: a second system given the same
+    file (a service manager starting it again and again, each refused) that
+    opened the name in between made the new file and locked it first.  It ran,
+    and the first, refused its own new file ("being written by another running
+    system"), stopped with its audit failed.  At every moment of every rotation
+    the name is a file the running system has locked: the second is refused, the
+    first writes on, and no record is lost."""
+    path = tmp_path / "audit.jsonl"
+    audit = runtime._Audit(str(path), "a", max_size=1 << 16, keep=3)
+    audit.open()
+    real = output.rotate
+    refused, ran = [], []
+
+    def rotate(folder, file, keep, **how):
+        real(folder, file, keep, **how)
+        second = runtime._Audit(str(path), "b")          # a second system starts
+        try:
+            second.open()
+            ran.append(second)
+        except endpoint.EndpointError as e:
+            refused.append(str(e))
+    monkeypatch.setattr(runtime.output, "rotate", rotate)
+    written = 0
+    for i in range(8):
+        batch = [{"event": "call", "n": written + k, "pad": "x" * 300, "time": 0.0}
+                 for k in range(100)]
+        audit._write(batch)
+        written += len(batch)
+    try:
+        assert refused and not ran, (refused, ran)
+        assert all("another running system" in why for why in refused), refused
+        assert audit.failed is None
+    finally:
+        for other in ran:
+            other.close()
+        audit.close()
+    monkeypatch.setattr(runtime.output, "rotate", real)
+    import json
+    files = [path] + [tmp_path / f"audit.jsonl.{i}" for i in (1, 2, 3)]
+    assert not (tmp_path / "audit.jsonl.4").exists()
+    kept = [json.loads(line)["n"] for f in files if f.exists()
+            for line in f.read_text().splitlines()]
+    assert sorted(kept) == list(range(written - len(kept), written)), "records lost or doubled"
+    assert all(os.stat(f).st_nlink == 1 for f in files if f.exists())
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]   # nothing left beside
+
+
+def test_every_rotation_keeps_the_audit_named_and_locked(tmp_path):
+    """keep = 1 too: the one rotated file is replaced, the name never missing."""
+    for keep in (1, 2):
+        folder = tmp_path / f"k{keep}"
+        folder.mkdir()
+        path = folder / "audit.jsonl"
+        audit = runtime._Audit(str(path), "a", max_size=4096, keep=keep)
+        audit.open()
+        for _ in range(5):
+            audit._write([{"event": "call", "pad": "y" * 200, "time": 0.0}] * 30)
+            other = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                with pytest.raises(endpoint.LockHeld):
+                    endpoint.lock_exclusive(other)
+            finally:
+                os.close(other)
+        audit.close()
+        names = sorted(os.listdir(folder))
+        assert names == ["audit.jsonl"] + [f"audit.jsonl.{i}" for i in range(1, keep + 1)], names
