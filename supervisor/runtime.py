@@ -449,7 +449,13 @@ class _Audit:
 
     @staticmethod
     def _next_name(name: str) -> str:
-        return f".{name}.rotating"
+        """The successor's name while it is made (hidden, beside the audit); an
+        audit whose name is near NAME_MAX gets a short one (made from its hash)."""
+        mine = f".{name}.rotating"
+        if len(os.fsencode(mine)) <= 255:
+            return mine
+        import hashlib
+        return f".wsuper-audit-{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}.rotating"
 
     def _successor(self, name: str) -> int:
         """The next audit file, made (empty, a regular file, never through a link)

@@ -239,3 +239,15 @@ def test_every_rotation_keeps_the_audit_named_and_locked(tmp_path):
         audit.close()
         names = sorted(os.listdir(folder))
         assert names == ["audit.jsonl"] + [f"audit.jsonl.{i}" for i in range(1, keep + 1)], names
+
+
+def test_an_audit_whose_name_is_near_name_max_is_rotated_too(tmp_path):
+    """The successor's own name never passes NAME_MAX (255 bytes): a rotation that
+    could not make it would stop the system."""
+    path = tmp_path / ("a" * 250)
+    audit = runtime._Audit(str(path), "a", max_size=2048, keep=1)
+    audit.open()
+    for _ in range(4):
+        audit._write([{"event": "call", "pad": "z" * 200, "time": 0.0}] * 10)
+    audit.close()
+    assert sorted(os.listdir(tmp_path)) == ["a" * 250, "a" * 250 + ".1"]
