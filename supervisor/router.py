@@ -1680,9 +1680,14 @@ class Router:
         host) is not, and its import id is its host's to give to another object:
         client a, which released its import of a counter and pipelined on the
         unfinished answer that returned it, reached client b's new counter, to
-        which calc had given the id (an outside review).  A Wrapped is what it
-        wraps (the membrane's checks still apply to it)."""
+        which calc had given the id (an outside review).  A Wrapped is held while
+        its membrane holds it (Membrane.wrappers), and what it wraps is: one let go
+        of dropped what it held of its target, and reached, it passed on a
+        capability holding nothing (another review: it failed, 'released', at
+        whoever it was passed to once the target's other holders let it go)."""
         while type(cap) is Wrapped:
+            if cap.membrane.wrappers.get(id(cap.target)) is not cap:
+                return False
             cap = cap.target
         if isinstance(cap, Remote):
             return cap.peer.remotes.get(cap.import_id) is cap

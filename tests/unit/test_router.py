@@ -2622,3 +2622,66 @@ def test_a_capability_passed_in_two_waiting_calls_outlives_the_first_ones_cancel
     receiver.send(receiver.conn.send_call(got.import_id, OBSERVER, 7)[1])
     (back,) = [e for e in app.inbox if isinstance(e, P.CallReceived)]
     assert back.target is observer and back.method_id == 7
+
+
+@pytest.mark.parametrize("how", ["called", "passed"])
+def test_a_wrapper_let_go_of_is_not_reached_through_an_answer_that_returned_it(how):
+    """A review of the router's newest fixes: _held looked through a membrane's
+    wrapper at what it wraps only.  App (granted calc) returned to client a the
+    counter calc gave it through the grant (its wrapper); a kept the answer open,
+    a and app let the wrapper go (its membrane forgot it, and what it held of
+    the counter was dropped); client b still held the counter itself.  a's call
+    pipelined on the answer (or the capability it passed as promised by it)
+    reached the wrapper let go of: a call on it went on to the counter, and,
+    passed on (to app here), it held nothing of the counter, so once b let the
+    counter go, app's capability failed ('released') though it was whole when
+    app got it.  A wrapper let go of is refused
+    like any other capability let go of, whatever it wraps."""
+    router = R.Router({"calc": CALC, "app": CALC}, external=("calc", "app"), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)], exports=True)
+    a, b = client(router, "a", target="app"), client(router, "b")
+    counter = object()
+    # b gets calc's counter itself
+    qb, data = b.conn.send_call(b.grants[0].import_id, CALC, 1)
+    b.send(data)
+    (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0), [counter]))
+    (ret_b,) = [e for e in b.inbox if isinstance(e, P.ReturnReceived) and e.question_id == qb]
+    b.send(b.conn.send_finish(qb))
+    # a asks app, which asks calc through its grant, and returns what it got (wrapped)
+    qa, data = a.conn.send_call(a.grants[0].import_id, CALC, 1)
+    a.send(data)
+    (call_a,) = [e for e in app.inbox if isinstance(e, P.CallReceived)]
+    app.inbox.clear()
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)
+    (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0), [counter]))
+    (got,) = [e for e in app.inbox if isinstance(e, P.ReturnReceived)]
+    app.inbox.clear()
+    wrapped = got.payload.caps[0].import_id
+    app.send(app.conn.send_return(call_a.answer_id, Content.capability(0),
+                                  [P.RemoteRef(wrapped)]))
+    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == qa]
+    a.inbox.clear()                                                # a never finishes
+    a.send(a.conn.send_release(ret.payload.caps[0].import_id))
+    app.send(app.conn.send_release(wrapped))
+    assert not [e for e in calc.inbox if isinstance(e, P.ExportReleased)]  # b holds it
+    if how == "called":
+        q, data = a.conn.send_call((qa, ()), CALC, 0)
+    else:                                      # passed to app, as promised by the answer
+        q, data = a.conn.send_call(a.grants[0].import_id, CALC, 2, Content.capability(0),
+                                   [P.ReceiverAnswer(qa, ())])
+    a.send(data)
+    reached = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    reached += [e for e in app.inbox if isinstance(e, P.CallReceived) and e.payload.caps]
+    assert not reached, reached
+    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
+    assert ret.payload is None and "released" in ret.error, ret
+    assert a.pid in router.peers and b.pid in router.peers
+    # b's counter is b's, whole, as before
+    b.send(b.conn.send_call(ret_b.payload.caps[0].import_id, CALC, 0)[1])
+    assert [e for e in calc.inbox if isinstance(e, P.CallReceived) and e.target is counter]
