@@ -440,7 +440,10 @@ def function_types(data: bytes) -> tuple[dict, dict]:
     function type.  Asking wasmtime instead for a function type holding a v128,
     exnref or GC reference aborts the process that asks (its C API: `support for
     v128 is not implemented`): an entry point, or an ABI import, of such a type
-    had the module refused with its compiler killed by SIGABRT, naming neither."""
+    had the module refused with its compiler killed by SIGABRT, naming neither.
+    A (module, name) imported more than once (the binary format allows it) has
+    the type of one of them that wasmtime cannot show, if any: the caller asks
+    wasmtime for each import's type only when its name's is shown."""
     types: list = []
     funcs: list = []                        # the type index of each function
     imports: dict = {}
@@ -462,9 +465,12 @@ def function_types(data: bytes) -> tuple[dict, dict]:
                 if kind == 0x00:
                     index = r.uleb()
                     funcs.append(index)
-                    imports[(module.decode("utf-8", "replace"),
-                             name.decode("utf-8", "replace"))] = \
-                        types[index] if index < len(types) else None
+                    key = (module.decode("utf-8", "replace"), name.decode("utf-8", "replace"))
+                    # a name may be imported more than once (each of its own type):
+                    # it is given one wasmtime cannot show if any of them is of one,
+                    # as describe_imports asks wasmtime of each only by its name
+                    if not unshown(imports.get(key)):
+                        imports[key] = types[index] if index < len(types) else None
                 elif kind == 0x01:
                     _valtype(r)
                     _limits(r)

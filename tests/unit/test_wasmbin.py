@@ -479,6 +479,44 @@ def test_an_entry_point_or_abi_import_of_a_type_wasmtime_cannot_describe_is_refu
         assert problem is not None and problem.startswith(want), (t, problem)
 
 
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("module,name,good", [
+    ("wsuper", "params_read", "(param i32 i32) (result i32)"),
+    ("wasi_snapshot_preview1", "fd_write", "(param i32 i32 i32 i32) (result i32)")])
+def test_a_name_imported_twice_once_of_a_type_wasmtime_cannot_describe_is_refused(
+        tmp_path, module, name, good, first):
+    """The binary format lets a module import one (module, name) more than once,
+    each of its own type.  function_types read one type per name (the last), so an
+    ABI import of a v128 (or GC reference) type followed by the same name of the
+    right type was asked of wasmtime, and killed the process that asked (wsuper
+    check's child) with SIGABRT.  Whichever comes first, it is refused by name."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for i, t in enumerate(EXOTIC):
+        bad = f'(import "{module}" "{name}" (func (param {t} i32) (result i32)))'
+        fine = f'(import "{module}" "{name}" (func {good}))'
+        path = tmp_path / f"twice{i}.wat"
+        path.write_text(f"(module {bad if first else fine} {fine if first else bad} "
+                        f'(type (struct)) (memory (export "memory") 1) (func (export "_start")))')
+        imports, _exports = wasmbin.function_types(bytes(wasmtime.wat2wasm(path.read_text())))
+        assert wasmbin.unshown(imports[(module, name)]), (t, imports)
+        script = f"""if True:
+            import json, wasmtime
+            from compartments import wasm
+            from supervisor import preflight
+            engine = wasmtime.Engine(wasm.engine_config())
+            print(json.dumps(preflight._module_facts(engine, {str(path)!r})["problem"]))
+        """
+        run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, (t, run.stderr[-500:])
+        problem = json.loads(run.stdout)
+        assert problem is not None and \
+            problem.startswith(f"imports {module}.{name} with the wrong type"), (t, problem)
+
+
 def test_function_types_reads_every_function_type_from_the_binary():
     data = wasmtime.wat2wasm(
         '(module (rec (type (struct)) (type $f (sub final (func (param v128) (result i32)))))'
