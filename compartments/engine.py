@@ -287,11 +287,11 @@ class Engine:
 
     def _load(self, module, wasm_engine, description):
         path = self.spec.module
-        sites = layout = None
+        sites = layout = binary = None
         if module is None:
             wasm_engine = wasmtime.Engine(wasm.engine_config())
             try:       # probe sites first, then protection's checks (wasm.compile_for)
-                module, sites, layout = wasm.compile_for(
+                module, sites, layout, binary = wasm.compile_binary_for(
                     wasm_engine, path, self.spec.instrument, self.spec.protect,
                     self.limits.memory)
             except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError) as e:
@@ -302,7 +302,7 @@ class Engine:
             description = None
         self.wasm_engine = wasm_engine
         if description is None:
-            problem, description = wasm.describe(module, sites, layout)
+            problem, description = wasm.describe(module, sites, layout, binary)
             if problem:
                 raise EngineError(f"module {path} {problem}")
         self.probes = probing.EngineProbes(

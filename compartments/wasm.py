@@ -189,16 +189,34 @@ class Description:
                    obj.get("sites"), obj.get("protect"))
 
 
-def describe(module: wasmtime.Module, sites=None, layout=None) -> tuple[str | None, Description]:
+def known_types(binary: bytes | None) -> tuple[dict, dict]:
+    """wasmbin.function_types of a module's binary, as describe_imports and
+    export_types take them ({}, {} if there is none, or it cannot be read)."""
+    from . import wasmbin
+    if binary is None:
+        return {}, {}
+    try:
+        return wasmbin.function_types(binary)
+    except (wasmbin.BinaryError, wasmbin.Unsupported):
+        return {}, {}
+
+
+def describe(module: wasmtime.Module, sites=None, layout=None,
+             binary: bytes | None = None) -> tuple[str | None, Description]:
     """(why the module may not be linked, or None; its Description).  `sites`: the
     instrument.Sites of a rewritten module, whose probe imports and export are ours;
-    `layout`: its protect.Layout, if it was compiled for memory protection."""
-    imports = list(describe_imports(module))
+    `layout`: its protect.Layout, if it was compiled for memory protection;
+    `binary`: the bytes `module` was compiled from, whose entry points' and ABI
+    imports' types are read from them when wasmtime cannot show them (see
+    export_types: asked of wasmtime, a v128 _start killed the zygote's compiler
+    with SIGABRT, a module file changed after `wsuper check` had looked at it)."""
+    known_imports, known_exports = known_types(binary)
+    imports = list(describe_imports(module, known_imports))
     if sites is not None:
         from .instrument import EXPORT_PROBES, PROBE_MODULE
         imports = [i for i in imports if i[0] != PROBE_MODULE]
     wasi = sorted({name for m, name, _kind, _sig in imports if m == abi.WASI_MODULE})
-    exports = export_types(module)
+    exports = export_types(module, known=known_exports)
     if sites is not None:
         exports.pop(EXPORT_PROBES, None)
     return abi.check_imports(imports), Description(
@@ -208,7 +226,17 @@ def describe(module: wasmtime.Module, sites=None, layout=None) -> tuple[str | No
 
 def compile_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=None,
                 memory_limit: int = 0):
-    """(module, instrument.Sites or None, protect.Layout or None): the module file
+    """(module, instrument.Sites or None, protect.Layout or None): compile_binary_for
+    without the binary."""
+    module, sites, layout, _binary = compile_binary_for(wasm_engine, path, instrument,
+                                                        protect, memory_limit)
+    return module, sites, layout
+
+
+def compile_binary_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=None,
+                       memory_limit: int = 0):
+    """(module, instrument.Sites or None, protect.Layout or None, the bytes the
+    module was compiled from: describe's `binary`): the module file
     compiled as a compartment asks, with probe sites for the points `instrument`
     and memory protection as the protect.Setting `protect` (and its memory limit)
     call for.  Raises OSError, UnicodeDecodeError, WasmtimeError or
@@ -221,11 +249,13 @@ def compile_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=
     included), as functions appended after every other, so no probe site's
     index moves and no probe reports protection's own checks."""
     if not instrument:
+        data = read_module(path)
         if protect is None:
-            return compile_module(wasm_engine, path), None, None
+            return wasmtime.Module(wasm_engine, data), None, None, data
         from . import protect as protection
-        module, layout = protection.compile_module(wasm_engine, path, protect, memory_limit)
-        return module, None, layout
+        data, layout = protection.prepare(data, protect, memory_limit,
+                                          lambda d: wasmtime.Module.validate(wasm_engine, d))
+        return wasmtime.Module(wasm_engine, data), None, layout, data
     from . import instrument as rewriting, protect as protection
     data = read_file(path)
     layout = bulk = None
@@ -238,4 +268,4 @@ def compile_for(wasm_engine: wasmtime.Engine, path: str, instrument=(), protect=
     if layout is not None and bulk and layout.regions is not None:
         data, layout = protection.add_checks(
             data, layout, protect, lambda d: wasmtime.Module.validate(wasm_engine, d))
-    return wasmtime.Module(wasm_engine, data), sites, layout
+    return wasmtime.Module(wasm_engine, data), sites, layout, data

@@ -793,8 +793,8 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
 
     from . import instrument as rewriting, wasm
     try:        # rewritten here, in this child (instrument.py bounds the tool)
-        module, sites, layout = wasm.compile_for(wasm_engine, path, instrument, protect,
-                                                 memory_limit)
+        module, sites, layout, binary = wasm.compile_binary_for(
+            wasm_engine, path, instrument, protect, memory_limit)
     except MemoryError:     # Python's, rewriting it for probes
         say(err, out_of_memory())
         return 1
@@ -807,7 +807,7 @@ def _compile_into(wasm_engine, path: str, fds: tuple, err: int, instrument: tupl
         # 2: time or resources ran out, or the file could not be read: try again later
         transient = getattr(e, "transient", isinstance(e, OSError))
         return 2 if transient else 1
-    problem, description = wasm.describe(module, sites, layout)
+    problem, description = wasm.describe(module, sites, layout, binary)
     if problem:
         say(err, f"module {path} {problem}")
         return 1

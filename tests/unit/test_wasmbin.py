@@ -517,6 +517,60 @@ def test_a_name_imported_twice_once_of_a_type_wasmtime_cannot_describe_is_refuse
             problem.startswith(f"imports {module}.{name} with the wrong type"), (t, problem)
 
 
+@pytest.mark.parametrize("variant", ["plain", "protected", "instrumented"])
+@pytest.mark.parametrize("where", ["_start", "wsuper_dispatch", "abi import", "wasi import"])
+def test_the_zygotes_compiler_describes_a_module_of_a_type_wasmtime_cannot_show(
+        tmp_path, where, variant):
+    """check refuses a module whose entry point or ABI import has a v128 (or GC
+    reference) type, but the module file may change after check looked at it (a
+    restart, a compile again for the file as it is now): the zygote's compiler
+    described it with wasm.describe, which asked wasmtime for the type, and was
+    killed by SIGABRT ('its compiler was killed by SIGABRT', naming nothing).  The
+    compiler reads such a type from the bytes it compiled, on every way of
+    compiling (as it is, protected, rewritten for probes): an import is refused by
+    its name, an entry point described by its type (the engine refuses to call
+    it), and the compiler is not killed."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for i, t in enumerate(EXOTIC):
+        if where in ("abi import", "wasi import"):
+            module, name = ("wsuper", "params_read") if where == "abi import" else \
+                ("wasi_snapshot_preview1", "fd_write")
+            body = (f'(import "{module}" "{name}" (func (param {t} i32) (result i32))) '
+                    f'(type (struct)) (memory (export "memory") 1) (func (export "_start"))')
+            want = f"imports {module}.{name} with the wrong type"
+        else:
+            body = (f'(type (struct)) (memory (export "memory") 1) '
+                    f'(func (export "{where}") (param {t}) unreachable)')
+            want = None
+        path = tmp_path / f"exotic{i}.wat"
+        path.write_text(f"(module {body})")
+        args = {"plain": "", "protected": ", protect=protect.Setting(4096, protect.NONE)",
+                "instrumented": ", instrument=('functions',)"}[variant]
+        script = f"""if True:
+            import os, wasmtime
+            from compartments import protect, wasm, zygote
+            engine = wasmtime.Engine(wasm.engine_config())
+            r, w = os.pipe()
+            fds = (os.memfd_create("module"), os.memfd_create("description"))
+            code = zygote._compile_into(engine, {str(path)!r}, fds, w{args})
+            os.close(w)
+            print(code, os.read(r, 4096).decode(errors="replace"))
+            if code == 0:
+                print(wasm.Description.from_json(
+                    os.pread(fds[1], os.fstat(fds[1]).st_size, 0)).exports)
+        """
+        run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, (t, run.stderr[-500:])
+        if want is None:
+            assert run.stdout.startswith("0 "), (t, run.stdout)
+            assert f"'{where}': (('" in run.stdout, (t, run.stdout)
+        else:
+            assert run.stdout.startswith("1 ") and want in run.stdout, (t, run.stdout)
+
+
 def test_function_types_reads_every_function_type_from_the_binary():
     data = wasmtime.wat2wasm(
         '(module (rec (type (struct)) (type $f (sub final (func (param v128) (result i32)))))'
