@@ -421,7 +421,7 @@ def exported_functions(data: bytes) -> list[str]:
 
 #: The value types whose names the host can be given (wasmtime's own words)
 _NUMBERS = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x70: "funcref",
-            0x6F: "externref"}
+            0x6F: "externref"}  # (which wasmtime's Python API shows as "anyref")
 
 
 def _valtype_name(r: _Reader) -> str:
