@@ -451,6 +451,8 @@ def function_types(data: bytes) -> tuple[dict, dict]:
     if a function imported or exported has it, once however many do (naming
     every type made a module of 28 MB of types of 1,000 parameters, which
     wasmtime compiles in 0.2 s and 40 MB, take 7 s and 230 MB here)."""
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)                  # a memoryview: _skip_valtypes finds in it
     starts, ends = array.array("q"), array.array("q")   # where each type is
     funcs = array.array("q")                # the type index of each function
     named: dict = {}                        # type index -> (params, results) or None

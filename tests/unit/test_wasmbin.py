@@ -636,3 +636,15 @@ def test_a_long_constant_expression_is_read_wrapping_at_each_step(bits):
             + wasmbin._section(11, 1, b"\x00" + expr + b"\x01a"))
     problem = wasmbin.instantiation_problem(data)
     assert problem is not None and f"[{want:#x}, {want + 1:#x})" in problem, problem
+
+
+def test_function_types_reads_bytes_bytearray_and_memoryview_alike():
+    """wat2wasm gives a bytearray, a file read bytes; a vector of value types is
+    skipped with find(), which a memoryview lacks."""
+    data = bytes(wasmtime.wat2wasm(
+        '(module (type (func (param i32 (ref null 0)))) (import "m" "i" (func (type 0)))'
+        ' (func (export "f") (param v128 i32) (result f64) unreachable))'))
+    want = wasmbin.function_types(data)
+    assert want[1] == {"f": (("v128", "i32"), ("f64",))}
+    assert wasmbin.function_types(bytearray(data)) == want
+    assert wasmbin.function_types(memoryview(data)) == want
