@@ -12,6 +12,9 @@ so no guest can start a line of its own or rewrite what is on the screen.
 """
 from __future__ import annotations
 
+import json
+import re
+
 
 #: Characters of an error reason sent to a peer (a Return's exception, an Abort):
 #: reasons carry text a peer chose (a name it asked for, a callee's own reason, a
@@ -60,3 +63,19 @@ def _escape(c: str) -> str:
     if n < 0x100:
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{n:02x}")
     return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+#: what is shown of a path as it is: ASCII alone (\\w took every script's letters,
+#: so '/srv/d\u0430ta', its 'а' Cyrillic, was shown exactly as /srv/data)
+_PLAIN = re.compile(r"[A-Za-z0-9_./@:+=%,~-]+")
+
+
+def quoted(text: str) -> str:
+    """A path or name from the system file (or a directory's name) as shown to the
+    operator (by `check`, and in the errors and warnings about it): as it is if it
+    is plain (ASCII), else in double quotes with JSON's escapes (every character
+    past ASCII as \\uXXXX), so that no name can pass for the text around it (a
+    directory named 'x  (from other.toml: ...)') nor for another name (a letter of
+    another script that looks like a Latin one).  The one choke point: policy's
+    errors and check's warnings use it as `check`'s holdings do."""
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)

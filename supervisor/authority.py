@@ -13,12 +13,10 @@ policy and the interfaces allow, not what the code does.
 """
 from __future__ import annotations
 
-import json
-import re
 
 import attrs
 
-from capnp_schemas.text import printable
+from capnp_schemas.text import printable, quoted  # noqa: F401 (authority.quoted)
 
 from .preflight import HOST_INTERFACES, Plan
 
@@ -168,20 +166,6 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
     # paths, mounts, arguments and names of variables come from the system file
     # (and from the names of directories): shown escaped, one line each
     return "\n".join(printable(line) for line in lines)
-
-
-#: what `check` shows as it is: ASCII alone (\\w took every script's letters, so
-#: '/srv/d\u0430ta', its 'а' Cyrillic, was shown exactly as /srv/data)
-_PLAIN = re.compile(r"[A-Za-z0-9_./@:+=%,~-]*")
-
-
-def quoted(text: str) -> str:
-    """A path or name from the system file (or a directory's name) as shown by
-    `check`: as it is if it is plain (ASCII), else in double quotes with JSON's
-    escapes (every character past ASCII as \\uXXXX), so that no name can pass for
-    the text around it (a directory named 'x  (from other.toml: ...)') nor for
-    another name (a letter of another script that looks like a Latin one)."""
-    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 def _dot(text: str) -> str:

@@ -341,7 +341,7 @@ def _warn_hard_links(plan):
     compartment could then read and overwrite (docs/policy-reference.md)."""
     import os
 
-    from capnp_schemas.text import printable
+    from capnp_schemas.text import printable, quoted
 
     from .hostfs import hard_linked
     for comp in plan.system.compartments.values():
@@ -359,10 +359,13 @@ def _warn_hard_links(plan):
                 n, examples, complete = hard_linked(path)
             if n:
                 # names of files in a writable grant are a guest's text: escaped
-                print(printable(f"wsuper: warning: {g.origin}: {path} is writable and holds "
+                # and paths are shown as `check` shows them (quoted unless plain ASCII)
+                file, _, key = g.origin.rpartition(": ")
+                print(printable(f"wsuper: warning: {quoted(file)}: {key}: {quoted(path)} is "
+                                f"writable and holds "
                                 f"{n}{'' if complete else ' or more'} regular file"
                                 f"{'s' * (n != 1)} with more than one hard link (such as "
-                                f"{examples[0]}); a link made on the host to a file outside "
+                                f"{quoted(examples[0])}); a link made on the host to a file outside "
                                 f"the grant lets {comp.name} read and overwrite that file: "
                                 f"remove the links, or set refuse_hard_links = true"),
                       file=sys.stderr)

@@ -27,6 +27,8 @@ import stat
 import struct
 import time
 
+from capnp_schemas.text import quoted
+
 ADMIN_LINE_LIMIT = 1 << 16      # a request (from any local process that can connect)
 #: Admin connections still sending their request, at once: a new one closes the
 #: oldest of them.  A local process that opened connections and sent nothing, or
@@ -127,7 +129,7 @@ def _make_dir(path: str, what: str):
     except FileExistsError:
         pass
     except OSError as e:
-        raise EndpointError(f"cannot make {what}{path}: {e.strerror}") from None
+        raise EndpointError(f"cannot make {what}{quoted(path)}: {e.strerror}") from None
 
 
 def _real_dir(path: str, what: str) -> os.stat_result:
@@ -135,9 +137,9 @@ def _real_dir(path: str, what: str) -> os.stat_result:
     try:
         st = os.lstat(path)
     except OSError as e:
-        raise EndpointError(f"{what}{path}: {e.strerror}") from None
+        raise EndpointError(f"{what}{quoted(path)}: {e.strerror}") from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise EndpointError(f"{what}{path} is not a directory (a symbolic link or something "
+        raise EndpointError(f"{what}{quoted(path)} is not a directory (a symbolic link or something "
                             f"else was put there); remove it")
     return st
 
@@ -148,7 +150,7 @@ def private_dir(path: str, create: bool = True) -> str:
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         except OSError as e:
-            raise EndpointError(f"cannot make {os.path.dirname(path)}: {e.strerror}") from None
+            raise EndpointError(f"cannot make {quoted(os.path.dirname(path))}: {e.strerror}") from None
         _make_dir(path, "")
     st = _real_dir(path, "")
     if st.st_uid != os.getuid():
@@ -179,7 +181,7 @@ def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None
     if os.path.lexists(folder):
         return foreign_dir(folder, what)
     why = _unmakeable(folder, parents)
-    return f"cannot make {what}{folder}: {why}" if why else None
+    return f"cannot make {what}{quoted(folder)}: {why}" if why else None
 
 
 def _unmakeable(folder: str, parents: bool) -> str | None:
@@ -213,13 +215,13 @@ def private_dir_problem(path: str) -> str | None:
     says it, as up, which takes its lock there, does before anything starts)."""
     if not os.path.lexists(path):
         why = _unmakeable(path, parents=True)
-        return f"cannot make {os.path.dirname(path)}: {why}" if why else None
+        return f"cannot make {quoted(os.path.dirname(path))}: {why}" if why else None
     try:
         private_dir(path, create=False)
     except EndpointError as e:
         return str(e)
     why = _unwritable(path)            # up makes its lock and admin socket there
-    return f"cannot make the system's lock in {path}: {why}" if why else None
+    return f"cannot make the system's lock in {quoted(path)}: {why}" if why else None
 
 
 def socket_dir_problem(socket_path: str) -> str | None:
@@ -238,7 +240,7 @@ def own_dir(folder: str, what: str, parents: bool = False):
         try:
             os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
         except OSError as e:
-            raise EndpointError(f"cannot make {what}{folder}: {e.strerror}") from None
+            raise EndpointError(f"cannot make {what}{quoted(folder)}: {e.strerror}") from None
     _make_dir(folder, what)
     problem = foreign_dir(folder, what)
     if problem:
@@ -262,7 +264,7 @@ def owned_problem(st: os.stat_result, folder: str, what: str) -> str | None:
     """Why the directory of stat `st` (at `folder`) is not one of the user's that
     nobody else may write to, or None."""
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return (f"{what}{folder} must belong to you and be writable by you only (owner uid "
+        return (f"{what}{quoted(folder)} must belong to you and be writable by you only (owner uid "
                 f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
     return None
 
@@ -301,12 +303,12 @@ def lock_dir(folder: str, what: str) -> int:
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise EndpointError(f"cannot open {what}{folder}: {e.strerror}") from None
+        raise EndpointError(f"cannot open {what}{quoted(folder)}: {e.strerror}") from None
     try:
-        lock_exclusive(fd, f"{what}{folder}")
+        lock_exclusive(fd, f"{what}{quoted(folder)}")
     except LockHeld:
         os.close(fd)
-        raise EndpointError(f"{what}{folder} is in use by another running system: give "
+        raise EndpointError(f"{what}{quoted(folder)} is in use by another running system: give "
                             f"each system its own") from None
     except EndpointError:
         os.close(fd)

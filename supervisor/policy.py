@@ -19,7 +19,7 @@ import attrs
 
 import capnp_schemas
 from capnp_schemas import hosted
-from capnp_schemas.text import printable
+from capnp_schemas.text import printable, quoted
 from compartments import protect as protection
 from compartments.limits import Limits
 
@@ -479,11 +479,11 @@ def load(path: str, socket: str | None = None) -> System:
             gwhere, origin_key = grant_where(g, wheres)
             key = f"{origin_key}.path"
             if os.path.islink(g.path):
-                raise gwhere.error(key, f"{g.path} is a symbolic link; grant what it points to")
+                raise gwhere.error(key, f"{quoted(g.path)} is a symbolic link; grant what it points to")
             want = os.path.isdir if g.target == "directory" else os.path.isfile
             if not want(g.path):
                 what = "directory" if g.target == "directory" else "regular file"
-                raise gwhere.error(key, f"{g.path} is not an existing {what}")
+                raise gwhere.error(key, f"{quoted(g.path)} is not an existing {what}")
             if g.subdir is not None:
                 problem = _subdir_problem(g.path, g.subdir)
                 if problem:
@@ -497,22 +497,22 @@ def load(path: str, socket: str | None = None) -> System:
             try:
                 st = os.stat(real)
             except OSError as e:
-                raise gwhere.error(key, f"{g.path} changed while it was being checked "
+                raise gwhere.error(key, f"{quoted(g.path)} changed while it was being checked "
                                    f"({real}: {e.strerror or e}); run the command "
                                    f"again") from None
             if stat.S_ISDIR(st.st_mode) != is_dir or not (
                     is_dir or stat.S_ISREG(st.st_mode)):
-                raise gwhere.error(key, f"{g.path} changed while it was being checked "
+                raise gwhere.error(key, f"{quoted(g.path)} changed while it was being checked "
                                    f"({real} is now {capnp_schemas.file_kind(st.st_mode)}); "
                                    f"run the command again")
             checked[(comp.name, g.name)] = (st.st_dev, st.st_ino)
             fs = _kernel_fs(real)
             if fs:
-                raise gwhere.error(key, f"{g.path} is on the kernel's {fs} file system: no "
+                raise gwhere.error(key, f"{quoted(g.path)} is on the kernel's {fs} file system: no "
                                    f"grant may reach it (opened by the supervisor, /proc/self "
                                    f"is the supervisor's own process)")
             if system.audit is not None and _rotated_audit(places, real, system.audit):
-                raise gwhere.error(key, f"{g.path} reaches the supervisor's rotated audit file "
+                raise gwhere.error(key, f"{quoted(g.path)} reaches the supervisor's rotated audit file "
                                    f"{real}: no compartment may read or change the "
                                    f"supervisor's own files ([system] audit moves it)")
             for what, own, own_dir, how, given in own_paths:
@@ -522,7 +522,7 @@ def load(path: str, socket: str | None = None) -> System:
                 names = [own] if g.read_only else [own, *on_the_way(given)]
                 if any(_reaches(places, real, is_dir, name, own_dir and name == own)
                        for name in names):
-                    raise gwhere.error(key, f"{g.path} reaches the supervisor's {what} "
+                    raise gwhere.error(key, f"{quoted(g.path)} reaches the supervisor's {what} "
                                        f"{own}: no compartment may read or change the "
                                        f"supervisor's own files ({how})")
             if g.read_only:
@@ -530,7 +530,7 @@ def load(path: str, socket: str | None = None) -> System:
             for what, folder in installed:
                 if any(_reaches(places, real, is_dir, name, name == folder)
                        for name in on_the_way(folder)):
-                    raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
+                    raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
                                        f"{what} {folder}: what is there runs as the "
                                        f"supervisor at the next start; grant it read_only = "
                                        f"true, or grant a directory that holds none of it")
@@ -542,13 +542,13 @@ def load(path: str, socket: str | None = None) -> System:
                            "starts" if owner == comp.name else
                            "what a compartment can change there runs with another's "
                            "grants (a module is read again at every start)")
-                    raise gwhere.error(key, f"{g.path} would let compartment {comp.name} change "
-                                       f"{what} {file}: {why}; grant it read_only = true, or "
+                    raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
+                                       f"{what} {quoted(file)}: {why}; grant it read_only = true, or "
                                        f"move the file")
                 links = _other_links(file, real, g)
                 if links:
-                    raise gwhere.error(key, f"{what} {file} has {links} hard links, and "
-                                       f"{g.path} is writable on the same file system: "
+                    raise gwhere.error(key, f"{what} {quoted(file)} has {links} hard links, and "
+                                       f"{quoted(g.path)} is writable on the same file system: "
                                        f"another link to it may lie in the grant, through "
                                        f"which compartment {comp.name} could change it; "
                                        f"remove the extra links, or grant it read_only = "
@@ -559,7 +559,7 @@ def load(path: str, socket: str | None = None) -> System:
         size = os.stat(comp.module).st_size
         if size > MAX_MODULE_BYTES:
             raise where.error(f"compartments.{comp.name}.module",
-                              f"module file {comp.module} has {size:,} bytes, more than "
+                              f"module file {quoted(comp.module)} has {size:,} bytes, more than "
                               f"{MAX_MODULE_BYTES:,}")
     return attrs.evolve(system, compartments={
         name: attrs.evolve(comp, grants=tuple(
@@ -596,7 +596,7 @@ def _socket_paths_fit(system: System, where):
         if n > MAX_SOCKET_PATH:
             how = "choose a shorter path" if key else \
                 "give the system file a shorter name, or set XDG_RUNTIME_DIR to a shorter directory"
-            raise where.error(key, f"{what} {p} would have {n} bytes, more than a Unix "
+            raise where.error(key, f"{what} {quoted(p)} would have {n} bytes, more than a Unix "
                               f"socket's {MAX_SOCKET_PATH}: {how}")
 
 
@@ -734,21 +734,21 @@ def audit_file_problem(path: str) -> str | None:
         # up makes it: in a directory it can write (a read-only file system, or a
         # directory of ours without write permission, passed check and refused up)
         why = _unwritable(folder) if os.path.isdir(folder) else None
-        return f"cannot make the audit file {path}: {why}" if why else None
+        return f"cannot make the audit file {quoted(path)}: {why}" if why else None
     except OSError as e:
-        return f"cannot look at the audit file {path}: {e.strerror or e}"
+        return f"cannot look at the audit file {quoted(path)}: {e.strerror or e}"
     if stat.S_ISLNK(st.st_mode):
-        return (f"the audit file {path} is a symbolic link: the audit is never opened "
+        return (f"the audit file {quoted(path)} is a symbolic link: the audit is never opened "
                 f"through one; name the file itself")
     if not stat.S_ISREG(st.st_mode):
-        return (f"the audit file {path} is {capnp_schemas.file_kind(st.st_mode)}: the "
+        return (f"the audit file {quoted(path)} is {capnp_schemas.file_kind(st.st_mode)}: the "
                 f"audit must be a regular file")
     if st.st_nlink > 1:
         return audit_links_problem(path, st.st_nlink)
     if not os.access(path, os.W_OK):     # up opens it for appending
         why = "Read-only file system" if _unwritable(folder) == "Read-only file system" \
             else "Permission denied"
-        return f"cannot open the audit file {path} for writing: {why}"
+        return f"cannot open the audit file {quoted(path)} for writing: {why}"
     return None
 
 
@@ -774,7 +774,7 @@ def _audit_among_logs(system: System, own_paths) -> str | None:
 
 def audit_links_problem(path: str, links: int) -> str:
     """Why an audit file with more than one hard link is refused."""
-    return (f"the audit file {path} has {links} hard links: its other name may lie "
+    return (f"the audit file {quoted(path)} has {links} hard links: its other name may lie "
             f"where a compartment can read or change it (every call's record, or "
             f"forged ones), wherever grants are; remove the other links")
 
@@ -798,8 +798,8 @@ def _not_a_file(what: str, path: str) -> str:
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        return f"{what} {path} does not exist"
-    return f"{what} {path} is {capnp_schemas.file_kind(mode)}, not a regular file"
+        return f"{what} {quoted(path)} does not exist"
+    return f"{what} {quoted(path)} is {capnp_schemas.file_kind(mode)}, not a regular file"
 
 
 def _subdir_problem(path: str, subdir: str) -> str | None:
@@ -828,15 +828,15 @@ def _read_text(path: str, what: str) -> str:
     try:
         raw = capnp_schemas.read_regular(path, MAX_FILE_BYTES)
     except capnp_schemas.FileProblem as e:
-        raise PolicyError(path, "", f"cannot read {what}{path}: {e.strerror}" if e.strerror
-                          else f"{what or 'system file '}{path} {e}") from None
+        raise PolicyError(path, "", f"cannot read {what}{quoted(path)}: {e.strerror}" if e.strerror
+                          else f"{what or 'system file '}{quoted(path)} {e}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         # its line, as every other error of the file says (and as the NUL byte's does);
         # in the reason too: a policy file's error is said at the line that names it
         line = raw[:e.start].count(b"\n") + 1
-        raise PolicyError(path, "", f"{what}{path} is not UTF-8 (line {line}, byte "
+        raise PolicyError(path, "", f"{what}{quoted(path)} is not UTF-8 (line {line}, byte "
                           f"{e.start})", line) from None
 
 

@@ -547,3 +547,58 @@ def test_reach_finds_each_grant_without_searching_its_holders_grants(tmp_path):
     names, _ = authority.could_reach(plan, "calc.add")
     assert names == ["app", "other"]
     assert len(seen) <= 3 * (n + 4), len(seen)
+
+
+LOOKALIKES = ["d\u0430ta",            # a Cyrillic a
+              "\uff44ata",            # a fullwidth d
+              "data  (from x.toml: compartments.app.grants.log)"]
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_an_error_about_a_path_shows_it_as_check_does(tmp_path, name):
+    """check's holdings quoted a path that is not plain ASCII, but the errors about
+    it (`... is not an existing directory`, a symbolic link, a module too big, the
+    audit file) showed it as it is: a grant of a missing /srv/dаta (a Cyrillic
+    `а`) was said to be a missing /srv/data, which exists."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "system.toml").write_text(
+        SYSTEM + f'look = {{ host = "directory", path = "{tmp_path}/{name}" }}\n')
+    with pytest.raises(policy.PolicyError, match="not an existing directory") as e:
+        policy.load(str(tmp_path / "system.toml"))
+    shown = str(e.value)
+    assert authority.quoted(f"{tmp_path}/{name}") in shown, shown
+    (tmp_path / "logs").mkdir(mode=0o700)
+    (tmp_path / "logs" / name).mkdir()              # an audit file that is a directory
+    problem = policy.audit_file_problem(f"{tmp_path}/logs/{name}")   # `up`'s error
+    assert authority.quoted(f"{tmp_path}/logs/{name}") in problem, problem
+    (tmp_path / name).mkdir(mode=0o777)
+    os.chmod(tmp_path / name, 0o777)                # an audit directory others may write
+    problem = policy.audit_file_problem(f"{tmp_path}/{name}/audit.log")
+    assert authority.quoted(f"{tmp_path}/{name}") in problem, problem
+    os.rmdir(tmp_path / name)
+    os.symlink(tmp_path / "data", tmp_path / name)
+    (tmp_path / "system.toml").write_text(
+        SYSTEM + f'look = {{ host = "directory", path = "{tmp_path}/{name}" }}\n')
+    with pytest.raises(policy.PolicyError, match="symbolic link") as e:
+        policy.load(str(tmp_path / "system.toml"))
+    assert authority.quoted(f"{tmp_path}/{name}") in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_checks_hard_link_warning_shows_paths_as_its_holdings_do(tmp_path, name):
+    """The warning about a writable grant holding hard-linked files showed the
+    grant's path and a file in it as they are, while the holdings line above it
+    quoted the same path."""
+    d = tmp_path / name
+    d.mkdir()
+    (d / "f\u0430").write_text("x")
+    os.link(d / "f\u0430", d / "g")
+    (tmp_path / "system.toml").write_text(
+        SYSTEM + f'look = {{ host = "directory", path = "{d}" }}\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    (warning,) = [x for x in r.stderr.splitlines() if "hard link" in x]
+    assert warning.isascii(), warning
+    assert f"{authority.quoted(str(d))} is writable" in warning, warning
+    assert authority.quoted(str(d / "f\u0430")) in warning or \
+        authority.quoted(str(d / "g")) in warning, warning
