@@ -86,7 +86,7 @@ class PolicyError(Exception):
 
     def __init__(self, path: str, key: str, reason: str, line: int | None = None):
         self.path, self.key, self.reason, self.line = path, key, reason, line
-        where = f"{path}:{line}" if line else path
+        where = f"{quoted(path)}:{line}" if line else quoted(path)   # as check shows paths
         long = sorted({p for p in key.split(".") if len(p) > SHOWN_KEY}, key=len, reverse=True)
         shown = ".".join(_cut(p, SHOWN_KEY) for p in key.split(".")) if long else key
         reason = reason[:8 * SHOWN_ERROR]          # bounds the work below, not the line

@@ -13,7 +13,7 @@ import wasmtime
 
 import capnp_schemas
 from capnp_schemas import hosted
-from capnp_schemas.text import first_line
+from capnp_schemas.text import first_line, quoted
 from compartments import abi, protect, wasm, wasmbin, zygote
 from compartments.wasm import describe_imports, engine_config
 
@@ -51,13 +51,13 @@ def prepare(system: System) -> Plan:
             module = capnp_schemas.load(path)
         except capnp_schemas.SchemaError as e:
             raise PolicyError(e.path, "", f"{e.reason} (the schema is listed at {key} in "
-                              f"{system.path})", e.line) from None
+                              f"{quoted(system.path)})", e.line) from None
         except (capnp.KjException, OSError, ValueError) as e:
-            raise where.error(key, f"cannot load schema {path}: {first_line(e)}") from None
+            raise where.error(key, f"cannot load schema {quoted(path)}: {first_line(e)}") from None
         for name, iface in capnp_schemas.interfaces(module).items():
             if name in interfaces:
                 raise where.error(key, f"interface {name} is declared in both "
-                                  f"{origin[name]} and {path}")
+                                  f"{quoted(origin[name])} and {quoted(path)}")
             interfaces[name] = iface.schema.node.id
             origin[name] = path
             ifaces[name] = iface
@@ -81,7 +81,7 @@ def prepare(system: System) -> Plan:
             path = origin.get(n, "")
             key = f"system.schemas[{system.schemas.index(path)}]" \
                 if path in system.schemas else "system.schemas"
-            raise where.error(key, f"{path}: {e}" if path else str(e)) from None
+            raise where.error(key, f"{quoted(path)}: {e}" if path else str(e)) from None
 
     main = {}
     wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
@@ -104,16 +104,16 @@ def prepare(system: System) -> Plan:
                                     facts["pages"], tuple(facts["tables"]))
         problem, is_wasi, dispatch, pages, tables = checked[comp.module]
         if problem:
-            raise where.error(f"{key}.module", f"{comp.module} {problem}")
+            raise where.error(f"{key}.module", f"{quoted(comp.module)} {problem}")
         if pages * 65536 > comp.limits.memory:
             raise where.error(f"{key}.limits.memory",
-                              f"{comp.module}'s memory starts at {pages} pages "
+                              f"{quoted(comp.module)}'s memory starts at {pages} pages "
                               f"({pages * 65536} bytes), more than the limit of "
                               f"{comp.limits.memory} bytes")
         for i, elements in enumerate(tables):
             if elements > comp.limits.table_elements:
                 raise where.error(f"{key}.limits.table_elements",
-                                  f"{comp.module}'s table {i} starts at {elements} elements, "
+                                  f"{quoted(comp.module)}'s table {i} starts at {elements} elements, "
                                   f"more than the limit of {comp.limits.table_elements} "
                                   f"(each table)")
         if is_wasi:
@@ -124,9 +124,9 @@ def prepare(system: System) -> Plan:
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
                                system.engine_user)
             if refused:
-                raise where.error(f"{key}.{refused[0]}", f"{comp.module}: {refused[1]}")
+                raise where.error(f"{key}.{refused[0]}", f"{quoted(comp.module)}: {refused[1]}")
         if comp.exports and not dispatch:
-            raise where.error(f"{key}.exports", f"{comp.module} does not export "
+            raise where.error(f"{key}.exports", f"{quoted(comp.module)} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
     resolved = {}
     for comp in system.compartments.values():
@@ -162,10 +162,10 @@ def _bounded(where, key: str, path: str, work, problem, user=None):
     try:
         answer = zygote.in_a_compiler(work, path, user)
     except zygote.CompilerFailed as e:
-        raise where.error(key, f"cannot compile {path}: {e}") from None
+        raise where.error(key, f"cannot compile {quoted(path)}: {e}") from None
     wrong = problem(answer)
     if wrong:
-        raise where.error(key, f"cannot compile {path}: its compiler's answer {wrong}")
+        raise where.error(key, f"cannot compile {quoted(path)}: its compiler's answer {wrong}")
     return answer
 
 
@@ -300,9 +300,9 @@ def _compile(engine, path) -> tuple[wasmtime.Module, bytes]:
         # policy.load looked at it (a FIFO there held check and up in open())
         data = wasm.read_file(path)
     except wasm.ModuleFileError as e:
-        raise _NoModule(f"module file {path} {str(e).removeprefix('the file ')}") from None
+        raise _NoModule(f"module file {quoted(path)} {str(e).removeprefix('the file ')}") from None
     except OSError as e:
-        raise _NoModule(f"cannot read {path}: {e.strerror or e}") from None
+        raise _NoModule(f"cannot read {quoted(path)}: {e.strerror or e}") from None
     if path.endswith(".wat") and not data.startswith(b"\0asm"):
         try:
             source = data.decode("utf-8")

@@ -602,3 +602,20 @@ def test_checks_hard_link_warning_shows_paths_as_its_holdings_do(tmp_path, name)
     assert f"{authority.quoted(str(d))} is writable" in warning, warning
     assert authority.quoted(str(d / "f\u0430")) in warning or \
         authority.quoted(str(d / "g")) in warning, warning
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_preflights_errors_about_a_module_show_its_path_as_check_does(tmp_path, name):
+    """preflight's errors (a module that does not export what it serves, cannot
+    load a schema) named the module or schema file as it is."""
+    import shutil
+    module = tmp_path / f"{name}.wat"
+    shutil.copy(f"{EXAMPLES}/hello.wat", module)
+    with pytest.raises(policy.PolicyError, match="does not export") as e:
+        plan_of(tmp_path, SYSTEM.replace(f'module = "{EXAMPLES}/calc.wat"', f'module = "{module}"'))
+    assert authority.quoted(str(module)) in str(e.value), str(e.value)
+    schema = tmp_path / f"{name}.capnp"
+    schema.write_text("not a schema\n")
+    with pytest.raises(policy.PolicyError) as e:
+        plan_of(tmp_path, SYSTEM.replace(f'"{EXAMPLES}/calc.capnp"', f'"{schema}"'))
+    assert str(e.value).startswith(authority.quoted(str(schema)) + ":"), str(e.value)
