@@ -255,7 +255,7 @@ def _refused_by_up(system):
             if key == "--socket" or not key:
                 return policy.PolicyError(system.path, key, problem)
             if where is None:
-                where = policy._Where(policy._read_text(system.path, ""), system.path)
+                where = policy._Where.of_file(system.path)
             return where.error(key, problem)
     return None
 

@@ -574,7 +574,7 @@ def grant_where(g: Grant, wheres: dict) -> tuple["_Where", str]:
     _Where, the files read so far (each is read once, not once per grant)."""
     origin_file, _, origin_key = g.origin.rpartition(": ")
     if origin_file not in wheres:
-        wheres[origin_file] = _Where(_read_text(origin_file, "policy file "), origin_file)
+        wheres[origin_file] = _Where.of_file(origin_file, "policy file ")
     return wheres[origin_file], origin_key
 
 
@@ -938,6 +938,17 @@ class _Where:
         self.text = text
         self.path = path
         self._keys = None           # _written_keys, made at the first error
+
+    @classmethod
+    def of_file(cls, path: str, what: str = "") -> "_Where":
+        """The _Where of a file read again to name an error's line (`check` and
+        `up`'s refusals, a grant's file): a file changed since it was loaded (not
+        UTF-8 now, removed, a directory) names no line, and the error about the
+        key is still the one said; its own PolicyError was a traceback of `check`."""
+        try:
+            return cls(_read_text(path, what), path)
+        except PolicyError:
+            return cls("", path)
 
     def line_of(self, key: str) -> int | None:
         """The line that writes `key` (dotted, list indices ignored): the line of the

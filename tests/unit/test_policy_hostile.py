@@ -499,3 +499,30 @@ def test_a_file_that_ends_in_the_middle_of_a_value_is_said_with_a_line(tail):
         policy.parse(text, "/srv/system.toml")
     assert e.value.line == text.count("\n") + (not text.endswith("\n")) > 5, str(e.value)
     assert str(e.value).startswith(f"/srv/system.toml:{e.value.line}: invalid TOML: ")
+
+
+@pytest.mark.parametrize("change", ["not UTF-8", "gone", "a directory"])
+def test_a_system_file_changed_before_its_error_line_is_found_is_no_traceback(tmp_path, change):
+    """What `up` would refuse (`check` says it, cli._refused_by_up) reads the system
+    file again to find the line of the key: a file changed since it was loaded (not
+    UTF-8 now, removed, a directory) raised its own PolicyError out of `check`, a
+    traceback.  The problem is said, without a line."""
+    from supervisor import cli
+    from tests.conftest import EXAMPLES
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    os.chmod(logs, 0o777)                        # a log directory others may write: refused
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[system]\nlogs = "{logs}"\n[compartments.app]\n'
+                           f'module = "{EXAMPLES}/hello.wat"\n')
+    system = policy.load(str(system_file))
+    problem = cli._refused_by_up(system)
+    assert problem.key == "system.logs" and problem.line == 2, problem
+    system_file.unlink()
+    if change == "not UTF-8":
+        system_file.write_bytes(b"\xff\xfe [system]\n")
+    elif change == "a directory":
+        system_file.mkdir()
+    problem = cli._refused_by_up(system)
+    assert isinstance(problem, policy.PolicyError), problem
+    assert problem.key == "system.logs" and "must belong to you" in str(problem), problem
