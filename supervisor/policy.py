@@ -959,18 +959,20 @@ class _Where:
         and `['compartments'.app]` were not found (the error named the table's
         line, or line 1), a U+2028 in a comment moved every line after it by one,
         and a multi-line string holding a header took an error to its lines."""
-        target = [re.sub(r"\[[0-9]+\]$", "", p) for p in _split_key(key) if p]
-        if not target:
+        # matched as text, each written key joined at its dots, never by splitting
+        # `key` (a key part of a dot or a bracket, `"x.y" = 1` or a grant named
+        # "g]", split where TOML does not: the error named its table's line, or none)
+        if not key:
             return None
         if self._keys is None:
             self._keys = _written_keys(self.text)
         best, best_line = 0, None
         for path, line in self._keys:
-            path = list(path)
-            if path == target[:len(path)]:
-                score = len(path)
-            elif target == path[:len(target)]:
-                score = len(target)
+            written = ".".join(path)
+            if key == written or key.startswith((written + ".", written + "[")):
+                score = len(written) + 1          # a prefix of it (list indices ignored)
+            elif written.startswith((key + ".", key + "[")):
+                score = len(key) + 1              # a table written only deeper
             else:
                 continue
             if score > best:

@@ -526,3 +526,17 @@ def test_a_system_file_changed_before_its_error_line_is_found_is_no_traceback(tm
     problem = cli._refused_by_up(system)
     assert isinstance(problem, policy.PolicyError), problem
     assert problem.key == "system.logs" and "must belong to you" in str(problem), problem
+
+
+@pytest.mark.parametrize("name", ['"x.y"', "'x.y'", '"g[0]"', '"g]"', '"["', '"a.b[1]"',
+                                  '"log.x"', '"a"."b.c"'])
+def test_an_error_about_a_key_of_a_dot_or_a_bracket_names_its_line(name):
+    """The error's key was split again at its dots and brackets to find its line: a
+    key written `"x.y" = 1` (one part, with a dot) or a grant named "g]" was not
+    found, and the error named its table's line, or no line at all."""
+    for text in (BASE + "[system]\n\n\n" + f"{name} = 1\n",
+                 BASE + "[compartments.b.grants]\nlog = { host = \"log\" }\n\n" +
+                 f"{name} = {{ host = \"log\" }}\n"):
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(text, "/x/s.toml")
+        assert e.value.line == text.count("\n"), str(e.value)
