@@ -529,9 +529,10 @@ def _skip_valtypes(r: _Reader, n: int):
         _valtype(r)
 
 
-def _skip_subtype(r: _Reader):
-    """Past one type of the type section (as _subtype, a function type's value
-    types skipped at once where they can be)."""
+def _at_function_type(r: _Reader) -> bool:
+    """Past one type's `sub` prefix (its supertypes), if any: True at a function
+    type's value types; else the whole type, which is not a function's, is read
+    (as _subtype) and False."""
     start = r.pos
     b = r.byte()
     if b in (0x50, 0x4F):          # sub, sub final: supertypes, then the type
@@ -541,23 +542,22 @@ def _skip_subtype(r: _Reader):
     if b != 0x60:
         r.pos = start
         _subtype(r)
-        return
-    for _ in range(2):
-        _skip_valtypes(r, r.count())
+        return False
+    return True
+
+
+def _skip_subtype(r: _Reader):
+    """Past one type of the type section (as _subtype, a function type's value
+    types skipped at once where they can be)."""
+    if _at_function_type(r):
+        for _ in range(2):
+            _skip_valtypes(r, r.count())
 
 
 def _named_subtype(r: _Reader):
     """One type of the type section: (params, results) named, if a function type
     (`sub` or not), else None."""
-    start = r.pos
-    b = r.byte()
-    if b in (0x50, 0x4F):          # sub, sub final: supertypes, then the type
-        for _ in range(r.count()):
-            r.uleb()
-        b = r.byte()
-    if b != 0x60:
-        r.pos = start
-        _subtype(r)
+    if not _at_function_type(r):
         return None
     params = tuple(_valtype_name(r) for _ in range(r.count()))
     results = tuple(_valtype_name(r) for _ in range(r.count()))
