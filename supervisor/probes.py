@@ -516,8 +516,12 @@ class Registry:
                     if p.spec.point == "calls":
                         p.dropped += dropped
         for ev in done:
-            names = []
-            for c in {ev["caller"], ev["callee"]}:
+            # a call is an event of each side that has a calls probe which saw it,
+            # and of no other side: fanned out as an event of both, an analysis
+            # granted a Probe on a side without one read the other side's calls, its
+            # grants' names, failure reasons and probe names
+            sides: dict = {}
+            for c in dict.fromkeys((ev["caller"], ev["callee"])):
                 for p in self.probes.get(c, {}).values():
                     # a call begun before the probe came is not its own: one that had
                     # ended (or been failed by a restart) before the records were
@@ -527,18 +531,21 @@ class Registry:
                         peer = ev["callee"] if direction == "out" else ev["caller"]
                         p.count(f"{direction} {peer} {ev['name']}", ev["dur_ns"],
                                 ok=ev["outcome"] == "returned")
-                        names.append(p.spec.name)
-            for c in {ev["caller"], ev["callee"]}:
-                self._fan({**ev, "compartment": c}, names, once=ev)
+                        sides.setdefault(c, []).append(p.spec.name)
+            for sub in self.subscribers:
+                # once per sink, with the probes of the sides it watches
+                seen = [c for c in sides if sub.wants(c)]
+                if not seen:
+                    continue
+                sub.put({**ev, "compartment": seen[0],
+                         "probes": [n for c in seen for n in sides[c]]})
+                if sub.wake is not None:
+                    sub.wake()
 
-    def _fan(self, ev: dict, probe_names: list, once: dict | None = None):
+    def _fan(self, ev: dict, probe_names: list):
         ev["probes"] = probe_names
         for sub in self.subscribers:
             if sub.wants(ev["compartment"]):
-                if once is not None:          # a call: once per sink, not per side
-                    if getattr(sub, "_last", None) is once:
-                        continue
-                    sub._last = once
                 sub.put(ev)
                 if sub.wake is not None:
                     sub.wake()

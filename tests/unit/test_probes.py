@@ -487,3 +487,39 @@ def test_a_probe_read_answers_what_fits_and_loses_no_event_uncounted():
     prober._answer_read(Call(), sub, 10)
     assert isinstance(answers[-1], hostcaps.Refusal) and "E2BIG" in answers[-1].reason
     assert len(sub.queue) == 0 and sub.dropped == 1
+
+
+def test_a_call_is_an_event_only_of_the_side_whose_probe_saw_it():
+    """An outside review: a call between a probed compartment and one without a
+    calls probe was fanned out as an event of both sides, so an analysis granted
+    a Probe on the unprobed side read events no probe on its target had recorded,
+    with the other compartment's probe names in `probes` (and a trace sink
+    watching that side got them too).  Each side's event carries only its own
+    probes, and a side without one gets nothing."""
+    r = P.Registry(lambda: 0)
+    r.add(P.spec("watched", "secret-probe-name", "calls"))
+    analysis = r.subscribe(P.Subscriber(["other"]))           # a Probe grant on "other"
+    both = r.subscribe(P.Subscriber(["watched", "other"]))    # the operator's trace
+    mine = r.subscribe(P.Subscriber(["watched"]))
+    r.calls.open(("k", 1), "other", "other.svc", "watched", "Svc.m")
+    r.calls.close(("k", 1), "returned")
+    r.calls.open(("k", 2), "watched", "watched.out", "other", "Out.m")
+    r.calls.close(("k", 2), "failed", "nope")
+    r.take_calls()
+    assert analysis.take(10) == ([], 0)
+    for sub in (both, mine):
+        events, _ = sub.take(10)
+        assert [(e["compartment"], e["probes"], e["name"]) for e in events] == [
+            ("watched", ["secret-probe-name"], "Svc.m"),
+            ("watched", ["secret-probe-name"], "Out.m")]
+    # both sides probed: each sink that watches a side gets the call once, with
+    # the probes of the sides it watches
+    r.add(P.spec("other", "o", "calls"))
+    r.calls.open(("k", 3), "other", "other.svc", "watched", "Svc.m")
+    r.calls.close(("k", 3), "returned")
+    r.take_calls()
+    assert [(e["compartment"], e["probes"]) for e in analysis.take(10)[0]] == [("other", ["o"])]
+    assert [(e["compartment"], e["probes"]) for e in mine.take(10)[0]] == [
+        ("watched", ["secret-probe-name"])]
+    [ev], _ = both.take(10)
+    assert sorted(ev["probes"]) == ["o", "secret-probe-name"]
