@@ -461,7 +461,12 @@ class Registry:
                       "ts_ns": t, "dur_ns": max(a, 0), "result": b}
                 for p in hostcall_probes:
                     p.count(name, max(a, 0), ok=b >= 0)
-                self._fan(ev, [p.spec.name for p in hostcall_probes])
+                # an event only of the probes that record events (--events): one that
+                # counts gave every sink (an analysis granted a Probe on this
+                # compartment) each host call the guest made, its result and duration
+                recording = [p.spec.name for p in hostcall_probes if p.spec.events]
+                if recording:
+                    self._fan(ev, recording)
                 continue
             if sites is None or not 0 <= site < len(sites):
                 continue

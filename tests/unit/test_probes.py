@@ -49,7 +49,7 @@ def test_flags_are_the_union_of_the_probes():
 def test_hostile_engine_events_are_skipped():
     r = _registry()
     r.add(P.spec("c", "s", "stores", events=True), SITES)
-    r.add(P.spec("c", "h", "hostcalls"), SITES)
+    r.add(P.spec("c", "h", "hostcalls", events=True), SITES)
     sub = r.subscribe(P.Subscriber(["c"]))
     good = EVENT.pack(STORE, 3, 10, 4096, 4) + EVENT.pack(HOSTCALL, 1, 11, 5000, 0)
     bad = (EVENT.pack(STORE, 99, 1, 1, 4) + EVENT.pack(STORE, 3, 1, 1, 1 << 40)
@@ -523,3 +523,23 @@ def test_a_call_is_an_event_only_of_the_side_whose_probe_saw_it():
         ("watched", ["secret-probe-name"])]
     [ev], _ = both.take(10)
     assert sorted(ev["probes"]) == ["o", "secret-probe-name"]
+
+
+def test_a_hostcalls_probe_without_events_counts_and_sends_no_events():
+    """An outside review: a hostcalls probe added without --events (counts, as
+    docs/instrumentation.md says) still sent every host call of its compartment as
+    an event to every sink: an analysis granted a Probe on it read each wasi and
+    wsuper import the guest called, with its result and duration, though the docs
+    promise it the events of probes that record events (--events, or calls) only."""
+    r = P.Registry(lambda: 0)
+    r.add(P.spec("c", "counts", "hostcalls"))
+    sub = r.subscribe(P.Subscriber(["c"]))
+    r.engine_events("c", EVENT.pack(HOSTCALL, 1, 11, 5000, 0))
+    assert sub.take(10) == ([], 0)
+    assert {p["name"]: p["counts"] for p in r.list("c")} == {"counts": {"wsuper.call": 1}}
+    r.add(P.spec("c", "ev", "hostcalls", events=True))
+    r.engine_events("c", EVENT.pack(HOSTCALL, 1, 12, 5000, 0))
+    [ev], _ = sub.take(10)
+    assert ev["kind"] == "hostcall" and ev["probes"] == ["ev"]
+    assert {p["name"]: p["counts"] for p in r.list("c")} == {
+        "counts": {"wsuper.call": 2}, "ev": {"wsuper.call": 1}}
