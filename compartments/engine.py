@@ -1484,7 +1484,11 @@ def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) ->
         (l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
         lines[-1] if lines else "trap"), TRAP_CAUSE_LIMIT)
     try:      # the function that did it, not a check inserted for protection
-        frames = [f for f in trap.frames if not protect.is_check(f.func_name)] or trap.frames
+        # by index: names are the module's own text (a check left unnamed by a name
+        # section that cannot be extended was "function #1"; a function of its own
+        # named like a check was passed over)
+        frames = [f for f in trap.frames if not protect.is_check_frame(f.func_index, regions)] \
+            or trap.frames
         where = frames[0].func_name or f"function #{frames[0].func_index}" if frames else None
     except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
         where = None

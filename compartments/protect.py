@@ -157,6 +157,9 @@ class Layout:
     checks: bool = False            # bulk-memory checks for `regions` were inserted
     #: active data segments of memory 0 whose address is known only at instantiation
     unknown_segments: int = 0
+    #: the function index of the first check inserted (`checks`): every function from
+    #: it on is one, whatever the name section (the module's own text) calls it
+    first_check: int | None = None
 
     def to_json(self) -> dict:
         return {"problem": self.problem, "memory": self.memory,
@@ -166,7 +169,8 @@ class Layout:
                 "declared_problem": self.declared_problem,
                 "regions": list(self.regions) if self.regions is not None else None,
                 "error": list(self.error) if self.error is not None else None,
-                "checks": self.checks, "unknown_segments": self.unknown_segments}
+                "checks": self.checks, "unknown_segments": self.unknown_segments,
+                "first_check": self.first_check}
 
     @classmethod
     def from_json(cls, obj) -> "Layout":
@@ -184,6 +188,11 @@ class Layout:
         if not isinstance(segs, list) or not all(
                 isinstance(s, list) and len(s) == 3 and isinstance(s[2], str) for s in segs):
             raise ValueError("bad segments")
+        first_check = obj["first_check"]
+        if first_check is not None and not (isinstance(first_check, int) and
+                                            not isinstance(first_check, bool) and
+                                            0 <= first_check <= 1 << 32):
+            raise ValueError(f"bad first_check {first_check!r}")
         error = obj["error"]
         if error is not None and not (isinstance(error, list) and len(error) == 2
                                       and all(isinstance(x, str) for x in error)):
@@ -193,7 +202,7 @@ class Layout:
                    extent(obj["rodata"], 2), extent(obj["declared"], 3),
                    obj["declared_problem"], extent(obj["regions"], 3),
                    tuple(error) if error is not None else None, bool(obj["checks"]),
-                   int(obj["unknown_segments"]))
+                   int(obj["unknown_segments"]), first_check)
 
 
 def prepare(data: bytes, setting: Setting, memory_limit: int, validate=None,
@@ -247,6 +256,7 @@ def add_checks(data: bytes, layout: Layout, setting: Setting,
         validate(data)
     try:
         checked = wasmbin.add_bulk_checks(data, *layout.regions)
+        first_check = wasmbin.function_count(data)     # the checks come after these
     except Exception as e:  # noqa: BLE001 - Unsupported, BinaryError; or a bug: never trusted
         why = f"wsuper cannot insert the checks its bulk-memory instructions need: {e}"
         if setting.required:
@@ -255,7 +265,7 @@ def add_checks(data: bytes, layout: Layout, setting: Setting,
         return data, attrs.evolve(layout, regions=None, problem=why)
     if checked is None:
         return data, layout
-    return checked, attrs.evolve(layout, checks=True)
+    return checked, attrs.evolve(layout, checks=True, first_check=first_check)
 
 
 def compile_module(wasm_engine, path: str, setting: Setting, memory_limit: int):
@@ -302,7 +312,7 @@ def regions_of(layout: Layout, page: int = PAGE) -> Regions | None:
     if any(v % page for v in layout.regions) or not 0 <= na <= r0 <= r1 <= layout.memory:
         raise ValueError(f"regions {layout.regions} do not fit this host's pages "
                          f"({page} bytes) and memory")
-    return Regions(na, r0, r1, page=page)
+    return Regions(na, r0, r1, page=page, first_check=layout.first_check)
 
 
 # ---------------------------------------------------------------- the regions
@@ -325,6 +335,9 @@ class Regions:
     read_only_end: int
     read_only_name: str = ".rodata"
     page: int = PAGE
+    #: Layout.first_check: functions from this index on are checks, not the guest's
+    #: (which functions trapped, not what is enforced: no part of equality)
+    first_check: int | None = attrs.field(default=None, eq=False)
 
     def check(self, ptr: int, length: int, write: bool) -> str | None:
         """Why the host may not access guest memory [ptr, ptr+length) on the guest's
@@ -515,8 +528,16 @@ def _mprotect(addr: int, length: int, prot: int):
 
 
 def is_check(func_name: str | None) -> bool:
-    """Whether a frame of a trap is a check wasmbin.add_bulk_checks inserted."""
+    """Whether a function name is one wasmbin.add_bulk_checks gives its checks (a
+    module may give its own functions such names, or leave the checks unnamed: a
+    trap's frames are told apart by index, `is_check_frame`)."""
     return bool(func_name) and func_name.startswith(wasmbin.CHECK_FUNCTION)
+
+
+def is_check_frame(func_index: int | None, regions: Regions | None) -> bool:
+    """Whether a trap's frame (its function index) is a check inserted for `regions`."""
+    first = regions.first_check if regions is not None else None
+    return first is not None and func_index is not None and func_index >= first
 
 _FAULT = re.compile(r"memory fault at wasm address 0x([0-9a-f]{1,16}) in linear memory")
 

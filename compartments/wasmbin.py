@@ -1074,6 +1074,18 @@ def add_bulk_checks(data: bytes, no_access_end: int, read_only_start: int,
     return bytes(out)
 
 
+def function_count(data: bytes) -> int:
+    """Functions in the module's index space (imported and defined): the index
+    add_bulk_checks gives its first check.  Raises BinaryError or Unsupported."""
+    n = 0
+    for s in sections(data):
+        if s.id == _IMPORT:
+            n += sum(1 for kind, _l in _imports(_Reader(data, s.start, s.end)) if kind == 0x00)
+        elif s.id == _FUNCTION:
+            n += _Reader(data, s.start, s.end).uleb()
+    return n
+
+
 def _with_function_names(data: bytes, s: Section | None, names: dict) -> bytes | None:
     """A name section that also names the functions in `names` (index -> name, each
     index above every function the module has): the module's own, with them

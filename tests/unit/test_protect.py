@@ -511,3 +511,41 @@ def test_a_traps_cause_comes_from_wasmtime_never_from_names_the_module_chose():
     reason = _trap_reason(e.value, regions)
     assert reason.startswith("wasm `unreachable` instruction executed (in x\nCaused by:"), reason
     assert "no-access" not in reason.split(" (in ")[0]
+
+
+def _out_of_order_names(data: bytes) -> bytes:
+    """`data` with a module-name subsection after its function names: wasmtime still
+    reads the function names; wasmbin cannot extend such a name section."""
+    name = next(s for s in wasmbin.sections(data) if s.id == 0 and s.name == "name")
+    payload = data[name.start:name.end] + b"\x00" + wasmbin._uleb(4) + wasmbin._uleb(3) + b"mod"
+    return data[:name.header] + b"\x00" + wasmbin._uleb(len(payload)) + payload + \
+        data[name.end:]
+
+
+@pytest.mark.parametrize("case", ["unextendable names", "a function named like a check"])
+def test_a_trap_through_a_check_names_the_guests_function_whatever_its_names(case):
+    """An outside review: the check's frame was told apart by its name, which the
+    module's own name section decides.  One whose function names are followed by a
+    module name (wasmtime reads them) kept its section as it was, the checks went
+    unnamed, and a trap in a memory.fill was said to be "in function #1" (the check,
+    a function the module as built lacks); a function of the module's own named
+    like a check was passed over, and the trap put in its caller."""
+    inner = "wsuper.protect.check_mine" if case != "unextendable names" else "guest_fn"
+    data = bytes(wasmtime.wat2wasm(f'''(module (memory (export "memory") 2)
+      (func ${inner} (param i32) (memory.fill (local.get 0) (i32.const 0) (i32.const 4)))
+      (func $outer (export "f") (param i32) (call ${inner} (local.get 0))))'''))
+    if case == "unextendable names":
+        data = _out_of_order_names(data)
+    out, layout = protect.prepare(data, Setting(4096, NONE), LIMIT)
+    assert layout.checks
+    regions = protect.regions_of(layout)
+    engine = wasmtime.Engine(wasm.engine_config())
+    store = wasmtime.Store(engine)
+    store.set_fuel(10 ** 6)
+    instance = wasmtime.Instance(store, wasmtime.Module(engine, out), [])
+    # memory left unprotected: the check's own 1-byte access passes, and its
+    # `unreachable` traps with the check's frame on top, as a fault would
+    with pytest.raises(wasmtime.Trap) as e:
+        instance.exports(store)["f"](store, 8)
+    from compartments.engine import _trap_reason
+    assert _trap_reason(e.value, regions).endswith(f"(in {inner})")
