@@ -347,10 +347,14 @@ class Wasi:
             raise _Fail(E.MFILE)
 
     def _new_fd(self, desc: _Desc) -> int:
+        """The lowest free number, as open(2) takes (and wasmtime reuses a closed
+        0, 1 or 2 too): `close(1); open(...)` redirects stdout, the POSIX idiom.
+        From 3 up, a program that closed its stdout and opened a file kept
+        printing into a closed descriptor: EBADF, every line lost."""
         if len(self.fds) >= MAX_FDS:
             self._release(desc)
             raise _Fail(E.MFILE)
-        fd = 3
+        fd = 0
         while fd in self.fds:
             fd += 1
         self.fds[fd] = desc

@@ -333,7 +333,9 @@ def conformance_guests(tmp_path_factory):
     out = tmp_path_factory.mktemp("conformance")
     return {"calls": toolchain.build_rust(os.path.join(GUESTS, "calls.rs"),
                                           str(out / "calls.wasm")),
-            "fsops": toolchain.build([os.path.join(GUESTS, "fsops.c")], str(out / "fsops.wasm"))}
+            "fsops": toolchain.build([os.path.join(GUESTS, "fsops.c")], str(out / "fsops.wasm")),
+            "redirect": toolchain.build([os.path.join(GUESTS, "redirect.c")],
+                                        str(out / "redirect.wasm"))}
 
 
 def under_wasmtime(module, directory, args=()):
@@ -395,6 +397,21 @@ def test_wasi_calls_behave_as_under_wasmtime(tmp_path, conformance_guests, progr
     assert names(theirs) - names(ours) == set() and len(ours) >= len(theirs) - 2
     made = set(os.listdir(b)) - set(os.listdir(a))
     assert made <= {"dsync"}                      # opened with O_DSYNC, which wasmtime refuses
+
+
+def test_a_closed_standard_descriptor_is_the_next_one_opened(tmp_path, conformance_guests):
+    """close(1) then open() gives fd 1, as open(2) and wasmtime do: printf then
+    writes to the file (numbers began at 3, and every line went to a closed fd)."""
+    a, b = tmp_path / "wasmtime", tmp_path / "wsuper"
+    a.mkdir()
+    b.mkdir()
+    code, theirs = under_wasmtime(conformance_guests["redirect"], a)
+    assert code == 0 and theirs == ["before"]
+    code, ours, r = under_wsuper(tmp_path, conformance_guests["redirect"], b, to_file=True)
+    assert code == 0 and ours == ["before"], r.stdout + r.stderr
+    want = "redirected to fd 1\nstdin is fd 0, read 19: redirected to fd 1\n"
+    assert (a / "out.txt").read_text() == want
+    assert (b / "out.txt").read_text() == want
 
 
 def test_what_wsuper_adds_to_wasmtime_rights_that_can_be_dropped(tmp_path, conformance_guests):
