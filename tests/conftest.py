@@ -143,7 +143,7 @@ def wasi_guests(tmp_path_factory):
     out = tmp_path_factory.mktemp("wasi-guests")
     src = os.path.join(ROOT, "tests", "integration", "guests", "wasi")
     built = {}
-    for name in ("posix", "probe"):
+    for name in ("posix", "probe", "stdout_file"):
         built[name] = toolchain.build([os.path.join(src, name + ".c")], str(out / f"{name}.wasm"))
     built["rustfs"] = toolchain.build_rust(os.path.join(src, "rustfs.rs"), str(out / "rustfs.wasm"))
     return built

@@ -253,6 +253,26 @@ env = {{ host = "environment", args = ["read:hello.txt", "read:/work/hello.txt"]
         "read hello.txt -> ok\n  hi there\nread /work/hello.txt -> ENOENT\n"
 
 
+def test_a_stdout_or_stderr_file_is_only_appended_to(tmp_path, wasi_guests):
+    """Two compartments (or the operator's earlier runs) may share the file: one
+    program turning O_APPEND off, seeking and writing, or truncating its stdout
+    or stderr, overwrote or emptied what the others wrote there."""
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    out.write_text("someone else's line\n")
+    err.write_text("earlier\n")
+    system = _system(tmp_path, wasi_guests["stdout_file"], f"""
+stdout = {{ host = "file", path = "{out}" }}
+stderr = {{ host = "file", path = "{err}" }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+    # the line written at the offset and the pwrite are appended, as on O_APPEND
+    assert out.read_text() == "someone else's line\nmine\nXX"
+    assert err.read_text().splitlines() == [
+        "earlier", "append off 63", "write at 0 0", "pwrite at 0 0", "truncate 63",
+        "set times 63", "read 8"]                       # EPERM, and EBADF to read
+
+
 def test_sleeping_until_an_absolute_time_needs_the_clock(tmp_path, wasi_guests):
     system = _system(tmp_path, wasi_guests["probe"], """
 stdout = { host = "log" }

@@ -540,3 +540,19 @@ def test_an_error_about_a_key_of_a_dot_or_a_bracket_names_its_line(name):
         with pytest.raises(policy.PolicyError) as e:
             policy.parse(text, "/x/s.toml")
         assert e.value.line == text.count("\n"), str(e.value)
+
+
+def test_a_standard_stream_file_grant_is_read_or_appended_unless_it_says_otherwise():
+    """stdin is read only, stdout and stderr append only (what a WASI program does
+    with them); a file grant of another name, or one that says, keeps its own."""
+    text = BASE + (
+        '[compartments.b.grants]\n'
+        'stdin = { host = "file", path = "/x/in" }\n'
+        'stdout = { host = "file", path = "/x/out" }\n'
+        'stderr = { host = "file", path = "/x/err", append_only = false }\n'
+        'other = { host = "file", path = "/x/other" }\n'
+        'log = { host = "log" }\n')
+    grants = {g.name: (g.read_only, g.append_only)
+              for g in policy.parse(text, "/x/s.toml").compartments["b"].grants}
+    assert grants == {"stdin": (True, False), "stdout": (False, True),
+                      "stderr": (False, False), "other": (False, False), "log": (False, False)}
