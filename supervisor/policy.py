@@ -277,6 +277,13 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
     _only(where, "system", system, SYSTEM_KEYS)
     schemas = tuple(_path(where, f"system.schemas[{i}]", s, base)
                     for i, s in enumerate(_list(where, "system.schemas", system.get("schemas", []))))
+    first: dict[str, int] = {}
+    for i, s in enumerate(schemas):
+        # one file listed twice (x.capnp, ./x.capnp) failed at load as two files
+        # declaring the same interfaces, naming one path twice
+        if first.setdefault(s, i) != i:
+            raise where.error(f"system.schemas[{i}]", f"{quoted(s)} is listed already, at "
+                              f"system.schemas[{first[s]}]")
     socket = system.get("socket")
     if socket is not None:
         socket = _path(where, "system.socket", socket, base)

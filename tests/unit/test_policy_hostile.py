@@ -556,3 +556,16 @@ def test_a_standard_stream_file_grant_is_read_or_appended_unless_it_says_otherwi
               for g in policy.parse(text, "/x/s.toml").compartments["b"].grants}
     assert grants == {"stdin": (True, False), "stdout": (False, True),
                       "stderr": (False, False), "other": (False, False), "log": (False, False)}
+
+
+@pytest.mark.parametrize("second", ["x.capnp", "./x.capnp", "sub/../x.capnp", "/sys/x.capnp"])
+def test_a_schema_listed_twice_is_named_as_listed_twice(second):
+    """The same schema file listed twice (under any spelling of its path) failed at
+    load with "interface Calc is declared in both /sys/x.capnp and /sys/x.capnp",
+    one file named as if it were two.  It is refused where it is listed again,
+    naming where it was listed first."""
+    text = f'[system]\nschemas = ["x.capnp", "y.capnp", "{second}"]\n' + BASE
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/sys/system.toml")
+    assert e.value.key == "system.schemas[2]" and e.value.line == 2
+    assert "/sys/x.capnp is listed already, at system.schemas[0]" in str(e.value)
