@@ -129,6 +129,20 @@ def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None
                                       "it reads nothing outside that directory")
             if found is None or not os.path.lexists(found):
                 continue                        # the parser's error names it
+            # a symbolic link on the way (the file, or a directory: lib -> /elsewhere)
+            # leads where no `..` shows: the parser followed it (check read what it
+            # pointed at), but up's parser may read only beneath these directories
+            # (Landlock) and failed with "openat(fd, path, O_RDONLY): Permission
+            # denied; path = NAME", no line, no reason.  One rule for both.
+            real, limit = os.path.realpath(found), os.path.realpath(base)
+            if os.path.commonpath([real, limit]) != limit:
+                # what it is first (a FIFO, a device): said as for any file
+                _read_schema_file(found, file, at, embedded=m.group(1) == "embed",
+                                  kind_only=True)
+                raise SchemaError(file, at, f"{m.group(1)} {_shown(name)} leads outside "
+                                  f"{_shown(os.path.normpath(base))} through a symbolic link "
+                                  f"(to {_shown(real)}): the parser reads nothing outside "
+                                  "that directory")
             if m.group(1) == "import":
                 todo.append((found, file, at, os.path.normpath(base)))
             elif os.path.realpath(found) not in seen:
@@ -143,13 +157,14 @@ def _shown(name: str) -> str:
     return printable(name[:200])
 
 
-def _read_schema_file(file, by, line, embedded=False) -> str | None:
-    """A schema file's text (None if `embedded`: only its kind and size are checked);
+def _read_schema_file(file, by, line, embedded=False, kind_only=False) -> str | None:
+    """A schema file's text (None if `embedded` or `kind_only`: only its kind and
+    size are checked);
     SchemaError (at `by`:`line`, where it is named) if it is no regular file
     of at most MAX_SCHEMA_BYTES, or cannot be read."""
     what = "embeds" if embedded else "imports"
     try:
-        data = read_regular(file, MAX_SCHEMA_BYTES, read=not embedded)
+        data = read_regular(file, MAX_SCHEMA_BYTES, read=not (embedded or kind_only))
     except FileProblem as e:
         if by is None:
             raise SchemaError(file, None, f"cannot read it: {e.strerror}" if e.strerror

@@ -569,3 +569,43 @@ def test_a_schema_listed_twice_is_named_as_listed_twice(second):
         policy.parse(text, "/sys/system.toml")
     assert e.value.key == "system.schemas[2]" and e.value.line == 2
     assert "/sys/x.capnp is listed already, at system.schemas[0]" in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["import", "embed"])
+@pytest.mark.parametrize("via", ["file", "directory", "absolute"])
+def test_a_name_leading_outside_through_a_symbolic_link_is_refused_naming_it(tmp_path, how,
+                                                                           via):
+    """A name inside the schema's directory that is a symbolic link to a file outside
+    it (`embed "pw"`, pw -> /etc/passwd; or lib -> /elsewhere, `import "lib/x"`)
+    passed every check: `wsuper check` accepted it and its parser read the file
+    outside, while `wsuper up`, whose parser may read only beneath the schema's
+    directories (Landlock), refused it with "openat(fd, path, O_RDONLY):
+    Permission denied; path = pw", naming no line and no reason.  Refused here,
+    whichever command, naming the file, the line and where the link leads."""
+    n = {"import": 0, "embed": 0x100}[how] + {"file": 0, "directory": 0x10,
+                                               "absolute": 0x20}[via]
+    (tmp_path / "top").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    outside = tmp_path / "elsewhere" / "x.capnp"
+    outside.write_text(f"@{0xd0a1b2c3d4e5f70b + n:x};\nstruct O {{}}\n")
+    if via == "file":
+        os.symlink(outside, tmp_path / "top" / "x.capnp")
+        name = "x.capnp"
+    else:
+        os.symlink(tmp_path / "elsewhere", tmp_path / "top" / "lib")
+        name = "lib/x.capnp" if via == "directory" else "/lib/x.capnp"
+    use = f'using O = import "{name}";\nstruct B {{ o @0 :O.O; }}\n' if how == "import" \
+        else f'const e :Data = embed "{name}";\n'
+    (tmp_path / "top" / "blob").write_text("x")
+    _schema(tmp_path / "top" / "a.capnp", 'const d :Data = embed "blob";\n' + use,
+            0xd0a1b2c3d4e5f70e + n)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "top" / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "top" / "a.capnp"), 3)
+    assert e.value.reason.startswith(f"{how} {name} leads outside {tmp_path / 'top'} through "
+                                     f"a symbolic link (to {outside})")
+    # a link that stays inside is read as before
+    os.symlink("blob", tmp_path / "top" / "inside")
+    _schema(tmp_path / "top" / "c.capnp", 'const x :Data = embed "inside";\n',
+            0xd0a1b2c3d4e5f70f + n)
+    assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
