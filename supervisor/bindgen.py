@@ -742,6 +742,35 @@ def header_name(schema_path: str) -> str:
     return os.path.splitext(os.path.basename(schema_path))[0] + ".h"
 
 
+#: The C library's headers (C17, wasi-libc's and clang's own): `wsuper build`
+#: passes the include directory with -I, searched before the C library's even for
+#: `#include <...>`, so bindings named like one of them hid it from the plugin
+#: and from wsuper.h (string.capnp: strlen and memcpy built undeclared).  Names
+#: beginning with "__" are the library's own (wasi-libc's string.h includes
+#: __header_string.h): refused whatever follows.
+_C_HEADERS = frozenset(f"{h}.h" for h in """assert complex ctype errno fenv float inttypes
+iso646 limits locale math setjmp signal stdalign stdarg stdatomic stdbool stddef stdint
+stdio stdlib stdnoreturn string tgmath threads time uchar wchar wctype alloca ar byteswap
+cpio crypt dirent dlfcn endian err fcntl features fmtmsg fnmatch ftw fts getopt glob iconv
+ifaddrs langinfo libgen malloc memory monetary mqueue netdb nl_types poll pthread regex
+sched search semaphore spawn stdc-predef stdio_ext strings stropts syscall sysexits syslog
+tar termios ucontext unistd utime values varargs unwind wasm_simd128 wordexp""".split())
+
+
+def _header_problem(schema_path: str) -> str | None:
+    """Why a schema's bindings cannot be written to its header name, or None."""
+    name = header_name(schema_path)
+    if name == os.path.basename(SDK_HEADER):
+        return (f"{schema_path}: its bindings would be {name}, the C SDK's header, which "
+                "bindgen writes beside them; rename the schema file")
+    if name in _C_HEADERS or name.startswith("__"):
+        return (f"{schema_path}: its bindings would be {name}, a header of the C library, "
+                f"which they would hide from the plugin and from wsuper.h "
+                f"(`#include <{name}>` finds the include directory first); rename the "
+                "schema file")
+    return None
+
+
 def generate_all(schema_paths, out_dir: str) -> list[str]:
     """generate() each schema into out_dir, having refused first two schemas that
     would write one header (a/kv.capnp and b/kv.capnp: the second replaced the
@@ -749,9 +778,9 @@ def generate_all(schema_paths, out_dir: str) -> list[str]:
     by_header: dict[str, str] = {}
     for path in schema_paths:
         name = header_name(path)
-        if name == os.path.basename(SDK_HEADER):
-            raise BindgenError(f"{path}: its bindings would be {name}, the C SDK's header, "
-                               "which bindgen writes beside them; rename the schema file")
+        problem = _header_problem(path)
+        if problem:
+            raise BindgenError(problem)
         other = by_header.setdefault(name, path)
         if os.path.realpath(other) != os.path.realpath(path):
             raise BindgenError(f"{other} and {path} would both be bound to {name} in "
@@ -764,9 +793,9 @@ def generate_all(schema_paths, out_dir: str) -> list[str]:
 
 def generate(schema_path: str, out_dir: str) -> list[str]:
     """Write NAME.h (and wsuper.h) into out_dir; returns the paths written."""
-    if header_name(schema_path) == os.path.basename(SDK_HEADER):
-        raise BindgenError(f"{schema_path}: its bindings would be wsuper.h, the C SDK's "
-                           "header, which bindgen writes beside them; rename the schema file")
+    problem = _header_problem(schema_path)
+    if problem:
+        raise BindgenError(problem)
     gen = Generator(schema_path)
     if not gen.interfaces and not gen.order and not gen.enums:
         raise BindgenError(f"{schema_path}: no interfaces, structs or enums to bind")

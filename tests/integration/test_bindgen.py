@@ -790,3 +790,23 @@ def test_one_type_id_with_two_definitions_does_not_compile(tmp_path):
     same = {"one": "@0xd1f0a3b2c4e5f6b1;\n" + point.format(xy) + iface.format("One"),
             "two": "@0xd1f0a3b2c4e5f6b2;\n" + point.format(xy) + iface.format("Two")}
     assert _compile(tmp_path / "same", same, use) == ""
+
+
+@pytest.mark.parametrize("name", ["string", "stdlib", "stdio", "stdint", "errno", "unistd",
+                                  "features", "__header_string"])
+def test_a_schema_whose_header_would_shadow_a_c_library_header_is_refused(tmp_path, name):
+    """string.capnp was bound to string.h in the include directory, which `wsuper
+    build` passes with -I: every `#include <string.h>`, the plugin's and wsuper.h's
+    own, then found the bindings instead of the C library's, and a plugin calling
+    strlen and memcpy built without a word (undeclared, taken as built-ins);
+    stdlib.capnp failed with errors about wsuper_reader inside "stdlib.h".  The
+    schema is refused, naming the header it would hide."""
+    from supervisor import bindgen
+    (tmp_path / f"{name}.capnp").write_text(
+        "@0xd1f0a3b2c4e5f637;\nstruct W { x @0 :Int32; }\n")
+    with pytest.raises(bindgen.BindgenError) as e:
+        bindgen.generate_all([str(tmp_path / f"{name}.capnp")], str(tmp_path / "inc"))
+    assert f"its bindings would be {name}.h, a header of the C library" in str(e.value)
+    with pytest.raises(bindgen.BindgenError):
+        bindgen.generate(str(tmp_path / f"{name}.capnp"), str(tmp_path / "inc"))
+    assert not (tmp_path / "inc").exists()
