@@ -163,10 +163,15 @@ class Lifecycle:
       restart policy decides (a hostile module that never starts cannot hold
       the others back).  A compartment that never started and will not be
       restarted is *settled*.
-    * Once every compartment is ready or settled, each program (`_start`) of a
-      compartment ready then runs; a restarted compartment runs its program
-      again (once its new incarnation is ready).  If every compartment is
-      settled and none ever became ready, the system stops, exit code 1.
+    * Once every compartment is ready, settled, or has failed its first start
+      (it may be restarting: its calls wait for it, each at most its call_time),
+      each program (`_start`) of a compartment ready then runs; a compartment
+      ready later runs its program then, and a restarted one runs it again (once
+      its new incarnation is ready).  Waiting for restarts let one whose start
+      loops until start_time, restarted within max_restarts in restart_window
+      (the defaults: 30 s, 3 in 60 s), hold every program back for good (an
+      outside review).  If every compartment is settled and none ever became
+      ready, the system stops, exit code 1.
     * A program that ends with exit code 0 stopped normally; a non-zero exit, a
       trap, an engine that died or broke the protocol, or a failed (re)start is
       abnormal.  The restart policy (`Supervision`) decides what follows.
@@ -192,6 +197,7 @@ class Lifecycle:
         self.generation = dict.fromkeys(self.policies, 0)
         self.ready: set[str] = set()
         self.settled: set[str] = set()           # never started, and never will
+        self.tried: set[str] = set()             # failed a start before it was ever ready
         self.programs: set[str] = set()
         self.running: set[str] = set()
         self.all_started = False
@@ -213,19 +219,27 @@ class Lifecycle:
             if program:
                 self._run(name)
                 return [Run(name)]
-            return []
+            return self._check_done()    # the system may have waited for its first start
         return self._all_ready()
 
     def _all_ready(self) -> list:
-        """Every compartment is ready or settled: the programs run."""
-        if self.all_started or len(self.ready) + len(self.settled) < len(self.policies) \
-                or len(self.ready | self.settled) < len(self.policies):    # the sum first: O(1)
-            return []
-        self.all_started = True
+        """Every compartment is ready, settled, or failed its first start (restarting,
+        it holds nobody back): the programs run."""
+        if self.all_started \
+                or len(self.ready) + len(self.settled) + len(self.tried) < len(self.policies) \
+                or len(self.ready | self.settled | self.tried) < len(self.policies):
+            return []                                   # (the sum first: O(1))
         if not self.ready:
+            if len(self.settled) < len(self.policies):
+                return []             # none ready yet, and one may be: its start runs them
+            self.all_started = True
             return [Say("no compartment could start"), *self._finish(1)]
+        self.all_started = True
         if not self.programs:
-            return [Say("all compartments ready; serving until Ctrl-C")]
+            late = sorted(n for n in self.tried - self.ready if self.state[n] == "restarting")
+            return [Say(f"all compartments ready but {', '.join(late)} (restarting after "
+                        f"a failed start); serving until Ctrl-C" if late else
+                        "all compartments ready; serving until Ctrl-C")]
         # only the programs of incarnations that are ready now: one that became ready
         # and then stopped while others were still starting is restarting (its next
         # incarnation runs it once ready), failed for good, or left stopped.  Running
@@ -290,10 +304,14 @@ class Lifecycle:
             self.generation[name] += 1
             self.restarts[name] += 1
             self.state[name] = "restarting"
-            return [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
-                        f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
-                        name),
-                    Restart(name, d.delay, reason)]
+            out = [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
+                       f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
+                       name),
+                   Restart(name, d.delay, reason)]
+            if name not in self.ready and name not in self.tried and not self.stopping:
+                self.tried.add(name)        # its first start failed: the others go on
+                out += self._all_ready()
+            return out
         if d.action == "fail":
             self.generation[name] += 1
             self.state[name] = "failed"
@@ -338,7 +356,8 @@ class Lifecycle:
         is restarting runs again once it is ready (the system ended, and its restart
         never came, if another program happened to end during the restart delay)."""
         if self.all_started and self.programs and not self.running and not self.external \
-                and not any(self.state[n] == "restarting" for n in self.programs):
+                and not any(self.state[n] == "restarting" for n in self.programs) \
+                and not any(self.state[n] == "restarting" for n in self.tried - self.ready):
             return self._finish(0)
         return []
 

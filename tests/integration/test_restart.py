@@ -137,6 +137,40 @@ hang = {{ compartment = "hang" }}
     assert time.monotonic() - t < 30
 
 
+def test_a_compartment_that_never_starts_and_keeps_restarting_holds_nobody_back(
+        tmp_path, wsuper):
+    """An outside review: programs waited until every compartment was ready or had
+    failed for good.  A start function that loops until start_time, restarted within
+    max_restarts = 3 in restart_window (the defaults: 30 s and 60 s, here 0.5 s and
+    1 s), never fails for good (each restart leaves the window before the fourth),
+    and no other compartment's program ever ran.  Its first failed start is enough:
+    the others' programs run, and calls to it wait for its next start as they do."""
+    (tmp_path / "hang.wat").write_text("""(module (memory (export "memory") 1)
+      (func $loop (loop $l (br $l))) (start $loop)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    (tmp_path / "app.wat").write_text(program("(call $log (i32.const 200) (i32.const 2))",
+                                              {"hi": 200}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.hang]
+module = "hang.wat"
+exports = "Calc"
+restart = "permanent"
+restart_window = 1
+[compartments.hang.limits]
+start_time = 0.5
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+hang = {{ compartment = "hang" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("restarting hang")
+    run.wait_for("[app] hi", timeout=20)
+
+
 def test_a_module_file_replaced_by_a_fifo_fails_that_start_and_holds_nobody_back(
         tmp_path, wsuper):
     """An outside review: a module file replaced while the system ran by a FIFO held

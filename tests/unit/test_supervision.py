@@ -72,11 +72,51 @@ def test_a_compartment_that_cannot_start_is_restarted_then_left_and_the_rest_run
     assert life.started("app", program=True) == []          # waits for db
     actions = life.start_failed("db", "its start function trapped", now=0)
     assert actions[0] == Say("compartment db failed to start: its start function trapped")
-    assert _kinds(actions) == ["Say", "Say", "Restart"]
+    # its first start failed: app's program runs without waiting for its restarts
+    assert _kinds(actions) == ["Say", "Say", "Restart", "Run"] and actions[-1] == Run("app")
     actions = life.start_failed("db", "its start function trapped", now=1)
-    # failed for good: db is settled, and app's program runs without it
-    assert _kinds(actions) == ["Say", "Say", "Fail", "Run"] and actions[-1] == Run("app")
+    # failed for good: db is settled
+    assert _kinds(actions) == ["Say", "Say", "Fail"]
     assert life.program_ended("app", 0, None, now=2)[-1] == Finish(1)   # db failed: exit 1
+
+
+def test_a_compartment_restarted_for_ever_before_it_starts_holds_no_program_back():
+    """An outside review: a start that fails at start_time (30 s), restarted within
+    max_restarts = 3 in restart_window = 60 s, never fails for good, and programs
+    waited for it to be ready or settled: none ever ran."""
+    life = _life(db=RestartPolicy(), app=RestartPolicy())           # the defaults
+    assert life.started("app", program=True) == []
+    actions = life.start_failed("db", "it did not start within 30 s", now=30)
+    assert actions[-1] == Run("app")
+    for now in (60.1, 90.3, 120.5, 150.7):          # it never fails for good
+        assert _kinds(life.start_failed("db", "it did not start", now=now)) == \
+            ["Say", "Say", "Restart"]
+    # app's program ended: the system waits for db, which may have one too
+    assert life.program_ended("app", 0, None, now=160) == [Say("finished app exit=0")]
+    assert life.started("db", program=True) == [Run("db")]
+    assert life.program_ended("db", 0, None, now=170)[-1] == Finish(0)
+    # one that turns out to serve only: the system ends once it is ready
+    life = _life(db=RestartPolicy("permanent"), app=RestartPolicy())
+    life.started("app", program=True)
+    life.start_failed("db", "no", now=0)
+    assert life.program_ended("app", 0, None, now=1) == [Say("finished app exit=0")]
+    assert life.started("db", program=False) == [Finish(0)]
+
+
+def test_a_system_serving_while_one_restarts_after_a_failed_start_says_so():
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    life.started("app", program=False)
+    assert life.start_failed("db", "no", now=0)[-1] == Say(
+        "all compartments ready but db (restarting after a failed start); serving "
+        "until Ctrl-C")
+
+
+def test_no_compartment_ready_yet_is_not_no_compartment_that_could_start():
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    assert _kinds(life.start_failed("db", "no", now=0)) == ["Say", "Say", "Restart"]
+    assert _kinds(life.start_failed("app", "no", now=0)) == ["Say", "Say", "Restart"]
+    assert not life.stopping
+    assert life.started("app", program=True) == [Run("app")]
 
 
 def test_when_no_compartment_can_start_the_system_stops():
