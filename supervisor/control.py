@@ -31,12 +31,14 @@ _RESULT_WORDS = 1 << 12          # start and run results are a few words
 
 class Forward:
     """A call forwarded to this peer; the answer goes to `reply` (peer, answer id).
-    `deadline`: when it fails if not answered (the router's clock)."""
-    __slots__ = ("reply", "deadline")
+    `deadline`: when it fails if not answered (the router's clock); `size`: the
+    bytes of its params (0 for a call the native lane forwarded)."""
+    __slots__ = ("reply", "deadline", "size")
 
-    def __init__(self, reply, deadline: float | None = None):
+    def __init__(self, reply, deadline: float | None = None, size: int = 0):
         self.reply = reply
         self.deadline = deadline
+        self.size = size
 
     def returned(self, router, peer, ev):
         router.forward_returned(peer, ev, self.reply)

@@ -1392,10 +1392,10 @@ class Router:
         """Call `import_id` on `peer` (an object it hosts); `handler` gets the answer."""
         self._check_size(peer, content)
         if isinstance(handler, control.Forward):
+            handler.size = content.size()
             waiting = self.backlog(peer.id)
             if waiting > queue_soft_limit(peer.limits):
-                raise CallError(f"compartment {peer.name} is not reading its messages "
-                                f"({waiting} bytes are waiting for it)", "overloaded")
+                self._not_reading(peer, handler, waiting)
         self._check_handles(peer, caps)
         out_caps = [self._export_cap(peer, c) for c in caps]
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
@@ -1405,6 +1405,29 @@ class Router:
             handler.deadline = self.clock() + peer.limits.call_time
             heapq.heappush(self._deadlines, (handler.deadline, peer.id, qid))
         self.emit(fx.Send(peer.id, data))
+
+    def _not_reading(self, peer: Peer, handler, waiting: int):
+        """`peer` has more than its soft limit of bytes waiting to be written to it:
+        refuse the call `handler` forwards, unless its caller holds little of what
+        waits.  The bound is the callee's, one for all its callers: an engine reads
+        nothing while a call runs, and one caller's large calls queued behind a long
+        one had every other caller's calls refused (an outside review).  Up to twice
+        the soft limit (far below the hard one, 4x + 16 MiB, that cuts the peer off),
+        a caller whose own calls waiting there hold at most a quarter of the soft
+        limit still gets through; past it, or beyond twice, the call is refused."""
+        soft = queue_soft_limit(peer.limits)
+        caller = handler.reply[0]
+        if waiting <= 2 * soft:
+            mine = handler.size + sum(
+                h.size for (pid, _q), h in self._pending.items()
+                if pid == peer.id and type(h) is control.Forward and h.reply[0] is caller)
+            if mine <= soft // 4:
+                return
+            raise CallError(f"compartment {peer.name} is not reading its messages "
+                            f"({waiting} bytes are waiting for it, {mine} of them "
+                            f"{caller.name}'s calls not answered yet)", "overloaded")
+        raise CallError(f"compartment {peer.name} is not reading its messages "
+                        f"({waiting} bytes are waiting for it)", "overloaded")
 
     def _answer(self, reply, content: Content, caps):
         """Return results to whoever made the call `reply` names."""

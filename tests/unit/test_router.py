@@ -910,11 +910,42 @@ def test_calls_to_a_peer_that_does_not_read_are_refused():
     router = R.Router({"calc": CALC, "app": None}, backlog=lambda pid: waiting.get(pid, 0))
     calc = start(router, "calc", exports=True)
     app = start(router, "app", [grant("calc", "calc")])
-    waiting[calc.pid] = R.queue_soft_limit(R.Limits()) + 1
+    waiting[calc.pid] = 2 * R.queue_soft_limit(R.Limits()) + 1
     app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
     ret = app.inbox.pop()
     assert ret.error_type == "overloaded" and "is not reading its messages" in ret.error
     assert calc.inbox == []
+
+
+def test_one_callers_large_calls_waiting_for_a_callee_do_not_get_the_others_refused():
+    """An outside review: the bytes waiting for a callee were one bound for all its
+    callers; one caller's large calls queued behind a long one (an engine reads
+    nothing while a call runs) had every other caller's calls refused "not reading
+    its messages".  Past the soft limit, a caller holding little of what waits gets
+    through (up to twice the limit); the one holding it is refused."""
+    waiting = {}
+    router = R.Router({"calc": CALC, "app": None, "hog": None},
+                      backlog=lambda pid: waiting.get(pid, 0))
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    hog = start(router, "hog", [grant("calc", "calc")])
+    soft = R.queue_soft_limit(R.Limits())
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(soft // 6 & ~7)])
+    for _ in range(2):
+        hog.send(hog.conn.send_call(hog.grants[0].import_id, CALC, 0, big)[1])
+    assert len(calc.inbox) == 2 and hog.inbox == []
+    waiting[calc.pid] = soft + 1               # they wait: calc reads nothing
+    hog.send(hog.conn.send_call(hog.grants[0].import_id, CALC, 0, big)[1])
+    ret = hog.inbox.pop()
+    assert ret.error_type == "overloaded" and "is not reading its messages" in ret.error
+    assert "of them hog's calls not answered yet" in ret.error
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert app.inbox == [] and len(calc.inbox) == 3      # delivered
+    # twice the limit: nobody
+    waiting[calc.pid] = 2 * soft + 1
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert "is not reading its messages" in app.inbox.pop().error
+    assert len(calc.inbox) == 3
 
 
 def test_calls_waiting_for_a_compartment_to_start_end_at_call_time_or_with_their_caller():
