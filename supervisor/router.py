@@ -1379,7 +1379,10 @@ class Router:
         if method.name == "list":
             return build(method.results, {"names": list(self.external)})
         try:
-            name = read(method.params, call.content, HEADER_WORDS)["name"]
+            # the budget of a host object's params (hostcaps.serve): the message they
+            # came in, which the caller's message_size bounds; a fixed 64 KiB called
+            # a well-formed long name 'malformed params'
+            name = read(method.params, call.content, call.content.size() // 8 + 1024)["name"]
         except DecodeError as e:
             raise CallError(f"Gateway.get: malformed params: {e}") from None
         if name not in self.external:

@@ -170,3 +170,26 @@ def test_interop_params_smaller_than_the_schema_read_as_defaults(external_calc):
         assert ret.payload is None and "dispatch returned 4" in ret.error
     assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32])))) == 3
     c.close()
+
+
+def test_interop_a_long_name_asked_of_the_gateway_is_not_malformed(external_calc):
+    """Gateway.get read its params with a fixed budget of 8192 words (64 KiB), so a
+    well-formed request for a name longer than that, which a stock client sends as
+    any other, was answered 'Gateway.get: malformed params: Exceeded message
+    traversal limit'.  Its params are read as a host object's are, within the
+    message they came in: the name is simply not a compartment's."""
+    _run, path = external_calc
+
+    async def body(gateway, calc_schema):
+        errors = []
+        for n in (70_000, 1_000_000):
+            with pytest.raises(capnp.KjException) as e:
+                await gateway.get("y" * n)
+            errors.append(e.value.description)
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        return errors, (await calc.add(1, 1)).sum
+
+    errors, two = _client(path, body)
+    assert two == 2
+    for e in errors:
+        assert "no compartment named 'yyyy" in e and "malformed" not in e, e
