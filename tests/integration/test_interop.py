@@ -193,3 +193,22 @@ def test_interop_a_long_name_asked_of_the_gateway_is_not_malformed(external_calc
     assert two == 2
     for e in errors:
         assert "no compartment named 'yyyy" in e and "malformed" not in e, e
+
+
+def test_interop_a_method_calc_does_not_have_is_unimplemented(external_calc):
+    """Schema evolution: a client whose Calc has a method more than calc's (a newer
+    schema) must be told `unimplemented`, the exception Cap'n Proto clients fall
+    back on (the guest ABI's -5, as generated skeletons answer).  The example calc
+    failed every method it did not know with status 1: type `failed`."""
+    _run, path = external_calc
+    from tests.wireclient import WireClient, struct_content
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    CALC = 0xC0FFEE0000000001
+    counter = c.returned(c.call(calc, CALC, 1)).payload.caps[0].import_id
+    for target, iface, method in ((calc, CALC, 3), (calc, CALC, 65535),
+                                  (counter, CALC + 1, 1), (counter, CALC, 0)):
+        ret = c.returned(c.call(target, iface, method, struct_content([1])))
+        assert ret.payload is None and ret.error_type == "unimplemented", (method, ret)
+    assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([2 | 3 << 32])))) == 5
+    c.close()
