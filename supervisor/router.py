@@ -740,6 +740,12 @@ class Router:
                 self._drop_imported(peer, ev.payload)
                 ev.payload, ev.error, ev.error_type = None, refused.args[0], refused.type
         handler.returned(self, peer, ev)
+        if ev.payload is not None and ev.payload.caps:
+            # what the handler did not keep of the answer's capabilities is released
+            # at the peer: Engine.run's, describe's or collect's answer (or
+            # bootstrap's past the first) imported up to 256 each that no handler
+            # took, and a taken-over engine grew our c-list of it without bound
+            self._drop_imported(peer, ev.payload)
 
     def _on_taken(self, peer: Peer, ev: protocol.ReturnTaken):
         """The peer answered our question with the outcome of its tail call to us

@@ -2716,3 +2716,60 @@ def test_a_wrapper_let_go_of_is_not_reached_through_an_answer_that_returned_it(h
     # b's counter is b's, whole, as before
     b.send(b.conn.send_call(ret_b.payload.caps[0].import_id, CALC, 0)[1])
     assert [e for e in calc.inbox if isinstance(e, P.CallReceived) and e.target is counter]
+
+
+def test_capabilities_in_answers_to_the_supervisors_own_questions_are_released():
+    """A taken-over engine answers the supervisor's own questions (bootstrap,
+    Engine.run, and Engine.describe/collect, which a probe asks every 0.1 s) with
+    capabilities no handler takes: each was imported (up to 256 an answer) and
+    never released, so one engine grew the supervisor's table of its imports
+    without bound.  What the handler does not keep is released at once; what it
+    keeps (the Engine of bootstrap's answer) still works."""
+    router = R.Router({"calc": CALC, "app": None})
+    e = FakeEngine.__new__(FakeEngine)
+    e.router, e.name, e.exports = router, "calc", True
+    e.conn = P.Connection("calc")
+    e.control, e.main = object(), object()
+    e.grants, e.inbox, e.effects, e.host_calls = {}, [], [], []
+    e.answer_hosts = True
+    e.pid, effects = router.add_engine("calc", [], {})
+    FakeEngine.all[e.pid] = e
+    peer = router.peers[e.pid]
+    held = []
+
+    def feed(data):                  # bootstrap answered with two capabilities
+        for ev in e.conn.receive(data):
+            if isinstance(ev, P.BootstrapRequested):
+                extra = object()
+                held.append(extra)
+                seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+                e.send(e.conn.send_return(ev.answer_id, Content.standalone([seg]),
+                                          [e.control, extra]))
+            elif not (isinstance(ev, P.CallReceived) and ev.method_id == 0
+                      and answer_control(e, ev)):              # start
+                e.inbox.append(ev)
+    e.feed = feed
+    e.deliver(effects)
+    assert fx.Started("calc", True) in e.effects         # the Engine it kept works
+    assert P.ExportReleased(held[0]) in e.inbox           # the other is let go of
+    kept = len(peer.conn.imports)
+
+    class Handler:
+        def returned(self, router, peer, ev):
+            self.ev = ev
+
+        def lost(self, router, peer, reason):
+            pass
+
+    for method in (1, 2, 4):                              # run, describe, collect
+        h = Handler()
+        e.inbox.clear()
+        e.deliver(router.engine_call("calc", method, P.EMPTY, h))
+        (call,) = [ev for ev in e.inbox if isinstance(ev, P.CallReceived)]
+        e.inbox.clear()
+        objs = [object() for _ in range(P.MAX_CAPS_PER_MESSAGE)]
+        e.send(e.conn.send_return(call.answer_id, P.EMPTY, objs))
+        assert h.ev.payload is not None
+        assert len(peer.conn.imports) == kept
+        assert [ev.obj for ev in e.inbox if isinstance(ev, P.ExportReleased)] == objs
+    assert peer.alive
