@@ -25,11 +25,21 @@ import socket as pysocket
 
 import trio
 
+from capnp_schemas.text import printable
 from compartments import zygote
 from compartments.spec import EngineSpec
 
 from . import launch
 from .launch import Launched, raise_fd_limit  # noqa: F401 - raise_fd_limit: runtime's
+
+
+#: Bytes of one line of the zygote's (its answers and exit events are a few dozen,
+#: a refusal's reason a few hundred): more without a newline is not the zygote's
+LINE_LIMIT = 1 << 20
+
+
+def _whole(v) -> bool:
+    return type(v) is int
 
 
 class ForkedEngine:
@@ -86,6 +96,7 @@ class _Answer:
 class Zygote:
     """The supervisor's end of compartments/zygote.py (see there for the protocol)."""
     _stopped = False                 # its stop signal was sent (stop)
+    broken: str | None = None        # why what it sent was not an answer of its (_message)
 
     def __init__(self, launched: Launched | None = None):
         self._popen, ours = (launched or Launched()).take()
@@ -99,6 +110,7 @@ class Zygote:
         self._ids = itertools.count(1)
         self._engines: dict[int, ForkedEngine] = {}
         self._early: dict[int, int] = {}           # exits reported before registration
+        self._answered: set[int] = set()           # pids answered, not registered yet
         self._lock = trio.Lock()
         self.alive = True
 
@@ -119,17 +131,26 @@ class Zygote:
                 buf += data
                 while b"\n" in buf:
                     line, _, buf = buf.partition(b"\n")
-                    msg = json.loads(line)
+                    msg = self._message(line)
+                    if msg is None:
+                        break
                     if "pid" in msg or "error" in msg:
                         waiting = self._waiting.pop(msg.get("id"), None)
                         if waiting is not None:
+                            if "pid" in msg:
+                                self._answered.add(msg["pid"])
                             waiting.set(msg)
                     elif "exit" in msg:
                         engine = self._engines.pop(msg["exit"], None)
                         if engine is not None:
                             engine._exit(msg["code"])
-                        else:
+                        elif msg["exit"] in self._answered:    # not registered yet
                             self._early[msg["exit"]] = msg["code"]
+                        # else no engine of ours: never kept (it grew without bound)
+                if self.broken is None and len(buf) > LINE_LIMIT:
+                    self.broken = f"it sent a line of more than {LINE_LIMIT} bytes"
+                if self.broken is not None:
+                    break
         finally:
             self.alive = False
             for waiting in self._waiting.values():  # never to be answered
@@ -192,12 +213,44 @@ class Zygote:
             os.close(err_r)
             raise OSError(f"the zygote refused: {answer['error']}")
         pid = answer["pid"]
+        self._answered.discard(pid)
         engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r))
         if pid in self._early:
             engine._exit(self._early.pop(pid))
         else:
             self._engines[pid] = engine
         return engine
+
+    def _message(self, line: bytes) -> dict | None:
+        """One line of the zygote's, checked as any peer's input is: an answer
+        ({"pid": N, "id": I} or {"error": TEXT, "id": I}) or an exit ({"exit": N,
+        "code": C}), every number an int and every pid one that may be an engine
+        (above 1, neither ours nor the zygote's; an answer's not an engine's
+        already).  None, with `broken` saying why, for anything else: a line that
+        was not JSON raised out of run() (a traceback, and `wsuper up` ended
+        without its stop), and a pid of 0 or -1 would have had kill() signal our
+        process group or every process we may signal."""
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):
+            msg = None
+        ok = isinstance(msg, dict)
+        if ok and ("pid" in msg or "error" in msg):
+            ok = _whole(msg.get("id")) and (
+                isinstance(msg.get("error"), str) if "error" in msg else
+                self._engine_pid(msg["pid"]) and msg["pid"] not in self._engines
+                and msg["pid"] not in self._answered)
+        elif ok:
+            ok = "exit" in msg and self._engine_pid(msg["exit"]) and _whole(msg.get("code"))
+        if not ok:
+            shown = printable(line[:100].decode("utf-8", "replace"))
+            self.broken = f"it sent a line that is not an answer of its: {shown}" + \
+                ("..." if len(line) > 100 else "")
+            return None
+        return msg
+
+    def _engine_pid(self, pid) -> bool:
+        return _whole(pid) and pid > 1 and pid not in (os.getpid(), self.pid)
 
     @property
     def returncode(self) -> int | None:

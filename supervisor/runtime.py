@@ -837,6 +837,8 @@ class Supervisor:
         if not self._done.is_set():
             code = zygote.returncode
             how = f" ({_describe_exit(code)})" if code is not None else ""
+            if zygote.broken is not None:     # stopped for it: what it sent says more
+                how = f" (stopped: {zygote.broken})"
             self.say(f"the zygote (pid {zygote.pid}) is gone{how}, and every engine with it: "
                      f"no compartment can start again; stopping")
             self._act(self.lifecycle.stop(1))

@@ -49,6 +49,7 @@ def _zygote_of(popen, ours):
     zygote._waiting = {}
     zygote._engines = {}
     zygote._early = {}
+    zygote._answered = set()
     zygote.alive = True
     return zygote
 
@@ -190,3 +191,72 @@ def test_the_supervisor_ends_its_zygote_by_its_stop_signal_not_sigkill(monkeypat
         if popen.poll() is None:
             popen.kill()
             popen.wait()
+
+
+@pytest.mark.parametrize("line", [
+    b"not json\n", b"[1]\n", b'"pid"\n', b'{"pid": -1, "id": 1}\n', b'{"pid": 0, "id": 1}\n',
+    b'{"pid": 1, "id": 1}\n', b'{"pid": "7", "id": 1}\n', b'{"pid": 77, "id": [1]}\n',
+    b'{"error": 5, "id": 1}\n', b'{"exit": [1], "code": 0}\n', b'{"exit": 77}\n',
+    b'{"nothing": 1}\n', b"[" * 100_000 + b"\n", b"x" * (process.LINE_LIMIT + 2)])
+def test_a_line_of_the_zygote_that_is_not_an_answer_stops_it_and_names_it(line):
+    """The zygote as a hostile peer: a line that is not JSON (or JSON of another
+    shape) raised out of Zygote.run, and `wsuper up` ended in a traceback; a pid of
+    0 or -1 became an engine whose kill() signalled the supervisor's process group,
+    or every process it may signal; a line without end grew without bound.  Each
+    ends the zygote's run as a zygote gone (it is stopped, and the system with
+    it), saying why; no request waiting gets an engine."""
+    import sys
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zygote = _zygote_of(popen, ours)
+    answer = process._Answer()
+    zygote._waiting[1] = answer
+
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                await trio.to_thread.run_sync(theirs.sendall, line)
+    try:
+        trio.run(main)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+        theirs.close()
+        ours.close()
+    assert not zygote.alive and answer.value is None and popen.returncode is not None
+    assert zygote.broken is not None and ("not an answer" in zygote.broken
+                                          or "a line of more than" in zygote.broken)
+
+
+def test_exits_the_zygote_reports_of_no_engine_of_ours_are_not_kept():
+    """Exit events for pids it never answered with are no engine's: each was kept
+    for an engine to come, for good (a zygote that made them up grew the table
+    without bound); one for a pid answered and not registered yet still is."""
+    import sys
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zygote = _zygote_of(popen, ours)
+    answer = process._Answer()
+    zygote._waiting[1] = answer
+    lines = b"".join(b'{"exit": %d, "code": 0}\n' % pid for pid in range(100_000, 101_000))
+    lines += b'{"pid": 99999, "id": 1}\n{"exit": 99999, "code": 3}\n'
+
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                await trio.to_thread.run_sync(theirs.sendall, lines)
+                await trio.to_thread.run_sync(theirs.close)
+    try:
+        trio.run(main)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+        ours.close()
+    assert zygote.broken is None and answer.value == {"pid": 99999, "id": 1}
+    assert zygote._early == {99999: 3}
