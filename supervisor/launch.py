@@ -19,6 +19,10 @@ import sys
 SCHEMA_SECONDS = 60
 
 
+#: Bytes of the zygote's answer about a schema (the parser's text is cut at 64 KiB)
+ANSWER_LIMIT = 1 << 20
+
+
 class Launched:
     """A zygote process started, not yet spoken to: `wsuper up` starts it first thing,
     so that its ~150 ms of imports and preparation overlap the supervisor's own
@@ -59,11 +63,15 @@ class Launched:
                 if not chunk:
                     raise OSError("the zygote is gone")
                 data += chunk
+                if len(data) > ANSWER_LIMIT:     # its text is 64 KiB at most, escaped
+                    raise ValueError("an answer past ANSWER_LIMIT")
             answer = json.loads(data)
             code, text = answer["schema"], answer["stderr"]
             if not isinstance(code, int) or not isinstance(text, str):
                 raise ValueError(answer)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            # what is not an answer of the zygote's (JSON nested past the
+            # interpreter's depth raised out of `wsuper up`): it is discarded
             self.discard()
             return None
         sock.settimeout(None)

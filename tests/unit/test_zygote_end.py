@@ -260,3 +260,37 @@ def test_exits_the_zygote_reports_of_no_engine_of_ours_are_not_kept():
         ours.close()
     assert zygote.broken is None and answer.value == {"pid": 99999, "id": 1}
     assert zygote._early == {99999: 3}
+
+
+@pytest.mark.parametrize("answer", [b"[" * 100_000 + b"\n", b"[1]\n", b'{"schema": 0}\n',
+                                    b" " * (2 << 20)])
+def test_a_schema_answer_of_the_zygote_that_is_not_one_discards_it(answer):
+    """Launched.parse_schema reads the zygote's answer as a peer's input: JSON nested
+    past the interpreter's depth raised RecursionError out of `wsuper up`, and an
+    answer without end was read without bound.  Each discards the zygote (the file
+    is parsed another way), as any answer of another shape did."""
+    import sys
+    from supervisor import launch
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    launched = object.__new__(launch.Launched)
+    launched.popen, launched.sock = popen, ours
+    import threading
+    writer = threading.Thread(target=_send_quietly, args=(theirs, answer))
+    writer.start()
+    try:
+        assert launched.parse_schema("/nonexistent.capnp", []) is None
+        assert launched.sock is None and popen.poll() is not None
+    finally:
+        theirs.close()
+        writer.join()
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+
+
+def _send_quietly(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
