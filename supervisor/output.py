@@ -23,6 +23,7 @@ waits for it is bounded too, see LogFiles).  A terminal that goes away
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import errno
 import json
@@ -50,6 +51,9 @@ TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather af
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
                               # plugin lines are dropped (and twice that before events are)
+#: Lines held back by the rate that StderrLines.feed gives (the rest are only counted):
+#: the runtime keeps the last 5 lines of an engine's stderr, shown or not
+HIDDEN_KEPT = 8
 STDERR_LINE_LIMIT = 4096      # bytes of one engine stderr line (longer ones come in pieces)
 EVENT_LINE_LIMIT = 4096       # characters of one supervisor event shown (the rest counted), as
                               # of a plugin's log line (hostcaps.LOG_LINE_LIMIT)
@@ -323,23 +327,59 @@ class StderrLines:
         return min(1.0, self.rate.wait())
 
     def feed(self, chunk: bytes, now: float) -> list[tuple[str, bool]]:
-        self.buf += chunk
+        """The lines `chunk` ends, as (text, shown).  Those held back by the rate
+        are the last ones of a feed (its `now` is one time: once the rate refuses
+        one, it refuses the rest), and only the last HIDDEN_KEPT of them are given
+        (the tail that tells why an engine ended): the others are counted, never
+        decoded.  The work is linear in the chunk: a chunk of 16 KiB of newlines
+        took ~56 ms of the supervisor's loop (each line copied the rest of the
+        buffer, and was decoded and given though not shown), and an engine
+        writing such chunks at the rate's pace held the loop most of the time."""
+        buf = self.buf + chunk if self.buf else chunk
         out = []
+        held: collections.deque = collections.deque(maxlen=HIDDEN_KEPT)
+        at, size = 0, len(buf)
         while True:
-            end = self.buf.find(b"\n", 0, STDERR_LINE_LIMIT)
+            end = buf.find(b"\n", at, at + STDERR_LINE_LIMIT)
             if end >= 0:
-                line, self.buf = self.buf[:end], self.buf[end + 1:]
-            elif len(self.buf) > STDERR_LINE_LIMIT:
-                line, self.buf = self.buf[:STDERR_LINE_LIMIT], self.buf[STDERR_LINE_LIMIT:]
+                line, at = (at, end), end + 1
+            elif size - at > STDERR_LINE_LIMIT:
+                line, at = (at, at + STDERR_LINE_LIMIT), at + STDERR_LINE_LIMIT
             else:
-                return out
-            text = line.decode("utf-8", "replace")
+                break
             if not self.rate.take(now):
                 self.hidden += 1
-                out.append((text, False))
-                continue
+                held.append(line)
+                at = self._held_back(buf, at, held)     # and so is the rest
+                break
             out += self._said()
-            out.append((text, True))
+            out.append((buf[line[0]:line[1]].decode("utf-8", "replace"), True))
+        self.buf = buf[at:]
+        out += [(buf[a:b].decode("utf-8", "replace"), False) for a, b in held]
+        return out
+
+    def _held_back(self, buf: bytes, at: int, held: collections.deque) -> int:
+        """The lines of `buf` from `at` on, all held back: counted in bulk (as feed
+        cuts them: a line in pieces of STDERR_LINE_LIMIT), the last ones' places
+        put in `held`; returns where what no newline ends yet begins."""
+        limit, kept = STDERR_LINE_LIMIT, []
+        last = buf.rfind(b"\n", at)
+        if last >= 0:                  # whole lines, each before a newline
+            lines = buf[at:last].split(b"\n")
+            self.hidden += len(lines) + sum(len(x) // limit for x in lines
+                                            if len(x) >= limit)
+            end = last
+            for x in reversed(lines[-HIDDEN_KEPT:]):
+                start = end - len(x)
+                kept[:0] = [(a, min(a + limit, end))
+                            for a in range(start, start + len(x) // limit * limit + 1, limit)]
+                end = start - 1
+            at = last + 1
+        pieces = (len(buf) - at - 1) // limit if len(buf) > at else 0   # no newline yet
+        kept += [(a, a + limit) for a in range(at, at + pieces * limit, limit)]
+        self.hidden += pieces
+        held.extend(kept)
+        return at + pieces * limit
 
     def finish(self, now: float) -> list[tuple[str, bool]]:
         """The stream ended (the engine exited): how many lines the rate held back,

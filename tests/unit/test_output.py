@@ -540,3 +540,26 @@ def test_stderr_that_ends_says_its_last_line_without_a_newline_and_what_the_rate
     said = StderrLines(rate=1, now=0.0)
     got = said.feed(b"a\nb\n", 0.0) + said.feed(b"c\n", 5.0) + said.finish(5.0)
     assert [t for t, _ in got if not said.is_note(t)] == ["a", "b", "c"]   # the engine's
+
+
+def test_a_flood_of_stderr_lines_held_back_is_counted_in_bulk_not_given_line_by_line():
+    """A taken-over engine wrote its stderr in chunks of 16 KiB of newlines: each
+    feed copied the rest of its buffer for every line and decoded and gave every
+    line held back, ~56 ms of the supervisor's loop per chunk, and the reader came
+    back for the next chunk as soon as the rate allowed one more line (10 ms at
+    log_rate 100): one engine held the loop most of the time, every other
+    compartment's calls waiting behind it.  What the rate holds back is counted
+    in bulk; only the last few lines (why an engine ended: the runtime keeps 5)
+    are given."""
+    lines = StderrLines(rate=100, now=0.0)
+    flood = b"\n" * 16384
+    got = lines.feed(b"first\n" + flood + b"last words\npartial", 0.0)
+    assert [t for t, shown in got if shown] == ["first"] + [""] * 99
+    held = [t for t, shown in got if not shown]
+    assert 5 <= len(held) <= 16 and held[-1] == "last words" and set(held[:-1]) == {""}
+    assert lines.hidden == 16384 + 2 - 100 and lines.buf == b"partial"
+    again = lines.feed(flood, 0.0)                       # nothing shown: all counted
+    assert 5 <= len(again) <= 16 and lines.hidden == 16384 * 2 + 2 - 100
+    assert lines.feed(b"\n", 1.0)[0] == (
+        f"({16384 * 2 + 2 - 100} lines not shown: more than 100 a second, "
+        f"limit log_rate)", True)
