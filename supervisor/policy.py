@@ -466,7 +466,7 @@ def load(path: str, socket: str | None = None) -> System:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
     if system.audit is not None:
-        problem = _audit_among_logs(system, own_paths)
+        problem = _audit_among_logs(system, own_paths) or _audit_successor_named(system)
         if problem is None and os.path.isfile(system.audit):
             links = os.stat(system.audit).st_nlink
             if links > 1:
@@ -664,9 +664,12 @@ def _reaches(places: mounts.Places, grant: str, is_dir: bool, name: str,
 def _rotated_audit(places: mounts.Places, grant: str, audit: str) -> bool:
     """Whether the real path `grant` is a rotated audit file (AUDIT.N, whatever
     audit_keep is now, or whether rotation is on: earlier runs may have left them),
-    by its path or by its place in its file system."""
+    or the name its rotation makes the next audit under (audit_successor_name), by
+    its path or by its place in its file system."""
     def rotated(path, base):
-        return path.startswith(base + ".") and path[len(base) + 1:].isdigit()
+        return (path.startswith(base + ".") and path[len(base) + 1:].isdigit()) or \
+            path == os.path.join(os.path.dirname(base),
+                                 audit_successor_name(os.path.basename(base)))
     audit = os.path.realpath(audit)
     if rotated(grant, audit):
         return True
@@ -777,6 +780,38 @@ def _audit_among_logs(system: System, own_paths) -> str | None:
     return (f"the audit file {system.audit} is {whose} log file in the log directory "
             f"{log_dir}{' (a rotation of it)' if m.group(2) else ''}: the two would be "
             f"written, and rotated, as one file; name another file")
+
+
+def audit_successor_name(name: str) -> str:
+    """The name (in the audit's directory) of the next audit file of the audit named
+    `name` while a rotation makes it (runtime._Audit._rotate): hidden, beside the
+    audit; an audit whose name is near NAME_MAX gets a short one (from its hash)."""
+    mine = f".{name}.rotating"
+    if len(os.fsencode(mine)) <= 255:
+        return mine
+    import hashlib
+    return f".wsuper-audit-{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}.rotating"
+
+
+def is_audit_successor_name(name: str) -> bool:
+    """Whether the file name `name` is one audit_successor_name gives (of any audit):
+    a rotation of the audit beside it removes a file of that name and puts its own
+    there, whatever it was."""
+    return re.fullmatch(r"\..+\.rotating", name, re.DOTALL) is not None
+
+
+def _audit_successor_named(system: System) -> str | None:
+    """Why the audit file cannot have its name: one the rotation of another audit in
+    its directory (`.AUDIT.rotating`) makes its successor under.  Two systems given
+    `aud/x.jsonl` and `aud/.x.jsonl.rotating` ran side by side, and the first's
+    rotation unlinked the second's audit as a leftover of a rotation cut short: the
+    second went on writing its records into a file no name reached."""
+    name = os.path.basename(os.path.realpath(system.audit))
+    if not is_audit_successor_name(name):
+        return None
+    return (f"the audit file {quoted(system.audit)} has a name the supervisor keeps for "
+            f"the next audit file while it rotates one (.NAME.rotating): the rotation of "
+            f"an audit beside it would remove this one; name another file")
 
 
 def audit_links_problem(path: str, links: int) -> str:

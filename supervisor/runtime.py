@@ -451,11 +451,7 @@ class _Audit:
     def _next_name(name: str) -> str:
         """The successor's name while it is made (hidden, beside the audit); an
         audit whose name is near NAME_MAX gets a short one (made from its hash)."""
-        mine = f".{name}.rotating"
-        if len(os.fsencode(mine)) <= 255:
-            return mine
-        import hashlib
-        return f".wsuper-audit-{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}.rotating"
+        return policy.audit_successor_name(name)
 
     def _successor(self, name: str) -> int:
         """The next audit file, made (empty, a regular file, never through a link)

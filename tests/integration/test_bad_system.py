@@ -1207,6 +1207,40 @@ def test_the_audit_cannot_be_one_of_the_log_files(tmp_path, audit):
     assert run_wsuper("check", str(system)).returncode == 0 or env is not None
 
 
+@pytest.mark.parametrize("audit", [".x.jsonl.rotating", ".wsuper-audit-0123456789abcdef.rotating",
+                                   ".audit.jsonl.rotating"])
+def test_the_audit_cannot_have_the_name_of_another_audits_next_file(tmp_path, audit):
+    """An outside review: a rotation makes the next audit file under a hidden name
+    beside the audit (.AUDIT.rotating) and removes any file found there first, as a
+    leftover of a rotation cut short.  Two systems given `aud/x.jsonl` and
+    `aud/.x.jsonl.rotating` ran side by side; the first's rotation unlinked the
+    second's audit, which went on writing every record into a file no name reached.
+    Such a name is refused as the audit, and no grant may reach it either."""
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "aud").mkdir(mode=0o700)
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\naudit = "aud/{audit}"\n[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert ":2: system.audit: the audit file" in r.stderr and "the supervisor keeps for " \
+            "the next audit file" in r.stderr, r.stderr
+    assert not (tmp_path / "aud" / audit).exists()
+    # a file grant of the next audit file's name of the system's own audit
+    (tmp_path / "aud" / ".audit.jsonl.rotating").write_text("")
+    system.write_text('[system]\naudit = "aud/audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n'
+                      f'[compartments.m.grants]\nd = {{ host = "file", path = '
+                      f'"{tmp_path}/aud/.audit.jsonl.rotating" }}\n')
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2 and "reaches the supervisor's rotated audit file" in r.stderr, \
+        r.stderr
+    system.write_text(system.read_text().replace(".audit.jsonl.rotating", "audit.jsonl.rot"))
+    (tmp_path / "aud" / "audit.jsonl.rot").write_text("")
+    assert run_wsuper("check", str(system)).returncode == 0
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too large"])
 def test_preflight_reads_a_module_as_every_start_does_never_waiting_on_it(tmp_path, kind):
     """wasm.read_file is the one reader of module bytes (a regular file of at most
