@@ -264,7 +264,7 @@ def _check(plan, args) -> int:
     import shutil
     import subprocess
 
-    from capnp_schemas.text import printable
+    from capnp_schemas.text import printable, quoted
 
     from . import authority
     problem = _refused_by_up(plan.system)
@@ -299,7 +299,7 @@ def _check(plan, args) -> int:
         else:
             with open(args.graph, "w", encoding="utf-8") as f:
                 f.write(text)
-        print(f"wrote {args.graph}")
+        print(f"wrote {quoted(args.graph)}")
     return 0
 
 
@@ -374,11 +374,13 @@ def _warn_hard_links(plan):
 def _toolchain(args) -> int:
     import os
 
+    from capnp_schemas.text import quoted
+
     from . import bindgen, toolchain
     try:
         if args.command == "bindgen":
             for path in bindgen.generate_all(args.schemas, args.output):
-                print(f"wrote {path}")
+                print(f"wrote {quoted(path)}")
             return 0
         include = list(args.include)
         toolchain.check_output(args.output, [*args.sources, *args.schema])
@@ -401,7 +403,7 @@ def _toolchain(args) -> int:
                 try:                                # finds no main: then it serves
                     toolchain.build(args.sources, args.output, reactor=False,
                                     include=include, guessed=True)
-                    print(f"wrote {args.output} (command)")
+                    print(f"wrote {quoted(args.output)} (command)")
                     return 0
                 except toolchain.NoMain:
                     pass
@@ -412,10 +414,10 @@ def _toolchain(args) -> int:
             except toolchain.DefinesMain:
                 reactor = False
             else:
-                print(f"wrote {args.output} (reactor)")
+                print(f"wrote {quoted(args.output)} (reactor)")
                 return 0
         toolchain.build(args.sources, args.output, reactor=reactor, include=include)
-        print(f"wrote {args.output} ({'reactor' if reactor else 'command'})")
+        print(f"wrote {quoted(args.output)} ({'reactor' if reactor else 'command'})")
         return 0
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
         from . import stderr
@@ -477,6 +479,8 @@ def _admin(args) -> int:
     import json
     import time
 
+    from capnp_schemas.text import printable, quoted
+
     from . import endpoint
     if not _running_or_read(args.system):
         return 2
@@ -492,7 +496,10 @@ def _admin(args) -> int:
         deadline = time.monotonic() + STOP_WAIT
         while time.monotonic() < deadline:
             if not endpoint.is_running(args.system):
-                print(f"wsuper: stopped {args.system}")
+                # the path as check shows it: a directory named by a plugin's
+                # author (`wsuper stop plugins/*/system.toml`) wrote its terminal
+                # escapes (ESC [2J ...) as they were
+                print(f"wsuper: stopped {quoted(args.system)}")
                 return 0
             time.sleep(0.05)
         # not "stopped": a script that goes on (`wsuper stop S && wsuper up S`) would
@@ -504,7 +511,6 @@ def _admin(args) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    from capnp_schemas.text import printable
     print("\n".join(printable(line) for line in _status_table(args.system, status).split("\n")))
     return 0
 
@@ -581,6 +587,8 @@ def _logs(args) -> int:
 
 
 def _revoke(args) -> int:
+    from capnp_schemas.text import printable
+
     from . import endpoint
     if not endpoint.is_running(args.system):
         # nothing runs there: the file's own answer (the running system's is its own,
@@ -600,7 +608,7 @@ def _revoke(args) -> int:
         _error(f"{e}")
         return 1
     if answer.get("ok"):
-        print(f"wsuper: ok: {answer.get('text', '')}")
+        print(printable(f"wsuper: ok: {answer.get('text', '')}"))
         return 0
     _error(f"{answer.get('error', 'refused')}")
     return 1

@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 
-from capnp_schemas.text import printable
+from capnp_schemas.text import printable, quoted
 
 from . import endpoint, stderr, trace
 
@@ -176,7 +176,7 @@ def _trace(args, body: dict, f) -> int:
     else:
         json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
-    print(f"wsuper: wrote {args.output}: {len(events)} events ({calls} call records"
+    print(f"wsuper: wrote {quoted(args.output)}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")
     if not done:
         # the connection ended without the session's last line: the system stopped

@@ -142,6 +142,29 @@ def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(runnin
     assert events[-2:] == ["stop requested", "run stopped"]
 
 
+def test_stop_and_the_files_commands_write_show_their_paths_escaped(tmp_path, wsuper):
+    """An outside review: `wsuper stop` said "stopped PATH" with the system file's
+    path as it was, and `check --graph`, `bindgen`, `build` and `trace -o` their
+    "wrote PATH": a directory whose name a plugin's author chose (`wsuper stop
+    plugins/*/system.toml`) cleared the operator's terminal, or wrote what it
+    liked there.  They are shown as every error and `check` show a path."""
+    evil = tmp_path / "ev\x1b[2Jil"
+    evil.mkdir()
+    path = evil / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n[compartments.calc]\n'
+                    f'module = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n')
+    run = wsuper("up", str(path))
+    run.wait_for("all compartments ready")
+    r = run_wsuper("stop", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and r.stdout.strip() == \
+        f"wsuper: stopped {json.dumps(str(path))}", r.stdout
+    assert run.finish() == 0
+    r = run_wsuper("check", str(path), "--graph", str(evil / "g.dot"))
+    assert r.returncode == 0 and "\x1b" not in r.stdout, r.stdout
+    assert f"wrote {json.dumps(str(evil / 'g.dot'))}" in r.stdout, r.stdout
+
+
 @pytest.mark.parametrize("how", ["wsuper stop", "SIGTERM"])
 def test_calls_in_flight_at_stop_are_audited_before_run_stopped(tmp_path, wsuper, how):
     """A review of the audit: `run stopped` is the run's last record, yet the calls
