@@ -53,8 +53,19 @@ class EndpointError(Exception):
     """The sockets cannot be set up safely; the text is one line for the operator."""
 
 
+def xdg_base(name: str) -> str | None:
+    """The XDG base directory in the environment variable `name`, or None if it is
+    unset, empty or relative, which the XDG Base Directory specification says to
+    ignore.  Taken as it was, a relative one (XDG_RUNTIME_DIR=run) named another
+    directory from every working directory: a system brought up in one was not
+    running for `wsuper status`, `stop`, `call` or `revoke` run in another, and
+    `wsuper logs` found no logs of it."""
+    base = os.environ.get(name)
+    return base if base and os.path.isabs(base) else None
+
+
 def runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR")
+    base = xdg_base("XDG_RUNTIME_DIR")
     return os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
 
 

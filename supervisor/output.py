@@ -688,6 +688,7 @@ def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP, keep_current: bool
 
 
 def default_log_dir(system_id: str) -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+    from .endpoint import xdg_base
+    base = xdg_base("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
                                                              ".local", "state")
     return os.path.join(base, "wsuper", system_id)

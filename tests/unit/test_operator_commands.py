@@ -1,5 +1,9 @@
 """The operator's commands (supervisor/cli.py) against a system that answers but
 does not do what it said, without processes: the admin socket faked."""
+import os
+
+import pytest
+
 from supervisor import cli, endpoint
 
 
@@ -95,3 +99,24 @@ def test_admin_answers_show_a_name_from_the_request_escaped_once():
         assert "'a\\x1bb'" in escape and "\\\\" not in escape, escape
         assert "'a\\\\x1bb'" in backslash, backslash
         assert escape.isprintable()
+
+
+@pytest.mark.parametrize("value", ["run", "./x", "", "~/x"])
+def test_a_relative_xdg_directory_is_ignored_not_taken_from_the_working_directory(
+        monkeypatch, tmp_path, value):
+    """An outside review: XDG_RUNTIME_DIR=run (or XDG_STATE_HOME=st) was taken as it
+    was, a directory relative to each command's working directory: a system brought
+    up in one directory was "no running system" to `wsuper status`, `stop`, `call`
+    and `revoke` run in another, and `wsuper logs` found no logs of it.  The XDG
+    Base Directory specification says a relative path is to be ignored."""
+    from supervisor import endpoint, output
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", value)
+    monkeypatch.setenv("XDG_STATE_HOME", value)
+    assert endpoint.runtime_dir() == f"/tmp/wsuper-{os.getuid()}"
+    assert output.default_log_dir("s-1") == os.path.join(str(tmp_path), ".local", "state",
+                                                          "wsuper", "s-1")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    assert endpoint.runtime_dir() == str(tmp_path / "run" / "wsuper")
+    assert output.default_log_dir("s-1") == str(tmp_path / "st" / "wsuper" / "s-1")
