@@ -242,6 +242,22 @@ class _Turn:
         self.lock = threading.Lock()
 
 
+def _ends_a_line(fd: int, size: int) -> bool:
+    """Whether the file of the descriptor `fd` (open for writing only), of `size`
+    bytes, ends with a newline; True when that cannot be told (read through another
+    descriptor of the same file: one that may not be read is left as it is)."""
+    try:
+        r = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return True
+    try:
+        return os.pread(r, 1, size - 1) in (b"\n", b"")
+    except OSError:
+        return True
+    finally:
+        os.close(r)
+
+
 class _Audit:
     """The audit log, written by a worker thread in batches; JSON lines with
     wall-clock RFC 3339 times, a run id, and a record when a run starts and ends.
@@ -382,8 +398,20 @@ class _Audit:
             raise endpoint.EndpointError(f"the audit file {self.path} is being rotated by "
                                          f"another running system: give each system its "
                                          f"own")
+        size = st.st_size
+        if size and not _ends_a_line(fd, size):
+            # its last record cut short (a full disk, a file size limit, a machine
+            # that lost power mid-write): this run's first record was appended to
+            # it, one line that is no JSON, and lost to every reader of the audit
+            try:
+                os.write(fd, b"\n")
+            except OSError as e:
+                os.close(fd)
+                raise endpoint.EndpointError(f"cannot write the audit file {self.path}: "
+                                             f"{e.strerror or e}") from None
+            size += 1
         os.set_blocking(fd, True)
-        self._size = st.st_size
+        self._size = size
         self._file = open(fd, "ab")
 
     def _write(self, batch: list):

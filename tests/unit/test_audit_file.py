@@ -182,3 +182,27 @@ def test_a_write_a_disk_holds_does_not_hold_the_stop(tmp_path, monkeypatch, kind
             assert len(told) == 1 and "2 lines kept for them were not written" in told[0]
     finally:
         gate.set()
+
+
+def test_a_record_cut_short_by_an_earlier_run_is_never_joined_to_the_next_one(tmp_path):
+    """An outside review: an audit on a full file system (or a file size limit, or a
+    machine that lost power) keeps its last record cut short; the system stops.  The
+    next run appended its first record (`run started`) to that piece: one line that
+    is no JSON, and that run's record was lost to every reader of the audit.  A file
+    that does not end a line gets a newline first."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"event":"call","n":1}\n{"time":"2026-12-05T09:00:42Z","calle')
+    audit = runtime._Audit(str(path), "run")
+    audit.open()
+    audit._write([{"event": "run started", "time": 0.0}])
+    audit.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[1] == b'{"time":"2026-12-05T09:00:42Z","calle' and lines[-1] == b""
+    assert json.loads(lines[2])["event"] == "run started"
+    # a file that ends its last line, or is empty, is appended to as it is
+    audit = runtime._Audit(str(path), "run")
+    audit.open()
+    audit._write([{"event": "run started", "time": 0.0}])
+    audit.close()
+    assert [json.loads(x)["event"] for x in path.read_bytes().split(b"\n")[2:-1]] == \
+        ["run started", "run started"]
