@@ -450,6 +450,7 @@ class LogFiles:
         self._lock = threading.Lock()
         self._flushing = trio.Lock()
         self._writing: dict | None = None   # the batch a flush hands its thread
+        self._looked: set = set()     # names whose file's last line was looked at
 
     def add(self, name: str, line: str, droppable: bool = False):
         if self.pending_size + len(line) > LOG_BACKLOG_BYTES * (1 if droppable else 2):
@@ -572,6 +573,14 @@ class LogFiles:
             except FileNotFoundError:
                 size = 0
             chunk: list[bytes] = []
+            if name not in self._looked:
+                # the first write of this run to it: a last line an earlier run left
+                # unended (a full disk, a machine that lost power) is ended first,
+                # or this run's first line was joined to it
+                if size and not ends_a_line(folder, file, size):
+                    chunk.append(b"\n")
+                    size += 1
+                self._looked.add(name)
             for i, line in enumerate(lines):
                 data = (line + "\n").encode("utf-8", "backslashreplace")
                 if size and size + len(data) > LOG_FILE_SIZE:
@@ -635,6 +644,25 @@ class _Lost(str):
         line = cls(text)
         line.owner, line.n = owner, n
         return line
+
+
+def ends_a_line(folder: int, file: str, size: int) -> bool:
+    """Whether the regular file `file` in the directory `folder` (a descriptor), of
+    `size` bytes, ends with a newline; True when that cannot be told (it cannot
+    be read, or is not a regular file: its writer says so)."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=folder)
+    except OSError:
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True
+        return os.pread(fd, 1, size - 1) in (b"\n", b"")
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _append(folder: int, file: str, chunk: list):

@@ -563,3 +563,21 @@ def test_a_flood_of_stderr_lines_held_back_is_counted_in_bulk_not_given_line_by_
     assert lines.feed(b"\n", 1.0)[0] == (
         f"({16384 * 2 + 2 - 100} lines not shown: more than 100 a second, "
         f"limit log_rate)", True)
+
+
+def test_a_log_line_an_earlier_run_left_unended_is_never_joined_to_the_next_one(tmp_path):
+    """An outside review: a log file whose last line a full disk cut short (the log
+    files then stop for the run) got the next run's first line appended to that
+    piece, one line of two, with the second's time in its middle.  The first write
+    of a run to a file that does not end a line ends it first, once."""
+    (tmp_path / "app.log").write_bytes(b"2026-12-05T09:00:00.000Z [app] whole\n"
+                                       b"2026-12-05T09:00:01.000Z [app] cut sh")
+    from supervisor.output import LogFiles
+    files = LogFiles(str(tmp_path))
+    files._write({"app": ["2026-12-05T09:10:00.000Z [app] next run"], "new": ["x"]})
+    files._write({"app": ["2026-12-05T09:10:01.000Z [app] and on"]})
+    assert (tmp_path / "app.log").read_bytes().split(b"\n") == [
+        b"2026-12-05T09:00:00.000Z [app] whole", b"2026-12-05T09:00:01.000Z [app] cut sh",
+        b"2026-12-05T09:10:00.000Z [app] next run", b"2026-12-05T09:10:01.000Z [app] and on",
+        b""]
+    assert (tmp_path / "new.log").read_bytes() == b"x\n"
