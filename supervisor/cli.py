@@ -44,6 +44,14 @@ def main(argv=None) -> int:
         from . import stderr
         stderr.line(f"wsuper: {e.name} during start-up: stopped before the system started")
         return 128 + e.signum
+    except KeyboardInterrupt:
+        # Ctrl-C on any other command (`up` has its own handlers): `status`, `stop`,
+        # `call`, `revoke` ... waiting for a system that does not answer (stopped
+        # with SIGSTOP, busy) ended in a KeyboardInterrupt traceback
+        from . import stderr
+        stderr.line("wsuper: interrupted (SIGINT); a request already sent to the "
+                    "system may still be carried out")
+        return 130
     except BrokenPipeError:
         import os
         try:

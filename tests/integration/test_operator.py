@@ -165,6 +165,54 @@ def test_stop_and_the_files_commands_write_show_their_paths_escaped(tmp_path, ws
     assert f"wrote {json.dumps(str(evil / 'g.dot'))}" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("args", [["status"], ["stop"], ["revoke", "SYSTEM", "calc.g"],
+                                  ["probe", "SYSTEM", "calc", "list"]])
+def test_ctrl_c_on_a_command_waiting_for_its_system_is_a_word_and_130(tmp_path, args):
+    """An outside review: Ctrl-C on `wsuper status`, `stop`, `revoke`, `probe`
+    (or `call`) waiting for a system that does not answer (stopped with SIGSTOP,
+    busy) ended in a KeyboardInterrupt traceback.  It is said in one line, exit 130,
+    as `logs -f` and `up` do."""
+    import socket
+    from supervisor import endpoint
+    system = tmp_path / "system.toml"
+    system.write_text('[system]\n[compartments.calc]\nmodule = "m.wat"\n'
+                      '[compartments.calc.grants]\ng = { host = "log", revocable = true }\n')
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 1) '
+                                    '(func (export "_start")))')
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    (tmp_path / "run" / "wsuper").mkdir(parents=True, mode=0o700)
+    os.chmod(tmp_path / "run" / "wsuper", 0o700)
+    os.environ["XDG_RUNTIME_DIR"], old = str(tmp_path / "run"), os.environ.get(
+        "XDG_RUNTIME_DIR")
+    try:
+        admin = endpoint.admin_socket_path(str(system))
+    finally:
+        if old is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)   # takes, never answers
+    silent.bind(admin)
+    silent.listen(4)
+    silent.settimeout(30)
+    command = [a if a != "SYSTEM" else str(system) for a in args]
+    if len(command) == 1:
+        command.append(str(system))
+    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", *command], cwd=ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        conn, _ = silent.accept()
+        conn.recv(1 << 16)                 # its request came: it waits for the answer
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        silent.close()
+    assert p.returncode == 130, (p.returncode, err)
+    assert "Traceback" not in err and err.startswith("wsuper: interrupted"), err
+
+
 @pytest.mark.parametrize("how", ["wsuper stop", "SIGTERM"])
 def test_calls_in_flight_at_stop_are_audited_before_run_stopped(tmp_path, wsuper, how):
     """A review of the audit: `run stopped` is the run's last record, yet the calls
