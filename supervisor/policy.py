@@ -598,6 +598,20 @@ def _socket_paths_fit(system: System, where):
         key = "--socket" if system.socket_option else "system.socket"
         paths.append((key, "the external socket", system.socket) if system.socket
                      else ("", "the external socket", endpoint.default_socket_path(system.path)))
+    runtime = os.path.realpath(endpoint.runtime_dir())
+    for key, what, p in paths[1:]:
+        # a system's admin socket or lock there (this system's or another's): bound
+        # there, the other's `up` could not take its lock (a socket where its lock
+        # file goes) or bind its admin socket, and a lock file there was refused with
+        # "remove it", the lock of a system that ran
+        name = os.path.basename(p)
+        if key and os.path.realpath(os.path.dirname(os.path.abspath(p))) == runtime and \
+                re.fullmatch(r".+-[0-9a-f]{8}(\.sock|\.admin\.sock|\.lock)", name, re.S):
+            raise where.error(key, f"{what} {quoted(p)} has the name of a system's own "
+                              f"socket, admin socket or lock in the runtime directory "
+                              f"(NAME-HASH.sock, .admin.sock, .lock), which the "
+                              f"supervisor keeps for the system of that name: choose "
+                              f"another name")
     for key, what, p in paths:
         n = len(os.fsencode(p))
         if n > MAX_SOCKET_PATH:

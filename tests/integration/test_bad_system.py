@@ -1370,3 +1370,43 @@ def test_check_refuses_an_audit_file_up_cannot_write(tmp_path, there):
             subprocess.run(["umount", str(folder)], check=True)
         else:
             folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("name", ["ADMIN", "other-0123abcd.lock", "other-0123abcd.admin.sock",
+                                  "other-0123abcd.sock"])
+def test_the_external_socket_cannot_take_a_systems_own_name_in_the_runtime_directory(
+        tmp_path, name):
+    """An outside review: [system] socket (or --socket) could name a system's own
+    file in the runtime directory: its lock (another system's `up` then found a
+    socket where its lock file goes and could not start; a lock file there was
+    refused with "remove it", the lock of a system that ran), its admin socket
+    (this system's own: "in use by a running system", its own), or its default
+    external socket.  Such a name is refused by check and up, exit 2."""
+    from supervisor import endpoint
+    run = tmp_path / "run"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
+    system = tmp_path / "system.toml"
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(run)
+    try:
+        admin = endpoint.admin_socket_path(str(system))
+    finally:
+        if old is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = old
+    path = admin if name == "ADMIN" else str(run / "wsuper" / name)
+    text = (f'[system]\nschemas = ["{SCHEMA}"]\nsocket = "{{}}"\n[compartments.m]\n'
+            f'module = "{CALC}"\nexports = "Calc"\nexternal = true\n')
+    system.write_text(text.format(path))
+    for command in ("check", "up"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
+                           capture_output=True, text=True, timeout=60, env=env,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert ":3: system.socket: the external socket" in r.stderr and "has the name of a " \
+            "system's own socket" in r.stderr, r.stderr
+    assert not os.path.lexists(path)
+    system.write_text(text.format(run / "wsuper" / "calc.sock"))
+    assert subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
+                          capture_output=True, env=env, timeout=60).returncode == 0
