@@ -190,11 +190,17 @@ def too_big(limit: int | None = None) -> str:
     limit wsuper runs under) or, kept, past COMPILE_MEMORY."""
     limit = COMPILE_MEMORY if limit is None else limit
     size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
-    return f"its compiled form is more than {size} (the compiler's limit)"
+    # under a lower hard limit (`ulimit -f 8`, a service manager's LimitFSIZE=) that
+    # one is named: "(the compiler's limit)" sent the operator of `ulimit -f` looking
+    # for a module too large, as every module was
+    whose = "the compiler's limit" if limit >= COMPILE_MEMORY else \
+        "the file size limit wsuper runs under: ulimit -f"
+    return f"its compiled form is more than {size} ({whose})"
 
 
 _TOO_BIG = re.compile(r"its compiled form is more than [0-9]+ (MiB|bytes) "
-                      r"\(the compiler's limit\)")
+                      r"\((the compiler's limit|the file size limit wsuper runs under: "
+                      r"ulimit -f)\)")
 
 
 def say(fd: int, text: str, limit: int = SAID_MAX):
