@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from supervisor import output
 from supervisor.output import STDERR_LINE_LIMIT, StderrLines, strip_time
 
 
@@ -581,3 +582,104 @@ def test_a_log_line_an_earlier_run_left_unended_is_never_joined_to_the_next_one(
         b"2026-12-05T09:10:00.000Z [app] next run", b"2026-12-05T09:10:01.000Z [app] and on",
         b""]
     assert (tmp_path / "new.log").read_bytes() == b"x\n"
+
+
+class _PlainStderrLines:
+    """The straightforward model of StderrLines.feed (as it was before 8a37aaa):
+    one line at a time, each decoded, each asked of the rate, each given."""
+
+    def __init__(self, rate, now):
+        from supervisor.supervision import TokenBucket
+        self.rate, self.buf, self.hidden = TokenBucket(rate, now), b"", 0
+
+    def feed(self, chunk, now):
+        limit, out = output.STDERR_LINE_LIMIT, []
+        self.buf += chunk
+        while True:
+            end = self.buf.find(b"\n", 0, limit)
+            if end >= 0:
+                line, self.buf = self.buf[:end], self.buf[end + 1:]
+            elif len(self.buf) > limit:
+                line, self.buf = self.buf[:limit], self.buf[limit:]
+            else:
+                return out
+            text = line.decode("utf-8", "replace")
+            if not self.rate.take(now):
+                self.hidden += 1
+                out.append((text, False))
+                continue
+            out += self._said()
+            out.append((text, True))
+
+    def finish(self, now):
+        out = self._said()
+        if self.buf:
+            text, self.buf = self.buf.decode("utf-8", "replace"), b""
+            self.rate.take(now)
+            out.append((text, True))
+        return out
+
+    def _said(self):
+        if not self.hidden:
+            return []
+        note = (output._Note(f"({self.hidden} lines not shown: more than "
+                             f"{self.rate.rate:g} a second, limit log_rate)"), True)
+        self.hidden = 0
+        return [note]
+
+
+def _hostile_stderr_chunk(r, limit):
+    parts = []
+    for _ in range(r.randrange(0, 12)):
+        k = r.random()
+        if k < 0.3:
+            parts.append(b"\n" * r.randrange(0, 30))
+        elif k < 0.45:
+            parts.append(b"\r" * r.randrange(1, 3) + b"\r\n" * r.randrange(0, 2))
+        elif k < 0.6:
+            parts.append(bytes(r.randrange(256) for _ in range(r.randrange(0, 2 * limit + 3))))
+        elif k < 0.7:
+            parts.append(b"x" * r.choice([limit - 1, limit, limit + 1, 2 * limit - 1,
+                                          2 * limit, 2 * limit + 1, 3 * limit]))
+        elif k < 0.8:
+            parts.append("é€😀".encode()[:r.randrange(1, 10)])   # cut mid-character too
+        else:
+            parts.append(b"ab\n" * r.randrange(0, 5))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 8, STDERR_LINE_LIMIT])
+def test_stderr_lines_counted_in_bulk_are_those_of_the_plain_model(monkeypatch, limit):
+    """Differential: over random hostile stderr (partial lines, \\r, invalid and cut
+    UTF-8, lines of the limit and around it, empty chunks, floods), StderrLines
+    shows exactly the lines the line-by-line model shows, with the same 'N lines
+    not shown' notes (N the model's count), keeps the same partial line, gives
+    the last HIDDEN_KEPT of the lines held back (the model's last ones), so the
+    runtime's tail of 5 is the same, and finish() says the same."""
+    import collections
+    import random
+    monkeypatch.setattr(output, "STDERR_LINE_LIMIT", limit)
+    for seed in range(300):
+        r = random.Random(seed * 31 + limit)
+        rate, now = r.choice([0.5, 1, 2, 2.5, 3, 100]), 0.0
+        model, lines = _PlainStderrLines(rate, now), StderrLines(rate, now)
+        tails = collections.deque(maxlen=5), collections.deque(maxlen=5)
+        for step in range(r.randrange(1, 25)):
+            now += r.choice([0, 0, 0.001, 0.1, 0.5, 1, 3])
+            chunk = _hostile_stderr_chunk(r, limit) if r.random() > 0.1 else b""
+            want, got = model.feed(chunk, now), lines.feed(chunk, now)
+            where = (limit, seed, step)
+            assert [x for x in got if x[1]] == [x for x in want if x[1]], where
+            assert [StderrLines.is_note(t) for t, shown in got if shown] == \
+                [StderrLines.is_note(t) for t, shown in want if shown], where
+            held_want = [t for t, shown in want if not shown]
+            held_got = [t for t, shown in got if not shown]
+            assert len(held_got) == min(len(held_want), output.HIDDEN_KEPT), where
+            assert held_got == held_want[len(held_want) - len(held_got):], where
+            for out, tail in zip((want, got), tails):
+                tail.extend(t for t, shown in out if not StderrLines.is_note(t))
+            assert list(tails[1]) == list(tails[0]), where
+            assert (lines.hidden, lines.buf, lines.over) == (model.hidden, model.buf,
+                                                             model.hidden > 0), where
+        now += r.choice([0, 1])
+        assert lines.finish(now) == model.finish(now), (limit, seed)
