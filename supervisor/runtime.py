@@ -859,13 +859,21 @@ class Supervisor:
         zygote = self.zygote
         await zygote.run()
         if not self._done.is_set():
-            code = zygote.returncode
-            how = f" ({_describe_exit(code)})" if code is not None else ""
-            if zygote.broken is not None:     # stopped for it: what it sent says more
-                how = f" (stopped: {zygote.broken})"
-            self.say(f"the zygote (pid {zygote.pid}) is gone{how}, and every engine with it: "
-                     f"no compartment can start again; stopping")
+            self.say(f"the zygote (pid {zygote.pid}) is gone{self._zygote_end()}, and every "
+                     f"engine with it: no compartment can start again; stopping")
             self._act(self.lifecycle.stop(1))
+
+    def _zygote_end(self) -> str:
+        """How the zygote ended, as said wherever its end is noticed first: ' (stopped:
+        ...)' if the supervisor stopped it for what it sent, else its exit if known.
+        A start waiting for its answer noticed it first ('cannot start compartment
+        app: the zygote is gone') and stopped the system, and the line it was
+        stopped for was never said."""
+        zygote = self.zygote
+        if zygote.broken is not None:     # stopped for it: what it sent says more
+            return f" (stopped: {zygote.broken})"
+        code = zygote.returncode
+        return f" ({_describe_exit(code)})" if code is not None else ""
 
     def _audit_room(self) -> bool:
         """Whether the audit takes more records now (not while AUDIT_BACKLOG wait)."""
@@ -1158,7 +1166,8 @@ class Supervisor:
                 # "cannot start compartment calc: the zygote is gone" after "stopping"
                 return
             if not self.zygote.alive:
-                self.say(f"cannot start compartment {comp.name}: the zygote is gone")
+                self.say(f"cannot start compartment {comp.name}: the zygote is gone"
+                         f"{self._zygote_end()}")
                 self._act(self.lifecycle.stop(1))
                 return
             self._act(self.lifecycle.start_failed(comp.name, f"cannot start its engine: "

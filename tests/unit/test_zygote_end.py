@@ -294,3 +294,58 @@ def _send_quietly(sock, data):
         sock.sendall(data)
     except OSError:
         pass
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_a_zygote_stopped_for_what_it_sent_is_named_whichever_start_notices_first(
+        tmp_path, after):
+    """`wsuper up` with a zygote that sends a line that is not an answer of its after
+    its `after`-th answer: the system stops, exit 1, nothing of it left running, and
+    says why, quoting the line.  With a start under way when it was stopped (after
+    its first answer: app's request is waiting), the start's failure said it first,
+    'cannot start compartment app: the zygote is gone', and the stop's reason (the
+    line) was never said: the runtime's own word on the zygote's end is said only
+    if the system is not stopping yet."""
+    import os
+    import shutil
+    import sys
+
+    from tests.conftest import EXAMPLES, ROOT
+    for name in ("hello.toml", "calc.capnp", "calc.wat", "hello.wat"):
+        shutil.copy(os.path.join(EXAMPLES, name), tmp_path / name)
+    bad = b'{"pid": 1, "id": 77}'
+    line = bad + b"\n"
+    (tmp_path / "zygote.py").write_text(f"""if True:
+        import socket, sys
+        real, answers = socket.socket.sendall, []
+        def sendall(self, data, *args):
+            sent = real(self, data, *args)
+            if data.startswith(b'{{"pid"'):
+                answers.append(data)
+                if len(answers) == {after}:
+                    real(self, {line!r})
+            return sent
+        socket.socket.sendall = sendall
+        sys.argv = ["zygote", sys.argv[-2], sys.argv[-1]]
+        sys.path.insert(0, {ROOT!r})
+        from compartments import zygote
+        zygote.main()
+    """)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -I {tmp_path / 'zygote.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    drive = f"""if True:
+        import sys
+        sys.executable = {str(wrapper)!r}
+        from supervisor.cli import main
+        sys.exit(main())
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", drive, "up", "--socket", str(tmp_path / "s.sock"),
+         str(tmp_path / "hello.toml")], cwd=ROOT, capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert f"it sent a line that is not an answer of its: {bad.decode()}" in err, err
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
