@@ -217,6 +217,13 @@ class Zygote:
         engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r))
         if pid in self._early:
             engine._exit(self._early.pop(pid))
+        elif not self.alive:
+            # answered just before run() ended (a line not of its behind the answer,
+            # or the zygote gone): it dies with the zygote (PR_SET_PDEATHSIG) like
+            # those run's end let go of.  Registered, its exit was never reported,
+            # its wait() never returned, and `wsuper up`'s stop sat out
+            # GRACE_SECONDS twice for it
+            engine._exit(-signal.SIGKILL)
         else:
             self._engines[pid] = engine
         return engine

@@ -349,3 +349,59 @@ def test_a_zygote_stopped_for_what_it_sent_is_named_whichever_start_notices_firs
     assert f"it sent a line that is not an answer of its: {bad.decode()}" in err, err
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout == "", left.stdout
+
+
+@pytest.mark.parametrize("end", [b'{"pid": 1, "id": 77}\n', b""])
+def test_an_engine_answered_just_before_the_zygotes_end_is_gone_with_it(end):
+    """The zygote answers a request, then its run ends before the request's spawn
+    has taken the answer (a line that is not an answer of its right behind it, or
+    the zygote gone): run's end let go of the engines registered, but spawn then
+    registered this one, whose exit nobody would ever report.  Its wait() never
+    returned: `wsuper up` sat out GRACE_SECONDS twice in its stop (4 s) for it.
+    It is gone with the zygote, as the others are."""
+    import os
+    import sys
+
+    from compartments.spec import EngineSpec
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zygote = _zygote_of(popen, ours)
+    zygote._ids = iter(range(1, 100))
+    zygote._lock = trio.Lock()
+    engine_sock = socket.socketpair()
+    forked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    got = []
+
+    def play():          # the zygote: read the request, answer it, then end
+        data, fds, _flags, _addr = socket.recv_fds(theirs, 1 << 16, 4)
+        for fd in fds:
+            os.close(fd)
+        theirs.sendall(b'{"pid": %d, "id": 1}\n' % forked.pid + end)
+        if not end:
+            theirs.shutdown(socket.SHUT_WR)
+
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                nursery.start_soon(trio.to_thread.run_sync, play)
+                spec = EngineSpec(name="calc", module="/nonexistent.wasm")
+                engine = await zygote.spawn(spec, engine_sock[1].fileno())
+                got.append(engine)
+                with trio.move_on_after(5):
+                    await engine.wait()
+    try:
+        trio.run(main)
+    finally:
+        for p in (popen, forked):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        theirs.close()
+        ours.close()
+        for s in engine_sock:
+            s.close()
+    engine, = got
+    assert not zygote.alive and engine.returncode is not None
+    assert zygote._engines == {} and zygote._answered == set()
