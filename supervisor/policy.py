@@ -134,7 +134,8 @@ class Grant:
             or self.expires_after is not None or self.calls_per_second is not None
 
 
-_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+          "PiB": 1 << 50, "EiB": 1 << 60}   # every unit a range here is written in
 
 
 DEFAULT_LIMITS = Limits()   # compartments/limits.py: the one definition
@@ -1203,7 +1204,7 @@ def _shown(value) -> str:
 def _size(where, key, value, lo, hi) -> int:
     """A size: a whole number of bytes, or a string such as "64MiB", from lo to hi."""
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]{1,20})\s*(B|KiB|MiB|GiB)?\s*", value)
+        m = re.fullmatch(r"\s*([0-9]{1,20})\s*(B|KiB|MiB|GiB|TiB|PiB|EiB)?\s*", value)
         if m is None:
             raise where.error(key, f"must be a size in bytes, such as 65536 or \"64MiB\", "
                               f"not {_shown(value)}")

@@ -182,3 +182,21 @@ def test_every_table_in_the_docs_renders_as_one(path):
         if lines[i] == "" and lines[i - 1].startswith("|") and lines[i + 1].startswith("|") \
                 and not re.fullmatch(r"\|[-:| ]+\|", lines[i + 2]):
             pytest.fail(f"{os.path.basename(path)}:{i + 1}: a blank line inside a table")
+
+
+def test_every_size_the_reference_writes_with_a_unit_is_one_the_file_takes():
+    """A range or default written "1 PiB" must be a size a user can write so:
+    audit_max_size's "1 MiB .. 1 PiB" was refused as "1PiB" (the units stopped
+    at GiB), and max_bytes_written's 2^60 could not be written "1EiB"."""
+    unit = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+            "PiB": 1 << 50, "EiB": 1 << 60}
+    told = set(re.findall(r"\b(\d+) ?([KMGTPE]iB)\b", REFERENCE_TEXT)) | {("1", "EiB")}
+    assert ("1", "PiB") in told
+    for n, u in sorted(told):
+        for text in (f"{n}{u}", f"{n} {u}"):
+            doc = BASE + ("[compartments.b.grants]\n"
+                          f'd = {{ host = "directory", path = "/srv", max_bytes_written = "{text}" }}\n')
+            system = policy.parse(doc, "/srv/system.toml")
+            assert system.compartments["b"].grants[0].max_bytes_written == int(n) * unit[u], text
+    size = policy.parse(f'[system]\naudit_max_size = "1PiB"\n' + BASE, "/srv/system.toml")
+    assert size.audit_max_size == 1 << 50
