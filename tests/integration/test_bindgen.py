@@ -810,3 +810,29 @@ def test_a_schema_whose_header_would_shadow_a_c_library_header_is_refused(tmp_pa
     with pytest.raises(bindgen.BindgenError):
         bindgen.generate(str(tmp_path / f"{name}.capnp"), str(tmp_path / "inc"))
     assert not (tmp_path / "inc").exists()
+
+
+def test_a_copy_of_wsupers_own_probe_schema_binds_as_the_original(tmp_path):
+    """An analysis compartment's project holds its own copy of probe.capnp (or
+    reaches the checkout's through a symbolic link, or a checkout's beside a wsuper
+    installed with `pip install .`): every wsuper process has loaded
+    capnp_schemas/probe.capnp already, and pycapnp refused the copy's ids a second
+    time, so `wsuper build analysis.c --schema probe.capnp` and `bindgen` failed
+    with "probe.capnp:1: Duplicate ID @0xc6a1d2b3e4f50617.".  The same bytes are
+    the same schema: the copy binds as the original does."""
+    original = os.path.join(os.path.dirname(capnp_schemas.__file__), "probe.capnp")
+    shutil.copy(original, tmp_path / "probe.capnp")
+    os.symlink(original, tmp_path / "linked.capnp")
+    headers = {}
+    for name, schema in (("original", original), ("copy", tmp_path / "probe.capnp"),
+                         ("link", tmp_path / "linked.capnp")):
+        r = run_wsuper("bindgen", str(schema), "-o", str(tmp_path / name))
+        assert r.returncode == 0, (name, r.stderr)
+        headers[name] = (tmp_path / name / "probe.h").read_text() \
+            if name != "link" else (tmp_path / name / "linked.h").read_text()
+    assert headers["copy"] == headers["original"]
+    assert "probe_read(" in headers["link"]
+    # a copy that differs is another file with the same ids: still refused, by name
+    (tmp_path / "changed.capnp").write_text(open(original).read() + "\n# mine\n")
+    r = run_wsuper("bindgen", str(tmp_path / "changed.capnp"), "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "changed.capnp:1: Duplicate ID" in r.stderr, r.stderr
