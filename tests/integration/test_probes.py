@@ -4,6 +4,8 @@ for an analysis compartment; real engines, real rewritten modules, real C."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -532,3 +534,33 @@ instrument = ["stores"]
     assert probe["sizes"] == {"128": 3, "512": 3, "4": 6, "8": 6}, probe["sizes"]
     assert probe["bytes"] == 3 * (300 + 100 + 4 + 4 + 8 + 8)
     assert probe["range"] == [0, 2048 + 100]
+
+
+def test_the_probes_example_runs_as_its_comments_say(tmp_path):
+    """examples/probes/system.toml says how to build and run it: every command its
+    comments give (the `#   ` lines), run as written from that directory in a
+    fresh copy of the checkout's examples, leaves a system `wsuper check` (and so
+    `up`) takes.  They built the plugins and stopped there: the store's grant of
+    ${SYSTEM_DIR}/data named a directory nothing made (it is not in the checkout),
+    and `wsuper up system.toml` said "... data is not an existing directory",
+    exit 2."""
+    for name in ("kv", "probes"):
+        shutil.copytree(os.path.join(ROOT, "examples", name), tmp_path / "examples" / name,
+                        ignore=shutil.ignore_patterns("build", "data", "*audit.jsonl"))
+    shutil.copytree(os.path.join(ROOT, "policies"), tmp_path / "policies")
+    (tmp_path / "capnp_schemas").mkdir()
+    shutil.copy(os.path.join(ROOT, "capnp_schemas", "probe.capnp"), tmp_path / "capnp_schemas")
+    here = tmp_path / "examples" / "probes"
+    with open(here / "system.toml", encoding="utf-8") as f:
+        commands = [line[4:].strip() for line in f if line.startswith("#   ")]
+    assert any(c.startswith("wsuper build") for c in commands), commands
+    wsuper = f"{sys.executable} -m supervisor.cli"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for command in commands:
+        if command.startswith("wsuper up") or command.startswith("Then:"):
+            continue
+        r = subprocess.run(command.replace("wsuper ", wsuper + " ", 1), shell=True, cwd=here,
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (command, r.stderr)
+    r = run_wsuper("check", str(here / "system.toml"))
+    assert r.returncode == 0, r.stderr
