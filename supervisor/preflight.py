@@ -354,10 +354,23 @@ def _what(data: bytes) -> str:
 def _check_wasi_grants(wheres, comp):
     """What a WASI program takes from its grants must be unambiguous (compartments/wasi.py).
     Each error names the grant where it is written (the system file or a policy file)."""
-    seen = {}
+    import posixpath
+    seen, places = {}, {}
     for g in comp.grants:
         gwhere, gkey = grant_where(g, wheres)
         target = g.target if g.kind == "host" else "compartment"
+        if target == "directory":
+            # wasi-libc strips a preopen's leading "/" and "./" ("." and "/" are one
+            # place) and takes one preopen of a name, the last: a second grant there
+            # hid the first, which stayed granted and listed, out of reach
+            mount = g.mount if g.mount is not None else f"/{g.name}"
+            place = posixpath.normpath("/" + mount.lstrip("/"))
+            if place in places:
+                raise gwhere.error(f"{gkey}.mount" if g.mount is not None else gkey,
+                                   f"a WASI program would see this directory where it sees "
+                                   f"{places[place]!r} ({place}), and only one of them: "
+                                   f"give one of them another mount")
+            places[place] = g.name
         if target in ("clock", "random", "environment"):
             if target in seen:
                 raise gwhere.error(gkey, f"a WASI program takes its {target} from one grant, "

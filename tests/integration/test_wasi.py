@@ -341,6 +341,40 @@ c2 = { host = "clock" }
     assert r.returncode == 2 and "stdout must be a log or file grant, not random" in r.stderr
 
 
+
+@pytest.mark.parametrize("first,second", [("/data", "/data"), ("/data", "data/"),
+                                          (".", "/"), ("/x/y", "./x/y/"), (None, "/d")])
+def test_two_directory_grants_a_wasi_program_would_see_at_one_place_are_refused(
+        tmp_path, first, second):
+    """A WASI program sees each directory grant at its mount, and wasi-libc takes
+    one preopen of a name (the one written last): two at one place, however
+    written ("/data", "data/"; "." and "/"), left the other granted, listed by
+    `wsuper check`, and out of reach, without a word (a program that opened
+    /data/x read the second grant's file, and created nothing in the first)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "w.wat").write_text(
+        '(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))')
+    mount = f', mount = "{first}"' if first else ""
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "w.wat"\n[compartments.app.grants]\n'
+        f'd = {{ host = "directory", path = "{tmp_path}/a"{mount} }}\n'
+        f'e = {{ host = "directory", path = "{tmp_path}/b", mount = "{second}" }}\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"system.toml:5: compartments.app.grants.e.mount: a WASI program would see " \
+           f"this directory where it sees 'd' (" in r.stderr, r.stderr
+    # nested and distinct places are fine: the longest one that fits a path is taken
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "w.wat"\n[compartments.app.grants]\n'
+        f'd = {{ host = "directory", path = "{tmp_path}/a", mount = "/" }}\n'
+        f'e = {{ host = "directory", path = "{tmp_path}/b", mount = "/d/e" }}\n'
+        f'd2 = {{ host = "directory", path = "{tmp_path}/b", read_only = true }}\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+
+
 # ------------------------------------------------------------------ as under wasmtime
 
 GUESTS = os.path.join(ROOT, "tests", "integration", "guests", "wasi")
