@@ -363,8 +363,8 @@ def test_two_directory_grants_a_wasi_program_would_see_at_one_place_are_refused(
         f'e = {{ host = "directory", path = "{tmp_path}/b", mount = "{second}" }}\n')
     r = run_wsuper("check", str(tmp_path / "system.toml"))
     assert r.returncode == 2, r.stdout + r.stderr
-    assert f"system.toml:5: compartments.app.grants.e.mount: a WASI program would see " \
-           f"this directory where it sees 'd' (" in r.stderr, r.stderr
+    assert "system.toml:5: compartments.app.grants.e.mount: a WASI program would see " \
+           "this directory where it sees 'd' (" in r.stderr, r.stderr
     # nested and distinct places are fine: the longest one that fits a path is taken
     (tmp_path / "system.toml").write_text(
         '[compartments.app]\nmodule = "w.wat"\n[compartments.app.grants]\n'

@@ -198,5 +198,5 @@ def test_every_size_the_reference_writes_with_a_unit_is_one_the_file_takes():
                           f'd = {{ host = "directory", path = "/srv", max_bytes_written = "{text}" }}\n')
             system = policy.parse(doc, "/srv/system.toml")
             assert system.compartments["b"].grants[0].max_bytes_written == int(n) * unit[u], text
-    size = policy.parse(f'[system]\naudit_max_size = "1PiB"\n' + BASE, "/srv/system.toml")
+    size = policy.parse('[system]\naudit_max_size = "1PiB"\n' + BASE, "/srv/system.toml")
     assert size.audit_max_size == 1 << 50
