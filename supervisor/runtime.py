@@ -712,7 +712,12 @@ class Supervisor:
                 self.audit.open()
         except endpoint.EndpointError as e:
             self._let_go(lock)
-            _refuse(f"{self.system.path}: {key}: {e}" if key else e)
+            if key and key != "--socket":
+                # FILE:LINE: KEY: REASON, the line `check` names for the same refusal
+                # (cli._refused_by_up): `up` said FILE: KEY: REASON, no line
+                _refuse(policy._Where.of_file(self.system.path).error(key, str(e)))
+            else:
+                _refuse(f"{self.system.path}: {key}: {e}" if key else e)
             return 2
         try:
             return await self._run()

@@ -812,7 +812,7 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path)
     (tmp_path / "system.toml").write_text(system)
     r = run_wsuper("up", str(tmp_path / "system.toml"))
     assert r.returncode == 2, r.output
-    assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml: system.socket: cannot "
+    assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:2: system.socket: cannot "
                                f"make socket directory {tmp_path}/no/such"), r.stderr
     env = {**os.environ, "XDG_RUNTIME_DIR": str(deep)}
     (tmp_path / "system.toml").write_text(GOOD)

@@ -652,7 +652,9 @@ def test_two_systems_never_write_one_audit_file_or_log_directory(tmp_path, xdg, 
         r = _cli("up", paths[1], env={"XDG_RUNTIME_DIR": str(tmp_path)})
         assert r.returncode == 2, r.stdout + r.stderr
         key = "system.audit" if shared == "audit" else "system.logs"
-        assert f"{paths[1]}: {key}: " in r.stderr and "another running system" in r.stderr, \
+        # FILE:LINE: KEY: (the line of the key, as `check` names it)
+        line = 4 if shared == "audit" else 5
+        assert f"{paths[1]}:{line}: {key}: " in r.stderr and "another running system" in r.stderr, \
             r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         r = _cli("call", paths[0], "calc.add", "(a = 1, b = 2)")

@@ -1071,3 +1071,28 @@ def test_an_error_said_to_a_stderr_that_cannot_be_written_keeps_its_exit_code(
         os.close(fd)
     assert proc.returncode == expected
     assert not (tmp_path / "e.sock").exists()
+
+
+@pytest.mark.parametrize("key", ["logs", "audit", "socket"])
+def test_up_refuses_a_shared_directory_with_the_line_check_names(tmp_path, key):
+    """The reference: any error is one line `FILE:LINE: KEY: REASON`.  `check`
+    named the line of a log, audit or socket directory others may write to
+    (`system.toml:3: system.logs: ...`); `up`, which refuses the same, said
+    `system.toml: system.logs: ...`, no line.  Both say one line now."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    value = {"logs": f"{shared}", "audit": f"{shared}/audit.jsonl",
+             "socket": f"{shared}/x.sock"}[key]
+    system = tmp_path / "system.toml"
+    system.write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n{key} = "{value}"\n'
+        f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        f'external = true\n')
+    said = {}
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(system))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        said[command] = r.stderr.strip()
+    assert said["up"] == said["check"], said
+    assert said["up"].startswith(f"wsuper: error: {system}:3: system.{key}: "), said
