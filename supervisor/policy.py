@@ -1351,7 +1351,9 @@ def _instrumentation(where, key, name, body) -> tuple[tuple, tuple]:
             s = spec(name, pname, pspec["point"], pspec.get("functions", []),
                      pspec.get("events", False), declared=True)
         except ProbeError as e:
-            raise where.error(pkey, str(e)) from None
+            # the key it is about, and so its line (the table's said `events = 1`
+            # was wrong on the line of [compartments.a.probes.p])
+            raise where.error(f"{pkey}.{e.key}" if e.key else pkey, str(e)) from None
         if s.point in IN_MODULE and s.point not in instrument:
             raise where.error(f"{pkey}.point", f"{s.point} probes need the sites compiled in: "
                               f"add \"{s.point}\" to {key}.instrument")

@@ -51,7 +51,13 @@ _KIND_OF_SITE = {0: "functions", 1: "blocks", 2: "stores"}
 
 
 class ProbeError(Exception):
-    """A probe request that cannot be carried out; the text says why and what to do."""
+    """A probe request that cannot be carried out; the text says why and what to do.
+    `key`: the field of a declared probe it is about (point, functions, events), so
+    that the system file's error names that key and its line, not the probe's table."""
+
+    def __init__(self, text: str = "", key: str | None = None):
+        super().__init__(text)
+        self.key = key
 
 
 @attrs.frozen
@@ -72,7 +78,8 @@ def spec(compartment: str, name, point, functions=(), events=False, declared=Fal
         raise ProbeError(f"{at}probe name {str(name)[:80]!r} is not allowed (letters, digits, "
                          f"'_' and '-', starting with a letter or '_', at most 64)")
     if point not in POINTS:
-        raise ProbeError(f"{at}unknown point {str(point)[:80]!r} (points: {', '.join(POINTS)})")
+        raise ProbeError(f"{at}unknown point {str(point)[:80]!r} (points: {', '.join(POINTS)})",
+                         "point")
     if isinstance(functions, str):
         functions = [f for f in functions.split(",") if f]
     if not isinstance(functions, (list, tuple)) or len(functions) > MAX_PATTERNS or not all(
@@ -80,15 +87,16 @@ def spec(compartment: str, name, point, functions=(), events=False, declared=Fal
             for f in functions):
         raise ProbeError(f"{at}functions: at most {MAX_PATTERNS} printable name patterns "
                          f"(such as \"store_*\") or indices (\"#12\"), each at most "
-                         f"{MAX_PATTERN} characters")
+                         f"{MAX_PATTERN} characters", "functions")
     for f in functions:
         if f.startswith("#") and not _INDEX.fullmatch(f):
-            raise ProbeError(f"{at}functions: {f!r}: an index is '#' and digits, like #12")
+            raise ProbeError(f"{at}functions: {f!r}: an index is '#' and digits, like #12",
+                             "functions")
     if functions and point not in IN_MODULE:
         raise ProbeError(f"{at}functions applies to the points {', '.join(IN_MODULE)}, "
-                         f"not {point}")
+                         f"not {point}", "functions")
     if not isinstance(events, bool):
-        raise ProbeError(f"{at}events must be true or false")
+        raise ProbeError(f"{at}events must be true or false", "events")
     return ProbeSpec(name, compartment, point, tuple(functions), events, declared)
 
 

@@ -543,3 +543,20 @@ def test_a_hostcalls_probe_without_events_counts_and_sends_no_events():
     assert ev["kind"] == "hostcall" and ev["probes"] == ["ev"]
     assert {p["name"]: p["counts"] for p in r.list("c")} == {
         "counts": {"wsuper.call": 2}, "ev": {"wsuper.call": 1}}
+
+
+@pytest.mark.parametrize("field,value", [("point", '"nowhere"'), ("functions", '["#-1"]'),
+                                         ("functions", "[1]"), ("events", "1")])
+def test_a_declared_probes_wrong_field_is_named_with_its_key_and_line(field, value):
+    """FILE:LINE: KEY: REASON names the key that is wrong: a declared probe's bad
+    `events`, `functions` or `point` was said to be the probe's table, on its
+    header's line (`system.toml:3: compartments.a.probes.p: events must be ...`)."""
+    from supervisor import policy
+    body = {"point": '"functions"', field: value}
+    text = ('[compartments.a]\nmodule = "a.wat"\ninstrument = ["functions"]\n'
+            '[compartments.a.probes.p]\n' + "".join(f"{k} = {v}\n" for k, v in body.items()))
+    line = 1 + text.splitlines().index(f"{field} = {value}")
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/srv/system.toml")
+    assert str(e.value).startswith(
+        f"/srv/system.toml:{line}: compartments.a.probes.p.{field}: "), str(e.value)
