@@ -197,7 +197,7 @@ def test_no_compartment_takes_the_name_every_external_client_goes_by():
 
 
 @pytest.mark.parametrize("value, reason", [
-    ('"1TiB"', "must be a size in bytes"), ("1", "must be a whole number from 65,536"),
+    ('"1 TB"', "must be a size in bytes"), ("1", "must be a whole number from 65,536"),
     ("nan", "must be a whole number from 65,536"), ("true", "must be a whole number")])
 def test_a_policy_files_bad_limit_is_reported_in_the_policy_file(value, reason):
     """An outside review: a policy file's limits were checked only once merged into
