@@ -113,8 +113,9 @@ def seconds_arg(most: float):
         except ValueError:
             value = math.nan
         if not 0 < value <= most:           # false for nan
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 "
-                                             f"to {most:g}")
+            # "'0' is not a number of seconds from 0 to 3600" refused what it named
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds more "
+                                             f"than 0 and at most {most:g}")
         return value
     return seconds
 

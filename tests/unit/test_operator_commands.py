@@ -2,6 +2,7 @@
 does not do what it said, without processes: the admin socket faked."""
 import os
 
+
 import pytest
 
 from supervisor import cli, endpoint
@@ -120,3 +121,18 @@ def test_a_relative_xdg_directory_is_ignored_not_taken_from_the_working_director
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     assert endpoint.runtime_dir() == str(tmp_path / "run" / "wsuper")
     assert output.default_log_dir("s-1") == str(tmp_path / "st" / "wsuper" / "s-1")
+
+
+@pytest.mark.parametrize("command", [["call", "s.toml", "calc.add", "--timeout"],
+                                     ["trace", "s.toml", "-o", "t.json", "--seconds"]])
+def test_a_refused_number_of_seconds_is_told_the_range_it_missed(command, capsys):
+    """`wsuper call --timeout 0` said "'0' is not a number of seconds from 0 to
+    3600": 0 is refused, and the error named it as allowed."""
+    from supervisor import cli
+    for value in ("0", "-1", "nan", "3601"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*command, value])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"'{value}' is not a number of seconds more than 0 and at most " in err, err
+        assert "from 0 to" not in err, err
