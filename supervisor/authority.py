@@ -203,7 +203,10 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
 
     Returns (names, explanation).  Over-approximates (see the module docstring).
     """
-    comp_name, _, method = target.partition(".")
+    comp_name, dot, method = target.partition(".")
+    if dot and not method:
+        raise KeyError(f"{target!r} names no method after its '.' (COMPARTMENT, "
+                       f"COMPARTMENT.METHOD or COMPARTMENT:HOSTCAP)")
     host = None
     if ":" in comp_name:
         comp_name, host = comp_name.split(":", 1)

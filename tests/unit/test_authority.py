@@ -63,6 +63,10 @@ def test_reach_follows_interfaces_that_can_carry_capabilities(tmp_path):
     # a grant's name where the kind goes: the answer says which kinds it holds
     ("app:calc", "not a grant's name; app holds: log)"),
     ("calc:log", "calc holds: none)"),
+    # a "." with nothing after it: `calc.` was answered as `calc`, the main object,
+    # though it names a method, and none (so was `app:log.`)
+    ("calc.", "'calc.' names no method after its '.' (COMPARTMENT, COMPARTMENT.METHOD"),
+    ("app:log.", "'app:log.' names no method after its '.'"),
 ])
 def test_reach_refuses_names_that_do_not_exist(tmp_path, target, error):
     with pytest.raises(KeyError, match=re.escape(error)):
