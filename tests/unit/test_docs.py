@@ -200,3 +200,30 @@ def test_every_size_the_reference_writes_with_a_unit_is_one_the_file_takes():
             assert system.compartments["b"].grants[0].max_bytes_written == int(n) * unit[u], text
     size = policy.parse('[system]\naudit_max_size = "1PiB"\n' + BASE, "/srv/system.toml")
     assert size.audit_max_size == 1 << 50
+
+
+_GRANT_RANGES = [(k, m.groups()) for r in GRANT_TABLES[0] + GRANT_TABLES[1]
+                 for m in [re.search(r"\b(\d[\d.^]*) to (\d[\d.^]*)\b", r[1])] if m
+                 for k in _keys(r[0]) if k in policy.GRANT_KEYS]
+
+
+@pytest.mark.parametrize("key,bounds", _GRANT_RANGES, ids=[k for k, _ in _GRANT_RANGES])
+def test_each_number_of_a_grant_has_the_range_the_reference_gives(key, bounds):
+    """The grant tables write a range in prose ("1 to 2^62"): each end is taken,
+    and one past it refused, naming the key."""
+    assert {k for k, _ in _GRANT_RANGES} >= {"max_uses", "expires_after",
+                                               "calls_per_second", "max_bytes_written"}
+    target = 'host = "directory", path = "/srv"' if key == "max_bytes_written" \
+        else 'compartment = "a"'
+
+    def taken(value) -> bool:
+        doc = BASE + f"[compartments.b.grants]\ng = {{ {target}, {key} = {value!r} }}\n"
+        try:
+            policy.parse(doc, "/srv/system.toml")
+        except policy.PolicyError as e:
+            assert f"compartments.b.grants.g.{key}" in str(e), e
+            return False
+        return True
+    lo, hi = (_number(v) for v in bounds)
+    assert taken(lo) and taken(hi), (key, lo, hi)
+    assert not taken(_past(lo, True)) and not taken(_past(hi, False)), (key, lo, hi)
