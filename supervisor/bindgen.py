@@ -799,7 +799,13 @@ def generate(schema_path: str, out_dir: str) -> list[str]:
     gen = Generator(schema_path)
     if not gen.interfaces and not gen.order and not gen.enums:
         raise BindgenError(f"{schema_path}: no interfaces, structs or enums to bind")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        # as `build` says it (toolchain.build): "[Errno 17] File exists: 'kv.capnp'"
+        # named neither what was being made nor what for
+        raise BindgenError(f"cannot make the include directory {out_dir} for the bindings "
+                           f"of {schema_path}: {e.strerror}") from None
     target = os.path.join(out_dir, header_name(schema_path))
     runtime = os.path.join(out_dir, "wsuper.h")
     _ours(target, _GENERATED)

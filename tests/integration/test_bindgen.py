@@ -836,3 +836,16 @@ def test_a_copy_of_wsupers_own_probe_schema_binds_as_the_original(tmp_path):
     (tmp_path / "changed.capnp").write_text(open(original).read() + "\n# mine\n")
     r = run_wsuper("bindgen", str(tmp_path / "changed.capnp"), "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "changed.capnp:1: Duplicate ID" in r.stderr, r.stderr
+
+
+def test_an_include_directory_that_cannot_be_made_is_named_not_an_errno(tmp_path):
+    """`wsuper bindgen kv.capnp -o kv.capnp` said "[Errno 17] File exists:
+    'kv.capnp'", and -o under a file "[Errno 20] Not a directory: ...": Python's
+    words, naming neither what was being made nor for what.  They are said as
+    `build` says its own output's directory: what, for what, why."""
+    (tmp_path / "afile").write_text("")
+    for out, why in ((SCHEMA, "File exists"), (str(tmp_path / "afile" / "inc"), "Not a directory")):
+        r = run_wsuper("bindgen", SCHEMA, "-o", out)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"wsuper: error: cannot make the include directory {out} "
+                                    f"for the bindings of {SCHEMA}: {why}"), r.stderr
