@@ -508,8 +508,8 @@ def test_hostile_operator_input_gets_an_error_not_a_traceback(running):
     (["check", "{system}", "--graph", "{tmp}/no/such/dir/g.dot"], 1, "No such file"),
     (["check", "{system}", "--reach", "x" * 5000], 2, "--reach xxx"),
     (["trace", "{system}", "--seconds", "nan", "-o", "{tmp}/t.json"], 2, "not a number of seconds"),
-    (["trace", "{system}", "--seconds", "inf", "-o", "{tmp}/t.json"], 2, "from 0 to 3600"),
-    (["trace", "{system}", "--seconds", "1e308", "-o", "{tmp}/t.json"], 2, "from 0 to 3600"),
+    (["trace", "{system}", "--seconds", "inf", "-o", "{tmp}/t.json"], 2, "more than 0 and at most 3600"),
+    (["trace", "{system}", "--seconds", "1e308", "-o", "{tmp}/t.json"], 2, "more than 0 and at most 3600"),
     (["trace", "{system}", "--seconds", "1", "-o", "{tmp}/no/such/t.json"], 1, "-o {tmp}/no/such"),
     (["call", "{system}", "calc.add", "(a = 1)", "--timeout", "nan"], 2, "not a number of seconds"),
 ])
