@@ -1216,8 +1216,9 @@ def _size(where, key, value, lo, hi) -> int:
     return _number(where, key, value, lo, hi, real=False)
 
 
-# the attenuation a `file` grant under a standard stream's name has unless it says
-# read_only or append_only itself (docs/policy-reference.md, "Grants a WASI program uses")
+# the attenuation a `file` grant under a standard stream's name has unless it says the
+# opposite: that key false, or the other one true (docs/policy-reference.md, "Grants a
+# WASI program uses")
 STDIO_ATTENUATION = {"stdin": "read_only", "stdout": "append_only", "stderr": "append_only"}
 
 
@@ -1308,14 +1309,19 @@ def _grant(where, key, name, spec) -> Grant:
         if files.get("read_only") and files.get("append_only"):
             raise where.error(key, "read_only and append_only together make no sense: "
                               "choose one")
-        if target == "file" and name in STDIO_ATTENUATION \
-                and "read_only" not in files and "append_only" not in files:
+        if target == "file" and name in STDIO_ATTENUATION:
             # a WASI program's stdin is read, its stdout and stderr appended to, and
             # nothing more: a file shared by several compartments (or holding the
             # operator's earlier output) was the whole File to each of them, so
             # fcntl(1, F_SETFL, 0), lseek and write, or ftruncate(1), overwrote or
-            # emptied what the others wrote (and lookup("stdin") wrote the input)
-            files[STDIO_ATTENUATION[name]] = True
+            # emptied what the others wrote (and lookup("stdin") wrote the input).
+            # Only a grant that says the opposite lifts it: the key itself set false,
+            # or the other one true; the other one false is the default said aloud
+            # (`stdout = { ..., read_only = false }` made it the whole File again)
+            own = STDIO_ATTENUATION[name]
+            other = "append_only" if own == "read_only" else "read_only"
+            if own not in files and not files.get(other):
+                files[own] = True
     elif files:
         extra = ", ".join(sorted(files))
         raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "

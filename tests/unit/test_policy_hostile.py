@@ -609,3 +609,25 @@ def test_a_name_leading_outside_through_a_symbolic_link_is_refused_naming_it(tmp
     _schema(tmp_path / "top" / "c.capnp", 'const x :Data = embed "inside";\n',
             0xd0a1b2c3d4e5f70f + n)
     assert capnp_schemas.load(str(tmp_path / "top" / "c.capnp")).x == b"x"
+
+
+@pytest.mark.parametrize("name, says, want", [
+    # a false of the other key is the default said aloud: the attenuation stays
+    ("stdout", "read_only = false", (False, True)),
+    ("stderr", "read_only = false", (False, True)),
+    ("stdin", "append_only = false", (True, False)),
+    # only a key that contradicts the attenuation lifts it
+    ("stdout", "append_only = false", (False, False)),
+    ("stdout", "read_only = true", (True, False)),
+    ("stdin", "read_only = false", (False, False)),
+    ("stdin", "append_only = true", (False, True)),
+])
+def test_a_standard_stream_file_grant_keeps_its_attenuation_unless_it_says_the_opposite(
+        name, says, want):
+    """`stdout = { ..., read_only = false }` (the grant is written to, not only read)
+    made the grant the whole File: overwritten, truncated and read, as if it had
+    said `append_only = false`; so did `append_only = false` for stdin."""
+    text = BASE + ('[compartments.b.grants]\n'
+                   f'{name} = {{ host = "file", path = "/x/f", {says} }}\n')
+    (g,) = policy.parse(text, "/x/s.toml").compartments["b"].grants
+    assert (g.read_only, g.append_only) == want
