@@ -384,12 +384,21 @@ class Wasi:
         return any(x is d for frame in frames for x in frame)
 
     def _drop_deferred(self):
-        """After a WASI call returned: what no call still running uses goes."""
+        """After a WASI call returned: what no call still running uses goes, a log's
+        unfinished line sent first, as a close sends it.  The close flushed the log
+        before the call using it had finished: what that call wrote after (a
+        write of "line\nmore" closed during the Log.write of "line") was said to
+        be written, and was dropped with the descriptor, never sent."""
         deferred, self._deferred = self._deferred, []
         for d in deferred:
             if self._in_use(d, self._frames):
                 self._deferred.append(d)
-            else:
+                continue
+            try:
+                self._flush(d)
+            except (HostCallFailed, _Fail):
+                pass                     # refused (log_rate), as a close's flush may be
+            finally:
                 self._drop(d)
 
     def _u32(self, ptr, value):

@@ -1067,6 +1067,51 @@ a = {{ compartment = "a" }}
                      f"read 0 n={4 << 20} X={4 << 20} Y=0"], lines
 
 
+def test_a_write_goes_on_to_its_log_when_a_nested_call_closes_stdout(tmp_path):
+    """While a WASI write to stdout (a log) waits for Log.write, a call into the
+    compartment is served, whose dispatch closes fd 1.  The write went on with its
+    log (its capability kept until the write returned), and said every byte was
+    written; but the unfinished line it left was dropped with the descriptor,
+    never sent: those bytes were lost.  A descriptor closed meanwhile is now
+    flushed, as a close flushes it, when it is finally let go."""
+    from supervisor import toolchain
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    import capnp_schemas
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    writer = toolchain.build([os.path.join(GUESTS, "closelog.c")], str(tmp_path / "writer.wasm"),
+                             exports=["wsuper_dispatch"])
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "{writer}"
+exports = "Echo"
+restart = "never"
+[compartments.a.limits]
+log_rate = 1000000
+[compartments.a.grants]
+stdout = {{ host = "log" }}
+stderr = {{ host = "log" }}
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    lines = [x[4:] for x in r.stdout.splitlines() if x.startswith("[a] ")]
+    assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
+    m = [re.match(r"closed in round (\d+): close 0, write 0 wrote (\d+) of (\d+)$", x)
+         for x in lines]
+    (m,) = [x for x in m if x]
+    assert m.group(2) == m.group(3), lines
+    i = int(m.group(1))
+    # every byte it was told went out did: the line begun in that round too
+    assert lines[-3:] == [f"T{i - 1}r{i}" if i else f"r{i}", f"T{i}", m.group(0)], lines
+
+
 def _served_and_called(tmp_path, served_flags=()):
     """served.c (built with `served_flags`) as compartment a, a program that serves
     Echo, and nested.c's caller as b, which calls it: built and run with `wsuper
