@@ -347,7 +347,8 @@ def _protection(plan) -> dict[str, str]:
 def _warn_hard_links(plan):
     """A writable file grant holding files with more than one hard link: one of
     them may be a link made on the host to a file outside every grant, which the
-    compartment could then read and overwrite (docs/policy-reference.md)."""
+    compartment could then read and overwrite, or append to if the grant is
+    append-only (docs/policy-reference.md)."""
     import os
 
     from capnp_schemas.text import printable, quoted
@@ -367,6 +368,10 @@ def _warn_hard_links(plan):
             else:
                 n, examples, complete = hard_linked(path)
             if n:
+                # what the grant lets it do to that file: an append-only one (a stdout
+                # or stderr file grant is, by default) cannot read or overwrite it
+                does = "read and overwrite" if not g.append_only else \
+                    "append to" if g.target == "file" else "read and append to"
                 # names of files in a writable grant are a guest's text: escaped
                 # and paths are shown as `check` shows them (quoted unless plain ASCII)
                 file, _, key = g.origin.rpartition(": ")
@@ -375,7 +380,7 @@ def _warn_hard_links(plan):
                                 f"{n}{'' if complete else ' or more'} regular file"
                                 f"{'s' * (n != 1)} with more than one hard link (such as "
                                 f"{quoted(examples[0])}); a link made on the host to a file outside "
-                                f"the grant lets {comp.name} read and overwrite that file: "
+                                f"the grant lets {comp.name} {does} that file: "
                                 f"remove the links, or set refuse_hard_links = true"),
                       file=sys.stderr)
 

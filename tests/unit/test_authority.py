@@ -665,3 +665,28 @@ b = {{ compartment = "calc", allow = [{allow}, "Many.m1"] }}
     assert a.methods == {(0xd1e2f3a4b5c6d7ea, i) for i in range(0, n, 2)}
     assert b.methods == a.methods | {(0xd1e2f3a4b5c6d7ea, 1)}
     assert len(scans) <= 4, f"{len(scans)} scans of the interface's methods for {n} names"
+
+
+def test_checks_hard_link_warning_says_what_an_append_only_grant_can_do_there(tmp_path):
+    """A stdout file grant is append-only by default (policy.STDIO_ATTENUATION): the
+    warning about a second hard link to it said the compartment could 'read and
+    overwrite that file', which it cannot; it can append to it (and an
+    append-only directory grant read and append to its files)."""
+    out, d = tmp_path / "out.txt", tmp_path / "d"
+    d.mkdir()
+    out.write_text("")
+    os.link(out, tmp_path / "elsewhere.txt")
+    (d / "f").write_text("")
+    os.link(d / "f", tmp_path / "other.txt")
+    (tmp_path / "system.toml").write_text(
+        SYSTEM + f'stdout = {{ host = "file", path = "{out}" }}\n'
+        f'data = {{ host = "directory", path = "{d}", append_only = true }}\n'
+        f'rw = {{ host = "file", path = "{tmp_path / "other.txt"}", append_only = false }}\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    warnings = {re.search(r"compartments\.other\.grants\.\w+", x).group(0): x
+                for x in r.stderr.splitlines() if "hard link" in x}
+    assert "lets other append to that file:" in warnings["compartments.other.grants.stdout"]
+    assert "lets other read and append to that file:" in \
+        warnings["compartments.other.grants.data"]
+    assert "lets other read and overwrite that file:" in warnings["compartments.other.grants.rw"]
