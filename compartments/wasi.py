@@ -286,7 +286,9 @@ class Wasi:
             finally:
                 self._frames.pop()
                 if self._deferred:
-                    self._drop_deferred()
+                    # no host call while an exit or a trap unwinds the guest: what
+                    # closed meanwhile is only let go then
+                    self._drop_deferred(flush=sys.exc_info()[0] is None)
         if name == "proc_exit":
             return impl
         call.__name__ = name
@@ -383,19 +385,21 @@ class Wasi:
         """Whether one of the WASI calls of `frames` (waiting) uses `d`."""
         return any(x is d for frame in frames for x in frame)
 
-    def _drop_deferred(self):
+    def _drop_deferred(self, flush: bool = True):
         """After a WASI call returned: what no call still running uses goes, a log's
-        unfinished line sent first, as a close sends it.  The close flushed the log
-        before the call using it had finished: what that call wrote after (a
-        write of "line\nmore" closed during the Log.write of "line") was said to
-        be written, and was dropped with the descriptor, never sent."""
+        unfinished line sent first, as a close sends it (`flush`: not while an
+        exit or a trap unwinds).  The close flushed the log before the call using
+        it had finished: what that call wrote after (a write of "line\nmore"
+        closed during the Log.write of "line") was said to be written, and was
+        dropped with the descriptor, never sent."""
         deferred, self._deferred = self._deferred, []
         for d in deferred:
             if self._in_use(d, self._frames):
                 self._deferred.append(d)
                 continue
             try:
-                self._flush(d)
+                if flush:
+                    self._flush(d)
             except (HostCallFailed, _Fail):
                 pass                     # refused (log_rate), as a close's flush may be
             finally:
@@ -1005,7 +1009,7 @@ class Wasi:
         fds, self.fds = self.fds, {}
         for d in fds.values():
             self._release(d)
-        self._drop_deferred()
+        self._drop_deferred(flush=False)        # (after its answer: no more host calls)
         for attr in ("clock", "random", "env"):
             self.host.drop(getattr(self, attr))
             setattr(self, attr, None)
