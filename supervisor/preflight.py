@@ -380,6 +380,16 @@ def _check_wasi_grants(wheres, comp):
         if g.name in wanted and target not in wanted[g.name]:
             raise gwhere.error(gkey, f"a WASI program's {g.name} must be a "
                                f"{' or '.join(wanted[g.name])} grant, not {target}")
+        # a file its program could never use as the stream: every printf (or read) of
+        # it failed EBADF, the output lost without a word
+        if target == "file" and g.name == "stdin" and g.append_only:
+            raise gwhere.error(gkey, "a WASI program reads its stdin: an append_only file "
+                               "gives none of it; leave append_only out (a stdin file "
+                               "is read_only)")
+        if target == "file" and g.name in ("stdout", "stderr") and g.read_only:
+            raise gwhere.error(gkey, f"a WASI program writes its {g.name}: a read_only file "
+                               f"takes none of it; leave read_only out (a {g.name} file is "
+                               f"append_only)")
 
 
 def _check_environment_fits(wheres, comp):

@@ -375,6 +375,29 @@ def test_two_directory_grants_a_wasi_program_would_see_at_one_place_are_refused(
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("name, says, why", [
+    ("stdout", "read_only = true", "writes its stdout: a read_only file takes none of it"),
+    ("stderr", "read_only = true", "writes its stderr: a read_only file takes none of it"),
+    ("stdin", "append_only = true", "reads its stdin: an append_only file gives none of it"),
+])
+def test_a_wasi_programs_standard_stream_its_grant_cannot_serve_is_refused(
+        tmp_path, wasi_guests, name, says, why):
+    """`stdout = { host = "file", ..., read_only = true }` passed check and up, and
+    every printf of the program failed EBADF, its output lost without a word (an
+    append_only stdin: every read EBADF)."""
+    f = tmp_path / "f.txt"
+    f.write_text("")
+    system = _system(tmp_path, wasi_guests["probe"],
+                     f'{name} = {{ host = "file", path = "{f}", {says} }}')
+    r = run_wsuper("check", system)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"compartments.app.grants.{name}: a WASI program {why}" in r.stderr, r.stderr
+    # the attenuation it has by default, or the opposite key false, is fine
+    system = _system(tmp_path, wasi_guests["probe"],
+                     f'{name} = {{ host = "file", path = "{f}", {says.replace("true", "false")} }}')
+    assert run_wsuper("check", system).returncode == 0
+
+
 # ------------------------------------------------------------------ as under wasmtime
 
 GUESTS = os.path.join(ROOT, "tests", "integration", "guests", "wasi")
