@@ -352,7 +352,8 @@ class Engine:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
-            raise EngineError(f"cannot instantiate {path}: {_why_not(e)}") from None
+            raise EngineError(f"cannot instantiate {path}: "
+                              f"{_why_not(e, self._planned_regions(description))}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         if memory is not None and not isinstance(memory, wasmtime.Memory):
@@ -376,6 +377,17 @@ class Engine:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
         self._instantiated = True
+
+    def _planned_regions(self, description) -> protect.Regions | None:
+        """The regions the module's checks were compiled against, to explain a trap
+        in its start function (which runs before `_protect`); None if there are
+        none or they cannot be read (`_protect` says why, when it runs)."""
+        if self.spec.protect is None or description is None or description.protect is None:
+            return None
+        try:
+            return protect.regions_of(protect.Layout.from_json(description.protect))
+        except Exception:  # noqa: BLE001 - an explanation is a nicety; _protect decides
+            return None
 
     def _protect(self, layout):
         """Memory protection (compartments/protect.py): the regions resolved where the
@@ -1304,8 +1316,8 @@ class Engine:
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
-            raise _CallError("failed", f"{self.name}: cannot instantiate: {_why_not(e)}") \
-                from None
+            raise _CallError("failed", f"{self.name}: cannot instantiate: "
+                             f"{_why_not(e, self.regions)}") from None
         exports = instance.exports(store)
         memory = exports.get(abi.EXPORT_MEMORY)
         if self.regions is not None:            # the same protection as the first instance
@@ -1436,8 +1448,9 @@ class _CallError(Exception):
 _RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
 
 
-def _why_not(e) -> str:
-    """Why instantiation failed: a trap in the module's start function says where."""
+def _why_not(e, regions: protect.Regions | None = None) -> str:
+    """Why instantiation failed: a trap in the module's start function says where
+    (`regions`: those its protection checks were compiled against, if any)."""
     if isinstance(e, wasmtime.Trap):
         try:
             ran, code = bool(e.frames), e.trap_code
@@ -1450,8 +1463,8 @@ def _why_not(e) -> str:
                     wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS:
                     "one of its element segments lies past the end of its table"}.get(
                 code, "setting up its memory, tables and globals failed")
-            return f"{what}: {_trap_reason(e)}"
-        return f"its start function trapped: {_trap_reason(e)}"
+            return f"{what}: {_trap_reason(e, regions)}"
+        return f"its start function trapped: {_trap_reason(e, regions)}"
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"
     if isinstance(e, wasi.WasiExit):      # proc_exit: a start function has no exit code
@@ -1480,7 +1493,7 @@ def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) ->
     # module chose (any text at all): only the last "Caused by:" section is read
     text = str(trap.message).rsplit("\nCaused by:\n", 1)[-1]
     lines = [l.strip() for l in text.splitlines() if l.strip()]
-    cause = bounded(protect.explain(text, regions) or next(
+    cause = bounded(protect.explain(text, regions) or _unprotected_check(trap, regions) or next(
         (l.split("wasm trap:", 1)[1].strip() for l in lines if "wasm trap:" in l),
         lines[-1] if lines else "trap"), TRAP_CAUSE_LIMIT)
     try:      # the function that did it, not a check inserted for protection
@@ -1493,6 +1506,25 @@ def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) ->
     except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
         where = None
     return f"{cause} (in {bounded(where, TRAP_NAME_LIMIT)})" if where else cause
+
+
+def _unprotected_check(trap: wasmtime.Trap, regions: protect.Regions | None) -> str | None:
+    """The cause of a trap at a check's own `unreachable`: its bulk-memory
+    instruction reached protected memory whose pages were not protected yet (a
+    start function runs before the engine protects them), so the check's 1-byte
+    access passed and it stopped the instruction itself (never the guest's own
+    `unreachable`: the frame is told apart by index).  None otherwise."""
+    try:
+        if regions is None or trap.trap_code != wasmtime.TrapCode.UNREACHABLE or \
+                not trap.frames or not protect.is_check_frame(trap.frames[0].func_index, regions):
+            return None
+    except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it
+        return None
+    where = [regions.describe(0)] if regions.no_access_end else []
+    if regions.read_only_end > regions.read_only_start:
+        where.append(regions.describe(regions.read_only_start))
+    return f"a bulk-memory instruction (memory.fill, memory.copy or memory.init) reached " \
+           f"protected memory ({' or '.join(where)}) before its pages were protected"
 
 
 def _signed64(v: int) -> int:

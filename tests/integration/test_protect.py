@@ -263,3 +263,31 @@ def test_a_plugin_laid_out_by_hand_as_plugins_md_says_is_protected_as_asked(tmp_
     at = re.search(r"literal: at (0x[0-9a-f]+), writing", r.stdout).group(1)
     assert f"compartment literal trapped: write to read-only memory at {at} ({RO})" \
         in r.stdout, r.stdout
+
+
+_START_FILLS_NULL_PAGE = '''(module
+  (memory (export "memory") 2)
+  (func $guest_fill (memory.fill (i32.const 8) (i32.const 0) (i32.const 4)))
+  (func $init (call $guest_fill))
+  (start $init)
+  (func (export "_start")))'''
+
+
+def test_a_start_function_stopped_by_a_check_names_its_function_and_the_region(tmp_path):
+    """An outside review: a start function runs before the engine protects the
+    pages, so a memory.fill into the null page there passed the check's own
+    1-byte access and stopped at the check's `unreachable`.  The report said
+    "wasm `unreachable` instruction executed (in wsuper.protect.check_write)": a
+    trap the guest never executed, in a function the module as built lacks (the
+    start function's trap was explained without the regions)."""
+    (tmp_path / "app.wat").write_text(_START_FILLS_NULL_PAGE)
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "app.wat"\nrestart = "never"\n'
+        'protect = { no_access = "4 KiB" }\n'
+        '[compartments.app.grants]\nstdout = { host = "log" }\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True)
+    out = r.stdout + (r.stderr or "")
+    assert "its start function trapped: a bulk-memory instruction (memory.fill, memory.copy " \
+           "or memory.init) reached protected memory (no-access region [0x0, 0x1000) " \
+           "(the null page)) before its pages were protected (in guest_fill)" in out, out
+    assert "wsuper.protect.check" not in out and "unreachable" not in out, out
