@@ -355,7 +355,11 @@ class Registry:
 
     def restarted(self, compartment: str) -> list[ProbeSpec]:
         """Its engine was replaced: probes added at run time are gone; the declared
-        ones (returned) must be added again on the new engine."""
+        ones (returned) must be added again on the new engine.  The calls that
+        ended before it (the one that crashed the old engine among them) are
+        the old probes' events: taken first, they were counted by none (the
+        declared ones come back counting from now) and reached no sink."""
+        self.take_calls()
         self.sites.pop(compartment, None)
         mine = self.probes.pop(compartment, {})
         self._changed(compartment)
