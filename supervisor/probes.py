@@ -522,7 +522,13 @@ class Registry:
                     p.highest = a + b if p.highest is None else max(p.highest, a + b)
             else:
                 continue
-            self._fan(ev, [p.spec.name for p in probes])
+            # an event only of the probes on the site that record events, as a host
+            # call: the engine records them while an --events probe's flags are on,
+            # and ones collected after it went (or while its removal waited for a
+            # busy guest) were sent to every sink as a counts-only probe's
+            recording = [p.spec.name for p in probes if p.spec.events]
+            if recording:
+                self._fan(ev, recording)
 
     def take_calls(self):
         """Move the router's finished call records into the probes and the sinks."""

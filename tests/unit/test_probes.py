@@ -585,3 +585,23 @@ def test_calls_that_ended_before_a_restart_are_the_old_probes_events():
     [ev], dropped = analysis.take(10)
     assert (ev["compartment"], ev["name"], ev["outcome"], ev["probes"], dropped) == \
         ("svc", "Svc.m", "failed", ["served"], 0)
+
+
+def test_an_in_module_event_is_sent_only_for_probes_that_record_events():
+    """An outside review: an event of a function, block or store site was fanned to
+    every sink watching the compartment with every probe on the site, counts-only
+    ones included.  The engine records events while an --events probe's flags are
+    on; one removed while its guest was busy (the flags applied later) or whose
+    events were collected after it went left them to a counts-only probe on the
+    same sites, and an analysis granted a Probe on the compartment read them, named
+    as that probe's, though the docs promise it the events of probes that record
+    events only.  (The hostcalls point was fixed alike before.)"""
+    r = _registry()
+    r.add(P.spec("c", "counts", "functions"), SITES)
+    sub = r.subscribe(P.Subscriber(["c"]))
+    r.engine_events("c", EVENT.pack(ENTER, 0, 10, 0, 0) + EVENT.pack(STORE, 3, 11, 64, 4))
+    assert sub.take(10) == ([], 0)
+    r.add(P.spec("c", "ev", "functions", events=True), SITES)
+    r.engine_events("c", EVENT.pack(ENTER, 0, 12, 0, 0))
+    [ev], _ = sub.take(10)
+    assert ev["kind"] == "enter" and ev["probes"] == ["ev"]
