@@ -271,6 +271,18 @@ class CallProbes:
                            "callee": callee, "grant": grant, "name": method,
                            "ts_ns": self.clock()}
 
+    def resumed(self, key, caller: str, grant: str, callee: str, method: str):
+        """A call that waited (on a promised capability, or for its compartment to
+        start) goes on to `callee`: its record (opened when it was delivered, with
+        the callee then known) names it, or is opened now if `callee` is watched
+        (a call on a promise was "?" when delivered, seen by no probe on the side
+        it reached)."""
+        record = self._open.get(key)
+        if record is not None:
+            record["callee"] = callee
+        else:
+            self.open(key, caller, grant, callee, method)
+
     def close(self, key, outcome: str, reason: str | None = None):
         record = self._open.pop(key, None)
         if record is None:
@@ -291,10 +303,19 @@ class CallProbes:
 
 
 def callee_of(cap) -> str:
-    """Who a call on `cap` reaches: a compartment, "external", or "host:KIND"."""
-    from .caps import Host, Proxy, Remote, Wrapped
-    while isinstance(cap, Wrapped):
-        cap = cap.target
+    """Who a call on `cap` reaches: a compartment, "external", or "host:KIND"; "?"
+    while that is a promised capability whose answer has not come (a call on it
+    is told again where it went when it goes on: CallProbes.resumed)."""
+    from .caps import Host, Promised, Proxy, Remote, Wrapped
+    for _ in range(1000):       # a promise that resolves to itself: the router fails it
+        if isinstance(cap, Wrapped):
+            cap = cap.target
+        elif isinstance(cap, Promised) and cap.target is not None:
+            # what a promised capability (receiverAnswer) resolved to: named "?",
+            # its callee's calls probe never saw a call on it
+            cap = cap.target
+        else:
+            break
     if isinstance(cap, Proxy):
         return cap.compartment
     if isinstance(cap, Remote):

@@ -920,6 +920,9 @@ class Router:
             else:
                 first, chain = resumed
                 route = None
+                if self.call_watch:      # where a call that waited on a promise goes
+                    self.call_probes.resumed(call.reply, call.reply[0].name, describe(first),
+                                             callee_of(cap), self._method(call))
             proxy, hops = None, 0
             while isinstance(cap, (Wrapped, Promised)):
                 if isinstance(cap, Promised):

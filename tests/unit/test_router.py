@@ -2773,3 +2773,44 @@ def test_capabilities_in_answers_to_the_supervisors_own_questions_are_released()
         assert len(peer.conn.imports) == kept
         assert [ev.obj for ev in e.inbox if isinstance(ev, P.ExportReleased)] == objs
     assert peer.alive
+
+
+@pytest.mark.parametrize("settled", [False, True])
+def test_a_call_on_a_promised_capability_is_seen_by_its_callees_calls_probe(settled):
+    """An outside review: the calls probe's record named the callee of a call on a
+    promised capability (receiverAnswer) "?" (probes.callee_of did not follow a
+    Promised), before or after it settled.  A calls probe on the compartment it
+    reached never saw such a call when the caller had none (an analysis granted a
+    Probe on it missed it), and a probe on the caller counted it as "out ?"."""
+    from supervisor import probes
+    router = R.Router({"calc": CALC, "app": None, "d": CALC})
+    registry = probes.Registry(lambda: 0)
+    router.call_watch = registry.calls.watch
+    router.call_probes = registry.calls
+    registry.add(probes.spec("calc", "served", "calls", events=True))
+    analysis = registry.subscribe(probes.Subscriber(["calc"]))
+    calc = start(router, "calc", exports=True)
+    d = start(router, "d", exports=True)
+    app = start(router, "app", [grant("calc", "calc"), grant("d", "d")])
+    q1, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)                                   # calc's counter, not answered yet
+    _q2, data = app.conn.send_call(app.grants[1].import_id, CALC, 2, Content.capability(0),
+                                   [P.ReceiverAnswer(q1, ())])
+    app.send(data)                                   # ... passed on to d
+    (first,) = calc.inbox
+    calc.inbox.clear()
+    (second,) = d.inbox
+    promised = second.payload.caps[0].import_id
+    counter = object()
+    if settled:
+        calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [counter]))
+    body = Content.standalone([struct.pack("<QQ", 1 << 32, 5)])
+    d.send(d.conn.send_call(promised, OBSERVER, 4, body)[1])     # d calls what calc gives
+    if not settled:
+        calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [counter]))
+    call = next(ev for ev in calc.inbox if ev.target is counter)
+    calc.send(calc.conn.send_return(call.answer_id, Content()))
+    registry.take_calls()
+    events, _ = analysis.take(10)
+    assert [(e["caller"], e["callee"], e["compartment"], e["outcome"]) for e in events
+            if e["caller"] == "d"] == [("d", "calc", "calc", "returned")]
