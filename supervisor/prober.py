@@ -353,12 +353,14 @@ class Prober:
         self._trace_ids += 1
         label = f"trace-{self._trace_ids}"
         added = []
+        on_engine = {}          # spec -> the engine it was added on (a restart drops it)
         try:
             for c in chosen:
                 specs = [P.spec(c, label, "calls", events=True)]
                 if functions and "functions" in self.sup.system.compartments[c].instrument:
                     specs.append(P.spec(c, label + "-f", "functions", functions, events=True))
                 for s in specs:
+                    on_engine[s] = self.sup._peer_of.get(c)
                     try:
                         await self.add(s, by="wsuper trace")
                         added.append(s)
@@ -369,6 +371,11 @@ class Prober:
             deadline = trio.current_time() + seconds
             while trio.current_time() < deadline:
                 await trio.sleep(min(POLL * 2, max(0.0, deadline - trio.current_time())))
+                # a restart drops run-time probes, the session's too: without them
+                # again on the new engine, the compartment's calls were missing
+                # from the rest of the trace without a word
+                for s in added:
+                    await self._trace_again(s, on_engine, send)
                 self.registry.take_calls()
                 events, _ = sub.take(TRACE_CHUNK * 20)
                 for i in range(0, len(events), TRACE_CHUNK):
@@ -393,6 +400,25 @@ class Prober:
         for i in range(0, len(events), TRACE_CHUNK):
             await send({"events": events[i:i + TRACE_CHUNK]})
         await send({"done": True, "dropped": dropped})
+
+    async def _trace_again(self, s: P.ProbeSpec, on_engine: dict, send):
+        """A trace's probe `s` that a restart of its compartment dropped is added
+        again on the new engine (once per engine), and the trace client told."""
+        peer = self.sup._peer_of.get(s.compartment)
+        if peer is None or peer == on_engine.get(s) or \
+                self.sup._ready_peer.get(s.compartment) != peer or \
+                s.name in self.registry.probes.get(s.compartment, {}):
+            return
+        on_engine[s] = peer
+        try:
+            await self.add(s, by="wsuper trace")
+        except (P.ProbeError, EngineBusy) as e:
+            await send({"note": printable(f"{s.compartment} restarted; its trace probe "
+                                          f"{s.name} could not be added again: {e}")})
+            return
+        await send({"note": printable(f"{s.compartment} restarted: its trace probe {s.name} "
+                                      f"was added again (what it did while it restarted "
+                                      f"is not in the trace)")})
 
     # ------------------------------------------------------------ the Probe capability
 

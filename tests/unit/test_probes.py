@@ -605,3 +605,38 @@ def test_an_in_module_event_is_sent_only_for_probes_that_record_events():
     r.engine_events("c", EVENT.pack(ENTER, 0, 12, 0, 0))
     [ev], _ = sub.take(10)
     assert ev["kind"] == "enter" and ev["probes"] == ["ev"]
+
+
+def test_a_trace_keeps_tracing_a_compartment_that_restarts():
+    """An outside review: a trace's calls probes are run-time probes, which a restart
+    drops; the session went on to its end without them and without a word, so every
+    call of a compartment that restarted during `wsuper trace` was missing from the
+    trace from then on.  The session adds its probes again on the new engine and
+    says so in a note."""
+    import json
+    import trio
+    import trio.testing
+
+    p, sup, _said = _stand_in_prober()
+    p._trace_ids = 0
+    lines = []
+
+    class Stream:
+        async def send_all(self, data):
+            lines.append(json.loads(data))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(p.trace, Stream(), {"seconds": 5, "compartments": "c"})
+            while "trace-1" not in p.registry.probes.get("c", {}):
+                await trio.sleep(0.01)
+            sup._peer_of["c"] = sup._ready_peer["c"] = 2         # a new engine is ready
+            p.started("c")
+            await trio.sleep(1)
+            p.registry.calls.open(("k", 1), "app", "app.c", "c", "Calc.add")
+            p.registry.calls.close(("k", 1), "returned")
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    events = [e for line in lines for e in line.get("events", ())]
+    assert [(e["caller"], e["callee"], e["name"]) for e in events] == [("app", "c", "Calc.add")]
+    assert any("c restarted" in line.get("note", "") for line in lines), lines
+    assert p.registry.probes.get("c", {}) == {} and lines[-1]["done"]
