@@ -7,6 +7,8 @@ PolicyError naming the key in system.toml.
 """
 from __future__ import annotations
 
+import os
+
 import attrs
 import capnp
 import wasmtime
@@ -45,8 +47,22 @@ def prepare(system: System) -> Plan:
     # every interface with its name, the host's and the schemas': a schema may declare
     # one named as a host interface (File, Probe), and each keeps its own id and name
     every = list(ifaces.items())
+    files: dict[tuple, int] = {}        # (device, inode) -> where it is listed first
     for i, path in enumerate(system.schemas):
         key = f"system.schemas[{i}]"
+        # one file under two names (a symbolic link, a hard link): policy.parse
+        # compares spellings only, and the file loaded twice stopped at "Duplicate
+        # ID @0x...", never saying the list repeats it
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None                       # load says why
+        if st is not None:
+            first = files.setdefault((st.st_dev, st.st_ino), i)
+            if first != i:
+                raise where.error(key, f"{quoted(path)} is listed already, at "
+                                  f"system.schemas[{first}] ({quoted(system.schemas[first])}, "
+                                  "the same file through a symbolic or hard link)")
         try:
             module = capnp_schemas.load(path)
         except capnp_schemas.SchemaError as e:

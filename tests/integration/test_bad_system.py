@@ -1410,3 +1410,30 @@ def test_the_external_socket_cannot_take_a_systems_own_name_in_the_runtime_direc
     system.write_text(text.format(run / "wsuper" / "calc.sock"))
     assert subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
                           capture_output=True, env=env, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+@pytest.mark.parametrize("command", ["check", "up"])
+def test_a_schema_listed_again_through_a_link_is_named_as_listed_twice(tmp_path, link,
+                                                                        command):
+    """docs/policy-reference.md: a schema listed again, however it is spelled, is
+    refused naming where it was listed first.  Spelled through a symbolic or a
+    hard link (calc.capnp, then again.capnp -> calc.capnp) it passed that check,
+    which compares paths, and the file loaded twice stopped `check` and `up` at
+    "again.capnp:1: Duplicate ID @0xf0e7afc40966bc30.", which does not say the
+    list names one file twice."""
+    shutil.copy(SCHEMA, tmp_path / "calc.capnp")
+    if link == "symbolic":
+        os.symlink("calc.capnp", tmp_path / "again.capnp")
+    else:
+        os.link(tmp_path / "calc.capnp", tmp_path / "again.capnp")
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["calc.capnp", "again.capnp"]\n'
+        f'[compartments.calc]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper(command, str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (f"wsuper: error: {tmp_path / 'system.toml'}:2: system.schemas[1]: "
+                    f"{tmp_path / 'again.capnp'} is listed already, at system.schemas[0] "
+                    f"({tmp_path / 'calc.capnp'}, the same file through a symbolic or hard "
+                    "link)"), line
