@@ -754,19 +754,33 @@ stdio stdlib stdnoreturn string tgmath threads time uchar wchar wctype alloca ar
 cpio crypt dirent dlfcn endian err fcntl features fmtmsg fnmatch ftw fts getopt glob iconv
 ifaddrs langinfo libgen malloc memory monetary mqueue netdb nl_types poll pthread regex
 sched search semaphore spawn stdc-predef stdio_ext strings stropts syscall sysexits syslog
-tar termios ucontext unistd utime values varargs unwind wasm_simd128 wordexp""".split())
+tar termios ucontext unistd utime values varargs unwind wasm_simd128 wordexp
+stdbit stdckdint""".split())
+
+
+def _header_key(name: str) -> str:
+    """A header's name as a file system that ignores case sees it (macOS's and
+    Windows', FAT, a casefolded ext4 directory): there String.h is string.h, and
+    Wsuper.h is the SDK's wsuper.h, which bindgen writes over it."""
+    return name.casefold()
 
 
 def _header_problem(schema_path: str) -> str | None:
     """Why a schema's bindings cannot be written to its header name, or None."""
     name = header_name(schema_path)
-    if name == os.path.basename(SDK_HEADER):
-        return (f"{schema_path}: its bindings would be {name}, the C SDK's header, which "
+    key = _header_key(name)
+    sdk = os.path.basename(SDK_HEADER)
+    if key == _header_key(sdk):
+        return (f"{schema_path}: its bindings would be {name}, the C SDK's header"
+                f"{'' if name == sdk else f' ({sdk}, wherever case is ignored)'}, which "
                 "bindgen writes beside them; rename the schema file")
-    if name in _C_HEADERS or name.startswith("__"):
-        return (f"{schema_path}: its bindings would be {name}, a header of the C library, "
+    hidden = next((h for h in _C_HEADERS if _header_key(h) == key), None) \
+        or (name if name.startswith("__") else None)
+    if hidden:
+        return (f"{schema_path}: its bindings would be {name}, a header of the C library"
+                f"{'' if name == hidden else f' ({hidden}, wherever case is ignored)'}, "
                 f"which they would hide from the plugin and from wsuper.h "
-                f"(`#include <{name}>` finds the include directory first); rename the "
+                f"(`#include <{hidden}>` finds the include directory first); rename the "
                 "schema file")
     return None
 
@@ -781,10 +795,15 @@ def generate_all(schema_paths, out_dir: str) -> list[str]:
         problem = _header_problem(path)
         if problem:
             raise BindgenError(problem)
-        other = by_header.setdefault(name, path)
+        # by the name as a file system that ignores case sees it: a/Kv.capnp and
+        # b/kv.capnp wrote one file there, the second replacing the first
+        other = by_header.setdefault(_header_key(name), path)
         if os.path.realpath(other) != os.path.realpath(path):
             raise BindgenError(f"{other} and {path} would both be bound to {name} in "
-                               f"{out_dir}; rename one of the files or bind them apart")
+                               f"{out_dir}" + ("" if header_name(other) == name else
+                                               f" ({header_name(other)} is {name} wherever "
+                                               "case is ignored)")
+                               + "; rename one of the files or bind them apart")
     written: list[str] = []
     for path in by_header.values():
         written += [p for p in generate(path, out_dir) if p not in written]

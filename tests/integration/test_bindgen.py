@@ -849,3 +849,36 @@ def test_an_include_directory_that_cannot_be_made_is_named_not_an_errno(tmp_path
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip() == (f"wsuper: error: cannot make the include directory {out} "
                                     f"for the bindings of {SCHEMA}: {why}"), r.stderr
+
+
+@pytest.mark.parametrize("names,expected", [
+    (["String"], "its bindings would be String.h, a header of the C library (string.h, "
+                 "wherever case is ignored)"),
+    (["STDLIB"], "its bindings would be STDLIB.h, a header of the C library (stdlib.h, "
+                 "wherever case is ignored)"),
+    (["Wsuper"], "its bindings would be Wsuper.h, the C SDK's header (wsuper.h, wherever "
+                 "case is ignored)"),
+    (["a/Kv", "b/kv"], "would both be bound to kv.h in"),
+])
+def test_header_names_that_differ_in_case_alone_are_one_header(tmp_path, names, expected):
+    """Where the include directory ignores case (macOS, Windows, FAT, a casefolded
+    ext4 directory), String.capnp's String.h is string.h: it hid the C library's
+    as string.capnp's did, a check that compared names exactly let it through;
+    Wsuper.capnp's bindings and the SDK's wsuper.h, which bindgen writes beside
+    them, were one file, the second written over the first; a/Kv.capnp and
+    b/kv.capnp wrote one header, the second replacing the first.  Each is refused
+    before anything is written, wherever it is bound."""
+    from supervisor import bindgen
+    paths = []
+    for i, name in enumerate(names):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{name}.capnp").write_text(
+            f"@{0xd1f0a3b2c4e5f640 + i:x};\nstruct W{i} {{ x @0 :Int32; }}\n")
+        paths.append(str(tmp_path / f"{name}.capnp"))
+    with pytest.raises(bindgen.BindgenError) as e:
+        bindgen.generate_all(paths, str(tmp_path / "inc"))
+    assert expected in str(e.value)
+    if len(names) == 1:
+        with pytest.raises(bindgen.BindgenError):
+            bindgen.generate(paths[0], str(tmp_path / "inc"))
+    assert not (tmp_path / "inc").exists()
