@@ -404,3 +404,22 @@ def interfaces(module) -> dict:
                 and child.schema.node.which() == "interface":
             found[node.name] = child
     return found
+
+
+def nested_interfaces(module) -> dict:
+    """Every interface declared inside another declaration of a loaded schema module
+    (`Calc.Inner`, `S.Callback`, at any depth), by its qualified name: an allow
+    list names them so.  Walked on a stack of its own (a schema may nest deep)."""
+    found = {}
+    stack = [(node.name, getattr(module, node.name, None))
+             for node in reversed(module.schema.node.nestedNodes)]
+    while stack:
+        name, child = stack.pop()
+        schema = getattr(child, "schema", None)
+        if schema is None:
+            continue
+        if "." in name and schema.node.which() == "interface":
+            found[name] = child
+        for node in reversed(schema.node.nestedNodes):
+            stack.append((f"{name}.{node.name}", getattr(child, node.name, None)))
+    return found

@@ -78,6 +78,13 @@ def prepare(system: System) -> Plan:
             origin[name] = path
             ifaces[name] = iface
             every.append((name, iface))
+        # an interface declared inside another declaration (`Calc.Inner`, returned by
+        # Calc.make) is reached through a grant like any other, but an allow list
+        # could not name it ("unknown interface 'Calc.Inner'"): it passed every grant
+        # unrestricted.  Named by its qualified name; it is no export.
+        for name, iface in capnp_schemas.nested_interfaces(module).items():
+            origin.setdefault(name, path)
+            every.append((name, iface))
 
     names = {i.schema.node.id: (n, _method_names(i)) for n, i in every}
     gateway = hosted.GATEWAY                # not granted, but called: named in the audit

@@ -690,3 +690,52 @@ def test_checks_hard_link_warning_says_what_an_append_only_grant_can_do_there(tm
     assert "lets other read and append to that file:" in \
         warnings["compartments.other.grants.data"]
     assert "lets other read and overwrite that file:" in warnings["compartments.other.grants.rw"]
+
+
+def test_an_interface_declared_inside_another_is_named_by_an_allow_list(tmp_path):
+    """An interface declared inside another declaration (`Calc.Inner`, returned by
+    Calc.make; `S.Cb`, inside a struct) is reached through a grant like any other,
+    but an allow list could not name it: `Calc.Inner.z` and `Inner.z` were both
+    "unknown interface", so its methods passed every grant unrestricted, whatever
+    the operator wanted.  It is named by its qualified name, and restricted with
+    what it extends (an inherited method is called with its declarer's id)."""
+    from supervisor.membrane import Membrane
+    (tmp_path / "n.capnp").write_text("""@0xd1e2f3a4b5c6d7f0;
+interface Outer @0xd1e2f3a4b5c6d7f1 {
+  interface Base @0xd1e2f3a4b5c6d7f2 { reset @0 () -> (); }
+}
+interface Calc @0xd1e2f3a4b5c6d7f3 {
+  interface Inner @0xd1e2f3a4b5c6d7f4 extends(Outer.Base) { z @0 () -> (); w @1 () -> (); }
+  make @0 () -> (i :Inner);
+  add @1 () -> ();
+}
+struct S { interface Cb @0xd1e2f3a4b5c6d7f5 { ping @0 () -> (); pong @1 () -> (); } }
+""")
+    plan = plan_of(tmp_path, f"""
+[system]
+schemas = ["n.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = ["make", "Calc.Inner.z", "S.Cb.ping"] }}
+""")
+    (g,) = plan.system.compartments["app"].grants
+    m = Membrane.for_grant("app.calc", g, 0xd1e2f3a4b5c6d7f3, 0.0)
+    calc, base, inner, cb = 0xd1e2f3a4b5c6d7f3, 0xd1e2f3a4b5c6d7f2, 0xd1e2f3a4b5c6d7f4, \
+        0xd1e2f3a4b5c6d7f5
+    assert [m.allows(calc, 0), m.allows(calc, 1)] == [True, False]
+    assert [m.allows(inner, 0), m.allows(inner, 1), m.allows(base, 0)] == [True, False, False]
+    assert [m.allows(cb, 0), m.allows(cb, 1)] == [True, False]
+    assert plan.names[inner][0] == "Calc.Inner" and plan.names[cb][0] == "S.Cb"
+    with pytest.raises(policy.PolicyError) as e:
+        plan_of(tmp_path, f"""
+[system]
+schemas = ["n.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc.Inner"
+""")
+    assert "unknown interface 'Calc.Inner'" in str(e.value)
