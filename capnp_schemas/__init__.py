@@ -43,6 +43,21 @@ LOADED: list[tuple[str, tuple]] = []
 #: the parser refused it ("Duplicate ID"): load() gives the copy this module.
 _BUILTIN_COPIES: dict[bytes, object] = {}
 
+#: (device, inode) -> the name each schema file loaded in this process (and every
+#: file it imports) was read under: pycapnp knows a file by its name, and one file
+#: under two names (a symbolic or hard link) is two files to it, declaring the
+#: same ids ("Duplicate ID @0x..."): load() refuses a second name, naming the first.
+_NAMES: dict[tuple, str] = {}
+
+
+def _remember(files) -> None:
+    for file in files:
+        try:
+            st = os.stat(file)
+        except OSError:
+            continue
+        _NAMES.setdefault((st.st_dev, st.st_ino), file)
+
 
 def _builtin(path: str):
     import hashlib
@@ -50,6 +65,7 @@ def _builtin(path: str):
     LOADED.append((path, tuple(IMPORT_PATH)))
     with open(path, "rb") as f:
         _BUILTIN_COPIES[hashlib.sha256(f.read()).digest()] = module
+    _remember([os.path.normpath(path)])
     return module
 
 
@@ -86,7 +102,8 @@ _REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)'
                         r'|\b(import|embed)(?:\s++|#[^\n]*+)*+"((?:[^"\\\n]|\\.)*)"')
 
 
-def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None]]:
+def closure(path: str, import_path=(), parsed: list | None = None
+            ) -> list[tuple[str, str | None, int | None]]:
     """Every file `path` (a schema) reads when it is parsed: [(file, the schema that
     names it, line)], itself first.  A reference is `import "NAME"` or `embed
     "NAME"`: relative to the naming file's directory, or, with a leading "/",
@@ -100,11 +117,17 @@ def closure(path: str, import_path=()) -> list[tuple[str, str | None, int | None
     (the schema's own, or the import path's directory an absolute name was found
     in): the parser refuses that, and said only "expected parts.size() > 0 [0 >
     0]; can't use ".." to break out of starting directory", naming the schema
-    and not the file or line; SchemaError names them."""
+    and not the file or line; SchemaError names them.
+
+    `parsed`, if given, is appended the (file, by, line) of each file the parser
+    parses (the schema and what it imports, each time it is imported, under each
+    name; not what it embeds)."""
     path = os.path.abspath(path)
     out, seen, todo = [], set(), [(path, None, None, os.path.dirname(path))]
     while todo:
         file, by, line, root = todo.pop(0)
+        if parsed is not None:
+            parsed.append((file, by, line))     # each name it is imported by
         if os.path.realpath(file) in seen:
             continue
         seen.add(os.path.realpath(file))
@@ -268,10 +291,24 @@ def load(path: str, extra_imports=()):
     has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
     imports = import_path(path, extra_imports)
-    closure(path, imports)          # no FIFO, device or huge file among what it reads
+    read: list = []
+    closure(path, imports, read)    # no FIFO, device or huge file among what it reads
     copy = _builtin_copy(path)
     if copy is not None:
         return copy
+    names = dict(_NAMES)
+    for file, by, line in read:
+        try:
+            st = os.stat(file)
+        except OSError:
+            continue                        # the parser says why
+        other = names.setdefault((st.st_dev, st.st_ino), file)
+        if other != file:
+            what = (f"is {other}" if by is None else f"imports {file}, which is {other}")
+            raise SchemaError(by or file, line, f"{what} (the same file through a symbolic "
+                              "or hard link), read already under that name: the parser "
+                              "would read it as a second file declaring the same ids; "
+                              "name it one way")
     try:
         st = os.stat(path)
     except OSError as e:
@@ -288,6 +325,7 @@ def load(path: str, extra_imports=()):
     module = capnp.load(path, imports=imports)
     if (path, tuple(imports)) not in LOADED:
         LOADED.append((path, tuple(imports)))
+    _remember(file for file, _, _ in read)
     return module
 
 

@@ -1437,3 +1437,39 @@ def test_a_schema_listed_again_through_a_link_is_named_as_listed_twice(tmp_path,
                     f"{tmp_path / 'again.capnp'} is listed already, at system.schemas[0] "
                     f"({tmp_path / 'calc.capnp'}, the same file through a symbolic or hard "
                     "link)"), line
+
+
+@pytest.mark.parametrize("case", ["listed_after_import", "imported_after_listed",
+                                  "imported_twice"])
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_schema_file_read_under_two_names_is_named_as_one_file(tmp_path, case, link):
+    """pycapnp knows a schema file by its name: one file under two names (a link),
+    one listed and one imported, or imported twice by one schema, was two files
+    declaring the same ids, and `check` and `up` stopped at "l2.capnp:1:
+    Duplicate ID @0x...", not saying that both names are one file."""
+    (tmp_path / "lib.capnp").write_text("@0xd1c3f0a2b4e5f631;\n"
+                                        "interface Counter { inc @0 () -> (); }\n")
+    if link == "symbolic":
+        os.symlink("lib.capnp", tmp_path / "l2.capnp")
+    else:
+        os.link(tmp_path / "lib.capnp", tmp_path / "l2.capnp")
+    second = 'using M = import "l2.capnp";\n' if case == "imported_twice" else ""
+    (tmp_path / "c.capnp").write_text(
+        '@0xd1c3f0a2b4e5f632;\nusing L = import "lib.capnp";\n' + second
+        + "interface Calc { add @0 () -> (c :L.Counter); }\n")
+    schemas = {"listed_after_import": '"c.capnp", "l2.capnp"',
+               "imported_after_listed": '"l2.capnp", "c.capnp"',
+               "imported_twice": '"c.capnp"'}[case]
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = [{schemas}]\n'
+        f'[compartments.calc]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    lib, l2, c = (str(tmp_path / n) for n in ("lib.capnp", "l2.capnp", "c.capnp"))
+    expected = {"listed_after_import": f"{l2}: is {lib} ",
+                "imported_after_listed": f"{c}:2: imports {lib}, which is {l2} ",
+                "imported_twice": f"{c}:3: imports {l2}, which is {lib} "}[case]
+    assert line.startswith(f"wsuper: error: {expected}(the same file through a symbolic or "
+                           "hard link), read already under that name"), line
+    assert "Duplicate ID" not in line
