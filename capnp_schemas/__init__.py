@@ -56,7 +56,19 @@ def _remember(files) -> None:
             st = os.stat(file)
         except OSError:
             continue
-        _NAMES.setdefault((st.st_dev, st.st_ino), file)
+        other = _NAMES.setdefault((st.st_dev, st.st_ino), file)
+        if other != file and not _same_file(other, st):
+            _NAMES[(st.st_dev, st.st_ino)] = file
+
+
+def _same_file(path: str, st) -> bool:
+    """Whether `path` is still the file `st` describes (a file loaded long ago may
+    have been removed, and its inode number given to another)."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _builtin(path: str):
@@ -303,6 +315,8 @@ def load(path: str, extra_imports=()):
         except OSError:
             continue                        # the parser says why
         other = names.setdefault((st.st_dev, st.st_ino), file)
+        if other != file and not _same_file(other, st):
+            other = names[(st.st_dev, st.st_ino)] = file
         if other != file:
             what = (f"is {other}" if by is None else f"imports {file}, which is {other}")
             raise SchemaError(by or file, line, f"{what} (the same file through a symbolic "
