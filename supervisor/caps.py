@@ -37,7 +37,8 @@ class Remote(Cap):
 
 class Proxy(Cap):
     """A compartment's main object, as granted by name: stable across its lifetime.
-    Calls wait (`queue`) while the compartment starts and fail once it is gone."""
+    Calls wait (`queue`) while the compartment starts or restarts (Router.stop_engine)
+    and fail once it is gone and not restarting, or failed for good."""
 
     def __init__(self, compartment: str, interface_id: int | None, extends: tuple = (),
                  sealed: bool = False):

@@ -501,9 +501,23 @@ class Router:
         return self._flush()
 
     def stop_engine(self, name: str, reason: str) -> list:
-        """The runtime is taking compartment `name`'s engine down (to restart it)."""
+        """The runtime is taking compartment `name`'s engine down (to restart it, or
+        to fail it for good: `fail_compartment` follows).  What that engine had fails,
+        naming why (calls it ran, calls waiting for a start that failed); calls made
+        from now on wait for its next incarnation, each at most its call_time, as
+        calls to a starting compartment do.  They failed at once, 'compartment ...
+        is gone', for the whole restart delay (up to 10 s), though the docs said they
+        wait; and a program run once another's first start failed made its first
+        call to it in just that window (an outside review)."""
         peer = self.engines.get(name)
-        return self.disconnected(peer.id, reason) if peer is not None else []
+        out = self.disconnected(peer.id, reason) if peer is not None else []
+        proxy = self.proxies.get(name)
+        if proxy is not None and proxy.error is not None and proxy.error_type != "failed":
+            # broken as its engine went (_lose, start_failed), whichever came first;
+            # a compartment failed for good stays failed.  (_break_proxy let go of
+            # its target and its queue.)
+            proxy.error = None
+        return out
 
     def fail_compartment(self, name: str, reason: str) -> list:
         """The compartment will not come back: calls through its grants fail from now on."""
