@@ -177,7 +177,8 @@ class Lifecycle:
       abnormal.  The restart policy (`Supervision`) decides what follows.
     * A compartment that fails for good makes the exit code 1; a `critical` one
       stops the system.  An abnormal stop that is not restarted makes it 1 too, and
-      is as final: a `critical` compartment's stops the system.
+      is as final: a `critical` compartment's stops the system.  A stop (`wsuper
+      stop`) while a compartment that has never been ready restarts makes it 1 too.
     * The system is done when it has programs, none is running or restarting,
       and nothing is exported to the outside (then it serves until stopped).
     * SIGINT and SIGTERM stop it with exit code 128 + the signal (130, 143).
@@ -291,8 +292,16 @@ class Lifecycle:
         return [Say(f"{signame}, stopping"), *self._finish(128 + signum, force=True)]
 
     def stop(self, code: int = 0) -> list:
-        """Stop on request (an internal reason): exit with `code`, or what it already is."""
-        return self._finish(code)
+        """Stop on request (an internal reason): exit with `code`, or what it already is.
+        A compartment that has failed every start so far and is restarting makes it 1:
+        it never started (a stop then exited 0, as if the system had worked)."""
+        if self.stopping:
+            return []
+        never = sorted(n for n in self.tried - self.ready if self.state[n] == "restarting")
+        if not never:
+            return self._finish(code)
+        return [Say(f"{n} never started (restarting after failed starts)", n) for n in never] \
+            + self._finish(max(code, 1))
 
     # ------------------------------------------------------------ decisions
 

@@ -111,6 +111,36 @@ def test_a_system_serving_while_one_restarts_after_a_failed_start_says_so():
         "until Ctrl-C")
 
 
+
+def test_a_stop_while_one_never_started_and_restarts_exits_1_naming_it():
+    """An outside review: `wsuper stop` (or a log disk that failed) while a
+    compartment that has never been ready restarts after failed starts ended
+    `wsuper up` with exit code 0, as if the system had worked; design.md says a
+    compartment that never started is a configuration error (exit 1), and one
+    left stopped or failed for good makes it 1.  A stop during a first start that
+    has not failed, or while one that was ready restarts, is 0 as before; a
+    signal's code is the signal's."""
+    life = _life(db=RestartPolicy("permanent"), app=RestartPolicy())
+    life.started("app", program=False)
+    life.start_failed("db", "it did not start within 30 s", now=0)
+    assert life.stop(0) == [Say("db never started (restarting after failed starts)",
+                                "db"), Finish(1)]
+    # db is still in its first start: nothing failed
+    life = _life(db=RestartPolicy("permanent"), app=RestartPolicy())
+    life.started("app", program=False)
+    assert life.stop(0) == [Finish(0)]
+    # db was ready once and is restarting: it worked
+    life = _life(db=RestartPolicy("permanent"), app=RestartPolicy())
+    life.started("app", program=False)
+    life.start_failed("db", "no", now=0)
+    life.started("db", program=False)
+    life.engine_stopped("db", life.generation["db"], "engine exited", now=1)
+    assert life.state["db"] == "restarting" and life.stop(0) == [Finish(0)]
+    life = _life(db=RestartPolicy("permanent"), app=RestartPolicy())
+    life.started("app", program=False)
+    life.start_failed("db", "no", now=0)
+    assert life.signal(15, "SIGTERM")[-1] == Finish(143)
+
 def test_no_compartment_ready_yet_is_not_no_compartment_that_could_start():
     life = _life(db=RestartPolicy(), app=RestartPolicy())
     assert _kinds(life.start_failed("db", "no", now=0)) == ["Say", "Say", "Restart"]
