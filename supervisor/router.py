@@ -246,6 +246,7 @@ class Router:
         # client that is gone: cancelled (Finish sent), not answered yet (_cancel)
         self._orphans: dict[tuple, float] = {}
         self._orphans_at: dict[int, int] = {}          # callee id -> how many of them
+        self._orphan_bytes: dict[tuple, int] = {}      # their params' bytes (Python's)
         self.orphans_limit = orphans_limit if orphans_limit is not None \
             else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
         self._orphans_full = False
@@ -1440,18 +1441,27 @@ class Router:
         one had every other caller's calls refused (an outside review).  Up to twice
         the soft limit (far below the hard one, 4x + 16 MiB, that cuts the peer off),
         a caller whose own calls waiting there hold at most a quarter of the soft
-        limit still gets through; past it, or beyond twice, the call is refused."""
+        limit still gets through; past it, or beyond twice, the call is refused.
+
+        An external caller's share includes the calls of external clients that are
+        gone, cancelled there and not answered yet: their bytes still wait, and a
+        client that filled its quarter, closed its connection and connected again
+        had a quarter anew, filling twice the limit (every caller refused) with one
+        connection at a time (an outside review).  The compartments' calls go on."""
         soft = queue_soft_limit(peer.limits)
         caller = handler.reply[0]
         if waiting <= 2 * soft:
             mine = handler.size + sum(
                 h.size for (pid, _q), h in self._pending.items()
                 if pid == peer.id and type(h) is control.Forward and h.reply[0] is caller)
-            if mine <= soft // 4:
+            gone = sum(n for (pid, _q), n in self._orphan_bytes.items() if pid == peer.id) \
+                if caller.kind == "external" and self._orphan_bytes else 0
+            if mine + gone <= soft // 4:
                 return
+            also = f", {gone} those of external clients that are gone" if gone else ""
             raise CallError(f"compartment {peer.name} is not reading its messages "
                             f"({waiting} bytes are waiting for it, {mine} of them "
-                            f"{caller.name}'s calls not answered yet)", "overloaded")
+                            f"{caller.name}'s calls not answered yet{also})", "overloaded")
         raise CallError(f"compartment {peer.name} is not reading its messages "
                         f"({waiting} bytes are waiting for it)", "overloaded")
 
@@ -1997,6 +2007,8 @@ class Router:
             if orphan and caller.kind == "external" and not returned:
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
                 self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
+                if type(handler) is control.Forward and handler.size:
+                    self._orphan_bytes[key] = handler.size      # (_not_reading)
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
         self._guarded(callee, cancel, flush=False)
 
@@ -2004,6 +2016,7 @@ class Router:
         """The cancelled call `key` is answered, or past its time: it counts no more."""
         if self._orphans.pop(key, None) is None:
             return False
+        self._orphan_bytes.pop(key, None)
         n = self._orphans_at.pop(key[0]) - 1
         if n:
             self._orphans_at[key[0]] = n

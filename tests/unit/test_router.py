@@ -950,6 +950,50 @@ def test_one_callers_large_calls_waiting_for_a_callee_do_not_get_the_others_refu
     assert len(calc.inbox) == 3
 
 
+def test_a_client_that_reconnects_cannot_fill_a_callee_past_its_share_with_calls_it_left():
+    """An outside review: past a callee's soft limit, a caller holding at most a
+    quarter of it still gets through, counted from its calls not answered yet.  An
+    external client that filled its quarter and closed its connection took its
+    count with it (its calls cancelled, Finish queued behind them), but not their
+    bytes, which still wait at the callee (an engine reads nothing while a call
+    runs); connecting again it had a quarter anew, and with one connection at a
+    time it filled the callee past twice the limit, where every caller, the
+    compartments too, was refused 'not reading its messages'.  The bytes of gone
+    clients' calls not answered yet count to every external caller's share there;
+    the compartments' calls go on."""
+    waiting = {}
+    router = R.Router({"calc": CALC, "app": None}, external=("calc",),
+                      backlog=lambda pid: waiting.get(pid, 0))
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    soft = R.queue_soft_limit(R.Limits())
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(soft // 4 - 4096)])
+    waiting[calc.pid] = soft + 1                 # calc runs a long call: reads nothing
+    refused = None
+    for i in range(8):
+        c = client(router, f"c{i}")
+        c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, big)[1])
+        if c.inbox:
+            refused = c.inbox.pop()
+            break
+        waiting[calc.pid] += big.size()          # it waits at calc
+        c.deliver(router.disconnected(c.pid, "closed"))
+    assert refused is not None, waiting[calc.pid] - 2 * soft
+    assert waiting[calc.pid] < 2 * soft
+    assert refused.error_type == "overloaded" and "not reading its messages" in \
+        refused.error and "external clients that are gone" in refused.error, refused.error
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert app.inbox == []                       # a compartment still gets through
+    # calc answers (here: finishes) the calls left: their bytes count no more
+    for ev in list(calc.inbox):
+        calc.send(calc.conn.send_return(ev.answer_id))
+    waiting[calc.pid] = soft + 1
+    c = client(router, "again")
+    small = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(1024)])
+    c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, small)[1])
+    assert c.inbox == [] and not router._orphan_bytes
+
+
 def test_calls_waiting_for_a_compartment_to_start_end_at_call_time_or_with_their_caller():
     now = [0.0]
     router = R.Router({"calc": CALC, "app": None, "other": None},
