@@ -252,6 +252,9 @@ class Router:
         self._orphans_full = False
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
+        # bytes of calls in `_out` to each peer (id -> bytes): sent by the router, not
+        # handed to the runtime yet, so not in `backlog` (call_peer counts them)
+        self._unsent: dict[int, int] = {}
         self.native = None                             # the fast lane (fastlane.Lane), if any
         self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
         self._route_of: dict[tuple, int] = {}          # (caller id, id(cap)) -> export id
@@ -580,6 +583,8 @@ class Router:
 
     def _flush(self) -> list:
         out, self._out = self._out, []
+        if self._unsent:
+            self._unsent = {}
         return out
 
     def _new_peer(self, name, kind, limits) -> Peer:
@@ -1420,12 +1425,18 @@ class Router:
         self._check_size(peer, content)
         if isinstance(handler, control.Forward):
             handler.size = content.size()
-            waiting = self.backlog(peer.id)
+            # what waits to be written to it, and what this answer of the router's
+            # sends it before: calls that waited for its start (or a promise) go in
+            # one answer, and each saw the backlog as it was before all of them (30
+            # MiB of them sent at once to a compartment whose hard bound was 24 MiB
+            # cut the engine just started off: an outside review)
+            waiting = self.backlog(peer.id) + self._unsent.get(peer.id, 0)
             if waiting > queue_soft_limit(peer.limits):
                 self._not_reading(peer, handler, waiting)
         self._check_handles(peer, caps)
         out_caps = [self._export_cap(peer, c) for c in caps]
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
+        self._unsent[peer.id] = self._unsent.get(peer.id, 0) + len(data)
         self._retain_new(peer, caps)
         self._pending[(peer.id, qid)] = handler
         if isinstance(handler, control.Forward):

@@ -994,6 +994,42 @@ def test_a_client_that_reconnects_cannot_fill_a_callee_past_its_share_with_calls
     assert c.inbox == [] and not router._orphan_bytes
 
 
+def test_calls_that_waited_for_a_start_go_to_it_within_its_bounds_not_all_at_once():
+    """An outside review: the bytes waiting for a peer were checked against its soft
+    bound as each call went, but they are written once the router's whole answer
+    is performed: calls sent in one go (those that waited for a compartment to
+    start or restart, all sent when it is ready) all saw the backlog as it was
+    before any of them.  Two clients that queued 15 calls of 1 MiB each on a
+    compartment with message_size 1 MiB (soft bound 2 MiB, hard 24 MiB) while it
+    started had 30 MiB sent to it at once: past its hard bound, the supervisor cut
+    the engine that had just started off ('it does not read its messages'), a
+    restart each time, until it failed for good.  What the router has sent and not
+    handed over yet counts as waiting."""
+    limits = R.Limits(message_size=1 << 20)
+    router = R.Router({"calc": CALC}, external=("calc",), limits={"calc": limits},
+                      backlog=lambda pid: 0)       # nothing written yet: one answer
+    calc, starting = start(router, "calc", exports=True, later=True)
+    soft, hard = R.queue_soft_limit(limits), R.queue_hard_limit(limits)
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes((1 << 20) - 4096)])
+    clients = [client(router, f"c{i}") for i in range(2)]
+    for c in clients:
+        for _ in range(15):
+            c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, big)[1])
+    assert all(c.inbox == [] for c in clients)             # they wait for calc
+    sent = [0]
+    feed = calc.feed
+
+    def counted(data):
+        sent[0] += len(data)
+        feed(data)
+    calc.feed = counted
+    calc.deliver(starting)
+    assert sent[0] <= 2 * soft + (1 << 20) + 65536 < hard, sent[0]
+    refused = [ev for c in clients for ev in c.inbox]
+    assert refused and all("not reading its messages" in ev.error for ev in refused)
+    assert len(calc.inbox) + len(refused) == 30
+
+
 def test_calls_waiting_for_a_compartment_to_start_end_at_call_time_or_with_their_caller():
     now = [0.0]
     router = R.Router({"calc": CALC, "app": None, "other": None},
