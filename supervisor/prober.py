@@ -87,20 +87,42 @@ class Prober:
         self._traces = 0
         self._trace_ids = 0                   # names the probes of each trace session
         self._incarnation: dict = {}          # compartment -> engine peer its sites are from
+        #: compartment -> its collect question the engine has not answered within
+        #: ENGINE_TIMEOUT: no other is asked until it is (see _engine)
+        self._unanswered: dict = {}
 
     # ------------------------------------------------------------ engines
 
     async def _engine(self, name: str, method: int, values: dict | None = None,
                       timeout: float = ENGINE_TIMEOUT) -> dict:
         params, results = _STRUCTS[method]
+        deadline = trio.current_time() + timeout
+        busy = EngineBusy(f"{name} did not answer within {timeout:g} s (its guest is busy); "
+                          f"the change applies when it next waits or returns")
+        collect = method == probing.COLLECT
+        if collect:
+            # One collect question in an engine at a time: one given up on stays open
+            # until the engine answers (or goes), and each poll asked another, so an
+            # engine that never answered (a guest in a long loop, a taken-over engine)
+            # grew the supervisor's open questions by one every ENGINE_TIMEOUT for
+            # good (an outside review).  A collect waits for the one still open.
+            late = self._unanswered.get(name)
+            if late is not None:
+                with trio.move_on_at(deadline):
+                    await late.done.wait()
+                if not late.done.is_set():
+                    raise busy
+                if self._unanswered.get(name) is late:
+                    del self._unanswered[name]
         content, _caps = payloads.build(params, values or {})
         answer = _Answer(results, self.sup._set)
         self.sup._perform(self.sup.router.engine_call(name, method, content, answer))
-        with trio.move_on_after(timeout):
+        with trio.move_on_at(deadline):
             await answer.done.wait()
         if not answer.done.is_set():
-            raise EngineBusy(f"{name} did not answer within {timeout:g} s (its guest is busy); "
-                             f"the change applies when it next waits or returns")
+            if collect:
+                self._unanswered[name] = answer
+            raise busy
         if answer.error is not None:
             raise P.ProbeError(f"{name}: {answer.error}")
         return answer.value

@@ -640,3 +640,40 @@ def test_a_trace_keeps_tracing_a_compartment_that_restarts():
     assert [(e["caller"], e["callee"], e["name"]) for e in events] == [("app", "c", "Calc.add")]
     assert any("c restarted" in line.get("note", "") for line in lines), lines
     assert p.registry.probes.get("c", {}) == {} and lines[-1]["done"]
+
+
+def test_an_engine_that_never_answers_a_collect_is_asked_no_other_meanwhile():
+    """An outside review: a collect the engine did not answer within ENGINE_TIMEOUT
+    stayed open in the router, and the next poll asked another: an engine that
+    never answered (a guest in a long loop, a taken-over engine) grew the
+    supervisor's open questions by one every 5 s for as long as it ran.  A collect
+    waits for the one still open; once that is answered, the next is asked."""
+    import trio
+    import trio.testing
+    from compartments import probing
+    from supervisor import prober
+
+    p, sup, _said = _stand_in_prober()
+    p._unanswered = {}
+    asked = []
+    sup._set = trio.Event.set
+    sup._perform = lambda effects: None
+    sup.router = type("Router", (), {})()
+    sup.router.engine_call = lambda name, method, content, answer: asked.append(
+        (method, answer)) or []
+
+    async def main():
+        for _ in range(5):                       # five polls' worth, none answered
+            with pytest.raises(prober.EngineBusy):
+                await p._engine("c", probing.COLLECT)
+        assert [m for m, _ in asked] == [probing.COLLECT]
+        asked[0][1].lost(None, None, "c: engine gone")      # it ends (answered or gone)
+        with pytest.raises(prober.EngineBusy):
+            await p._engine("c", probing.COLLECT)
+        assert [m for m, _ in asked] == [probing.COLLECT] * 2
+        for _ in range(3):                       # other requests are never held back
+            with pytest.raises(prober.EngineBusy):
+                await p._engine("c", probing.PROBE, {"flags": b"", "hostcalls": False})
+        assert [m for m, _ in asked] == [probing.COLLECT] * 2 + [probing.PROBE] * 3
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
