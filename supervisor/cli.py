@@ -479,7 +479,12 @@ def _call(plan, args) -> int:
         text = client.call(path, name, interface, method, params, args.timeout, args.json,
                            declared_by)
     except client.CallFailed as e:
-        _error(f"{name}.{method}: {e}")
+        hint = ""
+        if str(e).startswith("cannot connect to ") and not args.socket and not system.socket:
+            # `up --socket PATH` binds where the system file does not say
+            hint = ("; if the system was started with `wsuper up --socket PATH`, "
+                    "give `call` the same --socket PATH")
+        _error(f"{name}.{method}: {e}{hint}")
         return 1
     from capnp_schemas.text import printable
     # the compartment's text, escaped as a whole: only the newlines of the

@@ -1096,3 +1096,22 @@ def test_up_refuses_a_shared_directory_with_the_line_check_names(tmp_path, key):
         said[command] = r.stderr.strip()
     assert said["up"] == said["check"], said
     assert said["up"].startswith(f"wsuper: error: {system}:3: system.{key}: "), said
+
+
+def test_call_that_cannot_connect_says_a_socket_given_to_up_is_given_to_call_too(tmp_path):
+    """`wsuper up --socket PATH` binds the external socket where the system file does
+    not say: a `wsuper call` without the same --socket said only "cannot connect to"
+    the default path, which a user took for the system not running.  It says what
+    to give; with --socket given, or the socket named by the system file, it does not."""
+    path = tmp_path / "system.toml"
+    text = (f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+            f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+            f'exports = "Calc"\nexternal = true\n')
+    for socket, hint in ((None, True), ("--socket", False), ("system", False)):
+        path.write_text(text.replace("[compartments", f'socket = "{tmp_path}/s.sock"\n'
+                                     "[compartments", 1) if socket == "system" else text)
+        more = ("--socket", str(tmp_path / "elsewhere.sock")) if socket == "--socket" else ()
+        r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "5",
+                       *more)
+        assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
+        assert ("give `call` the same --socket PATH" in r.stderr) == hint, r.stderr
