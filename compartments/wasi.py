@@ -996,12 +996,27 @@ class Wasi:
             self._send_line(d)
 
     def flush_all(self):
-        """At exit: the unfinished lines of stdout and stderr."""
-        for d in self.fds.values():
+        """At exit: the unfinished lines of stdout and stderr.  Each Log.write is a host
+        call, during which calls into the compartment are served: over the table
+        itself, one that opened or closed a file meanwhile failed the flush
+        ('dictionary changed size during iteration'), the other logs' lines
+        unsent.  The descriptors as they were, then, each in use while it is
+        flushed (a close served meanwhile leaves its reference until then), and
+        one closed meanwhile skipped: its close sent its line."""
+        for d in list(self.fds.values()):
+            if not any(x is d for x in self.fds.values()):
+                continue
+            self._frames.append([d])
+            done = False                 # (not while an exit served meanwhile unwinds)
             try:
                 self._flush(d)
+                done = True
             except HostCallFailed:
-                pass
+                done = True
+            finally:
+                self._frames.pop()
+                if self._deferred:
+                    self._drop_deferred(flush=done)
 
     def close_all(self):
         """Drop every reference this state holds (instance = "per_call": the engine

@@ -815,3 +815,51 @@ def test_a_result_pointer_into_the_calls_own_input_leaves_the_input_as_it_was():
         host.mem[100:108] = struct.pack("<II", 1000, 8)
         assert call(w, name, fd, 100, 1, *extra, 100) == 0, name
         assert host.read(1000, 8) == b"x" * 8 and host.u32(100) == 8, name
+
+
+@pytest.mark.parametrize("meanwhile", ["open", "close-other", "close-this", "write-other"])
+def test_the_exit_flush_goes_on_whatever_a_call_served_meanwhile_opens_closes_or_writes(
+        meanwhile):
+    """flush_all (at a program's end, or its exit in a call it serves) sends each log's
+    unfinished line with Log.write, a host call during which calls into the
+    compartment are served.  It went over the descriptor table itself: a call
+    served meanwhile that opened or closed a file changed it, and the flush
+    failed 'dictionary changed size during iteration' (run() failed with it, the
+    program's exit code lost, and the other logs' lines were never sent); a close
+    of the log being flushed dropped its reference under the Log.write using
+    it.  It now goes over the descriptors as they were, each in use while it is
+    flushed, and sends every line a descriptor still open has, once."""
+    host, w = wasi_with(("stdout", "log", "", 5), ("stderr", "log", "", 6),
+                        ("data", "directory", "/data", 7))
+    for fd, text in ((1, b"out"), (2, b"err")):
+        host.write(1000, text)
+        host.write(0, struct.pack("<II", 1000, len(text)))
+        assert call(w, "fd_write", fd, 0, 1, 900) == 0
+    sent, seen = [], {}
+
+    def log_write(text):
+        sent.append(text)
+        if text == "out" and not seen:
+            if meanwhile == "open":
+                host.write(2000, b"other.txt")
+                seen["r"] = call(w, "path_open", 3, 0, 2000, 9, 0, wasi.RIGHT_FD_READ, 0, 0,
+                                 2100)
+            elif meanwhile == "write-other":
+                host.write(1000, b"-more")
+                host.write(0, struct.pack("<II", 1000, 5))
+                seen["r"] = call(w, "fd_write", 2, 0, 1, 900)
+            else:
+                seen["r"] = call(w, "fd_close", 2 if meanwhile == "close-other" else 1)
+            seen["dropped"] = list(host.dropped)
+        return {}
+
+    host.results["Log", "write"] = log_write
+    host.results.setdefault(("Directory", "open"), "cap")
+    w.flush_all()
+    assert seen["r"] == 0
+    assert sorted(sent) == sorted(["out", "err-more" if meanwhile == "write-other" else "err"])
+    # a reference in use by the flush is not dropped under it, and each goes once
+    assert 5 not in seen["dropped"]
+    assert len(host.dropped) == len(set(host.dropped))
+    if meanwhile == "close-this":
+        assert host.dropped == [5]
