@@ -254,6 +254,7 @@ class Engine:
         #: the store of each guest code running now, innermost last (_guest)
         self._running: list = []
         self._run_answer = None              # the answer id of run() while _start runs
+        self._exited = None                  # its one instance's exit code, once it exited
         # (read sequence, event) received and not handled yet (_pump)
         self._backlog: collections.deque = collections.deque()
         self._read_seq = 0                   # reads of the socket so far
@@ -1064,6 +1065,9 @@ class Engine:
         except _CallError as e:
             self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
         except wasi.WasiExit as e:     # proc_exit while serving a call: this instance is done
+            # and no guest code runs again: the calls served while the flush's Log.write
+            # waits are refused as this one is (they ran the program that had exited)
+            self._exited = e.code
             if self.wasi is not None:
                 self.wasi.flush_all()
             self._send(self.conn.send_exception(
@@ -1170,6 +1174,10 @@ class Engine:
         if self.dispatch is None:
             self._let_go(ev.payload.caps)
             raise _CallError("unimplemented", f"compartment {self.name} serves no calls")
+        if self._exited is not None:
+            self._let_go(ev.payload.caps)
+            raise _CallError("disconnected", f"compartment {self.name} exited "
+                             f"(code {self._exited})")
         try:
             outer = self._fresh_instance() if self.per_call else None
         except BaseException:

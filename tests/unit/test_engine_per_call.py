@@ -254,3 +254,61 @@ def test_a_module_whose_segments_do_not_fit_is_not_said_to_have_a_start_function
     with pytest.raises(EngineError) as e:
         Engine(Recorded(), EngineSpec(name="segments", module=str(path), exports=True))
     assert str(e.value) == f"cannot instantiate {path}: {says}"
+
+
+def test_no_call_reaches_a_program_that_exited_while_its_exit_flush_waits(tmp_path):
+    """exit (proc_exit) in a call the compartment serves ends its one instance: the
+    engine sends the last unfinished line of stdout (a Log.write, a host call
+    during which calls into the compartment are served), answers the exiting
+    call 'exited' and ends.  The calls that came while that Log.write waited
+    were dispatched into the program that had exited: its wsuper_dispatch ran
+    after its exit (measured with real engines: 1 to 5 calls of six callers
+    answered by it, lines it wrote then shown) and could exit a second time,
+    its code taken for the program's.  They are refused as the exiting call
+    is answered."""
+    from tests.unit.test_engine_native import Answering
+    module = tmp_path / "exits.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "bye")
+  (data (i32.const 0) "\\10\\00\\00\\00\\03\\00\\00\\00")
+  (global $ran (mut i32) (i32.const 0))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (global.set $ran (i32.add (global.get $ran) (i32.const 1)))
+    (if (i32.eqz (local.get 2)) (then
+      (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))
+      (call $exit (i32.const 7))))
+    (i32.const 0)))""")
+    engine = Engine(Answering(), EngineSpec(name="exits", module=str(module), exports=True))
+    log = object()
+    d = Driven(engine, [("stdout", "log", "")], [log])
+    sock, sup, main = d.sock, d.sup, d.main
+    returns, nested, written = {}, [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
+                assert ev.target is log
+                written.append(ev)
+                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
+                nested.append(q)
+                more += msg + sup.send_return(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))
+    sock.batches.append(msg)
+    with pytest.raises(SystemExit):
+        while sock.batches:
+            engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    assert len(written) == 1 and len(nested) == 1            # "bye" went out
+    assert returns[q].error == "compartment exits exited (code 7)"
+    ret = returns[nested[0]]
+    assert ret.payload is None and ret.error_type == "disconnected", ret
+    assert ret.error == "compartment exits exited (code 7)"
