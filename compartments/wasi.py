@@ -1004,7 +1004,8 @@ class Wasi:
         flushed (a close served meanwhile leaves its reference until then), and
         one closed meanwhile skipped: its close sent its line."""
         for d in list(self.fds.values()):
-            if not any(x is d for x in self.fds.values()):
+            if d.kind != "log" or not (d.line or d.cut) \
+                    or not any(x is d for x in self.fds.values()):
                 continue
             self._frames.append([d])
             done = False                 # (not while an exit served meanwhile unwinds)
