@@ -266,6 +266,7 @@ class Wasi:
         results = _RESULTS.get(name, ())
         def call(*args):
             self._frames.append([])
+            returned = False     # (sys.exc_info() also names what the engine handles around us)
             try:
                 for i, size in results:         # before the call does anything
                     # written back as it is: the result may share memory with what
@@ -273,22 +274,27 @@ class Wasi:
                     at = args[i] & 0xFFFFFFFF
                     self.host.write(at, self.host.read(at, size))
                 r = impl(*args)
+                returned = True
                 return 0 if r is None else r
             except _Fail as f:
+                returned = True
                 return f.errno
             except HostCallFailed as e:
+                returned = True
                 return errno_of(e)
             except protect.Fault as e:    # a protected page (compartments/protect.py)
+                returned = True
                 print(f"wsuper: {name}: EFAULT: {e}", file=sys.stderr, flush=True)
                 return E.FAULT
             except (ValueError, OverflowError, struct.error, UnicodeError):
+                returned = True
                 return E.INVAL           # arguments no call could mean (huge, negative)
             finally:
                 self._frames.pop()
                 if self._deferred:
                     # no host call while an exit or a trap unwinds the guest: what
                     # closed meanwhile is only let go then
-                    self._drop_deferred(flush=sys.exc_info()[0] is None)
+                    self._drop_deferred(flush=returned)
         if name == "proc_exit":
             return impl
         call.__name__ = name

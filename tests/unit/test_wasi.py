@@ -863,3 +863,31 @@ def test_the_exit_flush_goes_on_whatever_a_call_served_meanwhile_opens_closes_or
     assert len(host.dropped) == len(set(host.dropped))
     if meanwhile == "close-this":
         assert host.dropped == [5]
+
+
+def test_a_write_closed_under_it_sends_its_line_even_when_entered_while_the_engine_unwinds():
+    """_drop_deferred sends the line a write left in a log closed under it (a call
+    served meanwhile closed fd 1), except while an exit or a trap unwinds that
+    WASI call.  It told the two apart by sys.exc_info(), which also names an
+    exception the engine is handling around the whole guest entry: a program
+    that trapped in _start still serves calls during the exit flush (the
+    engine's `finally`), and a write there that returned normally had its line
+    dropped, told written.  Only an exception through the call itself counts now."""
+    host, w = wasi_with(("stdout", "log", "", 5))
+    sent = []
+
+    def log_write(text):
+        sent.append(text)
+        if text == "r0":
+            assert call(w, "fd_close", 1) == 0
+        return {}
+
+    host.results["Log", "write"] = log_write
+    host.write(1000, b"r0\nT0")
+    host.write(0, struct.pack("<II", 1000, 5))
+    try:
+        raise KeyError("a trap the engine is unwinding")
+    except KeyError:
+        assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 5
+    assert sent == ["r0", "T0"]
+    assert host.dropped == [5]
