@@ -1210,8 +1210,11 @@ def _size(where, key, value, lo, hi) -> int:
                               f"not {_shown(value)}")
         n = int(m.group(1)) * _UNITS[m.group(2) or ""]
         if not lo <= n <= hi:
-            raise where.error(key, f"{value!r} is {n:,} bytes; it must be from {_bound(lo)} "
-                              f"to {_bound(hi)}")
+            # the value cut, as every value an error quotes: spaces are allowed
+            # around its number and unit, and thousands of them pushed the range
+            # past SHOWN_ERROR, off the line
+            raise where.error(key, f"{_shown(value)} is {n:,} bytes; it must be from "
+                              f"{_bound(lo)} to {_bound(hi)}")
         return n
     return _number(where, key, value, lo, hi, real=False)
 

@@ -5,6 +5,7 @@ error finder reads, every error line.  The same classes run through the real
 command in tests/integration/test_bad_system.py, and fuzz/policy.py throws
 random documents at all of it."""
 import os
+import re
 import stat
 
 import pytest
@@ -72,6 +73,21 @@ def test_every_number_that_is_nan_inf_huge_or_no_number_is_refused_naming_its_ke
         assert f": {dotted}: " in str(e.value), (value, str(e.value))
         assert e.value.line is not None and e.value.line > 1, (value, str(e.value))
         assert len(str(e.value)) < 400, str(e.value)
+
+
+@pytest.mark.parametrize("place,key", [(p, k) for p, k, size in _numeric_keys() if size])
+def test_a_size_out_of_range_padded_with_spaces_still_states_its_range(place, key):
+    """An outside review: spaces around a size's number and unit are allowed
+    ("  2 EiB "), and the range error quoted the whole string, uncut: a size
+    padded with 3,000 spaces made an error line past SHOWN_ERROR, cut before
+    the range it was refused for ("'2        ... (3,1xx characters)").  The value
+    is shown cut, like every other value an error quotes, and the rule is said."""
+    text, dotted = _document(place, key, '"2' + " " * 3000 + 'EiB"')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert f": {dotted}: " in str(e.value), str(e.value)
+    assert re.search(r"from [0-9,]+( MiB)? to [0-9,]+( PiB)?", str(e.value)), str(e.value)
+    assert len(str(e.value)) < 400, str(e.value)
 
 
 def test_the_numbers_that_are_allowed_still_are():
