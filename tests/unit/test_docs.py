@@ -202,6 +202,28 @@ def test_every_size_the_reference_writes_with_a_unit_is_one_the_file_takes():
     assert size.audit_max_size == 1 << 50
 
 
+def test_the_limits_section_says_once_how_a_size_is_written_and_its_examples_hold():
+    """An outside review: two reviews' merges had kept both versions of the
+    limits section's opening (its "nobody else is affected" and its "Sizes are
+    bytes" twice, the first one's sentence cut mid-way). The way of writing a
+    size is said once, and each string it calls refused is refused, each
+    it shows is taken."""
+    assert REFERENCE_TEXT.count("Sizes are\nbytes, written as a number") == 1
+    assert REFERENCE_TEXT.count("nobody else is affected") == 1
+    section = REFERENCE_TEXT.split("## `[compartments.NAME.limits]`")[1].split("\n| key")[0]
+    refused = re.findall(r'`"([^`]*)"`', section.split("are refused)")[0].split("In a string")[1]) \
+        + re.findall(r'`"([^`]*)"`', section.split("are refused)")[1])
+    assert {"1.5MiB", "-1", "1e6", "64mib", "64MB"} <= set(refused), refused
+    for text in refused:
+        with pytest.raises(policy.PolicyError, match="must be a size in bytes"):
+            policy.parse(BASE + f'[compartments.b.limits]\nmemory = "{text}"\n', "/s/s.toml")
+    system = policy.parse(BASE + '[compartments.b.limits]\nmemory = " 64 MiB "\n', "/s/s.toml")
+    assert system.compartments["b"].limits.memory == 64 << 20
+    with pytest.raises(policy.PolicyError, match=r"'5GiB' is 5,368,709,120 bytes; it must be "
+                                                 r"from 65,536 to 4,294,967,296"):
+        policy.parse(BASE + '[compartments.b.limits]\nmemory = "5GiB"\n', "/s/s.toml")
+
+
 _GRANT_RANGES = [(k, m.groups()) for r in GRANT_TABLES[0] + GRANT_TABLES[1]
                  for m in [re.search(r"\b(\d[\d.^]*) to (\d[\d.^]*)\b", r[1])] if m
                  for k in _keys(r[0]) if k in policy.GRANT_KEYS]
