@@ -26,12 +26,21 @@ def method_structs(iface, method: str) -> tuple:
             _StructModule(m.result_type, method + "Results"))
 
 
+def _segments(message) -> list:
+    """Every segment of a built message, writable.  pycapnp allocates a first
+    segment of 1024 words (8 KiB) and goes on in more: content built from its
+    first segment alone kept far pointers to segments it no longer had (a
+    compartment of 60 grants with long names, or a mount of 9 KiB, never
+    started: "Message contains far pointer to unknown segment")."""
+    return [bytearray(s) for s in message.to_segments()]
+
+
 def with_capability(message, field: int = 0, index: int = 0) -> Content:
     """A built struct message whose pointer field `field` is capability #`index`."""
-    seg = bytearray(message.to_segments()[0])
-    loc = wire.struct_pointer_field([seg], (0, 0), field)
-    wire.set_word(seg, loc[1], wire.cap_pointer(index))
-    return Content.standalone([seg])
+    segs = _segments(message)
+    loc = wire.struct_pointer_field(segs, (0, 0), field)
+    wire.set_word(segs[loc[0]], loc[1], wire.cap_pointer(index))
+    return Content.standalone(segs)
 
 
 StartParams, StartResults = method_structs(engine_schema.Engine, "start")
@@ -49,11 +58,11 @@ def grants_content(grants) -> Content:
     lst = msg.init("grants", len(grants))
     for i, (name, kind, mount) in enumerate(grants):
         lst[i].name, lst[i].kind, lst[i].mount = name, kind, mount
-    seg = bytearray(msg.to_segments()[0])
-    loc = wire.struct_pointer_field([seg], (0, 0), 0)
-    for i, (_s, start, data, _ptrs) in enumerate(wire.struct_list_elements([seg], loc)):
-        wire.set_word(seg, start + data + _GRANT_CAP, wire.cap_pointer(i))
-    return Content.standalone([seg])
+    segs = _segments(msg)
+    loc = wire.struct_pointer_field(segs, (0, 0), 0)
+    for i, (s, start, data, _ptrs) in enumerate(wire.struct_list_elements(segs, loc)):
+        wire.set_word(segs[s], start + data + _GRANT_CAP, wire.cap_pointer(i))
+    return Content.standalone(segs)
 
 
 def read_grants(content: Content) -> list[tuple[str, int | None, str, str]]:
@@ -236,13 +245,13 @@ def _build_pycapnp(struct_module, values: dict | None) -> tuple[Content, list]:
     _fill(msg, values)
     if not cap_fields:
         return Content.standalone(msg.to_segments()), caps
-    seg = bytearray(msg.to_segments()[0])
+    segs = _segments(msg)
     for name, obj in cap_fields:
-        loc = wire.struct_pointer_field([seg], (0, 0), fields[name].proto.slot.offset)
+        loc = wire.struct_pointer_field(segs, (0, 0), fields[name].proto.slot.offset)
         if obj is not None:
-            wire.set_word(seg, loc[1], wire.cap_pointer(len(caps)))
+            wire.set_word(segs[loc[0]], loc[1], wire.cap_pointer(len(caps)))
             caps.append(obj)
-    return Content.standalone([seg]), caps
+    return Content.standalone(segs), caps
 
 
 def _fill(builder, values: dict):

@@ -279,3 +279,36 @@ def test_what_pycapnp_refuses_is_refused_in_words_not_cpp(segments):
         payloads.read(get.params, content, 1 << 16)
     said = str(e.value)
     assert said and "c++" not in said and "expected " not in said and "failed:" not in said, said
+
+
+def test_a_built_message_past_its_first_segment_keeps_every_segment(tmp_path):
+    """An outside review: pycapnp builds a message in a first segment of 1024
+    words and goes on in more, and the three builders that point a field at a
+    capability (grants_content, with_capability, build with a capability field)
+    kept the first segment alone: what lay past it was a far pointer to a
+    segment that was not there.  A compartment of 60 grants with long names, or
+    one grant with a mount of 9 KiB, never started ("the engine could not handle
+    this call (KjException: ... Message contains far pointer to unknown
+    segment)", restarted to max_restarts); a result of a capability and a large
+    Data lost its Data."""
+    import capnp
+    grants = [(f"g{i:03d}" + "x" * 60, "directory", "/" + "m" * (i * 40)) for i in range(300)]
+    content = payloads.grants_content(grants)
+    assert len(content.segments) > 1
+    assert payloads.read_grants(content) == [(n, i, k, m) for i, (n, k, m) in enumerate(grants)]
+    path = tmp_path / "big.capnp"
+    path.write_text("@0xd3c6b5a4f3e2d1c1;\n"
+                    "struct Big { blob @0 :Data; cap @1 :Capability; text @2 :Text; }\n")
+    big = capnp.load(str(path)).Big
+    content, caps = payloads.build(big, {"blob": b"\x01" * 20000, "cap": "it", "text": "t"})
+    assert caps == ["it"] and len(content.segments) > 1
+    read = payloads.read(big, content, 1 << 20)
+    assert read["blob"] == b"\x01" * 20000 and read["text"] == "t"
+    segs = content.message()
+    assert wire.capability_index(segs, wire.struct_pointer_field(segs, (0, 0), 1)) == 0
+    msg = big.new_message(blob=b"\x02" * 20000, text="u")
+    content = payloads.with_capability(msg, field=1, index=3)
+    read = payloads.read(big, content, 1 << 20)
+    assert read["blob"] == b"\x02" * 20000 and read["text"] == "u"
+    segs = content.message()
+    assert wire.capability_index(segs, wire.struct_pointer_field(segs, (0, 0), 1)) == 3
