@@ -142,6 +142,7 @@ def prepare(system: System) -> Plan:
         if is_wasi:
             _check_wasi_grants(wheres, comp)
         _check_environment_fits(wheres, comp)
+        _check_start_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             refused = _bounded(where, f"{key}.module", comp.module,
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
@@ -435,6 +436,30 @@ def _check_environment_fits(wheres, comp):
                                    f"message, more than compartment {comp.name} accepts "
                                    f"(limits.message_size = {comp.limits.message_size:,}): "
                                    f"it could never read them")
+
+
+def _check_start_fits(wheres, comp):
+    """The message that starts a compartment (Engine.start: each grant's name, kind
+    and mount, as control.Bootstrap sends it) must fit in what it accepts
+    (limits.message_size): a larger one failed every start ("a message of N bytes
+    is more than app accepts") until max_restarts, naming no grant, after check
+    had passed it (a directory grant's mount has no bound of its own)."""
+    from capnp_schemas import payloads
+    names = [(g.name, "compartment" if g.kind == "compartment" else g.target,
+              (g.mount or f"/{g.name}") if g.kind == "host" and g.target == "directory" else "")
+             for g in comp.grants]
+    size = payloads.grants_content(names).size()
+    if size <= comp.limits.message_size:
+        return
+    g, (_n, _k, mount) = max(zip(comp.grants, names), key=lambda p: sum(map(len, p[1])))
+    gwhere, gkey = grant_where(g, wheres)
+    raise gwhere.error(f"{gkey}.mount" if g.mount is not None and len(mount) > len(g.name)
+                       else gkey,
+                       f"compartment {comp.name}'s grants take {size:,} bytes in "
+                       f"the message that starts it, more than it accepts "
+                       f"(limits.message_size = {comp.limits.message_size:,}): it could "
+                       f"never start" + (f"; this grant's mount is {len(mount.encode()):,} "
+                                         f"bytes" if g.mount is not None else ""))
 
 
 def _method_names(iface) -> dict:

@@ -375,6 +375,41 @@ def test_two_directory_grants_a_wasi_program_would_see_at_one_place_are_refused(
     assert r.returncode == 0, r.stderr
 
 
+def test_grants_that_could_never_reach_their_compartment_in_its_start_are_refused(tmp_path):
+    """An outside review: a directory grant's mount has no bound, and the message
+    that starts a compartment carries every grant's name, kind and mount.  A
+    mount of 9 MiB (or, with message_size = "1KiB", 20 grants) passed `check`,
+    and `up` failed every start with "a message of N bytes is more than app
+    accepts", naming no grant, until max_restarts.  check and up refuse it now,
+    naming the grant (its mount, when that is what is long)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "w.wat").write_text(
+        '(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))')
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "w.wat"\n[compartments.app.limits]\n'
+        'message_size = "1KiB"\n[compartments.app.grants]\n'
+        f'd = {{ host = "directory", path = "{tmp_path}/a", mount = "/{"x" * 2000}" }}\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "system.toml:6: compartments.app.grants.d.mount: compartment app's grants take " \
+           in r.stderr and "(limits.message_size = 1,024): it could never start; this " \
+           "grant's mount is 2,001 bytes" in r.stderr, r.stderr
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "w.wat"\n[compartments.app.limits]\n'
+        'message_size = "1KiB"\n[compartments.app.grants]\n' + "".join(
+            f'g{i} = {{ host = "directory", path = "{tmp_path}/a" }}\n' for i in range(40)))
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(r"system.toml:\d+: compartments.app.grants.g\d+: compartment app's grants "
+                     r"take [\d,]+ bytes in the message that starts it", r.stderr), r.stderr
+    # what fits still starts: the same 40 grants with the default message_size
+    (tmp_path / "system.toml").write_text(
+        (tmp_path / "system.toml").read_text().replace('message_size = "1KiB"\n', ""))
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("name, says, why", [
     ("stdout", "read_only = true", "writes its stdout: a read_only file takes none of it"),
     ("stderr", "read_only = true", "writes its stderr: a read_only file takes none of it"),
