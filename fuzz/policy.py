@@ -16,7 +16,8 @@ Checks on each input:
   parse     policy.parse returns a System or raises PolicyError; nothing else
             leaves it (no ValueError, OverflowError, TypeError, RecursionError).
   error     a PolicyError's text is one printable line of at most
-            SHOWN_ERROR characters and a short "... (N characters)".
+            SHOWN_ERROR characters and a short "... (N characters)", and a
+            refused number or size keeps the range it states on that line.
   values    in an accepted System every number is a finite int or float
             within its key's range (limits, grant quotas, restart, endpoint).
   check     what `wsuper check` prints of an accepted System (holdings, and
@@ -46,7 +47,9 @@ NUMBERS = ["nan", "-nan", "inf", "-inf", "0", "-1", "1", "0.0001", "1e400", "-0.
            "9223372036854775807", "18446744073709551616", "1" + "0" * 40, "true",
            "0x7fffffffffffffffffff", "1_000", "3.5", "[1]", "{}", "1979-05-27"]
 SIZES = ['"64MiB"', '"99999999999999999999 GiB"', '"١٢ MiB"', '" 1 KiB "', '"1 TiB"',
-         '"-1"', '"1e3"', '"nan"']
+         '"-1"', '"1e3"', '"nan"', '"1PiB"', '"1 EiB"', '"2EiB"', '"1eib"', '"1.5MiB"',
+         '"64MB"', '"+1KiB"', '"1_024"', '"1\\u3000KiB"', '"' + "9" * 20 + ' EiB"',
+         '"2' + " " * 3000 + 'EiB"', '"  ' + "\\t" * 50 + '64 MiB"']
 
 
 class Failure(Exception):
@@ -70,8 +73,15 @@ def _toml_string(rng: random.Random, text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+#: keys that take a size ("64MiB"): a size string goes to them more often
+SIZE_KEYS = {k for k, (_, _, size) in Limits.RANGES.items() if size} | {
+    "audit_max_size", "max_bytes_written"}
+
+
 def _value(rng: random.Random, key: str) -> str:
     pick = rng.random()
+    if key in SIZE_KEYS and pick < 0.4:
+        return rng.choice(SIZES)
     if pick < 0.35:
         return rng.choice(NUMBERS)
     if pick < 0.45:
@@ -197,6 +207,12 @@ def check(text: str) -> None:
         if "\n" in shown or not shown.isprintable() or len(shown) > policy.SHOWN_ERROR + 40:
             raise Failure("error", f"not one short printable line ({len(shown)}): "
                           f"{shown[:100]!r}") from None
+        # a refused number or size states its range on the line, whatever the value
+        # quoted before it (a size padded with 3,000 spaces pushed it past the cut)
+        for rule in (" it must be from ", "must be a whole number from ",
+                     "must be a number from "):
+            if rule in e.reason and rule not in shown:
+                raise Failure("error", f"the line lost {rule.strip()!r}: {shown[:100]!r}")
         system = None
     except Exception as e:  # noqa: BLE001 - anything else is the bug this looks for
         raise Failure("parse", f"{type(e).__name__}: {str(e)[:100]}") from None
