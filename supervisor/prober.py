@@ -190,7 +190,9 @@ class Prober:
 
     # ------------------------------------------------------------ probes
 
-    async def add(self, s: P.ProbeSpec, by: str = "operator") -> dict:
+    async def add(self, s: P.ProbeSpec, by: str = "operator", mine: dict | None = None) -> dict:
+        """Add probe `s`; `mine` (a trace session's): spec -> the Probe, set as soon as
+        it enters the registry (the session removes that probe, and only it)."""
         if s.compartment not in self.sup.system.compartments:
             raise P.ProbeError(f"no compartment {s.compartment!r} (compartments: "
                                f"{', '.join(self.sup.system.compartments)})")
@@ -214,6 +216,8 @@ class Prober:
         if self.sup._peer_of.get(s.compartment) != peer:
             raise restarted
         probe = self.registry.add(s, sites, selected)
+        if mine is not None:
+            mine[s] = probe
         # audited as it enters the registry: from here a restart may drop it, or another
         # request remove it, and each of those is audited too
         self._audit("probe added", s, by)
@@ -249,13 +253,23 @@ class Prober:
             summary["pending"] = pending
         return summary
 
-    async def remove(self, compartment: str, name: str, by: str = "operator") -> dict:
+    async def remove(self, compartment: str, name: str, by: str = "operator",
+                     only: P.Probe | None = None) -> dict:
+        """Remove `compartment`'s probe `name` (`only`: if it is still that Probe; a
+        trace session's end removed by name whatever probe had its name then, such
+        as one the operator added after removing the session's)."""
+        def not_mine():
+            return P.ProbeError(f"{compartment}.{name} is not the probe of {by} any more")
         probe = self.registry.probes.get(compartment, {}).get(name)
+        if only is not None and probe is not only:
+            raise not_mine()
         if probe is not None and probe.spec.point in P.IN_MODULE:
             try:
                 await self._collect(compartment)    # its last counts
             except (EngineBusy, P.ProbeError):
                 pass
+        if only is not None and self.registry.probes.get(compartment, {}).get(name) is not only:
+            raise not_mine()
         self.registry.take_calls()
         probe = self.registry.remove(compartment, name)
         self._audit("probe removed", probe.spec, by)     # it is: whatever its engine says
@@ -374,7 +388,7 @@ class Prober:
         # and the second's probes were refused while the first's came off under it
         self._trace_ids += 1
         label = f"trace-{self._trace_ids}"
-        added = []
+        mine = {}               # spec -> its Probe, from when it entered the registry
         on_engine = {}          # spec -> the engine it was added on (a restart drops it)
         try:
             for c in chosen:
@@ -384,8 +398,7 @@ class Prober:
                 for s in specs:
                     on_engine[s] = self.sup._peer_of.get(c)
                     try:
-                        await self.add(s, by="wsuper trace")
-                        added.append(s)
+                        await self.add(s, by="wsuper trace", mine=mine)
                     except (P.ProbeError, EngineBusy) as e:
                         await send({"note": printable(str(e))})
             await send({"ok": True, "compartments": chosen, "clock": "CLOCK_MONOTONIC ns",
@@ -396,8 +409,8 @@ class Prober:
                 # a restart drops run-time probes, the session's too: without them
                 # again on the new engine, the compartment's calls were missing
                 # from the rest of the trace without a word
-                for s in added:
-                    await self._trace_again(s, on_engine, send)
+                for s in list(mine):
+                    await self._trace_again(s, mine, on_engine, send)
                 self.registry.take_calls()
                 events, _ = sub.take(TRACE_CHUNK * 20)
                 for i in range(0, len(events), TRACE_CHUNK):
@@ -410,10 +423,17 @@ class Prober:
                     await send({"events": []})
         finally:
             with trio.CancelScope(shield=True):
-                for s in reversed(added):
+                # its own probes, by identity: by name, it removed a probe the operator
+                # had added under that name after removing the session's, and a
+                # probe that entered the registry while the session was cancelled
+                # (its add under way) stayed for good
+                for s, probe in reversed(list(mine.items())):
+                    if probe.gone is not None:
+                        continue
                     try:
                         with trio.move_on_after(ENGINE_TIMEOUT + 1):
-                            await self.remove(s.compartment, s.name, by="wsuper trace")
+                            await self.remove(s.compartment, s.name, by="wsuper trace",
+                                              only=probe)
                     except (P.ProbeError, EngineBusy):
                         pass
                 self.registry.unsubscribe(sub)
@@ -423,17 +443,19 @@ class Prober:
             await send({"events": events[i:i + TRACE_CHUNK]})
         await send({"done": True, "dropped": dropped})
 
-    async def _trace_again(self, s: P.ProbeSpec, on_engine: dict, send):
+    async def _trace_again(self, s: P.ProbeSpec, mine: dict, on_engine: dict, send):
         """A trace's probe `s` that a restart of its compartment dropped is added
-        again on the new engine (once per engine), and the trace client told."""
+        again on the new engine (once per engine), and the trace client told.  One
+        that was removed (by the operator: audited) stays removed: added again
+        at the next restart, it undid the operator's removal."""
         peer = self.sup._peer_of.get(s.compartment)
-        if peer is None or peer == on_engine.get(s) or \
+        if mine[s].gone != "restart" or peer is None or peer == on_engine.get(s) or \
                 self.sup._ready_peer.get(s.compartment) != peer or \
                 s.name in self.registry.probes.get(s.compartment, {}):
             return
         on_engine[s] = peer
         try:
-            await self.add(s, by="wsuper trace")
+            await self.add(s, by="wsuper trace", mine=mine)
         except (P.ProbeError, EngineBusy) as e:
             await send({"note": printable(f"{s.compartment} restarted; its trace probe "
                                           f"{s.name} could not be added again: {e}")})

@@ -136,6 +136,9 @@ class Probe:
         self.sizes: collections.Counter = collections.Counter()
         self.lowest: int | None = None
         self.highest: int | None = None
+        # why it left the registry: "removed" (a request, audited) or "restart" (its
+        # engine was replaced): a trace session adds again only what a restart took
+        self.gone: str | None = None
 
     def count(self, key: str, ns: int | None = None, ok: bool = True):
         self.events += 1
@@ -371,6 +374,7 @@ class Registry:
         if probe is None:
             names = ", ".join(self.probes.get(compartment, {})) or "none"
             raise ProbeError(f"{compartment} has no probe named {name!r} (probes: {names})")
+        probe.gone = "removed"
         self._changed(compartment)
         return probe
 
@@ -383,6 +387,8 @@ class Registry:
         self.take_calls()
         self.sites.pop(compartment, None)
         mine = self.probes.pop(compartment, {})
+        for p in mine.values():
+            p.gone = "restart"
         self._changed(compartment)
         return [p.spec for p in mine.values() if p.spec.declared]
 

@@ -677,3 +677,63 @@ def test_an_engine_that_never_answers_a_collect_is_asked_no_other_meanwhile():
         assert [m for m, _ in asked] == [probing.COLLECT] * 2 + [probing.PROBE] * 3
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def _trace_session(p, sup, during):
+    """Run a 5 s trace of "c" with the stand-in prober; `during(p, sup)` (async)
+    runs once its probe is on.  The session's JSON lines are returned."""
+    import json
+    import trio
+    import trio.testing
+
+    p._trace_ids = 0
+    lines = []
+
+    class Stream:
+        async def send_all(self, data):
+            lines.append(json.loads(data))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(p.trace, Stream(), {"seconds": 5, "compartments": "c"})
+            while "trace-1" not in p.registry.probes.get("c", {}):
+                await trio.sleep(0.01)
+            await during(p, sup)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return lines
+
+
+def test_a_trace_does_not_add_again_a_probe_the_operator_removed():
+    """An outside review: the operator removes a trace session's probe
+    (`wsuper probe SYSTEM c remove trace-1`, audited), then c restarts: the
+    session added it again on the new engine, undoing the operator's removal
+    and tracing c again for the rest of the session."""
+    import trio
+
+    async def during(p, sup):
+        await p.remove("c", "trace-1")
+        await trio.sleep(1)
+        sup._peer_of["c"] = sup._ready_peer["c"] = 2         # a new engine is ready
+        p.started("c")
+        await trio.sleep(1)
+        assert "trace-1" not in p.registry.probes.get("c", {})
+    p, sup, _said = _stand_in_prober()
+    lines = _trace_session(p, sup, during)
+    assert p.registry.probes.get("c", {}) == {} and lines[-1]["done"]
+    assert not any("added again" in line.get("note", "") for line in lines), lines
+
+
+def test_a_trace_removes_only_its_own_probes_at_its_end():
+    """An outside review: the operator removes a trace session's probe and adds a
+    probe of their own under the same name: at its end the session removed the
+    operator's probe (by name), audited as removed 'by wsuper trace'."""
+    import trio
+
+    async def during(p, sup):
+        await p.remove("c", "trace-1")
+        await p.add(P.spec("c", "trace-1", "calls", events=True))
+        await trio.sleep(1)
+    p, sup, _said = _stand_in_prober()
+    lines = _trace_session(p, sup, during)
+    assert list(p.registry.probes.get("c", {})) == ["trace-1"] and lines[-1]["done"]
+    assert not p.registry.probes["c"]["trace-1"].spec.declared
