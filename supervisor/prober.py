@@ -263,9 +263,11 @@ class Prober:
         probe = self.registry.probes.get(compartment, {}).get(name)
         if only is not None and probe is not only:
             raise not_mine()
-        if probe is not None and probe.spec.point in P.IN_MODULE:
+        # its last counts: a hostcalls probe's too, which are the host-call records
+        # its engine kept since the last poll (lost to it when not collected first)
+        if probe is not None and probe.spec.point in P.IN_MODULE + ("hostcalls",):
             try:
-                await self._collect(compartment)    # its last counts
+                await self._collect(compartment)
             except (EngineBusy, P.ProbeError):
                 pass
         if only is not None and self.registry.probes.get(compartment, {}).get(name) is not only:

@@ -737,3 +737,29 @@ def test_a_trace_removes_only_its_own_probes_at_its_end():
     lines = _trace_session(p, sup, during)
     assert list(p.registry.probes.get("c", {})) == ["trace-1"] and lines[-1]["done"]
     assert not p.registry.probes["c"]["trace-1"].spec.declared
+
+
+def test_a_removed_hostcalls_probe_counts_what_its_engine_recorded_before_it_went():
+    """An outside review: a hostcalls probe counts the host-call records its engine
+    keeps, which are collected every poll.  Removing one did not collect first (only
+    functions, blocks and stores did): the host calls of the last poll were missing
+    from the counts the removal answers (and a probe with events never sent them)."""
+    import trio
+    from compartments import probing
+    from supervisor import prober
+
+    p, _sup, _said = _stand_in_prober()
+    record = EVENT.pack(HOSTCALL, 0, 1000, 50, 0)
+
+    async def engine(name, method, values=None, timeout=prober.ENGINE_TIMEOUT):
+        if method == probing.COLLECT:
+            return {"counters": b"", "events": record, "dropped": 0}
+        return {"counters": b"", "events": b"", "dropped": 0}
+
+    async def main():
+        p._engine = None
+        p.registry.add(P.spec("c", "h", "hostcalls"))
+        p._engine = engine
+        return await p.remove("c", "h")
+    summary = trio.run(main)
+    assert summary["seen"] == 1 and summary["counts"] == {P.HOST_FUNCTIONS[0]: 1}, summary
