@@ -270,11 +270,25 @@ class Prober:
                 await self._collect(compartment)
             except (EngineBusy, P.ProbeError):
                 pass
+            except trio.Cancelled:
+                # a removal given a bounded time (a trace session's end), behind a busy
+                # guest's collects (the poll's, then its own, up to ENGINE_TIMEOUT
+                # each): cancelled before the probe left the registry, the session's
+                # probes stayed on for good.  It comes off all the same, without its
+                # last counts, and its engine is sent the flags without it
+                try:
+                    self._take_off(compartment, name, by, only)
+                except P.ProbeError:
+                    pass
+                else:
+                    try:
+                        self.sup.nursery.start_soon(self._quiet_push, compartment)
+                    except RuntimeError:        # the supervisor is stopping
+                        pass
+                raise
         if only is not None and self.registry.probes.get(compartment, {}).get(name) is not only:
             raise not_mine()
-        self.registry.take_calls()
-        probe = self.registry.remove(compartment, name)
-        self._audit("probe removed", probe.spec, by)     # it is: whatever its engine says
+        probe = self._take_off(compartment, name, by, only)
         if probe.spec.point in P.IN_MODULE or probe.spec.point == "hostcalls":
             try:
                 await self._push(compartment)
@@ -284,6 +298,25 @@ class Prober:
                 # none.  Said as an error, the removal that had happened went unaudited
                 pass
         return probe.summary(self.registry.sites.get(compartment))
+
+    def _take_off(self, compartment: str, name: str, by: str, only: P.Probe | None):
+        """The registry's part of a removal (no wait): the probe (`only`: if it is
+        still that one) leaves the registry, audited."""
+        if only is not None and self.registry.probes.get(compartment, {}).get(name) is not only:
+            raise P.ProbeError(f"{compartment}.{name} is not the probe of {by} any more")
+        self.registry.take_calls()
+        probe = self.registry.remove(compartment, name)
+        self._audit("probe removed", probe.spec, by)     # it is: whatever its engine says
+        return probe
+
+    async def _quiet_push(self, name: str):
+        try:
+            await self._push(name)
+        except (EngineBusy, P.ProbeError):
+            pass
+        except Exception as e:  # noqa: BLE001 - a task of the supervisor's: never fatal
+            self.sup.say(f"cannot set {name}'s probe flags: internal error "
+                         f"({type(e).__name__}: {printable(str(e))[:200]})", name)
 
     async def list(self, compartment: str) -> list:
         if self.registry.engine_points(compartment):

@@ -763,3 +763,48 @@ def test_a_removed_hostcalls_probe_counts_what_its_engine_recorded_before_it_wen
         return await p.remove("c", "h")
     summary = trio.run(main)
     assert summary["seen"] == 1 and summary["counts"] == {P.HOST_FUNCTIONS[0]: 1}, summary
+
+
+def test_a_trace_over_a_busy_guest_takes_its_probes_off_at_its_end():
+    """An outside review: `wsuper trace --functions` of a compartment whose guest is
+    busy (a long call): its engine answers a collect only when the guest next waits,
+    so the poll's collect is nearly always under way, each taking up to
+    ENGINE_TIMEOUT.  The session's end removes its probes within ENGINE_TIMEOUT + 1 s
+    each, and a removal first waits for the poll's collect, then collects the last
+    counts itself: cancelled before the probe left the registry, the session's
+    probes (events on) stayed on the compartment for good."""
+    import json
+    import trio
+    import trio.testing
+    from compartments import probing
+    from supervisor import prober
+
+    p, sup, _said = _stand_in_prober()
+    p._trace_ids = 0
+    busy = [False]
+
+    async def engine(name, method, values=None, timeout=prober.ENGINE_TIMEOUT):
+        if busy[0]:                      # its guest is in a long call
+            await trio.sleep(timeout)
+            raise prober.EngineBusy(f"{name} did not answer within {timeout:g} s")
+        if method == probing.DESCRIBE:
+            return {"sites": json.dumps(SITES.to_json())}
+        return {"counters": _counts(0, 0, 0, 0, 0, 0, 0), "events": b"", "dropped": 0}
+    p._engine = engine
+
+    class Stream:
+        async def send_all(self, data):
+            pass
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(p.trace, Stream(), {"seconds": 2, "compartments": "c",
+                                                   "functions": "alpha"})
+            while "trace-1-f" not in p.registry.probes.get("c", {}):
+                await trio.sleep(0.01)
+            busy[0] = True
+            await trio.sleep(1.9)
+            nursery.start_soon(p._quiet_collect, "c")      # the poll's, under way
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert p.registry.probes.get("c", {}) == {}
