@@ -424,6 +424,7 @@ class Prober:
         self._trace_ids += 1
         label = f"trace-{self._trace_ids}"
         mine = {}               # spec -> its Probe, from when it entered the registry
+        dropped = 0             # events its queue dropped, over every turn
         on_engine = {}          # spec -> the engine it was added on (a restart drops it)
         try:
             for c in chosen:
@@ -447,7 +448,10 @@ class Prober:
                 for s in list(mine):
                     await self._trace_again(s, mine, on_engine, send)
                 self.registry.take_calls()
-                events, _ = sub.take(TRACE_CHUNK * 20)
+                # the count of what its queue dropped is reset by each take: thrown
+                # away here, a trace that lost events said at its end it lost none
+                events, more = sub.take(TRACE_CHUNK * 20)
+                dropped += more
                 for i in range(0, len(events), TRACE_CHUNK):
                     await send({"events": events[i:i + TRACE_CHUNK]})
                 if trio.current_time() - last >= TRACE_HEARTBEAT:
@@ -473,7 +477,8 @@ class Prober:
                         pass
                 self.registry.unsubscribe(sub)
                 self._traces -= 1
-        events, dropped = sub.take(len(sub.queue))
+        events, more = sub.take(len(sub.queue))
+        dropped += more
         for i in range(0, len(events), TRACE_CHUNK):
             await send({"events": events[i:i + TRACE_CHUNK]})
         await send({"done": True, "dropped": dropped})

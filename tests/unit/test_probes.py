@@ -808,3 +808,23 @@ def test_a_trace_over_a_busy_guest_takes_its_probes_off_at_its_end():
             nursery.start_soon(p._quiet_collect, "c")      # the poll's, under way
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert p.registry.probes.get("c", {}) == {}
+
+
+def test_a_trace_session_reports_every_event_it_dropped():
+    """An outside review: a trace session's queue drops what does not fit and counts
+    it, for the `dropped` of its last line (the trace file's otherData).  Each turn
+    of the session took the queue's events and threw the count away (`events, _ =
+    sub.take(...)`): only the drops after the last turn were reported, so a trace
+    that lost events said it lost none."""
+    import trio
+
+    async def during(p, sup):
+        (sub,) = [s for s in p.registry.subscribers if s.label == "trace"]
+        sub.limit = 3
+        for i in range(10):                  # 7 of them do not fit
+            sub.put({"kind": "call", "compartment": "c", "id": i})
+        await trio.sleep(1)
+    p, sup, _said = _stand_in_prober()
+    lines = _trace_session(p, sup, during)
+    assert lines[-1]["done"] and lines[-1]["dropped"] == 7, lines[-1]
+    assert sum(len(line.get("events", ())) for line in lines) == 3
