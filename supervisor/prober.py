@@ -161,11 +161,13 @@ class Prober:
         got = await self._engine(name, probing.COLLECT)
         if self.sup._peer_of.get(name) != peer:
             return                   # what a replaced engine counted is not the new one's
+        until = self.registry.clock()      # no record it brought is later (one clock)
         self.registry.counters(name, got["counters"], sent_after)
         data, dropped = got["events"], got["dropped"]
         step = EVENT_SLICE * probing.EVENT.size     # decoded in slices: others get the loop
         for at in range(0, max(len(data), 1), step):
-            self.registry.engine_events(name, data[at:at + step], dropped if at == 0 else 0)
+            self.registry.engine_events(name, data[at:at + step], dropped if at == 0 else 0,
+                                        until)
             if at + step < len(data):
                 await trio.lowlevel.checkpoint()
 

@@ -475,9 +475,16 @@ class Registry:
                 p.baseline = {s: values[s] for s in p.sites}
             p.counters = {s: values[s] for s in p.sites}
 
-    def engine_events(self, compartment: str, data: bytes, dropped: int = 0):
+    def engine_events(self, compartment: str, data: bytes, dropped: int = 0,
+                      until: int | None = None):
         """Events an engine recorded (probing.EVENT records); anything malformed in
-        them is skipped (the engine is not trusted)."""
+        them is skipped (the engine is not trusted).  A record is a probe's only if
+        timed from when the probe came (its `since`, as a call) up to `until` (when
+        the collect that brought it was answered): a hit recorded for an older
+        probe on its site, or a host call begun, before it came was counted as its
+        own and sent as its event; and a hostile engine's record timed at 0 (or
+        negative, or past its collect) set a trace's time origin (or end), putting
+        every other compartment's events days or centuries from it."""
         sites = self.sites.get(compartment)
         mine = list(self.probes.get(compartment, {}).values())
         if dropped:
@@ -492,24 +499,29 @@ class Registry:
                 by_site.setdefault(s, []).append(p)
         hostcall_probes = [p for p in mine if p.spec.point == "hostcalls"]
         for kind, site, t, a, b in EVENT.iter_unpack(data):
+            if until is not None and t > until:
+                continue
             if kind == HOSTCALL:
                 if not 0 <= site < len(HOST_FUNCTIONS) or not hostcall_probes:
+                    continue
+                hps = [p for p in hostcall_probes if t >= p.since]
+                if not hps:
                     continue
                 name = HOST_FUNCTIONS[site]
                 ev = {"kind": "hostcall", "compartment": compartment, "name": name,
                       "ts_ns": t, "dur_ns": max(a, 0), "result": b}
-                for p in hostcall_probes:
+                for p in hps:
                     p.count(name, max(a, 0), ok=b >= 0)
                 # an event only of the probes that record events (--events): one that
                 # counts gave every sink (an analysis granted a Probe on this
                 # compartment) each host call the guest made, its result and duration
-                recording = [p.spec.name for p in hostcall_probes if p.spec.events]
+                recording = [p.spec.name for p in hps if p.spec.events]
                 if recording:
                     self._fan(ev, recording)
                 continue
             if sites is None or not 0 <= site < len(sites):
                 continue
-            probes = by_site.get(site)
+            probes = [p for p in by_site.get(site, ()) if t >= p.since]
             if not probes:
                 continue
             function = sites.functions[site]

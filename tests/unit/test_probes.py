@@ -749,7 +749,7 @@ def test_a_removed_hostcalls_probe_counts_what_its_engine_recorded_before_it_wen
     from supervisor import prober
 
     p, _sup, _said = _stand_in_prober()
-    record = EVENT.pack(HOSTCALL, 0, 1000, 50, 0)
+    record = EVENT.pack(HOSTCALL, 0, 0, 50, 0)
 
     async def engine(name, method, values=None, timeout=prober.ENGINE_TIMEOUT):
         if method == probing.COLLECT:
@@ -828,3 +828,30 @@ def test_a_trace_session_reports_every_event_it_dropped():
     lines = _trace_session(p, sup, during)
     assert lines[-1]["done"] and lines[-1]["dropped"] == 7, lines[-1]
     assert sum(len(line.get("events", ())) for line in lines) == 3
+
+
+def test_an_engine_event_from_before_its_probe_came_or_after_its_collect_is_not_its():
+    """An outside review: the times of engine events were taken as sent.  A hit
+    recorded for an older --events probe on the same site (or a host call begun)
+    before a probe came was counted by it and sent as its event, unlike a call
+    (counted only if begun after the probe came); and a hostile engine's record
+    timed before the probe (0, or negative) or after the collect that brought it
+    set the trace's time origin or end: every other compartment's events in the
+    trace file were then days, or centuries, from it."""
+    now = [100]
+    r = P.Registry(lambda: now[0], {"c": ("functions", "blocks", "stores")})
+    r.sites["c"] = SITES
+    old = r.add(P.spec("c", "old", "functions", events=True), SITES)
+    now[0] = 200
+    new = r.add(P.spec("c", "new", "functions", events=True), SITES)
+    h = r.add(P.spec("c", "h", "hostcalls", events=True))
+    sub = r.subscribe(P.Subscriber(["c"]))
+    r.engine_events("c", EVENT.pack(ENTER, 0, 150, 0, 0) + EVENT.pack(ENTER, 0, 250, 0, 0)
+                    + EVENT.pack(HOSTCALL, 1, 150, 5, 0) + EVENT.pack(HOSTCALL, 1, 250, 5, 0)
+                    + EVENT.pack(ENTER, 0, -(1 << 62), 0, 0) + EVENT.pack(ENTER, 0, 0, 0, 0)
+                    + EVENT.pack(ENTER, 0, 1 << 62, 0, 0) + EVENT.pack(HOSTCALL, 1, 1 << 62, 5, 0),
+                    until=300)
+    got, _ = sub.take(100)
+    assert [(e["kind"], e["ts_ns"], e["probes"]) for e in got] == [
+        ("enter", 150, ["old"]), ("enter", 250, ["old", "new"]), ("hostcall", 250, ["h"])]
+    assert (old.events, new.events, h.events) == (2, 1, 1)
