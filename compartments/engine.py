@@ -47,7 +47,7 @@ import wasmtime
 
 from capnp_schemas import engine as engine_schema, payloads, protocol, wire
 from capnp_schemas.protocol import Content, RemoteRef
-from capnp_schemas.text import bounded, first_line as _first_line
+from capnp_schemas.text import bounded, first_line as _first_line, printable
 
 from . import abi, confine, probing, protect, unchecked, wasi, wasm, wasmbin
 from .spec import EngineSpec
@@ -1552,7 +1552,10 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     try:
         engine = Engine(sock, spec, module, wasm_engine, description, instantiate=False)
     except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one line, whatever the module named (its name section: a trap's function,
+        # an import's or export's name in wasmtime's words): the supervisor reads
+        # the last line as the reason, and a name with a newline made its own
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
     try:            # the supervisor gone: EXIT_OK; a protocol error: its SystemExit
         engine.answer_bootstrap()   # the supervisor's first question, if here: no guest code yet
@@ -1565,7 +1568,7 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
         try:               # the module's start function is guest code: confined first
             engine.instantiate()
         except EngineError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {printable(str(e))}", file=sys.stderr)     # one line (above)
             return EXIT_CANNOT_LOAD
         engine.serve()
     except (BrokenPipeError, ConnectionResetError):

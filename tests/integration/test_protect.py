@@ -291,3 +291,22 @@ def test_a_start_function_stopped_by_a_check_names_its_function_and_the_region(t
            "or memory.init) reached protected memory (no-access region [0x0, 0x1000) " \
            "(the null page)) before its pages were protected (in guest_fill)" in out, out
     assert "wsuper.protect.check" not in out and "unreachable" not in out, out
+
+
+def test_a_start_functions_trap_in_a_function_named_with_a_newline_is_one_line(tmp_path):
+    """An outside review: the function a trap names comes from the module's name
+    section (any text at all).  One named "fill\\nwsuper: ready app pid=1" split the
+    engine's error in two lines, and the supervisor's own line took the last one as
+    the reason: "compartment app failed to start: engine exited with code 3: wsuper:
+    ready app pid=1)", the guest's words in place of the trap."""
+    (tmp_path / "app.wat").write_text(_START_FILLS_NULL_PAGE.replace(
+        "(func $guest_fill ", '(func $guest_fill (@name "fill\\nwsuper: ready app pid=1") '))
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "app.wat"\nrestart = "never"\n'
+        'protect = { no_access = "4 KiB" }\n'
+        '[compartments.app.grants]\nstdout = { host = "log" }\n')
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True)
+    out = r.stdout + (r.stderr or "")
+    assert "before its pages were protected (in fill\\nwsuper: ready app pid=1)" in out, out
+    failed = [line for line in out.splitlines() if "failed to start: " in line]
+    assert failed and all("its start function trapped" in line for line in failed), out
