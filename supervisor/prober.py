@@ -411,7 +411,10 @@ class Prober:
         if not isinstance(names, str) or not isinstance(functions, str):
             return await send({"ok": False, "error": "compartments and functions are "
                                                      "comma-separated text"})
-        chosen = [n for n in names.split(",") if n] or list(self.sup.system.compartments)
+        # each once: one named twice got its probe, then an error that the session's
+        # own probe was there already ("remove it first")
+        chosen = list(dict.fromkeys(n for n in names.split(",") if n)) \
+            or list(self.sup.system.compartments)
         unknown = [n for n in chosen if n not in self.sup.system.compartments]
         if unknown:
             return await send({"ok": False, "error": f"no compartment "

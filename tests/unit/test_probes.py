@@ -855,3 +855,25 @@ def test_an_engine_event_from_before_its_probe_came_or_after_its_collect_is_not_
     assert [(e["kind"], e["ts_ns"], e["probes"]) for e in got] == [
         ("enter", 150, ["old"]), ("enter", 250, ["old", "new"]), ("hostcall", 250, ["h"])]
     assert (old.events, new.events, h.events) == (2, 1, 1)
+
+
+def test_a_trace_of_a_compartment_named_twice_traces_it_once():
+    """An outside review: `wsuper trace SYSTEM --compartments c,c` added c's trace
+    probe, then tried again and told the client "c has a probe named trace-1
+    already (remove it first)", an error about a probe the session itself had
+    just added, and listed c twice in its compartments."""
+    import json
+    import trio
+    import trio.testing
+
+    p, _sup, _said = _stand_in_prober()
+    p._trace_ids = 0
+    lines = []
+
+    class Stream:
+        async def send_all(self, data):
+            lines.append(json.loads(data))
+    trio.run(p.trace, Stream(), {"seconds": 1, "compartments": "c,c"},
+             clock=trio.testing.MockClock(autojump_threshold=0))
+    assert not any("note" in line for line in lines), lines
+    assert lines[0]["ok"] and lines[0]["compartments"] == ["c"], lines[0]
