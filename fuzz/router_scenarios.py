@@ -409,6 +409,17 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             elif not a.taken or a.returned:
                 raise Violation(f"{peer.name}'s tail call {aid}: a question waits on it, "
                                 f"but taken={a.taken} returned={a.returned}")
+        sums, gone = {}, {}
+        for (pid, _q), h in router._pending.items():
+            if type(h) is R.control.Forward and h.size:
+                k = (pid, h.reply[0].id)
+                sums[k] = sums.get(k, 0) + h.size
+        for (pid, _q), n in router._orphan_bytes.items():
+            gone[pid] = gone.get(pid, 0) + n
+        if sums != router._pending.forwarded or {k: v for k, v in gone.items() if v} \
+                != router._orphan_bytes_at:
+            raise Violation(f"bytes forwarded {router._pending.forwarded} (counted {sums}), "
+                            f"orphans' {router._orphan_bytes_at} (counted {gone})")
         if len(router._orphans) != sum(router._orphans_at.values()):
             raise Violation(f"orphans {len(router._orphans)} counted "
                             f"{sum(router._orphans_at.values())} ({router._orphans_at})")

@@ -163,6 +163,59 @@ class _Outcome:
     error: CallError | None
 
 
+class _Pending(dict):
+    """The router's questions, (peer id, question id) -> handler, that also keeps
+    the bytes of the calls it forwarded (control.Forward with a size) per (callee
+    id, caller id): what `_not_reading` asks of every call past a callee's soft
+    bound.  It summed them over every question of the whole router each time, so
+    that one client's calls refused there (each answered at once, so in_flight
+    does not bound them) cost the supervisor's loop O(all calls in flight): 1,985
+    calls open at a stuck compartment (31 connections x 64 in_flight) made each
+    refused 40-byte call cost 4 times a plain one, 7,681 of them 24 times (an
+    outside review).  Every change goes through here, so the sums cannot drift."""
+
+    def __init__(self):
+        super().__init__()
+        self.forwarded: dict[tuple, int] = {}      # (callee id, caller id) -> bytes
+
+    def _count(self, key, handler, sign: int):
+        if type(handler) is control.Forward and handler.size:
+            k = (key[0], handler.reply[0].id)
+            n = self.forwarded.get(k, 0) + sign * handler.size
+            if n:
+                self.forwarded[k] = n
+            else:
+                del self.forwarded[k]
+
+    def __setitem__(self, key, handler):
+        old = dict.get(self, key)
+        if old is not None:
+            self._count(key, old, -1)
+        dict.__setitem__(self, key, handler)
+        self._count(key, handler, 1)
+
+    def __delitem__(self, key):
+        handler = dict.__getitem__(self, key)
+        dict.__delitem__(self, key)
+        self._count(key, handler, -1)
+
+    _none = object()
+
+    def pop(self, key, default=_none):
+        if key not in self:
+            if default is _Pending._none:
+                raise KeyError(key)
+            return default
+        handler = dict.pop(self, key)
+        self._count(key, handler, -1)
+        return handler
+
+    def _refuse(self, *_args, **_kw):
+        raise TypeError("_Pending changes only by [key] = ..., del and pop")
+
+    setdefault = update = popitem = clear = __ior__ = _refuse
+
+
 class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
@@ -223,7 +276,7 @@ class Router:
         self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
-        self._pending: dict[tuple, object] = {}        # (peer id, question id) -> handler
+        self._pending = _Pending()                     # (peer id, question id) -> handler
         self._pipelined: dict[tuple, list] = {}        # (peer id, answer id) -> [(transform, Call)]
         self.pipelined_total = pipelined_total
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
@@ -247,6 +300,7 @@ class Router:
         self._orphans: dict[tuple, float] = {}
         self._orphans_at: dict[int, int] = {}          # callee id -> how many of them
         self._orphan_bytes: dict[tuple, int] = {}      # their params' bytes (Python's)
+        self._orphan_bytes_at: dict[int, int] = {}     # callee id -> their sum
         self.orphans_limit = orphans_limit if orphans_limit is not None \
             else ORPHANS_PER_IN_FLIGHT * external_limits.in_flight
         self._orphans_full = False
@@ -1462,11 +1516,10 @@ class Router:
         soft = queue_soft_limit(peer.limits)
         caller = handler.reply[0]
         if waiting <= 2 * soft:
-            mine = handler.size + sum(
-                h.size for (pid, _q), h in self._pending.items()
-                if pid == peer.id and type(h) is control.Forward and h.reply[0] is caller)
-            gone = sum(n for (pid, _q), n in self._orphan_bytes.items() if pid == peer.id) \
-                if caller.kind == "external" and self._orphan_bytes else 0
+            # (sums kept as they change: summed here over every call in flight,
+            # each refused call cost O(all of them), _Pending)
+            mine = handler.size + self._pending.forwarded.get((peer.id, caller.id), 0)
+            gone = self._orphan_bytes_at.get(peer.id, 0) if caller.kind == "external" else 0
             if mine + gone <= soft // 4:
                 return
             also = f", {gone} those of external clients that are gone" if gone else ""
@@ -2020,6 +2073,8 @@ class Router:
                 self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
                 if type(handler) is control.Forward and handler.size:
                     self._orphan_bytes[key] = handler.size      # (_not_reading)
+                    self._orphan_bytes_at[key[0]] = \
+                        self._orphan_bytes_at.get(key[0], 0) + handler.size
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
         self._guarded(callee, cancel, flush=False)
 
@@ -2027,7 +2082,11 @@ class Router:
         """The cancelled call `key` is answered, or past its time: it counts no more."""
         if self._orphans.pop(key, None) is None:
             return False
-        self._orphan_bytes.pop(key, None)
+        size = self._orphan_bytes.pop(key, 0)
+        if size:
+            left = self._orphan_bytes_at.pop(key[0]) - size
+            if left:
+                self._orphan_bytes_at[key[0]] = left
         n = self._orphans_at.pop(key[0]) - 1
         if n:
             self._orphans_at[key[0]] = n

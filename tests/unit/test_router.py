@@ -994,6 +994,60 @@ def test_a_client_that_reconnects_cannot_fill_a_callee_past_its_share_with_calls
     assert c.inbox == [] and not router._orphan_bytes
 
 
+def test_a_call_refused_past_a_callees_soft_bound_does_not_walk_every_call_in_flight():
+    """An outside review: past a callee's soft bound, each call asked how many bytes
+    its caller's calls there and gone clients' calls hold, summed over every call
+    forwarded anywhere in the router.  A call refused there is answered at once, so
+    in_flight does not bound them: one client's stream of 40-byte calls, each
+    refused, cost the supervisor's loop O(all calls in flight) apiece (1,985 open
+    at a stuck compartment: 4 times a plain call; 7,681: 24 times).  The sums are
+    kept as calls come and go; here no refusal may walk the questions, and the
+    sums are those of the calls."""
+    waiting = {}
+    router = R.Router({"calc": CALC, "app": None}, external=("calc",),
+                      backlog=lambda pid: waiting.get(pid, 0))
+    calc = start(router, "calc", exports=True)
+    soft = R.queue_soft_limit(R.Limits())
+    others = [client(router, f"c{i}") for i in range(3)]
+    for c in others:
+        for _ in range(5):
+            c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
+    gone = client(router, "gone")
+    left = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(4096)])
+    gone.send(gone.conn.send_call(gone.grants[0].import_id, CALC, 0, left)[1])
+    gone.deliver(router.disconnected(gone.pid, "closed"))
+    assert router._orphan_bytes_at == {calc.pid: sum(router._orphan_bytes.values())} \
+        and router._orphan_bytes_at[calc.pid] >= left.size()
+    h = client(router, "h")
+    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(soft // 4 - 8192)])
+    h.send(h.conn.send_call(h.grants[0].import_id, CALC, 0, big)[1])
+    assert h.inbox == []
+    assert router._pending.forwarded[(calc.pid, h.pid)] >= big.size()
+
+    class Unwalkable(type(router._pending)):
+        def items(self):
+            raise AssertionError("a refusal walked every call in flight")
+        keys = values = __iter__ = items
+    walled = Unwalkable()
+    for k, v in dict.items(router._pending):
+        walled[k] = v
+    assert walled.forwarded == router._pending.forwarded
+    router._pending = walled
+    waiting[calc.pid] = soft + 1                 # calc runs a long call: reads nothing
+    small = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(8192)])
+    for _ in range(3):
+        h.send(h.conn.send_call(h.grants[0].import_id, CALC, 0, small)[1])
+        refused = h.inbox.pop()
+        assert refused.error_type == "overloaded" and "not reading its messages" in \
+            refused.error and "those of external clients that are gone" in \
+            refused.error, refused.error
+    # the sums follow the calls: answered, cancelled and lost ones count no more
+    waiting[calc.pid] = 0
+    for ev in list(calc.inbox):
+        calc.send(calc.conn.send_return(ev.answer_id))
+    assert router._pending.forwarded == {} and router._orphan_bytes_at == {}
+
+
 def test_calls_that_waited_for_a_start_go_to_it_within_its_bounds_not_all_at_once():
     """An outside review: the bytes waiting for a peer were checked against its soft
     bound as each call went, but they are written once the router's whole answer
