@@ -42,6 +42,10 @@ LOADED: list[tuple[str, tuple]] = []
 #: through a symbolic link) declares the ids of the file loaded here already, and
 #: the parser refused it ("Duplicate ID"): load() gives the copy this module.
 _BUILTIN_COPIES: dict[bytes, object] = {}
+#: sha256 of each of our own schema files' bytes -> its file: a copy that a user
+#: schema *imports* is parsed as a file of its own (the parser knows a file by its
+#: name), declaring that file's ids again: load() refuses it, naming both.
+_BUILTIN_FILES: dict[bytes, str] = {}
 
 #: (device, inode) -> the name each schema file loaded in this process (and every
 #: file it imports) was read under: pycapnp knows a file by its name, and one file
@@ -76,7 +80,9 @@ def _builtin(path: str):
     module = capnp.load(path, imports=IMPORT_PATH)
     LOADED.append((path, tuple(IMPORT_PATH)))
     with open(path, "rb") as f:
-        _BUILTIN_COPIES[hashlib.sha256(f.read()).digest()] = module
+        digest = hashlib.sha256(f.read()).digest()
+    _BUILTIN_COPIES[digest] = module
+    _BUILTIN_FILES[digest] = os.path.normpath(path)
     _remember([os.path.normpath(path)])
     return module
 
@@ -323,6 +329,8 @@ def load(path: str, extra_imports=()):
                               "or hard link), read already under that name: the parser "
                               "would read it as a second file declaring the same ids; "
                               "name it one way")
+        if by is not None:
+            _not_a_builtin_copy(file, st, by, line)
     try:
         st = os.stat(path)
     except OSError as e:
@@ -341,6 +349,30 @@ def load(path: str, extra_imports=()):
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)
     return module
+
+
+def _not_a_builtin_copy(file: str, st, by: str, line) -> None:
+    """SchemaError at `by`:`line` if the file it imports, `file` (`st` its stat), is a
+    copy of one of our own schemas (other than that file itself): every process
+    loaded ours first, and the parser would read the copy as a second file
+    declaring its ids ("Duplicate ID @0x...", naming neither).  A copy *listed* is
+    that schema (_builtin_copy); an imported one cannot be: the parser reads it."""
+    import hashlib
+    try:
+        data = read_regular(file, MAX_SCHEMA_BYTES)
+    except FileProblem:
+        return                              # the parser says why
+    original = _BUILTIN_FILES.get(hashlib.sha256(data).digest())
+    if original is None or _same_file(original, st):
+        return
+    base = next(d for d in IMPORT_PATH
+                if os.path.commonpath([original, os.path.normpath(d)]) == os.path.normpath(d))
+    name = "/" + os.path.relpath(original, base)
+    raise SchemaError(by, line, f"imports {file}, a copy of wsuper's own "
+                      f"{os.path.basename(original)} ({original}), read already: the parser "
+                      "would read the copy as a second file declaring the same ids; import "
+                      f"wsuper's own as \"{name}\" (with no file of that name in the "
+                      "schema's directory, which is looked in first)")
 
 
 def _builtin_copy(path: str):

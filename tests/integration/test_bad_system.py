@@ -1473,3 +1473,40 @@ def test_a_schema_file_read_under_two_names_is_named_as_one_file(tmp_path, case,
     assert line.startswith(f"wsuper: error: {expected}(the same file through a symbolic or "
                            "hard link), read already under that name"), line
     assert "Duplicate ID" not in line
+
+
+@pytest.mark.parametrize("command", ["check", "up"])
+def test_a_schema_importing_a_copy_of_wsupers_own_probe_schema_is_named_as_a_copy(tmp_path,
+                                                                                   command):
+    """docs/instrumentation.md: an analysis's project may hold a copy of probe.capnp,
+    and a copy *listed* is that schema.  A schema of the project that imports the
+    copy (`import "probe.capnp"`, for its Probe or ProbeEvent) had it parsed as a
+    file of its own after wsuper's, and `check` and `up` stopped at
+    "probe.capnp:1: Duplicate ID @0xc6a1d2b3e4f50617.", not saying that it is a
+    copy of wsuper's own nor how to reach that one.  Refused at the import, naming
+    both and the name that reaches wsuper's own (which then checks)."""
+    import capnp_schemas
+    original = os.path.join(os.path.dirname(capnp_schemas.__file__), "probe.capnp")
+    shutil.copy(original, tmp_path / "probe.capnp")
+    shutil.copy(SCHEMA, tmp_path / "calc.capnp")
+    (tmp_path / "user.capnp").write_text(
+        '@0xd1c3f0a2b4e5f701;\nusing P = import "probe.capnp";\n'
+        "interface Analysis { run @0 (p :P.Probe) -> (); }\n")
+    (tmp_path / "system.toml").write_text(
+        '[system]\nschemas = ["calc.capnp", "user.capnp"]\n'
+        f'[compartments.calc]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper(command, str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / 'user.capnp'}:2: imports "
+                           f"{tmp_path / 'probe.capnp'}, a copy of wsuper's own probe.capnp "
+                           f"({original}), read already"), line
+    assert 'import wsuper\'s own as "/' in line and "Duplicate ID" not in line, line
+    if command == "check":
+        os.remove(tmp_path / "probe.capnp")
+        name = re.search(r'import wsuper\'s own as "([^"]+)"', line).group(1)
+        (tmp_path / "user.capnp").write_text(
+            f'@0xd1c3f0a2b4e5f701;\nusing P = import "{name}";\n'
+            "interface Analysis { run @0 (p :P.Probe) -> (); }\n")
+        r = run_wsuper("check", str(tmp_path / "system.toml"))
+        assert r.returncode == 0, r.stdout + r.stderr
