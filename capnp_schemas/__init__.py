@@ -54,6 +54,76 @@ _BUILTIN_FILES: dict[bytes, str] = {}
 _NAMES: dict[tuple, str] = {}
 
 
+#: file name -> (its stat signature, sha256 of its bytes, the ids written in it
+#: (`@0x...`)) as this process's parser read it.  The parser keeps what it read
+#: under that name for good (a file changed since is never read again here), but
+#: the child that checks a schema first (load()) reads the files loaded before it
+#: as they are *now*: a file changed since, whose old text declared an id that a
+#: new schema declares too, passed the check and aborted this process ("Duplicate
+#: ID" is an abort here).  load() refuses that (_diverged).
+_PARSED: dict[str, tuple] = {}
+
+_ID = re.compile(rb"@0x([0-9a-fA-F]{1,16})\b")
+
+
+def _signature(file: str) -> tuple | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _snapshot(file: str) -> tuple | None:
+    """(signature, sha256, ids written in it) of `file` now, None if it cannot be read."""
+    import hashlib
+    seen: list = []
+    try:
+        data = read_regular(file, MAX_SCHEMA_BYTES, seen=seen)
+    except FileProblem:
+        return None
+    st = seen[0]
+    return ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+            hashlib.sha256(data).digest(), frozenset(int(m, 16) for m in _ID.findall(data)))
+
+
+def _diverged(new: dict) -> tuple | None:
+    """(a file of `new`, an id, a file parsed here before) if `new` (file -> its
+    snapshot, each file the parser is about to read for the first time here)
+    writes an id that the earlier file declared as this process read it, and
+    that no file read here declares as it is now: the check's child, which reads
+    them as they are now, would pass what this process's parser aborts on."""
+    stale, now_ids = {}, set()
+    for file, (sig, digest, ids) in list(_PARSED.items()):
+        if _signature(file) == sig:
+            now_ids |= ids
+            continue
+        snap = _snapshot(file)
+        if snap is not None and snap[1] == digest:
+            _PARSED[file] = (snap[0], digest, ids)      # touched, not changed
+            now_ids |= ids
+            continue
+        stale[file] = ids
+        if snap is not None:
+            now_ids |= snap[2]
+    for old, ids in stale.items():
+        for file, snap in new.items():
+            both = (ids & snap[2]) - now_ids
+            if both:
+                return file, min(both), old
+    return None
+
+
+def _id_line(file: str, id_: int) -> int | None:
+    """The line of `file` where `@0x<id_>` is written (None if it is no longer)."""
+    try:
+        data = read_regular(file, MAX_SCHEMA_BYTES)
+    except FileProblem:
+        return None
+    m = next((m for m in _ID.finditer(data) if int(m.group(1), 16) == id_), None)
+    return None if m is None else data.count(b"\n", 0, m.start()) + 1
+
+
 def _remember(files) -> None:
     for file in files:
         try:
@@ -80,10 +150,15 @@ def _builtin(path: str):
     module = capnp.load(path, imports=IMPORT_PATH)
     LOADED.append((path, tuple(IMPORT_PATH)))
     with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).digest()
+        data = f.read()
+        st = os.fstat(f.fileno())
+    digest = hashlib.sha256(data).digest()
     _BUILTIN_COPIES[digest] = module
     _BUILTIN_FILES[digest] = os.path.normpath(path)
     _remember([os.path.normpath(path)])
+    _PARSED[os.path.normpath(path)] = (
+        (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest,
+        frozenset(int(m, 16) for m in _ID.findall(data)))
     return module
 
 
@@ -337,6 +412,20 @@ def load(path: str, extra_imports=()):
         raise SchemaError(path, None, e.strerror or str(e)) from None
     key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
            tuple(imports), tuple(LOADED))
+    # what this process's parser reads for the first time, as it is before the check
+    new = {}
+    for file, _, _ in read:
+        if file not in _PARSED and file not in new:
+            snap = _snapshot(file)
+            if snap is not None:
+                new[file] = snap
+    found = _diverged(new)
+    if found is not None:
+        file, id_, old = found
+        raise SchemaError(file, _id_line(file, id_), f"declares @0x{id_:016x}, an id of {old} as this "
+                          f"process read it earlier: {old} has changed or is gone since, and "
+                          "this process's parser keeps what it read: it would take this for "
+                          "a second declaration of that id; run the command again")
     if key not in _CHECKED:
         before = [[p, list(i)] for p, i in LOADED]
         parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
@@ -344,7 +433,14 @@ def load(path: str, extra_imports=()):
         _check_parsed(path, *(parsed if parsed is not None
                               else _parse_in_child(path, imports, before)))
         _CHECKED[key] = None
+    # a file changed while the child checked it is not what the child checked
+    for file, snap in new.items():
+        if _signature(file) != snap[0]:
+            raise SchemaError(file, None, "changed while it was being checked (the parser "
+                              "checks a schema, and what it imports, before this process "
+                              "reads it); run the command again")
     module = capnp.load(path, imports=imports)
+    _PARSED.update(new)
     if (path, tuple(imports)) not in LOADED:
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)

@@ -1510,3 +1510,53 @@ def test_a_schema_importing_a_copy_of_wsupers_own_probe_schema_is_named_as_a_cop
             "interface Analysis { run @0 (p :P.Probe) -> (); }\n")
         r = run_wsuper("check", str(tmp_path / "system.toml"))
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("change", ["rewritten", "removed"])
+def test_a_schema_file_changed_after_it_was_read_cannot_abort_a_later_load(tmp_path, change):
+    """A process that loads schemas over a while (bindgen and build of several, the
+    tests) checks each new one in a child that first parses the files loaded before
+    it, as they are on disk *now*; this process's parser keeps them as they were.
+    a.capnp imports b.capnp, which declares @0x...9aa; b.capnp is then rewritten
+    (or removed), and c.capnp declares @0x...9aa: the child saw no second
+    declaration, and this process's parser aborted on "Duplicate ID" (SIGABRT, exit
+    134, a C++ traceback).  Refused instead, naming c.capnp, the line, the id and
+    b.capnp; a schema that shares no id with what changed still loads."""
+    (tmp_path / "a.capnp").write_text('@0xd1c3f0a2b4e5f901;\nusing B = import "b.capnp";\n'
+                                      "struct A { b @0 :B.T; }\n")
+    (tmp_path / "b.capnp").write_text("@0xd1c3f0a2b4e5f902;\n"
+                                      "struct T @0xd1c3f0a2b4e5f9aa { x @0 :UInt8; }\n")
+    (tmp_path / "c.capnp").write_text("@0xd1c3f0a2b4e5f903;\n"
+                                      "struct C @0xd1c3f0a2b4e5f9aa { y @0 :UInt8; }\n")
+    (tmp_path / "d.capnp").write_text("@0xd1c3f0a2b4e5f904;\nstruct D { y @0 :UInt8; }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        capnp_schemas.load(os.path.join(d, "a.capnp"))
+        if {change!r} == "removed":
+            os.remove(os.path.join(d, "b.capnp"))
+        else:
+            with open(os.path.join(d, "b.capnp"), "w") as f:
+                f.write("@0xd1c3f0a2b4e5f902;\\nstruct T @0xd1c3f0a2b4e5f9bb {{ x @0 :UInt8; }}\\n")
+        try:
+            capnp_schemas.load(os.path.join(d, "c.capnp"))
+        except capnp_schemas.SchemaError as e:
+            print("refused:", e)
+        else:
+            print("loaded")
+        if {change!r} == "rewritten":
+            capnp_schemas.load(os.path.join(d, "d.capnp"))
+            print("d loaded")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    b, c = tmp_path / "b.capnp", tmp_path / "c.capnp"
+    assert r.stdout.splitlines()[0] == (
+        f"refused: {c}:2: declares @0xd1c3f0a2b4e5f9aa, an id of {b} as this process read "
+        f"it earlier: {b} has changed or is gone since, and this process's parser keeps "
+        "what it read: it would take this for a second declaration of that id; run the "
+        "command again"), r.stdout
+    if change == "rewritten":
+        assert r.stdout.splitlines()[1] == "d loaded", r.stdout
