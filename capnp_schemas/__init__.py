@@ -47,6 +47,10 @@ _BUILTIN_COPIES: dict[bytes, object] = {}
 #: name), declaring that file's ids again: load() refuses it, naming both.
 _BUILTIN_FILES: dict[bytes, str] = {}
 
+#: file -> the module loaded from it in this process (ours and the user's): who
+#: declared an id first, when the parser says only "Duplicate ID" of the second.
+_MODULES: dict[str, object] = {}
+
 #: (device, inode) -> the name each schema file loaded in this process (and every
 #: file it imports) was read under: pycapnp knows a file by its name, and one file
 #: under two names (a symbolic or hard link) is two files to it, declaring the
@@ -155,6 +159,7 @@ def _builtin(path: str):
     digest = hashlib.sha256(data).digest()
     _BUILTIN_COPIES[digest] = module
     _BUILTIN_FILES[digest] = os.path.normpath(path)
+    _MODULES[os.path.normpath(path)] = module
     _remember([os.path.normpath(path)])
     _PARSED[os.path.normpath(path)] = (
         (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest,
@@ -430,8 +435,11 @@ def load(path: str, extra_imports=()):
         before = [[p, list(i)] for p, i in LOADED]
         parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
             else None
-        _check_parsed(path, *(parsed if parsed is not None
-                              else _parse_in_child(path, imports, before)))
+        try:
+            _check_parsed(path, *(parsed if parsed is not None
+                                  else _parse_in_child(path, imports, before)))
+        except SchemaError as e:
+            raise _with_first_declaration(e, new) from None
         _CHECKED[key] = None
     # a file changed while the child checked it is not what the child checked
     for file, snap in new.items():
@@ -441,10 +449,53 @@ def load(path: str, extra_imports=()):
                               "reads it); run the command again")
     module = capnp.load(path, imports=imports)
     _PARSED.update(new)
+    _MODULES.setdefault(path, module)
     if (path, tuple(imports)) not in LOADED:
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)
     return module
+
+
+def _with_first_declaration(e: SchemaError, new: dict) -> SchemaError:
+    """`e`, if the parser's "Duplicate ID @0x...", told which file declared that id
+    first (the parser names only the second: a copy of wsuper's own probe.capnp
+    differing by a byte was "x.capnp:1: Duplicate ID @0xc6a1d2b3e4f50617.")."""
+    m = re.fullmatch(r"Duplicate ID @0x([0-9a-fA-F]{1,16})\.?", e.reason)
+    if m is None:
+        return e
+    id_ = int(m.group(1), 16)
+    here = os.path.normpath(e.path)
+    first = next((f for f, snap in (*_PARSED.items(), *new.items())
+                  if id_ in snap[2] and os.path.normpath(f) != here), None)
+    if first is None:
+        for file, module in _MODULES.items():
+            if file != here and _declares(module, id_):
+                first = file
+                break
+    if first is None:
+        return e
+    own = " (one of wsuper's own schemas)" if first in _BUILTIN_FILES.values() else ""
+    return SchemaError(e.path, e.line, f"{e.reason} {first}{own} declares that id "
+                       "already: an id is one declaration, and a copy of a schema keeps its "
+                       "ids (give it new ones: `capnp id` makes one)")
+
+
+def _declares(module, id_: int) -> bool:
+    """Whether the loaded schema `module` declares a node of id `id_` (at any depth;
+    walked on a stack of its own, as nested_interfaces)."""
+    if module.schema.node.id == id_:
+        return True
+    stack = [module]
+    while stack:
+        obj = stack.pop()
+        schema = getattr(obj, "schema", None)
+        if schema is None:
+            continue
+        for nested in schema.node.nestedNodes:
+            if nested.id == id_:
+                return True
+            stack.append(getattr(obj, nested.name, None))
+    return False
 
 
 def _not_a_builtin_copy(file: str, st, by: str, line) -> None:

@@ -1560,3 +1560,35 @@ def test_a_schema_file_changed_after_it_was_read_cannot_abort_a_later_load(tmp_p
         "command again"), r.stdout
     if change == "rewritten":
         assert r.stdout.splitlines()[1] == "d loaded", r.stdout
+
+
+@pytest.mark.parametrize("case", ["probe_copy_changed", "engine_nested_id", "user_copy"])
+@pytest.mark.parametrize("command", ["check", "up"])
+def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, command):
+    """pycapnp's "Duplicate ID @0x..." names only the second declaration: a copy of
+    wsuper's own probe.capnp differing by one byte (a comment added) was
+    "x.capnp:1: Duplicate ID @0xc6a1d2b3e4f50617.", and an id written that one of
+    wsuper's schemas derives for a nested declaration (engine.capnp's Grant) was
+    as mute about where the first is; so was a copy of a schema listed before.
+    The first declaration is named too, and whether it is wsuper's own."""
+    import capnp_schemas
+    here = os.path.dirname(capnp_schemas.__file__)
+    grant = next(n.id for n in capnp_schemas.engine.schema.node.nestedNodes)
+    text, line, first = {
+        "probe_copy_changed": (open(os.path.join(here, "probe.capnp")).read() + "# mine\n",
+                               1, os.path.join(here, "probe.capnp")),
+        "engine_nested_id": (f"@0xd1c3f0a2b4e5fc01;\nstruct Z @0x{grant:016x} "
+                             "{ a @0 :UInt8; }\n", 2, os.path.join(here, "engine.capnp")),
+        "user_copy": (open(SCHEMA).read(), 1, SCHEMA)}[case]
+    (tmp_path / "x.capnp").write_text(text)
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{SCHEMA}", "x.capnp"]\n'
+        f'[compartments.m]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper(command, str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (out,) = r.stderr.strip().splitlines()
+    own = " (one of wsuper's own schemas)" if case != "user_copy" else ""
+    assert re.match(rf"wsuper: error: {re.escape(str(tmp_path / 'x.capnp'))}:{line}: "
+                    rf"Duplicate ID @0x[0-9a-f]+\. {re.escape(first)}{re.escape(own)} "
+                    "declares that id already", out), out
+    assert "terminate called" not in r.stderr
