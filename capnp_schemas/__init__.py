@@ -91,13 +91,14 @@ def _snapshot(file: str) -> tuple | None:
             hashlib.sha256(data).digest(), frozenset(int(m, 16) for m in _ID.findall(data)))
 
 
-def _diverged(new: dict) -> tuple | None:
+def _diverged(new: dict, stale: dict | None = None) -> tuple | None:
     """(a file of `new`, an id, a file parsed here before) if `new` (file -> its
     snapshot, each file the parser is about to read for the first time here)
     writes an id that the earlier file declared as this process read it, and
     that no file read here declares as it is now: the check's child, which reads
-    them as they are now, would pass what this process's parser aborts on."""
-    stale, now_ids = {}, set()
+    them as they are now, would pass what this process's parser aborts on.
+    `stale`, if given, gets every file read here before that changed since."""
+    stale, now_ids = ({} if stale is None else stale), set()
     for file, (sig, digest, ids) in list(_PARSED.items()):
         if _signature(file) == sig:
             now_ids |= ids
@@ -424,7 +425,8 @@ def load(path: str, extra_imports=()):
             snap = _snapshot(file)
             if snap is not None:
                 new[file] = snap
-    found = _diverged(new)
+    stale: dict = {}
+    found = _diverged(new, stale)
     if found is not None:
         file, id_, old = found
         raise SchemaError(file, _id_line(file, id_), f"declares @0x{id_:016x}, an id of {old} as this "
@@ -439,7 +441,14 @@ def load(path: str, extra_imports=()):
             _check_parsed(path, *(parsed if parsed is not None
                                   else _parse_in_child(path, imports, before)))
         except SchemaError as e:
-            raise _with_first_declaration(e, new) from None
+            e = _with_first_declaration(e, new)
+            if stale and os.path.normpath(e.path) not in {os.path.normpath(f) for f in new}:
+                # what failed is a file read before, as the child reads it now
+                changed = next(iter(stale))
+                e = SchemaError(e.path, e.line, f"{e.reason} (read again before {path}: "
+                                f"{changed}, which this process read earlier, has changed "
+                                "or is gone since; run the command again)")
+            raise e from None
         _CHECKED[key] = None
     # a file changed while the child checked it is not what the child checked
     for file, snap in new.items():
