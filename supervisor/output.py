@@ -576,11 +576,12 @@ class LogFiles:
             if name not in self._looked:
                 # the first write of this run to it: a last line an earlier run left
                 # unended (a full disk, a machine that lost power) is ended first,
-                # or this run's first line was joined to it
+                # or this run's first line was joined to it.  Looked at until a
+                # write to it has ended: one that failed for want of a descriptor
+                # (its lines wait for the next flush) lost the newline with it
                 if size and not ends_a_line(folder, file, size):
                     chunk.append(b"\n")
                     size += 1
-                self._looked.add(name)
             for i, line in enumerate(lines):
                 data = (line + "\n").encode("utf-8", "backslashreplace")
                 if size and size + len(data) > LOG_FILE_SIZE:
@@ -591,6 +592,7 @@ class LogFiles:
                 chunk.append(data)
                 size += len(data)
             _append(folder, file, chunk)
+            self._looked.add(name)
             del batch[name]
 
     def close(self):
@@ -649,11 +651,16 @@ class _Lost(str):
 def ends_a_line(folder: int, file: str, size: int) -> bool:
     """Whether the regular file `file` in the directory `folder` (a descriptor), of
     `size` bytes, ends with a newline; True when that cannot be told (it cannot
-    be read, or is not a regular file: its writer says so)."""
+    be read, or is not a regular file: its writer says so).  No descriptor free for
+    a moment (TRANSIENT_ERRNOS) is raised, as the write's would be: the lines wait
+    and the file is looked at again (taken for a whole line, this run's first line
+    was joined to the piece)."""
     try:
         fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=folder)
-    except OSError:
+    except OSError as e:
+        if e.errno in TRANSIENT_ERRNOS:
+            raise
         return True
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

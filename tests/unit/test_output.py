@@ -683,3 +683,38 @@ def test_stderr_lines_counted_in_bulk_are_those_of_the_plain_model(monkeypatch, 
                                                              model.hidden > 0), where
         now += r.choice([0, 1])
         assert lines.finish(now) == model.finish(now), (limit, seed)
+
+
+def test_an_unended_line_is_still_ended_when_the_first_write_waits_for_a_descriptor(
+        tmp_path, monkeypatch):
+    """An outside review: the first write of a run to a file whose last line an
+    earlier run left unended failed for want of a descriptor (EMFILE: the lines wait
+    for the next flush, as documented).  The file was marked looked at, and the
+    newline put before the lines was lost with the failed write: the next flush
+    joined this run's first line to the piece.  Looking for the piece with no
+    descriptor free took it for a whole line, with the same end."""
+    import errno
+    from supervisor.output import LogFiles
+    piece = b"2026-12-05T09:00:01.000Z [app] cut sh"
+    first = "2026-12-05T09:10:00.000Z [app] next run"
+    real_open = os.open
+    for where in ("the write", "the look"):
+        (tmp_path / "app.log").write_bytes(piece)
+        calls = []
+
+        def short_of_descriptors(path, flags, *a, calls=calls, **k):
+            # the first open of the log file: for the write (O_WRONLY) or the look
+            wanted = os.O_WRONLY if where == "the write" else 0
+            if path == "app.log" and flags & os.O_ACCMODE == wanted and not calls:
+                calls.append(1)
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_open(path, flags, *a, **k)
+        monkeypatch.setattr(output.os, "open", short_of_descriptors)
+        files = LogFiles(str(tmp_path))
+        batch = {"app": [first]}
+        with pytest.raises(OSError):
+            files._write(batch)
+        assert batch == {"app": [first]}        # kept for the next flush
+        files._write(batch)
+        assert (tmp_path / "app.log").read_bytes() == piece + b"\n" + first.encode() + b"\n", where
+        monkeypatch.undo()
