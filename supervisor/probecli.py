@@ -146,7 +146,7 @@ def trace_command(args) -> int:
 
 
 def _trace(args, body: dict, f) -> int:
-    events, dropped, meta, done = [], 0, {}, False
+    events, dropped, meta, done, interrupted = [], 0, {}, False, False
     try:
         for obj in _lines(args.system, body, args.seconds + 60):
             if not isinstance(obj, dict):
@@ -166,6 +166,13 @@ def _trace(args, body: dict, f) -> int:
     except endpoint.EndpointError as e:
         _error(str(e))
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C during the session: every event that had come was lost, and the
+        # file (made empty, to be filled at the end) was left so where there was none
+        interrupted = True
+    if interrupted and not meta:
+        _error("interrupted (SIGINT) before the trace began; nothing written")
+        return 130
     if not meta:
         _error("the system ended the trace before it began (it is stopping?)")
         return 1
@@ -178,6 +185,10 @@ def _trace(args, body: dict, f) -> int:
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     print(f"wsuper: wrote {quoted(args.output)}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")
+    if interrupted:
+        _error(f"interrupted (SIGINT) before {args.seconds:g} s; {args.output} holds "
+               f"what came before")
+        return 130
     if not done:
         # the connection ended without the session's last line: the system stopped
         # (or failed) before the seconds were up; what came is written, and said so

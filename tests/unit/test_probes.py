@@ -877,3 +877,40 @@ def test_a_trace_of_a_compartment_named_twice_traces_it_once():
              clock=trio.testing.MockClock(autojump_threshold=0))
     assert not any("note" in line for line in lines), lines
     assert lines[0]["ok"] and lines[0]["compartments"] == ["c"], lines[0]
+
+
+@pytest.mark.parametrize("came", [True, False])
+def test_ctrl_c_on_a_trace_writes_what_came_and_leaves_no_empty_file(tmp_path, monkeypatch,
+                                                                       capsys, came):
+    """An outside review: Ctrl-C on `wsuper trace --seconds 60 -o t.json` after
+    some events had come lost them all (KeyboardInterrupt out of the session) and
+    left t.json behind empty where there had been no file; Ctrl-C before the
+    session began left it empty too.  What came is written, as for a session the
+    system cut short, and exit 130; with nothing come, no file is left."""
+    import argparse
+    from supervisor import probecli
+
+    def session(system, body, timeout):
+        if came:
+            yield {"ok": True, "compartments": {"calc": 7}}
+            yield {"events": [{"kind": "call", "ts": 1, "dur": 2, "caller": "external",
+                               "callee": "calc", "method": "add"}]}
+        raise KeyboardInterrupt
+    monkeypatch.setattr(probecli, "_lines", session)
+    out = tmp_path / "t.json"
+    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+                              functions=False, output=str(out), format="chrome")
+    try:
+        code = probecli.trace_command(args)
+    except KeyboardInterrupt:
+        code = "KeyboardInterrupt"
+    said = capsys.readouterr()
+    err = said.err
+    assert code == 130, code
+    if came:
+        import json
+        assert "traceEvents" in json.loads(out.read_text())
+        assert "1 events (1 call records)" in said.out, said.out
+        assert "interrupted" in err and str(out) in err, err
+    else:
+        assert not out.exists() and "interrupted" in err, err
