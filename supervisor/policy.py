@@ -822,11 +822,26 @@ def _audit_successor_named(system: System) -> str | None:
     rotation unlinked the second's audit as a leftover of a rotation cut short: the
     second went on writing its records into a file no name reached."""
     name = os.path.basename(os.path.realpath(system.audit))
+    if is_audit_rotated_name(name):
+        # aud/x.jsonl and aud/x.jsonl.1 side by side: the first's rotation moved the
+        # second's audit on (x.jsonl.1 -> .2 ...) and in the end deleted it, while the
+        # second wrote on into it; or the second appended to the first's rotated file
+        return (f"the audit file {quoted(system.audit)} has the name of a rotated file "
+                f"of the audit {quoted(name.rpartition('.')[0])} beside it (NAME.N): "
+                f"that audit's rotations would rename this one and in the end delete "
+                f"it; name another file")
     if not is_audit_successor_name(name):
         return None
     return (f"the audit file {quoted(system.audit)} has a name the supervisor keeps for "
             f"the next audit file while it rotates one (.NAME.rotating): the rotation of "
             f"an audit beside it would remove this one; name another file")
+
+
+def is_audit_rotated_name(name: str) -> bool:
+    """Whether the file name `name` is one a rotation gives to a rotated file of an
+    audit beside it (`NAME.1` .. `NAME.AUDIT_KEEP_MOST`, output.rotate)."""
+    m = re.fullmatch(r".+\.([1-9][0-9]*)", name, re.DOTALL)
+    return m is not None and int(m.group(1)) <= AUDIT_KEEP_MOST
 
 
 def audit_links_problem(path: str, links: int) -> str:

@@ -1241,6 +1241,30 @@ def test_the_audit_cannot_have_the_name_of_another_audits_next_file(tmp_path, au
     assert run_wsuper("check", str(system)).returncode == 0
 
 
+@pytest.mark.parametrize("audit", ["x.jsonl.1", "x.jsonl.8", "audit.100"])
+def test_the_audit_cannot_have_the_name_of_another_audits_rotated_file(tmp_path, audit):
+    """An outside review: two systems given `aud/x.jsonl` and `aud/x.jsonl.1` ran
+    side by side; the first's rotation renamed the second's audit on (x.jsonl.1 ->
+    x.jsonl.2 ...) while the second wrote into it, and deleted it past audit_keep;
+    started after a rotation, the second appended its records to the first's
+    rotated file.  The rotated name of any audit (NAME.1 .. NAME.100) is refused as
+    the audit, as .NAME.rotating is; other names that end in a number are not."""
+    (tmp_path / "m.wat").write_text(MOD)
+    (tmp_path / "aud").mkdir(mode=0o700)
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\naudit = "aud/{audit}"\n[compartments.m]\nmodule = "m.wat"\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(system))
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert ":2: system.audit: the audit file" in r.stderr and "the name of a rotated " \
+            "file of the audit" in r.stderr, r.stderr
+    assert not (tmp_path / "aud" / audit).exists()
+    for fine in ("x.jsonl.0", "x.jsonl.101", "x.2026-12", "x.v1"):
+        system.write_text(system.read_text().replace(audit, fine))
+        assert run_wsuper("check", str(system)).returncode == 0, fine
+        audit = fine
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device", "directory", "too large"])
 def test_preflight_reads_a_module_as_every_start_does_never_waiting_on_it(tmp_path, kind):
     """wasm.read_file is the one reader of module bytes (a regular file of at most
