@@ -882,3 +882,29 @@ def test_header_names_that_differ_in_case_alone_are_one_header(tmp_path, names, 
         with pytest.raises(bindgen.BindgenError):
             bindgen.generate(paths[0], str(tmp_path / "inc"))
     assert not (tmp_path / "inc").exists()
+
+
+def test_bindings_cut_short_never_block_the_next_bindgen(tmp_path, monkeypatch):
+    """An outside review: a header was opened for writing (emptied) before its text
+    was made and written: Ctrl-C while a large schema's header was generated, or a
+    full disk at its write, left NAME.h (or wsuper.h, copied the same way) empty,
+    and every later `wsuper bindgen` and `build` refused it as 'exists and was not
+    written by wsuper bindgen' until the operator removed it.  Each is written
+    whole under another name and then takes its own."""
+    import errno
+    from supervisor import bindgen
+    schema = tmp_path / "kv.capnp"
+    schema.write_text("@0xd1f0a3b2c4e5f638;\nstruct W { x @0 :Int32; }\n")
+    inc = tmp_path / "inc"
+    bindgen.generate(str(schema), str(inc))
+    before = {p.name: p.read_bytes() for p in inc.iterdir()}
+
+    def cut_short(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(bindgen.Generator, "header", cut_short)
+    with pytest.raises(OSError):
+        bindgen.generate(str(schema), str(inc))
+    assert {p.name: p.read_bytes() for p in inc.iterdir()} == before
+    monkeypatch.undo()
+    assert sorted(bindgen.generate(str(schema), str(inc))) == sorted(
+        str(inc / n) for n in before)
