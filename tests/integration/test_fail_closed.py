@@ -1058,7 +1058,7 @@ def test_the_supervisors_own_files_must_be_regular_files(tmp_path):
             f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\naudit = "{name}"\n' + body)
         r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=30)
         assert r.returncode == 2, r.output
-        assert r.stderr.strip() == (f"wsuper: error: {tmp_path / 'system.toml'}: system.audit: "
+        assert r.stderr.strip() == (f"wsuper: error: {tmp_path / 'system.toml'}:3: system.audit: "
                                     f"cannot open the audit file "
                                     f"{tmp_path / name}: {said}; the audit must be a "
                                     f"regular file"), r.stderr
