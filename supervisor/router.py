@@ -481,8 +481,13 @@ class Router:
             self.answered.setdefault(peer.name, [0, 0])[0 if served else 1] += 1
 
     def status(self, name: str) -> dict:
-        """What the router knows of a compartment now (for `wsuper status`)."""
+        """What the router knows of a compartment now (for `wsuper status`).
+        `calls_to` counts the calls waiting for its start or restart too (on its
+        proxy, each up to its call_time): they are calls to it, in flight, and a
+        compartment starting or restarting said '0 in' however many waited."""
         served, failed = self.answered.get(name, (0, 0))
+        proxy = self.proxies.get(name)
+        waiting = len(proxy.queue) if proxy is not None else 0
         peer = self.engines.get(name)
         alive = peer is not None and peer.alive
         native_from = native_to = 0
@@ -492,9 +497,9 @@ class Router:
         return {"served": served, "failed": failed,
                 "handles": len(peer.conn.exports) if alive else 0,
                 "calls_from": peer.conn.unanswered + native_from if alive else 0,
-                "calls_to": native_to + sum(1 for (pid, _q), h in self._pending.items()
-                                            if alive and pid == peer.id
-                                            and isinstance(h, control.Forward))}
+                "calls_to": waiting + native_to
+                + sum(1 for (pid, _q), h in self._pending.items()
+                      if alive and pid == peer.id and isinstance(h, control.Forward))}
 
     def serving(self) -> set:
         """Ids of the peers serving a call of ours now: we wait for their answer (a

@@ -3017,3 +3017,34 @@ def test_a_call_on_a_promised_capability_is_seen_by_its_callees_calls_probe(sett
     events, _ = analysis.take(10)
     assert [(e["caller"], e["callee"], e["compartment"], e["outcome"]) for e in events
             if e["caller"] == "d"] == [("d", "calc", "calc", "returned")]
+
+
+def test_status_counts_the_calls_waiting_for_a_compartments_start_or_restart():
+    """An outside review: `wsuper status` said '0 in' for a compartment that was
+    starting or restarting, however many calls waited for it (calls to a compartment
+    that is not up wait for it, each up to its call_time): `status` counted only
+    the calls forwarded to a live engine, so an operator could not see what waited.
+    Calls waiting for its start are calls to it, in flight."""
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: 0.0,
+                      limits={"calc": R.Limits(call_time=2.0)})
+    app = start(router, "app", [grant("calc", "calc")])
+    h = app.grants[0].import_id
+    calc, _starting = start(router, "calc", exports=True, later=True)
+    for _ in range(3):
+        app.send(app.conn.send_call(h, CALC, 0)[1])          # wait for its first start
+    assert app.inbox == []
+    assert router.status("calc")["calls_to"] == 3
+    app.deliver(router.start_failed(router.engines["calc"], "wasm trap: unreachable")
+                or router._flush())
+    app.deliver(router.stop_engine("calc", "it failed to start"))
+    app.inbox.clear()                                        # those failed with that start
+    assert router.status("calc")["calls_to"] == 0
+    for _ in range(2):
+        app.send(app.conn.send_call(h, CALC, 0)[1])          # during the restart delay
+    assert app.inbox == []
+    assert router.status("calc")["calls_to"] == 2
+    calc = start(router, "calc", exports=True)               # they go to it now
+    assert len(calc.inbox) == 2 and router.status("calc")["calls_to"] == 2
+    for call in calc.inbox:
+        calc.send(calc.conn.send_return(call.answer_id))
+    assert len(app.inbox) == 2 and router.status("calc")["calls_to"] == 0
