@@ -420,6 +420,11 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 != router._orphan_bytes_at:
             raise Violation(f"bytes forwarded {router._pending.forwarded} (counted {sums}), "
                             f"orphans' {router._orphan_bytes_at} (counted {gone})")
+        at = {}
+        for (pid, _q) in dict.keys(router._pending):
+            at[pid] = at.get(pid, 0) + 1
+        if at != router._pending.at:
+            raise Violation(f"questions open per peer {router._pending.at} (counted {at})")
         if len(router._orphans) != sum(router._orphans_at.values()):
             raise Violation(f"orphans {len(router._orphans)} counted "
                             f"{sum(router._orphans_at.values())} ({router._orphans_at})")

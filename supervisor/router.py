@@ -172,11 +172,16 @@ class _Pending(dict):
     does not bound them) cost the supervisor's loop O(all calls in flight): 1,985
     calls open at a stuck compartment (31 connections x 64 in_flight) made each
     refused 40-byte call cost 4 times a plain one, 7,681 of them 24 times (an
-    outside review).  Every change goes through here, so the sums cannot drift."""
+    outside review).  It keeps too how many questions each peer has open
+    (`at`: the peers serving a call of ours, `Router.serving`, which walked
+    every question each time a client connected while the connections were all
+    taken: another review).  Every change goes through here, so the sums cannot
+    drift."""
 
     def __init__(self):
         super().__init__()
         self.forwarded: dict[tuple, int] = {}      # (callee id, caller id) -> bytes
+        self.at: dict[int, int] = {}               # peer id -> its questions here
 
     def _count(self, key, handler, sign: int):
         if type(handler) is control.Forward and handler.size:
@@ -187,16 +192,23 @@ class _Pending(dict):
             else:
                 del self.forwarded[k]
 
+    def _one_less(self, pid):
+        n = self.at.pop(pid) - 1
+        if n:
+            self.at[pid] = n
+
     def __setitem__(self, key, handler):
-        old = dict.get(self, key)
-        if old is not None:
-            self._count(key, old, -1)
+        if key in self:
+            self._count(key, dict.__getitem__(self, key), -1)
+        else:
+            self.at[key[0]] = self.at.get(key[0], 0) + 1
         dict.__setitem__(self, key, handler)
         self._count(key, handler, 1)
 
     def __delitem__(self, key):
         handler = dict.__getitem__(self, key)
         dict.__delitem__(self, key)
+        self._one_less(key[0])
         self._count(key, handler, -1)
 
     _none = object()
@@ -207,6 +219,7 @@ class _Pending(dict):
                 raise KeyError(key)
             return default
         handler = dict.pop(self, key)
+        self._one_less(key[0])
         self._count(key, handler, -1)
         return handler
 
@@ -506,7 +519,7 @@ class Router:
         compartment's call on a capability an external client hosts, not past its
         call_time).  Such a client is busy, whether or not it has a call of its
         own in flight: closing it fails the call it serves."""
-        return {pid for pid, _qid in self._pending}
+        return set(self._pending.at)          # (kept as questions come and go: _Pending)
 
     def next_deadline(self) -> float | None:
         times = [h[0][0] for h in (self._deadlines, self._queued) if h]
