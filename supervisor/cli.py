@@ -44,14 +44,17 @@ def main(argv=None) -> int:
         from . import stderr
         stderr.line(f"wsuper: {e.name} during start-up: stopped before the system started")
         return 128 + e.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Ctrl-C on any other command (`up` has its own handlers): `status`, `stop`,
         # `call`, `revoke` ... waiting for a system that does not answer (stopped
-        # with SIGSTOP, busy) ended in a KeyboardInterrupt traceback
+        # with SIGSTOP, busy) ended in a KeyboardInterrupt traceback (`trace` takes
+        # SIGTERM and SIGHUP as one too: probecli._Stopped)
+        import signal
         from . import stderr
-        stderr.line("wsuper: interrupted (SIGINT); a request already sent to the "
-                    "system may still be carried out")
-        return 130
+        signum = getattr(e, "signum", signal.SIGINT)
+        stderr.line(f"wsuper: interrupted ({signal.Signals(signum).name}); a request "
+                    "already sent to the system may still be carried out")
+        return 128 + signum
     except BrokenPipeError:
         import os
         try:

@@ -8,8 +8,10 @@ bounds of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 
@@ -134,7 +136,7 @@ def trace_command(args) -> int:
     except OSError as e:
         _error(f"-o {args.output}: {e.strerror}")
         return 1
-    with out:
+    with out, _stops_as_interrupts():
         code = _trace(args, body, out)
         wrote = out.tell() > 0
     if code and not existed and not wrote:     # a trace cut short keeps what came
@@ -145,8 +147,45 @@ def trace_command(args) -> int:
     return code
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during a trace, taken as Ctrl-C is (KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stops_as_interrupts():
+    """SIGTERM (`timeout 30 wsuper trace ...`, a service manager, `kill`) and SIGHUP
+    (the terminal closed) end the session as Ctrl-C does: their default killed the
+    client without a word, every event that had come was lost and the -o file, made
+    empty to be filled at the end, was left so where there was none.  A signal
+    ignored when the command began (`nohup`) stays ignored."""
+    def stop(signum, _frame):
+        raise _Stopped(signum)
+    before = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                before[sig] = signal.signal(sig, stop)
+        except (ValueError, OSError):        # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _signal_of(e: KeyboardInterrupt) -> tuple[str, int]:
+    """The signal a KeyboardInterrupt stands for, and the exit code it gives."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    return signal.Signals(signum).name, 128 + signum
+
+
 def _trace(args, body: dict, f) -> int:
-    events, dropped, meta, done, interrupted = [], 0, {}, False, False
+    events, dropped, meta, done, interrupted = [], 0, {}, False, None
     try:
         for obj in _lines(args.system, body, args.seconds + 60):
             if not isinstance(obj, dict):
@@ -166,13 +205,14 @@ def _trace(args, body: dict, f) -> int:
     except endpoint.EndpointError as e:
         _error(str(e))
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C during the session: every event that had come was lost, and the
-        # file (made empty, to be filled at the end) was left so where there was none
-        interrupted = True
+    except KeyboardInterrupt as e:
+        # Ctrl-C (or SIGTERM, SIGHUP: _stops_as_interrupts) during the session: every
+        # event that had come was lost, and the file (made empty, to be filled at the
+        # end) was left so where there was none
+        interrupted = _signal_of(e)
     if interrupted and not meta:
-        _error("interrupted (SIGINT) before the trace began; nothing written")
-        return 130
+        _error(f"interrupted ({interrupted[0]}) before the trace began; nothing written")
+        return interrupted[1]
     if not meta:
         _error("the system ended the trace before it began (it is stopping?)")
         return 1
@@ -186,9 +226,9 @@ def _trace(args, body: dict, f) -> int:
     print(f"wsuper: wrote {quoted(args.output)}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")
     if interrupted:
-        _error(f"interrupted (SIGINT) before {args.seconds:g} s; {args.output} holds "
-               f"what came before")
-        return 130
+        _error(f"interrupted ({interrupted[0]}) before {args.seconds:g} s; {args.output} "
+               f"holds what came before")
+        return interrupted[1]
     if not done:
         # the connection ended without the session's last line: the system stopped
         # (or failed) before the seconds were up; what came is written, and said so

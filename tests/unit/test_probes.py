@@ -914,3 +914,46 @@ def test_ctrl_c_on_a_trace_writes_what_came_and_leaves_no_empty_file(tmp_path, m
         assert "interrupted" in err and str(out) in err, err
     else:
         assert not out.exists() and "interrupted" in err, err
+
+
+@pytest.mark.parametrize("sig,came", [("SIGTERM", True), ("SIGTERM", False), ("SIGHUP", True)])
+def test_sigterm_on_a_trace_writes_what_came_and_leaves_no_empty_file(tmp_path, sig, came):
+    """An outside review: `timeout 30 wsuper trace SYSTEM --seconds 60 -o t.json`
+    (SIGTERM), a service manager's stop or a closed terminal (SIGHUP) killed the
+    client by the signal's default: every event that had come was lost and t.json
+    was left empty where there had been no file (Ctrl-C wrote what came).  Both
+    are taken as Ctrl-C is: what came is written, exit 128 + the signal, naming it;
+    with nothing come, no file is left."""
+    import pathlib
+    import subprocess
+    import sys
+    ROOT = pathlib.Path(__file__).resolve().parents[2]
+    out = tmp_path / "t.json"
+    script = f"""
+import argparse, os, signal, sys
+sys.path.insert(0, {repr(str(ROOT))})
+from supervisor import probecli
+def session(system, body, timeout):
+    if {came!r}:
+        yield {{"ok": True, "compartments": {{"calc": 7}}}}
+        yield {{"events": [{{"kind": "call", "ts": 1, "dur": 2, "caller": "external",
+                             "callee": "calc", "method": "add"}}]}}
+    os.kill(os.getpid(), signal.{sig})
+    signal.pause()
+probecli._lines = session
+args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+                          functions=False, output={str(out)!r}, format="chrome")
+sys.exit(probecli.trace_command(args))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, start_new_session=True)
+    import signal
+    signum = getattr(signal, sig)
+    assert p.returncode == 128 + signum, (p.returncode, p.stderr)
+    assert f"interrupted ({sig})" in p.stderr, p.stderr
+    if came:
+        import json
+        assert "traceEvents" in json.loads(out.read_text())
+        assert "1 events (1 call records)" in p.stdout, p.stdout
+    else:
+        assert not out.exists(), out
