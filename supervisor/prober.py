@@ -55,6 +55,9 @@ class _Answer:
         self.done = trio.Event()
         self.value = None
         self.error = None
+        #: a collect's: (flag changes sent before it, the engine peer asked), set
+        #: when it is given up on, for whoever takes its answer later
+        self.context = None
 
     def returned(self, router, peer, ev):
         if ev.payload is None:
@@ -90,6 +93,8 @@ class Prober:
         #: compartment -> its collect question the engine has not answered within
         #: ENGINE_TIMEOUT: no other is asked until it is (see _engine)
         self._unanswered: dict = {}
+        #: compartment -> that question once answered, for the next collect to read
+        self._answered_late: dict = {}
 
     # ------------------------------------------------------------ engines
 
@@ -114,6 +119,11 @@ class Prober:
                     raise busy
                 if self._unanswered.get(name) is late:
                     del self._unanswered[name]
+                    if late.context is not None and late.error is None:
+                        # what it brought is the engine's counts and events up to its
+                        # answer, which it no longer holds: the collect taking over
+                        # reads it first (_collect_now)
+                        self._answered_late[name] = late
         content, _caps = payloads.build(params, values or {})
         answer = _Answer(results, self.sup._set)
         self.sup._perform(self.sup.router.engine_call(name, method, content, answer))
@@ -158,7 +168,28 @@ class Prober:
 
     async def _collect_now(self, name: str):
         sent_after, peer = self.registry.pushes.get(name, 0), self.sup._peer_of.get(name)
-        got = await self._engine(name, probing.COLLECT)
+        try:
+            got = await self._engine(name, probing.COLLECT)
+        except EngineBusy:
+            given_up = self._unanswered.get(name)
+            if given_up is not None and given_up.context is None:
+                given_up.context = (sent_after, peer)
+            raise
+        finally:
+            # A collect given up on (a busy guest: up to ENGINE_TIMEOUT) is answered
+            # when the guest next waits, with every event the engine had recorded
+            # since the collect before, which it then forgets: nobody read that
+            # answer, so a trace (or an analysis) of a guest in a long call lost all
+            # its function and host-call events up to the call's end.  Read first,
+            # in order, whatever this collect's own question came to.
+            late = self._answered_late.pop(name, None)
+            if late is not None:
+                with trio.CancelScope(shield=True):     # it only yields the loop
+                    await self._take(name, late.value, *late.context)
+        await self._take(name, got, sent_after, peer)
+
+    async def _take(self, name: str, got: dict, sent_after: int, peer):
+        """What one collect's answer brought: counters and events, into the registry."""
         if self.sup._peer_of.get(name) != peer:
             return                   # what a replaced engine counted is not the new one's
         until = self.registry.clock()      # no record it brought is later (one clock)

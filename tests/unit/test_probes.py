@@ -243,6 +243,7 @@ def _stand_in_prober():
     sup.say = lambda text, c=None: said.append(text)
     p = object.__new__(prober.Prober)
     p.sup, p._collecting, p._incarnation, p._traces = sup, {}, {}, 0
+    p._unanswered, p._answered_late = {}, {}
     p.registry = P.Registry(lambda: 0, {"c": ("functions",)})
     return p, sup, said
 
@@ -957,3 +958,49 @@ sys.exit(probecli.trace_command(args))
         assert "1 events (1 call records)" in p.stdout, p.stdout
     else:
         assert not out.exists(), out
+
+
+def test_a_collect_answered_after_it_was_given_up_on_is_still_read():
+    """An outside review: a collect the engine did not answer within ENGINE_TIMEOUT
+    (a guest in a long call answers when it next waits) was left open, and its
+    answer, when it came, was read by nobody.  The engine forgets the events a
+    collect takes, so every host call and function event of the long call was lost
+    to a trace and to analysis compartments.  The next collect reads it first."""
+    import trio
+    import trio.testing
+    from compartments import probing
+    from supervisor import prober
+
+    p, sup, _said = _stand_in_prober()
+    now = [100]
+    p.registry = P.Registry(lambda: now[0], {"c": ("functions",)})
+    p.registry.sites["c"] = None
+    h = p.registry.add(P.spec("c", "h", "hostcalls", events=True))
+    sub = p.registry.subscribe(P.Subscriber(["c"]))
+    now[0] = 300
+    asked = []
+    sup._set = trio.Event.set
+    sup._perform = lambda effects: None
+    sup.router = type("Router", (), {})()
+
+    def engine_call(name, method, content, answer):
+        asked.append(answer)
+        if len(asked) > 1:               # the guest waits now: answered at once
+            answer.value = {"counters": b"", "events": EVENT.pack(HOSTCALL, 1, 250, 5, 0),
+                            "dropped": 0}
+            answer.done.set()
+        return []
+    sup.router.engine_call = engine_call
+
+    async def main():
+        with pytest.raises(prober.EngineBusy):
+            await p._collect("c")               # the guest is in a long call
+        asked[0].value = {"counters": b"", "events": EVENT.pack(HOSTCALL, 1, 150, 5, 0),
+                          "dropped": 0}
+        asked[0].done.set()                     # it waits: the first collect's answer
+        await p._collect("c")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    got, _ = sub.take(100)
+    assert [(e["kind"], e["ts_ns"]) for e in got] == [("hostcall", 150), ("hostcall", 250)]
+    assert h.events == 2
