@@ -178,6 +178,24 @@ def _stops_as_interrupts():
             signal.signal(sig, handler)
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT, SIGTERM and SIGHUP wait (blocked) while the trace file is written;
+    one that came meanwhile is taken when this ends (a KeyboardInterrupt)."""
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    except (AttributeError, OSError, ValueError):
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _signal_of(e: KeyboardInterrupt) -> tuple[str, int]:
     """The signal a KeyboardInterrupt stands for, and the exit code it gives."""
     signum = getattr(e, "signum", signal.SIGINT)
@@ -216,12 +234,20 @@ def _trace(args, body: dict, f) -> int:
     if not meta:
         _error("the system ended the trace before it began (it is stopping?)")
         return 1
-    f.seek(0)
-    f.truncate()
-    if args.format == "jsonl":
-        f.write(trace.jsonl(events))
-    else:
-        json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
+    try:
+        with _signals_held():
+            # Ctrl-C (SIGTERM, SIGHUP) here, once the file was emptied, left it cut
+            # short: no JSON, and the file it replaced (a trace of an earlier run) gone
+            # with what came.  It is taken once the file is whole.
+            f.seek(0)
+            f.truncate()
+            if args.format == "jsonl":
+                f.write(trace.jsonl(events))
+            else:
+                json.dump(trace.chrome(events, {**meta, "dropped": dropped}), f)
+            f.flush()
+    except KeyboardInterrupt as e:
+        interrupted = interrupted or _signal_of(e)
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
     print(f"wsuper: wrote {quoted(args.output)}: {len(events)} events ({calls} call records"
           + (f", {dropped} dropped" if dropped else "") + ")")

@@ -1004,3 +1004,43 @@ def test_a_collect_answered_after_it_was_given_up_on_is_still_read():
     got, _ = sub.take(100)
     assert [(e["kind"], e["ts_ns"]) for e in got] == [("hostcall", 150), ("hostcall", 250)]
     assert h.events == 2
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_ctrl_c_while_a_trace_file_is_written_leaves_it_whole(tmp_path, monkeypatch, capsys,
+                                                             existed):
+    """An outside review: Ctrl-C (or SIGTERM) once the session's events had come,
+    while `wsuper trace` wrote them (a large trace takes seconds), left the -o file
+    emptied and cut short: no JSON, every event lost, and the file it replaced (an
+    earlier trace) gone too.  The signal waits until the file is whole; it is
+    then taken as an interruption (exit 130)."""
+    import argparse
+    import json
+    import signal
+    from supervisor import probecli
+
+    def session(system, body, timeout):
+        yield {"ok": True, "compartments": {"calc": 7}}
+        yield {"events": [{"kind": "call", "ts": 1, "dur": 2, "caller": "external",
+                           "callee": "calc", "method": "add"}]}
+        yield {"done": True, "dropped": 0}
+    real = trace.chrome
+
+    def chrome(events, meta):
+        signal.raise_signal(signal.SIGINT)       # Ctrl-C as the file is written
+        return real(events, meta)
+    monkeypatch.setattr(probecli, "_lines", session)
+    monkeypatch.setattr(trace, "chrome", chrome)
+    out = tmp_path / "t.json"
+    if existed:
+        out.write_text('{"an": "earlier trace"}')
+    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+                              functions=False, output=str(out), format="chrome")
+    try:
+        code = probecli.trace_command(args)
+    except KeyboardInterrupt:
+        code = "KeyboardInterrupt"
+    err = capsys.readouterr().err
+    assert code == 130, code
+    assert "traceEvents" in json.loads(out.read_text())
+    assert "interrupted (SIGINT)" in err, err
