@@ -968,7 +968,6 @@ def test_a_collect_answered_after_it_was_given_up_on_is_still_read():
     to a trace and to analysis compartments.  The next collect reads it first."""
     import trio
     import trio.testing
-    from compartments import probing
     from supervisor import prober
 
     p, sup, _said = _stand_in_prober()
