@@ -1142,6 +1142,12 @@ class Engine:
                 self._outside(self._guest, self.start_func, fuel=UNLIMITED_FUEL)
             except wasi.WasiExit as e:               # proc_exit
                 code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+                # the program is done (a C program's _start ends in exit(): its atexit
+                # handlers and stdio's exit flush ran): no call, during the exit flush
+                # below or after run() is answered, runs it again (_dispatch); per_call
+                # calls run instances of their own, not the program's
+                if not self.per_call:
+                    self._exited = e.code
             finally:
                 self._run_answer = None
                 if self.wasi is not None:

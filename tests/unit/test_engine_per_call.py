@@ -312,3 +312,67 @@ def test_no_call_reaches_a_program_that_exited_while_its_exit_flush_waits(tmp_pa
     ret = returns[nested[0]]
     assert ret.payload is None and ret.error_type == "disconnected", ret
     assert ret.error == "compartment exits exited (code 7)"
+
+
+def test_no_call_reaches_a_program_whose_start_called_exit(tmp_path):
+    """A C program that also serves calls ends with exit() (`wsuper build` links its
+    _start as `exit(main())`: libc's atexit handlers and stdio's exit flush run,
+    then proc_exit).  The guard of b8c5fa8 was set only by an exit in a call the
+    program serves: after an exit in _start the calls that came while run()'s
+    exit flush sent the last unfinished line (a Log.write, during which calls
+    are served), and every call after run() was answered, ran wsuper_dispatch
+    in the program that had exited (measured with real engines: six callers,
+    hundreds of calls answered by it after 'finished a exit=3', each writing
+    a line; an exit there ended the engine with run() unanswered, its code
+    lost).  They are refused now, as after an exit in a call it serves."""
+    from tests.unit.test_engine_native import Answering
+    from compartments.engine import ENGINE_INTERFACE
+    module = tmp_path / "ends.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "bye")
+  (data (i32.const 0) "\\10\\00\\00\\00\\03\\00\\00\\00")
+  (global $ran (mut i32) (i32.const 0))
+  (func (export "_start")
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32)))
+    (call $exit (i32.const 3)))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (global.set $ran (i32.add (global.get $ran) (i32.const 1)))
+    (i32.const 0)))""")
+    engine = Engine(Answering(), EngineSpec(name="ends", module=str(module), exports=True))
+    log = object()
+    d = Driven(engine, [("stdout", "log", "")], [log])
+    sock, sup, main = d.sock, d.sup, d.main
+    control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    returns, nested, written = {}, [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
+                assert ev.target is log
+                written.append(ev)
+                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
+                nested.append(q)
+                more += msg + sup.send_return(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
+    sock.batches.append(msg)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    sock.writes.clear()
+    assert len(written) == 1 and len(nested) == 1            # "bye" went out
+    assert returns[q].payload is not None, returns[q]        # run() answered: exit 3
+    ret = returns[nested[0]]
+    assert ret.payload is None and ret.error_type == "disconnected", ret
+    assert ret.error == "compartment ends exited (code 3)"
+    # and after run() too
+    after = d.ask(sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))[1])
+    assert after.payload is None and after.error == "compartment ends exited (code 3)"
