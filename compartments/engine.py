@@ -1148,10 +1148,18 @@ class Engine:
                 # calls run instances of their own, not the program's
                 if not self.per_call:
                     self._exited = e.code
+            except BaseException:
+                self._run_answer = None      # (a trap: not ended by a call served below)
+                raise
             finally:
-                self._run_answer = None
-                if self.wasi is not None:
-                    self.wasi.flush_all()
+                try:
+                    # still run()'s while its last lines are sent: an exit in a call
+                    # served meanwhile (a program that returned) is the program's end,
+                    # and answers run() (_on_call), as one served while _start runs
+                    if self.wasi is not None:
+                        self.wasi.flush_all()
+                finally:
+                    self._run_answer = None
                 if self.call_times:
                     self._report_call_times()
             results = _RunResults.new_message(exitCode=code)

@@ -376,3 +376,59 @@ def test_no_call_reaches_a_program_whose_start_called_exit(tmp_path):
     # and after run() too
     after = d.ask(sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))[1])
     assert after.payload is None and after.error == "compartment ends exited (code 3)"
+
+
+def test_an_exit_in_a_call_served_during_the_end_of_a_program_answers_run(tmp_path):
+    """A program whose _start returns without calling exit (wasi-libc's own _start
+    when main returns 0, a Rust program) leaves the compartment serving calls.
+    run()'s exit flush sends its last unfinished line (a Log.write, during which
+    calls are served); an exit in a call served then ended the engine with
+    run() never answered: the supervisor said 'engine exited' (a failure), and
+    the exit code was lost.  That exit is the program's end, as an exit in a
+    call served while _start runs is: run() is answered with its code."""
+    from tests.unit.test_engine_native import Answering
+    from compartments.engine import ENGINE_INTERFACE, _RunResults
+    from capnp_schemas import payloads
+    module = tmp_path / "ends.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "bye")
+  (data (i32.const 0) "\\10\\00\\00\\00\\03\\00\\00\\00")
+  (func (export "_start")
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32))))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (call $exit (i32.const 7))
+    (i32.const 0)))""")
+    engine = Engine(Answering(), EngineSpec(name="ends", module=str(module), exports=True))
+    log = object()
+    d = Driven(engine, [("stdout", "log", "")], [log])
+    sock, sup, main = d.sock, d.sup, d.main
+    control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    returns, nested, written = {}, [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
+                assert ev.target is log
+                written.append(ev)
+                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
+                nested.append(q)
+                more += msg + sup.send_return(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+        return more
+    sock.answer = answering
+    q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
+    sock.batches.append(msg)
+    with pytest.raises(SystemExit):
+        while sock.batches:
+            engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    assert len(written) == 1 and len(nested) == 1            # "bye" went out
+    assert returns[nested[0]].error == "compartment ends exited (code 7)"
+    assert q in returns, "run() was never answered"
+    assert payloads.read(_RunResults, returns[q].payload.content, 8)["exitCode"] == 7
