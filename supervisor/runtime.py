@@ -1327,7 +1327,8 @@ class Supervisor:
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done, tail):
         reason = await self._pump(pid, link)
         lingered = False
-        if pid not in self.router.peers and proc.returncode is None:
+        cut = pid not in self.router.peers
+        if cut and proc.returncode is None:
             proc.kill()                  # cut off (it broke the protocol, or stalled)
         elif proc.returncode is None:
             # its connection ended and its process lives on: an engine exiting closes
@@ -1356,7 +1357,8 @@ class Supervisor:
         self.links.pop(pid, None)
         self._say_log_refused(name)
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
-                                                trio.current_time()))
+                                                trio.current_time(),
+                                                clean=code == 0 and not lingered and not cut))
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
         """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""

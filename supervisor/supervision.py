@@ -279,11 +279,18 @@ class Lifecycle:
                 *self._stopped(name, exit_code != 0, f"its program ended (exit {exit_code})",
                                now)]
 
-    def engine_stopped(self, name: str, generation: int, reason: str, now: float) -> list:
-        """The engine of incarnation `generation` is gone (it exited or was cut off)."""
+    def engine_stopped(self, name: str, generation: int, reason: str, now: float,
+                       clean: bool = False) -> list:
+        """The engine of incarnation `generation` is gone (it exited or was cut off).
+        `clean`: it exited by itself with code 0 (the engine's end after its guest's
+        exit: a program that called exit in a call it served, once run() is answered)."""
         if self.stopping or generation != self.generation.get(name) \
                 or self.state[name] in ("stopped", "failed"):
             return []              # not its current incarnation, or already handled
+        if clean and self.state[name] == "finished":
+            # its program ended well (exit 0), and that exit ended the engine: no
+            # failure (transient restarted it, counted against max_restarts)
+            return []
         return self._stopped(name, True, reason, now)
 
     def signal(self, signum: int, signame: str) -> list:

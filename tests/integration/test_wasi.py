@@ -1171,7 +1171,7 @@ a = {{ compartment = "a" }}
     assert lines[-3:] == [f"T{i - 1}r{i}" if i else f"r{i}", f"T{i}", m.group(0)], lines
 
 
-def _served_and_called(tmp_path, served_flags=()):
+def _served_and_called(tmp_path, served_flags=(), restart="never", extra=""):
     """served.c (built with `served_flags`) as compartment a, a program that serves
     Echo, and nested.c's caller as b, which calls it: built and run with `wsuper
     up`.  (served.wasm's path, the run)."""
@@ -1189,7 +1189,7 @@ schemas = ["{echo}"]
 [compartments.a]
 module = "{served}"
 exports = "Echo"
-restart = "never"
+restart = "{restart}"
 [compartments.a.grants]
 stdout = {{ host = "log" }}
 clock = {{ host = "clock" }}
@@ -1198,7 +1198,7 @@ module = "{caller}"
 restart = "never"
 [compartments.b.grants]
 a = {{ compartment = "a" }}
-""")
+""" + extra)
     r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
     return served, r
 
@@ -1276,3 +1276,26 @@ env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in siz
 """, extra='[compartments.app.limits]\nmessage_size = 1536')
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
+
+
+def test_exit_0_in_a_call_served_while_the_program_runs_is_a_normal_end(tmp_path):
+    """exit(0) in a callback while main waits ends the program (run() answered,
+    'finished a exit=0') and then its engine, cleanly.  The supervisor took that
+    engine's end for a failure of a compartment whose program had ended: with
+    restart = "transient" it said 'restarting a ... (engine exited ...)' and ran
+    the program again (counted against max_restarts: failed for good, or a
+    critical compartment's stop of the whole system, for a program that ended
+    well).  An engine that exits cleanly after its program finished is not
+    restarted now."""
+    (tmp_path / "sleeper.wat").write_text("""(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\\01\\00\\00\\00")
+  (data (i32.const 24) "\\00\\ca\\9a\\3b")
+  (func (export "_start") (drop (call $p (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))""")
+    _served, r = _served_and_called(
+        tmp_path, ["-DEXIT_AT=3", "-DEXIT_CODE=0"], restart="transient",
+        extra=f'[compartments.c]\nmodule = "{tmp_path}/sleeper.wat"\nrestart = "never"\n')
+    assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
+    assert "restarting a" not in r.stderr and "engine exited" not in r.stderr, r.stderr
+    assert "finished c exit=0" in r.stderr and r.returncode == 0, r.stdout + r.stderr

@@ -2,7 +2,7 @@
  * libc's exit-time code (atexit handlers, stdio's exit flush).  It waits in
  * poll_oneoff (serving calls meanwhile) until five calls came, writing a line
  * each time; nested.c's caller (-DCALLER) calls it until a call fails.
- * -DEXIT_AT=N: the Nth call exits (7). */
+ * -DEXIT_AT=N: the Nth call exits (7, or -DEXIT_CODE=C). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +19,10 @@ __attribute__((export_name("wsuper_dispatch")))
 int32_t wsuper_dispatch(int32_t object, int64_t iface, int32_t method, int32_t len, int32_t ncaps) {
   calls++;
 #ifdef EXIT_AT
-  if (calls == EXIT_AT) exit(7);        /* ends the program, which is waiting meanwhile */
+#ifndef EXIT_CODE
+#define EXIT_CODE 7
+#endif
+  if (calls == EXIT_AT) exit(EXIT_CODE);        /* ends the program, which is waiting meanwhile */
 #endif
   return calls >= 5;
 }
