@@ -63,6 +63,7 @@ EXIT_OK = 0
 EXIT_CANNOT_LOAD = 3        # the module cannot be loaded or instantiated
 EXIT_PROTOCOL = 4           # the supervisor broke the protocol
 EXIT_CONFINE = 5            # the process could not be confined: it does not run
+EXIT_GUEST = 6              # its guest called exit in a call it served, no program running
 
 #: Linear memories a compartment's module may have: wasmtime applies limits.memory
 #: to each, so a module with ten had ten times its limit (preflight refuses more).
@@ -1081,8 +1082,16 @@ class Engine:
                     self._run_answer, Content.standalone(
                         _RunResults.new_message(exitCode=code).to_segments()), [],
                     no_finish=True))
+                self._flush()
+                raise SystemExit(EXIT_OK) from None
+            # no run() to answer (a server, or a program that has ended): the engine's
+            # end is the only word of it the supervisor gets; it said only what the
+            # socket saw ('engine exited', 'Connection reset by peer'), not the exit
             self._flush()
-            raise SystemExit(EXIT_OK) from None
+            signed = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+            print(f"wsuper engine {self.name}: exit({signed}) in a call it served",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_GUEST) from None
         except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
             self._send(self.conn.send_exception(
                 ev.answer_id, f"compartment {self.name}: the engine could not handle this call "

@@ -1278,6 +1278,15 @@ env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in siz
     assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
 
 
+#: a program that sleeps a second (poll_oneoff), keeping a system up meanwhile
+_SLEEPER = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\\01\\00\\00\\00")
+  (data (i32.const 24) "\\00\\ca\\9a\\3b")
+  (func (export "_start") (drop (call $p (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+
+
 def test_exit_0_in_a_call_served_while_the_program_runs_is_a_normal_end(tmp_path):
     """exit(0) in a callback while main waits ends the program (run() answered,
     'finished a exit=0') and then its engine, cleanly.  The supervisor took that
@@ -1287,15 +1296,56 @@ def test_exit_0_in_a_call_served_while_the_program_runs_is_a_normal_end(tmp_path
     critical compartment's stop of the whole system, for a program that ended
     well).  An engine that exits cleanly after its program finished is not
     restarted now."""
-    (tmp_path / "sleeper.wat").write_text("""(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "\\01\\00\\00\\00")
-  (data (i32.const 24) "\\00\\ca\\9a\\3b")
-  (func (export "_start") (drop (call $p (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))""")
+    (tmp_path / "sleeper.wat").write_text(_SLEEPER)
     _served, r = _served_and_called(
         tmp_path, ["-DEXIT_AT=3", "-DEXIT_CODE=0"], restart="transient",
         extra=f'[compartments.c]\nmodule = "{tmp_path}/sleeper.wat"\nrestart = "never"\n')
     assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
     assert "restarting a" not in r.stderr and "engine exited" not in r.stderr, r.stderr
     assert "finished c exit=0" in r.stderr and r.returncode == 0, r.stdout + r.stderr
+
+
+def test_exit_in_a_call_a_server_serves_is_named_when_its_engine_ends(tmp_path):
+    """A compartment that only serves calls (no program) whose call calls exit(3)
+    ends: its engine goes once that call is answered.  The supervisor said why
+    only by what its socket saw ('engine Connection reset by peer', or 'engine
+    exited', as the calls in flight fell): neither the exit nor its code.  The
+    engine now says it (its last stderr line) and ends with EXIT_GUEST, so the
+    stop names it."""
+    from supervisor import toolchain
+    import capnp_schemas
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "server.wat").write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "_initialize"))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (if (i32.eq (global.get $n) (i32.const 3)) (then (call $exit (i32.const 3))))
+    (i32.const 0)))""")
+    (tmp_path / "sleeper.wat").write_text(_SLEEPER)     # the system stays up meanwhile
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "server.wat"
+exports = "Echo"
+restart = "never"
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+stdout = {{ host = "log" }}
+[compartments.c]
+module = "sleeper.wat"
+restart = "never"
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+    assert "[b] caller: 2 calls answered" in r.stdout, r.stdout + r.stderr
+    (stop,) = [x for x in r.stderr.splitlines() if "compartment a stopped" in x]
+    assert "exit(3) in a call it served" in stop, r.stdout + r.stderr
