@@ -1068,16 +1068,16 @@ class Engine:
         except wasi.WasiExit as e:     # proc_exit while serving a call: this instance is done
             # and no guest code runs again: the calls served while the flush's Log.write
             # waits are refused as this one is (they ran the program that had exited)
-            self._exited = e.code
+            self._exited = _status(e)
             if self.wasi is not None:
                 self.wasi.flush_all()
             self._send(self.conn.send_exception(
-                ev.answer_id, f"compartment {self.name} exited (code {e.code})", "disconnected",
+                ev.answer_id, f"compartment {self.name} exited (code {_status(e)})", "disconnected",
                 no_finish=True))
             if self._run_answer is not None:
                 # served while its program runs (a callback): the program ends with
                 # this status, as if _start had called it
-                code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+                code = _status(e)
                 self._send(self.conn.send_return(
                     self._run_answer, Content.standalone(
                         _RunResults.new_message(exitCode=code).to_segments()), [],
@@ -1088,8 +1088,7 @@ class Engine:
             # end is the only word of it the supervisor gets; it said only what the
             # socket saw ('engine exited', 'Connection reset by peer'), not the exit
             self._flush()
-            signed = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
-            print(f"wsuper engine {self.name}: exit({signed}) in a call it served",
+            print(f"wsuper engine {self.name}: exit({_status(e)}) in a call it served",
                   file=sys.stderr, flush=True)
             raise SystemExit(EXIT_GUEST) from None
         except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
@@ -1135,8 +1134,8 @@ class Engine:
                 try:
                     self._outside(self._guest, self.initialize, fuel=self.limits.fuel_per_call)
                 except wasi.WasiExit as e:
-                    raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
-                        from None
+                    raise _CallError("failed", f"{self.name}: _initialize called "
+                                     f"exit({_status(e)})") from None
             results = payloads.StartResults.new_message(program=self.start_func is not None)
             if self.exports_main:
                 self._main_served = True        # from now on the proxy's (_host_object)
@@ -1150,13 +1149,13 @@ class Engine:
             try:
                 self._outside(self._guest, self.start_func, fuel=UNLIMITED_FUEL)
             except wasi.WasiExit as e:               # proc_exit
-                code = e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+                code = _status(e)
                 # the program is done (a C program's _start ends in exit(): its atexit
                 # handlers and stdio's exit flush ran): no call, during the exit flush
                 # below or after run() is answered, runs it again (_dispatch); per_call
                 # calls run instances of their own, not the program's
                 if not self.per_call:
-                    self._exited = e.code
+                    self._exited = code
             except BaseException:
                 self._run_answer = None      # (a trap: not ended by a call served below)
                 raise
@@ -1238,7 +1237,7 @@ class Engine:
                     raise
                 # per_call: the call's own instance ended, and only it: the compartment
                 # serves on (the next call's instance is new anyway)
-                raise _CallError("failed", f"compartment {self.name} exited (code {e.code}) "
+                raise _CallError("failed", f"compartment {self.name} exited (code {_status(e)}) "
                                  f"in this call's instance") from None
             finally:
                 self.frames.pop()
@@ -1368,7 +1367,7 @@ class Engine:
                     raise
                 raise _CallError("failed", f"{self.name}: _initialize failed: {e}") from None
             except wasi.WasiExit as e:      # as at start (_control)
-                raise _CallError("failed", f"{self.name}: _initialize called exit({e.code})") \
+                raise _CallError("failed", f"{self.name}: _initialize called exit({_status(e)})") \
                     from None
 
     def _out_of_fuel(self) -> "_CallError":
@@ -1479,6 +1478,13 @@ class _CallError(Exception):
 _RunResults = payloads.method_structs(engine_schema.Engine, "run")[1]
 
 
+def _status(e: wasi.WasiExit) -> int:
+    """proc_exit's code as run() reports it (`finished NAME exit=-1`): signed, so that
+    what callers and the log are told is the same number (exit(-1) was 'exited
+    (code 4294967295)' to the caller of the call that made it)."""
+    return e.code - (1 << 32) if e.code >= 1 << 31 else e.code
+
+
 def _why_not(e, regions: protect.Regions | None = None) -> str:
     """Why instantiation failed: a trap in the module's start function says where
     (`regions`: those its protection checks were compiled against, if any)."""
@@ -1499,7 +1505,7 @@ def _why_not(e, regions: protect.Regions | None = None) -> str:
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"
     if isinstance(e, wasi.WasiExit):      # proc_exit: a start function has no exit code
-        return f"its start function called exit({e.code})"
+        return f"its start function called exit({_status(e)})"
     return _error_reason(e)
 
 

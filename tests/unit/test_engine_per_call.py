@@ -432,3 +432,30 @@ def test_an_exit_in_a_call_served_during_the_end_of_a_program_answers_run(tmp_pa
     assert returns[nested[0]].error == "compartment ends exited (code 7)"
     assert q in returns, "run() was never answered"
     assert payloads.read(_RunResults, returns[q].payload.content, 8)["exitCode"] == 7
+
+
+@pytest.mark.parametrize("per_call", [False, True])
+def test_the_code_of_an_exit_in_a_served_call_is_told_as_run_tells_it(tmp_path, per_call):
+    """exit(-1) is `finished NAME exit=-1` at a program's end (run()'s code is
+    signed); the caller of a call that made it was told 'exited (code
+    4294967295)', another number for the same exit."""
+    module = tmp_path / "minus.wat"
+    module.write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (call $exit (i32.const -1))
+    (i32.const 0)))""")
+    engine = Engine(Recorded(), EngineSpec(name="minus", module=str(module), exports=True,
+                                           per_call=per_call))
+    d = Driven(engine)
+    sock, sup = d.sock, d.sup
+    sock.batches.append(sup.send_call(d.main, 1, 1, Content.standalone([bytes(16)]))[1])
+    if per_call:
+        engine._pump()
+    else:
+        with pytest.raises(SystemExit):
+            engine._pump()
+    engine._flush()
+    [ret] = sup.receive(b"".join(sock.writes))
+    assert ret.payload is None and "exited (code -1)" in ret.error, ret
