@@ -595,11 +595,15 @@ class Router:
             proxy.error = None
         return out
 
-    def fail_compartment(self, name: str, reason: str) -> list:
-        """The compartment will not come back: calls through its grants fail from now on."""
+    def fail_compartment(self, name: str, reason: str, said: str | None = "failed") -> list:
+        """The compartment will not come back: calls through its grants fail from now on
+        ('compartment NAME failed: REASON', or with `said` None 'compartment NAME
+        REASON')."""
         proxy = self.proxies.get(name)
         if proxy is not None:
-            self._break_proxy(proxy, f"compartment {name} failed: {reason}", "failed")
+            text = f"compartment {name} {said}: {reason}" if said else \
+                f"compartment {name} {reason}"
+            self._break_proxy(proxy, text, "failed")
         return self._flush()
 
     def disconnected(self, pid: int, reason: str) -> list:

@@ -2248,9 +2248,10 @@ class Supervisor:
                     proc.terminate()
                 self.nursery.start_soon(self._respawn, self.system.compartments[a.name],
                                         a.delay, self.lifecycle.generation[a.name])
-            elif isinstance(a, S.Fail):
+            elif isinstance(a, (S.Fail, S.Stop)):
                 self._perform(self.router.stop_engine(a.name, a.reason))
-                self._perform(self.router.fail_compartment(a.name, a.reason))
+                self._perform(self.router.fail_compartment(
+                    a.name, a.reason, said="failed" if isinstance(a, S.Fail) else None))
                 proc = self.procs.get(a.name)
                 if proc is not None:
                     proc.terminate()

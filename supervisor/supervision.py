@@ -147,6 +147,14 @@ class Fail:
 
 
 @attrs.frozen
+class Stop:
+    """The compartment is left stopped (restart policy): take its engine down, if it
+    still runs (its program ended abnormally); calls to it fail."""
+    name: str
+    reason: str
+
+
+@attrs.frozen
 class Finish:
     """Stop the system; `wsuper up` exits with `code`."""
     code: int
@@ -157,7 +165,7 @@ class Lifecycle:
 
     The runtime reports events (an engine is ready, failed to start, its program
     ended, its engine stopped, a signal arrived) and performs the actions each
-    returns: Say, Run, Restart, Fail, Finish.  Rules:
+    returns: Say, Run, Restart, Fail, Stop, Finish.  Rules:
 
     * A compartment that fails to start is an abnormal stop like any other: its
       restart policy decides (a hostile module that never starts cannot hold
@@ -344,6 +352,10 @@ class Lifecycle:
         out = []
         if abnormal:
             out.append(Say(f"compartment {name} stopped: {reason} ({d.reason})", name))
+            # and stays so: an engine still there (a program that failed or exited
+            # non-zero, a server too) served calls on, answered by a program the log
+            # said had stopped (an outside review)
+            out.append(Stop(name, f"stopped: {reason} ({d.reason})"))
             # whether it ran a program, served calls, or never started: a server whose
             # engine died was not counted, and `wsuper stop` then exited 0 (a review)
             self.exit_code = 1

@@ -1349,3 +1349,44 @@ restart = "never"
     assert "[b] caller: 2 calls answered" in r.stdout, r.stdout + r.stderr
     (stop,) = [x for x in r.stderr.splitlines() if "compartment a stopped" in x]
     assert "exit(3) in a call it served" in stop, r.stdout + r.stderr
+
+
+def test_a_compartment_left_stopped_after_its_program_trapped_serves_no_more_calls(tmp_path):
+    """restart = "never" leaves a compartment whose program failed 'stopped'; its
+    engine was left running and serving: a caller's calls were answered by the
+    program that had trapped, for good ('compartment a stopped' in the log, yet
+    a caller looping until a call failed never ended).  Its engine goes now, as
+    for one failed for good, and calls to it fail naming the stop."""
+    from supervisor import toolchain
+    import capnp_schemas
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "trap.wat").write_text("""(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "\\\\01\\\\00\\\\00\\\\00")
+  (data (i32.const 24) "\\\\00\\\\e1\\\\f5\\\\05")
+  (func (export "_start")
+    (drop (call $p (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    unreachable)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "trap.wat"
+exports = "Echo"
+restart = "never"
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+stdout = {{ host = "log" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=60)
+    assert "compartment a stopped: its program failed" in r.stderr, r.stdout + r.stderr
+    assert re.search(r"\[b\] caller: \d+ calls answered", r.stdout), r.stdout + r.stderr
+    assert "finished b exit=0" in r.stderr and r.returncode == 1, r.stdout + r.stderr

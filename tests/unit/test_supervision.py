@@ -39,7 +39,7 @@ def test_denial_lines_are_throttled_per_caller_and_the_rest_counted():
 
 # ------------------------------------------------------------------ the system's lifecycle
 
-from supervisor.supervision import Fail, Finish, Lifecycle, Restart, Run, Say  # noqa: E402
+from supervisor.supervision import Fail, Finish, Lifecycle, Restart, Run, Say, Stop  # noqa: E402
 
 
 def _life(**policies):
@@ -196,7 +196,8 @@ def test_never_leaves_it_stopped_and_the_exit_code_says_so():
     life.started("app", True)
     actions = life.engine_stopped("db", 0, "engine killed by SIGKILL", now=1)
     assert actions == [Say("compartment db stopped: engine killed by SIGKILL "
-                           "(restart = 'never')")]
+                           "(restart = 'never')"),
+                       Stop("db", "stopped: engine killed by SIGKILL (restart = 'never')")]
     # a server (no program) that died counts as one whose program failed: it was 0,
     # while the same death past max_restarts = 0 made it 1 (an outside review)
     assert life.program_ended("app", 0, None, now=2)[-1] == Finish(1)
@@ -228,6 +229,7 @@ def test_a_critical_compartment_left_stopped_after_an_abnormal_stop_stops_the_sy
     actions = life.engine_stopped("db", 0, "engine killed by SIGKILL", now=1)
     assert actions == [Say("compartment db stopped: engine killed by SIGKILL "
                            "(restart = 'never')"),
+                       Stop("db", "stopped: engine killed by SIGKILL (restart = 'never')"),
                        Say("db is critical: stopping the system"), Finish(1)]
     assert life.state["db"] == "stopped" and life.exit_code == 1
     # one that never started, too
