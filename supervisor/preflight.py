@@ -443,8 +443,22 @@ def _check_start_fits(wheres, comp):
     and mount, as control.Bootstrap sends it) must fit in what it accepts
     (limits.message_size): a larger one failed every start ("a message of N bytes
     is more than app accepts") until max_restarts, naming no grant, after check
-    had passed it (a directory grant's mount has no bound of its own)."""
-    from capnp_schemas import payloads
+    had passed it (a directory grant's mount has no bound of its own).  It carries
+    each grant as a capability, and its engine holds each in its c-list: more than
+    one message carries (protocol.MAX_CAPS_PER_MESSAGE) or than limits.handles
+    failed every start too ("internal error, connection aborted: ... 257
+    capabilities in one message", "app would hold more than 3 capabilities")."""
+    from capnp_schemas import payloads, protocol
+    n = len(comp.grants)
+    if n > min(protocol.MAX_CAPS_PER_MESSAGE, comp.limits.handles):
+        if comp.limits.handles < protocol.MAX_CAPS_PER_MESSAGE:
+            limit, what = comp.limits.handles, (f"capabilities it may hold (limits.handles "
+                                                f"= {comp.limits.handles:,})")
+        else:
+            limit, what = protocol.MAX_CAPS_PER_MESSAGE, "capabilities one message carries"
+        gwhere, gkey = grant_where(comp.grants[limit], wheres)
+        raise gwhere.error(gkey, f"compartment {comp.name} has {n:,} grants, more than the "
+                                 f"{limit:,} {what}: it could never start")
     names = [(g.name, "compartment" if g.kind == "compartment" else g.target,
               (g.mount or f"/{g.name}") if g.kind == "host" and g.target == "directory" else "")
              for g in comp.grants]

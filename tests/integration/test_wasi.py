@@ -1390,3 +1390,40 @@ stdout = {{ host = "log" }}
     assert "compartment a stopped: its program failed" in r.stderr, r.stdout + r.stderr
     assert re.search(r"\[b\] caller: \d+ calls answered", r.stdout), r.stdout + r.stderr
     assert "finished b exit=0" in r.stderr and r.returncode == 1, r.stdout + r.stderr
+
+
+def test_more_grants_than_the_start_message_or_the_c_list_carries_are_refused(tmp_path):
+    """An outside review: Engine.start hands a compartment every grant as a
+    capability of one message, and its engine holds each in its c-list.  257
+    grants passed `check`, and `up` failed every start with "internal error,
+    connection aborted: ... (ValueError: 257 capabilities in one message (limit
+    256))" until max_restarts; 4 grants under handles = 3 with "app would hold
+    more than 3 capabilities".  check and up refuse them now, naming the first
+    grant past the limit; as many as fit still start."""
+    (tmp_path / "w.wat").write_text(
+        '(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))')
+
+    def system(n, handles=None):
+        (tmp_path / "system.toml").write_text(
+            '[compartments.app]\nmodule = "w.wat"\n[compartments.app.limits]\n'
+            + (f"handles = {handles}\n" if handles else "") + "[compartments.app.grants]\n"
+            + "".join(f'g{i} = {{ host = "log" }}\n' for i in range(n)))
+        return str(tmp_path / "system.toml")
+
+    for command in ("check", "up"):
+        r = run_wsuper(command, system(257))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "system.toml:261: compartments.app.grants.g256: compartment app has 257 " \
+               "grants, more than the 256 capabilities one message carries: it could " \
+               "never start" in r.stderr, r.stderr
+        assert "internal error" not in r.stderr and "restarting" not in r.stderr, r.stderr
+        r = run_wsuper(command, system(4, handles=3))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "system.toml:9: compartments.app.grants.g3: compartment app has 4 grants, " \
+               "more than the 3 capabilities it may hold (limits.handles = 3): it could " \
+               "never start" in r.stderr, r.stderr
+    # as many as fit start, and the program runs
+    for n, handles in ((256, None), (3, 3)):
+        r = run_wsuper("up", system(n, handles))
+        assert r.returncode == 0 and "finished app exit=0" in r.stderr, r.stderr
