@@ -67,7 +67,14 @@ _NAMES: dict[tuple, str] = {}
 #: ID" is an abort here).  load() refuses that (_diverged).
 _PARSED: dict[str, tuple] = {}
 
-_ID = re.compile(rb"@0x([0-9a-fA-F]{1,16})\b")
+# an id written (`@0x...`), outside comments and strings: a comment that names
+# another file's id ("# as Foo @0x...") declares nothing
+_ID = re.compile(rb'#[^\n]*|"(?:[^"\\\n]|\\.)*"?|@0x([0-9a-fA-F]{1,16})\b')
+
+
+def _ids(data: bytes) -> frozenset:
+    """The ids written in a schema file's bytes."""
+    return frozenset(int(m, 16) for m in _ID.findall(data) if m)
 
 
 def _signature(file: str) -> tuple | None:
@@ -88,7 +95,7 @@ def _snapshot(file: str) -> tuple | None:
         return None
     st = seen[0]
     return ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-            hashlib.sha256(data).digest(), frozenset(int(m, 16) for m in _ID.findall(data)))
+            hashlib.sha256(data).digest(), _ids(data))
 
 
 def _diverged(new: dict, stale: dict | None = None) -> tuple | None:
@@ -125,7 +132,8 @@ def _id_line(file: str, id_: int) -> int | None:
         data = read_regular(file, MAX_SCHEMA_BYTES)
     except FileProblem:
         return None
-    m = next((m for m in _ID.finditer(data) if int(m.group(1), 16) == id_), None)
+    m = next((m for m in _ID.finditer(data) if m.group(1) and int(m.group(1), 16) == id_),
+             None)
     return None if m is None else data.count(b"\n", 0, m.start()) + 1
 
 
@@ -164,7 +172,7 @@ def _builtin(path: str):
     _remember([os.path.normpath(path)])
     _PARSED[os.path.normpath(path)] = (
         (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest,
-        frozenset(int(m, 16) for m in _ID.findall(data)))
+        _ids(data))
     return module
 
 
@@ -456,6 +464,7 @@ def load(path: str, extra_imports=()):
             raise SchemaError(file, None, "changed while it was being checked (the parser "
                               "checks a schema, and what it imports, before this process "
                               "reads it); run the command again")
+    _refuse_held_ids(path, new)
     module = capnp.load(path, imports=imports)
     _PARSED.update(new)
     _MODULES.setdefault(path, module)
@@ -463,6 +472,34 @@ def load(path: str, extra_imports=()):
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)
     return module
+
+
+def _refuse_held_ids(path: str, new: dict) -> None:
+    """SchemaError if a file this process's parser is about to read for the first
+    time (`new`: file -> its snapshot) writes an id that a file it read before
+    declared as it was read: the parser keeps every file it read, and aborts the
+    process on a second declaration ("Duplicate ID" is an abort here).  The last
+    step before the parser, whatever the check said: the check's child parses the
+    schemas loaded before as they are *now*, and one of them that no longer imports
+    a file (still there, unchanged) never read that file's ids (a.capnp imported
+    b.capnp, @0x...; a.capnp was rewritten without the import; c.capnp declaring
+    @0x... passed the check and aborted this process)."""
+    held: dict[int, str] = {}
+    for file, (_sig, _digest, ids) in _PARSED.items():
+        for id_ in ids:
+            held.setdefault(id_, file)
+    for file, snap in new.items():
+        both = snap[2] & held.keys()
+        if both:
+            id_ = min(both)
+            old = held[id_]
+            raise SchemaError(file, _id_line(file, id_), f"declares @0x{id_:016x}, an id of "
+                              f"{old} as this process read it earlier: this process's parser "
+                              "keeps every file it read, and would take this for a second "
+                              "declaration of that id" + (
+                                  "" if file == path else f" (reading {path})")
+                              + "; a file read before has changed since: run the command "
+                              "again")
 
 
 def _with_first_declaration(e: SchemaError, new: dict) -> SchemaError:

@@ -1626,3 +1626,47 @@ def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, co
                     rf"Duplicate ID @0x[0-9a-f]+\. {re.escape(first)}{re.escape(own)} "
                     "declares that id already", out), out
     assert "terminate called" not in r.stderr
+
+
+def test_a_schema_that_no_longer_imports_a_file_cannot_let_a_later_load_abort(tmp_path):
+    """An outside review: a.capnp imports b.capnp, which declares @0x...9aa, and
+    is loaded; a.capnp is then rewritten without the import (b.capnp is still
+    there, unchanged), and c.capnp declaring @0x...9aa is loaded.  The check's
+    child parses a.capnp as it is now, never reads b.capnp, and passed c.capnp;
+    this process's parser, which keeps b.capnp, aborted on "Duplicate ID"
+    (SIGABRT, exit 134).  Refused now, naming c.capnp, its line, the id and
+    b.capnp; an id written only in a comment declares nothing, and loads."""
+    (tmp_path / "a.capnp").write_text('@0xd1c3f0a2b4e5f901;\nusing B = import "b.capnp";\n'
+                                      "struct A { b @0 :B.T; }\n")
+    (tmp_path / "b.capnp").write_text("@0xd1c3f0a2b4e5f902;\n"
+                                      "struct T @0xd1c3f0a2b4e5f9aa { x @0 :UInt8; }\n")
+    (tmp_path / "c.capnp").write_text("@0xd1c3f0a2b4e5f903;\n\n"
+                                      "struct C @0xd1c3f0a2b4e5f9aa { y @0 :UInt8; }\n")
+    (tmp_path / "d.capnp").write_text('@0xd1c3f0a2b4e5f904;\n# like T @0xd1c3f0a2b4e5f9aa\n'
+                                      'const s :Text = "@0xd1c3f0a2b4e5f9aa";\n'
+                                      "struct D { y @0 :UInt8; }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        capnp_schemas.load(os.path.join(d, "a.capnp"))
+        with open(os.path.join(d, "a.capnp"), "w") as f:
+            f.write("@0xd1c3f0a2b4e5f901;\\nstruct A {{ b @0 :UInt8; }}\\n")
+        try:
+            capnp_schemas.load(os.path.join(d, "c.capnp"))
+        except capnp_schemas.SchemaError as e:
+            print("refused:", e)
+        else:
+            print("loaded")
+        capnp_schemas.load(os.path.join(d, "d.capnp"))
+        print("d loaded")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    b, c = tmp_path / "b.capnp", tmp_path / "c.capnp"
+    assert r.stdout.splitlines() == [
+        f"refused: {c}:3: declares @0xd1c3f0a2b4e5f9aa, an id of {b} as this process read "
+        f"it earlier: this process's parser keeps every file it read, and would take this "
+        f"for a second declaration of that id; a file read before has changed since: run "
+        f"the command again", "d loaded"], r.stdout
