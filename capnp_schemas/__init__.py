@@ -46,6 +46,8 @@ _BUILTIN_COPIES: dict[bytes, object] = {}
 #: schema *imports* is parsed as a file of its own (the parser knows a file by its
 #: name), declaring that file's ids again: load() refuses it, naming both.
 _BUILTIN_FILES: dict[bytes, str] = {}
+#: the sizes of our own schema files: a file of another size is no copy of one
+_BUILTIN_SIZES: set[int] = set()
 
 #: file -> the module loaded from it in this process (ours and the user's): who
 #: declared an id first, when the parser says only "Duplicate ID" of the second.
@@ -168,6 +170,7 @@ def _builtin(path: str):
     digest = hashlib.sha256(data).digest()
     _BUILTIN_COPIES[digest] = module
     _BUILTIN_FILES[digest] = os.path.normpath(path)
+    _BUILTIN_SIZES.add(len(data))
     _MODULES[os.path.normpath(path)] = module
     _remember([os.path.normpath(path)])
     _PARSED[os.path.normpath(path)] = (
@@ -230,14 +233,24 @@ def closure(path: str, import_path=(), parsed: list | None = None
     parses (the schema and what it imports, each time it is imported, under each
     name; not what it embeds)."""
     path = os.path.abspath(path)
-    out, seen, todo = [], set(), [(path, None, None, os.path.dirname(path))]
+    from collections import deque
+    # a file is named once for each time it is imported (a schema of 16 MiB does
+    # it 500,000 times): a queue, and each name's real path found once
+    out, seen, todo = [], set(), deque([(path, None, None, os.path.dirname(path))])
+    reals: dict[str, str] = {}
+
+    def realpath(name):
+        real = reals.get(name)
+        if real is None:
+            real = reals[name] = os.path.realpath(name)
+        return real
     while todo:
-        file, by, line, root = todo.pop(0)
+        file, by, line, root = todo.popleft()
         if parsed is not None:
             parsed.append((file, by, line))     # each name it is imported by
-        if os.path.realpath(file) in seen:
+        if realpath(file) in seen:
             continue
-        seen.add(os.path.realpath(file))
+        seen.add(realpath(file))
         if len(seen) > MAX_SCHEMA_FILES:
             raise SchemaError(by, line, f"reads more than {MAX_SCHEMA_FILES} schema files")
         text = _read_schema_file(file, by, line)
@@ -275,7 +288,7 @@ def closure(path: str, import_path=(), parsed: list | None = None
             # pointed at), but up's parser may read only beneath these directories
             # (Landlock) and failed with "openat(fd, path, O_RDONLY): Permission
             # denied; path = NAME", no line, no reason.  One rule for both.
-            real, limit = os.path.realpath(found), os.path.realpath(base)
+            real, limit = realpath(found), realpath(base)
             if os.path.commonpath([real, limit]) != limit:
                 # what it is first (a FIFO, a device): said as for any file
                 _read_schema_file(found, file, at, embedded=m.group(1) == "embed",
@@ -286,8 +299,8 @@ def closure(path: str, import_path=(), parsed: list | None = None
                                   "that directory")
             if m.group(1) == "import":
                 todo.append((found, file, at, os.path.normpath(base)))
-            elif os.path.realpath(found) not in seen:
-                seen.add(os.path.realpath(found))
+            elif realpath(found) not in seen:
+                seen.add(realpath(found))
                 _read_schema_file(found, file, at, embedded=True)
                 out.append((found, file, at))
     return out
@@ -404,7 +417,14 @@ def load(path: str, extra_imports=()):
     if copy is not None:
         return copy
     names = dict(_NAMES)
+    done = set()
     for file, by, line in read:
+        # each name once: `read` has a file each time it is imported, and a schema
+        # of 16 MiB imports one file hundreds of thousands of times (each time read
+        # and hashed whole below: hours of `check`, for two files)
+        if file in done:
+            continue
+        done.add(file)
         try:
             st = os.stat(file)
         except OSError:
@@ -551,6 +571,8 @@ def _not_a_builtin_copy(file: str, st, by: str, line) -> None:
     declaring its ids ("Duplicate ID @0x...", naming neither).  A copy *listed* is
     that schema (_builtin_copy); an imported one cannot be: the parser reads it."""
     import hashlib
+    if st.st_size not in _BUILTIN_SIZES:
+        return                              # no copy: not read at all
     try:
         data = read_regular(file, MAX_SCHEMA_BYTES)
     except FileProblem:

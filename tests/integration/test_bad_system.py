@@ -1670,3 +1670,35 @@ def test_a_schema_that_no_longer_imports_a_file_cannot_let_a_later_load_abort(tm
         f"it earlier: this process's parser keeps every file it read, and would take this "
         f"for a second declaration of that id; a file read before has changed since: run "
         f"the command again", "d loaded"], r.stdout
+
+
+def test_a_schema_importing_one_file_many_times_reads_it_a_bounded_number_of_times(tmp_path):
+    """An outside review: load() read and hashed a file the schema imports once
+    for each `import` of it (is it a copy of wsuper's own?), and closure() found
+    each import's real path again: a schema of 16 MiB importing a file of 16 MiB
+    500,000 times kept `check` and `up` reading for hours (2,000 imports of a
+    1 MiB file: 2 s).  Each file is read a fixed number of times, however often
+    it is imported, and the schema still loads."""
+    (tmp_path / "b.capnp").write_text("@0xd1c3f0a2b4e5f911;\nstruct T { x @0 :UInt8; }\n")
+    (tmp_path / "s.capnp").write_text(
+        "@0xd1c3f0a2b4e5f912;\n" + "".join(f'using B{i} = import "b.capnp";\n'
+                                           for i in range(200))
+        + "struct S { t @0 :B0.T; }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        reads = []
+        real = capnp_schemas.read_regular
+        def counted(path, *a, **k):
+            reads.append(os.path.basename(path))
+            return real(path, *a, **k)
+        capnp_schemas.read_regular = counted
+        m = capnp_schemas.load(os.path.join(d, "s.capnp"))
+        print(m.S.schema.node.displayName.split(":")[-1], reads.count("b.capnp"))
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    name, reads = r.stdout.split()
+    assert name == "S" and int(reads) <= 3, r.stdout
