@@ -179,7 +179,26 @@ def _builtin(path: str):
     return module
 
 
+def _builtin_import(path: str) -> None:
+    """A file one of our schemas imports (rpc.capnp's "/capnp/c++.capnp"): read by
+    this process's parser too, so a copy of it is named as such (a project's own
+    copy at capnp/c++.capnp, looked in first, was "capnp/c++.capnp:1: Duplicate ID
+    @0xbdf87d7bb8304e81.", naming no first declaration)."""
+    import hashlib
+    path = os.path.normpath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+        st = os.fstat(f.fileno())
+    digest = hashlib.sha256(data).digest()
+    _BUILTIN_FILES[digest] = path
+    _BUILTIN_SIZES.add(len(data))
+    _remember([path])
+    _PARSED[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                     digest, _ids(data))
+
+
 rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
+_builtin_import(os.path.join(_CAPNP_DIR, "c++.capnp"))
 engine = _builtin(os.path.join(HERE, "engine.capnp"))
 host = _builtin(os.path.join(HERE, "host.capnp"))
 probe = _builtin(os.path.join(HERE, "probe.capnp"))

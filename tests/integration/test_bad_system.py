@@ -1702,3 +1702,45 @@ def test_a_schema_importing_one_file_many_times_reads_it_a_bounded_number_of_tim
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     name, reads = r.stdout.split()
     assert name == "S" and int(reads) <= 3, r.stdout
+
+
+def test_a_schema_importing_a_copy_of_the_cxx_schema_is_named_as_a_copy(tmp_path):
+    """An outside review: every process has read pycapnp's capnp/c++.capnp (our
+    rpc.capnp imports it), but only wsuper's own four files were known as such.
+    A project keeping its own copy at capnp/c++.capnp, beside a schema that
+    imports "/capnp/c++.capnp" (the schema's directory is looked in first), was
+    refused with "capnp/c++.capnp:1: Duplicate ID @0xbdf87d7bb8304e81.", naming
+    neither the file that declared it first nor what to do.  An exact copy is now
+    named as a copy at the import, with the name to import instead; a copy
+    differing by a comment names the file that declared the id first."""
+    import capnp
+    original = os.path.join(os.path.dirname(capnp.__file__), "c++.capnp")
+    (tmp_path / "capnp").mkdir()
+    with open(original) as f:
+        (tmp_path / "capnp" / "c++.capnp").write_text(f.read())
+    (tmp_path / "x.capnp").write_text('@0xd1c3f0a2b4e5f931;\nusing Cxx = import '
+                                      '"/capnp/c++.capnp";\n$Cxx.namespace("x");\n'
+                                      "interface X { f @0 () -> (); }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        try:
+            capnp_schemas.load(os.path.join({str(tmp_path)!r}, "x.capnp"))
+        except capnp_schemas.SchemaError as e:
+            print("refused:", e)
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.startswith(
+        f"refused: {tmp_path}/x.capnp:2: imports {tmp_path}/capnp/c++.capnp, a copy of "
+        f"wsuper's own c++.capnp ({os.path.normpath(original)}), read already") \
+        and 'import wsuper\'s own as "/capnp/c++.capnp"' in r.stdout, r.stdout
+    with open(tmp_path / "capnp" / "c++.capnp", "a") as f:
+        f.write("# ours\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.stdout.startswith(
+        f"refused: {tmp_path}/capnp/c++.capnp:1: Duplicate ID @0xbdf87d7bb8304e81. "
+        f"{os.path.normpath(original)} (one of wsuper's own schemas) declares that id "
+        "already"), r.stdout
