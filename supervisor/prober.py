@@ -212,14 +212,19 @@ class Prober:
                 if self.registry.engine_points(name) and not (busy and busy.locked()):
                     self.sup.nursery.start_soon(self._quiet_collect, name)
 
-    async def _quiet_collect(self, name):
+    async def _quietly(self, step, name: str, what: str):
+        """`step(name)` as a task of the supervisor's: a busy or gone engine is no
+        error, and nothing else is ever fatal (it is said, naming `what` failed)."""
         try:
-            await self._collect(name)
+            await step(name)
         except (EngineBusy, P.ProbeError):
             pass
         except Exception as e:  # noqa: BLE001 - a task of the supervisor's: never fatal
-            self.sup.say(f"cannot collect {name}'s probes: internal error "
+            self.sup.say(f"cannot {what.format(name)}: internal error "
                          f"({type(e).__name__}: {printable(str(e))[:200]})", name)
+
+    async def _quiet_collect(self, name):
+        await self._quietly(self._collect, name, "collect {}'s probes")
 
     # ------------------------------------------------------------ probes
 
@@ -343,13 +348,7 @@ class Prober:
         return probe
 
     async def _quiet_push(self, name: str):
-        try:
-            await self._push(name)
-        except (EngineBusy, P.ProbeError):
-            pass
-        except Exception as e:  # noqa: BLE001 - a task of the supervisor's: never fatal
-            self.sup.say(f"cannot set {name}'s probe flags: internal error "
-                         f"({type(e).__name__}: {printable(str(e))[:200]})", name)
+        await self._quietly(self._push, name, "set {}'s probe flags")
 
     async def list(self, compartment: str) -> list:
         if self.registry.engine_points(compartment):
