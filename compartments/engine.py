@@ -50,7 +50,7 @@ from capnp_schemas.protocol import Content, RemoteRef
 from capnp_schemas.text import bounded, first_line as _first_line, printable
 
 from . import abi, confine, probing, protect, unchecked, wasi, wasm, wasmbin
-from .spec import EngineSpec
+from .spec import EXIT_GUEST_OK, EngineSpec
 from .unchecked import TypedFunc
 
 ENGINE_INTERFACE = engine_schema.Engine.schema.node.id
@@ -63,7 +63,8 @@ EXIT_OK = 0
 EXIT_CANNOT_LOAD = 3        # the module cannot be loaded or instantiated
 EXIT_PROTOCOL = 4           # the supervisor broke the protocol
 EXIT_CONFINE = 5            # the process could not be confined: it does not run
-EXIT_GUEST = 6              # its guest called exit in a call it served, no program running
+EXIT_GUEST = 6              # its guest called exit(N != 0) in a call it served, no program running
+# EXIT_GUEST_OK (7, spec.py): the same with exit(0), which the supervisor tells apart
 
 #: Linear memories a compartment's module may have: wasmtime applies limits.memory
 #: to each, so a module with ten had ten times its limit (preflight refuses more).
@@ -1090,7 +1091,10 @@ class Engine:
             self._flush()
             print(f"wsuper engine {self.name}: exit({_status(e)}) in a call it served",
                   file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_GUEST) from None
+            # exit(0) its own code: the supervisor could not tell it from exit(3), and
+            # restarted (or left 'stopped', exit code 1) a program that had ended with
+            # exit 0 and then ended well (an outside review)
+            raise SystemExit(EXIT_GUEST_OK if _status(e) == 0 else EXIT_GUEST) from None
         except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
             self._send(self.conn.send_exception(
                 ev.answer_id, f"compartment {self.name}: the engine could not handle this call "

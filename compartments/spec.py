@@ -21,6 +21,11 @@ from .protect import Setting as Protect
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 MAX_REQUEST = 1 << 16       # bytes of one request line
 MAX_ID = (1 << 32) - 2      # the largest uid or gid (2^32 - 1 means "unchanged")
+#: The engine's exit code when its guest called exit(0) in a call it served with no
+#: run() to answer (engine.EXIT_GUEST is any other code): the supervisor reads it
+#: as the engine's end by itself, as EXIT_OK (a program that ended with exit 0 is
+#: not restarted for it), and names the exit (the engine's last stderr line)
+EXIT_GUEST_OK = 7
 
 
 class SpecError(ValueError):

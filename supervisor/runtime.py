@@ -34,7 +34,7 @@ from capnp_schemas import hosted
 from capnp_schemas.text import first_line, printable
 from compartments import confine
 from compartments.limits import Limits
-from compartments.spec import EngineSpec
+from compartments.spec import EXIT_GUEST_OK, EngineSpec
 
 from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
     router as R, startsignals, stderr, supervision as S
@@ -1358,7 +1358,8 @@ class Supervisor:
         self._say_log_refused(name)
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
                                                 trio.current_time(),
-                                                clean=code == 0 and not lingered and not cut))
+                                                clean=code in (0, EXIT_GUEST_OK)
+                                                and not lingered and not cut))
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
         """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""

@@ -1427,3 +1427,53 @@ def test_more_grants_than_the_start_message_or_the_c_list_carries_are_refused(tm
     for n, handles in ((256, None), (3, 3)):
         r = run_wsuper("up", system(n, handles))
         assert r.returncode == 0 and "finished app exit=0" in r.stderr, r.stderr
+
+
+def test_exit_0_in_a_call_served_after_the_program_ended_is_a_normal_end(tmp_path):
+    """A program that ended with exit 0 (its _start returned) still serves calls;
+    a call it serves then calls exit(0): its engine ends (no run() to answer),
+    which policy-reference.md says is not abnormal ('an engine that ends by
+    itself once its program ended with exit 0').  The engine ended with
+    EXIT_GUEST whatever the code, so the supervisor took it for an abnormal stop:
+    transient restarted it (its program run again, counted against
+    max_restarts), never left it 'stopped' and made `wsuper up` exit 1."""
+    from supervisor import toolchain
+    import capnp_schemas
+    echo = os.path.join(ROOT, "tests", "integration", "guests", "c", "echo.capnp")
+    echo_id = capnp_schemas.load(echo).Echo.schema.node.id
+    caller = toolchain.build([os.path.join(GUESTS, "nested.c")], str(tmp_path / "caller.wasm"),
+                             extra=["-DCALLER", f"-DECHO_ID={echo_id}ULL"])
+    (tmp_path / "server.wat").write_text("""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "_start"))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (if (i32.eq (global.get $n) (i32.const 3)) (then (call $exit (i32.const 0))))
+    (i32.const 0)))""")
+    (tmp_path / "sleeper.wat").write_text(_SLEEPER)     # the system stays up meanwhile
+    for restart in ("transient", "never"):
+        (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{echo}"]
+[compartments.a]
+module = "server.wat"
+exports = "Echo"
+restart = "{restart}"
+[compartments.b]
+module = "{caller}"
+restart = "never"
+[compartments.b.grants]
+a = {{ compartment = "a" }}
+stdout = {{ host = "log" }}
+[compartments.c]
+module = "sleeper.wat"
+restart = "never"
+""")
+        r = run_wsuper("up", str(tmp_path / "system.toml"), timeout=120)
+        assert "finished a exit=0" in r.stderr, r.stdout + r.stderr
+        assert "[b] caller: 2 calls answered" in r.stdout, r.stdout + r.stderr
+        assert "restarting a" not in r.stderr and "compartment a stopped" not in r.stderr, \
+            (restart, r.stderr)
+        assert "finished c exit=0" in r.stderr and r.returncode == 0, (restart, r.stdout + r.stderr)
