@@ -74,9 +74,14 @@ _PARSED: dict[str, tuple] = {}
 _ID = re.compile(rb'#[^\n]*|"(?:[^"\\\n]|\\.)*"?|@0x([0-9a-fA-F]{1,16})\b')
 
 
+#: an id has its high bit set (the parser refuses any other as "Invalid ID"); `@0x0`
+#: is an ordinal written in hex (`x @0x0 :UInt8;`), which two schemas may share
+_ID_BIT = 1 << 63
+
+
 def _ids(data: bytes) -> frozenset:
     """The ids written in a schema file's bytes."""
-    return frozenset(int(m, 16) for m in _ID.findall(data) if m)
+    return frozenset(i for i in (int(m, 16) for m in _ID.findall(data) if m) if i & _ID_BIT)
 
 
 def _signature(file: str) -> tuple | None:

@@ -1744,3 +1744,25 @@ def test_a_schema_importing_a_copy_of_the_cxx_schema_is_named_as_a_copy(tmp_path
         f"refused: {tmp_path}/capnp/c++.capnp:1: Duplicate ID @0xbdf87d7bb8304e81. "
         f"{os.path.normpath(original)} (one of wsuper's own schemas) declares that id "
         "already"), r.stdout
+
+
+def test_two_schemas_writing_ordinals_in_hex_load_in_one_process(tmp_path):
+    """An outside review: `x @0x0 :UInt8;` is an ordinal written in hex, which the
+    parser takes; bfcfd0e's scan counted it as an id declared, and a second
+    schema of one process writing `@0x0` too was refused ("declares
+    @0x0000000000000000, an id of p.capnp ...; a file read before has changed
+    since"), though nothing had changed.  An id has its high bit set."""
+    (tmp_path / "p.capnp").write_text("@0xd1c3f0a2b4e5f911;\n"
+                                      "struct P { x @0x0 :UInt8; y @0x1 :UInt8; }\n")
+    (tmp_path / "q.capnp").write_text("@0xd1c3f0a2b4e5f912;\nstruct Q { x @0x0 :UInt8; }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        capnp_schemas.load(os.path.join(d, "p.capnp"))
+        capnp_schemas.load(os.path.join(d, "q.capnp"))
+        print("both loaded")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert (r.returncode, r.stdout) == (0, "both loaded\n"), (r.returncode, r.stdout, r.stderr)
