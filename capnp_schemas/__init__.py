@@ -485,6 +485,8 @@ def load(path: str, extra_imports=()):
                           f"process read it earlier: {old} has changed or is gone since, and "
                           "this process's parser keeps what it read: it would take this for "
                           "a second declaration of that id; run the command again")
+    if new:
+        _refuse_stale(path, stale)
     if key not in _CHECKED:
         before = [[p, list(i)] for p, i in LOADED]
         parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
@@ -508,6 +510,11 @@ def load(path: str, extra_imports=()):
             raise SchemaError(file, None, "changed while it was being checked (the parser "
                               "checks a schema, and what it imports, before this process "
                               "reads it); run the command again")
+    if new:
+        # and one read before that changed while the child checked (it read that)
+        after: dict = {}
+        _diverged({}, after)
+        _refuse_stale(path, after)
     _refuse_held_ids(path, new)
     module = capnp.load(path, imports=imports)
     _PARSED.update(new)
@@ -516,6 +523,26 @@ def load(path: str, extra_imports=()):
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)
     return module
+
+
+def _refuse_stale(path: str, stale: dict) -> None:
+    """SchemaError if a file this process's parser read (`stale`: those changed or
+    gone since) is no longer as it read it, before it reads a file for the first
+    time for `path`.  The check's child reads the files loaded before as they are
+    *now*: what this parser keeps of one changed since (an import dropped, an id
+    written in decimal or as `@ 0x...`, an id the parser derived for a nested
+    declaration) no scan of text finds, and a file declaring one of those ids
+    passed the check and aborted this process ("Duplicate ID").  Fails closed:
+    the check cannot parse what this parser holds, so nothing new is parsed."""
+    if not stale:
+        return
+    changed = next(iter(stale))
+    raise SchemaError(path, None, f"{changed}, which this process's parser read "
+                      "earlier, has changed or is gone since: the parser keeps what it "
+                      "read, which the check (reading files as they are now) cannot "
+                      "parse again, and would take an id of it declared in what "
+                      f"{os.path.basename(path)} reads for a second declaration (an "
+                      "abort); run the command again")
 
 
 def _refuse_held_ids(path: str, new: dict) -> None:
@@ -542,8 +569,8 @@ def _refuse_held_ids(path: str, new: dict) -> None:
                               "keeps every file it read, and would take this for a second "
                               "declaration of that id" + (
                                   "" if file == path else f" (reading {path})")
-                              + "; a file read before has changed since: run the command "
-                              "again")
+                              + "; an id is one declaration (give it a new one: `capnp id` "
+                              "makes one)")
 
 
 def _with_first_declaration(e: SchemaError, new: dict) -> SchemaError:

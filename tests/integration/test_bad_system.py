@@ -1545,7 +1545,8 @@ def test_a_schema_file_changed_after_it_was_read_cannot_abort_a_later_load(tmp_p
     (or removed), and c.capnp declares @0x...9aa: the child saw no second
     declaration, and this process's parser aborted on "Duplicate ID" (SIGABRT, exit
     134, a C++ traceback).  Refused instead, naming c.capnp, the line, the id and
-    b.capnp; a schema that shares no id with what changed still loads."""
+    b.capnp; a schema that shares no id with what changed is refused too, naming
+    b.capnp (the ids the parser keeps of b.capnp's old text no scan tells)."""
     (tmp_path / "a.capnp").write_text('@0xd1c3f0a2b4e5f901;\nusing B = import "b.capnp";\n'
                                       "struct A { b @0 :B.T; }\n")
     (tmp_path / "b.capnp").write_text("@0xd1c3f0a2b4e5f902;\n"
@@ -1585,15 +1586,17 @@ def test_a_schema_file_changed_after_it_was_read_cannot_abort_a_later_load(tmp_p
         f"it earlier: {b} has changed or is gone since, and this process's parser keeps "
         "what it read: it would take this for a second declaration of that id; run the "
         "command again"), r.stdout
-    if change == "rewritten":
-        assert r.stdout.splitlines()[1] == "d loaded", r.stdout
-    else:
-        # the checking child reads a.capnp again, and its import of b.capnp fails: that
-        # was "a.capnp:2: Import failed: b.capnp", blamed on a file loaded long before
-        assert r.stdout.splitlines()[1] == (
-            f"refused: {tmp_path / 'a.capnp'}:2: Import failed: b.capnp (read again before "
-            f"{tmp_path / 'd.capnp'}: {b}, which this process read earlier, has changed or "
-            "is gone since; run the command again)"), r.stdout
+    # nothing new is parsed once a file the parser read has changed or is gone: which
+    # ids it keeps of b.capnp's old text (one derived for a nested declaration, one in
+    # decimal) no scan of that text tells.  This said "d loaded" when b.capnp was
+    # rewritten (on the scan's word), and when it was removed "a.capnp:2: Import
+    # failed: b.capnp (read again before d.capnp: ...)", from the check
+    assert r.stdout.splitlines()[1] == (
+        f"refused: {tmp_path / 'd.capnp'}: {b}, which this process's parser read "
+        "earlier, has changed or is gone since: the parser keeps what it read, which "
+        "the check (reading files as they are now) cannot parse again, and would take "
+        "an id of it declared in what d.capnp reads for a second declaration (an "
+        "abort); run the command again"), r.stdout
 
 
 @pytest.mark.parametrize("case", ["probe_copy_changed", "engine_nested_id", "user_copy"])
@@ -1649,6 +1652,8 @@ def test_a_schema_that_no_longer_imports_a_file_cannot_let_a_later_load_abort(tm
         import os, capnp_schemas
         d = {str(tmp_path)!r}
         capnp_schemas.load(os.path.join(d, "a.capnp"))
+        capnp_schemas.load(os.path.join(d, "d.capnp"))
+        print("d loaded")
         with open(os.path.join(d, "a.capnp"), "w") as f:
             f.write("@0xd1c3f0a2b4e5f901;\\nstruct A {{ b @0 :UInt8; }}\\n")
         try:
@@ -1657,19 +1662,18 @@ def test_a_schema_that_no_longer_imports_a_file_cannot_let_a_later_load_abort(tm
             print("refused:", e)
         else:
             print("loaded")
-        capnp_schemas.load(os.path.join(d, "d.capnp"))
-        print("d loaded")
     """
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=60, cwd=root)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    b, c = tmp_path / "b.capnp", tmp_path / "c.capnp"
-    assert r.stdout.splitlines() == [
-        f"refused: {c}:3: declares @0xd1c3f0a2b4e5f9aa, an id of {b} as this process read "
-        f"it earlier: this process's parser keeps every file it read, and would take this "
-        f"for a second declaration of that id; a file read before has changed since: run "
-        f"the command again", "d loaded"], r.stdout
+    a, c = tmp_path / "a.capnp", tmp_path / "c.capnp"
+    assert r.stdout.splitlines() == ["d loaded",
+        f"refused: {c}: {a}, which this process's parser read earlier, has changed or is "
+        f"gone since: the parser keeps what it read, which the check (reading files as "
+        f"they are now) cannot parse again, and would take an id of it declared in what "
+        f"c.capnp reads for a second declaration (an abort); run the command again"
+    ], r.stdout
 
 
 def test_a_schema_importing_one_file_many_times_reads_it_a_bounded_number_of_times(tmp_path):
@@ -1766,3 +1770,51 @@ def test_two_schemas_writing_ordinals_in_hex_load_in_one_process(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=60, cwd=root)
     assert (r.returncode, r.stdout) == (0, "both loaded\n"), (r.returncode, r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("b_decl, c_decl", [
+    ("struct T @0xd1c3f0a2b4e5f9aa { x @0 :UInt8; }",
+     f"struct C @{0xd1c3f0a2b4e5f9aa} {{ y @0 :UInt8; }}"),          # decimal
+    ("struct T @0xd1c3f0a2b4e5f9aa { x @0 :UInt8; }",
+     "struct C @ 0xd1c3f0a2b4e5f9aa { y @0 :UInt8; }"),             # '@ 0x'
+    ("struct T @0xd1c3f0a2b4e5f9aa { x @0 :UInt8; struct Inner { z @0 :UInt8; } }",
+     "struct C @0x95d1889faf2d5868 { y @0 :UInt8; }"),              # T.Inner's, derived
+], ids=["decimal", "spaced", "derived"])
+def test_no_id_a_scan_misses_lets_a_file_changed_since_abort_a_later_load(
+        tmp_path, b_decl, c_decl):
+    """An outside review: as in the test above (a.capnp imports b.capnp, is loaded,
+    is rewritten without the import; c.capnp declares an id of b.capnp's), but
+    the id is one bfcfd0e's scan of `@0x...` text never sees: written in decimal,
+    written `@ 0x...`, or the id the parser derived for b.capnp's nested
+    T.Inner (no id written).  The check's child passed c.capnp and this
+    process's parser aborted (SIGABRT, exit 134, 'Duplicate ID').  Now nothing
+    new is parsed once a file this parser read has changed: the check cannot
+    parse what it holds; the error names both files."""
+    (tmp_path / "a.capnp").write_text('@0xd1c3f0a2b4e5f901;\nusing B = import "b.capnp";\n'
+                                      "struct A { b @0 :B.T; }\n")
+    (tmp_path / "b.capnp").write_text(f"@0xd1c3f0a2b4e5f902;\n{b_decl}\n")
+    (tmp_path / "c.capnp").write_text(f"@0xd1c3f0a2b4e5f903;\n\n{c_decl}\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        capnp_schemas.load(os.path.join(d, "a.capnp"))
+        with open(os.path.join(d, "a.capnp"), "w") as f:
+            f.write("@0xd1c3f0a2b4e5f901;\\nstruct A {{ b @0 :UInt8; }}\\n")
+        try:
+            capnp_schemas.load(os.path.join(d, "c.capnp"))
+        except capnp_schemas.SchemaError as e:
+            print("refused:", e)
+        else:
+            print("loaded")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    a, c = tmp_path / "a.capnp", tmp_path / "c.capnp"
+    assert r.stdout.splitlines() == [
+        f"refused: {c}: {a}, which this process's parser read earlier, has changed or is "
+        f"gone since: the parser keeps what it read, which the check (reading files as "
+        f"they are now) cannot parse again, and would take an id of it declared in what "
+        f"c.capnp reads for a second declaration (an abort); run the command again"
+    ], r.stdout
