@@ -477,6 +477,10 @@ def load(path: str, extra_imports=()):
             snap = _snapshot(file)
             if snap is not None:
                 new[file] = snap
+    # and every file it reads for the first time, as it is: a schema refused once its
+    # check had passed (an import changed while it was checked) was loaded again
+    # unchecked, and the parser read the import as it had become (an abort)
+    key += (tuple((file, snap[0], snap[1]) for file, snap in new.items()),)
     stale: dict = {}
     found = _diverged(new, stale)
     if found is not None:

@@ -1818,3 +1818,44 @@ def test_no_id_a_scan_misses_lets_a_file_changed_since_abort_a_later_load(
         f"they are now) cannot parse again, and would take an id of it declared in what "
         f"c.capnp reads for a second declaration (an abort); run the command again"
     ], r.stdout
+
+
+def test_a_schema_refused_after_its_check_is_checked_again_when_loaded_again(tmp_path):
+    """An outside review: x.capnp imports y.capnp; y.capnp changed (to text that
+    does not parse) while x.capnp's check ran, and load() refused x.capnp ("changed
+    while it was being checked"), but had marked it checked already, by x.capnp's
+    own inode and times alone: loading x.capnp again in that process skipped the
+    check, and the parser read y.capnp as it had become: SIGABRT, exit 134
+    ('y.capnp:2: failed: Parse error.').  The mark now covers every file the
+    parser reads for the first time, as it is: x.capnp is checked again, and
+    y.capnp's error is named."""
+    (tmp_path / "x.capnp").write_text('@0xe1c3f0a2b4e5f201;\nusing Y = import "y.capnp";\n'
+                                      "struct X { y @0 :Y.T; }\n")
+    (tmp_path / "y.capnp").write_text("@0xe1c3f0a2b4e5f202;\nstruct T { a @0 :UInt8; }\n")
+    script = f"""if True:
+        import os, capnp_schemas
+        d = {str(tmp_path)!r}
+        def elsewhere(path, imports, before):
+            r = capnp_schemas._parse_in_child(path, imports, before)
+            with open(os.path.join(d, "y.capnp"), "w") as f:
+                f.write("@0xe1c3f0a2b4e5f202;\\nstruct T {{ a @0 :UInt8; }} junk\\n")
+            return r
+        capnp_schemas.parse_elsewhere = elsewhere
+        for _ in range(2):
+            try:
+                capnp_schemas.load(os.path.join(d, "x.capnp"))
+            except capnp_schemas.SchemaError as e:
+                print("refused:", e)
+            else:
+                print("loaded")
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    y = tmp_path / "y.capnp"
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"refused: {y}: changed while it was being checked (the parser "
+                        "checks a schema, and what it imports, before this process reads "
+                        "it); run the command again"), r.stdout
+    assert lines[1].startswith(f"refused: {y}:") and "Parse error" in lines[1], r.stdout
