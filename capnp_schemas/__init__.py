@@ -431,8 +431,10 @@ def load(path: str, extra_imports=()):
     without an @0x... id, an id a file loaded before declared too): so a schema
     is first parsed in a child process, after the files this process loaded
     before it (LOADED), and a failure there becomes a SchemaError naming the
-    file and line.  Once a file (its inode, size and times, after the same files)
-    has parsed, it is loaded here directly."""
+    file and line.  Once a file (its inode, size and times, and what it reads for
+    the first time as it is, after the same files) has parsed, it is loaded here
+    directly.  Once a file this process's parser read has changed or is gone, no
+    new file is parsed: the check cannot parse what the parser keeps."""
     path = os.path.abspath(path)
     imports = import_path(path, extra_imports)
     read: list = []
