@@ -155,8 +155,9 @@ def _main(argv=None, zygote=None) -> int:
                       help="print the results as JSON (capabilities as \"<capability>\", "
                            "Data as base64, NaN and the infinities as the strings "
                            "\"NaN\", \"Infinity\", \"-Infinity\")")
-    call.add_argument("--socket", help="the external socket, if the system was started with "
-                      "--socket")
+    call.add_argument("--socket", help="the external socket (default: where the running "
+                      "system says it listens, as `up --socket` bound it, else the system "
+                      "file's)")
     call.add_argument("--timeout", type=seconds_arg(3600), default=30,
                       help="seconds to wait (30; at most 3600)")
     status = sub.add_parser("status", help="what each compartment of a running system is "
@@ -477,7 +478,8 @@ def _call(plan, args) -> int:
         params = captext.typed(captext.parse(args.params), found.param_type)
     except captext.TextError as e:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
-    path = args.socket or system.socket or endpoint.default_socket_path(system.path)
+    path = args.socket or _running_socket(args.system) or system.socket or \
+        endpoint.default_socket_path(system.path)
     try:
         text = client.call(path, name, interface, method, params, args.timeout, args.json,
                            declared_by)
@@ -494,6 +496,21 @@ def _call(plan, args) -> int:
     # format itself start lines (U+2028, U+0085 ... inside a value stay escaped)
     print("\n".join(printable(line) for line in text.split("\n")))
     return 0
+
+
+def _running_socket(system_path: str) -> str | None:
+    """Where the running system `system_path` listens for external clients, as it
+    says on its admin socket (`up --socket PATH` binds where the system file does
+    not say); None when no system runs there or it does not say."""
+    from . import endpoint
+    if not endpoint.is_running(system_path):
+        return None
+    try:
+        answer = endpoint.request(system_path, {"op": "socket"})
+    except endpoint.EndpointError:
+        return None
+    socket = answer.get("socket") if answer.get("ok") else None
+    return socket if isinstance(socket, str) and socket.startswith("/") else None
 
 
 def _admin(args) -> int:

@@ -2064,6 +2064,10 @@ class Supervisor:
             return await self._revoke(req["grant"])
         if req.get("op") == "status":
             return {"ok": True, "status": await self._status()}
+        if req.get("op") == "socket":
+            # where this run's external endpoint listens: `up --socket PATH` may bind
+            # where the system file does not say, and `wsuper call` asks here
+            return {"ok": True, "socket": self.socket_path if self.system.external else None}
         if req.get("op") == "probe":
             return await self.prober.admin(req)
         if req.get("op") == "stop":

@@ -1115,3 +1115,24 @@ def test_call_that_cannot_connect_says_a_socket_given_to_up_is_given_to_call_too
                        *more)
         assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
         assert ("give `call` the same --socket PATH" in r.stderr) == hint, r.stderr
+
+
+def test_call_reaches_a_system_started_with_its_socket_elsewhere(tmp_path, wsuper):
+    """`wsuper up --socket PATH` binds the external socket where the system file does
+    not say (its own `socket`, or the default): `wsuper call` without --socket tried
+    the system file's path and failed "cannot connect to", the system running, or with
+    the system file naming a socket, said no more.  It asks the running system where
+    its endpoint is (the admin socket, the operator's alone) and calls there."""
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{tmp_path}/named.sock"\n'
+                    f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                    f'exports = "Calc"\nexternal = true\n')
+    run = wsuper("up", str(path), "--socket", str(tmp_path / "elsewhere.sock"))
+    run.wait_for("all compartments ready")
+    r = run_wsuper("call", str(path), "calc.add", "(a = 20, b = 22)", "--timeout", "10")
+    assert r.returncode == 0 and r.stdout.strip() == "(sum = 42)", r.stdout + r.stderr
+    # a --socket given to call is used as it is
+    r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "5",
+                   "--socket", str(tmp_path / "named.sock"))
+    assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
