@@ -46,8 +46,6 @@ _BUILTIN_COPIES: dict[bytes, object] = {}
 #: schema *imports* is parsed as a file of its own (the parser knows a file by its
 #: name), declaring that file's ids again: load() refuses it, naming both.
 _BUILTIN_FILES: dict[bytes, str] = {}
-#: the sizes of our own schema files: a file of another size is no copy of one
-_BUILTIN_SIZES: set[int] = set()
 
 #: file -> the module loaded from it in this process (ours and the user's): who
 #: declared an id first, when the parser says only "Duplicate ID" of the second.
@@ -69,19 +67,7 @@ _NAMES: dict[tuple, str] = {}
 #: ID" is an abort here).  load() refuses that (_diverged).
 _PARSED: dict[str, tuple] = {}
 
-# an id written (`@0x...`), outside comments and strings: a comment that names
-# another file's id ("# as Foo @0x...") declares nothing
-_ID = re.compile(rb'#[^\n]*|"(?:[^"\\\n]|\\.)*"?|@0x([0-9a-fA-F]{1,16})\b')
-
-
-#: an id has its high bit set (the parser refuses any other as "Invalid ID"); `@0x0`
-#: is an ordinal written in hex (`x @0x0 :UInt8;`), which two schemas may share
-_ID_BIT = 1 << 63
-
-
-def _ids(data: bytes) -> frozenset:
-    """The ids written in a schema file's bytes."""
-    return frozenset(i for i in (int(m, 16) for m in _ID.findall(data) if m) if i & _ID_BIT)
+_ID = re.compile(rb"@0x([0-9a-fA-F]{1,16})\b")
 
 
 def _signature(file: str) -> tuple | None:
@@ -102,7 +88,7 @@ def _snapshot(file: str) -> tuple | None:
         return None
     st = seen[0]
     return ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-            hashlib.sha256(data).digest(), _ids(data))
+            hashlib.sha256(data).digest(), frozenset(int(m, 16) for m in _ID.findall(data)))
 
 
 def _diverged(new: dict, stale: dict | None = None) -> tuple | None:
@@ -139,8 +125,7 @@ def _id_line(file: str, id_: int) -> int | None:
         data = read_regular(file, MAX_SCHEMA_BYTES)
     except FileProblem:
         return None
-    m = next((m for m in _ID.finditer(data) if m.group(1) and int(m.group(1), 16) == id_),
-             None)
+    m = next((m for m in _ID.finditer(data) if int(m.group(1), 16) == id_), None)
     return None if m is None else data.count(b"\n", 0, m.start()) + 1
 
 
@@ -175,35 +160,15 @@ def _builtin(path: str):
     digest = hashlib.sha256(data).digest()
     _BUILTIN_COPIES[digest] = module
     _BUILTIN_FILES[digest] = os.path.normpath(path)
-    _BUILTIN_SIZES.add(len(data))
     _MODULES[os.path.normpath(path)] = module
     _remember([os.path.normpath(path)])
     _PARSED[os.path.normpath(path)] = (
         (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest,
-        _ids(data))
+        frozenset(int(m, 16) for m in _ID.findall(data)))
     return module
 
 
-def _builtin_import(path: str) -> None:
-    """A file one of our schemas imports (rpc.capnp's "/capnp/c++.capnp"): read by
-    this process's parser too, so a copy of it is named as such (a project's own
-    copy at capnp/c++.capnp, looked in first, was "capnp/c++.capnp:1: Duplicate ID
-    @0xbdf87d7bb8304e81.", naming no first declaration)."""
-    import hashlib
-    path = os.path.normpath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-        st = os.fstat(f.fileno())
-    digest = hashlib.sha256(data).digest()
-    _BUILTIN_FILES[digest] = path
-    _BUILTIN_SIZES.add(len(data))
-    _remember([path])
-    _PARSED[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-                     digest, _ids(data))
-
-
 rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
-_builtin_import(os.path.join(_CAPNP_DIR, "c++.capnp"))
 engine = _builtin(os.path.join(HERE, "engine.capnp"))
 host = _builtin(os.path.join(HERE, "host.capnp"))
 probe = _builtin(os.path.join(HERE, "probe.capnp"))
@@ -257,24 +222,14 @@ def closure(path: str, import_path=(), parsed: list | None = None
     parses (the schema and what it imports, each time it is imported, under each
     name; not what it embeds)."""
     path = os.path.abspath(path)
-    from collections import deque
-    # a file is named once for each time it is imported (a schema of 16 MiB does
-    # it 500,000 times): a queue, and each name's real path found once
-    out, seen, todo = [], set(), deque([(path, None, None, os.path.dirname(path))])
-    reals: dict[str, str] = {}
-
-    def realpath(name):
-        real = reals.get(name)
-        if real is None:
-            real = reals[name] = os.path.realpath(name)
-        return real
+    out, seen, todo = [], set(), [(path, None, None, os.path.dirname(path))]
     while todo:
-        file, by, line, root = todo.popleft()
+        file, by, line, root = todo.pop(0)
         if parsed is not None:
             parsed.append((file, by, line))     # each name it is imported by
-        if realpath(file) in seen:
+        if os.path.realpath(file) in seen:
             continue
-        seen.add(realpath(file))
+        seen.add(os.path.realpath(file))
         if len(seen) > MAX_SCHEMA_FILES:
             raise SchemaError(by, line, f"reads more than {MAX_SCHEMA_FILES} schema files")
         text = _read_schema_file(file, by, line)
@@ -312,7 +267,7 @@ def closure(path: str, import_path=(), parsed: list | None = None
             # pointed at), but up's parser may read only beneath these directories
             # (Landlock) and failed with "openat(fd, path, O_RDONLY): Permission
             # denied; path = NAME", no line, no reason.  One rule for both.
-            real, limit = realpath(found), realpath(base)
+            real, limit = os.path.realpath(found), os.path.realpath(base)
             if os.path.commonpath([real, limit]) != limit:
                 # what it is first (a FIFO, a device): said as for any file
                 _read_schema_file(found, file, at, embedded=m.group(1) == "embed",
@@ -323,8 +278,8 @@ def closure(path: str, import_path=(), parsed: list | None = None
                                   "that directory")
             if m.group(1) == "import":
                 todo.append((found, file, at, os.path.normpath(base)))
-            elif realpath(found) not in seen:
-                seen.add(realpath(found))
+            elif os.path.realpath(found) not in seen:
+                seen.add(os.path.realpath(found))
                 _read_schema_file(found, file, at, embedded=True)
                 out.append((found, file, at))
     return out
@@ -431,10 +386,8 @@ def load(path: str, extra_imports=()):
     without an @0x... id, an id a file loaded before declared too): so a schema
     is first parsed in a child process, after the files this process loaded
     before it (LOADED), and a failure there becomes a SchemaError naming the
-    file and line.  Once a file (its inode, size and times, and what it reads for
-    the first time as it is, after the same files) has parsed, it is loaded here
-    directly.  Once a file this process's parser read has changed or is gone, no
-    new file is parsed: the check cannot parse what the parser keeps."""
+    file and line.  Once a file (its inode, size and times, after the same files)
+    has parsed, it is loaded here directly."""
     path = os.path.abspath(path)
     imports = import_path(path, extra_imports)
     read: list = []
@@ -443,14 +396,7 @@ def load(path: str, extra_imports=()):
     if copy is not None:
         return copy
     names = dict(_NAMES)
-    done = set()
     for file, by, line in read:
-        # each name once: `read` has a file each time it is imported, and a schema
-        # of 16 MiB imports one file hundreds of thousands of times (each time read
-        # and hashed whole below: hours of `check`, for two files)
-        if file in done:
-            continue
-        done.add(file)
         try:
             st = os.stat(file)
         except OSError:
@@ -479,10 +425,6 @@ def load(path: str, extra_imports=()):
             snap = _snapshot(file)
             if snap is not None:
                 new[file] = snap
-    # and every file it reads for the first time, as it is: a schema refused once its
-    # check had passed (an import changed while it was checked) was loaded again
-    # unchecked, and the parser read the import as it had become (an abort)
-    key += (tuple((file, snap[0], snap[1]) for file, snap in new.items()),)
     stale: dict = {}
     found = _diverged(new, stale)
     if found is not None:
@@ -491,8 +433,6 @@ def load(path: str, extra_imports=()):
                           f"process read it earlier: {old} has changed or is gone since, and "
                           "this process's parser keeps what it read: it would take this for "
                           "a second declaration of that id; run the command again")
-    if new:
-        _refuse_stale(path, stale)
     if key not in _CHECKED:
         before = [[p, list(i)] for p, i in LOADED]
         parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
@@ -516,12 +456,6 @@ def load(path: str, extra_imports=()):
             raise SchemaError(file, None, "changed while it was being checked (the parser "
                               "checks a schema, and what it imports, before this process "
                               "reads it); run the command again")
-    if new:
-        # and one read before that changed while the child checked (it read that)
-        after: dict = {}
-        _diverged({}, after)
-        _refuse_stale(path, after)
-    _refuse_held_ids(path, new)
     module = capnp.load(path, imports=imports)
     _PARSED.update(new)
     _MODULES.setdefault(path, module)
@@ -529,54 +463,6 @@ def load(path: str, extra_imports=()):
         LOADED.append((path, tuple(imports)))
     _remember(file for file, _, _ in read)
     return module
-
-
-def _refuse_stale(path: str, stale: dict) -> None:
-    """SchemaError if a file this process's parser read (`stale`: those changed or
-    gone since) is no longer as it read it, before it reads a file for the first
-    time for `path`.  The check's child reads the files loaded before as they are
-    *now*: what this parser keeps of one changed since (an import dropped, an id
-    written in decimal or as `@ 0x...`, an id the parser derived for a nested
-    declaration) no scan of text finds, and a file declaring one of those ids
-    passed the check and aborted this process ("Duplicate ID").  Fails closed:
-    the check cannot parse what this parser holds, so nothing new is parsed."""
-    if not stale:
-        return
-    changed = next(iter(stale))
-    raise SchemaError(path, None, f"{changed}, which this process's parser read "
-                      "earlier, has changed or is gone since: the parser keeps what it "
-                      "read, which the check (reading files as they are now) cannot "
-                      "parse again, and would take an id of it declared in what "
-                      f"{os.path.basename(path)} reads for a second declaration (an "
-                      "abort); run the command again")
-
-
-def _refuse_held_ids(path: str, new: dict) -> None:
-    """SchemaError if a file this process's parser is about to read for the first
-    time (`new`: file -> its snapshot) writes an id that a file it read before
-    declared as it was read: the parser keeps every file it read, and aborts the
-    process on a second declaration ("Duplicate ID" is an abort here).  The last
-    step before the parser, whatever the check said: the check's child parses the
-    schemas loaded before as they are *now*, and one of them that no longer imports
-    a file (still there, unchanged) never read that file's ids (a.capnp imported
-    b.capnp, @0x...; a.capnp was rewritten without the import; c.capnp declaring
-    @0x... passed the check and aborted this process)."""
-    held: dict[int, str] = {}
-    for file, (_sig, _digest, ids) in _PARSED.items():
-        for id_ in ids:
-            held.setdefault(id_, file)
-    for file, snap in new.items():
-        both = snap[2] & held.keys()
-        if both:
-            id_ = min(both)
-            old = held[id_]
-            raise SchemaError(file, _id_line(file, id_), f"declares @0x{id_:016x}, an id of "
-                              f"{old} as this process read it earlier: this process's parser "
-                              "keeps every file it read, and would take this for a second "
-                              "declaration of that id" + (
-                                  "" if file == path else f" (reading {path})")
-                              + "; an id is one declaration (give it a new one: `capnp id` "
-                              "makes one)")
 
 
 def _with_first_declaration(e: SchemaError, new: dict) -> SchemaError:
@@ -628,8 +514,6 @@ def _not_a_builtin_copy(file: str, st, by: str, line) -> None:
     declaring its ids ("Duplicate ID @0x...", naming neither).  A copy *listed* is
     that schema (_builtin_copy); an imported one cannot be: the parser reads it."""
     import hashlib
-    if st.st_size not in _BUILTIN_SIZES:
-        return                              # no copy: not read at all
     try:
         data = read_regular(file, MAX_SCHEMA_BYTES)
     except FileProblem:
