@@ -1035,10 +1035,15 @@ def test_ctrl_c_while_a_trace_file_is_written_leaves_it_whole(tmp_path, monkeypa
         out.write_text('{"an": "earlier trace"}')
     args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
                               functions=False, output=str(out), format="chrome")
+    # Ctrl-C as a command's process takes it: a test run earlier in this process
+    # may have left SIGINT with a handler of its own (the full suite did)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = probecli.trace_command(args)
     except KeyboardInterrupt:
         code = "KeyboardInterrupt"
+    finally:
+        signal.signal(signal.SIGINT, before)
     err = capsys.readouterr().err
     assert code == 130, code
     assert "traceEvents" in json.loads(out.read_text())
