@@ -4,6 +4,8 @@ and running out anywhere is E_OVERLOADED ("used up its CPU budget").  A real
 Engine with real wasmtime on a recording socket, its supervisor played here."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from capnp_schemas import protocol
@@ -282,31 +284,7 @@ def test_no_call_reaches_a_program_that_exited_while_its_exit_flush_waits(tmp_pa
       (call $exit (i32.const 7))))
     (i32.const 0)))""")
     engine = Engine(Answering(), EngineSpec(name="exits", module=str(module), exports=True))
-    log = object()
-    d = Driven(engine, [("stdout", "log", "")], [log])
-    sock, sup, main = d.sock, d.sup, d.main
-    returns, nested, written = {}, [], []
-
-    def answering(out):
-        more = b""
-        for ev in sup.receive(out):
-            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
-                assert ev.target is log
-                written.append(ev)
-                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
-                nested.append(q)
-                more += msg + sup.send_return(ev.answer_id)
-            elif isinstance(ev, protocol.ReturnReceived):
-                returns[ev.question_id] = ev
-        return more
-    sock.answer = answering
-    q, msg = sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))
-    sock.batches.append(msg)
-    with pytest.raises(SystemExit):
-        while sock.batches:
-            engine._pump()
-    engine._flush()
-    answering(b"".join(sock.writes))
+    q, returns, nested, written, d = _a_call_at_each_exit_flush_line(engine, run=False, exits=True)
     assert len(written) == 1 and len(nested) == 1            # "bye" went out
     assert returns[q].error == "compartment exits exited (code 7)"
     ret = returns[nested[0]]
@@ -326,7 +304,6 @@ def test_no_call_reaches_a_program_whose_start_called_exit(tmp_path):
     a line; an exit there ended the engine with run() unanswered, its code
     lost).  They are refused now, as after an exit in a call it serves."""
     from tests.unit.test_engine_native import Answering
-    from compartments.engine import ENGINE_INTERFACE
     module = tmp_path / "ends.wat"
     module.write_text("""(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -342,31 +319,8 @@ def test_no_call_reaches_a_program_whose_start_called_exit(tmp_path):
     (global.set $ran (i32.add (global.get $ran) (i32.const 1)))
     (i32.const 0)))""")
     engine = Engine(Answering(), EngineSpec(name="ends", module=str(module), exports=True))
-    log = object()
-    d = Driven(engine, [("stdout", "log", "")], [log])
+    q, returns, nested, written, d = _a_call_at_each_exit_flush_line(engine, run=True, exits=False)
     sock, sup, main = d.sock, d.sup, d.main
-    control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
-    returns, nested, written = {}, [], []
-
-    def answering(out):
-        more = b""
-        for ev in sup.receive(out):
-            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
-                assert ev.target is log
-                written.append(ev)
-                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
-                nested.append(q)
-                more += msg + sup.send_return(ev.answer_id)
-            elif isinstance(ev, protocol.ReturnReceived):
-                returns[ev.question_id] = ev
-        return more
-    sock.answer = answering
-    q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
-    sock.batches.append(msg)
-    while sock.batches:
-        engine._pump()
-    engine._flush()
-    answering(b"".join(sock.writes))
     sock.writes.clear()
     assert len(written) == 1 and len(nested) == 1            # "bye" went out
     assert returns[q].payload is not None, returns[q]        # run() answered: exit 3
@@ -387,7 +341,7 @@ def test_an_exit_in_a_call_served_during_the_end_of_a_program_answers_run(tmp_pa
     the exit code was lost.  That exit is the program's end, as an exit in a
     call served while _start runs is: run() is answered with its code."""
     from tests.unit.test_engine_native import Answering
-    from compartments.engine import ENGINE_INTERFACE, _RunResults
+    from compartments.engine import _RunResults
     from capnp_schemas import payloads
     module = tmp_path / "ends.wat"
     module.write_text("""(module
@@ -402,32 +356,7 @@ def test_an_exit_in_a_call_served_during_the_end_of_a_program_answers_run(tmp_pa
     (call $exit (i32.const 7))
     (i32.const 0)))""")
     engine = Engine(Answering(), EngineSpec(name="ends", module=str(module), exports=True))
-    log = object()
-    d = Driven(engine, [("stdout", "log", "")], [log])
-    sock, sup, main = d.sock, d.sup, d.main
-    control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
-    returns, nested, written = {}, [], []
-
-    def answering(out):
-        more = b""
-        for ev in sup.receive(out):
-            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
-                assert ev.target is log
-                written.append(ev)
-                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
-                nested.append(q)
-                more += msg + sup.send_return(ev.answer_id)
-            elif isinstance(ev, protocol.ReturnReceived):
-                returns[ev.question_id] = ev
-        return more
-    sock.answer = answering
-    q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
-    sock.batches.append(msg)
-    with pytest.raises(SystemExit):
-        while sock.batches:
-            engine._pump()
-    engine._flush()
-    answering(b"".join(sock.writes))
+    q, returns, nested, written, d = _a_call_at_each_exit_flush_line(engine, run=True, exits=True)
     assert len(written) == 1 and len(nested) == 1            # "bye" went out
     assert returns[nested[0]].error == "compartment ends exited (code 7)"
     assert q in returns, "run() was never answered"
@@ -459,3 +388,42 @@ def test_the_code_of_an_exit_in_a_served_call_is_told_as_run_tells_it(tmp_path, 
     engine._flush()
     [ret] = sup.receive(b"".join(sock.writes))
     assert ret.payload is None and "exited (code -1)" in ret.error, ret
+
+
+def _a_call_at_each_exit_flush_line(engine, run: bool, exits: bool):
+    """Drive `engine` (its stdout a Log) through its first call, run() when `run`,
+    else a call of method 0: each Log.write its exit flush makes is answered with
+    a call of method 1 sent first (a call that comes while the flush waits); the
+    engine exits meanwhile (SystemExit) when `exits`.  -> (the first question, returns by
+    question id, the calls sent at the flush, the Log.writes, the Driven)."""
+    from compartments.engine import ENGINE_INTERFACE
+    log = object()
+    d = Driven(engine, [("stdout", "log", "")], [log])
+    sock, sup, main = d.sock, d.sup, d.main
+    returns, nested, written = {}, [], []
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):       # the exit flush's Log.write
+                assert ev.target is log
+                written.append(ev)
+                q, msg = sup.send_call(main, 1, 1, Content.standalone([bytes(16)]))
+                nested.append(q)
+                more += msg + sup.send_return(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+        return more
+    sock.answer = answering
+    if run:
+        control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+        q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
+    else:
+        q, msg = sup.send_call(main, 1, 0, Content.standalone([bytes(16)]))
+    sock.batches.append(msg)
+    with pytest.raises(SystemExit) if exits else contextlib.nullcontext():
+        while sock.batches:
+            engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    return q, returns, nested, written, d
