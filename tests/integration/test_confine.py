@@ -189,6 +189,16 @@ def _status(pid) -> dict:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def _gone_or(read) -> str:
+    """What `read()` reads of a process in /proc, or "" if it ended meanwhile (a
+    compiler or a spare's rehearsal is brief: the full suite met one ended between
+    its listing and its status)."""
+    try:
+        return read()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def _sysvipc(kind: str, key: int) -> dict:
     with open(f"/proc/sysvipc/{kind}") as f:
         head = f.readline().split()
@@ -653,9 +663,9 @@ module = "spin.wat"
     seen: dict = {}                   # pid -> samples in a row it was running
     while True:   # the zygote's child that keeps running: the engine (a compiler or a
         zygotes = [c for c in _children(run.proc.pid)   # spare's rehearsal is brief)
-                   if "compartments.zygote" in open(f"/proc/{c}/cmdline").read()]
-        running = {c for z in zygotes for c in _children(z)
-                   if _status(c).get("State", "").startswith("R")}
+                   if "compartments.zygote" in _gone_or(lambda: open(f"/proc/{c}/cmdline").read())]
+        running = {c for z in zygotes for c in _children(z)   # one may end as it is read
+                   if _gone_or(lambda: _status(c).get("State", "")).startswith("R")}
         seen = {c: seen.get(c, 0) + 1 for c in running}
         spinning = [c for c, n in seen.items() if n >= 10]
         if spinning:
