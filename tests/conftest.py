@@ -17,6 +17,26 @@ _STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
 os.environ.setdefault("XDG_STATE_HOME", _STATE)
 
 
+#: Signals whose handlers a command run in this process installs (`up`'s
+#: startsignals, `trace`'s), and which later tests rely on being Python's own.
+_HANDLED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGCHLD")
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_they_were():
+    """Each test leaves the process's signal handlers (and unraisable hook) as it
+    found them: an in-process `cli.main(["up", ...])` left `up`'s SIGINT handler
+    installed, and a later test that raised SIGINT got no KeyboardInterrupt."""
+    import signal
+    before = {s: signal.getsignal(getattr(signal, s)) for s in _HANDLED}
+    hook = sys.unraisablehook
+    yield
+    for s, handler in before.items():
+        if handler is not None and signal.getsignal(getattr(signal, s)) is not handler:
+            signal.signal(getattr(signal, s), handler)
+    sys.unraisablehook = hook
+
+
 class Running:
     """A `wsuper up` subprocess whose output lines (stdout and stderr, in the order
     they come, supervisor events without their time) can be awaited."""
