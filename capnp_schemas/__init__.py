@@ -28,105 +28,75 @@ _CAPNP_DIR = os.path.dirname(capnp.__file__)
 # rpc.capnp imports "/capnp/c++.capnp": the package's parent must be on the path.
 IMPORT_PATH = [os.path.dirname(_CAPNP_DIR), HERE]
 
-#: The schema files loaded in this process, in order, as (path, import path).
-#: pycapnp keeps every file it loads in one table per process and *aborts* on a
-#: file that declares an id one of them declared already (the same file copied,
-#: an interface written with another's id): so a file is parsed elsewhere after
-#: the same files, in the same order (load()).
-LOADED: list[tuple[str, tuple]] = []
+#: pycapnp's parser keeps every file it parsed, by name, and *aborts the process*
+#: (SIGABRT, no exception) on some files: a syntax error, a file without an id,
+#: an id two of its files declare.  So no parser here ever reads a schema the
+#: operator's files hold: load() copies what a schema reads (it, and all it
+#: imports and embeds) into a private directory of this process, as it read them
+#: once; a child parses that copy first (an abort there is an answer); then a
+#: parser of its own, new for that copy, parses the same bytes here.  What was
+#: checked is what is parsed (a file rewritten meanwhile is not read again), and
+#: no file this process parsed before, as it was then, is in that parser's table.
+_MIRROR: list = []              # [the private directory, the pid that made it]
+_PARSERS: list = []             # each parser that parsed a copy: its modules need it
+
+#: id -> the file that declares it, for every schema file loaded in this process:
+#: the ids written in each file read (`@0x...`), and those of every declaration of
+#: a file loaded (written, or derived from its parent's).  An id is one
+#: declaration: load() refuses a file declaring one another file declares.
+_IDS: dict[int, str] = {}
+#: file -> (sha256 of its bytes as read, the ids it declares): _IDS the other way.
+_DECLARED: dict[str, tuple[bytes, frozenset]] = {}
 
 
 #: sha256 of each of our own schema files' bytes -> the module loaded from it.  A
 #: copy of one (probe.capnp in the project of an analysis compartment, or the
 #: checkout's beside a wsuper installed with `pip install .`, or one reached
-#: through a symbolic link) declares the ids of the file loaded here already, and
-#: the parser refused it ("Duplicate ID"): load() gives the copy this module.
+#: through a symbolic link) declares the ids of the file loaded here already:
+#: load() gives the copy this module.
 _BUILTIN_COPIES: dict[bytes, object] = {}
 #: sha256 of each of our own schema files' bytes -> its file: a copy that a user
-#: schema *imports* is parsed as a file of its own (the parser knows a file by its
-#: name), declaring that file's ids again: load() refuses it, naming both.
+#: schema *imports* would be a file of its own declaring that file's ids again:
+#: load() refuses it, naming both.
 _BUILTIN_FILES: dict[bytes, str] = {}
 
-#: file -> the module loaded from it in this process (ours and the user's): who
-#: declared an id first, when the parser says only "Duplicate ID" of the second.
-_MODULES: dict[str, object] = {}
-
 #: (device, inode) -> the name each schema file loaded in this process (and every
-#: file it imports) was read under: pycapnp knows a file by its name, and one file
-#: under two names (a symbolic or hard link) is two files to it, declaring the
-#: same ids ("Duplicate ID @0x..."): load() refuses a second name, naming the first.
+#: file it imports) was read under: one file under two names (a symbolic or hard
+#: link) would be two files declaring the same ids: load() refuses a second
+#: name, naming the first.
 _NAMES: dict[tuple, str] = {}
 
-
-#: file name -> (its stat signature, sha256 of its bytes, the ids written in it
-#: (`@0x...`)) as this process's parser read it.  The parser keeps what it read
-#: under that name for good (a file changed since is never read again here), but
-#: the child that checks a schema first (load()) reads the files loaded before it
-#: as they are *now*: a file changed since, whose old text declared an id that a
-#: new schema declares too, passed the check and aborted this process ("Duplicate
-#: ID" is an abort here).  load() refuses that (_diverged).
-_PARSED: dict[str, tuple] = {}
-
-_ID = re.compile(rb"@0x([0-9a-fA-F]{1,16})\b")
+# an id written in schema text, outside comments and strings (`@0x...`); what is
+# below 2**63 is no id (the parser refuses such ids) but an ordinal (`@0x1`)
+_WRITTEN = re.compile(rb'#[^\n]*|"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)|@0x([0-9a-fA-F]{1,16})\b')
 
 
-def _signature(file: str) -> tuple | None:
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _snapshot(file: str) -> tuple | None:
-    """(signature, sha256, ids written in it) of `file` now, None if it cannot be read."""
-    import hashlib
-    seen: list = []
-    try:
-        data = read_regular(file, MAX_SCHEMA_BYTES, seen=seen)
-    except FileProblem:
-        return None
-    st = seen[0]
-    return ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-            hashlib.sha256(data).digest(), frozenset(int(m, 16) for m in _ID.findall(data)))
-
-
-def _diverged(new: dict, stale: dict | None = None) -> tuple | None:
-    """(a file of `new`, an id, a file parsed here before) if `new` (file -> its
-    snapshot, each file the parser is about to read for the first time here)
-    writes an id that the earlier file declared as this process read it, and
-    that no file read here declares as it is now: the check's child, which reads
-    them as they are now, would pass what this process's parser aborts on.
-    `stale`, if given, gets every file read here before that changed since."""
-    stale, now_ids = ({} if stale is None else stale), set()
-    for file, (sig, digest, ids) in list(_PARSED.items()):
-        if _signature(file) == sig:
-            now_ids |= ids
+def _written_ids(data: bytes) -> dict[int, int]:
+    """id -> the line it is first written on, of each id written in schema text."""
+    out, line, counted = {}, 1, 0
+    for m in _WRITTEN.finditer(data):
+        if m.group(1) is None:
             continue
-        snap = _snapshot(file)
-        if snap is not None and snap[1] == digest:
-            _PARSED[file] = (snap[0], digest, ids)      # touched, not changed
-            now_ids |= ids
+        id_ = int(m.group(1), 16)
+        if id_ >> 63:
+            line, counted = line + data.count(b"\n", counted, m.start()), m.start()
+            out.setdefault(id_, line)
+    return out
+
+
+def _derived_ids(module) -> set[int]:
+    """The ids of a loaded module's file and of every declaration in it, at any
+    depth (walked on a stack of its own, as nested_interfaces)."""
+    ids, stack = {module.schema.node.id}, [module]
+    while stack:
+        obj = stack.pop()
+        schema = getattr(obj, "schema", None)
+        if schema is None:
             continue
-        stale[file] = ids
-        if snap is not None:
-            now_ids |= snap[2]
-    for old, ids in stale.items():
-        for file, snap in new.items():
-            both = (ids & snap[2]) - now_ids
-            if both:
-                return file, min(both), old
-    return None
-
-
-def _id_line(file: str, id_: int) -> int | None:
-    """The line of `file` where `@0x<id_>` is written (None if it is no longer)."""
-    try:
-        data = read_regular(file, MAX_SCHEMA_BYTES)
-    except FileProblem:
-        return None
-    m = next((m for m in _ID.finditer(data) if int(m.group(1), 16) == id_), None)
-    return None if m is None else data.count(b"\n", 0, m.start()) + 1
+        for nested in schema.node.nestedNodes:
+            ids.add(nested.id)
+            stack.append(getattr(obj, nested.name, None))
+    return ids
 
 
 def _remember(files) -> None:
@@ -153,25 +123,18 @@ def _same_file(path: str, st) -> bool:
 def _builtin(path: str):
     import hashlib
     module = capnp.load(path, imports=IMPORT_PATH)
-    LOADED.append((path, tuple(IMPORT_PATH)))
-    with open(path, "rb") as f:
-        data = f.read()
-        st = os.fstat(f.fileno())
-    digest = hashlib.sha256(data).digest()
+    read, contents = [], {}
+    closure(path, IMPORT_PATH, read, contents)
+    digest = hashlib.sha256(contents[path]).digest()
     _BUILTIN_COPIES[digest] = module
     _BUILTIN_FILES[digest] = os.path.normpath(path)
-    _MODULES[os.path.normpath(path)] = module
     _remember([os.path.normpath(path)])
-    _PARSED[os.path.normpath(path)] = (
-        (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest,
-        frozenset(int(m, 16) for m in _ID.findall(data)))
+    _BUILTIN_READS.update(f for f, _, _ in read)
+    _claim(path, read, contents, module)
     return module
 
 
-rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
-engine = _builtin(os.path.join(HERE, "engine.capnp"))
-host = _builtin(os.path.join(HERE, "host.capnp"))
-probe = _builtin(os.path.join(HERE, "probe.capnp"))
+
 
 
 class SchemaError(Exception):
@@ -182,7 +145,9 @@ class SchemaError(Exception):
         super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
 
 
-_CHECKED: dict[tuple, None] = {}
+#: (schema, import path, (file, sha256) of each file it reads) -> the module
+#: loaded from exactly those bytes: each is checked and parsed once.
+_CHECKED: dict[tuple, object] = {}
 
 #: bytes of one schema file, or of a file a schema imports or embeds
 MAX_SCHEMA_BYTES = 16 << 20
@@ -201,8 +166,8 @@ _REFERENCE = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.?)*(?:"|(?=\n)|\Z)'
                         r'|\b(import|embed)(?:\s++|#[^\n]*+)*+"((?:[^"\\\n]|\\.)*)"')
 
 
-def closure(path: str, import_path=(), parsed: list | None = None
-            ) -> list[tuple[str, str | None, int | None]]:
+def closure(path: str, import_path=(), parsed: list | None = None,
+            contents: dict | None = None) -> list[tuple[str, str | None, int | None]]:
     """Every file `path` (a schema) reads when it is parsed: [(file, the schema that
     names it, line)], itself first.  A reference is `import "NAME"` or `embed
     "NAME"`: relative to the naming file's directory, or, with a leading "/",
@@ -220,11 +185,17 @@ def closure(path: str, import_path=(), parsed: list | None = None
 
     `parsed`, if given, is appended the (file, by, line) of each file the parser
     parses (the schema and what it imports, each time it is imported, under each
-    name; not what it embeds)."""
+    name; not what it embeds).  `contents`, if given, gets file -> the bytes read
+    of each file (what it embeds too): what was scanned is what load() parses."""
+    from collections import deque
     path = os.path.abspath(path)
-    out, seen, todo = [], set(), [(path, None, None, os.path.dirname(path))]
+    out, seen, todo = [], set(), deque([(path, None, None, os.path.dirname(path))])
+    # a file may name one file a million times (and an absolute name is looked
+    # for in each import directory): each (kind, file, directory) is looked at
+    # once, with where it is named first (it was a second a thousand names)
+    done, absolute = set(), {}
     while todo:
-        file, by, line, root = todo.pop(0)
+        file, by, line, root = todo.popleft()
         if parsed is not None:
             parsed.append((file, by, line))     # each name it is imported by
         if os.path.realpath(file) in seen:
@@ -232,7 +203,10 @@ def closure(path: str, import_path=(), parsed: list | None = None
         seen.add(os.path.realpath(file))
         if len(seen) > MAX_SCHEMA_FILES:
             raise SchemaError(by, line, f"reads more than {MAX_SCHEMA_FILES} schema files")
-        text = _read_schema_file(file, by, line)
+        data = _read_schema_file(file, by, line)
+        if contents is not None:
+            contents[file] = data
+        text = data.decode("utf-8", "replace")
         out.append((file, by, line))
         at, counted = 1, 0
         for m in _REFERENCE.finditer(text):
@@ -251,15 +225,21 @@ def closure(path: str, import_path=(), parsed: list | None = None
                     raise SchemaError(file, at, f"{m.group(1)} {_shown(name)} leads above "
                                       "the import path's directories, which the parser "
                                       "reads it beneath: it reads nothing outside them")
-                found, base = next(((c, d) for c, d in (
-                    (os.path.normpath(os.path.join(d, name.lstrip("/"))), d)
-                    for d in import_path) if os.path.lexists(c)), (None, None))
+                key = os.path.normpath(name.lstrip("/"))
+                if key not in absolute:
+                    absolute[key] = next(((c, d) for c, d in (
+                        (os.path.normpath(os.path.join(d, key)), d)
+                        for d in import_path) if os.path.lexists(c)), (None, None))
+                found, base = absolute[key]
             else:
                 found, base = os.path.normpath(os.path.join(os.path.dirname(file), name)), root
                 if os.path.commonpath([found, root]) != root:
                     raise SchemaError(file, at, f"{m.group(1)} {_shown(name)} leads above "
                                       f"{root}, the directory the parser reads it beneath: "
                                       "it reads nothing outside that directory")
+            if (m.group(1), found, base) in done:
+                continue
+            done.add((m.group(1), found, base))
             if found is None or not os.path.lexists(found):
                 continue                        # the parser's error names it
             # a symbolic link on the way (the file, or a directory: lib -> /elsewhere)
@@ -280,7 +260,10 @@ def closure(path: str, import_path=(), parsed: list | None = None
                 todo.append((found, file, at, os.path.normpath(base)))
             elif os.path.realpath(found) not in seen:
                 seen.add(os.path.realpath(found))
-                _read_schema_file(found, file, at, embedded=True)
+                data = _read_schema_file(found, file, at, embedded=True,
+                                         kind_only=contents is None)
+                if contents is not None:
+                    contents[found] = data
                 out.append((found, file, at))
     return out
 
@@ -290,21 +273,21 @@ def _shown(name: str) -> str:
     return printable(name[:200])
 
 
-def _read_schema_file(file, by, line, embedded=False, kind_only=False) -> str | None:
-    """A schema file's text (None if `embedded` or `kind_only`: only its kind and
-    size are checked);
+def _read_schema_file(file, by, line, embedded=False, kind_only=False) -> bytes | None:
+    """A schema file's bytes (None if `kind_only`: only its kind and size are
+    checked); `embedded` says it is named by `embed`;
     SchemaError (at `by`:`line`, where it is named) if it is no regular file
     of at most MAX_SCHEMA_BYTES, or cannot be read."""
     what = "embeds" if embedded else "imports"
     try:
-        data = read_regular(file, MAX_SCHEMA_BYTES, read=not (embedded or kind_only))
+        data = read_regular(file, MAX_SCHEMA_BYTES, read=not kind_only)
     except FileProblem as e:
         if by is None:
             raise SchemaError(file, None, f"cannot read it: {e.strerror}" if e.strerror
                               else f"{file} {e}") from None
         raise SchemaError(by, line, f"{what} {file}, which " + (
             f"cannot be read: {e.strerror}" if e.strerror else str(e))) from None
-    return None if data is None else data.decode("utf-8", "replace")
+    return data
 
 
 class FileProblem(Exception):
@@ -366,9 +349,10 @@ def read_regular(path: str, limit: int, read: bool = True, seen: list | None = N
 
 
 #: Where a schema is parsed before it is loaded here: `parse_elsewhere(path,
-#: imports, before)` -> (exit code, what the parser printed) of a process that
-#: parsed the files `before` ([path, import path] pairs, as LOADED) and then it,
-#: or None (then a new interpreter does).  `wsuper up` points it at the zygote,
+#: imports, before)` -> (exit code, what the parser printed) of a process whose
+#: new parser parsed the files `before` ([path, import path] pairs; load() gives
+#: none: its parser is new for each copy) and then it, or None (then a new
+#: interpreter does).  `wsuper up` points it at the zygote,
 #: which parses it in a child of its own (supervisor/launch.py): ~5 ms, against
 #: ~100 ms for a new interpreter.
 parse_elsewhere = None
@@ -383,24 +367,45 @@ def load(path: str, extra_imports=()):
     """Load a user schema file (import path: its own directory, then ours).
 
     pycapnp's parser *aborts the process* on some errors (a syntax error, a file
-    without an @0x... id, an id a file loaded before declared too): so a schema
-    is first parsed in a child process, after the files this process loaded
-    before it (LOADED), and a failure there becomes a SchemaError naming the
-    file and line.  Once a file (its inode, size and times, after the same files)
-    has parsed, it is loaded here directly."""
+    without an @0x... id, an id two of its files declare): so what the schema
+    reads is copied, as read once, into a private directory (_mirror), a child
+    parses that copy first, and a failure there becomes a SchemaError naming the
+    file and line; then a parser of its own parses the same copy here.  The same
+    bytes (the schema and all it reads) are checked and parsed once."""
+    import hashlib
     path = os.path.abspath(path)
     imports = import_path(path, extra_imports)
     read: list = []
-    closure(path, imports, read)    # no FIFO, device or huge file among what it reads
-    copy = _builtin_copy(path)
+    contents: dict = {}
+    closure(path, imports, read, contents)  # no FIFO, device or huge file among them
+    copy = _BUILTIN_COPIES.get(hashlib.sha256(contents[path]).digest())
     if copy is not None:
         return copy
-    names = dict(_NAMES)
+    _one_name_each(read, contents)
+    key = (path, tuple(imports), tuple((f, hashlib.sha256(d).digest())
+                                       for f, d in contents.items()))
+    module = _CHECKED.get(key)
+    if module is None:
+        module = _parse_copy(path, imports, contents)
+    _claim(path, read, contents, module)
+    _CHECKED[key] = module
+    _remember(file for file, _, _ in read)
+    return module
+
+
+def _one_name_each(read: list, contents: dict) -> None:
+    """SchemaError if a file the schema reads is one this process read under
+    another name (a symbolic or hard link), or a copy of one of our own schemas."""
+    names, stats, copies = dict(_NAMES), {}, set()
     for file, by, line in read:
-        try:
-            st = os.stat(file)
-        except OSError:
-            continue                        # the parser says why
+        if file not in stats:
+            try:
+                stats[file] = os.stat(file)
+            except OSError:
+                stats[file] = None          # the parser says why
+        st = stats[file]
+        if st is None:
+            continue
         other = names.setdefault((st.st_dev, st.st_ino), file)
         if other != file and not _same_file(other, st):
             other = names[(st.st_dev, st.st_ino)] = file
@@ -410,114 +415,144 @@ def load(path: str, extra_imports=()):
                               "or hard link), read already under that name: the parser "
                               "would read it as a second file declaring the same ids; "
                               "name it one way")
-        if by is not None:
-            _not_a_builtin_copy(file, st, by, line)
+        if by is not None and file in contents and file not in copies:
+            copies.add(file)                # each file once, however often imported
+            _not_a_builtin_copy(file, contents[file], st, by, line)
+
+
+def _mirror() -> str:
+    """This process's private directory for the copies the parsers read (made on
+    first use, 0700, removed at exit by the process that made it)."""
+    if not _MIRROR or _MIRROR[1] != os.getpid():
+        import atexit
+        import shutil
+        import tempfile
+        made, pid = tempfile.mkdtemp(prefix="wsuper-schemas-"), os.getpid()
+        _MIRROR[:] = [made, pid]
+        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(made, ignore_errors=True))
+    return _MIRROR[0]
+
+
+def _parse_copy(path: str, imports: list, contents: dict):
+    """The module a new parser makes of `contents` (file -> bytes: `path` and all
+    it reads), copied beneath a new directory of _mirror() at their own paths,
+    once a child has parsed that copy: SchemaError if it failed there."""
+    import tempfile
+    top = tempfile.mkdtemp(dir=_mirror())
     try:
-        st = os.stat(path)
+        for file, data in contents.items():
+            copy = top + file
+            os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o400)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        for d in imports:
+            if d not in IMPORT_PATH:
+                os.makedirs(top + d, mode=0o700, exist_ok=True)
     except OSError as e:
-        raise SchemaError(path, None, e.strerror or str(e)) from None
-    key = (path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
-           tuple(imports), tuple(LOADED))
-    # what this process's parser reads for the first time, as it is before the check
-    new = {}
-    for file, _, _ in read:
-        if file not in _PARSED and file not in new:
-            snap = _snapshot(file)
-            if snap is not None:
-                new[file] = snap
-    stale: dict = {}
-    found = _diverged(new, stale)
-    if found is not None:
-        file, id_, old = found
-        raise SchemaError(file, _id_line(file, id_), f"declares @0x{id_:016x}, an id of {old} as this "
-                          f"process read it earlier: {old} has changed or is gone since, and "
-                          "this process's parser keeps what it read: it would take this for "
-                          "a second declaration of that id; run the command again")
-    if key not in _CHECKED:
-        before = [[p, list(i)] for p, i in LOADED]
-        parsed = parse_elsewhere(path, imports, before) if parse_elsewhere is not None \
-            else None
-        try:
-            _check_parsed(path, *(parsed if parsed is not None
-                                  else _parse_in_child(path, imports, before)))
-        except SchemaError as e:
-            e = _with_first_declaration(e, new)
-            if stale and os.path.normpath(e.path) not in {os.path.normpath(f) for f in new}:
-                # what failed is a file read before, as the child reads it now
-                changed = next(iter(stale))
-                e = SchemaError(e.path, e.line, f"{e.reason} (read again before {path}: "
-                                f"{changed}, which this process read earlier, has changed "
-                                "or is gone since; run the command again)")
-            raise e from None
-        _CHECKED[key] = None
-    # a file changed while the child checked it is not what the child checked
-    for file, snap in new.items():
-        if _signature(file) != snap[0]:
-            raise SchemaError(file, None, "changed while it was being checked (the parser "
-                              "checks a schema, and what it imports, before this process "
-                              "reads it); run the command again")
-    module = capnp.load(path, imports=imports)
-    _PARSED.update(new)
-    _MODULES.setdefault(path, module)
-    if (path, tuple(imports)) not in LOADED:
-        LOADED.append((path, tuple(imports)))
-    _remember(file for file, _, _ in read)
+        raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
+                          ) from None
+    # our own directories are read where they are (wsuper's own files, as its code;
+    # a method `-> stream` imports /capnp/stream.capnp without naming it)
+    where, dirs = top + path, [d if d in IMPORT_PATH else top + d for d in imports]
+    parsed = parse_elsewhere(where, dirs, []) if parse_elsewhere is not None else None
+    returncode, text = parsed if parsed is not None else _parse_in_child(where, dirs)
+    try:
+        _check_parsed(path, returncode, text.replace(top, ""))
+    except SchemaError as e:
+        raise _with_first_declaration(e, contents) from None
+    parser = capnp.SchemaParser()
+    module = parser.load(where, display_name=os.path.basename(path), imports=dirs)
+    _PARSERS.append(parser)
     return module
 
 
-def _with_first_declaration(e: SchemaError, new: dict) -> SchemaError:
+def _claim(path: str, read: list, contents: dict, module) -> None:
+    """Record the ids the files `read` declare (each file's written ids; for `path`,
+    `module`'s too, derived ones included) as theirs; SchemaError, naming the
+    first declaration, if another file declares one of them (as it is now)."""
+    import hashlib
+    files = list(dict.fromkeys(f for f, _, _ in read if f in contents))
+    written = {f: _written_ids(contents[f]) for f in files}
+    mine = {f: set(written[f]) for f in files}
+    mine[path] |= _derived_ids(module)
+    for file in files:
+        for id_ in sorted(mine[file], key=lambda i: written[file].get(i, 1 << 62)):
+            first = _IDS.get(id_)
+            if first is None or first == file or not _still_declares(first, id_):
+                continue
+            own = " (one of wsuper's own schemas)" if first in _BUILTIN_READS else ""
+            raise SchemaError(file, written[file].get(id_), f"Duplicate ID @0x{id_:016x}. "
+                              f"{first}{own} declares that id already: an id is one "
+                              "declaration, and a copy of a schema keeps its ids (give it "
+                              "new ones: `capnp id` makes one)")
+    for file in files:
+        digest = hashlib.sha256(contents[file]).digest()
+        old = _DECLARED.get(file)
+        if old is not None:
+            if old[0] == digest:
+                mine[file] |= old[1]
+            for id_ in old[1]:
+                if _IDS.get(id_) == file:
+                    del _IDS[id_]
+        _DECLARED[file] = (digest, frozenset(mine[file]))
+        for id_ in mine[file]:
+            _IDS[id_] = file
+
+
+#: every file our own schemas read (rpc.capnp's c++.capnp among them)
+_BUILTIN_READS: set = set()
+
+
+def _still_declares(file: str, id_: int) -> bool:
+    """Whether `file`, which declared `id_` as this process read it, still does: as
+    read then (or one of ours), or with that id written in it now.  A file changed
+    or removed since gives up the ids it no longer declares."""
+    import hashlib
+    if file in _BUILTIN_READS:
+        return True
+    try:
+        data = read_regular(file, MAX_SCHEMA_BYTES)
+    except FileProblem:
+        data = None
+    if data is not None and hashlib.sha256(data).digest() == _DECLARED[file][0]:
+        return True
+    if data is not None and id_ in _written_ids(data):
+        return True
+    _DECLARED.pop(file, None)
+    for i in [i for i, f in _IDS.items() if f == file]:
+        del _IDS[i]
+    return False
+
+
+def _with_first_declaration(e: SchemaError, contents: dict) -> SchemaError:
     """`e`, if the parser's "Duplicate ID @0x...", told which file declared that id
-    first (the parser names only the second: a copy of wsuper's own probe.capnp
-    differing by a byte was "x.capnp:1: Duplicate ID @0xc6a1d2b3e4f50617.")."""
+    first (the parser names only the second)."""
     m = re.fullmatch(r"Duplicate ID @0x([0-9a-fA-F]{1,16})\.?", e.reason)
     if m is None:
         return e
     id_ = int(m.group(1), 16)
     here = os.path.normpath(e.path)
-    first = next((f for f, snap in (*_PARSED.items(), *new.items())
-                  if id_ in snap[2] and os.path.normpath(f) != here), None)
-    if first is None:
-        for file, module in _MODULES.items():
-            if file != here and _declares(module, id_):
-                first = file
-                break
+    first = next((f for f, data in contents.items()
+                  if os.path.normpath(f) != here and id_ in _written_ids(data)), None)
     if first is None:
         return e
-    own = " (one of wsuper's own schemas)" if first in _BUILTIN_FILES.values() else ""
-    return SchemaError(e.path, e.line, f"{e.reason} {first}{own} declares that id "
-                       "already: an id is one declaration, and a copy of a schema keeps its "
-                       "ids (give it new ones: `capnp id` makes one)")
+    return SchemaError(e.path, e.line, f"{e.reason} {first} declares that id already: an "
+                       "id is one declaration, and a copy of a schema keeps its ids (give "
+                       "it new ones: `capnp id` makes one)")
 
 
-def _declares(module, id_: int) -> bool:
-    """Whether the loaded schema `module` declares a node of id `id_` (at any depth;
-    walked on a stack of its own, as nested_interfaces)."""
-    if module.schema.node.id == id_:
-        return True
-    stack = [module]
-    while stack:
-        obj = stack.pop()
-        schema = getattr(obj, "schema", None)
-        if schema is None:
-            continue
-        for nested in schema.node.nestedNodes:
-            if nested.id == id_:
-                return True
-            stack.append(getattr(obj, nested.name, None))
-    return False
-
-
-def _not_a_builtin_copy(file: str, st, by: str, line) -> None:
-    """SchemaError at `by`:`line` if the file it imports, `file` (`st` its stat), is a
-    copy of one of our own schemas (other than that file itself): every process
-    loaded ours first, and the parser would read the copy as a second file
-    declaring its ids ("Duplicate ID @0x...", naming neither).  A copy *listed* is
-    that schema (_builtin_copy); an imported one cannot be: the parser reads it."""
+def _not_a_builtin_copy(file: str, data: bytes, st, by: str, line) -> None:
+    """SchemaError at `by`:`line` if the file it imports, `file` (`data` its bytes,
+    `st` its stat), is a copy of one of our own schemas (other than that file
+    itself): its ids are that schema's, and a copy *listed* is that schema
+    (load()); an imported one cannot be: the parser reads it as a file of its own."""
     import hashlib
-    try:
-        data = read_regular(file, MAX_SCHEMA_BYTES)
-    except FileProblem:
-        return                              # the parser says why
     original = _BUILTIN_FILES.get(hashlib.sha256(data).digest())
     if original is None or _same_file(original, st):
         return
@@ -529,16 +564,6 @@ def _not_a_builtin_copy(file: str, st, by: str, line) -> None:
                       "would read the copy as a second file declaring the same ids; import "
                       f"wsuper's own as \"{name}\" (with no file of that name in the "
                       "schema's directory, which is looked in first)")
-
-
-def _builtin_copy(path: str):
-    """Our own schema's module if the file `path` holds exactly its bytes, else None."""
-    import hashlib
-    try:
-        data = read_regular(path, MAX_SCHEMA_BYTES)
-    except FileProblem:
-        return None     # what load() does next says why
-    return _BUILTIN_COPIES.get(hashlib.sha256(data).digest())
 
 
 #: Bytes of address space a child that checks a schema may map beyond what it had
@@ -560,14 +585,16 @@ PARSE_BOUND = """if True:
     resource.setrlimit(resource.RLIMIT_AS, (_want, _hard))
 """ % PARSE_MEMORY
 
-#: What it runs then: the files loaded before it, then it.
+#: What it runs then: a new parser (as load()'s), the files `before`, then it.
 PARSE_AFTER = """if True:
+    import os
     import capnp
     capnp.remove_import_hook()
     def parse(path, imports, before):
+        parser = capnp.SchemaParser()
         for p, i in before:
-            capnp.load(p, imports=i)
-        capnp.load(path, imports=imports)
+            parser.load(p, imports=i)
+        parser.load(path, display_name=os.path.basename(path), imports=imports)
 """
 
 
@@ -663,3 +690,9 @@ def nested_interfaces(module) -> dict:
         for node in reversed(schema.node.nestedNodes):
             stack.append((f"{name}.{node.name}", getattr(child, node.name, None)))
     return found
+
+
+rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
+engine = _builtin(os.path.join(HERE, "engine.capnp"))
+host = _builtin(os.path.join(HERE, "host.capnp"))
+probe = _builtin(os.path.join(HERE, "probe.capnp"))

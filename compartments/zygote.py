@@ -836,8 +836,9 @@ SCHEMA_SECONDS = 60
 
 def _parse_schema(line: bytes, closing: list) -> dict:
     """{"schema": exit code, "stderr": what the parser printed} of a child that parsed
-    the schema files `before` names (as capnp_schemas.LOADED: what the supervisor
-    loaded first), then the one `line` names, each with its import path: pycapnp's
+    the schema files `before` names (the supervisor names none: capnp_schemas.load
+    gives each copy a new parser), then the one `line` names, each with its import
+    path, in one new parser (capnp_schemas.PARSE_AFTER): pycapnp's
     parser aborts the process on some errors, so never here.  The child, like a
     compiler child, closes what is the zygote's first (`closing`), and holds
     nothing else: at `wsuper up` this comes before any compartment's request.

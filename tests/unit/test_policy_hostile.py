@@ -228,6 +228,38 @@ def test_what_a_schema_reads_is_every_import_and_embed_and_no_more(tmp_path):
         (str(tmp_path / "sub" / "blob"), str(tmp_path / "sub" / "b.capnp"), 3)])
 
 
+def test_a_file_named_many_times_is_looked_up_and_read_once(tmp_path, monkeypatch):
+    """A schema naming one file 20,000 times, in as many spellings as it likes
+    (`b.capnp`, `./b.capnp`, `/b.capnp` through the import path), had each name
+    looked up again (several system calls each; load() then read the file once
+    per name): seconds per thousand names.  Each file is looked up once."""
+    _schema(tmp_path / "b.capnp", "struct B {}\n", 0xd0a1b2c3d4e5f611)
+    names = ["b.capnp", "./b.capnp", "/b.capnp", "x/../b.capnp"]
+    _schema(tmp_path / "a.capnp", "".join(f'using B{i} = import "{names[i % 4]}";\n'
+                                          for i in range(20000)), 0xd0a1b2c3d4e5f610)
+    looked = []
+    lexists = os.path.lexists
+    monkeypatch.setattr(os.path, "lexists", lambda p: looked.append(p) or lexists(p))
+    parsed: list = []
+    found = capnp_schemas.closure(str(tmp_path / "a.capnp"),
+                                  capnp_schemas.import_path(str(tmp_path / "a.capnp")), parsed)
+    assert [f for f, _, _ in found] == [str(tmp_path / "a.capnp"), str(tmp_path / "b.capnp")]
+    assert len(looked) < 10, len(looked)
+    assert len(parsed) < 10, len(parsed)
+
+
+def test_the_ids_a_schema_declares_are_its_written_ids_and_no_more():
+    """An id is one declaration (capnp_schemas._claim): what counts as one written
+    is `@0x` and 16 hex digits with the top bit set, outside comments and strings,
+    with the line it is on; an ordinal written in hex (`@0x1`) is none."""
+    text = (b'@0xd1c3f0a2b4e5f001;  # not @0xd1c3f0a2b4e5f002\n'
+            b'const s :Text = "@0xd1c3f0a2b4e5f003";\n'
+            b'struct S @0xd1c3f0a2b4e5f004 { a @0x0 :UInt8; b @0x1 :UInt8; }\n'
+            b'# "an unended string in a comment\nstruct T @0xd1c3f0a2b4e5f005 {}\n')
+    assert capnp_schemas._written_ids(text) == {0xd1c3f0a2b4e5f001: 1, 0xd1c3f0a2b4e5f004: 3,
+                                                0xd1c3f0a2b4e5f005: 5}
+
+
 @pytest.mark.parametrize("how", ["import", "embed"])
 @pytest.mark.parametrize("kind", ["fifo", "zero", "directory"])
 def test_a_schema_that_reads_a_file_that_never_ends_is_refused_naming_it(tmp_path, how, kind):
@@ -429,9 +461,6 @@ def test_the_child_that_checks_a_schema_is_bounded_in_memory_and_says_so(tmp_pat
     small = capnp_schemas.PARSE_BOUND.replace(str(capnp_schemas.PARSE_MEMORY), str(40 << 20))
     assert small != capnp_schemas.PARSE_BOUND
     monkeypatch.setattr(capnp_schemas, "PARSE_BOUND", small)
-    # the child parses first the files this process loaded before (other tests'):
-    # under this small bound one of those could fail first, in its own way
-    monkeypatch.setattr(capnp_schemas, "LOADED", [])
     data = "ab" * (2 << 20)
     _schema(tmp_path / "big.capnp", f'const x :Data = 0x"{data}";\n'
             f'const y :List(Data) = [0x"{data}", 0x"{data}"];\n', 0xd0a1b2c3d4e5f631)
