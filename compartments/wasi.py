@@ -1230,7 +1230,11 @@ class Wasi:
                     raise
                 try:                          # a link to nothing: create its target
                     target, _ = self._call(d.cap, "Directory", "readlink", path=path)
-                except HostCallFailed:
+                except HostCallFailed as r:
+                    # an absolute target leads outside: that is the answer (its text
+                    # is not given); anything else, the open's own refusal
+                    if (r.reason or "").startswith("ENOTCAPABLE: "):
+                        raise
                     raise e from None
             target = target.target
             if not target:

@@ -534,6 +534,11 @@ class Directory:
             raise _explain(e, repr(path)) from None
         finally:
             os.close(p)
+        if target.startswith(b"/"):
+            # a host path (made on the host: a compartment cannot make one): its text
+            # is the host's layout, not the grant's (wasmtime refuses it too)
+            raise FsError(f"{path!r} is a symbolic link whose target is absolute: it "
+                          f"leads outside the granted directory", "ENOTCAPABLE")
         room = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
         if len(target) + _RESULT_SLACK > room:
             raise FsError(f"the target of {path!r} is longer than a message to you may be",

@@ -791,6 +791,20 @@ def test_creating_through_a_symbolic_link_to_nothing_makes_its_target(tmp_path, 
     assert sorted(os.listdir(b.parent)) == ["sandbox"]          # nothing outside
 
 
+def test_readlink_of_a_host_link_with_an_absolute_target_gives_none_of_its_text(tmp_path,
+                                                                               edges_guest):
+    """A link the host planted with an absolute target: path_readlink gave the host
+    path (the host's layout, outside the grant) where wasmtime refuses it.  Now
+    refused too (ENOTCAPABLE, as for every path that leaves the directory); a
+    relative target is given as it is, under both."""
+    theirs, ours, r, (a, b) = _both(tmp_path, edges_guest, "readlinks", to_file=True)
+    assert theirs == ["readlink-absolute 63 ", "readlink-climbing 0 ../outside.txt",
+                      "readlink-dangling 0 made.txt", "readlink-sub/up 0 ../made4.txt",
+                      "readlink-chain1 0 chain2"], theirs
+    assert ours == [x.replace(" 63 ", " 76 ") for x in theirs], r.stdout + r.stderr
+    assert str(b.parent) not in r.stdout + r.stderr
+
+
 def test_a_protected_buffer_after_some_bytes_makes_a_short_read_or_write(tmp_path, edges_guest):
     """A write of 300000 bytes and then 16 from the null page: the first 256 KiB
     (one File.write) went to the file, so the write returns that count and the

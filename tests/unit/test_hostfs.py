@@ -256,6 +256,23 @@ def test_readlink_of_a_host_link_that_is_not_utf8_or_too_long(tree):
     fails("ENAMETOOLONG", d.readlink, "long", max_bytes=1024)
 
 
+def test_readlink_of_a_host_link_with_an_absolute_target_does_not_show_the_host_path(tree):
+    """A link the host planted with an absolute target (/home/alice/...) is outside
+    the grant: reading it gave its text, so a compartment learnt the host's paths
+    (wasmtime refuses it too, EPERM).  Refused, with nothing of the target said."""
+    outside = tree.parent / "private-host-dir"
+    outside.mkdir()
+    (tree / "abs").symlink_to(outside)
+    (tree / "sub" / "abs2").symlink_to("/etc/passwd")
+    d = Directory.grant(str(tree))
+    for path in ("abs", "sub/abs2"):
+        said = fails("ENOTCAPABLE", d.readlink, path)
+        assert "private-host-dir" not in said and "passwd" not in said, said
+    assert d.stat("abs")["info"]["kind"] == "symlink"      # still there to be listed
+    (tree / "rel").symlink_to("../secret.txt")              # a relative one is its text
+    assert d.readlink("rel") == {"target": "../secret.txt"}
+
+
 def test_hard_links_within_a_directory(tree):
     d = Directory.grant(str(tree))
     d.link("notes.txt", "sub/again")

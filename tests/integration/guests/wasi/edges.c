@@ -23,7 +23,8 @@
  *   listonly  readdir of a grant that allows Directory.list alone
  *   createonly  O_CREAT on a grant that allows Directory.create alone
  *   renameonly  rename and link between two directory descriptors, no stat
- *   subdironly  open(dir, O_RDONLY) on a grant that allows subdir, not open */
+ *   subdironly  open(dir, O_RDONLY) on a grant that allows subdir, not open
+ *   readlinks path_readlink of links planted by the host (absolute, climbing, inside) */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -521,6 +522,16 @@ static void subdironly(void) {
   printf("fdopendir %d entries %d\n", dd != NULL, n);
 }
 
+static void readlinks(void) {
+  static const char *names[] = {"absolute", "climbing", "dangling", "sub/up", "chain1", 0};
+  for (int i = 0; names[i]; i++) {
+    char buf[512] = {0};
+    uint32_t n = 0;
+    I e = w_path_readlink(3, S(names[i]), P(buf), sizeof buf - 1, P(&n));
+    printf("readlink-%s %d %.*s\n", names[i], e, (int)(e ? 0 : n), buf);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -541,5 +552,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "createonly")) createonly();
   if (!strcmp(part, "renameonly")) renameonly();
   if (!strcmp(part, "subdironly")) subdironly();
+  if (!strcmp(part, "readlinks")) readlinks();
   return 0;
 }
