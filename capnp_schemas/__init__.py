@@ -520,7 +520,8 @@ def _still_declares(file: str, id_: int) -> bool:
         data = read_regular(file, MAX_SCHEMA_BYTES)
     except FileProblem:
         data = None
-    if data is not None and hashlib.sha256(data).digest() == _DECLARED[file][0]:
+    known = _DECLARED.get(file)
+    if data is not None and known is not None and hashlib.sha256(data).digest() == known[0]:
         return True
     if data is not None and id_ in _written_ids(data):
         return True
