@@ -429,19 +429,41 @@ def _mirror() -> str:
         import tempfile
         made, pid = tempfile.mkdtemp(prefix="wsuper-schemas-"), os.getpid()
         _MIRROR[:] = [made, pid]
+        _GENERATION.clear()
         atexit.register(lambda: os.getpid() == pid and shutil.rmtree(made, ignore_errors=True))
     return _MIRROR[0]
 
 
-def _parse_copy(path: str, imports: list, contents: dict):
-    """The module a new parser makes of `contents` (file -> bytes: `path` and all
-    it reads), copied beneath a new directory of _mirror() at their own paths,
-    once a child has parsed that copy: SchemaError if it failed there."""
-    import tempfile
-    top = tempfile.mkdtemp(dir=_mirror())
-    try:
+#: Schemas one parser parses at most: the child that checks a schema parses the
+#: ones its parser parsed before first (what a parser holds is part of what it
+#: would abort on), so this bounds each check's work.
+GENERATION_SCHEMAS = 64
+
+
+class _Generation:
+    """One parser of this process and the private directory its copies lie in:
+    each file at its own path beneath `top`, written once, never changed.  A
+    schema joins a generation if every file it reads is either not there yet or
+    there with the same bytes; a parser reads each of its files once, so the
+    files many schemas share cost it one read and one descriptor."""
+
+    def __init__(self):
+        import tempfile
+        self.top = tempfile.mkdtemp(dir=_mirror())
+        self.parser = None
+        self.files: dict[str, bytes] = {}      # file -> sha256 of the bytes copied
+        self.roots: list[list] = []            # [copy, import path] parsed, in order
+
+    def fits(self, digests: dict) -> bool:
+        return len(self.roots) < GENERATION_SCHEMAS and all(
+            self.files.get(f, d) == d for f, d in digests.items())
+
+    def copy(self, contents: dict, digests: dict, imports: list) -> tuple[str, list]:
+        """Write what is not here yet; the copy's (path, import path) for `imports`."""
         for file, data in contents.items():
-            copy = top + file
+            if file in self.files:
+                continue
+            copy = self.top + file
             os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
             fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o400)
@@ -451,25 +473,100 @@ def _parse_copy(path: str, imports: list, contents: dict):
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
-        for d in imports:
-            if d not in IMPORT_PATH:
-                os.makedirs(top + d, mode=0o700, exist_ok=True)
+            self.files[file] = digests[file]
+        # our own directories are read where they are (wsuper's own files, as its
+        # code; a method `-> stream` imports /capnp/stream.capnp without naming it)
+        dirs = [d if d in IMPORT_PATH else self.top + d for d in imports]
+        for d in dirs:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        return dirs
+
+    def check(self, path: str, where: str, dirs: list) -> tuple[int, str]:
+        """(exit code, what it printed, this generation's directory taken out) of a
+        child that parsed this generation's schemas, then `where`, in one parser."""
+        before = [list(r) for r in self.roots]
+        parsed = parse_elsewhere(where, dirs, before) if parse_elsewhere is not None \
+            else None
+        returncode, text = parsed if parsed is not None else \
+            _parse_in_child(where, dirs, before, shown=path)
+        return returncode, text.replace(self.top, "")
+
+
+#: [the generation new schemas join]; those before it stay (their modules need
+#: their parsers) in _PARSERS.
+_GENERATION: list = []
+
+
+def _parse_copy(path: str, imports: list, contents: dict):
+    """The module a parser of this process makes of `contents` (file -> bytes:
+    `path` and all it reads), copied beneath a generation's directory at their
+    own paths, once a child has parsed that copy after what that parser parsed
+    before: SchemaError if it failed there."""
+    import hashlib
+    digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
+    try:
+        gen = _GENERATION[0] if _GENERATION and _GENERATION[0].fits(digests) \
+            and _MIRROR and _MIRROR[1] == os.getpid() else None
+        fresh = gen is None
+        if fresh:
+            gen = _Generation()
+        dirs = gen.copy(contents, digests, imports)
     except OSError as e:
         raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
                           ) from None
-    # our own directories are read where they are (wsuper's own files, as its code;
-    # a method `-> stream` imports /capnp/stream.capnp without naming it)
-    where, dirs = top + path, [d if d in IMPORT_PATH else top + d for d in imports]
-    parsed = parse_elsewhere(where, dirs, []) if parse_elsewhere is not None else None
-    returncode, text = parsed if parsed is not None else _parse_in_child(where, dirs)
+    where = gen.top + path
+    returncode, text = gen.check(path, where, dirs)
+    if returncode != 0 and not fresh:
+        # what failed may be this parser's past (a file it read declares an id of
+        # this one, as an older version of the same file does): a parser of its own
+        try:
+            gen = _Generation()
+            dirs = gen.copy(contents, digests, imports)
+        except OSError as e:
+            raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
+                              ) from None
+        where = gen.top + path
+        returncode, text = gen.check(path, where, dirs)
+        fresh = True
     try:
-        _check_parsed(path, returncode, text.replace(top, ""))
+        _check_parsed(path, returncode, text)
     except SchemaError as e:
         raise _with_first_declaration(e, contents) from None
-    parser = capnp.SchemaParser()
-    module = parser.load(where, display_name=os.path.basename(path), imports=dirs)
-    _PARSERS.append(parser)
+    _fds_to_spare(path, len(contents) + len(dirs) + 4)
+    if gen.parser is None:
+        gen.parser = capnp.SchemaParser()
+        _PARSERS.append(gen.parser)
+    module = gen.parser.load(where, display_name=os.path.basename(path), imports=dirs)
+    gen.roots.append([where, dirs])
+    if fresh:
+        _GENERATION[:] = [gen]
     return module
+
+
+def _fds_to_spare(path: str, needed: int) -> None:
+    """SchemaError, not a parser that cannot open its files (it may abort the
+    process then), when this process has no room for `needed` more open files
+    (and some to spare) within its limit: a parser holds a descriptor for each
+    directory and file it reads, for good.  The soft limit is raised first."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return
+    def near(soft):      # room for the files a parse opens, and the process's own
+        return soft != resource.RLIM_INFINITY and used + needed + min(64, soft // 8) > soft
+    if near(soft):
+        want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft * 2, used + needed + 1024))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if near(soft):
+        raise SchemaError(path, None, f"this process has {used} files open, near its limit "
+                          f"of {soft}, and a schema parser holds the files it reads open: "
+                          "run the command again, or raise the limit (ulimit -n)")
 
 
 def _claim(path: str, read: list, contents: dict, module) -> None:
@@ -599,9 +696,10 @@ PARSE_AFTER = """if True:
 """
 
 
-def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
+def _parse_in_child(path: str, imports: list, before=(), shown: str | None = None
+                    ) -> tuple[int, str]:
     """(exit code, stderr) of a new interpreter that parsed the files `before`,
-    then this one."""
+    then this one (`shown`: the name its error gives it, if not `path`)."""
     import json
     import subprocess
     import sys
@@ -611,7 +709,9 @@ def _parse_in_child(path: str, imports: list, before=()) -> tuple[int, str]:
                             json.dumps([path, list(imports), [list(b) for b in before]])],
                            capture_output=True, text=True, timeout=60, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise SchemaError(path, None, f"cannot check the schema: {e}") from None
+        raise SchemaError(shown or path, None, f"cannot check the schema: "
+                          f"{e.strerror if isinstance(e, OSError) and e.strerror else e}"
+                          ) from None
     return r.returncode, r.stderr
 
 
