@@ -30,6 +30,7 @@ class Plan:
     names: dict = {}        # interface id -> (name, {method id: method name})
     interface_modules: dict = {}   # interface name -> pycapnp interface module
     extends: dict = {}      # interface id -> the ids of every interface it extends
+    programs: frozenset = frozenset()   # the compartments whose module exports _start
 
 
 HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
@@ -108,7 +109,10 @@ def prepare(system: System) -> Plan:
 
     main = {}
     wheres = {where.path: where}    # a grant is reported where it is written (grant_where)
-    checked = {}        # module path -> (import problem, imports WASI, exports dispatch, ...)
+    checked = {}        # module path -> (import problem, imports WASI, exports dispatch,
+    #                     exports _start, ...)
+    programs = set()    # the compartments whose module exports _start: a program's
+    #                     start that always fails still ends the system (Lifecycle)
     engine = wasmtime.Engine(engine_config())      # as the engines will compile them
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
@@ -124,8 +128,10 @@ def prepare(system: System) -> Plan:
             if "error" in facts:
                 raise where.error(f"{key}.module", facts["error"])
             checked[comp.module] = (facts["problem"], facts["wasi"], facts["dispatch"],
-                                    facts["pages"], tuple(facts["tables"]))
-        problem, is_wasi, dispatch, pages, tables = checked[comp.module]
+                                    facts["program"], facts["pages"], tuple(facts["tables"]))
+        problem, is_wasi, dispatch, has_start, pages, tables = checked[comp.module]
+        if has_start:
+            programs.add(comp.name)
         if problem:
             raise where.error(f"{key}.module", f"{quoted(comp.module)} {problem}")
         if pages * 65536 > comp.limits.memory:
@@ -173,7 +179,7 @@ def prepare(system: System) -> Plan:
             grants.append(g)
         resolved[comp.name] = attrs.evolve(comp, grants=tuple(grants))
     system = attrs.evolve(system, compartments=resolved)
-    return Plan(system, interfaces, main, names, ifaces, supers)
+    return Plan(system, interfaces, main, names, ifaces, supers, frozenset(programs))
 
 
 def _bounded(where, key: str, path: str, work, problem, user=None):
@@ -213,10 +219,11 @@ def _facts_problem(facts) -> str | None:
         return "is no object"
     if set(facts) == {"error"}:
         return None if _is_text(facts["error"], 2 * TEXT_MAX) else "has a bad error"
-    if set(facts) != {"problem", "wasi", "dispatch", "pages", "tables"}:
+    if set(facts) != {"problem", "wasi", "dispatch", "program", "pages", "tables"}:
         return f"has the wrong keys ({', '.join(sorted(map(str, facts)))[:200]})"
     if not (facts["problem"] is None or _is_text(facts["problem"])) \
             or type(facts["wasi"]) is not bool or type(facts["dispatch"]) is not bool \
+            or type(facts["program"]) is not bool \
             or not _is_count(facts["pages"]) or not isinstance(facts["tables"], list) \
             or len(facts["tables"]) > 100_000 or not all(map(_is_count, facts["tables"])):
         return "has a value of the wrong kind"
@@ -263,6 +270,7 @@ def _module_facts(engine, path: str) -> dict:
     return {"problem": None if problem is None else _clip(problem, TEXT_MAX),
             "wasi": any(m == abi.WASI_MODULE for m, *_ in imports),
             "dispatch": abi.EXPORT_DISPATCH in entries,
+            "program": abi.EXPORT_START in entries,
             "pages": _memory_pages(binary, module), "tables": list(_tables(binary))}
 
 

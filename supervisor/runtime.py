@@ -569,7 +569,8 @@ class Supervisor:
                     holders[target].append(c.name)
         self.lifecycle = S.Lifecycle({c.name: c.restart
                                       for c in self.system.compartments.values()},
-                                     holders, external=bool(self.system.external))
+                                     holders, external=bool(self.system.external),
+                                     programs=plan.programs)
         self.audit = _Audit(self.system.audit, self.run_id, self.system.audit_max_size,
                             self.system.audit_keep) if self.system.audit else None
         if self.audit is not None:

@@ -188,7 +188,12 @@ class Lifecycle:
       is as final: a `critical` compartment's stops the system.  A stop (`wsuper
       stop`) while a compartment that has never been ready restarts makes it 1 too.
     * The system is done when it has programs, none is running or restarting,
-      and nothing is exported to the outside (then it serves until stopped).
+      and nothing is exported to the outside (then it serves until stopped).  A
+      compartment has a program if its module exports _start, as `up` checked it
+      (`programs`), or as its engine says at a start: one whose every start
+      failed has one too (known only from its engine, the only program of a
+      system beside servers that never started left it serving for ever, as if
+      it had none: an outside review).
     * SIGINT and SIGTERM stop it with exit code 128 + the signal (130, 143).
 
     Each incarnation of a compartment has a generation; an event about an older
@@ -196,9 +201,10 @@ class Lifecycle:
     """
 
     def __init__(self, compartments: dict, holders: dict | None = None,
-                 external: bool = False):
+                 external: bool = False, programs=()):
         """`compartments`: name -> RestartPolicy, in start order; `holders`: name ->
-        the compartments granted it (for messages); `external`: something is exported."""
+        the compartments granted it (for messages); `external`: something is exported;
+        `programs`: the compartments whose module exports _start (preflight)."""
         self.policies = dict(compartments)
         self.holders = holders or {}
         self.external = external
@@ -207,7 +213,7 @@ class Lifecycle:
         self.ready: set[str] = set()
         self.settled: set[str] = set()           # never started, and never will
         self.tried: set[str] = set()             # failed a start before it was ever ready
-        self.programs: set[str] = set()
+        self.programs: set[str] = {n for n in programs if n in self.policies}
         self.running: set[str] = set()
         self.all_started = False
         self.stopping = False
@@ -224,6 +230,8 @@ class Lifecycle:
         self.state[name] = "ready"
         if program:
             self.programs.add(name)
+        else:                       # its engine's word: the module may have changed
+            self.programs.discard(name)
         if self.all_started:                      # a restart: run its program again
             if program:
                 self._run(name)
@@ -245,10 +253,11 @@ class Lifecycle:
             return [Say("no compartment could start"), *self._finish(1)]
         self.all_started = True
         if not self.programs:
-            late = sorted(n for n in self.tried - self.ready if self.state[n] == "restarting")
-            return [Say(f"all compartments ready but {', '.join(late)} (restarting after "
-                        f"a failed start); serving until Ctrl-C" if late else
-                        "all compartments ready; serving until Ctrl-C")]
+            late = [f"{n} (restarting after a failed start)" if self.state[n] == "restarting"
+                    else f"{n} (it never started)"
+                    for n in self.policies if n not in self.ready]
+            return [Say(f"all compartments ready but {', '.join(late)}; serving until Ctrl-C"
+                        if late else "all compartments ready; serving until Ctrl-C")]
         # only the programs of incarnations that are ready now: one that became ready
         # and then stopped while others were still starting is restarting (its next
         # incarnation runs it once ready), failed for good, or left stopped.  Running

@@ -698,3 +698,31 @@ def test_why_an_engine_ended_is_its_own_not_an_earlier_incarnations(tmp_path, ws
     line = run.wait_for("restarting calc", start=k)
     assert "(engine killed by SIGKILL; restart" in line, line
     assert "cannot load" not in line
+
+
+@pytest.mark.parametrize("restart", ["never", "transient"])
+def test_a_system_whose_one_program_never_starts_ends_beside_its_servers(tmp_path, restart):
+    """An outside review: the system's only program fails every start (its start
+    function traps) beside a compartment that only serves it: `wsuper up` said
+    'all compartments ready; serving until Ctrl-C' and served for ever, while the
+    same program alone ended it with exit 1 ('no compartment could start')."""
+    (tmp_path / "bad.wat").write_text("""(module (memory (export "memory") 1)
+      (func $trap unreachable) (start $trap) (func (export "_start")))""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "bad.wat"
+restart = "{restart}"
+max_restarts = 1
+restart_delay = 0.05
+[compartments.app.grants]
+calc = {{ compartment = "calc" }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"), merged=True, timeout=30)
+    assert r.returncode == 1, r.stdout
+    assert "compartment app failed to start:" in r.stdout
+    assert "serving until Ctrl-C" not in r.stdout

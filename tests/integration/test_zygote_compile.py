@@ -305,11 +305,12 @@ def test_a_child_of_in_a_compiler_that_ends_badly_is_compiler_failed(work, said)
 
 @pytest.mark.parametrize("answer", [
     [], "x", {}, {"problem": None}, {"error": 1},
-    {"problem": None, "wasi": False, "dispatch": True, "pages": "1" * 100, "tables": []},
-    {"problem": None, "wasi": False, "dispatch": True, "pages": 1, "tables": [-1]},
-    {"problem": None, "wasi": 0, "dispatch": True, "pages": 1, "tables": []},
-    {"problem": ["x"], "wasi": False, "dispatch": True, "pages": 1, "tables": []},
-    {"problem": None, "wasi": False, "dispatch": True, "pages": 1, "tables": [], "x": 1}])
+    {"problem": None, "wasi": False, "dispatch": True, "program": True, "pages": "1" * 100, "tables": []},
+    {"problem": None, "wasi": False, "dispatch": True, "program": True, "pages": 1, "tables": [-1]},
+    {"problem": None, "wasi": 0, "dispatch": True, "program": True, "pages": 1, "tables": []},
+    {"problem": ["x"], "wasi": False, "dispatch": True, "program": True, "pages": 1, "tables": []},
+    {"problem": None, "wasi": False, "dispatch": True, "program": True, "pages": 1, "tables": [], "x": 1},
+    {"problem": None, "wasi": False, "dispatch": True, "program": 0, "pages": 1, "tables": []}])
 def test_wsuper_check_takes_no_answer_of_its_compiler_child_on_trust(
         tmp_path, monkeypatch, answer):
     """The child that compiles a module for `wsuper check` and `up` parses hostile

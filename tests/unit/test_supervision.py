@@ -1,4 +1,6 @@
 """Restart decisions, without processes."""
+import pytest
+
 from supervisor.supervision import RestartPolicy, Supervision
 
 
@@ -339,3 +341,41 @@ def test_a_restart_delay_above_the_doubling_cap_is_waited_as_written():
     s = Supervision(RestartPolicy(max_restarts=5, restart_delay=3))
     assert [s.decide(t, abnormal=True).delay for t in range(5)] == \
         [3, 6, MAX_DELAY, MAX_DELAY, MAX_DELAY]
+
+
+@pytest.mark.parametrize("policy", [RestartPolicy("never"),
+                                    RestartPolicy("transient", max_restarts=1)])
+def test_a_program_that_never_starts_beside_servers_ends_the_system(policy):
+    """An outside review: the system's one program (its module exports _start, as
+    `up` checked) fails every start, and the rest only serve: the lifecycle knew of
+    a program only once its engine said so at start, so it took the system for one
+    without programs, said 'all compartments ready; serving until Ctrl-C' (app was
+    not) and `wsuper up` served for ever instead of ending, exit 1."""
+    life = Lifecycle({"db": RestartPolicy(), "app": policy}, {"db": ["app"]},
+                     programs={"app"})
+    assert life.started("db", program=False) == []
+    actions = life.start_failed("app", "its start function trapped", now=0)
+    if policy.mode == "transient":
+        assert _kinds(actions) == ["Say", "Say", "Restart"]
+        actions = life.start_failed("app", "its start function trapped", now=1)
+    assert actions[-1] == Finish(1)
+    assert not any(isinstance(a, Say) and "serving until" in a.text for a in actions)
+    # one ready later still runs its program once all are ready (or settled)
+    life = Lifecycle({"db": RestartPolicy(), "app": RestartPolicy()}, programs={"app"})
+    assert life.started("db", program=False) == []
+    assert life.started("app", program=True) == [Run("app")]
+    # the engine's own word wins: a module that has no _start at this start serves
+    life = Lifecycle({"db": RestartPolicy(), "app": RestartPolicy()}, programs={"app"})
+    life.started("db", program=False)
+    assert life.started("app", program=False) == [
+        Say("all compartments ready; serving until Ctrl-C")]
+
+
+def test_a_server_that_never_started_is_not_said_to_be_ready():
+    """'all compartments ready' was said of a system one of whose compartments had
+    failed its start and was left stopped."""
+    life = Lifecycle({"db": RestartPolicy("never"), "app": RestartPolicy()}, external=True)
+    life.started("app", program=False)
+    actions = life.start_failed("db", "no", now=0)
+    assert actions[-1] == Say("all compartments ready but db (it never started); "
+                              "serving until Ctrl-C")
