@@ -276,7 +276,7 @@ class Lifecycle:
         if self.stopping or self.state[name] in ("stopped", "failed"):
             return []
         return [Say(f"compartment {name} failed to start: {reason}", name),
-                *self._stopped(name, True, "it failed to start", now)]
+                *self._stopped(name, True, "it failed to start", now, why=reason)]
 
     def program_ended(self, name: str, exit_code: int | None, error: str | None,
                       now: float) -> list:
@@ -329,9 +329,15 @@ class Lifecycle:
 
     # ------------------------------------------------------------ decisions
 
-    def _stopped(self, name: str, abnormal: bool, reason: str, now: float) -> list:
-        """The current incarnation of `name` stopped: restart it, leave it, or give up."""
+    def _stopped(self, name: str, abnormal: bool, reason: str, now: float,
+                 why: str = "") -> list:
+        """The current incarnation of `name` stopped: restart it, leave it, or give up.
+        `why`: what caused `reason`, said already to the operator and handed to the
+        calls its stop fails (Restart's and Stop's reason): the calls that waited for
+        a start past start_time were told 'it failed to start', and nothing more
+        (an outside review)."""
         policy = self.policies[name]
+        told = f"{reason}: {why}" if why else reason
         d = self.supervision[name].decide(now, abnormal)
         if d.action == "restart":
             self.generation[name] += 1
@@ -340,7 +346,7 @@ class Lifecycle:
             out = [Say(f"restarting {name} in {d.delay:g} s ({reason}; restart {d.attempt} "
                        f"of at most {policy.max_restarts} in {policy.restart_window:g} s)",
                        name),
-                   Restart(name, d.delay, reason)]
+                   Restart(name, d.delay, told)]
             if name not in self.ready and name not in self.tried and not self.stopping:
                 self.tried.add(name)        # its first start failed: the others go on
                 out += self._all_ready()
@@ -364,7 +370,7 @@ class Lifecycle:
             # and stays so: an engine still there (a program that failed or exited
             # non-zero, a server too) served calls on, answered by a program the log
             # said had stopped (an outside review)
-            out.append(Stop(name, f"stopped: {reason} ({d.reason})"))
+            out.append(Stop(name, f"stopped: {told} ({d.reason})"))
             # whether it ran a program, served calls, or never started: a server whose
             # engine died was not counted, and `wsuper stop` then exited 0 (a review)
             self.exit_code = 1

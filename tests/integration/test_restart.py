@@ -726,3 +726,29 @@ calc = {{ compartment = "calc" }}
     assert r.returncode == 1, r.stdout
     assert "compartment app failed to start:" in r.stdout
     assert "serving until Ctrl-C" not in r.stdout
+
+
+def test_a_call_waiting_for_a_start_past_start_time_is_told_why_it_failed(tmp_path, wsuper):
+    """An outside review: an external call made while the compartment starts waits
+    for it; its start function loops past start_time, and the call failed
+    'compartment calc is gone: it failed to start', the cause said to the
+    operator only."""
+    (tmp_path / "loop.wat").write_text("""(module (memory (export "memory") 1)
+      (func $l (loop $x (br $x))) (start $l)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=tmp_path / "loop.wat",
+        socket=sock) + 'restart = "never"\n[compartments.calc.limits]\nstart_time = 1\n')
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("listening on")
+
+    async def main():
+        async with capnp.kj_loop():
+            _client, calc = await _connect(str(sock))
+            with pytest.raises(capnp.KjException) as e:
+                await calc.add(1, 1)
+            return str(e.value)
+
+    said = asyncio.run(asyncio.wait_for(main(), 30))
+    assert "it failed to start: it did not start within 1 s (limit start_time)" in said, said

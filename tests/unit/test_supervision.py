@@ -379,3 +379,22 @@ def test_a_server_that_never_started_is_not_said_to_be_ready():
     actions = life.start_failed("db", "no", now=0)
     assert actions[-1] == Say("all compartments ready but db (it never started); "
                               "serving until Ctrl-C")
+
+
+def test_what_a_failed_start_hands_its_callers_says_why_it_failed():
+    """An outside review: calls waiting for a start that failed (start_time passed, a
+    grant that could not be opened) were failed 'compartment calc is gone: it
+    failed to start', or with restart = "never" 'compartment calc stopped: it
+    failed to start (restart = 'never')': why was said to the operator only."""
+    why = "it did not start within 1 s (limit start_time)"
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    actions = life.start_failed("db", why, now=0)
+    restart = [a for a in actions if isinstance(a, Restart)]
+    assert restart and restart[0].reason == f"it failed to start: {why}"
+    # the operator's lines stay as they were: the first names why
+    assert actions[0] == Say(f"compartment db failed to start: {why}")
+    assert actions[1].text.startswith("restarting db in 0.1 s (it failed to start; restart 1 ")
+    life = _life(db=RestartPolicy("never"), app=RestartPolicy())
+    actions = life.start_failed("db", why, now=0)
+    assert Stop("db", f"stopped: it failed to start: {why} (restart = 'never')") in actions
+    assert Say("compartment db stopped: it failed to start (restart = 'never')") in actions
