@@ -2093,7 +2093,11 @@ class Supervisor:
         memory = await trio.to_thread.run_sync(_rss, pids)
         compartments = []
         for name in self.system.compartments:
-            ready = self._ready_at.get(name)
+            # when its current engine became ready: an engine starting (a restart, or
+            # one past start_time) has no uptime, though an earlier one was ready (it
+            # was counted from then, as if the new one had been up all along)
+            ready = self._ready_at.get(name) \
+                if self._ready_peer.get(name) == self._peer_of.get(name) else None
             compartments.append({
                 "name": name, "state": self.lifecycle.state[name], "pid": pids.get(name),
                 "uptime_s": round(now - ready, 3) if ready is not None and name in pids

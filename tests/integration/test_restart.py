@@ -1,6 +1,8 @@
 """Restart policies with real engines."""
 import asyncio
+import json
 import os
+import shutil
 import signal
 import time
 
@@ -752,3 +754,39 @@ def test_a_call_waiting_for_a_start_past_start_time_is_told_why_it_failed(tmp_pa
 
     said = asyncio.run(asyncio.wait_for(main(), 30))
     assert "it failed to start: it did not start within 1 s (limit start_time)" in said, said
+
+
+def test_status_gives_no_uptime_to_an_incarnation_that_is_not_ready(tmp_path, wsuper):
+    """An outside review: calc was killed and its next incarnation's start function
+    loops (its module replaced meanwhile): `wsuper status` showed it 'restarting'
+    with the new engine's pid and an uptime counted from when the killed one was
+    ready, as if it had been up all along."""
+    shutil.copy(f"{EXAMPLES}/calc.wat", tmp_path / "calc.wat")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "calc.wat"
+exports = "Calc"
+external = true
+restart_delay = 0
+[compartments.calc.limits]
+start_time = 30
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    time.sleep(1.1)                            # an uptime of 1 s at least
+    (tmp_path / "calc.wat").write_text("""(module (memory (export "memory") 1)
+      (func $l (loop $x (br $x))) (start $l)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    os.kill(pid, signal.SIGKILL)
+    run.wait_for("restarting calc")
+    deadline = time.monotonic() + 20
+    while True:
+        r = run_wsuper("status", str(tmp_path / "system.toml"), "--json")
+        calc = json.loads(r.stdout)["compartments"][0]
+        if calc["pid"] not in (None, pid):      # the new engine, starting
+            break
+        assert time.monotonic() < deadline, calc
+        time.sleep(0.1)
+    assert calc["state"] == "restarting" and calc["uptime_s"] is None, calc
