@@ -2008,6 +2008,13 @@ class Router:
         if peer.laned:        # its routes go; native calls to it fail, calls from it are
             self._unroute_keys(self._routes_at.get(peer.id), take_calls=False)  # orphans,
             #                                                   cancelled below
+            if peer.kind == "engine":
+                # what it served natively is its compartment's, as what Python forwarded
+                # (counted by name): the lane's count goes with its record of the peer,
+                # and `wsuper status` showed SERVED go down at a restart (an outside review)
+                served = self.native.counts(peer.id)[2]
+                if served:
+                    self.answered.setdefault(peer.name, [0, 0])[0] += served
             for rec in self.native.drop_peer(peer.id):
                 self.adopt(rec, gone=reason if rec[3] == peer.id else None)
         exported = peer.conn.drop_all()
