@@ -291,7 +291,7 @@ class Lifecycle:
             return [Say(f"stopped {name}", name)]
         if error is not None:
             return [Say(f"compartment {name} failed: {error}", name),
-                    *self._stopped(name, True, "its program failed", now)]
+                    *self._stopped(name, True, "its program failed", now, why=error)]
         return [Say(f"finished {name} exit={exit_code}", name),
                 *self._stopped(name, exit_code != 0, f"its program ended (exit {exit_code})",
                                now)]
@@ -334,8 +334,9 @@ class Lifecycle:
         """The current incarnation of `name` stopped: restart it, leave it, or give up.
         `why`: what caused `reason`, said already to the operator and handed to the
         calls its stop fails (Restart's and Stop's reason): the calls that waited for
-        a start past start_time were told 'it failed to start', and nothing more
-        (an outside review)."""
+        a start past start_time were told 'it failed to start', and the callers of
+        a program that trapped 'its program failed', and nothing more (an outside
+        review)."""
         policy = self.policies[name]
         told = f"{reason}: {why}" if why else reason
         d = self.supervision[name].decide(now, abnormal)

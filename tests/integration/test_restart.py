@@ -819,3 +819,29 @@ def test_status_keeps_the_calls_an_engine_served_natively_after_its_restart(tmp_
     restarting = run.wait_for("restarting calc")
     run.wait_for("ready calc", 30, run.lines.index(restarting))
     assert served() >= before
+
+
+def test_a_call_to_a_compartment_left_stopped_by_its_program_is_told_why(tmp_path, wsuper):
+    """An outside review: calc's program trapped and restart = "never" left it
+    stopped; calls to it failed 'compartment calc stopped: its program failed
+    (restart = 'never')', the trap said to the operator only."""
+    (tmp_path / "trap.wat").write_text("""(module (memory (export "memory") 1)
+      (func (export "_start") unreachable)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))""")
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=tmp_path / "trap.wat",
+        socket=sock) + 'restart = "never"\n')
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("compartment calc stopped")
+
+    async def main():
+        async with capnp.kj_loop():
+            _client, calc = await _connect(str(sock))
+            with pytest.raises(capnp.KjException) as e:
+                await calc.add(1, 1)
+            return str(e.value)
+
+    said = asyncio.run(asyncio.wait_for(main(), 30))
+    assert "compartment calc stopped: its program failed: compartment calc trapped: wasm " \
+           "`unreachable` instruction executed" in said, said

@@ -398,3 +398,22 @@ def test_what_a_failed_start_hands_its_callers_says_why_it_failed():
     actions = life.start_failed("db", why, now=0)
     assert Stop("db", f"stopped: it failed to start: {why} (restart = 'never')") in actions
     assert Say("compartment db stopped: it failed to start (restart = 'never')") in actions
+
+
+def test_what_a_failed_program_hands_its_callers_says_why_it_failed():
+    """As a failed start: a program that trapped (or ran past run_time) left its
+    callers 'compartment app stopped: its program failed (restart = 'never')', or
+    'is gone: its program failed' for the calls its engine had, and no more."""
+    why = "compartment app trapped: wasm `unreachable` instruction executed"
+    life = _life(db=RestartPolicy(), app=RestartPolicy("never"))
+    life.started("db", program=False)
+    life.started("app", program=True)
+    actions = life.program_ended("app", None, why, now=1)
+    assert Stop("app", f"stopped: its program failed: {why} (restart = 'never')") in actions
+    assert Say("compartment app stopped: its program failed (restart = 'never')") in actions
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    life.started("db", program=False)
+    life.started("app", program=True)
+    actions = life.program_ended("app", None, why, now=1)
+    assert [a.reason for a in actions if isinstance(a, Restart)] == [
+        f"its program failed: {why}"]
