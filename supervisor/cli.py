@@ -159,7 +159,8 @@ def _main(argv=None, zygote=None) -> int:
                       "system says it listens, as `up --socket` bound it, else the system "
                       "file's)")
     call.add_argument("--timeout", type=seconds_arg(3600), default=30,
-                      help="seconds to wait (30; at most 3600)")
+                      help="seconds to wait, in all: asking the running system "
+                           "where it listens, connecting and the call (30; at most 3600)")
     status = sub.add_parser("status", help="what each compartment of a running system is "
                             "doing: state, pid, uptime, restarts, calls, memory, handles")
     status.add_argument("system", help="path to the running system's system.toml")
@@ -478,11 +479,17 @@ def _call(plan, args) -> int:
         params = captext.typed(captext.parse(args.params), found.param_type)
     except captext.TextError as e:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
-    path = args.socket or _running_socket(args.system) or system.socket or \
+    import time
+    deadline = time.monotonic() + args.timeout     # --timeout bounds it all, the lookup too
+    path = args.socket or _running_socket(args.system, args.timeout) or system.socket or \
         endpoint.default_socket_path(system.path)
+    if time.monotonic() >= deadline:
+        _error(f"{name}.{method}: no answer within {args.timeout:g} s (the running system "
+               f"did not say on its admin socket where its external socket is)")
+        return 1
     try:
         text = client.call(path, name, interface, method, params, args.timeout, args.json,
-                           declared_by)
+                           declared_by, deadline=deadline)
     except client.CallFailed as e:
         hint = ""
         if str(e).startswith("cannot connect to ") and not args.socket and not system.socket:
@@ -498,15 +505,17 @@ def _call(plan, args) -> int:
     return 0
 
 
-def _running_socket(system_path: str) -> str | None:
+def _running_socket(system_path: str, timeout: float) -> str | None:
     """Where the running system `system_path` listens for external clients, as it
     says on its admin socket (`up --socket PATH` binds where the system file does
-    not say); None when no system runs there or it does not say."""
+    not say); None when no system runs there or it does not say within `timeout`
+    (call's --timeout: asked with the admin requests' 30 s, twice over, a system
+    that did not answer kept `call --timeout 1` waiting 31 s)."""
     from . import endpoint
     if not endpoint.is_running(system_path):
         return None
     try:
-        answer = endpoint.request(system_path, {"op": "socket"})
+        answer = endpoint.request(system_path, {"op": "socket"}, timeout)
     except endpoint.EndpointError:
         return None
     socket = answer.get("socket") if answer.get("ok") else None

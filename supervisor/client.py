@@ -14,6 +14,7 @@ import base64
 import json
 import math
 import socket
+import time
 
 import capnp
 
@@ -27,7 +28,8 @@ class CallFailed(Exception):
 
 
 def call(socket_path: str, compartment: str, interface, method: str, params: dict,
-         timeout: float = 30, as_json: bool = False, declared_by=None) -> str:
+         timeout: float = 30, as_json: bool = False, declared_by=None,
+         deadline: float | None = None) -> str:
     """Call `compartment`'s `method` (of pycapnp interface module `interface`;
     declared by the interface schema `declared_by`, if it inherits it:
     captext.find) with `params`; returns the results as Cap'n Proto text (or
@@ -35,7 +37,10 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     from a compartment, so they are read completely here, inside the call: what
     cannot be read (a pointer out of bounds, text without its NUL, not UTF-8) is a
     CallFailed, never an abort later in some lazy reader.  Only a socket in a
-    directory `up` would bind it in is asked (endpoint.external_socket)."""
+    directory `up` would bind it in is asked (endpoint.external_socket).  `deadline`
+    (time.monotonic()): when the caller's `timeout` ends, if it began before this
+    call (`wsuper call` asks the running system where it listens first); the
+    errors name `timeout`."""
     from .endpoint import EndpointError, external_socket
     try:
         external_socket(socket_path)     # never one someone else could have put there
@@ -72,7 +77,8 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
 
     async def bounded():
         try:
-            return await asyncio.wait_for(main(), timeout)
+            return await asyncio.wait_for(main(), timeout if deadline is None
+                                          else max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             if not connected:        # as `wsuper status` says it (endpoint.connect_admin)
                 raise CallFailed(f"the system at {socket_path} is busy: its socket took no "

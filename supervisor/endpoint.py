@@ -690,17 +690,26 @@ def connect_admin(s, path: str, timeout: float):
 def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT) -> dict:
     """Send one admin request to the running system `system_path`; its answer.
     Raises EndpointError when no system answers there, or it does not answer in time
-    (which does not mean the request was not carried out)."""
+    (which does not mean the request was not carried out).  `timeout` bounds the
+    whole request: the wait for room in the socket's backlog, the sending and the
+    answer together.  Each had all of it, one after the other (and each read of
+    the answer anew), so `wsuper call --timeout 1`, which asks the system where its
+    external socket is, waited 31 s for a system that did not answer."""
     path = admin_socket(system_path)
     body = {**body, "system": identity(system_path)}
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
             connect_admin(s, path, timeout)
-            s.settimeout(timeout)
+            s.settimeout(left())
             s.sendall(encode(body))
             data = b""
             chunks, size = [], 0
             while size <= ADMIN_ANSWER_LIMIT:
+                s.settimeout(left())
                 chunk = s.recv(1 << 16)
                 if not chunk:
                     break

@@ -1136,3 +1136,42 @@ def test_call_reaches_a_system_started_with_its_socket_elsewhere(tmp_path, wsupe
     r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "5",
                    "--socket", str(tmp_path / "named.sock"))
     assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
+
+
+def test_call_waits_for_the_running_systems_socket_no_longer_than_its_timeout(
+        tmp_path, monkeypatch):
+    """`wsuper call` asks the running system where its external socket is (the admin
+    socket) before it calls: it asked with the admin requests' own 30 s, for the
+    connection and again for the answer, whatever --timeout said, so `call
+    --timeout 1` of a system that did not answer (its loop stopped: SIGSTOP) waited
+    31 s, then said only that it could not connect to the system file's socket.
+    --timeout bounds the whole command, and the error says what did not answer."""
+    import fcntl
+    import socket
+    import tempfile
+
+    from supervisor import endpoint
+    run_dir = tempfile.mkdtemp(prefix="wsuper-rt-", dir="/tmp")    # short socket paths
+    monkeypatch.setenv("XDG_RUNTIME_DIR", run_dir)
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+                    f'socket = "{run_dir}/ext.sock"\n'
+                    f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                    f'exports = "Calc"\nexternal = true\n')
+    endpoint.private_dir(endpoint.runtime_dir())
+    # a running system (its lock held) whose admin socket takes the request and
+    # never answers
+    lock = os.open(endpoint.lock_path(str(path)), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(endpoint.admin_socket_path(endpoint.identity(str(path))))
+    listener.listen(4)
+    try:
+        r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "1",
+                       timeout=120)
+    finally:
+        listener.close()
+        os.close(lock)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "calc.add: no answer within 1 s (the running system did not say on its admin " \
+           "socket where its external socket is)" in r.stderr, r.stderr
