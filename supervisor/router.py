@@ -319,6 +319,7 @@ class Router:
         self._orphans_full = False
         self.answered: dict[str, list] = {}            # compartment -> [served, failed]
         self._out: list = []
+        self._sweeping: collections.deque | None = None   # sweep's work list, while it runs
         # bytes of calls in `_out` to each peer (id -> bytes): sent by the router, not
         # handed to the runtime yet, so not in `backlog` (call_peer counts them)
         self._unsent: dict[int, int] = {}
@@ -1918,47 +1919,62 @@ class Router:
                     cap.refs += 1
 
     def _drop(self, cap):
+        """One reference to `cap` less: let go of it if that was the last (sweep)."""
         cap.refs -= 1
-        if isinstance(cap, Wrapped) and cap.refs <= 0 \
-                and cap.membrane.wrappers.get(id(cap.target)) is cap:
-            del cap.membrane.wrappers[id(cap.target)]
-            self._drop(cap.target)
-            return
         self.sweep((cap,))
 
     def sweep(self, caps):
         """Let go of capabilities nobody in the supervisor refers to any more: release
-        a peer's import, close a host object."""
-        for cap in caps:
-            if cap is None or cap.refs > 0:
-                continue
-            if isinstance(cap, Remote) and cap.peer.alive \
-                    and cap.peer.remotes.get(cap.import_id) is cap:
-                del cap.peer.remotes[cap.import_id]
-                if cap.peer.laned:
-                    self._unroute_keys(self._routes_to.get((cap.peer.id, cap.import_id)))
-                if cap.import_id in cap.peer.conn.imports:
-                    self.emit(fx.Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
-            elif isinstance(cap, Host) and not cap.released and cap.kind != "gateway":
-                cap.released = True
-                if cap.served is not None:
-                    self.emit(fx.HostRelease(cap.kind, cap.served))
-            elif isinstance(cap, Wrapped) and cap.membrane.wrappers.get(id(cap.target)) is cap:
-                del cap.membrane.wrappers[id(cap.target)]
-                self._drop(cap.target)
-            elif isinstance(cap, Promised):
-                if cap.target is not None:              # resolved: let go of what it is
-                    self._let_go_promise(cap)
-                elif cap.error is None and not cap.queue:   # no one will call it
-                    waiting = self._promises.get((cap.peer.id, cap.answer_id))
-                    if waiting and cap in waiting:
-                        del waiting[cap]
-                        if not waiting:
-                            del self._promises[(cap.peer.id, cap.answer_id)]
-                    # out of the promises its answer settles: reached again (through
-                    # an open answer that returned it, _held), a call on it waited
-                    # for a settling that never came, until its call_time
-                    self._let_go_promise(cap)
+        a peer's import, close a host object; and, in turn, of what one let go of held
+        (a wrapper what it wraps, a resolved promise what it resolved to).  That is a
+        work list, one for the outermost sweep: as recursion, three frames a link, a
+        chain of promises each resolved to the one before (which a client makes as
+        long as it likes: each call passing the capability promised in the answer to
+        the call before, 600 of them) ended in RecursionError as it was let go of,
+        halfway, when the client disconnected ("internal error after it was lost"),
+        and what the loss had not reached yet stayed."""
+        work = self._sweeping
+        if work is not None:                   # within a sweep: it takes them in turn
+            work.extend(caps)
+            return
+        self._sweeping = work = collections.deque(caps)
+        try:
+            while work:
+                self._sweep_one(work.popleft())
+        finally:
+            self._sweeping = None
+
+    def _sweep_one(self, cap):
+        """One capability of a sweep's work list (see sweep)."""
+        if cap is None or cap.refs > 0:
+            return
+        if isinstance(cap, Remote) and cap.peer.alive \
+                and cap.peer.remotes.get(cap.import_id) is cap:
+            del cap.peer.remotes[cap.import_id]
+            if cap.peer.laned:
+                self._unroute_keys(self._routes_to.get((cap.peer.id, cap.import_id)))
+            if cap.import_id in cap.peer.conn.imports:
+                self.emit(fx.Send(cap.peer.id, cap.peer.conn.send_release(cap.import_id)))
+        elif isinstance(cap, Host) and not cap.released and cap.kind != "gateway":
+            cap.released = True
+            if cap.served is not None:
+                self.emit(fx.HostRelease(cap.kind, cap.served))
+        elif isinstance(cap, Wrapped) and cap.membrane.wrappers.get(id(cap.target)) is cap:
+            del cap.membrane.wrappers[id(cap.target)]
+            self._drop(cap.target)
+        elif isinstance(cap, Promised):
+            if cap.target is not None:              # resolved: let go of what it is
+                self._let_go_promise(cap)
+            elif cap.error is None and not cap.queue:   # no one will call it
+                waiting = self._promises.get((cap.peer.id, cap.answer_id))
+                if waiting and cap in waiting:
+                    del waiting[cap]
+                    if not waiting:
+                        del self._promises[(cap.peer.id, cap.answer_id)]
+                # out of the promises its answer settles: reached again (through
+                # an open answer that returned it, _held), a call on it waited
+                # for a settling that never came, until its call_time
+                self._let_go_promise(cap)
 
     def _let_go_promise(self, promised: Promised):
         """`promised` is let go of (nobody holds it): what it resolved to too, and it

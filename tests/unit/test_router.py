@@ -3089,3 +3089,47 @@ def test_who_serves_a_call_of_ours_is_known_without_walking_every_call_in_flight
     assert router.serving() == {calc.pid}
     router.disconnected(calc.pid, "engine exited")
     assert router.serving() == set() and router._pending.at == {}
+
+
+def test_a_long_chain_of_promises_is_let_go_of_without_recursion():
+    """A client passed, in each of many calls sent in one go, the capability
+    promised in the answer to the call before it (receiverAnswer): each promise
+    resolved to the one before, a chain as long as the client made it (600 calls
+    of a real client, 50 at a time).  Letting go of it was recursion, three frames
+    a link (a promise let go of drops what it resolved to, and so on): when the
+    client disconnected, its loss ended in RecursionError halfway ("internal error
+    after it was lost"), and what it had not reached yet stayed: the capabilities
+    it held at the callee, its promises.  What a capability let go of held is let
+    go of in a work list (Router.sweep)."""
+    depth = 1500
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      limits={"calc": R.Limits(handles=2 * depth)},
+                      external_limits=R.Limits(in_flight=2 * depth, handles=2 * depth))
+    calc = start(router, "calc", exports=True)
+    a = client(router)
+    target = a.grants[0].import_id
+    q, data = a.conn.send_call(target, CALC, 0, Content.capability(0), [object()])
+    for _ in range(depth):
+        q, more = a.conn.send_call(target, CALC, 0, Content.capability(0),
+                                   [P.ReceiverAnswer(q, ())])
+        data += more
+    a.send(data)
+    calls = [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    assert len(calls) == depth + 1
+    for ev in calls:        # each answered with the capability it was passed, let go of
+        (cap,) = ev.payload.caps
+        calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                        [P.RemoteRef(cap.import_id)]))
+        calc.send(calc.conn.send_release(cap.import_id))
+    assert not [ev for ev in a.inbox if ev.error]
+    calc_peer = router.engines["calc"]
+    assert not calc_peer.conn.exports
+    chain = [ev.payload.caps[0] for ev in a.inbox if ev.payload is not None]
+    assert len(chain) == depth + 1 and len(a.conn.imports) >= depth + 1   # the client holds them
+    effects = router.disconnected(a.pid, "gone")
+    assert not [e for e in effects if isinstance(e, fx.Notice)], effects
+    assert not router._promises and not router.peers.get(a.pid)
+    # the router goes on: another client's call reaches calc
+    b = client(router, "b")
+    b.send(b.conn.send_call(b.grants[0].import_id, CALC, 0)[1])
+    assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)][-1].target is calc.main
