@@ -1159,7 +1159,8 @@ class Router:
             why = error
             if why is None:
                 try:
-                    target = self._resolve_pipeline(peer, result, promised.transform)
+                    target = self._past_settled(
+                        self._resolve_pipeline(peer, result, promised.transform))
                 except CallError as e:
                     why = e
                 else:
@@ -1174,6 +1175,22 @@ class Router:
                 promised.error_type = why.type
             self._run_queue(promised)
             self._settled(promised)
+
+    @staticmethod
+    def _past_settled(cap):
+        """What `cap` is, past the promises on its way that have resolved (at most
+        MAX_HOPS of them): a promise settles on that.  It settled on the promise
+        itself, which held the one before, and so on: a client whose every call
+        passed the capability promised in the answer to its call before (echo.hold,
+        which returns it) made a chain of promises as long as it liked while it held
+        one capability (the newest; each link kept the one before), ~230 bytes a
+        link without bound (40,000 links in 13 s from one connection), and calls on
+        it failed past 64 links ("more than 64 promises on the way")."""
+        hops = 0
+        while isinstance(cap, Promised) and cap.target is not None and hops < MAX_HOPS:
+            cap = cap.target
+            hops += 1
+        return cap
 
     def _run_queue(self, where):
         """The calls that waited on `where` (a Promised now settled, or a Proxy whose

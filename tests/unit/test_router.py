@@ -3116,7 +3116,10 @@ def test_a_long_chain_of_promises_is_let_go_of_without_recursion():
     a.send(data)
     calls = [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
     assert len(calls) == depth + 1
-    for ev in calls:        # each answered with the capability it was passed, let go of
+    # each answered with the capability it was passed (and let go of), the last call
+    # first: each promise resolves to one not resolved yet, so the chain is made
+    # whatever a promise settles on (Router._past_settled)
+    for ev in reversed(calls):
         (cap,) = ev.payload.caps
         calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
                                         [P.RemoteRef(cap.import_id)]))
@@ -3133,3 +3136,47 @@ def test_a_long_chain_of_promises_is_let_go_of_without_recursion():
     b = client(router, "b")
     b.send(b.conn.send_call(b.grants[0].import_id, CALC, 0)[1])
     assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)][-1].target is calc.main
+
+
+def test_a_promise_settles_on_what_the_promises_on_its_way_resolved_to():
+    """A client whose every call passed the capability promised in the answer to its
+    call before (echo.hold returns it; calc's fake here), answered in order, and
+    that let go of each but the newest: each promise settled on the promise before
+    it, which it held, and so on: the client held one capability and the router a
+    chain as long as the client liked (~230 bytes a link, without bound), on which
+    calls failed past 64 links ("more than 64 promises on the way").  A promise
+    settles on what the promises on its way resolved to."""
+    import gc
+    depth = 3 * R.MAX_HOPS
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      external_limits=R.Limits(in_flight=2 * depth))
+    calc = start(router, "calc", exports=True)
+    a = client(router)
+    target = a.grants[0].import_id
+    mine = object()
+    q, data = a.conn.send_call(target, CALC, 0, Content.capability(0), [mine])
+    for _ in range(depth):
+        q, more = a.conn.send_call(target, CALC, 0, Content.capability(0),
+                                   [P.ReceiverAnswer(q, ())])
+        data += more
+    a.send(data)
+    for ev in [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]:
+        (cap,) = ev.payload.caps
+        calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                        [P.RemoteRef(cap.import_id)]))
+        calc.send(calc.conn.send_release(cap.import_id))
+    answers = [ev for ev in a.inbox if isinstance(ev, P.ReturnReceived)]
+    assert len(answers) == depth + 1 and not [ev for ev in answers if ev.error]
+    newest = answers[-1].payload.caps[0].import_id
+    for ev in answers:           # (the first is a's own object, come back: Exported)
+        a.send(a.conn.send_finish(ev.question_id))
+        got = ev.payload.caps[0]
+        if isinstance(got, P.Imported) and got.import_id != newest:
+            a.send(a.conn.send_release(got.import_id))
+    peer = router.peers[a.pid]
+    held = [o for o in gc.get_objects() if isinstance(o, R.Promised)
+            and o.peer is peer and not o.released]
+    assert len(held) <= 2, f"{len(held)} promises held for one capability"
+    a.inbox.clear()
+    a.send(a.conn.send_call(newest, OBSERVER, 0)[1])        # reaches what it is: a's own
+    assert [ev.target for ev in a.inbox if isinstance(ev, P.CallReceived)] == [mine], a.inbox
