@@ -78,6 +78,10 @@ class Promised(Cap):
         self.error_type = "failed"
         self.queue: list = []
         self.refs = 0
+        #: the promises that settled on this one before it settled itself (each holds
+        #: it): they are settled again, on what this one settles on, when it does
+        #: (Router._settle_now), so that no promise keeps a chain of them
+        self.followers: list = []
         # let go of (nobody in the supervisor held it): it never goes on to what its
         # answer returns, and is never reached again (Router._held, _let_go_promise)
         self.released = False

@@ -1169,12 +1169,40 @@ class Router:
                     else:
                         promised.target = target
                         target.refs += 1
+                        if isinstance(target, Promised) and target.target is None \
+                                and target.error is None:
+                            target.followers.append(promised)
             if why is not None:
                 promised.error = failed if why is error else \
                     f"capability promised by a failed call: {why.reason}"
                 promised.error_type = why.type
             self._run_queue(promised)
+            if promised.followers:
+                self._settle_followers(promised)
             self._settled(promised)
+
+    def _settle_followers(self, promised: Promised):
+        """`promised` settled: the promises that settled on it before (its followers,
+        each holding it) settle on what it settled on, and let go of it.  A promise
+        settled on one not resolved yet kept it as its target for good: a client
+        whose calls' answers came last first (on objects it hosts itself, which it
+        answers in any order) made a chain of them, held link by link, as long as
+        it liked while it held one capability (_past_settled frees the links only
+        of promises resolved when their answer came).  One that failed keeps its
+        followers: calls on them fail as on it."""
+        followers, promised.followers = promised.followers, []
+        if promised.target is None:
+            return
+        target = self._past_settled(promised.target)
+        for f in followers:
+            if f.target is not promised or target is f:   # let go of meanwhile; a loop
+                continue
+            f.target = target
+            target.refs += 1
+            if isinstance(target, Promised) and target.target is None \
+                    and target.error is None:
+                target.followers.append(f)
+            self._drop(promised)
 
     @staticmethod
     def _past_settled(cap):

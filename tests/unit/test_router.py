@@ -3187,3 +3187,64 @@ def test_a_promise_settles_on_what_the_promises_on_its_way_resolved_to():
     a.inbox.clear()
     a.send(a.conn.send_call(newest, OBSERVER, 0)[1])        # reaches what it is: a's own
     assert [ev.target for ev in a.inbox if isinstance(ev, P.CallReceived)] == [mine], a.inbox
+
+
+def test_a_promise_settled_on_one_not_resolved_yet_settles_again_when_that_one_does():
+    """The chain of the test above, with its answers last first: each promise settled
+    on one not resolved yet (no promise on its way to pass), and kept it as its
+    target for good: the client, letting go of all but its newest capability, left
+    the router a chain as long as it liked (a client makes such answers with calls on
+    objects it hosts itself, which it answers in any order).  A promise that others
+    settled on settles them again, on what it settles on (Router._settle_followers)."""
+    import gc
+    depth = 3 * R.MAX_HOPS
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      external_limits=R.Limits(in_flight=2 * depth))
+    calc = start(router, "calc", exports=True)
+    a = client(router)
+    target = a.grants[0].import_id
+    mine = object()
+    q, data = a.conn.send_call(target, CALC, 0, Content.capability(0), [mine])
+    for _ in range(depth):
+        q, more = a.conn.send_call(target, CALC, 0, Content.capability(0),
+                                   [P.ReceiverAnswer(q, ())])
+        data += more
+    a.send(data)
+    for ev in reversed([ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]):
+        (cap,) = ev.payload.caps
+        calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                        [P.RemoteRef(cap.import_id)]))
+        calc.send(calc.conn.send_release(cap.import_id))
+    answers = [ev for ev in a.inbox if isinstance(ev, P.ReturnReceived)]
+    assert len(answers) == depth + 1 and not [ev for ev in answers if ev.error]
+    newest = answers[0].payload.caps[0].import_id           # its last call's, first
+    for ev in answers:
+        a.send(a.conn.send_finish(ev.question_id))
+        got = ev.payload.caps[0]
+        if isinstance(got, P.Imported) and got.import_id != newest:
+            a.send(a.conn.send_release(got.import_id))
+    peer = router.peers[a.pid]
+    held = [o for o in gc.get_objects() if isinstance(o, R.Promised)
+            and o.peer is peer and not o.released]
+    assert len(held) <= 2, f"{len(held)} promises held for one capability"
+    a.inbox.clear()
+    a.send(a.conn.send_call(newest, OBSERVER, 0)[1])
+    assert [ev.target for ev in a.inbox if isinstance(ev, P.CallReceived)] == [mine], a.inbox
+
+
+def test_letting_go_of_a_long_chain_of_capabilities_is_no_recursion():
+    """What a capability let go of held is let go of in turn (a promise its target, a
+    wrapper what it wraps): by recursion, three frames a link, a chain of 600 ended
+    in RecursionError (the promise chains of the tests above, before promises
+    settled past each other).  Router.sweep works through a list."""
+    router = R.Router({"calc": CALC}, external=("calc",))
+    start(router, "calc", exports=True)
+    a = client(router)
+    peer = router.peers[a.pid]
+    chain = [R.Promised(peer, i, ()) for i in range(5000)]
+    for inner, outer in zip(chain, chain[1:]):
+        outer.target = inner
+        inner.refs += 1
+    chain[-1].refs = 1
+    router._drop(chain[-1])
+    assert all(p.released for p in chain)
