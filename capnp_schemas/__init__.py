@@ -153,6 +153,11 @@ _CHECKED: dict[tuple, object] = {}
 MAX_SCHEMA_BYTES = 16 << 20
 #: files in one schema's closure (it, and all it imports and embeds)
 MAX_SCHEMA_FILES = 1000
+#: bytes of all the files in one schema's closure together: load() holds them all
+#: at once (and copies them to disk, _parse_copy), and 1,000 files of 16 MiB each
+#: (sparse files cost their maker nothing) would be 16 GiB of the supervisor's
+#: memory and of its temporary directory's
+MAX_SCHEMA_TOTAL_BYTES = 64 << 20
 
 # `import "x"` and `embed "x"`, outside comments; a string is "..." with \ escapes
 # (a string never closed ends at the end of its line: no scan is tried again
@@ -175,7 +180,9 @@ def closure(path: str, import_path=(), parsed: list | None = None,
     Cap'n Proto compiler resolves them.  Each file must be a regular file of at
     most MAX_SCHEMA_BYTES (the parser would wait for ever on a FIFO and read
     /dev/zero to the end): SchemaError names the one that is not, and where it
-    is named.  A name found nowhere is left to the parser, which says so.
+    is named.  The files read hold at most MAX_SCHEMA_TOTAL_BYTES together:
+    SchemaError names the one that goes past that, and where it is named.  A
+    name found nowhere is left to the parser, which says so.
 
     A relative name may not lead above the directory its file was found beneath
     (the schema's own, or the import path's directory an absolute name was found
@@ -194,6 +201,16 @@ def closure(path: str, import_path=(), parsed: list | None = None,
     # for in each import directory): each (kind, file, directory) is looked at
     # once, with where it is named first (it was a second a thousand names)
     done, absolute = set(), {}
+    total = [0]
+
+    def spent(data, by, line, file, kind="imports"):
+        total[0] += len(data or b"")
+        if total[0] > MAX_SCHEMA_TOTAL_BYTES:
+            raise SchemaError(by or file, line, f"{kind} {file}, which brings the files {path} "
+                              f"reads past {MAX_SCHEMA_TOTAL_BYTES:,} bytes together "
+                              "(the most one schema may read)")
+        return data
+
     while todo:
         file, by, line, root = todo.popleft()
         if parsed is not None:
@@ -203,7 +220,7 @@ def closure(path: str, import_path=(), parsed: list | None = None,
         seen.add(os.path.realpath(file))
         if len(seen) > MAX_SCHEMA_FILES:
             raise SchemaError(by, line, f"reads more than {MAX_SCHEMA_FILES} schema files")
-        data = _read_schema_file(file, by, line)
+        data = spent(_read_schema_file(file, by, line), by, line, file)
         if contents is not None:
             contents[file] = data
         text = data.decode("utf-8", "replace")
@@ -260,8 +277,9 @@ def closure(path: str, import_path=(), parsed: list | None = None,
                 todo.append((found, file, at, os.path.normpath(base)))
             elif os.path.realpath(found) not in seen:
                 seen.add(os.path.realpath(found))
-                data = _read_schema_file(found, file, at, embedded=True,
-                                         kind_only=contents is None)
+                data = spent(_read_schema_file(found, file, at, embedded=True,
+                                               kind_only=contents is None), file, at, found,
+                             "embeds")
                 if contents is not None:
                     contents[found] = data
                 out.append((found, file, at))

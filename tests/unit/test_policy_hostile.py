@@ -248,6 +248,34 @@ def test_a_file_named_many_times_is_looked_up_and_read_once(tmp_path, monkeypatc
     assert len(parsed) < 10, len(parsed)
 
 
+def test_the_files_one_schema_reads_are_bounded_in_bytes_together(tmp_path, monkeypatch):
+    """Each file a schema reads is at most MAX_SCHEMA_BYTES, and load() holds all of
+    them at once and copies them to its private directory: a schema embedding
+    1,000 sparse files of 16 MiB (free to make) took 16 GiB of the supervisor's
+    memory and as much of its temporary directory (40 of them: 1.5 GB, 611 MB
+    copied, 19 s).  Together they are bounded; the file that goes past is named
+    where it is embedded, and nothing is copied or parsed."""
+    for i in range(6):
+        with open(tmp_path / f"b{i}.bin", "wb") as f:
+            f.truncate(capnp_schemas.MAX_SCHEMA_BYTES)
+    _schema(tmp_path / "a.capnp", "".join(f'const c{i} :Data = embed "b{i}.bin";\n'
+                                          for i in range(6)), 0xd0a1b2c3d4e5f620)
+    read = []
+    read_regular = capnp_schemas.read_regular
+    monkeypatch.setattr(capnp_schemas, "read_regular", lambda *a, **k: (
+        lambda data: read.append(len(data or b"")) or data)(read_regular(*a, **k)))
+
+    def parse_copy(path, imports, contents):
+        raise AssertionError(f"copied {sum(map(len, contents.values())):,} bytes")
+    monkeypatch.setattr(capnp_schemas, "_parse_copy", parse_copy)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "a.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "a.capnp"), 5)
+    assert f"embeds {tmp_path / 'b3.bin'}" in e.value.reason
+    assert "bytes together" in e.value.reason
+    assert sum(read) <= 4 * capnp_schemas.MAX_SCHEMA_BYTES + 4096, read
+
+
 def test_the_ids_a_schema_declares_are_its_written_ids_and_no_more():
     """An id is one declaration (capnp_schemas._claim): what counts as one written
     is `@0x` and 16 hex digits with the top bit set, outside comments and strings,
