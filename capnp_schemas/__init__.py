@@ -547,7 +547,7 @@ def _parse_copy(path: str, imports: list, contents: dict):
         returncode, text = gen.check(path, where, dirs)
         fresh = True
     try:
-        _check_parsed(path, returncode, text)
+        _check_parsed(path, returncode, text, imports, contents)
     except SchemaError as e:
         raise _with_first_declaration(e, contents) from None
     _fds_to_spare(path, len(contents) + len(dirs) + 4)
@@ -733,9 +733,14 @@ def _parse_in_child(path: str, imports: list, before=(), shown: str | None = Non
     return r.returncode, r.stderr
 
 
-def _check_parsed(path: str, returncode: int, text: str):
+def _check_parsed(path: str, returncode: int, text: str, roots=(), read=()):
     """Nothing if the parser ended well (`returncode` 0), else SchemaError from what
-    it printed."""
+    it printed.  The parser names a file by its path beneath the directory it was
+    found in: `path`'s own for `path` and what it imports by relative names, an
+    import directory for a file imported by an absolute name (`/x/q.capnp` found
+    in one of `roots`, the import path, is "x/q.capnp") and what that imports:
+    the first of `roots` beneath which a file of `read` has that path is where
+    it is; else `path`'s directory."""
     if returncode == 0:
         return
     # "FILE:LINE[:COL]: failed: REASON", after "what():" or on a line of its own; a
@@ -751,7 +756,8 @@ def _check_parsed(path: str, returncode: int, text: str):
             # its source line means nothing to whoever wrote the schema
             raise SchemaError(path, None, reason)
         if not os.path.isabs(where):
-            where = os.path.join(os.path.dirname(path), where)
+            where = next((f for f in (os.path.normpath(os.path.join(r, where)) for r in roots)
+                          if f in read), os.path.join(os.path.dirname(path), where))
         # the parser counts lines from 0
         raise SchemaError(os.path.normpath(where), int(m.group(2)) + 1, reason)
     if returncode < 0:

@@ -276,6 +276,25 @@ def test_the_files_one_schema_reads_are_bounded_in_bytes_together(tmp_path, monk
     assert sum(read) <= 4 * capnp_schemas.MAX_SCHEMA_BYTES + 4096, read
 
 
+def test_an_error_in_a_file_found_in_an_import_directory_names_that_file(tmp_path):
+    """The parser names a file by its path beneath the directory it was found in: a
+    syntax error in `inc/x/q.capnp`, imported as "/x/q.capnp" through an import
+    directory, was said to be in `x/q.capnp` beside the schema, a file that does
+    not exist (or another one).  The error names the file that was read."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "inc" / "x").mkdir(parents=True)
+    _schema(tmp_path / "inc" / "x" / "q.capnp", "struct Q { a @0 :Int32 }\n",
+            0xd0a1b2c3d4e5f631)
+    _schema(tmp_path / "inc" / "x" / "r.capnp", 'using import "q.capnp".Q;\n'
+            "struct R { q @0 :Q; }\n", 0xd0a1b2c3d4e5f632)
+    for name in ("q", "r"):
+        _schema(tmp_path / "s" / "m.capnp", f'using X = import "/x/{name}.capnp";\n'
+                f"struct M {{ b @0 :X.{name.upper()}; }}\n", 0xd0a1b2c3d4e5f630)
+        with pytest.raises(capnp_schemas.SchemaError) as e:
+            capnp_schemas.load(str(tmp_path / "s" / "m.capnp"), [str(tmp_path / "inc")])
+        assert (e.value.path, e.value.line) == (str(tmp_path / "inc" / "x" / "q.capnp"), 2)
+
+
 def test_the_ids_a_schema_declares_are_its_written_ids_and_no_more():
     """An id is one declaration (capnp_schemas._claim): what counts as one written
     is `@0x` and 16 hex digits with the top bit set, outside comments and strings,
