@@ -440,8 +440,11 @@ def _one_name_each(read: list, contents: dict) -> None:
 
 def _mirror() -> str:
     """This process's private directory for the copies the parsers read (made on
-    first use, 0700, removed at exit by the process that made it)."""
-    if not _MIRROR or _MIRROR[1] != os.getpid():
+    first use, 0700, removed at exit by the process that made it).  Made anew if
+    it is no longer a directory of this user's that only it may enter (a cleaner
+    of the temporary directory removed it, or another put something there):
+    OSError if none can be made."""
+    if not _MIRROR or _MIRROR[1] != os.getpid() or not _private_dir(_MIRROR[0]):
         import atexit
         import shutil
         import tempfile
@@ -450,6 +453,17 @@ def _mirror() -> str:
         _GENERATION.clear()
         atexit.register(lambda: os.getpid() == pid and shutil.rmtree(made, ignore_errors=True))
     return _MIRROR[0]
+
+
+def _private_dir(path: str) -> bool:
+    """Whether `path` is a directory (not a link to one) of this user's that no
+    other may enter or change."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
 #: Schemas one parser parses at most: the child that checks a schema parses the
@@ -467,13 +481,15 @@ class _Generation:
 
     def __init__(self):
         import tempfile
-        self.top = tempfile.mkdtemp(dir=_mirror())
+        self.mirror = _mirror()
+        self.top = tempfile.mkdtemp(dir=self.mirror)
         self.parser = None
+        self.dirs: list = []                   # the import path of the last copy
         self.files: dict[str, bytes] = {}      # file -> sha256 of the bytes copied
         self.roots: list[list] = []            # [copy, import path] parsed, in order
 
     def fits(self, digests: dict) -> bool:
-        return len(self.roots) < GENERATION_SCHEMAS and all(
+        return self.mirror == _mirror() and len(self.roots) < GENERATION_SCHEMAS and all(
             self.files.get(f, d) == d for f, d in digests.items())
 
     def copy(self, contents: dict, digests: dict, imports: list) -> tuple[str, list]:
@@ -509,6 +525,10 @@ class _Generation:
             _parse_in_child(where, dirs, before, shown=path)
         return returncode, text.replace(self.top, "")
 
+    def remove(self) -> None:
+        import shutil
+        shutil.rmtree(self.top, ignore_errors=True)
+
 
 #: [the generation new schemas join]; those before it stay (their modules need
 #: their parsers) in _PARSERS.
@@ -522,33 +542,44 @@ def _parse_copy(path: str, imports: list, contents: dict):
     before: SchemaError if it failed there."""
     import hashlib
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
-    try:
-        gen = _GENERATION[0] if _GENERATION and _GENERATION[0].fits(digests) \
-            and _MIRROR and _MIRROR[1] == os.getpid() else None
-        fresh = gen is None
-        if fresh:
-            gen = _Generation()
-        dirs = gen.copy(contents, digests, imports)
-    except OSError as e:
-        raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
-                          ) from None
-    where = gen.top + path
-    returncode, text = gen.check(path, where, dirs)
-    if returncode != 0 and not fresh:
-        # what failed may be this parser's past (a file it read declares an id of
-        # this one, as an older version of the same file does): a parser of its own
+
+    def new() -> _Generation:
+        gen = None
         try:
             gen = _Generation()
-            dirs = gen.copy(contents, digests, imports)
+            gen.dirs = gen.copy(contents, digests, imports)
+        except OSError as e:
+            if gen is not None:
+                gen.remove()
+            raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
+                              ) from None
+        return gen
+    try:
+        gen = _GENERATION[0] if _GENERATION and _GENERATION[0].fits(digests) else None
+    except OSError:
+        gen = None                          # no private directory: new() says why
+    fresh = gen is None
+    if fresh:
+        gen = new()
+    else:
+        try:
+            gen.dirs = gen.copy(contents, digests, imports)
         except OSError as e:
             raise SchemaError(path, None, f"cannot copy it to check it: {e.strerror or e}"
                               ) from None
-        where = gen.top + path
-        returncode, text = gen.check(path, where, dirs)
-        fresh = True
+    where, dirs = gen.top + path, gen.dirs
     try:
+        returncode, text = gen.check(path, where, dirs)
+        if returncode != 0 and not fresh:
+            # what failed may be this parser's past (a file it read declares an id
+            # of this one, as an older version of the same file does): a new parser
+            gen, fresh = new(), True
+            where, dirs = gen.top + path, gen.dirs
+            returncode, text = gen.check(path, where, dirs)
         _check_parsed(path, returncode, text, imports, contents)
     except SchemaError as e:
+        if fresh:
+            gen.remove()                    # no parser here reads it
         raise _with_first_declaration(e, contents) from None
     _fds_to_spare(path, len(contents) + len(dirs) + 4)
     if gen.parser is None:

@@ -1630,6 +1630,46 @@ def test_the_bytes_a_schema_was_checked_with_are_the_bytes_parsed(tmp_path, monk
     assert list(module.R.schema.method_names) == ["a"]
 
 
+def test_the_private_directory_of_the_schema_copies_gone_or_unusable_is_no_traceback(
+        tmp_path, monkeypatch):
+    """load() copies each schema into a private directory it makes once per process
+    (_mirror).  Removed meanwhile (a cleaner of /tmp, in a process that loads
+    schemas over a while), or never makeable (TMPDIR unusable), the next load
+    failed with FileNotFoundError and a traceback, out of every caller's
+    `except SchemaError`.  A directory that is gone, or is no longer a
+    directory only this user may enter, is made anew; one that cannot be made
+    is a SchemaError naming the schema.  A copy that failed its check is
+    removed at once, not kept until the process ends."""
+    import shutil
+    import tempfile
+    import capnp_schemas
+    monkeypatch.setattr(capnp_schemas, "parse_elsewhere", None)
+    path = tmp_path / "m.capnp"
+    path.write_text("@0xd1c3f0a2b4e5fb11;\ninterface M { a @0 () -> (); }\n")
+    capnp_schemas.load(str(path))
+    first = capnp_schemas._mirror()
+    shutil.rmtree(first)
+    path.write_text("@0xd1c3f0a2b4e5fb11;\ninterface M { a @0 () -> (); b @1 () -> (); }\n")
+    assert list(capnp_schemas.load(str(path)).M.schema.method_names) == ["a", "b"]
+    os.chmod(capnp_schemas._mirror(), 0o777)
+    path.write_text("@0xd1c3f0a2b4e5fb11;\ninterface M { c @0 () -> (); }\n")
+    assert list(capnp_schemas.load(str(path)).M.schema.method_names) == ["c"]
+    mirror = capnp_schemas._mirror()
+    assert os.stat(mirror).st_mode & 0o777 == 0o700
+    before = set(os.listdir(mirror))
+    path.write_text("@0xd1c3f0a2b4e5fb11;\ninterface M { d @0 () -> () }\n")
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(path))
+    assert e.value.path == str(path) and e.value.line == 2
+    assert set(os.listdir(mirror)) == before
+    monkeypatch.setattr(capnp_schemas, "_MIRROR", [])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    path.write_text("@0xd1c3f0a2b4e5fb11;\ninterface M { e @0 () -> (); }\n")
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(path))
+    assert e.value.path == str(path) and "cannot copy it to check it" in e.value.reason
+
+
 @pytest.mark.parametrize("case", ["probe_copy_changed", "engine_nested_id", "user_copy"])
 @pytest.mark.parametrize("command", ["check", "up"])
 def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, command):
