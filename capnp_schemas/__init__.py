@@ -145,8 +145,9 @@ class SchemaError(Exception):
         super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
 
 
-#: (schema, import path, (file, sha256) of each file it reads) -> the module
-#: loaded from exactly those bytes: each is checked and parsed once.
+#: (schema, import path, (file, sha256) of each file it reads) -> (the module
+#: loaded from exactly those bytes, {file it imports: its module}): each is
+#: checked and parsed once.
 _CHECKED: dict[tuple, object] = {}
 
 #: bytes of one schema file, or of a file a schema imports or embeds
@@ -402,11 +403,18 @@ def load(path: str, extra_imports=()):
     _one_name_each(read, contents)
     key = (path, tuple(imports), tuple((f, hashlib.sha256(d).digest())
                                        for f, d in contents.items()))
-    module = _CHECKED.get(key)
-    if module is None:
-        module = _parse_copy(path, imports, contents)
-    _claim(path, read, contents, module)
-    _CHECKED[key] = module
+    # each file it imports is loaded whole too (a parser compiles of an imported
+    # file only what the schema uses): the ids of all its declarations, written
+    # or derived, are its (an id is one declaration); not our own files
+    imported = list(dict.fromkeys(
+        f for f, by, _ in read if by is not None and f in contents and f != path
+        and not any(os.path.commonpath([f, d]) == d for d in IMPORT_PATH)))
+    checked = _CHECKED.get(key)
+    if checked is None:
+        checked = _parse_copy(path, imports, contents, imported)
+    module, modules = checked
+    _claim(path, read, contents, module, modules)
+    _CHECKED[key] = checked
     _remember(file for file, _, _ in read)
     return module
 
@@ -515,14 +523,15 @@ class _Generation:
             os.makedirs(d, mode=0o700, exist_ok=True)
         return dirs
 
-    def check(self, path: str, where: str, dirs: list) -> tuple[int, str]:
+    def check(self, path: str, where: str, dirs: list, after: list) -> tuple[int, str]:
         """(exit code, what it printed, this generation's directory taken out) of a
-        child that parsed this generation's schemas, then `where`, in one parser."""
+        child that parsed this generation's schemas, then `where`, then the files
+        `after` (what it imports, loaded whole), in one parser."""
         before = [list(r) for r in self.roots]
-        parsed = parse_elsewhere(where, dirs, before) if parse_elsewhere is not None \
-            else None
+        parsed = parse_elsewhere(where, dirs, before, after) \
+            if parse_elsewhere is not None else None
         returncode, text = parsed if parsed is not None else \
-            _parse_in_child(where, dirs, before, shown=path)
+            _parse_in_child(where, dirs, before, after, shown=path)
         return returncode, text.replace(self.top, "")
 
     def remove(self) -> None:
@@ -535,11 +544,12 @@ class _Generation:
 _GENERATION: list = []
 
 
-def _parse_copy(path: str, imports: list, contents: dict):
-    """The module a parser of this process makes of `contents` (file -> bytes:
-    `path` and all it reads), copied beneath a generation's directory at their
-    own paths, once a child has parsed that copy after what that parser parsed
-    before: SchemaError if it failed there."""
+def _parse_copy(path: str, imports: list, contents: dict, imported=()):
+    """(the module a parser of this process makes of `contents` (file -> bytes:
+    `path` and all it reads), {file: its module} for each of `imported` (files
+    `path` imports, loaded whole after it)), copied beneath a generation's
+    directory at their own paths, once a child has parsed that copy, after what
+    that parser parsed before, and those files: SchemaError if it failed there."""
     import hashlib
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
 
@@ -569,13 +579,13 @@ def _parse_copy(path: str, imports: list, contents: dict):
                               ) from None
     where, dirs = gen.top + path, gen.dirs
     try:
-        returncode, text = gen.check(path, where, dirs)
+        returncode, text = gen.check(path, where, dirs, [gen.top + f for f in imported])
         if returncode != 0 and not fresh:
             # what failed may be this parser's past (a file it read declares an id
             # of this one, as an older version of the same file does): a new parser
             gen, fresh = new(), True
             where, dirs = gen.top + path, gen.dirs
-            returncode, text = gen.check(path, where, dirs)
+            returncode, text = gen.check(path, where, dirs, [gen.top + f for f in imported])
         _check_parsed(path, returncode, text, imports, contents)
     except SchemaError as e:
         if fresh:
@@ -587,9 +597,14 @@ def _parse_copy(path: str, imports: list, contents: dict):
         _PARSERS.append(gen.parser)
     module = gen.parser.load(where, display_name=os.path.basename(path), imports=dirs)
     gen.roots.append([where, dirs])
+    modules = {}
+    for file in imported:
+        modules[file] = gen.parser.load(gen.top + file, imports=dirs)
+        if [gen.top + file, dirs] not in gen.roots:
+            gen.roots.append([gen.top + file, dirs])
     if fresh:
         _GENERATION[:] = [gen]
-    return module
+    return module, modules
 
 
 def _fds_to_spare(path: str, needed: int) -> None:
@@ -618,15 +633,19 @@ def _fds_to_spare(path: str, needed: int) -> None:
                           "run the command again, or raise the limit (ulimit -n)")
 
 
-def _claim(path: str, read: list, contents: dict, module) -> None:
+def _claim(path: str, read: list, contents: dict, module, modules=None) -> None:
     """Record the ids the files `read` declare (each file's written ids; for `path`,
-    `module`'s too, derived ones included) as theirs; SchemaError, naming the
-    first declaration, if another file declares one of them (as it is now)."""
+    `module`'s too, derived ones included, and for each file of `modules` (file ->
+    its module), that module's) as theirs; SchemaError, naming the first
+    declaration, if another file declares one of them (as it is now)."""
     import hashlib
     files = list(dict.fromkeys(f for f, _, _ in read if f in contents))
     written = {f: _written_ids(contents[f]) for f in files}
     mine = {f: set(written[f]) for f in files}
     mine[path] |= _derived_ids(module)
+    for file, loaded in (modules or {}).items():
+        if file in mine:
+            mine[file] |= _derived_ids(loaded)
     for file in files:
         for id_ in sorted(mine[file], key=lambda i: written[file].get(i, 1 << 62)):
             first = _IDS.get(id_)
@@ -732,30 +751,36 @@ PARSE_BOUND = """if True:
     resource.setrlimit(resource.RLIMIT_AS, (_want, _hard))
 """ % PARSE_MEMORY
 
-#: What it runs then: a new parser (as load()'s), the files `before`, then it.
+#: What it runs then: a new parser (as load()'s), the files `before`, then it, then
+#: each file of `after` (what it imports, loaded whole: load() takes the ids of
+#: all their declarations, as this process does next).
 PARSE_AFTER = """if True:
     import os
     import capnp
     capnp.remove_import_hook()
-    def parse(path, imports, before):
+    def parse(path, imports, before, after=()):
         parser = capnp.SchemaParser()
         for p, i in before:
             parser.load(p, imports=i)
         parser.load(path, display_name=os.path.basename(path), imports=imports)
+        for p in after:
+            parser.load(p, imports=imports)
 """
 
 
-def _parse_in_child(path: str, imports: list, before=(), shown: str | None = None
+def _parse_in_child(path: str, imports: list, before=(), after=(), shown: str | None = None
                     ) -> tuple[int, str]:
     """(exit code, stderr) of a new interpreter that parsed the files `before`,
-    then this one (`shown`: the name its error gives it, if not `path`)."""
+    then this one, then the files `after` (`shown`: the name its error gives it,
+    if not `path`)."""
     import json
     import subprocess
     import sys
     code = PARSE_BOUND + PARSE_AFTER + "\nimport json, sys\nparse(*json.loads(sys.argv[1]))\n"
     try:
         r = subprocess.run([sys.executable, "-I", "-c", code,
-                            json.dumps([path, list(imports), [list(b) for b in before]])],
+                            json.dumps([path, list(imports), [list(b) for b in before],
+                                        *([list(after)] if after else [])])],
                            capture_output=True, text=True, timeout=60, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SchemaError(shown or path, None, f"cannot check the schema: "

@@ -851,7 +851,9 @@ def _parse_schema(line: bytes, closing: list) -> dict:
     try:
         msg = json.loads(line)
         path, imports, before = msg["schema"], msg["imports"], msg.get("before", [])
-        if not set(msg) <= {"schema", "imports", "before"} or not isinstance(path, str) \
+        after = msg.get("after", [])
+        if not set(msg) <= {"schema", "imports", "before", "after"} \
+                or not isinstance(path, str) or not paths(after) \
                 or not paths(imports) or not isinstance(before, list) \
                 or not all(isinstance(b, list) and len(b) == 2 and isinstance(b[0], str)
                            and paths(b[1]) for b in before):
@@ -889,11 +891,11 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             # uid 0 if the zygote is root (the operator's files may be root's only),
             # but with no capability, signal, socket or file write (/dev/urandom:
             # for a file without an id, the parser suggests a random one)
-            confine.confine_helper(None, zygote, [path, *imports, *(
+            confine.confine_helper(None, zygote, [path, *imports, *after, *(
                 p for p, _ in before), *(d for _, i in before for d in i), "/dev/urandom"])
             scope = {}
             exec(capnp_schemas.PARSE_AFTER, scope)
-            scope["parse"](path, imports, before)
+            scope["parse"](path, imports, before, *([after] if after else []))
             code = 0
         except BaseException:
             traceback.print_exc()          # what an interpreter would say of it

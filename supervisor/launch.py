@@ -43,7 +43,8 @@ class Launched:
             theirs.close()
         self.sock: pysocket.socket | None = ours
 
-    def parse_schema(self, path: str, imports: list, before=()) -> tuple[int, str] | None:
+    def parse_schema(self, path: str, imports: list, before=(), after=()
+                     ) -> tuple[int, str] | None:
         """Have the zygote parse a schema file in a child of its own (pycapnp's parser
         can abort a process; compartments/zygote.py): (its exit code, what the parser
         printed), as capnp_schemas.parse_elsewhere wants it.  None when the zygote
@@ -56,7 +57,8 @@ class Launched:
         try:
             sock.settimeout(SCHEMA_SECONDS + 10)
             sock.sendall(json.dumps({"schema": path, "imports": list(imports),
-                                     "before": [list(b) for b in before]}).encode() + b"\n")
+                                     "before": [list(b) for b in before],
+                                     "after": list(after)}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(1 << 16)

@@ -1670,6 +1670,38 @@ def test_the_private_directory_of_the_schema_copies_gone_or_unusable_is_no_trace
     assert e.value.path == str(path) and "cannot copy it to check it" in e.value.reason
 
 
+@pytest.mark.parametrize("used", [True, False])
+@pytest.mark.parametrize("command", ["check", "up"])
+def test_an_id_derived_in_an_imported_file_is_one_declaration_across_schemas(
+        tmp_path, command, used):
+    """Each schema has a parser of its own (168c62c), which compiles of a file it
+    imports only what the schema uses, and load() claimed only the ids written
+    in such a file: b.capnp (imported by a.capnp) declaring `interface Admin`
+    (its id derived from b's and the name), and c.capnp, listed after a.capnp,
+    declaring `interface Calc2 @<Admin's id>`, were both accepted, two
+    interfaces of one id in one system (the one parser before refused it:
+    "Duplicate ID").  A file a schema imports is loaded whole, after it, in its
+    parser (and the child's first): every id it declares is its, used or not."""
+    (tmp_path / "a.capnp").write_text('@0xd1c3f0a2b4e5fd01;\nusing B = import "b.capnp";\n'
+                                      "interface A { get @0 () -> (b :B.Admin); }\n")
+    (tmp_path / "b.capnp").write_text("@0xd1c3f0a2b4e5fd02;\ninterface Admin { wipe @0 () -> (); }\n"
+                                      "interface Unused { x @0 () -> (); }\n")
+    import capnp
+    b = capnp.SchemaParser().load(str(tmp_path / "b.capnp"))
+    taken = (b.Admin if used else b.Unused).schema.node.id
+    (tmp_path / "c.capnp").write_text(f"@0xd1c3f0a2b4e5fd03;\ninterface Calc2 @0x{taken:016x} "
+                                      "{ add @0 () -> (); }\n")
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{SCHEMA}", "a.capnp", "c.capnp"]\n'
+        f'socket = "{tmp_path / "s.sock"}"\n'
+        f'[compartments.m]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper(command, str(tmp_path / "system.toml"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (out,) = r.stderr.strip().splitlines()
+    assert out.startswith(f"wsuper: error: {tmp_path / 'c.capnp'}:2: Duplicate ID "
+                          f"@0x{taken:016x}. {tmp_path / 'b.capnp'} declares that id already"), out
+
+
 @pytest.mark.parametrize("case", ["probe_copy_changed", "engine_nested_id", "user_copy"])
 @pytest.mark.parametrize("command", ["check", "up"])
 def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, command):
