@@ -451,16 +451,41 @@ def _mirror() -> str:
     first use, 0700, removed at exit by the process that made it).  Made anew if
     it is no longer a directory of this user's that only it may enter (a cleaner
     of the temporary directory removed it, or another put something there):
-    OSError if none can be made."""
+    OSError if none can be made.  Beneath directories no other user may rename
+    or replace an entry of (the temporary directory writable by others without
+    the sticky bit, or another's: they could put a tree of their own in its
+    place between the check and the parse): OSError if not."""
     if not _MIRROR or _MIRROR[1] != os.getpid() or not _private_dir(_MIRROR[0]):
         import atexit
         import shutil
         import tempfile
-        made, pid = tempfile.mkdtemp(prefix="wsuper-schemas-"), os.getpid()
+        made, pid = os.path.realpath(tempfile.mkdtemp(prefix="wsuper-schemas-")), os.getpid()
+        other = _open_to_others(os.path.dirname(made))
+        if other is not None:
+            shutil.rmtree(made, ignore_errors=True)
+            import errno
+            raise OSError(errno.EPERM, f"{other} (above the private directory it is copied "
+                          "to, in TMPDIR) may be changed by another user: set TMPDIR to a "
+                          "directory only you, or root, may change")
         _MIRROR[:] = [made, pid]
         _GENERATION.clear()
         atexit.register(lambda: os.getpid() == pid and shutil.rmtree(made, ignore_errors=True))
     return _MIRROR[0]
+
+
+def _open_to_others(path: str) -> str | None:
+    """The first of `path` (a real path) and the directories above it in which
+    another user may rename or replace an entry: one of another's (not root's),
+    or writable by its group or others without the sticky bit; None if none."""
+    import stat
+    while True:
+        st = os.stat(path)
+        if st.st_uid not in (0, os.geteuid()) or (
+                st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            return path
+        if path == os.path.dirname(path):
+            return None
+        path = os.path.dirname(path)
 
 
 def _private_dir(path: str) -> bool:

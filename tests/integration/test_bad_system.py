@@ -1670,6 +1670,36 @@ def test_the_private_directory_of_the_schema_copies_gone_or_unusable_is_no_trace
     assert e.value.path == str(path) and "cannot copy it to check it" in e.value.reason
 
 
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o755])
+def test_the_schema_copies_are_not_made_where_another_user_may_replace_them(
+        tmp_path, monkeypatch, mode):
+    """The private directory of the copies (0700) was made in TMPDIR whatever that
+    is: in a directory others may write to without the sticky bit, another user
+    may rename it (or the copy's directory in it) and put a tree of their own in
+    its place, between the child's check and this process's parse of "the same"
+    bytes (which the parser then aborts on).  Such a TMPDIR is refused, naming
+    it; a sticky one (/tmp) or one only we may change is used."""
+    import tempfile
+    import capnp_schemas
+    monkeypatch.setattr(capnp_schemas, "parse_elsewhere", None)
+    monkeypatch.setattr(capnp_schemas, "_MIRROR", [])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    os.chmod(tmp, mode)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    path = tmp_path / "t.capnp"
+    path.write_text(f"@0x{0xd1c3f0a2b4e50000 + mode:016x};\ninterface T {{ a @0 () -> (); }}\n")
+    if mode & 0o022 and not mode & 0o1000:
+        with pytest.raises(capnp_schemas.SchemaError) as e:
+            capnp_schemas.load(str(path))
+        assert e.value.path == str(path) and f"{tmp} (above the private directory" \
+            in e.value.reason, e.value.reason
+        assert os.listdir(tmp) == []
+    else:
+        assert list(capnp_schemas.load(str(path)).T.schema.method_names) == ["a"]
+        assert os.path.dirname(capnp_schemas._mirror()) == str(tmp)
+
+
 @pytest.mark.parametrize("used", [True, False])
 @pytest.mark.parametrize("command", ["check", "up"])
 def test_an_id_derived_in_an_imported_file_is_one_declaration_across_schemas(
