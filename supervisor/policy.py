@@ -474,6 +474,9 @@ def load(path: str, socket: str | None = None) -> System:
                 problem = audit_links_problem(system.audit, links)
         if problem:
             raise where.error("system.audit", problem)
+    written = _writes_over(system, own_paths, deciding)
+    if written:
+        raise where.error(*written)
     wheres = {where.path: where}
     places = mounts.Places()
     installed = _installed()
@@ -637,6 +640,55 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     out += [("the policy file", os.path.abspath(p), None) for p in dict.fromkeys(policy_files)]
     out += [("the schema file", s, None) for s in system.schemas]
     return out
+
+
+def _same_dir(a: str, b: str) -> bool:
+    """Whether the directories `a` and `b` are one (by path, or by device and inode:
+    a bind mount shows one directory at two paths)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
+def _writes_over(system: System, own_paths, deciding) -> tuple[str, str] | None:
+    """(key, reason) if a file the supervisor writes is one of the files that decide
+    what runs (`deciding`: _deciding_files and what the schemas read), or None.
+    Those files are the audit (appended to, renamed AUDIT.1 .. AUDIT.N by its
+    rotation, the next one made as .AUDIT.rotating) and the log files in the log
+    directory (supervisor.log, NAME.log and their rotations).  `check` passed
+    `audit = "calc.wat"`, and `up` appended every call's record to calc's module,
+    which failed its next start (and every later one: the module was lost); with
+    `logs = "."` and `policy = "app.log"`, app's log lines went into its policy
+    file, which the next `up` refused, and its rotation renamed it away.  Compared
+    by real path, and by the directory's device and inode (a bind mount)."""
+    audit = os.path.realpath(system.audit) if system.audit is not None else None
+    log_dir = next(p for what, p, *_ in own_paths if what == "log directory")
+    logs = re.compile(r"(%s)\.log(\.[0-9]+)?" % "|".join(
+        map(re.escape, ["supervisor", *system.compartments])), re.DOTALL)
+    for what, file, _owner in deciding:
+        real = os.path.realpath(file)
+        folder, name = os.path.split(real)
+        if audit is not None and _same_dir(folder, os.path.dirname(audit)):
+            base = os.path.basename(audit)
+            if name == base or name == audit_successor_name(base) or (
+                    name.startswith(base + ".") and name[len(base) + 1:].isdigit()):
+                how = "is" if name == base else (
+                    "would make its next file (rotating) over" if name ==
+                    audit_successor_name(base) else "would rotate its files over")
+                return "system.audit", (
+                    f"the audit file {quoted(system.audit)} {how} {what} {quoted(file)}: "
+                    f"the supervisor would write the records of every call into it, and "
+                    f"the rotation rename it away; name another file")
+        if _same_dir(folder, log_dir) and logs.fullmatch(name):
+            return ("system.logs" if system.logs else ""), (
+                f"the log directory {quoted(log_dir)} holds {what} {quoted(file)} under "
+                f"the name of a log file of this system ({name}): the supervisor would "
+                f"write its log lines into it, and its rotation rename it away; choose "
+                f"another log directory, or move the file")
+    return None
 
 
 def _installed() -> list[tuple[str, str]]:

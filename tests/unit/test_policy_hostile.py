@@ -723,3 +723,72 @@ def test_a_standard_stream_file_grant_keeps_its_attenuation_unless_it_says_the_o
                    f'{name} = {{ host = "file", path = "/x/f", {says} }}\n')
     (g,) = policy.parse(text, "/x/s.toml").compartments["b"].grants
     assert (g.read_only, g.append_only) == want
+
+
+@pytest.mark.parametrize("system_keys, deciding, key, said", [
+    # the audit is a module, the system file, a schema or a policy file
+    ('audit = "calc.wat"', {}, "system.audit", "is compartment calc's module"),
+    ('audit = "system.toml"', {}, "system.audit", "is the system file"),
+    ('audit = "calc.capnp"', {}, "system.audit", "is the schema file"),
+    ('audit = "p.toml"', {"policy": "p.toml"}, "system.audit", "is the policy file"),
+    # ... or its rotation reaches one (AUDIT.N, .AUDIT.rotating)
+    ('audit = "p"', {"policy": "p.2"}, "system.audit", "would rotate its files over"),
+    ('audit = "p"', {"policy": ".p.rotating"}, "system.audit",
+     "would make its next file (rotating) over"),
+    # ... through a symbolic link to it
+    ('audit = "link.wat"', {"link": "calc.wat"}, "system.audit", "is compartment calc's module"),
+    # a log file (or a rotation of one) in the log directory is a policy file or a schema
+    ('logs = "."', {"policy": "app.log"}, "system.logs", "the policy file"),
+    ('logs = "."', {"policy": "supervisor.log.2"}, "system.logs", "the policy file"),
+    ('logs = "."', {"schema": "calc.log"}, "system.logs", "the schema file"),
+])
+def test_a_file_the_supervisor_writes_is_no_file_that_decides_what_runs(
+        tmp_path, monkeypatch, system_keys, deciding, key, said):
+    """`check` passed `audit = "calc.wat"`, and `up` appended every call's record to
+    calc's module: its next start failed, and every later one (the module was
+    lost).  With `logs = "."` and `policy = "app.log"`, app's log lines went into
+    its policy file, which the next `up` refused (and its rotation renamed it
+    away).  Refused by `check` and `up` at the key that moves the supervisor's file."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    os.chmod(tmp_path, 0o700)
+    for f in ("calc.wat", "calc.capnp", "hello.wat"):
+        shutil.copy(os.path.join(EXAMPLES, f), tmp_path / f)
+    schema = deciding.get("schema", "calc.capnp")
+    if schema != "calc.capnp":
+        shutil.copy(tmp_path / "calc.capnp", tmp_path / schema)
+    policy_line = ""
+    if "policy" in deciding:
+        (tmp_path / deciding["policy"]).write_text('[grants]\ncalc = { compartment = "calc" }\n')
+        policy_line = f'policy = "{deciding["policy"]}"\n'
+    if "link" in deciding:
+        os.symlink(deciding["link"], tmp_path / "link.wat")
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[system]\nschemas = ["{schema}"]\n{system_keys}\n'
+                           '[compartments.calc]\nmodule = "calc.wat"\nexports = "Calc"\n'
+                           f'[compartments.app]\nmodule = "hello.wat"\n{policy_line}')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    assert e.value.key == key and e.value.line == 3, str(e.value)
+    assert said in e.value.reason, str(e.value)
+
+
+def test_an_audit_and_logs_beside_the_files_that_decide_what_runs_are_fine(tmp_path,
+                                                                           monkeypatch):
+    """Beside them, under names of their own, the audit and the logs are allowed."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    os.chmod(tmp_path, 0o700)
+    for f in ("calc.wat", "calc.capnp"):
+        shutil.copy(os.path.join(EXAMPLES, f), tmp_path / f)
+    (tmp_path / "calc.wat.log").write_text("")     # no log file's name: calc's is calc.log
+    system_file = tmp_path / "system.toml"
+    system_file.write_text('[system]\nschemas = ["calc.capnp"]\naudit = "calc.jsonl"\n'
+                           'logs = "."\n[compartments.calc]\nmodule = "calc.wat"\n'
+                           'exports = "Calc"\n')
+    assert policy.load(str(system_file)).audit == str(tmp_path / "calc.jsonl")
