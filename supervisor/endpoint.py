@@ -179,8 +179,11 @@ def safe_socket_dir(socket_path: str):
     folder = os.path.dirname(os.path.abspath(socket_path))
     if folder == runtime_dir():
         private_dir(folder)
-        return
-    own_dir(folder, "socket directory ")
+    else:
+        own_dir(folder, "socket directory ")
+    problem = socket_file_problem(socket_path)    # refused now, naming the key
+    if problem:
+        raise EndpointError(problem)
 
 
 def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None:
@@ -239,8 +242,8 @@ def socket_dir_problem(socket_path: str) -> str | None:
     """Why safe_socket_dir(socket_path) would refuse, or None; makes nothing."""
     folder = os.path.dirname(os.path.abspath(socket_path))
     if folder == runtime_dir():
-        return None                  # the runtime directory: private_dir's, made at up
-    return own_dir_problem(folder, "socket directory ")
+        return socket_file_problem(socket_path)   # the directory: private_dir's, made at up
+    return own_dir_problem(folder, "socket directory ") or socket_file_problem(socket_path)
 
 
 def own_dir(folder: str, what: str, parents: bool = False):
@@ -528,15 +531,33 @@ def is_running(system_path: str) -> bool:
         os.close(fd)
 
 
-def claim_socket_path(path: str):
-    """Make `path` free for bind(): refuse one a live system answers on; remove a stale one."""
+def socket_file_problem(path: str) -> str | None:
+    """Why `path` cannot be bound as a socket because something else is there (a
+    socket there, stale or live, is claim_socket_path's to judge), or None.  `check`
+    asks it too: it passed `socket = "calc.capnp"`, which `up` then refused, naming
+    no key."""
     try:
         st = os.lstat(path)
+    except OSError:
+        return None                  # nothing there (or the bind says why)
+    if stat.S_ISSOCK(st.st_mode):
+        return None
+    kind = "a regular file" if stat.S_ISREG(st.st_mode) else "a symbolic link" \
+        if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) \
+        else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device"
+    return (f"the socket {quoted(path)} exists and is {kind}, not a socket; remove it or "
+            f"choose another path")
+
+
+def claim_socket_path(path: str):
+    """Make `path` free for bind(): refuse one a live system answers on; remove a stale one."""
+    problem = socket_file_problem(path)
+    if problem:
+        raise EndpointError(problem)
+    try:
+        os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise EndpointError(f"{path} exists and is not a socket; remove it or choose another "
-                            f"path")
     probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
     try:
         probe.settimeout(1)

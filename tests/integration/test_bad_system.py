@@ -823,6 +823,30 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path)
     assert "the admin socket" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("what, make", [
+    ("a regular file", lambda p: p.write_text("x")),       # a schema of the system, say
+    ("a directory", lambda p: p.mkdir()),
+    ("a symbolic link", lambda p: os.symlink("nowhere", p)),
+])
+def test_a_socket_path_where_something_else_lies_is_refused_by_check_as_by_up(
+        tmp_path, what, make):
+    """`check` passed `socket = "calc.capnp"` (any file, directory or link there),
+    and `up` then refused it: "... exists and is not a socket", naming no key."""
+    os.chmod(tmp_path, 0o700)
+    make(tmp_path / "there")
+    system = GOOD + 'external = true\n'
+    system = system.replace("[system]\n", '[system]\nsocket = "there"\n')
+    (tmp_path / "system.toml").write_text(system)
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        assert r.returncode == 2, r.output
+        (line,) = r.stderr.strip().splitlines()
+        assert line == (f"wsuper: error: {tmp_path}/system.toml:2: system.socket: the socket "
+                        f"{tmp_path}/there exists and is {what}, not a socket; remove it or "
+                        f"choose another path"), line
+    assert os.path.lexists(tmp_path / "there")
+
+
 _BIND_SCRIPT = """
 import json, subprocess, sys
 cases = json.loads(sys.argv[1])
