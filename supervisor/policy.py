@@ -668,7 +668,11 @@ def _writes_over(system: System, own_paths, deciding) -> tuple[str, str] | None:
     log_dir = next(p for what, p, *_ in own_paths if what == "log directory")
     logs = re.compile(r"(%s)\.log(\.[0-9]+)?" % "|".join(
         map(re.escape, ["supervisor", *system.compartments])), re.DOTALL)
-    for what, file, _owner in deciding:
+    # the external socket too: bound where the audit was made just before (`audit`
+    # and `socket` both "x.sock"), `up` refused its own audit file as "not a socket"
+    socket = [("the external socket", system.socket, None)] \
+        if system.external and system.socket else []
+    for what, file, _owner in [*deciding, *socket]:
         real = os.path.realpath(file)
         folder, name = os.path.split(real)
         if audit is not None and _same_dir(folder, os.path.dirname(audit)):

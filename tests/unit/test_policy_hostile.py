@@ -792,3 +792,23 @@ def test_an_audit_and_logs_beside_the_files_that_decide_what_runs_are_fine(tmp_p
                            'logs = "."\n[compartments.calc]\nmodule = "calc.wat"\n'
                            'exports = "Calc"\n')
     assert policy.load(str(system_file)).audit == str(tmp_path / "calc.jsonl")
+
+
+@pytest.mark.parametrize("system_keys, key", [
+    ('socket = "x.sock"\naudit = "x.sock"', "system.audit"),
+    ('socket = "calc.log"\nlogs = "."', "system.logs"),
+])
+def test_the_external_socket_is_neither_the_audit_nor_a_log_file(tmp_path, monkeypatch,
+                                                                 system_keys, key):
+    """`check` passed `audit` and `socket` both "x.sock": `up` made the audit there,
+    then refused its own audit file as "not a socket", naming no key."""
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    os.chmod(tmp_path, 0o700)
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n{system_keys}\n'
+                           f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                           'exports = "Calc"\nexternal = true\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    assert e.value.key == key and "the external socket" in e.value.reason, str(e.value)
