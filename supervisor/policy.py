@@ -522,6 +522,10 @@ def load(path: str, socket: str | None = None) -> System:
                 raise gwhere.error(key, f"{quoted(g.path)} is on the kernel's {fs} file system: no "
                                    f"grant may reach it (opened by the supervisor, /proc/self "
                                    f"is the supervisor's own process)")
+            problem = _opening_problem(g, st, comp.name)
+            if problem:
+                raise gwhere.error(f"{origin_key}.subdir" if g.subdir and problem[0] else key,
+                                   problem[1])
             if system.audit is not None and _rotated_audit(places, real, system.audit):
                 raise gwhere.error(key, f"{quoted(g.path)} reaches the supervisor's rotated audit file "
                                    f"{real}: no compartment may read or change the "
@@ -777,6 +781,34 @@ def _names_on_the_way(path: str, hops: int = 40) -> list[str]:
         else:
             at = name
     return names
+
+
+def _opening_problem(g: Grant, checked: os.stat_result, holder: str
+                     ) -> tuple[bool, str] | None:
+    """(whether it is about the subdir, why) if the directory or file grant `g`
+    cannot be opened as every start of its holder opens it (hostcaps.open_grant:
+    with its attenuation, its subdir beneath the path, no mount crossed, no file of
+    more than one link under refuse_hard_links), or None.  The looks before this
+    one passed what the start then refused at every try, until the holder failed
+    for good: a file grant with refuse_hard_links of a file with two links, or a
+    subdir that is a mount point (path = "/dev", subdir = "shm").  Opened, and
+    closed at once: nothing is created, truncated or written."""
+    from . import hostcaps
+    try:
+        opened = hostcaps.open_grant(g)
+    except (OSError, hostcaps.hostfs.FsError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        sub = f" (subdir {quoted(g.subdir)})" if g.subdir else ""
+        return bool(g.subdir), (f"{quoted(g.path)}{sub} cannot be opened as every start of "
+                                f"{holder} opens it ({holder} could never start): {why}")
+    try:
+        now = os.fstat(opened.fd)
+    finally:
+        hostcaps.release(g.target, opened)
+    if (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):
+        return False, (f"{quoted(g.path)} changed while it was being checked (what it "
+                       f"names now is another {g.target}); run the command again")
+    return None
 
 
 def _kernel_fs(path: str) -> str | None:

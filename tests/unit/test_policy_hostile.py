@@ -812,3 +812,45 @@ def test_the_external_socket_is_neither_the_audit_nor_a_log_file(tmp_path, monke
     with pytest.raises(policy.PolicyError) as e:
         policy.load(str(system_file))
     assert e.value.key == key and "the external socket" in e.value.reason, str(e.value)
+
+
+def _one_grant_system(tmp_path, grant: str) -> str:
+    from tests.conftest import EXAMPLES
+    os.chmod(tmp_path, 0o700)
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[system]\n[compartments.app]\nmodule = "{EXAMPLES}/hello.wat"\n'
+                           f'[compartments.app.grants]\ng = {grant}\n')
+    return str(system_file)
+
+
+def test_a_file_grant_refusing_hard_links_of_a_file_of_two_links_is_refused_by_check(
+        tmp_path, monkeypatch):
+    """`check` passed it, and every start of its holder failed ("... has 2 hard links
+    (refuse_hard_links)") until it failed for good: check opens each file and
+    directory grant as a start does."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("x")
+    os.link(tmp_path / "data" / "f", tmp_path / "data" / "f2")
+    path = _one_grant_system(tmp_path, f'{{ host = "file", path = "{tmp_path}/data/f", '
+                                       'refuse_hard_links = true }')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(path)
+    assert (e.value.key, e.value.line) == ("compartments.app.grants.g.path", 5), str(e.value)
+    assert "could never start" in e.value.reason and "2 hard links" in e.value.reason
+    os.unlink(tmp_path / "data" / "f2")              # one link: it starts, and check passes
+    assert policy.load(path).compartments["app"].grants[0].checked is not None
+
+
+@pytest.mark.skipif(not os.path.ismount("/dev/shm") or os.path.ismount("/dev") is False,
+                    reason="needs /dev/shm mounted beneath /dev")
+def test_a_subdir_that_is_a_mount_point_is_refused_by_check(tmp_path, monkeypatch):
+    """A directory grant opens its subdir beneath its path, crossing no mount: a
+    subdir that is a mount point passed `check` and failed every start."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    path = _one_grant_system(tmp_path, '{ host = "directory", path = "/dev", subdir = "shm", '
+                                       'read_only = true }')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(path)
+    assert e.value.key == "compartments.app.grants.g.subdir", str(e.value)
+    assert "could never start" in e.value.reason, str(e.value)
