@@ -344,7 +344,7 @@ class CompilerFailed(Exception):
     """A child compiling a module (`in_a_compiler`) ended without an answer."""
 
 
-def in_a_compiler(work, path: str, user=None):
+def in_a_compiler(work, path: str, user=None, probes: bool = False):
     """The result of `work()` (JSON values) computed in a child of this process under
     a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY, COMPILE_WALL; what it
     forks ends with it: collect), as the zygote compiles:
@@ -358,7 +358,8 @@ def in_a_compiler(work, path: str, user=None):
 
     The child parses hostile modules: what it answers is JSON (or CompilerFailed),
     of at most ANSWER_MAX bytes, and nothing more is known of it: the caller checks
-    its shape as it would any hostile input."""
+    its shape as it would any hostile input.  `probes`: `work` rewrites the module
+    for probes, and may run wasm-tools (confine_compiler's `probes`)."""
     from . import confine as confining
     parent = os.getpid()
     try:                    # no process or descriptor left: a failure, not a traceback
@@ -382,7 +383,7 @@ def in_a_compiler(work, path: str, user=None):
             limit_compiler(confining, w)
             try:
                 confining.neutralize_fds(keep={2, w})
-                confine_compiler(confining, path, False, user, os.getppid())
+                confine_compiler(confining, path, probes, user, os.getppid())
             except confining.ConfinementError as e:
                 say(w, f"cannot confine its compiler: {e}")
                 os._exit(1)

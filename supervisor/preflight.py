@@ -149,6 +149,20 @@ def prepare(system: System) -> Plan:
             _check_wasi_grants(wheres, comp)
         _check_environment_fits(wheres, comp)
         _check_start_fits(wheres, comp)
+        if comp.instrument:
+            # as every start compiles it (wasm.compile_binary_for): probe sites, then
+            # protection.  A module the rewriting refuses (more than 8 MiB, more than
+            # 2^20 sites, an import of wsuper_probe's) passed check, and failed every
+            # start ("cannot instrument it: ...") until it failed for good
+            refused = _bounded(where, f"{key}.instrument", comp.module,
+                               lambda: _instrument_refusal(engine, comp), _text_problem,
+                               system.engine_user, probes=True)
+            if refused:
+                raise where.error(f"{key}.instrument", f"{quoted(comp.module)} cannot be "
+                                  f"compiled with the probe sites of "
+                                  f"{', '.join(comp.instrument)} as every start of "
+                                  f"{comp.name} compiles it (it could never start): "
+                                  f"{refused}")
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             refused = _bounded(where, f"{key}.module", comp.module,
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
@@ -182,7 +196,7 @@ def prepare(system: System) -> Plan:
     return Plan(system, interfaces, main, names, ifaces, supers, frozenset(programs))
 
 
-def _bounded(where, key: str, path: str, work, problem, user=None):
+def _bounded(where, key: str, path: str, work, problem, user=None, probes: bool = False):
     """`work()` in a child under the limits of the zygote's compilers: a module can be
     made to take minutes and tens of GB to compile, or abort the process that
     compiles it when memory runs out, and this process is `wsuper check`'s or the
@@ -191,7 +205,7 @@ def _bounded(where, key: str, path: str, work, problem, user=None):
     and its answer is hostile input here (not JSON, or a list for a dict, was a
     traceback out of `wsuper check` and `up`)."""
     try:
-        answer = zygote.in_a_compiler(work, path, user)
+        answer = zygote.in_a_compiler(work, path, user, probes)
     except zygote.CompilerFailed as e:
         raise where.error(key, f"cannot compile {quoted(path)}: {e}") from None
     wrong = problem(answer)
@@ -286,6 +300,26 @@ def _protect_refusal(engine, comp):
     except protect.ProtectError as e:
         return [e.key, _clip(e.reason, TEXT_MAX)]
     return None
+
+
+def _instrument_refusal(engine, comp) -> str | None:
+    """Why the module of `comp` cannot be compiled with its probe sites (and its
+    protection) as its engine compiles it at every start (engine._load), or None
+    (made in a child: it runs wasm-tools)."""
+    from compartments import instrument
+    try:
+        module, sites, layout, binary = wasm.compile_binary_for(
+            engine, comp.module, comp.instrument, comp.protect, comp.limits.memory)
+    except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
+            instrument.InstrumentError) as e:
+        return _clip(first_line(e) or type(e).__name__, TEXT_MAX)
+    problem, _description = wasm.describe(module, sites, layout, binary)
+    return None if problem is None else _clip(problem, TEXT_MAX)
+
+
+def _text_problem(answer) -> str | None:
+    """What is wrong with an answer that is None or a text (_instrument_refusal's)."""
+    return None if answer is None or _is_text(answer) else "is no refusal"
 
 
 def _instantiation_problem(binary: bytes) -> str | None:

@@ -1786,3 +1786,31 @@ def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, co
                     rf"Duplicate ID @0x[0-9a-f]+\. {re.escape(first)}{re.escape(own)} "
                     "declares that id already", out), out
     assert "terminate called" not in r.stderr
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_a_module_its_probe_sites_cannot_be_compiled_into_is_refused_by_check(tmp_path):
+    """A module of more than 8 MiB (instrument.MAX_MODULE_BYTES: a custom section
+    will do) with `instrument` passed `check` (a module may have 256 MiB), and every
+    start failed, "cannot instrument it: module of N bytes", until it failed for
+    good.  `check` and `up` compile it with its probe sites as a start does."""
+    from compartments import instrument
+    payload = b"\x01x" + bytes(instrument.MAX_MODULE_BYTES)
+    (tmp_path / "big.wasm").write_bytes(b"\0asm\x01\0\0\0\0" + _leb(len(payload)) + payload)
+    system = tmp_path / "system.toml"
+    system.write_text('[compartments.big]\nmodule = "big.wasm"\ninstrument = ["functions"]\n')
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {system}:3: compartments.big.instrument: "), line
+    assert "could never start" in line and "at most 8388608 are instrumented" in line, line
+    system.write_text('[compartments.big]\nmodule = "big.wasm"\n')     # not instrumented: fine
+    assert run_wsuper("check", str(system)).returncode == 0
