@@ -154,15 +154,23 @@ def prepare(system: System) -> Plan:
             # protection.  A module the rewriting refuses (more than 8 MiB, more than
             # 2^20 sites, an import of wsuper_probe's) passed check, and failed every
             # start ("cannot instrument it: ...") until it failed for good
+            # and each declared probe must cover a site (a pattern no function matched
+            # passed check, and every start said "cannot add declared probe")
             refused = _bounded(where, f"{key}.instrument", comp.module,
-                               lambda: _instrument_refusal(engine, comp), _text_problem,
+                               lambda: _instrument_refusal(engine, comp),
+                               lambda r: _probe_refusal_problem(r, len(comp.probes)),
                                system.engine_user, probes=True)
-            if refused:
+            if refused and refused[0] < 0:
                 raise where.error(f"{key}.instrument", f"{quoted(comp.module)} cannot be "
                                   f"compiled with the probe sites of "
                                   f"{', '.join(comp.instrument)} as every start of "
                                   f"{comp.name} compiles it (it could never start): "
-                                  f"{refused}")
+                                  f"{refused[1]}")
+            if refused:
+                probe = comp.probes[refused[0]]
+                raise where.error(f"{key}.probes.{probe.name}.functions",
+                                  f"{refused[1]}: every start of {comp.name} would leave "
+                                  f"this declared probe out")
         if comp.protect is not None and comp.protect.required:   # the default is never an error
             refused = _bounded(where, f"{key}.module", comp.module,
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
@@ -302,24 +310,40 @@ def _protect_refusal(engine, comp):
     return None
 
 
-def _instrument_refusal(engine, comp) -> str | None:
-    """Why the module of `comp` cannot be compiled with its probe sites (and its
-    protection) as its engine compiles it at every start (engine._load), or None
-    (made in a child: it runs wasm-tools)."""
+def _instrument_refusal(engine, comp) -> list | None:
+    """[-1, why] if the module of `comp` cannot be compiled with its probe sites
+    (and its protection) as its engine compiles it at every start (engine._load);
+    [i, why] if its i-th declared in-module probe covers no site there (the
+    supervisor adds it at every start: probes.Registry.add); else None.  Made in a
+    child: it runs wasm-tools."""
     from compartments import instrument
+
+    from .probes import IN_MODULE, Registry
     try:
         module, sites, layout, binary = wasm.compile_binary_for(
             engine, comp.module, comp.instrument, comp.protect, comp.limits.memory)
     except (OSError, UnicodeDecodeError, wasmtime.WasmtimeError,
             instrument.InstrumentError) as e:
-        return _clip(first_line(e) or type(e).__name__, TEXT_MAX)
+        return [-1, _clip(first_line(e) or type(e).__name__, TEXT_MAX)]
     problem, _description = wasm.describe(module, sites, layout, binary)
-    return None if problem is None else _clip(problem, TEXT_MAX)
+    if problem is not None:
+        return [-1, _clip(problem, TEXT_MAX)]
+    for i, spec in enumerate(comp.probes):
+        if spec.point in IN_MODULE and not Registry.select(sites, spec):
+            return [i, _clip(f"no function of {comp.name} matches "
+                             f"{', '.join(spec.functions) or 'any'} (with {spec.point} "
+                             f"sites)", TEXT_MAX)]
+    return None
 
 
-def _text_problem(answer) -> str | None:
-    """What is wrong with an answer that is None or a text (_instrument_refusal's)."""
-    return None if answer is None or _is_text(answer) else "is no refusal"
+def _probe_refusal_problem(answer, probes: int) -> str | None:
+    """What is wrong with an answer of _instrument_refusal, or None."""
+    if answer is None:
+        return None
+    if not (isinstance(answer, list) and len(answer) == 2 and type(answer[0]) is int
+            and -1 <= answer[0] < probes and _is_text(answer[1])):
+        return "is no refusal"
+    return None
 
 
 def _instantiation_problem(binary: bytes) -> str | None:

@@ -1814,3 +1814,20 @@ def test_a_module_its_probe_sites_cannot_be_compiled_into_is_refused_by_check(tm
     assert "could never start" in line and "at most 8388608 are instrumented" in line, line
     system.write_text('[compartments.big]\nmodule = "big.wasm"\n')     # not instrumented: fine
     assert run_wsuper("check", str(system)).returncode == 0
+
+
+def test_a_declared_probe_that_covers_no_function_is_refused_by_check(tmp_path):
+    """`check` passed a declared probe whose functions match none of the module's,
+    and every start of the compartment said "cannot add declared probe ...: no
+    function of calc matches ..." and ran without it."""
+    system = tmp_path / "system.toml"
+    text = (GOOD + 'instrument = ["functions"]\n[compartments.calc.probes.p]\n'
+            'point = "functions"\nfunctions = ["nomatch_*", "#1"]\n')
+    system.write_text(text)
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {system}:10: compartments.calc.probes.p.functions: "
+                           "no function of calc matches nomatch_*, #1"), line
+    system.write_text(text.replace('"#1"', '"#6"'))        # calc's first own function
+    assert run_wsuper("check", str(system)).returncode == 0
