@@ -836,9 +836,10 @@ def audit_file_problem(path: str) -> str | None:
     from .endpoint import _unwritable, own_dir_problem
     folder = os.path.dirname(path)
     # first, as up does (endpoint.own_dir): a real directory of ours, closed to others,
-    # or one up can make (not a link there: check leaves that to up, and to the checks
-    # of the grants that may reach what it points at)
-    problem = None if os.path.islink(folder) else own_dir_problem(folder, "audit directory ")
+    # or one up can make.  A symbolic link there too is refused, as up refuses it:
+    # left to up, `audit = "ln/audit.jsonl"` (ln a link to a directory of ours)
+    # passed check, and up exited 2 ("audit directory ... is not a directory")
+    problem = own_dir_problem(folder, "audit directory ")
     if problem:
         return problem
     try:

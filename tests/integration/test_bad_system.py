@@ -698,14 +698,17 @@ def test_a_writable_grant_cannot_reach_the_audit_through_a_link_it_could_replace
     audit records there."""
     (tmp_path / "m.wat").write_text(MOD)
     (tmp_path / "g").mkdir()
-    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
     os.symlink(tmp_path / "elsewhere", tmp_path / "g" / "link")
-    system = (f'[system]\naudit = "g/link/audit.jsonl"\n[compartments.m]\nmodule = "m.wat"\n'
-              f'[compartments.m.grants]\nd = {{ host = "directory", path = "{tmp_path}/g" }}\n')
+    # the link on the way to the audit's directory, not that directory itself (a link
+    # there is refused by `check` and `up` alike, whatever the grants)
+    system = (f'[system]\naudit = "g/link/sub/audit.jsonl"\n[compartments.m]\n'
+              f'module = "m.wat"\n[compartments.m.grants]\n'
+              f'd = {{ host = "directory", path = "{tmp_path}/g" }}\n')
     r = _check(tmp_path, system)
     assert r.returncode == 2, r.output
     assert "compartments.m.grants.d.path" in r.stderr
-    assert f"reaches the supervisor's audit file {tmp_path}/elsewhere/audit.jsonl" in r.stderr
+    assert f"reaches the supervisor's audit file {tmp_path}/elsewhere/sub/audit.jsonl" in r.stderr
     # read only, the link cannot be changed: fine
     r = _check(tmp_path, system.replace(' }', ', read_only = true }'))
     assert r.returncode == 0, r.output
@@ -1831,3 +1834,20 @@ def test_a_declared_probe_that_covers_no_function_is_refused_by_check(tmp_path):
                            "no function of calc matches nomatch_*, #1"), line
     system.write_text(text.replace('"#1"', '"#6"'))        # calc's first own function
     assert run_wsuper("check", str(system)).returncode == 0
+
+
+def test_an_audit_directory_that_is_a_symbolic_link_is_refused_by_check_as_by_up(tmp_path):
+    """`check` left a link where the audit's directory goes to `up` (exit 0), and
+    `up` refused it (exit 2): "audit directory .../ln is not a directory"."""
+    os.chmod(tmp_path, 0o700)
+    (tmp_path / "real").mkdir(mode=0o700)
+    os.symlink("real", tmp_path / "ln")
+    system = tmp_path / "system.toml"
+    system.write_text(GOOD.replace("[system]\n", '[system]\naudit = "ln/audit.jsonl"\n'))
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(system))
+        assert r.returncode == 2, r.output
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"wsuper: error: {system}:2: system.audit: audit directory "
+                               f"{tmp_path}/ln is not a directory"), line
+    assert not os.path.exists(tmp_path / "real" / "audit.jsonl")
