@@ -607,7 +607,13 @@ def _socket_paths_fit(system: System, where):
         paths.append((key, "the external socket", system.socket) if system.socket
                      else ("", "the external socket", endpoint.default_socket_path(system.path)))
     runtime = os.path.realpath(endpoint.runtime_dir())
-    for key, what, p in paths[1:]:
+    # the audit file too: made there (`audit = "$XDG_RUNTIME_DIR/wsuper/NAME-HASH.admin.sock"`),
+    # `up` could not bind its admin socket, and left a regular file there that
+    # refused every later `up` of that system; at a lock's name, a system's `up`
+    # truncated it as its lock (or this one refused its own lock as "written by
+    # another running system"); check passed them all
+    audit = [("system.audit", "the audit file", system.audit)] if system.audit else []
+    for key, what, p in paths[1:] + audit:
         # a system's admin socket or lock there (this system's or another's): bound
         # there, the other's `up` could not take its lock (a socket where its lock
         # file goes) or bind its admin socket, and a lock file there was refused with

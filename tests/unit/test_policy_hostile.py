@@ -854,3 +854,30 @@ def test_a_subdir_that_is_a_mount_point_is_refused_by_check(tmp_path, monkeypatc
         policy.load(path)
     assert e.value.key == "compartments.app.grants.g.subdir", str(e.value)
     assert "could never start" in e.value.reason, str(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".admin.sock", ".lock", ".sock"])
+def test_the_audit_takes_no_name_the_runtime_directory_keeps_for_a_system(tmp_path, monkeypatch,
+                                                                         suffix):
+    """`audit` at the system's own admin socket passed `check`; `up` made the audit
+    file there, then could not bind its admin socket (exit 2), and the regular file
+    it left refused every later `up` of the system.  At its lock, `up` refused its
+    own lock as "written by another running system"; at another system's lock, that
+    system's `up` truncated the audit as its lock."""
+    from supervisor import endpoint
+    from tests.conftest import EXAMPLES
+    run = tmp_path / "run"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    os.chmod(tmp_path, 0o700)
+    system_file = tmp_path / "system.toml"
+    own = endpoint.admin_socket_path(str(system_file)).removesuffix(".admin.sock") + suffix
+    system_file.write_text(f'[system]\naudit = "{own}"\n[compartments.calc]\n'
+                           f'module = "{EXAMPLES}/calc.wat"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    assert (e.value.key, e.value.line) == ("system.audit", 2), str(e.value)
+    assert "has the name of a system's own socket, admin socket or lock" in e.value.reason
+    assert not os.path.lexists(own)
+    system_file.write_text(f'[system]\naudit = "{run}/wsuper/audit.jsonl"\n'     # another name
+                           f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n')
+    assert policy.load(str(system_file)).audit == f"{run}/wsuper/audit.jsonl"
