@@ -612,7 +612,9 @@ def _socket_paths_fit(system: System, where):
     # refused every later `up` of that system; at a lock's name, a system's `up`
     # truncated it as its lock (or this one refused its own lock as "written by
     # another running system"); check passed them all
+    # and the log directory (made there, mode 0700, it took the place of a lock)
     audit = [("system.audit", "the audit file", system.audit)] if system.audit else []
+    audit += [("system.logs", "the log directory", system.logs)] if system.logs else []
     for key, what, p in paths[1:] + audit:
         # a system's admin socket or lock there (this system's or another's): bound
         # there, the other's `up` could not take its lock (a socket where its lock

@@ -881,3 +881,9 @@ def test_the_audit_takes_no_name_the_runtime_directory_keeps_for_a_system(tmp_pa
     system_file.write_text(f'[system]\naudit = "{run}/wsuper/audit.jsonl"\n'     # another name
                            f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n')
     assert policy.load(str(system_file)).audit == f"{run}/wsuper/audit.jsonl"
+    system_file.write_text(f'[system]\nlogs = "{own}"\n'         # the log directory neither
+                           f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    assert (e.value.key, e.value.line) == ("system.logs", 2), str(e.value)
+    assert not os.path.lexists(own)
