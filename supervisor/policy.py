@@ -155,6 +155,9 @@ class Compartment:
     probes: tuple = ()          # declared probes (probes.ProbeSpec): on at every start
     #: memory protection (compartments/protect.py); default: what the module declares
     protect: protection.Setting | None = protection.DEFAULT
+    #: limit name -> "FILE: KEY" where it was written (the system file, or its policy
+    #: file), for the errors about it (limit_where); a default is written nowhere
+    limit_origins: dict = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen
@@ -374,7 +377,12 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                                   f"also granted by policy {body['policy']!r}; "
                                   f"grant each name in one place")
             grants = pgrants + grants
+            ppath = os.path.normpath(os.path.join(base, body["policy"]))   # as _policy_file
+            origins = {k: f"{ppath}: limits.{k}" for k in plimits}
             limits_doc = {**plimits, **limits_doc}     # inline limits win
+        else:
+            origins = {}
+        origins.update({k: f"{path}: {key}.limits.{k}" for k in body.get("limits", {})})
         limits = _limits(where, f"{key}.limits", limits_doc)
         restart = _restart(where, key, body)
         instance = body.get("instance", "shared")
@@ -391,7 +399,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
         except protection.ProtectError as e:
             raise where.error(f"{key}.{e.key}", e.reason) from None
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
-                                         restart, instance, instrument, declared, protect)
+                                         restart, instance, instrument, declared, protect,
+                                         limit_origins=origins)
 
     for comp in compartments.values():
         for g in comp.grants:
@@ -591,6 +600,22 @@ def grant_where(g: Grant, wheres: dict) -> tuple["_Where", str]:
     if origin_file not in wheres:
         wheres[origin_file] = _Where.of_file(origin_file, "policy file ")
     return wheres[origin_file], origin_key
+
+
+def limit_where(comp: Compartment, name: str, wheres: dict, where: "_Where"
+                ) -> tuple["_Where", str]:
+    """Where limit `name` of `comp` was written, to report an error about it: (the
+    _Where of the system file or of its policy file, the key there).  A limit from
+    a policy file was reported at the system file's [compartments.NAME] line, under
+    `compartments.NAME.limits.memory`, a key the file does not have.  A default
+    (written nowhere) is reported at the compartment, `where` the system file's."""
+    origin = comp.limit_origins.get(name)
+    if not origin:
+        return where, f"compartments.{comp.name}.limits.{name}"
+    file, _, key = origin.rpartition(": ")
+    if file not in wheres:
+        wheres[file] = where if file == where.path else _Where.of_file(file, "policy file ")
+    return wheres[file], key
 
 
 #: bytes of a Unix socket's path (sun_path holds 108, with the closing NUL)

@@ -19,7 +19,7 @@ from capnp_schemas.text import first_line, quoted
 from compartments import abi, protect, wasm, wasmbin, zygote
 from compartments.wasm import describe_imports, engine_config
 
-from .policy import PolicyError, System, _Where, grant_where
+from .policy import PolicyError, System, _Where, grant_where, limit_where
 
 
 @attrs.frozen
@@ -135,13 +135,15 @@ def prepare(system: System) -> Plan:
         if problem:
             raise where.error(f"{key}.module", f"{quoted(comp.module)} {problem}")
         if pages * 65536 > comp.limits.memory:
-            raise where.error(f"{key}.limits.memory",
+            lwhere, lkey = limit_where(comp, "memory", wheres, where)
+            raise lwhere.error(lkey,
                               f"{quoted(comp.module)}'s memory starts at {pages} pages "
                               f"({pages * 65536} bytes), more than the limit of "
                               f"{comp.limits.memory} bytes")
         for i, elements in enumerate(tables):
             if elements > comp.limits.table_elements:
-                raise where.error(f"{key}.limits.table_elements",
+                lwhere, lkey = limit_where(comp, "table_elements", wheres, where)
+                raise lwhere.error(lkey,
                                   f"{quoted(comp.module)}'s table {i} starts at {elements} elements, "
                                   f"more than the limit of {comp.limits.table_elements} "
                                   f"(each table)")
@@ -176,7 +178,10 @@ def prepare(system: System) -> Plan:
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
                                system.engine_user)
             if refused:
-                raise where.error(f"{key}.{refused[0]}", f"{quoted(comp.module)}: {refused[1]}")
+                # a limit where it was written (limits.memory, maybe in the policy file)
+                rwhere, rkey = limit_where(comp, refused[0][len("limits."):], wheres, where) \
+                    if refused[0].startswith("limits.") else (where, f"{key}.{refused[0]}")
+                raise rwhere.error(rkey, f"{quoted(comp.module)}: {refused[1]}")
         if comp.exports and not dispatch:
             raise where.error(f"{key}.exports", f"{quoted(comp.module)} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")

@@ -1851,3 +1851,30 @@ def test_an_audit_directory_that_is_a_symbolic_link_is_refused_by_check_as_by_up
         assert line.startswith(f"wsuper: error: {system}:2: system.audit: audit directory "
                                f"{tmp_path}/ln is not a directory"), line
     assert not os.path.exists(tmp_path / "real" / "audit.jsonl")
+
+
+@pytest.mark.parametrize("policy_text, line, key", [
+    ('[limits]\nmemory = "64KiB"\n', 2, "limits.memory"),
+    ('# tables\n[limits]\ntable_elements = 10\n', 3, "limits.table_elements"),
+    ('[limits]\nmemory = "128MiB"\n', 2, "limits.memory"),      # too much for protect
+])
+def test_a_limit_from_a_policy_file_that_the_module_cannot_meet_is_reported_there(
+        tmp_path, policy_text, line, key):
+    """A module's memory or table larger than a limit the compartment's policy file
+    sets was reported at the system file's [compartments.m] line, under
+    compartments.m.limits.memory, a key that file does not have."""
+    (tmp_path / "m.wat").write_text('(module (memory (export "memory") 2) (table 20 funcref)\n'
+                                    '  (func (export "_start")))\n')
+    (tmp_path / "p.toml").write_text(policy_text)
+    system = tmp_path / "system.toml"
+    system.write_text('[compartments.m]\nmodule = "m.wat"\nprotect = { no_access = "64KiB" }\n'
+                      'policy = "p.toml"\n')
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2, r.output
+    (out,) = r.stderr.strip().splitlines()
+    assert out.startswith(f"wsuper: error: {tmp_path}/p.toml:{line}: {key}: "), out
+    # written inline too, the system file's wins, and is named
+    system.write_text(system.read_text() + f"{key} = {policy_text.split(' = ')[1]}")
+    r = run_wsuper("check", str(system))
+    (out,) = r.stderr.strip().splitlines()
+    assert out.startswith(f"wsuper: error: {system}:5: compartments.m.{key}: "), out
