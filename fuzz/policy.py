@@ -23,6 +23,10 @@ Checks on each input:
   check     what `wsuper check` prints of an accepted System (holdings, and
             the DOT graph) is printable line by line, and the graph has one
             edge per grant (nothing in a value can draw one).
+  where     in an accepted System, every grant and every limit written (in the
+            system file or in the policy file a compartment names, which is
+            fuzzed too) is found on a line of the file it says it came from:
+            what `check` and `up` report about it names that file and line.
   time      no input takes more than a second of CPU.
 """
 from __future__ import annotations
@@ -153,6 +157,24 @@ def document(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
+def policy_document(rng: random.Random) -> str:
+    """A policy file: [grants] and [limits], as the system file's, with hostile values
+    (or, one in two, values that pass)."""
+    lines = []
+    friendly = rng.random() < 0.5
+    if rng.random() < 0.7:
+        lines.append("[limits]")
+        for k in rng.sample(sorted(Limits.RANGES), rng.randrange(1, 4)):
+            lo, hi, size = Limits.RANGES[k]
+            good = f"{hi}" if k not in Limits.REAL else f"{hi / 2}"
+            lines.append(f"{_key(rng, k)} = {good if friendly else _value(rng, k)}")
+    if rng.random() < 0.7:
+        lines.append("[grants]")
+        for i in range(rng.randrange(1, 3)):
+            lines.append(f"p{i} = {{ {rng.choice(GRANT_BASES)} }}")
+    return "\n".join(lines) + "\n"
+
+
 def mutate_text(rng: random.Random, text: str) -> str:
     """Text-level mutations: what no structured writer would produce."""
     n = rng.randrange(2000, 40_000)
@@ -198,10 +220,21 @@ def _number_ok(name, v) -> bool:
     return lo <= v <= hi
 
 
-def check(text: str) -> None:
+POLICY_PATH = "/fuzz/p.toml"
+
+
+def _read(files: dict, path: str) -> str:
+    """A policy file's text, as policy.load's reader: a PolicyError if there is none."""
+    if path not in files:
+        raise policy.PolicyError(path, "", f"cannot read policy file {path}: no such file")
+    return files[path]
+
+
+def check(text: str, policy_text: str = "") -> None:
     start = time.process_time()
+    files = {"/fuzz/system.toml": text, POLICY_PATH: policy_text}
     try:
-        system = policy.parse(text, "/fuzz/system.toml")
+        system = policy.parse(text, "/fuzz/system.toml", lambda p: _read(files, p))
     except policy.PolicyError as e:
         shown = str(e)
         if "\n" in shown or not shown.isprintable() or len(shown) > policy.SHOWN_ERROR + 40:
@@ -219,6 +252,7 @@ def check(text: str) -> None:
     if system is not None:
         _check_values(system)
         _check_output(system)
+        _check_where(system, files)
     if time.process_time() - start > 1.0:
         raise Failure("time", f"{time.process_time() - start:.1f} s of CPU")
 
@@ -242,6 +276,24 @@ def _check_values(system) -> None:
         raise Failure("values", f"message_timeout = {system.message_timeout!r}")
 
 
+def _check_where(system, files: dict) -> None:
+    """Each grant's and each written limit's origin is a key written in its own file."""
+    import functools
+    written = functools.cache(lambda file: policy._written_keys(files[file]))
+    for comp in system.compartments.values():
+        origins = [(f"grant {g.name}", g.origin) for g in comp.grants]
+        origins += [(f"limit {k}", o) for k, o in comp.limit_origins.items()]
+        for what, origin in origins:
+            file, _, key = origin.rpartition(": ")
+            if file not in files:
+                raise Failure("where", f"{comp.name}'s {what} comes from {file!r}, no file read")
+            # written there as it is (line_of finds the line of a prefix too: the
+            # compartment's header for a key that file does not have)
+            if tuple(key.split(".")) not in {k for k, _line in written(file)}:
+                raise Failure("where", f"{comp.name}'s {what}: {key!r} is not written in "
+                              f"{file}")
+
+
 def _check_output(system) -> None:
     interfaces = {c.exports: 1 for c in system.compartments.values() if c.exports}
     plan = preflight.Plan(system, interfaces, {c.name: None for c in
@@ -258,15 +310,25 @@ def _check_output(system) -> None:
         raise Failure("check", f"DOT has {bare.count('->')} edges for {grants} grants")
 
 
+def inputs(seed: int, i: int) -> tuple[str, str]:
+    """Input `i` of run `seed`: (system file, policy file).  The policy file, and
+    whether app names it, come from a generator of their own: the system files
+    are those the same seed gave before policy files were fuzzed."""
+    rng = random.Random(seed * 1_000_003 + i)
+    text = document(rng)
+    if rng.random() < 0.3:
+        text = mutate_text(rng, text)
+    side = random.Random(f"policy {seed} {i}")
+    if side.random() < 0.4:
+        text = text.replace('module = "app.wat"\n', 'module = "app.wat"\npolicy = "p.toml"\n', 1)
+    return text, policy_document(side)
+
+
 def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
     failures: dict = {}
     for i in range(count):
-        rng = random.Random(seed * 1_000_003 + i)
         try:
-            text = document(rng)
-            if rng.random() < 0.3:
-                text = mutate_text(rng, text)
-            check(text)
+            check(*inputs(seed, i))
         except Failure as f:
             failures.setdefault(f"{f.check}: {f.detail[:120]}", []).append(i)
         except Exception:  # noqa: BLE001 - a bug in the harness itself
@@ -284,9 +346,10 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, metavar="INPUT", help="print input INPUT and stop")
     args = ap.parse_args(argv)
     if args.show is not None:
-        rng = random.Random(args.seed * 1_000_003 + args.show)
-        text = document(rng)
-        print(mutate_text(rng, text) if rng.random() < 0.3 else text, end="")
+        text, policy_text = inputs(args.seed, args.show)
+        print(text, end="")
+        if 'policy = "p.toml"' in text:
+            print(f"# {POLICY_PATH}:\n{policy_text}", end="")
         return 0
     return run_and_report(run, args.count, args.seed)
 

@@ -20,12 +20,23 @@ def _lenient_number(where, key, value, lo, hi, real=True):
     return value                          # the old check: nan and inf pass
 
 
+_COMPARTMENT = policy.Compartment
+
+
+def _limits_said_in_the_system_file(name, *args, limit_origins=None, **kw):
+    """As before limit_origins: every limit said to be the system file's
+    compartments.NAME.limits.K, a policy file's too."""
+    return _COMPARTMENT(name, *args, **kw, limit_origins={
+        k: f"/fuzz/system.toml: compartments.{name}.limits.{k}" for k in limit_origins or {}})
+
+
 @pytest.mark.parametrize("breakage,check", [
     (lambda mp: mp.setattr(policy, "_number", _lenient_number), "values"),
     (lambda mp: mp.setattr(authority, "_dot", lambda text: text), "check"),
     (lambda mp: mp.setattr(authority, "printable", lambda text: text), "check"),
     (lambda mp: mp.setattr(policy, "printable", lambda text: text), "error"),
     (lambda mp: mp.setattr(policy, "_no_long_dotted_keys", lambda text, path: None), "time"),
+    (lambda mp: mp.setattr(policy, "Compartment", _limits_said_in_the_system_file), "where"),
 ])
 def test_each_check_fails_when_what_it_guards_is_broken(monkeypatch, breakage, check):
     breakage(monkeypatch)
