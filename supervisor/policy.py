@@ -476,7 +476,8 @@ def load(path: str, socket: str | None = None) -> System:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
     if system.audit is not None:
-        problem = _audit_among_logs(system, own_paths) or _audit_successor_named(system)
+        problem = _audit_among_logs(system, own_paths) or _audit_successor_named(system) \
+            or _audit_rotated_name_too_long(system)
         if problem is None and os.path.isfile(system.audit):
             links = os.stat(system.audit).st_nlink
             if links > 1:
@@ -957,6 +958,28 @@ def _audit_successor_named(system: System) -> str | None:
     return (f"the audit file {quoted(system.audit)} has a name the supervisor keeps for "
             f"the next audit file while it rotates one (.NAME.rotating): the rotation of "
             f"an audit beside it would remove this one; name another file")
+
+
+def _audit_rotated_name_too_long(system: System) -> str | None:
+    """Why the audit's rotated files cannot have their names (AUDIT.1 ..
+    AUDIT.audit_keep, longer than a name its file system takes), or None.  An audit
+    of 254 bytes passed `check`, and its first rotation failed ("File name too
+    long"): the audit write failed, and the system stopped once the audit reached
+    audit_max_size."""
+    if not system.audit_max_size:
+        return None                  # never rotated
+    folder, name = os.path.split(system.audit)
+    try:
+        most = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        most = 255                   # the directory is made at up: Linux's usual
+    longest = len(os.fsencode(name)) + len(f".{system.audit_keep}")
+    if longest <= most:
+        return None
+    return (f"the audit file {quoted(system.audit)} has a name of {len(os.fsencode(name))} "
+            f"bytes: its rotated files' ({name[:20]}....{system.audit_keep}) would have "
+            f"{longest}, more than the {most} its directory takes, and the first rotation "
+            f"would stop the system; choose a shorter name (or audit_max_size = 0)")
 
 
 def is_audit_rotated_name(name: str) -> bool:

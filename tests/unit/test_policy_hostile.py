@@ -887,3 +887,26 @@ def test_the_audit_takes_no_name_the_runtime_directory_keeps_for_a_system(tmp_pa
         policy.load(str(system_file))
     assert (e.value.key, e.value.line) == ("system.logs", 2), str(e.value)
     assert not os.path.lexists(own)
+
+
+@pytest.mark.parametrize("name_bytes, keep, refused", [
+    (253, 8, False), (254, 8, True), (253, 10, True), (255, 8, True)])
+def test_an_audit_whose_rotated_names_are_too_long_is_refused(tmp_path, monkeypatch,
+                                                              name_bytes, keep, refused):
+    """An audit named with 254 bytes passed `check`; at audit_max_size its rotation
+    made AUDIT.1 (256 bytes, "File name too long"), the audit write failed, and the
+    system stopped."""
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    os.chmod(tmp_path, 0o700)
+    system_file = tmp_path / "system.toml"
+    text = (f'[system]\naudit = "{"a" * name_bytes}"\naudit_keep = {keep}\n'
+            f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n')
+    system_file.write_text(text)
+    if refused:
+        with pytest.raises(policy.PolicyError) as e:
+            policy.load(str(system_file))
+        assert (e.value.key, e.value.line) == ("system.audit", 2), str(e.value)
+        assert "choose a shorter name" in e.value.reason
+        system_file.write_text(text.replace("[compartments", "audit_max_size = 0\n[compartments"))
+    assert policy.load(str(system_file)).audit.endswith("a" * name_bytes)    # never rotated
