@@ -186,12 +186,26 @@ def safe_socket_dir(socket_path: str):
         raise EndpointError(problem)
 
 
+def _name_too_long(path: str) -> bool:
+    """Whether the kernel refuses `path` as too long (ENAMETOOLONG): PATH_MAX bytes
+    in all, or a part of more than NAME_MAX.  Looked at, such a path is "not there"
+    (os.path.lexists says False on any error), so `check` passed a log directory
+    of 5,000 bytes that `up` could not make ("File name too long")."""
+    raw = os.fsencode(path)
+    return len(raw) >= os.pathconf("/", "PC_PATH_MAX") or any(
+        len(part) > os.pathconf("/", "PC_NAME_MAX") for part in raw.split(b"/"))
+
+
 def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None:
     """Why own_dir(folder, what, parents) would refuse, or None; makes nothing (what
     `wsuper check` says, so that it refuses what `up` will): a folder there must be
     a real directory of ours closed to others (foreign_dir); one missing is made,
     which needs its parent (or with `parents`, the nearest that exists) to be a
     directory."""
+    if _name_too_long(folder):
+        # the reason before the path, which may be cut off the error's line
+        return (f"cannot make {what or 'the directory '}of {len(os.fsencode(folder)):,} "
+                f"bytes (File name too long, past PATH_MAX or NAME_MAX): {quoted(folder)}")
     if os.path.lexists(folder):
         return foreign_dir(folder, what)
     why = _unmakeable(folder, parents)

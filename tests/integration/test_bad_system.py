@@ -1878,3 +1878,19 @@ def test_a_limit_from_a_policy_file_that_the_module_cannot_meet_is_reported_ther
     r = run_wsuper("check", str(system))
     (out,) = r.stderr.strip().splitlines()
     assert out.startswith(f"wsuper: error: {system}:5: compartments.m.{key}: "), out
+
+
+@pytest.mark.parametrize("logs", ["/".join(["x" * 200] * 25), "y" * 300])
+def test_a_log_directory_too_long_to_make_is_refused_by_check_as_by_up(tmp_path, logs):
+    """A log directory past PATH_MAX (or with a part past NAME_MAX) passed `check`:
+    looked at, it was "not there", to be made; `up` could not make it (exit 2),
+    "File name too long", a reason its line cut off after the path."""
+    os.chmod(tmp_path, 0o700)
+    system = tmp_path / "system.toml"
+    system.write_text(GOOD.replace("[system]\n", f'[system]\nlogs = "{logs}"\n'))
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {system}:2: system.logs: cannot make log directory "
+                           f"of "), line
+    assert "(File name too long" in line, line
