@@ -1500,7 +1500,7 @@ def _instrumentation(where, key, name, body) -> tuple[tuple, tuple]:
     """`instrument = [...]` (points compiled in) and `[...probes.NAME]` (declared probes)."""
     from compartments.instrument import POINTS
 
-    from .probes import IN_MODULE, ProbeError, spec
+    from .probes import IN_MODULE, MAX_PROBES, ProbeError, spec
     instrument = body.get("instrument", [])
     if not isinstance(instrument, list) or not all(p in POINTS for p in instrument) \
             or len(set(instrument)) != len(instrument):
@@ -1511,6 +1511,12 @@ def _instrumentation(where, key, name, body) -> tuple[tuple, tuple]:
     declared = []
     for pname, pspec in table.items():
         pkey = f"{key}.probes.{pname}"
+        if len(declared) >= MAX_PROBES:
+            # a compartment holds at most MAX_PROBES (probes.Registry.add): the rest
+            # passed check, and every start said "cannot add declared probe ...:
+            # ... has 64 probes already", running without them
+            raise where.error(pkey, f"more than {MAX_PROBES} probes declared for "
+                              f"{name}, the most a compartment may have")
         _table(where, pkey, pspec)
         _only(where, pkey, pspec, {"point", "functions", "events"})
         if "point" not in pspec:

@@ -910,3 +910,15 @@ def test_an_audit_whose_rotated_names_are_too_long_is_refused(tmp_path, monkeypa
         assert "choose a shorter name" in e.value.reason
         system_file.write_text(text.replace("[compartments", "audit_max_size = 0\n[compartments"))
     assert policy.load(str(system_file)).audit.endswith("a" * name_bytes)    # never rotated
+
+
+def test_no_more_probes_are_declared_than_a_compartment_may_have():
+    """65 declared probes passed `check`; every start added 64 and said "cannot add
+    declared probe ...: ... has 64 probes already" of the rest."""
+    def system(n):
+        return BASE + "".join(f'[compartments.a.probes.p{i}]\npoint = "calls"\n'
+                              for i in range(n))
+    assert len(policy.parse(system(probes.MAX_PROBES)).compartments["a"].probes) == 64
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(system(probes.MAX_PROBES + 1))
+    assert e.value.key == "compartments.a.probes.p64" and e.value.line == 6 + 2 * 64, str(e.value)
