@@ -77,6 +77,17 @@ def _cut(text: str, limit: int) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _cut_middle(text: str, limit: int) -> str:
+    """`text` in at most about `limit` characters: its start (the file, line and key)
+    and its end (the reason, which follows the path or value it names), the middle
+    cut.  Cut at the end, a grant path of 3,000 characters left only the path on
+    the line, not what was wrong with it ("... is not an existing directory")."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[:limit - tail]}... ({len(text)} characters) ...{text[-tail:]}"
+
+
 class PolicyError(Exception):
     """A system file that cannot be run.  str() is one line: file:line: key: reason.
 
@@ -95,7 +106,7 @@ class PolicyError(Exception):
         text = f"{where}: {shown}: {reason}" if key else f"{where}: {reason}"
         # escaped before it is cut: escaping lengthens it (a control character
         # is shown as four or six), and the line must stay within SHOWN_ERROR
-        super().__init__(_cut(printable(text), SHOWN_ERROR))
+        super().__init__(_cut_middle(printable(text), SHOWN_ERROR))
 
 
 @attrs.frozen

@@ -922,3 +922,18 @@ def test_no_more_probes_are_declared_than_a_compartment_may_have():
     with pytest.raises(policy.PolicyError) as e:
         policy.parse(system(probes.MAX_PROBES + 1))
     assert e.value.key == "compartments.a.probes.p64" and e.value.line == 6 + 2 * 64, str(e.value)
+
+
+def test_an_error_line_cut_keeps_what_was_wrong_at_its_end(tmp_path):
+    """A grant path of 3,000 characters filled the line, cut at SHOWN_ERROR: it
+    named the file, line and key, and the path, but not what was wrong with it."""
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                           f'd = {{ host = "directory", path = "/{"q" * 3000}" }}\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    shown = str(e.value)
+    assert len(shown) <= policy.SHOWN_ERROR + 40, len(shown)
+    assert shown.startswith(f"{system_file}:4: compartments.a.grants.d.path: /qqq"), shown[:200]
+    assert shown.endswith("qqq is not an existing directory"), shown[-200:]
+    assert "characters) ..." in shown
