@@ -151,13 +151,23 @@ def prepare(system: System) -> Plan:
             _check_wasi_grants(wheres, comp)
         _check_environment_fits(wheres, comp)
         _check_start_fits(wheres, comp)
+        if comp.protect is not None and comp.protect.required:   # the default is never an error
+            refused = _bounded(where, f"{key}.module", comp.module,
+                               lambda: _protect_refusal(engine, comp), _refusal_problem,
+                               system.engine_user)
+            if refused:
+                # a limit where it was written (limits.memory, maybe in the policy file)
+                rwhere, rkey = limit_where(comp, refused[0][len("limits."):], wheres, where) \
+                    if refused[0].startswith("limits.") else (where, f"{key}.{refused[0]}")
+                raise rwhere.error(rkey, f"{quoted(comp.module)}: {refused[1]}")
         if comp.instrument:
             # as every start compiles it (wasm.compile_binary_for): probe sites, then
             # protection.  A module the rewriting refuses (more than 8 MiB, more than
             # 2^20 sites, an import of wsuper_probe's) passed check, and failed every
-            # start ("cannot instrument it: ...") until it failed for good
-            # and each declared probe must cover a site (a pattern no function matched
-            # passed check, and every start said "cannot add declared probe")
+            # start ("cannot instrument it: ...") until it failed for good; and each
+            # declared probe must cover a site (a pattern no function matched passed
+            # check, and every start said "cannot add declared probe").  After the
+            # protection check above: a protection refused is said at its own key
             refused = _bounded(where, f"{key}.instrument", comp.module,
                                lambda: _instrument_refusal(engine, comp),
                                lambda r: _probe_refusal_problem(r, len(comp.probes)),
@@ -173,15 +183,6 @@ def prepare(system: System) -> Plan:
                 raise where.error(f"{key}.probes.{probe.name}.functions",
                                   f"{refused[1]}: every start of {comp.name} would leave "
                                   f"this declared probe out")
-        if comp.protect is not None and comp.protect.required:   # the default is never an error
-            refused = _bounded(where, f"{key}.module", comp.module,
-                               lambda: _protect_refusal(engine, comp), _refusal_problem,
-                               system.engine_user)
-            if refused:
-                # a limit where it was written (limits.memory, maybe in the policy file)
-                rwhere, rkey = limit_where(comp, refused[0][len("limits."):], wheres, where) \
-                    if refused[0].startswith("limits.") else (where, f"{key}.{refused[0]}")
-                raise rwhere.error(rkey, f"{quoted(comp.module)}: {refused[1]}")
         if comp.exports and not dispatch:
             raise where.error(f"{key}.exports", f"{quoted(comp.module)} does not export "
                               f"{abi.EXPORT_DISPATCH}, so it cannot serve {comp.exports}")
