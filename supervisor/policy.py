@@ -744,6 +744,34 @@ def _writes_over(system: System, own_paths, deciding) -> tuple[str, str] | None:
     return None
 
 
+#: what the dynamic loader reads before any library of every process it starts
+#: (ld.so.preload: a library loaded into each, as root too)
+LOADER_FILES = ("/etc/ld.so.preload", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d")
+
+
+def _mapped_libraries() -> list[str]:
+    """The files this process runs code from (its executable mappings: the loader,
+    libc, libpython, the extension modules' libraries), each an existing regular
+    file: a grant that could change one (/usr/lib/x86_64-linux-gnu, writable)
+    passed `check`, and what was put there ran as the supervisor at the next
+    `wsuper up`, as wsuper's own packages would."""
+    found = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and "x" in parts[1]:
+                    path = parts[5].rstrip("\n")
+                    # not a memfd, nor a file deleted since (" (deleted)"), nor [vdso]
+                    if path.startswith("/") and not path.endswith(" (deleted)") \
+                            and os.path.isfile(path):
+                        found.append(path)
+    except OSError:
+        pass
+    return list(dict.fromkeys(found))
+
+
 def _installed() -> list[tuple[str, str]]:
     """(what, real path) of each directory wsuper runs from: its own packages and
     the Python that runs it (standard library, installed packages, scripts).  A
@@ -759,6 +787,9 @@ def _installed() -> list[tuple[str, str]]:
             for k in ("stdlib", "platstdlib", "purelib", "platlib", "scripts") if k in paths]
     out += [("the Python that runs wsuper", os.path.dirname(exe))
             for exe in (sys.executable, os.path.realpath(sys.executable))]
+    out += [("the directory of a shared library the supervisor runs,", os.path.dirname(lib))
+            for lib in _mapped_libraries()]
+    out += [("the dynamic loader's configuration", f) for f in LOADER_FILES]
     seen, unique = set(), []
     for what, path in out:
         real = os.path.realpath(path)

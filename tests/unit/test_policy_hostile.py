@@ -937,3 +937,24 @@ def test_an_error_line_cut_keeps_what_was_wrong_at_its_end(tmp_path):
     assert shown.startswith(f"{system_file}:4: compartments.a.grants.d.path: /qqq"), shown[:200]
     assert shown.endswith("qqq is not an existing directory"), shown[-200:]
     assert "characters) ..." in shown
+
+
+def test_a_writable_grant_cannot_reach_the_libraries_the_supervisor_runs(tmp_path, monkeypatch):
+    """A writable grant of libc's directory (or of /etc, where ld.so.preload goes)
+    passed `check`: what a compartment put there ran as the supervisor (root, maybe)
+    at the next `wsuper up`, as wsuper's own packages would; read only, it is fine."""
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    libc = next(p for p in policy._mapped_libraries() if "/libc.so" in p or "/libc-" in p)
+    for path, said in ((os.path.dirname(os.path.realpath(libc)), "a shared library"),
+                       ("/etc", "the dynamic loader's configuration /etc/ld.so")):
+        system_file = tmp_path / "system.toml"
+        grant = f'd = {{ host = "directory", path = "{path}", mount = "/x" }}\n'
+        system_file.write_text(f'[compartments.a]\nmodule = "{EXAMPLES}/hello.wat"\n'
+                               f'[compartments.a.grants]\n{grant}')
+        with pytest.raises(policy.PolicyError) as e:
+            policy.load(str(system_file))
+        assert e.value.key == "compartments.a.grants.d.path" and said in e.value.reason, \
+            str(e.value)
+        system_file.write_text(system_file.read_text().replace(' }', ', read_only = true }'))
+        assert policy.load(str(system_file)).compartments["a"].grants[0].read_only
