@@ -696,12 +696,19 @@ def check_peer(s, path: str):
         raise EndpointError(problem)
 
 
-def connect_admin(s, path: str, timeout: float):
+def connect_admin(s, path: str, timeout: float, system_path: str | None = None):
     """Connect to the admin socket, waiting up to `timeout` for room in its backlog.
     A unix socket whose backlog is full refuses a connect with a timeout at once
     (EAGAIN): a local process that kept it full (connecting and sending nothing)
     made `wsuper stop` and `status` say there was no running system.  Only a
-    socket this user's process listens on is kept (check_peer)."""
+    socket this user's process listens on is kept (check_peer).
+
+    With `system_path`, a socket not there yet (or refusing: a stale one a
+    SIGKILLed `up` left, not yet replaced) while that system holds its lock is
+    waited for too, up to `timeout`: `up` takes its lock before it binds its admin
+    socket (50 to 120 ms later, more on a busy machine), and a `wsuper stop`,
+    `status`, `revoke`, `probe` or `trace` in between said "no running system"
+    (exit 1) of a system that then ran on (`wsuper up S & wsuper stop S`)."""
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
@@ -715,6 +722,15 @@ def connect_admin(s, path: str, timeout: float):
                 raise EndpointError(f"the system at {path} is busy: its admin socket took "
                                     f"no connection within {timeout:g} s "
                                     f"({e.strerror or e})") from None
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            if system_path is None or not is_running(system_path):
+                raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
+                    from None
+            if time.monotonic() >= deadline:
+                raise EndpointError(f"the system {system_path} holds its lock, but its "
+                                    f"admin socket {path} took no connection within "
+                                    f"{timeout:g} s ({e.strerror or e}); is its `wsuper "
+                                    f"up` stuck starting?") from None
         except OSError as e:
             raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
                 from None
@@ -738,7 +754,7 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
         return max(0.001, deadline - time.monotonic())
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
-            connect_admin(s, path, timeout)
+            connect_admin(s, path, timeout, system_path)
             s.settimeout(left())
             s.sendall(encode(body))
             data = b""

@@ -64,7 +64,7 @@ def _lines(system: str, body: dict, timeout: float):
     body = {**body, "system": endpoint.identity(system)}
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        endpoint.connect_admin(s, path, timeout)     # EndpointError: none there, or busy
+        endpoint.connect_admin(s, path, timeout, system)   # EndpointError: none there, or busy
     except endpoint.EndpointError:
         s.close()
         raise

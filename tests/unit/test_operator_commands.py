@@ -136,3 +136,64 @@ def test_a_refused_number_of_seconds_is_told_the_range_it_missed(command, capsys
         err = capsys.readouterr().err
         assert f"'{value}' is not a number of seconds more than 0 and at most " in err, err
         assert "from 0 to" not in err, err
+
+
+def test_a_command_while_up_holds_its_lock_but_has_no_admin_socket_yet_waits_for_it(
+        tmp_path, monkeypatch):
+    """A review of the operator's commands against a system starting: `up` takes its
+    lock, then (50 to 120 ms later, more on a busy machine) binds its admin socket.
+    A `wsuper stop`, `status`, `revoke`, `probe` or `trace` in between found the
+    system running (its lock held) and then said "no running system at
+    ...admin.sock (No such file or directory)", exit 1, of a system that went on
+    to run (`wsuper up S & wsuper stop S`: the stop failed, the system ran on).
+    While the lock is held, the socket is waited for (connect_admin)."""
+    import json
+    import socket
+    import threading
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    (run / "wsuper").mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    # nothing runs: said at once, as before
+    with pytest.raises(endpoint.EndpointError, match="no running system"):
+        endpoint.request(system, {"op": "status"}, timeout=5)
+    # a stale admin socket (a SIGKILLed up's) and no lock: nothing runs either
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(endpoint.admin_socket_path(system))
+    stale.close()
+    with pytest.raises(endpoint.EndpointError, match="no running system"):
+        endpoint.request(system, {"op": "status"}, timeout=5)
+    os.unlink(endpoint.admin_socket_path(system))
+    lock = endpoint.Lock(system)
+    lock.acquire()                       # `up` has its lock, not yet its socket
+    served = []
+
+    def bind_later():
+        import time
+        time.sleep(0.3)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+            srv.bind(endpoint.admin_socket_path(system))
+            srv.listen()
+            srv.settimeout(5)            # no client (the command gave up): not for ever
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    data += conn.recv(4096)
+                served.append(json.loads(data))
+                conn.sendall(endpoint.encode({"ok": True, "status": {},
+                                              "system": endpoint.identity(system)}))
+    t = threading.Thread(target=bind_later)
+    t.start()
+    try:
+        answer = endpoint.request(system, {"op": "status"}, timeout=20)
+    finally:
+        t.join()
+        lock.release()
+    assert answer["ok"] and served[0]["op"] == "status"
