@@ -274,6 +274,41 @@ def _refused_by_up(system):
     return None
 
 
+def overwrites(option: str, output: str, system_path: str) -> str | None:
+    """Why the file `output` that a command writes (`check --graph`, `trace -o`)
+    may not be written: it is one of the system's own files (policy.files_of: the
+    system file, a policy file, a module, a schema, the audit file or a rotation of
+    it) or lies in its log directory; or None.  `wsuper check S --graph S` wrote
+    the DOT graph over the system file, `--graph calc.wat` over a module, and
+    `wsuper trace S -o S` (or -o the audit file, a log file) over them while the
+    system ran: lost, without a word but "wrote"."""
+    import os
+
+    from capnp_schemas.text import quoted
+
+    from . import logs, policy
+    for what, path in policy.files_of(system_path):
+        try:
+            same = os.path.samefile(path, output)
+        except (OSError, ValueError):
+            continue
+        if same:
+            return (f"{option} {quoted(output)} is {what} {quoted(path)}: not writing over "
+                    f"it; name another file")
+    try:
+        folder = logs.log_dir(policy.read(system_path))
+    except policy.PolicyError:
+        return None
+    try:
+        inside = os.path.samefile(os.path.dirname(os.path.abspath(output)), folder)
+    except (OSError, ValueError):
+        inside = False
+    if inside:
+        return (f"{option} {quoted(output)} is in the system's log directory "
+                f"{quoted(folder)}: not writing there; name another file")
+    return None
+
+
 def _check(plan, args) -> int:
     import shutil
     import subprocess
@@ -284,6 +319,10 @@ def _check(plan, args) -> int:
     problem = _refused_by_up(plan.system)
     if problem:
         _error(f"{problem}")
+        return 2
+    problem = overwrites("--graph", args.graph, args.system) if args.graph else None
+    if problem:
+        _error(problem)
         return 2
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "

@@ -456,6 +456,28 @@ def read(path: str) -> System:
     return parse(_read_text(path, ""), path, lambda p: _read_text(p, "policy file "))
 
 
+def files_of(path: str) -> list[tuple[str, str]]:
+    """(what, absolute path) of every file of the system at `path` that a file an
+    operator's command writes (`wsuper check --graph`, `wsuper trace -o`) must not
+    be: the system file, its policy files, each module and schema
+    (_deciding_files), the audit file and its rotations.  Read as `read` reads
+    (nothing it names is looked at); a system file that does not read gives itself
+    alone."""
+    path = os.path.abspath(path)
+    policy_files: list = []
+    try:
+        system = parse(_read_text(path, ""), path,
+                       lambda p: (policy_files.append(p), _read_text(p, "policy file "))[1])
+    except PolicyError:
+        return [("the system file", path)]
+    out = [(what, p) for what, p, _c in _deciding_files(system, policy_files)]
+    if system.audit is not None:
+        out.append(("the audit file", system.audit))
+        out += [("a rotation of the audit file", f"{system.audit}.{i}")
+                for i in range(1, system.audit_keep + 1)]
+    return out
+
+
 def load(path: str, socket: str | None = None) -> System:
     """Read and validate a system file, then check the files it names.  `socket`:
     `wsuper up --socket`, which takes the place of [system] socket, and is checked

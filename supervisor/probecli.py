@@ -130,6 +130,11 @@ def probe(args) -> int:
 def trace_command(args) -> int:
     body = {"op": "trace", "seconds": args.seconds, "compartments": args.compartments,
             "functions": args.functions}
+    from .cli import overwrites
+    problem = overwrites("-o", args.output, args.system)
+    if problem:
+        _error(problem)
+        return 2
     existed = os.path.lexists(args.output)
     try:                  # before the trace: a path that cannot be written loses nothing
         out = open(args.output, "a", encoding="utf-8")     # emptied only once it succeeds

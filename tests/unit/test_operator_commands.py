@@ -197,3 +197,61 @@ def test_a_command_while_up_holds_its_lock_but_has_no_admin_socket_yet_waits_for
         t.join()
         lock.release()
     assert answer["ok"] and served[0]["op"] == "status"
+
+
+def test_a_file_a_command_writes_is_never_one_of_the_systems_own(tmp_path, monkeypatch,
+                                                                 capsys):
+    """A review of the operator's commands: `wsuper check S --graph S` wrote the DOT
+    graph over the system file (and said "wrote S", exit 0), `--graph calc.wat`
+    over a module, and `wsuper trace S -o S` (or -o a schema, the audit file, a log
+    file) over them while the system ran: an operator's slip lost the file.  Both
+    refuse (exit 2) and leave it as it was."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    for name in ("calc.capnp", "calc.wat", "hello.wat"):
+        shutil.copy(os.path.join(EXAMPLES, name), tmp_path / name)
+    (tmp_path / "shared.toml").write_text("")
+    path = tmp_path / "system.toml"
+    path.write_text(f'''[system]
+schemas = ["calc.capnp"]
+logs = "{tmp_path}/logs"
+audit = "{tmp_path}/audit.jsonl"
+
+[compartments.calc]
+module = "calc.wat"
+exports = "Calc"
+
+[compartments.app]
+module = "hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc" }}
+log = {{ host = "log" }}
+''')
+    (tmp_path / "logs").mkdir(mode=0o700)
+    (tmp_path / "logs" / "supervisor.log").write_text("line\n")
+    (tmp_path / "audit.jsonl").write_text("{}\n")
+    (tmp_path / "audit.jsonl.1").write_text("{}\n")
+    own = ["system.toml", "calc.wat", "hello.wat", "calc.capnp", "audit.jsonl",
+           "audit.jsonl.1", "logs/supervisor.log", "logs/new.dot"]
+    before = {n: (tmp_path / n).read_bytes() for n in own if (tmp_path / n).exists()}
+    for name in own:
+        target = str(tmp_path / name)
+        for args in (["check", str(path), "--graph", target],
+                     ["trace", str(path), "--seconds", "1", "-o", target]):
+            code = cli.main(args)
+            out, err = capsys.readouterr()
+            assert code == 2, (args, out, err)
+            assert "not writing" in err and "wrote" not in out, (args, out, err)
+    assert {n: (tmp_path / n).read_bytes() for n in own if (tmp_path / n).exists()} == before
+    assert not (tmp_path / "logs" / "new.dot").exists()
+    # through another name of it (a relative path, a symbolic link) all the same
+    monkeypatch.chdir(tmp_path)
+    os.symlink("system.toml", tmp_path / "link.toml")
+    assert cli.main(["check", "system.toml", "--graph", "link.toml"]) == 2
+    assert path.read_bytes() == before["system.toml"]
+    # any other file is written
+    capsys.readouterr()
+    assert cli.main(["check", str(path), "--graph", str(tmp_path / "g.dot")]) == 0
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
