@@ -636,6 +636,24 @@ def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
+def request_line(body: dict) -> bytes:
+    """One admin request, encoded (the operator's commands), or EndpointError if
+    the system would not take it (decode: longer than ADMIN_LINE_LIMIT, or more
+    than 64 brackets, which it counts inside strings too).  Sent, the system
+    answered "expected one JSON object on one line": `wsuper revoke S` of a
+    70,000-character grant name (or a `probe` whose --functions held 65
+    brackets) was told of a protocol error, not of its argument."""
+    line = encode(body)
+    try:
+        decode(line[:-1])
+    except ValueError as e:
+        raise EndpointError(f"the {str(body.get('op'))[:20]} request cannot be sent: {e} "
+                            f"({len(line) - 1} bytes; a system takes at most "
+                            f"{ADMIN_LINE_LIMIT}, and at most 64 brackets): an argument is "
+                            f"too long") from None
+    return line
+
+
 def decode(line: bytes, answer: bool = False) -> dict:
     """One request line (small: a flat JSON object of strings, numbers, booleans
     and null), or with `answer` one answer line (a status holds an object per
@@ -748,6 +766,7 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
     external socket is, waited 31 s for a system that did not answer."""
     path = admin_socket(system_path)
     body = {**body, "system": identity(system_path)}
+    line = request_line(body)
     deadline = time.monotonic() + timeout
 
     def left() -> float:
@@ -756,7 +775,7 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
             connect_admin(s, path, timeout, system_path)
             s.settimeout(left())
-            s.sendall(encode(body))
+            s.sendall(line)
             data = b""
             chunks, size = [], 0
             while size <= ADMIN_ANSWER_LIMIT:

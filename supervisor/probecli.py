@@ -62,6 +62,7 @@ def _lines(system: str, body: dict, timeout: float):
     """Send one admin request; yield the answer's lines as objects."""
     path = endpoint.admin_socket(system)       # EndpointError: not our runtime directory
     body = {**body, "system": endpoint.identity(system)}
+    line = endpoint.request_line(body)           # EndpointError: too long to be taken
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         endpoint.connect_admin(s, path, timeout, system)   # EndpointError: none there, or busy
@@ -70,7 +71,7 @@ def _lines(system: str, body: dict, timeout: float):
         raise
     s.settimeout(timeout)
     with s:
-        s.sendall(endpoint.encode(body))
+        s.sendall(line)
         buf = b""
         while True:
             try:

@@ -255,3 +255,70 @@ log = {{ host = "log" }}
     capsys.readouterr()
     assert cli.main(["check", str(path), "--graph", str(tmp_path / "g.dot")]) == 0
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
+
+
+def test_a_request_the_system_would_not_take_is_refused_naming_the_argument(
+        tmp_path, monkeypatch, capsys):
+    """A review of the operator's commands: `wsuper revoke S` of a grant name of
+    70,000 characters (or `wsuper probe ... --functions` holding 65 brackets) was
+    sent; the system read its first 64 KiB (or counted the brackets), and the
+    command said "expected one JSON object on one line", exit 1: a protocol error,
+    not its own argument.  It is refused before anything is sent, saying why."""
+    import socket
+    import threading
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run" / "wsuper").mkdir(mode=0o700, parents=True)
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    lock = endpoint.Lock(system)
+    lock.acquire()
+    got, done = [], threading.Event()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(endpoint.admin_socket_path(system))
+    srv.listen()
+    srv.settimeout(5)
+
+    def serve():                         # answers as the system does
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            if done.is_set():
+                conn.close()
+                return
+            with conn:
+                data = b""
+                while b"\n" not in data and len(data) < endpoint.ADMIN_LINE_LIMIT:
+                    chunk = conn.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                got.append(data)
+                try:
+                    endpoint.decode(data.partition(b"\n")[0])
+                    answer = {"ok": False, "error": "no revocable grant"}
+                except ValueError:
+                    answer = {"ok": False, "error": "expected one JSON object on one line"}
+                conn.sendall(endpoint.encode({**answer, "system": endpoint.identity(system)}))
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        for args in (["revoke", system, "app." + "x" * 70000],
+                     ["revoke", system, "app." + "[" * 65],
+                     ["probe", system, "app", "add", "p", "--point", "functions",
+                      "--functions", "f[" * 65]):
+            assert cli.main(args) == 1
+            err = capsys.readouterr().err
+            assert "an argument is too long" in err and "JSON" not in err, err
+        assert got == []                 # nothing was sent
+        assert cli.main(["revoke", system, "app.x"]) == 1
+        assert "no revocable grant" in capsys.readouterr().err and len(got) == 1
+    finally:
+        done.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+            wake.connect(endpoint.admin_socket_path(system))       # its accept returns
+        t.join()
+        srv.close()
+        lock.release()
