@@ -375,6 +375,25 @@ def _names(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
+#: Looks at a held lock file for its holder's pid, which it writes just after
+#: taking the lock (LOCK_PAUSE apart)
+PID_TRIES = 40
+
+
+def _holder_pid(fd: int) -> str:
+    """The pid in the lock file `fd`, held by another process; "" if it has written
+    none.  Its holder writes it just after it has the lock: a second `wsuper up` of
+    the same system started beside the first (the two at once) read the file in
+    between and said "already running (pid ?)"."""
+    for i in range(PID_TRIES):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace")
+        if text.endswith("\n") or not _held_exclusively(fd):
+            return text.strip()
+        if i + 1 < PID_TRIES:
+            _pause()
+    return text.strip()
+
+
 class Lock:
     """The system's lock: held while it runs, refused to a second `wsuper up`.
     Two locks: the lock file in the runtime directory (its pid, `is_running`), and
@@ -432,7 +451,7 @@ class Lock:
                 held = _held_exclusively(fd)
                 if held:
                     try:
-                        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                        pid = _holder_pid(fd)
                     finally:
                         os.close(fd)
                     raise EndpointError(f"this system is already running (pid {pid or '?'}); "

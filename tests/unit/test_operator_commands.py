@@ -322,3 +322,32 @@ def test_a_request_the_system_would_not_take_is_refused_naming_the_argument(
         t.join()
         srv.close()
         lock.release()
+
+
+def test_a_second_up_beside_the_first_names_its_pid(tmp_path, monkeypatch):
+    """A review of the operator's commands: two `wsuper up` of one system started at
+    once; the second found the lock held and read the file for the holder's pid
+    before the holder had written it (it writes it just after taking the lock):
+    "this system is already running (pid ?)".  The file is looked at again, a
+    moment apart, until the pid is there."""
+    import fcntl
+    run = tmp_path / "run"
+    (run / "wsuper").mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    holder = os.open(endpoint.lock_path(system), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)        # the first up: locked, its pid not yet written
+    pauses = []
+
+    def pause():                              # meanwhile, it writes its pid
+        pauses.append(1)
+        if len(pauses) == 2:
+            os.pwrite(holder, b"4242\n", 0)
+    monkeypatch.setattr(endpoint, "_pause", pause)
+    try:
+        with pytest.raises(endpoint.EndpointError, match=r"already running \(pid 4242\)"):
+            endpoint.Lock(system).acquire()
+    finally:
+        os.close(holder)
