@@ -1,14 +1,37 @@
 """The `wsuper` command."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import __version__
 
 
 def main(argv=None) -> int:
-    """The command; a reader that goes away (`wsuper status | head`) ends it quietly."""
+    """The command; a reader that goes away (`wsuper status | head`) ends it quietly.
+    Ctrl-C at any moment of it is one line and 130 (_interrupted): one before
+    `_main`'s own handler was in place (while the descriptors are set up, the
+    first imports made) ended in a KeyboardInterrupt traceback, as one during the
+    import of this module did (argparse, imported here before main: where a
+    Ctrl-C 50 ms after `wsuper call` was typed landed)."""
+    try:
+        return _command(argv)
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    import signal
+    signum = getattr(e, "signum", signal.SIGINT)
+    try:
+        from . import stderr
+        stderr.line(f"wsuper: interrupted ({signal.Signals(signum).name}); a request "
+                    "already sent to the system may still be carried out")
+    except Exception:  # noqa: BLE001 - the exit code is the answer, whatever the line
+        pass
+    return 128 + signum
+
+
+def _command(argv=None) -> int:
     _standard_descriptors()
     # every command prints a guest's text (escaped, but printable characters of any
     # script stay as they are): a terminal or pipe that is not UTF-8 gets escapes
@@ -49,12 +72,7 @@ def main(argv=None) -> int:
         # `call`, `revoke` ... waiting for a system that does not answer (stopped
         # with SIGSTOP, busy) ended in a KeyboardInterrupt traceback (`trace` takes
         # SIGTERM and SIGHUP as one too: probecli._Stopped)
-        import signal
-        from . import stderr
-        signum = getattr(e, "signum", signal.SIGINT)
-        stderr.line(f"wsuper: interrupted ({signal.Signals(signum).name}); a request "
-                    "already sent to the system may still be carried out")
-        return 128 + signum
+        return _interrupted(e)
     except BrokenPipeError:
         import os
         try:
@@ -110,6 +128,7 @@ def seconds_arg(most: float):
     """An argparse type: a number of seconds, more than 0 and at most `most` (not nan,
     not inf); anything else is a usage error naming the bound."""
     def seconds(text: str) -> float:
+        import argparse
         import math
         try:
             value = float(text)
@@ -125,6 +144,7 @@ def seconds_arg(most: float):
 
 def _main(argv=None, zygote=None) -> int:
     """`zygote`: a process.Launched for `up` (main starts it), or None."""
+    import argparse
     ap = argparse.ArgumentParser(
         prog="wsuper",
         description="Run untrusted WebAssembly plugins as compartments that hold only "

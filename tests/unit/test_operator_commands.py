@@ -351,3 +351,30 @@ def test_a_second_up_beside_the_first_names_its_pid(tmp_path, monkeypatch):
             endpoint.Lock(system).acquire()
     finally:
         os.close(holder)
+
+
+def test_ctrl_c_before_the_commands_own_handler_is_one_line_not_a_traceback(
+        monkeypatch, capsys):
+    """A review of the operator's commands: Ctrl-C 50 ms after `wsuper call ...`
+    was typed ended in a KeyboardInterrupt traceback (in `import argparse`, which
+    cli.py made before main), and one while main set up the descriptors and made
+    its first imports, before its try, the same: README says Ctrl-C on any command
+    is one line and exit code 130.  main catches it around everything it does,
+    and importing cli imports nothing more than it needs."""
+    import subprocess
+    import sys
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_standard_descriptors", interrupted)
+    assert cli.main(["status", "system.toml"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("wsuper: interrupted (SIGINT)") and \
+        err.count("\n") == 1, err
+    # what the `wsuper` script imports before main runs: no argparse (its own
+    # imports, gettext among them, were the widest part of that window)
+    code = ("import sys; before = set(sys.modules); import supervisor.cli; "
+            "print(sorted(set(sys.modules) - before))")
+    new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "argparse" not in new and "gettext" not in new, new
