@@ -378,3 +378,33 @@ def test_ctrl_c_before_the_commands_own_handler_is_one_line_not_a_traceback(
     new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "argparse" not in new and "gettext" not in new, new
+
+
+def test_call_asks_where_the_socket_is_within_its_own_timeout(tmp_path, monkeypatch,
+                                                              capsys):
+    """`wsuper call --timeout 0.5` asked the running system where its external
+    socket is with the admin commands' 30 s: a system that holds its lock but has
+    not opened its admin socket (starting, or stuck starting: connect_admin waits
+    for it) held the call 30 s past its --timeout."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    for name in ("calc.capnp", "calc.wat"):
+        shutil.copy(os.path.join(EXAMPLES, name), tmp_path / name)
+    path = tmp_path / "system.toml"
+    path.write_text('[system]\nschemas = ["calc.capnp"]\n[compartments.calc]\n'
+                    'module = "calc.wat"\nexports = "Calc"\nexternal = true\n')
+    asked = []
+
+    def request(_p, body, timeout=endpoint.ADMIN_ANSWER_TIMEOUT):
+        asked.append((body["op"], timeout))
+        raise endpoint.EndpointError("no answer")
+    monkeypatch.setattr(endpoint, "is_running", lambda _p: True)
+    monkeypatch.setattr(endpoint, "request", request)
+    from supervisor import client
+
+    def call(*a, **kw):
+        raise client.CallFailed("cannot connect to it")
+    monkeypatch.setattr(client, "call", call)
+    assert cli.main(["call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "0.5"]) == 1
+    assert asked == [("socket", 0.5)]
