@@ -253,11 +253,17 @@ class Lifecycle:
             return [Say("no compartment could start"), *self._finish(1)]
         self.all_started = True
         if not self.programs:
-            late = [f"{n} (restarting after a failed start)" if self.state[n] == "restarting"
-                    else f"{n} (it never started)"
-                    for n in self.policies if n not in self.ready]
-            return [Say(f"all compartments ready but {', '.join(late)}; serving until Ctrl-C"
-                        if late else "all compartments ready; serving until Ctrl-C")]
+            # every one not ready named: one left stopped (restart = "never") or failed
+            # for good after its failed start was said "all compartments ready"
+            late = sorted(n for n in self.tried - self.ready if self.state[n] == "restarting")
+            gone = [f"{n} ({'failed for good' if self.state[n] == 'failed' else 'left stopped'}"
+                    f" after a failed start)" for n in sorted(self.settled - self.ready)]
+            never = [f"{n} (it never started)" for n in self.policies
+                     if n not in self.ready and n not in self.settled and n not in late]
+            but = ([f"{', '.join(late)} (restarting after a failed start)"] if late else []) \
+                + gone + never
+            return [Say(f"all compartments ready but {', '.join(but)}; serving until Ctrl-C"
+                        if but else "all compartments ready; serving until Ctrl-C")]
         # only the programs of incarnations that are ready now: one that became ready
         # and then stopped while others were still starting is restarting (its next
         # incarnation runs it once ready), failed for good, or left stopped.  Running

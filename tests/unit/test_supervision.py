@@ -377,8 +377,8 @@ def test_a_server_that_never_started_is_not_said_to_be_ready():
     life = Lifecycle({"db": RestartPolicy("never"), "app": RestartPolicy()}, external=True)
     life.started("app", program=False)
     actions = life.start_failed("db", "no", now=0)
-    assert actions[-1] == Say("all compartments ready but db (it never started); "
-                              "serving until Ctrl-C")
+    assert actions[-1] == Say("all compartments ready but db (left stopped after a failed "
+                              "start); serving until Ctrl-C")
 
 
 def test_what_a_failed_start_hands_its_callers_says_why_it_failed():
@@ -417,3 +417,25 @@ def test_what_a_failed_program_hands_its_callers_says_why_it_failed():
     actions = life.program_ended("app", None, why, now=1)
     assert [a.reason for a in actions if isinstance(a, Restart)] == [
         f"its program failed: {why}"]
+
+
+def test_a_system_serving_while_one_never_started_and_is_left_so_says_so():
+    """A review of the operator's commands: a compartment whose first start failed
+    and that is left stopped (restart = "never") or failed for good (max_restarts
+    = 0), beside others that serve, was followed by "all compartments ready;
+    serving until Ctrl-C": the operator was told every compartment was ready (and
+    `wsuper status` then showed it stopped)."""
+    life = _life(db=RestartPolicy("never"), app=RestartPolicy())
+    life.started("app", program=False)
+    assert life.start_failed("db", "no", now=0)[-1] == Say(
+        "all compartments ready but db (left stopped after a failed start); serving "
+        "until Ctrl-C")
+    life = _life(db=RestartPolicy(max_restarts=0), app=RestartPolicy(),
+                 cache=RestartPolicy("never"), web=RestartPolicy())
+    life.start_failed("db", "no", now=0)
+    life.start_failed("cache", "no", now=0)
+    life.start_failed("web", "no", now=0)
+    assert life.started("app", program=False)[-1] == Say(
+        "all compartments ready but web (restarting after a failed start), cache (left "
+        "stopped after a failed start), db (failed for good after a failed start); "
+        "serving until Ctrl-C")
