@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 
 from capnp_schemas.text import printable, quoted
@@ -142,9 +143,23 @@ def trace_command(args) -> int:
     except OSError as e:
         _error(f"-o {args.output}: {e.strerror}")
         return 1
-    with out, _stops_as_interrupts():
-        code = _trace(args, body, out)
-        wrote = out.tell() > 0
+    code, wrote = 1, False
+    try:
+        with _stops_as_interrupts():
+            code = _trace(args, body, out)
+            # a pipe has no place to tell (-o /dev/stdout | jq: "underlying stream
+            # is not seekable", exit 1, after the trace was written)
+            try:
+                wrote = out.tell() > 0 if out.seekable() else True
+            except OSError:      # its flush failed again (a full disk): said by _trace
+                wrote = True
+    finally:
+        try:
+            out.close()
+        except OSError as e:     # a failed write is said once (_trace), exit 1
+            if not code:
+                _error(f"-o {args.output}: cannot write the trace: {e.strerror or e}")
+            code = code or 1
     if code and not existed and not wrote:     # a trace cut short keeps what came
         try:
             os.unlink(args.output)
@@ -208,6 +223,14 @@ def _signal_of(e: KeyboardInterrupt) -> tuple[str, int]:
     return signal.Signals(signum).name, 128 + signum
 
 
+def _is_stdout(f) -> bool:
+    """Whether the open file `f` is the file (or pipe) stdout writes to."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _trace(args, body: dict, f) -> int:
     events, dropped, meta, done, interrupted = [], 0, {}, False, None
     try:
@@ -245,8 +268,12 @@ def _trace(args, body: dict, f) -> int:
             # Ctrl-C (SIGTERM, SIGHUP) here, once the file was emptied, left it cut
             # short: no JSON, and the file it replaced (a trace of an earlier run) gone
             # with what came.  It is taken once the file is whole.
-            f.seek(0)
-            f.truncate()
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                f.seek(0)
+                f.truncate()
+            # else a pipe, a FIFO, a terminal (-o /dev/stdout | jq): written as it
+            # is.  Its seek failed ("underlying stream is not seekable", exit 1),
+            # and every event of the session was lost
             if args.format == "jsonl":
                 f.write(trace.jsonl(events))
             else:
@@ -254,9 +281,15 @@ def _trace(args, body: dict, f) -> int:
             f.flush()
     except KeyboardInterrupt as e:
         interrupted = interrupted or _signal_of(e)
+    except OSError as e:       # a full disk: said naming the file, not "[Errno 28] ..."
+        _error(f"-o {args.output}: cannot write the trace: {e.strerror or e}")
+        return 1
     calls = sum(1 for e in events if isinstance(e, dict) and e.get("kind") == "call")
+    # on stderr when the trace itself goes to stdout (-o /dev/stdout): said on stdout,
+    # the line ended up in the trace, after its JSON
     print(f"wsuper: wrote {quoted(args.output)}: {len(events)} events ({calls} call records"
-          + (f", {dropped} dropped" if dropped else "") + ")")
+          + (f", {dropped} dropped" if dropped else "") + ")",
+          file=sys.stderr if _is_stdout(f) else sys.stdout)
     if interrupted:
         _error(f"interrupted ({interrupted[0]}) before {args.seconds:g} s; {args.output} "
                f"holds what came before")

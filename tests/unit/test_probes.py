@@ -1048,3 +1048,60 @@ def test_ctrl_c_while_a_trace_file_is_written_leaves_it_whole(tmp_path, monkeypa
     assert code == 130, code
     assert "traceEvents" in json.loads(out.read_text())
     assert "interrupted (SIGINT)" in err, err
+
+
+def test_a_trace_written_to_a_pipe_or_to_stdout_is_whole_and_alone(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A review of the operator's commands: `wsuper trace S -o /dev/stdout | jq`
+    ended "underlying stream is not seekable", exit 1, every event lost (the file
+    was emptied with seek and truncate, which a pipe has not); `-o /dev/stdout >
+    t.json` had the "wrote" line land in the trace, after its JSON; and `-o` on a
+    full disk said only "[Errno 28] No space left on device".  A pipe is written
+    as it is, the line goes to stderr when the trace goes to stdout, and a failed
+    write names the file, once, exit 1."""
+    import argparse
+    import json
+    import os
+    import sys
+    from supervisor import probecli
+
+    def session(system, body, timeout):
+        yield {"ok": True, "compartments": {"calc": 7}}
+        yield {"events": [{"kind": "call", "ts": 1, "dur": 2, "caller": "external",
+                           "callee": "calc", "method": "add"}]}
+        yield {"done": True, "dropped": 0}
+    monkeypatch.setattr(probecli, "_lines", session)
+
+    def trace_to(output, fmt="chrome"):
+        return probecli.trace_command(argparse.Namespace(
+            system=str(tmp_path / "s.toml"), seconds=1.0, compartments="", functions="",
+            output=output, format=fmt))
+    r, w = os.pipe()
+    try:
+        assert trace_to(f"/proc/self/fd/{w}") == 0
+        os.close(w)
+        w = None
+        with os.fdopen(r, "rb") as f:
+            r = None
+            assert "traceEvents" in json.loads(f.read())
+    finally:
+        for fd in (r, w):
+            if fd is not None:
+                os.close(fd)
+    capsys.readouterr()
+    # the trace to stdout (here a file): the file holds the trace alone
+    out = tmp_path / "stdout.jsonl"
+    with open(out, "w") as stdout:
+        before, sys.stdout = sys.stdout, stdout
+        try:
+            assert trace_to(f"/proc/self/fd/{stdout.fileno()}", "jsonl") == 0
+        finally:
+            sys.stdout = before
+    lines = out.read_text().splitlines()
+    assert lines and all(json.loads(line) for line in lines), lines
+    assert "wsuper: wrote" in capsys.readouterr().err
+    if os.path.exists("/dev/full"):
+        assert trace_to("/dev/full") == 1
+        err = capsys.readouterr().err
+        assert err == "wsuper: error: -o /dev/full: cannot write the trace: No space left " \
+                      "on device\n", err
