@@ -2092,6 +2092,7 @@ class Supervisor:
         pids = {name: p.pid for name, p in self.procs.items() if p.returncode is None}
         memory = await trio.to_thread.run_sync(_rss, pids)
         compartments = []
+        forwarded = self.router.forwarded_to()      # one pass over the calls in flight
         for name in self.system.compartments:
             # when its current engine became ready: an engine starting (a restart, or
             # one past start_time) has no uptime, though an earlier one was ready (it
@@ -2104,7 +2105,7 @@ class Supervisor:
                 else None,
                 "restarts": self.lifecycle.restarts[name],
                 "generation": self.lifecycle.generation[name],
-                "memory_bytes": memory.get(name), **self.router.status(name)})
+                "memory_bytes": memory.get(name), **self.router.status(name, forwarded)})
         return {"pid": os.getpid(), "run": self.run_id, "uptime_s": round(now - self._began, 3),
                 "external": list(self.system.external), "compartments": compartments}
 
