@@ -238,34 +238,62 @@ def _main(argv=None, zygote=None) -> int:
     if args.command != "up" and zygote is not None:
         zygote.discard()
         zygote = None
-    from . import policy, preflight
-    from .policy import PolicyError
-    if zygote is not None:            # schemas parsed by a fork of it, not a new interpreter
-        import capnp_schemas
-        capnp_schemas.parse_elsewhere = zygote.parse_schema
+    lock = _early_lock(args.system) if args.command == "up" else None
     try:
-        # up's --socket is checked as [system] socket is (a grant reaching it, its
-        # length): it went around both, straight to the runtime
-        plan = preflight.prepare(policy.load(
-            args.system, socket=args.socket if args.command == "up" else None))
-    except PolicyError as e:
-        _error(f"{e}")
-        return 2
-    if zygote is not None and zygote.sock is None:
-        zygote = None                 # it did not answer: the system starts another
-    if args.command == "check":
-        return _check(plan, args)
-    if args.command == "call":
-        return _call(plan, args)
+        from . import policy, preflight
+        from .policy import PolicyError
+        if zygote is not None:        # schemas parsed by a fork of it, not a new interpreter
+            import capnp_schemas
+            capnp_schemas.parse_elsewhere = zygote.parse_schema
+        try:
+            # up's --socket is checked as [system] socket is (a grant reaching it, its
+            # length): it went around both, straight to the runtime
+            plan = preflight.prepare(policy.load(
+                args.system, socket=args.socket if args.command == "up" else None))
+        except PolicyError as e:
+            _error(f"{e}")
+            return 2
+        if zygote is not None and zygote.sock is None:
+            zygote = None                 # it did not answer: the system starts another
+        if args.command == "check":
+            return _check(plan, args)
+        if args.command == "call":
+            return _call(plan, args)
 
-    import trio
+        import trio
 
-    from . import runtime, startsignals
-    # from here on a signal is held for the system's receiver, which takes it as soon
-    # as it is installed (runtime.Supervisor._signals): never raised inside trio
-    startsignals.hold()
-    startsignals.stop_if_held()      # one whose StoppedAtStart was dropped: said here
-    return trio.run(runtime.up, plan, None, args.log_format, zygote)   # --socket: in plan
+        from . import runtime, startsignals
+        # from here on a signal is held for the system's receiver, which takes it as soon
+        # as it is installed (runtime.Supervisor._signals): never raised inside trio
+        startsignals.hold()
+        startsignals.stop_if_held()      # one whose StoppedAtStart was dropped: said here
+        return trio.run(runtime.up, plan, None, args.log_format, zygote,   # --socket: in plan
+                        lock)
+    finally:
+        if lock is not None:
+            lock.release()               # refused, stopped at start, or ended: let go
+
+
+def _early_lock(system_path: str):
+    """The system's lock (endpoint.Lock), taken before its file is read, checked
+    and compiled, for `up` to hand to the runtime; None if it cannot be taken now,
+    which the runtime then says as it always did (already running, a runtime
+    directory that is not private ...).  Taken only once all that was done (a few
+    hundred ms for a small system, seconds for a large one), a `wsuper stop` (or
+    `status`, `revoke`) meanwhile found no system running and said so, exit 1,
+    and the system then ran on: `wsuper up S & sleep 0.2; wsuper stop S` left S
+    running.  Held, they wait for its admin socket (endpoint.connect_admin)."""
+    import os
+
+    from . import endpoint
+    if not os.path.isfile(system_path):
+        return None                      # what is wrong with it: policy.load says
+    lock = endpoint.Lock(endpoint.identity(system_path))
+    try:
+        lock.acquire()
+    except (endpoint.EndpointError, OSError):
+        return None
+    return lock
 
 
 def _refused_by_up(system):

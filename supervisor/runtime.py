@@ -694,11 +694,19 @@ class Supervisor:
 
     # ------------------------------------------------------------ main
 
-    async def run(self) -> int:
-        lock = endpoint.Lock(self.identity)
+    async def run(self, lock: endpoint.Lock | None = None) -> int:
+        """`lock`: the system's lock, held already (endpoint.Lock of this system's
+        identity); None: taken here."""
+        if lock is not None and (lock.fd is None or lock.path != endpoint.lock_path(
+                self.identity)):
+            lock.release()
+            lock = None                  # not this system's, or let go: taken here
+        taken = lock is not None
+        lock = lock or endpoint.Lock(self.identity)
         key = ""                   # the key of the system file that moves what failed
         try:
-            lock.acquire()
+            if not taken:
+                lock.acquire()
             if self.system.external:
                 # the key that moves it: `up --socket`'s, or the file's (none: the default)
                 key = "--socket" if self.system.socket_option else \
@@ -2351,7 +2359,8 @@ def _describe_exit(code: int) -> str:
 
 
 async def up(plan: Plan, socket_path: str | None = None, log_format: str = "text",
-             zygote: Launched | None = None) -> int:
+             zygote: Launched | None = None, lock: endpoint.Lock | None = None) -> int:
     """`zygote`: one started already (cli.py starts it before the policy is read);
-    None: start one here."""
-    return await Supervisor(plan, socket_path, log_format=log_format, zygote=zygote).run()
+    None: start one here.  `lock`: the system's lock, taken already (cli.py takes
+    it before the policy is read); None: taken here."""
+    return await Supervisor(plan, socket_path, log_format=log_format, zygote=zygote).run(lock)

@@ -199,6 +199,16 @@ def test_a_command_while_up_holds_its_lock_but_has_no_admin_socket_yet_waits_for
     assert answer["ok"] and served[0]["op"] == "status"
 
 
+def _schema_of_its_own(path, n: int):
+    """The calc example's schema with ids of its own (a copy that keeps its ids is
+    refused once the example's has been loaded in this process: Duplicate ID)."""
+    path.write_text(f"""@0xf0e7afc40966{n:04x};
+interface Calc @0xc0ffee00{n:04x}0001 {{
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+}}
+""")
+
+
 def test_a_file_a_command_writes_is_never_one_of_the_systems_own(tmp_path, monkeypatch,
                                                                  capsys):
     """A review of the operator's commands: `wsuper check S --graph S` wrote the DOT
@@ -210,8 +220,9 @@ def test_a_file_a_command_writes_is_never_one_of_the_systems_own(tmp_path, monke
 
     from tests.conftest import EXAMPLES
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    for name in ("calc.capnp", "calc.wat", "hello.wat"):
+    for name in ("calc.wat", "hello.wat"):
         shutil.copy(os.path.join(EXAMPLES, name), tmp_path / name)
+    _schema_of_its_own(tmp_path / "calc.capnp", 0xa1)
     (tmp_path / "shared.toml").write_text("")
     path = tmp_path / "system.toml"
     path.write_text(f'''[system]
@@ -389,8 +400,8 @@ def test_call_asks_where_the_socket_is_within_its_own_timeout(tmp_path, monkeypa
     import shutil
 
     from tests.conftest import EXAMPLES
-    for name in ("calc.capnp", "calc.wat"):
-        shutil.copy(os.path.join(EXAMPLES, name), tmp_path / name)
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), tmp_path / "calc.wat")
+    _schema_of_its_own(tmp_path / "calc.capnp", 0xa2)
     path = tmp_path / "system.toml"
     path.write_text('[system]\nschemas = ["calc.capnp"]\n[compartments.calc]\n'
                     'module = "calc.wat"\nexports = "Calc"\nexternal = true\n')
@@ -408,3 +419,32 @@ def test_call_asks_where_the_socket_is_within_its_own_timeout(tmp_path, monkeypa
     monkeypatch.setattr(client, "call", call)
     assert cli.main(["call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "0.5"]) == 1
     assert asked == [("socket", 0.5)]
+
+
+def test_up_holds_the_systems_lock_while_it_reads_checks_and_compiles_it(
+        tmp_path, monkeypatch, capsys):
+    """A review of the operator's commands: `up` took the system's lock only once
+    its file was read, checked and compiled (~300 ms for a small system, seconds
+    for a large one); a `wsuper stop` meanwhile found no system running, said so
+    (exit 1), and the system then ran on (`wsuper up S & sleep 0.2; wsuper stop S`
+    left S running).  The lock is taken first (a stop then waits for the admin
+    socket: connect_admin), and let go when `up` is refused."""
+    from supervisor import policy, preflight
+    run = tmp_path / "run"
+    (run / "wsuper").mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    seen = []
+
+    def prepare(_system):
+        seen.append(endpoint.is_running(system))
+        raise policy.PolicyError(system, "compartments.app.module", "refused here")
+    monkeypatch.setattr(preflight, "prepare", prepare)
+    monkeypatch.setattr(policy, "load", lambda path, socket=None: None)
+    assert cli.main(["up", system]) == 2
+    assert "refused here" in capsys.readouterr().err
+    assert seen == [True]                        # held while it was checked
+    assert not endpoint.is_running(system)       # and let go with the refusal
+    assert not os.path.lexists(endpoint.lock_path(system))
