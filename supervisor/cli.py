@@ -174,7 +174,8 @@ def _main(argv=None, zygote=None) -> int:
     call.add_argument("--json", action="store_true",
                       help="print the results as JSON (capabilities as \"<capability>\", "
                            "Data as base64, NaN and the infinities as the strings "
-                           "\"NaN\", \"Infinity\", \"-Infinity\")")
+                           "\"NaN\", \"Infinity\", \"-Infinity\"; an enum value or union "
+                           "member the schema does not name as its number, or left out)")
     call.add_argument("--socket", help="the external socket (default: where the running "
                       "system says it listens, as `up --socket` bound it, else the system "
                       "file's)")

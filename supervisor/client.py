@@ -123,12 +123,19 @@ def to_json(reader) -> str:
 
 
 def _plain(reader):
-    """A reader as JSON-able values; capabilities as the string "<capability>"."""
+    """A reader as JSON-able values; capabilities as the string "<capability>".
+    A union member the schema does not name (a newer schema's: legal Cap'n Proto)
+    is left out, as the text form leaves it (`u = ()`): asked which, pycapnp
+    raised, and `call --json` failed whole ("Member was null.")."""
     out = {}
+    which = _UNASKED
     for field in reader.schema.fields_list:
         name = field.proto.name
-        if field.proto.discriminantValue != 0xFFFF and reader.which() != name:
-            continue
+        if field.proto.discriminantValue != 0xFFFF:
+            if which is _UNASKED:
+                which = _which(reader)
+            if which != name:
+                continue
         if field.proto.which() == "group":
             out[name] = _plain(getattr(reader, name))
         elif field.proto.slot.type.which() in ("interface", "anyPointer"):
@@ -136,6 +143,17 @@ def _plain(reader):
         else:
             out[name] = _value(getattr(reader, name), field.proto.slot.type)
     return out
+
+
+_UNASKED = object()
+
+
+def _which(reader) -> str | None:
+    """The union member `reader` holds, or None for one its schema does not name."""
+    try:
+        return reader.which()
+    except (capnp.KjException, RuntimeError, ValueError):
+        return None
 
 
 def _number(x):
@@ -161,7 +179,12 @@ def _value(v, type_):
     if kind == "data":
         return base64.b64encode(bytes(v)).decode()
     if kind == "enum":
-        return str(v)
+        # a value the schema does not name (a newer schema's) is its number, as the
+        # text form prints it (`c = (99)`); str() raised "Member was null."
+        try:
+            return str(v)
+        except (capnp.KjException, RuntimeError, ValueError):
+            return int(v.raw)
     if kind == "list":
         element = type_.list.elementType
         return [_value(x, element) for x in v]

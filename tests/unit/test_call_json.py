@@ -94,3 +94,36 @@ def test_lists_of_lists_are_json_arrays_of_their_values(tmp_path):
     assert _strict(client.to_json(message.as_reader())) == {
         "ints": [[1, 2], [], [3]], "floats": [[["NaN", 1.5]], []], "colors": [["green", "red"]],
         "data": [["AP8="]], "items": [[{"c": "green", "d": "YQ=="}]], "texts": ["x", ""]}
+
+
+NEWER = """@0xd0a1b2c3d4e5f6c7;
+enum Color { red @0; green @1; }
+struct Answer { c @0 :Color; u :union { a @1 :Int32; b @2 :Text; } n @3 :Int32;
+                cs @4 :List(Color); }
+"""
+
+
+def test_an_enum_value_or_union_member_the_schema_does_not_know_is_json_too(tmp_path):
+    """A review of the operator's commands: a compartment whose results hold an enum
+    value or a union member its schema does not name (a newer schema's: legal
+    Cap'n Proto, which the text form prints as `c = (99)`, `u = ()`) failed
+    `wsuper call --json` whole: "its results cannot be read: Member was null."
+    An unknown enum value is its number; an unknown union member is left out, as
+    the text form leaves it."""
+    (tmp_path / "answer.capnp").write_text(NEWER)
+    module = capnp_schemas.load(str(tmp_path / "answer.capnp"))
+    message = module.Answer.new_message()
+    message.c = "green"
+    message.u.a = 5
+    message.n = 7
+    message.cs = ["red", "green"]
+    raw = bytearray(message.to_bytes())
+    # after the segment table (8 bytes) and the root pointer (8), the struct's data:
+    # c (16 bits), the union's discriminant (16 bits: 0 is a), a, n
+    assert raw[16:20] == bytes.fromhex("01000000")
+    raw[16:20] = bytes.fromhex("63000900")             # c = 99, discriminant = 9
+    with module.Answer.from_bytes(bytes(raw)) as reader:
+        text = str(reader)
+        assert "c = (99)" in text, text
+        got = _strict(client.to_json(reader))
+    assert got == {"c": 99, "u": {}, "n": 7, "cs": ["red", "green"]}, got
