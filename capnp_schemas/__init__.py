@@ -639,21 +639,23 @@ def _fds_to_spare(path: str, needed: int) -> None:
     directory and file it reads, for good.  The soft limit is raised first."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        used = len(os.listdir("/proc/self/fd"))
+    try:               # a descriptor numbered past the limit takes none of its places
+        used = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
         return
     def near(soft):      # room for the files a parse opens, and the process's own
-        return soft != resource.RLIM_INFINITY and used + needed + min(64, soft // 8) > soft
+        return soft != resource.RLIM_INFINITY and \
+            sum(fd < soft for fd in used) + needed + min(64, soft // 8) > soft
     if near(soft):
-        want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft * 2, used + needed + 1024))
+        want = hard if hard == resource.RLIM_INFINITY else \
+            min(hard, max(soft * 2, len(used) + needed + 1024))
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             soft = want
         except (ValueError, OSError):
             pass
     if near(soft):
-        raise SchemaError(path, None, f"this process has {used} files open, near its limit "
+        raise SchemaError(path, None, f"this process has {len(used)} files open, near its limit "
                           f"of {soft}, and a schema parser holds the files it reads open: "
                           "run the command again, or raise the limit (ulimit -n)")
 
