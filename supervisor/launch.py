@@ -86,11 +86,13 @@ class Launched:
         return self.popen, sock
 
     def discard(self):
-        """Stop it, unless a Zygote took it: by its stop signal (end)."""
+        """Stop it, unless a Zygote took it: by its stop signal (end), and only then
+        close its socket (closed first, the zygote could read its end and exit 0
+        before the signal came: the full suite met that once)."""
         if self.sock is not None:
+            end(self.popen)
             self.sock.close()
             self.sock = None
-            end(self.popen)
 
 
 #: Seconds the zygote has to end by its stop signal (compartments/zygote.py STOP:
