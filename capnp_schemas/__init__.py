@@ -125,12 +125,12 @@ def _builtin(path: str):
     module = capnp.load(path, imports=IMPORT_PATH)
     read, contents = [], {}
     closure(path, IMPORT_PATH, read, contents)
-    digest = hashlib.sha256(contents[path]).digest()
-    _BUILTIN_COPIES[digest] = module
-    _BUILTIN_FILES[digest] = os.path.normpath(path)
+    digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
+    _BUILTIN_COPIES[digests[path]] = module
+    _BUILTIN_FILES[digests[path]] = os.path.normpath(path)
     _remember([os.path.normpath(path)])
     _BUILTIN_READS.update(f for f, _, _ in read)
-    _claim(path, read, contents, module)
+    _claim(path, read, contents, digests, module)
     return module
 
 
@@ -397,12 +397,14 @@ def load(path: str, extra_imports=()):
     read: list = []
     contents: dict = {}
     closure(path, imports, read, contents)  # no FIFO, device or huge file among them
-    copy = _BUILTIN_COPIES.get(hashlib.sha256(contents[path]).digest())
+    # each file's bytes hashed once: what is a copy of ours, what is checked
+    # already, what a generation holds, what a file declared as read
+    digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
+    copy = _BUILTIN_COPIES.get(digests[path])
     if copy is not None:
         return copy
-    _one_name_each(read, contents)
-    key = (path, tuple(imports), tuple((f, hashlib.sha256(d).digest())
-                                       for f, d in contents.items()))
+    _one_name_each(read, contents, digests)
+    key = (path, tuple(imports), tuple(digests.items()))
     # each file it imports is loaded whole too (a parser compiles of an imported
     # file only what the schema uses): the ids of all its declarations, written
     # or derived, are its (an id is one declaration); not our own files
@@ -411,15 +413,15 @@ def load(path: str, extra_imports=()):
         and not any(os.path.commonpath([f, d]) == d for d in IMPORT_PATH)))
     checked = _CHECKED.get(key)
     if checked is None:
-        checked = _parse_copy(path, imports, contents, imported)
+        checked = _parse_copy(path, imports, contents, digests, imported)
     module, modules = checked
-    _claim(path, read, contents, module, modules)
+    _claim(path, read, contents, digests, module, modules)
     _CHECKED[key] = checked
     _remember(file for file, _, _ in read)
     return module
 
 
-def _one_name_each(read: list, contents: dict) -> None:
+def _one_name_each(read: list, contents: dict, digests: dict) -> None:
     """SchemaError if a file the schema reads is one this process read under
     another name (a symbolic or hard link), or a copy of one of our own schemas."""
     names, stats, copies = dict(_NAMES), {}, set()
@@ -443,7 +445,7 @@ def _one_name_each(read: list, contents: dict) -> None:
                               "name it one way")
         if by is not None and file in contents and file not in copies:
             copies.add(file)                # each file once, however often imported
-            _not_a_builtin_copy(file, contents[file], st, by, line)
+            _not_a_builtin_copy(file, digests[file], st, by, line)
 
 
 def _mirror() -> str:
@@ -525,8 +527,8 @@ class _Generation:
         return self.mirror == _mirror() and len(self.roots) < GENERATION_SCHEMAS and all(
             self.files.get(f, d) == d for f, d in digests.items())
 
-    def copy(self, contents: dict, digests: dict, imports: list) -> tuple[str, list]:
-        """Write what is not here yet; the copy's (path, import path) for `imports`."""
+    def copy(self, contents: dict, digests: dict, imports: list) -> list:
+        """Write what is not here yet; the copy's import path for `imports`."""
         for file, data in contents.items():
             if file in self.files:
                 continue
@@ -569,14 +571,13 @@ class _Generation:
 _GENERATION: list = []
 
 
-def _parse_copy(path: str, imports: list, contents: dict, imported=()):
+def _parse_copy(path: str, imports: list, contents: dict, digests: dict, imported=()):
     """(the module a parser of this process makes of `contents` (file -> bytes:
     `path` and all it reads), {file: its module} for each of `imported` (files
     `path` imports, loaded whole after it)), copied beneath a generation's
     directory at their own paths, once a child has parsed that copy, after what
-    that parser parsed before, and those files: SchemaError if it failed there."""
-    import hashlib
-    digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
+    that parser parsed before, and those files: SchemaError if it failed there.
+    `digests`: file -> sha256 of its bytes in `contents`."""
 
     def new() -> _Generation:
         gen = None
@@ -660,12 +661,12 @@ def _fds_to_spare(path: str, needed: int) -> None:
                           "run the command again, or raise the limit (ulimit -n)")
 
 
-def _claim(path: str, read: list, contents: dict, module, modules=None) -> None:
+def _claim(path: str, read: list, contents: dict, digests: dict, module, modules=None
+           ) -> None:
     """Record the ids the files `read` declare (each file's written ids; for `path`,
     `module`'s too, derived ones included, and for each file of `modules` (file ->
     its module), that module's) as theirs; SchemaError, naming the first
     declaration, if another file declares one of them (as it is now)."""
-    import hashlib
     files = list(dict.fromkeys(f for f, _, _ in read if f in contents))
     written = {f: _written_ids(contents[f]) for f in files}
     mine = {f: set(written[f]) for f in files}
@@ -684,7 +685,7 @@ def _claim(path: str, read: list, contents: dict, module, modules=None) -> None:
                               "declaration, and a copy of a schema keeps its ids (give it "
                               "new ones: `capnp id` makes one)")
     for file in files:
-        digest = hashlib.sha256(contents[file]).digest()
+        digest = digests[file]
         old = _DECLARED.get(file)
         if old is not None:
             if old[0] == digest:
@@ -740,13 +741,12 @@ def _with_first_declaration(e: SchemaError, contents: dict) -> SchemaError:
                        "it new ones: `capnp id` makes one)")
 
 
-def _not_a_builtin_copy(file: str, data: bytes, st, by: str, line) -> None:
-    """SchemaError at `by`:`line` if the file it imports, `file` (`data` its bytes,
-    `st` its stat), is a copy of one of our own schemas (other than that file
+def _not_a_builtin_copy(file: str, digest: bytes, st, by: str, line) -> None:
+    """SchemaError at `by`:`line` if the file it imports, `file` (`digest` the sha256 of its
+    bytes, `st` its stat), is a copy of one of our own schemas (other than that file
     itself): its ids are that schema's, and a copy *listed* is that schema
     (load()); an imported one cannot be: the parser reads it as a file of its own."""
-    import hashlib
-    original = _BUILTIN_FILES.get(hashlib.sha256(data).digest())
+    original = _BUILTIN_FILES.get(digest)
     if original is None or _same_file(original, st):
         return
     base = next(d for d in IMPORT_PATH
