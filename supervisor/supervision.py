@@ -12,9 +12,16 @@ Restart modes, as in Erlang/OTP supervisors:
   never      never restarted
 
 Intensity: more than `max_restarts` restarts within `restart_window` seconds
-and the compartment has failed for good.  Each restart in a window waits
-twice as long as the one before (from `restart_delay`, at most MAX_DELAY, or
-`restart_delay` itself if that is longer).
+and the compartment has failed for good.
+
+Back-off: the first restart waits `restart_delay`; each further one in a row
+waits twice as long as the one before (from at least MIN_DELAY, at most
+MAX_DELAY, or `restart_delay` itself if that is longer).  A row ends when an
+incarnation ran at least STEADY seconds (or `restart_window`, if longer) from
+its restart.  The back-off does not forget with the window: a compartment that
+crashes at once, with `restart_delay = 0` and a window shorter than a restart
+takes, was restarted ~30 times a second for ever, `max_restarts` never
+tripping (an outside review); now its restarts slow to one each MAX_DELAY.
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ import attrs
 
 MODES = ("permanent", "transient", "never")
 MAX_DELAY = 10.0
+MIN_DELAY = 0.01       # where the doubling starts when restart_delay is 0
+STEADY = 10.0          # an incarnation that ran this long ends a row of restarts
 
 
 @attrs.frozen
@@ -46,7 +55,9 @@ class Decision:
 class Supervision:
     def __init__(self, policy: RestartPolicy):
         self.policy = policy
-        self._restarts: deque[float] = deque()
+        self._restarts: deque[float] = deque()   # restart times within the window
+        self._row = 0                  # restarts in a row, none of them steady since
+        self._resumed = 0.0            # when the last restart's incarnation began
 
     def decide(self, now: float, abnormal: bool) -> Decision:
         p = self.policy
@@ -57,10 +68,15 @@ class Supervision:
         if len(self._restarts) >= p.max_restarts:
             return Decision("fail", reason=f"{len(self._restarts)} restarts within "
                                            f"{p.restart_window:g} s (max_restarts = {p.max_restarts})")
+        if self._row and now - self._resumed >= max(STEADY, p.restart_window):
+            self._row = 0                          # the last incarnation ran steadily
         # doubled up to MAX_DELAY, but never below restart_delay itself: its range goes
         # to 60 s, and 60 was cut to 10 (docs/policy-reference.md: the first waits it)
-        delay = min(p.restart_delay * (2 ** len(self._restarts)),
-                    max(MAX_DELAY, p.restart_delay))
+        delay = p.restart_delay if not self._row else \
+            min(max(p.restart_delay, MIN_DELAY) * (2 ** self._row),
+                max(MAX_DELAY, p.restart_delay))
+        self._row += 1
+        self._resumed = now + delay
         self._restarts.append(now)
         return Decision("restart", delay, len(self._restarts))
 
@@ -362,10 +378,10 @@ class Lifecycle:
             self.generation[name] += 1
             self.state[name] = "failed"
             holders = self.holders.get(name, ())
-            told = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
-            out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){told}",
+            fails = f"; calls from {', '.join(holders)} to it now fail" if holders else ""
+            out = [Say(f"compartment {name} failed for good: {d.reason} (last: {reason}){fails}",
                        name),
-                   Fail(name, d.reason)]
+                   Fail(name, f"{d.reason}; last: {told}")]
             self.exit_code = 1
             self.running.discard(name)
             if policy.critical:

@@ -841,3 +841,23 @@ def test_a_call_to_a_compartment_left_stopped_by_its_program_is_told_why(tmp_pat
     said = asyncio.run(asyncio.wait_for(main(), 30))
     assert "compartment calc stopped: its program failed: compartment calc trapped: wasm " \
            "`unreachable` instruction executed" in said, said
+
+
+def test_a_program_that_traps_at_once_under_a_short_window_restarts_ever_slower(tmp_path, wsuper):
+    """An outside review: restart_delay = 0 and a window shorter than a restart takes
+    restarted a trapping program ~30 times a second for ever (every line 'in 0 s';
+    max_restarts never trips).  Its restarts in a row now back off."""
+    (tmp_path / "app.wat").write_text(program("unreachable", {}))
+    (tmp_path / "system.toml").write_text("""
+[compartments.app]
+module = "app.wat"
+restart = "permanent"
+max_restarts = 1000
+restart_window = 0.1
+restart_delay = 0
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("restarting app in 0.16 s", timeout=20)
+    delays = [l.split("restarting app in ")[1].split(" s ")[0]
+              for l in run.lines if "restarting app in " in l]
+    assert delays[:5] == ["0", "0.02", "0.04", "0.08", "0.16"]

@@ -216,7 +216,8 @@ def test_a_critical_compartment_that_fails_for_good_stops_the_system():
     assert actions[0].text == ("compartment db failed for good: 0 restarts within 60 s "
                                "(max_restarts = 0) (last: engine exited with code 1); calls "
                                "from app to it now fail")
-    assert actions[1] == Fail("db", "0 restarts within 60 s (max_restarts = 0)")
+    assert actions[1] == Fail("db", "0 restarts within 60 s (max_restarts = 0); "
+                                    "last: engine exited with code 1")
     assert actions[2:] == [Say("db is critical: stopping the system"), Finish(1)]
     assert life.started("app", True) == []                 # stopping: nothing more runs
 
@@ -439,3 +440,48 @@ def test_a_system_serving_while_one_never_started_and_is_left_so_says_so():
         "all compartments ready but web (restarting after a failed start), cache (left "
         "stopped after a failed start), db (failed for good after a failed start); "
         "serving until Ctrl-C")
+
+
+def test_a_compartment_that_crashes_at_once_is_restarted_ever_slower_not_for_ever_at_once():
+    """An outside review: restart_delay = 0 with a restart_window shorter than a
+    restart takes: each crash found the window empty, so every restart waited 0 s
+    and max_restarts never tripped (~30 restarts a second for ever).  The back-off
+    now counts restarts in a row, not in the window."""
+    from supervisor.supervision import MAX_DELAY
+    s = Supervision(RestartPolicy("permanent", max_restarts=3, restart_window=0.1,
+                                  restart_delay=0))
+    now, delays = 0.0, []
+    for _ in range(14):                 # each incarnation crashes 30 ms into its life
+        d = s.decide(now, abnormal=True)
+        assert d.action == "restart"    # the window is too short to trip: as written
+        delays.append(d.delay)
+        now += d.delay + 0.03
+    assert delays[0] == 0                                   # the first is at once
+    assert delays[1:4] == [0.02, 0.04, 0.08]
+    assert all(b >= a for a, b in zip(delays, delays[1:]))
+    assert delays[-1] == MAX_DELAY                          # then one each MAX_DELAY
+
+
+def test_an_incarnation_that_ran_steadily_ends_the_row_of_restarts():
+    from supervisor.supervision import STEADY
+    s = Supervision(RestartPolicy("permanent", max_restarts=100, restart_window=1,
+                                  restart_delay=0.5))
+    assert [s.decide(t, abnormal=True).delay for t in (0, 1, 3)] == [0.5, 1.0, 2.0]
+    # the incarnation begun at 5 (3 + 2) ran STEADY seconds: the next waits restart_delay
+    assert s.decide(5 + STEADY, abnormal=True).delay == 0.5
+    assert s.decide(5 + STEADY + 1, abnormal=True).delay == 1.0
+
+
+def test_callers_of_a_compartment_that_failed_for_good_are_told_its_last_cause():
+    """An outside review: calls to a compartment past max_restarts failed with
+    'failed: 2 restarts within 60 s (max_restarts = 2)', never why it kept stopping
+    (said to the operator only)."""
+    why = "compartment db trapped: wasm `unreachable` instruction executed"
+    life = _life(db=RestartPolicy(max_restarts=0), app=RestartPolicy())
+    life.started("db", program=True)
+    life.started("app", program=False)
+    actions = life.program_ended("db", None, why, now=1)
+    fails = [a for a in actions if isinstance(a, Fail)]
+    assert len(fails) == 1
+    assert fails[0].reason == ("0 restarts within 60 s (max_restarts = 0); "
+                               f"last: its program failed: {why}")
