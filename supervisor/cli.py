@@ -747,7 +747,9 @@ def _revoke(args) -> int:
         print(printable(f"wsuper: ok: {answer.get('text', '')}"))
         return 0
     _error(f"{answer.get('error', 'refused')}")
-    return 1
+    # a grant the system does not have is a wrong argument, whether it runs or not:
+    # exit 2 both ways (the running system's refusal exited 1, the file's 2)
+    return 2 if answer.get("unknown") is True else 1
 
 
 if __name__ == "__main__":

@@ -2042,7 +2042,8 @@ class Supervisor:
             try:
                 effects = self.router.revoke(grant)
             except KeyError as e:
-                return {"ok": False, "error": e.args[0]}
+                # "unknown": the operator named no revocable grant (exit 2, as offline)
+                return {"ok": False, "error": e.args[0], "unknown": True}
             self._audit_operator({"event": "grant revoked", "grant": grant})  # before denials
             self._perform(effects)
             running = [e for e in map(self._host_threads.get, tokens) if e is not None]

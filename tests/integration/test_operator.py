@@ -734,9 +734,10 @@ policy = "client.toml"
     assert run_wsuper("probe", system, "app", "list").returncode == 0
     revoked = run_wsuper("revoke", system, "app.calc")
     assert revoked.returncode == 0 and "revoked app.calc" in revoked.stdout, revoked.output
-    # what the running system does not hold is still refused, by it
+    # what the running system does not hold is still refused, by it, as a wrong
+    # argument: exit 2 as when nothing runs (it was 1 online, 2 offline)
     wrong = run_wsuper("revoke", system, "app.nothing")
-    assert wrong.returncode == 1 and "no revocable grant 'app.nothing'" in wrong.stderr \
+    assert wrong.returncode == 2 and "no revocable grant 'app.nothing'" in wrong.stderr \
         and "app.calc" in wrong.stderr, wrong.output
     stopped = run_wsuper("stop", system)
     assert stopped.returncode == 0, stopped.output
