@@ -170,7 +170,8 @@ def open_grant(grant, quota: hostfs.WriteQuota | None = None):
     if quota is None:
         quota = hostfs.WriteQuota(grant.max_bytes_written)
     attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
-                       quota=quota, refuse_hard_links=grant.refuse_hard_links)
+                       quota=quota, refuse_hard_links=grant.refuse_hard_links,
+                       name=grant.name)       # its errors go to the guest: not the path
     if grant.target == "directory":
         return hostfs.Directory.grant(grant.path, subdir=grant.subdir, **attenuation)
     if grant.target == "file":

@@ -346,6 +346,18 @@ class _Handle:
                 pass
 
 
+def _named(obj, name: str | None):
+    """`obj` (a granted Directory or File, open) from now on says `name` in its errors
+    and in those of what is opened through it ("data/notes.txt"), not its host path:
+    they go to the guest that holds it, and the host path (a user's home, the layout
+    of the host) is not the guest's to know (an outside review: a plugin on wsuper's
+    ABI was told "EPERM: file /home/alice/journal.txt: /home/alice/journal.txt is
+    append-only").  Errors opening the grant, said to the operator, keep the path."""
+    if name is not None:
+        obj.label = obj._h._label = name
+    return obj
+
+
 class Directory:
     """A directory capability: an O_PATH descriptor and its attenuation."""
 
@@ -364,10 +376,12 @@ class Directory:
 
     @classmethod
     def grant(cls, path: str, subdir: str | None = None, max_bytes_written: int | None = None,
-              quota: WriteQuota | None = None, **attenuation) -> "Directory":
+              quota: WriteQuota | None = None, name: str | None = None,
+              **attenuation) -> "Directory":
         """The granted directory.  `quota`: the grant's write quota, when it outlives
         this object (a restart opens the grant again); else one of
-        `max_bytes_written`."""
+        `max_bytes_written`.  `name`: what its holder knows it by (the grant's name):
+        once it is open, what its errors say, never `path` (_named)."""
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
@@ -379,8 +393,8 @@ class Directory:
                 sub = d._subdir(subdir, follow=True)     # beneath, like any path
             finally:
                 d.close()
-            return sub
-        return d
+            return _named(sub, name)
+        return _named(d, name)
 
     # ------------------------------------------------------------ helpers
 
@@ -1045,8 +1059,8 @@ class File:
     @classmethod
     def grant(cls, path: str, read_only: bool = False, append_only: bool = False,
               max_bytes_written: int | None = None, refuse_hard_links: bool = False,
-              quota: WriteQuota | None = None) -> "File":
-        """The granted file.  `quota`: as Directory.grant's."""
+              quota: WriteQuota | None = None, name: str | None = None) -> "File":
+        """The granted file.  `quota`, `name`: as Directory.grant's."""
         if read_only:
             flags, kw = os.O_RDONLY, dict(readable=True, writable=False)
         elif append_only:
@@ -1069,8 +1083,8 @@ class File:
             raise _explain(e, path) from None
         finally:
             os.close(p)
-        return cls(fd, path, append_only=append_only, read_only=read_only,
-                   quota=quota or WriteQuota(max_bytes_written), **kw)
+        return _named(cls(fd, path, append_only=append_only, read_only=read_only,
+                          quota=quota or WriteQuota(max_bytes_written), **kw), name)
 
     def _writing(self, what: str):
         if not self.writable:

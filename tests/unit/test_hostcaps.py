@@ -571,3 +571,44 @@ def test_what_a_compartment_writes_to_a_log_it_was_handed_spends_its_own_log_rat
     assert "z writes to its logs faster than 5 lines/s (limit log_rate)" in shown[-1].reason
     assert isinstance(line("z", "z"), hostcaps.Refusal)
     assert all(isinstance(line("app", "app"), hostcaps.Answer) for _ in range(100))
+
+
+def test_no_error_a_guest_gets_from_a_file_or_directory_grant_names_its_host_path(tmp_path):
+    """An outside review: the reasons of failed file operations named the grant's
+    host path ("EPERM: file /home/alice/journal.txt: /home/alice/journal.txt is
+    append-only"), telling a plugin where on the host its grants lie (a user's
+    name, the host's layout).  Every refusal and kernel error through any kind of
+    grant now names it as the guest does: its grant's name."""
+    root = tmp_path / "alice-secret-home"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "notes.txt").write_text("hello")
+    (root / "journal.txt").write_text("")
+    h = Harness([grant("ro", "directory", "host", path=str(root), read_only=True),
+                 grant("ao", "directory", "host", path=str(root), append_only=True),
+                 grant("sub", "directory", "host", path=str(root), subdir="sub",
+                       max_bytes_written=2),
+                 grant("journal", "file", "host", path=str(root / "journal.txt"),
+                       append_only=True),
+                 grant("notes", "file", "host", path=str(root / "sub" / "notes.txt"),
+                       read_only=True)])
+    ro, ao, sub, journal, notes = (h.grant(i) for i in range(5))
+    errors = [
+        h.call(ro, DIR, "open", path="sub/notes.txt", mode="readWrite").error,
+        h.call(ro, DIR, "mkdir", path="new").error,
+        h.call(ro, DIR, "open", path="nothing-here", mode="read").error,
+        h.call(ao, DIR, "remove", path="journal.txt").error,
+        h.call(ao, DIR, "stat", path="missing/deeper").error,
+        h.call(sub, DIR, "open", path="../journal.txt", mode="read").error,
+        h.call(sub, DIR, "remove", path="notes.txt/x").error,
+        h.call(journal, FILE, "truncate", size=0).error,
+        h.call(journal, FILE, "write", offset=0, data=b"x").error,
+        h.call(journal, FILE, "read", offset=0, count=10).error,
+        h.call(notes, FILE, "write", offset=0, data=b"x").error,
+        h.call(notes, FILE, "truncate", size=0).error,
+    ]
+    f = h.call(sub, DIR, "open", path="notes.txt", mode="readWrite").payload.caps[0].import_id
+    errors += [h.call(f, FILE, "write", offset=0, data=b"xyz").error,     # quota: 2 bytes
+               h.call(f, FILE, "truncate", size=1 << 62).error]
+    assert all(errors), "\n".join(map(repr, errors))      # each of them failed
+    assert not [e for e in errors if str(tmp_path) in e or "alice" in e], errors
+    assert "journal is append-only" in errors[7] and "ro is read-only" in errors[0]
