@@ -1146,7 +1146,8 @@ class Supervisor:
         try:
             hosts = await self._open_grants(comp)
         except _StartError as e:
-            self._act(self.lifecycle.start_failed(comp.name, str(e), trio.current_time()))
+            self._act(self.lifecycle.start_failed(comp.name, str(e), trio.current_time(),
+                                                  told=e.told))
             return
         if self._done.is_set():          # stopped while its grants were opened
             self._release_hosts(comp, hosts)
@@ -1248,23 +1249,33 @@ class Supervisor:
                         limiter=self._io_limiter(comp.name))
                 except (OSError, hostcaps.hostfs.FsError) as e:
                     self._release_hosts(comp, hosts)
+                    code = getattr(e, "code", None) or errno.errorcode.get(
+                        getattr(e, "errno", None) or 0, "")
                     raise _StartError(f"cannot open {g.path} for grant {g.name}: "
-                                      f"{getattr(e, 'strerror', None) or e}") from None
+                                      f"{getattr(e, 'strerror', None) or e}",
+                                      f"cannot open its grant {g.name}"
+                                      + (f" ({code})" if code else "")) from None
             if opened is None:
                 opening.abandon()
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
-                                  f"than {hostcaps.IO_DEADLINE:g} s")
+                                  f"than {hostcaps.IO_DEADLINE:g} s",
+                                  f"cannot open its grant {g.name}: it took longer than "
+                                  f"{hostcaps.IO_DEADLINE:g} s")
             problem = self._not_granted(comp.name, g, opened)
             if problem:
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
-                raise _StartError(f"cannot open {g.path} for grant {g.name}: {problem}")
+                raise _StartError(f"cannot open {g.path} for grant {g.name}: {problem}",
+                                  f"cannot open its grant {g.name}: it is not what it was "
+                                  f"when the system started")
             if not self._hold(g.target, opened, comp.name):
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
-                                  f"has no file descriptors to spare (EMFILE)")
+                                  f"has no file descriptors to spare (EMFILE)",
+                                  f"cannot open its grant {g.name}: the supervisor has no "
+                                  f"file descriptors to spare (EMFILE)")
             hosts[g.name] = opened
         return hosts
 
@@ -2298,7 +2309,13 @@ def idlest(conns, idle_after: float) -> tuple | None:
 
 
 class _StartError(Exception):
-    pass
+    """A start that failed: its text for the operator, and `told`, what the callers
+    of the compartment are told (no host path: a grant's path is the operator's to
+    know, not that of the compartments calling this one)."""
+
+    def __init__(self, text: str, told: str | None = None):
+        super().__init__(text)
+        self.told = told or text
 
 
 def host_worker() -> bool:

@@ -294,11 +294,13 @@ class Lifecycle:
         self.running.add(name)
         self.state[name] = "running"
 
-    def start_failed(self, name: str, reason: str, now: float) -> list:
+    def start_failed(self, name: str, reason: str, now: float, told: str | None = None) -> list:
+        """`reason` is said to the operator; `told` (if not `reason`) to its callers:
+        a grant's host path is the operator's to know, not theirs."""
         if self.stopping or self.state[name] in ("stopped", "failed"):
             return []
         return [Say(f"compartment {name} failed to start: {reason}", name),
-                *self._stopped(name, True, "it failed to start", now, why=reason)]
+                *self._stopped(name, True, "it failed to start", now, why=told or reason)]
 
     def program_ended(self, name: str, exit_code: int | None, error: str | None,
                       now: float) -> list:

@@ -861,3 +861,49 @@ restart_delay = 0
     delays = [l.split("restarting app in ")[1].split(" s ")[0]
               for l in run.lines if "restarting app in " in l]
     assert delays[:5] == ["0", "0.02", "0.04", "0.08", "0.16"]
+
+
+def test_callers_of_a_compartment_whose_grant_cannot_be_opened_are_not_told_its_host_path(
+        tmp_path, wsuper):
+    """The operator is told the path a restart could not open; the callers of the
+    compartment were told it too ('it failed to start: cannot open
+    /home/alice/private for grant data: ...'), and the reason of a compartment
+    failed for good now carries its last cause: both only name the grant."""
+    secret = tmp_path / "alice-private"
+    secret.mkdir()
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+max_restarts = 1
+restart_delay = 0.05
+[compartments.calc.grants]
+data = {{ host = "directory", path = "{secret}" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+
+    async def calls():
+        client, calc = await _connect(str(tmp_path / "s.sock"))
+        assert (await calc.add(2, 3)).sum == 5
+        os.rmdir(secret)
+        at = len(run.lines)
+        os.kill(pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, run.wait_for, "failed for good", 30, at)
+        with pytest.raises(capnp.KjException) as e:
+            await calc.add(1, 1)
+        return str(e.value)
+
+    async def main():
+        async with capnp.kj_loop():
+            return await asyncio.wait_for(calls(), 30)
+
+    told = asyncio.run(main())
+    assert f"cannot open {secret} for grant data" in "\n".join(run.lines)  # the operator
+    assert "cannot open its grant data (ENOENT)" in told, told
+    assert "alice-private" not in told and str(tmp_path) not in told, told

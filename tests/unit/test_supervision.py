@@ -485,3 +485,17 @@ def test_callers_of_a_compartment_that_failed_for_good_are_told_its_last_cause()
     assert len(fails) == 1
     assert fails[0].reason == ("0 restarts within 60 s (max_restarts = 0); "
                                f"last: its program failed: {why}")
+
+
+def test_callers_of_a_start_that_failed_opening_a_grant_are_not_told_its_host_path():
+    """The operator is told which path could not be opened; the compartments calling
+    it were told the same ('it failed to start: cannot open /home/alice/db for grant
+    data: ...'): the host layout behind another compartment's grant."""
+    life = _life(db=RestartPolicy(), app=RestartPolicy())
+    actions = life.start_failed("db", "cannot open /home/alice/db for grant data: No such "
+                                "file or directory", now=0,
+                                told="cannot open its grant data (ENOENT)")
+    assert actions[0] == Say("compartment db failed to start: cannot open /home/alice/db "
+                             "for grant data: No such file or directory")
+    restart = [a for a in actions if isinstance(a, Restart)]
+    assert restart[0].reason == "it failed to start: cannot open its grant data (ENOENT)"
