@@ -1372,7 +1372,8 @@ class Supervisor:
                 reason += f": {tail[-1]}"
         elif reason is None:
             reason = "exited"
-        self._perform(self.router.disconnected(pid, f"engine {reason}"))
+        self._perform(self.router.disconnected(pid, self._for_callers(name,
+                                                                      f"engine {reason}")))
         await link.aclose()
         self.links.pop(pid, None)
         self._say_log_refused(name)
@@ -2131,6 +2132,13 @@ class Supervisor:
 
     # ------------------------------------------------------------ effects
 
+    def _for_callers(self, name: str, reason: str) -> str:
+        """Why compartment `name` stopped, as its callers are told it (told_callers):
+        every reason they get of an engine's loss, a restart, a failure or a stop
+        passes here."""
+        comp = self.system.compartments.get(name)
+        return reason if comp is None else told_callers(comp.module, comp.grants, reason)
+
     def _backlog(self, pid: int) -> int:
         link = self.links.get(pid)
         return link.queued if link is not None else 0
@@ -2273,16 +2281,18 @@ class Supervisor:
                     self.nursery.start_soon(self._watch_program, a.name,
                                             self.lifecycle.generation[a.name], limits)
             elif isinstance(a, S.Restart):
-                self._perform(self.router.stop_engine(a.name, a.reason))
+                self._perform(self.router.stop_engine(a.name,
+                                                      self._for_callers(a.name, a.reason)))
                 proc = self.procs.get(a.name)
                 if proc is not None:
                     proc.terminate()
                 self.nursery.start_soon(self._respawn, self.system.compartments[a.name],
                                         a.delay, self.lifecycle.generation[a.name])
             elif isinstance(a, (S.Fail, S.Stop)):
-                self._perform(self.router.stop_engine(a.name, a.reason))
+                reason = self._for_callers(a.name, a.reason)
+                self._perform(self.router.stop_engine(a.name, reason))
                 self._perform(self.router.fail_compartment(
-                    a.name, a.reason, said="failed" if isinstance(a, S.Fail) else None))
+                    a.name, reason, said="failed" if isinstance(a, S.Fail) else None))
                 proc = self.procs.get(a.name)
                 if proc is not None:
                     proc.terminate()
@@ -2306,6 +2316,22 @@ def idlest(conns, idle_after: float) -> tuple | None:
         if best is None or quiet > best[1]:
             best = (pid, quiet)
     return best
+
+
+def told_callers(module: str, grants, text: str) -> str:
+    """`text` (why a compartment failed to start, as its engine or the supervisor
+    said it to the operator) as its callers are told it: the module's host path as
+    its file name, and each file or directory grant's path as the grant's name.  An
+    engine's reasons name its module's path ('cannot instantiate
+    /home/alice/plugins/calc.wasm: ... start function trapped', a failure the
+    module controls), and the callers are other compartments and clients."""
+    paths = [(module, os.path.basename(module))] if module else []
+    paths += [(g.path, f"(grant {g.name})") for g in grants
+              if getattr(g, "path", None) and g.kind == "host"]
+    for path, name in sorted(paths, key=lambda p: -len(p[0])):   # the longest first
+        if len(path) > 1:
+            text = text.replace(path, name)
+    return text
 
 
 class _StartError(Exception):

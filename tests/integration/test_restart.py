@@ -907,3 +907,48 @@ data = {{ host = "directory", path = "{secret}" }}
     assert f"cannot open {secret} for grant data" in "\n".join(run.lines)  # the operator
     assert "cannot open its grant data (ENOENT)" in told, told
     assert "alice-private" not in told and str(tmp_path) not in told, told
+
+
+def test_callers_of_a_module_whose_start_function_traps_are_not_told_its_host_path(
+        tmp_path, wsuper):
+    """An engine's reason for a failed start names its module's path ('cannot
+    instantiate /home/alice/plugins/calc.wat: ...'), and the module decides whether
+    its start function traps: the compartments and clients calling it were told the
+    host path of another compartment's module.  They are told its file name."""
+    plugins = tmp_path / "alice-plugins"
+    plugins.mkdir()
+    text = open(os.path.join(EXAMPLES, "calc.wat")).read()
+    marker = "(memory (export \"memory\") 1)"
+    assert marker in text
+    (plugins / "calc.wat").write_text(text.replace(
+        marker, marker + "\n  (func $boom unreachable)\n  (start $boom)"))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{plugins}/calc.wat"
+exports = "Calc"
+external = true
+max_restarts = 0
+[compartments.other]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("failed for good")
+
+    async def calls():
+        client, calc = await _connect(str(tmp_path / "s.sock"))
+        with pytest.raises(capnp.KjException) as e:
+            await calc.add(1, 1)
+        return str(e.value)
+
+    async def main():
+        async with capnp.kj_loop():
+            return await asyncio.wait_for(calls(), 30)
+
+    told = asyncio.run(main())
+    assert f"{plugins}/calc.wat" in "\n".join(run.lines)        # the operator is told
+    assert "cannot instantiate calc.wat" in told, told
+    assert "alice-plugins" not in told and str(tmp_path) not in told, told

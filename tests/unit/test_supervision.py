@@ -499,3 +499,19 @@ def test_callers_of_a_start_that_failed_opening_a_grant_are_not_told_its_host_pa
                              "for grant data: No such file or directory")
     restart = [a for a in actions if isinstance(a, Restart)]
     assert restart[0].reason == "it failed to start: cannot open its grant data (ENOENT)"
+
+
+def test_what_callers_are_told_of_a_stop_names_no_host_path_of_the_module_or_a_grant():
+    from types import SimpleNamespace as G
+
+    from supervisor.runtime import told_callers
+    grants = [G(kind="host", name="data", path="/home/alice/data"),
+              G(kind="host", name="inner", path="/home/alice/data/inner"),
+              G(kind="host", name="log", path=None),
+              G(kind="compartment", name="calc", path=None)]
+    text = ("engine exited with code 3: error: cannot instantiate /home/alice/p/calc.wasm: "
+            "cannot open /home/alice/data/inner and /home/alice/data/x")
+    told = told_callers("/home/alice/p/calc.wasm", grants, text)
+    assert told == ("engine exited with code 3: error: cannot instantiate calc.wasm: "
+                    "cannot open (grant inner) and (grant data)/x")
+    assert told_callers("/", [], "a / b") == "a / b"        # no path too short to mean one
