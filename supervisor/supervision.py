@@ -73,9 +73,9 @@ class Supervision:
         # doubled up to MAX_DELAY, but never below restart_delay itself: its range goes
         # to 60 s, and 60 was cut to 10 (docs/policy-reference.md: the first waits it)
         delay = p.restart_delay if not self._row else \
-            min(max(p.restart_delay, MIN_DELAY) * (2 ** self._row),
+            min(max(p.restart_delay, MIN_DELAY) * (2 ** min(self._row, 32)),
                 max(MAX_DELAY, p.restart_delay))
-        self._row += 1
+        self._row += 1          # (2 ** 1024 is past a float: capped above, at 32)
         self._resumed = now + delay
         self._restarts.append(now)
         return Decision("restart", delay, len(self._restarts))

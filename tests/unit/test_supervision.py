@@ -460,6 +460,10 @@ def test_a_compartment_that_crashes_at_once_is_restarted_ever_slower_not_for_eve
     assert delays[1:4] == [0.02, 0.04, 0.08]
     assert all(b >= a for a, b in zip(delays, delays[1:]))
     assert delays[-1] == MAX_DELAY                          # then one each MAX_DELAY
+    for _ in range(3000):           # hours of it: the doubling never overflows a float
+        d = s.decide(now, abnormal=True)
+        now += d.delay + 0.03
+    assert d.action == "restart" and d.delay == MAX_DELAY
 
 
 def test_an_incarnation_that_ran_steadily_ends_the_row_of_restarts():
