@@ -117,6 +117,12 @@ class Peer:
         self.kept: dict[int, list] = {}
         self.alive = True
         self.control: Remote | None = None
+        #: entries of its c-list (our exports to it) that another peer's calls
+        #: passed it, until it releases them: id(object) -> that caller's id, and
+        #: how many each caller has there (Router._check_handles: one caller may
+        #: not fill the table all callers and the compartment itself share)
+        self.passed: dict[int, int] = {}
+        self.passed_by: dict[int, int] = {}
 
     def __repr__(self):
         return f"Peer({self.name})"
@@ -707,6 +713,8 @@ class Router:
                 self.emit(fx.Send(peer.id, peer.conn.send_exception(
                     ev.answer_id, "compartments get their capabilities from their grants")))
         elif isinstance(ev, protocol.ExportReleased):
+            if peer.passed:
+                self._unpassed(peer, ev.obj)
             if peer.laned:
                 eid = self._route_of.get((peer.id, id(ev.obj)))
                 if eid is not None:
@@ -1568,10 +1576,13 @@ class Router:
             waiting = self.backlog(peer.id) + self._unsent.get(peer.id, 0)
             if waiting > queue_soft_limit(peer.limits):
                 self._not_reading(peer, handler, waiting)
-        self._check_handles(peer, caps)
+        caller = handler.reply[0] if isinstance(handler, control.Forward) else None
+        new = self._check_handles(peer, caps, caller if caller is not peer else None)
         out_caps = [self._export_cap(peer, c) for c in caps]
         qid, data = peer.conn.send_call(import_id, interface_id, method_id, content, out_caps)
         self._unsent[peer.id] = self._unsent.get(peer.id, 0) + len(data)
+        if new and caller is not None and caller is not peer:
+            self._passed(peer, caller, caps, new)
         self._retain_new(peer, caps)
         self._pending[(peer.id, qid)] = handler
         if isinstance(handler, control.Forward):
@@ -1938,15 +1949,64 @@ class Router:
         return tuple(caps)
 
     @staticmethod
-    def _check_handles(peer: Peer, caps):
-        """Refuse to grow a peer's c-list past its `handles` limit."""
+    def _check_handles(peer: Peer, caps, caller: Peer | None = None) -> set:
+        """Refuse to grow a peer's c-list past its `handles` limit; the entries the
+        capabilities `caps` would add (their ids).
+
+        With `caller` (another peer, whose call passes `caps` to this one): the
+        table is shared by every caller and by the compartment itself, and was one
+        for all, first come first served: an external client passing 1,024 objects
+        of its own in calls the compartment had not answered yet (its engine busy)
+        filled it, and until they were answered every other caller's call passing
+        it a capability (a callback) failed, and so did the compartment's own calls
+        whose answers brought it one (a File it opened), "would hold more than
+        1024" (an outside review).  What callers' calls passed it and it has not
+        released yet may fill at most three quarters of the table (the rest is for
+        what it asks for itself), and past half of it a caller that has more than
+        a quarter of the table there is refused (as `_not_reading` shares the bytes
+        waiting for a callee)."""
         conn = peer.conn
         new = {id(c) for c in caps if c is not None
                and not (isinstance(c, Remote) and c.peer is peer)
-               and conn.export_id(c) is None} if caps else ()
-        if len(conn.exports) + len(new) > peer.limits.handles:
-            raise CallError(f"{peer.name} would hold more than {peer.limits.handles} "
+               and conn.export_id(c) is None} if caps else set()
+        limit = peer.limits.handles
+        if len(conn.exports) + len(new) > limit:
+            raise CallError(f"{peer.name} would hold more than {limit} "
                             f"capabilities (limit handles); it must release some", "overloaded")
+        if caller is not None and new:
+            passed = len(peer.passed) + len(new)
+            mine = peer.passed_by.get(caller.id, 0) + len(new)
+            if passed > limit - limit // 4 or (passed > limit // 2
+                                                and mine > max(1, limit // 4)):
+                raise CallError(
+                    f"{peer.name} holds {len(peer.passed)} capabilities that callers "
+                    f"passed it, {mine - len(new)} of them passed by {caller.name}'s "
+                    f"calls; this call's {len(new)} more would pass its share (limit "
+                    f"handles = {limit}: callers' capabilities may fill three quarters "
+                    f"of it, and past half a caller may have a quarter); try again once "
+                    f"it has released some", "overloaded")
+        return new
+
+    @staticmethod
+    def _passed(peer: Peer, caller: Peer, caps, new: set):
+        """`caller`'s call passed `peer` the capabilities `new` names, new entries of
+        its c-list: counted to `caller` until `peer` releases them (_unpassed)."""
+        for c in caps:
+            if c is not None and id(c) in new and id(c) not in peer.passed:
+                peer.passed[id(c)] = caller.id
+                peer.passed_by[caller.id] = peer.passed_by.get(caller.id, 0) + 1
+
+    @staticmethod
+    def _unpassed(peer: Peer, obj):
+        """`peer` released its last reference to `obj`: no longer counted to whoever
+        passed it."""
+        who = peer.passed.pop(id(obj), None)
+        if who is not None:
+            left = peer.passed_by[who] - 1
+            if left:
+                peer.passed_by[who] = left
+            else:
+                del peer.passed_by[who]
 
     @staticmethod
     def _export_cap(peer: Peer, cap):

@@ -327,3 +327,50 @@ log_rate = 20
     # sink's lines went to app's log, at app's rate at most: a burst of 20
     assert 20 <= lines.count("sunk") < 40, lines
     assert "log lines of sink (to app's log) not shown" in r.stderr, r.stderr
+
+
+def test_one_client_cannot_fill_a_compartments_c_list_for_the_others(tmp_path, wsuper):
+    """An outside review: while spin ran a call, one client sent it 4 calls passing
+    256 objects of its own each: spin's 1024 handles were full, and another client's
+    call passing it one capability failed "spin would hold more than 1024
+    capabilities" until spin had served them all.  The table is shared: the
+    flooding client is refused past its share, and the other's call is served."""
+    from tests.wireclient import WireClient
+    sock = tmp_path / "s.sock"
+    # spin.wat's interface, with a capability in ping's params (Spin carries none:
+    # a call passing one is refused before it reaches the c-list)
+    (tmp_path / "spincap.capnp").write_text("""@0xd3a7e5c1b0a99f02;
+interface Spin @0xc0ffee00000000f1 {
+  spin @0 () -> ();
+  ping @1 (cb :Spin) -> (value :Int32);
+  slow @2 () -> (value :Int32);
+}
+""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/spincap.capnp"]
+socket = "{sock}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+fuel_per_call = 3_000_000_000
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready spin")
+    spin_id = int(SPIN_ID, 16)
+    x, y = WireClient(str(sock)), WireClient(str(sock))
+    spin_x, spin_y = x.get(x.bootstrap(), "spin"), y.get(y.bootstrap(), "spin")
+    busy = x.call(spin_x, spin_id, 0)                 # runs to its fuel limit
+    floods = [x.call(spin_x, spin_id, 1, caps=[object() for _ in range(256)])
+              for _ in range(4)]
+    floods += [x.call(spin_x, spin_id, 1, caps=[object()]) for _ in range(4)]
+    ping = y.call(spin_y, spin_id, 1, caps=[object()])
+    ret = y.returned(ping)
+    assert ret.payload is not None, ret.error
+    refused = [r.error for r in map(x.returned, floods) if r.payload is None]
+    assert refused and all("passed by" in e for e in refused), refused
+    assert x.returned(busy).payload is None
+    x.close()
+    y.close()

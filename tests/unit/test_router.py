@@ -3102,8 +3102,10 @@ def test_a_long_chain_of_promises_is_let_go_of_without_recursion():
     it held at the callee, its promises.  What a capability let go of held is let
     go of in a work list (Router.sweep)."""
     depth = 1500
+    # (calc's handles: one caller's capabilities there may fill half of them,
+    # Router._check_handles)
     router = R.Router({"calc": CALC}, external=("calc",),
-                      limits={"calc": R.Limits(handles=2 * depth)},
+                      limits={"calc": R.Limits(handles=4 * depth)},
                       external_limits=R.Limits(in_flight=2 * depth, handles=2 * depth))
     calc = start(router, "calc", exports=True)
     a = client(router)
@@ -3272,3 +3274,43 @@ def test_a_status_of_every_compartment_walks_the_calls_in_flight_once():
     router._pending.items = walked
     assert {n: router.status(n, forwarded) for n in ("calc", "app")} == alone
     assert alone["calc"]["calls_to"] == 3 and alone["app"]["calls_from"] == 3
+
+
+def test_one_caller_cannot_fill_a_callees_c_list_with_capabilities_it_passes():
+    """An outside review (capabilities in motion): the callee's c-list (its `handles`)
+    was one for all its callers.  An external client passed 1,024 objects of its own
+    in 4 calls calc had not answered yet (a busy engine reads them later): calc's
+    table was full, and while those calls waited another compartment's call passing
+    calc one capability (a callback) was refused "calc would hold more than 1024
+    capabilities", and so was calc's own call whose answer brought it a capability
+    (a File it opened, a Counter it asked for): it could get nothing more.  Past half
+    the table a caller whose capabilities there are more than a quarter of it is
+    refused, and params fill at most three quarters: the rest is for what the
+    callee asks for itself."""
+    router = R.Router({"calc": CALC, "app": None, "store": CALC}, external=("calc",),
+                      names=NAMES)
+    store = start(router, "store", exports=True)
+    calc = start(router, "calc", [grant("store", "store")], exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    x = client(router, "x")
+    exports = router.engines["calc"].conn.exports
+    refused = []
+    for _ in range(5):                     # up to calc's 1024 exactly, then one more
+        x.inbox.clear()
+        objs = [object() for _ in range(max(1, min(256, 1024 - len(exports))))]
+        x.send(x.conn.send_call(x.grants[0].import_id, CALC, 0, P.EMPTY, objs)[1])
+        refused += [ev.error for ev in x.inbox if isinstance(ev, P.ReturnReceived)]
+    assert refused and all("calc holds" in e and "passed by x" in e for e in refused), refused
+    assert len(exports) <= 1024 * 3 // 4
+    # another caller's callback still reaches calc
+    calc.inbox.clear()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, P.EMPTY, [object()])[1])
+    assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)], app.inbox
+    # and calc still gets what it asks for: a capability in an answer to its own call
+    calc.inbox.clear()
+    q, data = calc.conn.send_call(calc.grants[0].import_id, CALC, 1)
+    calc.send(data)
+    (call,) = [ev for ev in store.inbox if isinstance(ev, P.CallReceived)]
+    store.send(store.conn.send_return(call.answer_id, Content.capability(0), [object()]))
+    (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
+    assert ret.error is None and ret.payload.caps, ret.error
