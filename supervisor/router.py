@@ -1057,6 +1057,14 @@ class Router:
                     cap = cap.target
                     continue
                 m = cap.membrane
+                if m in chain:
+                    # crossed already on its way: _wrap wraps a capability in a
+                    # membrane once, but cannot see past a promise not resolved yet
+                    # (a grant's wrapper around a promise that resolved to that
+                    # grant's wrapper again): admitted again, each call spent a
+                    # quota once for every time the grant lay on its way
+                    cap = cap.target
+                    continue
                 m.admit(cap, call, self.clock(), self.names)
                 if m.counts:
                     self._spent.setdefault(call.reply, []).append(m)

@@ -3314,3 +3314,46 @@ def test_one_caller_cannot_fill_a_callees_c_list_with_capabilities_it_passes():
     store.send(store.conn.send_return(call.answer_id, Content.capability(0), [object()]))
     (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
     assert ret.error is None and ret.payload.caps, ret.error
+
+
+def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once():
+    """An outside review: a capability is wrapped by a grant's membrane at most once
+    (Router._wrap), but _wrap cannot see past a promise not resolved yet: calc
+    called back app's observer (passed through app.calc, max_uses) with a
+    capability promised in the answer to a client's call to app, and app answered
+    that call with its own app.calc grant.  What app held was then app.calc's
+    wrapper around a promise resolved to app.calc's wrapper again, and each call
+    app made on it spent two of app.calc's uses (docs: a quota counts each call
+    once); a chain of such promises spent as many as it had links.  A call crosses
+    each membrane once, however often it lies on its way."""
+    router = R.Router({"calc": CALC, "app": CALC}, external=("calc", "app"), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", max_uses=100)], exports=True)
+    m = router.membranes["app.calc"]
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 2, P.EMPTY, [object()])[1])
+    (c1,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    observer = c1.payload.caps[0].import_id          # behind app.calc's reverse
+    assert m.uses_left == 99
+    x = client(router, "x", "app")
+    get = hosted.GATEWAY.method("get")
+    gateway = next(i for i in x.conn.imports if i != x.grants[0].import_id)
+    x.send(x.conn.send_call(gateway, hosted.GATEWAY.id, get.ordinal,
+                            payloads.build(get.params, {"name": "calc"})[0])[1])
+    calc_at_x = x.inbox.pop().payload.caps[0].import_id
+    q1, data = x.conn.send_call(x.grants[0].import_id, CALC, 1)     # app answers later
+    x.send(data)
+    (a1,) = [e for e in app.inbox if isinstance(e, P.CallReceived)]
+    calc.inbox.clear()
+    x.send(x.conn.send_call(calc_at_x, CALC, 0, Content.capability(0),
+                            [P.ReceiverAnswer(q1, ())])[1])
+    (c2,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    app.inbox.clear()
+    calc.send(calc.conn.send_call(observer, 0xC0FFEE0000000003, 0, Content.capability(0),
+                                  [P.RemoteRef(c2.payload.caps[0].import_id)])[1])
+    (a2,) = [e for e in app.inbox if isinstance(e, P.CallReceived)]
+    app.send(app.conn.send_return(a1.answer_id, Content.capability(0),
+                                  [P.RemoteRef(app.grants[0].import_id)]))
+    calc.inbox.clear()
+    app.send(app.conn.send_call(a2.payload.caps[0].import_id, CALC, 0, P.EMPTY)[1])
+    assert [e.target for e in calc.inbox if isinstance(e, P.CallReceived)] == [calc.main]
+    assert m.uses_left == 98
