@@ -20,7 +20,7 @@
  *  - a peer's messages are handled in order: once one went to Python, the
  *    peer is *held* and every later one goes to Python too, until Python
  *    has handled them all (release);
- *  - an answer id is open on at most one side: the `answers` map holds every
+ *  - an answer id is open on at most one side: each peer's `answers` map holds every
  *    answer id open on either side (the Python side reports its own through
  *    open_answer/close_answer), so neither side can accept a reused id;
  *  - native question ids are >= 2^31 and Python's are below; a native call
@@ -284,6 +284,12 @@ typedef struct Peer {
   uint64_t *nf_seq;
   size_t nf_head, nf_len, nf_live;
   uint64_t nf_next;
+  /* its ids, in tables of its own, freed with it (in tables shared by all peers,
+   * which never shrank, drop_peer walked everyone's for each connection that ended,
+   * with the mutex held): */
+  Map answers;  /* answer id -> NCall (native), PYOPEN or RETURNED: open on either side */
+  Map reserved; /* question id -> RESERVED: a native call taken over by Python */
+  Map nofinish; /* answer id -> sequence number: returned natively without a Finish */
   struct Peer *next_dirty;
 } Peer;
 
@@ -295,10 +301,7 @@ typedef struct {
   Peer **peers; /* the peers, dense (no holes: a removed one's place is refilled), for scans */
   size_t npeers, peers_cap;
   Map routes;   /* KEY(caller, export id) -> Route */
-  Map calls;    /* KEY(callee, question id) -> NCall */
-  Map answers;  /* KEY(caller, answer id) -> NCall (native) or PYOPEN */
-  Map reserved; /* KEY(callee, question id) -> RESERVED: taken over by Python */
-  Map nofinish; /* KEY(caller, answer id) -> sequence number: returned natively */
+  Map calls;    /* KEY(callee, question id) -> NCall (each peer's ids: Peer.answers ...) */
   int *ready;
   size_t nready, ready_cap;
   Route *zombies;
@@ -502,26 +505,26 @@ static void ncall_forget(Lane *L, NCall *c, int keep_answer) {
   }
   if (!c->orphan && !keep_answer) {
     Peer *A = peer_get(L, c->caller);
-    if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) map_del(&L->answers, KEY(c->caller, c->aid));
-    if (A) A->native_open--;
+    if (A) {
+      if (map_get(&A->answers, c->aid) == c) map_del(&A->answers, c->aid);
+      A->native_open--;
+    }
   }
   ncall_unlink(c);
 }
 
 /* The ring's entry at `i` (an index from its head) is still an allowance: its id was
  * not used again, nor finished, since (or added again later, with a newer number). */
-static int nofinish_live(Lane *L, Peer *A, size_t i) {
+static int nofinish_live(Peer *A, size_t i) {
   size_t at = (A->nf_head + i) % NF_CAP;
-  return (uint64_t)(uintptr_t)map_get(&L->nofinish, KEY(A->pid, A->nf_ring[at])) ==
-         A->nf_seq[at];
+  return (uint64_t)(uintptr_t)map_get(&A->nofinish, A->nf_ring[at]) == A->nf_seq[at];
 }
 
-/* The allowance for answer `aid` of peer `pid` goes (its id is open again, or its
+/* The allowance for answer `aid` of peer `P` goes (its id is open again, or its
  * Finish came): 1 if it had one. */
-static int nofinish_forget(Lane *L, long pid, uint32_t aid) {
-  if (!map_del(&L->nofinish, KEY(pid, aid))) return 0;
-  Peer *P = peer_get(L, pid);
-  if (P && P->nf_live) P->nf_live--;
+static int nofinish_forget(Peer *P, uint32_t aid) {
+  if (!P || !map_del(&P->nofinish, aid)) return 0;
+  if (P->nf_live) P->nf_live--;
   return 1;
 }
 
@@ -532,8 +535,8 @@ static int nofinish_forget(Lane *L, long pid, uint32_t aid) {
  * lost it after NOFINISH_RING round trips, and its allowed Finish cut it off. */
 static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
   while (A->nf_len && A->nf_live >= NOFINISH_RING) { /* the oldest kept one goes */
-    if (nofinish_live(L, A, 0)) {
-      map_del(&L->nofinish, KEY(A->pid, A->nf_ring[A->nf_head]));
+    if (nofinish_live(A, 0)) {
+      map_del(&A->nofinish, A->nf_ring[A->nf_head]);
       A->nf_live--;
     }
     A->nf_head = (A->nf_head + 1) % NF_CAP;
@@ -543,7 +546,7 @@ static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
                                 NOFINISH_RING: room for NF_CAP - NOFINISH_RING more) */
     size_t kept = 0;
     for (size_t i = 0; i < A->nf_len; i++) {
-      if (!nofinish_live(L, A, i)) continue;
+      if (!nofinish_live(A, i)) continue;
       size_t from = (A->nf_head + i) % NF_CAP, to = (A->nf_head + kept) % NF_CAP;
       A->nf_ring[to] = A->nf_ring[from];
       A->nf_seq[to] = A->nf_seq[from];
@@ -551,12 +554,12 @@ static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
     }
     A->nf_len = kept;
   }
-  int had = map_get(&L->nofinish, KEY(A->pid, aid)) != NULL;
+  int had = map_get(&A->nofinish, aid) != NULL;
   size_t at = (A->nf_head + A->nf_len) % NF_CAP;
   A->nf_ring[at] = aid;
   A->nf_seq[at] = ++A->nf_next;
   A->nf_len++;
-  if (map_put(&L->nofinish, KEY(A->pid, aid), (void *)(uintptr_t)A->nf_seq[at]) == 0 && !had)
+  if (map_put(&A->nofinish, aid, (void *)(uintptr_t)A->nf_seq[at]) == 0 && !had)
     A->nf_live++;
 }
 
@@ -572,7 +575,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   /* an external client's params past its own message_size (the framing admits its
    * header on top): Python refuses the call, naming the limit */
   if (A->external && size > A->message_size) return 0;
-  if (map_get(&L->answers, KEY(A->pid, o->id))) return 0; /* in use: Python says so */
+  if (map_get(&A->answers, o->id)) return 0; /* in use: Python says so */
   /* max_unfinished (protocol.py) is one count of both sides' answers returned and
    * not finished (Python's plus returned_open, Connection._new_answer): a call is
    * forwarded only well below it (py_open counts every answer open in Python, its
@@ -585,7 +588,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
    * its own backlog is full, leaves the records here meanwhile) */
   if (r->audit && L->audit_len + L->audit_held >= L->audit_cap) return 0;
   uint32_t qid = B->next_qid;
-  for (int tries = 0; map_get(&L->calls, KEY(B->pid, qid)) || map_get(&L->reserved, KEY(B->pid, qid));
+  for (int tries = 0; map_get(&L->calls, KEY(B->pid, qid)) || map_get(&B->reserved, qid);
        tries++) {
     if (tries > 1000) return 0;
     qid = qid == 0xFFFFFFFFu ? NATIVE_QID_BASE : qid + 1;
@@ -607,12 +610,12 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   c->t0 = now_ns(CLOCK_MONOTONIC);
   c->wall0 = r->audit ? now_ns(CLOCK_REALTIME) : 0;
   c->deadline = c->t0 + r->call_time;
-  if (map_put(&L->calls, KEY(B->pid, qid), c) || map_put(&L->answers, KEY(A->pid, o->id), c)) {
+  if (map_put(&L->calls, KEY(B->pid, qid), c) || map_put(&A->answers, o->id, c)) {
     map_del(&L->calls, KEY(B->pid, qid));
     free(c);
     return 0;
   }
-  nofinish_forget(L, A->pid, o->id);
+  nofinish_forget(A, o->id);
   if (r->audit) {
     c->audited = 1;
     L->audit_held++;
@@ -674,7 +677,7 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
   if (delivered) A->useful = B->useful;
   ncall_forget(L, c, 0);
   if (delivered && A->external) { /* its answer stays open until the client's Finish */
-    map_put(&L->answers, KEY(A->pid, c->aid), RETURNED);
+    map_put(&A->answers, c->aid, RETURNED);
     A->returned_open++;
   } else if (delivered) {
     nofinish_add(L, A, c->aid);
@@ -687,8 +690,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
 }
 
 static int fast_finish(Lane *L, Peer *A, const fw_plain *o) {
-  if (map_get(&L->answers, KEY(A->pid, o->id)) != RETURNED) return 0;
-  map_del(&L->answers, KEY(A->pid, o->id));
+  if (map_get(&A->answers, o->id) != RETURNED) return 0;
+  map_del(&A->answers, o->id);
   A->returned_open--;
   return 1;
 }
@@ -884,6 +887,9 @@ static void free_peer(Lane *L, Peer *P) {
   buf_free(&P->out);
   free(P->nf_ring);
   free(P->nf_seq);
+  map_free(&P->answers);
+  map_free(&P->reserved);
+  map_free(&P->nofinish);
   for (Item *it = P->qhead, *next; it; it = next) {
     next = it->next;
     buf_free(&it->data);
@@ -922,9 +928,6 @@ static void Lane_dealloc(Lane *L) {
     reap(detach_zombies(L)); /* the thread is gone: no mutex to hold */
     map_free(&L->routes);
     map_free(&L->calls);
-    map_free(&L->answers);
-    map_free(&L->reserved);
-    map_free(&L->nofinish);
     free(L->ready);
     free(L->audit);
     close(L->epfd);
@@ -1202,13 +1205,13 @@ static PyObject *Lane_open_answer(Lane *L, PyObject *args) {
   LOCK(L);
   Peer *P = peer_get(L, pid);
   if (P) {
-    if (map_get(&L->answers, KEY(pid, aid))) {
+    if (map_get(&P->answers, (uint32_t)aid)) {
       ok = 0;
-    } else if (map_put(&L->answers, KEY(pid, aid), PYOPEN)) {
+    } else if (map_put(&P->answers, (uint32_t)aid, PYOPEN)) {
       ok = 0;
     } else {
       P->py_open++;
-      nofinish_forget(L, pid, (uint32_t)aid);
+      nofinish_forget(P, (uint32_t)aid);
     }
   }
   UNLOCK(L);
@@ -1221,8 +1224,8 @@ static PyObject *Lane_close_answer(Lane *L, PyObject *args) {
   if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
   LOCK(L);
   Peer *P = peer_get(L, pid);
-  if (P && map_get(&L->answers, KEY(pid, aid)) == PYOPEN) {
-    map_del(&L->answers, KEY(pid, aid));
+  if (P && map_get(&P->answers, (uint32_t)aid) == PYOPEN) {
+    map_del(&P->answers, (uint32_t)aid);
     P->py_open--;
   }
   UNLOCK(L);
@@ -1241,8 +1244,8 @@ static PyObject *Lane_returned(Lane *L, PyObject *args) {
   int ok = 0;
   LOCK(L);
   Peer *P = peer_get(L, pid);
-  if (P && P->external && map_get(&L->answers, KEY(pid, aid)) == PYOPEN &&
-      !map_put(&L->answers, KEY(pid, aid), RETURNED)) {
+  if (P && P->external && map_get(&P->answers, (uint32_t)aid) == PYOPEN &&
+      !map_put(&P->answers, (uint32_t)aid, RETURNED)) {
     P->py_open--;
     P->returned_open++;
     ok = 1;
@@ -1258,10 +1261,10 @@ static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
   unsigned long aid;
   if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
   LOCK(L);
-  int ok = nofinish_forget(L, pid, (uint32_t)aid);
   Peer *P = peer_get(L, pid);
-  if (!ok && P && map_get(&L->answers, KEY(pid, aid)) == RETURNED) {
-    map_del(&L->answers, KEY(pid, aid));
+  int ok = nofinish_forget(P, (uint32_t)aid);
+  if (!ok && P && map_get(&P->answers, (uint32_t)aid) == RETURNED) {
+    map_del(&P->answers, (uint32_t)aid);
     P->returned_open--;
     ok = 1;
   }
@@ -1333,15 +1336,14 @@ static void hand_over(Lane *L, NCall *c, NCall ***tail) {
   c->ctx = Py_NewRef(c->route->ctx ? c->route->ctx : Py_None);
   if (!c->orphan) {
     Peer *A = peer_get(L, c->caller);
-    if (map_get(&L->answers, KEY(c->caller, c->aid)) == c) {
-      map_put(&L->answers, KEY(c->caller, c->aid), PYOPEN);
-      if (A) {
-        A->native_open--;
-        A->py_open++;
-      }
+    if (A && map_get(&A->answers, c->aid) == c) {
+      map_put(&A->answers, c->aid, PYOPEN);
+      A->native_open--;
+      A->py_open++;
     }
   }
-  map_put(&L->reserved, KEY(c->callee, c->qid), RESERVED);
+  Peer *B = peer_get(L, c->callee);
+  if (B) map_put(&B->reserved, c->qid, RESERVED);
   ncall_forget(L, c, 1);
   route_unref(L, c->route); /* the route may be freed now: the call keeps only ctx */
   c->route = NULL;
@@ -1423,10 +1425,10 @@ static PyObject *Lane_claim_answer(Lane *L, PyObject *args) {
   NCall *handed = NULL, **tail = &handed;
   int returned = 0;
   LOCK(L);
-  void *v = map_get(&L->answers, KEY(pid, aid));
   Peer *P = peer_get(L, pid);
-  if (v == RETURNED && P) {
-    map_put(&L->answers, KEY(pid, aid), PYOPEN);
+  void *v = P ? map_get(&P->answers, (uint32_t)aid) : NULL;
+  if (v == RETURNED) {
+    map_put(&P->answers, (uint32_t)aid, PYOPEN);
     P->returned_open--;
     P->py_open++;
     returned = 1;
@@ -1443,7 +1445,8 @@ static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
   unsigned long qid;
   if (!PyArg_ParseTuple(args, "lk", &pid, &qid)) return NULL;
   LOCK(L);
-  map_del(&L->reserved, KEY(pid, qid));
+  Peer *P = peer_get(L, pid);
+  if (P) map_del(&P->reserved, (uint32_t)qid);
   UNLOCK(L);
   Py_RETURN_NONE;
 }
@@ -1537,18 +1540,11 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
     if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
   }
   take_calls(L, caller_is, &pid, &tail);
-  for (Map *m = &L->answers;; m = m == &L->answers ? &L->reserved : &L->nofinish) {
-    for (size_t i = 0; i < m->cap;) {
-      if (m->keys[i] && ((m->keys[i] - 1) >> 32) == (uint64_t)pid) {
-        map_del(m, m->keys[i] - 1);
-        continue;
-      }
-      i++;
-    }
-    if (m == &L->nofinish) break;
-  }
   Peer *P = peer_get(L, pid);
-  if (P) {
+  if (P) { /* its own tables: the other peers' ids are not walked */
+    map_free(&P->answers);
+    map_free(&P->reserved);
+    map_free(&P->nofinish);
     P->native_open = P->py_open = P->returned_open = 0;
     P->nf_head = P->nf_len = P->nf_live = 0;
   }
@@ -1670,11 +1666,15 @@ static PyObject *Lane_stats(Lane *L, PyObject *unused) {
              audit_pending = (Py_ssize_t)L->audit_len, peers = (Py_ssize_t)L->npeers;
   unsigned long long buffers = 0; /* bytes the peers' in and out buffers hold allocated */
   for (size_t i = 0; i < L->npeers; i++) buffers += L->peers[i]->in.cap + L->peers[i]->out.cap;
+  /* slots of the peers' id tables (each a key and a value) */
+  unsigned long long tables = 0;
+  for (size_t i = 0; i < L->npeers; i++)
+    tables += L->peers[i]->answers.cap + L->peers[i]->reserved.cap + L->peers[i]->nofinish.cap;
   UNLOCK(L);
-  return Py_BuildValue("{sKsKsKsKsKsKsnsnsnsnsK}", "calls", calls, "returns", returns,
+  return Py_BuildValue("{sKsKsKsKsKsKsnsnsnsnsKsK}", "calls", calls, "returns", returns,
                        "to_python", to_python, "wakeups", wakeups, "reads", reads, "writes",
                        writes, "routes", routes, "in_flight", in_flight, "audit_pending",
-                       audit_pending, "peers", peers, "buffers", buffers);
+                       audit_pending, "peers", peers, "buffers", buffers, "tables", tables);
 }
 
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }

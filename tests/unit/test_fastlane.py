@@ -993,6 +993,42 @@ def test_the_lanes_peers_cost_what_is_connected_now_not_every_id_ever_used():
         lane.stop()
 
 
+def test_a_peer_that_leaves_takes_its_ids_tables_with_it_and_leaves_the_others_alone():
+    """The answer ids, reservations and Finish allowances of every peer were in
+    three tables shared by all, which never shrank and which drop_peer walked whole
+    for each connection that closed, with the lane's mutex held (nothing forwarded
+    meanwhile): clients that each left 4,095 answers unfinished (max_unfinished)
+    grew them for good, and from then on every connection's end walked all of it
+    (32 such clients: 256K slots, 4 MiB kept, 88 us a close with the lane
+    stopped).  Each peer's ids are its own now, and go with it."""
+    lane = fastlane.Lane()
+    socks = []
+    try:
+        for pid in (1, 2, 3):
+            ours, theirs = socket.socketpair()
+            socks.append(theirs)
+            lane.add(pid, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64, True)
+        for pid in (1, 2):
+            for aid in range(4095):
+                assert lane.open_answer(pid, aid)
+                assert lane.returned(pid, aid)      # returned, never finished
+        assert lane.open_answer(3, 7)
+        assert lane.unfinished(1) == lane.unfinished(2) == 4095
+        held = lane.stats()["tables"]
+        assert held >= 2 * 4095
+        for pid in (1, 2):
+            lane.drop_peer(pid)
+            lane.remove(pid)
+        assert lane.stats()["tables"] < 1024, (held, lane.stats()["tables"])
+        assert not lane.open_answer(3, 7)           # the one left keeps its own
+        lane.close_answer(3, 7)
+        assert lane.open_answer(3, 7)
+    finally:
+        lane.stop()
+        for t in socks:
+            t.close()
+
+
 def test_past_the_bound_on_gone_clients_calls_external_calls_leave_the_lane_and_are_refused(sup):
     """orphans_limit holds on both paths: an external client whose calls go natively
     is sent to Python, which refuses them, while the calls of gone clients, cancelled,
