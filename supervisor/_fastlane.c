@@ -234,6 +234,10 @@ typedef struct Route {
   int all_methods, audit;
   int64_t call_time;
   NCall *calls;
+  /* in its caller's and its callee's lists (Peer.routes_from, routes_to) while in the
+   * map: drop_peer takes down a peer's routes without walking everyone's */
+  struct Route *from_prev, *from_next, *to_prev, *to_next;
+  int listed;
   struct Route *next_zombie;
 } Route;
 
@@ -269,6 +273,8 @@ typedef struct Peer {
   size_t soft, hard;
   uint64_t max_words, max_segments, message_size;
   long in_flight, native_open, py_open, returned_open;
+  long to_open;     /* native calls to it in flight */
+  struct Route *routes_from, *routes_to; /* the routes from it, and to it (in the map) */
   size_t slot;      /* its place in Lane.peers */
   uint64_t messages, partial_msg;
   int64_t partial_since;
@@ -313,6 +319,7 @@ typedef struct {
   int draining; /* drain_audit() is building records of the first ones (they stay until built) */
   /* counters, for profiles */
   uint64_t c_calls, c_returns, c_to_python, c_wakeups, c_reads, c_writes;
+  uint64_t c_walked; /* entries drop_peer looked at (its own, not everyone's) */
 } Lane;
 
 static void *const PYOPEN = (void *)1;
@@ -324,6 +331,42 @@ static Peer *peer_get(Lane *L, long pid) {
   if (pid < 0) return NULL;
   return map_get(&L->bypid, (uint64_t)pid);
 }
+
+static void route_list(Lane *L, Route *r) {
+  Peer *A = peer_get(L, r->caller), *B = peer_get(L, r->callee);
+  if (!A || !B) return; /* (install checks that both are there) */
+  r->from_prev = NULL;
+  r->from_next = A->routes_from;
+  if (A->routes_from) A->routes_from->from_prev = r;
+  A->routes_from = r;
+  r->to_prev = NULL;
+  r->to_next = B->routes_to;
+  if (B->routes_to) B->routes_to->to_prev = r;
+  B->routes_to = r;
+  r->listed = 1;
+}
+
+static void route_unlist(Lane *L, Route *r) {
+  if (!r->listed) return;
+  if (r->from_prev) {
+    r->from_prev->from_next = r->from_next;
+  } else {
+    Peer *A = peer_get(L, r->caller);
+    if (A) A->routes_from = r->from_next;
+  }
+  if (r->from_next) r->from_next->from_prev = r->from_prev;
+  if (r->to_prev) {
+    r->to_prev->to_next = r->to_next;
+  } else {
+    Peer *B = peer_get(L, r->callee);
+    if (B) B->routes_to = r->to_next;
+  }
+  if (r->to_next) r->to_next->to_prev = r->to_prev;
+  r->from_prev = r->from_next = r->to_prev = r->to_next = NULL;
+  r->listed = 0;
+}
+
+static void route_drop(Lane *L, Route *r);
 
 static void route_unref(Lane *L, Route *r) {
   if (--r->refs == 0) {
@@ -499,6 +542,8 @@ static void ncall_unlink(NCall *c) {
 /* the call leaves the native tables (its question id is free again unless reserved) */
 static void ncall_forget(Lane *L, NCall *c, int keep_answer) {
   map_del(&L->calls, KEY(c->callee, c->qid));
+  Peer *B = peer_get(L, c->callee);
+  if (B && B->to_open) B->to_open--;
   if (c->audited) { /* its record's place: taken (fast_return) or no longer needed */
     c->audited = 0;
     L->audit_held--;
@@ -625,6 +670,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   if (r->calls) r->calls->prev = c;
   r->calls = c;
   A->native_open++;
+  B->to_open++;
   A->useful = c->t0;
   B->out.len += fw_forward(out, seg, n, o, 1, qid, r->import_id, o->interface_id, o->method_id, 0);
   mark_dirty(L, B);
@@ -1005,6 +1051,9 @@ static PyObject *Lane_remove(Lane *L, PyObject *args) {
   LOCK(L);
   Peer *P = peer_get(L, pid);
   if (P) {
+    /* its routes (drop_peer took them, if it was called), while it can be found */
+    while (P->routes_from) route_drop(L, P->routes_from);
+    while (P->routes_to) route_drop(L, P->routes_to);
     map_del(&L->bypid, (uint64_t)pid);
     Peer *last = L->peers[--L->npeers]; /* its place goes to the last one */
     L->peers[P->slot] = last;
@@ -1457,6 +1506,7 @@ static PyObject *Lane_unreserve(Lane *L, PyObject *args) {
  * `callee`'s import `import_id`.  Replaces a route of the same key. */
 static void route_drop(Lane *L, Route *r) {
   map_del(&L->routes, KEY(r->caller, r->export_id));
+  route_unlist(L, r);
   r->live = 0;
   route_unref(L, r);
 }
@@ -1492,6 +1542,8 @@ static PyObject *Lane_install(Lane *L, PyObject *args) {
       map_put(&L->routes, KEY(caller, export_id), r)) {
     r->live = 0;
     route_unref(L, r);
+  } else {
+    route_list(L, r);
   }
   UNLOCK(L);
   Py_RETURN_NONE;
@@ -1526,26 +1578,37 @@ static PyObject *Lane_drop_peer(Lane *L, PyObject *args) {
   if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
   NCall *handed = NULL, **tail = &handed;
   LOCK(L);
-  for (size_t i = 0; i < L->routes.cap;) {
-    Route *r = L->routes.keys[i] ? L->routes.vals[i] : NULL;
-    if (r && (r->caller == pid || r->callee == pid)) {
-      route_drop(L, r); /* shifts entries: look at slot i again */
-      continue;
-    }
-    i++;
-  }
-  take_calls(L, callee_is, &pid, &tail);
-  for (size_t i = 0; i < L->calls.cap; i++) {
-    NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
-    if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
-  }
-  take_calls(L, caller_is, &pid, &tail);
   Peer *P = peer_get(L, pid);
+  /* its own routes, and the calls in flight only if some are its own: walking every
+   * peer's (tables that only grew) at the end of each connection, with the mutex
+   * held, cost the others' forwarding the size of everyone's tables */
+  if (P) {
+    while (P->routes_from) {
+      L->c_walked++;
+      route_drop(L, P->routes_from);
+    }
+    while (P->routes_to) {
+      L->c_walked++;
+      route_drop(L, P->routes_to);
+    }
+  }
+  if (!P || P->to_open > 0) {
+    L->c_walked += L->calls.cap;
+    take_calls(L, callee_is, &pid, &tail);
+  }
+  if (!P || P->native_open > 0) {
+    L->c_walked += 2 * L->calls.cap;
+    for (size_t i = 0; i < L->calls.cap; i++) {
+      NCall *c = L->calls.keys[i] ? L->calls.vals[i] : NULL;
+      if (c && c->caller == pid) c->orphan = 1; /* its answer id goes with the others below */
+    }
+    take_calls(L, caller_is, &pid, &tail);
+  }
   if (P) { /* its own tables: the other peers' ids are not walked */
     map_free(&P->answers);
     map_free(&P->reserved);
     map_free(&P->nofinish);
-    P->native_open = P->py_open = P->returned_open = 0;
+    P->native_open = P->py_open = P->returned_open = P->to_open = 0;
     P->nf_head = P->nf_len = P->nf_live = 0;
   }
   UNLOCK(L);
@@ -1661,7 +1724,8 @@ static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
 static PyObject *Lane_stats(Lane *L, PyObject *unused) {
   LOCK(L);
   unsigned long long calls = L->c_calls, returns = L->c_returns, to_python = L->c_to_python,
-                     wakeups = L->c_wakeups, reads = L->c_reads, writes = L->c_writes;
+                     wakeups = L->c_wakeups, reads = L->c_reads, writes = L->c_writes,
+                     walked = L->c_walked;
   Py_ssize_t routes = (Py_ssize_t)L->routes.len, in_flight = (Py_ssize_t)L->calls.len,
              audit_pending = (Py_ssize_t)L->audit_len, peers = (Py_ssize_t)L->npeers;
   unsigned long long buffers = 0; /* bytes the peers' in and out buffers hold allocated */
@@ -1671,10 +1735,11 @@ static PyObject *Lane_stats(Lane *L, PyObject *unused) {
   for (size_t i = 0; i < L->npeers; i++)
     tables += L->peers[i]->answers.cap + L->peers[i]->reserved.cap + L->peers[i]->nofinish.cap;
   UNLOCK(L);
-  return Py_BuildValue("{sKsKsKsKsKsKsnsnsnsnsKsK}", "calls", calls, "returns", returns,
+  return Py_BuildValue("{sKsKsKsKsKsKsnsnsnsnsKsKsK}", "calls", calls, "returns", returns,
                        "to_python", to_python, "wakeups", wakeups, "reads", reads, "writes",
                        writes, "routes", routes, "in_flight", in_flight, "audit_pending",
-                       audit_pending, "peers", peers, "buffers", buffers, "tables", tables);
+                       audit_pending, "peers", peers, "buffers", buffers, "tables", tables,
+                       "walked", walked);
 }
 
 static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLong(L->evfd); }
