@@ -31,7 +31,10 @@ in this order:
    or abstract Unix sockets outside the engine (as far as the kernel's
    Landlock ABI goes);
 7. seccomp: an allow-list of the system calls a running engine makes
-   (seccomp.py), synchronised to every thread.
+   (seccomp.py), synchronised to every thread.  It refuses PROT_EXEC to mmap
+   and mprotect, so that no new code can be made; and before step 1, no
+   memory is left both writable and executable (`seal_code`: libffi makes
+   ctypes' callbacks in such a page, and every engine inherited it).
 
 Death with the supervisor is PR_SET_PDEATHSIG (`die_with_parent`); the
 environment is empty because the supervisor starts the zygote with none.
@@ -61,6 +64,7 @@ _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 # Looked up now (the zygote imports this module), not by every engine: ~30 µs each.
 _libc.unshare, _libc.umount2, _libc.setgroups
 
@@ -312,6 +316,7 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     use_seccomp = seccomp_supported()       # asked now: nothing can be looked up later
     _cap_last()
     fds = _open_fds()
+    seal_code()                 # reads /proc/self/maps: before its descriptor goes
     _neutralize_fds_except(set(keep_fds) | {0, 1, 2}, fds)
     _limit_resources(address_space, max(fds, default=2))
     _enter_namespaces([n for n, why in namespaces().items()
@@ -332,6 +337,56 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     else:
         unavailable.append("seccomp")
     return unavailable
+
+
+PROT_READ, PROT_EXEC = 1, 4
+
+
+def _read_maps() -> str:
+    """/proc/self/maps, whole (also after enter_early)."""
+    fd = os.open("maps", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_proc) if _proc is not None \
+        else os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def seal_code():
+    """Leave no memory of this process through which it could write code it can run,
+    before seccomp refuses it new executable memory (PROT_EXEC to mmap and mprotect):
+    a mapping both writable and executable loses its write permission, and an
+    executable mapping of a file that another mapping shares writably (a dual
+    mapping, which cannot be undone here) is a ConfinementError.  libffi makes
+    ctypes' callbacks (wasmtime-py's trampolines, ours) in a page that is both, once,
+    at import in the zygote: every engine inherited it, a place for an engine taken
+    over to write code and jump to.  Every callback an engine uses exists by then
+    (they are module-level); a new one after this would fault, never run writable."""
+    shared, code = {}, {}
+    for line in _read_maps().splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        where, perms, inode = fields[0], fields[1], (fields[3], fields[4])
+        name = fields[5] if len(fields) > 5 else "anonymous"
+        if "w" in perms and "x" in perms:
+            start, end = (int(x, 16) for x in where.split("-"))
+            prot = (PROT_READ if perms[0] == "r" else 0) | PROT_EXEC
+            if _libc.mprotect(start, end - start, prot) != 0:
+                raise ConfinementError(ctypes.get_errno(), f"cannot make the writable and "
+                                       f"executable memory {where} ({name}) read-only")
+            perms = perms.replace("w", "-")
+        if inode[1] != "0":
+            if "w" in perms and perms[3] == "s":
+                shared[inode] = f"{where} ({name})"
+            if "x" in perms:
+                code[inode] = f"{where} ({name})"
+    for inode in shared.keys() & code.keys():
+        raise ConfinementError(f"the executable memory {code[inode]} is also mapped "
+                               f"writable, at {shared[inode]}")
 
 
 def _neutralize_fds_except(keep, fds):

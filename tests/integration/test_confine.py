@@ -414,6 +414,47 @@ external = true
             assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
 
 
+def _writable_code(pid) -> list[str]:
+    """The mappings of a process through which it could write code it can run: one
+    both writable and executable, or an executable one of a file that another of
+    its mappings shares writably (a dual mapping)."""
+    found, shared_writable, executable = [], {}, {}
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            perms, inode = fields[1], (fields[3], fields[4])
+            if "w" in perms and "x" in perms:
+                found.append(line.strip())
+            if inode[1] != "0":
+                if "w" in perms and perms[3] == "s":
+                    shared_writable[inode] = line.strip()
+                if "x" in perms:
+                    executable[inode] = line.strip()
+    found += [f"{shared_writable[i]} / {executable[i]}"
+              for i in shared_writable.keys() & executable.keys()]
+    return found
+
+
+def test_a_live_engine_has_no_memory_it_could_write_code_into(tmp_path, wsuper):
+    # seccomp refuses PROT_EXEC to mmap and mprotect so that an engine taken over
+    # makes no new code; but libffi had already made a page writable and executable
+    # for ctypes' callbacks (wasmtime-py's trampolines, made in the zygote at import),
+    # and every engine inherited it: somewhere to write code, and jump to it
+    run = _up(tmp_path, wsuper, f"""
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+""")
+    pid = _pid(run, "calc")
+    assert _writable_code(pid) == []
+    # and its callbacks (every host call goes through one) still run
+    out = subprocess.run([sys.executable, "-m", "supervisor.cli", "call",
+                          str(tmp_path / "system.toml"), "calc.add", "(a = 2, b = 3)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "5" in out.stdout, (out.stdout, out.stderr)
+
+
 @pytest.mark.skipif(not ROOT_USER, reason="engine_user applies when wsuper runs as root")
 def test_engine_user_sets_the_uid_and_gid_of_engines(tmp_path, wsuper):
     run = _up(tmp_path, wsuper, f"""engine_user = "4242:4343"
@@ -810,6 +851,9 @@ while True:       # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERV
         break
     total += chunk
 os.write(1, b"%d\n" % total)
+# as an engine ends (zygote._leave_with): the interpreter's finalization frees ctypes'
+# callbacks, a write into libffi's page, which confine() left executable only
+os._exit(0)
 """
 
 
