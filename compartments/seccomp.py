@@ -208,11 +208,12 @@ ALLOWED = {
     "tkill": "signalling itself; only itself (CONDITIONS)",
     # time: the vDSO answers these without a system call, unless the clock source
     # cannot be read from user space; CLOCK_PROCESS_CPUTIME_ID always calls
-    "clock_gettime": "WASI clock_time_get of the process clock (seen); vDSO fallback",
-    "clock_getres": "vDSO fallback",
+    "clock_gettime": "WASI clock_time_get of the process clock (seen); vDSO fallback; "
+                     "its own clocks only (CONDITIONS)",
+    "clock_getres": "vDSO fallback; its own clocks only (CONDITIONS)",
     "gettimeofday": "vDSO fallback",
     "time": "vDSO fallback",
-    "clock_nanosleep": "WASI poll_oneoff sleeps (seen)",
+    "clock_nanosleep": "WASI poll_oneoff sleeps (seen); its own clocks only (CONDITIONS)",
     "nanosleep": "sleeping, older C libraries",
     "getrandom": "hash seeds of new tables",
     "exit": "leaving",
@@ -226,10 +227,17 @@ FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET = 0, 1, 9, 10
 #: Calls allowed only with some arguments; otherwise EPERM.
 #:   ("none_of", i, mask): argument i has none of the bits of mask;
 #:   ("one_of", i, ignored, values): argument i, without the bits `ignored`, is one of values;
-#:   ("self", i): argument i is this process's own pid (set when the filter is installed).
+#:   ("self", i): argument i is this process's own pid (set when the filter is installed);
+#:   ("clock", i): argument i is a clock of the machine (CLOCK_REALTIME .. CLOCK_TAI, and
+#:   up to MAX_CLOCK) or a CPU clock of this process or thread named by pid 0
+#:   (OWN_CPU_CLOCKS), never another process's or thread's CPU clock.
 #: After confinement no new memory is ever executable (wasmtime compiled and mapped
 #: every piece of code before); futex only waits and wakes (no requeue, no PI, no
-#: wake-op); a signal only goes to the engine itself.
+#: wake-op); a signal only goes to the engine itself; a clock is the machine's or its
+#: own: the kernel asks no permission to read another process's CPU clock
+#: (MAKE_PROCESS_CPUCLOCK(pid, ...), a negative clockid), so an engine read the CPU
+#: time of any process to the nanosecond (when another compartment's engine ran, and
+#: for how long) and which pids exist, and could sleep until one had used so much.
 CONDITIONS = {
     "mmap": ("none_of", 2, PROT_EXEC),
     "mprotect": ("none_of", 2, PROT_EXEC),
@@ -237,7 +245,18 @@ CONDITIONS = {
               (FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET)),
     "tgkill": ("self", 0),
     "tkill": ("self", 0),
+    "clock_gettime": ("clock", 0),
+    "clock_getres": ("clock", 0),
+    "clock_nanosleep": ("clock", 0),
 }
+#: The clock ids below this are the machine's clocks and this process's and thread's
+#: own CPU clocks (CLOCK_PROCESS_CPUTIME_ID 2, CLOCK_THREAD_CPUTIME_ID 3); 11 is
+#: CLOCK_TAI, the last one Linux defines; room is left for new ones.
+MAX_CLOCK = 16
+#: The low 32 bits of the CPU clock ids of pid 0 (this process, -8 .. -5, or this
+#: thread, -4 .. -1) and above: what clock_getcpuclockid(0) gives.  Any other
+#: negative id names another process's or thread's CPU clock.
+OWN_CPU_CLOCKS = 0xFFFFFFF8
 
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
@@ -309,6 +328,9 @@ def _condition(cond) -> list[tuple]:
         return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
     if kind == "self":
         return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "clock":             # below MAX_CLOCK, or OWN_CPU_CLOCKS and above
+        return [load, (_JGE_K, 0, 1, OWN_CPU_CLOCKS), (_RET_K, 0, 0, ALLOW),
+                (_JGE_K, 0, 1, MAX_CLOCK), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
     raise ValueError(kind)
 
 

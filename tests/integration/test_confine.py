@@ -107,6 +107,15 @@ attempt("sched_setscheduler", lambda: sys_("sched_setscheduler", victim, 5,
 attempt("sched_setaffinity", lambda: sys_("sched_setaffinity", victim, 8,
                                           ctypes.create_string_buffer(b"\x01" + bytes(7))))
 attempt("ioprio_set", lambda: sys_("ioprio_set", 1, victim, 3 << 13))
+# another process's CPU clock (MAKE_PROCESS_CPUCLOCK, MAKE_THREAD_CPUCLOCK): the kernel
+# asks no permission of clock_gettime, so it told any process's CPU time to the
+# nanosecond (when another compartment runs, and for how long), and which pids exist
+cpu_clock, thread_clock = (~victim << 3) | 2, (~victim << 3) | 6
+attempt("cpu_clock_gettime", lambda: sys_("clock_gettime", cpu_clock, buf))
+attempt("cpu_clock_getres", lambda: sys_("clock_getres", cpu_clock, buf))
+attempt("thread_clock_getres", lambda: sys_("clock_getres", thread_clock, buf))
+attempt("cpu_clock_nanosleep", lambda: sys_(
+    "clock_nanosleep", cpu_clock, 0, ctypes.create_string_buffer(bytes(16)), None))
 # System V IPC and POSIX message queues
 def shm_read():
     sid = sys_("shmget", cfg["shm_key"], 0, 0)
@@ -168,7 +177,8 @@ ATTEMPTS = [
     "read_file", "write_file", "list_dir", "stat", "readlink", "proc_self_mem", "chmod",
     "fchmodat", "fchmodat2", "chown", "fchownat", "utimensat", "setxattr", "removexattr",
     "truncate", "unlink", "mknod", "inotify", "fanotify_init", "kill", "tgkill",
-    "futex_requeue", "ptrace",
+    "futex_requeue", "ptrace", "cpu_clock_gettime", "cpu_clock_getres",
+    "thread_clock_getres", "cpu_clock_nanosleep",
     "process_vm_readv", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "prlimit",
     "setpriority", "sched_setscheduler", "sched_setaffinity", "ioprio_set", "shm", "msg",
     "sem", "mq_open", "mount", "open_tree", "fsopen", "sethostname", "setdomainname",

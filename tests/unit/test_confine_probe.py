@@ -97,6 +97,26 @@ def test_a_signal_goes_only_to_the_engine_itself(name):
     assert seccomp.run(PROG, NR["kill"], (seccomp.SELF, 9, 0, 0, 0, 0)) == seccomp.EPERM
 
 
+@pytest.mark.parametrize("name", ["clock_gettime", "clock_getres", "clock_nanosleep"])
+def test_a_clock_is_the_machines_or_the_engines_own_never_another_processs(name):
+    """The kernel asks no permission to read another process's CPU clock: an engine
+    read the CPU time of any process (another compartment's engine, the supervisor)
+    to the nanosecond, and learned which pids exist."""
+    def cpu_clock(pid, clock, thread=False):   # MAKE_PROCESS_CPUCLOCK, MAKE_THREAD_CPUCLOCK
+        return ((~pid << 3) | (4 if thread else 0) | clock) & 0xFFFFFFFF
+    for clock in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11,      # CLOCK_REALTIME .. CLOCK_TAI
+                  cpu_clock(0, 2), cpu_clock(0, 0), cpu_clock(0, 2, thread=True)):
+        assert seccomp.run(PROG, NR[name], (clock, 0, 0, 0, 0, 0)) == seccomp.ALLOW, clock
+    for pid in (1, 2, 4242, 1 << 20, (1 << 22) - 1):
+        for clock in (0, 1, 2):
+            for thread in (False, True):
+                assert seccomp.run(PROG, NR[name], (cpu_clock(pid, clock, thread), 0, 0, 0, 0,
+                                                    0)) == seccomp.EPERM, (pid, clock, thread)
+    assert seccomp.run(PROG, NR[name], (1 << 31, 0, 0, 0, 0, 0)) == seccomp.EPERM
+    assert seccomp.run(PROG, NR[name], (cpu_clock(1, 2) | 1 << 32, 0, 0, 0, 0, 0)) \
+        == seccomp.EPERM                  # the kernel reads an int: the low 32 bits
+
+
 def test_the_program_fits_the_kernel_and_its_jumps_land_inside():
     assert len(PROG) <= 4096
     for i, (code, jt, jf, k) in enumerate(PROG):
