@@ -164,7 +164,9 @@ def enter_early():
     confine() would make them), and an empty capability bounding set.  confine() then
     does only the rest.  Each process gets fresh namespaces, as before; they are only
     made sooner.  Until confine(), this process reaches /proc/self through a descriptor
-    (proc_path and the others below), and nothing else of the file system.
+    (proc_path and the others below), and nothing else of the file system: from
+    drop_root_early on, before it loads its module, only beneath that directory
+    (by "..", the descriptor reached all of /proc: _landlock_own_proc).
     Raises ConfinementError (the engine must then not run)."""
     global _entered_early, _proc, _null
     wanted = [name for name in EARLY if namespaces()[name] is None]
@@ -291,14 +293,37 @@ def drop_root_early(user, parent: int):
     and hold no capability (empty bounding, ambient, effective, permitted and
     inheritable sets), and die with `parent` again (the change of user cleared
     it).  confine() then does the rest as that user.  Not root: nothing to give
-    up yet.  Raises ConfinementError (root and no user)."""
-    if os.geteuid() != 0:
+    up yet.  Root or not, after enter_early, the file system it reaches is then
+    only its own /proc/self directory (_landlock_own_proc).  Raises
+    ConfinementError (root and no user, or a Landlock the kernel has that fails)."""
+    if os.geteuid() == 0:
+        if user is None:
+            raise ConfinementError(errno.EPERM,
+                                   "running as root, and no user to run the engine as")
+        _drop_privileges(user)
+        if parent:
+            die_with_parent(parent)
+    _landlock_own_proc()
+
+
+def _landlock_own_proc():
+    """After enter_early (an empty mount namespace, and its /proc/self kept open as
+    _proc for reading the module and its descriptors until confine()): a Landlock
+    layer that lets this process read and list beneath its own /proc/PID directory
+    and nothing else, before Module.deserialize runs on a compiler's output.  The
+    descriptor alone led, by "..", to all of /proc: every process's command line,
+    and through /proc/PID/root the file system of any process of its uid that may
+    be traced (another user's service as 65534; without root, every process of
+    wsuper's user).  Its memfd, reached through /proc/self/fd, is on no mounted
+    file system: Landlock lets it be read.  confine() adds its own layer (no file
+    at all) later.  Nothing to do without enter_early's /proc, or without Landlock
+    (probe() says so at start)."""
+    abi = landlock_abi()
+    if _proc is None or not abi:
         return
-    if user is None:
-        raise ConfinementError(errno.EPERM, "running as root, and no user to run the engine as")
-    _drop_privileges(user)
-    if parent:
-        die_with_parent(parent)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:      # as confine() would
+        raise ConfinementError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+    landlock_read_only((_proc,), abi)
 
 
 def confine(keep_fds, address_space: int | None = None, user=None, parent: int = 0) -> list[str]:

@@ -367,6 +367,74 @@ def test_hostile_code_in_a_confined_engine_reaches_nothing_outside(outside):
         ours.close()
 
 
+#: A spare between its request and confine(): what Module.deserialize of a compiler's
+#: output (hostile bytes went through the compiler) runs beside.  It reaches
+#: /proc/self through one descriptor; is that all it reaches?
+SPARE_WINDOW = r"""
+import json, os, sys
+from compartments import confine
+victim = int(sys.argv[1])
+memfd = os.memfd_create("wsuper-module", 0)
+os.write(memfd, b"module bytes")
+confine.enter_early()
+confine.drop_root_early((65534, 65534) if os.geteuid() == 0 else None, 0)
+got = {}
+
+def attempt(name, f):
+    try:
+        got[name] = f()
+    except OSError as e:
+        got[name] = "refused"
+
+def read(rel):
+    fd = os.open(rel, os.O_RDONLY, dir_fd=confine._proc)
+    try:
+        return os.read(fd, 4096).decode("latin-1")
+    finally:
+        os.close(fd)
+
+attempt("proc", lambda: len(os.listdir(os.open("..", os.O_RDONLY | os.O_DIRECTORY,
+                                                  dir_fd=confine._proc))))
+attempt("init_cmdline", lambda: read("../1/cmdline"))
+attempt("victims_root", lambda: read(f"../{victim}/root/etc/passwd"))
+attempt("own_root", lambda: read("root/etc/passwd"))
+# what it needs of its own /proc/self until confine(): its module, its descriptors, sizes
+with confine.proc_path(f"fd/{memfd}") as path:
+    attempt("module", lambda: open(path, "rb").read().decode())
+attempt("fds", lambda: sorted(map(int, confine.proc_listdir("fd"))) and "listed")
+attempt("statm", lambda: confine.proc_read("statm") and "read")
+attempt("maps", lambda: confine._read_maps() and "read")
+os.write(1, (json.dumps(got) + "\n").encode())
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(confine.landlock_abi() == 0 or confine.namespaces()["mount"] is not None,
+                    reason="the kernel lacks Landlock or mount namespaces")
+def test_a_spare_loading_its_module_reaches_only_its_own_proc_directory():
+    """Before confine(), a spare loads its module with Module.deserialize, which
+    trusts bytes a compiler child wrote from a hostile module.  Its mount namespace
+    is empty, but the /proc/self descriptor it keeps for reading its module led,
+    by "..", to all of /proc: every process's command line, and through
+    /proc/PID/root the whole file system of any process of its uid that may be
+    traced (the engines' user's, or, without root, every process of wsuper's
+    user)."""
+    victim = subprocess.Popen(["sleep", "60"], **({"user": 65534, "group": 65534,
+                                                  "extra_groups": []} if ROOT_USER else {}))
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", SPARE_WINDOW, str(victim.pid)],
+                           env={}, capture_output=True, text=True, timeout=60)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert {k: got[k] for k in ("proc", "init_cmdline", "victims_root", "own_root")} == \
+        dict.fromkeys(("proc", "init_cmdline", "victims_root", "own_root"), "refused")
+    assert got["module"] == "module bytes"
+    assert (got["fds"], got["statm"], got["maps"]) == ("listed", "read", "read")
+
+
 ABORT = r"""
 import os, socket, sys
 from compartments.engine import Engine
