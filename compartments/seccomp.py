@@ -408,6 +408,11 @@ HELPER_REFUSED = frozenset({
 #: another compartment's module, its scheduling or CPUs changed
 HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler",
                     "sched_setparam", "sched_setattr")
+#: Calls a helper may make on the machine's clocks and its own CPU clocks only (the
+#: ("clock", 0) condition of the engines' filter): another process's CPU clock
+#: needs no permission, and told a compiler of a hostile module when, and how long,
+#: every other process ran (a timer_create on it signals the helper as it runs)
+HELPER_OWN_CLOCKS = ("clock_gettime", "clock_getres", "clock_nanosleep", "timer_create")
 #: Namespace flags of clone(): a helper's clone with any of them is refused, and
 #: clone3 (whose flags are in memory a filter cannot read) answers ENOSYS, so that
 #: the C library falls back to clone.
@@ -428,6 +433,8 @@ def helper_rules() -> dict[int, object]:
         actions[SYSCALLS[name]] = ("one_of", 0, 0, (0,))
     actions[SYSCALLS["clone3"]] = ENOSYS
     actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW | _CLONE_PARENT)
+    for name in HELPER_OWN_CLOCKS:                  # as the engines' (CONDITIONS)
+        actions[SYSCALLS[name]] = ("clock", 0)
     return actions
 
 

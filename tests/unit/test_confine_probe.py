@@ -153,6 +153,20 @@ def test_the_helpers_filter_refuses_what_a_compiler_never_needs_and_allows_the_r
         seccomp.SECCOMP_RET_KILL_PROCESS                               # i386
 
 
+@pytest.mark.parametrize("name", ["clock_gettime", "clock_getres", "clock_nanosleep",
+                                  "timer_create"])
+def test_a_helper_reads_no_other_processs_cpu_clock(name):
+    """As the engines (above): a compiler of a hostile module could read any process's
+    CPU time, or set a timer on it, and so watch when every other process ran."""
+    own = ((~0 << 3) | 2) & 0xFFFFFFFF                  # MAKE_PROCESS_CPUCLOCK(0, SCHED)
+    for clock in (0, 1, 2, 3, 7, 11, own):
+        assert seccomp.run(HELPER, NR[name], (clock,) + (0,) * 5) == seccomp.ALLOW, clock
+    for pid in (1, 4242):
+        for kind in (0, 2, 4 | 2):                      # PROF, SCHED, a thread's SCHED
+            clock = ((~pid << 3) | kind) & 0xFFFFFFFF
+            assert seccomp.run(HELPER, NR[name], (clock,) + (0,) * 5) == seccomp.EPERM
+
+
 def test_no_helper_and_nothing_it_forks_can_leave_its_process_group():
     """A compiler leads a process group that its parent ends with it (zygote.end_group):
     setsid or setpgid in anything it forks made a process nobody ended, which held the
