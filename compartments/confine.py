@@ -287,6 +287,26 @@ def _try_namespaces() -> dict:
 
 # ---------------------------------------------------------------- confine
 
+#: oom_score_adj of engines and of the children that compile modules: the kernel's OOM
+#: killer ends them before any process of the machine that keeps the default 0.
+OOM_FIRST = 1000
+
+
+def rank_first_for_oom():
+    """Make this process (an engine to be, a compiler) the first the kernel's OOM killer
+    ends when the machine runs out of memory, before the supervisor and the zygote:
+    there is no cgroup, and by size alone the supervisor (whose buffers grow with its
+    clients) could rank before an engine that filled its RLIMIT_AS, or a compiler
+    whose memfds no process's size counts; every compartment ended with it.  Raising
+    it needs no privilege.  Before the file system is given up (it is a /proc file);
+    a /proc that cannot be written changes nothing else, and is left at that."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(OOM_FIRST))
+    except OSError:
+        pass
+
+
 def drop_root_early(user, parent: int):
     """In a spare that has its request, before it loads the module (wasmtime's
     Module.deserialize trusts the bytes a compiler wrote): when root, become `user`

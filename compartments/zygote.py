@@ -279,6 +279,7 @@ def limit_compiler(confining, stderr: int):
     # are not the writer's address space, and a compiler taken over by its module
     # wrote gigabytes there, kept sealed in the zygote and read whole by each engine
     confining.lower_limit(resource.RLIMIT_FSIZE, COMPILE_MEMORY)
+    confining.rank_first_for_oom()      # and what it forks: before the supervisor
     os.dup2(stderr, 2)
     faulthandler.disable()      # an abort at the limit is an answer, not a crash to dump
 
@@ -1014,6 +1015,7 @@ wasmtime = confine = engine = wasm = EngineSpec = None
 def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
            rehearse: bool) -> int:
     confine.die_with_parent(zygote)       # it may wait long: never outlive the zygote
+    confine.rank_first_for_oom()          # out of memory: engines go before the supervisor
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

@@ -544,6 +544,39 @@ external = true
     assert out.returncode == 0 and "5" in out.stdout, (out.stdout, out.stderr)
 
 
+def test_when_memory_runs_out_the_kernel_ends_engines_and_compilers_first(tmp_path, wsuper):
+    """There is no cgroup: an engine's memory is bounded by its RLIMIT_AS only (up to
+    twice its limit and 512 MiB more), and a compiler's by its limits (4 GiB, and what
+    it forks, and its memfds, which no process's size counts).  When many of them
+    exhaust the machine's memory, the kernel's OOM killer ends the process it ranks
+    first: by size alone that may be the supervisor (its buffers grow with its
+    clients), and every compartment ended with it.  Engines and compilers rank first
+    (oom_score_adj 1000); the supervisor and the zygote keep their own."""
+    from compartments import zygote as zyg
+
+    run = _up(tmp_path, wsuper, f"""
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+""")
+    pid = _pid(run, "calc")
+    assert open(f"/proc/{pid}/oom_score_adj").read().strip() == "1000"
+    assert open(f"/proc/{run.proc.pid}/oom_score_adj").read().strip() == \
+        open("/proc/self/oom_score_adj").read().strip()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:                          # a compiler, as the zygote makes one
+        try:
+            zyg.limit_compiler(confine, w)
+            os.write(w, open("/proc/self/oom_score_adj", "rb").read())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    assert os.read(r, 64).strip() == b"1000"
+    os.close(r)
+
+
 @pytest.mark.skipif(not ROOT_USER, reason="engine_user applies when wsuper runs as root")
 def test_engine_user_sets_the_uid_and_gid_of_engines(tmp_path, wsuper):
     run = _up(tmp_path, wsuper, f"""engine_user = "4242:4343"
