@@ -220,18 +220,33 @@ def declared_layout(data: bytes, page: int = PROTECT_PAGE) -> tuple[int, int, in
 
 
 def declare_layout(path: str) -> None:
-    """Write the module's wsuper.protect section (protect.py reads it)."""
+    """Write the module's wsuper.protect section (protect.py reads it).
+
+    The new module goes to a file of its own, made (O_EXCL) beside `path`, then
+    renamed over it.  Written to `path + ".tmp"`, a name fixed in advance and
+    opened as it was, a symbolic link planted there (a plugin's source tree may
+    ship build/p.wasm.tmp) had the module written into the file it named, that
+    file's mode set to the module's, and `path` replaced by the link."""
+    tmp = None
     try:
         with open(path, "rb") as f:
             data = f.read()
         out = wasmbin.with_declaration(data, *declared_layout(data))
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        folder, name = os.path.split(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+        with open(fd, "wb") as f:
             f.write(out)
         shutil.copymode(path, tmp)
         os.replace(tmp, path)
+        tmp = None
     except (OSError, ValueError) as e:
         raise ToolchainError(f"cannot declare the memory layout of {path}: {e}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def rustc() -> str:

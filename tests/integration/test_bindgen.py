@@ -580,6 +580,29 @@ def test_build_and_bindgen_never_write_over_what_they_did_not_make(tmp_path):
         assert r.returncode == 0, r.stderr
 
 
+def test_build_never_writes_through_a_file_planted_beside_its_output(tmp_path):
+    """`wsuper build` wrote the module's protect declaration to OUTPUT.tmp, a name
+    fixed in advance, opened as it was: a symbolic link planted there (a hostile
+    plugin's source tree shipping build/p.wasm.tmp -> ~/.bashrc) had the module
+    written into whatever it named, that file's mode changed to the module's
+    (0600 became 0755), and OUTPUT became the link.  The declaration is now
+    written to a file of its own, made beside the output, and renamed."""
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    (tmp_path / "build").mkdir()
+    planted = tmp_path / "build" / "p.wasm.tmp"
+    planted.symlink_to(victim)
+    out = tmp_path / "build" / "p.wasm"
+    r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert victim.read_bytes() == b"precious\n" and victim.stat().st_mode & 0o777 == 0o600
+    assert not out.is_symlink() and out.read_bytes().startswith(b"\0asm")
+    assert planted.is_symlink()          # left as it was
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == ["p.wasm", "p.wasm.tmp"]
+
+
 def test_deeply_nested_and_long_chained_schemas_bind(tmp_path):
     """Types nested 1200 deep, and 1500 structs each holding the next (and a list
     of it): bindgen walked both by recursion and died in a RecursionError
