@@ -27,7 +27,7 @@ import tempfile
 
 import capnp_schemas
 import compartments
-from capnp_schemas.text import first_line
+from capnp_schemas.text import first_line, printable
 
 SDK_HEADER = os.path.join(os.path.dirname(os.path.abspath(compartments.__file__)), "sdk",
                           "wsuper.h")
@@ -82,7 +82,15 @@ offsetof""".split())
 
 
 class BindgenError(Exception):
-    """The schema uses something the C bindings do not support; the text names it."""
+    """The schema uses something the C bindings do not support; the text names it.
+
+    One line whatever it quotes: a schema's file name (or an imported file's, which
+    the schema chose) may hold a newline or a terminal's escape sequence, which the
+    error printed as they were (`wsuper: error: evil` and, on a line of its own in
+    red, whatever the name said next).  Escaped here, the one choke point."""
+
+    def __init__(self, text: str):
+        super().__init__(printable(text))
 
 
 def snake(name: str) -> str:
@@ -181,7 +189,7 @@ class Generator:
 
     def _interface(self, schema):
         if any(s.node.id != schema.node.id for s in schema.superclasses):
-            raise BindgenError(f"{self.path}: interface {self._name(schema)} extends another "
+            raise BindgenError(f"{self._where(schema)}: interface extends another "
                                "interface; inheritance is not supported")
         cname = self._name(schema)
         self.interfaces.append((schema, cname))
@@ -205,12 +213,12 @@ class Generator:
 
     def _fields(self, st: _Struct):
         schema = st.schema
-        where = f"{self.path}: {st.cname}"
+        where = self._where(schema)
         if schema.node.struct.discriminantCount:
             raise BindgenError(f"{where}: unions are not supported")
         fields: dict[str, str] = {}       # C name -> the field's own
         for field in schema.node.struct.fields:
-            fwhere = f"{where}.{field.name}"
+            fwhere = self._where(schema, field.name)
             other = fields.setdefault(_ident(field.name), field.name)
             if other != field.name:
                 raise BindgenError(f"{where}: fields {other} and {field.name} would both be "
@@ -306,6 +314,22 @@ class Generator:
                 claim(_macro(cname, method.name), f"{what} (its ordinal)")
                 claim(f"{cname}_{m}", f"{what} (its client stub)")
                 claim(f"{cname}_serve_{m}", f"{what} (its server function)")
+
+    def _where(self, schema, field: str | None = None) -> str:
+        """A declaration (and one of its fields) as the schema names it, in the file
+        that declares it: `kv.capnp: Outer.Inner.v`, `kv.capnp: Store.get, parameter
+        key`, `sub/v.capnp (imported by kv.capnp): V`.  The errors of _fields named
+        the C name in the file bindgen was given (`kv.capnp: store_get_params.key`,
+        `kv.capnp: v` for a struct of the imported file)."""
+        file, display = _scoped(schema)
+        mine = self.module.schema.node.displayName
+        where = self.path if not file or file == mine else f"{file} (imported by {self.path})"
+        for suffix, kind in (("$Params", "parameter"), ("$Results", "result")):
+            if display.endswith(suffix):
+                display = display[:-len(suffix)]
+                return f"{where}: {display}, {kind} {field}" if field else \
+                    f"{where}: the {kind}s of {display}"
+        return f"{where}: {display}.{field}" if field else f"{where}: {display}"
 
     def _display(self, nid) -> str:
         return self._displays[nid]

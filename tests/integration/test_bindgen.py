@@ -137,7 +137,43 @@ def test_bindgen_cli_writes_headers_and_refuses_what_it_cannot_bind(tmp_path):
     bad = tmp_path / "u.capnp"
     bad.write_text("@0xd1f0a3b2c4e5f602;\nstruct S { union { a @0 :Int32; b @1 :Text; } }\n")
     r = run_wsuper("bindgen", str(bad), "-o", str(tmp_path / "x"))
-    assert r.returncode == 2 and "u.capnp: s: unions are not supported" in r.stderr
+    assert r.returncode == 2 and "u.capnp: S: unions are not supported" in r.stderr
+
+
+def test_an_unsupported_declaration_is_named_as_the_schema_names_it_where_it_is(tmp_path):
+    """bindgen's refusals named a declaration by its C name, in the file it was
+    given: `k.capnp: outer_inner.v`, `k.capnp: i_m_params.a`, and a union in a
+    struct of an *imported* file was `k.capnp: v` (a struct k.capnp does not
+    hold).  They name it as the schema does, in the file that declares it; and a
+    file's name that holds a newline or an escape sequence is escaped, so the
+    error stays one line that no name can colour or continue."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "v.capnp").write_text(
+        "@0xd1f0a3b2c4e5f6a1;\nstruct V { union { a @0 :Int32; b @1 :Text; } }\n")
+    cases = {
+        "nested": ("struct Outer { struct Inner { v @0 :AnyPointer; } x @0 :Int8; }\n",
+                   "nested.capnp: Outer.Inner.v: anyPointer fields are not supported"),
+        "params": ("interface I { m @0 (a :AnyPointer) -> (); }\n",
+                   "params.capnp: I.m, parameter a: anyPointer fields are not supported"),
+        "results": ("interface I { m @0 () -> (y :List(List(Int8))); }\n",
+                    "results.capnp: I.m, result y: List(list) is not supported"),
+        "imported": ('using import "sub/v.capnp".V;\nstruct S { v @0 :V; }\n',
+                     "sub/v.capnp (imported by imported.capnp): V: unions are not supported"),
+        "inherits": ("interface A {}\ninterface B extends(A) {}\n",
+                     "inherits.capnp: B: interface extends another interface"),
+    }
+    for i, (name, (body, said)) in enumerate(cases.items()):
+        (tmp_path / f"{name}.capnp").write_text(f"@0xd1f0a3b2c4e5f6b{i};\n{body}")
+        r = run_wsuper("bindgen", str(tmp_path / f"{name}.capnp"), "-o", str(tmp_path / "out"))
+        said = said.replace(f"{name}.capnp", str(tmp_path / f"{name}.capnp"))
+        assert r.returncode == 2 and r.stderr.startswith(f"wsuper: error: {said}"), r.stderr
+    evil = "evil\n\x1b[31mwsuper: fine.capnp"
+    (tmp_path / evil).write_text("@0xd1f0a3b2c4e5f6c1;\nstruct S { union { a @0 :Int8; "
+                                 "b @1 :Int8; } }\n")
+    for path in (evil, evil + ".missing"):
+        r = run_wsuper("bindgen", str(tmp_path / path), "-o", str(tmp_path / "out"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr
+        assert r.stderr.startswith("wsuper: error: ") and "evil\\n\\x1b[31mwsuper" in r.stderr
 
 
 def test_names_that_are_c_keywords_still_compile(tmp_path):
