@@ -207,11 +207,13 @@ static inline uint32_t wsuper_new_list(wsuper_builder *b, uint32_t ptr, uint32_t
   return at;
 }
 
-/* A list of `n` structs; returns the first word of element 0. */
+/* A list of `n` structs; returns the first word of element 0.  `n` is bounded as
+ * any list's is (empty structs take no words: the words alone do not bound it, and
+ * the tag's count is 30 bits). */
 static inline uint32_t wsuper_new_struct_list(wsuper_builder *b, uint32_t ptr, uint32_t n,
                                               uint16_t dwords, uint16_t ptrs) {
   uint64_t words = (uint64_t)n * (dwords + ptrs);
-  if (words >= (1u << 29)) { b->failed = true; return 0; }
+  if (n >= (1u << 29) || words >= (1u << 29)) { b->failed = true; return 0; }
   uint32_t tag = wsuper_new_words(b, 1 + words);
   int32_t off = (int32_t)tag - (int32_t)ptr - 1;
   wsuper_put64(b, ptr, (uint64_t)((uint32_t)(off * 4) | 1) | ((uint64_t)(7 | (words << 3)) << 32));
@@ -222,6 +224,8 @@ static inline uint32_t wsuper_new_struct_list(wsuper_builder *b, uint32_t ptr, u
 static inline void wsuper_set_bytes(wsuper_builder *b, uint32_t ptr, const void *p, uint32_t n,
                                     bool nul) {
   if (!p && !nul) return; /* null Data */
+  /* counted in 64 bits: a Text of 2^32 - 1 bytes and its NUL were a list of none */
+  if ((uint64_t)n + (nul ? 1 : 0) >= (1u << 29)) { b->failed = true; return; }
   uint32_t at = wsuper_new_list(b, ptr, 2, n + (nul ? 1 : 0));
   if (!b->failed && n) memcpy(wsuper_word(b, at), p, n);
 }

@@ -353,3 +353,71 @@ def test_results_that_fail_to_decode_hold_no_handle(tmp_path):
     for line in lines[1:]:
         assert line == "release 21; release 22; release 23; rc=-6 a=0 b=0 n=0", lines
     assert len(lines) == len(replies)
+
+
+BUILDER_HARNESS = r"""
+#include <stdio.h>
+#include "wsuper.h"
+int32_t wsuper_lookup(const char *n, int32_t l) { (void)n; (void)l; return -7; }
+int32_t wsuper_call(int32_t h, int64_t i, int32_t m, const void *p, int32_t l, const int32_t *c,
+                    int32_t n, void *o) { (void)h; (void)i; (void)m; (void)p; (void)l; (void)c;
+                    (void)n; (void)o; return -1; }
+int32_t wsuper_reply_read(void *b, int32_t *c) { (void)b; (void)c; return -8; }
+int32_t wsuper_release(int32_t h) { (void)h; return 0; }
+int32_t wsuper_object(int32_t t) { (void)t; return 1; }
+int32_t wsuper_params_read(void *b, int32_t *c) { (void)b; (void)c; return -8; }
+int32_t wsuper_results_set(const void *b, int32_t l, const int32_t *c, int32_t n) {
+  (void)b; (void)l; (void)c; (void)n; return -8; }
+int32_t wsuper_fail(const char *m, int32_t l) { (void)m; (void)l; return 0; }
+
+int main(void) {
+  wsuper_builder b;
+  /* a Text whose length is 2^32 - 1 (a length computed as 0 - 1): with its NUL, a
+   * list of 0 bytes, into which the whole length was copied */
+  wsuper_text t = {"abc", UINT32_MAX};
+  wsuper_builder_init(&b);
+  wsuper_set_text(&b, wsuper_new_struct(&b, 0, 0, 1), t);
+  printf("text failed=%d words=%u\n", b.failed, b.words);
+  wsuper_builder_free(&b);
+  /* 2^30 + 3 empty structs: the tag's 30-bit count said 3 */
+  uint32_t counts[] = {3, (1u << 29) - 1, 1u << 29, (1u << 30) + 3, UINT32_MAX};
+  for (int k = 0; k < 5; k++) {
+    wsuper_builder_init(&b);
+    uint32_t first = wsuper_new_struct_list(&b, 0, counts[k], 0, 0);
+    uint64_t tag = 0;
+    if (!b.failed) memcpy(&tag, wsuper_word(&b, first - 1), 8);
+    printf("list %u failed=%d count=%u\n", counts[k], b.failed, (uint32_t)(tag & 0xFFFFFFFFu) >> 2);
+    wsuper_builder_free(&b);
+  }
+  return 0;
+}
+"""
+
+
+def test_the_builder_refuses_counts_that_do_not_fit_the_wire(tmp_path):
+    """wsuper_set_bytes counted a Text's NUL in 32 bits: a length of 2^32 - 1 (one
+    computed as 0 - 1) made a list of 0 bytes, into which the whole length was
+    then copied (past the builder's buffer: the plugin's heap overwritten until
+    it trapped).  wsuper_new_struct_list put the count in the tag as `n << 2` in
+    32 bits, and a list of empty structs is bounded by no word count: 2^30 + 3
+    elements were sent as 3.  Each is now refused (the builder fails: the call
+    is WSUPER_E_MESSAGE) past what a Cap'n Proto list can hold (2^29 - 1)."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed (every supported machine has it)")
+    (tmp_path / "b.c").write_text(BUILDER_HARNESS)
+    cmd = ["gcc", "-O1", "-g", "-Wall", "-Wno-attributes", "-I", os.path.dirname(bindgen.SDK_HEADER),
+           "-o", str(tmp_path / "b"), str(tmp_path / "b.c")]
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    r = subprocess.run(cmd[:1] + flags + cmd[1:], capture_output=True, text=True)
+    if r.returncode != 0:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(tmp_path / "b")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == [
+        "text failed=1 words=2",
+        "list 3 failed=0 count=3",
+        f"list {(1 << 29) - 1} failed=0 count={(1 << 29) - 1}",
+        f"list {1 << 29} failed=1 count=0",
+        f"list {(1 << 30) + 3} failed=1 count=0",
+        f"list {(1 << 32) - 1} failed=1 count=0"]
