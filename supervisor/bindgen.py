@@ -29,6 +29,8 @@ import capnp_schemas
 import compartments
 from capnp_schemas.text import first_line, printable
 
+from . import cmacros
+
 SDK_HEADER = os.path.join(os.path.dirname(os.path.abspath(compartments.__file__)), "sdk",
                           "wsuper.h")
 
@@ -627,6 +629,12 @@ def _reserved(ident: str, is_type: bool) -> str | None:
         return "the C library reserves for its types (names ending in _t)"
     if ident in _C_LIBRARY:
         return "the C library wsuper.h includes (stdlib.h, string.h, ...) declares"
+    header = cmacros.MACROS.get(ident)
+    if header:
+        # included after the bindings, the header redefined it silently (system
+        # headers warn of nothing): the plugin's code used the C library's value
+        return (f"<{header}> defines as a macro (a plugin that includes it after these "
+                "bindings would get its value, without a warning)")
     return None
 
 

@@ -349,13 +349,15 @@ def _compile(tmp_path, schemas: dict, source: str):
 
 
 def test_a_generated_macro_never_silently_takes_another_value(tmp_path):
-    """A macro the C library (or another generated header) defined already is not
+    """A macro the plugin (or another generated header) defined already is not
     redefined with another value: the compiler stops at an #error naming it.  The
-    same value again is harmless and compiles."""
-    libc = "@0xd1f0a3b2c4e5f60c;\nenum Int8 { max @0; }\nstruct S { e @0 :Int8; }\n"
-    error = _compile(tmp_path / "libc", {"libc": libc},
-                     '#include "libc.h"\nint main(void) { return INT8_MAX; }\n')
-    assert "wsuper bindgen: INT8_MAX is already defined with another value" in error, error
+    same value again is harmless and compiles.  (One of the C library's, such as
+    INT8_MAX, bindgen refuses: test_a_name_the_c_library_defines_as_a_macro_is_refused.)"""
+    mine = "@0xd1f0a3b2c4e5f60c;\nenum Shade { dark @0; light @1; }\nstruct S { e @0 :Shade; }\n"
+    error = _compile(tmp_path / "mine", {"mine": mine},
+                     '#define SHADE_LIGHT 7\n#include "mine.h"\n'
+                     'int main(void) { return SHADE_LIGHT; }\n')
+    assert "wsuper bindgen: SHADE_LIGHT is already defined with another value" in error, error
     one = "@0xd1f0a3b2c4e5f60d;\nenum Color { red @0; green @1; }\nstruct A { c @0 :Color; }\n"
     two = "@0xd1f0a3b2c4e5f60e;\nenum Color { green @0; }\nstruct B { c @0 :Color; }\n"
     same = "@0xd1f0a3b2c4e5f60f;\nenum Color { red @0; }\nstruct C { c @0 :Color; }\n"
@@ -366,6 +368,52 @@ def test_a_generated_macro_never_silently_takes_another_value(tmp_path):
                     '#include "one.h"\n#include "same.h"\n'
                     'int main(void) { return COLOR_RED; }\n') == ""
 
+
+
+@pytest.mark.parametrize("body, name, header", [
+    ("enum Path { max @0; }", "enumerant Path.max would be PATH_MAX", "limits.h"),
+    ("enum Seek { set @0; data @1; }", "enumerant Seek.set would be SEEK_SET", "stdio.h"),
+    ("enum Int8 { max @0; }", "enumerant Int8.max would be INT8_MAX", "stdint.h"),
+    ("enum Clock { realtime @0; monotonic @1; }",
+     "enumerant Clock.realtime would be CLOCK_REALTIME", "time.h"),
+    ("enum Sock { stream @0; dgram @1; }", "enumerant Sock.stream would be SOCK_STREAM",
+     "sys/socket.h"),
+    ("interface Path { max @0 () -> (); }", "method Path.max (its ordinal) would be PATH_MAX",
+     "limits.h"),
+])
+def test_a_name_the_c_library_defines_as_a_macro_is_refused(tmp_path, body, name, header):
+    """`enum Path { max @0; }` made PATH_MAX 0, and a plugin that included <limits.h>
+    below the bindings (or <stdio.h>, <time.h>...) got the C library's value: the
+    C library's headers are system headers, which redefine a macro without a
+    warning, so the plugin sent 4096 for Path.max and nothing said so.  bindgen
+    refuses every name the C library's headers define as a macro, naming one."""
+    (tmp_path / "m.capnp").write_text(f"@0xd1f0a3b2c4e5f6d1;\n{body}\n")
+    r = run_wsuper("bindgen", str(tmp_path / "m.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 2, r.stderr
+    assert f"m.capnp: {name} in C, which <{header}> defines as a macro" in r.stderr, r.stderr
+    assert not (tmp_path / "inc").exists()
+
+
+def test_the_c_library_macros_bindgen_knows_are_the_toolchains():
+    """supervisor/cmacros.py's table holds every macro of a generated name's shape
+    that the installed toolchain's headers define (regenerate it with `python -m
+    supervisor.cmacros` when wasi-libc changes)."""
+    import subprocess
+
+    from supervisor import cmacros, toolchain
+    clang = toolchain.clang()
+    headers = sorted(set(cmacros.MACROS.values()))
+    source = "".join(f"#include <{h}>\n" for h in headers)
+    base = [clang, "--target=wasm32-wasi", "-dM", "-E", "-x", "c", "-", *cmacros.FEATURES]
+    own = set(cmacros._SHAPE.findall(subprocess.run(base, input="", capture_output=True,
+                                                    text=True).stdout))
+    for extra in ([], ["-D_GNU_SOURCE"]):
+        r = subprocess.run(base + extra, input=source, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        missing = set(cmacros._SHAPE.findall(r.stdout)) - own - set(cmacros.MACROS)
+        assert not missing, sorted(missing)
+    assert {"PATH_MAX", "SEEK_SET", "INT_MAX", "EXIT_SUCCESS", "CLOCK_MONOTONIC"} \
+        <= set(cmacros.MACROS)
 
 def test_fields_named_like_c_library_macros_compile(tmp_path):
     """`stdout` is a macro of stdio.h (`(stdout)`), `errno` of errno.h, `true` of
