@@ -472,7 +472,7 @@ class Generator:
             elif kind == "struct":
                 out += [f"  {{ wsuper_loc t = wsuper_get_struct(r, {ptr});",
                         f"    out->{name} = t.present ? WSUPER_ARRAY(a, struct {f[3]}, 1) : NULL;",
-                        f"    if (out->{name} && r->depth < WSUPER_MAX_DEPTH) {{ r->depth++; "
+                        f"    if (out->{name} && wsuper_enter(r)) {{ "
                         f"{f[3]}_load(r, a, t, out->{name}); r->depth--; }}",
                         f"    else if (t.present) {{ r->bad = true; out->{name} = NULL; }} }}"]
             elif kind == "plist":
@@ -489,11 +489,11 @@ class Generator:
                         f"    out->{name}.items = WSUPER_ARRAY(a, struct {f[3]}, n);",
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
                         f"    if (!out->{name}.items) r->bad = true;",
-                        f"    if (r->depth >= WSUPER_MAX_DEPTH) out->{name}.len = 0, r->bad = true;",
-                        "    r->depth++;",
-                        f"    for (uint32_t i = 0; i < out->{name}.len && !r->bad; i++) "
+                        f"    if (out->{name}.len && !wsuper_enter(r)) out->{name}.len = 0;",
+                        f"    else if (out->{name}.len) {{",
+                        f"      for (uint32_t i = 0; i < out->{name}.len && !r->bad; i++) "
                         f"{f[3]}_load(r, a, wsuper_element(first, i), &out->{name}.items[i]);",
-                        "    r->depth--; }"]
+                        "      r->depth--; } }"]
         return out + ["}", ""]
 
     def _by_name(self, cname) -> _Struct:

@@ -263,11 +263,21 @@ typedef struct {
   uint32_t ncaps;
   bool bad;         /* set by any check that failed: treat the message as malformed */
   uint32_t depth;   /* structs being decoded inside one another (at most WSUPER_MAX_DEPTH) */
+  uintptr_t stack;  /* the frame the outermost of them was decoded in (wsuper_enter) */
   uint64_t budget;  /* words left to decode: pointers that share a target cannot amplify */
   uint8_t taken[32]; /* caps handed out by wsuper_get_cap (a message has at most 256) */
 } wsuper_reader;
 
 #define WSUPER_MAX_DEPTH 64
+/* The stack a decode may use below the frame of the outermost struct it decodes.
+ * Each struct inside another is one more frame of its _load function, whose size
+ * grows with the struct's fields (4.7 KiB for a struct of 300 struct fields, at
+ * -O2): 64 of them were past wasm's 64 KiB stack, which nothing guards, and the
+ * decode went on writing over the plugin's own data below it.  A plugin linked
+ * with a larger stack (-Wl,-z,stack-size=N) may define a larger budget first. */
+#ifndef WSUPER_STACK_BUDGET
+#define WSUPER_STACK_BUDGET (24u << 10)
+#endif
 /* The decoding budget: eight words per word of the message (each object is charged
  * its size: a struct its words, a list of bits its bytes, any other list its
  * elements, a list of structs its words and elements), and this many more, so that a
@@ -283,6 +293,21 @@ static inline bool wsuper_spend(wsuper_reader *r, uint64_t words) {
 }
 
 typedef struct { uint32_t at; uint16_t dwords, ptrs; bool present; } wsuper_loc;
+
+/* Whether a decode may go one struct deeper (r->depth then counts it; the caller
+ * takes it back): no more than WSUPER_MAX_DEPTH structs inside one another, and no
+ * more than WSUPER_STACK_BUDGET bytes of stack below the frame the outermost was
+ * decoded in.  Either refused: the message is malformed (r->bad). */
+static inline bool wsuper_enter(wsuper_reader *r) {
+  uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+  if (r->depth == 0) r->stack = here;
+  if (r->depth >= WSUPER_MAX_DEPTH || (r->stack > here && r->stack - here > WSUPER_STACK_BUDGET)) {
+    r->bad = true;
+    return false;
+  }
+  r->depth++;
+  return true;
+}
 #define WSUPER_NULL_PTR 0xFFFFFFFFu
 
 static inline uint64_t wsuper_read64(const wsuper_reader *r, uint32_t w) {

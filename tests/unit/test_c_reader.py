@@ -33,6 +33,10 @@ interface Thing {}
 HARNESS = r"""
 #include <stdio.h>
 #define WSUPER_NATIVE_TEST
+/* a native stack (8 MiB), and ASan's larger frames: the depth limit is what these
+ * messages test (test_a_deep_message_cannot_run_a_plugins_stack_into_its_data
+ * tests the stack budget, in wasm) */
+#define WSUPER_STACK_BUDGET (1u << 20)
 #include "echo.h"
 #include "node.h"
 #include "holder.h"
@@ -421,3 +425,85 @@ def test_the_builder_refuses_counts_that_do_not_fit_the_wire(tmp_path):
         f"list {1 << 29} failed=1 count=0",
         f"list {(1 << 30) + 3} failed=1 count=0",
         f"list {(1 << 32) - 1} failed=1 count=0"]
+
+
+WIDE_NODE = "@0xd1f0a3b2c4e5f605;\nstruct Wnode { %s }\n" % " ".join(
+    f"f{i} @{i} :Wnode;" for i in range(120))
+
+STACK_HARNESS = r"""
+#include <stdio.h>
+#include "wnode.h"
+int32_t wsuper_lookup(const char *n, int32_t l) { (void)n; (void)l; return -7; }
+/* the plugin's own data, just below its stack: no message may change it */
+char data[16384] = {1};
+int main(int argc, char **argv) {
+  static int32_t caps[1];
+  uint8_t *buf = malloc(1 << 22);
+  for (int i = 1; i < argc; i++) {
+    FILE *f = fopen(argv[i], "rb");
+    size_t len = fread(buf, 1, 1 << 22, f);
+    fclose(f);
+    wsuper_reader r;
+    wsuper_arena a = {0, 0};
+    if (wsuper_reader_init(&r, buf, (uint32_t)len, caps, 0)) { printf("reject\n"); continue; }
+    wnode v;
+    memset(&v, 0, sizeof v);
+    wnode_load(&r, &a, wsuper_root(&r), &v);
+    unsigned changed = 0;
+    for (int k = 1; k < 16384; k++) changed += data[k] != 0;
+    printf("%s changed=%u\n", r.bad ? "bad" : "ok", changed);
+    wsuper_arena_free(&a);
+  }
+  return 0;
+}
+"""
+
+
+def _wide_chain(depth: int) -> bytes:
+    """Wnode inside Wnode `depth` deep, each the first field of the one before."""
+    ptrs = 120
+    words = [(0 << 2) | (ptrs << 48)]                   # root -> word 1: 0 data, 120 ptrs
+    for i in range(depth):
+        node = [0] * ptrs
+        if i < depth - 1:                               # f0 -> the next node, right after
+            node[0] = ((ptrs - 1) << 2) | (ptrs << 48)
+        words += node
+    return _framed(b"".join(w.to_bytes(8, "little") for w in words))
+
+
+def test_a_deep_message_cannot_run_a_plugins_stack_into_its_data(tmp_path):
+    """The decoder in a real plugin (wasm32, wasm-ld's 64 KiB stack, which nothing
+    guards: below it lie the plugin's globals).  Each struct inside another is a
+    frame of its _load function, and a struct of 120 struct fields has one of about
+    2 KiB: 40 nested (well within WSUPER_MAX_DEPTH) ran the stack past its end and
+    the decode wrote over the plugin's data, then said the message was fine; 64
+    trapped.  The decode now refuses (malformed) what would take more than
+    WSUPER_STACK_BUDGET of stack, and the data is untouched."""
+    import wasmtime
+
+    from supervisor import toolchain
+    (tmp_path / "wnode.capnp").write_text(WIDE_NODE)
+    bindgen.generate(str(tmp_path / "wnode.capnp"), str(tmp_path))
+    (tmp_path / "s.c").write_text(STACK_HARNESS)
+    wasm = tmp_path / "s.wasm"
+    toolchain.build([str(tmp_path / "s.c")], str(wasm), include=[str(tmp_path)],
+                    extra=["-Wno-attributes"])
+    depths = (3, 40, 64)
+    for d in depths:
+        (tmp_path / f"d{d}.bin").write_bytes(_wide_chain(d))
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    config = wasmtime.WasiConfig()
+    config.argv = ["s", *(f"/m/d{d}.bin" for d in depths)]
+    config.preopen_dir(str(tmp_path), "/m")
+    config.stdout_file = str(tmp_path / "out.txt")
+    store.set_wasi(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(wasm)))
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as e:
+        assert e.code == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == [
+        "ok changed=0", "bad changed=0", "bad changed=0"]
