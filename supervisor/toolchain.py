@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -177,13 +178,41 @@ def check_output(output: str, inputs) -> None:
 _NO_MAIN = re.compile(r"undefined symbol: main$", re.M)
 
 
+#: How long one compiler run may take (a source may make it take for ever: a macro
+#: whose expansion doubles at each level, an #include of a FIFO or of /dev/zero).
+COMPILE_SECONDS = 300
+
+
+def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
+    """Run the compiler in a process group of its own, to its end or for at most
+    COMPILE_SECONDS: then (or on Ctrl-C) the whole group is killed, the linker
+    and any other process the driver started with it.  A compile that took longer
+    ended `wsuper build` in a subprocess.TimeoutExpired traceback, and left the
+    linker running if it was the linker that took so long."""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    except OSError as e:
+        raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
+    try:
+        out, err = proc.communicate(timeout=COMPILE_SECONDS)
+    except BaseException as e:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)     # not reaped yet: still its group
+        except OSError:
+            pass
+        proc.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise ToolchainError(f"building {output} failed: {os.path.basename(cmd[0])} took "
+                                 f"more than {COMPILE_SECONDS} s and was stopped") from None
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _link(cmd: list[str], output: str) -> str:
     """Run clang; what it said (the linker's traces are on stdout) when it succeeded,
     ToolchainError if not."""
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except OSError as e:
-        raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
+    r = _run(cmd, output)
     if r.returncode != 0:
         text = (r.stderr or r.stdout).strip()
         if "wasm-ld" in text and "not found" in text or "unable to execute" in text:
@@ -267,7 +296,7 @@ def build_rust(source: str, output: str) -> str:
     """Compile one Rust file (no crates) to a wasm32-wasi program."""
     cmd = [rustc(), "--target", "wasm32-wasi", "-O", "-C", "debuginfo=0",
            "-C", "link-arg=--strip-debug", "-o", output, source]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = _run(cmd, output)
     if r.returncode != 0:
         raise ToolchainError(f"building {output} failed:\n{(r.stderr or r.stdout).strip()}")
     return output

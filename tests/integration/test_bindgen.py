@@ -835,6 +835,34 @@ def test_build_reports_what_the_compiler_said(tmp_path):
     assert r.returncode == 2 and "missing.capnp" in r.stderr
 
 
+def test_a_compile_that_never_ends_is_stopped_with_what_it_started(tmp_path, monkeypatch):
+    """A source can make the compiler run for ever (a macro whose expansion doubles
+    at each level, an #include of a FIFO).  At the end of the 300 s `wsuper build`
+    died in a subprocess.TimeoutExpired traceback, and only the driver was killed:
+    the linker (or whatever else it had started) ran on.  The build now fails in
+    one line saying so, and the compiler's whole process group is gone."""
+    from supervisor import cli, toolchain
+    pids = tmp_path / "pids"
+    fake = tmp_path / "clang"
+    fake.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pids}\nexec sleep 1000\n")
+    fake.chmod(0o755)
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    monkeypatch.setenv("WSUPER_CLANG", str(fake))
+    monkeypatch.setattr(toolchain, "COMPILE_SECONDS", 1)
+    with pytest.raises(toolchain.ToolchainError) as e:
+        toolchain.build([str(tmp_path / "p.c")], str(tmp_path / "p.wasm"))
+    assert str(e.value) == (f"building {tmp_path / 'p.wasm'} failed: clang took more than 1 s "
+                            "and was stopped")
+    child = int(pids.read_text())
+    try:
+        with open(f"/proc/{child}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z"), state      # killed (a zombie until init reaps it)
+    assert cli.main(["build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm")]) == 2
+
+
 def test_build_makes_the_output_directory_and_names_a_missing_source(tmp_path):
     (tmp_path / "plain.c").write_text("int main(void) { return 0; }\n")
     out = tmp_path / "newdir" / "deeper" / "x.wasm"
