@@ -23,6 +23,7 @@ import collections
 import hashlib
 import os
 import re
+import stat
 import tempfile
 
 import capnp_schemas
@@ -902,14 +903,28 @@ def _ours(path: str, first_line: str) -> None:
     """Refuse to replace a file bindgen did not write (its first line says whose
     it is): `--include-dir` (or the default include/ beside the output) may
     hold the plugin's own kv.h or wsuper.h, and a directory there is no header."""
-    if not os.path.lexists(path):
-        return
+    # Looked at without following a link or waiting: opened as it was, a FIFO
+    # planted as include/kv.h (a plugin's source tree may ship one) was waited on
+    # for ever, and `bindgen` or `build` never ended.
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            mine = f.readline().startswith(first_line) and os.path.isfile(path) \
-                and not os.path.islink(path)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
     except OSError:
-        mine = False
+        st = None
+    mine = False
+    if st is not None and stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            with open(fd, encoding="utf-8", errors="replace") as f:
+                try:
+                    mine = stat.S_ISREG(os.fstat(fd).st_mode) and \
+                        f.readline(len(first_line) + 1).startswith(first_line)
+                except OSError:
+                    mine = False
     if not mine:
         raise BindgenError(f"{path} exists and was not written by wsuper bindgen: "
                            "not replacing it (move it, or bind into another directory)")

@@ -664,6 +664,26 @@ def test_build_and_bindgen_never_write_over_what_they_did_not_make(tmp_path):
         assert r.returncode == 0, r.stderr
 
 
+def test_a_fifo_planted_where_a_header_goes_is_refused_not_waited_on(tmp_path):
+    """bindgen opened an existing NAME.h or wsuper.h to read its first line (is it
+    one bindgen wrote?): a FIFO planted there (a plugin's source tree shipping
+    build/include/kv.h) was waited on for ever, and `wsuper build` never ended.
+    It is looked at without opening what is not a regular file, and refused."""
+    (tmp_path / "kv.capnp").write_text("@0xd1f0a3b2c4e5f6e1;\nstruct K { x @0 :Int32; }\n")
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    include = tmp_path / "build" / "include"
+    include.mkdir(parents=True)
+    for name in ("kv.h", "wsuper.h"):
+        os.mkfifo(include / name)
+        r = run_wsuper("build", str(tmp_path / "p.c"), "--schema", str(tmp_path / "kv.capnp"),
+                       "-o", str(tmp_path / "build" / "p.wasm"), timeout=30)
+        assert r.returncode == 2, r.stderr
+        assert f"{include / name} exists and was not written by wsuper bindgen" in r.stderr
+        r = run_wsuper("bindgen", str(tmp_path / "kv.capnp"), "-o", str(include), timeout=30)
+        assert r.returncode == 2 and "not replacing it" in r.stderr, r.stderr
+        os.unlink(include / name)
+
+
 def test_build_never_writes_through_a_file_planted_beside_its_output(tmp_path):
     """`wsuper build` wrote the module's protect declaration to OUTPUT.tmp, a name
     fixed in advance, opened as it was: a symbolic link planted there (a hostile
