@@ -184,29 +184,50 @@ COMPILE_SECONDS = 300
 
 
 def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
-    """Run the compiler in a process group of its own, to its end or for at most
-    COMPILE_SECONDS: then (or on Ctrl-C) the whole group is killed, the linker
-    and any other process the driver started with it.  A compile that took longer
-    ended `wsuper build` in a subprocess.TimeoutExpired traceback, and left the
-    linker running if it was the linker that took so long."""
+    """Run the compiler to its end, or for at most COMPILE_SECONDS: then (or on
+    Ctrl-C) it is killed with every process it started (the linker).  A compile
+    that took longer ended `wsuper build` in a subprocess.TimeoutExpired traceback,
+    and only the driver was killed: the linker ran on.  (The compiler stays in
+    wsuper's process group, so the terminal's signals reach it as before.)"""
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                text=True)
     except OSError as e:
         raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
     try:
         out, err = proc.communicate(timeout=COMPILE_SECONDS)
     except BaseException as e:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)     # not reaped yet: still its group
-        except OSError:
-            pass
+        for pid in [proc.pid, *_descendants(proc.pid)]:     # not reaped yet: still theirs
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         proc.communicate()
         if isinstance(e, subprocess.TimeoutExpired):
             raise ToolchainError(f"building {output} failed: {os.path.basename(cmd[0])} took "
                                  f"more than {COMPILE_SECONDS} s and was stopped") from None
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs (Linux's /proc/PID/task/*/children)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 1000:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 def _link(cmd: list[str], output: str) -> str:
