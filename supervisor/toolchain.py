@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 
@@ -161,7 +162,21 @@ def mentions_main(texts) -> bool:
 
 def check_output(output: str, inputs) -> None:
     """Refuse an output that is one of the inputs (a source, a schema): clang writes
-    the module over its own input without a word (`wsuper build kv.c -o kv.c`)."""
+    the module over its own input without a word (`wsuper build kv.c -o kv.c`).
+    And one that is there and is no regular file: the linker writes into what is
+    not one (a FIFO planted as build/p.wasm: it waited for a reader, the build
+    until COMPILE_SECONDS), where it replaces a file."""
+    try:
+        st = os.stat(output)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                                       (stat.S_ISBLK, "a device")) if test(st.st_mode)),
+                    "no regular file")
+        raise ToolchainError(f"{output} is {kind}: not writing the module to it (-o names "
+                             "the .wasm to write)")
     for path in inputs:
         try:
             same = os.path.samefile(path, output)

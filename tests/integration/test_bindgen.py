@@ -684,6 +684,20 @@ def test_a_fifo_planted_where_a_header_goes_is_refused_not_waited_on(tmp_path):
         os.unlink(include / name)
 
 
+def test_an_output_that_is_no_regular_file_is_refused_not_waited_on(tmp_path):
+    """The linker replaces a regular file at -o, but writes into anything else: a
+    FIFO planted as build/p.wasm waited for a reader, and `wsuper build` with it
+    (for COMPILE_SECONDS, then a traceback).  Such an output is refused at once."""
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "build").mkdir()
+    os.mkfifo(tmp_path / "build" / "p.wasm")
+    for out, kind in (("build/p.wasm", "a FIFO"), ("build", "a directory")):
+        r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(tmp_path / out), timeout=30)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == (f"wsuper: error: {tmp_path / out} is {kind}: not writing the module "
+                            "to it (-o names the .wasm to write)\n")
+
+
 def test_build_never_writes_through_a_file_planted_beside_its_output(tmp_path):
     """`wsuper build` wrote the module's protect declaration to OUTPUT.tmp, a name
     fixed in advance, opened as it was: a symbolic link planted there (a hostile
