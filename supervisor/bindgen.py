@@ -575,6 +575,10 @@ class Generator:
                 "int32_t len, int32_t ncaps) {",
                 f"  if ((uint64_t)iface != {up}_ID) return WSUPER_E_UNIMPLEMENTED;",
                 "  wsuper_arena a = {0, 0};", "  wsuper_reader r;", "  wsuper_builder b;",
+                # a call served while the plugin waits in its own (B calls back), so
+                # deep that its frames would reach the plugin's data: refused
+                "  if (!wsuper_stack_left()) return a.error = \"out of stack: calls nested "
+                "too deep\", wsuper_dispatch_failed(&a, WSUPER_E_OVERLOADED);",
                 "  int rc = wsuper_read_params(&a, &r, len, ncaps);",
                 "  if (rc == WSUPER_OK) switch (method) {"]
         for ordinal, mname, params, results in methods:

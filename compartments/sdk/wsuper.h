@@ -278,6 +278,29 @@ typedef struct {
 #ifndef WSUPER_STACK_BUDGET
 #define WSUPER_STACK_BUDGET (24u << 10)
 #endif
+/* The stack a served call or a decode leaves unused above the plugin's data.  In
+ * wasm the stack lies right above them (as wasm-ld lays a module out, and `wsuper
+ * build`), and calls served while the plugin waits in its own (A calls B, B calls
+ * A back, up to 32 deep) each take their frames below the last: a peer that
+ * called back and forth ran the stack into the plugin's data. */
+#ifndef WSUPER_STACK_RESERVE
+#define WSUPER_STACK_RESERVE (16u << 10)
+#endif
+#if defined(__wasm__)
+extern char __data_end; /* wasm-ld's: the end of the plugin's data */
+#endif
+
+/* Whether WSUPER_STACK_RESERVE bytes of stack are left above the plugin's data
+ * (always, but in wasm; and there too when the stack lies below the data,
+ * --stack-first, where running out of it traps). */
+static inline bool wsuper_stack_left(void) {
+#if defined(__wasm__)
+  uintptr_t here = (uintptr_t)__builtin_frame_address(0), floor = (uintptr_t)&__data_end;
+  return here <= floor || here - floor >= WSUPER_STACK_RESERVE;
+#else
+  return true;
+#endif
+}
 /* The decoding budget: eight words per word of the message (each object is charged
  * its size: a struct its words, a list of bits its bytes, any other list its
  * elements, a list of structs its words and elements), and this many more, so that a
@@ -297,11 +320,13 @@ typedef struct { uint32_t at; uint16_t dwords, ptrs; bool present; } wsuper_loc;
 /* Whether a decode may go one struct deeper (r->depth then counts it; the caller
  * takes it back): no more than WSUPER_MAX_DEPTH structs inside one another, and no
  * more than WSUPER_STACK_BUDGET bytes of stack below the frame the outermost was
- * decoded in.  Either refused: the message is malformed (r->bad). */
+ * decoded in, nor closer than WSUPER_STACK_RESERVE to the plugin's data.  Any
+ * refused: the message is malformed (r->bad). */
 static inline bool wsuper_enter(wsuper_reader *r) {
   uintptr_t here = (uintptr_t)__builtin_frame_address(0);
   if (r->depth == 0) r->stack = here;
-  if (r->depth >= WSUPER_MAX_DEPTH || (r->stack > here && r->stack - here > WSUPER_STACK_BUDGET)) {
+  if (r->depth >= WSUPER_MAX_DEPTH || (r->stack > here && r->stack - here > WSUPER_STACK_BUDGET) ||
+      !wsuper_stack_left()) {
     r->bad = true;
     return false;
   }

@@ -507,3 +507,107 @@ def test_a_deep_message_cannot_run_a_plugins_stack_into_its_data(tmp_path):
         assert e.code == 0
     assert (tmp_path / "out.txt").read_text().splitlines() == [
         "ok changed=0", "bad changed=0", "bad changed=0"]
+
+
+
+DEEP = """@0xd1f0a3b2c4e5f606;
+interface Deep { go @0 (n :Int32) -> (n :Int32); }
+"""
+
+NESTED_HARNESS = r"""
+#include <stdio.h>
+#define WSUPER_SERVE_DEEP
+#include "deep.h"
+/* the guest ABI's imports, as the host would answer them: a call to the handle
+ * the plugin serves enters its dispatch again (a peer calling back), up to the
+ * host's 32 levels of nesting */
+static uint8_t params[4096], results[4096];
+static int32_t params_len, results_len, level, levels;
+static uintptr_t lowest = UINTPTR_MAX;
+static void mark(void) {
+  uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+  if (here < lowest) lowest = here;
+}
+int32_t wsuper_lookup(const char *n, int32_t l) { (void)n; (void)l; return -7; }
+int32_t wsuper_release(int32_t h) { (void)h; return 0; }
+int32_t wsuper_keep(int32_t h) { (void)h; return 0; }
+int32_t wsuper_object(int32_t t) { (void)t; return 1; }
+int32_t wsuper_fail(const char *m, int32_t l) { (void)m; (void)l; mark(); return 0; }
+int32_t wsuper_params_read(void *b, int32_t *c) { (void)c; mark(); memcpy(b, params, (size_t)params_len); return 0; }
+int32_t wsuper_results_set(const void *b, int32_t l, const int32_t *c, int32_t n) {
+  (void)c; (void)n; mark(); memcpy(results, b, (size_t)l); results_len = l; return 0; }
+int32_t wsuper_reply_read(void *b, int32_t *c) { (void)c; mark(); memcpy(b, results, (size_t)results_len); return 0; }
+int32_t wsuper_call(int32_t h, int64_t iface, int32_t method, const void *p, int32_t len,
+                    const int32_t *caps, int32_t ncaps, void *out) {
+  (void)h; (void)caps; (void)ncaps;
+  int32_t *o = (int32_t *)out;
+  mark();
+  if (level >= 32) { o[0] = 0; o[1] = 0; return WSUPER_E_OVERLOADED; }
+  memcpy(params, p, (size_t)len);
+  params_len = len;
+  level++;
+  if (level > levels) levels = level;
+  int32_t rc = deep_dispatch(1, iface, method, len, 0);
+  level--;
+  o[0] = rc == 0 ? results_len : 0;
+  o[1] = 0;
+  return rc;
+}
+int deep_serve_go(wsuper_arena *a, int32_t object, const deep_go_params *in, deep_go_results *out) {
+  (void)object;
+  mark();
+  char note[1024];                          /* a line to log, say */
+  snprintf(note, sizeof note, "level %d", (int)in->n);
+  deep_go_results r;
+  int rc = deep_go(a, 1, in->n + 1, &r);     /* call the peer, which calls back */
+  out->n = rc == 0 ? r.n : in->n;
+  if (note[0] != 'l') return 1;
+  return 0;
+}
+int main(void) {
+  deep_go_results r;
+  wsuper_arena a = {0, 0};
+  int rc = deep_go(&a, 1, 0, &r);
+  extern char __data_end;
+  printf("used=%lu floor_gap=%lu ", (unsigned long)((uintptr_t)__builtin_frame_address(0) - lowest), (unsigned long)(lowest - (uintptr_t)&__data_end));
+  printf("rc=%d n=%d levels=%d below=%d\n", rc, rc == 0 ? r.n : -1, levels,
+         lowest < (uintptr_t)&__data_end);
+  return 0;
+}
+"""
+
+
+def test_calls_nested_back_and_forth_cannot_run_a_plugins_stack_into_its_data(tmp_path):
+    """A plugin that calls a peer while serving (a callback, a listener) is entered
+    again for each call the peer makes back, up to the host's 32 levels, each
+    level's frames below the last on wasm's 64 KiB stack, which has nothing below
+    it but the plugin's own data.  A serving function with a 1 KiB buffer (a line
+    to log) took 2.1 KiB a level: at 32 the stack was 3.7 KiB into the plugin's
+    data, and every call said it succeeded.  The skeleton now refuses a call
+    (E_OVERLOADED, 'out of stack') when less than WSUPER_STACK_RESERVE is left
+    above the data: the peer's chain ends there, the data untouched.  (The
+    harness plays the host: its wsuper_call enters the dispatch again.)"""
+    import wasmtime
+
+    from supervisor import toolchain
+    (tmp_path / "deep.capnp").write_text(DEEP)
+    bindgen.generate(str(tmp_path / "deep.capnp"), str(tmp_path))
+    (tmp_path / "d.c").write_text(NESTED_HARNESS)
+    wasm = tmp_path / "d.wasm"
+    toolchain.build([str(tmp_path / "d.c")], str(wasm), include=[str(tmp_path)],
+                    extra=["-Wno-attributes"])
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    config = wasmtime.WasiConfig()
+    config.stdout_file = str(tmp_path / "out.txt")
+    store.set_wasi(config)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(wasm)))
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as e:
+        assert e.code == 0
+    words = dict(w.split("=") for w in (tmp_path / "out.txt").read_text().split())
+    assert words["below"] == "0", words          # no frame below the end of the data
+    assert words["rc"] == "0" and 1 < int(words["levels"]) < 32, words
