@@ -287,16 +287,20 @@ typedef struct {
 #define WSUPER_STACK_RESERVE (16u << 10)
 #endif
 #if defined(__wasm__)
-extern char __data_end; /* wasm-ld's: the end of the plugin's data */
+extern char __data_end, __heap_base; /* wasm-ld's: the stack lies between them */
 #endif
 
-/* Whether WSUPER_STACK_RESERVE bytes of stack are left above the plugin's data
- * (always, but in wasm; and there too when the stack lies below the data,
- * --stack-first, where running out of it traps). */
+/* Whether WSUPER_STACK_RESERVE bytes of stack (a quarter of a stack smaller than
+ * twice that: -Wl,-z,stack-size=N) are left above the plugin's data.  Always, but
+ * in wasm; and there too when the stack lies below the data (--stack-first),
+ * where running out of it traps. */
 static inline bool wsuper_stack_left(void) {
 #if defined(__wasm__)
   uintptr_t here = (uintptr_t)__builtin_frame_address(0), floor = (uintptr_t)&__data_end;
-  return here <= floor || here - floor >= WSUPER_STACK_RESERVE;
+  uintptr_t top = (uintptr_t)&__heap_base;
+  uintptr_t reserve = WSUPER_STACK_RESERVE;
+  if (top > floor && top - floor < 2 * reserve) reserve = (top - floor) / 4;
+  return here <= floor || here - floor >= reserve;
 #else
   return true;
 #endif
