@@ -478,6 +478,19 @@ def _warn_hard_links(plan):
                       file=sys.stderr)
 
 
+def _schema_files(schemas) -> list[str]:
+    """The schemas and every file they import or embed: `build -o` may name none of
+    them (`-o lib.capnp`, imported by the schema given, was written over)."""
+    import capnp_schemas
+    files = list(schemas)
+    for schema in schemas:
+        try:
+            files += [f for f, _, _ in capnp_schemas.closure(schema)]
+        except (capnp_schemas.SchemaError, OSError):
+            pass            # bindgen's load says what is wrong with it, naming it
+    return files
+
+
 def _toolchain(args) -> int:
     import os
 
@@ -490,7 +503,7 @@ def _toolchain(args) -> int:
                 print(f"wrote {quoted(path)}")
             return 0
         include = list(args.include)
-        toolchain.check_output(args.output, [*args.sources, *args.schema])
+        toolchain.check_output(args.output, [*args.sources, *_schema_files(args.schema)])
         if args.schema:
             gen_dir = args.include_dir or os.path.join(
                 os.path.dirname(os.path.abspath(args.output)), "include")

@@ -645,6 +645,18 @@ def test_build_and_bindgen_never_write_over_what_they_did_not_make(tmp_path):
         r = run_wsuper("build", str(tmp_path / "kv.c"), "-o", os.path.join(str(tmp_path), out),
                        "--schema", str(tmp_path / "kv.capnp"))
         assert r.returncode == 2 and "not writing the module over it" in r.stderr, r.stderr
+    # nor over a file the schema imports or embeds (an outside review: `-o lib.capnp`,
+    # imported by the schema given, was written over)
+    (tmp_path / "lib.capnp").write_text("@0xd1f0a3b2c4e5f672;\nstruct L { y @0 :Int32; }\n")
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "top.capnp").write_text(
+        '@0xd1f0a3b2c4e5f673;\nusing import "lib.capnp".L;\nconst b :Data = embed "blob.bin";\n'
+        'struct T { l @0 :L; }\n')
+    keep.update({p: p.read_bytes() for p in (tmp_path / "lib.capnp", tmp_path / "blob.bin")})
+    for out in ("lib.capnp", "blob.bin"):
+        r = run_wsuper("build", str(tmp_path / "kv.c"), "-o", str(tmp_path / out),
+                       "--schema", str(tmp_path / "top.capnp"))
+        assert r.returncode == 2 and f"is the input {tmp_path / out}" in r.stderr, r.stderr
     (tmp_path / "include").mkdir()
     for name in ("kv.h", "wsuper.h"):
         mine = tmp_path / "include" / name
