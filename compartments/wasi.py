@@ -456,15 +456,37 @@ class Wasi:
             yield run
 
     def _gather(self, run) -> bytes:
-        return b"".join(self.host.read(p, n) for p, n in run)
+        """The bytes of `run`'s buffers, up to the first one protection forbids the
+        host to read (a short transfer, as writev's that faults midway); raises
+        protect.Fault only if that is the first."""
+        out = []
+        for p, n in run:
+            try:
+                out.append(self.host.read(p, n))
+            except protect.Fault:
+                if not out:
+                    raise
+                break
+        return b"".join(out)
 
-    def _scatter(self, run, data: bytes):
+    def _scatter(self, run, data: bytes) -> int:
+        """`data` into `run`'s buffers, up to the first one protection forbids the
+        host to write; the bytes written (fewer than `data`: a short read, as
+        readv's that faults midway).  Raises protect.Fault only if that is the
+        first: a buffer written and then EFAULT told the program that nothing was
+        read."""
         pos = 0
         for p, n in run:
             if pos >= len(data):
                 break
-            self.host.write(p, data[pos:pos + n])
-            pos += n
+            try:
+                self.host.write(p, data[pos:pos + n])
+            except protect.Fault:
+                if not pos:
+                    raise
+                break
+            pos += min(n, len(data) - pos)
+        return min(pos, len(data))
 
     def _read_into(self, d: _Desc, offset: int, iovs_ptr, count) -> int:
         """Read at `offset` into the guest's buffers, as many calls as it takes,
@@ -482,13 +504,13 @@ class Wasi:
                 raise
             data = bytes(r.data)[:want]
             try:
-                self._scatter(run, data)
+                moved = self._scatter(run, data)
             except protect.Fault:          # a buffer further on is protected: short
                 if done:
                     break
                 raise
-            done += len(data)
-            if len(data) < want:
+            done += moved
+            if moved < want:
                 break
         return done
 
@@ -502,7 +524,7 @@ class Wasi:
         done = 0
         for run in self._chunks(self._iovecs(iovs_ptr, count), self.max_io):
             try:
-                data = self._gather(run)
+                data = self._gather(run)        # short at a protected buffer
                 if offset is None:
                     # what went: fewer bytes than sent when the file system filled up
                     # or the file reached its largest (they were said to be written)
@@ -518,7 +540,7 @@ class Wasi:
                     break
                 raise
             done += n
-            if n < len(data):
+            if n < sum(length for _p, length in run):
                 break
         return done
 
@@ -935,7 +957,7 @@ class Wasi:
                         break
                     raise
                 n += took
-                if took < len(data):
+                if took < sum(length for _p, length in run):
                     break
         elif d.append:
             n = self._write_from(d, None, iovs, count)

@@ -891,3 +891,70 @@ def test_a_write_closed_under_it_sends_its_line_even_when_entered_while_the_engi
         assert call(w, "fd_write", 1, 0, 1, 900) == 0 and host.u32(900) == 5
     assert sent == ["r0", "T0"]
     assert host.dropped == [5]
+
+
+class ProtectedHost(FakeHost):
+    """Guest memory with a null page [0, 0x1000) and read-only data [0x1000, 0x2000),
+    checked as the engine checks every host access (protect.Regions.check)."""
+
+    def __init__(self):
+        super().__init__()
+        from compartments import protect
+        self.regions = protect.Regions(0x1000, 0x1000, 0x2000, page=0x1000)
+
+    def read(self, ptr, n):
+        from compartments import protect
+        why = self.regions.check(ptr, n, False)
+        if why:
+            raise protect.Fault(why)
+        return super().read(ptr, n)
+
+    def write(self, ptr, data):
+        from compartments import protect
+        why = self.regions.check(ptr, len(data), True)
+        if why:
+            raise protect.Fault(why)
+        super().write(ptr, data)
+
+
+def test_a_protected_buffer_after_a_writable_one_in_one_transfer_makes_it_short():
+    """An outside review: readv into [8 writable bytes, a buffer in .rodata] (one
+    File.read, as max_io allows) wrote the 8 bytes into the first buffer, then said
+    EFAULT and left the offset where it was: a program told nothing was read had its
+    buffer overwritten, where a read cut by a protected buffer that comes after a
+    whole File.read returned the bytes that moved (docs/memory-protection.md: a
+    transfer that fails midway ends short, as POSIX's readv does).  A writev of [8
+    bytes, a buffer in the null page] said EFAULT and wrote nothing, where writev
+    writes the first buffer and returns its length.  Now both end short after the
+    first buffer, the offset moves past it, and the next call says EFAULT."""
+    host = ProtectedHost()
+    _, w = wasi_with(host=host)
+    host.results["Directory", "open"] = "cap"
+    host.mem[0x6000:0x6005] = b"x.txt"
+    assert call(w, "path_open", 3, 0, 0x6000, 5, 0, wasi.RIGHT_FD_READ | wasi.RIGHT_FD_WRITE,
+                0, 0, 0x6100) == 0
+    fd = host.u32(0x6100)
+    data = bytes(range(64))
+    host.results["File", "read"] = lambda offset, count: {"data": data[offset:offset + count]}
+    written = []
+    host.results["File", "write"] = lambda offset, data: \
+        written.append((offset, data)) or {"written": len(data)}
+    host.mem[0x3000:0x3010] = b"." * 16
+    # readv: 8 bytes at 0x3000, then 16 bytes at 0x1800 (read-only)
+    host.mem[0x4000:0x4010] = struct.pack("<IIII", 0x3000, 8, 0x1800, 16)
+    assert call(w, "fd_read", fd, 0x4000, 2, 0x5000) == 0 and host.u32(0x5000) == 8
+    assert host.mem[0x3000:0x3010] == data[:8] + b"." * 8
+    assert host.mem[0x1800:0x1810] == bytes(16)
+    host.mem[0x4000:0x4008] = struct.pack("<II", 0x1800, 16)
+    assert call(w, "fd_read", fd, 0x4000, 1, 0x5000) == E.FAULT
+    host.mem[0x4000:0x4008] = struct.pack("<II", 0x3000, 4)
+    assert call(w, "fd_read", fd, 0x4000, 1, 0x5000) == 0 and host.u32(0x5000) == 4
+    assert host.mem[0x3000:0x3004] == data[8:12]        # on from where the short read ended
+    # writev: 8 bytes at 0x3000, then 16 bytes at 0x800 (the null page)
+    call(w, "fd_seek", fd, 0, 0, 0x5000)
+    host.mem[0x4000:0x4010] = struct.pack("<IIII", 0x3000, 8, 0x800, 16)
+    assert call(w, "fd_write", fd, 0x4000, 2, 0x5000) == 0 and host.u32(0x5000) == 8
+    assert written == [(0, bytes(host.mem[0x3000:0x3008]))]
+    host.mem[0x4000:0x4008] = struct.pack("<II", 0x800, 16)
+    assert call(w, "fd_write", fd, 0x4000, 1, 0x5000) == E.FAULT
+    assert len(written) == 1
