@@ -447,6 +447,14 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
                                f"null page{why_none} (wsuper build declares one); give a "
                                f"size such as \"4 KiB\"")
         na = _down(declared[0], page)
+        if not na and setting.required:
+            # a null page of no whole page is none: asked for, it is not met (it
+            # resolved to no protection at all, said nowhere)
+            what = "declares no null page" if not declared[0] else \
+                f"declares a null page [0x0, {declared[0]:#x}) that holds no whole " \
+                f"{page}-byte page of this host"
+            raise ProtectError("protect.no_access", f"\"auto\": the module {what}; give "
+                               f"a size such as \"4 KiB\" (or \"none\")")
     else:
         na = _up(setting.no_access, page)
     if na > layout.memory:
@@ -478,7 +486,13 @@ def _resolve(setting: Setting, layout: Layout | None, memory_limit: int, page: i
                                f"module was stripped)")
         r0, r1 = max(_up(start, page), na), _down(end, page)
         if r1 <= r0:
-            if end > start and setting.required:
+            if setting.required and end <= start:
+                # nothing to make read-only is not read-only data protected: asked
+                # for, it is not met (it resolved to nothing, said nowhere)
+                raise ProtectError("protect.read_only", f"\"auto\": the module's read-only "
+                                   f"data [{start:#x}, {end:#x}) is empty; give "
+                                   f"read_only = \"none\"")
+            if setting.required:
                 raise ProtectError("protect.read_only", f"the module's read-only data "
                                    f"[{start:#x}, {end:#x}) holds no whole {page}-byte page "
                                    f"outside the no-access region; build it with wsuper "

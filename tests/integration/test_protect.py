@@ -310,3 +310,39 @@ def test_a_start_functions_trap_in_a_function_named_with_a_newline_is_one_line(t
     assert "before its pages were protected (in fill\\nwsuper: ready app pid=1)" in out, out
     failed = [line for line in out.splitlines() if "failed to start: " in line]
     assert failed and all("its start function trapped" in line for line in failed), out
+
+
+_DECLARES_NOTHING = '''(module
+  (memory (export "memory") 2)
+  (data (i32.const 0) "hello")
+  (@custom "wsuper.protect" "\\01\\00\\00\\00")
+  (func (export "_start") (i32.store (i32.const 0) (i32.const 42))))'''
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("true", "compartments.app.protect.no_access"),
+    ('{ no_access = "auto" }', "compartments.app.protect.no_access"),
+    ('{ read_only = "auto" }', "compartments.app.protect.read_only"),
+])
+def test_protection_asked_for_of_a_module_that_declares_an_empty_layout_is_refused(
+        tmp_path, setting, key):
+    """An outside review: a module whose wsuper.protect section declares an empty
+    layout (no null page, no read-only data: what wsuper build declares for a module
+    without data) under `protect = true` ran unprotected (its store at address 0
+    went through) and `check` said "memory not protected (the module declares no
+    layout)": a requirement of the system file, not met, said nowhere."""
+    (tmp_path / "app.wat").write_text(_DECLARES_NOTHING)
+    (tmp_path / "system.toml").write_text(
+        f'[compartments.app]\nmodule = "app.wat"\nrestart = "never"\nprotect = {setting}\n'
+        '[compartments.app.grants]\nstdout = { host = "log" }\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"))
+        err = (r.stdout + r.stderr).strip()
+        assert r.returncode == 2, err
+        assert len(err.splitlines()) == 1 and f"system.toml:4: {key}: " in err, err
+    (tmp_path / "system.toml").write_text(
+        '[compartments.app]\nmodule = "app.wat"\nrestart = "never"\n'
+        '[compartments.app.grants]\nstdout = { host = "log" }\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))       # the default: quietly none
+    assert r.returncode == 0 and "memory not protected (its declared layout cannot be " \
+        "enforced" in r.stdout, r.stdout + r.stderr

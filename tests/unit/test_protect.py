@@ -147,6 +147,39 @@ def test_what_cannot_be_met_is_an_error_when_the_system_file_asks_for_it(
     assert e.value.key == key and why in e.value.reason, e.value.reason
 
 
+
+@pytest.mark.parametrize("setting, declared, page, key, why", [
+    # protect = true on a module whose wsuper.protect section declares nothing (what
+    # wsuper build declares for a module without data: no null page, no .rodata)
+    (Setting(AUTO, AUTO), (0, 0, 0), PAGE, "protect.no_access", "declares no null page"),
+    (Setting(AUTO, NONE), (100, 100, 100), PAGE, "protect.no_access",
+     "[0x0, 0x64) that holds no whole 4096-byte page"),
+    # a null page, and read-only data that is empty
+    (Setting(4096, AUTO), (4096, 4096, 4096), PAGE, "protect.read_only",
+     "read-only data [0x1000, 0x1000) is empty"),
+    (Setting(0, AUTO), (4096, 8192, 8192), PAGE, "protect.read_only", "is empty"),
+    # a host whose pages are larger than what wsuper build declares
+    (Setting(AUTO, AUTO), (4096, 4096, 8192), 16384, "protect.no_access",
+     "[0x0, 0x1000) that holds no whole 16384-byte page"),
+])
+def test_auto_asked_for_is_an_error_when_what_the_module_declares_protects_nothing(
+        setting, declared, page, key, why):
+    """An outside review: `protect = true` (or "auto" for either region) on a module
+    whose declared null page or read-only data held no whole page (empty, or a host
+    with larger pages) resolved to no protection at all, without a word: `up` ran it
+    unprotected (a store at address 0 went through) and `check` said "memory not
+    protected (the module declares no layout)", though what the system file asks
+    for is a requirement and docs/memory-protection.md lists a module that declares
+    no null page, and read-only data of no whole page, as requirements not met."""
+    layout = attrs.evolve(BUILT, declared=declared, segments=())
+    with pytest.raises(ProtectError) as e:
+        protect.resolve(setting, layout, LIMIT, page)
+    assert e.value.key == key and why in e.value.reason, e.value.reason
+    # the default still protects what it can, quietly
+    got = protect.resolve(protect.DEFAULT, layout, LIMIT, page)
+    assert got is None or got.no_access_end == declared[0] // page * page
+
+
 # ---------------------------------------------------------------- the host's check
 
 
