@@ -430,6 +430,15 @@ def _rename(header: str, new_id: str, name: str | None = None) -> str:
     return f"  (func {new_id}{named} {rest.lstrip()}"
 
 
+def _named(header: str, name: str) -> str:
+    """The header with the name section's name of the function set to `name` (an
+    `@name` annotation after its id, which stays: the text refers to it)."""
+    return re.sub(r'^(\s*\(func)(\s+(?:\$"(?:[^"\\]|\\.)*"|\$[^\s()"]+))?'
+                  r'(?:\s*\(@name\s+"(?:[^"\\]|\\.)*"\))?',
+                  lambda m: f'{m.group(1)}{m.group(2) or ""} (@name "{_wat_string(name)}")',
+                  header, count=1)
+
+
 def _wat_string(text: str) -> str:
     """`text` as the inside of a string of the text format (UTF-8, escaped)."""
     safe = b"_.-$:<>"
@@ -612,6 +621,14 @@ class _Rewriter:
         locals_, code = body[:j], [_renumber(l, imported, 2) for l in body[j:]]
         ordinal = index - imported
         clone = f"{p}c{ordinal}"
+        name = self.names.get(index)
+        if not name:
+            # A trap names its function by the name section, else by its index: here
+            # the index moved (the hooks are imported first) and the clone's id became
+            # its name ("wsuper~0.c1").  Both are named what a trap says of the
+            # function as built: instrumentation never changes what a trap says.
+            name = f"function #{index}"
+            header = _named(header, name)
         # the function as it was, behind one test while every site is off
         out.append(header)
         out.extend(locals_)
@@ -626,7 +643,7 @@ class _Rewriter:
         out.append("  )")
         # the clone: every site compiled in, each behind its own flag byte
         c = self.clones
-        c.append(_rename(header, clone, self.names.get(index)))   # its name, in backtraces too
+        c.append(_rename(header, clone, name))   # its name, in backtraces too
         c.extend(locals_)
         c.append(f"    (local {p}f i32)")
         if "stores" in self.points:         # scratch locals, only for the operands stored
