@@ -355,8 +355,8 @@ class Engine:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
-            raise EngineError(f"cannot instantiate {path}: "
-                              f"{_why_not(e, self._planned_regions(description))}") from None
+            why = _why_not(e, self._planned_regions(description), self.probes.sites)
+            raise EngineError(f"cannot instantiate {path}: {why}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get(abi.EXPORT_MEMORY)
         if memory is not None and not isinstance(memory, wasmtime.Memory):
@@ -1351,7 +1351,7 @@ class Engine:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
             raise _CallError("failed", f"{self.name}: cannot instantiate: "
-                             f"{_why_not(e, self.regions)}") from None
+                             f"{_why_not(e, self.regions, self.probes.sites)}") from None
         exports = instance.exports(store)
         memory = exports.get(abi.EXPORT_MEMORY)
         if self.regions is not None:            # the same protection as the first instance
@@ -1453,7 +1453,7 @@ class Engine:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
             raise _CallError("failed", f"compartment {self.name} trapped: "
-                             f"{_trap_reason(e, self.regions)}") from None
+                             f"{_trap_reason(e, self.regions, self.probes.sites)}") from None
         except wasmtime.WasmtimeError as e:
             raise _CallError("failed", f"compartment {self.name} failed: {_error_reason(e)}") \
                 from None
@@ -1489,9 +1489,10 @@ def _status(e: wasi.WasiExit) -> int:
     return e.code - (1 << 32) if e.code >= 1 << 31 else e.code
 
 
-def _why_not(e, regions: protect.Regions | None = None) -> str:
+def _why_not(e, regions: protect.Regions | None = None, sites=None) -> str:
     """Why instantiation failed: a trap in the module's start function says where
-    (`regions`: those its protection checks were compiled against, if any)."""
+    (`regions`: those its protection checks were compiled against, if any;
+    `sites`: the module's probe sites, if it was rewritten for them)."""
     if isinstance(e, wasmtime.Trap):
         try:
             ran, code = bool(e.frames), e.trap_code
@@ -1504,8 +1505,8 @@ def _why_not(e, regions: protect.Regions | None = None) -> str:
                     wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS:
                     "one of its element segments lies past the end of its table"}.get(
                 code, "setting up its memory, tables and globals failed")
-            return f"{what}: {_trap_reason(e, regions)}"
-        return f"its start function trapped: {_trap_reason(e, regions)}"
+            return f"{what}: {_trap_reason(e, regions, sites)}"
+        return f"its start function trapped: {_trap_reason(e, regions, sites)}"
     if isinstance(e, GuestFault):         # a host call it made broke the ABI
         return f"its start function trapped: {_first_line(e)}"
     if isinstance(e, wasi.WasiExit):      # proc_exit: a start function has no exit code
@@ -1527,7 +1528,8 @@ def _error_reason(e: Exception) -> str:
     return bounded(cause, TRAP_CAUSE_LIMIT)
 
 
-def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) -> str:
+def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None,
+                 sites=None) -> str:
     """'wasm `unreachable` instruction executed (in _start)', not wasmtime's first line;
     a protected page: 'write to read-only memory at 0x1004 (...) (in main)'."""
     # wasmtime's own words come after its backtrace, whose frames carry names the
@@ -1541,7 +1543,10 @@ def _trap_reason(trap: wasmtime.Trap, regions: protect.Regions | None = None) ->
         # by index: names are the module's own text (a check left unnamed by a name
         # section that cannot be extended was "function #1"; a function of its own
         # named like a check was passed over)
-        frames = [f for f in trap.frames if not protect.is_check_frame(f.func_index, regions)] \
+        # nor a probe site's helper (instrument.Sites.is_helper): the function whose
+        # site called it ("call stack exhausted (in wsuper~0.st)" named neither)
+        frames = [f for f in trap.frames if not protect.is_check_frame(f.func_index, regions)
+                  and not (sites is not None and sites.is_helper(f.func_index))] \
             or trap.frames
         where = frames[0].func_name or f"function #{frames[0].func_index}" if frames else None
     except Exception:  # noqa: BLE001 - a backtrace is a nicety; never fail over it

@@ -121,6 +121,15 @@ class Sites:
     def name(self, function: int) -> str:
         return self.names.get(function) or f"#{function}"
 
+    def is_helper(self, func_index: int | None) -> bool:
+        """Whether a function of the rewritten module (its index there) is one of the
+        two the rewriting adds for every site to call ($hit and $st, after the
+        imports, the hooks, the functions and their clones): a trap in one (the
+        call stack exhausted while a store site reported) is the guest function's
+        that called it, never theirs."""
+        first = self.imported + len(HOOKS) + 2 * self.flags_at
+        return func_index is not None and first <= func_index < first + 2
+
 
 # ------------------------------------------------------------------ the name section
 

@@ -647,3 +647,35 @@ def test_a_trap_is_reported_alike_with_probe_sites_off_on_or_not_compiled_in(exp
     want = reason(wasm)
     assert want.endswith("(in function #1)" if export == "unnamed" else "(in named)"), want
     assert [reason(out, flag) for flag in (0, COUNT, COUNT | EVENTS)] == [want] * 3
+
+
+def test_a_trap_in_a_probe_sites_helper_names_the_guests_function(tmp_path):
+    """An outside review: with a `stores` site on, the stack of a recursive function
+    that stores ran out in the helper its site calls, and the trap said "call stack
+    exhausted (in wsuper~0.st)", a function the module does not have, where without
+    the probe it said "(in rec)".  A real engine, sites off and on."""
+    import socket
+
+    from compartments.engine import Engine, _CallError
+    from compartments.spec import EngineSpec
+    path = tmp_path / "rec.wat"
+    path.write_text('''(module (memory (export "memory") 1)
+      (func $rec (param i32) (result i32)
+        (i32.store (i32.const 16) (local.get 0))
+        (call $rec (i32.add (local.get 0) (i32.const 1))))
+      (func (export "_start") (drop (call $rec (i32.const 0)))))''')
+    said = []
+    for points, flag in (((), None), (("stores",), 0), (("stores",), COUNT),
+                         (("stores", "functions"), COUNT | EVENTS)):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            engine = Engine(theirs, EngineSpec(name="rec", module=str(path),
+                                               instrument=points), instantiate=False)
+            engine.instantiate()
+            if flag is not None:
+                engine.probes.set(bytes([flag] * len(engine.probes.sites)), False)
+            with pytest.raises(_CallError) as e:
+                engine._guest(engine.start_func, fuel=1 << 40)
+            said.append(e.value.reason if hasattr(e.value, "reason") else str(e.value))
+    assert said[0].endswith("call stack exhausted (in rec)"), said
+    assert said == [said[0]] * 4, said
