@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import functools
 import re
 import struct
 
@@ -121,12 +122,14 @@ class Probe:
     def __init__(self, spec: ProbeSpec):
         self.spec = spec
         self.sites: tuple = ()          # the module's sites it covers
-        # site -> the engine's counter when the probe came on; None until a collect the
-        # engine answered after applying the flags that turned it on (push `on_after`)
-        self.baseline: dict | None = None
+        # the engine's counters (one per site of the module, indexed by site) when the
+        # probe came on; None until a collect the engine answered after applying the
+        # flags that turned it on (push `on_after`).  Shared, never copied: a collect
+        # must cost nothing per site of each probe (see Registry.counters)
+        self.baseline: tuple | None = None
         self.on_after: int | None = None
         self.since = 0                  # ns (the engines' clock): it counts calls begun from then
-        self.counters: dict = {}        # site -> counter, last read
+        self.counters: tuple = ()       # the engine's counters, last read (shared, by site)
         self.counts: collections.Counter = collections.Counter()     # name -> events
         self.histograms: dict = {}      # name -> {bucket: n}
         self.failed: collections.Counter = collections.Counter()
@@ -158,11 +161,12 @@ class Probe:
                "functions": list(s.functions), "events": s.events, "declared": s.declared,
                "seen": self.events, "dropped": self.dropped}
         if s.point in IN_MODULE and sites is not None:
-            base = self.baseline if self.baseline is not None else self.counters
-            hits = {site: self.counters.get(site, 0) - base.get(site, 0)
-                    for site in self.sites}
+            now = self.counters
+            base = self.baseline if self.baseline is not None else now
+            hits = {site: (now[site] - base[site] if site < len(now) and site < len(base)
+                           else 0) for site in self.sites}
             by_function: dict = {}
-            label = _labels(sites)
+            label = functools.lru_cache(maxsize=None)(_labels(sites))   # per function
             for site, n in hits.items():
                 f = label(sites.functions[site])
                 total, covered, count = by_function.get(f, (0, 0, 0))
@@ -468,12 +472,15 @@ class Registry:
         if sites is None or len(data) != 8 * len(sites):
             return
         values = struct.unpack(f"<{len(sites)}q", data)
+        # one tuple for every probe, read by site when a probe is listed: copied per
+        # site of each probe, a collect (every POLL, in the event loop) of a module
+        # of 500,000 sites with 64 probes took seconds, again and again
         for p in self.probes.get(compartment, {}).values():
             if not p.sites:
                 continue
             if p.baseline is None and p.on_after is not None and sent_after >= p.on_after:
-                p.baseline = {s: values[s] for s in p.sites}
-            p.counters = {s: values[s] for s in p.sites}
+                p.baseline = values
+            p.counters = values
 
     def engine_events(self, compartment: str, data: bytes, dropped: int = 0,
                       until: int | None = None):

@@ -226,7 +226,7 @@ def test_a_new_probe_counts_from_a_collect_sent_after_its_flags_never_from_an_ol
     assert b.baseline is None and r.list("c")[0]["count"] == 0
     r.counters("c", _counts(0, 0, 0, 0, 11, 0, 0), r.pushes["c"])  # the first after them
     r.counters("c", _counts(0, 0, 0, 0, 12, 0, 0), r.pushes["c"])
-    assert b.baseline == {4: 11} and r.list("c")[0]["count"] == 1
+    assert b.baseline[4] == 11 and r.list("c")[0]["count"] == 1
     assert a.on_after == 1 and b.on_after == 3
 
 
@@ -1105,3 +1105,33 @@ def test_a_trace_written_to_a_pipe_or_to_stdout_is_whole_and_alone(tmp_path, mon
         err = capsys.readouterr().err
         assert err == "wsuper: error: -o /dev/full: cannot write the trace: No space left " \
                       "on device\n", err
+
+
+class _CountedSites(tuple):
+    """A probe's sites that count how often they are walked."""
+    walks = 0
+
+    def __iter__(self):
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_a_collect_costs_nothing_per_site_of_each_probe():
+    """An outside review: every collect (each engine every 0.1 s) copied each probe's
+    counters and its baseline site by site, in the supervisor's event loop: with a
+    hostile module of 500,000 block sites and 64 probes on them, one collect took 5 s
+    of the loop that routes every compartment's calls, again and again.  A collect now
+    keeps the engine's counters once, for every probe; a probe reads its own sites
+    only when it is listed, and counts the same."""
+    r = _registry()
+    a = r.add(P.spec("c", "a", "functions", ["beta"]), SITES)
+    b = r.add(P.spec("c", "b", "blocks"), SITES) if "blocks" in SITES.points else None
+    for p in (a, b):
+        if p is not None:
+            p.sites = _CountedSites(p.sites)
+    sent = r.pushed("c")
+    _CountedSites.walks = 0
+    for n in range(50):
+        r.counters("c", _counts(0, 0, 0, 0, n, 0, 0), sent)
+    assert _CountedSites.walks == 0
+    assert r.list("c")[0]["count"] == 49
