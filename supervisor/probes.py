@@ -344,6 +344,7 @@ class Registry:
         self.subscribers: list[Subscriber] = []
         self.hostcalls_on: set = set()
         self.pushes: dict[str, int] = {}     # compartment -> flag changes sent to its engines
+        self._site_maps: dict = {}           # compartment -> (probes' key, site -> probes, probes)
 
     # ------------------------------------------------------------ probes
 
@@ -397,6 +398,7 @@ class Registry:
         return [p.spec for p in mine.values() if p.spec.declared]
 
     def _changed(self, compartment: str):
+        self._site_maps.pop(compartment, None)
         mine = self.probes.get(compartment, {}).values()
         was = compartment in self.calls.watch
         if any(p.spec.point == "calls" for p in mine):
@@ -482,6 +484,23 @@ class Registry:
                 p.baseline = values
             p.counters = values
 
+    def _by_site(self, compartment: str, mine: list) -> dict:
+        """site -> the probes of `compartment` on it, made again only when its probes
+        (or their sites) are not those it was made of: made for each slice of events
+        (and each collect), it walked every site of every probe, in the event loop,
+        at every poll (0.36 s a slice for 8 probes on a module of 500,000 sites)."""
+        key = tuple((id(p), id(p.sites)) for p in mine)
+        cached = self._site_maps.get(compartment)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        by_site: dict = {}
+        for p in mine:
+            for s in p.sites:
+                by_site.setdefault(s, []).append(p)
+        # the probes and their sites kept with it: no id in `key` is another's meanwhile
+        self._site_maps[compartment] = (key, by_site, mine, [p.sites for p in mine])
+        return by_site
+
     def engine_events(self, compartment: str, data: bytes, dropped: int = 0,
                       until: int | None = None):
         """Events an engine recorded (probing.EVENT records); anything malformed in
@@ -500,10 +519,9 @@ class Registry:
                     p.dropped += dropped
         if len(data) % EVENT.size:
             data = data[:len(data) - len(data) % EVENT.size]
-        by_site: dict = {}
-        for p in mine:
-            for s in p.sites:
-                by_site.setdefault(s, []).append(p)
+        if not data:
+            return
+        by_site = self._by_site(compartment, mine)
         hostcall_probes = [p for p in mine if p.spec.point == "hostcalls"]
         for kind, site, t, a, b in EVENT.iter_unpack(data):
             if until is not None and t > until:
