@@ -286,7 +286,7 @@ class Prober:
             why = gone()
             if why is not None:
                 raise why
-        summary = probe.summary(self.registry.sites.get(s.compartment))
+        summary = await self._summary(probe, self.registry.sites.get(s.compartment))
         if pending:
             summary["pending"] = pending
         return summary
@@ -335,7 +335,7 @@ class Prober:
                 # restarting or failed): no engine runs them, and the next starts with
                 # none.  Said as an error, the removal that had happened went unaudited
                 pass
-        return probe.summary(self.registry.sites.get(compartment))
+        return await self._summary(probe, self.registry.sites.get(compartment))
 
     def _take_off(self, compartment: str, name: str, by: str, only: P.Probe | None):
         """The registry's part of a removal (no wait): the probe (`only`: if it is
@@ -357,7 +357,20 @@ class Prober:
             except (EngineBusy, P.ProbeError):
                 pass
         self.registry.take_calls()
-        return self.registry.list(compartment)
+        sites = self.registry.sites.get(compartment)
+        return [await self._summary(p, sites)
+                for p in list(self.registry.probes.get(compartment, {}).values())]
+
+    @staticmethod
+    async def _summary(probe: P.Probe, sites) -> dict:
+        """probe.summary, its coverage found in a worker thread: time in the number of
+        its sites, in the event loop it held every compartment's calls (0.4 s a probe
+        on a module of 500,000 sites; 64 such probes, 27 s at each `probe list`)."""
+        covered = None
+        if probe.spec.point in P.IN_MODULE and sites is not None:
+            covered = await trio.to_thread.run_sync(
+                P.coverage, sites, probe.sites, probe.counters, probe.baseline)
+        return probe.summary(sites, covered)
 
     def _audit(self, what: str, s: P.ProbeSpec, by: str):
         text = f"{what}: {s.compartment}.{s.name} ({s.point}" + \

@@ -1159,3 +1159,35 @@ def test_events_cost_nothing_per_site_of_each_probe_at_every_collect():
     r.remove("c", "b")                                              # probes changed: made again
     r.engine_events("c", EVENT.pack(STORE, 6, 99, 64, 4))
     assert b.events == 50
+
+
+def test_probe_list_finds_coverage_off_the_event_loop(monkeypatch):
+    """An outside review: `probe list` (and the answer of `probe add` and `remove`)
+    found each in-module probe's coverage site by site in the supervisor's event
+    loop: 0.4 s a probe on a module of 500,000 sites, 27 s for 64 of them, while no
+    compartment's call was routed.  It is found in a worker thread now, and says the
+    same."""
+    import threading
+    import trio
+    p, sup, said = _stand_in_prober()
+    p.registry.sites["c"] = SITES
+    probe = p.registry.add(P.spec("c", "a", "functions", ["beta"]), SITES)
+    sent = p.registry.pushed("c")
+    p.registry.counters("c", _counts(0, 0, 0, 0, 2, 0, 0), sent)
+    p.registry.counters("c", _counts(0, 0, 0, 0, 9, 0, 0), sent)
+    where = []
+    real = P.coverage
+
+    def coverage(*args):
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(*args)
+    monkeypatch.setattr(P, "coverage", coverage)
+
+    async def no_collect(name):
+        pass
+    p._collect = no_collect
+    got = trio.run(p.list, "c")
+    assert where == [False]
+    assert got == [probe.summary(SITES, real(SITES, probe.sites, probe.counters,
+                                             probe.baseline))]
+    assert got[0]["count"] == 7 and got[0]["functions_hit"]["beta"]["count"] == 7
