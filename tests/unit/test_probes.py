@@ -1191,3 +1191,28 @@ def test_probe_list_finds_coverage_off_the_event_loop(monkeypatch):
     assert got == [probe.summary(SITES, real(SITES, probe.sites, probe.counters,
                                              probe.baseline))]
     assert got[0]["count"] == 7 and got[0]["functions_hit"]["beta"]["count"] == 7
+
+
+def test_flags_cost_nothing_per_site_of_each_probe_at_every_push():
+    """An outside review: each push of the flags (every probe added or removed, and
+    each trace session's) set them site by site for every probe of the compartment,
+    in the event loop: 1.6 s for 64 probes on a module of 500,000 sites.  Each probe's
+    sites are a mask made once; the flags are the same."""
+    r = _registry()
+    a = r.add(P.spec("c", "a", "functions", ["beta"], events=True), SITES)
+    b = r.add(P.spec("c", "b", "blocks"), SITES)
+    c = r.add(P.spec("c", "c", "stores", ["alpha"]), SITES)
+    for p in (a, b, c):
+        p.sites = _CountedSites(p.sites)
+    want = bytearray(len(SITES))
+    for p, bit in ((a, COUNT | EVENTS), (b, COUNT), (c, COUNT)):
+        for site in tuple.__iter__(p.sites):
+            want[site] |= bit
+    assert r.flags("c")[0] == bytes(want) == bytes([0, COUNT, COUNT, COUNT, COUNT | EVENTS,
+                                                    COUNT, 0])
+    _CountedSites.walks = 0
+    for _ in range(20):
+        assert r.flags("c")[0] == bytes(want)
+    assert _CountedSites.walks == 0
+    r.remove("c", "b")
+    assert r.flags("c")[0] == bytes([0, 0, 0, COUNT, COUNT | EVENTS, 0, 0])
