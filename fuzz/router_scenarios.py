@@ -409,6 +409,14 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             elif not a.taken or a.returned:
                 raise Violation(f"{peer.name}'s tail call {aid}: a question waits on it, "
                                 f"but taken={a.taken} returned={a.returned}")
+        held = {}
+        for (pid, _aid), t in router._tails.items():
+            if isinstance(t, R._Outcome):
+                held[pid] = held.get(pid, 0) + t.held
+        for pid, peer in router.peers.items():
+            if peer.alive and peer.tail_caps != held.get(pid, 0):
+                raise Violation(f"{peer.name}: {peer.tail_caps} capabilities of tail calls "
+                                f"counted against its handles, {held.get(pid, 0)} held")
         sums, gone = {}, {}
         for (pid, _q), h in router._pending.items():
             if type(h) is R.control.Forward and h.size:

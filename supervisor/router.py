@@ -115,6 +115,10 @@ class Peer:
         #: until its Finish, since it may pipeline on them until then (the
         #: answer's result names them by import id only)
         self.kept: dict[int, list] = {}
+        #: capabilities the router holds for it in the results of its tail calls
+        #: (sendResultsTo.yourself) that it has neither taken nor finished yet
+        #: (Router._tails): counted against its `handles` with its c-list
+        self.tail_caps = 0
         self.alive = True
         self.control: Remote | None = None
         #: entries of its c-list (our exports to it) that another peer's calls
@@ -167,6 +171,8 @@ class _Outcome:
     content: object
     caps: tuple
     error: CallError | None
+    #: how many of `caps` count against its peer's `handles` while it is kept
+    held: int = 0
 
 
 class _Pending(dict):
@@ -727,7 +733,7 @@ class Router:
                 self._drop(cap)
             if self._tails and isinstance(self._tails.get((peer.id, ev.answer_id)), _Outcome):
                 # a tail call's outcome the peer never took: nobody will
-                self._let_go_outcome(self._tails.pop((peer.id, ev.answer_id)))
+                self._let_go_outcome(self._pop_tail(peer, ev.answer_id))
         elif isinstance(ev, protocol.ReturnTaken):
             peer.useful = self.clock()
             self._on_taken(peer, ev)
@@ -872,7 +878,7 @@ class Router:
         if (peer.id, ev.question_id) not in self._pending:
             self._answered_late(peer, ev.question_id)      # its id is free from now on
         key = (peer.id, ev.answer_id)
-        outcome = self._tails.pop(key, None)
+        outcome = self._pop_tail(peer, ev.answer_id)
         handler = self._pending.get((peer.id, ev.question_id))  # None: timed out, cancelled
         if outcome is None:
             # it waits for the call, at most until its own deadline (expire)
@@ -881,6 +887,14 @@ class Router:
             return
         # (held since the call ended: _tail_taken lets go of it)
         self._soon(self._tail_taken, peer, ev.question_id, handler, outcome)
+
+    def _pop_tail(self, peer: Peer, answer_id: int):
+        """What `_tails` keeps for `peer`'s tail call `answer_id` (an outcome, or the
+        question waiting for it), no longer kept; None if nothing is."""
+        t = self._tails.pop((peer.id, answer_id), None)
+        if type(t) is _Outcome and t.held:
+            peer.tail_caps -= t.held
+        return t
 
     def _tail_taken(self, peer: Peer, question_id: int, handler, outcome):
         """Work list (_soon): `outcome`, held (_hold_outcome), goes to our question
@@ -924,6 +938,18 @@ class Router:
         a = peer.conn.answers[answer_id]
         key = (peer.id, answer_id)
         wait = not a.taken and not a.finished
+        held = 0
+        if wait and caps:
+            # kept for the peer until it takes them or finishes the call: they count
+            # against its `handles`, as a return's would (_check_handles); they were
+            # held past it, up to max_unfinished answers of 256 each (an outside review)
+            try:
+                held = len(self._check_handles(peer, caps))
+            except CallError as e:
+                self.sweep(caps)
+                content, caps = None, ()
+                error = CallError(f"the results of its tail call (sendResultsTo.yourself), "
+                                  f"held until it takes or finishes them: {e.reason}", e.type)
         size = content.size() if wait and content is not None else 0
         self.emit(fx.Send(peer.id, peer.conn.send_elsewhere(answer_id, kept=size)))
         why = CallError("pipelined on a call whose results were sent elsewhere "
@@ -933,10 +959,11 @@ class Router:
             self._soon(self._fail_pipelined, calls, why, answer_id)
         if self._promises:
             self._settle(peer, answer_id, error=why)
-        outcome = _Outcome(content, tuple(caps), error)
+        outcome = _Outcome(content, tuple(caps), error, held)
         if wait:
             self._hold_outcome(outcome)
             self._tails[key] = outcome
+            peer.tail_caps += held
         elif key in self._tails:
             qid, handler = self._tails.pop(key)
             self._hold_outcome(outcome)      # whoever gave us `caps` may let go on return
@@ -1978,7 +2005,7 @@ class Router:
                and not (isinstance(c, Remote) and c.peer is peer)
                and conn.export_id(c) is None} if caps else set()
         limit = peer.limits.handles
-        if len(conn.exports) + len(new) > limit:
+        if len(conn.exports) + peer.tail_caps + len(new) > limit:
             raise CallError(f"{peer.name} would hold more than {limit} "
                             f"capabilities (limit handles); it must release some", "overloaded")
         if caller is not None and new:
@@ -2170,7 +2197,7 @@ class Router:
             del self._pending[k]
         if self._tails:                # its tail calls: questions waiting on them, outcomes
             for k in [k for k in self._tails if k[0] == peer.id]:
-                t = self._tails.pop(k)      # (its questions are in `pending` already)
+                t = self._pop_tail(peer, k[1])   # (its questions are in `pending` already)
                 if isinstance(t, _Outcome):
                     self._let_go_outcome(t)
         if self._orphans:              # its own calls' cancellations: it will not answer

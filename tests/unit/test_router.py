@@ -2134,6 +2134,57 @@ def test_a_tail_call_taken_for_a_question_that_timed_out_goes_nowhere():
     assert len(_returns(calc, oq)) == 1
 
 
+def test_results_of_tail_calls_nobody_took_count_against_the_clients_handles():
+    """A client makes tail calls (sendResultsTo.yourself) whose results hold
+    capabilities and never takes them (no Return takeFromOtherQuestion) nor
+    finishes them: the supervisor holds each result for it until then.  Those
+    capabilities were held past its `handles` limit, which bounds what a return
+    may give it: 20 such calls of 4 new objects each kept 80 of calc's objects
+    imported (and, live, 4,000 tail calls to an echo passed 16 promises each grew
+    the supervisor by 17 MB; 4,096 unfinished answers of 256 capabilities each
+    would hold a million).  They count against `handles` now, with what it holds:
+    a tail call whose results would pass it fails with the limit, as a return
+    does, and its capabilities are let go of at once."""
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      external_limits=R.Limits(handles=8))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    cl.raw = []
+
+    def feed(data):
+        for segs in wire.Framer(512, 1 << 20).feed(data):
+            msg = P.rpc.Message.from_segments(segs)
+            cl.raw.append((msg.which(), msg))
+    cl.feed = feed
+    four = Content.standalone([struct.pack("<Q", 4 << 48)
+                               + b"".join(struct.pack("<Q", wire.cap_pointer(i))
+                                          for i in range(4))])
+    calc_peer = router.peers[calc.pid]
+    before = len(calc_peer.conn.imports)             # its main object and control
+    for i in range(20):
+        cl.send(_tail_call(40 + i, cl.grants[0].import_id, CALC, 1))
+        (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.remove(call)
+        calc.send(calc.conn.send_return(call.answer_id, four, [object() for _ in range(4)]))
+    kept = [o for o in router._tails.values() if isinstance(o, R._Outcome)]
+    held = sum(1 for o in kept for c in o.caps if c is not None)
+    assert held <= 8, held
+    assert len(calc_peer.conn.imports) <= before + 8, len(calc_peer.conn.imports)
+    # the ones past the limit failed with it: taken, the failure names it
+    failed = [o for o in kept if o.error is not None]
+    assert failed and "limit handles" in failed[0].error.reason
+    assert [w for w, _m in cl.raw].count("abort") == 0 and router.peers[cl.pid].alive
+    # finished, they are let go of, and new ones fit again
+    for i in range(20):
+        cl.send(_raw_finish(40 + i))
+    assert router._tails == {} and len(calc_peer.conn.imports) == before
+    cl.send(_tail_call(70, cl.grants[0].import_id, CALC, 1))
+    (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.send(calc.conn.send_return(call.answer_id, four, [object() for _ in range(4)]))
+    (kept,) = router._tails.values()
+    assert kept.error is None and len(kept.caps) == 4
+
+
 def test_a_peers_long_reason_is_cut_once_not_copied_into_every_promise_it_fails():
     """A client answers, with an exception of a 400,000-character reason, a call
     that the supervisor forwarded back to it (pipelined on a promise of its own
