@@ -940,16 +940,22 @@ class Router:
         wait = not a.taken and not a.finished
         held = 0
         if wait and caps:
-            # kept for the peer until it takes them or finishes the call: they count
-            # against its `handles`, as a return's would (_check_handles); they were
-            # held past it, up to max_unfinished answers of 256 each (an outside review)
-            try:
-                held = len(self._check_handles(peer, caps))
-            except CallError as e:
+            # kept for the peer until it takes them or finishes the call: each
+            # reference counts against its `handles` with its c-list (_check_handles),
+            # whether or not its c-list has the object too (it may release that entry
+            # and keep the reference here); they were held past it, up to
+            # max_unfinished answers of 256 each (an outside review).  Its own objects
+            # are not: they are its imports, bounded as such
+            held = sum(1 for c in caps if c is not None and not self.is_remote_of(c, peer))
+            limit = peer.limits.handles
+            if held and len(peer.conn.exports) + peer.tail_caps + held > limit:
                 self.sweep(caps)
-                content, caps = None, ()
-                error = CallError(f"the results of its tail call (sendResultsTo.yourself), "
-                                  f"held until it takes or finishes them: {e.reason}", e.type)
+                content, caps, held = None, (), 0
+                error = CallError(
+                    f"{peer.name} would hold more than {limit} capabilities (limit "
+                    f"handles), counting those of the results of its tail calls "
+                    f"(sendResultsTo.yourself) held until it takes or finishes them",
+                    "overloaded")
         size = content.size() if wait and content is not None else 0
         self.emit(fx.Send(peer.id, peer.conn.send_elsewhere(answer_id, kept=size)))
         why = CallError("pipelined on a call whose results were sent elsewhere "

@@ -2134,6 +2134,34 @@ def test_a_tail_call_taken_for_a_question_that_timed_out_goes_nowhere():
     assert len(_returns(calc, oq)) == 1
 
 
+def _tail_calls_with_handles(handles):
+    """calc, and a client with `handles` whose messages from the supervisor are kept
+    raw in `client.raw` (its Connection does not read resultsSentElsewhere)."""
+    router = R.Router({"calc": CALC}, external=("calc",),
+                      external_limits=R.Limits(handles=handles))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    cl.raw = []
+
+    def feed(data):
+        for segs in wire.Framer(512, 1 << 20).feed(data):
+            msg = P.rpc.Message.from_segments(segs)
+            cl.raw.append((msg.which(), msg))
+    cl.feed = feed
+    return router, calc, cl
+
+
+def _four_caps():
+    return Content.standalone([struct.pack("<Q", 4 << 48)
+                               + b"".join(struct.pack("<Q", wire.cap_pointer(i))
+                                          for i in range(4))])
+
+
+def _tail_caps_held(router):
+    return sum(1 for o in router._tails.values() if isinstance(o, R._Outcome)
+               for c in o.caps if c is not None)
+
+
 def test_results_of_tail_calls_nobody_took_count_against_the_clients_handles():
     """A client makes tail calls (sendResultsTo.yourself) whose results hold
     capabilities and never takes them (no Return takeFromOtherQuestion) nor
@@ -2145,20 +2173,8 @@ def test_results_of_tail_calls_nobody_took_count_against_the_clients_handles():
     would hold a million).  They count against `handles` now, with what it holds:
     a tail call whose results would pass it fails with the limit, as a return
     does, and its capabilities are let go of at once."""
-    router = R.Router({"calc": CALC}, external=("calc",),
-                      external_limits=R.Limits(handles=8))
-    calc = start(router, "calc", exports=True)
-    cl = client(router)
-    cl.raw = []
-
-    def feed(data):
-        for segs in wire.Framer(512, 1 << 20).feed(data):
-            msg = P.rpc.Message.from_segments(segs)
-            cl.raw.append((msg.which(), msg))
-    cl.feed = feed
-    four = Content.standalone([struct.pack("<Q", 4 << 48)
-                               + b"".join(struct.pack("<Q", wire.cap_pointer(i))
-                                          for i in range(4))])
+    router, calc, cl = _tail_calls_with_handles(8)
+    four = _four_caps()
     calc_peer = router.peers[calc.pid]
     before = len(calc_peer.conn.imports)             # its main object and control
     for i in range(20):
@@ -2167,7 +2183,7 @@ def test_results_of_tail_calls_nobody_took_count_against_the_clients_handles():
         calc.inbox.remove(call)
         calc.send(calc.conn.send_return(call.answer_id, four, [object() for _ in range(4)]))
     kept = [o for o in router._tails.values() if isinstance(o, R._Outcome)]
-    held = sum(1 for o in kept for c in o.caps if c is not None)
+    held = _tail_caps_held(router)
     assert held <= 8, held
     assert len(calc_peer.conn.imports) <= before + 8, len(calc_peer.conn.imports)
     # the ones past the limit failed with it: taken, the failure names it
@@ -2183,6 +2199,33 @@ def test_results_of_tail_calls_nobody_took_count_against_the_clients_handles():
     calc.send(calc.conn.send_return(call.answer_id, four, [object() for _ in range(4)]))
     (kept,) = router._tails.values()
     assert kept.error is None and len(kept.caps) == 4
+
+
+def test_tail_call_results_count_against_handles_even_when_its_c_list_has_them_too():
+    """The same, with objects the client's c-list holds too: an ordinary call gets
+    them exported to it, a tail call gets them again (held for it), and it releases
+    its c-list's entries (Finish with releaseResultCaps).  Counting only what
+    would be new to its c-list, each round held 4 more for it, without bound;
+    every reference held counts."""
+    router, calc, cl = _tail_calls_with_handles(8)
+    four = _four_caps()
+    calc_cap = cl.grants[0].import_id
+    for i in range(20):
+        objs = [object() for _ in range(4)]
+        q, data = cl.conn.send_call(calc_cap, CALC, 1)
+        cl.send(data)
+        (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.remove(call)
+        calc.send(calc.conn.send_return(call.answer_id, four, objs))
+        assert len(cl.raw[-1][1].__getattr__("return").results.capTable) == 4
+        cl.send(_tail_call(100 + i, calc_cap, CALC, 1))
+        (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+        calc.inbox.remove(call)
+        calc.send(calc.conn.send_return(call.answer_id, four, objs))   # the same objects
+        cl.send(_raw_finish(q))                      # releaseResultCaps: let go of them
+        assert len(router.peers[cl.pid].conn.exports) == 2      # the gateway and calc
+    assert _tail_caps_held(router) <= 8, _tail_caps_held(router)
+    assert [w for w, _m in cl.raw].count("abort") == 0 and router.peers[cl.pid].alive
 
 
 def test_a_peers_long_reason_is_cut_once_not_copied_into_every_promise_it_fails():
