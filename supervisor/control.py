@@ -32,16 +32,19 @@ _RESULT_WORDS = 1 << 12          # start and run results are a few words
 class Forward:
     """A call forwarded to this peer; the answer goes to `reply` (peer, answer id).
     `deadline`: when it fails if not answered (the router's clock); `size`: the
-    bytes of its params (0 for a call the native lane forwarded)."""
-    __slots__ = ("reply", "deadline", "size")
+    bytes of its params (0 for a call the native lane forwarded); `charged`: as
+    Call.charged."""
+    __slots__ = ("reply", "deadline", "size", "charged")
 
-    def __init__(self, reply, deadline: float | None = None, size: int = 0):
+    def __init__(self, reply, deadline: float | None = None, size: int = 0,
+                 charged: int | None = None):
         self.reply = reply
         self.deadline = deadline
         self.size = size
+        self.charged = charged
 
     def returned(self, router, peer, ev):
-        router.forward_returned(peer, ev, self.reply)
+        router.forward_returned(peer, ev, self.reply, self.charged)
 
     def lost(self, router, peer, reason):
         router.count(peer, False)

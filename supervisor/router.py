@@ -241,6 +241,16 @@ class _Pending(dict):
     setdefault = update = popitem = clear = __ior__ = _refuse
 
 
+@attrs.frozen
+class _Gone:
+    """A caller that is gone, to whose share what it passed still counts."""
+    id: int
+
+    @property
+    def name(self) -> str:
+        return f"a caller gone since (peer {self.id})"
+
+
 class Router:
     def __init__(self, compartments: dict, external: tuple = (), limits: dict | None = None,
                  external_limits: Limits = Limits(), clock=_no_clock, wall=_no_clock,
@@ -813,7 +823,13 @@ class Router:
                 self._refuse(ev, reply, e)
                 self.sweep(caps)
                 return
-        elif peer.laned and not caps:        # may be routed natively from now on
+        if peer.passed:
+            # what it calls a caller passed it (or an answer to a call on such a
+            # thing brought it): the capabilities the answer brings are that
+            # caller's, not what it asked for itself (Router._check_handles)
+            call.charged = peer.passed.get(id(target))
+        if peer.laned and not caps and not isinstance(ev.target, protocol.PromisedAnswer):
+            # may be routed natively from now on
             self._deliver(target, call, (peer, peer.conn.export_id(target)))
             return
         self._deliver(target, call)
@@ -1014,8 +1030,9 @@ class Router:
         self.sweep([self.remote(peer, c.import_id) for c in payload.caps
                     if isinstance(c, protocol.Imported)])
 
-    def forward_returned(self, peer: Peer, ev, reply):
-        """The answer to a call we forwarded to `peer`: on to whoever made it."""
+    def forward_returned(self, peer: Peer, ev, reply, charged: int | None = None):
+        """The answer to a call we forwarded to `peer`: on to whoever made it
+        (`charged`: as Call.charged)."""
         self.count(peer, ev.payload is not None)
         if ev.payload is None:
             self.fail(reply, CallError(ev.error, ev.error_type))
@@ -1025,7 +1042,7 @@ class Router:
         except CallError as e:
             self.fail(reply, e)
             return
-        self._answer(reply, ev.payload.content, caps)
+        self._answer(reply, ev.payload.content, caps, charged)
         self.sweep(caps)
 
     def _resolve_pipeline(self, peer, result, transform) -> Cap:
@@ -1168,7 +1185,8 @@ class Router:
                     # message it was.
                     raise CallError(f"a capability of {cap.peer.name} that was released")
                 self.call_peer(cap.peer, cap.import_id, call.interface_id, call.method_id,
-                               call.content, call.caps, control.Forward(call.reply))
+                               call.content, call.caps,
+                               control.Forward(call.reply, charged=call.charged))
                 self._reached(call.reply)
                 if route is not None and route[1] is not None and cap.peer.laned \
                         and cap.peer.kind == "engine" and not (self.call_watch and (
@@ -1473,7 +1491,11 @@ class Router:
         if callee is not None and callee.alive and gone is None:
             callee.conn.adopt_question(qid)
             deadline = start + callee.limits.call_time
-            self._pending[(callee.id, qid)] = control.Forward(reply, deadline)
+            # what it called a caller passed it: the answer's capabilities are that
+            # caller's (Call.charged), as when the router delivered the call
+            charged = caller.passed.get(id(r.cap)) if caller.passed else None
+            self._pending[(callee.id, qid)] = control.Forward(reply, deadline,
+                                                              charged=charged)
             heapq.heappush(self._deadlines, (deadline, callee.id, qid))
         elif not orphan:
             self.count(r.callee, False)
@@ -1662,8 +1684,10 @@ class Router:
         raise CallError(f"compartment {peer.name} is not reading its messages "
                         f"({waiting} bytes are waiting for it)", "overloaded")
 
-    def _answer(self, reply, content: Content, caps):
-        """Return results to whoever made the call `reply` names."""
+    def _answer(self, reply, content: Content, caps, charged: int | None = None):
+        """Return results to whoever made the call `reply` names.  `charged`: the
+        peer (id) that passed it what it called (Call.charged): the capabilities
+        count to that one's share of its c-list, as if passed in a call."""
         peer, answer_id = reply
         if caps and reply in self._sealed:
             # a sealed main object's answer: its schema has no capability to carry
@@ -1701,9 +1725,12 @@ class Router:
             self._after_return(peer, answer_id, content, out_caps)
             self.sweep(caps)
             return
+        passer = None
+        if caps and charged is not None and charged != peer.id:
+            passer = self.peers.get(charged) or _Gone(charged)
         try:
             self._check_size(peer, content)
-            self._check_handles(peer, caps)
+            new = self._check_handles(peer, caps, passer, answer=True)
         except CallError as e:
             self.fail(reply, e)
             self.sweep(caps)
@@ -1713,6 +1740,8 @@ class Router:
         # Engines never pipeline: spare them the Finish when nothing needs releasing.
         data = peer.conn.send_return(answer_id, content, out_caps,
                                      no_finish=peer.kind == "engine")
+        if new and passer is not None:
+            self._passed(peer, passer, caps, new)
         if caps:
             self._retain_new(peer, caps)
             self._keep_own(peer, answer_id, caps)
@@ -1990,7 +2019,8 @@ class Router:
         return tuple(caps)
 
     @staticmethod
-    def _check_handles(peer: Peer, caps, caller: Peer | None = None) -> set:
+    def _check_handles(peer: Peer, caps, caller: Peer | None = None,
+                       answer: bool = False) -> set:
         """Refuse to grow a peer's c-list past its `handles` limit; the entries the
         capabilities `caps` would add (their ids).
 
@@ -2005,7 +2035,14 @@ class Router:
         released yet may fill at most three quarters of the table (the rest is for
         what it asks for itself), and past half of it a caller that has more than
         a quarter of the table there is refused (as `_not_reading` shares the bytes
-        waiting for a callee)."""
+        waiting for a callee).
+
+        `answer`: `caps` come in the answer to a call the peer made on something
+        `caller` passed it (a callback: Call.charged), and count to that caller as
+        what it passed does.  Counted as the peer's own, a client that passed calc
+        an observer answered each of calc's calls on it with 256 objects of its
+        own and filled calc's whole table in four answers, past its share of
+        params, every other caller refused again (an outside review)."""
         conn = peer.conn
         new = {id(c) for c in caps if c is not None
                and not (isinstance(c, Remote) and c.peer is peer)
@@ -2021,8 +2058,10 @@ class Router:
                                                 and mine > max(1, limit // 4)):
                 raise CallError(
                     f"{peer.name} holds {len(peer.passed)} capabilities that callers "
-                    f"passed it, {mine - len(new)} of them passed by {caller.name}'s "
-                    f"calls; this call's {len(new)} more would pass its share (limit "
+                    f"passed it, {mine - len(new)} of them passed by {caller.name} (in "
+                    f"its calls, or in answers to calls on what it passed); this "
+                    f"{'answer' if answer else 'call'}'s {len(new)} more would pass "
+                    f"its share (limit "
                     f"handles = {limit}: callers' capabilities may fill three quarters "
                     f"of it, and past half a caller may have a quarter); try again once "
                     f"it has released some", "overloaded")

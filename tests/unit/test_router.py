@@ -3410,6 +3410,58 @@ def test_one_caller_cannot_fill_a_callees_c_list_with_capabilities_it_passes():
     assert ret.error is None and ret.payload.caps, ret.error
 
 
+def test_one_caller_cannot_fill_a_callees_c_list_through_answers_to_its_callbacks():
+    """An outside review: the share of the test above counted what callers passed
+    in their calls only.  A client passed calc one observer, and answered each of
+    calc's calls on it (an observer notified) with 256 objects of its own: counted
+    as what calc asked for itself, four answers filled calc's whole table, and
+    another caller's call passing calc a capability was refused "calc would hold
+    more than 1024 capabilities".  What an answer to a call on something a caller
+    passed brings (and, in turn, answers to calls on what that brought) counts to
+    that caller's share; what calc's own grants answer does not."""
+    router = R.Router({"calc": CALC, "app": None, "store": CALC}, external=("calc",),
+                      names=NAMES)
+    store = start(router, "store", exports=True)
+    calc = start(router, "calc", [grant("store", "store")], exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    x = client(router, "x")
+    exports = router.engines["calc"].conn.exports
+    x.send(x.conn.send_call(x.grants[0].import_id, CALC, 0, P.EMPTY, [object()])[1])
+    (c1,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    target = c1.payload.caps[0].import_id          # x's observer, at calc
+    refused = []
+    for _ in range(5):
+        calc.inbox.clear()
+        x.inbox.clear()
+        calc.send(calc.conn.send_call(target, CALC, 0, P.EMPTY)[1])
+        (call,) = [e for e in x.inbox if isinstance(e, P.CallReceived)]
+        objs = [object() for _ in range(max(1, min(256, 1024 - len(exports))))]
+        x.send(x.conn.send_return(call.answer_id, Content.capability(0), objs))
+        (ret,) = [e for e in calc.inbox if isinstance(e, P.ReturnReceived)]
+        if ret.error is None:
+            target = ret.payload.caps[0].import_id     # what x's answer brought: x's too
+        refused.append(ret.error)
+    # the second call is on what the first answer brought: its answer is x's too
+    assert refused[0] is None, refused
+    assert all(e and "calc holds" in e and "passed by x" in e for e in refused[1:]), refused
+    assert len(exports) <= 1 + 1 + 256          # store's grant, the observer, one answer
+    # another caller's callback still reaches calc
+    calc.inbox.clear()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, P.EMPTY, [object()])[1])
+    assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)], app.inbox
+    # and what calc's own grant answers is its own, past any caller's share
+    for _ in range(2):
+        calc.inbox.clear()
+        store.inbox.clear()
+        calc.send(calc.conn.send_call(calc.grants[0].import_id, CALC, 1)[1])
+        (call,) = [ev for ev in store.inbox if isinstance(ev, P.CallReceived)]
+        store.send(store.conn.send_return(call.answer_id, Content.capability(0),
+                                          [object() for _ in range(200)]))
+        (ret,) = [ev for ev in calc.inbox if isinstance(ev, P.ReturnReceived)]
+        assert ret.error is None and ret.payload.caps, ret.error
+    assert len(exports) > 1024 // 2
+
+
 def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once():
     """An outside review: a capability is wrapped by a grant's membrane at most once
     (Router._wrap), but _wrap cannot see past a promise not resolved yet: calc
