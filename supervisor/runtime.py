@@ -18,6 +18,7 @@ import collections
 import datetime
 import errno
 import gc
+import json
 import math
 import os
 import select
@@ -2324,11 +2325,19 @@ def told_callers(module: str, grants, text: str) -> str:
     its file name, and each file or directory grant's path as the grant's name.  An
     engine's reasons name its module's path ('cannot instantiate
     /home/alice/plugins/calc.wasm: ... start function trapped', a failure the
-    module controls), and the callers are other compartments and clients."""
+    module controls), and the callers are other compartments and clients.
+
+    Each path is looked for as it is and as the reasons write it escaped: an engine
+    prints its reason through `printable` (and `quoted` writes JSON's escapes), so
+    a path with a character that is not printable ('My\u00a0Plugins', a no-break
+    space; a tab) reached the callers whole, "/home/alice/My\\xa0Plugins/calc.wat"
+    matching no path (an outside review)."""
     paths = [(module, os.path.basename(module))] if module else []
     paths += [(g.path, f"(grant {g.name})") for g in grants
               if getattr(g, "path", None) and g.kind == "host"]
-    for path, name in sorted(paths, key=lambda p: -len(p[0])):   # the longest first
+    forms = {(form, name) for path, name in paths
+             for form in (path, printable(path), json.dumps(path)[1:-1])}
+    for path, name in sorted(forms, key=lambda p: (-len(p[0]), p)):   # the longest first
         if len(path) > 1:
             text = text.replace(path, name)
     return text

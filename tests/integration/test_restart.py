@@ -909,13 +909,17 @@ data = {{ host = "directory", path = "{secret}" }}
     assert "alice-private" not in told and str(tmp_path) not in told, told
 
 
+@pytest.mark.parametrize("folder", ["alice-plugins", "alice\u00a0plugins", "alice\tplugins"])
 def test_callers_of_a_module_whose_start_function_traps_are_not_told_its_host_path(
-        tmp_path, wsuper):
+        tmp_path, wsuper, folder):
     """An engine's reason for a failed start names its module's path ('cannot
     instantiate /home/alice/plugins/calc.wat: ...'), and the module decides whether
     its start function traps: the compartments and clients calling it were told the
-    host path of another compartment's module.  They are told its file name."""
-    plugins = tmp_path / "alice-plugins"
+    host path of another compartment's module.  They are told its file name; also
+    when the path has a character that is not printable (a no-break space, a tab),
+    which the engine's reason writes escaped: that form matched no path, and the
+    whole host path went on to the callers (an outside review)."""
+    plugins = tmp_path / folder
     plugins.mkdir()
     text = open(os.path.join(EXAMPLES, "calc.wat")).read()
     marker = "(memory (export \"memory\") 1)"
@@ -949,6 +953,7 @@ exports = "Calc"
             return await asyncio.wait_for(calls(), 30)
 
     told = asyncio.run(main())
-    assert f"{plugins}/calc.wat" in "\n".join(run.lines)        # the operator is told
+    assert "cannot instantiate" in "\n".join(run.lines) and (   # the operator is told
+        folder != "alice-plugins" or f"{plugins}/calc.wat" in "\n".join(run.lines))
     assert "cannot instantiate calc.wat" in told, told
-    assert "alice-plugins" not in told and str(tmp_path) not in told, told
+    assert "alice" not in told and str(tmp_path) not in told, told
