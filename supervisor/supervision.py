@@ -17,8 +17,9 @@ and the compartment has failed for good.
 Back-off: the first restart waits `restart_delay`; each further one in a row
 waits twice as long as the one before (from at least MIN_DELAY, at most
 MAX_DELAY, or `restart_delay` itself if that is longer).  A row ends when an
-incarnation ran at least STEADY seconds (or `restart_window`, if longer) from
-its restart.  The back-off does not forget with the window: a compartment that
+incarnation that became ready ran at least STEADY seconds (or `restart_window`,
+if longer) from its restart: one that never became ready (a start function
+spinning until start_time, 30 s, killed it) ends none, however long it took.  The back-off does not forget with the window: a compartment that
 crashes at once, with `restart_delay = 0` and a window shorter than a restart
 takes, was restarted ~30 times a second for ever, `max_restarts` never
 tripping (an outside review); now its restarts slow to one each MAX_DELAY.
@@ -59,7 +60,9 @@ class Supervision:
         self._row = 0                  # restarts in a row, none of them steady since
         self._resumed = 0.0            # when the last restart's incarnation began
 
-    def decide(self, now: float, abnormal: bool) -> Decision:
+    def decide(self, now: float, abnormal: bool, ready: bool = True) -> Decision:
+        """`ready`: the incarnation that stopped had become ready (a failed start had
+        not): only such a one, run steadily, ends a row of restarts."""
         p = self.policy
         if p.mode == "never" or (p.mode == "transient" and not abnormal):
             return Decision("stop", reason=f"restart = {p.mode!r}")
@@ -68,8 +71,12 @@ class Supervision:
         if len(self._restarts) >= p.max_restarts:
             return Decision("fail", reason=f"{len(self._restarts)} restarts within "
                                            f"{p.restart_window:g} s (max_restarts = {p.max_restarts})")
-        if self._row and now - self._resumed >= max(STEADY, p.restart_window):
-            self._row = 0                          # the last incarnation ran steadily
+        if self._row and ready and now - self._resumed >= max(STEADY, p.restart_window):
+            # the last incarnation ran steadily.  Not a failed start, however long it
+            # took: a start function spinning until start_time (30 s) killed it took
+            # longer than STEADY each time, and every restart waited restart_delay
+            # (0: at once, for ever, under a window max_restarts never tripped in)
+            self._row = 0
         # doubled up to MAX_DELAY, but never below restart_delay itself: its range goes
         # to 60 s, and 60 was cut to 10 (docs/policy-reference.md: the first waits it)
         delay = p.restart_delay if not self._row else \
@@ -363,7 +370,11 @@ class Lifecycle:
         review)."""
         policy = self.policies[name]
         told = f"{reason}: {why}" if why else reason
-        d = self.supervision[name].decide(now, abnormal)
+        # an incarnation that never became ready (a failed start, an engine lost while
+        # starting) ends no row of restarts, however long it took (Supervision.decide)
+        d = self.supervision[name].decide(now, abnormal,
+                                          ready=self.state[name] not in ("starting",
+                                                                         "restarting"))
         if d.action == "restart":
             self.generation[name] += 1
             self.restarts[name] += 1

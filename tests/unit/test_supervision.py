@@ -476,6 +476,36 @@ def test_an_incarnation_that_ran_steadily_ends_the_row_of_restarts():
     assert s.decide(5 + STEADY + 1, abnormal=True).delay == 1.0
 
 
+def test_a_start_that_fails_slowly_does_not_end_the_row_of_restarts():
+    """An outside review: a row of restarts ended when an incarnation ran STEADY
+    seconds from its restart, whether it ever became ready or not.  A start that
+    fails slowly -- a start function that spins until start_time (30 s by default)
+    kills it, a grant whose opening takes its deadline -- took longer than STEADY
+    each time, so every restart was the first of a row and waited restart_delay
+    (0): under a restart_window shorter than the start (which max_restarts then
+    never trips), the compartment was restarted at once for ever, its start
+    function spinning a CPU all the while.  Only an incarnation that became ready
+    and then ran steadily ends a row."""
+    from supervisor.supervision import MAX_DELAY, STEADY
+    life = _life(db=RestartPolicy("permanent", max_restarts=3, restart_window=5,
+                                  restart_delay=0), app=RestartPolicy())
+    life.started("app", program=False)
+    now, delays = 0.0, []
+    for _ in range(12):
+        now += 30                                    # start_time passes: killed
+        (restart,) = [a for a in life.start_failed("db", "it did not start within 30 s",
+                                                   now) if isinstance(a, Restart)]
+        delays.append(restart.delay)
+        now += restart.delay
+    assert delays[:4] == [0, 0.02, 0.04, 0.08], delays
+    assert delays[-1] == MAX_DELAY, delays
+    # once an incarnation is ready and runs steadily, the next row begins anew
+    life.started("db", program=False)
+    actions = life.engine_stopped("db", life.generation["db"], "engine killed by SIGKILL",
+                                  now + STEADY)
+    assert [a.delay for a in actions if isinstance(a, Restart)] == [0]
+
+
 def test_callers_of_a_compartment_that_failed_for_good_are_told_its_last_cause():
     """An outside review: calls to a compartment past max_restarts failed with
     'failed: 2 restarts within 60 s (max_restarts = 2)', never why it kept stopping
