@@ -1534,3 +1534,29 @@ def test_the_lane_under_asan_and_ubsan(tmp_path):
                  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout
+
+
+def test_what_a_callback_answers_counts_to_its_passer_also_when_the_lane_forwarded_the_call(sup):
+    """An outside review (Router._check_handles): the answer to a call on something a
+    caller passed counts to that caller's share of the callee's c-list.  calc's calls
+    on app's observer go natively after the first (calc is laned, app an engine):
+    the answer that carries capabilities is handed to Python (claim -> adopt) and
+    must be counted to app as the first one, which the router forwarded, is."""
+    s = sup({"calc": CALC, "app": CALC})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")], exports=True)
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params(), [object()])[1])
+    app.until(lambda: calc.calls())
+    observer = calc.calls()[-1].payload.caps[0].import_id
+    calc.inbox.clear()
+    peer, by = s.router.peers[calc.pid], app.pid
+    for i in range(3):
+        calc.send(calc.conn.send_call(observer, CALC, 0, params())[1])
+        app.until(lambda: len(app.calls()) == i + 1)
+        call = app.calls()[-1]
+        app.send(app.conn.send_return(call.answer_id, Content.capability(0),
+                                      [object() for _ in range(10)]))
+        calc.until(lambda: len(calc.returns()) == i + 1)
+        assert calc.returns()[-1].error is None
+        assert peer.passed_by[by] == 1 + 10 * (i + 1), (i, peer.passed_by)
+    assert all(c.answer_id >= P.NATIVE_QID_BASE for c in app.calls()[1:])    # natively
