@@ -384,7 +384,7 @@ def confine(keep_fds, address_space: int | None = None, user=None, parent: int =
     return unavailable
 
 
-PROT_READ, PROT_EXEC = 1, 4
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 
 
 def _read_maps() -> str:
@@ -409,7 +409,14 @@ def seal_code():
     ctypes' callbacks (wasmtime-py's trampolines, ours) in a page that is both, once,
     at import in the zygote: every engine inherited it, a place for an engine taken
     over to write code and jump to.  Every callback an engine uses exists by then
-    (they are module-level); a new one after this would fault, never run writable."""
+    (they are module-level); a new one after this would fault, never run writable.
+
+    The stack is the other way round: it keeps its write permission and loses
+    execute (it holds no code).  A C library before glibc 2.41 makes the stack
+    executable when any library it loads asks for one (PT_GNU_STACK), and made
+    read-only and executable, the engine died of SIGSEGV at its next push, every
+    start of every compartment (an outside review).  An engine has one thread
+    here (its main one): no other stack to find."""
     shared, code = {}, {}
     for line in _read_maps().splitlines():
         fields = line.split()
@@ -419,11 +426,14 @@ def seal_code():
         name = fields[5] if len(fields) > 5 else "anonymous"
         if "w" in perms and "x" in perms:
             start, end = (int(x, 16) for x in where.split("-"))
-            prot = (PROT_READ if perms[0] == "r" else 0) | PROT_EXEC
+            stack = name.startswith("[stack")        # "[stack]" ("[stack:TID]" before 4.5)
+            prot = (PROT_READ if perms[0] == "r" else 0) | \
+                (PROT_WRITE if stack else PROT_EXEC)
             if _libc.mprotect(start, end - start, prot) != 0:
                 raise ConfinementError(ctypes.get_errno(), f"cannot make the writable and "
-                                       f"executable memory {where} ({name}) read-only")
-            perms = perms.replace("w", "-")
+                                       f"executable memory {where} ({name}) "
+                                       f"{'not executable' if stack else 'read-only'}")
+            perms = perms.replace("x", "-") if stack else perms.replace("w", "-")
         if inode[1] != "0":
             if "w" in perms and perms[3] == "s":
                 shared[inode] = f"{where} ({name})"

@@ -544,6 +544,36 @@ external = true
     assert out.returncode == 0 and "5" in out.stdout, (out.stdout, out.stderr)
 
 
+def test_an_executable_stack_loses_execute_not_write_when_code_is_sealed():
+    """An outside review: seal_code made every writable and executable mapping
+    read-only.  A C library before glibc 2.41 (this machine's is 2.36) makes the
+    stack executable when a library it loads asks for one (PT_GNU_STACK), and the
+    stack made read-only killed the process with SIGSEGV at its next push: every
+    engine, at every start, "engine killed by SIGSEGV".  The stack keeps its write
+    permission and loses execute; the process goes on."""
+    code = """if True:
+        import ctypes
+        from compartments import confine
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        def stack():
+            for line in open("/proc/self/maps").read().splitlines():
+                if line.endswith("[stack]"):
+                    a, b = (int(x, 16) for x in line.split()[0].split("-"))
+                    return a, b, line.split()[1]
+        a, b, _ = stack()
+        assert libc.mprotect(a, b - a, 7) == 0, ctypes.get_errno()   # as glibc does
+        assert stack()[2] == "rwxp"
+        confine.seal_code()
+        print(stack()[2])
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0 and out.stdout.split() == ["rw-p"], (out.returncode,
+                                                                   out.stdout, out.stderr)
+
+
 def test_when_memory_runs_out_the_kernel_ends_engines_and_compilers_first(tmp_path, wsuper):
     """There is no cgroup: an engine's memory is bounded by its RLIMIT_AS only (up to
     twice its limit and 512 MiB more), and a compiler's by its limits (4 GiB, and what
