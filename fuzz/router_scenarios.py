@@ -226,13 +226,13 @@ class FuzzRouter(R.Router):
         self._handed(handler, "a tail call's outcome")
         return super()._hand_outcome(handler, peer, question_id, outcome)
 
-    def forward_returned(self, peer, ev, reply):
+    def forward_returned(self, peer, ev, reply, *rest):
         # one forwarded call, one answer to pass on (a Return, or an outcome handed)
         if id(reply) in self.fz_handed:
             self.fz_bad.append(f"the answer to a call of {reply[0].name}'s (#{reply[1]}) "
                                f"came twice from {peer.name}")
         self.fz_handed[id(reply)] = (reply, "forwarded")
-        return super().forward_returned(peer, ev, reply)
+        return super().forward_returned(peer, ev, reply, *rest)
 
 def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
     """One random scenario (or the given `ops`); None if every check held, else what
