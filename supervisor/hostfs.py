@@ -871,69 +871,90 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
     directories below it, or None.  Held in the turn of _names_turn, so its work is
     bounded: entries are read as they are checked, and it fails (EPERM) past
     MOVE_CHECK_ENTRIES of them or MOVE_CHECK_SECONDS, however large a directory is,
-    and past MOVE_CHECK_DEPTH directories within one another (each one walked holds
-    two descriptors of the supervisor's, which every compartment shares)
+    and past MOVE_CHECK_DEPTH directories within one another
     (os.fwalk read every entry of each directory before the count began: a rename
     of one with a million names held every compartment's turn for half a second).
     A directory it cannot read fails it too: none is passed over unchecked
     (os.fwalk passed over those it could not open: one the supervisor may search
     and write but not read, mode 0300, and the climbing links made in it were
-    moved higher)."""
+    moved higher).
+
+    One directory is open at a time (its descriptor and its listing's), whatever
+    the depth: each is read whole, the names of its subdirectories kept, and then
+    closed before one of them is entered; the walk comes back up through '..',
+    which must be the directory it came from (renames wait for the turn this
+    holds; one removed meanwhile fails the move).  It held two descriptors for
+    every level it was in, up to 200 of the supervisor's, which every compartment
+    shares, and more than it keeps beyond what compartments' files may hold."""
     deadline = time.monotonic() + MOVE_CHECK_SECONDS
     seen = 0
-    stack: list = []
-
-    def enter(at: int, entry, path: str, d: int):
-        if len(stack) >= MOVE_CHECK_DEPTH:
-            raise FsError(f"{what!r} is too deep to check before moving it higher (more "
-                          f"than {MOVE_CHECK_DEPTH} directories within it)", "EPERM")
-        try:
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=at)
-        except (FileNotFoundError, NotADirectoryError):
-            return                      # removed meanwhile: nothing in it to move
-        try:
-            stack.append((fd, os.scandir(fd), path, d))
-        except BaseException:
-            os.close(fd)
-            raise
-
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    # per directory from `name` down to the one open: (its st_dev and st_ino, its path
+    # below `name`, the depth of its entries, its subdirectories not yet walked)
+    levels: list = []
+    try:
+        fd = os.open(name, flags, dir_fd=parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return None                     # removed meanwhile: nothing in it to move
     try:
         try:
-            enter(parent, name, "", depth)
-            while stack:
-                fd, it, path, d = stack[-1]
-                entry = next(it, None)
-                if entry is None:
-                    stack.pop()
-                    it.close()
+            path, d, read = "", depth, True
+            while True:
+                if read:
+                    subdirs = []
+                    with os.scandir(fd) as it:
+                        for entry in it:
+                            seen += 1
+                            if seen > MOVE_CHECK_ENTRIES:
+                                raise FsError(f"{what!r} holds too many entries to check "
+                                              f"before moving it higher (more than "
+                                              f"{MOVE_CHECK_ENTRIES})", "EPERM")
+                            if time.monotonic() > deadline:
+                                raise FsError(f"the entries of {what!r} took longer than "
+                                              f"{MOVE_CHECK_SECONDS:g} s to check before "
+                                              f"moving it higher", "EPERM")
+                            where = f"{path}/{entry.name}" if path else entry.name
+                            try:
+                                if entry.is_symlink():
+                                    if _climbs(os.fsencode(os.readlink(entry.name, dir_fd=fd)),
+                                               d):
+                                        return where
+                                elif entry.is_dir(follow_symlinks=False):
+                                    subdirs.append(entry.name)
+                            except FileNotFoundError:
+                                continue        # removed meanwhile (removals take no turn)
+                    s = os.fstat(fd)
+                    levels.append(((s.st_dev, s.st_ino), path, d, subdirs))
+                while not levels[-1][3]:        # walked whole: back up to the next one
+                    levels.pop()
+                    if not levels:
+                        return None
+                    up = os.open("..", flags, dir_fd=fd)
                     os.close(fd)
-                    continue
-                seen += 1
-                if seen > MOVE_CHECK_ENTRIES:
-                    raise FsError(f"{what!r} holds too many entries to check before moving it "
-                                  f"higher (more than {MOVE_CHECK_ENTRIES})", "EPERM")
-                if time.monotonic() > deadline:
-                    raise FsError(f"the entries of {what!r} took longer than "
-                                  f"{MOVE_CHECK_SECONDS:g} s to check before moving it higher",
+                    fd = up
+                    s = os.fstat(fd)
+                    if (s.st_dev, s.st_ino) != levels[-1][0]:
+                        raise FsError(f"{what!r} changed while it was checked before moving "
+                                      f"it higher", "EPERM")
+                if len(levels) >= MOVE_CHECK_DEPTH:
+                    raise FsError(f"{what!r} is too deep to check before moving it higher "
+                                  f"(more than {MOVE_CHECK_DEPTH} directories within it)",
                                   "EPERM")
-                where = f"{path}/{entry.name}" if path else entry.name
+                _ident, path, d, subdirs = levels[-1]
+                entry = subdirs.pop()
                 try:
-                    if entry.is_symlink():
-                        if _climbs(os.fsencode(os.readlink(entry.name, dir_fd=fd)), d):
-                            return where
-                    elif entry.is_dir(follow_symlinks=False):
-                        enter(fd, entry.name, where, d + 1)
-                except FileNotFoundError:
-                    continue            # removed meanwhile (removals take no turn)
+                    down = os.open(entry, flags, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    read = False                # removed meanwhile: nothing in it to move
+                    continue
+                os.close(fd)
+                fd = down
+                path, d, read = (f"{path}/{entry}" if path else entry), d + 1, True
         except OSError as e:
             raise FsError(f"the entries of {what!r} could not all be checked before moving it "
                           f"higher: {e.strerror or e}", "EPERM") from None
     finally:
-        for fd, it, _path, _d in stack:
-            it.close()
-            os.close(fd)
-    return None
+        os.close(fd)
 
 
 def _climbs(target: bytes, depth: int | None) -> bool:

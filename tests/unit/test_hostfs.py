@@ -1321,3 +1321,42 @@ def test_an_operation_on_a_closed_object_costs_no_quota(tree, op):
     (f if op in ("append", "write", "truncate") else d).close()
     fails("EBADF", calls[op])
     assert d.quota.left == left
+
+
+def test_moving_a_deep_tree_higher_holds_a_few_descriptors_whatever_its_depth(tmp_path,
+                                                                               monkeypatch):
+    """The walk of a directory moved higher held two descriptors for each level of the
+    tree it was in (the directory and its listing, os.scandir's own copy), all at once:
+    MOVE_CHECK_DEPTH (100) levels deep, 200 of the supervisor's descriptors, which every
+    compartment shares and of which the supervisor keeps 64 beyond what compartments'
+    files may hold (FD_RESERVE_BASE: restarts, connections).  A compartment whose open
+    files filled its share pushed the supervisor past its limit with a rename, again
+    and again (EMFILE for every other compartment's opens, restarts and clients).  The
+    walk now holds one directory open at a time, whatever the depth."""
+    from supervisor import hostfs
+    root = tmp_path / "granted"
+    deepest = root / "b" / "/".join(["c"] * (hostfs.MOVE_CHECK_DEPTH - 1))
+    deepest.mkdir(parents=True)
+    os.symlink("x", deepest / "l")               # checked at the bottom of the walk
+    for side in (root / "b" / "c" / "side", deepest.parent / "side"):
+        side.mkdir()                             # and beside it, on the way back up
+        os.symlink("y", side / "l")
+    d = Directory.grant(str(root))
+    real_climbs, seen = hostfs._climbs, []
+
+    def counting(target, depth):
+        seen.append(len(os.listdir("/proc/self/fd")))
+        return real_climbs(target, depth)
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(hostfs, "_climbs", counting)
+    d.rename("b/c", "c")                          # every level walked: nothing climbs
+    assert len(seen) == 3
+    assert max(seen) - before <= 8, (before, seen)
+    assert len(os.listdir("/proc/self/fd")) == before
+    d.rename("c", "b/c")
+    # "../../../x" from b/c/side leads to the grant's x; from c/side it would climb out
+    os.unlink(root / "b" / "c" / "side" / "l")
+    os.symlink("../../../x", root / "b" / "c" / "side" / "l")
+    assert "would make the link 'side/l'" in fails("EPERM", d.rename, "b/c", "c")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not (root / "c").exists()
