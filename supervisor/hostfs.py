@@ -426,6 +426,12 @@ class Directory:
             raise FsError(f"{path!r} names a directory entry that cannot be changed", dots)
         return self._beneath(dfd, parent, os.O_PATH | os.O_DIRECTORY, path), name
 
+    def _turn(self, what: str):
+        """The turn of symbolic links, renames and hard links (_names_turn), for one
+        that may change a name; a read-only directory's is refused whatever it
+        finds (_made), and takes no turn from those that may."""
+        return contextlib.nullcontext() if self.read_only else _names_turn(what)
+
     def _check_links(self, s: os.stat_result, path: str):
         if self.refuse_hard_links and st.S_ISREG(s.st_mode) and s.st_nlink > 1:
             raise FsError(f"{path!r} has {s.st_nlink} hard links, and {self.label} refuses "
@@ -453,14 +459,13 @@ class Directory:
         if sync not in SYNC:
             raise FsError(f"unknown sync mode {sync!r} (none, data, full)", "EINVAL")
         raw = _path(path)
-        if create:
-            self._refuse("create", path, append_ok=True)
-        elif writable:
+        if writable and not create:      # create: _made refuses it on a read-only grant
             self._refuse("open to write", path, append_ok=append)
         if self.append_only and writable:
             append = True                          # the kernel keeps every write at the end
         flags |= SYNC[sync] | (os.O_APPEND if append else 0)
-        with self._made(raw if create else None, slash="EISDIR"), self._h as dfd:
+        with self._made(raw if create else None, slash="EISDIR", what="create", path=path), \
+                self._h as dfd:
             fd = self._open_file(dfd, raw, path, flags, create, follow)
         return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
                              append=append, append_only=self.append_only,
@@ -579,7 +584,7 @@ class Directory:
     @contextlib.contextmanager
     def _made(self, name: bytes | None, target: bytes = b"", parent: int | None = None,
               look: bytes | None = None, slash: str | None = None, first=None,
-              then=None):
+              then=None, what: str = "make", path: str | None = None):
         """A new entry (a file, a directory, a link) spends the write quota too:
         ENTRY_COST bytes, its name and its link target; given back if it fails.
         `name`: its path beneath this directory (what it costs).  When the quota
@@ -591,12 +596,21 @@ class Directory:
         directory; `slash`: the errno of a name with a trailing '/' that is not
         there (create: EISDIR; symlink, link: ENOENT); `first`, `then`: the
         call's own checks that come before and after the name's (a link's source:
-        ENOENT first, EPERM for a directory then, as link(2) does)."""
+        ENOENT first, EPERM for a directory then, as link(2) does).
+
+        A read-only directory is refused here too (EROFS: cannot `what` `path`), the
+        same way: a call that would fail anyway fails as it does on a writable one,
+        as on a read-only mount, where mkdir(2), link(2), symlink(2) and
+        open(O_CREAT|O_EXCL) look at the name first (a mkdir -p of a directory that
+        is there, `mkdir(d) != 0 && errno != EEXIST`, failed EROFS)."""
         if name is None:
             yield
             return
         n = ENTRY_COST + len(name) + len(target)
         try:
+            if self.read_only:
+                raise FsError(f"{self.label} is read-only: cannot {what} "
+                              f"{path if path is not None else name.decode()!r}", "EROFS")
             self.quota.spend(n, self.label)
         except FsError:
             if first is not None:
@@ -650,8 +664,7 @@ class Directory:
         raise FsError(f"{what!r} already exists", "EEXIST")
 
     def mkdir(self, path: str):
-        self._refuse("make", path, append_ok=True)
-        with self._made(_path(path)):
+        with self._made(_path(path), path=path):       # read-only: refused there
             self._at(path, "EEXIST", lambda p, n: os.mkdir(n, 0o755, dir_fd=p), "make")
 
     def unlink(self, path: str):
@@ -677,8 +690,8 @@ class Directory:
     def symlink(self, target: str, path: str):
         """Make `path` a symbolic link to `target`.  The target text must be
         relative and must not climb above this directory from where the link is
-        (so no tool on the host that follows it is led outside either)."""
-        self._refuse("make", path, append_ok=True)
+        (so no tool on the host that follows it is led outside either).
+        Read-only: refused by _made, after the checks that would fail it anyway."""
         if not target:
             raise FsError("a symbolic link needs a target", "ENOENT")
         if isinstance(target, str) and target.startswith("/"):
@@ -689,11 +702,12 @@ class Directory:
         with self._h as dfd:
             parent, name = self._parent(dfd, raw, path, "EEXIST")
             try:
-                with _names_turn(repr(path)):
+                with self._turn(repr(path)):
                     if _climbs(t, _depth_below(dfd, parent)):
                         raise FsError(f"a link at {path!r} to {target!r} would lead "
                                       f"outside the granted directory", "EPERM")
-                    with self._made(raw, t, parent=parent, look=name, slash="ENOENT"):
+                    with self._made(raw, t, parent=parent, look=name, slash="ENOENT",
+                                    path=path):
                         os.symlink(t, name, dir_fd=parent)
             except OSError as e:
                 raise _explain(e, repr(path), resolving=False) from None
@@ -703,18 +717,19 @@ class Directory:
     def link(self, from_: str, to: str, fromDir: str = "", fromInode: int = 0,  # noqa: N803
              toDir: str = "", toInode: int = 0):                                  # noqa: N803
         """A hard link `to` naming what `from_` names (a link itself, if it is one).
-        `fromDir`/`toDir`: see _parents."""
-        self._refuse("link to", to, append_ok=True)
+        `fromDir`/`toDir`: see _parents.  Read-only: refused by _made, after the
+        checks that would fail it anyway."""
         if self.refuse_hard_links:
             raise FsError(f"{self.label} refuses hard links (refuse_hard_links)", "EPERM")
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            with _names_turn(f"linking {from_!r} as {to!r}"):
+            with self._turn(f"linking {from_!r} as {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
                 with self._made(dname, parent=dp, slash="ENOENT",
                                 first=lambda: _link_source(sp, sname),
-                                then=lambda: _link_source(sp, sname, directory=True)):
+                                then=lambda: _link_source(sp, sname, directory=True),
+                                what="link to", path=to):
                     os.link(sname, dname, src_dir_fd=sp, dst_dir_fd=dp,
                             follow_symlinks=False)
         except OSError as e:

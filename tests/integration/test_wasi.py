@@ -146,6 +146,25 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert (docs / "a.txt").read_text() == "doc\n"
 
 
+def test_a_read_only_grant_says_eexist_for_a_directory_that_is_there(tmp_path, wasi_guests):
+    """mkdir of a directory that is there fails EEXIST on a read-only grant, as on a
+    read-only mount; only one that would be made is EROFS.  It was EROFS, so a
+    program's `mkdir(d) != 0 && errno != EEXIST`, the usual mkdir -p, failed on a
+    read-only grant that held the directory all along."""
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    ops = ["mkdir:/docs/sub", "mkdir:/docs/new", "mkdir:/docs/none/new"]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+docs = {{ host = "directory", path = "{docs}", read_only = true }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["mkdir /docs/sub -> EEXIST", "mkdir /docs/new -> EROFS",
+                         "mkdir /docs/none/new -> ENOENT"], r.stdout + r.stderr
+    assert sorted(p.name for p in docs.iterdir()) == ["sub"]
+
+
 def test_allow_lists_and_quotas_hold_for_wasi_programs(tmp_path, wasi_guests):
     box = tmp_path / "box"
     box.mkdir()

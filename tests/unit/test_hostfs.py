@@ -983,6 +983,45 @@ def test_with_the_quota_spent_every_call_that_fails_anyway_fails_as_with_quota_t
         assert spent == ("EDQUOT" if spare == "made" else spare), (path, spare, spent)
 
 
+@pytest.mark.parametrize("maker", sorted(MAKERS))
+def test_a_read_only_grant_fails_a_call_that_would_make_nothing_as_a_writable_one_does(
+        tmp_path, maker):
+    """On a read-only grant, only a call that would make an entry fails EROFS; one
+    that would fail anyway fails as it does on a writable grant (a name taken
+    EEXIST, a directory that is not there ENOENT, a path leading out ENOTCAPABLE,
+    ...), as on a read-only mount, where mkdir(2), link(2), symlink(2) and
+    open(O_CREAT|O_EXCL) look at the name first.  Every one was EROFS: a program's
+    `if (mkdir(dir) != 0 && errno != EEXIST) fail`, the usual mkdir -p, failed on
+    a read-only grant that had the directory all along, as did O_CREAT|O_EXCL
+    used to ask whether a name is taken."""
+    method, args = MAKERS[maker]
+
+    def outcome(read_only, path, n=[0]):
+        n[0] += 1
+        root = tmp_path / f"t{n[0]}"
+        (root / "sub" / "deep").mkdir(parents=True)
+        (root / "notes.txt").write_text("x")
+        (root / "sub" / "l").symlink_to("x")
+        (root / "loop").symlink_to("loop")
+        (root / "out").symlink_to(str(tmp_path))
+        (root / "dirlink").symlink_to("sub")
+        d = Directory.grant(str(root), read_only=read_only)
+        before = sorted(os.walk(root))
+        try:
+            getattr(d, method)(*args(path))
+            return "made"
+        except FsError as e:
+            if read_only:
+                assert sorted(os.walk(root)) == before, path
+                if e.code == "EROFS":
+                    assert "read-only" in str(e)
+            return e.code
+    for path in HOSTILE_NAMES:
+        writable, read_only = outcome(False, path), outcome(True, path)
+        assert read_only == ("EROFS" if writable == "made" else writable), \
+            (path, writable, read_only)
+
+
 def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, monkeypatch):
     from supervisor import hostfs
     real = os.pwritev
