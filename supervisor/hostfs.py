@@ -242,6 +242,14 @@ def _link_source(sp: int, sname: bytes, directory: bool = False):
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
 
+def _there(parent: int, name: bytes):
+    """Whether `name` is in `parent` as unlink and rmdir find it (raised as
+    OSError if not): a trailing '/' names a directory, never a link (ENOTDIR)."""
+    s = os.stat(name.rstrip(b"/") or name, dir_fd=parent, follow_symlinks=False)
+    if name.endswith(b"/") and not st.S_ISDIR(s.st_mode):
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+
+
 def _kind(mode: int) -> str:
     return "file" if st.S_ISREG(mode) else "directory" if st.S_ISDIR(mode) else \
         "symlink" if st.S_ISLNK(mode) else "other"
@@ -667,18 +675,35 @@ class Directory:
         with self._made(_path(path), path=path):       # read-only: refused there
             self._at(path, "EEXIST", lambda p, n: os.mkdir(n, 0o755, dir_fd=p), "make")
 
+    def _refuse_there(self, what: str, path: str, dots: str):
+        """`_refuse` for a call on an existing name (remove, rename): read-only at
+        once (EROFS), as a read-only mount refuses unlink, rmdir and rename before it
+        looks; append-only once the name is found, as a directory the kernel keeps
+        append-only (chattr +a) does: a name that is not there (ENOENT), a path that
+        leads out (ENOTCAPABLE), '.' or '..' (`dots`) fail as on a writable
+        directory, and only what would be removed is EPERM (unlink of a file that
+        was never there, a program's clean-up that lets ENOENT pass, failed EPERM)."""
+        if self.read_only or not self.append_only:
+            self._refuse(what, path)
+            return
+
+        def there(p, n):
+            _there(p, n)
+            self._refuse(what, path)
+        self._at(path, dots, there, what)
+
     def unlink(self, path: str):
-        self._refuse("remove", path)
+        self._refuse_there("remove", path, "EISDIR")
         self._at(path, "EISDIR", lambda p, n: os.unlink(n, dir_fd=p), "remove")
 
     def rmdir(self, path: str):
-        self._refuse("remove", path)
-        self._at(path, "ENOTEMPTY" if path.rstrip("/").endswith("..") else "EINVAL",
-                 lambda p, n: os.rmdir(n, dir_fd=p), "remove")
+        dots = "ENOTEMPTY" if path.rstrip("/").endswith("..") else "EINVAL"
+        self._refuse_there("remove", path, dots)
+        self._at(path, dots, lambda p, n: os.rmdir(n, dir_fd=p), "remove")
 
     def remove(self, path: str):
         """A file, a link or an empty directory, whichever `path` names."""
-        self._refuse("remove", path)
+        self._refuse_there("remove", path, "EISDIR")
 
         def op(p, n):
             try:
@@ -742,11 +767,16 @@ class Directory:
                toDir: str = "", toInode: int = 0):                                  # noqa: N803
         """Rename beneath this directory (replacing `to`): both parents are resolved
         beneath it, and renameat(2) moves the last component only.  `fromDir`/`toDir`:
-        see _parents."""
-        self._refuse("rename", from_)
+        see _parents.  Append-only: EPERM once both paths resolve and `from_` is
+        there (_refuse_there)."""
+        if self.read_only or not self.append_only:
+            self._refuse("rename", from_)
         sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
+            if self.append_only:         # (rename(2) follows a link named 'l/')
+                os.stat(sname, dir_fd=sp, follow_symlinks=False)
+                self._refuse("rename", from_)
             with _names_turn(f"renaming {from_!r} to {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
                 os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
@@ -818,12 +848,15 @@ class Directory:
 
     def setTimes(self, path: str, follow: bool, accessedNs: int, accessed: str,  # noqa: N802,N803
                  modifiedNs: int, modified: str):                                 # noqa: N803
-        self._refuse("set the times of", path)
+        if self.read_only or not self.append_only:
+            self._refuse("set the times of", path)
         times = _times(accessedNs, accessed, modifiedNs, modified)
         raw = _path(path)
         with self._h as dfd:
             p = self._beneath(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW), path)
         try:
+            if self.append_only:          # once it is found, as for a removal
+                self._refuse("set the times of", path)
             self._check_links(os.fstat(p), path)
             _utimensat(p, times, repr(path))
         finally:

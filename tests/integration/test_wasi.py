@@ -165,6 +165,25 @@ env = {{ host = "environment", args = {json.dumps(ops)} }}
     assert sorted(p.name for p in docs.iterdir()) == ["sub"]
 
 
+def test_an_append_only_grant_says_enoent_for_a_file_that_is_not_there(tmp_path, wasi_guests):
+    """unlink of a file that is not there fails ENOENT on an append-only grant, as
+    in a directory the kernel keeps append-only (chattr +a); one that is there
+    EPERM.  Both were EPERM, so a clean-up that lets ENOENT pass failed there."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "log.txt").write_text("first\n")
+    ops = ["unlink:/j/stale.tmp", "unlink:/j/log.txt", "rmdir:/j/gone"]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+j = {{ host = "directory", path = "{journal}", append_only = true }}
+env = {{ host = "environment", args = {json.dumps(ops)} }}
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["unlink /j/stale.tmp -> ENOENT", "unlink /j/log.txt -> EPERM",
+                         "rmdir /j/gone -> ENOENT"], r.stdout + r.stderr
+    assert (journal / "log.txt").read_text() == "first\n"
+
+
 def test_allow_lists_and_quotas_hold_for_wasi_programs(tmp_path, wasi_guests):
     box = tmp_path / "box"
     box.mkdir()

@@ -1022,6 +1022,57 @@ def test_a_read_only_grant_fails_a_call_that_would_make_nothing_as_a_writable_on
             (path, writable, read_only)
 
 
+REMOVERS = {    # a call on an existing name that an append-only grant refuses
+    "unlink": lambda d, p: d.unlink(p),
+    "rmdir": lambda d, p: d.rmdir(p),
+    "remove": lambda d, p: d.remove(p),
+    "rename": lambda d, p: d.rename(p, "moved"),
+    "setTimes": lambda d, p: d.setTimes(p, False, 0, "now", 0, "now"),
+}
+
+
+@pytest.mark.parametrize("remover", sorted(REMOVERS))
+def test_an_append_only_grant_says_enoent_for_a_name_that_is_not_there(tmp_path, remover):
+    """An append-only grant refused unlink, rmdir, rename and setTimes EPERM before
+    it looked at the name: unlink of a file that was never there was EPERM, not
+    ENOENT, so a program's clean-up that lets ENOENT pass (`unlink(stale) != 0 &&
+    errno != ENOENT`) failed on an append-only grant with nothing to remove, as did
+    a path leading out (EPERM, not ENOTCAPABLE).  As a directory the kernel keeps
+    append-only (chattr +a) does, the name is looked up first: what would fail on a
+    writable grant while looking it up fails so here; what is there is EPERM."""
+    call = REMOVERS[remover]
+
+    def outcome(append_only, path, n=[0]):
+        n[0] += 1
+        root = tmp_path / f"t{n[0]}"
+        (root / "sub" / "deep").mkdir(parents=True)
+        (root / "empty").mkdir()
+        (root / "notes.txt").write_text("x")
+        (root / "sub" / "l").symlink_to("x")
+        (root / "loop").symlink_to("loop")
+        (root / "out").symlink_to(str(tmp_path))
+        (root / "dirlink").symlink_to("sub")
+        d = Directory.grant(str(root), append_only=append_only)
+        before = sorted((w, sorted(ds), sorted(fs)) for w, ds, fs in os.walk(root))
+        try:
+            call(d, path)
+            return "done"
+        except FsError as e:
+            if append_only:
+                after = sorted((w, sorted(ds), sorted(fs)) for w, ds, fs in os.walk(root))
+                assert after == before, path
+            return e.code
+    looking_up = {"ENOENT", "ENOTCAPABLE", "ELOOP", "ENAMETOOLONG"}
+    for path in HOSTILE_NAMES + ["empty", "nothing"]:
+        writable, append_only = outcome(False, path), outcome(True, path)
+        if writable in looking_up:
+            assert append_only == writable, (path, writable, append_only)
+        else:
+            assert append_only in ("EPERM", writable), (path, writable, append_only)
+    assert outcome(True, "nothing") == "ENOENT"
+    assert outcome(True, "notes.txt") == "EPERM"
+
+
 def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, monkeypatch):
     from supervisor import hostfs
     real = os.pwritev
