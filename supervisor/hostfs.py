@@ -848,15 +848,14 @@ class Directory:
 
     def setTimes(self, path: str, follow: bool, accessedNs: int, accessed: str,  # noqa: N802,N803
                  modifiedNs: int, modified: str):                                 # noqa: N803
-        if self.read_only or not self.append_only:
-            self._refuse("set the times of", path)
+        """Refused (read-only EROFS, append-only EPERM) once `path` is found, as
+        utimensat(2) on a read-only mount says ENOENT for what is not there."""
         times = _times(accessedNs, accessed, modifiedNs, modified)
         raw = _path(path)
         with self._h as dfd:
             p = self._beneath(dfd, raw, os.O_PATH | (0 if follow else os.O_NOFOLLOW), path)
         try:
-            if self.append_only:          # once it is found, as for a removal
-                self._refuse("set the times of", path)
+            self._refuse("set the times of", path)
             self._check_links(os.fstat(p), path)
             _utimensat(p, times, repr(path))
         finally:

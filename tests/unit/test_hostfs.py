@@ -1073,6 +1073,19 @@ def test_an_append_only_grant_says_enoent_for_a_name_that_is_not_there(tmp_path,
     assert outcome(True, "notes.txt") == "EPERM"
 
 
+def test_a_read_only_grant_says_enoent_for_times_set_on_nothing(tree):
+    """utimensat(2) on a read-only mount looks the path up first: ENOENT for what is
+    not there, EROFS only for what is.  A read-only grant said EROFS for both (a
+    `touch -c` of a file that is not there, which changes nothing)."""
+    d = Directory.grant(str(tree), read_only=True)
+    now = (0, "now", 0, "now")
+    assert fails("ENOENT", d.setTimes, "nothing", False, *now)
+    assert fails("ENOTCAPABLE", d.setTimes, "../secret.txt", True, *now)
+    assert "read-only" in fails("EROFS", d.setTimes, "notes.txt", False, *now)
+    assert "read-only" in fails("EROFS", d.setTimes, "", True, *now)
+    fails("EINVAL", d.setTimes, "nothing", False, 0, "sometime", 0, "keep")
+
+
 def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, monkeypatch):
     from supervisor import hostfs
     real = os.pwritev
