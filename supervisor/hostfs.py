@@ -467,19 +467,27 @@ class Directory:
         if sync not in SYNC:
             raise FsError(f"unknown sync mode {sync!r} (none, data, full)", "EINVAL")
         raw = _path(path)
-        if writable and not create:      # create: _made refuses it on a read-only grant
-            self._refuse("open to write", path, append_ok=append)
+        # read-only: refused once the file is found, as open(2) on a read-only mount
+        # says ENOENT for what is not there (O_CREAT then: _made refuses it, EROFS).
+        # Append-only: at once, unless it appends (a file it made instead, for
+        # fopen(new, "w"), would refuse every write but appends)
+        refuse = None
+        if writable and not create:
+            if self.read_only:
+                refuse = lambda: self._refuse("open to write", path)       # noqa: E731
+            else:
+                self._refuse("open to write", path, append_ok=append)
         if self.append_only and writable:
             append = True                          # the kernel keeps every write at the end
         flags |= SYNC[sync] | (os.O_APPEND if append else 0)
         with self._made(raw if create else None, slash="EISDIR", what="create", path=path), \
                 self._h as dfd:
-            fd = self._open_file(dfd, raw, path, flags, create, follow)
+            fd = self._open_file(dfd, raw, path, flags, create, follow, refuse)
         return {"file": File(fd, self._sub(raw), readable=readable, writable=writable,
                              append=append, append_only=self.append_only,
                              read_only=self.read_only, quota=self.quota)}
 
-    def _open_file(self, dfd, raw, path, flags, create, follow) -> int:
+    def _open_file(self, dfd, raw, path, flags, create, follow, refuse=None) -> int:
         if create:      # O_EXCL: makes a regular file or fails; never follows, never blocks
             try:
                 return _openat2(dfd, raw, flags | os.O_CREAT | os.O_EXCL)
@@ -493,6 +501,8 @@ class Directory:
             s = os.fstat(p)
             if not st.S_ISREG(s.st_mode):
                 raise _not_openable(s, repr(path))
+            if refuse is not None:
+                refuse()
             self._check_links(s, path)
             return _reopen(p, flags)           # the inode just checked, not the path again
         except OSError as e:

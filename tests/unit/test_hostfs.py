@@ -1086,6 +1086,28 @@ def test_a_read_only_grant_says_enoent_for_times_set_on_nothing(tree):
     fails("EINVAL", d.setTimes, "nothing", False, 0, "sometime", 0, "keep")
 
 
+def test_opening_to_write_what_is_not_there_on_a_read_only_grant_is_enoent(tree):
+    """open(2) to write on a read-only mount says ENOENT for a file that is not
+    there, EROFS only for one that is: a read-only grant said EROFS for both (an
+    open(O_WRONLY) that looks for a file a writer may have made yet)."""
+    ro = Directory.grant(str(tree), read_only=True)
+    assert fails("ENOENT", ro.open, "nothing", "write")
+    assert fails("ENOENT", ro.open, "sub/nothing", "readWrite")
+    assert fails("ENOTCAPABLE", ro.open, "../secret.txt", "write")
+    assert fails("EISDIR", ro.open, "sub", "write")
+    for mode in ("write", "readWrite", "append"):
+        assert "read-only" in fails("EROFS", ro.open, "notes.txt", mode)
+    assert "read-only" in fails("EROFS", ro.create, "nothing")
+    # append-only: refused at once (a file made for fopen(new, "w") would refuse
+    # every write but appends), and appending works
+    ap = Directory.grant(str(tree), append_only=True)
+    fails("EPERM", ap.open, "nothing", "write")
+    fails("EPERM", ap.open, "notes.txt", "write")
+    opened(ap, "notes.txt", "append").append(b"+")
+    assert (tree / "notes.txt").read_text() == "hello+"
+    assert sorted(os.listdir(tree)) == ["notes.txt", "sub"]
+
+
 def test_appends_where_the_kernel_has_no_rwf_append_still_go_to_the_end(tree, monkeypatch):
     from supervisor import hostfs
     real = os.pwritev
