@@ -217,8 +217,9 @@ class Output:
 
     def _files_paused(self, why: str):
         """The log files cannot be written for a moment (on the terminal only)."""
+        when = self.files.waits_for if self.files is not None else "it passes"
         text = f"the log files wait: {why}; their lines are kept (up to a bound) and " \
-               f"written once a descriptor is free"
+               f"written once {when}"
         if self.json:
             self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
         else:
@@ -415,9 +416,13 @@ class _Note(str):
 
 
 #: Errors writing the log files that pass: no descriptor free, in the supervisor
-#: (EMFILE) or in the system (ENFILE), no memory for one.  Lines wait (bounded by
-#: LOG_BACKLOG_BYTES) and are written when it has passed.
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: (EMFILE) or in the system (ENFILE), no memory for one; no room on the disk
+#: (ENOSPC), or in the user's quota (EDQUOT).  Lines wait (bounded by
+#: LOG_BACKLOG_BYTES) and are written when it has passed.  A full disk stopped the
+#: files for good, and every later line of the run was lost, though room came back
+DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+TRANSIENT_ERRNOS = DESCRIPTOR_ERRNOS | SPACE_ERRNOS
 
 
 class LogFiles:
@@ -440,6 +445,7 @@ class LogFiles:
         self.on_paused = on_paused
         self.paused = False
         self.paused_why = ""
+        self.waits_for = ""            # what the files wait for, while `paused`
         self.pending: dict[str, list[str]] = {}
         self.pending_size = 0          # characters in `pending`
         self.dropped: dict[str, int] = {}   # name -> lines not kept since the last batch
@@ -499,11 +505,14 @@ class LogFiles:
                         self.on_failed(self.failed)
                         return
                     # no descriptor free for a moment (a flood of connections, of
-                    # files): the files stopped for good, and every later line of the
-                    # run was lost.  What was not written waits for the next flush,
+                    # files), or no room on the disk (_append left nothing of the
+                    # write that failed): the files stopped for good, and every
+                    # later line of the run was lost.  What was not written waits for the next flush,
                     # before what came since, as long as it fits; the rest is counted
                     self._keep(batch)
                     self.paused_why = f"{self.folder}: {e.strerror or e}"
+                    self.waits_for = "there is room" if e.errno in SPACE_ERRNOS \
+                        else "a descriptor is free"
                     if not self.paused:
                         self.paused = True
                         self.on_paused(self.paused_why)
@@ -694,8 +703,21 @@ def _append(folder: int, file: str, chunk: list):
                                         f"the others")
         os.set_blocking(fd, True)
         data = memoryview(b"".join(chunk))
-        while data:                # a short write (a disk or a file size limit reached)
-            data = data[os.write(fd, data):]     # is followed by its error, not lost
+        try:
+            while data:            # a short write (a disk or a file size limit reached)
+                data = data[os.write(fd, data):]     # is followed by its error, not lost
+        except OSError:
+            # what did fit (a piece of a line, at a full disk) goes: the chunk is in
+            # the file whole or not at all, since its lines are kept and written
+            # again (a full disk waited out), or said lost.  Left, the file held
+            # the piece, and then the same lines whole (or the next run's first
+            # line joined to it).  This run is its only writer (the directory is
+            # locked), and a file made shorter needs no room
+            try:
+                os.ftruncate(fd, st.st_size)
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)
 

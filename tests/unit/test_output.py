@@ -718,3 +718,77 @@ def test_an_unended_line_is_still_ended_when_the_first_write_waits_for_a_descrip
         files._write(batch)
         assert (tmp_path / "app.log").read_bytes() == piece + b"\n" + first.encode() + b"\n", where
         monkeypatch.undo()
+
+
+def _small_tmpfs(tmp_path, size="64k"):
+    """A small file system of our own (root only), and a filler that takes all of
+    it; the caller unmounts it (umount)."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounts a small file system")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs",
+                        str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode()[:200]}")
+    return mnt
+
+
+def _fill(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_log_files_on_a_full_disk_wait_for_room_and_write_each_line_once_whole(tmp_path):
+    """A review of the host running out: the log directory's file system full
+    (ENOSPC) stopped the log files for good ('the log files stopped: ... No space
+    left on device'), and every line of the rest of the run was lost, though room
+    came back a moment later (a log of another program's, rotated; a core file
+    removed).  And the write that failed had left a piece of a line in the file
+    (the part that fitted), to which the next run joined its first line.  Now a
+    full disk is waited out as a shortage of descriptors is: the lines are kept
+    (bounded) and written, whole and once, when there is room; a write that did
+    not fit leaves nothing of itself in the file."""
+    import subprocess
+
+    import trio
+    mnt = _small_tmpfs(tmp_path)
+    try:
+        logs = mnt / "logs"
+        logs.mkdir(mode=0o700)
+        before = "".join(f"old line {i:03d} " + "o" * 30 + "\n" for i in range(90))
+        (logs / "app.log").write_text(before)        # ~4000 bytes: its page almost full
+        _fill(mnt / "filler")
+        told = []
+        files = output.LogFiles(str(logs), on_failed=lambda why: told.append(("failed", why)),
+                                on_paused=lambda why: told.append(("paused", why)))
+        new = [f"new line {i:03d} " + "n" * 60 for i in range(20)]
+
+        async def main():
+            for line in new[:10]:
+                files.add("app", line)
+            await files.flush()                  # part of it fits in the last page: no more
+            assert files.failed is None, files.failed
+            assert (logs / "app.log").read_text() == before      # nothing of it written
+            for line in new[10:]:
+                files.add("app", line)
+            await files.flush()                  # still full: kept, in order
+            os.remove(mnt / "filler")            # room again
+            await files.flush()
+            assert not files.paused and files.failed is None
+        try:
+            trio.run(main)
+        finally:
+            files.close()
+        assert [k for k, _ in told] == ["paused"], told
+        assert "No space left on device" in told[0][1], told
+        assert (logs / "app.log").read_text() == before + "".join(l + "\n" for l in new)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
