@@ -40,6 +40,8 @@ import trio
 
 from capnp_schemas.text import bounded, printable
 
+from . import threads
+
 LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
 SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
@@ -490,7 +492,7 @@ class LogFiles:
                     # abandoned when cancelled: a disk that held a write (a hung
                     # network file system) held the stop with it, as long as it
                     # held the write, past flush_last's deadline and SIGTERM
-                    await trio.to_thread.run_sync(self._write, batch,
+                    await threads.run_sync(self._write, batch,
                                                   abandon_on_cancel=True)
                 except trio.Cancelled:
                     # the stop's deadline came before the write began, or before it

@@ -24,7 +24,7 @@ from capnp_schemas.payloads import DecodeError
 from capnp_schemas.text import printable
 from compartments import probing
 
-from . import hostcaps, probes as P
+from . import hostcaps, probes as P, threads
 from .endpoint import MAX_TRACE_SECONDS
 
 POLL = 0.1
@@ -146,7 +146,7 @@ class Prober:
                 self.registry.sites[name] = None
             else:
                 got = await self._engine(name, probing.DESCRIBE)
-                self.registry.sites[name] = await trio.to_thread.run_sync(
+                self.registry.sites[name] = await threads.run_sync(
                     P.parse_sites, got["sites"])            # up to 8 MiB of JSON: off the loop
             self._incarnation[name] = peer
         return self.registry.sites[name]
@@ -250,7 +250,7 @@ class Prober:
             sites = await self._sites(s.compartment)
         selected = None
         if s.point in P.IN_MODULE and sites is not None:   # patterns x names: off the loop
-            selected = await trio.to_thread.run_sync(P.Registry.select, sites, s)
+            selected = await threads.run_sync(P.Registry.select, sites, s)
         if self.sup._peer_of.get(s.compartment) != peer:
             raise restarted
         probe = self.registry.add(s, sites, selected)

@@ -38,7 +38,7 @@ from compartments.limits import Limits
 from compartments.spec import EXIT_GUEST_OK, EngineSpec
 
 from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
-    router as R, startsignals, stderr, supervision as S
+    router as R, startsignals, stderr, supervision as S, threads
 from .prober import Prober
 from .preflight import Plan
 from .process import Launched, Zygote, raise_fd_limit
@@ -316,7 +316,7 @@ class _Audit:
                 # abandoned when cancelled: a disk that held a write (a hung network
                 # file system) held the stop with it, for as long as it held the
                 # write, past AUDIT_LAST_WRITE, `wsuper stop` and SIGTERM included
-                await trio.to_thread.run_sync(self._write, batch, abandon_on_cancel=True)
+                await threads.run_sync(self._write, batch, abandon_on_cancel=True)
             except trio.Cancelled:
                 # the stop's deadline came before the write began, or before it ended:
                 # kept, so that unwritten() counts them (they were gone without a word)
@@ -768,9 +768,13 @@ class Supervisor:
         for missing in confine.probe():
             self.say(f"note: {missing}")
         self.output.start()
+        # a worker thread that cannot be started is waited for (threads.run_sync):
+        # the operator is told when that begins and ends
+        threads.on_shortage = self.say
         try:
             return await self._serve()
         finally:
+            threads.on_shortage = None
             self.output.stop()
 
     async def _serve(self) -> int:
@@ -824,7 +828,7 @@ class Supervisor:
             # compartments start (~0.1 s a pause at 300 of them; docs/performance.md).
             # No gc.collect() first: it would delay the first spawn by ~20 ms
             gc.freeze()
-            await trio.to_thread.run_sync(self._note_granted)
+            await threads.run_sync(self._note_granted)
             self.zygote = Zygote(self._launched)
             self._launched = None
             nursery.start_soon(self._run_zygote)
@@ -1245,7 +1249,7 @@ class Supervisor:
                 g, self.hosts.write_quota(comp.name, g))
             with trio.move_on_after(hostcaps.IO_DEADLINE):
                 try:
-                    opened = await trio.to_thread.run_sync(
+                    opened = await threads.run_sync(
                         opening.run, abandon_on_cancel=True,
                         limiter=self._io_limiter(comp.name))
                 except (OSError, hostcaps.hostfs.FsError) as e:
@@ -1259,10 +1263,11 @@ class Supervisor:
             if opened is None:
                 opening.abandon()
                 self._release_hosts(comp, hosts)
+                short = " (no thread could be started)" if threads.short() else ""
                 raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
-                                  f"than {hostcaps.IO_DEADLINE:g} s",
+                                  f"than {hostcaps.IO_DEADLINE:g} s" + short,
                                   f"cannot open its grant {g.name}: it took longer than "
-                                  f"{hostcaps.IO_DEADLINE:g} s")
+                                  f"{hostcaps.IO_DEADLINE:g} s" + short)
             problem = self._not_granted(comp.name, g, opened)
             if problem:
                 self._release(g.target, opened, counted=False)
@@ -1522,7 +1527,7 @@ class Supervisor:
         if proc is None:
             return
         began = trio.current_time()
-        cpu0 = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+        cpu0 = await threads.run_sync(_cpu_seconds, proc.pid)
         while True:
             await trio.sleep(0.25 if limits.run_cpu is not None
                              else max(0.0, began + limits.run_time - trio.current_time()))
@@ -1533,7 +1538,7 @@ class Supervisor:
             if limits.run_time is not None and trio.current_time() - began >= limits.run_time:
                 reason = f"its program ran longer than {limits.run_time:g} s (limit run_time)"
             elif limits.run_cpu is not None and cpu0 is not None:
-                used = await trio.to_thread.run_sync(_cpu_seconds, proc.pid)
+                used = await threads.run_sync(_cpu_seconds, proc.pid)
                 if used is not None and used - cpu0 >= limits.run_cpu:
                     reason = (f"its program used more than {limits.run_cpu:g} s of CPU "
                               f"(limit run_cpu)")
@@ -1714,7 +1719,7 @@ class Supervisor:
             # the compartment's token is held until the thread ends, even abandoned at
             # the deadline: a compartment whose operations hang runs 2 at a time, not
             # every one, nor all of trio's threads
-            outcome = await trio.to_thread.run_sync(run, abandon_on_cancel=True,
+            outcome = await threads.run_sync(run, abandon_on_cancel=True,
                                                     limiter=self._io_limiter(call.owner,
                                                                              call.caller))
         if outcome is _SKIPPED:
@@ -1727,9 +1732,11 @@ class Supervisor:
                     f"ETIMEDOUT: {job.label}: the operation took longer than "
                     f"{hostcaps.IO_DEADLINE:g} s; it may still complete")
             else:
+                why = "no thread could be started" if threads.short() else \
+                    "earlier file operations have not ended"
                 outcome = hostcaps.Refusal(
                     f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
-                    f"(earlier file operations have not ended); it was not done")
+                    f"({why}); it was not done")
         self._host_done(call.token, outcome, call.owner, call.caller)
 
     def _host_done(self, token: int, outcome, owner: str = "", caller: str = ""):
@@ -1815,7 +1822,7 @@ class Supervisor:
         # abandoned when cancelled (at stop: the process's exit closes it): a close a
         # disk holds (a file with writes a hung network file system has not taken;
         # the engines' loss at stop releases their files) held the stop as long
-        await trio.to_thread.run_sync(hostcaps.release, kind, served,
+        await threads.run_sync(hostcaps.release, kind, served,
                                       limiter=self._release_limiter, abandon_on_cancel=True)
 
     # ------------------------------------------------------------ endpoints
@@ -2112,7 +2119,7 @@ class Supervisor:
     async def _status(self) -> dict:
         now = trio.current_time()
         pids = {name: p.pid for name, p in self.procs.items() if p.returncode is None}
-        memory = await trio.to_thread.run_sync(_rss, pids)
+        memory = await threads.run_sync(_rss, pids)
         compartments = []
         forwarded = self.router.forwarded_to()      # one pass over the calls in flight
         for name in self.system.compartments:

@@ -1,0 +1,104 @@
+"""The host out of threads: the supervisor's work that needs a worker thread (the
+audit's and the log files' writes, file operations, the grants' opening, a
+status's memory) waits until one can be started, and nothing of it is lost."""
+import os
+import re
+
+import pytest
+import trio
+
+from supervisor import output, runtime, threads
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUPERVISOR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "supervisor")
+
+
+@pytest.fixture
+def no_thread(monkeypatch):
+    """The next `left["n"]` thread starts fail as the kernel fails them past
+    RLIMIT_NPROC, a pids cgroup's limit or out of memory (CPython: RuntimeError
+    "can't start new thread"); trio's idle workers are gone (they leave after
+    10 s idle), so each to_thread needs a new one."""
+    import trio._threads as tt
+    real, left = tt.start_thread_soon, {"n": 0, "failed": 0}
+
+    def start(fn, deliver, name=None):
+        if left["n"]:
+            left["n"] -= 1
+            left["failed"] += 1
+            raise RuntimeError("can't start new thread")
+        return real(fn, deliver, name)
+    monkeypatch.setattr(tt, "start_thread_soon", start)
+    return left
+
+
+def test_the_audit_and_the_log_files_wait_for_a_thread_and_lose_nothing(tmp_path, no_thread):
+    """A review of the host running out: a worker thread that could not be started
+    (the operator's processes at their RLIMIT_NPROC, a pids cgroup full, no memory
+    for a stack) raised RuntimeError out of the audit's writer: the supervisor
+    ended in a traceback (ExceptionGroup ... RuntimeError: can't start new
+    thread), every compartment with it, the run's last records unwritten.  Seen
+    with `wsuper up` in a pids cgroup, its limit set to the tasks it had, after 10
+    s idle (trio's idle workers leave), and one `wsuper call`."""
+    told, failed = [], []
+    threads.on_shortage = told.append
+    threads._said_at = None
+    audit = runtime._Audit(str(tmp_path / "audit.jsonl"), "run")
+    audit.open()
+    files = output.LogFiles(str(tmp_path), on_failed=failed.append)
+
+    async def main():
+        no_thread["n"] = 3
+        audit.add({"event": "call", "time": 0.0})
+        files.add("app", "app 1")
+        await audit.flush(failed.append)
+        await files.flush()
+        no_thread["n"] = 1                 # another at once: waited for, not said again
+        files.add("app", "app 2")
+        await files.flush()
+    try:
+        trio.run(main)
+    finally:
+        threads.on_shortage = None
+        audit.close()
+        files.close()
+    assert no_thread["failed"] == 4 and not failed and audit.failed is None
+    assert '"event":"call"' in (tmp_path / "audit.jsonl").read_text()
+    assert (tmp_path / "app.log").read_text() == "app 1\napp 2\n"
+    # told once it began, and once it was over
+    assert len(told) == 2 and "cannot start a thread" in told[0] and \
+        "can't start new thread" in told[0] and "threads can be started again" in told[1], told
+
+
+def test_a_wait_for_a_thread_ends_with_its_callers_deadline(no_thread):
+    """A shortage that lasts is waited out only as long as the caller would wait for
+    the work itself (a file operation's IO_DEADLINE, the stop's last writes)."""
+    ran = []
+
+    async def main():
+        no_thread["n"] = 10 ** 9
+        with trio.move_on_after(0.3):
+            await threads.run_sync(ran.append, 1)
+    trio.run(main)
+    assert ran == [] and no_thread["failed"] >= 2
+
+
+def test_an_error_of_the_work_itself_is_not_taken_for_a_shortage(no_thread):
+    def work():
+        raise RuntimeError("can't start new thread")     # the work's own, not trio's
+    with pytest.raises(RuntimeError):
+        trio.run(threads.run_sync, work)
+
+
+def test_the_supervisor_starts_no_worker_thread_but_through_threads_run_sync():
+    """One choke point: every worker thread of the supervisor's event loop is
+    started by threads.run_sync (a to_thread.run_sync elsewhere would end the
+    supervisor in a traceback when the host has no thread left to give)."""
+    found = []
+    for name in sorted(os.listdir(SUPERVISOR)):
+        if name.endswith(".py") and name != "threads.py":
+            with open(os.path.join(SUPERVISOR, name)) as f:
+                for n, line in enumerate(f, 1):
+                    if re.search(r"to_thread\.run_sync|start_thread_soon", line):
+                        found.append(f"{name}:{n}: {line.strip()}")
+    assert found == []
