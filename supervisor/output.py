@@ -116,8 +116,19 @@ class Output:
         self._token = trio.lowlevel.current_trio_token()
         self._trio_thread = threading.current_thread()
         self._queue = queue.SimpleQueue()     # no lock and condition to a put: C
-        threading.Thread(target=self._terminal, name="wsuper terminal", daemon=True).start()
-        threading.Thread(target=self._watch, name="wsuper terminal watch", daemon=True).start()
+        try:
+            threading.Thread(target=self._terminal, name="wsuper terminal",
+                             daemon=True).start()
+            threading.Thread(target=self._watch, name="wsuper terminal watch",
+                             daemon=True).start()
+        except RuntimeError as e:
+            # no thread to give (RLIMIT_NPROC, which counts threads; a pids cgroup; no
+            # memory for a stack): `up` ended in a traceback.  The caller refuses to
+            # start, saying why (lines written from here on go straight to the terminal)
+            self._queue = None
+            raise OSError(errno.EAGAIN, f"cannot start the terminal's thread ({e}): the "
+                                        f"process or thread limit (RLIMIT_NPROC, a pids "
+                                        f"cgroup) is reached, or memory is short") from None
 
     def _watch(self):
         """A reader that goes away (`wsuper up | head -1`) is noticed even if nothing

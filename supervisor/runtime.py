@@ -767,7 +767,11 @@ class Supervisor:
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
-        self.output.start()
+        try:
+            self.output.start()
+        except OSError as e:
+            _refuse(e.strerror)
+            return 2
         # a worker thread that cannot be started is waited for (threads.run_sync):
         # the operator is told when that begins and ends
         threads.on_shortage = self.say
@@ -828,7 +832,10 @@ class Supervisor:
             # compartments start (~0.1 s a pause at 300 of them; docs/performance.md).
             # No gc.collect() first: it would delay the first spawn by ~20 ms
             gc.freeze()
-            await threads.run_sync(self._note_granted)
+            try:
+                await threads.run_sync(self._note_granted, give_up=self._done)
+            except threads.NoThread:     # stopped while it waited for a thread: no
+                pass                     # compartment starts (_done), nothing to note
             self.zygote = Zygote(self._launched)
             self._launched = None
             nursery.start_soon(self._run_zygote)
@@ -965,14 +972,28 @@ class Supervisor:
         worker = threading.Thread(target=self._lane_worker, args=(turns, stop_r),
                                   name="wsuper-lane-host", daemon=True)
         try:
-            worker.start()
+            try:
+                worker.start()
+            except RuntimeError as e:
+                # no thread to give (RLIMIT_NPROC, a pids cgroup, no memory): the
+                # lane's calls are handed over by trio's thread instead, as without
+                # the worker (WSUPER_HOST_WORKER=0); this raised out of the system's
+                # nursery, and `up` ended in a traceback as it started
+                self.say(f"note: the fast lane's host worker cannot start ({e}): its "
+                         f"host calls are served from the event loop")
+                turns.close()
+                self._turns = None
+                worker = None
+                await self._lane_events()
+                return
             await turns.failed.wait()
             raise turns.error
         finally:
             os.write(stop_w, b"x")
             turns.close()
             self._turns = None
-            worker.join(5)
+            if worker is not None:
+                worker.join(5)
             os.close(stop_r)
             os.close(stop_w)
 
@@ -1829,12 +1850,19 @@ class Supervisor:
 
     async def _bind(self, path: str) -> trio.SocketListener:
         endpoint.claim_socket_path(path)
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            await sock.bind(path)
+            # bound here, not by trio's bind, which binds a Unix socket in a worker
+            # thread: with none to give (RLIMIT_NPROC, a pids cgroup), `up` ended in
+            # a traceback (a local bind is as quick as the chmod below)
+            sock.bind(path)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old)
+        sock = trio.socket.from_stdlib_socket(sock)
         os.chmod(path, 0o600)
         self._bound[path] = os.lstat(path).st_ino
         sock.listen(64)

@@ -46,11 +46,20 @@ def short() -> bool:
     return _short
 
 
-async def run_sync(fn, *args, **kw):
-    """trio.to_thread.run_sync(fn, *args, **kw), once a thread can be started."""
+class NoThread(Exception):
+    """No thread could be started before `give_up` was set (run_sync)."""
+
+
+async def run_sync(fn, *args, give_up: trio.Event | None = None, **kw):
+    """trio.to_thread.run_sync(fn, *args, **kw), once a thread can be started.
+    `give_up`: an event (the system's stop) that ends the wait for one with
+    NoThread, for work with no deadline of its own: waiting for a thread at
+    start-up, a stop (`wsuper stop`, SIGTERM) waited as long as the shortage."""
     global _short, _said, _said_at
     delay = RETRY_FIRST
     while True:
+        if give_up is not None and give_up.is_set() and _short:
+            raise NoThread()
         began = False
 
         def work():
@@ -69,7 +78,11 @@ async def run_sync(fn, *args, **kw):
                     _tell(f"cannot start a thread ({e}: the process or thread limit, "
                           f"RLIMIT_NPROC or a pids cgroup, reached, or no memory): the "
                           f"audit, the log files and file operations wait until one can be")
-            await trio.sleep(delay)
+            if give_up is None:
+                await trio.sleep(delay)
+            else:
+                with trio.move_on_after(delay):
+                    await give_up.wait()
             delay = min(delay * 2, RETRY_MAX)
             continue
         if _short:

@@ -83,6 +83,29 @@ def test_a_wait_for_a_thread_ends_with_its_callers_deadline(no_thread):
     assert ran == [] and no_thread["failed"] >= 2
 
 
+def test_a_wait_for_a_thread_without_a_deadline_ends_at_the_stop(no_thread):
+    """Work with no deadline of its own (noting the grants at start-up) waited for a
+    thread for as long as the shortage lasted, and `wsuper stop` or SIGTERM with
+    it (seen in a pids cgroup of 8 tasks: 'stopping', then nothing)."""
+    ran = []
+
+    async def main():
+        no_thread["n"] = 10 ** 9
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_later, stop)
+            with pytest.raises(threads.NoThread):
+                with trio.fail_after(10):         # a bound on the test, not its timing
+                    await threads.run_sync(ran.append, 1, give_up=stop)
+    trio.run(main)
+    assert ran == []
+
+
+async def _set_later(event):
+    await trio.sleep(0.2)
+    event.set()
+
+
 def test_an_error_of_the_work_itself_is_not_taken_for_a_shortage(no_thread):
     def work():
         raise RuntimeError("can't start new thread")     # the work's own, not trio's
@@ -102,3 +125,69 @@ def test_the_supervisor_starts_no_worker_thread_but_through_threads_run_sync():
                     if re.search(r"to_thread\.run_sync|start_thread_soon", line):
                         found.append(f"{name}:{n}: {line.strip()}")
     assert found == []
+
+
+_HARNESS = """
+import sys, threading
+import trio._threads as tt
+fail_names, fail_workers = sys.argv[1].split(","), int(sys.argv[2])
+real_start, real_soon, left = threading.Thread.start, tt.start_thread_soon, [fail_workers]
+
+def start(self):
+    if self.name in fail_names:
+        raise RuntimeError("can't start new thread")
+    return real_start(self)
+
+def soon(fn, deliver, name=None):
+    if left[0]:
+        left[0] -= 1
+        raise RuntimeError("can't start new thread")
+    return real_soon(fn, deliver, name)
+threading.Thread.start, tt.start_thread_soon = start, soon
+from supervisor import cli
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("fails", ["terminal", "lane", "workers"])
+def test_up_without_a_thread_to_give_at_start_never_ends_in_a_traceback(tmp_path, fails):
+    """`wsuper up` under a process limit it reaches as it starts (seen in a pids
+    cgroup of 3 to 9 tasks): the terminal's threads, the fast lane's host worker,
+    or trio's worker thread for the admin socket's bind (trio binds a Unix socket
+    in one) could not be started, and `up` ended in a traceback.  Now the
+    terminal's is a refusal, one line, exit 2; the lane's calls are served from
+    the event loop (said once); the bind needs no thread, and trio's worker
+    threads are waited for."""
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLES, ROOT
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nlogs = "logs"\n'
+        f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        f'[compartments.app]\nmodule = "{EXAMPLES}/hello.wat"\n'
+        f'[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n'
+        f'log = {{ host = "log" }}\n')
+    names, workers = {"terminal": ("wsuper terminal", 0), "lane": ("wsuper-lane-host", 0),
+                      "workers": ("", 3)}[fails]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "rt")}
+    os.mkdir(tmp_path / "rt", 0o700)
+    r = subprocess.run([sys.executable, "-c", _HARNESS, names, str(workers), "up",
+                        str(tmp_path / "system.toml")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert "Traceback" not in r.stderr, r.stderr
+    if fails == "terminal":
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("wsuper: error: cannot start the terminal's thread "
+                                   "(can't start new thread)"), r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    assert "2 + 3 = 5" in r.stdout
+    if fails == "lane":
+        from supervisor import fastlane
+        if fastlane.enabled() is None:
+            assert r.stderr.count("the fast lane's host worker cannot start") == 1, r.stderr
+    else:
+        assert r.stderr.count("cannot start a thread (can't start new thread") == 1, r.stderr
+        assert r.stderr.count("threads can be started again") == 1, r.stderr
+    assert "2 + 3 = 5" in (tmp_path / "logs" / "app.log").read_text()
