@@ -1588,6 +1588,17 @@ def main():
     except ImportError as e:     # unchecked.WasmtimeInternalsChanged, most likely
         print(f"wsuper zygote: {e}", file=sys.stderr, flush=True)
         os._exit(1)
+    except OSError as e:
+        # what it could not get as it began (a fork to try the namespaces or to
+        # compile the warm-up module: a pids cgroup or RLIMIT_NPROC reached, no
+        # memory): a traceback on the terminal `up` ran in; one line now (the
+        # supervisor says the zygote is gone)
+        try:
+            print(f"wsuper zygote: cannot go on: {e.strerror or e}", file=sys.stderr,
+                  flush=True)
+        except OSError:
+            pass
+        os._exit(1)
     os._exit(0)
 
 

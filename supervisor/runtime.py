@@ -788,7 +788,14 @@ class Supervisor:
         self.router.clock = self.hosts.clock = self._clock.current_time
         why = fastlane.enabled()
         if why is None:
-            self.lane = fastlane.Lane()
+            try:
+                self.lane = fastlane.Lane()
+            except OSError as e:
+                # its thread (or its descriptors) could not be made: a pids cgroup or
+                # RLIMIT_NPROC reached, no memory.  `up` said only "[Errno 11] Resource
+                # temporarily unavailable", exit 1; the lane is only a quicker way
+                why = f"the fast lane cannot start ({e.strerror or e})"
+        if why is None:
             self.router.native = self.lane
         else:
             self.say(f"note: {why}: calls between compartments run slower")

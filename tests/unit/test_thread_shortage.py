@@ -144,20 +144,26 @@ def soon(fn, deliver, name=None):
         raise RuntimeError("can't start new thread")
     return real_soon(fn, deliver, name)
 threading.Thread.start, tt.start_thread_soon = start, soon
-from supervisor import cli
+from supervisor import cli, fastlane
+if "fastlane" in fail_names and fastlane.Lane is not None:
+    def lane(*args):       # its C thread: pthread_create's EAGAIN
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    fastlane.Lane = lane
 sys.exit(cli.main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("fails", ["terminal", "lane", "workers"])
+@pytest.mark.parametrize("fails", ["terminal", "lane", "workers", "fastlane"])
 def test_up_without_a_thread_to_give_at_start_never_ends_in_a_traceback(tmp_path, fails):
     """`wsuper up` under a process limit it reaches as it starts (seen in a pids
     cgroup of 3 to 9 tasks): the terminal's threads, the fast lane's host worker,
     or trio's worker thread for the admin socket's bind (trio binds a Unix socket
-    in one) could not be started, and `up` ended in a traceback.  Now the
+    in one) could not be started, and `up` ended in a traceback; the fast lane's
+    C thread could not, and `up` said only "[Errno 11] Resource temporarily
+    unavailable", exit 1.  Now the
     terminal's is a refusal, one line, exit 2; the lane's calls are served from
-    the event loop (said once); the bind needs no thread, and trio's worker
-    threads are waited for."""
+    the event loop (said once), and without the fast lane its calls go through
+    Python; the bind needs no thread, and trio's worker threads are waited for."""
     import subprocess
     import sys
 
@@ -169,7 +175,7 @@ def test_up_without_a_thread_to_give_at_start_never_ends_in_a_traceback(tmp_path
         f'[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n'
         f'log = {{ host = "log" }}\n')
     names, workers = {"terminal": ("wsuper terminal", 0), "lane": ("wsuper-lane-host", 0),
-                      "workers": ("", 3)}[fails]
+                      "workers": ("", 3), "fastlane": ("fastlane", 0)}[fails]
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "rt")}
     os.mkdir(tmp_path / "rt", 0o700)
     r = subprocess.run([sys.executable, "-c", _HARNESS, names, str(workers), "up",
@@ -183,11 +189,42 @@ def test_up_without_a_thread_to_give_at_start_never_ends_in_a_traceback(tmp_path
         return
     assert r.returncode == 0, r.stderr
     assert "2 + 3 = 5" in r.stdout
+    from supervisor import fastlane
     if fails == "lane":
-        from supervisor import fastlane
         if fastlane.enabled() is None:
             assert r.stderr.count("the fast lane's host worker cannot start") == 1, r.stderr
+    elif fails == "fastlane":
+        if fastlane.enabled() is None:
+            assert r.stderr.count("note: the fast lane cannot start (Resource temporarily "
+                                  "unavailable): calls between compartments run slower") \
+                == 1, r.stderr
     else:
         assert r.stderr.count("cannot start a thread (can't start new thread") == 1, r.stderr
         assert r.stderr.count("threads can be started again") == 1, r.stderr
     assert "2 + 3 = 5" in (tmp_path / "logs" / "app.log").read_text()
+
+
+def test_a_zygote_that_cannot_fork_as_it_begins_says_so_in_one_line():
+    """The zygote forks as it begins (a child that tries the namespaces, another that
+    compiles the warm-up module): under a process limit (a pids cgroup of 3 tasks)
+    the fork's BlockingIOError ended it in a traceback on the terminal `up` ran
+    in.  One line now, exit 1 (the supervisor says the zygote is gone)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    code = """
+import os, socket, sys
+from compartments import confine, zygote
+def prepare():
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+confine.prepare = prepare
+a, b = socket.socketpair()
+sys.argv = ["zygote", str(b.fileno()), str(os.getppid())]
+zygote.main()
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == "wsuper zygote: cannot go on: Resource temporarily unavailable\n", \
+        r.stderr
