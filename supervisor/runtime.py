@@ -285,9 +285,14 @@ class _Audit:
         self._lock = threading.Lock()
         self._closed = False
         self._writing: list | tuple = ()  # the batch a write under way has
+        self._done = 0                    # records of that batch written (_write_now)
+        self.lost = 0                     # records not written since the audit failed
 
     def add(self, record: dict):
         if self.ended:                  # `run stopped` is the run's last record
+            return
+        if self.failed:                 # counted (unwritten), never written
+            self.lost += 1
             return
         if record.get("time") is None:
             record = {**record, "time": _wall()}
@@ -322,11 +327,15 @@ class _Audit:
                 # kept, so that unwritten() counts them (they were gone without a word)
                 self.pending[:0] = batch
                 raise
-            except endpoint.EndpointError as e:   # the file found there after a rotation
-                self.failed = str(e)
-                on_error(self.failed)
-            except OSError as e:
-                self.failed = f"{self.path}: {e.strerror or e}"
+            except (endpoint.EndpointError, OSError) as e:
+                # the file found there after a rotation (EndpointError), or a write
+                # that failed (a full disk: ENOSPC): what the batch did not write,
+                # and every record after it, is counted (unwritten), for the stop to
+                # say; they were dropped without a count
+                self.failed = str(e) if isinstance(e, endpoint.EndpointError) else \
+                    f"{self.path}: {e.strerror or e}"
+                self.lost += len(batch) - self._done + len(self.pending)
+                self.pending = []
                 on_error(self.failed)
             finally:
                 self._writing = ()
@@ -334,8 +343,9 @@ class _Audit:
 
     def unwritten(self) -> int:
         """Records added and not written: waiting, or in a write that has not ended (the
-        writer's, which a disk may hold past the stop: it is not waited for)."""
-        return len(self.pending) + len(self._writing)
+        writer's, which a disk may hold past the stop: it is not waited for), or
+        lost to the write that failed and since (`lost`)."""
+        return len(self.pending) + len(self._writing) + self.lost
 
     def open(self):
         """Open the file now, before anything runs: never through a link, and a
@@ -422,6 +432,7 @@ class _Audit:
 
     def _write_now(self, batch: list):
         import json
+        self._done = 0
         if self._file is None:          # never through a link someone planted
             self.open()
         chunk: list[bytes] = []
@@ -437,9 +448,24 @@ class _Audit:
         self._append(chunk)
 
     def _append(self, chunk: list):
-        if chunk:
-            self._file.write(b"".join(chunk))
-            self._file.flush()
+        """Whole records or nothing: a write that fails (a full disk, the file size
+        limit) is cut back to where it began.  Left, the file's last record was cut
+        short, a line that is no JSON for every reader of the audit."""
+        if not chunk:
+            return
+        fd = self._file.fileno()        # its buffer is always empty: written here only
+        at = os.fstat(fd).st_size       # this run's alone: the file is locked
+        data = memoryview(b"".join(chunk))
+        try:
+            while data:                 # a short write is followed by its error
+                data = data[os.write(fd, data):]
+        except OSError:
+            try:
+                os.ftruncate(fd, at)    # a file made shorter needs no room
+            except OSError:
+                pass
+            raise
+        self._done += len(chunk)
 
     def _rotate(self):
         """AUDIT -> AUDIT.1 -> ... -> AUDIT.keep (the oldest goes), and a new AUDIT
@@ -875,6 +901,13 @@ class Supervisor:
                              f"not written: a write to it did not end within "
                              f"{AUDIT_LAST_WRITE:g} s at stop (it is not waited for)")
                     self._exit_code = self._exit_code or 1
+                elif left:
+                    # the write that failed, and what came after it (the calls ended
+                    # at the stop, `run stopped`): dropped without a count
+                    self.say(f"error: {left} audit record{'s' * (left != 1)} (`run "
+                             f"stopped` among them) {'were' if left != 1 else 'was'} not "
+                             f"written, since writing the audit failed "
+                             f"({self.audit.failed})")
             if self.output.files is not None:
                 with trio.move_on_after(5):
                     await self.output.files.flush_last()

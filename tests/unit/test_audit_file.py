@@ -206,3 +206,42 @@ def test_a_record_cut_short_by_an_earlier_run_is_never_joined_to_the_next_one(tm
     audit.close()
     assert [json.loads(x)["event"] for x in path.read_bytes().split(b"\n")[2:-1]] == \
         ["run started", "run started"]
+
+
+def test_an_audit_on_a_full_disk_keeps_whole_records_and_counts_those_not_written(tmp_path):
+    """A review of the host running out (a real 64 KiB tmpfs): the audit's file
+    system full, the write that failed left the part of its batch that fitted in
+    the file, its last record cut short (a line that is no JSON, for every reader
+    of the audit), and the records of that batch and every later one (the calls
+    ended at the stop, `run stopped`) were dropped without a count: the error said
+    only that calls *would* go unrecorded.  The file now holds whole records only
+    (the write that failed is cut back), and what was not written is counted."""
+    import subprocess
+
+    import trio
+    from tests.unit.test_output import _fill, _small_tmpfs
+    mnt = _small_tmpfs(tmp_path)
+    try:
+        path = mnt / "audit.jsonl"
+        audit = runtime._Audit(str(path), "run")
+        audit.open()
+        audit._write([{"event": "call", "n": n, "pad": "x" * 40, "time": 0.0}
+                      for n in range(40)])               # ~3.7 KiB of its first page
+        before = path.read_bytes()
+        _fill(mnt / "filler")
+        told = []
+
+        async def main():
+            for n in range(40, 80):
+                audit.add({"event": "call", "n": n, "pad": "x" * 40, "time": 0.0})
+            await audit.flush(told.append)
+            audit.add({"event": "run stopped", "time": 0.0})
+        try:
+            trio.run(main)
+        finally:
+            audit.close()
+        assert len(told) == 1 and "No space left on device" in told[0], told
+        assert path.read_bytes() == before                # nothing of the failed write
+        assert audit.unwritten() == 41                    # 40 calls and `run stopped`
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
