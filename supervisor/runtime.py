@@ -286,6 +286,8 @@ class _Audit:
         self._closed = False
         self._writing: list | tuple = ()  # the batch a write under way has
         self._done = 0                    # records of that batch written (_write_now)
+        self.on_note = lambda text: None  # told what the operator should know (say)
+        self._note: str | None = None     # ... from the writer's thread, for flush
         self.lost = 0                     # records not written since the audit failed
 
     def add(self, record: dict):
@@ -339,6 +341,9 @@ class _Audit:
                 on_error(self.failed)
             finally:
                 self._writing = ()
+                note, self._note = self._note, None
+                if note:
+                    self.on_note(note)
             self.room.set()
 
     def unwritten(self) -> int:
@@ -433,6 +438,19 @@ class _Audit:
     def _write_now(self, batch: list):
         import json
         self._done = 0
+        if self._file is not None and self._gone():
+            # removed or moved away (space freed, a logrotate without copytruncate):
+            # written on through its descriptor, into a file no name reached, every
+            # later record of the run was lost, without a word.  A new one there,
+            # opened as at start (regular, locked, one name; else the audit fails)
+            old, self._file = self._file, None
+            try:
+                self.open()
+            finally:
+                old.close()
+            self._note = (f"note: the audit file {self.path} was removed or moved while "
+                          f"the system ran: a new one is made there (the records before "
+                          f"are in the file moved, if it was)")
         if self._file is None:          # never through a link someone planted
             self.open()
         chunk: list[bytes] = []
@@ -446,6 +464,18 @@ class _Audit:
             chunk.append(line)
             self._size += len(line)
         self._append(chunk)
+
+    def _gone(self) -> bool:
+        """Whether the open file is no longer the one the audit's path names."""
+        own = os.fstat(self._file.fileno())
+        if own.st_nlink == 0:
+            return True
+        try:
+            now = os.stat(self.path if self._dir is None else os.path.basename(self.path),
+                          dir_fd=self._dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
 
     def _append(self, chunk: list):
         """Whole records or nothing: a write that fails (a full disk, the file size
@@ -602,6 +632,7 @@ class Supervisor:
                             self.system.audit_keep) if self.system.audit else None
         if self.audit is not None:
             self.audit.set_event = self._set
+            self.audit.on_note = self.say
         if self.output.files is not None:
             self.output.files.set_event = self._set
         self.links: dict[int, _Link] = {}

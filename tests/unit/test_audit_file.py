@@ -245,3 +245,42 @@ def test_an_audit_on_a_full_disk_keeps_whole_records_and_counts_those_not_writte
         assert audit.unwritten() == 41                    # 40 calls and `run stopped`
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_an_audit_file_removed_or_moved_while_the_system_runs_is_made_again(tmp_path, how):
+    """A review of the host running out (an operator freeing space, a logrotate
+    without copytruncate): the audit file removed while the system ran kept being
+    written through its descriptor, into a file no name reached: every later
+    record of the run ('run stopped' among them) lost, exit 0, nothing said.  The
+    writer notices its file is no longer at the path and makes a new one there
+    (as at start: regular, locked, one name), saying so once; records written
+    before a move stay in the moved file."""
+    import trio
+    path = tmp_path / "audit.jsonl"
+    told = []
+    audit = runtime._Audit(str(path), "run")
+    audit.on_note = told.append
+    audit.open()
+    audit._write([{"event": "run started", "time": 0.0}])
+    if how == "removed":
+        os.remove(path)
+    else:
+        os.rename(path, tmp_path / "audit.jsonl.old")
+
+    async def main():
+        audit.add({"event": "call", "time": 0.0})
+        await audit.flush(told.append)
+        audit.add({"event": "run stopped", "time": 0.0})
+        await audit.flush(told.append)
+    try:
+        trio.run(main)
+    finally:
+        audit.close()
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == \
+        ["call", "run stopped"]
+    if how == "moved":
+        assert json.loads((tmp_path / "audit.jsonl.old").read_text())["event"] == \
+            "run started"
+    assert len(told) == 1 and f"the audit file {path} was" in told[0] and \
+        "a new one is made there" in told[0], told
