@@ -53,6 +53,7 @@ IDLE_EVICT = 1.0            # an external connection without useful work this lo
                             # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 AUDIT_LAST_WRITE = 5.0      # seconds the last audit write may take at stop
+SOCKET_CHECK = 1.0          # seconds between two looks that the sockets are still at their paths
 #: why a call still in flight when the system stops failed (its record's reason, what
 #: its caller is told): ended by the audit's end, or by the stop of its callee's or
 #: its caller's engine (Router.stopping)
@@ -1968,19 +1969,22 @@ class Supervisor:
         self.say(f"listening on {self.socket_path} (external: "
                  f"{', '.join(self.system.external)})")
         task_status.started()
-        async with listener:
-            while True:
-                stream = await self._accept(listener)
-                if stream is None:
-                    continue
-                most = self._max_external
-                if self._external >= most and not self._make_room():
-                    self.tell_once("max-external", f"more than {most} external connections "
-                                   f"at once: refusing the others (max_connections)")
-                    self.nursery.start_soon(self._refuse, stream, f"too many connections "
-                                            f"(at most {most})")
-                    continue
-                self.nursery.start_soon(self._serve_external, stream)
+        await self._kept_bound(self.socket_path, "external socket", listener,
+                               self._accept_external)
+
+    async def _accept_external(self, listener):
+        while True:
+            stream = await self._accept(listener)
+            if stream is None:
+                continue
+            most = self._max_external
+            if self._external >= most and not self._make_room():
+                self.tell_once("max-external", f"more than {most} external connections "
+                               f"at once: refusing the others (max_connections)")
+                self.nursery.start_soon(self._refuse, stream, f"too many connections "
+                                        f"(at most {most})")
+                continue
+            self.nursery.start_soon(self._serve_external, stream)
 
     def _make_room(self) -> bool:
         """All external connections are taken: close the one idle longest (see
@@ -2047,22 +2051,63 @@ class Supervisor:
         oldest: endpoint.admin_evictee), and ADMIN_ANSWERING requests answered at once
         (past it, any but a stop is refused: nothing a local client does keeps
         `wsuper stop` out)."""
-        listener = await self._bind(endpoint.admin_socket_path(self.identity))
+        path = endpoint.admin_socket_path(self.identity)
+        listener = await self._bind(path)
         task_status.started()
-        async with listener:
-            while True:
-                stream = await self._accept(listener)
-                if stream is None:
-                    continue
-                conns = [(c, c.since, c.reading) for c in self._admin_conns]
-                if sum(reading for _c, _s, reading in conns) >= endpoint.ADMIN_CONNECTIONS:
-                    victim = endpoint.admin_evictee(conns)
-                    victim.evicted = True
-                    victim.scope.cancel()
-                    self._admin_conns.discard(victim)
-                conn = _AdminConn(trio.current_time())
-                self._admin_conns.add(conn)
-                self.nursery.start_soon(self._serve_admin, stream, conn)
+        await self._kept_bound(path, "admin socket", listener, self._accept_admin)
+
+    async def _kept_bound(self, path: str, what: str, listener, accept):
+        """`accept(listener)` for as long as the system runs, and the socket bound again
+        whenever its path no longer names it.  Removed while the system ran (a
+        cleaner of old files, an operator's rm in the runtime directory), the admin
+        socket was gone for good: `wsuper stop` and `status` waited for it, holding
+        the system's lock, and said its `up` was stuck starting; the external one
+        took no client again."""
+        told = False
+        while True:
+            if listener is not None:
+                async with listener, trio.open_nursery() as nursery:
+                    nursery.start_soon(accept, listener)
+                    while self._still_bound(path):
+                        await trio.sleep(SOCKET_CHECK)
+                    nursery.cancel_scope.cancel()
+            listener = None
+            try:
+                listener = await self._bind(path)
+            except (OSError, endpoint.EndpointError) as e:
+                if not told:
+                    told = True
+                    self.say(f"error: the {what} {path} was removed or replaced while the "
+                             f"system ran, and cannot be bound again ({e}); tried again "
+                             f"every {SOCKET_CHECK:g} s")
+                await trio.sleep(SOCKET_CHECK)
+                continue
+            told = False
+            self.say(f"the {what} {path} was removed or replaced while the system ran: "
+                     f"listening there again")
+
+    def _still_bound(self, path: str) -> bool:
+        try:
+            return os.lstat(path).st_ino == self._bound.get(path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True          # cannot tell (no descriptor, ...): as it was
+
+    async def _accept_admin(self, listener):
+        while True:
+            stream = await self._accept(listener)
+            if stream is None:
+                continue
+            conns = [(c, c.since, c.reading) for c in self._admin_conns]
+            if sum(reading for _c, _s, reading in conns) >= endpoint.ADMIN_CONNECTIONS:
+                victim = endpoint.admin_evictee(conns)
+                victim.evicted = True
+                victim.scope.cancel()
+                self._admin_conns.discard(victim)
+            conn = _AdminConn(trio.current_time())
+            self._admin_conns.add(conn)
+            self.nursery.start_soon(self._serve_admin, stream, conn)
 
     @staticmethod
     def _admin_line_now(stream, answer: dict):

@@ -901,3 +901,37 @@ def test_a_user_whose_uid_is_past_two_to_the_31_can_ask_their_own_system(tmp_pat
         assert out[command]["rc"] == 0, (command, out[command])
         assert "not by you" not in out[command]["err"], (command, out[command])
     assert "sum = 5" in out["call"]["out"], out["call"]
+
+
+def test_sockets_removed_while_the_system_runs_are_bound_again(tmp_path, xdg):
+    """A review of the host running out: the runtime directory's sockets removed
+    while the system ran (a cleaner of old files, an operator's rm to make room):
+    the admin socket was gone for good, and `wsuper stop` waited for it (the
+    system holds its lock) until it gave up, saying the system's `up` was stuck
+    starting; the external socket took no client again.  Each is bound again at
+    its path, said once, and stop and call reach the system."""
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path)
+    text = open(path).read().replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n',
+                                     1)
+    with open(path, "w") as f:
+        f.write(text)
+    r = _up(path, env)
+    try:
+        r.wait_for("all compartments ready")
+        os.remove(endpoint.admin_socket_path(path))
+        os.remove(endpoint.default_socket_path(endpoint.identity(path)))
+        for what in ("the external socket", "the admin socket"):
+            r.wait_for(what)
+        said = [l for l in r.lines if "was removed or replaced while the system ran" in l]
+        assert len(said) == 2 and all("listening there again" in l for l in said), \
+            "\n".join(r.lines)
+        c = _cli("call", path, "calc.add", "(a = 1, b = 2)", env=env)
+        assert c.returncode == 0 and "sum = 3" in c.stdout, c.stdout + c.stderr
+        s = _cli("stop", path, env=env)
+        assert s.returncode == 0, s.stdout + s.stderr
+        assert r.finish() == 0
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.finish()
