@@ -368,7 +368,7 @@ class Prober:
         on a module of 500,000 sites; 64 such probes, 27 s at each `probe list`)."""
         covered = None
         if probe.spec.point in P.IN_MODULE and sites is not None:
-            covered = await trio.to_thread.run_sync(
+            covered = await threads.run_sync(
                 P.coverage, sites, probe.sites, probe.counters, probe.baseline)
         return probe.summary(sites, covered)
 
