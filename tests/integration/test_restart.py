@@ -863,6 +863,29 @@ restart_delay = 0
     assert delays[:5] == ["0", "0.02", "0.04", "0.08", "0.16"]
 
 
+def _external_calc(tmp_path, module: str, extra: str = "") -> str:
+    """A system whose compartment calc (`module`) is called from outside on
+    tmp_path/s.sock, with `extra` lines after its table; the system file's path."""
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{module}"
+exports = "Calc"
+external = true
+""" + extra)
+    return str(tmp_path / "system.toml")
+
+
+def _client(work, timeout: float = 30):
+    """Run the coroutine function `work` in pycapnp's event loop; what it returns."""
+    async def main():
+        async with capnp.kj_loop():
+            return await asyncio.wait_for(work(), timeout)
+    return asyncio.run(main())
+
+
 def test_callers_of_a_compartment_whose_grant_cannot_be_opened_are_not_told_its_host_path(
         tmp_path, wsuper):
     """The operator is told the path a restart could not open; the callers of the
@@ -871,20 +894,11 @@ def test_callers_of_a_compartment_whose_grant_cannot_be_opened_are_not_told_its_
     failed for good now carries its last cause: both only name the grant."""
     secret = tmp_path / "alice-private"
     secret.mkdir()
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{EXAMPLES}/calc.capnp"]
-socket = "{tmp_path}/s.sock"
-[compartments.calc]
-module = "{EXAMPLES}/calc.wat"
-exports = "Calc"
-external = true
-max_restarts = 1
+    run = wsuper("up", _external_calc(tmp_path, f"{EXAMPLES}/calc.wat", f"""max_restarts = 1
 restart_delay = 0.05
 [compartments.calc.grants]
 data = {{ host = "directory", path = "{secret}" }}
-""")
-    run = wsuper("up", str(tmp_path / "system.toml"))
+"""))
     pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
 
     async def calls():
@@ -899,11 +913,7 @@ data = {{ host = "directory", path = "{secret}" }}
             await calc.add(1, 1)
         return str(e.value)
 
-    async def main():
-        async with capnp.kj_loop():
-            return await asyncio.wait_for(calls(), 30)
-
-    told = asyncio.run(main())
+    told = _client(calls)
     assert f"cannot open {secret} for grant data" in "\n".join(run.lines)  # the operator
     assert "cannot open its grant data (ENOENT)" in told, told
     assert "alice-private" not in told and str(tmp_path) not in told, told
@@ -926,20 +936,11 @@ def test_callers_of_a_module_whose_start_function_traps_are_not_told_its_host_pa
     assert marker in text
     (plugins / "calc.wat").write_text(text.replace(
         marker, marker + "\n  (func $boom unreachable)\n  (start $boom)"))
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{EXAMPLES}/calc.capnp"]
-socket = "{tmp_path}/s.sock"
-[compartments.calc]
-module = "{plugins}/calc.wat"
-exports = "Calc"
-external = true
-max_restarts = 0
+    run = wsuper("up", _external_calc(tmp_path, f"{plugins}/calc.wat", f"""max_restarts = 0
 [compartments.other]
 module = "{EXAMPLES}/calc.wat"
 exports = "Calc"
-""")
-    run = wsuper("up", str(tmp_path / "system.toml"))
+"""))
     run.wait_for("failed for good")
 
     async def calls():
@@ -948,11 +949,7 @@ exports = "Calc"
             await calc.add(1, 1)
         return str(e.value)
 
-    async def main():
-        async with capnp.kj_loop():
-            return await asyncio.wait_for(calls(), 30)
-
-    told = asyncio.run(main())
+    told = _client(calls)
     assert "cannot instantiate" in "\n".join(run.lines) and (   # the operator is told
         folder != "alice-plugins" or f"{plugins}/calc.wat" in "\n".join(run.lines))
     assert "cannot instantiate calc.wat" in told, told
