@@ -417,6 +417,22 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             if peer.alive and peer.tail_caps != held.get(pid, 0):
                 raise Violation(f"{peer.name}: {peer.tail_caps} capabilities of tail calls "
                                 f"counted against its handles, {held.get(pid, 0)} held")
+        for peer in list(router.peers.values()):
+            # each peer's per-caller share of its c-list (Peer.passed, passed_by):
+            # only entries it really holds, each counted once to one caller
+            if not peer.alive:
+                continue
+            held_ids = {id(e.obj) for e in peer.conn.exports.values()}
+            stale = [k for k in peer.passed if k not in held_ids]
+            if stale:
+                raise Violation(f"{peer.name}: {len(stale)} capabilities counted as passed "
+                                f"to it by callers are not in its c-list")
+            by = {}
+            for who in peer.passed.values():
+                by[who] = by.get(who, 0) + 1
+            if by != peer.passed_by:
+                raise Violation(f"{peer.name}: passed_by {peer.passed_by}, its passed "
+                                f"entries count {by}")
         sums, gone = {}, {}
         for (pid, _q), h in router._pending.items():
             if type(h) is R.control.Forward and h.size:
