@@ -258,6 +258,7 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
     store_held = []    # import ids (in store) of capabilities passed to store
     got_caps = []      # (caller, import id) capabilities a caller got in a return
     exts = []
+    ext_pids = set()   # every external client's peer id
     sent = {}          # (id(caller), qid) -> tag, open questions
     done = set()       # tags answered to their callers
     tagc = [0]
@@ -433,6 +434,12 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             if by != peer.passed_by:
                 raise Violation(f"{peer.name}: passed_by {peer.passed_by}, its passed "
                                 f"entries count {by}")
+            # what external clients gone since passed it: counted together
+            gone = {k for k in by if k not in router.peers and k in ext_pids}
+            if gone != peer.gone_by or peer.passed_gone != sum(by[k] for k in gone):
+                raise Violation(f"{peer.name}: gone external callers {peer.gone_by} with "
+                                f"{peer.passed_gone} counted, {gone} with "
+                                f"{sum(by[k] for k in gone)} there")
         sums, gone = {}, {}
         for (pid, _q), h in router._pending.items():
             if type(h) is R.control.Forward and h.size:
@@ -710,6 +717,7 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 state["calc"].deliver(starts)
             elif op == "ext_new" and len(exts) < 3 and state["starting"] is None:
                 exts.append(tailify(client(router, f"x{seed}_{step}")))
+                ext_pids.add(exts[-1].pid)
             elif op == "ext_call" and exts:
                 c = rng.choice(exts)
                 ask(c, c.grants[0].import_id, 0)

@@ -127,6 +127,11 @@ class Peer:
         #: not fill the table all callers and the compartment itself share)
         self.passed: dict[int, int] = {}
         self.passed_by: dict[int, int] = {}
+        #: the callers of `passed_by` that are external clients gone since, and how
+        #: many entries they have there together: they count to every external
+        #: caller's share (a client connecting again has no share anew)
+        self.gone_by: set[int] = set()
+        self.passed_gone = 0
 
     def __repr__(self):
         return f"Peer({self.name})"
@@ -2053,13 +2058,24 @@ class Router:
                             f"capabilities (limit handles); it must release some", "overloaded")
         if caller is not None and new:
             passed = len(peer.passed) + len(new)
-            mine = peer.passed_by.get(caller.id, 0) + len(new)
+            own = peer.passed_by.get(caller.id, 0)
+            # an external caller's share counts what external clients gone since
+            # passed and the peer still holds: what a client passed stays after it
+            # closes its connection, and connecting again it had a share anew, one
+            # connection at a time filling the three quarters, every caller refused
+            # (an outside review; as _not_reading counts gone clients' bytes)
+            gone = peer.passed_gone if peer.passed_gone and (
+                caller.id in peer.gone_by or getattr(caller, "kind", None) == "external") \
+                else 0
+            mine = (gone if caller.id in peer.gone_by else own + gone) + len(new)
             if passed > limit - limit // 4 or (passed > limit // 2
                                                 and mine > max(1, limit // 4)):
+                also = f", {gone} those of external clients that are gone" \
+                    if gone and caller.id not in peer.gone_by else ""
                 raise CallError(
                     f"{peer.name} holds {len(peer.passed)} capabilities that callers "
-                    f"passed it, {mine - len(new)} of them passed by {caller.name} (in "
-                    f"its calls, or in answers to calls on what it passed); this "
+                    f"passed it, {own} of them passed by {caller.name} (in "
+                    f"its calls, or in answers to calls on what it passed){also}; this "
                     f"{'answer' if answer else 'call'}'s {len(new)} more would pass "
                     f"its share (limit "
                     f"handles = {limit}: callers' capabilities may fill three quarters "
@@ -2075,6 +2091,8 @@ class Router:
             if c is not None and id(c) in new and id(c) not in peer.passed:
                 peer.passed[id(c)] = caller.id
                 peer.passed_by[caller.id] = peer.passed_by.get(caller.id, 0) + 1
+                if caller.id in peer.gone_by:
+                    peer.passed_gone += 1
 
     @staticmethod
     def _unpassed(peer: Peer, obj):
@@ -2082,11 +2100,14 @@ class Router:
         passed it."""
         who = peer.passed.pop(id(obj), None)
         if who is not None:
+            if who in peer.gone_by:
+                peer.passed_gone -= 1
             left = peer.passed_by[who] - 1
             if left:
                 peer.passed_by[who] = left
             else:
                 del peer.passed_by[who]
+                peer.gone_by.discard(who)
 
     @staticmethod
     def _export_cap(peer: Peer, cap):
@@ -2215,6 +2236,14 @@ class Router:
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
+        if peer.kind == "external":
+            # what it passed others and they still hold counts to every external
+            # caller's share of their c-lists from now on (Router._check_handles)
+            for other in self.peers.values():
+                n = other.passed_by.get(peer.id) if other.passed_by else None
+                if n and peer.id not in other.gone_by:
+                    other.gone_by.add(peer.id)
+                    other.passed_gone += n
         if self.stopping is not None and peer.kind == "engine":
             # the stop ended it: its callers were told "engine killed by SIGTERM", as
             # if it had crashed, not that the system stopped (an outside review)

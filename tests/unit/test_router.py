@@ -3462,6 +3462,48 @@ def test_one_caller_cannot_fill_a_callees_c_list_through_answers_to_its_callback
     assert len(exports) > 1024 // 2
 
 
+def test_a_client_that_reconnects_cannot_fill_a_callees_c_list_past_its_share():
+    """An outside review: past half a callee's table a caller may have a quarter of
+    it there, counted per caller.  What an external client passed stays in calc's
+    c-list after it closes its connection (until calc releases it: a busy engine
+    reads nothing, a guest keeps observers), and a client that connected again had
+    a share anew: one connection at a time (half, then a quarter) filled the three
+    quarters callers may fill, and every caller, the compartments too, was refused
+    "would pass its share".  What external clients that are gone passed counts to
+    every external caller's share, as the bytes of their calls do (_not_reading);
+    the compartments' calls go on."""
+    router = R.Router({"calc": CALC, "app": None}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    peer = router.engines["calc"]
+    refused = []
+    for i in range(4):             # each connection passes what it may, then closes
+        c = client(router, f"c{i}")
+        for _ in range(4):
+            c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, P.EMPTY,
+                                    [object() for _ in range(128)])[1])
+        refused += [ev.error for ev in c.inbox if isinstance(ev, P.ReturnReceived)]
+        c.deliver(router.disconnected(c.pid, "closed"))    # calc keeps what they passed
+    assert refused and all("would pass its share" in e for e in refused), refused
+    assert "external clients that are gone" in refused[-1], refused[-1]
+    assert len(peer.passed) <= 1024 // 2
+    # a compartment's callback still reaches calc
+    kept = [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    calc.inbox.clear()
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, P.EMPTY, [object()])[1])
+    kept += [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    assert kept[-1].payload.caps, app.inbox
+    # calc lets go of what the gone clients passed: an external caller gets its share again
+    held = {c.import_id for ev in kept for c in ev.payload.caps}
+    for iid in held:
+        calc.send(calc.conn.send_release(iid))
+    assert not peer.passed and not peer.passed_gone, (len(peer.passed), peer.passed_gone)
+    c = client(router, "again")
+    c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, P.EMPTY,
+                            [object() for _ in range(200)])[1])
+    assert [ev for ev in c.inbox if isinstance(ev, P.ReturnReceived)] == []
+
+
 def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once():
     """An outside review: a capability is wrapped by a grant's membrane at most once
     (Router._wrap), but _wrap cannot see past a promise not resolved yet: calc
