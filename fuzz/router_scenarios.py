@@ -209,6 +209,12 @@ class FuzzRouter(R.Router):
         super().__init__(*a, **kw)
         self.fz_handed = {}            # id(handler) -> handler (kept: ids stay unique)
         self.fz_bad = []
+        self.fz_peers = {}             # peer id -> (kind, name), gone ones too
+
+    def _new_peer(self, name, kind, limits):
+        peer = super()._new_peer(name, kind, limits)
+        self.fz_peers[peer.id] = (kind, name)
+        return peer
 
     def _handed(self, handler, how):
         if handler is None:
@@ -258,7 +264,6 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
     store_held = []    # import ids (in store) of capabilities passed to store
     got_caps = []      # (caller, import id) capabilities a caller got in a return
     exts = []
-    ext_pids = set()   # every external client's peer id
     sent = {}          # (id(caller), qid) -> tag, open questions
     done = set()       # tags answered to their callers
     tagc = [0]
@@ -434,12 +439,20 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             if by != peer.passed_by:
                 raise Violation(f"{peer.name}: passed_by {peer.passed_by}, its passed "
                                 f"entries count {by}")
-            # what external clients gone since passed it: counted together
-            gone = {k for k in by if k not in router.peers and k in ext_pids}
-            if gone != peer.gone_by or peer.passed_gone != sum(by[k] for k in gone):
-                raise Violation(f"{peer.name}: gone external callers {peer.gone_by} with "
-                                f"{peer.passed_gone} counted, {gone} with "
-                                f"{sum(by[k] for k in gone)} there")
+            # what callers gone since passed it: counted together by pool (the
+            # external clients; each compartment's instances)
+            gone = {k for k in by if k not in router.peers}
+            pools = {}
+            for k in gone:
+                kind, name = router.fz_peers[k]
+                pool = ("external",) if kind == "external" else ("compartment", name)
+                pools[pool] = pools.get(pool, 0) + by[k]
+                if peer.gone_by.get(k) != pool:
+                    raise Violation(f"{peer.name}: gone caller {k} in pool "
+                                    f"{peer.gone_by.get(k)}, not {pool}")
+            if set(peer.gone_by) != gone or peer.passed_gone != pools:
+                raise Violation(f"{peer.name}: gone callers {peer.gone_by} with "
+                                f"{peer.passed_gone} counted, {gone} with {pools} there")
         sums, gone = {}, {}
         for (pid, _q), h in router._pending.items():
             if type(h) is R.control.Forward and h.size:
@@ -717,7 +730,6 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                 state["calc"].deliver(starts)
             elif op == "ext_new" and len(exts) < 3 and state["starting"] is None:
                 exts.append(tailify(client(router, f"x{seed}_{step}")))
-                ext_pids.add(exts[-1].pid)
             elif op == "ext_call" and exts:
                 c = rng.choice(exts)
                 ask(c, c.grants[0].import_id, 0)

@@ -127,11 +127,12 @@ class Peer:
         #: not fill the table all callers and the compartment itself share)
         self.passed: dict[int, int] = {}
         self.passed_by: dict[int, int] = {}
-        #: the callers of `passed_by` that are external clients gone since, and how
-        #: many entries they have there together: they count to every external
-        #: caller's share (a client connecting again has no share anew)
-        self.gone_by: set[int] = set()
-        self.passed_gone = 0
+        #: the callers of `passed_by` that are gone since -> their pool (_pool: the
+        #: external clients, or a compartment's instances), and how many entries
+        #: each pool has there: a pool counts to the share of every caller in it
+        #: (a client connecting again, a compartment restarted, has no share anew)
+        self.gone_by: dict[int, tuple] = {}
+        self.passed_gone: dict[tuple, int] = {}
 
     def __repr__(self):
         return f"Peer({self.name})"
@@ -254,6 +255,23 @@ class _Gone:
     @property
     def name(self) -> str:
         return f"a caller gone since (peer {self.id})"
+
+
+def _pool(peer) -> tuple | None:
+    """Whose share of a callee's c-list what a gone caller passed counts to
+    (Router._check_handles): every external client's, or the later instances of
+    the same compartment's; None for a caller that is neither."""
+    kind = getattr(peer, "kind", None)
+    if kind == "external":
+        return ("external",)
+    if kind == "engine":
+        return ("compartment", peer.name)
+    return None
+
+
+def _pool_name(pool: tuple) -> str:
+    return "external clients that are gone" if pool == ("external",) else \
+        f"earlier instances of {pool[1]}"
 
 
 class Router:
@@ -2059,19 +2077,19 @@ class Router:
         if caller is not None and new:
             passed = len(peer.passed) + len(new)
             own = peer.passed_by.get(caller.id, 0)
-            # an external caller's share counts what external clients gone since
-            # passed and the peer still holds: what a client passed stays after it
-            # closes its connection, and connecting again it had a share anew, one
-            # connection at a time filling the three quarters, every caller refused
-            # (an outside review; as _not_reading counts gone clients' bytes)
-            gone = peer.passed_gone if peer.passed_gone and (
-                caller.id in peer.gone_by or getattr(caller, "kind", None) == "external") \
-                else 0
-            mine = (gone if caller.id in peer.gone_by else own + gone) + len(new)
+            # a caller's share counts what the gone callers of its pool passed and
+            # the peer still holds (external clients gone, or earlier instances of
+            # the same compartment): what a client passed stays after it closes its
+            # connection, and connecting again (or restarted) it had a share anew,
+            # one connection at a time filling the three quarters, every caller
+            # refused (an outside review; as _not_reading counts gone clients' bytes)
+            was = peer.gone_by.get(caller.id) if peer.gone_by else None
+            pool = was or (_pool(caller) if peer.passed_gone else None)
+            gone = peer.passed_gone.get(pool, 0) if pool is not None else 0
+            mine = (gone if was else own + gone) + len(new)
             if passed > limit - limit // 4 or (passed > limit // 2
                                                 and mine > max(1, limit // 4)):
-                also = f", {gone} those of external clients that are gone" \
-                    if gone and caller.id not in peer.gone_by else ""
+                also = f", {gone} those of {_pool_name(pool)}" if gone and not was else ""
                 raise CallError(
                     f"{peer.name} holds {len(peer.passed)} capabilities that callers "
                     f"passed it, {own} of them passed by {caller.name} (in "
@@ -2092,7 +2110,8 @@ class Router:
                 peer.passed[id(c)] = caller.id
                 peer.passed_by[caller.id] = peer.passed_by.get(caller.id, 0) + 1
                 if caller.id in peer.gone_by:
-                    peer.passed_gone += 1
+                    pool = peer.gone_by[caller.id]
+                    peer.passed_gone[pool] = peer.passed_gone.get(pool, 0) + 1
 
     @staticmethod
     def _unpassed(peer: Peer, obj):
@@ -2100,14 +2119,20 @@ class Router:
         passed it."""
         who = peer.passed.pop(id(obj), None)
         if who is not None:
-            if who in peer.gone_by:
-                peer.passed_gone -= 1
+            pool = peer.gone_by.get(who) if peer.gone_by else None
+            if pool is not None:
+                n = peer.passed_gone[pool] - 1
+                if n:
+                    peer.passed_gone[pool] = n
+                else:
+                    del peer.passed_gone[pool]
             left = peer.passed_by[who] - 1
             if left:
                 peer.passed_by[who] = left
             else:
                 del peer.passed_by[who]
-                peer.gone_by.discard(who)
+                if pool is not None:
+                    del peer.gone_by[who]
 
     @staticmethod
     def _export_cap(peer: Peer, cap):
@@ -2236,14 +2261,14 @@ class Router:
     def _lose(self, peer: Peer, reason: str):
         """Take every entry out of the peer's tables first, then fail what depended on it."""
         peer.alive = False
-        if peer.kind == "external":
-            # what it passed others and they still hold counts to every external
-            # caller's share of their c-lists from now on (Router._check_handles)
-            for other in self.peers.values():
-                n = other.passed_by.get(peer.id) if other.passed_by else None
-                if n and peer.id not in other.gone_by:
-                    other.gone_by.add(peer.id)
-                    other.passed_gone += n
+        # what it passed others and they still hold counts from now on to the share
+        # of their c-lists of every caller in its pool (Router._check_handles)
+        pool = _pool(peer)
+        for other in self.peers.values() if pool is not None else ():
+            n = other.passed_by.get(peer.id) if other.passed_by else None
+            if n and peer.id not in other.gone_by:
+                other.gone_by[peer.id] = pool
+                other.passed_gone[pool] = other.passed_gone.get(pool, 0) + n
         if self.stopping is not None and peer.kind == "engine":
             # the stop ended it: its callers were told "engine killed by SIGTERM", as
             # if it had crashed, not that the system stopped (an outside review)

@@ -3504,6 +3504,37 @@ def test_a_client_that_reconnects_cannot_fill_a_callees_c_list_past_its_share():
     assert [ev for ev in c.inbox if isinstance(ev, P.ReturnReceived)] == []
 
 
+def test_a_compartment_that_restarts_cannot_fill_a_callees_c_list_past_its_share():
+    """An outside review: as a client connecting again, a compartment restarted
+    (a crash, its restart policy) is a new peer, and had a share of its callee's
+    c-list anew while what its earlier instance passed stayed there (until the
+    callee releases it): one instance at a time, app filled the three quarters
+    callers may fill, and every caller, the external clients too, was refused
+    "would pass its share".  What earlier instances of a compartment passed counts
+    to its share."""
+    router = R.Router({"calc": CALC, "app": None, "b": None}, external=("calc",),
+                      names=NAMES)
+    calc = start(router, "calc", exports=True)
+    b = start(router, "b", [grant("calc", "calc")])
+    peer = router.engines["calc"]
+    refused = []
+    for _ in range(3):             # each instance passes what it may, then crashes
+        app = start(router, "app", [grant("calc", "calc")])
+        for _ in range(4):
+            app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, P.EMPTY,
+                                        [object() for _ in range(128)])[1])
+        refused += [ev.error for ev in app.inbox if isinstance(ev, P.ReturnReceived)]
+        router.stop_engine("app", "crashed")            # calc keeps what it passed
+    assert refused and all("would pass its share" in e for e in refused), refused
+    assert "earlier instances of app" in refused[-1], refused[-1]
+    assert len(peer.passed) <= 1024 // 2
+    # another compartment's callback, and an external client's, still reach calc
+    for c in (b, client(router, "x")):
+        calc.inbox.clear()
+        c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0, P.EMPTY, [object()])[1])
+        assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)], c.inbox
+
+
 def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once():
     """An outside review: a capability is wrapped by a grant's membrane at most once
     (Router._wrap), but _wrap cannot see past a promise not resolved yet: calc
