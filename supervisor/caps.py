@@ -128,10 +128,11 @@ class Call:
     content: object           # protocol.Content
     caps: tuple
     reply: tuple              # (peer, answer id)
-    #: the caller (its peer id) that passed the caller of this call what it calls
-    #: (Peer.passed): the capabilities in its answer count to that caller's share
-    #: of the c-list they enter (Router._check_handles), as those it passed did
-    charged: int | None = None
+    #: the caller (its Peer, or router._Gone) that passed the caller of this call
+    #: what it calls (Peer.passed): the capabilities in its answer count to that
+    #: caller's share of the c-list they enter (Router._check_handles), as those
+    #: it passed did
+    charged: object = None
 
 
 class CallError(Exception):

@@ -37,7 +37,7 @@ class Forward:
     __slots__ = ("reply", "deadline", "size", "charged")
 
     def __init__(self, reply, deadline: float | None = None, size: int = 0,
-                 charged: int | None = None):
+                 charged=None):
         self.reply = reply
         self.deadline = deadline
         self.size = size

@@ -249,8 +249,10 @@ class _Pending(dict):
 
 @attrs.frozen
 class _Gone:
-    """A caller that is gone, to whose share what it passed still counts."""
+    """A caller that is gone, to whose share what it passed still counts; `pool`:
+    whose shares count it since (_pool)."""
     id: int
+    pool: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -261,6 +263,8 @@ def _pool(peer) -> tuple | None:
     """Whose share of a callee's c-list what a gone caller passed counts to
     (Router._check_handles): every external client's, or the later instances of
     the same compartment's; None for a caller that is neither."""
+    if isinstance(peer, _Gone):
+        return peer.pool
     kind = getattr(peer, "kind", None)
     if kind == "external":
         return ("external",)
@@ -850,7 +854,7 @@ class Router:
             # what it calls a caller passed it (or an answer to a call on such a
             # thing brought it): the capabilities the answer brings are that
             # caller's, not what it asked for itself (Router._check_handles)
-            call.charged = peer.passed.get(id(target))
+            call.charged = self._charged(peer, target)
         if peer.laned and not caps and not isinstance(ev.target, protocol.PromisedAnswer):
             # may be routed natively from now on
             self._deliver(target, call, (peer, peer.conn.export_id(target)))
@@ -1053,7 +1057,7 @@ class Router:
         self.sweep([self.remote(peer, c.import_id) for c in payload.caps
                     if isinstance(c, protocol.Imported)])
 
-    def forward_returned(self, peer: Peer, ev, reply, charged: int | None = None):
+    def forward_returned(self, peer: Peer, ev, reply, charged=None):
         """The answer to a call we forwarded to `peer`: on to whoever made it
         (`charged`: as Call.charged)."""
         self.count(peer, ev.payload is not None)
@@ -1516,7 +1520,7 @@ class Router:
             deadline = start + callee.limits.call_time
             # what it called a caller passed it: the answer's capabilities are that
             # caller's (Call.charged), as when the router delivered the call
-            charged = caller.passed.get(id(r.cap)) if caller.passed else None
+            charged = self._charged(caller, r.cap) if caller.passed else None
             self._pending[(callee.id, qid)] = control.Forward(reply, deadline,
                                                               charged=charged)
             heapq.heappush(self._deadlines, (deadline, callee.id, qid))
@@ -1707,10 +1711,11 @@ class Router:
         raise CallError(f"compartment {peer.name} is not reading its messages "
                         f"({waiting} bytes are waiting for it)", "overloaded")
 
-    def _answer(self, reply, content: Content, caps, charged: int | None = None):
+    def _answer(self, reply, content: Content, caps, charged=None):
         """Return results to whoever made the call `reply` names.  `charged`: the
-        peer (id) that passed it what it called (Call.charged): the capabilities
-        count to that one's share of its c-list, as if passed in a call."""
+        peer (or _Gone) that passed it what it called (Call.charged): the
+        capabilities count to that one's share of its c-list, as if passed in a
+        call."""
         peer, answer_id = reply
         if caps and reply in self._sealed:
             # a sealed main object's answer: its schema has no capability to carry
@@ -1749,8 +1754,8 @@ class Router:
             self.sweep(caps)
             return
         passer = None
-        if caps and charged is not None and charged != peer.id:
-            passer = self.peers.get(charged) or _Gone(charged)
+        if caps and charged is not None and charged.id != peer.id:
+            passer = charged
         try:
             self._check_size(peer, content)
             new = self._check_handles(peer, caps, passer, answer=True)
@@ -2101,10 +2106,28 @@ class Router:
                     f"it has released some", "overloaded")
         return new
 
+    def _charged(self, peer: Peer, obj):
+        """Who passed `peer` the entry `obj` of its c-list (a peer, or _Gone with its
+        pool), to whose share the answer to its call on it counts (Call.charged);
+        None: its own."""
+        who = peer.passed.get(id(obj))
+        if who is None:
+            return None
+        return self.peers.get(who) or _Gone(who, peer.gone_by.get(who))
+
     @staticmethod
     def _passed(peer: Peer, caller: Peer, caps, new: set):
         """`caller`'s call passed `peer` the capabilities `new` names, new entries of
-        its c-list: counted to `caller` until `peer` releases them (_unpassed)."""
+        its c-list: counted to `caller` until `peer` releases them (_unpassed).  A
+        caller gone since (an answer to a call on what it passed came after it
+        went) counts to its pool: as _Gone, counted to the id alone, its entries
+        there after `peer` had let go of all its others counted to nobody's share
+        (an outside review)."""
+        if not getattr(caller, "alive", False) and caller.id not in peer.gone_by \
+                and _pool(caller) is not None \
+                and any(c is not None and id(c) in new and id(c) not in peer.passed
+                        for c in caps):
+            peer.gone_by[caller.id] = _pool(caller)
         for c in caps:
             if c is not None and id(c) in new and id(c) not in peer.passed:
                 peer.passed[id(c)] = caller.id

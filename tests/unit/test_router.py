@@ -3535,6 +3535,38 @@ def test_a_compartment_that_restarts_cannot_fill_a_callees_c_list_past_its_share
         assert [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)], c.inbox
 
 
+def test_an_answer_counted_to_a_caller_gone_meanwhile_counts_to_its_pool():
+    """An outside review: app passed calc its store grant, calc called it (the
+    answer counts to app's share, Call.charged), app crashed and calc let go of
+    the grant before store answered.  The answer's capabilities were counted to
+    app's old instance, which then had entries in calc's c-list but no pool:
+    not counted to app's next instance's share (a share anew, one capability
+    per such answer)."""
+    router = R.Router({"calc": CALC, "app": None, "store": CALC}, external=("calc",),
+                      names=NAMES)
+    store = start(router, "store", exports=True)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc"), grant("store", "store")])
+    peer = router.engines["calc"]
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, P.EMPTY,
+                                [P.RemoteRef(app.grants[1].import_id)])[1])
+    (c1,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    target = c1.payload.caps[0].import_id           # store, passed by app
+    calc.inbox.clear()
+    calc.send(calc.conn.send_call(target, CALC, 1, P.EMPTY)[1])
+    calls = [e for e in store.inbox if isinstance(e, P.CallReceived)]
+    assert len(calls) == 1, (calc.inbox, app.grants, store.inbox)
+    call = calls[0]
+    router.stop_engine("app", "crashed")
+    calc.send(calc.conn.send_release(target))
+    calc.send(calc.conn.send_return(c1.answer_id))
+    assert not peer.passed
+    store.send(store.conn.send_return(call.answer_id, Content.capability(0), [object()]))
+    (ret,) = [e for e in calc.inbox if isinstance(e, P.ReturnReceived)]
+    assert ret.error is None and len(peer.passed) == 1
+    assert peer.passed_gone == {("compartment", "app"): 1}, (peer.gone_by, peer.passed_gone)
+
+
 def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once():
     """An outside review: a capability is wrapped by a grant's membrane at most once
     (Router._wrap), but _wrap cannot see past a promise not resolved yet: calc
