@@ -1600,7 +1600,7 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
         try:
             engine.confine(spec.user, parent)
         except OSError as e:                # ConfinementError, or a layer that failed
-            print(f"error: cannot confine the engine: {e}", file=sys.stderr)
+            print(f"error: cannot confine the engine: {printable(str(e))}", file=sys.stderr)
             return EXIT_CONFINE
         engine.answer_bootstrap()           # (if it came only now)
         try:               # the module's start function is guest code: confined first

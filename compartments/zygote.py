@@ -1052,7 +1052,7 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
     if err_fd > 2:
         os.close(err_fd)
     if unconfined is not None:
-        print(f"error: cannot confine the engine: {unconfined}", file=sys.stderr)
+        print(f"error: cannot confine the engine: {_one_line(unconfined)}", file=sys.stderr)
         return engine.EXIT_CONFINE
     return _child(EngineSpec.from_json(line), sock_fd, (code_fd, description_fd),
                   wasm_engine, zygote)
@@ -1068,7 +1068,7 @@ def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> i
     except OSError as e:
         os.close(code_fd)
         os.close(description_fd)
-        print(f"error: cannot confine the engine: {e}", file=sys.stderr)
+        print(f"error: cannot confine the engine: {_one_line(e)}", file=sys.stderr)
         return engine.EXIT_CONFINE
     try:
         description = wasm.Description.from_json(
@@ -1076,7 +1076,8 @@ def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> i
         with confine.proc_path(f"fd/{code_fd}") as path:   # after enter_early: relative
             module = wasmtime.Module.deserialize_file(wasm_engine, path)
     except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
-        print(f"error: cannot load module {spec.module}: {e}", file=sys.stderr)
+        print(f"error: {_one_line(f'cannot load module {spec.module}: {e}')}",
+              file=sys.stderr)
         return engine.EXIT_CANNOT_LOAD
     finally:
         os.close(code_fd)
@@ -1088,8 +1089,17 @@ def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:
     """A child that only says why its module cannot be loaded (as an engine would)."""
     from . import engine
     os.dup2(err_fd, 2)
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {_one_line(error)}", file=sys.stderr)
     return engine.EXIT_CANNOT_LOAD
+
+
+def _one_line(text) -> str:
+    """An engine child's last words, one line as the engine writes its own
+    (printable): a module path with a newline in a folder's name split the line,
+    and the part past it went to the callers without their paths taken out
+    (runtime.told_callers matches the path as printable writes it)."""
+    from capnp_schemas.text import printable
+    return printable(str(text))
 
 
 #: Times the zygote walks an engine's start before it freezes: CPython 3.11 rewrites

@@ -954,3 +954,36 @@ exports = "Calc"
         folder != "alice-plugins" or f"{plugins}/calc.wat" in "\n".join(run.lines))
     assert "cannot instantiate calc.wat" in told, told
     assert "alice" not in told and str(tmp_path) not in told, told
+
+
+def test_a_module_that_no_longer_compiles_in_a_folder_with_a_newline_tells_callers_no_path(
+        tmp_path, wsuper):
+    """The zygote's child that says why a module cannot be loaded wrote its reason as
+    it was: a newline in a folder's name split it, the supervisor kept the last line,
+    and that part of the module's host path went on to the callers unmatched by
+    told_callers.  Every engine child's last words are one printable line now."""
+    plugins = tmp_path / "alice\nplugins"
+    plugins.mkdir()
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), plugins / "calc.wat")
+    module = json.dumps(str(plugins / "calc.wat"))[1:-1]      # a TOML basic string's text
+    run = wsuper("up", _external_calc(tmp_path, module, f"""max_restarts = 1
+restart_delay = 0.05
+[compartments.other]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+"""))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    (plugins / "calc.wat").write_text("(module (func $broken")     # no longer compiles
+    at = len(run.lines)
+    os.kill(pid, signal.SIGKILL)
+    run.wait_for("failed for good", start=at)
+
+    async def calls():
+        client, calc = await _connect(str(tmp_path / "s.sock"))
+        with pytest.raises(capnp.KjException) as e:
+            await calc.add(1, 1)
+        return str(e.value)
+
+    told = _client(calls)
+    assert "cannot load module calc.wat: expected" in told, told
+    assert "plugins" not in told and "alice" not in told and str(tmp_path) not in told, told
