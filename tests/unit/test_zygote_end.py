@@ -168,6 +168,9 @@ def test_the_supervisor_ends_its_zygote_by_its_stop_signal_not_sigkill(monkeypat
 
     from compartments import zygote as zygote_module
     from supervisor import launch
+    # a grace long beside a real zygote's stop (milliseconds), so that a loaded
+    # machine cannot make a late handler look like a SIGKILL first
+    monkeypatch.setattr(launch, "STOP_GRACE", 10.0)
     launched = _serving_zygote()
     popen = launched.popen
     try:
