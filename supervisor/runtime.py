@@ -1349,32 +1349,25 @@ class Supervisor:
                     self._release_hosts(comp, hosts)
                     code = getattr(e, "code", None) or errno.errorcode.get(
                         getattr(e, "errno", None) or 0, "")
-                    raise _StartError(f"cannot open {g.path} for grant {g.name}: "
-                                      f"{getattr(e, 'strerror', None) or e}",
-                                      f"cannot open its grant {g.name}"
-                                      + (f" ({code})" if code else "")) from None
+                    raise _StartError.grant(g, getattr(e, "strerror", None) or e,
+                                            f" ({code})" if code else "") from None
             if opened is None:
                 opening.abandon()
                 self._release_hosts(comp, hosts)
                 short = " (no thread could be started)" if threads.short() else ""
-                raise _StartError(f"cannot open {g.path} for grant {g.name}: it took longer "
-                                  f"than {hostcaps.IO_DEADLINE:g} s" + short,
-                                  f"cannot open its grant {g.name}: it took longer than "
-                                  f"{hostcaps.IO_DEADLINE:g} s" + short)
+                raise _StartError.grant(g, f"it took longer than {hostcaps.IO_DEADLINE:g} s"
+                                           + short)
             problem = self._not_granted(comp.name, g, opened)
             if problem:
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
-                raise _StartError(f"cannot open {g.path} for grant {g.name}: {problem}",
-                                  f"cannot open its grant {g.name}: it is not what it was "
-                                  f"when the system started")
+                raise _StartError.grant(g, problem, ": it is not what it was when the "
+                                                    "system started")
             if not self._hold(g.target, opened, comp.name):
                 self._release(g.target, opened, counted=False)
                 self._release_hosts(comp, hosts)
-                raise _StartError(f"cannot open {g.path} for grant {g.name}: the supervisor "
-                                  f"has no file descriptors to spare (EMFILE)",
-                                  f"cannot open its grant {g.name}: the supervisor has no "
-                                  f"file descriptors to spare (EMFILE)")
+                raise _StartError.grant(g, "the supervisor has no file descriptors to spare "
+                                           "(EMFILE)")
             hosts[g.name] = opened
         return hosts
 
@@ -1813,8 +1806,8 @@ class Supervisor:
             # the deadline: a compartment whose operations hang runs 2 at a time, not
             # every one, nor all of trio's threads
             outcome = await threads.run_sync(run, abandon_on_cancel=True,
-                                                    limiter=self._io_limiter(call.owner,
-                                                                             call.caller))
+                                             limiter=self._io_limiter(call.owner,
+                                                                      call.caller))
         if outcome is _SKIPPED:
             job.abandon()
             outcome = hostcaps.Refusal("ECANCELED: the call ended before its turn came "
@@ -1916,7 +1909,7 @@ class Supervisor:
         # disk holds (a file with writes a hung network file system has not taken;
         # the engines' loss at stop releases their files) held the stop as long
         await threads.run_sync(hostcaps.release, kind, served,
-                                      limiter=self._release_limiter, abandon_on_cancel=True)
+                               limiter=self._release_limiter, abandon_on_cancel=True)
 
     # ------------------------------------------------------------ endpoints
 
@@ -2502,6 +2495,13 @@ class _StartError(Exception):
     def __init__(self, text: str, told: str | None = None):
         super().__init__(text)
         self.told = told or text
+
+    @classmethod
+    def grant(cls, g, why, told: str | None = None) -> "_StartError":
+        """Grant `g` could not be opened, `why`: the operator is told its path, the
+        callers its name and `told` (or ': ' and `why`)."""
+        return cls(f"cannot open {g.path} for grant {g.name}: {why}",
+                   f"cannot open its grant {g.name}" + (f": {why}" if told is None else told))
 
 
 def host_worker() -> bool:

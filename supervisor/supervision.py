@@ -19,10 +19,11 @@ waits twice as long as the one before (from at least MIN_DELAY, at most
 MAX_DELAY, or `restart_delay` itself if that is longer).  A row ends when an
 incarnation that became ready ran at least STEADY seconds (or `restart_window`,
 if longer) from its restart: one that never became ready (a start function
-spinning until start_time, 30 s, killed it) ends none, however long it took.  The back-off does not forget with the window: a compartment that
-crashes at once, with `restart_delay = 0` and a window shorter than a restart
-takes, was restarted ~30 times a second for ever, `max_restarts` never
-tripping (an outside review); now its restarts slow to one each MAX_DELAY.
+spinning until start_time, 30 s, killed it) ends none, however long it took.
+The back-off does not forget with the window: a compartment that crashes at
+once, with `restart_delay = 0` and a window shorter than a restart takes, was
+restarted ~30 times a second for ever, `max_restarts` never tripping (an
+outside review); now its restarts slow to one each MAX_DELAY.
 """
 from __future__ import annotations
 
