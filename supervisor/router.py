@@ -273,6 +273,18 @@ def _pool(peer) -> tuple | None:
     return None
 
 
+def _tally(counts: dict, key, n: int) -> int:
+    """counts[key] += n, the key gone once it is 0 (a count of what a peer holds,
+    per caller or pool); the new count.  Taking from a count that is not there is
+    a KeyError: the counts have drifted."""
+    left = (counts[key] if n < 0 else counts.get(key, 0)) + n
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+    return left
+
+
 def _pool_name(pool: tuple) -> str:
     return "external clients that are gone" if pool == ("external",) else \
         f"earlier instances of {pool[1]}"
@@ -2131,10 +2143,9 @@ class Router:
         for c in caps:
             if c is not None and id(c) in new and id(c) not in peer.passed:
                 peer.passed[id(c)] = caller.id
-                peer.passed_by[caller.id] = peer.passed_by.get(caller.id, 0) + 1
+                _tally(peer.passed_by, caller.id, 1)
                 if caller.id in peer.gone_by:
-                    pool = peer.gone_by[caller.id]
-                    peer.passed_gone[pool] = peer.passed_gone.get(pool, 0) + 1
+                    _tally(peer.passed_gone, peer.gone_by[caller.id], 1)
 
     @staticmethod
     def _unpassed(peer: Peer, obj):
@@ -2144,18 +2155,9 @@ class Router:
         if who is not None:
             pool = peer.gone_by.get(who) if peer.gone_by else None
             if pool is not None:
-                n = peer.passed_gone[pool] - 1
-                if n:
-                    peer.passed_gone[pool] = n
-                else:
-                    del peer.passed_gone[pool]
-            left = peer.passed_by[who] - 1
-            if left:
-                peer.passed_by[who] = left
-            else:
-                del peer.passed_by[who]
-                if pool is not None:
-                    del peer.gone_by[who]
+                _tally(peer.passed_gone, pool, -1)
+            if not _tally(peer.passed_by, who, -1) and pool is not None:
+                del peer.gone_by[who]
 
     @staticmethod
     def _export_cap(peer: Peer, cap):
@@ -2291,7 +2293,7 @@ class Router:
             n = other.passed_by.get(peer.id) if other.passed_by else None
             if n and peer.id not in other.gone_by:
                 other.gone_by[peer.id] = pool
-                other.passed_gone[pool] = other.passed_gone.get(pool, 0) + n
+                _tally(other.passed_gone, pool, n)
         if self.stopping is not None and peer.kind == "engine":
             # the stop ended it: its callers were told "engine killed by SIGTERM", as
             # if it had crashed, not that the system stopped (an outside review)
