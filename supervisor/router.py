@@ -633,6 +633,7 @@ class Router:
         self._unroute(lambda r: m in r.membranes or m.reverse in r.membranes,
                       take_calls=True)       # its reverse too: the calls back through it
         keys = m.revoke()
+        self._release_host_objects(m)
         if keys or m.revoked:
             # and at their callees: a call forwarded but not run yet (queued in a busy
             # engine) is cancelled with Finish, which an engine honours by not running
@@ -2254,6 +2255,22 @@ class Router:
         target, promised.target = promised.target, None
         if target is not None:
             self._drop(target)
+
+    def _release_host_objects(self, m):
+        """Grant `m` is revoked: the host objects it wraps (a directory or file grant,
+        and what was opened through it) are released now, not when their holder lets
+        go of them, which a compartment that keeps them never does: their descriptors
+        kept a revoked directory busy (an unmount failed) and counted to the
+        holder's.  No call reaches them again (m refuses it); the holder's handles
+        stay until it releases them, and release nothing more then.  Only objects
+        the host made for this grant: what a compartment grant's other side hands
+        back is its own (wrapped by its grant too), and stays open."""
+        for w in list(m.wrappers.values()):
+            t = w.target
+            if type(t) is Host and t.kind in ("directory", "file") and not t.released \
+                    and t.served is not None:
+                t.released = True
+                self.emit(fx.HostRelease(t.kind, t.served))
 
     def _released_all(self, objects) -> list:
         for kind, served in objects:

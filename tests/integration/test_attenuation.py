@@ -1,5 +1,6 @@
 """Attenuation with real engines: allow-lists, revocation with `wsuper revoke`, the audit file."""
 import json
+import time
 import re
 import os
 
@@ -254,3 +255,60 @@ spin = {{ compartment = "spin", max_uses = 2, calls_per_second = 2 }}
     spin = [(x["method"], x["outcome"]) for x in audit_calls(tmp_path / "audit.jsonl")
             if x.get("capability") == "app.spin"]
     assert spin == [("1", "failed")] * 3 + [("ping", "returned")] * 2 + [("ping", "denied")]
+
+
+def _descriptors_to(pid: int, path) -> int:
+    """How many of process `pid`'s descriptors are open on `path`."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == str(path)
+        except OSError:
+            pass
+    return n
+
+
+def test_a_revoked_directory_grant_is_closed_in_the_supervisor_at_once(tmp_path, wsuper):
+    """The supervisor held a revoked directory grant's descriptor for as long as its
+    holder ran (a program that never releases it: until it ended), keeping the
+    directory busy: an operator who revoked it to unmount or remove it could not.
+    `wsuper revoke` closes it; the holder's other grant stays open."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    """, {"spin": 200, "calling": 210}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
+kept = {{ host = "directory", path = "{tmp_path}/kept" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] calling")
+    pid = run.proc.pid
+    assert _descriptors_to(pid, tmp_path / "data") == 1
+    assert _descriptors_to(pid, tmp_path / "kept") == 1
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")
+    assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.data", r.stderr
+    for _ in range(200):                  # closed by a worker thread, just after the answer
+        if not _descriptors_to(pid, tmp_path / "data"):
+            break
+        time.sleep(0.01)
+    assert _descriptors_to(pid, tmp_path / "data") == 0
+    assert _descriptors_to(pid, tmp_path / "kept") == 1
+    assert run_wsuper("stop", str(tmp_path / "system.toml")).returncode == 0
+    run.finish()

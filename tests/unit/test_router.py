@@ -880,6 +880,50 @@ def test_objects_a_host_call_returns_carry_the_grants_membrane_and_are_released(
     assert fx.HostRelease("directory", "the-directory") in app.effects
 
 
+def test_revoking_a_host_grant_releases_what_was_opened_through_it_at_once():
+    """Revoked, a directory grant and the files opened through it held their host
+    descriptors until the compartment released its handles or ended, which a
+    compartment that keeps them never does: a revoked grant kept the revoked
+    directory busy (an unmount failed) and counted to the compartment's
+    descriptors.  Revocation releases them at once (no call reaches them again
+    anyway), and once only: the compartment's later release sends no second."""
+    DIR, FILE = hosted.BY_KIND["directory"].id, hosted.BY_KIND["file"].id
+    router = R.Router({"app": None, "calc": CALC}, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("data", "directory", "host", revocable=True),
+                                grant("keep", "directory", "host"),
+                                grant("calc", "calc", revocable=True)],
+                hosts={"data": "the-directory", "keep": "kept-directory"},
+                answer_hosts=False)
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    app.send(app.conn.send_call(app.grants[0].import_id, DIR, 0)[1])
+    app.deliver(router.host_returned(app.host_calls[-1].token, Content.standalone([seg]),
+                                     [("file", "the-file")]))
+    f = app.inbox.pop().payload.caps[0].import_id
+    app.send(app.conn.send_call(app.grants[1].import_id, DIR, 0)[1])
+    app.deliver(router.host_returned(app.host_calls[-1].token, Content.standalone([seg]),
+                                     [("file", "kept-file")]))
+    app.inbox.pop()
+    effects = router.revoke("app.data")
+    released = [e for e in effects if isinstance(e, fx.HostRelease)]
+    assert sorted(released, key=repr) == sorted(
+        [fx.HostRelease("directory", "the-directory"), fx.HostRelease("file", "the-file")],
+        key=repr)
+    # a compartment grant's revocation releases nothing of its callee's
+    assert not [e for e in router.revoke("app.calc") if isinstance(e, fx.HostRelease)]
+    app.send(app.conn.send_call(f, FILE, 0)[1])
+    assert app.inbox.pop().error.endswith(" was revoked")
+    app.effects.clear()
+    app.send(app.conn.send_release(f))
+    app.send(app.conn.send_release(app.grants[0].import_id))
+    assert not [e for e in app.effects if isinstance(e, fx.HostRelease)]
+    app.deliver(router.disconnected(app.pid, "gone"))
+    assert fx.HostRelease("directory", "kept-directory") in app.effects
+    assert fx.HostRelease("file", "kept-file") in app.effects
+    assert fx.HostRelease("directory", "the-directory") not in app.effects
+    assert calc.pid in router.peers
+
+
 def test_what_a_host_call_opens_for_a_caller_that_left_is_released():
     DIR = hosted.BY_KIND["directory"].id
     router = R.Router({"app": None})
