@@ -90,7 +90,7 @@ def strip_time(line: str) -> str:
 
 class Output:
     def __init__(self, out, err, fmt: str = "text", log_dir: str | None = None,
-                 on_closed=lambda: None):
+                 on_closed=lambda: None, remake_log_dir=None):
         self.out, self.err = out, err
         for stream in (out, err):      # a terminal that is not UTF-8 gets escapes, not errors
             try:
@@ -98,8 +98,8 @@ class Output:
             except (AttributeError, ValueError, OSError):
                 pass
         self.json = fmt == "json"
-        self.files = LogFiles(log_dir, self._files_failed, self._files_paused) \
-            if log_dir else None
+        self.files = LogFiles(log_dir, self._files_failed, self._files_paused,
+                              remake_log_dir, self._files_remade) if log_dir else None
         self.on_closed = on_closed
         self.closed = False
         self.dropped = 0
@@ -222,7 +222,13 @@ class Output:
 
     def _files_failed(self, why: str):
         """The log files stopped (said once, on the terminal only)."""
-        text = f"the log files stopped: {why}; lines are shown here only from now on"
+        self._note(f"the log files stopped: {why}; lines are shown here only from now on")
+
+    def _files_remade(self, why: str):
+        """The log directory was made again (on the terminal only)."""
+        self._note(f"note: {why}")
+
+    def _note(self, text: str):
         if self.json:
             self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
         else:
@@ -231,12 +237,8 @@ class Output:
     def _files_paused(self, why: str):
         """The log files cannot be written for a moment (on the terminal only)."""
         when = self.files.waits_for if self.files is not None else "it passes"
-        text = f"the log files wait: {why}; their lines are kept (up to a bound) and " \
-               f"written once {when}"
-        if self.json:
-            self._write(self.err, json.dumps({"time": rfc3339(), "event": text}))
-        else:
-            self._write(self.err, f"{rfc3339()} wsuper: {printable(text)}")
+        self._note(f"the log files wait: {why}; their lines are kept (up to a bound) and "
+                   f"written once {when}")
 
     def plugin(self, compartment: str, text: str, stream: str = "log"):
         """A line a plugin wrote (to its log, or to its engine's stderr)."""
@@ -449,11 +451,19 @@ class LogFiles:
     writer catches up; the supervisor's events have twice the room."""
     set_event = staticmethod(trio.Event.set)
 
-    def __init__(self, folder: str, on_failed=lambda why: None, on_paused=lambda why: None):
+    def __init__(self, folder: str, on_failed=lambda why: None, on_paused=lambda why: None,
+                 remake=None, on_remade=lambda why: None):
         """`on_failed(why)`: told once, when writing fails and the files stop;
         `on_paused(why)`: when writing fails for want of a descriptor (then it is
-        tried again, and told again only after it worked once more)."""
+        tried again, and told again only after it worked once more).  `remake()`:
+        makes the folder again where it was, as at start, and returns a descriptor
+        that holds it for this system (its lock), or raises why not; called when
+        the folder was removed or moved away while the system ran, and then
+        `on_remade(why)` is told."""
         self.folder = folder
+        self.remake = remake
+        self.on_remade = on_remade
+        self._held: list[int] = []     # what remake() returned: closed at close()
         self.on_failed = on_failed
         self.on_paused = on_paused
         self.paused = False
@@ -581,10 +591,43 @@ class LogFiles:
         with self._lock:               # close() leaves the directory to a write under way
             if self._closed:
                 return
+            if self._dir is not None and self.remake is not None and self._gone():
+                self._make_again()
             if self._dir is None:
                 self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                                     | os.O_CLOEXEC)
             self._write_all(self._dir, batch)
+
+    def _gone(self) -> bool:
+        """Whether the directory the files are written in is no longer the one at
+        `folder` (removed, or moved away): written on through its descriptor, the
+        files went into a directory no name reached (removed: every open failed
+        ENOENT, and the files stopped for good), and `wsuper logs` found nothing."""
+        own = os.fstat(self._dir)
+        if own.st_nlink == 0:
+            return True
+        try:
+            now = os.stat(self.folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+
+    def _make_again(self):
+        """A new folder where the old one was, made and held as at start (remake:
+        a real directory of ours, closed to others, locked for this system), and
+        the files begin again there."""
+        try:
+            held = self.remake()
+        except Exception as e:  # noqa: BLE001 - refused (a link planted there): the
+            # batch fails, as a write that fails, and the files stop saying why
+            raise OSError(errno.EACCES, f"cannot make it again: {e}") from None
+        self._held.append(held)
+        old, self._dir = self._dir, None
+        os.close(old)
+        self._looked.clear()
+        self.on_remade(f"the log directory {self.folder} was removed or moved while the "
+                       f"system ran: a new one is made there (the files before are in "
+                       f"the directory moved, if it was)")
 
     def _write_all(self, folder: int, batch: dict):
         """What is written leaves `batch`: when writing fails, it holds what was not."""
@@ -629,6 +672,9 @@ class LogFiles:
                 if self._dir is not None:
                     os.close(self._dir)
                     self._dir = None
+                for fd in self._held:
+                    os.close(fd)
+                self._held.clear()
             finally:
                 self._lock.release()
         left = self.unwritten()

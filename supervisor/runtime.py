@@ -604,7 +604,8 @@ class Supervisor:
         self.log_dir = self.system.logs or output.default_log_dir(
             endpoint.system_id(self.identity))
         self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
-                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)))
+                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)),
+                                    self._remake_log_dir)
         self.socket_path = socket_path or self.system.socket or \
             endpoint.default_socket_path(self.identity)
         self.run_id = os.urandom(6).hex()
@@ -793,6 +794,14 @@ class Supervisor:
             for path, inode in self._bound.items():
                 endpoint.owned_socket(path, inode)
             self._let_go(lock)
+
+    def _remake_log_dir(self) -> int:
+        """The log directory again, as `run` made it (removed while the system ran):
+        made if missing, refused unless it is a real directory of ours closed to
+        others, and locked for this system; its descriptor (the log files' writer
+        thread keeps it).  Raises EndpointError."""
+        endpoint.own_dir(self.log_dir, "log directory ", parents=True)
+        return endpoint.lock_dir(self.log_dir, "log directory ")
 
     def _let_go(self, lock):
         """What run took before anything started: the audit file, the log directory,

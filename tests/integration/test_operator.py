@@ -1176,3 +1176,52 @@ def test_call_waits_for_the_running_systems_socket_no_longer_than_its_timeout(
     assert r.returncode == 1, r.stdout + r.stderr
     assert "calc.add: no answer within 1 s (the running system did not say on its admin " \
            "socket where its external socket is)" in r.stderr, r.stderr
+
+
+def test_the_log_directory_removed_while_the_system_runs_is_made_again(tmp_path, wsuper):
+    """`rm -rf` of the log directory while the system ran stopped the log files for
+    good ("the log files stopped: ...: No such file or directory"): every later
+    line of the run, the plugins' and the supervisor's, was in no file, and
+    `wsuper logs` showed nothing.  A new directory is made there, as at start, and
+    the operator is told once; the lines after go into it."""
+    import shutil
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"spin": 200, "calling": 210}))
+    logs = tmp_path / "logs"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+logs = "{logs}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] calling")
+    for _ in range(300):                       # the line reaches its file in a batch
+        if (logs / "app.log").exists() and "calling" in (logs / "app.log").read_text():
+            break
+        time.sleep(0.01)
+    shutil.rmtree(logs)
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.spin")
+    assert r.returncode == 0, r.stderr
+    assert run.finish() == 0
+    notes = [l for l in run.lines if "the log directory" in l]
+    assert len(notes) == 1 and f"note: the log directory {logs} was removed or moved" \
+        in notes[0], run.lines
+    assert not [l for l in run.lines if "the log files stopped" in l]
+    assert "denied: app.spin was revoked" in (logs / "app.log").read_text()
+    assert "revoked app.spin" in (logs / "supervisor.log").read_text()
+    shown = run_wsuper("logs", str(tmp_path / "system.toml"), "app")
+    assert "denied: app.spin was revoked" in shown.stdout, shown.stderr

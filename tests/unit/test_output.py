@@ -1,5 +1,6 @@
 """What the operator sees of a compartment: its engine's stderr, held to log_rate."""
 import os
+import stat
 
 import pytest
 
@@ -792,3 +793,51 @@ def test_log_files_on_a_full_disk_wait_for_room_and_write_each_line_once_whole(t
         assert (logs / "app.log").read_text() == before + "".join(l + "\n" for l in new)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_log_directory_removed_or_moved_while_running_is_made_again(tmp_path):
+    """The log files are written through the directory as opened at start: removed
+    while the system ran (an operator's `rm -rf`, a cleaner of old files), every
+    later write failed ENOENT and the files stopped for good (every later line of
+    the run in no file); moved away, they went on into the moved directory, where
+    `wsuper logs` does not look.  A new one is made where it was, as at start (by
+    `remake`, whose descriptor the files keep until closed), and said once each
+    time; one that cannot be made again stops the files, saying why."""
+    import shutil
+
+    from supervisor import endpoint
+    from supervisor.output import LogFiles
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    said, made = [], []
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        fd = endpoint.lock_dir(str(folder), "log directory ")
+        made.append(fd)
+        return fd
+    files = LogFiles(str(folder), on_remade=said.append, remake=remake)
+    files._write({"app": ["one"]})
+    shutil.rmtree(folder)
+    files._write({"app": ["two"], "supervisor": ["event"]})
+    assert (folder / "app.log").read_text() == "two\n"
+    assert (folder / "supervisor.log").read_text() == "event\n"
+    assert len(said) == 1 and f"the log directory {folder} was removed or moved" in said[0]
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    os.rename(folder, tmp_path / "moved")
+    files._write({"app": ["three"]})
+    assert (folder / "app.log").read_text() == "three\n"
+    assert (tmp_path / "moved" / "app.log").read_text() == "two\n"
+    assert len(said) == 2 and len(made) == 2
+    files._write({"app": ["four"]})            # nothing moved: written on, nothing said
+    assert (folder / "app.log").read_text() == "three\nfour\n" and len(said) == 2
+    # a link planted where it was is not followed: the writes fail, naming why
+    shutil.rmtree(folder)
+    os.symlink(tmp_path / "moved", folder)
+    with pytest.raises(OSError, match="not a directory"):
+        files._write({"app": ["five"]})
+    assert "five" not in (tmp_path / "moved" / "app.log").read_text()
+    files.close()
+    for fd in made:                             # closed with the files
+        with pytest.raises(OSError):
+            os.fstat(fd)
