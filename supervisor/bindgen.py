@@ -841,14 +841,23 @@ def generate_all(schema_paths, out_dir: str) -> list[str]:
                                                f" ({header_name(other)} is {name} wherever "
                                                "case is ignored)")
                                + "; rename one of the files or bind them apart")
+    # every schema read, bound and its header checked before any is written: a
+    # schema refused after another (`bindgen a.capnp bad.capnp`) left a.h written
+    ready = [_prepare(path, out_dir) for path in by_header.values()]
     written: list[str] = []
-    for path in by_header.values():
-        written += [p for p in generate(path, out_dir) if p not in written]
+    for header in ready:
+        written += [p for p in _write_headers(*header) if p not in written]
     return written
 
 
 def generate(schema_path: str, out_dir: str) -> list[str]:
     """Write NAME.h (and wsuper.h) into out_dir; returns the paths written."""
+    return _write_headers(*_prepare(schema_path, out_dir))
+
+
+def _prepare(schema_path: str, out_dir: str) -> tuple[str, str, bytes]:
+    """NAME.h's path in out_dir (made if missing), wsuper.h's, and NAME.h's text;
+    BindgenError if the schema cannot be bound or either file there is not ours."""
     problem = _header_problem(schema_path)
     if problem:
         raise BindgenError(problem)
@@ -866,7 +875,11 @@ def generate(schema_path: str, out_dir: str) -> list[str]:
     runtime = os.path.join(out_dir, "wsuper.h")
     _ours(target, _GENERATED)
     _ours(runtime, _SDK_FIRST_LINE)
-    _write_whole(target, gen.header().encode())
+    return target, runtime, gen.header().encode()
+
+
+def _write_headers(target: str, runtime: str, text: bytes) -> list[str]:
+    _write_whole(target, text)
     with open(SDK_HEADER, "rb") as f:
         _write_whole(runtime, f.read())
     return [target, runtime]

@@ -140,6 +140,30 @@ def test_bindgen_cli_writes_headers_and_refuses_what_it_cannot_bind(tmp_path):
     assert r.returncode == 2 and "u.capnp: S: unions are not supported" in r.stderr
 
 
+def test_bindgen_of_several_schemas_writes_none_when_one_is_refused(tmp_path):
+    """`bindgen good.capnp bad.capnp` wrote good's header and then refused bad's:
+    the command failed (exit 2) with a half-written include directory, a header
+    from this run beside older ones.  Every schema is bound and its files checked
+    before any is written; a refusal writes nothing, wherever the bad one is."""
+    bad = tmp_path / "u.capnp"
+    bad.write_text("@0xd1f0a3b2c4e5f602;\nstruct S { union { a @0 :Int32; b @1 :Text; } }\n")
+    for order in ([SCHEMA, str(bad)], [str(bad), SCHEMA]):
+        out = tmp_path / f"inc{len(os.listdir(tmp_path))}"
+        r = run_wsuper("bindgen", *order, "-o", str(out))
+        assert r.returncode == 2 and "u.capnp: S: unions are not supported" in r.stderr
+        assert not out.exists() or os.listdir(out) == [], os.listdir(out)
+    # a header there that is not bindgen's, named last, refuses the whole run too
+    out = tmp_path / "mine"
+    out.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "kept.capnp").write_text("@0xd1f0a3b2c4e5f603;\nstruct K { a @0 :Int32; }\n")
+    (out / "kept.h").write_text("/* my own */\n")
+    r = run_wsuper("bindgen", SCHEMA, str(other / "kept.capnp"), "-o", str(out))
+    assert r.returncode == 2 and "kept.h" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == ["kept.h"]
+
+
 def test_an_unsupported_declaration_is_named_as_the_schema_names_it_where_it_is(tmp_path):
     """bindgen's refusals named a declaration by its C name, in the file it was
     given: `k.capnp: outer_inner.v`, `k.capnp: i_m_params.a`, and a union in a
