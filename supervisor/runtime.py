@@ -1347,6 +1347,11 @@ class Supervisor:
                 continue
             if g.kind != "host" or g.target not in ("directory", "file", "environment"):
                 continue
+            if g.revocable and self.router.revoked_already(f"{comp.name}.{g.name}"):
+                # no call goes through it: not opened again at a restart.  Opened, a
+                # directory the operator removed (or unmounted) after revoking it
+                # failed every later start of its holder (an outside review)
+                continue
             opened, opening = None, hostcaps.GrantOpening(
                 g, self.hosts.write_quota(comp.name, g))
             with trio.move_on_after(hostcaps.IO_DEADLINE):

@@ -312,3 +312,52 @@ kept = {{ host = "directory", path = "{tmp_path}/kept" }}
     assert _descriptors_to(pid, tmp_path / "kept") == 1
     assert run_wsuper("stop", str(tmp_path / "system.toml")).returncode == 0
     run.finish()
+
+
+def test_a_revoked_directory_grant_removed_from_the_host_does_not_stop_a_restart(tmp_path,
+                                                                               wsuper):
+    """A revoked grant was opened again at each start of its holder, though no call
+    could go through it: an operator who revoked a directory grant and then removed
+    (or unmounted) the directory made every later restart of the holder fail
+    ("cannot open ... for grant data"), and a permanent compartment was given up
+    on.  A revoked grant is no longer opened: the holder restarts, the grant still
+    revoked."""
+    import shutil
+    import signal
+    (tmp_path / "data").mkdir()
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    """, {"spin": 200, "calling": 210}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+restart = "permanent"
+restart_delay = 0.0
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin" }}
+data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready app").split("pid=")[1].split()[0])
+    run.wait_for("[app] calling")
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(tmp_path / "data")
+    os.kill(pid, signal.SIGKILL)
+    k = len(run.lines)
+    line = run.next_start("app", start=k)
+    assert line.startswith("wsuper: ready app"), run.lines[k:]
+    run.wait_for("[app] calling", start=k)
+    assert run_wsuper("stop", str(tmp_path / "system.toml")).returncode == 0
+    run.finish()
