@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests.conftest import audit_calls, EXAMPLES, GUESTS_C, run_wsuper
-from tests.integration.guests import HERE, SPIN_ID, program
+from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
 
 def test_a_method_outside_the_allow_list_is_denied_and_shown(tmp_path):
@@ -275,29 +275,11 @@ def test_a_revoked_directory_grant_is_closed_in_the_supervisor_at_once(tmp_path,
     `wsuper revoke` closes it; the holder's other grant stays open."""
     (tmp_path / "data").mkdir()
     (tmp_path / "kept").mkdir()
-    (tmp_path / "app.wat").write_text(program(f"""
-    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
-    (call $log (i32.const 210) (i32.const 7))
-    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
-    """, {"spin": 200, "calling": 210}))
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{HERE}/spin.capnp"]
-socket = "{tmp_path}/s.sock"
-[compartments.spin]
-module = "{HERE}/spin.wat"
-exports = "Spin"
-[compartments.spin.limits]
-fuel_per_call = 4_000_000_000_000_000
-[compartments.app]
-module = "app.wat"
-[compartments.app.grants]
-log = {{ host = "log" }}
-spin = {{ compartment = "spin" }}
+    system = held_on_spin(tmp_path, f"""
 data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
 kept = {{ host = "directory", path = "{tmp_path}/kept" }}
 """)
-    run = wsuper("up", str(tmp_path / "system.toml"))
+    run = wsuper("up", system)
     run.wait_for("[app] calling")
     pid = run.proc.pid
     assert _descriptors_to(pid, tmp_path / "data") == 1
@@ -325,30 +307,10 @@ def test_a_revoked_directory_grant_removed_from_the_host_does_not_stop_a_restart
     import shutil
     import signal
     (tmp_path / "data").mkdir()
-    (tmp_path / "app.wat").write_text(program(f"""
-    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
-    (call $log (i32.const 210) (i32.const 7))
-    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
-    """, {"spin": 200, "calling": 210}))
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{HERE}/spin.capnp"]
-socket = "{tmp_path}/s.sock"
-[compartments.spin]
-module = "{HERE}/spin.wat"
-exports = "Spin"
-[compartments.spin.limits]
-fuel_per_call = 4_000_000_000_000_000
-[compartments.app]
-module = "app.wat"
-restart = "permanent"
-restart_delay = 0.0
-[compartments.app.grants]
-log = {{ host = "log" }}
-spin = {{ compartment = "spin" }}
+    system = held_on_spin(tmp_path, f"""
 data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
-""")
-    run = wsuper("up", str(tmp_path / "system.toml"))
+""", app='restart = "permanent"\nrestart_delay = 0.0')
+    run = wsuper("up", system)
     pid = int(run.wait_for("ready app").split("pid=")[1].split()[0])
     run.wait_for("[app] calling")
     r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")

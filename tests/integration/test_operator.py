@@ -13,7 +13,7 @@ import pytest
 
 from supervisor.output import strip_time
 from tests.conftest import EXAMPLES, ROOT, run_wsuper
-from tests.integration.guests import HERE, SPIN_ID, program
+from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
 SYSTEM = """
 [system]
@@ -1185,28 +1185,9 @@ def test_the_log_directory_removed_while_the_system_runs_is_made_again(tmp_path,
     `wsuper logs` showed nothing.  A new directory is made there, as at start, and
     the operator is told once; the lines after go into it."""
     import shutil
-    (tmp_path / "app.wat").write_text(program(f"""
-    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
-    (call $log (i32.const 210) (i32.const 7))
-    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
-    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
-    """, {"spin": 200, "calling": 210}))
     logs = tmp_path / "logs"
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{HERE}/spin.capnp"]
-logs = "{logs}"
-[compartments.spin]
-module = "{HERE}/spin.wat"
-exports = "Spin"
-[compartments.spin.limits]
-fuel_per_call = 4_000_000_000_000_000
-[compartments.app]
-module = "app.wat"
-[compartments.app.grants]
-log = {{ host = "log" }}
-spin = {{ compartment = "spin", revocable = true }}
-""")
+    held_on_spin(tmp_path, system=f'logs = "{logs}"',
+                 spin_grant='{ compartment = "spin", revocable = true }')
     run = wsuper("up", str(tmp_path / "system.toml"))
     run.wait_for("[app] calling")
     for _ in range(300):                       # the line reaches its file in a batch

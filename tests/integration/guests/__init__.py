@@ -78,3 +78,38 @@ def program(body: str, strings: dict[str, int] | None = None) -> str:
 {body})
 )
 """
+
+
+def held_on_spin(tmp_path, grants: str = "", system: str = "", app: str = "",
+                 spin_grant: str = '{ compartment = "spin" }') -> str:
+    """A system whose `app` logs "calling" and then waits in a call to `spin` that
+    runs for as long as the test needs (it ends with the system, or a revocation
+    of app.spin when `spin_grant` makes it revocable), with `grants` more (TOML
+    lines), `system` more [system] keys and `app` more keys of app's table.
+    Returns the system file's path."""
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"spin": 200, "calling": 210}))
+    path = tmp_path / "system.toml"
+    path.write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{tmp_path}/s.sock"
+{system}
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.spin.limits]
+fuel_per_call = 4_000_000_000_000_000
+[compartments.app]
+module = "app.wat"
+{app}
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {spin_grant}
+{grants}
+""")
+    return str(path)
