@@ -134,6 +134,38 @@ _RESULTS = {"path_open": ((8, 4),), "fd_read": ((3, 4),), "fd_write": ((3, 4),),
             "fd_pread": ((4, 4),), "fd_pwrite": ((4, 4),), "fd_seek": ((3, 8),)}
 
 
+#: (argument, the values it may take) of each flags or enum argument: witx gives it a
+#: u8, u16 or u32 with these bits (flags: a mask) or these values (enum: a range).  Any
+#: other value (a bit witx has no name for, a value past the type's width, which the
+#: masks below cut away) is EINVAL before the call does anything, as wasmtime refuses
+#: it before its call runs (it traps).  It was taken as the bits left: `0x10000` as
+#: no flags (fd_fdstat_set_flags turned O_APPEND off and said success), lookupflags
+#: `2` as none, fst_flags `0x10002` set the access time, advice 256 was NORMAL.
+_MASK, _ENUM = "mask", "enum"
+_NARROW = {
+    "fd_advise": ((3, _ENUM, 5),),
+    "fd_fdstat_set_flags": ((1, _MASK, 0x1F),),
+    "fd_filestat_set_times": ((3, _MASK, 0xF),),
+    "path_filestat_get": ((1, _MASK, 0x1),),
+    "path_filestat_set_times": ((1, _MASK, 0x1), (6, _MASK, 0xF)),
+    "path_link": ((1, _MASK, 0x1),),
+    "path_open": ((1, _MASK, 0x1), (4, _MASK, 0xF), (7, _MASK, 0x1F)),
+    "sock_accept": ((1, _MASK, 0x1F),),
+    "sock_recv": ((3, _MASK, 0x3),),
+    "sock_send": ((3, _MASK, 0x0),),
+    "sock_shutdown": ((1, _MASK, 0x3),),
+}
+
+
+def _narrow_ok(args, narrow) -> bool:
+    """Whether each flags or enum argument of `narrow` (_NARROW) is one witx has."""
+    for i, how, bound in narrow:
+        v = args[i] & 0xFFFFFFFF
+        if (v & ~bound) if how == _MASK else v > bound:
+            return False
+    return True
+
+
 class HostCallFailed(Exception):
     """A capability call that returned an exception (raised by the engine)."""
 
@@ -264,7 +296,10 @@ class Wasi:
         """The host function for one wasi_snapshot_preview1 import (ENOSYS if unknown)."""
         impl = getattr(self, name, None) or self._nosys
         results = _RESULTS.get(name, ())
+        narrow = _NARROW.get(name, ())
         def call(*args):
+            if narrow and not _narrow_ok(args, narrow):
+                return E.INVAL           # before anything: no result pointer, no fd
             self._frames.append([])
             returned = False     # (sys.exc_info() also names what the engine handles around us)
             try:

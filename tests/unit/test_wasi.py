@@ -958,3 +958,40 @@ def test_a_protected_buffer_after_a_writable_one_in_one_transfer_makes_it_short(
     host.mem[0x4000:0x4008] = struct.pack("<II", 0x800, 16)
     assert call(w, "fd_write", fd, 0x4000, 1, 0x5000) == E.FAULT
     assert len(written) == 1
+
+
+@pytest.mark.parametrize("name,args", [
+    ("path_open", (3, 2, 0, 1, 0, wasi.RIGHT_FD_READ, 0, 0, 64)),        # lookupflags bit 1
+    ("path_open", (3, 0, 0, 1, 0x10000, wasi.RIGHT_FD_READ, 0, 0, 64)),  # oflags past a u16
+    ("path_open", (3, 0, 0, 1, 0, wasi.RIGHT_FD_READ, 0, 0x10001, 64)),  # fdflags past a u16
+    ("path_open", (3, -1, 0, 1, 0, wasi.RIGHT_FD_READ, 0, 0, 64)),
+    ("path_filestat_get", (3, 0x100, 0, 1, 300)),
+    ("path_filestat_set_times", (3, 2, 0, 1, 0, 0, wasi.FST_ATIM_NOW)),
+    ("path_filestat_set_times", (3, 0, 0, 1, 0, 0, 0x10000 | wasi.FST_ATIM_NOW)),
+    ("path_link", (3, 4, 0, 1, 3, 8, 1)),
+    ("fd_fdstat_set_flags", (4, 0x10000)),                   # was: O_APPEND off, success
+    ("fd_fdstat_set_flags", (4, 0x20)),
+    ("fd_filestat_set_times", (4, 0, 0, 0x10000 | wasi.FST_ATIM_NOW)),   # was: atime set
+    ("fd_advise", (4, 0, 1, 256)),                           # was: NORMAL
+    ("fd_advise", (4, 0, 1, -1)),
+    ("sock_accept", (4, 0x20, 64)),
+    ("sock_shutdown", (4, 4)),
+])
+def test_a_flag_or_enum_value_witx_has_not_is_einval_before_anything(name, args):
+    """A value past the width of its witx type (u8, u16) or with a bit witx names not
+    was cut to the bits left and obeyed (wasmtime traps on each, before its call
+    runs): `fd_fdstat_set_flags(fd, 0x10000)` turned O_APPEND off and said success,
+    fst_flags 0x10002 set the access time, lookupflags 2 was taken as none."""
+    host, w = wasi_with()
+    fd = open_file(w, host, fdflags=wasi.FDFLAGS_APPEND)
+    assert fd == 4
+    host.write(0, b"x")
+    host.write(8, b"y")
+    host.calls.clear()
+    assert call(w, name, *args) == E.INVAL
+    assert host.calls == []                                  # nothing asked of the host
+    assert w.fds[4].append and w.fds[4].flags == wasi.FDFLAGS_APPEND
+    # the same calls with the values witx has go on as before
+    assert call(w, "fd_fdstat_set_flags", 4, wasi.FDFLAGS_APPEND | wasi.FDFLAGS_NONBLOCK) == 0
+    assert call(w, "fd_advise", 4, 0, 1, 5) == 0
+    assert call(w, "path_filestat_get", 3, 1, 0, 1, 300) == 0
