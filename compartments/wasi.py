@@ -140,7 +140,8 @@ _RESULTS = {"path_open": ((8, 4),), "fd_read": ((3, 4),), "fd_write": ((3, 4),),
 #: masks below cut away) is EINVAL before the call does anything, as wasmtime refuses
 #: it before its call runs (it traps).  It was taken as the bits left: `0x10000` as
 #: no flags (fd_fdstat_set_flags turned O_APPEND off and said success), lookupflags
-#: `2` as none, fst_flags `0x10002` set the access time, advice 256 was NORMAL.
+#: `2` as none, fst_flags `0x10002` set the access time, advice 256 was NORMAL, and
+#: rights past the 30 witx names were dropped without a word.
 _MASK, _ENUM = "mask", "enum"
 _NARROW = {
     "fd_advise": ((3, _ENUM, 5),),
@@ -149,7 +150,9 @@ _NARROW = {
     "path_filestat_get": ((1, _MASK, 0x1),),
     "path_filestat_set_times": ((1, _MASK, 0x1), (6, _MASK, 0xF)),
     "path_link": ((1, _MASK, 0x1),),
-    "path_open": ((1, _MASK, 0x1), (4, _MASK, 0xF), (7, _MASK, 0x1F)),
+    "path_open": ((1, _MASK, 0x1), (4, _MASK, 0xF), (5, _MASK, ALL_RIGHTS),
+                  (6, _MASK, ALL_RIGHTS), (7, _MASK, 0x1F)),
+    "fd_fdstat_set_rights": ((1, _MASK, ALL_RIGHTS), (2, _MASK, ALL_RIGHTS)),
     "sock_accept": ((1, _MASK, 0x1F),),
     "sock_recv": ((3, _MASK, 0x3),),
     "sock_send": ((3, _MASK, 0x0),),
@@ -160,7 +163,7 @@ _NARROW = {
 def _narrow_ok(args, narrow) -> bool:
     """Whether each flags or enum argument of `narrow` (_NARROW) is one witx has."""
     for i, how, bound in narrow:
-        v = args[i] & 0xFFFFFFFF
+        v = args[i] & U64                # (a negative i32 is past every bound too)
         if (v & ~bound) if how == _MASK else v > bound:
             return False
     return True

@@ -995,3 +995,21 @@ def test_a_flag_or_enum_value_witx_has_not_is_einval_before_anything(name, args)
     assert call(w, "fd_fdstat_set_flags", 4, wasi.FDFLAGS_APPEND | wasi.FDFLAGS_NONBLOCK) == 0
     assert call(w, "fd_advise", 4, 0, 1, 5) == 0
     assert call(w, "path_filestat_get", 3, 1, 0, 1, 300) == 0
+
+
+@pytest.mark.parametrize("name,args", [
+    ("path_open", (3, 0, 0, 1, 0, (1 << 40) | wasi.RIGHT_FD_READ, 0, 0, 64)),
+    ("path_open", (3, 0, 0, 1, 0, wasi.RIGHT_FD_READ, -1, 0, 64)),
+    ("fd_fdstat_set_rights", (3, 1 << 30, 0)),
+    ("fd_fdstat_set_rights", (3, 0, -1)),
+])
+def test_rights_witx_has_not_are_einval_before_anything(name, args):
+    """Rights are flags too (30 of them): a right witx does not name was dropped
+    without a word by path_open (wasmtime traps), and fd_fdstat_set_rights said
+    ENOTCAPABLE, as if it were a right taken away."""
+    host, w = wasi_with()
+    host.write(0, b"x")
+    assert call(w, name, *args) == E.INVAL
+    assert host.calls == []
+    assert w.fds[3].base == wasi.DIR_RIGHTS and w.fds[3].inheriting == wasi.DIR_INHERITING
+    assert open_file(w, host, rights=wasi.ALL_RIGHTS) == 4
