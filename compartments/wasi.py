@@ -692,6 +692,8 @@ class Wasi:
                                                                         48 * i + 16)
                 if clock > CLOCK_THREAD:       # not a clock at all (wasmtime: EINVAL too)
                     raise _Fail(E.INVAL)
+                if flags & ~1:                 # subclockflags has ABSTIME alone (wasmtime:
+                    raise _Fail(E.INVAL)       # EINVAL; it was slept as if relative)
                 if flags & 1:                  # absolute: how far is it from now?
                     if self.clock is None or clock not in (CLOCK_REALTIME, CLOCK_MONOTONIC):
                         ready.append((userdata, E.NOTCAPABLE if self.clock is None

@@ -1013,3 +1013,18 @@ def test_rights_witx_has_not_are_einval_before_anything(name, args):
     assert host.calls == []
     assert w.fds[3].base == wasi.DIR_RIGHTS and w.fds[3].inheriting == wasi.DIR_INHERITING
     assert open_file(w, host, rights=wasi.ALL_RIGHTS) == 4
+
+
+def test_a_clock_subscription_with_a_flag_witx_has_not_fails_the_poll(monkeypatch):
+    """subclockflags has ABSTIME (1) alone: flags 2 failed nothing and the clock was
+    slept as a relative one (wasmtime fails the call with EINVAL)."""
+    host, w = wasi_with()
+    slept = []
+    monkeypatch.setattr(wasi.time, "sleep", slept.append)
+    for flags in (2, 0x8001):
+        host.write(0, struct.pack("<QB7xIxxxxQQH6x", 5, 0, wasi.CLOCK_MONOTONIC, 1000, 0,
+                                  flags))
+        assert call(w, "poll_oneoff", 0, 100, 1, 900) == E.INVAL
+    assert slept == [] and host.calls == []
+    host.write(0, struct.pack("<QB7xIxxxxQQH6x", 5, 0, wasi.CLOCK_MONOTONIC, 1000, 0, 0))
+    assert call(w, "poll_oneoff", 0, 100, 1, 900) == 0 and slept == [1e-06]
