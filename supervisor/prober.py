@@ -377,11 +377,11 @@ class Prober:
             (f" {','.join(s.functions)}" if s.functions else "") + \
             (", events" if s.events else "") + f") by {by}"
         self.sup.say(printable(text), s.compartment)
-        if self.sup.audit is not None:
-            self.sup.audit.add({"time": None, "event": what, "compartment": s.compartment,
-                                "probe": s.name, "point": s.point,
-                                "functions": list(s.functions), "events": s.events,
-                                "by": by})
+        if self.sup.audit is not None:   # after the calls that ended before it
+            self.sup.audit_event({"time": None, "event": what, "compartment": s.compartment,
+                                  "probe": s.name, "point": s.point,
+                                  "functions": list(s.functions), "events": s.events,
+                                  "by": by})
 
     def started(self, name: str):
         """A new engine of `name` is ready: run-time probes are gone with the old one;

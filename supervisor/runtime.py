@@ -2265,7 +2265,21 @@ class Supervisor:
         """An operator's change to the running system (a revocation, a stop; probe
         changes: prober._audit) is a record of the audit, as the calls it affects are."""
         if self.audit is not None:
-            self.audit.add({"time": None, **record, "by": "operator"})
+            self.audit_event({"time": None, **record, "by": "operator"})
+
+    def audit_event(self, record: dict):
+        """An event of the run (not a call) into the audit, after the records of every
+        call that ended before it.  The fast lane keeps the records of the calls it
+        returned until the router drains them (every EXPIRY_TICK, or at a wake-up):
+        added at once, `grant revoked` came before the records of calls through the
+        grant that the lane had returned before it, and the audit said they returned
+        after the revocation (an outside review).  They are drained first, audit room
+        or not (at most the lane's AUDIT_CAPACITY more than AUDIT_BACKLOG)."""
+        if self.audit is None:
+            return
+        if self.lane is not None:
+            self._perform(self.router.native_tick())
+        self.audit.add(record)
 
     async def _status(self) -> dict:
         now = trio.current_time()
