@@ -1554,14 +1554,18 @@ class Router:
         for rec in self.native.expired():
             self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec), flush=False)
         if self.audit.enabled and audit_room:
-            for r, iface, method, wall0, seconds in self.native.drain_audit():
-                self.emit(fx.Audit({"time": wall0, "caller": r.caller.name,
-                                    "capability": r.desc,
-                                    "interface": self.names.interface(iface),
-                                    "method": self.names.method(iface, method),
-                                    "outcome": "returned",
-                                    "duration_ms": round(seconds * 1000, 3)}))
+            self._drain_native_audit()
         return self._flush()
+
+    def _drain_native_audit(self):
+        """The records of the calls the lane returned, since the last drain."""
+        for r, iface, method, wall0, seconds in self.native.drain_audit():
+            self.emit(fx.Audit({"time": wall0, "caller": r.caller.name,
+                                "capability": r.desc,
+                                "interface": self.names.interface(iface),
+                                "method": self.names.method(iface, method),
+                                "outcome": "returned",
+                                "duration_ms": round(seconds * 1000, 3)}))
 
     def _reached(self, key):
         """The call `key` reached its callee (forwarded, or run by the host layer): the
@@ -1595,6 +1599,11 @@ class Router:
                     for rec in self.native.drop_peer(peer.id):
                         self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec),
                                       flush=False)
+            # and what it returned until then is recorded: its thread still reads what
+            # the engines wrote before they ended, and a return it forwarded after the
+            # caller's last native_tick() left its record in the lane for good (the
+            # call answered, and no record of it at all; an outside review)
+            self._drain_native_audit()
         # calls forwarded to a callee fail now, as at their deadline (an answer read
         # after this, the engines' last, went to a caller whose record said failed)
         stopped = CallError(reason, "disconnected")

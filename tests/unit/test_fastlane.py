@@ -1560,3 +1560,38 @@ def test_what_a_callback_answers_counts_to_its_passer_also_when_the_lane_forward
         assert calc.returns()[-1].error is None
         assert peer.passed_by[by] == 1 + 10 * (i + 1), (i, peer.passed_by)
     assert all(c.answer_id >= P.NATIVE_QID_BASE for c in app.calls()[1:])    # natively
+
+
+def test_a_call_the_lane_returns_between_the_last_drain_and_the_end_of_the_audit_is_recorded(sup):
+    """At stop the runtime drains the lane's audit records (native_tick) and then ends
+    the audit (end_audit), while the lane's thread still reads what the engines wrote
+    before they ended.  A return the lane forwarded in between left the call's
+    record in the lane's buffer, never drained: the call reached its callee and was
+    answered, and the audit had no record of it at all (not "returned", not
+    "failed").  end_audit takes the lane's calls in flight first and then drains
+    what the lane recorded until then."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app.call()                                          # installs the route
+    app.until(lambda: len(calc.calls()) == 1)
+    calc.send(calc.conn.send_return(calc.calls()[0].answer_id, no_finish=True))
+    app.until(lambda: len(app.returns()) == 1)
+    calc.inbox.clear()
+    app.inbox.clear()
+    for _ in range(3):
+        app.call()
+    app.until(lambda: len(calc.calls()) == 3)
+    assert all(c.answer_id >= P.NATIVE_QID_BASE for c in calc.calls())
+    s.perform(s.router.native_tick())                     # the runtime's last drain
+    s.other.clear()
+    returns = s.lane.stats()["returns"]
+    calc.send(calc.conn.send_return(calc.calls()[0].answer_id, params(), no_finish=True))
+    end = time.monotonic() + 5
+    while s.lane.stats()["returns"] == returns:           # the lane's thread forwards it
+        assert time.monotonic() < end
+        time.sleep(0.001)
+    s.perform(s.router.end_audit("the system stopped before it was answered"))
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert sorted(r["outcome"] for r in records) == ["failed", "failed", "returned"]
+    assert s.lane.stats()["audit_pending"] == 0
