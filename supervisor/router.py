@@ -719,6 +719,9 @@ class Router:
         self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}",
                             peer=peer.name))
         if self.audit.enabled:
+            if self.native is not None:
+                # after the calls the lane returned before it (their records wait there)
+                self._drain_native_audit()
             self.emit(fx.Audit({"time": self.wall(), "peer": peer.name,
                                 "event": "connection aborted", "reason": reason}))
         self.emit(fx.Close(peer.id, reason))

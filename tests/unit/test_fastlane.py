@@ -1595,3 +1595,25 @@ def test_a_call_the_lane_returns_between_the_last_drain_and_the_end_of_the_audit
     records = [e.record for e in s.other if isinstance(e, fx.Audit)]
     assert sorted(r["outcome"] for r in records) == ["failed", "failed", "returned"]
     assert s.lane.stats()["audit_pending"] == 0
+
+
+def test_a_connection_aborted_is_recorded_after_the_calls_the_lane_returned_before(sup):
+    """The lane keeps the records of the calls it returned until the router drains
+    them; a peer cut off for what it sent had its `connection aborted` record
+    written at once, before the records of its own calls that the lane had returned
+    earlier (with the lane off, they come first).  The router drains the lane
+    before it records the event."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    for i in range(4):
+        app.call()
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    assert s.lane.stats()["audit_pending"] == 3            # the first went through Python
+    app.send(struct.pack("<II", 0, 1) + b"\xff" * 8)        # a root pointer to nowhere
+    app.until(lambda: app.pid not in s.router.peers)
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [r.get("event") or r["outcome"] for r in records] == \
+        ["returned"] * 4 + ["connection aborted"]
