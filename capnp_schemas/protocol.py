@@ -1005,14 +1005,42 @@ class Connection:
         return wire.frame(segs)
 
 
+#: what an 'unimplemented' echo adds to the message it copies (its own root
+#: pointer and Message struct; the frame's segment table may differ), in bytes,
+#: and what reading a message for a copy counts beyond its words
+_ECHO_OVERHEAD = 64
+
+
 def _unimplemented_reply(segs) -> bytes:
-    """The 'unimplemented' echo of a message we do not handle."""
+    """The 'unimplemented' echo of a message we do not handle, never larger than
+    the message: the copy reads at most the message's own words (and 8 more).  A message
+    whose pointers alias (two pointers to one struct, at each level) reads, and
+    copies, as every path through it: 240 bytes were echoed as 262 KB, which a
+    peer that does not read left waiting for it by the megabyte."""
+    data = wire.frame(segs)
+    words = sum(len(s) for s in segs) // 8
     msg = rpc.Message.new_message()
-    with rpc.Message.from_bytes(wire.frame(segs),
-                                traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
-                                nesting_limit=NESTING_LIMIT) as original:
-        msg.unimplemented = original
-    return wire.frame(msg.to_segments())
+    try:
+        with rpc.Message.from_bytes(data,
+                                    traversal_limit_in_words=min(words + _ECHO_OVERHEAD // 8,
+                                                                 TRAVERSAL_LIMIT_WORDS),
+                                    nesting_limit=NESTING_LIMIT) as original:
+            msg.unimplemented = original
+    except capnp.KjException as e:
+        if words + _ECHO_OVERHEAD // 8 < TRAVERSAL_LIMIT_WORDS \
+                and "traversal limit" in kj_text(e):
+            raise _echo_too_large(len(data)) from None
+        raise
+    reply = wire.frame(msg.to_segments())
+    if len(reply) > len(data) + _ECHO_OVERHEAD:
+        raise _echo_too_large(len(data))
+    return reply
+
+
+def _echo_too_large(size: int) -> ProtocolError:
+    return ProtocolError(f"its 'unimplemented' echo would be larger than the message it "
+                         f"echoes ({size} bytes): the message reads larger than it is "
+                         f"(pointers to the same object)")
 
 
 def _set_transform(pa, transform):

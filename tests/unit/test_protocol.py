@@ -338,6 +338,41 @@ def test_an_echo_that_cannot_be_built_is_a_protocol_error():
         P.Connection("b").receive(wire.frame([seg]))
 
 
+
+def _aliased_tree(depth: int, which: int) -> bytes:
+    """One segment: a Message of type `which` whose struct has two pointers to one
+    struct with two pointers to one struct ... `depth` levels: a few hundred
+    bytes that read (and copy) as 2^depth structs."""
+    def sp(at, target, ptrs):
+        return ((target - at - 1) & 0x3FFFFFFF) << 2 | ptrs << 48
+    words = [sp(0, 1, 2) | 1 << 32, which, sp(2, 4, 2), sp(3, 4, 2)]
+    for level in range(depth):
+        here = 4 + 2 * level
+        words += [0, 0] if level == depth - 1 else [sp(here, here + 2, 2), sp(here + 1, here + 2, 2)]
+    return b"".join(struct.pack("<Q", w) for w in words)
+
+
+@pytest.mark.parametrize("which", [5, 12, 99])          # resolve, join, not in rpc.capnp
+def test_the_unimplemented_echo_is_never_larger_than_the_message_it_echoes(which):
+    # A reviewer's attack: a 240-byte message whose pointers alias (two to the
+    # same struct at each of 13 levels) was echoed as 262 KB, the copy of every
+    # path through it; 270 of them in one 64 KiB write, from a client that does
+    # not read, left 70 MB waiting for it in the supervisor (past the soft bound
+    # at which it stops reading, in one read), per connection.
+    seg = _aliased_tree(13, which)
+    with pytest.raises(P.ProtocolError, match="unimplemented.*echo.*larger"):
+        P.Connection("b").receive(wire.frame([seg]))
+    # an honest one is echoed whole, within its own size
+    msg = rpc.Message.new_message()
+    r = msg.init("resolve")
+    r.promiseId = 7
+    r.init("exception").reason = "x" * 300
+    data = wire.frame(msg.to_segments())
+    (ev,) = P.Connection("b").receive(data)
+    assert isinstance(ev, P.Unhandled) and ev.which == "resolve"
+    with rpc.Message.from_bytes(ev.reply) as reply:
+        assert reply.unimplemented.resolve.exception.reason == "x" * 300
+
 def _exception_return(qid, reason: bytes, type_value: int, fast: bool):
     msg = rpc.Message.new_message()
     ret = msg.init("return")
