@@ -49,6 +49,11 @@ def kj_text(e) -> str:
         return str(e)
     if text.startswith("expected ") and "; " in text:
         text = text.split("; ", 1)[1]               # the condition that failed: C++
+    elif text.startswith("expected ") and "'\\0'" in text:
+        # pycapnp's description stops at its first NUL character, and the check of
+        # a text's NUL prints one ("[c == \0]; Message contains text that is not
+        # NUL-terminated."): what was left was a cut C++ condition, never the words
+        text = "Message contains text that is not NUL-terminated."
     return text.strip() or str(e)
 
 

@@ -312,3 +312,19 @@ def test_a_built_message_past_its_first_segment_keeps_every_segment(tmp_path):
     assert read["blob"] == b"\x02" * 20000 and read["text"] == "u"
     segs = content.message()
     assert wire.capability_index(segs, wire.struct_pointer_field(segs, (0, 0), 1)) == 3
+
+
+@pytest.mark.parametrize("last", [b"c", b"\x01", b" "])
+def test_text_without_its_nul_is_refused_in_words_not_as_a_cut_cxx_condition(last):
+    # A reviewer's attack: Gateway.get("calc") whose text's last byte is not NUL
+    # was answered "Gateway.get: malformed params: expected cptr[unboundedSize] ==
+    # '\0' [c ==": pycapnp's KJ description stops at the NUL character its check
+    # prints, and the words after it (what is wrong) were lost; the same for every
+    # host call's params and `wsuper call`'s results.
+    def lp(off, elsize, count):
+        return (off & 0x3FFFFFFF) << 2 | 1 | elsize << 32 | count << 35
+    seg = struct.pack("<QQ", 1 << 48, lp(0, 2, 4)) + b"cal" + last + b"\0" * 4
+    gateway_get = hosted.GATEWAY.methods[0].params
+    with pytest.raises(payloads.DecodeError) as e:
+        payloads.read(gateway_get, Content.standalone([seg]), 1024)
+    assert "not NUL-terminated" in str(e.value) and "cptr" not in str(e.value)
