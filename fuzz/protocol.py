@@ -275,6 +275,9 @@ def check_protocol(data: bytes):
                                           f"{type(e).__name__}: {_line(e)}") from e
             if echo != rpcwire.MSG_UNIMPLEMENTED:
                 raise Failure("protocol", f"the unimplemented echo is a message #{echo}")
+            if len(ev.reply) > len(data) + P._ECHO_OVERHEAD:
+                raise Failure("protocol", f"the unimplemented echo ({len(ev.reply)} bytes) is "
+                                          f"larger than the input ({len(data)} bytes)")
         payload = getattr(ev, "payload", None)
         if payload is not None and payload.content.segments:
             _forward(payload.content)

@@ -248,7 +248,22 @@ def message_seeds(contents) -> list[bytes]:
     seg = bytearray(m.to_segments()[0])
     seg[8:10] = struct.pack("<H", 99)                     # a type rpc.capnp lacks
     out.append(wire.frame([seg]))
+    out.append(wire.frame([_aliased(8, 5)]))              # a Resolve that reads larger
     return out
+
+
+def _aliased(depth: int, which: int) -> bytes:
+    """A Message of type `which` whose body is `depth` levels of structs with two
+    pointers to the same next struct: small, and as large as every path through
+    it to a reader that copies it (the unimplemented echo must not)."""
+    def sp(at, target, ptrs):
+        return ((target - at - 1) & 0x3FFFFFFF) << 2 | ptrs << 48
+    words = [sp(0, 1, 2) | 1 << 32, which, sp(2, 4, 2), sp(3, 4, 2)]
+    for level in range(depth):
+        here = 4 + 2 * level
+        words += [0, 0] if level == depth - 1 else [sp(here, here + 2, 2),
+                                                     sp(here + 1, here + 2, 2)]
+    return b"".join(struct.pack("<Q", w) for w in words)
 
 
 def _renumber(data: bytes, qid: int) -> bytes:

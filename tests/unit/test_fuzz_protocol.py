@@ -79,6 +79,19 @@ def test_content_that_cannot_be_forwarded_is_caught(monkeypatch):
     assert any(k.startswith("forward:") for k in failures)
 
 
+
+def test_an_echo_larger_than_its_message_is_caught(monkeypatch):
+    def as_it_reads(segs):                       # the echo before it was bounded
+        msg = P.rpc.Message.new_message()
+        with P.rpc.Message.from_bytes(wire.frame(segs),
+                                      traversal_limit_in_words=rpcwire.TRAVERSAL_LIMIT_WORDS,
+                                      nesting_limit=rpcwire.NESTING_LIMIT) as original:
+            msg.unimplemented = original
+        return wire.frame(msg.to_segments())
+    monkeypatch.setattr(P, "_unimplemented_reply", as_it_reads)
+    failures = _first_failure(monkeypatch)
+    assert any("the unimplemented echo (N bytes) is larger" in k for k in failures)
+
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_inputs_are_reproducible(i):
     assert F.one(3, i) == F.one(3, i)
