@@ -6,6 +6,8 @@ import capnp
 import pytest
 
 import capnp_schemas
+from capnp_schemas import wire
+from fuzz.seeds import _aliased
 from tests.conftest import EXAMPLES, external_client
 
 pytestmark = pytest.mark.interop
@@ -85,6 +87,9 @@ def test_interop_errors_reach_the_client_as_exceptions(external_calc):
     b"\xff\xff\xff\x7f" + b"\0" * 60,                 # 2^31 segments
     b"\x00\x00\x00\x00\xff\xff\xff\x0f",              # a 2 GiB segment, then silence
     b"\x00\x00\x00\x00\x02\x00\x00\x00" + b"\xab" * 16,  # a nonsense root pointer
+    # a 248-byte Resolve whose pointers alias: 13 levels of two pointers to one
+    # struct, which the unimplemented echo copied as 262 KB
+    wire.frame([_aliased(13, 5)]),
 ])
 def test_interop_hostile_client_is_cut_off_and_others_are_served(external_calc, garbage):
     import socket
