@@ -338,6 +338,8 @@ class Connection:
         self._qids = _IdAllocator()
         self._eids = _IdAllocator()
         self.closed: str | None = None
+        # objects a message that then failed released (_unheard): drop_all's too
+        self._released_unheard: list = []
         # The supervisor's native forwarding path (supervisor/fastlane.NativeSide),
         # or None: answer ids open natively count as open here, answers it
         # returned and the peer has not finished count against max_unfinished
@@ -382,13 +384,16 @@ class Connection:
         except Exception as e:
             raise self._broken(f"bad framing: {_short(e)}") from None
         for segs in messages:
+            events: list = []
             try:
-                events = self._handle(segs)
+                self._handle(segs, events)
                 if self.native is not None:
                     self.native_check()
             except ProtocolError as e:
+                self._unheard(events)
                 raise self._broken(str(e)) from None
             except Exception as e:
+                self._unheard(events)
                 raise self._broken(f"malformed message: {_short(e)}") from None
             yield from events
             if self.closed is not None:
@@ -398,12 +403,22 @@ class Connection:
         self.closed = f"protocol error: {reason}"
         return ProtocolError(reason)
 
-    def _handle(self, segs) -> list:
-        """One message, decoded into plain values, then applied to the tables."""
+    def _unheard(self, events):
+        """The events of a message that failed halfway are never seen: the exports
+        it released already (a Return's releaseParamCaps is applied before its
+        results are read) are out of the table, and the owner, who holds each
+        exported object until it hears it released, would let go of them neither
+        then nor at the loss (`drop_all`).  They are handed back with the rest."""
+        for ev in events:
+            if isinstance(ev, ExportReleased):
+                self._released_unheard.append(ev.obj)
+
+    def _handle(self, segs, events: list):
+        """One message, decoded into plain values, then applied to the tables; its
+        events go into `events` as they happen."""
         m = rpcwire.decode(segs)
         if m is None:
             m = rpcwire.decode_pycapnp(segs)
-        events: list = []
         which = m.which
         if which == rpcwire.MSG_CALL:
             self._on_call(segs, m, events)
@@ -433,7 +448,6 @@ class Connection:
         else:
             name = rpcwire.MESSAGE_NAMES.get(which, f"#{which} (not in rpc.capnp)")
             events.append(Unhandled(name, _unimplemented_reply(segs)))
-        return events
 
     def _new_answer(self, aid):
         if aid in self.answers:
@@ -838,8 +852,10 @@ class Connection:
         return self._export_ids.get(id(obj))
 
     def drop_all(self) -> list:
-        """Forget every table entry (the connection is gone); returns exported objects."""
-        objs = [e.obj for e in self.exports.values()]
+        """Forget every table entry (the connection is gone); returns exported objects
+        (one for each entry, and those a message that failed released: _unheard)."""
+        objs = [e.obj for e in self.exports.values()] + self._released_unheard
+        self._released_unheard = []
         self.unanswered = 0
         self._unfinished = 0
         self._kept = 0

@@ -612,3 +612,28 @@ def test_a_message_without_a_root_pointer_is_refused_in_words_not_cpp(segments):
         c.receive(wire.frame(segments))
     assert str(e.value) == "malformed message: Message did not contain a root pointer."
     assert c.closed == "protocol error: " + str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["unknown capability", "noFinishNeeded with capabilities"])
+def test_exports_a_failing_return_released_are_handed_back_by_drop_all(bad):
+    # a Return releases its call's params' capabilities (releaseParamCaps) before its
+    # results are read; when they then fail, its ExportReleased events are never
+    # seen, so drop_all must still name those objects for the owner to let go of
+    a, b = pair()
+    server, passed = object(), object()
+    imp = bootstrap(a, b, server)
+    q, data = a.send_call(imp, 1, 0, caps=[passed])
+    b.receive(data)
+    msg = rpc.Message.new_message()
+    r = msg.init("return")
+    r.answerId = q                                     # releaseParamCaps: true
+    res = r.init("results")
+    if bad == "unknown capability":
+        res.init("capTable", 1)[0].receiverHosted = 999
+    else:
+        r.noFinishNeeded = True
+        res.init("capTable", 1)[0].senderHosted = 3
+    assert a.export_id(passed) is not None
+    with pytest.raises(P.ProtocolError):
+        a.receive(wire.frame(msg.to_segments()))
+    assert passed in a.drop_all()

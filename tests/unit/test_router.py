@@ -3652,3 +3652,33 @@ def test_a_call_crossing_a_grant_twice_through_a_promise_spends_its_quota_once()
     app.send(app.conn.send_call(a2.payload.caps[0].import_id, CALC, 0, P.EMPTY)[1])
     assert [e.target for e in calc.inbox if isinstance(e, P.CallReceived)] == [calc.main]
     assert m.uses_left == 98
+
+
+def test_what_a_return_released_before_it_proved_malformed_is_let_go_of_with_its_peer():
+    # A reviewer's attack: a Return (releaseParamCaps, the default) releases the
+    # capabilities the call passed as soon as it is read, and the message failed
+    # only after that (a capability it never had, here): the connection is cut
+    # off, and the events of that message, the releases among them, are never
+    # seen. The router held one reference to each object exported to the peer and
+    # lets go of the exports left at its loss: these were no longer among them, so
+    # what app passed stayed imported from app for as long as app lived.
+    from capnp_schemas import rpc
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    mine = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, 0))
+    wire.set_word(seg, 1, wire.cap_pointer(0))
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 2,
+                                  Content.standalone([bytes(seg)]), [mine])
+    app.send(data)
+    (call,) = calc.inbox
+    assert app.conn.export_id(mine) is not None
+    m = rpc.Message.new_message()
+    r = m.init("return")
+    r.answerId = call.answer_id                       # releaseParamCaps: true
+    r.init("results").init("capTable", 1)[0].receiverHosted = 999
+    calc.send(wire.frame(m.to_segments()))
+    assert any(isinstance(e, fx.Close) for e in calc.effects)
+    assert app.conn.export_id(mine) is None           # released at its host
+    assert any(isinstance(ev, P.ExportReleased) and ev.obj is mine for ev in app.inbox)
