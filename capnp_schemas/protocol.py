@@ -398,6 +398,8 @@ class Connection:
             yield from events
             if self.closed is not None:
                 return
+        if self._framer.failed is not None:      # after the messages whole before it
+            raise self._broken(f"bad framing: {_short(self._framer.failed)}")
 
     def _broken(self, reason: str) -> ProtocolError:
         self.closed = f"protocol error: {reason}"

@@ -117,6 +117,9 @@ class Framer:
         self.max_segments = max_segments
         self.max_words = max_words
         self.messages = 0
+        #: the WireError met after the messages `feed` returned last (None: none):
+        #: the stream is unusable from there, and the next `feed` raises it
+        self.failed: WireError | None = None
 
     @property
     def pending(self) -> int:
@@ -132,7 +135,11 @@ class Framer:
         """Feed bytes from the stream; returns the messages they complete.
 
         Raises WireError when a segment table exceeds a limit (the stream is
-        then unusable: the owner must drop the connection)."""
+        then unusable: the owner must drop the connection).  The messages whole
+        before that table are returned first (as the fast lane frames them, one
+        by one), with the error in `failed`; the next call raises it."""
+        if self.failed is not None:
+            raise self.failed
         if type(data) is not bytes:
             data = bytes(data)               # segments must not change under us
         buf = self._buf
@@ -157,7 +164,13 @@ class Framer:
         view = memoryview(data)
         pos, size = 0, len(data)
         while pos < size:
-            t = _segment_table(data, pos, self.max_segments, self.max_words)
+            try:
+                t = _segment_table(data, pos, self.max_segments, self.max_words)
+            except WireError as e:
+                if not out:
+                    raise
+                self.failed = e                  # after the messages before it
+                break
             if t is None or t[2] > size:
                 buf += view[pos:]                # the rest of the stream: later
                 if t is not None:

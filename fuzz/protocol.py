@@ -310,21 +310,25 @@ def _owner_reads(content: P.Content, transform):
 
 
 def check_framing(rng, data: bytes):
-    """Fed in pieces, the stream frames into the same messages as at once."""
-    try:
-        whole = [[bytes(s) for s in m] for m in wire.Framer().feed(data)]
-    except wire.WireError:
-        whole = None
-    f, pieces = wire.Framer(), []
+    """Fed in pieces, the stream frames into the same messages as at once, up to
+    a bad segment table (the messages whole before it come out, then the error)."""
     cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(1, 4)))
-    try:
-        for a, b in zip([0] + cuts, cuts + [len(data)]):
-            pieces += [[bytes(s) for s in m] for m in f.feed(data[a:b])]
-    except wire.WireError:
-        pieces = None
-    except Exception as e:
-        raise Failure("framer", f"{type(e).__name__}: {_line(e)}") from e
-    if whole is not None and pieces != whole:
+    outcomes = []
+    for chunks in ([data], [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]):
+        f, got, error = wire.Framer(), [], None
+        try:
+            for chunk in chunks:
+                got += [[bytes(s) for s in m] for m in f.feed(chunk)]
+        except wire.WireError as e:
+            error = str(e)
+        except Exception as e:
+            raise Failure("framer", f"{type(e).__name__}: {_line(e)}") from e
+        if f.failed is not None:             # met after messages: raised by the next feed
+            if error is not None and error != str(f.failed):
+                raise Failure("framer", "raised another error than the one pending")
+            error = str(f.failed)
+        outcomes.append((got, error))
+    if outcomes[0] != outcomes[1]:
         raise Failure("framer", "fed in pieces, the stream frames differently")
 
 
@@ -448,10 +452,12 @@ def check_native(data: bytes):
     native = wire._native
     if native is None:
         return
+    framer = wire.Framer()
     try:
-        messages = wire.Framer().feed(data)
+        messages = framer.feed(data)
     except wire.WireError:
         return
+    alone = len(messages) == 1 and framer.failed is None   # `data` is that one message
     for segs in messages:
         if len(segs) != 1:
             continue
@@ -495,7 +501,7 @@ def check_native(data: bytes):
         else:
             conn.questions[t[1]] = P._Question([])
         try:
-            (ev,) = conn.receive(data if len(messages) == 1 else wire.frame(segs))
+            (ev,) = conn.receive(data if alone else wire.frame(segs))
         except P.ProtocolError as e:
             raise Failure("native", f"the native decoder accepted what a Connection "
                                     f"refuses: {_line(e)}") from e

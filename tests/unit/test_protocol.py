@@ -637,3 +637,31 @@ def test_exports_a_failing_return_released_are_handed_back_by_drop_all(bad):
     with pytest.raises(P.ProtocolError):
         a.receive(wire.frame(msg.to_segments()))
     assert passed in a.drop_all()
+
+
+def test_messages_whole_before_bad_framing_are_handled_before_the_connection_ends():
+    # A reviewer's attack: a Bootstrap and an Abort followed, in the same write, by
+    # a segment table past the limit: the framer raised for the whole read, and
+    # the messages complete before it were never handled (the Bootstrap never
+    # answered, the peer's own Abort never heard; a Return among them, an answer
+    # to another caller, lost). They are handled, in order, and then the framing
+    # error ends the connection, as the fast lane (which frames message by
+    # message) does.
+    a, b = pair()
+    q, data = a.send_bootstrap()
+    bad = struct.pack("<I", 100_000) + b"\0" * 16
+    seen = []
+    with pytest.raises(P.ProtocolError, match="bad framing: message has 100001 segments"):
+        for ev in b.receive_iter(data + bad):
+            seen.append(ev)
+    assert seen == [P.BootstrapRequested(q)]
+    with pytest.raises(P.ProtocolError, match="already closed"):
+        b.receive(data)
+    # fed in pieces, the same
+    a, b = pair()
+    q, data = a.send_bootstrap()
+    seen = []
+    with pytest.raises(P.ProtocolError, match="bad framing"):
+        for piece in (data[:5], data[5:] + bad[:2], bad[2:]):
+            seen += b.receive(piece)
+    assert seen == [P.BootstrapRequested(q)]
