@@ -55,6 +55,11 @@ class Membrane:
         self.restricted = restricted
         self.revocable = revocable
         self.forward = forward            # set on a reverse membrane (the params direction)
+        # a host grant's (for_grant): what it wraps that the host serves was made by
+        # the host for this grant, and is released when it is revoked
+        # (Router._release_host_objects); a compartment grant's wraps what its other
+        # side hands back, which is that side's own
+        self.host_grant = False
         self._revoked: str | None = None
         self.uses_left: int | None = None
         self.expires_at: float | None = None
@@ -80,6 +85,7 @@ class Membrane:
         restricted = frozenset({interface_id} | set(grant.mentioned or ())
                                | {i for i, _ in (grant.methods or ())})
         m = cls(label, grant.methods, restricted, grant.revocable)
+        m.host_grant = grant.kind == "host"
         m.uses_left = grant.max_uses
         if grant.expires_after is not None:
             m.expires_at = now + grant.expires_after

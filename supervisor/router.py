@@ -2274,9 +2274,15 @@ class Router:
         go of them, which a compartment that keeps them never does: their descriptors
         kept a revoked directory busy (an unmount failed) and counted to the
         holder's.  No call reaches them again (m refuses it); the holder's handles
-        stay until it releases them, and release nothing more then.  Only objects
-        the host made for this grant: what a compartment grant's other side hands
-        back is its own (wrapped by its grant too), and stays open."""
+        stay until it releases them, and release nothing more then.  Only a host
+        grant's, whose objects the host made for it: what a compartment grant's
+        other side hands back (in an answer, or in the params of a call back) is
+        its own, whether its grant has a membrane or not, and stays open.  Released
+        by type alone, a callee's plain directory grant (and what it opened
+        through it) handed to the holder was closed under the callee, which had
+        revoked nothing (an outside review)."""
+        if not m.host_grant:
+            return
         for w in list(m.wrappers.values()):
             t = w.target
             if type(t) is Host and t.kind in ("directory", "file") and not t.released \

@@ -924,6 +924,37 @@ def test_revoking_a_host_grant_releases_what_was_opened_through_it_at_once():
     assert calc.pid in router.peers
 
 
+def test_revoking_a_compartment_grant_leaves_the_callees_own_host_objects_open():
+    """Revoking app's grant of calc released every host directory and file the
+    grant's membrane wrapped, whoever they were made for: calc, holding a plain
+    directory grant (no membrane of its own), handed it (and a file it opened
+    through it) to app in an answer, and `wsuper revoke app.calc` closed them in
+    the supervisor, so calc's own grant, never revoked, failed every later call
+    ('was closed') until calc restarted.  Only a host grant's revocation releases
+    host objects: those it made for that grant."""
+    DIR = hosted.BY_KIND["directory"].id
+    router = R.Router({"app": None, "calc": CALC}, names=NAMES)
+    calc = start(router, "calc", [grant("data", "directory", "host")], exports=True,
+                 hosts={"data": "calcs-directory"}, answer_hosts=False)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_call(calc.grants[0].import_id, DIR, 0)[1])
+    calc.deliver(router.host_returned(calc.host_calls[-1].token, Content.standalone([seg]),
+                                      [("file", "calcs-file")]))
+    opened = calc.inbox.pop().payload.caps[0].import_id
+    for handed in (calc.grants[0].import_id, opened):    # calc hands both to app
+        app.send(app.conn.send_call(app.grants[0].import_id, CALC, 1)[1])
+        calc.send(calc.conn.send_return(calc.inbox.pop().answer_id,
+                                        Content.standalone([seg]), [P.RemoteRef(handed)]))
+        assert app.inbox.pop().error is None
+    effects = router.revoke("app.calc")
+    assert not [e for e in effects if isinstance(e, fx.HostRelease)]
+    calc.host_calls.clear()
+    for own in (calc.grants[0].import_id, opened):       # calc's own still serve it
+        calc.send(calc.conn.send_call(own, DIR, 0)[1])
+    assert len(calc.host_calls) == 2 and not calc.inbox
+
+
 def test_what_a_host_call_opens_for_a_caller_that_left_is_released():
     DIR = hosted.BY_KIND["directory"].id
     router = R.Router({"app": None})
