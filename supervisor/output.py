@@ -438,6 +438,19 @@ class _Note(str):
 DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 TRANSIENT_ERRNOS = DESCRIPTOR_ERRNOS | SPACE_ERRNOS
+#: times a batch is begun again in a new log directory when the one it was written
+#: in was removed meanwhile (LogFiles._write); past them it waits for the next flush
+REMAKE_TRIES = 5
+
+
+class _Refused(OSError):
+    """The log directory, removed or moved, cannot be made again (LogFiles.remake)."""
+
+
+class _DirRemoved(OSError):
+    """The log directory was removed again as often as a batch was begun again in a
+    new one (an `rm -rf` in a loop): the batch waits for the next flush, as for a
+    descriptor, and is not lost."""
 
 
 class LogFiles:
@@ -523,7 +536,7 @@ class LogFiles:
                     self._keep(batch.copy())
                     raise
                 except OSError as e:
-                    if e.errno not in TRANSIENT_ERRNOS:
+                    if e.errno not in TRANSIENT_ERRNOS and not isinstance(e, _DirRemoved):
                         self.failed = f"{self.folder}: {e.strerror or e}"
                         self.on_failed(self.failed)
                         return
@@ -535,6 +548,7 @@ class LogFiles:
                     self._keep(batch)
                     self.paused_why = f"{self.folder}: {e.strerror or e}"
                     self.waits_for = "there is room" if e.errno in SPACE_ERRNOS \
+                        else "the directory stays" if isinstance(e, _DirRemoved) \
                         else "a descriptor is free"
                     if not self.paused:
                         self.paused = True
@@ -591,12 +605,39 @@ class LogFiles:
         with self._lock:               # close() leaves the directory to a write under way
             if self._closed:
                 return
-            if self._dir is not None and self.remake is not None and self._gone():
-                self._make_again()
-            if self._dir is None:
-                self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                    | os.O_CLOEXEC)
-            self._write_all(self._dir, batch)
+            for tries_left in range(REMAKE_TRIES - 1, -1, -1):
+                try:
+                    if self._dir is not None and self.remake is not None and self._gone():
+                        self._make_again()
+                    if self._dir is None:
+                        self._dir = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY
+                                            | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    self._write_all(self._dir, batch)
+                    return
+                except OSError as e:
+                    # removed after the look above, as the batch was written or the
+                    # new one made (an `rm -rf` racing a writer kept busy by a plugin
+                    # at full rate): a file opened in it failed ENOENT, and the log
+                    # files stopped for good.  What is left of the batch is begun
+                    # again in a new one; refused for another cause, it fails as before
+                    if self.remake is None or self._dir is None \
+                            or not self._removed(isinstance(e, _Refused)):
+                        raise
+                    if not tries_left:
+                        raise _DirRemoved(errno.ENOENT, f"removed again as soon as made "
+                                                        f"({e.strerror or e})") from None
+
+    def _removed(self, refused: bool) -> bool:
+        """Whether what just failed failed because the directory was removed: nothing
+        is at `folder` now, or (a write's failure, not a refusal to make it again)
+        the directory written in has no name left and a directory is at `folder`
+        (made again by another meanwhile: the next try looks at it as at start)."""
+        try:
+            now = os.stat(self.folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        return not refused and stat.S_ISDIR(now.st_mode) \
+            and os.fstat(self._dir).st_nlink == 0
 
     def _gone(self) -> bool:
         """Whether the directory the files are written in is no longer the one at
@@ -620,9 +661,11 @@ class LogFiles:
             held = self.remake()
         except Exception as e:  # noqa: BLE001 - refused (a link planted there): the
             # batch fails, as a write that fails, and the files stop saying why
-            raise OSError(errno.EACCES, f"cannot make it again: {e}") from None
+            raise _Refused(errno.EACCES, f"cannot make it again: {e}") from None
         self._held.append(held)
-        old, self._dir = self._dir, None
+        # the directory locked, not one opened again by its path: another could be
+        # put there meanwhile
+        old, self._dir = self._dir, os.dup(held)
         os.close(old)
         self._looked.clear()
         self.on_remade(f"the log directory {self.folder} was removed or moved while the "

@@ -841,3 +841,101 @@ def test_a_log_directory_removed_or_moved_while_running_is_made_again(tmp_path):
     for fd in made:                             # closed with the files
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_a_log_directory_removed_as_a_batch_is_written_loses_no_line(tmp_path):
+    """The writer looked whether its directory was gone once, before a batch: an
+    `rm -rf` that came after that look, as the batch was written (a plugin logging
+    at full rate keeps the writer busy), failed the batch's open (ENOENT in a
+    removed directory) and stopped the log files for good, the very loss the
+    directory's remaking was made for.  A batch that fails in a directory gone
+    meanwhile is written again, what was not written of it, in a new one."""
+    import shutil
+
+    from supervisor import endpoint
+    from supervisor.output import LogFiles
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    said, made = [], []
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        fd = endpoint.lock_dir(str(folder), "log directory ")
+        made.append(fd)
+        return fd
+    files = LogFiles(str(folder), on_remade=said.append, remake=remake)
+    files._write({"app": ["one"]})
+    real, removed = files._write_all, []
+
+    def write_all(fd, batch):            # rm -rf just after the writer's look
+        if not removed:
+            removed.append(True)
+            shutil.rmtree(folder)
+        return real(fd, batch)
+    files._write_all = write_all
+    batch = {"app": ["two", "three"], "supervisor": ["event"]}
+    files._write(batch)
+    assert batch == {}
+    assert (folder / "app.log").read_text() == "two\nthree\n"
+    assert (folder / "supervisor.log").read_text() == "event\n"
+    assert len(said) == 1 and len(made) == 1
+    # removed again between its making and its locking (the failure `up` showed:
+    # "the log files stopped: ...: cannot make it again: cannot open log directory
+    # ...: No such file or directory"): made once more
+    shutil.rmtree(folder)
+    plain = remake
+
+    tries = []
+
+    def remake():
+        tries.append(1)
+        endpoint.own_dir(str(folder), "log directory ")
+        if len(tries) == 1:
+            shutil.rmtree(folder)
+        fd = endpoint.lock_dir(str(folder), "log directory ")
+        made.append(fd)
+        return fd
+    files.remake = remake
+    files._write({"app": ["four"]})
+    assert (folder / "app.log").read_text() == "four\n" and len(made) == 2
+    files.remake = plain
+    files.close()
+
+
+def test_a_log_directory_removed_in_a_loop_keeps_the_lines_and_writes_them_later(tmp_path):
+    """Removed each time it is made again (an `rm -rf` in a loop), the log files wait
+    with their lines, as for a descriptor, and write them once it stays: they do
+    not stop for good."""
+    import shutil
+
+    import trio
+
+    from supervisor import endpoint
+    from supervisor.output import LogFiles
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    paused, failed, looping = [], [], [True]
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        fd = endpoint.lock_dir(str(folder), "log directory ")
+        if looping[0]:
+            shutil.rmtree(folder)
+        return fd
+    files = LogFiles(str(folder), on_failed=failed.append, on_paused=paused.append,
+                     remake=remake)
+
+    async def main():
+        files.add("app", "one")
+        await files.flush()
+        shutil.rmtree(folder)
+        files.add("app", "two")
+        await files.flush()
+        assert files.paused and not failed and len(paused) == 1
+        looping[0] = False
+        files.add("app", "three")
+        await files.flush()
+    trio.run(main)
+    assert not failed and not files.paused
+    assert (folder / "app.log").read_text() == "two\nthree\n"
+    files.close()
