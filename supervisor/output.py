@@ -476,7 +476,7 @@ class LogFiles:
         self.folder = folder
         self.remake = remake
         self.on_remade = on_remade
-        self._held: list[int] = []     # what remake() returned: closed at close()
+        self._held: list[int] = []     # what remake() returned last: closed at close()
         self.on_failed = on_failed
         self.on_paused = on_paused
         self.paused = False
@@ -662,7 +662,12 @@ class LogFiles:
         except Exception as e:  # noqa: BLE001 - refused (a link planted there): the
             # batch fails, as a write that fails, and the files stop saying why
             raise _Refused(errno.EACCES, f"cannot make it again: {e}") from None
-        self._held.append(held)
+        # the one made before (moved away) is let go of: each kept, a directory
+        # moved aside again and again took one more of the supervisor's descriptors
+        # a move, and every moved one stayed locked, until the system stopped
+        for fd in self._held:
+            os.close(fd)
+        self._held = [held]
         # the directory locked, not one opened again by its path: another could be
         # put there meanwhile
         old, self._dir = self._dir, os.dup(held)

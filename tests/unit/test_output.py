@@ -939,3 +939,34 @@ def test_a_log_directory_removed_in_a_loop_keeps_the_lines_and_writes_them_later
     assert not failed and not files.paused
     assert (folder / "app.log").read_text() == "two\nthree\n"
     files.close()
+
+
+def test_a_log_directory_moved_away_again_and_again_holds_no_descriptor_of_each(tmp_path):
+    """Each time the log directory was made again, the descriptor that locked the
+    one made before was kept until the system stopped: moved away again and again
+    (a cleaner that moves it aside, a `mv` in a loop: 100 moves left 100 more
+    descriptors in the supervisor, seen in /proc/PID/fd), the supervisor's
+    descriptors, which its compartments' files and connections share, ran out one
+    a move, and every moved directory stayed locked.  Only the one at the path is
+    held: a directory moved away is let go of."""
+    from supervisor import endpoint
+    from supervisor.output import LogFiles
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        return endpoint.lock_dir(str(folder), "log directory ")
+    files = LogFiles(str(folder), remake=remake)
+    files._write({"app": ["zero"]})
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        os.rename(folder, tmp_path / f"moved{i}")
+        files._write({"app": [f"line {i}"]})
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    for i in range(1, 20):                       # let go of, as the system's lock
+        os.close(endpoint.lock_dir(str(tmp_path / f"moved{i}"), "log directory "))
+    with pytest.raises(endpoint.EndpointError, match="in use by another running system"):
+        endpoint.lock_dir(str(folder), "log directory ")
+    assert (folder / "app.log").read_text() == "line 19\n"
+    files.close()
