@@ -1983,7 +1983,13 @@ class Router:
                                                                   self.clock())
             if label in self._revoked_early:
                 membrane.revoke()                 # nothing is in flight through it yet
-        return self._wrap(cap, membrane, label)
+        wrapped = self._wrap(cap, membrane, label)
+        if membrane.revoked:
+            # revoked after its holder's start opened it, before the engine was up to
+            # be handed it (a start takes as long as an engine to come up): released
+            # now, as revoke does, or it stayed open for this incarnation's life
+            self._release_host_objects(membrane)
+        return wrapped
 
     def _wrap(self, cap, membrane: Membrane, label: str):
         """`cap` seen through `membrane`: itself if the membrane is already on its way

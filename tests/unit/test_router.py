@@ -955,6 +955,32 @@ def test_revoking_a_compartment_grant_leaves_the_callees_own_host_objects_open()
     assert len(calc.host_calls) == 2 and not calc.inbox
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_grant_revoked_while_its_holder_starts_is_released_at_once(restart):
+    """A directory grant is opened for its holder's start before the engine is up,
+    and wrapped in its membrane only once it is (its bootstrap answered): revoked in
+    between (`wsuper revoke` during a start or a restart, as long as an engine
+    takes to come up, or a slow file system to open it), the grant was wrapped in
+    the revoked membrane and stayed open in the supervisor for that incarnation's
+    whole life, the directory busy (no unmount) and its descriptor counted to the
+    holder's, which revocation closes at once otherwise.  What a revoked host grant
+    wraps is released whenever it is wrapped."""
+    router = R.Router({"app": None}, names=NAMES, revocable=("app.data",))
+    g = grant("data", "directory", "host", revocable=True)
+    if restart:
+        first = start(router, "app", [g], hosts={"data": "first-directory"})
+        first.deliver(router.stop_engine("app", "restarting"))
+    app, effects = start(router, "app", [g], hosts={"data": "the-directory"}, later=True)
+    revoked = router.revoke("app.data")
+    if restart:
+        assert fx.HostRelease("directory", "first-directory") in revoked + first.effects
+    app.deliver(effects)
+    assert fx.HostRelease("directory", "the-directory") in app.effects
+    app.effects.clear()
+    app.send(app.conn.send_release(app.grants[0].import_id))
+    assert not [e for e in app.effects if isinstance(e, fx.HostRelease)]   # once
+
+
 def test_what_a_host_call_opens_for_a_caller_that_left_is_released():
     DIR = hosted.BY_KIND["directory"].id
     router = R.Router({"app": None})
