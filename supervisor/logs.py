@@ -84,12 +84,33 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     problem = endpoint.foreign_dir(folder, "log directory ")
     if problem:
         raise NoLogs(f"no logs of yours for {system.path}: {problem}")
-    fd = _pinned(system, folder)
+    pinned = [_pinned(system, folder)]
     try:
         # read through the directory checked, whatever its path names meanwhile
-        yield from _lines_in(folder, fd, names, compartment, follow)
+        yield from _lines_in(folder, pinned, names, compartment, follow,
+                             lambda at: _made_again(system, folder, at))
     finally:
-        os.close(fd)
+        os.close(pinned[0])
+
+
+def _made_again(system, folder: str, at: int) -> int | None:
+    """A descriptor of the log directory the running system made again at `folder`
+    (removed or moved away while it ran: LogFiles._make_again), pinned as the first
+    one was; None while `at` is still the one there, or nothing is there yet.
+    Followed through its first descriptor, `-f` went on showing the removed (or
+    moved) directory, where nothing more was written, and never a line again."""
+    try:
+        now = os.stat(folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    own = os.fstat(at)
+    if (now.st_dev, now.st_ino) == (own.st_dev, own.st_ino):
+        return None
+    problem = endpoint.foreign_dir(folder, "log directory ")
+    if problem:
+        raise NoLogs(f"no more logs of yours for {system.path}: the log directory was "
+                     f"replaced while it was followed: {problem}")
+    return _pinned(system, folder)
 
 
 def _pinned(system, folder: str) -> int:
@@ -117,24 +138,38 @@ def _in(at: int):
                                        dir_fd=at)
 
 
-def _lines_in(folder: str, at: int, names: list, compartment: str | None, follow: bool):
+def _lines_in(folder: str, pinned: list, names: list, compartment: str | None,
+              follow: bool, made_again=lambda at: None):
+    """`pinned`: [the directory's descriptor], which, with `follow`, becomes the one
+    `made_again(descriptor)` returns when the system made the directory again (the
+    caller closes the last; this one those before it)."""
     if not follow:
-        yield from _merged({n: _read_log(folder, n, at) for n in names}, compartment)
+        yield from _merged({n: _read_log(folder, n, pinned[0]) for n in names}, compartment)
         return
     # with `follow`, each current file is opened first and then read through that
     # descriptor, before and after: what is written while the files are first read
     # is shown by the following, and a rotation at any time loses nothing
-    followed = {n: _Followed(folder, n, at) for n in names}
+    followed = {}
     try:
-        first = {}
-        for n in names:
-            f = followed[n]
-            older = _read(f.older())
-            first[n] = older + _lines(f.rest())
-        yield from _merged(first, compartment)
         while True:
-            time.sleep(0.2)
-            yield from _merged({n: followed[n].new_lines() for n in names}, compartment)
+            followed = {n: _Followed(folder, n, pinned[0]) for n in names}
+            first = {}
+            for n in names:
+                f = followed[n]
+                older = _read(f.older())
+                first[n] = older + _lines(f.rest())
+            yield from _merged(first, compartment)
+            while True:
+                time.sleep(0.2)
+                again = made_again(pinned[0])
+                # what the old one gained before it was left, then the new one's
+                yield from _merged({n: followed[n].new_lines() for n in names}, compartment)
+                if again is not None:
+                    break
+            for f in followed.values():
+                f.close()
+            old, pinned[0] = pinned[0], again
+            os.close(old)
     finally:
         for f in followed.values():
             f.close()

@@ -499,3 +499,45 @@ def test_logs_never_reads_a_log_directory_swapped_in_after_its_check(tmp_path, m
     with pytest.raises(logs.NoLogs, match="no logs of yours") as e:
         next(logs.lines(system, follow=follow))
     assert "forged" not in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_following_goes_on_in_a_log_directory_made_again(tmp_path, monkeypatch, how):
+    """`-f` reads through the directory it pinned at its start: removed or moved
+    away while the system ran, and made again there by it (LogFiles._make_again),
+    the directory followed was one nothing more was written to, and `-f` showed
+    no line again, silently (seen with `wsuper up`, `wsuper logs -f` and an
+    `rm -rf` of the log directory).  What the old one gained before it was left is
+    shown, then every line of the new one, each once."""
+    import shutil
+    polls = []
+
+    def sleep(_seconds):                 # looks that find nothing: the line is lost
+        polls.append(1)
+        assert len(polls) < 5, "a line of the directory made again was never shown"
+    monkeypatch.setattr(logs.time, "sleep", sleep)
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    log = folder / "app.log"
+    log.write_text("2026-12-03T10:00:00.000Z [app] one\n")
+    system = types.SimpleNamespace(logs=str(folder), compartments={"app": None},
+                                   path=str(tmp_path / "system.toml"))
+    lines = logs.lines(system, "app", follow=True)
+    assert next(lines) == "2026-12-03T10:00:00.000Z [app] one"
+    if how == "moved":
+        with open(log, "a") as f:        # written just before it was moved
+            f.write("2026-12-03T10:00:01.000Z [app] two\n")
+        os.rename(folder, tmp_path / "moved")
+    else:
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o700)             # what the system does at its next batch
+    (folder / "app.log").write_text("2026-12-03T10:00:02.000Z [app] three\n")
+    got = [next(lines)] if how == "removed" else [next(lines), next(lines)]
+    polls.clear()
+    expected = (["2026-12-03T10:00:01.000Z [app] two"] if how == "moved" else []) + \
+        ["2026-12-03T10:00:02.000Z [app] three"]
+    assert got == expected
+    with open(folder / "app.log", "a") as f:
+        f.write("2026-12-03T10:00:03.000Z [app] four\n")
+    assert next(lines) == "2026-12-03T10:00:03.000Z [app] four"
+    lines.close()
