@@ -657,7 +657,10 @@ class Supervisor:
         self._host_threads: dict[int, threading.Event] = {}
         # grant -> the file operations its revocation waited for (_revoke): a second
         # `wsuper revoke` of it waits for those still running, and says so
-        self._revoke_waits: dict[str, list[threading.Event]] = {}
+        self._revoke_waits: dict[str, tuple[list, list]] = {}
+        # id(served) -> set once its close (_release_in_thread) has ended: a revocation
+        # answers once the files and directories it closes are closed (_revoke)
+        self._releasing: dict[int, threading.Event] = {}
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
         self._external = 0
@@ -1904,7 +1907,8 @@ class Supervisor:
         if kind in ("directory", "file") and served is not None:
             if counted:
                 self._uncount(served)
-            self._soon(self.nursery.start_soon, self._release_in_thread, kind, served)
+            done = self._releasing[id(served)] = threading.Event()
+            self._soon(self.nursery.start_soon, self._release_in_thread, kind, served, done)
 
     def _uncount(self, served):
         """The descriptor _hold counted for `served` is free again."""
@@ -1918,12 +1922,18 @@ class Supervisor:
         if owner in self.system.compartments and mine < self._fd_each:
             self._fd_owed += 1
 
-    async def _release_in_thread(self, kind, served):
+    async def _release_in_thread(self, kind, served, done: threading.Event | None = None):
         # abandoned when cancelled (at stop: the process's exit closes it): a close a
         # disk holds (a file with writes a hung network file system has not taken;
         # the engines' loss at stop releases their files) held the stop as long
-        await threads.run_sync(hostcaps.release, kind, served,
-                               limiter=self._release_limiter, abandon_on_cancel=True)
+        try:
+            await threads.run_sync(hostcaps.release, kind, served,
+                                   limiter=self._release_limiter, abandon_on_cancel=True)
+        finally:
+            if done is not None:
+                done.set()
+                if self._releasing.get(id(served)) is done:
+                    del self._releasing[id(served)]
 
     # ------------------------------------------------------------ endpoints
 
@@ -2206,7 +2216,7 @@ class Supervisor:
             # (that one gave up waiting, or is still waiting): it said ok at once, and
             # the write landed after it
             text = f"{grant} was revoked already"
-            running = self._revoke_waits.get(grant, [])
+            running, closing = self._revoke_waits.get(grant, ([], []))
         else:
             text = f"revoked {grant}"
             tokens = self.router.host_calls_through(grant)
@@ -2216,19 +2226,29 @@ class Supervisor:
                 # "unknown": the operator named no revocable grant (exit 2, as offline)
                 return {"ok": False, "error": e.args[0], "unknown": True}
             self._audit_operator({"event": "grant revoked", "grant": grant})  # before denials
+            released = [e.served for e in effects if isinstance(e, fx.HostRelease)]
             self._perform(effects)
             running = [e for e in map(self._host_threads.get, tokens) if e is not None]
-            if running:
-                self._revoke_waits[grant] = running
+            # and the closes of the files and directories it releases (worker threads):
+            # answered before them, `wsuper revoke app.data && umount /data` could find
+            # the directory still open in the supervisor (EBUSY)
+            closing = [e for e in (self._releasing.get(id(x)) for x in released)
+                       if e is not None]
+            if running or closing:
+                self._revoke_waits[grant] = (running, closing)
         deadline = trio.current_time() + hostcaps.IO_DEADLINE
-        while not all(e.is_set() for e in running) and trio.current_time() < deadline:
+        while not all(e.is_set() for e in running + closing) \
+                and trio.current_time() < deadline:
             await trio.sleep(0.01)
         left = sum(not e.is_set() for e in running)
-        if not left:
+        unclosed = sum(not e.is_set() for e in closing)
+        if not left and not unclosed:
             self._revoke_waits.pop(grant, None)
         return {"ok": True, "text": text + (
             f"; {left} file operation{'s' if left > 1 else ''} begun before it did not finish "
-            f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "")}
+            f"within {hostcaps.IO_DEADLINE:g} s and may still complete" if left else "") + (
+            f"; {unclosed} of the files and directories it closes did not close within "
+            f"{hostcaps.IO_DEADLINE:g} s" if unclosed else "")}
 
     async def _admin_answer(self, line: bytes) -> dict:
         try:

@@ -461,6 +461,7 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
             self.system = type("System", (), {"compartments": {"a": None, "b": None}})()
             self._fd_each, self._fd_budget, self._fd_owed = 2, 6, 4
             self._host_fds, self._fds_of, self._fd_owner = 0, {}, {}
+            self._releasing = {}
             self.answered, self.told = {}, []
             self.router = type("Router", (), {
                 "host_call_live": staticmethod(lambda token: True),
@@ -478,7 +479,7 @@ def test_descriptors_opened_through_what_a_compartment_was_handed_count_to_it_no
         def say(self, *args):
             pass
 
-        async def _release_in_thread(self, kind, served):
+        async def _release_in_thread(self, kind, served, done=None):
             hostcaps.release(kind, served)
 
     def opening():
@@ -560,3 +561,54 @@ def test_a_host_file_whose_close_a_disk_holds_does_not_hold_the_stop():
         assert not held_out.is_set(), "the stop waited for a close the disk held"
     finally:
         gate.set()
+
+
+def test_revoke_answers_once_the_revoked_directory_is_closed_in_the_supervisor():
+    """`wsuper revoke` of a directory grant closes it in the supervisor at once, so
+    that the operator can unmount or remove what it named; but the close ran in a
+    worker thread started after the answer, and `wsuper revoke app.data && umount
+    /data` could find the directory still open (EBUSY).  The answer waits for the
+    closes the revocation began (as for the file operations under way, at most
+    IO_DEADLINE)."""
+    from supervisor import router as R
+    from tests.unit.test_router import grant, start
+
+    closed, gate = threading.Event(), threading.Event()
+
+    class Dir:                          # a close that takes a moment (a flush, a disk)
+        def close(self):
+            gate.wait(5)
+            closed.set()
+
+    router = R.Router({"app": None}, revocable=("app.data",))
+    app = start(router, "app", [grant("data", "directory", "host", revocable=True)],
+                hosts={"data": Dir()})
+
+    class Stand:
+        _revoke = runtime.Supervisor._revoke
+        _audit_operator = runtime.Supervisor._audit_operator
+        _release = runtime.Supervisor._release
+        _release_in_thread = runtime.Supervisor._release_in_thread
+        _release_limiter = trio.CapacityLimiter(4)
+
+        def _uncount(self, served):
+            pass
+
+        def _perform(self, effects):
+            for e in effects:
+                if isinstance(e, fx.HostRelease):
+                    self._release(e.kind, e.served)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Stand()
+            sup.router, sup.nursery, sup.audit = router, n, None
+            sup._host_threads, sup._revoke_waits, sup._releasing = {}, {}, {}
+            sup._soon = lambda fn, *args: fn(*args)
+            threading.Timer(0.2, gate.set).start()
+            answer = await sup._revoke("app.data")
+            was_closed = closed.is_set()
+            return answer, was_closed
+    answer, was_closed = trio.run(main)
+    assert answer == {"ok": True, "text": "revoked app.data"}
+    assert was_closed, "revoke answered before the revoked directory was closed"
