@@ -53,6 +53,8 @@ IDLE_EVICT = 1.0            # an external connection without useful work this lo
                             # room for another (see idlest)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 AUDIT_LAST_WRITE = 5.0      # seconds the last audit write may take at stop
+#: seconds an admin request being answered as the system stops has to finish its answer
+ADMIN_LAST_ANSWER = 2.0
 SOCKET_CHECK = 1.0          # seconds between two looks that the sockets are still at their paths
 #: why a call still in flight when the system stops failed (its record's reason, what
 #: its caller is told): ended by the audit's end, or by the stop of its callee's or
@@ -160,13 +162,14 @@ class _AdminConn:
     """An admin connection being served: since when, whether its request line is
     still being read (then it may be closed to make room: endpoint.admin_evictee),
     and the scope of that read."""
-    __slots__ = ("since", "reading", "evicted", "scope")
+    __slots__ = ("since", "reading", "evicted", "scope", "answering")
 
     def __init__(self, since: float):
         self.since = since
         self.reading = True
         self.evicted = False
         self.scope = trio.CancelScope()
+        self.answering = False      # its request is being answered (not a trace session)
 
 
 _OPEN = object()     # a fast-lane link whose stream has not ended
@@ -956,6 +959,14 @@ class Supervisor:
                 with trio.move_on_after(5):
                     await self.output.files.flush_last()
                 self.output.files.close()
+            # an admin request being answered gets its answer before the end cancels
+            # it: a `wsuper revoke` whose revocation ended the last program (its call
+            # failed, it exited) waited for the closes and file operations it began,
+            # the system stopped meanwhile, and the operator was told "the system ...
+            # gave no answer" (exit 1), though the grant was revoked
+            with trio.move_on_after(ADMIN_LAST_ANSWER):
+                while any(c.answering for c in self._admin_conns):
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         return self._exit_code
 
@@ -2189,20 +2200,25 @@ class Supervisor:
                     self.say(f"internal error in a trace session: "
                              f"{type(e).__name__}: {first_line(e)}")
                 return
+        conn.answering = True            # the stop lets it finish (_serve_all)
         try:
-            answer = await self._admin_answer(line)
-        except Exception as e:  # noqa: BLE001 - no request may end the system
-            self.say(f"internal error answering an admin request: "
-                     f"{type(e).__name__}: {first_line(e)}")
-            answer = {"ok": False, "error": "internal error"}
-        answer["system"] = self.identity
-        # a client that never reads its answer (one larger than the socket's buffer:
-        # a status of many compartments) held the connection, and the answer, for ever
-        with trio.move_on_after(endpoint.ADMIN_SEND_TIMEOUT):
             try:
-                await stream.send_all(endpoint.encode(answer))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                answer = await self._admin_answer(line)
+            except Exception as e:  # noqa: BLE001 - no request may end the system
+                self.say(f"internal error answering an admin request: "
+                         f"{type(e).__name__}: {first_line(e)}")
+                answer = {"ok": False, "error": "internal error"}
+            answer["system"] = self.identity
+            # a client that never reads its answer (one larger than the socket's buffer:
+            # a status of many compartments) held the connection, and the answer, for
+            # ever
+            with trio.move_on_after(endpoint.ADMIN_SEND_TIMEOUT):
+                try:
+                    await stream.send_all(endpoint.encode(answer))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        finally:
+            conn.answering = False
 
     async def _revoke(self, grant: str) -> dict:
         """Revoke `grant`; answered once nothing more happens through it.  A file

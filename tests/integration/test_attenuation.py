@@ -342,6 +342,29 @@ audit = "audit.jsonl"
 [compartments.calc]
 module = "{EXAMPLES}/calc.wat"
 exports = "Calc"
+
+
+def test_a_revocation_that_ends_the_last_program_is_still_answered(tmp_path, wsuper):
+    """`wsuper revoke` waits for the file operations (and closes) its revocation
+    began before it answers; a revocation that made the last program end (its next
+    call failed, and it exited) stopped the system meanwhile, whose end cancelled
+    the answer: the operator was told "the system at ... gave no answer" (exit 1),
+    though the grant was revoked (3 runs of 3).  The stop lets an answer under way
+    finish (at most ADMIN_LAST_ANSWER)."""
+    from capnp_schemas import hosted
+    directory = hosted.BY_KIND["directory"]
+    sync = [m.name for m in directory.methods].index("sync")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (call $log (i32.const 210) (i32.const 7))
+    (loop $l
+      (br_if $l (i32.eqz (call $call0 (local.get $h) (i64.const {directory.id:#x})
+                               (i32.const {sync})))))
+    """, {"data": 200, "syncing": 210}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+logs = "{tmp_path}/logs"
 [compartments.app]
 module = "app.wat"
 restart = "never"
@@ -367,3 +390,14 @@ calc = {{ compartment = "calc", revocable = true }}
     assert len(before) >= 2000 and all(x["outcome"] == "returned" for x in before)
     assert after and all(x["outcome"] == "denied" for x in after), \
         [x["outcome"] for x in after][:20]
+
+
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] syncing")
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")
+    assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.data", \
+        r.stdout + r.stderr
+    assert run.finish() == 0
