@@ -1,6 +1,5 @@
 """Attenuation with real engines: allow-lists, revocation with `wsuper revoke`, the audit file."""
 import json
-import time
 import re
 import os
 

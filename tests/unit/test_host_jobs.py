@@ -581,7 +581,7 @@ def test_revoke_answers_once_the_revoked_directory_is_closed_in_the_supervisor()
             closed.set()
 
     router = R.Router({"app": None}, revocable=("app.data",))
-    app = start(router, "app", [grant("data", "directory", "host", revocable=True)],
+    start(router, "app", [grant("data", "directory", "host", revocable=True)],
                 hosts={"data": Dir()})
 
     class Stand:
