@@ -621,8 +621,9 @@ class LogFiles:
                     # files stopped for good.  What is left of the batch is begun
                     # again in a new one; refused for another cause, it fails as before
                     if self.remake is None or self._dir is None \
+                            or e.errno in TRANSIENT_ERRNOS \
                             or not self._removed(isinstance(e, _Refused)):
-                        raise
+                        raise           # (no descriptor, no room: waited out as ever)
                     if not tries_left:
                         raise _DirRemoved(errno.ENOENT, f"removed again as soon as made "
                                                         f"({e.strerror or e})") from None
@@ -662,15 +663,20 @@ class LogFiles:
         except Exception as e:  # noqa: BLE001 - refused (a link planted there): the
             # batch fails, as a write that fails, and the files stop saying why
             raise _Refused(errno.EACCES, f"cannot make it again: {e}") from None
+        # the directory locked, not one opened again by its path: another could be
+        # put there meanwhile
+        try:
+            new = os.dup(held)
+        except OSError:
+            os.close(held)     # kept, its lock refused the next try at the same directory
+            raise
         # the one made before (moved away) is let go of: each kept, a directory
         # moved aside again and again took one more of the supervisor's descriptors
         # a move, and every moved one stayed locked, until the system stopped
         for fd in self._held:
             os.close(fd)
         self._held = [held]
-        # the directory locked, not one opened again by its path: another could be
-        # put there meanwhile
-        old, self._dir = self._dir, os.dup(held)
+        old, self._dir = self._dir, new
         os.close(old)
         self._looked.clear()
         self.on_remade(f"the log directory {self.folder} was removed or moved while the "

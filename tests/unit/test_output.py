@@ -970,3 +970,49 @@ def test_a_log_directory_moved_away_again_and_again_holds_no_descriptor_of_each(
         endpoint.lock_dir(str(folder), "log directory ")
     assert (folder / "app.log").read_text() == "line 19\n"
     files.close()
+
+
+def test_a_log_directory_made_again_without_a_descriptor_to_spare_waits_for_one(
+        tmp_path, monkeypatch):
+    """Made again with no descriptor free for the writer's copy of it (EMFILE), the
+    new directory's lock was kept, and the next try to make it again was refused
+    by that very lock ("in use by another running system"): the log files stopped
+    for good.  The lock goes with the failure, which is waited out as any want of
+    a descriptor."""
+    import errno
+    import shutil
+
+    import trio
+
+    from supervisor import endpoint
+    from supervisor.output import LogFiles
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    failed, paused = [], []
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        return endpoint.lock_dir(str(folder), "log directory ")
+    files = LogFiles(str(folder), on_failed=failed.append, on_paused=paused.append,
+                     remake=remake)
+    real_dup, short = os.dup, [True]
+
+    def dup(fd):
+        if short[0]:
+            short[0] = False
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+    monkeypatch.setattr(os, "dup", dup)
+
+    async def main():
+        files.add("app", "one")
+        await files.flush()
+        shutil.rmtree(folder)
+        files.add("app", "two")
+        await files.flush()
+        assert files.paused and not failed
+        await files.flush()
+    trio.run(main)
+    assert not failed and not files.paused
+    assert (folder / "app.log").read_text() == "two\n"
+    files.close()
