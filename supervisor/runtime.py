@@ -449,6 +449,16 @@ class _Audit:
             # opened as at start (regular, locked, one name; else the audit fails)
             old, self._file = self._file, None
             try:
+                if self._dir_left() or not os.path.lexists(os.path.dirname(self.path)):
+                    # its directory too (an `rm -rf` of the log directory it lies in,
+                    # which the system makes again): the new file was opened in the
+                    # removed directory (ENOENT, the audit failed, the system
+                    # stopped), or in the moved one.  Made again at its path as at
+                    # start (ours, closed to others; else the audit fails)
+                    endpoint.own_dir(os.path.dirname(self.path), "audit directory ")
+                    if self._dir is not None:
+                        gone, self._dir = self._dir, None
+                        os.close(gone)
                 self.open()
             finally:
                 old.close()
@@ -469,8 +479,24 @@ class _Audit:
             self._size += len(line)
         self._append(chunk)
 
+    def _dir_left(self) -> bool:
+        """Whether the directory the audit was opened in (its rotations' `_dir`) is
+        no longer the one at its path: removed, or moved away."""
+        if self._dir is None:
+            return False
+        own = os.fstat(self._dir)
+        if own.st_nlink == 0:
+            return True
+        try:
+            now = os.stat(os.path.dirname(self.path), follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+
     def _gone(self) -> bool:
         """Whether the open file is no longer the one the audit's path names."""
+        if self._dir_left():
+            return True
         own = os.fstat(self._file.fileno())
         if own.st_nlink == 0:
             return True

@@ -284,3 +284,49 @@ def test_an_audit_file_removed_or_moved_while_the_system_runs_is_made_again(tmp_
             "run started"
     assert len(told) == 1 and f"the audit file {path} was" in told[0] and \
         "a new one is made there" in told[0], told
+
+
+@pytest.mark.parametrize("rotated", [True, False])
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_an_audit_whose_directory_is_removed_or_moved_while_the_system_runs_goes_on(
+        tmp_path, how, rotated):
+    """The audit's directory is opened once (its rotations rename in it): removed
+    while the system ran (an `rm -rf` of the log directory, which `check` lets the
+    audit lie in and which the system now makes again), the new audit file was
+    opened in the removed directory, ENOENT, and the audit failed: the system
+    stopped ("cannot write the audit log ... stopping"), 327 records lost in a run
+    of `wsuper up`.  Moved away, every later record went into the moved directory.
+    The directory is made again at its path as at start (ours, closed to others)
+    and the audit goes on there."""
+    import shutil
+
+    import trio
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    path = folder / "audit.jsonl"
+    told = []
+    audit = runtime._Audit(str(path), "run", max_size=(1 << 20) if rotated else 0, keep=2)
+    audit.on_note = told.append
+    audit.open()
+    audit._write([{"event": "run started", "time": 0.0}])
+    if how == "removed":
+        shutil.rmtree(folder)
+    else:
+        os.rename(folder, tmp_path / "moved")
+
+    async def main():
+        audit.add({"event": "call", "time": 0.0})
+        await audit.flush(told.append)
+        audit.add({"event": "run stopped", "time": 0.0})
+        await audit.flush(told.append)
+    try:
+        trio.run(main)
+    finally:
+        audit.close()
+    assert not audit.failed, audit.failed
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == \
+        ["call", "run stopped"]
+    assert oct(os.stat(folder).st_mode & 0o777) == "0o700"
+    if how == "moved":
+        assert json.loads((tmp_path / "moved" / "audit.jsonl").read_text())["event"] == \
+            "run started"
