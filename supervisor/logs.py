@@ -110,7 +110,12 @@ def _made_again(system, folder: str, at: int) -> int | None:
     if problem:
         raise NoLogs(f"no more logs of yours for {system.path}: the log directory was "
                      f"replaced while it was followed: {problem}")
-    return _pinned(system, folder)
+    try:
+        return _pinned(system, folder)
+    except NoLogs:
+        if os.path.lexists(folder):
+            raise
+        return None              # removed again meanwhile: looked at the next time
 
 
 def _pinned(system, folder: str) -> int:
