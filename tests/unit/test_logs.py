@@ -541,3 +541,42 @@ def test_following_goes_on_in_a_log_directory_made_again(tmp_path, monkeypatch, 
         f.write("2026-12-03T10:00:03.000Z [app] four\n")
     assert next(lines) == "2026-12-03T10:00:03.000Z [app] four"
     lines.close()
+
+
+def test_following_a_log_directory_removed_again_as_it_is_pinned_goes_on(tmp_path,
+                                                                          monkeypatch):
+    """Removed again between `-f`'s look at the new directory and its opening (an
+    `rm -rf` in a loop), the opening's failure ended `-f` with an error ("a symbolic
+    link or something else was put there?"); nothing there is looked at again."""
+    import shutil
+    monkeypatch.setattr(logs.time, "sleep", lambda _s: None)
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    (folder / "app.log").write_text("2026-12-03T10:00:00.000Z [app] one\n")
+    system = types.SimpleNamespace(logs=str(folder), compartments={"app": None},
+                                   path=str(tmp_path / "system.toml"))
+    pinned, calls = logs._pinned, []
+
+    def pin(system, path):
+        calls.append(1)
+        if len(calls) == 2:              # removed again just before it is opened
+            shutil.rmtree(folder)
+        return pinned(system, path)
+    monkeypatch.setattr(logs, "_pinned", pin)
+    lines = logs.lines(system, "app", follow=True)
+    assert next(lines) == "2026-12-03T10:00:00.000Z [app] one"
+    shutil.rmtree(folder)
+    folder.mkdir(mode=0o700)
+    (folder / "app.log").write_text("2026-12-03T10:00:01.000Z [app] two\n")
+    real_stat, looks = os.stat, []
+
+    def stat(path, *args, **kw):         # the system makes it again after the second look
+        if path == str(folder):
+            looks.append(1)
+            if len(looks) == 2 and not os.path.lexists(folder):
+                folder.mkdir(mode=0o700)
+                (folder / "app.log").write_text("2026-12-03T10:00:02.000Z [app] three\n")
+        return real_stat(path, *args, **kw)
+    monkeypatch.setattr(logs.os, "stat", stat)
+    assert next(lines) == "2026-12-03T10:00:02.000Z [app] three"
+    lines.close()
