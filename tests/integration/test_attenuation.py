@@ -321,28 +321,6 @@ data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
     run.finish()
 
 
-def test_no_call_through_a_revoked_grant_is_recorded_returned_after_the_revocation(
-        tmp_path, wsuper):
-    """app calls calc through a revocable grant as fast as it can; the fast lane
-    forwards those calls and keeps their audit records until the supervisor's next
-    drain (up to EXPIRY_TICK later).  `wsuper revoke` wrote "grant revoked" at once,
-    and the records of calls the lane had returned before it came after it: the audit
-    said calls through app.calc returned after it was revoked (with the lane off,
-    every one of them came before).  Whatever the lane holds is recorded first."""
-    import time
-    from benchmarks.suite import CALC_ID, _loop_wat
-    (tmp_path / "app.wat").write_text(_loop_wat(
-        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], 1 << 30))
-    (tmp_path / "system.toml").write_text(f"""
-[system]
-schemas = ["{EXAMPLES}/calc.capnp"]
-socket = "{tmp_path}/s.sock"
-audit = "audit.jsonl"
-[compartments.calc]
-module = "{EXAMPLES}/calc.wat"
-exports = "Calc"
-
-
 def test_a_revocation_that_ends_the_last_program_is_still_answered(tmp_path, wsuper):
     """`wsuper revoke` waits for the file operations (and closes) its revocation
     began before it answers; a revocation that made the last program end (its next
@@ -368,6 +346,41 @@ logs = "{tmp_path}/logs"
 module = "app.wat"
 restart = "never"
 [compartments.app.grants]
+log = {{ host = "log" }}
+data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("[app] syncing")
+    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")
+    assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.data", \
+        r.stdout + r.stderr
+    assert run.finish() == 0
+
+
+def test_no_call_through_a_revoked_grant_is_recorded_returned_after_the_revocation(
+        tmp_path, wsuper):
+    """app calls calc through a revocable grant as fast as it can; the fast lane
+    forwards those calls and keeps their audit records until the supervisor's next
+    drain (up to EXPIRY_TICK later).  `wsuper revoke` wrote "grant revoked" at once,
+    and the records of calls the lane had returned before it came after it: the audit
+    said calls through app.calc returned after it was revoked (with the lane off,
+    every one of them came before).  Whatever the lane holds is recorded first."""
+    import time
+    from benchmarks.suite import CALC_ID, _loop_wat
+    (tmp_path / "app.wat").write_text(_loop_wat(
+        "calc", CALC_ID, 0, [0x0000000100000000, 0x0000000300000002], 1 << 30))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+audit = "audit.jsonl"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.grants]
 calc = {{ compartment = "calc", revocable = true }}
 """)
     run = wsuper("up", str(tmp_path / "system.toml"))
@@ -389,14 +402,3 @@ calc = {{ compartment = "calc", revocable = true }}
     assert len(before) >= 2000 and all(x["outcome"] == "returned" for x in before)
     assert after and all(x["outcome"] == "denied" for x in after), \
         [x["outcome"] for x in after][:20]
-
-
-log = {{ host = "log" }}
-data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
-""")
-    run = wsuper("up", str(tmp_path / "system.toml"))
-    run.wait_for("[app] syncing")
-    r = run_wsuper("revoke", str(tmp_path / "system.toml"), "app.data")
-    assert r.returncode == 0 and r.stdout.strip() == "wsuper: ok: revoked app.data", \
-        r.stdout + r.stderr
-    assert run.finish() == 0
