@@ -249,3 +249,20 @@ def test_each_number_of_a_grant_has_the_range_the_reference_gives(key, bounds):
     lo, hi = (_number(v) for v in bounds)
     assert taken(lo) and taken(hi), (key, lo, hi)
     assert not taken(_past(lo, True)) and not taken(_past(hi, False)), (key, lo, hi)
+
+
+def test_the_rewriters_bounds_the_docs_give_are_instruments():
+    """Each place the docs give the largest module the probe rewriting takes, and
+    its most sites, says instrument.MAX_MODULE_BYTES and MAX_SITES (security.md
+    said 32 MiB, where the code, the reference and instrumentation.md said 8)."""
+    from compartments import instrument
+    mib, sites = instrument.MAX_MODULE_BYTES >> 20, instrument.MAX_SITES.bit_length() - 1
+    said = []
+    for path in sorted(glob.glob(os.path.join(DOCS, "*.md"))):
+        text = re.sub(r"\s+", " ", _text(path))
+        for m in re.finditer(r"(?:over|more than) (\d+) MiB\W{0,3}(?:\([^)]*\) )?(?:or|and|,) "
+                             r"(?:with )?more than 2\^(\d+) sites", text, re.I):
+            said.append((os.path.basename(path), int(m.group(1)), int(m.group(2))))
+    assert {p for p, _m, _s in said} >= {"security.md", "policy-reference.md",
+                                          "instrumentation.md"}, said
+    assert all((m, s) == (mib, sites) for _p, m, s in said), said
