@@ -311,15 +311,11 @@ class Engine:
         self.probes = probing.EngineProbes(
             probing.Sites.from_json(description.sites) if description.sites else None)
         sites = self.probes.sites
-        if sites is not None and sites.memory_bytes() > self.limits.memory:
-            # limits.memory bounds each memory of the store, the probe memory too:
-            # wasmtime's refusal named neither ("memory minimum size of 6 pages
-            # exceeds memory limits", for a guest of one page)
-            raise EngineError(
-                f"module {path}: its {len(sites)} probe sites (instrument = "
-                f"{list(sites.points)}) need {sites.memory_bytes()} bytes of probe memory, "
-                f"more than limits.memory ({self.limits.memory} bytes), which bounds each "
-                f"of its memories: raise limits.memory or instrument fewer points")
+        # limits.memory bounds each memory of the store, the probe memory too
+        # (preflight refuses a system where it cannot hold it, with the same words)
+        too_big = sites.memory_problem(self.limits.memory) if sites is not None else None
+        if too_big:
+            raise EngineError(f"module {path}: {too_big}")
         self._wasi_names = list(description.wasi)
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()

@@ -118,6 +118,20 @@ class Sites:
         """Bytes of the probe memory of the rewritten module (whole wasm pages)."""
         return _probe_pages(self.counters, len(self.kinds)) * 65536
 
+    def memory_problem(self, memory_limit: int) -> str | None:
+        """Why a compartment whose limits.memory is `memory_limit` can never
+        instantiate the module rewritten with these sites (None: it can):
+        limits.memory bounds each memory of its store, the probe memory too
+        (wasmtime's refusal named neither: "memory minimum size of 6 pages exceeds
+        memory limits", for a guest of one page).  The engine refuses such a
+        start, and `wsuper check` and `up` refuse the system (preflight)."""
+        if self.memory_bytes() <= memory_limit:
+            return None
+        return (f"its {len(self)} probe sites (instrument = {list(self.points)}) need "
+                f"{self.memory_bytes()} bytes of probe memory, more than limits.memory "
+                f"({memory_limit} bytes), which bounds each of its memories: raise "
+                f"limits.memory or instrument fewer points")
+
     def name(self, function: int) -> str:
         return self.names.get(function) or f"#{function}"
 

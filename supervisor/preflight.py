@@ -172,6 +172,10 @@ def prepare(system: System) -> Plan:
                                lambda: _instrument_refusal(engine, comp),
                                lambda r: _probe_refusal_problem(r, len(comp.probes)),
                                system.engine_user, probes=True)
+            if refused and refused[0] == _PROBE_MEMORY:
+                lwhere, lkey = limit_where(comp, "memory", wheres, where)
+                raise lwhere.error(lkey, f"{quoted(comp.module)}: {refused[1]} (every start "
+                                   f"of {comp.name} would fail: it could never start)")
             if refused and refused[0] < 0:
                 raise where.error(f"{key}.instrument", f"{quoted(comp.module)} cannot be "
                                   f"compiled with the probe sites of "
@@ -316,9 +320,16 @@ def _protect_refusal(engine, comp):
     return None
 
 
+#: _instrument_refusal's answer for probe sites that need more probe memory than
+#: the compartment's limits.memory lets any of its memories have
+_PROBE_MEMORY = -2
+
+
 def _instrument_refusal(engine, comp) -> list | None:
     """[-1, why] if the module of `comp` cannot be compiled with its probe sites
     (and its protection) as its engine compiles it at every start (engine._load);
+    [_PROBE_MEMORY, why] if those sites need a probe memory larger than
+    limits.memory (the engine refuses every start: Sites.memory_problem);
     [i, why] if its i-th declared in-module probe covers no site there (the
     supervisor adds it at every start: probes.Registry.add); else None.  Made in a
     child: it runs wasm-tools."""
@@ -334,6 +345,9 @@ def _instrument_refusal(engine, comp) -> list | None:
     problem, _description = wasm.describe(module, sites, layout, binary)
     if problem is not None:
         return [-1, _clip(problem, TEXT_MAX)]
+    too_big = sites.memory_problem(comp.limits.memory) if sites is not None else None
+    if too_big:
+        return [_PROBE_MEMORY, _clip(too_big, TEXT_MAX)]
     for i, spec in enumerate(comp.probes):
         if spec.point in IN_MODULE and not Registry.select(sites, spec):
             return [i, _clip(f"no function of {comp.name} matches "
@@ -347,7 +361,7 @@ def _probe_refusal_problem(answer, probes: int) -> str | None:
     if answer is None:
         return None
     if not (isinstance(answer, list) and len(answer) == 2 and type(answer[0]) is int
-            and -1 <= answer[0] < probes and _is_text(answer[1])):
+            and _PROBE_MEMORY <= answer[0] < probes and _is_text(answer[1])):
         return "is no refusal"
     return None
 

@@ -1819,6 +1819,45 @@ def test_a_module_its_probe_sites_cannot_be_compiled_into_is_refused_by_check(tm
     assert run_wsuper("check", str(system)).returncode == 0
 
 
+@pytest.mark.parametrize("policy_file", [False, True])
+def test_probe_sites_that_need_more_memory_than_the_limit_are_refused_by_check(
+        tmp_path, policy_file):
+    """limits.memory bounds each memory of a compartment, the probe memory of a
+    module rewritten for `instrument` too: `check` passed a module whose sites
+    needed more (1,800 functions of two blocks each under limits.memory = 64 KiB),
+    and every start failed ("its 9001 probe sites ... need 131072 bytes of probe
+    memory, more than limits.memory") until the compartment failed for good.
+    Refused at limits.memory, where it is written, with the engine's words."""
+    (tmp_path / "many.wat").write_text(
+        '(module (memory (export "memory") 1) (func (export "_start")) ' + "".join(
+            "(func (param i32) (if (local.get 0) (then nop) (else nop)))"
+            for _ in range(1800)) + ")")
+    system = tmp_path / "system.toml"
+    limit = '[limits]\nmemory = "64 KiB"\n'
+    if policy_file:
+        (tmp_path / "p.toml").write_text("# small\n" + limit)
+        text = ('[compartments.many]\nmodule = "many.wat"\ninstrument = ["blocks"]\n'
+                'policy = "p.toml"\n')
+        where, key = f"{tmp_path / 'p.toml'}:3: limits.memory", None
+    else:
+        text = ('[compartments.many]\nmodule = "many.wat"\ninstrument = ["blocks"]\n'
+                '[compartments.many.limits]\nmemory = "64 KiB"\n')
+        where, key = f"{system}:5: compartments.many.limits.memory", None
+    system.write_text(text)
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {where}: "), line
+    assert re.search(r"many.wat.*its [0-9]+ probe sites \(instrument = \['blocks'\]\) need "
+                     r"[0-9]+ bytes of probe memory, more than limits.memory \(65536 bytes\)",
+                     line), line
+    assert "could never start" in line, line
+    system.write_text(text.replace('"64 KiB"', '"1 MiB"'))       # room for them: fine
+    if policy_file:
+        (tmp_path / "p.toml").write_text('[limits]\nmemory = "1 MiB"\n')
+    assert run_wsuper("check", str(system)).returncode == 0
+
+
 def test_a_declared_probe_that_covers_no_function_is_refused_by_check(tmp_path):
     """`check` passed a declared probe whose functions match none of the module's,
     and every start of the compartment said "cannot add declared probe ...: no
