@@ -1838,11 +1838,11 @@ def test_probe_sites_that_need_more_memory_than_the_limit_are_refused_by_check(
         (tmp_path / "p.toml").write_text("# small\n" + limit)
         text = ('[compartments.many]\nmodule = "many.wat"\ninstrument = ["blocks"]\n'
                 'policy = "p.toml"\n')
-        where, key = f"{tmp_path / 'p.toml'}:3: limits.memory", None
+        where = f"{tmp_path / 'p.toml'}:3: limits.memory"
     else:
         text = ('[compartments.many]\nmodule = "many.wat"\ninstrument = ["blocks"]\n'
                 '[compartments.many.limits]\nmemory = "64 KiB"\n')
-        where, key = f"{system}:5: compartments.many.limits.memory", None
+        where = f"{system}:5: compartments.many.limits.memory"
     system.write_text(text)
     r = run_wsuper("check", str(system))
     assert r.returncode == 2, r.output
