@@ -292,7 +292,8 @@ class Engine:
         path = self.spec.module
         sites = layout = binary = None
         if module is None:
-            wasm_engine = wasmtime.Engine(wasm.engine_config())
+            # probe sites: their clones' frames need more stack (wasm.wasm_stack)
+            wasm_engine = wasmtime.Engine(wasm.engine_config(probed=bool(self.spec.instrument)))
             try:       # probe sites first, then protection's checks (wasm.compile_for)
                 module, sites, layout, binary = wasm.compile_binary_for(
                     wasm_engine, path, self.spec.instrument, self.spec.protect,

@@ -25,9 +25,39 @@ import wasmtime
 from . import abi
 
 
-def engine_config() -> wasmtime.Config:
-    """The wasmtime configuration of every engine (and of every compilation for one)."""
+#: Bytes of wasm stack a guest may use (wasmtime's default): the frames of its
+#: recursion, measured in bytes, not calls
+MAX_WASM_STACK = 512 << 10
+#: ... times this for a module rewritten with probe sites (instrument.py): a clone's
+#: frame is larger than its function's (the sites' local, blocks and checks), and a
+#: recursion 10,919 deep that ran as built trapped "call stack exhausted" at 8,189
+#: once a `functions` probe was on: turning a probe on made a working guest fail.
+#: The clone of a function of the smallest frame takes about 1.33 times its stack;
+#: 4 leaves room for every site compiled in.
+PROBED_STACK_FACTOR = 4
+
+
+def wasm_stack(probed: bool = False) -> int:
+    """The wasm stack of an engine (`probed`: its module has probe sites), within
+    half of the process's native stack (RLIMIT_STACK), on which wasmtime runs the
+    guest: past it the engine would die of SIGSEGV instead of trapping."""
+    import resource
+    if not probed:
+        return MAX_WASM_STACK
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    room = PROBED_STACK_FACTOR * MAX_WASM_STACK
+    if soft != resource.RLIM_INFINITY:
+        room = min(room, soft // 2)
+    return max(MAX_WASM_STACK, room)
+
+
+def engine_config(probed: bool = False) -> wasmtime.Config:
+    """The wasmtime configuration of every engine (and of every compilation for one).
+    `probed`: an engine whose module has probe sites, whose guest gets more wasm
+    stack (wasm_stack); its compiled code is the same, so a module compiled with
+    one configuration loads in an engine of the other."""
     config = wasmtime.Config()
+    config.max_wasm_stack = wasm_stack(probed)
     config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
     config.memory_guard_size = 1 << 16
     # A memory growing past its reservation moves, with this much room to grow

@@ -1058,6 +1058,11 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
                   wasm_engine, zygote)
 
 
+#: The wasmtime engine (wasm.engine_config(probed=True)) in which an engine child
+#: runs a module rewritten with probe sites; made by `serve`, with the zygote's own
+_probed_engine = None
+
+
 def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> int:
     code_fd, description_fd = module_fds
     # Module.deserialize trusts its input, which a compiler wrote (hostile bytes
@@ -1073,6 +1078,11 @@ def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> i
     try:
         description = wasm.Description.from_json(
             os.pread(description_fd, os.fstat(description_fd).st_size, 0))
+        if description.sites is not None and _probed_engine is not None:
+            # a rewritten module's clones need more wasm stack than its functions
+            # (wasm.wasm_stack): turning a probe on trapped a recursion that ran as
+            # built.  Its code, compiled by wasm_engine's configuration, loads here
+            wasm_engine = _probed_engine
         with confine.proc_path(f"fd/{code_fd}") as path:   # after enter_early: relative
             module = wasmtime.Module.deserialize_file(wasm_engine, path)
     except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
@@ -1222,7 +1232,7 @@ def serve(control: socket.socket, supervisor_pid: int):
 
 def _serve(control: socket.socket, supervisor_pid: int):
     global wasmtime, confine, engine, wasm, EngineSpec     # for the spares (above)
-    global _compilers
+    global _compilers, _probed_engine
     import wasmtime
 
     from . import abi, confine, engine, unchecked, wasm
@@ -1234,8 +1244,12 @@ def _serve(control: socket.socket, supervisor_pid: int):
         signal.signal(sig, signal.SIG_IGN)
     zygote = os.getpid()
     wasm_engine = wasmtime.Engine(wasm.engine_config())
+    # an engine whose module has probe sites runs it in this one (more wasm stack,
+    # the same compiled code: _child)
+    _probed_engine = wasmtime.Engine(wasm.engine_config(probed=True))
     for params, results in (*abi.IMPORTS.values(), *abi.WASI_IMPORTS.values()):
-        unchecked.func_type(params, results, wasm_engine)     # shared by the children
+        for shared in (wasm_engine, _probed_engine):          # shared by the children
+            unchecked.func_type(params, results, shared)
     confine.prepare()                      # what engines need to confine themselves
     modules = _Modules(wasm_engine)
     _compilers = modules.running

@@ -679,3 +679,52 @@ def test_a_trap_in_a_probe_sites_helper_names_the_guests_function(tmp_path):
             said.append(e.value.reason if hasattr(e.value, "reason") else str(e.value))
     assert said[0].endswith("call stack exhausted (in rec)"), said
     assert said == [said[0]] * 4, said
+
+
+def test_a_recursion_that_runs_as_built_still_runs_with_its_function_probe_on(tmp_path):
+    """A clone's frame is larger than its function's (the sites' local, blocks and
+    checks), and wasmtime bounds the wasm stack in bytes: a recursion 10,919 deep
+    ran as built and trapped "call stack exhausted" at 8,189 once a `functions`
+    probe was turned on, so turning a probe on (an operator watching) made a
+    working compartment fail.  An engine of a module rewritten with probe sites has
+    room for the clones' frames (wasm.engine_config(probed=True)).  A real engine,
+    the depth found as built."""
+    import socket
+
+    from compartments.engine import Engine, _CallError
+    from compartments.spec import EngineSpec
+    path = tmp_path / "deep.wat"
+    path.write_text('''(module (memory (export "memory") 1)
+      (func $down (param i32)
+        (if (local.get 0) (then (call $down (i32.sub (local.get 0) (i32.const 1))))))
+      (func (export "_start") (call $down (i32.load (i32.const 0)))))''')
+
+    def engine(points):
+        ours, theirs = socket.socketpair()
+        e = Engine(theirs, EngineSpec(name="deep", module=str(path), instrument=points),
+                   instantiate=False)
+        e.instantiate()
+        return e, (ours, theirs)
+
+    def runs(e, depth: int) -> bool:
+        e.memory.write(e.store, struct.pack("<i", depth), 0)
+        try:
+            e._guest(e.start_func, fuel=1 << 40)
+        except _CallError as err:
+            assert "call stack exhausted" in str(getattr(err, "reason", err)), err
+            return False
+        return True
+
+    plain, socks = engine(())
+    with socks[0], socks[1]:
+        lo, hi = 1, 1 << 22            # the deepest recursion the module runs as built
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if runs(plain, mid) else (lo, mid - 1)
+    assert 1000 < lo < 1 << 22, lo
+    for points, flag in ((("functions",), COUNT), (("functions",), COUNT | EVENTS),
+                         (("functions", "blocks", "stores"), COUNT)):
+        probed, socks = engine(points)
+        with socks[0], socks[1]:
+            probed.probes.set(bytes([flag] * len(probed.probes.sites)), False)
+            assert runs(probed, lo), (points, flag, lo)
