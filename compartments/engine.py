@@ -1508,6 +1508,12 @@ def _why_not(e, regions: protect.Regions | None = None, sites=None) -> str:
         return f"its start function trapped: {_first_line(e)}"
     if isinstance(e, wasi.WasiExit):      # proc_exit: a start function has no exit code
         return f"its start function called exit({_status(e)})"
+    if isinstance(e, wasmtime.WasmtimeError) and _first_line(e).startswith(
+            "error while executing at wasm backtrace"):
+        # guest code failed, not a trap: an exception its start function threw and
+        # nothing caught ("thrown Wasm exception"), its GC heap out of memory; said
+        # as if instantiation itself had failed, never naming the start function
+        return f"its start function failed: {_error_reason(e)}"
     return _error_reason(e)
 
 

@@ -242,6 +242,11 @@ def test_capabilities_of_a_call_whose_instance_cannot_be_had_are_released(tmp_pa
      "out of bounds table access"),
     ('(memory (export "memory") 1) (func $s unreachable) (start $s)',
      "its start function trapped: wasm `unreachable` instruction executed (in s)"),
+    # an exception its start function threw and nothing caught: wasmtime's error, not
+    # a trap, was said as if instantiation itself had failed ("cannot instantiate
+    # m.wat: thrown Wasm exception"), not naming the start function
+    ('(memory (export "memory") 1) (tag $t (param i32)) (func $s (throw $t (i32.const 7))) '
+     '(start $s)', "its start function failed: thrown Wasm exception"),
 ])
 def test_a_module_whose_segments_do_not_fit_is_not_said_to_have_a_start_function_trap(
         tmp_path, body, says):
