@@ -1174,7 +1174,12 @@ class Engine:
             results = _RunResults.new_message(exitCode=code)
             return Content.standalone(results.to_segments()), []
         if ev.method_id in probing.CONTROL:     # describe, probe, collect
-            return probing.control(self.probes, ev.method_id, ev.payload.content), []
+            try:    # within what the supervisor takes of this engine: past it, it cut
+                # the engine off as a protocol error (a module's long function names)
+                return probing.control(self.probes, ev.method_id, ev.payload.content,
+                                       self.max_message_bytes), []
+            except probing.TooLarge as e:
+                raise _CallError("failed", f"compartment {self.name}: {e}") from None
         raise _CallError("unimplemented", f"Engine method {ev.method_id}")
 
     def _report_call_times(self):

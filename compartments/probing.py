@@ -224,22 +224,53 @@ def _structs():
 _STRUCTS = None
 
 
-def control(probes: EngineProbes, method: int, content):
-    """Answer Engine.describe/probe/collect (engine.capnp) -> results Content."""
+class TooLarge(Exception):
+    """An answer to describe or collect that would not fit in one message the
+    supervisor accepts from this engine (str says what, and what to change)."""
+
+
+#: bytes of an answer's message besides the text or data it carries (its struct,
+#: pointers, padding)
+_ANSWER_OVERHEAD = 256
+
+
+def control(probes: EngineProbes, method: int, content, max_bytes: int | None = None):
+    """Answer Engine.describe/probe/collect (engine.capnp) -> results Content.
+    `max_bytes`: the most the answer's message may weigh (the engine's
+    limits.message_size, which the supervisor holds every message of the engine
+    to: one larger cut the engine off as a protocol error).  Past it, describe
+    and collect raise TooLarge (collect first leaves out the events that do not
+    fit, counted as dropped: only counters that alone do not fit raise)."""
     global _STRUCTS
     from capnp_schemas.payloads import read
     from capnp_schemas.protocol import Content
     if _STRUCTS is None:
         _STRUCTS = _structs()
     params, results = _STRUCTS[method]
+    room = None if max_bytes is None else max_bytes - _ANSWER_OVERHEAD
     if method == DESCRIBE:
-        msg = results.new_message(sites=probes.describe())
+        text = probes.describe()
+        if room is not None and len(text.encode()) > room:
+            raise TooLarge(f"its {len(probes.sites or ())} probe sites take {len(text):,} bytes "
+                           f"to describe, more than one message carries (limits.message_size "
+                           f"= {max_bytes:,}): raise limits.message_size or instrument "
+                           f"fewer points")
+        msg = results.new_message(sites=text)
     elif method == PROBE:
         p = read(params, content, _MAX_WORDS)
         probes.set(p["flags"], p["hostcalls"])
         msg = results.new_message()
     else:
         counters, events, dropped = probes.collect()
+        if room is not None and len(counters) + len(events) > room:
+            if len(counters) > room:
+                raise TooLarge(f"the counters of its {len(counters) // 8:,} probe sites take "
+                               f"{len(counters):,} bytes, more than one message carries "
+                               f"(limits.message_size = {max_bytes:,}): raise "
+                               f"limits.message_size or instrument fewer points")
+            keep = (room - len(counters)) // EVENT.size
+            dropped += len(events) // EVENT.size - keep
+            events = events[:keep * EVENT.size]
         msg = results.new_message(counters=counters, events=events, dropped=dropped)
     return Content.standalone(msg.to_segments())
 

@@ -728,3 +728,53 @@ def test_a_recursion_that_runs_as_built_still_runs_with_its_function_probe_on(tm
         with socks[0], socks[1]:
             probed.probes.set(bytes([flag] * len(probed.probes.sites)), False)
             assert runs(probed, lo), (points, flag, lo)
+
+
+def test_an_engines_probe_answers_never_outgrow_what_the_supervisor_accepts(tmp_path):
+    """Engine.describe and Engine.collect were answered whatever their size: the
+    supervisor accepts limits.message_size (and 64 KiB of headers) from an engine,
+    so a module whose sites take more to describe (6 MB of function names made of
+    control characters, escaped six times over in JSON: a 36 MB answer) or to
+    collect (8 bytes of counter per site: 20,000 sites under message_size = 64 KiB)
+    had its engine cut off as a protocol error ("message of 36032000 bytes exceeds
+    the limit") at every probe added, a declared one at every start, until the
+    compartment failed for good.  An answer that cannot fit is refused, the engine
+    serving on; events past what fits are counted dropped."""
+    from capnp_schemas import payloads, protocol
+    from capnp_schemas.protocol import Content
+    from compartments import probing
+    from compartments.engine import ENGINE_INTERFACE, Engine
+    from compartments.limits import Limits
+    from compartments.spec import EngineSpec
+    from fuzz.hostmem import Recorded
+    names = "".join(f'(func ${"x" * 40}{i} (param i32) (if (local.get 0) (then nop)))'
+                    for i in range(5000))
+    path = tmp_path / "many.wat"
+    path.write_text(f'(module (memory (export "memory") 1) {names} (func (export '
+                    f'"wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) i32.const 0))')
+    limit = 64 << 10
+    engine = Engine(Recorded(), EngineSpec(name="many", module=str(path), exports=True,
+                                           instrument=("functions", "blocks"),
+                                           limits=Limits(message_size=limit, memory=1 << 20)))
+    sup = protocol.Connection("supervisor", max_message_words=(limit >> 3) + 8192)
+    sock = engine.sock
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        return sup.receive(b"".join(sock.writes.pop() for _ in range(len(sock.writes))))
+
+    [boot] = ask(sup.send_bootstrap()[1])
+    control = boot.payload.caps[0].import_id
+    ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1])
+    sites = len(engine.probes.sites)
+    assert 8 * sites > 2 * limit and len(engine.probes.describe()) > 2 * limit
+    [described] = ask(sup.send_call(control, ENGINE_INTERFACE, probing.DESCRIBE,
+                                    Content.standalone([bytes(8)]))[1])
+    assert described.payload is None and "limits.message_size" in described.error, described
+    [collected] = ask(sup.send_call(control, ENGINE_INTERFACE, probing.COLLECT,
+                                    Content.standalone([bytes(8)]))[1])
+    assert collected.payload is None and "limits.message_size" in collected.error, collected
+    [again] = ask(sup.send_bootstrap()[1])           # still serving: not cut off
+    assert again.payload is not None
