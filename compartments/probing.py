@@ -236,9 +236,9 @@ _ANSWER_OVERHEAD = 256
 
 def control(probes: EngineProbes, method: int, content, max_bytes: int | None = None):
     """Answer Engine.describe/probe/collect (engine.capnp) -> results Content.
-    `max_bytes`: the most the answer's message may weigh (the engine's
-    limits.message_size, which the supervisor holds every message of the engine
-    to: one larger cut the engine off as a protocol error).  Past it, describe
+    `max_bytes`: the most the answer's message may weigh (what the supervisor
+    takes of a message of the engine, limits.message_size and most of the 64 KiB
+    of headers: one larger cut the engine off as a protocol error).  Past it, describe
     and collect raise TooLarge (collect first leaves out the events that do not
     fit, counted as dropped: only counters that alone do not fit raise)."""
     global _STRUCTS
@@ -253,8 +253,8 @@ def control(probes: EngineProbes, method: int, content, max_bytes: int | None = 
         if room is not None and len(text.encode()) > room:
             raise TooLarge(f"its {len(probes.sites or ())} probe sites take {len(text):,} bytes "
                            f"to describe, more than one message carries (limits.message_size "
-                           f"= {max_bytes:,}): raise limits.message_size or instrument "
-                           f"fewer points")
+                           f"and its headers: {max_bytes:,}): raise limits.message_size or "
+                           f"instrument fewer points")
         msg = results.new_message(sites=text)
     elif method == PROBE:
         p = read(params, content, _MAX_WORDS)
@@ -266,7 +266,7 @@ def control(probes: EngineProbes, method: int, content, max_bytes: int | None = 
             if len(counters) > room:
                 raise TooLarge(f"the counters of its {len(counters) // 8:,} probe sites take "
                                f"{len(counters):,} bytes, more than one message carries "
-                               f"(limits.message_size = {max_bytes:,}): raise "
+                               f"(limits.message_size and its headers: {max_bytes:,}): raise "
                                f"limits.message_size or instrument fewer points")
             keep = (room - len(counters)) // EVENT.size
             dropped += len(events) // EVENT.size - keep

@@ -778,3 +778,39 @@ def test_an_engines_probe_answers_never_outgrow_what_the_supervisor_accepts(tmp_
     assert collected.payload is None and "limits.message_size" in collected.error, collected
     [again] = ask(sup.send_bootstrap()[1])           # still serving: not cut off
     assert again.payload is not None
+
+
+def test_counters_that_fill_a_whole_message_size_are_still_collected(tmp_path):
+    """The supervisor takes message_size and 64 KiB of headers of an engine: 8,192
+    sites' counters, exactly a 64 KiB message_size, are collected whole."""
+    from capnp_schemas import payloads, protocol
+    from capnp_schemas.protocol import Content
+    from compartments import probing
+    from compartments.engine import ENGINE_INTERFACE, Engine
+    from compartments.limits import Limits
+    from compartments.spec import EngineSpec
+    from fuzz.hostmem import Recorded
+    path = tmp_path / "full.wat"
+    path.write_text('(module (memory (export "memory") 1) ' + "(func)" * 8191 +
+                    ' (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)'
+                    ' i32.const 0))')
+    limit = 64 << 10
+    engine = Engine(Recorded(), EngineSpec(name="full", module=str(path), exports=True,
+                                           instrument=("functions",),
+                                           limits=Limits(message_size=limit, memory=1 << 20)))
+    sup = protocol.Connection("supervisor", max_message_words=(limit >> 3) + 8192)
+    sock = engine.sock
+
+    def ask(msg):
+        sock.batches.append(msg)
+        engine._pump()
+        engine._flush()
+        return sup.receive(b"".join(sock.writes.pop() for _ in range(len(sock.writes))))
+
+    [boot] = ask(sup.send_bootstrap()[1])
+    control = boot.payload.caps[0].import_id
+    ask(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content([]))[1])
+    assert 8 * len(engine.probes.sites) == limit
+    [collected] = ask(sup.send_call(control, ENGINE_INTERFACE, probing.COLLECT,
+                                    Content.standalone([bytes(8)]))[1])
+    assert collected.payload is not None, collected.error
