@@ -540,8 +540,13 @@ def _toolchain(args) -> int:
         print(f"wrote {quoted(args.output)} ({'reactor' if reactor else 'command'})")
         return 0
     except (bindgen.BindgenError, toolchain.ToolchainError, OSError) as e:
+        from capnp_schemas.text import printable
+
         from . import stderr
-        stderr.line(f"wsuper: error: {e}")     # the compiler's lines, as they are
+        # the compiler's lines, each escaped: they quote the sources' names and symbols
+        # (a plugin's source tree named `x\x1b[2J.c`, `__asm__("\x1b]0;...")`), and
+        # their terminal escapes reached the operator's terminal as they were
+        stderr.line("\n".join(printable(line) for line in f"wsuper: error: {e}".split("\n")))
         return 2
 
 

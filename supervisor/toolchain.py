@@ -205,8 +205,11 @@ def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
     and only the driver was killed: the linker ran on.  (The compiler stays in
     wsuper's process group, so the terminal's signals reach it as before.)"""
     try:
+        # what it says quotes the sources (a file's name, a symbol's: `__asm__("\\xff")`),
+        # which may be any bytes: decoded strictly, one that is not UTF-8 ended `wsuper
+        # build` in a UnicodeDecodeError traceback, the compiler's words lost
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, errors="backslashreplace")
     except OSError as e:
         raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
     try:

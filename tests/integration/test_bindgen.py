@@ -905,6 +905,25 @@ def test_build_reports_what_the_compiler_said(tmp_path):
     assert r.returncode == 2 and "missing.capnp" in r.stderr
 
 
+def test_build_shows_what_the_compiler_said_of_hostile_names_escaped(tmp_path):
+    """The compiler's words quote the sources' file names and symbols, which a
+    plugin's author chooses: a symbol `__asm__("\\xff...")` (or a file named so)
+    that is not UTF-8 ended `wsuper build` in a UnicodeDecodeError traceback, and
+    a file name or symbol holding ESC [2J or ESC ]0; reached the operator's
+    terminal as it was.  One error line per line of the compiler's, escaped."""
+    (tmp_path / "m.c").write_bytes(
+        b'extern int foo(void) __asm__("\\xff\\x1b[2Jbad");\n'
+        b"int main(void) { return foo(); }\n")
+    name = tmp_path / "x\x1b]0;pwned\x07.c"
+    name.write_text("int f( {\n")
+    for source in (tmp_path / "m.c", name):
+        r = run_wsuper("build", str(source), "-o", str(tmp_path / "m.wasm"))
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and r.stderr.startswith("wsuper: error: building")
+        assert not any(c in r.stderr for c in "\x1b\x07"), repr(r.stderr)
+    assert "\\x1b]0;pwned\\x07.c" in r.stderr
+
+
 def test_a_compile_that_never_ends_is_stopped_with_what_it_started(tmp_path, monkeypatch):
     """A source can make the compiler run for ever (a macro whose expansion doubles
     at each level, an #include of a FIFO).  At the end of the 300 s `wsuper build`
