@@ -246,6 +246,20 @@ def _main(argv=None, zygote=None) -> int:
         if zygote is not None:        # schemas parsed by a fork of it, not a new interpreter
             import capnp_schemas
             capnp_schemas.parse_elsewhere = zygote.parse_schema
+        if args.command == "call":
+            # a running system's: its file's text and its schemas, as the other
+            # commands to a running system read them.  policy.load and prepare look
+            # at every grant's path and module as they are now, and a compartment
+            # that removed (through a writable grant of its own) a directory another
+            # grant names locked the operator out of `wsuper call` of the system
+            # that runs and serves ("... is not an existing directory")
+            try:
+                system = policy.read(args.system)
+                interfaces = preflight.exported_interfaces(system)
+            except PolicyError as e:
+                _error(f"{e}")
+                return 2
+            return _call(system, interfaces, args)
         try:
             # up's --socket is checked as [system] socket is (a grant reaching it, its
             # length): it went around both, straight to the runtime
@@ -258,8 +272,6 @@ def _main(argv=None, zygote=None) -> int:
             zygote = None                 # it did not answer: the system starts another
         if args.command == "check":
             return _check(plan, args)
-        if args.command == "call":
-            return _call(plan, args)
 
         import trio
 
@@ -558,9 +570,9 @@ def _error(text: str):
     stderr.line(f"wsuper: error: {printable(text)}")
 
 
-def _call(plan, args) -> int:
+def _call(system, interfaces: dict, args) -> int:
+    """`interfaces`: name -> pycapnp interface module, each one the schemas declare."""
     from . import captext, client, endpoint
-    system = plan.system
 
     def refuse(text):
         _error(f"{text}")
@@ -576,7 +588,10 @@ def _call(plan, args) -> int:
         return refuse(f"compartment {name!r} is not external: from outside, only "
                       f"compartments with external = true can be called "
                       f"(external: {', '.join(system.external) or 'none'})")
-    interface = plan.interface_modules[comp.exports]
+    interface = interfaces.get(comp.exports)
+    if interface is None:
+        return refuse(f"compartment {name!r} exports {comp.exports!r}, which no schema of "
+                      f"the system declares")
     try:
         declared_by, found = captext.find(interface.schema, method)
     except KeyError as e:

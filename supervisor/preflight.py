@@ -40,6 +40,27 @@ HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 def prepare(system: System) -> Plan:
     with open(system.path, encoding="utf-8") as f:
         where = _Where(f.read(), system.path)
+    interfaces, origin, ifaces, every = _schemas(system, where)
+    return _prepare(system, where, interfaces, origin, ifaces, every)
+
+
+def exported_interfaces(system: System) -> dict:
+    """Interface name -> pycapnp interface module of each interface the system's
+    schemas declare: what `wsuper call` needs to call a running system's external
+    compartment, and nothing else.  Not `prepare`'s checks of the modules, nor
+    `policy.load`'s of the grants' paths: those look at the disk as it is now, where
+    a compartment may have removed or renamed what another's grant names (through a
+    writable grant of its own), and `wsuper call` of the system that runs, and serves,
+    was refused ("... is not an existing directory")."""
+    where = _Where.of_file(system.path)
+    interfaces, _origin, ifaces, _every = _schemas(system, where)
+    return {name: ifaces[name] for name in interfaces}
+
+
+def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:
+    """The system's schemas loaded: (interface name -> id, name -> the schema file
+    that declares it, name -> pycapnp interface module (the host's too), every
+    (name, interface) with the nested ones)."""
     interfaces: dict[str, int] = {}
     origin: dict[str, str] = {}
     host = {**capnp_schemas.interfaces(capnp_schemas.host),
@@ -86,7 +107,10 @@ def prepare(system: System) -> Plan:
         for name, iface in capnp_schemas.nested_interfaces(module).items():
             origin.setdefault(name, path)
             every.append((name, iface))
+    return interfaces, origin, ifaces, every
 
+
+def _prepare(system: System, where, interfaces, origin, ifaces, every) -> Plan:
     names = {i.schema.node.id: (n, _method_names(i)) for n, i in every}
     gateway = hosted.GATEWAY                # not granted, but called: named in the audit
     names[gateway.id] = (gateway.name, {m.ordinal: m.name for m in gateway.methods})

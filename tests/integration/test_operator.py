@@ -656,7 +656,7 @@ run_time = 0.5
 
 def test_commands_to_a_running_system_do_not_depend_on_what_its_files_name_now(
         tmp_path, wsuper):
-    """An outside review: stop, status, revoke, logs, probe and trace checked the disk
+    """An outside review: stop, status, revoke, logs, probe, trace and call checked the disk
     as `up` does, as it is now: a compartment that renamed, through its writable
     grant, a directory another of its grants names, locked the operator out of
     `wsuper revoke` and `wsuper stop` of the system already running.  They read
@@ -688,6 +688,10 @@ inner = {{ host = "directory", path = "{data}", subdir = "inner", read_only = tr
     assert status.returncode == 0 and "calc" in status.stdout, status.output
     assert run_wsuper("logs", system, "calc").returncode == 0
     assert run_wsuper("probe", system, "calc", "list").returncode == 0
+    # and call: it read the system as `check` does, and was refused ("... inner
+    # is not an existing directory") while the system served its calls
+    called = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert called.returncode == 0 and called.stdout.strip() == "(sum = 3)", called.output
     revoked = run_wsuper("revoke", system, "calc.data")
     assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.output
     stopped = run_wsuper("stop", system)
