@@ -38,8 +38,10 @@ HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 
 
 def prepare(system: System) -> Plan:
-    with open(system.path, encoding="utf-8") as f:
-        where = _Where(f.read(), system.path)
+    # the file read again to name lines in errors, as load reads it (a regular file,
+    # bounded, UTF-8): with open(), one replaced since load by a file that is not
+    # UTF-8 was a UnicodeDecodeError traceback, and by a FIFO a wait for ever
+    where = _Where.of_file(system.path)
     interfaces, origin, ifaces, every = _schemas(system, where)
     return _prepare(system, where, interfaces, origin, ifaces, every)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import wasmtime
 
@@ -1933,3 +1934,25 @@ def test_a_log_directory_too_long_to_make_is_refused_by_check_as_by_up(tmp_path,
     assert line.startswith(f"wsuper: error: {system}:2: system.logs: cannot make log directory "
                            f"of "), line
     assert "(File name too long" in line, line
+
+
+def test_a_system_file_changed_between_its_read_and_prepare_is_no_traceback(tmp_path):
+    """prepare read the system file again (to name lines in its errors) with a plain
+    open(): a file replaced meanwhile by one that is not UTF-8 (a deploy that
+    moves it while `up` starts) ended in a UnicodeDecodeError traceback, and by a
+    FIFO it waited for ever.  It is read as load reads it (regular, bounded,
+    UTF-8), and a file that no longer reads only names no line."""
+    from supervisor import policy, preflight
+    path = tmp_path / "system.toml"
+    path.write_text(GOOD)
+    system = policy.load(str(path))
+    path.write_bytes(b"\xff\xfe not the file that was read\n")
+    plan = preflight.prepare(system)
+    assert plan.main_interface["calc"] is not None
+    path.unlink()
+    os.mkfifo(path)
+    bad = attrs.evolve(system, compartments={"calc": attrs.evolve(
+        system.compartments["calc"], exports="Nope")})
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(bad)           # opened without blocking: no reader needed
+    assert "unknown interface 'Nope'" in str(e.value)
