@@ -7,11 +7,14 @@ running system: the files stay after it stops.
 from __future__ import annotations
 
 import collections
+import errno
 import heapq
 import os
+import stat
 import time
 
-from capnp_schemas.text import printable
+import capnp_schemas
+from capnp_schemas.text import printable, quoted
 
 from . import endpoint, output
 
@@ -138,9 +141,29 @@ def _pinned(system, folder: str) -> int:
 
 def _in(at: int):
     """An opener for open(): the file of that name in the directory `at` (a
-    descriptor), whatever the directory's path names by now."""
-    return lambda path, flags: os.open(os.path.basename(path), flags | os.O_CLOEXEC,
-                                       dir_fd=at)
+    descriptor), whatever the directory's path names by now; a regular file only,
+    as the system writes only one (output._append).  Opened as it was, a FIFO there
+    held `wsuper logs` for ever (waiting for a writer), and a symbolic link to
+    /dev/zero read until a MemoryError traceback: NoLogs names the file instead."""
+    def opener(path, flags):
+        name = os.path.basename(path)
+        try:
+            fd = os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=at)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise                        # FileNotFoundError: the callers skip it
+            fd = None
+        mode = os.fstat(fd).st_mode if fd is not None else None
+        if mode is not None and stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return fd
+        if fd is not None:
+            os.close(fd)
+        kind = "a symbolic link" if mode is None else capnp_schemas.file_kind(mode)
+        raise NoLogs(f"log file {quoted(path)} is {kind}, not a regular file: the system "
+                     f"writes none there (its log files stop); remove it")
+    return opener
 
 
 def _lines_in(folder: str, pinned: list, names: list, compartment: str | None,

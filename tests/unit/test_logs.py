@@ -580,3 +580,30 @@ def test_following_a_log_directory_removed_again_as_it_is_pinned_goes_on(tmp_pat
     monkeypatch.setattr(logs.os, "stat", stat)
     assert next(lines) == "2026-12-03T10:00:02.000Z [app] three"
     lines.close()
+
+
+@pytest.mark.parametrize("follow", [False, True])
+@pytest.mark.parametrize("plant", ["fifo", "link to /dev/zero", "directory",
+                                   "rotated fifo"])
+def test_a_log_file_that_is_no_regular_file_is_named_not_waited_for_nor_read(
+        tmp_path, plant, follow):
+    """The system writes only a regular file as a log (output._append: a FIFO or a
+    link there and its log files stop, said).  `wsuper logs` opened what it found:
+    a FIFO under a log's name held it for ever, waiting for a writer, and a link to
+    /dev/zero was read until a MemoryError traceback.  It is refused, named."""
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    (folder / "supervisor.log").write_text("2026-12-03T10:00:00.000Z wsuper: ready app\n")
+    bad = folder / ("app.log.1" if plant == "rotated fifo" else "app.log")
+    if "fifo" in plant:
+        os.mkfifo(bad)
+    elif plant == "directory":
+        bad.mkdir()
+    else:
+        os.symlink("/dev/zero", bad)
+    system = types.SimpleNamespace(logs=str(folder), compartments={"app": None},
+                                   path=str(tmp_path / "system.toml"))
+    with pytest.raises(logs.NoLogs) as e:
+        for _line in logs.lines(system, follow=follow):
+            pass
+    assert str(e.value).startswith(f"log file {bad} is ") and "not a regular file" in str(e.value)
