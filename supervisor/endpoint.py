@@ -181,9 +181,33 @@ def safe_socket_dir(socket_path: str):
         private_dir(folder)
     else:
         own_dir(folder, "socket directory ")
-    problem = socket_file_problem(socket_path)    # refused now, naming the key
+    problem = _unbindable_dir_problem(folder, "socket directory ") or \
+        socket_file_problem(socket_path)          # refused now, naming the key
     if problem:
         raise EndpointError(problem)
+
+
+def _unbindable_dir_problem(folder: str, what: str) -> str | None:
+    """Why no socket can be bound in the existing directory `folder`, or None: it is
+    on one of the kernel's own file systems (hostfs.KERNEL_FS), where bind() fails
+    (ENOENT in /proc, EPERM in /sys) though the directory is root's and closed to
+    others, or nothing can be made in it (a read-only file system, a directory of
+    ours without write permission).  `socket = "/proc/x.sock"` passed `check`, and
+    `up` said only "[Errno 2] No such file or directory"."""
+    from .hostfs import kernel_fs
+    try:
+        fd = os.open(folder, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None                      # missing: made (or refused) by own_dir
+    try:
+        fs = kernel_fs(fd)
+    finally:
+        os.close(fd)
+    if fs:
+        return (f"{what}{quoted(folder)} is on the kernel's {fs} file system: no socket "
+                f"can be made there; choose another path")
+    why = _unwritable(folder)
+    return f"cannot make a socket in {what}{quoted(folder)}: {why}" if why else None
 
 
 def _name_too_long(path: str) -> bool:
@@ -257,7 +281,8 @@ def socket_dir_problem(socket_path: str) -> str | None:
     folder = os.path.dirname(os.path.abspath(socket_path))
     if folder == runtime_dir():
         return socket_file_problem(socket_path)   # the directory: private_dir's, made at up
-    return own_dir_problem(folder, "socket directory ") or socket_file_problem(socket_path)
+    return own_dir_problem(folder, "socket directory ") or \
+        _unbindable_dir_problem(folder, "socket directory ") or socket_file_problem(socket_path)
 
 
 def own_dir(folder: str, what: str, parents: bool = False):

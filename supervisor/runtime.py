@@ -32,7 +32,7 @@ import weakref
 import trio
 
 from capnp_schemas import hosted
-from capnp_schemas.text import first_line, printable
+from capnp_schemas.text import first_line, printable, quoted
 from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EXIT_GUEST_OK, EngineSpec
@@ -924,12 +924,18 @@ class Supervisor:
             nursery.start_soon(self.prober.poll)
             if self.output.files is not None:
                 nursery.start_soon(self.output.files.writer)
+            key = ""       # the key that moves what failed, as run() names it
             try:
                 await nursery.start(self._admin)
                 if self.system.external:
+                    key = "--socket" if self.system.socket_option else \
+                        "system.socket" if self.system.socket else ""
                     await nursery.start(self._listen)
             except (OSError, endpoint.EndpointError) as e:
-                _refuse(e)
+                if key and key != "--socket":
+                    _refuse(policy._Where.of_file(self.system.path).error(key, str(e)))
+                else:
+                    _refuse(f"{self.system.path}: {key}: {e}" if key else e)
                 self._exit_code = 2
                 nursery.cancel_scope.cancel()
                 return self._exit_code
@@ -1983,6 +1989,12 @@ class Supervisor:
             # thread: with none to give (RLIMIT_NPROC, a pids cgroup), `up` ended in
             # a traceback (a local bind is as quick as the chmod below)
             sock.bind(path)
+        except OSError as e:
+            # named: "[Errno 2] No such file or directory" said neither which socket
+            # nor which key moves it
+            sock.close()
+            raise endpoint.EndpointError(f"cannot bind the socket {quoted(path)}: "
+                                         f"{e.strerror or e}") from None
         except BaseException:
             sock.close()
             raise

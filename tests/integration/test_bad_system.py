@@ -1956,3 +1956,19 @@ def test_a_system_file_changed_between_its_read_and_prepare_is_no_traceback(tmp_
     with pytest.raises(policy.PolicyError) as e:
         preflight.prepare(bad)           # opened without blocking: no reader needed
     assert "unknown interface 'Nope'" in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["check", "up"])
+def test_a_socket_where_none_can_be_made_is_refused_naming_the_key(tmp_path, command):
+    """`socket = "/proc/x.sock"`: the directory is root's and closed to others, so
+    `check` passed it, and `up` failed to bind it after its checks with
+    "wsuper: error: [Errno 2] No such file or directory" (EPERM in /sys), naming
+    neither the socket nor the key.  Both refuse it at the key's line."""
+    system = tmp_path / "system.toml"
+    system.write_text(GOOD.replace("[compartments.calc]", 'socket = "/proc/x.sock"\n\n'
+                                   "[compartments.calc]") + "external = true\n")
+    r = run_wsuper(command, str(system), timeout=60)
+    assert r.returncode == 2, r.output
+    assert r.stderr.strip() == (f"wsuper: error: {system}:4: system.socket: socket directory "
+                                f"/proc is on the kernel's proc file system: no socket can "
+                                f"be made there; choose another path"), r.output
