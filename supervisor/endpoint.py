@@ -189,23 +189,14 @@ def safe_socket_dir(socket_path: str):
 
 def _unbindable_dir_problem(folder: str, what: str) -> str | None:
     """Why no socket can be bound in the existing directory `folder`, or None: it is
-    on one of the kernel's own file systems (hostfs.KERNEL_FS), where bind() fails
-    (ENOENT in /proc, EPERM in /sys) though the directory is root's and closed to
-    others, or nothing can be made in it (a read-only file system, a directory of
-    ours without write permission).  `socket = "/proc/x.sock"` passed `check`, and
-    `up` said only "[Errno 2] No such file or directory"."""
-    from .hostfs import kernel_fs
-    try:
-        fd = os.open(folder, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
+    on one of the kernel's own file systems (_kernel_dir_problem; the runtime
+    directory's is not asked foreign_dir), or nothing can be made in it (a read-only
+    file system, a directory of ours without write permission)."""
+    if not os.path.isdir(folder):
         return None                      # missing: made (or refused) by own_dir
-    try:
-        fs = kernel_fs(fd)
-    finally:
-        os.close(fd)
-    if fs:
-        return (f"{what}{quoted(folder)} is on the kernel's {fs} file system: no socket "
-                f"can be made there; choose another path")
+    why = _kernel_dir_problem(folder, what)
+    if why:
+        return why
     why = _unwritable(folder)
     return f"cannot make a socket in {what}{quoted(folder)}: {why}" if why else None
 
@@ -310,7 +301,28 @@ def foreign_dir(folder: str, what: str) -> str | None:
         if not os.path.lexists(folder):
             return None
         return str(e)
-    return owned_problem(st, folder, what)
+    return owned_problem(st, folder, what) or _kernel_dir_problem(folder, what)
+
+
+def _kernel_dir_problem(folder: str, what: str) -> str | None:
+    """Why wsuper may not write into the existing directory `folder`: it is on one of
+    the kernel's own file systems (hostfs.KERNEL_FS, which no grant may reach
+    either), root's and closed to others like any of root's directories, where
+    nothing it makes can be made (bind() fails ENOENT in /proc, EPERM in /sys; a
+    file, EACCES).  `socket = "/proc/x.sock"` and `audit = "/sys/kernel/x.jsonl"`
+    passed `check` (up then said "[Errno 2] No such file or directory", or refused
+    the audit), and `logs = "/proc/self/fdinfo"` ran with its log files stopped."""
+    from .hostfs import kernel_fs
+    try:
+        fd = os.open(folder, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None                      # gone since: made (or refused) by own_dir
+    try:
+        fs = kernel_fs(fd)
+    finally:
+        os.close(fd)
+    return (f"{what}{quoted(folder)} is on the kernel's {fs} file system, where wsuper "
+            f"makes nothing; choose another path") if fs else None
 
 
 def owned_problem(st: os.stat_result, folder: str, what: str) -> str | None:

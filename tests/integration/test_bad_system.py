@@ -1959,6 +1959,25 @@ def test_a_system_file_changed_between_its_read_and_prepare_is_no_traceback(tmp_
 
 
 @pytest.mark.parametrize("command", ["check", "up"])
+@pytest.mark.parametrize("key, value, what", [
+    ("logs", "/proc/self/fdinfo", "log directory /proc/self/fdinfo"),
+    ("audit", "/proc/self/fdinfo/x.jsonl", "audit directory /proc/self/fdinfo")])
+def test_logs_or_audit_on_a_kernel_file_system_are_refused_naming_the_key(
+        tmp_path, command, key, value, what):
+    """A log or audit directory on /proc or /sys is the user's (or root's) and closed
+    to others, so `check` passed it: `up` then ran with its log files stopped at
+    once, or refused the audit it could not make.  Both refuse it, at the key."""
+    system = tmp_path / "system.toml"
+    system.write_text(GOOD.replace("[compartments.calc]", f'{key} = "{value}"\n\n'
+                                   "[compartments.calc]"))
+    r = run_wsuper(command, str(system), timeout=60)
+    assert r.returncode == 2, r.output
+    assert r.stderr.strip() == (f"wsuper: error: {system}:4: system.{key}: {what} is on the "
+                                f"kernel's proc file system, where wsuper makes nothing; "
+                                f"choose another path"), r.output
+
+
+@pytest.mark.parametrize("command", ["check", "up"])
 def test_a_socket_where_none_can_be_made_is_refused_naming_the_key(tmp_path, command):
     """`socket = "/proc/x.sock"`: the directory is root's and closed to others, so
     `check` passed it, and `up` failed to bind it after its checks with
@@ -1970,5 +1989,5 @@ def test_a_socket_where_none_can_be_made_is_refused_naming_the_key(tmp_path, com
     r = run_wsuper(command, str(system), timeout=60)
     assert r.returncode == 2, r.output
     assert r.stderr.strip() == (f"wsuper: error: {system}:4: system.socket: socket directory "
-                                f"/proc is on the kernel's proc file system: no socket can "
-                                f"be made there; choose another path"), r.output
+                                f"/proc is on the kernel's proc file system, where wsuper "
+                                f"makes nothing; choose another path"), r.output
