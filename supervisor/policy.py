@@ -1586,6 +1586,11 @@ def _instrumentation(where, key, name, body) -> tuple[tuple, tuple]:
         if "point" not in pspec:
             raise where.error(pkey, f"missing 'point' (one of calls, hostcalls, "
                               f"{', '.join(IN_MODULE)})")
+        if not isinstance(pspec.get("functions", []), list):
+            # probes.spec splits a string at its commas (`wsuper probe --functions
+            # a,b`): `functions = ""` passed as no pattern, a probe of every function
+            raise where.error(f"{pkey}.functions", "must be a list of name patterns or "
+                              "indices, such as [\"store_*\", \"#12\"]")
         try:
             s = spec(name, pname, pspec["point"], pspec.get("functions", []),
                      pspec.get("events", False), declared=True)

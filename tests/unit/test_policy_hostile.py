@@ -202,6 +202,19 @@ def test_a_probe_function_index_is_ascii_digits(index):
     assert probes.spec("c", "p", "functions", ["#12"]).functions == ("#12",)
 
 
+@pytest.mark.parametrize("functions", ['"store_*,load_*"', '""', '","'])
+def test_a_declared_probes_functions_are_a_list_as_the_reference_says(functions):
+    """docs/policy-reference.md: `functions` is a list of name patterns.  A string
+    passed (probes.spec splits `wsuper probe --functions a,b` at its commas), and
+    `functions = ""` was no pattern at all: the probe covered every function."""
+    text = BASE.replace('exports = "A"\n', 'exports = "A"\ninstrument = ["functions"]\n') + \
+        f'[compartments.a.probes.p]\npoint = "functions"\nfunctions = {functions}\n'
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml")
+    assert e.value.key == "compartments.a.probes.p.functions" and e.value.line == 9, str(e.value)
+    assert "must be a list" in e.value.reason, str(e.value)
+
+
 # ------------------------------------------------------------ schema files
 
 
