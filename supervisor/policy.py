@@ -1350,7 +1350,16 @@ def _policy_file(where, key, ref, base, read_policy, wheres=None):
     `wheres`: path -> _Where of the files read, to which it adds its own."""
     if not isinstance(ref, str) or not ref:
         raise where.error(key, f"must be the path of a policy file, not {ref!r}")
+    if "\0" in ref:
+        raise where.error(key, "path contains a NUL byte")
     path = os.path.normpath(os.path.join(base, ref))
+    if os.path.realpath(path) == os.path.realpath(where.path):
+        # read as a policy file, its own [system] was refused as "system: unknown
+        # key 'system' (allowed here: grants, limits)" at its line 1, which never
+        # said that the file was read as a policy file, nor which key made it one
+        raise where.error(key, f"{quoted(ref)} is this system file itself; a policy file "
+                          f"holds only [grants] and [limits] (and no [system] or "
+                          f"[compartments])")
     try:
         text = read_policy(path)
     except PolicyError as e:

@@ -215,6 +215,20 @@ def test_a_declared_probes_functions_are_a_list_as_the_reference_says(functions)
     assert "must be a list" in e.value.reason, str(e.value)
 
 
+@pytest.mark.parametrize("ref", ["s.toml", "./s.toml", "../x/s.toml"])
+def test_a_compartment_whose_policy_is_the_system_file_itself_is_told_so(ref):
+    """`policy = "system.toml"` in system.toml read the file again as a policy file,
+    and its own [system] table was refused as "s.toml:1: system: unknown key
+    'system' (allowed here: grants, limits)": an error about the system file's
+    first line, as if [system] were wrong there, never naming the key that made
+    it a policy file.  Now refused at that key."""
+    text = BASE.replace('exports = "A"\n', f'exports = "A"\npolicy = "{ref}"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text, "/x/s.toml", read_policy=lambda p: text)
+    assert e.value.key == "compartments.a.policy" and e.value.line == 4, str(e.value)
+    assert "is this system file itself" in e.value.reason
+
+
 # ------------------------------------------------------------ schema files
 
 
