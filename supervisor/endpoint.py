@@ -237,6 +237,11 @@ def _unmakeable(folder: str, parents: bool) -> str | None:
             parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return "Not a directory" if os.path.lexists(parent) else "No such file or directory"
+    fs = _kernel_fs(parent)
+    if fs:
+        # root's, and writable by root as far as access() tells: check passed
+        # XDG_RUNTIME_DIR=/proc (or logs = "/sys/kernel/x"), and up could not make it
+        return f"{quoted(parent)} is on the kernel's {fs} file system, where wsuper makes nothing"
     return _unwritable(parent)
 
 
@@ -312,17 +317,23 @@ def _kernel_dir_problem(folder: str, what: str) -> str | None:
     file, EACCES).  `socket = "/proc/x.sock"` and `audit = "/sys/kernel/x.jsonl"`
     passed `check` (up then said "[Errno 2] No such file or directory", or refused
     the audit), and `logs = "/proc/self/fdinfo"` ran with its log files stopped."""
-    from .hostfs import kernel_fs
-    try:
-        fd = os.open(folder, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return None                      # gone since: made (or refused) by own_dir
-    try:
-        fs = kernel_fs(fd)
-    finally:
-        os.close(fd)
+    fs = _kernel_fs(folder)
     return (f"{what}{quoted(folder)} is on the kernel's {fs} file system, where wsuper "
             f"makes nothing; choose another path") if fs else None
+
+
+def _kernel_fs(path: str) -> str | None:
+    """The kernel file system (hostfs.KERNEL_FS) `path` is on, or None (for one that
+    is not there either: what makes or opens it says why)."""
+    from .hostfs import kernel_fs
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return kernel_fs(fd)
+    finally:
+        os.close(fd)
 
 
 def owned_problem(st: os.stat_result, folder: str, what: str) -> str | None:

@@ -10,7 +10,7 @@ import attrs
 import pytest
 import wasmtime
 
-from tests.conftest import EXAMPLES, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, run_wsuper
 
 CALC = os.path.join(EXAMPLES, "calc.wat")
 SCHEMA = os.path.join(EXAMPLES, "calc.capnp")
@@ -1991,3 +1991,25 @@ def test_a_socket_where_none_can_be_made_is_refused_naming_the_key(tmp_path, com
     assert r.stderr.strip() == (f"wsuper: error: {system}:4: system.socket: socket directory "
                                 f"/proc is on the kernel's proc file system, where wsuper "
                                 f"makes nothing; choose another path"), r.output
+
+
+def test_a_directory_to_make_on_a_kernel_file_system_is_refused_by_check_as_by_up(tmp_path):
+    """What wsuper must make under a directory of the kernel's own file systems
+    (`logs = "/proc/self/x/y"`, XDG_RUNTIME_DIR=/proc): root may write there, as far
+    as access() tells, so `check` passed it (exit 0), and `up` could not make it
+    ("No such file or directory", EPERM in /sys).  Both refuse it now."""
+    system = tmp_path / "system.toml"
+    system.write_text(GOOD.replace("[compartments.calc]", 'logs = "/proc/self/x/y"\n\n'
+                                   "[compartments.calc]"))
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(system), timeout=60)
+        assert r.returncode == 2, r.output
+        assert f"{system}:4: system.logs: cannot make log directory /proc/self/x/y: " \
+            in r.stderr, r.output
+    system.write_text(GOOD)
+    env = {**os.environ, "XDG_RUNTIME_DIR": "/proc"}
+    for command in ("check", "up"):
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert r.stderr.startswith("wsuper: error: ") and "/proc" in r.stderr, r.stderr
