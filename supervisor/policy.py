@@ -460,9 +460,10 @@ def files_of(path: str) -> list[tuple[str, str]]:
     """(what, absolute path) of every file of the system at `path` that a file an
     operator's command writes (`wsuper check --graph`, `wsuper trace -o`) must not
     be: the system file, its policy files, each module and schema
-    (_deciding_files), the audit file and its rotations.  Read as `read` reads
-    (nothing it names is looked at); a system file that does not read gives itself
-    alone."""
+    (_deciding_files) and every file a schema imports or embeds, the audit file
+    and its rotations.  Read as `read` reads (nothing it names is looked at, but
+    the schemas' imports and embeds, read as load reads them); a system file that
+    does not read gives itself alone."""
     path = os.path.abspath(path)
     policy_files: list = []
     try:
@@ -471,6 +472,16 @@ def files_of(path: str) -> list[tuple[str, str]]:
     except PolicyError:
         return [("the system file", path)]
     out = [(what, p) for what, p, _c in _deciding_files(system, policy_files)]
+    # and every file a schema imports or embeds, as load counts them: `check S --graph
+    # lib.capnp` wrote the graph over the file calc.capnp imports, and the next check
+    # and up of S failed ("lib.capnp:1: Parse error")
+    for s in system.schemas:
+        try:
+            out += [(f"the schema file (which {s} reads)", f)
+                    for f, by, _ in capnp_schemas.closure(s, capnp_schemas.import_path(s))
+                    if by is not None]
+        except (capnp_schemas.SchemaError, OSError):
+            pass                     # no file of it is read: nothing more to keep
     if system.audit is not None:
         out.append(("the audit file", system.audit))
         out += [("a rotation of the audit file", f"{system.audit}.{i}")

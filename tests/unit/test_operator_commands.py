@@ -268,6 +268,37 @@ log = {{ host = "log" }}
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
 
 
+def test_a_file_a_command_writes_is_never_one_a_schema_imports_or_embeds(tmp_path, monkeypatch,
+                                                                       capsys):
+    """`wsuper check S --graph lib.capnp` (or `trace -o`), lib.capnp imported by the
+    system's schema, wrote the graph over it, exit 0: the next `check` and `up` of
+    S failed ("lib.capnp:1: Parse error"); an embedded file the same.  Refused, as
+    the schema itself is, and left as it was."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), tmp_path / "calc.wat")
+    (tmp_path / "lib.capnp").write_text("@0xd1e7afc40966bc31;\nstruct P { a @0 :Int32; }\n")
+    (tmp_path / "blob.txt").write_text("blob\n")
+    (tmp_path / "calc.capnp").write_text(
+        '@0xf0e7afc40966bcb1;\nusing L = import "lib.capnp";\n'
+        'const blob :Text = embed "blob.txt";\n'
+        "interface Calc @0xc0ffee00bcb10001 {\n  add @0 (a :Int32, b :Int32) -> (sum :Int32);\n}\n")
+    path = tmp_path / "system.toml"
+    path.write_text('[system]\nschemas = ["calc.capnp"]\n[compartments.calc]\n'
+                    'module = "calc.wat"\nexports = "Calc"\n')
+    for name in ("lib.capnp", "blob.txt"):
+        before = (tmp_path / name).read_bytes()
+        for args in (["check", str(path), "--graph", str(tmp_path / name)],
+                     ["trace", str(path), "--seconds", "1", "-o", str(tmp_path / name)]):
+            code = cli.main(args)
+            out, err = capsys.readouterr()
+            assert code == 2 and "not writing" in err and "wrote" not in out, (args, out, err)
+        assert (tmp_path / name).read_bytes() == before
+    assert cli.main(["check", str(path)]) == 0
+
+
 def test_a_request_the_system_would_not_take_is_refused_naming_the_argument(
         tmp_path, monkeypatch, capsys):
     """A review of the operator's commands: `wsuper revoke S` of a grant name of
