@@ -20,6 +20,8 @@ Checks on each input:
             refused number or size keeps the range it states on that line.
   values    in an accepted System every number is a finite int or float
             within its key's range (limits, grant quotas, restart, endpoint).
+  types     in an accepted file a declared probe's `functions` is a list (the
+            reference's type: a string was taken, split at its commas).
   check     what `wsuper check` prints of an accepted System (holdings, and
             the DOT graph) is printable line by line, and the graph has one
             edge per grant (nothing in a value can draw one).
@@ -104,6 +106,9 @@ def _key(rng: random.Random, name: str) -> str:
     return name
 
 
+#: a declared probe's functions: a list; strings, which probes.spec splits at commas
+FUNCTIONS = ['""', '","', '"store_*,load_*"', '[]', '["store_*", "#3"]']
+
 GRANT_BASES = ['compartment = "calc"', 'host = "log"', 'host = "clock"', 'host = "random"',
                'host = "environment"', 'host = "directory", path = "/srv"',
                'host = "file", path = "/srv/f"', 'host = "probe", on = "calc"']
@@ -150,10 +155,14 @@ def document(rng: random.Random) -> str:
             body = [rng.choice(GRANT_BASES)] + [f"{_key(rng, k)} = {_value(rng, k)}"
                                                  for k in extra]
             lines.append(f"g{i} = {{ {', '.join(body)} }}")
-    if not friendly and rng.random() < 0.2:
-        point = rng.choice(['"functions"', '"calls"', _value(rng, "point")])
+    if rng.random() < 0.2:
+        # friendly: a calls probe, whose functions may only be empty
+        point = '"calls"' if friendly else \
+            rng.choice(['"functions"', '"calls"', _value(rng, "point")])
+        functions = rng.choice(FUNCTIONS) if friendly else \
+            rng.choice(FUNCTIONS + [_value(rng, "functions")] * 4)
         lines += ["[compartments.app.probes.p]", f"point = {point}",
-                  f"functions = {_value(rng, 'functions')}"]
+                  f"functions = {functions}"]
     return "\n".join(lines) + "\n"
 
 
@@ -251,6 +260,7 @@ def check(text: str, policy_text: str = "") -> None:
         raise Failure("parse", f"{type(e).__name__}: {str(e)[:100]}") from None
     if system is not None:
         _check_values(system)
+        _check_types(text)
         _check_output(system)
         _check_where(system, files)
     if time.process_time() - start > 1.0:
@@ -274,6 +284,20 @@ def _check_values(system) -> None:
                                   f"{getattr(g, k)!r}")
     if not math.isfinite(system.message_timeout):
         raise Failure("values", f"message_timeout = {system.message_timeout!r}")
+
+
+def _check_types(text: str) -> None:
+    """In an accepted file, each value is of the type docs/policy-reference.md gives
+    its key, where a wider one was once taken silently: a declared probe's
+    `functions` is a list (a string was split at its commas, and "" was a probe of
+    every function)."""
+    import tomllib
+    doc = tomllib.loads(text)
+    for name, body in doc.get("compartments", {}).items():
+        for pname, spec in body.get("probes", {}).items():
+            if "functions" in spec and not isinstance(spec["functions"], list):
+                raise Failure("types", f"compartments.{name}.probes.{pname}.functions = "
+                              f"{spec['functions']!r:.60} accepted: not a list")
 
 
 def _check_where(system, files: dict) -> None:
