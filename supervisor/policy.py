@@ -541,8 +541,9 @@ def load(path: str, socket: str | None = None) -> System:
     # module of a thousand compartments was a thousand entries, looked at for each
     # writable grant of each of them (a million, 30 s of `check`, `up` and every
     # command to the system, quadratic in the compartments)
-    deciding_once = list({file: (what, file, owner)
-                          for what, file, owner in reversed(deciding)}.values())[::-1]
+    deciding_once = _Deciding(list({file: (what, file, owner)
+                                    for what, file, owner in reversed(deciding)}.values())[::-1],
+                              places, on_the_way)
     for comp in system.compartments.values():
         for g in comp.grants:
             if g.path is None:
@@ -610,25 +611,27 @@ def load(path: str, socket: str | None = None) -> System:
                                        f"{what} {folder}: what is there runs as the "
                                        f"supervisor at the next start; grant it read_only = "
                                        f"true, or grant a directory that holds none of it")
-            for what, file, owner in deciding_once:
-                if any(_reaches(places, real, is_dir, name, False)
-                       for name in on_the_way(file)):
-                    why = ("a module is compiled again at its next start, and one can be "
-                           "made to compile for minutes, while no other compartment "
-                           "starts" if owner == comp.name else
-                           "what a compartment can change there runs with another's "
-                           "grants (a module is read again at every start)")
-                    raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
-                                       f"{what} {quoted(file)}: {why}; grant it read_only = true, or "
-                                       f"move the file")
-                links = _other_links(file, real, g)
-                if links:
-                    raise gwhere.error(key, f"{what} {quoted(file)} has {links} hard links, and "
-                                       f"{quoted(g.path)} is writable on the same file system: "
-                                       f"another link to it may lie in the grant, through "
-                                       f"which compartment {comp.name} could change it; "
-                                       f"remove the extra links, or grant it read_only = "
-                                       f"true or refuse_hard_links = true")
+            # the first of the files that decide what runs it reaches, or may hold
+            # another link of (in their order: a reach before a link of one file)
+            reached, linked = deciding_once.first(real, is_dir, g)
+            if reached is not None and (linked is None or reached[0] <= linked[0]):
+                _i, (what, file, owner) = reached
+                why = ("a module is compiled again at its next start, and one can be "
+                       "made to compile for minutes, while no other compartment "
+                       "starts" if owner == comp.name else
+                       "what a compartment can change there runs with another's "
+                       "grants (a module is read again at every start)")
+                raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
+                                   f"{what} {quoted(file)}: {why}; grant it read_only = true, or "
+                                   f"move the file")
+            if linked is not None:
+                _i, (what, file, _owner), links = linked
+                raise gwhere.error(key, f"{what} {quoted(file)} has {links} hard links, and "
+                                   f"{quoted(g.path)} is writable on the same file system: "
+                                   f"another link to it may lie in the grant, through "
+                                   f"which compartment {comp.name} could change it; "
+                                   f"remove the extra links, or grant it read_only = "
+                                   f"true or refuse_hard_links = true")
         if not os.path.isfile(comp.module):
             raise where.error(f"compartments.{comp.name}.module",
                               _not_a_file("module file", comp.module))
@@ -1078,18 +1081,73 @@ def audit_links_problem(path: str, links: int) -> str:
             f"forged ones), wherever grants are; remove the other links")
 
 
-def _other_links(file: str, grant: str, g) -> int:
-    """How many hard links `file` (which decides what runs) has, if more than one
-    and the writable grant `g` (at the real path `grant`) is on its file system
-    and does not refuse hard links: then one may lie inside the grant (finding
-    it would mean reading the whole tree).  0 if not."""
-    if g.refuse_hard_links:
-        return 0
-    try:
-        s, at = os.stat(file), os.stat(grant)
-    except OSError:
-        return 0
-    return s.st_nlink if s.st_nlink > 1 and s.st_dev == at.st_dev else 0
+class _Deciding:
+    """The files that decide what runs (each once, in order), indexed for load's
+    look at each writable grant: which of them it reaches first, and which it may
+    hold another hard link of first, found by a search among their names, not by
+    looking at each of them for each grant (a thousand compartments, each with a
+    module of its own and a writable grant, were a million looks: 27 s of `check`
+    and `up`, hours for ten thousand)."""
+
+    def __init__(self, files: list, places: mounts.Places, on_the_way):
+        import bisect
+        self._bisect = bisect
+        self.files = files
+        names: dict[str, int] = {}
+        at: dict[int, dict[str, int]] = {}      # device -> path in it -> first file
+        for i, (_what, file, _owner) in enumerate(files):
+            for name in on_the_way(file):
+                names.setdefault(name, i)
+                for dev, path in places.of(name, follow=False):
+                    at.setdefault(dev, {}).setdefault(path, i)
+        self._names = (names, sorted(names))
+        self._at = {dev: (paths, sorted(paths)) for dev, paths in at.items()}
+        self._places = places
+        self._linked = []                      # (index, stat) of each with links > 1
+        for i, (_what, file, _owner) in enumerate(files):
+            try:
+                st = os.stat(file)
+            except OSError:
+                continue
+            if st.st_nlink > 1:
+                self._linked.append((i, st))
+
+    def _first(self, index, grant: str, is_dir: bool) -> int | None:
+        """The first file (its index) with a name that is `grant` or, for a
+        directory grant, beneath it (endpoint.reaches, an own file's path)."""
+        first, ordered = index
+        found = [first[grant]] if grant in first else []
+        if is_dir:
+            prefix = grant.rstrip("/") + "/"
+            k = self._bisect.bisect_left(ordered, prefix)
+            while k < len(ordered) and ordered[k].startswith(prefix):
+                found.append(first[ordered[k]])
+                k += 1
+        return min(found, default=None)
+
+    def first(self, real: str, is_dir: bool, g) -> tuple:
+        """((index, file entry) of the first file the grant at the real path `real`
+        reaches (by path, or by its place in its file system: _reaches), or None;
+        (index, file entry, links) of the first it may hold another link of
+        (a second name of it may lie in a writable grant on its file system),
+        or None)."""
+        found = [self._first(self._names, real, is_dir)]
+        for g_dev, g_path in self._places.object(real):
+            if g_dev in self._at:
+                found.append(self._first(self._at[g_dev], g_path, is_dir))
+        i = min((f for f in found if f is not None), default=None)
+        reached = (i, self.files[i]) if i is not None else None
+        linked = None
+        if self._linked and not g.refuse_hard_links:
+            try:
+                dev = os.stat(real).st_dev
+            except OSError:
+                dev = None
+            j, st = next(((j, st) for j, st in self._linked if st.st_dev == dev),
+                         (None, None))
+            if j is not None:
+                linked = (j, self.files[j], st.st_nlink)
+        return reached, linked
 
 
 def _not_a_file(what: str, path: str) -> str:
