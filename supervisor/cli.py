@@ -252,9 +252,10 @@ def _main(argv=None, zygote=None) -> int:
             # at every grant's path and module as they are now, and a compartment
             # that removed (through a writable grant of its own) a directory another
             # grant names locked the operator out of `wsuper call` of the system
-            # that runs and serves ("... is not an existing directory")
+            # that runs and serves ("... is not an existing directory"); and its
+            # policy files, which call needs nothing of, not at all (read_alone)
             try:
-                system = policy.read(args.system)
+                system = policy.read_alone(args.system)
                 interfaces = preflight.exported_interfaces(system)
             except PolicyError as e:
                 _error(f"{e}")

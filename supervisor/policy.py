@@ -457,6 +457,17 @@ def read(path: str) -> System:
     return parse(_read_text(path, ""), path, lambda p: _read_text(p, "policy file "))
 
 
+def read_alone(path: str) -> System:
+    """The system file at `path` read as text, its policy files not read (as if
+    empty): what `wsuper call` needs of a running system (its compartments, which
+    are external, what they export, its schemas and socket), which a policy file
+    (grants and limits only) never changes.  With `read`, a policy file shared
+    with other systems and broken since `up` locked the operator out of `wsuper
+    call` of the system that runs."""
+    path = os.path.abspath(path)
+    return parse(_read_text(path, ""), path, lambda p: "")
+
+
 def files_of(path: str) -> list[tuple[str, str]]:
     """(what, absolute path) of every file of the system at `path` that a file an
     operator's command writes (`wsuper check --graph`, `wsuper trace -o`) must not

@@ -707,7 +707,8 @@ def test_commands_to_a_running_system_do_not_depend_on_what_its_files_say_now(
     (a policy file is shared by several systems).  The commands to it refused when
     the text said otherwise: a grant revocable in the running system but no longer
     in the file could not be revoked ("no revocable grant"), and a file that no
-    longer parsed locked the operator out of `wsuper stop`, `status` and `revoke`."""
+    longer parsed locked the operator out of `wsuper stop`, `status` and `revoke`
+    (and a policy file that no longer parsed, out of `wsuper call`)."""
     (tmp_path / "client.toml").write_text(
         '[grants]\ncalc = { compartment = "calc", revocable = true }\n')
     (tmp_path / "system.toml").write_text(f"""
@@ -736,6 +737,11 @@ policy = "client.toml"
     status = run_wsuper("status", system)
     assert status.returncode == 0 and "app" in status.stdout, status.output
     assert run_wsuper("probe", system, "app", "list").returncode == 0
+    if edit != "system file broken":
+        # call reads the system file (its compartments, exports and schemas), and
+        # no policy file: a broken one locked it out ("client.toml:2: invalid TOML")
+        called = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+        assert called.returncode == 0 and called.stdout.strip() == "(sum = 3)", called.output
     revoked = run_wsuper("revoke", system, "app.calc")
     assert revoked.returncode == 0 and "revoked app.calc" in revoked.stdout, revoked.output
     # what the running system does not hold is still refused, by it, as a wrong
