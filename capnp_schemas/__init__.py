@@ -397,6 +397,19 @@ def load(path: str, extra_imports=()):
     read: list = []
     contents: dict = {}
     closure(path, imports, read, contents)  # no FIFO, device or huge file among them
+    for file, by, line in read:
+        # the parser takes a file's name as UTF-8 text: one that is not (a directory
+        # named in another encoding) failed in the child parser as "UnicodeEncodeError:
+        # 'utf-8' codec can't encode character '\udcff' in position 51: surrogates not
+        # allowed", which said neither what nor what to do
+        try:
+            file.encode("utf-8")
+        except UnicodeEncodeError:
+            from .text import quoted
+            what = f"it reads {quoted(file)}, whose path" if by else "its path"
+            raise SchemaError(by or file, line if by else None,
+                              f"{what} is not UTF-8, which the Cap'n Proto parser needs: "
+                              f"rename the directory (or file) whose name is not") from None
     # each file's bytes hashed once: what is a copy of ours, what is checked
     # already, what a generation holds, what a file declared as read
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}

@@ -7,6 +7,7 @@ random documents at all of it."""
 import os
 import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -234,6 +235,20 @@ def test_a_compartment_whose_policy_is_the_system_file_itself_is_told_so(ref):
 
 def _schema(path, body, ident):
     path.write_text(f"@0x{ident:016x};\n{body}")
+
+
+def test_a_schema_whose_path_is_not_utf8_is_refused_saying_so(tmp_path):
+    """The parser takes a schema's name as UTF-8 text: a schema in a directory named
+    in another encoding failed as "UnicodeEncodeError: 'utf-8' codec can't encode
+    character '\\udcff' in position 51: surrogates not allowed"."""
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/D\xffir")
+    os.mkdir(folder)
+    path = os.path.join(folder, "a.capnp")
+    _schema(Path(path), "struct S { a @0 :Int32; }\n", 0xd1e7afc40966bc77)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(path)
+    assert e.value.path == path and e.value.reason.startswith(
+        "its path is not UTF-8, which the Cap'n Proto parser needs"), str(e.value)
 
 
 def test_what_a_schema_reads_is_every_import_and_embed_and_no_more(tmp_path):
