@@ -42,22 +42,74 @@ def _whole(v) -> bool:
     return type(v) is int
 
 
-class ForkedEngine:
-    """An engine forked by the zygote: same interface as EngineProcess."""
+#: Seconds the zygote has to report the exit of an engine seen gone by its pidfd
+#: before the engine is taken as ended all the same, its status UNREPORTED.  The
+#: zygote reports one within milliseconds; generous, so that a loaded host (two
+#: cores shared, the zygote forking its spares) never costs an exit its code and
+#: the reason its callers are told
+REPORT_GRACE = 5.0
+#: The returncode of an engine whose process ended and whose exit the zygote did not
+#: report within REPORT_GRACE (stopped, or wedged): no status a process can have
+UNREPORTED = 1 << 16
 
-    def __init__(self, pid: int, stderr: trio.lowlevel.FdStream):
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of engine `pid`, or None (no descriptor to spare, gone already: the
+    zygote's report of its exit is then the only news, as before)."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+class ForkedEngine:
+    """An engine forked by the zygote: same interface as EngineProcess.
+
+    Its exit is the zygote's news, and also its own: an engine is not our child
+    (no waitpid), but its pidfd says when it ends.  With the zygote stopped
+    (SIGSTOP) or wedged, an engine killed meanwhile stayed "ready" for as long
+    as the zygote said nothing: never restarted, its callers each waiting their
+    whole call_time (and once the engine had closed its socket, its wait() never
+    returned).  Seen ended by its pidfd, the zygote has REPORT_GRACE to say how;
+    past it the engine has ended all the same, its returncode UNREPORTED."""
+
+    def __init__(self, pid: int, stderr: trio.lowlevel.FdStream, pidfd: int | None = None):
         self.pid = pid
         self.stderr = stderr
         self.returncode: int | None = None
         self._exited = trio.Event()
+        #: its process is gone: seen by its pidfd, or its exit reported (its
+        #: returncode may still be on its way: wait())
+        self.gone = trio.Event()
+        self._pidfd = pidfd
 
     def _exit(self, code: int):
         if self.returncode is None:
             self.returncode = code
+        self.gone.set()
         self._exited.set()
 
     async def watch(self):
-        await self._exited.wait()
+        fd, self._pidfd = self._pidfd, None
+        if fd is None:
+            await self._exited.wait()
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ended, fd)
+                await self._exited.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(fd)
+
+    async def _ended(self, fd: int):
+        """The process is gone (its pidfd is readable): the zygote's report of how,
+        or UNREPORTED."""
+        await trio.lowlevel.wait_readable(fd)
+        self.gone.set()
+        with trio.move_on_after(REPORT_GRACE):
+            await self._exited.wait()
+        self._exit(UNREPORTED)
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -214,7 +266,11 @@ class Zygote:
             raise OSError(f"the zygote refused: {answer['error']}")
         pid = answer["pid"]
         self._answered.discard(pid)
-        engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r))
+        # not once its exit is known: reaped by the zygote, its pid may be another's.
+        # (Reaped and reused before this open, it is another's pidfd all the same:
+        # the zygote's report of the exit, on its way, is then the news, as before)
+        engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r),
+                              None if pid in self._early else _pidfd(pid))
         if pid in self._early:
             engine._exit(self._early.pop(pid))
         elif not self.alive:

@@ -37,7 +37,7 @@ from compartments import confine
 from compartments.limits import Limits
 from compartments.spec import EXIT_GUEST_OK, EngineSpec
 
-from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, \
+from . import authority, effects as fx, endpoint, fastlane, hostcaps, output, policy, process, \
     router as R, startsignals, stderr, supervision as S, threads
 from .prober import Prober
 from .preflight import Plan
@@ -1508,8 +1508,8 @@ class Supervisor:
             # and wait, and was never noticed: not restarted, its holders' calls each
             # waiting their whole call_time (an outside review).  GRACE_SECONDS to go
             with trio.move_on_after(GRACE_SECONDS):
-                await proc.wait()
-            if proc.returncode is None:
+                await proc.gone.wait()
+            if not proc.gone.is_set():   # (gone, its exit not yet reported: not lingering)
                 lingered = True
                 proc.kill()
         code = await proc.wait()
@@ -1529,9 +1529,13 @@ class Supervisor:
         await link.aclose()
         self.links.pop(pid, None)
         self._say_log_refused(name)
+        # an end the zygote did not report (process.UNREPORTED) may have been the exit
+        # after a program that ended well: `clean` matters only then (Lifecycle.
+        # engine_stopped), and a finished program is not run again on no evidence
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
                                                 trio.current_time(),
-                                                clean=code in (0, EXIT_GUEST_OK)
+                                                clean=code in (0, EXIT_GUEST_OK,
+                                                               process.UNREPORTED)
                                                 and not lingered and not cut))
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
@@ -2656,6 +2660,9 @@ def _rss(pids: dict) -> dict:
 
 
 def _describe_exit(code: int) -> str:
+    if code == process.UNREPORTED:
+        return (f"ended (how is not known: the zygote did not report its exit within "
+                f"{process.REPORT_GRACE:g} s; stopped, or wedged)")
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 
 import capnp
@@ -987,3 +988,33 @@ exports = "Calc"
     told = _client(calls)
     assert "cannot load module calc.wat: expected" in told, told
     assert "plugins" not in told and "alice" not in told and str(tmp_path) not in told, told
+
+
+def test_an_engine_that_dies_while_the_zygote_is_stopped_is_noticed(tmp_path, wsuper):
+    """An engine's exit was the zygote's news alone: with the zygote stopped
+    (SIGSTOP) or wedged, an engine killed meanwhile stayed "ready" in `wsuper
+    status`, was never restarted, and every call to it waited its whole call_time,
+    for as long as the zygote said nothing.  The supervisor now sees the process
+    end by itself (a pidfd), and the compartment's restart policy decides."""
+    path, _sock = _system(tmp_path, "transient")
+    run = wsuper("up", path)
+    engine = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    zygote = _parent(engine)
+    os.kill(zygote, signal.SIGSTOP)
+    # the zygote goes on after 15 s, whatever happens (so that the test ends; run's
+    # lines are read without a deadline while none comes)
+    later = threading.Timer(15, os.kill, (zygote, signal.SIGCONT))
+    later.start()
+    try:
+        os.kill(engine, signal.SIGKILL)
+        line = run.wait_for("restarting calc")
+        # seen by itself, not by the zygote's report of it once it went on
+        assert "the zygote did not report" in line, line
+        status = run_wsuper("status", "--json", path)
+        assert status.returncode == 0, status.output
+        calc = [c for c in json.loads(status.stdout)["compartments"] if c["name"] == "calc"][0]
+        assert calc["pid"] != engine and calc["state"] != "ready"
+    finally:
+        later.cancel()
+        os.kill(zygote, signal.SIGCONT)
+    run.next_start("calc", len(run.lines) - 1)
