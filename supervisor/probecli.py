@@ -29,7 +29,8 @@ def add_commands(sub):
     probe.add_argument("system", help="path to the running system's system.toml")
     probe.add_argument("compartment")
     probe.add_argument("action", choices=("add", "remove", "list"))
-    probe.add_argument("name", nargs="?", help="the probe's name (add, remove)")
+    probe.add_argument("name", nargs="?", help="the probe's name (add, remove; list: that probe "
+                       "alone)")
     probe.add_argument("--point", choices=("calls", "hostcalls", "functions", "blocks",
                                            "stores"),
                        help="what it watches (add); functions, blocks and stores need the "
@@ -101,6 +102,8 @@ def probe(args) -> int:
             _error(f"probe {args.action} needs the probe's NAME")
             return 2
         body["name"] = args.name
+    elif args.name:
+        body["name"] = args.name                 # list NAME: that probe alone
     if args.action == "add":
         if not args.point:
             _error("probe add needs --point (calls, hostcalls, functions, blocks, stores)")

@@ -350,7 +350,13 @@ class Prober:
     async def _quiet_push(self, name: str):
         await self._quietly(self._push, name, "set {}'s probe flags")
 
-    async def list(self, compartment: str) -> list:
+    async def list(self, compartment: str, name: str | None = None) -> list:
+        """Its probes' summaries; with a name, that probe's alone (ProbeError when it
+        has none of that name: `list cov` after a typo said nothing of it)."""
+        mine = self.registry.probes.get(compartment, {})
+        if name is not None and name not in mine:
+            raise P.ProbeError(f"{compartment} has no probe named {name[:100]!r} "
+                               f"(probes: {', '.join(mine) or 'none'})")
         if self.registry.engine_points(compartment):
             try:
                 await self._collect(compartment)
@@ -359,7 +365,8 @@ class Prober:
         self.registry.take_calls()
         sites = self.registry.sites.get(compartment)
         return [await self._summary(p, sites)
-                for p in list(self.registry.probes.get(compartment, {}).values())]
+                for p in list(self.registry.probes.get(compartment, {}).values())
+                if name is None or p.spec.name == name]
 
     @staticmethod
     async def _summary(probe: P.Probe, sites) -> dict:
@@ -422,7 +429,10 @@ class Prober:
             if action == "remove":
                 return {"ok": True, "probe": await self.remove(comp, str(req.get("name")))}
             if action == "list":
-                return {"ok": True, "probes": await self.list(comp),
+                name = req.get("name")
+                if name is not None and not isinstance(name, str):
+                    return {"ok": False, "error": "a probe's name is text"}
+                return {"ok": True, "probes": await self.list(comp, name),
                         "instrument": list(self.sup.system.compartments[comp].instrument)}
         except (P.ProbeError, EngineBusy) as e:
             return {"ok": False, "error": printable(str(e))}

@@ -564,3 +564,25 @@ def test_the_probes_example_runs_as_its_comments_say(tmp_path):
         assert r.returncode == 0, (command, r.stderr)
     r = run_wsuper("check", str(here / "system.toml"))
     assert r.returncode == 0, r.stderr
+
+
+def test_probe_list_with_a_name_shows_that_probe_and_refuses_one_not_there(tmp_path, wsuper):
+    """The README shows `wsuper probe SYSTEM store list|remove cov`: `list cov` printed
+    every probe of the compartment, and `list` of a probe that is not there (a typo)
+    printed the others and exited 0, as if it were there."""
+    system = tmp_path / "l.toml"
+    system.write_text(CALC)
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    assert _probe(system, "calc", "add", "one", "--point", "calls").returncode == 0
+    assert _probe(system, "calc", "add", "two", "--point", "hostcalls").returncode == 0
+    r = _probe(system, "calc", "list", "two")
+    assert r.returncode == 0, r.stderr
+    assert "probe two on calc" in r.stdout and "probe one" not in r.stdout, r.stdout
+    r = _probe(system, "calc", "list", "two", "--json")
+    assert [p["name"] for p in json.loads(r.stdout)] == ["two"]
+    r = _probe(system, "calc", "list", "tow")
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert "calc has no probe named 'tow' (probes: one, two)" in r.stderr, r.stderr
+    names = {p["name"] for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
+    assert names == {"one", "two"}
