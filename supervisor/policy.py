@@ -1625,11 +1625,14 @@ def _grant(where, key, name, spec) -> Grant:
         p = spec["path"]
         if not isinstance(p, str) or not p or "\0" in p:
             raise where.error(f"{key}.path", f"must be a path, not {p!r}")
-        if p.startswith(SYSTEM_DIR + "/"):     # the one variable: where this file is
-            p = _real_dir_of(os.path.abspath(where.path)) + p[len(SYSTEM_DIR):]
+        if p == SYSTEM_DIR or p.startswith(SYSTEM_DIR + "/"):   # the one variable:
+            p = _real_dir_of(os.path.abspath(where.path)) + p[len(SYSTEM_DIR):]  # its dir
         if not p.startswith("/"):
-            raise where.error(f"{key}.path", f"{p!r} is relative; grant an absolute path "
-                              f"(or one that starts with {SYSTEM_DIR}/)")
+            # "${HOME}/data" and "~/data" are not expanded: say so, not only "relative"
+            said = f"only {SYSTEM_DIR} is expanded (no other variable, no ~); " \
+                if p.startswith(("$", "~")) else ""
+            raise where.error(f"{key}.path", f"{p!r} is relative: {said}grant an absolute "
+                              f"path (or one that starts with {SYSTEM_DIR}/)")
         if ".." in p.split("/"):
             raise where.error(f"{key}.path", f"{p!r} contains '..'; name the directory itself")
         files["path"] = os.path.normpath(p)

@@ -240,3 +240,18 @@ def test_what_a_policy_files_grant_names_is_reported_in_the_policy_file(grant, k
         policy.parse(inline, "/s/system.toml")
     assert str(e.value).startswith(f"/s/system.toml:7: compartments.app.{key}: {reason}"), \
         str(e.value)
+
+
+def test_system_dir_alone_is_that_directory_and_other_variables_are_named_as_such():
+    """`path = "${SYSTEM_DIR}"` (the system's own directory) was refused as
+    "'${SYSTEM_DIR}' is relative", though "${SYSTEM_DIR}/" was that directory; and
+    "${HOME}/data" or "~/data" were "relative" too, not told that no other variable
+    (and no ~) is expanded."""
+    s = policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     'd = { host = "directory", path = "${SYSTEM_DIR}" }\n',
+                     "/srv/sys/system.toml")
+    assert s.compartments["a"].grants[0].path == "/srv/sys"
+    for bad in ('"${HOME}/data"', '"$SYSTEM_DIR/data"', '"~/data"', '"$XDG_DATA_HOME"'):
+        with pytest.raises(policy.PolicyError, match=r"only \$\{SYSTEM_DIR\} is expanded"):
+            policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                         f'd = {{ host = "directory", path = {bad} }}\n', "/srv/sys/s.toml")
