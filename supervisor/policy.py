@@ -389,7 +389,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                                   f"also granted by policy {body['policy']!r}; "
                                   f"grant each name in one place")
             grants = pgrants + grants
-            ppath = os.path.normpath(os.path.join(base, body["policy"]))   # as _policy_file
+            # as _policy_file
+            ppath = os.path.normpath(os.path.join(base, _in_base(body["policy"])))
             origins = {k: f"{ppath}: limits.{k}" for k in plimits}
             limits_doc = {**plimits, **limits_doc}     # inline limits win
         else:
@@ -1429,7 +1430,16 @@ def _path(where, key, value, base) -> str:
         raise where.error(key, f"must be a non-empty path string, not {value!r}")
     if "\0" in value:
         raise where.error(key, "path contains a NUL byte")
-    return os.path.normpath(os.path.join(base, value))
+    return os.path.normpath(os.path.join(base, _in_base(value)))
+
+
+def _in_base(value: str) -> str:
+    """A path relative to the file's directory, written as grant paths are
+    ("${SYSTEM_DIR}/build/app.wasm"): that directory is what it names too (it was
+    taken as a directory named "${SYSTEM_DIR}")."""
+    if value == SYSTEM_DIR or value.startswith(SYSTEM_DIR + "/"):
+        return "." + value[len(SYSTEM_DIR):]
+    return value
 
 
 def _policy_file(where, key, ref, base, read_policy, wheres=None, cache=None):
@@ -1442,7 +1452,7 @@ def _policy_file(where, key, ref, base, read_policy, wheres=None, cache=None):
         raise where.error(key, f"must be the path of a policy file, not {ref!r}")
     if "\0" in ref:
         raise where.error(key, "path contains a NUL byte")
-    path = os.path.normpath(os.path.join(base, ref))
+    path = os.path.normpath(os.path.join(base, _in_base(ref)))
     if os.path.realpath(path) == os.path.realpath(where.path):
         # read as a policy file, its own [system] was refused as "system: unknown
         # key 'system' (allowed here: grants, limits)" at its line 1, which never

@@ -255,3 +255,16 @@ def test_system_dir_alone_is_that_directory_and_other_variables_are_named_as_suc
         with pytest.raises(policy.PolicyError, match=r"only \$\{SYSTEM_DIR\} is expanded"):
             policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
                          f'd = {{ host = "directory", path = {bad} }}\n', "/srv/sys/s.toml")
+
+
+def test_system_dir_names_the_same_directory_in_module_schema_and_other_paths():
+    """Written as grant paths are, "${SYSTEM_DIR}/build/app.wasm" was taken as a
+    directory named "${SYSTEM_DIR}" beside the system file (module file
+    ".../${SYSTEM_DIR}/build/app.wasm" does not exist)."""
+    s = policy.parse('[system]\naudit = "${SYSTEM_DIR}/audit.jsonl"\n'
+                     '[compartments.a]\nmodule = "${SYSTEM_DIR}/build/a.wat"\n'
+                     'policy = "${SYSTEM_DIR}/p/client.toml"\n', "/srv/sys/system.toml",
+                     {"/srv/sys/p/client.toml": '[grants]\nlog = { host = "log" }\n'}.__getitem__)
+    assert s.compartments["a"].module == "/srv/sys/build/a.wat"
+    assert s.audit == "/srv/sys/audit.jsonl"
+    assert [g.name for g in s.compartments["a"].grants] == ["log"]
