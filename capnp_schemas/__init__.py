@@ -393,6 +393,10 @@ def load(path: str, extra_imports=()):
     bytes (the schema and all it reads) are checked and parsed once."""
     import hashlib
     path = os.path.abspath(path)
+    if not path.endswith(".capnp"):
+        # the parser's own refusal was a Python exception's text, after a child
+        raise SchemaError(path, None, "a schema file's name must end in .capnp (the Cap'n "
+                          "Proto parser takes no other; a file it imports may have any name)")
     imports = import_path(path, extra_imports)
     read: list = []
     contents: dict = {}

@@ -1056,3 +1056,16 @@ def test_what_load_looks_at_grows_with_the_compartments_not_their_square(tmp_pat
         policy.load(str(path))
         return looks[0]
     assert looks_for(40) == 2 * looks_for(20)
+
+
+def test_a_schema_whose_name_does_not_end_in_capnp_is_refused_saying_so(tmp_path):
+    """The parser takes only names that end in .capnp: `greeter.schema` (or a C file
+    listed by mistake) was refused with its Python exception as the reason,
+    "ValueError: File does not end with .capnp, PATH", after a parser child."""
+    _schema(tmp_path / "greeter.schema", "interface G { f @0 () -> (); }\n",
+            0xd0a1b2c3d4e5f640)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "greeter.schema"))
+    assert e.value.path == str(tmp_path / "greeter.schema") and e.value.line is None
+    assert "ValueError" not in e.value.reason
+    assert "a schema file's name must end in .capnp" in e.value.reason, e.value.reason
