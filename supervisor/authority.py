@@ -215,9 +215,14 @@ def could_reach(plan: Plan, target: str) -> tuple[list[str], str]:
                        f"{', '.join(plan.system.compartments)})")
     exports = plan.system.compartments[comp_name].exports
     if method and host is None:
-        methods = _method_names(plan.interface_modules[exports].schema) if exports else []
+        if not exports:
+            # "app.log" for the log app holds: "app's interface (none) has no method"
+            raise KeyError(f"{comp_name} exports no interface, so it has no method "
+                           f"{method!r} to reach (a host capability it holds is "
+                           f"COMPARTMENT:HOSTCAP: {comp_name}:log, {comp_name}:directory, ...)")
+        methods = _method_names(plan.interface_modules[exports].schema)
         if method not in methods:
-            raise KeyError(f"{comp_name}'s interface {exports or '(none)'} has no method "
+            raise KeyError(f"{comp_name}'s interface {exports} has no method "
                            f"{method!r} (methods: {', '.join(methods) or 'none'})")
     if host is not None and method:
         raise KeyError(f"{target!r}: name a host capability as COMPARTMENT:HOSTCAP, "

@@ -57,7 +57,10 @@ def test_reach_follows_interfaces_that_can_carry_capabilities(tmp_path):
     ("nobody", "no compartment named 'nobody' (compartments: calc, app, other)"),
     ("calc.nope", "calc's interface Calc has no method 'nope' (methods: add, newCounter, sumTo)"),
     ("calc.Calc.add", "has no method 'Calc.add'"),
-    ("app.log", "app's interface (none) has no method 'log'"),
+    # app exports nothing: "app's interface (none) has no method 'log' (methods: none)"
+    # said neither that nor how to name the log it holds
+    ("app.log", "app exports no interface, so it has no method 'log' to reach (a host "
+                "capability it holds is COMPARTMENT:HOSTCAP: app:log, "),
     ("app:log.write", "name a host capability as COMPARTMENT:HOSTCAP, with no method"),
     ("other:clock", "other holds no host 'clock'"),
     # a grant's name where the kind goes: the answer says which kinds it holds
