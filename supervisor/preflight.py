@@ -397,9 +397,12 @@ def _instantiation_problem(binary: bytes) -> str | None:
     (wasmbin.instantiation_problem); nothing if the module cannot be walked here
     (wasmtime has validated it: the engine says why at start)."""
     try:
-        return wasmbin.instantiation_problem(binary)
+        problem = wasmbin.instantiation_problem(binary)
     except ValueError:                   # BinaryError, Unsupported
         return None
+    # said after the module's path, as the import and export problems are ("m.wasm
+    # imports env.open, ..."): "m.wasm its data segment 0 ..." read as no sentence
+    return None if problem is None else f"cannot be instantiated: {problem}"
 
 
 def _memory_pages(binary: bytes, module) -> int:

@@ -166,7 +166,7 @@ def test_a_module_that_compiles_but_cannot_be_instantiated_is_refused_before_sta
         line = r.stderr.strip()
         assert len(line.splitlines()) == 1 and line.startswith(
             f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: "
-            f"{tmp_path}/m.wat its ") and said in line, line
+            f"{tmp_path}/m.wat cannot be instantiated: its ") and said in line, line
 
 
 @pytest.mark.parametrize("protect_", ["", "protect = false", 'protect = { no_access = "4 KiB" }'])

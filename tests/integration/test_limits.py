@@ -240,7 +240,7 @@ def test_a_module_with_more_memories_cannot_use_more_than_its_memory_limit(tmp_p
         assert r.returncode == 2, (command, r.stdout, r.stderr)
         assert r.stderr.strip() == (
             f"wsuper: error: {tmp_path}/system.toml:2: compartments.m.module: {tmp_path}/m.wat "
-            f"it has 7 memories: a compartment's limits.memory bounds each linear memory, so "
+            f"cannot be instantiated: it has 7 memories: a compartment's limits.memory bounds each linear memory, so "
             f"its module may have at most 1"), r.stderr
 
 
