@@ -516,8 +516,7 @@ class Engine:
         handles = self._read_handles(c_ptr, c_count)
         entry = self.handles.get(handle)
         if entry is None:
-            return self._set_error(out_ptr, abi.E_BADHANDLE,
-                                   f"handle {handle} is not in this compartment's c-list")
+            return self._set_error(out_ptr, abi.E_BADHANDLE, _not_in_clist(handle))
         try:
             content = self._guest_content(raw)
             caps = self._caps_from_handles(handles)
@@ -728,7 +727,7 @@ class Engine:
                 continue
             entry = self.handles.get(h)
             if entry is None:
-                raise _GuestError(abi.E_BADHANDLE, f"handle {h} is not in this compartment's c-list")
+                raise _GuestError(abi.E_BADHANDLE, _not_in_clist(h))
             caps.append(RemoteRef(entry.import_id) if isinstance(entry, _Import) else entry)
         return caps
 
@@ -1468,6 +1467,20 @@ class Engine:
                 self._drop_unread_reply()       # this run's, never read: its handles go
                 self.reply, self._reply_entries = waiting_reply
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
+
+
+def _not_in_clist(handle: int) -> str:
+    """Why `handle` names nothing.  A negative one is an error code a guest took for
+    a handle, most often lookup's E_NOTFOUND for a grant name it misspelt: "handle -7
+    is not in this compartment's c-list" said neither."""
+    if handle == abi.E_NOTFOUND:
+        return (f"handle {handle} is not a handle: it is E_NOTFOUND, what lookup returns "
+                f"when nothing is granted under the name it was given (check that name "
+                f"against the compartment's grants in the system file)")
+    if handle < 0:
+        return (f"handle {handle} is not a handle: it is an error code (a handle is "
+                f"positive)")
+    return f"handle {handle} is not in this compartment's c-list"
 
 
 class _GuestError(Exception):

@@ -123,3 +123,24 @@ int main(void) {{
     r = _wsuper(["up", "system.toml"], tmp_path, merged=True)
     assert r.returncode == 0 and "finished app exit=0" in r.stdout, r.stdout
     assert "[app]" not in r.stdout, r.stdout
+
+
+def test_a_mistyped_grant_name_in_the_app_is_named_as_such(tmp_path):
+    """The tutorial's app with wsuper_lookup_cap("greetr"): each greet failed with
+    "handle -7 is not in this compartment's c-list", and -7 is not a handle but
+    lookup's E_NOTFOUND. The reason now says what -7 is and where to look."""
+    text = open(TUTORIAL, encoding="utf-8").read()
+    files = dict(re.findall(r"^`([\w.]+)`:\n\n```\w*\n(.*?)```", text, re.M | re.S))
+    for name, body in files.items():
+        (tmp_path / name).write_text(body.replace('wsuper_lookup_cap("greeter")',
+                                                  'wsuper_lookup_cap("greetr")'))
+    for name in ("greeter", "app"):
+        r = _wsuper(["build", f"{name}.c", "--schema", "greeter.capnp", "-o",
+                     f"build/{name}.wasm"], tmp_path)
+        assert r.returncode == 0, r.stderr
+    r = _wsuper(["up", "system.toml"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    failed = [l for l in r.stdout.splitlines() if l.startswith("[app] greet failed")]
+    assert len(failed) == 3, r.stdout
+    assert "handle -7 is not a handle: it is E_NOTFOUND, what lookup returns when " \
+           "nothing is granted under the name it was given" in failed[0], failed[0]
