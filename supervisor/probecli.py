@@ -121,7 +121,12 @@ def probe(args) -> int:
         print(json.dumps(answer.get("probes", answer.get("probe")), indent=2))
         return 0
     if args.action == "list":
-        print(trace.text(answer["probes"], answer.get("instrument", ())))
+        waiting = answer.get("declared_waiting") or []
+        if answer["probes"] or not waiting:
+            print(trace.text(answer["probes"], answer.get("instrument", ())))
+        if waiting and all(isinstance(n, str) for n in waiting):
+            print(f"{printable(args.compartment)} is not ready: the probes its system file "
+                  f"declares ({printable(', '.join(waiting))}) are added when it is")
     else:
         verb = "added" if args.action == "add" else "removed"
         print(f"wsuper: {verb} probe {printable(args.name)} on {printable(args.compartment)}")

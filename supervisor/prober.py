@@ -354,7 +354,8 @@ class Prober:
         """Its probes' summaries; with a name, that probe's alone (ProbeError when it
         has none of that name: `list cov` after a typo said nothing of it)."""
         mine = self.registry.probes.get(compartment, {})
-        if name is not None and name not in mine:
+        declared = {s.name for s in self.sup.system.compartments[compartment].probes}
+        if name is not None and name not in mine and name not in declared:
             raise P.ProbeError(f"{compartment} has no probe named {name[:100]!r} "
                                f"(probes: {', '.join(mine) or 'none'})")
         if self.registry.engine_points(compartment):
@@ -432,7 +433,13 @@ class Prober:
                 name = req.get("name")
                 if name is not None and not isinstance(name, str):
                     return {"ok": False, "error": "a probe's name is text"}
-                return {"ok": True, "probes": await self.list(comp, name),
+                probes = await self.list(comp, name)
+                # declared probes are added when its engine is ready: before, `list`
+                # said "no probes", as if the system file declared none
+                have = self.registry.probes.get(comp, {})
+                waiting = [s.name for s in self.sup.system.compartments[comp].probes
+                           if s.name not in have and name in (None, s.name)]
+                return {"ok": True, "probes": probes, "declared_waiting": waiting,
                         "instrument": list(self.sup.system.compartments[comp].instrument)}
         except (P.ProbeError, EngineBusy) as e:
             return {"ok": False, "error": printable(str(e))}

@@ -586,3 +586,30 @@ def test_probe_list_with_a_name_shows_that_probe_and_refuses_one_not_there(tmp_p
     assert "calc has no probe named 'tow' (probes: one, two)" in r.stderr, r.stderr
     names = {p["name"] for p in json.loads(_probe(system, "calc", "list", "--json").stdout)}
     assert names == {"one", "two"}
+
+
+def test_probe_list_before_a_compartment_is_ready_names_its_declared_probes(tmp_path, wsuper):
+    """examples/probes/system.toml says to run `probe list` while the system starts:
+    before the store was ready (its module rewritten, its start function run), its
+    declared probe was not there yet and `list` said "no probes", as if the system
+    file declared none."""
+    (tmp_path / "spin.wat").write_text('(module (memory (export "memory") 1) '
+                                       '(func $s (loop (br 0))) (start $s))')
+    system = tmp_path / "w.toml"
+    system.write_text(CALC + f"""
+[compartments.spin]
+module = "{tmp_path}/spin.wat"
+[compartments.spin.limits]
+start_time = 120
+[compartments.spin.probes.served]
+point = "calls"
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    r = _probe(system, "spin", "list")                   # its start function spins
+    assert r.returncode == 0, r.stderr
+    assert "spin is not ready: the probes its system file declares (served) are added " \
+           "when it is" in r.stdout, r.stdout
+    assert "no probes" not in r.stdout, r.stdout
+    assert _probe(system, "spin", "list", "served").returncode == 0
+    assert _probe(system, "spin", "list", "other").returncode == 1
