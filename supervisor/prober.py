@@ -354,8 +354,8 @@ class Prober:
         """Its probes' summaries; with a name, that probe's alone (ProbeError when it
         has none of that name: `list cov` after a typo said nothing of it)."""
         mine = self.registry.probes.get(compartment, {})
-        declared = {s.name for s in self.sup.system.compartments[compartment].probes}
-        if name is not None and name not in mine and name not in declared:
+        if name is not None and name not in mine \
+                and name not in self._declared_waiting(compartment):
             raise P.ProbeError(f"{compartment} has no probe named {name[:100]!r} "
                                f"(probes: {', '.join(mine) or 'none'})")
         if self.registry.engine_points(compartment):
@@ -415,6 +415,16 @@ class Prober:
 
     # ------------------------------------------------------------ the admin socket
 
+    def _declared_waiting(self, compartment: str) -> list:
+        """The names of the probes the system file declares on `compartment` that are
+        not there because its engine is not ready (they are added when it is); none
+        once it is (one the operator removed since is gone)."""
+        if self.sup.lifecycle.state.get(compartment) == "ready":
+            return []
+        have = self.registry.probes.get(compartment, {})
+        return [s.name for s in self.sup.system.compartments[compartment].probes
+                if s.name not in have]
+
     async def admin(self, req: dict) -> dict:
         """{"op": "probe", "compartment", "action": add|remove|list, ...}"""
         comp, action = req.get("compartment"), req.get("action")
@@ -436,9 +446,7 @@ class Prober:
                 probes = await self.list(comp, name)
                 # declared probes are added when its engine is ready: before, `list`
                 # said "no probes", as if the system file declared none
-                have = self.registry.probes.get(comp, {})
-                waiting = [s.name for s in self.sup.system.compartments[comp].probes
-                           if s.name not in have and name in (None, s.name)]
+                waiting = [s for s in self._declared_waiting(comp) if name in (None, s)]
                 return {"ok": True, "probes": probes, "declared_waiting": waiting,
                         "instrument": list(self.sup.system.compartments[comp].instrument)}
         except (P.ProbeError, EngineBusy) as e:

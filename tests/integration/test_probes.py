@@ -597,6 +597,8 @@ def test_probe_list_before_a_compartment_is_ready_names_its_declared_probes(tmp_
                                        '(func $s (loop (br 0))) (start $s))')
     system = tmp_path / "w.toml"
     system.write_text(CALC + f"""
+[compartments.calc.probes.mine]
+point = "calls"
 [compartments.spin]
 module = "{tmp_path}/spin.wat"
 [compartments.spin.limits]
@@ -613,3 +615,9 @@ point = "calls"
     assert "no probes" not in r.stdout, r.stdout
     assert _probe(system, "spin", "list", "served").returncode == 0
     assert _probe(system, "spin", "list", "other").returncode == 1
+    # a ready compartment's declared probe that the operator removed is gone: no note
+    run.wait_for("probe added: calc.mine")
+    assert _probe(system, "calc", "remove", "mine").returncode == 0
+    r = _probe(system, "calc", "list")
+    assert "no probes" in r.stdout and "not ready" not in r.stdout, r.stdout
+    assert _probe(system, "calc", "list", "mine").returncode == 1
