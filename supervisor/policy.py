@@ -1167,7 +1167,12 @@ def _not_a_file(what: str, path: str) -> str:
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        return f"{what} {quoted(path)} does not exist"
+        # "~/x.wasm" and "${HOME}/x.wasm" are taken as they are written, beneath the
+        # file's directory: say so, where a part of the missing path begins so
+        said = " (no ~ and no variable but ${SYSTEM_DIR} is expanded in a path; a " \
+            "relative one is relative to the file's directory)" \
+            if any(part.startswith(("~", "$")) for part in path.split("/")) else ""
+        return f"{what} {quoted(path)} does not exist{said}"
     return f"{what} {quoted(path)} is {capnp_schemas.file_kind(mode)}, not a regular file"
 
 

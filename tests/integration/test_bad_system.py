@@ -26,6 +26,9 @@ CASES = {
     "invalid_toml": ("[compartments.calc\nmodule = 1\n", 1, "", "invalid TOML"),
     "missing_module": (GOOD.replace(CALC, "/nonexistent/x.wasm"), 5,
                        "compartments.calc.module", "does not exist"),
+    # "~/x.wasm" was ".../~/x.wasm does not exist", not that ~ means nothing here
+    "module_under_tilde": (GOOD.replace(CALC, "~/calc.wat"), 5, "compartments.calc.module",
+                           "(no ~ and no variable but ${SYSTEM_DIR} is expanded in a path"),
     "unknown_interface": (GOOD.replace('exports = "Calc"', 'exports = "Nope"'), 6,
                           "compartments.calc.exports", "unknown interface 'Nope'"),
     "duplicate_compartment": (GOOD + f'\n[compartments.calc]\nmodule = "{CALC}"\n', 8, "",
