@@ -57,6 +57,12 @@ class Proxy(Cap):
         self.error_type = "disconnected"
         self.queue: list = []
         self.refs = 0
+        # its engine closed its connection (Router.engine_closed): its main object,
+        # whose calls wait meanwhile, until the engine is lost
+        self.holding: Remote | None = None
+        # its engine is lost and nobody has said yet whether it restarts: (that peer,
+        # what its calls fail with if it does not: Router.engine_ended)
+        self.ending: tuple | None = None
 
     def __repr__(self):
         return f"Proxy({self.compartment})"

@@ -664,6 +664,8 @@ class Router:
         peer = self.engines.get(name)
         out = self.disconnected(peer.id, reason) if peer is not None else []
         proxy = self.proxies.get(name)
+        if proxy is not None:
+            proxy.ending = None                 # decided: its calls wait (or fail below)
         if proxy is not None and proxy.error is not None and proxy.error_type != "failed":
             # broken as its engine went (_lose, start_failed), whichever came first;
             # a compartment failed for good stays failed.  (_break_proxy let go of
@@ -680,6 +682,40 @@ class Router:
             text = f"compartment {name} {said}: {reason}" if said else \
                 f"compartment {name} {reason}"
             self._break_proxy(proxy, text, "failed")
+        return self._flush()
+
+    def engine_closed(self, pid: int) -> list:
+        """Engine `pid` closed its connection; how its process ended is not known yet
+        (the runtime waits for it, and for its last words, up to a second or two).
+        Calls to its compartment made from now on wait, as during a restart, rather
+        than go to it: they were forwarded to the engine that had gone and failed
+        with it, "compartment NAME is gone: engine exited ...", though it was to be
+        restarted at once (an outside review: a caller's next call after one that
+        made its callee exit, one time in two).  Calls already forwarded to it fail
+        when it is lost (disconnected); then its compartment's proxy waits for the
+        decision (stop_engine, fail_compartment, or else engine_ended)."""
+        peer = self.peers.get(pid)
+        if peer is None or not peer.alive or peer.kind != "engine" \
+                or self.engines.get(peer.name) is not peer:
+            return []
+        proxy = self.proxies.get(peer.name)
+        if proxy is None or proxy.target is None or proxy.error is not None \
+                or proxy.target.peer is not peer:
+            return []
+        if self._routes:
+            self._unroute(lambda r: r.proxy is proxy)
+        proxy.holding, proxy.target = proxy.target, None
+        return self._flush()
+
+    def engine_ended(self, pid: int) -> list:
+        """The runtime has acted on the end of engine `pid` (a restart, a failure, a
+        stop: each says what its compartment's calls do).  If none of them did, they
+        fail as they did when the engine was lost: it is gone."""
+        for proxy in self.proxies.values():
+            if proxy.ending is not None and proxy.ending[0].id == pid:
+                text = proxy.ending[1]
+                proxy.ending = None
+                self._break_proxy(proxy, text)
         return self._flush()
 
     def disconnected(self, pid: int, reason: str) -> list:
@@ -2309,8 +2345,17 @@ class Router:
         main.refs += 1
         if self._routes:
             self._unroute(lambda r: r.proxy is proxy)
+        self._let_go_held(proxy)
         proxy.target = main
         self._run_queue(proxy)
+
+    def _let_go_held(self, proxy: Proxy):
+        """What engine_closed held of the proxy's last engine, and its pending end."""
+        proxy.ending = None
+        if proxy.holding is not None:
+            held, proxy.holding = proxy.holding, None
+            held.refs -= 1
+            self.sweep((held,))
 
     def start_failed(self, peer: Peer, reason: str):
         self.emit(fx.StartFailed(peer.name, reason, peer.id))
@@ -2405,7 +2450,15 @@ class Router:
             handler.lost(self, peer, reason)
         proxy = self.proxies.get(peer.name)
         if peer.kind == "engine" and proxy is not None and self.engines.get(peer.name) is peer:
-            self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
+            if proxy.holding is not None and proxy.holding.peer is peer:
+                # closed its connection first (engine_closed): its calls wait on for
+                # the runtime's decision, made before anything else runs
+                held, proxy.holding = proxy.holding, None
+                held.refs -= 1
+                self.sweep((held,))
+                proxy.ending = (peer, f"compartment {peer.name} is gone: {reason}")
+            else:
+                self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
 
     def _cancel(self, key, caller: Peer, orphan: bool = True):
@@ -2471,6 +2524,7 @@ class Router:
     def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
         if self._routes:
             self._unroute(lambda r: r.proxy is proxy)
+        self._let_go_held(proxy)
         proxy.error = reason
         proxy.error_type = type
         if proxy.target is not None:

@@ -1498,6 +1498,10 @@ class Supervisor:
 
     async def _read_engine(self, name, gen, pid, link, proc, stderr_done, tail):
         reason = await self._pump(pid, link)
+        if reason is None:
+            # it closed its connection: its compartment's calls wait from now on for
+            # what its end decides (a restart), not go to it (Router.engine_closed)
+            self._perform(self.router.engine_closed(pid))
         lingered = False
         cut = pid not in self.router.peers
         if cut and proc.returncode is None:
@@ -1526,10 +1530,9 @@ class Supervisor:
             reason = "exited"
         self._perform(self.router.disconnected(pid, self._for_callers(name,
                                                                       f"engine {reason}")))
-        await link.aclose()
-        self.links.pop(pid, None)
-        self._say_log_refused(name)
-        # an end the zygote did not report (process.UNREPORTED) may have been the exit
+        # decided at once, before anything else runs: with an await between, the
+        # calls made meanwhile failed "is gone" though a restart was coming.  An end
+        # the zygote did not report (process.UNREPORTED) may have been the exit
         # after a program that ended well: `clean` matters only then (Lifecycle.
         # engine_stopped), and a finished program is not run again on no evidence
         self._act(self.lifecycle.engine_stopped(name, gen, f"engine {reason}",
@@ -1537,6 +1540,10 @@ class Supervisor:
                                                 clean=code in (0, EXIT_GUEST_OK,
                                                                process.UNREPORTED)
                                                 and not lingered and not cut))
+        self._perform(self.router.engine_ended(pid))
+        await link.aclose()
+        self.links.pop(pid, None)
+        self._say_log_refused(name)
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
         """Feed a peer's bytes to the router until it closes (None) or is cut off (why)."""

@@ -3739,3 +3739,52 @@ def test_what_a_return_released_before_it_proved_malformed_is_let_go_of_with_its
     assert any(isinstance(e, fx.Close) for e in calc.effects)
     assert app.conn.export_id(mine) is None           # released at its host
     assert any(isinstance(ev, P.ExportReleased) and ev.obj is mine for ev in app.inbox)
+
+
+@pytest.mark.parametrize("then", ["restarts", "fails", "nothing decided"])
+def test_calls_made_once_an_engine_closed_its_connection_wait_for_what_its_end_decides(then):
+    """An engine that closed its connection has gone, though how it ended is not
+    known yet (the runtime waits for its exit status and its last words, up to a
+    second or two): calls made meanwhile went to it and failed with it,
+    "compartment calc is gone: engine exited ...", and so did those made after it
+    was lost and before the runtime decided to restart it (an outside review: a
+    caller's next call after one that made its callee exit, one time in two).  They
+    wait now: for the next incarnation if it restarts, failing with the decision
+    otherwise, or as before ("is gone") if nothing was decided."""
+    router = R.Router({"calc": CALC, "app": None})
+    app = start(router, "app", [grant("calc", "calc")])
+    h = app.grants[0].import_id
+    calc = start(router, "calc", exports=True)
+    app.send(app.conn.send_call(h, CALC, 0)[1])          # forwarded: it dies with calc
+    assert calc.inbox
+    app.deliver(router.engine_closed(calc.pid))
+    app.send(app.conn.send_call(h, CALC, 0)[1])          # made once it closed: waits
+    assert app.inbox == [] and len(calc.inbox) == 1
+    app.deliver(router.disconnected(calc.pid, "engine exited with code 7"))
+    (lost,) = app.inbox                                  # the one it had: fails
+    assert lost.error_type == "disconnected" and "engine exited with code 7" in lost.error
+    app.inbox.clear()
+    app.send(app.conn.send_call(h, CALC, 0)[1])          # lost, not yet decided: waits
+    assert app.inbox == []
+    if then == "restarts":
+        app.deliver(router.stop_engine("calc", "engine exited with code 7"))
+    elif then == "fails":
+        app.deliver(router.stop_engine("calc", "engine exited with code 7"))
+        app.deliver(router.fail_compartment("calc", "3 restarts within 60 s"))
+    app.deliver(router.engine_ended(calc.pid))
+    if then == "restarts":
+        assert app.inbox == []
+        calc = start(router, "calc", exports=True)       # the next incarnation serves both
+        assert len(calc.inbox) == 2
+        for call in list(calc.inbox):
+            calc.send(calc.conn.send_return(call.answer_id))
+        assert [r.error for r in app.inbox] == [None, None]
+    else:
+        errors = [r.error for r in app.inbox]
+        assert len(errors) == 2 and all(errors), errors
+        want = "compartment calc failed: 3 restarts" if then == "fails" else \
+            "compartment calc is gone: engine exited with code 7"
+        assert all(want in e for e in errors), errors
+        app.inbox.clear()
+        app.send(app.conn.send_call(h, CALC, 0)[1])      # and so do the calls after
+        assert want in app.inbox.pop().error
