@@ -217,6 +217,7 @@ typedef struct NCall { /* a call forwarded natively, not yet returned */
   uint64_t interface_id;
   uint32_t method_id;
   int64_t t0, wall0, deadline;
+  uint64_t size; /* the bytes of its params (Python's control.Forward.size, once handed over) */
   int orphan; /* its caller is gone: the return is dropped */
   int audited; /* holds one of the audit buffer's places (L->audit_held) */
   struct NCall *prev, *next; /* the route's calls in flight; once handed over, the list of them */
@@ -654,6 +655,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   c->method_id = o->method_id;
   c->t0 = now_ns(CLOCK_MONOTONIC);
   c->wall0 = r->audit ? now_ns(CLOCK_REALTIME) : 0;
+  c->size = size;
   c->deadline = c->t0 + r->call_time;
   if (map_put(&L->calls, KEY(B->pid, qid), c) || map_put(&A->answers, o->id, c)) {
     map_del(&L->calls, KEY(B->pid, qid));
@@ -1403,15 +1405,16 @@ static void hand_over(Lane *L, NCall *c, NCall ***tail) {
 
 /* Without the mutex: the records of the calls handed over, (ctx, caller, answer id,
  * callee, question id, interface id, method id, seconds since it began, wall time
- * it began, orphan), appended to out in order; the calls are freed.  NULL (and
+ * it began, orphan, bytes of its params), appended to out in order; the calls are freed.  NULL (and
  * out released) if a record cannot be made. */
 static PyObject *handed_records(NCall *c, PyObject *out) {
   while (c) {
     NCall *next = c->next;
     if (out) {
-      PyObject *rec = Py_BuildValue("(OiIiIKIddi)", c->ctx, c->caller, c->aid, c->callee, c->qid,
-                                    (unsigned long long)c->interface_id, c->method_id, c->age,
-                                    (double)c->wall0 / 1e9, c->orphan);
+      PyObject *rec = Py_BuildValue("(OiIiIKIddiK)", c->ctx, c->caller, c->aid, c->callee,
+                                    c->qid, (unsigned long long)c->interface_id, c->method_id,
+                                    c->age, (double)c->wall0 / 1e9, c->orphan,
+                                    (unsigned long long)c->size);
       if (!rec || PyList_Append(out, rec)) Py_CLEAR(out);
       Py_XDECREF(rec);
     }

@@ -32,7 +32,8 @@ _RESULT_WORDS = 1 << 12          # start and run results are a few words
 class Forward:
     """A call forwarded to this peer; the answer goes to `reply` (peer, answer id).
     `deadline`: when it fails if not answered (the router's clock); `size`: the
-    bytes of its params (0 for a call the native lane forwarded); `charged`: as
+    bytes of its params (a call the native lane forwarded: as the lane
+    counted them, once it hands the call over); `charged`: as
     Call.charged."""
     __slots__ = ("reply", "deadline", "size", "charged")
 

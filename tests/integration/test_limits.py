@@ -1,6 +1,7 @@
 """Limits: a compartment over a limit gets the error; its peers and the supervisor carry on."""
 import asyncio
 import os
+import re
 
 import capnp
 
@@ -374,3 +375,56 @@ fuel_per_call = 3_000_000_000
     assert x.returned(busy).payload is None
     x.close()
     y.close()
+
+
+def test_calls_a_client_left_on_the_native_lane_count_to_the_gone_clients_share(
+        tmp_path, wsuper):
+    """An outside review: while spin ran a long call, one connection sent it three
+    calls of 7 MiB, which the fast lane forwarded (the callee's backlog was below its
+    soft bound), and closed.  Handed to the router as calls of 0 bytes, they counted
+    to nobody's share of what waits for spin: the client, connected again, had its
+    quarter anew, and a call of 3.9 MiB went through past the soft bound (one of
+    those of the gone clients counted 0 of the 21 MiB waiting).  They count now, as
+    the calls the router forwards, and the call is refused naming them."""
+    import time
+    from capnp_schemas.protocol import Content
+    from tests.wireclient import WireClient
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+fuel_per_call = 40_000_000_000
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready spin")
+    spin_id = int(SPIN_ID, 16)
+
+    def params(size: int) -> Content:           # ping's params, with `size` bytes of data
+        n = size // 8
+        return Content.standalone([(1 << 48).to_bytes(8, "little")
+                                   + ((n << 35) | (5 << 32) | 1).to_bytes(8, "little")
+                                   + b"\0" * (8 * n)])
+
+    a = WireClient(str(sock), timeout=30)
+    spin_a = a.get(a.bootstrap(), "spin")
+    a.call(spin_a, spin_id, 0)                          # spins, reading nothing meanwhile
+    for _ in range(3):                                  # forwarded natively
+        a.call(spin_a, spin_id, 1, params(7 << 20))
+    past = a.call(spin_a, spin_id, 1, params(7 << 20))  # past the soft bound: refused
+    assert "is not reading its messages" in a.returned(past).error
+    a.close()
+    time.sleep(0.3)
+    b = WireClient(str(sock), timeout=30)
+    spin_b = b.get(b.bootstrap(), "spin")
+    ret = b.returned(b.call(spin_b, spin_id, 1, params(3_900_000)))
+    assert ret.payload is None, "a reconnected client got a quarter anew"
+    assert "is not reading its messages" in ret.error, ret.error
+    gone = int(re.search(r"(\d+) those of external clients that are gone", ret.error)[1])
+    assert gone >= 3 * (7 << 20), ret.error
+    b.close()
