@@ -355,6 +355,7 @@ class Router:
         self.pipelined_total = pipelined_total
         self.pipelined_bytes = 0                       # what every peer's waiting calls hold
         self.pipelined_pooled = 0                      # ... beyond each one's own share
+        self.pipelined_external = 0                    # ... of it, external clients'
         # (peer id, answer id) -> {Promised: None}, in the order they came: a dict, not
         # a list, so that letting go of one is not a search among all the others (a
         # peer could keep thousands waiting on one answer, and make each of its calls
@@ -1910,6 +1911,20 @@ class Router:
         the refusal if either would be passed."""
         mine = peer.pipelined + size > pipelined_limit(peer.limits)
         more = pooled(peer.pipelined + size) - pooled(peer.pipelined)
+        # external clients, all together, take at most half of the pool: it was
+        # first come first served, and five connections of one local client could
+        # take all of it (default message_size: 15 MiB each beyond their own), every compartment's waiting calls refused past their own
+        # PIPELINED_PEER_BYTES (an outside review)
+        external = peer.kind == "external"
+        if more and external and not mine \
+                and self.pipelined_external + more > self.pipelined_total // 2:
+            return CallError(
+                f"{peer.name} has calls of {peer.pipelined} bytes waiting (on answers "
+                f"not returned yet, or on a compartment's start); this one of {size} "
+                f"bytes would pass the limit of external clients' calls waiting: "
+                f"they hold {self.pipelined_external} bytes in all beyond the "
+                f"{PIPELINED_PEER_BYTES} bytes each connection has to itself, and may "
+                f"hold half of the supervisor's {self.pipelined_total}", "overloaded")
         if mine or self.pipelined_pooled + more > self.pipelined_total:
             return CallError(
                 f"{peer.name} has calls of {peer.pipelined} bytes waiting (on answers "
@@ -1927,11 +1942,16 @@ class Router:
         peer.pipelined += size
         self.pipelined_bytes += size
         self.pipelined_pooled += more
+        if external:
+            self.pipelined_external += more
         return None
 
     def _unhold(self, peer: Peer, size: int):
         """`size` bytes _hold counted for `peer` no longer wait."""
-        self.pipelined_pooled -= pooled(peer.pipelined) - pooled(peer.pipelined - size)
+        less = pooled(peer.pipelined) - pooled(peer.pipelined - size)
+        self.pipelined_pooled -= less
+        if peer.kind == "external":
+            self.pipelined_external -= less
         peer.pipelined -= size
         self.pipelined_bytes -= size
 

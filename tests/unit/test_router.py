@@ -3788,3 +3788,45 @@ def test_calls_made_once_an_engine_closed_its_connection_wait_for_what_its_end_d
         app.inbox.clear()
         app.send(app.conn.send_call(h, CALC, 0)[1])      # and so do the calls after
         assert want in app.inbox.pop().error
+
+
+def test_external_clients_cannot_take_the_whole_pool_of_pipelined_bytes_from_the_compartments():
+    """An outside review: the pool of bytes calls may hold while they wait (pipelined
+    on an answer, on a promise, on a compartment's start) beyond each connection's own
+    1 MiB was one for all, first come first served: five connections of one local
+    client, each with 16 MiB of calls pipelined on a call of spin's that spin did not
+    answer, could take all 64 MiB (15 MiB each beyond its own), and every compartment's calls waiting past its own 1 MiB
+    (on another compartment's restart, say) were refused "in all" until they went.
+    External clients together may take half of the pool now; the rest is the
+    compartments'."""
+    small = R.Limits(message_size=1 << 20)           # 2 MiB a connection, 1 MiB pooled
+    router = R.Router({"calc": CALC, "a": None}, external=("calc",), limits={"a": small},
+                      external_limits=small, pipelined_total=4 << 20)
+    start(router, "calc", exports=True)
+    a = start(router, "a", [grant("calc", "calc")])
+    clients = [client(router, f"client{i}") for i in range(4)]
+    body = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(124 << 10)])
+
+    def pipeline(peer, target) -> tuple:
+        """A call calc does not answer yet, and calls pipelined on it until one is
+        refused: how many went, and why the last did not."""
+        qid, data = peer.conn.send_call(target, CALC, 0)
+        peer.send(data)
+        n = 0
+        while not peer.inbox:
+            peer.send(peer.conn.send_call((qid, ()), CALC, 0, body)[1])
+            n += 1
+        refused = peer.inbox.pop()
+        assert refused.error_type == "overloaded", refused
+        return n - 1, refused.error
+
+    whys = [pipeline(c, c.grants[0].import_id)[1] for c in clients]
+    assert router.pipelined_pooled <= (4 << 20) // 2
+    assert "limit of external clients' calls waiting" in whys[-1], whys
+    queued, why = pipeline(a, a.grants[0].import_id)
+    assert "per connection" in why, why                # its own bound, not the pool's
+    assert router.peers[a.pid].pipelined > R.PIPELINED_PEER_BYTES
+    for c in clients:
+        router.disconnected(c.pid, "gone")
+    router.disconnected(a.pid, "gone")
+    assert router.pipelined_bytes == router.pipelined_pooled == 0
