@@ -1377,6 +1377,22 @@ static PyObject *Lane_in_flight(Lane *L, PyObject *args) {
   return peer_count(L, args, offsetof(Peer, native_open));
 }
 
+/* sent(caller, callee) -> the bytes of the params of the calls `caller` has in flight
+ * natively to `callee` (on its routes to it): its share of what waits there is
+ * judged with them (Router._not_reading), as with the calls Python forwarded */
+static PyObject *Lane_sent(Lane *L, PyObject *args) {
+  long caller, callee;
+  if (!PyArg_ParseTuple(args, "ll", &caller, &callee)) return NULL;
+  unsigned long long n = 0;
+  LOCK(L);
+  Peer *A = peer_get(L, caller);
+  for (Route *r = A ? A->routes_from : NULL; r; r = r->from_next)
+    if (r->callee == callee)
+      for (NCall *c = r->calls; c; c = c->next) n += c->size;
+  UNLOCK(L);
+  return PyLong_FromUnsignedLongLong(n);
+}
+
 /* A native call handed to Python (with the mutex): it leaves the lane's tables,
  * its answer id becomes Python's and its question id stays reserved.  The call
  * itself, appended to the list *tail points at, carries what the record needs
@@ -1764,6 +1780,7 @@ static PyMethodDef Lane_methods[] = {
     {"returned", (PyCFunction)Lane_returned, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
+    {"sent", (PyCFunction)Lane_sent, METH_VARARGS, NULL},
     {"unfinished", (PyCFunction)Lane_unfinished, METH_VARARGS, NULL},
     {"idle", (PyCFunction)Lane_idle, METH_VARARGS, NULL},
     {"claim", (PyCFunction)Lane_claim, METH_VARARGS, NULL},

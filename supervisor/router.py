@@ -1769,6 +1769,11 @@ class Router:
             # (sums kept as they change: summed here over every call in flight,
             # each refused call cost O(all of them), _Pending)
             mine = handler.size + self._pending.forwarded.get((peer.id, caller.id), 0)
+            if caller.laned and self.native is not None:
+                # and those the fast lane forwarded for it (while the callee's backlog
+                # was below its soft bound): not counted, a connection holding 21 MiB
+                # there still had a quarter of its own (an outside review)
+                mine += self.native.sent(caller.id, peer.id)
             gone = self._orphan_bytes_at.get(peer.id, 0) if caller.kind == "external" else 0
             if mine + gone <= soft // 4:
                 return

@@ -387,7 +387,6 @@ def test_calls_a_client_left_on_the_native_lane_count_to_the_gone_clients_share(
     those of the gone clients counted 0 of the 21 MiB waiting).  They count now, as
     the calls the router forwards, and the call is refused naming them."""
     import time
-    from capnp_schemas.protocol import Content
     from tests.wireclient import WireClient
     sock = tmp_path / "s.sock"
     (tmp_path / "system.toml").write_text(f"""
@@ -405,26 +404,65 @@ fuel_per_call = 40_000_000_000
     run.wait_for("ready spin")
     spin_id = int(SPIN_ID, 16)
 
-    def params(size: int) -> Content:           # ping's params, with `size` bytes of data
-        n = size // 8
-        return Content.standalone([(1 << 48).to_bytes(8, "little")
-                                   + ((n << 35) | (5 << 32) | 1).to_bytes(8, "little")
-                                   + b"\0" * (8 * n)])
-
     a = WireClient(str(sock), timeout=30)
     spin_a = a.get(a.bootstrap(), "spin")
     a.call(spin_a, spin_id, 0)                          # spins, reading nothing meanwhile
     for _ in range(3):                                  # forwarded natively
-        a.call(spin_a, spin_id, 1, params(7 << 20))
-    past = a.call(spin_a, spin_id, 1, params(7 << 20))  # past the soft bound: refused
+        a.call(spin_a, spin_id, 1, _ping_params(7 << 20))
+    past = a.call(spin_a, spin_id, 1, _ping_params(7 << 20))  # past the soft bound: refused
     assert "is not reading its messages" in a.returned(past).error
     a.close()
     time.sleep(0.3)
     b = WireClient(str(sock), timeout=30)
     spin_b = b.get(b.bootstrap(), "spin")
-    ret = b.returned(b.call(spin_b, spin_id, 1, params(3_900_000)))
+    ret = b.returned(b.call(spin_b, spin_id, 1, _ping_params(3_900_000)))
     assert ret.payload is None, "a reconnected client got a quarter anew"
     assert "is not reading its messages" in ret.error, ret.error
     gone = int(re.search(r"(\d+) those of external clients that are gone", ret.error)[1])
     assert gone >= 3 * (7 << 20), ret.error
     b.close()
+
+
+def test_calls_a_client_sent_on_the_native_lane_count_to_its_share_of_a_callees_backlog(
+        tmp_path, wsuper):
+    """An outside review: while spin ran a long call, one connection sent it three
+    calls of 7 MiB, which the fast lane forwarded (spin's backlog was below its soft
+    bound), and then a call of 3.9 MiB, which the router judged past the soft bound
+    with only the calls it had forwarded itself as the caller's: holding 21 MiB
+    there, the caller still had a quarter of its own, and the call went through.
+    The calls the lane forwarded for it count now, and it is refused."""
+    from tests.wireclient import WireClient
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+external = true
+[compartments.spin.limits]
+fuel_per_call = 40_000_000_000
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready spin")
+    spin_id = int(SPIN_ID, 16)
+    a = WireClient(str(sock), timeout=30)
+    spin_a = a.get(a.bootstrap(), "spin")
+    a.call(spin_a, spin_id, 0)                          # spins, reading nothing meanwhile
+    for _ in range(3):                                  # forwarded natively
+        a.call(spin_a, spin_id, 1, _ping_params(7 << 20))
+    ret = a.returned(a.call(spin_a, spin_id, 1, _ping_params(3_900_000)))
+    assert ret.payload is None, "a caller holding 21 MiB at spin still had a quarter"
+    mine = int(re.search(r"(\d+) of them external's calls", ret.error)[1])
+    assert mine >= 3 * (7 << 20), ret.error
+    a.close()
+
+
+def _ping_params(size: int):
+    """Spin.ping's params, with `size` bytes of data after them."""
+    from capnp_schemas.protocol import Content
+    n = size // 8
+    return Content.standalone([(1 << 48).to_bytes(8, "little")
+                               + ((n << 35) | (5 << 32) | 1).to_bytes(8, "little")
+                               + b"\0" * (8 * n)])
