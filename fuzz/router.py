@@ -247,11 +247,15 @@ def pipelined_add_up(router):
     peers = router.peers.values()
     held = sum(p.pipelined for p in peers)
     pooled = sum(R.pooled(p.pipelined) for p in peers)
+    external = sum(R.pooled(p.pipelined) for p in peers if p.kind == "external")
     if (router.pipelined_bytes, router.pipelined_pooled) != (held, pooled) \
-            or router.pipelined_pooled > router.pipelined_total:
+            or router.pipelined_pooled > router.pipelined_total \
+            or router.pipelined_external != external \
+            or external > router.pipelined_total // 2:
         raise Failure("router", f"pipelined bytes counted {router.pipelined_bytes} "
-                                f"(pool {router.pipelined_pooled}), peers hold {held} "
-                                f"(pool {pooled})")
+                                f"(pool {router.pipelined_pooled}, external clients' "
+                                f"{router.pipelined_external}), peers hold {held} "
+                                f"(pool {pooled}, external clients' {external})")
 
 
 def check_host(hosts: hostcaps.HostCaps, served: dict, data: bytes, rng):

@@ -892,8 +892,9 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
     except Violation as e:
         return f"seed {seed} wind-down: {e}\n  ops: {' '.join(log)}"
     probs = []
-    if router.pipelined_bytes or router.pipelined_pooled:
-        probs.append(f"pipelined_bytes {router.pipelined_bytes} pooled {router.pipelined_pooled}")
+    if router.pipelined_bytes or router.pipelined_pooled or router.pipelined_external:
+        probs.append(f"pipelined_bytes {router.pipelined_bytes} pooled {router.pipelined_pooled}"
+                     f" external {router.pipelined_external}")
     if router._waiting:
         probs.append(f"_waiting {router._waiting}")
     if router.audit._open:
