@@ -82,6 +82,9 @@ class ForkedEngine:
         #: returncode may still be on its way: wait())
         self.gone = trio.Event()
         self._pidfd = pidfd
+        # signalled by its pid only if it never had a pidfd (send_signal): one that
+        # had, its pidfd closed (watch over), is never signalled by a pid again
+        self._by_pid = pidfd is None
 
     def _exit(self, code: int):
         if self.returncode is None:
@@ -90,7 +93,8 @@ class ForkedEngine:
         self._exited.set()
 
     async def watch(self):
-        fd, self._pidfd = self._pidfd, None
+        # the pidfd stays ours (send_signal) until the engine has ended; closed here
+        fd = self._pidfd
         if fd is None:
             await self._exited.wait()
             return
@@ -100,6 +104,7 @@ class ForkedEngine:
                 await self._exited.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._pidfd = None
             os.close(fd)
 
     async def _ended(self, fd: int):
@@ -116,11 +121,20 @@ class ForkedEngine:
         return self.returncode
 
     def send_signal(self, sig: int):
-        if self.returncode is None:
-            try:
+        """`sig` to the engine, through its pidfd when there is one: by its pid, an
+        engine the zygote had reaped and not yet reported (its exit on its way, or
+        the zygote stopped right after) was another process once its pid was
+        reused, and the stop's SIGTERM or a kill went to that process (any of the
+        user's).  Its pidfd names the engine alone; ended, it is ESRCH."""
+        if self.returncode is not None or self.gone.is_set():
+            return
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            elif self._by_pid:          # no pidfd to spare: by its pid, as ever
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        except ProcessLookupError:
+            pass
 
     def terminate(self):
         self.send_signal(signal.SIGTERM)

@@ -1,4 +1,6 @@
 """The supervisor's end of the zygote when the zygote goes with requests unread."""
+import os
+import signal
 import socket
 import subprocess
 
@@ -422,3 +424,35 @@ def test_an_engine_answered_just_before_the_zygotes_end_is_gone_with_it(end):
     engine, = got
     assert not zygote.alive and engine.returncode is not None
     assert zygote._engines == {} and zygote._answered == set()
+
+
+def test_an_engine_is_signalled_through_its_pidfd_not_a_pid_another_may_have_now():
+    """An engine is not our child: the zygote reaps it, then reports its exit.  Between
+    the two (or for as long as a stopped zygote sits on the report) its pid is free,
+    and the kernel may give it to any other process.  ForkedEngine.send_signal sent
+    the stop's SIGTERM, or a kill (a lingering engine, a CPU limit), with os.kill to
+    the pid: to that other process, any of the user's.  It holds a pidfd of the
+    engine (Zygote.spawn), which names the engine alone.  Here the pid stands for
+    the reused one: a process that is not the engine."""
+    engine_proc = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])    # has the engine's pid now
+    try:
+        engine = process.ForkedEngine(other.pid, None, os.pidfd_open(engine_proc.pid))
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.watch)
+                await trio.sleep(0)
+                engine.kill()                    # the engine, not `other`
+                with trio.fail_after(10):
+                    await engine.gone.wait()     # seen gone by its pidfd
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+        assert engine_proc.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None, "the process that has the engine's pid now was killed"
+        engine.kill()                            # gone, its pidfd closed: by pid again?
+        assert other.poll() is None
+    finally:
+        for p in (engine_proc, other):
+            p.kill()
+            p.wait()
