@@ -382,6 +382,19 @@ def import_path(path: str, extra_imports=()) -> list[str]:
     return [os.path.dirname(os.path.abspath(path)), *extra_imports, *IMPORT_PATH]
 
 
+#: schema path -> fingerprint of what this process last loaded from it (load)
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def fingerprint(path: str) -> str | None:
+    """A digest of the bytes of the schema at `path` and of every file it reads
+    (imports, embeds), as this process last loaded them (None: never loaded).  The
+    same digest, the same declarations: `wsuper call` compares the running system's
+    (taken at `wsuper up`) with the one it loaded, and a schema changed since up
+    would have its parameters written in a layout the running system does not read."""
+    return _FINGERPRINTS.get(os.path.abspath(path))
+
+
 def load(path: str, extra_imports=()):
     """Load a user schema file (import path: its own directory, then ours).
 
@@ -417,6 +430,9 @@ def load(path: str, extra_imports=()):
     # each file's bytes hashed once: what is a copy of ours, what is checked
     # already, what a generation holds, what a file declared as read
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
+    # what was parsed, as one value (fingerprint): the bytes of the schema and of all
+    # it reads, in the order read
+    _FINGERPRINTS[path] = hashlib.sha256(b"".join(digests.values())).hexdigest()
     copy = _BUILTIN_COPIES.get(digests[path])
     if copy is not None:
         return copy

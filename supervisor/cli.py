@@ -256,11 +256,11 @@ def _main(argv=None, zygote=None) -> int:
             # policy files, which call needs nothing of, not at all (read_alone)
             try:
                 system = policy.read_alone(args.system)
-                interfaces = preflight.exported_interfaces(system)
+                interfaces, fingerprints = preflight.exported(system)
             except PolicyError as e:
                 _error(f"{e}")
                 return 2
-            return _call(system, interfaces, args)
+            return _call(system, interfaces, args, fingerprints)
         try:
             # up's --socket is checked as [system] socket is (a grant reaching it, its
             # length): it went around both, straight to the runtime
@@ -571,8 +571,10 @@ def _error(text: str):
     stderr.line(f"wsuper: error: {printable(text)}")
 
 
-def _call(system, interfaces: dict, args) -> int:
-    """`interfaces`: name -> pycapnp interface module, each one the schemas declare."""
+def _call(system, interfaces: dict, args, fingerprints=None) -> int:
+    """`interfaces`: name -> pycapnp interface module, each one the schemas declare;
+    `fingerprints`: name -> the fingerprint of the schema that declares it, as loaded
+    here (compared with the running system's: preflight.Plan.fingerprints)."""
     from . import captext, client, endpoint
 
     def refuse(text):
@@ -603,11 +605,24 @@ def _call(system, interfaces: dict, args) -> int:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
     import time
     deadline = time.monotonic() + args.timeout     # --timeout bounds it all, the lookup too
-    path = args.socket or _running_socket(args.system, args.timeout) or system.socket or \
+    running = _running(args.system, args.timeout)     # (with --socket too: its schemas)
+    ran = running.get("schemas") if isinstance(running.get("schemas"), dict) else {}
+    if fingerprints and comp.exports in ran and ran[comp.exports] != fingerprints.get(comp.exports):
+        # the running system reads the parameters in the layout its schemas had at
+        # `wsuper up`: written with the schema as it is now, a changed field's type
+        # or order was read as something else, and the call answered, no word said
+        return refuse(f"{comp.name}.{method}: the schema that declares {comp.exports} (or a "
+                      f"file it reads) has changed since the running system was started "
+                      f"(`wsuper up`): the parameters could be written in a layout it does "
+                      f"not read; call with the schema it started with, or restart the system")
+    socket = running.get("socket")
+    socket = socket if isinstance(socket, str) and socket.startswith("/") else None
+    path = args.socket or socket or system.socket or \
         endpoint.default_socket_path(system.path)
     if time.monotonic() >= deadline:
         _error(f"{name}.{method}: no answer within {args.timeout:g} s (the running system "
-               f"did not say on its admin socket where its external socket is)")
+               f"did not say on its admin socket " +
+               ("what its schemas are)" if args.socket else "where its external socket is)"))
         return 1
     try:
         text = client.call(path, name, interface, method, params, args.timeout, args.json,
@@ -627,21 +642,21 @@ def _call(system, interfaces: dict, args) -> int:
     return 0
 
 
-def _running_socket(system_path: str, timeout: float) -> str | None:
-    """Where the running system `system_path` listens for external clients, as it
-    says on its admin socket (`up --socket PATH` binds where the system file does
-    not say); None when no system runs there or it does not say within `timeout`
+def _running(system_path: str, timeout: float) -> dict:
+    """What the running system `system_path` says on its admin socket: where it
+    listens for external clients ("socket": `up --socket PATH` binds where the
+    system file does not say) and the fingerprints of its schemas as it loaded them
+    ("schemas"); {} when no system runs there or it does not say within `timeout`
     (call's --timeout: asked with the admin requests' 30 s, twice over, a system
     that did not answer kept `call --timeout 1` waiting 31 s)."""
     from . import endpoint
     if not endpoint.is_running(system_path):
-        return None
+        return {}
     try:
         answer = endpoint.request(system_path, {"op": "socket"}, timeout)
     except endpoint.EndpointError:
-        return None
-    socket = answer.get("socket") if answer.get("ok") else None
-    return socket if isinstance(socket, str) and socket.startswith("/") else None
+        return {}
+    return answer if isinstance(answer, dict) and answer.get("ok") else {}
 
 
 def _admin(args) -> int:

@@ -31,6 +31,9 @@ class Plan:
     interface_modules: dict = {}   # interface name -> pycapnp interface module
     extends: dict = {}      # interface id -> the ids of every interface it extends
     programs: frozenset = frozenset()   # the compartments whose module exports _start
+    #: interface name -> capnp_schemas.fingerprint of the schema that declares it (and
+    #: all it reads), as loaded: a running system tells `wsuper call` (op "socket")
+    fingerprints: dict = {}
 
 
 HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
@@ -43,7 +46,13 @@ def prepare(system: System) -> Plan:
     # UTF-8 was a UnicodeDecodeError traceback, and by a FIFO a wait for ever
     where = _Where.of_file(system.path)
     interfaces, origin, ifaces, every = _schemas(system, where)
-    return _prepare(system, where, interfaces, origin, ifaces, every)
+    plan = _prepare(system, where, interfaces, origin, ifaces, every)
+    return attrs.evolve(plan, fingerprints=_fingerprints(interfaces, origin))
+
+
+def _fingerprints(interfaces, origin) -> dict:
+    """Interface name -> the fingerprint of the schema that declares it, as loaded."""
+    return {name: capnp_schemas.fingerprint(origin[name]) for name in interfaces}
 
 
 def exported_interfaces(system: System) -> dict:
@@ -54,9 +63,16 @@ def exported_interfaces(system: System) -> dict:
     a compartment may have removed or renamed what another's grant names (through a
     writable grant of its own), and `wsuper call` of the system that runs, and serves,
     was refused ("... is not an existing directory")."""
+    return exported(system)[0]
+
+
+def exported(system: System) -> tuple[dict, dict]:
+    """(exported_interfaces(system), interface name -> the fingerprint of the schema
+    that declares it, as just loaded: Plan.fingerprints, to compare with the running
+    system's)."""
     where = _Where.of_file(system.path)
-    interfaces, _origin, ifaces, _every = _schemas(system, where)
-    return {name: ifaces[name] for name in interfaces}
+    interfaces, origin, ifaces, _every = _schemas(system, where)
+    return {name: ifaces[name] for name in interfaces}, _fingerprints(interfaces, origin)
 
 
 def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:

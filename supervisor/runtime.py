@@ -2333,7 +2333,12 @@ class Supervisor:
         if req.get("op") == "socket":
             # where this run's external endpoint listens: `up --socket PATH` may bind
             # where the system file does not say, and `wsuper call` asks here
-            return {"ok": True, "socket": self.socket_path if self.system.external else None}
+            # and the fingerprint of each interface's schema as up loaded it: `call`
+            # writes the parameters with the schema as it is now, and one changed
+            # since (a field's type, the order of fields) was read by the callee in
+            # its old layout, the call answered with no word of it
+            return {"ok": True, "socket": self.socket_path if self.system.external else None,
+                    "schemas": dict(self.plan.fingerprints)}
         if req.get("op") == "probe":
             return await self.prober.admin(req)
         if req.get("op") == "stop":

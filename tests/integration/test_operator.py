@@ -752,8 +752,50 @@ policy = "client.toml"
     stopped = run_wsuper("stop", system)
     assert stopped.returncode == 0, stopped.output
     assert run.finish(timeout=30) == 0
+
     # nothing runs now: the file's own error, as before
     assert run_wsuper("stop", system).returncode == (1 if edit == "not revocable now" else 2)
+
+
+def test_call_refuses_a_schema_changed_since_up_instead_of_writing_what_the_system_misreads(
+        tmp_path, wsuper):
+    """`wsuper call` writes the parameters with the schema as it is on disk now, the
+    running system reads them in the layout its schema had at `up`.  A schema edited
+    since (here add's `a` made an Int64) had `call calc.add (a = 4294967297, b = 2)`
+    answered `(sum = 2)`, exit 0: the compartment read other values than those
+    given, and its answer was decoded in the new layout, no word said of it.  The
+    running system says the fingerprint of each interface's schema as it loaded it,
+    and call refuses when the one it loaded differs."""
+    schema = tmp_path / "calc.capnp"
+    schema.write_text(open(os.path.join(EXAMPLES, "calc.capnp")).read())
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["calc.capnp"]
+socket = "{tmp_path}/ext.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+""")
+    system = str(tmp_path / "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready calc")
+    called = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert called.returncode == 0 and called.stdout.strip() == "(sum = 3)", called.output
+    text = schema.read_text()
+    wider = "add @0 (a :Int64, b :Int32) -> (sum :Int64)"
+    schema.write_text(text.replace("add @0 (a :Int32, b :Int32) -> (sum :Int32)", wider))
+    assert wider in schema.read_text()
+    for extra in ((), ("--socket", f"{tmp_path}/ext.sock")):
+        called = run_wsuper("call", *extra, system, "calc.add", "(a = 4294967297, b = 2)")
+        assert called.returncode == 2 and "has changed since the running system was started" \
+            in called.stderr and not called.stdout, called.output
+    schema.write_text(text)                  # as it started: called again
+    called = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert called.returncode == 0 and called.stdout.strip() == "(sum = 3)", called.output
+    stopped = run_wsuper("stop", system)
+    assert stopped.returncode == 0, stopped.output
+    assert run.finish(timeout=30) == 0
 
 
 # `wsuper up`, with one step of its start-up replaced: the step says "held" and, for
