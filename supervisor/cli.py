@@ -256,7 +256,9 @@ def _main(argv=None, zygote=None) -> int:
             # policy files, which call needs nothing of, not at all (read_alone)
             try:
                 system = policy.read_alone(args.system)
-                interfaces, fingerprints = preflight.exported(system)
+                comp = system.compartments.get(args.target.partition(".")[0])
+                interfaces, fingerprints = preflight.exported(
+                    system, comp.exports if comp is not None else None)
             except PolicyError as e:
                 _error(f"{e}")
                 return 2

@@ -66,12 +66,30 @@ def exported_interfaces(system: System) -> dict:
     return exported(system)[0]
 
 
-def exported(system: System) -> tuple[dict, dict]:
+def exported(system: System, wanted: str | None = None) -> tuple[dict, dict]:
     """(exported_interfaces(system), interface name -> the fingerprint of the schema
     that declares it, as just loaded: Plan.fingerprints, to compare with the running
-    system's)."""
+    system's).  `wanted`: the interface `wsuper call` needs; when a schema does not
+    load, those that do are enough if one of them declares it (then only theirs are
+    returned).  A schema broken since `up` (shared with another system, edited) that
+    declares nothing the call needs locked the operator out of `wsuper call` of
+    every compartment of the system that runs."""
     where = _Where.of_file(system.path)
-    interfaces, origin, ifaces, _every = _schemas(system, where)
+    try:
+        interfaces, origin, ifaces, _every = _schemas(system, where)
+    except PolicyError as first:
+        if wanted is None:
+            raise
+        for path in system.schemas:          # each alone: the one that declares it
+            try:
+                interfaces, origin, ifaces, _every = _schemas(
+                    attrs.evolve(system, schemas=(path,)), where)
+            except PolicyError:
+                continue
+            if wanted in interfaces:
+                break
+        else:
+            raise first                      # the first error, as without `wanted`
     return {name: ifaces[name] for name in interfaces}, _fingerprints(interfaces, origin)
 
 

@@ -798,6 +798,39 @@ external = true
     assert run.finish(timeout=30) == 0
 
 
+
+def test_call_is_not_locked_out_by_a_schema_broken_since_up_that_it_does_not_need(
+        tmp_path, wsuper):
+    """`wsuper call` loaded every schema of the system as it is now, and one broken
+    since `up` (shared with other systems, edited) that declares nothing the call
+    needs locked the operator out of calling any compartment of the system that runs
+    ("other.capnp:4: Parse error", exit 2), as a broken policy file once did.  The
+    schemas that load are enough when one of them declares the interface; one that
+    does not load and is needed is still its error."""
+    other = tmp_path / "other.capnp"
+    other.write_text("@0xd1d2d3d4d5d6d7d8;\ninterface Other {\n  ping @0 () -> ();\n}\n")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp", "other.capnp"]
+socket = "{tmp_path}/ext.sock"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+""")
+    system = str(tmp_path / "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready calc")
+    other.write_text(other.read_text() + "garbage {\n")
+    called = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert called.returncode == 0 and called.stdout.strip() == "(sum = 3)", called.output
+    stopped = run_wsuper("stop", system)
+    assert stopped.returncode == 0, stopped.output
+    assert run.finish(timeout=30) == 0
+    # nothing runs, and `check` still names the broken schema
+    checked = run_wsuper("check", system)
+    assert checked.returncode == 2 and "other.capnp" in checked.stderr, checked.output
+
 # `wsuper up`, with one step of its start-up replaced: the step says "held" and, for
 # "compile", waits for ever (a compile that takes long: the signal comes while it
 # runs, before the system's receiver exists); for "in trio", sends the signal to the
