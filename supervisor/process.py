@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import signal
 import socket as pysocket
 
@@ -53,12 +54,42 @@ REPORT_GRACE = 5.0
 UNREPORTED = 1 << 16
 
 
-def _pidfd(pid: int) -> int | None:
-    """A pidfd of engine `pid`, or None (no descriptor to spare, gone already: the
-    zygote's report of its exit is then the only news, as before)."""
+_GONE = -1     # _pidfd: the engine is gone already (its pid no process's, or another's)
+
+
+def _pidfd(pid: int, parent: int | None = None) -> int | None:
+    """A pidfd of engine `pid`, a child of `parent` (the zygote), or None (no
+    descriptor to spare: the zygote's report of its exit is then the only news, as
+    before), or _GONE: no process has the pid (the zygote reaped the engine), or
+    one not the zygote's child has it (reaped, and the pid given to another process
+    before this open): a pidfd of that one would have been watched and signalled
+    as the engine (`ForkedEngine.send_signal`: a kill of any of the user's)."""
     try:
-        return os.pidfd_open(pid)
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return _GONE
     except (OSError, AttributeError):
+        return None
+    ppid = _parent(pid) if parent is not None else None
+    if ppid is not None and ppid != parent:
+        # read while the pidfd's process lived (not readable after: not ended), the
+        # parent is that process's; one that has ended already may be ours (a zombie
+        # the zygote has not reaped): its pidfd, readable, says it is gone.  (Not
+        # read at all: the pidfd is kept, as before)
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        if not poll.poll(0):
+            os.close(fd)
+            return _GONE
+    return fd
+
+
+def _parent(pid: int) -> int | None:
+    """The parent pid of process `pid` (/proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -81,10 +112,14 @@ class ForkedEngine:
         #: its process is gone: seen by its pidfd, or its exit reported (its
         #: returncode may still be on its way: wait())
         self.gone = trio.Event()
-        self._pidfd = pidfd
         # signalled by its pid only if it never had a pidfd (send_signal): one that
-        # had, its pidfd closed (watch over), is never signalled by a pid again
+        # had, its pidfd closed (watch over), is never signalled by a pid again, nor
+        # one found gone when it was answered (_GONE: its pid no longer its)
         self._by_pid = pidfd is None
+        if pidfd == _GONE:
+            pidfd = None
+            self.gone.set()
+        self._pidfd = pidfd
 
     def _exit(self, code: int):
         if self.returncode is None:
@@ -96,6 +131,10 @@ class ForkedEngine:
         # the pidfd stays ours (send_signal) until the engine has ended; closed here
         fd = self._pidfd
         if fd is None:
+            if self.gone.is_set() and not self._exited.is_set():   # gone when answered
+                with trio.move_on_after(REPORT_GRACE):
+                    await self._exited.wait()
+                self._exit(UNREPORTED)
             await self._exited.wait()
             return
         try:
@@ -284,7 +323,7 @@ class Zygote:
         # (Reaped and reused before this open, it is another's pidfd all the same:
         # the zygote's report of the exit, on its way, is then the news, as before)
         engine = ForkedEngine(pid, trio.lowlevel.FdStream(err_r),
-                              None if pid in self._early else _pidfd(pid))
+                              None if pid in self._early else _pidfd(pid, self.pid))
         if pid in self._early:
             engine._exit(self._early.pop(pid))
         elif not self.alive:

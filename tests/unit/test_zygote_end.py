@@ -456,3 +456,60 @@ def test_an_engine_is_signalled_through_its_pidfd_not_a_pid_another_may_have_now
         for p in (engine_proc, other):
             p.kill()
             p.wait()
+
+
+def test_an_engine_whose_pid_is_anothers_when_answered_is_gone_not_watched_nor_signalled():
+    """Zygote.spawn opens a pidfd of the engine once the zygote has answered with its
+    pid.  An engine that ended at once, reaped by the zygote before that open, has
+    its pid free, and the kernel may have given it to any process by then: the pidfd
+    named that process, which was then watched as the engine (its end the engine's)
+    and signalled as the engine (the stop's SIGTERM, a kill).  The pid must still be
+    a child of the zygote's when its pidfd is opened; if it is not, the engine is
+    gone (its exit, which the zygote reports, on its way), and never signalled."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    zygote = object.__new__(process.Zygote)
+    zygote._popen = subprocess.Popen(["sleep", "60"])     # stands for the zygote
+    other = subprocess.Popen(["sleep", "60"])             # not its child: has the pid now
+    zygote.pid = zygote._popen.pid
+    zygote._raw = ours
+    zygote._sock = trio.socket.from_stdlib_socket(ours)
+    zygote._waiting = {}
+    zygote._ids = iter(range(1, 100))
+    zygote._engines = {}
+    zygote._early = {}
+    zygote._answered = set()
+    zygote._lock = trio.Lock()
+    zygote.alive = True
+
+    class Spec:
+        def to_json(self):
+            return b"{}"
+
+    async def answer():
+        await trio.lowlevel.wait_readable(theirs)
+        _line, fds, _flags, _addr = socket.recv_fds(theirs, 1 << 16, 4)
+        for fd in fds:
+            os.close(fd)
+        theirs.sendall(b'{"pid": %d, "id": 1}\n' % other.pid)
+
+    try:
+        async def main():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                nursery.start_soon(answer)
+                a, b = socket.socketpair()
+                with a, b, trio.fail_after(10):
+                    engine = await zygote.spawn(Spec(), b.fileno())
+                assert engine.gone.is_set(), "the pid of another process taken as the engine's"
+                engine.kill()
+                engine.terminate()
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+        assert other.poll() is None, "the process that has the engine's pid now was signalled"
+    finally:
+        for p in (zygote._popen, other):
+            p.kill()
+            p.wait()
+        ours.close()
+        theirs.close()
