@@ -155,7 +155,7 @@ _NARROW = {
     "fd_fdstat_set_rights": ((1, _MASK, ALL_RIGHTS), (2, _MASK, ALL_RIGHTS)),
     "sock_accept": ((1, _MASK, 0x1F),),
     "sock_recv": ((3, _MASK, 0x3),),
-    "sock_send": ((3, _MASK, 0x0),),
+    "sock_send": ((3, _ENUM, 0xFFFF),),  # siflags: a plain u16, not flags (wasmtime takes any)
     "sock_shutdown": ((1, _MASK, 0x3),),
 }
 

@@ -1028,3 +1028,19 @@ def test_a_clock_subscription_with_a_flag_witx_has_not_fails_the_poll(monkeypatc
     assert slept == [] and host.calls == []
     host.write(0, struct.pack("<QB7xIxxxxQQH6x", 5, 0, wasi.CLOCK_MONOTONIC, 1000, 0, 0))
     assert call(w, "poll_oneoff", 0, 100, 1, 900) == 0 and slept == [1e-06]
+
+
+@pytest.mark.parametrize("si_flags", [1, 0x8000, 0xFFFF])
+def test_sock_send_takes_any_u16_si_flags_as_wasmtime_does(si_flags):
+    """witx's `siflags` is a plain u16 (`(typename $siflags u16)`), not a flags type
+    with no bits: wasmtime takes any u16 there and goes on to the descriptor (here:
+    ENOTSOCK, a file).  The table had it as a mask of no bits, so sock_send(fd, ...,
+    1) was EINVAL.  Past the u16 it is still EINVAL (wasmtime traps)."""
+    host, w = wasi_with()
+    fd = open_file(w, host)
+    host.write(0, struct.pack("<II", 100, 0))
+    assert call(w, "sock_send", fd, 0, 1, si_flags, 200) == E.NOTSOCK
+    assert call(w, "sock_send", 99, 0, 1, si_flags, 200) == E.BADF
+    host.calls.clear()
+    assert call(w, "sock_send", fd, 0, 1, 0x10000 | si_flags, 200) == E.INVAL
+    assert host.calls == []
