@@ -35,6 +35,77 @@ LAYOUT_FLAGS = (f"-Wl,--global-base={PROTECT_PAGE}",)
 LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
                  f"char wsuper_layout_data_page = 1;\n")
 
+#: futimens and utimensat (which utimes and utime reach) as POSIX says them.  Debian's
+#: wasi-libc (2022) got both wrong: a NULL `times` ("both to now", what touch does)
+#: was read at address 0, so under the null page a build protects the program
+#: trapped (elsewhere the file got the time held there: 1970), and UTIME_NOW or
+#: UTIME_OMIT for the modification time was EINVAL (only the access time's were
+#: read).  These replace libc's (--wrap: the calls reach them; wasm-ld keeps them
+#: only in a program that calls one), each one WASI call as libc's was.
+LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat")
+LIBC_FIXES_SOURCE = """\
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <wasi/api.h>
+/* wsuper build: futimens and utimensat (utimes, utime) as POSIX says; see toolchain.py */
+static int wsuper_times(const struct timespec *t, __wasi_timestamp_t *at,
+                        __wasi_timestamp_t *mt, __wasi_fstflags_t *how) {
+    *at = *mt = 0;
+    *how = 0;
+    if (t == NULL) {
+        *how = __WASI_FSTFLAGS_ATIM_NOW | __WASI_FSTFLAGS_MTIM_NOW;
+        return 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (t[i].tv_nsec == UTIME_NOW) {
+            *how |= i ? __WASI_FSTFLAGS_MTIM_NOW : __WASI_FSTFLAGS_ATIM_NOW;
+        } else if (t[i].tv_nsec != UTIME_OMIT) {
+            __wasi_timestamp_t ns;
+            if (t[i].tv_nsec < 0 || t[i].tv_nsec >= 1000000000 || t[i].tv_sec < 0
+                    || __builtin_mul_overflow((uint64_t)t[i].tv_sec, 1000000000u, &ns)
+                    || __builtin_add_overflow(ns, (uint64_t)t[i].tv_nsec, &ns))
+                return 0;
+            *(i ? mt : at) = ns;
+            *how |= i ? __WASI_FSTFLAGS_MTIM : __WASI_FSTFLAGS_ATIM;
+        }
+    }
+    return 1;
+}
+int __wrap_futimens(int fd, const struct timespec *t) {
+    __wasi_timestamp_t at, mt;
+    __wasi_fstflags_t how;
+    if (!wsuper_times(t, &at, &mt, &how)) {
+        errno = EINVAL;
+        return -1;
+    }
+    __wasi_errno_t e = __wasi_fd_filestat_set_times(fd, at, mt, how);
+    if (e != 0) {
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+int __wrap___wasilibc_nocwd_utimensat(int fd, const char *path, const struct timespec *t,
+                                      int flags) {
+    __wasi_timestamp_t at, mt;
+    __wasi_fstflags_t how;
+    if (!wsuper_times(t, &at, &mt, &how) || (flags & ~AT_SYMLINK_NOFOLLOW) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    __wasi_errno_t e = __wasi_path_filestat_set_times(
+        fd, flags & AT_SYMLINK_NOFOLLOW ? 0 : __WASI_LOOKUPFLAGS_SYMLINK_FOLLOW, path,
+        at, mt, how);
+    if (e != 0) {
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+"""
+
 
 #: The start of a program linked as a reactor (see build): wasm-ld wraps every export
 #: of a *command* but `_start` in __wasm_call_ctors/__wasm_call_dtors, so a C program
@@ -86,13 +157,15 @@ def clang() -> str:
 
 
 def command(sources, output: str, *, reactor: bool = False, include=(), exports=(),
-            optimize: str = "-O2", extra=(), layout: str | None = None) -> list[str]:
+            optimize: str = "-O2", extra=(), layout: str | None = None,
+            fixes: str | None = None) -> list[str]:
     """The clang command line that builds `sources` into the module `output`.
 
     A plugin that serves an interface is a *reactor* (no main; it exports
     `_initialize` and `wsuper_dispatch`); a program with `main` is a command.
     `layout`: the path of a file holding LAYOUT_SOURCE, to lay the plugin out
-    for memory protection (None: wasm-ld's own layout).
+    for memory protection (None: wasm-ld's own layout).  `fixes`: the path of a
+    file holding LIBC_FIXES_SOURCE (None: libc as it is).
     """
     cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", output]
     if reactor:
@@ -101,7 +174,10 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     cmd += [f"-Wl,--export={e}" for e in exports]
     if layout is not None:
         cmd += LAYOUT_FLAGS
-    return cmd + list(extra) + list(sources) + ([layout] if layout is not None else [])
+    if fixes is not None:
+        cmd += LIBC_FIXES_FLAGS
+    return cmd + list(extra) + list(sources) + ([layout] if layout is not None else []) \
+        + ([fixes] if fixes is not None else [])
 
 
 def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
@@ -127,10 +203,13 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
+        fixes = os.path.join(tmp, "wsuper-libc-fixes.c")
+        with open(fixes, "w") as f:
+            f.write(LIBC_FIXES_SOURCE)
         first = options
         if guessed and options.get("reactor"):
             first = {**options, "extra": (*options.get("extra", ()), *TRACE_MAIN)}
-        said = _link(command(sources, output, layout=layout, **first), output)
+        said = _link(command(sources, output, layout=layout, fixes=fixes, **first), output)
         if first is not options and _DEFINES_MAIN.search(said):
             raise DefinesMain(f"{output}: its inputs define main: a program, not a reactor")
         if not options.get("reactor") and _serves(output):
@@ -138,7 +217,7 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
             start = os.path.join(tmp, "wsuper-start.c")
             with open(start, "w") as f:
                 f.write(START_SOURCE)
-            _link(command([*sources, start], output, layout=layout,
+            _link(command([*sources, start], output, layout=layout, fixes=fixes,
                           **{**options, "reactor": True}), output)
     if protect:
         declare_layout(output)
