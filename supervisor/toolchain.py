@@ -42,12 +42,20 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
 #: UTIME_OMIT for the modification time was EINVAL (only the access time's were
 #: read).  These replace libc's (--wrap: the calls reach them; wasm-ld keeps them
 #: only in a program that calls one), each one WASI call as libc's was.
-LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat")
+#: And __secs_to_zone, which says UTC (that libc has no time zones) by storing
+#: through each pointer it is given, the NULL localtime_r passes for the offset it
+#: does not need included: every localtime wrote 0 at address 0 (under the null
+#: page: a trap "in __secs_to_zone").  Its wrapper gives it a place for that, as
+#: clock_getres's does for the NULL POSIX lets a program pass (that libc wrote the
+#: resolution through it).
+LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat",
+                    "-Wl,--wrap=__secs_to_zone", "-Wl,--wrap=clock_getres")
 LIBC_FIXES_SOURCE = """\
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <wasi/api.h>
 /* wsuper build: futimens and utimensat (utimes, utime) as POSIX says; see toolchain.py */
 static int wsuper_times(const struct timespec *t, __wasi_timestamp_t *at,
@@ -103,6 +111,17 @@ int __wrap___wasilibc_nocwd_utimensat(int fd, const char *path, const struct tim
         return -1;
     }
     return 0;
+}
+void __real___secs_to_zone(long long, int, int *, long *, long *, const char **);
+void __wrap___secs_to_zone(long long t, int local, int *isdst, long *offset, long *oppoff,
+                           const char **zonename) {
+    long unused;
+    __real___secs_to_zone(t, local, isdst, offset, oppoff ? oppoff : &unused, zonename);
+}
+int __real_clock_getres(clockid_t, struct timespec *);
+int __wrap_clock_getres(clockid_t clock, struct timespec *res) {
+    struct timespec unused;
+    return __real_clock_getres(clock, res ? res : &unused);
 }
 """
 

@@ -1556,3 +1556,25 @@ def test_touch_with_null_times_and_utime_now_or_omit_for_either_time(tmp_path):
                      "a-omit ok a=1 m=2", "bad Invalid argument a=1 m=2",
                      "nofollow ok a=2 m=1", "flag Invalid argument a=2 m=1"], r.stdout + r.stderr
     assert code == 0
+
+
+def test_localtime_works_in_a_program_wsuper_build_makes(tmp_path):
+    """localtime (and localtime_r, ctime): Debian's wasi-libc has no time zones, and
+    its __secs_to_zone says UTC by storing through every pointer it gets, the NULL
+    localtime_r passes included: a store to address 0, which traps in the null
+    page `wsuper build` protects (the program failed "in __secs_to_zone"; under
+    wasmtime it wrote over address 0).  The toolchain now gives it a place to put
+    what localtime does not need; and clock_getres one for the NULL POSIX allows
+    (it wrote the resolution there: "in clock_getres")."""
+    from supervisor import toolchain
+    module = toolchain.build([os.path.join(GUESTS, "localtime.c")],
+                             str(tmp_path / "localtime.wasm"))
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, module, d)
+    assert lines == ["localtime 1971-01-01 01:01:01 UTC", "localtime_r 1971-01-01 01:01:01 UTC",
+                     "ctime Fri Jan  1 01:01:01 1971", "mktime 31539661",
+                     "gmtime 1971-01-01 01:01:01 UTC", "clock_getres 0"], r.stdout + r.stderr
+    assert code == 0
+    wt_code, theirs = under_wasmtime(module, d)
+    assert (wt_code, theirs) == (0, lines)
