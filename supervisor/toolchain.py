@@ -47,9 +47,13 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
 #: does not need included: every localtime wrote 0 at address 0 (under the null
 #: page: a trap "in __secs_to_zone").  Its wrapper gives it a place for that, as
 #: clock_getres's does for the NULL POSIX lets a program pass (that libc wrote the
-#: resolution through it).
+#: resolution through it).  And __tm_to_tzname (strftime's %Z) gave back the
+#: struct tm's zone as it was, NULL for one the program filled in itself (memset,
+#: strptime), which strftime then read at address 0: it is "UTC", musl's answer
+#: for a zone it does not know when there are no time zones.
 LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat",
-                    "-Wl,--wrap=__secs_to_zone", "-Wl,--wrap=clock_getres")
+                    "-Wl,--wrap=__secs_to_zone", "-Wl,--wrap=clock_getres",
+                    "-Wl,--wrap=__tm_to_tzname")
 LIBC_FIXES_SOURCE = """\
 #include <errno.h>
 #include <fcntl.h>
@@ -122,6 +126,11 @@ int __real_clock_getres(clockid_t, struct timespec *);
 int __wrap_clock_getres(clockid_t clock, struct timespec *res) {
     struct timespec unused;
     return __real_clock_getres(clock, res ? res : &unused);
+}
+const char *__real___tm_to_tzname(const struct tm *);
+const char *__wrap___tm_to_tzname(const struct tm *tm) {
+    const char *zone = __real___tm_to_tzname(tm);
+    return zone ? zone : "UTC";
 }
 """
 

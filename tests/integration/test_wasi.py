@@ -1565,7 +1565,9 @@ def test_localtime_works_in_a_program_wsuper_build_makes(tmp_path):
     page `wsuper build` protects (the program failed "in __secs_to_zone"; under
     wasmtime it wrote over address 0).  The toolchain now gives it a place to put
     what localtime does not need; and clock_getres one for the NULL POSIX allows
-    (it wrote the resolution there: "in clock_getres")."""
+    (it wrote the resolution there: "in clock_getres").  strftime's %Z of a struct
+    tm the program filled in (strptime) read its NULL zone ("in strlen"): UTC now
+    (under wasmtime it was what address 0 held)."""
     from supervisor import toolchain
     module = toolchain.build([os.path.join(GUESTS, "localtime.c")],
                              str(tmp_path / "localtime.wasm"))
@@ -1574,7 +1576,8 @@ def test_localtime_works_in_a_program_wsuper_build_makes(tmp_path):
     code, lines, r = under_wsuper(tmp_path, module, d)
     assert lines == ["localtime 1971-01-01 01:01:01 UTC", "localtime_r 1971-01-01 01:01:01 UTC",
                      "ctime Fri Jan  1 01:01:01 1971", "mktime 31539661",
-                     "gmtime 1971-01-01 01:01:01 UTC", "clock_getres 0"], r.stdout + r.stderr
+                     "gmtime 1971-01-01 01:01:01 UTC", "clock_getres 0",
+                     "strptime 2001-09-09 01:46:40 UTC"], r.stdout + r.stderr
     assert code == 0
     wt_code, theirs = under_wasmtime(module, d)
     assert (wt_code, theirs) == (0, lines)
