@@ -1581,3 +1581,34 @@ def test_localtime_works_in_a_program_wsuper_build_makes(tmp_path):
     assert code == 0
     wt_code, theirs = under_wasmtime(module, d)
     assert (wt_code, theirs) == (0, lines)
+
+
+def test_a_program_that_defines_its_own_futimens_keeps_it(tmp_path):
+    """`wsuper build` linked its futimens through --wrap=futimens: every call of the
+    program's to futimens went to the toolchain's, a program (a portability layer)
+    that defines a futimens of its own in one file and calls it from another had its
+    function silently replaced (its 42 came back -1, and the file's times were
+    set).  The toolchain's futimens is a weak definition now: the program's wins."""
+    import wasmtime
+    from supervisor import toolchain
+    (tmp_path / "def.c").write_text(
+        "#include <sys/stat.h>\n"
+        "int futimens(int fd, const struct timespec *t) { (void)fd; (void)t; return 42; }\n")
+    (tmp_path / "use.c").write_text(
+        "#include <stdio.h>\n#include <sys/stat.h>\n"
+        "int main(void) { printf(\"futimens=%d\\n\", futimens(1, NULL)); return 0; }\n")
+    module = toolchain.build([str(tmp_path / "def.c"), str(tmp_path / "use.c")],
+                             str(tmp_path / "own.wasm"))
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.stdout_file = str(tmp_path / "out")
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, module))
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as e:
+        assert e.code == 0
+    assert (tmp_path / "out").read_text() == "futimens=42\n"
