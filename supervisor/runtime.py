@@ -949,6 +949,7 @@ class Supervisor:
             except threads.NoThread:     # stopped while it waited for a thread: no
                 pass                     # compartment starts (_done), nothing to note
             self.zygote = Zygote(self._launched)
+            self._zygote_said = trio.Event()    # its end acted on (_run_zygote)
             self._launched = None
             nursery.start_soon(self._run_zygote)
             for comp in self.system.compartments.values():
@@ -1010,11 +1011,14 @@ class Supervisor:
         or waiting out a long restart_delay, and the system served on without a
         single engine, each telling its callers it was "killed by SIGKILL"."""
         zygote = self.zygote
-        await zygote.run()
-        if not self._done.is_set():
-            self.say(f"the zygote (pid {zygote.pid}) is gone{self._zygote_end()}, and every "
-                     f"engine with it: no compartment can start again; stopping")
-            self._act(self.lifecycle.stop(1))
+        try:
+            await zygote.run()
+            if not self._done.is_set():
+                self.say(f"the zygote (pid {zygote.pid}) is gone{self._zygote_end()}, and "
+                         f"every engine with it: no compartment can start again; stopping")
+                self._act(self.lifecycle.stop(1))
+        finally:
+            self._zygote_said.set()
 
     def _zygote_end(self) -> str:
         """How the zygote ended, as said wherever its end is noticed first: ' (stopped:
@@ -1517,6 +1521,14 @@ class Supervisor:
                 lingered = True
                 proc.kill()
         code = await proc.wait()
+        zygote = getattr(self, "zygote", None)
+        if zygote is not None and not zygote.alive:
+            # its end is the zygote's (which took every engine with it): decided
+            # first, it said 'restarting calc in 0.1 s (engine killed by SIGKILL;
+            # restart 1 of at most 3 ...)', then that the zygote is gone and the
+            # system stops, one time in three (the zygote's reaping raced it).  The
+            # zygote's end is acted on first: stopping, nothing restarts
+            await self._zygote_said.wait()
         if lingered:
             reason = (f"closed its connection and did not exit within {GRACE_SECONDS:g} s "
                       f"(killed)")

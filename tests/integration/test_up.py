@@ -343,3 +343,27 @@ def test_engines_and_spares_ignore_none_of_the_zygotes_stop_signals(tmp_path, ws
                                                            fields[field])
     finally:
         run.stop()
+
+
+def test_a_dead_zygotes_engines_are_not_said_to_restart(tmp_path, wsuper):
+    """The zygote killed, its engines die with it and their ends were decided before
+    the zygote's: 'restarting calc in 0.1 s (engine killed by SIGKILL; restart 1 of
+    at most 3 ...)' was said, then 'the zygote ... is gone ...: no compartment can
+    start again; stopping' (a restart scheduled, and counted, that never came).
+    An engine's end waits for the zygote's, which stops the system first."""
+    sock = tmp_path / "s.sock"
+    text = SYSTEM.format(schema=os.path.join(EXAMPLES, "calc.capnp"),
+                         module=os.path.join(EXAMPLES, "calc.wat"), socket=sock)
+    for i in range(2, 9):           # (each engine's end raced the zygote's: several)
+        text += (f'\n[compartments.calc{i}]\nmodule = "{os.path.join(EXAMPLES, "calc.wat")}"'
+                 f'\nexports = "Calc"\n')
+    (tmp_path / "system.toml").write_text(text)
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    engines = [int(l.split("pid=")[1].split()[0]) for l in run.lines if " ready calc" in l]
+    (zygote, _cmd), = [c for c in _children(run.proc.pid) if "compartments.zygote" in c[1]]
+    os.kill(zygote, signal.SIGKILL)
+    assert run.finish(timeout=30) == 1
+    assert any("no compartment can start again; stopping" in l for l in run.lines), run.lines
+    assert not any("restarting calc" in l for l in run.lines), run.lines
+    assert len(engines) == 8 and not any(_running(e) for e in engines)
