@@ -767,15 +767,28 @@ class Supervisor:
         text = self.hosts.log_refused(name)
         if text:
             self.say(text, name)
+        self._say_throttled_hidden(name)
+
+    def _say_throttled_hidden(self, key: str):
+        """Denials and notices of `key` its throttle counted and nobody was told of
+        yet: said with the next line shown, there was none once its peer went or the
+        system stopped (a compartment that made 10,000 denied calls in a burst and
+        then exited showed 5 of them, and the operator never learnt of the rest)."""
+        for throttle, what in ((self.denials, "denials for"), (self.notices, "lines about")):
+            self._say_hidden(key, throttle.hidden(key), what)
+
+    def _say_hidden(self, key: str, hidden: int, what: str):
+        if hidden:
+            compartment = key if key in self.system.compartments else None
+            self.say(f"({hidden} more {what} {key} were not shown"
+                     + ("; the audit file has them)" if self.audit else ")"), compartment)
 
     def _throttled(self, throttle: S.Throttle, key: str, text: str, what: str):
         """A line a peer can cause at any rate: at most a few a second each (the
         audit file, if any, has every call and every connection cut off)."""
         show, hidden = throttle.admit(key, self._now())
         compartment = key if key in self.system.compartments else None
-        if hidden:
-            self.say(f"({hidden} more {what} {key} were not shown"
-                     + ("; the audit file has them)" if self.audit else ")"), compartment)
+        self._say_hidden(key, hidden, what)
         if show:
             self.say(text, compartment)
 
@@ -966,6 +979,10 @@ class Supervisor:
             # calls still in flight end here (their callers told), recorded before
             # `run stopped`, the run's last record (they came after it, or never)
             self._perform(self.router.end_audit(STOPPED))
+            # what the throttles counted and no line followed to say (external
+            # clients', a compartment's whose engine outlived the stop's reports)
+            for key in dict.fromkeys(self.denials.keys() + self.notices.keys()):
+                self._say_throttled_hidden(key)
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run stopped",
                                 "exit_code": self._exit_code})

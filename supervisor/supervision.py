@@ -119,7 +119,8 @@ class TokenBucket:
 class Throttle:
     """At most `per_second` terminal lines per key (a caller) in each one-second
     window; the rest are counted, and the count is reported with the next line
-    shown.  A compartment that floods denials cannot flood the terminal."""
+    shown, or, when none follows, as its peer goes or the system stops (`hidden`).
+    A compartment that floods denials cannot flood the terminal."""
 
     def __init__(self, per_second: int = 5):
         self.per_second = per_second
@@ -136,6 +137,15 @@ class Throttle:
             return True, suppressed
         w[2] += 1
         return False, 0
+
+    def hidden(self, key: str) -> int:
+        """The lines of `key` counted and not said yet, taken (0 if none): its peer
+        went, or the system stops, and no line may follow to say them with."""
+        w = self._windows.pop(key, None)
+        return w[2] if w is not None else 0
+
+    def keys(self) -> list:
+        return list(self._windows)
 
 
 

@@ -402,3 +402,44 @@ calc = {{ compartment = "calc", revocable = true }}
     assert len(before) >= 2000 and all(x["outcome"] == "returned" for x in before)
     assert after and all(x["outcome"] == "denied" for x in after), \
         [x["outcome"] for x in after][:20]
+
+
+def test_denials_hidden_by_the_throttle_are_counted_when_their_caller_ends(tmp_path):
+    """A compartment that makes 300 denied calls in one burst and then ends: the
+    terminal shows a few of them, and says how many more there were (the count was
+    said only with a next line shown, and none came: the operator saw 5 denials)."""
+    (tmp_path / "burst.wat").write_text(f"""
+(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "calc")
+  (func (export "_start")
+    (local $c i32) (local $i i32)
+    (local.set $c (call $lookup (i32.const 100) (i32.const 4)))
+    (i64.store (i32.const 8192) (i64.const 0x0000000200000000))
+    (i64.store (i32.const 8200) (i64.const 0x0000000100000000))
+    (loop $l
+      (drop (call $call (local.get $c) (i64.const 0xc0ffee0000000001) (i32.const 1)
+                  (i32.const 8192) (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 1000)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 300))))))
+""")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.burst]
+module = "burst.wat"
+[compartments.burst.grants]
+calc = {{ compartment = "calc", allow = ["add"] }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stderr
+    shown = r.stderr.count("wsuper: denied: burst -> burst.calc: Calc.newCounter")
+    hidden = [int(n) for n in re.findall(r"\((\d+) more denials for burst were not shown",
+                                         r.stderr)]
+    assert 1 <= shown < 300, r.stderr
+    assert shown + sum(hidden) == 300, r.stderr

@@ -37,6 +37,9 @@ def test_denial_lines_are_throttled_per_caller_and_the_rest_counted():
     assert t.admit("good", 0.3) == (True, 0)          # another caller is not held back
     assert t.admit("bad", 1.2) == (True, 3)           # a new window: three were hidden
     assert t.admit("bad", 1.3) == (True, 0)
+    assert [t.admit("bad", 1.4) for _ in range(4)] == [(False, 0)] * 4
+    assert t.hidden("bad") == 4 and t.hidden("bad") == 0   # said once, at its end
+    assert t.hidden("nobody") == 0
 
 
 # ------------------------------------------------------------------ the system's lifecycle
