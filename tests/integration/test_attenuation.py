@@ -408,7 +408,7 @@ def test_denials_hidden_by_the_throttle_are_counted_when_their_caller_ends(tmp_p
     """A compartment that makes 300 denied calls in one burst and then ends: the
     terminal shows a few of them, and says how many more there were (the count was
     said only with a next line shown, and none came: the operator saw 5 denials)."""
-    (tmp_path / "burst.wat").write_text(f"""
+    (tmp_path / "burst.wat").write_text("""
 (module
   (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
   (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
