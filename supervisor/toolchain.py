@@ -40,12 +40,8 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
 #: was read at address 0, so under the null page a build protects the program
 #: trapped (elsewhere the file got the time held there: 1970), and UTIME_NOW or
 #: UTIME_OMIT for the modification time was EINVAL (only the access time's were
-#: read).  These replace libc's (wasm-ld keeps them only in a program that calls
-#: one), each one WASI call as libc's was: futimens as a weak definition, so that
-#: libc's is never linked and a program's own futimens (a portability layer's) is
-#: the one its calls reach ("--wrap=futimens" sent them all to ours: the program's
-#: function was silently replaced); libc's internal __wasilibc_nocwd_utimensat,
-#: which no program defines, through --wrap.
+#: read).  These replace libc's (--wrap: the calls reach them; wasm-ld keeps them
+#: only in a program that calls one), each one WASI call as libc's was.
 #: And __secs_to_zone, which says UTC (that libc has no time zones) by storing
 #: through each pointer it is given, the NULL localtime_r passes for the offset it
 #: does not need included: every localtime wrote 0 at address 0 (under the null
@@ -55,7 +51,7 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
 #: struct tm's zone as it was, NULL for one the program filled in itself (memset,
 #: strptime), which strftime then read at address 0: it is "UTC", musl's answer
 #: for a zone it does not know when there are no time zones.
-LIBC_FIXES_FLAGS = ("-Wl,--wrap=__wasilibc_nocwd_utimensat",
+LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat",
                     "-Wl,--wrap=__secs_to_zone", "-Wl,--wrap=clock_getres",
                     "-Wl,--wrap=__tm_to_tzname")
 LIBC_FIXES_SOURCE = """\
@@ -89,7 +85,7 @@ static int wsuper_times(const struct timespec *t, __wasi_timestamp_t *at,
     }
     return 1;
 }
-__attribute__((weak)) int futimens(int fd, const struct timespec *t) {
+int __wrap_futimens(int fd, const struct timespec *t) {
     __wasi_timestamp_t at, mt;
     __wasi_fstflags_t how;
     if (!wsuper_times(t, &at, &mt, &how)) {
