@@ -51,17 +51,23 @@ LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
 #: struct tm's zone as it was, NULL for one the program filled in itself (memset,
 #: strptime), which strftime then read at address 0: it is "UTC", musl's answer
 #: for a zone it does not know when there are no time zones.
-LIBC_FIXES_FLAGS = ("-Wl,--wrap=futimens", "-Wl,--wrap=__wasilibc_nocwd_utimensat",
-                    "-Wl,--wrap=__secs_to_zone", "-Wl,--wrap=clock_getres",
-                    "-Wl,--wrap=__tm_to_tzname")
-LIBC_FIXES_SOURCE = """\
+#: Each fix is linked in only where the program does not define the function itself:
+#: a program's own futimens (in another source file or a static library) was
+#: silently never called (--wrap sent its callers to the toolchain's), and one
+#: whose function was named __wrap_clock_getres failed to build ("duplicate
+#: symbol", in a file of the toolchain's).  The first link traces each wrapped
+#: name and its __wrap_ name (LIBC_FIXES_TRACE); a definition from the program's
+#: inputs (libc.a's and the fixes' own aside) drops that fix, and it is linked
+#: again as plain clang would link it (build).  The fixes are weak for that.
+LIBC_FIXES_PRELUDE = """\
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <wasi/api.h>
-/* wsuper build: futimens and utimensat (utimes, utime) as POSIX says; see toolchain.py */
+/* wsuper build: libc's functions as POSIX says them; see toolchain.py */
+__attribute__((unused))
 static int wsuper_times(const struct timespec *t, __wasi_timestamp_t *at,
                         __wasi_timestamp_t *mt, __wasi_fstflags_t *how) {
     *at = *mt = 0;
@@ -85,7 +91,11 @@ static int wsuper_times(const struct timespec *t, __wasi_timestamp_t *at,
     }
     return 1;
 }
-int __wrap_futimens(int fd, const struct timespec *t) {
+"""
+#: The wrapped functions (wasm-ld --wrap=NAME) and each one's replacement.
+LIBC_FIXES = {
+    "futimens": """\
+__attribute__((weak)) int __wrap_futimens(int fd, const struct timespec *t) {
     __wasi_timestamp_t at, mt;
     __wasi_fstflags_t how;
     if (!wsuper_times(t, &at, &mt, &how)) {
@@ -99,6 +109,9 @@ int __wrap_futimens(int fd, const struct timespec *t) {
     }
     return 0;
 }
+""",
+    "__wasilibc_nocwd_utimensat": """\
+__attribute__((weak))
 int __wrap___wasilibc_nocwd_utimensat(int fd, const char *path, const struct timespec *t,
                                       int flags) {
     __wasi_timestamp_t at, mt;
@@ -116,23 +129,51 @@ int __wrap___wasilibc_nocwd_utimensat(int fd, const char *path, const struct tim
     }
     return 0;
 }
+""",
+    "__secs_to_zone": """\
 void __real___secs_to_zone(long long, int, int *, long *, long *, const char **);
+__attribute__((weak))
 void __wrap___secs_to_zone(long long t, int local, int *isdst, long *offset, long *oppoff,
                            const char **zonename) {
     long unused;
     __real___secs_to_zone(t, local, isdst, offset, oppoff ? oppoff : &unused, zonename);
 }
+""",
+    "clock_getres": """\
 int __real_clock_getres(clockid_t, struct timespec *);
-int __wrap_clock_getres(clockid_t clock, struct timespec *res) {
+__attribute__((weak)) int __wrap_clock_getres(clockid_t clock, struct timespec *res) {
     struct timespec unused;
     return __real_clock_getres(clock, res ? res : &unused);
 }
+""",
+    "__tm_to_tzname": """\
 const char *__real___tm_to_tzname(const struct tm *);
-const char *__wrap___tm_to_tzname(const struct tm *tm) {
+__attribute__((weak)) const char *__wrap___tm_to_tzname(const struct tm *tm) {
     const char *zone = __real___tm_to_tzname(tm);
     return zone ? zone : "UTC";
 }
-"""
+""",
+}
+LIBC_FIXES_FLAGS = tuple(f"-Wl,--wrap={name}" for name in LIBC_FIXES)
+LIBC_FIXES_SOURCE = LIBC_FIXES_PRELUDE + "".join(LIBC_FIXES.values())
+LIBC_FIXES_TRACE = tuple(f"-Wl,--trace-symbol={prefix}{name}" for name in LIBC_FIXES
+                         for prefix in ("", "__wrap_"))
+
+
+def fixes_source(names) -> str:
+    """LIBC_FIXES_SOURCE with only the fixes of `names`."""
+    return LIBC_FIXES_PRELUDE + "".join(LIBC_FIXES[n] for n in names)
+
+
+def defined_by_program(said: str, fixes: str) -> set[str]:
+    """The wrapped names (LIBC_FIXES) the program's own inputs define, itself or as
+    __wrap_NAME, in what a link with LIBC_FIXES_TRACE said; not libc.a's, nor
+    those of the object compiled from `fixes` (the fixes' source)."""
+    ours = re.escape(os.path.splitext(os.path.basename(fixes))[0])
+    names = "|".join(re.escape(n) for n in LIBC_FIXES)
+    found = re.findall(rf"^(?!.*/libc\.a[:(])(?!.*/{ours}-[^/]*\.o: )"
+                       rf".*: (?:lazy )?definition of (?:__wrap_)?({names})$", said, re.M)
+    return set(found)
 
 
 #: The start of a program linked as a reactor (see build): wasm-ld wraps every export
@@ -186,14 +227,15 @@ def clang() -> str:
 
 def command(sources, output: str, *, reactor: bool = False, include=(), exports=(),
             optimize: str = "-O2", extra=(), layout: str | None = None,
-            fixes: str | None = None) -> list[str]:
+            fixes: str | None = None, wrapped=None) -> list[str]:
     """The clang command line that builds `sources` into the module `output`.
 
     A plugin that serves an interface is a *reactor* (no main; it exports
     `_initialize` and `wsuper_dispatch`); a program with `main` is a command.
     `layout`: the path of a file holding LAYOUT_SOURCE, to lay the plugin out
     for memory protection (None: wasm-ld's own layout).  `fixes`: the path of a
-    file holding LIBC_FIXES_SOURCE (None: libc as it is).
+    file holding LIBC_FIXES_SOURCE (None: libc as it is), or fixes_source(wrapped)
+    when `wrapped` names the functions it wraps (None: all of LIBC_FIXES).
     """
     cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", output]
     if reactor:
@@ -203,7 +245,7 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     if layout is not None:
         cmd += LAYOUT_FLAGS
     if fixes is not None:
-        cmd += LIBC_FIXES_FLAGS
+        cmd += LIBC_FIXES_FLAGS if wrapped is None else [f"-Wl,--wrap={n}" for n in wrapped]
     return cmd + list(extra) + list(sources) + ([layout] if layout is not None else []) \
         + ([fixes] if fixes is not None else [])
 
@@ -231,22 +273,31 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
-        fixes = os.path.join(tmp, "wsuper-libc-fixes.c")
+        # named for this build alone: the trace tells its object from the program's
+        fixes = os.path.join(tmp, f"wsuper-libc-fixes-{os.path.basename(tmp)}.c")
         with open(fixes, "w") as f:
             f.write(LIBC_FIXES_SOURCE)
-        first = options
+        first = {**options, "extra": (*options.get("extra", ()), *LIBC_FIXES_TRACE)}
         if guessed and options.get("reactor"):
-            first = {**options, "extra": (*options.get("extra", ()), *TRACE_MAIN)}
+            first = {**first, "extra": (*first["extra"], *TRACE_MAIN)}
         said = _link(command(sources, output, layout=layout, fixes=fixes, **first), output)
-        if first is not options and _DEFINES_MAIN.search(said):
+        if guessed and options.get("reactor") and _DEFINES_MAIN.search(said):
             raise DefinesMain(f"{output}: its inputs define main: a program, not a reactor")
+        own = defined_by_program(said, fixes)
+        wrapped = [n for n in LIBC_FIXES if n not in own]
+        if own:
+            # the program's own function is the one its callers reach, as without wsuper
+            with open(fixes, "w") as f:
+                f.write(fixes_source(wrapped))
+            _link(command(sources, output, layout=layout, fixes=fixes, wrapped=wrapped,
+                          **options), output)
         if not options.get("reactor") and _serves(output):
             # a program that serves calls: again, as a reactor with a _start of its own
             start = os.path.join(tmp, "wsuper-start.c")
             with open(start, "w") as f:
                 f.write(START_SOURCE)
             _link(command([*sources, start], output, layout=layout, fixes=fixes,
-                          **{**options, "reactor": True}), output)
+                          wrapped=wrapped, **{**options, "reactor": True}), output)
     if protect:
         declare_layout(output)
     return output

@@ -1612,3 +1612,46 @@ def test_a_program_that_defines_its_own_futimens_keeps_it(tmp_path):
     except wasmtime.ExitTrap as e:
         assert e.code == 0
     assert (tmp_path / "out").read_text() == "futimens=42\n"
+
+
+def test_a_programs_own_futimens_or_clock_getres_is_the_one_it_calls(tmp_path):
+    """The toolchain's libc fixes (--wrap) are for libc's functions, never a program's:
+    a futimens or clock_getres the program defines in another source file or in a
+    static library was silently never called (its callers reached the toolchain's,
+    which changed the file's times), and a function of its own named
+    __wrap_clock_getres failed to build ("duplicate symbol" in a file of the
+    toolchain's).  Each builds and runs as plain clang would link it."""
+    import shutil
+    import subprocess
+    from supervisor import toolchain
+    defs = tmp_path / "defs.c"
+    defs.write_text('#include <stdio.h>\n#include <time.h>\n#include <sys/stat.h>\n'
+                    'int futimens(int fd, const struct timespec t[2]) '
+                    '{ printf("own futimens %d\\n", fd); return 42; }\n'
+                    'int clock_getres(clockid_t c, struct timespec *r) '
+                    '{ printf("own clock_getres %s\\n", r ? "res" : "NULL"); return 7; }\n'
+                    'int __wrap_futimens(int a) { return a + 1; }\n')
+    use = tmp_path / "use.c"
+    use.write_text('#include <stdio.h>\n#include <time.h>\n#include <sys/stat.h>\n'
+                   'int __wrap_futimens(int);\n'
+                   'int main(void) { printf("%d\\n", futimens(3, NULL));\n'
+                   '  printf("%d\\n", clock_getres(CLOCK_MONOTONIC, NULL));\n'
+                   '  printf("%d\\n", __wrap_futimens(1));\n'
+                   '  time_t t = 0; char b[64]; struct tm tm = {0};\n'
+                   '  strftime(b, sizeof b, "%Y %Z", gmtime_r(&t, &tm)); puts(b);\n'
+                   '  struct tm z = {0}; strftime(b, sizeof b, "%Z", &z); puts(b);\n'
+                   '  return 0; }\n')
+    obj = tmp_path / "defs.o"
+    lib = tmp_path / "libdefs.a"
+    subprocess.run([toolchain.clang(), f"--target={toolchain.TARGET}", "-O2", "-c",
+                    str(defs), "-o", str(obj)], check=True)
+    ar = shutil.which("llvm-ar") or shutil.which("ar")
+    subprocess.run([ar, "rcs", str(lib), str(obj)], check=True)
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    want = ["own futimens 3", "42", "own clock_getres NULL", "7", "2", "1970 UTC", "UTC"]
+    for inputs in ([use, defs], [use, lib]):
+        module = toolchain.build([str(p) for p in inputs], str(tmp_path / "own.wasm"))
+        assert under_wasmtime(module, d) == (0, want), inputs
+    code, lines, r = under_wsuper(tmp_path, module, d)
+    assert (code, lines) == (0, want), r.stdout + r.stderr
