@@ -237,7 +237,7 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     file holding LIBC_FIXES_SOURCE (None: libc as it is), or fixes_source(wrapped)
     when `wrapped` names the functions it wraps (None: all of LIBC_FIXES).
     """
-    cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", output]
+    cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", as_operand(output)]
     if reactor:
         cmd.append("-mexec-model=reactor")
     cmd += [f"-I{d}" for d in include]
@@ -246,8 +246,18 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
         cmd += LAYOUT_FLAGS
     if fixes is not None:
         cmd += LIBC_FIXES_FLAGS if wrapped is None else [f"-Wl,--wrap={n}" for n in wrapped]
-    return cmd + list(extra) + list(sources) + ([layout] if layout is not None else []) \
-        + ([fixes] if fixes is not None else [])
+    return cmd + list(extra) + [as_operand(s) for s in sources] \
+        + ([layout] if layout is not None else []) + ([fixes] if fixes is not None else [])
+
+
+def as_operand(path: str) -> str:
+    """`path` as clang takes it for a file, whatever its name: a name that begins
+    with - is an option to it (a source `-Dputs=abort.c` defined a macro and was
+    never compiled), and one that begins with @ a response file, whose text it
+    reads as options (`@p.c` read p.c's C as its command line): either way the
+    module was built without the source, "wrote p.wasm (reactor)", and no word.
+    As ./-Dputs=abort.c or ./@p.c they are only files."""
+    return os.path.join(".", path) if path.startswith(("-", "@")) else path
 
 
 def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
@@ -492,7 +502,7 @@ def rustc() -> str:
 def build_rust(source: str, output: str) -> str:
     """Compile one Rust file (no crates) to a wasm32-wasi program."""
     cmd = [rustc(), "--target", "wasm32-wasi", "-O", "-C", "debuginfo=0",
-           "-C", "link-arg=--strip-debug", "-o", output, source]
+           "-C", "link-arg=--strip-debug", "-o", as_operand(output), as_operand(source)]
     r = _run(cmd, output)
     if r.returncode != 0:
         raise ToolchainError(f"building {output} failed:\n{(r.stderr or r.stdout).strip()}")

@@ -13,7 +13,7 @@ import capnp
 import pytest
 
 import capnp_schemas
-from tests.conftest import GUESTS_C, external_client, run_wsuper
+from tests.conftest import GUESTS_C, ROOT, external_client, run_wsuper
 
 SCHEMA = os.path.join(GUESTS_C, "echo.capnp")
 
@@ -1132,3 +1132,37 @@ def test_bindings_cut_short_never_block_the_next_bindgen(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert sorted(bindgen.generate(str(schema), str(inc))) == sorted(
         str(inc / n) for n in before)
+
+
+def test_build_compiles_sources_whose_names_begin_with_a_dash_or_an_at(tmp_path):
+    """clang took a source named -Dputs=abort.c for an option (it defined a macro) and
+    one named @p.c for a response file (it read p.c's text as its command line):
+    neither was compiled, and `wsuper build` wrote an empty reactor, no word said.
+    Each is a file, whatever its name; -o too."""
+    import subprocess
+    import sys
+    import wasmtime
+    (tmp_path / "@p.c").write_text('#include <stdio.h>\nint main(void) { puts("at"); }\n')
+    (tmp_path / "p.c").write_text("-DFOO=1\n")
+    (tmp_path / "-Dputs=abort.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("dash"); }\n')
+    (tmp_path / "o.wasm").write_text("-DBAR=1\n")
+    for args, out, said in ((["@p.c", "-o", "@o.wasm"], "@o.wasm", "at"),
+                            (["--output=-o.wasm", "--", "-Dputs=abort.c"], "-o.wasm", "dash")):
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "build", *args],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": ROOT})
+        assert r.returncode == 0 and r.stdout.strip() == f"wrote {out} (command)", r.stderr
+        engine = wasmtime.Engine()
+        store = wasmtime.Store(engine)
+        config = wasmtime.WasiConfig()
+        config.stdout_file = str(tmp_path / "stdout")
+        store.set_wasi(config)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(tmp_path / out)))
+        try:
+            instance.exports(store)["_start"](store)
+        except wasmtime.ExitTrap:
+            pass
+        assert (tmp_path / "stdout").read_text() == f"{said}\n"
