@@ -168,10 +168,9 @@ def fixes_source(names) -> str:
 def defined_by_program(said: str, fixes: str) -> set[str]:
     """The wrapped names (LIBC_FIXES) the program's own inputs define, itself or as
     __wrap_NAME, in what a link with LIBC_FIXES_TRACE said; not libc.a's, nor
-    those of the object compiled from `fixes` (the fixes' source)."""
-    ours = re.escape(os.path.splitext(os.path.basename(fixes))[0])
+    those of `fixes` (the fixes' object)."""
     names = "|".join(re.escape(n) for n in LIBC_FIXES)
-    found = re.findall(rf"^(?!.*/libc\.a[:(])(?!.*/{ours}-[^/]*\.o: )"
+    found = re.findall(rf"^(?!.*/libc\.a[:(])(?!{re.escape(fixes)}: )"
                        rf".*: (?:lazy )?definition of (?:__wrap_)?({names})$", said, re.M)
     return set(found)
 
@@ -233,8 +232,8 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     A plugin that serves an interface is a *reactor* (no main; it exports
     `_initialize` and `wsuper_dispatch`); a program with `main` is a command.
     `layout`: the path of a file holding LAYOUT_SOURCE, to lay the plugin out
-    for memory protection (None: wasm-ld's own layout).  `fixes`: the path of a
-    file holding LIBC_FIXES_SOURCE (None: libc as it is), or fixes_source(wrapped)
+    for memory protection (None: wasm-ld's own layout).  `fixes`: the path of an
+    object compiled from LIBC_FIXES_SOURCE (None: libc as it is), or fixes_source(wrapped)
     when `wrapped` names the functions it wraps (None: all of LIBC_FIXES).
     """
     cmd = [clang(), f"--target={TARGET}", optimize, "-Wall", "-o", as_operand(output)]
@@ -248,6 +247,22 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
         cmd += LIBC_FIXES_FLAGS if wrapped is None else [f"-Wl,--wrap={n}" for n in wrapped]
     return cmd + list(extra) + [as_operand(s) for s in sources] \
         + ([layout] if layout is not None else []) + ([fixes] if fixes is not None else [])
+
+
+def _own_object(tmp: str, name: str, text: str, output: str) -> str:
+    """The object file of the toolchain's own C `text` (the libc fixes, a reactor's
+    _start), compiled in `tmp` on its own: on the program's command line it was
+    compiled with the program's -I directories, so a header of the program's named
+    like libc's (a time.h, an errno.h of its own) was the one it included, and a
+    program that built before the fixes failed "in" a file of the toolchain's."""
+    source, obj = os.path.join(tmp, f"{name}.c"), os.path.join(tmp, f"{name}.o")
+    with open(source, "w") as f:
+        f.write(text)
+    r = _run([clang(), f"--target={TARGET}", "-O2", "-Wall", "-c", source, "-o", obj], output)
+    if r.returncode != 0:
+        raise ToolchainError(f"building {output} failed: compiling {name}.c, wsuper's own:\n"
+                             f"{(r.stderr or r.stdout).strip()}")
+    return obj
 
 
 def as_operand(path: str) -> str:
@@ -283,10 +298,7 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
-        # named for this build alone: the trace tells its object from the program's
-        fixes = os.path.join(tmp, f"wsuper-libc-fixes-{os.path.basename(tmp)}.c")
-        with open(fixes, "w") as f:
-            f.write(LIBC_FIXES_SOURCE)
+        fixes = _own_object(tmp, "wsuper-libc-fixes", LIBC_FIXES_SOURCE, output)
         first = {**options, "extra": (*options.get("extra", ()), *LIBC_FIXES_TRACE)}
         if guessed and options.get("reactor"):
             first = {**first, "extra": (*first["extra"], *TRACE_MAIN)}
@@ -297,15 +309,12 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
         wrapped = [n for n in LIBC_FIXES if n not in own]
         if own:
             # the program's own function is the one its callers reach, as without wsuper
-            with open(fixes, "w") as f:
-                f.write(fixes_source(wrapped))
+            fixes = _own_object(tmp, "wsuper-libc-fixes", fixes_source(wrapped), output)
             _link(command(sources, output, layout=layout, fixes=fixes, wrapped=wrapped,
                           **options), output)
         if not options.get("reactor") and _serves(output):
             # a program that serves calls: again, as a reactor with a _start of its own
-            start = os.path.join(tmp, "wsuper-start.c")
-            with open(start, "w") as f:
-                f.write(START_SOURCE)
+            start = _own_object(tmp, "wsuper-start", START_SOURCE, output)
             _link(command([*sources, start], output, layout=layout, fixes=fixes,
                           wrapped=wrapped, **{**options, "reactor": True}), output)
     if protect:

@@ -1166,3 +1166,23 @@ def test_build_compiles_sources_whose_names_begin_with_a_dash_or_an_at(tmp_path)
         except wasmtime.ExitTrap:
             pass
         assert (tmp_path / "stdout").read_text() == f"{said}\n"
+
+
+def test_build_compiles_its_own_c_without_the_programs_include_directories(tmp_path):
+    """The toolchain's own C (the libc fixes, the _start of a program that serves
+    calls) was compiled with the program's -I directories: a project's own time.h
+    or stdlib.h there was the one it included, and a program that built before
+    the fixes failed with errors in /tmp/wsuper-build-.../wsuper-libc-fixes-....c."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    (inc / "time.h").write_text("#define PROJECT_TIME 1\n")
+    (inc / "errno.h").write_text("#define PROJECT_ERRNO 1\n")
+    (inc / "stdlib.h").write_text('#error "the project\'s stdlib.h"\n')
+    src = tmp_path / "served.c"
+    src.write_text('#include <stdio.h>\n#include <time.h>\n'
+                   '__attribute__((export_name("extra"))) int extra(void) '
+                   '{ return PROJECT_TIME; }\n'
+                   'int main(void) { puts("ok"); return 0; }\n')
+    out = tmp_path / "served.wasm"
+    r = run_wsuper("build", str(src), "-I", str(inc), "-o", str(out))
+    assert r.returncode == 0 and r.stdout.strip() == f"wrote {out} (command)", r.stderr
