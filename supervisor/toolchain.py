@@ -168,11 +168,14 @@ def fixes_source(names) -> str:
 def defined_by_program(said: str, fixes: str) -> set[str]:
     """The wrapped names (LIBC_FIXES) the program's own inputs define, itself or as
     __wrap_NAME, in what a link with LIBC_FIXES_TRACE said; not libc.a's, nor
-    those of `fixes` (the fixes' object)."""
+    those of `fixes` (the fixes' object).  A static library's NAME counts whether
+    the link took it or not ("lazy": without --wrap, the program's calls would take
+    it); its __wrap_NAME only if taken (the fixes' own, weak, keep it out)."""
     names = "|".join(re.escape(n) for n in LIBC_FIXES)
     found = re.findall(rf"^(?!.*/libc\.a[:(])(?!{re.escape(fixes)}: )"
-                       rf".*: (?:lazy )?definition of (?:__wrap_)?({names})$", said, re.M)
-    return set(found)
+                       rf".*: (?:lazy definition of ({names})|definition of (?:__wrap_)?({names}))$",
+                       said, re.M)
+    return {a or b for a, b in found}
 
 
 #: The start of a program linked as a reactor (see build): wasm-ld wraps every export

@@ -1655,3 +1655,27 @@ def test_a_programs_own_futimens_or_clock_getres_is_the_one_it_calls(tmp_path):
         assert under_wasmtime(module, d) == (0, want), inputs
     code, lines, r = under_wsuper(tmp_path, module, d)
     assert (code, lines) == (0, want), r.stdout + r.stderr
+
+
+def test_a_wrap_name_in_a_library_the_link_never_takes_keeps_the_fix(tmp_path):
+    """A static library's __wrap_clock_getres the link never takes (the fix's own,
+    weak, stands) is not the program's: the fix stays, and clock_getres(.., NULL)
+    does not write at address 0 (it did: the fix was dropped for it, and the
+    program trapped in the null page "in clock_getres")."""
+    import shutil
+    import subprocess
+    from supervisor import toolchain
+    (tmp_path / "wl.c").write_text("int __wrap_clock_getres(int a, void *b) { return 5; }\n")
+    subprocess.run([toolchain.clang(), f"--target={toolchain.TARGET}", "-O2", "-c",
+                    str(tmp_path / "wl.c"), "-o", str(tmp_path / "wl.o")], check=True)
+    ar = shutil.which("llvm-ar") or shutil.which("ar")
+    subprocess.run([ar, "rcs", str(tmp_path / "libwl.a"), str(tmp_path / "wl.o")], check=True)
+    (tmp_path / "cg.c").write_text('#include <stdio.h>\n#include <time.h>\n'
+                                   'int main(void) { printf("%d\\n", '
+                                   'clock_getres(CLOCK_MONOTONIC, NULL)); return 0; }\n')
+    module = toolchain.build([str(tmp_path / "cg.c"), str(tmp_path / "libwl.a")],
+                             str(tmp_path / "cg.wasm"))
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, module, d)
+    assert (code, lines) == (0, ["0"]), r.stdout + r.stderr
