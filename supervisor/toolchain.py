@@ -345,7 +345,12 @@ def check_output(output: str, inputs) -> None:
     the module over its own input without a word (`wsuper build kv.c -o kv.c`).
     And one that is there and is no regular file: the linker writes into what is
     not one (a FIFO planted as build/p.wasm: it waited for a reader, the build
-    until COMPILE_SECONDS), where it replaces a file."""
+    until COMPILE_SECONDS), where it replaces a file.  And a name that is no file's:
+    `-o ''` and `-o build/` reached the linker, which said "no output file
+    specified" or "cannot open output file build/", after `build/` was made."""
+    if not output or output.endswith(("/", os.sep)):
+        raise ToolchainError(f"{'-o is empty' if not output else output + ' names a directory'}"
+                             ": -o names the .wasm to write")
     try:
         st = os.stat(output)
     except OSError:

@@ -1186,3 +1186,14 @@ def test_build_compiles_its_own_c_without_the_programs_include_directories(tmp_p
     out = tmp_path / "served.wasm"
     r = run_wsuper("build", str(src), "-I", str(inc), "-o", str(out))
     assert r.returncode == 0 and r.stdout.strip() == f"wrote {out} (command)", r.stderr
+
+
+def test_build_says_an_output_that_names_no_file_is_refused(tmp_path):
+    """`-o ''` and `-o DIR/` reached the linker: "no output file specified",
+    "cannot open output file DIR/"."""
+    (tmp_path / "plain.c").write_text("int main(void) { return 0; }\n")
+    for out, said in (("", "-o is empty"), (f"{tmp_path}/new/", f"{tmp_path}/new/ names a directory")):
+        r = run_wsuper("build", str(tmp_path / "plain.c"), "-o", out)
+        assert r.returncode == 2
+        assert r.stderr.strip() == f"wsuper: error: {said}: -o names the .wasm to write"
+    assert not (tmp_path / "new").exists()
