@@ -524,9 +524,7 @@ def _toolchain(args) -> int:
                 os.path.dirname(os.path.abspath(args.output)), "include")
             bindgen.generate_all(args.schema, gen_dir)
             include.insert(0, gen_dir)
-        missing = [src for src in args.sources if not os.path.isfile(src)]
-        if missing:
-            raise toolchain.ToolchainError(f"{missing[0]}: no such source file")
+        toolchain.check_sources(args.sources)
         reactor = args.reactor
         if reactor is None:
             texts = []

@@ -286,9 +286,7 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
     `guessed`: the kind (reactor or command) is only a guess from the sources'
     text, and the linker has the last word: NoMain for a command without main,
     DefinesMain for a reactor whose inputs define main."""
-    for src in sources:
-        if not os.path.isfile(src):
-            raise ToolchainError(f"{src}: no such source file")
+    check_sources(sources)
     check_output(output, sources)
     folder = os.path.dirname(os.path.abspath(output))
     try:
@@ -338,6 +336,28 @@ def mentions_main(texts) -> bool:
     their main never ran and nothing said why.  Comments and literals do not: a
     reactor whose comment said "no int main(void)" failed to link as a command."""
     return any(re.search(r"\bmain\s*\(", _C_TOKENS.sub(" ", text)) for text in texts)
+
+
+def check_sources(sources) -> None:
+    """Refuse a source that is not there, or is there and is no regular file: a
+    directory, a FIFO or a device given as a source was "no such source file",
+    which it is not."""
+    for src in sources:
+        try:
+            st = os.stat(src)
+        except FileNotFoundError:
+            raise ToolchainError(f"{src}: no such source file") from None
+        except OSError as e:
+            raise ToolchainError(f"{src}: cannot read the source: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ToolchainError(f"{src} is {_kind(st.st_mode)}: not a source file")
+
+
+def _kind(mode: int) -> str:
+    return next((k for test, k in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                                   (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                                   (stat.S_ISBLK, "a device")) if test(mode)),
+                "no regular file")
 
 
 def check_output(output: str, inputs) -> None:

@@ -1197,3 +1197,13 @@ def test_build_says_an_output_that_names_no_file_is_refused(tmp_path):
         assert r.returncode == 2
         assert r.stderr.strip() == f"wsuper: error: {said}: -o names the .wasm to write"
     assert not (tmp_path / "new").exists()
+
+
+def test_build_says_a_source_that_is_a_directory_or_a_fifo_is_no_source(tmp_path):
+    """Each was "no such source file", though it is there."""
+    (tmp_path / "dir.c").mkdir()
+    os.mkfifo(tmp_path / "fifo.c")
+    for name, kind in (("dir.c", "a directory"), ("fifo.c", "a FIFO")):
+        r = run_wsuper("build", str(tmp_path / name), "-o", str(tmp_path / "x.wasm"))
+        assert r.returncode == 2
+        assert r.stderr.strip() == f"wsuper: error: {tmp_path / name} is {kind}: not a source file"
