@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -168,11 +169,14 @@ def fixes_source(names) -> str:
 def defined_by_program(said: str, fixes: str) -> set[str]:
     """The wrapped names (LIBC_FIXES) the program's own inputs define, itself or as
     __wrap_NAME, in what a link with LIBC_FIXES_TRACE said; not libc.a's, nor
-    those of `fixes` (the fixes' object).  A static library's NAME counts whether
+    those of `fixes` (the fixes' object, told by its name alone: the linker's words
+    are decoded with backslashreplace, so a directory whose name is not UTF-8, a
+    TMPDIR, never matched, its __wrap_ names were taken for the program's, and
+    every fix was dropped without a word).  A static library's NAME counts whether
     the link took it or not ("lazy": without --wrap, the program's calls would take
     it); its __wrap_NAME only if taken (the fixes' own, weak, keep it out)."""
     names = "|".join(re.escape(n) for n in LIBC_FIXES)
-    found = re.findall(rf"^(?!.*/libc\.a[:(])(?!{re.escape(fixes)}: )"
+    found = re.findall(rf"^(?!.*/libc\.a[:(])(?!(?:.*/)?{re.escape(os.path.basename(fixes))}: )"
                        rf".*: (?:lazy definition of ({names})|definition of (?:__wrap_)?({names}))$",
                        said, re.M)
     return {a or b for a, b in found}
@@ -299,7 +303,9 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
             layout = os.path.join(tmp, "wsuper-layout.c")
             with open(layout, "w") as f:
                 f.write(LAYOUT_SOURCE)
-        fixes = _own_object(tmp, "wsuper-libc-fixes", LIBC_FIXES_SOURCE, output)
+        # a name of its own in any directory: the trace tells its object by it
+        fixes_name = f"wsuper-libc-fixes-{secrets.token_hex(8)}"
+        fixes = _own_object(tmp, fixes_name, LIBC_FIXES_SOURCE, output)
         first = {**options, "extra": (*options.get("extra", ()), *LIBC_FIXES_TRACE)}
         if guessed and options.get("reactor"):
             first = {**first, "extra": (*first["extra"], *TRACE_MAIN)}
@@ -310,7 +316,7 @@ def build(sources, output: str, *, protect: bool = True, guessed: bool = False,
         wrapped = [n for n in LIBC_FIXES if n not in own]
         if own:
             # the program's own function is the one its callers reach, as without wsuper
-            fixes = _own_object(tmp, "wsuper-libc-fixes", fixes_source(wrapped), output)
+            fixes = _own_object(tmp, fixes_name, fixes_source(wrapped), output)
             _link(command(sources, output, layout=layout, fixes=fixes, wrapped=wrapped,
                           **options), output)
         if not options.get("reactor") and _serves(output):

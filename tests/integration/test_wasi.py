@@ -1679,3 +1679,26 @@ def test_a_wrap_name_in_a_library_the_link_never_takes_keeps_the_fix(tmp_path):
     d.mkdir()
     code, lines, r = under_wsuper(tmp_path, module, d)
     assert (code, lines) == (0, ["0"]), r.stdout + r.stderr
+
+
+def test_the_libc_fixes_hold_whatever_the_temporary_directory_is_called(tmp_path):
+    """wsuper build told its own fixes' object from the program's by its path in
+    the linker's words, which are decoded with backslashreplace: under a TMPDIR
+    whose name is not UTF-8 the path never matched, the fixes' __wrap_ names were
+    taken for the program's own, every fix was dropped, and localtime trapped in
+    the null page again ("in __secs_to_zone")."""
+    import subprocess
+    import sys
+    odd = os.path.join(os.fsencode(tmp_path), b"tmp\xff")
+    os.mkdir(odd)
+    module = tmp_path / "localtime.wasm"
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "build",
+                        os.path.join(GUESTS, "localtime.c"), "-o", str(module)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TMPDIR": os.fsdecode(odd)})
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, str(module), d)
+    assert code == 0 and lines[:2] == ["localtime 1971-01-01 01:01:01 UTC",
+                                       "localtime_r 1971-01-01 01:01:01 UTC"], r.stdout + r.stderr
