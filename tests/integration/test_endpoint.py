@@ -285,10 +285,21 @@ def test_commands_never_ask_a_system_in_a_runtime_directory_up_refuses(tmp_path,
             assert target in r.stderr, (args, r.stderr)
         assert asked == []
     finally:
-        server.close()
+        _stop_listening(server)
         os.close(lock)
         t.join(5)
 
+
+
+def _stop_listening(server):
+    """Close a listening socket a thread waits on in accept(): close() alone does not
+    wake it (the test waited the whole 5 s of its join); shutdown() does."""
+    import socket
+    try:
+        server.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    server.close()
 
 @pytest.mark.parametrize("spoil", ["mode", "symlink", "owner", "shared", "option"])
 def test_call_never_asks_a_socket_in_a_directory_up_refuses(tmp_path, xdg, spoil):
@@ -352,7 +363,7 @@ def test_call_never_asks_a_socket_in_a_directory_up_refuses(tmp_path, xdg, spoil
         assert "nor be asked there" in r.stderr and target in r.stderr, r.stderr
         assert asked == []
     finally:
-        server.close()
+        _stop_listening(server)
         t.join(5)
 
 
