@@ -453,6 +453,20 @@ class _DirRemoved(OSError):
     descriptor, and is not lost."""
 
 
+def not_at(fd: int, path: str, dir_fd: int | None = None) -> bool:
+    """Whether the file or directory open as `fd` is no longer the one at `path`
+    (relative to `dir_fd`, if given): it has no name left, nothing is there, or
+    something else is (removed, or moved away, while it was written through `fd`)."""
+    own = os.fstat(fd)
+    if own.st_nlink == 0:
+        return True
+    try:
+        now = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+
+
 class LogFiles:
     """Per-name log files in one directory, capped and rotated, written in batches.
     `set_event`: how `add` wakes the writer (the supervisor's, from either thread).
@@ -476,7 +490,7 @@ class LogFiles:
         self.folder = folder
         self.remake = remake
         self.on_remade = on_remade
-        self._held: list[int] = []     # what remake() returned last: closed at close()
+        self._held: int | None = None  # what remake() returned last: closed at close()
         self.on_failed = on_failed
         self.on_paused = on_paused
         self.paused = False
@@ -645,14 +659,7 @@ class LogFiles:
         `folder` (removed, or moved away): written on through its descriptor, the
         files went into a directory no name reached (removed: every open failed
         ENOENT, and the files stopped for good), and `wsuper logs` found nothing."""
-        own = os.fstat(self._dir)
-        if own.st_nlink == 0:
-            return True
-        try:
-            now = os.stat(self.folder, follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+        return not_at(self._dir, self.folder)
 
     def _make_again(self):
         """A new folder where the old one was, made and held as at start (remake:
@@ -673,9 +680,9 @@ class LogFiles:
         # the one made before (moved away) is let go of: each kept, a directory
         # moved aside again and again took one more of the supervisor's descriptors
         # a move, and every moved one stayed locked, until the system stopped
-        for fd in self._held:
-            os.close(fd)
-        self._held = [held]
+        if self._held is not None:
+            os.close(self._held)
+        self._held = held
         old, self._dir = self._dir, new
         os.close(old)
         self._looked.clear()
@@ -726,9 +733,9 @@ class LogFiles:
                 if self._dir is not None:
                     os.close(self._dir)
                     self._dir = None
-                for fd in self._held:
-                    os.close(fd)
-                self._held.clear()
+                if self._held is not None:
+                    os.close(self._held)
+                    self._held = None
             finally:
                 self._lock.release()
         left = self.unwritten()

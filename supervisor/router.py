@@ -2484,9 +2484,7 @@ class Router:
             if proxy.holding is not None and proxy.holding.peer is peer:
                 # closed its connection first (engine_closed): its calls wait on for
                 # the runtime's decision, made before anything else runs
-                held, proxy.holding = proxy.holding, None
-                held.refs -= 1
-                self.sweep((held,))
+                self._let_go_held(proxy)
                 proxy.ending = (peer, f"compartment {peer.name} is gone: {reason}")
             else:
                 self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")

@@ -482,30 +482,13 @@ class _Audit:
     def _dir_left(self) -> bool:
         """Whether the directory the audit was opened in (its rotations' `_dir`) is
         no longer the one at its path: removed, or moved away."""
-        if self._dir is None:
-            return False
-        own = os.fstat(self._dir)
-        if own.st_nlink == 0:
-            return True
-        try:
-            now = os.stat(os.path.dirname(self.path), follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+        return self._dir is not None and output.not_at(self._dir, os.path.dirname(self.path))
 
     def _gone(self) -> bool:
         """Whether the open file is no longer the one the audit's path names."""
-        if self._dir_left():
-            return True
-        own = os.fstat(self._file.fileno())
-        if own.st_nlink == 0:
-            return True
-        try:
-            now = os.stat(self.path if self._dir is None else os.path.basename(self.path),
-                          dir_fd=self._dir, follow_symlinks=False)
-        except FileNotFoundError:
-            return True
-        return (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino)
+        return self._dir_left() or output.not_at(
+            self._file.fileno(),
+            self.path if self._dir is None else os.path.basename(self.path), self._dir)
 
     def _append(self, chunk: list):
         """Whole records or nothing: a write that fails (a full disk, the file size

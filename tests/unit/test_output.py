@@ -795,6 +795,20 @@ def test_log_files_on_a_full_disk_wait_for_room_and_write_each_line_once_whole(t
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+
+def _remaking(folder, made=None):
+    """A LogFiles `remake` as the runtime's (Supervisor._remake_log_dir): `folder`
+    made as at start and locked; the descriptors it returns go to `made`."""
+    from supervisor import endpoint
+
+    def remake():
+        endpoint.own_dir(str(folder), "log directory ")
+        fd = endpoint.lock_dir(str(folder), "log directory ")
+        if made is not None:
+            made.append(fd)
+        return fd
+    return remake
+
 def test_a_log_directory_removed_or_moved_while_running_is_made_again(tmp_path):
     """The log files are written through the directory as opened at start: removed
     while the system ran (an operator's `rm -rf`, a cleaner of old files), every
@@ -805,17 +819,12 @@ def test_a_log_directory_removed_or_moved_while_running_is_made_again(tmp_path):
     time; one that cannot be made again stops the files, saying why."""
     import shutil
 
-    from supervisor import endpoint
     from supervisor.output import LogFiles
     folder = tmp_path / "logs"
     folder.mkdir(mode=0o700)
     said, made = [], []
 
-    def remake():
-        endpoint.own_dir(str(folder), "log directory ")
-        fd = endpoint.lock_dir(str(folder), "log directory ")
-        made.append(fd)
-        return fd
+    remake = _remaking(folder, made)
     files = LogFiles(str(folder), on_remade=said.append, remake=remake)
     files._write({"app": ["one"]})
     shutil.rmtree(folder)
@@ -858,11 +867,7 @@ def test_a_log_directory_removed_as_a_batch_is_written_loses_no_line(tmp_path):
     folder.mkdir(mode=0o700)
     said, made = [], []
 
-    def remake():
-        endpoint.own_dir(str(folder), "log directory ")
-        fd = endpoint.lock_dir(str(folder), "log directory ")
-        made.append(fd)
-        return fd
+    remake = _remaking(folder, made)
     files = LogFiles(str(folder), on_remade=said.append, remake=remake)
     files._write({"app": ["one"]})
     real, removed = files._write_all, []
@@ -954,9 +959,7 @@ def test_a_log_directory_moved_away_again_and_again_holds_no_descriptor_of_each(
     folder = tmp_path / "logs"
     folder.mkdir(mode=0o700)
 
-    def remake():
-        endpoint.own_dir(str(folder), "log directory ")
-        return endpoint.lock_dir(str(folder), "log directory ")
+    remake = _remaking(folder)
     files = LogFiles(str(folder), remake=remake)
     files._write({"app": ["zero"]})
     before = len(os.listdir("/proc/self/fd"))
@@ -984,15 +987,12 @@ def test_a_log_directory_made_again_without_a_descriptor_to_spare_waits_for_one(
 
     import trio
 
-    from supervisor import endpoint
     from supervisor.output import LogFiles
     folder = tmp_path / "logs"
     folder.mkdir(mode=0o700)
     failed, paused = [], []
 
-    def remake():
-        endpoint.own_dir(str(folder), "log directory ")
-        return endpoint.lock_dir(str(folder), "log directory ")
+    remake = _remaking(folder)
     files = LogFiles(str(folder), on_failed=failed.append, on_paused=paused.append,
                      remake=remake)
     real_dup, short = os.dup, [True]
