@@ -759,6 +759,18 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
+            if self.append_only and not self.read_only:
+                # a second name of a file this grant only appends to may lie where
+                # another grant (a writable one nested in it, another compartment's)
+                # writes: linked there, the file was truncated and overwritten
+                # through that grant.  Refused as link(2) refuses a file the kernel
+                # keeps append-only (may_linkat): once the source is found
+                # (ENOENT) and the new name is free (EEXIST)
+                _link_source(sp, sname)
+                self._fails_anyway(dname, dp, "ENOENT")
+                raise FsError(f"{self.label} is append-only: cannot link {from_!r} as "
+                              f"{to!r} (a second name of a file may lie where another "
+                              f"grant writes)", "EPERM")
             with self._turn(f"linking {from_!r} as {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
                 with self._made(dname, parent=dp, slash="ENOENT",

@@ -387,11 +387,33 @@ def test_append_only_cannot_overwrite_truncate_or_remove_and_the_kernel_agrees(t
     new = d.create("new.txt", readable=True)["file"]         # new files: append-only too
     assert fcntl.fcntl(new.fd, fcntl.F_GETFL) & os.O_APPEND
     fails("EPERM", new.write, 0, b"x")
-    # adding names is what append-only allows
+    # adding names is what append-only allows (but a hard link: see below)
     d.mkdir("more")
     d.symlink("notes.txt", "alias")
-    d.link("notes.txt", "second-name")
     assert (tree / "notes.txt").read_text() == "hello world!"
+
+
+def test_an_append_only_grant_makes_no_hard_link_a_writable_grant_could_truncate(tree):
+    """A hard link made through an append-only grant into a writable grant nested in
+    it (or another compartment's) made the protected file that grant's to truncate
+    and overwrite.  Refused as link(2) refuses a file the kernel keeps append-only:
+    once the source is found and the new name is free."""
+    d = Directory.grant(str(tree), append_only=True, name="logs")
+    scratch = Directory.grant(str(tree / "sub"), name="scratch")
+    assert "append-only" in fails("EPERM", d.link, "notes.txt", "sub/notes.txt")
+    assert "append-only" in fails("EPERM", d.link, "notes.txt", "second-name")
+    d.mkdir("more")
+    sub = os.stat(tree / "sub").st_ino
+    fails("EPERM", d.link, "notes.txt", "n", toDir="sub", toInode=sub)
+    assert not (tree / "sub" / "notes.txt").exists() and not (tree / "second-name").exists()
+    fails("ENOENT", scratch.open, "notes.txt", "readWrite")
+    # what would fail anyway fails as it does on a writable grant
+    fails("ENOENT", d.link, "missing", "sub/x")
+    fails("EEXIST", d.link, "notes.txt", "more")
+    fails("ENOTCAPABLE", d.link, "notes.txt", "../x")
+    fails("ENOENT", d.link, "notes.txt", "nowhere/x")
+    assert (tree / "notes.txt").read_text() == "hello"
+    assert os.stat(tree / "notes.txt").st_nlink == 1
 
 
 def test_append_can_be_turned_off_where_the_grant_allows(tree):
