@@ -962,9 +962,13 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
     # below `name`, the depth of its entries, its subdirectories not yet walked)
     levels: list = []
     try:
-        fd = os.open(name, flags, dir_fd=parent)
+        fd = _walk_into(parent, name, flags)
     except (FileNotFoundError, NotADirectoryError):
         return None                     # removed meanwhile: nothing in it to move
+    except OSError as e:
+        if e.errno == errno.EXDEV:      # a mount point: the kernel refuses to move it
+            return None                 # (EBUSY), and nothing on it is looked at
+        raise
     try:
         try:
             path, d, read = "", depth, True
@@ -1012,10 +1016,17 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
                 _ident, path, d, subdirs = levels[-1]
                 entry = subdirs.pop()
                 try:
-                    down = os.open(entry, flags, dir_fd=fd)
+                    down = _walk_into(fd, entry, flags)
                 except (FileNotFoundError, NotADirectoryError):
                     read = False                # removed meanwhile: nothing in it to move
                     continue
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    where = f"{path}/{entry}" if path else entry
+                    raise FsError(f"{what!r} holds a mount point ({where!r}): what is "
+                                  f"mounted there is not the grant's, to look into or to "
+                                  f"move higher", "EPERM") from None
                 os.close(fd)
                 fd = down
                 path, d, read = (f"{path}/{entry}" if path else entry), d + 1, True
@@ -1024,6 +1035,26 @@ def _climbing_link_in(name, parent: int, depth: int, what: str) -> str | None:
                           f"higher: {e.strerror or e}", "EPERM") from None
     finally:
         os.close(fd)
+
+
+def _walk_into(dfd: int, name, flags: int) -> int:
+    """The directory `name` of `dfd` opened for _climbing_link_in, never across a
+    mount point (EXDEV, as every path a grant resolves: RESOLVE_NO_XDEV).  It was
+    os.open: the walk of a directory moved higher read what was mounted beneath it
+    (a sysfs, a tmpfs the grant cannot list, a hung network file system, holding
+    the turn of every compartment's renames), and its refusal named a link found
+    there."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0,
+                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+    raw = os.fsencode(name)
+    for _ in range(_RETRIES):
+        fd = _libc.syscall(SYS_OPENAT2, dfd, raw, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    raise OSError(err, os.strerror(err))
 
 
 def _climbs(target: bytes, depth: int | None) -> bool:

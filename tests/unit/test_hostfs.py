@@ -12,6 +12,7 @@ import pytest
 
 from capnp_schemas import host as host_schema
 from capnp_schemas.payloads import method_structs
+from supervisor import hostfs
 from supervisor.hostfs import ENTRY_COST, Directory, File, FsError, LIST_PAGE_ENTRIES
 
 
@@ -867,6 +868,48 @@ def test_nothing_mounted_beneath_a_grant_is_reached_through_it(tmp_path):
     assert not (tmp_path / "outside" / "new").exists()
 
 
+def test_a_directory_moved_higher_is_not_checked_through_what_is_mounted_in_it(tmp_path):
+    """The check of a directory moved higher (its links must not climb out) walked
+    into a mount beneath the grant, where no path of the grant goes (a tmpfs the
+    grant cannot list, a sysfs, a hung network file system, with the turn of every
+    compartment's renames held), and its refusal named a link it found there: an
+    oracle for names and link targets inside the mount.  Now a mount point in what
+    moves refuses the move (EPERM) naming the mount point only; one moved itself is
+    the kernel's EBUSY; and a sysfs is never read."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    (tmp_path / "g" / "a" / "b" / "mnt").mkdir(parents=True)
+    (tmp_path / "g" / "a" / "s" / "sys").mkdir(parents=True)
+    script = (
+        "import subprocess\n"
+        "from supervisor.hostfs import Directory, FsError\n"
+        f"subprocess.run(['mount', '-t', 'tmpfs', 'none', '{tmp_path}/g/a/b/mnt'], check=True)\n"
+        f"subprocess.run(['mount', '-t', 'sysfs', 'sysfs', '{tmp_path}/g/a/s/sys'], check=True)\n"
+        f"import os; os.symlink('../../../../../etc', '{tmp_path}/g/a/b/mnt/hidden-name')\n"
+        f"d = Directory.grant('{tmp_path}/g')\n"
+        "for src, dst in (('a/b', 'b'), ('a/s', 's'), ('a/b/mnt', 'mnt')):\n"
+        "    try:\n"
+        "        d.rename(src, dst)\n"
+        "        print('moved', src)\n"
+        "    except FsError as e:\n"
+        "        print(e.code, e)\n")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", script], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if r.returncode != 0 and ("Operation not permitted" in r.stderr or "mount" in r.stderr):
+        pytest.skip(f"cannot mount here: {r.stderr.strip()[-200:]}")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3, r.stdout + r.stderr
+    assert lines[0].startswith("EPERM ") and "holds a mount point ('mnt')" in lines[0], lines
+    assert lines[1].startswith("EPERM ") and "holds a mount point ('sys')" in lines[1], lines
+    assert lines[2].startswith("EBUSY "), lines
+    assert "hidden-name" not in r.stdout and "too many entries" not in r.stdout
+    assert sorted(os.listdir(tmp_path / "g" / "a")) == ["b", "s"]
+
+
 
 def test_rename_and_link_relative_to_a_directory_beneath_checked_by_inode(tree):
     """fromDir/toDir (a WASI rename or link between two descriptors): each path is
@@ -1340,13 +1383,13 @@ def test_a_directory_the_check_cannot_read_fails_the_move_higher(
     root = tmp_path / "granted"
     (root / "a" / "m" / "b" / "c").mkdir(parents=True)
     os.symlink("../../../../x", root / "a" / "m" / "b" / "c" / "l")    # depth 4: fine
-    real = os.open
+    real = hostfs._walk_into            # (the walk's open: openat2, not os.open)
 
-    def failing(path, *args, **kw):
+    def failing(dfd, path, *args, **kw):
         if path in ("b", b"b", "c", b"c"):
             raise OSError(code, os.strerror(code))
-        return real(path, *args, **kw)
-    monkeypatch.setattr(os, "open", failing)
+        return real(dfd, path, *args, **kw)
+    monkeypatch.setattr(hostfs, "_walk_into", failing)
     d = Directory.grant(str(root))
     assert "could not all be checked" in fails("EPERM", d.rename, "a/m", "m")
     assert not (root / "m").exists()
