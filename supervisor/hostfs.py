@@ -772,7 +772,7 @@ class Directory:
                               f"{to!r} (a second name of a file may lie where another "
                               f"grant writes)", "EPERM")
             with self._turn(f"linking {from_!r} as {to!r}"):
-                self._stays_beneath(sp, sname, dp, from_, to)
+                self._stays_beneath(sp, sname, dp, from_, to, new_name=True)
                 with self._made(dname, parent=dp, slash="ENOENT",
                                 first=lambda: _link_source(sp, sname),
                                 then=lambda: _link_source(sp, sname, directory=True),
@@ -843,14 +843,29 @@ class Directory:
         finally:
             os.close(bfd)
 
-    def _stays_beneath(self, sp: int, sname, dp: int, from_: str, to: str):
+    def _stays_beneath(self, sp: int, sname, dp: int, from_: str, to: str,
+                       new_name: bool = False):
         """Moving a symbolic link (or a directory holding some) to a shallower place
         must not make its '..' climb out of the grant: a tool on the host that
         follows it would be led outside.  Checked for the link itself, and for
-        every link in a directory moved (up to MOVE_CHECK_ENTRIES of them)."""
+        every link in a directory moved (up to MOVE_CHECK_ENTRIES of them).
+
+        `new_name` (a hard link): a symbolic link that leads outside from where the
+        new name is, whatever its depth, gets no second name.  A compartment can
+        make no link that leads outside; one the host planted (an absolute
+        target, a '..' past the grant) was copied under any name at its own depth
+        or deeper, a new name leading outside that the compartment chose."""
         with self._h as dfd:
             old, new = _depth_below(dfd, sp), _depth_below(dfd, dp)
         new = new or 0                  # cannot tell: the least depth for where it goes,
+        if new_name:
+            moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+            if st.S_ISLNK(moved.st_mode):
+                target = os.fsencode(os.readlink(sname, dir_fd=sp))
+                if target.startswith(b"/") or _climbs(target, new):
+                    raise FsError(f"a hard link {to!r} of the symbolic link {from_!r} would "
+                                  f"lead outside the granted directory", "EPERM")
+                return
         if old is not None and new >= old:  # and for where it was, the most (check it)
             return
         moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)

@@ -286,6 +286,28 @@ def test_hard_links_within_a_directory(tree):
     assert os.readlink(tree / "same-link") == "nothing"
 
 
+def test_no_hard_link_gives_a_host_planted_link_to_the_outside_a_second_name(tree):
+    """A compartment can make no symbolic link that leads outside (EPERM), but one
+    the host planted (an absolute target, a '..' past the grant) was hard-linked
+    under any name the compartment chose at its depth or deeper: a new name leading
+    outside, for a tool on the host to follow.  Now refused (EPERM); a link that
+    stays beneath from the new name is linked as before."""
+    (tree / "abs").symlink_to(tree.parent / "secret.txt")
+    (tree / "up").symlink_to("../secret.txt")
+    (tree / "sub" / "up2").symlink_to("../../secret.txt")
+    (tree / "sub" / "fine").symlink_to("../notes.txt")
+    d = Directory.grant(str(tree))
+    for src, dst in (("abs", "abs-again"), ("abs", "sub/abs-deeper"), ("up", "up-again"),
+                     ("sub/up2", "sub/up2-again"), ("sub/fine", "fine-higher")):
+        assert "lead outside" in fails("EPERM", d.link, src, dst)
+        assert not os.path.lexists(tree / dst)
+    d.link("sub/fine", "sub/fine-again")                  # stays beneath: linked
+    d.link("up", "sub/up-deeper")                         # from there: beneath
+    assert os.readlink(tree / "sub" / "fine-again") == "../notes.txt"
+    assert os.readlink(tree / "sub" / "up-deeper") == "../secret.txt"
+    fails("ENOENT", d.link, "missing", "x")
+
+
 def test_refuse_hard_links_keeps_a_host_made_link_to_the_outside_shut(tree):
     os.link(tree.parent / "secret.txt", tree / "innocent.txt")   # made on the host
     loose = Directory.grant(str(tree))
