@@ -1080,7 +1080,8 @@ def _climbs(target: bytes, depth: int | None) -> bool:
     name leads, and a name may itself be a link (`self -> .` makes
     `self/self/../..` climb two levels from one).  With every `..` leading, a
     target climbs exactly as far as it says, and every link it passes through
-    was held to the same rule, so a chain of links stays beneath too."""
+    was held to the same rule, so a chain of links stays beneath too (but for a
+    link the host planted that leads outside: docs/policy-reference.md)."""
     depth = depth or 0
     named = False
     for part in target.split(b"/"):
