@@ -1385,27 +1385,49 @@ def hard_linked(path: str, limit: int = 100_000) -> tuple[int, list[str], bool]:
     """Regular files under `path` (symbolic links not followed) that have more than
     one hard link: (how many, the first few paths, whether all of `path` was seen
     within `limit` entries).  For `wsuper check`: such a link may have been made on
-    the host to a file outside every grant."""
+    the host to a file outside every grant.
+
+    What the grant reaches only: each directory is opened beneath `path` as the
+    grant opens it (openat2, RESOLVE_NO_XDEV), so what is mounted beneath it (which
+    no path of the grant crosses) is not walked: a proc, a sysfs or another file
+    system mounted there was read entry by entry (a hung network mount held
+    `check` for good), and its files with two links were warned about though the
+    compartment could never open them."""
     count, examples, seen = 0, [], 0
-    stack = [path]
-    while stack:
-        top = stack.pop()
-        try:
-            with os.scandir(top) as it:
-                for e in it:
-                    seen += 1
-                    if seen > limit:
-                        return count, examples, False
-                    try:
-                        s = e.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if st.S_ISDIR(s.st_mode):
-                        stack.append(e.path)
-                    elif st.S_ISREG(s.st_mode) and s.st_nlink > 1:
-                        count += 1
-                        if len(examples) < 3:
-                            examples.append(e.path)
-        except OSError:
-            continue
+    try:
+        root = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0, [], True
+    try:
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            try:
+                fd = _openat2(root, os.fsencode(rel) or b".",
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except (OSError, FsError):    # a mount point (EXDEV), gone, unreadable
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        seen += 1
+                        if seen > limit:
+                            return count, examples, False
+                        try:
+                            s = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        where = f"{rel}/{e.name}" if rel else e.name
+                        if st.S_ISDIR(s.st_mode):
+                            stack.append(where)
+                        elif st.S_ISREG(s.st_mode) and s.st_nlink > 1:
+                            count += 1
+                            if len(examples) < 3:
+                                examples.append(os.path.join(path, where))
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
     return count, examples, True

@@ -890,6 +890,41 @@ def test_nothing_mounted_beneath_a_grant_is_reached_through_it(tmp_path):
     assert not (tmp_path / "outside" / "new").exists()
 
 
+def test_the_hard_link_warning_looks_only_where_the_grant_reaches(tmp_path):
+    """`wsuper check`'s count of files with two links (hostfs.hard_linked) walked
+    into what is mounted beneath a grant, which no path of the grant crosses: it
+    warned of files the compartment could never open, and read a proc or a sysfs
+    mounted there entry by entry.  It now opens each directory as the grant does."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    g = tmp_path / "g"
+    (g / "sub" / "mnt").mkdir(parents=True)
+    (g / "sub" / "p").mkdir()
+    (g / "sub" / "f").write_text("x")
+    os.link(g / "sub" / "f", g / "sub" / "f2")          # reachable: counted (twice)
+    script = (
+        "import os, subprocess\n"
+        "from supervisor.hostfs import hard_linked\n"
+        f"subprocess.run(['mount', '-t', 'tmpfs', 'none', '{g}/sub/mnt'], check=True)\n"
+        f"subprocess.run(['mount', '-t', 'proc', 'proc', '{g}/sub/p'], check=True)\n"
+        f"open('{g}/sub/mnt/a', 'w').close(); os.link('{g}/sub/mnt/a', '{g}/sub/mnt/b')\n"
+        f"print(hard_linked('{g}'))\n")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", script], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    if r.returncode != 0 and ("Operation not permitted" in r.stderr or "mount" in r.stderr):
+        pytest.skip(f"cannot mount here: {r.stderr.strip()[-200:]}")
+    import ast
+    count, examples, complete = ast.literal_eval(r.stdout.strip() or "(0, [], 0)")
+    assert (count, sorted(examples), complete) == \
+        (2, [f"{g}/sub/f", f"{g}/sub/f2"], True), r.stdout + r.stderr
+    from supervisor.hostfs import hard_linked
+    assert hard_linked(str(g))[0] == 2 and hard_linked(str(g), limit=1)[2] is False
+
+
 def test_a_directory_moved_higher_is_not_checked_through_what_is_mounted_in_it(tmp_path):
     """The check of a directory moved higher (its links must not climb out) walked
     into a mount beneath the grant, where no path of the grant goes (a tmpfs the
