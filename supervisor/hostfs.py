@@ -233,11 +233,24 @@ def _split(raw: bytes) -> tuple[bytes, bytes]:
     return parent or b".", name + (b"/" if len(stripped) != len(raw) else b"")
 
 
+def _lstat_name(parent: int, name: bytes) -> os.stat_result:
+    """The entry `name` of `parent` (raised as OSError if not there), never
+    followed: a trailing '/' names a directory, never a link (ENOTDIR).  Given to
+    the kernel as it was, 'l/' made it follow the link l, without RESOLVE_BENEATH:
+    with a link the host planted (l -> /srv/private), rename and link said ENOENT
+    or not for what lay outside, and the check of a directory moved higher walked
+    it and named the links it found there."""
+    s = os.stat(name.rstrip(b"/") or name, dir_fd=parent, follow_symlinks=False)
+    if name.endswith(b"/") and not st.S_ISDIR(s.st_mode):
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    return s
+
+
 def _link_source(sp: int, sname: bytes, directory: bool = False):
     """What link(2) says of its source (raised as OSError): ENOENT if it is not
     there (before it looks at the new name); with `directory`, EPERM if it is a
-    directory (after: a name taken is EEXIST first)."""
-    s = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+    directory (after: a name taken is EEXIST first).  Never followed (_lstat_name)."""
+    s = _lstat_name(sp, sname)
     if directory and st.S_ISDIR(s.st_mode):
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
@@ -245,9 +258,7 @@ def _link_source(sp: int, sname: bytes, directory: bool = False):
 def _there(parent: int, name: bytes):
     """Whether `name` is in `parent` as unlink and rmdir find it (raised as
     OSError if not): a trailing '/' names a directory, never a link (ENOTDIR)."""
-    s = os.stat(name.rstrip(b"/") or name, dir_fd=parent, follow_symlinks=False)
-    if name.endswith(b"/") and not st.S_ISDIR(s.st_mode):
-        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    _lstat_name(parent, name)
 
 
 def _kind(mode: int) -> str:
@@ -759,6 +770,13 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EPERM", to, "EEXIST",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
+            if sname.endswith(b"/"):
+                # 'x/' names a directory, which has no hard links: linkat(2) would
+                # follow a link named so, without RESOLVE_BENEATH, and say what it
+                # found (ENOENT, EPERM) wherever it led.  Said here, beneath
+                _link_source(sp, sname)
+                self._fails_anyway(dname, dp, "ENOENT")
+                _link_source(sp, sname, directory=True)
             if self.append_only and not self.read_only:
                 # a second name of a file this grant only appends to may lie where
                 # another grant (a writable one nested in it, another compartment's)
@@ -796,8 +814,8 @@ class Directory:
         sp, sname, dp, dname = self._parents(from_, "EBUSY", to, "EBUSY",
                                              (fromDir, fromInode), (toDir, toInode))
         try:
-            if self.append_only:         # (rename(2) follows a link named 'l/')
-                os.stat(sname, dir_fd=sp, follow_symlinks=False)
+            if self.append_only:
+                _lstat_name(sp, sname)
                 self._refuse("rename", from_)
             with _names_turn(f"renaming {from_!r} to {to!r}"):
                 self._stays_beneath(sp, sname, dp, from_, to)
@@ -859,7 +877,7 @@ class Directory:
             old, new = _depth_below(dfd, sp), _depth_below(dfd, dp)
         new = new or 0                  # cannot tell: the least depth for where it goes,
         if new_name:
-            moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+            moved = _lstat_name(sp, sname)
             if st.S_ISLNK(moved.st_mode):
                 target = os.fsencode(os.readlink(sname, dir_fd=sp))
                 if target.startswith(b"/") or _climbs(target, new):
@@ -868,7 +886,7 @@ class Directory:
                 return
         if old is not None and new >= old:  # and for where it was, the most (check it)
             return
-        moved = os.stat(sname, dir_fd=sp, follow_symlinks=False)
+        moved = _lstat_name(sp, sname)
         if st.S_ISLNK(moved.st_mode):
             if _climbs(os.fsencode(os.readlink(sname, dir_fd=sp)), new):
                 raise FsError(f"moving the link {from_!r} to {to!r} would make it lead "

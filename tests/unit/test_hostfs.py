@@ -286,6 +286,42 @@ def test_hard_links_within_a_directory(tree):
     assert os.readlink(tree / "same-link") == "nothing"
 
 
+def test_a_trailing_slash_never_follows_a_link_out_of_the_grant(tree):
+    """'l/' makes the kernel follow the link l, and rename, link and the check of a
+    directory moved higher handed it over as it was (no RESOLVE_BENEATH): with a
+    link the host planted to a directory outside, rename('sub/l/', 'top') walked
+    that directory and named a climbing link it found there ("would make the link
+    'climber' in it lead outside"), and rename and link said ENOENT for a target
+    that is not there and ENOTDIR or EPERM for one that is: an oracle on the host's
+    files.  Now 'l/' is the link itself, which is no directory: ENOTDIR either way,
+    as stat of it says ENOTCAPABLE either way."""
+    outside = tree.parent / "private"
+    outside.mkdir()
+    (outside / "climber").symlink_to("../../../../../../../../etc")
+    (outside / "hidden-name").write_text("x")
+    (tree / "sub" / "there").symlink_to(outside)
+    (tree / "sub" / "gone").symlink_to(tree.parent / "nothing-here")
+    d = Directory.grant(str(tree), name="data")
+    a = Directory.grant(str(tree), append_only=True, name="data")
+    said = {}
+    for name in ("there", "gone"):
+        p = f"sub/{name}/"
+        said[name] = [fails("ENOTDIR", d.rename, p, "top"), fails("ENOTDIR", d.link, p, "top"),
+                      fails("ENOTDIR", a.rename, p, "top"), fails("ENOTDIR", a.link, p, "top"),
+                      fails("ENOTDIR", d.rename, "notes.txt", p)]
+        fails("ENOTCAPABLE", d.stat, p)
+    for text in said["there"] + said["gone"]:
+        assert "climber" not in text and "hidden-name" not in text and "private" not in text
+    assert [t.replace("there", "gone") for t in said["there"]] == said["gone"]
+    assert sorted(os.listdir(outside)) == ["climber", "hidden-name"]
+    assert not os.path.lexists(tree / "top")
+    (tree / "sub" / "real").mkdir()
+    fails("EPERM", d.link, "sub/real/", "top")              # a directory: no hard links
+    fails("ENOENT", d.link, "sub/none/", "top")
+    d.rename("sub/real/", "top")                            # a real directory: moved
+    assert (tree / "top").is_dir()
+
+
 def test_no_hard_link_gives_a_host_planted_link_to_the_outside_a_second_name(tree):
     """A compartment can make no symbolic link that leads outside (EPERM), but one
     the host planted (an absolute target, a '..' past the grant) was hard-linked
