@@ -402,6 +402,18 @@ HELPER_REFUSED = frozenset({
     # group or the whole user, and their I/O priority.  Neither Landlock nor the
     # change of user stops these: same uid is all they ask
     "setpriority", "ioprio_set",
+    # a file's metadata, and watching files: Landlock covers neither, and a helper
+    # shares the host's mount namespace.  A compiler of a hostile module made any
+    # file of its uid world-writable by its path (chmod 0666), or set its times,
+    # owner group or extended attributes (as the engines' user: any file of 65534's;
+    # without root, wsuper's own user's: its system file, its modules, its home),
+    # and watched any directory its uid may read for the names of the files made,
+    # opened and read there (inotify; fanotify, which asks no privilege since 5.13)
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "futimesat", "utimensat",
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    "removexattr", "lremovexattr", "fremovexattr", "removexattrat", "file_setattr",
+    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark",
 })
 #: Calls a helper may make on itself only (pid 0), never on another process of its
 #: uid: an engine's RLIMIT_NOFILE set to 0, or RLIMIT_CPU to 1, by the compiler of

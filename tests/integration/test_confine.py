@@ -1154,6 +1154,34 @@ def _what_this_process_can_do(place: str) -> dict:
             os.close(w)
             os.waitpid(pid, 0)
     attempt("limit another process of its uid", limit_another)
+
+    # what Landlock does not cover: a file's metadata by path (or descriptor), and
+    # watching a directory.  `owned` is this child's uid's own file, outside its grants
+    # (the schema parser keeps uid 0 as root: root's file, as /etc/shadow is)
+    owned = os.path.join(place, f"owned-{os.geteuid()}")
+    attempt("change a file's mode", lambda: os.chmod(owned, 0o666))
+    attempt("change a file's owner", lambda: os.chown(owned, os.geteuid(), os.getegid()))
+    attempt("change a file's times", lambda: os.utime(owned, (0, 0)))
+    attempt("set a file's extended attribute",
+            lambda: os.setxattr(owned, "user.wsuper-attack", b"1"))
+
+    def watch(init, add):
+        fd = init()
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "init")
+        try:
+            if add(fd) < 0:
+                raise OSError(ctypes.get_errno(), "watch")
+        finally:
+            os.close(fd)
+    attempt("watch a directory (inotify)", lambda: watch(
+        lambda: libc.inotify_init1(os.O_CLOEXEC),
+        lambda fd: libc.inotify_add_watch(fd, place.encode(), 0x100 | 0x20)))  # CREATE|OPEN
+    libc.fanotify_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.c_char_p)
+    attempt("watch a directory (fanotify)", lambda: watch(
+        lambda: libc.fanotify_init(0x200 | 0x400 | 0x800, os.O_RDONLY),  # FID|DFID|NAME
+        lambda fd: libc.fanotify_mark(fd, 1, 0x100, -100, place.encode())))  # ADD CREATE
     return facts
 
 
@@ -1164,6 +1192,12 @@ def _unshare_user(libc):
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if code:
         raise OSError(code, "unshare")
+
+
+#: Whose files `place` holds: a compiler's uid (the engines' as root), and this
+#: process's (root's: the schema parser keeps uid 0)
+_OWNERS = sorted({ENGINE_USER if ROOT_USER else (os.getuid(), os.getgid()),
+                  (os.getuid(), os.getgid())})
 
 
 @pytest.fixture
@@ -1181,6 +1215,12 @@ def place():
         with open(os.path.join(where, "secret"), "w") as f:
             f.write("secret")
         os.chmod(os.path.join(where, "secret"), 0o644)
+        for uid, gid in _OWNERS:                 # the helpers' uids' own files
+            owned = os.path.join(where, f"owned-{uid}")
+            with open(owned, "w") as f:
+                f.write("owned")
+            os.chmod(owned, 0o600)
+            os.chown(owned, uid, gid)
         server = socket.socket(socket.AF_UNIX)
         server.bind(os.path.join(where, "sock"))
         os.chmod(os.path.join(where, "sock"), 0o777)
@@ -1197,7 +1237,36 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "open a UDP socket": "EPERM", "run /bin/true": "EACCES",
                 "make a user namespace": "EPERM", "make System V shared memory": "EPERM",
                 "leave its process group": "EPERM",
-                "limit another process of its uid": "EPERM"}
+                "limit another process of its uid": "EPERM",
+                "change a file's mode": "EPERM", "change a file's owner": "EPERM",
+                "change a file's times": "EPERM", "set a file's extended attribute": "EPERM",
+                "watch a directory (inotify)": "EPERM",
+                "watch a directory (fanotify)": "EPERM"}
+
+#: What of HELD_BY_NONE only the helpers' seccomp filter stops
+_SECCOMP_ONLY = ("seccomp", "connect a Unix socket", "open a UDP socket",
+                 "make a user namespace", "make System V shared memory",
+                 "leave its process group", "limit another process of its uid",
+                 "change a file's mode", "change a file's owner", "change a file's times",
+                 "set a file's extended attribute", "watch a directory (inotify)",
+                 "watch a directory (fanotify)")
+
+
+def _untouched(place: str) -> bool:
+    """Whether the files of the helpers' uids in `place` are as the fixture made them:
+    mode, owner, times and extended attributes (what `_what_this_process_can_do`
+    tried to change)."""
+    for uid, gid in _OWNERS:
+        owned = os.path.join(place, f"owned-{uid}")
+        st = os.stat(owned)
+        try:
+            attrs = os.listxattr(owned)
+        except OSError:
+            attrs = []
+        if st.st_mode & 0o7777 != 0o600 or st.st_mtime <= 0 or \
+                (st.st_uid, st.st_gid) != (uid, gid) or "user.wsuper-attack" in attrs:
+            return False
+    return True
 
 
 def _held(facts: dict) -> dict:
@@ -1211,9 +1280,7 @@ def _held(facts: dict) -> dict:
         for k in ("write a file", "read a file", "run /bin/true"):
             expected.pop(k)
     if not confine.seccomp_supported():
-        for k in ("seccomp", "connect a Unix socket", "open a UDP socket",
-                  "make a user namespace", "make System V shared memory",
-                  "leave its process group", "limit another process of its uid"):
+        for k in _SECCOMP_ONLY:
             expected.pop(k)
     return {k: facts[k] for k in expected if facts[k] != expected[k]}
 
@@ -1245,6 +1312,7 @@ def test_a_compiler_child_holds_no_authority(monkeypatch, place, probes):
         assert facts["uid"] == ENGINE_USER[0]
     assert _held(facts) == {}, facts
     assert not os.path.exists(os.path.join(place, "written"))
+    assert _untouched(place)
 
 
 def test_the_preflights_compiler_child_holds_no_authority(place):
@@ -1264,6 +1332,7 @@ def test_the_preflights_compiler_child_holds_no_authority(place):
     if ROOT_USER:
         assert facts["uid"] == ENGINE_USER[0]
     assert _held(facts) == {}, facts
+    assert _untouched(place)
 
 
 @pytest.mark.skipif(not ROOT_USER, reason="a spare gives up root only when it has it")
@@ -1353,6 +1422,7 @@ def test_the_schema_parsers_child_holds_no_authority(monkeypatch, place):
     facts = json.loads(answer["stderr"].rpartition("\x00")[2])
     assert facts["schema"] == os.path.getsize(schema)
     assert _held(facts) == {}, facts
+    assert _untouched(place)
 
 
 @pytest.mark.skipif(not ROOT_USER, reason="a compiler gives up root only when it has it")
