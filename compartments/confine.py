@@ -768,7 +768,9 @@ def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
        then `user` (uid, gid; no supplementary groups) if given.  None keeps uid 0
        (the schema parser reads files only root may), without any capability;
     2. every capability set empty (effective, permitted, inheritable);
-    3. death with `parent` (after the change of user, which clears it);
+    3. no real-time scheduling and no lower nice value (RLIMIT_RTPRIO and
+       RLIMIT_NICE 0); death with `parent` (after the change of user, which
+       clears it);
     4. no new privileges;
     5. Landlock: nothing of the file system but reading (and executing) beneath
        `readable`; no TCP; no signal or abstract Unix socket outside;
@@ -782,6 +784,11 @@ def confine_helper(user=None, parent: int = 0, readable=()) -> list[str]:
         drop_capabilities_before_exec()
         _become(user)
     _no_capabilities()
+    # no real-time policy and no lower nice value, by any call, for it and what it
+    # forks: wsuper may run under hard limits above 0 (limits.conf, LimitRTPRIO=),
+    # which a helper's uid may use without a capability (seccomp.HELPER_POLICIES)
+    lower_limit(resource.RLIMIT_RTPRIO, 0)
+    lower_limit(resource.RLIMIT_NICE, 0)
     if parent:
         die_with_parent(parent)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

@@ -328,6 +328,9 @@ def _condition(cond) -> list[tuple]:
         return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
     if kind == "self":
         return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "self_policy":       # argument `index` 0 (pid 0), then cond[2:] as one_of
+        policy = _condition(("one_of", *cond[2:]))
+        return [load, (_JEQ_K, 1, 0, 0), (_RET_K, 0, 0, EPERM)] + policy
     if kind == "clock":             # below MAX_CLOCK, or OWN_CPU_CLOCKS and above
         return [load, (_JGE_K, 0, 1, OWN_CPU_CLOCKS), (_RET_K, 0, 0, ALLOW),
                 (_JGE_K, 0, 1, MAX_CLOCK), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
@@ -414,12 +417,26 @@ HELPER_REFUSED = frozenset({
     "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
     "removexattr", "lremovexattr", "fremovexattr", "removexattrat", "file_setattr",
     "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark",
+    # a scheduling policy and nice value given in memory, which a filter cannot read
+    # (sched_setscheduler on itself below, with a time-sharing policy, is what a
+    # helper may do): SCHED_FIFO, or a lower nice value, under a hard RLIMIT_RTPRIO
+    # or RLIMIT_NICE above 0, starved the supervisor and every engine
+    "sched_setattr",
 })
 #: Calls a helper may make on itself only (pid 0), never on another process of its
 #: uid: an engine's RLIMIT_NOFILE set to 0, or RLIMIT_CPU to 1, by the compiler of
 #: another compartment's module, its scheduling or CPUs changed
-HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler",
-                    "sched_setparam", "sched_setattr")
+HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setparam")
+#: sched_setscheduler: on itself only, and only to a time-sharing policy
+#: (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE; SCHED_RESET_ON_FORK or not).  Under a
+#: hard RLIMIT_RTPRIO above 0 (limits.conf's `@audio - rtprio 95`, a service's
+#: LimitRTPRIO=), which needs no capability, a compiler of a hostile module made
+#: itself and what it forked SCHED_FIFO, spinning: the supervisor and every engine
+#: got the 5 % of each CPU that real-time throttling leaves.  (confine_helper also
+#: lowers both limits to 0, so a real-time policy or a lower nice value is out of
+#: reach by any call.)
+HELPER_POLICIES = (0, 3, 5)
+_SCHED_RESET_ON_FORK = 0x40000000
 #: Calls a helper may make on the machine's clocks and its own CPU clocks only (the
 #: ("clock", 0) condition of the engines' filter): another process's CPU clock
 #: needs no permission, and told a compiler of a hostile module when, and how long,
@@ -443,6 +460,8 @@ def helper_rules() -> dict[int, object]:
     actions = {SYSCALLS[name]: EPERM for name in HELPER_REFUSED}
     for name in HELPER_SELF_ONLY:                   # pid 0: the caller
         actions[SYSCALLS[name]] = ("one_of", 0, 0, (0,))
+    actions[SYSCALLS["sched_setscheduler"]] = ("self_policy", 0, 1, _SCHED_RESET_ON_FORK,
+                                               HELPER_POLICIES)
     actions[SYSCALLS["clone3"]] = ENOSYS
     actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW | _CLONE_PARENT)
     for name in HELPER_OWN_CLOCKS:                  # as the engines' (CONDITIONS)

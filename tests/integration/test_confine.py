@@ -1094,7 +1094,9 @@ def _what_this_process_can_do(place: str) -> dict:
     bounding = [c for c in range(41) if libc.prctl(23, c, 0, 0, 0) == 1]  # CAPBSET_READ
     facts = {"uid": os.geteuid(), "effective": data[0], "permitted": data[1],
              "bounding": len(bounding), "no_new_privs": libc.prctl(39, 0, 0, 0, 0),
-             "seccomp": libc.prctl(21, 0, 0, 0, 0)}
+             "seccomp": libc.prctl(21, 0, 0, 0, 0),
+             "real-time priority limit": resource.getrlimit(resource.RLIMIT_RTPRIO)[1],
+             "nice limit": resource.getrlimit(resource.RLIMIT_NICE)[1]}
 
     def attempt(name, f):
         try:
@@ -1154,6 +1156,8 @@ def _what_this_process_can_do(place: str) -> dict:
             os.close(w)
             os.waitpid(pid, 0)
     attempt("limit another process of its uid", limit_another)
+    attempt("take a real-time policy",
+            lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))
 
     # what Landlock does not cover: a file's metadata by path (or descriptor), and
     # watching a directory.  `owned` is this child's uid's own file, outside its grants
@@ -1238,6 +1242,8 @@ HELD_BY_NONE = {"effective": 0, "permitted": 0, "bounding": 0, "no_new_privs": 1
                 "make a user namespace": "EPERM", "make System V shared memory": "EPERM",
                 "leave its process group": "EPERM",
                 "limit another process of its uid": "EPERM",
+                "take a real-time policy": "EPERM", "real-time priority limit": 0,
+                "nice limit": 0,
                 "change a file's mode": "EPERM", "change a file's owner": "EPERM",
                 "change a file's times": "EPERM", "set a file's extended attribute": "EPERM",
                 "watch a directory (inotify)": "EPERM",

@@ -205,3 +205,30 @@ def test_no_helper_changes_the_limits_or_priority_of_another_process_of_its_uid(
         assert seccomp.run(HELPER, NR[call], (0, 0, 19, 0, 0, 0)) == seccomp.EPERM, call
     for call in ("getpriority", "getrlimit", "setrlimit", "sched_getaffinity"):
         assert seccomp.run(HELPER, NR[call]) == seccomp.ALLOW, call
+
+
+def test_no_helper_takes_a_real_time_policy_or_a_higher_priority():
+    """A compiler may set its own scheduling (pid 0), but only to a time-sharing
+    policy (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE, with or without
+    SCHED_RESET_ON_FORK): under a hard RLIMIT_RTPRIO above 0 (limits.conf's
+    `@audio - rtprio 95`, a service's LimitRTPRIO=), which its uid may use without
+    any capability, a compiler of a hostile module made itself and what it forks
+    SCHED_FIFO and spinning, and the supervisor and every engine (SCHED_OTHER) got
+    what real-time throttling leaves: 5 % of each CPU, for the compile's 120 s of
+    CPU per process.  sched_setattr (its policy and nice value are in memory, which
+    the filter cannot read) is refused altogether, as setpriority is."""
+    SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE = 0, 1, 2, 3, 5, 6
+    RESET_ON_FORK = 0x40000000
+    call = NR["sched_setscheduler"]
+    for policy in (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE):
+        for flags in (0, RESET_ON_FORK):
+            assert seccomp.run(HELPER, call, (0, policy | flags, 0, 0, 0, 0)) == seccomp.ALLOW
+            for pid in (1, 4242):
+                assert seccomp.run(HELPER, call, (pid, policy | flags, 0, 0, 0, 0)) == \
+                    seccomp.EPERM
+    for policy in (SCHED_FIFO, SCHED_RR, SCHED_DEADLINE, 4, 7, 0xFFFFFFFF):
+        for flags in (0, RESET_ON_FORK):
+            assert seccomp.run(HELPER, call, (0, policy | flags, 0, 0, 0, 0)) == \
+                seccomp.EPERM, policy
+    assert seccomp.run(HELPER, NR["sched_setattr"], (0,) * 6) == seccomp.EPERM
+    assert seccomp.run(HELPER, NR["sched_getattr"], (0,) * 6) == seccomp.ALLOW
