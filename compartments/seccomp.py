@@ -328,7 +328,7 @@ def _condition(cond) -> list[tuple]:
         return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
     if kind == "self":
         return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
-    if kind == "self_policy":       # argument `index` 0 (pid 0), then cond[2:] as one_of
+    if kind == "self_policy":       # argument `index` is 0 (the caller), and cond[2:] one_of
         policy = _condition(("one_of", *cond[2:]))
         return [load, (_JEQ_K, 1, 0, 0), (_RET_K, 0, 0, EPERM)] + policy
     if kind == "clock":             # below MAX_CLOCK, or OWN_CPU_CLOCKS and above
@@ -420,7 +420,7 @@ HELPER_REFUSED = frozenset({
     # a scheduling policy and nice value given in memory, which a filter cannot read
     # (sched_setscheduler on itself below, with a time-sharing policy, is what a
     # helper may do): SCHED_FIFO, or a lower nice value, under a hard RLIMIT_RTPRIO
-    # or RLIMIT_NICE above 0, starved the supervisor and every engine
+    # or RLIMIT_NICE above 0, could starve the supervisor and every engine
     "sched_setattr",
 })
 #: Calls a helper may make on itself only (pid 0), never on another process of its
@@ -430,9 +430,9 @@ HELPER_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setparam")
 #: sched_setscheduler: on itself only, and only to a time-sharing policy
 #: (SCHED_OTHER, SCHED_BATCH, SCHED_IDLE; SCHED_RESET_ON_FORK or not).  Under a
 #: hard RLIMIT_RTPRIO above 0 (limits.conf's `@audio - rtprio 95`, a service's
-#: LimitRTPRIO=), which needs no capability, a compiler of a hostile module made
-#: itself and what it forked SCHED_FIFO, spinning: the supervisor and every engine
-#: got the 5 % of each CPU that real-time throttling leaves.  (confine_helper also
+#: LimitRTPRIO=), which needs no capability, a compiler of a hostile module could
+#: make itself and what it forks SCHED_FIFO and spin: the supervisor and every
+#: engine would get the 5 % of each CPU that real-time throttling leaves.  (confine_helper also
 #: lowers both limits to 0, so a real-time policy or a lower nice value is out of
 #: reach by any call.)
 HELPER_POLICIES = (0, 3, 5)
