@@ -150,6 +150,10 @@ class SchemaError(Exception):
 #: checked and parsed once.
 _CHECKED: dict[tuple, object] = {}
 
+#: schema path -> {file it imports: that file's module}, as its last load() parsed
+#: them (imported(): the interfaces declared there are reached through grants too)
+_IMPORTED: dict[str, dict] = {}
+
 #: bytes of one schema file, or of a file a schema imports or embeds
 MAX_SCHEMA_BYTES = 16 << 20
 #: files in one schema's closure (it, and all it imports and embeds)
@@ -435,6 +439,7 @@ def load(path: str, extra_imports=()):
     _FINGERPRINTS[path] = hashlib.sha256(b"".join(digests.values())).hexdigest()
     copy = _BUILTIN_COPIES.get(digests[path])
     if copy is not None:
+        _IMPORTED[path] = {}
         return copy
     _one_name_each(read, contents, digests)
     key = (path, tuple(imports), tuple(digests.items()))
@@ -450,8 +455,17 @@ def load(path: str, extra_imports=()):
     module, modules = checked
     _claim(path, read, contents, digests, module, modules)
     _CHECKED[key] = checked
+    _IMPORTED[path] = dict(modules)
     _remember(file for file, _, _ in read)
     return module
+
+
+def imported(path: str) -> dict:
+    """{file: its module} of each file the schema at `path` imports, directly or
+    not (wsuper's own schemas aside), as its last load() parsed them: what they
+    declare is reached through a grant of the schema's interfaces like anything
+    the schema declares (a method returning `import "lib.capnp".Counter`)."""
+    return _IMPORTED.get(os.path.abspath(path), {})
 
 
 def _one_name_each(read: list, contents: dict, digests: dict) -> None:

@@ -143,6 +143,26 @@ def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:
         for name, iface in capnp_schemas.nested_interfaces(module).items():
             origin.setdefault(name, path)
             every.append((name, iface))
+    # and one declared in a file a schema imports (Calc.newCounter returning
+    # `import "lib.capnp".Counter`), which is no export either: an allow list could
+    # not name it ("unknown interface 'Counter'"), so it passed every grant
+    # unrestricted, and where a listed schema declared one of the same name (a
+    # decoy Counter), the name was that one's alone and the real Counter's every
+    # method passed.  Named as in its own file; a name several interfaces share
+    # stands for each of them (_resolve_method restricts them all)
+    known = {i.schema.node.id for _n, i in every}
+    walked = set(system.schemas)        # each file once, however many schemas import it
+    for path in system.schemas:
+        for file, module in capnp_schemas.imported(path).items():
+            if file in walked:
+                continue
+            walked.add(file)
+            for name, iface in {**capnp_schemas.interfaces(module),
+                                **capnp_schemas.nested_interfaces(module)}.items():
+                if iface.schema.node.id not in known:
+                    known.add(iface.schema.node.id)
+                    origin.setdefault(name, file)
+                    every.append((name, iface))
     return interfaces, origin, ifaces, every
 
 

@@ -742,3 +742,69 @@ module = "{EXAMPLES}/calc.wat"
 exports = "Calc.Inner"
 """)
     assert "unknown interface 'Calc.Inner'" in str(e.value)
+
+
+def test_an_interface_a_schema_imports_is_named_by_an_allow_list_and_no_decoy_hides_it(
+        tmp_path):
+    """An interface declared in a file a listed schema imports (Calc.newCounter
+    returning `import "lib.capnp".Counter`) is reached through a grant like any
+    other, but an allow list could not name it: alone, `Counter.inc` was "unknown
+    interface", so its methods passed every grant unrestricted; and where a listed
+    schema declared an interface of the same name (a decoy `Counter`), the name was
+    that one's, `wsuper check` accepted the list and showed it, and every method of
+    the Counter actually returned passed.  The name stands for every interface so
+    named that the schemas declare or import, and restricts each."""
+    from supervisor.membrane import Membrane
+    (tmp_path / "lib.capnp").write_text("""@0xd1e2f3a4b5c6e7f0;
+interface Base @0xd1e2f3a4b5c6e7f1 { clear @0 () -> (); }
+interface Counter @0xd1e2f3a4b5c6e7f2 extends(Base) { inc @0 () -> (); reset @1 () -> (); }
+struct S { interface Cb @0xd1e2f3a4b5c6e7f3 { ping @0 () -> (); pong @1 () -> (); } }
+""")
+    (tmp_path / "calc.capnp").write_text("""@0xd1e2f3a4b5c6e7f8;
+using L = import "lib.capnp";
+interface Calc @0xd1e2f3a4b5c6e7f9 {
+  newCounter @0 () -> (c :L.Counter);
+  add @1 () -> ();
+  watch @2 (cb :L.S.Cb) -> ();
+}
+""")
+    (tmp_path / "decoy.capnp").write_text("""@0xd1e2f3a4b5c6e7fa;
+interface Counter @0xd1e2f3a4b5c6e7fb { inc @0 () -> (); }
+""")
+    calc, base, counter, cb, decoy = (0xd1e2f3a4b5c6e7f9, 0xd1e2f3a4b5c6e7f1,
+                                      0xd1e2f3a4b5c6e7f2, 0xd1e2f3a4b5c6e7f3,
+                                      0xd1e2f3a4b5c6e7fb)
+    for schemas in (["calc.capnp"], ["calc.capnp", "decoy.capnp"]):
+        plan = plan_of(tmp_path, f"""
+[system]
+schemas = {schemas!r}
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = ["newCounter", "Counter.inc", "S.Cb.ping"] }}
+""")
+        (g,) = plan.system.compartments["app"].grants
+        m = Membrane.for_grant("app.calc", g, calc, 0.0)
+        assert [m.allows(calc, 0), m.allows(calc, 1)] == [True, False]
+        # lib's Counter: inc only; what it inherits from Base is restricted with it
+        assert [m.allows(counter, 0), m.allows(counter, 1), m.allows(base, 0)] == \
+            [True, False, False], schemas
+        assert [m.allows(cb, 0), m.allows(cb, 1)] == [True, False]
+        if "decoy.capnp" in schemas:
+            assert m.allows(decoy, 0) and not m.allows(decoy, 1)
+        # and named so in the audit and in denials
+        assert plan.names[counter][0] == "Counter" and plan.names[cb][0] == "S.Cb"
+        assert plan.names[counter][1][1] == "reset"
+    # exports are still the listed schemas' interfaces
+    with pytest.raises(policy.PolicyError) as e:
+        plan_of(tmp_path, f"""
+[system]
+schemas = ["calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Counter"
+""")
+    assert "unknown interface 'Counter'" in str(e.value)
