@@ -321,6 +321,31 @@ env = { host = "environment", args = ["sleep"] }
     assert _lines(r) == ["sleep  -> ok"], r.stdout + r.stderr
 
 
+def test_cpu_time_is_read_only_as_the_clock_grant_allows(tmp_path, wasi_guests):
+    """clock_gettime(CLOCK_PROCESS_CPUTIME_ID) asked the clock grant nothing: with
+    `allow = ["wall"]` (or the grant revoked, expired, used up) the program still
+    read a nanosecond timer.  Each read is a Clock.monotonic call the grant judges,
+    in the audit as any other."""
+    system = _system(tmp_path, wasi_guests["probe"], """
+stdout = { host = "log" }
+clock = { host = "clock", allow = ["wall"] }
+env = { host = "environment", args = ["time", "cputime"] }
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["time  -> ok", "cputime  -> ENOTCAPABLE"], r.stdout + r.stderr
+    assert "app.clock: Clock.monotonic is not allowed (allow = [Clock.wall])" in r.stderr
+    assert [(c["method"], c["outcome"]) for c in _audit(tmp_path)
+            if c["capability"] == "app.clock"] == [("wall", "returned"),
+                                                   ("monotonic", "denied")]
+    system = _system(tmp_path, wasi_guests["probe"], """
+stdout = { host = "log" }
+clock = { host = "clock" }
+env = { host = "environment", args = ["cputime"] }
+""")
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == ["cputime  -> ok"], r.stdout + r.stderr
+
+
 def test_rename_within_a_directory_grant_and_not_across(tmp_path, wasi_guests):
     a, b, j = tmp_path / "a", tmp_path / "b", tmp_path / "j"
     for d in (a, b, j):

@@ -330,6 +330,32 @@ def test_an_absolute_clock_the_grant_refuses_is_its_events_error():
     assert events == [(7, E.NOTCAPABLE, 0), (8, 0, 1)]
 
 
+def test_cpu_time_is_read_only_as_the_clock_grant_allows_the_monotonic_clock():
+    """clock_gettime(CLOCK_PROCESS_CPUTIME_ID) (and the thread's: wasi-libc's clock())
+    is the engine's own CPU time, read in the engine: it asked nothing of the clock
+    grant, so a grant revoked, expired, used up (max_uses), rate-limited
+    (calls_per_second) or with `allow = ["wall"]` still gave the program a
+    nanosecond timer, as often as it liked.  It is given only when the grant's
+    Clock.monotonic is (one call of it, which the membrane judges), and refused as
+    that is."""
+    for clock in (wasi.CLOCK_PROCESS, wasi.CLOCK_THREAD):
+        host, w = wasi_with(("clock", "clock", "", 8))
+        assert call(w, "clock_time_get", clock, 0, 100) == 0
+        assert [c[1] for c in host.calls] == ["monotonic"]
+        for refusal in (failed("denied: app.clock was revoked"),
+                        failed("app.clock: Clock.monotonic is not allowed (allow = "
+                               "[Clock.wall])"),
+                        HostCallFailed("overloaded", "app.clock: more than 1 calls per "
+                                       "second (calls_per_second)")):
+            host.results["Clock", "monotonic"] = refusal
+            host.write(100, b"\xff" * 8)
+            assert call(w, "clock_time_get", clock, 0, 100) == errno_of(refusal)
+            assert host.read(100, 8) == b"\xff" * 8          # nothing written
+        # and none without the grant, as before
+        host, w = wasi_with()
+        assert call(w, "clock_time_get", clock, 0, 100) == E.NOTCAPABLE
+
+
 def test_a_directory_is_never_opened_for_writing():
     host, w = wasi_with()
     host.results["Directory", "subdir"] = "cap"
