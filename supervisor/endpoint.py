@@ -133,6 +133,26 @@ def reaches(grant: str, is_dir: bool, own: str, own_is_dir: bool) -> bool:
     return grant == own or (is_dir and under(own, grant)) or (own_is_dir and under(grant, own))
 
 
+def makedirs_private(path: str):
+    """os.makedirs(path, exist_ok=True), but every directory it makes is made 0700:
+    os.makedirs gives its `mode` to the last one only (Python 3.7 on), the others
+    the umask's (0777 under `umask 0`, 0775 under 002), and another user could
+    then rename the system's log or runtime directory away inside one of them and
+    put a directory of their own there.  Raises OSError as os.makedirs does."""
+    missing = []
+    at = os.path.abspath(path)
+    while not os.path.lexists(at) and at != os.path.dirname(at):
+        missing.append(at)
+        at = os.path.dirname(at)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass                          # made meanwhile: as os.makedirs, if a directory
+    if not os.path.isdir(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+
+
 def _make_dir(path: str, what: str):
     """mkdir 0700 (nothing if it exists)."""
     try:
@@ -159,7 +179,7 @@ def private_dir(path: str, create: bool = True) -> str:
     """The runtime directory, made if missing; refused unless it is ours, 0700, real."""
     if create:
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            makedirs_private(os.path.dirname(path))
         except OSError as e:
             raise EndpointError(f"cannot make {quoted(os.path.dirname(path))}: {e.strerror}") from None
         _make_dir(path, "")
@@ -287,7 +307,7 @@ def own_dir(folder: str, what: str, parents: bool = False):
     write to, so no one can plant a link or a socket in it."""
     if parents:
         try:
-            os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+            makedirs_private(os.path.dirname(folder))
         except OSError as e:
             raise EndpointError(f"cannot make {what}{quoted(folder)}: {e.strerror}") from None
     _make_dir(folder, what)

@@ -251,3 +251,30 @@ def test_an_audit_whose_name_is_near_name_max_is_rotated_too(tmp_path):
         audit._write([{"event": "call", "pad": "z" * 200, "time": 0.0}] * 10)
     audit.close()
     assert sorted(os.listdir(tmp_path)) == ["a" * 250, "a" * 250 + ".1"]
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o002, 0o022])
+def test_every_directory_up_makes_is_closed_to_others_whatever_the_umask(tmp_path, monkeypatch,
+                                                                          mask):
+    """A review of the operator's files: the log directory's and the runtime
+    directory's missing parents (`XDG_STATE_HOME=/srv/state/a/b`, a fresh home's
+    ~/.local/state) were made by os.makedirs, whose `mode` sets the last
+    directory's only: the others took the umask's, 0777 under `umask 0` (0775
+    under 002), and another user could rename the system's log and runtime
+    directories away inside them, and put directories of their own there.  Every
+    directory wsuper makes is 0700."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run" / "x" / "y"))
+    old = os.umask(mask)
+    try:
+        endpoint.private_dir(endpoint.runtime_dir())
+        endpoint.own_dir(str(tmp_path / "state" / "p" / "q" / "wsuper" / "s-1"),
+                         "log directory ", parents=True)
+    finally:
+        os.umask(old)
+    made = [tmp_path / "run", tmp_path / "run" / "x", tmp_path / "run" / "x" / "y",
+            tmp_path / "run" / "x" / "y" / "wsuper", tmp_path / "state",
+            tmp_path / "state" / "p", tmp_path / "state" / "p" / "q",
+            tmp_path / "state" / "p" / "q" / "wsuper",
+            tmp_path / "state" / "p" / "q" / "wsuper" / "s-1"]
+    assert {str(d): oct(d.stat().st_mode & 0o777) for d in made} == \
+        {str(d): oct(0o700) for d in made}
