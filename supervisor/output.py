@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import datetime
 import errno
+import fcntl
 import json
 import math
 import os
@@ -713,6 +714,7 @@ class LogFiles:
                 if size and size + len(data) > LOG_FILE_SIZE:
                     _append(folder, file, chunk)
                     batch[name] = lines[i:]
+                    _not_taken(folder, file)
                     rotate(folder, file)
                     chunk, size = [], 0
                 chunk.append(data)
@@ -801,6 +803,37 @@ def ends_a_line(folder: int, file: str, size: int) -> bool:
         os.close(fd)
 
 
+def _take(fd: int, file: str):
+    """Lock the log file open as `fd` for this write (flock, let go as it is closed),
+    or raise OSError (EBUSY) if another process holds it: another running system's
+    audit file (each system locks its audit for the run).  A log directory given to
+    one system that holds another's audit under a log file's name (`audit =
+    "/d/supervisor.log"` beside `logs = "/d"`) had the log lines appended to the
+    audit, and the audit rotated (and in the end deleted) from under its writer."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OSError(errno.EBUSY, f"{file} is locked by another process (the audit "
+                                       f"file of another running system?): no log file "
+                                       f"of this system's is written there") from None
+        # a file system that cannot lock: the log directory's own lock refused it at start
+
+
+def _not_taken(folder: int, file: str):
+    """Raise OSError (EBUSY) if another process holds the log file `file` locked
+    (_take), before it is rotated: renamed, and in the end deleted."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=folder)
+    except OSError:
+        return                   # nothing there, or no file to rotate: rotate says why
+    try:
+        _take(fd, file)
+    finally:
+        os.close(fd)
+
+
 def _append(folder: int, file: str, chunk: list):
     """Append to a regular file only: a FIFO there (opened for writing, it waits for
     a reader) would hold the writer thread for good."""
@@ -821,6 +854,7 @@ def _append(folder: int, file: str, chunk: list):
         if st.st_nlink > 1:       # another name of it may lie in a grant: not written
             raise OSError(errno.EMLINK, f"{file} has {st.st_nlink} hard links; remove "
                                         f"the others")
+        _take(fd, file)
         os.set_blocking(fd, True)
         data = memoryview(b"".join(chunk))
         try:

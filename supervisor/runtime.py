@@ -17,10 +17,12 @@ from __future__ import annotations
 import collections
 import datetime
 import errno
+import fcntl
 import gc
 import json
 import math
 import os
+import re
 import select
 import signal
 import socket as pysocket
@@ -803,10 +805,12 @@ class Supervisor:
             key = "system.logs" if self.system.logs else ""     # none: the default
             endpoint.own_dir(self.log_dir, "log directory ", parents=True)
             self._log_dir_fd = endpoint.lock_dir(self.log_dir, "log directory ")
+            self._log_files_free()
             if self.audit is not None:
                 key = "system.audit"
                 endpoint.own_dir(os.path.dirname(self.audit.path), "audit directory ")
                 self.audit.open()
+                self._audit_not_among_others_logs()
         except endpoint.EndpointError as e:
             self._let_go(lock)
             if key and key != "--socket":
@@ -822,6 +826,48 @@ class Supervisor:
             for path, inode in self._bound.items():
                 endpoint.owned_socket(path, inode)
             self._let_go(lock)
+
+    def _log_files_free(self):
+        """Refuse (EndpointError) a log directory that holds, under the name of one of
+        this system's log files (or a rotation of one), a file another process keeps
+        locked: another running system's audit (`audit = "/d/supervisor.log"` there).
+        The log lines went into that audit, and its rotation moved it from under its
+        writer (the log files' writer refuses it too: output._take)."""
+        for name in (output.SUPERVISOR, *self.system.compartments):
+            for n in range(output.LOG_FILE_KEEP + 1):
+                file = f"{name}.log" + (f".{n}" if n else "")
+                try:
+                    output._not_taken(self._log_dir_fd, file)
+                except OSError:
+                    raise endpoint.EndpointError(
+                        f"the log directory {quoted(self.log_dir)} holds {file}, which "
+                        f"another process keeps locked (the audit file of another "
+                        f"running system?): this system's log lines would be written "
+                        f"into it; give each system its own") from None
+
+    def _audit_not_among_others_logs(self):
+        """Refuse (EndpointError) an audit named as a log file (`NAME.log`, or a
+        rotation `NAME.log.N`) in the log directory of another running system (which
+        holds that directory locked: endpoint.lock_dir): that system's log files of
+        that name are this audit."""
+        folder = os.path.dirname(os.path.realpath(self.audit.path))
+        if folder == os.path.realpath(self.log_dir) or not re.fullmatch(
+                r".+\.log(\.[0-9]+)?", os.path.basename(self.audit.path)):
+            return                       # its own log directory: policy refuses its names
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise endpoint.EndpointError(
+                    f"the audit file {self.audit.path} is a log file's name in the log "
+                    f"directory of another running system: its log lines would be "
+                    f"written into the audit; name another file") from None
+        finally:
+            os.close(fd)
 
     def _remake_log_dir(self) -> int:
         """The log directory again, as `run` made it (removed while the system ran):

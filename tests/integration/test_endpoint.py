@@ -682,6 +682,42 @@ def test_two_systems_never_write_one_audit_file_or_log_directory(tmp_path, xdg, 
         b.stop()
 
 
+@pytest.mark.parametrize("first", ["audit", "logs"])
+def test_one_systems_audit_is_never_another_running_systems_log_file(tmp_path, xdg, first):
+    """A review of the operator's files: system a's `audit = "D/supervisor.log"`
+    and system b's `logs = "D"`: both ran, whichever started first, and b appended
+    its log lines to a's audit (a file of JSON records; a plugin's text among
+    them), and would rotate it from under a at 1 MiB.  The second is refused,
+    naming its key; the first runs on, its audit its own records only."""
+    shared = tmp_path / "d"
+    shared.mkdir(mode=0o700)
+    paths = {}
+    for name in ("a", "b"):
+        own = tmp_path / name
+        own.mkdir(mode=0o700)
+        extra = f'audit = "{shared}/supervisor.log"\n' if name == "a" else \
+            f'logs = "{shared}"\n'
+        (own / "system.toml").write_text(
+            f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nsocket = "{own}/ext.sock"\n'
+            f'{extra}[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+            f'exports = "Calc"\nexternal = true\n')
+        paths[name] = str(own / "system.toml")
+    second = "b" if first == "audit" else "a"
+    one = _up(paths["a" if first == "audit" else "b"])
+    try:
+        one.wait_for("ready calc")
+        r = _cli("up", paths[second])
+        assert r.returncode == 2, r.stdout + r.stderr
+        key = "system.logs" if second == "b" else "system.audit"
+        assert f"{paths[second]}:4: {key}: " in r.stderr and "another" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        one.stop()
+    if first == "audit":
+        records = [json.loads(line) for line in open(shared / "supervisor.log")]
+        assert records[0]["event"] == "run started" and records[-1]["event"] == "run stopped"
+
+
 @pytest.mark.parametrize("how", ["read-only", "full"])
 def test_a_runtime_directory_up_cannot_write_is_refused_and_said(tmp_path, how):
     """A review of start-up in hostile environments: the runtime directory (the

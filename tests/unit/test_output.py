@@ -1016,3 +1016,36 @@ def test_a_log_directory_made_again_without_a_descriptor_to_spare_waits_for_one(
     assert not failed and not files.paused
     assert (folder / "app.log").read_text() == "two\n"
     files.close()
+
+
+@pytest.mark.parametrize("size", [10, 2000])
+def test_a_log_file_another_running_system_holds_as_its_audit_is_never_written(
+        tmp_path, monkeypatch, size):
+    """A review of the operator's files: system A's `audit = "/d/supervisor.log"`
+    and system B's `logs = "/d"`, both running (either started first): B appended
+    its log lines (a plugin's text among them) to A's audit, a file of JSON
+    records, and at 1 MiB rotated it from under A (renamed to supervisor.log.1,
+    and in the end deleted); a write of B's that failed cut A's file back to the
+    size B had seen.  The audit is locked by its system for the run: a log file
+    another process holds locked is not written, nor rotated, and the log files
+    say why."""
+    import fcntl
+
+    from supervisor import output
+    monkeypatch.setattr(output, "LOG_FILE_SIZE", 1000)
+    audit = tmp_path / "supervisor.log"
+    audit.write_bytes(b'{"event":"run started"}\n'.ljust(size - 1, b" ") + b"\n")
+    before = audit.read_bytes()
+    held = os.open(audit, os.O_WRONLY | os.O_APPEND)      # as _Audit.open holds it
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        files = output.LogFiles(str(tmp_path))
+        with pytest.raises(OSError, match="supervisor.log is locked by another process"):
+            files._write({"supervisor": ["2026-12-03T10:00:00.000Z wsuper: x" * 10]})
+        files._write({"app": ["2026-12-03T10:00:00.000Z [app] fine"]})
+        files.close()
+    finally:
+        os.close(held)
+    assert audit.read_bytes() == before
+    assert not (tmp_path / "supervisor.log.1").exists()
+    assert (tmp_path / "app.log").read_text() == "2026-12-03T10:00:00.000Z [app] fine\n"
