@@ -386,9 +386,59 @@ def lock_exclusive(fd: int, what: str = "it"):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in _HELD:
+            foreign = foreign_holders(fd)
+            if foreign:
+                # a flock needs only a descriptor to read: another user who may read
+                # the system file (0644), the audit or the log directory held it, and
+                # up said the system was already running ("stop it first"), which
+                # `wsuper status` and `stop` then denied
+                pid, uid = foreign[0]
+                raise EndpointError(f"cannot lock {what}: process {pid} of uid {uid} (not "
+                                    f"you: no wsuper of yours) holds a lock on it, as "
+                                    f"anyone who may read it can; make it readable by you "
+                                    f"alone, or end that process") from None
             raise LockHeld(e.strerror or str(e)) from None
         raise EndpointError(f"cannot lock {what}: {e.strerror or e} (its file system "
                             f"does not lock files here; wsuper needs it to)") from None
+
+
+def foreign_holders(fd: int) -> list[tuple[int, int]]:
+    """The processes of other users that hold a lock on `fd`'s file, as (pid, uid),
+    from /proc/locks; empty if none is, or if that cannot be told (no /proc, a
+    holder in another pid namespace, whose pid shows as 0 or -1).  Empty too when
+    a process of this user holds one as well: that one may be a system of ours."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks", "rb") as f:
+            table = f.read(1 << 22).decode("ascii", "replace")
+    except OSError:
+        return []
+    inode = str(st.st_ino)
+    devices = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", None)
+    holders: dict = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->":        # "->": a waiter, not a holder
+            continue
+        dev, _, ino = parts[5].rpartition(":")
+        if ino == inode and parts[4].lstrip("-").isdigit():
+            holders.setdefault(dev, []).append(int(parts[4]))
+    # the kernel names the device of the file system's superblock, which st_dev is
+    # but for a few (a btrfs subvolume): the inode's own entries, else any of its number
+    pids = holders.get(devices[0]) or (next(iter(holders.values())) if len(holders) == 1
+                                        else [])
+    me, out = os.getuid(), []
+    for pid in pids:
+        if pid <= 0:
+            return []                   # not seen from here: maybe ours
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return []                   # gone meanwhile (or hidden): cannot tell
+        if uid == me:
+            return []
+        out.append((pid, uid))
+    return out
 
 
 def lock_dir(folder: str, what: str) -> int:

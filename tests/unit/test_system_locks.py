@@ -278,3 +278,75 @@ def test_every_directory_up_makes_is_closed_to_others_whatever_the_umask(tmp_pat
             tmp_path / "state" / "p" / "q" / "wsuper" / "s-1"]
     assert {str(d): oct(d.stat().st_mode & 0o777) for d in made} == \
         {str(d): oct(0o700) for d in made}
+
+
+@pytest.fixture
+def foreign_lock():
+    """lock(path): a process of another user (uid 65534) takes an exclusive flock on
+    the file (or directory) at `path`, through a descriptor root opened: what anyone
+    who may read a file can do."""
+    import signal
+    import time
+    if os.geteuid() != 0:
+        pytest.skip("takes a lock as another user")
+    children = []
+
+    def lock(path):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                   # pragma: no cover (the child)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(w, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"x"
+        os.close(r)
+        os.close(fd)
+        children.append(pid)
+    yield lock
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_a_lock_another_user_holds_is_said_so_not_taken_for_a_running_system(
+        rundir, tmp_path, foreign_lock):
+    """A review of the operator's files as another user: the system file is locked
+    (flock) for the run, and a flock needs only a descriptor to read: another user
+    who may read the system file (0644, the usual) held it, and `wsuper up` said
+    "this system is already running ... locked by another wsuper up ... stop it
+    first", while `wsuper status` and `stop` found no system to stop.  So with an
+    audit file or a log directory others may read.  A lock held by a process of
+    another user is said to be that, naming its uid."""
+    os.chmod(rundir, 0o644)
+    foreign_lock(rundir)
+    with pytest.raises(endpoint.EndpointError) as e:
+        endpoint.Lock(rundir).acquire()
+    assert "uid 65534" in str(e.value) and "already running" not in str(e.value), e.value
+    assert not endpoint.is_running(rundir)
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o755)
+    foreign_lock(str(logs))
+    with pytest.raises(endpoint.EndpointError) as e:
+        endpoint.lock_dir(str(logs), "log directory ")
+    assert "uid 65534" in str(e.value) and "another running system" not in str(e.value)
+
+
+def test_a_log_file_another_user_holds_locked_is_written_all_the_same(tmp_path,
+                                                                        foreign_lock):
+    """The log files leave alone a file another running system of the user's holds
+    (its audit); one that another user's process holds locked (a file others may
+    read) is no system's of ours: its lines are written, not stopped."""
+    (tmp_path / "app.log").write_bytes(b"")
+    os.chmod(tmp_path / "app.log", 0o644)
+    foreign_lock(str(tmp_path / "app.log"))
+    files = output.LogFiles(str(tmp_path))
+    files._write({"app": ["2026-12-03T10:00:00.000Z [app] one"]})
+    files.close()
+    assert (tmp_path / "app.log").read_text() == "2026-12-03T10:00:00.000Z [app] one\n"
