@@ -85,6 +85,11 @@ def stop_at_start():
         sys.unraisablehook = _unraisable(sys.unraisablehook)
     for sig in stopping():
         signal.signal(sig, _raise)
+    # `wsuper up S &` on a terminal with `stty tostop`: the first line written there
+    # (the supervisor's, or a plugin's it shows) stopped the whole process, every
+    # compartment's calls and `wsuper stop` with it.  Ignored, the write goes through
+    # (POSIX); a terminal that does not keep up costs lines only (output.Output)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
 
 def hold():

@@ -19,7 +19,7 @@ os.environ.setdefault("XDG_STATE_HOME", _STATE)
 
 #: Signals whose handlers a command run in this process installs (`up`'s
 #: startsignals, `trace`'s), and which later tests rely on being Python's own.
-_HANDLED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGCHLD")
+_HANDLED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE", "SIGCHLD", "SIGTTOU")
 
 
 @pytest.fixture(autouse=True)

@@ -367,3 +367,71 @@ def test_a_dead_zygotes_engines_are_not_said_to_restart(tmp_path, wsuper):
     assert any("no compartment can start again; stopping" in l for l in run.lines), run.lines
     assert not any("restarting calc" in l for l in run.lines), run.lines
     assert len(engines) == 8 and not any(_running(e) for e in engines)
+
+
+_BACKGROUND_JOB = r"""
+import os, signal, sys
+os.setsid()
+tty = os.open(sys.argv[1], os.O_RDWR)   # its controlling terminal: this group is the foreground
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)                     # `wsuper up ... &`: a background job
+    os.dup2(tty, 1)
+    os.dup2(tty, 2)
+    os.execv(sys.executable, [sys.executable, "-m", "supervisor.cli", "up", sys.argv[2]])
+signal.signal(signal.SIGALRM, lambda *a: (os.kill(pid, signal.SIGKILL), print("hung")))
+signal.alarm(50)
+_, status = os.waitpid(pid, os.WUNTRACED)
+if os.WIFSTOPPED(status):
+    print("stopped", signal.Signals(os.WSTOPSIG(status)).name, flush=True)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+else:
+    print("exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_up_in_the_background_of_a_terminal_that_stops_its_writers_runs_on():
+    """A review of the operator's terminal: `wsuper up S &` in a shell whose terminal
+    has `stty tostop` (background jobs that write to it are stopped): the first
+    line the supervisor (or a plugin, whose log lines it shows) wrote there stopped
+    the whole process with SIGTTOU, every compartment's calls, the external
+    clients, `wsuper stop` with it (`Stopped (tty output)` in `jobs`).  The
+    terminal is the operator's to read, never a reason for the system to stop:
+    SIGTTOU is ignored, so the writes go through."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import termios
+    from tests.conftest import ROOT
+    master, slave = pty.openpty()
+    try:
+        attrs = termios.tcgetattr(slave)
+        attrs[3] |= termios.TOSTOP
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        name = os.ttyname(slave)
+        os.close(slave)
+        slave = None
+        proc = subprocess.Popen([sys.executable, "-c", _BACKGROUND_JOB, name,
+                                 os.path.join(EXAMPLES, "hello.toml")], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        seen = b""
+        while proc.poll() is None:               # what it writes is read, as a terminal's
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        out = proc.communicate(timeout=60)[0]
+        while select.select([master], [], [], 0.2)[0]:     # what is left in the terminal
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    assert out.strip() == "exit 0", out + seen.decode(errors="replace")
+    assert b"[app] 2 + 3 = 5" in seen, seen
