@@ -861,7 +861,8 @@ class Supervisor:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) \
+                    and not endpoint.foreign_holders(fd):     # not another user's lock
                 raise endpoint.EndpointError(
                     f"the audit file {self.audit.path} is a log file's name in the log "
                     f"directory of another running system: its log lines would be "
