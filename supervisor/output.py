@@ -803,6 +803,18 @@ def ends_a_line(folder: int, file: str, size: int) -> bool:
         os.close(fd)
 
 
+def enxio_kind(path: str, dir_fd: int | None = None, fifo: str = "a FIFO no one reads") -> str:
+    """What the file at `path` is, whose opening to write failed ENXIO: a FIFO no
+    one reads, or a socket (another system's, put where a log file or an audit
+    lies), which was said to be a FIFO too; or a device with no driver."""
+    try:
+        mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        mode = stat.S_IFIFO
+    return "a socket" if stat.S_ISSOCK(mode) else "a device with no driver behind it" \
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else fifo
+
+
 def _take(fd: int, file: str):
     """Lock the log file open as `fd` for this write (flock, let go as it is closed),
     or raise OSError (EBUSY) if another process holds it: another running system's
@@ -847,7 +859,8 @@ def _append(folder: int, file: str, chunk: list):
         fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
                      | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=folder)
     except OSError as e:
-        why = "is a FIFO no one reads, not a regular file" if e.errno == errno.ENXIO else \
+        why = f"is {enxio_kind(file, folder)}, not a regular file" if e.errno == errno.ENXIO \
+            else \
             "is a symbolic link, not a regular file" if e.errno == errno.ELOOP else \
             f"cannot be opened: {e.strerror}"
         raise OSError(e.errno, f"{file} {why}") from None

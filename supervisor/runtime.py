@@ -372,7 +372,9 @@ class _Audit:
                          os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
                          | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600, dir_fd=self._dir)
         except OSError as e:
-            what = "a FIFO (named pipe) no one reads" if e.errno == errno.ENXIO else \
+            what = output.enxio_kind(
+                self.path if self._dir is None else os.path.basename(self.path),
+                self._dir, "a FIFO (named pipe) no one reads") if e.errno == errno.ENXIO else \
                 e.strerror or str(e)
             # the hint only where the file is what is wrong (a FIFO, a link): a
             # read-only file system or a full one is no matter of the file's kind

@@ -330,3 +330,30 @@ def test_an_audit_whose_directory_is_removed_or_moved_while_the_system_runs_goes
     if how == "moved":
         assert json.loads((tmp_path / "moved" / "audit.jsonl").read_text())["event"] == \
             "run started"
+
+
+@pytest.mark.parametrize("max_size", [0, 1 << 20])
+def test_an_audit_or_log_file_that_is_a_socket_is_named_a_socket_not_a_fifo(tmp_path,
+                                                                             max_size):
+    """A review of the operator's files: another system's external socket where a
+    system's audit (or one of its log files) lies (`socket = "/d/calc.log"` beside
+    `logs = "/d"`): opening it fails ENXIO, as a FIFO nobody reads does, and both
+    were said to be "a FIFO (named pipe) no one reads"."""
+    import socket
+
+    from supervisor import output
+    path = tmp_path / "calc.log"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(endpoint.EndpointError) as e:
+            runtime._Audit(str(path), "run", max_size=max_size).open()
+        assert ": a socket; the audit must be a regular file" in str(e.value) \
+            and "FIFO" not in str(e.value), e.value
+        files = output.LogFiles(str(tmp_path))
+        with pytest.raises(OSError) as e:
+            files._write({"calc": ["2026-12-03T10:00:00.000Z [calc] x"]})
+        files.close()
+        assert "is a socket" in str(e.value) and "FIFO" not in str(e.value), e.value
+    os.mkfifo(tmp_path / "fifo.log")
+    with pytest.raises(endpoint.EndpointError, match="a FIFO"):
+        runtime._Audit(str(tmp_path / "fifo.log"), "run").open()
