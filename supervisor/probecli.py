@@ -21,6 +21,11 @@ from capnp_schemas.text import printable, quoted
 from . import endpoint, stderr, trace
 
 MAX_LINE = 64 << 20
+#: Events `wsuper trace` keeps (~740 bytes each in memory, and the Chrome file makes
+#: four records of a call): the system sends up to 50,000 a second, and a trace kept
+#: them all until its end, tens of gigabytes for a compartment calling in a loop
+#: for 600 s.  Past it events are counted as dropped, as the system's queue does
+MAX_TRACE_EVENTS = 1_000_000
 
 
 def add_commands(sub):
@@ -241,6 +246,7 @@ def _is_stdout(f) -> bool:
 
 def _trace(args, body: dict, f) -> int:
     events, dropped, meta, done, interrupted = [], 0, {}, False, None
+    kept_out = 0                  # events past MAX_TRACE_EVENTS: counted as dropped
     try:
         for obj in _lines(args.system, body, args.seconds + 60):
             if not isinstance(obj, dict):
@@ -253,7 +259,9 @@ def _trace(args, body: dict, f) -> int:
             if obj.get("ok"):
                 meta = {"compartments": obj.get("compartments")}
             if isinstance(obj.get("events"), list):
-                events.extend(obj["events"])
+                room = max(MAX_TRACE_EVENTS - len(events), 0)
+                events.extend(obj["events"][:room])
+                kept_out += max(len(obj["events"]) - room, 0)
             if obj.get("done"):
                 dropped, done = obj.get("dropped", 0), True
                 break
@@ -271,6 +279,11 @@ def _trace(args, body: dict, f) -> int:
     if not meta:
         _error("the system ended the trace before it began (it is stopping?)")
         return 1
+    dropped = (dropped if isinstance(dropped, int) else 0) + kept_out
+    if kept_out:
+        print(f"wsuper: note: a trace keeps at most {MAX_TRACE_EVENTS:,} events: {kept_out:,} "
+              f"more were dropped (trace fewer compartments, or for fewer seconds)",
+              file=sys.stderr)
     try:
         with _signals_held():
             # Ctrl-C (SIGTERM, SIGHUP) here, once the file was emptied, left it cut

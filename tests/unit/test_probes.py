@@ -1216,3 +1216,38 @@ def test_flags_cost_nothing_per_site_of_each_probe_at_every_push():
     assert _CountedSites.walks == 0
     r.remove("c", "b")
     assert r.flags("c")[0] == bytes([0, 0, 0, COUNT, COUNT | EVENTS, 0, 0])
+
+
+def test_a_trace_client_keeps_a_bounded_number_of_events_and_counts_the_rest(
+        tmp_path, monkeypatch, capsys):
+    """A review of the operator's commands: `wsuper trace` kept every event of the
+    session in memory until its end (~740 bytes each, and the Chrome file four
+    records per call): a compartment calling in a loop (the system sends up to
+    50,000 events a second) made `wsuper trace S --seconds 600` take tens of
+    gigabytes of the operator's machine, and die with nothing written.  It keeps
+    at most MAX_TRACE_EVENTS; the rest are counted as dropped, and said."""
+    import argparse
+    import json
+    from supervisor import probecli
+    monkeypatch.setattr(probecli, "MAX_TRACE_EVENTS", 1000)
+
+    def session(system, body, timeout):
+        yield {"ok": True, "compartments": ["calc"]}
+        for chunk in range(10):
+            yield {"events": [{"kind": "call", "id": chunk * 500 + i, "ts_ns": chunk * 500 + i,
+                               "dur_ns": 1, "caller": "app", "callee": "calc",
+                               "name": "add"} for i in range(500)]}
+        yield {"done": True, "dropped": 7}
+    monkeypatch.setattr(probecli, "_lines", session)
+    out = tmp_path / "t.jsonl"
+    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+                              functions=False, output=str(out), format="jsonl")
+    assert probecli.trace_command(args) == 0
+    said = capsys.readouterr()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1000 and json.loads(lines[-1])["id"] == 999
+    assert "1000 events" in said.out and "4007 dropped" in said.out, said
+    out = tmp_path / "t.json"
+    args.output, args.format = str(out), "chrome"
+    assert probecli.trace_command(args) == 0
+    assert json.loads(out.read_text())["otherData"]["dropped"] == 4007
