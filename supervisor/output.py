@@ -838,8 +838,11 @@ def _take(fd: int, file: str):
 
 def _not_taken(folder: int, file: str):
     """Raise OSError (EBUSY) if another process holds the log file `file` locked
-    (_take), before it is rotated: renamed, and in the end deleted."""
+    (_take), before it is rotated: renamed, and in the end deleted.  Only a regular
+    file is opened to look (an audit is one): opening a device can do something."""
     try:
+        if not stat.S_ISREG(os.stat(file, dir_fd=folder, follow_symlinks=False).st_mode):
+            return
         fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=folder)
     except OSError:
