@@ -602,6 +602,39 @@ class Lock:
             raise EndpointError(f"cannot write the system's lock {self.path}: "
                                 f"{e.strerror or e}") from None
 
+    def renew(self) -> bool:
+        """The lock file made again at its path, locked and with our pid, if it is
+        no longer there (the runtime directory removed while the system ran: a
+        cleaner of old files in /tmp).  Without it `wsuper status`, `stop` and
+        `call` said no system ran.  True if it was made again; EndpointError if it
+        cannot be (another process holds the one there now)."""
+        if self.fd is None or _names(self.path, self.fd):
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+        except OSError as e:
+            raise EndpointError(f"cannot make the system's lock {self.path} again: "
+                                f"{e.strerror or e}") from None
+        try:
+            try:
+                lock_exclusive(fd, f"the system's lock {self.path}")
+            except LockHeld:
+                raise EndpointError(f"cannot make the system's lock {self.path} again: "
+                                    f"another process holds the file there") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise EndpointError(f"cannot write the system's lock {self.path}: "
+                                f"{e.strerror or e}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self.fd = self.fd, fd
+        os.close(old)
+        return True
+
     def release(self):
         if self.fd is not None:
             try:

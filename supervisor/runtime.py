@@ -679,6 +679,7 @@ class Supervisor:
         self._releasing: dict[int, threading.Event] = {}
         self._release_limiter = trio.CapacityLimiter(4)
         self._bound: dict[str, int] = {}
+        self._system_lock: endpoint.Lock | None = None
         self._external = 0
         self._admin_conns: set[_AdminConn] = set()     # admin connections being served
         self._fd_reserve: int | None = None
@@ -795,6 +796,7 @@ class Supervisor:
             lock = None                  # not this system's, or let go: taken here
         taken = lock is not None
         lock = lock or endpoint.Lock(self.identity)
+        self._system_lock = lock           # made again with the runtime directory
         key = ""                   # the key of the system file that moves what failed
         try:
             if not taken:
@@ -2211,6 +2213,13 @@ class Supervisor:
                     nursery.cancel_scope.cancel()
             listener = None
             try:
+                # its directory removed too (a cleaner of old files in /tmp takes
+                # /tmp/wsuper-UID whole, the lock with it): made again as at start
+                # (ours, 0700), and the lock file with it, or every bind failed
+                # ENOENT for good and no command found the system running
+                endpoint.safe_socket_dir(path)
+                if self._system_lock is not None:
+                    self._system_lock.renew()
                 listener = await self._bind(path)
             except (OSError, endpoint.EndpointError) as e:
                 if not told:

@@ -950,6 +950,46 @@ def test_a_user_whose_uid_is_past_two_to_the_31_can_ask_their_own_system(tmp_pat
     assert "sum = 5" in out["call"]["out"], out["call"]
 
 
+def test_the_runtime_directory_removed_while_the_system_runs_is_made_again(tmp_path, xdg):
+    """A review of the operator's files: the runtime directory itself removed while
+    the system ran (a cleaner of old files in /tmp takes /tmp/wsuper-UID with its
+    sockets and lock; an `rm -rf` to make room): the sockets could not be bound
+    again (`No such file or directory`, tried every second for good), and with the
+    lock file gone `wsuper status`, `stop` and `call` said there was no running
+    system; only a signal could stop it.  The directory is made again as at
+    start (0700, ours), the lock file with it, and the sockets bound there."""
+    import shutil as sh
+    env = {"XDG_RUNTIME_DIR": xdg}
+    path = _system(tmp_path)
+    text = open(path).read().replace('exports = "Calc"\n', 'exports = "Calc"\nexternal = true\n',
+                                     1)
+    with open(path, "w") as f:
+        f.write(text)
+    r = _up(path, env)
+    try:
+        r.wait_for("all compartments ready")
+        sh.rmtree(endpoint.runtime_dir())
+        for what in ("the external socket", "the admin socket"):
+            r.wait_for(what)
+        said = [l for l in r.lines if "was removed or replaced while the system ran" in l]
+        assert len(said) == 2 and all("listening there again" in l for l in said), \
+            "\n".join(r.lines)
+        assert os.stat(endpoint.runtime_dir()).st_mode & 0o777 == 0o700
+        assert endpoint.is_running(path)
+        s = _cli("status", path, env=env)
+        assert s.returncode == 0 and "calc" in s.stdout, s.stdout + s.stderr
+        c = _cli("call", path, "calc.add", "(a = 1, b = 2)", env=env)
+        assert c.returncode == 0 and "sum = 3" in c.stdout, c.stdout + c.stderr
+        s = _cli("stop", path, env=env)
+        assert s.returncode == 0, s.stdout + s.stderr
+        assert r.finish() == 0
+        assert not os.path.exists(endpoint.lock_path(path))
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.finish()
+
+
 def test_sockets_removed_while_the_system_runs_are_bound_again(tmp_path, xdg):
     """A review of the host running out: the runtime directory's sockets removed
     while the system ran (a cleaner of old files, an operator's rm to make room):
