@@ -496,7 +496,9 @@ static inline wsuper_cap wsuper_get_cap(wsuper_reader *r, uint32_t ptr) {
   uint32_t t;
   if (!wsuper_follow(r, ptr, &v, &t)) return 0;
   uint32_t i = (uint32_t)(v >> 32);
-  if ((v & 3) != 3 || i >= r->ncaps || i >= 256) { r->bad = true; return 0; }
+  /* an "other" pointer is a capability only with the rest of its low word zero:
+   * Cap'n Proto reserves the other values (and its readers refuse them) */
+  if ((uint32_t)v != 3 || i >= r->ncaps || i >= 256) { r->bad = true; return 0; }
   /* each capability once: two fields with one handle would release each other's
    * (and, once the number is reused, someone else's); no builder writes that */
   if ((r->taken[i >> 3] >> (i & 7)) & 1) { r->bad = true; return 0; }

@@ -275,6 +275,29 @@ def test_a_capability_is_handed_out_once(harness):
     assert all(line.startswith("bad ") for line in lines[1:]), lines
 
 
+
+def test_a_reserved_other_pointer_is_no_capability(harness):
+    """An "other" pointer (kind 3) is a capability only when the rest of its low
+    word is zero: Cap'n Proto reserves the other values of those 30 bits, and its
+    reader refuses them ("non-capability pointer where capability pointer was
+    expected"), as the engine's copy does ("unknown 'other' pointer").  The C
+    reader looked at the kind alone: `3 | 1 << 2 | 1 << 32` was handed out as the
+    message's capability 1, a pointer of some later version of the format read as
+    something it is not.  Now it is malformed, in a field and in a list."""
+    def with_other(word, in_list):
+        words = [(0 << 2) | (0 << 32) | (6 << 48), 0, 0, 0, 0,
+                 0 if in_list else word,
+                 (0 << 2) | 1 | ((6 | (1 if in_list else 0) << 3) << 32)]
+        words += [word] if in_list else []
+        return _framed(b"".join(w.to_bytes(8, "little") for w in words))
+    reserved = [3 | (1 << 2) | (1 << 32), 3 | (0x3FFFFFFF << 2), 3 | (1 << 31) | (2 << 32)]
+    lines = _run(harness, "h", [with_other(3 | (1 << 32), False), with_other(3 | (2 << 32), True)]
+                 + [with_other(w, l) for w in reserved for l in (False, True)])
+    assert lines[0] == "ok flags=0 ones=0 empties=0 wides=0 pad=0 thing=12 things="
+    assert lines[1] == "ok flags=0 ones=0 empties=0 wides=0 pad=0 thing=0 things=13,"
+    assert all(line.startswith("bad ") for line in lines[2:]), lines
+
+
 PAIR = """@0xd1f0a3b2c4e5f6c1;
 interface Thing {}
 interface Pair { get @0 () -> (a :Thing, b :Thing, n :Int64); }
