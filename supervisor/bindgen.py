@@ -475,21 +475,22 @@ class Generator:
                         f"    out->{name} = t.present ? WSUPER_ARRAY(a, struct {f[3]}, 1) : NULL;",
                         f"    if (out->{name} && wsuper_enter(r)) {{ "
                         f"{f[3]}_load(r, a, t, out->{name}); r->depth--; }}",
-                        f"    else if (t.present) {{ r->bad = true; out->{name} = NULL; }} }}"]
+                        f"    else if (t.present) {{ if (!out->{name}) wsuper_bad(r, {_NOMEM}); "
+                        f"r->bad = true; out->{name} = NULL; }} }}"]
             elif kind == "plist":
                 elem = f[3]
                 code = _PRIM[elem][3] if elem in _PRIM else 6
                 out += [f"  {{ uint32_t n, l = wsuper_get_list(r, {ptr}, {code}, &n);",
                         f"    out->{name}.items = WSUPER_ARRAY(a, {_plain(f)}, n);",
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
-                        f"    if (!out->{name}.items) r->bad = true;",
+                        f"    if (!out->{name}.items) wsuper_bad(r, {_NOMEM});",
                         f"    for (uint32_t i = 0; i < out->{name}.len; i++) out->{name}.items[i] = "
                         + _get_elem(elem, _plain(f)) + "; }"]
             elif kind == "slist":
                 out += [f"  {{ uint32_t n; wsuper_loc first = wsuper_get_struct_list(r, {ptr}, &n);",
                         f"    out->{name}.items = WSUPER_ARRAY(a, struct {f[3]}, n);",
                         f"    out->{name}.len = out->{name}.items ? n : 0;",
-                        f"    if (!out->{name}.items) r->bad = true;",
+                        f"    if (!out->{name}.items) wsuper_bad(r, {_NOMEM});",
                         f"    if (out->{name}.len && !wsuper_enter(r)) out->{name}.len = 0;",
                         f"    else if (out->{name}.len) {{",
                         f"      for (uint32_t i = 0; i < out->{name}.len && !r->bad; i++) "
@@ -513,6 +514,7 @@ class Generator:
             out += _define(_macro(cname, method.name), str(ordinal))
         out.append("")
         for ordinal, mname, params, results in self._methods(schema, cname):
+            shown = f"{_scoped(schema)[1]}.{schema.node.interface.methods[ordinal].name}"
             args = ["wsuper_arena *arena_", "wsuper_cap cap_"]
             # types by their typedef names, unless a parameter of the same name (`point
             # :Point`) shadows one: then by struct tag (or uint16_t), which none shadows
@@ -552,7 +554,8 @@ class Generator:
                         # all or nothing: the fields decoded before the fault hold
                         # handles just released, which a caller's clean-up released again
                         "  if (r_.bad) return memset(out_, 0, sizeof *out_), "
-                        "wsuper_error(arena_, \"malformed results\"), WSUPER_E_MESSAGE;",
+                        f"wsuper_error2(arena_, \"malformed results of {shown}: \", r_.why), "
+                        "WSUPER_E_MESSAGE;",
                         "  return WSUPER_OK;"]
             else:
                 out.append("  if (rc_ == WSUPER_OK) wsuper_release_unread(&r_, true);")
@@ -582,17 +585,22 @@ class Generator:
                 "  int rc = wsuper_read_params(&a, &r, len, ncaps);",
                 "  if (rc == WSUPER_OK) switch (method) {"]
         for ordinal, mname, params, results in methods:
+            shown = f"{_scoped(schema)[1]}.{schema.node.interface.methods[ordinal].name}"
             out += [f"  case {ordinal}: {{",
                     f"    struct {params.cname} in;", f"    struct {results.cname} out;",
                     "    memset(&in, 0, sizeof in);", "    memset(&out, 0, sizeof out);",
                     f"    {params.cname}_load(&r, &a, wsuper_root(&r), &in);",
-                    "    if (r.bad) { rc = WSUPER_E_MESSAGE; break; }",
+                    "    if (r.bad) { rc = WSUPER_E_MESSAGE; "
+                    f"wsuper_error2(&a, \"malformed params of {shown}: \", r.why); break; }}",
                     f"    rc = {cname}_serve_{mname}(&a, object, &in, &out);",
                     "    if (rc != WSUPER_OK) break;",
                     "    wsuper_builder_init(&b);",
                     f"    {results.cname}_fill(&b, wsuper_new_struct(&b, 0, {results.dwords}, "
                     f"{results.ptrs}), &out);",
                     "    rc = wsuper_send_results(&b);",
+                    # named as the results' fault, not the params' ("malformed message")
+                    "    if (rc != WSUPER_OK) "
+                    f"wsuper_error2(&a, \"results of {shown} not sent: \", wsuper_unsent(&b, rc));",
                     "    break;", "  }"]
         out += ["  default: rc = WSUPER_E_UNIMPLEMENTED;", "  }",
                 "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(&a, rc);",
@@ -601,6 +609,8 @@ class Generator:
 
 
 _RENAME = "names are not on the wire: a copy of the schema may rename it"
+#: a decoded array the plugin's memory could not hold (C's size of what a message holds)
+_NOMEM = '"out of memory for what it holds"'
 _C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -118,6 +118,19 @@ static inline int wsuper_error(wsuper_arena *a, const char *reason) {
   return WSUPER_E_FAILED;
 }
 
+/* The same from two parts, `what` and then `why` (which may be NULL):
+ * wsuper_error2(a, "malformed params of Kv.get: ", r.why). */
+static inline int wsuper_error2(wsuper_arena *a, const char *what, const char *why) {
+  size_t n = strlen(what), m = why ? strlen(why) : 0;
+  char *copy = (char *)wsuper_alloc(a, n + m + 1);
+  if (!copy) { a->error = "out of memory"; return WSUPER_E_FAILED; }
+  memcpy(copy, what, n);
+  if (m) memcpy(copy + n, why, m);
+  copy[n + m] = 0;
+  a->error = copy;
+  return WSUPER_E_FAILED;
+}
+
 /* ------------------------------------------------------------------ builder */
 
 typedef struct {
@@ -126,7 +139,14 @@ typedef struct {
   int32_t caps[256];
   uint32_t ncaps;
   bool failed;
+  const char *why;      /* why it failed (the first reason) */
 } wsuper_builder;
+
+/* The message cannot be built: `failed`, and why (the first reason stays). */
+static inline void wsuper_builder_fail(wsuper_builder *b, const char *why) {
+  if (!b->failed) b->why = why;
+  b->failed = true;
+}
 
 static inline uint8_t *wsuper_word(const wsuper_builder *b, uint32_t w) {
   return b->buf + 8 + (size_t)w * 8;
@@ -135,12 +155,15 @@ static inline uint8_t *wsuper_word(const wsuper_builder *b, uint32_t w) {
 /* Words for a new object, zeroed; returns its first word (0 and `failed` if none). */
 static inline uint32_t wsuper_new_words(wsuper_builder *b, uint64_t n) {
   if (b->failed) return 0;
-  if (n > (1u << 26) || b->words + n > (1u << 26)) { b->failed = true; return 0; }
+  if (n > (1u << 26) || b->words + n > (1u << 26)) {
+    wsuper_builder_fail(b, "larger than 2^26 words (512 MiB)");
+    return 0;
+  }
   if (b->words + n > b->room) {
     uint32_t room = b->room ? b->room : 32;
     while (room < b->words + n) room *= 2;
     uint8_t *buf = (uint8_t *)realloc(b->buf, 8 + (size_t)room * 8);
-    if (!buf) { b->failed = true; return 0; }
+    if (!buf) { wsuper_builder_fail(b, "out of memory"); return 0; }
     memset(buf + 8 + (size_t)b->room * 8, 0, (size_t)(room - b->room) * 8);
     b->buf = buf;
     b->room = room;
@@ -200,7 +223,7 @@ static inline uint32_t wsuper_new_struct(wsuper_builder *b, uint32_t ptr, uint16
 static inline uint32_t wsuper_new_list(wsuper_builder *b, uint32_t ptr, uint32_t code,
                                        uint32_t n) {
   static const uint8_t bits[] = {0, 1, 8, 16, 32, 64, 64};
-  if (n >= (1u << 29)) { b->failed = true; return 0; }
+  if (n >= (1u << 29)) { wsuper_builder_fail(b, "a list of 2^29 elements or more"); return 0; }
   uint32_t at = wsuper_new_words(b, ((uint64_t)n * bits[code] + 63) / 64);
   int32_t off = (int32_t)at - (int32_t)ptr - 1;
   wsuper_put64(b, ptr, (uint64_t)((uint32_t)(off * 4) | 1) | ((uint64_t)(code | (n << 3)) << 32));
@@ -213,7 +236,10 @@ static inline uint32_t wsuper_new_list(wsuper_builder *b, uint32_t ptr, uint32_t
 static inline uint32_t wsuper_new_struct_list(wsuper_builder *b, uint32_t ptr, uint32_t n,
                                               uint16_t dwords, uint16_t ptrs) {
   uint64_t words = (uint64_t)n * (dwords + ptrs);
-  if (n >= (1u << 29) || words >= (1u << 29)) { b->failed = true; return 0; }
+  if (n >= (1u << 29) || words >= (1u << 29)) {
+    wsuper_builder_fail(b, "a list of structs of 2^29 elements or words or more");
+    return 0;
+  }
   uint32_t tag = wsuper_new_words(b, 1 + words);
   int32_t off = (int32_t)tag - (int32_t)ptr - 1;
   wsuper_put64(b, ptr, (uint64_t)((uint32_t)(off * 4) | 1) | ((uint64_t)(7 | (words << 3)) << 32));
@@ -225,7 +251,10 @@ static inline void wsuper_set_bytes(wsuper_builder *b, uint32_t ptr, const void 
                                     bool nul) {
   if (!p && !nul) return; /* null Data */
   /* counted in 64 bits: a Text of 2^32 - 1 bytes and its NUL were a list of none */
-  if ((uint64_t)n + (nul ? 1 : 0) >= (1u << 29)) { b->failed = true; return; }
+  if ((uint64_t)n + (nul ? 1 : 0) >= (1u << 29)) {
+    wsuper_builder_fail(b, "a Text or Data of 2^29 bytes or more");
+    return;
+  }
   uint32_t at = wsuper_new_list(b, ptr, 2, n + (nul ? 1 : 0));
   if (!b->failed && n) memcpy(wsuper_word(b, at), p, n);
 }
@@ -240,7 +269,7 @@ static inline void wsuper_set_data(wsuper_builder *b, uint32_t ptr, wsuper_data 
 
 static inline void wsuper_set_cap(wsuper_builder *b, uint32_t ptr, wsuper_cap h) {
   if (h == 0) return;
-  if (b->ncaps >= 256) { b->failed = true; return; }
+  if (b->ncaps >= 256) { wsuper_builder_fail(b, "more than 256 capabilities"); return; }
   b->caps[b->ncaps] = h;
   wsuper_put64(b, ptr, 3 | ((uint64_t)b->ncaps << 32));
   b->ncaps++;
@@ -262,6 +291,7 @@ typedef struct {
   const int32_t *caps;
   uint32_t ncaps;
   bool bad;         /* set by any check that failed: treat the message as malformed */
+  const char *why;  /* what the first check that failed found (wsuper_bad) */
   uint32_t depth;   /* structs being decoded inside one another (at most WSUPER_MAX_DEPTH) */
   uintptr_t stack;  /* the frame the outermost of them was decoded in (wsuper_enter) */
   uint64_t budget;  /* words left to decode: pointers that share a target cannot amplify */
@@ -311,10 +341,20 @@ static inline bool wsuper_stack_left(void) {
  * list of empty structs, which takes no room in the message, can still be read. */
 #define WSUPER_BUDGET_SLACK 65536u
 
+/* The message is malformed (r->bad), and why: the first reason found stays. */
+static inline void wsuper_bad(wsuper_reader *r, const char *why) {
+  if (!r->bad || !r->why) r->why = why;
+  r->bad = true;
+}
+
 /* Charge `words` (at least one) to the decoding budget. */
 static inline bool wsuper_spend(wsuper_reader *r, uint64_t words) {
   if (words == 0) words = 1;
-  if (words > r->budget) { r->bad = true; r->budget = 0; return false; }
+  if (words > r->budget) {
+    wsuper_bad(r, "more to decode than eight times its size (pointers that share their targets)");
+    r->budget = 0;
+    return false;
+  }
   r->budget -= words;
   return true;
 }
@@ -329,9 +369,12 @@ typedef struct { uint32_t at; uint16_t dwords, ptrs; bool present; } wsuper_loc;
 static inline bool wsuper_enter(wsuper_reader *r) {
   uintptr_t here = (uintptr_t)__builtin_frame_address(0);
   if (r->depth == 0) r->stack = here;
-  if (r->depth >= WSUPER_MAX_DEPTH || (r->stack > here && r->stack - here > WSUPER_STACK_BUDGET) ||
-      !wsuper_stack_left()) {
-    r->bad = true;
+  if (r->depth >= WSUPER_MAX_DEPTH) {
+    wsuper_bad(r, "structs nested more than 64 deep");
+    return false;
+  }
+  if ((r->stack > here && r->stack - here > WSUPER_STACK_BUDGET) || !wsuper_stack_left()) {
+    wsuper_bad(r, "structs nested too deep for the stack left");
     return false;
   }
   r->depth++;
@@ -371,7 +414,11 @@ static inline bool wsuper_follow(wsuper_reader *r, uint32_t ptr, uint64_t *v, ui
   *v = wsuper_read64(r, ptr);
   if (*v == 0) return false;
   int64_t t = (int64_t)ptr + 1 + ((int32_t)(uint32_t)*v >> 2);
-  if ((*v & 3) == 2 || ((*v & 3) != 3 && (t < 0 || t > r->words))) { r->bad = true; return false; }
+  if ((*v & 3) == 2) { wsuper_bad(r, "a far pointer (a message here is one segment)"); return false; }
+  if ((*v & 3) != 3 && (t < 0 || t > r->words)) {
+    wsuper_bad(r, "a pointer to outside the message");
+    return false;
+  }
   *target = (uint32_t)t;
   return true;
 }
@@ -381,10 +428,13 @@ static inline wsuper_loc wsuper_get_struct(wsuper_reader *r, uint32_t ptr) {
   uint64_t v;
   uint32_t t;
   if (!wsuper_follow(r, ptr, &v, &t)) return s;
-  if ((v & 3) != 0) { r->bad = true; return s; }
+  if ((v & 3) != 0) { wsuper_bad(r, "a list or a capability where a struct goes"); return s; }
   s.dwords = (uint16_t)(v >> 32);
   s.ptrs = (uint16_t)(v >> 48);
-  if ((uint64_t)t + s.dwords + s.ptrs > r->words) { r->bad = true; return s; }
+  if ((uint64_t)t + s.dwords + s.ptrs > r->words) {
+    wsuper_bad(r, "a struct past the end of the message");
+    return s;
+  }
   if (!wsuper_spend(r, (uint64_t)s.dwords + s.ptrs)) return s;
   s.at = t;
   s.present = true;
@@ -419,10 +469,14 @@ static inline uint32_t wsuper_get_list(wsuper_reader *r, uint32_t ptr, uint32_t 
   *n = 0;
   if (!wsuper_follow(r, ptr, &v, &t)) return 0;
   uint32_t c = (uint32_t)(v >> 32) & 7, count = (uint32_t)(v >> 35);
-  if ((v & 3) != 1 || c != code || c == 7) { r->bad = true; return 0; }
+  if ((v & 3) != 1 || c != code || c == 7) {
+    wsuper_bad(r, code == 2 ? "no list of bytes (Text, Data, List(UInt8)) where one goes"
+                  : "no list of the schema's element size where one goes");
+    return 0;
+  }
   if ((uint64_t)t + ((uint64_t)count * bits[code] + 63) / 64 > r->words ||
       (uint64_t)count > (uint64_t)r->words * 64) {
-    r->bad = true;
+    wsuper_bad(r, "a list past the end of the message");
     return 0;
   }
   /* a list of bits is charged its bytes: eight of them per word, like everything else */
@@ -439,14 +493,18 @@ static inline wsuper_loc wsuper_get_struct_list(wsuper_reader *r, uint32_t ptr, 
   *n = 0;
   if (!wsuper_follow(r, ptr, &v, &t)) return s;
   uint64_t words = v >> 35;
-  if ((v & 3) != 1 || ((v >> 32) & 7) != 7 || t + 1 + words > r->words) { r->bad = true; return s; }
+  if ((v & 3) != 1 || ((v >> 32) & 7) != 7) {
+    wsuper_bad(r, "no list of structs where one goes");
+    return s;
+  }
+  if (t + 1 + words > r->words) { wsuper_bad(r, "a list past the end of the message"); return s; }
   tag = wsuper_read64(r, t);
   uint32_t count = (uint32_t)(tag & 0xFFFFFFFFu) >> 2;
   s.dwords = (uint16_t)(tag >> 32);
   s.ptrs = (uint16_t)(tag >> 48);
   /* empty elements take no room: the budget alone bounds how many there are */
   if ((tag & 3) != 0 || (uint64_t)count * (s.dwords + s.ptrs) > words) {
-    r->bad = true;
+    wsuper_bad(r, "a list of structs whose tag word is no struct's or overruns the list");
     return s;
   }
   if (!wsuper_spend(r, count + words)) return s;
@@ -478,7 +536,7 @@ static inline wsuper_text wsuper_get_text(wsuper_reader *r, uint32_t ptr) {
   uint32_t n, at = wsuper_get_list(r, ptr, 2, &n);
   if (n == 0) return t;
   const char *p = (const char *)(r->seg + (size_t)at * 8);
-  if (p[n - 1] != 0) { r->bad = true; return t; } /* Text ends with NUL */
+  if (p[n - 1] != 0) { wsuper_bad(r, "text without its NUL"); return t; } /* Text ends with NUL */
   t.ptr = p;
   t.len = n - 1;
   return t;
@@ -498,10 +556,17 @@ static inline wsuper_cap wsuper_get_cap(wsuper_reader *r, uint32_t ptr) {
   uint32_t i = (uint32_t)(v >> 32);
   /* an "other" pointer is a capability only with the rest of its low word zero:
    * Cap'n Proto reserves the other values (and its readers refuse them) */
-  if ((uint32_t)v != 3 || i >= r->ncaps || i >= 256) { r->bad = true; return 0; }
+  if ((uint32_t)v != 3) { wsuper_bad(r, "no capability where one goes"); return 0; }
+  if (i >= r->ncaps || i >= 256) {
+    wsuper_bad(r, "a capability index past the message's capabilities");
+    return 0;
+  }
   /* each capability once: two fields with one handle would release each other's
    * (and, once the number is reused, someone else's); no builder writes that */
-  if ((r->taken[i >> 3] >> (i & 7)) & 1) { r->bad = true; return 0; }
+  if ((r->taken[i >> 3] >> (i & 7)) & 1) {
+    wsuper_bad(r, "one capability in two places");
+    return 0;
+  }
   r->taken[i >> 3] |= (uint8_t)(1u << (i & 7));
   return r->caps[i];
 }
@@ -534,7 +599,10 @@ static inline void *wsuper_alloc_array(wsuper_arena *a, size_t size, uint64_t n)
 static inline int wsuper_invoke(wsuper_arena *a, wsuper_cap cap, uint64_t iface, uint16_t method,
                                 wsuper_builder *b, wsuper_reader *r) {
   int32_t len, out[2];
-  if (b->failed) { wsuper_builder_free(b); return wsuper_error(a, "params too large or out of memory"), WSUPER_E_MESSAGE; }
+  if (b->failed) {
+    wsuper_builder_free(b);
+    return wsuper_error2(a, "params not sent: ", b->why), WSUPER_E_MESSAGE;
+  }
   const uint8_t *msg = wsuper_builder_bytes(b, &len);
   int32_t rc = wsuper_call(cap, (int64_t)iface, method, msg, len, b->caps, (int32_t)b->ncaps, out);
   wsuper_builder_free(b);
@@ -550,7 +618,7 @@ static inline int wsuper_invoke(wsuper_arena *a, wsuper_cap cap, uint64_t iface,
   if (wsuper_reader_init(r, buf, (uint32_t)out[0], caps, (uint32_t)out[1]) != WSUPER_OK) {
     for (int32_t i = 0; i < out[1]; i++)
       if (caps[i] > 0) wsuper_release(caps[i]);
-    return wsuper_error(a, "malformed results"), WSUPER_E_MESSAGE;
+    return wsuper_error(a, "malformed results: no single-segment message"), WSUPER_E_MESSAGE;
   }
   return WSUPER_OK;
 }
@@ -578,6 +646,17 @@ static inline int wsuper_send_results(wsuper_builder *b) {
   int32_t rc = wsuper_results_set(msg, len, b->caps, (int32_t)b->ncaps);
   wsuper_builder_free(b);
   return rc;
+}
+
+/* Why wsuper_send_results(b) returned `rc`: the builder's reason, or the host's. */
+static inline const char *wsuper_unsent(const wsuper_builder *b, int rc) {
+  if (b->failed && b->why) return b->why;
+  switch (rc) {
+  case WSUPER_E_MESSAGE: return "larger than the compartment's limits.message_size";
+  case WSUPER_E_BADHANDLE: return "a capability field holds a handle not in the c-list";
+  case WSUPER_E_STATE: return "results already set, or no call being served";
+  default: return "refused by the host";
+  }
 }
 
 /* End a dispatch that failed: the caller gets E_FAILED and this reason. */

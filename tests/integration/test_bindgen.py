@@ -127,6 +127,55 @@ def test_a_plugin_calls_a_capability_it_is_handed(echo_system):
     assert text.startswith("b=0 i8=-4 ") and "text=made 4" in text and "peer=yes" in text
 
 
+
+def test_a_failed_call_says_whether_the_params_or_the_results_were_at_fault(tmp_path, wsuper,
+                                                                           echo_plugin):
+    """The skeleton answered every message it could not read, and every result it
+    could not send, "malformed message": a caller whose params were fine, but
+    whose `echo` came back larger than the plugin's `message_size` (a list of
+    empty structs takes no room in the params, two words each in the results),
+    was told its message was malformed, and a caller whose params were malformed
+    was not told what in them.  Now each names the method, which of the two, and
+    why."""
+    sock = tmp_path / "ext.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{SCHEMA}"]
+socket = "{sock}"
+[compartments.echo]
+module = "{echo_plugin}"
+exports = "Echo"
+external = true
+[compartments.echo.limits]
+message_size = "4KiB"
+""")
+    # the same schema (and ids) as a caller may have it: Inner empty, text Data
+    # (loaded apart: wsuper's loader refuses a second file of those ids)
+    with open(SCHEMA) as f:
+        text = f.read()
+    text = text.replace("n @0 :Int32;", "").replace("label @1 :Text;", "")
+    (tmp_path / "echo.capnp").write_text(text.replace("text @11 :Text;", "text @11 :Data;"))
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready echo")
+    schema = capnp.SchemaParser().load(str(tmp_path / "echo.capnp"))
+
+    async def body(gateway):
+        echo = (await gateway.get("echo")).cap.as_interface(schema.Echo)
+        out = [len((await echo.echo(schema.Everything.new_message(inners=[{}] * 10))).value.inners)]
+        for value in (dict(inners=[{}] * 400), dict(text=b"no NUL")):
+            try:
+                await echo.echo(schema.Everything.new_message(**value))
+                out.append(None)
+            except capnp.KjException as e:
+                out.append(str(e).split("\n")[0])
+        return out
+    small, big, no_nul = external_client(str(sock), body)
+    assert small == 10
+    assert "echo: results of Echo.echo not sent: " in big and "message_size" in big, big
+    assert "malformed" not in big, big
+    assert "echo: malformed params of Echo.echo: text without its NUL" in no_nul, no_nul
+
+
 def test_bindgen_cli_writes_headers_and_refuses_what_it_cannot_bind(tmp_path):
     r = run_wsuper("bindgen", SCHEMA, "-o", str(tmp_path / "inc"))
     assert r.returncode == 0, r.stderr

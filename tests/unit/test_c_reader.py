@@ -86,7 +86,8 @@ int main(int argc, char **argv) {
       wsuper_builder b;
       wsuper_builder_init(&b);
       everything_fill(&b, wsuper_new_struct(&b, 0, EVERYTHING_DWORDS, EVERYTHING_PTRS), &v);
-      printf("%s %u %u\n", r.bad ? "bad" : "ok", v.texts.len, b.words);
+      printf("%s %u %u%s%s\n", r.bad ? "bad" : "ok", v.texts.len, b.words,
+             r.bad ? " why=" : "", r.bad && r.why ? r.why : "");
       wsuper_builder_free(&b);
     } else {
       node v;
@@ -158,6 +159,8 @@ def test_valid_messages_decode_and_mutations_are_caught(harness):
     assert lines[0].startswith("ok 2 ")
     assert all(l.split()[0] in ("ok", "bad", "reject") for l in lines)
     assert sum(l.startswith("bad") for l in lines) > 50     # the checks do fire
+    # and each says what it found (r.why: the skeleton's "malformed params of ...: WHY")
+    assert all(" why=" in l and not l.endswith(" why=") for l in lines if l.startswith("bad"))
 
 
 def test_cycles_depth_and_amplification_are_bounded(harness):
