@@ -534,7 +534,11 @@ static inline wsuper_loc wsuper_element(wsuper_loc first, uint32_t i) {
 static inline wsuper_text wsuper_get_text(wsuper_reader *r, uint32_t ptr) {
   wsuper_text t = {"", 0};
   uint32_t n, at = wsuper_get_list(r, ptr, 2, &n);
-  if (n == 0) return t;
+  if (n == 0) {
+    /* a list of no bytes (not a null pointer) has no NUL either: Cap'n Proto refuses it */
+    if (!r->bad && ptr < r->words && wsuper_read64(r, ptr) != 0) wsuper_bad(r, "text without its NUL");
+    return t;
+  }
   const char *p = (const char *)(r->seg + (size_t)at * 8);
   if (p[n - 1] != 0) { wsuper_bad(r, "text without its NUL"); return t; } /* Text ends with NUL */
   t.ptr = p;

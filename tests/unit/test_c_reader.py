@@ -163,6 +163,25 @@ def test_valid_messages_decode_and_mutations_are_caught(harness):
     assert all(" why=" in l and not l.endswith(" why=") for l in lines if l.startswith("bad"))
 
 
+def test_a_text_of_no_bytes_is_no_text(harness):
+    """Text is a list of bytes ending in NUL: one of no bytes at all has no NUL,
+    and Cap'n Proto refuses it ("text that is not NUL-terminated"), as pycapnp
+    does.  The C reader took it for "" (the same as a null Text), so a plugin
+    and a pycapnp peer read one message two ways.  Now it is malformed; a null
+    Text, and "" with its NUL, are still "".  (Data of no bytes is fine.)"""
+    def everything(text_word, data_word=0, extra=()):
+        words = [(0 << 2) | (7 << 32) | (9 << 48)] + [0] * 7       # root -> word 1
+        words += [text_word, data_word] + [0] * 7 + list(extra)
+        return _framed(b"".join(w.to_bytes(8, "little") for w in words))
+    empty_list = 1 | (2 << 32)                                      # bytes, 0 of them, at 10
+    with_nul = (8 << 2) | 1 | ((2 | 1 << 3) << 32)                  # 1 byte at word 17
+    lines = _run(harness, "e", [everything(0), everything(with_nul, extra=[0]),
+                                everything(0, empty_list), everything(empty_list)])
+    assert [l.split()[0] for l in lines] == ["ok", "ok", "ok", "bad"], lines
+    assert lines[3].endswith("why=text without its NUL"), lines
+
+
+
 def test_cycles_depth_and_amplification_are_bounded(harness):
     # a struct whose `next` points at itself: word 0 root -> word 1 struct (1 data, 4 ptrs)
     root = (0 << 2 | (1 << 32) | (4 << 48)).to_bytes(8, "little")
