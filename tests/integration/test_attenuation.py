@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.conftest import audit_calls, EXAMPLES, GUESTS_C, run_wsuper
+from tests.conftest import audit_calls, EXAMPLES, GUESTS_C, external_client, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
 
@@ -210,6 +210,55 @@ stdout = {{ host = "log" }}
     assert ("app", "app.feed>Observer.notify", "peek", "denied") in [
         (x["caller"], x["capability"], x["method"], x["outcome"])
         for x in records if "capability" in x]
+
+
+
+def test_an_object_a_c_plugin_hands_out_answers_its_own_interface_only(tmp_path, wsuper,
+                                                                       feed_plugins):
+    """Real engines: feed.c serves Feed on its main object and hands each subscriber
+    a Secret (its object 1).  The supervisor checks the interface of calls on a
+    main object only; on any other, the plugin's wsuper_dispatch must.  Written as
+    docs/plugins.md showed (try each NAME_dispatch by the interface id the caller
+    names), feed.c answered Feed.subscribe called on the Secret: whoever held an
+    object a plugin handed out reached the methods of its main object, which it
+    was never given.  Dispatched by the object called, the Secret answers Secret
+    and nothing else."""
+    import capnp_schemas
+    feed, _ = feed_plugins
+    sock = tmp_path / "ext.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{GUESTS_C}/feed.capnp"]
+socket = "{sock}"
+[compartments.feed]
+module = "{feed}"
+exports = "Feed"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready feed")
+    schema = capnp_schemas.load(os.path.join(GUESTS_C, "feed.capnp"))
+    notified = []
+
+    class Observer(schema.Observer.Server):
+        async def notify(self, secret, **kwargs):
+            notified.append(secret)
+
+    async def body(gateway):
+        main = (await gateway.get("feed")).cap.as_interface(schema.Feed)
+        await main.subscribe(Observer())
+        secret = notified[0]
+        out = [(await secret.peek()).n]
+        try:
+            await secret.cast_as(schema.Feed).subscribe(Observer())
+            out.append("Feed.subscribe answered on the Secret")
+        except Exception as e:      # noqa: BLE001 - pycapnp's KjException
+            out.append(str(e).split("\n")[0])
+        return out, len(notified)
+    (peek, other), calls = external_client(str(sock), body)
+    assert peek == 42
+    assert calls == 1 and "answered" not in other, (other, calls)
+    assert "unimplemented" in other.lower() or "not implement" in other, other
 
 
 def test_calls_refused_before_they_reach_the_callee_spend_none_of_a_grants_quota(tmp_path):

@@ -32,10 +32,12 @@ int secret_serve_other(wsuper_arena *a, int32_t object, const secret_other_param
   return 0;
 }
 
+/* By the object called (the main object, 0, is the Feed; 1 is the Secret), never
+ * by the interface id the caller names: the supervisor checks that id on the main
+ * object only, and a Secret tried as a Feed answered Feed.subscribe. */
 __attribute__((export_name("wsuper_dispatch")))
 int32_t wsuper_dispatch(int32_t object, int64_t iface, int32_t method, int32_t len,
                         int32_t ncaps) {
-  int32_t rc = feed_dispatch(object, iface, method, len, ncaps);
-  if (rc == WSUPER_E_UNIMPLEMENTED) rc = secret_dispatch(object, iface, method, len, ncaps);
-  return rc;
+  if (object == 0) return feed_dispatch(object, iface, method, len, ncaps);
+  return secret_dispatch(object, iface, method, len, ncaps);
 }
