@@ -438,6 +438,12 @@ int main(void) {
     printf("list %u failed=%d count=%u\n", counts[k], b.failed, (uint32_t)(tag & 0xFFFFFFFFu) >> 2);
     wsuper_builder_free(&b);
   }
+  /* 257 capabilities: one message carries 256; the failure says so (wsuper_unsent) */
+  wsuper_builder_init(&b);
+  uint32_t at = wsuper_new_struct(&b, 0, 0, 257);
+  for (int k = 0; k < 257; k++) wsuper_set_cap(&b, at + k, 100 + k);
+  printf("caps failed=%d ncaps=%u why=%s\n", b.failed, b.ncaps, wsuper_unsent(&b, WSUPER_E_MESSAGE));
+  wsuper_builder_free(&b);
   return 0;
 }
 """
@@ -469,7 +475,8 @@ def test_the_builder_refuses_counts_that_do_not_fit_the_wire(tmp_path):
         f"list {(1 << 29) - 1} failed=0 count={(1 << 29) - 1}",
         f"list {1 << 29} failed=1 count=0",
         f"list {(1 << 30) + 3} failed=1 count=0",
-        f"list {(1 << 32) - 1} failed=1 count=0"]
+        f"list {(1 << 32) - 1} failed=1 count=0",
+        "caps failed=1 ncaps=256 why=more than 256 capabilities"]
 
 
 WIDE_NODE = "@0xd1f0a3b2c4e5f605;\nstruct Wnode { %s }\n" % " ".join(
