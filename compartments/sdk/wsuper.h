@@ -351,7 +351,7 @@ static inline void wsuper_bad(wsuper_reader *r, const char *why) {
 static inline bool wsuper_spend(wsuper_reader *r, uint64_t words) {
   if (words == 0) words = 1;
   if (words > r->budget) {
-    wsuper_bad(r, "more to decode than eight times its size (pointers that share their targets)");
+    wsuper_bad(r, "more to decode than its size allows (pointers that share their targets)");
     r->budget = 0;
     return false;
   }
