@@ -84,10 +84,12 @@ static inline wsuper_cap wsuper_lookup_cap(const char *name) {
 /* ------------------------------------------------------------------ arena
  * Everything decoded for you (reply buffers, strings, lists, structs) lives in
  * an arena you pass in; wsuper_arena_free() frees it all at once.  `error`
- * holds the reason of the last failed call made with it. */
+ * holds the reason of the last failed call made with it.  Handles given to
+ * wsuper_release_later() (wsuper_object_for()) are released then too. */
 
 typedef union wsuper_block { union wsuper_block *next; uint64_t align; } wsuper_block;
-typedef struct { wsuper_block *blocks; const char *error; } wsuper_arena;
+typedef struct wsuper_later { struct wsuper_later *next; wsuper_cap handle; } wsuper_later;
+typedef struct { wsuper_block *blocks; const char *error; wsuper_later *later; } wsuper_arena;
 
 static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
   if (n > SIZE_MAX - sizeof(wsuper_block)) return NULL;
@@ -100,12 +102,38 @@ static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
 }
 
 static inline void wsuper_arena_free(wsuper_arena *a) {
+  /* first the handles (their records live in the blocks) */
+  for (wsuper_later *l = a->later; l; l = l->next) wsuper_release(l->handle);
+  a->later = NULL;
   while (a->blocks) {
     wsuper_block *next = a->blocks->next;
     free(a->blocks);
     a->blocks = next;
   }
   a->error = NULL;
+}
+
+/* Release handle `h` when the arena is freed: for a server, once its answer is
+ * sent (the generated skeleton frees the call's arena then); returns `h` (a
+ * negative code as it is; one that cannot be recorded is released at once and
+ * is WSUPER_E_NOMEM). */
+static inline wsuper_cap wsuper_release_later(wsuper_arena *a, wsuper_cap h) {
+  if (h <= 0) return h;
+  wsuper_later *l = (wsuper_later *)wsuper_alloc(a, sizeof *l);
+  if (!l) { wsuper_release(h); return WSUPER_E_NOMEM; }
+  l->handle = h;
+  l->next = a->later;
+  a->later = l;
+  return h;
+}
+
+/* A handle of your own object `tag` for one answer (or the params of one call):
+ * wsuper_object(tag) makes a new handle at each call, which stays in your c-list
+ * until you release it, and a server function cannot release what it returns
+ * (its answer is sent after it returns): handed out in every answer, they filled
+ * the c-list, and every caller's calls then failed.  This one goes with the arena. */
+static inline wsuper_cap wsuper_object_for(wsuper_arena *a, int32_t tag) {
+  return wsuper_release_later(a, wsuper_object(tag));
 }
 
 /* Set the reason of a failure (a server's answer, or your own) and return

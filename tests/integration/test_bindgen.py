@@ -176,6 +176,49 @@ message_size = "4KiB"
     assert "echo: malformed params of Echo.echo: text without its NUL" in no_nul, no_nul
 
 
+
+def test_objects_handed_out_in_answers_do_not_fill_the_servers_handles(tmp_path, wsuper,
+                                                                      echo_plugin):
+    """Echo.make answers with a capability to the plugin's own object:
+    wsuper_object(0), which makes a new handle in the plugin's c-list at each
+    call, and which a server written with the generated skeleton could not
+    release (the answer is sent after its function returns).  One client calling
+    make `handles` times filled echo's table, and from then on every client's make
+    failed ("a capability field holds a handle not in the c-list").  Now
+    wsuper_object_for(arena, tag) makes one that goes with the arena, once the
+    answer is sent."""
+    sock = tmp_path / "ext.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{SCHEMA}"]
+socket = "{sock}"
+[compartments.echo]
+module = "{echo_plugin}"
+exports = "Echo"
+external = true
+[compartments.echo.limits]
+handles = 32
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready echo")
+    schema = capnp_schemas.load(SCHEMA)
+
+    async def hog(gateway):
+        echo = (await gateway.get("echo")).cap.as_interface(schema.Echo)
+        for i in range(80):
+            made = (await echo.make(1)).value
+            del made
+        return i
+
+    async def other(gateway):
+        echo = (await gateway.get("echo")).cap.as_interface(schema.Echo)
+        made = (await echo.make(2)).value
+        return made.i32, (await made.peer.describe(schema.Everything.new_message(i32=9))).text
+    assert external_client(str(sock), hog) == 79
+    i32, text = external_client(str(sock), other)
+    assert i32 == -200000 and text.startswith("b=0 i8=0 i16=0 i32=9 "), text
+
+
 def test_bindgen_cli_writes_headers_and_refuses_what_it_cannot_bind(tmp_path):
     r = run_wsuper("bindgen", SCHEMA, "-o", str(tmp_path / "inc"))
     assert r.returncode == 0, r.stderr

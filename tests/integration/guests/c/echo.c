@@ -98,7 +98,7 @@ int echo_serve_make(wsuper_arena *a, int32_t object, const echo_make_params *in,
   v->colors.items[1] = COLOR_RED;
   v->with_default = 0;       /* not the schema's default: must read back as 0 */
   v->flag = false;
-  v->peer = wsuper_object(0); /* ourselves */
+  v->peer = wsuper_object_for(a, 0); /* ourselves, released once the answer is sent */
   out->value = v;
   return 0;
 }

@@ -11,7 +11,9 @@ int feed_serve_subscribe(wsuper_arena *a, int32_t object, const feed_subscribe_p
   (void)object;
   (void)out;
   if (!in->observer) return wsuper_error(a, "no observer");
-  return observer_notify(a, in->observer, wsuper_object(1));
+  /* a handle that goes with the arena: made at every subscribe, and kept, they
+   * filled the feed's c-list */
+  return observer_notify(a, in->observer, wsuper_object_for(a, 1));
 }
 
 int secret_serve_peek(wsuper_arena *a, int32_t object, const secret_peek_params *in,
