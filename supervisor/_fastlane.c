@@ -394,7 +394,15 @@ static void reap(Route *z) { /* with the GIL, never with the mutex: a decref may
 
 static void epoll_set(Lane *L, Peer *P) {
   uint32_t want = 0;
-  if (!P->closed && buf_size(&P->out) <= P->soft && P->qbytes <= TO_PYTHON_LIMIT) want |= EPOLLIN;
+  /* Backpressure on what waits for a peer applies to external clients only.  An
+   * engine writes blocking and reads nothing until its write is done: not read
+   * while more than `soft` waited for it, an engine writing an answer larger than
+   * its socket's buffer waited for the lane, and the lane for it, for good (the
+   * compartment stuck, every call to it refused).  Its own calls' answers are
+   * what reading it adds to its backlog, bounded by `hard` (cut off past it). */
+  if (!P->closed && (!P->external || buf_size(&P->out) <= P->soft) &&
+      P->qbytes <= TO_PYTHON_LIMIT)
+    want |= EPOLLIN;
   if (buf_size(&P->out) && !P->write_closed) want |= EPOLLOUT;
   if (want == P->events || P->fd < 0) return;
   if ((P->events & EPOLLIN) && !(want & EPOLLIN)) {

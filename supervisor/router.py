@@ -85,7 +85,8 @@ def pooled(pipelined: int) -> int:
 
 def queue_soft_limit(limits: Limits) -> int:
     """Bytes waiting to be written to a peer beyond which calls to it are refused
-    and the supervisor stops reading from it (backpressure)."""
+    and, for an external client, the supervisor stops reading from it
+    (backpressure; an engine, which writes blocking, is read on)."""
     return max(QUEUE_SOFT_FACTOR * limits.message_size, 1 << 20)
 
 

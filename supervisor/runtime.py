@@ -6,8 +6,10 @@ and stop, the host layer (hostcaps.py) what a host call answers; this module
 moves bytes between sockets and the router, runs file operations in worker
 threads under deadlines, and performs the effects and actions it is given.
 
-It never lets a peer stop it: reading from a peer pauses while too much waits
-to be written to that peer (backpressure) or to the audit log; a peer that
+It never lets a peer stop it: reading from an external client pauses while too
+much waits to be written to it (backpressure), and from any peer while too much
+waits for the audit log (an engine, which writes blocking, is read on whatever
+waits for it: _may_read); a peer that
 sends part of a message and then stalls, or does not read what is sent to it,
 is cut off; a file operation that hangs fails its call; running out of file
 descriptors refuses a connection or delays a restart, never ends the system.
@@ -76,9 +78,11 @@ class _Link:
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
 
-    def __init__(self, stream: trio.SocketStream, limits: Limits):
+    def __init__(self, stream: trio.SocketStream, limits: Limits, engine: bool = False):
         self.stream = stream
         self.fd = stream.socket.fileno()
+        # an engine is read whatever waits for it (_may_read): it writes blocking
+        self.engine = engine
         self.send, self.recv = trio.open_memory_channel(math.inf)
         self.soft = R.queue_soft_limit(limits)
         self.hard = R.queue_hard_limit(limits)
@@ -181,8 +185,9 @@ class _NativeLink:
     """An engine's socket as the fast lane owns it (fastlane.py): the lane's thread
     reads it, forwards what it can, and queues the rest for Python; every write
     goes through the lane's queue, so the router's writes and the lane's own never
-    interleave.  Backpressure is the lane's: it stops reading a peer while more
-    than `soft` bytes wait for it, or while Python has not taken what it queued.
+    interleave.  Backpressure is the lane's: it stops reading an external client
+    while more than `soft` bytes wait for it (never an engine: _may_read), or any
+    peer while Python has not taken what it queued.
 
     What the lane queues is handed to the router by the task that watches the
     lane (Supervisor._lane_events) at once, within one TURN; what is left after
@@ -1406,7 +1411,8 @@ class Supervisor:
         link = self._lane_link(pid, ours, comp.limits, external=False) \
             if self.lane is not None else None
         if link is None:
-            link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits)
+            link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits,
+                         engine=True)
         self.links[pid] = link
         self.nursery.start_soon(link.writer)
         # this incarnation's last stderr lines, for why it ended: its own (one kept by
@@ -1691,9 +1697,15 @@ class Supervisor:
             self.lane.release(pid)
 
     async def _may_read(self, link: _Link):
-        """Backpressure: no more from a peer while too much waits to be written to
-        it, or to the audit log."""
-        while link.queued > link.soft and not link.closed:
+        """Backpressure: no more from an external client while too much waits to be
+        written to it, nor from any peer while too much waits for the audit log.
+        Not from an engine for what waits for it: an engine writes blocking and
+        reads nothing until its write is done, so one writing an answer larger than
+        its socket's buffer while more than `soft` waited for it waited for us, and
+        we for it, for good (its compartment stuck, every call to it refused); what
+        reading it adds to its backlog (its own calls' answers) is bounded by
+        `hard`, past which it is cut off (the lane does the same: epoll_set)."""
+        while not link.engine and link.queued > link.soft and not link.closed:
             await link.drained.wait()
         if self.audit is not None and not self.audit.room.is_set():
             await self.audit.room.wait()

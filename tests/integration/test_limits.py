@@ -4,6 +4,7 @@ import os
 import re
 
 import capnp
+import pytest
 
 import capnp_schemas
 from tests.conftest import EXAMPLES, run_wsuper
@@ -466,3 +467,83 @@ def _ping_params(size: int):
     return Content.standalone([(1 << 48).to_bytes(8, "little")
                                + ((n << 35) | (5 << 32) | 1).to_bytes(8, "little")
                                + b"\0" * (8 * n)])
+
+
+#: big: `slow` (method 0) loops a while, reading nothing meanwhile, then answers
+#: with 4 MiB of data (more than a socket's buffer takes at once); `ping`
+#: (method 1) answers at once, with nothing.
+BIG_ID = 0xC0FFEE00000000B1
+BIG_SCHEMA = f"""@0xd3a7e5c1b0a99f0b;
+interface Big @{BIG_ID:#x} {{
+  slow @0 () -> (blob :Data);
+  ping @1 (data :Data) -> ();
+}}
+"""
+BIG_WAT = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 80)
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
+        (param $ncaps i32) (result i32)
+    (local $i i32)
+    (if (i32.eqz (local.get $method))
+      (then
+        (loop $l
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 2000000000))))
+        ;; one segment of 2 + 4 MiB / 8 words: the root struct (no data, one
+        ;; pointer), then a list of 4 MiB bytes right after it
+        (i32.store (i32.const 65536) (i32.const 0))
+        (i32.store (i32.const 65540) (i32.const 524290))
+        (i64.store (i32.const 65544) (i64.const 0x0001000000000000))
+        (i64.store (i32.const 65552) (i64.const 0x0200000200000001))
+        (return (call $results_set (i32.const 65536) (i32.const 4194328)
+                                   (i32.const 0) (i32.const 0)))))
+    (call $results_set (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))))
+"""
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_a_callee_writing_a_large_answer_while_much_waits_for_it_is_still_read(
+        tmp_path, wsuper, monkeypatch, native):
+    """An outside review: while big ran a long call, a client sent it three calls of
+    7 MiB (the fast lane forwarded them: big's backlog was below its soft bound, 16
+    MiB), so 21 MiB waited for big.  The supervisor stopped reading from big while
+    that much waited for it (backpressure), and big, done, wrote its answer of 4 MiB
+    with a blocking write, which waited for the supervisor to read it: each waited
+    for the other for good.  Every later call to big failed ('not reading its
+    messages', then 'did not answer within 30 s') and its engine stayed stuck in
+    that write.  An engine is read whatever waits for it (it writes blocking, and
+    reads nothing until its write is done); past the hard bound it is cut off.
+    On the fast lane (the lane's epoll_set) and off it (Supervisor._may_read)."""
+    from tests.wireclient import WireClient
+    monkeypatch.setenv("WSUPER_NATIVE", native)
+    sock = tmp_path / "s.sock"
+    (tmp_path / "big.capnp").write_text(BIG_SCHEMA)
+    (tmp_path / "big.wat").write_text(BIG_WAT)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/big.capnp"]
+socket = "{sock}"
+[compartments.big]
+module = "{tmp_path}/big.wat"
+exports = "Big"
+external = true
+[compartments.big.limits]
+fuel_per_call = 40_000_000_000
+call_time = 20
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready big")
+    a = WireClient(str(sock), timeout=60)
+    big = a.get(a.bootstrap(), "big")
+    slow = a.call(big, BIG_ID, 0)                        # loops, reading nothing meanwhile
+    pings = [a.call(big, BIG_ID, 1, _ping_params(7 << 20)) for _ in range(3)]
+    ret = a.returned(slow)
+    assert ret.payload is not None, ret.error
+    assert ret.payload.content.size() >= 4 << 20
+    for q in pings:
+        ret = a.returned(q)
+        assert ret.payload is not None, ret.error
+    assert run.proc.poll() is None
+    a.close()
