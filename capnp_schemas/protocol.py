@@ -972,10 +972,11 @@ class Connection:
         well-formed means exactly what it meant: its near and far pointers
         reach the same words.  Only content that was not well-formed may read
         otherwise: one that reaches the sender's root word sees the new root
-        there, and one-segment content whose objects ran past its segment's
-        end may now reach the header that follows it, i.e. this message's own
-        header, which the recipient reads anyway.  The content pointer itself
-        never goes through a word the sender chose."""
+        there, and content whose objects ran past the end of its (last)
+        segment may now reach the header that follows it, i.e. this message's
+        own header, which the recipient reads anyway.  The message has as many
+        segments as the content.  The content pointer itself never goes
+        through a word the sender chose."""
         if not content.segments:
             wire.set_word(head, at, content.word)
             return wire.frame([head])
@@ -999,27 +1000,33 @@ class Connection:
             root = wire._U64.unpack_from(head, 0)[0]
             wire.set_word(out, 0, wire.near_pointer(0, n + 1 + wire._signed30(root), root))
             return wire.frame([out])
-        # Append the header as the last segment; the old root is replaced by a
-        # far pointer to it.  The content pointer reaches the content's object
-        # through a double-far landing pad in the header, never through the
-        # content's own pointer words: one of those may be the old root word,
-        # which a hostile sender can make the content's landing pad.
+        # Append the header to the end of the last segment (as after one-segment
+        # content above); the old root is replaced by a far pointer to it.  Never
+        # as a segment of its own: content of as many segments as a message may
+        # have (wire.MAX_SEGMENTS, what the peer's framing just took) was sent on
+        # as one segment more, which the recipient's framing refuses, and a
+        # forwarded call or answer cut the recipient off (an engine: its whole
+        # compartment) for one peer's message.  The content pointer reaches the
+        # content's object through a double-far landing pad in the header, never
+        # through the content's own pointer words: one of those may be the old
+        # root word, which a hostile sender can make the content's landing pad.
         segs = list(content.segments)
-        n = len(segs)
+        last = len(segs) - 1
+        base = len(segs[last]) // 8                     # the header's first word there
         r = wire.resolve(segs, content.loc)
         if r is None or r[0] == wire.OTHER:                # null, or a capability
             pointer = 0 if r is None else r[3]
         else:
             _kind, s, start, w = r
-            pad = len(head) // 8
+            pad = base + len(head) // 8
             head += wire.far_pointer(s, start).to_bytes(8, "little")
             head += (w & ~0xFFFFFFFC).to_bytes(8, "little")   # the tag: offset 0
-            pointer = wire.far_pointer(n, pad, double=True)
+            pointer = wire.far_pointer(last, pad, double=True)
         wire.set_word(head, at, pointer)
         first = bytearray(segs[0])
-        wire.set_word(first, 0, wire.far_pointer(n, 0))
+        wire.set_word(first, 0, wire.far_pointer(last, base))
         segs[0] = first
-        segs.append(head)
+        segs[last] = bytes(segs[last]) + bytes(head)
         return wire.frame(segs)
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from capnp_schemas import hosted, payloads, protocol as P
+from capnp_schemas import hosted, payloads, protocol as P, rpcwire, wire
 from capnp_schemas.protocol import Content
 from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import program
@@ -116,6 +116,38 @@ def test_hostile_fields_from_a_client_fail_that_call_or_that_client_only(live):
     ret = c.returned(c.call(calc, CALC_ID, 0, tag_outside))
     assert ret.payload is not None or ret.error
     _still_serving(run, sock, before)
+    c.close()
+
+
+def test_a_call_of_as_many_segments_as_a_message_may_have_reaches_the_compartment(live):
+    """A client's Call of 512 segments (the most a message may have) was forwarded
+    with its header as one segment more: the engine's framing refused 513, and it
+    ended ('protocol error from supervisor'), restarted, every caller's calls in
+    it failed: one client's message cut off the compartment (an outside review).
+    Now the call reaches it, is answered, and the engine is the one it was."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    # 511 segments of content, and the header in a 512th (as a stock client may lay
+    # it out): the struct Calc.add(40, 2) in the first
+    segs = [bytearray(struct.pack("<QQ", 1 << 32, 40 | (2 << 32)))] + [bytes(8)] * 510
+    qid = c.conn._new_question([])
+    head, at = rpcwire.encode_call(qid, calc, CALC_ID, 0, [])
+    head = bytearray(head)
+    wire.set_word(segs[0], 0, wire.far_pointer(511, 0))           # the root: the header
+    pad = len(head) // 8                                          # params: a double far
+    head += wire.far_pointer(0, 1).to_bytes(8, "little") + (1 << 32).to_bytes(8, "little")
+    wire.set_word(head, at, wire.far_pointer(511, pad, double=True))
+    data = wire.frame([bytes(x) for x in segs] + [bytes(head)])
+    assert len(wire.unframe(data)) == wire.MAX_SEGMENTS
+    c.send(data)
+    ret = c.returned(qid)
+    assert ret.payload is not None, ret.error
+    copy = wire.unframe(ret.payload.content.single_segment_copy())
+    assert struct.unpack_from("<i", copy[0], 8)[0] == 42
+    _still_serving(run, sock, before)
+    assert not [line for line in run.lines if "protocol error" in line or "restarting" in line]
     c.close()
 
 

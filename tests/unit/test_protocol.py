@@ -665,3 +665,43 @@ def test_messages_whole_before_bad_framing_are_handled_before_the_connection_end
         for piece in (data[:5], data[5:] + bad[:2], bad[2:]):
             seen += b.receive(piece)
     assert seen == [P.BootstrapRequested(q)]
+
+
+def _many_segments(n: int, value: int) -> Content:
+    """A standalone message of `n` segments: a struct of one data word in the
+    first, one-word segments after it."""
+    return Content.standalone([struct.pack("<QQ", 1 << 32, value)] + [bytes(8)] * (n - 1))
+
+
+def test_content_of_as_many_segments_as_a_message_may_have_forwards_whole():
+    """Found by an outside review: content of several segments was forwarded with
+    its new header as one segment more, so a call of 512 segments (the most a
+    message may have) left the supervisor with 513, and the callee's engine,
+    whose framing refuses that, ended with a protocol error: one external
+    client's call cut off the compartment it called (and a guest's results or
+    params of 512 segments cut off its own engine at the supervisor).  The
+    header now goes at the end of the last segment: the message keeps its
+    number of segments however often it is forwarded."""
+    for n in (2, wire.MAX_SEGMENTS - 1, wire.MAX_SEGMENTS):
+        a, b = pair()
+        imp = bootstrap(a, b, object())
+        _q, data = a.send_call(imp, 1, 0, _many_segments(n, 0xC0FFEE))
+        assert len(wire.unframe(data)) <= wire.MAX_SEGMENTS
+        (call,) = b.receive(data)
+        hops = [call]
+        for _ in range(3):                              # forwarded again and again
+            c, d = pair()
+            imp2 = bootstrap(c, d, object())
+            _q, data = c.send_call(imp2, 1, 0, hops[-1].payload.content)
+            assert len(wire.unframe(data)) <= wire.MAX_SEGMENTS
+            (again,) = d.receive(data)
+            hops.append(again)
+            # and as a Return's results (a callback's answer, forwarded)
+            ret = d.send_return(again.answer_id, again.payload.content)
+            assert len(wire.unframe(ret)) <= wire.MAX_SEGMENTS
+            (back,) = [e for e in c.receive(ret) if isinstance(e, P.ReturnReceived)]
+            copy = wire.unframe(back.payload.content.single_segment_copy())
+            assert struct.unpack_from("<Q", copy[0], 8)[0] == 0xC0FFEE
+        for hop in hops:
+            copy = wire.unframe(hop.payload.content.single_segment_copy())
+            assert struct.unpack_from("<Q", copy[0], 8)[0] == 0xC0FFEE
