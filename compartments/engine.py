@@ -707,9 +707,14 @@ class Engine:
             raise _GuestError(abi.E_MESSAGE, f"message of {len(raw)} bytes exceeds the limit")
         try:
             segs = wire.unframe(raw, max_words=self.max_message_bytes // 8)
-            wire.resolve(segs, (0, 0))
+            root = wire.resolve(segs, (0, 0))
         except wire.WireError as e:
             raise _GuestError(abi.E_MESSAGE, f"not a Cap'n Proto message: {e}") from None
+        if root is not None and root[0] == wire.OTHER and root[3] & 0xFFFFFFFC:
+            # what the supervisor's protocol core refuses in any payload (and ends
+            # the connection for): sent, it cut this engine off, every call in it
+            raise _GuestError(abi.E_MESSAGE, "not a Cap'n Proto message: its root is an "
+                              "'other' pointer that is not a capability")
         return Content.standalone(segs)
 
     def _for_guest(self, content: Content) -> bytes:

@@ -345,3 +345,57 @@ def test_calls_that_come_in_one_read_and_each_wait_are_not_nested_into_each_othe
     failed = [e for e in asked.values() if e != "ok"]
     assert not failed, f"{len(failed)} calls failed: {failed[0]}"
     assert deepest[0] <= 2
+
+
+@pytest.mark.parametrize("root", [0x7, 0xFFFFFFFF, 3 | 4 | (1 << 32), 2**64 - 1])
+def test_a_root_other_pointer_that_is_no_capability_is_e_message_not_the_engines_end(root):
+    """Found by an outside review: results (or a call's params) whose root word is
+    an 'other' pointer with bits a capability pointer never has were taken
+    (results_set: OK), sent, and the supervisor's protocol core refused the
+    engine's Return ('payload content is an 'other' pointer that is not a
+    capability'): it aborted the engine, and every call in the compartment
+    failed with it.  The engine refuses them as it refuses any message it could
+    not send: E_MESSAGE to the guest."""
+    msg = framed([root, 0])
+    ev, handled = results_of((64, len(msg), 0, 0), [(64, msg)])
+    assert handled == 0
+    assert ev.payload is None and f"dispatch returned {E_MESSAGE}" in ev.error
+
+
+def test_a_root_capability_pointer_is_still_taken():
+    msg = framed([3 | (1 << 32), 0])
+    ev, _handled = results_of((64, len(msg), 0, 0), [(64, msg)])
+    assert ev.payload is not None
+
+
+def test_call_params_whose_root_is_no_capability_are_e_message_and_never_sent(tmp_path):
+    """The same check on a call's params (the one message check, _guest_content):
+    the call is refused with E_MESSAGE before anything is sent."""
+    wat = tmp_path / "junkcall.wat"
+    wat.write_text("""(module
+      (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+      (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "peer")
+      (data (i32.const 64) "\\00\\00\\00\\00\\02\\00\\00\\00\\07\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00\\00")
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+        (call $call (call $lookup (i32.const 100) (i32.const 4)) (i64.const 7) (i32.const 0)
+                    (i32.const 64) (i32.const 24) (i32.const 0) (i32.const 0) (i32.const 200))))""")
+    engine = Engine(Answering(), EngineSpec(name="junkcall", module=str(wat), exports=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(boot.payload.caps[0].import_id, ENGINE_INTERFACE, 0,
+                                      payloads.grants_content([("peer", "compartment", "")]),
+                                      [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(ready.payload.caps[0].import_id, IFACE, 0,
+                                      Content.standalone([bytes(16)]))[1])
+    engine._pump()
+    engine._flush()
+    [answer] = sup.receive(b"".join(sock.writes))        # no Call went out before it
+    assert answer.payload is None and f"dispatch returned {E_MESSAGE}" in answer.error
