@@ -312,7 +312,9 @@ static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
     if (fw_charge(c, cnt + words)) return -1;
     if ((e = fw_alloc(c, 1 + words, &at))) return e;
     fw_put(c->out, at, tag);
-    for (uint64_t i = 0; i < cnt; i++) {
+    if (!ptrs) /* their data in one piece: empty structs are charged but hold nothing */
+      memcpy(c->out + 8 * (at + 1), c->seg + 8 * (start + 1), 8 * words);
+    for (uint64_t i = 0; ptrs && i < cnt; i++) {
       uint64_t es = start + 1 + i * (data + ptrs), ed = at + 1 + i * (data + ptrs);
       memcpy(c->out + 8 * ed, c->seg + 8 * es, 8 * data);
       for (uint64_t j = 0; j < ptrs; j++)
