@@ -1026,8 +1026,7 @@ class Connection:
         first = bytearray(segs[0])
         wire.set_word(first, 0, wire.far_pointer(last, base))
         segs[0] = first
-        segs[last] = bytes(segs[last]) + bytes(head)
-        return wire.frame(segs)
+        return wire.frame(segs, tail=head)
 
 
 #: what an 'unimplemented' echo adds to the message it copies (its own root

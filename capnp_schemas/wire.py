@@ -191,15 +191,18 @@ class Framer:
 _TABLE_ONE = struct.Struct("<II")        # the segment table of a one-segment message
 
 
-def frame(segments) -> bytes:
-    """Serialize a segment list with the standard stream segment table."""
+def frame(segments, tail=b"") -> bytes:
+    """Serialize a segment list with the standard stream segment table.  `tail`
+    (whole words) is the end of the last segment, after `segments[-1]`."""
     n = len(segments)
-    if n == 1:                           # nearly every message: no format to build
+    if n == 1 and not tail:              # nearly every message: no format to build
         return b"".join((_TABLE_ONE.pack(0, len(segments[0]) // 8), segments[0]))
-    head = struct.pack(f"<{n + 1}I", n - 1, *(len(s) // 8 for s in segments))
+    sizes = [len(s) // 8 for s in segments]
+    sizes[-1] += len(tail) // 8
+    head = struct.pack(f"<{n + 1}I", n - 1, *sizes)
     if len(head) % 8:
         head += b"\0\0\0\0"
-    return b"".join((head, *segments))
+    return b"".join((head, *segments, tail))
 
 
 def unframe(data, max_segments: int = MAX_SEGMENTS,
