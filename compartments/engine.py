@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import functools
 import re
 import resource
@@ -278,6 +279,9 @@ class Engine:
         self._early: list = []                  # read with the early bootstrap (serve)
         self._granted: list = []                 # (name, kind, mount, import id), at start
         self._grant_handles: HandleTable | None = None   # per_call: each call starts here
+        #: per_call: the calls' instances made and not yet let go (their stores are
+        #: closed after their answers): nested calls each hold one, with its memory
+        self._instances = 0
         self._wasi_fns: dict = {}
         self.call_times: list[int] | None = [] if spec.stats else None  # ns per outgoing call
         self.regions: protect.Regions | None = None     # memory protection: see _protect
@@ -1343,6 +1347,7 @@ class Engine:
             "_reply_entries": [],
             "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
             "_memory_base": None})
+        self._instances += 1            # until its release (_leave_instance)
         try:
             self._outside(self._start_instance, store, outer)
         except BaseException:
@@ -1358,6 +1363,18 @@ class Engine:
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
+            if self._instances > 1 and isinstance(e, wasmtime.WasmtimeError) \
+                    and not isinstance(e, wasmtime.Trap) \
+                    and f"(os error {errno.ENOMEM})" in str(e):
+                # no room in the engine's address space (confine: its RLIMIT_AS) for
+                # one more memory beside those of the calls served beneath, which
+                # wait (on callbacks to their callers): a passing overload, as
+                # MAX_NESTING is, not a module that cannot be instantiated
+                raise _CallError("overloaded", (
+                    f"compartment {self.name} has no room for another instance: "
+                    f"{self._instances - 1} calls are being served in instances of their "
+                    f"own (instance = \"per_call\"), each with its own memory, while they "
+                    f"wait for calls they made; try again once they have returned")) from None
             raise _CallError("failed", f"{self.name}: cannot instantiate: "
                              f"{_why_not(e, self.regions, self.probes.sites)}") from None
         exports = instance.exports(store)
@@ -1411,6 +1428,7 @@ class Engine:
             inner["wasi"].flush_all()
 
         def release():
+            self._instances -= 1
             if inner["wasi"] is not None:
                 inner["wasi"].close_all()
             for entry in inner["handles"].entries():

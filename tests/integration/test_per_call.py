@@ -103,3 +103,54 @@ def test_a_per_call_instance_starts_from_the_grants_and_nothing_else(tmp_path, w
     assert fresh["release the grant's handle"] == 0
     assert fresh["the grant, in the next call"] == 0
     assert fresh_out == ["half", "end"]
+
+
+def test_a_per_call_compartment_out_of_room_for_instances_says_so(tmp_path, wsuper):
+    """A per_call call served while others wait (each on a callback to its caller)
+    runs in an instance of its own on top of theirs, each with its own memory, in
+    the one engine's address space: with the default limits about seven fit.  One
+    client holding that many calls (its observer calling sumTo again, or never
+    answering) made every other caller's call fail 'failed: ... cannot
+    instantiate: Cannot allocate memory (os error 12)': an error of the system's,
+    said as if the module could not be instantiated at all, typed as a failure
+    where it is a passing overload (as 'nested deeper than 32' is)."""
+    sock = tmp_path / "n.sock"
+    (tmp_path / "n.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+instance = "per_call"
+""")
+    run = wsuper("up", str(tmp_path / "n.toml"))
+    run.wait_for("ready calc")
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        calc = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        other = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        seen = {}
+
+        class Deeper(schema.Observer.Server):
+            async def step(self, i, partial, **_):
+                if seen:
+                    return
+                try:            # one more call, served on top of the ones waiting
+                    await calc.sumTo(1, Deeper())
+                except Exception as e:  # noqa: BLE001 - what the call failed with
+                    seen["deeper"] = str(e).split("\n")[0]
+                    try:
+                        await other.add(1, 2)
+                    except Exception as e2:  # noqa: BLE001
+                        seen["other"] = str(e2).split("\n")[0]
+        total = (await calc.sumTo(1, Deeper())).total
+        return total, seen, (await other.add(2, 3)).sum
+    total, seen, after = external_client(str(sock), body)
+    run.stop()
+    assert total == 1 and after == 5            # the calls beneath are served on
+    for why in (seen["deeper"], seen["other"]):
+        assert "overloaded" in why and "Cannot allocate memory" not in why, why
+        assert "compartment calc has no room for another instance" in why, why
