@@ -154,3 +154,61 @@ instance = "per_call"
     for why in (seen["deeper"], seen["other"]):
         assert "overloaded" in why and "Cannot allocate memory" not in why, why
         assert "compartment calc has no room for another instance" in why, why
+
+
+TAGGED = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "object" (func $object (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "wsuper_dispatch") (param $obj i32) (param $iface i64) (param $method i32)
+        (param $len i32) (param $ncaps i32) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.eqz (local.get $obj)) (then        ;; newCounter: the object tagged 42
+      (i32.store (i32.const 300) (call $object (i32.const 42)))
+      (i64.store (i32.const 200) (i64.const 0x0000000200000000))
+      (i64.store (i32.const 208) (i64.const 0x0001000000000000))
+      (i64.store (i32.const 216) (i64.const 3))
+      (return (call $results_set (i32.const 200) (i32.const 24) (i32.const 300) (i32.const 1)))))
+    ;; inc on an object: its tag, and the calls this instance has served
+    (i64.store (i32.const 200) (i64.const 0x0000000200000000))
+    (i64.store (i32.const 208) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 216) (i64.extend_i32_u
+      (i32.add (i32.mul (local.get $obj) (i32.const 1000)) (global.get $calls))))
+    (call $results_set (i32.const 200) (i32.const 24) (i32.const 0) (i32.const 0))))"""
+
+
+def test_a_per_call_instance_s_objects_outlive_it_and_are_the_compartment_s(tmp_path, wsuper):
+    """What docs/policy-reference.md and guest-abi.md say of per_call's objects:
+    one an instance made with object(tag) outlives it, a call on it later runs
+    in a new instance (which never made it), and every instance's object(tag)
+    is that same object, whichever caller it goes to.  (The docs said nothing one
+    call leaves behind reaches the next, and that the tags a call sees are the
+    ones you passed to object: a plugin telling its callers apart by tag would
+    hand each the same capability.)"""
+    sock = tmp_path / "t.sock"
+    (tmp_path / "tagged.wat").write_text(TAGGED)
+    (tmp_path / "t.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.tagged]
+module = "{tmp_path}/tagged.wat"
+exports = "Calc"
+external = true
+instance = "per_call"
+""")
+    run = wsuper("up", str(tmp_path / "t.toml"))
+    run.wait_for("ready tagged")
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        a = (await gateway.get("tagged")).cap.as_interface(schema.Calc)
+        b = (await gateway.get("tagged")).cap.as_interface(schema.Calc)
+        mine = (await a.newCounter()).counter
+        theirs = (await b.newCounter()).counter
+        return [(await c.inc(1)).value for c in (mine, theirs, mine)]
+    values = external_client(str(sock), body)
+    run.stop()
+    # each call on tag 42 is the first its (new) instance serves
+    assert values == [42001, 42001, 42001]
