@@ -53,6 +53,9 @@ EXPORT_MEMORY = "memory"
 EXPORT_START = "_start"
 EXPORT_INITIALIZE = "_initialize"    # a WASI reactor's set-up, run once at start
 EXPORT_DISPATCH = "wsuper_dispatch"   # (object, interface_id, method_id, params_len, caps) -> i32
+#: a mutable i32 or i64 global: the C stack's pointer (wasm-ld's), which the engine
+#: puts back after guest code that trapped or ran out of fuel (Engine._guest)
+EXPORT_STACK_POINTER = "__stack_pointer"
 DISPATCH_TYPE = ((I32, I64, I32, I32, I32), (I32,))
 
 # Error codes returned (as negative i32) by the host functions.

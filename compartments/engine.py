@@ -214,7 +214,7 @@ def _native_results(segment: bytes):
 #: What belongs to one instance of the module; instance = "per_call" gives each
 #: call a fresh set (Engine._fresh_instance) and puts the outer one back after.
 _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "_reply_entries", "handles", "wasi",
-                   "_wasi_fns", "_memory_base")
+                   "_wasi_fns", "_memory_base", "_stack_pointer", "_resting_sp")
 
 
 class Engine:
@@ -286,6 +286,10 @@ class Engine:
         self.call_times: list[int] | None = [] if spec.stats else None  # ns per outgoing call
         self.regions: protect.Regions | None = None     # memory protection: see _protect
         self._memory_base = None
+        #: the instance's exported C stack pointer (abi.EXPORT_STACK_POINTER), or None;
+        #: its value while no guest code runs, read before the first entry (_guest)
+        self._stack_pointer: wasmtime.Global | None = None
+        self._resting_sp = None
         self._load(module, wasm_engine, description)
         if instantiate:
             self.instantiate()
@@ -364,6 +368,7 @@ class Engine:
             raise EngineError(f"module {path} exports {abi.EXPORT_MEMORY}, but not as a "
                               f"memory")
         self.memory = memory
+        self._stack_pointer = _stack_pointer(exports, self.store)
         self.probes.attach(exports, self.store)
         if self.spec.protect is not None:
             self._protect(description.protect)
@@ -1346,7 +1351,7 @@ class Engine:
             "store": store, "memory": None, "dispatch": None, "reply": None,
             "_reply_entries": [],
             "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
-            "_memory_base": None})
+            "_memory_base": None, "_stack_pointer": None, "_resting_sp": None})
         self._instances += 1            # until its release (_leave_instance)
         try:
             self._outside(self._start_instance, store, outer)
@@ -1386,6 +1391,7 @@ class Engine:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
         outer["_probes_outer"] = self.probes.attach(exports, store)
         self.memory = memory if isinstance(memory, wasmtime.Memory) else None
+        self._stack_pointer = _stack_pointer(exports, store)
         self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
         if self.initialize is not None:          # a reactor's constructors, every time
             try:       # what the start function left of the call's budget
@@ -1464,12 +1470,33 @@ class Engine:
         waiting_reply = (self.reply, self._reply_entries) if self._running else None
         if waiting_reply is not None:
             self.reply, self._reply_entries = None, []
+        # The C stack's pointer where this run begins: below the frames of the code
+        # that waits beneath it, if any, else where it rests between calls.  Code
+        # that traps, runs out of fuel or exits never gets to move it back up, and
+        # its frames stayed taken for good: a few such calls of 8 KiB frames took a
+        # C plugin's whole 64 KiB stack, and every later call of every caller failed
+        # "out of stack" (a review of per_call and shared instances)
+        sp, sp_at = self._stack_pointer, None
+        if sp is not None:
+            try:
+                if self._running:
+                    sp_at = sp.value(store)
+                else:
+                    if self._resting_sp is None:
+                        self._resting_sp = sp.value(store)
+                    sp_at = self._resting_sp
+            except wasmtime.WasmtimeError:
+                sp = None
         self._entered += 1
         self._running.append(store)
         depth = self.probes.depth()
         try:
             try:
                 return func(*args)
+            except BaseException:
+                if sp is not None:
+                    _put_back(sp, store, sp_at)
+                raise
             finally:     # a trap or an exit ended activations that report no exit
                 if self.probes.depth() > depth:
                     self.probes.unwind(depth)
@@ -1490,6 +1517,26 @@ class Engine:
                 self._drop_unread_reply()       # this run's, never read: its handles go
                 self.reply, self._reply_entries = waiting_reply
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
+
+
+def _stack_pointer(exports, store) -> wasmtime.Global | None:
+    """The instance's exported C stack pointer, if it exports one as a mutable i32 or
+    i64 global (abi.EXPORT_STACK_POINTER), else None."""
+    g = exports.get(abi.EXPORT_STACK_POINTER)
+    if not isinstance(g, wasmtime.Global):
+        return None
+    ty = g.type(store)
+    if not ty.mutable or ty.content not in (wasmtime.ValType.i32(), wasmtime.ValType.i64()):
+        return None
+    return g
+
+
+def _put_back(sp: wasmtime.Global, store, value):
+    """Set the stack pointer back to `value` after guest code that did not return."""
+    try:
+        sp.set_value(store, value)
+    except wasmtime.WasmtimeError:
+        pass            # what the code failed with is what matters
 
 
 def _not_in_clist(handle: int) -> str:

@@ -31,6 +31,12 @@ PROTECT_PAGE = 4096
 #: wasm-ld puts data at 1024 by default; from PROTECT_PAGE, the page below is free
 #: (wasm-ld places .rodata first, then .data, .bss, the stack and the heap).
 LAYOUT_FLAGS = (f"-Wl,--global-base={PROTECT_PAGE}",)
+#: The C stack's pointer (wasm-ld's global), exported under its own name: a call
+#: that traps or runs out of fuel leaves it where that call's frames had moved it,
+#: and the engine puts it back (compartments/engine.py, Engine._guest); each such
+#: call's frames stayed taken for good, and a few made every later call of every
+#: caller fail "out of stack"
+STACK_POINTER_FLAGS = ("-Wl,--export=__stack_pointer",)
 #: One more source: a variable that page-aligns the start of .data (wasm-ld aligns an
 #: output segment as its most aligned input), so .rodata ends on a page of its own.
 LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
@@ -248,6 +254,7 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
         cmd.append("-mexec-model=reactor")
     cmd += [f"-I{d}" for d in include]
     cmd += [f"-Wl,--export={e}" for e in exports]
+    cmd += STACK_POINTER_FLAGS
     if layout is not None:
         cmd += LAYOUT_FLAGS
     if fixes is not None:

@@ -7,7 +7,7 @@ import capnp
 import pytest
 
 import capnp_schemas
-from tests.conftest import EXAMPLES, run_wsuper
+from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import CALC_ID, HERE, SPIN_ID, program
 
 
@@ -547,3 +547,85 @@ call_time = 20
         assert ret.payload is not None, ret.error
     assert run.proc.poll() is None
     a.close()
+
+
+STACKY_C = r"""
+#include <stdint.h>
+#define WSUPER_SERVE_CALC
+#include "calc.h"
+
+WSUPER_SERVE_ONLY(calc)
+
+/* 8 KiB of frame, then a loop to the fuel limit (b == 0) or a trap */
+static int deep(int32_t b) {
+  volatile char buf[8192];
+  for (int i = 0; i < 8192; i++) buf[i] = (char)b;
+  if (b) __builtin_trap();
+  for (;;) buf[b & 8191]++;
+  return buf[0];
+}
+
+int calc_serve_add(wsuper_arena *a, int32_t object, const calc_add_params *in,
+                   calc_add_results *out) {
+  (void)a; (void)object;
+  if (in->a == 1) return deep(in->b);
+  out->sum = in->a + in->b;
+  return 0;
+}
+
+int calc_serve_new_counter(wsuper_arena *a, int32_t object,
+                           const calc_new_counter_params *in, calc_new_counter_results *out) {
+  (void)object; (void)in; (void)out;
+  return wsuper_error(a, "no counters");
+}
+
+int calc_serve_sum_to(wsuper_arena *a, int32_t object, const calc_sum_to_params *in,
+                      calc_sum_to_results *out) {
+  (void)object; (void)in; (void)out;
+  return wsuper_error(a, "no sums");
+}
+"""
+
+
+def test_calls_that_trap_or_run_out_of_fuel_give_their_stack_back(tmp_path, wsuper):
+    """A C plugin's stack pointer is a global of its instance, which its frames
+    move back only when they return: a call that ran out of fuel_per_call (or
+    trapped) left it where its frames had it, in a shared instance for good.
+    One client's five calls with 8 KiB of frames took the plugin's 64 KiB stack,
+    and every later call, any caller's, failed 'out of stack: calls nested too
+    deep' (none restarted it: nothing had crashed).  wsuper build exports the
+    pointer, and the engine puts it back when guest code does not return."""
+    from supervisor import bindgen, toolchain
+    bindgen.generate(os.path.join(EXAMPLES, "calc.capnp"), str(tmp_path / "include"))
+    (tmp_path / "stacky.c").write_text(STACKY_C)
+    module = toolchain.build([str(tmp_path / "stacky.c")], str(tmp_path / "stacky.wasm"),
+                             reactor=True, include=[str(tmp_path / "include")])
+    sock = tmp_path / "s.sock"
+    (tmp_path / "s.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.stacky]
+module = "{module}"
+exports = "Calc"
+external = true
+limits = {{ fuel_per_call = 2000000 }}
+""")
+    run = wsuper("up", str(tmp_path / "s.toml"))
+    run.wait_for("ready stacky")
+    schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body(gateway):
+        hostile = (await gateway.get("stacky")).cap.as_interface(schema.Calc)
+        honest = (await gateway.get("stacky")).cap.as_interface(schema.Calc)
+        failed = []
+        for b in (0, 1) * 6:            # out of fuel, then a trap, six times each
+            try:
+                await hostile.add(1, b)
+            except capnp.KjException as e:
+                failed.append(str(e).split("\n")[0])
+        return failed, [(await honest.add(2, i)).sum for i in range(3)]
+    failed, sums = external_client(str(sock), body)
+    run.stop()
+    assert len(failed) == 12 and all("out of stack" not in f for f in failed), failed
+    assert sums == [2, 3, 4]

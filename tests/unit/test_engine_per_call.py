@@ -432,3 +432,30 @@ def _a_call_at_each_exit_flush_line(engine, run: bool, exits: bool):
     engine._flush()
     answering(b"".join(sock.writes))
     return q, returns, nested, written, d
+
+
+def test_the_stack_pointer_of_code_that_does_not_return_is_put_back(tmp_path):
+    """Guest code that traps or runs out of fuel never moves its C stack pointer
+    (wasm-ld's __stack_pointer global) back up: each such call's frames stayed
+    taken in a shared instance, and a few made every later call fail (out of
+    stack, or its frames ran into the module's data).  A module exporting the
+    global gets it back as it was when the call began."""
+    module = tmp_path / "sp.wat"
+    module.write_text(f"""(module (memory (export "memory") 2)
+  (global $sp (export "__stack_pointer") (mut i32) (i32.const 65536))
+  (func $burn {_burn(10 ** 9)})
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (global.set $sp (i32.sub (global.get $sp) (i32.const 8192)))   ;; a frame
+    (if (i32.eq (local.get 2) (i32.const 1)) (then (call $burn)))
+    (if (i32.eq (local.get 2) (i32.const 2)) (then unreachable))
+    (global.set $sp (i32.add (global.get $sp) (i32.const 8192)))
+    (i32.const 0)))""")
+    engine = Engine(Recorded(), EngineSpec(name="sp", module=str(module), exports=True,
+                                           limits=Limits(fuel_per_call=FUEL)))
+    d = Driven(engine)
+    empty = Content.standalone([bytes(16)])
+    for method, says in ((1, "overloaded"), (2, "failed")) * 3:
+        ret = d.ask(d.sup.send_call(d.main, 1, method, empty)[1])
+        assert ret.payload is None and ret.error_type == says, ret.error
+        assert engine._stack_pointer.value(engine.store) == 65536
+    assert d.ask(d.sup.send_call(d.main, 1, 0, empty)[1]).payload is not None
