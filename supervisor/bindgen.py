@@ -577,22 +577,28 @@ class Generator:
                 f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
                 "int32_t len, int32_t ncaps) {",
                 f"  if ((uint64_t)iface != {up}_ID) return WSUPER_E_UNIMPLEMENTED;",
-                "  wsuper_arena a = {0, 0};", "  wsuper_reader r;", "  wsuper_builder b;",
+                "  wsuper_reader r;", "  wsuper_builder b;", "  uint32_t slot;",
                 # a call served while the plugin waits in its own (B calls back), so
                 # deep that its frames would reach the plugin's data: refused
-                "  if (!wsuper_stack_left()) return a.error = \"out of stack: calls nested "
-                "too deep\", wsuper_dispatch_failed(&a, WSUPER_E_OVERLOADED);",
-                "  int rc = wsuper_read_params(&a, &r, len, ncaps);",
+                "  if (!wsuper_stack_left()) return wsuper_dispatch_refused(\"out of stack: "
+                "calls nested too deep\", WSUPER_E_OVERLOADED);",
+                # its arena off the stack: a call that never returns leaves it to
+                # the next (wsuper_served_begin)
+                "  wsuper_arena *a = wsuper_served_begin((uintptr_t)__builtin_frame_address(0), "
+                "&slot);",
+                "  if (!a) return wsuper_dispatch_refused(\"too many calls being served\", "
+                "WSUPER_E_OVERLOADED);",
+                "  int rc = wsuper_read_params(a, &r, len, ncaps);",
                 "  if (rc == WSUPER_OK) switch (method) {"]
         for ordinal, mname, params, results in methods:
             shown = f"{_scoped(schema)[1]}.{schema.node.interface.methods[ordinal].name}"
             out += [f"  case {ordinal}: {{",
                     f"    struct {params.cname} in;", f"    struct {results.cname} out;",
                     "    memset(&in, 0, sizeof in);", "    memset(&out, 0, sizeof out);",
-                    f"    {params.cname}_load(&r, &a, wsuper_root(&r), &in);",
+                    f"    {params.cname}_load(&r, a, wsuper_root(&r), &in);",
                     "    if (r.bad) { rc = WSUPER_E_MESSAGE; "
-                    f"wsuper_error2(&a, \"malformed params of {shown}: \", r.why); break; }}",
-                    f"    rc = {cname}_serve_{mname}(&a, object, &in, &out);",
+                    f"wsuper_error2(a, \"malformed params of {shown}: \", r.why); break; }}",
+                    f"    rc = {cname}_serve_{mname}(a, object, &in, &out);",
                     "    if (rc != WSUPER_OK) break;",
                     "    wsuper_builder_init(&b);",
                     f"    {results.cname}_fill(&b, wsuper_new_struct(&b, 0, {results.dwords}, "
@@ -600,11 +606,11 @@ class Generator:
                     "    rc = wsuper_send_results(&b);",
                     # named as the results' fault, not the params' ("malformed message")
                     "    if (rc != WSUPER_OK) "
-                    f"wsuper_error2(&a, \"results of {shown} not sent: \", wsuper_unsent(&b, rc));",
+                    f"wsuper_error2(a, \"results of {shown} not sent: \", wsuper_unsent(&b, rc));",
                     "    break;", "  }"]
         out += ["  default: rc = WSUPER_E_UNIMPLEMENTED;", "  }",
-                "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(&a, rc);",
-                "  wsuper_arena_free(&a);", "  return rc;", "}", "#endif", ""]
+                "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(a, rc);",
+                "  wsuper_served_end(slot);", "  return rc;", "}", "#endif", ""]
         return out
 
 

@@ -701,6 +701,52 @@ static inline int32_t wsuper_dispatch_failed(wsuper_arena *a, int rc) {
   return rc ? rc : WSUPER_E_FAILED;
 }
 
+/* ------------------------------------------------------------------ calls served
+ * The arena of each call being served (the params decoded, up to message_size)
+ * lives here, not in the frame of its dispatch: a call that traps or runs out of
+ * fuel_per_call never returns to free it, and each such call's stayed taken for
+ * good, until every call of every caller failed out of memory.  The engine puts
+ * the stack pointer back after such a call (docs/guest-abi.md, __stack_pointer),
+ * so a call served later at its depth or above has a frame at or above its
+ * frame: it frees the arenas of frames that are gone.  The calls below it, which
+ * wait (a call served while the plugin waits in one of its own), have frames
+ * above it and keep theirs. */
+#ifndef WSUPER_CALLS_SERVED
+#define WSUPER_CALLS_SERVED 64
+#endif
+static struct { uintptr_t frame; wsuper_arena arena; } wsuper__served[WSUPER_CALLS_SERVED];
+static uint32_t wsuper__nserved;
+
+/* Free the arenas of the calls served from `slot` up. */
+static inline void wsuper_served_end(uint32_t slot) {
+  while (wsuper__nserved > slot) {
+    wsuper__nserved--;
+    wsuper_arena_free(&wsuper__served[wsuper__nserved].arena);
+  }
+}
+
+/* The arena of a call served by the dispatch whose frame is at `frame`, in
+ * `*slot`; NULL when WSUPER_CALLS_SERVED calls are being served already. */
+static inline wsuper_arena *wsuper_served_begin(uintptr_t frame, uint32_t *slot) {
+  uint32_t n = wsuper__nserved;
+  while (n && wsuper__served[n - 1].frame <= frame) n--;     /* gone: never returned */
+  wsuper_served_end(n);
+  if (n == WSUPER_CALLS_SERVED) return NULL;
+  wsuper__served[n].frame = frame;
+  wsuper__served[n].arena.blocks = NULL;
+  wsuper__served[n].arena.error = NULL;
+  wsuper__served[n].arena.later = NULL;
+  wsuper__nserved = n + 1;
+  *slot = n;
+  return &wsuper__served[n].arena;
+}
+
+/* End a dispatch refused before it had an arena. */
+static inline int32_t wsuper_dispatch_refused(const char *why, int rc) {
+  wsuper_arena none = {0, why};
+  return wsuper_dispatch_failed(&none, rc);
+}
+
 /* A plugin that serves one interface: defines the wsuper_dispatch export.
  *   #define WSUPER_SERVE_KV_STORE
  *   #include "kv.h"

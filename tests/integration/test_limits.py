@@ -629,3 +629,158 @@ limits = {{ fuel_per_call = 2000000 }}
     run.stop()
     assert len(failed) == 12 and all("out of stack" not in f for f in failed), failed
     assert sums == [2, 3, 4]
+
+
+EATER_CAPNP = """@0xd1f0a3b2c4e5f6a1;
+interface Eater {
+  eat @0 (pad :Data, spin :Bool) -> (n :UInt32);
+}
+"""
+
+EATER_C = r"""
+#include <stdint.h>
+#define WSUPER_SERVE_EATER
+#include "eater.h"
+
+WSUPER_SERVE_ONLY(eater)
+
+int eater_serve_eat(wsuper_arena *a, int32_t object, const eater_eat_params *in,
+                    eater_eat_results *out) {
+  (void)a; (void)object;
+  volatile uint32_t n = in->pad.len;
+  while (in->spin) n++;               /* to the fuel limit */
+  out->n = n;
+  return 0;
+}
+"""
+
+
+def test_calls_cut_short_give_their_params_memory_back(tmp_path, wsuper):
+    """A generated dispatch kept the arena of the call it served (its params,
+    decoded: up to message_size) in its frame and freed it when it returned: a
+    call that ran out of fuel_per_call (or trapped) never did, and its params
+    stayed in the plugin's memory for good.  One client's calls of 4 MiB that
+    spin took a 64 MiB plugin's memory in sixteen, and every later call of every
+    caller failed 'out of memory'.  The next call served frees what such a call
+    left."""
+    from supervisor import bindgen, toolchain
+    (tmp_path / "eater.capnp").write_text(EATER_CAPNP)
+    bindgen.generate(str(tmp_path / "eater.capnp"), str(tmp_path / "include"))
+    (tmp_path / "eater.c").write_text(EATER_C)
+    module = toolchain.build([str(tmp_path / "eater.c")], str(tmp_path / "eater.wasm"),
+                             reactor=True, include=[str(tmp_path / "include")])
+    sock = tmp_path / "e.sock"
+    (tmp_path / "e.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/eater.capnp"]
+socket = "{sock}"
+[compartments.eater]
+module = "{module}"
+exports = "Eater"
+external = true
+limits = {{ fuel_per_call = 2000000 }}
+""")
+    run = wsuper("up", str(tmp_path / "e.toml"))
+    run.wait_for("ready eater")
+    schema = capnp_schemas.load(str(tmp_path / "eater.capnp"))
+
+    async def body(gateway):
+        hostile = (await gateway.get("eater")).cap.as_interface(schema.Eater)
+        honest = (await gateway.get("eater")).cap.as_interface(schema.Eater)
+        failed = []
+        for _ in range(24):
+            try:
+                await hostile.eat(b"x" * (4 << 20), True)
+            except capnp.KjException as e:
+                failed.append(str(e).split("\n")[0])
+        return failed, (await honest.eat(b"y" * (1 << 20), False)).n
+    failed, n = external_client(str(sock), body, timeout=60)
+    run.stop()
+    assert len(failed) == 24 and all("CPU budget" in f for f in failed), failed[-1]
+    assert n == 1 << 20
+
+
+RELAY_CAPNP = """@0xd1f0a3b2c4e5f6a2;
+interface Relay {
+  eat @0 (pad :Data, spin :Bool) -> (n :UInt32);
+  relay @1 (pad :Data, peer :Relay) -> (n :UInt32);
+}
+"""
+
+RELAY_C = r"""
+#include <stdint.h>
+#define WSUPER_SERVE_RELAY
+#include "relay.h"
+
+WSUPER_SERVE_ONLY(relay)
+
+int relay_serve_eat(wsuper_arena *a, int32_t object, const relay_eat_params *in,
+                    relay_eat_results *out) {
+  (void)a; (void)object;
+  volatile uint32_t n = 0;
+  for (uint32_t i = 0; i < in->pad.len; i++) n += in->pad.ptr[i];
+  while (in->spin) n++;               /* to the fuel limit */
+  out->n = n;
+  return 0;
+}
+
+/* calls peer.eat, which calls back into eat meanwhile; then sums its own params */
+int relay_serve_relay(wsuper_arena *a, int32_t object, const relay_relay_params *in,
+                      relay_relay_results *out) {
+  (void)object;
+  relay_eat_results r;
+  int rc = relay_eat(a, in->peer, in->pad, false, &r);
+  if (rc) return rc;
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < in->pad.len; i++) n += in->pad.ptr[i];
+  out->n = n + r.n;
+  return 0;
+}
+"""
+
+
+def test_a_call_served_while_another_waits_keeps_the_params_of_the_one_beneath(
+        tmp_path, wsuper):
+    """The arenas of calls served live off the stack now, and a call frees those
+    of frames at or below its own (calls that never returned): a call served
+    while the plugin waits in one of its own (a callback) is below the one
+    that waits, and must leave that one's params as they are; one before it
+    that ran out of fuel at the same depth is freed."""
+    from supervisor import bindgen, toolchain
+    (tmp_path / "relay.capnp").write_text(RELAY_CAPNP)
+    bindgen.generate(str(tmp_path / "relay.capnp"), str(tmp_path / "include"))
+    (tmp_path / "relay.c").write_text(RELAY_C)
+    module = toolchain.build([str(tmp_path / "relay.c")], str(tmp_path / "relay.wasm"),
+                             reactor=True, include=[str(tmp_path / "include")])
+    sock = tmp_path / "r.sock"
+    (tmp_path / "r.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/relay.capnp"]
+socket = "{sock}"
+[compartments.relay]
+module = "{module}"
+exports = "Relay"
+external = true
+limits = {{ fuel_per_call = 20000000 }}
+""")
+    run = wsuper("up", str(tmp_path / "r.toml"))
+    run.wait_for("ready relay")
+    schema = capnp_schemas.load(str(tmp_path / "relay.capnp"))
+
+    async def body(gateway):
+        relay = (await gateway.get("relay")).cap.as_interface(schema.Relay)
+        spun = []
+
+        class Peer(schema.Relay.Server):
+            async def eat(self, pad, spin, **_):
+                try:            # served in the plugin on top of relay, twice
+                    await relay.eat(b"\x09" * 50000, True)
+                except capnp.KjException as e:
+                    spun.append(str(e).split("\n")[0])
+                return (await relay.eat(b"\x05" * 70000, False)).n
+        n = (await relay.relay(b"\x03" * 100000, Peer())).n
+        return n, spun
+    n, spun = external_client(str(sock), body, timeout=60)
+    run.stop()
+    assert len(spun) == 1 and "CPU budget" in spun[0], spun
+    assert n == 3 * 100000 + 5 * 70000
