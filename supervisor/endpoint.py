@@ -402,17 +402,31 @@ def lock_exclusive(fd: int, what: str = "it"):
                             f"does not lock files here; wsuper needs it to)") from None
 
 
+#: The table of the machine's locks, and the most of it foreign_holders reads
+PROC_LOCKS = "/proc/locks"
+PROC_LOCKS_BYTES = 1 << 22
+
+
 def foreign_holders(fd: int) -> list[tuple[int, int]]:
     """The processes of other users that hold a lock on `fd`'s file, as (pid, uid),
     from /proc/locks; empty if none is, or if that cannot be told (no /proc, a
-    holder in another pid namespace, whose pid shows as 0 or -1).  Empty too when
-    a process of this user holds one as well: that one may be a system of ours."""
+    holder in another pid namespace, whose pid shows as 0 or -1, a table longer
+    than PROC_LOCKS_BYTES).  Empty too when a process of this user holds one as
+    well: that one may be a system of ours."""
     try:
         st = os.fstat(fd)
-        with open("/proc/locks", "rb") as f:
-            table = f.read(1 << 22).decode("ascii", "replace")
+        with open(PROC_LOCKS, "rb") as f:
+            raw = f.read(PROC_LOCKS_BYTES + 1)
     except OSError:
         return []
+    if len(raw) > PROC_LOCKS_BYTES:
+        # cut, the table may lack the entry of the system of ours that holds the
+        # file: any user can make it that long (one process, one descriptor, ~75,000
+        # byte-range locks), and with a read lock of theirs on the file listed
+        # before the cut, the file was said to be held by them alone (a log writer
+        # then wrote into another running system's audit: output._take)
+        return []
+    table = raw.decode("ascii", "replace")
     inode = str(st.st_ino)
     devices = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", None)
     holders: dict = {}

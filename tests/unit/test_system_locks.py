@@ -350,3 +350,86 @@ def test_a_log_file_another_user_holds_locked_is_written_all_the_same(tmp_path,
     files._write({"app": ["2026-12-03T10:00:00.000Z [app] one"]})
     files.close()
     assert (tmp_path / "app.log").read_text() == "2026-12-03T10:00:00.000Z [app] one\n"
+
+
+def test_a_lock_table_too_long_to_read_whole_never_makes_a_systems_audit_anothers(
+        tmp_path, monkeypatch):
+    """A review of the lock look-up (reviewer 173): /proc/locks was read up to 4 MiB,
+    and what lay past it was taken as not there.  Any user makes the table that
+    long (one process, one descriptor, ~75,000 byte-range read locks of a file of
+    theirs) and, with a read lock of theirs on a file others may read (an audit
+    another system of yours holds, 0644) listed before the cut, the file was said
+    to be held by that user alone: the log writer of a system whose log directory
+    holds that audit under a log file's name wrote into it and rotated it
+    (output._take, _not_taken), and `up` let such a log directory or audit pass.
+    A table that does not fit is "cannot tell", as for a holder not seen."""
+    import signal
+    import time
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o755)
+    audit = folder / "supervisor.log"
+    audit.write_text("")
+    audit.chmod(0o644)
+    ours = os.open(audit, os.O_RDWR | os.O_CLOEXEC)
+    fcntl.flock(ours, fcntl.LOCK_EX)           # another running system's audit
+    child = None
+    if os.geteuid() == 0:
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:                                  # pragma: no cover (the child)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(w, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"x"
+        os.close(r)
+        theirs = child
+    elif os.stat("/proc/1").st_uid != os.getuid():
+        theirs = 1
+    else:
+        pytest.skip("needs a process of another user")
+    try:
+        st = os.fstat(ours)
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        # theirs listed first (the newest), then their padding, then ours
+        lines = [f"1: POSIX  ADVISORY  READ {theirs} {ident} 0 0"]
+        lines += [f"{i}: POSIX  ADVISORY  READ {theirs} 00:00:1 {2 * i} {2 * i}"
+                  for i in range(2, 90_000)]
+        lines.append(f"90000: FLOCK  ADVISORY  WRITE {os.getpid()} {ident} 0 EOF")
+        table = tmp_path / "locks"
+        table.write_text("\n".join(lines) + "\n")
+        assert table.stat().st_size > 4 << 20 and table.stat().st_size > \
+            getattr(endpoint, "PROC_LOCKS_BYTES", 0)
+        real_open = open
+
+        def fake_open(path, *a, **k):       # the kernel's table, as long as that
+            return real_open(table if path == "/proc/locks" else path, *a, **k)
+        monkeypatch.setattr(endpoint, "open", fake_open, raising=False)
+        probe = os.open(audit, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            assert endpoint.foreign_holders(probe) == []
+        finally:
+            os.close(probe)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with pytest.raises(OSError) as e:
+                output._not_taken(dfd, "supervisor.log")     # never rotated as a log
+            assert e.value.errno == errno.EBUSY
+        finally:
+            os.close(dfd)
+        # read whole, the same table names the system of ours: never "theirs alone"
+        monkeypatch.setattr(endpoint, "PROC_LOCKS_BYTES", 8 << 20)
+        probe = os.open(audit, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            assert endpoint.foreign_holders(probe) == []
+        finally:
+            os.close(probe)
+    finally:
+        os.close(ours)
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
