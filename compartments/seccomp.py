@@ -328,6 +328,12 @@ def _condition(cond) -> list[tuple]:
         return out + [(_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
     if kind == "self":
         return [load, (_JEQ_K, 1, 0, SELF), (_RET_K, 0, 0, EPERM), (_RET_K, 0, 0, ALLOW)]
+    if kind == "not_one_of":        # EPERM for any of cond[2], else ALLOW
+        values = cond[2]
+        out = [load]
+        for i, v in enumerate(values):        # jump to the EPERM after the ALLOW
+            out.append((_JEQ_K, len(values) - i, 0, v))
+        return out + [(_RET_K, 0, 0, ALLOW), (_RET_K, 0, 0, EPERM)]
     if kind == "self_policy":       # argument `index` is 0 (the caller), and cond[2:] one_of
         policy = _condition(("one_of", *cond[2:]))
         return [load, (_JEQ_K, 1, 0, 0), (_RET_K, 0, 0, EPERM)] + policy
@@ -422,7 +428,22 @@ HELPER_REFUSED = frozenset({
     # helper may do): SCHED_FIFO, or a lower nice value, under a hard RLIMIT_RTPRIO
     # or RLIMIT_NICE above 0, could starve the supervisor and every engine
     "sched_setattr",
+    # truncate(2) by path: Landlock refuses it only from ABI 3 (Linux 6.2); on an
+    # older kernel a compiler of a hostile module emptied any file of its uid (a
+    # helper's own descriptors, its memfds among them, keep ftruncate)
+    "truncate",
 })
+#: ioctl requests that set a file's attributes through a descriptor (the helper may
+#: open to read what lies beneath `readable`: the module, wasm-tools, a schema's
+#: directory), which Landlock does not look at for a regular file: what chmod,
+#: file_setattr and setxattr above would do by path.  FS_IOC_SETFLAGS (chattr; and
+#: its 32-bit form), FS_IOC_FSSETXATTR (the project quota id, the flags),
+#: FS_IOC_SETVERSION (both forms) and ext4's EXT4_IOC_SETVERSION, FS_IOC_ENABLE_VERITY
+#: (a file read-only for good), BTRFS_IOC_SUBVOL_SETFLAGS (a subvolume made
+#: read-only).  Refused by their number (the low 32 bits: the kernel's `cmd` is an
+#: unsigned int)
+HELPER_REFUSED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602,
+                         0x40086604, 0x40806685, 0x4008941A)
 #: Calls a helper may make on itself only (pid 0), never on another process of its
 #: uid: an engine's RLIMIT_NOFILE set to 0, or RLIMIT_CPU to 1, by the compiler of
 #: another compartment's module, its scheduling or CPUs changed
@@ -464,6 +485,7 @@ def helper_rules() -> dict[int, object]:
                                                HELPER_POLICIES)
     actions[SYSCALLS["clone3"]] = ENOSYS
     actions[SYSCALLS["clone"]] = ("none_of", 0, _CLONE_NEW | _CLONE_PARENT)
+    actions[SYSCALLS["ioctl"]] = ("not_one_of", 1, HELPER_REFUSED_IOCTLS)
     for name in HELPER_OWN_CLOCKS:                  # as the engines' (CONDITIONS)
         actions[SYSCALLS[name]] = ("clock", 0)
     return actions

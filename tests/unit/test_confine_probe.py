@@ -232,3 +232,71 @@ def test_no_helper_takes_a_real_time_policy_or_a_higher_priority():
                 seccomp.EPERM, policy
     assert seccomp.run(HELPER, NR["sched_setattr"], (0,) * 6) == seccomp.EPERM
     assert seccomp.run(HELPER, NR["sched_getattr"], (0,) * 6) == seccomp.ALLOW
+
+
+#: ioctl requests that set a file's attributes, by descriptor: FS_IOC_SETFLAGS (and
+#: its 32-bit form), FS_IOC_FSSETXATTR (what file_setattr does by path),
+#: FS_IOC_SETVERSION (both forms) and ext4's, FS_IOC_ENABLE_VERITY, btrfs's
+#: SUBVOL_SETFLAGS
+_SETTERS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602, 0x40086604,
+            0x40806685, 0x4008941A)
+
+
+def test_a_helper_changes_no_files_attributes_nor_data_by_any_other_call(tmp_path):
+    """A review of the helpers' deny-list (reviewer 173): chmod, chown, utime,
+    setxattr and file_setattr were refused (Landlock covers none of them), but the
+    same changes by ioctl on a descriptor opened to read, which Landlock gives
+    beneath what a helper may read (the module, wasm-tools, the schema's directory)
+    and does not look at for a regular file, were not: FS_IOC_SETFLAGS (chattr: no
+    dump, synchronous, no atime, ...), FS_IOC_FSSETXATTR (file_setattr's own
+    ioctl: the project quota id), the inode's version, fs-verity (a file made
+    read-only for good), a btrfs subvolume made read-only.  And truncate(2), by
+    path, which Landlock covers only from ABI 3 (Linux 6.2): on older kernels a
+    compiler emptied any file of its uid.  Each refused, checked with the kernel."""
+    for cmd in _SETTERS:
+        assert seccomp.run(HELPER, NR["ioctl"], (3, cmd, 0, 0, 0, 0)) == seccomp.EPERM, hex(cmd)
+        assert seccomp.run(HELPER, NR["ioctl"], (3, cmd | (1 << 32), 0, 0, 0, 0)) == \
+            seccomp.EPERM, hex(cmd)
+    for cmd in (0x5401, 0x5421, 0x5451, 0x80086601):     # TCGETS, FIONBIO, FIOCLEX, GETFLAGS
+        assert seccomp.run(HELPER, NR["ioctl"], (3, cmd, 0, 0, 0, 0)) == seccomp.ALLOW
+    assert seccomp.run(HELPER, NR["truncate"]) == seccomp.EPERM
+    assert seccomp.run(HELPER, NR["ftruncate"]) == seccomp.ALLOW    # its own memfds
+    import array
+    import fcntl
+    import os
+    victim = tmp_path / "victim"
+    victim.write_text("data")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                        # pragma: no cover (the child)
+        code = 1
+        try:
+            os.close(r)
+            confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            seccomp.install_helper()
+            out = []
+            fd = os.open(victim, os.O_RDONLY)
+            flags = array.array("l", [0])
+            fcntl.ioctl(fd, 0x80086601, flags)              # FS_IOC_GETFLAGS: allowed
+            flags[0] |= 0x40                                # FS_NODUMP_FL
+            for what, call in (("setflags", lambda: fcntl.ioctl(fd, 0x40086602, flags)),
+                               ("truncate", lambda: os.truncate(victim, 0))):
+                try:
+                    call()
+                    out.append(f"{what}=ok")
+                except OSError as e:
+                    out.append(f"{what}={errno.errorcode[e.errno]}")
+            os.write(w, " ".join(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        said = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = dict(part.split("=") for part in said.split())
+    if got.get("setflags") == "ENOTTY" or got.get("setflags") == "EOPNOTSUPP":
+        got.pop("setflags")                     # a file system without flags: nothing to set
+    assert set(got.values()) <= {"EPERM"}, said
+    assert victim.read_text() == "data"
