@@ -153,6 +153,8 @@ _CHECKED: dict[tuple, object] = {}
 #: schema path -> {file it imports: that file's module}, as its last load() parsed
 #: them (imported(): the interfaces declared there are reached through grants too)
 _IMPORTED: dict[str, dict] = {}
+#: schema path -> the files of the import path it imports (imported() loads them)
+_IMPORTED_OWN: dict[str, list] = {}
 
 #: bytes of one schema file, or of a file a schema imports or embeds
 MAX_SCHEMA_BYTES = 16 << 20
@@ -440,6 +442,7 @@ def load(path: str, extra_imports=()):
     copy = _BUILTIN_COPIES.get(digests[path])
     if copy is not None:
         _IMPORTED[path] = {}
+        _IMPORTED_OWN[path] = []
         return copy
     _one_name_each(read, contents, digests)
     key = (path, tuple(imports), tuple(digests.items()))
@@ -456,16 +459,29 @@ def load(path: str, extra_imports=()):
     _claim(path, read, contents, digests, module, modules)
     _CHECKED[key] = checked
     _IMPORTED[path] = dict(modules)
+    # the files it imports from the import path (capnp's persistent.capnp, our own
+    # engine.capnp ...): not loaded whole above, and so, but for imported(), never
+    # named to an allow list
+    _IMPORTED_OWN[path] = list(dict.fromkeys(
+        f for f, by, _ in read if by is not None and f in contents and f != path
+        and f not in modules))
     _remember(file for file, _, _ in read)
     return module
 
 
 def imported(path: str) -> dict:
     """{file: its module} of each file the schema at `path` imports, directly or
-    not (wsuper's own schemas aside), as its last load() parsed them: what they
-    declare is reached through a grant of the schema's interfaces like anything
-    the schema declares (a method returning `import "lib.capnp".Counter`)."""
-    return _IMPORTED.get(os.path.abspath(path), {})
+    not, as its last load() parsed them: what they declare is reached through a
+    grant of the schema's interfaces like anything the schema declares (a method
+    returning `import "lib.capnp".Counter`).  The files of the import path among
+    them too (`import "/capnp/persistent.capnp".Persistent`, our own
+    `"/engine.capnp".Engine`), each loaded whole as load() loads a schema (ours
+    as the copies this process holds): SchemaError if one cannot be."""
+    path = os.path.abspath(path)
+    found = dict(_IMPORTED.get(path, {}))
+    for file in _IMPORTED_OWN.get(path, ()):
+        found[file] = load(file)
+    return found
 
 
 def _one_name_each(read: list, contents: dict, digests: dict) -> None:

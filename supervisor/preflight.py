@@ -152,8 +152,16 @@ def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:
     # stands for each of them (_resolve_method restricts them all)
     known = {i.schema.node.id for _n, i in every}
     walked = set(system.schemas)        # each file once, however many schemas import it
-    for path in system.schemas:
-        for file, module in capnp_schemas.imported(path).items():
+    for i, path in enumerate(system.schemas):
+        try:
+            found = capnp_schemas.imported(path)
+        except capnp_schemas.SchemaError as e:
+            raise PolicyError(e.path, "", f"{e.reason} (imported by {quoted(path)}, listed at "
+                              f"system.schemas[{i}] in {quoted(system.path)})", e.line) from None
+        except (capnp.KjException, OSError, ValueError) as e:
+            raise where.error(f"system.schemas[{i}]", f"cannot load a file {quoted(path)} "
+                              f"imports: {first_line(e)}") from None
+        for file, module in found.items():
             if file in walked:
                 continue
             walked.add(file)

@@ -808,3 +808,61 @@ module = "{EXAMPLES}/calc.wat"
 exports = "Counter"
 """)
     assert "unknown interface 'Counter'" in str(e.value)
+
+
+def test_an_interface_a_schema_imports_from_the_import_path_is_named_by_an_allow_list(
+        tmp_path):
+    """A review of the imported interfaces (reviewer 173): the files a schema
+    imports from the import path (`import "/capnp/persistent.capnp".Persistent`,
+    capnp's own; wsuper's `"/engine.capnp".Engine`) were left out of the
+    interfaces an allow list names, as "our own": `Persistent.save` was "unknown
+    interface", so a Persistent (or Engine) a granted method returns passed every
+    allow list unrestricted, and where a listed schema declared a decoy of its
+    name, the name restricted the decoy alone.  They are named as any imported
+    file's are, and restricted."""
+    from supervisor.membrane import Membrane
+    (tmp_path / "calc.capnp").write_text("""@0xd1e2f3a4b5c6e8f8;
+interface Calc @0xd1e2f3a4b5c6e8f9 {
+  get @0 () -> (p :import "/capnp/persistent.capnp".Persistent(Text, Text));
+  eng @1 () -> (e :import "/engine.capnp".Engine);
+  add @2 () -> ();
+}
+""")
+    (tmp_path / "decoy.capnp").write_text("""@0xd1e2f3a4b5c6e8fa;
+interface Persistent @0xd1e2f3a4b5c6e8fb { save @0 () -> (); }
+""")
+    calc, persistent, engine = 0xd1e2f3a4b5c6e8f9, 0xc8cb212fcd9f5691, 0xa05a5e2c6b2f6d03
+    for schemas in (["calc.capnp"], ["calc.capnp", "decoy.capnp"]):
+        plan = plan_of(tmp_path, f"""
+[system]
+schemas = {schemas!r}
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = ["get", "eng", "Engine.describe"] }}
+""")
+        (g,) = plan.system.compartments["app"].grants
+        m = Membrane.for_grant("app.calc", g, calc, 0.0)
+        assert [m.allows(calc, 0), m.allows(calc, 2)] == [True, False]
+        # Engine: describe (@2) only
+        assert [m.allows(engine, 2), m.allows(engine, 0), m.allows(engine, 1)] == \
+            [True, False, False], schemas
+        plan = plan_of(tmp_path, f"""
+[system]
+schemas = {schemas!r}
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/hello.wat"
+[compartments.app.grants]
+calc = {{ compartment = "calc", allow = ["get", "Persistent.save", "Engine.describe"] }}
+""")
+        (g,) = plan.system.compartments["app"].grants
+        m = Membrane.for_grant("app.calc", g, calc, 0.0)
+        assert m.allows(persistent, 0), schemas         # capnp's own Persistent.save
+        assert plan.names[persistent][0] == "Persistent"
+        assert plan.names[engine][0] == "Engine"
