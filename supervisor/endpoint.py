@@ -651,10 +651,16 @@ class Lock:
 
     def release(self):
         if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            # only the file it holds: its path may name another's by now (the
+            # runtime directory removed while the system ran, and another `up` of
+            # the system file took the lock file made again there before renew):
+            # unlinked, that one's `status` and `stop` said it was not running,
+            # and a third `up` ran beside it
+            if _names(self.path, self.fd):
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
             os.close(self.fd)
             self.fd = None
         if self.file_fd is not None:

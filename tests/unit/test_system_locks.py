@@ -433,3 +433,31 @@ def test_a_lock_table_too_long_to_read_whole_never_makes_a_systems_audit_another
         if child:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
+
+
+def test_a_system_that_stops_never_removes_a_lock_file_that_is_not_its_own(rundir):
+    """A review of the runtime directory made again (reviewer 173): the runtime
+    directory removed while a system ran (a cleaner of old files), another `up` of
+    that system file made the lock file again at its path and held it before the
+    first system could (Lock.renew refused: another process holds it), and the
+    first, stopping, unlinked the path, which named the other's lock: `wsuper
+    status`, `stop` and `revoke` then said the other was not running, and a third
+    `up` ran beside it.  Only the lock file it holds is removed."""
+    import shutil
+    first = endpoint.Lock(rundir)
+    first.acquire()
+    second = endpoint.Lock(rundir)
+    try:
+        shutil.rmtree(endpoint.runtime_dir())
+        endpoint.private_dir(endpoint.runtime_dir())
+        second._acquire_file()                     # the lock file, made again: theirs
+        with pytest.raises(endpoint.EndpointError, match="another process holds"):
+            first.renew()
+        first.release()
+        assert os.path.exists(second.path) and endpoint.is_running(rundir)
+        st, own = os.stat(second.path), os.fstat(second.fd)
+        assert (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+    finally:
+        first.release()
+        second.release()
+    assert not os.path.exists(second.path)
