@@ -480,7 +480,8 @@ def imported(path: str) -> dict:
     path = os.path.abspath(path)
     found = dict(_IMPORTED.get(path, {}))
     for file in _IMPORTED_OWN.get(path, ()):
-        found[file] = load(file)
+        if file.endswith(".capnp"):     # the only name the parser loads whole
+            found[file] = load(file)
     return found
 
 
