@@ -389,6 +389,13 @@ class _SockFprog(ctypes.Structure):
 #: priority or scheduling (HELPER_SELF_ONLY: on itself only).
 HELPER_REFUSED = frozenset({
     "socket", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    # another process's memory by other calls that ask only its uid (of a dumpable
+    # process: the supervisor and the engines when wsuper runs as a user, whose uid
+    # the compilers share): where each of its pages is (move_pages with no nodes:
+    # -EFAULT where nothing is mapped, its layout through the ASLR), its thread
+    # area's address (get_robust_list), its pages moved (migrate_pages), advice on
+    # its memory and the reaping of it (process_madvise, process_mrelease)
+    "move_pages", "migrate_pages", "get_robust_list", "process_madvise", "process_mrelease",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "mount", "umount2", "pivot_root", "chroot", "move_mount", "fsopen", "fsmount",
     "fsconfig", "fspick", "open_tree", "mount_setattr", "unshare", "setns",

@@ -300,3 +300,82 @@ def test_a_helper_changes_no_files_attributes_nor_data_by_any_other_call(tmp_pat
         got.pop("setflags")                     # a file system without flags: nothing to set
     assert set(got.values()) <= {"EPERM"}, said
     assert victim.read_text() == "data"
+
+
+def test_a_helper_reads_nothing_of_another_processs_memory_of_its_uid():
+    """A review of the helpers' deny-list (reviewer 173): ptrace and
+    process_vm_readv were refused, but move_pages (asked with no nodes: where each
+    page of another process is, -EFAULT where nothing is mapped), get_robust_list
+    (another process's thread area address) and migrate_pages (its pages moved)
+    ask only the same uid of a dumpable process: a compiler of a hostile module
+    mapped the address space of the supervisor and of every engine when wsuper
+    runs as a user (the compilers' uid is the supervisor's then), through the
+    ASLR.  Each refused, checked with the kernel."""
+    import ctypes
+    import os
+    import time
+    for call in ("move_pages", "migrate_pages", "get_robust_list", "process_madvise",
+                 "process_mrelease"):
+        assert call in seccomp.HELPER_REFUSED
+        assert seccomp.run(HELPER, NR[call]) == seccomp.EPERM, call
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    root = os.geteuid() == 0
+
+    def become():                                   # pragma: no cover (the children)
+        if root:
+            os.setgid(65534)
+            os.setuid(65534)
+            confine._libc.prctl(4, 1, 0, 0, 0)      # PR_SET_DUMPABLE: as a process
+                                                    # that never changed its uid
+    r0, w0 = os.pipe()
+    target = os.fork()
+    if target == 0:                                 # pragma: no cover (the child)
+        try:
+            become()
+            page = ctypes.create_string_buffer(4096)
+            page[0] = b"x"
+            os.write(w0, str(ctypes.addressof(page)).encode())
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(w0)
+    try:
+        addr = int(os.read(r0, 64))
+        os.close(r0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                # pragma: no cover (the child)
+            code = 1
+            try:
+                os.close(r)
+                become()
+                confine._libc.prctl(confine.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+                seccomp.install_helper()
+                out = []
+                pages = (ctypes.c_void_p * 2)(addr & ~4095, 0x1000)
+                status = (ctypes.c_int * 2)()
+                head, size = ctypes.c_void_p(), ctypes.c_size_t()
+                nodes = ctypes.c_ulong(1)
+                for what, args in (
+                        ("move_pages", (NR["move_pages"], target, 2, pages, None, status, 0)),
+                        ("get_robust_list", (NR["get_robust_list"], target,
+                                             ctypes.byref(head), ctypes.byref(size))),
+                        ("migrate_pages", (NR["migrate_pages"], target, 64,
+                                           ctypes.byref(nodes), ctypes.byref(nodes)))):
+                    got = libc.syscall(*args)
+                    out.append(f"{what}=" + ("ok" if got >= 0 else
+                                             errno.errorcode[ctypes.get_errno()]))
+                os.write(w, " ".join(out).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            said = f.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert said == "move_pages=EPERM get_robust_list=EPERM migrate_pages=EPERM", said
+    finally:
+        os.kill(target, 9)
+        os.waitpid(target, 0)
