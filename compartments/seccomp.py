@@ -447,10 +447,11 @@ HELPER_REFUSED = frozenset({
 #: its 32-bit form), FS_IOC_FSSETXATTR (the project quota id, the flags),
 #: FS_IOC_SETVERSION (both forms) and ext4's EXT4_IOC_SETVERSION, FS_IOC_ENABLE_VERITY
 #: (a file read-only for good), BTRFS_IOC_SUBVOL_SETFLAGS (a subvolume made
-#: read-only).  Refused by their number (the low 32 bits: the kernel's `cmd` is an
-#: unsigned int)
+#: read-only), FS_IOC_SET_ENCRYPTION_POLICY (an empty directory of its uid made
+#: encrypted, with a key of its choosing).  Refused by their number (the low 32
+#: bits: the kernel's `cmd` is an unsigned int)
 HELPER_REFUSED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602,
-                         0x40086604, 0x40806685, 0x4008941A)
+                         0x40086604, 0x40806685, 0x4008941A, 0x800C6613)
 #: Calls a helper may make on itself only (pid 0), never on another process of its
 #: uid: an engine's RLIMIT_NOFILE set to 0, or RLIMIT_CPU to 1, by the compiler of
 #: another compartment's module, its scheduling or CPUs changed

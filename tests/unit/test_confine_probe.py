@@ -237,9 +237,9 @@ def test_no_helper_takes_a_real_time_policy_or_a_higher_priority():
 #: ioctl requests that set a file's attributes, by descriptor: FS_IOC_SETFLAGS (and
 #: its 32-bit form), FS_IOC_FSSETXATTR (what file_setattr does by path),
 #: FS_IOC_SETVERSION (both forms) and ext4's, FS_IOC_ENABLE_VERITY, btrfs's
-#: SUBVOL_SETFLAGS
+#: SUBVOL_SETFLAGS, FS_IOC_SET_ENCRYPTION_POLICY
 _SETTERS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602, 0x40086604,
-            0x40806685, 0x4008941A)
+            0x40806685, 0x4008941A, 0x800C6613)
 
 
 def test_a_helper_changes_no_files_attributes_nor_data_by_any_other_call(tmp_path):
