@@ -279,6 +279,8 @@ typedef struct Peer {
   size_t slot;      /* its place in Lane.peers */
   uint64_t messages, partial_msg;
   int64_t partial_since;
+  int64_t wrote_at;     /* CLOCK_MONOTONIC ns of its last write that took bytes (0: none) */
+  int unheld;           /* an external client read again despite its backlog (Lane.unhold) */
   int64_t paused_since; /* CLOCK_MONOTONIC ns since the lane stopped reading it (0: reading):
                            time it was not read does not count against message_timeout */
   uint32_t next_qid;
@@ -400,7 +402,7 @@ static void epoll_set(Lane *L, Peer *P) {
    * its socket's buffer waited for the lane, and the lane for it, for good (the
    * compartment stuck, every call to it refused).  Its own calls' answers are
    * what reading it adds to its backlog, bounded by `hard` (cut off past it). */
-  if (!P->closed && (!P->external || buf_size(&P->out) <= P->soft) &&
+  if (!P->closed && (!P->external || buf_size(&P->out) <= P->soft || P->unheld) &&
       P->qbytes <= TO_PYTHON_LIMIT)
     want |= EPOLLIN;
   if (buf_size(&P->out) && !P->write_closed) want |= EPOLLOUT;
@@ -506,6 +508,8 @@ static void flush(Lane *L, Peer *P) {
     L->c_writes++;
     if (k > 0) {
       P->out.off += (size_t)k;
+      P->wrote_at = now_ns(CLOCK_MONOTONIC);
+      P->unheld = 0; /* it reads: backpressure holds again (Lane.unhold) */
       continue;
     }
     if (k < 0 && errno == EINTR) continue;
@@ -1654,6 +1658,44 @@ static PyObject *Lane_expired(Lane *L, PyObject *unused) {
   return handed_records(handed, PyList_New(0));
 }
 
+/* unhold(seconds) -> [pid]: external clients the lane has not read for `seconds` for
+ * what waits for them (more than `soft`), and that took none of it meanwhile, are read
+ * again (until they take some).  Such a client may be writing a message with a
+ * blocking write, and read nothing until it is done (as engines do): not read, it
+ * waited for the lane, and the lane for it, for good.  Read, it is bounded by the
+ * hard limit, past which it is cut off. */
+static PyObject *Lane_unhold(Lane *L, PyObject *args) {
+  double seconds;
+  if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
+  int *pids = NULL;
+  size_t n = 0;
+  int nomem = 0;
+  LOCK(L);
+  int64_t limit = now_ns(CLOCK_MONOTONIC) - (int64_t)(seconds * 1e9);
+  for (size_t i = 0; i < L->npeers; i++) {
+    Peer *P = L->peers[i];
+    if (P->closed || !P->external || P->unheld || !P->paused_since || P->fd < 0 ||
+        buf_size(&P->out) <= P->soft || P->paused_since > limit || P->wrote_at > limit)
+      continue;
+    if (!pids && !(pids = malloc(L->npeers * sizeof *pids))) {
+      nomem = 1;
+      break;
+    }
+    P->unheld = 1;
+    epoll_set(L, P);
+    pids[n++] = P->pid;
+  }
+  UNLOCK(L);
+  PyObject *out = nomem ? PyErr_NoMemory() : PyList_New(0);
+  for (size_t i = 0; out && i < n; i++) {
+    PyObject *v = PyLong_FromLong(pids[i]);
+    if (v) PyList_Append(out, v);
+    Py_XDECREF(v);
+  }
+  free(pids);
+  return out;
+}
+
 /* stalled(seconds) -> [pid]: peers that began a message longer ago and have not finished it */
 static PyObject *Lane_stalled(Lane *L, PyObject *args) {
   double seconds;
@@ -1799,6 +1841,7 @@ static PyMethodDef Lane_methods[] = {
     {"drop_peer", (PyCFunction)Lane_drop_peer, METH_VARARGS, NULL},
     {"expired", (PyCFunction)Lane_expired, METH_NOARGS, NULL},
     {"stalled", (PyCFunction)Lane_stalled, METH_VARARGS, NULL},
+    {"unhold", (PyCFunction)Lane_unhold, METH_VARARGS, NULL},
     {"drain_audit", (PyCFunction)Lane_drain_audit, METH_NOARGS, NULL},
     {"stats", (PyCFunction)Lane_stats, METH_NOARGS, NULL},
     {"stop", (PyCFunction)Lane_stop, METH_NOARGS, NULL},

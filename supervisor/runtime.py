@@ -55,6 +55,7 @@ TURN = 0.002                # seconds one peer may hold the event loop before it
 CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external connection may take
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
+WRITE_PIECE = 1 << 20       # bytes a peer's writer task sends at a time (_Link.writer)
 AUDIT_BACKLOG = 10_000      # audit records waiting to be written before peers pause
 AUDIT_LAST_WRITE = 5.0      # seconds the last audit write may take at stop
 #: seconds an admin request being answered as the system stops has to finish its answer
@@ -94,6 +95,10 @@ class _Link:
         self.partial_since: float | None = None  # ... since when
         self.turn = 0.0                          # when it last let others run
         self._reads = 0
+        # backpressure (_may_read): when it last took bytes of what waits for it, and
+        # since when it has not been read for what waits (time.monotonic; None: read)
+        self.wrote_at = 0.0
+        self.held_since: float | None = None
 
     def write(self, data: bytes) -> bool:
         """Queue `data`; False if the peer has more waiting than it may (cut it off)."""
@@ -107,6 +112,8 @@ class _Link:
             except OSError:          # the peer is gone; its reader task reports it
                 self.closed = True
                 return True
+            if n:
+                self.wrote_at = time.monotonic()
             if n == len(data):
                 return True
             data = data[n:]
@@ -154,7 +161,12 @@ class _Link:
         async with self.recv:
             async for data in self.recv:
                 try:
-                    await self.stream.send_all(data)
+                    # in pieces, each noted (wrote_at): a peer that reads, however
+                    # slowly, is told from one that reads nothing (_may_read)
+                    view = memoryview(data)
+                    for at in range(0, len(view), WRITE_PIECE):
+                        await self.stream.send_all(view[at:at + WRITE_PIECE])
+                        self.wrote_at = time.monotonic()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self.closed = True
                     self.drained.set()
@@ -1099,6 +1111,9 @@ class Supervisor:
             await trio.sleep(EXPIRY_TICK)
             if self.lane is not None:
                 self._perform(self.router.native_tick(self._audit_room()))
+                # external clients that took nothing of what waits for them while
+                # they were not read for it are read again (a blocking writer)
+                self.lane.unhold(self.system.message_timeout)
                 for pid in self.lane.stalled(self.system.message_timeout):
                     self._cut_off(pid, f"it sent part of a message and did not finish it "
                                        f"within {self.system.message_timeout:g} s "
@@ -1704,9 +1719,24 @@ class Supervisor:
         its socket's buffer while more than `soft` waited for it waited for us, and
         we for it, for good (its compartment stuck, every call to it refused); what
         reading it adds to its backlog (its own calls' answers) is bounded by
-        `hard`, past which it is cut off (the lane does the same: epoll_set)."""
+        `hard`, past which it is cut off (the lane does the same: epoll_set).
+        Nor, for what waits for it, from an external client that took none of it for
+        `message_timeout` while it was not read: it may write as an engine does (a
+        blocking write of a message larger than its socket takes, and no read until
+        it is done), and it waited for us, and we for it, for good; it is read again
+        until it takes some (bounded by `hard` too; the lane: Lane.unhold)."""
+        timeout = self.system.message_timeout
         while not link.engine and link.queued > link.soft and not link.closed:
-            await link.drained.wait()
+            now = time.monotonic()
+            if link.held_since is None:
+                link.held_since = now
+            since = max(link.held_since, link.wrote_at)
+            if now - since >= timeout:
+                break                   # it took nothing meanwhile: read on
+            with trio.move_on_after(since + timeout - now):
+                await link.drained.wait()
+        else:
+            link.held_since = None
         if self.audit is not None and not self.audit.room.is_set():
             await self.audit.room.wait()
 

@@ -784,3 +784,68 @@ limits = {{ fuel_per_call = 20000000 }}
     run.stop()
     assert len(spun) == 1 and "CPU budget" in spun[0], spun
     assert n == 3 * 100000 + 5 * 70000
+
+
+#: quick: `get` (method 0) answers at once with 4 MiB of data; `ping` (method 1)
+#: answers at once, with nothing.
+QUICK_WAT = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 80)
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
+        (param $ncaps i32) (result i32)
+    (if (i32.eqz (local.get $method))
+      (then
+        (i32.store (i32.const 65536) (i32.const 0))
+        (i32.store (i32.const 65540) (i32.const 524290))
+        (i64.store (i32.const 65544) (i64.const 0x0001000000000000))
+        (i64.store (i32.const 65552) (i64.const 0x0200000200000001))
+        (return (call $results_set (i32.const 65536) (i32.const 4194328)
+                                   (i32.const 0) (i32.const 0)))))
+    (call $results_set (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))))
+"""
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_a_client_writing_a_large_call_blocking_while_its_answers_wait_is_read_again(
+        tmp_path, wsuper, monkeypatch, native):
+    """An outside review: a client made six calls answered with 4 MiB each (24 MiB
+    waited for it, past the soft bound of 16 MiB: the supervisor stopped reading it),
+    then wrote a call of 7 MiB with a blocking write, as engines do, reading nothing
+    until it was done.  It waited for the supervisor to read it, and the supervisor
+    for it to read its answers: for good (no message_timeout either, as the
+    supervisor was not reading it), on the lane and off it.  A client that took
+    none of what waits for it for message_timeout while it was not read is read
+    again (until it takes some; the hard bound still cuts it off): its call goes
+    through, and then it reads every answer."""
+    import time
+    from tests.wireclient import WireClient
+    monkeypatch.setenv("WSUPER_NATIVE", native)
+    sock = tmp_path / "s.sock"
+    (tmp_path / "big.capnp").write_text(BIG_SCHEMA)
+    (tmp_path / "quick.wat").write_text(QUICK_WAT)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/big.capnp"]
+socket = "{sock}"
+message_timeout = 1
+[compartments.quick]
+module = "{tmp_path}/quick.wat"
+exports = "Big"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready quick")
+    a = WireClient(str(sock), timeout=20)
+    quick = a.get(a.bootstrap(), "quick")
+    gets = [a.call(quick, BIG_ID, 0) for _ in range(6)]
+    time.sleep(2)                       # 24 MiB of answers wait for it, unread
+    ping = a.call(quick, BIG_ID, 1, _ping_params(7 << 20))   # sendall: it reads nothing
+    for q in gets:
+        ret = a.returned(q)
+        assert ret.payload is not None, ret.error
+        assert ret.payload.content.size() >= 4 << 20
+    ret = a.returned(ping)
+    assert ret.payload is not None, ret.error
+    assert run.proc.poll() is None
+    a.close()
