@@ -76,6 +76,16 @@ MEMORIES = wasmbin.MAX_MEMORIES
 #: costs native stack in this process.
 MAX_NESTING = 32
 
+#: Bytes of parameters the calls nested in this engine may hold together: a call
+#: that would take them past it, while others wait in it, fails `overloaded`.  The
+#: engine reads on while its guest waits (it must: the answer comes that way), so
+#: what the supervisor holds back for it (its soft bound) does not bound what it
+#: holds itself; calls of 7 MiB nested in a cycle of three compartments (each
+#: forwarding its parameters) took their engines past their address space (the
+#: heap's 512 MiB of it, confine()) in 1.5 s: MemoryError, the engine gone, and
+#: every call in it with it.  A call that is not nested is never refused for it.
+NESTED_BYTES = 128 << 20
+
 #: Answers are written before the guest is entered, so that a long call never
 #: keeps the answers to earlier ones waiting; except before a call to a method
 #: known to be short: one that has been called before and whose every call so
@@ -1214,6 +1224,14 @@ class Engine:
             self._let_go(ev.payload.caps)       # not taken: released
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")
+        if self.frames:
+            held = sum(len(f.params) for f in self.frames)
+            size = ev.payload.content.size()
+            if held + size > NESTED_BYTES:
+                self._let_go(ev.payload.caps)
+                raise _CallError("overloaded", f"compartment {self.name}: the {len(self.frames)} "
+                                 f"calls nested in it hold {held} bytes of parameters, and "
+                                 f"this one's {size} would take them past {NESTED_BYTES}")
         if self.dispatch is None:
             self._let_go(ev.payload.caps)
             raise _CallError("unimplemented", f"compartment {self.name} serves no calls")

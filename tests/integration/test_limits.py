@@ -849,3 +849,82 @@ external = true
     assert ret.payload is not None, ret.error
     assert run.proc.poll() is None
     a.close()
+
+
+#: cycle: `go` (method 1) calls its grant `other`'s `go` with 7 MiB of
+#: parameters, and answers once that answers: a, b and c, each the next's
+#: `other`, call each other round and round, nesting calls in every engine.
+CYCLE_SCHEMA = f"""@0xd3a7e5c1b0a99f0c;
+interface Cycle @{BIG_ID:#x} {{
+  hit @0 (data :Data) -> ();
+  go @1 (data :Data) -> ();
+}}
+"""
+CYCLE_WAT = """(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "fail" (func $fail (param i32 i32) (result i32)))
+  (memory (export "memory") 200)
+  (data (i32.const 100) "other")
+  (data (i32.const 120) "the call to other failed")
+  (func (export "wsuper_dispatch")
+        (param $obj i32) (param $iface i64) (param $method i32) (param $len i32)
+        (param $ncaps i32) (result i32)
+    (if (i32.eq (local.get $method) (i32.const 1))
+      (then
+        (i32.store (i32.const 65536) (i32.const 0))
+        (i32.store (i32.const 65540) (i32.const 917506))
+        (i64.store (i32.const 65544) (i64.const 0x0001000000000000))
+        (i64.store (i32.const 65552) (i64.const 0x0380000200000001))
+        (if (i32.lt_s (call $call (call $lookup (i32.const 100) (i32.const 5))
+                            (i64.const 0xC0FFEE00000000B1) (i32.const 1)
+                            (i32.const 65536) (i32.const 7340056) (i32.const 0) (i32.const 0)
+                            (i32.const 1000))
+                      (i32.const 0))
+          (then (drop (call $fail (i32.const 120) (i32.const 24))) (return (i32.const 0))))))
+    (call $results_set (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))))
+"""
+
+
+def test_large_calls_nested_in_a_cycle_are_refused_before_they_take_an_engines_memory(
+        tmp_path, wsuper):
+    """An outside review: a, b and c each call the next with 7 MiB of parameters
+    and wait for its answer, and the last calls the first: calls nest in every
+    engine, which reads on while its guest waits (the supervisor's soft bound on
+    what waits for it unread did not bound what it held).  Two such rounds begun
+    at each of them at once took the engines past their address space in 1.5 s:
+    'protocol error from supervisor: bad framing: MemoryError', the engines
+    gone and restarted, every call in them failed 'compartment a is gone'.  A
+    nested call that would take the parameters the calls nested in an engine
+    hold past NESTED_BYTES fails `overloaded` instead; no engine ends."""
+    from tests.wireclient import WireClient
+    sock = tmp_path / "s.sock"
+    (tmp_path / "cycle.capnp").write_text(CYCLE_SCHEMA)
+    (tmp_path / "cycle.wat").write_text(CYCLE_WAT)
+    body = "".join(f"""
+[compartments.{n}]
+module = "{tmp_path}/cycle.wat"
+exports = "Cycle"
+external = true
+[compartments.{n}.grants]
+other = {{ compartment = "{m}" }}
+""" for n, m in (("a", "b"), ("b", "c"), ("c", "a")))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/cycle.capnp"]
+socket = "{sock}"
+{body}""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    c = WireClient(str(sock), timeout=60)
+    gateway = c.bootstrap()
+    caps = [c.get(gateway, n) for n in "abc"]
+    calls = [c.call(cap, BIG_ID, 1) for cap in caps for _ in range(2)]
+    for q in calls:
+        ret = c.returned(q)
+        assert ret.payload is not None or "is gone" not in ret.error, ret.error
+    assert not [line for line in run.lines if "MemoryError" in line or "exited" in line], \
+        run.lines[-5:]
+    assert run.proc.poll() is None
+    c.close()
