@@ -1003,6 +1003,8 @@ class Engine:
         try:
             events = self.conn.receive(data)
         except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
+            if isinstance(e, MemoryError) or isinstance(e.__context__, MemoryError):
+                self._out_of_memory()
             self._protocol_violation(e)
         for ev in events:
             payload = getattr(ev, "payload", None)
@@ -1042,6 +1044,22 @@ class Engine:
         reason = _first_line(e)
         print(f"wsuper engine {self.name}: protocol error from supervisor: {reason}",
               file=sys.stderr, flush=True)
+        try:
+            self._send(self.conn.send_abort(reason))
+            self._flush()
+        except Exception:  # noqa: BLE001 - it is going away anyway
+            pass
+        raise SystemExit(EXIT_PROTOCOL)
+
+    def _out_of_memory(self):
+        """The engine ran out of memory taking in what the supervisor sent (the protocol
+        core calls it bad framing): its own bound (its address space), no fault of the
+        supervisor's.  Said as that, it ends as a protocol error does (EXIT_PROTOCOL):
+        it was said 'protocol error from supervisor: bad framing: MemoryError', and its
+        callers were told it 'aborted the connection: bad framing'."""
+        reason = (f"out of memory while receiving a message (the engine's memory is "
+                  f"bounded by its address space, and {self.name} held too much)")
+        print(f"wsuper engine {self.name}: {reason}", file=sys.stderr, flush=True)
         try:
             self._send(self.conn.send_abort(reason))
             self._flush()

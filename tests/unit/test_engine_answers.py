@@ -275,3 +275,33 @@ def test_an_answer_read_with_a_call_goes_to_its_own_question_not_to_the_calls():
     asked = [ev.target for ev in events if isinstance(ev, protocol.CallReceived)]
     assert q2 not in answered                    # the second still waits on its observer
     assert asked == [second]                     # its step went out, the first's did not
+
+
+def test_an_engine_out_of_memory_taking_a_message_in_says_so_not_that_the_supervisor_erred(
+        monkeypatch, capsys):
+    """An outside review: engines that ran out of memory taking in large calls
+    (their address space is bounded) said 'protocol error from supervisor: bad
+    framing: MemoryError', and their callers were told the engine 'aborted the
+    connection: bad framing': the supervisor blamed for the engine's own bound."""
+    engine, sock, sup, main = started()
+
+    def no_memory(data):
+        raise MemoryError()
+    monkeypatch.setattr(engine.conn._framer, "feed", no_memory)
+    sock.batches.append(sup.send_call(main, SPIN, PING)[1])
+    with pytest.raises(SystemExit) as e:
+        engine.serve()
+    assert e.value.code == E.EXIT_PROTOCOL
+    err = capsys.readouterr().err
+    assert "wsuper engine spin: out of memory while receiving a message" in err, err
+    assert "protocol error from supervisor" not in err, err
+    [abort] = [ev for w in sock.writes for ev in _events(sup, w)
+               if isinstance(ev, protocol.AbortReceived)]
+    assert "out of memory" in abort.reason and "bad framing" not in abort.reason, abort.reason
+
+
+def _events(conn, data):
+    try:
+        return list(conn.receive(data))
+    except protocol.ProtocolError:
+        return []
