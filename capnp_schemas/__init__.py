@@ -28,6 +28,16 @@ _CAPNP_DIR = os.path.dirname(capnp.__file__)
 # rpc.capnp imports "/capnp/c++.capnp": the package's parent must be on the path.
 IMPORT_PATH = [os.path.dirname(_CAPNP_DIR), HERE]
 
+
+def parser_imports(dirs) -> list[bytes]:
+    """Import directories as every pycapnp parser here must be given them: as bytes.
+    Given text, pycapnp hands the C++ parser the UTF-8 bytes of each with a length
+    counted in *characters*: a directory whose name is not ASCII (`/home/josé`) was
+    cut short by a byte for each such letter, and an absolute import looked for
+    there failed, for wsuper's own schemas (installed beneath such a directory)
+    with an abort of the process as it imported this module."""
+    return [os.fsencode(d) for d in dirs]
+
 #: pycapnp's parser keeps every file it parsed, by name, and *aborts the process*
 #: (SIGABRT, no exception) on some files: a syntax error, a file without an id,
 #: an id two of its files declare.  So no parser here ever reads a schema the
@@ -122,7 +132,7 @@ def _same_file(path: str, st) -> bool:
 
 def _builtin(path: str):
     import hashlib
-    module = capnp.load(path, imports=IMPORT_PATH)
+    module = capnp.load(path, imports=parser_imports(IMPORT_PATH))
     read, contents = [], {}
     closure(path, IMPORT_PATH, read, contents)
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
@@ -685,11 +695,12 @@ def _parse_copy(path: str, imports: list, contents: dict, digests: dict, importe
     if gen.parser is None:
         gen.parser = capnp.SchemaParser()
         _PARSERS.append(gen.parser)
-    module = gen.parser.load(where, display_name=os.path.basename(path), imports=dirs)
+    module = gen.parser.load(where, display_name=os.path.basename(path),
+                             imports=parser_imports(dirs))
     gen.roots.append([where, dirs])
     modules = {}
     for file in imported:
-        modules[file] = gen.parser.load(gen.top + file, imports=dirs)
+        modules[file] = gen.parser.load(gen.top + file, imports=parser_imports(dirs))
         if [gen.top + file, dirs] not in gen.roots:
             gen.roots.append([gen.top + file, dirs])
     if fresh:
@@ -850,9 +861,12 @@ PARSE_AFTER = """if True:
     import capnp
     capnp.remove_import_hook()
     def parse(path, imports, before, after=()):
+        # import directories as bytes (capnp_schemas.parser_imports: given as text,
+        # one whose name is not ASCII is cut short)
         parser = capnp.SchemaParser()
         for p, i in before:
-            parser.load(p, imports=i)
+            parser.load(p, imports=[os.fsencode(d) for d in i])
+        imports = [os.fsencode(d) for d in imports]
         parser.load(path, display_name=os.path.basename(path), imports=imports)
         for p in after:
             parser.load(p, imports=imports)

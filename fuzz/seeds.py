@@ -19,7 +19,8 @@ import capnp_schemas
 from capnp_schemas import protocol as P, rpc, rpcwire, wire
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sample = capnp.load(os.path.join(HERE, "sample.capnp"), imports=capnp_schemas.IMPORT_PATH)
+sample = capnp.load(os.path.join(HERE, "sample.capnp"),
+                     imports=capnp_schemas.parser_imports(capnp_schemas.IMPORT_PATH))
 host = capnp_schemas.host
 
 

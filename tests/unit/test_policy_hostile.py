@@ -1069,3 +1069,48 @@ def test_a_schema_whose_name_does_not_end_in_capnp_is_refused_saying_so(tmp_path
     assert e.value.path == str(tmp_path / "greeter.schema") and e.value.line is None
     assert "ValueError" not in e.value.reason
     assert "a schema file's name must end in .capnp" in e.value.reason, e.value.reason
+
+
+def test_a_schema_in_a_directory_whose_name_is_not_ascii_finds_its_absolute_imports(tmp_path):
+    """pycapnp gives the C++ parser each import directory as a pointer to its UTF-8
+    bytes and a length counted in characters: a directory whose name is not ASCII
+    (`/home/josé`) was cut short, so an absolute import ("/t.capnp", looked for in
+    the schema's own directory) from a schema there failed "Import failed", and the
+    same schema in `/home/jose` loaded.  Import directories are given as bytes."""
+    folder = tmp_path / "d\u00e9j\u00e0 \u00fc"
+    folder.mkdir()
+    _schema(folder / "t.capnp", "struct T { a @0 :Int32; }\n", 0xd0a1b2c3d4e5f641)
+    _schema(folder / "m.capnp", 'using T = import "/t.capnp";\n'
+            'using Cxx = import "/capnp/c++.capnp";\n'
+            "struct M { t @0 :T.T; }\n", 0xd0a1b2c3d4e5f640)
+    module = capnp_schemas.load(str(folder / "m.capnp"))
+    assert [n.name for n in module.schema.node.nestedNodes] == ["M"]
+
+
+def test_wsuper_installed_beneath_a_directory_whose_name_is_not_ascii_starts(tmp_path):
+    """The same cut, in the import path of wsuper's own schemas: installed (or
+    checked out, with its .venv) beneath a home such as `/home/josé`, every
+    `wsuper` command aborted as it began, `terminate called after throwing an
+    instance of 'kj::ExceptionImpl' ... rpc.capnp:111: failed: Import failed:
+    /capnp/c++.capnp`, exit 134: rpc.capnp's import of /capnp/c++.capnp was looked
+    for in a directory cut short."""
+    import shutil
+    import subprocess
+    import sys
+    import capnp
+    site = tmp_path / "h\u00f4me \u00fc" / "site-packages"
+    site.mkdir(parents=True)
+    # the files copied (the schemas' imports may not lead outside by a link), the
+    # directories (the compiled library among them) linked
+    for package in (Path(capnp.__file__), Path(capnp_schemas.__file__)):
+        (site / package.parent.name).mkdir()
+        for entry in package.resolve().parent.iterdir():
+            if entry.is_dir():
+                (site / package.parent.name / entry.name).symlink_to(entry)
+            else:
+                shutil.copy(entry, site / package.parent.name / entry.name)
+    r = subprocess.run([sys.executable, "-I", "-c",
+                        "import sys; sys.path.insert(0, sys.argv[1]); import capnp_schemas; "
+                        "print(capnp_schemas.rpc.Message)", str(site)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Import failed" not in r.stderr, r.stderr
