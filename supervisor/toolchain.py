@@ -416,6 +416,16 @@ _NO_MAIN = re.compile(r"undefined symbol: main$", re.M)
 COMPILE_SECONDS = 300
 
 
+def _compiler_env() -> dict:
+    """The environment a compiler runs in: wsuper's, with TMPDIR the directory
+    wsuper's own temporary files go to (tempfile.gettempdir: TMPDIR if one can
+    write there, else /tmp, /var/tmp ...).  clang takes TMPDIR as it is: one gone,
+    relative, on a kernel file system or another user's failed every build with
+    only "clang: error: unable to make temporary file: Permission denied", where
+    wsuper's own files had gone to /tmp."""
+    return {**os.environ, "TMPDIR": tempfile.gettempdir()}
+
+
 def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
     """Run the compiler to its end, or for at most COMPILE_SECONDS: then (or on
     Ctrl-C) it is killed with every process it started (the linker).  A compile
@@ -427,7 +437,7 @@ def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
         # which may be any bytes: decoded strictly, one that is not UTF-8 ended `wsuper
         # build` in a UnicodeDecodeError traceback, the compiler's words lost
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, errors="backslashreplace")
+                                text=True, errors="backslashreplace", env=_compiler_env())
     except OSError as e:
         raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
     try:

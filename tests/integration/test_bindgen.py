@@ -1299,3 +1299,18 @@ def test_build_says_a_source_that_is_a_directory_or_a_fifo_is_no_source(tmp_path
         r = run_wsuper("build", str(tmp_path / name), "-o", str(tmp_path / "x.wasm"))
         assert r.returncode == 2
         assert r.stderr.strip() == f"wsuper: error: {tmp_path / name} is {kind}: not a source file"
+
+
+@pytest.mark.parametrize("tmpdir", ["/nonexistent-wsuper-tmp", "relative-tmp", "/proc"])
+def test_build_works_with_a_tmpdir_it_cannot_use(tmp_path, monkeypatch, tmpdir):
+    """TMPDIR that names no directory one can write in (gone, relative, a kernel file
+    system; as an ordinary user: another user's directory): Python's own temporary
+    files go to the next usable place (/tmp), but clang took TMPDIR as it was and
+    `wsuper build` failed with only "clang: error: unable to make temporary file:
+    Permission denied" (or "No such file or directory"), naming neither TMPDIR nor
+    what to do.  The compiler is given the directory wsuper's own temporary files
+    go to."""
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm"))
+    assert r.returncode == 0 and "(command)" in r.stdout, r.stdout + r.stderr
