@@ -175,14 +175,33 @@ def _real_dir(path: str, what: str) -> os.stat_result:
     return st
 
 
+def runtime_dir_hint() -> str:
+    """What an operator whose runtime directory cannot be made can do, said after
+    why: it comes from XDG_RUNTIME_DIR (set by a login, and kept by `su` to another
+    user: root's /run/user/0), else is /tmp/wsuper-UID."""
+    base = xdg_base("XDG_RUNTIME_DIR")
+    if base:
+        return (f"; it is $XDG_RUNTIME_DIR/wsuper (XDG_RUNTIME_DIR={quoted(base)}): set "
+                f"XDG_RUNTIME_DIR to a directory of yours, or unset it "
+                f"(/tmp/wsuper-{os.getuid()} then)")
+    return "; set XDG_RUNTIME_DIR to a directory of yours to move it"
+
+
 def private_dir(path: str, create: bool = True) -> str:
-    """The runtime directory, made if missing; refused unless it is ours, 0700, real."""
+    """The runtime directory, made if missing; refused unless it is ours, 0700, real.
+    One that cannot be made is said as the runtime directory, with its own path
+    and how to move it: "cannot make /run/user/0/wsuper: Permission denied" named
+    neither (an ordinary user under `su`, which keeps root's XDG_RUNTIME_DIR)."""
     if create:
         try:
             makedirs_private(os.path.dirname(path))
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
         except OSError as e:
-            raise EndpointError(f"cannot make {quoted(os.path.dirname(path))}: {e.strerror}") from None
-        _make_dir(path, "")
+            at = f" ({quoted(e.filename)})" if e.filename and e.filename != path else ""
+            raise EndpointError(f"cannot make the runtime directory {quoted(path)}: "
+                                f"{e.strerror}{at}{runtime_dir_hint()}") from None
     st = _real_dir(path, "")
     if st.st_uid != os.getuid():
         raise EndpointError(f"{path} belongs to uid {st.st_uid}, not to you "
@@ -283,7 +302,11 @@ def private_dir_problem(path: str) -> str | None:
     says it, as up, which takes its lock there, does before anything starts)."""
     if not os.path.lexists(path):
         why = _unmakeable(path, parents=True)
-        return f"cannot make {quoted(os.path.dirname(path))}: {why}" if why else None
+        # the directory that cannot be made is the runtime directory (or, missing too,
+        # one of its parents): it was said "cannot make /run/user/0" of a
+        # /run/user/0 that is there, and up, "cannot make /run/user/0/wsuper"
+        return (f"cannot make the runtime directory {quoted(path)}: {why}"
+                f"{runtime_dir_hint()}") if why else None
     try:
         private_dir(path, create=False)
     except EndpointError as e:

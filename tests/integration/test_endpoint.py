@@ -1022,3 +1022,45 @@ def test_sockets_removed_while_the_system_runs_are_bound_again(tmp_path, xdg):
         if r.proc.poll() is None:
             r.proc.kill()
             r.finish()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv(1) to play an ordinary user")
+@pytest.mark.parametrize("command", ["up", "check"])
+def test_a_runtime_directory_an_ordinary_user_cannot_make_is_named_with_what_to_do(command):
+    """An ordinary user under `su` keeps root's XDG_RUNTIME_DIR (/run/user/0), where
+    they can make nothing: `up` said "cannot make /run/user/0/wsuper: Permission
+    denied" and `check` "cannot make /run/user/0" (a directory that is there),
+    neither what that directory is nor what to do.  Both name the runtime
+    directory, its path, and XDG_RUNTIME_DIR."""
+    import tempfile
+    there = tempfile.mkdtemp(prefix="wsuper-r178-")
+    try:
+        os.chmod(there, 0o755)
+        roots = os.path.join(there, "run-user-0")       # root's, as /run/user/0
+        os.mkdir(roots, 0o700)
+        state = os.path.join(there, "state")
+        os.mkdir(state, 0o700)
+        os.chown(state, 65534, 65534)
+        os.mkdir(os.path.join(there, "sys"), 0o755)
+        path = os.path.join(there, "sys", "system.toml")
+        with open(path, "w") as f:       # no schema: nothing to check in a child
+            f.write(f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n')
+        os.chmod(path, 0o644)
+        env = {**os.environ, "XDG_RUNTIME_DIR": roots, "XDG_STATE_HOME": state,
+               "HOME": state}
+        r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                            "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                            sys.executable, "-m", "supervisor.cli", command, path],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        if "Permission denied" in r.stderr and "runtime" not in r.stderr \
+                and "wsuper" not in r.stderr:
+            pytest.skip(f"cannot run as nobody here: {r.stderr.strip()[-200:]}")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"cannot make the runtime directory {roots}/wsuper: Permission denied" \
+            in r.stderr, r.stderr
+        assert f"XDG_RUNTIME_DIR={roots}" in r.stderr and "/tmp/wsuper-65534" in r.stderr, \
+            r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    finally:
+        shutil.rmtree(there, ignore_errors=True)
