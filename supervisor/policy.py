@@ -186,6 +186,19 @@ class System:
     audit_max_size: int = AUDIT_MAX_SIZE   # bytes before the audit is rotated; 0: never
     audit_keep: int = AUDIT_KEEP           # rotated audit files kept (AUDIT.1 .. AUDIT.N)
     socket_option: bool = False            # `socket` is `wsuper up --socket`'s, not the file's
+    engine_user_given: bool = False        # `engine_user` is written in the file
+
+    def engine_user_unused(self) -> str | None:
+        """What to tell the operator of an `engine_user` written in the file that
+        this wsuper, not running as root, cannot use, or None: engines keep its
+        uid (in a user namespace of their own), and the key was passed over in
+        silence, whoever wrote it expecting engines to be that user."""
+        if not self.engine_user_given or os.geteuid() == 0:
+            return None
+        uid, gid = self.engine_user
+        return (f"[system] engine_user {uid}:{gid} is not used: wsuper does not run as root, "
+                f"so engines run as your uid ({os.getuid()}), each in a user namespace of "
+                f"its own (start wsuper as root for engines of that user)")
 
     @property
     def external(self) -> tuple:
@@ -444,7 +457,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             if g.on is not None and g.target != "probe":
                 raise gwhere.error(f"{key}.on", "applies only to probe grants")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
-                  logs, engine_user=engine_user, **endpoint)
+                  logs, engine_user=engine_user,
+                  engine_user_given=system.get("engine_user") is not None, **endpoint)
 
 
 def read(path: str) -> System:

@@ -930,6 +930,9 @@ class Supervisor:
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
+        unused = self.system.engine_user_unused()
+        if unused:
+            self.say(f"note: {unused}")
         try:
             self.output.start()
         except OSError as e:

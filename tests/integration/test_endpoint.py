@@ -1064,3 +1064,48 @@ def test_a_runtime_directory_an_ordinary_user_cannot_make_is_named_with_what_to_
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     finally:
         shutil.rmtree(there, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv(1) to play an ordinary user")
+def test_an_engine_user_an_ordinary_user_cannot_use_is_said_not_passed_over():
+    """`[system] engine_user` is used only by a wsuper running as root: run by an
+    ordinary user, engines keep that user's uid, and the key written to keep them
+    from every file and process of the operator's was passed over without a word,
+    by `check` and by `up`.  Both say it (`up` as a note, `check` as a warning);
+    as root, or with no such key, nothing is said."""
+    import tempfile
+    there = tempfile.mkdtemp(prefix="wsuper-r178-")
+    try:
+        os.chmod(there, 0o755)
+        state = os.path.join(there, "state")
+        os.mkdir(state, 0o700)
+        os.chown(state, 65534, 65534)
+        os.mkdir(os.path.join(there, "sys"), 0o755)
+        path = os.path.join(there, "sys", "system.toml")
+        env = {**os.environ, "XDG_RUNTIME_DIR": state, "XDG_STATE_HOME": state,
+               "HOME": state}
+
+        def check(user_line, *as_user):
+            with open(path, "w") as f:       # no schema: nothing to check in a child
+                f.write(f'[system]\n{user_line}\n[compartments.calc]\n'
+                        f'module = "{EXAMPLES}/calc.wat"\n')
+            os.chmod(path, 0o644)
+            return subprocess.run([*as_user, sys.executable, "-m", "supervisor.cli", "check",
+                                   path], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=60, env=env)
+
+        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all"]
+        r = check('engine_user = "4242:4242"', *nobody)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stderr.strip() == (
+            "wsuper: warning: [system] engine_user 4242:4242 is not used: wsuper does not run "
+            "as root, so engines run as your uid (65534), each in a user namespace of its own "
+            "(start wsuper as root for engines of that user)"), r.stderr
+        r = check("", *nobody)
+        assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+        r = check('engine_user = "4242:4242"')
+        assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    finally:
+        shutil.rmtree(there, ignore_errors=True)

@@ -1114,3 +1114,23 @@ def test_wsuper_installed_beneath_a_directory_whose_name_is_not_ascii_starts(tmp
                         "print(capnp_schemas.rpc.Message)", str(site)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "Import failed" not in r.stderr, r.stderr
+
+
+def test_up_says_an_engine_user_it_cannot_use(tmp_path, monkeypatch):
+    """An `engine_user` written in the system file, read by a wsuper that is not
+    root (which cannot use it: engines keep its uid): what `up` says at start and
+    `check` warns, naming the key, the uid engines do run as, and what would use
+    it; nothing as root, or when the key is not written."""
+    (tmp_path / "a.toml").write_text('[system]\nengine_user = "4242:4243"\n'
+                                     '[compartments.calc]\nmodule = "calc.wasm"\n')
+    (tmp_path / "b.toml").write_text('[compartments.calc]\nmodule = "calc.wasm"\n')
+    given, default = policy.read(str(tmp_path / "a.toml")), policy.read(str(tmp_path / "b.toml"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    assert given.engine_user_unused() == (
+        "[system] engine_user 4242:4243 is not used: wsuper does not run as root, so engines "
+        "run as your uid (1000), each in a user namespace of its own (start wsuper as root "
+        "for engines of that user)")
+    assert default.engine_user_unused() is None
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert given.engine_user_unused() is None
