@@ -12,6 +12,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples", "calc")
 
 
+def _descriptors_as_the_supervisor_has_them():
+    """The soft RLIMIT_NOFILE raised to the hard one, as `wsuper up` raises its own
+    (launch.py): root's soft limit here is often many thousands, an ordinary user's
+    1,024, and run by one the unit tests failed by the hundred, EMFILE, once the
+    descriptors of the grants earlier tests left open (and a test's own 2,000
+    socket pairs) had passed it (a review as an ordinary user, reviewer 178)."""
+    from supervisor.launch import raise_fd_limit
+    raise_fd_limit()
+
+
+_descriptors_as_the_supervisor_has_them()
+
 # Log files of the systems the tests run go to a temporary state directory.
 _STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
 os.environ.setdefault("XDG_STATE_HOME", _STATE)
