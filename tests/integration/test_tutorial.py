@@ -144,3 +144,54 @@ def test_a_mistyped_grant_name_in_the_app_is_named_as_such(tmp_path):
     assert len(failed) == 3, r.stdout
     assert "handle -7 is not a handle: it is E_NOTFOUND, what lookup returns when " \
            "nothing is granted under the name it was given" in failed[0], failed[0]
+
+
+def test_setup_without_root_or_sudo_says_what_to_run_as_root():
+    """`./scripts/setup` run by an ordinary user on a machine without the toolchain
+    and without sudo failed with only "sudo: command not found" (exit 127), and
+    `wsuper build` said to run it.  It says the toolchain takes root, the command
+    to run as root, sets up the rest, and exits 1."""
+    import shutil
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        import pytest
+        pytest.skip("needs root and setpriv(1) to play an ordinary user")
+    import tempfile
+    from pathlib import Path
+    tmp_path = Path(tempfile.mkdtemp(prefix="wsuper-r178-"))     # nobody may reach it
+    try:
+        _setup_as_nobody(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _setup_as_nobody(tmp_path):
+    import shutil
+    repo, bin_ = tmp_path / "repo", tmp_path / "bin"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "scripts", "setup"), repo / "scripts" / "setup")
+    bin_.mkdir()
+    for tool in ("mktemp", "date", "mv", "rm", "cat", "ls", "dirname", "id", "env", "bash",
+                 "mkdir", "chmod"):
+        os.symlink(shutil.which(tool), bin_ / tool)
+    (bin_ / "apt-get").write_text("#!/bin/sh\necho apt-get ran >&2\nexit 3\n")
+    (bin_ / "python3").write_text(       # makes a .venv whose python does nothing
+        '#!/bin/sh\n[ "$2" = venv ] && mkdir -p "$3/bin" && '
+        'printf "#!/bin/sh\\nexit 0\\n" > "$3/bin/python" && chmod 755 "$3/bin/python"\n')
+    for stub in ("apt-get", "python3"):
+        os.chmod(bin_ / stub, 0o755)
+    for d in (tmp_path, repo, repo / "scripts"):
+        os.chown(d, 65534, 65534)
+    os.chmod(tmp_path, 0o755)
+    r = subprocess.run([shutil.which("setpriv"), "--reuid", "65534", "--regid", "65534",
+                        "--clear-groups", str(bin_ / "bash"), str(repo / "scripts" / "setup")],
+                       capture_output=True, text=True, timeout=60,
+                       env={"PATH": str(bin_), "HOME": str(tmp_path)})
+    if "Permission denied" in r.stderr and "setup:" not in r.stderr + r.stdout:
+        import pytest
+        pytest.skip(f"cannot run as nobody here: {r.stderr.strip()[-200:]}")
+    assert "sudo" not in r.stderr.replace("no sudo", ""), r.stderr
+    assert "apt-get ran" not in r.stderr
+    assert "installing it takes root (there is no sudo here): as root, run" in r.stderr, r.stderr
+    assert "  apt-get install --no-install-recommends clang lld wasi-libc " in r.stderr
+    assert "setup: virtual environment (.venv) ... done" in r.stdout, r.stdout
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
