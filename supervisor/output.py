@@ -189,6 +189,13 @@ class Output:
                     self._flush(touched)
                     line.set()
                     return
+                if touched and stream not in touched:
+                    # stdout and stderr may be one pipe or file (2>&1), stdout
+                    # block-buffered there and stderr line-buffered: flushed only at
+                    # the batch's end, the plugins' lines came after every event
+                    # line of the batch written after them
+                    self._flush(touched)
+                    touched = set()
                 self._print(stream, line, flush=False)
                 touched.add(stream)
             self._flush(touched)

@@ -1049,3 +1049,31 @@ def test_a_log_file_another_running_system_holds_as_its_audit_is_never_written(
     assert audit.read_bytes() == before
     assert not (tmp_path / "supervisor.log.1").exists()
     assert (tmp_path / "app.log").read_text() == "2026-12-03T10:00:00.000Z [app] fine\n"
+
+
+def test_plugin_lines_and_events_on_one_stream_keep_their_order(tmp_path):
+    """`wsuper up ... 2>&1` (a pipe, a file, a test's merged output): stdout is
+    block-buffered there and stderr line-buffered, and the terminal thread wrote a
+    batch of lines to both and flushed each at the end: every event line of the
+    batch reached the stream before the plugin lines written before it.  As an
+    ordinary user, `[app] 2 + 3 = 5` came after `wsuper: finished app exit=0` 4
+    runs in 5 (test_hello_prints_ready_lines_and_the_result failed).  A stream
+    is flushed before a line goes to the other."""
+    import trio
+    fd = os.open(tmp_path / "merged", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = open(fd, "w", buffering=8192)                 # as stdout on a pipe
+    err = open(os.dup(fd), "w", buffering=1)            # as stderr: line-buffered
+    o = output.Output(out, err)
+
+    async def main():
+        o.start()
+        for i in range(3):                              # one batch
+            o.plugin("app", f"line {i}")
+            o.event(f"event {i}")
+        o.stop()
+    trio.run(main)
+    out.close()
+    err.close()
+    lines = [strip_time(l) for l in (tmp_path / "merged").read_text().splitlines()]
+    assert lines == ["[app] line 0", "wsuper: event 0", "[app] line 1", "wsuper: event 1",
+                     "[app] line 2", "wsuper: event 2"]
