@@ -204,8 +204,11 @@ def private_dir(path: str, create: bool = True) -> str:
                                 f"{e.strerror}{at}{runtime_dir_hint()}") from None
     st = _real_dir(path, "")
     if st.st_uid != os.getuid():
+        # "remove it": in /tmp (sticky) an ordinary user cannot remove the directory
+        # another user made there first, at the name that is theirs
         raise EndpointError(f"{path} belongs to uid {st.st_uid}, not to you "
-                            f"(uid {os.getuid()}); remove it or set XDG_RUNTIME_DIR")
+                            f"(uid {os.getuid()}): it is your runtime directory, which only "
+                            f"that user or root can remove{runtime_dir_hint()}")
     if stat.S_IMODE(st.st_mode) != 0o700:
         raise EndpointError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be "
                             f"0700 (chmod 700 {path})")

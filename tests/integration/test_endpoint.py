@@ -219,6 +219,12 @@ def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, x
     assert r.returncode == 2, r.stdout
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("wsuper: error: ") and f"{target}" in line and why in line, line
+    if spoil == "owner":
+        # "remove it" was all it said: an ordinary user cannot remove the directory
+        # another made first in /tmp (sticky); what can be done is said
+        assert "which only that user or root can remove; it is $XDG_RUNTIME_DIR/wsuper " \
+            f"(XDG_RUNTIME_DIR={xdg}): set XDG_RUNTIME_DIR to a directory of yours" in line, \
+            line
 
 
 @pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
