@@ -534,11 +534,27 @@ def _enter_namespaces(wanted, strict: bool, report: dict | None = None,
             report[name] = e.strerror
 
 
+#: Why the kernel refuses an ordinary user a user namespace, by errno, said after it
+#: (`wsuper up` says it once): "No space left on device" alone read as a full disk.
+_USERNS_WHY = {
+    errno.ENOSPC: " (the limit on user namespaces is reached: sysctl "
+                  "user.max_user_namespaces)",
+    errno.EPERM: " (refused to users who are not root here: sysctl "
+                 "kernel.unprivileged_userns_clone, or a security policy such as AppArmor's "
+                 "kernel.apparmor_restrict_unprivileged_userns)",
+    errno.EACCES: " (refused to users who are not root here: sysctl "
+                  "kernel.unprivileged_userns_clone, or a security policy such as AppArmor's "
+                  "kernel.apparmor_restrict_unprivileged_userns)",
+}
+
+
 def _enter_user_namespace():
     """A user namespace in which our own uid and gid map to themselves, and
     nothing else (so no id in it is privileged outside it)."""
     uid, gid = os.getuid(), os.getgid()
-    _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
+    if _libc.unshare(CLONE_NEWUSER) != 0:
+        e = ctypes.get_errno()
+        raise ConfinementError(e, f"unshare(user): {os.strerror(e)}{_USERNS_WHY.get(e, '')}")
     for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
                        ("/proc/self/gid_map", f"{gid} {gid} 1")):
         try:

@@ -1,6 +1,7 @@
 """What `wsuper up` says when the kernel lacks a confinement mechanism, and
 the seccomp program itself (run through an interpreter of its instructions)."""
 import errno
+import os
 
 import pytest
 
@@ -379,3 +380,28 @@ def test_a_helper_reads_nothing_of_another_processs_memory_of_its_uid():
     finally:
         os.kill(target, 9)
         os.waitpid(target, 0)
+
+
+@pytest.mark.parametrize("code, why", [
+    (errno.ENOSPC, "the limit on user namespaces is reached: sysctl user.max_user_namespaces"),
+    (errno.EPERM, "refused to users who are not root here: sysctl "
+                  "kernel.unprivileged_userns_clone")])
+def test_a_user_namespace_refused_to_an_ordinary_user_says_why(monkeypatch, code, why):
+    """Run by an ordinary user where the limit on user namespaces is reached (or 0),
+    `wsuper up` said "no user namespace: unshare(user): No space left on device",
+    which reads as a full disk; refused by policy, only "Operation not permitted".
+    The note names the limit or the policy to look at."""
+    import ctypes
+
+    class Libc:
+        def unshare(self, flags):
+            ctypes.set_errno(code)
+            return -1
+    monkeypatch.setattr(confine, "_libc", Libc())
+    monkeypatch.setattr(confine.os, "geteuid", lambda: 1000)
+    report = {}
+    confine._enter_namespaces(list(confine.NAMESPACES), strict=False, report=report)
+    assert set(report) == set(confine.NAMESPACES)
+    for said in report.values():
+        assert said.startswith(f"no user namespace: unshare(user): {os.strerror(code)} ({why}"), \
+            said
