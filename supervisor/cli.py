@@ -312,6 +312,13 @@ def _early_lock(system_path: str):
     return lock
 
 
+def _default_log_dir_said(system, problem):
+    """A problem with the log directory, with what to do when it is the default one."""
+    from . import output
+    return f"{problem}{output.default_log_dir_hint()}" if problem and not system.logs \
+        else problem
+
+
 def _refused_by_up(system):
     """What `wsuper up` would refuse before anything starts (runtime.Supervisor.run:
     the runtime directory (its lock's, its admin socket's), the socket's directory,
@@ -324,9 +331,10 @@ def _refused_by_up(system):
             ("--socket" if system.socket_option else "system.socket" if system.socket else "",
              endpoint.socket_dir_problem(system.socket or endpoint.default_socket_path(
                  system.path)) if system.external else None),
-            ("system.logs" if system.logs else "", endpoint.own_dir_problem(
-                system.logs or output.default_log_dir(endpoint.system_id(system.path)),
-                "log directory ", parents=True)),
+            ("system.logs" if system.logs else "", _default_log_dir_said(
+                system, endpoint.own_dir_problem(
+                    system.logs or output.default_log_dir(endpoint.system_id(system.path)),
+                    "log directory ", parents=True))),
             ("system.audit", policy.audit_file_problem(system.audit)
              if system.audit is not None else None)):
         if problem:

@@ -824,8 +824,13 @@ class Supervisor:
                     "system.socket" if self.system.socket else ""
                 endpoint.safe_socket_dir(self.socket_path)
             key = "system.logs" if self.system.logs else ""     # none: the default
-            endpoint.own_dir(self.log_dir, "log directory ", parents=True)
-            self._log_dir_fd = endpoint.lock_dir(self.log_dir, "log directory ")
+            try:
+                endpoint.own_dir(self.log_dir, "log directory ", parents=True)
+                self._log_dir_fd = endpoint.lock_dir(self.log_dir, "log directory ")
+            except endpoint.EndpointError as e:
+                if self.system.logs:
+                    raise
+                raise endpoint.EndpointError(f"{e}{output.default_log_dir_hint()}") from None
             self._log_files_free()
             if self.audit is not None:
                 key = "system.audit"

@@ -1115,3 +1115,24 @@ def test_an_engine_user_an_ordinary_user_cannot_use_is_said_not_passed_over():
         assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
     finally:
         shutil.rmtree(there, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["up", "check"])
+def test_a_default_log_directory_that_cannot_be_made_says_what_moves_it(tmp_path, xdg,
+                                                                        command):
+    """A service user's HOME=/nonexistent (or a HOME one cannot write): the default
+    log directory, ~/.local/state/wsuper/NAME-HASH, cannot be made, and `up` and
+    `check` said only "cannot make log directory /nonexistent/.local/state/...:
+    Permission denied", neither that it is the default nor what moves it.  Both
+    say `logs` under [system], or XDG_STATE_HOME."""
+    path = _system(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"}
+    env.update(HOME="/proc/wsuper-no-home", XDG_RUNTIME_DIR=xdg)
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, path], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "log directory /proc/wsuper-no-home/.local/state/wsuper/" in line, line
+    assert line.endswith("; it is the default log directory, in ~/.local/state/wsuper "
+                         "(XDG_STATE_HOME is not set): set logs under [system] in the system "
+                         "file, or XDG_STATE_HOME, to a directory of yours"), line
