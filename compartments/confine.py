@@ -564,7 +564,10 @@ def _enter_user_namespace():
             finally:
                 os.close(fd)
         except OSError as e:
-            raise ConfinementError(e.errno, f"writing {path}: {e.strerror}") from None
+            # AppArmor's restriction lets the namespace be made, with no capability in
+            # it: the maps cannot be written
+            raise ConfinementError(e.errno, f"writing {path}: {e.strerror}"
+                                            f"{_USERNS_WHY.get(e.errno, '')}") from None
 
 
 def _empty_mount_namespace():

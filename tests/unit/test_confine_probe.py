@@ -405,3 +405,27 @@ def test_a_user_namespace_refused_to_an_ordinary_user_says_why(monkeypatch, code
     for said in report.values():
         assert said.startswith(f"no user namespace: unshare(user): {os.strerror(code)} ({why}"), \
             said
+
+
+def test_a_user_namespace_whose_maps_cannot_be_written_says_why(monkeypatch):
+    """A policy such as AppArmor's restriction of user namespaces lets an ordinary
+    user's unshare(CLONE_NEWUSER) succeed, with no capability in the namespace: the
+    uid and gid maps cannot be written, and the note said only "writing
+    /proc/self/uid_map: Operation not permitted".  It names what to look at."""
+    class Libc:
+        def unshare(self, flags):
+            return 0
+    real_open = os.open
+
+    def refused(path, *args, **kw):
+        if str(path).startswith("/proc/self/"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+        return real_open(path, *args, **kw)
+    monkeypatch.setattr(confine, "_libc", Libc())
+    monkeypatch.setattr(confine.os, "open", refused)
+    with pytest.raises(confine.ConfinementError) as e:
+        confine._enter_user_namespace()
+    assert e.value.strerror == (
+        "writing /proc/self/setgroups: Operation not permitted (refused to users who are not "
+        "root here: sysctl kernel.unprivileged_userns_clone, or a security policy such as "
+        "AppArmor's kernel.apparmor_restrict_unprivileged_userns)")
