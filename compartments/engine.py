@@ -1243,7 +1243,8 @@ class Engine:
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")
         if self.frames:
-            held = sum(len(f.params) for f in self.frames)
+            # a None frame is code that serves no call (a program, a start function)
+            held = sum(len(f.params) for f in self.frames if f is not None)
             size = ev.payload.content.size()
             if held + size > NESTED_BYTES:
                 self._let_go(ev.payload.caps)
