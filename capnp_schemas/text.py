@@ -4,7 +4,10 @@
 name), bounded, for one-line errors; `kj_text(e)`: what a pycapnp (KJ)
 exception says, without its C++.  `bounded(text, limit)`: text cut at
 `limit` characters, saying how many more there were (error reasons any side
-sends, event lines, log lines).  `printable(text)`: guest-controlled
+sends, event lines, log lines).  `listed(names)`: names joined, as many as fit
+in a bounded text, the rest counted (what an error names from a list the
+policy made: the methods an allow list allows, the compartments exported).
+`printable(text)`: guest-controlled
 text made harmless for a terminal or a log: control characters, escape
 sequences, line and paragraph separators and other invisible or
 direction-changing characters are shown escaped (`\\n`, `\\x1b`, `\\u202e`),
@@ -31,6 +34,28 @@ def bounded(text: str, limit: int = REASON_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+#: Characters of a list an error names (`listed`): half a reason, so the words
+#: around it are never what the reason's own cut takes.
+LISTED_LIMIT = REASON_LIMIT // 2
+
+
+def listed(names, limit: int = LISTED_LIMIT, sep: str = ", ") -> str:
+    """`names` (a sequence of str) joined by `sep`, as many of them as fit in about
+    `limit` characters, and how many more there were: "a, b, ... (9998 more)".
+    Its work is bounded by `limit`, not by the list: an error that named a whole
+    list the policy made (an allow list of 10,000 methods with long names, 20,000
+    exported compartments) built all of its text for every refusal, megabytes,
+    of which the reason's cut (`bounded`) then kept 2,000 characters."""
+    parts, size = [], 0
+    for i, name in enumerate(names):
+        size += len(name) + (len(sep) if parts else 0)
+        if size > limit:
+            parts.append(f"... ({len(names) - i} more)")
+            break
+        parts.append(name)
+    return sep.join(parts)
 
 
 def first_line(e, limit: int = 300) -> str:

@@ -15,7 +15,7 @@ No I/O: time comes from the caller.
 """
 from __future__ import annotations
 
-from capnp_schemas.text import KEPT_REASON_LIMIT, bounded
+from capnp_schemas.text import KEPT_REASON_LIMIT, bounded, listed
 
 from .caps import Call, CallError, Denial, Wrapped, describe
 from .supervision import TokenBucket
@@ -150,9 +150,11 @@ class Membrane:
         changes; the reason cuts it).  Made anew for every call refused (each method
         named, sorted, joined), a long allow list cost the supervisor's one loop
         ~4 ms a denied call (10,000 methods), which a compartment could ask for as
-        fast as it liked."""
+        fast as it liked.  And only as much of it as a reason shows (`listed`): made
+        whole, each denial still copied all of it into its reason before the cut (10 MB
+        for 10,000 methods with names of 1,000 characters: ~0.8 ms a denial)."""
         if self._allowed_text is None:
-            self._allowed_text = ", ".join(sorted(names.call(i, j) for i, j in self.allow or ()))
+            self._allowed_text = listed(sorted(names.call(i, j) for i, j in self.allow or ()))
         return self._allowed_text
 
     @property

@@ -34,7 +34,7 @@ import attrs
 from capnp_schemas import hosted, protocol, wire
 from capnp_schemas.payloads import DecodeError, build, read
 from capnp_schemas.protocol import Content, RemoteRef
-from capnp_schemas.text import bounded as _bounded, first_line as _first_line
+from capnp_schemas.text import bounded as _bounded, first_line as _first_line, listed
 from compartments import abi
 from compartments.limits import Limits
 
@@ -348,6 +348,10 @@ class Router:
         # reply key -> what was called, of each call on a sealed main object
         self._sealed: dict = {}
         self.external = tuple(external)
+        # what Gateway.get looks a name up in, and what its refusal names: made once
+        # (a refusal joined every exported name, and each get scanned the tuple)
+        self._exported = frozenset(self.external)
+        self._exported_text = listed(self.external) or "none"
         self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
@@ -1716,10 +1720,9 @@ class Router:
             name = read(method.params, call.content, call.content.size() // 8 + 1024)["name"]
         except DecodeError as e:
             raise CallError(f"Gateway.get: malformed params: {e}") from None
-        if name not in self.external:
+        if name not in self._exported:
             raise CallError(f"no compartment named {_bounded(name, 100)!r} is "
-                            f"exported to the outside (exported: "
-                            f"{', '.join(self.external) or 'none'})")
+                            f"exported to the outside (exported: {self._exported_text})")
         return build(method.results, {"cap": self.proxies[name]})
 
     def call_peer(self, peer, import_id, interface_id, method_id, content, caps, handler):

@@ -335,6 +335,61 @@ def test_a_denied_call_does_not_cost_the_supervisor_the_length_of_the_allow_list
             assert len(named) < 10, len(named)     # not one a method allowed
 
 
+def _reasons_made(monkeypatch) -> list:
+    """The length of every reason a CallError is made with (before its own cut)."""
+    from supervisor import caps
+    made, real = [], caps.bounded
+    monkeypatch.setattr(caps, "bounded", lambda text, limit: made.append(len(text)) or
+                        real(text, limit))
+    return made
+
+
+def test_a_denial_names_a_long_allow_list_in_text_of_bounded_size(monkeypatch):
+    """The text of a denial was made once a membrane (above), but whole, and every
+    denial copied all of it into its reason, which the reason's cut then took to
+    2,000 characters: 10,000 allowed methods with names of 1,000 characters (no
+    bound in a schema) made each denied call build a 10 MB string, ~0.8 ms of the
+    supervisor's loop, 33 times a plain call.  The allow list is named as far as
+    a bounded text takes it, and the rest counted."""
+    big = 0xB16B16B16B16B16B
+    names = {**NAMES, big: ("Big", {i: f"m{i:04d}" + "x" * 300 for i in range(2000)})}
+    router = R.Router({"big": big, "app": None}, names=names)
+    start(router, "big", exports=True)
+    app = start(router, "app", [grant("big", "big", methods=frozenset(
+        (big, i) for i in range(0, 2000, 2)))])
+    h = app.grants[0].import_id
+    made = _reasons_made(monkeypatch)
+    for _ in range(3):
+        app.send(app.conn.send_call(h, big, 1)[1])          # not allowed
+        error = app.inbox.pop().error
+        assert error.startswith("denied: app.big: Big.m0001" + "x" * 300 + " is not allowed "
+                                "(allow = [Big.m0000" + "x" * 300 + ", Big.m0002")
+        assert re.search(r", \.\.\. \(99[0-9] more\)\]\)$", error), error[-200:]
+    assert made and max(made) < 3000, max(made)
+
+
+def test_a_refused_gateway_get_names_the_exported_compartments_in_bounded_text(monkeypatch):
+    """Gateway.get of a name not exported joined every exported compartment's name
+    into its reason, for each refusal (20,000 of them: ~0.5 ms of the supervisor's
+    loop a refused get, 16 times one that is not)."""
+    exported = [f"c{i:05d}" + "x" * 58 for i in range(5000)]
+    router = R.Router({"calc": CALC, **{n: None for n in exported}},
+                      external=("calc", *exported), names=NAMES)
+    start(router, "calc", exports=True)
+    c = client(router)
+    c.send(c.conn.send_bootstrap()[1])
+    gateway = c.inbox.pop().payload.caps[0].import_id
+    get = hosted.GATEWAY.method("get")
+    made = _reasons_made(monkeypatch)
+    c.send(c.conn.send_call(gateway, hosted.GATEWAY.id, get.ordinal,
+                            payloads.build(get.params, {"name": "bogus"})[0])[1])
+    error = c.inbox.pop().error
+    assert error.startswith("no compartment named 'bogus' is exported to the outside "
+                            "(exported: calc, c00000" + "x" * 58)
+    assert re.search(r", \.\.\. \(49[0-9][0-9] more\)\)$", error), error[-200:]
+    assert made and max(made) < 3000, max(made)
+
+
 def test_allow_list_naming_another_interface_restricts_it_too():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
