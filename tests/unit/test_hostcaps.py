@@ -105,6 +105,26 @@ def test_environment_grant_shows_only_what_was_granted(monkeypatch):
         "value": "", "present": False}
 
 
+def test_an_environments_answers_are_built_once_not_for_every_call(monkeypatch):
+    """Environment.args and .vars built their whole answer anew for every call: an
+    environment grant of 10,000 variables (as much as the holder's message_size
+    takes, which check allows) made each 100-byte call cost the supervisor's loop
+    ~9 ms, 150 times a Clock call, as often as the holder liked.  Each answer is
+    built once a grant (it never changes)."""
+    from capnp_schemas import payloads as PL
+    h = Harness([grant("env", "environment", "host", args=("-v", "x"),
+                       vars=tuple((f"V{i}", "x" * 40) for i in range(500)))])
+    e = h.grant(0)
+    built, real = [], PL.build
+    monkeypatch.setattr(PL, "build", lambda struct, values: built.append(
+        len(values.get("vars", ()))) or real(struct, values))
+    for _ in range(5):
+        got = result(h.call(e, ENV, "vars"), ENV, "vars")["vars"]
+        assert len(got) == 500 and got[7] == {"name": "V7", "value": "x" * 40}
+        assert result(h.call(e, ENV, "args"), ENV, "args") == {"args": ["-v", "x"]}
+    assert built.count(500) == 1, built
+
+
 def test_a_file_opened_through_a_read_only_directory_grant_is_read_only(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     h = Harness([grant("data", "directory", "host", path=str(tmp_path), read_only=True)])
