@@ -352,6 +352,7 @@ class Router:
         # (a refusal joined every exported name, and each get scanned the tuple)
         self._exported = frozenset(self.external)
         self._exported_text = listed(self.external) or "none"
+        self._exported_list = None      # Gateway.list's answer, once built (_gateway)
         self.gateway = Host("gateway", "external", label="the gateway")
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
@@ -1712,7 +1713,11 @@ class Router:
                             "unimplemented")
         method = gateway.methods[call.method_id]
         if method.name == "list":
-            return build(method.results, {"names": list(self.external)})
+            # built once: it never changes, and built for each call, 20,000 exported
+            # compartments cost ~2.9 ms of this loop a call (an outside review)
+            if self._exported_list is None:
+                self._exported_list = build(method.results, {"names": list(self.external)})
+            return self._exported_list
         try:
             # the budget of a host object's params (hostcaps.serve): the message they
             # came in, which the caller's message_size bounds; a fixed 64 KiB called

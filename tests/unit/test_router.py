@@ -390,6 +390,29 @@ def test_a_refused_gateway_get_names_the_exported_compartments_in_bounded_text(m
     assert made and max(made) < 3000, max(made)
 
 
+def test_gateway_list_is_built_once_not_for_every_call(monkeypatch):
+    """Gateway.list built its answer (every exported compartment's name) anew for
+    each call: 20,000 exported compartments made each call of an external client
+    cost the supervisor's loop ~2.9 ms, ~100 times a plain call.  Built once."""
+    exported = [f"c{i:05d}" for i in range(300)]
+    router = R.Router({"calc": CALC, **{n: None for n in exported}},
+                      external=("calc", *exported), names=NAMES)
+    start(router, "calc", exports=True)
+    c = client(router)
+    c.send(c.conn.send_bootstrap()[1])
+    gateway = c.inbox.pop().payload.caps[0].import_id
+    built = []
+    real = R.build
+    monkeypatch.setattr(R, "build", lambda struct, values: built.append(
+        len(values.get("names", ()))) or real(struct, values))
+    lst = hosted.GATEWAY.method("list")
+    for _ in range(4):
+        c.send(c.conn.send_call(gateway, hosted.GATEWAY.id, lst.ordinal)[1])
+        got = payloads.read(lst.results, c.inbox.pop().payload.content, 1 << 20)
+        assert got["names"] == ["calc", *exported]
+    assert built.count(301) <= 1, built
+
+
 def test_allow_list_naming_another_interface_restricts_it_too():
     router = R.Router({"calc": CALC, "app": None}, names=NAMES)
     calc = start(router, "calc", exports=True)
