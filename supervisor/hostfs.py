@@ -199,16 +199,30 @@ def _utimensat(fd: int, times, what: str):
         raise _explain(OSError(n, os.strerror(n)), what)
 
 
+_SHOWN_PATH = 200
+
+
+def _shown(path: str) -> str:
+    """`path` as an error names it before its length is checked: its start, and how
+    many characters more there were."""
+    if len(path) <= _SHOWN_PATH:
+        return repr(path)
+    return f"{path[:_SHOWN_PATH]!r}... ({len(path) - _SHOWN_PATH} more characters)"
+
+
 def _path(path) -> bytes:
     """A path as bytes, refusing (with a reason) what can never be beneath a directory."""
     if not isinstance(path, str):
         raise FsError(f"a path must be text, not {type(path).__name__}", "EINVAL")
+    # named before its length is known: at most _SHOWN_PATH characters of it (whole,
+    # a path as long as a message made each call a string of up to 32 MB, which the
+    # reason's cut then left without the words saying what was wrong)
     if "\0" in path:
-        raise FsError(f"{path!r} contains a NUL byte", "EINVAL")
+        raise FsError(f"{_shown(path)} contains a NUL byte", "EINVAL")
     try:
         raw = path.encode("utf-8")
     except UnicodeEncodeError:
-        raise FsError(f"{path!r} is not valid UTF-8", "EILSEQ") from None
+        raise FsError(f"{_shown(path)} is not valid UTF-8", "EILSEQ") from None
     if len(raw) > MAX_PATH:
         raise FsError(f"a path of {len(raw)} bytes is too long (at most {MAX_PATH})",
                       "ENAMETOOLONG")
@@ -741,7 +755,7 @@ class Directory:
         if not target:
             raise FsError("a symbolic link needs a target", "ENOENT")
         if isinstance(target, str) and target.startswith("/"):
-            raise FsError(f"a link to {target!r} would lead outside the granted directory "
+            raise FsError(f"a link to {_shown(target)} would lead outside the granted directory "
                           f"(link targets are relative)", "EPERM")
         t = _path(target)
         raw = _path(path)

@@ -1643,3 +1643,26 @@ def test_moving_a_deep_tree_higher_holds_a_few_descriptors_whatever_its_depth(tm
     assert "would make the link 'side/l'" in fails("EPERM", d.rename, "b/c", "c")
     assert len(os.listdir("/proc/self/fd")) == before
     assert not (root / "c").exists()
+
+
+@pytest.mark.parametrize("path,says", [("a" * 100_000 + "\0", "contains a NUL byte"),
+                                       ("\0" * 1_000_000, "contains a NUL byte"),
+                                       ("a" * 100_000 + "\udc80", "is not valid UTF-8")])
+def test_a_path_refused_before_its_length_is_checked_is_named_in_bounded_text(path, says):
+    """A path with a NUL byte (or not UTF-8) was refused naming it whole, before its
+    length was looked at: repr of a path as long as a message (8 MiB of NULs: a 32 MB
+    string, ~35 ms of the worker holding the GIL the loop needs) for each call, and
+    the reason, cut at 2,000 characters on its way to the caller, lost what was wrong
+    with it."""
+    with pytest.raises(hostfs.FsError) as e:
+        hostfs.check_path(path)
+    assert says in str(e.value) and len(str(e.value)) < 1000, len(str(e.value))
+
+
+def test_an_absolute_link_target_is_named_in_bounded_text(tmp_path):
+    """The same for a symbolic link's target that is absolute (refused before its
+    length was checked, named whole)."""
+    d = Directory.grant(str(tmp_path))
+    with pytest.raises(FsError) as e:
+        d.symlink("/" + "a" * 100_000, "l")
+    assert "would lead outside" in str(e.value) and len(str(e.value)) < 1000
