@@ -1243,7 +1243,11 @@ class Engine:
             raise _CallError("overloaded", f"compartment {self.name}: calls nested deeper than "
                              f"{MAX_NESTING} (a call cycle between compartments?)")
         if self.frames:
-            # a None frame is code that serves no call (a program, a start function)
+            # a None frame is code that is no dispatch (a program's _start, a start
+            # function, _initialize: _outside), waiting in a call of its own: it
+            # holds no params (counted as if it did, every call served while such
+            # code waited failed "AttributeError: 'NoneType' object has no
+            # attribute 'params'")
             held = sum(len(f.params) for f in self.frames if f is not None)
             size = ev.payload.content.size()
             if held + size > NESTED_BYTES:

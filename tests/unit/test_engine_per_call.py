@@ -459,3 +459,56 @@ def test_the_stack_pointer_of_code_that_does_not_return_is_put_back(tmp_path):
         assert ret.payload is None and ret.error_type == says, ret.error
         assert engine._stack_pointer.value(engine.store) == 65536
     assert d.ask(d.sup.send_call(d.main, 1, 0, empty)[1]).payload is not None
+
+
+@pytest.mark.parametrize("per_call", [False, True], ids=["shared", "per_call"])
+def test_a_call_served_while_a_program_s_start_waits_in_a_call_is_served(tmp_path, per_call):
+    """A program (run: its _start) that calls a grant and waits: a call that comes
+    meanwhile is served, nested, as it always was.  The bound on the params the
+    nested calls hold (NESTED_BYTES) summed the params of every frame below, and
+    the frame of code that is no dispatch (_start, _initialize, a start function)
+    is None: every such call failed 'the engine could not handle this call
+    (AttributeError: 'NoneType' object has no attribute 'params')'."""
+    from compartments.engine import ENGINE_INTERFACE
+    from tests.unit.test_engine_native import Answering
+    module = tmp_path / "program.wat"
+    module.write_text("""(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "peer")
+  (func (export "_start")
+    (drop (call $call (call $lookup (i32.const 100) (i32.const 4)) (i64.const 7)
+                      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                      (i32.const 0) (i32.const 200))))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))""")
+    engine = Engine(Answering(), EngineSpec(name="program", module=str(module), exports=True,
+                                            per_call=per_call))
+    d = Driven(engine, [("peer", "compartment", "")], [object()])
+    sock, sup, main = d.sock, d.sup, d.main
+    empty = Content.standalone([bytes(16)])
+    returns, asked = {}, {}
+
+    def answering(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.CallReceived):   # _start waits: a call comes
+                asked["out"] = ev.answer_id
+                asked["nested"], msg = sup.send_call(main, 1, 1, empty)
+                more += msg
+            elif isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+                if ev.question_id == asked.get("nested"):
+                    more += sup.send_return(asked["out"], empty)
+        return more
+    sock.answer = answering
+    control = d.ask(sup.send_bootstrap()[1]).payload.caps[0].import_id
+    q, msg = sup.send_call(control, ENGINE_INTERFACE, 1, Content.standalone([bytes(8)]))
+    sock.batches.append(msg)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answering(b"".join(sock.writes))
+    nested = returns[asked["nested"]]
+    assert nested.payload is not None, nested.error
+    assert returns[q].payload is not None, returns[q].error     # run ends as it should
