@@ -102,13 +102,21 @@ static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
 }
 
 static inline void wsuper_arena_free(wsuper_arena *a) {
-  /* first the handles (their records live in the blocks) */
-  for (wsuper_later *l = a->later; l; l = l->next) wsuper_release(l->handle);
-  a->later = NULL;
+  /* First the handles (their records live in the blocks).  Each record is taken
+   * off before its handle is released, and each block before it is freed: code
+   * cut short here (a trap, fuel_per_call spent: the skeleton frees a call's
+   * arena as it ends) leaves the rest to the next free of this arena, never a
+   * handle released twice nor a block freed twice (wsuper_served_end keeps the
+   * arena in its table until it is all freed) */
+  while (a->later) {
+    wsuper_later *l = a->later;
+    a->later = l->next;
+    wsuper_release(l->handle);
+  }
   while (a->blocks) {
-    wsuper_block *next = a->blocks->next;
-    free(a->blocks);
-    a->blocks = next;
+    wsuper_block *b = a->blocks;
+    a->blocks = b->next;
+    free(b);
   }
   a->error = NULL;
 }
@@ -717,11 +725,14 @@ static inline int32_t wsuper_dispatch_failed(wsuper_arena *a, int rc) {
 static struct { uintptr_t frame; wsuper_arena arena; } wsuper__served[WSUPER_CALLS_SERVED];
 static uint32_t wsuper__nserved;
 
-/* Free the arenas of the calls served from `slot` up. */
+/* Free the arenas of the calls served from `slot` up.  Each stays in the table
+ * until it is freed: one whose free is cut short (fuel_per_call spent in it, a
+ * client choosing its input so that it is) is freed by the next call served at
+ * its depth or above, not leaked with the handles it was to release. */
 static inline void wsuper_served_end(uint32_t slot) {
   while (wsuper__nserved > slot) {
+    wsuper_arena_free(&wsuper__served[wsuper__nserved - 1].arena);
     wsuper__nserved--;
-    wsuper_arena_free(&wsuper__served[wsuper__nserved].arena);
   }
 }
 
