@@ -577,7 +577,7 @@ class Generator:
                 f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
                 "int32_t len, int32_t ncaps) {",
                 f"  if ((uint64_t)iface != {up}_ID) return WSUPER_E_UNIMPLEMENTED;",
-                "  wsuper_reader r;", "  wsuper_builder b;", "  uint32_t slot;",
+                "  wsuper_reader r;", "  wsuper_builder *b;", "  uint32_t slot;",
                 # a call served while the plugin waits in its own (B calls back), so
                 # deep that its frames would reach the plugin's data: refused
                 "  if (!wsuper_stack_left()) return wsuper_dispatch_refused(\"out of stack: "
@@ -600,13 +600,14 @@ class Generator:
                     f"wsuper_error2(a, \"malformed params of {shown}: \", r.why); break; }}",
                     f"    rc = {cname}_serve_{mname}(a, object, &in, &out);",
                     "    if (rc != WSUPER_OK) break;",
-                    "    wsuper_builder_init(&b);",
-                    f"    {results.cname}_fill(&b, wsuper_new_struct(&b, 0, {results.dwords}, "
+                    # in the call's arena: freed with it if the call is cut short
+                    "    if (!(b = wsuper_served_results(a, slot))) { rc = WSUPER_E_NOMEM; break; }",
+                    f"    {results.cname}_fill(b, wsuper_new_struct(b, 0, {results.dwords}, "
                     f"{results.ptrs}), &out);",
-                    "    rc = wsuper_send_results(&b);",
+                    "    rc = wsuper_send_results(b);",
                     # named as the results' fault, not the params' ("malformed message")
                     "    if (rc != WSUPER_OK) "
-                    f"wsuper_error2(a, \"results of {shown} not sent: \", wsuper_unsent(&b, rc));",
+                    f"wsuper_error2(a, \"results of {shown} not sent: \", wsuper_unsent(b, rc));",
                     "    break;", "  }"]
         out += ["  default: rc = WSUPER_E_UNIMPLEMENTED;", "  }",
                 "  if (rc != WSUPER_OK) rc = wsuper_dispatch_failed(a, rc);",

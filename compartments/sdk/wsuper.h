@@ -200,8 +200,9 @@ static inline uint32_t wsuper_new_words(wsuper_builder *b, uint64_t n) {
     while (room < b->words + n) room *= 2;
     uint8_t *buf = (uint8_t *)realloc(b->buf, 8 + (size_t)room * 8);
     if (!buf) { wsuper_builder_fail(b, "out of memory"); return 0; }
+    b->buf = buf;   /* at once: the old one is freed (code cut short in the memset
+                       left it to be freed a second time: wsuper_served_results) */
     memset(buf + 8 + (size_t)b->room * 8, 0, (size_t)(room - b->room) * 8);
-    b->buf = buf;
     b->room = room;
   }
   uint32_t at = b->words;
@@ -215,8 +216,9 @@ static inline void wsuper_builder_init(wsuper_builder *b) {
 }
 
 static inline void wsuper_builder_free(wsuper_builder *b) {
-  free(b->buf);
-  b->buf = NULL;
+  uint8_t *buf = b->buf;
+  b->buf = NULL;  /* first: cut short in free(), it is never freed twice */
+  free(buf);
 }
 
 static inline void wsuper_put64(wsuper_builder *b, uint32_t w, uint64_t v) {
@@ -722,8 +724,19 @@ static inline int32_t wsuper_dispatch_failed(wsuper_arena *a, int rc) {
 #ifndef WSUPER_CALLS_SERVED
 #define WSUPER_CALLS_SERVED 64
 #endif
-static struct { uintptr_t frame; wsuper_arena arena; } wsuper__served[WSUPER_CALLS_SERVED];
+static struct {
+  uintptr_t frame;
+  wsuper_arena arena;
+  wsuper_builder *results; /* its results' builder (in the arena), or NULL */
+} wsuper__served[WSUPER_CALLS_SERVED];
 static uint32_t wsuper__nserved;
+
+/* Free what the call served in `slot` holds: its results' buffer, its arena. */
+static inline void wsuper__served_free(uint32_t slot) {
+  if (wsuper__served[slot].results) wsuper_builder_free(wsuper__served[slot].results);
+  wsuper__served[slot].results = NULL;
+  wsuper_arena_free(&wsuper__served[slot].arena);
+}
 
 /* Free the arenas of the calls served from `slot` up.  Each stays in the table
  * until it is freed: one whose free is cut short (fuel_per_call spent in it, a
@@ -731,7 +744,7 @@ static uint32_t wsuper__nserved;
  * its depth or above, not leaked with the handles it was to release. */
 static inline void wsuper_served_end(uint32_t slot) {
   while (wsuper__nserved > slot) {
-    wsuper_arena_free(&wsuper__served[wsuper__nserved - 1].arena);
+    wsuper__served_free(wsuper__nserved - 1);
     wsuper__nserved--;
   }
 }
@@ -747,9 +760,23 @@ static inline wsuper_arena *wsuper_served_begin(uintptr_t frame, uint32_t *slot)
   wsuper__served[n].arena.blocks = NULL;
   wsuper__served[n].arena.error = NULL;
   wsuper__served[n].arena.later = NULL;
+  wsuper__served[n].results = NULL;
   wsuper__nserved = n + 1;
   *slot = n;
   return &wsuper__served[n].arena;
+}
+
+/* The builder of the results of the call served in `slot` (its arena `a`), begun:
+ * its buffer (up to message_size) is freed with the arena, also when the call
+ * is cut short while its results are built or sent (their size is the client's
+ * to choose: in the dispatch's frame, it was lost each time); NULL: no memory. */
+static inline wsuper_builder *wsuper_served_results(wsuper_arena *a, uint32_t slot) {
+  wsuper_builder *b = (wsuper_builder *)wsuper_alloc(a, sizeof *b);
+  if (!b) return NULL;
+  b->buf = NULL;
+  wsuper__served[slot].results = b;
+  wsuper_builder_init(b);
+  return b;
 }
 
 /* End a dispatch refused before it had an arena. */
