@@ -28,7 +28,8 @@ it decides nothing the supervisor does not check again.
   EXDEV).  docs/guest-abi.md lists what stays unsupported.
 
 Errors from the supervisor carry a POSIX errno name first in their reason
-("ENOENT: ..."); anything refused by attenuation (an allow-list, a revoked or
+("ENOENT: ..."); a path that would leave its directory is EPERM, as under
+wasmtime; anything refused by attenuation (an allow-list, a revoked or
 used-up grant) is ENOTCAPABLE.
 """
 from __future__ import annotations
@@ -195,6 +196,12 @@ def errno_of(e: HostCallFailed) -> int:
     m = _ERRNO_PREFIX.match(e.reason or "")
     if m:
         name = _ALIASES.get(m.group(1), m.group(1))
+        if name == "ENOTCAPABLE":
+            # the supervisor's file refusal of a path that would leave its directory
+            # (absolute, a '..' that climbs out, a link that leads out): EPERM, as
+            # wasmtime says and the WASI test suite requires.  A refusal by
+            # attenuation comes as "denied: ..." and stays ENOTCAPABLE (below)
+            return E.PERM
         if name in ERRNO:
             return ERRNO[name]
         if name in _HOST_ERRNOS:

@@ -95,6 +95,26 @@ def test_errno_comes_from_the_reason_or_the_exception_type():
     assert errno_of(HostCallFailed("disconnected", "gone")) == E.IO
 
 
+def test_a_path_that_leaves_the_directory_is_eperm_a_refusal_by_attenuation_enotcapable():
+    """The supervisor's file refusal of a path that would leave its directory
+    (absolute, a '..' that climbs out, a link that leads out: "ENOTCAPABLE: ...
+    leads outside") is EPERM, as wasmtime's WASI says and the public WASI test
+    suite requires (interesting_paths: `path_open("/dir/nested/file")` and a
+    path with too many '..' must fail with ERRNO_PERM; it failed under wsuper
+    with ENOTCAPABLE).  A call refused by attenuation (an allow-list, revoked,
+    used up: "denied: ...") stays ENOTCAPABLE."""
+    outside = failed("ENOTCAPABLE: directory /data: '../x' leads outside the granted "
+                     "directory")
+    assert errno_of(outside) == E.PERM
+    assert errno_of(failed("denied: app: app.data: Directory.open is not allowed "
+                           "(allow = [list])")) == E.NOTCAPABLE
+    host, w = wasi_with()
+    host.results["Directory", "open"] = outside
+    host.results["Directory", "create"] = outside
+    assert open_file(w, host) == E.PERM
+    assert open_file(w, host, oflags=wasi.OFLAGS_CREAT) == E.PERM
+
+
 def test_every_errno_the_host_names_is_an_errno_never_a_refusal():
     """A file error the host's kernel gave (an NFS grant's ESTALE or ETIMEDOUT, a
     damaged file system's EUCLEAN, ENXIO, ...) is WASI's errno of that name, or
@@ -266,7 +286,7 @@ def test_o_creat_makes_a_new_file_where_opening_is_refused_but_creating_is_not()
     is made with Directory.create (it stopped at the open's ENOTCAPABLE); one
     that exists stays refused (create: EEXIST, then the open again: refused)."""
     host, w = wasi_with()
-    host.results["Directory", "open"] = failed("ENOTCAPABLE: Directory.open is not allowed")
+    host.results["Directory", "open"] = failed("denied: app.data: Directory.open is not allowed")
     host.results["Directory", "create"] = "cap"
     fd = open_file(w, host, oflags=wasi.OFLAGS_CREAT | wasi.OFLAGS_TRUNC)
     assert fd in w.fds and [c[1] for c in host.calls] == ["open", "create"]
@@ -283,7 +303,7 @@ def test_args_and_environ_each_need_their_own_method_only(allowed):
     refused one is empty, as without an environment grant (both were asked at
     once, args_sizes_get failed, and wasi-libc ended every program with 71)."""
     host, w = wasi_with(("env", "environment", "", 9))
-    refusal = failed("ENOTCAPABLE: not allowed")
+    refusal = failed("denied: app.env: not allowed")
     host.results["Environment", "args"] = {"args": ["one", "two"]} \
         if allowed == "args" else refusal
     host.results["Environment", "vars"] = {"vars": [{"name": "A", "value": "b"}]} \
@@ -305,7 +325,7 @@ def test_a_directory_opened_without_o_directory_where_open_is_refused():
     (allow = ["subdir", ...]), as when it says EISDIR; if subdir fails too, the
     open's refusal is the answer (a file stays refused, ENOTCAPABLE)."""
     host, w = wasi_with()
-    host.results["Directory", "open"] = failed("ENOTCAPABLE: Directory.open is not allowed")
+    host.results["Directory", "open"] = failed("denied: app.data: Directory.open is not allowed")
     host.results["Directory", "subdir"] = "cap"
     fd = open_file(w, host, rights=wasi.RIGHT_FD_READ)
     assert w.fds[fd].kind == "dir" and [c[1] for c in host.calls] == ["open", "subdir"]
@@ -321,7 +341,7 @@ def test_an_absolute_clock_the_grant_refuses_is_its_events_error():
     ENOTCAPABLE, as without a clock grant; the whole call failed instead, and
     the other subscriptions' events were lost."""
     host, w = wasi_with(("clock", "clock", "", 8))
-    host.results["Clock", "wall"] = failed("ENOTCAPABLE: Clock.wall is not allowed")
+    host.results["Clock", "wall"] = failed("denied: app.data: Clock.wall is not allowed")
     sub = struct.pack("<QB7xIIQQH6x", 7, 0, wasi.CLOCK_REALTIME, 0, 10**18, 0, 1)
     fd_sub = struct.pack("<QB7xI28x", 8, 1, 0)           # stdin: ready
     host.write(0, sub + fd_sub)
@@ -461,7 +481,7 @@ def test_readdir_needs_only_list_the_listing_says_the_inode_of_dot():
     host.results["Directory", "list"] = {"entries": [{"name": "a", "kind": "file",
                                                       "inode": 5, "cursor": 9}],
                                          "cursor": 9, "done": True, "inode": 42}
-    host.results["Directory", "stat"] = failed("ENOTCAPABLE: Directory.stat is not allowed")
+    host.results["Directory", "stat"] = failed("denied: app.data: Directory.stat is not allowed")
     assert call(w, "fd_readdir", 3, 1000, 4096, 0, 900) == 0
     used, pos, out = host.u32(900), 1000, []
     while pos < 1000 + used:
