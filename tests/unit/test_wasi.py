@@ -1090,3 +1090,31 @@ def test_sock_send_takes_any_u16_si_flags_as_wasmtime_does(si_flags):
     host.calls.clear()
     assert call(w, "sock_send", fd, 0, 1, 0x10000 | si_flags, 200) == E.INVAL
     assert host.calls == []
+
+
+@pytest.mark.parametrize("stat,want", [
+    ({"info": {"kind": "directory"}}, E.EXIST),                  # "dir/": taken, a directory
+    (failed("ENOTDIR: 'f/' is not a directory"), E.NOTDIR),      # a file (or a link to one)
+    (failed("ENOENT: 'l/' does not exist"), E.NOENT),            # a link to nothing
+    (failed("ENOTCAPABLE: 'l/' leads outside the granted directory"), E.PERM),
+    (failed("denied: app.data: Directory.stat is not allowed"), E.EXIST),
+])
+def test_symlink_and_link_onto_a_taken_name_with_a_slash_answer_as_wasmtime(stat, want):
+    """path_symlink/path_link onto "name/" where name is taken: the host says
+    EEXIST (Linux's answer); what "name/" leads to decides, as under wasmtime and
+    in the WASI test suite's path_symlink_trailing_slashes (ENOTDIR for a file:
+    it was EEXIST).  Without a trailing '/', or a stat the grant refuses, EEXIST."""
+    for name in ("path_symlink", "path_link"):
+        host, w = wasi_with()
+        host.results["Directory", "symlink"] = failed("EEXIST: 'x/' already exists")
+        host.results["Directory", "link"] = failed("EEXIST: 'x/' already exists")
+        host.results["Directory", "stat"] = stat
+        host.write(0, b"src")
+        host.write(16, b"x/")
+        args = (0, 3, 3, 16, 2) if name == "path_symlink" else (3, 0, 0, 3, 3, 16, 2)
+        assert call(w, name, *args) == want, name
+        host.write(16, b"x")                                     # no slash: EEXIST, no stat
+        host.calls.clear()
+        args = (0, 3, 3, 16, 1) if name == "path_symlink" else (3, 0, 0, 3, 3, 16, 1)
+        assert call(w, name, *args) == E.EXIST
+        assert "stat" not in [c[1] for c in host.calls]

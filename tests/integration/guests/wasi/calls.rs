@@ -276,7 +276,10 @@ fn symlink_group() {
     is("symlink-exists", symlink("x", "s/to-file"), &[EXIST]);
     is("symlink-slash-missing", symlink("x", "s/new/"), &[NOENT]);
     is("symlink-slash-dir", symlink("x", "s/target-dir/"), &[EXIST]);
-    is("symlink-slash-file", symlink("x", "s/target-file/"), &[NOTDIR, EXIST]);
+    is("symlink-slash-file", symlink("x", "s/target-file/"), &[NOTDIR]);
+    is("symlink-slash-link", symlink("x", "s/to-file/"), &[NOTDIR]);
+    is("symlink-slash-link-to-dir", symlink("x", "s/to-dir/"), &[EXIST]);
+    is("symlink-slash-dangling", symlink("x", "s/dangling/"), &[NOENT]);
     let l = stat("s/to-file", 0);
     check("lstat-link", l.map(|s| s.filetype) == Ok(T_LINK), format!("{:?}", l.map(|s| s.filetype)));
     let f = stat("s/to-file", FOLLOW);
@@ -332,6 +335,8 @@ fn link_group() {
     is("link-to-dir-name", ln("h/file", DIR, "h/sub", 0), &[EXIST]);
     is("link-a-dir", ln("h/sub", DIR, "h/dirlink", 0), &[PERM, NOTSUP]);
     is("link-slash", ln("h/file", DIR, "h/new/", 0), &[NOENT]);
+    is("link-slash-file", ln("h/file", DIR, "h/second/", 0), &[NOTDIR]);
+    is("link-slash-dir", ln("h/file", DIR, "h/sub/", 0), &[EXIST]);
     symlink("nothing", "h/dangling");
     is("link-dangling-symlink", ln("h/dangling", DIR, "h/link-of-link", 0), &[0]);
     is("link-follow", ln("h/dangling", DIR, "h/x", FOLLOW), &[INVAL, NOENT]);
