@@ -171,6 +171,7 @@ static inline int wsuper_error2(wsuper_arena *a, const char *what, const char *w
 
 typedef struct {
   uint8_t *buf;         /* 8-byte segment table, then the segment */
+  uint8_t *spare;       /* a buffer being swapped in or out as buf grows, or NULL */
   uint32_t words, room; /* words used / allocated in the segment */
   int32_t caps[256];
   uint32_t ncaps;
@@ -198,12 +199,24 @@ static inline uint32_t wsuper_new_words(wsuper_builder *b, uint64_t n) {
   if (b->words + n > b->room) {
     uint32_t room = b->room ? b->room : 32;
     while (room < b->words + n) room *= 2;
-    uint8_t *buf = (uint8_t *)realloc(b->buf, 8 + (size_t)room * 8);
+    /* Not realloc: it mallocs the new buffer, copies and frees the old one, and
+     * code cut short in there (fuel_per_call: wasmtime checks it at each
+     * function's entry, the free's among them; the client picks the results' size,
+     * so where the budget ends) left the old buffer here and the new one, twice
+     * as large, nowhere: lost for good each time.  Each buffer is named here
+     * (buf, or spare) from its malloc until its free: wsuper_builder_free frees
+     * what code cut short left (wsuper_served_results) */
+    uint8_t *buf = (uint8_t *)malloc(8 + (size_t)room * 8);
     if (!buf) { wsuper_builder_fail(b, "out of memory"); return 0; }
-    b->buf = buf;   /* at once: the old one is freed (code cut short in the memset
-                       left it to be freed a second time: wsuper_served_results) */
+    b->spare = buf;
+    if (b->buf) memcpy(buf, b->buf, 8 + (size_t)b->room * 8);
     memset(buf + 8 + (size_t)b->room * 8, 0, (size_t)(room - b->room) * 8);
+    uint8_t *old = b->buf;
+    b->buf = buf;
     b->room = room;
+    b->spare = old;
+    free(old);
+    b->spare = NULL;
   }
   uint32_t at = b->words;
   b->words += (uint32_t)n;
@@ -216,8 +229,12 @@ static inline void wsuper_builder_init(wsuper_builder *b) {
 }
 
 static inline void wsuper_builder_free(wsuper_builder *b) {
+  /* each taken off first: cut short in free(), it is never freed twice */
+  uint8_t *spare = b->spare;
+  b->spare = NULL;
+  if (spare != b->buf) free(spare);
   uint8_t *buf = b->buf;
-  b->buf = NULL;  /* first: cut short in free(), it is never freed twice */
+  b->buf = NULL;
   free(buf);
 }
 
@@ -773,7 +790,7 @@ static inline wsuper_arena *wsuper_served_begin(uintptr_t frame, uint32_t *slot)
 static inline wsuper_builder *wsuper_served_results(wsuper_arena *a, uint32_t slot) {
   wsuper_builder *b = (wsuper_builder *)wsuper_alloc(a, sizeof *b);
   if (!b) return NULL;
-  b->buf = NULL;
+  b->buf = b->spare = NULL;     /* before it is registered: freed from here on */
   wsuper__served[slot].results = b;
   wsuper_builder_init(b);
   return b;
