@@ -89,7 +89,12 @@ static inline wsuper_cap wsuper_lookup_cap(const char *name) {
 
 typedef union wsuper_block { union wsuper_block *next; uint64_t align; } wsuper_block;
 typedef struct wsuper_later { struct wsuper_later *next; wsuper_cap handle; } wsuper_later;
-typedef struct { wsuper_block *blocks; const char *error; wsuper_later *later; } wsuper_arena;
+typedef struct {
+  wsuper_block *blocks;
+  const char *error;
+  wsuper_later *later;
+  wsuper_block *freeing; /* the block being freed (wsuper_arena_free), or NULL */
+} wsuper_arena;
 
 static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
   if (n > SIZE_MAX - sizeof(wsuper_block)) return NULL;
@@ -103,20 +108,32 @@ static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
 
 static inline void wsuper_arena_free(wsuper_arena *a) {
   /* First the handles (their records live in the blocks).  Each record is taken
-   * off before its handle is released, and each block before it is freed: code
+   * off before its handle is released (and each block handled as below): code
    * cut short here (a trap, fuel_per_call spent: the skeleton frees a call's
    * arena as it ends) leaves the rest to the next free of this arena, never a
-   * handle released twice nor a block freed twice (wsuper_served_end keeps the
-   * arena in its table until it is all freed) */
+   * handle released twice (wsuper_served_end keeps the arena in its table until
+   * it is all freed) */
   while (a->later) {
     wsuper_later *l = a->later;
     a->later = l->next;
     wsuper_release(l->handle);
   }
+  /* A block stays named (`freeing`) until free() has returned: wasmtime checks
+   * fuel at free's entry, where a client can make a call's budget end as the
+   * skeleton frees its arena, and a block taken off before was lost there for
+   * good (its params, up to message_size), each time.  One left by a free cut
+   * short is taken off before it is freed again: once more at most */
+  if (a->freeing) {
+    wsuper_block *b = a->freeing;
+    a->freeing = NULL;
+    free(b);
+  }
   while (a->blocks) {
     wsuper_block *b = a->blocks;
+    a->freeing = b;
     a->blocks = b->next;
     free(b);
+    a->freeing = NULL;
   }
   a->error = NULL;
 }
@@ -229,13 +246,19 @@ static inline void wsuper_builder_init(wsuper_builder *b) {
 }
 
 static inline void wsuper_builder_free(wsuper_builder *b) {
-  /* each taken off first: cut short in free(), it is never freed twice */
+  /* A spare left by code cut short (wsuper_new_words, or here) is taken off before
+   * it is freed: once more at most.  The buffer stays named (as the spare) until
+   * free() has returned: wasmtime checks fuel at free's entry, where a client can
+   * make a call's budget end as its results are sent, and a buffer taken off
+   * before was lost there for good (up to message_size), each time */
   uint8_t *spare = b->spare;
   b->spare = NULL;
   if (spare != b->buf) free(spare);
   uint8_t *buf = b->buf;
+  b->spare = buf;
   b->buf = NULL;
   free(buf);
+  b->spare = NULL;
 }
 
 static inline void wsuper_put64(wsuper_builder *b, uint32_t w, uint64_t v) {
@@ -777,6 +800,7 @@ static inline wsuper_arena *wsuper_served_begin(uintptr_t frame, uint32_t *slot)
   wsuper__served[n].arena.blocks = NULL;
   wsuper__served[n].arena.error = NULL;
   wsuper__served[n].arena.later = NULL;
+  wsuper__served[n].arena.freeing = NULL;
   wsuper__served[n].results = NULL;
   wsuper__nserved = n + 1;
   *slot = n;
