@@ -158,7 +158,18 @@ static inline wsuper_cap wsuper_release_later(wsuper_arena *a, wsuper_cap h) {
  * (its answer is sent after it returns): handed out in every answer, they filled
  * the c-list, and every caller's calls then failed.  This one goes with the arena. */
 static inline wsuper_cap wsuper_object_for(wsuper_arena *a, int32_t tag) {
-  return wsuper_release_later(a, wsuper_object(tag));
+  /* The record first, then the handle, recorded with no function entry between
+   * (wasmtime checks fuel at each function's entry): made first, a call cut
+   * short at the record's malloc left the handle in the c-list, named nowhere,
+   * for good, one a call (a client sets the work before, so where it is cut) */
+  wsuper_later *l = (wsuper_later *)wsuper_alloc(a, sizeof *l);
+  if (!l) return WSUPER_E_NOMEM;
+  wsuper_cap h = wsuper_object(tag);
+  if (h <= 0) return h;           /* (the record is freed with the arena) */
+  l->handle = h;
+  l->next = a->later;
+  a->later = l;
+  return h;
 }
 
 /* Set the reason of a failure (a server's answer, or your own) and return
