@@ -631,7 +631,7 @@ limits = {{ fuel_per_call = 2000000 }}
     assert sums == [2, 3, 4]
 
 
-EATER_CAPNP = """@0xd1f0a3b2c4e5f6a1;
+EATER_CAPNP = """@0xaa5c31c886a1bf79;
 interface Eater {
   eat @0 (pad :Data, spin :Bool) -> (n :UInt32);
 }
@@ -700,7 +700,7 @@ limits = {{ fuel_per_call = 2000000 }}
     assert n == 1 << 20
 
 
-RELAY_CAPNP = """@0xd1f0a3b2c4e5f6a2;
+RELAY_CAPNP = """@0x846a9f46039aed82;
 interface Relay {
   eat @0 (pad :Data, spin :Bool) -> (n :UInt32);
   relay @1 (pad :Data, peer :Relay) -> (n :UInt32);
