@@ -1658,6 +1658,19 @@ static PyObject *Lane_expired(Lane *L, PyObject *unused) {
   return handed_records(handed, PyList_New(0));
 }
 
+/* The pids a walk of the peers collected (`pids`, malloc'd or NULL), as a list, and
+ * `pids` freed; MemoryError if the walk could not collect them (`nomem`). */
+static PyObject *pid_list(int *pids, size_t n, int nomem) {
+  PyObject *out = nomem ? PyErr_NoMemory() : PyList_New(0);
+  for (size_t i = 0; out && i < n; i++) {
+    PyObject *v = PyLong_FromLong(pids[i]);
+    if (!v || PyList_Append(out, v) < 0) Py_CLEAR(out);
+    Py_XDECREF(v);
+  }
+  free(pids);
+  return out;
+}
+
 /* unhold(seconds) -> [pid]: external clients the lane has not read for `seconds` for
  * what waits for them (more than `soft`), and that took none of it meanwhile, are read
  * again (until they take some).  Such a client may be writing a message with a
@@ -1686,14 +1699,7 @@ static PyObject *Lane_unhold(Lane *L, PyObject *args) {
     pids[n++] = P->pid;
   }
   UNLOCK(L);
-  PyObject *out = nomem ? PyErr_NoMemory() : PyList_New(0);
-  for (size_t i = 0; out && i < n; i++) {
-    PyObject *v = PyLong_FromLong(pids[i]);
-    if (v) PyList_Append(out, v);
-    Py_XDECREF(v);
-  }
-  free(pids);
-  return out;
+  return pid_list(pids, n, nomem);
 }
 
 /* stalled(seconds) -> [pid]: peers that began a message longer ago and have not finished it */
@@ -1716,14 +1722,7 @@ static PyObject *Lane_stalled(Lane *L, PyObject *args) {
     }
   }
   UNLOCK(L);
-  PyObject *out = nomem ? PyErr_NoMemory() : PyList_New(0);
-  for (size_t i = 0; out && i < n; i++) {
-    PyObject *v = PyLong_FromLong(pids[i]);
-    if (v) PyList_Append(out, v);
-    Py_XDECREF(v);
-  }
-  free(pids);
-  return out;
+  return pid_list(pids, n, nomem);
 }
 
 /* drain_audit() -> [(ctx, interface id, method id, wall time, seconds)]
