@@ -144,6 +144,12 @@ class _OpenHow(ctypes.Structure):
 
 
 def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
+    """openat2 beneath `dirfd` (_beneath), of a file on an ordinary file system."""
+    return _ordinary(_beneath(dirfd, path, flags, mode),
+                     repr(path.decode("utf-8", "replace")))
+
+
+def _beneath(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
     """openat2 beneath `dirfd`; retried when the kernel saw a race it cannot rule out."""
     # no mount point is crossed: what is mounted beneath a grant (a bind mount of
     # the supervisor's own directory, a proc, a mount made after `check`) is not
@@ -153,7 +159,7 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
     for _ in range(_RETRIES):
         fd = _libc.syscall(SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
-            return _ordinary(fd, repr(path.decode("utf-8", "replace")))
+            return fd
         err = ctypes.get_errno()
         if err != errno.EAGAIN:
             break
@@ -1091,17 +1097,7 @@ def _walk_into(dfd: int, name, flags: int) -> int:
     (a sysfs, a tmpfs the grant cannot list, a hung network file system, holding
     the turn of every compartment's renames), and its refusal named a link found
     there."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0,
-                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
-    raw = os.fsencode(name)
-    for _ in range(_RETRIES):
-        fd = _libc.syscall(SYS_OPENAT2, dfd, raw, ctypes.byref(how), ctypes.sizeof(how))
-        if fd >= 0:
-            return fd
-        err = ctypes.get_errno()
-        if err != errno.EAGAIN:
-            break
-    raise OSError(err, os.strerror(err))
+    return _beneath(dfd, os.fsencode(name), flags)
 
 
 def _climbs(target: bytes, depth: int | None) -> bool:
