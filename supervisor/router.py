@@ -392,6 +392,12 @@ class Router:
         # handed to the runtime yet, so not in `backlog` (call_peer counts them)
         self._unsent: dict[int, int] = {}
         self.native = None                             # the fast lane (fastlane.Lane), if any
+        # the audit's room at the last native_tick(), and the records the router made
+        # while it had none, each with the number of lane records that go before it
+        # (_record): the lane's are drained only with room
+        self._audit_room = True
+        self._lane_records = 0                         # lane records drained so far
+        self._held_records: list[tuple[int, dict]] = []
         self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
         self._route_of: dict[tuple, int] = {}          # (caller id, id(cap)) -> export id
         # the keys of the routes to each (callee id, import id), and from or to each
@@ -762,11 +768,9 @@ class Router:
         self.emit(fx.Notice(f"{peer.name}: {what}, connection aborted: {reason}",
                             peer=peer.name))
         if self.audit.enabled:
-            if self.native is not None:
-                # after the calls the lane returned before it (their records wait there)
-                self._drain_native_audit()
-            self.emit(fx.Audit({"time": self.wall(), "peer": peer.name,
-                                "event": "connection aborted", "reason": reason}))
+            # after the calls the lane returned before it (their records wait there)
+            self._record({"time": self.wall(), "peer": peer.name,
+                          "event": "connection aborted", "reason": reason})
         self.emit(fx.Close(peer.id, reason))
         try:
             self._lose(peer, f"{peer.name}: connection aborted: {reason}")
@@ -1605,19 +1609,48 @@ class Router:
             return []
         for rec in self.native.expired():
             self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec), flush=False)
+        self._audit_room = audit_room
         if self.audit.enabled and audit_room:
             self._drain_native_audit()
         return self._flush()
 
     def _drain_native_audit(self):
-        """The records of the calls the lane returned, since the last drain."""
+        """The records of the calls the lane returned, since the last drain, and among
+        them, each where it belongs, those the router held meanwhile (_record)."""
+        held = self._held_records
+        self._held_records = []
+        at = 0
         for r, iface, method, wall0, seconds in self.native.drain_audit():
+            while at < len(held) and held[at][0] <= self._lane_records:
+                self.emit(fx.Audit(held[at][1]))
+                at += 1
+            self._lane_records += 1
             self.emit(fx.Audit({"time": wall0, "caller": r.caller.name,
                                 "capability": r.desc,
                                 "interface": self.names.interface(iface),
                                 "method": self.names.method(iface, method),
                                 "outcome": "returned",
                                 "duration_ms": round(seconds * 1000, 3)}))
+        for _n, record in held[at:]:
+            self.emit(fx.Audit(record))
+
+    def _record(self, record: dict):
+        """The one way a record of the router's goes to the audit: after the records
+        of the calls the lane returned before it.  Those wait in the lane until
+        drained, and a call that ended in Python (a denial, a failure, a capability
+        returned) was recorded at once, ahead of the calls the lane had returned
+        before it: the audit's order was not the calls' order with the lane on (an
+        outside review).  While the audit has no room (native_tick(False)), the lane's
+        records stay there (its bound is native traffic's), and so does this one, in
+        the router, with the number of lane records that go before it."""
+        if self.native is None:
+            self.emit(fx.Audit(record))
+        elif self._audit_room and not self._held_records:
+            self._drain_native_audit()
+            self.emit(fx.Audit(record))
+        else:
+            self._held_records.append(
+                (self._lane_records + self.native.stats()["audit_pending"], record))
 
     def _reached(self, key):
         """The call `key` reached its callee (forwarded, or run by the host layer): the
@@ -2019,7 +2052,7 @@ class Router:
         if self.audit.enabled:
             record = self.audit.close(key, outcome, self.clock(), reason)
             if record is not None:
-                self.emit(fx.Audit(record))
+                self._record(record)
         return crossed
 
     @staticmethod

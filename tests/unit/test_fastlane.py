@@ -461,12 +461,15 @@ def test_every_natively_forwarded_call_is_audited_when_the_records_wait(sup):
     app.until(lambda: len(calc.calls()) == 6)
     native = [c for c in calc.calls()[1:] if c.answer_id >= P.NATIVE_QID_BASE]
     assert len(native) == 3
+    s.perform(s.router.native_tick(False))              # the audit has no room
     for c in calc.calls()[1:]:
         calc.send(calc.conn.send_return(c.answer_id, no_finish=True))
     app.until(lambda: len(app.returns()) == 6)
     s.pump(0.1)
     s.perform(s.router.native_tick(False))
     assert s.lane.stats()["audit_pending"] == 3
+    # the records of the calls Python returned wait too, behind the lane's
+    assert len([e for e in s.other if isinstance(e, fx.Audit)]) == 1
     s.perform(s.router.native_tick())
     records = [e.record for e in s.other if isinstance(e, fx.Audit)]
     assert len(records) == 6 and all(r["outcome"] == "returned" for r in records)
@@ -1617,3 +1620,47 @@ def test_a_connection_aborted_is_recorded_after_the_calls_the_lane_returned_befo
     records = [e.record for e in s.other if isinstance(e, fx.Audit)]
     assert [r.get("event") or r["outcome"] for r in records] == \
         ["returned"] * 4 + ["connection aborted"]
+
+
+def test_a_call_ended_in_python_is_recorded_after_the_calls_the_lane_returned_before(sup):
+    """The audit appends a call's record when it ends.  The lane keeps the records of
+    the calls it returned until the router drains them (at the end of a batch, every
+    EXPIRY_TICK), while a call that ends in Python (refused, failed, returned with a
+    capability) was recorded at once: a call app made after one the lane had
+    returned was recorded before it, so the same workload's audit had its calls in
+    another order with the lane on than off (a denial before the call it followed).
+    Every record the router makes comes after the lane's records of the calls that
+    ended before it."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
+    for i in range(3):
+        app.call(0)
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    assert s.lane.stats()["audit_pending"] == 2            # the first went through Python
+    app.call(2)                                            # not allowed: Python refuses it
+    app.until(lambda: len(app.returns()) == 4)
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [(r["method"], r["outcome"]) for r in records] == \
+        [("add", "returned")] * 3 + [("sumTo", "denied")]
+    # while the audit has no room the lane's records stay in the lane, and the
+    # router's wait with them, each in its place among them
+    s.other.clear()
+    s.perform(s.router.native_tick(False))
+    app.inbox.clear()
+    calc.inbox.clear()
+    for n in (1, 2):
+        app.call(0)                                        # natively
+        app.until(lambda: len(calc.calls()) == n)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == 2 * n - 1)
+        app.call(2)                                        # refused by Python
+        app.until(lambda: len(app.returns()) == 2 * n)
+    assert s.lane.stats()["audit_pending"] == 2
+    assert not [e for e in s.other if isinstance(e, fx.Audit)]
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [r["outcome"] for r in records] == ["returned", "denied", "returned", "denied"]
