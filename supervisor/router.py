@@ -1037,7 +1037,7 @@ class Router:
         return waiting
 
     def _tail_ended(self, peer: Peer, answer_id: int, content=None, caps=(),
-                    error: CallError | None = None):
+                    error: CallError | None = None, close: bool = False):
         """The peer's tail call `answer_id` (sendResultsTo.yourself) ended: the peer
         is told its results went elsewhere, and they go to the question it answered
         with them, or wait for it until the peer finishes the call."""
@@ -1062,6 +1062,9 @@ class Router:
                     f"handles), counting those of the results of its tail calls "
                     f"(sendResultsTo.yourself) held until it takes or finishes them",
                     "overloaded")
+        if close:         # its results (_answer): as the question taking them gets them
+            self._close_call((peer, answer_id), "returned" if error is None else "failed",
+                             None if error is None else error.reason)
         size = content.size() if wait and content is not None else 0
         self.emit(fx.Send(peer.id, peer.conn.send_elsewhere(answer_id, kept=size)))
         why = CallError("pipelined on a call whose results were sent elsewhere "
@@ -1840,8 +1843,13 @@ class Router:
                 f"(its schema has no capability)"))
             self.sweep(caps)
             return
-        crossed = self._close_call(reply, "returned")
+        # the membranes it crossed; the call is closed (audit, calls probe) as its
+        # caller is told: closed `returned` first, an answer the checks below then
+        # refused (too large for the caller, past its `handles`) failed at the
+        # caller and was recorded returned, with no reason (an outside review)
+        crossed = self._through.get(reply, [])
         if not peer.alive or not peer.conn.awaiting_return(answer_id):
+            self._close_call(reply, "returned")
             self.sweep(caps)
             if self._promises:
                 self._settle(peer, answer_id, error=CallError("its answer was not sent"))
@@ -1854,9 +1862,10 @@ class Router:
                                     f"{describe(c)} (passed through {m.forward.label})")
                          for c in caps)
         if peer.conn.sends_elsewhere(answer_id):
-            self._tail_ended(peer, answer_id, content, caps)
+            self._tail_ended(peer, answer_id, content, caps, close=True)
             return
         if caps and peer.conn.discards_results(answer_id):
+            self._close_call(reply, "returned")
             # The peer gave up the call (Finish with releaseResultCaps before this
             # return): it ignores the capabilities of a return, and would never
             # release them.  Exported, they stayed in its c-list (and what they are
@@ -1878,6 +1887,7 @@ class Router:
             self.fail(reply, e)
             self.sweep(caps)
             return
+        self._close_call(reply, "returned")
         out_caps = [self._export_cap(peer, c) for c in caps] if caps else []
         peer.useful = self.clock()
         # Engines never pipeline: spare them the Finish when nothing needs releasing.

@@ -3937,3 +3937,63 @@ def test_external_clients_cannot_take_the_whole_pool_of_pipelined_bytes_from_the
         router.disconnected(c.pid, "gone")
     router.disconnected(a.pid, "gone")
     assert router.pipelined_bytes == router.pipelined_pooled == 0
+
+
+@pytest.mark.parametrize("refused", ["size", "handles"])
+def test_an_answer_its_caller_cannot_take_is_recorded_failed_as_its_caller_is_told(refused):
+    """The callee returned, but the router refused the answer to the caller: results
+    larger than the caller's message_size, or capabilities past its `handles`.  The
+    caller got an exception; the audit (and a calls probe) had closed the call
+    `returned` before those checks, and the failure that followed found the record
+    gone: the audit said the call returned, with no reason, where its caller was
+    told it failed.  It is recorded as its caller is told: failed, with the reason."""
+    limits = {"app": R.Limits(message_size=1024)} if refused == "size" else \
+        {"app": R.Limits(handles=2)}
+    from supervisor import probes
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True, limits=limits)
+    registry = probes.Registry(lambda: 0)
+    router.call_watch = registry.calls.watch
+    router.call_probes = registry.calls
+    registry.add(probes.spec("calc", "served", "calls", events=True))
+    analysis = registry.subscribe(probes.Subscriber(["calc"]))
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    _q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)
+    (call,) = calc.inbox
+    if refused == "size":
+        content, caps = Content.standalone([struct.pack("<QQ", 1 << 32, 0) + bytes(4096)]), []
+    else:
+        seg = bytearray(struct.pack("<QQQQ", 3 << 48, wire.cap_pointer(0), wire.cap_pointer(1),
+                                    wire.cap_pointer(2)))
+        content, caps = Content.standalone([seg]), [object(), object(), object()]
+    calc.send(calc.conn.send_return(call.answer_id, content, caps))
+    (ret,) = app.inbox
+    assert ret.error is not None
+    records = [e.record for e in app.effects + calc.effects if isinstance(e, fx.Audit)]
+    (record,) = [r for r in records if r.get("method") == "newCounter"]
+    assert record["outcome"] == "failed", record
+    assert record["reason"] in ret.error
+    registry.take_calls()
+    events, _ = analysis.take(10)
+    assert [(e["name"], e["outcome"]) for e in events] == [("Calc.newCounter", "failed")]
+
+
+def test_a_tail_call_whose_results_the_client_cannot_hold_is_recorded_failed():
+    """The same for a tail call (sendResultsTo.yourself): results past the client's
+    `handles` become an error, the outcome the question that takes them gets.  The
+    audit had closed the call `returned` before that check: it said returned for
+    results the client never got."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES, audit=True,
+                      external_limits=R.Limits(handles=2))
+    calc = start(router, "calc", exports=True)
+    cl = client(router)
+    cl.feed = lambda data: None
+    cl.send(_tail_call(40, cl.grants[0].import_id, CALC, 1))
+    (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    calc.send(calc.conn.send_return(call.answer_id, _four_caps(), [object() for _ in range(4)]))
+    (kept,) = router._tails.values()
+    assert kept.error is not None and "limit handles" in kept.error.reason
+    records = [e.record for e in cl.effects + calc.effects if isinstance(e, fx.Audit)]
+    (record,) = [r for r in records if r.get("method") == "newCounter"]
+    assert record["outcome"] == "failed" and "limit handles" in record["reason"], record
