@@ -920,7 +920,16 @@ def _check_parsed(path: str, returncode: int, text: str, roots=(), read=()):
             where = next((f for f in (os.path.normpath(os.path.join(r, where)) for r in roots)
                           if f in read), os.path.join(os.path.dirname(path), where))
         # the parser counts lines from 0
-        raise SchemaError(os.path.normpath(where), int(m.group(2)) + 1, reason)
+        where, line = os.path.normpath(where), int(m.group(2)) + 1
+        if isinstance(read, dict) and isinstance(read.get(where), bytes):
+            # a character past ASCII outside a string or a comment (a no-break or
+            # zero-width space, a Cyrillic letter in a name) is named: "Parse
+            # error." pointed at a line that looked right
+            from .text import unseen_character
+            lines = read[where].decode("utf-8", "replace").split("\n", line)
+            if line <= len(lines):
+                reason += unseen_character(lines[line - 1], None, "Cap'n Proto")
+        raise SchemaError(where, line, reason)
     if returncode < 0:
         # killed by a signal, having printed nothing that says where: the parser
         # recurses on what a schema nests (3,000 List(List(...)) overflow its stack)

@@ -131,3 +131,34 @@ def quoted(text: str) -> str:
     another script that looks like a Latin one).  The one choke point: policy's
     errors and check's warnings use it as `check`'s holdings do."""
     return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+# what may hold a character past ASCII on a line of a schema: a comment, a string
+# (Cap'n Proto has no string of several lines); else the character itself
+_OUTSIDE_TEXT = re.compile(r'#.*|"(?:[^"\\]|\\.)*"?|([^\x00-\x7f])')
+
+
+def unseen_character(line: str, column: int | None, grammar: str) -> str:
+    """A note for an error a parser reports at `line` (its text) and `column`
+    (1-based; None if the parser gives none: then the first such character of the
+    line outside a comment or a string) that names the character past ASCII
+    there, which neither Cap'n Proto nor TOML takes outside a string or a comment,
+    by its code point and name, or "" if there is none.  What such a character
+    is cannot be seen: a no-break space, a zero-width space or a byte order mark
+    (which an editor or a web page adds) shows as nothing or as a space, and a
+    Cyrillic "а" as a Latin "a", so the parser's "Parse error." or "Invalid
+    statement" pointed at a line that looked right."""
+    import unicodedata
+    if column is not None:
+        c = line[column - 1] if 0 < column <= len(line) else ""
+        at = column
+    else:
+        m = next((m for m in _OUTSIDE_TEXT.finditer(line) if m.group(1)), None)
+        c, at = (m.group(1), m.start() + 1) if m else ("", None)
+    if not c or ord(c) < 0x80:
+        return ""
+    name = unicodedata.name(c, "")
+    bom = ", a byte order mark" if c == "\ufeff" else ""
+    return (f" (column {at} holds U+{ord(c):04X}{' ' + name if name else ''}{bom}, which "
+            f"may be invisible or look like an ASCII one: {grammar} takes no character past ASCII outside a string "
+            f"or a comment)")

@@ -19,7 +19,7 @@ import attrs
 
 import capnp_schemas
 from capnp_schemas import hosted
-from capnp_schemas.text import printable, quoted
+from capnp_schemas.text import printable, quoted, unseen_character
 from compartments import protect as protection
 from compartments.limits import Limits
 
@@ -212,11 +212,14 @@ def _toml(text: str, path: str) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+)", str(e))
+        m = re.search(r"\(at line (\d+), column (\d+)", str(e))
         line = int(m.group(1)) if m else None
         if line is None and "at end of document" in str(e):    # its last line, then
             line = text.count("\n") + (not text.endswith("\n"))
-        raise PolicyError(path, "", f"invalid TOML: {str(e)}", line) from None
+        # a character past ASCII where TOML takes none (a no-break space, a byte order
+        # mark) is named: the line shown looked right ("Invalid statement")
+        note = unseen_character(_line_at(text, line), int(m.group(2)), "TOML") if m else ""
+        raise PolicyError(path, "", f"invalid TOML: {str(e)}{note}", line) from None
     except (ValueError, OverflowError) as e:
         # not a TOMLDecodeError: tomllib's int() of a number of more than 4,300
         # digits (Python's limit on int from str) raises ValueError itself
@@ -227,6 +230,12 @@ def _toml(text: str, path: str) -> dict:
         raise PolicyError(path, "", f"invalid TOML: {_cut(str(e), 200)}") from None
     except RecursionError:
         raise PolicyError(path, "", "invalid TOML: nested too deeply") from None
+
+
+def _line_at(text: str, line: int) -> str:
+    """The text of line `line` (1-based) of `text`, without its newline."""
+    lines = text.split("\n", line)
+    return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
 #: parts of a dotted key (a.b.c has 3); a system file needs 6 at most

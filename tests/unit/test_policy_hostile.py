@@ -453,6 +453,45 @@ def test_an_error_in_an_imported_file_names_it_and_its_line(tmp_path, name):
     assert e.value.reason == "Parse error."
 
 
+@pytest.mark.parametrize("text, line, column, char", [
+    ("\ufeff[system]\n", 1, 1, "U+FEFF ZERO WIDTH NO-BREAK SPACE, a byte order mark"),
+    ("[system]\nschemas\u00a0= []\n", 2, 8, "U+00A0 NO-BREAK SPACE"),
+    ("[system]\n\u200b[compartments.a]\n", 2, 1, "U+200B ZERO WIDTH SPACE"),
+    ('[compartments.c\u0430lc]\nmodule = "a.wat"\n', 1, 16,
+     "U+0430 CYRILLIC SMALL LETTER A")])
+def test_a_toml_error_at_a_character_past_ascii_names_it(text, line, column, char):
+    """A byte order mark, a no-break or zero-width space (an editor's, a web page's)
+    or a Cyrillic letter in a key cannot be told from what it passes for: the error
+    said only "Invalid statement (at line 1, column 1)" of a line that read
+    `[system]`, or "Expected '=' after a key" of `schemas = []`."""
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text)
+    assert e.value.line == line
+    assert f"(column {column} holds {char}, which may be invisible" in str(e.value)
+    assert str(e.value).isprintable() and str(e.value).isascii()
+
+
+def test_a_toml_error_elsewhere_names_no_character():
+    """A character past ASCII in a string or a comment is TOML's: no note names it."""
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse('a = "\u00a0" # \u200b\nb = \n')
+    assert e.value.line == 2 and "holds U+" not in str(e.value)
+
+
+def test_a_schema_error_at_a_character_past_ascii_names_it(tmp_path):
+    """The parser says "Parse error." of a line with a zero-width space between two
+    tokens, or a no-break space for a space: the character is named, not one that
+    a string or a comment on the line holds."""
+    _schema(tmp_path / "z.capnp", '# \u00a0\nstruct Z {}\n'
+            'const s :Text = "\u00a0"; # \u200b\nconst t :Int32 =\u200b 1; # \u00a0\n',
+            0xd0a1b2c3d4e5f650)
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "z.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "z.capnp"), 5), str(e.value)
+    assert e.value.reason.startswith("Parse error. (column 17 holds U+200B ZERO WIDTH "
+                                     "SPACE, which may be invisible"), e.value.reason
+
+
 def test_an_error_of_the_parsers_own_source_names_the_schema_without_a_line():
     text = ("terminate called after throwing an instance of 'kj::ExceptionImpl'\n"
             "  what():  kj/filesystem-disk-unix.c++:1703: failed: open(/x): Permission denied\n")
