@@ -117,6 +117,17 @@ def _escape(c: str) -> str:
     return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
+def ascii_printable(text: str) -> str:
+    """`printable(text)` with every character past ASCII escaped too (`\\u0430`), as
+    `quoted` shows a path: what the operator reads to decide (an error about the
+    system file, what `check` says each compartment holds) quotes names and
+    values from a file that may be hostile, and a letter of another script that
+    looks like a Latin one made "no compartment named 'c\u0430lc' (declared:
+    calc, app)" read as if calc were not declared."""
+    text = printable(text)
+    return text if text.isascii() else text.encode("ascii", "backslashreplace").decode()
+
+
 #: what is shown of a path as it is: ASCII alone (\\w took every script's letters,
 #: so '/srv/d\u0430ta', its 'а' Cyrillic, was shown exactly as /srv/data)
 _PLAIN = re.compile(r"[A-Za-z0-9_./@:+=%,~-]+")

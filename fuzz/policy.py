@@ -15,7 +15,7 @@ failure silently.
 Checks on each input:
   parse     policy.parse returns a System or raises PolicyError; nothing else
             leaves it (no ValueError, OverflowError, TypeError, RecursionError).
-  error     a PolicyError's text is one printable line of at most
+  error     a PolicyError's text is one printable ASCII line of at most
             SHOWN_ERROR characters and a short "... (N characters)", and a
             refused number or size keeps the range it states on that line.
   values    in an accepted System every number is a finite int or float
@@ -23,7 +23,7 @@ Checks on each input:
   types     in an accepted file a declared probe's `functions` is a list (the
             reference's type: a string was taken, split at its commas).
   check     what `wsuper check` prints of an accepted System (holdings, and
-            the DOT graph) is printable line by line, and the graph has one
+            the DOT graph) is printable line by line (the holdings ASCII), and the graph has one
             edge per grant (nothing in a value can draw one).
   where     in an accepted System, every grant and every limit written (in the
             system file or in the policy file a compartment names, which is
@@ -249,6 +249,10 @@ def check(text: str, policy_text: str = "") -> None:
         if "\n" in shown or not shown.isprintable() or len(shown) > policy.SHOWN_ERROR + 40:
             raise Failure("error", f"not one short printable line ({len(shown)}): "
                           f"{shown[:100]!r}") from None
+        if not shown.isascii():
+            # a letter of another script passes for a Latin one ('c\u0430lc' for calc)
+            raise Failure("error", f"a character past ASCII shown as it is: "
+                          f"{shown[:100]!r}") from None
         # a refused number or size states its range on the line, whatever the value
         # quoted before it (a size padded with 3,000 spaces pushed it past the cut)
         for rule in (" it must be from ", "must be a whole number from ",
@@ -323,8 +327,8 @@ def _check_output(system) -> None:
     plan = preflight.Plan(system, interfaces, {c.name: None for c in
                                                system.compartments.values()})
     for line in authority.holdings(plan).splitlines():
-        if not line.isprintable():
-            raise Failure("check", f"holdings line not printable: {line[:100]!r}")
+        if not line.isprintable() or not line.isascii():
+            raise Failure("check", f"holdings line not printable ASCII: {line[:100]!r}")
     dot = authority.dot(plan)
     if not all(line.isprintable() for line in dot.splitlines()):
         raise Failure("check", "DOT not printable")

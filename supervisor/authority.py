@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import attrs
 
-from capnp_schemas.text import printable, quoted  # noqa: F401 (authority.quoted)
+from capnp_schemas.text import ascii_printable, printable, quoted  # noqa: F401 (authority.quoted)
 
 from .preflight import HOST_INTERFACES, Plan
 
@@ -165,7 +165,9 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
             lines.append(f"  {e.local} -> {target}{terms}  (from {quoted(file)}: {key})")
     # paths, mounts, arguments and names of variables come from the system file
     # (and from the names of directories): shown escaped, one line each
-    return "\n".join(printable(line) for line in lines)
+    # (past ASCII too, as paths are: a variable's name of a Cyrillic letter passed
+    # for the Latin one the operator meant to grant)
+    return "\n".join(ascii_printable(line) for line in lines)
 
 
 def _dot(text: str) -> str:

@@ -19,7 +19,7 @@ import attrs
 
 import capnp_schemas
 from capnp_schemas import hosted
-from capnp_schemas.text import printable, quoted, unseen_character
+from capnp_schemas.text import ascii_printable, printable, quoted, unseen_character
 from compartments import protect as protection
 from compartments.limits import Limits
 
@@ -106,7 +106,9 @@ class PolicyError(Exception):
         text = f"{where}: {shown}: {reason}" if key else f"{where}: {reason}"
         # escaped before it is cut: escaping lengthens it (a control character
         # is shown as four or six), and the line must stay within SHOWN_ERROR
-        super().__init__(_cut_middle(printable(text), SHOWN_ERROR))
+        # and every character past ASCII too, as quoted() shows a path: a value that
+        # passes for another (a Cyrillic 'а' in 'cаlc') made an error read as false
+        super().__init__(_cut_middle(ascii_printable(text), SHOWN_ERROR))
 
 
 @attrs.frozen

@@ -39,6 +39,18 @@ def test_holdings_name_each_grant_its_attenuation_and_origin(tmp_path):
     assert text.splitlines()[1] == "  holds nothing"          # calc holds nothing
 
 
+def test_holdings_show_a_letter_of_another_script_escaped(tmp_path):
+    """A variable's name (or an argument) of a Cyrillic letter passed for the Latin
+    name the operator meant to grant: what check says each compartment holds is
+    shown past ASCII escaped, as its paths are."""
+    text = authority.holdings(plan_of(tmp_path, SYSTEM.replace(
+        'log = { host = "log" }\n[compartments.other]',
+        'env = { host = "environment", vars = { "P\u0410TH" = "/x" }, '
+        'args = ["j\u043es\u00e9"] }\n[compartments.other]')))
+    assert "  env -> host Environment [args=['j\\u043es\\xe9'], vars=P\\u0410TH]" in text
+    assert text.isascii()
+
+
 def test_reach_follows_interfaces_that_can_carry_capabilities(tmp_path):
     plan = plan_of(tmp_path, SYSTEM)
     # Calc.sumTo takes an Observer: app could pass its log to calc

@@ -492,6 +492,22 @@ def test_a_schema_error_at_a_character_past_ascii_names_it(tmp_path):
                                      "SPACE, which may be invisible"), e.value.reason
 
 
+@pytest.mark.parametrize("grant, shown", [
+    ('{ compartment = "c\u0430lc" }', "no compartment named 'c\\u0430lc' (declared: calc, app)"),
+    ('{ host = "l\u043eg" }', "unknown host capability 'l\\u043eg' (available: log,")])
+def test_an_error_shows_a_letter_of_another_script_escaped(grant, shown):
+    """A value from the file that passes for another, a Cyrillic letter in place of a
+    Latin one, was shown as it is: "no compartment named 'cаlc' (declared: calc,
+    app)" read as if calc were not declared.  Every error line shows what is past
+    ASCII escaped, as paths are."""
+    text = ('[compartments.calc]\nmodule = "c.wat"\nexports = "Calc"\n'
+            f'[compartments.app]\nmodule = "a.wat"\ngrants.x = {grant}\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text)
+    assert shown in str(e.value) and str(e.value).isascii(), str(e.value)
+    assert e.value.line == 6
+
+
 def test_an_error_of_the_parsers_own_source_names_the_schema_without_a_line():
     text = ("terminate called after throwing an instance of 'kj::ExceptionImpl'\n"
             "  what():  kj/filesystem-disk-unix.c++:1703: failed: open(/x): Permission denied\n")
