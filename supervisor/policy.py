@@ -19,7 +19,7 @@ import attrs
 
 import capnp_schemas
 from capnp_schemas import hosted
-from capnp_schemas.text import ascii_printable, printable, quoted, unseen_character
+from capnp_schemas.text import ascii_printable, quoted, unseen_character
 from compartments import protect as protection
 from compartments.limits import Limits
 

@@ -37,7 +37,7 @@ def _limits_said_in_the_system_file(name, *args, limit_origins=None, **kw):
     (lambda mp: mp.setattr(policy, "ascii_printable", lambda text: text), "error"),
     # only what is past ASCII shown as it is (printable, as before), a Cyrillic letter
     # passing for a Latin one
-    (lambda mp: mp.setattr(policy, "ascii_printable", policy.printable), "error"),
+    (lambda mp: mp.setattr(policy, "ascii_printable", authority.printable), "error"),
     (lambda mp: mp.setattr(authority, "ascii_printable", authority.printable), "check"),
     (lambda mp: mp.setattr(policy, "_no_long_dotted_keys", lambda text, path: None), "time"),
     (lambda mp: mp.setattr(policy, "Compartment", _limits_said_in_the_system_file), "where"),
