@@ -465,8 +465,6 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                 if g.on == comp.name:
                     raise gwhere.error(f"{key}.on",
                                        f"a compartment cannot read its own probes{of}")
-            if g.on is not None and g.target != "probe":
-                raise gwhere.error(f"{key}.on", "applies only to probe grants")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
                   logs, engine_user=engine_user,
                   engine_user_given=system.get("engine_user") is not None, **endpoint)
@@ -1606,6 +1604,10 @@ def _grant(where, key, name, spec) -> Grant:
     target = spec[kinds[0]]
     if not isinstance(target, str):
         raise where.error(f"{key}.{kinds[0]}", f"must be a string, not {target!r}")
+    # what a host grant's own keys (subdir, mount, args, vars, on) are checked against:
+    # a compartment's name is no host capability, though it may be spelled as one (a
+    # grant of a compartment called `environment` took `args` and ignored them)
+    host = target if kinds[0] == "host" else None
     allow = spec.get("allow")
     if allow is not None:
         if not isinstance(allow, list) or not all(isinstance(m, str) and m for m in allow):
@@ -1631,7 +1633,7 @@ def _grant(where, key, name, spec) -> Grant:
                 or "\0" in sub:
             raise where.error(f"{key}.subdir", f"must be a relative path without '..', "
                               f"not {sub!r}")
-        if target != "directory":
+        if host != "directory":
             raise where.error(f"{key}.subdir", "applies only to directory grants")
         files["subdir"] = sub
     if "mount" in spec:
@@ -1639,14 +1641,14 @@ def _grant(where, key, name, spec) -> Grant:
         if not isinstance(m, str) or not m or "\0" in m or ".." in m.split("/"):
             raise where.error(f"{key}.mount", f"must be a path such as \"/data\" or \".\" "
                               f"(no '..'), not {m!r}")
-        if target != "directory":
+        if host != "directory":
             raise where.error(f"{key}.mount", "applies only to directory grants")
         files["mount"] = m
     if "max_bytes_written" in spec:
         files["max_bytes_written"] = _size(where, f"{key}.max_bytes_written",
                                            spec["max_bytes_written"], 0, MAX_BYTES_WRITTEN)
     if "args" in spec or "vars" in spec:
-        if target != "environment":
+        if host != "environment":
             raise where.error(f"{key}.{'args' if 'args' in spec else 'vars'}",
                               "applies only to environment grants")
         args, variables = spec.get("args", []), spec.get("vars", {})
@@ -1702,6 +1704,8 @@ def _grant(where, key, name, spec) -> Grant:
     on = spec.get("on")
     if on is not None and not isinstance(on, str):
         raise where.error(f"{key}.on", f"must be a compartment name, not {on!r}")
+    if on is not None and host != "probe":
+        raise where.error(f"{key}.on", "applies only to probe grants")
     return Grant(name, kinds[0], target, allow, revocable, **quotas, **files, **env,
                  on=on, origin=f"{where.path}: {key}")
 

@@ -268,3 +268,26 @@ def test_system_dir_names_the_same_directory_in_module_schema_and_other_paths():
     assert s.compartments["a"].module == "/srv/sys/build/a.wat"
     assert s.audit == "/srv/sys/audit.jsonl"
     assert [g.name for g in s.compartments["a"].grants] == ["log"]
+
+
+@pytest.mark.parametrize("keys, key, reason", [
+    ('args = ["-v"]', "args", "applies only to environment grants"),
+    ('vars = { A = "b" }', "vars", "applies only to environment grants"),
+    ('on = "a"', "on", "applies only to probe grants"),
+    ('subdir = "x"', "subdir", "applies only to directory grants"),
+    ('mount = "/x"', "mount", "applies only to directory grants"),
+])
+def test_a_host_grants_keys_on_a_grant_of_a_compartment_of_that_name_are_refused(
+        keys, key, reason):
+    """A compartment may be called `environment`, `probe` or `directory`: a grant of
+    it that says `args`, `vars`, `on`, `subdir` or `mount` (keys of the host grants of
+    that name) was taken, shown by `check` as attenuation (`e -> environment's Calc
+    [args=['-v'], vars=A]`), and ignored; and `subdir`/`mount` were refused saying
+    they apply only to directory and file grants, "not to 'directory'"."""
+    for target in ("environment", "probe", "directory"):
+        text = (f'[compartments.{target}]\nmodule = "a.wat"\nexports = "A"\n'
+                '[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                f'g = {{ compartment = "{target}", {keys} }}\n')
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(text, "/s/system.toml")
+        assert f"compartments.a.grants.g.{key}: {reason}" in str(e.value), str(e.value)
