@@ -409,9 +409,8 @@ def _check(plan, args) -> int:
             return 2
     print(authority.holdings(plan, _protection(plan)))
     _warn_hard_links(plan)
-    unused = plan.system.engine_user_unused()
-    if unused:
-        print(f"wsuper: warning: {unused}", file=sys.stderr)
+    for unused in plan.system.unused(plan.programs):
+        print(printable(f"wsuper: warning: {unused}"), file=sys.stderr)
     for target, names, why in reach:
         print(printable(f"could reach {target}: {', '.join(names) or 'nobody'}"))
         print(f"  ({printable(why)})")

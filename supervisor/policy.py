@@ -171,6 +171,17 @@ class Compartment:
     #: limit name -> "FILE: KEY" where it was written (the system file, or its policy
     #: file), for the errors about it (limit_where); a default is written nowhere
     limit_origins: dict = attrs.field(factory=dict, eq=False)
+    #: the keys of [compartments.NAME] written in the file (what `unused` looks at)
+    written: frozenset = attrs.field(default=frozenset(), eq=False)
+
+
+#: keys of [system] that only an external compartment uses (no client can connect
+#: to a system without one); message_timeout bounds the engines' messages too
+EXTERNAL_ONLY_KEYS = ("socket", "max_connections", "external_limits")
+#: keys of [compartments.NAME] a compartment with restart = "never" never uses
+RESTART_KEYS = ("max_restarts", "restart_window", "restart_delay")
+#: limits that bound a program (_start) only
+PROGRAM_LIMITS = ("run_time", "run_cpu")
 
 
 @attrs.frozen
@@ -189,6 +200,8 @@ class System:
     audit_keep: int = AUDIT_KEEP           # rotated audit files kept (AUDIT.1 .. AUDIT.N)
     socket_option: bool = False            # `socket` is `wsuper up --socket`'s, not the file's
     engine_user_given: bool = False        # `engine_user` is written in the file
+    #: the keys of [system] written in the file (what `unused` looks at)
+    written: frozenset = attrs.field(default=frozenset(), eq=False)
 
     def engine_user_unused(self) -> str | None:
         """What to tell the operator of an `engine_user` written in the file that
@@ -201,6 +214,41 @@ class System:
         return (f"[system] engine_user {uid}:{gid} is not used: wsuper does not run as root, "
                 f"so engines run as your uid ({os.getuid()}), each in a user namespace of "
                 f"its own (start wsuper as root for engines of that user)")
+
+    def unused(self, programs=None) -> list[str]:
+        """What to tell the operator of keys written in the file that this system
+        never uses: each was taken and passed over in silence, whoever wrote it
+        expecting it to do something (`audit_keep = 5` with no `audit`: no call was
+        recorded; `run_time = 60` on a compartment that runs no program: nothing
+        was bounded).  `programs`: the compartments whose module exports _start
+        (preflight.Plan.programs); None: not known, run_time and run_cpu not looked
+        at.  `check` warns of each, `up` says each at start."""
+        said = []
+        engine_user = self.engine_user_unused()
+        if engine_user:
+            said.append(engine_user)
+        if self.audit is None:
+            said += [f"[system] {k} is not used: no audit file is written without "
+                     f"[system] audit" for k in ("audit_max_size", "audit_keep")
+                     if k in self.written]
+        elif "audit_keep" in self.written and self.audit_max_size == 0:
+            said.append("[system] audit_keep is not used: audit_max_size = 0 never rotates "
+                        "the audit file")
+        if not self.external:
+            said += [f"[system] {k} is not used: no compartment is external (external = "
+                     f"true), so nothing listens for clients" for k in EXTERNAL_ONLY_KEYS
+                     if k in self.written]
+        for c in self.compartments.values():
+            if c.restart.mode == "never":
+                said += [f"compartments.{c.name}.{k} is not used: restart = \"never\" never "
+                         f"restarts it" for k in RESTART_KEYS if k in c.written]
+            if programs is not None and c.name not in programs:
+                for k in PROGRAM_LIMITS:
+                    if k in c.limit_origins:
+                        said.append(f"limits.{k} of compartment {c.name} "
+                                    f"({c.limit_origins[k]}) is not used: its module "
+                                    f"exports no _start, and {k} bounds a program")
+        return said
 
     @property
     def external(self) -> tuple:
@@ -437,7 +485,7 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
             raise where.error(f"{key}.{e.key}", e.reason) from None
         compartments[name] = Compartment(name, module, exports, external, grants, limits,
                                          restart, instance, instrument, declared, protect,
-                                         limit_origins=origins)
+                                         limit_origins=origins, written=frozenset(body))
 
     for comp in compartments.values():
         for g in comp.grants:
@@ -467,7 +515,8 @@ def parse(text: str, path: str = "system.toml", read_policy=_no_policy_files) ->
                                        f"a compartment cannot read its own probes{of}")
     return System(os.path.abspath(path), compartments, schemas, socket, audit, external_limits,
                   logs, engine_user=engine_user,
-                  engine_user_given=system.get("engine_user") is not None, **endpoint)
+                  engine_user_given=system.get("engine_user") is not None,
+                  written=frozenset(system), **endpoint)
 
 
 def read(path: str) -> System:

@@ -935,8 +935,7 @@ class Supervisor:
         self._fd_reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         for missing in confine.probe():
             self.say(f"note: {missing}")
-        unused = self.system.engine_user_unused()
-        if unused:
+        for unused in self.system.unused(self.plan.programs):
             self.say(f"note: {unused}")
         try:
             self.output.start()

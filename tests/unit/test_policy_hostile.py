@@ -1189,3 +1189,38 @@ def test_up_says_an_engine_user_it_cannot_use(tmp_path, monkeypatch):
     assert default.engine_user_unused() is None
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert given.engine_user_unused() is None
+
+
+def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
+    """Each key below was taken and ignored without a word: `audit_keep = 5` with
+    no `audit` (no call recorded), `socket`, `max_connections` or `external_limits`
+    in a system with no external compartment (nothing listens), `max_restarts` of a
+    compartment that is never restarted, `run_time` of one that runs no program
+    (nothing bounded).  `check` warns of each, `up` says it at start."""
+    text = ('[system]\naudit_keep = 5\naudit_max_size = "2MiB"\nsocket = "/srv/x.sock"\n'
+            'max_connections = 3\nexternal_limits = { in_flight = 4 }\nmessage_timeout = 3\n'
+            '[compartments.a]\nmodule = "a.wat"\nexports = "A"\nrestart = "never"\n'
+            'max_restarts = 2\nrestart_window = 5\nrestart_delay = 1\ncritical = true\n'
+            '[compartments.a.limits]\nrun_time = 5\nrun_cpu = 1\n'
+            '[compartments.b]\nmodule = "b.wat"\n[compartments.b.limits]\nrun_time = 5\n')
+    said = policy.parse(text, "/srv/system.toml").unused(programs=frozenset({"b"}))
+    unused = [line.split(" is not used")[0] for line in said]
+    assert unused == ["[system] audit_max_size", "[system] audit_keep", "[system] socket",
+                      "[system] max_connections", "[system] external_limits",
+                      "compartments.a.max_restarts", "compartments.a.restart_window",
+                      "compartments.a.restart_delay",
+                      "limits.run_time of compartment a (/srv/system.toml: "
+                      "compartments.a.limits.run_time)",
+                      "limits.run_cpu of compartment a (/srv/system.toml: "
+                      "compartments.a.limits.run_cpu)"], said
+    # audit_keep of an audit never rotated
+    text2 = '[system]\naudit = "/srv/a.jsonl"\naudit_max_size = 0\naudit_keep = 3\n' + BASE
+    assert [line.split(" is not used")[0] for line in policy.parse(
+        text2, "/srv/system.toml").unused(frozenset())] == ["[system] audit_keep"]
+    # each of them used: nothing said (message_timeout bounds the engines too)
+    used = ('[system]\naudit = "/srv/a.jsonl"\naudit_keep = 5\naudit_max_size = "2MiB"\n'
+            'socket = "/srv/x.sock"\nmax_connections = 3\nexternal_limits = { in_flight = 4 }\n'
+            'message_timeout = 3\n[compartments.a]\nmodule = "a.wat"\nexports = "A"\n'
+            'external = true\nmax_restarts = 2\nrestart_window = 5\nrestart_delay = 1\n'
+            '[compartments.a.limits]\nrun_time = 5\nrun_cpu = 1\n')
+    assert policy.parse(used, "/srv/system.toml").unused(frozenset({"a"})) == []
