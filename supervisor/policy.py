@@ -242,6 +242,10 @@ class System:
             if c.restart.mode == "never":
                 said += [f"compartments.{c.name}.{k} is not used: restart = \"never\" never "
                          f"restarts it" for k in RESTART_KEYS if k in c.written]
+            said += [f"{g.origin.rpartition(': ')[2]}.max_bytes_written "
+                     f"({g.origin.rpartition(': ')[0]}) is not used: the grant is read_only, "
+                     f"and nothing is written through it" for g in c.grants
+                     if g.read_only and g.max_bytes_written is not None]
             if programs is not None and c.name not in programs:
                 for k in PROGRAM_LIMITS:
                     if k in c.limit_origins:

@@ -1213,6 +1213,15 @@ def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
                       "compartments.a.limits.run_time)",
                       "limits.run_cpu of compartment a (/srv/system.toml: "
                       "compartments.a.limits.run_cpu)"], said
+    # a write quota of a grant nothing is written through
+    text3 = BASE + '[compartments.b.grants]\nd = { host = "directory", path = "/srv", ' \
+        'read_only = true, max_bytes_written = "1MiB" }\n' \
+        'stdin = { host = "file", path = "/srv/in", max_bytes_written = 5 }\n' \
+        'w = { host = "file", path = "/srv/in", max_bytes_written = 5 }\n'
+    assert [line.split(" is not used")[0] for line in policy.parse(
+        text3, "/srv/system.toml").unused(frozenset())] == [
+        "compartments.b.grants.d.max_bytes_written (/srv/system.toml)",
+        "compartments.b.grants.stdin.max_bytes_written (/srv/system.toml)"]
     # audit_keep of an audit never rotated
     text2 = '[system]\naudit = "/srv/a.jsonl"\naudit_max_size = 0\naudit_keep = 3\n' + BASE
     assert [line.split(" is not used")[0] for line in policy.parse(
