@@ -11,6 +11,18 @@ MODULE = "wsuper"
 #: much data (Random.bytes, File.read: supervisor/hostcaps.py).  The WASI layer
 #: (compartments/wasi.py) asks for no more than that in one call.
 RESULT_HEADROOM = 1024
+#: ... but for Random.bytes, whose answer is a struct of one Data and nothing else:
+#: its root pointer and the Data's pointer, 16 bytes, beside the data (padded to a
+#: word).  With RESULT_HEADROOM, message_size = "1KiB" (the least it may be) left
+#: room for no byte: every Random.bytes, and every WASI random_get, failed EINVAL.
+RANDOM_HEADROOM = 16
+
+
+def random_most(message_size: int) -> int:
+    """The most bytes one Random.bytes answer to a compartment of that message_size
+    carries (before the host's own bound, hostcaps.RANDOM_MAX_BYTES): whole words,
+    so that the answer's padding fits too."""
+    return max(0, (message_size - RANDOM_HEADROOM) // 8 * 8)
 
 I32, I64 = "i32", "i64"
 

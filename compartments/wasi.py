@@ -266,7 +266,7 @@ class Wasi:
         carries (half of message_size was more than that below 2 KiB: EINVAL)."""
         if self.max_answer is None:
             return self.max_io
-        return max(1, min(self.max_io, self.max_answer - abi.RESULT_HEADROOM))
+        return max(1, min(self.max_io, abi.random_most(self.max_answer)))
 
     def grant(self, grants):
         """`grants`: (name, kind, mount, import id) for each granted capability.

@@ -324,7 +324,7 @@ class HostCaps:
 
     def _random(self, call, iface, method, params):
         count = params["count"]
-        most = min(RANDOM_MAX_BYTES, call.max_bytes - RESULT_HEADROOM)
+        most = min(RANDOM_MAX_BYTES, abi.random_most(call.max_bytes))
         if count > most:
             return Refusal(f"EINVAL: Random.bytes: at most {most} bytes per call, not {count}")
         return Answer(payloads.build(method.results, {"data": self.entropy(count)})[0])

@@ -804,7 +804,7 @@ def test_random_get_pieces_fit_the_supervisors_answer_for_every_message_size():
     class Call:
         owner, kind = "app", "random"
 
-    for size in (1100, 1500, 2000, 2047, 4096, 64 << 10, 8 << 20):
+    for size in (1024, 1025, 1100, 1500, 2000, 2047, 4096, 64 << 10, 8 << 20):
         server = hostcaps.HostCaps(log_rate=lambda _o: 10)
         me = types.SimpleNamespace(name="app", max_message_bytes=size,
                                    _wasi_names={"random_get"})
