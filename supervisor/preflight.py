@@ -124,6 +124,13 @@ def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:
         try:
             module = capnp_schemas.load(path)
         except capnp_schemas.SchemaError as e:
+            if e.line is None:
+                # nothing in a file's text to point at (its name, its size, the parser's
+                # end): said at the line that lists the schema, as every other error of
+                # the system file ("FILE:LINE: KEY: REASON"); it was "SCHEMA: REASON
+                # (the schema is listed at system.schemas[0] in SYSTEM)", no line
+                read = "" if e.path == path else f" (which {quoted(path)} reads)"
+                raise where.error(key, f"{quoted(e.path)}{read}: {e.reason}") from None
             raise PolicyError(e.path, "", f"{e.reason} (the schema is listed at {key} in "
                               f"{quoted(system.path)})", e.line) from None
         except (capnp.KjException, OSError, ValueError) as e:

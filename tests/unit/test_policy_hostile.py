@@ -1233,3 +1233,24 @@ def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
             'external = true\nmax_restarts = 2\nrestart_window = 5\nrestart_delay = 1\n'
             '[compartments.a.limits]\nrun_time = 5\nrun_cpu = 1\n')
     assert policy.parse(used, "/srv/system.toml").unused(frozenset({"a"})) == []
+
+
+def test_a_schema_refused_for_no_line_of_its_own_is_said_at_the_line_that_lists_it(tmp_path):
+    """A schema refused for something that is no line of its text (a name that does
+    not end in .capnp, a parser that crashed or ran out of memory, a copy that could
+    not be made) was said as "SCHEMA: REASON (the schema is listed at
+    system.schemas[1] in SYSTEM)": the schema file first, no line, no key, where
+    every other error of the system file is "FILE:LINE: KEY: REASON"."""
+    from supervisor import preflight
+    _schema(tmp_path / "a.capnp", "interface A { f @0 () -> (); }\n", 0xd0a1b2c3d4e5f641)
+    _schema(tmp_path / "greeter.schema", "interface G { f @0 () -> (); }\n",
+            0xd0a1b2c3d4e5f640)
+    (tmp_path / "m.wat").write_text("(module)\n")
+    system = tmp_path / "system.toml"
+    system.write_text('[system]\nschemas = [\n  "a.capnp",\n  "greeter.schema",\n]\n'
+                      '[compartments.m]\nmodule = "m.wat"\n')
+    with pytest.raises(policy.PolicyError) as e:
+        preflight.prepare(policy.load(str(system)))
+    assert str(e.value).startswith(
+        f"{system}:2: system.schemas[1]: {tmp_path / 'greeter.schema'}: a schema file's "
+        f"name must end in .capnp"), str(e.value)
