@@ -1359,6 +1359,20 @@ env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in siz
     assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
 
 
+def test_random_get_works_at_the_least_message_size(tmp_path, wasi_guests):
+    """At message_size = "1KiB", the least allowed, a Random.bytes answer carried no
+    byte (1 KiB kept for its structure, of which it takes 16 bytes): every
+    random_get failed EINVAL, whatever it asked."""
+    sizes = [16, 700, 5000]
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+random = {{ host = "random" }}
+env = {{ host = "environment", args = {json.dumps([f"randombig:{n}" for n in sizes])} }}
+""", extra='[compartments.app.limits]\nmessage_size = "1KiB"')
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r) == [f"randombig {n} -> ok" for n in sizes], r.stdout + r.stderr
+
+
 #: a program that sleeps a second (poll_oneoff), keeping a system up meanwhile
 _SLEEPER = """(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $p (param i32 i32 i32 i32) (result i32)))
