@@ -368,7 +368,9 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
             return (f"{option} {quoted(output)} is {what} {quoted(path)}: not writing over "
                     f"it; name another file")
     try:
-        folder = logs.log_dir(policy.read(system_path))
+        # the system file alone: a policy file that no longer parses (grants and
+        # limits only) hid the log directory, and the output went into it
+        folder = logs.log_dir(policy.read_alone(system_path))
     except policy.PolicyError:
         return None
     try:
@@ -760,9 +762,14 @@ def _running_or_read(path: str) -> bool:
 
 
 def _logs(args) -> int:
-    from . import logs
-    system = _load(args.system)
-    if system is None:
+    from . import logs, policy
+    # the system file alone: its [system] logs and compartments are all `logs` needs,
+    # and a policy file (grants and limits) shared with other systems, removed or
+    # broken since `up`, locked the operator out of the running system's logs
+    try:
+        system = policy.read_alone(args.system)
+    except policy.PolicyError as e:
+        _error(f"{e}")
         return 2
     if args.compartment is not None and args.compartment not in system.compartments:
         _error(f"{args.system} has no compartment {args.compartment!r} "

@@ -550,14 +550,18 @@ def files_of(path: str) -> list[tuple[str, str]]:
     operator's command writes (`wsuper check --graph`, `wsuper trace -o`) must not
     be: the system file, its policy files, each module and schema
     (_deciding_files) and every file a schema imports or embeds, the audit file
-    and its rotations.  Read as `read` reads (nothing it names is looked at, but
-    the schemas' imports and embeds, read as load reads them); a system file that
-    does not read gives itself alone."""
+    and its rotations.  Read as `read_alone` reads (nothing it names is looked at,
+    but the schemas' imports and embeds, read as load reads them; its policy files
+    are named, not read: they hold grants and limits, never a path of these); a
+    system file that does not read gives itself alone.  Its policy files were read
+    and a policy file that did not parse (removed, or edited since `up`) gave the
+    system file alone: `wsuper trace S -o audit.jsonl` wrote over the running
+    system's audit file, its modules and schemas likewise."""
     path = os.path.abspath(path)
     policy_files: list = []
     try:
         system = parse(_read_text(path, ""), path,
-                       lambda p: (policy_files.append(p), _read_text(p, "policy file "))[1])
+                       lambda p: (policy_files.append(p), "")[1])
     except PolicyError:
         return [("the system file", path)]
     out = [(what, p) for what, p, _c in _deciding_files(system, policy_files)]

@@ -607,3 +607,59 @@ def test_a_log_file_that_is_no_regular_file_is_named_not_waited_for_nor_read(
         for _line in logs.lines(system, follow=follow):
             pass
     assert str(e.value).startswith(f"log file {bad} is ") and "not a regular file" in str(e.value)
+
+
+@pytest.mark.parametrize("spoil", ["missing", "broken"])
+def test_logs_shows_a_systems_logs_whatever_its_policy_files_say_now(tmp_path, capsys, spoil):
+    """`wsuper logs` needs the system file's [system] logs and its compartments'
+    names, which no policy file holds (grants and limits only), but parsed the
+    policy files too: one shared with other systems and removed, or edited into a
+    file that no longer parses, since `up` locked the operator out of the running
+    system's logs ("cannot read policy file ..."), as it did of `wsuper call`
+    (policy.read_alone) before."""
+    from supervisor import cli
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    (folder / "supervisor.log").write_text("2026-12-03T10:00:00.000Z wsuper: ready app pid=1\n")
+    (folder / "app.log").write_text("2026-12-03T10:00:01.000Z [app] hello\n")
+    if spoil == "broken":
+        (tmp_path / "shared.toml").write_text("[grants]\nlog = { host = \n")
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\nlogs = "{folder}"\n[compartments.app]\n'
+                      f'module = "app.wat"\npolicy = "shared.toml"\n')
+    assert cli.main(["logs", str(system)]) == 0, capsys.readouterr()
+    out, err = capsys.readouterr()
+    assert "ready app pid=1" in out and "hello" in out and err == "", (out, err)
+    assert cli.main(["logs", str(system), "app"]) == 0
+    assert "hello" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spoil", ["missing", "broken"])
+def test_an_output_file_is_never_one_of_the_systems_own_whatever_its_policy_files_say(
+        tmp_path, spoil):
+    """`wsuper trace S -o FILE` and `check --graph FILE` refuse to write over the
+    system's own files (the audit, a module, a schema, a log file); they read the
+    system file and its policy files to know them, and a policy file removed, or
+    edited into one that does not parse, since `up` gave the system file alone:
+    `wsuper trace S -o audit.jsonl` wrote its JSON over the running system's audit
+    records (seen live).  No policy file holds any of those paths."""
+    from supervisor import cli
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    for name in ("app.wat", "calc.capnp", "audit.jsonl"):
+        (tmp_path / name).write_text("")
+    if spoil == "broken":
+        (tmp_path / "shared.toml").write_text("[grants]\nlog = { host = \n")
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\nschemas = ["calc.capnp"]\naudit = "audit.jsonl"\n'
+                      f'logs = "{folder}"\n[compartments.app]\nmodule = "app.wat"\n'
+                      f'policy = "shared.toml"\n')
+    for name, what in (("audit.jsonl", "the audit file"), ("app.wat", "module"),
+                       ("calc.capnp", "the schema file"), ("system.toml", "the system file"),
+                       ("logs/supervisor.log", "log directory")):
+        problem = cli.overwrites("-o", str(tmp_path / name), str(system))
+        assert problem is not None and what in problem, (name, problem)
+    if spoil == "broken":
+        problem = cli.overwrites("-o", str(tmp_path / "shared.toml"), str(system))
+        assert problem is not None and "the policy file" in problem, problem
+    assert cli.overwrites("-o", str(tmp_path / "trace.json"), str(system)) is None
