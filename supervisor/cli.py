@@ -359,6 +359,15 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
     from capnp_schemas.text import quoted
 
     from . import logs, policy
+    try:
+        policy.read_alone(system_path)
+    except policy.PolicyError as e:
+        # which files are the system's is known from its file only: one that does not
+        # read (edited since `up`) named none of them, and `trace S -o audit.jsonl`
+        # wrote over the running system's audit
+        return (f"{option} {quoted(output)}: cannot tell whether it is one of the "
+                f"system's own files (its audit file, a module, a schema, a log file), "
+                f"which are never written over: {e}")
     for what, path in policy.files_of(system_path):
         try:
             same = os.path.samefile(path, output)

@@ -663,3 +663,18 @@ def test_an_output_file_is_never_one_of_the_systems_own_whatever_its_policy_file
         problem = cli.overwrites("-o", str(tmp_path / "shared.toml"), str(system))
         assert problem is not None and "the policy file" in problem, problem
     assert cli.overwrites("-o", str(tmp_path / "trace.json"), str(system)) is None
+
+
+def test_an_output_file_is_refused_when_the_system_file_does_not_say_which_are_its_own(
+        tmp_path):
+    """A system file edited since `up` into one that does not parse named none of the
+    system's own files but itself (policy.files_of), and `wsuper trace S -o FILE`
+    wrote anywhere, the running system's audit file too: it is refused now, saying
+    why, until the file reads again."""
+    from supervisor import cli
+    (tmp_path / "audit.jsonl").write_text('{"event":"run started"}\n')
+    system = tmp_path / "system.toml"
+    system.write_text('[system]\naudit = "audit.jsonl"\n[compartments.app]\nmodule = \n')
+    problem = cli.overwrites("-o", str(tmp_path / "audit.jsonl"), str(system))
+    assert problem is not None and "cannot tell whether it is one of the system's own " \
+        "files" in problem and "invalid TOML" in problem, problem
