@@ -262,6 +262,10 @@ class Engine:
         # the calls being dispatched, innermost last; None: guest code that is not a
         # dispatch runs above them (_outside), and they are not its own
         self.frames: list[_Frame | None] = []
+        # when the call whose code runs now is out of time (time.monotonic(): its
+        # dispatch plus call_time), innermost last; None: code of no call (_start,
+        # a start function, _initialize at start), which run_time and start_time bound
+        self._until: list[float | None] = []
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
         #: the store of each guest code running now, innermost last (_guest)
@@ -809,9 +813,19 @@ class Engine:
         self._outgoing.append(data)
         self._outgoing_bytes += len(data)
 
-    def before_blocking(self):
-        """A host function is about to wait without using fuel (a WASI sleep): the
-        answers waiting to go out go now."""
+    def before_blocking(self, seconds: float):
+        """A host function is about to wait `seconds` without using fuel (a WASI
+        sleep): the answers waiting to go out go now.  In a call, a wait that would
+        end past the call's call_time fails the call at once (fuel bounds the CPU a
+        call uses, not a sleep: one of 2^63 ns held its engine for good, every later
+        call of every caller failing 'did not answer within', and its status said
+        'ready'); its caller would get no answer anyway.  Code of no call (_start)
+        sleeps as long as it asks: run_time bounds it."""
+        until = self._until[-1] if self._until else None
+        if until is not None and time.monotonic() + seconds > until:
+            raise _CallError("overloaded", (
+                f"compartment {self.name} asked to sleep {seconds:g} s in a call, past the "
+                f"{self.limits.call_time:g} s it may take (limit call_time)"))
         self._flush()
 
     def _flush(self):
@@ -1262,6 +1276,14 @@ class Engine:
             self._let_go(ev.payload.caps)
             raise _CallError("disconnected", f"compartment {self.name} exited "
                              f"(code {self._exited})")
+        self._until.append(time.monotonic() + self.limits.call_time)
+        try:
+            return self._dispatch_until(ev, after)
+        finally:
+            self._until.pop()
+
+    def _dispatch_until(self, ev, after: list):
+        """_dispatch, once the call's deadline is current (self._until)."""
         try:
             outer = self._fresh_instance() if self.per_call else None
         except BaseException:
@@ -1395,7 +1417,7 @@ class Engine:
             "_memory_base": None, "_stack_pointer": None, "_resting_sp": None})
         self._instances += 1            # until its release (_leave_instance)
         try:
-            self._outside(self._start_instance, store, outer)
+            self._outside(self._start_instance, store, outer, _of_call=True)
         except BaseException:
             self._leave_instance(outer)()
             raise
@@ -1450,17 +1472,21 @@ class Engine:
         return _CallError("overloaded", f"compartment {self.name} used up its CPU budget "
                           f"for this call (fuel_per_call = {self.limits.fuel_per_call})")
 
-    def _outside(self, run, *args, **kw):
+    def _outside(self, run, *args, _of_call: bool = False, **kw):
         """`run(*args, **kw)`, which runs guest code that is not a dispatch (a start
         function, _initialize, _start), above the calls being dispatched: that code
         may run while one of them waits in wsuper.call (the supervisor's `run` then,
         a per_call instance for a call that comes meanwhile), and their params,
         results and failure are not its own.  A None frame hides them: params_read,
-        results_set and fail say E_STATE, as at the top level."""
+        results_set and fail say E_STATE, as at the top level.  `_of_call`: the code
+        is a call's own (its per_call instance's start function and _initialize),
+        and that call's deadline bounds its sleeps; else none does (before_blocking)."""
         self.frames.append(None)
+        self._until.append(self._until[-1] if _of_call and self._until else None)
         try:
             return run(*args, **kw)
         finally:
+            self._until.pop()
             self.frames.pop()
 
     def _leave_instance(self, outer: dict):

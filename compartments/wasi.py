@@ -725,8 +725,10 @@ class Wasi:
                 raise _Fail(E.INVAL)
         if not ready and timers:
             timeout, _ = min(timers)
-            self.host.before_blocking()         # answers the engine holds go out first
             left = timeout / 1e9
+            # answers the engine holds go out first; a call's sleep past its
+            # call_time fails the call instead
+            self.host.before_blocking(left)
             while True:      # in pieces time.sleep takes; the clock is due only at the end
                 piece = min(left, MAX_SLEEP)    # (it used to be reported due after an hour)
                 time.sleep(piece)

@@ -12,15 +12,16 @@ from tests.integration.guests import CALC_ID, HERE, SPIN_ID, program
 
 
 def system(tmp_path, app_body, strings, app_limits="", extra="",
-           spin_limits="fuel_per_call = 200_000"):
+           spin_limits="fuel_per_call = 200_000", spin_module="spin.wat", spin_instance="shared"):
     (tmp_path / "app.wat").write_text(program(app_body, strings))
     (tmp_path / "system.toml").write_text(f"""
 [system]
 schemas = ["{HERE}/spin.capnp", "{EXAMPLES}/calc.capnp"]
 
 [compartments.spin]
-module = "{HERE}/spin.wat"
+module = "{HERE}/{spin_module}"
 exports = "Spin"
+instance = "{spin_instance}"
 [compartments.spin.limits]
 {spin_limits}
 
@@ -179,6 +180,29 @@ def test_call_time_bounds_how_long_a_caller_waits(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert logs == ["spun -4", "compartment spin did not answer within 0.5 s (limit call_time)",
                     "add 0"]
+
+
+@pytest.mark.parametrize("instance", ["shared", "per_call"])
+def test_a_sleep_in_a_call_past_call_time_fails_the_call_and_the_callee_serves_on(
+        tmp_path, instance):
+    # fuel does not bound a WASI sleep: a call asking for one of 2^63 ns held its
+    # engine for good (no restart, its status 'ready'), and every later call of
+    # every caller failed "did not answer within" its call_time
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 0)))
+    (call $log_int (i32.const 300) (i32.const 5) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    (call $log_int (i32.const 310) (i32.const 4)
+          (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 320) (i32.const 5) (i32.load (i32.const 2064)))
+    """, {"spin": 200, "slept": 300, "ping": 310, "value": 320},
+        spin_limits="call_time = 5", spin_module="sleep.wat", spin_instance=instance)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert logs == ["slept -4",
+                    "compartment spin asked to sleep 9.22337e+09 s in a call, past the 5 s "
+                    "it may take (limit call_time)",
+                    "ping 0", "value 7"]
 
 
 def test_a_log_flood_is_refused_past_log_rate(tmp_path):

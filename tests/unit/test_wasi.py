@@ -51,7 +51,7 @@ class FakeHost:
     def adopt(self, cap):
         return cap.import_id
 
-    def before_blocking(self):
+    def before_blocking(self, seconds):
         self.calls.append("before_blocking")
 
     def hold(self, cap):
