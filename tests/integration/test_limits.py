@@ -205,6 +205,23 @@ def test_a_sleep_in_a_call_past_call_time_fails_the_call_and_the_callee_serves_o
                     "ping 0", "value 7"]
 
 
+def test_a_sleep_in_a_per_call_instances_initialize_is_its_calls_and_bounded_so(tmp_path):
+    # the instance's _initialize runs for the call (it spends of its fuel): its
+    # sleep past call_time fails the call at once; at the compartment's start the
+    # same sleep is start_time's, and is slept
+    r, logs = system(tmp_path, f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    (local.set $r (call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))
+    (call $log_int (i32.const 300) (i32.const 4) (local.get $r))
+    (call $log (i32.const 2048) (i32.load (i32.const 1000)))
+    """, {"spin": 200, "ping": 300},
+        spin_limits="call_time = 0.5", spin_module="sleepinit.wat", spin_instance="per_call")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert logs == ["ping -4",
+                    "compartment spin asked to sleep 1 s in a call, past the 0.5 s it may "
+                    "take (limit call_time)"]
+
+
 def test_a_log_flood_is_refused_past_log_rate(tmp_path):
     r, logs = system(tmp_path, """
     (block $done (loop $l
