@@ -533,6 +533,7 @@ class Engine:
 
     def _host_call(self, handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
                    out_ptr):
+        self.host_call_begins()
         self._span(out_ptr, 8, True)
         self._drop_unread_reply()
         raw = self._read(p_ptr, p_len)
@@ -816,17 +817,32 @@ class Engine:
     def before_blocking(self, seconds: float):
         """A host function is about to wait `seconds` without using fuel (a WASI
         sleep): the answers waiting to go out go now.  In a call, a wait that would
-        end past the call's call_time fails the call at once (fuel bounds the CPU a
-        call uses, not a sleep: one of 2^63 ns held its engine for good, every later
-        call of every caller failing 'did not answer within', and its status said
-        'ready'); its caller would get no answer anyway.  Code of no call (_start)
-        sleeps as long as it asks: run_time bounds it."""
+        end past the call's call_time fails the call at once (_cut_off)."""
+        self._cut_off(seconds, f"asked to sleep {seconds:g} s in a call, past")
+        self._flush()
+
+    def host_call_begins(self):
+        """A host call of guest code that may call out (wsuper.call, every WASI
+        function but proc_exit), before it does anything: one of a call that has
+        run past its call_time fails the call (_cut_off)."""
+        self._cut_off(0, "made a host call in a call that has run past")
+
+    def _cut_off(self, seconds: float, what: str):
+        """Fail the call whose guest code runs now (a _CallError out of the host
+        function, which unwinds it as a trap does: the compartment serves on) if
+        what it is about to do, waiting `seconds` without fuel, would end past its
+        call_time.  Fuel bounds the instructions a call runs, not its waits: a
+        sleep of 2^63 ns held its engine for good (its status 'ready', every later
+        call of every caller failing 'did not answer within'), and a loop of calls
+        out, a few instructions each, ran for hours after its caller had been told
+        it failed, spending the supervisor's CPU and its callee's.  Its caller gets
+        no answer from it anyway.  Code of no call (_start) waits as it asks:
+        run_time bounds it."""
         until = self._until[-1] if self._until else None
         if until is not None and time.monotonic() + seconds > until:
             raise _CallError("overloaded", (
-                f"compartment {self.name} asked to sleep {seconds:g} s in a call, past the "
-                f"{self.limits.call_time:g} s it may take (limit call_time)"))
-        self._flush()
+                f"compartment {self.name} {what} the {self.limits.call_time:g} s it "
+                f"may take (limit call_time)"))
 
     def _flush(self):
         if self._outgoing:
@@ -1099,7 +1115,18 @@ class Engine:
             self._protocol_violation(e)
 
     def _on_call(self, ev: protocol.CallReceived):
-        """Answer one incoming call.  Whatever goes wrong fails this call only."""
+        """Answer one incoming call.  Whatever goes wrong fails this call only.
+        What the engine does for it outside guest code (a per_call instance's
+        output lines at its end, a program's once it ended) is bounded by no call's
+        deadline, though it may be served on top of guest code of a call that
+        waits: None hides that one's (_cut_off)."""
+        self._until.append(None)
+        try:
+            self._answer_call(ev)
+        finally:
+            self._until.pop()
+
+    def _answer_call(self, ev: protocol.CallReceived):
         after = []      # what must happen once the answer is queued (per_call clean-up)
         a = self.conn.answers.get(ev.answer_id)
         if a is not None and a.finished:    # cancelled before it began: not run
@@ -1276,16 +1303,12 @@ class Engine:
             self._let_go(ev.payload.caps)
             raise _CallError("disconnected", f"compartment {self.name} exited "
                              f"(code {self._exited})")
-        self._until.append(time.monotonic() + self.limits.call_time)
-        try:
-            return self._dispatch_until(ev, after)
-        finally:
-            self._until.pop()
+        return self._dispatch_until(ev, after, time.monotonic() + self.limits.call_time)
 
-    def _dispatch_until(self, ev, after: list):
-        """_dispatch, once the call's deadline is current (self._until)."""
+    def _dispatch_until(self, ev, after: list, until: float):
+        """_dispatch, its guest code bounded by `until` (self._until while it runs)."""
         try:
-            outer = self._fresh_instance() if self.per_call else None
+            outer = self._fresh_instance(until) if self.per_call else None
         except BaseException:
             # the call's instance could not be had (its start function or _initialize
             # failed, ran out of fuel, exited): the capabilities it brought were never
@@ -1312,6 +1335,7 @@ class Engine:
             # too, and spent of its one budget
             fuel = self.limits.fuel_per_call if outer is None else unchecked.refuel(
                 self.store, -1)
+            self._until.append(until)
             try:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
                                      ev.method_id, len(frame.params), len(frame.handles),
@@ -1324,6 +1348,7 @@ class Engine:
                 raise _CallError("failed", f"compartment {self.name} exited (code {_status(e)}) "
                                  f"in this call's instance") from None
             finally:
+                self._until.pop()
                 self.frames.pop()
                 self._judge(method, hold, time.perf_counter_ns() - t0)
         finally:
@@ -1392,7 +1417,7 @@ class Engine:
                 self.hold(entry.import_id)
         return table
 
-    def _fresh_instance(self) -> dict:
+    def _fresh_instance(self, until: float) -> dict:
         """Switch to a new instance for this one call (instance = "per_call"): a new
         store, memory and tables, no pending reply, the handle table and WASI state
         as they were right after start (the grants).  Returns what to switch back
@@ -1403,7 +1428,7 @@ class Engine:
         calls reach this instance only, never the outer one (its handles, or its
         memory, which is another store's: wasmtime would abort the process) nor a
         call that waits below (its params and results).  It has no memory until
-        it is instantiated."""
+        it is instantiated.  `until`: the call's deadline, which bounds that code."""
         store = self._new_store(self.limits.fuel_per_call)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
@@ -1417,7 +1442,7 @@ class Engine:
             "_memory_base": None, "_stack_pointer": None, "_resting_sp": None})
         self._instances += 1            # until its release (_leave_instance)
         try:
-            self._outside(self._start_instance, store, outer, _of_call=True)
+            self._outside(self._start_instance, store, outer, _until=until)
         except BaseException:
             self._leave_instance(outer)()
             raise
@@ -1472,17 +1497,19 @@ class Engine:
         return _CallError("overloaded", f"compartment {self.name} used up its CPU budget "
                           f"for this call (fuel_per_call = {self.limits.fuel_per_call})")
 
-    def _outside(self, run, *args, _of_call: bool = False, **kw):
+    def _outside(self, run, *args, _until: float | None = None, **kw):
         """`run(*args, **kw)`, which runs guest code that is not a dispatch (a start
         function, _initialize, _start), above the calls being dispatched: that code
         may run while one of them waits in wsuper.call (the supervisor's `run` then,
         a per_call instance for a call that comes meanwhile), and their params,
         results and failure are not its own.  A None frame hides them: params_read,
-        results_set and fail say E_STATE, as at the top level.  `_of_call`: the code
-        is a call's own (its per_call instance's start function and _initialize),
-        and that call's deadline bounds its sleeps; else none does (before_blocking)."""
+        results_set and fail say E_STATE, as at the top level.  `_until`: the
+        deadline of the call the code is part of (its per_call instance's start
+        function and _initialize), which bounds its waits; None for code of no call
+        (_start, a start function, _initialize at start): run_time and start_time
+        bound those (_cut_off)."""
         self.frames.append(None)
-        self._until.append(self._until[-1] if _of_call and self._until else None)
+        self._until.append(_until)
         try:
             return run(*args, **kw)
         finally:

@@ -307,9 +307,14 @@ class Wasi:
         impl = getattr(self, name, None) or self._nosys
         results = _RESULTS.get(name, ())
         narrow = _NARROW.get(name, ())
+        # the engine's: guest code of a call past its call_time is cut off here,
+        # before the function changes anything (an unfinished line of a log, say)
+        begins = getattr(self.host, "host_call_begins", None)
         def call(*args):
             if narrow and not _narrow_ok(args, narrow):
                 return E.INVAL           # before anything: no result pointer, no fd
+            if begins is not None:
+                begins()
             self._frames.append([])
             returned = False     # (sys.exc_info() also names what the engine handles around us)
             try:

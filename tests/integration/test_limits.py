@@ -1,5 +1,6 @@
 """Limits: a compartment over a limit gets the error; its peers and the supervisor carry on."""
 import asyncio
+import json
 import os
 import re
 
@@ -220,6 +221,49 @@ def test_a_sleep_in_a_per_call_instances_initialize_is_its_calls_and_bounded_so(
     assert logs == ["ping -4",
                     "compartment spin asked to sleep 1 s in a call, past the 0.5 s it may "
                     "take (limit call_time)"]
+
+
+def test_a_call_that_calls_out_in_a_loop_is_cut_off_at_call_time(tmp_path, wsuper):
+    # a loop of calls out costs its guest a few instructions each: with the default
+    # fuel_per_call it ran for hours after its caller had been told it failed, its
+    # engine stuck and spending the supervisor's CPU and its callee's all along
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.x]
+module = "{HERE}/callloop.wat"
+exports = "Spin"
+external = true
+[compartments.x.limits]
+call_time = 0.5
+[compartments.x.grants]
+next = {{ compartment = "y" }}
+[compartments.y]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+    status = lambda: {c["name"]: c for c in json.loads(run_wsuper(  # noqa: E731
+        "status", "--json", str(tmp_path / "system.toml")).stdout)["compartments"]}
+
+    async def body(gateway):
+        x = (await gateway.get("x")).cap.as_interface(schema.Spin)
+        # the router's deadline, or the engine's (as its guest calls out once more)
+        with pytest.raises(capnp.KjException, match="did not answer within 0.5 s|made "
+                           "a host call in a call that has run past the 0.5 s it may take"):
+            await x.spin()
+        # the loop ended with its call's time: x serves, and y is called no more
+        await asyncio.sleep(1)
+        served = status()["y"]["served"]
+        await asyncio.sleep(0.5)
+        return served, status()["y"]["served"], (await x.ping()).value
+    served, later, value = external_client(str(sock), body)
+    assert served == later and value == 7
+    run.stop()
 
 
 def test_a_log_flood_is_refused_past_log_rate(tmp_path):
