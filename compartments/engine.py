@@ -271,6 +271,9 @@ class Engine:
         #: the store of each guest code running now, innermost last (_guest)
         self._running: list = []
         self._run_answer = None              # the answer id of run() while _start runs
+        #: run() that came while a call was being dispatched (waiting in a call out):
+        #: started once the engine is back at its top level (_run_deferred)
+        self._deferred_run: protocol.CallReceived | None = None
         self._exited = None                  # its one instance's exit code, once it exited
         # (read sequence, event) received and not handled yet (_pump)
         self._backlog: collections.deque = collections.deque()
@@ -952,19 +955,33 @@ class Engine:
         backlog = self._backlog
         if since is not None:
             return self._pump_waiting(since, began)
+        if self._deferred_run is not None:
+            self._run_deferred()
+            return True
         if not backlog:
             self._flush()
             data = self.sock.recv(1 << 16)
             if not data:
                 return False
             self._take(data)
-        while backlog:                      # _look_ahead may add to it
+        # _look_ahead may add to the backlog; a run() deferred by a call of it starts
+        # as soon as that call has returned, before what came after it
+        while backlog or self._deferred_run is not None:
+            if self._deferred_run is not None:
+                self._run_deferred()
+                continue
             _seq, ev = backlog.popleft()
             if type(ev) is protocol.CallReceived \
                     and time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
                 self._look_ahead()
             self._on_event(ev)
         return True
+
+    def _run_deferred(self):
+        """The run() deferred while calls were dispatched (_answer_call), at the top
+        level, where none is."""
+        ev, self._deferred_run = self._deferred_run, None
+        self._on_call(ev)
 
     def _pump_waiting(self, since: int, began: float) -> bool:
         backlog = self._backlog
@@ -1131,6 +1148,16 @@ class Engine:
         a = self.conn.answers.get(ev.answer_id)
         if a is not None and a.finished:    # cancelled before it began: not run
             self._cancelled(ev)
+            return
+        if ev.target is self.control and ev.method_id == 1 \
+                and ev.interface_id == ENGINE_INTERFACE and self._deferred_run is None \
+                and any(f is not None for f in self.frames):
+            # run() while a call waits in a call out: the program would run above it
+            # on the engine's one stack, and the call could return only once _start
+            # had (a program that serves for ever held it for good, its caller told
+            # 'did not answer within', its frame taken); it starts once the calls
+            # being dispatched have returned, at most their call_time (_cut_off)
+            self._deferred_run = ev
             return
         try:
             if ev.target is self.control:

@@ -266,6 +266,44 @@ exports = "Spin"
     run.stop()
 
 
+def test_a_call_waiting_as_its_program_starts_is_not_held_beneath_the_program(
+        tmp_path, wsuper):
+    # p's program starts once r is ready: the call to p made while r starts waits in
+    # p for r's answer as run() comes, and _start ran on top of it on the engine's
+    # one stack: the call could return only once the program did (this one never
+    # does), its caller told 'did not answer within 3 s'
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.p]
+module = "{HERE}/program_serving.wat"
+exports = "Spin"
+external = true
+[compartments.p.limits]
+call_time = 3
+[compartments.p.grants]
+next = {{ compartment = "r" }}
+[compartments.r]
+module = "{HERE}/slowstart.wat"
+exports = "Spin"
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready p")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+
+    async def body(gateway):
+        p = (await gateway.get("p")).cap.as_interface(schema.Spin)
+        await p.spin()              # answered, once r has
+    external_client(str(sock), body)
+    run.wait_for("ready r")
+    # and the program runs, once the call has returned
+    status = json.loads(run_wsuper("status", "--json", str(tmp_path / "system.toml")).stdout)
+    assert [c["state"] for c in status["compartments"] if c["name"] == "p"] == ["running"]
+    run.stop()
+
+
 def test_a_log_flood_is_refused_past_log_rate(tmp_path):
     r, logs = system(tmp_path, """
     (block $done (loop $l
