@@ -2405,13 +2405,16 @@ class Router:
         its own, whether its grant has a membrane or not, and stays open.  Released
         by type alone, a callee's plain directory grant (and what it opened
         through it) handed to the holder was closed under the callee, which had
-        revoked nothing (an outside review)."""
+        revoked nothing (an outside review).  A probe grant's queue of events too: the
+        prober copied every event of the compartment it watches into it (10,000 kept)
+        for as long as its holder kept the handle, though nothing could read it
+        (an outside review, reviewer 184)."""
         if not m.host_grant:
             return
         for w in list(m.wrappers.values()):
             t = w.target
-            if type(t) is Host and t.kind in ("directory", "file") and not t.released \
-                    and t.served is not None:
+            if type(t) is Host and t.kind in ("directory", "file", "probe") \
+                    and not t.released and t.served is not None:
                 t.released = True
                 self.emit(fx.HostRelease(t.kind, t.served))
 

@@ -1471,15 +1471,17 @@ class Supervisor:
         """Open the files and directories a compartment is granted, off the event loop."""
         hosts = {}
         for g in comp.grants:
-            if g.kind == "host" and g.target == "probe":     # an analysis: a queue of events
-                hosts[g.name] = self.prober.grant(comp.name, g)
-                continue
-            if g.kind != "host" or g.target not in ("directory", "file", "environment"):
+            if g.kind != "host" or g.target not in ("directory", "file", "environment",
+                                                    "probe"):
                 continue
             if g.revocable and self.router.revoked_already(f"{comp.name}.{g.name}"):
                 # no call goes through it: not opened again at a restart.  Opened, a
                 # directory the operator removed (or unmounted) after revoking it
-                # failed every later start of its holder (an outside review)
+                # failed every later start of its holder (an outside review); a probe
+                # grant's queue took a copy of every event nobody could read
+                continue
+            if g.target == "probe":     # an analysis: a queue of events
+                hosts[g.name] = self.prober.grant(comp.name, g)
                 continue
             opened, opening = None, hostcaps.GrantOpening(
                 g, self.hosts.write_quota(comp.name, g))

@@ -3997,3 +3997,28 @@ def test_a_tail_call_whose_results_the_client_cannot_hold_is_recorded_failed():
     records = [e.record for e in cl.effects + calc.effects if isinstance(e, fx.Audit)]
     (record,) = [r for r in records if r.get("method") == "newCounter"]
     assert record["outcome"] == "failed" and "limit handles" in record["reason"], record
+
+
+def test_revoking_a_probe_grant_lets_go_of_its_event_queue_at_once():
+    """A probe grant's served object is a Subscriber the prober copies every event
+    of the compartment it watches into (up to 10,000 kept).  Revoked, nothing can
+    read it again, yet it stayed subscribed until its holder released its handle or
+    ended, which a compartment that keeps it never does: the supervisor went on
+    copying the watched compartment's events (call names, failure reasons) into a
+    queue nobody could read.  Revocation lets go of it at once, as of a revoked
+    directory, and once only."""
+    router = R.Router({"app": None, "calc": CALC}, names=NAMES)
+    start(router, "calc", exports=True)
+    app = start(router, "app", [grant("watch", "probe", "host", revocable=True, on="calc"),
+                                grant("keep", "probe", "host", on="calc")],
+                hosts={"watch": "the-subscriber", "keep": "kept-subscriber"},
+                answer_hosts=False)
+    effects = router.revoke("app.watch")
+    assert [e for e in effects if isinstance(e, fx.HostRelease)] == [
+        fx.HostRelease("probe", "the-subscriber")]
+    app.effects.clear()
+    app.send(app.conn.send_release(app.grants[0].import_id))
+    assert not [e for e in app.effects if isinstance(e, fx.HostRelease)]
+    app.deliver(router.disconnected(app.pid, "gone"))
+    assert fx.HostRelease("probe", "kept-subscriber") in app.effects
+    assert fx.HostRelease("probe", "the-subscriber") not in app.effects
