@@ -1181,6 +1181,17 @@ class Router:
             else:
                 first, chain = resumed
                 route = None
+                now = self.clock()
+                for m in chain:
+                    # it waited (for a start, a promise) since these admitted it: one
+                    # that expired meanwhile lets it go no further, as it would not let
+                    # a new call through.  Admitted once, a call made a moment before
+                    # its grant expired reached its callee up to call_time after it
+                    # (an outside review, reviewer 184).  A revocation fails waiting
+                    # calls itself, at once (revoke, _stop_waiting)
+                    expires = m.expires
+                    if expires is not None and now >= expires:
+                        raise Denial(f"{m.label} has expired (expires_after)", "failed")
                 if self.call_watch:      # where a call that waited on a promise goes
                     self.call_probes.resumed(call.reply, call.reply[0].name, describe(first),
                                              callee_of(cap), self._method(call))

@@ -4022,3 +4022,30 @@ def test_revoking_a_probe_grant_lets_go_of_its_event_queue_at_once():
     app.deliver(router.disconnected(app.pid, "gone"))
     assert fx.HostRelease("probe", "kept-subscriber") in app.effects
     assert fx.HostRelease("probe", "the-subscriber") not in app.effects
+
+
+def test_a_call_that_waited_past_its_grants_expiry_never_reaches_the_callee():
+    """A call through a grant with expires_after, made while its callee restarts,
+    waits for the callee's next start (at most its call_time: 30 s by default, up
+    to a day).  The grant's membrane admitted it as it began to wait, and nothing
+    looked again: once the callee was up the call went on, though the grant had
+    expired meanwhile (a call made a moment before the expiry reached the callee
+    up to call_time after it).  A waiting call now goes on only through
+    membranes that have not expired, else it is denied as a new call would be."""
+    now = [0.0]
+    router = R.Router({"calc": CALC, "app": None}, clock=lambda: now[0], names=NAMES,
+                      audit=True)
+    app = start(router, "app", [grant("calc", "calc", expires_after=5)])
+    calc, starts = start(router, "calc", exports=True, later=True)
+    now[0] = 4.0
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert router.proxies["calc"].queue and calc.inbox == []
+    now[0] = 6.0
+    calc.deliver(starts)                                  # calc is up, past the expiry
+    assert [e for e in calc.inbox if isinstance(e, P.CallReceived)] == [], \
+        "a call through an expired grant reached its callee"
+    (ret,) = [ev for ev in app.inbox if isinstance(ev, P.ReturnReceived)]
+    assert "app.calc has expired (expires_after)" in ret.error, ret.error
+    records = [e.record for e in app.effects + calc.effects if isinstance(e, fx.Audit)]
+    assert [(r["capability"], r["outcome"]) for r in records] == [("app.calc", "denied")]
+    assert not router.proxies["calc"].queue
