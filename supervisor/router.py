@@ -493,7 +493,29 @@ class Router:
         if entry is None or self.ended:   # the audit said it failed (end_audit): not run
             return False
         peer, answer_id = entry[0].reply
-        return peer.alive and not peer.conn.gave_up(answer_id)
+        return peer.alive and not peer.conn.gave_up(answer_id) \
+            and self._expired_on_way(entry[0].reply) is None
+
+    def host_call_expired(self, token: int) -> str | None:
+        """Why host call `token` may not run any more because a grant it crossed has
+        expired while it waited its turn (host_call_live said so), else None.  The
+        runtime fails it with this (host_failed, type "denied"), as a new call would
+        be denied: it was still run (an outside review, reviewer 184)."""
+        entry = self._host_calls.get(token)
+        m = self._expired_on_way(entry[0].reply) if entry is not None else None
+        return f"{m.label} has expired (expires_after)" if m is not None else None
+
+    def _expired_on_way(self, reply):
+        """The first membrane the call `reply` crossed that has expired since it was
+        admitted, or None (reads only: asked from worker threads too)."""
+        through = self._through.get(reply)
+        if through:
+            now = self.clock()
+            for m, _label in through:
+                expires = m.expires
+                if expires is not None and now >= expires:
+                    return m
+        return None
 
     def host_returned(self, token: int, content: Content, objects=()) -> list:
         """A host call ended well: `objects` are (kind, served) pairs for the
@@ -509,12 +531,20 @@ class Router:
         return self._guarded(call.reply[0], self._answer, call.reply, content, caps)
 
     def host_failed(self, token: int, reason: str, type: str = "failed") -> list:
+        """A host call failed; `type` "denied": refused by a grant it crossed
+        (host_call_expired), E_DENIED and shown as a denial, as when refused at once."""
         entry = self._host_calls.pop(token, None)
         if entry is None:
             return []
         call, _host = entry
         self._host_of.pop(call.reply, None)
-        return self._guarded(call.reply[0], lambda: self.fail(call.reply, CallError(reason, type)))
+        if type == "denied":
+            error = Denial(reason, "failed")
+            self.emit(fx.Denied(f"denied: {call.reply[0].name} -> {reason}",
+                                call.reply[0].name))
+        else:
+            error = CallError(reason, type)
+        return self._guarded(call.reply[0], lambda: self.fail(call.reply, error))
 
     def expire(self) -> list:
         """Fail forwarded calls older than their callee's call_time (call this often)."""

@@ -1995,8 +1995,10 @@ class Supervisor:
                                                                       call.caller))
         if outcome is _SKIPPED:
             job.abandon()
-            outcome = hostcaps.Refusal("ECANCELED: the call ended before its turn came "
-                                       "(revoked, cancelled, or its caller is gone)")
+            expired = self.router.host_call_expired(token)   # its grant expired meanwhile
+            outcome = hostcaps.Refusal(expired, "denied") if expired else \
+                hostcaps.Refusal("ECANCELED: the call ended before its turn came "
+                                 "(revoked, cancelled, or its caller is gone)")
         elif outcome is None or outcome is _BLOCKED:
             if job.abandon():
                 outcome = hostcaps.Refusal(

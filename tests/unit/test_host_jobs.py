@@ -24,11 +24,12 @@ class Sup:
     _run_jobs = runtime.Supervisor._run_jobs
     _host_job = runtime.Supervisor._host_job
 
-    def __init__(self, nursery, live=lambda token: True):
+    def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
         self.nursery = nursery
         self._io_limiters, self._jobs, self._host_threads = {}, {}, {}
         self._object_turns = weakref.WeakValueDictionary()
-        self.router = type("Router", (), {"host_call_live": staticmethod(live)})()
+        self.router = type("Router", (), {"host_call_live": staticmethod(live),
+                                          "host_call_expired": staticmethod(expired)})()
         self.done = {}
 
     def _host_done(self, token, outcome, owner="", caller=""):
@@ -158,6 +159,28 @@ def test_a_job_whose_call_ended_while_it_waited_is_not_done():
     sup = trio.run(main)
     assert ran == [1]
     assert sup.done[2].reason.startswith("ECANCELED")
+
+
+def test_a_job_whose_grant_expired_while_it_waited_is_not_done_and_is_denied():
+    """A job behind a slow one on its object, whose grant (expires_after) expired
+    while it waited its turn, was still done: host_call_live looked only at
+    revocation, cancellation and the caller.  Now it is not done, and its call is
+    denied with the grant's expiry (host_failed, type "denied"), not ECANCELED."""
+    ran = []
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n, live=lambda token: token != 2,
+                      expired=lambda token: "app.data has expired (expires_after)"
+                      if token == 2 else None)
+            sup._queue_job(_call(1, "f"), _job(lambda: ran.append(1) or {}))
+            sup._queue_job(_call(2, "f"), _job(lambda: ran.append(2) or {}))
+        return sup
+
+    sup = trio.run(main)
+    assert ran == [1]
+    assert (sup.done[2].reason, sup.done[2].type) == (
+        "app.data has expired (expires_after)", "denied")
 
 
 def test_revoke_answers_once_the_file_operations_already_under_way_through_the_grant_end(

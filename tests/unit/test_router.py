@@ -4049,3 +4049,31 @@ def test_a_call_that_waited_past_its_grants_expiry_never_reaches_the_callee():
     records = [e.record for e in app.effects + calc.effects if isinstance(e, fx.Audit)]
     assert [(r["capability"], r["outcome"]) for r in records] == [("app.calc", "denied")]
     assert not router.proxies["calc"].queue
+
+
+def test_a_host_call_that_waited_its_turn_past_its_grants_expiry_is_not_run():
+    """A host call waits its turn (its object's earlier operations, two at a time a
+    compartment, for at most IO_DEADLINE) after its grant's membrane admitted it.
+    The runtime asks `host_call_live` before it runs the job, which looked at a
+    revocation but not at an expiry: a write through a grant that expired while it
+    waited behind a slow one was still done.  It is not run now, and its caller is
+    denied as a new call would be."""
+    now = [0.0]
+    router = R.Router({"app": None}, clock=lambda: now[0],
+                      names={CLOCK: ("Clock", {0: "wall"})}, audit=True)
+    app = start(router, "app", [grant("time", "clock", "host", expires_after=5)],
+                answer_hosts=False)
+    now[0] = 4.0
+    app.send(app.conn.send_call(app.grants[0].import_id, CLOCK, 0)[1])
+    (waiting,) = app.host_calls
+    assert router.host_call_live(waiting.token)
+    now[0] = 6.0
+    assert not router.host_call_live(waiting.token), "an expired grant's host call runs"
+    reason = router.host_call_expired(waiting.token)
+    assert reason == "app.time has expired (expires_after)"
+    app.deliver(router.host_failed(waiting.token, reason, "denied"))
+    ret = app.inbox.pop()
+    assert ret.error == "denied: app.time has expired (expires_after)", ret.error
+    records = [e.record for e in app.effects if isinstance(e, fx.Audit)]
+    assert [(r["capability"], r["outcome"]) for r in records] == [("app.time", "denied")]
+    assert not router._host_of and not router._host_calls
