@@ -590,13 +590,21 @@ class Connection:
 
     def _finished(self, aid, release_results, events):
         a = self.answers.get(aid)
+        if a is None and self.native is not None:
+            # The native side first: an id it holds (a call in flight, an answer
+            # returned and not finished, a Finish allowance) was used there after any
+            # allowance of ours for it, which the reuse made stale (this side never
+            # saw that call): it goes too.  Asked second, it let a Finish spend the
+            # stale allowance, and then another one the lane's (two for one answer).
+            if self.native.finish_ok(aid):
+                self._no_finish.pop(aid, None)
+                return                       # allowed, for an answer returned natively
+            a = self._native_answer(aid)
+            if a is not None:
+                self._no_finish.pop(aid, None)
         if a is None and aid in self._no_finish:
             del self._no_finish[aid]         # allowed, and ignored (rpc.capnp)
             return
-        if a is None and self.native is not None:
-            if self.native.finish_ok(aid):
-                return                       # the same, for an answer returned natively
-            a = self._native_answer(aid)
         if a is None or a.finished:
             raise ProtocolError(f"finish for question {aid}, which is not open")
         a.finished = True

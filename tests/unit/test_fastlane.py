@@ -1490,6 +1490,31 @@ def test_a_finish_allowed_on_the_python_path_is_allowed_on_the_lane_too(sup, pat
 
 
 @pytest.mark.parametrize("path", ["native", "python"])
+def test_an_answer_id_used_again_on_the_lane_ends_pythons_finish_allowance_for_it(sup, path):
+    """An engine's call answered by Python with noFinishNeeded left the id's Finish
+    allowance in protocol.Connection (_no_finish); the engine used the id again
+    (allowed: that question is done) and the lane took the new call natively,
+    unseen by Python, whose old allowance stayed beside the lane's new one.  So two
+    Finishes for the one answer were taken (each side's allowance spent once), or a
+    Finish sent while the new call was in flight spent the stale one and the call's
+    own allowance came after it; the Python path cuts the second Finish off
+    ('finish for question 7, which is not open')."""
+    s, app, round_trip = _by_hand(sup, path)
+    s.lane.set_ok(app.pid, False)                  # Python answers id 7 first
+    round_trip([7])
+    if path == "native":
+        s.lane.set_ok(app.pid, True)
+    native = s.lane.stats()["calls"]
+    round_trip([7])                                # id 7 again: the lane's, this time
+    assert s.lane.stats()["calls"] == native + (path == "native")
+    app.send(P.rpcwire.encode_finish(7))           # allowed, and ignored
+    round_trip([8])
+    assert app.pid not in s.closed and app.pid in s.router.peers
+    app.send(P.rpcwire.encode_finish(7))           # but once only
+    app.until(lambda: app.pid in s.closed)
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
 def test_past_max_unfinished_allowances_the_oldest_goes_on_either_path(sup, path):
     """The bound stays: with max_unfinished answers allowed a Finish after it, the
     oldest one's Finish is refused, on either path."""
