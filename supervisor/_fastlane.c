@@ -976,7 +976,11 @@ static void Lane_dealloc(Lane *L) {
     free(L->peers);
     map_free(&L->bypid);
     for (size_t i = 0; i < L->calls.cap; i++)
-      if (L->calls.keys[i]) free(L->calls.vals[i]);
+      if (L->calls.keys[i]) { /* a call in flight holds its route (route_unref) */
+        NCall *c = L->calls.vals[i];
+        if (c->route) route_unref(L, c->route);
+        free(c);
+      }
     for (size_t i = 0; i < L->routes.cap; i++)
       if (L->routes.keys[i]) {
         Route *r = L->routes.vals[i];
