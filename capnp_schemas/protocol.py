@@ -912,6 +912,11 @@ class Connection:
 
     def _finish_not_needed(self, aid, a):
         a.finished = True
+        if self.native is not None and self.native.allow_finish(aid):
+            # the native side's books, with its own: kept here too, the peer had
+            # max_unfinished allowances on each side, twice the bound
+            self._no_finish.pop(aid, None)
+            return
         self._no_finish[aid] = None
         if len(self._no_finish) > self.max_unfinished:
             del self._no_finish[next(iter(self._no_finish))]

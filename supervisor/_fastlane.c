@@ -621,6 +621,21 @@ static void nofinish_add(Lane *L, Peer *A, uint32_t aid) {
     A->nf_live++;
 }
 
+/* nofinish_add's ring, made at the peer's first allowance (0), or -1 (no memory) */
+static int nofinish_ring(Peer *A) {
+  if (A->nf_ring) return 0;
+  A->nf_ring = malloc(NF_CAP * sizeof *A->nf_ring);
+  A->nf_seq = malloc(NF_CAP * sizeof *A->nf_seq);
+  if (!A->nf_ring || !A->nf_seq) {
+    free(A->nf_ring);
+    free(A->nf_seq);
+    A->nf_ring = NULL;
+    A->nf_seq = NULL;
+    return -1;
+  }
+  return 0;
+}
+
 static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_plain *o) {
   Route *r = map_get(&L->routes, KEY(A->pid, o->import_id));
   if (!r || !r->live || r->interface_id != o->interface_id) return 0;
@@ -706,17 +721,7 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
      * calls' returns here without bound: in_flight x message_size) */
     uint64_t need = fw_forward_size(o, n, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
-    if (!A->external && !A->nf_ring) { /* nofinish_add's ring, at its first return */
-      A->nf_ring = malloc(NF_CAP * sizeof *A->nf_ring);
-      A->nf_seq = malloc(NF_CAP * sizeof *A->nf_seq);
-      if (!A->nf_ring || !A->nf_seq) {
-        free(A->nf_ring);
-        free(A->nf_seq);
-        A->nf_ring = NULL;
-        A->nf_seq = NULL;
-        return 0; /* Python returns it */
-      }
-    }
+    if (!A->external && nofinish_ring(A)) return 0; /* Python returns it */
     uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;
     A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
@@ -1339,6 +1344,25 @@ static PyObject *Lane_finish_ok(Lane *L, PyObject *args) {
   return PyBool_FromLong(ok);
 }
 
+/* allow_finish(pid, aid) -> True if answer `aid`, which Python returned with
+ * noFinishNeeded, now has its Finish allowance on the lane's books, with the lane's
+ * own (one set for both paths, and one bound: max_unfinished); False (no memory):
+ * Python keeps it */
+static PyObject *Lane_allow_finish(Lane *L, PyObject *args) {
+  long pid;
+  unsigned long aid;
+  if (!PyArg_ParseTuple(args, "lk", &pid, &aid)) return NULL;
+  int ok = 0;
+  LOCK(L);
+  Peer *P = peer_get(L, pid);
+  if (P && !nofinish_ring(P)) {
+    nofinish_add(L, P, (uint32_t)aid);
+    ok = map_get(&P->nofinish, (uint32_t)aid) != NULL;
+  }
+  UNLOCK(L);
+  return PyBool_FromLong(ok);
+}
+
 /* counts(pid) -> (calls from it in flight natively, calls to it in flight natively,
  *                  served natively) */
 static PyObject *Lane_counts(Lane *L, PyObject *args) {
@@ -1831,6 +1855,7 @@ static PyMethodDef Lane_methods[] = {
     {"close_answer", (PyCFunction)Lane_close_answer, METH_VARARGS, NULL},
     {"finish_ok", (PyCFunction)Lane_finish_ok, METH_VARARGS, NULL},
     {"returned", (PyCFunction)Lane_returned, METH_VARARGS, NULL},
+    {"allow_finish", (PyCFunction)Lane_allow_finish, METH_VARARGS, NULL},
     {"counts", (PyCFunction)Lane_counts, METH_VARARGS, NULL},
     {"in_flight", (PyCFunction)Lane_in_flight, METH_VARARGS, NULL},
     {"sent", (PyCFunction)Lane_sent, METH_VARARGS, NULL},

@@ -55,7 +55,8 @@ class NativeSide:
     are not finished, and native calls that Python must take over when their
     return comes to it."""
     __slots__ = ("lane", "pid", "router", "imports_limit", "ok", "conn_ok", "router_says",
-                 "open", "close", "finish_ok", "in_flight", "unfinished", "returned")
+                 "open", "close", "finish_ok", "in_flight", "unfinished", "returned",
+                 "allow_finish")
 
     def __init__(self, lane, pid: int, router, imports_limit: int):
         self.lane = lane
@@ -83,6 +84,10 @@ class NativeSide:
         #: capabilities, is now on the lane's books as returned and not finished (as
         #: if returned natively): its Finish then needs no Python
         self.returned = functools.partial(lane.returned, pid)
+        #: allow_finish(aid) -> True if answer `aid`, which Python just returned with
+        #: noFinishNeeded, has its Finish allowance on the lane's books (one set of
+        #: allowances for both paths, and one bound); False: the Connection keeps it
+        self.allow_finish = functools.partial(lane.allow_finish, pid)
 
     def claim(self, qid: int):
         """A return for native question `qid` reached Python: take the call over."""

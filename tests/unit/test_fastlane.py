@@ -1548,6 +1548,32 @@ def test_an_answer_id_used_again_on_the_lane_ends_pythons_finish_allowance_for_i
     app.until(lambda: app.pid in s.closed)
 
 
+@pytest.mark.parametrize("first", ["python", "native"])
+def test_finish_allowances_of_both_paths_are_one_set_with_one_bound(sup, first):
+    """max_unfinished bounds the Finish allowances of a connection: past it the
+    oldest goes, and its Finish cuts the peer off.  Python's and the lane's were two
+    sets with a bound each: answers returned on both paths kept twice as many
+    allowances as either path alone, and a Finish for the oldest was taken where
+    either path alone cuts it off.  Python's allowances of a peer on the lane now go
+    on the lane's books (Lane.allow_finish): one set, one bound."""
+    s, app, round_trip = _by_hand(sup, "native")
+    n = P.MAX_UNFINISHED
+    for path, base in ((first, 100_000), ("native" if first == "python" else "python",
+                                           200_000)):
+        s.lane.set_ok(app.pid, path == "native")
+        calls = s.lane.stats()["calls"]
+        for at in range(base, base + n, 16):
+            round_trip(range(at, at + 16))
+        assert (s.lane.stats()["calls"] > calls) == (path == "native")
+    s.lane.set_ok(app.pid, True)
+    app.send(P.rpcwire.encode_finish(200_000 + 5))  # among the last max_unfinished
+    round_trip([5])
+    assert app.pid not in s.closed
+    # among the oldest (each path alone still had it: its own set held fewer)
+    app.send(P.rpcwire.encode_finish(100_000 + 16))
+    app.until(lambda: app.pid in s.closed)
+
+
 @pytest.mark.parametrize("path", ["native", "python"])
 def test_past_max_unfinished_allowances_the_oldest_goes_on_either_path(sup, path):
     """The bound stays: with max_unfinished answers allowed a Finish after it, the
