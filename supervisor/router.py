@@ -652,10 +652,16 @@ class Router:
             return label in self._revoked_early
         return m.revocable and m.revoked is not None
 
-    def revoke(self, label: str) -> list:
+    def revoke(self, label: str, event: dict | None = None) -> list:
         """Revoke grant `label` ("compartment.grant"): it, everything obtained through
         it, and every call in flight through any of them fail from now on.  A grant
-        revoked already is left as it is (`revoked_already`)."""
+        revoked already is left as it is (`revoked_already`).  `event`: the audit's
+        record of the revocation (`wsuper revoke`'s "grant revoked"), written here,
+        after the records of the calls that ended before it (the lane's among them)
+        and before those of the calls it fails: written by the runtime, it came
+        before records the failures drained from the lane into these effects
+        (_record), and the audit said calls the lane had returned before the
+        revocation returned after it (an outside review)."""
         if self.revoked_already(label):
             return self._flush()
         m = self.membranes.get(label)
@@ -664,6 +670,8 @@ class Router:
             # that keeps failing): its membrane is made revoked (attenuate).  Refused
             # as "no revocable grant", the holder then started with it (an outside review)
             self._revoked_early.add(label)
+            if event is not None and self.audit.enabled:
+                self._record({**event, "time": self.wall()})
             self.emit(fx.Notice(f"revoked {label}"))
             return self._flush()
         if m is None or not m.revocable:
@@ -675,6 +683,10 @@ class Router:
         # and its calls in flight are the router's (so that they fail below)
         self._unroute(lambda r: m in r.membranes or m.reverse in r.membranes,
                       take_calls=True)       # its reverse too: the calls back through it
+        if event is not None and self.audit.enabled:
+            # once no call goes natively through it: what the lane returned until now
+            # came before it, and is recorded first (_record)
+            self._record({**event, "time": self.wall()})
         keys = m.revoke()
         self._release_host_objects(m)
         if keys or m.revoked:

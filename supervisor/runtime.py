@@ -2409,11 +2409,15 @@ class Supervisor:
             text = f"revoked {grant}"
             tokens = self.router.host_calls_through(grant)
             try:
-                effects = self.router.revoke(grant)
+                # its record goes in the router's effects: after the records of the
+                # calls that ended before it (the lane's: those the denials below drain
+                # into these effects), before the denials.  Written here, before
+                # these effects, it came ahead of such records (an outside review)
+                effects = self.router.revoke(grant, {"time": None, "event": "grant revoked",
+                                                     "grant": grant, "by": "operator"})
             except KeyError as e:
                 # "unknown": the operator named no revocable grant (exit 2, as offline)
                 return {"ok": False, "error": e.args[0], "unknown": True}
-            self._audit_operator({"event": "grant revoked", "grant": grant})  # before denials
             released = [e.served for e in effects if isinstance(e, fx.HostRelease)]
             self._perform(effects)
             running = [e for e in map(self._host_threads.get, tokens) if e is not None]

@@ -1749,3 +1749,43 @@ def test_a_call_ended_in_python_is_recorded_after_the_calls_the_lane_returned_be
     s.perform(s.router.native_tick())
     records = [e.record for e in s.other if isinstance(e, fx.Audit)]
     assert [r["outcome"] for r in records] == ["returned", "denied", "returned", "denied"]
+
+
+@pytest.mark.parametrize("audit_room", [True, False])
+def test_a_revocation_is_recorded_after_the_calls_the_lane_returned_before_it(sup, audit_room):
+    """`wsuper revoke` wrote "grant revoked" itself, after draining the lane, and then
+    performed the revocation's effects; but since every record of the router drains
+    the lane first (_record), the denial of the call in flight drained the records
+    of the calls the lane had returned *before* the revocation into those effects:
+    they were written after "grant revoked" (the audit said calls through the grant
+    returned after it was revoked; test_attenuation's real run saw it every time).
+    The router writes the revocation's record itself, where it belongs: after what
+    the lane returned until no call went natively through the grant, before the
+    denials; with the audit full, it waits in its place too."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", revocable=True)])
+    for i in range(3):
+        app.call(0)
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    assert s.lane.stats()["audit_pending"] == 2            # the first went through Python
+    app.call(0)                                            # in flight natively
+    app.until(lambda: len(calc.calls()) == 4)
+    assert s.lane.stats()["in_flight"] == 1
+    if not audit_room:
+        s.perform(s.router.native_tick(False))
+    s.perform(s.router.revoke("app.calc", {"time": None, "event": "grant revoked",
+                                           "grant": "app.calc", "by": "operator"}))
+    app.until(lambda: len(app.returns()) == 4)
+    assert "was revoked" in app.returns()[-1].error
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [r.get("event") or (r["method"], r["outcome"]) for r in records] == \
+        [("add", "returned")] * 3 + ["grant revoked", ("add", "denied")]
+    assert records[3]["time"] is not None and records[3]["by"] == "operator"
+    # once only: a second revocation changes nothing, and writes no record
+    s.perform(s.router.revoke("app.calc", {"time": None, "event": "grant revoked"}))
+    s.perform(s.router.native_tick())
+    assert len([e for e in s.other if isinstance(e, fx.Audit)]) == len(records)

@@ -4077,3 +4077,27 @@ def test_a_host_call_that_waited_its_turn_past_its_grants_expiry_is_not_run():
     records = [e.record for e in app.effects if isinstance(e, fx.Audit)]
     assert [(r["capability"], r["outcome"]) for r in records] == [("app.time", "denied")]
     assert not router._host_of and not router._host_calls
+
+
+def test_the_revocations_record_is_the_routers_before_its_holder_starts_and_after():
+    """`wsuper revoke` hands the router the revocation's record (Router.revoke's
+    `event`), which writes it among the calls' records: before its holder started
+    (no membrane yet) as after, before the denials it causes; not at all for a
+    grant revoked already, nor without an audit."""
+    event = {"time": None, "event": "grant revoked", "grant": "app.calc", "by": "operator"}
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True,
+                      revocable=("app.calc",))
+    start(router, "calc", exports=True)
+    records = [e.record for e in router.revoke("app.calc", event) if isinstance(e, fx.Audit)]
+    assert [(r["event"], r["grant"]) for r in records] == [("grant revoked", "app.calc")]
+    assert records[0]["time"] is not None
+    assert not [e for e in router.revoke("app.calc", event) if isinstance(e, fx.Audit)]
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, audit=True)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc", revocable=True)])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0)[1])
+    assert len(calc.inbox) == 1                            # in flight
+    records = [e.record for e in router.revoke("app.calc", event) if isinstance(e, fx.Audit)]
+    assert [r.get("event") or r["outcome"] for r in records] == ["grant revoked", "denied"]
+    router = R.Router({"calc": CALC, "app": None}, names=NAMES, revocable=("app.calc",))
+    assert not [e for e in router.revoke("app.calc", event) if isinstance(e, fx.Audit)]
