@@ -1672,11 +1672,14 @@ class Router:
 
     def _drain_native_audit(self):
         """The records of the calls the lane returned, since the last drain, and among
-        them, each where it belongs, those the router held meanwhile (_record)."""
+        them, each where it belongs, those the router held meanwhile (_record).
+        The lane's first: taken from the router before a drain that failed (the
+        lane out of memory), the held records were lost with it (an outside review)."""
+        drained = self.native.drain_audit()
         held = self._held_records
         self._held_records = []
         at = 0
-        for r, iface, method, wall0, seconds in self.native.drain_audit():
+        for r, iface, method, wall0, seconds in drained:
             while at < len(held) and held[at][0] <= self._lane_records:
                 self.emit(fx.Audit(held[at][1]))
                 at += 1
@@ -1687,7 +1690,15 @@ class Router:
                                 "method": self.names.method(iface, method),
                                 "outcome": "returned",
                                 "duration_ms": round(seconds * 1000, 3)}))
-        for _n, record in held[at:]:
+        rest = held[at:]
+        if rest and rest[-1][0] > self._lane_records and self.native.stats()["audit_pending"]:
+            # the lane built fewer than it has (no memory for the rest): those after
+            # records still there wait for them
+            while rest and rest[0][0] <= self._lane_records:
+                self.emit(fx.Audit(rest.pop(0)[1]))
+            self._held_records = rest
+            return
+        for _n, record in rest:
             self.emit(fx.Audit(record))
 
     def _record(self, record: dict):
@@ -1770,6 +1781,11 @@ class Router:
                 self._guarded(call.reply[0], lambda call=call, on=answer_id: self._refuse_call(
                     call.reply, on, call.interface_id, call.method_id, stopped), flush=False)
             self.sweep([c for _t, call in calls for c in call.caps])
+        # records still held for lane records a drain could not build (no memory):
+        # written now, not lost with the audit's end
+        held, self._held_records = self._held_records, []
+        for _n, record in held:
+            self.emit(fx.Audit(record))
         for record in self.audit.close_all("failed", self.clock(), reason):
             self.emit(fx.Audit(record))
         self.audit.enabled = False

@@ -1789,3 +1789,94 @@ def test_a_revocation_is_recorded_after_the_calls_the_lane_returned_before_it(su
     s.perform(s.router.revoke("app.calc", {"time": None, "event": "grant revoked"}))
     s.perform(s.router.native_tick())
     assert len([e for e in s.other if isinstance(e, fx.Audit)]) == len(records)
+
+
+def test_records_held_while_the_audit_is_full_survive_a_drain_that_fails(sup):
+    """While the audit has no room, the router's own records wait in the router, among
+    the lane's (_record).  The next drain took them out of the router before it asked
+    the lane for its records: a drain that failed there (the lane out of memory:
+    MemoryError) lost every one of them, the calls ended in Python never recorded.
+    They stay until a drain succeeds, and come out in their places then."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
+    s.perform(s.router.native_tick(False))                 # the audit has no room
+    for i in range(3):
+        app.call(0)
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    app.call(2)                                            # not allowed: Python refuses it
+    app.until(lambda: len(app.returns()) == 4)
+    assert s.lane.stats()["audit_pending"] == 2
+    assert not [e for e in s.other if isinstance(e, fx.Audit)]   # all wait
+
+    lane = s.lane
+
+    class OutOfMemory:                                     # the lane, whose drain fails once
+        failed = False
+
+        def drain_audit(self):
+            if not OutOfMemory.failed:
+                OutOfMemory.failed = True
+                raise MemoryError
+            return lane.drain_audit()
+
+        def __getattr__(self, name):
+            return getattr(lane, name)
+
+    s.router.native = OutOfMemory()
+    with pytest.raises(MemoryError):
+        s.router.native_tick()
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [(r["method"], r["outcome"]) for r in records] == \
+        [("add", "returned")] * 3 + [("sumTo", "denied")]
+
+
+def test_records_held_while_the_audit_is_full_wait_for_the_lane_records_before_them(sup):
+    """A drain may give fewer of the lane's records than it has (Lane.drain_audit
+    keeps those it could not build for the next drain).  The router's records held
+    meanwhile that belong after the ones still in the lane were written at once,
+    ahead of them; they wait for them."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
+    for i in range(3):
+        app.call(0)
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    s.perform(s.router.native_tick(False))                 # the audit has no room
+    app.call(2)                                            # refused: its record waits
+    app.until(lambda: len(app.returns()) == 4)
+    assert s.lane.stats()["audit_pending"] == 2
+    lane = s.lane
+
+    class Partial:                  # the lane, whose first drain builds one record only
+        kept = None
+
+        def drain_audit(self):
+            if Partial.kept is None:
+                got = lane.drain_audit()
+                Partial.kept = got[1:]
+                return got[:1]
+            got, Partial.kept = Partial.kept + lane.drain_audit(), []
+            return got
+
+        def stats(self):
+            st = dict(lane.stats())
+            st["audit_pending"] += len(Partial.kept or ())
+            return st
+
+        def __getattr__(self, name):
+            return getattr(lane, name)
+
+    s.router.native = Partial()
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [(r["method"], r["outcome"]) for r in records] == [("add", "returned")] * 2
+    s.perform(s.router.native_tick())
+    records = [e.record for e in s.other if isinstance(e, fx.Audit)]
+    assert [(r["method"], r["outcome"]) for r in records] == \
+        [("add", "returned")] * 3 + [("sumTo", "denied")]
