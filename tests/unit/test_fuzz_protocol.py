@@ -27,6 +27,24 @@ def test_the_seeds_cover_every_message_kind_and_both_decoders():
     assert len(F._setup()["contents"]) >= 16
 
 
+def test_the_tiny_segment_seeds_are_spread_over_segments_with_far_pointers():
+    """The seeds built in 1-to-3-word segments are many segments each, reached
+    through far and double-far pointers (pycapnp gave them one segment of 1,024
+    words, and the fuzzer never made a far pointer but by mutation)."""
+    import struct
+    multi, far, double = 0, 0, 0
+    for seed in F._setup()["all"]:
+        multi += len(seed.segs) > 1
+        for s, p in seed.ptrs:
+            if s < len(seed.segs) and 8 * p + 8 <= len(seed.segs[s]):
+                w = struct.unpack_from("<Q", seed.segs[s], 8 * p)[0]
+                if w & 3 == wire.FAR:
+                    far += 1
+                    double += (w >> 2) & 1
+    assert multi >= 40
+    assert far >= 200 and double >= 20, (far, double)
+
+
 def _first_failure(monkeypatch, count=400):
     _done, failures = F.run(count, seed=5)
     assert not any(k.startswith("harness") for k in failures), failures
