@@ -11,7 +11,9 @@ while `host_call_live`, as the runtime does), a caller passing its calc grant on
 to store, which calls it and hands it out, capabilities got in answers called,
 calc calling back what it was passed, calc's answers (results, errors, a callback
 first), revocations, calc, store and callers restarting or killed, clients that
-cancel (Finish) or go, time passing (call_time).
+cancel (Finish) or go, time passing (call_time), and peers releasing midway what
+they were passed or what answers brought them (all their references or one; a
+stream of its own, so a seed's scenario is what it was up to its first release).
 
 Tail calls (rpc.capnp level 1): calc answers a call with a tail call of its own
 (Call with sendResultsTo.yourself to store through its revocable grant calc.store,
@@ -244,6 +246,8 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
     """One random scenario (or the given `ops`); None if every check held, else what
     broke, where, and the operations that led there."""
     rng = random.Random(seed)
+    rel = random.Random(f"releases {seed}")  # a stream of its own: a seed's scenario is
+    #                                          the same as before releases, up to the first
     now = [0.0]
     names = dict(NAMES); names[CLOCK] = ("Clock", {0: "wall"})
     router = FuzzRouter({"calc": CALC, "a1": None, "a2": None, "store": CALC}, external=("calc",), names=names,
@@ -581,6 +585,8 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                          "ext_answer", "ext_answer", "tail_take", "tail_finish", "tail_pipe",
                          "cb_ext", "cb_ext", "cb_ext", "store_answer", "store_answer",
                          "ext_obs", "ext_new"])
+            if rel.random() < 0.04:
+                op = rel.choice(["release_got", "store_release", "calc_release"])
         log.append(op)
         calc = state["calc"]
         try:
@@ -820,6 +826,29 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
                         else:
                             ask(c, c.grants[0].import_id, 1, with_cap=True,
                                 caps=[P.ReceiverAnswer(q, (0,))])
+            elif op in ("release_got", "store_release", "calc_release"):
+                # a peer lets go of a capability it got (all its references, or one),
+                # not one of its grants: its c-list entry (and whoever's share it
+                # counts to) goes with it
+                if op == "release_got":      # the one reference an answer brought
+                    cands = [(c, i) for c, i in got_caps if c.pid in router.peers]
+                elif op == "store_release":
+                    cands = [(store, i) for i in store_held]
+                else:
+                    cands = [(calc, i) for i in calc.conn.imports if calc.pid in router.peers]
+                cands = [(c, i) for c, i in cands if i in c.conn.imports]
+                if cands:
+                    c, imp = rel.choice(cands)
+                    grants = {g.import_id for g in getattr(c, "grants", {}).values()
+                              if hasattr(g, "import_id")}
+                    if imp in grants and c.conn.imports[imp] < 2:
+                        pass                       # its grant's own reference: kept
+                    elif op == "release_got" or imp in grants:
+                        if (c, imp) in got_caps:
+                            got_caps.remove((c, imp))
+                        c.send(c.conn.send_release(imp, 1))
+                    else:
+                        c.send(c.conn.send_release(imp, None if rel.random() < 0.7 else 1))
             elif op == "tick":
                 now[0] += rng.choice([0.5, 2.0, 6.0])
                 calc.deliver(router.expire())

@@ -85,3 +85,13 @@ def test_the_scenarios_find_a_taken_tail_call_cancelled_by_its_finish(monkeypatc
         return a is not None and a.finished and not a.returned
     fails = _fails_with(monkeypatch, P.Connection, "gave_up", gave_up)
     assert any("failed as cancelled" in k for k in fails), fails
+
+
+def test_the_scenarios_find_a_release_that_leaves_an_entry_counted_midway(monkeypatch):
+    """Peers let go of what they were passed, or what answers brought them, midway
+    (not only as a scenario winds down): the step of the release breaks the
+    invariant when its entry stays counted to its caller (Router._check_handles)."""
+    fails = _fails_with(monkeypatch, R.Router, "_unpassed",
+                        staticmethod(lambda peer, obj: None))
+    ops = ("op release_got:", "op store_release:", "op calc_release:")
+    assert any(op in x for v in fails.values() for x in v for op in ops), fails
