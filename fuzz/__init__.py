@@ -6,6 +6,7 @@ protocol.py  the wire and protocol layer: mutated RPC messages into a
 seeds.py     its seed messages and contents, and the connection they meet.
 router.py    the router and the host layer's params.
 hostmem.py   host calls on guest memory, native against Python.
+lane.py      the fast lane against the Python router, over real sockets.
 policy.py    the system file: parse, errors, what `wsuper check` prints.
 """
 

@@ -1,0 +1,350 @@
+"""Differential fuzzing of the fast lane against the Python router, over real sockets.
+
+    python -m fuzz.lane --count 20000 --seed 1
+
+Two worlds, each the real Router and Lane (supervisor/_fastlane.c) with the
+hand-driven engines of tests/unit/test_fastlane.py: calc (exports), app
+(granted calc, its route installed by a first call) and b (granted calc too).
+In one world app's messages may go natively; in the other the lane hands every
+one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
+one-segment Call to calc (on its grant, or pipelined on a call still open), or
+a Finish, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
+pointer words, integer fields, bit flips, words dropped or repeated), then
+framed as one message, followed by a plain marker call so that both worlds know
+when app's input was handled.  calc answers every call it got; app finishes
+what wants finishing.
+
+Checks, after each input, in both worlds: no exception out of the router or the
+lane, no internal error reported; what calc received (interface, method,
+content, capabilities) and what app got back (which answer, results or which
+exception type), and whether app was cut off, are the same in both worlds; and
+b's call to calc is still delivered and answered.  A world whose app was cut
+off is made anew (both, to stay in step).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import struct
+import sys
+import time
+import traceback
+
+from capnp_schemas import protocol as P, rpcwire, wire
+from capnp_schemas.protocol import Content
+
+from . import protocol as F
+from .seeds import Seed
+
+Q = struct.Struct("<Q")
+
+
+class Failure(Exception):
+    def __init__(self, check, detail):
+        super().__init__(f"{check}: {detail}")
+        self.check, self.detail = check, detail
+
+
+def _summary(segs):
+    """What a message says, for comparing the worlds (ids the lane picks left out)."""
+    try:
+        m = rpcwire.decode_pycapnp(segs)
+    except Exception as e:
+        return ("unreadable", type(e).__name__)
+    return m
+
+
+class World:
+    def __init__(self, native: bool):
+        from tests.unit import test_fastlane as T
+        self.T = T
+        self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None})
+        self.calc = T.Engine(self.sup, "calc", exports=True)
+        self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
+        self.b = T.Engine(self.sup, "b", [T.grant("calc", "calc")])
+        self.native = native
+        self.app_raw = []            # (which, id, kind/type, content) app got, in order
+        self.calc_got = []           # (interface, method, content, caps) calc got, in order
+        self.held = []               # calc's answers (id, tag) to app's method-2 calls, held
+        self.new_app()
+
+    def new_app(self):
+        """app (again, once cut off), its route in through a first call."""
+        T = self.T
+        old = getattr(self, "app", None)
+        if old is not None:
+            if old.pid in self.sup.router.peers:
+                self.sup.perform(self.sup.router.disconnected(old.pid, "gone"))
+            self.sup.lane.remove(old.pid)
+            self.sup.engines.pop(old.pid, None)
+            old.sock.close()
+        self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
+        self.gone = False
+        self._honest(self.app)
+        if not self.native:
+            self.sup.lane.set_ok(self.app.pid, False)
+        # app's side is read raw from here on: its inputs use ids its Connection
+        # does not know
+        self.framer = wire.Framer()
+        self.app.poll = self._app_poll
+        self.imp = self.app.grants[0].import_id
+
+    def _app_poll(self, timeout=0.0):
+        import select
+        app = self.app
+        if app.sock.fileno() < 0:
+            return False
+        r, _, _ = select.select([app.sock], [], [], timeout)
+        if not r:
+            return False
+        data = app.sock.recv(1 << 20)
+        if not data:
+            self.gone = True
+            app.sock.close()
+            return False
+        for segs in self.framer.feed(data):
+            m = _summary(segs)
+            if isinstance(m, tuple):
+                self.app_raw.append(m)
+                continue
+            row = (m.which, getattr(m, "id", None), getattr(m, "kind", None),
+                   getattr(m, "type", None))
+            if m.which == rpcwire.MSG_RETURN and getattr(m, "kind", None) == "results":
+                try:
+                    row += (Content(segs, m.content_loc).single_segment_copy(),)
+                except Exception as e:
+                    row += (type(e).__name__,)
+            self.app_raw.append(row)
+            if m.which == rpcwire.MSG_RETURN and not m.no_finish:
+                app.sock.sendall(rpcwire.encode_finish(m.id))
+        return True
+
+    def _honest(self, e):
+        """`e` calls calc; calc answers everything it got; `e` gets its answer."""
+        qid = e.call()
+        self.serve_until(lambda: any(r.question_id == qid for r in e.returns()))
+        e.inbox[:] = [x for x in e.inbox if not (isinstance(x, P.ReturnReceived)
+                                                 and x.question_id == qid)]
+
+    def serve_until(self, done, timeout=5.0, hold=False):
+        end = time.monotonic() + timeout
+        calc = self.calc
+        while not done():
+            if time.monotonic() > end:
+                raise Failure("stuck", "timed out")
+            self.sup.pump(0.002)
+            for e in list(self.sup.engines.values()):
+                e.poll(0.0)
+            for ev in calc.calls():
+                try:
+                    content = ev.payload.content.single_segment_copy()
+                except Exception as x:
+                    content = type(x).__name__
+                tag = None
+                try:
+                    tag = Q.unpack_from(wire.unframe(content)[0], 8)[0] \
+                        if isinstance(content, bytes) else None
+                except Exception:
+                    pass
+                if ev.target is not calc.main or tag != MARK:
+                    self.calc_got.append((ev.interface_id, ev.method_id,
+                                          ev.target is calc.main, content,
+                                          len(ev.payload.caps)))
+                if ev.answer_id in calc.conn.answers:
+                    if ev.method_id == 2 and tag != MARK and hold:
+                        self.held.append((ev.answer_id, tag))   # answered after the next input
+                    elif ev.method_id == 1:
+                        calc.send(calc.conn.send_exception(ev.answer_id, "no", "overloaded"))
+                    else:
+                        calc.send(calc.conn.send_return(ev.answer_id, self.T.params(
+                            tag if tag is not None else 3), no_finish=ev.method_id == 2))
+            calc.inbox[:] = [x for x in calc.inbox if not isinstance(x, P.CallReceived)]
+            self.internal()
+
+    def internal(self):
+        for e in self.sup.other:
+            text = getattr(e, "text", "") or getattr(e, "reason", "") or ""
+            if "internal error" in str(text):
+                raise Failure("internal", str(text)[:300])
+
+    def send(self, data: bytes, marker_qid: int):
+        """app's input, then its marker call; until the marker's answer, or app gone."""
+        app = self.app
+        try:
+            app.sock.sendall(data + marker(marker_qid, self.imp))
+        except OSError:
+            self.gone = True
+        n = len(self.app_raw)
+
+        def done():
+            if self.gone or app.pid in self.sup.closed or app.pid not in self.sup.router.peers:
+                return True
+            return any(r[0] == rpcwire.MSG_RETURN and r[1] == marker_qid
+                       for r in self.app_raw[n:])
+        held, self.held = self.held, []
+        self.serve_until(done, hold=True)
+        if app.pid in self.sup.closed or app.pid not in self.sup.router.peers:
+            self.gone = True
+        # the calls held since the input before (their question ids were open for
+        # this one to use again): answered now
+        for aid, tag in held:
+            if aid in self.calc.conn.answers and self.calc.pid in self.sup.router.peers:
+                self.calc.send(self.calc.conn.send_return(aid, self.T.params(
+                    tag if tag is not None else 3)))
+
+    def stop(self):
+        for pid in list(self.sup.engines):      # their sockets, and then the lane's own
+            self.sup.lane.remove(pid)
+        self.sup.stop()
+
+
+MARK = 0x5A5A5A5A5A5A5A5A
+
+
+def marker(qid, imp):
+    c = P.Connection("m")
+    c.imports[imp] = 1
+    _q, data = c.send_call(imp, 0xC0FFEE0000000001, 0, Content.standalone(
+        [struct.pack("<QQ", 1 << 32, MARK)]))
+    return _renumber(data, qid)
+
+
+def _renumber(data: bytes, qid: int) -> bytes:
+    segs = [bytearray(s) for s in wire.unframe(data)]
+    msg = P.rpc.Message.from_segments([bytes(s) for s in segs]).as_builder()
+    msg.call.questionId = qid
+    return wire.frame(msg.to_segments())
+
+
+def seeds(imp: int) -> list:
+    out = []
+    c = P.Connection("app")
+    c.imports[imp] = 1
+    for method in (0, 1, 2):
+        for tag in (7, 1 << 40):
+            _q, data = c.send_call(imp, 0xC0FFEE0000000001, method, Content.standalone(
+                [struct.pack("<QQ", 1 << 32, tag)]))
+            out.append(Seed(_renumber(data, 100 + method)))
+    # pipelined on question 100 (open or not), and a finish
+    _q, data = c.send_call((100, (0,)), 0xC0FFEE0000000001, 0,
+                           Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
+    out.append(Seed(_renumber(data, 110)))
+    out.append(Seed(rpcwire.encode_finish(100)))
+    return out
+
+
+def mutate_one(rng, seed: Seed) -> bytes:
+    """A mutated copy of the seed's one segment, framed as one message."""
+    seg = bytearray(seed.segs[0])
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        nwords = len(seg) // 8
+        op = rng.randrange(10)
+        if op < 3 and seed.ptrs:
+            _s, p = rng.choice(seed.ptrs)
+            if 8 * p + 8 <= len(seg):
+                Q.pack_into(seg, 8 * p, F._mutate_pointer(rng, Q.unpack_from(seg, 8 * p)[0], 1))
+        elif op < 6 and nwords:
+            width = rng.choice((1, 2, 4, 4, 8))
+            at = rng.randrange(len(seg) // width) * width
+            v = rng.choice(F.INTERESTING + (100, 101, 102, 110, 0x80000000, imp_hint[0]))
+            seg[at:at + width] = (v & ((1 << 8 * width) - 1)).to_bytes(width, "little")
+        elif op < 8 and seg:
+            i = rng.randrange(len(seg))
+            seg[i] ^= 1 << rng.randrange(8)
+        elif nwords > 1:
+            p = rng.randrange(nwords)
+            if rng.random() < 0.5:
+                seg[8 * p:8 * p] = seg[8 * p:8 * p + 8]
+            else:
+                del seg[8 * p:8 * p + 8]
+    return wire.frame([bytes(seg[:len(seg) & ~7])])
+
+
+imp_hint = [0]
+
+
+def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
+    rng = random.Random(seed)
+    failures: dict = {}
+    worlds, revoked, fresh = None, False, True
+    done = 0
+    try:
+        for i in range(count):
+            if worlds is None or revoked:
+                for w in worlds or ():
+                    w.stop()
+                worlds, revoked, fresh = [World(True), World(False)], False, True
+            if any(w.gone for w in worlds) or fresh:
+                for w in worlds:
+                    if not fresh:
+                        w.new_app()
+                    w.app_raw.clear()
+                    w.calc_got.clear()
+                if worlds[0].imp != worlds[1].imp:
+                    raise AssertionError("the worlds are out of step")
+                imp_hint[0] = worlds[0].imp
+                pool = seeds(worlds[0].imp)
+                qid, fresh = 1000, False
+            data = mutate_one(rng, rng.choice(pool)) if rng.random() < 0.9 \
+                else wire.frame(rng.choice(pool).segs)
+            qid += 1
+            if rng.random() < 0.02:
+                # app's grant revoked, its calls held at calc in flight (natively, or
+                # through Python), just before this input: both fail them, and it, alike
+                for w in worlds:
+                    w.sup.perform(w.sup.router.revoke("app.calc"))
+                revoked = True
+            try:
+                for w in worlds:
+                    n_app, n_calc = len(w.app_raw), len(w.calc_got)
+                    w.send(data, qid)
+                    w.mark = (n_app, n_calc)
+                a, b = worlds
+                ra, rb = a.app_raw[a.mark[0]:], b.app_raw[b.mark[0]:]
+                ca, cb = a.calc_got[a.mark[1]:], b.calc_got[b.mark[1]:]
+                if a.gone != b.gone:
+                    raise Failure("cut off", f"app cut off: native {a.gone}, python {b.gone}")
+                if ca != cb:
+                    raise Failure("calc got", f"native {ca!r:.300} python {cb!r:.300}")
+                if ra != rb:
+                    raise Failure("app got", f"native {ra!r:.300} python {rb!r:.300}")
+                for w in worlds:
+                    w._honest(w.b)
+            except Failure as f:
+                key = f"{f.check}: {f.detail[:100]}"
+                failures.setdefault(key, []).append((i, f.detail, data.hex()))
+                for w in worlds:
+                    w.gone = True
+            except Exception as e:
+                key = f"harness: {type(e).__name__}: {e}"[:150]
+                failures.setdefault(key, []).append((i, traceback.format_exc(), data.hex()))
+                for w in worlds:
+                    w.gone = True
+            done += 1
+            if progress and done % 500 == 0:
+                progress(f"{done}/{count} inputs, {len(failures)} failure classes")
+    finally:
+        for w in worlds or ():
+            w.stop()
+    return done, failures
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    began = time.monotonic()
+    done, failures = run(args.count, args.seed,
+                         progress=lambda s: print(s, file=sys.stderr, flush=True))
+    for key, examples in failures.items():
+        print(f"FAIL {key} ({len(examples)})")
+        for i, detail, hexdata in examples[:2]:
+            print(f"  input {i}: {detail[:2000]}\n  {hexdata}")
+    print(f"fuzz.lane: {done} inputs, seed {args.seed}, {time.monotonic() - began:.0f} s, "
+          f"{len(failures)} failure classes")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""A few hundred inputs of the fast lane's differential fuzzer (fuzz/lane.py), and
+proof that it finds the native path and the Python path disagreeing."""
+import pytest
+
+from capnp_schemas import rpcwire, wire
+from supervisor import fastlane, router as R
+from fuzz import lane as L
+
+pytestmark = pytest.mark.skipif(fastlane.Lane is None, reason=str(fastlane.unavailable))
+
+
+def test_a_few_hundred_mutated_calls_go_the_same_way_on_either_path():
+    done, failures = L.run(300, seed=20261205)
+    assert done == 300
+    assert failures == {}, "\n".join(f"{k}: {v[0][1][:300]}" for k, v in failures.items())
+
+
+def test_a_python_path_that_reads_a_call_otherwise_is_caught(monkeypatch):
+    """The Python path (every one of app's messages, in one world; only those
+    the lane does not take, in the other) reads question 100's method as 1."""
+    real = R.Router.receive
+
+    def otherwise(self, pid, data):
+        peer = self.peers.get(pid)
+        if peer is not None and peer.name == "app":
+            try:
+                out = b""
+                for segs in wire.Framer().feed(bytes(data)):   # what the lane handed over
+                    segs = [bytearray(sg) for sg in segs]
+                    m = rpcwire.decode_pycapnp(segs)
+                    if m.which == rpcwire.MSG_CALL and m.id == 100 and m.method_id == 0:
+                        _k, s, start, w = wire.resolve(segs, (0, 0))          # Message
+                        _k, s, start, _w = wire.resolve(segs,
+                                                        (s, start + ((w >> 32) & 0xFFFF)))
+                        segs[s][8 * start + 4] = 1                            # methodId
+                    out += wire.frame([bytes(sg) for sg in segs])
+                data = out
+            except Exception:
+                pass
+        return real(self, pid, data)
+    monkeypatch.setattr(R.Router, "receive", otherwise)
+    _done, failures = L.run(100, seed=3)
+    assert any(k.startswith(("calc got", "app got")) for k in failures), failures
