@@ -60,12 +60,23 @@ class World:
         self.T = T
         self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None})
         self.calc = T.Engine(self.sup, "calc", exports=True)
+        poll = self.calc.poll
+
+        def calc_poll(timeout=0.0):          # what calc's bad Return brought back
+            try:                             # breaks its own side: calc_gone
+                return poll(timeout)
+            except P.ProtocolError:
+                return False
+        self.calc.poll = calc_poll
         self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
         self.b = T.Engine(self.sup, "b", [T.grant("calc", "calc")])
         self.native = native
         self.app_raw = []            # (which, id, kind/type, content) app got, in order
         self.calc_got = []           # (interface, method, content, caps) calc got, in order
         self.held = []               # calc's answers (id, tag) to app's method-2 calls, held
+        #: a seed: calc's next answer to app (not the marker's) is mutated with it
+        self.bad_return = None
+        self.comparable = True       # False: that answer no longer answers its call
         self.new_app()
 
     def new_app(self):
@@ -156,8 +167,14 @@ class World:
                     elif ev.method_id == 1:
                         calc.send(calc.conn.send_exception(ev.answer_id, "no", "overloaded"))
                     else:
-                        calc.send(calc.conn.send_return(ev.answer_id, self.T.params(
-                            tag if tag is not None else 3), no_finish=ev.method_id == 2))
+                        ret = calc.conn.send_return(ev.answer_id, self.T.params(
+                            tag if tag is not None else 3),
+                            no_finish=tag is None or tag % 4 != 3)   # as engines do, mostly
+                        if self.bad_return is not None and tag not in (MARK, 5):
+                            ret, same = bad_return(self.bad_return, ret, ev.answer_id)
+                            self.bad_return = None
+                            self.comparable &= same
+                        calc.send(ret)
             calc.inbox[:] = [x for x in calc.inbox if not isinstance(x, P.CallReceived)]
             self.internal()
 
@@ -179,6 +196,8 @@ class World:
         def done():
             if self.gone or app.pid in self.sup.closed or app.pid not in self.sup.router.peers:
                 return True
+            if self.calc_gone():
+                return True
             return any(r[0] == rpcwire.MSG_RETURN and r[1] == marker_qid
                        for r in self.app_raw[n:])
         held, self.held = self.held, []
@@ -190,7 +209,13 @@ class World:
         for aid, tag in held:
             if aid in self.calc.conn.answers and self.calc.pid in self.sup.router.peers:
                 self.calc.send(self.calc.conn.send_return(aid, self.T.params(
-                    tag if tag is not None else 3)))
+                    tag if tag is not None else 3), no_finish=True))
+
+    def calc_gone(self) -> bool:
+        """calc cut off, or its own side of the connection broken (an Unimplemented
+        echo of its bad Return, which a real engine would not send on from)."""
+        return self.calc.pid in self.sup.closed or self.calc.pid not in self.sup.router.peers \
+            or self.calc.conn.closed is not None
 
     def stop(self):
         for pid in list(self.sup.engines):      # their sockets, and then the lane's own
@@ -199,6 +224,29 @@ class World:
 
 
 MARK = 0x5A5A5A5A5A5A5A5A
+
+
+def bad_return(seed: str, data: bytes, answer_id: int):
+    """calc's Return `data`, mutated as `seed` says, alike in both worlds: its answer
+    id (the lane's own numbering in one world, Python's in the other) is put back
+    where it was.  Also whether the mutant still answers `answer_id` as pycapnp
+    reads it: when not (its Return moved, or reads as a default one: answer 0,
+    which is another call in the other world), the worlds may differ."""
+    segs = [bytearray(sg) for sg in wire.unframe(data)]
+    _k, s, start, w = wire.resolve(segs, (0, 0))                       # the Message
+    _k, s, at, _w = wire.resolve(segs, (s, start + ((w >> 32) & 0xFFFF)))  # its Return
+    out = bytearray(wire.unframe(mutate_one(random.Random(seed), Seed(data)))[0])
+    if 8 * at + 4 <= len(out):
+        out[8 * at:8 * at + 4] = struct.pack("<I", answer_id)
+    try:                                   # its Return where it was, the id read there
+        mseg = [bytes(out)]
+        _k, s2, start2, w2 = wire.resolve(mseg, (0, 0))
+        _k, s2, at2, _w = wire.resolve(mseg, (s2, start2 + ((w2 >> 32) & 0xFFFF)))
+        m = rpcwire.decode_pycapnp(mseg)
+        same = (s2, at2) == (s, at) and m.which == rpcwire.MSG_RETURN and m.id == answer_id
+    except Exception:
+        same = False
+    return wire.frame([bytes(out)]), same
 
 
 def marker(qid, imp):
@@ -270,7 +318,7 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
     done = 0
     try:
         for i in range(count):
-            if worlds is None or revoked:
+            if worlds is None or revoked or any(w.calc_gone() for w in worlds):
                 for w in worlds or ():
                     w.stop()
                 worlds, revoked, fresh = [World(True), World(False)], False, True
@@ -294,12 +342,31 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                 for w in worlds:
                     w.sup.perform(w.sup.router.revoke("app.calc"))
                 revoked = True
+            if rng.random() < 0.2:
+                # calc (a compartment: as hostile as anyone) answers app's call with a
+                # mutated Return, which the lane may forward natively
+                for w in worlds:
+                    w.bad_return = f"{seed} {i}"
+            for w in worlds:
+                w.comparable = True
             try:
                 for w in worlds:
                     n_app, n_calc = len(w.app_raw), len(w.calc_got)
                     w.send(data, qid)
                     w.mark = (n_app, n_calc)
+                    w.bad_return = None
                 a, b = worlds
+                if a.calc_gone() or b.calc_gone() or not (a.comparable and b.comparable):
+                    # what calc's bad return did: alike in both, and the worlds start
+                    # again (what app got meanwhile depends on when calc went)
+                    if a.calc_gone() != b.calc_gone() and a.comparable and b.comparable:
+                        raise Failure("calc cut off", f"calc cut off: native "
+                                      f"{a.calc_gone()}, python {b.calc_gone()}")
+                    for w in worlds:
+                        w.internal()
+                    revoked = True
+                    done += 1
+                    continue
                 ra, rb = a.app_raw[a.mark[0]:], b.app_raw[b.mark[0]:]
                 ca, cb = a.calc_got[a.mark[1]:], b.calc_got[b.mark[1]:]
                 if a.gone != b.gone:
