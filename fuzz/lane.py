@@ -5,20 +5,23 @@
 Two worlds, each the real Router and Lane (supervisor/_fastlane.c) with the
 hand-driven engines of tests/unit/test_fastlane.py: calc (exports), app
 (granted calc, its route installed by a first call) and b (granted calc too).
-In one world app's messages may go natively; in the other the lane hands every
-one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
+In about a third of the world pairs app is an external client on the gateway
+instead.  In one world app's messages may go natively; in the other the lane
+hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
 one-segment Call to calc (on its grant, or pipelined on a call still open), or
 a Finish, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
 pointer words, integer fields, bit flips, words dropped or repeated), then
 framed as one message, followed by a plain marker call so that both worlds know
-when app's input was handled.  calc answers every call it got; app finishes
-what wants finishing.
+when app's input was handled.  calc answers every call it got (its answers to
+method 2 held until after the next input, so that input may use their question
+ids again; one input in five answered with a mutated Return); app finishes what
+wants finishing; now and then app's grant is revoked just before an input.
 
 Checks, after each input, in both worlds: no exception out of the router or the
 lane, no internal error reported; what calc received (interface, method,
 content, capabilities) and what app got back (which answer, results or which
-exception type), and whether app was cut off, are the same in both worlds; and
-b's call to calc is still delivered and answered.  A world whose app was cut
+exception type), and whether app (and calc) was cut off, are the same in both
+worlds; and b's call to calc is still delivered and answered.  A world whose app was cut
 off is made anew (both, to stay in step).
 """
 from __future__ import annotations
@@ -55,10 +58,11 @@ def _summary(segs):
 
 
 class World:
-    def __init__(self, native: bool):
+    def __init__(self, native: bool, external: bool = False):
         from tests.unit import test_fastlane as T
         self.T = T
-        self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None})
+        self.external = external     # app is an external client on the gateway
+        self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None}, external=("calc",))
         self.calc = T.Engine(self.sup, "calc", exports=True)
         poll = self.calc.poll
 
@@ -68,7 +72,10 @@ class World:
             except P.ProtocolError:
                 return False
         self.calc.poll = calc_poll
-        self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
+        if self.external:
+            self.app = T.External(self.sup, "app")
+        else:
+            self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
         self.b = T.Engine(self.sup, "b", [T.grant("calc", "calc")])
         self.native = native
         self.app_raw = []            # (which, id, kind/type, content) app got, in order
@@ -89,7 +96,10 @@ class World:
             self.sup.lane.remove(old.pid)
             self.sup.engines.pop(old.pid, None)
             old.sock.close()
-        self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
+        if self.external:
+            self.app = T.External(self.sup, "app")
+        else:
+            self.app = T.Engine(self.sup, "app", [T.grant("calc", "calc", revocable=True)])
         self.gone = False
         self._honest(self.app)
         if not self.native:
@@ -321,7 +331,8 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
             if worlds is None or revoked or any(w.calc_gone() for w in worlds):
                 for w in worlds or ():
                     w.stop()
-                worlds, revoked, fresh = [World(True), World(False)], False, True
+                ext = rng.random() < 0.3
+                worlds, revoked, fresh = [World(True, ext), World(False, ext)], False, True
             if any(w.gone for w in worlds) or fresh:
                 for w in worlds:
                     if not fresh:
@@ -336,7 +347,7 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
             data = mutate_one(rng, rng.choice(pool)) if rng.random() < 0.9 \
                 else wire.frame(rng.choice(pool).segs)
             qid += 1
-            if rng.random() < 0.02:
+            if rng.random() < 0.02 and not worlds[0].external:
                 # app's grant revoked, its calls held at calc in flight (natively, or
                 # through Python), just before this input: both fail them, and it, alike
                 for w in worlds:
