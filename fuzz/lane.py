@@ -9,7 +9,7 @@ In about a third of the world pairs app is an external client on the gateway
 instead.  In one world app's messages may go natively; in the other the lane
 hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
 one-segment Call to calc (on its grant, or pipelined on a call still open), or
-a Finish, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
+a Finish, or a Release of its grant, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
 pointer words, integer fields, bit flips, words dropped or repeated), then
 framed as one message, followed by a plain marker call so that both worlds know
 when app's input was handled.  calc answers every call it got (its answers to
@@ -288,6 +288,7 @@ def seeds(imp: int) -> list:
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
     out.append(Seed(_renumber(data, 110)))
     out.append(Seed(rpcwire.encode_finish(100)))
+    out.append(Seed(c.send_release(imp, 1)))       # app lets go of its grant (its route)
     return out
 
 
