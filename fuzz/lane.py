@@ -15,7 +15,8 @@ framed as one message, followed by a plain marker call so that both worlds know
 when app's input was handled.  calc answers every call it got (its answers to
 method 2 held until after the next input, so that input may use their question
 ids again; one input in five answered with a mutated Return); app finishes what
-wants finishing; now and then app's grant is revoked just before an input.
+wants finishing; now and then app's grant is revoked, or calc's engine dies and
+a new one takes its place, just before an input.
 
 Checks, after each input, in both worlds: no exception out of the router or the
 lane, no internal error reported; what calc received (interface, method,
@@ -63,15 +64,7 @@ class World:
         self.T = T
         self.external = external     # app is an external client on the gateway
         self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None}, external=("calc",))
-        self.calc = T.Engine(self.sup, "calc", exports=True)
-        poll = self.calc.poll
-
-        def calc_poll(timeout=0.0):          # what calc's bad Return brought back
-            try:                             # breaks its own side: calc_gone
-                return poll(timeout)
-            except P.ProtocolError:
-                return False
-        self.calc.poll = calc_poll
+        self.calc = self._calc()
         if self.external:
             self.app = T.External(self.sup, "app")
         else:
@@ -221,6 +214,29 @@ class World:
                 self.calc.send(self.calc.conn.send_return(aid, self.T.params(
                     tag if tag is not None else 3), no_finish=True))
 
+    def restart_calc(self):
+        """calc's engine dies (its calls in flight, native or not, with it) and a
+        new one serves in its place."""
+        old = self.calc
+        self.sup.perform(self.sup.router.disconnected(old.pid, "killed"))
+        self.sup.lane.remove(old.pid)
+        self.sup.engines.pop(old.pid, None)
+        old.sock.close()
+        self.held = []
+        self.calc = self._calc()
+
+    def _calc(self):
+        calc = self.T.Engine(self.sup, "calc", exports=True)
+        poll = calc.poll
+
+        def calc_poll(timeout=0.0):          # what calc's bad Return brought back
+            try:                             # breaks its own side: calc_gone
+                return poll(timeout)
+            except P.ProtocolError:
+                return False
+        calc.poll = calc_poll
+        return calc
+
     def calc_gone(self) -> bool:
         """calc cut off, or its own side of the connection broken (an Unimplemented
         echo of its bad Return, which a real engine would not send on from)."""
@@ -348,6 +364,11 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
             data = mutate_one(rng, rng.choice(pool)) if rng.random() < 0.9 \
                 else wire.frame(rng.choice(pool).segs)
             qid += 1
+            if rng.random() < 0.02:
+                # calc restarts, app's calls held there (native, or through Python)
+                # lost with it, just before this input
+                for w in worlds:
+                    w.restart_calc()
             if rng.random() < 0.02 and not worlds[0].external:
                 # app's grant revoked, its calls held at calc in flight (natively, or
                 # through Python), just before this input: both fail them, and it, alike
