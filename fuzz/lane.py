@@ -21,9 +21,11 @@ a new one takes its place, just before an input.
 Checks, after each input, in both worlds: no exception out of the router or the
 lane, no internal error reported; what calc received (interface, method,
 content, capabilities) and what app got back (which answer, results or which
-exception type), and whether app (and calc) was cut off, are the same in both
-worlds; and b's call to calc is still delivered and answered.  A world whose app was cut
-off is made anew (both, to stay in step).
+exception type and reason, or an Abort's), and whether app (and calc) was cut
+off, are the same in both worlds; and b's call to calc is still delivered and
+answered.  An app cut off is made anew, and the worlds too once calc was cut
+off, app's grant revoked, or calc's answer no longer answered its call (both,
+to stay in step).
 """
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ class World:
                 self.app_raw.append(m)
                 continue
             row = (m.which, getattr(m, "id", None), getattr(m, "kind", None),
-                   getattr(m, "type", None))
+                   getattr(m, "type", None), getattr(m, "reason", None))
             if m.which == rpcwire.MSG_RETURN and getattr(m, "kind", None) == "results":
                 try:
                     row += (Content(segs, m.content_loc).single_segment_copy(),)
