@@ -79,6 +79,7 @@ class World:
         #: a seed: calc's next answer to app (not the marker's) is mutated with it
         self.bad_return = None
         self.comparable = True       # False: that answer no longer answers its call
+        self.bad_sent = False        # a mutated Return went to the supervisor
         self.new_app()
 
     def new_app(self):
@@ -179,6 +180,7 @@ class World:
                             ret, same = bad_return(self.bad_return, ret, ev.answer_id)
                             self.bad_return = None
                             self.comparable &= same
+                            self.bad_sent = True
                         calc.send(ret)
             calc.inbox[:] = [x for x in calc.inbox if not isinstance(x, P.CallReceived)]
             self.internal()
@@ -238,6 +240,14 @@ class World:
                 return False
         calc.poll = calc_poll
         return calc
+
+    def why_calc_gone(self) -> str:
+        if self.calc.conn.closed is not None:
+            return f"its own side closed: {self.calc.conn.closed}"
+        if self.calc.pid in self.sup.closed or self.calc.pid not in self.sup.router.peers:
+            return "the supervisor cut it off: " + "; ".join(
+                str(getattr(e, "text", e))[:200] for e in self.sup.other[-3:])
+        return "not gone"
 
     def calc_gone(self) -> bool:
         """calc cut off, or its own side of the connection broken (an Unimplemented
@@ -306,6 +316,7 @@ def seeds(imp: int) -> list:
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
     out.append(Seed(_renumber(data, 110)))
     out.append(Seed(rpcwire.encode_finish(100)))
+    out.append(Seed(rpcwire.encode_finish(102)))   # a call calc holds: cancelled
     out.append(Seed(c.send_release(imp, 1)))       # app lets go of its grant (its route)
     return out
 
@@ -383,7 +394,7 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                 for w in worlds:
                     w.bad_return = f"{seed} {i}"
             for w in worlds:
-                w.comparable = True
+                w.comparable, w.bad_sent = True, False
             try:
                 for w in worlds:
                     n_app, n_calc = len(w.app_raw), len(w.calc_got)
@@ -396,7 +407,8 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                     # again (what app got meanwhile depends on when calc went)
                     if a.calc_gone() != b.calc_gone() and a.comparable and b.comparable:
                         raise Failure("calc cut off", f"calc cut off: native "
-                                      f"{a.calc_gone()}, python {b.calc_gone()}")
+                                      f"{a.calc_gone()}, python {b.calc_gone()}"
+                                      f" ({a.why_calc_gone()}; {b.why_calc_gone()})")
                     for w in worlds:
                         w.internal()
                     revoked = True
@@ -412,6 +424,11 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                     raise Failure("app got", f"native {ra!r:.300} python {rb!r:.300}")
                 for w in worlds:
                     w._honest(w.b)
+                if any(w.bad_sent for w in worlds):
+                    # calc's side of its connection believes the Return it built, not
+                    # the mutant (a noFinishNeeded it did not set: it awaits a Finish
+                    # for an id the supervisor may use again): the worlds start again
+                    revoked = True
             except Failure as f:
                 key = f"{f.check}: {f.detail[:100]}"
                 failures.setdefault(key, []).append((i, f.detail, data.hex()))
