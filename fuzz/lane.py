@@ -267,24 +267,44 @@ MARK = 0x5A5A5A5A5A5A5A5A
 def bad_return(seed: str, data: bytes, answer_id: int):
     """calc's Return `data`, mutated as `seed` says, alike in both worlds: its answer
     id (the lane's own numbering in one world, Python's in the other) is put back
-    where it was.  Also whether the mutant still answers `answer_id` as pycapnp
-    reads it: when not (its Return moved, or reads as a default one: answer 0,
-    which is another call in the other world), the worlds may differ."""
+    where it was.  Also whether the answer id changes nothing else: a mutant whose
+    Return moved, or reads as a default one (answer 0, another call in the other
+    world), or whose content reaches the id's bytes, may rightly differ."""
     segs = [bytearray(sg) for sg in wire.unframe(data)]
     _k, s, start, w = wire.resolve(segs, (0, 0))                       # the Message
     _k, s, at, _w = wire.resolve(segs, (s, start + ((w >> 32) & 0xFFFF)))  # its Return
-    out = bytearray(wire.unframe(mutate_one(random.Random(seed), Seed(data)))[0])
-    if 8 * at + 4 <= len(out):
-        out[8 * at:8 * at + 4] = struct.pack("<I", answer_id)
-    try:                                   # its Return where it was, the id read there
-        mseg = [bytes(out)]
-        _k, s2, start2, w2 = wire.resolve(mseg, (0, 0))
-        _k, s2, at2, _w = wire.resolve(mseg, (s2, start2 + ((w2 >> 32) & 0xFFFF)))
-        m = rpcwire.decode_pycapnp(mseg)
-        same = (s2, at2) == (s, at) and m.which == rpcwire.MSG_RETURN and m.id == answer_id
-    except Exception:
-        same = False
-    return wire.frame([bytes(out)]), same
+    mutant = bytearray(wire.unframe(mutate_one(random.Random(seed), Seed(data)))[0])
+
+    def with_id(aid):
+        out = bytearray(mutant)
+        if 8 * at + 4 <= len(out):
+            out[8 * at:8 * at + 4] = struct.pack("<I", aid)
+        return [bytes(out)]
+
+    def reads(mseg, aid):
+        """What the Return says, its answer id aside; None if it is not aid's."""
+        try:
+            _k, s2, start2, w2 = wire.resolve(mseg, (0, 0))
+            _k, s2, at2, _w = wire.resolve(mseg, (s2, start2 + ((w2 >> 32) & 0xFFFF)))
+            m = rpcwire.decode_pycapnp(mseg)
+        except Exception:
+            return None
+        if (s2, at2) != (s, at) or m.which != rpcwire.MSG_RETURN or m.id != aid:
+            return None
+        content = None
+        if getattr(m, "content_loc", None) is not None:
+            try:
+                content = Content(mseg, m.content_loc).single_segment_copy()
+            except Exception as e:
+                content = type(e).__name__
+        return (m.kind, m.no_finish, m.release, getattr(m, "caps", None), content,
+                getattr(m, "reason", None), getattr(m, "type", None))
+
+    out = with_id(answer_id)
+    other = answer_id ^ 0x5A5A5A5A
+    mine = reads(out, answer_id)
+    same = mine is not None and mine == reads(with_id(other), other)
+    return wire.frame(out), same
 
 
 def marker(qid, imp):
