@@ -97,6 +97,12 @@ def content_seeds():
                 v.name, v.value = f"N{i}", "v" * i
             return msg
         out.append((mod, build(make_vars)))
+
+    def many(kw):          # a Sample of as many segments as a message may have
+        s = sample.Sample.new_message(**kw)
+        s.texts = [f"t{i}" for i in range(wire.MAX_SEGMENTS - 3)]
+        return s
+    out.append((sample.Sample, _tiny_segments(many).to_segments()))
     return [(mod, [bytes(s) for s in segs]) for mod, segs in out]
 
 

@@ -43,6 +43,8 @@ def test_the_tiny_segment_seeds_are_spread_over_segments_with_far_pointers():
                     double += (w >> 2) & 1
     assert multi >= 40
     assert far >= 200 and double >= 20, (far, double)
+    # and content, calls and returns of as many segments as a message may have
+    assert sum(len(seed.segs) == wire.MAX_SEGMENTS for seed in F._setup()["all"]) >= 3
 
 
 def _first_failure(monkeypatch, count=400):
@@ -107,7 +109,7 @@ def test_an_echo_larger_than_its_message_is_caught(monkeypatch):
             msg.unimplemented = original
         return wire.frame(msg.to_segments())
     monkeypatch.setattr(P, "_unimplemented_reply", as_it_reads)
-    failures = _first_failure(monkeypatch)
+    failures = _first_failure(monkeypatch, 1200)
     assert any("the unimplemented echo (N bytes) is larger" in k for k in failures)
 
 @pytest.mark.parametrize("i", [0, 1, 2])
