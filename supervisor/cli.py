@@ -368,11 +368,28 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
         return (f"{option} {quoted(output)}: cannot tell whether it is one of the "
                 f"system's own files (its audit file, a module, a schema, a log file), "
                 f"which are never written over: {e}")
+    # where the output is written: the file its path leads to, symbolic links
+    # followed (as open() follows them), whether or not it exists yet.  Compared by
+    # the path as given, a symbolic link to a log file (or a dangling one to a log
+    # or an audit rotation not made yet) was "another file", and the trace went
+    # into the log directory through it; a hard link to a log file too
+    try:
+        real = os.path.realpath(output)
+    except (OSError, ValueError):
+        real = os.path.abspath(output)
+    try:
+        target = os.stat(output)
+    except (OSError, ValueError):
+        target = None
     for what, path in policy.files_of(system_path):
         try:
             same = os.path.samefile(path, output)
         except (OSError, ValueError):
-            continue
+            same = False
+        try:
+            same = same or os.path.realpath(path) == real
+        except (OSError, ValueError):
+            pass
         if same:
             return (f"{option} {quoted(output)} is {what} {quoted(path)}: not writing over "
                     f"it; name another file")
@@ -383,11 +400,24 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
     except policy.PolicyError:
         return None
     try:
-        inside = os.path.samefile(os.path.dirname(os.path.abspath(output)), folder)
+        inside = os.path.samefile(os.path.dirname(real), folder)
     except (OSError, ValueError):
         inside = False
+    if not inside and target is not None and target.st_nlink > 1:
+        # a hard link elsewhere to a file of the log directory is that file
+        # (an entry gone meanwhile, a rotation's, is passed over, not the others)
+        def same(entry) -> bool:
+            try:
+                return os.path.samestat(entry.stat(follow_symlinks=False), target)
+            except OSError:
+                return False
+        try:
+            with os.scandir(folder) as entries:
+                inside = any(same(e) for e in entries)
+        except (OSError, ValueError):
+            pass
     if inside:
-        return (f"{option} {quoted(output)} is in the system's log directory "
+        return (f"{option} {quoted(output)} is in (or leads into) the system's log directory "
                 f"{quoted(folder)}: not writing there; name another file")
     return None
 

@@ -678,3 +678,35 @@ def test_an_output_file_is_refused_when_the_system_file_does_not_say_which_are_i
     problem = cli.overwrites("-o", str(tmp_path / "audit.jsonl"), str(system))
     assert problem is not None and "cannot tell whether it is one of the system's own " \
         "files" in problem and "invalid TOML" in problem, problem
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link", "dangling symlink",
+                                 "dangling symlink to a rotation"])
+def test_an_output_file_that_leads_to_a_systems_own_file_is_refused(tmp_path, how):
+    """`trace -o` and `check --graph` open their output as open() does, following
+    symbolic links; the log directory was compared with the directory of the path
+    as given, and files_of by samefile alone (which fails for a file not made
+    yet): `-o trace.json`, a symbolic or hard link to logs/supervisor.log, or a
+    dangling link to a log or an audit rotation still to come, was 'another
+    file', and the trace went into the running system's log directory (its log
+    emptied) or became its audit rotation."""
+    from supervisor import cli
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o700)
+    (folder / "supervisor.log").write_text("2026-12-03T10:00:00.000Z wsuper: ready\n")
+    (tmp_path / "app.wat").write_text("")
+    system = tmp_path / "system.toml"
+    system.write_text(f'[system]\naudit = "audit.jsonl"\naudit_keep = 2\nlogs = "{folder}"\n'
+                      f'[compartments.app]\nmodule = "app.wat"\n')
+    out = tmp_path / "trace.json"
+    if how == "symlink":
+        out.symlink_to(folder / "supervisor.log")
+    elif how == "hard link":
+        os.link(folder / "supervisor.log", out)
+    elif how == "dangling symlink":
+        out.symlink_to(folder / "app.log")
+    else:
+        out.symlink_to(tmp_path / "audit.jsonl.2")
+    problem = cli.overwrites("-o", str(out), str(system))
+    assert problem is not None and ("log directory" in problem or "audit" in problem), problem
+    assert cli.overwrites("-o", str(tmp_path / "other.json"), str(system)) is None
