@@ -243,16 +243,20 @@ class System:
                 said += [f"compartments.{c.name}.{k} is not used: restart = \"never\" never "
                          f"restarts it" for k in RESTART_KEYS if k in c.written]
             said += [f"{g.origin.rpartition(': ')[2]}.max_bytes_written "
-                     f"({g.origin.rpartition(': ')[0]}) is not used: the grant is read_only, "
-                     f"and nothing is written through it" for g in c.grants
+                     f"({quoted(g.origin.rpartition(': ')[0])}) is not used: the grant is "
+                     f"read_only, and nothing is written through it" for g in c.grants
                      if g.read_only and g.max_bytes_written is not None]
             if programs is not None and c.name not in programs:
                 for k in PROGRAM_LIMITS:
                     if k in c.limit_origins:
+                        file, _, key = c.limit_origins[k].rpartition(": ")
                         said.append(f"limits.{k} of compartment {c.name} "
-                                    f"({c.limit_origins[k]}) is not used: its module "
+                                    f"({quoted(file)}: {key}) is not used: its module "
                                     f"exports no _start, and {k} bounds a program")
-        return said
+        # shown as every error about the file is (PolicyError): a path quoted as check
+        # shows paths, and nothing past ASCII; a policy file named 'p\u043el.toml' (a
+        # Cyrillic 'о') was warned of as pol.toml, the file beside it the operator edits
+        return [ascii_printable(line) for line in said]
 
     @property
     def external(self) -> tuple:

@@ -1235,6 +1235,27 @@ def test_keys_the_system_would_never_use_are_said_not_silently_passed_over():
     assert policy.parse(used, "/srv/system.toml").unused(frozenset({"a"})) == []
 
 
+def test_keys_never_used_are_said_with_their_files_shown_as_errors_show_them(tmp_path):
+    """`check`'s warnings (and `up`'s notes) of keys never used named the file they
+    are written in as it is: a policy file 'p\u043el.toml' (a Cyrillic 'о') beside
+    the operator's pol.toml was warned of as '/srv/pol.toml: limits.run_time', and
+    a path with a control character or a line separator was shown raw to `up`'s
+    log, where every error, and check's holdings, show it quoted and escaped."""
+    folder = tmp_path / "d\u0430ta"
+    folder.mkdir()
+    (folder / "p\u043el.toml").write_text("[limits]\nrun_time = 5\n")
+    text = ('[system]\naudit_keep = 3\n[compartments.app]\nmodule = "lib.wat"\n'
+            'policy = "p\u043el.toml"\n[compartments.app.grants]\n'
+            'f = { host = "file", path = "/srv/in", read_only = true, max_bytes_written = 5 }\n')
+    (folder / "system.toml").write_text(text)
+    said = policy.read(str(folder / "system.toml")).unused(programs=frozenset())
+    assert len(said) == 3, said
+    assert all(line.isascii() and line.isprintable() for line in said), said
+    shown = '"' + str(folder).replace("\u0430", "\\u0430")
+    assert f'{shown}/p\\u043el.toml": limits.run_time)' in said[2], said
+    assert f'({shown}/system.toml")' in said[1], said
+
+
 def test_a_schema_refused_for_no_line_of_its_own_is_said_at_the_line_that_lists_it(tmp_path):
     """A schema refused for something that is no line of its text (a name that does
     not end in .capnp, a parser that crashed or ran out of memory, a copy that could
