@@ -124,8 +124,21 @@ def ascii_printable(text: str) -> str:
     values from a file that may be hostile, and a letter of another script that
     looks like a Latin one made "no compartment named 'c\u0430lc' (declared:
     calc, app)" read as if calc were not declared."""
-    text = printable(text)
-    return text if text.isascii() else text.encode("ascii", "backslashreplace").decode()
+    if not text.isascii():
+        # as TOML and JSON escape a character (and quoted() a path): \u00e9, never
+        # Python's \xe9, which no TOML string takes, so a name an error shows can
+        # be copied into the file; escaped before printable(), which then meets
+        # ASCII alone (a C1 control too is \u0085, as in TOML)
+        text = _PAST_ASCII.sub(_toml_escape, text)
+    return printable(text)
+
+
+_PAST_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _toml_escape(m) -> str:
+    n = ord(m.group())
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 #: what is shown of a path as it is: ASCII alone (\\w took every script's letters,

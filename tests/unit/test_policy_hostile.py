@@ -508,6 +508,23 @@ def test_an_error_shows_a_letter_of_another_script_escaped(grant, shown):
     assert e.value.line == 6
 
 
+@pytest.mark.parametrize("name", ["caf\u00e9", "c\u0430lc", "na\u00efve", "a\U0001f600"])
+def test_a_name_an_error_shows_escaped_can_be_copied_back_into_the_file(name):
+    """An error showed a character past ASCII as Python escapes one: 'caf\\xe9' for
+    U+00E9 (and U+00EF as \\xef), which no TOML string takes ("Unescaped '\\'
+    in a string"), while the same character in a path is \\u00e9 (quoted,
+    JSON's form).  Each is shown as TOML writes it now: the name copied from the
+    error into a string of the file is the name the file holds."""
+    import tomllib
+    text = ('[compartments.calc]\nmodule = "c.wat"\nexports = "Calc"\n'
+            f'[compartments.app]\nmodule = "a.wat"\ngrants.x = {{ compartment = "{name}" }}\n')
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(text)
+    shown = re.search(r"no compartment named '([^']*)'", str(e.value)).group(1)
+    assert shown.isascii() and shown != name, str(e.value)
+    assert tomllib.loads(f'n = "{shown}"\n')["n"] == name, shown
+
+
 def test_an_error_of_the_parsers_own_source_names_the_schema_without_a_line():
     text = ("terminate called after throwing an instance of 'kj::ExceptionImpl'\n"
             "  what():  kj/filesystem-disk-unix.c++:1703: failed: open(/x): Permission denied\n")
