@@ -1760,8 +1760,13 @@ def _grant(where, key, name, spec) -> Grant:
                 files[own] = True
     elif files:
         extra = ", ".join(sorted(files))
+        # a compartment may be called file or directory: its grant is named as one, not
+        # by its bare name ("read_only applies only to directory and file grants, not
+        # to 'file'" contradicted itself)
+        of = f"host capability {target!r}" if host is not None else \
+            f"a grant of compartment {target!r}"
         raise where.error(f"{key}.{sorted(files)[0]}", f"{extra} applies only to directory "
-                          f"and file grants, not to {target!r}")
+                          f"and file grants (host = ...), not to {of}")
     on = spec.get("on")
     if on is not None and not isinstance(on, str):
         raise where.error(f"{key}.on", f"must be a compartment name, not {on!r}")

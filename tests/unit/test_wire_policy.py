@@ -291,3 +291,28 @@ def test_a_host_grants_keys_on_a_grant_of_a_compartment_of_that_name_are_refused
         with pytest.raises(policy.PolicyError) as e:
             policy.parse(text, "/s/system.toml")
         assert f"compartments.a.grants.g.{key}: {reason}" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("keys, key", [
+    ('read_only = true', "read_only"), ('path = "/srv"', "path"),
+    ('max_bytes_written = 5', "max_bytes_written"),
+    ('refuse_hard_links = true', "refuse_hard_links")])
+def test_a_file_key_on_a_grant_of_a_compartment_named_file_says_what_it_is_granted(keys, key):
+    """The keys of directory and file grants on a grant of a compartment called
+    `file` or `directory` were refused saying they apply "only to directory and
+    file grants, not to 'file'": the error contradicted itself (c813ab5 named the
+    grant's kind for args, vars, on, subdir and mount; these were left).  It says
+    the grant is one of a compartment now, and a host grant's capability."""
+    for target in ("file", "directory"):
+        text = (f'[compartments.{target}]\nmodule = "a.wat"\nexports = "A"\n'
+                '[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                f'g = {{ compartment = "{target}", {keys} }}\n')
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(text, "/s/system.toml")
+        assert f"compartments.a.grants.g.{key}: {key} applies only to directory and file " \
+            f"grants (host = ...), not to a grant of compartment '{target}'" in str(e.value), \
+            str(e.value)
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse('[compartments.a]\nmodule = "a.wat"\n[compartments.a.grants]\n'
+                     f'g = {{ host = "clock", {keys} }}\n', "/s/system.toml")
+    assert "not to host capability 'clock'" in str(e.value), str(e.value)
