@@ -6,15 +6,13 @@ from __future__ import annotations
 
 MODULE = "wsuper"
 
-#: Bytes of a message to a compartment that the supervisor's host servers keep for
-#: a result's own structure: a host call answers at most message_size less this
-#: much data (Random.bytes, File.read: supervisor/hostcaps.py).  The WASI layer
-#: (compartments/wasi.py) asks for no more than that in one call.
-RESULT_HEADROOM = 1024
-#: ... but for Random.bytes, whose answer is a struct of one Data and nothing else:
-#: its root pointer and the Data's pointer, 16 bytes, beside the data (padded to a
-#: word).  With RESULT_HEADROOM, message_size = "1KiB" (the least it may be) left
-#: room for no byte: every Random.bytes, and every WASI random_get, failed EINVAL.
+#: Bytes of a message to a compartment that a Random.bytes answer takes beside its
+#: data: a struct of one Data and nothing else, its root pointer and the Data's
+#: pointer, 16 bytes (padded to a word).  The file answers keep their own room
+#: (supervisor/hostfs.py, RESULT_SLACK and each listed entry's).  A blanket 1 KiB
+#: kept for every answer (RESULT_HEADROOM, gone) left message_size = "1KiB" (the
+#: least it may be) room for no byte: every Random.bytes and File.read, and every
+#: WASI random_get and read, failed.
 RANDOM_HEADROOM = 16
 
 

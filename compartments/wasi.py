@@ -246,7 +246,7 @@ class Wasi:
     message stays within the compartment's message_size (and the supervisor's
     decoding limits); a larger read or write from the program is several calls.
     `max_answer`: the compartment's message_size: what one Random.bytes answer
-    may carry is that less the supervisor's headroom (abi.RESULT_HEADROOM)."""
+    may carry (abi.random_most)."""
 
     def __init__(self, host, name: str, max_io: int = MAX_IO,
                  max_answer: int | None = None):

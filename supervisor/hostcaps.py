@@ -39,8 +39,6 @@ from .supervision import TokenBucket
 LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
 RANDOM_MAX_BYTES = 65536     # Random.bytes per call
 IO_DEADLINE = 10.0           # seconds a file operation may take before its call fails
-RESULT_HEADROOM = abi.RESULT_HEADROOM   # bytes of a result's own structure beside its
-#                                         data (the WASI layer asks within it too)
 
 
 @attrs.define
@@ -362,7 +360,12 @@ class HostCaps:
         takes, renamed = sig if sig is not None else self._signature(obj, name)
         kwargs = {renamed.get(k, k): v for k, v in params.items()} if renamed else params
         if takes:
-            kwargs["max_bytes"] = max(call.max_bytes - RESULT_HEADROOM, 0)
+            # the caller's message_size itself: each hostfs method that takes it keeps
+            # the room its answer's own structure needs (hostfs.RESULT_SLACK, and a
+            # listing each entry's); 1 KiB more kept here (RESULT_HEADROOM, gone) left a
+            # compartment of message_size = "1KiB", the least allowed, no byte of
+            # any File.read (a WASI read failed E2BIG), nor a listing or a readlink
+            kwargs["max_bytes"] = call.max_bytes
         if name == "read" and isinstance(obj, hostfs.File):
             if kwargs.get("count", 0) > 0 and \
                     kwargs["max_bytes"] <= hostfs.RESULT_SLACK:

@@ -1741,3 +1741,22 @@ def test_the_libc_fixes_hold_whatever_the_temporary_directory_is_called(tmp_path
     code, lines, r = under_wsuper(tmp_path, str(module), d)
     assert code == 0 and lines[:2] == ["localtime 1971-01-01 01:01:01 UTC",
                                        "localtime_r 1971-01-01 01:01:01 UTC"], r.stdout + r.stderr
+
+
+def test_a_program_reads_its_files_at_the_least_message_size(tmp_path, wasi_guests):
+    """At message_size = "1KiB", the least the system file allows, every File.read
+    (a WASI read) failed E2BIG, 'not one byte read fits': the host kept 1 KiB of
+    each answer for its structure, on top of the room hostfs keeps itself
+    (RESULT_SLACK, 64 bytes), which left none.  `check` and `up` took the system,
+    and the program met its first read failing."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hello.txt").write_text("hi there\n" * 200)
+    system = _system(tmp_path, wasi_guests["probe"], f"""
+stdout = {{ host = "log" }}
+work = {{ host = "directory", path = "{work}", read_only = true }}
+env = {{ host = "environment", args = ["read:/work/hello.txt", "stat:/work/hello.txt"] }}
+""", extra='[compartments.app.limits]\nmessage_size = "1KiB"')
+    r = run_wsuper("up", system, timeout=120)
+    assert _lines(r)[:2] == ["read /work/hello.txt -> ok", "  hi there"], r.stdout + r.stderr
+    assert "finished app exit=0" in r.stderr, r.stdout + r.stderr

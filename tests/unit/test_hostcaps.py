@@ -199,19 +199,33 @@ def test_a_file_read_never_answers_more_than_the_caller_accepts(tmp_path):
 
 
 def test_a_file_read_that_cannot_fit_any_byte_fails_and_is_never_taken_for_the_end(tmp_path):
-    """With message_size = 1 KiB, no byte of a file fits beside a result's headroom:
-    File.read answered no data, which every reader takes for the end of the file
-    (a WASI program read an empty file).  It fails E2BIG, naming the limit."""
+    """With a message size that leaves no byte of a file room beside a result's own
+    structure, File.read answered no data, which every reader takes for the end
+    of the file (a WASI program read an empty file).  It fails E2BIG, naming the
+    limit.  (This was message_size = 1 KiB, the least the system file allows,
+    while the host kept 1 KiB of every answer; a read carries 960 bytes there now,
+    test_file_answers_at_the_least_message_size_carry_what_fits.)"""
+    from supervisor import hostfs
     (tmp_path / "f").write_bytes(b"x" * 100)
-    h = Harness([grant("f", "file", "host", path=str(tmp_path / "f"))],
-                limits={"app": R.Limits(message_size=1024)})
-    got = h.call(h.grant(0), FILE, "read", offset=0, count=10)
-    assert got.error is not None and got.error.startswith("E2BIG: ") \
-        and "message_size" in got.error, got.error
-    got = h.call(h.grant(0), FILE, "read", offset=0, count=0)      # nothing asked: nothing
-    assert result(got, FILE, "read")["data"] == b""
-    got = h.call(h.grant(0), FILE, "read", offset=500, count=10)   # past the end: the same
-    assert got.error is not None and got.error.startswith("E2BIG: ")
+    f = hostfs.File.grant(str(tmp_path / "f"))
+    hosts = hostcaps.HostCaps(lambda owner: 100.0)
+    read = FILE.method("read")
+
+    def call(offset, count):
+        content = payloads.build(read.params, {"offset": offset, "count": count})[0]
+        got = hosts.serve(fx.HostCall(1, "file", "app", f, FILE.id, read.ordinal, content,
+                                      hostfs.RESULT_SLACK, "app"))
+        return got.run() if isinstance(got, hostcaps.Job) else got
+    try:
+        got = call(0, 10)
+        assert isinstance(got, hostcaps.Refusal) and got.reason.startswith("E2BIG: ") \
+            and "message_size" in got.reason, got
+        got = call(0, 0)                                  # nothing asked: nothing
+        assert payloads.read(read.results, got.content, 1 << 20)["data"] == b""
+        got = call(500, 10)                               # past the end: the same
+        assert isinstance(got, hostcaps.Refusal) and got.reason.startswith("E2BIG: "), got
+    finally:
+        f.close()
 
 
 # ------------------------------------------------------------------ hostile parameters
@@ -550,8 +564,9 @@ def test_a_read_no_byte_of_which_fits_names_the_caller_whose_message_size_it_is(
     content = payloads.build(read.params, {"offset": 0, "count": 10})[0]
     try:
         for caller, named in (("b", "b"), ("a", "a"), ("", "a")):
+            # a message_size no byte of which is left beside the answer's structure
             got = hosts.serve(fx.HostCall(1, "file", "a", f, FILE.id, read.ordinal, content,
-                                          1024, caller))
+                                          hostfs.RESULT_SLACK, caller))
             assert isinstance(got, hostcaps.Refusal) and got.reason.startswith("E2BIG: "), got
             assert f"message to {named} (raise its message_size)" in got.reason, got.reason
     finally:
@@ -650,3 +665,44 @@ def test_no_error_a_guest_gets_from_a_file_or_directory_grant_names_its_host_pat
     assert all(errors), "\n".join(map(repr, errors))      # each of them failed
     assert not [e for e in errors if str(tmp_path) in e or "alice" in e], errors
     assert "journal is append-only" in errors[7] and "ro is read-only" in errors[0]
+
+
+@pytest.mark.parametrize("size", [1024, 1025, 1031, 1032, 2047])
+def test_file_answers_at_the_least_message_size_carry_what_fits(tmp_path, size):
+    """The host kept 1 KiB of every File.read, Directory.list and readlink answer
+    for its structure (RESULT_HEADROOM), on top of what hostfs keeps itself
+    (RESULT_SLACK, and each entry's cost): at message_size = "1KiB", the least
+    the system file allows, every read failed E2BIG ("not one byte read fits")
+    and so did every listing and readlink.  Each answers what fits now, and the
+    answer stays within the caller's message_size, as the engine takes it."""
+    from supervisor import hostfs
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x" * 5000)
+    for i in range(60):
+        (tmp_path / "d" / f"entry-{i:03d}-{'n' * 20}").write_text("")
+    (tmp_path / "d" / "link").symlink_to("t" * 900)
+    d = hostfs.Directory.grant(str(tmp_path / "d"))
+    f = hostfs.File.grant(str(tmp_path / "d" / "f"))
+    hosts = hostcaps.HostCaps(lambda owner: 100.0)
+
+    def answer(obj, kind, iface, method, values):
+        m = iface.method(method)
+        content = payloads.build(m.params, values)[0]
+        got = hosts.serve(fx.HostCall(1, kind, "a", obj, iface.id, m.ordinal, content,
+                                      size, "a"))
+        if isinstance(got, hostcaps.Job):
+            got = got.run()
+        assert isinstance(got, hostcaps.Answer), got
+        assert got.content.size() <= size, (method, got.content.size())
+        got.content.single_segment_copy(size // 8)       # as the engine hands it over
+        return payloads.read(m.results, got.content, 1 << 20)
+
+    try:
+        data = answer(f, "file", FILE, "read", {"offset": 0, "count": 5000})["data"]
+        assert 0 < len(data) <= size - hostfs.RESULT_SLACK and set(data) == {ord("x")}
+        listed = answer(d, "directory", DIR, "list", {"path": "."})
+        assert listed["entries"], listed
+        assert answer(d, "directory", DIR, "readlink", {"path": "link"}) == {"target": "t" * 900}
+    finally:
+        f.close()
+        d.close()
