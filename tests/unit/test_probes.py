@@ -924,6 +924,16 @@ def test_a_trace_of_a_compartment_named_twice_traces_it_once():
     assert lines[0]["ok"] and lines[0]["compartments"] == ["c"], lines[0]
 
 
+def _system_file(tmp_path) -> str:
+    """A system file for a trace client whose session is made up: `trace -o` reads
+    it to know the system's own files, which it never writes over, and refuses
+    while it does not read (5490258); these tests named a file that was not there."""
+    path = tmp_path / "s.toml"
+    if not path.exists():
+        path.write_text('[compartments.calc]\nmodule = "calc.wat"\nexports = "Calc"\n')
+    return str(path)
+
+
 @pytest.mark.parametrize("came", [True, False])
 def test_ctrl_c_on_a_trace_writes_what_came_and_leaves_no_empty_file(tmp_path, monkeypatch,
                                                                        capsys, came):
@@ -943,7 +953,7 @@ def test_ctrl_c_on_a_trace_writes_what_came_and_leaves_no_empty_file(tmp_path, m
         raise KeyboardInterrupt
     monkeypatch.setattr(probecli, "_lines", session)
     out = tmp_path / "t.json"
-    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+    args = argparse.Namespace(system=_system_file(tmp_path), seconds=60.0, compartments=None,
                               functions=False, output=str(out), format="chrome")
     try:
         code = probecli.trace_command(args)
@@ -986,7 +996,7 @@ def session(system, body, timeout):
     os.kill(os.getpid(), signal.{sig})
     signal.pause()
 probecli._lines = session
-args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+args = argparse.Namespace(system={_system_file(tmp_path)!r}, seconds=60.0, compartments=None,
                           functions=False, output={str(out)!r}, format="chrome")
 sys.exit(probecli.trace_command(args))
 """
@@ -1077,7 +1087,7 @@ def test_ctrl_c_while_a_trace_file_is_written_leaves_it_whole(tmp_path, monkeypa
     out = tmp_path / "t.json"
     if existed:
         out.write_text('{"an": "earlier trace"}')
-    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+    args = argparse.Namespace(system=_system_file(tmp_path), seconds=60.0, compartments=None,
                               functions=False, output=str(out), format="chrome")
     # Ctrl-C as a command's process takes it: a test run earlier in this process
     # may have left SIGINT with a handler of its own (the full suite did)
@@ -1118,7 +1128,7 @@ def test_a_trace_written_to_a_pipe_or_to_stdout_is_whole_and_alone(tmp_path, mon
 
     def trace_to(output, fmt="chrome"):
         return probecli.trace_command(argparse.Namespace(
-            system=str(tmp_path / "s.toml"), seconds=1.0, compartments="", functions="",
+            system=_system_file(tmp_path), seconds=1.0, compartments="", functions="",
             output=output, format=fmt))
     r, w = os.pipe()
     try:
@@ -1284,7 +1294,7 @@ def test_a_trace_client_keeps_a_bounded_number_of_events_and_counts_the_rest(
         yield {"done": True, "dropped": 7}
     monkeypatch.setattr(probecli, "_lines", session)
     out = tmp_path / "t.jsonl"
-    args = argparse.Namespace(system="s.toml", seconds=60.0, compartments=None,
+    args = argparse.Namespace(system=_system_file(tmp_path), seconds=60.0, compartments=None,
                               functions=False, output=str(out), format="jsonl")
     assert probecli.trace_command(args) == 0
     said = capsys.readouterr()
