@@ -926,7 +926,9 @@ def _check_parsed(path: str, returncode: int, text: str, roots=(), read=()):
             # zero-width space, a Cyrillic letter in a name) is named: "Parse
             # error." pointed at a line that looked right
             from .text import unseen_character
-            lines = read[where].decode("utf-8", "replace").split("\n", line)
+            # (a byte that is no UTF-8 kept as itself, as surrogateescape does: with
+            # "replace" it was named U+FFFD, a character the file does not hold)
+            lines = read[where].decode("utf-8", "surrogateescape").split("\n", line)
             if line <= len(lines):
                 reason += unseen_character(lines[line - 1], None, "Cap'n Proto")
         raise SchemaError(where, line, reason)

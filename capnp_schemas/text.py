@@ -181,6 +181,10 @@ def unseen_character(line: str, column: int | None, grammar: str) -> str:
         c, at = (m.group(1), m.start() + 1) if m else ("", None)
     if not c or ord(c) < 0x80:
         return ""
+    if "\udc80" <= c <= "\udcff":
+        # a byte that is not UTF-8, decoded with surrogateescape: named as the byte
+        return (f" (column {at} holds the byte 0x{ord(c) - 0xdc00:02X}, which is not UTF-8: "
+                f"{grammar} takes no character past ASCII outside a string or a comment)")
     name = unicodedata.name(c, "")
     bom = ", a byte order mark" if c == "\ufeff" else ""
     return (f" (column {at} holds U+{ord(c):04X}{' ' + name if name else ''}{bom}, which "

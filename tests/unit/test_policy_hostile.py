@@ -478,6 +478,20 @@ def test_a_toml_error_elsewhere_names_no_character():
     assert e.value.line == 2 and "holds U+" not in str(e.value)
 
 
+def test_a_schema_error_at_a_byte_that_is_not_utf8_names_the_byte(tmp_path):
+    """A schema whose line holds a byte that is not UTF-8 (0xFF in a name: a file
+    saved in Latin-1) was said to hold "U+FFFD REPLACEMENT CHARACTER" there (its
+    text was decoded with "replace"), a character the file does not hold and an
+    operator searching for it would not find: the byte itself is named."""
+    (tmp_path / "z.capnp").write_bytes(b"@0xd0a1b2c3d4e5f651;\n# \xe9 caf\xc3\xa9\n"
+                                       b"interface C\xfflc { f @0 () -> (); }\n")
+    with pytest.raises(capnp_schemas.SchemaError) as e:
+        capnp_schemas.load(str(tmp_path / "z.capnp"))
+    assert (e.value.path, e.value.line) == (str(tmp_path / "z.capnp"), 3), str(e.value)
+    assert "column 12 holds the byte 0xFF, which is not UTF-8" in e.value.reason, e.value.reason
+    assert "FFFD" not in e.value.reason, e.value.reason
+
+
 def test_a_schema_error_at_a_character_past_ascii_names_it(tmp_path):
     """The parser says "Parse error." of a line with a zero-width space between two
     tokens, or a no-break space for a space: the character is named, not one that
