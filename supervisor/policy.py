@@ -256,7 +256,10 @@ class System:
         # shown as every error about the file is (PolicyError): a path quoted as check
         # shows paths, and nothing past ASCII; a policy file named 'p\u043el.toml' (a
         # Cyrillic 'о') was warned of as pol.toml, the file beside it the operator edits
-        return [ascii_printable(line) for line in said]
+        # each once: a policy file's grant is every compartment's that names the file,
+        # and its key was said once for each of them, the same line (a policy shared
+        # by 500 compartments: 500 warnings alike, the others lost among them)
+        return [ascii_printable(line) for line in dict.fromkeys(said)]
 
     @property
     def external(self) -> tuple:

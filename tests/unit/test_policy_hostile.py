@@ -1287,6 +1287,22 @@ def test_keys_never_used_are_said_with_their_files_shown_as_errors_show_them(tmp
     assert f'({shown}/system.toml")' in said[1], said
 
 
+def test_a_key_never_used_in_a_shared_policy_file_is_said_once(tmp_path):
+    """A policy file's grant is the grant of every compartment that names the file:
+    its max_bytes_written on a read_only grant was warned of once per compartment,
+    the same line each time (500 alike for a policy of 500 compartments, the other
+    warnings lost among them).  It is said once."""
+    (tmp_path / "shared.toml").write_text(
+        '[grants]\nf = { host = "file", path = "/srv/in", read_only = true, '
+        'max_bytes_written = 5 }\n')
+    text = "[system]\naudit_keep = 2\n" + "".join(
+        f'[compartments.c{i}]\nmodule = "app.wat"\npolicy = "shared.toml"\n' for i in range(50))
+    (tmp_path / "system.toml").write_text(text)
+    said = policy.read(str(tmp_path / "system.toml")).unused(frozenset())
+    assert [line.split(" is not used")[0] for line in said] == [
+        "[system] audit_keep", f"grants.f.max_bytes_written ({tmp_path / 'shared.toml'})"], said
+
+
 def test_a_schema_refused_for_no_line_of_its_own_is_said_at_the_line_that_lists_it(tmp_path):
     """A schema refused for something that is no line of its text (a name that does
     not end in .capnp, a parser that crashed or ran out of memory, a copy that could
