@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import attrs
 
-from capnp_schemas.text import ascii_printable, printable, quoted  # noqa: F401 (authority.quoted)
+from capnp_schemas.text import ascii_printable, quoted  # noqa: F401 (authority.quoted)
 
 from .preflight import HOST_INTERFACES, Plan
 
@@ -172,8 +172,10 @@ def holdings(plan: Plan, memory: dict[str, str] | None = None) -> str:
 
 def _dot(text: str) -> str:
     """`text` as the inside of a DOT string: escaped, so that no path or argument
-    from the system file can end the string and write nodes or edges of its own."""
-    return printable(text).replace("\\", "\\\\").replace('"', '\\"')
+    from the system file can end the string and write nodes or edges of its own;
+    and past ASCII too, as `holdings` shows the same grants (a variable's name of a
+    Cyrillic letter was drawn as the Latin name the operator meant to grant)."""
+    return ascii_printable(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _label(*lines) -> str:

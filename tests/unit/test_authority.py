@@ -39,6 +39,18 @@ def test_holdings_name_each_grant_its_attenuation_and_origin(tmp_path):
     assert text.splitlines()[1] == "  holds nothing"          # calc holds nothing
 
 
+def test_the_graph_shows_a_letter_of_another_script_escaped_as_holdings_do(tmp_path):
+    """`check --graph` draws what `holdings` lists, and drew a variable's name of a
+    Cyrillic letter (or an argument) as it is, a 'PATH' the operator meant to
+    grant, where holdings shows P\\u0410TH (875c59a)."""
+    text = authority.dot(plan_of(tmp_path, SYSTEM.replace(
+        'log = { host = "log" }\n[compartments.other]',
+        'env = { host = "environment", vars = { "P\u0410TH" = "/x" }, '
+        'args = ["j\u043es\u00e9"] }\n[compartments.other]')))
+    assert text.isascii(), [line for line in text.splitlines() if not line.isascii()]
+    assert "P\\\\u0410TH" in text, text
+
+
 def test_holdings_show_a_letter_of_another_script_escaped(tmp_path):
     """A variable's name (or an argument) of a Cyrillic letter passed for the Latin
     name the operator meant to grant: what check says each compartment holds is
