@@ -1151,12 +1151,17 @@ class Engine:
             return
         if ev.target is self.control and ev.method_id == 1 \
                 and ev.interface_id == ENGINE_INTERFACE and self._deferred_run is None \
-                and any(f is not None for f in self.frames):
+                and self._running:
             # run() while a call waits in a call out: the program would run above it
             # on the engine's one stack, and the call could return only once _start
             # had (a program that serves for ever held it for good, its caller told
             # 'did not answer within', its frame taken); it starts once the calls
-            # being dispatched have returned, at most their call_time (_cut_off)
+            # being dispatched have returned, at most their call_time (_cut_off).
+            # Any guest code running now is a call's (run() comes only once start
+            # has been answered): a per_call instance's _initialize too, which has
+            # no dispatch frame yet, and under which _start ran in that instance's
+            # store, memory and handles (wasmtime aborted the engine: every call
+            # in it lost, an outside review, reviewer 191)
             self._deferred_run = ev
             return
         try:

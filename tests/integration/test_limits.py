@@ -304,6 +304,45 @@ exports = "Spin"
     run.stop()
 
 
+def test_a_per_call_instance_initializing_as_its_program_starts_is_not_held_beneath_it(
+        tmp_path, wsuper):
+    # the same with instance = "per_call": the call's own instance's _initialize
+    # waits in p for r's answer as run() comes.  That code is a call's, though
+    # no dispatch frame is on the stack yet: _start ran on top of it, in the
+    # call's instance (its memory, handles and WASI state), and the call could
+    # return only once the program did; its caller told 'did not answer within'
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.p]
+module = "{HERE}/program_per_call_init.wat"
+exports = "Spin"
+instance = "per_call"
+external = true
+[compartments.p.limits]
+call_time = 3
+[compartments.p.grants]
+next = {{ compartment = "r" }}
+[compartments.r]
+module = "{HERE}/slowstart.wat"
+exports = "Spin"
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready p")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+
+    async def body(gateway):
+        p = (await gateway.get("p")).cap.as_interface(schema.Spin)
+        assert (await p.ping()).value == 7      # answered, once r has
+    external_client(str(sock), body)
+    run.wait_for("ready r")
+    status = json.loads(run_wsuper("status", "--json", str(tmp_path / "system.toml")).stdout)
+    assert [c["state"] for c in status["compartments"] if c["name"] == "p"] == ["running"]
+    run.stop()
+
+
 def test_a_log_flood_is_refused_past_log_rate(tmp_path):
     r, logs = system(tmp_path, """
     (block $done (loop $l
