@@ -330,6 +330,10 @@ class Router:
         self.membranes: dict[str, Membrane] = {}      # grant label -> its membrane
         self.revocable = frozenset(revocable)
         self._revoked_early: set[str] = set()          # revoked before their membrane was made
+        #: (expires_at, n, membrane) of each host grant with expires_after whose
+        #: objects are not let go of yet: expire() lets go of them at its expiry
+        self._host_expiries: list = []
+        self._expiry_ids = itertools.count()
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
         # reply key -> the membranes whose quotas (max_uses, calls_per_second) a call
         # spent and that has not reached its callee yet: it gets them back if it ends
@@ -547,8 +551,16 @@ class Router:
         return self._guarded(call.reply[0], lambda: self.fail(call.reply, error))
 
     def expire(self) -> list:
-        """Fail forwarded calls older than their callee's call_time (call this often)."""
+        """Fail forwarded calls older than their callee's call_time (call this often).
+        Host grants that have expired (expires_after) let go of what the host serves
+        for them, as a revocation does (_release_host_objects): no call goes through
+        them any more, yet a directory grant's descriptors (and those of the files
+        opened through it) stayed open, and a probe grant's queue took a copy of every
+        event of the compartment it watches, as long as the holder lived (an outside
+        review, reviewer 191)."""
         now = self.clock()
+        while self._host_expiries and self._host_expiries[0][0] <= now:
+            self._release_host_objects(heapq.heappop(self._host_expiries)[2])
         while self._deadlines and self._deadlines[0][0] <= now:
             _deadline, pid, qid = heapq.heappop(self._deadlines)
             handler = self._pending.get((pid, qid))
@@ -640,8 +652,21 @@ class Router:
         return set(self._pending.at)          # (kept as questions come and go: _Pending)
 
     def next_deadline(self) -> float | None:
-        times = [h[0][0] for h in (self._deadlines, self._queued) if h]
+        times = [h[0][0] for h in (self._deadlines, self._queued, self._host_expiries) if h]
         return min(times) if times else None
+
+    def grant_ended(self, label: str) -> bool:
+        """Whether grant `label` lets no call through any more, for good: revoked,
+        or expired (expires_after).  What the host opens for a host grant is not
+        opened again at its holder's restart then (Supervisor._open_grants)."""
+        if self.revoked_already(label):
+            return True
+        m = self.membranes.get(label)
+        return m is not None and self._expired(m)
+
+    def _expired(self, m: Membrane) -> bool:
+        expires = m.expires
+        return expires is not None and self.clock() >= expires
 
     def revoked_already(self, label: str) -> bool:
         """Whether grant `label` is revoked already: `wsuper revoke` of it again changes
@@ -2171,8 +2196,11 @@ class Router:
                                                                   self.clock())
             if label in self._revoked_early:
                 membrane.revoke()                 # nothing is in flight through it yet
+            if membrane.host_grant and membrane.expires_at is not None:
+                heapq.heappush(self._host_expiries,
+                               (membrane.expires_at, next(self._expiry_ids), membrane))
         wrapped = self._wrap(cap, membrane, label)
-        if membrane.revoked:
+        if membrane.revoked or membrane.host_grant and self._expired(membrane):
             # revoked after its holder's start opened it, before the engine was up to
             # be handed it (a start takes as long as an engine to come up): released
             # now, as revoke does, or it stayed open for this incarnation's life
@@ -2195,6 +2223,11 @@ class Router:
         if w is None:
             w = membrane.wrappers[id(cap)] = Wrapped(cap, membrane, label)
             cap.refs += 1
+            if type(cap) is Host and membrane.host_grant \
+                    and (membrane.revoked or self._expired(membrane)):
+                # opened by a call that was under way as its grant expired (which
+                # runs on): no call reaches it, and it is let go of at once too
+                self._release_host_objects(membrane)
         return w
 
     # ------------------------------------------------------------ capability tables

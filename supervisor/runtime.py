@@ -1474,10 +1474,11 @@ class Supervisor:
             if g.kind != "host" or g.target not in ("directory", "file", "environment",
                                                     "probe"):
                 continue
-            if g.revocable and self.router.revoked_already(f"{comp.name}.{g.name}"):
-                # no call goes through it: not opened again at a restart.  Opened, a
-                # directory the operator removed (or unmounted) after revoking it
-                # failed every later start of its holder (an outside review); a probe
+            if self.router.grant_ended(f"{comp.name}.{g.name}"):
+                # revoked or expired, no call goes through it: not opened again at a
+                # restart.  Opened, a directory the operator removed (or unmounted)
+                # after revoking it failed every later start of its holder (an
+                # outside review), after its expiry too (reviewer 191); a probe
                 # grant's queue took a copy of every event nobody could read
                 continue
             if g.target == "probe":     # an analysis: a queue of events

@@ -370,6 +370,38 @@ data = {{ host = "directory", path = "{tmp_path}/data", revocable = true }}
     run.finish()
 
 
+def test_an_expired_directory_grant_is_closed_and_not_opened_at_a_restart(tmp_path, wsuper):
+    """A directory grant with expires_after lets no call through once it has expired,
+    yet the supervisor kept its descriptor open for as long as its holder lived,
+    and opened it again at each restart: removed from the host after the expiry,
+    every later start of the holder failed ("cannot open ... for grant data").  At
+    its expiry it is closed, as at a revocation, and not opened again."""
+    import shutil
+    import signal
+    import time
+    (tmp_path / "data").mkdir()
+    system = held_on_spin(tmp_path, f"""
+data = {{ host = "directory", path = "{tmp_path}/data", expires_after = 0.5 }}
+""", app='restart = "permanent"\nrestart_delay = 0.0')
+    run = wsuper("up", system)
+    pid = int(run.wait_for("ready app").split("pid=")[1].split()[0])
+    run.wait_for("[app] calling")
+    sup = run.proc.pid
+    for _ in range(200):                # closed once it has expired (0.5 s)
+        if _descriptors_to(sup, tmp_path / "data") == 0:
+            break
+        time.sleep(0.05)
+    assert _descriptors_to(sup, tmp_path / "data") == 0
+    shutil.rmtree(tmp_path / "data")
+    os.kill(pid, signal.SIGKILL)
+    k = len(run.lines)
+    line = run.next_start("app", start=k)
+    assert line.startswith("wsuper: ready app"), run.lines[k:]
+    run.wait_for("[app] calling", start=k)
+    assert run_wsuper("stop", str(tmp_path / "system.toml")).returncode == 0
+    run.finish()
+
+
 def test_a_revocation_that_ends_the_last_program_is_still_answered(tmp_path, wsuper):
     """`wsuper revoke` waits for the file operations (and closes) its revocation
     began before it answers; a revocation that made the last program end (its next

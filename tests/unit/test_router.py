@@ -4024,6 +4024,37 @@ def test_revoking_a_probe_grant_lets_go_of_its_event_queue_at_once():
     assert fx.HostRelease("probe", "the-subscriber") not in app.effects
 
 
+def test_an_expired_host_grant_lets_go_of_what_the_host_serves_for_it():
+    """A host grant with expires_after lets no call through once it has expired, as
+    a revoked one; but only a revocation let go of what the host serves for it: a
+    probe grant's queue took a copy of every event of the compartment it watches
+    (10,000 kept), a directory grant's descriptors stayed open, for as long as the
+    holder lived, and both were opened again at each restart of the holder (a
+    directory removed after the expiry failed every later start).  At its expiry it
+    is let go of, once (Router.expire), and the grant is said ended for good."""
+    now = [0.0]
+    router = R.Router({"app": None, "calc": CALC}, clock=lambda: now[0], names=NAMES)
+    start(router, "calc", exports=True)
+    app = start(router, "app", [grant("watch", "probe", "host", expires_after=5, on="calc"),
+                                grant("keep", "probe", "host", on="calc")],
+                hosts={"watch": "the-subscriber", "keep": "kept-subscriber"},
+                answer_hosts=False)
+    assert router.next_deadline() == 5.0
+    assert not [e for e in router.expire() if isinstance(e, fx.HostRelease)]
+    assert not router.grant_ended("app.watch")
+    now[0] = 5.0
+    assert router.grant_ended("app.watch") and not router.grant_ended("app.keep")
+    assert [e for e in router.expire() if isinstance(e, fx.HostRelease)] == [
+        fx.HostRelease("probe", "the-subscriber")]
+    assert router.next_deadline() is None
+    app.effects.clear()
+    app.send(app.conn.send_release(app.grants[0].import_id))
+    assert not [e for e in app.effects if isinstance(e, fx.HostRelease)]
+    app.deliver(router.disconnected(app.pid, "gone"))
+    assert fx.HostRelease("probe", "kept-subscriber") in app.effects
+    assert fx.HostRelease("probe", "the-subscriber") not in app.effects
+
+
 def test_a_call_that_waited_past_its_grants_expiry_never_reaches_the_callee():
     """A call through a grant with expires_after, made while its callee restarts,
     waits for the callee's next start (at most its call_time: 30 s by default, up
