@@ -540,11 +540,21 @@ class Generator:
             for f in params.fields:
                 cast = f"(struct {f[3]} *)" if f[0] == "struct" else ""
                 out.append(f"  in_.{f[1]} = {cast}{arg[f[1]]};")
-            out += ["  wsuper_builder b_;", "  wsuper_reader r_;", "  wsuper_builder_init(&b_);",
-                    f"  {params.cname}_fill(&b_, wsuper_new_struct(&b_, 0, {params.dwords}, "
+            # the params' builder is the arena's, its buffer freed with it: in this
+            # frame, a call cut short as it went out (a call past its call_time is
+            # cut off at its wsuper_call) lost it for good, each time
+            out += ["  wsuper_reader r_;",
+                    "  wsuper_builder *b_ = wsuper_params_builder(arena_);",
+                    "  if (!b_) {"]
+            if results.fields:
+                out.append("    memset(out_, 0, sizeof *out_);")
+            out += ["    arena_->error = \"params not sent: out of memory\";",
+                    "    return WSUPER_E_NOMEM;",
+                    "  }",
+                    f"  {params.cname}_fill(b_, wsuper_new_struct(b_, 0, {params.dwords}, "
                     f"{params.ptrs}), &in_);",
                     f"  int rc_ = wsuper_invoke(arena_, cap_, {cname.upper()}_ID, {ordinal}, "
-                    "&b_, &r_);"]
+                    "b_, &r_);"]
             if results.fields:
                 # zeroed whatever the outcome (the params are encoded by now)
                 out += ["  memset(out_, 0, sizeof *out_);",

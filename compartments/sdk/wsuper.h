@@ -94,7 +94,11 @@ typedef struct {
   const char *error;
   wsuper_later *later;
   wsuper_block *freeing; /* the block being freed (wsuper_arena_free), or NULL */
+  void *params;          /* the builder of the params of calls made with it (in a
+                          * block), or NULL: wsuper_params_builder */
 } wsuper_arena;
+
+static inline void wsuper__params_free(wsuper_arena *a);
 
 static inline void *wsuper_alloc(wsuper_arena *a, size_t n) {
   if (n > SIZE_MAX - sizeof(wsuper_block)) return NULL;
@@ -117,6 +121,12 @@ static inline void wsuper_arena_free(wsuper_arena *a) {
     wsuper_later *l = a->later;
     a->later = l->next;
     wsuper_release(l->handle);
+  }
+  /* Then the params' buffer of a call made with it (cut short, it was never
+   * freed), while the builder's block is still there; let go of once it is */
+  if (a->params) {
+    wsuper__params_free(a);
+    a->params = NULL;
   }
   /* A block stays named (`freeing`) until free() has returned: wasmtime checks
    * fuel at free's entry, where a client can make a call's budget end as the
@@ -270,6 +280,31 @@ static inline void wsuper_builder_free(wsuper_builder *b) {
   b->buf = NULL;
   free(buf);
   b->spare = NULL;
+}
+
+static inline void wsuper__params_free(wsuper_arena *a) {
+  wsuper_builder_free((wsuper_builder *)a->params);
+}
+
+/* The builder of the params of a call made with arena `a` (the generated client
+ * stubs'), begun: its buffer (up to message_size) is freed with the arena, also
+ * when the call is cut short as they are built or sent (a call past its
+ * call_time is cut off at its next host call, its wsuper_call: in the stub's
+ * frame, the buffer was lost each time); the buffer of an earlier call made with
+ * it that was cut short is freed now.  One a arena, made again for each call:
+ * a call's params are the host's once wsuper_call has begun.  NULL: no memory. */
+static inline wsuper_builder *wsuper_params_builder(wsuper_arena *a) {
+  wsuper_builder *b = (wsuper_builder *)a->params;
+  if (b) {
+    wsuper_builder_free(b);
+  } else {
+    b = (wsuper_builder *)wsuper_alloc(a, sizeof *b);
+    if (!b) return NULL;
+    b->buf = b->spare = NULL;   /* before it is named: freed from here on */
+    a->params = b;
+  }
+  wsuper_builder_init(b);
+  return b;
 }
 
 static inline void wsuper_put64(wsuper_builder *b, uint32_t w, uint64_t v) {
@@ -812,6 +847,7 @@ static inline wsuper_arena *wsuper_served_begin(uintptr_t frame, uint32_t *slot)
   wsuper__served[n].arena.error = NULL;
   wsuper__served[n].arena.later = NULL;
   wsuper__served[n].arena.freeing = NULL;
+  wsuper__served[n].arena.params = NULL;
   wsuper__served[n].results = NULL;
   wsuper__nserved = n + 1;
   *slot = n;
