@@ -247,9 +247,19 @@ static PyObject *top_frame(Guest *g) {
   return top == Py_None ? NULL : Py_NewRef(top);
 }
 
+/* The guest code running in `ctx` pays for `len` bytes copied for it, as
+ * Engine._charge (compartments/engine.py, FREE_COPY): one unit of fuel per 8
+ * bytes past the first 4096, spent to 0 at most (it traps at its next check). */
+#define FREE_COPY 4096
+static void charge(void *ctx, uint64_t len) {
+  uint64_t left = 0;
+  if (len <= FREE_COPY || get_fuel(ctx, &left)) return;
+  set_fuel(ctx, left > (len >> 3) ? left - (len >> 3) : 0);
+}
+
 /* data at raw[0], handles (ints) at raw[1], as _write and _write_handles do it;
  * 0, having written nothing, unless every bound and value is good */
-static int copy_in(uint8_t *base, uint64_t size, val_raw *raw, PyObject *data,
+static int copy_in(void *ctx, uint8_t *base, uint64_t size, val_raw *raw, PyObject *data,
                    PyObject *handles) {
   if (!data || !handles || !PyBytes_CheckExact(data) || !PyList_CheckExact(handles)) return 0;
   int64_t buf = raw[0].i32, caps = raw[1].i32;
@@ -265,6 +275,7 @@ static int copy_in(uint8_t *base, uint64_t size, val_raw *raw, PyObject *data,
     if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) return 0;
     h[i] = (int32_t)x;
   }
+  charge(ctx, len);
   if (len) memcpy(base + buf, PyBytes_AS_STRING(data), len);
   if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
   raw[0].i32 = ABI_OK;
@@ -279,7 +290,7 @@ static int native_params_read(Guest *g, void *ctx, val_raw *raw) {
   if (!guest_memory(g, ctx, &base, &size) || !(frame = top_frame(g))) return 0;
   PyObject *params = PyObject_GetAttr(frame, s_params);
   PyObject *handles = PyObject_GetAttr(frame, s_handles);
-  int done = copy_in(base, size, raw, params, handles);
+  int done = copy_in(ctx, base, size, raw, params, handles);
   Py_DECREF(frame);
   Py_XDECREF(params);
   Py_XDECREF(handles);
@@ -296,7 +307,7 @@ static int native_reply_read(Guest *g, void *ctx, val_raw *raw) {
   PyObject *reply = PyObject_GetAttr(g->owner, s_reply);
   int done = 0;
   if (reply && PyTuple_CheckExact(reply) && PyTuple_GET_SIZE(reply) == 2 &&
-      copy_in(base, size, raw, PyTuple_GET_ITEM(reply, 0), PyTuple_GET_ITEM(reply, 1)))
+      copy_in(ctx, base, size, raw, PyTuple_GET_ITEM(reply, 0), PyTuple_GET_ITEM(reply, 1)))
     done = !PyObject_SetAttr(g->owner, s_reply, Py_None);
   Py_XDECREF(reply);
   PyErr_Clear();
@@ -330,6 +341,7 @@ static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
   PyObject *res = seg ? PyObject_CallOneArg(g->results, seg) : NULL;
   Py_XDECREF(seg);
   if (res && !PyObject_SetAttr(frame, s_results, res)) {
+    charge(ctx, (uint64_t)len);
     raw[0].i32 = ABI_OK;
     done = 1;
   }
