@@ -282,6 +282,9 @@ class Engine:
         #: run() that came while a call was being dispatched (waiting in a call out):
         #: started once the engine is back at its top level (_run_deferred)
         self._deferred_run: protocol.CallReceived | None = None
+        #: incoming calls on the guest's objects being answered now (nested: > 1),
+        #: from before their code runs until their answer is queued
+        self._serving = 0
         self._exited = None                  # its one instance's exit code, once it exited
         # (read sequence, event) received and not handled yet (_pump)
         self._backlog: collections.deque = collections.deque()
@@ -1157,9 +1160,12 @@ class Engine:
         deadline, though it may be served on top of guest code of a call that
         waits: None hides that one's (_cut_off)."""
         self._until.append(None)
+        serving = ev.target is not self.control
+        self._serving += serving
         try:
             self._answer_call(ev)
         finally:
+            self._serving -= serving
             self._until.pop()
 
     def _answer_call(self, ev: protocol.CallReceived):
@@ -1170,7 +1176,7 @@ class Engine:
             return
         if ev.target is self.control and ev.method_id == 1 \
                 and ev.interface_id == ENGINE_INTERFACE and self._deferred_run is None \
-                and self._running:
+                and (self._serving or self._running):
             # run() while a call waits in a call out: the program would run above it
             # on the engine's one stack, and the call could return only once _start
             # had (a program that serves for ever held it for good, its caller told
@@ -1180,7 +1186,10 @@ class Engine:
             # has been answered): a per_call instance's _initialize too, which has
             # no dispatch frame yet, and under which _start ran in that instance's
             # store, memory and handles (wasmtime aborted the engine: every call
-            # in it lost, an outside review, reviewer 191)
+            # in it lost, an outside review, reviewer 191); and any call being
+            # answered, its code done: a per_call instance's last output lines go
+            # out (Log.write, a call out) before its answer, which came only once
+            # _start had returned
             self._deferred_run = ev
             return
         try:

@@ -466,3 +466,70 @@ def test_what_host_functions_copy_is_charged_to_the_calls_fuel(tmp_path, native)
     assert answer.payload is None and answer.error_type == "overloaded", answer
     assert "used up its CPU budget" in answer.error
     assert (engine._native.handled > handled) == native       # the path it took
+
+
+FLUSHING = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fw (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "partial")
+  (func (export "_start"))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 7))
+    (drop (call $fw (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.const 0)))
+"""
+
+
+def test_run_that_comes_as_a_per_call_instance_s_last_line_is_sent_waits_for_that_call(tmp_path):
+    """A per_call call's instance left an unfinished line on stdout (a log): its
+    end sends it (Log.write, a call out) before the call is answered, with no
+    guest code running and no dispatch frame.  run() that came during that wait
+    ran the program right there, and the call was answered only once _start had
+    returned (a program that serves for ever: never).  It is held until the call
+    has been answered, as during the call's own code."""
+    (tmp_path / "flushing.wat").write_text(FLUSHING)
+    engine = Engine(Answering(), EngineSpec(name="flushing", module=str(
+        tmp_path / "flushing.wat"), exports=True, per_call=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    control = boot.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("stdout", "log", "")]), [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    order, later = [], []
+    call_qid, run_qid = [None], [None]
+
+    def answer(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.ReturnReceived):
+                order.append("call" if ev.question_id == call_qid[0] else
+                             "run" if ev.question_id == run_qid[0] else ev.question_id)
+            if isinstance(ev, protocol.CallReceived):      # the Log.write: run() comes
+                run_qid[0], data = sup.send_call(control, ENGINE_INTERFACE, 1,
+                                                 Content.standalone([bytes(8)]))
+                more += data
+                later.append(sup.send_return(ev.answer_id, Content.standalone([bytes(16)])))
+        return more or (later.pop() if later else b"")
+    sock.answer = answer
+    plain_recv = sock.recv
+
+    def recv(n, flags=0):
+        if not sock.batches and not sock.writes and later:
+            sock.batches.append(later.pop())
+        return plain_recv(n, flags)
+    sock.recv = recv
+    call_qid[0], data = sup.send_call(main, IFACE, 0, SECRET)
+    sock.batches.append(data)
+    while sock.batches:
+        engine._pump()
+    engine._flush()
+    answer(b"".join(sock.writes))
+    assert order == ["call", "run"]
