@@ -1214,12 +1214,17 @@ class Engine:
             self._send(self.conn.send_exception(
                 ev.answer_id, f"compartment {self.name} exited (code {_status(e)})", "disconnected",
                 no_finish=True))
-            if self._run_answer is not None:
+            held, self._deferred_run = self._deferred_run, None
+            run_answer = self._run_answer if held is None else held.answer_id
+            if run_answer is not None:
                 # served while its program runs (a callback): the program ends with
-                # this status, as if _start had called it
+                # this status, as if _start had called it; so does a program whose
+                # run() was held while this call was being answered (it can never
+                # run now: left unanswered, the engine's end was taken for the
+                # program's failure, an outside review, reviewer 191)
                 code = _status(e)
                 self._send(self.conn.send_return(
-                    self._run_answer, Content.standalone(
+                    run_answer, Content.standalone(
                         _RunResults.new_message(exitCode=code).to_segments()), [],
                     no_finish=True))
                 self._flush()

@@ -533,3 +533,71 @@ def test_run_that_comes_as_a_per_call_instance_s_last_line_is_sent_waits_for_tha
     engine._flush()
     answer(b"".join(sock.writes))
     assert order == ["call", "run"]
+
+
+EXITING = """(module
+  (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "peer")
+  (func (export "_start"))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (drop (call $call (call $lookup (i32.const 100) (i32.const 4)) (i64.const 7) (i32.const 0)
+                (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 200)))
+    (call $exit (i32.const 0))
+    (i32.const 0)))
+"""
+
+
+def test_an_exit_in_a_call_that_held_run_ends_the_program_with_its_code(tmp_path):
+    """run() that comes while a call waits in a call out is held until the call has
+    returned; a call that then exits (exit(0), its shared instance done) left the
+    held run() unanswered: the engine ended, and the supervisor took the program
+    for one that failed ('engine exited ...'), where the same exit while _start
+    runs ends the program with its code.  The held run() is answered with it."""
+    (tmp_path / "exiting.wat").write_text(EXITING)
+    engine = Engine(Answering(), EngineSpec(name="exiting", module=str(
+        tmp_path / "exiting.wat"), exports=True))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    control = boot.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(control, ENGINE_INTERFACE, 0, payloads.grants_content(
+        [("peer", "compartment", "")]), [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    returns, later = {}, []
+    run_qid = [None]
+
+    def answer(out):
+        more = b""
+        for ev in sup.receive(out):
+            if isinstance(ev, protocol.ReturnReceived):
+                returns[ev.question_id] = ev
+            if isinstance(ev, protocol.CallReceived):      # the call out: run() comes
+                run_qid[0], data = sup.send_call(control, ENGINE_INTERFACE, 1,
+                                                 Content.standalone([bytes(8)]))
+                more += data
+                later.append(sup.send_return(ev.answer_id, Content.standalone([bytes(16)])))
+        return more or (later.pop() if later else b"")
+    sock.answer = answer
+    plain_recv = sock.recv
+
+    def recv(n, flags=0):
+        if not sock.batches and not sock.writes and later:
+            sock.batches.append(later.pop())
+        return plain_recv(n, flags)
+    sock.recv = recv
+    sock.batches.append(sup.send_call(main, IFACE, 0, SECRET)[1])
+    with pytest.raises(SystemExit):
+        while sock.batches:
+            engine._pump()
+    answer(b"".join(sock.writes))
+    ret = returns.get(run_qid[0])
+    assert ret is not None and ret.payload is not None, "the held run() was never answered"
+    assert ret.payload.content.segments[0][8:12] == bytes(4)        # exitCode 0
