@@ -23,6 +23,10 @@ share it copy-on-write) and then forks one engine per request:
       NUMBER} for a request it refused; a request whose module must be compiled
       first is answered when that is done, and later requests meanwhile
   event:  one JSON line {"exit": N, "code": C} when an engine ends
+  busy:   one JSON line {"busy": N} every BUSY_EVERY seconds while N requests
+      wait for their modules' compiles: the supervisor bounds its wait for an
+      answer by the time since it last heard from this process (a stopped or
+      wedged zygote says nothing: supervisor/process.py, ANSWER_SILENCE)
   schema (supervisor -> zygote, before any request): {"schema": PATH, "imports":
       [DIR, ...]}; answer {"schema": EXIT CODE, "stderr": TEXT} of a child that
       parsed that file (pycapnp's parser may abort a process: never this one)
@@ -99,6 +103,11 @@ COMPILE_SECONDS = 120
 #: pipe and slept held the zygote's whole loop in waitpid, and one that kept its
 #: pipe open held its compile slot and its requests, for good
 COMPILE_WALL = 3 * COMPILE_SECONDS
+#: Seconds between two {"busy": N} lines while requests wait for compiles: a
+#: compile takes up to COMPILE_WALL, and compiles queue, so a request may wait
+#: long for its answer; this says the zygote goes on (process.ANSWER_SILENCE is
+#: the supervisor's bound on silence, several times this)
+BUSY_EVERY = 1.0
 #: Compilers at once; more modules to compile wait for one to end (their requests
 #: with them), while requests for modules compiled already go on.  The CPUs this
 #: process may run on, at least 2 and at most 4: a compile of a large module takes
@@ -1441,11 +1450,19 @@ def _serve(control: socket.socket, supervisor_pid: int):
         start_compiles()
 
     deferred = time.monotonic() + FORK_DELAY     # when to fork the next spare (SPARES_IDLE)
+    beat = time.monotonic() + BUSY_EVERY          # the next {"busy": N} while requests wait
     control_fd = control.fileno()
     while True:
+        waiting = sum(len(requests) for requests in parked.values())
+        if waiting and time.monotonic() >= beat:
+            control.sendall(json.dumps({"busy": waiting}).encode() + b"\n")
+        if not waiting or time.monotonic() >= beat:
+            beat = time.monotonic() + BUSY_EVERY
         until = [job.deadline for job in modules.compiling.values() if not job.timed_out]
         if deferred is not None:
             until.append(deferred)
+        if waiting:
+            until.append(beat)
         timeout = max(0.0, min(until) - time.monotonic()) if until else None
         jobs = {job.pipe: job for job in modules.compiling.values() if not job.eof}
         # poll, not select: a compiler's pipe may be numbered above FD_SETSIZE (the

@@ -54,6 +54,21 @@ REPORT_GRACE = 5.0
 UNREPORTED = 1 << 16
 
 
+#: Seconds at least the zygote may say nothing at all while a request of ours waits
+#: for its answer (for the lock, its send, or the answer itself) before that start
+#: fails: it answers a request within milliseconds, or says {"busy": N} every
+#: zygote.BUSY_EVERY while requests wait for compiles (which may take COMPILE_WALL
+#: each, and queue).  Silence this long is a zygote stopped (SIGSTOP) or wedged,
+#: not a slow compile; a start waited for it for ever, its compartment
+#: "restarting" with no bound.  A compartment's own start_time, if longer, is its
+#: bound instead (Zygote.spawn's `silence`)
+ANSWER_SILENCE = 5.0
+
+
+class Stalled(OSError):
+    """The zygote said nothing for a start's whole bound (stopped or wedged)."""
+
+
 _GONE = -1     # _pidfd: the engine is gone already (its pid no process's, or another's)
 
 
@@ -82,6 +97,21 @@ def _pidfd(pid: int, parent: int | None = None) -> int | None:
             os.close(fd)
             return _GONE
     return fd
+
+
+def _kill_late(pid: int, zygote: int):
+    """Kill engine `pid`, forked by `zygote` for a start that gave up waiting for
+    it (Stalled): its socket's other end is closed, and nobody would ever watch,
+    signal or stop it.  By a pidfd, only while it is the zygote's child."""
+    fd = _pidfd(pid, zygote)
+    if fd is None or fd == _GONE:
+        return
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _parent(pid: int) -> int | None:
@@ -218,6 +248,12 @@ class Zygote:
         self._answered: set[int] = set()           # pids answered, not registered yet
         self._lock = trio.Lock()
         self.alive = True
+        #: when it last said anything (trio's clock): a request's wait is bounded by
+        #: the silence since then (ANSWER_SILENCE)
+        self.heard = float("-inf")
+        #: requests whose wait ended (Stalled) with their answer still to come: an
+        #: engine it forks for one later is nobody's, and is killed
+        self._abandoned: set[int] = set()
 
     async def run(self):
         """Read answers and exit events until the zygote goes away."""
@@ -239,12 +275,17 @@ class Zygote:
                     msg = self._message(line)
                     if msg is None:
                         break
+                    self.heard = trio.current_time()
                     if "pid" in msg or "error" in msg:
                         waiting = self._waiting.pop(msg.get("id"), None)
                         if waiting is not None:
                             if "pid" in msg:
                                 self._answered.add(msg["pid"])
                             waiting.set(msg)
+                        elif msg.get("id") in self._abandoned:
+                            self._abandoned.discard(msg["id"])
+                            if "pid" in msg:        # forked for a start that gave up
+                                _kill_late(msg["pid"], self.pid)
                     elif "exit" in msg:
                         engine = self._engines.pop(msg["exit"], None)
                         if engine is not None:
@@ -275,34 +316,72 @@ class Zygote:
                             await trio.sleep(0.01)
             launch.end(self._popen, 0)
 
+    def _silent(self, began: float, silence: float) -> bool:
+        """Nothing heard from the zygote for `silence` seconds since `began`."""
+        return trio.current_time() >= max(began, self.heard) + silence
+
+    async def _within(self, began: float, silence: float, wait, what: str):
+        """`await wait()`, for as long as the zygote is heard from at least once every
+        `silence` seconds (from `began` on); Stalled past that."""
+        while True:
+            with trio.move_on_at(max(began, self.heard) + silence):
+                return await wait()
+            if self._silent(began, silence):
+                raise Stalled(f"the zygote (pid {self.pid}) said nothing for {silence:g} s "
+                              f"while {what} (it is stopped or wedged); no compartment "
+                              f"can start until it goes on")
+
     async def spawn(self, spec: EngineSpec, sock_fd: int, sent=None) -> ForkedEngine:
         """Fork an engine for `spec`, serving on `sock_fd` (ours; the zygote gets a copy).
-        `sent()` is called once the request is on its way: another may follow it then."""
+        `sent()` is called once the request is on its way: another may follow it then.
+        Stalled (an OSError) if the zygote says nothing for the start's bound
+        (max(ANSWER_SILENCE, its start_time)) before it answers: a stopped or
+        wedged zygote held the start, and its compartment "restarting", for ever."""
+        silence = max(ANSWER_SILENCE, spec.limits.start_time)
+        began = trio.current_time()
         err_r, err_w = os.pipe()
         waiting = _Answer()
         try:
-            async with self._lock:                  # whole requests, one after another
+            # whole requests, one after another; each wait bounded by the silence
+            await self._within(began, silence, self._lock.acquire, "a start waited its turn")
+            try:
                 if not self.alive:
                     raise OSError("the zygote is gone")
                 ident = next(self._ids)
                 line = b"%d " % ident + spec.to_json() + b"\n"
                 sent_bytes = 0
                 while True:     # the descriptors go with the request's first bytes
-                    await trio.lowlevel.wait_writable(self._raw)
+                    await self._within(began, silence,
+                                       lambda: trio.lowlevel.wait_writable(self._raw),
+                                       "a request waited to be sent")
                     try:
                         sent_bytes = pysocket.send_fds(self._raw, [line], [sock_fd, err_w])
                         break
                     except BlockingIOError:
                         continue
-                # the rest of a line a full buffer cut short, never left half sent
+                # the rest of a line a full buffer cut short, never left half sent: a
+                # zygote that stalls meanwhile can never be sent a whole request again
+                # (its control stream would be cut mid-line), and is ended (its end
+                # stops the system, saying why: _zygote_end)
                 with trio.CancelScope(shield=True):
-                    while sent_bytes < len(line):
-                        await trio.lowlevel.wait_writable(self._raw)
-                        try:
-                            sent_bytes += self._raw.send(line[sent_bytes:])
-                        except BlockingIOError:
-                            continue
+                    try:
+                        while sent_bytes < len(line):
+                            await self._within(began, silence,
+                                               lambda: trio.lowlevel.wait_writable(self._raw),
+                                               "a request was sent")
+                            try:
+                                sent_bytes += self._raw.send(line[sent_bytes:])
+                            except BlockingIOError:
+                                continue
+                    except Stalled as e:
+                        if self.broken is None:
+                            self.broken = f"it did not read a whole request ({e})"
+                        if self._popen.poll() is None:
+                            self._popen.kill()
+                        raise
                 self._waiting[ident] = waiting
+            finally:
+                self._lock.release()
         except BaseException:
             os.close(err_r)
             raise
@@ -310,7 +389,14 @@ class Zygote:
             os.close(err_w)
         if sent is not None:
             sent()
-        answer = await waiting.wait()
+        try:
+            answer = await self._within(began, silence, waiting.wait,
+                                        "a start waited for its answer")
+        except BaseException:
+            if self._waiting.pop(ident, None) is waiting:   # its answer may come yet
+                self._abandoned.add(ident)
+            os.close(err_r)
+            raise
         if answer is None:
             os.close(err_r)
             raise OSError("the zygote is gone")
@@ -356,6 +442,8 @@ class Zygote:
                 isinstance(msg.get("error"), str) if "error" in msg else
                 self._engine_pid(msg["pid"]) and msg["pid"] not in self._engines
                 and msg["pid"] not in self._answered)
+        elif ok and "busy" in msg:
+            ok = _whole(msg["busy"]) and len(msg) == 1
         elif ok:
             ok = "exit" in msg and self._engine_pid(msg["exit"]) and _whole(msg.get("code"))
         if not ok:

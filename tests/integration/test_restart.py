@@ -1018,3 +1018,46 @@ def test_an_engine_that_dies_while_the_zygote_is_stopped_is_noticed(tmp_path, ws
         later.cancel()
         os.kill(zygote, signal.SIGCONT)
     run.next_start("calc", len(run.lines) - 1)
+
+
+def test_a_restart_that_a_stopped_zygote_never_answers_fails_and_a_critical_one_stops(
+        tmp_path, wsuper):
+    """A start waited for the zygote's answer without a bound: with the zygote stopped
+    (SIGSTOP) or wedged, a compartment whose engine ended stayed "restarting" for
+    as long as it said nothing (17 s and counting with start_time = 2).  A start now
+    fails once the zygote has said nothing for process.ANSWER_SILENCE (or the
+    compartment's start_time, if longer: a slow compile is told apart by the
+    zygote's {"busy": N} lines), saying so; a critical compartment stops the
+    system."""
+    (tmp_path / "app.wat").write_text(program(
+        "(call $log (i32.const 200) (i32.const 7))\n    unreachable", {"running": 200}))
+    (tmp_path / "system.toml").write_text("""
+[compartments.app]
+module = "app.wat"
+restart = "transient"
+max_restarts = 1
+restart_delay = 0.5
+critical = true
+[compartments.app.limits]
+start_time = 2
+[compartments.app.grants]
+log = { host = "log" }
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready app")
+    with open(f"/proc/{run.proc.pid}/task/{run.proc.pid}/children") as f:
+        zygote, = [int(pid) for pid in f.read().split()]     # the supervisor's only child
+    os.kill(zygote, signal.SIGSTOP)
+    # the zygote goes on after 20 s, whatever happens (run's lines are read without a
+    # deadline while none comes): before, the restart then went on as if nothing were
+    later = threading.Timer(20, os.kill, (zygote, signal.SIGCONT))
+    later.start()
+    try:
+        line = run.wait_for("compartment app failed to start", timeout=30)
+        assert f"the zygote (pid {zygote}) said nothing for 5 s" in line, line
+        assert "stopped or wedged" in line, line
+        assert run.wait_for("app is critical: stopping the system", timeout=10)
+    finally:
+        later.cancel()
+        os.kill(zygote, signal.SIGCONT)
+    assert run.finish(timeout=30) == 1

@@ -52,6 +52,8 @@ def _zygote_of(popen, ours):
     zygote._engines = {}
     zygote._early = {}
     zygote._answered = set()
+    zygote._abandoned = set()
+    zygote.heard = float("-inf")
     zygote.alive = True
     return zygote
 
@@ -479,10 +481,15 @@ def test_an_engine_whose_pid_is_anothers_when_answered_is_gone_not_watched_nor_s
     zygote._engines = {}
     zygote._early = {}
     zygote._answered = set()
+    zygote._abandoned = set()
+    zygote.heard = float("-inf")
     zygote._lock = trio.Lock()
     zygote.alive = True
 
     class Spec:
+        from compartments.limits import Limits
+        limits = Limits()
+
         def to_json(self):
             return b"{}"
 
@@ -510,6 +517,75 @@ def test_an_engine_whose_pid_is_anothers_when_answered_is_gone_not_watched_nor_s
     finally:
         for p in (zygote._popen, other):
             p.kill()
+            p.wait()
+        ours.close()
+        theirs.close()
+
+
+def test_a_start_is_bounded_by_the_zygotes_silence_not_by_a_busy_zygotes_compiles(
+        monkeypatch):
+    """Zygote.spawn waited for the zygote's answer without a bound: a zygote stopped
+    (SIGSTOP) or wedged held its compartment "restarting" for ever.  A zygote that
+    says {"busy": N} (requests wait for its compiles) holds a start as long as it
+    goes on saying so; one that says nothing for ANSWER_SILENCE fails it (Stalled,
+    an OSError that names the zygote), and an engine it forks for that request
+    later is nobody's, and is killed."""
+    from compartments.limits import Limits
+    monkeypatch.setattr(process, "ANSWER_SILENCE", 0.5)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    stand_in = subprocess.Popen(["sleep", "60"])          # stands for the zygote's process
+    zygote = _zygote_of(stand_in, ours)
+    zygote.pid = os.getpid()      # the engines below are our children: the "zygote's"
+    zygote._ids = iter(range(1, 100))
+    zygote._lock = trio.Lock()
+    busy_engine = subprocess.Popen(["sleep", "60"])
+    late_engine = subprocess.Popen(["sleep", "60"])
+
+    class Spec:
+        limits = Limits(start_time=0.1)
+
+        def to_json(self):
+            return b"{}"
+
+    async def request():
+        await trio.lowlevel.wait_readable(theirs)
+        _line, fds, _flags, _addr = socket.recv_fds(theirs, 1 << 16, 4)
+        for fd in fds:
+            os.close(fd)
+
+    async def busy_then_answer():
+        await request()
+        for _ in range(10):                  # 1 s in all: twice ANSWER_SILENCE
+            theirs.sendall(b'{"busy": 1}\n')
+            await trio.sleep(0.1)
+        theirs.sendall(b'{"pid": %d, "id": 1}\n' % busy_engine.pid)
+
+    try:
+        async def main():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                nursery.start_soon(busy_then_answer)
+                a, b = socket.socketpair()
+                with a, b, trio.fail_after(20):
+                    engine = await zygote.spawn(Spec(), b.fileno())
+                    assert engine.pid == busy_engine.pid
+                    nursery.start_soon(request)
+                    with pytest.raises(process.Stalled) as e:
+                        await zygote.spawn(Spec(), b.fileno())
+                    assert "said nothing for 0.5 s" in str(e.value), e.value
+                    assert "stopped or wedged" in str(e.value), e.value
+                    theirs.sendall(b'{"pid": %d, "id": 2}\n' % late_engine.pid)
+                    while late_engine.poll() is None:   # the late answer's engine: killed
+                        await trio.sleep(0.05)
+                assert late_engine.returncode == -signal.SIGKILL
+                assert busy_engine.poll() is None
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+    finally:
+        for p in (stand_in, busy_engine, late_engine):
+            if p.poll() is None:
+                p.kill()
             p.wait()
         ours.close()
         theirs.close()
