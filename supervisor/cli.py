@@ -843,6 +843,16 @@ def _revoke(args) -> int:
             _error(f"{args.system} has no revocable grant {args.grant!r} "
                   f"(revocable: {', '.join(revocable) or 'none'})")
             return 2
+    else:
+        # it runs: the grants it published as it started (its own, whatever the file
+        # says now).  A grant not among them is refused here, at once: asked, a
+        # system that did not answer (stopped: SIGSTOP) held this ADMIN_ANSWER_TIMEOUT
+        # (30 s), then exit 1, for what is a wrong argument (exit 2) either way
+        revocable = endpoint.running_grants(args.system)
+        if revocable is not None and args.grant not in revocable:
+            _error(f"no revocable grant {args.grant!r} "
+                   f"(revocable: {', '.join(revocable) or 'none'})")
+            return 2
     try:
         answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
     except endpoint.EndpointError as e:

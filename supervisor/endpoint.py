@@ -98,6 +98,59 @@ def lock_path(system_path: str) -> str:
     return os.path.join(runtime_dir(), system_id(system_path) + ".lock")
 
 
+def grants_path(system_path: str) -> str:
+    """Beside the lock: the revocable grants of the system running (Lock.publish)."""
+    return lock_path(system_path) + ".grants"
+
+
+#: Bytes at most of the grants file read back (a grant's label is two names)
+GRANTS_LIMIT = 1 << 22
+
+
+def running_grants(system_path: str) -> list | None:
+    """The revocable grants ("COMPARTMENT.GRANT") of the system running at
+    `system_path`, as it published them when it started (Lock.publish), or None
+    when that cannot be known here (none runs, or it published none, or the file
+    is not its: another pid's, left behind).  `wsuper revoke` of a grant not among
+    them is refused here, exit 2: asked of a system that does not answer (stopped,
+    SIGSTOP), it waited ADMIN_ANSWER_TIMEOUT (30 s) and said it did not answer,
+    exit 1, where the README promises exit 2 whether it runs or not."""
+    try:
+        private_dir(runtime_dir(), create=False)
+    except EndpointError:
+        return None
+    try:
+        fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not _held_exclusively(fd):
+            return None
+        pid = _holder_pid(fd)
+        gfd = os.open(grants_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                      | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(gfd).st_mode):
+                return None
+            data = os.read(gfd, GRANTS_LIMIT + 1)
+        finally:
+            os.close(gfd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        obj = json.loads(data) if len(data) <= GRANTS_LIMIT else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or str(obj.get("pid")) != pid or not pid:
+        return None
+    revocable = obj.get("revocable")
+    if not isinstance(revocable, list) or not all(isinstance(g, str) for g in revocable):
+        return None
+    return revocable
+
+
 def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
     """The supervisor's own files and directories for `system`: (what, real path,
     is a directory, how to move it, the path as given).  No grant may reach them (policy.load refuses it): through a
@@ -565,6 +618,41 @@ class Lock:
         self.system_path = system_path
         self.fd: int | None = None
         self.file_fd: int | None = None
+        self.revocable: list | None = None       # published (publish), for renew
+
+    def publish(self, revocable) -> None:
+        """Write this system's revocable grants beside its lock (running_grants), so
+        that `wsuper revoke` of one it does not have is refused without asking it.
+        Best effort: not written (a full runtime directory), revoke asks the system."""
+        self.revocable = sorted(revocable)
+        path = self.path + ".grants"
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            try:
+                data = json.dumps({"pid": os.getpid(), "revocable": self.revocable}).encode()
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _unpublish(self):
+        """The grants file, if it is still ours (a later system's is left alone)."""
+        path = self.path + ".grants"
+        try:
+            with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
+                ours = json.loads(f.read(GRANTS_LIMIT)).get("pid") == os.getpid()
+            if ours:
+                os.unlink(path)
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def acquire(self):
         private_dir(runtime_dir())
@@ -673,9 +761,13 @@ class Lock:
             raise
         old, self.fd = self.fd, fd
         os.close(old)
+        if self.revocable is not None:      # gone with the runtime directory, maybe
+            self.publish(self.revocable)
         return True
 
     def release(self):
+        if self.fd is not None and self.revocable is not None:
+            self._unpublish()
         if self.fd is not None:
             # only the file it holds: its path may name another's by now (the
             # runtime directory removed while the system ran, and another `up` of

@@ -846,6 +846,9 @@ class Supervisor:
             else:
                 _refuse(f"{self.system.path}: {key}: {e}" if key else e)
             return 2
+        # beside the lock, what `wsuper revoke` may check without asking (its grants
+        # are the router's, for as long as it runs: endpoint.running_grants)
+        lock.publish(self.router.revocable)
         try:
             return await self._run()
         finally:

@@ -1291,3 +1291,44 @@ def test_the_log_directory_removed_while_the_system_runs_is_made_again(tmp_path,
     assert "revoked app.spin" in (logs / "supervisor.log").read_text()
     shown = run_wsuper("logs", str(tmp_path / "system.toml"), "app")
     assert "denied: app.spin was revoked" in shown.stdout, shown.stderr
+
+
+def test_revoke_of_a_grant_a_stopped_system_does_not_have_is_refused_without_asking_it(
+        tmp_path, wsuper):
+    """The README: `wsuper revoke` of a grant the system does not have is refused, exit
+    2, "whether it runs or not".  Of a system that runs but does not answer (its
+    supervisor stopped: SIGSTOP, Ctrl-Z), it asked all the same, waited
+    ADMIN_ANSWER_TIMEOUT (30 s) and said the system did not answer, exit 1.  The
+    running system publishes its revocable grants beside its lock as it starts
+    (endpoint.running_grants): a grant not among them is refused at once, exit 2,
+    as the system itself would refuse it."""
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.app.grants]
+calc = {{ compartment = "calc", revocable = true }}
+""")
+    system = str(tmp_path / "system.toml")
+    run = wsuper("up", system)
+    run.wait_for("ready app")
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        wrong = run_wsuper("revoke", system, "app.nothing", timeout=60)
+    finally:
+        os.kill(run.proc.pid, signal.SIGCONT)
+    assert wrong.returncode == 2, wrong.output
+    assert "no revocable grant 'app.nothing' (revocable: app.calc)" in wrong.stderr, \
+        wrong.output
+    # running again, it still answers for itself: a grant it has is revoked
+    revoked = run_wsuper("revoke", system, "app.calc")
+    assert revoked.returncode == 0 and "revoked app.calc" in revoked.stdout, revoked.output
+    assert run_wsuper("stop", system).returncode == 0
+    assert run.finish(timeout=30) == 0
+    from supervisor import endpoint
+    assert endpoint.running_grants(system) is None       # gone with the system

@@ -479,3 +479,36 @@ def test_up_holds_the_systems_lock_while_it_reads_checks_and_compiles_it(
     assert seen == [True]                        # held while it was checked
     assert not endpoint.is_running(system)       # and let go with the refusal
     assert not os.path.lexists(endpoint.lock_path(system))
+
+
+def test_the_running_systems_revocable_grants_are_known_beside_its_lock_and_only_its(
+        tmp_path, monkeypatch):
+    """`wsuper revoke` of a grant the running system does not have is refused without
+    asking it (a stopped system held it 30 s): the system publishes its revocable
+    grants beside its lock (Lock.publish), read back only while the lock is held and
+    only if the file names the lock's holder; gone with the system."""
+    import json
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run" / "wsuper").mkdir(mode=0o700, parents=True)
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    assert endpoint.running_grants(system) is None             # nothing runs
+    lock = endpoint.Lock(system)
+    lock.acquire()
+    try:
+        assert endpoint.running_grants(system) is None         # runs, published nothing
+        lock.publish({"app.b", "app.a"})
+        assert endpoint.running_grants(system) == ["app.a", "app.b"]
+        with open(endpoint.grants_path(system), "w") as f:     # another pid's: not its
+            json.dump({"pid": 1, "revocable": ["app.x"]}, f)
+        assert endpoint.running_grants(system) is None
+        with open(endpoint.grants_path(system), "w") as f:
+            f.write("[[[")
+        assert endpoint.running_grants(system) is None
+        lock.publish({"app.a"})
+        assert cli.main(["revoke", system, "app.nope"]) == 2   # refused here: nothing asked
+    finally:
+        lock.release()
+    assert not os.path.exists(endpoint.grants_path(system))
+    assert endpoint.running_grants(system) is None
