@@ -1880,3 +1880,58 @@ def test_records_held_while_the_audit_is_full_wait_for_the_lane_records_before_t
     records = [e.record for e in s.other if isinstance(e, fx.Audit)]
     assert [(r["method"], r["outcome"]) for r in records] == \
         [("add", "returned")] * 3 + [("sumTo", "denied")]
+
+
+def test_counts_of_calls_in_flight_are_the_peers_own_and_stay_right(sup):
+    """Lane.counts(pid), for `wsuper status` (Router.status: one per compartment),
+    counted the calls to a peer by walking every native call in flight with the
+    lane's mutex held: a status cost compartments x calls in flight, and stalled
+    the lane's forwarding meanwhile.  It is the peer's own count now (to_open, kept
+    as calls come and go, like native_open for the calls from it), read without a
+    walk (the lane's `walked` does not move); it must stay right however a call
+    leaves: returned natively, taken over by Python (a return that is not plain),
+    its caller gone, past its call_time."""
+    s = sup({"calc": CALC, "app": None, "other": None},
+            limits={"calc": R.Limits(call_time=0.5)}, clock=time.monotonic)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    other = Engine(s, "other", [grant("calc", "calc")])
+    for n, caller in enumerate((app, other)):      # the first call installs the route
+        caller.call()
+        caller.until(lambda: len(calc.calls()) == n + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        caller.until(lambda: caller.returns())
+    seen = len(calc.calls())
+
+    def counts():
+        walked = s.lane.stats()["walked"]
+        got = {e.name: s.lane.counts(e.pid)[:2] for e in (calc, app, other)}
+        assert s.lane.stats()["walked"] == walked          # no walk of the calls
+        assert got["calc"][1] == s.lane.stats()["in_flight"]
+        return got
+
+    for _ in range(3):
+        app.call()
+    app.until(lambda: len(calc.calls()) == seen + 3)      # app's first, in this order
+    for _ in range(2):
+        other.call()
+    app.until(lambda: len(calc.calls()) == seen + 5)
+    native = [c.answer_id for c in calc.calls()[seen:]]
+    assert all(a >= P.NATIVE_QID_BASE for a in native)
+    assert counts() == {"calc": (0, 5), "app": (3, 0), "other": (2, 0)}
+    assert s.router.status("calc")["calls_to"] == 5
+    calc.send(calc.conn.send_return(native[0], no_finish=True))        # natively
+    app.until(lambda: len(app.returns()) == 2)
+    assert counts()["calc"] == (0, 4)
+    calc.send(calc.conn.send_exception(native[1], "no", no_finish=True))   # Python's
+    app.until(lambda: len(app.returns()) == 3)
+    assert counts()["calc"] == (0, 3)
+    other.sock.close()                                  # a caller goes: its 2 calls
+    calc.until(lambda: other.pid not in s.router.peers)
+    assert counts()["calc"][1] == 1 and s.lane.counts(app.pid)[0] == 1
+    time.sleep(0.6)                                     # the last one: past call_time
+    s.perform(s.router.native_tick())
+    s.perform(s.router.expire())
+    app.until(lambda: len(app.returns()) == 4)
+    assert counts()["calc"] == (0, 0) and s.lane.counts(app.pid)[0] == 0
+    assert s.router.status("calc")["calls_to"] == 0
