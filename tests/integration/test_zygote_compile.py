@@ -1660,3 +1660,85 @@ def test_a_module_file_touched_while_its_compile_waits_still_starts(tmp_path, to
     from compartments import engine
     code, text = said["m"]
     assert code != engine.EXIT_CANNOT_LOAD and "cannot load" not in text, said["m"]
+
+
+def test_a_start_waiting_for_a_long_compile_is_not_taken_for_a_stalled_zygote(
+        tmp_path, monkeypatch):
+    """A start's wait for the zygote's answer is bounded by the zygote's silence
+    (process.ANSWER_SILENCE): a compile may take up to COMPILE_WALL, so the zygote
+    says {"busy": N} every BUSY_EVERY while requests wait for compiles.  Checked
+    with a real zygote loop (serve, in a child) whose compile of one module sleeps
+    (COMPILE_WALL 4 s, silence 1.5 s): the start waits the whole compile, hears
+    the zygote busy, and gets the zygote's own answer (a child that says its
+    compile failed), not Stalled."""
+    import socket
+    import sys
+
+    import trio
+
+    from compartments.limits import Limits
+    from compartments.spec import EngineSpec
+    from supervisor import process
+    hostile = tmp_path / "hostile.wat"
+    hostile.write_text(open(f"{EXAMPLES}/calc.wat").read())
+    user = (65534, 65534) if os.geteuid() == 0 else None
+    monkeypatch.setattr(process, "ANSWER_SILENCE", 1.5)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            sys.stderr = open(2, "w", buffering=1, closefd=False)   # not pytest's
+            zygote._compile_into = _hostile_compiler("sleeps", str(hostile))
+            zygote.COMPILE_WALL = 4
+            zygote.serve(theirs, parent)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    z = object.__new__(process.Zygote)
+    # the forked zygote is ended here (below), not by run's end
+    z._popen = type("P", (), {"pid": pid, "poll": lambda self: 0, "wait": lambda self: 0,
+                              "returncode": 0})()
+    z.pid, z._raw, z._sock = pid, ours, None
+    z._waiting, z._engines, z._early, z._answered, z._abandoned = {}, {}, {}, set(), set()
+    z._ids, z._lock, z.alive, z.heard = iter(range(1, 100)), None, True, float("-inf")
+    busy = []
+    real_message = process.Zygote._message
+
+    def message(self, line):
+        msg = real_message(self, line)
+        if msg is not None and "busy" in msg:
+            busy.append(msg["busy"])
+        return msg
+    monkeypatch.setattr(process.Zygote, "_message", message)
+    got = []
+
+    async def main():
+        ours.setblocking(False)
+        z._sock = trio.socket.from_stdlib_socket(ours)
+        z._lock = trio.Lock()
+        with trio.fail_after(60):                # a bound on a broken test, not a measure
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(z.run)
+                a, b = socket.socketpair()
+                with a, b:
+                    try:       # its answer: a child that says the compile failed
+                        engine = await z.spawn(EngineSpec("c", str(hostile), user=user,
+                                                          limits=Limits(start_time=0.1)),
+                                               b.fileno())
+                        engine.kill()
+                        got.append(engine)
+                    except OSError as e:
+                        got.append(e)
+                nursery.cancel_scope.cancel()
+    try:
+        trio.run(main)
+    finally:
+        ours.close()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert len(got) == 1 and isinstance(got[0], process.ForkedEngine), got
+    assert busy and set(busy) == {1}, busy
