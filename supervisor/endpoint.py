@@ -729,6 +729,12 @@ class Lock:
             self.release()
             raise EndpointError(f"cannot write the system's lock {self.path}: "
                                 f"{e.strerror or e}") from None
+        try:
+            # an earlier run's grants (one SIGKILLed), believed if its pid were ours
+            # again (a container's pids): ours are published once the system is read
+            os.unlink(self.path + ".grants")
+        except OSError:
+            pass
 
     def renew(self) -> bool:
         """The lock file made again at its path, locked and with our pid, if it is

@@ -494,6 +494,8 @@ def test_the_running_systems_revocable_grants_are_known_beside_its_lock_and_only
     with open(system, "w") as f:
         f.write('[compartments.app]\nmodule = "app.wat"\n')
     assert endpoint.running_grants(system) is None             # nothing runs
+    with open(endpoint.grants_path(system), "w") as f:         # a SIGKILLed run's, our pid
+        json.dump({"pid": os.getpid(), "revocable": ["app.old"]}, f)
     lock = endpoint.Lock(system)
     lock.acquire()
     try:
