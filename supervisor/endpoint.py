@@ -108,7 +108,15 @@ GRANTS_LIMIT = 1 << 22
 
 
 def running_grants(system_path: str) -> list | None:
-    """The revocable grants ("COMPARTMENT.GRANT") of the system running at
+    """`running_facts(system_path)["revocable"]`, or None."""
+    facts = running_facts(system_path)
+    return None if facts is None else facts["revocable"]
+
+
+def running_facts(system_path: str) -> dict | None:
+    """{"revocable": [...], "compartments": [...]} of the system running at
+    `system_path`, as it published them (below); None when not known here.
+    The revocable grants ("COMPARTMENT.GRANT") of the system running at
     `system_path`, as it published them when it started (Lock.publish), or None
     when that cannot be known here (none runs, or it published none, or the file
     is not its: another pid's, left behind).  `wsuper revoke` of a grant not among
@@ -145,10 +153,13 @@ def running_grants(system_path: str) -> list | None:
         return None
     if not isinstance(obj, dict) or str(obj.get("pid")) != pid or not pid:
         return None
-    revocable = obj.get("revocable")
-    if not isinstance(revocable, list) or not all(isinstance(g, str) for g in revocable):
-        return None
-    return revocable
+    facts = {}
+    for key in ("revocable", "compartments"):
+        names = obj.get(key)
+        if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
+            return None
+        facts[key] = names
+    return facts
 
 
 def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
@@ -619,19 +630,24 @@ class Lock:
         self.fd: int | None = None
         self.file_fd: int | None = None
         self.revocable: list | None = None       # published (publish), for renew
+        self.compartments: list = []
 
-    def publish(self, revocable) -> None:
-        """Write this system's revocable grants beside its lock (running_grants), so
-        that `wsuper revoke` of one it does not have is refused without asking it.
-        Best effort: not written (a full runtime directory), revoke asks the system."""
+    def publish(self, revocable, compartments=()) -> None:
+        """Write this system's revocable grants and compartments beside its lock
+        (running_facts), so that `wsuper revoke` of a grant it does not have, or
+        `probe` and `trace` of a compartment it does not have, are refused without
+        asking it.  Best effort: not written (a full runtime directory), they ask
+        the system."""
         self.revocable = sorted(revocable)
+        self.compartments = list(compartments)
         path = self.path + ".grants"
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
                          | os.O_NOFOLLOW, 0o600)
             try:
-                data = json.dumps({"pid": os.getpid(), "revocable": self.revocable}).encode()
+                data = json.dumps({"pid": os.getpid(), "revocable": self.revocable,
+                                   "compartments": self.compartments}).encode()
                 while data:
                     data = data[os.write(fd, data):]
             finally:
@@ -768,7 +784,7 @@ class Lock:
         old, self.fd = self.fd, fd
         os.close(old)
         if self.revocable is not None:      # gone with the runtime directory, maybe
-            self.publish(self.revocable)
+            self.publish(self.revocable, self.compartments)
         return True
 
     def release(self):

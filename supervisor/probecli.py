@@ -100,8 +100,27 @@ def _lines(system: str, body: dict, timeout: float):
                 raise endpoint.EndpointError("the system's answer is too long")
 
 
+def _unknown_compartment(system: str, names) -> str | None:
+    """The running system's refusal of the first of `names` it does not have, said
+    here from what it published as it started (endpoint.running_facts): asked, a
+    system that does not answer (stopped: SIGSTOP) held the command 30 s; None
+    when all are its, or it is not known here (the system is asked, as before)."""
+    facts = endpoint.running_facts(system)
+    if facts is None:
+        return None
+    have = facts["compartments"]
+    for name in names:
+        if name not in have:
+            return f"no compartment {name[:100]!r} (compartments: {', '.join(have)})"
+    return None
+
+
 def probe(args) -> int:
     body = {"op": "probe", "compartment": args.compartment, "action": args.action}
+    unknown = _unknown_compartment(args.system, [args.compartment])
+    if unknown:
+        _error(unknown)
+        return 1
     if args.action in ("add", "remove"):
         if not args.name:
             _error(f"probe {args.action} needs the probe's NAME")
@@ -145,6 +164,12 @@ def probe(args) -> int:
 def trace_command(args) -> int:
     body = {"op": "trace", "seconds": args.seconds, "compartments": args.compartments,
             "functions": args.functions}
+    if isinstance(args.compartments, str):
+        unknown = _unknown_compartment(args.system,
+                                       [n for n in args.compartments.split(",") if n])
+        if unknown:
+            _error(unknown)
+            return 1
     from .cli import overwrites
     problem = overwrites("-o", args.output, args.system)
     if problem:

@@ -848,7 +848,7 @@ class Supervisor:
             return 2
         # beside the lock, what `wsuper revoke` may check without asking (its grants
         # are the router's, for as long as it runs: endpoint.running_grants)
-        lock.publish(self.router.revocable)
+        lock.publish(self.router.revocable, self.system.compartments)
         try:
             return await self._run()
         finally:

@@ -1299,9 +1299,10 @@ def test_revoke_of_a_grant_a_stopped_system_does_not_have_is_refused_without_ask
     2, "whether it runs or not".  Of a system that runs but does not answer (its
     supervisor stopped: SIGSTOP, Ctrl-Z), it asked all the same, waited
     ADMIN_ANSWER_TIMEOUT (30 s) and said the system did not answer, exit 1.  The
-    running system publishes its revocable grants beside its lock as it starts
-    (endpoint.running_grants): a grant not among them is refused at once, exit 2,
-    as the system itself would refuse it."""
+    running system publishes its revocable grants (and compartments) beside its
+    lock as it starts (endpoint.running_facts): a grant not among them is refused
+    at once, exit 2, as the system itself would refuse it; so are `probe` and
+    `trace` of a compartment it does not have (exit 1, as the system's refusal)."""
     (tmp_path / "system.toml").write_text(f"""
 [system]
 schemas = ["{EXAMPLES}/calc.capnp"]
@@ -1320,11 +1321,21 @@ calc = {{ compartment = "calc", revocable = true }}
     os.kill(run.proc.pid, signal.SIGSTOP)
     try:
         wrong = run_wsuper("revoke", system, "app.nothing", timeout=60)
+        # probe and trace of a compartment it does not have: its own refusal (exit 1)
+        probed = run_wsuper("probe", system, "nosuch", "list", timeout=60)
+        traced = run_wsuper("trace", system, "--seconds", "1", "-o",
+                            str(tmp_path / "t.json"), "--compartments", "app,nosuch",
+                            timeout=60)
     finally:
         os.kill(run.proc.pid, signal.SIGCONT)
     assert wrong.returncode == 2, wrong.output
     assert "no revocable grant 'app.nothing' (revocable: app.calc)" in wrong.stderr, \
         wrong.output
+    for refused in (probed, traced):
+        assert refused.returncode == 1, refused.output
+        assert "no compartment 'nosuch' (compartments: calc, app)" in refused.stderr, \
+            refused.output
+    assert not (tmp_path / "t.json").exists()
     # running again, it still answers for itself: a grant it has is revoked
     revoked = run_wsuper("revoke", system, "app.calc")
     assert revoked.returncode == 0 and "revoked app.calc" in revoked.stdout, revoked.output

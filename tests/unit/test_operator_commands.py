@@ -508,8 +508,11 @@ def test_the_running_systems_revocable_grants_are_known_beside_its_lock_and_only
         with open(endpoint.grants_path(system), "w") as f:
             f.write("[[[")
         assert endpoint.running_grants(system) is None
-        lock.publish({"app.a"})
+        lock.publish({"app.a"}, ["app"])
+        assert endpoint.running_facts(system) == {"revocable": ["app.a"],
+                                                  "compartments": ["app"]}
         assert cli.main(["revoke", system, "app.nope"]) == 2   # refused here: nothing asked
+        assert cli.main(["probe", system, "nope", "list"]) == 1
     finally:
         lock.release()
     assert not os.path.exists(endpoint.grants_path(system))
