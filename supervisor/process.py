@@ -65,6 +65,12 @@ UNREPORTED = 1 << 16
 ANSWER_SILENCE = 5.0
 
 
+#: Seconds at most between two looks at the zygote's silence while a start waits
+#: (Zygote._within): a look later than this, by more than this again, says this
+#: process did not run meanwhile, and that time is not counted as silence
+SILENCE_LOOK = 0.5
+
+
 class Stalled(OSError):
     """The zygote said nothing for a start's whole bound (stopped or wedged)."""
 
@@ -316,17 +322,45 @@ class Zygote:
                             await trio.sleep(0.01)
             launch.end(self._popen, 0)
 
-    def _silent(self, began: float, silence: float) -> bool:
-        """Nothing heard from the zygote for `silence` seconds since `began`."""
-        return trio.current_time() >= max(began, self.heard) + silence
+    def _said_unread(self) -> bool:
+        """Whether the zygote's socket holds bytes run() has not read yet: it said
+        something (its answer, perhaps) that the reader had no turn to take."""
+        if not self.alive:
+            return False
+        try:
+            return bool(select.select([self._raw], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     async def _within(self, began: float, silence: float, wait, what: str):
         """`await wait()`, for as long as the zygote is heard from at least once every
-        `silence` seconds (from `began` on); Stalled past that."""
+        `silence` seconds (from `began` on); Stalled past that.
+
+        Silence is counted only while this process runs to hear it: the wait looks
+        at least every SILENCE_LOOK, and what a look came later than that (with
+        SILENCE_LOOK to spare) is time this process did not run (stopped by
+        Ctrl-Z, SIGSTOP or a debugger, starved by the machine's load), which is not
+        the zygote's silence.  Counted, a start woke up past its bound after such a
+        stop and failed at once ("stopped or wedged", a critical compartment's
+        stopping the system), before the zygote, or the reader of what it had
+        said meanwhile, had a turn.  Bytes the zygote sent that run() has not read
+        yet are heard too."""
+        watched = began           # silence is counted from here (or what was heard)
         while True:
-            with trio.move_on_at(max(began, self.heard) + silence):
+            look = min(max(watched, self.heard) + silence,
+                       trio.current_time() + SILENCE_LOOK)
+            with trio.move_on_at(look):
                 return await wait()
-            if self._silent(began, silence):
+            now = trio.current_time()
+            if now > look + SILENCE_LOOK:
+                # not running: none of it was silence
+                watched = max(watched, self.heard) + (now - look)
+                continue
+            if self._said_unread():
+                watched = now
+                await trio.sleep(0)           # the reader's turn
+                continue
+            if now >= max(watched, self.heard) + silence:
                 raise Stalled(f"the zygote (pid {self.pid}) said nothing for {silence:g} s "
                               f"while {what} (it is stopped or wedged); no compartment "
                               f"can start until it goes on")

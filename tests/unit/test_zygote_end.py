@@ -589,3 +589,64 @@ def test_a_start_is_bounded_by_the_zygotes_silence_not_by_a_busy_zygotes_compile
             p.wait()
         ours.close()
         theirs.close()
+
+
+def test_the_supervisors_own_stop_is_not_taken_for_the_zygotes_silence(monkeypatch):
+    """The silence bound was measured on the supervisor's clock whether or not the
+    supervisor itself was running to hear: `wsuper up` stopped by Ctrl-Z (its
+    process group, the zygote with it), paused by a debugger or starved by the
+    machine's load for longer than ANSWER_SILENCE while a start waited woke up
+    past the bound and failed that start at once ("the zygote said nothing ...
+    stopped or wedged"), before the zygote (going on again with it) or the
+    reader of its lines (its answer in the socket already) had a turn; a
+    critical compartment's start then stopped the whole system.  Time the
+    supervisor did not run is not the zygote's silence: here the whole loop is
+    blocked (time.sleep, as a stopped process) past the bound with the start
+    waiting, and the zygote answers just after; the start gets its engine."""
+    import time
+    from compartments.limits import Limits
+    monkeypatch.setattr(process, "ANSWER_SILENCE", 1.0)
+    # (one look of the silence is counted whole, however late: a fifth of the bound)
+    monkeypatch.setattr(process, "SILENCE_LOOK", 0.2, raising=False)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    stand_in = subprocess.Popen(["sleep", "60"])          # stands for the zygote's process
+    zygote = _zygote_of(stand_in, ours)
+    zygote.pid = os.getpid()
+    zygote._ids = iter(range(1, 100))
+    zygote._lock = trio.Lock()
+    engine = subprocess.Popen(["sleep", "60"])
+
+    class Spec:
+        limits = Limits(start_time=0.1)
+
+        def to_json(self):
+            return b"{}"
+
+    async def stopped_then_answer():
+        await trio.lowlevel.wait_readable(theirs)
+        _line, fds, _flags, _addr = socket.recv_fds(theirs, 1 << 16, 4)
+        for fd in fds:
+            os.close(fd)
+        time.sleep(2.0)           # the whole process stopped: nothing runs meanwhile
+        await trio.sleep(0.1)     # the zygote, going on with it, answers at once
+        theirs.sendall(b'{"pid": %d, "id": 1}\n' % engine.pid)
+
+    try:
+        async def main():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote.run)
+                nursery.start_soon(stopped_then_answer)
+                a, b = socket.socketpair()
+                with a, b, trio.fail_after(20):
+                    got = await zygote.spawn(Spec(), b.fileno())
+                    assert got.pid == engine.pid
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+    finally:
+        for p in (stand_in, engine):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        ours.close()
+        theirs.close()
