@@ -328,7 +328,10 @@ class Zygote:
         if not self.alive:
             return False
         try:
-            return bool(select.select([self._raw], [], [], 0)[0])
+            # poll, not select: the socket may be numbered above FD_SETSIZE
+            poll = select.poll()
+            poll.register(self._raw, select.POLLIN)
+            return bool(poll.poll(0))
         except (OSError, ValueError):
             return False
 
