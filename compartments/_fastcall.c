@@ -254,7 +254,8 @@ static PyObject *top_frame(Guest *g) {
 static void charge(void *ctx, uint64_t len) {
   uint64_t left = 0;
   if (len <= FREE_COPY || get_fuel(ctx, &left)) return;
-  set_fuel(ctx, left > (len >> 3) ? left - (len >> 3) : 0);
+  uint64_t cost = (len - FREE_COPY) >> 3;
+  set_fuel(ctx, left > cost ? left - cost : 0);
 }
 
 /* data at raw[0], handles (ints) at raw[1], as _write and _write_handles do it;

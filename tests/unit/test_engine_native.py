@@ -481,6 +481,65 @@ FLUSHING = """(module
 """
 
 
+COPYING_ONCE = """(module
+  (import "wsuper" "params_read" (func $pr (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $rs (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (drop (call $pr (i32.const 65536) (i32.const 0)))
+    (i32.store (i32.const 8) (i32.const 1))        ;; results: an empty message
+    (drop (call $rs (i32.const 0) (i32.const 16) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+"""
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_copy_is_charged_for_what_it_copies_past_its_first_4_kib(tmp_path, native):
+    """The docs (policy-reference's fuel_per_call, design.md, _fastcall.c's own
+    comment) say a host function's copy costs one unit per 8 bytes past its
+    first 4 KiB; it cost one per 8 bytes of all of it once it passed 4 KiB: 4096
+    bytes of params were free, 4104 cost 513 units (one more word, 513 times the
+    fuel).  Past 4 KiB, each word costs one unit, natively and in Python."""
+    from compartments.engine import FREE_COPY
+    from compartments.limits import Limits
+    (tmp_path / "once.wat").write_text(COPYING_ONCE)
+    engine = Engine(Answering(), EngineSpec(name="once", module=str(tmp_path / "once.wat"),
+                                            exports=True,
+                                            limits=Limits(message_size=1 << 20)))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(boot.payload.caps[0].import_id, ENGINE_INTERFACE, 0,
+                                      payloads.grants_content([]), [])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+
+    def fuel_for(size):                # params of `size` bytes, as the guest reads them
+        n = size - 16                  # the segment table and the root pointer
+        params = Content.standalone([struct.pack("<II", 1, 2 | (n << 3)) + b"\1" * n])
+        assert len(engine._for_guest(params)) == size
+        handled = engine._native.handled
+        sock.batches.append(sup.send_call(main, IFACE, 0, params)[1])
+        engine._pump()
+        engine._flush()
+        [answer] = sup.receive(b"".join(sock.writes))
+        sock.writes.clear()
+        assert answer.payload is not None, answer
+        assert (engine._native.handled > handled) == native       # the path it took
+        return engine._fuel_used
+
+    free = fuel_for(FREE_COPY)
+    assert fuel_for(FREE_COPY - 8) == free
+    assert fuel_for(FREE_COPY + 8) == free + 1
+    assert fuel_for(FREE_COPY + 8 * 1000) == free + 1000
+
+
 def test_run_that_comes_as_a_per_call_instance_s_last_line_is_sent_waits_for_that_call(tmp_path):
     """A per_call call's instance left an unfinished line on stdout (a log): its
     end sends it (Log.write, a call out) before the call is answered, with no
