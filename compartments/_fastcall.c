@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <structmember.h>
+#include <time.h>
 
 #include "../capnp_schemas/fastwire.h"
 
@@ -206,7 +207,7 @@ typedef struct {
   unsigned long long handled; /* host calls done here, for tests and the stats */
 } Guest;
 
-static PyObject *s_params, *s_handles, *s_results, *s_hostcalls, *s_reply;
+static PyObject *s_params, *s_handles, *s_results, *s_hostcalls, *s_reply, *s_until;
 
 typedef struct {
   PyObject *fn;
@@ -354,7 +355,27 @@ out:
   return done;
 }
 
+/* Whether the code running now is a call's that has run past its call_time (the
+ * engine's _until, on top, a time.monotonic() deadline): such a host call goes
+ * to Python, which fails the call there (Engine._cut_off), as it does for one
+ * done in Python. */
+static int past_deadline(Guest *g) {
+  PyObject *until = PyObject_GetAttr(g->owner, s_until);
+  int past = 0;
+  Py_ssize_t n;
+  if (until && PyList_CheckExact(until) && (n = PyList_GET_SIZE(until))) {
+    PyObject *top = PyList_GET_ITEM(until, n - 1);
+    struct timespec ts;
+    if (PyFloat_CheckExact(top) && !clock_gettime(CLOCK_MONOTONIC, &ts))
+      past = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 > PyFloat_AS_DOUBLE(top);
+  }
+  Py_XDECREF(until);
+  PyErr_Clear();
+  return past;
+}
+
 static int native_call(host_fn *h, val_raw *raw) {
+  if (past_deadline(h->guest)) return 0;
   int done = h->native == NATIVE_PARAMS_READ   ? native_params_read(h->guest, current, raw)
              : h->native == NATIVE_RESULTS_SET ? native_results_set(h->guest, current, raw)
              : h->native == NATIVE_REPLY_READ  ? native_reply_read(h->guest, current, raw)
@@ -598,7 +619,9 @@ PyMODINIT_FUNC PyInit__fastcall(void) {
   s_results = PyUnicode_InternFromString("results");
   s_hostcalls = PyUnicode_InternFromString("hostcalls");
   s_reply = PyUnicode_InternFromString("reply");
-  if (!s_params || !s_handles || !s_results || !s_hostcalls || !s_reply) return NULL;
+  s_until = PyUnicode_InternFromString("_until");
+  if (!s_params || !s_handles || !s_results || !s_hostcalls || !s_reply || !s_until)
+    return NULL;
   PyObject *m = PyModule_Create(&module);
   if (!m) return NULL;
   if (PyModule_AddObjectRef(m, "Guest", (PyObject *)&GuestType) < 0 ||

@@ -129,6 +129,18 @@ BACKLOG_GRACE = 0.5
 #: call that calls out), where a plain loop spends it in 0.29 s.
 FREE_COPY = 4096
 
+#: The wsuper host functions that never call out but fail a call past its
+#: call_time too, as wsuper.call does (Engine._cut_off_first).  Uncharged but for
+#: what they copy, a loop of one of them ran on for minutes after its caller had
+#: been told it failed: params_read of 4 KiB (free) in the Python path (every
+#: per_call compartment's) used 2.9 s of CPU per 10^7 fuel, ~290 s to spend the
+#: default fuel_per_call, ~1000 times a plain loop (design.md said ~200).  Not
+#: release and keep: they give back what a call holds, and an SDK that frees
+#: its arena (wsuper_arena_free: a handle unlinked, then released) would lose
+#: what one cut short was to let go of.
+CUT_OFF_AT = frozenset({"params_read", "results_set", "reply_read", "fail", "lookup",
+                        "object"})
+
 #: Characters of a trap report's function name (the module's name section says
 #: anything, of any length) and of its cause: the rest is counted, not sent.
 TRAP_NAME_LIMIT = 200
@@ -365,8 +377,11 @@ class Engine:
                                        _native_results)
         for name, (params, results) in abi.IMPORTS.items():
             kind = unchecked.NATIVE.get(name) if self._native is not None else None
+            fn = getattr(self, "_host_" + name)
+            if name in CUT_OFF_AT:
+                fn = self._cut_off_first(fn)
             unchecked.define(linker, abi.MODULE, name, params, results,
-                             timed(f"{abi.MODULE}.{name}", getattr(self, "_host_" + name)),
+                             timed(f"{abi.MODULE}.{name}", fn),
                              self.wasm_engine, native=kind and (kind, self._native))
         for name in self._wasi_names:
             # per_call: each call has a WASI state of its own, so look it up at each call
@@ -854,6 +869,16 @@ class Engine:
         function but proc_exit), before it does anything: one of a call that has
         run past its call_time fails the call (_cut_off)."""
         self._cut_off(0, "made a host call in a call that has run past")
+
+    def _cut_off_first(self, fn):
+        """`fn`, a host function that only computes (CUT_OFF_AT), which fails a
+        call that has run past its call_time before it does anything, as
+        host_call_begins does for one that may call out (the native path leaves
+        such a call to it: _fastcall.c past_deadline)."""
+        def host(*args):
+            self._cut_off(0, "made a host call in a call that has run past")
+            return fn(*args)
+        return host
 
     def _cut_off(self, seconds: float, what: str):
         """Fail the call whose guest code runs now (a _CallError out of the host

@@ -540,6 +540,60 @@ def test_a_copy_is_charged_for_what_it_copies_past_its_first_4_kib(tmp_path, nat
     assert fuel_for(FREE_COPY + 8 * 1000) == free + 1000
 
 
+LATE_LOOP = """(module
+  (import "wsuper" "params_read" (func $pr (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $rs (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (local $i i32)
+    (local.set $i (i32.const 100000000))        ;; ~0.1 s of CPU: past call_time
+    (loop $spin (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                (br_if $spin (local.get $i)))
+    (block $d (loop $l                           ;; then host calls that only compute
+      (br_if $d (i32.ge_u (local.get $i) (i32.const 1000)))
+      (drop (call $pr (i32.const 65536) (i32.const 0)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (i32.store (i32.const 8) (i32.const 1))        ;; results: an empty message
+    (drop (call $rs (i32.const 0) (i32.const 16) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+"""
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_call_past_its_call_time_is_cut_off_at_a_host_call_that_only_computes(
+        tmp_path, native):
+    """Only a host call that may call out (wsuper.call, WASI) failed a call past
+    its call_time: a loop of params_read (4 KiB of params are free of fuel) ran
+    on for minutes after its caller had been told it failed (2.9 s of CPU per
+    10^7 fuel in the Python path, every per_call compartment's: ~290 s for the
+    default budget, ~1000 times a plain loop).  A call past its call_time fails
+    at its next params_read, results_set, reply_read, fail, lookup or object
+    too, natively and in Python."""
+    from compartments.limits import Limits
+    (tmp_path / "late.wat").write_text(LATE_LOOP)
+    engine = Engine(Answering(), EngineSpec(name="late", module=str(tmp_path / "late.wat"),
+                                            exports=True, limits=Limits(call_time=0.01)))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(boot.payload.caps[0].import_id, ENGINE_INTERFACE, 0,
+                                      payloads.grants_content([]), [])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+    sock.batches.append(sup.send_call(main, IFACE, 0, Content.standalone([bytes(16)]))[1])
+    engine._pump()
+    engine._flush()
+    [answer] = sup.receive(b"".join(sock.writes))
+    assert answer.payload is None and answer.error_type == "overloaded", answer
+    assert "made a host call in a call that has run past the 0.01 s" in answer.error
+    assert engine._native.handled == 0          # the native path left it to Python
+
+
 def test_run_that_comes_as_a_per_call_instance_s_last_line_is_sent_waits_for_that_call(tmp_path):
     """A per_call call's instance left an unfinished line on stdout (a log): its
     end sends it (Log.write, a call out) before the call is answered, with no
