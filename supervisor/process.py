@@ -347,8 +347,18 @@ class Zygote:
         stop and failed at once ("stopped or wedged", a critical compartment's
         stopping the system), before the zygote, or the reader of what it had
         said meanwhile, had a turn.  Bytes the zygote sent that run() has not read
-        yet are heard too."""
+        yet are heard too.
+
+        A late look still counts its own interval, and is checked against the
+        bound like any other: a supervisor late at every look (a loop kept busy,
+        a machine loaded) reaches the bound in looks.  (A late look that went on
+        without the check discounted, once the silence was whole, the next look,
+        due at once, for ever: a truly stopped zygote held the start without
+        end.)  The first late look that finds the bound reached gives the zygote
+        (stopped and going on with this process, perhaps) one SILENCE_LOOK more
+        to be heard; only one in a wait, so that, too, ends."""
         watched = began           # silence is counted from here (or what was heard)
+        spared = False            # the one more look after a late one at the bound
         while True:
             look = min(max(watched, self.heard) + silence,
                        trio.current_time() + SILENCE_LOOK)
@@ -356,9 +366,12 @@ class Zygote:
                 return await wait()
             now = trio.current_time()
             if now > look + SILENCE_LOOK:
-                # not running: none of it was silence
+                # not running: none of the lateness was silence (the look's own
+                # interval was; it is checked below as any look's)
                 watched = max(watched, self.heard) + (now - look)
-                continue
+                if not spared and now >= max(watched, self.heard) + silence:
+                    spared = True
+                    watched = now - silence + min(SILENCE_LOOK, silence)
             if self._said_unread():
                 watched = now
                 await trio.sleep(0)           # the reader's turn

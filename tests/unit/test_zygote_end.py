@@ -650,3 +650,53 @@ def test_the_supervisors_own_stop_is_not_taken_for_the_zygotes_silence(monkeypat
             p.wait()
         ours.close()
         theirs.close()
+
+
+def test_a_zygote_silent_under_a_supervisor_late_at_every_look_still_stalls():
+    """Zygote._within discounts a look that came later than due (by more than
+    SILENCE_LOOK) as time the supervisor did not run, counting only that look's
+    own interval as silence.  But a late look never reached the bound check: once
+    the counted silence was whole, the next look was due at once, and a
+    supervisor late at every look (a machine so loaded, or a loop kept busy, that
+    trio wakes the start past SILENCE_LOOK each time) discounted that look too,
+    for ever.  A zygote truly stopped held the start waiting without end (and,
+    in the shielded rest of a long request's send, the supervisor's task with
+    it).  Here a mock clock makes every look late; the silent zygote must fail
+    the start, in looks, as the docs promise."""
+    import trio.testing
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    stand_in = subprocess.Popen(["sleep", "60"])
+    zygote = _zygote_of(stand_in, ours)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    looks = []
+
+    class Late(trio.abc.Instrument):
+        # each step of the start's task comes 2.4 looks late (the supervisor busy,
+        # or the machine loaded): every look is late, even one due at once
+        def before_task_step(self, task):
+            if task is starting:
+                clock.jump(process.SILENCE_LOOK * 2.4)
+
+    starting = None
+
+    async def silent():
+        looks.append(trio.current_time())
+        await trio.sleep_forever()
+
+    try:
+        async def main():
+            nonlocal starting
+            starting = trio.lowlevel.current_task()
+            with pytest.raises(process.Stalled) as e:
+                with trio.fail_after(1000):
+                    await zygote._within(trio.current_time(), 5.0, silent,
+                                         "a start waited for its answer")
+            assert "said nothing for 5 s" in str(e.value), e.value
+        trio.run(main, clock=clock, instruments=[Late()])
+        assert len(looks) <= 5.0 / process.SILENCE_LOOK + 2, len(looks)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        ours.close()
+        theirs.close()
