@@ -360,6 +360,8 @@ out:
  * to Python, which fails the call there (Engine._cut_off), as it does for one
  * done in Python. */
 static int past_deadline(Guest *g) {
+  if (!g->owner) return 0;  /* a Guest never initialised (or cleared): guest_memory
+                             * declines it, so the call goes to Python */
   PyObject *until = PyObject_GetAttr(g->owner, s_until);
   int past = 0;
   Py_ssize_t n;

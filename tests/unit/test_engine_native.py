@@ -714,3 +714,35 @@ def test_an_exit_in_a_call_that_held_run_ends_the_program_with_its_code(tmp_path
     ret = returns.get(run_qid[0])
     assert ret is not None and ret.payload is not None, "the held run() was never answered"
     assert ret.payload.content.segments[0][8:12] == bytes(4)        # exitCode 0
+
+
+def test_a_guest_never_initialised_goes_to_python_at_the_deadline_look_too():
+    """The native path declines (hands to Python) a host call whose Guest was never
+    initialised (guest_memory: `!g->owner`), but 0fa1c1a's past_deadline, which
+    runs before it at every native call, read the owner's `_until` first:
+    PyObject_GetAttr(NULL, ...), a segfault of the whole engine process (every
+    call in it lost) where the Python path would have served.  The same for an
+    owner cleared by the cycle collector (guest_clear).  Run in a child: before,
+    it died of SIGSEGV."""
+    import subprocess
+    import sys
+    code = '''if True:
+        import wasmtime
+        from compartments import unchecked
+        native = unchecked._native
+        engine = wasmtime.Engine(wasmtime.Config())
+        linker = wasmtime.Linker(engine)
+        guest = native.Guest.__new__(native.Guest)      # never initialised
+        unchecked.define(linker, "wsuper", "params_read", ("i32", "i32"), ("i32",),
+                         lambda *a: 7, engine, native=(native.PARAMS_READ, guest))
+        module = wasmtime.Module(engine, """(module
+          (import "wsuper" "params_read" (func $p (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "go") (result i32) (call $p (i32.const 0) (i32.const 0))))""")
+        store = wasmtime.Store(engine)
+        print(linker.instantiate(store, module).exports(store)["go"](store))
+    '''
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(
+                              os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0 and done.stdout.strip() == "7", (done.returncode, done.stderr)
