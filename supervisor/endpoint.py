@@ -114,22 +114,15 @@ def running_grants(system_path: str) -> list | None:
 
 
 def running_facts(system_path: str) -> dict | None:
-    """{"revocable": [...], "compartments": [...]} of the system running at
-    `system_path`, as it published them (below); None when not known here.
-    The revocable grants ("COMPARTMENT.GRANT") of the system running at
-    `system_path`, as it published them when it started (Lock.publish), or None
-    when that cannot be known here (none runs, or it published none, or the file
-    is not its: another pid's, left behind).  `wsuper revoke` of a grant not among
+    """{"revocable": ["COMPARTMENT.GRANT", ...], "compartments": [...]} of the
+    system running at `system_path`, as it published them when it started
+    (Lock.publish), or None when that cannot be known here (none runs, or it
+    published none, or the file is not its: another pid's, left behind).  `wsuper revoke` of a grant not among
     them is refused here, exit 2: asked of a system that does not answer (stopped,
     SIGSTOP), it waited ADMIN_ANSWER_TIMEOUT (30 s) and said it did not answer,
     exit 1, where the README promises exit 2 whether it runs or not."""
-    try:
-        private_dir(runtime_dir(), create=False)
-    except EndpointError:
-        return None
-    try:
-        fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+    fd = _open_lock(system_path)
+    if fd is None:
         return None
     try:
         if not _held_exclusively(fd):
@@ -640,7 +633,7 @@ class Lock:
         the system."""
         self.revocable = sorted(revocable)
         self.compartments = list(compartments)
-        path = self.path + ".grants"
+        path = grants_path(self.system_path)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -661,7 +654,7 @@ class Lock:
 
     def _unpublish(self):
         """The grants file, if it is still ours (a later system's is left alone)."""
-        path = self.path + ".grants"
+        path = grants_path(self.system_path)
         try:
             with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
                 ours = json.loads(f.read(GRANTS_LIMIT)).get("pid") == os.getpid()
@@ -748,7 +741,7 @@ class Lock:
         try:
             # an earlier run's grants (one SIGKILLed), believed if its pid were ours
             # again (a container's pids): ours are published once the system is read
-            os.unlink(self.path + ".grants")
+            os.unlink(grants_path(self.system_path))
         except OSError:
             pass
 
@@ -858,13 +851,8 @@ def external_socket(socket_path: str) -> str:
 def is_running(system_path: str) -> bool:
     """Whether a system holds the lock of `system_path` now (a lock in a runtime
     directory that is not ours and private is nobody's: admin_socket)."""
-    try:
-        private_dir(runtime_dir(), create=False)
-    except EndpointError:
-        return False
-    try:
-        fd = os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+    fd = _open_lock(system_path)
+    if fd is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -873,6 +861,20 @@ def is_running(system_path: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _open_lock(system_path: str) -> int | None:
+    """The lock file of `system_path` opened to look at (never followed through a
+    link), or None: no lock there, or the runtime directory is not ours and private
+    (a lock there is nobody's: admin_socket)."""
+    try:
+        private_dir(runtime_dir(), create=False)
+    except EndpointError:
+        return None
+    try:
+        return os.open(lock_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
 
 
 def socket_file_problem(path: str) -> str | None:
