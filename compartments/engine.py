@@ -876,7 +876,7 @@ class Engine:
         host_call_begins does for one that may call out (the native path leaves
         such a call to it: _fastcall.c past_deadline)."""
         def host(*args):
-            self._cut_off(0, "made a host call in a call that has run past")
+            self.host_call_begins()
             return fn(*args)
         return host
 
