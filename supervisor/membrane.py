@@ -106,6 +106,13 @@ class Membrane:
         expired, and natively: the fast lane took such calls back."""
         return self.forward.expires_at if self.forward is not None else self.expires_at
 
+    def expired(self, now: float) -> bool:
+        """Whether the grant has expired at `now` (expires_after): it lets no call
+        through any more, whether new (admit) or one that waited since it was
+        admitted (the router's resume and host-call checks)."""
+        expires = self.expires
+        return expires is not None and now >= expires
+
     def revoke(self) -> list:
         """Revoke it; returns the reply keys of the calls in flight through it."""
         if self._revoked is not None:
@@ -126,8 +133,7 @@ class Membrane:
         if not self.allows(call.interface_id, call.method_id):
             raise Denial(f"{cap.label}: {names.call(call.interface_id, call.method_id)} "
                          f"is not allowed (allow = [{self._allowed(names)}])", "failed")
-        expires = self.expires
-        if expires is not None and now >= expires:
+        if self.expired(now):
             raise Denial(f"{cap.label} has expired (expires_after)", "failed")
         if self.uses_left is not None and self.uses_left <= 0:
             if self.held:

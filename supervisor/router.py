@@ -516,8 +516,7 @@ class Router:
         if through:
             now = self.clock()
             for m, _label in through:
-                expires = m.expires
-                if expires is not None and now >= expires:
+                if m.expired(now):
                     return m
         return None
 
@@ -665,8 +664,7 @@ class Router:
         return m is not None and self._expired(m)
 
     def _expired(self, m: Membrane) -> bool:
-        expires = m.expires
-        return expires is not None and self.clock() >= expires
+        return m.expired(self.clock())
 
     def revoked_already(self, label: str) -> bool:
         """Whether grant `label` is revoked already: `wsuper revoke` of it again changes
@@ -1256,8 +1254,7 @@ class Router:
                     # its grant expired reached its callee up to call_time after it
                     # (an outside review, reviewer 184).  A revocation fails waiting
                     # calls itself, at once (revoke, _stop_waiting)
-                    expires = m.expires
-                    if expires is not None and now >= expires:
+                    if m.expired(now):
                         raise Denial(f"{m.label} has expired (expires_after)", "failed")
                 if self.call_watch:      # where a call that waited on a promise goes
                     self.call_probes.resumed(call.reply, call.reply[0].name, describe(first),
