@@ -299,7 +299,7 @@ def _engine_crossings(n: int) -> dict:
 
     from compartments import unchecked
     from compartments.unchecked import TypedFunc
-    from compartments.wasm import engine_config
+    from compartments.wasm import engine_config, new_store
     eng = wasmtime.Engine(engine_config())
     module = wasmtime.Module(eng, """(module
       (import "h" "f" (func $f (param i32) (result i32)))
@@ -312,7 +312,7 @@ def _engine_crossings(n: int) -> dict:
           (drop (local.get $i))
           (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))))
       (func (export "nop") (result i32) (i32.const 0)))""")
-    store = wasmtime.Store(eng)
+    store = new_store(eng)
     store.set_fuel((1 << 63) - 1)
     linker = wasmtime.Linker(eng)
     unchecked.define(linker, "h", "f", ("i32",), ("i32",), lambda x: x, eng)
@@ -503,10 +503,10 @@ def _cpu_instance(module_bytes, probes_flags=None, export="run"):
     import wasmtime
 
     from compartments import instrument, probing, unchecked
-    from compartments.wasm import engine_config
+    from compartments.wasm import engine_config, new_store
     eng = wasmtime.Engine(engine_config())
     module = wasmtime.Module(eng, module_bytes)
-    store = wasmtime.Store(eng)
+    store = new_store(eng)
     store.set_fuel((1 << 63) - 1)
     linker = wasmtime.Linker(eng)
     sites = probes_flags[0] if probes_flags else None
@@ -737,7 +737,7 @@ def protect_bench(cfg: dict, d: str) -> dict:
         for name, module, reg in ((f"plain{kind}", plain, None), (f"protected{kind}", plain
                                   if checked is data[kind] else wasmtime.Module(engine, checked),
                                   regions)):
-            store = wasmtime.Store(engine)
+            store = wasm.new_store(engine)
             store.set_fuel((1 << 63) - 1)
             store.set_limits(memory_size=protect.STATIC_MEMORY)
             ex = wasmtime.Instance(store, module, []).exports(store)
@@ -779,7 +779,7 @@ def protect_bench(cfg: dict, d: str) -> dict:
     module, regions = wasmtime.Module(engine, checked), protect.regions_of(layout)
     inst_t, enforce_t = [], []
     for _ in range(cfg["protect_instances"]):
-        store = wasmtime.Store(engine)
+        store = wasm.new_store(engine)
         t = time.perf_counter()
         ex = wasmtime.Instance(store, module, []).exports(store)
         memory = ex["memory"]

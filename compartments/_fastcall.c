@@ -17,7 +17,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <structmember.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "../capnp_schemas/fastwire.h"
@@ -603,6 +607,146 @@ static PyObject *fc_fuel(PyObject *mod, PyObject *args) {
   return PyLong_FromUnsignedLongLong(left);
 }
 
+/* ---------------------------------------------------------------- deadlines
+ *
+ * A call's code is stopped once it runs past its deadline (its call_time), in
+ * wasm too, where no host call comes to cut it off: wasmtime's epoch
+ * interruption (compartments/wasm.py, engine_config) checks the engine's epoch
+ * at every function entry and loop back-edge, and traps (TrapCode.INTERRUPT)
+ * once it reaches the store's deadline.  The epoch moves only here, and only
+ * when a deadline has passed: SIGALRM (ITIMER_REAL, this process's own alarm)
+ * rings at the deadline of the guest code running now, and its handler
+ * increments the epoch if that deadline has passed, else sets the alarm again
+ * for it.  Engine._guest says, at each entry into guest code and each return to
+ * the code beneath, which store runs and until when (deadline()).
+ *
+ * An engine has one thread (confine.py), so the handler interrupts the only
+ * code that sets these; what it reads is a whole 64-bit word (atomics).  A
+ * steady stream of calls sets no alarm: the one set for an earlier deadline
+ * rings, finds the new one, and is set again for it (one system call per
+ * call_time, not per call).  The handler uses only async-signal-safe calls
+ * (clock_gettime, setitimer) and wasmtime_engine_increment_epoch, which is an
+ * atomic add.  It is installed with SA_RESTART: the engine's blocking reads go
+ * on as if nothing rang (Python does not see this signal at all). */
+typedef void (*increment_epoch_fn)(const void *engine);
+typedef void (*set_epoch_deadline_fn)(void *ctx, uint64_t ticks);
+
+static increment_epoch_fn increment_epoch;
+static set_epoch_deadline_fn set_epoch_deadline;
+static const void *epoch_engine;
+static _Atomic int64_t deadline_at;     /* CLOCK_MONOTONIC ns of the running code's; 0 none */
+static _Atomic int64_t alarm_at;        /* what the alarm is set for; 0: not set */
+static _Atomic uint64_t deadlines_passed;
+
+/* far enough never to be reached: the epoch moves once per deadline that passed */
+#define NO_DEADLINE (UINT64_C(1) << 48)
+
+static int64_t monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void ring_in(int64_t ns) {
+  struct itimerval v;
+  memset(&v, 0, sizeof v);
+  if (ns < 1000) ns = 1000;
+  v.it_value.tv_sec = ns / 1000000000;
+  v.it_value.tv_usec = (ns % 1000000000) / 1000;
+  setitimer(ITIMER_REAL, &v, NULL);
+}
+
+static void passed(void) {
+  atomic_fetch_add(&deadlines_passed, 1);
+  increment_epoch(epoch_engine);
+}
+
+static void on_alarm(int sig) {
+  (void)sig;
+  int saved = errno;
+  int64_t at = atomic_load(&deadline_at);
+  if (!at) {
+    atomic_store(&alarm_at, 0);
+  } else {
+    int64_t now = monotonic_ns();
+    if (now >= at) {
+      atomic_store(&alarm_at, 0);
+      passed();
+    } else {
+      atomic_store(&alarm_at, at);
+      ring_in(at - now);
+    }
+  }
+  errno = saved;
+}
+
+/* deadlines(engine, increment_epoch, set_epoch_deadline): installs the alarm's
+ * handler for the wasmtime engine at `engine` (its wasm_engine_t address). */
+static PyObject *fc_deadlines(PyObject *mod, PyObject *args) {
+  unsigned long long e, inc, set;
+  if (!PyArg_ParseTuple(args, "KKK", &e, &inc, &set)) return NULL;
+  if (!e || !inc || !set) {
+    PyErr_SetString(PyExc_ValueError, "a wasmtime engine or C API function's address is 0");
+    return NULL;
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  atomic_store(&deadline_at, 0);
+  atomic_store(&alarm_at, 0);
+  epoch_engine = (const void *)(uintptr_t)e;
+  increment_epoch = (increment_epoch_fn)(uintptr_t)inc;
+  set_epoch_deadline = (set_epoch_deadline_fn)(uintptr_t)set;
+  if (sigaction(SIGALRM, &sa, NULL)) return PyErr_SetFromErrno(PyExc_OSError);
+  Py_RETURN_NONE;
+}
+
+/* deadline(context, at) -> None: the guest code that runs now (or goes on now)
+ * is in the store of `context` and must stop at `at` (time.monotonic()
+ * seconds; None: no deadline).  Sets the store's epoch deadline to the next
+ * tick; a deadline already passed moves the epoch at once (the code traps at
+ * its first check). */
+static PyObject *fc_deadline(PyObject *mod, PyObject *args) {
+  PyObject *c, *until;
+  if (!PyArg_ParseTuple(args, "OO", &c, &until)) return NULL;
+  if (!set_epoch_deadline) {
+    PyErr_SetString(PyExc_RuntimeError, "_fastcall.deadlines() was not called");
+    return NULL;
+  }
+  void *ctx;
+  if (pointer_in(c, &ctx)) return NULL;
+  int64_t at = 0;
+  if (until != Py_None) {
+    double s = PyFloat_AsDouble(until);
+    if (s == -1.0 && PyErr_Occurred()) return NULL;
+    at = s <= 0 ? 1 : s >= 9e9 ? INT64_MAX : (int64_t)(s * 1e9);
+    if (at <= 0) at = 1;
+  }
+  atomic_store(&deadline_at, at);
+  set_epoch_deadline(ctx, at ? 1 : NO_DEADLINE);
+  if (at) {
+    int64_t now = monotonic_ns();
+    if (now >= at) {
+      passed();
+    } else {
+      int64_t armed = atomic_load(&alarm_at);
+      if (!armed || armed > at) {
+        atomic_store(&alarm_at, at);
+        ring_in(at - now);
+      }
+    }
+  }
+  Py_RETURN_NONE;
+}
+
+/* deadlines_passed() -> how many deadlines have stopped guest code (or found it
+ * past them at entry) in this process */
+static PyObject *fc_deadlines_passed(PyObject *mod, PyObject *unused) {
+  return PyLong_FromUnsignedLongLong(atomic_load(&deadlines_passed));
+}
+
 static PyMethodDef methods[] = {
     {"setup", fc_setup, METH_VARARGS, NULL},
     {"call", (PyCFunction)(void (*)(void))fc_call, METH_FASTCALL, NULL},
@@ -610,6 +754,9 @@ static PyMethodDef methods[] = {
     {"addresses", fc_addresses, METH_NOARGS, NULL},
     {"span", fc_span, METH_O, NULL},
     {"fuel", fc_fuel, METH_VARARGS, NULL},
+    {"deadlines", fc_deadlines, METH_VARARGS, NULL},
+    {"deadline", fc_deadline, METH_VARARGS, NULL},
+    {"deadlines_passed", fc_deadlines_passed, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcall", NULL, -1, methods};

@@ -291,6 +291,11 @@ class Engine:
         self._entered = 0                    # guest code running now (nested: > 1)
         #: the store of each guest code running now, innermost last (_guest)
         self._running: list = []
+        #: the deadline (_until) of each, the same order
+        self._running_until: list = []
+        #: whether code past its deadline is stopped in wasm too (run(): an engine
+        #: process, with the native module; _fastcall.c "deadlines")
+        self._deadlines = False
         self._run_answer = None              # the answer id of run() while _start runs
         #: run() that came while a call was being dispatched (waiting in a call out):
         #: started once the engine is back at its top level (_run_deferred)
@@ -458,7 +463,7 @@ class Engine:
             raise EngineError(f"cannot protect the memory of {path}: {e}") from None
 
     def _new_store(self, fuel: int) -> wasmtime.Store:
-        store = wasmtime.Store(self.wasm_engine)
+        store = wasm.new_store(self.wasm_engine)
         # memory_size bounds each linear memory: the module's one memory, and the
         # probe memory of a rewritten module (instrument.py), and no more
         store.set_limits(memory_size=self.limits.memory,
@@ -1676,6 +1681,12 @@ class Engine:
                 sp = None
         self._entered += 1
         self._running.append(store)
+        # its call's deadline (None: code of no call): past it, its code traps where
+        # it is, in wasm too (_fastcall.c, "deadlines"), not only at a host call
+        until = self._until[-1] if self._until else None
+        self._running_until.append(until)
+        if self._deadlines:
+            unchecked.deadline(store, until)
         depth = self.probes.depth()
         try:
             try:
@@ -1692,6 +1703,10 @@ class Engine:
         except wasmtime.Trap as e:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
+            if e.trap_code == wasmtime.TrapCode.INTERRUPT:
+                raise _CallError("overloaded", (
+                    f"compartment {self.name} ran past the {self.limits.call_time:g} s "
+                    f"a call may take (limit call_time), and its code was stopped")) from None
             raise _CallError("failed", f"compartment {self.name} trapped: "
                              f"{_trap_reason(e, self.regions, self.probes.sites)}") from None
         except wasmtime.WasmtimeError as e:
@@ -1700,6 +1715,12 @@ class Engine:
         finally:
             self._entered -= 1
             self._running.pop()
+            self._running_until.pop()
+            if self._deadlines:     # the code beneath goes on, bounded by its own
+                if self._running:
+                    unchecked.deadline(self._running[-1], self._running_until[-1])
+                else:
+                    unchecked.deadline(store, None)
             if waiting_reply is not None:
                 self._drop_unread_reply()       # this run's, never read: its handles go
                 self.reply, self._reply_entries = waiting_reply
@@ -1869,6 +1890,7 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     sock = socket.socket(fileno=sock_fd)
     try:
         engine = Engine(sock, spec, module, wasm_engine, description, instantiate=False)
+        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
     except EngineError as e:
         # one line, whatever the module named (its name section: a trap's function,
         # an import's or export's name in wasmtime's words): the supervisor reads

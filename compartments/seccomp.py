@@ -202,6 +202,8 @@ ALLOWED = {
     "rt_sigaction": "its own handlers: abort() and wasmtime reset them to die (seen)",
     "sigaltstack": "the trap handler's stack (set up before confinement)",
     "restart_syscall": "a sleep interrupted by a signal, resumed",
+    "setitimer": "the alarm of the running call's deadline (its own process's ITIMER_REAL: "
+                 "_fastcall.c, deadlines)",
     "getpid": "abort() signals itself (seen)",
     "gettid": "abort() signals itself (seen)",
     "tgkill": "abort() signals itself (seen); only itself (CONDITIONS)",

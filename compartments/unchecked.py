@@ -238,6 +238,29 @@ def refuel(store: wasmtime.Store, fuel: int) -> int:
     return left
 
 
+def start_deadlines(engine: wasmtime.Engine) -> bool:
+    """In an engine process: guest code of `engine`'s stores that runs past the
+    deadline given to deadline() traps (_fastcall.c, "deadlines": an alarm that
+    moves the engine's epoch).  False without the native module: code is then
+    stopped only at its next host call (Engine._cut_off)."""
+    if _native is None:
+        return False
+    dll = _need(ffi, "dll", "wasmtime._ffi")
+    try:
+        functions = [cast(getattr(dll, name), c_void_p).value for name in (
+            "wasmtime_engine_increment_epoch", "wasmtime_context_set_epoch_deadline")]
+    except AttributeError as e:
+        _fail(f"the wasmtime library has no {e}")
+    _native.deadlines(cast(engine.ptr(), c_void_p).value, *functions)
+    return True
+
+
+def deadline(store: wasmtime.Store, until: float | None):
+    """The guest code in `store` that runs (or goes on) now stops at `until`
+    (time.monotonic(); None: no deadline).  Only after start_deadlines()."""
+    _native.deadline(store._context(), until)
+
+
 def _raw_func(func: wasmtime.Func):
     try:
         return func._func

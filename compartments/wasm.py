@@ -65,8 +65,26 @@ def engine_config(probed: bool = False) -> wasmtime.Config:
     # RLIMIT_AS, and every growth past 64 MiB failed.
     config.memory_reservation_for_growth = 1 << 26
     config.consume_fuel = True              # CPU per call: see Engine._guest
+    # time per call: code past its call's deadline traps (Engine._guest, the alarm
+    # in _fastcall.c); every store needs a deadline then (new_store), or its code
+    # traps at once
+    config.epoch_interruption = True
     config.parallel_compilation = False     # stay single-threaded: see confine.py
     return config
+
+
+#: a store's epoch deadline when no call's deadline applies: never reached (the
+#: epoch moves once for each call deadline that passes)
+NO_DEADLINE = 1 << 48
+
+
+def new_store(engine: wasmtime.Engine) -> wasmtime.Store:
+    """A store of an engine_config() engine, whose code runs until a deadline is set
+    (epoch interruption's default deadline is the current epoch: its code would trap
+    at once)."""
+    store = wasmtime.Store(engine)
+    store.set_epoch_deadline(NO_DEADLINE)
+    return store
 
 
 #: bytes of a module file (it is read whole, and compiled): the one bound, which

@@ -8,7 +8,7 @@ import wasmtime
 
 from compartments import instrument
 from compartments.instrument import COUNT, EVENTS, EXPORT_PROBES, InstrumentError
-from compartments.wasm import engine_config
+from compartments.wasm import engine_config, new_store
 
 ENGINE = wasmtime.Engine(engine_config())
 
@@ -43,7 +43,7 @@ PLAIN = """(module
 def _run(module_bytes, hooks=None, flags=None, sites=None):
     hits = []
     module = wasmtime.Module(ENGINE, module_bytes)
-    store = wasmtime.Store(ENGINE)
+    store = new_store(ENGINE)
     store.set_fuel(1 << 40)
     linker = wasmtime.Linker(ENGINE)
     linker.define_func("env", "ext", wasmtime.FuncType([wasmtime.ValType.i32()],
@@ -281,7 +281,7 @@ def test_stores_are_probed_with_memory_0s_address_type(memories, address):
     out, sites = instrument.rewrite(wat.encode(), ["stores"])
     results = []
     for module, flags in ((wasmtime.wat2wasm(wat), None), (out, bytes([EVENTS]) * len(sites))):
-        store = wasmtime.Store(ENGINE)
+        store = new_store(ENGINE)
         store.set_fuel(1 << 20)
         linker = wasmtime.Linker(ENGINE)
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()

@@ -232,7 +232,7 @@ def test_memory_up_to_the_static_reservation_never_moves_and_past_it_does():
     module = wasmtime.Module(engine, '(module (memory (export "memory") 1))')
 
     def base_after_growing_to(size, limit):
-        store = wasmtime.Store(engine)
+        store = wasm.new_store(engine)
         store.set_limits(memory_size=limit)
         memory = wasmtime.Instance(store, module, []).exports(store)["memory"]
         before = memory.data_ptr(store)
@@ -279,7 +279,7 @@ assert layout.checks and layout.regions == (4096, 4096, 4096), layout
 data = wasmbin.add_bulk_checks(bytes(wasmtime.wat2wasm(WAT)), 4096, 4096, 8192)
 if not checked:
     data = bytes(wasmtime.wat2wasm(WAT))
-store = wasmtime.Store(engine)
+store = wasm.new_store(engine)
 store.set_fuel(10 ** 9)
 store.set_limits(memory_size=protect.STATIC_MEMORY)
 ex = wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
@@ -573,7 +573,7 @@ def test_a_trap_through_a_check_names_the_guests_function_whatever_its_names(cas
     assert layout.checks
     regions = protect.regions_of(layout)
     engine = wasmtime.Engine(wasm.engine_config())
-    store = wasmtime.Store(engine)
+    store = wasm.new_store(engine)
     store.set_fuel(10 ** 6)
     instance = wasmtime.Instance(store, wasmtime.Module(engine, out), [])
     # memory left unprotected: the check's own 1-byte access passes, and its

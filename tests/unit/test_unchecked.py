@@ -11,7 +11,7 @@ import wasmtime
 
 from compartments import abi, unchecked, wasi
 from compartments.unchecked import TypedFunc
-from compartments.wasm import engine_config
+from compartments.wasm import engine_config, new_store
 from tests.conftest import ROOT
 
 @pytest.fixture(autouse=True, params=["native", "ctypes"])
@@ -33,7 +33,7 @@ WAT = """(module (import "h" "f" (func $f (param i32) (result i32)))
 
 def _instance(fn, wat=WAT, module="h", name="f", sig=(("i32",), ("i32",))):
     engine = wasmtime.Engine(engine_config())
-    store = wasmtime.Store(engine)
+    store = new_store(engine)
     store.set_fuel(1 << 30)
     linker = wasmtime.Linker(engine)
     unchecked.define(linker, module, name, *sig, fn, engine)

@@ -36,7 +36,7 @@ def _checked(wat_or_bytes, regions=REGIONS):
 
 def _instance(data: bytes):
     engine = wasmtime.Engine(wasm.engine_config())
-    store = wasmtime.Store(engine)
+    store = wasm.new_store(engine)
     store.set_fuel(10 ** 9)
     return store, wasmtime.Instance(store, wasmtime.Module(engine, data), []).exports(store)
 
@@ -232,7 +232,7 @@ def test_data_placed_by_a_constant_expression_is_found_where_wasmtime_puts_it(of
       (memory (export "memory") 2) (data $d {offset} "data"))"""
     f = wasmbin.facts(_wasm(wat))
     assert f.segments == ((where, where + 4, "d"),) and f.unknown_segments == 0
-    store = wasmtime.Store(wasmtime.Engine(wasm.engine_config()))
+    store = wasm.new_store(wasmtime.Engine(wasm.engine_config()))
     store.set_fuel(1000)
     instance = wasmtime.Instance(store, wasmtime.Module(store.engine, _wasm(wat)), [])
     memory = instance.exports(store)["memory"]
@@ -296,7 +296,7 @@ def test_what_compiles_but_cannot_be_instantiated_is_seen():
 def test_segments_of_64_bit_memories_and_tables_are_judged_too(wat, problem):
     found = wasmbin.instantiation_problem(_wasm(wat))
     engine = wasmtime.Engine(wasm.engine_config())          # and wasmtime agrees
-    store = wasmtime.Store(engine)
+    store = wasm.new_store(engine)
     store.set_fuel(1 << 20)
     module = wasmtime.Module(engine, _wasm(wat))
     if problem is None:
