@@ -115,6 +115,14 @@ METHODS = 1024
 LOOK_AHEAD_NS = 1_000_000
 LOOK_AHEAD_READS = 16
 
+#: A call whose Finish comes while its guest code runs (its caller cancelled it,
+#: went, or was revoked) is past its time at once: its entry of Engine._until
+#: becomes CANCELLED, so that its next host call that may call out or only
+#: computes fails it (Engine._cut_off; natively, _fastcall.c past_deadline sends
+#: such a host call to Python), and the call out it waits for is finished too
+#: (Engine._finish_read), which cancels it at its callee, and so on down the chain.
+CANCELLED = float("-inf")
+
 #: Seconds a wait for an answer (a guest's host call) reads only what comes before it
 #: also serves calls read before it began, when it is not the outermost wait of
 #: guest code (see Engine._wait_for).
@@ -287,6 +295,11 @@ class Engine:
         # dispatch plus call_time), innermost last; None: code of no call (_start,
         # a start function, _initialize at start), which run_time and start_time bound
         self._until: list[float | None] = []
+        #: the calls whose guest code is running (or waits in a call out): answer id
+        #: -> its index in _until; and the call out each such index waits for:
+        #: [question id, finished by us before its Return] (_finish_read)
+        self._serving_at: dict[int, int] = {}
+        self._asking: dict[int, list] = {}
         self.memory: wasmtime.Memory | None = None      # none until instantiated
         self._entered = 0                    # guest code running now (nested: > 1)
         #: the store of each guest code running now, innermost last (_guest)
@@ -638,11 +651,21 @@ class Engine:
         except KeyError:
             raise wasi.HostCallFailed("disconnected", "that capability was released") from None
         slot = self._waiting[qid] = []
+        # the call out of the guest code running now (the innermost entry of
+        # _until): finished at once if that code's call is cancelled meanwhile
+        at = len(self._until) - 1
+        asked = [qid, False]
+        if at >= 0:
+            self._asking[at] = asked
         self._send(data)
-        ret = self._wait_for(slot)
+        try:
+            ret = self._wait_for(slot)
+        finally:
+            if at >= 0 and self._asking.get(at) is asked:
+                del self._asking[at]
         if self.call_times is not None:
             self.call_times.append(time.perf_counter_ns() - t0)
-        if ret.finish_needed:
+        if ret.finish_needed and not asked[1]:
             self._send(self.conn.send_finish(qid))
         self._flush()       # answers to calls served while it waited: the guest runs on
         if ret.payload is None:
@@ -897,6 +920,11 @@ class Engine:
         no answer from it anyway.  Code of no call (_start) waits as it asks:
         run_time bounds it."""
         until = self._until[-1] if self._until else None
+        if until == CANCELLED:
+            raise _CallError("failed", (
+                f"compartment {self.name} was sent Finish for this call while it ran "
+                f"(its caller cancelled it or went, a grant on its way was revoked, "
+                f"or it ran past its call_time): it makes no more host calls"))
         if until is not None and time.monotonic() + seconds > until:
             raise _CallError("overloaded", (
                 f"compartment {self.name} {what} the {self.limits.call_time:g} s it "
@@ -1115,7 +1143,9 @@ class Engine:
                 for cap in payload.caps:
                     if type(cap) is protocol.Imported:
                         unread[cap.import_id] = unread.get(cap.import_id, 0) + 1
-            if type(ev) is protocol.ReturnReceived:
+            if type(ev) is protocol.FinishReceived:
+                self._finish_read(ev.answer_id)
+            elif type(ev) is protocol.ReturnReceived:
                 # to the question's waiter now: by the time the event is handled, a
                 # call served before it may have asked a new question with the same id
                 slot = self._waiting.pop(ev.question_id, None)
@@ -1124,6 +1154,26 @@ class Engine:
                 elif payload is not None:
                     self._let_go(payload.caps)      # nobody asked: nothing takes them
         return events
+
+    def _finish_read(self, answer_id: int):
+        """The supervisor finished `answer_id` (a cancellation: the caller cancelled
+        it, went, its grant was revoked, or it ran past call_time).  If that call's
+        guest code is running, or waits in a call out, it is cut off at its next
+        host call (CANCELLED), and the call out it waits for is finished now, so
+        that its callee does not run it (or cuts it off in turn): acted on when
+        read, not when the event's turn comes.  Before, a cancelled call ran on
+        to its end, and every call it made meanwhile ran at its callees (and
+        theirs) for nobody."""
+        at = self._serving_at.get(answer_id)
+        if at is None or at >= len(self._until):
+            return
+        self._until[at] = CANCELLED
+        asked = self._asking.get(at)
+        if asked is not None and not asked[1]:
+            q = self.conn.questions.get(asked[0])
+            if q is not None and not q.finished and not q.returned:
+                asked[1] = True
+                self._send(self.conn.send_finish(asked[0]))
 
     def _let_go(self, caps):
         """The capabilities a message brought that nothing takes: released."""
@@ -1433,6 +1483,7 @@ class Engine:
             # too, and spent of its one budget
             fuel = self.limits.fuel_per_call if outer is None else unchecked.refuel(
                 self.store, -1)
+            at = self._serving_at[ev.answer_id] = len(self._until)
             self._until.append(until)
             try:
                 status = self._guest(self.dispatch, ev.target.tag, _signed64(ev.interface_id),
@@ -1446,6 +1497,8 @@ class Engine:
                 raise _CallError("failed", f"compartment {self.name} exited (code {_status(e)}) "
                                  f"in this call's instance") from None
             finally:
+                if self._serving_at.get(ev.answer_id) == at:
+                    del self._serving_at[ev.answer_id]
                 self._until.pop()
                 self.frames.pop()
                 self._judge(method, hold, time.perf_counter_ns() - t0)

@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import re
+import time
 
 import capnp
 import pytest
@@ -1162,3 +1163,64 @@ socket = "{sock}"
         run.lines[-5:]
     assert run.proc.poll() is None
     c.close()
+
+
+@pytest.mark.parametrize("how", ["disconnect"])
+def test_a_call_its_client_cancels_or_leaves_stops_calling_down_the_chain(
+        tmp_path, wsuper, how):
+    # x's spin calls y's ping for ever (a few instructions a call).  A client that
+    # cancelled the call (Finish), or went, left it running to x's call_time (60 s
+    # here), y called all along for nobody: the router did not pass a live caller's
+    # Finish on, and an engine ignored the Finish of a call it was running.  Now x
+    # is sent Finish and fails the call at its next host call
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.x]
+module = "{HERE}/callloop.wat"
+exports = "Spin"
+external = true
+[compartments.x.limits]
+call_time = 60
+[compartments.x.grants]
+next = {{ compartment = "y" }}
+[compartments.y]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+    status = lambda: {c["name"]: c for c in json.loads(run_wsuper(  # noqa: E731
+        "status", "--json", str(tmp_path / "system.toml")).stdout)["compartments"]}
+
+    async def started(gateway):
+        x = (await gateway.get("x")).cap.as_interface(schema.Spin)
+        spin = asyncio.ensure_future(x.spin())
+        while status()["y"]["served"] < 10:          # the loop runs
+            await asyncio.sleep(0.05)
+        return x, spin
+
+    async def cancel(gateway):
+        x, spin = await started(gateway)
+        spin.cancel()                                  # pycapnp sends Finish
+        with pytest.raises(asyncio.CancelledError):
+            await spin
+        del spin
+        await asyncio.sleep(1)
+        return (await x.ping()).value                  # x serves again
+
+    async def disconnect(gateway):
+        await started(gateway)                         # and the connection closes
+
+    if how == "cancel":
+        assert external_client(str(sock), cancel) == 7
+    else:
+        external_client(str(sock), disconnect)
+    time.sleep(1)
+    served = status()["y"]["served"]
+    time.sleep(1)
+    assert status()["y"]["served"] == served           # y is called no more
+    run.stop()

@@ -6,6 +6,7 @@ records each write."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import time
 
@@ -305,3 +306,55 @@ def _events(conn, data):
         return list(conn.receive(data))
     except protocol.ProtocolError:
         return []
+
+
+def test_a_call_cancelled_while_it_runs_makes_no_more_calls_and_cancels_the_one_it_waits_for():
+    """calc's sumTo(5) calls its observer five times.  Its caller cancels it (the
+    supervisor's Finish: the caller cancelled, went, or was revoked) while it
+    waits on the first: the engine ignored that Finish, and the call ran on to
+    its end, its observer called four times more for nobody (and, through a
+    compartment, whatever those calls caused down the chain).  Now the call out
+    it waits for is finished at once (cancelled at its callee), and its next host
+    call fails it, naming the cancellation."""
+    engine, sock, sup, main = hostmem.started(CALC_WAT)
+    observer = object()
+    seg = struct.pack("<QQQ", (1 << 32) | (1 << 48), 5, wire.cap_pointer(0))
+    q, call = sup.send_call(main, CALC, 2, protocol.Content.standalone([seg]), [observer])
+    events = []
+
+    def seen():
+        while sock.writes:
+            events.extend(sup.receive(sock.writes.pop(0)))
+        return events
+
+    answered = set()
+
+    def answer_step():            # the step it waits for (none: the input ends)
+        steps = [ev.answer_id for ev in seen() if isinstance(ev, protocol.CallReceived)
+                 and ev.answer_id not in answered]
+        if not steps:
+            return b""
+        answered.add(steps[-1])
+        return sup.send_return(steps[-1])
+
+    script = [lambda: call, lambda: sup.send_finish(q), answer_step, answer_step]
+
+    def recv(_n, flags=0):
+        if flags & socket.MSG_DONTWAIT or not script:
+            if flags & socket.MSG_DONTWAIT:
+                raise BlockingIOError
+            return b""
+        return script.pop(0)()
+    sock.recv = recv
+    try:
+        engine.serve()
+    except SystemExit:
+        pass
+    seen()
+    steps = [ev for ev in events if isinstance(ev, protocol.CallReceived)]
+    assert [ev.target for ev in steps] == [observer]              # one step, not five
+    assert protocol.FinishReceived(steps[0].answer_id) in events  # cancelled there too
+    (ret,) = [ev for ev in events if isinstance(ev, protocol.ReturnReceived)
+              and ev.question_id == q]
+    assert "was sent Finish for this call while it ran" in ret.error
+    assert not engine._serving_at and not engine._asking
