@@ -195,14 +195,23 @@ class _Pending(dict):
     (`at`: the peers serving a call of ours, `Router.serving`, which walked
     every question each time a client connected while the connections were all
     taken: another review).  Every change goes through here, so the sums cannot
-    drift."""
+    drift.  And which question forwards each caller's call (`of_reply`: (caller id,
+    its answer id) -> key), so that the caller's Finish of a call it cancels
+    reaches the callee without a walk of every question (_finished)."""
 
     def __init__(self):
         super().__init__()
         self.forwarded: dict[tuple, int] = {}      # (callee id, caller id) -> bytes
         self.at: dict[int, int] = {}               # peer id -> its questions here
+        self.of_reply: dict[tuple, tuple] = {}     # (caller id, answer id) -> key
 
     def _count(self, key, handler, sign: int):
+        if type(handler) is control.Forward:
+            r = (handler.reply[0].id, handler.reply[1])
+            if sign > 0:
+                self.of_reply[r] = key
+            elif self.of_reply.get(r) == key:
+                del self.of_reply[r]
         if type(handler) is control.Forward and handler.size:
             k = (key[0], handler.reply[0].id)
             n = self.forwarded.get(k, 0) + sign * handler.size
@@ -892,6 +901,8 @@ class Router:
                     self._unroute_key((peer.id, eid))
             self._drop(ev.obj)
         elif isinstance(ev, protocol.FinishReceived):
+            if peer.conn.gave_up(ev.answer_id):
+                self._finished(peer, ev.answer_id)
             # calls pipelined on it are still delivered when it returns
             kept = peer.kept.pop(ev.answer_id, None) if peer.kept else None
             for cap in kept or ():
@@ -2644,7 +2655,7 @@ class Router:
                 self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
 
-    def _cancel(self, key, caller: Peer, orphan: bool = True):
+    def _cancel(self, key, caller: Peer, orphan: bool = True, reason: str | None = None):
         """The call forwarded as `key` (callee id, question id) for `caller`, which is
         gone: nobody wants its answer.  The callee is sent Finish before its Return,
         which rpc.capnp makes a cancellation (an engine does not run a call finished
@@ -2655,7 +2666,7 @@ class Router:
         handler = self._pending.pop(key, None)
         if handler is None:                  # gone meanwhile (its callee was cut off)
             return
-        self._close_call(handler.reply, "failed", self._caller_gone())
+        self._close_call(handler.reply, "failed", reason or self._caller_gone())
         callee = self.peers.get(key[0])
         if callee is None or not callee.alive:
             return
@@ -2676,6 +2687,32 @@ class Router:
                         self._orphan_bytes_at.get(key[0], 0) + handler.size
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
         self._guarded(callee, cancel, flush=False)
+
+    def _finished(self, caller: Peer, answer_id: int):
+        """`caller` sent Finish for its call `answer_id` before it was answered: it
+        cancelled it (rpc.capnp).  A call forwarded for it is cancelled at its callee
+        as a lost caller's is (_cancel: Finish, which an engine honours by not
+        running a call it has not begun, and by failing the next host call of one it
+        is running, so that what that call would cause down the chain is not done
+        either), and the caller gets its Return now, `canceled`.  It was ignored: the
+        callee ran the call to its end, and every call it made for it, for nobody.
+        An answer the caller pipelined calls on, or promised a capability of in a
+        call, or a tail call, is left to run: what it holds is still wanted."""
+        key = self._pending.of_reply.get((caller.id, answer_id))
+        if key is None:
+            return
+        handler = self._pending.get(key)
+        if type(handler) is not control.Forward or handler.reply[0] is not caller \
+                or handler.reply[1] != answer_id:
+            return
+        mine = (caller.id, answer_id)
+        if mine in self._pipelined or mine in self._promises \
+                or caller.conn.sends_elsewhere(answer_id):
+            return
+        self._cancel(key, caller, orphan=False,
+                     reason=f"{caller.name} cancelled this call (Finish) before it "
+                            f"was answered")
+        self.emit(fx.Send(caller.id, caller.conn.send_canceled(answer_id)))
 
     def _unorphan(self, key) -> bool:
         """The cancelled call `key` is answered, or past its time: it counts no more."""

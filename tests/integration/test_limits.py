@@ -1165,7 +1165,7 @@ socket = "{sock}"
     c.close()
 
 
-@pytest.mark.parametrize("how", ["disconnect"])
+@pytest.mark.parametrize("how", ["cancel", "disconnect"])
 def test_a_call_its_client_cancels_or_leaves_stops_calling_down_the_chain(
         tmp_path, wsuper, how):
     # x's spin calls y's ping for ever (a few instructions a call).  A client that

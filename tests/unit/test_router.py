@@ -4132,3 +4132,36 @@ def test_the_revocations_record_is_the_routers_before_its_holder_starts_and_afte
     assert [r.get("event") or r["outcome"] for r in records] == ["grant revoked", "denied"]
     router = R.Router({"calc": CALC, "app": None}, names=NAMES, revocable=("app.calc",))
     assert not [e for e in router.revoke("app.calc", event) if isinstance(e, fx.Audit)]
+
+
+def test_a_callers_finish_of_a_call_not_answered_yet_cancels_it_at_its_callee():
+    """rpc.capnp: a Finish before the Return cancels the call.  The router ignored
+    a live caller's (it handled only a lost caller's): the callee ran the call to
+    its end, and every call it made for it, for nobody.  Now the callee gets
+    Finish (an engine then does not run it, or fails the next host call of it),
+    the caller its Return at once, the audit says why, and the late answer goes
+    nowhere; another caller's call to the same callee runs on."""
+    router = R.Router({"calc": CALC, "app": None, "other": None}, names=NAMES, audit=True)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    other = start(router, "other", [grant("calc", "calc")])
+    q1, data = app.conn.send_call(app.grants[0].import_id, CALC, 0)
+    app.send(data)
+    other.send(other.conn.send_call(other.grants[0].import_id, CALC, 0)[1])
+    mine, theirs = calc.inbox
+    calc.inbox.clear()
+    effects = router.receive(app.pid, app.conn.send_finish(q1))
+    records = [e.record for e in effects if isinstance(e, fx.Audit)]
+    app.deliver(effects)
+    assert calc.conn.answers[mine.answer_id].finished             # cancelled at calc
+    assert not calc.conn.answers[theirs.answer_id].finished
+    (ret,) = app.inbox
+    assert ret.error == "call canceled"
+    assert [(r["caller"], r["outcome"], r["reason"]) for r in records] == \
+        [("app", "failed", "app cancelled this call (Finish) before it was answered")]
+    calc.send(calc.conn.send_return(mine.answer_id, Content.capability(0), [object()]))
+    assert app.inbox == [ret]                                     # the late answer: nowhere
+    assert q1 not in app.conn.questions                           # its id is free
+    calc.send(calc.conn.send_return(theirs.answer_id))
+    assert other.inbox.pop().payload is not None
+    assert not router._pending.of_reply
