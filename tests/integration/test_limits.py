@@ -1165,14 +1165,15 @@ socket = "{sock}"
     c.close()
 
 
-@pytest.mark.parametrize("how", ["cancel", "disconnect"])
+@pytest.mark.parametrize("how", ["cancel", "disconnect", "cancel through a relay"])
 def test_a_call_its_client_cancels_or_leaves_stops_calling_down_the_chain(
         tmp_path, wsuper, how):
     # x's spin calls y's ping for ever (a few instructions a call).  A client that
     # cancelled the call (Finish), or went, left it running to x's call_time (60 s
     # here), y called all along for nobody: the router did not pass a live caller's
     # Finish on, and an engine ignored the Finish of a call it was running.  Now x
-    # is sent Finish and fails the call at its next host call
+    # is sent Finish and fails the call at its next host call; through a relay
+    # (client -> r -> x -> y), r's Finish of the call it waits for does that
     sock = tmp_path / "s.sock"
     (tmp_path / "system.toml").write_text(f"""
 [system]
@@ -1189,15 +1190,24 @@ next = {{ compartment = "y" }}
 [compartments.y]
 module = "{HERE}/spin.wat"
 exports = "Spin"
+[compartments.r]
+module = "{HERE}/relay.wat"
+exports = "Spin"
+external = true
+[compartments.r.limits]
+call_time = 60
+[compartments.r.grants]
+next = {{ compartment = "x" }}
 """)
     run = wsuper("up", str(tmp_path / "system.toml"))
     run.wait_for("all compartments ready")
     schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
     status = lambda: {c["name"]: c for c in json.loads(run_wsuper(  # noqa: E731
         "status", "--json", str(tmp_path / "system.toml")).stdout)["compartments"]}
+    first = "r" if "relay" in how else "x"
 
     async def started(gateway):
-        x = (await gateway.get("x")).cap.as_interface(schema.Spin)
+        x = (await gateway.get(first)).cap.as_interface(schema.Spin)
         spin = asyncio.ensure_future(x.spin())
         while status()["y"]["served"] < 10:          # the loop runs
             await asyncio.sleep(0.05)
@@ -1215,7 +1225,7 @@ exports = "Spin"
     async def disconnect(gateway):
         await started(gateway)                         # and the connection closes
 
-    if how == "cancel":
+    if how.startswith("cancel"):
         assert external_client(str(sock), cancel) == 7
     else:
         external_client(str(sock), disconnect)
