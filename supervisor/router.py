@@ -1351,8 +1351,9 @@ class Router:
                     left = self._orphans_at.get(cap.peer.id, 0)
                     if left >= self.orphans_limit:
                         raise CallError(
-                            f"{left} calls of external clients that are gone are "
-                            f"cancelled at {cap.peer.name} and not answered yet (limit "
+                            f"{left} calls of external clients that are gone (or that "
+                            f"cancelled them) are cancelled at {cap.peer.name} and not "
+                            f"answered yet (limit "
                             f"{self.orphans_limit} a compartment: {ORPHANS_PER_IN_FLIGHT} x "
                             f"the external in_flight); try again", "overloaded")
                 if cap.peer.remotes.get(cap.import_id) is not cap \
@@ -2709,9 +2710,13 @@ class Router:
         if mine in self._pipelined or mine in self._promises \
                 or caller.conn.sends_elsewhere(answer_id):
             return
-        self._cancel(key, caller, orphan=False,
+        # an external client's counts against orphans_limit until its callee answers,
+        # as a gone client's does: its Return frees its place of in_flight now, and
+        # calling and cancelling again and again would queue work without bound
+        self._cancel(key, caller, orphan=True,
                      reason=f"{caller.name} cancelled this call (Finish) before it "
                             f"was answered")
+        self._orphans_changed()
         self.emit(fx.Send(caller.id, caller.conn.send_canceled(answer_id)))
 
     def _unorphan(self, key) -> bool:

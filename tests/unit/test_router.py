@@ -4165,3 +4165,32 @@ def test_a_callers_finish_of_a_call_not_answered_yet_cancels_it_at_its_callee():
     calc.send(calc.conn.send_return(theirs.answer_id))
     assert other.inbox.pop().payload is not None
     assert not router._pending.of_reply
+
+
+def test_calls_a_client_cancels_count_against_orphans_limit_until_their_callee_answers():
+    """A Finish that cancels a call answers it at once (`canceled`), which frees the
+    caller's place of in_flight while its callee may still hold the call: calling
+    and cancelling again and again queued work without bound (in_flight 2, six
+    calls at calc and counting).  Such calls count against orphans_limit, as those
+    of a client that went do, until the callee answers them."""
+    router = R.Router({"calc": CALC}, external=("calc",), external_limits=R.Limits(in_flight=2))
+    assert router.orphans_limit == 4
+    calc = start(router, "calc", exports=True)
+    c = client(router, "canceller")
+    for _ in range(3):
+        qs = []
+        for _ in range(2):
+            q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0)
+            c.send(data)
+            qs.append(q)
+        for q in qs:
+            c.send(c.conn.send_finish(q))
+    assert len(calc.inbox) == 4 and all(calc.conn.answers[e.answer_id].finished
+                                        for e in calc.inbox)
+    refused = [r for r in c.inbox if r.error_type == "overloaded"]
+    assert refused and "limit 4" in refused[-1].error and "cancelled them" in refused[-1].error
+    for e in calc.inbox:                             # calc answers the cancellations
+        calc.send(calc.conn.send_exception(e.answer_id, "call canceled"))
+    calc.inbox.clear()
+    c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
+    assert len(calc.inbox) == 1                      # room again
