@@ -1234,3 +1234,56 @@ next = {{ compartment = "x" }}
     time.sleep(1)
     assert status()["y"]["served"] == served           # y is called no more
     run.stop()
+
+
+def test_a_revoked_call_whose_callee_loops_calling_down_the_chain_stops_there(
+        tmp_path, wsuper):
+    # a client's call to r, relayed through r's revocable grant to x, whose call
+    # loops calling y: `wsuper revoke` failed r's call and sent x Finish, which x's
+    # engine ignored while it ran the call, so y was called on until x's call_time
+    # (60 s here)
+    sock = tmp_path / "s.sock"
+    system = tmp_path / "system.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.x]
+module = "{HERE}/callloop.wat"
+exports = "Spin"
+[compartments.x.limits]
+call_time = 60
+[compartments.x.grants]
+next = {{ compartment = "y" }}
+[compartments.y]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.r]
+module = "{HERE}/relay.wat"
+exports = "Spin"
+external = true
+[compartments.r.grants]
+next = {{ compartment = "x", revocable = true }}
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("all compartments ready")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+    status = lambda: {c["name"]: c for c in json.loads(run_wsuper(  # noqa: E731
+        "status", "--json", str(system)).stdout)["compartments"]}
+
+    async def body(gateway):
+        r = (await gateway.get("r")).cap.as_interface(schema.Spin)
+        spin = asyncio.ensure_future(r.spin())
+        while status()["y"]["served"] < 10:          # the loop runs
+            await asyncio.sleep(0.05)
+        revoked = run_wsuper("revoke", str(system), "r.next")
+        assert revoked.returncode == 0, revoked.output
+        with pytest.raises(capnp.KjException):         # r's call out was denied
+            await spin
+        await asyncio.sleep(1)
+        served = status()["y"]["served"]
+        await asyncio.sleep(1)
+        return served, status()["y"]["served"]
+    served, later = external_client(str(sock), body)
+    assert later == served                             # y is called no more
+    run.stop()
