@@ -66,7 +66,7 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
                     # id and ordinal: not found by its name again (captext.find)
                     cap = cap.cast_as(declared_by)
                 request = cap._request(method)
-                request.from_dict(params)
+                fill(request, params)
                 response = await request.send()
             except capnp.KjException as e:
                 raise CallFailed(_first(e)) from None
@@ -117,6 +117,32 @@ async def connect(path: str) -> socket.socket:
         raise
 
 
+def fill(builder, values: dict):
+    """Set `values` (a struct as captext.typed gives it) on the struct builder
+    `builder`, each field by its name, at every depth.  Never pycapnp's
+    from_dict: it skips every field named `which`, in a struct, a group, a
+    list's struct, so that `wsuper call s.f '(which = 7)'` sent which = 0
+    without a word (its other names of its own, `schema`, `init`, ... are
+    looked up as fields by _set and init, which are methods)."""
+    for name, value in values.items():
+        if isinstance(value, dict):              # a struct, or a group (or union member)
+            fill(builder.init(name), value)
+        elif isinstance(value, list):
+            _fill_list(builder.init(name, len(value)), value)
+        else:
+            builder._set(name, value)
+
+
+def _fill_list(builder, values: list):
+    for i, value in enumerate(values):
+        if isinstance(value, dict):
+            fill(builder[i], value)
+        elif isinstance(value, list):
+            _fill_list(builder.init(i, len(value)), value)
+        else:
+            builder[i] = value
+
+
 def to_json(reader) -> str:
     """Results as JSON (RFC 8259: strict; a value it cannot carry is a ValueError)."""
     return json.dumps(_plain(reader), allow_nan=False)
@@ -137,11 +163,14 @@ def _plain(reader):
             if which != name:
                 continue
         if field.proto.which() == "group":
-            out[name] = _plain(getattr(reader, name))
+            out[name] = _plain(reader._get(name))
         elif field.proto.slot.type.which() in ("interface", "anyPointer"):
             out[name] = "<capability>"           # not read: what it is stays unasked
         else:
-            out[name] = _value(getattr(reader, name), field.proto.slot.type)
+            # by _get, never getattr: a field named `which` or `schema` was pycapnp's
+            # method or the reader's schema, and the whole call failed ("its results
+            # cannot be read: Object of type method is not JSON serializable")
+            out[name] = _value(reader._get(name), field.proto.slot.type)
     return out
 
 

@@ -127,3 +127,28 @@ def test_an_enum_value_or_union_member_the_schema_does_not_know_is_json_too(tmp_
         assert "c = (99)" in text, text
         got = _strict(client.to_json(reader))
     assert got == {"c": 99, "u": {}, "n": 7, "cs": ["red", "green"]}, got
+
+
+NAMED = """@0xd0a1b2c3d4e5f6c8;
+struct S { which @0 :Int32; schema @1 :Text; }
+struct Answer { which @0 :Int32; schema @1 :S; g :group { which @2 :List(Int32); }
+                u :union { which @3 :Int32; other @4 :Text; } }
+"""
+
+
+def test_fields_named_which_or_schema_are_json_too(tmp_path):
+    """A field may be called `which` or `schema` (Cap'n Proto has no word against
+    it), but read by getattr from pycapnp's reader, it was the reader's method
+    `which` or its schema: `wsuper call --json` failed whole, "its results cannot
+    be read: Object of type method is not JSON serializable" (a struct `schema`
+    was a StructSchema without fields_list).  Each field is read by its name."""
+    (tmp_path / "named.capnp").write_text(NAMED)
+    message = capnp_schemas.load(str(tmp_path / "named.capnp")).Answer.new_message()
+    message._set("which", 5)
+    message.init("schema")._set("which", 6)
+    message._get("schema")._set("schema", "t")
+    message._get("g")._set("which", [7, 8])
+    message._get("u")._set("which", 9)
+    got = _strict(client.to_json(message.as_reader()))
+    assert got == {"which": 5, "schema": {"which": 6, "schema": "t"}, "g": {"which": [7, 8]},
+                   "u": {"which": 9}}, got
