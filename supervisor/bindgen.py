@@ -106,8 +106,10 @@ def _ident(name: str) -> str:
     # where one named as a type (`sizeT :UInt32`) hid the type from the parameters after it,
     # and one named as the SDK's (`wsuperText`, `wsuperCap`, `wsuperInvoke`) hid its type
     # from them, or its function from the stub's body, which calls them
+    # (and one named as a lower-case macro of the C library, `stMtime`: <sys/stat.h>'s
+    # st_mtime, cmacros.LOWER, was `st_mtim.tv_sec` in a plugin that included it first)
     return s + "_" if s in _C_RESERVED or (s.endswith("_t") and s in _C_LIBRARY) \
-        or s.startswith(_SDK_PREFIXES[0]) else s
+        or s in cmacros.LOWER or s.startswith(_SDK_PREFIXES[0]) else s
 
 
 class _Struct:
@@ -181,7 +183,8 @@ class Generator:
         name = self._name(schema)
         # (one ending in _t is refused: _reserved, as for every such type name)
         return name + "_" if name in _C_RESERVED or (
-            name in _C_LIBRARY and not name.endswith("_t")) else name
+            (name in _C_LIBRARY or name in cmacros.LOWER) and not name.endswith("_t")) \
+            else name
 
     def _enum(self, schema) -> str:
         nid = schema.node.id
@@ -661,7 +664,7 @@ def _reserved(ident: str, is_type: bool) -> str | None:
         return "the C library reserves for its types (names ending in _t)"
     if ident in _C_LIBRARY:
         return "the C library wsuper.h includes (stdlib.h, string.h, ...) declares"
-    header = cmacros.MACROS.get(ident)
+    header = cmacros.MACROS.get(ident) or cmacros.LOWER.get(ident)
     if header:
         # included after the bindings, the header redefined it silently (system
         # headers warn of nothing): the plugin's code used the C library's value

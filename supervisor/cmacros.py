@@ -19,6 +19,10 @@ _WASI_EMULATED_* features), each with the most specific header that defines
 it.  Made from the toolchain by `python -m supervisor.cmacros` (which prints
 the table below); tests/integration/test_bindgen.py checks that the installed
 toolchain defines none it does not hold.
+
+LOWER: every lower-case object-like macro of the same headers (`st_mtime`,
+`no_argument`, `stdout`), which a field, struct or enum bindgen names so would
+be; made by `python -m supervisor.cmacros --lower`, checked the same way.
 """
 from __future__ import annotations
 
@@ -32,16 +36,21 @@ EXTRA_HEADERS = ("netinet/in.h", "netinet/tcp.h")
 FEATURES = ("-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_PROCESS_CLOCKS",
             "-D_WASI_EMULATED_MMAN", "-D_WASI_EMULATED_GETPID")
 _SHAPE = re.compile(r"#define ([A-Z][A-Z0-9]*_[A-Z0-9_]*)\b")
+#: A lower-case object-like macro (`#define st_mtime st_mtim.tv_sec`, `#define
+#: no_argument 0`): the shape of a field's, a struct's, an enum's or a function's
+#: generated name (not a function-like one, `NAME(`, which only a call expands)
+_LOWER_SHAPE = re.compile(r"#define ([a-z][a-z0-9_]*)(?![\w(])")
 
 
-def from_toolchain(clang: str, c_headers) -> dict[str, str]:
+def from_toolchain(clang: str, c_headers, shape=_SHAPE) -> dict[str, str]:
     """{macro: header} as the installed wasm32-wasi toolchain defines them: the
     public header whose own text defines it, or else the one with fewest macros
-    that defines it (SEEK_SET is wasi-libc's __seek.h's, which stdio.h includes)."""
+    that defines it (SEEK_SET is wasi-libc's __seek.h's, which stdio.h includes).
+    `shape`: which macros (_SHAPE, or _LOWER_SHAPE for LOWER's)."""
     def run(*args, source=""):
         return subprocess.run([clang, "--target=wasm32-wasi", *args], input=source,
                               capture_output=True, text=True)
-    own = set(_SHAPE.findall(run("-dM", "-E", "-x", "c", "-", *FEATURES).stdout))
+    own = set(shape.findall(run("-dM", "-E", "-x", "c", "-", *FEATURES).stdout))
     # where the C library's headers are: clang's own, then wasi-libc's (Debian's)
     resource = run("-print-resource-dir").stdout.strip()
     roots = [os.path.join(resource, "include")] if resource else []
@@ -73,7 +82,7 @@ def from_toolchain(clang: str, c_headers) -> dict[str, str]:
                         current = next((h for h in headers if h[:-2].replace("/", "_")
                                         == body[len("__header_"):-2]), current)
                     continue
-                m = _SHAPE.match(line)
+                m = shape.match(line)
                 if m and m.group(1) not in own:
                     defined[m.group(1)].add(header)
                     if current in headers:
@@ -294,10 +303,53 @@ unistd.h: F_LOCK F_OK F_TEST F_TLOCK F_ULOCK POSIX_CLOSE_RESTART R_OK STDERR_FIL
 
 MACROS: dict[str, str] = _parse(_TABLE)
 
+#: LOWER: every lower-case object-like macro the same headers define (`python -m
+#: supervisor.cmacros --lower`).  A field, struct or enum so named gets a trailing _
+#: (bindgen._ident, _type_name) and a function is refused (bindgen._reserved): a
+#: field `stMtime` was `int64_t st_mtime;`, which a plugin that included
+#: <sys/stat.h> first read as `int64_t st_mtim.tv_sec;` (the header did not
+#: compile), `noArgument` was <getopt.h>'s 0, `struct Direct` <sys/dir.h>'s dirent.
+_LOWER_TABLE = """
+alloca.h: alloca
+assert.h: static_assert
+complex.h: complex
+dirent.h: alphasort64 d_fileno dirent64 getdents64 ino64_t off64_t readdir64 scandir64
+  versionsort64
+errno.h: errno
+fcntl.h: creat64 loff_t open64 openat64 posix_fadvise64 posix_fallocate64
+ftw.h: nftw64
+getopt.h: no_argument optional_argument required_argument
+glob.h: glob64 glob64_t globfree64
+ifaddrs.h: ifa_broadaddr ifa_dstaddr
+iso646.h: and and_eq bitand bitor compl not not_eq or or_eq xor xor_eq
+math.h: math_errhandling
+stdalign.h: alignas alignof
+stdatomic.h: atomic_compare_exchange_strong_explicit
+  atomic_compare_exchange_weak_explicit atomic_exchange_explicit
+  atomic_fetch_add_explicit atomic_fetch_and_explicit atomic_fetch_or_explicit
+  atomic_fetch_sub_explicit atomic_fetch_xor_explicit atomic_init atomic_load_explicit
+  atomic_store_explicit
+stdbool.h: bool false true
+stdio.h: fgetpos64 fopen64 fpos64_t freopen64 fseeko64 fsetpos64 ftello64 stderr stdin
+  stdout
+stdnoreturn.h: noreturn
+sys/dir.h: direct
+sys/mman.h: mmap64
+sys/stat.h: fstat64 fstatat64 lstat64 st_atime st_ctime st_mtime stat64
+sys/types.h: blkcnt64_t fsblkcnt64_t fsfilcnt64_t
+sys/uio.h: preadv64 pwritev64
+threads.h: thread_local
+unistd.h: ftruncate64 lseek64 pread64 pwrite64
+"""
 
-if __name__ == "__main__":       # the table, from the toolchain installed
+LOWER: dict[str, str] = _parse(_LOWER_TABLE)
+
+
+if __name__ == "__main__":       # the table (--lower: LOWER's), from the toolchain installed
     import shutil
+    import sys
 
     from . import bindgen
     print(_table(from_toolchain(shutil.which(os.environ.get("WSUPER_CLANG", "clang")) or "clang",
-                                bindgen._C_HEADERS)))
+                                bindgen._C_HEADERS,
+                                _LOWER_SHAPE if sys.argv[1:] == ["--lower"] else _SHAPE)))

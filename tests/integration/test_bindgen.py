@@ -496,6 +496,8 @@ def test_a_generated_macro_never_silently_takes_another_value(tmp_path):
      "sys/socket.h"),
     ("interface Path { max @0 () -> (); }", "method Path.max (its ordinal) would be PATH_MAX",
      "limits.h"),
+    ("interface Atomic { init @0 () -> (); }",
+     "method Atomic.init (its client stub) would be atomic_init", "stdatomic.h"),
 ])
 def test_a_name_the_c_library_defines_as_a_macro_is_refused(tmp_path, body, name, header):
     """`enum Path { max @0; }` made PATH_MAX 0, and a plugin that included <limits.h>
@@ -550,6 +552,58 @@ int main(void) {
   return rc == 0 && r.stdout_.len && r.errno_ && r.out && s.true_ && s.asm_ && s.typeof_;
 }
 """) == ""
+
+
+def test_names_like_any_lower_case_c_library_macro_compile(tmp_path):
+    """Only a hand list of lower-case macros (stdout, errno, true ...) gave a field,
+    struct or enum a trailing _: a field `stMtime` was `int64_t st_mtime;`, which
+    a plugin that included <sys/stat.h> first read as `int64_t st_mtim.tv_sec;`,
+    `noArgument` <getopt.h>'s `0`, `andEq` <iso646.h>'s `&=`, `struct Direct`
+    <sys/dir.h>'s `dirent`, `struct Stat64` <sys/stat.h>'s `stat`: the header did
+    not compile.  Every lower-case object-like macro of the C library's headers
+    (cmacros.LOWER, made from the toolchain) is such a name now."""
+    schema = ("@0xd1f0a3b2c4e5f63b;\nstruct Info { stMtime @0 :Int64; stAtime @1 :Int64; "
+              "noArgument @2 :Bool; andEq @3 :Bool; d @4 :Direct; }\n"
+              "struct Direct { x @0 :Int32; }\nstruct Stat64 { y @0 :Int32; }\n"
+              "interface Fs { info @0 (noArgument :Bool, s :Stat64) -> (info :Info); }\n")
+    assert _compile(tmp_path / "x", {"fs": schema}, """#define _GNU_SOURCE
+#include <getopt.h>
+#include <iso646.h>
+#include <sys/dir.h>
+#include <sys/stat.h>
+#include "fs.h"
+int main(void) {
+  wsuper_arena a = {0, 0};
+  fs_info_results r;
+  direct_ d = {1};
+  stat64_ s = {2};
+  struct stat st = {0};
+  int rc = fs_info(&a, 1, true, &s, &r);
+  return rc == 0 && r.info && r.info->st_mtime_ && r.info->st_atime_ && r.info->no_argument_
+      && r.info->and_eq_ && r.info->d && d.x && st.st_mtime;
+}
+""") == ""
+
+
+def test_the_lower_case_c_library_macros_bindgen_knows_are_the_toolchains():
+    """supervisor/cmacros.py's LOWER holds every lower-case object-like macro the
+    installed toolchain's headers define (`python -m supervisor.cmacros --lower`)."""
+    import subprocess
+
+    from supervisor import cmacros, toolchain
+    clang = toolchain.clang()
+    headers = sorted(set(cmacros.MACROS.values()) | set(cmacros.LOWER.values()))
+    source = "".join(f"#include <{h}>\n" for h in headers)
+    base = [clang, "--target=wasm32-wasi", "-dM", "-E", "-x", "c", "-", *cmacros.FEATURES]
+    own = set(cmacros._LOWER_SHAPE.findall(subprocess.run(base, input="", capture_output=True,
+                                                          text=True).stdout))
+    for extra in ([], ["-D_GNU_SOURCE"]):
+        r = subprocess.run(base + extra, input=source, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        missing = set(cmacros._LOWER_SHAPE.findall(r.stdout)) - own - set(cmacros.LOWER)
+        assert not missing, sorted(missing)
+    assert {"st_mtime", "no_argument", "and_eq", "direct", "stdout", "errno"} \
+        <= set(cmacros.LOWER)
 
 
 def test_parameters_named_like_what_a_client_stub_uses_compile(tmp_path):
