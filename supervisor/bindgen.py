@@ -183,7 +183,8 @@ class Generator:
         name = self._name(schema)
         # (one ending in _t is refused: _reserved, as for every such type name)
         return name + "_" if name in _C_RESERVED or (
-            (name in _C_LIBRARY or name in cmacros.LOWER) and not name.endswith("_t")) \
+            (name in _C_LIBRARY or name in cmacros.LOWER or name in cmacros.DECLARED)
+            and not name.endswith("_t")) \
             else name
 
     def _enum(self, schema) -> str:
@@ -664,6 +665,10 @@ def _reserved(ident: str, is_type: bool) -> str | None:
         return "the C library reserves for its types (names ending in _t)"
     if ident in _C_LIBRARY:
         return "the C library wsuper.h includes (stdlib.h, string.h, ...) declares"
+    if ident in cmacros.DECLARED:
+        # a plugin that includes that header too: "static declaration of
+        # 'clock_gettime' follows non-static declaration", "redefinition of 'fputc'"
+        return f"<{cmacros.DECLARED[ident]}> of the C library declares"
     header = cmacros.MACROS.get(ident) or cmacros.LOWER.get(ident)
     if header:
         # included after the bindings, the header redefined it silently (system

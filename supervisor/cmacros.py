@@ -23,6 +23,10 @@ toolchain defines none it does not hold.
 LOWER: every lower-case object-like macro of the same headers (`st_mtime`,
 `no_argument`, `stdout`), which a field, struct or enum bindgen names so would
 be; made by `python -m supervisor.cmacros --lower`, checked the same way.
+DECLARED: every lower-case name they declare at file scope (a function, a
+variable, a type, a tag, an enumerant) or define as a function-like macro
+(`clock_gettime`, `fputc`, `atomic_load`), which a generated struct, enum or
+function could be; made by `python -m supervisor.cmacros --declared`.
 """
 from __future__ import annotations
 
@@ -90,6 +94,54 @@ def from_toolchain(clang: str, c_headers, shape=_SHAPE) -> dict[str, str]:
     size = collections.Counter(h for hs in defined.values() for h in hs)
     return {name: home.get(name) or min(hs, key=lambda h: (size[h], h))
             for name, hs in defined.items()}
+
+
+#: A lower-case function-like macro (`#define atomic_load(object) ...`, `va_start`)
+_CALLED_SHAPE = re.compile(r"#define ([a-z][a-z0-9_]*)\(")
+_DECLARATIONS = ("FunctionDecl", "VarDecl", "TypedefDecl", "RecordDecl", "EnumDecl",
+                 "EnumConstantDecl")
+
+
+def declared_from_toolchain(clang: str, c_headers) -> dict[str, str]:
+    """{name: header} of every lower-case name the installed toolchain's C library
+    headers declare at file scope (a function, a variable, a type, a struct, union
+    or enum tag, an enumerant) or define as a function-like macro: each in the
+    header with fewest such names that declares it, alone (those of
+    from_toolchain's, with and without _GNU_SOURCE)."""
+    import json
+
+    def run(*args, source=""):
+        return subprocess.run([clang, "--target=wasm32-wasi", *args], input=source,
+                              capture_output=True, text=True)
+    headers = set(c_headers) | set(EXTRA_HEADERS)
+    for line in run("-E", "-v", "-x", "c", "-").stderr.splitlines():
+        root = line.strip()
+        if line.startswith(" /") and os.path.isdir(os.path.join(root, "sys")):
+            headers |= {f"sys/{f}" for f in os.listdir(os.path.join(root, "sys"))
+                        if f.endswith(".h")}
+    own = set(_CALLED_SHAPE.findall(run("-dM", "-E", "-x", "c", "-", *FEATURES).stdout))
+    declared: dict[str, set[str]] = collections.defaultdict(set)
+    for extra in ((), ("-D_GNU_SOURCE",)):
+        for header in sorted(headers):
+            source = f"#include <{header}>\n"
+            r = run("-fsyntax-only", "-Xclang", "-ast-dump=json", "-x", "c", "-", *FEATURES,
+                    *extra, source=source)
+            if r.returncode:
+                continue            # not wasi-libc's (or not without what it needs)
+            todo = list(json.loads(r.stdout).get("inner", ()))
+            while todo:
+                node = todo.pop()
+                if node.get("kind") == "EnumDecl":
+                    todo += node.get("inner", ())
+                name = node.get("name") or ""
+                if node.get("kind") in _DECLARATIONS and not node.get("isImplicit") \
+                        and re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                    declared[name].add(header)
+            macros = run("-dM", "-E", "-x", "c", "-", *FEATURES, *extra, source=source)
+            for name in set(_CALLED_SHAPE.findall(macros.stdout)) - own:
+                declared[name].add(header)
+    size = collections.Counter(h for hs in declared.values() for h in hs)
+    return {name: min(hs, key=lambda h: (size[h], h)) for name, hs in declared.items()}
 
 
 def _table(macros: dict[str, str]) -> str:
@@ -345,11 +397,290 @@ unistd.h: ftruncate64 lseek64 pread64 pwrite64
 LOWER: dict[str, str] = _parse(_LOWER_TABLE)
 
 
-if __name__ == "__main__":       # the table (--lower: LOWER's), from the toolchain installed
+#: DECLARED: every lower-case name the same headers declare at file scope or define
+#: as a function-like macro (`python -m supervisor.cmacros --declared`).  A struct or
+#: enum so named gets a trailing _ and a function is refused (bindgen._type_name,
+#: _reserved): only what the headers wsuper.h includes declare was known, and a
+#: client stub `clock_gettime` (interface Clock, method gettime) or `sem_wait`, a
+#: `struct Fputc`, did not compile beside <time.h>, <semaphore.h>, <stdio.h>, and
+#: `atomic_load` was <stdatomic.h>'s macro.
+_DECLARED_TABLE = """
+alloca.h: alloca
+ar.h: ar_hdr
+assert.h: assert
+byteswap.h: bswap_16 bswap_32 bswap_64
+complex.h: cabs cabsf cabsl cacos cacosf cacosh cacoshf cacoshl cacosl carg cargf cargl
+  casin casinf casinh casinhf casinhl casinl catan catanf catanh catanhf catanhl catanl
+  ccos ccosf ccosh ccoshf ccoshl ccosl cexp cexpf cexpl cimag cimagf cimagl clog clogf
+  clogl conj conjf conjl cpow cpowf cpowl cproj cprojf cprojl creal crealf creall csin
+  csinf csinh csinhf csinhl csinl csqrt csqrtf csqrtl ctan ctanf ctanh ctanhf ctanhl
+  ctanl
+crypt.h: crypt crypt_data crypt_r
+ctype.h: isalnum isalnum_l isalpha isalpha_l isascii isblank isblank_l iscntrl iscntrl_l
+  isdigit isdigit_l isgraph isgraph_l islower islower_l isprint isprint_l ispunct
+  ispunct_l isspace isspace_l isupper isupper_l isxdigit isxdigit_l toascii tolower
+  tolower_l toupper toupper_l
+dirent.h: alphasort closedir dirent dirfd fdclosedir fdopendir getdents opendir
+  opendirat readdir rewinddir scandir scandirat seekdir telldir versionsort
+endian.h: be16toh be32toh be64toh betoh16 betoh32 betoh64 htobe16 htobe32 htobe64
+  htole16 htole32 htole64 le16toh le32toh le64toh letoh16 letoh32 letoh64 uint16_t
+  uint32_t uint64_t
+err.h: err errx verr verrx vwarn vwarnx warn warnx
+errno.h: errno program_invocation_name program_invocation_short_name
+fcntl.h: creat fcntl open openat posix_fadvise posix_fallocate
+fenv.h: feclearexcept fegetenv fegetexceptflag fegetround feholdexcept fenv_t
+  feraiseexcept fesetenv fesetexceptflag fesetround fetestexcept feupdateenv fexcept_t
+fmtmsg.h: fmtmsg
+fnmatch.h: fnmatch
+ftw.h: nftw
+getopt.h: getopt getopt_long getopt_long_only optarg opterr optind option optopt
+  optreset
+glob.h: glob glob_t globfree
+iconv.h: iconv iconv_close iconv_open iconv_t
+ifaddrs.h: freeifaddrs getifaddrs ifaddrs
+inttypes.h: imaxabs imaxdiv imaxdiv_t strtoimax strtoumax wcstoimax wcstoumax
+langinfo.h: nl_langinfo nl_langinfo_l
+libgen.h: basename dirname
+limits.h: iovec suseconds_t time_t timespec timeval
+locale.h: duplocale freelocale lconv localeconv newlocale setlocale uselocale
+malloc.h: calloc free malloc malloc_usable_size realloc reallocarray
+math.h: acos acosf acosh acoshf acoshl acosl asin asinf asinh asinhf asinhl asinl atan
+  atan2 atan2f atan2l atanf atanh atanhf atanhl atanl cbrt cbrtf cbrtl ceil ceilf ceill
+  copysign copysignf copysignl cos cosf cosh coshf coshl cosl double_t drem dremf erf
+  erfc erfcf erfcl erff erfl exp exp10 exp10f exp10l exp2 exp2f exp2l expf expl expm1
+  expm1f expm1l fabs fabsf fabsl fdim fdimf fdiml finite finitef float_t floor floorf
+  floorl fma fmaf fmal fmax fmaxf fmaxl fmin fminf fminl fmod fmodf fmodl fpclassify
+  frexp frexpf frexpl hypot hypotf hypotl ilogb ilogbf ilogbl isfinite isgreater
+  isgreaterequal isinf isless islessequal islessgreater isnan isnormal isunordered j0
+  j0f j1 j1f jn jnf ldexp ldexpf ldexpl lgamma lgamma_r lgammaf lgammaf_r lgammal
+  lgammal_r llrint llrintf llrintl llround llroundf llroundl log log10 log10f log10l
+  log1p log1pf log1pl log2 log2f log2l logb logbf logbl logf logl lrint lrintf lrintl
+  lround lroundf lroundl modf modff modfl nan nanf nanl nearbyint nearbyintf nearbyintl
+  nextafter nextafterf nextafterl nexttoward nexttowardf nexttowardl pow pow10 pow10f
+  pow10l powf powl remainder remainderf remainderl remquo remquof remquol rint rintf
+  rintl round roundf roundl scalb scalbf scalbln scalblnf scalblnl scalbn scalbnf
+  scalbnl signbit signgam significand significandf sin sincos sincosf sincosl sinf sinh
+  sinhf sinhl sinl sqrt sqrtf sqrtl tan tanf tanh tanhf tanhl tanl tgamma tgammaf
+  tgammal trunc truncf truncl y0 y0f y1 y1f yn ynf
+memory.h: explicit_bzero memccpy memchr memcmp memcpy memmem memmove mempcpy memrchr
+  memset stpcpy stpncpy strcasestr strcat strchr strchrnul strcmp strcoll strcoll_l
+  strcpy strcspn strdup strdupa strerror strerror_l strerror_r strlcat strlcpy strncat
+  strncmp strncpy strndup strnlen strpbrk strrchr strsep strsignal strspn strstr strtok
+  strtok_r strverscmp strxfrm strxfrm_l
+monetary.h: locale_t ssize_t strfmon strfmon_l
+mqueue.h: mq_attr mq_close mq_getattr mq_notify mq_open mq_receive mq_send mq_setattr
+  mq_timedreceive mq_timedsend mq_unlink mqd_t pthread_attr_t sigevent
+netinet/in.h: group_filter group_req group_source_req htonl htons in6_addr in6_pktinfo
+  in6addr_any in6addr_loopback in_addr in_addr_t in_pktinfo in_port_t ip6_mtuinfo
+  ip_mreq ip_mreq_source ip_mreqn ip_msfilter ip_opts ipv6_mreq ntohl ntohs sockaddr_in
+  sockaddr_in6
+netinet/tcp.h: tcp_diag_md5sig tcp_fastopen_client_fail tcp_info tcp_md5sig
+  tcp_repair_window tcp_seq tcp_zerocopy_receive tcphdr
+nl_types.h: catclose catgets catopen nl_catd nl_item
+poll.h: nfds_t poll pollfd ppoll
+regex.h: re_pattern_buffer regcomp regerror regex_t regexec regfree regmatch_t regoff_t
+sched.h: pid_t sched_yield
+search.h: endorder entry hcreate hcreate_r hdestroy hdestroy_r hsearch hsearch_data
+  hsearch_r insque leaf lfind lsearch postorder preorder qelem remque tdelete tdestroy
+  tfind tsearch twalk
+semaphore.h: sem_close sem_destroy sem_getvalue sem_init sem_open sem_post sem_t
+  sem_timedwait sem_trywait sem_unlink sem_wait
+signal.h: bsd_signal psignal raise sig_atomic_t sig_t sighandler_t signal
+stdarg.h: va_arg va_copy va_end va_list va_start
+stdatomic.h: atomic_bool atomic_char atomic_char16_t atomic_char32_t
+  atomic_compare_exchange_strong atomic_compare_exchange_weak atomic_exchange
+  atomic_fetch_add atomic_fetch_and atomic_fetch_or atomic_fetch_sub atomic_fetch_xor
+  atomic_flag atomic_flag_clear atomic_flag_clear_explicit atomic_flag_test_and_set
+  atomic_flag_test_and_set_explicit atomic_int atomic_int_fast16_t atomic_int_fast32_t
+  atomic_int_fast64_t atomic_int_fast8_t atomic_int_least16_t atomic_int_least32_t
+  atomic_int_least64_t atomic_int_least8_t atomic_intmax_t atomic_intptr_t
+  atomic_is_lock_free atomic_llong atomic_load atomic_long atomic_ptrdiff_t atomic_schar
+  atomic_short atomic_signal_fence atomic_size_t atomic_store atomic_thread_fence
+  atomic_uchar atomic_uint atomic_uint_fast16_t atomic_uint_fast32_t
+  atomic_uint_fast64_t atomic_uint_fast8_t atomic_uint_least16_t atomic_uint_least32_t
+  atomic_uint_least64_t atomic_uint_least8_t atomic_uintmax_t atomic_uintptr_t
+  atomic_ullong atomic_ulong atomic_ushort atomic_wchar_t kill_dependency memory_order
+  memory_order_acq_rel memory_order_acquire memory_order_consume memory_order_relaxed
+  memory_order_release memory_order_seq_cst
+stddef.h: max_align_t offsetof ptrdiff_t size_t wchar_t
+stdint.h: int16_t int32_t int64_t int8_t int_fast16_t int_fast32_t int_fast64_t
+  int_fast8_t int_least16_t int_least32_t int_least64_t int_least8_t intmax_t intptr_t
+  uint8_t uint_fast16_t uint_fast32_t uint_fast64_t uint_fast8_t uint_least16_t
+  uint_least32_t uint_least64_t uint_least8_t uintmax_t uintptr_t
+stdio.h: asprintf clearerr clearerr_unlocked cookie_close_function_t
+  cookie_io_functions_t cookie_read_function_t cookie_seek_function_t
+  cookie_write_function_t cuserid dprintf fclose fdopen feof feof_unlocked ferror
+  ferror_unlocked fflush fflush_unlocked fgetc fgetc_unlocked fgetln fgetpos fgets
+  fgets_unlocked fileno fileno_unlocked fmemopen fopen fopencookie fpos_t fprintf fputc
+  fputc_unlocked fputs fputs_unlocked fread fread_unlocked freopen fscanf fseek fseeko
+  fsetpos ftell ftello fwrite fwrite_unlocked getc getc_unlocked getchar
+  getchar_unlocked getdelim getline getw open_memstream perror printf putc putc_unlocked
+  putchar putchar_unlocked puts putw remove rename rewind scanf setbuf setbuffer
+  setlinebuf setvbuf snprintf sprintf sscanf stderr stdin stdout tmpfile tmpnam ungetc
+  vasprintf vdprintf vfprintf vfscanf vprintf vscanf vsnprintf vsprintf vsscanf
+stdlib.h: a64l abort abs aligned_alloc arc4random arc4random_buf arc4random_uniform
+  at_quick_exit atexit atof atoi atol atoll bsearch clearenv div div_t drand48 ecvt
+  erand48 exit fcvt gcvt getenv getsubopt initstate jrand48 l64a labs lcong48 ldiv
+  ldiv_t llabs lldiv lldiv_t lrand48 mblen mbstowcs mbtowc mrand48 nrand48
+  posix_memalign putenv qsort quick_exit rand rand_r random secure_getenv seed48 setenv
+  setkey setstate srand srand48 srandom strtod strtod_l strtof strtof_l strtol strtold
+  strtold_l strtoll strtoul strtoull system unsetenv wcstombs wctomb
+strings.h: bcmp bcopy bzero ffs ffsl ffsll index rindex strcasecmp strcasecmp_l
+  strncasecmp strncasecmp_l
+stropts.h: bandinfo isastream str_list str_mlist strbuf strfdinsert strioctl strpeek
+  strrecvfd
+sys/eventfd.h: eventfd eventfd_read eventfd_t eventfd_write
+sys/file.h: flock
+sys/ioctl.h: ioctl
+sys/mman.h: madvise memfd_create mincore mlock mlock2 mlockall mmap mprotect mremap
+  msync munlock munlockall munmap posix_madvise remap_file_pages shm_open shm_unlink
+sys/param.h: clrbit howmany isclr isset powerof2 roundup setbit
+sys/random.h: getentropy
+sys/reg.h: access chdir close confstr ctermid encrypt environ faccessat fdatasync
+  fpathconf fsync ftruncate getcwd gethostid gethostname getlogin getlogin_r getpid
+  isatty link linkat lseek pathconf posix_close pread pwrite read readlink readlinkat
+  renameat rmdir sbrk sleep swab symlink symlinkat sysconf truncate ualarm unlink
+  unlinkat usleep write
+sys/resource.h: getrusage id_t rusage
+sys/select.h: fd_set pselect select sigset_t
+sys/socket.h: accept accept4 getsockopt linger mmsghdr msghdr recv recvmmsg send
+  sendmmsg shutdown sockaddr sockaddr_storage socklen_t ucred
+sys/stat.h: blkcnt_t blksize_t dev_t fstat fstatat futimens gid_t ino_t lstat mkdir
+  mkdirat mode_t nlink_t stat uid_t utimensat
+sys/sysinfo.h: get_avphys_pages get_nprocs get_nprocs_conf get_phys_pages sysinfo
+sys/time.h: futimesat gettimeofday timeradd timerclear timercmp timerisset timersub
+  timezone utimes
+sys/timeb.h: ftime timeb
+sys/times.h: clock_t times tms
+sys/timex.h: adjtimex clock_adjtime clockid_t ntptimeval timex
+sys/types.h: caddr_t fsblkcnt_t fsfilcnt_t key_t pthread_barrier_t pthread_barrierattr_t
+  pthread_cond_t pthread_condattr_t pthread_key_t pthread_mutex_t pthread_mutexattr_t
+  pthread_once_t pthread_rwlock_t pthread_rwlockattr_t pthread_spinlock_t pthread_t
+  quad_t register_t u_char u_int u_int16_t u_int32_t u_int64_t u_int8_t u_long u_quad_t
+  u_short uint ulong useconds_t ushort
+sys/uio.h: off_t preadv process_vm_readv process_vm_writev pwritev readv writev
+sys/un.h: sa_family_t sockaddr_un strlen
+sys/utsname.h: uname utsname
+threads.h: call_once cnd_broadcast cnd_destroy cnd_init cnd_signal cnd_t cnd_timedwait
+  cnd_wait mtx_destroy mtx_init mtx_lock mtx_plain mtx_recursive mtx_t mtx_timed
+  mtx_timedlock mtx_trylock mtx_unlock once_flag thrd_busy thrd_create thrd_current
+  thrd_detach thrd_equal thrd_error thrd_exit thrd_join thrd_nomem thrd_sleep
+  thrd_start_t thrd_success thrd_t thrd_timedout thrd_yield tss_create tss_delete
+  tss_dtor_t tss_get tss_set tss_t
+time.h: asctime asctime_r clock clock_getres clock_gettime clock_nanosleep ctime ctime_r
+  difftime getdate getdate_err gmtime gmtime_r itimerspec localtime localtime_r mktime
+  nanosleep strftime strftime_l strptime time timegm timer_t timespec_get tm
+uchar.h: c16rtomb c32rtomb char16_t char32_t mbrtoc16 mbrtoc32 mbstate_t
+utime.h: utimbuf utime
+wasm_simd128.h: v128_t wasm_f32x4_abs wasm_f32x4_add wasm_f32x4_ceil wasm_f32x4_const
+  wasm_f32x4_const_splat wasm_f32x4_convert_i32x4 wasm_f32x4_convert_u32x4
+  wasm_f32x4_demote_f64x2_zero wasm_f32x4_div wasm_f32x4_eq wasm_f32x4_extract_lane
+  wasm_f32x4_floor wasm_f32x4_ge wasm_f32x4_gt wasm_f32x4_le wasm_f32x4_lt
+  wasm_f32x4_make wasm_f32x4_max wasm_f32x4_min wasm_f32x4_mul wasm_f32x4_ne
+  wasm_f32x4_nearest wasm_f32x4_neg wasm_f32x4_pmax wasm_f32x4_pmin
+  wasm_f32x4_replace_lane wasm_f32x4_splat wasm_f32x4_sqrt wasm_f32x4_sub
+  wasm_f32x4_trunc wasm_f64x2_abs wasm_f64x2_add wasm_f64x2_ceil wasm_f64x2_const
+  wasm_f64x2_const_splat wasm_f64x2_convert_low_i32x4 wasm_f64x2_convert_low_u32x4
+  wasm_f64x2_div wasm_f64x2_eq wasm_f64x2_extract_lane wasm_f64x2_floor wasm_f64x2_ge
+  wasm_f64x2_gt wasm_f64x2_le wasm_f64x2_lt wasm_f64x2_make wasm_f64x2_max
+  wasm_f64x2_min wasm_f64x2_mul wasm_f64x2_ne wasm_f64x2_nearest wasm_f64x2_neg
+  wasm_f64x2_pmax wasm_f64x2_pmin wasm_f64x2_promote_low_f32x4 wasm_f64x2_replace_lane
+  wasm_f64x2_splat wasm_f64x2_sqrt wasm_f64x2_sub wasm_f64x2_trunc wasm_i16x8_abs
+  wasm_i16x8_add wasm_i16x8_add_sat wasm_i16x8_add_saturate wasm_i16x8_all_true
+  wasm_i16x8_any_true wasm_i16x8_bitmask wasm_i16x8_const wasm_i16x8_const_splat
+  wasm_i16x8_eq wasm_i16x8_extadd_pairwise_i8x16 wasm_i16x8_extend_high_i8x16
+  wasm_i16x8_extend_low_i8x16 wasm_i16x8_extmul_high_i8x16 wasm_i16x8_extmul_low_i8x16
+  wasm_i16x8_extract_lane wasm_i16x8_ge wasm_i16x8_gt wasm_i16x8_le wasm_i16x8_load8x8
+  wasm_i16x8_load_8x8 wasm_i16x8_lt wasm_i16x8_make wasm_i16x8_max wasm_i16x8_min
+  wasm_i16x8_mul wasm_i16x8_narrow_i32x4 wasm_i16x8_ne wasm_i16x8_neg
+  wasm_i16x8_q15mulr_sat wasm_i16x8_replace_lane wasm_i16x8_shl wasm_i16x8_shr
+  wasm_i16x8_shuffle wasm_i16x8_splat wasm_i16x8_sub wasm_i16x8_sub_sat
+  wasm_i16x8_sub_saturate wasm_i16x8_widen_high_i8x16 wasm_i16x8_widen_high_u8x16
+  wasm_i16x8_widen_low_i8x16 wasm_i16x8_widen_low_u8x16 wasm_i32x4_abs wasm_i32x4_add
+  wasm_i32x4_all_true wasm_i32x4_any_true wasm_i32x4_bitmask wasm_i32x4_const
+  wasm_i32x4_const_splat wasm_i32x4_dot_i16x8 wasm_i32x4_eq
+  wasm_i32x4_extadd_pairwise_i16x8 wasm_i32x4_extend_high_i16x8
+  wasm_i32x4_extend_low_i16x8 wasm_i32x4_extmul_high_i16x8 wasm_i32x4_extmul_low_i16x8
+  wasm_i32x4_extract_lane wasm_i32x4_ge wasm_i32x4_gt wasm_i32x4_le wasm_i32x4_load16x4
+  wasm_i32x4_load_16x4 wasm_i32x4_lt wasm_i32x4_make wasm_i32x4_max wasm_i32x4_min
+  wasm_i32x4_mul wasm_i32x4_ne wasm_i32x4_neg wasm_i32x4_replace_lane wasm_i32x4_shl
+  wasm_i32x4_shr wasm_i32x4_shuffle wasm_i32x4_splat wasm_i32x4_sub
+  wasm_i32x4_trunc_sat_f32x4 wasm_i32x4_trunc_sat_f64x2_zero
+  wasm_i32x4_trunc_saturate_f32x4 wasm_i32x4_widen_high_i16x8
+  wasm_i32x4_widen_high_u16x8 wasm_i32x4_widen_low_i16x8 wasm_i32x4_widen_low_u16x8
+  wasm_i64x2_abs wasm_i64x2_add wasm_i64x2_all_true wasm_i64x2_bitmask wasm_i64x2_const
+  wasm_i64x2_const_splat wasm_i64x2_eq wasm_i64x2_extend_high_i32x4
+  wasm_i64x2_extend_low_i32x4 wasm_i64x2_extmul_high_i32x4 wasm_i64x2_extmul_low_i32x4
+  wasm_i64x2_extract_lane wasm_i64x2_ge wasm_i64x2_gt wasm_i64x2_le wasm_i64x2_load32x2
+  wasm_i64x2_load_32x2 wasm_i64x2_lt wasm_i64x2_make wasm_i64x2_mul wasm_i64x2_ne
+  wasm_i64x2_neg wasm_i64x2_replace_lane wasm_i64x2_shl wasm_i64x2_shr
+  wasm_i64x2_shuffle wasm_i64x2_splat wasm_i64x2_sub wasm_i8x16_abs wasm_i8x16_add
+  wasm_i8x16_add_sat wasm_i8x16_add_saturate wasm_i8x16_all_true wasm_i8x16_any_true
+  wasm_i8x16_bitmask wasm_i8x16_const wasm_i8x16_const_splat wasm_i8x16_eq
+  wasm_i8x16_extract_lane wasm_i8x16_ge wasm_i8x16_gt wasm_i8x16_le wasm_i8x16_lt
+  wasm_i8x16_make wasm_i8x16_max wasm_i8x16_min wasm_i8x16_narrow_i16x8 wasm_i8x16_ne
+  wasm_i8x16_neg wasm_i8x16_popcnt wasm_i8x16_replace_lane wasm_i8x16_shl wasm_i8x16_shr
+  wasm_i8x16_shuffle wasm_i8x16_splat wasm_i8x16_sub wasm_i8x16_sub_sat
+  wasm_i8x16_sub_saturate wasm_i8x16_swizzle wasm_u16x8_add_sat wasm_u16x8_add_saturate
+  wasm_u16x8_avgr wasm_u16x8_const wasm_u16x8_const_splat
+  wasm_u16x8_extadd_pairwise_u8x16 wasm_u16x8_extend_high_u8x16
+  wasm_u16x8_extend_low_u8x16 wasm_u16x8_extmul_high_u8x16 wasm_u16x8_extmul_low_u8x16
+  wasm_u16x8_extract_lane wasm_u16x8_ge wasm_u16x8_gt wasm_u16x8_le wasm_u16x8_load8x8
+  wasm_u16x8_load_8x8 wasm_u16x8_lt wasm_u16x8_make wasm_u16x8_max wasm_u16x8_min
+  wasm_u16x8_narrow_i32x4 wasm_u16x8_replace_lane wasm_u16x8_shr wasm_u16x8_splat
+  wasm_u16x8_sub_sat wasm_u16x8_sub_saturate wasm_u32x4_const wasm_u32x4_const_splat
+  wasm_u32x4_extadd_pairwise_u16x8 wasm_u32x4_extend_high_u16x8
+  wasm_u32x4_extend_low_u16x8 wasm_u32x4_extmul_high_u16x8 wasm_u32x4_extmul_low_u16x8
+  wasm_u32x4_extract_lane wasm_u32x4_ge wasm_u32x4_gt wasm_u32x4_le wasm_u32x4_load16x4
+  wasm_u32x4_load_16x4 wasm_u32x4_lt wasm_u32x4_make wasm_u32x4_max wasm_u32x4_min
+  wasm_u32x4_replace_lane wasm_u32x4_shr wasm_u32x4_splat wasm_u32x4_trunc_sat_f32x4
+  wasm_u32x4_trunc_sat_f64x2_zero wasm_u32x4_trunc_saturate_f32x4 wasm_u64x2_const
+  wasm_u64x2_const_splat wasm_u64x2_extend_high_u32x4 wasm_u64x2_extend_low_u32x4
+  wasm_u64x2_extmul_high_u32x4 wasm_u64x2_extmul_low_u32x4 wasm_u64x2_extract_lane
+  wasm_u64x2_load32x2 wasm_u64x2_load_32x2 wasm_u64x2_make wasm_u64x2_replace_lane
+  wasm_u64x2_shr wasm_u64x2_splat wasm_u8x16_add_sat wasm_u8x16_add_saturate
+  wasm_u8x16_avgr wasm_u8x16_const wasm_u8x16_const_splat wasm_u8x16_extract_lane
+  wasm_u8x16_ge wasm_u8x16_gt wasm_u8x16_le wasm_u8x16_lt wasm_u8x16_make wasm_u8x16_max
+  wasm_u8x16_min wasm_u8x16_narrow_i16x8 wasm_u8x16_replace_lane wasm_u8x16_shr
+  wasm_u8x16_splat wasm_u8x16_sub_sat wasm_u8x16_sub_saturate wasm_v128_and
+  wasm_v128_andnot wasm_v128_any_true wasm_v128_bitselect wasm_v128_load
+  wasm_v128_load16_lane wasm_v128_load16_splat wasm_v128_load32_lane
+  wasm_v128_load32_splat wasm_v128_load32_zero wasm_v128_load64_lane
+  wasm_v128_load64_splat wasm_v128_load64_zero wasm_v128_load8_lane
+  wasm_v128_load8_splat wasm_v128_not wasm_v128_or wasm_v128_store
+  wasm_v128_store16_lane wasm_v128_store32_lane wasm_v128_store64_lane
+  wasm_v128_store8_lane wasm_v128_xor wasm_v16x8_load_splat wasm_v16x8_shuffle
+  wasm_v32x4_load_splat wasm_v32x4_shuffle wasm_v64x2_load_splat wasm_v64x2_shuffle
+  wasm_v8x16_load_splat wasm_v8x16_shuffle wasm_v8x16_swizzle
+wchar.h: btowc fgetwc fgetwc_unlocked fgetws fgetws_unlocked fputwc fputwc_unlocked
+  fputws fputws_unlocked fwide fwprintf fwscanf getwc getwc_unlocked getwchar
+  getwchar_unlocked mbrlen mbrtowc mbsinit mbsnrtowcs mbsrtowcs open_wmemstream putwc
+  putwc_unlocked putwchar putwchar_unlocked swprintf swscanf ungetwc vfwprintf vfwscanf
+  vswprintf vswscanf vwprintf vwscanf wcpcpy wcpncpy wcrtomb wcscasecmp wcscasecmp_l
+  wcscat wcschr wcscmp wcscoll wcscoll_l wcscpy wcscspn wcsdup wcsftime wcsftime_l
+  wcslen wcsncasecmp wcsncasecmp_l wcsncat wcsncmp wcsncpy wcsnlen wcsnrtombs wcspbrk
+  wcsrchr wcsrtombs wcsspn wcsstr wcstod wcstof wcstok wcstol wcstold wcstoll wcstoul
+  wcstoull wcswcs wcswidth wcsxfrm wcsxfrm_l wctob wcwidth wmemchr wmemcmp wmemcpy
+  wmemmove wmemset wprintf wscanf
+wctype.h: iswalnum iswalnum_l iswalpha iswalpha_l iswblank iswblank_l iswcntrl
+  iswcntrl_l iswctype iswctype_l iswdigit iswdigit_l iswgraph iswgraph_l iswlower
+  iswlower_l iswprint iswprint_l iswpunct iswpunct_l iswspace iswspace_l iswupper
+  iswupper_l iswxdigit iswxdigit_l towctrans towctrans_l towlower towlower_l towupper
+  towupper_l wctrans wctrans_l wctrans_t wctype wctype_l wctype_t wint_t
+"""
+
+DECLARED: dict[str, str] = _parse(_DECLARED_TABLE)
+
+
+if __name__ == "__main__":       # the table (--lower: LOWER's, --declared: DECLARED's),
+    #                                from the toolchain installed
     import shutil
     import sys
 
     from . import bindgen
-    print(_table(from_toolchain(shutil.which(os.environ.get("WSUPER_CLANG", "clang")) or "clang",
-                                bindgen._C_HEADERS,
-                                _LOWER_SHAPE if sys.argv[1:] == ["--lower"] else _SHAPE)))
+    clang = shutil.which(os.environ.get("WSUPER_CLANG", "clang")) or "clang"
+    if sys.argv[1:] == ["--declared"]:
+        print(_table(declared_from_toolchain(clang, bindgen._C_HEADERS)))
+    else:
+        print(_table(from_toolchain(clang, bindgen._C_HEADERS,
+                                    _LOWER_SHAPE if sys.argv[1:] == ["--lower"] else _SHAPE)))

@@ -490,8 +490,8 @@ def test_a_generated_macro_never_silently_takes_another_value(tmp_path):
     ("enum Path { max @0; }", "enumerant Path.max would be PATH_MAX", "limits.h"),
     ("enum Seek { set @0; data @1; }", "enumerant Seek.set would be SEEK_SET", "stdio.h"),
     ("enum Int8 { max @0; }", "enumerant Int8.max would be INT8_MAX", "stdint.h"),
-    ("enum Clock { realtime @0; monotonic @1; }",
-     "enumerant Clock.realtime would be CLOCK_REALTIME", "time.h"),
+    ("interface Clock { realtime @0 () -> (); monotonic @1 () -> (); }",
+     "method Clock.realtime (its ordinal) would be CLOCK_REALTIME", "time.h"),
     ("enum Sock { stream @0; dgram @1; }", "enumerant Sock.stream would be SOCK_STREAM",
      "sys/socket.h"),
     ("interface Path { max @0 () -> (); }", "method Path.max (its ordinal) would be PATH_MAX",
@@ -583,6 +583,94 @@ int main(void) {
       && r.info->and_eq_ && r.info->d && d.x && st.st_mtime;
 }
 """) == ""
+
+
+def test_types_named_like_anything_the_c_library_declares_compile(tmp_path):
+    """Only what the headers wsuper.h includes declare (stdlib.h, string.h ...) gave
+    a struct or enum a trailing _: `struct Fputc` was a type `fputc`, which a plugin
+    that included <stdio.h> could not compile ("redefinition of 'fputc' as
+    different kind of symbol"), and so were `enum Clock` beside <time.h>'s clock(),
+    `struct Log` beside <math.h>, `struct Stat` beside <sys/stat.h>.  Every name
+    the C library's headers declare (cmacros.DECLARED) gets one now; an enum's
+    macros keep it (CLOCK__REALTIME, never <time.h>'s CLOCK_REALTIME)."""
+    schema = ("@0xd1f0a3b2c4e5f63c;\nstruct Fputc { x @0 :Int32; }\n"
+              "enum Clock { realtime @0; monotonic @1; }\nstruct Log { c @0 :Clock; }\n"
+              "struct Stat { f @0 :Fputc; l @1 :Log; }\n"
+              "interface Fs { info @0 (f :Fputc) -> (s :Stat); }\n")
+    assert _compile(tmp_path / "x", {"fs": schema}, """#include <math.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+#include "fs.h"
+int main(void) {
+  wsuper_arena a = {0, 0};
+  fs_info_results r;
+  fputc_ f = {1};
+  log_ l = {CLOCK__MONOTONIC};
+  clock_ c = CLOCK__REALTIME;
+  struct stat st = {0};
+  int rc = fs_info(&a, 1, &f, &r);
+  fputc('x', stdout);
+  return rc == 0 && r.s && r.s->f && l.c && c == 0 && st.st_size == 0 && log(1.0) == 0
+      && time(NULL);
+}
+""") == ""
+
+
+@pytest.mark.parametrize("body, name, header", [
+    ("interface Clock { gettime @0 () -> (); }",
+     "method Clock.gettime (its client stub) would be clock_gettime", "time.h"),
+    ("interface Sem { wait @0 () -> (); }", "method Sem.wait (its client stub) would be sem_wait",
+     "semaphore.h"),
+    ("interface Atomic { load @0 () -> (); }",
+     "method Atomic.load (its client stub) would be atomic_load", "stdatomic.h"),
+    ("interface Va { start @0 () -> (); }", "method Va.start (its client stub) would be va_start",
+     "stdarg.h"),
+])
+def test_a_function_named_like_what_the_c_library_declares_is_refused(tmp_path, body, name,
+                                                                       header):
+    """A client stub `clock_gettime` (interface Clock, method gettime) was a static
+    function beside <time.h>'s ("static declaration of 'clock_gettime' follows
+    non-static declaration"), `sem_wait` beside <semaphore.h>'s, and `atomic_load`
+    or `va_start` a call of <stdatomic.h>'s or <stdarg.h>'s macro: a plugin that
+    included the header did not compile.  Refused, naming the header."""
+    (tmp_path / "m.capnp").write_text(f"@0xd1f0a3b2c4e5f6d2;\n{body}\n")
+    r = run_wsuper("bindgen", str(tmp_path / "m.capnp"), "-o", str(tmp_path / "inc"))
+    assert r.returncode == 2, r.stderr
+    assert f"m.capnp: {name} in C, which <{header}> of the C library declares" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "inc").exists()
+
+
+def test_the_names_the_c_library_declares_bindgen_knows_are_the_toolchains():
+    """supervisor/cmacros.py's DECLARED holds every lower-case name the installed
+    toolchain's headers declare at file scope (`python -m supervisor.cmacros
+    --declared`)."""
+    import json
+    import re
+    import subprocess
+
+    from supervisor import cmacros, toolchain
+    clang = toolchain.clang()
+    headers = sorted(set(cmacros.DECLARED.values()))
+    source = "".join(f"#include <{h}>\n" for h in headers)
+    for extra in ([], ["-D_GNU_SOURCE"]):
+        r = subprocess.run([clang, "--target=wasm32-wasi", "-fsyntax-only", "-Xclang",
+                            "-ast-dump=json", "-x", "c", "-", *cmacros.FEATURES, *extra],
+                           input=source, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        todo, names = list(json.loads(r.stdout)["inner"]), set()
+        while todo:
+            node = todo.pop()
+            if node.get("kind") == "EnumDecl":
+                todo += node.get("inner", ())
+            if node.get("kind") in cmacros._DECLARATIONS and not node.get("isImplicit") \
+                    and re.fullmatch(r"[a-z][a-z0-9_]*", node.get("name") or ""):
+                names.add(node["name"])
+        missing = names - set(cmacros.DECLARED)
+        assert not missing, sorted(missing)
+    assert {"clock_gettime", "fputc", "stat", "atomic_load", "va_start", "log"} \
+        <= set(cmacros.DECLARED)
 
 
 def test_the_lower_case_c_library_macros_bindgen_knows_are_the_toolchains():
