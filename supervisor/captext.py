@@ -385,7 +385,24 @@ def _typed(v, type_, field, where):
         schema = field.schema.elementType if element.which() in ("enum", "struct", "list") \
             else None
         return [_typed_element(x, element, schema, f"{where}[{i}]") for i, x in enumerate(v)]
-    raise TextError(f"{where}: {kind} fields cannot be given on the command line")
+    if kind == "anyPointer" and type_.anyPointer.which() in ("parameter",
+                                                             "implicitMethodParameter"):
+        # `v :T` of a `Box(Text)`: the schema says Text where it is used, but what a
+        # brand binds a parameter to is not in the field's type (pycapnp gives none):
+        # "anyPointer fields" named a type nobody wrote
+        raise TextError(f"{where}: a field whose type is a generic parameter (as `v :T` "
+                        "of a `Box(Text)`) cannot be given on the command line: what a brand "
+                        "binds it to is not known here")
+    if kind == "interface" or (kind == "anyPointer"
+                               and type_.anyPointer.which() == "unconstrained"
+                               and type_.anyPointer.unconstrained.which() == "capability"):
+        raise TextError(f"{where}: a capability cannot be given on the command line")
+    raise TextError(f"{where}: {_KINDS.get(kind, kind)} fields cannot be given on the "
+                    "command line")
+
+
+#: Cap'n Proto's names of the kinds a field cannot be given as
+_KINDS = {"anyPointer": "AnyPointer"}
 
 
 def _typed_element(v, element, schema, where):

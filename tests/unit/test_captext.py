@@ -255,3 +255,38 @@ def test_an_inherited_method_is_found_as_cap_n_proto_finds_it(depth_first, name,
     interface, method = captext.find(c, name)
     assert interface.node.displayName.endswith(f":{declared_by}")
     assert method.param_type.node.id == found.param_type.node.id
+
+
+GENERIC = """@0xd1e0a5b5c0f0e1a9;
+struct Box(T) { v @0 :T; n @1 :Int32; }
+interface Store(K) {
+  put @0 (k :K, b :Box(Text), a :AnyPointer, c :Capability, s :Store(Text)) -> ();
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def put(tmp_path_factory):
+    path = tmp_path_factory.mktemp("g") / "g.capnp"
+    path.write_text(GENERIC)
+    return captext.method(capnp_schemas.load(str(path)).Store.schema, "put").param_type
+
+
+@pytest.mark.parametrize("text, message", [
+    ('(b = (v = "x"))', "b.v: a field whose type is a generic parameter (as `v :T` of a "
+                        "`Box(Text)`) cannot be given on the command line"),
+    ("(k = 1)", "k: a field whose type is a generic parameter"),
+    ("(a = 1)", "a: AnyPointer fields cannot be given on the command line"),
+    ("(c = 1)", "c: a capability cannot be given on the command line"),
+    ("(s = 1)", "s: a capability cannot be given on the command line"),
+])
+def test_what_the_command_line_cannot_give_is_named_as_the_schema_writes_it(put, text,
+                                                                             message):
+    """`b :Box(Text)` holds a `v :T`, which the schema binds to Text: refused as
+    "b.v: anyPointer fields cannot be given", a type nobody wrote (pycapnp's word for
+    a generic parameter, a capability and AnyPointer alike); an interface field was
+    "interface fields".  Each is named as the schema has it."""
+    with pytest.raises(captext.TextError) as e:
+        captext.typed(captext.parse(text), put)
+    assert str(e.value).startswith(message), str(e.value)
+    assert captext.typed(captext.parse("(b = (n = 1))"), put) == {"b": {"n": 1}}
