@@ -149,7 +149,8 @@ def to_json(reader) -> str:
 
 
 def _plain(reader):
-    """A reader as JSON-able values; capabilities as the string "<capability>".
+    """A reader as JSON-able values; capabilities as the string "<capability>" (a
+    pointer that may be something else, an AnyPointer, "<pointer>"; a null one null).
     A union member the schema does not name (a newer schema's: legal Cap'n Proto)
     is left out, as the text form leaves it (`u = ()`): asked which, pycapnp
     raised, and `call --json` failed whole ("Member was null.")."""
@@ -165,7 +166,10 @@ def _plain(reader):
         if field.proto.which() == "group":
             out[name] = _plain(reader._get(name))
         elif field.proto.slot.type.which() in ("interface", "anyPointer"):
-            out[name] = "<capability>"           # not read: what it is stays unasked
+            # not read: what it is stays unasked.  But a null pointer is no capability:
+            # every null one was "<capability>" (the text form leaves it out), and an
+            # AnyPointer or a generic parameter's may hold text or a struct as well
+            out[name] = None if not reader._has(name) else _pointer(field.proto.slot.type)
         else:
             # by _get, never getattr: a field named `which` or `schema` was pycapnp's
             # method or the reader's schema, and the whole call failed ("its results
@@ -200,7 +204,7 @@ def _value(v, type_):
     "[1, 2]", and the floats, data and enums inside it as pycapnp prints them)."""
     kind = type_.which()
     if kind in ("interface", "anyPointer"):
-        return "<capability>"
+        return _pointer(type_)
     if kind in ("float32", "float64"):
         return _number(v)
     if kind == "struct":
@@ -218,6 +222,17 @@ def _value(v, type_):
         element = type_.list.elementType
         return [_value(x, element) for x in v]
     return v
+
+
+def _pointer(type_) -> str:
+    """What a pointer that is not null, of the type `type_`, is said to be: a
+    capability (an interface, `Capability`), or, for an AnyPointer or a generic
+    parameter, which may hold anything, "<pointer>"."""
+    if type_.which() == "interface" or (
+            type_.anyPointer.which() == "unconstrained"
+            and type_.anyPointer.unconstrained.which() == "capability"):
+        return "<capability>"
+    return "<pointer>"
 
 
 def _first(e) -> str:

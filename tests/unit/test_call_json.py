@@ -152,3 +152,23 @@ def test_fields_named_which_or_schema_are_json_too(tmp_path):
     got = _strict(client.to_json(message.as_reader()))
     assert got == {"which": 5, "schema": {"which": 6, "schema": "t"}, "g": {"which": [7, 8]},
                    "u": {"which": 9}}, got
+
+
+POINTERS = """@0xd0a1b2c3d4e5f6c9;
+interface I { f @0 () -> (); }
+struct R { i @0 :I; a @1 :AnyPointer; c @2 :Capability; n @3 :Int32; }
+"""
+
+
+def test_a_null_capability_is_null_and_an_any_pointer_no_capability(tmp_path):
+    """Every interface or AnyPointer field was "<capability>" in `call --json`: a
+    null one too (no capability was returned; the text form leaves it out), and an
+    AnyPointer holding text or a struct.  A null pointer is null; an AnyPointer
+    that is not is "<pointer>" (what it holds is not asked)."""
+    (tmp_path / "r.capnp").write_text(POINTERS)
+    message = capnp_schemas.load(str(tmp_path / "r.capnp")).R.new_message()
+    message.n = 1
+    assert _strict(client.to_json(message.as_reader())) == \
+        {"i": None, "a": None, "c": None, "n": 1}
+    message.a.set_as_text("not a capability")
+    assert _strict(client.to_json(message.as_reader()))["a"] == "<pointer>"
