@@ -287,7 +287,9 @@ def typed(value, struct_schema, where: str = "") -> dict:
     where the text allows two readings (a text literal for Data, a number for a
     float); TextError names the field that does not fit."""
     if not isinstance(value, dict):
-        raise TextError(f"{where or 'the parameters'}: expected a struct such as (a = 1)")
+        # `where` ends in the dot before a field's name: "u.: expected a struct"
+        raise TextError(f"{where.removesuffix('.') or 'the parameters'}: expected a struct "
+                        f"such as (a = 1), not {_shown(value)}")
     fields = struct_schema.fields
     out = {}
     member = None              # the union's member given, if any

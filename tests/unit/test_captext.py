@@ -290,3 +290,17 @@ def test_what_the_command_line_cannot_give_is_named_as_the_schema_writes_it(put,
         captext.typed(captext.parse(text), put)
     assert str(e.value).startswith(message), str(e.value)
     assert captext.typed(captext.parse("(b = (n = 1))"), put) == {"b": {"n": 1}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(g = 1)", "g: expected a struct such as (a = 1), not 1"),
+    ("(l = [[(x = 1)]])", "l[0][0]: expected an integer (int8), not a struct (...)"),
+    ("[1]", "the parameters: expected a struct such as (a = 1), not a list [...]"),
+])
+def test_a_value_that_is_no_struct_is_named_without_a_stray_dot(u, text, message):
+    """A group or struct given something else was refused as "g.: expected a struct
+    such as (a = 1)": the dot before its fields' names, and not a word of what was
+    given."""
+    with pytest.raises(captext.TextError) as e:
+        captext.typed(captext.parse(text), u.schema)
+    assert str(e.value) == message
