@@ -721,6 +721,11 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
      * calls' returns here without bound: in_flight x message_size) */
     uint64_t need = fw_forward_size(o, n, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
+    /* beyond an external client's soft bound, what waits for it comes from the one
+     * pool of all external clients, which Python keeps (runtime._ExternalQueues):
+     * Python writes it, or cuts the client off (one local client's connections
+     * each held their hard bound, 32 x 80 MiB) */
+    if (A->external && buf_size(&A->out) + need > A->soft) return 0;
     if (!A->external && nofinish_ring(A)) return 0; /* Python returns it */
     uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;

@@ -95,6 +95,14 @@ def queue_hard_limit(limits: Limits) -> int:
     return 4 * queue_soft_limit(limits) + (16 << 20)
 
 
+def external_queue_pool(limits: Limits) -> int:
+    """Bytes that may wait for external clients beyond each one's own soft bound, all
+    of them together (their `limits`): twice what one of them may hold there, so
+    that one local client's many connections cannot each hold their hard bound
+    (max_connections x 80 MiB at the default message_size)."""
+    return 2 * (queue_hard_limit(limits) - queue_soft_limit(limits))
+
+
 class Peer:
     """One connection: an engine (a compartment) or an external client."""
 

@@ -73,8 +73,45 @@ FD_EACH = 16
 IO_LIMITERS_KEPT = 256       # worker-thread limiters (owner, caller) kept before idle ones go
 
 
+class _ExternalQueues:
+    """What waits to be written to external clients, all of them together: up to its
+    soft bound each one's own, and beyond it from one pool for all (`pool` bytes,
+    router.external_queue_pool).  Each connection was bounded alone, by its hard
+    bound: one local client that opened max_connections connections and left
+    their answers unread held 32 x 80 MiB of the supervisor's memory (an outside
+    review).  A write that would take the pool past its size is refused, and the
+    client it is for cut off (it does not read what waits for it)."""
+
+    def __init__(self, pool: int):
+        self.pool = pool
+        self.links: set = set()
+
+    def room(self, link, after: int) -> bool:
+        """Whether `link` may have `after` bytes waiting for it."""
+        beyond = after - link.soft
+        if beyond <= 0:
+            return True
+        for other in tuple(self.links):     # written from the lane's worker too
+            if other is not link:
+                beyond += max(0, other.queued - other.soft)
+        return beyond <= self.pool
+
+    def refused(self, link, after: int) -> str:
+        return (f"it does not read its messages ({after} bytes would wait for it, and "
+                f"external clients together may have at most {self.pool} bytes waiting "
+                f"beyond their own {link.soft})")
+
+
+def _not_reading(link) -> str:
+    """Why `link`'s write was refused: the reason its peer is cut off."""
+    return link.why or f"it does not read its messages (more than {link.hard} bytes " \
+                       f"are waiting for it)"
+
+
 class _Link:
     native = False
+    shared: _ExternalQueues | None = None      # an external client's: the pool
+    why: str | None = None                     # why a write was refused, if not `hard`
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
@@ -118,6 +155,9 @@ class _Link:
                 return True
             data = data[n:]
         if self.queued + len(data) > self.hard:
+            return False
+        if self.shared is not None and not self.shared.room(self, self.queued + len(data)):
+            self.why = self.shared.refused(self, self.queued + len(data))
             return False
         self.queued += len(data)
         self.drained = trio.Event() if self.drained.is_set() else self.drained
@@ -206,6 +246,8 @@ class _NativeLink:
     that (a flood) goes to this peer's own task (`pending`, `busy`), which lets
     the others run every TURN.  `end`: why the stream ended (None: it closed)."""
     native = True
+    shared: _ExternalQueues | None = None
+    why: str | None = None
 
     def __init__(self, lane, pid: int, limits: Limits):
         self.lane = lane
@@ -225,6 +267,11 @@ class _NativeLink:
     def write(self, data: bytes) -> bool:
         if self.closed:
             return True
+        if self.shared is not None:
+            after = self.lane.queued(self.pid) + len(data)
+            if not self.shared.room(self, after):
+                self.why = self.shared.refused(self, after)
+                return False
         return self.lane.write(self.pid, data)
 
     def close(self):
@@ -715,6 +762,7 @@ class Supervisor:
         self._max_external = 0           # external connections at once (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
+        self._external_queues: _ExternalQueues | None = None   # what waits for clients
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     # ------------------------------------------------------------ either thread
@@ -2226,6 +2274,10 @@ class Supervisor:
         if link is None:
             link = _Link(stream, limits)
         self.links[pid] = link
+        if self._external_queues is None:
+            self._external_queues = _ExternalQueues(R.external_queue_pool(limits))
+        link.shared = self._external_queues
+        self._external_queues.links.add(link)
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
@@ -2240,6 +2292,7 @@ class Supervisor:
         finally:
             self._external -= 1
             self.links.pop(pid, None)
+            self._external_queues.links.discard(link)
             await stream.aclose()
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
@@ -2553,9 +2606,7 @@ class Supervisor:
                     return
                 if link.native or not here:
                     if not link.write(e.data):
-                        self._then(self._cut_off, e.peer, f"it does not read its messages "
-                                                          f"(more than {link.hard} bytes are "
-                                                          f"waiting for it)", False)
+                        self._then(self._cut_off, e.peer, _not_reading(link), False)
                     return
             elif kind is fx.HostCall:
                 self._host_call(e)
@@ -2642,8 +2693,7 @@ class Supervisor:
             link = self.links.get(pid)
             if link is not None and not link.write(
                     chunks[0] if len(chunks) == 1 else b"".join(chunks)):
-                self._then(self._cut_off, pid, f"it does not read its messages (more than "
-                                               f"{link.hard} bytes are waiting for it)", False)
+                self._then(self._cut_off, pid, _not_reading(link), False)
         batch.clear()
 
     def _on_started(self, e: fx.Started):

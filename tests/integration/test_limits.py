@@ -1287,3 +1287,72 @@ next = {{ compartment = "x", revocable = true }}
     served, later = external_client(str(sock), body)
     assert later == served                             # y is called no more
     run.stop()
+
+
+#: quick, smaller: `get` (method 0) answers at once with 960,000 bytes of data (fits
+#: a message_size of 1 MiB); `ping` (method 1) answers at once, with nothing.
+QUICK_1M_WAT = QUICK_WAT.replace("(i32.const 524290)", "(i32.const 120002)") \
+    .replace("0x0200000200000001", "0x0075300200000001") \
+    .replace("(i32.const 4194328)", "(i32.const 960024)")
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_answers_external_clients_leave_unread_are_bounded_in_all_not_only_per_connection(
+        tmp_path, wsuper, monkeypatch, native):
+    """An outside review (reviewer 203): the bytes waiting to be written to a peer
+    were bounded per connection only (its hard bound, 4 x its soft one + 16 MiB:
+    80 MiB at the default message_size), and one local client holds up to
+    max_connections of them.  32 connections, each making 19 calls of 40 bytes
+    that `quick` answers with 4 MiB, reading none, held 2.4 GB of the
+    supervisor's memory for as long as they stayed (RSS 48 MB before).  Beyond
+    its soft bound, what waits for an external client now comes from one pool for
+    all of them (twice what one may hold beyond its own): here, with message_size
+    1 MiB, each connection's own is 2 MiB, its hard bound 24 MiB and the pool 44
+    MiB; three connections leaving ~21 MiB each unread fill it, and the one
+    writing past it is cut off, while the others and a new client are served."""
+    from tests.wireclient import WireClient
+    import socket as _socket
+    monkeypatch.setenv("WSUPER_NATIVE", native)
+    sock = tmp_path / "s.sock"
+    (tmp_path / "big.capnp").write_text(BIG_SCHEMA)
+    (tmp_path / "quick.wat").write_text(QUICK_1M_WAT)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/big.capnp"]
+socket = "{sock}"
+external_limits = {{ message_size = "1MiB" }}
+[compartments.quick]
+module = "{tmp_path}/quick.wat"
+exports = "Big"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready quick")
+    clients, calls = [], []
+    for _ in range(3):
+        c = WireClient(str(sock), timeout=20)
+        c.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+        quick = c.get(c.bootstrap(), "quick")
+        calls.append([c.call(quick, BIG_ID, 0) for _ in range(22)])   # ~20 MiB each
+        clients.append(c)
+    # quick answers in order: once this is answered, so are all the calls before it
+    honest = WireClient(str(sock), timeout=20)
+    ret = honest.returned(honest.call(honest.get(honest.bootstrap(), "quick"), BIG_ID, 1))
+    assert ret.payload is not None, ret.error
+    answered = cut = 0
+    for c, qids in zip(clients, calls):
+        got = 0
+        try:
+            for q in qids:
+                ret = c.returned(q)
+                assert ret.payload is not None, ret.error
+                got += 1
+        except (AssertionError, OSError):
+            cut += 1
+        answered += got
+        c.close()
+    assert cut >= 1 and answered < 66, (cut, answered)
+    line = run.wait_for("connection cut off: it does not read its messages")
+    assert "external clients together" in line, line
+    assert run.proc.poll() is None
+    honest.close()
