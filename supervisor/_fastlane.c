@@ -644,6 +644,9 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   if (!B || B->closed || B->write_closed || B->fd < 0) return 0;
   if (buf_size(&B->out) > B->soft) return 0; /* the router says "overloaded" */
   uint64_t size = o->content ? 8 * n : 0;
+  /* an external client's backlog past its soft bound comes from the pool of all
+   * external clients, which Python keeps (runtime._ExternalQueues; as fast_return) */
+  if (B->external && buf_size(&B->out) + fw_forward_size(o, n, 1) > B->soft) return 0;
   if (size > B->message_size) return 0;
   /* an external client's params past its own message_size (the framing admits its
    * header on top): Python refuses the call, naming the limit */
