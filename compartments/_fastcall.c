@@ -254,7 +254,9 @@ static PyObject *top_frame(Guest *g) {
 
 /* The guest code running in `ctx` pays for `len` bytes copied for it, as
  * Engine._charge (compartments/engine.py, FREE_COPY): one unit of fuel per 8
- * bytes past the first 4096, spent to 0 at most (it traps at its next check). */
+ * bytes past the first 4096, spent to 0 at most (it traps at its next check).
+ * The host calls done here copy once each (Python's free 4 KiB are per host
+ * call, all its copies together). */
 #define FREE_COPY 4096
 static void charge(void *ctx, uint64_t len) {
   uint64_t left = 0;

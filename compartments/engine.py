@@ -128,10 +128,13 @@ CANCELLED = float("-inf")
 #: guest code (see Engine._wait_for).
 BACKLOG_GRACE = 0.5
 
-#: Bytes of guest memory a host function may read or write for free in one copy
-#: (each buffer of a WASI read or write is one); past them, the call's fuel is
-#: charged one unit per 8 bytes (Engine._charge), as wasm's
-#: own bulk instructions are by their length.  Uncharged, a loop of params_read
+#: Bytes of guest memory a host call may read or write for free, all its copies
+#: together (every buffer of a WASI read or write, its iovecs, its path); past
+#: them, the call's fuel is charged one unit per 8 bytes (Engine._charge), as
+#: wasm's own bulk instructions are by their length.  (They were free per copy,
+#: until an outside review, reviewer 204: one fd_write of 1024 iovecs of 4 KiB
+#: moved 4 MiB for the 512 units of reading its iovecs, where one buffer of
+#: 4 MiB cost 524,000, so a loop of them moved gigabytes on a full budget.)  Uncharged, a loop of params_read
 #: with 4 MiB of params (12 instructions a round) used 0.33 ms of CPU a round:
 #: ~7 hours to spend the default fuel_per_call, run on past call_time (no host
 #: call that calls out), where a plain loop spends it in 0.29 s.
@@ -328,6 +331,9 @@ class Engine:
         self._read_at = 0                       # perf_counter_ns of the last read
         self._short: dict[tuple, bool] = {}     # (object, interface, method) -> short so far
         self._fuel_used = 0                     # by the last guest entry
+        #: bytes of guest memory the host call running now has copied (_span),
+        #: FREE_COPY of them free; reset as each host call begins (host_call_begins)
+        self._copied = 0
         self._import_refs: dict[int, int] = {}   # import id -> handles naming it
         #: import id -> references in messages read but not yet taken (a call of the
         #: batch not dispatched yet, a return not yet read): not ours to release
@@ -545,20 +551,28 @@ class Engine:
                 "its memory moved, and lost its protection"
             if why:
                 raise protect.Fault(f"a host call was given protected memory: {why}")
-        if length > FREE_COPY and self._running:
-            self._charge(length)
+        if self._running:
+            before = self._copied
+            self._copied = before + length
+            if self._copied > FREE_COPY:
+                self._charge(before, self._copied)
         return base + ptr
 
-    def _charge(self, length: int):
-        """The guest code running now pays for `length` bytes a host function
-        copies for it (FREE_COPY): one unit of fuel per 8 bytes past the first
-        FREE_COPY (all of them, 4097 bytes cost 512 units where 4096 cost none,
-        until an outside review, reviewer 196; the docs said past).  Fuel it does not
-        have is spent to 0: this copy is done, and the code traps out of fuel at
-        its next instruction (the call fails overloaded, as for any fuel spent)."""
+    def _charge(self, before: int, after: int):
+        """The guest code running now pays for the bytes its host call has copied
+        for it, `after` of them now, `before` before this copy (FREE_COPY): one unit
+        of fuel per 8 bytes past the first FREE_COPY of the host call (all of them,
+        4097 bytes cost 512 units where 4096 cost none, until an outside review,
+        reviewer 196; the docs said past), however many copies it takes.  Fuel it
+        does not have is spent to 0: this copy is done, and the code traps out of
+        fuel at its next instruction (the call fails overloaded, as for any fuel
+        spent)."""
+        cost = ((after - FREE_COPY) >> 3) - ((max(before, FREE_COPY) - FREE_COPY) >> 3)
+        if cost <= 0:
+            return
         store = self._running[-1]
         left = unchecked.refuel(store, -1)
-        unchecked.refuel(store, max(0, left - ((length - FREE_COPY) >> 3)))
+        unchecked.refuel(store, max(0, left - cost))
 
     def _read(self, ptr, length) -> bytes:
         if length == 0:                  # touches nothing: no need to ask where memory is
@@ -895,8 +909,10 @@ class Engine:
     def host_call_begins(self):
         """A host call of guest code that may call out (wsuper.call, every WASI
         function but proc_exit), before it does anything: one of a call that has
-        run past its call_time fails the call (_cut_off)."""
+        run past its call_time fails the call (_cut_off).  Its copies of guest
+        memory begin here too: FREE_COPY bytes of them free (_span)."""
         self._cut_off(0, "made a host call in a call that has run past")
+        self._copied = 0
 
     def _cut_off_first(self, fn):
         """`fn`, a host function that only computes (CUT_OFF_AT), which fails a
@@ -1740,6 +1756,7 @@ class Engine:
         self._running_until.append(until)
         if self._deadlines:
             unchecked.deadline(store, until)
+        copied = self._copied           # the waiting host call's, which goes on after
         depth = self.probes.depth()
         try:
             try:
@@ -1774,6 +1791,7 @@ class Engine:
                     unchecked.deadline(self._running[-1], self._running_until[-1])
                 else:
                     unchecked.deadline(store, None)
+            self._copied = copied
             if waiting_reply is not None:
                 self._drop_unread_reply()       # this run's, never read: its handles go
                 self.reply, self._reply_entries = waiting_reply

@@ -746,3 +746,68 @@ def test_a_guest_never_initialised_goes_to_python_at_the_deadline_look_too():
                           timeout=60, cwd=os.path.dirname(os.path.dirname(
                               os.path.dirname(os.path.abspath(__file__)))))
     assert done.returncode == 0 and done.stdout.strip() == "7", (done.returncode, done.stderr)
+
+
+#: method m: fd_write to stdout (a log, no newline: nothing leaves the engine) of
+#: m iovecs of 256 KiB / m bytes each, all over one 256 KiB buffer at 65536
+SPREADING = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fw (param i32 i32 i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $rs (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 6)
+  (func (export "_start"))
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (local $i i32)
+    (block $d (loop $l                           ;; the iovecs, at 16
+      (br_if $d (i32.ge_u (local.get $i) (local.get 2)))
+      (i32.store (i32.add (i32.const 16) (i32.shl (local.get $i) (i32.const 3)))
+                 (i32.const 65536))
+      (i32.store (i32.add (i32.const 20) (i32.shl (local.get $i) (i32.const 3)))
+                 (i32.div_u (i32.const 262144) (local.get 2)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (drop (call $fw (i32.const 1) (i32.const 16) (local.get 2) (i32.const 12)))
+    (i32.store (i32.const 8) (i32.const 1))        ;; results: an empty message
+    (drop (call $rs (i32.const 0) (i32.const 16) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))
+"""
+
+
+def test_a_host_call_s_free_copy_is_per_call_not_per_buffer(tmp_path):
+    """Each buffer of a WASI read or write was a copy with its own free 4 KiB:
+    one fd_write of 256 KiB cost 32,256 units, the same 256 KiB in 64 buffers of
+    4 KiB cost none (1,024 buffers of 4 KiB, 4 MiB, for the 512 units of reading
+    their iovecs), so a loop of them moved gigabytes on a full budget.  The first
+    4 KiB are free per host call, whatever it copies, in how many pieces."""
+    from compartments.engine import FREE_COPY
+    from compartments.limits import Limits
+    (tmp_path / "spreading.wat").write_text(SPREADING)
+    engine = Engine(Answering(), EngineSpec(name="spreading", module=str(
+        tmp_path / "spreading.wat"), exports=True, limits=Limits(message_size=1 << 20)))
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(boot.payload.caps[0].import_id, ENGINE_INTERFACE, 0,
+                                      payloads.grants_content([("stdout", "log", "")]),
+                                      [object()])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+
+    def fuel_for(buffers):
+        sock.batches.append(sup.send_call(main, IFACE, buffers, Content.standalone(
+            [bytes(16)]))[1])
+        engine._pump()
+        engine._flush()
+        [answer] = sup.receive(b"".join(sock.writes))
+        sock.writes.clear()
+        assert answer.payload is not None, answer
+        return engine._fuel_used
+
+    whole = fuel_for(1)
+    assert whole > (256 << 10) // 8 - FREE_COPY // 8 - 100
+    for buffers in (64, 1024):
+        spent = fuel_for(buffers) - whole
+        # the loop writing the iovecs (~20 units each) and reading them (8 bytes
+        # each, a unit a word): all that costs more
+        assert 0 <= spent <= 40 * buffers, (buffers, spent)
