@@ -283,7 +283,7 @@ static int copy_in(void *ctx, uint8_t *base, uint64_t size, val_raw *raw, PyObje
     if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) return 0;
     h[i] = (int32_t)x;
   }
-  charge(ctx, len);
+  charge(ctx, len + 4 * (uint64_t)nh); /* both copies of the host call, as Python's */
   if (len) memcpy(base + buf, PyBytes_AS_STRING(data), len);
   if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
   raw[0].i32 = ABI_OK;

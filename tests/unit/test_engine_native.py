@@ -811,3 +811,46 @@ def test_a_host_call_s_free_copy_is_per_call_not_per_buffer(tmp_path):
         # the loop writing the iovecs (~20 units each) and reading them (8 bytes
         # each, a unit a word): all that costs more
         assert 0 <= spent <= 40 * buffers, (buffers, spent)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_params_read_charges_its_handles_with_its_bytes_on_both_paths(tmp_path, native):
+    """params_read copies the params and then their handles: in Python both
+    share the host call's free 4 KiB (Engine._copied), natively only the bytes
+    were charged, so the same call cost the two paths different fuel.  Params of
+    4096 bytes and 8 handles (32 bytes) cost 4 units more than without them, on
+    both."""
+    from compartments.engine import FREE_COPY
+    from compartments.limits import Limits
+    (tmp_path / "once.wat").write_text(COPYING_ONCE)
+    engine = Engine(Answering(), EngineSpec(name="once", module=str(tmp_path / "once.wat"),
+                                            exports=True,
+                                            limits=Limits(message_size=1 << 20)))
+    if not native:
+        engine._native.memory = None
+    sock, sup = engine.sock, protocol.Connection("supervisor")
+    sock.batches.append(sup.send_bootstrap()[1])
+    engine._pump()
+    engine._flush()
+    [boot] = sup.receive(sock.writes.pop())
+    sock.batches.append(sup.send_call(boot.payload.caps[0].import_id, ENGINE_INTERFACE, 0,
+                                      payloads.grants_content([]), [])[1])
+    engine._pump()
+    engine._flush()
+    [ready] = sup.receive(sock.writes.pop())
+    main = ready.payload.caps[0].import_id
+
+    def fuel_for(caps):
+        n = FREE_COPY - 16
+        params = Content.standalone([struct.pack("<II", 1, 2 | (n << 3)) + b"\1" * n])
+        sock.batches.append(sup.send_call(main, IFACE, 0, params,
+                                          [object() for _ in range(caps)])[1])
+        engine._pump()
+        engine._flush()
+        answers = [ev for ev in sup.receive(b"".join(sock.writes))
+                   if isinstance(ev, protocol.ReturnReceived)]
+        sock.writes.clear()
+        assert answers and answers[0].payload is not None, answers
+        return engine._fuel_used
+
+    assert fuel_for(8) == fuel_for(0) + 4
