@@ -48,6 +48,31 @@ from .probes import callee_of
 HEADER_WORDS = 8192
 #: Calls to a peer fail ("overloaded") while this many bytes wait to be written to it.
 QUEUE_SOFT_FACTOR = 2
+#: Bytes past a peer's message_size that the segments of params or results may have
+#: and still be measured as what they are (content_bytes): the header of the message
+#: they came in (its Call or Return, cap table: an engine puts it after the content,
+#: in the same segment), with room in HEADER_WORDS for the header they go on with.
+HEADER_SLACK = HEADER_WORDS * 8 // 2
+
+
+def content_bytes(content: Content, limit: int) -> int:
+    """The bytes of params or results as message_size counts them: their root
+    pointer and every object they reach, laid out in one segment (what the guest
+    that sent them framed, but for its 8-byte segment table, and what the guest
+    that gets them reads).  Segments of at most `limit` bytes are taken for that
+    at once; segments longer than `limit` + HEADER_SLACK are more than the
+    receiver's framing takes with a header of its own, whatever they hold; in
+    between, the content is measured (a copy bounded by `limit`).  The segments
+    were measured: they hold the message's header too, and params a guest may
+    send (1016 bytes at message_size = "1KiB") were refused as 1112 to a peer of
+    the same message_size (an outside review, reviewer 204)."""
+    size = content.size()
+    if size <= limit or size > limit + HEADER_SLACK:
+        return size
+    try:
+        return len(content.single_segment_copy(limit // 8 + 1)) - 8
+    except wire.WireError:       # more than `limit` (or malformed: the receiver's to say)
+        return size
 
 
 #: Bytes of the calls a peer has pipelined on answers not yet returned (each holds
@@ -2185,7 +2210,7 @@ class Router:
         (E_MESSAGE)."""
         if peer.kind != "external":
             return None
-        size = content.size()
+        size = content_bytes(content, peer.limits.message_size)
         if size <= peer.limits.message_size:
             return None
         return CallError(f"{what} of {size} bytes from {peer.name} are more than it may "
@@ -2193,7 +2218,7 @@ class Router:
 
     @staticmethod
     def _check_size(peer: Peer, content: Content):
-        size = content.size()
+        size = content_bytes(content, peer.limits.message_size)
         if size > peer.limits.message_size:
             raise CallError(f"a message of {size} bytes is more than {peer.name} accepts "
                             f"(limit message_size = {peer.limits.message_size})", "failed")

@@ -1108,11 +1108,68 @@ def test_content_larger_than_the_receiver_accepts_fails_the_call_not_the_receive
     router = R.Router({"calc": CALC, "app": None}, limits={"calc": R.Limits(message_size=1024)})
     calc = start(router, "calc", exports=True)
     app = start(router, "app", [grant("calc", "calc")])
-    big = Content.standalone([struct.pack("<QQ", 1 << 48, 0) + bytes(2048)])
+    # (a struct of 256 data words: 2 KiB of params; it was a null pointer followed
+    # by 2 KiB of nothing, which counted as params while the segments were what
+    # was measured: content_bytes)
+    big = Content.standalone([struct.pack("<Q", 256 << 32) + bytes(2048)])
     app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, big)[1])
     assert calc.inbox == []
     assert "more than calc accepts (limit message_size = 1024)" in app.inbox.pop().error
     assert calc.pid in router.peers
+    # segments past what calc's framing takes are refused whatever they hold
+    padded = Content.standalone([struct.pack("<QQ", 1 << 48, 0)
+                                 + bytes(1024 + R.HEADER_SLACK)])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, padded)[1])
+    assert calc.inbox == []
+    assert "more than calc accepts (limit message_size = 1024)" in app.inbox.pop().error
+    assert calc.pid in router.peers
+
+
+def _framed_params(size: int) -> Content:
+    """Params as an engine sends what its guest framed in `size` bytes: a struct
+    of data words only (the segment table, the root pointer, the struct)."""
+    words = size // 8 - 2
+    content = Content.standalone([struct.pack("<Q", words << 32) + b"\1" * (8 * words)])
+    assert len(wire.frame(content.segments)) == size
+    return content
+
+
+def test_params_and_results_a_guest_may_send_reach_a_peer_of_the_same_message_size():
+    """A guest's engine lets it send params (and results) of message_size bytes,
+    framed; the router measured them with the Call or Return header the message
+    carries in the same segment, and refused them to a callee with the same
+    message_size: a guest of two compartments both at "1KiB" sending params of
+    1016 bytes failed 'a message of 1112 bytes is more than calc accepts (limit
+    message_size = 1024)', bytes it never sent.  What the guest may send reaches
+    a peer with the same limit; content that is larger is still refused, naming
+    its own size."""
+    small = R.Limits(message_size=1024)
+    router = R.Router({"calc": CALC, "app": None}, limits={"calc": small, "app": small})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, _framed_params(1024))[1])
+    assert app.inbox == []
+    (call,) = calc.inbox
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(call.answer_id, _framed_params(1024)))
+    (ret,) = app.inbox
+    app.inbox.clear()
+    assert ret.payload is not None, ret.error
+    # one word more than a guest of 1 KiB may send is refused, naming what it is
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, _framed_params(1040))[1])
+    assert calc.inbox == []
+    (ret,) = app.inbox
+    app.inbox.clear()
+    assert ret.payload is None
+    assert "a message of 1032 bytes is more than calc accepts (limit message_size = 1024)" \
+        in ret.error, ret.error
+    app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, _framed_params(1024))[1])
+    (call,) = calc.inbox
+    calc.send(calc.conn.send_return(call.answer_id, _framed_params(1040)))
+    (ret,) = app.inbox
+    assert ret.payload is None
+    assert "a message of 1032 bytes is more than app accepts (limit message_size = 1024)" \
+        in ret.error, ret.error
 
 
 def test_calls_to_a_peer_that_does_not_read_are_refused():
@@ -3962,7 +4019,9 @@ def test_an_answer_its_caller_cannot_take_is_recorded_failed_as_its_caller_is_to
     app.send(data)
     (call,) = calc.inbox
     if refused == "size":
-        content, caps = Content.standalone([struct.pack("<QQ", 1 << 32, 0) + bytes(4096)]), []
+        # (a struct of 513 data words: it was one word followed by 4 KiB of
+        # nothing, which counted while the segments were measured: content_bytes)
+        content, caps = Content.standalone([struct.pack("<Q", 513 << 32) + bytes(8 * 513)]), []
     else:
         seg = bytearray(struct.pack("<QQQQ", 3 << 48, wire.cap_pointer(0), wire.cap_pointer(1),
                                     wire.cap_pointer(2)))
