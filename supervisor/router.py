@@ -62,17 +62,20 @@ def content_bytes(content: Content, limit: int) -> int:
     that gets them reads).  Segments of at most `limit` bytes are taken for that
     at once; segments longer than `limit` + HEADER_SLACK are more than the
     receiver's framing takes with a header of its own, whatever they hold; in
-    between, the content is measured (a copy bounded by `limit`).  The segments
-    were measured: they hold the message's header too, and params a guest may
-    send (1016 bytes at message_size = "1KiB") were refused as 1112 to a peer of
-    the same message_size (an outside review, reviewer 204)."""
+    between, content in one segment is measured (the native copy, bounded by
+    `limit`: never Python's, whose walk of a hostile megabyte would hold this
+    loop; content of several segments, which no engine sends unless its guest
+    framed them so, keeps the segments' measure).  The segments were measured:
+    they hold the message's header too, and params a guest may send (1016 bytes
+    at message_size = "1KiB") were refused as 1112 to a peer of the same
+    message_size (an outside review, reviewer 204)."""
     size = content.size()
-    if size <= limit or size > limit + HEADER_SLACK:
+    if size <= limit or size > limit + HEADER_SLACK or wire._native is None \
+            or len(content.segments) != 1 or not content.loc or content.loc[0] != 0:
         return size
-    try:
-        return len(content.single_segment_copy(limit // 8 + 1)) - 8
-    except wire.WireError:       # more than `limit` (or malformed: the receiver's to say)
-        return size
+    copied = wire._native.copy(content.segments[0], content.loc[1], limit // 8 + 1)
+    # None: more than `limit` (or malformed: the receiver's to say), as measured
+    return size if copied is None else len(copied) - 8
 
 
 #: Bytes of the calls a peer has pipelined on answers not yet returned (each holds
