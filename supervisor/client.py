@@ -23,6 +23,17 @@ import capnp_schemas
 from . import captext
 
 
+#: Words of the largest message a running system sends an external client: the
+#: largest `message_size` (compartments.limits.Limits.RANGES) and the header on
+#: top of it that every peer's framing admits (router.HEADER_WORDS).  pycapnp's
+#: own bound, 8 Mi words (64 MiB), refused results that `external_limits` allows
+#: past it, after the supervisor had sent them whole: `wsuper call` failed with
+#: "disconnected: expected expectedSizeInWords <= options.traversalLimitInWords
+#: [8750019 <= 8388608]; incoming RPC message exceeds size limit" (an outside
+#: review, reviewer 204).
+MAX_MESSAGE_WORDS = ((256 << 20) >> 3) + 8192
+
+
 class CallFailed(Exception):
     """The call did not reach the compartment, or the compartment failed it."""
 
@@ -57,7 +68,7 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
                 stream = await capnp.AsyncIoStream.create_unix_connection(sock=sock)
             except Exception as e:  # noqa: BLE001 - pycapnp raises KjException
                 raise CallFailed(f"cannot connect to {socket_path}: {_first(e)}") from None
-            client = capnp.TwoPartyClient(stream)
+            client = capnp.TwoPartyClient(stream, traversal_limit_in_words=MAX_MESSAGE_WORDS)
             gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
             try:
                 cap = (await gateway.get(compartment)).cap.as_interface(interface)
