@@ -261,6 +261,19 @@ class Wasi:
         self._deferred: list[_Desc] = []   # closed while an outer call uses them
 
     @property
+    def max_answer_words(self) -> int:
+        """Words of a host answer read at most: what the message that carried it
+        may hold (message_size, and the 64 KiB of header the engine's framing
+        admits on top of it), at least 1 Mi.  A fixed 1 Mi words (8 MiB) failed a
+        program whose environment grant `check` allowed, fitting its
+        message_size of 32 MiB: 'the engine could not handle this call
+        (KjException: ... Exceeded message traversal limit ...)' (an outside
+        review, reviewer 204)."""
+        if self.max_answer is None:
+            return 1 << 20
+        return max(1 << 20, (self.max_answer >> 3) + 8192)
+
+    @property
     def max_random(self) -> int:
         """Bytes asked of Random.bytes at a time: max_io, and no more than an answer
         carries (half of message_size was more than that below 2 KiB: EINVAL)."""
@@ -363,7 +376,7 @@ class Wasi:
         caps = [self.host.adopt(c) for c in payload.caps]
         try:
             reader = results.from_segments(payload.content.message(),
-                                           traversal_limit_in_words=1 << 20)
+                                           traversal_limit_in_words=self.max_answer_words)
         except Exception:  # noqa: BLE001 - the supervisor sent something unreadable
             for c in caps:
                 self.host.drop(c)

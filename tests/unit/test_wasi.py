@@ -1129,3 +1129,20 @@ def test_seeking_or_telling_in_a_directory_is_ebadf():
     for whence in (0, 1, 2):
         assert call(w, "fd_seek", 3, 0, whence, 64) == E.BADF
     assert call(w, "fd_tell", 3, 64) == E.BADF
+
+
+def test_an_environment_as_large_as_message_size_allows_is_read_whole():
+    """Host answers were read with a traversal limit of 1 Mi words (8 MiB), where
+    the compartment's message_size allows up to 256 MiB and `check` allows an
+    environment grant that fits it: 12 MB of variables at message_size = "32MiB"
+    failed the program ('the engine could not handle this call (KjException:
+    ... Exceeded message traversal limit ...)').  An answer is read as far as
+    the message that carried it may reach."""
+    host = FakeHost()
+    w = Wasi(host, "app", max_answer=32 << 20)
+    w.grant([("env", "environment", "", 9)])
+    host.results["Environment", "vars"] = {
+        "vars": [{"name": f"V{i}", "value": "x" * 1000} for i in range(12000)]}
+    assert call(w, "environ_sizes_get", 100, 104) == 0
+    assert (host.u32(100), host.u32(104)) == (12000, sum(len(f"V{i}=") + 1001
+                                                         for i in range(12000)))
