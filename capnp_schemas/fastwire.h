@@ -309,7 +309,10 @@ static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
     uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
     if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count) return -1;
     uint64_t words = cnt * (data + ptrs);
-    if (fw_charge(c, cnt + words)) return -1;
+    /* the tag and the elements, each at least a word (pycapnp's charge: its words
+     * and tag, or its count if they are empty); cnt + words, twice a list of
+     * one-word structs, refused content half its max_words (wire.py) */
+    if (fw_charge(c, 1 + (words > cnt ? words : cnt))) return -1;
     if ((e = fw_alloc(c, 1 + words, &at))) return e;
     fw_put(c->out, at, tag);
     if (!ptrs) /* their data in one piece: empty structs are charged but hold nothing */

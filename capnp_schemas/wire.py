@@ -502,7 +502,13 @@ def single_segment_copy(segs, loc: Loc | None, max_words: int = MAX_MESSAGE_WORD
         if esz == COMPOSITE:
             n, data, ptrs = composite_tag(segs, r)
             words = n * (data + ptrs)
-            charge(n + words)
+            # the tag and the elements, each at least a word (pycapnp's charge:
+            # their words and the tag, or their count if they are empty).  It was
+            # n + words: a list of one-word structs cost twice its size, and
+            # content of 800 KB was refused at a message_size of 1 MiB by the
+            # engine that received it, where the one that sent it (and pycapnp)
+            # took it (an outside review, reviewer 204)
+            charge(1 + max(n, words))
             at = alloc(1 + words)
             set_word(out, at, _U64.unpack_from(seg, 8 * start)[0])
             if not ptrs:
