@@ -1359,13 +1359,16 @@ external = true
 
 
 BIG_SCHEMA = """@0xd1e7afc40966bc31;
+
+
+HUGE_SCHEMA = """@0xd1e7afc40966bc31;
 interface Big @0xc0ffee0000000101 {
   get @0 (n :UInt32) -> (data :Data);
 }
 """
 
 #: answers Big.get(n) with n bytes of zeros: results of n + 24 bytes
-BIG_WAT = """(module
+HUGE_WAT = """(module
   (import "wsuper" "params_read" (func $pr (param i32 i32) (result i32)))
   (import "wsuper" "results_set" (func $rs (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1100)
@@ -1389,8 +1392,8 @@ def test_wsuper_call_reads_results_as_large_as_external_limits_allows(tmp_path, 
     expectedSizeInWords <= options.traversalLimitInWords ...; incoming RPC message
     exceeds size limit".  It reads whatever a system may send it."""
     from supervisor import client
-    (tmp_path / "big.capnp").write_text(BIG_SCHEMA)
-    (tmp_path / "big.wat").write_text(BIG_WAT)
+    (tmp_path / "big.capnp").write_text(HUGE_SCHEMA)
+    (tmp_path / "big.wat").write_text(HUGE_WAT)
     sock = str(tmp_path / "big.sock")
     (tmp_path / "system.toml").write_text(f"""
 [system]
