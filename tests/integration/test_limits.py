@@ -1358,9 +1358,6 @@ external = true
     honest.close()
 
 
-BIG_SCHEMA = """@0xd1e7afc40966bc31;
-
-
 HUGE_SCHEMA = """@0xd1e7afc40966bc31;
 interface Big @0xc0ffee0000000101 {
   get @0 (n :UInt32) -> (data :Data);
