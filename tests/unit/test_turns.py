@@ -414,3 +414,83 @@ def test_a_peer_woken_before_its_task_first_waits_is_not_forgotten():
     trio.run(main)
     assert [d for _, d in lane.written] == [b"1"]
     assert lane.released == 1 and not sup.links[1].busy
+
+
+class _ClientsFloodLane(_Lane):
+    """Peers 3.. are external clients, each flooding (50 items at every take, for as
+    long as `flood`); peer 2's items are put by the test."""
+
+    def __init__(self, clients):
+        super().__init__()
+        self.clients = clients
+        self.flood = True
+        self.theirs: list = []
+
+    def put2(self, item):
+        self.theirs.append(item)
+        self._w.send(b"!")
+
+    def ready(self):
+        self._reset()
+        return list(self.clients) * self.flood + [2] * bool(self.theirs)
+
+    def any_ready(self):
+        return bool(self.theirs)
+
+    def take(self, pid):
+        if pid in self.clients:
+            return [b"f"] * 50 if self.flood else []
+        items, self.theirs = self.theirs, []
+        return items
+
+
+def test_many_external_connections_flooding_share_one_turn_and_hold_up_no_compartment():
+    """A local client opens 16 connections, each flooding the supervisor with work
+    for Python (Gateway.get, say).  Each peer's task let the loop go every TURN, so
+    the client had 16 turns to a compartment's one: the compartment's host call
+    waited behind a turn of every connection (measured with real engines: 0.2 ms
+    a call became 38 ms).  External clients now share one turn: the compartment's
+    call is answered after the turns of a few clients, not of every one."""
+    clients = list(range(3, 19))
+    lane = _ClientsFloodLane(clients)
+    log: list = []                                  # whose input, in order
+
+    def receive(pid, chunk):
+        end = time.perf_counter() + 0.0001          # some router work per message
+        while time.perf_counter() < end:
+            pass
+        log.append(pid)
+        return [fx.Send(pid, chunk)] if pid == 2 else []
+    sup = _supervisor(lane, {})
+    sup.router.receive = receive
+    sup.router.native_tick = lambda room: []
+    sup.router.peers = dict.fromkeys([1, 2, *clients])
+    for pid in clients:
+        link = runtime._NativeLink.__new__(runtime._NativeLink)
+        link.lane, link.pid, link.closed = lane, pid, False; link.external = True
+        link.busy, link.end, link.wake, link.pending = False, runtime._OPEN, trio.Event(), []
+        sup.links[pid] = link
+    turns_before: list = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            nursery.start_soon(sup._lane_host)
+            for pid in [2, *clients]:
+                nursery.start_soon(sup._pump_native, pid, sup.links[pid])
+            lane._w.send(b"!")                      # the flood starts
+            await trio.sleep(0.3)
+            start = len(log)
+            lane.put2(b"call")
+            with trio.fail_after(60):
+                while b"call" not in [d for _, d in lane.written]:
+                    await trio.sleep(0.001)
+            # the clients' turns (runs of one client's input) before the call's
+            during = log[start:log.index(2, start)]
+            turns_before.append(sum(1 for i, p in enumerate(during)
+                                    if i == 0 or p != during[i - 1]))
+            lane.flood = False
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    # before: a turn of every connection, at least (16 and more)
+    assert turns_before[0] <= 6, turns_before
