@@ -357,3 +357,46 @@ def test_an_audit_or_log_file_that_is_a_socket_is_named_a_socket_not_a_fifo(tmp_
     os.mkfifo(tmp_path / "fifo.log")
     with pytest.raises(endpoint.EndpointError, match="a FIFO"):
         runtime._Audit(str(tmp_path / "fifo.log"), "run").open()
+
+
+def test_peers_are_read_again_once_the_audit_backlog_is_below_its_mark_not_once_all_is_written(
+        tmp_path):
+    """A client flooding audited calls filled the backlog (AUDIT_BACKLOG records), and
+    every peer's input paused until the writer had written all that waited, in one
+    write: 0.16-0.57 s each time, measured with real engines, while the flooder's
+    calls on the fast lane went on.  The writer now writes in slices, and the peers
+    are read again (room) as soon as fewer than AUDIT_BACKLOG records wait."""
+    import json
+
+    import trio
+    path = tmp_path / "audit.jsonl"
+    audit = runtime._Audit(str(path), "run")
+    audit.open()
+    total = 2 * runtime.AUDIT_BACKLOG
+    for n in range(total):
+        audit.add({"event": "call", "n": n, "time": 0.0})
+    assert not audit.room.is_set()
+    written, at_room, errors = [0], [], []
+    real = audit._write
+
+    def counting(batch):
+        real(batch)
+        written[0] += len(batch)
+    audit._write = counting
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def watch():
+                await audit.room.wait()
+                at_room.append(written[0])
+            nursery.start_soon(watch)
+            await trio.sleep(0)
+            await audit.flush(errors.append)
+    trio.run(main)
+    audit.close()
+    assert not errors and audit.unwritten() == 0
+    # before: only once all of them were written (20,000)
+    assert at_room and at_room[0] <= total - runtime.AUDIT_BACKLOG + 2 * runtime.AUDIT_SLICE, \
+        at_room
+    assert [json.loads(x)["n"] for x in path.read_bytes().split(b"\n")[:-1]] == \
+        list(range(total))
