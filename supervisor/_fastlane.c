@@ -1777,13 +1777,17 @@ typedef struct {
   int64_t wall0, duration;
 } AuditCopy;
 
-static PyObject *Lane_drain_audit(Lane *L, PyObject *unused) {
+static PyObject *Lane_drain_audit(Lane *L, PyObject *args) {
   AuditCopy *copy = NULL;
   size_t n = 0;
+  Py_ssize_t most = -1; /* at most this many records (the audit's room); -1: all */
   int nomem = 0;
+  if (!PyArg_ParseTuple(args, "|n", &most)) return NULL;
+  if (most == 0) return PyList_New(0);
   LOCK(L);
   if (!L->draining && L->audit_len) {
     n = L->audit_len;
+    if (most > 0 && n > (size_t)most) n = (size_t)most;
     copy = malloc(n * sizeof *copy);
     if (copy) {
       for (size_t i = 0; i < n; i++) {
@@ -1880,7 +1884,7 @@ static PyMethodDef Lane_methods[] = {
     {"expired", (PyCFunction)Lane_expired, METH_NOARGS, NULL},
     {"stalled", (PyCFunction)Lane_stalled, METH_VARARGS, NULL},
     {"unhold", (PyCFunction)Lane_unhold, METH_VARARGS, NULL},
-    {"drain_audit", (PyCFunction)Lane_drain_audit, METH_NOARGS, NULL},
+    {"drain_audit", (PyCFunction)Lane_drain_audit, METH_VARARGS, NULL},
     {"stats", (PyCFunction)Lane_stats, METH_NOARGS, NULL},
     {"stop", (PyCFunction)Lane_stop, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};

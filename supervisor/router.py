@@ -445,6 +445,9 @@ class Router:
         # while it had none, each with the number of lane records that go before it
         # (_record): the lane's are drained only with room
         self._audit_room = True
+        # how many more records the audit takes before it is full (native_tick's
+        # `audit_left`; None: no bound): a drain takes at most that many of the lane's
+        self._audit_left: int | None = None
         self._lane_records = 0                         # lane records drained so far
         self._held_records: list[tuple[int, dict]] = []
         self._routes: dict[tuple, _Route] = {}         # (caller id, export id) -> its route
@@ -1726,26 +1729,41 @@ class Router:
         else:                 # neither its caller nor its callee is left: it ends here
             self._close_call(reply, "failed", self._caller_gone())
 
-    def native_tick(self, audit_room: bool = True) -> list:
+    def native_tick(self, audit_room: bool = True, audit_left: int | None = None) -> list:
         """Native calls past their callee's call_time become the router's (expire()
         fails them next); the audit records of natively forwarded calls, unless the
         audit has no room for them (`audit_room` False: they stay in the lane, whose
-        buffer, once full, sends audited calls to Python, which waits for room)."""
+        buffer, once full, sends audited calls to Python, which waits for room), and
+        at most `audit_left` of them (None: all), the records the audit takes before
+        it is full: the lane holds up to 65,536, and a drain of all of them at once
+        filled the audit far past its backlog, and every peer's input waited for the
+        writer to write all of that (0.4-0.7 s), while the calls on the lane went on."""
         if self.native is None:
             return []
         for rec in self.native.expired():
             self._guarded(rec[0].caller, lambda rec=rec: self.adopt(rec), flush=False)
         self._audit_room = audit_room
+        self._audit_left = audit_left
         if self.audit.enabled and audit_room:
-            self._drain_native_audit()
+            self._drain_native_audit(bounded=True)
         return self._flush()
 
-    def _drain_native_audit(self):
+    def _drain_native_audit(self, bounded: bool = False) -> bool:
         """The records of the calls the lane returned, since the last drain, and among
         them, each where it belongs, those the router held meanwhile (_record).
         The lane's first: taken from the router before a drain that failed (the
-        lane out of memory), the held records were lost with it (an outside review)."""
-        drained = self.native.drain_audit()
+        lane out of memory), the held records were lost with it (an outside review).
+        `bounded`: at most what the audit takes now (`_audit_left`); the rest stay
+        in the lane, as records the lane could not build do."""
+        left = self._audit_left if bounded else None
+        if left is None:
+            drained = self.native.drain_audit()
+        else:
+            drained = self.native.drain_audit(max(left, 0))
+            self._audit_left = max(left - len(drained), 0)
+        # True: cut at the bound, with records left in the lane (_record holds its own)
+        cut = left is not None and len(drained) >= left and \
+            self.native.stats()["audit_pending"] > 0
         held = self._held_records
         self._held_records = []
         at = 0
@@ -1767,9 +1785,10 @@ class Router:
             while rest and rest[0][0] <= self._lane_records:
                 self.emit(fx.Audit(rest.pop(0)[1]))
             self._held_records = rest
-            return
+            return cut
         for _n, record in rest:
             self.emit(fx.Audit(record))
+        return cut
 
     def _record(self, record: dict):
         """The one way a record of the router's goes to the audit: after the records
@@ -1782,10 +1801,12 @@ class Router:
         the router, with the number of lane records that go before it."""
         if self.native is None:
             self.emit(fx.Audit(record))
-        elif self._audit_room and not self._held_records:
-            self._drain_native_audit()
-            self.emit(fx.Audit(record))
         else:
+            if self._audit_room and not self._held_records:
+                if not self._drain_native_audit(bounded=True):
+                    self.emit(fx.Audit(record))
+                    return
+            # the lane's records before it (more than the audit took now) go first
             self._held_records.append(
                 (self._lane_records + self.native.stats()["audit_pending"], record))
 

@@ -1180,13 +1180,17 @@ class Supervisor:
         """Whether the audit takes more records now (not while AUDIT_BACKLOG wait)."""
         return self.audit is None or self.audit.room.is_set()
 
+    def _audit_left(self) -> int | None:
+        """How many more records the audit takes now (None: no audit)."""
+        return None if self.audit is None else max(AUDIT_BACKLOG - len(self.audit.pending), 0)
+
     async def _expire_calls(self):
         """Fail calls that took longer than their callee's call_time; cut off engines
         that stalled in the middle of a message (the fast lane frames theirs)."""
         while True:
             await trio.sleep(EXPIRY_TICK)
             if self.lane is not None:
-                self._perform(self.router.native_tick(self._audit_room()))
+                self._perform(self.router.native_tick(self._audit_room(), self._audit_left()))
                 # external clients that took nothing of what waits for them while
                 # they were not read for it are read again (a blocking writer)
                 self.lane.unhold(self.system.message_timeout)
@@ -1226,7 +1230,7 @@ class Supervisor:
                     await trio.lowlevel.checkpoint()
                     turn = time.perf_counter()
             if self.audit is not None:
-                self._perform(self.router.native_tick(self._audit_room()))
+                self._perform(self.router.native_tick(self._audit_room(), self._audit_left()))
             if woke or not self.lane.any_ready():
                 ready = []                      # through trio: what it woke runs first
                 continue
@@ -1316,7 +1320,7 @@ class Supervisor:
                 finally:
                     turns.blame = None
             if self.audit is not None and not turns.stopped:
-                self._perform(self.router.native_tick(self._audit_room()))
+                self._perform(self.router.native_tick(self._audit_room(), self._audit_left()))
             if turns.stopped or time.perf_counter() > turn + TURN or not self.lane.any_ready():
                 return
             ready = self.lane.ready()

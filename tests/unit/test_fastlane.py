@@ -1882,6 +1882,40 @@ def test_records_held_while_the_audit_is_full_wait_for_the_lane_records_before_t
         [("add", "returned")] * 3 + [("sumTo", "denied")]
 
 
+def test_a_drain_of_the_lanes_records_takes_no_more_than_the_audit_has_room_for(sup):
+    """The lane keeps up to 65,536 records of the calls it forwarded while the audit
+    is full; once it had room again, one drain gave the audit all of them, far past
+    its backlog, and every peer's input waited for the writer to write them (0.4 to
+    0.7 s with a client flooding audited calls, while its calls on the lane went on).
+    A drain takes at most what the audit has room for (native_tick's `audit_left`);
+    the rest stay in the lane, and a record of the router's made meanwhile waits
+    for them, in order."""
+    s = sup({"calc": CALC, "app": None}, audit=True)
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc", methods=frozenset({(CALC, 0)}))])
+    s.perform(s.router.native_tick(False))                 # the audit has no room
+    for i in range(3):
+        app.call(0)
+        app.until(lambda: len(calc.calls()) == i + 1)
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, params(), no_finish=True))
+        app.until(lambda: len(app.returns()) == i + 1)
+    # the first call went through Python (its route not there yet): the router
+    # holds its record; the other two are the lane's
+    assert s.lane.stats()["audit_pending"] == 2
+
+    def records():
+        return [(r["method"], r["outcome"]) for r in
+                (e.record for e in s.other if isinstance(e, fx.Audit))]
+    s.perform(s.router.native_tick(True, 1))               # room for one lane record
+    assert records() == [("add", "returned")] * 2
+    assert s.lane.stats()["audit_pending"] == 1
+    app.call(2)                                            # refused: after the lane's last
+    app.until(lambda: len(app.returns()) == 4)
+    assert records() == [("add", "returned")] * 2
+    s.perform(s.router.native_tick(True, 10))
+    assert records() == [("add", "returned")] * 3 + [("sumTo", "denied")]
+
+
 def test_counts_of_calls_in_flight_are_the_peers_own_and_stay_right(sup):
     """Lane.counts(pid), for `wsuper status` (Router.status: one per compartment),
     counted the calls to a peer by walking every native call in flight with the
