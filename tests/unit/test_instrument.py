@@ -456,8 +456,10 @@ def test_probe_memory_over_the_memory_limit_is_refused_naming_it(tmp_path):
     from compartments.limits import Limits
     from compartments.spec import EngineSpec
     path = tmp_path / "many.wat"
+    # 3,000 functions of 4 sites: two pages of probe memory, past one page as six
+    # were (9,000 functions took three times as long to instrument and compile)
     path.write_text('(module (memory (export "memory") 1) (func (export "_start")) ' + "".join(
-        "(func (param i32) (if (local.get 0) (then nop) (else nop)))" for _ in range(9000))
+        "(func (param i32) (if (local.get 0) (then nop) (else nop)))" for _ in range(3000))
         + ")")
     for memory, refused in ((64 << 10, True), (1 << 20, False)):
         ours, theirs = socket.socketpair()
@@ -466,7 +468,7 @@ def test_probe_memory_over_the_memory_limit_is_refused_naming_it(tmp_path):
                               limits=Limits(memory=memory))
             if refused:
                 with pytest.raises(EngineError, match=r"[0-9]+ probe sites \(instrument = "
-                                   r"\['blocks'\]\) need 393216 bytes of probe memory, more "
+                                   r"\['blocks'\]\) need 131072 bytes of probe memory, more "
                                    r"than limits.memory \(65536 bytes\)"):
                     Engine(theirs, spec, instantiate=False)
             else:
