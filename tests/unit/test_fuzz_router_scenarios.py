@@ -13,7 +13,9 @@ def test_the_scenarios_find_a_revoked_call_that_goes_on_waiting(monkeypatch):
     """As first built, a waiting call failed by a revocation stayed in its queue and
     went on when its callee came up."""
     monkeypatch.setattr(R.Router, "_stop_waiting", lambda self, key: None)
-    fails = RS.run(range(1, 401), steps=80)
+    # seeds 10, 36, 46 and 94 find it (11 of the first 400 did): 100, a quarter of
+    # the time, with four to spare
+    fails = RS.run(range(1, 101), steps=80)
     assert any("after its caller was answered" in k or "carries tag" in k for k in fails), fails
 
 
@@ -23,7 +25,7 @@ def test_the_scenarios_find_a_leak_of_bytes_held_for_waiting_calls(monkeypatch):
     def leaky(self, peer, size):
         real(self, peer, size - 1 if size > 8 else size)
     monkeypatch.setattr(R.Router, "_unhold", leaky)
-    fails = RS.run(range(1, 401), steps=80)
+    fails = RS.run(range(1, 51), steps=80)      # 383 of the first 400 seeds find it
     assert any("pipelined_bytes" in k for k in fails), fails
 
 
@@ -70,7 +72,8 @@ def test_the_scenarios_find_an_outcome_handed_twice_or_to_the_wrong_question(mon
         real(self, handler, peer, qid, outcome)
         if handler is not None:
             real(self, handler, peer, qid, outcome)
-    fails = _fails_with(monkeypatch, R.Router, "_hand_outcome", twice)
+    # seeds 3, 7, 11, 15 and 24 find it, and more of the first 200 (50: a quarter)
+    fails = _fails_with(monkeypatch, R.Router, "_hand_outcome", twice, 50)
     assert any("came twice" in k for k in fails), fails
     monkeypatch.undo()
     take = R.Router._take_waiting
