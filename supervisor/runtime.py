@@ -1742,7 +1742,7 @@ class Supervisor:
                 # External clients take one turn between them (_client_turn).
                 clients = link.external
                 if clients:
-                    await self._client_turn()
+                    await self._client_turn_of(link)
                 try:
                     for at in range(0, len(data), SLICE):
                         try:
@@ -1758,7 +1758,7 @@ class Supervisor:
                             if clients:             # the other clients' turns first
                                 self._clients_turn.release()
                                 clients = False
-                                await self._client_turn()
+                                await self._client_turn_of(link)
                                 clients = True
                             link.turn = time.perf_counter()
                 finally:
@@ -1830,12 +1830,33 @@ class Supervisor:
         the supervisor's own) runs between two turns of theirs, however many
         connections they open; among themselves they go in turn (trio.Lock is
         fair).  Without a wait while nobody holds it: a client's call costs no
-        extra trip through the scheduler."""
+        extra trip through the scheduler.
+        Taken only while the audit has room: a client checked it, then waited for
+        the turn, and meanwhile the backlog filled (AUDIT_BACKLOG); each one whose
+        turn then came fed a whole TURN of input anyway, so the backlog passed its
+        mark by a TURN of records per connection waiting (max_connections of them).
+        A client whose turn comes while the audit is full lets it go, and waits
+        for room first (then for the turn again, behind those that waited)."""
         turn = self._clients_turn
-        try:
-            turn.acquire_nowait()
-        except trio.WouldBlock:
-            await turn.acquire()
+        while True:
+            try:
+                turn.acquire_nowait()
+            except trio.WouldBlock:
+                await turn.acquire()
+            audit = self.audit
+            if audit is None or audit.room.is_set():
+                return
+            turn.release()
+            await audit.room.wait()
+
+    async def _client_turn_of(self, link: _Link):
+        """_client_turn for a trio peer: the time it waits (for the others' turns,
+        for the audit's room) is not its own, as in _may_read: a half-read
+        message's clock (message_timeout) stops meanwhile."""
+        paused = trio.current_time()
+        await self._client_turn()
+        if link.partial_since is not None:
+            link.partial_since += trio.current_time() - paused
 
     @property
     def _clients_turn(self) -> trio.Lock:

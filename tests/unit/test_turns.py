@@ -494,3 +494,61 @@ def test_many_external_connections_flooding_share_one_turn_and_hold_up_no_compar
     trio.run(main)
     # before: a turn of every connection, at least (16 and more)
     assert turns_before[0] <= 6, turns_before
+
+
+class _Room:
+    """The audit's room (runtime._Audit.room): an Event, replaced when it fills."""
+
+    def __init__(self):
+        self.room = trio.Event()
+        self.room.set()
+
+
+def test_clients_waiting_for_the_turn_feed_nothing_while_the_audit_is_full():
+    """An external client checks the audit's room, then waits for the clients' turn.
+    Meanwhile the audit's backlog fills (AUDIT_BACKLOG records wait): each client
+    whose turn then came fed a whole TURN of input anyway, one after the other, so
+    the backlog passed its mark by a TURN of records per connection waiting
+    (max_connections of them), where it passed it by one TURN before the clients
+    shared a turn.  The turn is taken only with the audit's room: a client whose
+    turn comes while it is full lets it go and waits for room first."""
+    clients = list(range(3, 11))
+    lane = _Lane()
+    lane.take = lambda pid: []
+    fed: list = []
+
+    def receive(pid, chunk):
+        fed.append(pid)
+        return []
+    sup = _supervisor(lane, {})
+    sup.router.receive = receive
+    sup.router.peers = dict.fromkeys([1, 2, *clients])
+    sup.audit = _Room()
+    for pid in clients:
+        link = runtime._NativeLink.__new__(runtime._NativeLink)
+        link.lane, link.pid, link.closed = lane, pid, False
+        link.external = True
+        link.busy, link.end, link.wake, link.pending = True, runtime._OPEN, trio.Event(), \
+            [b"call"]
+        sup.links[pid] = link
+    seen: dict = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            await sup._client_turn()          # one client has the turn
+            for pid in clients:
+                nursery.start_soon(sup._pump_native, pid, sup.links[pid])
+            await trio.sleep(0.05)            # the others wait for it, room checked
+            sup.audit.room = trio.Event()     # the backlog fills (_Audit.add)
+            sup._clients_turn.release()
+            await trio.sleep(0.1)
+            seen["while full"] = list(fed)
+            sup.audit.room.set()              # the writer caught up
+            with trio.fail_after(10):
+                while len(fed) < len(clients):
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert seen["while full"] == [], seen
+    assert sorted(fed) == clients
