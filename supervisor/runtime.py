@@ -174,6 +174,17 @@ class _Link:
         self.closed = True
         self.send.close()
         self.drained.set()
+        # its reader, waiting for it to send (wait_readable), is woken now: it reads
+        # its end of the stream (receive) and its task ends, freeing its descriptor
+        # and its place.  A client evicted while silent kept its task waiting to
+        # read it for ever, and evicting its own silent connections one after
+        # another heaped up descriptors without bound.  A shutdown (not trio's
+        # notify_closing) is a system call, which the host worker may make too; the
+        # socket still writes what is queued for it (CLOSE_FLUSH)
+        try:
+            self.stream.socket.shutdown(pysocket.SHUT_RD)
+        except OSError:          # closed already, or not connected any more
+            pass
 
     async def receive(self) -> bytes:
         """The next bytes from the peer (b"" at its end), read straight from the

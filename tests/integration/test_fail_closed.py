@@ -18,6 +18,7 @@ import pytest
 
 from capnp_schemas import hosted, payloads, protocol as P, rpcwire, wire
 from capnp_schemas.protocol import Content
+from supervisor.runtime import CLOSE_FLUSH
 from tests.conftest import EXAMPLES, external_client, run_wsuper
 from tests.integration.guests import program
 from tests.wireclient import WireClient, frame
@@ -503,6 +504,32 @@ def either_path(request, monkeypatch):
     a descriptor for)."""
     monkeypatch.setenv("WSUPER_NATIVE", request.param)
     return request.param
+
+
+def test_clients_evicted_while_silent_give_their_descriptors_back(either_path, live):
+    """On trio's sockets, a client evicted to make room (max_connections) that then
+    sent nothing kept its task waiting to read it for ever: its descriptor, its
+    connection's memory and its count of connections.  A client could so evict its
+    own silent connections, one after another, to heap up descriptors in the
+    supervisor without bound (found while timing the suite: its eviction test
+    waited 10 s for an end that never came)."""
+    run, sock = live
+    held = _take_every_connection(sock)             # silent from now on
+    fds = _supervisor(run.proc.pid)[0]
+    newcomers = []
+    for _ in range(4):
+        time.sleep(1.2)                     # every connection idle past IDLE_EVICT
+        c = WireClient(sock)
+        c.bootstrap()                       # makes room: the idlest is evicted
+        newcomers.append(c)
+    for c in held:                          # each evicted, told why, and closed
+        assert c.closed(timeout=5)
+    time.sleep(CLOSE_FLUSH + 0.5)
+    # as many connections as before, and their descriptors: none kept for the evicted
+    assert _supervisor(run.proc.pid)[0] <= fds + 1
+    for c in held + newcomers:
+        c.close()
+    assert run.proc.poll() is None
 
 
 def test_clients_cut_off_while_they_read_nothing_give_their_place_back(either_path, live):
