@@ -676,8 +676,10 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
                ("what its schemas are)" if args.socket else "where its external socket is)"))
         return 1
     try:
+        from compartments.limits import Limits
         text = client.call(path, name, interface, method, params, args.timeout, args.json,
-                           declared_by, deadline=deadline)
+                           declared_by, deadline=deadline,
+                           message_size=(system.external_limits or Limits()).message_size)
     except client.CallFailed as e:
         hint = ""
         if str(e).startswith("cannot connect to ") and not args.socket and not system.socket:

@@ -34,13 +34,25 @@ from . import captext
 MAX_MESSAGE_WORDS = ((256 << 20) >> 3) + 8192
 
 
+def max_message_words(message_size: int) -> int:
+    """Words of the largest message a system whose `external_limits.message_size`
+    is `message_size` sends an external client: that and its header
+    (router.HEADER_WORDS), at most MAX_MESSAGE_WORDS.  pycapnp counts every
+    element of a list at least one word, so this bounds what reading the results
+    builds too: read up to MAX_MESSAGE_WORDS whatever the system's limit, 24
+    bytes of results holding a list of 2^25 empty structs (the router measures
+    the 24 bytes) had `wsuper call` build 2^25 elements, ~260 bytes of Python
+    each, ~9 GB (an outside review, reviewer 207)."""
+    return min(MAX_MESSAGE_WORDS, (message_size >> 3) + 8192)
+
+
 class CallFailed(Exception):
     """The call did not reach the compartment, or the compartment failed it."""
 
 
 def call(socket_path: str, compartment: str, interface, method: str, params: dict,
          timeout: float = 30, as_json: bool = False, declared_by=None,
-         deadline: float | None = None) -> str:
+         deadline: float | None = None, message_size: int | None = None) -> str:
     """Call `compartment`'s `method` (of pycapnp interface module `interface`;
     declared by the interface schema `declared_by`, if it inherits it:
     captext.find) with `params`; returns the results as Cap'n Proto text (or
@@ -51,8 +63,25 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     directory `up` would bind it in is asked (endpoint.external_socket).  `deadline`
     (time.monotonic()): when the caller's `timeout` ends, if it began before this
     call (`wsuper call` asks the running system where it listens first); the
-    errors name `timeout`."""
+    errors name `timeout`.  `message_size`: the system's
+    `external_limits.message_size` (the default's if None); results past it (a
+    list of empty structs counting a word each) are a CallFailed saying so."""
+    from compartments.limits import Limits
+
     from .endpoint import EndpointError, external_socket
+    if message_size is None:
+        message_size = Limits().message_size
+    words = max_message_words(message_size)
+
+    def too_large(e) -> str | None:
+        # pycapnp's reader (arena.c++: "Exceeded message traversal limit") or its
+        # framing ("expectedSizeInWords <= options.traversalLimitInWords")
+        text = str(e)
+        if "traversal limit" not in text and "traversalLimitInWords" not in text:
+            return None
+        return (f"its results are more than external_limits.message_size = {message_size} "
+                f"allows ({words} words with the message's header, each element of a "
+                f"list counting one at least)")
     try:
         external_socket(socket_path)     # never one someone else could have put there
     except EndpointError as e:
@@ -68,7 +97,7 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
                 stream = await capnp.AsyncIoStream.create_unix_connection(sock=sock)
             except Exception as e:  # noqa: BLE001 - pycapnp raises KjException
                 raise CallFailed(f"cannot connect to {socket_path}: {_first(e)}") from None
-            client = capnp.TwoPartyClient(stream, traversal_limit_in_words=MAX_MESSAGE_WORDS)
+            client = capnp.TwoPartyClient(stream, traversal_limit_in_words=words)
             gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
             try:
                 cap = (await gateway.get(compartment)).cap.as_interface(interface)
@@ -80,11 +109,12 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
                 fill(request, params)
                 response = await request.send()
             except capnp.KjException as e:
-                raise CallFailed(_first(e)) from None
+                raise CallFailed(too_large(e) or _first(e)) from None
             try:
                 return to_json(response) if as_json else str(response)
             except Exception as e:  # noqa: BLE001 - KjException, UnicodeDecodeError, ...
-                raise CallFailed(f"its results cannot be read: {_first(e)}") from None
+                raise CallFailed(too_large(e) or f"its results cannot be read: {_first(e)}") \
+                    from None
 
     async def bounded():
         try:

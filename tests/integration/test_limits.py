@@ -1411,7 +1411,8 @@ memory = "80MiB"
     run.wait_for("all compartments ready")
     big = capnp_schemas.load(str(tmp_path / "big.capnp")).Big
     n = (64 << 20) + 4096                         # one page past pycapnp's default
-    out = client.call(sock, "big", big, "get", {"n": n}, timeout=60, as_json=True)
+    out = client.call(sock, "big", big, "get", {"n": n}, timeout=60, as_json=True,
+                      message_size=80 << 20)        # the system's external_limits
     assert len(json.loads(out)["data"]) == (n + 2) // 3 * 4      # base64 of n bytes
 
 
@@ -1420,3 +1421,64 @@ def test_wsuper_call_s_bound_is_the_largest_message_a_system_sends():
     from supervisor import client, router
     assert client.MAX_MESSAGE_WORDS == \
         (Limits.RANGES["message_size"][1] >> 3) + router.HEADER_WORDS
+
+
+AMPLIFIED_SCHEMA = """@0xd1e7afc40966bc32;
+struct E {}
+interface Amp @0xc0ffee0000000201 {
+  get @0 (n :UInt32) -> (items :List(E));
+}
+"""
+
+#: answers Amp.get(n) with a list of n empty structs: 24 bytes of results whatever n
+AMPLIFIED_WAT = """(module
+  (import "wsuper" "params_read" (func $pr (param i32 i32) (result i32)))
+  (import "wsuper" "results_set" (func $rs (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (local $n i32)
+    (drop (call $pr (i32.const 0) (i32.const 0)))
+    (local.set $n (i32.load (i32.const 16)))
+    (i32.store (i32.const 65536) (i32.const 0))
+    (i32.store (i32.const 65540) (i32.const 3))
+    (i64.store (i32.const 65544) (i64.const 0x0001000000000000))
+    (i64.store (i32.const 65552) (i64.const 0x0000000700000001))
+    (i64.store (i32.const 65560) (i64.shl (i64.extend_i32_u (local.get $n)) (i64.const 2)))
+    (call $rs (i32.const 65536) (i32.const 32) (i32.const 0) (i32.const 0))))
+"""
+
+
+def test_wsuper_call_reads_results_only_as_large_as_the_systems_external_limits(tmp_path,
+                                                                               wsuper):
+    """`wsuper call` read results up to the largest message any system may send
+    (256 MiB, 32 Mi words), whatever the system's `external_limits.message_size`:
+    a compartment answering with 24 bytes that hold a list of 2^25 empty structs
+    (each counted one word, as pycapnp counts them; the router measures the 24
+    bytes) had the client build 2^25 elements, ~260 bytes of Python each (2
+    million: 560 MB; 2^25: ~9 GB).  It now reads at most what the system's
+    `external_limits.message_size` allows, and says so."""
+    (tmp_path / "amp.capnp").write_text(AMPLIFIED_SCHEMA)
+    (tmp_path / "amp.wat").write_text(AMPLIFIED_WAT)
+    sock = str(tmp_path / "amp.sock")
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["amp.capnp"]
+socket = "{sock}"
+logs = "{tmp_path}/logs"
+[system.external_limits]
+message_size = "64KiB"
+[compartments.amp]
+module = "amp.wat"
+exports = "Amp"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    system = str(tmp_path / "system.toml")
+    fits = run_wsuper("call", system, "amp.get", "(n = 8000)")
+    assert fits.returncode == 0, fits.output
+    assert fits.stdout.count("()") == 8000
+    for args in ((), ("--json",)):
+        over = run_wsuper("call", system, "amp.get", "(n = 100000)", *args)
+        assert over.returncode == 1, over.output[:300]
+        assert "amp.get: its results are more than" in over.stderr, over.stderr
+        assert "external_limits.message_size = 65536" in over.stderr, over.stderr
