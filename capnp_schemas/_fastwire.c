@@ -91,6 +91,208 @@ static PyObject *fw_py_copy(PyObject *mod, PyObject *args) {
   return out;
 }
 
+/* The copy of content in several segments (far pointers followed), for
+ * router.content_bytes: what wire.single_segment_copy's Python walk gives, in
+ * C, so that params of several segments (pycapnp's: their struct beside the
+ * Call's header, their data in a segment of its own) are measured as they are
+ * without a Python walk of what a hostile peer sent.  -1: refused (past the
+ * budget, malformed, or anything this does not do), -2: out of room. */
+typedef struct {
+  uint8_t *out;
+  uint64_t len, room;
+  int64_t budget;
+  const uint8_t *const *segs;
+  const uint64_t *ns;
+  uint64_t nsegs;
+} fw_mcopy_t;
+
+/* wire.resolve of the pointer at word p of segment s: 0 null, 1 an object
+ * (kind 0 struct / 1 list, its segment, first word and describing word) lying
+ * wholly in its segment, 3 a capability (w), -1 anything wire.py refuses */
+static int fw_mresolve(const fw_mcopy_t *c, uint64_t s, uint64_t p, int *kind, uint64_t *ts,
+                       uint64_t *start, uint64_t *w) {
+  if (s >= c->nsegs || p >= c->ns[s]) return -1;
+  uint64_t W = fw_word(c->segs[s], p), tag, obj_s;
+  int64_t st;
+  if (!W) return 0;
+  switch (W & 3) {
+  case 3:
+    *w = W;
+    return 3;
+  case 2: {
+    uint64_t pad = (W >> 3) & 0x1FFFFFFF, fs = W >> 32;
+    if (fs >= c->nsegs) return -1;
+    if (!((W >> 2) & 1)) {
+      if (pad >= c->ns[fs]) return -1;
+      tag = fw_word(c->segs[fs], pad);
+      if ((tag & 3) > 1) return -1;
+      int64_t off = (int64_t)((tag >> 2) & 0x3FFFFFFF);
+      if (off & (1 << 29)) off -= (int64_t)1 << 30;
+      obj_s = fs;
+      st = (int64_t)pad + 1 + off;
+    } else {
+      if (pad + 1 >= c->ns[fs]) return -1;
+      uint64_t far2 = fw_word(c->segs[fs], pad);
+      tag = fw_word(c->segs[fs], pad + 1);
+      if ((far2 & 7) != 2 || ((tag >> 2) & 0x3FFFFFFF) != 0 || (tag & 3) > 1) return -1;
+      obj_s = far2 >> 32;
+      st = (int64_t)((far2 >> 3) & 0x1FFFFFFF);
+      if (obj_s >= c->nsegs) return -1;
+    }
+    W = tag;
+    break;
+  }
+  default: {
+    int64_t off = (int64_t)((W >> 2) & 0x3FFFFFFF);
+    if (off & (1 << 29)) off -= (int64_t)1 << 30;
+    obj_s = s;
+    st = (int64_t)p + 1 + off;
+  }
+  }
+  if (st < 0 || (uint64_t)st + fw_object_words(W) > c->ns[obj_s]) return -1;
+  *kind = (int)(W & 3);
+  *ts = obj_s;
+  *start = (uint64_t)st;
+  *w = W;
+  return 1;
+}
+
+static int fw_mcharge(fw_mcopy_t *c, uint64_t n) {
+  c->budget -= (int64_t)(n ? n : 1);
+  return c->budget < 0 ? -1 : 0;
+}
+
+static int fw_malloc(fw_mcopy_t *c, uint64_t words, uint64_t *at) {
+  if (words > c->room - c->len) return -2;
+  *at = c->len;
+  memset(c->out + 8 * c->len, 0, 8 * words);
+  c->len += words;
+  return 0;
+}
+
+/* wire.single_segment_copy's copy(), step by step (fastwire.h's fw_copy_ptr,
+ * through far pointers) */
+static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, int depth) {
+  int k, e;
+  uint64_t ts, start, w, at, size;
+  int r = fw_mresolve(c, s, src, &k, &ts, &start, &w);
+  if (r == 0) return 0;
+  if (r < 0) return -1;
+  if (depth >= FW_MAX_NESTING) return -1;
+  if (r == 3) {
+    if (w & 0xFFFFFFFC) return -1;
+    fw_put(c->out, dst, w);
+    return 0;
+  }
+  const uint8_t *seg = c->segs[ts];
+  if (k == 0) {
+    uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
+    if (fw_mcharge(c, data + ptrs)) return -1;
+    if ((e = fw_malloc(c, data + ptrs, &at))) return e;
+    memcpy(c->out + 8 * at, seg + 8 * start, 8 * data);
+    fw_put(c->out, dst, fw_near(dst, at, w));
+    for (uint64_t i = 0; i < ptrs; i++)
+      if ((e = fw_mcopy_ptr(c, ts, start + data + i, at + data + i, depth + 1))) return e;
+    return 0;
+  }
+  uint64_t esz = (w >> 32) & 7, count = w >> 35;
+  if (esz == 7) {
+    uint64_t tag = fw_word(seg, start);
+    uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
+    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count) return -1;
+    uint64_t words = cnt * (data + ptrs);
+    if (fw_mcharge(c, 1 + (words > cnt ? words : cnt))) return -1;
+    if ((e = fw_malloc(c, 1 + words, &at))) return e;
+    fw_put(c->out, at, tag);
+    if (!ptrs) memcpy(c->out + 8 * (at + 1), seg + 8 * (start + 1), 8 * words);
+    for (uint64_t i = 0; ptrs && i < cnt; i++) {
+      uint64_t es = start + 1 + i * (data + ptrs), ed = at + 1 + i * (data + ptrs);
+      memcpy(c->out + 8 * ed, seg + 8 * es, 8 * data);
+      for (uint64_t j = 0; j < ptrs; j++)
+        if ((e = fw_mcopy_ptr(c, ts, es + data + j, ed + data + j, depth + 1))) return e;
+    }
+    size = (7 | (words << 3)) << 32;
+  } else if (esz == 6) {
+    if (fw_mcharge(c, count)) return -1;
+    if ((e = fw_malloc(c, count, &at))) return e;
+    for (uint64_t i = 0; i < count; i++)
+      if ((e = fw_mcopy_ptr(c, ts, start + i, at + i, depth + 1))) return e;
+    size = w & ~0xFFFFFFFFull;
+  } else {
+    uint64_t words = fw_object_words(w);
+    if (fw_mcharge(c, words > count / 64 ? words : count / 64)) return -1;
+    if ((e = fw_malloc(c, words, &at))) return e;
+    memcpy(c->out + 8 * at, seg + 8 * start, 8 * words);
+    size = w & ~0xFFFFFFFFull;
+  }
+  fw_put(c->out, dst, fw_near(dst, at, 1 | size));
+  return 0;
+}
+
+#define FW_MAX_SEGMENTS 512 /* wire.MAX_SEGMENTS */
+
+/* copy_segments(segments, seg, loc, max_words) -> framed bytes | None:
+ * wire.single_segment_copy of content in several segments, from the pointer at
+ * word `loc` of segment `seg`; None wherever the Python copy would raise */
+static PyObject *fw_py_copy_segments(PyObject *mod, PyObject *args) {
+  PyObject *seq;
+  long long seg, loc, max_words;
+  if (!PyArg_ParseTuple(args, "OLLL", &seq, &seg, &loc, &max_words)) return NULL;
+  PyObject *fast = PySequence_Fast(seq, "segments must be a sequence");
+  if (!fast) return NULL;
+  Py_ssize_t nsegs = PySequence_Fast_GET_SIZE(fast);
+  PyObject *out = NULL;
+  Py_buffer bufs[FW_MAX_SEGMENTS];
+  const uint8_t *segs[FW_MAX_SEGMENTS];
+  uint64_t ns[FW_MAX_SEGMENTS];
+  Py_ssize_t got = 0;
+  int ok = nsegs > 0 && nsegs <= FW_MAX_SEGMENTS && max_words >= 0 && seg >= 0 && loc >= 0;
+  for (; ok && got < nsegs; got++) {
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], PyBUF_SIMPLE)) {
+      PyErr_Clear();
+      ok = 0;
+      break;
+    }
+    if (bufs[got].len % 8) ok = 0;
+    segs[got] = bufs[got].buf;
+    ns[got] = (uint64_t)bufs[got].len / 8;
+  }
+  if (ok) {
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < nsegs; i++) total += ns[i];
+    uint64_t room = 2 * total + 16;
+    for (;;) {
+      if (room > (uint64_t)max_words + 1) room = (uint64_t)max_words + 1;
+      PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 + 8 * room));
+      if (!buf) break;
+      uint8_t *p = (uint8_t *)PyBytes_AS_STRING(buf);
+      fw_mcopy_t c = {p + 8, 1, room, max_words, segs, ns, (uint64_t)nsegs};
+      memset(p + 8, 0, 8);
+      int64_t r = fw_mcopy_ptr(&c, (uint64_t)seg, (uint64_t)loc, 0, 0);
+      if (r == 0) r = (int64_t)c.len;
+      if (r == -2 && room < (uint64_t)max_words + 1) {
+        Py_DECREF(buf);
+        room *= 4;
+        continue;
+      }
+      if (r < 0) {
+        Py_DECREF(buf);
+        out = Py_NewRef(Py_None);
+        break;
+      }
+      uint32_t table[2] = {0, (uint32_t)r};
+      memcpy(p, table, 8);
+      if (_PyBytes_Resize(&buf, (Py_ssize_t)(8 + 8 * r)) == 0) out = buf;
+      break;
+    }
+  } else {
+    out = Py_NewRef(Py_None);
+  }
+  for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
+  Py_DECREF(fast);
+  return out;
+}
+
 /* splice(head, at, segment, loc) -> framed bytes | None: protocol.Connection._splice
  * of one-segment content whose pointer is at word `loc` of `segment` */
 static PyObject *fw_py_splice(PyObject *mod, PyObject *args) {
@@ -143,6 +345,7 @@ done:
 static PyMethodDef methods[] = {{"decode", fw_py_decode, METH_O, NULL},
                                 {"forward", fw_py_forward, METH_VARARGS, NULL},
                                 {"copy", fw_py_copy, METH_VARARGS, NULL},
+                                {"copy_segments", fw_py_copy_segments, METH_VARARGS, NULL},
                                 {"splice", fw_py_splice, METH_VARARGS, NULL},
                                 {NULL, NULL, 0, NULL}};
 

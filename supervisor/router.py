@@ -62,18 +62,24 @@ def content_bytes(content: Content, limit: int) -> int:
     that gets them reads).  Segments of at most `limit` bytes are taken for that
     at once; segments longer than `limit` + HEADER_SLACK are more than the
     receiver's framing takes with a header of its own, whatever they hold; in
-    between, content in one segment is measured (the native copy, bounded by
-    `limit`: never Python's, whose walk of a hostile megabyte would hold this
-    loop; content of several segments, which no engine sends unless its guest
-    framed them so, keeps the segments' measure).  The segments were measured:
+    between, the content is measured (the native copy, in as many segments as it
+    lies in, bounded by `limit`: never Python's, whose walk of a hostile megabyte
+    would hold this loop; without the native module, the segments' measure).
+    The segments were measured:
     they hold the message's header too, and params a guest may send (1016 bytes
     at message_size = "1KiB") were refused as 1112 to a peer of the same
     message_size (an outside review, reviewer 204)."""
     size = content.size()
-    if size <= limit or size > limit + HEADER_SLACK or wire._native is None \
-            or len(content.segments) != 1 or not content.loc or content.loc[0] != 0:
+    measure = getattr(wire._native, "copy_segments", None)     # (a stale build has none)
+    if size <= limit or size > limit + HEADER_SLACK or measure is None or not content.loc:
         return size
-    copied = wire._native.copy(content.segments[0], content.loc[1], limit // 8 + 1)
+    # in as many segments as it lies in: an external client's pycapnp (Cap'n Proto's
+    # C++) puts params or results too large for the segment of the message's header
+    # in a segment of their own, reached by a far pointer from their struct beside
+    # the header; measured only in one segment, 65,520 bytes of params from `wsuper
+    # call` were refused as 65,624 at message_size = "64KiB" (an outside review,
+    # reviewer 207)
+    copied = measure(content.segments, content.loc[0], content.loc[1], limit // 8 + 1)
     # None: more than `limit` (or malformed: the receiver's to say), as measured
     return size if copied is None else len(copied) - 8
 

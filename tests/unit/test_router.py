@@ -4253,3 +4253,52 @@ def test_calls_a_client_cancels_count_against_orphans_limit_until_their_callee_a
     calc.inbox.clear()
     c.send(c.conn.send_call(c.grants[0].import_id, CALC, 0)[1])
     assert len(calc.inbox) == 1                      # room again
+
+
+def _far_params(size: int) -> Content:
+    """Params of `size` bytes as a guest would frame them in one segment (root
+    pointer, a struct of one pointer, and Data of `size` - 24 bytes), laid out as
+    pycapnp and Cap'n Proto's C++ lay out params too large for the segment of
+    the message's header: the struct beside the header, its Data in a segment of
+    its own, reached by a far pointer (to a landing pad)."""
+    data = size - 24
+    head = struct.pack("<QQ", 1 << 48, wire.far_pointer(1, 0))
+    body = struct.pack("<Q", 1 | 2 << 32 | data << 35) + b"\1" * data
+    return Content.standalone([head, body])
+
+
+def test_params_in_a_segment_of_their_own_are_measured_as_they_are():
+    """An external client's pycapnp (Cap'n Proto's C++) puts the params' struct
+    beside the Call's header and what does not fit that segment (a Data) in a
+    segment of its own, reached by a far pointer: the router measured content
+    of several segments by every segment of the message, the header's too, and
+    refused it.  With a real system at
+    external_limits.message_size = "64KiB" (the callee's too), `wsuper call` of
+    Data of 65,500 bytes (params of 65,520) failed 'params of 65624 bytes from
+    external are more than it may send (limit message_size = 65536)', bytes the
+    client never sent, where content in one segment is measured as it is.  Such
+    params are measured as they are; one word more is still refused, naming its
+    own size."""
+    small = R.Limits(message_size=1024)
+    router = R.Router({"calc": CALC, "app": None}, limits={"calc": small, "app": small},
+                      external=("calc",), external_limits=small, names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    outside = client(router)
+    for caller in (app, outside):
+        caller.send(caller.conn.send_call(caller.grants[0].import_id, CALC, 0,
+                                          _far_params(1024))[1])
+        assert caller.inbox == []
+        (call,) = calc.inbox
+        calc.inbox.clear()
+        calc.send(calc.conn.send_return(call.answer_id, _far_params(1024)))
+        (ret,) = caller.inbox
+        caller.inbox.clear()
+        assert ret.payload is not None, ret.error
+        caller.send(caller.conn.send_call(caller.grants[0].import_id, CALC, 0,
+                                          _far_params(1040))[1])
+        assert calc.inbox == []
+        (ret,) = caller.inbox
+        caller.inbox.clear()
+        assert ret.payload is None
+        assert "of 1032 bytes" in ret.error, ret.error

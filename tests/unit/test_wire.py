@@ -270,3 +270,55 @@ def test_a_list_of_structs_is_charged_its_words_as_pycapnp_charges_them(data, na
     assert len(copy) == 8 + len(src)
     with pytest.raises(wire.WireError, match="traversal limit"):
         wire.single_segment_copy([src], (0, 0), need - 1)
+
+
+def test_the_native_copy_of_several_segments_is_the_python_copy(monkeypatch):
+    """_fastwire.copy_segments (router.content_bytes's measure of content in
+    several segments, far pointers followed) gives exactly what
+    single_segment_copy's Python walk gives, or None wherever it raises: random
+    words of 1 to 4 segments, far and double-far pointers among them."""
+    import random
+    if wire._native is None or not hasattr(wire._native, "copy_segments"):
+        pytest.skip("the native module is not built")
+    native = wire._native
+    monkeypatch.setattr(wire, "_native", None)
+    rnd = random.Random(207)
+
+    def word(nsegs, k):
+        r = rnd.random()
+        if r < 0.15:
+            return 0
+        if r < 0.35:
+            return wire.far_pointer(rnd.randint(0, nsegs), rnd.randint(0, k + 1),
+                                    rnd.random() < 0.4)
+        if r < 0.7:
+            off = rnd.randint(-4, 8) & 0x3FFFFFFF
+            if rnd.random() < 0.5:
+                return rnd.randint(0, 3) << 32 | rnd.randint(0, 3) << 48 | off << 2
+            return 1 | off << 2 | rnd.randint(0, 7) << 32 | rnd.randint(0, 20) << 35
+        if r < 0.8:
+            return 3 | rnd.randint(0, 2) << 32
+        if r < 0.9:         # a struct list's tag
+            return rnd.randint(0, 5) << 2 | rnd.randint(0, 2) << 32 | rnd.randint(0, 2) << 48
+        return rnd.getrandbits(64)
+
+    copied = 0
+    for _ in range(20000):
+        nsegs = rnd.randint(1, 4)
+        segs = []
+        for _s in range(nsegs):
+            k = rnd.randint(1, 14)
+            segs.append(struct.pack(f"<{k}Q", *[word(nsegs, k) for _ in range(k)]))
+        s = rnd.randint(0, nsegs - 1)
+        p = rnd.randint(0, len(segs[s]) // 8 - 1)
+        max_words = rnd.choice([1, 2, 5, 10, 40, 1000])
+        try:
+            expected = wire.single_segment_copy(segs, (s, p), max_words)
+        except wire.WireError:
+            expected = None
+        assert native.copy_segments([memoryview(x) for x in segs], s, p, max_words) \
+            == expected, (segs, s, p, max_words)
+        copied += expected is not None and len(expected) > 16
+    assert copied > 500           # the walk reached objects, not only refusals
+    assert native.copy_segments([b"\0" * 8], 1, 0, 10) is None       # no such segment
+    assert native.copy_segments([b"\0" * 7], 0, 0, 10) is None       # not whole words
