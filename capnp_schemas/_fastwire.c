@@ -104,7 +104,26 @@ typedef struct {
   const uint8_t *const *segs;
   const uint64_t *ns;
   uint64_t nsegs;
+  /* the first refusal: what (FW_FAIL_*) at which pointer (segment, word), so
+   * that wire.py names it without walking the message again in Python */
+  int fail;
+  uint64_t fail_seg, fail_word;
 } fw_mcopy_t;
+
+#define FW_FAIL_RESOLVE 1 /* wire.resolve raises at the pointer */
+#define FW_FAIL_NESTING 2
+#define FW_FAIL_OTHER 3   /* an 'other' pointer that is no capability */
+#define FW_FAIL_BUDGET 4  /* past max_words */
+#define FW_FAIL_TAG 5     /* wire.composite_tag raises for the list at the pointer */
+
+static int fw_mfail(fw_mcopy_t *c, int why, uint64_t s, uint64_t p) {
+  if (!c->fail) {
+    c->fail = why;
+    c->fail_seg = s;
+    c->fail_word = p;
+  }
+  return -1;
+}
 
 /* wire.resolve of the pointer at word p of segment s: 0 null, 1 an object
  * (kind 0 struct / 1 list, its segment, first word and describing word) lying
@@ -177,17 +196,17 @@ static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, i
   uint64_t ts, start, w, at, size;
   int r = fw_mresolve(c, s, src, &k, &ts, &start, &w);
   if (r == 0) return 0;
-  if (r < 0) return -1;
-  if (depth >= FW_MAX_NESTING) return -1;
+  if (r < 0) return fw_mfail(c, FW_FAIL_RESOLVE, s, src);
+  if (depth >= FW_MAX_NESTING) return fw_mfail(c, FW_FAIL_NESTING, s, src);
   if (r == 3) {
-    if (w & 0xFFFFFFFC) return -1;
+    if (w & 0xFFFFFFFC) return fw_mfail(c, FW_FAIL_OTHER, s, src);
     fw_put(c->out, dst, w);
     return 0;
   }
   const uint8_t *seg = c->segs[ts];
   if (k == 0) {
     uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
-    if (fw_mcharge(c, data + ptrs)) return -1;
+    if (fw_mcharge(c, data + ptrs)) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
     if ((e = fw_malloc(c, data + ptrs, &at))) return e;
     memcpy(c->out + 8 * at, seg + 8 * start, 8 * data);
     fw_put(c->out, dst, fw_near(dst, at, w));
@@ -199,9 +218,10 @@ static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, i
   if (esz == 7) {
     uint64_t tag = fw_word(seg, start);
     uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
-    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count) return -1;
+    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count)
+      return fw_mfail(c, FW_FAIL_TAG, s, src);
     uint64_t words = cnt * (data + ptrs);
-    if (fw_mcharge(c, 1 + (words > cnt ? words : cnt))) return -1;
+    if (fw_mcharge(c, 1 + (words > cnt ? words : cnt))) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
     if ((e = fw_malloc(c, 1 + words, &at))) return e;
     fw_put(c->out, at, tag);
     if (!ptrs) memcpy(c->out + 8 * (at + 1), seg + 8 * (start + 1), 8 * words);
@@ -213,14 +233,15 @@ static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, i
     }
     size = (7 | (words << 3)) << 32;
   } else if (esz == 6) {
-    if (fw_mcharge(c, count)) return -1;
+    if (fw_mcharge(c, count)) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
     if ((e = fw_malloc(c, count, &at))) return e;
     for (uint64_t i = 0; i < count; i++)
       if ((e = fw_mcopy_ptr(c, ts, start + i, at + i, depth + 1))) return e;
     size = w & ~0xFFFFFFFFull;
   } else {
     uint64_t words = fw_object_words(w);
-    if (fw_mcharge(c, words > count / 64 ? words : count / 64)) return -1;
+    if (fw_mcharge(c, words > count / 64 ? words : count / 64))
+      return fw_mfail(c, FW_FAIL_BUDGET, s, src);
     if ((e = fw_malloc(c, words, &at))) return e;
     memcpy(c->out + 8 * at, seg + 8 * start, 8 * words);
     size = w & ~0xFFFFFFFFull;
@@ -231,9 +252,11 @@ static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, i
 
 #define FW_MAX_SEGMENTS 512 /* wire.MAX_SEGMENTS */
 
-/* copy_segments(segments, seg, loc, max_words) -> framed bytes | None:
- * wire.single_segment_copy of content in several segments, from the pointer at
- * word `loc` of segment `seg`; None wherever the Python copy would raise */
+/* copy_segments(segments, seg, loc, max_words) -> framed bytes | (why, segment,
+ * word) | None: wire.single_segment_copy of content in any number of segments,
+ * from the pointer at word `loc` of segment `seg`; where the Python copy would
+ * raise, the first refusal (FW_FAIL_*, at the pointer at word of segment) that
+ * its walk meets; None for arguments it does not take (the Python copy decides) */
 static PyObject *fw_py_copy_segments(PyObject *mod, PyObject *args) {
   PyObject *seq;
   long long seg, loc, max_words;
@@ -277,7 +300,9 @@ static PyObject *fw_py_copy_segments(PyObject *mod, PyObject *args) {
       }
       if (r < 0) {
         Py_DECREF(buf);
-        out = Py_NewRef(Py_None);
+        out = r == -1 && c.fail ? Py_BuildValue("(iKK)", c.fail, (unsigned long long)c.fail_seg,
+                                                (unsigned long long)c.fail_word)
+                                : Py_NewRef(Py_None);
         break;
       }
       uint32_t table[2] = {0, (uint32_t)r};

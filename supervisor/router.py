@@ -80,8 +80,8 @@ def content_bytes(content: Content, limit: int) -> int:
     # call` were refused as 65,624 at message_size = "64KiB" (an outside review,
     # reviewer 207)
     copied = measure(content.segments, content.loc[0], content.loc[1], limit // 8 + 1)
-    # None: more than `limit` (or malformed: the receiver's to say), as measured
-    return size if copied is None else len(copied) - 8
+    # refused: more than `limit` (or malformed: the receiver's to say), as measured
+    return len(copied) - 8 if isinstance(copied, bytes) else size
 
 
 #: Bytes of the calls a peer has pipelined on answers not yet returned (each holds
