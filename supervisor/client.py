@@ -74,10 +74,12 @@ def call(socket_path: str, compartment: str, interface, method: str, params: dic
     words = max_message_words(message_size)
 
     def too_large(e) -> str | None:
-        # pycapnp's reader (arena.c++: "Exceeded message traversal limit") or its
-        # framing ("expectedSizeInWords <= options.traversalLimitInWords")
+        # this client's reader (arena.c++: "Exceeded message traversal limit") or its
+        # framing ("expectedSizeInWords <= options.traversalLimitInWords"); never a
+        # remote exception (a callee's engine refusing the params names its own limit)
         text = str(e)
-        if "traversal limit" not in text and "traversalLimitInWords" not in text:
+        if "remote exception" in text or ("Exceeded message traversal limit" not in text
+                                          and "options.traversalLimitInWords" not in text):
             return None
         return (f"its results are more than external_limits.message_size = {message_size} "
                 f"allows ({words} words with the message's header, each element of a "
