@@ -458,7 +458,27 @@ def check_native(data: bytes):
     except wire.WireError:
         return
     alone = len(messages) == 1 and framer.failed is None   # `data` is that one message
+    several = getattr(native, "copy_segments", None)
     for segs in messages:
+        if several is not None:
+            # the copy through far pointers, in any number of segments: the same
+            # bytes, or refused where the walk raises and named as it names it
+            for loc in ((0, 0),):
+                with _PythonOnly():
+                    try:
+                        want = wire.single_segment_copy(segs, loc, COPY_WORDS)
+                    except wire.WireError as e:
+                        want = f"WireError: {e}"
+                got = several([bytes(s) for s in segs], loc[0], loc[1], COPY_WORDS)
+                if isinstance(got, tuple):
+                    try:
+                        wire._copy_refused(segs, got, COPY_WORDS)
+                        got = "not refused"
+                    except wire.WireError as e:
+                        got = f"WireError: {e}"
+                if got != want:
+                    raise Failure("native", f"the native copy of {len(segs)} segments differs "
+                                            f"from wire.py's: {str(got)[:80]} / {str(want)[:80]}")
         if len(segs) != 1:
             continue
         seg = bytes(segs[0])
