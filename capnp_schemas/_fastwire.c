@@ -240,7 +240,7 @@ static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, i
     size = w & ~0xFFFFFFFFull;
   } else {
     uint64_t words = fw_object_words(w);
-    if (fw_mcharge(c, words > count / 64 ? words : count / 64))
+    if (fw_mcharge(c, esz ? words : count)) /* Void: a word an element, as wire.py */
       return fw_mfail(c, FW_FAIL_BUDGET, s, src);
     if ((e = fw_malloc(c, words, &at))) return e;
     memcpy(c->out + 8 * at, seg + 8 * start, 8 * words);

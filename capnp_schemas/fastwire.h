@@ -332,7 +332,8 @@ static int fw_copy_ptr(fw_copy_t *c, uint64_t src, uint64_t dst, int depth) {
     size = w & ~0xFFFFFFFFull;
   } else {
     uint64_t words = fw_object_words(w);
-    if (fw_charge(c, words > count / 64 ? words : count / 64)) return -1;
+    /* a word an element for Void (pycapnp's amplified read), its words else (wire.py) */
+    if (fw_charge(c, esz ? words : count)) return -1;
     if ((e = fw_alloc(c, words, &at))) return e;
     memcpy(c->out + 8 * at, c->seg + 8 * start, 8 * words);
     size = w & ~0xFFFFFFFFull;
