@@ -307,8 +307,9 @@ class Engine:
         self._entered = 0                    # guest code running now (nested: > 1)
         #: the store of each guest code running now, innermost last (_guest)
         self._running: list = []
-        #: the deadline (_until) of each, the same order
-        self._running_until: list = []
+        #: guest code running now that a deadline may stop (_timed), innermost last:
+        #: (its store, the index in _until of its deadline, or None for none)
+        self._timed: list = []
         #: whether code past its deadline is stopped in wasm too (run(): an engine
         #: process, with the native module; _fastcall.c "deadlines")
         self._deadlines = False
@@ -1618,11 +1619,14 @@ class Engine:
     def _start_instance(self, store, outer: dict):
         """_fresh_instance's instance: made, protected, its probes attached, its
         _initialize run; `outer` gets what to detach."""
+        self._timed_enter(store)        # its start function is the call's code
         try:
             instance = self.instance_pre.instantiate(store)
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
+            if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.INTERRUPT:
+                raise self._ran_past() from None
             if self._instances > 1 and isinstance(e, wasmtime.WasmtimeError) \
                     and not isinstance(e, wasmtime.Trap) \
                     and f"(os error {errno.ENOMEM})" in str(e):
@@ -1637,6 +1641,8 @@ class Engine:
                     f"wait for calls they made; try again once they have returned")) from None
             raise _CallError("failed", f"{self.name}: cannot instantiate: "
                              f"{_why_not(e, self.regions, self.probes.sites)}") from None
+        finally:
+            self._timed_leave(store)
         exports = instance.exports(store)
         memory = exports.get(abi.EXPORT_MEMORY)
         if self.regions is not None:            # the same protection as the first instance
@@ -1750,12 +1756,7 @@ class Engine:
                 sp = None
         self._entered += 1
         self._running.append(store)
-        # its call's deadline (None: code of no call): past it, its code traps where
-        # it is, in wasm too (_fastcall.c, "deadlines"), not only at a host call
-        until = self._until[-1] if self._until else None
-        self._running_until.append(until)
-        if self._deadlines:
-            unchecked.deadline(store, until)
+        self._timed_enter(store)
         copied = self._copied           # the waiting host call's, which goes on after
         depth = self.probes.depth()
         try:
@@ -1774,9 +1775,7 @@ class Engine:
             if e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
             if e.trap_code == wasmtime.TrapCode.INTERRUPT:
-                raise _CallError("overloaded", (
-                    f"compartment {self.name} ran past the {self.limits.call_time:g} s "
-                    f"a call may take (limit call_time), and its code was stopped")) from None
+                raise self._ran_past() from None
             raise _CallError("failed", f"compartment {self.name} trapped: "
                              f"{_trap_reason(e, self.regions, self.probes.sites)}") from None
         except wasmtime.WasmtimeError as e:
@@ -1785,17 +1784,43 @@ class Engine:
         finally:
             self._entered -= 1
             self._running.pop()
-            self._running_until.pop()
-            if self._deadlines:     # the code beneath goes on, bounded by its own
-                if self._running:
-                    unchecked.deadline(self._running[-1], self._running_until[-1])
-                else:
-                    unchecked.deadline(store, None)
+            self._timed_leave(store)
             self._copied = copied
             if waiting_reply is not None:
                 self._drop_unread_reply()       # this run's, never read: its handles go
                 self.reply, self._reply_entries = waiting_reply
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
+
+
+    def _timed_enter(self, store):
+        """Guest code in `store` runs now (its entry, or a start function as its
+        instance is made), bounded by the deadline of the call it is part of,
+        self._until[-1] (None: code of no call): past it, its code traps where it
+        is, in wasm too (_fastcall.c, "deadlines"), not only at a host call.  Every
+        way into guest code of a call comes here: a per_call instance's start
+        function ran with no deadline (on to fuel_per_call, hours), though it is
+        the call's code as its _initialize is."""
+        at = len(self._until) - 1 if self._until else None
+        self._timed.append((store, at))
+        if self._deadlines:
+            unchecked.deadline(store, None if at is None else self._until[at])
+
+    def _timed_leave(self, store):
+        """The guest code of the last _timed_enter, in `store`, is done: the code
+        beneath goes on, bounded by its own deadline."""
+        self._timed.pop()
+        if self._deadlines:
+            if self._timed:
+                beneath, at = self._timed[-1]
+                unchecked.deadline(beneath, None if at is None else self._until[at])
+            else:
+                unchecked.deadline(store, None)
+
+    def _ran_past(self) -> "_CallError":
+        """The error of a call whose code was stopped at its deadline (INTERRUPT)."""
+        return _CallError("overloaded", (
+            f"compartment {self.name} ran past the {self.limits.call_time:g} s "
+            f"a call may take (limit call_time), and its code was stopped"))
 
 
 def _stack_pointer(exports, store) -> wasmtime.Global | None:

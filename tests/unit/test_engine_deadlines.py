@@ -1,0 +1,87 @@
+"""A call's code stopped at its call_time in wasm (_fastcall.c "deadlines": the
+engine's own alarm moves wasmtime's epoch).  A real Engine with real wasmtime on
+a recording socket, its supervisor played here, each in a process of its own:
+the alarm's SIGALRM handler is the engine process's (not pytest's)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from compartments import unchecked
+
+pytestmark = pytest.mark.skipif(unchecked._native is None, reason="needs the native module")
+
+_PRELUDE = """
+import json, sys
+import wasmtime
+from capnp_schemas.protocol import Content
+from compartments import unchecked
+from compartments.engine import Engine
+from compartments.limits import Limits
+from compartments.spec import EngineSpec
+from fuzz.hostmem import Recorded
+from tests.enginedriver import Driven
+
+def engine(path, text, per_call=False, host=None, **limits):
+    # an engine of the module `text`, alarm and all (as run() makes one); `host`:
+    # the module's import "wsuper" "release" is this function of the test's, i32 -> i32
+    open(path, "w").write(text)
+    e = Engine(Recorded(), EngineSpec(name="spin", module=path, exports=True,
+                                      per_call=per_call, limits=Limits(**limits)),
+               instantiate=False)
+    if host is not None:
+        i32 = wasmtime.ValType.i32()
+        e._linker.allow_shadowing = True
+        e._linker.define_func("wsuper", "release", wasmtime.FuncType([i32], [i32]), host)
+    e._deadlines = unchecked.start_deadlines(e.wasm_engine)
+    e.instantiate()
+    return e, Driven(e)
+
+def call(d, method=0):
+    ev = d.ask(d.sup.send_call(d.main, 1, method, Content.standalone([bytes(16)]))[1])
+    return [ev.error_type, ev.error] if ev.payload is None else ["ok", None]
+"""
+
+
+def _run(tmp_path, body: str):
+    """Run `body` (after _PRELUDE) in a Python of its own; what it prints as JSON."""
+    script = _PRELUDE + textwrap.dedent(body).replace("TMP", repr(str(tmp_path)))
+    try:
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the engine never answered: its guest code was not stopped")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_per_call_instances_start_function_is_stopped_at_its_calls_call_time(tmp_path):
+    """With instance = "per_call" a new instance's start function runs for the call
+    (it spends of the call's fuel), but it ran with no deadline: one that looped
+    ran on to fuel_per_call (hours at 2^62), its engine stuck, every later call
+    of every caller failing "did not answer within" behind it."""
+    out = _run(tmp_path, """
+    # the start function loops in every instance but the first (the compartment's
+    # own, at its start, which no call's deadline bounds)
+    instances = []
+    def host(_):
+        instances.append(1)
+        return int(len(instances) > 1)
+    e, d = engine(TMP + "/m.wat", '''(module
+      (import "wsuper" "release" (func $host (param i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+      (func $s (local $i i32)
+        (if (call $host (i32.const 0)) (then (loop $l (local.set $i (call $step (local.get $i))) (br $l)))))
+      (start $s)
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))''',
+      per_call=True, host=host, fuel_per_call=1 << 62, call_time=0.2)
+    print(json.dumps([call(d), call(d)]))
+    """)
+    assert out == [["overloaded", "compartment spin ran past the 0.2 s a call may take "
+                    "(limit call_time), and its code was stopped"]] * 2
+
