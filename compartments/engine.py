@@ -1185,6 +1185,11 @@ class Engine:
         if at is None or at >= len(self._until):
             return
         self._until[at] = CANCELLED
+        if self._deadlines and self._timed and self._timed[-1][1] == at:
+            # its code runs now (in the host call that read this): stopped in wasm
+            # too, where it goes on, not only at its next host call (code above it
+            # gets this as it returns: _timed_leave)
+            unchecked.deadline(self._timed[-1][0], CANCELLED)
         asked = self._asking.get(at)
         if asked is not None and not asked[1]:
             q = self.conn.questions.get(asked[0])
@@ -1817,7 +1822,14 @@ class Engine:
                 unchecked.deadline(store, None)
 
     def _ran_past(self) -> "_CallError":
-        """The error of a call whose code was stopped at its deadline (INTERRUPT)."""
+        """The error of a call whose code was stopped at its deadline (INTERRUPT),
+        while its _timed entry is still the innermost."""
+        at = self._timed[-1][1] if self._timed else None
+        if at is not None and self._until[at] == CANCELLED:
+            return _CallError("failed", (
+                f"compartment {self.name} was sent Finish for this call while it ran "
+                f"(its caller cancelled it or went, a grant on its way was revoked, "
+                f"or it ran past its call_time), and its code was stopped"))
         return _CallError("overloaded", (
             f"compartment {self.name} ran past the {self.limits.call_time:g} s "
             f"a call may take (limit call_time), and its code was stopped"))

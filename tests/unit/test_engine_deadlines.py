@@ -85,3 +85,83 @@ def test_a_per_call_instances_start_function_is_stopped_at_its_calls_call_time(t
     assert out == [["overloaded", "compartment spin ran past the 0.2 s a call may take "
                     "(limit call_time), and its code was stopped"]] * 2
 
+
+_CALLS_OUT_THEN_SPINS = """(module
+  (import "wsuper" "params_read" (func $params_read (param i32 i32) (result i32)))
+  (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+  ;; every call calls its capability; then method 0 loops for ever, others return
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (local $i i32)
+    (drop (call $params_read (i32.const 4096) (i32.const 0)))
+    (drop (call $call (i32.load (i32.const 0)) (i64.const 1) (i32.const 0) (i32.const 0)
+                (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000)))
+    (if (i32.eqz (local.get 2))
+      (then (loop $l (local.set $i (call $step (local.get $i))) (br $l))))
+    (i32.const 0)))"""
+
+# the supervisor's side of a call with one capability (the observer), answered
+# once the engine has asked it; what the engine sent, as events
+_CANCELLED_WHILE_IT_WAITS = """
+import socket, struct
+from capnp_schemas import protocol, wire
+e, d = engine(TMP + "/m.wat", MODULE, call_time=3600, fuel_per_call=1 << 62)
+sup, events, answered = d.sup, [], set()
+seg = struct.pack("<QQQ", (1 << 32) | (1 << 48), 5, wire.cap_pointer(0))
+q, msg = sup.send_call(d.main, 1, 0, Content.standalone([seg]), [object()])
+q1, msg1 = sup.send_call(d.main, 1, 1, Content.standalone([seg]), [object()])
+
+def seen():
+    while e.sock.writes:
+        events.extend(sup.receive(e.sock.writes.pop(0)))
+    return events
+
+def answer_step():
+    steps = [ev.answer_id for ev in seen() if isinstance(ev, protocol.CallReceived)
+             and ev.answer_id not in answered]
+    if not steps:
+        return b""
+    answered.add(steps[-1])
+    return sup.send_return(steps[-1])
+
+script = SCRIPT
+
+def recv(_n, flags=0):
+    if flags & socket.MSG_DONTWAIT or not script:
+        if flags & socket.MSG_DONTWAIT:
+            raise BlockingIOError
+        return b""
+    return script.pop(0)()
+e.sock.recv = recv
+try:
+    e.serve()
+except SystemExit:
+    pass
+seen()
+print(json.dumps([ev.error for ev in events if isinstance(ev, protocol.ReturnReceived)
+                  and ev.question_id == q]))
+"""
+
+
+def test_a_call_cancelled_while_it_waits_in_a_call_out_is_stopped_when_it_goes_on(tmp_path):
+    """The supervisor's Finish for a call whose code waits in a call out (its
+    caller cancelled it, went, or was revoked) made the call past its time
+    (CANCELLED), but only for its next host call: its deadline in wasm stayed the
+    one it entered with, and code that went on computing ran for nobody until its
+    call_time (up to a day), every later call of every caller waiting behind it."""
+    out = _run(tmp_path, _CANCELLED_WHILE_IT_WAITS.replace("MODULE", repr(
+        _CALLS_OUT_THEN_SPINS)).replace(
+        "SCRIPT", "[lambda: msg, lambda: sup.send_finish(q), answer_step]"))
+    assert len(out) == 1 and "was sent Finish for this call while it ran" in out[0], out
+
+
+def test_a_call_cancelled_while_a_call_runs_above_it_is_stopped_when_it_goes_on(tmp_path):
+    """The same, the Finish read while another call runs on top of it (served
+    while it waits): when that one returned, the code beneath was given back the
+    deadline it had entered with, not CANCELLED, and ran on for nobody."""
+    out = _run(tmp_path, _CANCELLED_WHILE_IT_WAITS.replace("MODULE", repr(
+        _CALLS_OUT_THEN_SPINS)).replace(
+        "SCRIPT", "[lambda: msg, lambda: msg1, lambda: sup.send_finish(q), answer_step, "
+        "answer_step]"))
+    assert len(out) == 1 and "was sent Finish for this call while it ran" in out[0], out
