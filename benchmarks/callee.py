@@ -6,8 +6,9 @@ An `Engine` serving examples/calc/calc.wat runs in a forked process of its own
 (not confined: this measures the call path, not start-up); this process plays
 the supervisor with a `protocol.Connection`, sends `Calc.add` calls PER_READ
 at a time (1: one call per read, as in a ping-pong; 50: as under load) and
-reads the answers.  Prints the engine process's CPU time per call (user +
-system, its own rusage) and the wall time per call.  WSUPER_NATIVE=0 measures
+reads the answers.  The engine gives each call's code its deadline, as run()
+has it do (unchecked.start_deadlines).  Prints the engine process's CPU time
+per call (user + system, its own rusage) and the wall time per call.  WSUPER_NATIVE=0 measures
 the ctypes path into wasm (and the Python wire code) instead; a third argument
 `python-host-calls` keeps the native paths but sends the guest's params_read,
 results_set and reply_read to the Python functions (the Guest's memory unset),
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from capnp_schemas import payloads, protocol  # noqa: E402
 from capnp_schemas.protocol import Content  # noqa: E402
+from compartments import unchecked  # noqa: E402
 from compartments.engine import ENGINE_INTERFACE, Engine  # noqa: E402
 from compartments.spec import EngineSpec  # noqa: E402
 
@@ -40,6 +42,9 @@ def main(calls: int, per_read: int, python_host_calls: bool = False):
     pid = os.fork()
     if pid == 0:
         ours.close()
+        # as run() does in an engine process: each call's code gets its deadline
+        # (the alarm that stops it at call_time), a cost of every call
+        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
         before = time.process_time()
         engine.serve()
         os.write(w, str(time.process_time() - before).encode())
