@@ -1478,13 +1478,19 @@ class Engine:
     def _dispatch_until(self, ev, after: list, until: float):
         """_dispatch, its guest code bounded by `until` (self._until while it runs)."""
         try:
-            outer = self._fresh_instance(until) if self.per_call else None
+            outer = self._fresh_instance(until, ev.answer_id) if self.per_call else None
         except BaseException:
             # the call's instance could not be had (its start function or _initialize
             # failed, ran out of fuel, exited): the capabilities it brought were never
             # taken, and stayed imported for good, a reference to each caller's object
             self._let_go(ev.payload.caps)
             raise
+        if outer is not None:
+            a = self.conn.answers.get(ev.answer_id)
+            if a is not None and a.finished:
+                # finished while its instance was made: its code is past its time
+                # at once, as if the Finish had come as it ran (_finish_read)
+                until = CANCELLED
         try:
             try:
                 handles = self._handles_for(ev.payload.caps)
@@ -1590,7 +1596,7 @@ class Engine:
                 self.hold(entry.import_id)
         return table
 
-    def _fresh_instance(self, until: float) -> dict:
+    def _fresh_instance(self, until: float, answer_id: int) -> dict:
         """Switch to a new instance for this one call (instance = "per_call"): a new
         store, memory and tables, no pending reply, the handle table and WASI state
         as they were right after start (the grants).  Returns what to switch back
@@ -1601,7 +1607,11 @@ class Engine:
         calls reach this instance only, never the outer one (its handles, or its
         memory, which is another store's: wasmtime would abort the process) nor a
         call that waits below (its params and results).  It has no memory until
-        it is instantiated.  `until`: the call's deadline, which bounds that code."""
+        it is instantiated.  `until`: the call's deadline, which bounds that code;
+        the call's Finish (`answer_id`'s) read meanwhile cuts it off as it would
+        the call's dispatch (_finish_read: its _until entry is the call's while
+        that code runs; before, a cancelled call's _initialize and then its
+        dispatch ran on, whole, for nobody)."""
         store = self._new_store(self.limits.fuel_per_call)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
@@ -1614,11 +1624,15 @@ class Engine:
             "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
             "_memory_base": None, "_stack_pointer": None, "_resting_sp": None})
         self._instances += 1            # until its release (_leave_instance)
+        at = self._serving_at[answer_id] = len(self._until)     # _outside's entry
         try:
             self._outside(self._start_instance, store, outer, _until=until)
         except BaseException:
             self._leave_instance(outer)()
             raise
+        finally:
+            if self._serving_at.get(answer_id) == at:
+                del self._serving_at[answer_id]
         return outer
 
     def _start_instance(self, store, outer: dict):

@@ -165,3 +165,38 @@ def test_a_call_cancelled_while_a_call_runs_above_it_is_stopped_when_it_goes_on(
         "SCRIPT", "[lambda: msg, lambda: msg1, lambda: sup.send_finish(q), answer_step, "
         "answer_step]"))
     assert len(out) == 1 and "was sent Finish for this call while it ran" in out[0], out
+
+
+def test_a_per_call_call_cancelled_while_its_instances_initialize_waits_is_stopped(tmp_path):
+    """A per_call call's Finish read while its instance's _initialize waits in a
+    host call (a WASI read of its configuration, a call out) was not noticed at
+    all: the call was not registered as served until its instance was made, so
+    _initialize ran on for nobody to the call's call_time, and then its dispatch
+    ran whole, calls out and all.  (The host call here plays the read: it hands
+    the engine the supervisor's Finish, as _wait_for would.)"""
+    out = _run(tmp_path, """
+    from capnp_schemas import protocol
+    sent = {}
+    def host(_):
+        if sent:            # an instance made for the call (not the one at start)
+            e._received(d.sup.send_finish(sent["q"]))
+        return 1
+    e, d = engine(TMP + "/m.wat", '''(module
+      (import "wsuper" "release" (func $host (param i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
+      (func (export "_initialize") (local $i i32)
+        (if (i32.eqz (call $host (i32.const 0))) (then (return)))
+        (loop $l (local.set $i (call $step (local.get $i))) (br_if $l (i32.lt_u (local.get $i) (i32.const 50000000)))))
+      (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+        (local $i i32) (loop $l (local.set $i (call $step (local.get $i))) (br $l)) (i32.const 0)))''',
+      per_call=True, host=host, fuel_per_call=1 << 62, call_time=3600)
+    q, msg = d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))
+    sent["q"] = q
+    e.sock.batches.append(msg)
+    e._pump()
+    e._flush()
+    evs = [ev for w in e.sock.writes for ev in d.sup.receive(w)]
+    print(json.dumps([ev.error for ev in evs if isinstance(ev, protocol.ReturnReceived)]))
+    """)
+    assert len(out) == 1 and "was sent Finish for this call while it ran" in out[0], out
