@@ -76,7 +76,8 @@ def test_a_per_call_instances_start_function_is_stopped_at_its_calls_call_time(t
       (memory (export "memory") 1)
       (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
       (func $s (local $i i32)
-        (if (call $host (i32.const 0)) (then (loop $l (local.set $i (call $step (local.get $i))) (br $l)))))
+        (if (call $host (i32.const 0))
+          (then (loop $l (local.set $i (call $step (local.get $i))) (br $l)))))
       (start $s)
       (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32) (i32.const 0)))''',
       per_call=True, host=host, fuel_per_call=1 << 62, call_time=0.2)
@@ -187,9 +188,11 @@ def test_a_per_call_call_cancelled_while_its_instances_initialize_waits_is_stopp
       (func $step (param i32) (result i32) (i32.add (local.get 0) (i32.const 1)))
       (func (export "_initialize") (local $i i32)
         (if (i32.eqz (call $host (i32.const 0))) (then (return)))
-        (loop $l (local.set $i (call $step (local.get $i))) (br_if $l (i32.lt_u (local.get $i) (i32.const 50000000)))))
+        (loop $l (local.set $i (call $step (local.get $i)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 50000000)))))
       (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
-        (local $i i32) (loop $l (local.set $i (call $step (local.get $i))) (br $l)) (i32.const 0)))''',
+        (local $i i32) (loop $l (local.set $i (call $step (local.get $i))) (br $l))
+        (i32.const 0)))''',
       per_call=True, host=host, fuel_per_call=1 << 62, call_time=3600)
     q, msg = d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))
     sent["q"] = q
