@@ -1810,7 +1810,6 @@ class Engine:
                 self.reply, self._reply_entries = waiting_reply
             self._fuel_used = fuel - unchecked.refuel(store, -1 if outer is None else outer)
 
-
     def _timed_enter(self, store):
         """Guest code in `store` runs now (its entry, or a start function as its
         instance is made), bounded by the deadline of the call it is part of,
