@@ -1165,6 +1165,53 @@ socket = "{sock}"
     c.close()
 
 
+def test_a_call_cancelled_while_it_waits_in_a_call_out_is_stopped_where_it_goes_on(
+        tmp_path, wsuper):
+    # x's spin calls y's spin (which never answers), then loops in wasm.  Its
+    # client cancels it while it waits: x's engine reads the Finish, finishes its
+    # call out, and goes on, but only its next host call was cut off, and its loop
+    # ran on to x's call_time (60 s here), every later call to x waiting behind it
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+socket = "{sock}"
+[compartments.x]
+module = "{HERE}/callspin.wat"
+exports = "Spin"
+external = true
+[compartments.x.limits]
+call_time = 60
+fuel_per_call = 4_000_000_000_000_000
+[compartments.x.grants]
+next = {{ compartment = "y" }}
+[compartments.y]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.y.limits]
+call_time = 60
+fuel_per_call = 4_000_000_000_000_000
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("all compartments ready")
+    schema = capnp_schemas.load(os.path.join(HERE, "spin.capnp"))
+
+    async def body(gateway):
+        x = (await gateway.get("x")).cap.as_interface(schema.Spin)
+        spin = asyncio.ensure_future(x.spin())
+        await asyncio.sleep(1)                         # x waits in its call out
+        spin.cancel()                                  # pycapnp sends Finish
+        with pytest.raises(asyncio.CancelledError):
+            await spin
+        del spin
+        # x's call out is answered 'canceled' meanwhile, and its loop goes on (a
+        # ping that came first would be served on top of the call out's wait)
+        await asyncio.sleep(1)
+        return (await x.ping()).value                  # x serves again
+    assert external_client(str(sock), body, timeout=20) == 7
+    run.stop()
+
+
 @pytest.mark.parametrize("how", ["cancel", "disconnect", "cancel through a relay"])
 def test_a_call_its_client_cancels_or_leaves_stops_calling_down_the_chain(
         tmp_path, wsuper, how):
