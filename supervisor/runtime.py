@@ -80,22 +80,53 @@ class _ExternalQueues:
     router.external_queue_pool).  Each connection was bounded alone, by its hard
     bound: one local client that opened max_connections connections and left
     their answers unread held 32 x 80 MiB of the supervisor's memory (an outside
-    review).  A write that would take the pool past its size is refused, and the
-    client it is for cut off (it does not read what waits for it)."""
+    review).  A write that would take the pool past its size cuts off the
+    connections that hold the most of it (beyond their own), as many as it takes,
+    if each holds more than the writer would; else the writer is refused and cut
+    off.  It was always the writer: connections that filled the pool and then
+    stopped calling kept it, and any client that then had a few answers waiting,
+    however briefly, was cut off instead (another review)."""
 
     def __init__(self, pool: int):
         self.pool = pool
-        self.links: set = set()
+        self.links: dict = {}           # link -> its peer id
+        #: (peer id, reason) of the connections shed to make room, to be cut off by
+        #: the supervisor once the write that shed them is done (Supervisor._shed)
+        self.owed: list = []
 
     def room(self, link, after: int) -> bool:
-        """Whether `link` may have `after` bytes waiting for it."""
+        """Whether `link` may have `after` bytes waiting for it (others may be shed
+        for it: `owed`)."""
         beyond = after - link.soft
         if beyond <= 0:
             return True
+        total, held = beyond, []
         for other in tuple(self.links):     # written from the lane's worker too
-            if other is not link:
-                beyond += max(0, other.queued - other.soft)
-        return beyond <= self.pool
+            if other is not link and other.shed is None:
+                b = other.queued - other.soft
+                if b > 0:
+                    total += b
+                    held.append((b, other))
+        if total <= self.pool:
+            return True
+        held.sort(key=lambda h: h[0], reverse=True)
+        shed = []
+        for b, other in held:
+            if total <= self.pool or b <= beyond:
+                break
+            shed.append((other, b))
+            total -= b
+        if total > self.pool:
+            return False                    # the writer holds the most: it goes
+        for other, b in shed:
+            other.shed = (f"it does not read its messages ({b} bytes wait for it beyond "
+                          f"its own {other.soft}, the most of any external client, and "
+                          f"external clients together may have at most {self.pool} bytes "
+                          f"waiting beyond their own)")
+            pid = self.links.get(other)
+            if pid is not None:
+                self.owed.append((pid, other.shed))
+        return True
 
     def refused(self, link, after: int) -> str:
         return (f"it does not read its messages ({after} bytes would wait for it, and "
@@ -114,6 +145,7 @@ class _Link:
     shared: _ExternalQueues | None = None      # an external client's: the pool
     why: str | None = None                     # why a write was refused, if not `hard`
     external = False            # an external client's (the clients' turn: _client_turn)
+    shed: str | None = None                    # why the pool shed it (to be cut off)
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
@@ -142,7 +174,7 @@ class _Link:
 
     def write(self, data: bytes) -> bool:
         """Queue `data`; False if the peer has more waiting than it may (cut it off)."""
-        if self.closed:
+        if self.closed or self.shed is not None:    # shed: cut off next, as if closed
             return True
         if not self.queued:
             try:
@@ -263,6 +295,7 @@ class _NativeLink:
     shared: _ExternalQueues | None = None
     why: str | None = None
     external = False            # an external client's (the clients' turn: _client_turn)
+    shed: str | None = None
 
     def __init__(self, lane, pid: int, limits: Limits, external: bool = False):
         self.lane = lane
@@ -281,7 +314,7 @@ class _NativeLink:
         return self.lane.queued(self.pid)
 
     def write(self, data: bytes) -> bool:
-        if self.closed:
+        if self.closed or self.shed is not None:    # shed: cut off next, as if closed
             return True
         if self.shared is not None:
             after = self.lane.queued(self.pid) + len(data)
@@ -2381,7 +2414,7 @@ class Supervisor:
         if self._external_queues is None:
             self._external_queues = _ExternalQueues(R.external_queue_pool(limits))
         link.shared = self._external_queues
-        self._external_queues.links.add(link)
+        self._external_queues.links[link] = pid
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
@@ -2396,7 +2429,7 @@ class Supervisor:
         finally:
             self._external -= 1
             self.links.pop(pid, None)
-            self._external_queues.links.discard(link)
+            self._external_queues.links.pop(link, None)
             await stream.aclose()
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
@@ -2711,6 +2744,7 @@ class Supervisor:
                 if link.native or not here:
                     if not link.write(e.data):
                         self._then(self._cut_off, e.peer, _not_reading(link), False)
+                    self._shed()
                     return
             elif kind is fx.HostCall:
                 self._host_call(e)
@@ -2799,6 +2833,16 @@ class Supervisor:
                     chunks[0] if len(chunks) == 1 else b"".join(chunks)):
                 self._then(self._cut_off, pid, _not_reading(link), False)
         batch.clear()
+        self._shed()
+
+    def _shed(self):
+        """Cut off the external clients the pool shed to make room for a write
+        (_ExternalQueues.room): they hold the most of it, unread."""
+        queues = self._external_queues
+        while queues is not None and queues.owed:
+            pid, reason = queues.owed.pop(0)
+            if pid in self.links:
+                self._then(self._cut_off, pid, reason, False)
 
     def _on_started(self, e: fx.Started):
         if self._done.is_set():          # forked as the stop began: not ready for anything

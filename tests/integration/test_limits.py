@@ -1529,3 +1529,63 @@ external = true
         assert over.returncode == 1, over.output[:300]
         assert "amp.get: its results are more than" in over.stderr, over.stderr
         assert "external_limits.message_size = 65536" in over.stderr, over.stderr
+
+
+def test_a_client_that_reads_is_not_the_one_cut_off_when_others_filled_the_external_pool(
+        tmp_path, wsuper, monkeypatch):
+    """An outside review (reviewer 206) of the pool of the previous test: the
+    connection cut off was whichever wrote past the pool first, not whichever held
+    it.  Two connections that leave ~22 MiB each unread (message_size 1 MiB: own
+    2 MiB each, pool 44 MiB) fill the pool and then stop calling; a client that
+    reads its answers, but only once its few calls are all answered (~11 MiB
+    waiting, 9 beyond its own), was cut off, and the two that held the pool kept
+    it.  Now the connection holding the most beyond its own is the one cut off
+    (the writer only if it holds the most).  Python's links: the lane reads a
+    client no further while more than its own waits for it, so how much the
+    reader has waiting there depends on timing; both kinds of link ask the same
+    _ExternalQueues.room (tests/unit/test_eviction.py tests it alone)."""
+    from tests.wireclient import WireClient
+    import socket as _socket
+    monkeypatch.setenv("WSUPER_NATIVE", "0")
+    sock = tmp_path / "s.sock"
+    (tmp_path / "big.capnp").write_text(BIG_SCHEMA)
+    (tmp_path / "quick.wat").write_text(QUICK_1M_WAT)
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{tmp_path}/big.capnp"]
+socket = "{sock}"
+external_limits = {{ message_size = "1MiB" }}
+[compartments.quick]
+module = "{tmp_path}/quick.wat"
+exports = "Big"
+external = true
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready quick")
+
+    def client():
+        c = WireClient(str(sock), timeout=20)
+        c.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+        return c, c.get(c.bootstrap(), "quick")
+
+    hogs = []
+    for _ in range(2):
+        c, quick = client()
+        hogs.append((c, [c.call(quick, BIG_ID, 0) for _ in range(26)]))
+    probe, quick = client()     # quick answers in order: all the calls before are answered
+    ret = probe.returned(probe.call(quick, BIG_ID, 1))
+    assert ret.payload is not None, ret.error
+    reader, quick = client()
+    qids = [reader.call(quick, BIG_ID, 0) for _ in range(12)]
+    ret = probe.returned(probe.call(quick, BIG_ID, 1))
+    assert ret.payload is not None, ret.error
+    for q in qids:              # it reads now: every answer is there
+        ret = reader.returned(q)
+        assert ret.payload is not None, ret.error
+    reader.close()
+    line = run.wait_for("connection cut off: it does not read its messages")
+    assert "the most of any external client" in line, line
+    for c, _ in hogs:
+        c.close()
+    probe.close()
+    assert run.proc.poll() is None

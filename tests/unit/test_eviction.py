@@ -31,3 +31,45 @@ def test_only_a_stop_request_is_one_the_admin_socket_never_refuses_for_being_too
     assert not is_stop(b'{"op":"stop"')                  # not JSON
     assert not is_stop(b"[" * 100 + b"]" * 100)          # nested too deeply
     assert not is_stop(b'{"op":["stop"]}')
+
+
+class _FakeLink:
+    shed = None
+
+    def __init__(self, queued, soft=10):
+        self.queued, self.soft = queued, soft
+
+
+def test_the_external_pool_sheds_the_connections_holding_the_most_not_the_writer():
+    """An outside review (reviewer 206): a write past the pool of what waits for
+    external clients cut off its writer always, so connections that filled the pool
+    and stopped calling kept it, and a client with a few answers waiting was cut off.
+    The ones holding the most beyond their own (soft) go first, as many as it takes;
+    the writer only if it would hold the most."""
+    from supervisor.runtime import _ExternalQueues
+    q = _ExternalQueues(100)
+    hog1, hog2, small, writer = _FakeLink(60), _FakeLink(55), _FakeLink(15), _FakeLink(0)
+    for pid, link in enumerate((hog1, hog2, small, writer)):
+        q.links[link] = pid
+    # hogs hold 50 + 45 beyond their own, small 5: the writer's 20 beyond do not fit
+    assert q.room(writer, 30)
+    assert hog1.shed and hog2.shed is None and small.shed is None
+    assert [pid for pid, _ in q.owed] == [0]
+    assert "the most of any external client" in q.owed[0][1]
+    # a shed link counts no more (it is being cut off): the writer may go on
+    q.owed.clear()
+    assert q.room(writer, 55) and not q.owed
+    # the writer holding the most is refused, and nobody is shed for it
+    assert not q.room(writer, 120) and not q.owed and hog2.shed is None
+    # as many as it takes, the biggest first, each holding more than the writer
+    q2 = _ExternalQueues(100)
+    links = [_FakeLink(60), _FakeLink(55), _FakeLink(50), _FakeLink(0)]
+    for pid, link in enumerate(links):
+        q2.links[link] = pid
+    assert q2.room(links[3], 40)            # 30 + 50 + 45 + 40 = 165: two go
+    assert [pid for pid, _ in q2.owed] == [0, 1] and links[2].shed is None
+    # never one holding less than the writer: the writer is refused then
+    q3 = _ExternalQueues(100)
+    a, b, w = _FakeLink(50), _FakeLink(50), _FakeLink(0)
+    q3.links.update({a: 0, b: 1, w: 2})
+    assert not q3.room(w, 60) and not q3.owed and a.shed is None
