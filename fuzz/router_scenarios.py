@@ -473,9 +473,22 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
             at[pid] = at.get(pid, 0) + 1
         if at != router._pending.at:
             raise Violation(f"questions open per peer {router._pending.at} (counted {at})")
-        if len(router._orphans) != sum(router._orphans_at.values()):
+        # a live client's cancelled calls count to its in_flight (_cancelled_of), the
+        # others to orphans_limit (_orphans_at): each orphan to exactly one of them
+        if len(router._orphans) != sum(router._orphans_at.values()) + len(router._cancelled_by):
             raise Violation(f"orphans {len(router._orphans)} counted "
-                            f"{sum(router._orphans_at.values())} ({router._orphans_at})")
+                            f"{sum(router._orphans_at.values())} ({router._orphans_at}) "
+                            f"+ {len(router._cancelled_by)} cancelled by live clients")
+        by = {}
+        for key, cid in router._cancelled_by.items():
+            by[cid] = by.get(cid, 0) + 1
+            caller = router.peers.get(cid)
+            if key not in router._orphans or caller is None or not caller.alive:
+                raise Violation(f"a cancelled call {key} counted to {cid}, which is gone "
+                                f"or whose call is no orphan")
+        if by != router._cancelled_of:
+            raise Violation(f"cancelled calls per caller {router._cancelled_of} "
+                            f"(counted {by})")
         for (pid, qid) in router._orphans:
             peer = router.peers.get(pid)
             q = peer.conn.questions.get(qid) if peer is not None else None
@@ -928,8 +941,9 @@ def scenario(seed: int, steps: int = 60, ops=None) -> str | None:
         probs.append(f"_waiting {router._waiting}")
     if router.audit._open:
         probs.append(f"audit records never closed: {len(router.audit._open)}")
-    if router._orphans or router._orphans_at:
-        probs.append(f"orphans {router._orphans} {router._orphans_at}")
+    if router._orphans or router._orphans_at or router._cancelled_by or router._cancelled_of:
+        probs.append(f"orphans {router._orphans} {router._orphans_at} "
+                     f"{router._cancelled_by} {router._cancelled_of}")
     if router._through:
         probs.append(f"_through {len(router._through)}")
     if router._spent:

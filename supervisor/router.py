@@ -435,6 +435,11 @@ class Router:
         # client that is gone: cancelled (Finish sent), not answered yet (_cancel)
         self._orphans: dict[tuple, float] = {}
         self._orphans_at: dict[int, int] = {}          # callee id -> how many of them
+        # of those, the ones a client still connected cancelled (Finish): caller id,
+        # and how many each such caller has.  They count to its own in_flight, not to
+        # orphans_limit, while it stays (_finished); to orphans_limit once it is gone
+        self._cancelled_by: dict[tuple, int] = {}      # (callee id, question id) -> caller id
+        self._cancelled_of: dict[int, int] = {}        # caller id -> how many of them
         self._orphan_bytes: dict[tuple, int] = {}      # their params' bytes (Python's)
         self._orphan_bytes_at: dict[int, int] = {}     # callee id -> their sum
         self.orphans_limit = orphans_limit if orphans_limit is not None \
@@ -992,9 +997,13 @@ class Router:
         if self.ended:       # the run's audit has ended (end_audit): no call goes unrecorded
             refused = CallError("the system is stopping", "disconnected")
         elif peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
-                > peer.limits.in_flight:
+                + self._cancelled_of.get(peer.id, 0) > peer.limits.in_flight:
+            cancelled = self._cancelled_of.get(peer.id, 0)
             refused = CallError(f"{peer.name} has {peer.limits.in_flight} calls in flight "
-                                f"already (limit in_flight = {peer.limits.in_flight})",
+                                f"already ("
+                                + (f"{cancelled} of them it cancelled, not answered by "
+                                   f"their callee yet; " if cancelled else "")
+                                + f"limit in_flight = {peer.limits.in_flight})",
                                 "overloaded")
         elif len(peer.conn.imports) > peer.limits.handles + protocol.MAX_CAPS_PER_MESSAGE:
             refused = CallError(f"{peer.name} has passed the supervisor more than "
@@ -2673,6 +2682,8 @@ class Router:
         if self._orphans:              # its own calls' cancellations: it will not answer
             for k in [k for k in self._orphans if k[0] == peer.id]:
                 self._unorphan(k)
+        if self._cancelled_of:         # what it cancelled: orphans_limit's from now on
+            self._gone_cancelled(peer)
         for k in orphaned:
             self._cancel(k, peer)
         self._orphans_changed()
@@ -2719,14 +2730,17 @@ class Router:
                 self._break_proxy(proxy, f"compartment {peer.name} is gone: {reason}")
         self.peers.pop(peer.id, None)
 
-    def _cancel(self, key, caller: Peer, orphan: bool = True, reason: str | None = None):
+    def _cancel(self, key, caller: Peer, orphan: bool = True, reason: str | None = None,
+                live: bool = False):
         """The call forwarded as `key` (callee id, question id) for `caller`, which is
         gone: nobody wants its answer.  The callee is sent Finish before its Return,
         which rpc.capnp makes a cancellation (an engine does not run a call finished
         before it began), and its late answer goes nowhere (_on_return), as after
         call_time.  Until it comes, or the callee's call_time from now passes, an
         external caller's call counts against orphans_limit (if `orphan`: its caller
-        is gone, not merely refused it)."""
+        is gone, not merely refused it).  `live`: its caller is still connected and
+        cancelled it (_finished): it counts to that caller's in_flight instead, until
+        its callee answers or the caller goes."""
         handler = self._pending.pop(key, None)
         if handler is None:                  # gone meanwhile (its callee was cut off)
             return
@@ -2744,7 +2758,12 @@ class Router:
             self.emit(fx.Send(callee.id, callee.conn.send_finish(key[1])))
             if orphan and caller.kind == "external" and not returned:
                 deadline = self._orphans[key] = self.clock() + callee.limits.call_time
-                self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
+                if live and caller.alive:
+                    self._cancelled_by[key] = caller.id
+                    self._cancelled_of[caller.id] = self._cancelled_of.get(caller.id, 0) + 1
+                    self._native_ok(caller)
+                else:
+                    self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
                 if type(handler) is control.Forward and handler.size:
                     self._orphan_bytes[key] = handler.size      # (_not_reading)
                     self._orphan_bytes_at[key[0]] = \
@@ -2773,10 +2792,14 @@ class Router:
         if mine in self._pipelined or mine in self._promises \
                 or caller.conn.sends_elsewhere(answer_id):
             return
-        # an external client's counts against orphans_limit until its callee answers,
-        # as a gone client's does: its Return frees its place of in_flight now, and
-        # calling and cancelling again and again would queue work without bound
-        self._cancel(key, caller, orphan=True,
+        # an external client's counts against its own in_flight until its callee
+        # answers (as if it still waited), and against orphans_limit once it is gone,
+        # as a gone client's calls do: its Return frees its place of in_flight now, and
+        # calling and cancelling again and again would queue work without bound.  It
+        # counted against orphans_limit at once, which all clients share: one client
+        # calling and cancelling filled it, and every other client's calls to that
+        # compartment were refused until it answered them (an outside review)
+        self._cancel(key, caller, orphan=True, live=True,
                      reason=f"{caller.name} cancelled this call (Finish) before it "
                             f"was answered")
         self._orphans_changed()
@@ -2791,10 +2814,38 @@ class Router:
             left = self._orphan_bytes_at.pop(key[0]) - size
             if left:
                 self._orphan_bytes_at[key[0]] = left
+        by = self._cancelled_by.pop(key, None) if self._cancelled_by else None
+        if by is not None:                   # its live caller's, not orphans_limit's
+            n = self._cancelled_of.pop(by) - 1
+            if n:
+                self._cancelled_of[by] = n
+            peer = self.peers.get(by)
+            if peer is not None:
+                self._native_ok(peer)
+            return True
         n = self._orphans_at.pop(key[0]) - 1
         if n:
             self._orphans_at[key[0]] = n
         return True
+
+    def _gone_cancelled(self, peer: Peer):
+        """`peer`, gone, had calls it cancelled that their callees have not answered:
+        from now on they count against orphans_limit, as a gone client's do."""
+        if not self._cancelled_of.pop(peer.id, None):
+            return
+        for key in [k for k, by in self._cancelled_by.items() if by == peer.id]:
+            del self._cancelled_by[key]
+            self._orphans_at[key[0]] = self._orphans_at.get(key[0], 0) + 1
+        self._orphans_changed()
+
+    def _native_ok(self, peer: Peer):
+        """The router's say to the fast lane on an external client's new calls: to
+        Python (which judges them) while any compartment is past orphans_limit, or
+        while calls it cancelled count to its in_flight (the lane counts only its
+        own calls in flight)."""
+        if peer.kind == "external" and peer.conn.native is not None:
+            peer.conn.native.router_ok(not self._orphans_full
+                                       and not self._cancelled_of.get(peer.id))
 
     def _orphans_changed(self):
         """A compartment past orphans_limit (or none any more): external clients'
@@ -2806,8 +2857,7 @@ class Router:
             return
         self._orphans_full = full
         for p in self.peers.values():
-            if p.kind == "external" and p.conn.native is not None:
-                p.conn.native.router_ok(not full)
+            self._native_ok(p)
 
     def _break_proxy(self, proxy: Proxy, reason: str, type: str = "disconnected"):
         if self._routes:

@@ -4244,10 +4244,12 @@ def test_calls_a_client_cancels_count_against_orphans_limit_until_their_callee_a
             qs.append(q)
         for q in qs:
             c.send(c.conn.send_finish(q))
-    assert len(calc.inbox) == 4 and all(calc.conn.answers[e.answer_id].finished
+    # (its own in_flight bounds them while it stays: the next test)
+    assert len(calc.inbox) == 2 and all(calc.conn.answers[e.answer_id].finished
                                         for e in calc.inbox)
     refused = [r for r in c.inbox if r.error_type == "overloaded"]
-    assert refused and "limit 4" in refused[-1].error and "cancelled them" in refused[-1].error
+    assert refused and "limit in_flight = 2" in refused[-1].error \
+        and "2 of them it cancelled" in refused[-1].error
     for e in calc.inbox:                             # calc answers the cancellations
         calc.send(calc.conn.send_exception(e.answer_id, "call canceled"))
     calc.inbox.clear()
@@ -4302,3 +4304,37 @@ def test_params_in_a_segment_of_their_own_are_measured_as_they_are():
         caller.inbox.clear()
         assert ret.payload is None
         assert "of 1032 bytes" in ret.error, ret.error
+
+
+def test_calls_a_client_cancels_count_to_its_own_in_flight_not_to_the_orphans_all_clients_share():
+    """An outside review (reviewer 206): a live client's cancelled calls counted
+    against orphans_limit, which every external client shares at a compartment.
+    One client calling and cancelling (in_flight 2, orphans_limit 4) filled it in
+    two rounds, and every other client's call to calc was refused "overloaded"
+    until calc answered them (for as long as calc was busy, up to its call_time).
+    They count to the canceller's own in_flight now, until calc answers them,
+    and to orphans_limit only once it is gone (as a gone client's calls do)."""
+    router = R.Router({"calc": CALC}, external=("calc",), external_limits=R.Limits(in_flight=2))
+    calc = start(router, "calc", exports=True)
+    c = client(router, "canceller")
+    honest = client(router, "honest")
+    for _ in range(3):
+        qs = []
+        for _ in range(2):
+            q, data = c.conn.send_call(c.grants[0].import_id, CALC, 0)
+            c.send(data)
+            qs.append(q)
+        for q in qs:
+            c.send(c.conn.send_finish(q))
+    assert len(calc.inbox) == 2
+    refused = [r for r in c.inbox if r.error_type == "overloaded"]
+    assert refused and "cancelled" in refused[-1].error and "in_flight" in refused[-1].error
+    honest.send(honest.conn.send_call(honest.grants[0].import_id, CALC, 0)[1])
+    assert len(calc.inbox) == 3                      # the other client's call goes on
+    assert not [r for r in honest.inbox if r.error_type == "overloaded"]
+    # the canceller goes: what it cancelled counts to orphans_limit from now on
+    c.deliver(router.disconnected(c.pid, "closed"))
+    assert router._orphans_at == {calc.pid: 2} and not router._cancelled_of
+    for e in calc.inbox[:2]:                         # calc answers them: none left
+        calc.send(calc.conn.send_exception(e.answer_id, "call canceled"))
+    assert not router._orphans_at and not router._orphans
