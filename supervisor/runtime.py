@@ -1966,6 +1966,7 @@ class Supervisor:
                     link.write(data)          # closed next: at most CLOSE_FLUSH on trio's
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
+        self._shed()        # any the Abort's write shed (not left for a next write)
 
     async def _watch_start(self, comp, pid: int, proc):
         """An engine that is not ready within start_time (a start function that never

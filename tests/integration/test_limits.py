@@ -1398,11 +1398,20 @@ external = true
                 ret = c.returned(q)
                 assert ret.payload is not None, ret.error
                 got += 1
+            # all its answers were queued before it was cut off (the pool sheds the
+            # connection holding the most, e5626d7^..): they go out as it closes,
+            # if it reads them (CLOSE_FLUSH), and then the connection ends
+            if not cut:
+                c.sock.settimeout(2)
+                try:
+                    cut += c.sock.recv(1) == b""
+                except TimeoutError:
+                    pass            # still open: not this one
         except (AssertionError, OSError):
             cut += 1
         answered += got
         c.close()
-    assert cut >= 1 and answered < 66, (cut, answered)
+    assert cut >= 1, (cut, answered)
     line = run.wait_for("connection cut off: it does not read its messages")
     assert "external clients together" in line, line
     assert run.proc.poll() is None
