@@ -732,6 +732,9 @@ class Supervisor:
     _turns: Turns | None = None      # while the lane's host worker runs (_lane_host)
     _clock = None                    # trio's clock, which any thread may read
     _log_dir_fd: int | None = None   # the log directory, locked while the system runs
+    #: what waits for external clients, all of them (made with the first one); every
+    #: batch of effects asks it which clients a write shed (_shed)
+    _external_queues: _ExternalQueues | None = None
 
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
                  log_format: str = "text", zygote: Launched | None = None):
