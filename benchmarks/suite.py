@@ -285,7 +285,7 @@ def engine_micro(n: int) -> dict:
     m = max(n // 100, 50)
     t = time.perf_counter()
     for _ in range(m):
-        eng._leave_instance(eng._fresh_instance(time.monotonic() + 3600))()
+        eng._leave_instance(eng._fresh_instance(time.monotonic() + 3600, 0))()
     fresh = (time.perf_counter() - t) / m
     a.close(), b.close()
     out["fresh_instance_us"] = fresh * 1e6

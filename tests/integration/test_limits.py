@@ -1418,7 +1418,7 @@ external = true
     honest.close()
 
 
-HUGE_SCHEMA = """@0xd1e7afc40966bc31;
+HUGE_SCHEMA = """@0xe7b3c1d2a4f50617;
 interface Big @0xc0ffee0000000101 {
   get @0 (n :UInt32) -> (data :Data);
 }
