@@ -44,7 +44,11 @@ Checks (each failure is reported with its class and a reproducing input):
              Connection accept it with the same values (and pycapnp, by the
              decoders check); the forwarded bytes are the Connection's
              (send_call, send_return); the native copy and splice give the
-             Python bytes, and refuse wherever Python raises.
+             Python bytes, and refuse wherever Python raises; and on every
+             message, of any number of segments, the copy through far
+             pointers (_fastwire.copy_segments) from the root and from a
+             Call's or Return's content pointer gives the Python walk's
+             bytes, or is refused where and as it raises.
   copier     for content with a known schema: when single_segment_copy
              accepts, the copy is one segment with every pointer inside it,
              and pycapnp reads the same from the copy as from the original
@@ -462,8 +466,18 @@ def check_native(data: bytes):
     for segs in messages:
         if several is not None:
             # the copy through far pointers, in any number of segments: the same
-            # bytes, or refused where the walk raises and named as it names it
-            for loc in ((0, 0),):
+            # bytes, or refused where the walk raises and named as it names it;
+            # from the root, and from a Call's or Return's content pointer, where an
+            # engine (its guest's params or reply) and router.content_bytes start it
+            # (checked from the root only, a copy that erred past a landing pad in
+            # another segment, or from a pointer no root walk reaches, went unseen)
+            locs = [(0, 0)]
+            with _PythonOnly():
+                decoded = rpcwire.decode(segs)
+            at = getattr(decoded, "content_loc", None)
+            if at is not None and at != (0, 0):
+                locs.append(at)
+            for loc in locs:
                 with _PythonOnly():
                     try:
                         want = wire.single_segment_copy(segs, loc, COPY_WORDS)
