@@ -5,6 +5,7 @@ bytes: it never reads or writes outside its buffers, never overflows, and
 decides exactly what the extension built from the same header decides.
 (The differential check against the Python code and pycapnp is the `native`
 check of fuzz/protocol.py, which test_fuzz_protocol.py runs.)"""
+import json
 import random
 import shutil
 import subprocess
@@ -154,3 +155,158 @@ def test_the_differential_check_catches_native_code_that_disagrees(monkeypatch, 
     monkeypatch.setattr(wire, "_native", skewed)
     _done, failures = F.run(600, seed=5)
     assert any(k.startswith(("native", "decoders")) for k in failures), failures
+
+
+# the copy through far pointers (_fastwire.c: fw_mresolve, fw_mcopy_ptr), which the
+# harness above does not reach (it is the extension's, not fastwire.h's): the
+# extension built under AddressSanitizer and UBSan, loaded by a Python of its own
+# (the sanitizer's runtime preloaded, every bytes object a malloc of its own so that
+# a read past a segment is seen), fed messages of 1 to 8 segments whose pointers are
+# near, far and double-far, then mutated; its answer is the Python walk's
+_SEVERAL = r"""
+import importlib.util, json, random, struct, sys
+from capnp_schemas import wire
+spec = importlib.util.spec_from_file_location("capnp_schemas._fastwire", sys.argv[1])
+native = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(native)
+wire._native = None
+P = struct.Struct("<Q")
+rng = random.Random(209)
+
+def build():
+    segs = [bytearray(8)] + [bytearray() for _ in range(rng.choice([0, 1, 2, 3, 7]))]
+
+    def alloc(s, n):
+        at = len(segs[s]) // 8
+        segs[s] += bytes(8 * n)
+        return at
+
+    def put(s, p, v):
+        P.pack_into(segs[s], 8 * p, v & 0xFFFFFFFFFFFFFFFF)
+
+    def point(ps, pp, os, at, w):
+        k = rng.random()
+        if ps == os and k < 0.4:
+            put(ps, pp, wire.near_pointer(pp, at, w))
+        elif k < 0.75:                      # a landing pad beside the object
+            pad = alloc(os, 1)
+            put(os, pad, wire.near_pointer(pad, at, w))
+            put(ps, pp, wire.far_pointer(os, pad))
+        else:                               # a double-far pad anywhere
+            hs = rng.randrange(len(segs))
+            pad = alloc(hs, 2)
+            put(hs, pad, wire.far_pointer(os, at))
+            put(hs, pad + 1, w & 0xFFFFFFFF00000003)
+            put(ps, pp, wire.far_pointer(hs, pad, True))
+
+    def obj(ps, pp, depth):
+        s, k = rng.randrange(len(segs)), rng.random()
+        if depth > 4 or k < 0.1:
+            if rng.random() < 0.3:
+                put(ps, pp, 3 | rng.randrange(4) << 32)
+        elif k < 0.4:
+            d, n = rng.randrange(3), rng.randrange(3)
+            at = alloc(s, d + n)
+            for i in range(d):
+                put(s, at + i, rng.getrandbits(64))
+            point(ps, pp, s, at, d << 32 | n << 48)
+            for i in range(n):
+                obj(s, at + d + i, depth + 1)
+        elif k < 0.6:
+            n = rng.randrange(4)
+            at = alloc(s, n)
+            point(ps, pp, s, at, 1 | 6 << 32 | n << 35)
+            for i in range(n):
+                obj(s, at + i, depth + 1)
+        elif k < 0.85:
+            n, d, p = rng.randrange(4), rng.randrange(2), rng.randrange(2)
+            at = alloc(s, 1 + n * (d + p))
+            put(s, at, n << 2 | d << 32 | p << 48)
+            point(ps, pp, s, at, 1 | 7 << 32 | n * (d + p) << 35)
+            for i in range(n):
+                for j in range(p):
+                    obj(s, at + 1 + i * (d + p) + d + j, depth + 1)
+        else:
+            esz, n = rng.randrange(6), rng.choice([0, 1, 3, 9, 100])
+            at = alloc(s, wire.object_words(1 | esz << 32 | n << 35))
+            point(ps, pp, s, at, 1 | esz << 32 | n << 35)
+
+    obj(0, 0, 0)
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):       # then hostile words
+        full = [i for i, x in enumerate(segs) if x]
+        s = rng.choice(full)
+        n = len(segs[s]) // 8
+        p = rng.randrange(n)
+        w = P.unpack_from(segs[s], 8 * p)[0]
+        m = rng.random()
+        if m < 0.3:
+            w ^= 1 << rng.randrange(64)
+        elif m < 0.5:                       # at pads past the end, at pointers, at the last word
+            w = wire.far_pointer(rng.choice([s, rng.randrange(len(segs)), len(segs), 2 ** 32 - 1]),
+                                 rng.choice([p, n - 1, n, 2 ** 29 - 1]), rng.random() < 0.5)
+        elif m < 0.65:                      # offsets at and past the ends
+            w = w & ~(0x3FFFFFFF << 2) | (rng.choice([-1, -2, -p - 1, -p - 2, 2 ** 29 - 1,
+                                                      -2 ** 29]) & 0x3FFFFFFF) << 2
+        elif m < 0.8:
+            w = w & 0xFFFFFFFF | rng.getrandbits(32) << 32
+        else:
+            w = rng.getrandbits(64)
+        put(s, p, w)
+    return [bytes(x) for x in segs]
+
+copied = refused = 0
+for i in range(int(sys.argv[2])):
+    segs = build()
+    s = rng.randrange(len(segs)) if rng.random() < 0.2 else 0
+    p = rng.randrange(len(segs[s]) // 8) if segs[s] and rng.random() < 0.2 else 0
+    budget = rng.choice([0, 1, 3, 10, 50, 1 << 16])
+    try:
+        want = wire.single_segment_copy(segs, (s, p), budget)
+    except wire.WireError as e:
+        want = str(e)
+    got = native.copy_segments(segs, s, p, budget)
+    if isinstance(got, tuple):
+        try:
+            wire._copy_refused(segs, got, budget)
+        except wire.WireError as e:
+            got = str(e)
+        refused += 1
+    else:
+        copied += isinstance(got, bytes)
+    if got != want:
+        print(json.dumps(["differs", [x.hex() for x in segs], s, p, budget, repr(got)[:200]]))
+        sys.exit(1)
+print(json.dumps([copied, refused]))
+"""
+
+
+def test_the_native_copy_of_several_segments_is_memory_safe_on_hostile_bytes(tmp_path):
+    """copy_segments reads bytes from untrusted peers (router.content_bytes on the
+    supervisor's loop, an engine's copy of every call's params): under ASan and
+    UBSan it reads and writes only inside its buffers, and decides as the Python
+    walk does, on messages with far pointers to far pointers, pads at the last
+    word of a segment, segment ids past the table and offsets at 2^29."""
+    import os
+    import sys
+    import sysconfig
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed (every supported machine has it)")
+    runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    if not os.path.isabs(runtime):
+        pytest.skip("gcc has no AddressSanitizer runtime here")
+    src = HEADER.rsplit("/", 1)[0]
+    so = tmp_path / "_fastwire.so"
+    r = subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-Wall",
+                        "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                        "-I", sysconfig.get_paths()["include"], "-I", src,
+                        "-o", str(so), src + "/_fastwire.c"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, LD_PRELOAD=runtime, PYTHONMALLOC="malloc",
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+               PYTHONPATH=src.rsplit("/", 1)[0])
+    r = subprocess.run([sys.executable, "-c", _SEVERAL, str(so), "6000"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    copied, refused = json.loads(r.stdout.splitlines()[-1])
+    assert copied > 1000 and refused > 1000, (copied, refused)     # both paths reached
