@@ -181,8 +181,8 @@ class _Link:
                 n = os.write(self.fd, data)
             except BlockingIOError:
                 n = 0
-            except OSError:          # the peer is gone; its reader task reports it
-                self.closed = True
+            except OSError:          # the peer is gone (or reads no more): its reader
+                self.lost()          # is woken, and its task reports it
                 return True
             if n:
                 self.wrote_at = time.monotonic()
@@ -201,6 +201,16 @@ class _Link:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.closed = True
         return True
+
+    def lost(self):
+        """A write to the peer failed (it is gone, or shut its reading side): as
+        close(), its reader is woken, so its task ends.  Marked closed only, a client
+        that shut its reading side, had an answer written to it later (from its
+        callee) and then sent nothing kept its task waiting to read it for ever on
+        trio's sockets, and its place of max_connections, which no eviction takes
+        (it passes over closed connections): four of them kept every other client
+        out for good."""
+        self.close()
 
     def close(self):
         self.closed = True
@@ -254,8 +264,7 @@ class _Link:
                         await self.stream.send_all(view[at:at + WRITE_PIECE])
                         self.wrote_at = time.monotonic()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    self.closed = True
-                    self.drained.set()
+                    self.lost()
                     return
                 self.queued -= len(data)
                 if not self.queued:

@@ -559,6 +559,28 @@ def test_clients_cut_off_while_they_read_nothing_give_their_place_back(either_pa
     assert run.proc.poll() is None
 
 
+def test_clients_whose_answers_cannot_be_written_give_their_place_back(either_path, live):
+    """A client that shut the read side of its socket, made a call and then stayed
+    silent: the answer, written when the callee returned, failed (EPIPE) and marked
+    its connection closed, but on trio's sockets its task went on waiting to read
+    it for ever, and eviction passes over a closed connection.  Four of them kept
+    every other client out for good (max_connections), and their descriptors."""
+    run, sock = live
+    held = _take_every_connection(sock)
+    add = payloads.build(_calc_structs("add")[0], {"a": 2, "b": 3})[0]
+    for c in held:
+        calc = c.get(c.gateway, "calc")
+        c.sock.shutdown(socket.SHUT_RD)
+        c.call(calc, CALC_ID, 0, add)              # its answer cannot be written
+    # every place comes back (each one's task ended) while the four stay silent
+    newcomers = _take_every_connection(sock)
+    c = newcomers[0]
+    assert c.returned(c.call(c.get(c.gateway, "calc"), CALC_ID, 0, add)).payload is not None
+    for c in newcomers + held:
+        c.close()
+    assert run.proc.poll() is None
+
+
 def test_a_client_cut_off_is_told_why_in_an_abort_naming_the_limit(either_path, live):
     """A client cut off for a limit heard nothing but the end of the stream (a
     pycapnp client: 'disconnected', no reason) when it stalled in the middle of a
