@@ -638,7 +638,6 @@ static set_epoch_deadline_fn set_epoch_deadline;
 static const void *epoch_engine;
 static _Atomic int64_t deadline_at;     /* CLOCK_MONOTONIC ns of the running code's; 0 none */
 static _Atomic int64_t alarm_at;        /* what the alarm is set for; 0: not set */
-static _Atomic uint64_t deadlines_passed;
 
 /* far enough never to be reached: the epoch moves once per deadline that passed */
 #define NO_DEADLINE (UINT64_C(1) << 48)
@@ -658,11 +657,6 @@ static void ring_in(int64_t ns) {
   setitimer(ITIMER_REAL, &v, NULL);
 }
 
-static void passed(void) {
-  atomic_fetch_add(&deadlines_passed, 1);
-  increment_epoch(epoch_engine);
-}
-
 static void on_alarm(int sig) {
   (void)sig;
   int saved = errno;
@@ -673,7 +667,7 @@ static void on_alarm(int sig) {
     int64_t now = monotonic_ns();
     if (now >= at) {
       atomic_store(&alarm_at, 0);
-      passed();
+      increment_epoch(epoch_engine);
     } else {
       atomic_store(&alarm_at, at);
       ring_in(at - now);
@@ -731,7 +725,7 @@ static PyObject *fc_deadline(PyObject *mod, PyObject *args) {
   if (at) {
     int64_t now = monotonic_ns();
     if (now >= at) {
-      passed();
+      increment_epoch(epoch_engine);
     } else {
       int64_t armed = atomic_load(&alarm_at);
       if (!armed || armed > at) {
@@ -743,12 +737,6 @@ static PyObject *fc_deadline(PyObject *mod, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-/* deadlines_passed() -> how many deadlines have stopped guest code (or found it
- * past them at entry) in this process */
-static PyObject *fc_deadlines_passed(PyObject *mod, PyObject *unused) {
-  return PyLong_FromUnsignedLongLong(atomic_load(&deadlines_passed));
-}
-
 static PyMethodDef methods[] = {
     {"setup", fc_setup, METH_VARARGS, NULL},
     {"call", (PyCFunction)(void (*)(void))fc_call, METH_FASTCALL, NULL},
@@ -758,7 +746,6 @@ static PyMethodDef methods[] = {
     {"fuel", fc_fuel, METH_VARARGS, NULL},
     {"deadlines", fc_deadlines, METH_VARARGS, NULL},
     {"deadline", fc_deadline, METH_VARARGS, NULL},
-    {"deadlines_passed", fc_deadlines_passed, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastcall", NULL, -1, methods};
