@@ -182,7 +182,7 @@ class _Link:
             except BlockingIOError:
                 n = 0
             except OSError:          # the peer is gone (or reads no more): its reader
-                self.lost()          # is woken, and its task reports it
+                self.close()         # is woken, and its task reports it
                 return True
             if n:
                 self.wrote_at = time.monotonic()
@@ -202,17 +202,9 @@ class _Link:
             self.closed = True
         return True
 
-    def lost(self):
-        """A write to the peer failed (it is gone, or shut its reading side): as
-        close(), its reader is woken, so its task ends.  Marked closed only, a client
-        that shut its reading side, had an answer written to it later (from its
-        callee) and then sent nothing kept its task waiting to read it for ever on
-        trio's sockets, and its place of max_connections, which no eviction takes
-        (it passes over closed connections): four of them kept every other client
-        out for good."""
-        self.close()
-
     def close(self):
+        """Closed: cut off, evicted, or a write to it failed (it is gone, or shut
+        its reading side)."""
         self.closed = True
         self.send.close()
         self.drained.set()
@@ -220,9 +212,13 @@ class _Link:
         # its end of the stream (receive) and its task ends, freeing its descriptor
         # and its place.  A client evicted while silent kept its task waiting to
         # read it for ever, and evicting its own silent connections one after
-        # another heaped up descriptors without bound.  A shutdown (not trio's
-        # notify_closing) is a system call, which the host worker may make too; the
-        # socket still writes what is queued for it (CLOSE_FLUSH)
+        # another heaped up descriptors without bound; so did a client that shut
+        # its reading side, was written an answer (the write failed, which only
+        # marked it closed) and then sent nothing: four of them kept every other
+        # client out for good, as no eviction takes a closed connection.  A
+        # shutdown (not trio's notify_closing) is a system call, which the host
+        # worker may make too; the socket still writes what is queued for it
+        # (CLOSE_FLUSH)
         try:
             self.stream.socket.shutdown(pysocket.SHUT_RD)
         except OSError:          # closed already, or not connected any more
@@ -264,7 +260,7 @@ class _Link:
                         await self.stream.send_all(view[at:at + WRITE_PIECE])
                         self.wrote_at = time.monotonic()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    self.lost()
+                    self.close()
                     return
                 self.queued -= len(data)
                 if not self.queued:
