@@ -990,6 +990,17 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
     return _Spare(pid, ours)
 
 
+def _waiting(sock) -> bool:
+    """Whether `sock` has something to read now.  poll(2), never select(2), which
+    raises for a descriptor past 1,023: a zygote started again in a system that
+    holds a thousand descriptors (process.py starts one if the first is gone) gets
+    its control socket's number from the supervisor, past 1,023, and select ended
+    it at its first start that found no spare ("the zygote is gone")."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _close_all(items):
     """Close descriptors (ints) and sockets, in a forked child."""
     for item in items:
@@ -1040,7 +1051,7 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
         unconfined = e
     if warm is not None:                  # the built-in module's memfds (_warm_up)
         try:
-            if rehearse and not select.select([sock], [], [], 0)[0]:   # no request yet
+            if rehearse and not _waiting(sock):   # no request yet
                 _rehearse(wasm_engine, warm)
         except Exception:  # noqa: BLE001 - only an optimisation
             pass
@@ -1353,7 +1364,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         answer({"pid": pid, "id": ident})
         if not spares:                # the next one, while no request waits
             more = bool(received) or lines.pending() or \
-                select.select([control], [], [], 0)[0]
+                _waiting(control)
             # many requests in a row (wsuper up): no time to rehearse, and a few spares
             # forked back to back, since what this loop writes between two forks is
             # copied again after each one (docs/performance.md)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import EXAMPLES, run_wsuper
+from tests.conftest import EXAMPLES, readable, run_wsuper
 from tests.integration.test_interop import SYSTEM, _client
 
 
@@ -19,6 +19,41 @@ def test_hello_prints_ready_lines_and_the_result():
         assert "pid=" in l and ("module=calc.wat" in l or "module=hello.wat" in l)
     assert "[app] 2 + 3 = 5" in lines
     assert lines[-1] == "wsuper: finished app exit=0"
+
+
+_MANY_DESCRIPTORS = r"""
+import os, sys
+from supervisor.launch import raise_fd_limit
+raise_fd_limit()
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+from supervisor.cli import main
+sys.exit(main(["up", sys.argv[1]]))
+"""
+
+
+def test_a_system_started_holding_past_1023_descriptors_runs(tmp_path):
+    """A supervisor that holds more than 1,023 descriptors when it starts its zygote
+    (one started by a process that left many open, or a second zygote started
+    after a system's grants are open) gives it a control socket numbered past
+    1,023.  The zygote waited on it with select(2), which refuses such a number:
+    it ended at the first start that found no spare (here, among 14), and the
+    system with it ("the zygote is gone")."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    text = f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+    for name in ["calc"] + [f"c{i}" for i in range(12)]:
+        text += f'[compartments.{name}]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+    text += (f'[compartments.app]\nmodule = "{EXAMPLES}/hello.wat"\n'
+             f'[compartments.app.grants]\ncalc = {{ compartment = "calc" }}\n'
+             f'log = {{ host = "log" }}\n')
+    (tmp_path / "system.toml").write_text(text)
+    r = subprocess.run([sys.executable, "-c", _MANY_DESCRIPTORS,
+                        str(tmp_path / "system.toml")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[app] 2 + 3 = 5" in r.stdout, r.stdout + r.stderr
+    assert r.stderr.count("wsuper: ready ") == 14, r.stderr
 
 
 def test_capability_in_result_and_callback():
@@ -400,7 +435,6 @@ def test_up_in_the_background_of_a_terminal_that_stops_its_writers_runs_on():
     terminal is the operator's to read, never a reason for the system to stop:
     SIGTTOU is ignored, so the writes go through."""
     import pty
-    import select
     import subprocess
     import sys
     import termios
@@ -418,13 +452,13 @@ def test_up_in_the_background_of_a_terminal_that_stops_its_writers_runs_on():
                                 stdout=subprocess.PIPE, text=True)
         seen = b""
         while proc.poll() is None:               # what it writes is read, as a terminal's
-            if select.select([master], [], [], 0.1)[0]:
+            if readable(master, 0.1):
                 try:
                     seen += os.read(master, 65536)
                 except OSError:
                     break
         out = proc.communicate(timeout=60)[0]
-        while select.select([master], [], [], 0.2)[0]:     # what is left in the terminal
+        while readable(master, 0.2):     # what is left in the terminal
             try:
                 seen += os.read(master, 65536)
             except OSError:
