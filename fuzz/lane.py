@@ -111,8 +111,9 @@ class World:
         app = self.app
         if app.sock.fileno() < 0:
             return False
-        r, _, _ = select.select([app.sock], [], [], timeout)
-        if not r:
+        poller = select.poll()           # select(2) takes no descriptor past 1,023
+        poller.register(app.sock, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return False
         data = app.sock.recv(1 << 20)
         if not data:

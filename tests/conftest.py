@@ -1,4 +1,6 @@
 import os
+import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,47 @@ _descriptors_as_the_supervisor_has_them()
 # Log files of the systems the tests run go to a temporary state directory.
 _STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
 os.environ.setdefault("XDG_STATE_HOME", _STATE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Tests' temporary directories under a short, fresh directory of /tmp.  A Unix
+    socket's path has at most 107 bytes, and the tests make systems whose sockets
+    (`run/wsuper/system-<hash>.admin.sock`) go in their `tmp_path`: pytest's own
+    `/tmp/pytest-of-<user>/pytest-<n>/`, with pytest-xdist's `popen-gw<k>/` for each
+    worker, left some of them 1 byte short.  Not on xdist's workers, which are given
+    theirs, and not when the command line names one (`--basetemp`)."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="wst")
+        config._wsuper_basetemp = config.option.basetemp
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The short directory above goes when every test passed (pytest keeps its own
+    last three runs' to look at; a failed run's stays, and its path is printed)."""
+    made = getattr(session.config, "_wsuper_basetemp", None)
+    if made is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(made, ignore_errors=True)
+    else:
+        session.config._wsuper_kept = made
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    kept = getattr(config, "_wsuper_kept", None)
+    if kept is not None:
+        terminalreporter.write_line(f"tests' temporary directories kept in {kept}")
+
+
+def readable(f, timeout: float | None) -> bool:
+    """Whether `f` (a descriptor, or what has `fileno()`) has something to read (or
+    its end) within `timeout` seconds, None for no limit.  poll(2), not select(2):
+    select takes no descriptor past 1,023, and a process that has run many tests
+    (an xdist worker most of all) has them."""
+    poller = select.poll()
+    poller.register(f, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 #: Signals whose handlers a command run in this process installs (`up`'s

@@ -9,7 +9,6 @@ in flight), one set of open answer ids, native calls taken over by Python
 when their return is not plain, and peers that go away.
 """
 import os
-import select
 import socket
 import struct
 import subprocess
@@ -24,6 +23,7 @@ from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
 from supervisor.policy import Grant
+from tests.conftest import readable
 from tests.unit.test_router import answer_control
 
 pytestmark = pytest.mark.skipif(fastlane.Lane is None, reason=str(fastlane.unavailable))
@@ -74,8 +74,7 @@ class Engine:
     def poll(self, timeout=0.0):
         if self.sock.fileno() < 0:
             return False
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        if not r:
+        if not readable(self.sock, timeout):
             return False
         data = self.sock.recv(1 << 20)
         if not data:
@@ -152,8 +151,7 @@ class Sup:
                 self.other.append(e)
 
     def pump(self, timeout=0.0):
-        r, _, _ = select.select([self.lane.event_fd], [], [], timeout)
-        if not r:
+        if not readable(self.lane.event_fd, timeout):
             return
         for pid in self.lane.ready():
             for item in self.lane.take(pid):
@@ -515,7 +513,7 @@ def test_any_ready_says_whether_ready_would_name_a_peer_without_taking_anything(
             assert time.monotonic() < end
             time.sleep(0.001)
         assert lane.any_ready()                     # asking takes nothing
-        assert select.select([lane.event_fd], [], [], 0)[0]
+        assert readable(lane.event_fd, 0)
         assert lane.ready() == [3] and not lane.any_ready()
         assert len(lane.take(3)) == 1
         lane.remove(3)
@@ -980,8 +978,7 @@ def test_a_lane_that_ends_with_calls_in_flight_releases_their_routes():
     lane.install(1, 7, 2, 3, CALC, 0, True, False, 30.0, ctx)
     del ctx
     app.sendall(P.Connection._splice(*P.rpcwire.encode_call(5, 7, CALC, 0, ()), params()))
-    r, _, _ = select.select([calc], [], [], 5)
-    assert r and lane.stats()["calls"] == 1 and lane.stats()["in_flight"] == 1
+    assert readable(calc, 5) and lane.stats()["calls"] == 1 and lane.stats()["in_flight"] == 1
     lane.uninstall(1, 7, False)      # its call stays in flight on the dead route
     assert gone() is not None
     lane.stop()
@@ -1478,8 +1475,7 @@ def _by_hand(sup, path):
     calc.inbox.clear()
 
     def poll(timeout=0.0):
-        r, _, _ = select.select([app.sock], [], [], timeout)
-        data = app.sock.recv(1 << 20) if r else b""
+        data = app.sock.recv(1 << 20) if readable(app.sock, timeout) else b""
         for segs in framer.feed(data):
             m = P.rpcwire.decode(segs)
             got.append((m.which, m.id) if m is not None else None)

@@ -23,7 +23,7 @@ def _numeric_keys():
     """(where the key goes, its name, a size?) for every key that takes a number."""
     keys = [("system", k, False) for k in ("max_connections", "message_timeout", "audit_keep")]
     keys += [("system", "audit_max_size", True)]
-    keys += [("external_limits", k, Limits.RANGES[k][2]) for k in policy.EXTERNAL_LIMIT_KEYS]
+    keys += [("external_limits", k, Limits.RANGES[k][2]) for k in sorted(policy.EXTERNAL_LIMIT_KEYS)]
     keys += [("compartment", k, False) for k in ("max_restarts", "restart_window",
                                                   "restart_delay")]
     keys += [("limits", k, size) for k, (_, _, size) in Limits.RANGES.items()]
