@@ -1,0 +1,47 @@
+"""Rules of the code that a test can check by reading it."""
+import ast
+import os
+
+from tests.conftest import ROOT
+
+#: The packages whose code runs in the supervisor, the zygote, the engines, or
+#: the commands and harnesses the docs tell users to run.
+PACKAGES = ("supervisor", "compartments", "capnp_schemas", "fuzz", "benchmarks")
+
+
+def _python_files():
+    for package in PACKAGES:
+        for base, _, names in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    yield os.path.join(base, name)
+
+
+def _select_calls(source: str) -> list[int]:
+    """Lines that call select(2) through Python's `select` module."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "select" and \
+                any(alias.name == "select" for alias in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "select" and isinstance(node.func.value, ast.Name) and \
+                node.func.value.id == "select":
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_code_waits_with_select_which_refuses_descriptors_past_1023():
+    """select(2) raises for a descriptor numbered past 1,023, and any process here may
+    hold that many (a system of many grants, a supervisor started by a process that
+    left descriptors open): the zygote waited on its control socket with it and
+    ended ("the zygote is gone").  poll(2), epoll (selectors) or trio wait instead."""
+    found = [f"{os.path.relpath(path, ROOT)}:{line}" for path in _python_files()
+             for line in _select_calls(open(path, encoding="utf-8").read())]
+    assert found == []
+
+
+def test_the_rule_above_sees_each_way_of_calling_select():
+    assert _select_calls("import select\nselect.select([0], [], [], 0)\n") == [2]
+    assert _select_calls("from select import select\n") == [1]
+    assert _select_calls("import select\nselect.poll()\nsel.select(1)\n") == []
