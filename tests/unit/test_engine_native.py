@@ -121,7 +121,7 @@ def test_the_native_host_calls_under_asan_and_ubsan(tmp_path):
          "-o", str(out)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
          "tests/unit/test_engine_native.py", "-k", "not asan"],
         cwd=tree, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS="detect_leaks=0",
