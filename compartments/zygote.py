@@ -992,9 +992,10 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
 
 def _waiting(sock) -> bool:
     """Whether `sock` has something to read now.  poll(2), never select(2), which
-    raises for a descriptor past 1,023: a zygote started again in a system that
-    holds a thousand descriptors (process.py starts one if the first is gone) gets
-    its control socket's number from the supervisor, past 1,023, and select ended
+    raises for a descriptor past 1,023: a zygote started by a supervisor that holds
+    more (launched by a process that left many open; or a second zygote, started
+    by process.py when the first did not answer, after a big system's grants are
+    open) gets its control socket's number from it, past 1,023, and select ended
     it at its first start that found no spare ("the zygote is gone")."""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
