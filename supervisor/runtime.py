@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import resource
 import select
 import signal
 import socket as pysocket
@@ -72,6 +73,59 @@ FD_RESERVE_PER_ENGINE = 4
 #: hold (at most: the budget shared out, half of it kept for anyone)
 FD_EACH = 16
 IO_LIMITERS_KEPT = 256       # worker-thread limiters (owner, caller) kept before idle ones go
+
+
+#: descriptors the supervisor opens as it starts, beside those open when it plans
+#: (fd_plan): its sockets, the fast lane's, the log files' directory
+FD_START_MARGIN = 16
+
+
+class FdShortage(Exception):
+    """The descriptor limit cannot hold a system's reserves (fd_plan)."""
+
+
+def fd_plan(limit: int, compartments: int, max_connections: int,
+            open_now: int = 0) -> tuple[int, int]:
+    """How the soft RLIMIT_NOFILE `limit` is shared out for a system of `compartments`
+    (pure): (external connections at once, descriptors host files may hold).  Beside
+    FD_RESERVE_BASE and FD_RESERVE_PER_ENGINE for each engine, external connections
+    take a descriptor each: as many as max_connections allows, but never more than
+    half of what is left (or FD_RESERVE_BASE, where half is fewer), the rest being the
+    host files' (a max_connections above the descriptors let clients take every one:
+    no engine restarted, no grant opened), and never so many that the host files have
+    fewer than one for each compartment (the one FD_EACH keeps for it at least).
+    Connections had that floor whatever was left, and the host files' budget came
+    out below zero without a word: a system of 50 compartments under `ulimit -n 300`
+    refused every directory grant "the supervisor has no file descriptors to spare"
+    with ~110 free, and its compartment failed for good.
+
+    Raises FdShortage when the limit cannot hold the engines themselves: `open_now`
+    (open already) and FD_RESERVE_PER_ENGINE for each engine (its socket, its stderr
+    pipe, its log file, a restart's) and FD_START_MARGIN for what the supervisor opens
+    as it starts (its sockets, the fast lane's).  Under 128, 50 engines were started:
+    45 ran, the rest failed "cannot start its engine: Too many open files", then
+    "cannot make its socket", and failed for good, none of it naming the limit."""
+    if limit == resource.RLIM_INFINITY:
+        limit = 1 << 62
+    engines = FD_RESERVE_PER_ENGINE * compartments
+    need = open_now + engines + FD_START_MARGIN
+    if limit < need:
+        raise FdShortage(
+            f"this process may open only {limit} file descriptors (RLIMIT_NOFILE, its "
+            f"hard limit included), and a system of {compartments} compartments needs "
+            f"at least {need}: the {open_now} open already, {FD_RESERVE_PER_ENGINE} "
+            f"for each compartment's engine and {FD_START_MARGIN} for the supervisor's "
+            f"sockets: raise the limit (ulimit -n) or run fewer compartments")
+    spare = limit - FD_RESERVE_BASE - engines
+    external = max(1, min(max_connections, max(FD_RESERVE_BASE, spare // 2),
+                          spare - compartments))
+    return external, max(compartments, spare - external)
+
+
+def _open_descriptors(limit: int) -> int:
+    """Descriptors this process has open (0, 1 and 2 included), below `limit`."""
+    from .launch import _inherited_descriptors
+    return _inherited_descriptors(limit)[1] + 3
 
 
 class _ExternalQueues:
@@ -1037,19 +1091,18 @@ class Supervisor:
 
     async def _run(self) -> int:
         limit = raise_fd_limit()
-        engines = FD_RESERVE_PER_ENGINE * len(self.system.compartments)
-        # external connections take a descriptor each: as many as max_connections
-        # allows, but never more than half of what is left beside the engines'
-        # reserve, the rest being the host files' (a max_connections above the
-        # descriptors let clients take every one: no engine restarted, no grant opened)
-        self._max_external = min(self.system.max_connections, max(
-            FD_RESERVE_BASE, (limit - FD_RESERVE_BASE - engines) // 2))
+        try:
+            self._max_external, self._fd_budget = fd_plan(
+                limit, len(self.system.compartments), self.system.max_connections,
+                _open_descriptors(limit))
+        except FdShortage as e:
+            _refuse(e)
+            return 2
         if self._max_external < self.system.max_connections:
             self.say(f"note: max_connections {self.system.max_connections} is more than "
                      f"this process's {limit} file descriptors allow beside its "
                      f"compartments: at most {self._max_external} external connections "
                      f"at once (raise the limit: ulimit -n)")
-        self._fd_budget = limit - FD_RESERVE_BASE - self._max_external - engines
         n = max(1, len(self.system.compartments))
         self._fd_each = max(1, min(FD_EACH, self._fd_budget // (2 * n)))
         self._fd_owed = self._fd_each * len(self.system.compartments)

@@ -993,6 +993,57 @@ data = {{ host = "directory", path = "{data}" }}
         run.proc.communicate()
 
 
+def _many_calcs(tmp_path, n: int) -> str:
+    """A system of `n` calc compartments, the second holding a directory grant."""
+    (tmp_path / "d").mkdir()
+    text = SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).replace(
+        "max_connections = 4", "max_connections = 32")
+    for i in range(1, n):
+        text += f'[compartments.c{i}]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+    return text + f'[compartments.c1.grants]\ndata = {{ host = "directory", path = "{tmp_path}/d" }}\n'
+
+
+def test_many_compartments_under_a_tight_descriptor_limit_still_open_their_grants(tmp_path):
+    """A review of limits (reviewer 211): 50 compartments under `ulimit -n 300` (the
+    supervisor holds ~190 descriptors with them all running).  The external
+    connections' share of the descriptors had a floor of 64 (or max_connections),
+    whatever was left beside the engines' reserve, and the host files' budget came
+    out below what each compartment keeps for itself: c1's directory grant failed
+    "cannot open ... the supervisor has no file descriptors to spare (EMFILE)" at
+    each start, and c1 failed for good.  Connections now take at most what leaves
+    each compartment one host descriptor."""
+    (tmp_path / "system.toml").write_text(_many_calcs(tmp_path, 50))
+    run = _up_with_fd_limit(tmp_path / "system.toml", 300)
+    try:
+        assert run.next_start("c1").startswith("wsuper: ready c1"), run.lines[-5:]
+        run.wait_for("all compartments ready")
+        assert not [line for line in run.lines if "failed" in line], run.lines
+        assert _add(str(tmp_path / "ext.sock"), 20, 22) == 42
+    finally:
+        run.proc.kill()
+        run.proc.communicate()
+
+
+@pytest.mark.parametrize("limit", [128, 160])
+def test_a_descriptor_limit_too_low_for_the_system_is_said_before_it_starts(tmp_path, limit):
+    """A review of limits (reviewer 211): 50 compartments under `ulimit -n 128`
+    (hard limit too): `up` started them, and those its descriptors could not hold
+    failed "cannot start its engine: Too many open files", then "cannot make its
+    socket", and failed for good, none of it naming the limit.  `up` now refuses at
+    once, exit 2, naming the limit and what the system needs, and starts nothing."""
+    (tmp_path / "system.toml").write_text(_many_calcs(tmp_path, 50))
+    run = _up_with_fd_limit(tmp_path / "system.toml", limit)
+    assert run.finish() == 2, run.lines
+    assert not [line for line in run.lines
+                if line.startswith("wsuper: ready") or "failed to start" in line], run.lines
+    last = run.lines[-1]
+    assert last.startswith(
+        f"wsuper: error: this process may open only {limit} file descriptors "
+        f"(RLIMIT_NOFILE, its hard limit included), and a system of 50 compartments "
+        f"needs at least "), run.lines
+    assert last.endswith(": raise the limit (ulimit -n) or run fewer compartments"), last
+
+
 def test_a_compartment_that_hoards_descriptors_leaves_every_other_its_own(tmp_path):
     """Host files and directories share the supervisor's descriptor budget: one
     compartment that opened files until EMFILE took all of it (with a limit of
