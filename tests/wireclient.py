@@ -9,6 +9,8 @@ from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 
 GATEWAY = hosted.GATEWAY
+#: what one sendall of WireClient.send takes at most (its timeout bounds each)
+SEND_PIECE = 1 << 16
 
 
 class WireClient:
@@ -23,7 +25,14 @@ class WireClient:
         self.sock.close()
 
     def send(self, data: bytes):
-        self.sock.sendall(data)
+        """All of `data`, in pieces of SEND_PIECE: the socket's timeout bounds how
+        long the supervisor may take none of it, not how long it takes all of it.
+        (sendall's timeout is for the whole of what it sends: under load, a test's
+        10 MB of calls outlasted its 10 s and sendall stopped inside a message,
+        which the supervisor rightly cut off after message_timeout.)"""
+        view = memoryview(data)
+        for at in range(0, len(view), SEND_PIECE):
+            self.sock.sendall(view[at:at + SEND_PIECE])
 
     def pump(self) -> bool:
         """Read once; False at the end of the stream."""

@@ -1420,14 +1420,24 @@ def test_time_the_supervisor_did_not_read_a_peer_does_not_count_against_its_mess
         head, at = rpcwire.encode_call(qid, calc, CALC_ID, 0, [])
         return P.Connection._splice(head, at, params) + rpcwire.encode_finish(qid)
     blob = b"".join(call(qid) for qid in range(1000, 61000))   # reads end inside one
-    sent = threading.Thread(target=c.sock.sendall, args=(blob,))
+    failed = []
+
+    def send():
+        # c.send, not one sendall: sendall's timeout bounds the whole 10 MB, which a
+        # loaded machine outlasted (CI: closed at frame 55,687, the test's own write
+        # stopped inside a message, rightly cut off as one that did not finish it)
+        try:
+            c.send(blob)
+        except OSError as e:
+            failed.append(e)
+    c.sock.settimeout(60)               # each piece sent, each read below
+    sent = threading.Thread(target=send)
     sent.start()
     time.sleep(3)                       # answers unread: it stops reading this client
     drained, frames, rest = 0, 0, b""
-    c.sock.settimeout(60)
     while frames < 60000:               # now read every answer (a frame each), to the last
         data = c.sock.recv(1 << 16)
-        assert data, (frames, run.lines[-3:])
+        assert data, (frames, failed, run.lines[-3:])
         drained, rest = drained + len(data), rest + data
         while len(rest) >= 8:
             n = struct.unpack_from("<I", rest)[0] + 1
@@ -1439,6 +1449,7 @@ def test_time_the_supervisor_did_not_read_a_peer_does_not_count_against_its_mess
                 break
             rest, frames = rest[size:], frames + 1
     sent.join()
+    assert not failed, failed
     assert drained > 1 << 20 and not rest, drained
     c.sock.settimeout(10)
     ret = c.returned(c.call(calc, CALC_ID, 0, params))     # still connected, and served
