@@ -9,6 +9,7 @@ nobody defined), messages the core does not know, half messages, peers that
 do not read, too many connections.
 """
 import os
+import select
 import socket
 import struct
 import threading
@@ -451,12 +452,15 @@ def test_a_peer_that_keeps_sending_large_messages_is_not_taken_for_a_stalled_one
     drained, stop = [0], time.monotonic() + 3
 
     def drain():                       # read and drop the answers, whatever they are
-        c.sock.settimeout(0.5)
+        # waits with poll, not the socket's timeout: that is the writer's too, and
+        # 0.5 s bounded each whole sendall of the test's writes (WireClient.send)
+        waiting = select.poll()
+        waiting.register(c.sock, select.POLLIN)
         while time.monotonic() < stop + 1:
+            if not waiting.poll(500):
+                continue
             try:
                 data = c.sock.recv(1 << 16)
-            except TimeoutError:
-                continue
             except OSError:
                 return
             if not data:
