@@ -1391,6 +1391,7 @@ external = true
     ret = honest.returned(honest.call(honest.get(honest.bootstrap(), "quick"), BIG_ID, 1))
     assert ret.payload is not None, ret.error
     answered = cut = 0
+    served = []
     for c, qids in zip(clients, calls):
         got = 0
         try:
@@ -1398,18 +1399,31 @@ external = true
                 ret = c.returned(q)
                 assert ret.payload is not None, ret.error
                 got += 1
-            # all its answers were queued before it was cut off (the pool sheds the
-            # connection holding the most, e5626d7^..): they go out as it closes,
-            # if it reads them (CLOSE_FLUSH), and then the connection ends
-            if not cut:
-                c.sock.settimeout(2)
-                try:
-                    cut += c.sock.recv(1) == b""
-                except TimeoutError:
-                    pass            # still open: not this one
+            served.append(c)
         except (AssertionError, OSError):
             cut += 1
+            c.close()
         answered += got
+    # all the answers of one it cut off may have been queued before (the pool sheds
+    # the connection holding the most, e5626d7^..): they go out as it closes, if it
+    # reads them (CLOSE_FLUSH), and then the connection ends, while the others stay
+    # open.  The first end is awaited on all of them at once (each one's was given
+    # 2 s, which a loaded machine may take to close it)
+    import select
+    waiting, deadline = select.poll(), time.monotonic() + 30
+    for c in served:
+        waiting.register(c.sock, select.POLLIN)
+    while not cut and served and time.monotonic() < deadline:
+        for fd, _ in waiting.poll(500):
+            c = next(c for c in served if c.sock.fileno() == fd)
+            try:
+                ended = c.sock.recv(1 << 16) == b""
+            except OSError:
+                ended = True
+            if ended:
+                cut += 1
+                waiting.unregister(fd)
+    for c in served:
         c.close()
     assert cut >= 1, (cut, answered)
     line = run.wait_for("connection cut off: it does not read its messages")
