@@ -990,16 +990,19 @@ def _fork_spare(closing: list, zygote: int, wasm_engine, warm: tuple | None,
     return _Spare(pid, ours)
 
 
-def _waiting(sock) -> bool:
-    """Whether `sock` has something to read now.  poll(2), never select(2), which
+def readable(f, timeout: float = 0.0) -> bool:
+    """Whether `f` (a descriptor, or what has `fileno()`) has something to read, or
+    its end, within `timeout` seconds (0: now).  poll(2), never select(2), which
     raises for a descriptor past 1,023: a zygote started by a supervisor that holds
     more (launched by a process that left many open; or a second zygote, started
     by process.py when the first did not answer, after a big system's grants are
     open) gets its control socket's number from it, past 1,023, and select ended
-    it at its first start that found no spare ("the zygote is gone")."""
+    it at its first start that found no spare ("the zygote is gone").  The
+    supervisor's checks of one descriptor, the tests' and the fuzzers' waits use
+    it too."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    poller.register(f, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _close_all(items):
@@ -1052,7 +1055,7 @@ def _spare(sock: socket.socket, wasm_engine, zygote: int, warm: tuple | None,
         unconfined = e
     if warm is not None:                  # the built-in module's memfds (_warm_up)
         try:
-            if rehearse and not _waiting(sock):   # no request yet
+            if rehearse and not readable(sock):   # no request yet
                 _rehearse(wasm_engine, warm)
         except Exception:  # noqa: BLE001 - only an optimisation
             pass
@@ -1365,7 +1368,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
         answer({"pid": pid, "id": ident})
         if not spares:                # the next one, while no request waits
             more = bool(received) or lines.pending() or \
-                _waiting(control)
+                readable(control)
             # many requests in a row (wsuper up): no time to rehearse, and a few spares
             # forked back to back, since what this loop writes between two forks is
             # copied again after each one (docs/performance.md)

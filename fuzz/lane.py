@@ -107,13 +107,11 @@ class World:
         self.imp = self.app.grants[0].import_id
 
     def _app_poll(self, timeout=0.0):
-        import select
+        from compartments.zygote import readable
         app = self.app
         if app.sock.fileno() < 0:
             return False
-        poller = select.poll()           # select(2) takes no descriptor past 1,023
-        poller.register(app.sock, select.POLLIN)
-        if not poller.poll(timeout * 1000):
+        if not readable(app.sock, timeout):   # poll(2): descriptors past 1,023 too
             return False
         data = app.sock.recv(1 << 20)
         if not data:

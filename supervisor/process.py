@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import select
 import signal
 import socket as pysocket
 
@@ -97,9 +96,7 @@ def _pidfd(pid: int, parent: int | None = None) -> int | None:
         # parent is that process's; one that has ended already may be ours (a zombie
         # the zygote has not reaped): its pidfd, readable, says it is gone.  (Not
         # read at all: the pidfd is kept, as before)
-        poll = select.poll()
-        poll.register(fd, select.POLLIN)
-        if not poll.poll(0):
+        if not zygote.readable(fd):
             os.close(fd)
             return _GONE
     return fd
@@ -329,9 +326,7 @@ class Zygote:
             return False
         try:
             # poll, not select: the socket may be numbered above FD_SETSIZE
-            poll = select.poll()
-            poll.register(self._raw, select.POLLIN)
-            return bool(poll.poll(0))
+            return zygote.readable(self._raw)
         except (OSError, ValueError):
             return False
 

@@ -1,5 +1,4 @@
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -60,16 +59,6 @@ def pytest_terminal_summary(terminalreporter, config):
     kept = getattr(config, "_wsuper_kept", None)
     if kept is not None:
         terminalreporter.write_line(f"tests' temporary directories kept in {kept}")
-
-
-def readable(f, timeout: float | None) -> bool:
-    """Whether `f` (a descriptor, or what has `fileno()`) has something to read (or
-    its end) within `timeout` seconds, None for no limit.  poll(2), not select(2):
-    select takes no descriptor past 1,023, and a process that has run many tests
-    (an xdist worker most of all) has them."""
-    poller = select.poll()
-    poller.register(f, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 #: Signals whose handlers a command run in this process installs (`up`'s

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from tests.conftest import EXAMPLES, readable, run_wsuper
+from compartments.zygote import readable
+from tests.conftest import EXAMPLES, run_wsuper
 from tests.integration.test_interop import SYSTEM, _client
 
 

@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 
 from compartments import wasm, wasmbin, zygote
-from tests.conftest import EXAMPLES, readable
+from tests.conftest import EXAMPLES
 from supervisor.policy import MAX_MODULE_BYTES     # what check and up allow
 
 # valid, but its rewriting for `stores` fails at the end: the stores of memory 0
@@ -918,7 +918,7 @@ def test_a_hostile_compiler_neither_ends_nor_holds_the_zygote_and_leaves_nothing
         assert "pid" in by_id[1], by_id                 # the other module: an engine
         said = b""                                      # the hostile one: refused, on
         while how != "mapped":                          # its stderr (zygote._refuse)
-            chunk = os.read(kept[1], 4096) if readable(kept[1], 60) \
+            chunk = os.read(kept[1], 4096) if zygote.readable(kept[1], 60) \
                 else b""
             said += chunk
             if not chunk:
@@ -1160,7 +1160,7 @@ def test_a_compile_that_ended_before_its_wall_clock_limit_is_never_taken_as_too_
         assert "pid" in started, started
         os.kill(started["pid"], signal.SIGKILL)         # what it said, to its end
         said = b""
-        while chunk := (os.read(err_r, 4096) if readable(err_r, 60)
+        while chunk := (os.read(err_r, 4096) if zygote.readable(err_r, 60)
                         else b""):
             said += chunk
         assert b"took more than" not in said and b"cannot load module" not in said, said

@@ -19,11 +19,11 @@ import time
 import pytest
 
 from compartments.limits import Limits
+from compartments.zygote import readable
 from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
 from supervisor.policy import Grant
-from tests.conftest import readable
 from tests.unit.test_router import answer_control
 
 pytestmark = pytest.mark.skipif(fastlane.Lane is None, reason=str(fastlane.unavailable))
