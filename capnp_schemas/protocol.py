@@ -822,7 +822,10 @@ class Connection:
         self.unanswered += 1
 
     def adopt_question(self, qid: int):
-        """A call the native path forwarded to the peer becomes ours."""
+        """A call a native path sent the peer becomes ours, as if send_call had sent
+        it: the supervisor's lane's (supervisor/fastlane.py), or an engine's call out
+        (compartments/_fastcall.c, native_call_out).  Its id is NATIVE_QID_BASE or
+        above, never the allocator's (_drop_question)."""
         self.questions[qid] = _Question([])
 
     def native_check(self):
@@ -888,7 +891,7 @@ class Connection:
         if self.questions.pop(qid, None) is not None:
             if self.native is not None and qid >= NATIVE_QID_BASE:
                 self.native.dropped(qid)     # a native call Python took over
-            else:
+            elif qid < NATIVE_QID_BASE:      # an adopted one was never the allocator's
                 self._qids.give(qid)
 
     def _answer_for_return(self, aid) -> _Answer:

@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <structmember.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -196,6 +197,7 @@ static PyObject *fc_call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 #define NATIVE_PARAMS_READ 1
 #define NATIVE_RESULTS_SET 2
 #define NATIVE_REPLY_READ 3
+#define NATIVE_CALL 4
 #define ABI_OK 0                   /* compartments/abi.py OK */
 #define ABI_MAX_CAPS 256           /* abi.MAX_CAPS */
 
@@ -209,9 +211,18 @@ typedef struct {
   PyObject *owner;    /* the engine: its .reply, (bytes, [handles]) of the last call out */
   Py_ssize_t max_bytes;
   unsigned long long handled; /* host calls done here, for tests and the stats */
+  /* wsuper.call natively (native_call_out): the engine's socket, its handle
+   * entries' type for an import, wire's native copy(segment, loc, max_words), and
+   * owner._call_continued; fd -1: every call out goes to Python */
+  int fd;
+  PyObject *import_type, *copy, *continued;
+  unsigned long long calls_out;      /* calls out done here from start to end */
+  unsigned long long calls_handed;   /* begun here, then handed to Python */
 } Guest;
 
 static PyObject *s_params, *s_handles, *s_results, *s_hostcalls, *s_reply, *s_until;
+static PyObject *s_reply_entries, *s_backlog, *s_outgoing, *s_conn, *s_questions, *s_imports,
+    *s_pending_bytes, *s_get, *s_import_id, *s_call_times, *s_read_seq, *s_read_at;
 
 typedef struct {
   PyObject *fn;
@@ -382,8 +393,297 @@ static int past_deadline(Guest *g) {
   return past;
 }
 
+/* ---------------------------------------------------------------- calls out
+ *
+ * wsuper.call(handle, interface_id, method_id, p_ptr, p_len, c_ptr, c_count,
+ * out_ptr), engine.py's _host_call, natively when it is plain: the Call goes
+ * out and the first read brings its answer alone.  Python stays the
+ * definition and the protocol core (capnp_schemas/protocol.py) the one owner
+ * of the connection's tables; this path only takes the case in which the
+ * Python path would add an entry to the question table and remove it again
+ * within the same host call, with nothing else read, sent or decided:
+ *
+ *   - declined, nothing written or changed (Python then does all of it):
+ *     probes on, memory not set, past the call's deadline (or cancelled),
+ *     capabilities passed, a method id outside 0..65535, out_ptr or the
+ *     params outside memory, params that are not one whole segment whose root
+ *     is null or a near pointer inside it (what _guest_content accepts and
+ *     more: Python decides the rest), a handle that is not an import the
+ *     connection holds, an unread reply that holds handles, anything kept
+ *     back to handle or to send (the backlog, answers queued), a partly read
+ *     message;
+ *   - begun: the Call is built as protocol.Connection.send_call and
+ *     rpcwire.encode_call build it (fastwire.h fw_forward: the bytes of
+ *     Python's _splice, checked by fuzz/callout.py), with a
+ *     question id from NATIVE_QID_BASE up that the table does not hold, sent,
+ *     and one read is done;
+ *   - done: the read is exactly one message, a Return of that question with
+ *     results, no capabilities and noFinishNeeded, whose content the wire
+ *     copy takes (fw_decode, wire._native.copy: the checks and the bytes of
+ *     Python's _on_return, _payload and _for_guest);
+ *   - otherwise handed over: owner._call_continued(qid, data, t0, out_ptr,
+ *     copied) adopts the question into the table and goes on from that read
+ *     as Python's own wait would have. */
+#define QID_BASE 0x80000000u  /* protocol.NATIVE_QID_BASE */
+
+static int64_t monotonic_ns(void);
+#define ABI_E_FAILED (-1)
+
+static int64_t cost_of(uint64_t copied) {
+  return copied > FREE_COPY ? (int64_t)((copied - FREE_COPY) >> 3) : 0;
+}
+
+/* the fuel for copies grown from `before` to `after` bytes (Engine._charge) */
+static void charge_more(void *ctx, uint64_t before, uint64_t after) {
+  uint64_t left = 0;
+  int64_t cost = cost_of(after) - cost_of(before);
+  if (cost <= 0 || get_fuel(ctx, &left)) return;
+  set_fuel(ctx, left > (uint64_t)cost ? left - (uint64_t)cost : 0);
+}
+
+static Py_ssize_t attr_len(PyObject *o, PyObject *name) {
+  PyObject *v = PyObject_GetAttr(o, name);
+  Py_ssize_t n = v ? PyObject_Size(v) : -1;
+  Py_XDECREF(v);
+  return n;
+}
+
+/* the import id handle `h` names, if it is an import the connection holds; -1 */
+static long long import_of(Guest *g, PyObject *conn, int32_t h) {
+  PyObject *table = PyObject_GetAttr(g->owner, s_handles);
+  PyObject *key = PyLong_FromLong(h);
+  PyObject *entry = table && key ? PyObject_CallMethodOneArg(table, s_get, key) : NULL;
+  long long id = -1;
+  if (entry && Py_TYPE(entry) == (PyTypeObject *)g->import_type) {
+    PyObject *v = PyObject_GetAttr(entry, s_import_id);
+    PyObject *imports = PyObject_GetAttr(conn, s_imports);
+    if (v && imports && PyLong_CheckExact(v) && PyDict_CheckExact(imports) &&
+        PyDict_Contains(imports, v) == 1) {
+      id = PyLong_AsLongLong(v);
+      if (id < 0 || id > UINT32_MAX) id = -1;
+    }
+    Py_XDECREF(v);
+    Py_XDECREF(imports);
+  }
+  Py_XDECREF(entry);
+  Py_XDECREF(key);
+  Py_XDECREF(table);
+  PyErr_Clear();
+  return id;
+}
+
+static int send_all(int fd, const uint8_t *p, size_t len) {
+  while (len) {
+    ssize_t r;
+    Py_BEGIN_ALLOW_THREADS
+    r = send(fd, p, len, 0);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+      if (errno == EINTR && !PyErr_CheckSignals()) continue;
+      if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
+      return -1;
+    }
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+static ssize_t recv_some(int fd, uint8_t *p, size_t len) {
+  for (;;) {
+    ssize_t r;
+    Py_BEGIN_ALLOW_THREADS
+    r = recv(fd, p, len, 0);
+    Py_END_ALLOW_THREADS
+    if (r >= 0) return r;
+    if (errno == EINTR && !PyErr_CheckSignals()) continue;
+    if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+}
+
+/* the reply of a read that is one whole message, the plain Return of `qid`:
+ * its content as the guest reads it (framed bytes); NULL, no error set, else */
+static PyObject *plain_reply(Guest *g, const uint8_t *buf, ssize_t len, uint32_t qid) {
+  uint32_t table[2];
+  fw_plain o;
+  if (len < 16 || (len - 8) % 8) return NULL;
+  memcpy(table, buf, 8);
+  uint64_t n = (uint64_t)(len - 8) / 8;
+  if (table[0] != 0 || table[1] != n) return NULL;
+  const uint8_t *seg = buf + 8;
+  if (fw_decode(seg, n, &o) != FW_RETURN || o.id != qid || !o.no_finish || o.content == 2)
+    return NULL;
+  PyObject *segment = PyBytes_FromStringAndSize((const char *)seg, 8 * (Py_ssize_t)n);
+  PyObject *copied = segment ? PyObject_CallFunction(
+      g->copy, "OLn", segment, (long long)(o.content == 1 ? o.content_at : -1),
+      g->max_bytes / 8) : NULL;
+  Py_XDECREF(segment);
+  if (copied && !PyBytes_CheckExact(copied)) Py_CLEAR(copied);   /* None: Python's */
+  PyErr_Clear();
+  return copied;
+}
+
+/* 1 done (raw[0] the result), 0 declined (nothing changed), -1 a Python
+ * exception to trap with (as the Python function's would be) */
+static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
+  uint8_t *base;
+  uint64_t size;
+  if (g->fd < 0 || !g->copy || !g->continued || !g->import_type ||
+      !guest_memory(g, ctx, &base, &size))
+    return 0;
+  int32_t handle = raw[0].i32, method = raw[2].i32;
+  uint64_t iface = (uint64_t)raw[1].i64;
+  int64_t p = raw[3].i32, plen = raw[4].i32, count = raw[6].i32, out = raw[7].i32;
+  if (count != 0 || method < 0 || method > 0xFFFF) return 0;
+  if (out < 0 || (uint64_t)out + 8 > size) return 0;
+  if (plen < 16 || p < 0 || (uint64_t)(p + plen) > size || plen > g->max_bytes) return 0;
+  const uint8_t *m = base + p;
+  uint32_t nseg, words;
+  memcpy(&nseg, m, 4);
+  memcpy(&words, m + 4, 4);
+  if (nseg != 0 || 8 + 8 * (int64_t)words != plen) return 0;
+  fw_plain o;
+  memset(&o, 0, sizeof o);
+  int kind;
+  uint64_t start, w;
+  int r = fw_resolve(m + 8, words, 0, &kind, &start, &w);
+  if (r < 0) return 0;
+  if (r == 1) {
+    o.content = 1;
+    o.content_word = w;
+    o.content_start = start;
+  }
+  /* the engine's state: nothing kept back, nothing half read, no reply with handles */
+  PyObject *conn = PyObject_GetAttr(g->owner, s_conn);
+  PyObject *questions = conn ? PyObject_GetAttr(conn, s_questions) : NULL;
+  PyObject *pending = conn ? PyObject_GetAttr(conn, s_pending_bytes) : NULL;
+  PyObject *unread = PyObject_GetAttr(g->owner, s_reply);
+  Py_ssize_t entries = attr_len(g->owner, s_reply_entries);
+  long long import_id = -1;
+  uint32_t qid = QID_BASE;
+  /* _drop_unread_reply: a reply never read whose handles go is Python's to drop */
+  int ok = questions && PyDict_CheckExact(questions) && pending && PyLong_CheckExact(pending) &&
+           PyLong_AsLong(pending) == 0 && attr_len(g->owner, s_backlog) == 0 &&
+           attr_len(g->owner, s_outgoing) == 0 && unread && entries >= 0 &&
+           (unread == Py_None || entries == 0) &&
+           (import_id = import_of(g, conn, handle)) >= 0;
+  Py_XDECREF(unread);
+  for (; ok; qid++) {   /* a question id the table does not hold */
+    PyObject *key = PyLong_FromUnsignedLong(qid);
+    int in = key ? PyDict_Contains(questions, key) : -1;
+    Py_XDECREF(key);
+    if (in == 0) break;
+    if (in < 0 || qid - QID_BASE >= 1024) ok = 0;
+  }
+  Py_XDECREF(questions);
+  Py_XDECREF(pending);
+  Py_XDECREF(conn);
+  PyErr_Clear();
+  if (!ok) return 0;
+
+  /* begun: from here on the call is made, here or by Python */
+  uint64_t n = words, len = fw_forward_size(&o, n, 1);
+  uint8_t *msg = PyMem_Malloc(len);
+  uint8_t *buf = PyMem_Malloc(1 << 16);
+  if (!msg || !buf) {
+    PyMem_Free(msg);
+    PyMem_Free(buf);
+    return 0;
+  }
+  fw_forward(msg, m + 8, n, &o, 1, qid, (uint32_t)import_id, iface, (uint32_t)method, 0);
+  uint64_t copied = (uint64_t)plen + 8;      /* out_ptr checked, the params read */
+  charge_more(ctx, 0, copied);
+  /* _drop_unread_reply: no reply pending, and no entries of one (read, or without
+   * handles) */
+  PyObject *cleared = entries ? PyList_New(0) : NULL;
+  if (PyObject_SetAttr(g->owner, s_reply, Py_None) ||
+      (cleared && PyObject_SetAttr(g->owner, s_reply_entries, cleared)))
+    PyErr_Clear();
+  Py_XDECREF(cleared);
+  int64_t t0 = monotonic_ns();
+  int result = -1;
+  ssize_t got = -1;
+  PyObject *reply = NULL, *data = NULL;
+  if (send_all(g->fd, msg, len) == 0) got = recv_some(g->fd, buf, 1 << 16);
+  PyMem_Free(msg);
+  if (got < 0) {
+    /* the question is out (or may be): the table holds it, as Python's would */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *conn2 = PyObject_GetAttr(g->owner, s_conn);
+    PyObject *rv = conn2 ? PyObject_CallMethod(conn2, "adopt_question", "k",
+                                               (unsigned long)qid) : NULL;
+    Py_XDECREF(rv);
+    Py_XDECREF(conn2);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+    goto out;
+  }
+  reply = plain_reply(g, buf, got, qid);
+  if (reply) {
+    PyObject *tuple = NULL, *no_handles = PyList_New(0);
+    if (no_handles) tuple = PyTuple_Pack(2, reply, no_handles);
+    Py_XDECREF(no_handles);
+    if (!tuple || PyObject_SetAttr(g->owner, s_reply, tuple)) {
+      Py_XDECREF(tuple);
+      goto out;         /* out of memory: trap */
+    }
+    Py_DECREF(tuple);
+    charge_more(ctx, copied, copied + 8);
+    uint32_t lens[2] = {(uint32_t)PyBytes_GET_SIZE(reply), 0};
+    memcpy(base + out, lens, 8);    /* no guest code ran: memory is where it was */
+    int64_t now = monotonic_ns();
+    PyObject *times = PyObject_GetAttr(g->owner, s_call_times);
+    if (times && PyList_CheckExact(times)) {
+      PyObject *dt = PyLong_FromLongLong(now - t0);
+      if (!dt || PyList_Append(times, dt)) PyErr_Clear();
+      Py_XDECREF(dt);
+    }
+    Py_XDECREF(times);
+    PyObject *seq = PyObject_GetAttr(g->owner, s_read_seq);   /* _received_seq */
+    long long k = seq && PyLong_CheckExact(seq) ? PyLong_AsLongLong(seq) : -1;
+    PyObject *next = k >= 0 ? PyLong_FromLongLong(k + 1) : NULL;
+    PyObject *at = PyLong_FromLongLong(now);
+    if (!next || !at || PyObject_SetAttr(g->owner, s_read_seq, next) ||
+        PyObject_SetAttr(g->owner, s_read_at, at))
+      PyErr_Clear();
+    Py_XDECREF(seq);
+    Py_XDECREF(next);
+    Py_XDECREF(at);
+    raw[0].i32 = ABI_OK;
+    g->calls_out++;
+    result = 1;
+    goto out;
+  }
+  data = PyBytes_FromStringAndSize((const char *)buf, got);
+  if (!data) goto out;
+  g->calls_handed++;
+  PyObject *rv = PyObject_CallFunction(g->continued, "kOLLK", (unsigned long)qid, data,
+                                       (long long)t0, (long long)out,
+                                       (unsigned long long)copied);
+  if (rv) {
+    int overflow = 0;
+    long v = PyLong_Check(rv) ? PyLong_AsLongAndOverflow(rv, &overflow) : 0;
+    if (!PyLong_Check(rv) || overflow || v < INT32_MIN || v > INT32_MAX) {
+      if (!PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "_call_continued returned %R, not an i32", rv);
+    } else {
+      raw[0].i32 = (int32_t)v;
+      result = 1;
+    }
+    Py_DECREF(rv);
+  }
+out:
+  Py_XDECREF(reply);
+  Py_XDECREF(data);
+  PyMem_Free(buf);
+  return result;
+}
+
 static int native_call(host_fn *h, val_raw *raw) {
   if (past_deadline(h->guest)) return 0;
+  if (h->native == NATIVE_CALL) return native_call_out(h->guest, current, raw);
   int done = h->native == NATIVE_PARAMS_READ   ? native_params_read(h->guest, current, raw)
              : h->native == NATIVE_RESULTS_SET ? native_results_set(h->guest, current, raw)
              : h->native == NATIVE_REPLY_READ  ? native_reply_read(h->guest, current, raw)
@@ -413,10 +713,12 @@ static void *trampoline(void *env, void *caller, val_raw *raw, size_t nraw) {
   void *outer = current;
   current = caller_context(caller);
   void *trap = NULL;
-  if (h->native && native_call(h, raw)) {
+  int native = h->native ? native_call(h, raw) : 0;
+  if (native) {            /* done natively; -1: a Python exception to trap with */
+    void *failed_with = native < 0 ? python_exception_trap() : NULL;
     current = outer;
     PyGILState_Release(g);
-    return NULL;
+    return failed_with;
   }
   PyObject *argv[MAX_SLOTS];
   int made = 0;
@@ -471,16 +773,18 @@ static PyObject *fc_host(PyObject *mod, PyObject *args) {
     PyErr_SetString(PyExc_ValueError, "too many parameters");
     return NULL;
   }
-  static const int arity[] = {0, 2, 4, 2};
-  if (native && (native < 0 || native > NATIVE_REPLY_READ || n != arity[native] ||
+  static const int arity[] = {0, 2, 4, 2, 8};
+  if (native && (native < 0 || native > NATIVE_CALL || n != arity[native] ||
                  !has_result || !PyObject_TypeCheck(guest, &GuestType))) {
-    PyErr_SetString(PyExc_ValueError, "native: params_read(i32, i32), results_set(4 x i32) "
-                                      "or reply_read(i32, i32), with a Guest");
+    PyErr_SetString(PyExc_ValueError, "native: params_read(i32, i32), results_set(4 x i32), "
+                                      "reply_read(i32, i32) or call(i32, i64, 6 x i32), "
+                                      "with a Guest");
     return NULL;
   }
   for (Py_ssize_t i = 0; native && i < n; i++)
-    if (kinds[i] != KIND_I32) {
-      PyErr_SetString(PyExc_ValueError, "native host functions take i32 parameters");
+    if (kinds[i] != (native == NATIVE_CALL && i == 1 ? KIND_I64 : KIND_I32)) {
+      PyErr_SetString(PyExc_ValueError, "native host functions take i32 parameters "
+                                        "(call: its interface id an i64)");
       return NULL;
     }
   host_fn *h = PyMem_RawCalloc(1, sizeof *h);
@@ -512,6 +816,7 @@ static int guest_init(Guest *self, PyObject *args, PyObject *kw) {
   Py_XSETREF(self->results, Py_NewRef(results));
   Py_XSETREF(self->memory, Py_NewRef(Py_None));
   self->max_bytes = max_bytes;
+  self->fd = -1;
   return 0;
 }
 
@@ -521,6 +826,9 @@ static int guest_traverse(Guest *self, visitproc visit, void *arg) {
   Py_VISIT(self->memory);
   Py_VISIT(self->probes);
   Py_VISIT(self->results);
+  Py_VISIT(self->import_type);
+  Py_VISIT(self->copy);
+  Py_VISIT(self->continued);
   return 0;
 }
 
@@ -530,6 +838,9 @@ static int guest_clear(Guest *self) {
   Py_CLEAR(self->memory);
   Py_CLEAR(self->probes);
   Py_CLEAR(self->results);
+  Py_CLEAR(self->import_type);
+  Py_CLEAR(self->copy);
+  Py_CLEAR(self->continued);
   return 0;
 }
 
@@ -551,14 +862,49 @@ static int guest_set_memory(Guest *self, PyObject *v, void *closure) {
   return 0;
 }
 
+static PyObject *guest_get_call_out(Guest *self, void *closure) {
+  if (self->fd < 0) Py_RETURN_NONE;
+  return Py_BuildValue("(iOOO)", self->fd, self->import_type, self->copy, self->continued);
+}
+
+/* call_out = (fd, import type, copy, continued), or None: calls out all to Python */
+static int guest_set_call_out(Guest *self, PyObject *v, void *closure) {
+  int fd;
+  PyObject *type, *copy, *continued;
+  if (!v || v == Py_None) {
+    self->fd = -1;
+    Py_CLEAR(self->import_type);
+    Py_CLEAR(self->copy);
+    Py_CLEAR(self->continued);
+    return 0;
+  }
+  if (!PyArg_ParseTuple(v, "iO!OO", &fd, &PyType_Type, &type, &copy, &continued)) return -1;
+  if (fd < 0 || !PyCallable_Check(copy) || !PyCallable_Check(continued)) {
+    PyErr_SetString(PyExc_ValueError, "call_out: (fd >= 0, type, copy, continued)");
+    return -1;
+  }
+  Py_XSETREF(self->import_type, Py_NewRef(type));
+  Py_XSETREF(self->copy, Py_NewRef(copy));
+  Py_XSETREF(self->continued, Py_NewRef(continued));
+  self->fd = fd;
+  return 0;
+}
+
 static PyGetSetDef guest_getset[] = {
     {"memory", (getter)guest_get_memory, (setter)guest_set_memory,
      "the wasmtime_memory_t (ctypes) of the memory host calls use; None: all to Python", NULL},
+    {"call_out", (getter)guest_get_call_out, (setter)guest_set_call_out,
+     "(socket fd, import entry type, wire copy, continued) for wsuper.call natively; None: "
+     "all to Python", NULL},
     {NULL}};
 
 static PyMemberDef guest_members[] = {
     {"handled", T_ULONGLONG, offsetof(Guest, handled), READONLY,
      "host calls done natively so far"},
+    {"calls_out", T_ULONGLONG, offsetof(Guest, calls_out), READONLY,
+     "calls out done natively from start to end"},
+    {"calls_handed", T_ULONGLONG, offsetof(Guest, calls_handed), READONLY,
+     "calls out begun natively and handed to Python (_call_continued)"},
     {NULL}};
 
 static PyTypeObject GuestType = {
@@ -760,12 +1106,21 @@ PyMODINIT_FUNC PyInit__fastcall(void) {
   s_until = PyUnicode_InternFromString("_until");
   if (!s_params || !s_handles || !s_results || !s_hostcalls || !s_reply || !s_until)
     return NULL;
+  const char *names[] = {"_reply_entries", "_backlog", "_outgoing", "conn", "questions",
+                         "imports", "pending_bytes", "get", "import_id", "call_times",
+                         "_read_seq", "_read_at"};
+  PyObject **slots[] = {&s_reply_entries, &s_backlog, &s_outgoing, &s_conn, &s_questions,
+                        &s_imports, &s_pending_bytes, &s_get, &s_import_id, &s_call_times,
+                        &s_read_seq, &s_read_at};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (!(*slots[i] = PyUnicode_InternFromString(names[i]))) return NULL;
   PyObject *m = PyModule_Create(&module);
   if (!m) return NULL;
   if (PyModule_AddObjectRef(m, "Guest", (PyObject *)&GuestType) < 0 ||
       PyModule_AddIntConstant(m, "PARAMS_READ", NATIVE_PARAMS_READ) < 0 ||
       PyModule_AddIntConstant(m, "RESULTS_SET", NATIVE_RESULTS_SET) < 0 ||
-      PyModule_AddIntConstant(m, "REPLY_READ", NATIVE_REPLY_READ) < 0) {
+      PyModule_AddIntConstant(m, "REPLY_READ", NATIVE_REPLY_READ) < 0 ||
+      PyModule_AddIntConstant(m, "CALL", NATIVE_CALL) < 0) {
     Py_DECREF(m);
     return NULL;
   }

@@ -451,6 +451,10 @@ class Engine:
             # One memory for good: protected memory (its checks are Python's) and a
             # new instance per call (a memory each) stay with the Python functions.
             self._native.memory = self.memory._memory
+            if wire._native is not None and isinstance(self.sock, socket.socket):
+                # wsuper.call too, when plain (_fastcall.c, native_call_out)
+                self._native.call_out = (self.sock.fileno(), _Import, wire._native.copy,
+                                         self._call_continued)
         if self.exports_main and self.dispatch is None:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
@@ -633,6 +637,26 @@ class Engine:
                                   method_id, content, caps)
         except wasi.HostCallFailed as e:
             return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
+        return self._reply_to_guest(payload, out_ptr)
+
+    def _call_continued(self, qid: int, data: bytes, t0: int, out_ptr: int,
+                        copied: int) -> int:
+        """The rest of a wsuper.call that the native path began (_fastcall.c,
+        native_call_out): it sent question `qid` at `t0` (perf_counter_ns) and read
+        `data`, which was not that question's plain answer alone.  From here on the
+        call is Python's, as if _host_call had made it: the question goes into the
+        protocol core's tables, `data` is what its first read brought; `copied`:
+        the bytes of guest memory it has paid for (_span) so far."""
+        self._copied = copied
+        self.conn.adopt_question(qid)
+        try:
+            payload = self._await_answer(qid, t0, data)
+        except wasi.HostCallFailed as e:
+            return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
+        return self._reply_to_guest(payload, out_ptr)
+
+    def _reply_to_guest(self, payload: protocol.Payload, out_ptr: int) -> int:
+        """A call out's answer becomes the reply its guest reads (reply_read)."""
         try:
             data = self._for_guest(payload.content)
         except _CallError as e:
@@ -665,6 +689,12 @@ class Engine:
                                             list(caps))
         except KeyError:
             raise wasi.HostCallFailed("disconnected", "that capability was released") from None
+        self._send(data)
+        return self._await_answer(qid, t0)
+
+    def _await_answer(self, qid: int, t0: int, first: bytes | None = None) -> protocol.Payload:
+        """The answer to question `qid`, sent (or queued) at `t0`, serving what comes
+        meanwhile; `first`: what the first read after it brought, read already."""
         slot = self._waiting[qid] = []
         # the call out of the guest code running now (the innermost entry of
         # _until): finished at once if that code's call is cancelled meanwhile
@@ -672,9 +702,8 @@ class Engine:
         asked = [qid, False]
         if at >= 0:
             self._asking[at] = asked
-        self._send(data)
         try:
-            ret = self._wait_for(slot)
+            ret = self._wait_for(slot, first)
         finally:
             if at >= 0 and self._asking.get(at) is asked:
                 del self._asking[at]
@@ -984,7 +1013,7 @@ class Engine:
         while self._pump():
             pass
 
-    def _wait_for(self, slot: list) -> protocol.ReturnReceived:
+    def _wait_for(self, slot: list, first: bytes | None = None) -> protocol.ReturnReceived:
         """Serve what comes until `slot` has the answer a guest waits for.
 
         Events read while it waits are handled here, one at a time, so that the
@@ -997,12 +1026,18 @@ class Engine:
         guest runs on.  Taken by every wait as they came, a read of n calls whose guests
         each made a host call nested n deep: each wait took the next call before
         its own question had even gone out (sent only before a read blocks), and
-        from the 33rd on calls failed 'nested deeper than 32 (a call cycle?)'."""
-        if not self._backlog:
+        from the 33rd on calls failed 'nested deeper than 32 (a call cycle?)'.
+
+        `first`: the bytes of the first read, done already (by the native call out,
+        which begins only with nothing kept back)."""
+        if first is not None or not self._backlog:
             # the usual case: nothing kept back, and the next read brings the answer
             # alone; what the general loop below would do, without its rounds
-            self._flush()
-            data = self.sock.recv(1 << 16)
+            if first is None:
+                self._flush()
+                data = self.sock.recv(1 << 16)
+            else:
+                data = first
             if not data:
                 raise SystemExit(EXIT_OK)
             events = self._received_seq(data)

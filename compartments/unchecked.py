@@ -327,7 +327,8 @@ def guest(owner, frames: list, probes, max_bytes: int, results):
 #: host functions the native path can do itself, when a Guest allows it
 NATIVE = {} if _native is None else {"params_read": _native.PARAMS_READ,
                                      "results_set": _native.RESULTS_SET,
-                                     "reply_read": _native.REPLY_READ}
+                                     "reply_read": _native.REPLY_READ,
+                                     "call": _native.CALL}
 
 
 def define(linker: wasmtime.Linker, module: str, name: str, params, results, fn,

@@ -16,11 +16,11 @@ import struct
 
 import pytest
 
-from capnp_schemas import payloads, protocol, wire
+from capnp_schemas import payloads, protocol, rpcwire, wire
 from capnp_schemas.protocol import Content
 from compartments import unchecked
 from compartments.abi import E_MESSAGE, E_STATE
-from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.engine import ENGINE_INTERFACE, EXIT_PROTOCOL, Engine
 from compartments.spec import EngineSpec
 from fuzz.hostmem import ARGS, IFACE, LIMIT, MEMIO, MEMORY, Recorded, call, differ, framed, \
     started, struct_ptr
@@ -854,3 +854,82 @@ def test_params_read_charges_its_handles_with_its_bytes_on_both_paths(tmp_path, 
         return engine._fuel_used
 
     assert fuel_for(8) == fuel_for(0) + 4
+
+
+# ---------------------------------------------------------------- calls out (wsuper.call)
+
+def test_native_calls_out_behave_exactly_as_python_ones():
+    """fuzz/callout.py's differential check on real socket pairs, 1,200 calls out,
+    every way of answering them (long runs: python -m fuzz.callout)."""
+    from fuzz.callout import differ
+    for seed in range(2):
+        failures, native, handed = differ(seed, 600)
+        assert failures == []
+        assert native > 20, "the native path made (almost) no call out itself"
+        assert handed > 10, "the native path handed (almost) no call out to Python"
+
+
+def _one_call_out(reply: str):
+    """memio's call out through its grant, answered as fuzz/callout says `reply`:
+    (the side, what the supervisor saw, how the engine ended)."""
+    from fuzz.callout import PARAMS_AT, Side, run, scenario
+    import random
+    side = Side(True)
+    s = scenario(random.Random(0))
+    s.update(writes=[(PARAMS_AT, framed([struct_ptr(0, 2, 0), 2, 3]))], handle="grant",
+             iface=IFACE, method=0, params=(PARAMS_AT, 32), caps=(0, 0), out=8192,
+             read=16384, pending=None, reply=reply)
+    log, ended, _memory = run(side, s)
+    return side, log, ended
+
+
+def test_a_plain_call_out_is_made_natively_and_leaves_no_question_behind():
+    side, log, ended = _one_call_out("plain")
+    native = side.engine._native
+    assert (native.calls_out, native.calls_handed, ended) == (1, 0, None)
+    assert side.engine.conn.questions == {}
+    assert log[-1][0] == "return" and log[-1][1] is False       # the outer call succeeded
+    call = rpcwire.decode([log[0].replace(b"QQQQ", bytes(4))])
+    assert (call.which, call.interface_id, call.method_id) == (rpcwire.MSG_CALL, IFACE, 0)
+    assert call.import_id == side.engine.grants["peer"][1].import_id
+    # the guest was told the answer's size, and read it (reply_read said OK): one
+    # segment, the root at word 1, as long as the size said
+    mem = lambda at, n: bytes(side.engine.memory.read(side.engine.store, at, at + n))  # noqa
+    length, handles = struct.unpack("<II", mem(8192, 8))
+    nseg, words = struct.unpack("<II", mem(16384, 8))
+    assert (handles, nseg, 8 + 8 * words) == (0, 0, length)
+    assert struct.unpack("<i", mem(ARGS + 64, 4)) == (0,)
+    assert wire.resolve([mem(16392, 8 * words)], (0, 0))[2] == 1
+
+
+@pytest.mark.parametrize("reply", ["finish", "split", "exception", "cancel", "caps"])
+def test_an_answer_that_is_not_plain_alone_is_handed_to_python(reply):
+    """The native path sends the Call and reads once; anything but the plain answer
+    alone in that read goes to Python with the question adopted, and ends as in
+    Python: the question is gone from the table once answered (and finished), and
+    its id, from 2^31 up, never goes to the allocator of Python's own questions."""
+    side, log, ended = _one_call_out(reply)
+    native, conn = side.engine._native, side.engine.conn
+    assert (native.calls_out, native.calls_handed, ended) == (0, 1, None)
+    assert conn.questions == {}
+    assert all(q < protocol.NATIVE_QID_BASE for q in conn._qids._free)
+    assert log[-1][0] == "return"
+    if reply == "finish":              # the Finish the answer asked for went out
+        finish = [m for m in log if isinstance(m, bytes) and len(m) == 32]
+        assert finish, log
+    # and the next call out is native again, with the same question id free
+    from fuzz.callout import run, scenario
+    import random
+    s = scenario(random.Random(0))
+    s.update(writes=[(4096, framed([struct_ptr(0, 2, 0), 2, 3]))], handle="grant",
+             iface=IFACE, method=0, params=(4096, 32), caps=(0, 0), out=8192, read=16384,
+             pending=None, reply="plain")
+    run(side, s)
+    assert native.calls_out == 1
+
+
+@pytest.mark.parametrize("reply, code", [("end", 0), ("wrong", EXIT_PROTOCOL)])
+def test_the_end_of_the_connection_or_a_wrong_answer_ends_the_engine_as_in_python(reply, code):
+    side, _log, ended = _one_call_out(reply)
+    assert side.engine._native.calls_handed == 1
+    assert ended == code

@@ -1,0 +1,301 @@
+"""Fuzzing the engine's native wsuper.call against Python's.
+
+    python -m fuzz.callout --count 20000 --seed 1
+
+Owns: the differential check of compartments/_fastcall.c's native call out
+(native_call_out: the Call built and sent, the answer read, checked and
+copied for the guest, all in C when plain; anything else handed to Python
+with the question adopted) against compartments/engine.py's _host_call,
+which is the definition.  Must not: be imported by wsuper itself.
+
+Two real Engines with real wasmtime serve memio.wat (method 5: wsuper.call
+with whatever arguments were written into its memory, then reply_read), each
+on a real socket pair; one has its Guest's call_out unset, which sends every
+call out to Python.  A thread plays the supervisor on the other end of each:
+it reads the engine's Call and answers it as the input says: plain results
+of every shape (flat, with pointers, null, a far pointer, a capability
+pointer, past the segment), an exception, results that need a Finish, the
+answer in two writes, the answer with the outer call's Finish in the same
+write, the answer to another question, or no answer but the end of the
+connection.  Each input also picks the call's arguments (a granted handle,
+none, a released one, an object's; params well formed in the shapes the
+native path takes or wrong in the ways one can be; capability counts;
+pointers inside, across the end of and outside memory; method ids out of
+range; a reply pending with or without handles).
+
+Checks, after every input: the two engines sent the same bytes (the Call
+with the question id aside, Finish messages, the outer call's answer, and
+their ends: exit codes and what they said), and their memories are the same.
+`native` counts the calls out the native path did itself, `handed` those it
+began and handed to Python, so that a run that reached neither does not pass
+unnoticed.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+
+from capnp_schemas import payloads, protocol, rpcwire, wire
+from capnp_schemas.protocol import Content
+from compartments import unchecked
+from compartments.engine import ENGINE_INTERFACE, Engine
+from compartments.limits import Limits
+from compartments.spec import EngineSpec
+from fuzz.hostmem import ARGS, LIMIT, MEMIO, MEMORY, framed, message, struct_ptr
+
+CALL = 5                            # memio.wat's method that calls out
+PARAMS_AT, OUT_AT, REPLY_AT = 4096, 8192, 16384
+REPLIES = ("plain",) * 12 + ("pointers", "pointers", "null", "far", "capability",
+           "outside", "exception", "finish", "split", "cancel", "wrong", "end", "caps")
+
+
+class Side:
+    """One engine on a real socket pair, and the supervisor's end of it."""
+
+    def __init__(self, native: bool):
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        self.sup = protocol.Connection("supervisor")
+        self.engine = Engine(theirs, EngineSpec(name="memio", module=MEMIO, exports=True,
+                                                limits=Limits(message_size=LIMIT)))
+        if not native:
+            self.engine._native.call_out = None
+        self.peer = object()                       # what the grant reaches
+        self.main = self._answer(self.sup.send_bootstrap()[1])
+        self.main = self._answer(self.sup.send_call(
+            self.main, ENGINE_INTERFACE, 0,
+            payloads.grants_content([("peer", "compartment", "")]), [self.peer])[1])
+        self.handle = self.engine.grants["peer"][0]
+        if native:                                 # the calls out are taken natively
+            assert self.engine._native.call_out is not None
+
+    def _answer(self, msg: bytes) -> int:
+        self.sock.sendall(msg)
+        self.engine._pump()
+        self.engine._flush()
+        [ev] = self.sup.receive(self.sock.recv(1 << 20))
+        return ev.payload.caps[0].import_id
+
+
+def _reply_content(kind: str, rng: random.Random) -> Content:
+    n = rng.randrange(1, 6)
+    body = [rng.getrandbits(64) for _ in range(n)]
+    if kind == "pointers":               # a struct with a text and a list of structs
+        words = [struct_ptr(0, 1, 2), 7, (2 << 2) | 1 | (2 << 32) | (6 << 35),
+                 (2 << 2) | 1 | (7 << 32) | (2 << 35), 0x6f6c6c6568,
+                 struct_ptr(1, 1, 0), 11, 12, 0]
+    elif kind == "null":
+        words = [0] + body
+    elif kind == "far":
+        words = [(1 << 3) | 2, struct_ptr(0, 1, 0), 99]
+    elif kind == "capability":
+        words = [3]
+    elif kind == "outside":
+        words = [struct_ptr(n + 3, 2, 0)] + body
+    else:
+        words = [struct_ptr(0, n, 0)] + body
+    return Content.standalone([b"".join(struct.pack("<Q", w & (2**64 - 1)) for w in words)])
+
+
+def _respond(side: Side, kind: str, rng: random.Random, outer_qid: int, log: list):
+    """The supervisor's end while the engine serves the outer call: answer its call
+    out as `kind` says; everything the engine sends is logged, question ids aside."""
+    sock, sup = side.sock, side.sup
+    sock.settimeout(10)
+    framer = wire.Framer()
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                log.append("end")
+                return
+            for segs in framer.feed(data):     # each message, its bytes as sent
+                log.append(_without_question_id(segs))
+            for ev in sup.receive(data):
+                if isinstance(ev, protocol.CallReceived):
+                    try:
+                        _answer_out(side, kind, rng, ev, outer_qid)
+                    except Exception as e:  # noqa: BLE001 - the engine must not wait for good
+                        log.append(("could not answer", type(e).__name__))
+                        sock.shutdown(socket.SHUT_WR)
+                elif isinstance(ev, protocol.ReturnReceived) and ev.question_id == outer_qid:
+                    log.append(("return", ev.payload is None, ev.error,
+                                None if ev.payload is None else
+                                ev.payload.content.single_segment_copy()))
+                    return
+    except (OSError, protocol.ProtocolError) as e:
+        log.append(("failed", type(e).__name__))
+
+
+def _without_question_id(segs) -> bytes:
+    """A message's bytes, a Call's question id (which differs: Python's are small,
+    the native path's from 2^31) zeroed."""
+    out = b"".join(bytes(seg) for seg in segs)
+    plain = rpcwire.decode(segs)
+    if plain is not None and len(segs) == 1 and plain.which in (rpcwire.MSG_CALL,
+                                                                rpcwire.MSG_FINISH):
+        # rpcwire.encode_call's header is the last 13 words; encode_finish's the 4
+        at = len(out) - 8 * 13 + 24 if plain.which == rpcwire.MSG_CALL else 24
+        if out[at:at + 4] == struct.pack("<I", plain.id):
+            out = out[:at] + b"QQQQ" + out[at + 4:]
+    return out
+
+
+def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int):
+    sock, sup = side.sock, side.sup
+    aid = ev.answer_id
+    if kind == "exception":
+        sock.sendall(sup.send_exception(aid, "no such luck", rng.choice(
+            ("failed", "overloaded", "disconnected")), no_finish=True))
+    elif kind == "finish":
+        sock.sendall(sup.send_return(aid, _reply_content("plain", rng), []))
+    elif kind == "caps":
+        sock.sendall(sup.send_return(aid, Content.capability(0), [object()]))
+    elif kind == "split":
+        msg = sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True)
+        cut = rng.randrange(1, len(msg))
+        sock.sendall(msg[:cut])
+        time.sleep(0.002)
+        sock.sendall(msg[cut:])
+    elif kind == "cancel":
+        msg = sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True)
+        sock.sendall(msg + sup.send_finish(outer_qid))
+    elif kind == "wrong":
+        sock.sendall(_raw_return(12345))       # a question neither engine asked
+    elif kind == "end":
+        sock.shutdown(socket.SHUT_WR)
+    else:
+        sock.sendall(sup.send_return(aid, _reply_content(kind, rng), [], no_finish=True))
+
+
+def _raw_return(qid: int) -> bytes:
+    head, at = rpcwire.encode_return(qid & 0xFFFFFFFF, True, ())
+    return struct.pack("<II", 0, len(head) // 8) + bytes(head)
+
+
+def scenario(rng: random.Random) -> dict:
+    """One call out: the memory writes, memio's arguments, the reply pending, and
+    how the supervisor answers."""
+    data = message(rng) if rng.randrange(4) else framed(
+        [struct_ptr(0, 2, 0), rng.getrandbits(64), rng.getrandbits(64)])
+    where = rng.choice((PARAMS_AT,) * 8 + (MEMORY - len(data), MEMORY - len(data) + 8, 0))
+    length = rng.choice((len(data),) * 12 + (0, 8, len(data) - 8, len(data) + 8, -1,
+                                             LIMIT + 8))
+    writes = []
+    if data and 0 <= where <= MEMORY - len(data):
+        writes.append((where, data))
+    if length == LIMIT + 8:
+        big = framed([struct_ptr(0, LIMIT // 8, 0)] + [1] * (LIMIT // 8))
+        writes.append((PARAMS_AT, big))
+        where, length = PARAMS_AT, len(big)
+    handle = rng.choice(("grant",) * 12 + (0, 99, -1, "object"))
+    count = rng.choice((0,) * 14 + (1, -1, 300))
+    method = rng.choice((0,) * 10 + (7, 65535, 65536, -1))
+    out = rng.choice((OUT_AT,) * 12 + (MEMORY - 4, MEMORY, -8))
+    iface = rng.choice((0x1234, 2**64 - 1, 1 << 63))
+    read = rng.choice((REPLY_AT,) * 5 + (0, MEMORY - 8))
+    pending = None
+    if not rng.randrange(6):
+        pending = (b"old", rng.randrange(2))
+    return {"writes": writes, "handle": handle, "iface": iface, "method": method,
+            "params": (where, length), "caps": (OUT_AT + 512, count), "out": out,
+            "read": read, "pending": pending, "reply": rng.choice(REPLIES),
+            "seed": rng.getrandbits(32)}
+
+
+def run(side: Side, s: dict) -> tuple:
+    """Serve one outer call (memio method 5) with scenario `s`: (what the supervisor
+    saw, how the engine ended if it did, its memory)."""
+    engine = side.engine
+    handle = side.handle if s["handle"] == "grant" else \
+        engine.handles.add(engine._local(5)) if s["handle"] == "object" else s["handle"]
+    if s["pending"] is not None:          # a reply never read, its handles an object's
+        data, n = s["pending"]
+        hs = [engine.handles.add(engine._local(6)) for _ in range(n)]
+        engine.reply = (data, hs)
+        engine._reply_entries = [(h, engine.handles.get(h)) for h in hs]
+    for at, data in s["writes"]:
+        engine.memory.write(engine.store, data, at)
+    args = struct.pack("<i", handle) + struct.pack("<Q", s["iface"]) + struct.pack(
+        "<6i", s["method"], *s["params"], *s["caps"], s["out"]) + struct.pack(
+        "<iii", 0, s["read"], REPLY_AT + 8192)
+    engine.memory.write(engine.store, args, ARGS + 16)
+    qid, msg = side.sup.send_call(side.main, 0x1234, CALL, Content.standalone([bytes(16)]))
+    log: list = []
+    t = threading.Thread(target=_respond,
+                         args=(side, s["reply"], random.Random(s["seed"]), qid, log))
+    t.start()
+    side.sock.sendall(msg)
+    ended = None
+    try:
+        engine._pump()
+        engine._flush()
+    except SystemExit as e:
+        ended = e.code
+        side.engine.sock.close()
+    t.join(30)
+    if t.is_alive():
+        raise RuntimeError("the supervisor's end never saw the outer call end")
+    memory = bytes(engine.memory.read(engine.store, 0, engine.memory.data_len(engine.store)))
+    return log, ended, memory
+
+
+def differ(seed: int, calls: int) -> tuple[list[str], int, int]:
+    """(what differed, as 'seed S call I: ...'; calls out done natively; handed)."""
+    rng = random.Random(seed)
+    failures: list[str] = []
+    native = handed = 0
+    pair = None
+    for i in range(calls):
+        if pair is None:
+            pair = (Side(True), Side(False))
+        s = scenario(rng)
+        a, b = run(pair[0], s), run(pair[1], s)
+        for what, x, y in (("messages", a[0], b[0]), ("ends", a[1], b[1]),
+                           ("memories", a[2], b[2])):
+            if x != y:
+                failures.append(f"seed {seed} call {i}: the {what} differ "
+                                f"({ {k: v for k, v in s.items() if k != 'writes'} }): "
+                                f"{str(x)[:300]} != {str(y)[:300]}")
+        if pair[1].engine._native.calls_out or pair[1].engine._native.calls_handed:
+            failures.append(f"seed {seed}: the Python engine took the native path")
+        if a[1] is not None or b[1] is not None:   # an engine ended: a new pair
+            native += pair[0].engine._native.calls_out
+            handed += pair[0].engine._native.calls_handed
+            for side in pair:
+                side.sock.close()
+                side.engine.sock.close()
+            pair = None
+    if pair is not None:
+        native += pair[0].engine._native.calls_out
+        handed += pair[0].engine._native.calls_handed
+        for side in pair:
+            side.sock.close()
+            side.engine.sock.close()
+    return failures, native, handed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fuzz.callout")
+    ap.add_argument("--count", type=int, default=20_000, help="calls in all")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    if unchecked._native is None:
+        print("the native path is not built (compartments._fastcall): nothing to compare")
+        return 2
+    t0 = time.monotonic()
+    failures, native, handed = differ(args.seed, args.count)
+    for f in failures[:20]:
+        print(f)
+    print(f"{args.count} calls out, seed {args.seed}: {native} done natively, {handed} "
+          f"handed to Python, {len(failures)} differences, {time.monotonic() - t0:.1f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
