@@ -29,6 +29,8 @@ while one message is handled (a malformed field, a bug) becomes one, in
 """
 from __future__ import annotations
 
+import struct
+
 import attrs
 import capnp
 
@@ -41,6 +43,7 @@ from .text import KEPT_REASON_LIMIT, bounded, first_line, kj_text
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
 NATIVE_QID_BASE = 1 << 31
+_TABLE_ONE = struct.Struct("<II")        # the segment table of a one-segment message
 #: Answers we returned that the peer has not finished, per connection.
 MAX_UNFINISHED = 4096
 #: Bytes that answers returned with capabilities (kept for pipelining) and never
@@ -368,6 +371,53 @@ class Connection:
     def receive(self, data: bytes) -> list:
         """Feed bytes from the peer; returns the events they complete."""
         return list(self.receive_iter(data))
+
+    def plain_calls(self, data: bytes, kind: type) -> list | None:
+        """The Calls that `data` is, whole, if every one is plain (one segment, to
+        an object of type `kind` that we export, no capabilities: the native
+        decoder's reading, rpcwire.decode) and nothing is partly received:
+        received as receive() receives them (the messages counted, their answers
+        opened, in order), as (answer id, target, interface id, method id,
+        content) each.  None for anything else, with nothing changed: receive()
+        then takes the bytes, and says what is wrong with them, if anything.
+        For an engine's loop, which serves such calls without events
+        (Engine._serve_plain)."""
+        native, framer = wire._native, self._framer
+        if native is None or self.native is not None or self.closed is not None \
+                or framer.failed is not None or framer.pending:
+            return None
+        view, size, at, calls = memoryview(data), len(data), 0, []
+        exports, answers = self.exports, self.answers
+        while at < size:
+            if size - at < 16:
+                return None
+            nseg, words = _TABLE_ONE.unpack_from(data, at)
+            end = at + 8 + 8 * words
+            if nseg or end > size or words > framer.max_words:
+                return None
+            seg = view[at + 8:end]
+            t = native.decode(seg)
+            if t is None or t[0] != 1 or t[8] == 2:   # a call; its content no capability
+                return None
+            e = exports.get(t[2])
+            if e is None or type(e.obj) is not kind or t[1] in answers:
+                return None
+            calls.append((t[1], e.obj, t[3], t[4], EMPTY if not t[8] else Content(
+                (seg,), (0, t[7]), root=(t[9] & 3, 0, t[10], t[9]))))
+            at = end
+        if not calls or len({c[0] for c in calls}) != len(calls):
+            return None
+        try:
+            # its checks, before any change; the limits it checks do not change as
+            # answers open (the answers returned and not finished, the bytes they
+            # keep), so that the first passing them, all do
+            self._new_answer(calls[0][0])
+        except ProtocolError:
+            return None
+        for c in calls[1:]:
+            self._new_answer(c[0])
+        framer.messages += len(calls)
+        return calls
 
     def receive_iter(self, data: bytes):
         """Like receive(), but decodes each message only after the events of the

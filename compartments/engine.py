@@ -400,6 +400,9 @@ class Engine:
         # params_read, results_set, reply_read of a plain call, without Python (instantiate)
         self._native = unchecked.guest(self, self.frames, self.probes, self.max_message_bytes,
                                        _native_results)
+        # a read of one plain call served without the general path's layers
+        # (_serve_plain); fuzz/hostmem.py turns it off in the engine it compares with
+        self._plain_serving = wire._native is not None
         for name, (params, results) in abi.IMPORTS.items():
             kind = unchecked.NATIVE.get(name) if self._native is not None else None
             fn = getattr(self, "_host_" + name)
@@ -1098,7 +1101,8 @@ class Engine:
             data = self.sock.recv(1 << 16)
             if not data:
                 return False
-            self._take(data)
+            if not (self._plain_serving and self._serve_plain(data)):
+                self._take(data)
         # _look_ahead may add to the backlog; a run() deferred by a call of it starts
         # as soon as that call has returned, before what came after it
         while backlog or self._deferred_run is not None:
@@ -1111,6 +1115,89 @@ class Engine:
                 self._look_ahead()
             self._on_event(ev)
         return True
+
+    def _serve_plain(self, data: bytes) -> bool:
+        """A read of plain calls to guest objects, at the top level with nothing
+        kept back or waiting (a server's usual read: issue 14), taken in as _take
+        takes it without framing or events: the protocol core reads the calls
+        (Connection.plain_calls, the native decoder's reading) and opens their
+        answers, all of them first, as receive() does.  One call alone is served
+        at once without the general path's layers (_serve_call); several go onto
+        the backlog as the events _take would have put there, and the loop serves
+        them as it serves any (while a call waits in a call out, the outermost
+        wait serves those behind it: they must be on the backlog).  False: not
+        such a read, nothing changed."""
+        if not self._instantiated or not self._at_rest():
+            return False
+        try:
+            calls = self.conn.plain_calls(data, LocalObject)
+        except Exception as e:  # noqa: BLE001 - as _received: out of memory, or a bug
+            self._receive_failed(e)
+        if calls is None:
+            return False
+        self._read_at = time.perf_counter_ns()          # _received_seq
+        self._read_seq += 1
+        if len(calls) == 1:
+            self._serve_call(*calls[0])
+        else:
+            seq = self._read_seq
+            self._backlog.extend(
+                (seq, protocol.CallReceived(a, t, f, m, protocol.Payload(c, ())))
+                for a, t, f, m, c in calls)
+        return True
+
+    def _at_rest(self) -> bool:
+        """No guest code runs or waits, nothing is kept back or deferred, and the
+        compartment serves (_serve_plain)."""
+        return not (self.frames or self._until or self._running or self._backlog
+                    or self._deferred_run is not None or self._exited is not None
+                    or self.dispatch is None or self.per_call)
+
+    def _serve_call(self, answer_id: int, target: LocalObject, interface_id: int,
+                    method_id: int, content: Content):
+        """A read's one plain call, at rest (_serve_plain): served as _pump,
+        _on_event, _on_call, _answer_call, _dispatch and _dispatch_until serve
+        it, every branch they would take for it taken in their order, and every
+        other one known not to be (no capabilities, not the control object, not
+        per_call, not finished: no Finish came with it, nothing nested, a
+        dispatch, not exited, nothing queued to hold); _guest, _judge, _outcome
+        and _answer_failed are theirs."""
+        self._until.append(None)                        # _on_call
+        self._serving += 1
+        after: list = []
+        try:
+            try:                                        # _answer_call -> _dispatch_until
+                until = time.monotonic() + self.limits.call_time
+                frame = _Frame(self._for_guest(content), [], None)
+                after.append(functools.partial(self._let_results_go, frame))
+                self.frames.append(frame)
+                method = (target.tag, interface_id, method_id)
+                hold = self._may_hold(method)
+                self._fuel_used = 0
+                t0 = time.perf_counter_ns()
+                at = self._serving_at[answer_id] = len(self._until)
+                self._until.append(until)
+                try:
+                    status = self._guest(self.dispatch, target.tag, _signed64(interface_id),
+                                         method_id, len(frame.params), 0,
+                                         fuel=self.limits.fuel_per_call, flush=not hold)
+                finally:
+                    if self._serving_at.get(answer_id) == at:
+                        del self._serving_at[answer_id]
+                    self._until.pop()
+                    self.frames.pop()
+                    self._judge(method, hold, time.perf_counter_ns() - t0)
+                content, caps = self._outcome(status, frame)
+            except (Exception, wasi.WasiExit) as e:  # noqa: BLE001 - each kind: _answer_failed
+                self._answer_failed(answer_id, e)
+            else:
+                self._send(self.conn.send_return(answer_id, content, caps, no_finish=True))
+            finally:
+                for f in after:
+                    f()
+        finally:
+            self._serving -= 1
+            self._until.pop()
 
     def _run_deferred(self):
         """The run() deferred while calls were dispatched (_answer_call), at the top
@@ -1185,9 +1272,7 @@ class Engine:
         try:
             events = self.conn.receive(data)
         except Exception as e:  # noqa: BLE001 - ProtocolError, or bytes the core choked on
-            if isinstance(e, MemoryError) or isinstance(e.__context__, MemoryError):
-                self._out_of_memory()
-            self._protocol_violation(e)
+            self._receive_failed(e)
         for ev in events:
             payload = getattr(ev, "payload", None)
             if payload is not None and payload.caps:
@@ -1206,6 +1291,14 @@ class Engine:
                 elif payload is not None:
                     self._let_go(payload.caps)      # nobody asked: nothing takes them
         return events
+
+    def _receive_failed(self, e: Exception):
+        """Taking in what the supervisor sent raised `e`: the engine ends, saying
+        whether it ran out of memory (_out_of_memory) or the bytes broke the
+        protocol (_protocol_violation)."""
+        if isinstance(e, MemoryError) or isinstance(e.__context__, MemoryError):
+            self._out_of_memory()
+        self._protocol_violation(e)
 
     def _finish_read(self, answer_id: int):
         """The supervisor finished `answer_id` (a cancellation: the caller cancelled
@@ -1343,16 +1436,28 @@ class Engine:
             else:
                 self._let_go(ev.payload.caps)
                 raise _CallError("unimplemented", "promise pipelining into an engine")
-        except _CallError as e:
-            self._send(self.conn.send_exception(ev.answer_id, e.reason, e.type, no_finish=True))
-        except wasi.WasiExit as e:     # proc_exit while serving a call: this instance is done
+        except (Exception, wasi.WasiExit) as e:  # noqa: BLE001 - each kind: _answer_failed
+            self._answer_failed(ev.answer_id, e)
+        else:
+            # The supervisor never pipelines on an engine's answers.
+            self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
+        finally:
+            for f in after:
+                f()
+
+    def _answer_failed(self, answer_id: int, e: BaseException):
+        """The answer to a call whose serving raised `e` (_answer_call, _serve_plain):
+        a failed call's exception, or the end of an instance that called proc_exit."""
+        if isinstance(e, _CallError):
+            self._send(self.conn.send_exception(answer_id, e.reason, e.type, no_finish=True))
+        elif isinstance(e, wasi.WasiExit):     # proc_exit while serving a call: this instance is done
             # and no guest code runs again: the calls served while the flush's Log.write
             # waits are refused as this one is (they ran the program that had exited)
             self._exited = _status(e)
             if self.wasi is not None:
                 self.wasi.flush_all()
             self._send(self.conn.send_exception(
-                ev.answer_id, f"compartment {self.name} exited (code {_status(e)})", "disconnected",
+                answer_id, f"compartment {self.name} exited (code {_status(e)})", "disconnected",
                 no_finish=True))
             held, self._deferred_run = self._deferred_run, None
             run_answer = self._run_answer if held is None else held.answer_id
@@ -1379,16 +1484,10 @@ class Engine:
             # restarted (or left 'stopped', exit code 1) a program that had ended with
             # exit 0 and then ended well (an outside review)
             raise SystemExit(EXIT_GUEST_OK if _status(e) == 0 else EXIT_GUEST) from None
-        except Exception as e:  # noqa: BLE001 - input we could not handle: fail this call
+        else:  # input we could not handle: fail this call
             self._send(self.conn.send_exception(
-                ev.answer_id, f"compartment {self.name}: the engine could not handle this call "
+                answer_id, f"compartment {self.name}: the engine could not handle this call "
                 f"({type(e).__name__}: {_first_line(e)})", "failed", no_finish=True))
-        else:
-            # The supervisor never pipelines on an engine's answers.
-            self._send(self.conn.send_return(ev.answer_id, content, caps, no_finish=True))
-        finally:
-            for f in after:
-                f()
 
     def _cancelled(self, ev: protocol.CallReceived):
         """Answer a call its caller finished before it was dispatched ('canceled', as
@@ -1568,6 +1667,10 @@ class Engine:
         finally:
             if outer is not None:
                 after.append(self._leave_instance(outer))
+        return self._outcome(status, frame)
+
+    def _outcome(self, status: int, frame: _Frame):
+        """What a dispatch that returned `status` answers: its results, or its error."""
         if status != 0 or frame.error is not None:
             reason = f"{self.name}: {frame.error or f'dispatch returned {status}'}"
             if status == abi.E_DENIED:

@@ -63,8 +63,9 @@ class Side:
         self.sup = protocol.Connection("supervisor")
         self.engine = Engine(theirs, EngineSpec(name="memio", module=MEMIO, exports=True,
                                                 limits=Limits(message_size=LIMIT)))
-        if not native:
+        if not native:                       # every call out, and every read, Python's
             self.engine._native.call_out = None
+            self.engine._plain_serving = False
         self.peer = object()                       # what the grant reaches
         self.main = self._answer(self.sup.send_bootstrap()[1])
         self.main = self._answer(self.sup.send_call(

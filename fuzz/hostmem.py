@@ -177,6 +177,7 @@ def differ(seed: int, calls: int) -> tuple[list[str], int]:
     """(what differed, as 'seed S call I: ...'; calls the native path did itself)."""
     pair = [started(message_size=LIMIT), started(message_size=LIMIT)]
     pair[1][0]._native.memory = None                  # every host call to Python
+    pair[1][0]._plain_serving = False                 # every read through the events
     rng = random.Random(seed)
     failures = []
     for i in range(calls):

@@ -278,17 +278,24 @@ def test_an_answer_read_with_a_call_goes_to_its_own_question_not_to_the_calls():
     assert asked == [second]                     # its step went out, the first's did not
 
 
+@pytest.mark.parametrize("where", ["framing", "a plain call's reading"])
 def test_an_engine_out_of_memory_taking_a_message_in_says_so_not_that_the_supervisor_erred(
-        monkeypatch, capsys):
+        monkeypatch, capsys, where):
     """An outside review: engines that ran out of memory taking in large calls
     (their address space is bounded) said 'protocol error from supervisor: bad
     framing: MemoryError', and their callers were told the engine 'aborted the
-    connection: bad framing': the supervisor blamed for the engine's own bound."""
+    connection: bad framing': the supervisor blamed for the engine's own bound.
+    The same where a read of one plain call is taken in without framing
+    (Engine._serve_plain, Connection.plain_calls)."""
     engine, sock, sup, main = started()
 
-    def no_memory(data):
+    def no_memory(*_args):
         raise MemoryError()
-    monkeypatch.setattr(engine.conn._framer, "feed", no_memory)
+    if where == "framing":
+        engine._plain_serving = False
+        monkeypatch.setattr(engine.conn._framer, "feed", no_memory)
+    else:
+        monkeypatch.setattr(engine.conn, "plain_calls", no_memory)
     sock.batches.append(sup.send_call(main, SPIN, PING)[1])
     with pytest.raises(SystemExit) as e:
         engine.serve()
@@ -358,3 +365,47 @@ def test_a_call_cancelled_while_it_runs_makes_no_more_calls_and_cancels_the_one_
               and ev.question_id == q]
     assert "was sent Finish for this call while it ran" in ret.error
     assert not engine._serving_at and not engine._asking
+
+
+def _writes(batches, plain: bool, fuel_per_call: int = 50_000_000) -> list[bytes]:
+    """Every write of an engine that served `batches` (each a list of messages made
+    by a function of (the supervisor's Connection, the main object's import id),
+    sent in one write), with its reads of plain calls taken in without events
+    (Engine._serve_plain) or through the general path."""
+    engine, sock, sup, main = started(fuel_per_call)
+    engine._plain_serving = plain
+    for batch in batches:
+        sock.batches.append(b"".join(make(sup, main) for make in batch))
+    try:
+        engine.serve()
+    except SystemExit as e:
+        sock.writes.append(f"exit {e.code}".encode())
+    return sock.writes
+
+
+def _call(method, caps=()):
+    return lambda sup, main: sup.send_call(main, SPIN, method, protocol.EMPTY, list(caps))[1]
+
+
+def _finish_last(sup, _main):
+    """A Finish for the supervisor's last question (the call before it in the batch)."""
+    return sup.send_finish(max(q for q in sup.questions))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_reads_of_plain_calls_are_served_as_the_general_path_serves_them(seed):
+    """Engine._serve_plain against the general path (_take, events, _on_call ...):
+    the same bytes written, write by write, for random reads of one call or several
+    (pings, slow calls, a method the guest does not have, a call passing a
+    capability, a call followed by its own Finish, an unknown message)."""
+    import random
+    rng = random.Random(seed)
+    kinds = [_call(PING)] * 6 + [_call(SLOW), _call(99), _call(PING, [object()]),
+                                 _finish_last]
+    batches = []
+    for _ in range(24):
+        first = rng.choice((_call(PING), _call(PING), _call(SLOW), _call(99)))
+        batches.append([first] + [rng.choice(kinds) for _ in range(rng.choice((0, 0, 1, 3)))])
+    plain, general = _writes(batches, True), _writes(batches, False)
+    assert plain == general
+    assert len(wire.Framer().feed(b"".join(plain))) >= len(batches)   # every call answered
