@@ -1,6 +1,6 @@
 """The CPU a callee engine spends on each plain call, with nothing else running.
 
-    .venv/bin/python benchmarks/callee.py [CALLS] [PER_READ] [python-host-calls]
+    .venv/bin/python benchmarks/callee.py [CALLS] [PER_READ] [python-host-calls|python-serving]
 
 An `Engine` serving examples/calc/calc.wat runs in a forked process of its own
 (not confined: this measures the call path, not start-up); this process plays
@@ -12,7 +12,9 @@ per call (user + system, its own rusage) and the wall time per call.  WSUPER_NAT
 the ctypes path into wasm (and the Python wire code) instead; a third argument
 `python-host-calls` keeps the native paths but sends the guest's params_read,
 results_set and reply_read to the Python functions (the Guest's memory unset),
-for an A/B of the native host calls alone.
+for an A/B of the native host calls alone; `python-serving` keeps them but takes
+every read in through the general path (events, Engine._on_event) rather than
+Engine._serve_plain, for an A/B of that alone.
 """
 import os
 import socket
@@ -33,9 +35,12 @@ CALC = os.path.join(os.path.dirname(HERE), "examples", "calc", "calc.wat")
 CALC_ID = 0xc0ffee0000000001          # examples/calc/calc.capnp: interface Calc
 
 
-def main(calls: int, per_read: int, python_host_calls: bool = False):
+def main(calls: int, per_read: int, python_host_calls: bool = False,
+         python_serving: bool = False):
     ours, theirs = socket.socketpair()
     engine = Engine(theirs, EngineSpec(name="calc", module=CALC, exports=True))
+    if python_serving:
+        engine._plain_serving = False
     if python_host_calls and engine._native is not None:
         engine._native.memory = None
     r, w = os.pipe()
@@ -82,4 +87,5 @@ def main(calls: int, per_read: int, python_host_calls: bool = False):
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000,
          int(sys.argv[2]) if len(sys.argv) > 2 else 1,
-         len(sys.argv) > 3 and sys.argv[3] == "python-host-calls")
+         len(sys.argv) > 3 and sys.argv[3] == "python-host-calls",
+         len(sys.argv) > 3 and sys.argv[3] == "python-serving")
