@@ -1110,11 +1110,29 @@ class Engine:
                 self._run_deferred()
                 continue
             _seq, ev = backlog.popleft()
-            if type(ev) is protocol.CallReceived \
-                    and time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
-                self._look_ahead()
+            if type(ev) is protocol.CallReceived:
+                if time.perf_counter_ns() - self._read_at > LOOK_AHEAD_NS:
+                    self._look_ahead()
+                if self._plain_serving and self._plain(ev):
+                    self._serve_call(ev.answer_id, ev.target, ev.interface_id, ev.method_id,
+                                     ev.payload.content)
+                    continue
             self._on_event(ev)
         return True
+
+    def _plain(self, ev: protocol.CallReceived) -> bool:
+        """Whether the top-level loop may serve `ev` by _serve_call: a call to a
+        guest object, passing no capabilities, its results for the caller, not
+        finished, and the engine between calls (nothing running or waiting,
+        nothing deferred, a dispatch, not exited, not per_call): _on_call's path
+        for it is _serve_call's."""
+        if type(ev.target) is not LocalObject or ev.payload.caps or ev.elsewhere \
+                or self.frames or self._until or self._running \
+                or self._deferred_run is not None or self._exited is not None \
+                or self.dispatch is None or self.per_call:
+            return False
+        a = self.conn.answers.get(ev.answer_id)
+        return a is not None and not a.finished
 
     def _serve_plain(self, data: bytes) -> bool:
         """A read of plain calls to guest objects, at the top level with nothing
@@ -1123,10 +1141,10 @@ class Engine:
         (Connection.plain_calls, the native decoder's reading) and opens their
         answers, all of them first, as receive() does.  One call alone is served
         at once without the general path's layers (_serve_call); several go onto
-        the backlog as the events _take would have put there, and the loop serves
-        them as it serves any (while a call waits in a call out, the outermost
-        wait serves those behind it: they must be on the backlog).  False: not
-        such a read, nothing changed."""
+        the backlog as the events _take would have put there (while a call waits
+        in a call out, the outermost wait serves those behind it: they must be on
+        the backlog), and the loop serves each by _serve_call too while it is
+        plain (_plain).  False: not such a read, nothing changed."""
         if not self._instantiated or not self._at_rest():
             return False
         try:
@@ -1139,7 +1157,7 @@ class Engine:
         self._read_seq += 1
         if len(calls) == 1:
             self._serve_call(*calls[0])
-        else:
+        else:       # the loop serves them, by _serve_call while they stay plain (_plain)
             seq = self._read_seq
             self._backlog.extend(
                 (seq, protocol.CallReceived(a, t, f, m, protocol.Payload(c, ())))
