@@ -49,6 +49,14 @@ Checks (each failure is reported with its class and a reproducing input):
              pointers (_fastwire.copy_segments) from the root and from a
              Call's or Return's content pointer gives the Python walk's
              bytes, or is refused where and as it raises.
+  plain      Connection.plain_calls (an engine's reading of a read of plain
+             calls, without events) against receive(): on the input, and on
+             it twice and thrice over (a read of several calls, or one
+             question id used twice), it raises nothing; where it refuses,
+             the connection is exactly as it was; where it accepts, receive()
+             on a twin connection gives the same calls (answer id, target,
+             interface, method, content copied for a guest, no capabilities)
+             and leaves the same tables.
   copier     for content with a known schema: when single_segment_copy
              accepts, the copy is one segment with every pointer inside it,
              and pycapnp reads the same from the copy as from the original
@@ -255,6 +263,62 @@ def plain(v, path="event"):
             plain(getattr(v, name.name), f"{path}.{name.name}")
     else:
         raise Failure("protocol", f"{path} is a {type(v).__module__}.{type(v).__name__}")
+
+
+def _tables(c: P.Connection) -> tuple:
+    return (sorted(c.answers), c.unanswered, c._unfinished, sorted(c._no_finish),
+            sorted(c.questions), dict(c.imports), sorted(c.exports), c._framer.messages,
+            c._framer.pending, c.closed)
+
+
+def _guest_bytes(content: P.Content):
+    try:
+        return content.single_segment_copy()
+    except wire.WireError as e:
+        return f"WireError: {e}"
+
+
+def _peer_calls() -> list[bytes]:
+    """Plain calls to the fuzzed connection's exports, with question ids it has
+    no answers for (10 up), as a peer's Connection makes them."""
+    peer = P.Connection("peer")
+    peer.imports.update({i: 1 for i in range(4)})
+    for _ in range(10):
+        peer._new_question([])
+    return [peer.send_call(i % 4, 0x1234, i, P.Content.standalone(
+        [struct.pack("<QQ", 1 << 32, i)]))[1] for i in range(3)]
+
+
+_PEER_CALLS = []
+
+
+def check_plain(data: bytes):
+    if not _PEER_CALLS:
+        _PEER_CALLS.extend(_peer_calls())
+    c0, c1, c2 = _PEER_CALLS
+    for read in (data, data * 2, c0 + data, c0 + data + c1, c0 + c1 + c2, data + c2):
+        a, b = fresh(), fresh()
+        try:
+            calls = a.plain_calls(read, Obj)
+        except Exception as e:
+            raise Failure("plain", f"{type(e).__name__} escaped plain_calls: {_line(e)}") from e
+        if calls is None:
+            if _tables(a) != _tables(b):
+                raise Failure("plain", "plain_calls refused a read and changed the tables")
+            continue
+        try:
+            events = b.receive(read)
+        except P.ProtocolError as e:
+            raise Failure("plain", f"plain_calls took a read receive() refuses: {_line(e)}")
+        got = [(ev.answer_id, ev.target, ev.interface_id, ev.method_id,
+                _guest_bytes(ev.payload.content), ev.payload.caps, ev.elsewhere)
+               if isinstance(ev, P.CallReceived) else type(ev).__name__ for ev in events]
+        want = [(aid, t, f, m, _guest_bytes(c), (), False) for aid, t, f, m, c in calls]
+        if got != want:
+            raise Failure("plain", f"plain_calls read {str(want)[:200]}, receive() "
+                                   f"{str(got)[:200]}")
+        if _tables(a) != _tables(b):
+            raise Failure("plain", "plain_calls and receive() left different tables")
 
 
 def check_protocol(data: bytes):
@@ -713,6 +777,7 @@ def run_one(data: bytes, schema=None, rng=None):
     check_decoders(data)
     check_native(data)
     check_protocol(data)
+    check_plain(data)
 
 
 def _key(f: Failure) -> str:
