@@ -400,8 +400,9 @@ class Engine:
         # params_read, results_set, reply_read of a plain call, without Python (instantiate)
         self._native = unchecked.guest(self, self.frames, self.probes, self.max_message_bytes,
                                        _native_results)
-        # a read of one plain call served without the general path's layers
-        # (_serve_plain); fuzz/hostmem.py turns it off in the engine it compares with
+        # reads of plain calls served without the general path's layers (_serve_plain,
+        # _plain); fuzz/hostmem.py and fuzz/callout.py turn it off in the engine they
+        # compare with
         self._plain_serving = wire._native is not None
         for name, (params, results) in abi.IMPORTS.items():
             kind = unchecked.NATIVE.get(name) if self._native is not None else None
@@ -1173,13 +1174,13 @@ class Engine:
 
     def _serve_call(self, answer_id: int, target: LocalObject, interface_id: int,
                     method_id: int, content: Content):
-        """A read's one plain call, at rest (_serve_plain): served as _pump,
-        _on_event, _on_call, _answer_call, _dispatch and _dispatch_until serve
-        it, every branch they would take for it taken in their order, and every
-        other one known not to be (no capabilities, not the control object, not
-        per_call, not finished: no Finish came with it, nothing nested, a
-        dispatch, not exited, nothing queued to hold); _guest, _judge, _outcome
-        and _answer_failed are theirs."""
+        """A plain call, the engine between calls (a read's one call, _serve_plain;
+        one of a batch on the backlog, _plain): served as _on_event, _on_call,
+        _answer_call, _dispatch and _dispatch_until serve it, every branch they
+        would take for it taken in their order, and every other one known not to
+        be (no capabilities, not the control object, not per_call, not finished,
+        nothing nested, a dispatch, not exited); _may_hold, _guest, _judge,
+        _outcome and _answer_failed are theirs."""
         self._until.append(None)                        # _on_call
         self._serving += 1
         after: list = []
