@@ -407,8 +407,8 @@ static int past_deadline(Guest *g) {
  *     probes on, memory not set, past the call's deadline (or cancelled),
  *     capabilities passed, a method id outside 0..65535, out_ptr or the
  *     params outside memory, params that are not one whole segment whose root
- *     is null or a near pointer inside it (what _guest_content accepts and
- *     more: Python decides the rest), a handle that is not an import the
+ *     is null or a near pointer inside it (a part of what _guest_content
+ *     accepts: Python decides the rest), a handle that is not an import the
  *     connection holds, an unread reply that holds handles, anything kept
  *     back to handle or to send (the backlog, answers queued), a partly read
  *     message;
@@ -427,7 +427,6 @@ static int past_deadline(Guest *g) {
 #define QID_BASE 0x80000000u  /* protocol.NATIVE_QID_BASE */
 
 static int64_t monotonic_ns(void);
-#define ABI_E_FAILED (-1)
 
 static int64_t cost_of(uint64_t copied) {
   return copied > FREE_COPY ? (int64_t)((copied - FREE_COPY) >> 3) : 0;
