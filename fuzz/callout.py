@@ -14,10 +14,15 @@ on a real socket pair; one has its Guest's call_out unset, which sends every
 call out to Python.  A thread plays the supervisor on the other end of each:
 it reads the engine's Call and answers it as the input says: plain results
 of every shape (flat, with pointers, null, a far pointer, a capability
-pointer, past the segment), an exception, results that need a Finish, the
-answer in two writes, the answer with the outer call's Finish in the same
-write, the answer to another question, or no answer but the end of the
-connection.  Each input also picks the call's arguments (a granted handle,
+pointer, past the segment, in two segments, in a segment longer than one
+read), an exception, results that need a Finish, the answer in two writes,
+the answer with the outer call's Finish in the same write, the outer call's
+Finish alone first (the engine finishes its question, then reads the
+answer), a call into the engine first, whose guest code calls out again with
+the same arguments (a call out begun inside Python's wait for another:
+answered before or after the outer one), the answer to another question, or
+no answer but the end of the connection.  Each input also picks the call's
+arguments (a granted handle,
 none, a released one, an object's; params well formed in the shapes the
 native path takes or wrong in the ways one can be; capability counts;
 pointers inside, across the end of and outside memory; method ids out of
@@ -25,7 +30,11 @@ range; a reply pending with or without handles).
 
 Checks, after every input: the two engines sent the same bytes (the Call
 with the question id aside, Finish messages, the outer call's answer, and
-their ends: exit codes and what they said), and their memories are the same.
+their ends: exit codes and what they said), their memories are the same, and
+so are their tables (`tables`: questions open, ids aside, and those waited
+for, the reply pending and its handles, handles, imports and references,
+what waits to be sent or handled, the fuel the call used, the calls out
+timed).
 `native` counts the calls out the native path did itself, `handed` those it
 began and handed to Python, so that a run that reached neither does not pass
 unnoticed.
@@ -51,7 +60,9 @@ from fuzz.hostmem import ARGS, LIMIT, MEMIO, MEMORY, framed, message, struct_ptr
 CALL = 5                            # memio.wat's method that calls out
 PARAMS_AT, OUT_AT, REPLY_AT = 4096, 8192, 16384
 REPLIES = ("plain",) * 12 + ("pointers", "pointers", "null", "far", "capability",
-           "outside", "exception", "finish", "split", "cancel", "wrong", "end", "caps")
+           "outside", "exception", "finish", "split", "cancel", "wrong", "end", "caps",
+           "finish first", "nested", "nested", "nested first", "nested first", "segments",
+           "large")
 
 
 class Side:
@@ -62,7 +73,7 @@ class Side:
         self.sock = ours
         self.sup = protocol.Connection("supervisor")
         self.engine = Engine(theirs, EngineSpec(name="memio", module=MEMIO, exports=True,
-                                                limits=Limits(message_size=LIMIT)))
+                                                stats=True, limits=Limits(message_size=LIMIT)))
         if not native:                       # every call out, and every read, Python's
             self.engine._native.call_out = None
             self.engine._plain_serving = False
@@ -98,6 +109,11 @@ def _reply_content(kind: str, rng: random.Random) -> Content:
         words = [3]
     elif kind == "outside":
         words = [struct_ptr(n + 3, 2, 0)] + body
+    elif kind == "segments":             # the struct in a second segment (a far pointer)
+        return Content.standalone([struct.pack("<Q", (1 << 32) | 2), b"".join(
+            struct.pack("<Q", w) for w in [struct_ptr(0, n, 0)] + body)])
+    elif kind == "large":                # a small struct in a segment past one read
+        words = [struct_ptr(0, n, 0)] + body + [0] * (8200 + n)
     else:
         words = [struct_ptr(0, n, 0)] + body
     return Content.standalone([b"".join(struct.pack("<Q", w & (2**64 - 1)) for w in words)])
@@ -109,6 +125,9 @@ def _respond(side: Side, kind: str, rng: random.Random, outer_qid: int, log: lis
     sock, sup = side.sock, side.sup
     sock.settimeout(10)
     framer = wire.Framer()
+    ids: dict = {}              # question id -> the order it was first seen in
+    outs: list = []             # the answer ids of the engine's calls out, in order
+    nested: list = []           # the question id of the supervisor's call into it
     try:
         while True:
             data = sock.recv(1 << 20)
@@ -116,41 +135,88 @@ def _respond(side: Side, kind: str, rng: random.Random, outer_qid: int, log: lis
                 log.append("end")
                 return
             for segs in framer.feed(data):     # each message, its bytes as sent
-                log.append(_without_question_id(segs))
+                log.append(_without_question_id(segs, ids))
             for ev in sup.receive(data):
                 if isinstance(ev, protocol.CallReceived):
+                    outs.append(ev.answer_id)
                     try:
-                        _answer_out(side, kind, rng, ev, outer_qid)
+                        _answer_out(side, kind, rng, ev, outer_qid, outs, nested)
                     except Exception as e:  # noqa: BLE001 - the engine must not wait for good
                         log.append(("could not answer", type(e).__name__))
                         sock.shutdown(socket.SHUT_WR)
+                elif isinstance(ev, protocol.FinishReceived) and kind == "finish first" \
+                        and outs and ev.answer_id == outs[0]:
+                    # the engine finished its question once told its call was: the
+                    # answer comes after that
+                    sock.sendall(sup.send_return(ev.answer_id, _reply_content("plain", rng),
+                                                 [], no_finish=True))
                 elif isinstance(ev, protocol.ReturnReceived) and ev.question_id == outer_qid:
                     log.append(("return", ev.payload is None, ev.error,
                                 None if ev.payload is None else
                                 ev.payload.content.single_segment_copy()))
                     return
+                elif isinstance(ev, protocol.ReturnReceived) and ev.question_id in nested:
+                    # (its bytes are logged: where the event falls among them is how
+                    # the kernel cut the engine's writes into reads)
+                    if kind == "nested first" and len(outs) > 1:
+                        # the nested call answered: now the outer call out's answer
+                        sock.sendall(sup.send_return(outs[0], _reply_content("plain", rng),
+                                                     [], no_finish=True))
     except (OSError, protocol.ProtocolError) as e:
         log.append(("failed", type(e).__name__))
 
 
-def _without_question_id(segs) -> bytes:
-    """A message's bytes, a Call's question id (which differs: Python's are small,
-    the native path's from 2^31) zeroed."""
-    out = b"".join(bytes(seg) for seg in segs)
-    plain = rpcwire.decode(segs)
-    if plain is not None and len(segs) == 1 and plain.which in (rpcwire.MSG_CALL,
-                                                                rpcwire.MSG_FINISH):
-        # rpcwire.encode_call's header is the last 13 words; encode_finish's the 4
-        at = len(out) - 8 * 13 + 24 if plain.which == rpcwire.MSG_CALL else 24
-        if out[at:at + 4] == struct.pack("<I", plain.id):
-            out = out[:at] + b"QQQQ" + out[at + 4:]
-    return out
+def _without_question_id(segs, ids: dict) -> bytes:
+    """A message's bytes, the question id of a Call or Finish (which differs: the
+    native path's are from 2^31, Python's are small and depend on which it freed
+    last) written as the order it was first seen in, b"Q000", b"Q001", ..."""
+    out = [bytearray(seg) for seg in segs]
+    try:
+        _kind, s, start, w = wire.resolve(segs, (0, 0))
+        data = (w >> 32) & 0xFFFF
+        which = struct.unpack_from("<H", segs[s], 8 * start)[0] if data else 0
+        if which in (rpcwire.MSG_CALL, rpcwire.MSG_FINISH):
+            _kind, s, start, w = wire.resolve(segs, (s, start + data))
+            if (w >> 32) & 0xFFFF:          # the Call or Finish has its data word
+                at = 8 * start
+                qid = struct.unpack_from("<I", out[s], at)[0]
+                out[s][at:at + 4] = b"Q%03d" % ids.setdefault(qid, len(ids))
+    except (TypeError, IndexError, struct.error, wire.WireError):
+        pass                                # not one to rewrite: as it is
+    return b"".join(bytes(seg) for seg in out)
 
 
-def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int):
+def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int, outs: list,
+                nested: list):
     sock, sup = side.sock, side.sup
     aid = ev.answer_id
-    if kind == "exception":
+    if kind in ("nested", "nested first") and len(outs) == 1:
+        # a call into the engine before the answer: the guest calls out again, with
+        # the same arguments (memio's method 5), from inside the wait for this one
+        qid, msg = sup.send_call(side.main, 0x1234, CALL, Content.standalone([bytes(16)]))
+        nested.append(qid)
+        sock.sendall(msg)
+    elif kind == "nested" and len(outs) == 2:
+        # the outer call out's answer first, then the nested one's: in one write, or
+        # in two (the nested wait reads the outer's answer, not its own)
+        first = sup.send_return(outs[0], _reply_content("plain", rng), [], no_finish=True)
+        second = sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True)
+        if rng.randrange(2):
+            sock.sendall(first + second)
+        else:
+            sock.sendall(first)
+            time.sleep(0.002)
+            sock.sendall(second)
+    elif kind == "nested first" and len(outs) == 2:
+        # the nested call out's answer alone (the outer one's once the nested call
+        # has been answered: _respond)
+        sock.sendall(sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True))
+    elif kind in ("nested", "nested first"):
+        # a third call out: the nested call's guest called out twice?  Fail it
+        sock.sendall(sup.send_exception(aid, "one nested call out only", no_finish=True))
+    elif kind == "finish first":
+        sock.sendall(sup.send_finish(outer_qid))     # the answer once the engine finishes
+    elif kind == "exception":
         sock.sendall(sup.send_exception(aid, "no such luck", rng.choice(
             ("failed", "overloaded", "disconnected")), no_finish=True))
     elif kind == "finish":
@@ -211,7 +277,7 @@ def scenario(rng: random.Random) -> dict:
 
 def run(side: Side, s: dict) -> tuple:
     """Serve one outer call (memio method 5) with scenario `s`: (what the supervisor
-    saw, how the engine ended if it did, its memory)."""
+    saw, how the engine ended if it did, its memory, its tables)."""
     engine = side.engine
     handle = side.handle if s["handle"] == "grant" else \
         engine.handles.add(engine._local(5)) if s["handle"] == "object" else s["handle"]
@@ -243,7 +309,19 @@ def run(side: Side, s: dict) -> tuple:
     if t.is_alive():
         raise RuntimeError("the supervisor's end never saw the outer call end")
     memory = bytes(engine.memory.read(engine.store, 0, engine.memory.data_len(engine.store)))
-    return log, ended, memory
+    return log, ended, memory, tables(engine)
+
+
+def tables(engine: Engine) -> tuple:
+    """What the engine holds after a call, as far as the native path and Python's
+    must agree: the question ids aside (the native path's are from 2^31), and the
+    reads it took (how the answers' bytes came in two writes is the kernel's)."""
+    return (len(engine.conn.questions), len(engine._waiting), sorted(engine._asking),
+            engine.reply, [h for h, _entry in engine._reply_entries],
+            len(list(engine.handles.entries())), sorted(engine.conn.imports.items()),
+            sorted(engine._import_refs.items()), sorted(engine._unread_refs.items()),
+            len(engine._outgoing), len(engine._backlog), engine._fuel_used, engine._copied,
+            len(engine.call_times or ()), engine._until, engine._entered)
 
 
 def differ(seed: int, calls: int) -> tuple[list[str], int, int]:
@@ -258,7 +336,7 @@ def differ(seed: int, calls: int) -> tuple[list[str], int, int]:
         s = scenario(rng)
         a, b = run(pair[0], s), run(pair[1], s)
         for what, x, y in (("messages", a[0], b[0]), ("ends", a[1], b[1]),
-                           ("memories", a[2], b[2])):
+                           ("memories", a[2], b[2]), ("tables", a[3], b[3])):
             if x != y:
                 failures.append(f"seed {seed} call {i}: the {what} differ "
                                 f"({ {k: v for k, v in s.items() if k != 'writes'} }): "
