@@ -42,10 +42,12 @@ unnoticed.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import random
 import socket
 import struct
 import sys
+import termios
 import threading
 import time
 
@@ -205,7 +207,7 @@ def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int, o
             sock.sendall(first + second)
         else:
             sock.sendall(first)
-            time.sleep(0.002)
+            _read_by(side.engine)
             sock.sendall(second)
     elif kind == "nested first" and len(outs) == 2:
         # the nested call out's answer alone (the outer one's once the nested call
@@ -227,7 +229,7 @@ def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int, o
         msg = sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True)
         cut = rng.randrange(1, len(msg))
         sock.sendall(msg[:cut])
-        time.sleep(0.002)
+        _read_by(side.engine)
         sock.sendall(msg[cut:])
     elif kind == "cancel":
         msg = sup.send_return(aid, _reply_content("plain", rng), [], no_finish=True)
@@ -238,6 +240,25 @@ def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int, o
         sock.shutdown(socket.SHUT_WR)
     else:
         sock.sendall(sup.send_return(aid, _reply_content(kind, rng), [], no_finish=True))
+
+
+def _read_by(engine: Engine, timeout: float = 10.0):
+    """Wait until `engine` has read every byte sent to it (its socket holds none
+    unread), so that what is sent next comes in a read of its own: an event, not a
+    pause.  A pause of 2 ms between the two writes of a split answer let both come
+    in one read 3 times in 200 (the engine's thread had not taken the GIL back
+    from this one in time): the answer was then the plain one alone, done
+    natively, and test_engine_native's test of a split answer failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            unread = struct.unpack("<i", fcntl.ioctl(engine.sock.fileno(), termios.FIONREAD,
+                                                     bytes(4)))[0]
+        except OSError:
+            return                          # its socket is gone: nothing more to read
+        if not unread:
+            return
+        time.sleep(0.0005)
 
 
 def _raw_return(qid: int) -> bytes:
