@@ -22,19 +22,18 @@ answer), a call into the engine first, whose guest code calls out again with
 the same arguments (a call out begun inside Python's wait for another:
 answered before or after the outer one), the answer to another question, or
 no answer but the end of the connection.  Each input also picks the call's
-arguments (a granted handle,
-none, a released one, an object's; params well formed in the shapes the
-native path takes or wrong in the ways one can be; capability counts;
-pointers inside, across the end of and outside memory; method ids out of
-range; a reply pending with or without handles).
+arguments (a granted handle, none, a released one, an object's; params well
+formed in the shapes the native path takes or wrong in the ways one can be;
+capability counts; pointers inside, across the end of and outside memory;
+method ids out of range; a reply pending with or without handles).
 
-Checks, after every input: the two engines sent the same bytes (the Call
-with the question id aside, Finish messages, the outer call's answer, and
-their ends: exit codes and what they said), their memories are the same, and
-so are their tables (`tables`: questions open, ids aside, and those waited
-for, the reply pending and its handles, handles, imports and references,
-what waits to be sent or handled, the fuel the call used, the calls out
-timed).
+Checks, after every input: the two engines sent the same bytes (Calls and
+Finish messages, their question ids written in the order first seen, the
+outer call's answer, and their ends: exit codes and what they said), their
+memories are the same, and so are their tables (`tables`: questions open,
+ids aside, and those waited for, the reply pending and its handles, handles,
+imports and references, what waits to be sent or handled, the fuel the call
+used, the calls out timed).
 `native` counts the calls out the native path did itself, `handed` those it
 began and handed to Python, so that a run that reached neither does not pass
 unnoticed.
@@ -246,7 +245,7 @@ def _read_by(engine: Engine, timeout: float = 10.0):
     """Wait until `engine` has read every byte sent to it (its socket holds none
     unread), so that what is sent next comes in a read of its own: an event, not a
     pause.  A pause of 2 ms between the two writes of a split answer let both come
-    in one read 3 times in 200 (the engine's thread had not taken the GIL back
+    in one read 33 times in 1,500 (the engine's thread had not taken the GIL back
     from this one in time): the answer was then the plain one alone, done
     natively, and test_engine_native's test of a split answer failed."""
     deadline = time.monotonic() + timeout
