@@ -1141,24 +1141,30 @@ class Engine:
         takes it without framing or events: the protocol core reads the calls
         (Connection.plain_calls, the native decoder's reading) and opens their
         answers, all of them first, as receive() does.  One call alone is served
-        at once without the general path's layers (_serve_call); several go onto
+        at once without the general path's layers (_serve_call), unless it was
+        read LOOK_AHEAD_NS ago by then (the loop looks ahead first); several go onto
         the backlog as the events _take would have put there (while a call waits
         in a call out, the outermost wait serves those behind it: they must be on
         the backlog), and the loop serves each by _serve_call too while it is
         plain (_plain).  False: not such a read, nothing changed."""
         if not self._instantiated or not self._at_rest():
             return False
+        read_at = time.perf_counter_ns()                # _received_seq's, before reading
         try:
             calls = self.conn.plain_calls(data, LocalObject)
         except Exception as e:  # noqa: BLE001 - as _received: out of memory, or a bug
             self._receive_failed(e)
         if calls is None:
             return False
-        self._read_at = time.perf_counter_ns()          # _received_seq
+        self._read_at = read_at
         self._read_seq += 1
-        if len(calls) == 1:
+        if len(calls) == 1 and time.perf_counter_ns() - read_at <= LOOK_AHEAD_NS:
             self._serve_call(*calls[0])
-        else:       # the loop serves them, by _serve_call while they stay plain (_plain)
+        else:
+            # the loop serves them, by _serve_call while they stay plain (_plain); a
+            # call read LOOK_AHEAD_NS ago (the engine was preempted) after it has
+            # looked ahead (_look_ahead), as it would: a Finish come meanwhile
+            # cancels it (served at once, it ran for nobody)
             seq = self._read_seq
             self._backlog.extend(
                 (seq, protocol.CallReceived(a, t, f, m, protocol.Payload(c, ())))

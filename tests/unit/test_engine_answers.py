@@ -409,3 +409,28 @@ def test_reads_of_plain_calls_are_served_as_the_general_path_serves_them(seed):
     plain, general = _writes(batches, True), _writes(batches, False)
     assert plain == general
     assert len(wire.Framer().feed(b"".join(plain))) >= len(batches)   # every call answered
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain serving", "general path"])
+def test_a_call_read_alone_is_not_run_if_its_finish_has_come_when_its_turn_does(
+        monkeypatch, plain):
+    """Before it dispatches a call read LOOK_AHEAD_NS ago or more (a busy machine
+    preempted the engine meanwhile, here always), the engine reads what has come
+    since: a Finish among it cancels the call, which is answered 'canceled' and
+    never run.  The path that serves a read of one plain call at once
+    (Engine._serve_plain) skipped that look: a call its caller had cancelled by
+    then ran whole for nobody (here 2M instructions; a guest's calls out, to other
+    compartments, too), where the general path did not run it."""
+    monkeypatch.setattr(E, "LOOK_AHEAD_NS", -1)       # look ahead always
+    engine, sock, sup, main = started()
+    engine._plain_serving = plain
+    ran = []
+    guest = engine._guest
+    engine._guest = lambda *a, **kw: (ran.append(a[3]), guest(*a, **kw))[1]
+    q, call = sup.send_call(main, SPIN, SLOW)
+    sock.batches += [call, sup.send_finish(q)]        # the Finish: the next read
+    engine.serve()
+    (ret,) = [ev for w in sock.writes for ev in sup.receive(w)]
+    assert (ret.question_id, ret.error) == (q, "call canceled")
+    assert ran == []
+    assert q not in engine.conn.answers and q not in sup.questions
