@@ -442,3 +442,128 @@ def test_a_call_read_alone_is_not_run_if_its_finish_has_come_when_its_turn_does(
     assert ran == []
     assert q not in engine.conn.answers and q not in sup.questions
 
+
+class _Supervisor:
+    """The engine's socket, playing the supervisor from a script: at each blocking
+    read it sends a batch of calls (memio's results, a call out through its
+    grant, a new object, a call to an object a result gave; now and then a
+    Finish after one), answers a call out the engine made (results or an
+    exception; with a batch before or after it in the same read) or sends
+    Finish for a call it is serving.  `ahead`: now and then one more read waits
+    in the socket, for a read that does not wait (_look_ahead, a wait's)."""
+
+    def __init__(self, rng, steps: int, ahead: bool):
+        self.rng, self.steps, self.ahead = rng, steps, ahead
+        self.sup = protocol.Connection("supervisor")
+        self.writes: list[bytes] = []
+        self.queued: list[bytes] = []
+        self.calls_out: list[int] = []
+        self.serving: list[int] = []
+        self.objects: list[int] = []
+
+    def sendall(self, data):
+        self.writes.append(bytes(data))
+        for ev in self.sup.receive(bytes(data)):
+            if isinstance(ev, protocol.CallReceived):
+                self.calls_out.append(ev.answer_id)
+            elif isinstance(ev, protocol.ReturnReceived):
+                if ev.question_id in self.serving:
+                    self.serving.remove(ev.question_id)
+                for cap in (ev.payload.caps if ev.payload is not None else ()):
+                    self.objects.append(cap.import_id)
+
+    def recv(self, _n, flags=0):
+        if self.queued:
+            return self.queued.pop(0)
+        if flags & socket.MSG_DONTWAIT:
+            raise BlockingIOError
+        if self.steps <= 0:
+            return b""
+        self.steps -= 1
+        data = self._next()
+        if self.ahead and not self.rng.randrange(3):
+            self.queued.append(self._next())
+        return data
+
+    def _calls(self) -> bytes:
+        rng, out = self.rng, b""
+        for _ in range(rng.choice((1, 1, 1, 2, 3, 5))):
+            method = rng.choice((0, 0, 5, 5, 7, "object"))
+            target = self.main
+            if method == "object":
+                method, target = 0, rng.choice(self.objects or [self.main])
+            q, msg = self.sup.send_call(target, hostmem.IFACE, method, protocol.Content.standalone(
+                [struct.pack("<QQ", 1 << 32, rng.getrandbits(32))]))
+            self.serving.append(q)
+            out += msg + (self.sup.send_finish(q) if not rng.randrange(12) else b"")
+        return out
+
+    def _next(self) -> bytes:
+        rng = self.rng
+        pick = rng.choice(["calls"] + ["answer"] * 4 * bool(self.calls_out)
+                          + ["finish"] * bool(self.serving))
+        if pick == "calls":
+            return self._calls()
+        if pick == "finish":
+            q = rng.choice(self.serving)
+            open_ = self.sup.questions.get(q) is not None and not self.sup.questions[q].finished
+            return self.sup.send_finish(q) if open_ else self._calls()
+        aid = self.calls_out.pop(rng.randrange(len(self.calls_out)))
+        msg = self.sup.send_return(aid, protocol.Content.standalone([struct.pack(
+            "<QQ", 1 << 32, 9)]), no_finish=True) if rng.randrange(4) else \
+            self.sup.send_exception(aid, "no", "failed", no_finish=True)
+        before, after = (self._calls() if not rng.randrange(4) else b"" for _ in range(2))
+        return before + msg + after
+
+
+def _scripted(seed: int, plain: bool, ahead: bool) -> tuple[list[bytes], object]:
+    """Every write of a memio engine (a grant to call out through, its arguments
+    set for a results_set, a call out and a new object) served by _Supervisor's
+    script `seed`, and how it ended."""
+    from capnp_schemas import payloads
+    from compartments.engine import ENGINE_INTERFACE
+    rng = random.Random(seed)
+    sock = _Supervisor(rng, 40, ahead)
+    engine = Engine(sock, EngineSpec(name="memio", module=hostmem.MEMIO, exports=True, limits=Limits(
+        message_size=hostmem.LIMIT, fuel_per_call=rng.choice((50_000_000, 3000, 800)))))
+    engine._plain_serving = plain
+    sup = sock.sup
+    for msg in (lambda: sup.send_bootstrap()[1], lambda: sup.send_call(
+            sock.objects.pop(), ENGINE_INTERFACE, 0,
+            payloads.grants_content([("peer", "compartment", "")]), [object()])[1]):
+        sock.queued.append(msg())
+        engine._pump()
+        engine._flush()
+    sock.main = sock.objects.pop()
+    params = hostmem.framed([hostmem.struct_ptr(0, 2, 0), 5, 6])
+    at, caps, out = 4096, 9192, 8192
+    engine.memory.write(engine.store, params, at)
+    engine.memory.write(engine.store, struct.pack("<i", engine.handles.add(engine._local(1))), caps)
+    engine.memory.write(engine.store, struct.pack("<4i", at, len(params), caps, 1) + struct.pack(
+        "<iQ6i3i", engine.grants["peer"][0], hostmem.IFACE, 0, at, len(params), 0, 0, out,
+        0, 0, 0), hostmem.ARGS)
+    sock.writes.clear()
+    try:
+        engine.serve()
+        end = "served"
+    except SystemExit as e:
+        end = e.code
+    return sock.writes, end
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["reads one at a time", "reads waiting"])
+@pytest.mark.parametrize("seed", range(12))
+def test_scripted_reads_with_calls_out_and_finishes_are_served_as_the_general_path_serves_them(
+        monkeypatch, seed, ahead):
+    """Engine._serve_plain and the loop's _serve_call against the general path, on
+    scripted exchanges: batches of calls whose guests call out, answers to those
+    calls out read with more calls, calls cancelled in their read, in the next or
+    while their guest waits, results with capabilities and calls on them, out of
+    fuel.  With reads waiting in the socket, the engine looks ahead before every
+    call (a preempted engine's): served at once, a read of one call skipped that."""
+    monkeypatch.setattr(E, "BACKLOG_GRACE", 0)            # a nested wait: no sleeping
+    if ahead:
+        monkeypatch.setattr(E, "LOOK_AHEAD_NS", -1)
+    plain, general = _scripted(seed, True, ahead), _scripted(seed, False, ahead)
+    assert plain == general
+    assert len(plain[0]) > 20
