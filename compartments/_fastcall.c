@@ -333,32 +333,40 @@ static int native_reply_read(Guest *g, void *ctx, val_raw *raw) {
   return done;
 }
 
+/* The guest's message at [ptr, ptr + len) if it is one whole segment inside
+ * memory and within the message limit: that segment (its words in *words), or
+ * NULL (results_set's results, a call out's params) */
+static const uint8_t *one_segment(Guest *g, uint8_t *base, uint64_t size, int64_t ptr,
+                                  int64_t len, uint32_t *words) {
+  if (len < 16 || ptr < 0 || (uint64_t)(ptr + len) > size || len > g->max_bytes) return NULL;
+  const uint8_t *m = base + ptr;
+  uint32_t nseg;
+  memcpy(&nseg, m, 4);
+  memcpy(words, m + 4, 4);
+  return nseg == 0 && 8 + 8 * (int64_t)*words == len ? m + 8 : NULL;
+}
+
 /* results_set(ptr, length, caps_ptr, caps_count) with no capabilities: the message
  * at ptr, checked as _guest_content checks it, becomes the frame's results */
 static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
   uint8_t *base;
   uint64_t size;
   if (!guest_memory(g, ctx, &base, &size)) return 0;
-  int64_t ptr = raw[0].i32, len = raw[1].i32, count = raw[3].i32;
-  if (count != 0 || len <= 0 || ptr < 0 || (uint64_t)(ptr + len) > size ||
-      len > g->max_bytes || len < 16)
-    return 0;
-  const uint8_t *m = base + ptr;
-  uint32_t nseg, words;
-  memcpy(&nseg, m, 4);
-  memcpy(&words, m + 4, 4);
-  if (nseg != 0 || 8 + 8 * (int64_t)words != len) return 0;
+  int64_t len = raw[1].i32;
+  uint32_t words;
+  const uint8_t *seg = raw[3].i32 != 0 ? NULL
+                                       : one_segment(g, base, size, raw[0].i32, len, &words);
   int kind;
   uint64_t start, w;
-  if (fw_resolve(m + 8, words, 0, &kind, &start, &w) < 0) return 0;
+  if (!seg || fw_resolve(seg, words, 0, &kind, &start, &w) < 0) return 0;
   PyObject *frame = top_frame(g);
   if (!frame) return 0;
   PyObject *before = PyObject_GetAttr(frame, s_results);
   int done = 0;
   if (before != Py_None) goto out;          /* set already: Python says E_STATE */
-  PyObject *seg = PyBytes_FromStringAndSize((const char *)m + 8, 8 * (Py_ssize_t)words);
-  PyObject *res = seg ? PyObject_CallOneArg(g->results, seg) : NULL;
-  Py_XDECREF(seg);
+  PyObject *segment = PyBytes_FromStringAndSize((const char *)seg, 8 * (Py_ssize_t)words);
+  PyObject *res = segment ? PyObject_CallOneArg(g->results, segment) : NULL;
+  Py_XDECREF(segment);
   if (res && !PyObject_SetAttr(frame, s_results, res)) {
     charge(ctx, (uint64_t)len);
     raw[0].i32 = ABI_OK;
@@ -533,20 +541,17 @@ static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
     return 0;
   int32_t handle = raw[0].i32, method = raw[2].i32;
   uint64_t iface = (uint64_t)raw[1].i64;
-  int64_t p = raw[3].i32, plen = raw[4].i32, count = raw[6].i32, out = raw[7].i32;
+  int64_t plen = raw[4].i32, count = raw[6].i32, out = raw[7].i32;
   if (count != 0 || method < 0 || method > 0xFFFF) return 0;
   if (out < 0 || (uint64_t)out + 8 > size) return 0;
-  if (plen < 16 || p < 0 || (uint64_t)(p + plen) > size || plen > g->max_bytes) return 0;
-  const uint8_t *m = base + p;
-  uint32_t nseg, words;
-  memcpy(&nseg, m, 4);
-  memcpy(&words, m + 4, 4);
-  if (nseg != 0 || 8 + 8 * (int64_t)words != plen) return 0;
+  uint32_t words;
+  const uint8_t *params = one_segment(g, base, size, raw[3].i32, plen, &words);
+  if (!params) return 0;
   fw_plain o;
   memset(&o, 0, sizeof o);
   int kind;
   uint64_t start, w;
-  int r = fw_resolve(m + 8, words, 0, &kind, &start, &w);
+  int r = fw_resolve(params, words, 0, &kind, &start, &w);
   if (r < 0) return 0;
   if (r == 1) {
     o.content = 1;
@@ -590,7 +595,7 @@ static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
     PyMem_Free(buf);
     return 0;
   }
-  fw_forward(msg, m + 8, n, &o, 1, qid, (uint32_t)import_id, iface, (uint32_t)method, 0);
+  fw_forward(msg, params, n, &o, 1, qid, (uint32_t)import_id, iface, (uint32_t)method, 0);
   uint64_t copied = (uint64_t)plen + 8;      /* out_ptr checked, the params read */
   charge_more(ctx, 0, copied);
   /* _drop_unread_reply: no reply pending, and no entries of one (read, or without
