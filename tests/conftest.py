@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from compartments.zygote import readable
 from supervisor.output import strip_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,11 +86,30 @@ class Running:
     """A `wsuper up` subprocess whose output lines (stdout and stderr, in the order
     they come, supervisor events without their time) can be awaited."""
 
-    def __init__(self, args, cwd=None):
+    def __init__(self, args, cwd=None, env=None, preexec_fn=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", *args], cwd=cwd or ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "supervisor.cli", *args], cwd=cwd or ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         self.lines: list[str] = []
+        self._unread = b""          # output read past the last whole line
+
+    def _line(self, deadline: float) -> str | None:
+        """The next whole output line, waiting until `deadline` at most (poll, then
+        read what there is: a readline() blocked past any timeout while the
+        system printed nothing, and the test ended by pytest-timeout with none of
+        the output); None at the deadline, "" at the end of the output."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not readable(fd, left):
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                line, self._unread = self._unread, b""
+                return line.decode(errors="replace")
+            self._unread += chunk
+        line, self._unread = self._unread.split(b"\n", 1)
+        return line.decode(errors="replace") + "\n"
 
     def wait_for(self, fragment, timeout=30, start=0):
         """The first output line (from line `start` on) containing `fragment`."""
@@ -97,15 +117,16 @@ class Running:
         for line in self.lines[start:]:
             if fragment in line:
                 return line
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        while True:
+            line = self._line(deadline)
             if not line:
                 break
             line = strip_time(line.rstrip("\n"))
             self.lines.append(line)
             if fragment in line:
                 return line
-        raise AssertionError(f"never saw {fragment!r}; output:\n" + "\n".join(self.lines))
+        raise AssertionError(f"never saw {fragment!r} within {timeout} s; output:\n"
+                             + "\n".join(self.lines))
 
     def next_start(self, name, start=0):
         """The first line from line `start` on that ends a start of compartment
@@ -120,6 +141,7 @@ class Running:
 
     def finish(self, timeout=30):
         out, _ = self.proc.communicate(timeout=timeout)
+        out, self._unread = (self._unread + out).decode(errors="replace"), b""
         self.lines += [strip_time(line) for line in out.splitlines()]
         return self.proc.returncode
 

@@ -49,10 +49,7 @@ def _up(path, env=None, **kw):
 
 class _Env(Running):
     def __init__(self, args, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, **env})
-        self.lines = []
+        super().__init__(args, env={**os.environ, **env})
 
 
 def _cli(*args, env=None):

@@ -829,19 +829,12 @@ def _up_with_fd_limit(system, limit: int):
     """`wsuper up system` with RLIMIT_NOFILE at `limit` (the supervisor raises its soft
     limit to the hard one: both are set), as a conftest.Running."""
     import resource
-    import subprocess
-    import sys
-    from tests.conftest import ROOT, Running
+    from tests.conftest import Running
 
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    run = Running.__new__(Running)
-    run.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", str(system)],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, preexec_fn=low_limit)
-    run.lines = []
-    return run
+    return Running(["up", str(system)], preexec_fn=low_limit)
 
 
 @pytest.mark.parametrize("limit", [8, 16, 24, 63, 64])
