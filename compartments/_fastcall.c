@@ -263,17 +263,22 @@ static PyObject *top_frame(Guest *g) {
   return top == Py_None ? NULL : Py_NewRef(top);
 }
 
-/* The guest code running in `ctx` pays for `len` bytes copied for it, as
- * Engine._charge (compartments/engine.py, FREE_COPY): one unit of fuel per 8
- * bytes past the first 4096, spent to 0 at most (it traps at its next check).
- * The host calls done here copy once each (Python's free 4 KiB are per host
- * call, all its copies together). */
+/* The guest code running in `ctx` pays for the bytes a host call copies for it,
+ * grown from `before` to `after`, as Engine._charge (compartments/engine.py,
+ * FREE_COPY): one unit of fuel per 8 bytes past the first 4096 of the host call,
+ * spent to 0 at most (it traps at its next check).  params_read, results_set and
+ * reply_read copy once each (before 0); a call out twice (its params, then its
+ * out_ptr). */
 #define FREE_COPY 4096
-static void charge(void *ctx, uint64_t len) {
+static int64_t cost_of(uint64_t copied) {
+  return copied > FREE_COPY ? (int64_t)((copied - FREE_COPY) >> 3) : 0;
+}
+
+static void charge(void *ctx, uint64_t before, uint64_t after) {
   uint64_t left = 0;
-  if (len <= FREE_COPY || get_fuel(ctx, &left)) return;
-  uint64_t cost = (len - FREE_COPY) >> 3;
-  set_fuel(ctx, left > cost ? left - cost : 0);
+  int64_t cost = cost_of(after) - cost_of(before);
+  if (cost <= 0 || get_fuel(ctx, &left)) return;
+  set_fuel(ctx, left > (uint64_t)cost ? left - (uint64_t)cost : 0);
 }
 
 /* data at raw[0], handles (ints) at raw[1], as _write and _write_handles do it;
@@ -294,7 +299,7 @@ static int copy_in(void *ctx, uint8_t *base, uint64_t size, val_raw *raw, PyObje
     if (x < INT32_MIN || x > INT32_MAX || (x == -1 && PyErr_Occurred())) return 0;
     h[i] = (int32_t)x;
   }
-  charge(ctx, len + 4 * (uint64_t)nh); /* both copies of the host call, as Python's */
+  charge(ctx, 0, len + 4 * (uint64_t)nh); /* both copies of the host call, as Python's */
   if (len) memcpy(base + buf, PyBytes_AS_STRING(data), len);
   if (nh) memcpy(base + caps, h, 4 * (size_t)nh);     /* little-endian, as wasm */
   raw[0].i32 = ABI_OK;
@@ -368,7 +373,7 @@ static int native_results_set(Guest *g, void *ctx, val_raw *raw) {
   PyObject *res = segment ? PyObject_CallOneArg(g->results, segment) : NULL;
   Py_XDECREF(segment);
   if (res && !PyObject_SetAttr(frame, s_results, res)) {
-    charge(ctx, (uint64_t)len);
+    charge(ctx, 0, (uint64_t)len);
     raw[0].i32 = ABI_OK;
     done = 1;
   }
@@ -435,18 +440,6 @@ static int past_deadline(Guest *g) {
 #define QID_BASE 0x80000000u  /* protocol.NATIVE_QID_BASE */
 
 static int64_t monotonic_ns(void);
-
-static int64_t cost_of(uint64_t copied) {
-  return copied > FREE_COPY ? (int64_t)((copied - FREE_COPY) >> 3) : 0;
-}
-
-/* the fuel for copies grown from `before` to `after` bytes (Engine._charge) */
-static void charge_more(void *ctx, uint64_t before, uint64_t after) {
-  uint64_t left = 0;
-  int64_t cost = cost_of(after) - cost_of(before);
-  if (cost <= 0 || get_fuel(ctx, &left)) return;
-  set_fuel(ctx, left > (uint64_t)cost ? left - (uint64_t)cost : 0);
-}
 
 static Py_ssize_t attr_len(PyObject *o, PyObject *name) {
   PyObject *v = PyObject_GetAttr(o, name);
@@ -597,7 +590,7 @@ static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
   }
   fw_forward(msg, params, n, &o, 1, qid, (uint32_t)import_id, iface, (uint32_t)method, 0);
   uint64_t copied = (uint64_t)plen + 8;      /* out_ptr checked, the params read */
-  charge_more(ctx, 0, copied);
+  charge(ctx, 0, copied);
   /* _drop_unread_reply: no reply pending, and no entries of one (read, or without
    * handles) */
   PyObject *cleared = entries ? PyList_New(0) : NULL;
@@ -634,7 +627,7 @@ static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
       goto out;         /* out of memory: trap */
     }
     Py_DECREF(tuple);
-    charge_more(ctx, copied, copied + 8);
+    charge(ctx, copied, copied + 8);
     uint32_t lens[2] = {(uint32_t)PyBytes_GET_SIZE(reply), 0};
     memcpy(base + out, lens, 8);    /* no guest code ran: memory is where it was */
     int64_t now = monotonic_ns();
