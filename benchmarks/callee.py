@@ -35,6 +35,31 @@ CALC = os.path.join(os.path.dirname(HERE), "examples", "calc", "calc.wat")
 CALC_ID = 0xc0ffee0000000001          # examples/calc/calc.capnp: interface Calc
 
 
+def forked(engine: Engine, ours: socket.socket, report=lambda engine: ()):
+    """`engine` serving in a forked process of its own until the other end of its
+    socket (`ours` is closed there) ends or its program does, with its calls'
+    deadlines as run() gives them (the alarm that stops a call's code at its
+    call_time, a cost of every call).  Returns finished(): once the other end is
+    closed, the engine process's CPU seconds and what report(engine) gave."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
+        before = time.process_time()
+        try:
+            engine.serve()
+        except SystemExit:              # a program's end
+            pass
+        os.write(w, repr((time.process_time() - before, *report(engine))).encode())
+        os._exit(0)
+
+    def finished() -> tuple:
+        os.waitpid(pid, 0)
+        return eval(os.read(r, 200))     # our own child's repr of numbers
+    return finished
+
+
 def main(calls: int, per_read: int, python_host_calls: bool = False,
          python_serving: bool = False):
     ours, theirs = socket.socketpair()
@@ -43,17 +68,7 @@ def main(calls: int, per_read: int, python_host_calls: bool = False,
         engine._plain_serving = False
     if python_host_calls and engine._native is not None:
         engine._native.memory = None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        # as run() does in an engine process: each call's code gets its deadline
-        # (the alarm that stops it at call_time), a cost of every call
-        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
-        before = time.process_time()
-        engine.serve()
-        os.write(w, str(time.process_time() - before).encode())
-        os._exit(0)
+    finished = forked(engine, ours)
     theirs.close()
     conn = protocol.Connection("supervisor")
 
@@ -77,8 +92,7 @@ def main(calls: int, per_read: int, python_host_calls: bool = False,
             raise SystemExit(f"the call failed: {answers[-1].error}")
     wall = time.perf_counter() - start
     ours.close()
-    os.waitpid(pid, 0)
-    cpu = float(os.read(r, 100))
+    cpu, = finished()
     n = calls // per_read * per_read
     print(f"{n} calls, {per_read} a read: engine CPU {cpu / n * 1e6:.1f} µs a call, "
           f"wall {wall / n * 1e6:.1f} µs a call")

@@ -28,10 +28,10 @@ sys.path.insert(0, HERE)
 
 from capnp_schemas import payloads, protocol  # noqa: E402
 from capnp_schemas.protocol import Content  # noqa: E402
-from compartments import unchecked  # noqa: E402
 from compartments.engine import ENGINE_INTERFACE, Engine  # noqa: E402
 from compartments.spec import EngineSpec  # noqa: E402
 
+import callee  # noqa: E402
 import suite  # noqa: E402
 
 
@@ -45,20 +45,8 @@ def main(calls: int, python_call_out: bool = False):
     engine = Engine(theirs, EngineSpec(name="app", module=path, exports=False))
     if python_call_out and engine._native is not None:
         engine._native.call_out = None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
-        before = time.process_time()
-        try:
-            engine.serve()
-        except SystemExit:
-            pass
-        native = engine._native
-        made = (native.calls_out, native.calls_handed) if native is not None else (0, 0)
-        os.write(w, repr((time.process_time() - before, *made)).encode())
-        os._exit(0)
+    finished = callee.forked(engine, ours, lambda e: (
+        (e._native.calls_out, e._native.calls_handed) if e._native is not None else (0, 0)))
     theirs.close()
     conn = protocol.Connection("supervisor")
 
@@ -94,8 +82,7 @@ def main(calls: int, python_call_out: bool = False):
             break
     wall = time.perf_counter() - start
     ours.close()
-    os.waitpid(pid, 0)
-    cpu, native, handed = eval(os.read(r, 200))
+    cpu, native, handed = finished()
     print(f"{made} calls out: engine CPU {cpu / made * 1e6:.1f} µs a call, "
           f"wall {wall / made * 1e6:.1f} µs a call; {native} made natively, "
           f"{handed} handed to Python")

@@ -29,8 +29,6 @@ while one message is handled (a malformed field, a bug) becomes one, in
 """
 from __future__ import annotations
 
-import struct
-
 import attrs
 import capnp
 
@@ -43,7 +41,6 @@ from .text import KEPT_REASON_LIMIT, bounded, first_line, kj_text
 #: Question ids from here up are the supervisor's native forwarding path's
 #: (supervisor/fastlane.py); the allocator here never reaches them.
 NATIVE_QID_BASE = 1 << 31
-_TABLE_ONE = struct.Struct("<II")        # the segment table of a one-segment message
 #: Answers we returned that the peer has not finished, per connection.
 MAX_UNFINISHED = 4096
 #: Bytes that answers returned with capabilities (kept for pipelining) and never
@@ -391,7 +388,7 @@ class Connection:
         while at < size:
             if size - at < 16:
                 return None
-            nseg, words = _TABLE_ONE.unpack_from(data, at)
+            nseg, words = wire._TABLE_ONE.unpack_from(data, at)
             end = at + 8 + 8 * words
             if nseg or end > size or words > framer.max_words:
                 return None
@@ -403,7 +400,7 @@ class Connection:
             if e is None or type(e.obj) is not kind or t[1] in answers:
                 return None
             calls.append((t[1], e.obj, t[3], t[4], EMPTY if not t[8] else Content(
-                (seg,), (0, t[7]), root=(t[9] & 3, 0, t[10], t[9]))))
+                (seg,), (0, t[7]), root=rpcwire.native_root(t))))
             at = end
         if not calls or len({c[0] for c in calls}) != len(calls):
             return None

@@ -1128,9 +1128,7 @@ class Engine:
         nothing deferred, a dispatch, not exited, not per_call): _on_call's path
         for it is _serve_call's."""
         if type(ev.target) is not LocalObject or ev.payload.caps or ev.elsewhere \
-                or self.frames or self._until or self._running \
-                or self._deferred_run is not None or self._exited is not None \
-                or self.dispatch is None or self.per_call:
+                or not self._between_calls():
             return False
         a = self.conn.answers.get(ev.answer_id)
         return a is not None and not a.finished
@@ -1147,7 +1145,7 @@ class Engine:
         in a call out, the outermost wait serves those behind it: they must be on
         the backlog), and the loop serves each by _serve_call too while it is
         plain (_plain).  False: not such a read, nothing changed."""
-        if not self._instantiated or not self._at_rest():
+        if not self._instantiated or self._backlog or not self._between_calls():
             return False
         read_at = time.perf_counter_ns()                # _received_seq's, before reading
         try:
@@ -1171,10 +1169,10 @@ class Engine:
                 for a, t, f, m, c in calls)
         return True
 
-    def _at_rest(self) -> bool:
-        """No guest code runs or waits, nothing is kept back or deferred, and the
-        compartment serves (_serve_plain)."""
-        return not (self.frames or self._until or self._running or self._backlog
+    def _between_calls(self) -> bool:
+        """No guest code runs or waits, no run() is deferred, and the compartment
+        serves, from one instance (_serve_plain, _plain)."""
+        return not (self.frames or self._until or self._running
                     or self._deferred_run is not None or self._exited is not None
                     or self.dispatch is None or self.per_call)
 
