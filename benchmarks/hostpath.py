@@ -40,10 +40,8 @@ import trio  # noqa: E402
 
 from capnp_schemas import hosted, payloads, protocol as P, wire  # noqa: E402
 from capnp_schemas.protocol import Content  # noqa: E402
-from compartments.limits import Limits  # noqa: E402
-from supervisor import fastlane, hostcaps, output, router as R  # noqa: E402
-from supervisor import runtime, supervision as S  # noqa: E402
-from supervisor.policy import Grant  # noqa: E402
+from supervisor import fastlane, hostcaps, policy, preflight, router as R  # noqa: E402
+from supervisor import runtime  # noqa: E402
 
 LOG, FILE = hosted.BY_KIND["log"], hosted.BY_KIND["file"]
 
@@ -95,24 +93,28 @@ def _answer_control(conn, ev, send, grants):
     send(conn.send_return(ev.answer_id, Content.standalone([seg]), [], no_finish=True))
 
 
-def _supervisor(d: str):
-    """A Supervisor with what the host-call path uses, built by hand."""
-    sup = runtime.Supervisor.__new__(runtime.Supervisor)
-    limits = Limits(log_rate=1e6)
-    sup.router = R.Router({"app": None}, limits={"app": limits}, clock=sup._now,
-                          wall=time.time)
-    sup.hosts = hostcaps.HostCaps(lambda owner: 1e6, clock=sup._now)
+def _supervisor(d: str, kind: str, path: str):
+    """The real Supervisor of a one-compartment system (`app`, granted `kind`),
+    made by its own constructor from a real plan; the lane is started by hand,
+    as Supervisor._serve does, without the engines.  Built by hand before
+    (Supervisor.__new__), it fell behind each attribute the host path came to
+    use, and the worker's first call failed: the run hung."""
+    with open(os.path.join(d, "app.wat"), "w") as f:
+        f.write('(module (memory (export "memory") 1) (func (export "_start")))')
+    grant = '{ host = "log" }' if kind == "log" else \
+        f'{{ host = "file", path = "{path}", read_only = true }}'
+    with open(os.path.join(d, "system.toml"), "w") as f:
+        f.write(f'[system]\nlogs = "{d}/logs"\n[compartments.app]\nmodule = "app.wat"\n'
+                f'[compartments.app.limits]\nlog_rate = 1000000\n'
+                f'[compartments.app.grants]\n{kind} = {grant}\n')
+    plan = preflight.prepare(policy.load(os.path.join(d, "system.toml")))
     devnull = open(os.devnull, "w")
-    sup.output = output.Output(devnull, devnull, "text", os.path.join(d, "logs"))
-    os.makedirs(os.path.join(d, "logs"))
-    sup.links, sup.audit, sup._host_fds, sup._fd_budget = {}, None, 0, 1000
-    sup._told, sup._peer_of = set(), {}
-    sup.notices = S.Throttle(per_second=5)
-    sup.denials = S.Throttle(per_second=5)
-    sup.stats = False
+    sup = runtime.Supervisor(plan, os.path.join(d, "admin.sock"), devnull, devnull)
+    sup._fd_budget = 1000
     sup.lane = fastlane.Lane()
     sup.router.native = sup.lane
-    return sup, limits
+    comp = plan.system.compartments["app"]
+    return sup, comp.limits, comp.grants[0]
 
 
 async def _setup(kind: str, d: str, nursery):
@@ -121,13 +123,11 @@ async def _setup(kind: str, d: str, nursery):
     path = os.path.join(d, "4k.bin")
     with open(path, "wb") as f:
         f.write(os.urandom(4096))
-    sup, limits = _supervisor(d)
+    sup, limits, g = _supervisor(d, kind, path)
     if kind == "log":
-        g = Grant("log", "host", "log")
         served = {"log": None}
         iface, method, fields = LOG, LOG.method("write"), {"text": "x"}
     else:
-        g = Grant("file", "host", "file", path=path, read_only=True)
         served = {"file": hostcaps.open_grant(g)}
         iface, method, fields = FILE, FILE.method("read"), {"offset": 0, "count": 4096}
     ours, theirs = socket.socketpair()
