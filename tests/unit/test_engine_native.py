@@ -22,6 +22,7 @@ from compartments import unchecked
 from compartments.abi import E_MESSAGE, E_STATE
 from compartments.engine import ENGINE_INTERFACE, EXIT_PROTOCOL, Engine
 from compartments.spec import EngineSpec
+from tests import sanitized
 from fuzz.hostmem import ARGS, IFACE, LIMIT, MEMIO, MEMORY, Recorded, call, differ, framed, \
     started, struct_ptr
 
@@ -100,34 +101,7 @@ def test_the_native_host_calls_under_asan_and_ubsan(tmp_path):
     """The differential test above, again, with _fastcall.c built with
     AddressSanitizer and UBSan (any error ends the process), in a copy of the
     tree so that this interpreter's own extension is left alone."""
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    runtime = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
-                              text=True).stdout.strip() for lib in ("libasan.so", "libubsan.so")]
-    if shutil.which("gcc") is None or not all(os.path.isabs(p) for p in runtime):
-        pytest.skip("gcc with AddressSanitizer and UBSan runtimes is needed")
-    tree = tmp_path / "tree"
-    shutil.copytree(root, tree, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "__pycache__", "_fastcall*.so", "build", "*.egg-info", "results"))
-    out = tree / "compartments" / ("_fastcall" + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         f"-I{sysconfig.get_paths()['include']}", str(tree / "compartments" / "_fastcall.c"),
-         "-o", str(out)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-         "tests/unit/test_engine_native.py", "-k", "not asan"],
-        cwd=tree, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS="detect_leaks=0",
-                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout
+    sanitized.rerun(tmp_path, "compartments/_fastcall.c", "tests/unit/test_engine_native.py")
 
 
 # ---------------------------------------------------------------- outside a dispatch

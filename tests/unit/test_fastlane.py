@@ -24,6 +24,7 @@ from capnp_schemas import hosted, payloads, protocol as P, wire
 from capnp_schemas.protocol import Content
 from supervisor import effects as fx, fastlane, router as R
 from supervisor.policy import Grant
+from tests import sanitized
 from tests.unit.test_router import answer_control
 
 pytestmark = pytest.mark.skipif(fastlane.Lane is None, reason=str(fastlane.unavailable))
@@ -1592,32 +1593,8 @@ def test_the_lane_under_asan_and_ubsan(tmp_path):
     tables, routes torn down under calls, hostile engines) was only ever run
     unsanitised; fastwire.h alone (test_fastwire_c.py) and _fastcall.c
     (test_engine_native.py) were."""
-    import shutil
-    import sysconfig
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    runtime = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
-                              text=True).stdout.strip() for lib in ("libasan.so", "libubsan.so")]
-    if shutil.which("gcc") is None or not all(os.path.isabs(p) for p in runtime):
-        pytest.skip("gcc with AddressSanitizer and UBSan runtimes is needed")
-    tree = tmp_path / "tree"
-    shutil.copytree(root, tree, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "__pycache__", "_fastlane*.so", "build", "*.egg-info", "results"))
-    out = tree / "supervisor" / ("_fastlane" + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer", "-std=gnu11",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-pthread",
-         f"-I{sysconfig.get_paths()['include']}", str(tree / "supervisor" / "_fastlane.c"),
-         "-o", str(out)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-         "tests/unit/test_fastlane.py", "-k", "not asan"],
-        cwd=tree, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS="detect_leaks=0",
-                 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", PYTHONPATH=str(tree)))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout
+    sanitized.rerun(tmp_path, "supervisor/_fastlane.c", "tests/unit/test_fastlane.py",
+                    extra=("-std=gnu11", "-pthread"), timeout=600)
 
 
 def test_what_a_callback_answers_counts_to_its_passer_also_when_the_lane_forwarded_the_call(sup):
