@@ -367,11 +367,123 @@ done:
   return out;
 }
 
+/* read_flat(segment, loc, start, w, fields, max_words) -> dict | None: payloads._read_flat
+ * of a flat struct in a one-segment message, whose content pointer is the word at `loc`
+ * and resolves (near) to the struct at word `start` described by `w`.  fields: one
+ * (name, code, offset, size) a field, in the schema's order; code: 0 void, 1 bool
+ * (offset in bits), 2 signed and 3 unsigned integer, 4 float (size 4 or 8 bytes),
+ * 5 text, 6 data (offset: the pointer's index).  None for anything it does not settle
+ * itself (a far pointer anywhere, a pointer that is not a list of bytes or leaves the
+ * segment, what reaches the root word, past max_words, text that is not NUL-terminated
+ * or not UTF-8): the Python reader then decides, so the values are always its own. */
+static PyObject *fw_py_read_flat(PyObject *mod, PyObject *args) {
+  Py_buffer b;
+  long long loc, start, max_words;
+  unsigned long long w;
+  PyObject *fields;
+  if (!PyArg_ParseTuple(args, "y*LLKO!L", &b, &loc, &start, &w, &PyTuple_Type, &fields,
+                        &max_words))
+    return NULL;
+  PyObject *out = NULL;
+  const uint8_t *seg = b.buf;
+  uint64_t n = (uint64_t)b.len / 8;
+  uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
+  long long budget = max_words - (long long)(data + ptrs);
+  if (b.len % 8 || !n || loc < 0 || (uint64_t)loc >= n || (fw_word(seg, (uint64_t)loc) & 3) == 2 ||
+      (w & 3) || start < 0 || (uint64_t)start + data + ptrs > n || (start == 0 && data + ptrs) ||
+      budget < 0)
+    goto decline;
+  out = PyDict_New();
+  if (!out) goto done;
+  uint64_t base = 8 * (uint64_t)start, end = 8 * ((uint64_t)start + data);
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); i++) {
+    PyObject *f = PyTuple_GET_ITEM(fields, i), *name, *v = NULL;
+    int code;
+    unsigned long long off, size;
+    if (!PyArg_ParseTuple(f, "UiKK", &name, &code, &off, &size)) goto fail;
+    if (code == 0) {
+      v = Py_NewRef(Py_None);
+    } else if (code == 1) {
+      uint64_t at = base + (off >> 3);
+      v = Py_NewRef(at < end && (seg[at] >> (off & 7)) & 1 ? Py_True : Py_False);
+    } else if (code == 2 || code == 3 || code == 4) {
+      uint64_t at = base + off;
+      if (size != 1 && size != 2 && size != 4 && size != 8) goto fail_decline;
+      if (code == 4 && size != 4 && size != 8) goto fail_decline;
+      if (at + size > end) {
+        v = code == 4 ? PyFloat_FromDouble(0.0) : PyLong_FromLong(0);
+      } else if (code == 4) {
+        double d = size == 4 ? PyFloat_Unpack4((const char *)seg + at, 1)
+                             : PyFloat_Unpack8((const char *)seg + at, 1);
+        if (d == -1.0 && PyErr_Occurred()) goto fail;
+        v = PyFloat_FromDouble(d);
+      } else {
+        uint64_t x = 0;
+        for (unsigned k = 0; k < size; k++) x |= (uint64_t)seg[at + k] << (8 * k);
+        if (code == 2) {
+          unsigned shift = 64 - 8 * (unsigned)size;
+          v = PyLong_FromLongLong((long long)(x << shift) >> shift);
+        } else {
+          v = PyLong_FromUnsignedLongLong(x);
+        }
+      }
+    } else if (code == 5 || code == 6) {
+      int text = code == 5;
+      uint64_t at = (uint64_t)start + data + off, p, count, words;
+      if (off >= ptrs || !(p = fw_word(seg, at))) {
+        v = text ? PyUnicode_FromStringAndSize("", 0) : PyBytes_FromStringAndSize("", 0);
+      } else {
+        int64_t o;
+        if ((p & 3) != 1 || ((p >> 32) & 7) != 2) goto fail_decline;
+        o = (int64_t)((p >> 2) & 0x3FFFFFFF);
+        if (o & (1 << 29)) o -= (int64_t)1 << 30;
+        o += (int64_t)at + 1;
+        count = p >> 35;
+        words = (count + 7) / 8;
+        if (o < 0 || (uint64_t)o + words > n || (o == 0 && words)) goto fail_decline;
+        budget -= (long long)words;
+        if (budget < 0) goto fail_decline;
+        const char *raw = (const char *)seg + 8 * (uint64_t)o;
+        if (!text) {
+          v = PyBytes_FromStringAndSize(raw, (Py_ssize_t)count);
+        } else {
+          if (!count || raw[count - 1]) goto fail_decline;
+          v = PyUnicode_DecodeUTF8(raw, (Py_ssize_t)count - 1, "strict");
+          if (!v) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto fail;
+            PyErr_Clear();
+            goto fail_decline;
+          }
+        }
+      }
+    } else {
+      goto fail_decline;
+    }
+    if (!v || PyDict_SetItem(out, name, v)) {
+      Py_XDECREF(v);
+      goto fail;
+    }
+    Py_DECREF(v);
+  }
+  goto done;
+fail_decline:
+  Py_CLEAR(out);
+decline:
+  out = Py_NewRef(Py_None);
+  goto done;
+fail:
+  Py_CLEAR(out);
+done:
+  PyBuffer_Release(&b);
+  return out;
+}
+
 static PyMethodDef methods[] = {{"decode", fw_py_decode, METH_O, NULL},
                                 {"forward", fw_py_forward, METH_VARARGS, NULL},
                                 {"copy", fw_py_copy, METH_VARARGS, NULL},
                                 {"copy_segments", fw_py_copy_segments, METH_VARARGS, NULL},
                                 {"splice", fw_py_splice, METH_VARARGS, NULL},
+                                {"read_flat", fw_py_read_flat, METH_VARARGS, NULL},
                                 {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "capnp_schemas._fastwire", NULL, -1,

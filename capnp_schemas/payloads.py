@@ -320,12 +320,16 @@ def _flat(struct_module):
             layout = _Layout((schema.node.struct.dataWordCount, schema.node.struct.pointerCount,
                               tuple(fields), {f.name: f for f in fields}))
             layout.numbers = _numbers(fields)
+            layout.native = _native_fields(fields)
     _FLATS[struct_module] = layout
     return layout
 
 
 class _Layout(tuple):
-    """(data words, pointers, fields, {name: field}); `numbers`: see _numbers."""
+    """(data words, pointers, fields, {name: field}); `numbers`: see _numbers;
+    `native`: see _native_fields."""
+    numbers = None
+    native = None
 
 
 def _numbers(fields):
@@ -344,6 +348,26 @@ def _numbers(fields):
         return None
     codec = struct.Struct(fmt)
     return codec, codec.size, tuple(f.name for f in fields)
+
+
+#: a field's kind -> its code in _fastwire.c's read_flat (enums are not read there)
+_NATIVE_CODES = {"void": 0, "bool": 1, "int8": 2, "int16": 2, "int32": 2, "int64": 2,
+                 "uint8": 3, "uint16": 3, "uint32": 3, "uint64": 3, "float32": 4,
+                 "float64": 4, "text": 5, "data": 6}
+
+
+def _native_fields(fields):
+    """The fields as the native reader takes them ((name, code, offset, size) each),
+    or None when it cannot read them all (an enum) or there is no native reader."""
+    if getattr(wire._native, "read_flat", None) is None:
+        return None
+    out = []
+    for f in fields:
+        code = _NATIVE_CODES.get(f.kind)
+        if code is None or f.names is not None:
+            return None
+        out.append((f.name, code, f.offset, f.codec.size if f.codec is not None else 0))
+    return tuple(out)
 
 
 def _flat_field(field) -> _Field | None:
@@ -376,6 +400,15 @@ def _read_flat(layout, content, max_words: int) -> dict:
     words than `max_words` (pycapnp's traversal limit, counted as it counts)."""
     _data, _ptrs, fields, _by_name = layout
     segs = content.segments
+    native = layout.native if type(layout) is _Layout else None
+    if native is not None and len(segs) == 1:
+        # the usual case, in one call: what the code below reads, or None where it
+        # does not settle it alone (and then the code below decides)
+        root, loc = content.root, content.loc
+        if root and root[1] == 0 and loc[0] == 0:
+            got = wire._native.read_flat(segs[0], loc[1], root[2], root[3], native, max_words)
+            if got is not None:
+                return got
     if not all(segs):
         raise DecodeError("an empty segment")
     root = content.root                 # resolved already by the protocol core, or False

@@ -65,7 +65,9 @@ Checks (each failure is reported with its class and a reproducing input):
              tags, nesting), the copier refused it too.
   payloads   for content of a flat host-call struct: payloads.read answers
              as pycapnp does (the same values, or a refusal), and what the
-             flat reader accepts on its own, pycapnp reads the same.
+             flat reader accepts on its own, pycapnp reads the same; again
+             with the pointer resolved, as the protocol core hands content
+             on, which is what the native reader (_fastwire.read_flat) takes.
 """
 from __future__ import annotations
 
@@ -704,6 +706,17 @@ def check_payloads(mod, segs):
     if alone[0] == "ok" and alone != theirs:
         raise Failure("payloads", f"the flat reader accepts what pycapnp reads as {theirs[0]} "
                                   f"{theirs[1][:80]}: {alone[1][:80]}")
+    # as the protocol core hands content on, its pointer resolved: the native reader's
+    # (_fastwire.read_flat) turn, which must read the same or leave it to the rest
+    try:
+        root = wire.resolve(segs, (0, 0))
+    except wire.WireError:
+        root = False
+    resolved = P.Content(tuple(segs), (0, 0), root=root)
+    native = outcome(lambda: payloads.read(mod, resolved, READ_WORDS))
+    if native != theirs:
+        raise Failure("payloads", f"read of resolved content gives {native[0]} "
+                                  f"{native[1][:80]}, pycapnp {theirs[0]} {theirs[1][:80]}")
 
 
 def _inside(seg):

@@ -10,6 +10,7 @@ import pytest
 
 from capnp_schemas import hosted, payloads, wire
 from capnp_schemas.protocol import Content
+from tests import sanitized
 
 FLAT = [(f"{iface.name}.{m.name} {side}", sm)
         for iface in hosted.BY_KIND.values() for m in iface.methods
@@ -70,17 +71,60 @@ def test_built_here_reads_the_same_in_pycapnp_and_the_other_way(name, sm):
         _same(payloads._read_pycapnp(sm, ours, 1 << 20), payloads._read_pycapnp(sm, theirs, 1 << 20))
 
 
+def _resolved(segs, loc=(0, 0)) -> Content:
+    """Content whose pointer is resolved, as the protocol core hands it on (the
+    native reader takes only such content)."""
+    try:
+        root = wire.resolve(segs, loc)
+    except wire.WireError:
+        root = False
+    return Content(tuple(segs), loc, root=root)
+
+
 def _both(sm, segs, loc=(0, 0), flat_only=False, words=1 << 20):
-    """(what pycapnp reads, what we read): a dict, or 'refused'."""
+    """(what pycapnp reads, what we read): a dict, or 'refused'.  What we read is
+    read twice, from the content as a guest's message is (its pointer not
+    resolved) and as the protocol core hands it on (resolved): the same both
+    ways, or the second is the one returned."""
     out = []
     for reader in (lambda c: payloads._read_pycapnp(sm, c, words),
                    (lambda c: payloads._read_flat(payloads._flat(sm), c, words)) if flat_only
                    else (lambda c: payloads.read(sm, c, words))):
-        try:
-            out.append(reader(Content(tuple(segs), loc)))
-        except payloads.DecodeError:
-            out.append("refused")
+        got = []
+        for content in (Content(tuple(segs), loc), _resolved(segs, loc)):
+            try:
+                got.append(reader(content))
+            except payloads.DecodeError:
+                got.append("refused")
+        if got[0] == "refused" or got[1] == "refused":
+            assert got[0] == got[1], (bytes(segs[0]).hex(), got)
+        else:
+            _same(got[0], got[1])
+        out.append(got[1])
     return out
+
+
+def _python_only(layout):
+    """The layout without its native reader: _read_flat then reads field by field."""
+    alone = payloads._Layout(layout)
+    alone.numbers = layout.numbers
+    return alone
+
+
+def _mutant(rng, seg: bytearray) -> bytes:
+    for _ in range(rng.randrange(1, 4)):
+        what = rng.random()
+        if what < 0.4:              # a byte anywhere
+            seg[rng.randrange(len(seg))] = rng.randrange(256)
+        elif what < 0.7:            # a pointer word's fields
+            w = rng.randrange(len(seg) // 8)
+            word = struct.unpack_from("<Q", seg, 8 * w)[0]
+            word ^= 1 << rng.choice((0, 1, 2, 3, 32, 33, 34, 35, 36, 40, 48, 50, 63))
+            struct.pack_into("<Q", seg, 8 * w, word)
+        else:                       # shorter or longer
+            seg = seg[:8 * rng.randrange(1, len(seg) // 8 + 1)] if rng.random() < 0.5 \
+                else seg + bytes(8 * rng.randrange(1, 3))
+    return bytes(seg)
 
 
 @pytest.mark.parametrize("name, sm", FLAT, ids=[n for n, _ in FLAT])
@@ -90,19 +134,7 @@ def test_mutated_messages_read_the_same_or_are_refused_by_both(name, sm):
     accepted = [0]
     for _ in range(150):
         values = {f.name: _value(f, rng) for f in fields}
-        seg = bytearray(payloads._build_pycapnp(sm, values)[0].segments[0])
-        for _ in range(rng.randrange(1, 4)):
-            what = rng.random()
-            if what < 0.4:              # a byte anywhere
-                seg[rng.randrange(len(seg))] = rng.randrange(256)
-            elif what < 0.7:            # a pointer word's fields
-                w = rng.randrange(len(seg) // 8)
-                word = struct.unpack_from("<Q", seg, 8 * w)[0]
-                word ^= 1 << rng.choice((0, 1, 2, 3, 32, 33, 34, 35, 36, 40, 48, 50, 63))
-                struct.pack_into("<Q", seg, 8 * w, word)
-            else:                       # shorter or longer
-                seg = seg[:8 * rng.randrange(1, len(seg) // 8 + 1)] if rng.random() < 0.5 \
-                    else seg + bytes(8 * rng.randrange(1, 3))
+        seg = _mutant(rng, bytearray(payloads._build_pycapnp(sm, values)[0].segments[0]))
         theirs, ours = _both(sm, [bytes(seg)])
         if theirs == "refused" or ours == "refused":
             assert theirs == ours, (bytes(seg).hex(), theirs, ours)
@@ -114,6 +146,71 @@ def test_mutated_messages_read_the_same_or_are_refused_by_both(name, sm):
             _same(theirs, flat)
             accepted[0] += 1
     assert accepted[0] >= 10            # the mutants are not all refused
+
+
+NATIVE = [(n, sm) for n, sm in FLAT if payloads._flat(sm).native is not None]
+
+
+@pytest.mark.skipif(getattr(wire._native, "read_flat", None) is None,
+                    reason="the native reader is not built (setup.py build_ext)")
+@pytest.mark.parametrize("name, sm", NATIVE, ids=[n for n, _ in NATIVE])
+def test_the_native_reader_reads_what_the_python_one_reads_or_leaves_it_to_it(name, sm):
+    """_fastwire.read_flat, on built and mutated messages whose pointer the protocol
+    core resolved: the values the field-by-field Python reader gives (the same
+    types too), or it declines (None) and that reader decides.  It must settle
+    most well-formed messages itself, or the hot path would not be taken."""
+    rng = random.Random("native " + name)
+    layout = payloads._flat(sm)
+    alone = _python_only(layout)
+    settled = declined = 0
+    for i in range(400):
+        values = {f.name: _value(f, rng) for f in layout[2]}
+        seg = bytes(payloads._build_pycapnp(sm, values)[0].segments[0])
+        if i % 4:
+            seg = _mutant(rng, bytearray(seg))
+        content = _resolved([seg])
+        try:
+            python = payloads._read_flat(alone, content, 1 << 20)
+        except payloads.DecodeError:
+            python = "refused"
+        root = content.root
+        native = wire._native.read_flat(seg, 0, root[2], root[3], layout.native, 1 << 20) \
+            if root and len(seg) % 8 == 0 else None
+        if native is None:
+            declined += 1
+            continue
+        assert python != "refused", seg.hex()
+        _same(python, native)
+        assert list(python) == list(native)             # and in the schema's order
+        if i % 4 == 0:
+            settled += 1
+    assert settled >= 80, (settled, declined)            # of the 100 unmutated ones
+
+
+def test_the_native_reader_declines_what_it_does_not_settle_itself():
+    """Far pointers, a text pointer that is not a list of bytes or leaves the
+    segment, text without its NUL or not UTF-8, content reaching the root word,
+    and the traversal limit: None each time (the Python reader then decides)."""
+    if getattr(wire._native, "read_flat", None) is None:
+        pytest.skip("the native reader is not built")
+    sm = hosted.BY_KIND["log"].methods[0].params          # Log.write(text)
+    fields = payloads._flat(sm).native
+    struct_word = (0 << 2) | (1 << 48)                    # 0 data words, 1 pointer, at word 1
+
+    def read(ptr, text=b"hello\x00\x00\x00", loc_word=struct_word, words=100):
+        seg = struct.pack("<QQ", loc_word, ptr) + text
+        return wire._native.read_flat(seg, 0, 1, struct_word, fields, words)
+    good = wire.LIST | (0 << 2) | (2 << 32) | (6 << 35)
+    assert read(good) == {"text": "hello"}
+    assert read(0) == {"text": ""}
+    assert read(good, words=1) is None                              # past the limit
+    assert read(wire.FAR | (2 << 3)) is None                        # a far pointer
+    assert read(good, loc_word=wire.FAR | (1 << 3)) is None         # content through one
+    assert read(wire.LIST | (0 << 2) | (3 << 32) | (1 << 35)) is None   # not bytes
+    assert read(wire.LIST | (0 << 2) | (2 << 32) | (64 << 35)) is None  # leaves the segment
+    assert read(wire.LIST | (0 << 2) | (2 << 32) | (5 << 35)) is None   # no NUL
+    assert read(good, text=b"he\xffl\x00\x00\x00\x00") is None       # not UTF-8
+    assert read(wire.LIST | ((-2 & 0x3FFFFFFF) << 2) | (2 << 32) | (8 << 35)) is None  # root
 
 
 def test_far_pointers_and_a_content_pointer_away_from_the_root_read_the_same():
@@ -328,3 +425,13 @@ def test_text_without_its_nul_is_refused_in_words_not_as_a_cut_cxx_condition(las
     with pytest.raises(payloads.DecodeError) as e:
         payloads.read(gateway_get, Content.standalone([seg]), 1024)
     assert "not NUL-terminated" in str(e.value) and "cptr" not in str(e.value)
+
+
+def test_the_native_reader_under_asan_and_ubsan(tmp_path):
+    """The native reader's tests above (built, mutated and hand-made messages) again,
+    with _fastwire.c built with AddressSanitizer and UBSan: it never reads outside
+    a segment, whatever the pointers say."""
+    if getattr(wire._native, "read_flat", None) is None:
+        pytest.skip("the native reader is not built")
+    sanitized.rerun(tmp_path, "capnp_schemas/_fastwire.c", "tests/unit/test_payloads_flat.py",
+                    select="native and not asan")
