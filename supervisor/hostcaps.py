@@ -39,6 +39,9 @@ from .supervision import TokenBucket
 LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
 RANDOM_MAX_BYTES = 65536     # Random.bytes per call
 IO_DEADLINE = 10.0           # seconds a file operation may take before its call fails
+#: the host objects whose operations take turns, each after those before it on the
+#: same object (serve's `at_once`); log, clock, random and environment answer at once
+TAKE_TURNS = ("directory", "file")
 
 
 @attrs.define
@@ -252,7 +255,7 @@ class HostCaps:
         if server is None:
             server = self._servers[call.kind] = getattr(self, "_" + call.kind)
         try:
-            if call.kind in ("directory", "file"):
+            if call.kind in TAKE_TURNS:
                 return server(call, iface, method, params, at_once)
             return server(call, iface, method, params)
         except (ValueError, OverflowError) as e:

@@ -2080,6 +2080,15 @@ class Router:
         """Answer `answer_id` to `peer` returned (content, out_caps): the calls pipelined
         on it go on, and the capabilities promised in it resolve."""
         taken = self._take_pipelined(peer, answer_id)
+        if taken:           # nearly always nothing: no holding, no sweep of nothing
+            self._pipelined_go_on(peer, answer_id, content, out_caps, taken)
+        if self._promises:
+            self._settle(peer, answer_id, (content, out_caps))
+
+    def _pipelined_go_on(self, peer: Peer, answer_id: int, content: Content, out_caps,
+                         taken):
+        """The calls `taken` were pipelined on answer `answer_id` to `peer`, which
+        returned (content, out_caps): each goes on to what it names in it."""
         held = self._hold_until_done(call for _t, call in taken)
         try:
             for transform, call in taken:
@@ -2104,8 +2113,6 @@ class Router:
                 self._deliver(target, call)
         finally:
             self._done_holding(held)
-        if self._promises:
-            self._settle(peer, answer_id, (content, out_caps))
 
     def fail(self, reply, e: CallError):
         """The call `reply` names fails with `e`."""

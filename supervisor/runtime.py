@@ -2148,7 +2148,8 @@ class Supervisor:
                 return
             self._fd_reserved[call.token] = seat
         try:
-            outcome = self.hosts.serve(call, at_once=self._idle(call))
+            outcome = self.hosts.serve(call, at_once=call.kind not in hostcaps.TAKE_TURNS
+                                       or self._idle(call))
         except BaseException:
             seat = self._fd_reserved.pop(call.token, None)
             if seat is not None:
