@@ -184,7 +184,12 @@ class Output:
                 except queue.Empty:
                     break
             touched = set()
+            run: list[str] = []             # lines of one stream in a row: one write
+            run_stream = None
             for stream, line in batch:
+                if run and stream is not run_stream:
+                    self._print(run_stream, "\n".join(run), flush=False)
+                    run = []
                 if stream is None:
                     self._flush(touched)
                     line.set()
@@ -196,8 +201,11 @@ class Output:
                     # line of the batch written after them
                     self._flush(touched)
                     touched = set()
-                self._print(stream, line, flush=False)
+                run.append(line)
+                run_stream = stream
                 touched.add(stream)
+            if run:
+                self._print(run_stream, "\n".join(run), flush=False)
             self._flush(touched)
             with self._counting:         # written: no longer held (a stopped terminal
                 self._queued -= sum(len(line) for _stream, line in batch)   # holds them)
@@ -250,17 +258,15 @@ class Output:
 
     def plugin(self, compartment: str, text: str, stream: str = "log"):
         """A line a plugin wrote (to its log, or to its engine's stderr)."""
-        shown = printable(text)
+        line = f"[{compartment}] stderr: {printable(text)}" if stream == "stderr" \
+            else f"[{compartment}] {printable(text)}"
         if self.json:
             self._write(self.out, json.dumps({"time": rfc3339(), "compartment": compartment,
                                               "stream": stream, "text": text}), True)
         else:
-            self._write(self.out, f"[{compartment}] " + ("stderr: " if stream == "stderr"
-                                                         else "") + shown, True)
+            self._write(self.out, line, True)
         if self.files is not None:     # marked as the plugin's, never taken for an event
-            self.files.add(compartment, f"{rfc3339()} [{compartment}] "
-                                        + ("stderr: " if stream == "stderr" else "") + shown,
-                           droppable=True)
+            self.files.add(compartment, f"{rfc3339()} {line}", droppable=True)
 
     def _write(self, stream, line: str, droppable: bool = False):
         if self.closed:
@@ -288,15 +294,22 @@ class Output:
         self._queue.put((stream, line))
 
     def _print(self, stream, line: str, flush: bool = True):
+        """`line` (one line, or several joined by newlines) and its newline, in one
+        write: print() writes a line's end apart, which is a system call of its own
+        on an unbuffered stream (PYTHONUNBUFFERED=1, as in many services and
+        containers): two for each line a plugin logged, and a wake-up of the reader
+        for each."""
         if self.closed:
             return
         try:
             try:
-                print(line, file=stream, flush=flush)
+                stream.write(line + "\n")
             except UnicodeEncodeError:     # a stream we could not reconfigure: escape it
                 encoding = getattr(stream, "encoding", None) or "ascii"
-                print(line.encode(encoding, "backslashreplace").decode(encoding, "replace"),
-                      file=stream, flush=flush)
+                stream.write(line.encode(encoding, "backslashreplace").decode(encoding, "replace")
+                             + "\n")
+            if flush:
+                stream.flush()
         except (BrokenPipeError, ValueError, OSError) as e:
             if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) \
                     and e.errno != errno.EPIPE:
@@ -522,7 +535,8 @@ class LogFiles:
             return
         self.pending.setdefault(name, []).append(line)
         self.pending_size += len(line)
-        self.set_event(self.wake)
+        if not self.wake.is_set():      # set already: the writer has not taken it yet
+            self.set_event(self.wake)
 
     async def writer(self):
         while True:

@@ -1096,3 +1096,38 @@ def test_a_line_of_control_characters_is_escaped_without_python_work_per_charact
     for _ in range(3):
         assert [T.printable(line) for line in lines] == expected
     assert len(calls) <= 10, len(calls)      # once a character, not once an occurrence
+
+
+def test_an_unbuffered_terminal_gets_each_batch_of_lines_in_one_write(tmp_path):
+    """With PYTHONUNBUFFERED=1 (as in many services and containers) every write to the
+    terminal is a system call, and print() wrote each line's end apart: two writes
+    for each line a plugin logged, and a wake-up of whoever reads the terminal for
+    each.  The terminal thread writes each stream's lines of a batch in one write
+    now, in the order they came, events between them where they came."""
+    import io
+
+    import trio
+    writes = []
+
+    class Counted(io.FileIO):
+        def write(self, b):
+            writes.append(len(b))
+            return super().write(b)
+    path = tmp_path / "terminal"
+    stream = io.TextIOWrapper(Counted(str(path), "w"), encoding="utf-8", write_through=True)
+    out = output.Output(stream, stream)
+
+    async def main():
+        out.start()
+        for i in range(100):
+            out.plugin("app", f"line {i}")
+        out.event("an event")
+        for i in range(100, 150):
+            out.plugin("app", f"line {i}")
+        await trio.to_thread.run_sync(out.stop)
+    trio.run(main)
+    stream.close()
+    assert [strip_time(line) for line in path.read_text().splitlines()] == \
+        [f"[app] line {i}" for i in range(100)] + ["wsuper: an event"] + \
+        [f"[app] line {i}" for i in range(100, 150)]
+    assert len(writes) <= 12, writes            # 302 before: two for each line
