@@ -1,3 +1,4 @@
+import atexit
 import os
 import shutil
 import subprocess
@@ -29,6 +30,10 @@ _descriptors_as_the_supervisor_has_them()
 # Log files of the systems the tests run go to a temporary state directory.
 _STATE = tempfile.mkdtemp(prefix="wsuper-test-state-")
 os.environ.setdefault("XDG_STATE_HOME", _STATE)
+# removed at exit by the process that made it (each xdist worker makes its own): a
+# run of the suite left ~2 of them in /tmp, and a day of runs hundreds
+atexit.register(lambda pid=os.getpid(): os.getpid() == pid
+                and shutil.rmtree(_STATE, ignore_errors=True))
 
 
 @pytest.hookimpl(tryfirst=True)
