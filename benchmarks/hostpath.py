@@ -15,8 +15,16 @@ host call costs the supervisor, with no wasm and no engine message loop
 around it.  `--profile N`: cProfile
 of the trio thread, the N functions with most time of their own.
 
-The Supervisor object is built by hand (Supervisor.__new__) with what this
-path uses, so that the code timed is runtime.py's own.
+    .venv/bin/python benchmarks/hostpath.py log 10 --opcodes 30
+
+`--micro`: `_feed` alone, in a loop in one thread.  `--opcodes N`: the
+interpreter's opcodes one `_feed` runs (sys.settrace with f_trace_opcodes,
+over n of them after a warm-up), and the N functions that run the most: a
+count that does not depend on the machine or its load, where timings on a
+shared VM vary by a third from one minute to the next.
+
+The Supervisor is the real one of a one-compartment system (its own
+constructor, from a real plan), so that the code timed is runtime.py's own.
 """
 from __future__ import annotations
 
@@ -242,14 +250,56 @@ async def micro(kind: str, n: int, profile: int | None) -> dict:
             "feed_cpu_us": round((c1 - c0) / n * 1e6, 2)}
 
 
+async def opcodes(kind: str, n: int, top: int) -> dict:
+    """Interpreter opcodes of one `_feed` (the mean of n, after a warm-up), and
+    the `top` functions that run the most of them."""
+    import collections
+    counts: collections.Counter = collections.Counter()
+
+    def tracer(frame, event, arg):
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                code = frame.f_code
+                counts[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
+            return local
+        return local
+    d = tempfile.mkdtemp()
+    async with trio.open_nursery() as nursery:
+        sup, pid, theirs, msg = await _setup(kind, d, nursery)
+        drain = subprocess.Popen(["cat"], stdin=theirs.fileno(), stdout=subprocess.DEVNULL)
+        link, items = sup.links[pid], [msg]
+        for _ in range(300):
+            sup._feed(pid, link, items, float("inf"))
+        sys.settrace(tracer)
+        try:
+            for _ in range(n):
+                sup._feed(pid, link, items, float("inf"))
+        finally:
+            sys.settrace(None)
+        nursery.cancel_scope.cancel()
+    sup.lane.stop()
+    sup.output.stop()
+    drain.kill()
+    drain.wait()
+    return {"kind": kind, "n": n, "opcodes_per_feed": round(sum(counts.values()) / n, 1),
+            "most": {k: round(v / n, 1) for k, v in counts.most_common(top)}}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=("log", "file"))
     ap.add_argument("n", type=int, nargs="?", default=20000)
     ap.add_argument("--profile", type=int, default=None)
     ap.add_argument("--micro", action="store_true", help="_feed alone, in a loop")
+    ap.add_argument("--opcodes", type=int, default=None, metavar="N",
+                    help="opcodes one _feed runs, and the N functions that run the most")
     a = ap.parse_args()
-    print(trio.run(micro if a.micro else run, a.kind, a.n, a.profile))
+    if a.opcodes is not None:
+        print(trio.run(opcodes, a.kind, a.n, a.opcodes))
+    else:
+        print(trio.run(micro if a.micro else run, a.kind, a.n, a.profile))
 
 
 if __name__ == "__main__":

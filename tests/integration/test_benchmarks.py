@@ -75,11 +75,15 @@ def test_the_host_path_benchmark_runs_for_both_host_objects():
     built the Supervisor by hand and fell behind what the host path came to use.
     It runs, and measures, for a Log.write and a File.read, and in its --micro form."""
     import ast
-    for args in (["log", "300"], ["file", "300"], ["log", "300", "--micro"]):
+    for args in (["log", "300"], ["file", "300"], ["log", "300", "--micro"],
+                 ["file", "3", "--opcodes", "5"]):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "hostpath.py"),
                             *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         got = ast.literal_eval(r.stdout.strip().splitlines()[-1])
-        assert got["kind"] == args[0] and got["n"] == 300
+        assert got["kind"] == args[0] and got["n"] == int(args[1])
+        if "--opcodes" in args:
+            assert got["opcodes_per_feed"] > 100 and len(got["most"]) == 5, got
+            continue
         timed = ("feed_us", "feed_cpu_us") if "--micro" in args else ("p50_us", "mean_us")
         assert all(got[k] > 0 for k in timed), got
