@@ -261,22 +261,30 @@ class _Question:
     finished: bool = False
 
 
-@attrs.define
 class _Answer:
-    returned: bool = False
-    finished: bool = False
+    """One answer's state.  Its defaults are the class's: `_Answer()` (one for
+    every call received) runs no Python code, where attrs' __init__ set each of
+    its ten fields (38 interpreter opcodes, a sixth of what the protocol core
+    spent reading a plain call).  An instance holds only what was set on it."""
+    returned = False
+    finished = False
     result: tuple | None = None      # (Content, caps) once returned with results
     error: str | None = None
-    error_type: str = "failed"
-    result_exports: list = attrs.Factory(list)
-    kept: int = 0                    # bytes this answer holds until it is finished
+    error_type = "failed"
+    #: the objects its return exported (released by a Finish with releaseResultCaps):
+    #: a list of its own once a return with capabilities sets it (send_return)
+    result_exports: tuple | list = ()
+    kept = 0                         # bytes this answer holds until it is finished
     #: finished before its return, with releaseResultCaps: the peer will not import
     #: what the return carries (discards_results)
-    discard: bool = False
+    discard = False
     #: sendResultsTo.yourself: returned with resultsSentElsewhere (send_elsewhere)
-    elsewhere: bool = False
+    elsewhere = False
     #: a Return ... takeFromOtherQuestion named it (at most once: rpc.capnp)
-    taken: bool = False
+    taken = False
+
+    def __repr__(self):
+        return f"_Answer({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 @attrs.define
@@ -660,7 +668,7 @@ class Connection:
         if release_results:
             for obj in a.result_exports:
                 self._release_export_obj(obj, 1, events)
-        a.result_exports = []
+        a.result_exports = ()
         if a.returned:
             del self.answers[aid]
             self._unfinished -= 1
@@ -736,6 +744,8 @@ class Connection:
         no_finish = no_finish and not caps
         if no_finish:
             self._finish_not_needed(answer_id, a)
+        if caps:
+            a.result_exports = []
         head, at = rpcwire.encode_return(answer_id, no_finish,
                                          self._cap_descs(caps, a.result_exports) if caps else ())
         # kept for calls pipelined on it, which need it only to find a capability
@@ -857,7 +867,8 @@ class Connection:
         finished): this side's from now on, so that a Finish or a pipelined call
         on it is handled here.  None: no such answer anywhere."""
         if self.native.claim_answer(aid) == "returned":
-            a = self.answers[aid] = _Answer(returned=True, result=_NO_RESULT)
+            a = self.answers[aid] = _Answer()
+            a.returned, a.result = True, _NO_RESULT
             self._unfinished += 1
             return a
         return self.answers.get(aid)

@@ -705,3 +705,38 @@ def test_content_of_as_many_segments_as_a_message_may_have_forwards_whole():
         for hop in hops:
             copy = wire.unframe(hop.payload.content.single_segment_copy())
             assert struct.unpack_from("<Q", copy[0], 8)[0] == 0xC0FFEE
+
+
+def test_each_answer_releases_only_what_its_own_return_exported():
+    """An answer's state is its own (protocol._Answer keeps its defaults on the
+    class, and a list of the objects its return exported only once it exports
+    some): a Finish with releaseResultCaps for one answer releases the objects its
+    return carried, and not those of another answer, nor of one returned without
+    capabilities."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    first, second = object(), object()
+    calls = []
+    for _ in range(3):
+        _q, data = a.send_call(imp, 1, 0, int_message(1), [])
+        (call,) = b.receive(data)
+        calls.append((_q, call.answer_id))
+    a.receive(b.send_return(calls[0][1], Content.capability(0), [first]))
+    a.receive(b.send_return(calls[1][1], Content.capability(0), [second]))
+    a.receive(b.send_return(calls[2][1], int_message(2), []))
+    exported = {e.obj for e in b.exports.values()}
+    assert {first, second} <= exported
+
+    def finish_releasing(q):
+        m = rpc.Message.new_message()
+        f = m.init("finish")
+        f.questionId, f.releaseResultCaps = q, True
+        return b.receive(wire.frame(m.to_segments()))
+
+    assert P.ExportReleased(first) in finish_releasing(calls[0][0])
+    assert {e.obj for e in b.exports.values()} == exported - {first}
+    events = finish_releasing(calls[2][0])
+    assert not any(isinstance(ev, P.ExportReleased) for ev in events)
+    assert P.ExportReleased(second) in finish_releasing(calls[1][0])
+    assert {e.obj for e in b.exports.values()} == exported - {first, second}
+    assert b.answers == {}
