@@ -419,8 +419,14 @@ class Connection:
             self._new_answer(calls[0][0])
         except ProtocolError:
             return None
+        # and the others: opened as _new_answer opens one, without its checks again
+        # (their ids are new, checked above, and this side has no native path)
+        no_finish = self._no_finish
         for c in calls[1:]:
-            self._new_answer(c[0])
+            aid = c[0]
+            no_finish.pop(aid, None)
+            answers[aid] = _Answer()
+        self.unanswered += len(calls) - 1
         framer.messages += len(calls)
         return calls
 

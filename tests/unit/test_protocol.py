@@ -740,3 +740,43 @@ def test_each_answer_releases_only_what_its_own_return_exported():
     assert P.ExportReleased(second) in finish_releasing(calls[1][0])
     assert {e.obj for e in b.exports.values()} == exported - {first, second}
     assert b.answers == {}
+
+
+class _Served:
+    """An object type plain_calls takes calls to."""
+
+
+@pytest.mark.skipif(wire._native is None, reason="plain_calls needs the native decoder")
+def test_a_read_of_plain_calls_opens_its_answers_as_receive_does():
+    """Connection.plain_calls (an engine's read of plain calls) opens the answers
+    of a read as receive() does: after answers returned with noFinishNeeded whose
+    ids the peer reuses in one read of several calls, both leave the same tables
+    (the stale Finish allowances gone, each call's answer open and its own), and
+    a Finish for one of them then finishes that call, on either."""
+    def side():
+        a, b = P.Connection("a"), P.Connection("b")
+        imp = bootstrap(a, b, _Served())
+        calls = []
+        for _ in range(3):
+            _q, data = a.send_call(imp, 1, 0, int_message(1), [])
+            calls += b.receive(data)
+        for call in calls:
+            a.receive(b.send_return(call.answer_id, int_message(2), [], no_finish=True))
+        return a, b, imp
+
+    (a, plain, imp), (_a, general, _imp) = side(), side()
+    assert len(plain._no_finish) == 3
+    read, qids = b"", []
+    for i in range(3):
+        q, data = a.send_call(imp, 1, i, int_message(10 + i), [])
+        read, qids = read + data, qids + [q]
+    calls = plain.plain_calls(read, _Served)
+    events = general.receive(read)
+    assert [c[0] for c in calls] == [ev.answer_id for ev in events] == qids
+    for conn in (plain, general):
+        assert sorted(conn.answers) == sorted(qids) and conn._no_finish == {}
+        assert conn.unanswered == 3 and conn._framer.messages == general._framer.messages
+        assert len({id(conn.answers[q]) for q in qids}) == 3
+        conn.receive(_finish(qids[1]))
+        assert conn.answers[qids[1]].finished
+        assert not conn.answers[qids[0]].finished and not conn.answers[qids[2]].finished
