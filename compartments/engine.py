@@ -1184,15 +1184,19 @@ class Engine:
         would take for it taken in their order, and every other one known not to
         be (no capabilities, not the control object, not per_call, not finished,
         nothing nested, a dispatch, not exited); _may_hold, _guest, _judge,
-        _outcome and _answer_failed are theirs."""
-        self._until.append(None)                        # _on_call
-        self._serving += 1
-        after: list = []
+        _outcome and _answer_failed are theirs.  Not _on_call's None on _until
+        first: it hides the deadline of a call that waits beneath from what is
+        done for this one outside its guest code, and at the top level, where
+        this runs, none waits (the indexes into _until, _serving_at's and
+        _asking's, are its length as they are there).  The references its
+        results held go after the answer is queued, as _dispatch_until's
+        `after` has them go, when it holds any."""
+        self._serving += 1                              # _on_call
+        frame = None
         try:
             try:                                        # _answer_call -> _dispatch_until
                 until = time.monotonic() + self.limits.call_time
                 frame = _Frame(self._for_guest(content), [], None)
-                after.append(functools.partial(self._let_results_go, frame))
                 self.frames.append(frame)
                 method = (target.tag, interface_id, method_id)
                 hold = self._may_hold(method)
@@ -1216,11 +1220,10 @@ class Engine:
             else:
                 self._send(self.conn.send_return(answer_id, content, caps, no_finish=True))
             finally:
-                for f in after:
-                    f()
+                if frame is not None and frame.held:
+                    self._let_results_go(frame)
         finally:
             self._serving -= 1
-            self._until.pop()
 
     def _run_deferred(self):
         """The run() deferred while calls were dispatched (_answer_call), at the top
