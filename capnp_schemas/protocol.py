@@ -407,8 +407,12 @@ class Connection:
             e = exports.get(t[2])
             if e is None or type(e.obj) is not kind or t[1] in answers:
                 return None
+            # its root not resolved for it (False: not known, as Content has it): an
+            # engine's guest gets a copy of the content (wire.single_segment_copy),
+            # and no reader of it there asks, where the supervisor's flat reader
+            # does (receive() resolves it for that)
             calls.append((t[1], e.obj, t[3], t[4], EMPTY if not t[8] else Content(
-                (seg,), (0, t[7]), root=rpcwire.native_root(t))))
+                (seg,), (0, t[7]))))
             at = end
         if not calls or len({c[0] for c in calls}) != len(calls):
             return None
