@@ -58,9 +58,14 @@ static _Thread_local void *current; /* the store context of the host call runnin
 #define KIND_I64 'I'
 
 /* The pointer a ctypes object holds (a ctypes pointer: the address it points
- * to) or is (a structure: its own address). */
+ * to) or is (a structure: its own address).  None is a closed store's context
+ * (unchecked._context): refused as wasmtime's Store._context() refuses it. */
 static int pointer_in(PyObject *o, void **out) {
   Py_buffer b;
+  if (o == Py_None) {
+    PyErr_SetString(PyExc_ValueError, "already closed (the store's context is gone)");
+    return -1;
+  }
   if (PyObject_GetBuffer(o, &b, PyBUF_SIMPLE)) return -1;
   if (b.len != sizeof(void *)) {
     PyBuffer_Release(&b);

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import operator
 import weakref
 from ctypes import POINTER, byref, c_void_p, cast
 
@@ -107,6 +108,12 @@ for _name in ("LAST_EXCEPTION", "enter_wasm", "maybe_raise_last_exn"):
 _need(wasmtime.Trap, "_consume", "wasmtime.Trap")
 _need(wasmtime.WasmtimeError, "_from_ptr", "wasmtime.WasmtimeError")
 _need(wasmtime.Store, "_context", "wasmtime.Store")
+#: a store's context pointer, as Store._context() returns it, read without that
+#: method's Python call (five a served call: a fuel set and read, a deadline set
+#: and cleared, the call); None once the store is closed, which the native
+#: functions refuse with _context()'s ValueError.  Where it lives is checked at
+#: import (_self_test_in, _self_test).
+_context = operator.attrgetter("_Store__context")
 for _cls in (wasmtime.Linker, wasmtime.FuncType):
     _need(_cls, "ptr", f"wasmtime.{_cls.__name__}")
 # The callback returns a trap pointer, as an integer the size of a pointer; 0 is
@@ -209,7 +216,7 @@ class TypedFunc:
     def __call__(self, *args):
         if _native is not None:
             try:
-                return _native.call(self._store._context(), self._func, self._kinds,
+                return _native.call(_context(self._store), self._func, self._kinds,
                                     self._result_kind, *args)
             except _CallFailed as e:
                 _raise_failure(e)
@@ -229,7 +236,7 @@ def refuel(store: wasmtime.Store, fuel: int) -> int:
     """Set the store's fuel to `fuel` (-1: leave it); returns what it had left."""
     if _native is not None:
         try:
-            return _native.fuel(store._context(), fuel)
+            return _native.fuel(_context(store), fuel)
         except _CallFailed as e:
             _raise_failure(e)
     left = store.get_fuel()
@@ -258,7 +265,7 @@ def start_deadlines(engine: wasmtime.Engine) -> bool:
 def deadline(store: wasmtime.Store, until: float | None):
     """The guest code in `store` that runs (or goes on) now stops at `until`
     (time.monotonic(); None: no deadline).  Only after start_deadlines()."""
-    _native.deadline(store._context(), until)
+    _native.deadline(_context(store), until)
 
 
 def _raw_func(func: wasmtime.Func):
@@ -420,9 +427,13 @@ def _self_test():
         _self_test_in(engine, store)
     finally:
         store.close()                     # its instance and memory: unmapped now
+    if getattr(store, "_Store__context", False) is not None:
+        _fail("wasmtime.Store no longer forgets its context (__context) when closed")
 
 
 def _self_test_in(engine, store):
+    if getattr(store, "_Store__context", None) is not store._context():
+        _fail("wasmtime.Store no longer keeps its context as __context (unchecked._context)")
     linker = wasmtime.Linker(engine)
     probe = _Probe("raised in a host function")
     seen = []

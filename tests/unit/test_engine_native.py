@@ -97,6 +97,28 @@ def test_host_call_probes_and_per_call_instances_keep_to_python():
     assert per_call._native.memory is None
 
 
+def test_a_closed_store_is_refused_by_the_native_calls_never_used():
+    """The native call and fuel functions (and deadline) take a store's context as
+    unchecked._context reads it (not through Store._context()): a closed store's
+    is gone, and each refuses it as _context() did (ValueError), never touching
+    freed memory (this file runs under ASan too)."""
+    import wasmtime
+    from compartments import wasm
+    engine = wasmtime.Engine(wasm.engine_config())
+    store = wasm.new_store(engine)
+    store.set_fuel(1000)
+    instance = wasmtime.Linker(engine).instantiate(store, wasmtime.Module(
+        engine, '(module (func (export "f") (param i32) (result i32) local.get 0))'))
+    f = unchecked.TypedFunc(store, instance.exports(store)["f"], ("i32",), ("i32",))
+    assert f(7) == 7 and unchecked.refuel(store, 500) <= 1000
+    assert unchecked.refuel(store, -1) == 500
+    store.close()
+    for use in (lambda: f(7), lambda: unchecked.refuel(store, 5),
+                lambda: unchecked.refuel(store, -1)):
+        with pytest.raises(ValueError, match="already closed"):
+            use()
+
+
 def test_the_native_host_calls_under_asan_and_ubsan(tmp_path):
     """The differential test above, again, with _fastcall.c built with
     AddressSanitizer and UBSan (any error ends the process), in a copy of the
