@@ -1941,7 +1941,7 @@ class Engine:
         self._running.append(store)
         self._timed_enter(store)
         copied = self._copied           # the waiting host call's, which goes on after
-        depth = self.probes.depth()
+        depth = len(self.probes.stack)  # probes.depth(), without its call
         try:
             try:
                 return func(*args)
@@ -1950,7 +1950,7 @@ class Engine:
                     _put_back(sp, store, sp_at)
                 raise
             finally:     # a trap or an exit ended activations that report no exit
-                if self.probes.depth() > depth:
+                if len(self.probes.stack) > depth:
                     self.probes.unwind(depth)
         except (GuestFault, protect.Fault) as e:
             raise _CallError("failed", f"compartment {self.name} trapped: {e}") from None

@@ -55,7 +55,9 @@ class EngineProbes:
         self.dropped = 0
         self.totals: list[int] = [0] * len(sites) if sites else []   # per_call instances
         self._open = [0] * len(sites) if sites else []
-        self._stack: list[int] = []         # function sites of reported entries
+        #: function sites of reported entries, innermost last; never replaced (the
+        #: engine reads its length around each entry into guest code: Engine._guest)
+        self.stack: list[int] = []
 
     # ------------------------------------------------------------ the module's hooks
 
@@ -66,12 +68,12 @@ class EngineProbes:
         if kind == 0:                       # a function
             if what == 0:
                 self._open[site] += 1
-                self._stack.append(site)
+                self.stack.append(site)
                 self._record(ENTER, site, 0, 0)
             elif self._open[site]:          # never an exit without its entry
                 self._open[site] -= 1
-                if self._stack and self._stack[-1] == site:
-                    self._stack.pop()
+                if self.stack and self.stack[-1] == site:
+                    self.stack.pop()
                 self._record(EXIT, site, 0, 1 if what == 2 else 0)   # 2: an exception
         else:
             self._record(BLOCK, site, 0, 0)
@@ -87,14 +89,14 @@ class EngineProbes:
         self.events.append(EVENT.pack(kind, site, _now() if t is None else t, a, b))
 
     def depth(self) -> int:
-        return len(self._stack)
+        return len(self.stack)
 
     def unwind(self, depth: int):
         """The guest call entered at `depth` ended (a trap, an exit, or function
         events turned off meanwhile) with activations open: close them, each with
         an exit marked unwound (b = 1)."""
-        while len(self._stack) > depth:
-            site = self._stack.pop()
+        while len(self.stack) > depth:
+            site = self.stack.pop()
             if self._open[site]:
                 self._open[site] -= 1
                 if self.flags and self.flags[site] & EVENTS:
