@@ -304,8 +304,8 @@ class Engine:
         self._serving_at: dict[int, int] = {}
         self._asking: dict[int, list] = {}
         self.memory: wasmtime.Memory | None = None      # none until instantiated
-        self._entered = 0                    # guest code running now (nested: > 1)
-        #: the store of each guest code running now, innermost last (_guest)
+        #: the store of each guest code running now, innermost last (_guest); its
+        #: length is how deep (nested: > 1)
         self._running: list = []
         #: guest code running now that a deadline may stop (_timed), innermost last:
         #: (its store, the index in _until of its deadline, or None for none)
@@ -1057,7 +1057,7 @@ class Engine:
         while not slot:
             if not self._pump(since, began):
                 raise SystemExit(EXIT_OK)
-        if self._entered <= 1 and self._backlog:
+        if len(self._running) <= 1 and self._backlog:
             # the outermost wait serves what came up to its answer before the guest
             # runs on (a program may not wait again for long; what comes later, a
             # steady stream, does not hold it back); a deeper one leaves it to the
@@ -1237,7 +1237,7 @@ class Engine:
             return True
         self._flush()                       # this wait's question goes out first
         if backlog:
-            if self._entered <= 1:          # the outermost wait: it serves them
+            if len(self._running) <= 1:     # the outermost wait: it serves them
                 _seq, ev = backlog.popleft()
                 self._on_event(ev)
                 return True
@@ -1937,7 +1937,6 @@ class Engine:
                     sp_at = self._resting_sp
             except Exception:  # noqa: BLE001 - without it, as for a module without one
                 sp = None
-        self._entered += 1
         self._running.append(store)
         self._timed_enter(store)
         copied = self._copied           # the waiting host call's, which goes on after
@@ -1965,7 +1964,6 @@ class Engine:
             raise _CallError("failed", f"compartment {self.name} failed: {_error_reason(e)}") \
                 from None
         finally:
-            self._entered -= 1
             self._running.pop()
             self._timed_leave(store)
             self._copied = copied

@@ -341,7 +341,7 @@ def tables(engine: Engine) -> tuple:
             len(list(engine.handles.entries())), sorted(engine.conn.imports.items()),
             sorted(engine._import_refs.items()), sorted(engine._unread_refs.items()),
             len(engine._outgoing), len(engine._backlog), engine._fuel_used, engine._copied,
-            len(engine.call_times or ()), engine._until, engine._entered)
+            len(engine.call_times or ()), engine._until, len(engine._running))
 
 
 def differ(seed: int, calls: int) -> tuple[list[str], int, int]:
