@@ -36,6 +36,7 @@ import collections
 import ctypes
 import errno
 import functools
+import itertools
 import re
 import resource
 import signal
@@ -245,6 +246,13 @@ class _Frame:
         self.error = None
         self.borrowed = borrowed
         self.held: list[int] = []
+
+
+def _call_received(answer_id: int, target, interface_id: int, method_id: int,
+                   content: Content) -> protocol.CallReceived:
+    """The event _take would have made of a plain call that plain_calls read."""
+    return protocol.CallReceived(answer_id, target, interface_id, method_id,
+                                 protocol.Payload(content, ()))
 
 
 def _native_results(segment: bytes):
@@ -1163,10 +1171,9 @@ class Engine:
             # call read LOOK_AHEAD_NS ago (the engine was preempted) after it has
             # looked ahead (_look_ahead), as it would: a Finish come meanwhile
             # cancels it (served at once, it ran for nobody)
-            seq = self._read_seq
-            self._backlog.extend(
-                (seq, protocol.CallReceived(a, t, f, m, protocol.Payload(c, ())))
-                for a, t, f, m, c in calls)
+            # (without a generator's frame resumed for each: zip and starmap)
+            self._backlog.extend(zip(itertools.repeat(self._read_seq),
+                                     itertools.starmap(_call_received, calls)))
         return True
 
     def _between_calls(self) -> bool:
