@@ -28,6 +28,51 @@ static PyObject *fw_py_decode(PyObject *mod, PyObject *arg) {
   return out;
 }
 
+/* plain_calls(data, max_words) -> None | [(id, import_id, interface_id, method_id, content,
+ *                                        content_at, start, end), ...]
+ * protocol.Connection.plain_calls's reading of one read: `data` whole is framed
+ * one-segment messages (a segment table of one entry, each whole, at most
+ * `max_words` words), each a Call as decode() reads it whose content is no
+ * capability (content: 0 none or null, 1 an object); its segment is
+ * data[start:end].  None for anything else (an empty read too); the caller
+ * decides the rest (targets, answer ids) and changes its tables. */
+static PyObject *fw_py_plain_calls(PyObject *mod, PyObject *args) {
+  Py_buffer b;
+  long long max_words;
+  if (!PyArg_ParseTuple(args, "y*L", &b, &max_words)) return NULL;
+  const uint8_t *p = b.buf;
+  uint64_t size = (uint64_t)b.len, at = 0;
+  PyObject *out = PyList_New(0);
+  while (out && at < size) {
+    if (size - at < 16) goto refuse;
+    uint32_t nseg, words;
+    memcpy(&nseg, p + at, 4);             /* as fastwire.h reads words */
+    memcpy(&words, p + at + 4, 4);
+    uint64_t end = at + 8 + 8 * (uint64_t)words;
+    if (nseg || end > size || (long long)words > max_words) goto refuse;
+    fw_plain o;
+    if (fw_decode(p + at + 8, words, &o) != FW_CALL || o.content == 2) goto refuse;
+    PyObject *t = Py_BuildValue("(IIKIiLKK)", o.id, o.import_id,
+                                (unsigned long long)o.interface_id, o.method_id, o.content,
+                                (long long)o.content_at, (unsigned long long)(at + 8),
+                                (unsigned long long)end);
+    if (!t || PyList_Append(out, t)) {
+      Py_XDECREF(t);
+      Py_CLEAR(out);
+      break;
+    }
+    Py_DECREF(t);
+    at = end;
+  }
+  if (out && PyList_GET_SIZE(out) == 0) goto refuse;
+  PyBuffer_Release(&b);
+  return out;
+refuse:
+  Py_XDECREF(out);
+  PyBuffer_Release(&b);
+  Py_RETURN_NONE;
+}
+
 /* forward(segment, id, import_id, interface_id, method_id, no_finish) -> framed bytes:
  * what the fast lane writes for a plain call (or return) */
 static PyObject *fw_py_forward(PyObject *mod, PyObject *args) {
@@ -479,6 +524,7 @@ done:
 }
 
 static PyMethodDef methods[] = {{"decode", fw_py_decode, METH_O, NULL},
+                                {"plain_calls", fw_py_plain_calls, METH_VARARGS, NULL},
                                 {"forward", fw_py_forward, METH_VARARGS, NULL},
                                 {"copy", fw_py_copy, METH_VARARGS, NULL},
                                 {"copy_segments", fw_py_copy_segments, METH_VARARGS, NULL},

@@ -387,33 +387,28 @@ class Connection:
         then takes the bytes, and says what is wrong with them, if anything.
         For an engine's loop, which serves such calls without events
         (Engine._serve_plain)."""
-        native, framer = wire._native, self._framer
-        if native is None or self.native is not None or self.closed is not None \
+        # the native decoder's reading of the read, framing and all (_fastwire.c,
+        # plain_calls: None unless it is whole one-segment Calls, none passing a
+        # capability as its content); the targets and ids are checked here
+        read, framer = getattr(wire._native, "plain_calls", None), self._framer
+        if read is None or self.native is not None or self.closed is not None \
                 or framer.failed is not None or framer.pending:
             return None
-        view, size, at, calls = memoryview(data), len(data), 0, []
+        got = read(data, framer.max_words)
+        if got is None:
+            return None
+        view, calls = memoryview(data), []
         exports, answers = self.exports, self.answers
-        while at < size:
-            if size - at < 16:
-                return None
-            nseg, words = wire._TABLE_ONE.unpack_from(data, at)
-            end = at + 8 + 8 * words
-            if nseg or end > size or words > framer.max_words:
-                return None
-            seg = view[at + 8:end]
-            t = native.decode(seg)
-            if t is None or t[0] != 1 or t[8] == 2:   # a call; its content no capability
-                return None
-            e = exports.get(t[2])
-            if e is None or type(e.obj) is not kind or t[1] in answers:
+        for aid, eid, interface_id, method_id, content, at, start, end in got:
+            e = exports.get(eid)
+            if e is None or type(e.obj) is not kind or aid in answers:
                 return None
             # its root not resolved for it (False: not known, as Content has it): an
             # engine's guest gets a copy of the content (wire.single_segment_copy),
             # and no reader of it there asks, where the supervisor's flat reader
             # does (receive() resolves it for that)
-            calls.append((t[1], e.obj, t[3], t[4], EMPTY if not t[8] else Content(
-                (seg,), (0, t[7]))))
-            at = end
+            calls.append((aid, e.obj, interface_id, method_id, Content(
+                (view[start:end],), (0, at)) if content else EMPTY))
         if not calls or len({c[0] for c in calls}) != len(calls):
             return None
         try:

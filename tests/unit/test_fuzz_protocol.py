@@ -115,3 +115,15 @@ def test_an_echo_larger_than_its_message_is_caught(monkeypatch):
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_inputs_are_reproducible(i):
     assert F.one(3, i) == F.one(3, i)
+
+
+def test_the_native_reading_of_plain_calls_under_asan_and_ubsan(tmp_path):
+    """The run above (Connection.plain_calls on every input, on it twice over and
+    between a peer's plain calls) again, with _fastwire.c built with
+    AddressSanitizer and UBSan: its plain_calls, which frames and decodes a whole
+    read, never reads outside it, whatever the segment tables say."""
+    from tests import sanitized
+    if getattr(wire._native, "plain_calls", None) is None:
+        pytest.skip("the native reading of plain calls is not built")
+    sanitized.rerun(tmp_path, "capnp_schemas/_fastwire.c", "tests/unit/test_fuzz_protocol.py",
+                    select="a_few_thousand", timeout=600)
