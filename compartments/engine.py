@@ -236,16 +236,18 @@ class _Frame:
     made for its params that the guest has neither kept (`keep`) nor released:
     they are released once the call is answered (docs/guest-abi.md, "Handles").
     `held`: the imports its results name, each with a reference of the results'
-    own until the answer is queued (the guest may release its handles first)."""
-    __slots__ = ("params", "handles", "results", "error", "borrowed", "held")
+    own until the answer is queued (the guest may release its handles first).
+    What the guest may set later (results_set, fail) has its default on the
+    class: every call makes a frame, and its __init__ set six slots, three of
+    them to defaults most calls keep."""
+    results = None
+    error = None
+    held: list[int] | tuple = ()          # a list of its own once results_set sets it
 
     def __init__(self, params: bytes, handles: list, borrowed: set | None = None):
         self.params = params
         self.handles = handles
-        self.results = None
-        self.error = None
         self.borrowed = borrowed
-        self.held: list[int] = []
 
 
 def _call_received(answer_id: int, target, interface_id: int, method_id: int,
