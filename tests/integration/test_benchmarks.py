@@ -70,6 +70,26 @@ def test_the_callee_benchmark_runs_both_ways():
                             r"wall [\d.]+ µs a call\n", r.stdout), r.stdout
 
 
+def test_the_callee_opcodes_benchmark_counts_what_a_served_call_runs():
+    """benchmarks/callee_opcodes.py: the opcodes per served call, and the functions
+    that run the most, Engine._serve_call among them; pinned, the same count twice
+    (within 1%: a garbage collection that runs a finalizer may fall in the traced calls)."""
+    import re
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "callee_opcodes.py"),
+                            "17", "--pinned", "--top", "5"], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = r.stdout.splitlines()
+        count = re.fullmatch(r"opcodes per call (\d+)", lines[1])
+        assert count and int(count.group(1)) > 300, r.stdout
+        assert len(lines) == 7 and "_serve_call" in r.stdout, r.stdout
+        assert "callee_opcodes.py" not in r.stdout, r.stdout      # its wrapper not counted
+        runs.append(int(count.group(1)))
+    assert abs(runs[0] - runs[1]) <= runs[0] // 100, runs
+
+
 def test_the_host_path_benchmark_runs_for_both_host_objects():
     """benchmarks/hostpath.py (the supervisor's side of a host call) hung once: it
     built the Supervisor by hand and fell behind what the host path came to use.
