@@ -1157,26 +1157,39 @@ class Engine:
         plain (_plain).  False: not such a read, nothing changed."""
         if not self._instantiated or self._backlog or not self._between_calls():
             return False
-        read_at = time.perf_counter_ns()                # _received_seq's, before reading
-        try:
-            calls = self.conn.plain_calls(data, LocalObject)
-        except Exception as e:  # noqa: BLE001 - as _received: out of memory, or a bug
-            self._receive_failed(e)
+        calls = self._plain_calls(data)
         if calls is None:
             return False
-        self._read_at = read_at
-        self._read_seq += 1
-        if len(calls) == 1 and time.perf_counter_ns() - read_at <= LOOK_AHEAD_NS:
+        if len(calls) == 1 and time.perf_counter_ns() - self._read_at <= LOOK_AHEAD_NS:
             self._serve_call(*calls[0])
         else:
             # the loop serves them, by _serve_call while they stay plain (_plain); a
             # call read LOOK_AHEAD_NS ago (the engine was preempted) after it has
             # looked ahead (_look_ahead), as it would: a Finish come meanwhile
             # cancels it (served at once, it ran for nobody)
-            # (without a generator's frame resumed for each: zip and starmap)
-            self._backlog.extend(zip(itertools.repeat(self._read_seq),
-                                     itertools.starmap(_call_received, calls)))
+            self._put_back_calls(calls)
         return True
+
+    def _plain_calls(self, data: bytes) -> list | None:
+        """The plain calls to guest objects that one read is (Connection.plain_calls:
+        read, counted and their answers opened as receive() would), the read counted
+        as _received_seq counts it; None: not such a read, nothing changed."""
+        read_at = time.perf_counter_ns()                # _received_seq's, before reading
+        try:
+            calls = self.conn.plain_calls(data, LocalObject)
+        except Exception as e:  # noqa: BLE001 - as _received: out of memory, or a bug
+            self._receive_failed(e)
+        if calls is not None:
+            self._read_at = read_at
+            self._read_seq += 1
+        return calls
+
+    def _put_back_calls(self, calls: list):
+        """Calls _plain_calls read, onto the end of the backlog as the events _take
+        would have made of them (without a generator's frame resumed for each: zip
+        and starmap)."""
+        self._backlog.extend(zip(itertools.repeat(self._read_seq),
+                                 itertools.starmap(_call_received, calls)))
 
     def _between_calls(self) -> bool:
         """No guest code runs or waits, no run() is deferred, and the compartment
@@ -1275,7 +1288,16 @@ class Engine:
         return True
 
     def _take(self, data: bytes):
-        """What one read brought, onto the end of the backlog with its sequence number."""
+        """What one read brought, onto the end of the backlog with its sequence number.
+        A read of plain calls alone (what a look ahead or a wait reads from a busy
+        caller) is read as _serve_plain reads one, into the events the general
+        decoding would have made (its events add nothing to count or hand over:
+        no capabilities, no Finish, no Return)."""
+        if self._plain_serving:
+            calls = self._plain_calls(data)
+            if calls is not None:
+                self._put_back_calls(calls)
+                return
         events = self._received_seq(data)
         seq = self._read_seq
         self._backlog.extend([(seq, ev) for ev in events])
