@@ -51,6 +51,7 @@ TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lin
 TERMINAL_BACKLOG_CHARS = 16 << 20   # ... and characters of them: a line is at most 4096
                               # characters, escaped up to ten times that (\U000e0001)
 TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
+TERMINAL_WRITE_CHARS = 1 << 16  # characters of lines the terminal thread writes at once at most
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
                               # plugin lines are dropped (and twice that before events are)
@@ -186,10 +187,15 @@ class Output:
             touched = set()
             run: list[str] = []             # lines of one stream in a row: one write
             run_stream = None
+            run_chars = 0
             for stream, line in batch:
-                if run and stream is not run_stream:
+                # each run at most TERMINAL_WRITE_CHARS: joined whole, a backlog of
+                # 16 Mi characters was copied three times over at once (~200 MB)
+                if run and (stream is not run_stream
+                            or run_chars + len(line) > TERMINAL_WRITE_CHARS):
                     self._print(run_stream, "\n".join(run), flush=False)
                     run = []
+                    run_chars = 0
                 if stream is None:
                     self._flush(touched)
                     line.set()
@@ -202,6 +208,7 @@ class Output:
                     self._flush(touched)
                     touched = set()
                 run.append(line)
+                run_chars += len(line) + 1
                 run_stream = stream
                 touched.add(stream)
             if run:
