@@ -27,6 +27,7 @@ import collections
 import datetime
 import errno
 import fcntl
+import io
 import json
 import math
 import os
@@ -93,12 +94,13 @@ def strip_time(line: str) -> str:
 class Output:
     def __init__(self, out, err, fmt: str = "text", log_dir: str | None = None,
                  on_closed=lambda: None, remake_log_dir=None):
-        self.out, self.err = out, err
         for stream in (out, err):      # a terminal that is not UTF-8 gets escapes, not errors
             try:
                 stream.reconfigure(errors="backslashreplace")
             except (AttributeError, ValueError, OSError):
                 pass
+        self.out = _written_whole(out)
+        self.err = self.out if err is out else _written_whole(err)
         self.json = fmt == "json"
         self.files = LogFiles(log_dir, self._files_failed, self._files_paused,
                               remake_log_dir, self._files_remade) if log_dir else None
@@ -348,6 +350,76 @@ class Output:
                 pass
         else:
             self.on_closed()
+
+
+def _written_whole(stream):
+    """`stream` (a text stream on a descriptor, as sys.stdout is) written as a blocking
+    descriptor is, whole: its descriptor may be non-blocking, made so by another
+    program that shares it (O_NONBLOCK belongs to the open file, which every process
+    that inherited it shares: a CI runner's pipe, a terminal a program left so), and
+    Python's text layer drops what a write could not take at once (EAGAIN), without
+    a word, as it drops what a short write left (without a buffer under it, as with
+    PYTHONUNBUFFERED=1): of 2,000 plugin lines to such a pipe whose reader lagged,
+    70 came whole, the rest were lost uncounted and a cut line was joined to the
+    next.  The same stream on a buffer that writes all of what it is given (_Whole);
+    anything else (no descriptor, layers of a kind of their own, whose writes are
+    theirs to do) as it is."""
+    if type(stream) is not io.TextIOWrapper:
+        return stream
+    under = stream.buffer
+    if type(under) is io.BufferedWriter:
+        under = under.raw
+    if type(under) is not io.FileIO:
+        return stream
+    try:
+        fd = stream.fileno()
+        stream.flush()                      # what it holds goes first
+    except (OSError, ValueError):
+        return stream
+    return io.TextIOWrapper(io.BufferedWriter(_Whole(fd, stream)), encoding=stream.encoding,
+                            errors=stream.errors, line_buffering=stream.line_buffering,
+                            write_through=stream.write_through)
+
+
+class _Whole(io.RawIOBase):
+    """The descriptor of `stream`, written as a blocking one: a write it cannot take
+    now (EAGAIN) waits until it can (the terminal thread's waits are bounded as for
+    a terminal that is slow: lines past the backlog are counted).  It holds `stream`,
+    which owns the descriptor: let go of, a stream its caller kept no reference to
+    closed it, and the number went to the next descriptor opened (an engine's
+    socket: plugin lines were written into it)."""
+
+    def __init__(self, fd: int, stream):
+        super().__init__()
+        self._fd = fd
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        self._open()
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fileno())
+
+    def _open(self):
+        """ValueError, as the stream itself raises, once its owner closed it: its
+        number may be another descriptor's by now (nothing is written to it, and
+        _gone does not put /dev/null in its place)."""
+        if self._stream.closed:
+            raise ValueError("I/O operation on closed file")
+
+    def write(self, data) -> int:
+        self._open()
+        while True:
+            try:
+                return os.write(self._fd, data)
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(self._fd, select.POLLOUT)
+                poller.poll()           # writable, or an error the write then raises
 
 
 class StderrLines:
