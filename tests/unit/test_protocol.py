@@ -764,7 +764,7 @@ def test_a_read_of_plain_calls_opens_its_answers_as_receive_does():
             a.receive(b.send_return(call.answer_id, int_message(2), [], no_finish=True))
         return a, b, imp
 
-    (a, plain, imp), (_a, general, _imp) = side(), side()
+    (a, plain, imp), (_, general, _) = side(), side()
     assert len(plain._no_finish) == 3
     read, qids = b"", []
     for i in range(3):
