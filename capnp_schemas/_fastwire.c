@@ -473,22 +473,19 @@ static PyObject *fw_py_read_flat(PyObject *mod, PyObject *args) {
         }
       }
     } else if (code == 5 || code == 6) {
-      int text = code == 5;
-      uint64_t at = (uint64_t)start + data + off, p, count, words;
-      if (off >= ptrs || !(p = fw_word(seg, at))) {
+      int text = code == 5, kind = 0;
+      uint64_t o = 0, p = 0;
+      /* the pointer, near and inside the segment (fw_resolve: 0 null, 1 an object) */
+      int r = off < ptrs ? fw_resolve(seg, n, (uint64_t)start + data + off, &kind, &o, &p) : 0;
+      if (r == 0) {
         v = text ? PyUnicode_FromStringAndSize("", 0) : PyBytes_FromStringAndSize("", 0);
       } else {
-        int64_t o;
-        if ((p & 3) != 1 || ((p >> 32) & 7) != 2) goto fail_decline;
-        o = (int64_t)((p >> 2) & 0x3FFFFFFF);
-        if (o & (1 << 29)) o -= (int64_t)1 << 30;
-        o += (int64_t)at + 1;
-        count = p >> 35;
-        words = (count + 7) / 8;
-        if (o < 0 || (uint64_t)o + words > n || (o == 0 && words)) goto fail_decline;
+        if (r < 0 || kind != 1 || ((p >> 32) & 7) != 2) goto fail_decline;   /* bytes */
+        uint64_t count = p >> 35, words = fw_object_words(p);
+        if (o == 0 && words) goto fail_decline;
         budget -= (long long)words;
         if (budget < 0) goto fail_decline;
-        const char *raw = (const char *)seg + 8 * (uint64_t)o;
+        const char *raw = (const char *)seg + 8 * o;
         if (!text) {
           v = PyBytes_FromStringAndSize(raw, (Py_ssize_t)count);
         } else {
