@@ -199,15 +199,6 @@ def decode(segs) -> Plain | None:
 _WHICH = {1: MSG_CALL, 2: MSG_RETURN, 3: MSG_FINISH}
 
 
-def native_root(t):
-    """The content pointer of the native decoder's tuple `t` (one with content),
-    resolved as wire.resolve(segs, (0, at)) gives it: null (None), an object in
-    the segment, or a capability."""
-    content, w = t[8], t[9]
-    return None if not content else (w & 3, 0, t[10], w) if content == 1 \
-        else (wire.OTHER, 0, t[7], w)
-
-
 def _plain(t) -> Plain:
     """A Plain from the native decoder's tuple (capnp_schemas/_fastwire.c)."""
     which, ident, import_id, interface_id, method_id, no_finish, release, at = t[:8]
@@ -221,7 +212,11 @@ def _plain(t) -> Plain:
         out.content_loc = None
     else:
         out.content_loc = (0, at)
-        out.content_root = native_root(t)
+        # the pointer there, resolved: null (0), an object in the segment (1) or a
+        # capability (2); as wire.resolve(segs, (0, at)) gives it
+        content, w = t[8], t[9]
+        out.content_root = None if not content else (w & 3, 0, t[10], w) if content == 1 \
+            else (wire.OTHER, 0, at, w)
     out.caps = ()
     if which == 1:
         out.import_id, out.promise = import_id, None
