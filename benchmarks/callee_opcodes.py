@@ -29,6 +29,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import callee  # noqa: E402
+import opcodes  # noqa: E402
 from compartments import engine as E  # noqa: E402
 
 WARM, TRACED = 3000, 340
@@ -47,16 +48,7 @@ def main():
     counts: collections.Counter = collections.Counter()
     served = [0]
 
-    def local(frame, event, arg):
-        if event == "opcode":
-            co = frame.f_code
-            counts[f"{os.path.basename(co.co_filename)}:{co.co_name}"] += 1
-        return local
-
-    def tracer(frame, event, arg):
-        frame.f_trace_opcodes, frame.f_trace_lines = True, False
-        return local
-
+    tracer = opcodes.tracer(counts)
     serve_call = E.Engine._serve_call
 
     def counted(self, *args):

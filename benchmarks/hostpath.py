@@ -43,6 +43,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 import trio  # noqa: E402
 
@@ -254,17 +255,10 @@ async def opcodes(kind: str, n: int, top: int) -> dict:
     """Interpreter opcodes of one `_feed` (the mean of n, after a warm-up), and
     the `top` functions that run the most of them."""
     import collections
+
+    import opcodes as ops
     counts: collections.Counter = collections.Counter()
-
-    def tracer(frame, event, arg):
-        frame.f_trace_opcodes, frame.f_trace_lines = True, False
-
-        def local(frame, event, arg):
-            if event == "opcode":
-                code = frame.f_code
-                counts[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
-            return local
-        return local
+    tracer = ops.tracer(counts)
     d = tempfile.mkdtemp()
     async with trio.open_nursery() as nursery:
         sup, pid, theirs, msg = await _setup(kind, d, nursery)
