@@ -683,6 +683,17 @@ def check_copier(mod, segs):
                                 f"{(copied[1] if copied[0] == 'error' else original[1])[:160]}")
 
 
+def resolved(segs, loc=(0, 0)) -> P.Content:
+    """Content whose pointer is resolved, as the protocol core hands it on (the
+    native flat reader takes only such content); its root unknown (False) where
+    the pointer cannot be resolved."""
+    try:
+        root = wire.resolve(segs, loc)
+    except wire.WireError:
+        root = False
+    return P.Content(tuple(segs), loc, root=root)
+
+
 def check_payloads(mod, segs):
     """The flat-struct reader (capnp_schemas/payloads.py) answers as pycapnp does:
     the same values, or a refusal; and what it accepts itself, pycapnp reads
@@ -708,12 +719,7 @@ def check_payloads(mod, segs):
                                   f"{theirs[1][:80]}: {alone[1][:80]}")
     # as the protocol core hands content on, its pointer resolved: the native reader's
     # (_fastwire.read_flat) turn, which must read the same or leave it to the rest
-    try:
-        root = wire.resolve(segs, (0, 0))
-    except wire.WireError:
-        root = False
-    resolved = P.Content(tuple(segs), (0, 0), root=root)
-    native = outcome(lambda: payloads.read(mod, resolved, READ_WORDS))
+    native = outcome(lambda: payloads.read(mod, resolved(segs), READ_WORDS))
     if native != theirs:
         raise Failure("payloads", f"read of resolved content gives {native[0]} "
                                   f"{native[1][:80]}, pycapnp {theirs[0]} {theirs[1][:80]}")

@@ -10,6 +10,7 @@ import pytest
 
 from capnp_schemas import hosted, payloads, wire
 from capnp_schemas.protocol import Content
+from fuzz.protocol import resolved
 from tests import sanitized
 
 FLAT = [(f"{iface.name}.{m.name} {side}", sm)
@@ -71,16 +72,6 @@ def test_built_here_reads_the_same_in_pycapnp_and_the_other_way(name, sm):
         _same(payloads._read_pycapnp(sm, ours, 1 << 20), payloads._read_pycapnp(sm, theirs, 1 << 20))
 
 
-def _resolved(segs, loc=(0, 0)) -> Content:
-    """Content whose pointer is resolved, as the protocol core hands it on (the
-    native reader takes only such content)."""
-    try:
-        root = wire.resolve(segs, loc)
-    except wire.WireError:
-        root = False
-    return Content(tuple(segs), loc, root=root)
-
-
 def _both(sm, segs, loc=(0, 0), flat_only=False, words=1 << 20):
     """(what pycapnp reads, what we read): a dict, or 'refused'.  What we read is
     read twice, from the content as a guest's message is (its pointer not
@@ -91,7 +82,7 @@ def _both(sm, segs, loc=(0, 0), flat_only=False, words=1 << 20):
                    (lambda c: payloads._read_flat(payloads._flat(sm), c, words)) if flat_only
                    else (lambda c: payloads.read(sm, c, words))):
         got = []
-        for content in (Content(tuple(segs), loc), _resolved(segs, loc)):
+        for content in (Content(tuple(segs), loc), resolved(segs, loc)):
             try:
                 got.append(reader(content))
             except payloads.DecodeError:
@@ -168,7 +159,7 @@ def test_the_native_reader_reads_what_the_python_one_reads_or_leaves_it_to_it(na
         seg = bytes(payloads._build_pycapnp(sm, values)[0].segments[0])
         if i % 4:
             seg = _mutant(rng, bytearray(seg))
-        content = _resolved([seg])
+        content = resolved([seg])
         try:
             python = payloads._read_flat(alone, content, 1 << 20)
         except payloads.DecodeError:
