@@ -30,7 +30,7 @@ def rerun(tmp_path, source: str, test_file: str, *, extra: tuple = (), timeout: 
     module = name.rsplit(".", 1)[0]
     tree = tmp_path / "tree"
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "__pycache__", f"{module}*.so", "build", "*.egg-info", "results"))
+        ".venv", ".git", f"{module}*.so", "build", "*.egg-info", "results"))
     out = tree / folder / (module + sysconfig.get_config_var("EXT_SUFFIX"))
     build = subprocess.run(
         ["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer", *extra,
