@@ -50,9 +50,15 @@ Checks (each failure is reported with its class and a reproducing input):
              Call's or Return's content pointer gives the Python walk's
              bytes, or is refused where and as it raises.
   plain      Connection.plain_calls (an engine's reading of a read of plain
-             calls, without events) against receive(): on the input, and on
-             it twice and thrice over (a read of several calls, or one
-             question id used twice), it raises nothing; where it refuses,
+             calls, without events) against receive(): on the input and on
+             the input as a plain call's params (as a hostile caller's params
+             reach the engine that serves them), each on its own, twice over
+             (a read of several calls, or one question id used twice),
+             between a peer's plain calls, and
+             followed by a peer's call that reuses the id of an answer still
+             open (refused) or of one returned with noFinishNeeded (allowed),
+             and on a connection at its max_unfinished or max_kept_bytes
+             (refused): it raises nothing; where it refuses,
              the connection is exactly as it was; where it accepts, receive()
              on a twin connection gives the same calls (answer id, target,
              interface, method, content copied for a guest, no capabilities)
@@ -280,26 +286,75 @@ def _guest_bytes(content: P.Content):
         return f"WireError: {e}"
 
 
-def _peer_calls() -> list[bytes]:
-    """Plain calls to the fuzzed connection's exports, with question ids it has
-    no answers for (10 up), as a peer's Connection makes them."""
+def _peer_call(qid: int, i: int, content: P.Content | None = None) -> bytes:
+    """A call with question id `qid` to the fuzzed connection's export i % 4, method
+    i, as a peer's Connection makes it: plain, with a one-word struct, or `content`."""
     peer = P.Connection("peer")
     peer.imports.update({i: 1 for i in range(4)})
-    for _ in range(10):
+    for _ in range(qid):
         peer._new_question([])
-    return [peer.send_call(i % 4, 0x1234, i, P.Content.standalone(
-        [struct.pack("<QQ", 1 << 32, i)]))[1] for i in range(3)]
+    return peer.send_call(i % 4, 0x1234, i, content or P.Content.standalone(
+        [struct.pack("<QQ", 1 << 32, i)]))[1]
+
+
+def _peer_calls() -> list[bytes]:
+    """Plain calls to the fuzzed connection's exports: three with question ids
+    it has no answers for (10 up); one reusing the id of its answer 2, open and
+    not returned (a protocol error); one reusing 4, an answer `_plain_state`
+    returned with noFinishNeeded (allowed)."""
+    return [_peer_call(10 + i, i) for i in range(3)] + [_peer_call(2, 3), _peer_call(4, 4)]
 
 
 _PEER_CALLS = []
 
 
+def _plain_state(kind: str) -> P.Connection:
+    """fresh(), and: "allowance", its answer 4 returned with noFinishNeeded (a
+    Finish for it allowed, its id free again); "unfinished", at its max_unfinished;
+    "kept", past its max_kept_bytes (a new answer refused, both of them)."""
+    c = fresh()
+    if kind == "allowance":
+        c._new_answer(4)
+        c.send_return(4, P.EMPTY, no_finish=True)
+    elif kind == "unfinished":
+        c.max_unfinished = c.unfinished
+    elif kind == "kept":
+        c.max_kept_bytes = c._kept - 1
+    return c
+
+
+def _as_params(data: bytes) -> bytes | None:
+    """The input as the params of a plain call (question id 20, to export 1), as a
+    caller's Connection, or the supervisor's fast lane, forwards a hostile
+    caller's params to the engine that serves them: its segments unchanged but
+    for the root word, the Call's header after them (Connection._splice).  None
+    where it is no message or its root cannot be forwarded (the sender's own
+    engine refuses such params)."""
+    try:
+        segs = wire.unframe(data)
+        return _peer_call(20, 1, P.Content(tuple(bytes(s) for s in segs), (0, 0)))
+    except wire.WireError:
+        return None
+
+
 def check_plain(data: bytes):
     if not _PEER_CALLS:
         _PEER_CALLS.extend(_peer_calls())
-    c0, c1, c2 = _PEER_CALLS
-    for read in (data, data * 2, c0 + data, c0 + data + c1, c0 + c1 + c2, data + c2):
-        a, b = fresh(), fresh()
+    c0, c1, c2, open2, allowed4 = _PEER_CALLS
+    reads = [(c0 + c1 + c2, "")]
+    # the input, and the input as a plain call's params (the mutated messages are
+    # nearly never a plain call themselves: every Call seed passes capabilities);
+    # a later call of a read reusing an open answer's id, or one freed with
+    # noFinishNeeded: plain_calls checks only the first call's limits and opens the
+    # answers after it without _new_answer's checks (4a05a58); at the limits
+    for one in (data, _as_params(data)):
+        if one is not None:
+            reads += [(one, ""), (one * 2, ""), (c0 + one, ""), (c0 + one + c1, ""),
+                      (one + c2, ""), (c0 + one + open2, ""), (one + allowed4, "allowance"),
+                      (c0 + one + allowed4, "allowance"), (c0 + one, "unfinished"),
+                      (one + c1, "kept")]
+    for read, kind in reads:
+        a, b = _plain_state(kind), _plain_state(kind)
         try:
             calls = a.plain_calls(read, Obj)
         except Exception as e:
@@ -312,6 +367,8 @@ def check_plain(data: bytes):
             events = b.receive(read)
         except P.ProtocolError as e:
             raise Failure("plain", f"plain_calls took a read receive() refuses: {_line(e)}")
+        except Exception as e:                          # the protocol check's failure
+            raise Failure("protocol", f"{type(e).__name__} escaped receive(): {_line(e)}") from e
         got = [(ev.answer_id, ev.target, ev.interface_id, ev.method_id,
                 _guest_bytes(ev.payload.content), ev.payload.caps, ev.elsewhere)
                if isinstance(ev, P.CallReceived) else type(ev).__name__ for ev in events]

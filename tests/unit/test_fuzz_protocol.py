@@ -112,6 +112,64 @@ def test_an_echo_larger_than_its_message_is_caught(monkeypatch):
     failures = _first_failure(monkeypatch, 1200)
     assert any("the unimplemented echo (N bytes) is larger" in k for k in failures)
 
+def _later_ids_unchecked(real):
+    """Connection.plain_calls as if it checked only the first call of a read for an
+    id in use (the others opened without _new_answer's checks, 4a05a58): a later
+    call reusing an open answer's id takes that answer over."""
+    def plain_calls(self, data, kind):
+        got = wire._native.plain_calls(data, self._framer.max_words) or []
+        later = {t[0] for t in got[1:]} - {got[0][0]} if got else set()
+        hidden = {aid: self.answers.pop(aid) for aid in list(self.answers) if aid in later}
+        calls = real(self, data, kind)
+        if calls is None:
+            self.answers.update(hidden)
+        return calls
+    return plain_calls
+
+
+def _limits_unchecked(real):
+    """Connection.plain_calls as if it opened answers past max_unfinished and
+    max_kept_bytes."""
+    def plain_calls(self, data, kind):
+        limits = self.max_unfinished, self.max_kept_bytes
+        self.max_unfinished = self.max_kept_bytes = 1 << 62
+        try:
+            return real(self, data, kind)
+        finally:
+            self.max_unfinished, self.max_kept_bytes = limits
+    return plain_calls
+
+
+def _segments_a_word_long(real):
+    """Connection.plain_calls as if it gave each call's content its segment and the
+    word after it: the next message's first word, another call's bytes."""
+    def plain_calls(self, data, kind):
+        calls = real(self, data, kind)
+        if calls is None:
+            return None
+        bounds = wire._native.plain_calls(data, self._framer.max_words)
+        return [c[:4] + (P.Content((memoryview(data)[t[6]:t[7] + 8],), c[4].loc)
+                         if c[4].segments else c[4],) for c, t in zip(calls, bounds)]
+    return plain_calls
+
+
+@pytest.mark.parametrize("broken", [_later_ids_unchecked, _limits_unchecked,
+                                    _segments_a_word_long])
+def test_a_plain_reading_that_differs_from_receive_is_caught(monkeypatch, broken):
+    """The plain check finds a reading of plain calls that lets a later call of a
+    read reuse the id of an answer still open, opens answers past the limits, or
+    gives a call's guest bytes of the message after it.  It found none of them in
+    3,000 inputs (seed 7) while it read only the input itself as calls: every
+    Call seed passes capabilities, so plain_calls accepted 3 inputs of those
+    3,000; it reads the input as a plain call's params too (_as_params), as a
+    hostile caller's params reach the engine that serves them."""
+    if getattr(wire._native, "plain_calls", None) is None:
+        pytest.skip("the native reading of plain calls is not built")
+    monkeypatch.setattr(P.Connection, "plain_calls", broken(P.Connection.plain_calls))
+    failures = _first_failure(monkeypatch)
+    assert any(k.startswith("plain:") for k in failures), failures
+
+
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_inputs_are_reproducible(i):
     assert F.one(3, i) == F.one(3, i)
