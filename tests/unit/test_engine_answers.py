@@ -567,3 +567,102 @@ def test_scripted_reads_with_calls_out_and_finishes_are_served_as_the_general_pa
     plain, general = _scripted(seed, True, ahead), _scripted(seed, False, ahead)
     assert plain == general
     assert len(plain[0]) > 20
+
+
+def _hostile_reads(seed: int, sup, main) -> tuple[list[bytes], dict]:
+    """Reads of 1-6 calls to memio's method 1 (its params read and sent back as its
+    results) whose params a hostile caller made: fuzz.protocol's content seeds
+    mutated as it mutates them, now and then a word past the root overwritten with
+    a pointer out of the segment (into the header that will follow it), far, a
+    capability, or noise; sent by the caller's Connection, taken in by the
+    supervisor's (which refuses what its checks refuse: the caller is cut off) and
+    spliced into the Call to the engine as the router splices them (the fast lane's
+    splice gives the same bytes); now and then an interface or method memio does
+    not serve, or the call's Finish after it.  And for each call to method 1, what
+    its guest must get back: the copy of the params its own message carries, or
+    why that copy is refused."""
+    from fuzz import protocol as F
+    from fuzz.seeds import Seed, content_seeds
+    rng = random.Random(seed)
+    seeds = [Seed(segs, mod) for mod, segs in content_seeds()]
+    caller, taken = protocol.Connection("caller"), protocol.Connection("supervisor<-caller")
+    caller.imports[taken._export(object())] = 1
+    reads, expect = [], {}
+    while len(reads) < 30:
+        data = b""
+        for _ in range(rng.choice((1, 1, 2, 3, 6))):
+            try:
+                segs = [bytearray(s) for s in wire.unframe(F.mutate(rng, rng.choice(seeds), seeds))]
+            except wire.WireError:
+                continue
+            n = len(segs[0]) // 8
+            for _ in range(rng.choice((0, 0, 1, 2)) if n > 1 else 0):
+                at = rng.randrange(1, n)
+                struct.pack_into("<Q", segs[0], 8 * at, rng.choice((
+                    rng.getrandbits(64), 2 | rng.randrange(64) << 3, 3,
+                    # a struct reaching past the end: the header after it, or beyond
+                    (rng.randrange(n - at - 2, n - at + 24) & 0x3FFFFFFF) << 2
+                    | rng.randrange(1, 4) << 32 | rng.randrange(3) << 48,
+                    (rng.randrange(-8, 64) & 0x3FFFFFFF) << 2 | rng.randrange(4) << 32
+                    | rng.randrange(3) << 48)))
+            iface, method = rng.choice(((hostmem.IFACE, 1),) * 5 + (
+                (hostmem.IFACE, 65535), (2**64 - 1, 1), (0, 1)))
+            try:
+                _q, sent = caller.send_call(0, iface, method, protocol.Content.standalone(
+                    [bytes(s) for s in segs]))
+                [ev] = taken.receive(sent)
+            except (wire.WireError, protocol.ProtocolError):
+                caller, taken = protocol.Connection("caller"), protocol.Connection("s<-c")
+                caller.imports[taken._export(object())] = 1
+                continue                        # refused: that caller is cut off
+            caller.receive(taken.send_return(ev.answer_id, no_finish=True))   # ids reused
+            q, msg = sup.send_call(main, iface, method, ev.payload.content)
+            if (iface, method) == (hostmem.IFACE, 1):
+                # the copy of the params its message carries, that message taken alone
+                # (params that reach their first word see the new root there, as
+                # Connection._splice says: a guest may read its own Call's header)
+                alone = protocol.Connection("alone")
+                for _ in range(main + 1):
+                    alone._export(object())
+                try:
+                    [received] = alone.receive(msg)
+                    expect[q] = received.payload.content.single_segment_copy(hostmem.LIMIT // 8)
+                except wire.WireError as e:
+                    expect[q] = str(e)
+            data += msg + (sup.send_finish(q) if not rng.randrange(8) else b"")
+        if data:                                # an empty read is the end of the stream
+            reads.append(data)
+    return reads, expect
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_calls_whose_params_a_hostile_caller_made_are_each_answered_with_their_own(
+        monkeypatch, seed):
+    """A caller's params reach the engine that serves them as it made them, but
+    for their root word (the supervisor forwards a plain call natively after
+    checking only what its route needs): Engine._serve_plain (Connection.plain_calls'
+    reading, framed and decoded in C) against the general path, on reads of such
+    calls, mutated, with pointers out of their segment or into the next message.
+    Both write the same bytes, serve to the end, and each call's guest gets its
+    own params back (memio's method 1 echoes them), or its call fails with the
+    reason its copy was refused: never another call's bytes."""
+    monkeypatch.setattr(E, "LOOK_AHEAD_NS", 10**18)
+    out = {}
+    for plain in (True, False):
+        engine, sock, sup, main = hostmem.started(hostmem.MEMIO, message_size=hostmem.LIMIT)
+        engine._plain_serving = plain
+        engine.memory.write(engine.store, struct.pack("<4i", 0, 4096, 0, 0), hostmem.ARGS)
+        reads, expect = _hostile_reads(seed, sup, main)
+        sock.batches.extend(reads)
+        engine.serve()                  # until the reads run out: never a protocol error
+        out[plain] = sock.writes
+    assert out[True] == out[False]
+    echoed = 0
+    for ev in sup.receive(b"".join(out[True])):
+        if ev.question_id in expect and ev.error is None:
+            assert ev.payload.content.single_segment_copy() == expect[ev.question_id]
+            echoed += 1
+        elif ev.question_id in expect and ev.error != "call canceled":
+            assert ev.error.startswith("memio: message rejected: ") or "dispatch returned" \
+                in ev.error, ev.error
+    assert echoed >= 10
