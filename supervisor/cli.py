@@ -314,8 +314,8 @@ def _early_lock(system_path: str):
 
 def _default_log_dir_said(system, problem):
     """A problem with the log directory, with what to do when it is the default one."""
-    from . import output
-    return f"{problem}{output.default_log_dir_hint()}" if problem and not system.logs \
+    from . import endpoint
+    return f"{problem}{endpoint.default_log_dir_hint()}" if problem and not system.logs \
         else problem
 
 
@@ -324,7 +324,7 @@ def _refused_by_up(system):
     the runtime directory (its lock's, its admin socket's), the socket's directory,
     the log directory, the audit's directory and file), as a
     PolicyError, or None: check said 0 for each of them, and up then exited 2."""
-    from . import endpoint, output, policy
+    from . import endpoint, policy
     where = None
     for key, problem in (
             ("", endpoint.private_dir_problem(endpoint.runtime_dir())),   # its lock's
@@ -333,7 +333,7 @@ def _refused_by_up(system):
                  system.path)) if system.external else None),
             ("system.logs" if system.logs else "", _default_log_dir_said(
                 system, endpoint.own_dir_problem(
-                    system.logs or output.default_log_dir(endpoint.system_id(system.path)),
+                    system.logs or endpoint.default_log_dir(endpoint.system_id(system.path)),
                     "log directory ", parents=True))),
             ("system.audit", policy.audit_file_problem(system.audit)
              if system.audit is not None else None)):

@@ -64,6 +64,23 @@ def xdg_base(name: str) -> str | None:
     return base if base and os.path.isabs(base) else None
 
 
+def default_log_dir_hint() -> str:
+    """What an operator whose default log directory cannot be made can do, said after
+    why: the directory named alone (a service user's HOME=/nonexistent: "cannot make
+    log directory /nonexistent/.local/state/wsuper/NAME-HASH: Permission denied")
+    said neither where it came from nor what moves it."""
+    where = "$XDG_STATE_HOME/wsuper" if xdg_base("XDG_STATE_HOME") else \
+        "~/.local/state/wsuper (XDG_STATE_HOME is not set)"
+    return (f"; it is the default log directory, in {where}: set logs under [system] in the "
+            f"system file, or XDG_STATE_HOME, to a directory of yours")
+
+
+def default_log_dir(system_id: str) -> str:
+    base = xdg_base("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                      "state")
+    return os.path.join(base, "wsuper", system_id)
+
+
 def runtime_dir() -> str:
     base = xdg_base("XDG_RUNTIME_DIR")
     return os.path.join(base, "wsuper") if base else f"/tmp/wsuper-{os.getuid()}"
@@ -160,7 +177,6 @@ def own_paths(system) -> list[tuple[str, str, bool, str, str]]:
     is a directory, how to move it, the path as given).  No grant may reach them (policy.load refuses it): through a
     grant a compartment could read the audit of every call, forge records, or
     put a link where the supervisor writes."""
-    from .output import default_log_dir
     sid = system_id(system.path)
     out = [("runtime directory (sockets, lock)", runtime_dir(), True,
             "XDG_RUNTIME_DIR moves it"),

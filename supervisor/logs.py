@@ -29,7 +29,7 @@ class NoLogs(Exception):
 
 
 def log_dir(system) -> str:
-    return system.logs or output.default_log_dir(endpoint.system_id(system.path))
+    return system.logs or endpoint.default_log_dir(endpoint.system_id(system.path))
 
 
 def _read_log(folder: str, name: str, at: int) -> list[str]:

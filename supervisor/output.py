@@ -1016,22 +1016,3 @@ def rotate(folder: int, file: str, keep: int = LOG_FILE_KEEP, keep_current: bool
     if exists(f"{file}.1"):        # keep = 1: the one rotated file goes
         os.unlink(f"{file}.1", dir_fd=folder)
     os.link(file, f"{file}.1", src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-
-
-def default_log_dir_hint() -> str:
-    """What an operator whose default log directory cannot be made can do, said after
-    why: the directory named alone (a service user's HOME=/nonexistent: "cannot make
-    log directory /nonexistent/.local/state/wsuper/NAME-HASH: Permission denied")
-    said neither where it came from nor what moves it."""
-    from .endpoint import xdg_base
-    where = "$XDG_STATE_HOME/wsuper" if xdg_base("XDG_STATE_HOME") else \
-        "~/.local/state/wsuper (XDG_STATE_HOME is not set)"
-    return (f"; it is the default log directory, in {where}: set logs under [system] in the "
-            f"system file, or XDG_STATE_HOME, to a directory of yours")
-
-
-def default_log_dir(system_id: str) -> str:
-    from .endpoint import xdg_base
-    base = xdg_base("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                             ".local", "state")
-    return os.path.join(base, "wsuper", system_id)

@@ -805,7 +805,7 @@ class Supervisor:
         # on the way moved since (cur -> v1, now -> v2) made it refuse every request
         # meant for it as meant for another, and nothing could stop it
         self.identity = endpoint.identity(self.system.path)
-        self.log_dir = self.system.logs or output.default_log_dir(
+        self.log_dir = self.system.logs or endpoint.default_log_dir(
             endpoint.system_id(self.identity))
         self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
                                     self.log_dir, lambda: self._act(self.lifecycle.stop(0)),
@@ -1002,7 +1002,7 @@ class Supervisor:
             except endpoint.EndpointError as e:
                 if self.system.logs:
                     raise
-                raise endpoint.EndpointError(f"{e}{output.default_log_dir_hint()}") from None
+                raise endpoint.EndpointError(f"{e}{endpoint.default_log_dir_hint()}") from None
             self._log_files_free()
             if self.audit is not None:
                 key = "system.audit"

@@ -110,17 +110,17 @@ def test_a_relative_xdg_directory_is_ignored_not_taken_from_the_working_director
     up in one directory was "no running system" to `wsuper status`, `stop`, `call`
     and `revoke` run in another, and `wsuper logs` found no logs of it.  The XDG
     Base Directory specification says a relative path is to be ignored."""
-    from supervisor import endpoint, output
+    from supervisor import endpoint
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_RUNTIME_DIR", value)
     monkeypatch.setenv("XDG_STATE_HOME", value)
     assert endpoint.runtime_dir() == f"/tmp/wsuper-{os.getuid()}"
-    assert output.default_log_dir("s-1") == os.path.join(str(tmp_path), ".local", "state",
+    assert endpoint.default_log_dir("s-1") == os.path.join(str(tmp_path), ".local", "state",
                                                           "wsuper", "s-1")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     assert endpoint.runtime_dir() == str(tmp_path / "run" / "wsuper")
-    assert output.default_log_dir("s-1") == str(tmp_path / "st" / "wsuper" / "s-1")
+    assert endpoint.default_log_dir("s-1") == str(tmp_path / "st" / "wsuper" / "s-1")
 
 
 @pytest.mark.parametrize("command", [["call", "s.toml", "calc.add", "--timeout"],
@@ -517,3 +517,21 @@ def test_the_running_systems_revocable_grants_are_known_beside_its_lock_and_only
         lock.release()
     assert not os.path.exists(endpoint.grants_path(system))
     assert endpoint.running_grants(system) is None
+
+
+def test_check_loads_no_event_loop():
+    """`wsuper check` starts nothing, and so imports no trio: it did, for the default
+    log directory's name (output.py), ~0.1 s of each check (docs/performance.md,
+    "The operator's commands")."""
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLES, ROOT
+    code = ("import sys\nfrom supervisor import cli\nsys.argv = ['wsuper', 'check', sys.argv[1]]\n"
+            "try:\n    cli.main()\nfinally:\n"
+            "    print('loaded:', sorted(m for m in ('trio', 'supervisor.output', "
+            "'supervisor.runtime') if m in sys.modules), file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, os.path.join(EXAMPLES, "hello.toml")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "holds nothing" in r.stdout, r.stdout + r.stderr          # it checked the system
+    assert "loaded: []" in r.stderr, r.stderr
