@@ -1,11 +1,14 @@
 """A few thousand inputs of the wire/protocol fuzz harness (fuzz/protocol.py),
 and proof that each of its checks fails when the property it checks breaks."""
+import os
+
 import pytest
 
 from capnp_schemas import protocol as P, rpcwire, wire
 from fuzz import protocol as F
 
-COUNT = 10_000
+#: Inputs of the run below (fewer in its ASan/UBSan rerun, ~3x slower an input)
+COUNT = int(os.environ.get("WSUPER_TEST_FUZZ_COUNT", 10_000))
 
 
 def test_a_few_thousand_mutated_messages_break_nothing():
@@ -175,13 +178,19 @@ def test_inputs_are_reproducible(i):
     assert F.one(3, i) == F.one(3, i)
 
 
-def test_the_native_reading_of_plain_calls_under_asan_and_ubsan(tmp_path):
-    """The run above (Connection.plain_calls on every input, on it twice over and
-    between a peer's plain calls) again, with _fastwire.c built with
-    AddressSanitizer and UBSan: its plain_calls, which frames and decodes a whole
-    read, never reads outside it, whatever the segment tables say."""
+def test_fastwire_under_asan_and_ubsan(tmp_path):
+    """_fastwire.c built with AddressSanitizer and UBSan (any error ends the process),
+    once for both of its native readers: the run above, on its first 3,000 inputs
+    (Connection.plain_calls on every input, on it twice over and between a peer's
+    plain calls: plain_calls, which frames and decodes a whole read, never reads
+    outside it, whatever the segment tables say), and test_payloads_flat's tests of
+    the flat reader (built, mutated and hand-made messages: it never reads outside
+    a segment, whatever the pointers say)."""
     from tests import sanitized
-    if getattr(wire._native, "plain_calls", None) is None:
-        pytest.skip("the native reading of plain calls is not built")
-    sanitized.rerun(tmp_path, "capnp_schemas/_fastwire.c", "tests/unit/test_fuzz_protocol.py",
-                    select="a_few_thousand", timeout=600)
+    if getattr(wire._native, "plain_calls", None) is None \
+            or getattr(wire._native, "read_flat", None) is None:
+        pytest.skip("the native readers are not built")
+    sanitized.rerun(tmp_path, "capnp_schemas/_fastwire.c",
+                    ("tests/unit/test_fuzz_protocol.py", "tests/unit/test_payloads_flat.py"),
+                    select="a_few_thousand or (native and not asan)", timeout=600,
+                    env={"WSUPER_TEST_FUZZ_COUNT": "3000"})

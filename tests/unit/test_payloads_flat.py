@@ -11,7 +11,6 @@ import pytest
 from capnp_schemas import hosted, payloads, wire
 from capnp_schemas.protocol import Content
 from fuzz.protocol import resolved
-from tests import sanitized
 
 FLAT = [(f"{iface.name}.{m.name} {side}", sm)
         for iface in hosted.BY_KIND.values() for m in iface.methods
@@ -418,11 +417,6 @@ def test_text_without_its_nul_is_refused_in_words_not_as_a_cut_cxx_condition(las
     assert "not NUL-terminated" in str(e.value) and "cptr" not in str(e.value)
 
 
-def test_the_native_reader_under_asan_and_ubsan(tmp_path):
-    """The native reader's tests above (built, mutated and hand-made messages) again,
-    with _fastwire.c built with AddressSanitizer and UBSan: it never reads outside
-    a segment, whatever the pointers say."""
-    if getattr(wire._native, "read_flat", None) is None:
-        pytest.skip("the native reader is not built")
-    sanitized.rerun(tmp_path, "capnp_schemas/_fastwire.c", "tests/unit/test_payloads_flat.py",
-                    select="native and not asan")
+# The native reader's tests above run again with _fastwire.c built with
+# AddressSanitizer and UBSan in test_fuzz_protocol.py (test_fastwire_under_asan_and_ubsan:
+# one build for both of its readers).
