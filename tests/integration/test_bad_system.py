@@ -452,6 +452,57 @@ def test_the_zygote_parses_a_schema_in_a_child_and_lives_on(tmp_path):
             ('{"schema": "x", "imports": [], %s}' % bad).encode(), [])
 
 
+def test_a_schema_is_parsed_alike_in_a_fork_and_in_a_new_interpreter(tmp_path):
+    """Without a zygote (`wsuper check`, `call`, `bindgen`), a schema is parsed in a
+    fork of the command while it runs one thread, else in a new interpreter (its
+    start and imports were ~0.12 s of each check).  Both answer alike: a good file,
+    each bad one, the parser's abort (a copy of a file loaded before it), with the
+    error each names; and a second thread sends it to the new interpreter.  (In a
+    process of its own: this one runs more than one thread.)"""
+    import json
+    import subprocess
+    import sys
+    for name, (text, _expected) in SCHEMAS.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "copy.capnp").write_text(open(SCHEMA).read())
+    cases = [[str(tmp_path / name), [str(tmp_path)], []] for name in sorted(SCHEMAS)]
+    cases.append([SCHEMA, [os.path.dirname(SCHEMA)], []])
+    cases.append([str(tmp_path / "copy.capnp"), [str(tmp_path)],
+                  [[SCHEMA, [os.path.dirname(SCHEMA)]]]])
+    code = """if True:
+        import json, sys, threading, capnp_schemas as c
+        out = {"one thread": c._one_thread()}
+        for i, (path, dirs, before) in enumerate(json.loads(sys.argv[1])):
+            dirs = dirs + list(c.IMPORT_PATH)
+            for how, parse in (("fork", c._parse_in_fork), ("new", c._parse_in_interpreter)):
+                code, text = parse([path, dirs, before])
+                try:
+                    c._check_parsed(path, code, text)
+                    said = None
+                except c.SchemaError as e:
+                    said = str(e)
+                out[f"{i} {how}"] = [code, said]
+        threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()
+        out["two threads"] = c._one_thread()
+        print(json.dumps(out))
+    """
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["one thread"] is True and out["two threads"] is False
+    def same(answer):                  # the id the parser suggests is a random one
+        return [answer[0], answer[1] and re.sub("@0x[0-9a-f]{16};$", "@0x...;", answer[1])]
+    for i, (path, _dirs, _before) in enumerate(cases):
+        fork, new = out[f"{i} fork"], out[f"{i} new"]
+        assert same(fork) == same(new), (path, fork, new)
+    expected = [f"{tmp_path / name}{SCHEMAS[name][1]}" for name in sorted(SCHEMAS)]
+    assert [out[f"{i} fork"][1][:len(e)] for i, e in enumerate(expected)] == expected
+    assert out[f"{len(SCHEMAS)} fork"] == [0, None]                       # the good one
+    code, said = out[f"{len(SCHEMAS) + 1} fork"]                           # the abort
+    assert code < 0 and "Duplicate ID" in said, (code, said)
+
+
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
     """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
     is parsed by a new interpreter instead, and that zygote is discarded."""
