@@ -8,7 +8,7 @@ from capnp_schemas import protocol as P, rpcwire, wire
 from fuzz import protocol as F
 
 #: Inputs of the run below (fewer in its ASan/UBSan rerun, ~3x slower an input)
-COUNT = int(os.environ.get("WSUPER_TEST_FUZZ_COUNT", 10_000))
+COUNT = int(os.environ.get("WSUPER_TEST_FUZZ_COUNT", 5_000))
 
 
 def test_a_few_thousand_mutated_messages_break_nothing():
