@@ -49,6 +49,36 @@ def pytest_configure(config):
         config._wsuper_basetemp = config.option.basetemp
 
 
+#: Files that take long for their number of tests (a run of the benchmark suite, of
+#: RPC stress, fuzz runs, a file's tests again under ASan): handed out first.
+#: pytest-xdist hands whole files (--dist loadfile) to the workers as they come free,
+#: by default the files with the most tests first, which put these last: the suite
+#: ended with one worker running the RPC stress test (30 s) or the benchmarks (33 s)
+#: alone.  The rest follow as xdist would order them (--no-loadscope-reorder, in
+#: pyproject.toml, keeps this order).
+LONG_FOR_THEIR_TESTS = (
+    "tests/integration/test_benchmarks.py",
+    "tests/integration/test_rpc_stress.py",
+    "tests/unit/test_fuzz_protocol.py",
+    "tests/unit/test_fuzz_policy.py",
+    "tests/unit/test_fuzz_router_scenarios.py",
+    "tests/integration/test_examples.py",
+    "tests/integration/test_tutorial.py",
+    "tests/integration/test_hostile_params.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The order the files are handed out in (LONG_FOR_THEIR_TESTS above), each
+    file's tests in their own order; the same on every worker."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    first = {f: i for i, f in enumerate(LONG_FOR_THEIR_TESTS)}
+    order = sorted(files, key=lambda f: (first.get(f, len(first)), -len(files[f])))
+    items[:] = [item for f in order for item in files[f]]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The short directory above goes when every test passed (pytest keeps its own
     last three runs' to look at; a failed run's stays, and its path is printed)."""
