@@ -977,16 +977,15 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    os.close(w)
-    said, kept = [], 0
-    deadline = time.monotonic() + PARSE_SECONDS
+    said, kept, ended = [], 0, False
     try:
+        os.close(w)
+        deadline = time.monotonic() + PARSE_SECONDS
         poller = select.poll()
         poller.register(r, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(left * 1000):
-                os.kill(pid, signal.SIGKILL)
                 raise TimeoutError(f"it took more than {PARSE_SECONDS} s")
             chunk = os.read(r, 1 << 16)
             if not chunk:
@@ -994,8 +993,14 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
             if kept < PARSE_SAID:
                 said.append(chunk[:PARSE_SAID - kept])
                 kept += len(said[-1])
+        ended = True
     finally:
         os.close(r)
+        if not ended:
+            # whatever ended the wait (its time up, Ctrl-C, `up`'s StoppedAtStart)
+            # ends the child, as subprocess.run ends its: waited for as it was, the
+            # command did not stop until the parse did (for ever, for one that hangs)
+            os.kill(pid, signal.SIGKILL)
         _pid, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(said).decode("utf-8", "replace")
 

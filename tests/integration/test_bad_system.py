@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -501,6 +502,59 @@ def test_a_schema_is_parsed_alike_in_a_fork_and_in_a_new_interpreter(tmp_path):
     assert out[f"{len(SCHEMAS)} fork"] == [0, None]                       # the good one
     code, said = out[f"{len(SCHEMAS) + 1} fork"]                           # the abort
     assert code < 0 and "Duplicate ID" in said, (code, said)
+
+
+#: A schema whose parse does not end: it embeds a FIFO no one writes (closure() refuses
+#: one; _parse_in_fork, called directly, is given it), whose open waits for a writer.
+NEVER_ENDS = '@0xbf5147cbbecf40c4;\nconst x :Data = embed "never.bin";\n'
+
+
+def _parsing_child(pid: int) -> int:
+    """The child of `pid` once it waits, in its parse, for a writer of the FIFO."""
+    for _ in range(6000):
+        try:
+            kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+            if kids and open(f"/proc/{kids[0]}/wchan").read() == "wait_for_partner":
+                return int(kids[0])
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} has no child waiting for a FIFO's writer after 60 s")
+
+
+def _release(fifo) -> None:
+    """A writer of `fifo` that goes at once: a child still waiting to read it reads nothing."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass                            # no reader left: nothing waits
+
+
+@pytest.mark.parametrize("how", ["fork", "interpreter"])
+def test_a_command_stopped_while_a_child_parses_its_schema_does_not_wait_for_it(tmp_path, how):
+    """A command stopped (Ctrl-C, `up`'s StoppedAtStart) while a child parses its schema
+    ends it and goes: a fork was waited for until its parse ended (for ever here),
+    where subprocess.run kills the new interpreter."""
+    import signal
+    os.mkfifo(tmp_path / "never.bin")
+    (tmp_path / "s.capnp").write_text(NEVER_ENDS)
+    code = f"""if True:
+        import sys, capnp_schemas as c
+        c.PARSE_SECONDS = 3600
+        c._parse_in_{how}([sys.argv[1], list(c.IMPORT_PATH), []])
+    """
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s.capnp")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child = _parsing_child(p.pid)
+        os.kill(p.pid, signal.SIGINT)             # the command alone, not its child
+        _out, err = p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, err[-2000:]
+        assert not os.path.exists(f"/proc/{child}")       # ended, and waited for
+    finally:
+        p.kill()
+        _release(tmp_path / "never.bin")
+        p.communicate()
 
 
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
