@@ -937,9 +937,13 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
         except (AttributeError, OSError, ValueError):
             pass
     r, w = os.pipe2(os.O_CLOEXEC)
+    # no signal is taken from the fork until the child's dispositions are its own:
+    # this process's Python handlers run there ran this process's code in the child
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = os.fork()
     except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(r)
         os.close(w)
         return None
@@ -949,6 +953,19 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
             import faulthandler
             import resource
             import traceback
+            signal.set_wakeup_fd(-1)              # not this process's wake-ups
+            faulthandler.disable()
+            # each signal as a new interpreter has it (exec): a handler of this
+            # process's (`up`'s StoppedAtStart for SIGTERM and SIGHUP, its wake-up
+            # pipe's) is the default again, one ignored (`nohup`, SIGINT of a
+            # script's background job) stays ignored
+            for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    try:
+                        signal.signal(sig, signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(r)
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
@@ -956,9 +973,6 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
             os.dup2(w, 2)
             os.closerange(3, 1 << 30)       # it holds nothing of this process's, as a
             #                                 new interpreter would not (close_range(2))
-            signal.set_wakeup_fd(-1)              # not this process's wake-ups
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            faulthandler.disable()
             _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
             resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
             os.chdir("/")
@@ -979,6 +993,7 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
                 os._exit(code)
     said, kept, ended = [], 0, False
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(w)
         deadline = time.monotonic() + PARSE_SECONDS
         poller = select.poll()

@@ -557,6 +557,41 @@ def test_a_command_stopped_while_a_child_parses_its_schema_does_not_wait_for_it(
         p.communicate()
 
 
+@pytest.mark.parametrize("how", ["fork", "interpreter"])
+def test_a_child_that_parses_a_schema_takes_signals_as_a_new_interpreter(tmp_path, how):
+    """The child that parses a schema takes each signal as a new interpreter would:
+    one the command ignores stays ignored (SIGINT of `wsuper up &` in a script: the
+    fork took Ctrl-C of the script's foreground, and up refused its system with "the
+    schema parser crashed (SIGINT)"), and one it handles in Python (up's
+    StoppedAtStart for SIGTERM and SIGHUP) is the default's (the fork ran up's
+    handler, only once the parse was over: a SIGTERM to every process of the
+    service did not end it)."""
+    import signal
+    os.mkfifo(tmp_path / "never.bin")
+    (tmp_path / "s.capnp").write_text(NEVER_ENDS)
+    code = f"""if True:
+        import signal, sys, capnp_schemas as c
+        from supervisor import startsignals
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a script's background job
+        startsignals.stop_at_start()                    # as `wsuper up` does
+        c.PARSE_SECONDS = 3600
+        print(c._parse_in_{how}([sys.argv[1], list(c.IMPORT_PATH), []])[0])
+    """
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s.capnp")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child = _parsing_child(p.pid)
+        os.kill(child, signal.SIGINT)
+        os.kill(child, signal.SIGTERM)        # taken after SIGINT (ascending numbers)
+        _release(tmp_path / "never.bin")      # before: the handler ran once it read it
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out.strip()) == (0, str(-signal.SIGTERM)), (out, err[-2000:])
+    finally:
+        p.kill()
+        _release(tmp_path / "never.bin")
+        p.communicate()
+
+
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
     """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
     is parsed by a new interpreter instead, and that zygote is discarded."""
