@@ -33,6 +33,7 @@ def _interrupted(e: KeyboardInterrupt) -> int:
 
 def _command(argv=None) -> int:
     _standard_descriptors()
+    _children_waited()
     # every command prints a guest's text (escaped, but printable characters of any
     # script stay as they are): a terminal or pipe that is not UTF-8 gets escapes
     # (\xe9), as `up`'s output does (output.Output); `wsuper logs` ended in a
@@ -117,6 +118,20 @@ def _standard_descriptors():
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, buffering=1 if fd == 2 else -1,
                                     closefd=False, errors="backslashreplace"))
+
+
+def _children_waited():
+    """SIGCHLD ignored at launch (SIG_IGN survives exec: a parent that ignores it, as
+    some services and job runners do, hands that on) gets its default, first thing.
+    Ignored, the kernel reaps each child as it ends and no exit status is left to
+    read: every wait for one failed with ECHILD ("No child processes"), the
+    compiler's (`wsuper check`: "cannot wait for its compiler"), the zygote's own
+    (`up`: "wsuper zygote: cannot go on") and a schema's parser's ("cannot check the
+    schema"); and subprocess.run reads ECHILD as exit 0: a parser that aborted on a
+    schema passed its check."""
+    import signal
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 #: seconds `wsuper stop` waits for the system to be gone (its own stop takes at most

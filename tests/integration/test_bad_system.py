@@ -592,6 +592,26 @@ def test_a_child_that_parses_a_schema_takes_signals_as_a_new_interpreter(tmp_pat
         p.communicate()
 
 
+def test_a_command_started_with_sigchld_ignored_waits_for_its_children(tmp_path):
+    """A wsuper command whose parent ignores SIGCHLD (inherited through exec) reads its
+    children's exit status all the same: `check` failed with "cannot check the
+    schema: No child processes" for a good system (with "cannot wait for its
+    compiler" before 5539823), and a schema that aborts the parser is an error."""
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'supervisor.cli', *sys.argv[1:]])")
+    def ignoring(*args):
+        return subprocess.run([sys.executable, "-c", launcher, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    r = ignoring("check", os.path.join(EXAMPLES, "hello.toml"))
+    assert r.returncode == 0 and "No child processes" not in r.stderr, r.stderr[-2000:]
+    text, expected = SCHEMAS["syntax.capnp"]
+    (tmp_path / "syntax.capnp").write_text(text)
+    r = ignoring("bindgen", str(tmp_path / "syntax.capnp"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"wsuper: error: {tmp_path / 'syntax.capnp'}{expected}"), line
+
+
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
     """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
     is parsed by a new interpreter instead, and that zygote is discarded."""
