@@ -612,6 +612,50 @@ def test_a_command_started_with_sigchld_ignored_waits_for_its_children(tmp_path)
     assert line.startswith(f"wsuper: error: {tmp_path / 'syntax.capnp'}{expected}"), line
 
 
+def test_a_schemas_fork_holds_no_descriptor_of_the_command_while_it_parses(tmp_path):
+    """The fork that parses a schema holds none of the command's descriptors while it
+    parses, as a new interpreter would not: not a lock the command holds (up's),
+    not one numbered near the limit, not an inheritable one: its stdin and stdout
+    are /dev/null, its stderr the command's pipe of its answer, and the rest are
+    what the parser opened.  (Passes on 5539823: a guard for closerange.)"""
+    import resource
+    os.mkfifo(tmp_path / "never.bin")
+    (tmp_path / "s.capnp").write_text(NEVER_ENDS)
+    code = """if True:
+        import fcntl, os, resource, sys, capnp_schemas as c
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        high = min(hard, 1 << 20) - 1
+        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 1, hard))
+        r, w = os.pipe()
+        os.dup2(w, high, inheritable=True)
+        lock = open(sys.argv[2], "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)                 # as up's lock
+        print(os.fstat(high).st_ino, high, flush=True)
+        c.PARSE_SECONDS = 3600
+        print(c._parse_in_fork([sys.argv[1], list(c.IMPORT_PATH), []])[0])
+    """
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s.capnp"),
+                          str(tmp_path / "lock")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pipe, high = p.stdout.readline().split()
+        child = _parsing_child(p.pid)
+        held = {int(fd): os.readlink(f"/proc/{child}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{child}/fd")}
+        assert held[0] == held[1] == os.devnull and held[2].startswith("pipe:"), held
+        assert int(high) not in held and f"pipe:[{pipe}]" not in held.values(), held
+        assert str(tmp_path / "lock") not in held.values(), held
+        opened = {v for fd, v in held.items() if fd > 2}
+        assert all(v.startswith("/") for v in opened), held     # files and directories
+        _release(tmp_path / "never.bin")
+        out, err = p.communicate(timeout=60)
+        assert out.strip() == "0", err[-2000:]
+    finally:
+        p.kill()
+        _release(tmp_path / "never.bin")
+        p.communicate()
+
+
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
     """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
     is parsed by a new interpreter instead, and that zygote is discarded."""
