@@ -973,6 +973,14 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
             os.dup2(w, 2)
             os.closerange(3, 1 << 30)       # it holds nothing of this process's, as a
             #                                 new interpreter would not (close_range(2))
+            # what it says (a Python exception's traceback) goes to its descriptor 2,
+            # as a new interpreter's does, not through this process's sys.stderr: a
+            # StringIO of a program that loads schemas (pytest's capture), a stream
+            # on a descriptor closed above, text of this process's not flushed yet.
+            # Those streams are kept, never finalized here (their flush, their close)
+            streams = (sys.stdout, sys.stderr)   # noqa: F841
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)
             _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
             resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
             os.chdir("/")

@@ -656,6 +656,36 @@ def test_a_schemas_fork_holds_no_descriptor_of_the_command_while_it_parses(tmp_p
         p.communicate()
 
 
+def test_a_schemas_fork_says_its_error_on_its_own_stderr(tmp_path):
+    """What the fork that parses a schema says of an exception (a file the parser
+    refuses to load, as pycapnp refuses a name not ending in .capnp) is its answer,
+    whatever this process's sys.stderr is (a program that loads schemas and
+    captures its stderr, as pytest does): it went through that object, a StringIO
+    here, and the answer said only "the schema parser failed (exit 1)".  Nor is
+    what this process wrote there part of the answer."""
+    import json
+
+    import capnp_schemas
+    code = """if True:
+        import io, json, sys, capnp_schemas as c
+        sys.stderr = io.StringIO()
+        sys.stderr.write("the command's own text, not flushed")
+        args = [sys.argv[1], list(c.IMPORT_PATH), []]
+        print(json.dumps([c._parse_in_fork(args), c._parse_in_interpreter(args)]))
+    """
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.capnp")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fork, new = json.loads(r.stdout)
+    assert fork[0] == new[0] == 1, (fork, new)
+    assert f"File not found: {tmp_path / 'missing.capnp'}" in fork[1], fork
+    assert "not flushed" not in fork[1], fork
+    for answer in (fork, new):
+        with pytest.raises(capnp_schemas.SchemaError) as e:
+            capnp_schemas._check_parsed(str(tmp_path / "missing.capnp"), *answer)
+        assert str(e.value).endswith(f"OSError: File not found: {tmp_path / 'missing.capnp'}")
+
+
 def test_a_schema_is_still_checked_when_the_zygote_cannot_answer(tmp_path, monkeypatch):
     """A zygote that is gone before `wsuper up` asked it to parse a schema: the file
     is parsed by a new interpreter instead, and that zygote is discarded."""
