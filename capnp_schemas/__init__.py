@@ -951,8 +951,13 @@ def _parse_in_fork(args: list) -> tuple[int, str] | None:
         code = 1
         try:
             import faulthandler
+            import gc
             import resource
             import traceback
+            # no collection of this process's garbage here: a finalizer of an object
+            # of its (a file's, a socket's) would close a descriptor number the
+            # parser has opened since, after the closerange below
+            gc.disable()
             signal.set_wakeup_fd(-1)              # not this process's wake-ups
             faulthandler.disable()
             # each signal as a new interpreter has it (exec): a handler of this
