@@ -34,6 +34,7 @@ def _interrupted(e: KeyboardInterrupt) -> int:
 def _command(argv=None) -> int:
     _standard_descriptors()
     _children_waited()
+    _signals_unblocked()
     # every command prints a guest's text (escaped, but printable characters of any
     # script stay as they are): a terminal or pipe that is not UTF-8 gets escapes
     # (\xe9), as `up`'s output does (output.Output); `wsuper logs` ended in a
@@ -132,6 +133,18 @@ def _children_waited():
     import signal
     if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _signals_unblocked():
+    """Signals blocked at launch get through, first thing: the signal mask survives
+    exec (a launcher that blocked them while it forked, and exec'd without
+    unblocking them, hands the mask on).  `up` so launched stopped neither on
+    SIGTERM nor on Ctrl-C (a service manager's stop ended in its SIGKILL, the
+    audit's and the log files' last writes lost), and its zygote and every engine
+    inherited the mask.  Done before any thread starts: every thread takes the
+    mask of the one that starts it."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 #: seconds `wsuper stop` waits for the system to be gone (its own stop takes at most

@@ -189,6 +189,33 @@ def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
     assert not any("stopped" in l or "failed" in l for l in run.lines), run.lines
 
 
+def test_a_system_launched_with_signals_blocked_stops_on_sigterm(tmp_path):
+    """The signal mask survives exec: `up` launched by a parent that had blocked
+    SIGTERM, SIGINT and SIGHUP (and exec'd without unblocking them) stopped on
+    none of them (a service manager's stop ended in its SIGKILL, the last records
+    lost), and its zygote and engines inherited the mask.  Every command unblocks
+    them first thing."""
+    from tests.conftest import Running
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    run = Running(["up", str(tmp_path / "system.toml")],
+                  preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, blocked))
+    try:
+        line = run.wait_for("ready calc")
+        engine = int(line.split("pid=")[1].split()[0])
+        with open(f"/proc/{engine}/status") as f:
+            mask = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+        assert not mask & (1 << (signal.SIGTERM - 1)), f"the engine blocks SIGTERM: {mask:x}"
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish(timeout=30) == 143        # SIGTERM: 128 + 15
+        assert any("SIGTERM, stopping" in l for l in run.lines), run.lines
+    finally:
+        run.stop()
+
+
 def test_binary_wasm_modules_run_like_wat(tmp_path):
     import wasmtime
     for name in ("calc", "hello"):
