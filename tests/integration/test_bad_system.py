@@ -618,7 +618,6 @@ def test_a_schemas_fork_holds_no_descriptor_of_the_command_while_it_parses(tmp_p
     not one numbered near the limit, not an inheritable one: its stdin and stdout
     are /dev/null, its stderr the command's pipe of its answer, and the rest are
     what the parser opened.  (Passes on 5539823: a guard for closerange.)"""
-    import resource
     os.mkfifo(tmp_path / "never.bin")
     (tmp_path / "s.capnp").write_text(NEVER_ENDS)
     code = """if True:
