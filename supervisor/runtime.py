@@ -1512,8 +1512,14 @@ class Supervisor:
         stop, or SIGINT and SIGTERM together) met the handlers trio restored, and
         SIGTERM's killed the supervisor at once (no `run stopped`, its sockets
         left), SIGINT's ended it in a traceback with exit code 1.  The stop is
-        bounded (GRACE_SECONDS, the last writes' deadlines): it goes on."""
-        with trio.open_signal_receiver(*startsignals.stopping()) as signals:
+        bounded (GRACE_SECONDS, the last writes' deadlines): it goes on.  With all
+        three ignored when it began (`trap '' INT TERM HUP`), there is none to
+        receive (`wsuper stop` stops the system): trio's receiver of no signal
+        raised TypeError, and `up` ended in a traceback as it began."""
+        wanted = startsignals.stopping()
+        if not wanted:
+            return
+        with trio.open_signal_receiver(*wanted) as signals:
             # those that came before it was installed (`up` holds them from trio.run
             # on: startsignals): a SIGTERM then killed the supervisor without a word
             for sig in startsignals.take():

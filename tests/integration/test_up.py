@@ -216,6 +216,35 @@ def test_a_system_launched_with_signals_blocked_stops_on_sigterm(tmp_path):
         run.stop()
 
 
+def test_a_system_launched_with_every_stopping_signal_ignored_runs_and_stops(tmp_path):
+    """SIGINT, SIGTERM and SIGHUP ignored when `up` began (SIG_IGN survives exec:
+    `trap '' INT TERM HUP`) stay ignored, as nohup's SIGHUP does; with all three
+    ignored there was no signal left to receive, and `up` ended in a traceback
+    (TypeError: No signals were provided) as its system started.  It runs, and
+    `wsuper stop` stops it."""
+    from tests.conftest import Running
+
+    def ignore():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+    sock = tmp_path / "s.sock"
+    system = tmp_path / "system.toml"
+    system.write_text(SYSTEM.format(
+        schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
+        socket=sock))
+    run = Running(["up", str(system)], preexec_fn=ignore)
+    try:
+        run.wait_for("all compartments ready")
+        run.proc.send_signal(signal.SIGTERM)         # ignored, as it was when up began
+        stop = run_wsuper("stop", str(system))
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert run.finish(timeout=30) == 0, run.lines
+        assert not any("Traceback" in l or "SIGTERM, stopping" in l for l in run.lines), \
+            run.lines
+    finally:
+        run.stop()
+
+
 def test_binary_wasm_modules_run_like_wat(tmp_path):
     import wasmtime
     for name in ("calc", "hello"):
