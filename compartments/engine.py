@@ -1113,7 +1113,7 @@ class Engine:
             if not data:
                 return False
             if not (self._plain_serving and self._serve_plain(data)):
-                self._take(data)
+                self._take_events(data)         # plain_calls read it already: not that
         # _look_ahead may add to the backlog; a run() deferred by a call of it starts
         # as soon as that call has returned, before what came after it
         while backlog or self._deferred_run is not None:
@@ -1154,13 +1154,15 @@ class Engine:
         the backlog as the events _take would have put there (while a call waits
         in a call out, the outermost wait serves those behind it: they must be on
         the backlog), and the loop serves each by _serve_call too while it is
-        plain (_plain).  False: not such a read, nothing changed."""
-        if not self._instantiated or self._backlog or not self._between_calls():
-            return False
+        plain (_plain).  With anything kept back or waiting, they go onto the
+        backlog as _take puts them there.  False: not such a read, nothing changed
+        (the general decoding takes it: _take_events)."""
         calls = self._plain_calls(data)
         if calls is None:
             return False
-        if len(calls) == 1 and time.perf_counter_ns() - self._read_at <= LOOK_AHEAD_NS:
+        if len(calls) == 1 and self._instantiated and not self._backlog \
+                and self._between_calls() \
+                and time.perf_counter_ns() - self._read_at <= LOOK_AHEAD_NS:
             self._serve_call(*calls[0])
         else:
             # the loop serves them, by _serve_call while they stay plain (_plain); a
@@ -1298,6 +1300,10 @@ class Engine:
             if calls is not None:
                 self._put_back_calls(calls)
                 return
+        self._take_events(data)
+
+    def _take_events(self, data: bytes):
+        """_take by the general decoding: the events of the read, in order."""
         events = self._received_seq(data)
         seq = self._read_seq
         self._backlog.extend([(seq, ev) for ev in events])
