@@ -1977,7 +1977,7 @@ class Engine:
         self._running.append(store)
         self._timed_enter(store)
         copied = self._copied           # the waiting host call's, which goes on after
-        depth = len(self.probes.stack)  # probes.depth(), without its call
+        depth = len(self.probes.stack)  # function entries open now
         try:
             try:
                 return func(*args)

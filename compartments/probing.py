@@ -88,9 +88,6 @@ class EngineProbes:
             return
         self.events.append(EVENT.pack(kind, site, _now() if t is None else t, a, b))
 
-    def depth(self) -> int:
-        return len(self.stack)
-
     def unwind(self, depth: int):
         """The guest call entered at `depth` ended (a trap, an exit, or function
         events turned off meanwhile) with activations open: close them, each with

@@ -346,7 +346,7 @@ def test_an_exception_reports_the_exits_of_the_activations_it_leaves():
             for h in hits:
                 if h[0] == "hit":
                     probes.hit(h[1], h[2])
-            assert probes.depth() == 0, (flag, name)    # every entry has its exit
+            assert len(probes.stack) == 0, (flag, name)    # every entry has its exit
             if flag & EVENTS and (name, arg) == ("catch", 7):
                 assert [(h[1], h[2]) for h in hits if h[0] == "hit" and
                         sites.kinds[h[1]] == 0] == [
