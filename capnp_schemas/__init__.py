@@ -696,12 +696,11 @@ def _parse_copy(path: str, imports: list, contents: dict, digests: dict, importe
     if gen.parser is None:
         gen.parser = capnp.SchemaParser()
         _PARSERS.append(gen.parser)
-    module = gen.parser.load(where, display_name=os.path.basename(path),
-                             imports=parser_imports(dirs))
+    module = load_whole(gen.parser, where, parser_imports(dirs))
     gen.roots.append([where, dirs])
     modules = {}
     for file in imported:
-        modules[file] = gen.parser.load(gen.top + file, imports=parser_imports(dirs))
+        modules[file] = load_whole(gen.parser, gen.top + file, parser_imports(dirs))
         if [gen.top + file, dirs] not in gen.roots:
             gen.roots.append([gen.top + file, dirs])
     if fresh:
@@ -854,6 +853,22 @@ PARSE_BOUND = """if True:
     resource.setrlimit(resource.RLIMIT_AS, (_want, _hard))
 """ % PARSE_MEMORY
 
+#: How a file is loaded whole (a schema, or a file it imports), by this process
+#: and by the child that checks it first: `load_whole(parser, path, imports)`.
+#: pycapnp's SchemaParser.load refuses a name that does not end in ".capnp" (a
+#: check of its own: the C++ parser reads any name, and a schema may import
+#: `"b.schema"`), and a file a schema imports is loaded whole under its own name
+#: (a second name would be a second file declaring the same ids): so its name is
+#: given as text that answers that check.  load() refuses a schema so named itself.
+LOAD_WHOLE = """if True:
+    class _AnyName(str):
+        def endswith(self, suffix, *args):
+            return suffix == ".capnp" or str.endswith(self, suffix, *args)
+    def load_whole(parser, path, imports):
+        return parser.load(_AnyName(path), display_name=os.path.basename(path),
+                           imports=imports)
+"""
+
 #: What it runs then: a new parser (as load()'s), the files `before`, then it, then
 #: each file of `after` (what it imports, loaded whole: load() takes the ids of
 #: all their declarations, as this process does next).
@@ -861,17 +876,22 @@ PARSE_AFTER = """if True:
     import os
     import capnp
     capnp.remove_import_hook()
+""" + LOAD_WHOLE + """if True:
     def parse(path, imports, before, after=()):
         # import directories as bytes (capnp_schemas.parser_imports: given as text,
         # one whose name is not ASCII is cut short)
         parser = capnp.SchemaParser()
         for p, i in before:
-            parser.load(p, imports=[os.fsencode(d) for d in i])
+            load_whole(parser, p, [os.fsencode(d) for d in i])
         imports = [os.fsencode(d) for d in imports]
-        parser.load(path, display_name=os.path.basename(path), imports=imports)
+        load_whole(parser, path, imports)
         for p in after:
-            parser.load(p, imports=imports)
+            load_whole(parser, p, imports)
 """
+
+_WHOLE: dict = {"os": os}
+exec(LOAD_WHOLE, _WHOLE)
+load_whole = _WHOLE["load_whole"]
 
 
 #: Seconds a child that checks a schema may take (wall clock).

@@ -1998,6 +1998,36 @@ def test_an_id_derived_in_an_imported_file_is_one_declaration_across_schemas(
                           f"@0x{taken:016x}. {tmp_path / 'b.capnp'} declares that id already"), out
 
 
+@pytest.mark.parametrize("name", ["b.schema", "sub/b", "b.capnp.txt"])
+def test_a_schema_importing_a_file_of_any_name_loads_in_check_up_and_here(tmp_path, name,
+                                                                          wsuper):
+    """A file a schema imports may have any name (the parser reads any; only the
+    schema's own must end in .capnp), and is loaded whole after the schema: that
+    load went through pycapnp's load(), which refuses a name not ending in .capnp,
+    so `import "b.schema"` of a good file was refused by check and up alike with
+    "a.capnp: ValueError: File does not end with .capnp, .../b.schema" (2a207a8).
+    Here: in this process, in check's parse (a fork), in up's (the zygote's)."""
+    import capnp_schemas
+    k = len(name)                       # ids of their own: this process loads each
+    (tmp_path / "sub").mkdir()
+    (tmp_path / name).write_text(f"@0xd1c3f0a2b4e5f{k:02x}2;\n"
+                                 "interface Counter { inc @0 () -> (n :UInt32); }\n"
+                                 "struct Unused { x @0 :UInt8; }\n")
+    (tmp_path / "a.capnp").write_text(f'@0xd1c3f0a2b4e5f{k:02x}1;\nusing B = import "{name}";\n'
+                                      "interface A { get @0 () -> (c :B.Counter); }\n")
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{SCHEMA}", "a.capnp"]\nsocket = "{tmp_path / "s.sock"}"\n'
+        f'[compartments.calc]\nmodule = "{CALC}"\nexports = "Calc"\n')
+    r = run_wsuper("check", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.output
+    running = wsuper("up", str(tmp_path / "system.toml"))
+    assert running.next_start("calc").startswith("wsuper: ready calc"), running.lines
+    capnp_schemas.load(str(tmp_path / "a.capnp"))
+    (b,) = capnp_schemas.imported(str(tmp_path / "a.capnp")).values()
+    assert sorted(capnp_schemas.interfaces(b)) == ["Counter"]
+    assert [n.name for n in b.schema.node.nestedNodes] == ["Counter", "Unused"]
+
+
 @pytest.mark.parametrize("case", ["probe_copy_changed", "engine_nested_id", "user_copy"])
 @pytest.mark.parametrize("command", ["check", "up"])
 def test_a_duplicate_id_names_the_file_that_declared_it_first(tmp_path, case, command):
