@@ -19,13 +19,15 @@ from __future__ import annotations
 import os
 import re
 import time
-
-import capnp
-
-capnp.remove_import_hook()
+from importlib.util import find_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_CAPNP_DIR = os.path.dirname(capnp.__file__)
+#: pycapnp's own directory (its rpc.capnp, c++.capnp), found without importing it:
+#: pycapnp (and the asyncio it imports) is imported, and wsuper's own schemas
+#: loaded, when first needed (__getattr__ below), so that a command that only
+#: reads a system file or talks to a running system (`status`, `stop`, `logs`)
+#: does not take ~0.15 s to start for them
+_CAPNP_DIR = find_spec("capnp").submodule_search_locations[0]
 # rpc.capnp imports "/capnp/c++.capnp": the package's parent must be on the path.
 IMPORT_PATH = [os.path.dirname(_CAPNP_DIR), HERE]
 
@@ -131,9 +133,22 @@ def _same_file(path: str, st) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
+def _capnp():
+    """pycapnp, imported (and its import hook, which would load `x_capnp` modules
+    from any `x.capnp` on sys.path, removed) when first needed."""
+    import capnp
+    if not _HOOK_REMOVED:
+        capnp.remove_import_hook()
+        _HOOK_REMOVED.append(True)
+    return capnp
+
+
+_HOOK_REMOVED: list = []
+
+
 def _builtin(path: str):
     import hashlib
-    module = capnp.load(path, imports=parser_imports(IMPORT_PATH))
+    module = _capnp().load(path, imports=parser_imports(IMPORT_PATH))
     read, contents = [], {}
     closure(path, IMPORT_PATH, read, contents)
     digests = {f: hashlib.sha256(d).digest() for f, d in contents.items()}
@@ -422,6 +437,7 @@ def load(path: str, extra_imports=()):
     file and line; then a parser of its own parses the same copy here.  The same
     bytes (the schema and all it reads) are checked and parsed once."""
     import hashlib
+    _builtins()                 # theirs are the first ids claimed
     path = os.path.abspath(path)
     if not path.endswith(".capnp"):
         # the parser's own refusal was a Python exception's text, after a child
@@ -694,7 +710,7 @@ def _parse_copy(path: str, imports: list, contents: dict, digests: dict, importe
         raise _with_first_declaration(e, contents) from None
     _fds_to_spare(path, len(contents) + len(dirs) + 4)
     if gen.parser is None:
-        gen.parser = capnp.SchemaParser()
+        gen.parser = _capnp().SchemaParser()
         _PARSERS.append(gen.parser)
     module = load_whole(gen.parser, where, parser_imports(dirs))
     gen.roots.append([where, dirs])
@@ -1148,7 +1164,29 @@ def nested_interfaces(module) -> dict:
     return found
 
 
-rpc = _builtin(os.path.join(_CAPNP_DIR, "rpc.capnp"))
-engine = _builtin(os.path.join(HERE, "engine.capnp"))
-host = _builtin(os.path.join(HERE, "host.capnp"))
-probe = _builtin(os.path.join(HERE, "probe.capnp"))
+#: The host capabilities: kind (as written in the system file) -> interface name in
+#: host.capnp (probe.capnp's Probe).  hosted.py derives the rest from the schemas;
+#: the kinds are here, so that reading a system file needs no schema loaded.
+HOST_KINDS = {"log": "Log", "clock": "Clock", "random": "Random", "directory": "Directory",
+              "file": "File", "environment": "Environment", "probe": "Probe"}
+
+#: wsuper's own schemas, loaded (in this order) at the first use of any of them,
+#: or at the first load(): `capnp_schemas.rpc`, `from capnp_schemas import host`.
+BUILTINS = {"rpc": os.path.join(_CAPNP_DIR, "rpc.capnp"),
+            "engine": os.path.join(HERE, "engine.capnp"),
+            "host": os.path.join(HERE, "host.capnp"),
+            "probe": os.path.join(HERE, "probe.capnp")}
+
+
+def _builtins() -> None:
+    if "probe" not in globals():
+        for name, path in BUILTINS.items():
+            if name not in globals():
+                globals()[name] = _builtin(path)
+
+
+def __getattr__(name: str):
+    if name in BUILTINS:
+        _builtins()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

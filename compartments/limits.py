@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import attrs
 
+#: bytes of a module file (it is read whole, and compiled): the one bound, which
+#: `wsuper check` and `up` hold the system file's modules to, and every read of
+#: one (compartments/wasm.py)
+MAX_MODULE_BYTES = 256 << 20
+
 
 @attrs.frozen
 class Limits:

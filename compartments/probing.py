@@ -24,8 +24,6 @@ import ctypes
 import struct
 import time
 
-import wasmtime
-
 from . import abi
 from .instrument import COUNT, EVENTS, EXPORT_ON, EXPORT_PROBES, HOOKS, PROBE_MODULE, Sites
 
@@ -166,6 +164,9 @@ class EngineProbes:
         ctypes.memmove(base, bytes(divert), at)
         ctypes.memmove(base + at, self.flags, len(self.flags))
         if self._on is not None:
+            # (imported here: the supervisor reads a system file's probes with this
+            # module's names, and `wsuper status` has no use for wasmtime)
+            import wasmtime
             self._on.set_value(self._store, wasmtime.Val.i32(1 if any(self.flags) else 0))
 
     def _counters_of(self, memory, store) -> list[int]:

@@ -87,9 +87,7 @@ def new_store(engine: wasmtime.Engine) -> wasmtime.Store:
     return store
 
 
-#: bytes of a module file (it is read whole, and compiled): the one bound, which
-#: `wsuper check` and `up` hold the system file's modules to, and every read here
-MAX_MODULE_BYTES = 256 << 20
+from .limits import MAX_MODULE_BYTES  # noqa: E402 (compartments/limits.py: the one bound)
 
 
 class ModuleFileError(OSError):

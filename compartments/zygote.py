@@ -895,6 +895,7 @@ def _parse_schema(line: bytes, closing: list) -> dict:
             faulthandler.disable()              # no core, no dump of our stack (if enabled)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(SCHEMA_SECONDS)
+            import capnp  # noqa: F401 - PARSE_AFTER's: no library can be read after
             import capnp_schemas
             exec(capnp_schemas.PARSE_BOUND, {})     # /proc is out of reach after
             # pycapnp's parser opens imports as it finds them: it may read beneath

@@ -16,7 +16,12 @@ import time
 import capnp_schemas
 from capnp_schemas.text import printable, quoted
 
-from . import endpoint, output
+from . import endpoint
+
+#: The log files' names, as output.py writes them and this module reads them (here,
+#: so that `wsuper logs` imports none of the writer's trio)
+LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
+SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 
 
 #: Bytes of the followed file kept from just before the offset `-f` reads on from,
@@ -42,7 +47,7 @@ def _read_log(folder: str, name: str, at: int) -> list[str]:
     base = os.path.join(folder, name + ".log")
     opened, seen = [], set()
     try:
-        for p in (base, *(f"{base}.{i}" for i in range(1, output.LOG_FILE_KEEP + 1))):
+        for p in (base, *(f"{base}.{i}" for i in range(1, LOG_FILE_KEEP + 1))):
             try:
                 f = open(p, "rb", opener=_in(at))
             except FileNotFoundError:
@@ -78,7 +83,7 @@ def lines(system, compartment: str | None = None, follow: bool = False):
     """The lines of one compartment's log (with the supervisor's events about it),
     or of every log merged by time; then, with `follow`, new lines as they come."""
     folder = log_dir(system)
-    names = [compartment] if compartment else [output.SUPERVISOR, *system.compartments]
+    names = [compartment] if compartment else [SUPERVISOR, *system.compartments]
     if not os.path.lexists(folder):
         raise NoLogs(f"no logs for {system.path} yet (looked in {folder})")
     # only a directory `up` would write its logs in (endpoint.own_dir): one made by
@@ -233,7 +238,7 @@ class _Followed:
         followed one among them (its lines shown twice), the oldest under none."""
         ino = self._inode()
         opened, seen = [], set()
-        for i in range(1, output.LOG_FILE_KEEP + 1):
+        for i in range(1, LOG_FILE_KEEP + 1):
             try:
                 f = open(f"{self.path}.{i}", "rb", opener=_in(self.at))
             except FileNotFoundError:
@@ -278,7 +283,7 @@ class _Followed:
         # meanwhile had a name read that named another file by then
         between, seen = [], {newest}
         try:
-            for i in range(1, output.LOG_FILE_KEEP + 1):
+            for i in range(1, LOG_FILE_KEEP + 1):
                 try:
                     f = open(f"{self.path}.{i}", "rb", opener=_in(self.at))
                 except FileNotFoundError:
@@ -353,12 +358,12 @@ def _merged(read: dict[str, list[str]], compartment: str | None):
     if compartment is not None:
         yield from heapq.merge(*read.values(), key=_time)
         return
-    events = read.get(output.SUPERVISOR, [])
+    events = read.get(SUPERVISOR, [])
     left = collections.Counter(events)
     queues: list[collections.deque] = []      # per compartment: (is an event, line)
     holders: dict[str, collections.deque] = {}   # event -> the queues that hold it (indices)
     for name, lines in read.items():
-        if name == output.SUPERVISOR:
+        if name == SUPERVISOR:
             continue
         mark, q = f"[{name}] ", collections.deque()
         for line in lines:

@@ -43,10 +43,9 @@ import trio
 from capnp_schemas.text import bounded, printable
 
 from . import threads
+from .logs import LOG_FILE_KEEP, SUPERVISOR  # noqa: F401 (the reader's and the writer's)
 
 LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
-LOG_FILE_KEEP = 3             # rotated files kept (NAME.log.1 .. .3)
-SUPERVISOR = "supervisor"     # the log file of the supervisor's own events
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped
                               # (and twice that before the supervisor's events are)
 TERMINAL_BACKLOG_CHARS = 16 << 20   # ... and characters of them: a line is at most 4096

@@ -18,7 +18,6 @@ import tomllib
 import attrs
 
 import capnp_schemas
-from capnp_schemas import hosted
 from capnp_schemas.text import ascii_printable, quoted, unseen_character
 from compartments import protect as protection
 from compartments.limits import Limits
@@ -26,7 +25,7 @@ from compartments.limits import Limits
 from . import mounts
 from .supervision import MODES, RestartPolicy
 
-HOST_CAPS = tuple(hosted.KINDS)    # the host capabilities a grant can name
+HOST_CAPS = tuple(capnp_schemas.HOST_KINDS)    # the host capabilities a grant can name
 PATH_CAPS = ("directory", "file")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 #: compartment names that are the supervisor's own: each compartment's log file is
@@ -1279,8 +1278,8 @@ def _subdir_problem(path: str, subdir: str) -> str | None:
 
 #: bytes of a system or policy file
 MAX_FILE_BYTES = 16 << 20
-#: bytes of a module file (it is read whole, and compiled): compartments/wasm.py's
-from compartments.wasm import MAX_MODULE_BYTES  # noqa: E402
+#: bytes of a module file (it is read whole, and compiled): compartments/limits.py's
+from compartments.limits import MAX_MODULE_BYTES  # noqa: E402
 
 
 def _read_text(path: str, what: str) -> str:

@@ -142,6 +142,37 @@ def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(runnin
     assert events[-2:] == ["stop requested", "run stopped"]
 
 
+def test_status_logs_and_stop_import_no_parser_engine_or_event_loop(running):
+    """Commands to a running system read its file's text and talk to its socket:
+    they imported pycapnp (with asyncio), wasmtime and, for `logs`, trio, ~0.2 s
+    of each command's ~0.35 s (docs/performance.md, "The operator's commands").
+    Each still does its work: status shows the table, logs the lines, stop stops,
+    and status of the stopped system reads its file to say none runs."""
+    run, path, _ = running
+    code = ("import sys\nfrom supervisor import cli\nsys.argv = ['wsuper', *sys.argv[1:]]\n"
+            "try:\n    code = cli.main()\nfinally:\n"
+            "    print('loaded:', sorted(m for m in ('capnp', 'asyncio', 'wasmtime', 'trio') "
+            "if m in sys.modules), file=sys.stderr)\n"
+            "sys.exit(code)\n")
+
+    def command(*args):
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    r = command("status", path)
+    assert r.returncode == 0 and "COMPARTMENT" in r.stdout, r.stdout + r.stderr
+    assert "loaded: []" in r.stderr, r.stderr
+    r = command("logs", path, "app")
+    assert r.returncode == 0 and "hello" in r.stdout, r.stdout + r.stderr
+    assert "loaded: []" in r.stderr, r.stderr
+    r = command("stop", path)
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    assert "loaded: []" in r.stderr, r.stderr
+    assert run.finish() == 0
+    r = command("status", path)
+    assert r.returncode == 1 and "no running system" in r.stderr, r.stderr
+    assert "loaded: []" in r.stderr, r.stderr
+
+
 def test_stop_and_the_files_commands_write_show_their_paths_escaped(tmp_path, wsuper):
     """An outside review: `wsuper stop` said "stopped PATH" with the system file's
     path as it was, and `check --graph`, `bindgen`, `build` and `trace -o` their
