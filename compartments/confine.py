@@ -481,11 +481,20 @@ def lower_limit(which: int, soft: int, hard: int | None = None):
     already in force: raising a hard limit fails without root (ValueError), and
     wsuper may run under one lower than ours (`ulimit -t 50`, `ulimit -v`, a service
     manager's LimitCPU=): every schema, module compile or wasm-tools child then
-    failed.  Under a lower hard limit, that one holds (the tighter bound)."""
+    failed.  Under a lower hard limit, that one holds (the tighter bound).
+
+    A CPU limit ends its process with SIGXCPU at the soft limit only while that
+    signal's default is in force: ignored where wsuper was launched (`trap '' XCPU`,
+    a service manager's), it is ignored by every process wsuper starts, as exec
+    keeps an ignored disposition, and a compiler ran on to the hard limit, 5 s more,
+    killed there by SIGKILL, which named no limit.  So its default is restored
+    with the limit (this process is the one limited: a child, or one about to exec)."""
     hard = soft if hard is None else hard
     _, current = resource.getrlimit(which)
     if current != resource.RLIM_INFINITY:
         hard = min(hard, current)
+    if which == resource.RLIMIT_CPU:
+        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     resource.setrlimit(which, (min(soft, hard), hard))
 
 

@@ -211,16 +211,24 @@ def test_a_module_that_needs_more_memory_to_compile_than_the_compilers_limit_is_
     assert modules.get(str(path))[0] is not None
 
 
-@pytest.mark.parametrize("limit", ["memory", "cpu"])
+@pytest.mark.parametrize("limit", ["memory", "cpu", "cpu, SIGXCPU ignored"])
 def test_wsuper_check_and_up_compile_a_module_within_the_compilers_limits(
-        tmp_path, monkeypatch, limit):
+        tmp_path, monkeypatch, limit, request):
     """`wsuper check` and `up` compile every module once before anything starts, and
     did so in their own process, with no bound: a module made to compile for
     minutes held them, and one that needs more memory than there is aborted the
     supervisor (Rust's allocator aborts the process) or took the machine's memory.
     The check now compiles in a child under the zygote's compiler limits, and a
-    module past one is refused naming the limit and the key."""
+    module past one is refused naming the limit and the key.  A CPU limit is the
+    kernel's SIGXCPU, and a disposition ignored where wsuper was launched is
+    inherited by every process it starts: the compiler ran on to the hard limit
+    (5 s more), killed there by SIGKILL, which said no limit."""
+    import signal
+
     from supervisor import policy, preflight
+    if limit.endswith("ignored"):
+        before = signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+        request.addfinalizer(lambda: signal.signal(signal.SIGXCPU, before))
     if limit == "memory":
         monkeypatch.setattr(zygote, "COMPILE_MEMORY", 64 << 20)
         module, why = _slow_to_compile(200_000), "needed more than 64 MiB of memory"
