@@ -56,6 +56,8 @@ SLICE = 4096                # bytes of a read fed to the router at a time
 _TABLE_ONE = struct.Struct("<II")   # a one-segment message's segment table (_whole_message)
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
 CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external connection may take
+REFUSED_LINGER = 8          # refused connections read to their end at a time (_refuse)
+LINGER_BYTES = 1 << 20      # ... and at most this much of each
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
 WRITE_PIECE = 1 << 20       # bytes a peer's writer task sends at a time (_Link.writer)
@@ -871,6 +873,7 @@ class Supervisor:
         self._bound: dict[str, int] = {}
         self._system_lock: endpoint.Lock | None = None
         self._external = 0
+        self._lingering = 0              # refused connections being read to their end
         self._admin_conns: set[_AdminConn] = set()     # admin connections being served
         self._fd_reserve: int | None = None
         self._ready_at: dict[str, float] = {}
@@ -2502,10 +2505,31 @@ class Supervisor:
         return True
 
     async def _refuse(self, stream, reason: str):
+        """Tell a connection past max_connections why (an Abort), and close it.
+        A client sends its first messages without waiting (a bootstrap, calls
+        pipelined on it); closed at once with those unread, the kernel failed its
+        next write (EPIPE) and its read after the Abort (ECONNRESET), and a client
+        that writes before it reads said that instead of the reason (`wsuper call`,
+        half the time: 'disconnected: message = [Errno 32] Broken pipe').  So after
+        the Abort only our writing side ends, and what the client sends is read
+        and dropped until it closes: at most CLOSE_FLUSH seconds and LINGER_BYTES,
+        and REFUSED_LINGER connections at a time (past that, closed at once)."""
         from capnp_schemas import protocol
-        with trio.move_on_after(1):
+        with trio.move_on_after(CLOSE_FLUSH):
             try:
                 await stream.send_all(protocol.Connection("refused").send_abort(reason))
+                if self._lingering < REFUSED_LINGER:
+                    self._lingering += 1
+                    try:
+                        await stream.send_eof()
+                        taken = 0
+                        while taken < LINGER_BYTES:
+                            chunk = await stream.receive_some(1 << 16)
+                            if not chunk:
+                                break
+                            taken += len(chunk)
+                    finally:
+                        self._lingering -= 1
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
         await stream.aclose()

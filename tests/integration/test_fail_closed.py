@@ -526,6 +526,45 @@ def test_connections_past_max_connections_are_refused_unless_one_is_idle(live):
     _still_serving(run, sock, before)
 
 
+def test_a_client_refused_for_max_connections_hears_why_even_as_it_writes(live):
+    """A refused connection was written its Abort and closed at once, with what the
+    client had sent unread: the kernel then fails the client's next write (EPIPE)
+    and its read after the Abort (ECONNRESET).  A client sends its first messages
+    without waiting (a bootstrap and calls pipelined on it), and one that writes
+    before it reads said so instead of the reason: `wsuper call` failed half the
+    time with 'capabilityHelper.h:125: disconnected: message = [Errno 32] Broken
+    pipe' rather than 'too many connections (at most 32)' (an outside review,
+    reviewer 219).  Now the stream ends after the Abort as a stream ends, and what
+    the client sends meanwhile is taken."""
+    run, sock = live
+    held = _take_every_connection(sock)
+    calc_params = payloads.build(_calc_structs("sumTo")[0], {"n": 1})[0]
+    seg = bytearray(calc_params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer`: capability #0
+    for c in held:                       # each serving calc's call: none makes room
+        calc = c.get(c.gateway, "calc")
+        c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [object()])
+        c.wait(lambda e: isinstance(e, P.CallReceived))
+    c = WireClient(sock)
+    c.send(c.conn.send_bootstrap()[1])   # as every client begins, before it reads
+    data = b""
+    try:
+        while chunk := c.sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:
+        pytest.fail(f"the stream was reset after {len(data)} bytes, not ended")
+    (abort,) = P.Connection("test").receive(data)
+    assert "too many connections (at most 4)" in abort.reason, abort
+    c.sock.sendall(c.conn.send_bootstrap()[1])       # no EPIPE: it is still read
+    c.close()
+    ran = run_wsuper("call", run.proc.args[-1], "calc.add", "(a = 1, b = 2)")
+    assert ran.returncode == 1 and "too many connections (at most 4)" in ran.stderr, \
+        ran.stderr
+    for c in held:
+        c.close()
+    assert run.proc.poll() is None
+
+
 @pytest.fixture(params=["1", "0"], ids=["native", "trio"])
 def either_path(request, monkeypatch):
     """The live system with its external connections on the fast lane, and on
