@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import attrs
 
-from . import HOST_KINDS as KINDS, host, probe   # noqa: F401 (KINDS: the table's rows)
+from . import HOST_KINDS as KINDS, host, probe     # KINDS: the table's rows
 from .payloads import method_structs
 
 

@@ -23,6 +23,7 @@ import attrs
 import wasmtime
 
 from . import abi
+from .limits import MAX_MODULE_BYTES     # the one bound (compartments/limits.py)
 
 
 #: Bytes of wasm stack a guest may use (wasmtime's default): the frames of its
@@ -85,9 +86,6 @@ def new_store(engine: wasmtime.Engine) -> wasmtime.Store:
     store = wasmtime.Store(engine)
     store.set_epoch_deadline(NO_DEADLINE)
     return store
-
-
-from .limits import MAX_MODULE_BYTES  # noqa: E402 (compartments/limits.py: the one bound)
 
 
 class ModuleFileError(OSError):

@@ -43,7 +43,7 @@ import trio
 from capnp_schemas.text import bounded, printable
 
 from . import threads
-from .logs import LOG_FILE_KEEP, SUPERVISOR  # noqa: F401 (the reader's and the writer's)
+from .logs import LOG_FILE_KEEP, SUPERVISOR     # the reader's names, the writer's too
 
 LOG_FILE_SIZE = 1 << 20       # bytes per log file before it is rotated
 TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lines are dropped

@@ -20,7 +20,7 @@ import attrs
 import capnp_schemas
 from capnp_schemas.text import ascii_printable, quoted, unseen_character
 from compartments import protect as protection
-from compartments.limits import Limits
+from compartments.limits import MAX_MODULE_BYTES, Limits
 
 from . import mounts
 from .supervision import MODES, RestartPolicy
@@ -1278,8 +1278,6 @@ def _subdir_problem(path: str, subdir: str) -> str | None:
 
 #: bytes of a system or policy file
 MAX_FILE_BYTES = 16 << 20
-#: bytes of a module file (it is read whole, and compiled): compartments/limits.py's
-from compartments.limits import MAX_MODULE_BYTES  # noqa: E402
 
 
 def _read_text(path: str, what: str) -> str:
