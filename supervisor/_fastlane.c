@@ -1075,12 +1075,27 @@ static PyObject *Lane_add(Lane *L, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-/* remove(pid): forget the peer and close the lane's descriptor (drop_peer first) */
-static PyObject *Lane_remove(Lane *L, PyObject *args) {
-  long pid;
-  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+/* remove(pid): forget the peer and close the lane's descriptor (drop_peer first).
+ * detach(pid) -> (fd, unwritten bytes) or None: forget it the same way, but hand its
+ * descriptor, and what is still queued for it, to the caller, who closes it (a
+ * client cut off is told why, and what it still sends is read and dropped: closed
+ * with its input unread, its next write failed EPIPE before it read the Abort) */
+static PyObject *forget_peer(Lane *L, long pid, int detach) {
+  PyObject *out = NULL;
   LOCK(L);
   Peer *P = peer_get(L, pid);
+  if (P && detach && P->fd >= 0) {
+    size_t n = P->write_closed ? 0 : buf_size(&P->out);
+    out = Py_BuildValue("(iy#)", P->fd, n ? (const char *)P->out.p + P->out.off : "",
+                        (Py_ssize_t)n);
+    if (!out) {
+      UNLOCK(L);
+      return NULL;
+    }
+    if (P->events) epoll_ctl(L->epfd, EPOLL_CTL_DEL, P->fd, NULL);
+    P->events = 0;
+    P->fd = -1; /* the caller's now */
+  }
   if (P) {
     /* its routes (drop_peer took them, if it was called), while it can be found */
     while (P->routes_from) route_drop(L, P->routes_from);
@@ -1099,7 +1114,20 @@ static PyObject *Lane_remove(Lane *L, PyObject *args) {
     free_peer(L, P);
   }
   UNLOCK(L);
+  if (out) return out;
   Py_RETURN_NONE;
+}
+
+static PyObject *Lane_remove(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  return forget_peer(L, pid, 0);
+}
+
+static PyObject *Lane_detach(Lane *L, PyObject *args) {
+  long pid;
+  if (!PyArg_ParseTuple(args, "l", &pid)) return NULL;
+  return forget_peer(L, pid, 1);
 }
 
 /* close(pid): read no more from it (what is queued for it is still written) */
@@ -1857,6 +1885,7 @@ static PyObject *Lane_get_event_fd(Lane *L, void *unused) { return PyLong_FromLo
 static PyMethodDef Lane_methods[] = {
     {"add", (PyCFunction)Lane_add, METH_VARARGS, NULL},
     {"remove", (PyCFunction)Lane_remove, METH_VARARGS, NULL},
+    {"detach", (PyCFunction)Lane_detach, METH_VARARGS, NULL},
     {"close", (PyCFunction)Lane_close, METH_VARARGS, NULL},
     {"write", (PyCFunction)Lane_write, METH_VARARGS, NULL},
     {"queued", (PyCFunction)Lane_queued, METH_VARARGS, NULL},

@@ -56,8 +56,11 @@ SLICE = 4096                # bytes of a read fed to the router at a time
 _TABLE_ONE = struct.Struct("<II")   # a one-segment message's segment table (_whole_message)
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
 CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external connection may take
-REFUSED_LINGER = 8          # refused connections read to their end at a time (_refuse)
-LINGER_BYTES = 1 << 20      # ... and at most this much of each
+REFUSED_LINGER = 8          # connections we ended read to their end at a time (_linger)
+LINGER_BYTES = 1 << 20      # ... and at most this much of each (and of what is still
+                            # to be written to one: more, and it is closed at once)
+ABORT_BYTES = 4096          # past REFUSED_LINGER, what is still to be written to a
+                            # connection is, if no more than this (its Abort), then closed
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
 WRITE_PIECE = 1 << 20       # bytes a peer's writer task sends at a time (_Link.writer)
@@ -204,6 +207,8 @@ class _Link:
     why: str | None = None                     # why a write was refused, if not `hard`
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None                    # why the pool shed it (to be cut off)
+    cut = False                 # closed by us, not by its peer (a client: _linger)
+    detached = None             # (the lane's: _NativeLink)
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
     `queued` counts the bytes waiting; `drained` is set whenever none wait."""
@@ -229,6 +234,8 @@ class _Link:
         # since when it has not been read for what waits (time.monotonic; None: read)
         self.wrote_at = 0.0
         self.held_since: float | None = None
+        self._token = trio.lowlevel.current_trio_token()
+        self._waiting: trio.CancelScope | None = None    # its reader's wait to read
 
     def write(self, data: bytes) -> bool:
         """Queue `data`; False if the peer has more waiting than it may (cut it off)."""
@@ -266,21 +273,39 @@ class _Link:
         self.closed = True
         self.send.close()
         self.drained.set()
-        # its reader, waiting for it to send (wait_readable), is woken now: it reads
-        # its end of the stream (receive) and its task ends, freeing its descriptor
-        # and its place.  A client evicted while silent kept its task waiting to
-        # read it for ever, and evicting its own silent connections one after
-        # another heaped up descriptors without bound; so did a client that shut
-        # its reading side, was written an answer (the write failed, which only
-        # marked it closed) and then sent nothing: four of them kept every other
-        # client out for good, as no eviction takes a closed connection.  A
-        # shutdown (not trio's notify_closing) is a system call, which the host
-        # worker may make too; the socket still writes what is queued for it
-        # (CLOSE_FLUSH)
+        # its reader, waiting for it to send (wait_readable), is woken now: it sees
+        # it closed (receive) and its task ends, freeing its descriptor and its
+        # place.  A client evicted while silent kept its task waiting to read it for
+        # ever, and evicting its own silent connections one after another heaped up
+        # descriptors without bound; so did a client that shut its reading side,
+        # was written an answer (the write failed, which only marked it closed) and
+        # then sent nothing: four of them kept every other client out for good, as
+        # no eviction takes a closed connection.  The socket still writes what is
+        # queued for it (CLOSE_FLUSH).
+        if self.engine:
+            # an engine writes blocking: shut our reading side, and a write of its
+            # that nobody reads fails (EPIPE) rather than waits for its kill
+            try:
+                self.stream.socket.shutdown(pysocket.SHUT_RD)
+            except OSError:          # closed already, or not connected any more
+                pass
+            return
+        # a client's reader is woken by cancelling its wait, not by shutting our
+        # reading side: on a Unix socket that failed the client's next write at once
+        # (EPIPE), and one that wrote before it read heard "Broken pipe", not the
+        # Abort saying why it was cut off (_Supervisor._linger reads what it sends
+        # after that).  The host worker (turns.py) may close a link too: a cancel
+        # is trio's thread's to make, so it is asked of it
         try:
-            self.stream.socket.shutdown(pysocket.SHUT_RD)
-        except OSError:          # closed already, or not connected any more
-            pass
+            trio.lowlevel.current_task()
+        except RuntimeError:                 # not trio's thread: the host worker
+            self._token.run_sync_soon(self._stop_waiting)
+        else:
+            self._stop_waiting()
+
+    def _stop_waiting(self):
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def receive(self) -> bytes:
         """The next bytes from the peer (b"" at its end), read straight from the
@@ -299,7 +324,10 @@ class _Link:
             try:
                 return os.read(self.fd, 1 << 16)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.fd)
+                self._waiting = trio.CancelScope()
+                with self._waiting:
+                    await trio.lowlevel.wait_readable(self.fd)
+                self._waiting = None
                 self.turn = time.perf_counter()
             except OSError as e:           # said as the lane says it: "Connection reset by peer"
                 raise trio.BrokenResourceError(e.strerror or str(e)) from None
@@ -359,6 +387,8 @@ class _NativeLink:
     why: str | None = None
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None
+    cut = False                 # closed by us, not by its peer (a client: _linger)
+    detached: tuple | None = None   # (its descriptor, what was not written) from the lane
 
     def __init__(self, lane, pid: int, limits: Limits, external: bool = False):
         self.lane = lane
@@ -401,7 +431,10 @@ class _NativeLink:
 
     async def aclose(self):
         self.closed = True
-        self.lane.remove(self.pid)
+        if self.cut and self.external:       # told why: its descriptor is lingered on
+            self.detached = self.lane.detach(self.pid)
+        else:
+            self.lane.remove(self.pid)
 
 
 _SKIPPED = object()          # a host job not run: its call ended while it waited
@@ -2073,6 +2106,7 @@ class Supervisor:
                     data = None
                 if data is not None:
                     link.write(data)          # closed next: at most CLOSE_FLUSH on trio's
+            link.cut = True
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
         self._shed()        # any the Abort's write shed (not left for a next write)
@@ -2505,34 +2539,42 @@ class Supervisor:
         return True
 
     async def _refuse(self, stream, reason: str):
-        """Tell a connection past max_connections why (an Abort), and close it.
-        A client sends its first messages without waiting (a bootstrap, calls
-        pipelined on it); closed at once with those unread, the kernel failed its
-        next write (EPIPE) and its read after the Abort (ECONNRESET), and a client
-        that writes before it reads said that instead of the reason (`wsuper call`,
-        half the time: 'disconnected: message = [Errno 32] Broken pipe').  So after
-        the Abort only our writing side ends, and what the client sends is read
-        and dropped until it closes: at most CLOSE_FLUSH seconds and LINGER_BYTES,
-        and REFUSED_LINGER connections at a time (past that, closed at once)."""
+        """Tell a connection past max_connections why (an Abort), and close it
+        (_linger)."""
         from capnp_schemas import protocol
-        with trio.move_on_after(CLOSE_FLUSH):
-            try:
-                await stream.send_all(protocol.Connection("refused").send_abort(reason))
-                if self._lingering < REFUSED_LINGER:
-                    self._lingering += 1
-                    try:
-                        await stream.send_eof()
-                        taken = 0
-                        while taken < LINGER_BYTES:
-                            chunk = await stream.receive_some(1 << 16)
-                            if not chunk:
-                                break
-                            taken += len(chunk)
-                    finally:
-                        self._lingering -= 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        await stream.aclose()
+        await self._linger(stream, protocol.Connection("refused").send_abort(reason))
+
+    async def _linger(self, stream, rest: bytes = b""):
+        """Close a client's connection that we ended (refused, cut off, evicted,
+        after an Abort saying why), once `rest` (what is still to be written to it)
+        is.  A client sends without waiting (a bootstrap, calls pipelined on it, the
+        rest of a message it was cut off in); closed at once with that unread, the
+        kernel failed its next write (EPIPE) and its read after the Abort
+        (ECONNRESET), and a client that writes before it reads said that instead of
+        the reason (`wsuper call`, half the time: 'disconnected: message = [Errno 32]
+        Broken pipe').  So only our writing side ends, and what the client sends is
+        read and dropped until it closes: at most CLOSE_FLUSH seconds and
+        LINGER_BYTES, and REFUSED_LINGER connections at a time (past that, closed
+        once `rest` is written, if it is an Abort's size: ABORT_BYTES)."""
+        lingering = self._lingering < REFUSED_LINGER
+        self._lingering += lingering
+        try:
+            with trio.move_on_after(CLOSE_FLUSH):
+                if rest and (lingering or len(rest) <= ABORT_BYTES):
+                    await stream.send_all(rest)
+                if lingering:
+                    await stream.send_eof()
+                    taken = 0
+                    while taken < LINGER_BYTES:
+                        chunk = await stream.receive_some(1 << 16)
+                        if not chunk:
+                            break
+                        taken += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._lingering -= lingering
+            await stream.aclose()
 
     async def _serve_external(self, stream):
         self._external += 1
@@ -2547,6 +2589,7 @@ class Supervisor:
             self._external_queues = _ExternalQueues(R.external_queue_pool(limits))
         link.shared = self._external_queues
         self._external_queues.links[link] = pid
+        linger = None
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(link.writer)
@@ -2558,11 +2601,28 @@ class Supervisor:
                 # while: a client aborted or evicted while it read nothing kept its
                 # writer, its descriptor and its place of max_connections for ever
                 n.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH
+            # ended by us (told why): the rest of what it sends is read (_linger)
+            if link.detached is not None and len(link.detached[1]) <= LINGER_BYTES:
+                fd, rest = link.detached         # the lane's descriptor, handed back, and
+                try:                             # what it did not take yet (its Abort)
+                    sock = trio.socket.from_stdlib_socket(pysocket.socket(fileno=fd))
+                except OSError:                   # (closed in `finally`)
+                    pass
+                else:
+                    link.detached = None
+                    linger = (trio.SocketStream(sock), rest)
+            elif link.cut and not link.native and not link.queued:
+                linger, stream = (stream, b""), None
         finally:
             self._external -= 1
             self.links.pop(pid, None)
             self._external_queues.links.pop(link, None)
-            await stream.aclose()
+            if link.detached is not None:         # not lingered on: it reads nothing,
+                os.close(link.detached[0])        # or the system stopped meanwhile
+            if stream is not None:
+                await stream.aclose()
+        if linger is not None:          # its place is free meanwhile (its descriptor,
+            await self._linger(*linger)     # like a refused one's: REFUSED_LINGER)
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
         """The admin socket: one JSON request line per connection, one answer line;
@@ -2897,6 +2957,7 @@ class Supervisor:
             elif isinstance(e, fx.Close):
                 link = self.links.get(e.peer)
                 if link is not None:
+                    link.cut = True
                     link.close()
             elif isinstance(e, (fx.Started, fx.StartFailed, fx.Exited)) \
                     and e.peer != self._peer_of.get(e.compartment):

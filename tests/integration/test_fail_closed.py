@@ -684,40 +684,57 @@ def test_a_client_cut_off_is_told_why_in_an_abort_naming_the_limit(either_path, 
     assert run.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="reviewer 219, not fixed yet: _Link.close() shuts the "
-                   "socket's reading side, and the lane closes it with what the client sent "
-                   "unread, either of which fails the client's writes at once on a Unix "
-                   "socket (EPIPE); see docs/design.md, Known limits")
-def test_a_client_cut_off_hears_why_even_as_it_writes(either_path, live):
+@pytest.mark.parametrize("how", ["evicted", "stalled in a message", "broke the protocol"])
+def test_a_client_cut_off_hears_why_even_as_it_writes(either_path, live, how):
     """The class of test_a_client_refused_for_max_connections_hears_why_even_as_it_writes,
-    for a connection cut off: evicted (here), stalled in a message, past a limit.
-    Its Abort is written, then its socket's reading side is shut (trio's sockets: to
-    end its reader task) or the socket closed with what the client sent unread (the
-    lane), and on a Unix socket either fails the client's next write at once (EPIPE):
-    an idle client evicted to make room that makes its next call, writing before it
-    reads as a stock client does, hears 'Broken pipe', not 'it did no useful work
-    ... (max_connections)'."""
+    for a connection cut off: evicted, stalled in a message, after a protocol error.
+    Its Abort was written, then its socket's reading side shut (trio's sockets: to end
+    its reader task) or the socket closed with what the client sent unread (the lane),
+    and on a Unix socket either failed the client's next write at once (EPIPE): a
+    client that wrote before it read (an idle one evicted that makes its next call,
+    one sending the rest of the message it stalled in, one pipelining) heard 'Broken
+    pipe', not why: 'it did no useful work ... (max_connections)' (reviewer 219).
+    What it sends after the Abort is read and dropped now, for a while (_linger)."""
     run, sock = live
-    held = _take_every_connection(sock)
-    time.sleep(1.2)                       # the first is idle longest, the others are not
-    for c in held[1:]:
-        c.bootstrap()
-    newcomer = WireClient(sock)
-    newcomer.bootstrap()                  # held[0] is evicted to make room
-    first = held[0]
-    assert select.select([first.sock], [], [], 10)[0]      # its Abort came
+    before = _supervisor(run.proc.pid)
+    held, newcomer = [], None
     list_ = hosted.GATEWAY.method("list")
+    if how == "evicted":
+        held = _take_every_connection(sock)
+        time.sleep(1.2)                   # the first is idle longest, the others are not
+        for c in held[1:]:
+            c.bootstrap()
+        newcomer = WireClient(sock)
+        newcomer.bootstrap()              # held[0] is evicted to make room
+        client, why = held[0], "(max_connections)"
+        then = client.conn.send_call(client.gateway, hosted.GATEWAY.id, list_.ordinal)[1]
+    elif how == "stalled in a message":
+        client, why = WireClient(sock), "(message_timeout)"
+        client.bootstrap()
+        client.send(struct.pack("<II", 0, 100) + bytes(16))  # 2 words of 100, then nothing
+        then = bytes(784)                 # the rest of it, once it was cut off
+    else:
+        client, why = WireClient(sock), ""
+        gateway = client.bootstrap()
+        client.send(frame(struct.pack("<QQ", (1 << 32) | (1 << 48), 30)))  # no such message
+        then = client.conn.send_call(gateway, hosted.GATEWAY.id, list_.ordinal)[1]
+    assert select.select([client.sock], [], [], 10)[0]      # its Abort came
     try:
-        first.sock.sendall(first.conn.send_call(first.gateway, hosted.GATEWAY.id,
-                                                list_.ordinal)[1])   # its next call
+        for _ in range(3):                # its next writes: a call, the rest of a message
+            client.sock.sendall(then)
+            time.sleep(0.05)
     except BrokenPipeError:
         pytest.fail("its write failed (EPIPE) before it could read why it was cut off")
-    assert first.closed()
-    aborts = [e for e in first.events if isinstance(e, P.AbortReceived)]
-    assert aborts and "(max_connections)" in aborts[0].reason, first.events
-    for c in held + [newcomer]:
-        c.close()
-    assert run.proc.poll() is None
+    assert client.closed()
+    aborts = [e for e in client.events if isinstance(e, P.AbortReceived)]
+    assert aborts and why in aborts[0].reason, client.events
+    for c in held + [newcomer, client]:
+        if c is not None:
+            c.close()
+    deadline = time.monotonic() + 10      # their places free again once their ends are read
+    while _supervisor(run.proc.pid)[0] > before[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _still_serving(run, sock, before)
 
 
 def test_connections_that_only_chatter_cannot_keep_a_new_client_out(live):

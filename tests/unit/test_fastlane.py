@@ -548,6 +548,47 @@ def test_the_lane_owns_a_descriptor_only_once_add_succeeds():
         lane.stop()
 
 
+def test_a_detached_peer_hands_back_its_descriptor_and_what_it_did_not_take():
+    """detach (a client cut off, to be read to its end: runtime._linger) forgets the
+    peer as remove does, but the descriptor stays open and is the caller's, with what
+    was queued for it and not written; the lane reads it no more."""
+    lane = fastlane.Lane()
+    try:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        fd = ours.detach()
+        lane.add(5, fd, 1 << 16, 1 << 24, 1 << 13, 512, 1 << 16, 64, True)
+        big = bytes(range(256)) * 4096               # more than the socket takes at once
+        assert lane.write(5, big)
+        lane.close(5)                                # read no more (cut off)
+        got, rest = lane.detach(5)
+        assert got == fd and _fd_open(fd)
+        assert 0 < len(rest) < len(big) and big.endswith(rest)
+        assert lane.detach(5) is None and lane.queued(5) == 0    # forgotten
+        theirs.sendall(wire.frame([bytes(16)]))      # the lane no longer reads it
+        time.sleep(0.1)
+        assert not lane.any_ready()
+        with socket.socket(fileno=fd) as mine:        # the caller's to read, write, close
+            mine.setblocking(True)
+            assert mine.recv(64) == wire.frame([bytes(16)])
+            theirs.settimeout(5)
+            seen = []
+
+            def read_all():
+                while chunk := theirs.recv(1 << 16):
+                    seen.append(chunk)
+            reader = threading.Thread(target=read_all)
+            reader.start()
+            mine.sendall(rest)
+            mine.shutdown(socket.SHUT_WR)
+            reader.join(10)
+            assert b"".join(seen) == big               # in order, nothing lost or twice
+        assert not _fd_open(fd)
+        theirs.close()
+    finally:
+        lane.stop()
+
+
 def test_a_peer_the_lane_cannot_take_runs_on_trio(monkeypatch):
     from supervisor import runtime
     from supervisor.policy import Limits
