@@ -10,8 +10,10 @@ policy made: the methods an allow list allows, the compartments exported).
 `printable(text)`: guest-controlled
 text made harmless for a terminal or a log: control characters, escape
 sequences, line and paragraph separators and other invisible or
-direction-changing characters are shown escaped (`\\n`, `\\x1b`, `\\u202e`),
-so no guest can start a line of its own or rewrite what is on the screen.
+direction-changing characters, and letters and marks that show as nothing (a
+Hangul filler), are shown escaped (`\\n`, `\\x1b`, `\\u202e`, `\\u3164`), so no
+guest can start a line of its own, rewrite what is on the screen, or pass a
+line off as empty.
 """
 from __future__ import annotations
 
@@ -82,8 +84,25 @@ def kj_text(e) -> str:
     return text.strip() or str(e)
 
 
+#: What Python calls printable and a terminal shows as nothing: the characters of
+#: Unicode's Default_Ignorable_Code_Point that str.isprintable() passes (the Hangul
+#: fillers U+115F, U+1160, U+3164, U+FFA0, which are letters; the combining grapheme
+#: joiner; Khmer's inherent vowels; Mongolian's and the other variation selectors),
+#: and the braille pattern blank (U+2800).  Shown as they were, a guest's log line
+#: of them read as an empty one, and one that began with them looked indented
+#: like another line's continuation; they are escaped (\u3164) as the invisible
+#: format characters always were.
+_BLANK = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800"
+                    "\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+
+
+def shows(c: str) -> bool:
+    """Whether the character `c` is shown as it is by `printable` (else escaped)."""
+    return c.isprintable() and not _BLANK.match(c)
+
+
 def printable(text: str) -> str:
-    if text.isprintable():
+    if text.isprintable() and (text.isascii() or not _BLANK.search(text)):
         return text
     # str.translate, from what each character was shown as before: escaped one
     # character at a time in Python, a Log line of 4,096 control characters (or
@@ -100,7 +119,7 @@ class _Shown(dict):
 
     def __missing__(self, n: int) -> str:
         c = chr(n)
-        shown = c if c.isprintable() else _escape(c)
+        shown = c if shows(c) else _escape(c)
         if n < 0x10000 or len(self) < _SHOWN_KEPT:
             self[n] = shown
         return shown

@@ -1228,10 +1228,14 @@ data = {{ host = "directory", path = "{tmp_path}/mine" }}
 
 def test_text_a_guest_controls_never_makes_a_line_of_its_own(tmp_path):
     """A function name with newlines and escape sequences, traps in it, log lines
-    and stderr-worthy text: every character shows escaped, no fake event appears."""
+    and stderr-worthy text: every character shows escaped, no fake event appears.
+    Nor a line that looks empty: letters that show as nothing (two Hangul fillers,
+    U+3164, and the braille blank, U+2800) were shown as they were."""
     (tmp_path / "v.wat").write_text(program(
-        """(call $log (i32.const 300) (i32.const 38)) (call $evil)""",
-        {"\\1b[2J\\0afinished victim exit=0\\e2\\80\\aeRTL": 300}).replace(
+        """(call $log (i32.const 300) (i32.const 38)) (call $log (i32.const 400) (i32.const 9))
+           (call $evil)""",
+        {"\\1b[2J\\0afinished victim exit=0\\e2\\80\\aeRTL": 300,
+         "\\e3\\85\\a4\\e3\\85\\a4\\e2\\a0\\80": 400}).replace(
         '(func (export "_start")',
         '(func $evil (@name "x\\0aready victim pid=1\\0a\\1b]0;title\\07") unreachable)\n'
         '  (func (export "_start")'))
@@ -1250,6 +1254,7 @@ def test_text_a_guest_controls_never_makes_a_line_of_its_own(tmp_path):
     assert not any("wsuper: finished victim exit=0" in line for line in lines)
     assert any("(in x\\nready victim pid=1\\n\\x1b]0;title\\x07)" in line for line in lines), lines
     assert any("[victim] \\x1b[2J\\nfinished victim exit=0\\u202eRTL" in line for line in lines)
+    assert any(line.endswith("[victim] \\u3164\\u3164\\u2800") for line in lines), lines
 
 
 def test_a_flood_of_clients_cut_off_fills_neither_terminal_nor_logs(live):

@@ -1098,6 +1098,32 @@ def test_a_line_of_control_characters_is_escaped_without_python_work_per_charact
     assert len(calls) <= 10, len(calls)      # once a character, not once an occurrence
 
 
+#: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters a
+#: renderer shows as nothing
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C),
+                     (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+                     (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F),
+                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+                     (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+                     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+
+
+def test_no_character_that_shows_as_nothing_is_shown_as_it_is():
+    """str.isprintable() passes some characters a terminal shows as nothing: the
+    Hangul fillers (letters), variation selectors, the combining grapheme joiner,
+    and the braille blank.  A guest's log line of them read as an empty line, or
+    as another's continuation; each is escaped now, alone, among others, and in a
+    line of other text, and text without them is shown as it was."""
+    from capnp_schemas import text as T
+    blank = [chr(n) for a, b in DEFAULT_IGNORABLE for n in range(a, b + 1)] + ["\u2800"]
+    for c in blank:
+        assert T.printable(c) != c and T.printable(c).isascii(), hex(ord(c))
+        assert c not in T.printable(f"x{c}y{c}z") and not T.shows(c)
+    assert T.printable("\u3164\u3164 not empty") == "\\u3164\\u3164 not empty"
+    for line in ("plain", "café ✓ 日本語 😀", "e\u0301 Vie\u0323\u0302t"):
+        assert T.printable(line) == line
+
+
 def test_an_unbuffered_terminal_gets_each_batch_of_lines_in_one_write(tmp_path):
     """With PYTHONUNBUFFERED=1 (as in many services and containers) every write to the
     terminal is a system call, and print() wrote each line's end apart: two writes
