@@ -293,7 +293,7 @@ class _Link:
         # a client's reader is woken by cancelling its wait, not by shutting our
         # reading side: on a Unix socket that failed the client's next write at once
         # (EPIPE), and one that wrote before it read heard "Broken pipe", not the
-        # Abort saying why it was cut off (_Supervisor._linger reads what it sends
+        # Abort saying why it was cut off (Supervisor._linger reads what it sends
         # after that).  The host worker (turns.py) may close a link too: a cancel
         # is trio's thread's to make, so it is asked of it
         try:
