@@ -1061,3 +1061,62 @@ log = { host = "log" }
         later.cancel()
         os.kill(zygote, signal.SIGCONT)
     assert run.finish(timeout=30) == 1
+
+
+def test_a_main_object_a_compartment_handed_out_never_reaches_its_next_incarnation(
+        tmp_path, wsuper):
+    """A compartment's main object handed out by the compartment itself
+    (wsuper.object(0) in an answer) is called as its proxy while that engine serves
+    it; the proxy (granted by name, or the gateway's) goes on to the next incarnation
+    after a restart.  The object handed out does not: like every object the old
+    incarnation handed out, it fails "disconnected" at once, whether its holder got it
+    directly or through another compartment's grant (its membrane), and none of its
+    calls reaches the new incarnation, which has the same main object id."""
+    from tests.integration.guests import HERE
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{tmp_path}/s.sock"
+[compartments.calc]
+module = "{HERE}/selfer.wat"
+exports = "Calc"
+external = true
+restart = "permanent"
+restart_delay = 0.05
+[compartments.relay]
+module = "{HERE}/relaycap.wat"
+exports = "Calc"
+external = true
+[compartments.relay.grants]
+next = {{ compartment = "calc", revocable = true }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    pid = int(run.wait_for("ready calc").split("pid=")[1].split()[0])
+    run.wait_for("ready relay")
+    calc_schema = capnp_schemas.load(os.path.join(EXAMPLES, "calc.capnp"))
+
+    async def body():
+        client, calc = await _connect(str(tmp_path / "s.sock"))
+        gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+        relay = (await gateway.get("relay")).cap.as_interface(calc_schema.Calc)
+        # calc's own main object, handed out by calc: directly, and through relay.next
+        direct = (await calc.newCounter()).counter.cast_as(calc_schema.Calc)
+        through = (await relay.newCounter()).counter.cast_as(calc_schema.Calc)
+        # (sum = 1 + 2 + 1000 x the calls this incarnation has served)
+        assert [(await direct.add(1, 2)).sum, (await through.add(1, 2)).sum] == [3003, 4003]
+        restarted_at = len(run.lines)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(
+            None, run.wait_for, "ready calc", 30, restarted_at)
+        assert (await calc.add(1, 2)).sum == 1003      # the proxy: the new incarnation
+        failed = []
+        for handed in (direct, through):
+            with pytest.raises(capnp.KjException) as e:
+                await handed.add(1, 2)
+            failed.append(str(e.value).splitlines()[0])
+        # neither reached it: its next call is the second it serves
+        return failed, (await calc.add(1, 2)).sum
+
+    failed, after = _client(body, 60)
+    assert all("disconnected" in f and "compartment calc is gone" in f for f in failed), failed
+    assert after == 2003
