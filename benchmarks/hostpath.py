@@ -53,6 +53,9 @@ from supervisor import fastlane, hostcaps, policy, preflight, router as R  # noq
 from supervisor import runtime  # noqa: E402
 
 LOG, FILE = hosted.BY_KIND["log"], hosted.BY_KIND["file"]
+#: what each kind of call is made on
+HOSTS = {"log": "log", "log4k": "log", "file": "file", "read1m": "file", "list": "directory",
+         "stat": "directory", "random": "random"}
 
 # The compartment: sends `msg` n times, each after the answer to the last came,
 # and prints its round trips (µs), sorted.
@@ -110,12 +113,14 @@ def _supervisor(d: str, kind: str, path: str):
     use, and the worker's first call failed: the run hung."""
     with open(os.path.join(d, "app.wat"), "w") as f:
         f.write('(module (memory (export "memory") 1) (func (export "_start")))')
-    grant = '{ host = "log" }' if kind == "log" else \
-        f'{{ host = "file", path = "{path}", read_only = true }}'
+    host = HOSTS[kind]
+    grant = f'{{ host = "{host}" }}' if host in ("log", "random") else \
+        f'{{ host = "{host}", path = "{path}", read_only = true }}'
     with open(os.path.join(d, "system.toml"), "w") as f:
         f.write(f'[system]\nlogs = "{d}/logs"\n[compartments.app]\nmodule = "app.wat"\n'
                 f'[compartments.app.limits]\nlog_rate = 1000000\n'
-                f'[compartments.app.grants]\n{kind} = {grant}\n')
+                + ('message_size = "2MiB"\n' if kind == "read1m" else "") +
+                f'[compartments.app.grants]\n{host} = {grant}\n')
     plan = preflight.prepare(policy.load(os.path.join(d, "system.toml")))
     devnull = open(os.devnull, "w")
     sup = runtime.Supervisor(plan, os.path.join(d, "admin.sock"), devnull, devnull)
@@ -131,14 +136,21 @@ async def _setup(kind: str, d: str, nursery):
     by hand here); returns (sup, pid, the engine's socket, the call's bytes)."""
     path = os.path.join(d, "4k.bin")
     with open(path, "wb") as f:
-        f.write(os.urandom(4096))
+        f.write(os.urandom(1 << 20 if kind == "read1m" else 4096))
+    if kind in ("list", "stat"):
+        path = os.environ.get("HOSTPATH_DIR") or d     # a directory to list
     sup, limits, g = _supervisor(d, kind, path)
-    if kind == "log":
-        served = {"log": None}
-        iface, method, fields = LOG, LOG.method("write"), {"text": "x"}
-    else:
-        served = {"file": hostcaps.open_grant(g)}
-        iface, method, fields = FILE, FILE.method("read"), {"offset": 0, "count": 4096}
+    host = HOSTS[kind]
+    served = {host: hostcaps.open_grant(g) if host in ("file", "directory") else None}
+    iface = hosted.BY_KIND[host]
+    method, fields = {
+        "log": ("write", {"text": "x"}), "log4k": ("write", {"text": "x" * 4095}),
+        "file": ("read", {"offset": 0, "count": 4096}),
+        "read1m": ("read", {"offset": 0, "count": 1 << 20}),
+        "list": ("list", {"path": "", "cursor": 0}),
+        "stat": ("stat", {"path": ""}),
+        "random": ("bytes", {"count": 65536})}[kind]
+    method = iface.method(method)
     ours, theirs = socket.socketpair()
     pid, effects = sup.router.add_engine("app", [g], served)
     framer = sup.router.peers[pid].conn._framer
@@ -195,6 +207,7 @@ async def run(kind: str, n: int, profile: int | None) -> dict:
         prof = cProfile.Profile() if profile else None
         cpu0 = resource.getrusage(resource.RUSAGE_THREAD)
         worker0 = _thread_cpu("wsuper-lane-host")
+        all0 = resource.getrusage(resource.RUSAGE_SELF)
         if prof:
             prof.enable()
         child.stdin.write(msg)
@@ -204,6 +217,7 @@ async def run(kind: str, n: int, profile: int | None) -> dict:
             prof.disable()
         cpu1 = resource.getrusage(resource.RUSAGE_THREAD)
         worker = _thread_cpu("wsuper-lane-host") - worker0
+        all1 = resource.getrusage(resource.RUSAGE_SELF)
         await trio.to_thread.run_sync(child.wait)
         nursery.cancel_scope.cancel()
     sup.lane.stop()
@@ -216,7 +230,10 @@ async def run(kind: str, n: int, profile: int | None) -> dict:
     return {"kind": kind, "n": n, "host_worker": runtime.host_worker(),
             "p50_us": round(p50, 1), "mean_us": round(mean, 1),
             "trio_thread_cpu_us": round(cpu, 2), "of_which_system_us": round(sys_, 2),
-            "worker_thread_cpu_us": round(worker / n * 1e6, 2)}
+            "worker_thread_cpu_us": round(worker / n * 1e6, 2),
+            # every thread: with those that run host jobs (list, stat) too
+            "process_cpu_us": round((all1.ru_utime - all0.ru_utime + all1.ru_stime
+                                     - all0.ru_stime) / n * 1e6, 2)}
 
 
 async def micro(kind: str, n: int, profile: int | None) -> dict:
@@ -283,7 +300,7 @@ async def opcodes(kind: str, n: int, top: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=("log", "file"))
+    ap.add_argument("kind", choices=tuple(HOSTS))
     ap.add_argument("n", type=int, nargs="?", default=20000)
     ap.add_argument("--profile", type=int, default=None)
     ap.add_argument("--micro", action="store_true", help="_feed alone, in a loop")

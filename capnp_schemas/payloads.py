@@ -9,6 +9,8 @@ results) are read and built here without pycapnp, to the same values (see
 """
 from __future__ import annotations
 
+import itertools
+import operator
 import struct
 
 import attrs
@@ -232,6 +234,14 @@ def build(struct_module, values: dict | None) -> tuple[Content, list]:
         built = _build_flat(flat, values or {})
         if built is not None:
             return built, []
+    else:
+        lists = _LISTS.get(struct_module, False)
+        if lists is False:
+            lists = _lists(struct_module)
+        if lists is not None:
+            built = _build_lists(lists, values or {})
+            if built is not None:
+                return built, []
     return _build_pycapnp(struct_module, values)
 
 
@@ -576,3 +586,232 @@ _U64 = struct.Struct("<Q")
 #: pycapnp reads content as a message whose root word is replaced (Content.message),
 #: so a pad there reads otherwise in it; the flat reader leaves such content to it.
 _FAR_TO_ROOT = frozenset((wire.far_pointer(0, 0), wire.far_pointer(0, 0, double=True)))
+
+
+# ------------------------------------------------------------------ lists of flat structs, without pycapnp
+
+# A flat struct but for lists of Text or of flat structs (Directory.list's results:
+# 1,169 entries a 64 KiB page; Environment.args and vars) is built here too:
+# pycapnp's builder cost ~2.3 µs an entry (a page: 2.6 ms of a worker thread's
+# Python, holding the GIL against the event loop that serves every other
+# compartment; here 1.0 µs, docs/performance.md).  The message is one segment: the root, the struct and its own
+# blobs as _build_flat lays them, then each list (a composite list's tag and
+# elements, or a list of pointers), then the list's blobs in order.
+# tests/unit/test_payloads_lists.py reads what is built here back with pycapnp,
+# to the values pycapnp's own builder gives.  Only built, never read: results
+# go to guests; a value this builder does not take as it is goes to pycapnp.
+
+_LISTS: dict = {}           # struct module -> its _ListsLayout, or None
+
+
+@attrs.frozen
+class _ListField:
+    name: str
+    index: int                  # pointer index in the struct
+    element: object = None      # the element's _Element; None: a list of Text
+
+
+@attrs.frozen
+class _Element:
+    """How one element of a list of flat structs is written: its words, its data
+    words, its fields' `names` in the order of their offsets, `codec` (a
+    struct.Struct of the data and pointer sections at once, those values in that
+    order), and for each its role:
+    ("n", None) a number, ("e", {name: value}) an enum, ("t", pointer index) a
+    Text."""
+    words: int
+    data: int
+    names: tuple
+    roles: tuple
+    codec: object
+
+
+@attrs.frozen
+class _ListsLayout:
+    head: object            # _Layout of the struct's other fields (for _build_flat)
+    lists: dict             # name -> _ListField
+
+
+def _lists(struct_module):
+    """The struct's layout when it is flat but for lists of Text or of flat structs
+    (numbers, enums and Text only, byte-aligned); else None."""
+    try:
+        return _LISTS[struct_module]
+    except KeyError:
+        pass
+    layout = None
+    schema = struct_module.schema
+    if not schema.node.struct.discriminantCount:
+        flat, lists = [], {}
+        for field in schema.fields_list:
+            made = _flat_field(field)
+            if made is None:
+                made = _list_field(field)
+                if made is None:
+                    flat = None
+                    break
+                lists[made.name] = made
+            else:
+                flat.append(made)
+        if flat is not None and lists:
+            head = _Layout((schema.node.struct.dataWordCount, schema.node.struct.pointerCount,
+                            tuple(flat), {f.name: f for f in flat}))
+            layout = _ListsLayout(head, lists)
+    _LISTS[struct_module] = layout
+    return layout
+
+
+def _list_field(field) -> _ListField | None:
+    proto = field.proto
+    if proto.which() != "slot" or proto.slot.type.which() != "list" \
+            or proto.slot.hadExplicitDefault:
+        return None
+    kind = proto.slot.type.list.elementType.which()
+    if kind == "text":
+        return _ListField(proto.name, proto.slot.offset)
+    if kind != "struct":
+        return None
+    element = _element(_StructModule(field.schema.elementType, proto.name))
+    return None if element is None else _ListField(proto.name, proto.slot.offset, element)
+
+
+def _element(struct_module) -> _Element | None:
+    layout = _flat(struct_module)
+    if layout is None:
+        return None
+    data, ptrs, fields, _by = layout
+    slots = []                      # (byte offset, format, field) in the element's words
+    for f in fields:
+        if f.kind == "text":
+            slots.append((8 * (data + f.offset), "Q", f))
+        elif f.kind in _NUMBERS:
+            slots.append((f.offset, f.codec.format[1:], f))
+        else:
+            return None             # bool, void, data: pycapnp builds it
+    slots.sort(key=lambda x: x[0])
+    fmt, at = "<", 0
+    for offset, code, f in slots:
+        if offset < at:
+            return None
+        fmt += f"{offset - at}x" if offset > at else ""
+        fmt += code
+        at = offset + struct.calcsize("<" + code)
+    fmt += f"{8 * (data + ptrs) - at}x" if 8 * (data + ptrs) > at else ""
+    names = tuple(f.name for _o, _c, f in slots)
+    roles = tuple(("t", f.offset) if f.kind == "text" else
+                  ("e", f.values) if f.values is not None else ("n", None)
+                  for _o, _c, f in slots)
+    return _Element(data + ptrs, data, names, roles, struct.Struct(fmt))
+
+
+def _build_lists(layout: _ListsLayout, values: dict) -> Content | None:
+    """The message, or None to let pycapnp build it (and raise what it raises)."""
+    flat_values = {k: v for k, v in values.items() if k not in layout.lists}
+    head = _build_flat(layout.head, flat_values)
+    if head is None:
+        return None
+    seg = bytearray(head.segments[0])
+    data, ptrs = layout.head[0], layout.head[1]
+    parts = [seg]
+    start = len(seg) >> 3           # the word the next list begins at
+    for name, value in values.items():
+        lf = layout.lists.get(name)
+        if lf is None:
+            continue
+        if type(value) is not list or len(value) > MAX_LIST_ELEMENTS_BUILT:
+            return None
+        at = 1 + data + lf.index
+        words = _list_of_texts(value, start, parts) if lf.element is None else \
+            _list_of_structs(lf.element, value, start, parts)
+        if words is None:
+            return None
+        size = wire.COMPOSITE if lf.element is not None else 6
+        count = len(value) * lf.element.words if lf.element is not None else len(value)
+        _U64.pack_into(seg, 8 * at, wire.LIST | ((start - at - 1) << 2) | (size << 32)
+                       | (count << 35))
+        start += words
+    return Content((b"".join(parts),), (0, 0))
+
+
+#: elements of one list built here at most (a composite list counts words, 2^29 - 1)
+MAX_LIST_ELEMENTS_BUILT = 1 << 20
+
+
+def _list_of_texts(items: list, start: int, parts: list) -> int | None:
+    """A list of pointers at word `start`, then its Text blobs; the words written."""
+    n = len(items)
+    ptrs = bytearray(8 * n)
+    blobs = []
+    blob = start + n                # the word the next blob begins at
+    pack = _U64.pack_into
+    try:
+        for i, item in enumerate(items):
+            if type(item) is not str:
+                return None
+            raw = item.encode("utf-8") + b"\0"
+            k = len(raw)
+            pack(ptrs, 8 * i, wire.LIST | ((blob - start - i - 1) << 2) | (_BYTES << 32)
+                 | (k << 35))
+            blobs.append(raw)
+            pad = -k % 8
+            if pad:
+                blobs.append(_ZEROS[:pad])
+            blob += (k + pad) >> 3
+    except UnicodeEncodeError:
+        return None
+    parts.append(ptrs)
+    parts.extend(blobs)
+    return blob - start
+
+
+def _list_of_structs(el: _Element, items: list, start: int, parts: list) -> int | None:
+    """A composite list at word `start` (its tag, then the elements), then the
+    elements' Text blobs, element by element and in each by pointer index (as
+    pycapnp lays them out when each dict names its fields in that order: then
+    the same bytes as its builder's with one segment); the
+    words written.  Column by column, in comprehensions and a map of the
+    element's struct.Struct: a loop over the fields of each element cost more
+    than pycapnp's builder."""
+    n = len(items)
+    stride = el.words
+    nfields = len(el.names)
+    if any(type(item) is not dict or len(item) != nfields for item in items):
+        return None
+    columns, texts = [], []         # texts: (column index, pointer index, raws, padded)
+    nul = b"\0"
+    try:
+        for name, (role, detail) in zip(el.names, el.roles):
+            column = [item[name] for item in items]
+            if role == "t":
+                if any(type(v) is not str for v in column):
+                    return None
+                raws = [v.encode("utf-8") + nul for v in column]
+                texts.append((len(columns), detail, raws,
+                              [r.ljust(len(r) + 7 & ~7, nul) for r in raws]))
+            elif role == "e":
+                column = [detail[v] if type(v) is str else None for v in column]
+            elif any(type(v) is not int for v in column):
+                return None
+            columns.append(column)
+        # the blobs in pycapnp's order: element 0's texts in field order, element 1's...
+        texts.sort(key=lambda t: t[1])
+        order = list(itertools.chain.from_iterable(zip(*(t[3] for t in texts))))
+        blob = start + 1 + n * stride   # the word the first blob begins at
+        at = list(itertools.accumulate([len(p) >> 3 for p in order], initial=blob))
+        end = at.pop()
+        kinds = wire.LIST | (_BYTES << 32)
+        for k, (c, index, raws, _padded) in enumerate(texts):
+            # element i's pointer `index` is at word `first + i * stride`; its blob
+            # at at[i * len(texts) + k]
+            first = start + 1 + el.data + index
+            offsets = map(operator.sub, at[k::len(texts)],
+                          range(first + 1, first + 1 + n * stride, stride))
+            columns[c] = [kinds | (o << 2) | (len(r) << 35) for o, r in zip(offsets, raws)]
+        body = b"".join(itertools.chain(
+            (_U64.pack((n << 2) | (el.data << 32) | ((stride - el.data) << 48)),),
+            map(el.codec.pack, *columns)))
+    except (KeyError, TypeError, UnicodeEncodeError, struct.error, OverflowError):
+        return None
+    parts.append(body)
+    parts.extend(order)
+    return end - start

@@ -287,6 +287,7 @@ def _kind(mode: int) -> str:
 
 
 _DT_KIND = {8: "file", 4: "directory", 10: "symlink"}
+_DIRENT = struct.Struct("<QqHB")      # a linux_dirent64 before its name
 
 
 def _info(s: os.stat_result) -> dict:
@@ -1144,6 +1145,7 @@ def _page(fd: int, cursor: int, budget: int) -> dict:
     `budget` bytes of results or LIST_PAGE_ENTRIES entries."""
     buf = ctypes.create_string_buffer(_GETDENTS_BUF)
     entries, used, last = [], 0, cursor
+    head, find, kinds = _DIRENT.unpack_from, bytes.find, _DT_KIND    # the loop's, at hand
     while True:
         n = _libc.syscall(SYS_GETDENTS64, fd, buf, _GETDENTS_BUF)
         if n < 0:
@@ -1153,19 +1155,20 @@ def _page(fd: int, cursor: int, budget: int) -> dict:
             return {"entries": entries, "cursor": last, "done": True}
         raw, pos = buf.raw[:n], 0
         while pos < n:
-            ino, off, reclen, dtype = struct.unpack_from("<QqHB", raw, pos)
-            name = raw[pos + 19:pos + reclen].split(b"\0", 1)[0]
+            ino, off, reclen, dtype = head(raw, pos)
+            end = find(raw, b"\0", pos + 19, pos + reclen)     # the kernel ends it with one
+            name = raw[pos + 19:end if end >= 0 else pos + reclen]
             pos += reclen
-            if name in (b".", b".."):
+            if name == b"." or name == b"..":
                 last = off
                 continue
-            cost = 40 + (len(name) + 8) // 8 * 8      # an Entry: 4 words, and its name
+            cost = 40 + (len(name) + 8 & ~7)          # an Entry: 4 words, and its name
             if used + cost > budget or len(entries) >= LIST_PAGE_ENTRIES:
                 if not entries:
                     raise FsError(f"an entry ({len(name)} bytes of name) does not fit in a "
                                   f"message to you (message_size)", "E2BIG")
                 return {"entries": entries, "cursor": last, "done": False}
-            kind = _DT_KIND.get(dtype)
+            kind = kinds.get(dtype)
             if kind is None:
                 try:
                     kind = "other" if dtype else _kind(os.stat(name, dir_fd=fd,
