@@ -386,6 +386,62 @@ class _Handle:
                 pass
 
 
+SUBDIR_DEPTH = 4096             # directories a Directory may lie below its grant
+
+
+class _Beneath(_Handle):
+    """The descriptor of a directory beneath a grant (a `subdir`): each use first
+    finds it still beneath the grant's directory, whose (st_dev, st_ino) is `root`.
+    A directory the host moved out of the grant (`mv grant/work ~/`) was named by
+    its descriptor wherever it went, and a plugin holding it made files there and
+    read what the user put there afterwards (a review of directory grants)."""
+    __slots__ = ("root",)
+
+    def __init__(self, fd: int, label: str, root: tuple):
+        super().__init__(fd, label)
+        self.root = root
+
+    def __enter__(self) -> int:
+        fd = super().__enter__()
+        try:
+            _still_beneath(fd, self.root, self._label)
+        except BaseException:
+            super().__exit__()
+            raise
+        return fd
+
+
+def _still_beneath(fd: int, root: tuple, label: str):
+    """Climb from the directory `fd` by '..' (the kernel's parent, not a name) to the
+    grant's directory `root`; ENOTCAPABLE if the top of the file system comes first,
+    or more than SUBDIR_DEPTH directories.  One descriptor at a time."""
+    cur = fd
+    try:
+        for _ in range(SUBDIR_DEPTH + 1):
+            s = os.fstat(cur)
+            if (s.st_dev, s.st_ino) == root:
+                return
+            try:
+                up = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            except FileNotFoundError:
+                raise FsError(f"{label} was removed", "ENOENT") from None
+            if cur != fd:
+                os.close(cur)
+            cur = up
+            u = os.fstat(cur)
+            if (u.st_dev, u.st_ino) == (s.st_dev, s.st_ino):      # '/': its own parent
+                break
+        else:
+            raise FsError(f"{label} lies more than {SUBDIR_DEPTH} directories below the "
+                          f"granted directory", "ENOTCAPABLE")
+    except OSError as e:
+        raise _explain(e, label) from None
+    finally:
+        if cur != fd:
+            os.close(cur)
+    raise FsError(f"{label} was moved out of the granted directory", "ENOTCAPABLE")
+
+
 def _named(obj, name: str | None):
     """`obj` (a granted Directory or File, open) from now on says `name` in its errors
     and in those of what is opened through it ("data/notes.txt"), not its host path:
@@ -402,8 +458,11 @@ class Directory:
     """A directory capability: an O_PATH descriptor and its attenuation."""
 
     def __init__(self, fd: int, label: str, read_only: bool = False, append_only: bool = False,
-                 quota: WriteQuota | None = None, refuse_hard_links: bool = False):
-        self._h = _Handle(fd, label)
+                 quota: WriteQuota | None = None, refuse_hard_links: bool = False,
+                 root: tuple | None = None):
+        # root: (st_dev, st_ino) of the grant's directory, for one beneath it
+        self._h = _Handle(fd, label) if root is None else _Beneath(fd, label, root)
+        self.root = root
         self.label = label
         self.read_only = read_only
         self.append_only = append_only
@@ -430,7 +489,7 @@ class Directory:
         d = cls(fd, path, quota=quota or WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
-                sub = d._subdir(subdir, follow=True)     # beneath, like any path
+                sub = d._subdir(subdir, follow=True, root=True)   # beneath, like any path
             finally:
                 d.close()
             return _named(sub, name)
@@ -551,13 +610,22 @@ class Directory:
             raise
         return {"dir": d, "inode": inode}
 
-    def _subdir(self, path: str, follow: bool) -> "Directory":
+    def _subdir(self, path: str, follow: bool, root: bool = False) -> "Directory":
+        """`root`: the directory opened is a grant's own (Directory.grant's subdir)."""
         raw = _path(path)
         with self._h as dfd:
             fd = self._beneath(dfd, raw, os.O_PATH | os.O_DIRECTORY |
                                (0 if follow else os.O_NOFOLLOW), path)
+            try:
+                top = self.root
+                if top is None and not root:
+                    s = os.fstat(dfd)
+                    top = (s.st_dev, s.st_ino)
+            except BaseException:
+                os.close(fd)
+                raise
         return Directory(fd, self._sub(raw), self.read_only, self.append_only, self.quota,
-                         self.refuse_hard_links)
+                         self.refuse_hard_links, root=top)
 
     # ------------------------------------------------------------ reading
 

@@ -1760,3 +1760,42 @@ env = {{ host = "environment", args = ["read:/work/hello.txt", "stat:/work/hello
     r = run_wsuper("up", system, timeout=120)
     assert _lines(r)[:2] == ["read /work/hello.txt -> ok", "  hi there"], r.stdout + r.stderr
     assert "finished app exit=0" in r.stderr, r.stdout + r.stderr
+
+
+def test_a_wasi_program_holding_a_directory_the_host_moves_out_of_the_grant_reaches_nothing_there(
+        tmp_path):
+    """A program holding /d/work open while the user moved it out of the grant
+    (`mv granted/work ~/`) made a file in ~/work through it and read what the user
+    put there afterwards: its Directory named it by descriptor, wherever it went."""
+    import subprocess
+    import sys
+
+    from supervisor import toolchain
+    wasm = toolchain.build([os.path.join(ROOT, "tests", "integration", "guests", "wasi",
+                                         "held.c")], str(tmp_path / "held.wasm"))
+    granted, home = tmp_path / "granted", tmp_path / "home"
+    (granted / "work").mkdir(parents=True)
+    home.mkdir()
+    system = _system(tmp_path, wasm, f"""
+stdout = {{ host = "log" }}
+d = {{ host = "directory", path = "{granted}" }}
+""")
+    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", system], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):                # the program holds /d/work: made /d/ready
+            if (granted / "ready").exists() or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        os.rename(granted / "work", home / "work")
+        (home / "work" / "private.txt").write_text("the user's own\n")
+        (granted / "moved").write_text("")
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    lines = [l[6:] for l in out.splitlines() if l.startswith("[app] ")]
+    # a path that would leave its directory is EPERM to a WASI program (wasmtime's)
+    assert lines == ["create pwn: EPERM", "read private.txt: EPERM"], out + err
+    assert sorted(os.listdir(home / "work")) == ["private.txt"]

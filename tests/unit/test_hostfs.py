@@ -1666,3 +1666,42 @@ def test_an_absolute_link_target_is_named_in_bounded_text(tmp_path):
     with pytest.raises(FsError) as e:
         d.symlink("/" + "a" * 100_000, "l")
     assert "would lead outside" in str(e.value) and len(str(e.value)) < 1000
+
+
+def test_a_subdirectory_moved_out_of_the_grant_is_not_reached_through_its_directory(tmp_path):
+    """A Directory of a subdirectory (`subdir`, a WASI program's open directory)
+    held while the host moves that directory out of the grant (`mv grant/work ~/`)
+    named it wherever it went: through it, a plugin made files in the host's
+    directory outside the grant and read what the user put there afterwards.  Every
+    operation through it now fails ENOTCAPABLE, and nothing outside changes; moved
+    back beneath the grant (anywhere), it works again.  So does one nested in it."""
+    root = tmp_path / "granted"
+    (root / "work" / "deep").mkdir(parents=True)
+    (root / "elsewhere").mkdir()
+    outside = tmp_path / "home"
+    outside.mkdir()
+    d = Directory.grant(str(root))
+    work = d.subdir("work")["dir"]
+    deep = work.subdir("deep")["dir"]
+    work.create("before")["file"].close()
+    os.rename(root / "work", outside / "work")
+    (outside / "work" / "private.txt").write_text("the user's own")
+    os.symlink("private.txt", outside / "work" / "ln")
+    before = sorted(p.name for p in (outside / "work").iterdir())
+    for o in (work, deep):
+        for call in (lambda: o.create("pwn"), lambda: o.open("../work/private.txt" if o is
+                                                             deep else "private.txt", "read"),
+                     lambda: o.list("."), lambda: o.stat("."), lambda: o.mkdir("new"),
+                     lambda: o.subdir("."), lambda: o.symlink("a", "b"),
+                     lambda: o.rename("x", "y"), lambda: o.unlink("x"),
+                     lambda: o.link("x", "y"), lambda: o.readlink("ln"),
+                     lambda: o.setTimes(".", False, 0, "to", 0, "to"), lambda: o.sync()):
+            assert "moved out of the granted directory" in fails("ENOTCAPABLE", call)
+    assert sorted(p.name for p in (outside / "work").iterdir()) == before
+    os.rename(outside / "work", root / "elsewhere" / "work")     # beneath again: reached
+    assert opened(work, "private.txt").read(0, 100) == {"data": b"the user's own"}
+    deep.create("after")["file"].close()
+    assert (root / "elsewhere" / "work" / "deep" / "after").exists()
+    os.rename(root / "elsewhere" / "work", outside / "work")
+    fails("ENOTCAPABLE", deep.create, "again")
+    assert not (outside / "work" / "deep" / "again").exists()
