@@ -15,7 +15,8 @@ call out to Python.  A thread plays the supervisor on the other end of each:
 it reads the engine's Call and answers it as the input says: plain results
 of every shape (flat, with pointers, null, a far pointer, a capability
 pointer, past the segment, in two segments, in a segment longer than one
-read), an exception, results that need a Finish, the answer in two writes,
+read, a pointer-rich struct mutated: _mutated), an exception, results that
+need a Finish, the answer in two writes,
 the answer with the outer call's Finish in the same write, the outer call's
 Finish alone first (the engine finishes its question, then reads the
 answer), a call into the engine first, whose guest code calls out again with
@@ -56,6 +57,7 @@ from compartments import unchecked
 from compartments.engine import ENGINE_INTERFACE, Engine
 from compartments.limits import Limits
 from compartments.spec import EngineSpec
+from fuzz import protocol as F
 from fuzz.hostmem import ARGS, LIMIT, MEMIO, MEMORY, framed, message, struct_ptr
 
 CALL = 5                            # memio.wat's method that calls out
@@ -63,7 +65,34 @@ PARAMS_AT, OUT_AT, REPLY_AT = 4096, 8192, 16384
 REPLIES = ("plain",) * 12 + ("pointers", "pointers", "null", "far", "capability",
            "outside", "exception", "finish", "split", "cancel", "wrong", "end", "caps",
            "finish first", "nested", "nested", "nested first", "nested first", "segments",
-           "large")
+           "large", "mutated", "mutated", "mutated")
+#: a struct with a text and a list of structs, and another struct: what a callee
+#: (a compartment, as hostile as any; the lane forwards its one-segment results
+#: without reading them) mutates for "mutated" results and params
+RICH = [struct_ptr(0, 1, 3), 7,
+        (2 << 2) | 1 | (2 << 32) | (6 << 35),            # "hello" at 5
+        (2 << 2) | 1 | (7 << 32) | (2 << 35),            # two structs: the tag at 6
+        struct_ptr(4, 1, 1),                             # a struct at 9
+        0x6f6c6c6568, struct_ptr(2, 1, 0), 11, 12,
+        13, (0 << 2) | 1 | (2 << 32) | (3 << 35), 0x6968]  # its text "hi" at 11
+
+
+def _mutated(rng: random.Random) -> list:
+    """RICH with one to four of its words mutated as fuzz/protocol.py mutates pointers
+    (offsets, sizes, counts, kinds, far and capability pointers) or set to an
+    interesting value, and now and then cut or grown."""
+    words = list(RICH)
+    for _ in range(rng.randrange(1, 5)):
+        at = rng.randrange(len(words))
+        if rng.randrange(3):
+            words[at] = F._mutate_pointer(rng, words[at], 1)
+        else:
+            words[at] = rng.choice(F.INTERESTING)
+    if not rng.randrange(6):
+        words = words[:rng.randrange(1, len(words))]
+    elif not rng.randrange(6):
+        words += [rng.getrandbits(64) for _ in range(rng.randrange(1, 4))]
+    return words
 
 
 class Side:
@@ -113,6 +142,8 @@ def _reply_content(kind: str, rng: random.Random) -> Content:
     elif kind == "segments":             # the struct in a second segment (a far pointer)
         return Content.standalone([struct.pack("<Q", (1 << 32) | 2), b"".join(
             struct.pack("<Q", w) for w in [struct_ptr(0, n, 0)] + body)])
+    elif kind == "mutated":
+        words = _mutated(rng)
     elif kind == "large":                # a small struct in a segment past one read
         words = [struct_ptr(0, n, 0)] + body + [0] * (8200 + n)
     else:
@@ -238,7 +269,27 @@ def _answer_out(side: Side, kind: str, rng: random.Random, ev, outer_qid: int, o
     elif kind == "end":
         sock.shutdown(socket.SHUT_WR)
     else:
-        sock.sendall(sup.send_return(aid, _reply_content(kind, rng), [], no_finish=True))
+        content = _reply_content(kind, rng)
+        if kind == "mutated" and _reads_its_answer_id(content, side.engine.max_message_bytes):
+            content = _reply_content("plain", rng)
+        sock.sendall(sup.send_return(aid, content, [], no_finish=True))
+
+
+def _reads_its_answer_id(content: Content, max_bytes: int) -> bool:
+    """Whether the guest's copy of `content`, returned, depends on the Return's answer
+    id: content that runs past its segment's end reaches the header that follows it
+    in the message (protocol.Connection._splice), whose first data word holds the
+    id, and the native path numbers its questions from 2^31, Python from 0.  Such a
+    mutant would differ rightly (the fuzzer's own false alarm, seed 1 call 299)."""
+    def reading(aid):
+        head, at = rpcwire.encode_return(aid, True, ())
+        try:
+            segs = wire.unframe(protocol.Connection._splice(head, at, content))
+            m = rpcwire.decode(segs)
+            return wire.single_segment_copy(segs, m.content_loc, max_bytes // 8)
+        except Exception as e:  # noqa: BLE001 - any refusal: its words are compared
+            return f"{type(e).__name__}: {e}"
+    return len({reading(aid) for aid in (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)}) > 1
 
 
 def _read_by(engine: Engine, timeout: float = 10.0):
@@ -269,7 +320,8 @@ def scenario(rng: random.Random) -> dict:
     """One call out: the memory writes, memio's arguments, the reply pending, and
     how the supervisor answers."""
     data = message(rng) if rng.randrange(4) else framed(
-        [struct_ptr(0, 2, 0), rng.getrandbits(64), rng.getrandbits(64)])
+        [struct_ptr(0, 2, 0), rng.getrandbits(64), rng.getrandbits(64)]) \
+        if rng.randrange(3) else framed(_mutated(rng))
     where = rng.choice((PARAMS_AT,) * 8 + (MEMORY - len(data), MEMORY - len(data) + 8, 0))
     length = rng.choice((len(data),) * 12 + (0, 8, len(data) - 8, len(data) + 8, -1,
                                              LIMIT + 8))
