@@ -11,8 +11,10 @@ hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app'
 one-segment Call to calc (on its grant, or pipelined on a call still open), or
 a Finish, or a Release of its grant, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
 pointer words, integer fields, bit flips, words dropped or repeated), then
-framed as one message, followed by a plain marker call so that both worlds know
-when app's input was handled.  calc answers every call it got (its answers to
+framed as one message (one input in four: two or three such messages, in one
+write), followed by a plain marker call so that both worlds know when app's
+input was handled (one write in five cut in two anywhere, the lane reading the
+first part before the second is written).  calc answers every call it got (its answers to
 method 2 held until after the next input, so that input may use their question
 ids again; one input in five answered with a mutated Return); app finishes what
 wants finishing; now and then app's grant is revoked, or calc's engine dies and
@@ -30,9 +32,11 @@ to stay in step).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import random
 import struct
 import sys
+import termios
 import time
 import traceback
 
@@ -190,11 +194,18 @@ class World:
             if "internal error" in str(text):
                 raise Failure("internal", str(text)[:300])
 
-    def send(self, data: bytes, marker_qid: int):
-        """app's input, then its marker call; until the marker's answer, or app gone."""
+    def send(self, data: bytes, marker_qid: int, cut: int | None = None):
+        """app's input, then its marker call; until the marker's answer, or app gone.
+        `cut`: the bytes are written in two, the lane reading (and framing) the
+        first part, a message cut anywhere, before the second is written."""
         app = self.app
+        out = data + marker(marker_qid, self.imp)
         try:
-            app.sock.sendall(data + marker(marker_qid, self.imp))
+            if cut is not None and 0 < cut < len(out):
+                app.sock.sendall(out[:cut])
+                _read_by_the_lane(app.sock)
+                out = out[cut:]
+            app.sock.sendall(out)
         except OSError:
             self.gone = True
         n = len(self.app_raw)
@@ -261,6 +272,21 @@ class World:
 
 
 MARK = 0x5A5A5A5A5A5A5A5A
+
+
+def _read_by_the_lane(sock, timeout: float = 5.0):
+    """Wait until the lane has read all that was written on `sock` (a Unix socket:
+    SIOCOUTQ counts what the other end has not read yet), so that what is written
+    next comes in a read of its own."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if not struct.unpack("<i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                   bytes(4)))[0]:
+                return
+        except OSError:
+            return
+        time.sleep(0.0005)
 
 
 def bad_return(seed: str, data: bytes, answer_id: int):
@@ -395,6 +421,14 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                 qid, fresh = 1000, False
             data = mutate_one(rng, rng.choice(pool)) if rng.random() < 0.9 \
                 else wire.frame(rng.choice(pool).segs)
+            if rng.random() < 0.25:
+                # more of app's messages in the same write (a call and its Finish,
+                # an id used twice, ...): the lane takes the ones after a message it
+                # handed to Python in order, through Python, as Python would
+                for _ in range(rng.choice((1, 1, 2))):
+                    data += mutate_one(rng, rng.choice(pool)) if rng.random() < 0.5 \
+                        else wire.frame(rng.choice(pool).segs)
+            cut = rng.randrange(1, len(data) + 1) if rng.random() < 0.2 else None
             qid += 1
             if rng.random() < 0.02:
                 # calc restarts, app's calls held there (native, or through Python)
@@ -417,7 +451,7 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
             try:
                 for w in worlds:
                     n_app, n_calc = len(w.app_raw), len(w.calc_got)
-                    w.send(data, qid)
+                    w.send(data, qid, cut)
                     w.mark = (n_app, n_calc)
                     w.bad_return = None
                 a, b = worlds
