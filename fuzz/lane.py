@@ -8,7 +8,8 @@ hand-driven engines of tests/unit/test_fastlane.py: calc (exports), app
 In about a third of the world pairs app is an external client on the gateway
 instead.  In one world app's messages may go natively; in the other the lane
 hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
-one-segment Call to calc (on its grant, or pipelined on a call still open), or
+one-segment Call to calc (on its grant, or pipelined on a call still open; its
+params small, or of 80 KiB or 300 KiB), or
 a Finish, or a Release of its grant, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
 pointer words, integer fields, bit flips, words dropped or repeated), then
 framed as one message (one input in four: two or three such messages, in one
@@ -347,6 +348,16 @@ def _renumber(data: bytes, qid: int) -> bytes:
     return wire.frame(msg.to_segments())
 
 
+def _renumbered_in_place(data: bytes, qid: int) -> bytes:
+    """`data`, a one-segment Call, with question id `qid`, its segments as they were
+    (pycapnp's builder would lay a large one out in two)."""
+    [seg] = [bytearray(sg) for sg in wire.unframe(data)]
+    _k, s, start, w = wire.resolve([seg], (0, 0))                      # the Message
+    _k, s, at, _w = wire.resolve([seg], (s, start + ((w >> 32) & 0xFFFF)))  # its Call
+    seg[8 * at:8 * at + 4] = struct.pack("<I", qid)
+    return wire.frame([bytes(seg)])
+
+
 def seeds(imp: int) -> list:
     out = []
     c = P.Connection("app")
@@ -356,6 +367,13 @@ def seeds(imp: int) -> list:
             _q, data = c.send_call(imp, 0xC0FFEE0000000001, method, Content.standalone(
                 [struct.pack("<QQ", 1 << 32, tag)]))
             out.append(Seed(_renumber(data, 100 + method)))
+    # params past one of the lane's reads (64 KiB) and its budget of a wake-up
+    # (256 KiB): a struct with its tag and a Data of 80 KiB or 300 KiB
+    for size in (80 << 10, 300 << 10):
+        _q, data = c.send_call(imp, 0xC0FFEE0000000001, 0, Content.standalone(
+            [struct.pack("<QQQ", (1 << 32) | (1 << 48), 11, (0 << 2) | 1 | (2 << 32) | (size << 35))
+             + bytes(range(256)) * (size // 256)]))
+        out.append(Seed(_renumbered_in_place(data, 103)))
     # pipelined on question 100 (open or not), and a finish
     _q, data = c.send_call((100, (0,)), 0xC0FFEE0000000001, 0,
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
