@@ -22,7 +22,8 @@ wants finishing; now and then app's grant is revoked, or calc's engine dies and
 a new one takes its place, just before an input.
 
 Checks, after each input, in both worlds: no exception out of the router or the
-lane, no internal error reported; what calc received (interface, method,
+lane, no internal error reported; in the world pairs with an audit (half; in half
+of those the lane's room for records is 3), the records emitted, times aside; what calc received (interface, method,
 content, capabilities) and what app got back (which answer, results or which
 exception type and reason, or an Abort's), and whether app (and calc) was cut
 off, are the same in both worlds; and b's call to calc is still delivered and
@@ -43,6 +44,7 @@ import traceback
 
 from capnp_schemas import protocol as P, rpcwire, wire
 from capnp_schemas.protocol import Content
+from supervisor import effects as fx
 
 from . import protocol as F
 from .seeds import Seed
@@ -66,11 +68,16 @@ def _summary(segs):
 
 
 class World:
-    def __init__(self, native: bool, external: bool = False):
+    def __init__(self, native: bool, external: bool = False, audit: int | None = None):
         from tests.unit import test_fastlane as T
         self.T = T
         self.external = external     # app is an external client on the gateway
-        self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None}, external=("calc",))
+        # audit: None (off), 0 (on, the lane's own room for records) or the room for
+        # records of the lane's audited calls in flight (past it they go to Python)
+        self.sup = T.Sup({"calc": T.CALC, "app": None, "b": None}, external=("calc",),
+                         **({} if audit is None else {"audit": True,
+                                                      "audit_capacity": audit or None}))
+        self.audit_seen = 0          # sup.other up to here was read for audit records
         self.calc = self._calc()
         if self.external:
             self.app = T.External(self.sup, "app")
@@ -234,6 +241,16 @@ class World:
             if aid in self.calc.conn.answers and self.calc.pid in self.sup.router.peers:
                 self.calc.send(self.calc.conn.send_return(aid, self.T.params(
                     tag if tag is not None else 3), no_finish=True))
+
+    def audit_records(self) -> list:
+        """The audit records emitted since the last look (the lane's drained first, as
+        the runtime's tick does), each without its times, in a canonical order: the
+        lane's are drained when asked, Python's made as each call ends."""
+        self.sup.perform(self.sup.router.native_tick())
+        new = [e.record for e in self.sup.other[self.audit_seen:] if isinstance(e, fx.Audit)]
+        self.audit_seen = len(self.sup.other)
+        return sorted(tuple(sorted((k, str(v)) for k, v in r.items()
+                                   if k not in ("time", "duration_ms"))) for r in new)
 
     def _calc_read_all(self) -> bool:
         """Nothing waits for calc in the lane or unread on its socket (or calc is gone)."""
@@ -444,7 +461,9 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                 for w in worlds or ():
                     w.stop()
                 ext = rng.random() < 0.3
-                worlds, revoked, fresh = [World(True, ext), World(False, ext)], False, True
+                audit = rng.choice((None, None, 0, 3))
+                worlds, revoked, fresh = [World(True, ext, audit), World(False, ext, audit)], \
+                    False, True
             if any(w.gone for w in worlds) or fresh:
                 for w in worlds:
                     if not fresh:
@@ -514,6 +533,9 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                     raise Failure("app got", f"native {ra!r:.300} python {rb!r:.300}")
                 for w in worlds:
                     w._honest(w.b)
+                aa, ab = a.audit_records(), b.audit_records()
+                if aa != ab:
+                    raise Failure("audit", f"native {aa!r:.600} python {ab!r:.600}")
                 if any(w.bad_sent for w in worlds):
                     # calc's side of its connection believes the Return it built, not
                     # the mutant (a noFinishNeeded it did not set: it awaits a Finish

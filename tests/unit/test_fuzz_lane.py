@@ -41,3 +41,15 @@ def test_a_python_path_that_reads_a_call_otherwise_is_caught(monkeypatch):
     monkeypatch.setattr(R.Router, "receive", otherwise)
     _done, failures = L.run(100, seed=3)
     assert any(k.startswith(("calc got", "app got")) for k in failures), failures
+
+
+def test_a_native_path_that_loses_audit_records_is_caught(monkeypatch):
+    """In the world pairs with an audit (half of them), the records each world's
+    audit emits after each input are compared: a lane whose drained records are
+    lost (calls forwarded natively, unaudited) is caught."""
+    def losing(self, bounded=False):
+        self.native.drain_audit()
+        return False
+    monkeypatch.setattr(R.Router, "_drain_native_audit", losing)
+    _done, failures = L.run(60, seed=5)
+    assert any(k.startswith("audit") for k in failures), failures
