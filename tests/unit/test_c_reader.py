@@ -62,9 +62,17 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[i], "rb");
     size_t len = fread(buf, 1, sizeof buf, f);
     fclose(f);
+    /* the message in a block of its own size: a read past its end is AddressSanitizer's
+     * to report (inside the static buffer it read leftovers, unnoticed) */
+    uint8_t *msg = malloc(len ? len : 1);
+    memcpy(msg, buf, len);
     wsuper_reader r;
     wsuper_arena a = {0, 0};
-    if (wsuper_reader_init(&r, buf, (uint32_t)len, caps, 4) != 0) { printf("reject\n"); continue; }
+    if (wsuper_reader_init(&r, msg, (uint32_t)len, caps, 4) != 0) {
+      printf("reject\n");
+      free(msg);
+      continue;
+    }
     if (argv[1][0] == 'h') {
       holder v;
       memset(&v, 0, sizeof v);
@@ -96,6 +104,7 @@ int main(int argc, char **argv) {
       printf("%s depth=%lu\n", r.bad ? "bad" : "ok", depth(&v));
     }
     wsuper_arena_free(&a);
+    free(msg);
   }
   return 0;
 }
@@ -161,6 +170,57 @@ def test_valid_messages_decode_and_mutations_are_caught(harness):
     assert sum(l.startswith("bad") for l in lines) > 50     # the checks do fire
     # and each says what it found (r.why: the skeleton's "malformed params of ...: WHY")
     assert all(" why=" in l and not l.endswith(" why=") for l in lines if l.startswith("bad"))
+
+
+def test_pointer_aware_mutants_of_every_harness_schema_are_caught(harness):
+    """Mutants as fuzz/protocol.py makes them (pointer words: offsets, sizes, counts,
+    kinds, far and capability pointers; interesting integers; words dropped or
+    repeated) of messages of all three schemas, as a plugin gets them (one segment):
+    bit lists, empty and wide structs and capabilities (Holder), recursion (Node),
+    and every field kind (Everything).  Byte flips of one Everything message were
+    all this reader met before; 200,000 such mutants ran clean under ASan and UBSan
+    (reviewer 223)."""
+    from fuzz import protocol as F
+    from fuzz.seeds import Seed
+    d = harness[1]
+    one = lambda b: wire.single_segment_copy(wire.unframe(b), (0, 0))      # noqa: E731
+    echo = capnp_schemas.load(os.path.join(GUESTS_C, "echo.capnp"))
+    holder = capnp_schemas.load(str(d / "holder.capnp"))
+    node = capnp_schemas.load(str(d / "node.capnp"))
+    seeds = {
+        "e": Seed(one(echo.Everything.new_message(
+            i64=5, text="hello", data=b"xyz", texts=["a", "b", ""], ints=[1, 2, 3],
+            inners=[{"n": 1, "label": "x"}, {"n": 3}], flags=[True, False, True],
+            inner={"n": 2, "label": "y"}).to_bytes())),
+        "h": Seed(one(holder.Holder.new_message(flags=[True, False] * 40, empties=[{}] * 5,
+                                                pad=b"pad", wides=[{"f0": 1}, {"f1023": 2}])
+                      .to_bytes())),
+        "n": Seed(one(node.Node.new_message(value=1, name="a", next={
+            "value": 2, "kids": [{"value": 3}, {"name": "k"}]}).to_bytes()))}
+    rng = random.Random(223)
+    for kind, seed in seeds.items():
+        mutants = []
+        for _ in range(300):
+            seg = bytearray(seed.segs[0])
+            for _ in range(rng.randint(1, 4)):
+                op = rng.randrange(4)
+                if op < 2:
+                    _s, p = rng.choice(seed.ptrs)
+                    w = int.from_bytes(seg[8 * p:8 * p + 8], "little")
+                    seg[8 * p:8 * p + 8] = F._mutate_pointer(rng, w, 1).to_bytes(8, "little")
+                elif op == 2:
+                    at = rng.randrange(len(seg) // 4) * 4
+                    seg[at:at + 4] = (rng.choice(F.INTERESTING) & 0xFFFFFFFF).to_bytes(4, "little")
+                else:
+                    p = 8 * rng.randrange(len(seg) // 8)
+                    seg[p:p] = seg[p:p + 8] if rng.randrange(2) else b""
+                    if not rng.randrange(2):
+                        del seg[p:p + 8]
+            mutants.append(_framed(bytes(seg[:len(seg) & ~7])))
+        lines = _run(harness, kind, mutants)         # under ASan and UBSan: no error
+        assert all(line.split()[0] in ("ok", "bad", "reject") for line in lines)
+        assert sum(line.startswith("bad") for line in lines) > 50, kind
+        assert sum(line.startswith("ok") for line in lines) > 10, kind
 
 
 def test_a_text_of_no_bytes_is_no_text(harness):
