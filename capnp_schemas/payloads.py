@@ -711,7 +711,7 @@ def _build_lists(layout: _ListsLayout, values: dict) -> Content | None:
     if head is None:
         return None
     seg = bytearray(head.segments[0])
-    data, ptrs = layout.head[0], layout.head[1]
+    data = layout.head[0]
     parts = [seg]
     start = len(seg) >> 3           # the word the next list begins at
     for name, value in values.items():
