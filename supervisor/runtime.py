@@ -56,10 +56,10 @@ SLICE = 4096                # bytes of a read fed to the router at a time
 _TABLE_ONE = struct.Struct("<II")   # a one-segment message's segment table (_whole_message)
 TURN = 0.002                # seconds one peer may hold the event loop before it yields
 CLOSE_FLUSH = 1.0           # seconds what is queued for a closed external connection may take
-REFUSED_LINGER = 8          # connections we ended read to their end at a time (_linger)
+LINGERING = 8               # connections we ended read to their end at a time (_linger)
 LINGER_BYTES = 1 << 20      # ... and at most this much of each (and of what is still
                             # to be written to one: more, and it is closed at once)
-ABORT_BYTES = 4096          # past REFUSED_LINGER, what is still to be written to a
+ABORT_BYTES = 4096          # past LINGERING, what is still to be written to a
                             # connection is, if no more than this (its Abort), then closed
 IDLE_EVICT = 1.0            # an external connection without useful work this long may make
                             # room for another (see idlest)
@@ -906,7 +906,7 @@ class Supervisor:
         self._bound: dict[str, int] = {}
         self._system_lock: endpoint.Lock | None = None
         self._external = 0
-        self._lingering = 0              # refused connections being read to their end
+        self._lingering = 0              # connections we ended, being read to their end
         self._admin_conns: set[_AdminConn] = set()     # admin connections being served
         self._fd_reserve: int | None = None
         self._ready_at: dict[str, float] = {}
@@ -2554,9 +2554,9 @@ class Supervisor:
         the reason (`wsuper call`, half the time: 'disconnected: message = [Errno 32]
         Broken pipe').  So only our writing side ends, and what the client sends is
         read and dropped until it closes: at most CLOSE_FLUSH seconds and
-        LINGER_BYTES, and REFUSED_LINGER connections at a time (past that, closed
+        LINGER_BYTES, and LINGERING connections at a time (past that, closed
         once `rest` is written, if it is an Abort's size: ABORT_BYTES)."""
-        lingering = self._lingering < REFUSED_LINGER
+        lingering = self._lingering < LINGERING
         self._lingering += lingering
         try:
             with trio.move_on_after(CLOSE_FLUSH):
@@ -2621,8 +2621,8 @@ class Supervisor:
                 os.close(link.detached[0])        # or the system stopped meanwhile
             if stream is not None:
                 await stream.aclose()
-        if linger is not None:          # its place is free meanwhile (its descriptor,
-            await self._linger(*linger)     # like a refused one's: REFUSED_LINGER)
+        if linger is not None:          # its place is free meanwhile (its descriptor is
+            await self._linger(*linger)     # counted with the refused ones: LINGERING)
 
     async def _admin(self, task_status=trio.TASK_STATUS_IGNORED):
         """The admin socket: one JSON request line per connection, one answer line;
