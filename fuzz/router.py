@@ -14,6 +14,10 @@ router   A Router with a compartment `calc` (exports an interface), a
          mean a peer's input tripped a fault that the choke point caught: a
          bug to fix at its root); every Send goes to a live peer; and after
          every input, app's call to calc is still delivered and answered.
+         Time passes too: the router's clock jumps now and then and expire()
+         runs, calc leaves some of evil's calls unanswered until then (they
+         time out, and are answered late or never), and evil's grants expire
+         (expires_after), with the same checks after each.
 host     Each input is host-call params (a seed of host.capnp params, or any
          other seed) mutated, served by a real HostCaps for each host kind
          and method, on a real directory and file in a temporary directory.
@@ -34,12 +38,15 @@ import traceback
 
 from capnp_schemas import hosted, payloads, protocol as P, rpc, wire
 from capnp_schemas.protocol import Content
+from compartments.limits import Limits
 from supervisor import effects as fx, hostcaps, router as R
 from supervisor.policy import Grant
 
 from . import protocol as F, run_and_report
 
 CALC = 0xC0FFEE0000000001
+CALL_TIME = 5.0           # calc's call_time (World.advance jumps past it)
+EXPIRES = 100.0           # evil's grants' expires_after
 HOST_KINDS = ("log", "clock", "random", "environment", "directory", "file")
 
 
@@ -57,6 +64,7 @@ class _Engine:
         self.conn = P.Connection(name)
         self.control, self.main = object(), object()
         self.grants, self.inbox = {}, []
+        self.held = []            # calls it answers later (World.defer), or never
         self.hostile = False      # once set, what the router sends it is not read
         self.pid, effects = world.router.add_engine(name, grants, world.hosts_for(grants))
         world.engines[self.pid] = self
@@ -82,7 +90,10 @@ class _Engine:
                     self.send(self.conn.send_return(ev.answer_id, Content.standalone([seg]),
                                                     caps))
             elif isinstance(ev, P.CallReceived) and self.exports:
-                self.send(self.conn.send_return(ev.answer_id))     # calc answers everything
+                if self.world.defer:                # answered once time has passed
+                    self.held.append(ev.answer_id)
+                else:
+                    self.send(self.conn.send_return(ev.answer_id))   # calc answers everything
             elif isinstance(ev, (P.CallReceived, P.ReturnReceived)):
                 self.inbox.append(ev)
 
@@ -93,9 +104,12 @@ class _Engine:
 class World:
     def __init__(self, folder):
         self.folder = folder
+        self.now = 0.0            # the router's clock (advance)
+        self.defer = False        # calc holds the calls it gets meanwhile (advance)
         self.router = R.Router({"calc": CALC, "app": None, "evil": None},
                                external=("calc",), names={CALC: ("Calc", {0: "add"})},
-                               audit=True)
+                               audit=True, clock=lambda: self.now,
+                               limits={"calc": Limits(call_time=CALL_TIME)})
         self.engines: dict[int, _Engine] = {}
         self.calc = _Engine(self, "calc", True, [])
         self.app = _Engine(self, "app", False, [Grant("calc", "compartment", "calc")])
@@ -114,10 +128,15 @@ class World:
             self.perform(self.router.disconnected(pid, "fuzz: done"))
 
     def new_evil(self):
+        # imports 0-2; 3 and 4 expire (expires_after counts from evil's first start:
+        # a new evil keeps their expiry, and 0-2 stay usable)
         grants = [Grant("calc", "compartment", "calc", allow=("add",),
                         methods=frozenset({(CALC, 0)}), revocable=True),
                   Grant("log", "host", "log"),
-                  Grant("data", "host", "directory", path=self.folder)]
+                  Grant("data", "host", "directory", path=self.folder),
+                  Grant("later", "compartment", "calc", expires_after=EXPIRES),
+                  Grant("scratch", "host", "directory", path=self.folder,
+                        expires_after=EXPIRES)]
         self.evil = _Engine(self, "evil", False, grants)
         self.evil.hostile = True         # started: from now on it only sends fuzz
 
@@ -126,8 +145,8 @@ class World:
         table) and from a client's: calls through a membrane, host calls, pipelined
         calls on a host call's answer, capabilities passed in, finishes, releases."""
         conn = P.Connection("seeds")
-        calc, log, data = 0, 1, 2
-        for i in (calc, log, data):
+        calc, log, data, later, scratch = 0, 1, 2, 3, 4
+        for i in (calc, log, data, later, scratch):
             conn.imports[i] = 1
         d, f, lg = hosted.BY_KIND["directory"], hosted.BY_KIND["file"], hosted.BY_KIND["log"]
 
@@ -141,6 +160,8 @@ class World:
             return qid
         call(calc, CALC, 0, Content.standalone([struct.pack("<QQ", 1 << 32, 5 | 7 << 32)]))
         call(calc, CALC, 2, caps=[object()])                      # not allowed; a cap passed
+        call(later, CALC, 0)                                      # grants that expire
+        call(scratch, d.id, d.method("stat").ordinal, params(d, "stat", path="f"))
         call(log, lg.id, 0, params(lg, "write", text="hello"))
         for method, fields in (("open", {"path": "f", "mode": "read"}), ("stat", {"path": "f"}),
                                ("list", {"path": ""}), ("subdir", {"path": "d"}),
@@ -189,6 +210,33 @@ class World:
             elif isinstance(e, fx.HostRelease):
                 hostcaps.release(e.kind, e.served)
 
+    def advance(self, rng):
+        """Time passes: the clock jumps (past calc's call_time, or the expiry of
+        evil's grants, now and then), expire() runs, and what calc held is answered
+        late, or later still."""
+        waiting = None
+        if rng.random() < 0.5:                  # a call of app's that calc holds
+            self.defer = True
+            try:
+                waiting, data = self.app.conn.send_call(self.app.grants[0].import_id, CALC, 0)
+                self.app.inbox.clear()
+                self.app.send(data)
+            finally:
+                self.defer = False
+        jump = rng.choice((0.001, 1.0, CALL_TIME + 1, EXPIRES + 1))
+        self.now += jump
+        self.perform(self.router.expire())
+        if waiting is not None and jump > CALL_TIME:     # it is told, and only once
+            told = [ev for ev in self.app.inbox if isinstance(ev, P.ReturnReceived)
+                    and ev.question_id == waiting]
+            if len(told) != 1 or "did not answer within" not in str(told[0].error):
+                raise Failure("router", f"app's call calc held past its call_time was "
+                                        f"answered {told!r}, not failed once as timed out")
+        if self.calc.held and rng.random() < 0.5:
+            held, self.calc.held = self.calc.held, []
+            for answer_id in held:               # their callers were told it timed out
+                self.calc.send(self.calc.conn.send_return(answer_id))
+
     def honest_call_works(self):
         handle = self.app.grants[0].import_id
         _q, data = self.app.conn.send_call(handle, CALC, 0)
@@ -221,13 +269,19 @@ def _disembargo(msg, promise: int):
     d.context.senderLoopback = 7
 
 
-def check_router(world: World, data: bytes, as_client: bool):
+def check_router(world: World, data: bytes, as_client: bool, defer: bool = False):
+    """`defer`: calc holds the calls this input makes (World.advance answers them)."""
     pid = world.client if as_client else world.evil.pid
+    world.defer = defer
     try:
-        effects = world.router.receive(pid, data)
-    except Exception as e:  # noqa: BLE001 - the property under test
-        raise Failure("router", f"receive raised {type(e).__name__}: {F._line(e)}") from None
-    world.perform(effects)
+        try:
+            effects = world.router.receive(pid, data)
+        except Exception as e:  # noqa: BLE001 - the property under test
+            raise Failure("router", f"receive raised {type(e).__name__}: {F._line(e)}") \
+                from None
+        world.perform(effects)
+    finally:
+        world.defer = False
     peer = world.router.peers.get(pid)
     if peer is not None and peer.conn.partial_message is not None:
         world.perform(world.router.disconnected(pid, "fuzz: half a message"))
@@ -348,7 +402,11 @@ def run(count: int, seed: int = 1, progress=None) -> tuple[int, dict]:
                         data = LEADS[id(s)] + data
                     elif rng.random() < 0.3:    # after a valid one: pipelining, finishes
                         data = bytes(wire.frame(rng.choice(router_seeds).segs)) + data
-                    check_router(world, data, rng.random() < 0.3)
+                    check_router(world, data, rng.random() < 0.3, rng.random() < 0.2)
+                if rng.random() < 0.1:
+                    world.advance(rng)
+                    world.honest_call_works()
+                    pipelined_add_up(world.router)
             except Failure as f:
                 failures.setdefault(f"{f.check}: {f.detail[:120]}", []).append(i)
                 world = _renew(world, folder)      # a fresh world after a failure

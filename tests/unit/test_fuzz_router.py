@@ -31,3 +31,11 @@ def test_a_host_layer_fault_is_reported(monkeypatch):
     _done, failures = FR.run(3000, seed=8)
     assert any(k.startswith("host: Directory.stat") and "ZeroDivisionError" in k
                for k in failures), failures
+
+
+def test_a_call_left_waiting_past_its_call_time_is_reported(monkeypatch):
+    # the router's clock moves in the fuzzer, and expire() runs: a router that never
+    # fails a call its callee holds past call_time is caught
+    monkeypatch.setattr(R.Router, "expire", lambda self: [])
+    _done, failures = FR.run(1000, seed=9)
+    assert any("held past its call_time" in k for k in failures), failures
