@@ -106,6 +106,12 @@ ORPHANS_PER_IN_FLIGHT = 2
 MAX_HOPS = 64
 
 
+def _broken_promise(reason: str) -> str:
+    """What a call on a capability promised by a call that failed (or whose
+    result holds none there) is told, whenever that answer came."""
+    return f"capability promised by a failed call: {reason}"
+
+
 def pipelined_limit(limits: Limits) -> int:
     """Bytes of pipelined calls one peer may have waiting on unreturned answers."""
     return max(2 * limits.message_size, PIPELINED_PEER_BYTES)
@@ -1468,7 +1474,7 @@ class Router:
 
     def _settle_now(self, peer: Peer, answer_id: int, result, error: CallError | None):
         # one text for all the promises an error fails (a call can pass hundreds)
-        failed = f"capability promised by a failed call: {error.reason}" if error else None
+        failed = _broken_promise(error.reason) if error else None
         for promised in self._promises.pop((peer.id, answer_id), ()):
             why = error
             if why is None:
@@ -1487,8 +1493,7 @@ class Router:
                                 and target.error is None:
                             target.followers.append(promised)
             if why is not None:
-                promised.error = failed if why is error else \
-                    f"capability promised by a failed call: {why.reason}"
+                promised.error = failed if why is error else _broken_promise(why.reason)
                 promised.error_type = why.type
             self._run_queue(promised)
             if promised.followers:
@@ -2363,19 +2368,32 @@ class Router:
         if isinstance(c, protocol.Exported):
             return c.obj
         # receiverAnswer: a capability inside the result of a call the peer made to us
+        promised = Promised(peer, c.answer_id, c.transform)
         if c.error is not None:
-            raise CallError(f"capability from a failed call: {c.error}", c.error_type)
+            # a broken promise is a broken capability, not a broken call: what it is
+            # passed in goes on, and calls on it fail as on one whose answer failed
+            # after it was passed (_settle_now).  The call failed here ("capability
+            # from a failed call") when the answer had failed before the call came,
+            # and went on when it failed later: one client program, two outcomes,
+            # by timing (Cap'n Proto delivers the call either way)
+            promised.error = _broken_promise(c.error)
+            promised.error_type = c.error_type
+            return promised
         if c.result is None:            # not returned yet: calls on it wait for it
-            promised = Promised(peer, c.answer_id, c.transform)
             self._promises.setdefault((peer.id, c.answer_id), {})[promised] = None
             return promised
-        return self._resolve_pipeline(peer, c.result, c.transform)
+        try:
+            return self._resolve_pipeline(peer, c.result, c.transform)
+        except CallError as e:          # no capability there: broken, as above
+            promised.error, promised.error_type = _broken_promise(e.reason), e.type
+            return promised
 
     def _import_caps(self, peer: Peer, payload) -> tuple:
-        """Our capability objects for a payload's capabilities; if one cannot be had
-        (a promise on a failed call, on a field that holds none), the CallError, and
-        the others are let go of: the peer's own objects it passed in the same
-        message stayed imported, nobody referring to them, until it disconnected."""
+        """Our capability objects for a payload's capabilities; if one cannot be had,
+        the CallError, and the others are let go of: the peer's own objects it passed
+        in the same message stayed imported, nobody referring to them, until it
+        disconnected.  (A promise on a failed call, or on a field that holds none,
+        is had: a broken capability, import_cap.)"""
         caps = []
         try:
             for c in payload.caps:

@@ -148,3 +148,36 @@ def test_a_call_cpp_forwards_back_as_a_tail_call_does_not_cut_the_client_off(cal
     assert after == 3
     run.wait_for("ready echo")
     assert not [line for line in run.lines if "protocol error" in line]
+
+
+def test_a_capability_promised_by_a_call_that_failed_already_is_passed_broken(calc_and_echo):
+    """Cap'n Proto's C++ client passes `gateway.get("nope").cap` in echo.hold as a
+    promise on the unanswered get (receiverAnswer); get fails at once, before hold
+    is read.  hold failed as a whole ('capability from a failed call'), where
+    Cap'n Proto's own RPC delivers it with a broken capability, and so did wsuper
+    when the promised call failed only after hold came: the same client program
+    had two outcomes, by timing.  hold returns now, and a call on what it returned
+    fails with the promised call's reason and exception type."""
+    import capnp
+
+    import capnp_schemas
+    run, sock = calc_and_echo
+
+    async def body(gateway, calc_schema, echo_schema):
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        calc = gateway.get("calc").cap
+        said = []
+        for promise in (gateway.get("nope").cap,                        # failed
+                        calc.cast_as(capnp_schemas.host.Gateway).get("x").cap):  # unimplemented
+            held = (await echo.hold(cap=promise)).cap.as_interface(calc_schema.Observer)
+            with pytest.raises(capnp.KjException) as e:
+                await held.step(1, 1)
+            said.append((e.value.type, e.value.description))
+        return said, (await calc.cast_as(calc_schema.Calc).add(1, 2)).sum
+
+    (failed, unimplemented), three = _client(sock, body)
+    assert three == 3
+    assert failed[0] == "FAILED" and "capability promised by a failed call: " \
+        "no compartment named 'nope'" in failed[1], failed
+    assert unimplemented[0] == "UNIMPLEMENTED" and "does not implement" in unimplemented[1]
+    assert not [line for line in run.lines if "protocol error" in line]

@@ -1725,6 +1725,61 @@ def test_calls_on_a_promised_capability_fail_when_its_answer_cannot_give_one(how
     assert not router._promises
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("how", ["fails", "holds none"])
+def test_a_capability_promised_by_a_failed_call_is_broken_whenever_the_call_failed(how, when):
+    """A promise passed in a call (receiverAnswer) whose answer failed, or holds no
+    capability there, is a broken capability: the call that passes it is delivered,
+    and calls on what it passed fail with the answer's reason and type, whether the
+    answer came before the call passing it or after.  Before it came, the call was
+    delivered; after, the call itself failed ('capability from a failed call'),
+    where Cap'n Proto delivers it either way: one client program had two outcomes,
+    by timing."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    app = client(router, "app")                  # pipelines (engines never do)
+    h = app.grants[0].import_id
+    q1, data = app.conn.send_call(h, CALC, 1)
+    app.send(data)
+    (first,) = calc.inbox
+    calc.inbox.clear()
+
+    def answer():
+        if how == "fails":
+            calc.send(calc.conn.send_exception(first.answer_id, "no counters left",
+                                               "overloaded"))
+        else:
+            calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), []))
+        (ret,) = app.inbox
+        app.inbox.clear()
+        assert ret.payload is None if how == "fails" else not ret.payload.caps
+
+    if when == "before":
+        answer()
+    q2, data = app.conn.send_call(h, CALC, 2, Content.capability(0),
+                                  [P.ReceiverAnswer(q1, ())])
+    app.send(data)
+    (second,) = calc.inbox                       # delivered, with a capability
+    calc.inbox.clear()
+    assert app.inbox == []
+    (promised,) = second.payload.caps
+    assert isinstance(promised, P.Imported)
+    if when == "after":
+        answer()
+    calc.send(calc.conn.send_call(promised.import_id, OBSERVER, 0)[1])
+    (ret,) = calc.inbox
+    said = "no counters left" if how == "fails" else "holds no capability"
+    assert ret.payload is None and said in ret.error, ret.error
+    assert ret.error.startswith("capability promised by a failed call: ")
+    assert ret.error_type == ("overloaded" if how == "fails" else "failed")
+    calc.inbox.clear()
+    calc.send(calc.conn.send_return(second.answer_id))   # calc answers app's call
+    (ret,) = app.inbox
+    assert ret.question_id == q2 and ret.payload is not None
+    calc.send(calc.conn.send_release(promised.import_id))  # and lets go of it
+    assert not router._promises and router.pipelined_bytes == 0
+
+
 def test_a_call_waiting_on_a_promise_through_a_revoked_grant_never_arrives():
     """The promise came to calc through app's revocable grant: calc's call on it
     waits, the grant is revoked (the call fails at once), and when the answer
@@ -1937,6 +1992,19 @@ def test_a_lost_callers_forwarded_calls_are_cancelled_at_their_callee_and_late_a
     assert other.inbox[-1].payload is not None
 
 
+def _call_on_broken(receiver, reached):
+    """`reached` is one call that passed `receiver` one capability, promised by an
+    answer that cannot give it (a broken capability): the Return of receiver's
+    call on it, which fails without reaching anything."""
+    (call,) = reached
+    (cap,) = call.payload.caps
+    receiver.inbox.clear()
+    receiver.send(receiver.conn.send_call(cap.import_id, COUNTER, 0)[1])
+    (ret,) = [e for e in receiver.inbox if isinstance(e, P.ReturnReceived)]
+    assert not [e for e in receiver.inbox if isinstance(e, P.CallReceived)]
+    return ret
+
+
 def client(router, name="client", target="calc"):
     """An external client holding `target`'s main object (through the gateway) as grants[0]."""
     e = FakeEngine.__new__(FakeEngine)
@@ -1998,7 +2066,10 @@ def test_a_capability_let_go_of_is_not_reached_through_an_answer_that_returned_i
     reached = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
     assert not [e for e in reached if e.target is theirs
                 or any(getattr(c, "obj", None) is theirs for c in e.payload.caps)]
-    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
+    if how == "passed":     # the call goes on with a broken capability: calls on it fail
+        ret = _call_on_broken(calc, reached)
+    else:
+        (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
     assert ret.payload is None and "released" in ret.error, ret
     assert a.pid in router.peers and b.pid in router.peers
     b.send(b.conn.send_call((qb, ()), COUNTER, 0)[1])        # b's own is b's, as before
@@ -2128,13 +2199,17 @@ def test_a_pipelined_call_on_an_answer_given_up_is_still_delivered_and_nothing_i
     assert not router.peers[cl.pid].kept and router.peers[cl.pid].alive
 
 
-def test_a_call_whose_promised_capability_cannot_be_had_lets_go_of_the_others_it_passed():
+def test_a_call_passing_a_broken_promise_beside_its_own_objects_holds_nothing_after():
     """A call passes the client's own object and, after it, a promise on a call that
-    failed (receiverAnswer: a pipelining client races the failure): the call fails,
-    and the supervisor kept the object imported, referred to by nothing, until the
-    client disconnected (toward its handles limit).  Now it is released at once."""
+    failed (receiverAnswer: a pipelining client races the failure), and another
+    object.  The call failed when the promise's answer had failed first, and the
+    supervisor kept the objects imported, referred to by nothing, until the client
+    disconnected (toward its handles limit); then it let go of them at once.  Now
+    the call goes on, with a broken capability in the promise's place (as when the
+    answer fails after it), and once calc lets go of what it was passed, the
+    client's objects are released and nothing is left."""
     router = R.Router({"calc": CALC}, external=("calc",))
-    start(router, "calc", exports=True)
+    calc = start(router, "calc", exports=True)
     cl = client(router)
     failed, data = cl.conn.send_call(cl.grants[0].import_id, 0x1234, 0)   # wrong interface
     cl.send(data)
@@ -2143,8 +2218,15 @@ def test_a_call_whose_promised_capability_cannot_be_had_lets_go_of_the_others_it
     q, data = cl.conn.send_call(cl.grants[0].import_id, CALC, 2, Content.capability(0),
                                 [mine, P.ReceiverAnswer(failed, ()), also])
     cl.send(data)
+    (call,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    assert not [e for e in cl.inbox if isinstance(e, P.ReturnReceived)]
+    calc.inbox.clear()
+    caps = [c.import_id for c in call.payload.caps]
+    calc.send(calc.conn.send_return(call.answer_id))
+    for c in caps:
+        calc.send(calc.conn.send_release(c))
     (ret,) = [e for e in cl.inbox if isinstance(e, P.ReturnReceived)]
-    assert ret.question_id == q and "failed call" in ret.error
+    assert ret.question_id == q and ret.payload is not None
     released = [e.obj for e in cl.inbox if isinstance(e, P.ExportReleased)]
     assert sorted(map(id, released)) == sorted(map(id, (mine, also)))
     peer = router.peers[cl.pid]
@@ -2550,7 +2632,7 @@ def test_calls_pipelined_on_a_failed_answer_fail_with_its_exception_type():
     once: unimplemented, overloaded), and pycapnp clients, which retry on
     OVERLOADED and DISCONNECTED, saw FAILED."""
     router = R.Router({"calc": CALC}, external=("calc",))
-    start(router, "calc", exports=True)
+    calc = start(router, "calc", exports=True)
     cl = client(router)
     calc_cap = cl.grants[0].import_id
     q, first = cl.conn.send_call(calc_cap, 0x1234, 0)          # not calc's interface
@@ -2559,7 +2641,10 @@ def test_calls_pipelined_on_a_failed_answer_fail_with_its_exception_type():
                                     [P.ReceiverAnswer(q, (0,))])
     cl.send(first + pipelined + passing)
     types = {r.question_id: r.error_type for r in cl.inbox if isinstance(r, P.ReturnReceived)}
-    assert types == {q: "unimplemented", q2: "unimplemented", q3: "unimplemented"}
+    assert types == {q: "unimplemented", q2: "unimplemented"}
+    # the promise passed is a broken capability: calls on it fail with that type too
+    ret = _call_on_broken(calc, [e for e in calc.inbox if isinstance(e, P.CallReceived)])
+    assert ret.error_type == "unimplemented" and "does not implement" in ret.error
 
 
 def test_a_question_answered_by_a_tail_call_still_ends_at_its_own_deadline():
@@ -3151,9 +3236,15 @@ def test_a_promise_let_go_of_is_not_reached_through_an_answer_that_returned_it(h
         q, data = b.conn.send_call(b.grants[0].import_id, CALC, 2, Content.capability(0),
                                    [P.ReceiverAnswer(qb, ())])
     b.send(data)
+    reached = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
     calc.send(calc.conn.send_return(first.answer_id, Content.capability(0), [object()]))
+    if how == "passed":     # the call goes on with a broken capability: calls on it fail
+        assert [e.target for e in reached] == [calc.main]
+        ret = _call_on_broken(calc, reached)
+    else:
+        assert not reached
+        (ret,) = [e for e in b.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
     assert not [e for e in calc.inbox if isinstance(e, P.CallReceived)]   # not passed on
-    (ret,) = [e for e in b.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
     assert ret.payload is None and "released" in ret.error, ret
     assert not router._waiting and router.pipelined_bytes == 0
     assert all(p in router.peers for p in (calc.pid, app.pid, b.pid))
@@ -3269,10 +3360,14 @@ def test_a_wrapper_let_go_of_is_not_reached_through_an_answer_that_returned_it(h
         q, data = a.conn.send_call(a.grants[0].import_id, CALC, 2, Content.capability(0),
                                    [P.ReceiverAnswer(qa, ())])
     a.send(data)
-    reached = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
-    reached += [e for e in app.inbox if isinstance(e, P.CallReceived) and e.payload.caps]
-    assert not reached, reached
-    (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
+    assert not [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    passed = [e for e in app.inbox if isinstance(e, P.CallReceived) and e.payload.caps]
+    if how == "passed":     # the call goes on with a broken capability: calls on it fail
+        ret = _call_on_broken(app, passed)
+        assert not [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+    else:
+        assert not passed, passed
+        (ret,) = [e for e in a.inbox if isinstance(e, P.ReturnReceived) and e.question_id == q]
     assert ret.payload is None and "released" in ret.error, ret
     assert a.pid in router.peers and b.pid in router.peers
     # b's counter is b's, whole, as before
