@@ -34,8 +34,8 @@ import capnp
 
 from . import rpc, rpcwire, wire
 from .rpcwire import (CAP_NONE, CAP_RECEIVER_ANSWER, CAP_RECEIVER_HOSTED, CAP_SENDER_HOSTED,
-                      CAP_SENDER_PROMISE, MAX_CAPS_PER_MESSAGE, NESTING_LIMIT,
-                      TRAVERSAL_LIMIT_WORDS)
+                      CAP_SENDER_PROMISE, CAP_THIRD_PARTY_HOSTED, MAX_CAPS_PER_MESSAGE,
+                      NESTING_LIMIT, TRAVERSAL_LIMIT_WORDS)
 from .text import KEPT_REASON_LIMIT, bounded, first_line, kj_text
 
 #: Question ids from here up are the supervisor's native forwarding path's
@@ -575,7 +575,12 @@ class Connection:
                                 f"(limit {MAX_CAPS_PER_MESSAGE})")
         caps = []
         for which, value in descs:
-            if which == CAP_SENDER_HOSTED or which == CAP_SENDER_PROMISE:
+            if which == CAP_SENDER_HOSTED or which == CAP_SENDER_PROMISE \
+                    or which == CAP_THIRD_PARTY_HOSTED:
+                # thirdPartyHosted (level 3): its vine, the sender's export that
+                # forwards to the third party, which "level 1 and 2 implementations
+                # ... may simply send calls to" (rpc.capnp), as Cap'n Proto's C++ RPC
+                # does; it was a protocol error, and cut the sender off
                 self.imports[value] = self.imports.get(value, 0) + 1
                 caps.append(Imported(value))
             elif which == CAP_RECEIVER_HOSTED:
@@ -586,8 +591,8 @@ class Connection:
                 caps.append(None)
             else:
                 raise ProtocolError(f"capability descriptor #{which} is not supported "
-                                    f"(level 1: none, senderHosted, senderPromise, "
-                                    f"receiverHosted, receiverAnswer)")
+                                    f"(none, senderHosted, senderPromise, receiverHosted, "
+                                    f"receiverAnswer, and thirdPartyHosted by its vine)")
         if content_loc is None:
             return Payload(EMPTY, tuple(caps))
         if content_loc == (0, 0):

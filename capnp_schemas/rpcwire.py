@@ -162,7 +162,7 @@ class Plain:
               accept, provide), id (the embargo id of a loopback)
 
     `caps` holds (CAP_* kind, value): the id, 0 for none, (question id,
-    transform) for receiverAnswer, None for thirdPartyHosted.  `content_loc`
+    transform) for receiverAnswer, its vine's id for thirdPartyHosted.  `content_loc`
     is where the payload's content pointer lives (None: no content).
 
     `content_root`, set by the native decoder only (which checks the content
@@ -471,7 +471,8 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
         if kind == CAP_RECEIVER_ANSWER:
             caps.append((kind, _promised(d.receiverAnswer, budget)))
         elif kind == CAP_THIRD_PARTY_HOSTED:
-            caps.append((kind, None))
+            # a level-1 peer sends calls to its vine (rpc.capnp): the sender's export
+            caps.append((kind, d.thirdPartyHosted.vineId))
         else:
             caps.append((kind, getattr(d, name) if kind else 0))
     loc = wire.follow_path(segs, (0, 0), (0, field))

@@ -217,3 +217,43 @@ def test_interop_a_method_calc_does_not_have_is_unimplemented(external_calc):
         assert ret.payload is None and ret.error_type == "unimplemented", (method, ret)
     assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([2 | 3 << 32])))) == 5
     c.close()
+
+
+def test_interop_a_third_party_capability_is_called_through_its_vine(external_calc):
+    """A level-3 peer hands on a capability another vat hosts as thirdPartyHosted,
+    whose vine is an export of its own that forwards to it; rpc.capnp: "Level 1
+    and 2 implementations that receive a thirdPartyHosted may simply send calls to
+    its vine".  The supervisor cut such a client off ("capability descriptor #5 is
+    not supported").  calc.sumTo(2, observer) with the observer passed so reaches
+    the vine (the client's object here), and the vine is released after."""
+    import struct
+
+    from capnp_schemas import protocol as P, rpc
+    from tests.wireclient import WireClient, struct_content
+    _run, path = external_calc
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    CALC = 0xC0FFEE0000000001
+    vine = object()
+    params = struct_content([2], [3])                     # n = 2, observer = capability 0
+    # the question and the vine's export, on the client's books; the Call sent by hand
+    qid, _data = c.conn.send_call(calc, CALC, 2, params, [vine])
+    msg = rpc.Message.new_message()
+    call = msg.init("call")
+    call.questionId, call.interfaceId, call.methodId = qid, CALC, 2
+    call.target.importedCap = calc
+    call.sendResultsTo.caller = None
+    tph = call.init("params").init("capTable", 1)[0].init("thirdPartyHosted")
+    tph.vineId = c.conn.export_id(vine)
+    c.send(P.Connection._with_content(msg, (0, 1), params))
+    steps = []
+    for _ in range(2):                                    # calc calls the observer: the vine
+        ev = c.wait(lambda e: isinstance(e, P.CallReceived))
+        assert ev.target is vine and ev.interface_id == CALC + 2
+        steps.append(struct.unpack_from("<ii", ev.payload.content.single_segment_copy(), 16))
+        c.send(c.conn.send_return(ev.answer_id))
+    assert steps == [(1, 1), (2, 3)]                      # (i, partial sum)
+    assert _int_result(c.returned(qid)) == 3
+    c.wait(lambda e: isinstance(e, P.ExportReleased) and e.obj is vine)
+    assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32])))) == 3
+    c.close()

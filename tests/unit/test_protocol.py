@@ -51,6 +51,30 @@ def test_call_and_return_carry_content_and_capabilities():
     assert b.exports[ret.payload.caps[1].import_id].obj is fresh
 
 
+def test_a_third_party_capability_is_taken_by_its_vine():
+    """rpc.capnp: "Level 1 and 2 implementations that receive a thirdPartyHosted
+    may simply send calls to its vine" (the sender's export that forwards to the
+    third party), as Cap'n Proto's C++ RPC does.  It was a protocol error ("capability
+    descriptor #5 is not supported"): a level-3 peer handing on a capability from
+    another vat was cut off.  It is imported as the vine, one reference, and
+    released as any import."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    m = rpc.Message.new_message()
+    call = m.init("call")
+    call.questionId, call.interfaceId, call.methodId = 5, 0x1234, 0
+    call.target.importedCap = imp
+    t = call.init("params").init("capTable", 2)
+    t[0].init("thirdPartyHosted").vineId = 9
+    t[1].senderHosted = 9
+    (ev,) = b.receive(wire.frame(m.to_segments()))
+    assert ev.payload.caps == (P.Imported(9), P.Imported(9)) and b.imports == {9: 2}
+    data = b.send_release(9)                        # both references, as for any import
+    assert b.imports == {}
+    with rpc.Message.from_bytes(data) as msg:
+        assert (msg.release.id, msg.release.referenceCount) == (9, 2)
+
+
 def test_forwarded_content_is_byte_identical_after_two_hops():
     a, b = pair()
     imp = bootstrap(a, b, object())
