@@ -2057,6 +2057,8 @@ class Router:
             self._after_return(peer, answer_id, content, out_caps)
             self.sweep(caps)
             return
+        if caps:
+            caps = self._own_past_promises(peer, caps)
         passer = None
         if caps and charged is not None and charged.id != peer.id:
             passer = charged
@@ -2504,6 +2506,26 @@ class Router:
                 _tally(peer.passed_gone, pool, -1)
             if not _tally(peer.passed_by, who, -1) and pool is not None:
                 del peer.gone_by[who]
+
+    def _own_past_promises(self, peer: Peer, caps) -> tuple:
+        """`caps` for an answer to `peer`, each promise that has resolved to an object
+        `peer` hosts itself (past the promises on its way, never past a membrane)
+        replaced by that object, which the answer then names as the peer's own
+        (receiverHosted), as Cap'n Proto's RPC writes a resolved promise's
+        descriptor.  Exported as the promise, it reached the peer as a new import
+        of the supervisor's, and every call the peer made on its own object went
+        through the supervisor and back (a pycapnp client's
+        echo.hold(cap=echo.hold(cap=mine).cap): 300 calls 0.34 s, against 0.02 s
+        for its own object).  A promise not resolved yet is still exported as
+        itself: the supervisor sends no Resolve (docs/design.md, Known limits)."""
+        out = []
+        for c in caps:
+            if type(c) is Promised:
+                t = self._past_settled(c)
+                if isinstance(t, Remote) and t.peer is peer:
+                    c = t
+            out.append(c)
+        return tuple(out)
 
     @staticmethod
     def _export_cap(peer: Peer, cap):

@@ -181,3 +181,31 @@ def test_a_capability_promised_by_a_call_that_failed_already_is_passed_broken(ca
         "no compartment named 'nope'" in failed[1], failed
     assert unimplemented[0] == "UNIMPLEMENTED" and "does not implement" in unimplemented[1]
     assert not [line for line in run.lines if "protocol error" in line]
+
+
+def test_a_clients_own_object_come_back_through_a_promise_is_called_locally(calc_and_echo):
+    """pycapnp (Cap'n Proto's C++ RPC) sends echo.hold(cap=echo.hold(cap=mine).cap)
+    in one go: the inner promise has resolved to the client's own object when the
+    outer answer goes, and a Cap'n Proto peer names it so (receiverHosted): the
+    client calls its own object locally.  The supervisor exported the promise, and
+    each of those calls went through it and back (the audit recorded every one;
+    300 calls took 0.34 s, against 0.02 s on its own object)."""
+    run, sock = calc_and_echo
+    steps = []
+
+    async def body(gateway, calc_schema, echo_schema):
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        mine = _observer(calc_schema, steps)
+        back = (await echo.hold(cap=echo.hold(cap=mine).cap)).cap
+        observer = back.as_interface(calc_schema.Observer)
+        for i in range(3):
+            await observer.step(i, i)
+        return True
+
+    assert _client(sock, body)
+    assert steps == [(0, 0), (1, 1), (2, 2)]
+    run.stop()                                   # the audit is whole once it has stopped
+    from tests.conftest import audit_calls
+    audit = audit_calls(str(sock.parent / "audit.jsonl"))
+    assert [r for r in audit if r["method"] == "hold"] and \
+        not [r for r in audit if r["method"] == "step"], audit

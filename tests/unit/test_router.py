@@ -3630,19 +3630,57 @@ def test_a_promise_settles_on_what_the_promises_on_its_way_resolved_to():
         calc.send(calc.conn.send_release(cap.import_id))
     answers = [ev for ev in a.inbox if isinstance(ev, P.ReturnReceived)]
     assert len(answers) == depth + 1 and not [ev for ev in answers if ev.error]
-    newest = answers[-1].payload.caps[0].import_id
-    for ev in answers:           # (the first is a's own object, come back: Exported)
+    # each answer names what its promise resolved to: a's own object, come back
+    assert [ev.payload.caps for ev in answers] == [(P.Exported(mine),)] * (depth + 1)
+    for ev in answers:
         a.send(a.conn.send_finish(ev.question_id))
-        got = ev.payload.caps[0]
-        if isinstance(got, P.Imported) and got.import_id != newest:
-            a.send(a.conn.send_release(got.import_id))
     peer = router.peers[a.pid]
     held = [o for o in gc.get_objects() if isinstance(o, R.Promised)
             and o.peer is peer and not o.released]
     assert len(held) <= 2, f"{len(held)} promises held for one capability"
-    a.inbox.clear()
-    a.send(a.conn.send_call(newest, OBSERVER, 0)[1])        # reaches what it is: a's own
-    assert [ev.target for ev in a.inbox if isinstance(ev, P.CallReceived)] == [mine], a.inbox
+
+
+@pytest.mark.parametrize("order", ["in order", "last first"])
+def test_a_clients_own_object_come_back_through_a_resolved_promise_is_its_own(order):
+    """A client passes its object to calc (echo-like here) and, in the same breath,
+    the capability promised by that call to calc again (receiverAnswer), which
+    returns it.  The promise has resolved to the client's own object by the time
+    the second answer goes: the answer names that object as the client's own
+    (receiverHosted), as Cap'n Proto's RPC does.  It was exported as the promise,
+    a new import of the supervisor's, and every call the client made on its own
+    object went through the supervisor and back.  Answered last first, the
+    promise has not resolved yet: exported as itself (no Resolve is sent), its
+    calls still reach the client's object."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    a = client(router)
+    target = a.grants[0].import_id
+    mine = object()
+    q1, data = a.conn.send_call(target, CALC, 0, Content.capability(0), [mine])
+    q2, more = a.conn.send_call(target, CALC, 0, Content.capability(0),
+                                [P.ReceiverAnswer(q1, ())])
+    a.send(data + more)
+    calls = [ev for ev in calc.inbox if isinstance(ev, P.CallReceived)]
+    if order == "last first":
+        calls.reverse()
+    for ev in calls:
+        (cap,) = ev.payload.caps
+        calc.send(calc.conn.send_return(ev.answer_id, Content.capability(0),
+                                        [P.RemoteRef(cap.import_id)]))
+        calc.send(calc.conn.send_release(cap.import_id))
+    answers = {ev.question_id: ev.payload.caps[0] for ev in a.inbox
+               if isinstance(ev, P.ReturnReceived)}
+    assert answers[q1] == P.Exported(mine)
+    if order == "in order":
+        assert answers[q2] == P.Exported(mine)
+    else:
+        assert isinstance(answers[q2], P.Imported)
+        a.inbox.clear()
+        a.send(a.conn.send_call(answers[q2].import_id, OBSERVER, 0)[1])
+        assert [ev.target for ev in a.inbox if isinstance(ev, P.CallReceived)] == [mine]
+    for q in (q1, q2):
+        a.send(a.conn.send_finish(q))
+    assert router.peers[a.pid].alive
 
 
 def test_a_promise_settled_on_one_not_resolved_yet_settles_again_when_that_one_does():
