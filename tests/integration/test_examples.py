@@ -1,6 +1,7 @@
 """The C example plugins of examples/kv, built from source with `wsuper build`
 (clang, lld, wasi-libc) and run under `wsuper up`."""
 import os
+import re
 import shutil
 
 import pytest
@@ -65,6 +66,43 @@ def test_check_shows_who_holds_what_in_the_example(kv):
     # no compartment could call put: only clients of the external socket
     assert "could reach store.put: nobody" in r.stdout
     assert "and any client of the external socket" in r.stdout
+
+
+def _shown_checks() -> list[tuple[list[str], list[str]]]:
+    """The `$ wsuper check ...` examples of docs/policy-reference.md: each one's
+    arguments and the lines it shows."""
+    with open(os.path.join(ROOT, "docs", "policy-reference.md"), encoding="utf-8") as f:
+        text = f.read()
+    return [(m.group(1).split(), m.group(2).splitlines())
+            for m in re.finditer(r"^```\n\$ wsuper check ([^\n]*)\n(.*?)```$", text, re.M | re.S)]
+
+
+def test_the_check_output_the_reference_shows_is_what_check_prints(kv):
+    """An outside review: policy-reference.md showed `wsuper check`'s lines without
+    the memory protection each compartment's line ends with, and its grants as
+    coming "from examples/kv/hostile.toml" where check names the file by its
+    absolute path. Each line shown (`...` standing for any text, a line of `...`
+    alone for any lines) is a line check prints, in that order."""
+    _fresh_data(kv)
+    shown = _shown_checks()
+    assert [args[0] for args, _ in shown] == ["examples/kv/hostile.toml",
+                                              "examples/calc/callback.toml"], shown
+    for args, lines in shown:
+        path = str(kv / "hostile.toml") if args[0] == "examples/kv/hostile.toml" \
+            else os.path.join(ROOT, args[0])
+        r = run_wsuper("check", path, *args[1:])
+        assert r.returncode == 0, r.stderr
+        printed = r.stdout.splitlines()
+        at = 0
+        for line in lines:
+            if line.strip() == "...":
+                continue
+            pattern = re.compile(".*".join(map(re.escape, line.split("..."))) + r"\Z")
+            found = next((i for i in range(at, len(printed)) if pattern.match(printed[i])),
+                         None)
+            assert found is not None, (f"wsuper check {' '.join(args)} printed no line like\n"
+                                       f"{line}\nafter line {at}:\n{r.stdout}")
+            at = found + 1
 
 
 def test_a_hostile_plugin_is_contained(kv, wsuper):
