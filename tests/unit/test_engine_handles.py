@@ -227,6 +227,20 @@ def test_a_reply_whose_handles_went_at_the_next_call_is_not_pending_any_more():
 
 
 @pytest.mark.parametrize("native", [True, False])
+def test_a_reply_is_read_once(native):
+    """docs/guest-abi.md, reply_read: the reply is the guest's to read once; read,
+    it is no longer pending, and a second reply_read is E_STATE (its handles are
+    the guest's already: copied again, they would be handed out twice)."""
+    engine, sock, sup, main, grants = _engine(native)
+    before = len(engine.handles.entries())
+
+    def answer(ev):
+        return sup.send_return(ev.answer_id, EMPTY16, [object()])
+    assert _serve(engine, sock, sup, main, 9, answer) == abi.E_STATE
+    assert len(engine.handles.entries()) == before + 1      # the one reply's capability
+
+
+@pytest.mark.parametrize("native", [True, False])
 def test_a_call_on_a_handle_of_its_own_object_is_unimplemented_and_says_why(native):
     """docs/guest-abi.md, E_UNIMPLEMENTED: `call` on a handle `object` gave the
     guest is refused in the engine, with a reason; nothing goes to the supervisor."""

@@ -15,6 +15,8 @@
 ;;   method 7: make an object, then v = reply_read's status
 ;;   method 8: call an object of its own (object(9)), read the reply (the reason):
 ;;             v = the call's status, the reason's length at 1000 and its bytes at 1008
+;;   method 9: call "peer", read its reply, then read it again: v = the second
+;;             reply_read's status
 (module
   (import "wsuper" "lookup" (func $lookup (param i32 i32) (result i32)))
   (import "wsuper" "call" (func $call (param i32 i64 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -88,5 +90,9 @@
             (i32.store (i32.const 1000) (i32.load (i32.const 200)))
             (drop (call $reply_read (i32.const 1008) (i32.const 3000)))
             (return (call $answer (local.get $r)))))
+    (if (i32.eq (local.get $method) (i32.const 9))
+      (then (drop (call $out (call $peer)))
+            (drop (call $reply_read (i32.const 1000) (i32.const 3000)))
+            (return (call $answer (call $reply_read (i32.const 1000) (i32.const 3000))))))
     (call $answer (call $out (call $peer))))
 )
