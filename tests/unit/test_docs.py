@@ -1,9 +1,10 @@
 """The docs against the code, as data: every key the system file takes is in
 docs/policy-reference.md and every key there is taken, each number with the
 default and the range the code holds it to (tried at both ends and one past
-them); docs/guest-abi.md's error codes and host functions are abi.py's; and
+them); docs/guest-abi.md's error codes and host functions are abi.py's;
 every Markdown table in the docs renders as one table (a blank line inside one
-cuts it in two, and the rows after it show as text)."""
+cuts it in two, and the rows after it show as text); and every constant, path
+and test the docs name is there."""
 import glob
 import os
 import re
@@ -266,3 +267,45 @@ def test_the_rewriters_bounds_the_docs_give_are_instruments():
     assert {p for p, _m, _s in said} >= {"security.md", "policy-reference.md",
                                           "instrumentation.md"}, said
     assert all((m, s) == (mib, sites) for _p, m, s in said), said
+
+
+_PACKAGES = ("supervisor", "compartments", "capnp_schemas")
+_DOC_FILES = sorted(glob.glob(os.path.join(DOCS, "*.md"))) + [os.path.join(ROOT, "README.md")]
+
+
+def test_every_constant_path_and_test_the_docs_name_is_there():
+    """The docs name the code by `module.CONSTANT` (`zygote.COMPILES`), by path
+    (`supervisor/cmacros.py`) and by test (security.md's tables: some 600 tests
+    that show a fix holds). A name the code no longer has (renamed, moved, a test
+    split in two) sends a reader to nothing: each one named is there. A test
+    named with `...` after it stands for the tests its name begins."""
+    import importlib
+    tests = set()
+    for path in glob.glob(os.path.join(ROOT, "tests", "**", "*.py"), recursive=True):
+        tests.update(re.findall(r"^(?:async )?def (test_\w+)", _text(path), re.M))
+    missing = []
+    for doc in _DOC_FILES:
+        text, name = _text(doc), os.path.basename(doc)
+        for mod, attr in set(re.findall(r"`([a-z_]+)\.([A-Z][A-Z0-9_]+)`", text)):
+            modules = [importlib.import_module(f"{p}.{mod}") for p in _PACKAGES
+                       if os.path.exists(os.path.join(ROOT, p, f"{mod}.py"))] + \
+                      [importlib.import_module(mod) for p in _PACKAGES if p == mod]
+            if not any(hasattr(m, attr) for m in modules):
+                missing.append(f"{name}: `{mod}.{attr}`")
+        for ref in set(re.findall(r"`((?:supervisor|compartments|capnp_schemas|tests|examples|"
+                                  r"policies|scripts|benchmarks|fuzz|docs)/[\w./-]+)`", text)):
+            ref = ref.rstrip("/")
+            if os.path.exists(os.path.join(ROOT, ref)):
+                continue
+            module, _, attr = ref.rpartition(".")       # fuzz/seeds._tiny_segments
+            source = os.path.join(ROOT, module + ".py")
+            if not (os.path.exists(source) and re.search(rf"^(?:def|class) {attr}\b|^{attr} =",
+                                                         _text(source), re.M)):
+                missing.append(f"{name}: `{ref}`")
+        for test, cut in set(re.findall(r"\b(test_\w+)\b(\.\.\.)?", text)):
+            if os.path.exists(os.path.join(ROOT, "tests", "unit", f"{test}.py")) or \
+                    os.path.exists(os.path.join(ROOT, "tests", "integration", f"{test}.py")):
+                continue
+            if test not in tests and not (cut and any(t.startswith(test) for t in tests)):
+                missing.append(f"{name}: {test}")
+    assert not missing, "the docs name what the code does not have:\n" + "\n".join(sorted(missing))
