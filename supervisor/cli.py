@@ -16,16 +16,27 @@ def main(argv=None) -> int:
     try:
         return _command(argv)
     except KeyboardInterrupt as e:
-        return _interrupted(e)
+        return _interrupted(e, argv)
 
 
-def _interrupted(e: KeyboardInterrupt) -> int:
+#: the commands that send a running system requests (through its admin socket, or
+#: its external one): interrupted, they may have sent one it still carries out
+ASKS_THE_SYSTEM = frozenset({"status", "stop", "revoke", "call", "probe", "trace"})
+
+
+def _interrupted(e: KeyboardInterrupt, argv=None) -> int:
+    """One line and 128 + the signal.  That a request may still be carried out is
+    said by the commands that send one: `build`, `bindgen`, `check` and `logs` ask
+    no system anything, and Ctrl-C on `wsuper build` said a request "already sent
+    to the system" might still be carried out."""
     import signal
     signum = getattr(e, "signum", signal.SIGINT)
+    command = (sys.argv[1:] if argv is None else argv)[:1]
     try:
         from . import stderr
-        stderr.line(f"wsuper: interrupted ({signal.Signals(signum).name}); a request "
-                    "already sent to the system may still be carried out")
+        stderr.line(f"wsuper: interrupted ({signal.Signals(signum).name})" + (
+            "; a request already sent to the system may still be carried out"
+            if command and command[0] in ASKS_THE_SYSTEM else ""))
     except Exception:  # noqa: BLE001 - the exit code is the answer, whatever the line
         pass
     return 128 + signum
@@ -74,7 +85,7 @@ def _command(argv=None) -> int:
         # `call`, `revoke` ... waiting for a system that does not answer (stopped
         # with SIGSTOP, busy) ended in a KeyboardInterrupt traceback (`trace` takes
         # SIGTERM and SIGHUP as one too: probecli._Stopped)
-        return _interrupted(e)
+        return _interrupted(e, argv)
     except BrokenPipeError:
         import os
         try:

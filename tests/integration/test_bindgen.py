@@ -1186,6 +1186,48 @@ def test_a_compile_that_never_ends_is_stopped_with_what_it_started(tmp_path, mon
     assert cli.main(["build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm")]) == 2
 
 
+def test_ctrl_c_on_a_build_is_one_line_that_names_no_request_to_a_system(tmp_path):
+    """An outside review of the docs: Ctrl-C on `wsuper build` (the compiler
+    running) said "wsuper: interrupted (SIGINT); a request already sent to the
+    system may still be carried out", where a build sends no system anything (the
+    README: that is for a request a command had sent).  It says it was
+    interrupted, exits 130, and the compiler is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    started = tmp_path / "started"
+    fake = tmp_path / "clang"
+    fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
+                    "exec sleep 1000\n")
+    fake.chmod(0o755)
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "build", str(tmp_path / "p.c"), "-o",
+         str(tmp_path / "p.wasm")], cwd=ROOT, env={**os.environ, "WSUPER_CLANG": str(fake)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists(), proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out, err) == (130, "", "wsuper: interrupted (SIGINT)\n")
+    compiler = int(started.read_text())
+    try:
+        with open(f"/proc/{compiler}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z"), state
+
+
 def test_build_makes_the_output_directory_and_names_a_missing_source(tmp_path):
     (tmp_path / "plain.c").write_text("int main(void) { return 0; }\n")
     out = tmp_path / "newdir" / "deeper" / "x.wasm"
