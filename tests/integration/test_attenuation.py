@@ -261,6 +261,45 @@ external = true
     assert "unimplemented" in other.lower() or "not implement" in other, other
 
 
+def test_a_call_past_calls_per_second_is_overloaded_to_its_caller_and_denied_in_the_audit(
+        tmp_path):
+    """docs/policy-reference.md, Audit: `denied` is every call a grant's attenuation
+    refused, a rate limit's among them, which its caller is told as E_OVERLOADED
+    (try again), not E_DENIED; the reference said the outcome was "as the caller
+    is told", where the audit says `denied` and the caller got E_OVERLOADED (an
+    outside review of the docs against the code)."""
+    ping = (f"(call $log_int (i32.const 300) (i32.const 5) "
+            f"(call $call0 (local.get $h) (i64.const {SPIN_ID}) (i32.const 1)))\n"
+            "(call $log (i32.const 2048) (i32.load (i32.const 1000)))\n")
+    (tmp_path / "app.wat").write_text(program(f"""
+    (local.set $h (call $lookup (i32.const 200) (i32.const 4)))
+    {ping * 3}
+    """, {"spin": 200, "ping:": 300}))
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{HERE}/spin.capnp"]
+audit = "audit.jsonl"
+[compartments.spin]
+module = "{HERE}/spin.wat"
+exports = "Spin"
+[compartments.app]
+module = "app.wat"
+restart = "never"
+[compartments.app.grants]
+log = {{ host = "log" }}
+spin = {{ compartment = "spin", calls_per_second = 0.001 }}
+""")
+    r = run_wsuper("up", str(tmp_path / "system.toml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = [l[6:] for l in r.stdout.splitlines() if l.startswith("[app] ")]
+    refused = "app.spin: more than 0.001 calls per second (calls_per_second)"
+    assert logs[0] == "ping: 0" and logs[2:] == ["ping: -4", refused] * 2, logs  # E_OVERLOADED
+    assert r.stderr.count(f"wsuper: denied: app -> {refused}") == 2, r.stderr
+    spin = [(x["method"], x["outcome"], x.get("reason")) for x in
+            audit_calls(tmp_path / "audit.jsonl") if x.get("capability") == "app.spin"]
+    assert spin == [("ping", "returned", None)] + [("ping", "denied", refused)] * 2, spin
+
+
 def test_calls_refused_before_they_reach_the_callee_spend_none_of_a_grants_quota(tmp_path):
     """Real engines: app calls its spin grant (max_uses = 2, calls_per_second = 2)
     three times with an interface spin does not implement: each is refused by the
