@@ -680,7 +680,13 @@ if __name__ == "__main__":       # the table (--lower: LOWER's, --declared: DECL
     from . import bindgen
     clang = shutil.which(os.environ.get("WSUPER_CLANG", "clang")) or "clang"
     if sys.argv[1:] == ["--declared"]:
-        print(_table(declared_from_toolchain(clang, bindgen._C_HEADERS)))
+        table = _table(declared_from_toolchain(clang, bindgen._C_HEADERS))
     else:
-        print(_table(from_toolchain(clang, bindgen._C_HEADERS,
-                                    _LOWER_SHAPE if sys.argv[1:] == ["--lower"] else _SHAPE)))
+        table = _table(from_toolchain(clang, bindgen._C_HEADERS,
+                                      _LOWER_SHAPE if sys.argv[1:] == ["--lower"] else _SHAPE))
+    try:
+        print(table, flush=True)
+    except BrokenPipeError:
+        # a reader that goes away (`| head`, a pager quit early; docs/plugins.md says
+        # to run this) ends it quietly, as it ends `wsuper`: it was a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -533,6 +533,29 @@ def test_the_c_library_macros_bindgen_knows_are_the_toolchains():
     assert {"PATH_MAX", "SEEK_SET", "INT_MAX", "EXIT_SUCCESS", "CLOCK_MONOTONIC"} \
         <= set(cmacros.MACROS)
 
+def test_the_c_library_tables_command_ends_quietly_when_its_reader_goes():
+    """docs/plugins.md says to run `python -m supervisor.cmacros --lower` (and
+    `--declared`) to see the names bindgen renames: piped to a reader that went
+    before it had all (`| head`, a pager quit early) it ended in a BrokenPipeError
+    traceback (an outside review of the docs against the code).  It ends as
+    `wsuper` does then: quietly, exit 0; and read whole, it prints the table.
+    (Every table is printed by the same lines; each takes the toolchain ~13 s.)"""
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "supervisor.cmacros", "--lower"]
+    whole = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0 and whole.stderr == "", whole.stderr
+    assert "stdio.h: " in whole.stdout and " stdout" in whole.stdout, whole.stdout
+    read, write = os.pipe()
+    os.close(read)                       # the reader is gone before a byte is written
+    try:
+        gone = subprocess.run(command, cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert (gone.returncode, gone.stderr) == (0, ""), gone.stderr
+
+
 def test_fields_named_like_c_library_macros_compile(tmp_path):
     """`stdout` is a macro of stdio.h (`(stdout)`), `errno` of errno.h, `true` of
     stdbool.h, `asm` a GNU C keyword: such a field or type gets a trailing _ as a
