@@ -309,3 +309,19 @@ def test_every_constant_path_and_test_the_docs_name_is_there():
             if test not in tests and not (cut and any(t.startswith(test) for t in tests)):
                 missing.append(f"{name}: {test}")
     assert not missing, "the docs name what the code does not have:\n" + "\n".join(sorted(missing))
+
+
+def test_a_repository_file_the_docs_show_is_that_file():
+    """A TOML block the docs introduce with a file of the repository ("for example
+    `policies/calc-client.toml`:") holds what that file holds: the reference showed
+    calc-client.toml without its `fuel_per_call`, which the file has (an outside
+    review of the docs against the code)."""
+    import tomllib
+    shown = []
+    for doc in _DOC_FILES:
+        for path, block in re.findall(r"`((?:policies|examples)/[\w./-]+\.toml)`:\n\n```toml\n"
+                                      r"(.*?)```", _text(doc), re.S):
+            shown.append(path)
+            with open(os.path.join(ROOT, path), "rb") as f:
+                assert tomllib.loads(block) == tomllib.load(f), (os.path.basename(doc), path)
+    assert "policies/calc-client.toml" in shown, shown
