@@ -226,6 +226,74 @@ def makedirs_private(path: str):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
+#: Symbolic links changeable_above follows at most (the kernel's own limit: past it,
+#: opening the path fails ELOOP, which whoever opens it says)
+_MAX_LINKS = 40
+
+
+def changeable_above(path: str, what: str) -> str | None:
+    """Why another user could put a directory (or a link) of their choosing at `path`,
+    or None: a directory the kernel looks a name up in on the way to it (each
+    directory above it, and above the target of each link on the way) belongs to
+    another user (not root), or is writable by its group or others without the
+    sticky bit; or a link on the way is another's.  Only `path`'s own directory
+    was checked (own_dir, private_dir): beneath a directory of another's (`logs =
+    "/home/eve/shared/logs"`, an HOME kept by sudo, an XDG_RUNTIME_DIR in a shared
+    directory) they could rename it away and put a link in the place of a directory
+    above it, and the supervisor, as root, made its log, audit and socket
+    directories, and wrote its files, where they chose.  Makes nothing; a path
+    that cannot be looked at further (nothing there yet: wsuper makes the rest,
+    0700; not a directory; no permission) is left to what makes or opens it."""
+    me = os.getuid()
+    at = "/"
+    todo = [p for p in os.path.abspath(path).split("/") if p]
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        try:
+            st = os.stat(at)
+        except OSError:
+            return None
+        if st.st_uid not in (0, me) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            return (f"{what}{quoted(path)} lies beneath {quoted(at)}, in which another user "
+                    f"may rename or replace what is there (owner uid {st.st_uid}, mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}): they could put a directory of their "
+                    f"choosing (or a link to one) in its way; choose a path beneath "
+                    f"directories only you, or root, may change")
+        if name == "..":
+            at = os.path.dirname(at)
+            continue
+        nxt = os.path.join(at, name)
+        if not todo:
+            return None                    # `path` itself: its own checks say
+        try:
+            lst = os.lstat(nxt)
+        except OSError:
+            return None
+        if stat.S_ISLNK(lst.st_mode):
+            if lst.st_uid not in (0, me):
+                return (f"{what}{quoted(path)} is reached through {quoted(nxt)}, a symbolic "
+                        f"link of uid {lst.st_uid} (not you): they choose where it leads; "
+                        f"choose a path beneath directories only you, or root, may change")
+            links += 1
+            if links > _MAX_LINKS:
+                return None
+            try:
+                target = os.readlink(nxt)
+            except OSError:
+                return None
+            todo = [p for p in target.split("/") if p] + todo
+            if target.startswith("/"):
+                at = "/"
+            continue
+        if not stat.S_ISDIR(lst.st_mode):
+            return None
+        at = nxt
+    return None
+
+
 def _make_dir(path: str, what: str):
     """mkdir 0700 (nothing if it exists)."""
     try:
@@ -265,6 +333,9 @@ def private_dir(path: str, create: bool = True) -> str:
     One that cannot be made is said as the runtime directory, with its own path
     and how to move it: "cannot make /run/user/0/wsuper: Permission denied" named
     neither (an ordinary user under `su`, which keeps root's XDG_RUNTIME_DIR)."""
+    problem = changeable_above(path, "the runtime directory ")
+    if problem:
+        raise EndpointError(f"{problem}{runtime_dir_hint()}")
     if create:
         try:
             makedirs_private(os.path.dirname(path))
@@ -338,6 +409,9 @@ def own_dir_problem(folder: str, what: str, parents: bool = False) -> str | None
                 f"bytes (File name too long, past PATH_MAX or NAME_MAX): {quoted(folder)}")
     if os.path.lexists(folder):
         return foreign_dir(folder, what)
+    problem = changeable_above(folder, what)
+    if problem:
+        return problem
     why = _unmakeable(folder, parents)
     return f"cannot make {what}{quoted(folder)}: {why}" if why else None
 
@@ -377,6 +451,9 @@ def private_dir_problem(path: str) -> str | None:
     """Why private_dir(path) would refuse, or None; makes nothing (`wsuper check`
     says it, as up, which takes its lock there, does before anything starts)."""
     if not os.path.lexists(path):
+        problem = changeable_above(path, "the runtime directory ")
+        if problem:
+            return f"{problem}{runtime_dir_hint()}"
         why = _unmakeable(path, parents=True)
         # the directory that cannot be made is the runtime directory (or, missing too,
         # one of its parents): it was said "cannot make /run/user/0" of a
@@ -403,7 +480,11 @@ def socket_dir_problem(socket_path: str) -> str | None:
 def own_dir(folder: str, what: str, parents: bool = False):
     """A directory wsuper writes into (sockets, logs, the audit file): made 0700 if
     missing; refused unless it is a real directory of ours that nobody else may
-    write to, so no one can plant a link or a socket in it."""
+    write to, so no one can plant a link or a socket in it; nor beneath a directory
+    another may change (changeable_above): nothing is made there."""
+    problem = changeable_above(folder, what)
+    if problem:
+        raise EndpointError(problem)
     if parents:
         try:
             makedirs_private(os.path.dirname(folder))
@@ -425,7 +506,8 @@ def foreign_dir(folder: str, what: str) -> str | None:
         if not os.path.lexists(folder):
             return None
         return str(e)
-    return owned_problem(st, folder, what) or _kernel_dir_problem(folder, what)
+    return owned_problem(st, folder, what) or changeable_above(folder, what) or \
+        _kernel_dir_problem(folder, what)
 
 
 def _kernel_dir_problem(folder: str, what: str) -> str | None:

@@ -1325,6 +1325,56 @@ def test_check_refuses_every_directory_that_up_refuses(tmp_path, monkeypatch, ca
     assert not (tmp_path / "no").exists() and not os.listdir(tmp_path / "real")
 
 
+@pytest.mark.parametrize("case", ["logs", "audit", "socket", "runtime", "default logs",
+                                  "logs through another's link"])
+def test_no_directory_up_writes_in_lies_beneath_one_another_user_may_change(
+        tmp_path, monkeypatch, case):
+    """Only the directory itself was checked (ours, closed to others), not those above
+    it: beneath a directory another user may change (theirs, `logs =
+    "/home/eve/shared/logs"`; or one writable by others without the sticky bit),
+    they could move it away and put a link of theirs in its place, and `up`, as
+    root, made its log, audit and socket directories where the link led and wrote
+    its files there (seen: /home/eve/shared -> /opt/sysdir, and root's `up` made
+    /opt/sysdir/logs and /opt/sysdir/audit, with its log files and audit; `check`
+    said 0).  Both refuse, exit 2, naming the directory; nothing is made."""
+    open_ = tmp_path / "open"
+    open_.mkdir()
+    os.chmod(open_, 0o777)                          # anyone may rename what is in it
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)                          # where another's link leads
+    system, beneath = "", str(open_)
+    if case == "logs":
+        system = f'logs = "{open_}/logs"\n'
+    elif case == "audit":
+        system = f'audit = "{open_}/audit/a.jsonl"\n'
+    elif case == "socket":
+        system = f'socket = "{open_}/run/s.sock"\n'
+    elif case == "runtime":
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(open_))
+    elif case == "default logs":
+        monkeypatch.setenv("XDG_STATE_HOME", str(open_ / "state"))
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to make another user's directory and link")
+        theirs = tmp_path / "theirs"                # another user's home, 0755
+        theirs.mkdir(mode=0o755)
+        os.symlink(real, theirs / "shared")         # their link, to a directory of root's
+        os.lchown(theirs / "shared", 65534, 65534)
+        os.chown(theirs, 65534, 65534)
+        system, beneath = f'logs = "{theirs}/shared/logs"\n', str(theirs)
+    (tmp_path / "system.toml").write_text(
+        f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n{system}'
+        f'[compartments.m]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+        f'external = true\n')
+    for command in ("check", "up"):
+        r = run_wsuper(command, str(tmp_path / "system.toml"), timeout=60)
+        assert r.returncode == 2, (command, r.output)
+        assert f" lies beneath {beneath}, in which another user may rename or replace " \
+               f"what is there" in r.stderr, (command, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not os.listdir(open_) and not os.listdir(real), (command, os.listdir(open_))
+
+
 @pytest.fixture
 def unwritable(tmp_path):
     """A directory nothing can be made in: mode 0500 for a user, a read-only tmpfs

@@ -1088,8 +1088,14 @@ def test_an_engine_user_an_ordinary_user_cannot_use_is_said_not_passed_over():
         path = os.path.join(there, "sys", "system.toml")
         env = {**os.environ, "XDG_RUNTIME_DIR": state, "XDG_STATE_HOME": state,
                "HOME": state}
+        # root's own: beneath nobody's directory, root's runtime and log directories
+        # are refused (endpoint.changeable_above)
+        roots = os.path.join(there, "root-state")
+        os.mkdir(roots, 0o700)
+        root_env = {**os.environ, "XDG_RUNTIME_DIR": roots, "XDG_STATE_HOME": roots,
+                    "HOME": roots}
 
-        def check(user_line, *as_user):
+        def check(user_line, *as_user, env=env):
             with open(path, "w") as f:       # no schema: nothing to check in a child
                 f.write(f'[system]\n{user_line}\n[compartments.calc]\n'
                         f'module = "{EXAMPLES}/calc.wat"\n')
@@ -1108,7 +1114,7 @@ def test_an_engine_user_an_ordinary_user_cannot_use_is_said_not_passed_over():
             "(start wsuper as root for engines of that user)"), r.stderr
         r = check("", *nobody)
         assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
-        r = check('engine_user = "4242:4242"')
+        r = check('engine_user = "4242:4242"', env=root_env)
         assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
     finally:
         shutil.rmtree(there, ignore_errors=True)
