@@ -845,7 +845,7 @@ class Supervisor:
         self.log_dir = self.system.logs or endpoint.default_log_dir(
             endpoint.system_id(self.identity))
         self.output = output.Output(out or sys.stdout, err or sys.stderr, log_format,
-                                    self.log_dir, lambda: self._act(self.lifecycle.stop(0)),
+                                    self.log_dir, self._terminal_gone,
                                     self._remake_log_dir)
         self.socket_path = socket_path or self.system.socket or \
             endpoint.default_socket_path(self.identity)
@@ -975,6 +975,19 @@ class Supervisor:
     def say(self, text: str, compartment: str | None = None):
         """A supervisor event for the operator."""
         self.output.event(text, compartment)
+
+    def _terminal_gone(self):
+        """The reader of stdout or stderr went away (`wsuper up ... | head -1`, a log
+        collector that ended): the system stops, saying why in the log files (the
+        terminal takes nothing more) and in the audit.  It stopped without a word
+        anywhere: the log files ended with its compartments' `stopped` lines and the
+        audit with `run stopped`, exit 0, as after a stop nobody asked for."""
+        if not self.lifecycle.stopping:
+            self.say("the terminal's reader went away (stdout or stderr is a pipe whose "
+                     "reader closed it): stopping")
+            self._audit_operator({"event": "stop requested",
+                                  "reason": "the terminal's reader went away"})
+        self._act(self.lifecycle.stop(0))
 
     def _say_log_refused(self, name: str):
         """Log lines of `name` its log_rate refused and nobody was told of yet (its

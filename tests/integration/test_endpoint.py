@@ -409,6 +409,44 @@ def test_a_closed_terminal_stops_the_system_quietly_and_cleans_up(tmp_path, xdg)
         ["pgrep", "-f", f"supervisor.cli up {path}"], capture_output=True).returncode == 1
 
 
+def test_a_stop_for_a_closed_terminal_is_said_in_the_log_files_and_the_audit(tmp_path, xdg):
+    """`wsuper up S | head -1`: the system stops quietly (exit 0), as it should, but
+    it said why nowhere: its log files ended with `stopped calc` and its audit with
+    `run stopped`, as after a stop nobody asked for (every other stop says its
+    cause there: a signal, `wsuper stop`, a failure).  Both say it now."""
+    path = _system(tmp_path)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("[system]\n", f'[system]\naudit = "{tmp_path}/audit.jsonl"\n', 1))
+    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+    r, w = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", path], cwd=ROOT,
+                         env=env, stdout=w, stderr=w)
+    os.close(w)
+    try:
+        seen = b""
+        with os.fdopen(r, "rb", buffering=0) as pipe:
+            while b"all compartments ready" not in seen:
+                chunk = pipe.read(4096)
+                assert chunk, seen
+                seen += chunk
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    said = "the terminal's reader went away (stdout or stderr is a pipe whose reader " \
+           "closed it): stopping"
+    logs = _cli("logs", path, env={"XDG_RUNTIME_DIR": xdg})
+    assert logs.returncode == 0, logs.stderr
+    assert said in logs.stdout, logs.stdout
+    with open(tmp_path / "audit.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert {"event": "stop requested", "reason": "the terminal's reader went away",
+            "by": "operator"}.items() <= records[-2].items(), records[-2:]
+    assert records[-1]["event"] == "run stopped", records[-1]
+
+
 def test_the_same_system_through_a_symlinked_directory_is_the_same_system(tmp_path, xdg):
     env = {"XDG_RUNTIME_DIR": xdg}
     path = _system(tmp_path / "real")
