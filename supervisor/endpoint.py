@@ -311,9 +311,22 @@ def _real_dir(path: str, what: str) -> os.stat_result:
     except OSError as e:
         raise EndpointError(f"{what}{quoted(path)}: {e.strerror}") from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        if st.st_uid != os.getuid():
+            # "remove it" of another's entry, which in a sticky directory (/tmp) only
+            # they or root can remove
+            raise EndpointError(f"{what}{quoted(path)} is {_kind(st.st_mode)} of uid "
+                                f"{st.st_uid}, not a directory of yours (uid {os.getuid()}): "
+                                f"only that user or root can remove it; choose another path")
         raise EndpointError(f"{what}{quoted(path)} is not a directory (a symbolic link or something "
                             f"else was put there); remove it")
     return st
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a directory is, in words."""
+    return "a symbolic link" if stat.S_ISLNK(mode) else "a regular file" if stat.S_ISREG(mode) \
+        else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) \
+        else "a device"
 
 
 def runtime_dir_hint() -> str:
@@ -346,6 +359,18 @@ def private_dir(path: str, create: bool = True) -> str:
             at = f" ({quoted(e.filename)})" if e.filename and e.filename != path else ""
             raise EndpointError(f"cannot make the runtime directory {quoted(path)}: "
                                 f"{e.strerror}{at}{runtime_dir_hint()}") from None
+    try:
+        there = os.lstat(path)
+    except OSError:
+        there = None
+    if there is not None and there.st_uid != os.getuid() and not stat.S_ISDIR(there.st_mode):
+        # a FIFO, a file or a link another user put at the name first: "is not a
+        # directory ...; remove it" was all it said, and in /tmp (sticky) an ordinary
+        # user cannot remove another's entry, whatever it is
+        raise EndpointError(f"{path} is {_kind(there.st_mode)} of uid {there.st_uid}, "
+                            f"not a directory of yours (uid {os.getuid()}): it is where "
+                            f"your runtime directory goes, and only that user or root "
+                            f"can remove it{runtime_dir_hint()}")
     st = _real_dir(path, "")
     if st.st_uid != os.getuid():
         # "remove it": in /tmp (sticky) an ordinary user cannot remove the directory

@@ -189,10 +189,57 @@ def test_a_system_is_still_asked_after_a_link_on_its_files_way_moves(tmp_path, x
         run.stop()
 
 
-@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner"])
+def test_another_users_entry_where_a_log_directory_goes_is_named_as_theirs(tmp_path, xdg):
+    """The same for a directory of the system file's (`logs` in a sticky directory,
+    as /tmp): another user's FIFO there was said "is not a directory ...; remove
+    it", which only they or root can do."""
+    if os.getuid() != 0:
+        pytest.skip("making a file owned by another user needs root")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    os.mkfifo(sticky / "logs")
+    os.lchown(sticky / "logs", 65534, 65534)
+    path = _system(tmp_path)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace("[system]\n", f'[system]\nlogs = "{sticky}/logs"\n', 1))
+    for command in ("up", "check"):
+        r = _cli(command, path, env={"XDG_RUNTIME_DIR": xdg})
+        assert r.returncode == 2, (command, r.stderr)
+        (line,) = r.stderr.strip().splitlines()
+        assert f"log directory {sticky}/logs is a FIFO of uid 65534, not a directory of " \
+               f"yours (uid 0): only that user or root can remove it; choose another path" \
+            in line, (command, line)
+
+
+@pytest.mark.parametrize("spoil", ["mode", "symlink", "owner", "another's fifo",
+                                   "another's symlink"])
 def test_a_runtime_directory_someone_else_could_have_made_is_refused(tmp_path, xdg, spoil):
     env = {"XDG_RUNTIME_DIR": xdg}
     target = os.path.join(xdg, "wsuper")
+    if spoil.startswith("another's"):
+        # not a directory, and another user's (/tmp/wsuper-UID is a name anyone can
+        # take first): "is not a directory ...; remove it" was all it said, which an
+        # ordinary user cannot do in /tmp (sticky)
+        if os.getuid() != 0:
+            pytest.skip("making a file owned by another user needs root")
+        if spoil == "another's fifo":
+            os.mkfifo(target, 0o644)
+        else:
+            os.symlink(tmp_path, target)
+        os.lchown(target, 65534, 65534)
+        kind = "a FIFO" if spoil == "another's fifo" else "a symbolic link"
+        for command in ("up", "check", "status"):
+            r = _cli(command, _system(tmp_path), env=env)
+            assert r.returncode == (1 if command == "status" else 2), (command, r.stderr)
+            (line,) = r.stderr.strip().splitlines()
+            assert f"{target} is {kind} of uid 65534, not a directory of yours" in line \
+                and "only that user or root can remove it; it is $XDG_RUNTIME_DIR/wsuper " \
+                f"(XDG_RUNTIME_DIR={xdg}): set XDG_RUNTIME_DIR to a directory of yours" \
+                in line, (command, line)
+        return
     if spoil == "mode":
         os.mkdir(target, 0o755)
         os.chmod(target, 0o755)
