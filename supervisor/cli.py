@@ -385,6 +385,38 @@ def _refused_by_up(system):
     return None
 
 
+def _planted(option: str, output: str) -> str | None:
+    """Why another user could choose where the file `output` is written, or None: a
+    directory on the way they may change (endpoint.changeable_above: `-o` in a
+    directory anyone may write to without the sticky bit), or what is at `output`
+    is theirs in a directory anyone may write to (/tmp): a link, which open()
+    follows, or a file or FIFO of theirs, which they read.  `wsuper check S
+    --graph /tmp/g.dot` as root, with another user's link /tmp/g.dot ->
+    /opt/victim (fs.protected_symlinks off), wrote the graph over /opt/victim;
+    `trace -o` the same with the trace."""
+    import os
+    import stat
+
+    from capnp_schemas.text import quoted
+
+    from . import endpoint
+    problem = endpoint.changeable_above(output, f"{option} ")
+    if problem:
+        return problem
+    try:
+        st = os.lstat(output)
+        folder = os.stat(os.path.dirname(os.path.abspath(output)))
+    except (OSError, ValueError):
+        return None
+    if folder.st_mode & stat.S_ISVTX and folder.st_mode & 0o002 \
+            and st.st_uid not in (os.geteuid(), folder.st_uid):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file"
+        return (f"{option} {quoted(output)} is {kind} of uid {st.st_uid} (not you) in a "
+                f"directory anyone may write in: they choose where it leads, or read "
+                f"what is written; name another file")
+    return None
+
+
 def overwrites(option: str, output: str, system_path: str) -> str | None:
     """Why the file `output` that a command writes (`check --graph`, `trace -o`)
     may not be written: it is one of the system's own files (policy.files_of: the
@@ -398,6 +430,9 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
     from capnp_schemas.text import quoted
 
     from . import logs, policy
+    problem = _planted(option, output)
+    if problem:
+        return problem
     try:
         policy.read_alone(system_path)
     except policy.PolicyError as e:
@@ -462,6 +497,7 @@ def overwrites(option: str, output: str, system_path: str) -> str | None:
 
 
 def _check(plan, args) -> int:
+    import os
     import shutil
     import subprocess
 
@@ -476,6 +512,9 @@ def _check(plan, args) -> int:
     if problem:
         _error(problem)
         return 2
+    # made if nothing was there when overwrites looked: a link planted since is not
+    # followed (cli._planted)
+    graph_existed = bool(args.graph) and os.path.lexists(args.graph)
     if args.graph and args.graph.endswith(".svg") and shutil.which("dot") is None:
         _error("--graph: Graphviz's dot is not installed; name a .dot file "
               "instead")
@@ -504,7 +543,8 @@ def _check(plan, args) -> int:
                        f"{done.stderr.strip()[:500]}")
                 return 1
         else:
-            with open(args.graph, "w", encoding="utf-8") as f:
+            with open(args.graph, "w", encoding="utf-8", opener=None if graph_existed else
+                      lambda p, f: os.open(p, f | os.O_EXCL | os.O_NOFOLLOW, 0o666)) as f:
                 f.write(text)
         print(f"wrote {quoted(args.graph)}")
     return 0

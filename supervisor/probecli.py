@@ -177,7 +177,10 @@ def trace_command(args) -> int:
         return 2
     existed = os.path.lexists(args.output)
     try:                  # before the trace: a path that cannot be written loses nothing
-        out = open(args.output, "a", encoding="utf-8")     # emptied only once it succeeds
+        # emptied only once it succeeds; made here if nothing was there (cli._planted
+        # looked): a link another planted since is not followed
+        out = open(args.output, "a", encoding="utf-8", opener=None if existed else
+                   lambda p, f: os.open(p, f | os.O_EXCL | os.O_NOFOLLOW, 0o666))
     except OSError as e:
         _error(f"-o {args.output}: {e.strerror}")
         return 1

@@ -268,6 +268,50 @@ log = {{ host = "log" }}
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant another user's files")
+def test_a_file_a_command_writes_is_never_where_another_user_chooses(tmp_path, monkeypatch,
+                                                                     capsys):
+    """`wsuper check S --graph /tmp/g.dot` (and `trace -o`) as root, with another user's
+    link /tmp/g.dot -> /opt/victim planted first (fs.protected_symlinks off, as on
+    the machine of the review): the graph was written over /opt/victim, a file of
+    root's, mode 0600, exit 0 "wrote /tmp/g.dot"; a file of theirs there (0666)
+    was written for them to read; and in a directory anyone may write to without
+    the sticky bit they could swap either in at any time.  Refused, exit 2, and
+    the file the link leads to is left as it was."""
+    import shutil
+
+    from tests.conftest import EXAMPLES
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    shutil.copy(os.path.join(EXAMPLES, "calc.wat"), tmp_path / "calc.wat")
+    path = tmp_path / "system.toml"
+    path.write_text('[compartments.calc]\nmodule = "calc.wat"\n')
+    victim = tmp_path / "victim"
+    victim.write_text("root's\n")
+    os.chmod(victim, 0o600)
+    sticky, open_ = tmp_path / "sticky", tmp_path / "open"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)                  # as /tmp
+    open_.mkdir()
+    os.chmod(open_, 0o777)
+    os.symlink(victim, sticky / "g.dot")
+    os.lchown(sticky / "g.dot", 65534, 65534)
+    (sticky / "theirs.dot").write_text("")
+    os.chown(sticky / "theirs.dot", 65534, 65534)
+    for target in (sticky / "g.dot", sticky / "theirs.dot", open_ / "g.dot"):
+        for args in (["check", str(path), "--graph", str(target)],
+                     ["trace", str(path), "--seconds", "1", "-o", str(target)]):
+            code = cli.main(args)
+            out, err = capsys.readouterr()
+            assert code == 2 and "wrote" not in out, (args, out, err)
+            assert "of uid 65534 (not you) in a directory anyone may write in" in err \
+                or f"lies beneath {open_}, in which another user may rename" in err, err
+    assert victim.read_text() == "root's\n"
+    assert (sticky / "theirs.dot").read_text() == "" and not (open_ / "g.dot").exists()
+    # one's own file in the sticky directory is written
+    assert cli.main(["check", str(path), "--graph", str(sticky / "mine.dot")]) == 0
+    assert (sticky / "mine.dot").read_text().startswith("digraph")
+
+
 def test_a_file_a_command_writes_is_never_one_a_schema_imports_or_embeds(tmp_path, monkeypatch,
                                                                        capsys):
     """`wsuper check S --graph lib.capnp` (or `trace -o`), lib.capnp imported by the
