@@ -794,6 +794,8 @@ def _running(system_path: str, timeout: float) -> dict:
 def _admin(args) -> int:
     """`status` and `stop`: one request to the running system's admin socket."""
     import json
+    import os
+    import signal
     import time
 
     from capnp_schemas.text import printable, quoted
@@ -801,11 +803,27 @@ def _admin(args) -> int:
     from . import endpoint
     if not _running_or_read(args.system):
         return 2
-    try:
-        answer = endpoint.request(args.system, {"op": args.command})
-    except endpoint.EndpointError as e:
-        _error(f"{e}")
-        return 1
+    starting = endpoint.starting_pid(args.system) if args.command == "stop" else None
+    if starting is not None:
+        # its `up` reads, checks and compiles the system before its admin socket is
+        # bound: `wsuper stop` waited 30 s for it, said "is its `wsuper up` stuck
+        # starting?", exit 1, and the system then started and ran on.  SIGTERM is
+        # how `up` stops at any moment of its start (StoppedAtStart: exit 143)
+        try:
+            os.kill(starting, signal.SIGTERM)
+        except OSError as e:
+            _error(f"cannot stop {args.system} while it starts (pid {starting}): "
+                   f"{e.strerror or e}")
+            return 1
+        answer = {"ok": True, "pid": starting}
+        print(f"wsuper: {quoted(args.system)} is starting (its admin socket is not up "
+              f"yet): sent SIGTERM to its wsuper up (pid {starting})")
+    else:
+        try:
+            answer = endpoint.request(args.system, {"op": args.command})
+        except endpoint.EndpointError as e:
+            _error(f"{e}")
+            return 1
     if not answer.get("ok"):
         _error(f"{answer.get('error', 'refused')}")
         return 1

@@ -619,6 +619,24 @@ def foreign_holders(fd: int) -> list[tuple[int, int]]:
     holder in another pid namespace, whose pid shows as 0 or -1, a table longer
     than PROC_LOCKS_BYTES).  Empty too when a process of this user holds one as
     well: that one may be a system of ours."""
+    me, out = os.getuid(), []
+    for pid in lock_pids(fd):
+        if pid <= 0:
+            return []                   # not seen from here: maybe ours
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return []                   # gone meanwhile (or hidden): cannot tell
+        if uid == me:
+            return []
+        out.append((pid, uid))
+    return out
+
+
+def lock_pids(fd: int) -> list[int]:
+    """The pids /proc/locks names as holding a lock on `fd`'s file (0 or -1 for one
+    in another pid namespace); empty if none, or if that cannot be told (no /proc,
+    a table longer than PROC_LOCKS_BYTES)."""
     try:
         st = os.fstat(fd)
         with open(PROC_LOCKS, "rb") as f:
@@ -645,20 +663,41 @@ def foreign_holders(fd: int) -> list[tuple[int, int]]:
             holders.setdefault(dev, []).append(int(parts[4]))
     # the kernel names the device of the file system's superblock, which st_dev is
     # but for a few (a btrfs subvolume): the inode's own entries, else any of its number
-    pids = holders.get(devices[0]) or (next(iter(holders.values())) if len(holders) == 1
+    return holders.get(devices[0]) or (next(iter(holders.values())) if len(holders) == 1
                                         else [])
-    me, out = os.getuid(), []
-    for pid in pids:
-        if pid <= 0:
-            return []                   # not seen from here: maybe ours
+
+
+def starting_pid(system_path: str) -> int | None:
+    """The pid of this user's `wsuper up` of `system_path` that holds the system's
+    lock but answers on no admin socket yet (it reads, checks and compiles the
+    system first: tens of seconds for a large module on a busy machine), or None
+    (none holds it, or its admin socket takes connections: ask it there).  The pid
+    is the one the lock file names, and /proc/locks says it holds the lock now."""
+    fd = _open_lock(system_path)
+    if fd is None:
+        return None
+    try:
+        if not _held_exclusively(fd):
+            return None
+        text = _holder_pid(fd)
+        if not text.isdigit() or int(text) not in lock_pids(fd):
+            return None
+        pid = int(text)
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+        s.settimeout(1)
         try:
-            uid = os.stat(f"/proc/{pid}").st_uid
+            s.connect(admin_socket_path(system_path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return pid
         except OSError:
-            return []                   # gone meanwhile (or hidden): cannot tell
-        if uid == me:
-            return []
-        out.append((pid, uid))
-    return out
+            return None
+    return None
 
 
 def lock_dir(folder: str, what: str) -> int:

@@ -954,6 +954,48 @@ sys.exit(cli.main(["up", sys.argv[1]]))
 """
 
 
+_SLOW_START = """
+import sys, time
+sys.path.insert(0, {root!r})
+from supervisor import cli, preflight
+real = preflight.prepare
+def prepare(system):
+    print("compiling", flush=True)     # as a large module on a busy machine: up holds
+    time.sleep(120)                    # its lock, and binds its admin socket after
+    return real(system)
+preflight.prepare = prepare
+sys.exit(cli.main(["up", sys.argv[1]]))
+"""
+
+
+def test_stop_of_a_system_still_compiling_stops_it(running):
+    """`up` reads, checks and compiles the system holding its lock, and binds its
+    admin socket only then: with a module of 10 MB on a busy machine (~35 s), `wsuper
+    stop` waited 30 s, said "... took no connection within 30 s (No such file or
+    directory); is its `wsuper up` stuck starting?", exit 1, and the system then
+    started and ran on.  The stop reaches it while it starts (SIGTERM, as `up`
+    takes at any moment of its start): "stopped", exit 0; up ends 143, saying so."""
+    _run, path, tmp = running
+    _run.stop()
+    script = tmp / "slow_start.py"
+    script.write_text(_SLOW_START.format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), path], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "compiling"
+        r = run_wsuper("stop", path, timeout=90)
+        assert r.returncode == 0 and "is starting (its admin socket is not up yet)" in \
+            r.stdout and "stopped" in r.stdout, r.output
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, out
+    assert "SIGTERM during start-up: stopped before the system started" in out, out
+    assert run_wsuper("status", path).returncode == 1
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "wsuper stop"])
 def test_a_start_under_way_when_the_stop_ends_the_zygote_is_no_failure(running, how):
     """A review of the stop racing start-up: a compartment whose engine the zygote
