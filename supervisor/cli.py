@@ -705,6 +705,8 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
     """`interfaces`: name -> pycapnp interface module, each one the schemas declare;
     `fingerprints`: name -> the fingerprint of the schema that declares it, as loaded
     here (compared with the running system's: preflight.Plan.fingerprints)."""
+    from capnp_schemas.text import quoted
+
     from . import captext, client, endpoint
 
     def refuse(text):
@@ -749,6 +751,17 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
     socket = socket if isinstance(socket, str) and socket.startswith("/") else None
     path = args.socket or socket or system.socket or \
         endpoint.default_socket_path(system.path)
+    if not running and not args.socket and not endpoint.is_running(args.system) \
+            and not endpoint.file_locked(args.system) and endpoint.answers(path):
+        # this system is not running, yet something listens where its file says its
+        # socket is: another system of yours naming the same socket (a copy of the
+        # file, the next version of it), whose schemas were never compared with
+        # these; it answered as this one
+        _error(f"{name}.{method}: {quoted(args.system)} is not running, but something "
+               f"listens on its socket {quoted(path)}: another system (one naming the "
+               f"same socket?), not called as this one; give --socket {quoted(path)} to "
+               f"call it as any client would")
+        return 1
     if time.monotonic() >= deadline:
         _error(f"{name}.{method}: no answer within {args.timeout:g} s (the running system "
                f"did not say on its admin socket " +

@@ -1025,6 +1025,30 @@ def is_running(system_path: str) -> bool:
         os.close(fd)
 
 
+def file_locked(system_path: str) -> bool:
+    """Whether a `wsuper up` holds the system file `system_path` locked (Lock: the
+    same file whatever XDG_RUNTIME_DIR says), as far as can be told."""
+    try:
+        fd = os.open(system_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return _held_exclusively(fd)
+    finally:
+        os.close(fd)
+
+
+def answers(path: str) -> bool:
+    """Whether something listens on the Unix socket at `path` (a connect works)."""
+    with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def _open_lock(system_path: str) -> int | None:
     """The lock file of `system_path` opened to look at (never followed through a
     link), or None: no lock there, or the runtime directory is not ours and private

@@ -1297,6 +1297,34 @@ def test_call_reaches_a_system_started_with_its_socket_elsewhere(tmp_path, wsupe
     assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
 
 
+def test_call_of_a_system_not_running_never_reaches_another_on_the_socket_it_names(
+        tmp_path, wsuper):
+    """Two system files naming one socket (a copy, the next version of a file): with
+    `a` running (`up b` is refused: the socket is in use), `wsuper call b calc.add`
+    found b not running and connected to the path b's file names, where a's calc
+    answered, as b's: "(sum = 3)", exit 0, b's schemas never compared with a's.
+    Refused now, naming the socket; `a` is called as before, and --socket given
+    calls whatever listens there, as any client."""
+    text = (f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
+            f'socket = "{tmp_path}/shared.sock"\n'
+            f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
+            f'exports = "Calc"\nexternal = true\n')
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(text)
+    b.write_text(text)
+    run = wsuper("up", str(a))
+    run.wait_for("all compartments ready")
+    r = run_wsuper("call", str(b), "calc.add", "(a = 1, b = 2)", "--timeout", "10")
+    assert r.returncode == 1 and r.stdout == "", r.output
+    assert f"b.toml is not running, but something listens on its socket " \
+           f"{tmp_path}/shared.sock" in r.stderr, r.stderr
+    r = run_wsuper("call", str(a), "calc.add", "(a = 1, b = 2)", "--timeout", "10")
+    assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
+    r = run_wsuper("call", str(b), "calc.add", "(a = 1, b = 2)", "--timeout", "10",
+                   "--socket", f"{tmp_path}/shared.sock")
+    assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
+
+
 def test_call_waits_for_the_running_systems_socket_no_longer_than_its_timeout(
         tmp_path, monkeypatch):
     """`wsuper call` asks the running system where its external socket is (the admin
