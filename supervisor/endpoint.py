@@ -231,12 +231,32 @@ def makedirs_private(path: str):
 _MAX_LINKS = 40
 
 
+def group_of_one(gid: int, uid: int) -> bool:
+    """Whether group `gid` has no user in it but `uid`: no other user has it as
+    their primary group or is listed in it.  A user's own group, where each user
+    has one (Debian's and Fedora's users get a group of their name, and a umask of
+    002 makes their directories 0775): a directory writable by it is writable by
+    its user alone, and changeable_above takes it as one (it refused a project
+    directory of 0775 above `logs = "logs"`)."""
+    import grp
+    import pwd
+    try:
+        members = grp.getgrgid(gid).gr_mem
+        name = pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return False                   # unknown to this machine: anyone could be in it
+    if any(m != name for m in members):
+        return False
+    return not any(p.pw_gid == gid and p.pw_uid != uid for p in pwd.getpwall())
+
+
 def changeable_above(path: str, what: str) -> str | None:
     """Why another user could put a directory (or a link) of their choosing at `path`,
     or None: a directory the kernel looks a name up in on the way to it (each
     directory above it, and above the target of each link on the way) belongs to
-    another user (not root), or is writable by its group or others without the
-    sticky bit; or a link on the way is another's.  Only `path`'s own directory
+    another user (not root), or is writable by others, or by a group with
+    another user in it (group_of_one), without the sticky bit; or a link on the
+    way is another's.  Only `path`'s own directory
     was checked (own_dir, private_dir): beneath a directory of another's (`logs =
     "/home/eve/shared/logs"`, an HOME kept by sudo, an XDG_RUNTIME_DIR in a shared
     directory) they could rename it away and put a link in the place of a directory
@@ -256,7 +276,9 @@ def changeable_above(path: str, what: str) -> str | None:
             st = os.stat(at)
         except OSError:
             return None
-        if st.st_uid not in (0, me) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        others_write = st.st_mode & 0o002 or (
+            st.st_mode & 0o020 and not group_of_one(st.st_gid, me))
+        if st.st_uid not in (0, me) or (others_write and not st.st_mode & stat.S_ISVTX):
             return (f"{what}{quoted(path)} lies beneath {quoted(at)}, in which another user "
                     f"may rename or replace what is there (owner uid {st.st_uid}, mode "
                     f"{stat.S_IMODE(st.st_mode):04o}): they could put a directory of their "

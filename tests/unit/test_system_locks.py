@@ -461,3 +461,28 @@ def test_a_system_that_stops_never_removes_a_lock_file_that_is_not_its_own(rundi
         first.release()
         second.release()
     assert not os.path.exists(second.path)
+
+
+def test_a_directory_above_writable_only_by_its_users_own_group_is_not_anothers(tmp_path):
+    """Where each user has a group of their own (Debian, Fedora; a umask of 002
+    makes a project directory 0775), a directory writable by that group is the
+    user's alone: changeable_above refused `logs = "logs"` beneath it.  A group
+    another user is in (nobody's primary group) is still refused."""
+    import pwd
+    uid, gid = os.getuid(), os.getgid()
+    if not endpoint.group_of_one(gid, uid):
+        pytest.skip(f"group {gid} has other users in it on this machine")
+    project = tmp_path / "project"
+    project.mkdir()
+    os.chmod(project, 0o775)                    # made under a umask of 002
+    logs = str(project / "logs")
+    assert endpoint.changeable_above(logs, "the log directory ") is None
+    os.chmod(project, 0o777)                    # anyone may write: refused
+    assert "another user may rename or replace" in endpoint.changeable_above(logs, "")
+    if uid != 0:
+        return                                  # only root can give it another group
+    nobody = pwd.getpwnam("nobody")
+    assert not endpoint.group_of_one(nobody.pw_gid, uid)   # nobody's primary group
+    os.chown(project, uid, nobody.pw_gid)
+    os.chmod(project, 0o775)
+    assert f"(owner uid {uid}, mode 0775)" in endpoint.changeable_above(logs, "")
