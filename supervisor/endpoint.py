@@ -1061,12 +1061,22 @@ def file_locked(system_path: str) -> bool:
 
 
 def answers(path: str) -> bool:
-    """Whether something listens on the Unix socket at `path` (a connect works)."""
+    """Whether a system of this user's listens on the external socket at `path`: in
+    a directory `up` would bind it in (external_socket, checked before the
+    connect), held by this user (check_peer).  Anything else is False, and left to
+    whoever connects next to refuse with its own reason (`call` asked the socket
+    first, and said "another system" of a directory no system of the user's may
+    use, or of a socket another user holds)."""
+    try:
+        external_socket(path)
+    except EndpointError:
+        return False
     with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
         s.settimeout(1)
         try:
             s.connect(path)
-        except OSError:
+            check_peer(s, path)
+        except (OSError, EndpointError):
             return False
     return True
 
