@@ -1799,3 +1799,26 @@ d = {{ host = "directory", path = "{granted}" }}
     # a path that would leave its directory is EPERM to a WASI program (wasmtime's)
     assert lines == ["create pwn: EPERM", "read private.txt: EPERM"], out + err
     assert sorted(os.listdir(home / "work")) == ["private.txt"]
+
+
+@pytest.mark.parametrize("call, named", [
+    ("(call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 131070))",
+     "wasi_snapshot_preview1.fd_write"),
+    ("(call $args_sizes_get (i32.const 0) (i32.const -4))",
+     "wasi_snapshot_preview1.args_sizes_get"),
+])
+def test_a_trap_in_a_wasi_call_names_the_function(tmp_path, call, named):
+    """A WASI call given memory past the end traps the program, and the trap says
+    which call: it said only 'guest passed out-of-range memory [131070,
+    131070+4) (memory is 131072 bytes)', whichever of the program's host calls
+    it was (found by fuzz/wasi.py)."""
+    (tmp_path / "trap.wat").write_text(f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (drop {call})))
+""")
+    system = _system(tmp_path, tmp_path / "trap.wat", 'stdout = { host = "log" }')
+    r = run_wsuper("up", system, timeout=60)
+    assert (f"compartment app trapped: {named}: guest passed out-of-range memory"
+            in r.stderr), r.stderr

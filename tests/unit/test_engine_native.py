@@ -74,6 +74,7 @@ def test_an_out_of_range_message_traps_with_python_s_words():
     ev, handled = results_of((MEMORY - 8, 24, 0, 0))
     assert handled == 0
     assert "trapped" in ev.error and "out-of-range memory" in ev.error
+    assert "trapped: wsuper.results_set: guest passed out-of-range memory" in ev.error
 
 
 def test_host_call_probes_and_per_call_instances_keep_to_python():
@@ -281,9 +282,9 @@ def test_a_per_call_instance_s_start_function_cannot_reach_the_outer_instance():
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
-    assert lines[:2] == ["startcall: cannot instantiate: its start function trapped: no "
-                         "memory to use: the module exports none named 'memory', or its "
-                         "start function is running"] * 2
+    assert lines[:2] == ["startcall: cannot instantiate: its start function trapped: "
+                         "wsuper.lookup: no memory to use: the module exports none named "
+                         "'memory', or its start function is running"] * 2
     assert lines[2] == "0", "the new instance's start function added to the outer handles"
 
 
