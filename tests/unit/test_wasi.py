@@ -761,6 +761,23 @@ def test_seek_takes_only_the_three_whences():
     assert call(w, "fd_seek", fd, 0, 1, 900) == 0 and host.u32(900) == 1010
 
 
+@pytest.mark.parametrize("whence", [3, 255, 256, -1])
+def test_a_whence_witx_has_not_is_einval_whatever_the_descriptor(whence):
+    """A whence past SEEK_END is EINVAL before anything, as every other enum value
+    witx has not (wasmtime traps before its call runs): it was looked at after the
+    descriptor, so a seek with whence 255 said EBADF on a descriptor that is not
+    open or is a directory, ESPIPE on a log and ENOTCAPABLE on a file without
+    FD_SEEK (found by fuzz/wasi.py: `fd_seek(1023, 5, 255)`, EBADF)."""
+    host, w = wasi_with(("data", "directory", "/data", 7), ("stdout", "log", "", 8))
+    fd = open_file(w, host)
+    assert call(w, "fd_fdstat_set_rights", fd, wasi.RIGHT_FD_READ, 0) == 0
+    host.calls.clear()
+    for target in (1023, 3, 1, fd):          # not open, a directory, a log, no FD_SEEK
+        assert call(w, "fd_seek", target, 5, whence, 900) == E.INVAL, target
+    assert host.calls == []
+    assert call(w, "fd_seek", 1023, 5, 0, 900) == E.BADF       # a whence witx has
+
+
 def test_a_descriptor_closed_by_a_nested_call_stays_until_the_call_using_it_returns():
     """A WASI call waits as wsuper.call does, and the guest may be called meanwhile:
     a nested fd_close of the descriptor an fd_read is using keeps its capability
