@@ -862,10 +862,15 @@ class Directory:
             if sname.endswith(b"/"):
                 # 'x/' names a directory, which has no hard links: linkat(2) would
                 # follow a link named so, without RESOLVE_BENEATH, and say what it
-                # found (ENOENT, EPERM) wherever it led.  Said here, beneath
-                _link_source(sp, sname)
+                # found (ENOENT, EPERM) wherever it led.  Said here, the path
+                # followed beneath as every path is: a link to nothing ENOENT, to a
+                # file ENOTDIR, one that leads out ENOTCAPABLE (whatever is there);
+                # a directory, or a link to one, EEXIST if `to` is taken, else EPERM
+                # (a link was ENOTDIR whatever it led to, where Linux and wasmtime
+                # say what it leads to)
+                self._resolve_from(from_, fromDir)
                 self._fails_anyway(dname, dp, "ENOENT")
-                _link_source(sp, sname, directory=True)
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
             if self.append_only and not self.read_only:
                 # a second name of a file this grant only appends to may lie where
                 # another grant (a writable one nested in it, another compartment's)
@@ -936,6 +941,20 @@ class Directory:
                 os.close(sp)
                 raise
         return sp, sname, dp, dname
+
+    def _resolve_from(self, path: str, where: str):
+        """Resolve `path`, following its links, beneath the directory it is relative
+        to (this one, or `where` beneath it, as _parent_in): FsError if it is not
+        there or leads outside."""
+        with self._h as dfd:
+            bfd = self._beneath(dfd, _path(where), os.O_PATH | os.O_DIRECTORY, where) \
+                if where else None
+            try:
+                os.close(self._beneath(dfd if bfd is None else bfd, _path(path), os.O_PATH,
+                                       path))
+            finally:
+                if bfd is not None:
+                    os.close(bfd)
 
     def _parent_in(self, dfd: int, path: str, dots: str, base) -> tuple[int, bytes]:
         where, inode = base

@@ -293,8 +293,10 @@ def test_a_trailing_slash_never_follows_a_link_out_of_the_grant(tree):
     that directory and named a climbing link it found there ("would make the link
     'climber' in it lead outside"), and rename and link said ENOENT for a target
     that is not there and ENOTDIR or EPERM for one that is: an oracle on the host's
-    files.  Now 'l/' is the link itself, which is no directory: ENOTDIR either way,
-    as stat of it says ENOTCAPABLE either way."""
+    files.  Now 'l/' is the link itself to rename, which is no directory: ENOTDIR
+    either way; link follows it beneath, as any path (what it leads to inside the
+    grant decides, as Linux and wasmtime say): ENOTCAPABLE either way, as stat of
+    it says."""
     outside = tree.parent / "private"
     outside.mkdir()
     (outside / "climber").symlink_to("../../../../../../../../etc")
@@ -306,8 +308,10 @@ def test_a_trailing_slash_never_follows_a_link_out_of_the_grant(tree):
     said = {}
     for name in ("there", "gone"):
         p = f"sub/{name}/"
-        said[name] = [fails("ENOTDIR", d.rename, p, "top"), fails("ENOTDIR", d.link, p, "top"),
-                      fails("ENOTDIR", a.rename, p, "top"), fails("ENOTDIR", a.link, p, "top"),
+        said[name] = [fails("ENOTDIR", d.rename, p, "top"),
+                      fails("ENOTCAPABLE", d.link, p, "top"),
+                      fails("ENOTDIR", a.rename, p, "top"),
+                      fails("ENOTCAPABLE", a.link, p, "top"),
                       fails("ENOTDIR", d.rename, "notes.txt", p)]
         fails("ENOTCAPABLE", d.stat, p)
     for text in said["there"] + said["gone"]:
@@ -320,6 +324,34 @@ def test_a_trailing_slash_never_follows_a_link_out_of_the_grant(tree):
     fails("ENOENT", d.link, "sub/none/", "top")
     d.rename("sub/real/", "top")                            # a real directory: moved
     assert (tree / "top").is_dir()
+
+
+def test_link_from_a_name_with_a_slash_says_what_it_leads_to_beneath(tree):
+    """link('l/', to) follows the link l, as linkat(2) and wasmtime do, beneath the
+    grant: a link to nothing ENOENT, to a directory EEXIST if `to` is taken and
+    EPERM if not (a directory has no hard links), to a file ENOTDIR, out of the
+    grant ENOTCAPABLE.  Every link was ENOTDIR, whatever it led to (found by
+    fuzz/wasi.py: `link("dl/", "a.txt")` of a dangling dl, ENOTDIR where wasmtime
+    says ENOENT).  Nothing is made."""
+    (tree / "dl").symlink_to("nothing")
+    (tree / "dd").symlink_to("sub")
+    (tree / "ln").symlink_to("notes.txt")
+    (tree / "up").symlink_to("../secret.txt")
+    (tree / "sub" / "back").symlink_to("../sub")
+    d = Directory.grant(str(tree))
+    before = sorted(os.listdir(tree))
+    for to in ("new", "notes.txt"):
+        fails("ENOENT", d.link, "dl/", to)
+        fails("ENOTDIR", d.link, "ln/", to)
+        fails("ENOTCAPABLE", d.link, "up/", to)
+    fails("EPERM", d.link, "dd/", "new")
+    fails("EEXIST", d.link, "dd/", "notes.txt")
+    fails("EPERM", d.link, "sub/back/", "new")          # beneath the grant, not its parent
+    fails("EEXIST", d.link, "sub/back/", "notes.txt")
+    # relative to a directory beneath (a WASI descriptor of sub), beneath that one
+    fails("ENOTCAPABLE", d.link, "back/", "x", fromDir="sub",
+          fromInode=os.stat(tree / "sub").st_ino)
+    assert sorted(os.listdir(tree)) == before
 
 
 def test_no_hard_link_gives_a_host_planted_link_to_the_outside_a_second_name(tree):
