@@ -149,6 +149,7 @@ _NARROW = {
     "fd_fdstat_set_flags": ((1, _MASK, 0x1F),),
     "fd_filestat_set_times": ((3, _MASK, 0xF),),
     "fd_seek": ((2, _ENUM, 2),),       # whence (it was looked at after the descriptor)
+    "proc_raise": ((0, _ENUM, 30),),   # signal (it was ENOSYS, as for one witx names)
     "path_filestat_get": ((1, _MASK, 0x1),),
     "path_filestat_set_times": ((1, _MASK, 0x1), (6, _MASK, 0xF)),
     "path_link": ((1, _MASK, 0x1),),

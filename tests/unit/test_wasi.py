@@ -778,6 +778,16 @@ def test_a_whence_witx_has_not_is_einval_whatever_the_descriptor(whence):
     assert call(w, "fd_seek", 1023, 5, 0, 900) == E.BADF       # a whence witx has
 
 
+@pytest.mark.parametrize("signal, errno", [(0, E.NOSYS), (30, E.NOSYS), (31, E.INVAL),
+                                           (256, E.INVAL), (-1, E.INVAL)])
+def test_a_signal_witx_has_not_is_einval_one_it_has_enosys(signal, errno):
+    """proc_raise's signal is an enum of 31 values: one past them is EINVAL, as every
+    enum value witx has not (wasmtime traps); it was ENOSYS, as for a signal
+    that exists (found by fuzz/wasi.py: `proc_raise(31)`)."""
+    _host, w = wasi_with()
+    assert call(w, "proc_raise", signal) == errno
+
+
 def test_a_descriptor_closed_by_a_nested_call_stays_until_the_call_using_it_returns():
     """A WASI call waits as wsuper.call does, and the guest may be called meanwhile:
     a nested fd_close of the descriptor an fd_read is using keeps its capability
