@@ -8,6 +8,7 @@ router.py    the router and the host layer's params.
 hostmem.py   host calls on guest memory, native against Python.
 lane.py      the fast lane against the Python router, over real sockets.
 policy.py    the system file: parse, errors, what `wsuper check` prints.
+wasi.py      hostile WASI calls under wsuper and under wasmtime's own WASI.
 """
 
 
