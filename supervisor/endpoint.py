@@ -250,6 +250,67 @@ def group_of_one(gid: int, uid: int) -> bool:
     return not any(p.pw_gid == gid and p.pw_uid != uid for p in pwd.getpwall())
 
 
+def _above(path: str):
+    """What the kernel looks at on the way to `path`, as it walks it: ("dir", D,
+    stat) for each directory it looks a name up in (each directory above `path`,
+    and above the target of each link on the way), ("link", L, lstat) for each
+    symbolic link it follows.  `path`'s own last component is not looked at; the
+    walk ends early where it cannot go on (nothing there yet, not a directory, no
+    permission, more than _MAX_LINKS links)."""
+    at = "/"
+    todo = [p for p in os.path.abspath(path).split("/") if p]
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        try:
+            st = os.stat(at)
+        except OSError:
+            return
+        yield "dir", at, st
+        if name == "..":
+            at = os.path.dirname(at)
+            continue
+        nxt = os.path.join(at, name)
+        if not todo:
+            return                          # `path` itself: its own checks say
+        try:
+            lst = os.lstat(nxt)
+        except OSError:
+            return
+        if stat.S_ISLNK(lst.st_mode):
+            yield "link", nxt, lst
+            links += 1
+            if links > _MAX_LINKS:
+                return
+            try:
+                target = os.readlink(nxt)
+            except OSError:
+                return
+            todo = [p for p in target.split("/") if p] + todo
+            if target.startswith("/"):
+                at = "/"
+            continue
+        if not stat.S_ISDIR(lst.st_mode):
+            return
+        at = nxt
+
+
+def _changer(kind: str, st: os.stat_result, me: int) -> int | None:
+    """Who besides `me` and root may change what `_above` yielded: a link's owner, a
+    directory's owner, or -1 (anyone) for a directory writable by others, or by a
+    group with another user in it (group_of_one), without the sticky bit; None if
+    nobody."""
+    if kind == "link":
+        return None if st.st_uid in (0, me) else st.st_uid
+    others_write = st.st_mode & 0o002 or (
+        st.st_mode & 0o020 and not group_of_one(st.st_gid, me))
+    if others_write and not st.st_mode & stat.S_ISVTX:
+        return -1
+    return None if st.st_uid in (0, me) else st.st_uid
+
+
 def changeable_above(path: str, what: str) -> str | None:
     """Why another user could put a directory (or a link) of their choosing at `path`,
     or None: a directory the kernel looks a name up in on the way to it (each
@@ -265,54 +326,50 @@ def changeable_above(path: str, what: str) -> str | None:
     that cannot be looked at further (nothing there yet: wsuper makes the rest,
     0700; not a directory; no permission) is left to what makes or opens it."""
     me = os.getuid()
-    at = "/"
-    todo = [p for p in os.path.abspath(path).split("/") if p]
-    links = 0
-    while todo:
-        name = todo.pop(0)
-        if name == ".":
+    for kind, at, st in _above(path):
+        if _changer(kind, st, me) is None:
             continue
-        try:
-            st = os.stat(at)
-        except OSError:
-            return None
-        others_write = st.st_mode & 0o002 or (
-            st.st_mode & 0o020 and not group_of_one(st.st_gid, me))
-        if st.st_uid not in (0, me) or (others_write and not st.st_mode & stat.S_ISVTX):
-            return (f"{what}{quoted(path)} lies beneath {quoted(at)}, in which another user "
-                    f"may rename or replace what is there (owner uid {st.st_uid}, mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}): they could put a directory of their "
-                    f"choosing (or a link to one) in its way; choose a path beneath "
-                    f"directories only you, or root, may change")
-        if name == "..":
-            at = os.path.dirname(at)
+        if kind == "link":
+            return (f"{what}{quoted(path)} is reached through {quoted(at)}, a symbolic "
+                    f"link of uid {st.st_uid} (not you): they choose where it leads; "
+                    f"choose a path beneath directories only you, or root, may change")
+        return (f"{what}{quoted(path)} lies beneath {quoted(at)}, in which another user "
+                f"may rename or replace what is there (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they could put a directory of their "
+                f"choosing (or a link to one) in its way; choose a path beneath "
+                f"directories only you, or root, may change")
+    return None
+
+
+def redirected_grant(path: str, found: os.stat_result) -> str | None:
+    """Why what a file or directory grant's `path` led to (`found`, its stat) may be
+    somewhere another user chose, or None.  A grant beneath a directory another
+    user may change is theirs to point elsewhere, at every (re)start, which opens
+    it again: as root, a grant of "/home/eve/shared/data" reached a directory
+    "data" of root's anywhere once eve made `shared` a link to its parent (only
+    the last component is opened O_NOFOLLOW).  Granting another user's own tree
+    is ordinary, so the grant is taken when what it found belongs to one of the
+    users who may change the way to it (what they could have put there
+    themselves); not when it is anyone else's, nor when anyone at all may change
+    a directory on the way."""
+    me = os.getuid()
+    changers: dict[int, str] = {}
+    for kind, at, st in _above(path):
+        who = _changer(kind, st, me)
+        if who is None:
             continue
-        nxt = os.path.join(at, name)
-        if not todo:
-            return None                    # `path` itself: its own checks say
-        try:
-            lst = os.lstat(nxt)
-        except OSError:
-            return None
-        if stat.S_ISLNK(lst.st_mode):
-            if lst.st_uid not in (0, me):
-                return (f"{what}{quoted(path)} is reached through {quoted(nxt)}, a symbolic "
-                        f"link of uid {lst.st_uid} (not you): they choose where it leads; "
-                        f"choose a path beneath directories only you, or root, may change")
-            links += 1
-            if links > _MAX_LINKS:
-                return None
-            try:
-                target = os.readlink(nxt)
-            except OSError:
-                return None
-            todo = [p for p in target.split("/") if p] + todo
-            if target.startswith("/"):
-                at = "/"
-            continue
-        if not stat.S_ISDIR(lst.st_mode):
-            return None
-        at = nxt
+        if who == -1:
+            return (f"{quoted(path)} lies beneath {quoted(at)}, which anyone may change "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}, no sticky bit): they could put "
+                    f"a link to any directory of that name in its way; grant a path "
+                    f"beneath directories only its owner, you or root may change")
+        changers.setdefault(who, at)
+    if changers and found.st_uid not in changers:
+        who, at = next(iter(changers.items()))
+        return (f"{quoted(path)} lies beneath {quoted(at)}, which uid {who} may change, "
+                f"and what is there now is not theirs (owner uid {found.st_uid}): they "
+                f"could have put a link to it in its way; grant a path beneath "
+                f"directories only its owner, you or root may change")
     return None
 
 

@@ -170,9 +170,12 @@ def open_grant(grant, quota: hostfs.WriteQuota | None = None):
     new quota of max_bytes_written (for one opening only)."""
     if quota is None:
         quota = hostfs.WriteQuota(grant.max_bytes_written)
+    from . import endpoint
     attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
                        quota=quota, refuse_hard_links=grant.refuse_hard_links,
-                       name=grant.name)       # its errors go to the guest: not the path
+                       name=grant.name,       # its errors go to the guest: not the path
+                       # not somewhere another user chose (a link on the way)
+                       vet=lambda found: endpoint.redirected_grant(grant.path, found))
     if grant.target == "directory":
         return hostfs.Directory.grant(grant.path, subdir=grant.subdir, **attenuation)
     if grant.target == "file":

@@ -79,6 +79,24 @@ _REASONS = {errno.ELOOP: "has too many levels of symbolic links, or is a symboli
             errno.ENFILE: "cannot be opened: the system has too many open files"}
 
 
+def _vetted(fd: int, path: str, vet) -> int:
+    """`fd`, what a grant's `path` was opened to, if `vet` (called with its fstat)
+    finds nothing wrong with it; else closed, and FsError EACCES saying why.  Asked
+    of the descriptor itself: what the path leads to may change after any look
+    at the path."""
+    if vet is None:
+        return fd
+    try:
+        problem = vet(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    if problem:
+        os.close(fd)
+        raise FsError(problem, "EACCES")
+    return fd
+
+
 class FsError(Exception):
     """A refused or failed file operation; the text is for the compartment.
 
@@ -475,17 +493,18 @@ class Directory:
 
     @classmethod
     def grant(cls, path: str, subdir: str | None = None, max_bytes_written: int | None = None,
-              quota: WriteQuota | None = None, name: str | None = None,
+              quota: WriteQuota | None = None, name: str | None = None, vet=None,
               **attenuation) -> "Directory":
         """The granted directory.  `quota`: the grant's write quota, when it outlives
         this object (a restart opens the grant again); else one of
         `max_bytes_written`.  `name`: what its holder knows it by (the grant's name):
-        once it is open, what its errors say, never `path` (_named)."""
+        once it is open, what its errors say, never `path` (_named).  `vet(stat)`:
+        why what `path` led to may not be granted, or None (_vetted)."""
         try:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise _explain(e, path) from None
-        fd = _ordinary(fd, path)
+        fd = _vetted(_ordinary(fd, path), path, vet)
         d = cls(fd, path, quota=quota or WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
@@ -1314,8 +1333,9 @@ class File:
     @classmethod
     def grant(cls, path: str, read_only: bool = False, append_only: bool = False,
               max_bytes_written: int | None = None, refuse_hard_links: bool = False,
-              quota: WriteQuota | None = None, name: str | None = None) -> "File":
-        """The granted file.  `quota`, `name`: as Directory.grant's."""
+              quota: WriteQuota | None = None, name: str | None = None,
+              vet=None) -> "File":
+        """The granted file.  `quota`, `name`, `vet`: as Directory.grant's."""
         if read_only:
             flags, kw = os.O_RDONLY, dict(readable=True, writable=False)
         elif append_only:
@@ -1324,7 +1344,8 @@ class File:
         else:
             flags, kw = os.O_RDWR, dict(readable=True, writable=True)
         try:
-            p = _ordinary(os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), path)
+            p = _vetted(_ordinary(os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC),
+                                  path), path, vet)
         except OSError as e:
             raise _explain(e, path) from None
         try:

@@ -706,3 +706,60 @@ def test_file_answers_at_the_least_message_size_carry_what_fits(tmp_path, size):
     finally:
         f.close()
         d.close()
+
+
+@pytest.mark.parametrize("target", ["directory", "file"])
+def test_a_grant_beneath_another_users_directory_reaches_only_what_they_could_put_there(
+        tmp_path, target):
+    """Every (re)start opens a grant's path again, its last component O_NOFOLLOW and
+    the directories above it as they are then.  As root, a grant of
+    "THEIRS/shared/data" beneath another user's directory reached root's own
+    "data" elsewhere once that user made `shared` a link to its parent.  What such
+    a grant finds must be one of theirs (their own tree is granted as ever); a
+    directory anyone may change on the way is refused outright."""
+    import os
+
+    from supervisor import hostfs, policy
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make another user's directory and link")
+    nobody = 65534
+    theirs = tmp_path / "theirs"                 # another user's home
+    theirs.mkdir(mode=0o755)
+    mine = tmp_path / "mine"                     # root's, with its own "data"
+    mine.mkdir(mode=0o700)
+    own = theirs / "own"                         # their own tree, with their "data"
+    own.mkdir()
+    for d in (mine, own):
+        if target == "directory":
+            (d / "data").mkdir()
+            (d / "data" / "secret").write_text(str(d))
+        else:
+            (d / "data").write_text(str(d))
+    os.chown(own, nobody, nobody)
+    os.chown(own / "data", nobody, nobody)
+    os.chown(theirs, nobody, nobody)
+
+    def opened(path):
+        g = policy.Grant("g", "host", target, path=str(path))
+        served = hostcaps.open_grant(g)
+        try:
+            return os.fstat(served.fd).st_uid
+        finally:
+            hostcaps.release(target, served)
+
+    assert opened(own / "data") == nobody        # their own: granted as before
+    os.symlink(mine, theirs / "shared")          # their link, to a directory of root's
+    os.lchown(theirs / "shared", nobody, nobody)
+    with pytest.raises(hostfs.FsError) as e:
+        opened(theirs / "shared" / "data")
+    assert f"lies beneath {theirs}, which uid {nobody} may change, and what is there " \
+           f"now is not theirs (owner uid 0)" in str(e.value), e.value
+    assert e.value.code == "EACCES"
+    open_ = tmp_path / "open"                    # anyone may rename what is in it
+    open_.mkdir()
+    os.chmod(open_, 0o777)
+    (open_ / "sub").mkdir()
+    os.rename(own / "data", open_ / "sub" / "data")
+    with pytest.raises(hostfs.FsError, match=r"which anyone may change \(mode 0777"):
+        opened(open_ / "sub" / "data")
+    assert opened(mine / "data") == 0            # root's own tree: as ever
