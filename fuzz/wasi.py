@@ -1038,10 +1038,17 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
     empty = {0, 2}                 # the standard descriptors no grant fills, where now
     climbing = {b"back", b"up"}    # make_tree's links whose target has '..', and those made
     opened = {}                    # descriptor: the rights path_open gave it
+    # the rights of opens that succeeded with their descriptor written out of the
+    # window (an out pointer of 0, or past OUT): a descriptor not known is taken to be
+    # the last of them (seed 1950: a file opened without FD_WRITE, its number written
+    # at 0, then written to: wsuper EBADF, as documented, said a finding)
+    unseen = []
     for i, c in enumerate(calls):
         c.on_empty = bool(c.args) and c.args[0] in empty and c.name.startswith(("fd_", "sock_"))
         c.climbing = climbing
         c.rights = opened.get(c.args[0]) if c.args else None
+        if c.rights is None and unseen and c.args and c.args[0] not in range(4):
+            c.rights = unseen[-1]
         o = o_recs[i][1] if i < len(o_recs) else ("trap" if o_trap else "none")
         t = t_recs[i][1] if i < len(t_recs) else ("trap" if t_trap else "none")
         if o == "none" and t == "none":
@@ -1071,6 +1078,8 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
             fd = _decode(c, o_recs[i][2]).get("fd")
             if fd is not None:
                 opened[fd] = c.args[5] & W.ALL_RIGHTS
+            else:
+                unseen.append(c.args[5] & W.ALL_RIGHTS)
         if o == 0 and c.name == "fd_close":
             empty.discard(c.args[0])
             opened.pop(c.args[0], None)
