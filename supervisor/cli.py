@@ -417,6 +417,17 @@ def _planted(option: str, output: str) -> str | None:
     return None
 
 
+def made_anew(existed: bool):
+    """open()'s `opener` for a file a command writes at a path it was given, once
+    `overwrites` (_planted) has looked at it: one that `existed` then is opened as
+    it is; else it is made here, never through a link another planted since the
+    look, nor over a file that appeared meanwhile (O_EXCL | O_NOFOLLOW)."""
+    import os
+    if existed:
+        return None
+    return lambda path, flags: os.open(path, flags | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+
+
 def overwrites(option: str, output: str, system_path: str) -> str | None:
     """Why the file `output` that a command writes (`check --graph`, `trace -o`)
     may not be written: it is one of the system's own files (policy.files_of: the
@@ -543,8 +554,7 @@ def _check(plan, args) -> int:
                        f"{done.stderr.strip()[:500]}")
                 return 1
         else:
-            with open(args.graph, "w", encoding="utf-8", opener=None if graph_existed else
-                      lambda p, f: os.open(p, f | os.O_EXCL | os.O_NOFOLLOW, 0o666)) as f:
+            with open(args.graph, "w", encoding="utf-8", opener=made_anew(graph_existed)) as f:
                 f.write(text)
         print(f"wrote {quoted(args.graph)}")
     return 0

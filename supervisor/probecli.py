@@ -170,7 +170,7 @@ def trace_command(args) -> int:
         if unknown:
             _error(unknown)
             return 1
-    from .cli import overwrites
+    from .cli import made_anew, overwrites
     problem = overwrites("-o", args.output, args.system)
     if problem:
         _error(problem)
@@ -179,8 +179,7 @@ def trace_command(args) -> int:
     try:                  # before the trace: a path that cannot be written loses nothing
         # emptied only once it succeeds; made here if nothing was there (cli._planted
         # looked): a link another planted since is not followed
-        out = open(args.output, "a", encoding="utf-8", opener=None if existed else
-                   lambda p, f: os.open(p, f | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        out = open(args.output, "a", encoding="utf-8", opener=made_anew(existed))
     except OSError as e:
         _error(f"-o {args.output}: {e.strerror}")
         return 1
