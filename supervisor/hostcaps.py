@@ -33,7 +33,7 @@ from capnp_schemas.payloads import DecodeError
 from capnp_schemas.text import bounded, first_line
 from compartments import abi
 
-from . import hostfs
+from . import endpoint, hostfs
 from .supervision import TokenBucket
 
 LOG_LINE_LIMIT = 4096        # characters of one Log line that are shown
@@ -170,7 +170,6 @@ def open_grant(grant, quota: hostfs.WriteQuota | None = None):
     new quota of max_bytes_written (for one opening only)."""
     if quota is None:
         quota = hostfs.WriteQuota(grant.max_bytes_written)
-    from . import endpoint
     attenuation = dict(read_only=grant.read_only, append_only=grant.append_only,
                        quota=quota, refuse_hard_links=grant.refuse_hard_links,
                        name=grant.name,       # its errors go to the guest: not the path

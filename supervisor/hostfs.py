@@ -79,8 +79,8 @@ _REASONS = {errno.ELOOP: "has too many levels of symbolic links, or is a symboli
             errno.ENFILE: "cannot be opened: the system has too many open files"}
 
 
-def _vetted(fd: int, path: str, vet) -> int:
-    """`fd`, what a grant's `path` was opened to, if `vet` (called with its fstat)
+def _vetted(fd: int, vet) -> int:
+    """`fd`, what a grant's path was opened to, if `vet` (called with its fstat)
     finds nothing wrong with it; else closed, and FsError EACCES saying why.  Asked
     of the descriptor itself: what the path leads to may change after any look
     at the path."""
@@ -504,7 +504,7 @@ class Directory:
             fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise _explain(e, path) from None
-        fd = _vetted(_ordinary(fd, path), path, vet)
+        fd = _vetted(_ordinary(fd, path), vet)
         d = cls(fd, path, quota=quota or WriteQuota(max_bytes_written), **attenuation)
         if subdir:
             try:
@@ -1345,7 +1345,7 @@ class File:
             flags, kw = os.O_RDWR, dict(readable=True, writable=True)
         try:
             p = _vetted(_ordinary(os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC),
-                                  path), path, vet)
+                                  path), vet)
         except OSError as e:
             raise _explain(e, path) from None
         try:
