@@ -87,11 +87,8 @@ def _command(argv=None) -> int:
         # SIGTERM and SIGHUP as one too: probecli._Stopped)
         return _interrupted(e, argv)
     except BrokenPipeError:
-        import os
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except OSError:
-            pass
+        from . import stderr
+        stderr.gone(sys.stdout)
         return 0
     except OSError as e:      # a file a command writes or reads (--graph, -o): said, not a traceback
         _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))

@@ -689,4 +689,5 @@ if __name__ == "__main__":       # the table (--lower: LOWER's, --declared: DECL
     except BrokenPipeError:
         # a reader that goes away (`| head`, a pager quit early; docs/plugins.md says
         # to run this) ends it quietly, as it ends `wsuper`: it was a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from . import stderr
+        stderr.gone(sys.stdout)

@@ -26,10 +26,13 @@ def line(text: str):
         # ran `up` dropped), a stderr on a full disk (ENOSPC, /dev/full) or opened
         # read-only (EBADF, `2</dev/null`): raised, a refused `check` or `up` exited
         # 1 ("lost sys.stderr"), not 2, and a signal at start-up 1, not 143
-        _gone(stream)
+        gone(stream)
 
 
-def _gone(stream):
+def gone(stream):
+    """`stream` (stdout, stderr) points at /dev/null from now on: its reader went
+    away, and the interpreter's own flush at exit would complain of it.  Nothing
+    if that cannot be done."""
     try:
         fd = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
