@@ -432,23 +432,39 @@ def _run(cmd: list[str], output: str) -> subprocess.CompletedProcess:
     that took longer ended `wsuper build` in a subprocess.TimeoutExpired traceback,
     and only the driver was killed: the linker ran on.  (The compiler stays in
     wsuper's process group, so the terminal's signals reach it as before.)"""
+    # A Ctrl-C while Popen was still returning (the compiler already started: on a
+    # loaded machine, a test's fake compiler had run and said so) lost its pid, and the
+    # compiler ran on: a child that was not there before is the compiler.
+    before, proc = set(_descendants(os.getpid())), None
     try:
-        # what it says quotes the sources (a file's name, a symbol's: `__asm__("\\xff")`),
-        # which may be any bytes: decoded strictly, one that is not UTF-8 ended `wsuper
-        # build` in a UnicodeDecodeError traceback, the compiler's words lost
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, errors="backslashreplace", env=_compiler_env())
-    except OSError as e:
-        raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
-    try:
+        try:
+            # what it says quotes the sources (a file's name, a symbol's: `__asm__("\\xff")`),
+            # which may be any bytes: decoded strictly, one that is not UTF-8 ended `wsuper
+            # build` in a UnicodeDecodeError traceback, the compiler's words lost
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, errors="backslashreplace", env=_compiler_env())
+        except OSError as e:
+            raise ToolchainError(f"cannot run {cmd[0]}: {e}") from None
         out, err = proc.communicate(timeout=COMPILE_SECONDS)
     except BaseException as e:
-        for pid in [proc.pid, *_descendants(proc.pid)]:     # not reaped yet: still theirs
+        if proc is not None:
+            started = [proc.pid, *_descendants(proc.pid)]     # not reaped yet: still theirs
+        else:
+            started = sorted(set(_descendants(os.getpid())) - before)
+        for pid in started:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        proc.communicate()
+        if proc is not None:
+            proc.communicate()
+        for pid in started if proc is None else ():
+            try:
+                os.waitpid(pid, 0)          # ours (the others, the compiler's own, are not)
+            except ChildProcessError:
+                pass
+        if isinstance(e, ToolchainError):
+            raise
         if isinstance(e, subprocess.TimeoutExpired):
             raise ToolchainError(f"building {output} failed: {os.path.basename(cmd[0])} took "
                                  f"more than {COMPILE_SECONDS} s and was stopped") from None

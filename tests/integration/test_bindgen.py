@@ -8,6 +8,7 @@ time through a generated client stub."""
 import math
 import os
 import shutil
+import time
 
 import capnp
 import pytest
@@ -1209,6 +1210,35 @@ def test_a_compile_that_never_ends_is_stopped_with_what_it_started(tmp_path, mon
     assert cli.main(["build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm")]) == 2
 
 
+def test_ctrl_c_as_the_compiler_starts_stops_it_too(tmp_path, monkeypatch):
+    """A Ctrl-C that came while Popen was still returning (the compiler had
+    started: on a loaded machine the next test's fake compiler had run and said so)
+    lost the compiler's pid, and the compiler ran on after `wsuper build` had
+    said it was interrupted.  Here the interrupt comes just after the real Popen
+    has started the (fake) compiler, inside the call that would have returned it."""
+    import subprocess
+    from supervisor import toolchain
+    started = tmp_path / "started"
+    fake = tmp_path / "clang"
+    fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
+                    "exec sleep 1000\n")
+    fake.chmod(0o755)
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    monkeypatch.setenv("WSUPER_CLANG", str(fake))
+    real = subprocess.Popen
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        while not started.exists():
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(subprocess, "Popen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        toolchain.build([str(tmp_path / "p.c")], str(tmp_path / "p.wasm"))
+    with pytest.raises(FileNotFoundError):      # killed and reaped
+        open(f"/proc/{int(started.read_text())}/stat").close()
+
+
 def test_ctrl_c_on_a_build_is_one_line_that_names_no_request_to_a_system(tmp_path):
     """An outside review of the docs: Ctrl-C on `wsuper build` (the compiler
     running) said "wsuper: interrupted (SIGINT); a request already sent to the
@@ -1218,7 +1248,6 @@ def test_ctrl_c_on_a_build_is_one_line_that_names_no_request_to_a_system(tmp_pat
     import signal
     import subprocess
     import sys
-    import time
     started = tmp_path / "started"
     fake = tmp_path / "clang"
     fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
