@@ -1,8 +1,9 @@
 /* A client of the store: a plain C program with main().
  *
- * Its policy grants it `kv` (the store, with an allow-list) and a log for
- * stdout; nothing else.  It hands the store a capability to itself (a
- * Listener) at run time, so the store calls it back on every put. */
+ * Its policy grants it `kv` (the store, with an allow-list that leaves out
+ * `remove`) and a log for stdout; nothing else.  It hands the store a
+ * capability to itself (a Listener) at run time, so the store calls it back
+ * on every put. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -46,7 +47,14 @@ int main(void) {
   if (check(&a, "keys", store_keys(&a, kv, &keys))) return 1;
   printf("client: the store holds %u keys:", keys.keys.len);
   for (uint32_t i = 0; i < keys.keys.len; i++) printf(" %s", keys.keys.items[i].ptr);
-  printf("\nclient: this is run %d (the count survives restarts in the append-only log)\n", runs);
+  printf("\n");
+
+  /* Not in its allow-list: the supervisor answers, the store never sees it. */
+  store_remove_results removed;
+  int rc = store_remove(&a, kv, wsuper_str("greeting"), &removed);
+  printf("client: remove greeting -> %s (%d): %s\n", rc == WSUPER_OK ? "done" : "refused", rc,
+         rc == WSUPER_OK ? "" : (a.error ? a.error : ""));
+  printf("client: this is run %d (the count survives restarts in the append-only log)\n", runs);
   wsuper_arena_free(&a);
   return 0;
 }

@@ -7,6 +7,7 @@ interface Store {
   get @1 (key :Text) -> (value :Text, found :Bool);
   keys @2 () -> (keys :List(Text));
   subscribe @3 (listener :Listener) -> ();   # called back on every put
+  remove @4 (key :Text) -> (found :Bool);     # the demo's client may not call it
 }
 
 interface Listener {

@@ -2,7 +2,8 @@
  *
  * It holds one grant that matters: `data`, a directory it may only append to
  * (append_only = true in the policy).  Every put is one line "key<TAB>value"
- * appended to /data/kv.log with plain stdio; at start the log is replayed.
+ * appended to /data/kv.log with plain stdio, every remove one line
+ * "<TAB>key" (no key is empty); at start the log is replayed.
  * It serves Store (kv.capnp) through the bindings `wsuper bindgen` writes,
  * and calls back the Listener capabilities clients hand it at run time. */
 #include <errno.h>
@@ -49,6 +50,15 @@ static int set(const char *key, const char *value) {
   return 0;
 }
 
+static int drop(const char *key) {
+  entry *e = find(key);
+  if (!e) return 0;
+  free(e->key);
+  free(e->value);
+  *e = table[--count];
+  return 1;
+}
+
 /* Runs once, from _initialize, before any call arrives. */
 __attribute__((constructor)) static void replay(void) {
   FILE *f = fopen(LOG_PATH, "r");
@@ -62,7 +72,12 @@ __attribute__((constructor)) static void replay(void) {
     char *tab = strchr(line, '\t'), *nl = strchr(line, '\n');
     if (!tab || !nl) continue; /* a torn last line: ignore it */
     *tab = *nl = 0;
-    if (set(line, tab + 1) == 0) records++;
+    if (tab == line) {
+      drop(tab + 1);
+      records++;
+    } else if (set(line, tab + 1) == 0) {
+      records++;
+    }
   }
   fclose(f);
   printf("store: replayed %d records from %s\n", records, LOG_PATH);
@@ -72,18 +87,24 @@ static int valid(wsuper_text t) {
   return t.len > 0 && t.len < 4000 && !memchr(t.ptr, '\t', t.len) && !memchr(t.ptr, '\n', t.len);
 }
 
+static int append(wsuper_arena *a, const char *key, const char *value) {
+  FILE *f = fopen(LOG_PATH, "a");
+  if (!f || fprintf(f, "%s\t%s\n", key, value) < 0 || fclose(f) != 0) {
+    char why[160];
+    snprintf(why, sizeof why, "cannot append to %s: %s", LOG_PATH, strerror(errno));
+    return wsuper_error(a, why);
+  }
+  return 0;
+}
+
 int store_serve_put(wsuper_arena *a, int32_t object, const store_put_params *in,
                     store_put_results *out) {
   (void)object;
   (void)out;
   if (!valid(in->key) || (in->value.len && !valid(in->value)))
     return wsuper_error(a, "keys and values are 1..3999 bytes without tabs or newlines");
-  FILE *f = fopen(LOG_PATH, "a");
-  if (!f || fprintf(f, "%s\t%s\n", in->key.ptr, in->value.ptr) < 0 || fclose(f) != 0) {
-    char why[160];
-    snprintf(why, sizeof why, "cannot append to %s: %s", LOG_PATH, strerror(errno));
-    return wsuper_error(a, why);
-  }
+  int rc = append(a, in->key.ptr, in->value.ptr);
+  if (rc != 0) return rc;
   if (set(in->key.ptr, in->value.ptr) != 0) return wsuper_error(a, "out of memory");
   for (int i = 0; i < nlisteners; i++) {
     if (listener_changed(a, listeners[i], in->key, in->value) != WSUPER_OK) {
@@ -125,4 +146,15 @@ int store_serve_subscribe(wsuper_arena *a, int32_t object, const store_subscribe
   if (wsuper_keep(in->listener) != WSUPER_OK) return wsuper_error(a, "bad listener");
   listeners[nlisteners++] = in->listener;
   return 0;
+}
+
+int store_serve_remove(wsuper_arena *a, int32_t object, const store_remove_params *in,
+                       store_remove_results *out) {
+  (void)object;
+  if (!valid(in->key)) return wsuper_error(a, "keys are 1..3999 bytes without tabs or newlines");
+  out->found = find(in->key.ptr) != NULL;
+  if (!out->found) return 0;
+  int rc = append(a, "", in->key.ptr);
+  if (rc == 0) drop(in->key.ptr);
+  return rc;
 }

@@ -43,6 +43,10 @@ def test_the_store_persists_to_its_append_only_file(kv):
             f"[client] client: told that runs is now {run}",     # the store called back
             "[client] client: told that greeting is now hello",
             "[client] client: the store holds 2 keys: runs greeting",
+            # the one method its allow-list leaves out: refused before the store
+            "[client] client: remove greeting -> refused (-10): denied: client.kv: "
+            "Store.remove is not allowed (allow = [Store.get, Store.keys, Store.put, "
+            "Store.subscribe])",
             f"[client] client: this is run {run} (the count survives restarts in the "
             "append-only log)"]
     assert "[store] store: replayed 2 records from /data/kv.log" in r.stdout
@@ -52,8 +56,51 @@ def test_the_store_persists_to_its_append_only_file(kv):
     calls = {(x["caller"], x["capability"].split(" ")[0], x["method"]) for x in records}
     assert {("client", "client.kv", "subscribe"), ("client", "client.kv", "put"),
             ("store", "store.data>Directory.open", "append")} <= calls, calls
+    assert [x["outcome"] for x in records if x["method"] == "remove"] == ["denied"] * 2  # 2 runs
     # the Listener the client handed over at run time, called by the store
     assert any(x["caller"] == "store" and x["method"] == "changed" for x in records)
+
+
+def test_a_client_allowed_remove_removes_for_good(kv, wsuper, tmp_path):
+    """The demo's client may not call Store.remove; a client whose grant allows it
+    (here an external one, through the system's socket) removes a key: the store
+    appends a record of it to its append-only log and, started again, replays it."""
+    import capnp_schemas
+    _fresh_data(kv)
+    (kv / "data" / "kv.log").write_text("runs\t7\ngreeting\thello\n")
+    system = kv / "removing.toml"
+    system.write_text(f"""
+[system]
+schemas = ["kv.capnp"]
+socket = "{tmp_path}/kv.sock"
+
+[compartments.store]
+module = "build/store.wasm"
+exports = "Store"
+external = true
+
+[compartments.store.grants]
+data = {{ host = "directory", path = "${{SYSTEM_DIR}}/data", append_only = true }}
+stdout = {{ host = "log" }}
+""")
+    schema = capnp_schemas.load(str(kv / "kv.capnp"))
+
+    async def remove(gateway):
+        store = (await gateway.get("store")).cap.as_interface(schema.Store)
+        gone, again = await store.remove("greeting"), await store.remove("greeting")
+        return gone.found, again.found, list((await store.keys()).keys)
+
+    async def keys(gateway):
+        store = (await gateway.get("store")).cap.as_interface(schema.Store)
+        return list((await store.keys()).keys)
+
+    for body, expected in ((remove, (True, False, ["runs"])), (keys, ["runs"])):
+        run = wsuper("up", str(system))
+        run.wait_for("ready store")
+        assert external_client(f"{tmp_path}/kv.sock", body) == expected
+        run.stop()
+    assert (kv / "data" / "kv.log").read_text() == "runs\t7\ngreeting\thello\n\tgreeting\n"
+    assert "[store] store: replayed 3 records from /data/kv.log" in run.lines
 
 
 def test_check_shows_who_holds_what_in_the_example(kv):
