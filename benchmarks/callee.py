@@ -7,7 +7,7 @@ An `Engine` serving examples/calc/calc.wat runs in a forked process of its own
 the supervisor with a `protocol.Connection`, sends `Calc.add` calls PER_READ
 at a time (1: one call per read, as in a ping-pong; 50: as under load) and
 reads the answers.  The engine gives each call's code its deadline, as run()
-has it do (unchecked.start_deadlines).  Prints the engine process's CPU time
+has it do (Engine.start_deadlines).  Prints the engine process's CPU time
 per call (user + system, its own rusage) and the wall time per call.  WSUPER_NATIVE=0 measures
 the ctypes path into wasm (and the Python wire code) instead; a third argument
 `python-host-calls` keeps the native paths but sends the guest's params_read,
@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from capnp_schemas import payloads, protocol  # noqa: E402
 from capnp_schemas.protocol import Content  # noqa: E402
-from compartments import unchecked  # noqa: E402
 from compartments.engine import ENGINE_INTERFACE, Engine  # noqa: E402
 from compartments.spec import EngineSpec  # noqa: E402
 
@@ -45,7 +44,7 @@ def forked(engine: Engine, ours: socket.socket, report=lambda engine: ()):
     pid = os.fork()
     if pid == 0:
         ours.close()
-        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
+        engine.start_deadlines()
         before = time.process_time()
         try:
             engine.serve()

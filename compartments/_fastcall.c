@@ -957,6 +957,95 @@ static PyObject *fc_fuel(PyObject *mod, PyObject *args) {
   return PyLong_FromUnsignedLongLong(left);
 }
 
+/* ---------------------------------------------------------------- instances
+ *
+ * A per_call compartment's instance of every call (compartments/engine.py,
+ * _start_instance): made from its InstancePre, and only the exports the engine
+ * uses looked up, by name.  wasmtime-py's Instance.exports wraps every export
+ * of the instance in Python objects, with a C call and a ctypes name string
+ * each (~19 us a call for a module of two exports). */
+
+typedef void *(*pre_instantiate_fn)(const void *pre, void *ctx, void *instance, void **trap);
+typedef int (*export_get_fn)(void *ctx, const void *instance, const char *name, size_t len,
+                             void *item);   /* bool */
+
+static pre_instantiate_fn pre_instantiate;
+static export_get_fn export_get;
+
+/* instances(wasmtime_instance_pre_instantiate, wasmtime_instance_export_get) */
+static PyObject *fc_instances(PyObject *mod, PyObject *args) {
+  unsigned long long a, b;
+  if (!PyArg_ParseTuple(args, "KK", &a, &b)) return NULL;
+  if (!a || !b) {
+    PyErr_SetString(PyExc_ValueError, "a wasmtime C API function's address is 0");
+    return NULL;
+  }
+  pre_instantiate = (pre_instantiate_fn)(uintptr_t)a;
+  export_get = (export_get_fn)(uintptr_t)b;
+  Py_RETURN_NONE;
+}
+
+static int writable_of(PyObject *o, void **out, Py_ssize_t size) {
+  Py_buffer b;
+  if (PyObject_GetBuffer(o, &b, PyBUF_WRITABLE)) return -1;
+  if (b.len != size) {
+    PyBuffer_Release(&b);
+    PyErr_SetString(PyExc_TypeError, "a structure of the wrong size");
+    return -1;
+  }
+  *out = b.buf;                    /* the structure lives as long as its owner */
+  PyBuffer_Release(&b);
+  return 0;
+}
+
+/* instantiate(pre, context, instance, names, items, instance_size, item_size) -> found
+ * pre: the InstancePre's ctypes pointer; context: the store's; instance: the
+ * wasmtime_instance_t structure it fills; names: a tuple of bytes, the exports
+ * to look up; items: a tuple of as many wasmtime_extern_t structures, filled
+ * for each found.  Returns a bit mask of the names found (bit i: names[i]).
+ * Raises CallFailed((0, error) | (1, trap)) if instantiation fails. */
+static PyObject *fc_instantiate(PyObject *mod, PyObject *args) {
+  if (need_setup()) return NULL;
+  if (!pre_instantiate) {
+    PyErr_SetString(PyExc_RuntimeError, "_fastcall.instances() was not called");
+    return NULL;
+  }
+  PyObject *p, *c, *inst, *names, *items;
+  Py_ssize_t instance_size, item_size;
+  if (!PyArg_ParseTuple(args, "OOOO!O!nn", &p, &c, &inst, &PyTuple_Type, &names,
+                        &PyTuple_Type, &items, &instance_size, &item_size))
+    return NULL;
+  void *pre, *ctx, *instance;
+  if (pointer_in(p, &pre) || pointer_in(c, &ctx) || writable_of(inst, &instance, instance_size))
+    return NULL;
+  Py_ssize_t n = PyTuple_GET_SIZE(names);
+  if (n != PyTuple_GET_SIZE(items) || n > 62) {
+    PyErr_SetString(PyExc_TypeError, "names and items: tuples of the same length, <= 62");
+    return NULL;
+  }
+  void *out[62];
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (!PyBytes_Check(PyTuple_GET_ITEM(names, i))) {
+      PyErr_SetString(PyExc_TypeError, "names: bytes");
+      return NULL;
+    }
+    if (writable_of(PyTuple_GET_ITEM(items, i), &out[i], item_size)) return NULL;
+  }
+  void *trap = NULL;
+  /* The GIL stays held: the start function's host calls run on this thread. */
+  void *error = pre_instantiate(pre, ctx, instance, &trap);
+  if (error) return failed(0, error);
+  if (trap) return failed(1, trap);
+  unsigned long long found = 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *name = PyTuple_GET_ITEM(names, i);
+    if (export_get(ctx, instance, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name),
+                   out[i]))
+      found |= 1ULL << i;
+  }
+  return PyLong_FromUnsignedLongLong(found);
+}
+
 /* ---------------------------------------------------------------- deadlines
  *
  * A call's code is stopped once it runs past its deadline (its call_time), in
@@ -983,7 +1072,10 @@ typedef void (*set_epoch_deadline_fn)(void *ctx, uint64_t ticks);
 
 static increment_epoch_fn increment_epoch;
 static set_epoch_deadline_fn set_epoch_deadline;
-static const void *epoch_engine;
+/* the wasmtime engines whose stores run guest code: the compartment's, and for
+ * instance = "per_call" the pooling one of its calls' instances (engine.py,
+ * _Pool); a store's deadline is counted in its own engine's epochs */
+static const void *epoch_engines[2];
 static _Atomic int64_t deadline_at;     /* CLOCK_MONOTONIC ns of the running code's; 0 none */
 static _Atomic int64_t alarm_at;        /* what the alarm is set for; 0: not set */
 
@@ -1005,6 +1097,11 @@ static void ring_in(int64_t ns) {
   setitimer(ITIMER_REAL, &v, NULL);
 }
 
+static void increment_epochs(void) {
+  for (int i = 0; i < 2; i++)
+    if (epoch_engines[i]) increment_epoch(epoch_engines[i]);
+}
+
 static void on_alarm(int sig) {
   (void)sig;
   int saved = errno;
@@ -1015,7 +1112,7 @@ static void on_alarm(int sig) {
     int64_t now = monotonic_ns();
     if (now >= at) {
       atomic_store(&alarm_at, 0);
-      increment_epoch(epoch_engine);
+      increment_epochs();
     } else {
       atomic_store(&alarm_at, at);
       ring_in(at - now);
@@ -1024,11 +1121,12 @@ static void on_alarm(int sig) {
   errno = saved;
 }
 
-/* deadlines(engine, increment_epoch, set_epoch_deadline): installs the alarm's
- * handler for the wasmtime engine at `engine` (its wasm_engine_t address). */
+/* deadlines(engine, increment_epoch, set_epoch_deadline, other=0): installs the
+ * alarm's handler for the wasmtime engine at `engine` (its wasm_engine_t
+ * address) and `other`, a second engine of the process's stores, if not 0. */
 static PyObject *fc_deadlines(PyObject *mod, PyObject *args) {
-  unsigned long long e, inc, set;
-  if (!PyArg_ParseTuple(args, "KKK", &e, &inc, &set)) return NULL;
+  unsigned long long e, inc, set, other = 0;
+  if (!PyArg_ParseTuple(args, "KKK|K", &e, &inc, &set, &other)) return NULL;
   if (!e || !inc || !set) {
     PyErr_SetString(PyExc_ValueError, "a wasmtime engine or C API function's address is 0");
     return NULL;
@@ -1040,7 +1138,8 @@ static PyObject *fc_deadlines(PyObject *mod, PyObject *args) {
   sigemptyset(&sa.sa_mask);
   atomic_store(&deadline_at, 0);
   atomic_store(&alarm_at, 0);
-  epoch_engine = (const void *)(uintptr_t)e;
+  epoch_engines[0] = (const void *)(uintptr_t)e;
+  epoch_engines[1] = (const void *)(uintptr_t)other;
   increment_epoch = (increment_epoch_fn)(uintptr_t)inc;
   set_epoch_deadline = (set_epoch_deadline_fn)(uintptr_t)set;
   if (sigaction(SIGALRM, &sa, NULL)) return PyErr_SetFromErrno(PyExc_OSError);
@@ -1073,7 +1172,7 @@ static PyObject *fc_deadline(PyObject *mod, PyObject *args) {
   if (at) {
     int64_t now = monotonic_ns();
     if (now >= at) {
-      increment_epoch(epoch_engine);
+      increment_epochs();
     } else {
       int64_t armed = atomic_load(&alarm_at);
       if (!armed || armed > at) {
@@ -1088,6 +1187,8 @@ static PyObject *fc_deadline(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"setup", fc_setup, METH_VARARGS, NULL},
     {"call", (PyCFunction)(void (*)(void))fc_call, METH_FASTCALL, NULL},
+    {"instances", fc_instances, METH_VARARGS, NULL},
+    {"instantiate", fc_instantiate, METH_VARARGS, NULL},
     {"host", fc_host, METH_VARARGS, NULL},
     {"addresses", fc_addresses, METH_NOARGS, NULL},
     {"span", fc_span, METH_O, NULL},

@@ -37,6 +37,7 @@ import ctypes
 import errno
 import functools
 import itertools
+import os
 import re
 import resource
 import signal
@@ -288,15 +289,66 @@ _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "_reply_entries", "ha
                    "_wasi_fns", "_memory_base", "_stack_pointer", "_resting_sp")
 
 
+#: instance = "per_call": instances the pool holds at once (pool_for); a call
+#: served while another call's instance waits beneath it (a callback) gets one
+#: of the default allocator, as every call's did before
+POOL_INSTANCES = 1
+
+
+class _Pool:
+    """instance = "per_call": the engine of wasmtime's pooling allocator that a
+    call's instance comes from, the module loaded in it, the address space its
+    pool reserved (Engine.confine), its linker, its InstancePre (instantiate),
+    and whether its one slot is taken."""
+    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, reserved: int,
+                 linker: wasmtime.Linker):
+        self.engine, self.module, self.reserved, self.linker = engine, module, reserved, linker
+        self.pre: wasmtime.InstancePre | None = None
+        self.busy = False
+
+
+def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
+    """(engine, module, address space reserved) for a per_call compartment's
+    calls' instances: a wasmtime engine of wasm.engine_config(`probed`) that
+    allocates them from a pool of POOL_INSTANCES slots sized by the
+    compartment's own limits, and its module, `load(engine)`.  A fresh
+    instance costs less there (docs/performance.md).  False for none: not
+    per_call, a memory limit above the memory reservation (a slot would have to
+    be as large), a module that does not fit the slot (tables, memories,
+    instance size), WSUPER_POOL=0."""
+    limits = spec.limits
+    if not spec.per_call or limits.memory > \
+            wasm.MEMORY_RESERVATION or os.environ.get("WSUPER_POOL", "1") == "0":
+        return False
+    config = wasm.engine_config(probed)
+    unchecked.pooling(config, instances=POOL_INSTANCES, memories=MEMORIES + probed,
+                      memory=limits.memory, reservation=wasm.MEMORY_RESERVATION,
+                      table_elements=limits.table_elements)
+    before = _vm_size()
+    wasm_engine = wasmtime.Engine(config)
+    reserved = _vm_size() - before
+    try:
+        module = load(wasm_engine)
+    except wasmtime.WasmtimeError:
+        return False                # does not fit: its instances are made as before
+    return wasm_engine, module, max(reserved, 0)
+
+
+def _vm_size() -> int:
+    return int(confine.proc_read("statm").split()[0]) * resource.getpagesize()
+
+
 class Engine:
     def __init__(self, sock: socket.socket, spec: EngineSpec, module: wasmtime.Module = None,
                  wasm_engine: wasmtime.Engine = None, description: wasm.Description = None,
-                 instantiate: bool = True):
+                 instantiate: bool = True, pool=None):
         """`module`: the compartment's module, compiled for `wasm_engine` with
         wasm.engine_config() (the zygote's), and its `description`, its imports
         already checked; None: compile and check `spec.module` here.
         `instantiate`: False leaves that to `instantiate()`, which runs the
-        module's start function, guest code: `run` confines the process first."""
+        module's start function, guest code: `run` confines the process first.
+        `pool`: instance = "per_call": what pool_for made (its module loaded
+        from the zygote's memfd), False for none; None: pool_for is asked here."""
         self.sock = sock
         self.spec = spec
         self.name = spec.name
@@ -385,13 +437,16 @@ class Engine:
         #: its value while no guest code runs, read before the first entry (_guest)
         self._stack_pointer: wasmtime.Global | None = None
         self._resting_sp = None
-        self._load(module, wasm_engine, description)
+        #: instance = "per_call": the pooled engine its calls' instances come from
+        #: (_Pool), or None
+        self._pool: _Pool | None = None
+        self._load(module, wasm_engine, description, pool)
         if instantiate:
             self.instantiate()
 
     # ------------------------------------------------------------ wasm
 
-    def _load(self, module, wasm_engine, description):
+    def _load(self, module, wasm_engine, description, pool):
         path = self.spec.module
         sites = layout = binary = None
         if module is None:
@@ -424,8 +479,6 @@ class Engine:
         # a WASI program: its descriptors, clocks, ... come from the grants at start
         self.wasi = self._new_wasi()
         self.store = self._new_store(UNLIMITED_FUEL)     # start-up code (the start function)
-        linker = wasmtime.Linker(self.wasm_engine)
-        timed = self.probes.timed          # host-call probes: one flag test while off
         # params_read, results_set, reply_read of a plain call, without Python (instantiate)
         self._native = unchecked.guest(self, self.frames, self.probes, self.max_message_bytes,
                                        _native_results)
@@ -433,6 +486,19 @@ class Engine:
         # _plain); fuzz/hostmem.py and fuzz/callout.py turn it off in the engine they
         # compare with
         self._plain_serving = wire._native is not None
+        linker = self._linker_for(self.wasm_engine)
+        if self.per_call:
+            if pool is None:
+                pool = pool_for(self.spec, self.probes.sites is not None, lambda e:
+                                wasmtime.Module.deserialize(e, module.serialize()))
+            if pool:
+                self._pool = _Pool(*pool, self._linker_for(pool[0]))
+        self._linker, self._module, self._description = linker, module, description
+
+    def _linker_for(self, wasm_engine: wasmtime.Engine) -> wasmtime.Linker:
+        """A linker of `wasm_engine` with the host functions the module imports."""
+        linker = wasmtime.Linker(wasm_engine)
+        timed = self.probes.timed          # host-call probes: one flag test while off
         for name, (params, results) in abi.IMPORTS.items():
             kind = unchecked.NATIVE.get(name) if self._native is not None else None
             fn = getattr(self, "_host_" + name)
@@ -440,18 +506,18 @@ class Engine:
                 fn = self._cut_off_first(fn)
             unchecked.define(linker, abi.MODULE, name, params, results,
                              timed(f"{abi.MODULE}.{name}", _naming(abi.MODULE, name, fn)),
-                             self.wasm_engine, native=kind and (kind, self._native))
+                             wasm_engine, native=kind and (kind, self._native))
         for name in self._wasi_names:
             # per_call: each call has a WASI state of its own, so look it up at each call
             fn = self._wasi_entry(name) if self.per_call else self.wasi.function(name)
             unchecked.define(linker, abi.WASI_MODULE, name, *abi.WASI_IMPORTS[name],
                              timed(f"wasi.{name}", _naming(abi.WASI_MODULE, name, fn)),
-                             self.wasm_engine)
+                             wasm_engine)
         if self.probes.sites is not None:  # the hooks of a rewritten module (instrument.py)
             for name, (params, results) in probing.HOOKS.items():
                 unchecked.define(linker, probing.PROBE_MODULE, name, params, results,
-                                 getattr(self.probes, name), self.wasm_engine)
-        self._linker, self._module, self._description = linker, module, description
+                                 getattr(self.probes, name), wasm_engine)
+        return linker
 
     def instantiate(self):
         """The module's first instance: its start function runs here (guest code, so
@@ -462,6 +528,8 @@ class Engine:
         try:
             self.instance = linker.instantiate(self.store, module)
             self.instance_pre = linker.instantiate_pre(module) if self.per_call else None
+            if self._pool is not None:
+                self._pool.pre = self._pool.linker.instantiate_pre(self._pool.module)
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             why = _why_not(e, self._planned_regions(description), self.probes.sites)
             raise EngineError(f"cannot instantiate {path}: {why}") from None
@@ -472,6 +540,11 @@ class Engine:
                               f"memory")
         self.memory = memory
         self._stack_pointer = _stack_pointer(exports, self.store)
+        #: per_call: what each call's instance looks up of its exports (_start_instance)
+        self._sp_exported = self._stack_pointer is not None
+        self._instance_exports = tuple(n.encode() for n in (
+            abi.EXPORT_MEMORY, abi.EXPORT_DISPATCH, abi.EXPORT_INITIALIZE,
+            abi.EXPORT_STACK_POINTER, *self.probes.exports()))
         self.probes.attach(exports, self.store)
         if self.spec.protect is not None:
             self._protect(description.protect)
@@ -493,6 +566,12 @@ class Engine:
             raise EngineError(f"module {path} must export function {abi.EXPORT_DISPATCH} "
                               f"to serve an interface")
         self._instantiated = True
+
+    def start_deadlines(self):
+        """In an engine process (run): guest code past its call's deadline is
+        stopped in wasm too (_deadlines), in the stores of both engines."""
+        self._deadlines = unchecked.start_deadlines(
+            self.wasm_engine, self._pool.engine if self._pool is not None else None)
 
     def _planned_regions(self, description) -> protect.Regions | None:
         """The regions the module's checks were compiled against, to explain a trap
@@ -520,8 +599,8 @@ class Engine:
         except (ValueError, OSError) as e:
             raise EngineError(f"cannot protect the memory of {path}: {e}") from None
 
-    def _new_store(self, fuel: int) -> wasmtime.Store:
-        store = wasm.new_store(self.wasm_engine)
+    def _new_store(self, fuel: int, wasm_engine: wasmtime.Engine | None = None) -> wasmtime.Store:
+        store = wasm.new_store(wasm_engine or self.wasm_engine)
         # memory_size bounds each linear memory: the module's one memory, and the
         # probe memory of a rewritten module (instrument.py), and no more
         store.set_limits(memory_size=self.limits.memory,
@@ -568,6 +647,10 @@ class Engine:
             except OSError:
                 pass
         vm = int(confine.proc_read("statm").split()[0]) * resource.getpagesize()  # VmSize
+        if self._pool is not None:
+            # the pool's slot is the memory of a call's instance, which the room
+            # below held before: an escaped engine that unmaps it may map no more
+            vm -= self._pool.reserved
         # room for the guest's memory to grow to its limit, and for our own heap
         return confine.confine(keep, vm + 2 * self.limits.memory + (512 << 20), user=user,
                                parent=parent)
@@ -1833,7 +1916,11 @@ class Engine:
         the call's dispatch (_finish_read: its _until entry is the call's while
         that code runs; before, a cancelled call's _initialize and then its
         dispatch ran on, whole, for nobody)."""
-        store = self._new_store(self.limits.fuel_per_call)
+        pool = self._pool
+        pooled = pool is not None and not pool.busy      # nested calls: as before
+        store = self._new_store(self.limits.fuel_per_call, pool.engine if pooled else None)
+        if pooled:
+            pool.busy = True            # until its store is closed (_leave_instance)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
             fresh_wasi.grant(self._granted)
@@ -1847,7 +1934,8 @@ class Engine:
         self._instances += 1            # until its release (_leave_instance)
         at = self._serving_at[answer_id] = len(self._until)     # _outside's entry
         try:
-            self._outside(self._start_instance, store, outer, _until=until)
+            self._outside(self._start_instance, store, outer,
+                          pool.pre if pooled else self.instance_pre, _until=until)
         except BaseException:
             self._leave_instance(outer)()
             raise
@@ -1856,12 +1944,12 @@ class Engine:
                 del self._serving_at[answer_id]
         return outer
 
-    def _start_instance(self, store, outer: dict):
-        """_fresh_instance's instance: made, protected, its probes attached, its
-        _initialize run; `outer` gets what to detach."""
+    def _start_instance(self, store, outer: dict, pre: wasmtime.InstancePre):
+        """_fresh_instance's instance, of `pre`: made, protected, its probes
+        attached, its _initialize run; `outer` gets what to detach."""
         self._timed_enter(store)        # its start function is the call's code
         try:
-            instance = self.instance_pre.instantiate(store)
+            exports = unchecked.instantiate(pre, store, self._instance_exports)
         except (wasmtime.WasmtimeError, wasmtime.Trap, GuestFault, wasi.WasiExit) as e:
             if isinstance(e, wasmtime.Trap) and e.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 raise self._out_of_fuel() from None
@@ -1883,16 +1971,18 @@ class Engine:
                              f"{_why_not(e, self.regions, self.probes.sites)}") from None
         finally:
             self._timed_leave(store)
-        exports = instance.exports(store)
         memory = exports.get(abi.EXPORT_MEMORY)
+        # before enforce: what it protected is lifted from it (_leave_instance)
+        self.memory = memory if isinstance(memory, wasmtime.Memory) else None
         if self.regions is not None:            # the same protection as the first instance
             try:
                 self._memory_base = protect.enforce(self.regions, store, memory)
             except (OSError, AttributeError) as e:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
         outer["_probes_outer"] = self.probes.attach(exports, store)
-        self.memory = memory if isinstance(memory, wasmtime.Memory) else None
-        self._stack_pointer = _stack_pointer(exports, store)
+        # the first instance's, of the same module: its type is known to fit
+        self._stack_pointer = exports.get(abi.EXPORT_STACK_POINTER) if self._sp_exported \
+            else None
         self.dispatch = self._dispatch_type.bind(store, exports[abi.EXPORT_DISPATCH])
         if self.initialize is not None:          # a reactor's constructors, every time
             try:       # what the start function left of the call's budget
@@ -1950,7 +2040,16 @@ class Engine:
             # its memories' address space, now: a trap's traceback can keep the store
             # alive until a garbage collection, and the engine's RLIMIT_AS has room
             # for only a few instances (each memory reserves 64 MiB)
+            pooled = self._pool is not None and inner["store"].engine is self._pool.engine
+            if pooled and self.regions is not None and inner["memory"] is not None:
+                # memory protection's mprotect would outlive the instance in its
+                # slot, which wasmtime wipes but does not protect again: the next
+                # call's start function would meet it before _start_instance's
+                # enforce, and wasmtime's own writes of data segments too
+                protect.lift(self.regions, inner["store"], inner["memory"])
             inner["store"].close()
+            if pooled:
+                self._pool.busy = False     # its slot is free (and wiped) now
         return release
 
     def _guest(self, func, *args, fuel: int, flush: bool = True):
@@ -2220,7 +2319,7 @@ def _signed64(v: int) -> int:
 
 def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
         wasm_engine: wasmtime.Engine | None = None, description: wasm.Description = None,
-        parent: int = 0) -> int:
+        parent: int = 0, pool=None) -> int:
     """Run one engine in this process (forked by the zygote); returns its exit code.
 
     Loads the module, confines the process for good (confine.py), then serves
@@ -2229,8 +2328,9 @@ def run(spec: EngineSpec, sock_fd: int, module: wasmtime.Module | None = None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides when we stop
     sock = socket.socket(fileno=sock_fd)
     try:
-        engine = Engine(sock, spec, module, wasm_engine, description, instantiate=False)
-        engine._deadlines = unchecked.start_deadlines(engine.wasm_engine)
+        engine = Engine(sock, spec, module, wasm_engine, description, instantiate=False,
+                        pool=pool)
+        engine.start_deadlines()
     except EngineError as e:
         # one line, whatever the module named (its name section: a trap's function,
         # an import's or export's name in wasmtime's words): the supervisor reads

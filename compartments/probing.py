@@ -119,6 +119,10 @@ class EngineProbes:
 
     # ------------------------------------------------------------ instances and control
 
+    def exports(self) -> tuple:
+        """The names of the exports `attach` looks up."""
+        return () if self.sites is None else (EXPORT_PROBES, EXPORT_ON)
+
     def attach(self, exports, store):
         """The probe memory of a new instance; the flags are written into it."""
         if self.sites is None:

@@ -45,7 +45,7 @@ NONE = "none"
 STATIC_MEMORY = 64 << 20
 MAX_NO_ACCESS = STATIC_MEMORY
 PAGE = mmap.PAGESIZE
-PROT_NONE, PROT_READ = 0, 1
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 
 
 class ProtectError(ValueError):
@@ -522,6 +522,22 @@ def enforce(regions: Regions, store, memory) -> int:
         _mprotect(base + regions.read_only_start,
                   regions.read_only_end - regions.read_only_start, PROT_READ)
     return base
+
+
+def lift(regions: Regions, store, memory):
+    """Undo `enforce` on one instance's memory (every page it may have protected
+    readable and writable again, as wasmtime made them), before the instance is
+    dropped and its memory's pool slot used again (engine.py, per_call).
+    Harmless where enforce did nothing (it checks the size first, as here)."""
+    base = ctypes.addressof(memory.data_ptr(store).contents)
+    size = memory.data_len(store)
+    if base % regions.page or max(regions.no_access_end, regions.read_only_end) > size:
+        return
+    if regions.no_access_end:
+        _mprotect(base, regions.no_access_end, PROT_READ | PROT_WRITE)
+    if regions.read_only_end > regions.read_only_start:
+        _mprotect(base + regions.read_only_start,
+                  regions.read_only_end - regions.read_only_start, PROT_READ | PROT_WRITE)
 
 
 _libc = None

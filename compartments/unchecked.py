@@ -162,6 +162,11 @@ def _native_path():
     def stash(e):                   # what wasmtime-py's own trampoline does with it
         _wfunc.LAST_EXCEPTION = e
     _fastcall.setup(*addresses, stash, _CallFailed)
+    try:
+        _fastcall.instances(*[cast(getattr(dll, name), c_void_p).value for name in (
+            "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get")])
+    except AttributeError as e:
+        _fail(f"the wasmtime library has no {e}")
     return _fastcall
 
 
@@ -245,11 +250,12 @@ def refuel(store: wasmtime.Store, fuel: int) -> int:
     return left
 
 
-def start_deadlines(engine: wasmtime.Engine) -> bool:
-    """In an engine process: guest code of `engine`'s stores that runs past the
-    deadline given to deadline() traps (_fastcall.c, "deadlines": an alarm that
-    moves the engine's epoch).  False without the native module: code is then
-    stopped only at its next host call (Engine._cut_off)."""
+def start_deadlines(engine: wasmtime.Engine, other: wasmtime.Engine | None = None) -> bool:
+    """In an engine process: guest code of `engine`'s stores (and `other`'s, a
+    second engine of the process: a per_call compartment's pool) that runs past
+    the deadline given to deadline() traps (_fastcall.c, "deadlines": an alarm
+    that moves the engines' epochs).  False without the native module: code is
+    then stopped only at its next host call (Engine._cut_off)."""
     if _native is None:
         return False
     dll = _need(ffi, "dll", "wasmtime._ffi")
@@ -258,14 +264,110 @@ def start_deadlines(engine: wasmtime.Engine) -> bool:
             "wasmtime_engine_increment_epoch", "wasmtime_context_set_epoch_deadline")]
     except AttributeError as e:
         _fail(f"the wasmtime library has no {e}")
-    _native.deadlines(cast(engine.ptr(), c_void_p).value, *functions)
+    _native.deadlines(cast(engine.ptr(), c_void_p).value, *functions,
+                      *(() if other is None else (cast(other.ptr(), c_void_p).value,)))
     return True
+
+
+_POOLING = ("wasmtime_pooling_allocation_config_new",
+            "wasmtime_pooling_allocation_config_delete",
+            "wasmtime_pooling_allocation_config_total_core_instances_set",
+            "wasmtime_pooling_allocation_config_total_memories_set",
+            "wasmtime_pooling_allocation_config_total_tables_set",
+            "wasmtime_pooling_allocation_config_total_stacks_set",
+            "wasmtime_pooling_allocation_config_total_gc_heaps_set",
+            "wasmtime_pooling_allocation_config_max_memories_per_module_set",
+            "wasmtime_pooling_allocation_config_max_tables_per_module_set",
+            "wasmtime_pooling_allocation_config_max_memory_size_set",
+            "wasmtime_pooling_allocation_config_table_elements_set",
+            "wasmtime_pooling_allocation_strategy_set")
+
+
+def pooling(config: wasmtime.Config, *, instances: int, memories: int, memory: int,
+            reservation: int, table_elements: int, tables: int = 1) -> None:
+    """Make `config` allocate instances from a pool (wasmtime's pooling instance
+    allocator, which wasmtime-py 50 has only in its C bindings): room for
+    `instances` instances at once, each with at most `memories` memories of at
+    most `memory` bytes and `tables` tables of at most `table_elements`
+    elements, reserved (address space only) when the engine is made.  A module
+    that needs more fails to load in the engine (Module.deserialize: "does not
+    fit in pooling allocator requirements").  `reservation`: the config's
+    memory_reservation, which `memory` may not exceed (wasmtime's C API aborts
+    the process making such an engine: ValueError here instead)."""
+    if not 0 < memory <= reservation:
+        raise ValueError(f"a pooled memory of {memory} bytes does not fit the memory "
+                         f"reservation of {reservation} bytes")
+    for name in _POOLING:
+        _need(ffi, name, "wasmtime._ffi")
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, instances)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, instances * memories)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, instances * tables)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, 0)     # async only
+        ffi.wasmtime_pooling_allocation_config_total_gc_heaps_set(pool, 0)   # no GC proposal
+        ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, memories)
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, tables)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, memory)
+        ffi.wasmtime_pooling_allocation_config_table_elements_set(pool, table_elements)
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)
 
 
 def deadline(store: wasmtime.Store, until: float | None):
     """The guest code in `store` that runs (or goes on) now stops at `until`
     (time.monotonic(); None: no deadline).  Only after start_deadlines()."""
     _native.deadline(_context(store), until)
+
+
+for _name in ("wasmtime_instance_t", "wasmtime_extern_t", "wasmtime_instance_pre_instantiate",
+              "wasmtime_instance_export_get", "WASMTIME_EXTERN_FUNC", "WASMTIME_EXTERN_MEMORY",
+              "WASMTIME_EXTERN_GLOBAL"):
+    _need(ffi, _name, "wasmtime._ffi")
+for _cls in (wasmtime.Func, wasmtime.Memory, wasmtime.Global, wasmtime.Instance):
+    _need(_cls, "_from_raw", f"wasmtime.{_cls.__name__}")
+_need(wasmtime.InstancePre, "ptr", "wasmtime.InstancePre")
+_WRAP = {ffi.WASMTIME_EXTERN_FUNC.value: (wasmtime.Func._from_raw, "func"),
+         ffi.WASMTIME_EXTERN_MEMORY.value: (wasmtime.Memory._from_raw, "memory"),
+         ffi.WASMTIME_EXTERN_GLOBAL.value: (wasmtime.Global._from_raw, "global_")}
+_INSTANCE_SIZE = ctypes.sizeof(ffi.wasmtime_instance_t)
+_EXTERN_SIZE = ctypes.sizeof(ffi.wasmtime_extern_t)
+
+
+def instantiate(pre: wasmtime.InstancePre, store: wasmtime.Store, names: tuple) -> dict:
+    """A new instance of `pre` in `store` (as pre.instantiate(store), which raises
+    what it raises), and of its exports only those named in `names` (bytes) that
+    are functions, memories or globals: name (str) -> wasmtime-py's object.
+    wasmtime-py's Instance.exports wraps every export, with a C call and a name
+    string each: ~19 us of a per_call compartment's call for two exports."""
+    instance = ffi.wasmtime_instance_t()
+    items = tuple(ffi.wasmtime_extern_t() for _ in names)
+    if _native is not None:
+        try:
+            found = _native.instantiate(pre.ptr(), _context(store), instance, names, items,
+                                        _INSTANCE_SIZE, _EXTERN_SIZE)
+        except _CallFailed as e:
+            _raise_failure(e)
+    else:
+        with _enter_wasm(store) as trap:
+            error = ffi.wasmtime_instance_pre_instantiate(pre.ptr(), store._context(),
+                                                          byref(instance), trap)
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        found = 0
+        for i, name in enumerate(names):
+            if ffi.wasmtime_instance_export_get(store._context(), byref(instance), name,
+                                                len(name), byref(items[i])):
+                found |= 1 << i
+    out = {}
+    for i, name in enumerate(names):
+        if found >> i & 1:
+            item = items[i]
+            wrap = _WRAP.get(item.kind)
+            if wrap is not None:
+                out[name.decode()] = wrap[0](getattr(item.of, wrap[1]))
+    return out
 
 
 def _raw_func(func: wasmtime.Func):

@@ -52,6 +52,11 @@ def wasm_stack(probed: bool = False) -> int:
     return max(MAX_WASM_STACK, room)
 
 
+#: address space each linear memory reserves (engine_config); a pooled memory
+#: (engine.py, instance = "per_call") may be no larger
+MEMORY_RESERVATION = 1 << 26
+
+
 def engine_config(probed: bool = False) -> wasmtime.Config:
     """The wasmtime configuration of every engine (and of every compilation for one).
     `probed`: an engine whose module has probe sites, whose guest gets more wasm
@@ -59,7 +64,7 @@ def engine_config(probed: bool = False) -> wasmtime.Config:
     one configuration loads in an engine of the other."""
     config = wasmtime.Config()
     config.max_wasm_stack = wasm_stack(probed)
-    config.memory_reservation = 1 << 26     # 64 MiB of address space, not 4 GiB
+    config.memory_reservation = MEMORY_RESERVATION     # 64 MiB of address space, not 4 GiB
     config.memory_guard_size = 1 << 16
     # A memory growing past its reservation moves, with this much room to grow
     # again; wasmtime's default (2 GiB) does not fit under the engine's

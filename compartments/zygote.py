@@ -1110,6 +1110,10 @@ def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> i
             wasm_engine = _probed_engine
         with confine.proc_path(f"fd/{code_fd}") as path:   # after enter_early: relative
             module = wasmtime.Module.deserialize_file(wasm_engine, path)
+            # instance = "per_call": its calls' instances from a pool of their own,
+            # whose engine loads the code from the same memfd (engine.pool_for)
+            pool = engine.pool_for(spec, description.sites is not None,
+                                   lambda e: wasmtime.Module.deserialize_file(e, path))
     except (OSError, ValueError, KeyError, wasmtime.WasmtimeError) as e:
         print(f"error: {_one_line(f'cannot load module {spec.module}: {e}')}",
               file=sys.stderr)
@@ -1117,7 +1121,8 @@ def _child(spec, sock_fd: int, module_fds: tuple, wasm_engine, zygote: int) -> i
     finally:
         os.close(code_fd)
         os.close(description_fd)
-    return engine.run(spec, sock_fd, module, wasm_engine, description, parent=zygote)
+    return engine.run(spec, sock_fd, module, wasm_engine, description, parent=zygote,
+                      pool=pool)
 
 
 def _refuse(spec, error: str, sock_fd: int, err_fd: int, zygote: int) -> int:

@@ -1045,6 +1045,32 @@ exports = "Calc"
     assert base < 512 << 20, base >> 20
 
 
+def test_a_per_call_engine_s_pool_is_taken_out_of_its_budget(tmp_path, wsuper):
+    """instance = "per_call": the calls' instances come from wasmtime's pooling
+    allocator (engine.pool_for), whose slot (64 MiB of address space) is reserved
+    before confine().  RLIMIT_AS is set on top of what is mapped then: counted
+    in it, the pool was 64 MiB more that an escaped engine could unmap and fill.
+    The slot holds what the budget's room held before (a call's instance), so
+    it is taken out: a per_call engine's budget is a shared one's."""
+    run = _up(tmp_path, wsuper, f"""
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+[compartments.fresh]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+instance = "per_call"
+""")
+    budget, mapped = {}, {}
+    for name in ("calc", "fresh"):
+        pid = _pid(run, name)
+        limits = open(f"/proc/{pid}/limits").read()
+        budget[name] = int(re.search(r"Max address space\s+(\d+)", limits).group(1))
+        mapped[name] = int(_status(pid)["VmSize"].split()[0]) << 10
+    assert mapped["fresh"] - mapped["calc"] >= 64 << 20, mapped      # the pool is there
+    assert abs(budget["fresh"] - budget["calc"]) < 16 << 20, budget   # and not in the budget
+
+
 #: Rewrites a small module with wasm-tools as the compiler child does (instrument._tool),
 #: and says what came of it.
 TOOL_RUN = r"""

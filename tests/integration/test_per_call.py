@@ -7,14 +7,14 @@ from tests.conftest import EXAMPLES, external_client, run_wsuper
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guests")
 
 
-def _counts(tmp_path, wsuper, instance):
+def _counts(tmp_path, wsuper, instance, module="counting.wat"):
     sock = tmp_path / f"{instance}.sock"
     (tmp_path / f"{instance}.toml").write_text(f"""
 [system]
 schemas = ["{EXAMPLES}/calc.capnp"]
 socket = "{sock}"
 [compartments.calc]
-module = "{HERE}/counting.wat"
+module = "{HERE}/{module}"
 exports = "Calc"
 external = true
 instance = "{instance}"
@@ -34,6 +34,17 @@ instance = "{instance}"
 def test_a_per_call_compartment_keeps_nothing_between_calls(tmp_path, wsuper):
     assert _counts(tmp_path, wsuper, "shared") == [1, 2, 3, 4]
     assert _counts(tmp_path, wsuper, "per_call") == [1, 1, 1, 1]
+
+
+def test_a_per_call_instance_s_memory_holds_nothing_of_the_call_before(tmp_path, wsuper):
+    """guests/leftovers.wat: each call leaves a secret in its memory (and in a page
+    it grew, and over a byte a data segment wrote), and tells what it found of
+    the call before's.  A per_call engine takes each call's instance from
+    wasmtime's pooling allocator (engine.pool_for), whose memory slot is used
+    again call after call: what the engine hands the next call must be a fresh
+    memory all the same."""
+    assert _counts(tmp_path, wsuper, "shared", "leftovers.wat") == [0, 15, 15, 15]
+    assert _counts(tmp_path, wsuper, "per_call", "leftovers.wat") == [0, 0, 0, 0]
 
 
 def test_per_call_needs_an_exported_interface(tmp_path):

@@ -33,11 +33,12 @@ def engine(path, text, per_call=False, host=None, **limits):
     e = Engine(Recorded(), EngineSpec(name="spin", module=path, exports=True,
                                       per_call=per_call, limits=Limits(**limits)),
                instantiate=False)
-    if host is not None:
+    if host is not None:       # in each linker (per_call: its pool's too)
         i32 = wasmtime.ValType.i32()
-        e._linker.allow_shadowing = True
-        e._linker.define_func("wsuper", "release", wasmtime.FuncType([i32], [i32]), host)
-    e._deadlines = unchecked.start_deadlines(e.wasm_engine)
+        for linker in (e._linker, *([e._pool.linker] if e._pool is not None else [])):
+            linker.allow_shadowing = True
+            linker.define_func("wsuper", "release", wasmtime.FuncType([i32], [i32]), host)
+    e.start_deadlines()
     e.instantiate()
     return e, Driven(e)
 

@@ -5,6 +5,8 @@ Engine with real wasmtime on a recording socket, its supervisor played here."""
 from __future__ import annotations
 
 import contextlib
+import os
+import struct
 
 import pytest
 
@@ -512,3 +514,34 @@ def test_a_call_served_while_a_program_s_start_waits_in_a_call_is_served(tmp_pat
     nested = returns[asked["nested"]]
     assert nested.payload is not None, nested.error
     assert returns[q].payload is not None, returns[q].error     # run ends as it should
+
+
+LEFTOVERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "integration", "guests", "leftovers.wat")
+
+
+@pytest.mark.parametrize("pool", [None, False], ids=["pooled", "default allocator"])
+def test_a_per_call_instance_sees_nothing_an_earlier_call_left_in_memory(pool):
+    """Each call writes a secret into its memory, changes a byte its data segment
+    initialised, grows the memory and writes the secret into the new page; the
+    next call looks for each (guests/leftovers.wat).  A per_call instance's
+    memory from wasmtime's pooling allocator is a slot used again call after
+    call, and must be handed over as a fresh instance's: zeroed, the data
+    segments written again, its size the module's initial one."""
+    engine = Engine(Recorded(), EngineSpec(name="left", module=LEFTOVERS, exports=True,
+                                           per_call=True), pool=pool)
+    assert (engine._pool is not None) == (pool is None)
+    d = Driven(engine)
+    seen = []
+    for _ in range(4):
+        ret = d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
+        assert ret.payload is not None, ret.error
+        seen.append(struct.unpack_from("<q", ret.payload.content.segments[0], 8)[0])
+    assert seen == [0, 0, 0, 0]
+    # the guest tells: a shared instance answers what the call before left
+    shared = Engine(Recorded(), EngineSpec(name="left", module=LEFTOVERS, exports=True))
+    d = Driven(shared)
+    seen = [struct.unpack_from("<q", d.ask(d.sup.send_call(
+        d.main, 1, 0, Content.standalone([bytes(16)]))[1]).payload.content.segments[0], 8)[0]
+        for _ in range(2)]
+    assert seen == [0, 15]
