@@ -969,19 +969,52 @@ typedef void *(*pre_instantiate_fn)(const void *pre, void *ctx, void *instance, 
 typedef int (*export_get_fn)(void *ctx, const void *instance, const char *name, size_t len,
                              void *item);   /* bool */
 
+typedef void (*store_limiter_fn)(void *store, int64_t memory_size, int64_t table_elements,
+                                 int64_t instances, int64_t tables, int64_t memories);
+typedef void (*set_epoch_deadline_ctx_fn)(void *ctx, uint64_t ticks);
+
 static pre_instantiate_fn pre_instantiate;
 static export_get_fn export_get;
+static store_limiter_fn store_limiter;
+static set_epoch_deadline_ctx_fn store_epoch_deadline;
 
-/* instances(wasmtime_instance_pre_instantiate, wasmtime_instance_export_get) */
+/* instances(wasmtime_instance_pre_instantiate, wasmtime_instance_export_get,
+ *           wasmtime_store_limiter, wasmtime_context_set_epoch_deadline) */
 static PyObject *fc_instances(PyObject *mod, PyObject *args) {
-  unsigned long long a, b;
-  if (!PyArg_ParseTuple(args, "KK", &a, &b)) return NULL;
-  if (!a || !b) {
+  unsigned long long a, b, c, d;
+  if (!PyArg_ParseTuple(args, "KKKK", &a, &b, &c, &d)) return NULL;
+  if (!a || !b || !c || !d) {
     PyErr_SetString(PyExc_ValueError, "a wasmtime C API function's address is 0");
     return NULL;
   }
   pre_instantiate = (pre_instantiate_fn)(uintptr_t)a;
   export_get = (export_get_fn)(uintptr_t)b;
+  store_limiter = (store_limiter_fn)(uintptr_t)c;
+  store_epoch_deadline = (set_epoch_deadline_ctx_fn)(uintptr_t)d;
+  Py_RETURN_NONE;
+}
+
+/* store(store, context, fuel, epoch_deadline, memory_size, table_elements, memories)
+ * A new store's limits (as Store.set_limits: the others left unset), its fuel,
+ * and its epoch deadline (ticks from now).  Raises CallFailed((0, error)). */
+static PyObject *fc_store(PyObject *mod, PyObject *args) {
+  if (need_setup()) return NULL;
+  if (!store_limiter) {
+    PyErr_SetString(PyExc_RuntimeError, "_fastcall.instances() was not called");
+    return NULL;
+  }
+  PyObject *st, *c;
+  unsigned long long fuel, ticks;
+  long long memory_size, table_elements, memories;
+  if (!PyArg_ParseTuple(args, "OOKKLLL", &st, &c, &fuel, &ticks, &memory_size, &table_elements,
+                        &memories))
+    return NULL;
+  void *store, *ctx;
+  if (pointer_in(st, &store) || pointer_in(c, &ctx)) return NULL;
+  store_limiter(store, memory_size, table_elements, -1, -1, memories);
+  void *error = set_fuel(ctx, fuel);
+  if (error) return failed(0, error);
+  store_epoch_deadline(ctx, ticks);
   Py_RETURN_NONE;
 }
 
@@ -1001,8 +1034,8 @@ static int writable_of(PyObject *o, void **out, Py_ssize_t size) {
 /* instantiate(pre, context, instance, names, items, instance_size, item_size) -> found
  * pre: the InstancePre's ctypes pointer; context: the store's; instance: the
  * wasmtime_instance_t structure it fills; names: a tuple of bytes, the exports
- * to look up; items: a tuple of as many wasmtime_extern_t structures, filled
- * for each found.  Returns a bit mask of the names found (bit i: names[i]).
+ * to look up; items: an array of as many wasmtime_extern_t structures, item i
+ * filled if names[i] is found.  Returns a bit mask of the names found (bit i: names[i]).
  * Raises CallFailed((0, error) | (1, trap)) if instantiation fails. */
 static PyObject *fc_instantiate(PyObject *mod, PyObject *args) {
   if (need_setup()) return NULL;
@@ -1012,25 +1045,24 @@ static PyObject *fc_instantiate(PyObject *mod, PyObject *args) {
   }
   PyObject *p, *c, *inst, *names, *items;
   Py_ssize_t instance_size, item_size;
-  if (!PyArg_ParseTuple(args, "OOOO!O!nn", &p, &c, &inst, &PyTuple_Type, &names,
-                        &PyTuple_Type, &items, &instance_size, &item_size))
+  if (!PyArg_ParseTuple(args, "OOOO!Onn", &p, &c, &inst, &PyTuple_Type, &names, &items,
+                        &instance_size, &item_size))
     return NULL;
   void *pre, *ctx, *instance;
   if (pointer_in(p, &pre) || pointer_in(c, &ctx) || writable_of(inst, &instance, instance_size))
     return NULL;
   Py_ssize_t n = PyTuple_GET_SIZE(names);
-  if (n != PyTuple_GET_SIZE(items) || n > 62) {
-    PyErr_SetString(PyExc_TypeError, "names and items: tuples of the same length, <= 62");
+  if (n > 62) {
+    PyErr_SetString(PyExc_TypeError, "at most 62 names");
     return NULL;
   }
-  void *out[62];
-  for (Py_ssize_t i = 0; i < n; i++) {
+  uint8_t *out;
+  for (Py_ssize_t i = 0; i < n; i++)
     if (!PyBytes_Check(PyTuple_GET_ITEM(names, i))) {
       PyErr_SetString(PyExc_TypeError, "names: bytes");
       return NULL;
     }
-    if (writable_of(PyTuple_GET_ITEM(items, i), &out[i], item_size)) return NULL;
-  }
+  if (writable_of(items, (void **)&out, item_size * n)) return NULL;
   void *trap = NULL;
   /* The GIL stays held: the start function's host calls run on this thread. */
   void *error = pre_instantiate(pre, ctx, instance, &trap);
@@ -1040,7 +1072,7 @@ static PyObject *fc_instantiate(PyObject *mod, PyObject *args) {
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject *name = PyTuple_GET_ITEM(names, i);
     if (export_get(ctx, instance, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name),
-                   out[i]))
+                   out + i * item_size))
       found |= 1ULL << i;
   }
   return PyLong_FromUnsignedLongLong(found);
@@ -1189,6 +1221,7 @@ static PyMethodDef methods[] = {
     {"call", (PyCFunction)(void (*)(void))fc_call, METH_FASTCALL, NULL},
     {"instances", fc_instances, METH_VARARGS, NULL},
     {"instantiate", fc_instantiate, METH_VARARGS, NULL},
+    {"store", fc_store, METH_VARARGS, NULL},
     {"host", fc_host, METH_VARARGS, NULL},
     {"addresses", fc_addresses, METH_NOARGS, NULL},
     {"span", fc_span, METH_O, NULL},

@@ -37,6 +37,7 @@ import ctypes
 import errno
 import functools
 import itertools
+import operator
 import os
 import re
 import resource
@@ -293,6 +294,10 @@ _INSTANCE_STATE = ("store", "memory", "dispatch", "reply", "_reply_entries", "ha
 #: served while another call's instance waits beneath it (a callback) gets one
 #: of the default allocator, as every call's did before
 POOL_INSTANCES = 1
+#: ... and the bytes of its memory (and table) wiped in place when its slot is
+#: used again, not given back to the kernel (unchecked.pooling): a call's first
+#: touches of its memory faulted pages in again (~4 us of a call to calc)
+POOL_KEEP_RESIDENT = 64 << 10
 
 
 class _Pool:
@@ -323,7 +328,7 @@ def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
     config = wasm.engine_config(probed)
     unchecked.pooling(config, instances=POOL_INSTANCES, memories=MEMORIES + probed,
                       memory=limits.memory, reservation=wasm.MEMORY_RESERVATION,
-                      table_elements=limits.table_elements)
+                      table_elements=limits.table_elements, keep_resident=POOL_KEEP_RESIDENT)
     before = _vm_size()
     wasm_engine = wasmtime.Engine(config)
     reserved = _vm_size() - before
@@ -336,6 +341,9 @@ def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
 
 def _vm_size() -> int:
     return int(confine.proc_read("statm").split()[0]) * resource.getpagesize()
+
+
+_instance_state = operator.itemgetter(*_INSTANCE_STATE)
 
 
 class Engine:
@@ -600,14 +608,13 @@ class Engine:
             raise EngineError(f"cannot protect the memory of {path}: {e}") from None
 
     def _new_store(self, fuel: int, wasm_engine: wasmtime.Engine | None = None) -> wasmtime.Store:
-        store = wasm.new_store(wasm_engine or self.wasm_engine)
         # memory_size bounds each linear memory: the module's one memory, and the
-        # probe memory of a rewritten module (instrument.py), and no more
-        store.set_limits(memory_size=self.limits.memory,
-                         table_elements=self.limits.table_elements,
-                         memories=MEMORIES + (self.probes.sites is not None))
-        store.set_fuel(fuel)
-        return store
+        # probe memory of a rewritten module (instrument.py), and no more; its code
+        # runs until a deadline is set (wasm.new_store)
+        return unchecked.new_store(wasm_engine or self.wasm_engine, fuel, wasm.NO_DEADLINE,
+                                   memory_size=self.limits.memory,
+                                   table_elements=self.limits.table_elements,
+                                   memories=MEMORIES + (self.probes.sites is not None))
 
     def _new_wasi(self):
         if not self._wasi_names:
@@ -1888,9 +1895,11 @@ class Engine:
         self._short[method] = not long and seen is not False
 
     def _swap(self, state: dict) -> dict:
-        outer = {k: getattr(self, k) for k in _INSTANCE_STATE}
-        for k, v in state.items():
-            setattr(self, k, v)
+        # plain attributes (no property among them): the instance dict at once,
+        # not a getattr and a setattr each (~3 us of every per_call call)
+        d = self.__dict__
+        outer = dict(zip(_INSTANCE_STATE, _instance_state(d)))
+        d.update(state)
         return outer
 
     def _holding(self, table: HandleTable) -> HandleTable:
@@ -1931,6 +1940,12 @@ class Engine:
             "_reply_entries": [],
             "handles": self._holding(grants.copy()), "wasi": fresh_wasi, "_wasi_fns": {},
             "_memory_base": None, "_stack_pointer": None, "_resting_sp": None})
+        if self._native is not None:
+            # the native host functions use the memory of the instance that runs:
+            # none until this one has its own (wasmtime aborts the process given
+            # another store's memory), the outer one's again once it is left
+            outer["_native_memory"] = self._native.memory
+            self._native.memory = None
         self._instances += 1            # until its release (_leave_instance)
         at = self._serving_at[answer_id] = len(self._until)     # _outside's entry
         try:
@@ -1979,6 +1994,10 @@ class Engine:
                 self._memory_base = protect.enforce(self.regions, store, memory)
             except (OSError, AttributeError) as e:
                 raise _CallError("failed", f"{self.name}: cannot protect memory: {e}") from None
+        elif self._native is not None and self.memory is not None:
+            # params_read, results_set and reply_read of this instance's plain calls
+            # without Python (protected memory's checks are Python's)
+            self._native.memory = self.memory._memory
         outer["_probes_outer"] = self.probes.attach(exports, store)
         # the first instance's, of the same module: its type is known to fit
         self._stack_pointer = exports.get(abi.EXPORT_STACK_POINTER) if self._sp_exported \
@@ -2024,6 +2043,8 @@ class Engine:
         returns the clean-up that drops its references, to run after the answer."""
         attached = "_probes_outer" in outer     # not when the instance never started
         probes_outer = outer.pop("_probes_outer", None)
+        if "_native_memory" in outer:
+            self._native.memory = outer.pop("_native_memory")
         inner = self._swap(outer)
         if attached:
             self.probes.detach(probes_outer)

@@ -164,7 +164,8 @@ def _native_path():
     _fastcall.setup(*addresses, stash, _CallFailed)
     try:
         _fastcall.instances(*[cast(getattr(dll, name), c_void_p).value for name in (
-            "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get")])
+            "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
+            "wasmtime_store_limiter", "wasmtime_context_set_epoch_deadline")])
     except AttributeError as e:
         _fail(f"the wasmtime library has no {e}")
     return _fastcall
@@ -280,11 +281,14 @@ _POOLING = ("wasmtime_pooling_allocation_config_new",
             "wasmtime_pooling_allocation_config_max_tables_per_module_set",
             "wasmtime_pooling_allocation_config_max_memory_size_set",
             "wasmtime_pooling_allocation_config_table_elements_set",
+            "wasmtime_pooling_allocation_config_linear_memory_keep_resident_set",
+            "wasmtime_pooling_allocation_config_table_keep_resident_set",
             "wasmtime_pooling_allocation_strategy_set")
 
 
 def pooling(config: wasmtime.Config, *, instances: int, memories: int, memory: int,
-            reservation: int, table_elements: int, tables: int = 1) -> None:
+            reservation: int, table_elements: int, tables: int = 1,
+            keep_resident: int = 0) -> None:
     """Make `config` allocate instances from a pool (wasmtime's pooling instance
     allocator, which wasmtime-py 50 has only in its C bindings): room for
     `instances` instances at once, each with at most `memories` memories of at
@@ -293,7 +297,10 @@ def pooling(config: wasmtime.Config, *, instances: int, memories: int, memory: i
     that needs more fails to load in the engine (Module.deserialize: "does not
     fit in pooling allocator requirements").  `reservation`: the config's
     memory_reservation, which `memory` may not exceed (wasmtime's C API aborts
-    the process making such an engine: ValueError here instead)."""
+    the process making such an engine: ValueError here instead).
+    `keep_resident`: bytes of each memory and table that a slot used again is
+    wiped by writing zeros (and the data image again), not given back to the
+    kernel: the next instance's first touches of them fault no pages in."""
     if not 0 < memory <= reservation:
         raise ValueError(f"a pooled memory of {memory} bytes does not fit the memory "
                          f"reservation of {reservation} bytes")
@@ -310,6 +317,8 @@ def pooling(config: wasmtime.Config, *, instances: int, memories: int, memory: i
         ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, tables)
         ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, memory)
         ffi.wasmtime_pooling_allocation_config_table_elements_set(pool, table_elements)
+        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pool, keep_resident)
+        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, keep_resident)
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)
@@ -335,6 +344,26 @@ _INSTANCE_SIZE = ctypes.sizeof(ffi.wasmtime_instance_t)
 _EXTERN_SIZE = ctypes.sizeof(ffi.wasmtime_extern_t)
 
 
+def new_store(engine: wasmtime.Engine, fuel: int, epoch_deadline: int, *, memory_size: int,
+              table_elements: int, memories: int) -> wasmtime.Store:
+    """wasmtime.Store(engine), its limits set (as Store.set_limits), `fuel` in it
+    and its epoch deadline `epoch_deadline` ticks from now: in one native call
+    instead of three through ctypes."""
+    store = wasmtime.Store(engine)
+    if _native is None:
+        store.set_limits(memory_size=memory_size, table_elements=table_elements,
+                         memories=memories)
+        store.set_fuel(fuel)
+        store.set_epoch_deadline(epoch_deadline)
+        return store
+    try:
+        _native.store(store.ptr(), _context(store), fuel, epoch_deadline, memory_size,
+                      table_elements, memories)
+    except _CallFailed as e:
+        _raise_failure(e)
+    return store
+
+
 def instantiate(pre: wasmtime.InstancePre, store: wasmtime.Store, names: tuple) -> dict:
     """A new instance of `pre` in `store` (as pre.instantiate(store), which raises
     what it raises), and of its exports only those named in `names` (bytes) that
@@ -342,7 +371,7 @@ def instantiate(pre: wasmtime.InstancePre, store: wasmtime.Store, names: tuple) 
     wasmtime-py's Instance.exports wraps every export, with a C call and a name
     string each: ~19 us of a per_call compartment's call for two exports."""
     instance = ffi.wasmtime_instance_t()
-    items = tuple(ffi.wasmtime_extern_t() for _ in names)
+    items = (ffi.wasmtime_extern_t * len(names))()      # each export's object keeps it
     if _native is not None:
         try:
             found = _native.instantiate(pre.ptr(), _context(store), instance, names, items,
@@ -361,12 +390,15 @@ def instantiate(pre: wasmtime.InstancePre, store: wasmtime.Store, names: tuple) 
                                                 len(name), byref(items[i])):
                 found |= 1 << i
     out = {}
-    for i, name in enumerate(names):
-        if found >> i & 1:
+    i = 0
+    while found:
+        if found & 1:
             item = items[i]
             wrap = _WRAP.get(item.kind)
             if wrap is not None:
-                out[name.decode()] = wrap[0](getattr(item.of, wrap[1]))
+                out[names[i].decode()] = wrap[0](getattr(item.of, wrap[1]))
+        found >>= 1
+        i += 1
     return out
 
 

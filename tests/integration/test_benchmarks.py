@@ -36,6 +36,7 @@ def test_the_benchmark_suite_produces_every_figure(tmp_path):
     assert result["engine"]["wasm_to_host_us_ctypes"] > 0          # both paths measured
     assert result["engine"]["python_to_wasm_us_ctypes"] > 0
     assert result["engine"]["fresh_instance_us"] > 0
+    assert result["engine"]["fresh_instance_default_us"] > 0    # pooled and not
     start = result["startup"]
     assert start["cold_start_one"]["ms"] > 0 and start["cold_start_one"]["samples"] >= 2
     assert all(start[f"many_{n}"]["uss_mib"] > 0 for n in result["config"]["many"])
