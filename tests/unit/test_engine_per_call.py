@@ -545,3 +545,39 @@ def test_a_per_call_instance_sees_nothing_an_earlier_call_left_in_memory(pool):
         d.main, 1, 0, Content.standalone([bytes(16)]))[1]).payload.content.segments[0], 8)[0]
         for _ in range(2)]
     assert seen == [0, 15]
+
+
+NULL_PAGE_AT_START = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  ;; its start function writes the null page, which protection closes only once
+  ;; the instance is made (docs/memory-protection.md)
+  (func $start (i32.store (i32.const 16) (i32.const 1)))
+  (start $start)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (i32.store (i32.const 4096) (i32.const 0)) (i32.store (i32.const 4100) (i32.const 2))
+    (i64.store (i32.const 4104) (i64.const 0x0000000100000000))
+    (i64.store (i32.const 4112) (i64.const 7))
+    (drop (call $results_set (i32.const 4096) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))"""
+
+
+@pytest.mark.parametrize("pool", [None, False], ids=["pooled", "default allocator"])
+def test_a_protected_per_call_instance_s_start_function_meets_a_memory_as_new(tmp_path, pool):
+    """Memory protection closes the null page of each per_call instance once it is
+    made; its start function, run as it is made, writes there as in any new
+    memory.  A pooled instance's memory is a slot used again, which wasmtime
+    wipes but leaves protected as the call before left it: the second call's
+    start function trapped ('cannot instantiate: ... no-access region')."""
+    from compartments.protect import Setting
+    path = tmp_path / "nullstart.wat"
+    path.write_text(NULL_PAGE_AT_START)
+    engine = Engine(Recorded(), EngineSpec(name="np", module=str(path), exports=True,
+                                           per_call=True, protect=Setting(4096, "none")),
+                    pool=pool)
+    assert engine.regions is not None and engine.regions.no_access_end == 4096
+    assert (engine._pool is not None) == (pool is None)
+    d = Driven(engine)
+    for _ in range(3):
+        ret = d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
+        assert ret.payload is not None, ret.error
