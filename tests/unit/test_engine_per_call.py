@@ -581,3 +581,35 @@ def test_a_protected_per_call_instance_s_start_function_meets_a_memory_as_new(tm
     for _ in range(3):
         ret = d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
         assert ret.payload is not None, ret.error
+
+
+GROWS_TWICE = """(module
+  (import "wsuper" "results_set" (func $results_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "wsuper_dispatch") (param i32 i64 i32 i32 i32) (result i32)
+    (local $first i32) (local $second i32)
+    (local.set $first (memory.grow (i32.const 1)))
+    (local.set $second (memory.grow (i32.const 1)))
+    (i32.store (i32.const 0) (i32.const 0)) (i32.store (i32.const 4) (i32.const 2))
+    (i64.store (i32.const 8) (i64.const 0x0000000100000000))
+    (i32.store (i32.const 16) (local.get $first)) (i32.store (i32.const 20) (local.get $second))
+    (drop (call $results_set (i32.const 0) (i32.const 24) (i32.const 0) (i32.const 0)))
+    (i32.const 0)))"""
+
+
+@pytest.mark.parametrize("pool", [None, False], ids=["pooled", "default allocator"])
+def test_a_per_call_instance_grows_to_its_memory_limit_and_no_further(tmp_path, pool):
+    """memory = 128 KiB: each call's instance grows from one page to two, and its
+    next memory.grow returns -1, whether the instance's memory is a pool slot
+    (sized by the same limit) or the default allocator's."""
+    path = tmp_path / "grow.wat"
+    path.write_text(GROWS_TWICE)
+    engine = Engine(Recorded(), EngineSpec(name="g", module=str(path), exports=True,
+                                           per_call=True, limits=Limits(memory=128 << 10)),
+                    pool=pool)
+    assert (engine._pool is not None) == (pool is None)
+    d = Driven(engine)
+    for _ in range(3):
+        ret = d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
+        assert ret.payload is not None, ret.error
+        assert struct.unpack_from("<ii", ret.payload.content.segments[0], 8) == (1, -1)
