@@ -334,7 +334,7 @@ def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
     reserved = _vm_size() - before
     try:
         module = load(wasm_engine)
-    except wasmtime.WasmtimeError:
+    except (wasmtime.WasmtimeError, OSError, ValueError):
         return False                # does not fit: its instances are made as before
     return wasm_engine, module, max(reserved, 0)
 
@@ -1928,8 +1928,6 @@ class Engine:
         pool = self._pool
         pooled = pool is not None and not pool.busy      # nested calls: as before
         store = self._new_store(self.limits.fuel_per_call, pool.engine if pooled else None)
-        if pooled:
-            pool.busy = True            # until its store is closed (_leave_instance)
         fresh_wasi = self._new_wasi()
         if fresh_wasi is not None:
             fresh_wasi.grant(self._granted)
@@ -1946,6 +1944,8 @@ class Engine:
             # another store's memory), the outer one's again once it is left
             outer["_native_memory"] = self._native.memory
             self._native.memory = None
+        if pooled:
+            pool.busy = True            # until its store is closed (_leave_instance's release)
         self._instances += 1            # until its release (_leave_instance)
         at = self._serving_at[answer_id] = len(self._until)     # _outside's entry
         try:
