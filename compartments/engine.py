@@ -37,6 +37,7 @@ import ctypes
 import errno
 import functools
 import itertools
+import mmap
 import operator
 import os
 import re
@@ -325,6 +326,11 @@ def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
     if not spec.per_call or limits.memory > \
             wasm.MEMORY_RESERVATION or os.environ.get("WSUPER_POOL", "1") == "0":
         return False
+    if not _address_space_for(2 * POOL_INSTANCES * (MEMORIES + probed) *
+                              wasm.MEMORY_RESERVATION):
+        # under a tight RLIMIT_AS (`ulimit -v`) wasmtime could not map the pool, and
+        # it aborts the process then (a Rust panic), where without a pool it ran
+        return False
     config = wasm.engine_config(probed)
     unchecked.pooling(config, instances=POOL_INSTANCES, memories=MEMORIES + probed,
                       memory=limits.memory, reservation=wasm.MEMORY_RESERVATION,
@@ -337,6 +343,17 @@ def pool_for(spec: EngineSpec, probed: bool, load) -> tuple | bool:
     except (wasmtime.WasmtimeError, OSError, ValueError):
         return False                # does not fit: its instances are made as before
     return wasm_engine, module, max(reserved, 0)
+
+
+def _address_space_for(size: int) -> bool:
+    """Whether `size` bytes of address space can be reserved now (a mapping that
+    is made and given back, no memory behind it)."""
+    try:
+        mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                  prot=0).close()          # PROT_NONE
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _vm_size() -> int:

@@ -613,3 +613,32 @@ def test_a_per_call_instance_grows_to_its_memory_limit_and_no_further(tmp_path, 
         ret = d.ask(d.sup.send_call(d.main, 1, 0, Content.standalone([bytes(16)]))[1])
         assert ret.payload is not None, ret.error
         assert struct.unpack_from("<ii", ret.payload.content.segments[0], 8) == (1, -1)
+
+
+def test_a_per_call_engine_under_a_tight_address_space_limit_fails_in_words_not_a_panic():
+    """The pool's slot is address space wasmtime maps when its engine is made; under
+    a `ulimit -v` that left no room for it, wasmtime panicked ("failed to create
+    memory pool mapping") and the engine process aborted (SIGABRT, a Rust
+    backtrace).  The pool is now left out where its room cannot be had, and what
+    happens is what happened before pools: here, an EngineError naming the module
+    and the errno, which the supervisor reports as the compartment's failure."""
+    import subprocess
+    import sys
+    code = f"""
+import resource
+from compartments.engine import Engine, EngineError
+from compartments.spec import EngineSpec
+from fuzz.hostmem import Recorded
+vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), resource.RLIM_INFINITY))
+try:
+    Engine(Recorded(), EngineSpec(name="left", module={LEFTOVERS!r}, exports=True,
+                                  per_call=True))
+except EngineError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))))
+    assert r.returncode == 0 and "panicked" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout == f"cannot instantiate {LEFTOVERS}: Cannot allocate memory (os error 12)\n"
