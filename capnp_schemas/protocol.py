@@ -199,6 +199,11 @@ class CallReceived:
     #: not returned to the peer but kept for its Return ... takeFromOtherQuestion
     #: (send_elsewhere)
     elsewhere: bool = False
+    #: the call passes a per-message limit (its params carry more than
+    #: MAX_CAPS_PER_MESSAGE capabilities), and this says which: the owner fails the
+    #: call with it, and the connection goes on.  `payload` is then empty: the
+    #: references the params gave were released (RefsReleased, just before).
+    over: str | None = None
 
 
 @attrs.define
@@ -208,6 +213,18 @@ class ReturnReceived:
     error: str | None = None
     error_type: str = "failed"
     finish_needed: bool = True   # False: the peer set noFinishNeeded; do not send Finish
+
+
+@attrs.frozen
+class RefsReleased:
+    """The references to the peer's objects that a message we refused for a
+    per-message limit gave us (its senderHosted, senderPromise and
+    thirdPartyHosted descriptors: rpc.capnp makes the receiver own one each),
+    released at once: the owner sends `data` (Release messages, one per id).
+    They never entered the import table.  Comes just before the CallReceived (its
+    `over` set) or the ReturnReceived (failed with the limit) of that message."""
+    data: bytes
+    count: int
 
 
 @attrs.frozen
@@ -542,6 +559,19 @@ class Connection:
             target = e.obj
         else:
             target = self._promised(*m.promise)
+        over = getattr(m, "over", None)
+        if over is not None:
+            # well-formed, past a per-message limit: this call fails, not the
+            # connection (as a conforming peer, Cap'n Proto's C++ RPC among them,
+            # which has no such limit, may send it); what it gave us is released
+            self._new_answer(m.id)
+            self._release_given(m.caps, events)
+            yourself = m.send_to == "yourself"
+            if yourself:
+                self.answers[m.id].elsewhere = True
+            events.append(CallReceived(m.id, target, m.interface_id, m.method_id,
+                                       Payload(EMPTY, ()), yourself, over))
+            return
         payload = self._payload(segs, m.caps, m.content_loc, getattr(m, "content_root", False))
         self._new_answer(m.id)
         if m.send_to == "yourself":
@@ -550,6 +580,17 @@ class Connection:
                                        True))
             return
         events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload))
+
+    @staticmethod
+    def _release_given(refs, events):
+        """Release the references `refs` ((kind, id) pairs: Plain.over) gave us,
+        one Release per id, without their entering the import table."""
+        counts: dict[int, int] = {}
+        for _kind, ident in refs:
+            counts[ident] = counts.get(ident, 0) + 1
+        if counts:
+            events.append(RefsReleased(b"".join(rpcwire.encode_release(i, n)
+                                                for i, n in counts.items()), len(refs)))
 
     def _promised(self, qid, transform) -> PromisedAnswer:
         a = self.answers.get(qid)
@@ -619,7 +660,15 @@ class Connection:
         q.param_exports = []
         finish = not m.no_finish
         kind = m.kind
-        if kind == "results":
+        over = getattr(m, "over", None) if kind == "results" else None
+        if over is not None:
+            # well-formed results past a per-message limit: the question fails with
+            # it, and what the results gave us is released
+            if not finish:
+                raise ProtocolError("noFinishNeeded on a return that carries capabilities")
+            self._release_given(m.caps, events)
+            events.append(ReturnReceived(qid, None, f"results refused: {over}", "failed"))
+        elif kind == "results":
             payload = self._payload(segs, m.caps, m.content_loc,
                                     getattr(m, "content_root", False))
             if not finish and payload.caps:

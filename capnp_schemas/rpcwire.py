@@ -137,6 +137,14 @@ def encode_return(answer_id: int, no_finish: bool, caps) -> tuple[bytearray, int
     return head, 6
 
 
+def encode_release(import_id: int, count: int) -> bytes:
+    """A framed Release of `count` references to `import_id` (what
+    Connection.send_release builds with pycapnp, without the table: for the
+    references a refused message brought, which never entered it)."""
+    return _HEAD_ONE + b"".join(_Q.pack(w) for w in (
+        _ROOT, MSG_RELEASE, _struct_ptr(0, 1, 0), import_id | (count << 32)))
+
+
 def encode_finish(question_id: int) -> bytes:
     """Finish with releaseResultCaps = false (stored XOR its default, true)."""
     return _HEAD_ONE + b"".join(_Q.pack(w) for w in (
@@ -165,17 +173,25 @@ class Plain:
     transform) for receiverAnswer, its vine's id for thirdPartyHosted.  `content_loc`
     is where the payload's content pointer lives (None: no content).
 
+    `over` (a Call's params or a Return's results; set by decode_pycapnp only):
+    the payload is well-formed but passes a per-message limit (more than
+    MAX_CAPS_PER_MESSAGE capabilities), and this says which, for the call or the
+    answer to fail with.  `caps` then holds only the references the message
+    gives its receiver, (senderHosted | senderPromise | thirdPartyHosted, the
+    id, or the vine's), each one reference to release; nothing else of the
+    table is read (no receiverAnswer's transform), and `content_loc` is None.
+
     `content_root`, set by the native decoder only (which checks the content
     pointer as protocol.Connection._payload does: fastwire.h): what
     wire.resolve gives for the pointer at `content_loc`, so that it is not
     resolved again; not a field of the message (fields() leaves it out)."""
     __slots__ = ("which", "id", "import_id", "promise", "interface_id", "method_id",
                  "send_to", "content_loc", "caps", "release", "no_finish", "kind", "reason",
-                 "type", "count", "take", "named", "content_root")
+                 "type", "count", "take", "named", "content_root", "over")
 
     def fields(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__
-                if k != "content_root" and hasattr(self, k)}
+                if k != "content_root" and k != "over" and hasattr(self, k)}
 
     def __repr__(self):
         return f"Plain({self.fields()})"
@@ -382,7 +398,9 @@ def decode_pycapnp(segs) -> Plain:
             out.import_id, out.promise = target.importedCap, None
         else:
             out.import_id, out.promise = None, _promised(target.promisedAnswer, budget)
-        out.caps, out.content_loc = _payload(segs, call.params, 1, budget)
+        out.caps, out.content_loc, over = _payload(segs, call.params, 1, budget)
+        if over is not None:
+            out.over = over
     elif which == MSG_RETURN:
         ret = msg.__getattr__("return")
         out.id = ret.answerId
@@ -390,8 +408,10 @@ def decode_pycapnp(segs) -> Plain:
         out.no_finish = ret.noFinishNeeded
         out.kind = kind = _which(ret, "Return")
         if kind == "results":
-            out.caps, out.content_loc = _payload(segs, ret.results, 0,
-                                                 [MAX_TRANSFORM_STEPS_PER_MESSAGE])
+            out.caps, out.content_loc, over = _payload(segs, ret.results, 0,
+                                                       [MAX_TRANSFORM_STEPS_PER_MESSAGE])
+            if over is not None:
+                out.over = over
         elif kind == "exception":
             out.reason, out.type = _exception(ret.exception)
         elif kind == "takeFromOtherQuestion":
@@ -458,12 +478,15 @@ def _promised(pa, budget: list) -> tuple:
 
 
 def _payload(segs, payload, field: int, budget: list) -> tuple:
-    """(cap descriptors, content location) of Payload field `field` of the body;
-    `budget` as _promised's."""
+    """(cap descriptors, content location, None) of Payload field `field` of the
+    body; `budget` as _promised's.  A payload of more than MAX_CAPS_PER_MESSAGE
+    capabilities is well-formed, and not ours to read: (the references it gives,
+    None, the limit it passes), see Plain.over."""
     table = payload.capTable
     if len(table) > MAX_CAPS_PER_MESSAGE:
-        raise wire.WireError(f"{len(table)} capabilities in one message "
-                             f"(limit {MAX_CAPS_PER_MESSAGE})")
+        return _given_refs(segs, field), None, (
+            f"{len(table)} capabilities in one message (limit {MAX_CAPS_PER_MESSAGE}, "
+            f"MAX_CAPS_PER_MESSAGE)")
     caps = []
     for d in table:
         name = _which(d, "CapDescriptor")
@@ -476,7 +499,37 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
         else:
             caps.append((kind, getattr(d, name) if kind else 0))
     loc = wire.follow_path(segs, (0, 0), (0, field))
-    return tuple(caps), None if loc is None else wire.struct_pointer_field(segs, loc, 0)
+    return tuple(caps), None if loc is None else wire.struct_pointer_field(segs, loc, 0), None
+
+
+def _given_refs(segs, field: int) -> tuple:
+    """The references the cap table of Payload field `field` gives its receiver, as
+    (kind, id) pairs: one for each senderHosted, senderPromise and thirdPartyHosted
+    (its vine's id) descriptor, which the receiver must release (rpc.capnp: it
+    owns one reference each).  Read word by word: the table, which pycapnp has
+    just counted against the traversal limit, may hold tens of thousands of
+    descriptors, and a receiverAnswer's transform is never read."""
+    loc = wire.struct_pointer_field(segs, wire.follow_path(segs, (0, 0), (0, field)), 1)
+    r = wire.resolve(segs, loc)
+    n, dw, pc = wire.composite_tag(segs, r)
+    if not dw:
+        return ()
+    _k, s, start, _w = r
+    seg, step, out = segs[s], dw + pc, []
+    for i in range(n):
+        at = start + 1 + i * step
+        word = _Q.unpack_from(seg, 8 * at)[0]
+        which = word & 0xFFFF
+        if which == CAP_SENDER_HOSTED or which == CAP_SENDER_PROMISE:
+            out.append((which, word >> 32))
+        elif which == CAP_THIRD_PARTY_HOSTED and pc:
+            # ThirdPartyCapDescriptor: vineId is its first data word's low half
+            t = wire.resolve(segs, (s, at + dw))
+            if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF:
+                out.append((which, _Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF))
+            else:
+                out.append((which, 0))
+    return tuple(out)
 
 
 def _exception(e) -> tuple[str, str]:

@@ -1265,7 +1265,7 @@ class Engine:
         nothing deferred, a dispatch, not exited, not per_call): _on_call's path
         for it is _serve_call's."""
         if type(ev.target) is not LocalObject or ev.payload.caps or ev.elsewhere \
-                or not self._between_calls():
+                or ev.over is not None or not self._between_calls():
             return False
         a = self.conn.answers.get(ev.answer_id)
         return a is not None and not a.finished
@@ -1569,6 +1569,8 @@ class Engine:
                                                  [self.control]))
             elif isinstance(ev, protocol.Unhandled):
                 self._send(ev.reply)
+            elif isinstance(ev, protocol.RefsReleased):
+                self._send(ev.data)
             elif isinstance(ev, protocol.AbortReceived):
                 raise SystemExit(EXIT_OK)
             # FinishReceived, ExportReleased: nothing to do (the guest is not told);
@@ -1596,6 +1598,10 @@ class Engine:
         a = self.conn.answers.get(ev.answer_id)
         if a is not None and a.finished:    # cancelled before it began: not run
             self._cancelled(ev)
+            return
+        if ev.over is not None:             # past a per-message limit: this call fails
+            self._send(self.conn.send_exception(ev.answer_id, f"params refused: {ev.over}",
+                                                "failed", no_finish=True))
             return
         if ev.target is self.control and ev.method_id == 1 \
                 and ev.interface_id == ENGINE_INTERFACE and self._deferred_run is None \

@@ -251,7 +251,8 @@ class Failure(Exception):
 _PLAIN = (int, str, bytes, float, type(None), Obj)
 _EVENT_TYPES = (P.BootstrapRequested, P.CallReceived, P.ReturnReceived, P.FinishReceived,
                 P.ExportReleased, P.Unhandled, P.AbortReceived, P.Payload, P.Imported,
-                P.Exported, P.PromisedAnswer, P.RemoteRef, P.DisembargoReceived)
+                P.Exported, P.PromisedAnswer, P.RemoteRef, P.DisembargoReceived,
+                P.RefsReleased)
 
 
 def plain(v, path="event"):
@@ -405,6 +406,22 @@ def check_protocol(data: bytes):
             if len(ev.reply) > len(data) + P._ECHO_OVERHEAD:
                 raise Failure("protocol", f"the unimplemented echo ({len(ev.reply)} bytes) is "
                                           f"larger than the input ({len(data)} bytes)")
+        if isinstance(ev, P.RefsReleased):
+            # a refused message's references (a per-message limit): Release
+            # messages, as many references as it gave, none through the tables
+            try:
+                got = 0
+                for segs in wire.Framer().feed(ev.data):
+                    m = rpcwire.decode_pycapnp(segs)
+                    if m.which != rpcwire.MSG_RELEASE:
+                        raise ValueError(f"a message #{m.which}")
+                    got += m.count
+            except Exception as e:
+                raise Failure("protocol", f"a refused message's releases do not read: "
+                                          f"{type(e).__name__}: {_line(e)}") from e
+            if got != ev.count:
+                raise Failure("protocol", f"a refused message gave {ev.count} references "
+                                          f"and {got} were released")
         payload = getattr(ev, "payload", None)
         if payload is not None and payload.content.segments:
             _forward(payload.content)

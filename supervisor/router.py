@@ -973,6 +973,8 @@ class Router:
             self._disembargo(peer, ev)
         elif isinstance(ev, protocol.Unhandled):
             self.emit(fx.Send(peer.id, ev.reply))
+        elif isinstance(ev, protocol.RefsReleased):
+            self.emit(fx.Send(peer.id, ev.data))
         elif isinstance(ev, protocol.AbortReceived):
             self.emit(fx.Close(peer.id, ev.reason))
             self._lose(peer, f"{peer.name} aborted the connection: {_first_line(ev.reason)}")
@@ -1002,6 +1004,10 @@ class Router:
         native = peer.conn.native
         if self.ended:       # the run's audit has ended (end_audit): no call goes unrecorded
             refused = CallError("the system is stopping", "disconnected")
+        elif ev.over is not None:
+            # a per-message limit (the protocol core released what it brought): this
+            # call fails, and the peer's other calls and capabilities go on
+            refused = CallError(f"params refused: {ev.over}", "failed")
         elif peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
                 + self._cancelled_of.get(peer.id, 0) > peer.limits.in_flight:
             cancelled = self._cancelled_of.get(peer.id, 0)

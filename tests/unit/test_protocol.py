@@ -804,3 +804,116 @@ def test_a_read_of_plain_calls_opens_its_answers_as_receive_does():
         conn.receive(_finish(qids[1]))
         assert conn.answers[qids[1]].finished
         assert not conn.answers[qids[0]].finished and not conn.answers[qids[2]].finished
+
+
+def _call_with_caps(question_id, target, descs):
+    """A Call to import `target` whose params carry `descs`: (kind, value) pairs,
+    kind a CapDescriptor member ('senderHosted', 'receiverAnswer' with (question
+    id, transform), ...)."""
+    m = rpc.Message.new_message()
+    call = m.init("call")
+    call.questionId, call.interfaceId, call.methodId = question_id, 0x1234, 3
+    call.target.importedCap = target
+    t = call.init("params").init("capTable", len(descs))
+    for i, (kind, value) in enumerate(descs):
+        if kind == "receiverAnswer":
+            ra = t[i].init("receiverAnswer")
+            ra.questionId = value[0]
+            P._set_transform(ra, value[1])
+        elif kind == "thirdPartyHosted":
+            t[i].init("thirdPartyHosted").vineId = value
+        elif kind == "none":
+            t[i].none = None
+        else:
+            setattr(t[i], kind, value)
+    return wire.frame(m.to_segments())
+
+
+def _releases(data):
+    """{id: count} of the framed Release messages `data` holds."""
+    out = {}
+    for segs in wire.Framer().feed(data):
+        with rpc.Message.from_bytes(wire.frame(segs)) as msg:
+            assert msg.which() == "release"
+            out[msg.release.id] = out.get(msg.release.id, 0) + msg.release.referenceCount
+    return out
+
+
+def test_a_call_past_the_capability_limit_fails_alone_and_its_references_are_released():
+    """A well-formed Call carrying 257 capabilities (one past MAX_CAPS_PER_MESSAGE:
+    Cap'n Proto's C++ RPC has no such limit, and sends it) was a ProtocolError, and
+    its owner aborted the connection: every other call and capability of that
+    peer's went with it.  Now the call alone fails: the core opens its answer,
+    says which limit (CallReceived.over, with empty params), and releases the
+    references the params gave (rpc.capnp: the receiver owns one per senderHosted,
+    senderPromise and thirdPartyHosted descriptor), one Release per id, without
+    their entering the import table; the connection goes on."""
+    a, b = pair()
+    server = object()
+    imp = bootstrap(a, b, server)
+    mine = b._export(object())                 # one of b's own, handed back: no reference
+    descs = [("senderHosted", 100 + i) for i in range(200)] \
+        + [("senderHosted", 7)] * 40 + [("senderPromise", 8)] * 10 \
+        + [("thirdPartyHosted", 9)] * 2 + [("receiverHosted", mine)] * 3 \
+        + [("receiverAnswer", (77, (0, 1)))] + [("none", 0)]
+    assert len(descs) == 257
+    events = b.receive(_call_with_caps(5, imp, descs))
+    assert [type(e) for e in events] == [P.RefsReleased, P.CallReceived]
+    rel, call = events
+    assert call.answer_id == 5 and call.target is server and call.payload.caps == ()
+    assert call.over == "257 capabilities in one message (limit 256, MAX_CAPS_PER_MESSAGE)"
+    want = {100 + i: 1 for i in range(200)} | {7: 40, 8: 10, 9: 2}
+    assert rel.count == 252 and _releases(rel.data) == want
+    assert b.imports == {} and b.unanswered == 1
+    # the owner fails the call; the peer finishes it, and the connection goes on
+    with rpc.Message.from_bytes(b.send_exception(5, f"params refused: {call.over}")) as msg:
+        assert "257 capabilities" in msg.__getattr__("return").exception.reason
+    assert b.receive(P.rpcwire.encode_finish(5)) == [P.FinishReceived(5)]
+    q, data = a.send_call(imp, 0x1234, 4, int_message(1))
+    (ev,) = b.receive(data)
+    assert isinstance(ev, P.CallReceived) and ev.over is None and b.closed is None
+
+
+def test_results_past_the_capability_limit_fail_the_question_and_are_released():
+    """The Return direction: a peer answering our call with 257 capabilities (a
+    compartment's results, an external client's callback) cut that peer off.
+    Now the question fails, naming the limit, the references are released, and
+    the connection goes on (we still send Finish: finish_needed)."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    q, data = a.send_call(imp, 0x1234, 7)
+    (call,) = b.receive(data)
+    m = rpc.Message.new_message()
+    ret = m.init("return")
+    ret.answerId = call.answer_id
+    ret.releaseParamCaps = False
+    t = ret.init("results").init("capTable", 300)
+    for i in range(300):
+        t[i].senderHosted = i % 3
+    events = a.receive(wire.frame(m.to_segments()))
+    b.send_exception(call.answer_id, "(b's books: the return above stands for it)")
+    assert [type(e) for e in events] == [P.RefsReleased, P.ReturnReceived]
+    assert _releases(events[0].data) == {0: 100, 1: 100, 2: 100}
+    r = events[1]
+    assert r.question_id == q and r.payload is None and r.finish_needed
+    assert r.error == "results refused: 300 capabilities in one message (limit 256, " \
+        "MAX_CAPS_PER_MESSAGE)"
+    assert set(a.imports) == {imp}                  # the bootstrap's only
+    b.receive(a.send_finish(q))
+    q2, data = a.send_call(imp, 0x1234, 8)
+    assert b.receive(data)[0].answer_id == q2 and a.closed is None
+
+
+def test_a_release_encoded_by_hand_reads_as_pycapnps():
+    data = P.rpcwire.encode_release(0xFFFFFFFF, 0x12345678)
+    with rpc.Message.from_bytes(data) as msg:
+        assert (msg.release.id, msg.release.referenceCount) == (0xFFFFFFFF, 0x12345678)
+
+
+def test_a_call_past_the_capability_limit_still_needs_a_target_that_exists():
+    """Only a well-formed call fails alone: an unknown target is still the
+    peer's protocol error."""
+    a, b = pair()
+    bootstrap(a, b, object())
+    with pytest.raises(P.ProtocolError, match="export id 99"):
+        b.receive(_call_with_caps(5, 99, [("senderHosted", 1)] * 257))
