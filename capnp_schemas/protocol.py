@@ -29,6 +29,8 @@ while one message is handled (a malformed field, a bug) becomes one, in
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import attrs
 import capnp
 
@@ -583,14 +585,11 @@ class Connection:
 
     @staticmethod
     def _release_given(refs, events):
-        """Release the references `refs` ((kind, id) pairs: Plain.over) gave us,
-        one Release per id, without their entering the import table."""
-        counts: dict[int, int] = {}
-        for _kind, ident in refs:
-            counts[ident] = counts.get(ident, 0) + 1
-        if counts:
-            events.append(RefsReleased(b"".join(rpcwire.encode_release(i, n)
-                                                for i, n in counts.items()), len(refs)))
+        """Release the references `refs` (export ids: Plain.over) gave us, one
+        Release per id, without their entering the import table."""
+        if refs:
+            events.append(RefsReleased(rpcwire.encode_releases(Counter(refs)),
+                                       len(refs)))
 
     def _promised(self, qid, transform) -> PromisedAnswer:
         a = self.answers.get(qid)

@@ -29,6 +29,8 @@ loaded schema at import, so a mismatch fails loudly instead of corrupting.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 
 from . import rpc, wire
 
@@ -51,8 +53,15 @@ EXCEPTION_TYPES = ("failed", "overloaded", "disconnected", "unimplemented")
 #: ReaderOptions); the hand decoder stays within the same traversal budget.
 TRAVERSAL_LIMIT_WORDS = 64 * 1024
 NESTING_LIMIT = 16
-#: Capability descriptors in one payload.
+#: Capability descriptors in one payload.  Past it, the call (or the answer)
+#: fails, and the references it gave are released (Plain.over).
 MAX_CAPS_PER_MESSAGE = 256
+#: ... up to this many: a payload of more is refused as a connection's abuse (a
+#: ProtocolError).  Refusing a call costs a Release for each export id it names,
+#: 40 bytes out for each 16 in: 32,700 descriptors (what the header's traversal
+#: limit admits) took 16-19 ms of the event loop to refuse, and sent back 1.3 MB;
+#: 4096, 1 ms and 160 KB.
+MAX_REFUSED_CAPS = 16 * MAX_CAPS_PER_MESSAGE
 #: Pipeline transform steps in one message, the call's target and every
 #: receiverAnswer descriptor together (each alone is limited by
 #: wire.MAX_PATH_DEPTH).  Such a message is read through pycapnp, at about a
@@ -137,12 +146,31 @@ def encode_return(answer_id: int, no_finish: bool, caps) -> tuple[bytearray, int
     return head, 6
 
 
-def encode_release(import_id: int, count: int) -> bytes:
-    """A framed Release of `count` references to `import_id` (what
+#: a framed Release's first 32 bytes (framing, root, Message, its pointer): its
+#: last word, id and referenceCount, follows
+_RELEASE_HEAD = _HEAD_ONE + b"".join(_Q.pack(w) for w in (
+    _ROOT, MSG_RELEASE, _struct_ptr(0, 1, 0)))
+
+
+def encode_releases(counts: dict) -> bytes:
+    """Framed Release messages, one for each import id: count of `counts` (what
     Connection.send_release builds with pycapnp, without the table: for the
-    references a refused message brought, which never entered it)."""
-    return _HEAD_ONE + b"".join(_Q.pack(w) for w in (
-        _ROOT, MSG_RELEASE, _struct_ptr(0, 1, 0), import_id | (count << 32)))
+    references a refused message brought, which never entered it; a message may
+    bring tens of thousands, and they are made at once, not one by one)."""
+    out = bytearray(_RELEASE_HEAD + bytes(8)) * len(counts)
+    if counts:
+        halves = memoryview(out).cast("I")           # Release.id, .referenceCount
+        halves[8::10] = _u32(counts.keys())
+        halves[9::10] = _u32(counts.values())
+    return bytes(out)
+
+
+def _u32(values) -> array:
+    """Little-endian 32-bit words (the wire's order) of `values`, as an array."""
+    a = array("I", values)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
 
 
 def encode_finish(question_id: int) -> bytes:
@@ -177,9 +205,10 @@ class Plain:
     the payload is well-formed but passes a per-message limit (more than
     MAX_CAPS_PER_MESSAGE capabilities), and this says which, for the call or the
     answer to fail with.  `caps` then holds only the references the message
-    gives its receiver, (senderHosted | senderPromise | thirdPartyHosted, the
-    id, or the vine's), each one reference to release; nothing else of the
-    table is read (no receiverAnswer's transform), and `content_loc` is None.
+    gives its receiver: an export id for each senderHosted, senderPromise and
+    thirdPartyHosted (its vine's) descriptor, one reference each to release;
+    nothing else of the table is read (no receiverAnswer's transform), and
+    `content_loc` is None.
 
     `content_root`, set by the native decoder only (which checks the content
     pointer as protocol.Connection._payload does: fastwire.h): what
@@ -483,6 +512,10 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
     capabilities is well-formed, and not ours to read: (the references it gives,
     None, the limit it passes), see Plain.over."""
     table = payload.capTable
+    if len(table) > MAX_REFUSED_CAPS:
+        raise wire.WireError(f"{len(table)} capabilities in one message (limit "
+                             f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
+                             f"{MAX_REFUSED_CAPS} the connection)")
     if len(table) > MAX_CAPS_PER_MESSAGE:
         return _given_refs(segs, field), None, (
             f"{len(table)} capabilities in one message (limit {MAX_CAPS_PER_MESSAGE}, "
@@ -504,31 +537,35 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
 
 def _given_refs(segs, field: int) -> tuple:
     """The references the cap table of Payload field `field` gives its receiver, as
-    (kind, id) pairs: one for each senderHosted, senderPromise and thirdPartyHosted
+    export ids, one for each senderHosted, senderPromise and thirdPartyHosted
     (its vine's id) descriptor, which the receiver must release (rpc.capnp: it
-    owns one reference each).  Read word by word: the table, which pycapnp has
-    just counted against the traversal limit, may hold tens of thousands of
-    descriptors, and a receiverAnswer's transform is never read."""
+    owns one reference each).  Read a word a descriptor, in bulk: the table,
+    which pycapnp has just counted against the traversal limit, may hold tens
+    of thousands of descriptors, and a receiverAnswer's transform is never read."""
     loc = wire.struct_pointer_field(segs, wire.follow_path(segs, (0, 0), (0, field)), 1)
     r = wire.resolve(segs, loc)
     n, dw, pc = wire.composite_tag(segs, r)
     if not dw:
         return ()
     _k, s, start, _w = r
-    seg, step, out = segs[s], dw + pc, []
-    for i in range(n):
-        at = start + 1 + i * step
-        word = _Q.unpack_from(seg, 8 * at)[0]
-        which = word & 0xFFFF
-        if which == CAP_SENDER_HOSTED or which == CAP_SENDER_PROMISE:
-            out.append((which, word >> 32))
-        elif which == CAP_THIRD_PARTY_HOSTED and pc:
-            # ThirdPartyCapDescriptor: vineId is its first data word's low half
-            t = wire.resolve(segs, (s, at + dw))
-            if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF:
-                out.append((which, _Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF))
-            else:
-                out.append((which, 0))
+    step = dw + pc
+    halves = array("I", bytes(segs[s][8 * (start + 1):8 * (start + 1 + n * step)]))
+    if sys.byteorder != "little":
+        halves.byteswap()
+    # each descriptor's first word: the union's tag (its low 16 bits), then the id
+    kinds, ids = halves[0::2 * step], halves[1::2 * step]
+    if set(kinds) <= {CAP_SENDER_HOSTED, CAP_SENDER_PROMISE}:    # at C's pace
+        out = ids.tolist()
+    else:
+        out = [i for k, i in zip(kinds, ids) if 0 < k & 0xFFFF < 3]  # senderHosted, -Promise
+    if pc and CAP_THIRD_PARTY_HOSTED in {k & 0xFFFF for k in kinds}:
+        for i, k in enumerate(kinds):
+            if k & 0xFFFF == CAP_THIRD_PARTY_HOSTED:
+                # ThirdPartyCapDescriptor: vineId is its first data word's low half
+                t = wire.resolve(segs, (s, start + 1 + i * step + dw))
+                out.append(_Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF
+                           if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF
+                           else 0)
     return tuple(out)
 
 

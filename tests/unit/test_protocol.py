@@ -905,9 +905,9 @@ def test_results_past_the_capability_limit_fail_the_question_and_are_released():
 
 
 def test_a_release_encoded_by_hand_reads_as_pycapnps():
-    data = P.rpcwire.encode_release(0xFFFFFFFF, 0x12345678)
-    with rpc.Message.from_bytes(data) as msg:
-        assert (msg.release.id, msg.release.referenceCount) == (0xFFFFFFFF, 0x12345678)
+    data = P.rpcwire.encode_releases({0xFFFFFFFF: 0x12345678, 0: 1})
+    assert _releases(data) == {0xFFFFFFFF: 0x12345678, 0: 1}
+    assert P.rpcwire.encode_releases({}) == b""
 
 
 def test_a_call_past_the_capability_limit_still_needs_a_target_that_exists():
@@ -917,3 +917,18 @@ def test_a_call_past_the_capability_limit_still_needs_a_target_that_exists():
     bootstrap(a, b, object())
     with pytest.raises(P.ProtocolError, match="export id 99"):
         b.receive(_call_with_caps(5, 99, [("senderHosted", 1)] * 257))
+
+
+def test_a_cap_table_past_what_a_refusal_may_cost_is_still_a_protocol_error():
+    """Refusing a call costs a Release per export id it names (40 bytes out for
+    16 in, and the event loop's time): past MAX_REFUSED_CAPS descriptors the
+    peer is cut off, as before, naming both bounds."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    n = P.rpcwire.MAX_REFUSED_CAPS
+    events = b.receive(_call_with_caps(5, imp, [("senderHosted", i) for i in range(n)]))
+    assert events[1].over.startswith(f"{n} capabilities")
+    with pytest.raises(P.ProtocolError, match=f"{n + 1} capabilities in one message "
+                       r"\(limit 256; a call or answer past it fails, past 4096 the "
+                       r"connection\)"):
+        b.receive(_call_with_caps(6, imp, [("senderHosted", i) for i in range(n + 1)]))
