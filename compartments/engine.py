@@ -733,8 +733,15 @@ class Engine:
     read, write = _read, _write
 
     def _read_handles(self, ptr, count) -> list[int]:
-        if count < 0 or count > abi.MAX_CAPS:
-            raise GuestFault(f"capability count {count} out of range 0..{abi.MAX_CAPS}")
+        """The handles a guest passes; more than one message carries is E_TOOMANY
+        for that call (_GuestError), as params past message_size are E_MESSAGE: it
+        trapped the guest (a program's _start ended for it), where a peer's such
+        call fails alone.  A negative count is a broken argument: a trap."""
+        if count < 0:
+            raise GuestFault(f"capability count {count} is negative")
+        if count > abi.MAX_CAPS:
+            raise _GuestError(abi.E_TOOMANY, f"{count} capabilities in one message (limit "
+                                             f"{abi.MAX_CAPS})")
         raw = self._read(ptr, 4 * count)
         return list(struct.unpack(f"<{count}i", raw))
 
@@ -758,7 +765,10 @@ class Engine:
         self._span(out_ptr, 8, True)
         self._drop_unread_reply()
         raw = self._read(p_ptr, p_len)
-        handles = self._read_handles(c_ptr, c_count)
+        try:
+            handles = self._read_handles(c_ptr, c_count)
+        except _GuestError as e:
+            return self._set_error(out_ptr, e.code, str(e))
         entry = self.handles.get(handle)
         if entry is None:
             return self._set_error(out_ptr, abi.E_BADHANDLE, _not_in_clist(handle))
@@ -959,8 +969,8 @@ class Engine:
         if frame is None or frame.results is not None:
             return abi.E_STATE
         raw = self._read(ptr, length)
-        handles = self._read_handles(c_ptr, c_count)
         try:
+            handles = self._read_handles(c_ptr, c_count)
             frame.results = (self._guest_content(raw), self._caps_from_handles(handles))
         except _GuestError as e:
             return e.code

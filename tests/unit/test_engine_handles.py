@@ -300,3 +300,38 @@ def test_a_call_served_while_a_reply_is_pending_leaves_it_to_its_guest(native):
     assert _value(returns[q]) == 42
     # the waiting guest's 2 handles are its own; the nested reply's 3 went
     assert len(engine.handles.entries()) == before + 2
+
+
+def _toomany(native: bool = True):
+    engine = Engine(Answering(), EngineSpec(name="toomany", module=os.path.join(
+        GUESTS, "toomany.wat"), exports=True))
+    if not native:
+        engine._native.memory = None
+    d = Driven(engine, [("peer", "compartment", "")], [object()])
+    return engine, d.sock, d.sup, d.main
+
+
+def _n(n: int) -> Content:
+    return Content.standalone([struct.pack("<Qi4x", 1 << 32, n)])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_guest_passing_more_capabilities_than_a_message_carries_gets_e_toomany(native):
+    """wsuper.call passing 257 capabilities (abi.MAX_CAPS is 256) trapped the
+    guest ("capability count 257 out of range 0..256"): the call it served
+    failed, and a program's _start ended, where a peer's such call fails alone.
+    It is E_TOOMANY for that call now (the code abi.py gives "too many
+    capabilities in one message"), nothing is sent, and the guest goes on: 256
+    still go out, and results_set with 257 is E_TOOMANY too."""
+    engine, sock, sup, main = _toomany(native)
+    calls = []
+
+    def answer(ev):
+        calls.append(len(ev.payload.caps))
+        return sup.send_return(ev.answer_id, EMPTY16)
+    assert _serve(engine, sock, sup, main, 0, answer, _n(257)) == abi.E_TOOMANY
+    assert calls == []
+    assert engine.reply == (b"257 capabilities in one message (limit 256)", [])
+    assert _serve(engine, sock, sup, main, 0, answer, _n(256)) == abi.OK
+    assert calls == [256]
+    assert _serve(engine, sock, sup, main, 1, answer) == abi.E_TOOMANY
