@@ -201,10 +201,11 @@ class Plain:
     transform) for receiverAnswer, its vine's id for thirdPartyHosted.  `content_loc`
     is where the payload's content pointer lives (None: no content).
 
-    `over` (a Call's params or a Return's results; set by decode_pycapnp only):
-    the payload is well-formed but passes a per-message limit (more than
-    MAX_CAPS_PER_MESSAGE capabilities), and this says which, for the call or the
-    answer to fail with.  `caps` then holds only the references the message
+    `over` (a Call's or a Return's; set by decode_pycapnp only): the message is
+    well-formed but passes a per-message limit (more than MAX_CAPS_PER_MESSAGE
+    capabilities, more pipeline transform steps than MAX_PATH_DEPTH or
+    MAX_TRANSFORM_STEPS_PER_MESSAGE), and this says which, for the call or the
+    answer to fail with (a Call's promise target is then (question id, ())).  `caps` then holds only the references the message
     gives its receiver: an export id for each senderHosted, senderPromise and
     thirdPartyHosted (its vine's) descriptor, one reference each to release;
     nothing else of the table is read (no receiverAnswer's transform), and
@@ -342,7 +343,7 @@ def _decode(segs):
                     if reason is None:
                         return None
                     out.reason = reason
-                    spent += wire.object_words(r[3]) + 2
+                    spent += 2      # not its words: see _exception
             return out if spent <= TRAVERSAL_LIMIT_WORDS else None
         if kind != RET_RESULTS:
             return None
@@ -423,11 +424,20 @@ def decode_pycapnp(segs) -> Plain:
         out.send_to = _which(call.sendResultsTo, "Call.sendResultsTo")
         target = call.target
         budget = [MAX_TRANSFORM_STEPS_PER_MESSAGE]
+        pa = None
         if _which(target, "MessageTarget") == "importedCap":
             out.import_id, out.promise = target.importedCap, None
         else:
-            out.import_id, out.promise = None, _promised(target.promisedAnswer, budget)
-        out.caps, out.content_loc, over = _payload(segs, call.params, 1, budget)
+            pa = target.promisedAnswer
+            out.import_id, out.promise = None, (pa.questionId, ())
+        try:
+            if pa is not None:
+                out.promise = _promised(pa, budget)
+            out.caps, out.content_loc, over = _payload(segs, call.params, 1, budget)
+        except _OverSteps as e:
+            # the call fails (a target's path past the bound is never followed)
+            out.caps, out.content_loc, over = _refused(segs, len(call.params.capTable), 1,
+                                                       str(e))
         if over is not None:
             out.over = over
     elif which == MSG_RETURN:
@@ -437,12 +447,16 @@ def decode_pycapnp(segs) -> Plain:
         out.no_finish = ret.noFinishNeeded
         out.kind = kind = _which(ret, "Return")
         if kind == "results":
-            out.caps, out.content_loc, over = _payload(segs, ret.results, 0,
-                                                       [MAX_TRANSFORM_STEPS_PER_MESSAGE])
+            try:
+                out.caps, out.content_loc, over = _payload(segs, ret.results, 0,
+                                                           [MAX_TRANSFORM_STEPS_PER_MESSAGE])
+            except _OverSteps as e:
+                out.caps, out.content_loc, over = _refused(
+                    segs, len(ret.results.capTable), 0, str(e))
             if over is not None:
                 out.over = over
         elif kind == "exception":
-            out.reason, out.type = _exception(ret.exception)
+            out.reason, out.type = _exception(ret.exception, segs, (0, 0))
         elif kind == "takeFromOtherQuestion":
             out.take = ret.takeFromOtherQuestion
     elif which == MSG_FINISH:
@@ -455,7 +469,7 @@ def decode_pycapnp(segs) -> Plain:
         out.id = msg.bootstrap.questionId
         out.named = msg.bootstrap._has("deprecatedObjectId")
     elif which == MSG_ABORT:
-        out.reason, out.type = _exception(msg.abort)
+        out.reason, out.type = _exception(msg.abort, segs, (0,))
     elif which == MSG_DISEMBARGO:
         d = msg.disembargo
         target = d.target
@@ -485,20 +499,26 @@ def _which(reader, what: str) -> str:
         raise wire.WireError(f"{what}: a union member that rpc.capnp does not define") from None
 
 
+class _OverSteps(wire.WireError):
+    """A well-formed message's pipeline transforms pass a per-message bound: a
+    Call's or Return's fails that call or answer (Plain.over), not the
+    connection; a Disembargo's is still a protocol error."""
+
+
 def _promised(pa, budget: list) -> tuple:
     """(question id, pointer path) of a PromisedAnswer.  `budget`: [steps the
     message may still have], checked (by the list's length, which costs nothing)
     before any step is read, so a message's decoding does bounded work."""
     ops = pa.transform
     if len(ops) > wire.MAX_PATH_DEPTH:
-        raise wire.WireError(f"pipeline transform of {len(ops)} steps "
-                             f"(limit {wire.MAX_PATH_DEPTH})")
+        raise _OverSteps(f"pipeline transform of {len(ops)} steps "
+                         f"(limit {wire.MAX_PATH_DEPTH})")
     budget[0] -= len(ops)
     if budget[0] < 0:
-        raise wire.WireError(f"more than {MAX_TRANSFORM_STEPS_PER_MESSAGE} pipeline "
-                             f"transform steps in one message (limit "
-                             f"{MAX_TRANSFORM_STEPS_PER_MESSAGE}: the target's and every "
-                             f"capability's together)")
+        raise _OverSteps(f"more than {MAX_TRANSFORM_STEPS_PER_MESSAGE} pipeline "
+                         f"transform steps in one message (limit "
+                         f"{MAX_TRANSFORM_STEPS_PER_MESSAGE}: the target's and every "
+                         f"capability's together)")
     path = []
     for op in ops:
         if _which(op, "PromisedAnswer.Op") == "getPointerField":
@@ -512,14 +532,10 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
     capabilities is well-formed, and not ours to read: (the references it gives,
     None, the limit it passes), see Plain.over."""
     table = payload.capTable
-    if len(table) > MAX_REFUSED_CAPS:
-        raise wire.WireError(f"{len(table)} capabilities in one message (limit "
-                             f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
-                             f"{MAX_REFUSED_CAPS} the connection)")
     if len(table) > MAX_CAPS_PER_MESSAGE:
-        return _given_refs(segs, field), None, (
+        return _refused(segs, len(table), field, (
             f"{len(table)} capabilities in one message (limit {MAX_CAPS_PER_MESSAGE}, "
-            f"MAX_CAPS_PER_MESSAGE)")
+            f"MAX_CAPS_PER_MESSAGE)"))
     caps = []
     for d in table:
         name = _which(d, "CapDescriptor")
@@ -535,6 +551,17 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
     return tuple(caps), None if loc is None else wire.struct_pointer_field(segs, loc, 0), None
 
 
+def _refused(segs, n: int, field: int, over: str) -> tuple:
+    """What _payload gives for a payload of `n` capabilities refused for `over`
+    (Plain.over): (the references it gives, None, `over`); past MAX_REFUSED_CAPS
+    capabilities, a WireError (the connection's)."""
+    if n > MAX_REFUSED_CAPS:
+        raise wire.WireError(f"{n} capabilities in one message (limit "
+                             f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
+                             f"{MAX_REFUSED_CAPS} the connection)")
+    return _given_refs(segs, field), None, over
+
+
 def _given_refs(segs, field: int) -> tuple:
     """The references the cap table of Payload field `field` gives its receiver, as
     export ids, one for each senderHosted, senderPromise and thirdPartyHosted
@@ -542,8 +569,11 @@ def _given_refs(segs, field: int) -> tuple:
     owns one reference each).  Read a word a descriptor, in bulk: the table,
     which pycapnp has just counted against the traversal limit, may hold tens
     of thousands of descriptors, and a receiverAnswer's transform is never read."""
-    loc = wire.struct_pointer_field(segs, wire.follow_path(segs, (0, 0), (0, field)), 1)
-    r = wire.resolve(segs, loc)
+    loc = wire.follow_path(segs, (0, 0), (0, field))
+    loc = wire.struct_pointer_field(segs, loc, 1) if loc is not None else None
+    r = wire.resolve(segs, loc) if loc is not None else None
+    if r is None:
+        return ()
     n, dw, pc = wire.composite_tag(segs, r)
     if not dw:
         return ()
@@ -569,12 +599,20 @@ def _given_refs(segs, field: int) -> tuple:
     return tuple(out)
 
 
-def _exception(e) -> tuple[str, str]:
-    """(reason, type) of an rpc.capnp Exception, read leniently."""
-    try:
-        reason = e.reason
-    except UnicodeDecodeError as u:
-        reason = u.object.decode("utf-8", "replace")
+def _exception(e, segs, path: tuple) -> tuple[str, str]:
+    """(reason, type) of an rpc.capnp Exception `e`, whose pointer is at `path`
+    from the root, read leniently.  The reason is read by hand, not through the
+    reader, so that its words are not charged to the header's traversal limit
+    (as the hand decoder does not): a text is read once, in proportion to its
+    size, which the framing bounds.  A Return whose exception said more than
+    512 KiB (a conforming peer's, Cap'n Proto's C++ RPC sends what was thrown)
+    passed that limit, and the peer was cut off for it."""
+    loc = wire.follow_path(segs, (0, 0), path)
+    loc = wire.struct_pointer_field(segs, loc, 0) if loc is not None else None
+    r = wire.resolve(segs, loc) if loc is not None else None
+    reason = "" if r is None else _text(segs, r)
+    if reason is None:
+        raise wire.WireError("Exception.reason is not a NUL-terminated text")
     t = e.type.raw
     return reason, EXCEPTION_TYPES[t] if t < len(EXCEPTION_TYPES) else "failed"
 

@@ -932,3 +932,40 @@ def test_a_cap_table_past_what_a_refusal_may_cost_is_still_a_protocol_error():
                        r"\(limit 256; a call or answer past it fails, past 4096 the "
                        r"connection\)"):
         b.receive(_call_with_caps(6, imp, [("senderHosted", i) for i in range(n + 1)]))
+
+
+@pytest.mark.parametrize("size", [100, 600 << 10, 7 << 20])
+def test_an_exception_of_any_size_the_framing_admits_fails_the_question_only(size):
+    """A Return whose exception says more than 512 KiB (Cap'n Proto's C++ RPC
+    sends what was thrown, whatever its length) passed the header's traversal
+    limit, as if it were a header that large: 'malformed message: ... traversal
+    limit', and the peer was cut off.  The reason is read by hand, once, and cut
+    where it is kept; the question fails with it and the connection goes on."""
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    q, data = a.send_call(imp, 0x1234, 7)
+    (call,) = b.receive(data)
+    b.send_exception(call.answer_id, "(b's books: the return below stands for it)")
+    m = rpc.Message.new_message()
+    ret = m.init("return")
+    ret.answerId = call.answer_id
+    ret.releaseParamCaps = False
+    e = ret.init("exception")
+    e.reason = "x" * (size - 6) + "ü end"
+    e.type = "overloaded"
+    (r,) = a.receive(wire.frame(m.to_segments()))
+    assert r.question_id == q and r.payload is None and r.error_type == "overloaded"
+    assert r.error.startswith("xxx") and len(r.error) <= P.KEPT_REASON_LIMIT + 100
+    if size == 100:
+        assert r.error.endswith("ü end")
+    b.receive(a.send_finish(q))
+    q2, data = a.send_call(imp, 0x1234, 8)
+    assert b.receive(data)[0].answer_id == q2 and a.closed is None
+
+
+def test_an_abort_of_any_size_is_read_as_an_abort():
+    a, b = pair()
+    m = rpc.Message.new_message()
+    m.init("abort").reason = "y" * (600 << 10)
+    (ev,) = a.receive(wire.frame(m.to_segments()))
+    assert isinstance(ev, P.AbortReceived) and ev.reason.startswith("yyy")
