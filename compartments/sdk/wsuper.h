@@ -47,7 +47,7 @@ enum {
   WSUPER_E_MESSAGE = -6,       /* malformed or too large */
   WSUPER_E_NOTFOUND = -7,      /* lookup: nothing granted under that name */
   WSUPER_E_STATE = -8,
-  WSUPER_E_TOOMANY = -9,       /* too many handles */
+  WSUPER_E_TOOMANY = -9,       /* too many handles, or capabilities in one call */
   WSUPER_E_DENIED = -10,       /* refused by attenuation: allow-list, revoked, used up */
   WSUPER_E_NOMEM = -100,       /* malloc failed in this plugin */
 };
