@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from capnp_schemas import hosted, payloads, protocol as P, rpcwire, wire
+from capnp_schemas import hosted, payloads, protocol as P, rpc, rpcwire, wire
 from capnp_schemas.protocol import Content
 from supervisor.runtime import CLOSE_FLUSH
 from tests.conftest import EXAMPLES, external_client, run_wsuper
@@ -416,6 +416,51 @@ def test_an_unread_reply_at_a_nested_level_does_not_fill_the_handle_table(live):
     assert ret.payload is not None, ret.error
     _still_serving(run, sock, before)
     c.close()
+
+
+def test_results_of_257_capabilities_fail_the_call_they_answer_not_the_connection(live):
+    """A client answering calc's call on its observer with 257 capabilities (one
+    past what a message carries; Cap'n Proto's C++ RPC has no such limit) was cut
+    off: 'malformed message: 257 capabilities in one message (limit 256)', every
+    call and capability of its with it.  Now calc's call on the observer fails
+    (so sumTo does), the 257 are released to the client, and its connection
+    serves on: the next sumTo on it is answered."""
+    run, sock = live
+    before = _supervisor(run.proc.pid)
+    c = WireClient(sock)
+    calc = c.get(c.bootstrap(), "calc")
+    observer = object()
+    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
+    seg = bytearray(params.segments[0])
+    struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
+    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    junk = [object() for _ in range(257)]
+    # what send_return refuses to write (more than one message carries), by hand;
+    # the answer is the client's own books' (send_exception), the bytes its own
+    c.conn.send_exception(step.answer_id, "(the return below stands for it)")
+    msg = rpc.Message.new_message()
+    ret = msg.init("return")
+    ret.answerId = step.answer_id
+    ret.releaseParamCaps = False
+    table = ret.init("results").init("capTable", len(junk))
+    for i, o in enumerate(junk):
+        table[i].senderHosted = c.conn._export(o)
+    c.send(frame(*msg.to_segments()))
+    r = c.returned(qid)
+    # calc's guest got E_FAILED ('results refused: 257 capabilities in one message
+    # (limit 256, ...)') and gave up: what calc.wat says of it
+    assert r.payload is None and r.error == "calc: dispatch returned 5", r.error
+    # the 257 come back released, each
+    deadline = time.monotonic() + 10
+    while any(id(o) in c.conn._export_ids for o in junk):
+        assert time.monotonic() < deadline, len(c.conn.exports)
+        c.pump()
+    ret = _sum_to(c, calc, 3)                        # the same connection, going on
+    assert ret.payload is not None, ret.error
+    assert not [line for line in run.lines if "aborted" in line], run.lines
+    c.close()
+    _still_serving(run, sock, before)
 
 
 def test_a_half_sent_message_is_cut_off_after_message_timeout(live):
