@@ -15,7 +15,11 @@ noFinishNeeded; Finish; Release; Disembargo; Resolve; Abort; a message type
 rpc.capnp does not define), one-segment and spread over many small segments
 (far and double-far pointers), carrying real host-call params (Log.write,
 Directory.open, File.read/write, Gateway.get, Environment.vars) or a struct
-with a field of every kind (fuzz/sample.capnp).  Each input is a seed
+with a field of every kind (fuzz/sample.capnp); and, one input in 64,
+messages past a per-message limit (257 capabilities of every kind, a
+transform past its bound: fuzz/seeds.py over_seeds), which fail one call or
+answer and release what they gave (RefsReleased must read as Release
+messages of as many references).  Each input is a seed
 mutated 1-4 times: bit flips; integers at 0, 2^31, 2^32-1, 2^63, 2^64-1 and
 enum values past the last; pointer words (offset, sizes, kind, element size,
 count, far and capability pointers) aimed at the pointers a walk of the seed
@@ -89,7 +93,7 @@ import traceback
 
 from capnp_schemas import payloads, protocol as P, rpcwire, wire
 
-from .seeds import Obj, Seed, content_seeds, fresh, message_seeds, sample
+from .seeds import Obj, Seed, content_seeds, fresh, message_seeds, over_seeds, sample
 
 Q = struct.Struct("<Q")
 
@@ -842,6 +846,7 @@ def _setup():
         _STATE["contents"] = [Seed(segs, mod) for mod, segs in contents]
         _STATE["messages"] = [Seed(m) for m in message_seeds(contents)]
         _STATE["all"] = _STATE["contents"] + _STATE["messages"]
+        _STATE["over"] = [Seed(m) for m in over_seeds()]
     return _STATE
 
 
@@ -849,6 +854,8 @@ def one(seed: int, i: int):
     """Input number i of run `seed`: (data, schema or None), reproducibly."""
     st = _setup()
     rng = random.Random(seed * 1_000_003 + i)
+    if i % 64 == 63:               # one in 64: a message past a per-message limit
+        return mutate(rng, rng.choice(st["over"]), st["all"]), None
     if rng.random() < 0.25:
         s = rng.choice(st["contents"])
         return mutate(rng, s, st["all"]), s.schema

@@ -264,6 +264,56 @@ def message_seeds(contents) -> list[bytes]:
     return out
 
 
+def _over_builder(kind):
+    """Past a per-message limit (257 capabilities; a transform past its
+    bound): refused as one call or answer (Plain.over), not the connection."""
+    def build(m):
+        if kind == "return":
+            r = m.init("return")
+            r.answerId = 5
+            p = r.init("results")
+        else:
+            c = m.init("call")
+            c.questionId, c.interfaceId, c.methodId = 24, 0xA05A5E2C6B2F6D06, 0
+            if kind == "deep":
+                pa = c.target.init("promisedAnswer")
+                pa.questionId = 0
+                pa.init("transform", wire.MAX_PATH_DEPTH + 1)
+            else:
+                c.target.importedCap = 2
+            p = c.init("params")
+        p.content.set_as_text("x")
+        t = p.init("capTable", 3 if kind == "deep" else rpcwire.MAX_CAPS_PER_MESSAGE + 1)
+        for i in range(len(t)):
+            k = i % 5
+            if k == 0:
+                t[i].senderHosted = 8 + i % 3
+            elif k == 1:
+                t[i].senderPromise = 9
+            elif k == 2:
+                t[i].init("thirdPartyHosted").vineId = 7
+            elif k == 3:
+                t[i].receiverHosted = 1
+            else:
+                t[i].none = None
+        return m
+    return build
+
+
+def over_seeds() -> list[bytes]:
+    """Messages past a per-message limit, each in one segment and spread over
+    many: a Call and a Return of 257 capabilities of every kind, a Call whose
+    target's transform passes MAX_PATH_DEPTH.  Refused as one call or answer
+    (Plain.over, RefsReleased), not as the connection.  Apart from
+    message_seeds, so that the runs of the seeds before them stay as they were."""
+    out = []
+    for kind in ("call", "return", "deep"):
+        build = _over_builder(kind)
+        out.append(_frame(build(rpc.Message.new_message())))
+        out.append(_tiny(build))
+    return out
+
+
 def _aliased(depth: int, which: int) -> bytes:
     """A Message of type `which` whose body is `depth` levels of structs with two
     pointers to the same next struct: small, and as large as every path through
