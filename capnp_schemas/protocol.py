@@ -25,7 +25,11 @@ returns, releases below zero, malformed bytes, a limit passed), and is the
 only exception that handling a peer's bytes raises: whatever else goes wrong
 while one message is handled (a malformed field, a bug) becomes one, in
 `receive_iter`.  The connection is then closed; the owner answers by sending
-`abort()` and dropping this one connection; nothing else is affected.
+`abort()` and dropping this one connection; nothing else is affected.  A
+well-formed Call or Return that merely passes a per-message limit (more than
+MAX_CAPS_PER_MESSAGE capabilities, a pipeline transform past its bound) is not
+one: it fails that call or answer (CallReceived.over, a failed
+ReturnReceived), and the references it gave are released (RefsReleased).
 """
 from __future__ import annotations
 
