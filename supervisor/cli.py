@@ -219,11 +219,14 @@ def _main(argv=None, zygote=None) -> int:
                       help="seconds to wait, in all: asking the running system "
                            "where it listens, connecting and the call (30; at most 3600)")
     status = sub.add_parser("status", help="what each compartment of a running system is "
-                            "doing: state, pid, uptime, restarts, calls, memory, handles")
+                            "doing: state, pid, uptime, restarts, calls, memory, handles "
+                            "(exit 0; a system still starting is said so, exit 3; none "
+                            "running, or its wsuper up stopped with SIGSTOP: exit 1)")
     status.add_argument("system", help="path to the running system's system.toml")
     status.add_argument("--json", action="store_true", help="the same, as JSON")
     stop = sub.add_parser("stop", help="stop a running system (it exits 0, or 1 if a "
-                          "compartment failed or stopped abnormally)")
+                          "compartment failed or stopped abnormally); one still starting "
+                          "is sent SIGTERM")
     stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
                            "and print who holds what and how each memory is protected")
@@ -744,7 +747,14 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
         return refuse(f"parameters of {comp.exports}.{method}: {e}")
     import time
     deadline = time.monotonic() + args.timeout     # --timeout bounds it all, the lookup too
-    running = _running(args.system, args.timeout)     # (with --socket too: its schemas)
+    try:
+        running = _running(args.system, args.timeout)     # (with --socket too: its schemas)
+    except (endpoint.SystemStarting, endpoint.SystemSuspended) as e:
+        # still starting after --timeout, or its `up` stopped (SIGSTOP): said as it is
+        # ("no answer within 30 s (the running system did not say on its admin socket
+        # where its external socket is)", after all of --timeout for a stopped one)
+        _error(f"{name}.{method}: {e}; not called")
+        return 1
     ran = running.get("schemas") if isinstance(running.get("schemas"), dict) else {}
     if fingerprints and comp.exports in ran and ran[comp.exports] != fingerprints.get(comp.exports):
         # the running system reads the parameters in the layout its schemas had at
@@ -781,7 +791,12 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
                            message_size=(system.external_limits or Limits()).message_size)
     except client.CallFailed as e:
         hint = ""
-        if str(e).startswith("cannot connect to ") and not args.socket and not system.socket:
+        if str(e).startswith("cannot connect to ") and not running and not args.socket \
+                and not endpoint.is_running(args.system):
+            # "cannot connect to /run/x.sock: [Errno 111] Connection refused" of a
+            # system that is not running (its socket left by an `up` killed)
+            hint = f"; {quoted(args.system)} is not running"
+        elif str(e).startswith("cannot connect to ") and not args.socket and not system.socket:
             # `up --socket PATH` binds where the system file does not say
             hint = ("; if the system was started with `wsuper up --socket PATH`, "
                     "give `call` the same --socket PATH")
@@ -800,19 +815,40 @@ def _running(system_path: str, timeout: float) -> dict:
     system file does not say) and the fingerprints of its schemas as it loaded them
     ("schemas"); {} when no system runs there or it does not say within `timeout`
     (call's --timeout: asked with the admin requests' 30 s, twice over, a system
-    that did not answer kept `call --timeout 1` waiting 31 s)."""
+    that did not answer kept `call --timeout 1` waiting 31 s).  A system still
+    starting is waited for, within `timeout`: SystemStarting past it; one whose
+    `up` is stopped (SIGSTOP) is SystemSuspended at once."""
     from . import endpoint
     if not endpoint.is_running(system_path):
         return {}
     try:
-        answer = endpoint.request(system_path, {"op": "socket"}, timeout)
+        answer = endpoint.request(system_path, {"op": "socket"}, timeout, wait_start=True,
+                                  notice=_notice)
+    except (endpoint.SystemStarting, endpoint.SystemSuspended):
+        raise
     except endpoint.EndpointError:
         return {}
     return answer if isinstance(answer, dict) and answer.get("ok") else {}
 
 
+#: `wsuper status`'s exit code for a system still starting (0: it runs, and the table
+#: is its answer; 1: it is not running, or cannot be asked)
+STATUS_STARTING = 3
+
+
+def _notice(text: str):
+    """A line on stderr while a command waits for its system's answer."""
+    from capnp_schemas.text import printable
+
+    from . import stderr
+    stderr.line(f"wsuper: {printable(text)}")
+
+
 def _admin(args) -> int:
-    """`status` and `stop`: one request to the running system's admin socket."""
+    """`status` and `stop`: one request to the running system's admin socket, as the
+    system's state allows (endpoint.system_state): one still starting is said so by
+    `status` (exit 3), and sent SIGTERM by `stop`; one whose `up` is stopped
+    (SIGSTOP, Ctrl-Z) is said so at once, nothing sent."""
     import json
     import os
     import signal
@@ -823,12 +859,27 @@ def _admin(args) -> int:
     from . import endpoint
     if not _running_or_read(args.system):
         return 2
-    starting = endpoint.starting_pid(args.system) if args.command == "stop" else None
-    if starting is not None:
+    state = endpoint.system_state(args.system)
+    if state.kind == endpoint.SUSPENDED:
+        # connected, the request went into its backlog, and the command waited 30 s
+        # for an answer that could not come ("did not answer", exit 1); a stop so
+        # sent was carried out whenever the system was continued
+        _error(endpoint.suspended_said(args.system, state.pid))
+        return 1
+    if state.kind == endpoint.STARTING and args.command == "status":
+        # it waited 30 s, then said "... is its `wsuper up` stuck starting?", exit 1
+        if args.json:
+            print(json.dumps({"state": "starting", "pid": state.pid}, indent=2))
+        else:
+            print(printable(f"system {args.system}: starting (pid {state.pid}): its wsuper "
+                            f"up reads, checks and compiles it; no compartment runs yet"))
+        return STATUS_STARTING
+    if state.kind == endpoint.STARTING:
         # its `up` reads, checks and compiles the system before its admin socket is
         # bound: `wsuper stop` waited 30 s for it, said "is its `wsuper up` stuck
         # starting?", exit 1, and the system then started and ran on.  SIGTERM is
         # how `up` stops at any moment of its start (StoppedAtStart: exit 143)
+        starting = state.pid
         try:
             os.kill(starting, signal.SIGTERM)
         except OSError as e:
@@ -840,7 +891,7 @@ def _admin(args) -> int:
               f"yet): sent SIGTERM to its wsuper up (pid {starting})")
     else:
         try:
-            answer = endpoint.request(args.system, {"op": args.command})
+            answer = endpoint.request(args.system, {"op": args.command}, notice=_notice)
         except endpoint.EndpointError as e:
             _error(f"{e}")
             return 1
@@ -849,6 +900,7 @@ def _admin(args) -> int:
         return 1
     if args.command == "stop":
         deadline = time.monotonic() + STOP_WAIT
+        pid = answer.get("pid")
         while time.monotonic() < deadline:
             if not endpoint.is_running(args.system):
                 # the path as check shows it: a directory named by a plugin's
@@ -856,6 +908,12 @@ def _admin(args) -> int:
                 # escapes (ESC [2J ...) as they were
                 print(f"wsuper: stopped {quoted(args.system)}")
                 return 0
+            if isinstance(pid, int) and endpoint.stopped(pid):
+                # stopped (SIGSTOP) while it stopped: waited out STOP_WAIT, no word
+                _error(f"asked {args.system} to stop, and it is stopping, but its wsuper "
+                       f"up (pid {pid}) has been stopped (SIGSTOP, Ctrl-Z, or a debugger): "
+                       f"it ends once continued (kill -CONT {pid})")
+                return 1
             time.sleep(0.05)
         # not "stopped": a script that goes on (`wsuper stop S && wsuper up S`) would
         # find it still running; said as an error, exit 1
@@ -864,7 +922,7 @@ def _admin(args) -> int:
         return 1
     status = answer["status"]
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({"state": "running", **status}, indent=2))
         return 0
     print("\n".join(printable(line) for line in _status_table(args.system, status).split("\n")))
     return 0
@@ -973,7 +1031,8 @@ def _revoke(args) -> int:
                    f"(revocable: {', '.join(revocable) or 'none'})")
             return 2
     try:
-        answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant})
+        answer = endpoint.request(args.system, {"op": "revoke", "grant": args.grant},
+                                  notice=_notice)
     except endpoint.EndpointError as e:
         _error(f"{e}")
         return 1

@@ -746,37 +746,218 @@ def lock_pids(fd: int) -> list[int]:
                                         else [])
 
 
+# ------------------------------------------------------- what state a system is in
+
+#: The states an operator's command can find a system in (system_state)
+NOT_RUNNING = "not running"
+#: its `up` holds the lock and reads, checks and compiles the system: no admin socket yet
+STARTING = "starting"
+#: its `up` answers (or is about to: its admin socket bound again, or not yet)
+RUNNING = "running"
+#: its `up` is stopped by a signal (SIGSTOP, SIGTSTP: Ctrl-Z) or a tracer, and
+#: answers nothing until it is continued
+SUSPENDED = "suspended"
+
+#: /proc/PID/stat's states of a process stopped: by a signal (T) or a tracer (t)
+_STOPPED_STATES = frozenset("Tt")
+
+
+class SystemState:
+    """What an operator's command found (system_state): `kind`, one of NOT_RUNNING,
+    STARTING, RUNNING, SUSPENDED; `pid`, its `up`'s when known; `stale`, for
+    NOT_RUNNING: what a `wsuper up` that ended without removing it left (its lock
+    file, its admin socket: killed with SIGKILL, or out of memory)."""
+    __slots__ = ("kind", "pid", "stale")
+
+    def __init__(self, kind: str, pid: int | None = None, stale: tuple = ()):
+        self.kind, self.pid, self.stale = kind, pid, stale
+
+    def __eq__(self, other):
+        return isinstance(other, SystemState) and (self.kind, self.pid, self.stale) == \
+            (other.kind, other.pid, other.stale)
+
+    def __repr__(self):
+        return f"SystemState({self.kind!r}, {self.pid!r}, {self.stale!r})"
+
+
+def decide_state(held: bool, pid: int | None, process: str | None, published: bool,
+                 accepting: bool, stale: tuple = ()) -> SystemState:
+    """The state of a system (pure), from what was seen of it: `held`, whether a
+    process holds its lock; `pid`, that process's (this user's, as /proc/locks names
+    it), None if not known; `process`, its state letter in /proc/PID/stat; `published`,
+    whether it has written its grants beside the lock (Lock.publish: it does so once
+    the system is read, checked and compiled, just before it binds its admin
+    socket); `accepting`, whether its admin socket takes a connection; `stale`, the
+    files left at the lock's and the admin socket's paths.
+
+    Every operator's command decides from here: `status` waited 30 s of a system
+    still starting and then said its `up` might be "stuck starting", `revoke`,
+    `probe`, `trace` and `call` the same, and every one of them waited 30 s of a
+    system whose `up` was stopped (SIGSTOP, Ctrl-Z), `stop` leaving its request to
+    be carried out whenever it was continued."""
+    if not held:
+        return SystemState(NOT_RUNNING, None, stale)
+    if pid is not None and process in _STOPPED_STATES:
+        return SystemState(SUSPENDED, pid)
+    if accepting or published or pid is None:
+        # answering; or past its start, its admin socket about to be bound (again:
+        # removed while it ran, it is bound again within runtime.SOCKET_CHECK); or
+        # held by a process not seen from here (another pid namespace): asked
+        return SystemState(RUNNING, pid)
+    return SystemState(STARTING, pid)
+
+
+def stopped(pid: int | None) -> bool:
+    """Whether process `pid` is stopped: by a signal (SIGSTOP, SIGTSTP: Ctrl-Z) or a
+    tracer; False if it is not, or cannot be told."""
+    return pid is not None and pid > 0 and process_state(pid) in _STOPPED_STATES
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process `pid` (R, S, D, T, t, Z ...), or None if it cannot
+    be read (gone, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return None
+    # "PID (COMM) S ...": COMM may hold spaces and parentheses; the state follows the
+    # last ')'
+    rest = raw[raw.rfind(b")") + 1:].split()
+    return rest[0].decode("ascii", "replace") if rest else None
+
+
+def _accepting(path: str) -> bool:
+    """Whether a process listens on the unix socket at `path` (a connection is
+    taken into its backlog; nothing is sent, and the connection is closed)."""
+    with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(path)
+        except (BlockingIOError, InterruptedError):
+            return True                  # a full backlog: someone listens
+        except OSError:
+            return False
+    return True
+
+
+def _published_by(system_path: str, pid: int) -> bool:
+    """Whether the grants file beside the lock is the one process `pid` published."""
+    try:
+        fd = os.open(grants_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.read(fd, GRANTS_LIMIT + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and str(obj.get("pid")) == str(pid)
+
+
+def system_state(system_path: str) -> SystemState:
+    """The state of the system `system_path` now (decide_state, from what is seen
+    here).  Reads its lock, /proc/locks and /proc/PID/stat of its holder, and
+    connects to its admin socket (sending nothing) only when its holder is not
+    stopped."""
+    admin = admin_socket_path(system_path)
+    fd = _open_lock(system_path)
+    if fd is None:
+        return decide_state(False, None, None, False, False,
+                            ("admin socket",) if _is_socket(admin) else ())
+    try:
+        held = _held_exclusively(fd)
+        pid = None
+        if held:
+            text = _holder_pid(fd)
+            if text.isdigit() and int(text) in lock_pids(fd):
+                pid = int(text)
+                try:
+                    if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                        pid = None
+                except OSError:
+                    pid = None
+    except OSError:
+        held, pid = False, None
+    finally:
+        os.close(fd)
+    if not held:
+        return decide_state(False, None, None, False, False, ("lock file",) + (
+            ("admin socket",) if _is_socket(admin) else ()))
+    process = process_state(pid) if pid is not None else None
+    if pid is not None and process in _STOPPED_STATES:
+        return decide_state(True, pid, process, False, False)
+    return decide_state(True, pid, process, pid is not None and _published_by(
+        system_path, pid), _accepting(admin))
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def starting_pid(system_path: str) -> int | None:
     """The pid of this user's `wsuper up` of `system_path` that holds the system's
     lock but answers on no admin socket yet (it reads, checks and compiles the
     system first: tens of seconds for a large module on a busy machine), or None
-    (none holds it, or its admin socket takes connections: ask it there).  The pid
-    is the one the lock file names, and /proc/locks says it holds the lock now."""
-    fd = _open_lock(system_path)
-    if fd is None:
-        return None
-    try:
-        if not _held_exclusively(fd):
-            return None
-        text = _holder_pid(fd)
-        if not text.isdigit() or int(text) not in lock_pids(fd):
-            return None
-        pid = int(text)
-        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-            return None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
-        s.settimeout(1)
-        try:
-            s.connect(admin_socket_path(system_path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return pid
-        except OSError:
-            return None
-    return None
+    (system_state: it is not STARTING)."""
+    state = system_state(system_path)
+    return state.pid if state.kind == STARTING else None
+
+
+class SystemStarting(EndpointError):
+    """The system is still starting: nothing can be asked of it yet (`pid`: its up's)."""
+
+    def __init__(self, text: str, pid: int | None):
+        super().__init__(text)
+        self.pid = pid
+
+
+class SystemSuspended(EndpointError):
+    """The system's `up` is stopped (SIGSTOP, Ctrl-Z): it answers nothing until it is
+    continued (`pid`: its up's)."""
+
+    def __init__(self, text: str, pid: int | None):
+        super().__init__(text)
+        self.pid = pid
+
+
+def stale_said(stale: tuple) -> str:
+    """What a system not running left behind (SystemState.stale), said after "no
+    running system": "; ..." or ""."""
+    if not stale:
+        return ""
+    many = len(stale) > 1
+    them = "them" if many else "it"
+    return (f"; the {' and '.join(stale)} there {'are' if many else 'is'} left by a wsuper "
+            f"up that ended without removing {them} (killed?): the next up of the system "
+            f"takes {them} over")
+
+
+def starting_said(system_path: str, pid: int | None) -> str:
+    """How a system still starting is said (every command says it so)."""
+    return (f"{quoted(system_path)} is starting: its wsuper up (pid {pid}) reads, checks "
+            f"and compiles it, and answers once that is done (`wsuper status` "
+            f"says when)")
+
+
+def suspended_said(system_path: str, pid: int | None, sent: bool = False) -> str:
+    """How a system whose `up` is stopped is said; `sent`: the request was sent
+    before it was seen stopped (it may be carried out once it goes on)."""
+    return (f"{quoted(system_path)} does not answer: its wsuper up (pid {pid}) is "
+            f"stopped (SIGSTOP, Ctrl-Z, or a debugger) until it is continued "
+            f"(kill -CONT {pid}); " + ("the request was sent, and may be carried out "
+                                      "then" if sent else "nothing was sent to it"))
 
 
 def lock_dir(folder: str, what: str) -> int:
@@ -1307,11 +1488,12 @@ def peer_creds(raw: bytes) -> tuple[int, int, int]:
     return _UCRED.unpack(raw)
 
 
-def check_peer(s, path: str):
+def check_peer(s, path: str) -> int:
     """Refuse (EndpointError) the connected unix socket `s` unless its listener is
-    this user's (peer_problem), before anything is sent on it."""
+    this user's (peer_problem), before anything is sent on it; the listener's pid
+    (0 if it is not seen from here: another pid namespace)."""
     try:
-        _pid, peer_uid, _gid = peer_creds(
+        pid, peer_uid, _gid = peer_creds(
             s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED, _UCRED.size))
     except (OSError, ValueError) as e:
         raise EndpointError(f"cannot tell who holds the socket at {path}: "
@@ -1319,43 +1501,70 @@ def check_peer(s, path: str):
     problem = peer_problem(peer_uid, path, os.getuid())
     if problem:
         raise EndpointError(problem)
+    return pid
 
 
-def connect_admin(s, path: str, timeout: float, system_path: str | None = None):
-    """Connect to the admin socket, waiting up to `timeout` for room in its backlog.
+def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
+                  wait_start: bool = False) -> int:
+    """Connect to the admin socket, waiting up to `timeout` for room in its backlog;
+    the pid of the process that listens there.
     A unix socket whose backlog is full refuses a connect with a timeout at once
     (EAGAIN): a local process that kept it full (connecting and sending nothing)
     made `wsuper stop` and `status` say there was no running system.  Only a
-    socket this user's process listens on is kept (check_peer).
+    socket this user's process listens on is kept (check_peer), and not one whose
+    process is stopped (SIGSTOP, Ctrl-Z: SystemSuspended, at once): the connection
+    went into its backlog, the request was sent, and the command waited 30 s for
+    an answer that could not come (`wsuper stop`'s then carried out whenever the
+    system was continued, long after "did not answer", exit 1).
 
-    With `system_path`, a socket not there yet (or refusing: a stale one a
-    SIGKILLed `up` left, not yet replaced) while that system holds its lock is
-    waited for too, up to `timeout`: `up` takes its lock before it binds its admin
-    socket (50 to 120 ms later, more on a busy machine), and a `wsuper stop`,
-    `status`, `revoke`, `probe` or `trace` in between said "no running system"
-    (exit 1) of a system that then ran on (`wsuper up S & wsuper stop S`)."""
+    With `system_path`, a socket not there (or refusing: a stale one a SIGKILLed
+    `up` left, not yet replaced) is judged by system_state: a system not running is
+    said so at once; one still starting (its `up` reads, checks and compiles it
+    before it binds its admin socket: tens of seconds for a large system) at once
+    too (SystemStarting), unless `wait_start` (`call`, within its --timeout): it
+    waited 30 s and said its `up` might be "stuck starting"; one past its start
+    (its socket about to be bound, or bound again) is waited for, up to `timeout`."""
     deadline = time.monotonic() + timeout
     pause = 0.005
+    who = system_path or path
     while True:
         s.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             s.connect(path)
-            check_peer(s, path)
-            return
+            pid = check_peer(s, path)
+            if stopped(pid):
+                raise SystemSuspended(suspended_said(who, pid), pid)
+            return pid
         except (BlockingIOError, InterruptedError) as e:
+            if system_path is not None:
+                state = system_state(system_path)       # a stopped up takes none either
+                if state.kind == SUSPENDED:
+                    raise SystemSuspended(suspended_said(who, state.pid), state.pid) \
+                        from None
             if time.monotonic() >= deadline:
                 raise EndpointError(f"the system at {path} is busy: its admin socket took "
                                     f"no connection within {timeout:g} s "
                                     f"({e.strerror or e})") from None
         except (FileNotFoundError, ConnectionRefusedError) as e:
-            if system_path is None or not is_running(system_path):
+            if system_path is None:
                 raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
                     from None
+            state = system_state(system_path)
+            if state.kind == NOT_RUNNING:
+                raise EndpointError(f"no running system at {path} ({e.strerror or e})"
+                                    f"{stale_said(state.stale)}") from None
+            if state.kind == SUSPENDED:
+                raise SystemSuspended(suspended_said(who, state.pid), state.pid) from None
+            if state.kind == STARTING and not wait_start:
+                raise SystemStarting(starting_said(who, state.pid), state.pid) from None
             if time.monotonic() >= deadline:
-                raise EndpointError(f"the system {system_path} holds its lock, but its "
-                                    f"admin socket {path} took no connection within "
-                                    f"{timeout:g} s ({e.strerror or e}); is its `wsuper "
-                                    f"up` stuck starting?") from None
+                if state.kind == STARTING:
+                    raise SystemStarting(f"{starting_said(who, state.pid)}; still "
+                                         f"starting after {timeout:g} s", state.pid) from None
+                raise EndpointError(f"the system {system_path} holds its lock and has "
+                                    f"started, but its admin socket {path} took no "
+                                    f"connection within {timeout:g} s ({e.strerror or e})") \
+                    from None
         except OSError as e:
             raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
                 from None
@@ -1363,10 +1572,46 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None):
         pause = min(pause * 2, 0.1)
 
 
-def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT) -> dict:
+#: Seconds between two looks, while an answer is awaited, that the system's `up` has
+#: not been stopped (SIGSTOP, Ctrl-Z) meanwhile
+SUSPENDED_LOOK = 0.5
+#: Seconds an operator's command waits for an answer before it says it waits
+WAIT_NOTICE = 3.0
+
+
+def recv_answer(s, size: int, deadline: float, pid: int, system_path: str, notice=None,
+                since: float | None = None) -> bytes:
+    """One recv of at most `size` bytes from the admin connection `s`, before
+    `deadline` (socket.timeout past it): looking every SUSPENDED_LOOK s that the
+    process `pid` listening there (its `up`) is not stopped (SystemSuspended, the
+    request sent), and calling `notice(text)` once WAIT_NOTICE s after `since`:
+    a system that did not answer (its `up` stopped after the connection, or too
+    busy) held the command 30 s without a word."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise pysocket.timeout("timed out")
+        s.settimeout(min(left, SUSPENDED_LOOK))
+        try:
+            return s.recv(size)
+        except pysocket.timeout:
+            if stopped(pid):
+                raise SystemSuspended(suspended_said(system_path, pid, sent=True),
+                                      pid) from None
+            if notice is not None and since is not None and \
+                    time.monotonic() - since >= WAIT_NOTICE:
+                notice(f"waiting for {quoted(system_path)} (pid {pid}) to answer: it has "
+                       f"not in {WAIT_NOTICE:g} s; at most {deadline - since:g} s in all")
+                notice = None
+
+
+def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT,
+            wait_start: bool = False, notice=None) -> dict:
     """Send one admin request to the running system `system_path`; its answer.
     Raises EndpointError when no system answers there, or it does not answer in time
-    (which does not mean the request was not carried out).  `timeout` bounds the
+    (which does not mean the request was not carried out); SystemStarting and
+    SystemSuspended (EndpointErrors) when it is starting or stopped (connect_admin,
+    recv_answer; `wait_start`, `notice`: theirs).  `timeout` bounds the
     whole request: the wait for room in the socket's backlog, the sending and the
     answer together.  Each had all of it, one after the other (and each read of
     the answer anew), so `wsuper call --timeout 1`, which asks the system where its
@@ -1374,20 +1619,20 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT)
     path = admin_socket(system_path)
     body = {**body, "system": identity(system_path)}
     line = request_line(body)
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
 
     def left() -> float:
         return max(0.001, deadline - time.monotonic())
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
-            connect_admin(s, path, timeout, system_path)
+            pid = connect_admin(s, path, timeout, system_path, wait_start)
             s.settimeout(left())
             s.sendall(line)
             data = b""
             chunks, size = [], 0
             while size <= ADMIN_ANSWER_LIMIT:
-                s.settimeout(left())
-                chunk = s.recv(1 << 16)
+                chunk = recv_answer(s, 1 << 16, deadline, pid, system_path, notice, began)
                 if not chunk:
                     break
                 chunks.append(chunk)

@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 
 from capnp_schemas.text import printable, quoted
 
@@ -72,7 +73,8 @@ def _lines(system: str, body: dict, timeout: float):
     line = endpoint.request_line(body)           # EndpointError: too long to be taken
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        endpoint.connect_admin(s, path, timeout, system)   # EndpointError: none there, or busy
+        # EndpointError: none there, busy, starting or stopped (SIGSTOP)
+        pid = endpoint.connect_admin(s, path, timeout, system)
     except endpoint.EndpointError:
         s.close()
         raise
@@ -82,7 +84,10 @@ def _lines(system: str, body: dict, timeout: float):
         buf = b""
         while True:
             try:
-                chunk = s.recv(1 << 20)
+                # each read within `timeout` of the last, its `up` looked at meanwhile
+                # (stopped: SystemSuspended, at once)
+                chunk = endpoint.recv_answer(s, 1 << 20, time.monotonic() + timeout, pid,
+                                             system)
             except OSError as e:
                 raise endpoint.EndpointError(f"the system at {path} stopped answering "
                                              f"({e.strerror or e})") from None

@@ -1444,3 +1444,163 @@ calc = {{ compartment = "calc", revocable = true }}
     assert run.finish(timeout=30) == 0
     from supervisor import endpoint
     assert endpoint.running_grants(system) is None       # gone with the system
+
+
+_STATES_SYSTEM = """
+[system]
+schemas = ["{examples}/calc.capnp"]
+socket = "{tmp}/ext.sock"
+logs = "{tmp}/logs"
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+external = true
+[compartments.app]
+module = "{examples}/calc.wat"
+exports = "Calc"
+[compartments.app.grants]
+calc = {{ compartment = "calc", revocable = true }}
+"""
+
+
+def _states_system(tmp_path) -> str:
+    path = tmp_path / "system.toml"
+    path.write_text(_STATES_SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
+    return str(path)
+
+
+def _asking_commands(system, tmp_path):
+    """Every command that asks the system something, as a user types it."""
+    return {"status": ["status", system], "revoke": ["revoke", system, "app.calc"],
+            "probe": ["probe", system, "calc", "list"],
+            "trace": ["trace", system, "--seconds", "1", "-o", str(tmp_path / "t.json")],
+            "call": ["call", system, "calc.add", "(a = 1, b = 2)", "--timeout", "2"]}
+
+
+def test_every_command_says_at_once_that_a_system_is_still_starting(tmp_path):
+    """An outside review of the operator's commands in every state of a system: of a
+    system still starting (its `up` holds the lock and reads, checks and compiles
+    it: tens of seconds for a large one; its admin socket is not up yet), `wsuper
+    status` waited 30 s and said "... took no connection within 30 s (No such file
+    or directory); is its `wsuper up` stuck starting?", exit 1; `revoke` and
+    `probe` the same, `trace` 61 s, and `call` said "the running system did not
+    say on its admin socket where its external socket is".  Each says the state as
+    it is, at once (endpoint.system_state): status prints it, exit 3 (--json
+    {"state": "starting"}); revoke, probe and trace refuse, exit 1, nothing asked;
+    call waits for the start within its --timeout, then says it is still starting;
+    and none of them harms the start: `stop` then finds it starting, as before."""
+    system = _states_system(tmp_path)
+    script = tmp_path / "slow_start.py"
+    script.write_text(_SLOW_START.format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "compiling"
+        said = {what: run_wsuper(*args) for what, args in
+                _asking_commands(system, tmp_path).items()}
+        as_json = run_wsuper("status", system, "--json")
+        stop = run_wsuper("stop", system)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    starting = f"is starting: its wsuper up (pid {proc.pid}) reads, checks and compiles it"
+    status = said.pop("status")
+    assert status.returncode == 3, status.output
+    assert status.stdout == (f"system {system}: starting (pid {proc.pid}): its wsuper up "
+                             f"reads, checks and compiles it; no compartment runs yet\n"), \
+        status.output
+    assert as_json.returncode == 3 and json.loads(as_json.stdout) == {
+        "state": "starting", "pid": proc.pid}, as_json.output
+    for what, r in said.items():
+        assert r.returncode == 1, (what, r.output)
+        assert starting in r.stderr and "stuck" not in r.stderr, (what, r.output)
+    assert "still starting after 2 s; not called" in said["call"].stderr
+    assert not (tmp_path / "t.json").exists()
+    assert stop.returncode == 0 and "sent SIGTERM to its wsuper up" in stop.stdout, \
+        stop.output
+    assert proc.returncode == 143, out
+
+
+def test_call_waits_for_a_system_that_is_starting_within_its_timeout(tmp_path):
+    """`wsuper up S & wsuper call S ...`: a call made while its system starts is
+    answered once the system is up, within --timeout, as before."""
+    system = _states_system(tmp_path)
+    script = tmp_path / "slow_start.py"
+    script.write_text(_SLOW_START.replace("time.sleep(120)", "time.sleep(3)")
+                      .format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "compiling"
+        r = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)", "--timeout", "60")
+        assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
+        assert run_wsuper("stop", system).returncode == 0
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_every_command_says_at_once_that_a_systems_up_is_stopped_and_sends_nothing(
+        tmp_path, wsuper):
+    """An outside review of the operator's commands: a system whose `up` is stopped
+    (SIGSTOP, Ctrl-Z: it holds its lock, its admin socket takes connections into its
+    backlog, and nothing answers) held `wsuper status`, `stop`, `revoke`, `probe`
+    and `call` 30 s each (`trace` 61 s), then "did not answer ... the request may
+    still have been carried out", exit 1: and so it was, `stop`'s, whenever the
+    system was continued, long after the operator was told it had failed.  Each
+    says at once that the `up` is stopped, names its pid and how to continue it,
+    and sends nothing: continued, the system runs on, answering."""
+    system = _states_system(tmp_path)
+    run = wsuper("up", system)
+    run.wait_for("all compartments ready")
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        said = {what: run_wsuper(*args) for what, args in
+                [*_asking_commands(system, tmp_path).items(), ("stop", ["stop", system])]}
+    finally:
+        os.kill(run.proc.pid, signal.SIGCONT)
+    stopped = (f"does not answer: its wsuper up (pid {run.proc.pid}) is stopped (SIGSTOP, "
+               f"Ctrl-Z, or a debugger) until it is continued (kill -CONT {run.proc.pid}); "
+               f"nothing was sent to it")
+    for what, r in said.items():
+        assert r.returncode == 1, (what, r.output)
+        assert stopped in r.stderr, (what, r.output)
+    r = run_wsuper("status", system)
+    assert r.returncode == 0 and "calc" in r.stdout, r.output
+    r = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
+    assert run.proc.poll() is None                    # no stop was left to carry out
+    assert not [line for line in run.lines if "stopping" in line or "revoked" in line]
+    assert run_wsuper("stop", system).returncode == 0
+    assert run.finish() == 0
+
+
+def test_commands_of_a_system_whose_up_was_killed_say_what_it_left(tmp_path, wsuper):
+    """`up` killed with SIGKILL leaves its lock file and its admin socket: the
+    commands said "no running system at ... (Connection refused)" and nothing of
+    the files; they say what was left and that the next `up` takes it over, which
+    it does."""
+    system = _states_system(tmp_path)
+    run = wsuper("up", system)
+    run.wait_for("all compartments ready")
+    run.proc.kill()
+    run.finish()
+    for args in (["status", system], ["stop", system], ["probe", system, "calc", "list"]):
+        r = run_wsuper(*args)
+        assert r.returncode == 1, (args, r.output)
+        assert "no running system at " in r.stderr and (
+            "(Connection refused); the lock file and admin socket there are left by a "
+            "wsuper up that ended without removing them (killed?): the next up of the "
+            "system takes them over") in r.stderr, (args, r.output)
+    r = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)")
+    assert r.returncode == 1 and f"{system} is not running" in r.stderr, r.output
+    run = wsuper("up", system)
+    run.wait_for("all compartments ready")
+    assert run_wsuper("status", system).returncode == 0
+    assert run_wsuper("stop", system).returncode == 0
+    assert run.finish() == 0
+

@@ -146,7 +146,10 @@ def test_a_command_while_up_holds_its_lock_but_has_no_admin_socket_yet_waits_for
     system running (its lock held) and then said "no running system at
     ...admin.sock (No such file or directory)", exit 1, of a system that went on
     to run (`wsuper up S & wsuper stop S`: the stop failed, the system ran on).
-    While the lock is held, the socket is waited for (connect_admin)."""
+    While the lock is held by a system past its start (its grants published), the
+    socket is waited for (connect_admin); one still starting (nothing published:
+    it reads, checks and compiles the system) is said so at once, SystemStarting,
+    unless the command waits for the start (`call`, wait_start)."""
     import json
     import socket
     import threading
@@ -169,6 +172,13 @@ def test_a_command_while_up_holds_its_lock_but_has_no_admin_socket_yet_waits_for
     os.unlink(endpoint.admin_socket_path(system))
     lock = endpoint.Lock(system)
     lock.acquire()                       # `up` has its lock, not yet its socket
+    with pytest.raises(endpoint.SystemStarting, match=r"is starting: its wsuper up \(pid "
+                       + str(os.getpid())):
+        endpoint.request(system, {"op": "status"}, timeout=20)
+    assert endpoint.system_state(system) == endpoint.SystemState(endpoint.STARTING,
+                                                                 os.getpid())
+    lock.publish(set())                  # past its start: its socket comes next
+    assert endpoint.system_state(system).kind == endpoint.RUNNING
     served = []
 
     def bind_later():
@@ -487,7 +497,7 @@ def test_call_asks_where_the_socket_is_within_its_own_timeout(tmp_path, monkeypa
                     'module = "calc.wat"\nexports = "Calc"\nexternal = true\n')
     asked = []
 
-    def request(_p, body, timeout=endpoint.ADMIN_ANSWER_TIMEOUT):
+    def request(_p, body, timeout=endpoint.ADMIN_ANSWER_TIMEOUT, **_kw):
         asked.append((body["op"], timeout))
         raise endpoint.EndpointError("no answer")
     monkeypatch.setattr(endpoint, "is_running", lambda _p: True)
@@ -584,3 +594,98 @@ def test_check_loads_no_event_loop():
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "holds nothing" in r.stdout, r.stdout + r.stderr          # it checked the system
     assert "loaded: []" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("held, pid, process, published, accepting, kind", [
+    (False, None, None, False, False, endpoint.NOT_RUNNING),
+    (True, 7, "S", False, False, endpoint.STARTING),       # reading, compiling
+    (True, 7, "R", True, False, endpoint.RUNNING),         # its socket comes next (again)
+    (True, 7, "S", False, True, endpoint.RUNNING),         # answering
+    (True, 7, "T", True, True, endpoint.SUSPENDED),        # SIGSTOP, Ctrl-Z
+    (True, 7, "t", False, False, endpoint.SUSPENDED),      # a tracer's stop
+    (True, None, None, False, False, endpoint.RUNNING),    # not seen from here: asked
+])
+def test_the_state_of_a_system_is_decided_in_one_place(held, pid, process, published,
+                                                       accepting, kind):
+    """endpoint.decide_state (pure): what every operator's command takes a system to
+    be, from what is seen of its lock, its `up` and its admin socket."""
+    state = endpoint.decide_state(held, pid, process, published, accepting)
+    assert state.kind == kind
+    assert state.pid == (pid if held else None)
+
+
+_SILENT_LISTENER = """
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen()
+conn, _ = s.accept()
+data = b""
+while not data.endswith(b"\\n"):
+    data += conn.recv(4096)
+print("asked", flush=True)
+time.sleep(120)
+"""
+
+
+def _silent_listener(tmp_path, monkeypatch):
+    """A real process listening on the admin socket of a system file that reads its
+    request and never answers."""
+    import subprocess
+    import sys
+    run = tmp_path / "run"
+    (run / "wsuper").mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    proc = subprocess.Popen([sys.executable, "-c", _SILENT_LISTENER,
+                             endpoint.admin_socket_path(system)],
+                            stdout=subprocess.PIPE, text=True)
+    while not os.path.exists(endpoint.admin_socket_path(system)):
+        assert proc.poll() is None
+        import time
+        time.sleep(0.01)
+    return system, proc
+
+
+def test_an_up_stopped_after_it_was_asked_is_said_at_once_not_waited_for(tmp_path,
+                                                                         monkeypatch):
+    """A system whose `up` was stopped (SIGSTOP, Ctrl-Z) once it had the request held
+    the command for all of its wait (30 s), then "did not answer"; it is seen
+    stopped while the answer is awaited and said so at once, the request sent."""
+    import signal
+    import threading
+    system, proc = _silent_listener(tmp_path, monkeypatch)
+    try:
+        def stop_when_asked():
+            assert proc.stdout.readline().strip() == "asked"
+            os.kill(proc.pid, signal.SIGSTOP)
+        t = threading.Thread(target=stop_when_asked)
+        t.start()
+        with pytest.raises(endpoint.SystemSuspended) as e:
+            endpoint.request(system, {"op": "status"}, timeout=600)
+        t.join()
+        assert e.value.pid == proc.pid
+        assert f"its wsuper up (pid {proc.pid}) is stopped" in str(e.value)
+        assert "the request was sent, and may be carried out then" in str(e.value)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_command_waiting_for_an_answer_says_so(tmp_path, monkeypatch):
+    """A system that does not answer (too busy; hung) held `status`, `stop`, `revoke`
+    and `call` up to 30 s without a word: once WAIT_NOTICE has passed, the command
+    says that it waits, and for how long at most."""
+    monkeypatch.setattr(endpoint, "WAIT_NOTICE", 0.1)
+    system, proc = _silent_listener(tmp_path, monkeypatch)
+    said = []
+    try:
+        with pytest.raises(endpoint.EndpointError, match="did not answer"):
+            endpoint.request(system, {"op": "status"}, timeout=3, notice=said.append)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert said == [f"waiting for {system} (pid {proc.pid}) to answer: it has not in "
+                    f"0.1 s; at most 3 s in all"], said
