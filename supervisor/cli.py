@@ -922,7 +922,8 @@ def _admin(args) -> int:
         return 1
     status = answer["status"]
     if args.json:
-        print(json.dumps({"state": "running", **status}, indent=2))
+        print(json.dumps({"state": "stopping" if status.get("stopping") is True
+                          else "running", **status}, indent=2))
         return 0
     print("\n".join(printable(line) for line in _status_table(args.system, status).split("\n")))
     return 0
@@ -947,7 +948,8 @@ def _status_table(path: str, status: dict) -> str:
                       f"{c['calls_from']} out, {c['calls_to']} in")
                      for c in status["compartments"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [f"system {path}: pid {status['pid']}, up {dur(status['uptime_s'])}, "
+    lines = [f"system {path}: " + ("stopping, " if status.get("stopping") is True else "")
+             + f"pid {status['pid']}, up {dur(status['uptime_s'])}, "
              f"run {status['run']}" + (f", external: {', '.join(status['external'])}"
                                       if status["external"] else "")]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]

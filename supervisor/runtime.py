@@ -2868,6 +2868,10 @@ class Supervisor:
         if req.get("op") == "probe":
             return await self.prober.admin(req)
         if req.get("op") == "stop":
+            if self.lifecycle.stopping:
+                # a second `wsuper stop` (or one after SIGTERM, a failure): said again,
+                # and audited again, "stopping (wsuper stop)", as if this one began it
+                return {"ok": True, "text": "already stopping", "pid": os.getpid()}
             self.say("stopping (wsuper stop)")
             self._audit_operator({"event": "stop requested"})
             self._act(self.lifecycle.stop(0))
@@ -2916,7 +2920,10 @@ class Supervisor:
                 "restarts": self.lifecycle.restarts[name],
                 "generation": self.lifecycle.generation[name],
                 "memory_bytes": memory.get(name), **self.router.status(name, forwarded)})
+        # "stopping": its stop has begun (its compartments end): `wsuper status` showed
+        # a system stopping as one running
         return {"pid": os.getpid(), "run": self.run_id, "uptime_s": round(now - self._began, 3),
+                "stopping": bool(self.lifecycle.stopping),
                 "external": list(self.system.external), "compartments": compartments}
 
     # ------------------------------------------------------------ effects

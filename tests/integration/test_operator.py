@@ -12,7 +12,7 @@ import time
 import pytest
 
 from supervisor.output import strip_time
-from tests.conftest import EXAMPLES, ROOT, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, Running, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
 SYSTEM = """
@@ -1604,3 +1604,49 @@ def test_commands_of_a_system_whose_up_was_killed_say_what_it_left(tmp_path, wsu
     assert run_wsuper("stop", system).returncode == 0
     assert run.finish() == 0
 
+
+_SLOW_STOP = """
+import sys
+sys.path.insert(0, {root!r})
+from supervisor import cli, runtime
+runtime.GRACE_SECONDS = 20      # an engine that does not end at SIGTERM holds the stop
+sys.exit(cli.main(["up", sys.argv[1]]))
+"""
+
+
+def test_a_system_stopping_is_shown_stopping_and_a_second_stop_joins_the_first(tmp_path):
+    """A system stopping (its stop begun, a compartment's engine not ended yet) was
+    shown by `wsuper status` as one running, and a second `wsuper stop` was said in
+    its log and its audit as one more "stopping (wsuper stop)", as if it began the
+    stop.  status says "stopping" (--json "state": "stopping"); the second stop
+    waits for the same end and says "stopped"."""
+    system = _states_system(tmp_path)
+    script = tmp_path / "slow_stop.py"
+    script.write_text(_SLOW_STOP.format(root=ROOT))
+    run = Running.__new__(Running)             # a Running of the script, not of -m
+    run.proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run.lines, run._unread = [], b""
+    try:
+        run.wait_for("all compartments ready")
+        calc = json.loads(run_wsuper("status", system, "--json").stdout)
+        assert calc["state"] == "running", calc
+        engine = next(c["pid"] for c in calc["compartments"] if c["name"] == "calc")
+        os.kill(engine, signal.SIGSTOP)        # it ends at SIGKILL only, GRACE_SECONDS on
+        first = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "stop", system],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        run.wait_for("stopping (wsuper stop)")
+        shown = run_wsuper("status", system)
+        as_json = run_wsuper("status", system, "--json")
+        second = run_wsuper("stop", system, timeout=120)
+        out, err = first.communicate(timeout=120)
+    finally:
+        run.stop()
+    assert shown.returncode == 0 and shown.stdout.startswith(
+        f"system {system}: stopping, pid {run.proc.pid}, "), shown.output
+    assert json.loads(as_json.stdout)["state"] == "stopping", as_json.output
+    assert first.returncode == 0 and out == f"wsuper: stopped {system}\n", out + err
+    assert second.returncode == 0 and second.stdout == f"wsuper: stopped {system}\n", \
+        second.output
+    assert sum("stopping (wsuper stop)" in line for line in run.lines) == 1, run.lines
