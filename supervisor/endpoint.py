@@ -869,10 +869,28 @@ def system_state(system_path: str) -> SystemState:
     connects to its admin socket (sending nothing) only when its holder is not
     stopped."""
     admin = admin_socket_path(system_path)
-    fd = _open_lock(system_path)
-    if fd is None:
+    held, pid = lock_holder(system_path)
+    if held is None:
         return decide_state(False, None, None, False, False,
                             ("admin socket",) if _is_socket(admin) else ())
+    if not held:
+        return decide_state(False, None, None, False, False, ("lock file",) + (
+            ("admin socket",) if _is_socket(admin) else ()))
+    process = process_state(pid) if pid is not None else None
+    if pid is not None and process in _STOPPED_STATES:
+        return decide_state(True, pid, process, False, False)
+    return decide_state(True, pid, process, pid is not None and _published_by(
+        system_path, pid), _accepting(admin))
+
+
+def lock_holder(system_path: str) -> tuple[bool | None, int | None]:
+    """(held, pid) of the lock of `system_path`: held None when there is no lock file
+    (or no private runtime directory), False when nobody holds it; pid that of the
+    holder, when the lock file names it, /proc/locks says it holds it and it is this
+    user's process, else None."""
+    fd = _open_lock(system_path)
+    if fd is None:
+        return None, None
     try:
         held = _held_exclusively(fd)
         pid = None
@@ -889,14 +907,7 @@ def system_state(system_path: str) -> SystemState:
         held, pid = False, None
     finally:
         os.close(fd)
-    if not held:
-        return decide_state(False, None, None, False, False, ("lock file",) + (
-            ("admin socket",) if _is_socket(admin) else ()))
-    process = process_state(pid) if pid is not None else None
-    if pid is not None and process in _STOPPED_STATES:
-        return decide_state(True, pid, process, False, False)
-    return decide_state(True, pid, process, pid is not None and _published_by(
-        system_path, pid), _accepting(admin))
+    return held, pid
 
 
 def _is_socket(path: str) -> bool:
@@ -1532,6 +1543,16 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
         try:
             s.connect(path)
             pid = check_peer(s, path)
+            if system_path is not None and pid > 0:
+                # the system's `up` listens there itself: another process of the
+                # user's on its path (one that never answers) held the command for
+                # all of its wait, then "did not answer"
+                _held, holder = lock_holder(system_path)
+                if holder is not None and holder != pid:
+                    raise EndpointError(f"the admin socket {path} is listened on by process "
+                                        f"{pid}, not by the system's wsuper up (pid "
+                                        f"{holder}, which holds its lock): nothing was sent "
+                                        f"to it")
             if stopped(pid):
                 raise SystemSuspended(suspended_said(who, pid), pid)
             return pid

@@ -689,3 +689,25 @@ def test_a_command_waiting_for_an_answer_says_so(tmp_path, monkeypatch):
         proc.wait()
     assert said == [f"waiting for {system} (pid {proc.pid}) to answer: it has not in "
                     f"0.1 s; at most 3 s in all"], said
+
+
+def test_a_process_on_the_admin_socket_that_is_not_the_systems_up_is_not_asked(
+        tmp_path, monkeypatch):
+    """A socket file left by another process of the user's at the system's admin
+    socket (one that takes connections and never answers), while the system's `up`
+    holds the lock: the command sent its request there, waited all of its wait and
+    said "did not answer".  Only the process that holds the lock listens there: any
+    other is refused at once, nothing sent."""
+    system, proc = _silent_listener(tmp_path, monkeypatch)
+    lock = endpoint.Lock(system)
+    lock.acquire()
+    lock.publish(set())
+    try:
+        with pytest.raises(endpoint.EndpointError, match=(
+                rf"listened on by process {proc.pid}, not by the system's wsuper up "
+                rf"\(pid {os.getpid()}, which holds its lock\): nothing was sent")):
+            endpoint.request(system, {"op": "status"}, timeout=20)
+    finally:
+        lock.release()
+        proc.kill()
+        proc.wait()
