@@ -1516,7 +1516,7 @@ def check_peer(s, path: str) -> int:
 
 
 def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
-                  wait_start: bool = False) -> int:
+                  wait_start: bool = False, notice=None) -> int:
     """Connect to the admin socket, waiting up to `timeout` for room in its backlog;
     the pid of the process that listens there.
     A unix socket whose backlog is full refuses a connect with a timeout at once
@@ -1534,10 +1534,18 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
     before it binds its admin socket: tens of seconds for a large system) at once
     too (SystemStarting), unless `wait_start` (`call`, within its --timeout): it
     waited 30 s and said its `up` might be "stuck starting"; one past its start
-    (its socket about to be bound, or bound again) is waited for, up to `timeout`."""
-    deadline = time.monotonic() + timeout
+    (its socket about to be bound, or bound again) is waited for, up to `timeout`;
+    `notice(text)` is called once, WAIT_NOTICE s into any of these waits."""
+    began = time.monotonic()
+    deadline = began + timeout
     pause = 0.005
     who = system_path or path
+
+    def waiting(what: str):
+        nonlocal notice
+        if notice is not None and time.monotonic() - began >= WAIT_NOTICE:
+            notice(f"waiting for {quoted(who)} {what}; at most {timeout:g} s in all")
+            notice = None
     while True:
         s.settimeout(max(0.001, deadline - time.monotonic()))
         try:
@@ -1566,6 +1574,7 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
                 raise EndpointError(f"the system at {path} is busy: its admin socket took "
                                     f"no connection within {timeout:g} s "
                                     f"({e.strerror or e})") from None
+            waiting("to take a connection (its admin socket's backlog is full)")
         except (FileNotFoundError, ConnectionRefusedError) as e:
             if system_path is None:
                 raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
@@ -1586,6 +1595,8 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
                                     f"started, but its admin socket {path} took no "
                                     f"connection within {timeout:g} s ({e.strerror or e})") \
                     from None
+            waiting(f"to start (its wsuper up, pid {state.pid}, reads, checks and compiles "
+                    f"it)" if state.kind == STARTING else "to bind its admin socket")
         except OSError as e:
             raise EndpointError(f"no running system at {path} ({e.strerror or e})") \
                 from None
@@ -1598,6 +1609,19 @@ def connect_admin(s, path: str, timeout: float, system_path: str | None = None,
 SUSPENDED_LOOK = 0.5
 #: Seconds an operator's command waits for an answer before it says it waits
 WAIT_NOTICE = 3.0
+
+
+def once(notice):
+    """`notice` (a callable taking a text, or None), that says only its first text."""
+    if notice is None:
+        return None
+    told = []
+
+    def first(text):
+        if not told:
+            told.append(text)
+            notice(text)
+    return first
 
 
 def recv_answer(s, size: int, deadline: float, pid: int, system_path: str, notice=None,
@@ -1641,13 +1665,14 @@ def request(system_path: str, body: dict, timeout: float = ADMIN_ANSWER_TIMEOUT,
     body = {**body, "system": identity(system_path)}
     line = request_line(body)
     began = time.monotonic()
+    notice = once(notice)                # whichever wait it is said in
     deadline = began + timeout
 
     def left() -> float:
         return max(0.001, deadline - time.monotonic())
     try:
         with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM) as s:
-            pid = connect_admin(s, path, timeout, system_path, wait_start)
+            pid = connect_admin(s, path, timeout, system_path, wait_start, notice)
             s.settimeout(left())
             s.sendall(line)
             data = b""

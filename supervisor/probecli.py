@@ -66,15 +66,22 @@ def _error(text: str):
     stderr.line(f"wsuper: error: {printable(text)}")
 
 
-def _lines(system: str, body: dict, timeout: float):
-    """Send one admin request; yield the answer's lines as objects."""
+def _notice(text: str):
+    """A line on stderr while a command waits for its system (endpoint's `notice`)."""
+    stderr.line(f"wsuper: {printable(text)}")
+
+
+def _lines(system: str, body: dict, timeout: float, notice=None):
+    """Send one admin request; yield the answer's lines as objects.  `notice`: said
+    once, if the connection or an answer is waited for WAIT_NOTICE s."""
     path = endpoint.admin_socket(system)       # EndpointError: not our runtime directory
+    notice = endpoint.once(notice)
     body = {**body, "system": endpoint.identity(system)}
     line = endpoint.request_line(body)           # EndpointError: too long to be taken
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # EndpointError: none there, busy, starting or stopped (SIGSTOP)
-        pid = endpoint.connect_admin(s, path, timeout, system)
+        pid = endpoint.connect_admin(s, path, timeout, system, notice=notice)
     except endpoint.EndpointError:
         s.close()
         raise
@@ -87,7 +94,8 @@ def _lines(system: str, body: dict, timeout: float):
                 # each read within `timeout` of the last, its `up` looked at meanwhile
                 # (stopped: SystemSuspended, at once)
                 chunk = endpoint.recv_answer(s, 1 << 20, time.monotonic() + timeout, pid,
-                                             system)
+                                             system, notice, time.monotonic())
+                notice = None            # said of the first answer only
             except OSError as e:
                 raise endpoint.EndpointError(f"the system at {path} stopped answering "
                                              f"({e.strerror or e})") from None
@@ -139,7 +147,7 @@ def probe(args) -> int:
             return 2
         body.update(point=args.point, functions=args.functions, events=args.events)
     try:
-        answer = next(_lines(args.system, body, 30), None)
+        answer = next(_lines(args.system, body, 30, _notice), None)
     except endpoint.EndpointError as e:
         _error(str(e))
         return 1

@@ -1525,10 +1525,11 @@ def test_every_command_says_at_once_that_a_system_is_still_starting(tmp_path):
 
 def test_call_waits_for_a_system_that_is_starting_within_its_timeout(tmp_path):
     """`wsuper up S & wsuper call S ...`: a call made while its system starts is
-    answered once the system is up, within --timeout, as before."""
+    answered once the system is up, within --timeout, as before; after
+    endpoint.WAIT_NOTICE (3 s) it says what it waits for."""
     system = _states_system(tmp_path)
     script = tmp_path / "slow_start.py"
-    script.write_text(_SLOW_START.replace("time.sleep(120)", "time.sleep(3)")
+    script.write_text(_SLOW_START.replace("time.sleep(120)", "time.sleep(10)")
                       .format(root=ROOT))
     proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -1536,6 +1537,10 @@ def test_call_waits_for_a_system_that_is_starting_within_its_timeout(tmp_path):
         assert proc.stdout.readline().strip() == "compiling"
         r = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)", "--timeout", "60")
         assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
+        # and says, once, what it waits for (it waited without a word)
+        assert r.stderr == (f"wsuper: waiting for {system} to start (its wsuper up, pid "
+                            f"{proc.pid}, reads, checks and compiles it); at most 60 s in "
+                            f"all\n"), r.output
         assert run_wsuper("stop", system).returncode == 0
         proc.communicate(timeout=60)
     finally:
