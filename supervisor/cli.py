@@ -792,9 +792,11 @@ def _call(system, interfaces: dict, args, fingerprints=None) -> int:
     except client.CallFailed as e:
         hint = ""
         if str(e).startswith("cannot connect to ") and not running and not args.socket \
-                and not endpoint.is_running(args.system):
+                and not endpoint.is_running(args.system) \
+                and not endpoint.file_locked(args.system):
             # "cannot connect to /run/x.sock: [Errno 111] Connection refused" of a
-            # system that is not running (its socket left by an `up` killed)
+            # system that is not running (its socket left by an `up` killed), under
+            # any XDG_RUNTIME_DIR (its file is not locked either)
             hint = f"; {quoted(args.system)} is not running"
         elif str(e).startswith("cannot connect to ") and not args.socket and not system.socket:
             # `up --socket PATH` binds where the system file does not say

@@ -1261,19 +1261,28 @@ def test_call_that_cannot_connect_says_a_socket_given_to_up_is_given_to_call_too
     """`wsuper up --socket PATH` binds the external socket where the system file does
     not say: a `wsuper call` without the same --socket said only "cannot connect to"
     the default path, which a user took for the system not running.  It says what
-    to give; with --socket given, or the socket named by the system file, it does not."""
+    to give; with --socket given, or the socket named by the system file, it does not.
+    A system file that no `up` holds (under any XDG_RUNTIME_DIR: its file is not
+    locked) is said not to be running instead (r231)."""
+    import fcntl
     path = tmp_path / "system.toml"
     text = (f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
             f'[compartments.calc]\nmodule = "{EXAMPLES}/calc.wat"\n'
             f'exports = "Calc"\nexternal = true\n')
-    for socket, hint in ((None, True), ("--socket", False), ("system", False)):
+    for socket, locked, hint, not_running in (
+            (None, True, True, False), (None, False, False, True),
+            ("--socket", True, False, False), ("system", True, False, False)):
         path.write_text(text.replace("[compartments", f'socket = "{tmp_path}/s.sock"\n'
                                      "[compartments", 1) if socket == "system" else text)
         more = ("--socket", str(tmp_path / "elsewhere.sock")) if socket == "--socket" else ()
-        r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "5",
-                       *more)
+        with open(path) as held:
+            if locked:               # as an `up` under another XDG_RUNTIME_DIR holds it
+                fcntl.flock(held, fcntl.LOCK_EX)
+            r = run_wsuper("call", str(path), "calc.add", "(a = 1, b = 2)", "--timeout", "5",
+                           *more)
         assert r.returncode == 1 and "cannot connect to" in r.stderr, r.stderr
         assert ("give `call` the same --socket PATH" in r.stderr) == hint, r.stderr
+        assert (f"{path} is not running" in r.stderr) == not_running, r.stderr
 
 
 def test_call_reaches_a_system_started_with_its_socket_elsewhere(tmp_path, wsuper):
