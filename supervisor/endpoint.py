@@ -866,8 +866,8 @@ def _published_by(system_path: str, pid: int) -> bool:
 def system_state(system_path: str) -> SystemState:
     """The state of the system `system_path` now (decide_state, from what is seen
     here).  Reads its lock, /proc/locks and /proc/PID/stat of its holder, and
-    connects to its admin socket (sending nothing) only when its holder is not
-    stopped."""
+    connects to its admin socket (sending nothing) only when its holder is neither
+    stopped nor past its start."""
     admin = admin_socket_path(system_path)
     held, pid = lock_holder(system_path)
     if held is None:
@@ -879,8 +879,11 @@ def system_state(system_path: str) -> SystemState:
     process = process_state(pid) if pid is not None else None
     if pid is not None and process in _STOPPED_STATES:
         return decide_state(True, pid, process, False, False)
-    return decide_state(True, pid, process, pid is not None and _published_by(
-        system_path, pid), _accepting(admin))
+    published = pid is not None and _published_by(system_path, pid)
+    # its admin socket is connected to only when that decides (a system past its
+    # start is running whatever its socket does): each connection is one the system
+    # reads a request from, and answers
+    return decide_state(True, pid, process, published, not published and _accepting(admin))
 
 
 def lock_holder(system_path: str) -> tuple[bool | None, int | None]:
