@@ -101,6 +101,18 @@ def _segments(view: memoryview, start: int, sizes) -> list[memoryview]:
     return segs
 
 
+def framed_size(buf, pos: int) -> int | None:
+    """Bytes of the framed message that begins at `buf[pos]`, its segment table
+    included, read from that table alone (the body need not be there); None while
+    the table is not all in `buf`, or past MAX_SEGMENTS segments.  It only
+    measures: the Framer that reads the message judges it, against its own limits."""
+    try:
+        t = _segment_table(buf, pos, MAX_SEGMENTS, 1 << 62)
+    except WireError:
+        return None
+    return None if t is None else t[2] - pos
+
+
 class Framer:
     """Incremental stream framing: bytes in, whole messages (segment lists) out.
 

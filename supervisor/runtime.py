@@ -37,7 +37,7 @@ import weakref
 
 import trio
 
-from capnp_schemas import hosted
+from capnp_schemas import hosted, wire
 from capnp_schemas.text import first_line, printable, quoted
 from compartments import confine
 from compartments.limits import Limits
@@ -1552,10 +1552,10 @@ class Supervisor:
 
     def _piece(self, pid: int, item, at: int) -> int:
         """How much of `item` from `at` (more than a SLICE is left) to hand the router
-        at once: the one-segment messages that begin there and fit in a SLICE, or the
-        one that begins there whole if it is larger; a SLICE where that cannot be
-        told (a message of several segments, a table not whole, the peer's framer
-        holding part of a message, so that `at` is inside one).
+        at once: the messages that begin there and fit in a SLICE, or the one that
+        begins there whole if it is larger; a SLICE where that cannot be told (a
+        table not whole or past wire.MAX_SEGMENTS, the peer's framer holding part of
+        a message, so that `at` is inside one).
 
         The lane frames what a peer sends and hands Python whole messages.  Cut in
         SLICE-byte pieces wherever they fell, a message larger than a slice went
@@ -1564,15 +1564,20 @@ class Supervisor:
         calls carried 8 MiB each (host calls: the lane forwards none) cost the loop
         ~17 ms a call, twenty times what sending one cost it.  Its handling, at its
         end, was never split by that; and slices that end where messages do leave
-        the framer empty, so that the next large one goes whole too."""
+        the framer empty, so that the next large one goes whole too.  A message of
+        several segments was still cut in slices: what pycapnp (Cap'n Proto's C++)
+        sends whenever params outgrow its first segment, so an external client's
+        calls of 8 MiB each cost the loop ~60 ms a call, and a compartment calling
+        another one at a time beside it waited ten times as long as alone
+        (benchmarks/neighbour.py xhuge)."""
         peer = self.router.peers.get(pid)
         if peer is None or peer.conn.pending_bytes:
             return SLICE
         end, last = at, len(item)
         while last - end >= 8:
             nseg, words = _TABLE_ONE.unpack_from(item, end)
-            size = 8 + 8 * words
-            if nseg or end + size > last:
+            size = 8 + 8 * words if nseg == 0 else wire.framed_size(item, end)
+            if size is None or end + size > last:
                 break
             if end + size - at > SLICE:
                 return size if end == at else end - at
