@@ -8,7 +8,7 @@
  *   clock     Clock.monotonic (clock_gettime)
  *   random    Random.bytes of 4 KiB (getentropy)
  *   flood     calc.add back to back: a call flood to the honest server
- *   grow      malloc until memory.grow fails, touching every page, then sleeps
+ *   grow      memory.grow until it fails, touching every page, then sleeps
  *   crash     traps at once (its restart policy restarts it)
  *   caps      calc.sumTo(0, a capability to itself): one passed and released a call
  *   huge      calls sink.add with params at its message_size limit
@@ -78,9 +78,14 @@ int main(int argc, char **argv) {
   } else if (!strcmp(mode, "flood")) {
     for (;;) { wsuper_arena a = {0, 0}; calc_add_results r; calc_add(&a, calc, 1, 2, &r); wsuper_arena_free(&a); }
   } else if (!strcmp(mode, "grow")) {
-    size_t got = 0;
-    for (;;) { char *p = malloc(1 << 20); if (!p) break; memset(p, 1, 1 << 20); got++; }
-    printf("hostile: grew %zu MiB\n", got);
+    size_t got = 0;                    /* memory.grow itself, a MiB at a time, each page touched */
+    for (;;) {
+      long at = __builtin_wasm_memory_grow(0, 16);
+      if (at < 0) break;
+      for (long pg = 0; pg < 16; pg++) ((volatile char *)(at * 65536))[pg * 65536] = 1;
+      got++;
+    }
+    printf("hostile: grew %zu MiB more\n", got);
     fflush(stdout);
     for (;;) pause_ms(1000);
   } else if (!strcmp(mode, "crash")) {
