@@ -140,6 +140,7 @@ def run_once(build_dir: str, mode: str, calls: int, timeout: float = 300) -> dic
             if time.monotonic() - start > timeout:
                 break
     finally:
+        result["supervisor_cpu_s"] = _cpu_seconds(up.pid)    # every thread of it, so far
         if client:
             client.send_signal(signal.SIGTERM)
             try:
@@ -157,6 +158,16 @@ def run_once(build_dir: str, mode: str, calls: int, timeout: float = 300) -> dic
         result["supervisor_stderr_tail"] = err.strip().splitlines()[-3:]
     subprocess.run(["rm", "-rf", d])
     return result
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User and system CPU of process `pid` (all its threads), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- the external client
