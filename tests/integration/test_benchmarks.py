@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -110,7 +112,22 @@ def test_the_host_path_benchmark_runs_for_both_host_objects():
         assert all(got[k] > 0 for k in timed), got
 
 
-def test_an_honest_pair_gets_every_answer_beside_each_kind_of_neighbour(tmp_path):
+@pytest.fixture(scope="module")
+def neighbour(tmp_path_factory):
+    """benchmarks/neighbour.py, its plugins built (once for every kind of neighbour)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import neighbour
+    finally:
+        sys.path.pop(0)
+    built = tmp_path_factory.mktemp("neighbour")
+    neighbour.build(str(built))
+    return neighbour, str(built)
+
+
+@pytest.mark.parametrize("mode", ["spin", "log", "grow", "crash", "caps", "huge", "hold",
+                                  "xcaps", "xhuge"])
+def test_an_honest_pair_gets_every_answer_beside_each_kind_of_neighbour(neighbour, mode):
     """benchmarks/neighbour.py's systems, small: beside a compartment that spins,
     floods its log, grows its memory to the limit, crashes and is restarted at
     once, passes capabilities, sends calls of its whole message_size or holds a
@@ -118,19 +135,13 @@ def test_an_honest_pair_gets_every_answer_beside_each_kind_of_neighbour(tmp_path
     passing capabilities or sending 8 MiB calls in two segments, the honest
     client's calls are all answered, rightly (how fast is for the benchmark),
     and each neighbour did what it says."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import neighbour
-    finally:
-        sys.path.pop(0)
-    neighbour.build(str(tmp_path))
-    for mode in ("spin", "log", "grow", "crash", "caps", "huge", "hold", "xcaps", "xhuge"):
-        r = neighbour.run_once(str(tmp_path), mode, 200, timeout=120)
-        assert r["line"] is not None, (mode, r)
-        assert (r["n"], r["errors"], r["wrong"]) == (200, 0, 0), (mode, r["line"])
-        if mode == "grow":
-            assert any("grew 63 MiB more" in h for h in r["hostile"]), r["hostile"]
-        if mode == "huge":
-            assert any("huge call of" in h and "answered" in h for h in r["hostile"]), r
-        if mode.startswith("x"):
-            assert '"calls": ' in r["client"] and '"calls": 0,' not in r["client"], r["client"]
+    module, built = neighbour
+    r = module.run_once(built, mode, 200, timeout=120)
+    assert r["line"] is not None, (mode, r)
+    assert (r["n"], r["errors"], r["wrong"]) == (200, 0, 0), (mode, r["line"])
+    if mode == "grow":
+        assert any("grew 63 MiB more" in h for h in r["hostile"]), r["hostile"]
+    if mode == "huge":
+        assert any("huge call of" in h and "answered" in h for h in r["hostile"]), r
+    if mode.startswith("x"):
+        assert '"calls": ' in r["client"] and '"calls": 0,' not in r["client"], r["client"]
