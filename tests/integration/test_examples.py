@@ -61,14 +61,10 @@ def test_the_store_persists_to_its_append_only_file(kv):
     assert any(x["caller"] == "store" and x["method"] == "changed" for x in records)
 
 
-def test_a_client_allowed_remove_removes_for_good(kv, wsuper, tmp_path):
-    """The demo's client may not call Store.remove; a client whose grant allows it
-    (here an external one, through the system's socket) removes a key: the store
-    appends a record of it to its append-only log and, started again, replays it."""
-    import capnp_schemas
-    _fresh_data(kv)
-    (kv / "data" / "kv.log").write_text("runs\t7\ngreeting\thello\n")
-    system = kv / "removing.toml"
+def _store_alone(kv, name: str, tmp_path):
+    """A system file `name` beside the example's: its store alone, external, on a
+    socket in `tmp_path`."""
+    system = kv / name
     system.write_text(f"""
 [system]
 schemas = ["kv.capnp"]
@@ -83,6 +79,17 @@ external = true
 data = {{ host = "directory", path = "${{SYSTEM_DIR}}/data", append_only = true }}
 stdout = {{ host = "log" }}
 """)
+    return system
+
+
+def test_a_client_allowed_remove_removes_for_good(kv, wsuper, tmp_path):
+    """The demo's client may not call Store.remove; a client whose grant allows it
+    (here an external one, through the system's socket) removes a key: the store
+    appends a record of it to its append-only log and, started again, replays it."""
+    import capnp_schemas
+    _fresh_data(kv)
+    (kv / "data" / "kv.log").write_text("runs\t7\ngreeting\thello\n")
+    system = _store_alone(kv, "removing.toml", tmp_path)
     schema = capnp_schemas.load(str(kv / "kv.capnp"))
 
     async def remove(gateway):
@@ -211,21 +218,7 @@ def test_capabilities_a_listener_adds_to_its_answers_do_not_fill_the_stores_hand
     from tests.wireclient import WireClient
     import capnp_schemas
     _fresh_data(kv)
-    system = kv / "external.toml"
-    system.write_text(f"""
-[system]
-schemas = ["kv.capnp"]
-socket = "{tmp_path}/kv.sock"
-
-[compartments.store]
-module = "build/store.wasm"
-exports = "Store"
-external = true
-
-[compartments.store.grants]
-data = {{ host = "directory", path = "${{SYSTEM_DIR}}/data", append_only = true }}
-stdout = {{ host = "log" }}
-""")
+    system = _store_alone(kv, "external.toml", tmp_path)
     run = wsuper("up", str(system))
     run.wait_for("ready store")
     schema = capnp_schemas.load(str(kv / "kv.capnp"))
