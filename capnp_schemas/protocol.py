@@ -570,8 +570,8 @@ class Connection:
             # well-formed, past a per-message limit: this call fails, not the
             # connection (as a conforming peer, Cap'n Proto's C++ RPC among them,
             # which has no such limit, may send it); what it gave us is released
-            self._new_answer(m.id)
             self._release_given(m.caps, events)
+            self._new_answer(m.id)
             yourself = m.send_to == "yourself"
             if yourself:
                 self.answers[m.id].elsewhere = True
@@ -587,10 +587,19 @@ class Connection:
             return
         events.append(CallReceived(m.id, target, m.interface_id, m.method_id, payload))
 
-    @staticmethod
-    def _release_given(refs, events):
-        """Release the references `refs` (export ids: Plain.over) gave us, one
-        Release per id, without their entering the import table."""
+    def _release_given(self, caps, events):
+        """Release the references a message refused for a per-message limit gave us
+        (`caps`: Plain.over's (refs, named), refs export ids), one Release per id,
+        without their entering the import table.  What it names of ours (named:
+        receiverHosted export ids, receiverAnswer question ids) is checked first,
+        as within the limit: one we never issued is a protocol error there, and
+        was let through here (an outside review of the limit)."""
+        refs, named = caps
+        for kind, value in named:
+            if kind == rpcwire.CAP_RECEIVER_HOSTED:
+                self._export_obj(value)
+            else:
+                self._promised(value, ())
         if refs:
             events.append(RefsReleased(rpcwire.encode_releases(Counter(refs)),
                                        len(refs)))

@@ -206,8 +206,10 @@ class Plain:
     capabilities, more pipeline transform steps than MAX_PATH_DEPTH or
     MAX_TRANSFORM_STEPS_PER_MESSAGE), and this says which, for the call or the
     answer to fail with (a Call's promise target is then (question id, ())).  `caps` then holds only the references the message
-    gives its receiver: an export id for each senderHosted, senderPromise and
-    thirdPartyHosted (its vine's) descriptor, one reference each to release;
+    gives its receiver and what it names of the receiver's, (refs, named): refs
+    an export id for each senderHosted, senderPromise and thirdPartyHosted (its
+    vine's) descriptor, one reference each to release; named (CAP_* kind, id)
+    for each receiverHosted and receiverAnswer, checked as within the limit;
     nothing else of the table is read (no receiverAnswer's transform), and
     `content_loc` is None.
 
@@ -566,17 +568,22 @@ def _given_refs(segs, field: int) -> tuple:
     """The references the cap table of Payload field `field` gives its receiver, as
     export ids, one for each senderHosted, senderPromise and thirdPartyHosted
     (its vine's id) descriptor, which the receiver must release (rpc.capnp: it
-    owns one reference each).  Read a word a descriptor, in bulk: the table,
-    which pycapnp has just counted against the traversal limit, may hold tens
-    of thousands of descriptors, and a receiverAnswer's transform is never read."""
+    owns one reference each); and the objects of ours it names, (CAP_* kind, id)
+    for each receiverHosted (an export id) and receiverAnswer (a question id),
+    which the receiver checks as it would within the limit (one it never issued
+    is a protocol error there, and here too): (refs, named).  A descriptor of a
+    kind rpc.capnp does not define is a WireError, as within the limit.  Read a
+    word a descriptor, in bulk: the table, which pycapnp has just counted
+    against the traversal limit, may hold tens of thousands of descriptors, and
+    a receiverAnswer's transform is never read."""
     loc = wire.follow_path(segs, (0, 0), (0, field))
     loc = wire.struct_pointer_field(segs, loc, 1) if loc is not None else None
     r = wire.resolve(segs, loc) if loc is not None else None
     if r is None:
-        return ()
+        return (), ()
     n, dw, pc = wire.composite_tag(segs, r)
     if not dw:
-        return ()
+        return (), ()
     _k, s, start, _w = r
     step = dw + pc
     halves = array("I", bytes(segs[s][8 * (start + 1):8 * (start + 1 + n * step)]))
@@ -584,10 +591,23 @@ def _given_refs(segs, field: int) -> tuple:
         halves.byteswap()
     # each descriptor's first word: the union's tag (its low 16 bits), then the id
     kinds, ids = halves[0::2 * step], halves[1::2 * step]
+    named = []
     if set(kinds) <= {CAP_SENDER_HOSTED, CAP_SENDER_PROMISE}:    # at C's pace
         out = ids.tolist()
     else:
+        if max(k & 0xFFFF for k in kinds) > CAP_THIRD_PARTY_HOSTED:
+            raise wire.WireError("CapDescriptor: a union member that rpc.capnp does not define")
         out = [i for k, i in zip(kinds, ids) if 0 < k & 0xFFFF < 3]  # senderHosted, -Promise
+        for i, k in enumerate(kinds):
+            k &= 0xFFFF
+            if k == CAP_RECEIVER_HOSTED:
+                named.append((k, ids[i]))
+            elif k == CAP_RECEIVER_ANSWER:
+                # PromisedAnswer: questionId is its first data word's low half
+                t = wire.resolve(segs, (s, start + 1 + i * step + dw)) if pc else None
+                if t is None or t[0] != wire.STRUCT or not (t[3] >> 32) & 0xFFFF:
+                    raise wire.WireError("CapDescriptor.receiverAnswer: no PromisedAnswer")
+                named.append((k, _Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF))
     if pc and CAP_THIRD_PARTY_HOSTED in {k & 0xFFFF for k in kinds}:
         for i, k in enumerate(kinds):
             if k & 0xFFFF == CAP_THIRD_PARTY_HOSTED:
@@ -596,7 +616,7 @@ def _given_refs(segs, field: int) -> tuple:
                 out.append(_Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF
                            if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF
                            else 0)
-    return tuple(out)
+    return tuple(out), tuple(named)
 
 
 def _exception(e, segs, path: tuple) -> tuple[str, str]:

@@ -852,10 +852,12 @@ def test_a_call_past_the_capability_limit_fails_alone_and_its_references_are_rel
     server = object()
     imp = bootstrap(a, b, server)
     mine = b._export(object())                 # one of b's own, handed back: no reference
+    open_q, data = a.send_call(imp, 0x1234, 1)  # an answer of b's, named back
+    b.receive(data)
     descs = [("senderHosted", 100 + i) for i in range(200)] \
         + [("senderHosted", 7)] * 40 + [("senderPromise", 8)] * 10 \
         + [("thirdPartyHosted", 9)] * 2 + [("receiverHosted", mine)] * 3 \
-        + [("receiverAnswer", (77, (0, 1)))] + [("none", 0)]
+        + [("receiverAnswer", (open_q, (0, 1)))] + [("none", 0)]
     assert len(descs) == 257
     events = b.receive(_call_with_caps(5, imp, descs))
     assert [type(e) for e in events] == [P.RefsReleased, P.CallReceived]
@@ -864,7 +866,7 @@ def test_a_call_past_the_capability_limit_fails_alone_and_its_references_are_rel
     assert call.over == "257 capabilities in one message (limit 256, MAX_CAPS_PER_MESSAGE)"
     want = {100 + i: 1 for i in range(200)} | {7: 40, 8: 10, 9: 2}
     assert rel.count == 252 and _releases(rel.data) == want
-    assert b.imports == {} and b.unanswered == 1
+    assert b.imports == {} and b.unanswered == 2
     # the owner fails the call; the peer finishes it, and the connection goes on
     with rpc.Message.from_bytes(b.send_exception(5, f"params refused: {call.over}")) as msg:
         assert "257 capabilities" in msg.__getattr__("return").exception.reason
@@ -917,6 +919,36 @@ def test_a_call_past_the_capability_limit_still_needs_a_target_that_exists():
     bootstrap(a, b, object())
     with pytest.raises(P.ProtocolError, match="export id 99"):
         b.receive(_call_with_caps(5, 99, [("senderHosted", 1)] * 257))
+
+
+@pytest.mark.parametrize("named, error", [
+    (("receiverHosted", 99999), "export id 99999 was never issued"),
+    (("receiverAnswer", (77777, (0,))), "unknown question 77777"),
+    (("receiverAnswer", (77777, ())), "unknown question 77777"),
+])
+def test_a_call_past_the_capability_limit_names_only_what_exists(named, error):
+    """An outside review of the limit: 256 descriptors naming an export or a
+    question the receiver never issued were a protocol error, and 257 of them only
+    failed the call.  Past the limit, what the table names of the receiver's is
+    checked as within it, and the peer is cut off the same way; what it gave is
+    not released then (the connection ends)."""
+    for count in (256, 257):
+        a, b = pair()
+        imp = bootstrap(a, b, object())
+        with pytest.raises(P.ProtocolError, match=error):
+            b.receive(_call_with_caps(5, imp, [("senderHosted", 1)] * (count - 1) + [named]))
+
+
+def test_a_descriptor_of_no_kind_rpc_capnp_defines_is_refused_past_the_limit_too():
+    a, b = pair()
+    imp = bootstrap(a, b, object())
+    data = bytearray(_call_with_caps(5, imp, [("senderHosted", 1)] * 256
+                                     + [("receiverHosted", 0)]))
+    # the last descriptor's tag (CapDescriptor's discriminant, its first 16 bits)
+    tag = bytes(data).rindex(struct.pack("<HHI", 3, 0, 0))
+    data[tag:tag + 2] = struct.pack("<H", 9)
+    with pytest.raises(P.ProtocolError, match="does not define"):
+        b.receive(bytes(data))
 
 
 def test_a_cap_table_past_what_a_refusal_may_cost_is_still_a_protocol_error():
