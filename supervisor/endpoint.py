@@ -807,10 +807,33 @@ def decide_state(held: bool, pid: int | None, process: str | None, published: bo
     return SystemState(STARTING, pid)
 
 
+#: how many times, and how far apart (s), a process seen stopped is looked at again
+#: before it is said to be (settled_state)
+STOP_LOOKS, STOP_LOOK_GAP = 10, 0.03
+
+
 def stopped(pid: int | None) -> bool:
     """Whether process `pid` is stopped: by a signal (SIGSTOP, SIGTSTP: Ctrl-Z) or a
-    tracer; False if it is not, or cannot be told."""
-    return pid is not None and pid > 0 and process_state(pid) in _STOPPED_STATES
+    tracer, and stays so (settled_state); False if it is not, or cannot be told."""
+    return pid is not None and pid > 0 and settled_state(pid) in _STOPPED_STATES
+
+
+def settled_state(pid: int) -> str | None:
+    """process_state(pid), but a process seen stopped (T, t) is looked at again,
+    STOP_LOOKS times STOP_LOOK_GAP apart, and the first state it is seen in that
+    is not stopped is the one returned.  strace (or py-spy, perf trace) stops its
+    tracee at every system call, a moment each (t): looked at once, a running
+    `wsuper up` under strace was said to be stopped by 6 `status` of 15 and a
+    `stop` of it refused, "nothing was sent to it" (an outside review).  A
+    process stopped by a signal or a debugger stays stopped; only its saying so
+    waits, ~0.3 s."""
+    state = process_state(pid)
+    for _ in range(STOP_LOOKS - 1):
+        if state not in _STOPPED_STATES:
+            break
+        time.sleep(STOP_LOOK_GAP)
+        state = process_state(pid)
+    return state
 
 
 def process_state(pid: int) -> str | None:
@@ -876,7 +899,7 @@ def system_state(system_path: str) -> SystemState:
     if not held:
         return decide_state(False, None, None, False, False, ("lock file",) + (
             ("admin socket",) if _is_socket(admin) else ()))
-    process = process_state(pid) if pid is not None else None
+    process = settled_state(pid) if pid is not None else None
     if pid is not None and process in _STOPPED_STATES:
         return decide_state(True, pid, process, False, False)
     published = pid is not None and _published_by(system_path, pid)

@@ -1,7 +1,7 @@
 """The operator's commands (supervisor/cli.py) against a system that answers but
 does not do what it said, without processes: the admin socket faked."""
 import os
-
+import time
 
 import pytest
 
@@ -711,3 +711,45 @@ def test_a_process_on_the_admin_socket_that_is_not_the_systems_up_is_not_asked(
         lock.release()
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("seen, said", [
+    (["t", "t", "S"], "S"),          # strace: a stop at each system call, a moment each
+    (["T", "R"], "R"),               # continued just after
+    (["S"], "S"),
+    (["t"] * 10, "t"),               # a debugger's: stays
+    (["T"] * 10, "T"),               # SIGSTOP, Ctrl-Z: stays
+])
+def test_a_process_is_said_stopped_only_when_it_stays_stopped(monkeypatch, seen, said):
+    """An outside review: under strace, a running `wsuper up` read 't' at the
+    moment a command looked, and `status` said it was stopped (6 of 15), and
+    `stop` sent nothing.  A process seen stopped is looked at again, and said
+    stopped only if it is each time."""
+    looks = iter(seen)
+    monkeypatch.setattr(endpoint, "process_state", lambda pid: next(looks))
+    monkeypatch.setattr(endpoint, "STOP_LOOK_GAP", 0)
+    assert endpoint.settled_state(1234) == said
+    assert next(looks, None) is None                  # looked at no more than it took
+    looks = iter(seen)
+    assert endpoint.stopped(1234) == (said in "Tt")
+
+
+def test_a_stopped_process_is_said_stopped(tmp_path):
+    """The real thing: a child stopped with SIGSTOP is, and continued it is not."""
+    import signal
+    import subprocess
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not endpoint.stopped(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while endpoint.process_state(child.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint.stopped(child.pid)
+        os.kill(child.pid, signal.SIGCONT)
+        while endpoint.process_state(child.pid) == "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not endpoint.stopped(child.pid)
+    finally:
+        child.kill()
+        child.wait()
