@@ -466,6 +466,22 @@ def test_a_stop_for_a_closed_terminal_is_said_in_the_log_files_and_the_audit(tmp
         text = f.read()
     with open(path, "w") as f:
         f.write(text.replace("[system]\n", f'[system]\naudit = "{tmp_path}/audit.jsonl"\n', 1))
+    _up_until_ready_then_reader_goes(path, xdg, timeout=30)
+    said = "the terminal's reader went away (stdout or stderr is a pipe whose reader " \
+           "closed it): stopping"
+    logs = _cli("logs", path, env={"XDG_RUNTIME_DIR": xdg})
+    assert logs.returncode == 0, logs.stderr
+    assert said in logs.stdout, logs.stdout
+    with open(tmp_path / "audit.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert {"event": "stop requested", "reason": "the terminal's reader went away",
+            "by": "operator"}.items() <= records[-2].items(), records[-2:]
+    assert records[-1]["event"] == "run stopped", records[-1]
+
+
+def _up_until_ready_then_reader_goes(path: str, xdg: str, timeout: float):
+    """`wsuper up path` with stdout and stderr a pipe, read until every compartment
+    is ready; then the reader goes, and up must end, exit 0, within `timeout`."""
     env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
     r, w = os.pipe()
     p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", path], cwd=ROOT,
@@ -478,20 +494,10 @@ def test_a_stop_for_a_closed_terminal_is_said_in_the_log_files_and_the_audit(tmp
                 chunk = pipe.read(4096)
                 assert chunk, seen
                 seen += chunk
-        assert p.wait(timeout=30) == 0
+        assert p.wait(timeout=timeout) == 0
     finally:
         if p.poll() is None:
             p.kill()
-    said = "the terminal's reader went away (stdout or stderr is a pipe whose reader " \
-           "closed it): stopping"
-    logs = _cli("logs", path, env={"XDG_RUNTIME_DIR": xdg})
-    assert logs.returncode == 0, logs.stderr
-    assert said in logs.stdout, logs.stdout
-    with open(tmp_path / "audit.jsonl") as f:
-        records = [json.loads(line) for line in f]
-    assert {"event": "stop requested", "reason": "the terminal's reader went away",
-            "by": "operator"}.items() <= records[-2].items(), records[-2:]
-    assert records[-1]["event"] == "run stopped", records[-1]
 
 
 def test_the_same_system_through_a_symlinked_directory_is_the_same_system(tmp_path, xdg):
@@ -513,22 +519,7 @@ def test_a_reader_that_goes_away_after_the_last_line_still_stops_the_system(tmp_
     # everything the system will print is read, then the reader goes: no write
     # would ever fail, so the supervisor must notice the closed pipe by itself
     path = _system(tmp_path)
-    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
-    r, w = os.pipe()
-    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", path], cwd=ROOT,
-                         env=env, stdout=w, stderr=w)
-    os.close(w)
-    try:
-        seen = b""
-        with os.fdopen(r, "rb", buffering=0) as pipe:
-            while b"all compartments ready" not in seen:
-                chunk = pipe.read(4096)
-                assert chunk, seen
-                seen += chunk
-        assert p.wait(timeout=15) == 0          # the pipe's reader is gone: it ends
-    finally:
-        if p.poll() is None:
-            p.kill()
+    _up_until_ready_then_reader_goes(path, xdg, timeout=15)   # the reader gone: it ends
     admin = endpoint.admin_socket_path(path)
     deadline = time.monotonic() + 10
     while os.path.exists(admin) and time.monotonic() < deadline:
