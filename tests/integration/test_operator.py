@@ -968,6 +968,22 @@ sys.exit(cli.main(["up", sys.argv[1]]))
 """
 
 
+def _starting(tmp, system: str, seconds: int = 120) -> subprocess.Popen:
+    """`wsuper up system` held in its start for `seconds` (_SLOW_START: where it
+    compiles, holding the system's lock, no admin socket yet), once it says so."""
+    script = tmp / "slow_start.py"
+    script.write_text(_SLOW_START.replace("time.sleep(120)", f"time.sleep({seconds})")
+                      .format(root=ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "compiling":
+        proc.kill()
+        proc.wait()
+    assert line == "compiling", line
+    return proc
+
+
 def test_stop_of_a_system_still_compiling_stops_it(running):
     """`up` reads, checks and compiles the system holding its lock, and binds its
     admin socket only then: with a module of 10 MB on a busy machine (~35 s), `wsuper
@@ -977,12 +993,8 @@ def test_stop_of_a_system_still_compiling_stops_it(running):
     takes at any moment of its start): "stopped", exit 0; up ends 143, saying so."""
     _run, path, tmp = running
     _run.stop()
-    script = tmp / "slow_start.py"
-    script.write_text(_SLOW_START.format(root=ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), path], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _starting(tmp, path)
     try:
-        assert proc.stdout.readline().strip() == "compiling"
         r = run_wsuper("stop", path, timeout=90)
         assert r.returncode == 0 and "is starting (its admin socket is not up yet)" in \
             r.stdout and "stopped" in r.stdout, r.output
@@ -1499,12 +1511,8 @@ def test_every_command_says_at_once_that_a_system_is_still_starting(tmp_path):
     call waits for the start within its --timeout, then says it is still starting;
     and none of them harms the start: `stop` then finds it starting, as before."""
     system = _states_system(tmp_path)
-    script = tmp_path / "slow_start.py"
-    script.write_text(_SLOW_START.format(root=ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _starting(tmp_path, system)
     try:
-        assert proc.stdout.readline().strip() == "compiling"
         said = {what: run_wsuper(*args) for what, args in
                 _asking_commands(system, tmp_path).items()}
         as_json = run_wsuper("status", system, "--json")
@@ -1537,13 +1545,8 @@ def test_call_waits_for_a_system_that_is_starting_within_its_timeout(tmp_path):
     answered once the system is up, within --timeout, as before; after
     endpoint.WAIT_NOTICE (3 s) it says what it waits for."""
     system = _states_system(tmp_path)
-    script = tmp_path / "slow_start.py"
-    script.write_text(_SLOW_START.replace("time.sleep(120)", "time.sleep(10)")
-                      .format(root=ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), system], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _starting(tmp_path, system, seconds=10)
     try:
-        assert proc.stdout.readline().strip() == "compiling"
         r = run_wsuper("call", system, "calc.add", "(a = 1, b = 2)", "--timeout", "60")
         assert r.returncode == 0 and r.stdout.strip() == "(sum = 3)", r.output
         # and says, once, what it waits for (it waited without a word)
