@@ -145,23 +145,12 @@ def running_facts(system_path: str) -> dict | None:
         if not _held_exclusively(fd):
             return None
         pid = _holder_pid(fd)
-        gfd = os.open(grants_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-                      | os.O_NONBLOCK)
-        try:
-            if not stat.S_ISREG(os.fstat(gfd).st_mode):
-                return None
-            data = os.read(gfd, GRANTS_LIMIT + 1)
-        finally:
-            os.close(gfd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    try:
-        obj = json.loads(data) if len(data) <= GRANTS_LIMIT else None
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict) or str(obj.get("pid")) != pid or not pid:
+    obj = _published(system_path)
+    if obj is None or str(obj.get("pid")) != pid or not pid:
         return None
     facts = {}
     for key in ("revocable", "compartments"):
@@ -866,24 +855,32 @@ def _accepting(path: str) -> bool:
 
 def _published_by(system_path: str, pid: int) -> bool:
     """Whether the grants file beside the lock is the one process `pid` published."""
+    obj = _published(system_path)
+    return obj is not None and str(obj.get("pid")) == str(pid)
+
+
+def _published(system_path: str) -> dict | None:
+    """The JSON object of the grants file beside the lock (Lock.publish), or None:
+    none there, not a regular file (not followed if a link), past GRANTS_LIMIT, or
+    not a JSON object.  Who published it is the caller's to check."""
     try:
         fd = os.open(grants_path(system_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
                      | os.O_NONBLOCK)
     except OSError:
-        return False
+        return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
+            return None
         data = os.read(fd, GRANTS_LIMIT + 1)
     except OSError:
-        return False
+        return None
     finally:
         os.close(fd)
     try:
-        obj = json.loads(data)
+        obj = json.loads(data) if len(data) <= GRANTS_LIMIT else None
     except (ValueError, RecursionError):
-        return False
-    return isinstance(obj, dict) and str(obj.get("pid")) == str(pid)
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def system_state(system_path: str) -> SystemState:
@@ -941,15 +938,6 @@ def _is_socket(path: str) -> bool:
         return stat.S_ISSOCK(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-def starting_pid(system_path: str) -> int | None:
-    """The pid of this user's `wsuper up` of `system_path` that holds the system's
-    lock but answers on no admin socket yet (it reads, checks and compiles the
-    system first: tens of seconds for a large module on a busy machine), or None
-    (system_state: it is not STARTING)."""
-    state = system_state(system_path)
-    return state.pid if state.kind == STARTING else None
 
 
 class SystemStarting(EndpointError):
