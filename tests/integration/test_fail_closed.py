@@ -167,12 +167,7 @@ def test_a_return_with_an_exception_type_nobody_defined_reaches_no_one_as_a_cras
     before = _supervisor(run.proc.pid)
     c = WireClient(sock)
     calc = c.get(c.bootstrap(), "calc")
-    observer = object()
-    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
-    seg = bytearray(params.segments[0])
-    ptr = len(seg) // 8 - 1                         # `observer`: the last pointer
-    struct.pack_into("<Q", seg, 8 * ptr, 3)          # capability #0
-    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    qid, observer = _ask_sum_to(c, calc, 2)
     step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
     answer = bytearray(c.conn.send_exception(step.answer_id, "no", "failed"))
     struct.pack_into("<H", answer, 60, 0xFFFF)       # Exception.type
@@ -247,14 +242,20 @@ def test_a_message_whose_pipeline_transforms_are_too_long_together_is_refused(li
     _still_serving(run, sock, before)
 
 
-def _sum_to(c: WireClient, calc: int, n: int, junk: int = 0) -> P.ReturnReceived:
-    """calc.sumTo(n, observer), the observer hosted by this client and answering
-    (each answer with `junk` capabilities that Observer.step does not return)."""
+def _ask_sum_to(c: WireClient, calc: int, n: int) -> tuple[int, object]:
+    """Ask calc.sumTo(n, observer), the observer an object of this client's: (the
+    question's id, the observer)."""
     observer = object()
     params = payloads.build(_calc_structs("sumTo")[0], {"n": n})[0]
     seg = bytearray(params.segments[0])
     struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
-    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    return c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer]), observer
+
+
+def _sum_to(c: WireClient, calc: int, n: int, junk: int = 0) -> P.ReturnReceived:
+    """calc.sumTo(n, observer), the observer hosted by this client and answering
+    (each answer with `junk` capabilities that Observer.step does not return)."""
+    qid, observer = _ask_sum_to(c, calc, n)
     while True:
         ev = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer
                     or isinstance(e, P.ReturnReceived) and e.question_id == qid)
@@ -437,11 +438,7 @@ def test_results_of_257_capabilities_fail_the_call_they_answer_not_the_connectio
     before = _supervisor(run.proc.pid)
     c = WireClient(sock)
     calc = c.get(c.bootstrap(), "calc")
-    observer = object()
-    params = payloads.build(_calc_structs("sumTo")[0], {"n": 2})[0]
-    seg = bytearray(params.segments[0])
-    struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
-    qid = c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer])
+    qid, observer = _ask_sum_to(c, calc, 2)
     step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
     junk = [object() for _ in range(257)]
     # what send_return refuses to write (more than one message carries), by hand;
