@@ -420,6 +420,17 @@ def test_a_request_the_system_would_not_take_is_refused_naming_the_argument(
         lock.release()
 
 
+def _system_with_its_own_runtime(tmp_path, monkeypatch) -> str:
+    """A system file of one compartment, and a private XDG_RUNTIME_DIR for it."""
+    run = tmp_path / "run"
+    (run / "wsuper").mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    system = str(tmp_path / "system.toml")
+    with open(system, "w") as f:
+        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    return system
+
+
 def test_a_second_up_beside_the_first_names_its_pid(tmp_path, monkeypatch):
     """A review of the operator's commands: two `wsuper up` of one system started at
     once; the second found the lock held and read the file for the holder's pid
@@ -427,12 +438,7 @@ def test_a_second_up_beside_the_first_names_its_pid(tmp_path, monkeypatch):
     "this system is already running (pid ?)".  The file is looked at again, a
     moment apart, until the pid is there."""
     import fcntl
-    run = tmp_path / "run"
-    (run / "wsuper").mkdir(mode=0o700, parents=True)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    system = str(tmp_path / "system.toml")
-    with open(system, "w") as f:
-        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    system = _system_with_its_own_runtime(tmp_path, monkeypatch)
     holder = os.open(endpoint.lock_path(system), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)        # the first up: locked, its pid not yet written
     pauses = []
@@ -520,12 +526,7 @@ def test_up_holds_the_systems_lock_while_it_reads_checks_and_compiles_it(
     left S running).  The lock is taken first (a stop then waits for the admin
     socket: connect_admin), and let go when `up` is refused."""
     from supervisor import policy, preflight
-    run = tmp_path / "run"
-    (run / "wsuper").mkdir(mode=0o700, parents=True)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    system = str(tmp_path / "system.toml")
-    with open(system, "w") as f:
-        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    system = _system_with_its_own_runtime(tmp_path, monkeypatch)
     seen = []
 
     def prepare(_system):
@@ -633,12 +634,7 @@ def _silent_listener(tmp_path, monkeypatch):
     request and never answers."""
     import subprocess
     import sys
-    run = tmp_path / "run"
-    (run / "wsuper").mkdir(mode=0o700, parents=True)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
-    system = str(tmp_path / "system.toml")
-    with open(system, "w") as f:
-        f.write('[compartments.app]\nmodule = "app.wat"\n')
+    system = _system_with_its_own_runtime(tmp_path, monkeypatch)
     proc = subprocess.Popen([sys.executable, "-c", _SILENT_LISTENER,
                              endpoint.admin_socket_path(system)],
                             stdout=subprocess.PIPE, text=True)
