@@ -1233,6 +1233,18 @@ def test_a_compile_that_never_ends_is_stopped_with_what_it_started(tmp_path, mon
     assert cli.main(["build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm")]) == 2
 
 
+def _compiler_that_says_it_started(tmp_path):
+    """(started, fake): a fake compiler that writes its pid to `started` once
+    running and then never ends, and a source p.c for it in tmp_path."""
+    started = tmp_path / "started"
+    fake = tmp_path / "clang"
+    fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
+                    "exec sleep 1000\n")
+    fake.chmod(0o755)
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    return started, fake
+
+
 def test_ctrl_c_as_the_compiler_starts_stops_it_too(tmp_path, monkeypatch):
     """A Ctrl-C that came while Popen was still returning (the compiler had
     started: on a loaded machine the next test's fake compiler had run and said so)
@@ -1241,12 +1253,7 @@ def test_ctrl_c_as_the_compiler_starts_stops_it_too(tmp_path, monkeypatch):
     has started the (fake) compiler, inside the call that would have returned it."""
     import subprocess
     from supervisor import toolchain
-    started = tmp_path / "started"
-    fake = tmp_path / "clang"
-    fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
-                    "exec sleep 1000\n")
-    fake.chmod(0o755)
-    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    started, fake = _compiler_that_says_it_started(tmp_path)
     monkeypatch.setenv("WSUPER_CLANG", str(fake))
     real = subprocess.Popen
 
@@ -1271,12 +1278,7 @@ def test_ctrl_c_on_a_build_is_one_line_that_names_no_request_to_a_system(tmp_pat
     import signal
     import subprocess
     import sys
-    started = tmp_path / "started"
-    fake = tmp_path / "clang"
-    fake.write_text(f"#!/bin/sh\necho $$ > {started}.tmp\nmv {started}.tmp {started}\n"
-                    "exec sleep 1000\n")
-    fake.chmod(0o755)
-    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    started, fake = _compiler_that_says_it_started(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.cli", "build", str(tmp_path / "p.c"), "-o",
          str(tmp_path / "p.wasm")], cwd=ROOT, env={**os.environ, "WSUPER_CLANG": str(fake)},
