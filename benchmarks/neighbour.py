@@ -144,22 +144,22 @@ def run_once(build_dir: str, mode: str, calls: int, timeout: float = 300) -> dic
         watchdog.cancel()
         result["supervisor_cpu_s"] = _cpu_seconds(up.pid)    # every thread of it, so far
         if client:
-            client.send_signal(signal.SIGTERM)
-            try:
-                out, _ = client.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                out, _ = client.communicate()
+            out, _ = _ended(client, 10)
             result["client"] = out.strip()[-300:]
-        up.send_signal(signal.SIGTERM)
-        try:
-            _, err = up.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            _, err = up.communicate()
+        _, err = _ended(up, 30)
         result["supervisor_stderr_tail"] = err.strip().splitlines()[-3:]
     subprocess.run(["rm", "-rf", d])
     return result
+
+
+def _ended(proc: subprocess.Popen, timeout: float) -> tuple:
+    """SIGTERM to `proc`, SIGKILL if it has not ended within `timeout`: what it said."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
 
 
 def _cpu_seconds(pid: int) -> float | None:
