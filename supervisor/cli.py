@@ -944,7 +944,10 @@ def _status_table(path: str, status: dict) -> str:
 
     head = ("COMPARTMENT", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "SERVED", "FAILED",
             "MEMORY", "HANDLES", "IN FLIGHT")
-    rows = [head] + [(c["name"], c["state"], str(c["pid"] or "-"), dur(c["uptime_s"]),
+    # an engine stopped by a signal or a debugger answers nothing until continued
+    rows = [head] + [(c["name"], c["state"] + (f" (stopped: kill -CONT {c['pid']})"
+                                               if c.get("stopped") is True else ""),
+                      str(c["pid"] or "-"), dur(c["uptime_s"]),
                       str(c["restarts"]), str(c["generation"]), str(c["served"]),
                       str(c["failed"]), mib(c["memory_bytes"]), str(c["handles"]),
                       f"{c['calls_from']} out, {c['calls_to']} in")

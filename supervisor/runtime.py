@@ -2909,7 +2909,7 @@ class Supervisor:
     async def _status(self) -> dict:
         now = trio.current_time()
         pids = {name: p.pid for name, p in self.procs.items() if p.returncode is None}
-        memory = await threads.run_sync(_rss, pids)
+        memory, stopped = await threads.run_sync(_processes, pids)
         compartments = []
         forwarded = self.router.forwarded_to()      # one pass over the calls in flight
         for name in self.system.compartments:
@@ -2924,7 +2924,8 @@ class Supervisor:
                 else None,
                 "restarts": self.lifecycle.restarts[name],
                 "generation": self.lifecycle.generation[name],
-                "memory_bytes": memory.get(name), **self.router.status(name, forwarded)})
+                "memory_bytes": memory.get(name), "stopped": name in stopped,
+                **self.router.status(name, forwarded)})
         # "stopping": its stop has begun (its compartments end): `wsuper status` showed
         # a system stopping as one running
         return {"pid": os.getpid(), "run": self.run_id, "uptime_s": round(now - self._began, 3),
@@ -3203,19 +3204,32 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _rss(pids: dict) -> dict:
-    """name -> resident bytes of each process (from /proc; in a worker thread)."""
-    out = {}
+def _processes(pids: dict) -> tuple[dict, set]:
+    """name -> resident bytes of each process, and the names of those stopped by a
+    signal (SIGSTOP, Ctrl-Z) or a debugger, and staying so (as endpoint.stopped), from
+    /proc; in a worker thread.  A compartment whose engine was stopped showed as
+    "ready" in `wsuper status`, its callers each waiting their whole call_time."""
+    rss, stopped = {}, set()
     for name, pid in pids.items():
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
-                        out[name] = int(line.split()[1]) * 1024
+                        rss[name] = int(line.split()[1]) * 1024
                         break
         except OSError:
             pass
-    return out
+        if endpoint.process_state(pid) in endpoint._STOPPED_STATES:
+            stopped.add(name)
+    # looked at again all together, as endpoint.settled_state does one (a traced
+    # engine is stopped a moment at each system call): ~0.3 s for any number of them
+    for _ in range(endpoint.STOP_LOOKS - 1):
+        if not stopped:
+            break
+        time.sleep(endpoint.STOP_LOOK_GAP)
+        stopped = {name for name in stopped
+                   if endpoint.process_state(pids[name]) in endpoint._STOPPED_STATES}
+    return rss, stopped
 
 
 def _describe_exit(code: int) -> str:

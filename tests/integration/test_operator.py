@@ -75,6 +75,27 @@ def test_status_shows_each_compartment(running):
     assert lines[2].split()[:2] == ["calc", "ready"]
 
 
+def test_status_says_which_engine_is_stopped(running):
+    """An engine stopped by a signal (SIGSTOP, or a debugger) answers nothing until
+    it is continued, and `status` showed its compartment "ready" all the same."""
+    _run, path, _ = running
+    by_name = {c["name"]: c for c in json.loads(run_wsuper("status", path, "--json").stdout)
+               ["compartments"]}
+    assert not any(c["stopped"] for c in by_name.values())
+    pid = by_name["spin"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = json.loads(run_wsuper("status", path, "--json").stdout)
+        assert [c["name"] for c in status["compartments"] if c["stopped"]] == ["spin"]
+        row = next(l for l in run_wsuper("status", path).stdout.splitlines()
+                   if l.startswith("spin "))
+        assert f"ready (stopped: kill -CONT {pid})" in row, row
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status = json.loads(run_wsuper("status", path, "--json").stdout)
+    assert not any(c["stopped"] for c in status["compartments"])
+
+
 def test_call_goes_through_the_external_endpoint_with_a_clients_authority(running):
     _run, path, _ = running
     r = run_wsuper("call", path, "calc.add", "(a = 20, b = 22)")
