@@ -33,8 +33,6 @@ ReturnReceived), and the references it gave are released (RefsReleased).
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import attrs
 import capnp
 
@@ -532,7 +530,8 @@ class Connection:
             raise ProtocolError("peer answered 'unimplemented' to a mandatory message")
         else:
             name = rpcwire.MESSAGE_NAMES.get(which, f"#{which} (not in rpc.capnp)")
-            events.append(Unhandled(name, _unimplemented_reply(segs)))
+            events.append(Unhandled(name, _resolve_reply(segs) if which == rpcwire.MSG_RESOLVE
+                                    else _unimplemented_reply(segs)))
 
     def _new_answer(self, aid):
         if aid in self.answers:
@@ -601,8 +600,7 @@ class Connection:
             else:
                 self._promised(value, ())
         if refs:
-            events.append(RefsReleased(rpcwire.encode_releases(Counter(refs)),
-                                       len(refs)))
+            events.append(RefsReleased(rpcwire.encode_releases(refs), len(refs)))
 
     def _promised(self, qid, transform) -> PromisedAnswer:
         a = self.answers.get(qid)
@@ -1204,6 +1202,31 @@ def _unimplemented_reply(segs) -> bytes:
     if len(reply) > len(data) + _ECHO_OVERHEAD:
         raise _echo_too_large(len(data))
     return reply
+
+
+def _resolve_reply(segs) -> bytes:
+    """The 'unimplemented' echo of a Resolve: its promise id and its capability
+    copied, or its exception with the reason cut (text.REASON_LIMIT), read by
+    hand.  A conforming peer sends Resolve for every promise it exported that
+    settles, with what was thrown, whatever its length; the whole echo of one
+    whose reason passed the header's traversal limit (512 KiB) could not be built,
+    and the peer was cut off for it.  The peer reads of the echo only which
+    Resolve it was and, for a capability, the reference to release (Cap'n
+    Proto's C++ RPC, handleUnimplemented): the reason it wrote need not come back
+    whole.  A capability is copied as any echo is (_unimplemented_reply)."""
+    msg = rpc.Message.from_segments(segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+                                    nesting_limit=NESTING_LIMIT)
+    res = msg.resolve
+    if rpcwire._which(res, "Resolve") != "exception":
+        return _unimplemented_reply(segs)
+    reason, type = rpcwire._exception(res.exception, segs, (0, 0))
+    out = rpc.Message.new_message()
+    echo = out.init("unimplemented").init("resolve")
+    echo.promiseId = res.promiseId
+    e = echo.init("exception")
+    e.reason = bounded(reason)
+    e.type = type
+    return wire.frame(out.to_segments())
 
 
 def _echo_too_large(size: int) -> ProtocolError:

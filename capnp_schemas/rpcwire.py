@@ -31,12 +31,15 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections import Counter
+from itertools import compress
 
 from . import rpc, wire
+from .wire import WireError
 
 # Message union (discriminant at byte 0 of Message's one data word)
 MSG_UNIMPLEMENTED, MSG_ABORT, MSG_CALL, MSG_RETURN, MSG_FINISH = 0, 1, 2, 3, 4
-MSG_RELEASE, MSG_BOOTSTRAP, MSG_DISEMBARGO = 6, 8, 13
+MSG_RESOLVE, MSG_RELEASE, MSG_BOOTSTRAP, MSG_DISEMBARGO = 5, 6, 8, 13
 #: Message discriminant -> name, as rpc.capnp defines them
 MESSAGE_NAMES = {f.discriminantValue: f.name for f in rpc.Message.schema.node.struct.fields}
 # Return union (discriminant at byte 6)
@@ -57,11 +60,20 @@ NESTING_LIMIT = 16
 #: fails, and the references it gave are released (Plain.over).
 MAX_CAPS_PER_MESSAGE = 256
 #: ... up to this many: a payload of more is refused as a connection's abuse (a
-#: ProtocolError).  Refusing a call costs a Release for each export id it names,
-#: 40 bytes out for each 16 in: 32,700 descriptors (what the header's traversal
-#: limit admits) took 16-19 ms of the event loop to refuse, and sent back 1.3 MB;
-#: 4096, 1 ms and 160 KB.
-MAX_REFUSED_CAPS = 16 * MAX_CAPS_PER_MESSAGE
+#: ProtocolError).  It is what the header's traversal limit admits in a table
+#: (2 words a descriptor and its tag): the table is counted and read by hand, a
+#: word a descriptor in bulk, never by pycapnp's reader.  It was 4096 until r236,
+#: and a conforming client passing more (Cap'n Proto's C++ RPC takes 20,000 in
+#: one call) lost every call and capability it had on the connection.  Refusing
+#: costs a Release out (40 bytes) for each distinct export id in (16 bytes a
+#: descriptor), made at once: 32,767 took 4-12 ms of the event loop and sent
+#: 1.3 MB; 500,000 (what an 8 MiB message holds) took 150-220 ms in one turn,
+#: which is why the bound stays.
+MAX_REFUSED_CAPS = (TRAVERSAL_LIMIT_WORDS - 1) // 2
+#: ... and of them, receiverAnswer and thirdPartyHosted descriptors, whose ids
+#: lie behind a pointer each, read one by one (about 5 us each: 32,767 took
+#: 180 ms); past it, the connection, as past 4096 of any kind before r236.
+MAX_REFUSED_POINTED = 16 * MAX_CAPS_PER_MESSAGE
 #: Pipeline transform steps in one message, the call's target and every
 #: receiverAnswer descriptor together (each alone is limited by
 #: wire.MAX_PATH_DEPTH).  Such a message is read through pycapnp, at about a
@@ -152,25 +164,31 @@ _RELEASE_HEAD = _HEAD_ONE + b"".join(_Q.pack(w) for w in (
     _ROOT, MSG_RELEASE, _struct_ptr(0, 1, 0)))
 
 
-def encode_releases(counts: dict) -> bytes:
+def encode_releases(counts) -> bytes:
     """Framed Release messages, one for each import id: count of `counts` (what
     Connection.send_release builds with pycapnp, without the table: for the
     references a refused message brought, which never entered it; a message may
-    bring tens of thousands, and they are made at once, not one by one)."""
-    out = bytearray(_RELEASE_HEAD + bytes(8)) * len(counts)
-    if counts:
-        halves = memoryview(out).cast("I")           # Release.id, .referenceCount
-        halves[8::10] = _u32(counts.keys())
-        halves[9::10] = _u32(counts.values())
-    return bytes(out)
-
-
-def _u32(values) -> array:
-    """Little-endian 32-bit words (the wire's order) of `values`, as an array."""
-    a = array("I", values)
+    bring tens of thousands, and they are made at once, not one by one).
+    `counts`: a dict, or the ids themselves (an array or list, one entry a
+    reference; counted here, at C's pace where no id repeats)."""
+    if isinstance(counts, dict):
+        keys, values = array("I", counts.keys()), array("I", counts.values())
+    else:
+        keys = array("I", counts)
+        if len(set(keys)) == len(keys):
+            values = array("I", [1]) * len(keys)
+        else:
+            c = Counter(keys)
+            keys, values = array("I", c.keys()), array("I", c.values())
+    out = array("I")
+    out.frombytes(_RELEASE_HEAD + bytes(8))
+    out *= len(keys)
+    if keys:
+        out[8::10] = keys                            # Release.id, .referenceCount
+        out[9::10] = values
     if sys.byteorder != "little":
-        a.byteswap()
-    return a
+        out.byteswap()          # the template's words back, the ids and counts to the wire's
+    return out.tobytes()
 
 
 def encode_finish(question_id: int) -> bytes:
@@ -438,8 +456,7 @@ def decode_pycapnp(segs) -> Plain:
             out.caps, out.content_loc, over = _payload(segs, call.params, 1, budget)
         except _OverSteps as e:
             # the call fails (a target's path past the bound is never followed)
-            out.caps, out.content_loc, over = _refused(segs, len(call.params.capTable), 1,
-                                                       str(e))
+            out.caps, out.content_loc, over = _refused(segs, 1, str(e))
         if over is not None:
             out.over = over
     elif which == MSG_RETURN:
@@ -453,8 +470,7 @@ def decode_pycapnp(segs) -> Plain:
                 out.caps, out.content_loc, over = _payload(segs, ret.results, 0,
                                                            [MAX_TRANSFORM_STEPS_PER_MESSAGE])
             except _OverSteps as e:
-                out.caps, out.content_loc, over = _refused(
-                    segs, len(ret.results.capTable), 0, str(e))
+                out.caps, out.content_loc, over = _refused(segs, 0, str(e))
             if over is not None:
                 out.over = over
         elif kind == "exception":
@@ -533,11 +549,12 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
     body; `budget` as _promised's.  A payload of more than MAX_CAPS_PER_MESSAGE
     capabilities is well-formed, and not ours to read: (the references it gives,
     None, the limit it passes), see Plain.over."""
+    n = _table_size(segs, field)
+    if n is not None and n > MAX_CAPS_PER_MESSAGE:
+        return _refused(segs, field, _over_caps(n), n)    # pycapnp never reads it
     table = payload.capTable
     if len(table) > MAX_CAPS_PER_MESSAGE:
-        return _refused(segs, len(table), field, (
-            f"{len(table)} capabilities in one message (limit {MAX_CAPS_PER_MESSAGE}, "
-            f"MAX_CAPS_PER_MESSAGE)"))
+        return _refused(segs, field, _over_caps(len(table)), len(table))
     caps = []
     for d in table:
         name = _which(d, "CapDescriptor")
@@ -553,15 +570,38 @@ def _payload(segs, payload, field: int, budget: list) -> tuple:
     return tuple(caps), None if loc is None else wire.struct_pointer_field(segs, loc, 0), None
 
 
-def _refused(segs, n: int, field: int, over: str) -> tuple:
-    """What _payload gives for a payload of `n` capabilities refused for `over`
-    (Plain.over): (the references it gives, None, `over`); past MAX_REFUSED_CAPS
-    capabilities, a WireError (the connection's)."""
+def _refused(segs, field: int, over: str, n: int | None = None) -> tuple:
+    """What _payload gives for a payload refused for `over` (Plain.over): (the
+    references it gives, None, `over`); a table of more than MAX_REFUSED_CAPS
+    descriptors (`n`, counted here if not given) is a WireError (the
+    connection's)."""
+    if n is None:
+        n = _table_size(segs, field) or 0
     if n > MAX_REFUSED_CAPS:
-        raise wire.WireError(f"{n} capabilities in one message (limit "
-                             f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
-                             f"{MAX_REFUSED_CAPS} the connection)")
+        raise WireError(f"{n} capabilities in one message (limit "
+                        f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
+                        f"{MAX_REFUSED_CAPS} the connection)")
     return _given_refs(segs, field), None, over
+
+
+def _table_size(segs, field: int) -> int | None:
+    """Descriptors in the cap table of Payload field `field` of the body, read by
+    hand (not charged to pycapnp's traversal limit, which a table of more than
+    32,767 passes); None when the table is not plainly a list of structs (pycapnp
+    then reads it, and says what is wrong with it)."""
+    try:
+        loc = wire.follow_path(segs, (0, 0), (0, field))
+        loc = wire.struct_pointer_field(segs, loc, 1) if loc is not None else None
+        r = wire.resolve(segs, loc) if loc is not None else None
+        if r is None or r[0] != wire.LIST or (r[3] >> 32) & 7 != wire.COMPOSITE:
+            return None
+        return wire.composite_tag(segs, r)[0]
+    except wire.WireError:
+        return None
+
+
+def _over_caps(n: int) -> str:
+    return f"{n} capabilities in one message (limit {MAX_CAPS_PER_MESSAGE}, MAX_CAPS_PER_MESSAGE)"
 
 
 def _given_refs(segs, field: int) -> tuple:
@@ -586,37 +626,52 @@ def _given_refs(segs, field: int) -> tuple:
         return (), ()
     _k, s, start, _w = r
     step = dw + pc
-    halves = array("I", bytes(segs[s][8 * (start + 1):8 * (start + 1 + n * step)]))
-    if sys.byteorder != "little":
-        halves.byteswap()
+    table = bytes(segs[s][8 * (start + 1):8 * (start + 1 + n * step)])
     # each descriptor's first word: the union's tag (its low 16 bits), then the id
-    kinds, ids = halves[0::2 * step], halves[1::2 * step]
-    named = []
-    if set(kinds) <= {CAP_SENDER_HOSTED, CAP_SENDER_PROMISE}:    # at C's pace
-        out = ids.tolist()
-    else:
-        if max(k & 0xFFFF for k in kinds) > CAP_THIRD_PARTY_HOSTED:
-            raise wire.WireError("CapDescriptor: a union member that rpc.capnp does not define")
-        out = [i for k, i in zip(kinds, ids) if 0 < k & 0xFFFF < 3]  # senderHosted, -Promise
-        for i, k in enumerate(kinds):
-            k &= 0xFFFF
-            if k == CAP_RECEIVER_HOSTED:
-                named.append((k, ids[i]))
-            elif k == CAP_RECEIVER_ANSWER:
-                # PromisedAnswer: questionId is its first data word's low half
-                t = wire.resolve(segs, (s, start + 1 + i * step + dw)) if pc else None
-                if t is None or t[0] != wire.STRUCT or not (t[3] >> 32) & 0xFFFF:
-                    raise wire.WireError("CapDescriptor.receiverAnswer: no PromisedAnswer")
-                named.append((k, _Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF))
-    if pc and CAP_THIRD_PARTY_HOSTED in {k & 0xFFFF for k in kinds}:
-        for i, k in enumerate(kinds):
-            if k & 0xFFFF == CAP_THIRD_PARTY_HOSTED:
-                # ThirdPartyCapDescriptor: vineId is its first data word's low half
-                t = wire.resolve(segs, (s, start + 1 + i * step + dw))
-                out.append(_Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF
-                           if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF
-                           else 0)
-    return tuple(out), tuple(named)
+    kinds, ids = array("H", table)[0::4 * step], array("I", table)[1::2 * step]
+    if sys.byteorder != "little":
+        kinds.byteswap()
+        ids.byteswap()
+    if not n:
+        return (), ()
+    if max(kinds) > CAP_THIRD_PARTY_HOSTED:
+        raise WireError("CapDescriptor: a union member that rpc.capnp does not define")
+    senders = kinds.count(CAP_SENDER_HOSTED) + kinds.count(CAP_SENDER_PROMISE)
+    if senders == n:                                # at C's pace, as every pass below
+        return ids, ()
+    kb = bytes(kinds.tolist())                      # each < 6: a byte a descriptor
+    out = array("I", compress(ids, kb.translate(_SENDERS)))
+    # an export id named many times is checked once, as is a question
+    named = [(CAP_RECEIVER_HOSTED, i) for i in set(compress(ids, kb.translate(_ONLY[3])))]
+    if pc:
+        pointed = kinds.count(CAP_RECEIVER_ANSWER) + kinds.count(CAP_THIRD_PARTY_HOSTED)
+        if pointed > MAX_REFUSED_POINTED:
+            raise WireError(f"{pointed} receiverAnswer and thirdPartyHosted capabilities in "
+                            f"one message (a call or answer past {MAX_CAPS_PER_MESSAGE} "
+                            f"fails; past {MAX_REFUSED_POINTED} of these, the connection)")
+        answers, vines = set(), []
+        for i in compress(range(n), kb.translate(_ONLY[4])):
+            # PromisedAnswer: questionId is its first data word's low half
+            t = wire.resolve(segs, (s, start + 1 + i * step + dw))
+            if t is None or t[0] != wire.STRUCT or not (t[3] >> 32) & 0xFFFF:
+                raise WireError("CapDescriptor.receiverAnswer: no PromisedAnswer")
+            answers.add(_Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF)
+        named += [(CAP_RECEIVER_ANSWER, q) for q in answers]
+        for i in compress(range(n), kb.translate(_ONLY[5])):
+            # ThirdPartyCapDescriptor: vineId is its first data word's low half
+            t = wire.resolve(segs, (s, start + 1 + i * step + dw))
+            vines.append(_Q.unpack_from(segs[t[1]], 8 * t[2])[0] & 0xFFFFFFFF
+                         if t is not None and t[0] == wire.STRUCT and (t[3] >> 32) & 0xFFFF
+                         else 0)
+        out.extend(vines)
+    elif kinds.count(CAP_RECEIVER_ANSWER):
+        raise WireError("CapDescriptor.receiverAnswer: no PromisedAnswer")
+    return out, tuple(named)
+
+
+#: bytes.translate tables: a kind's byte to 1 where it is of the kinds, else 0
+_SENDERS = bytes(int(k in (CAP_SENDER_HOSTED, CAP_SENDER_PROMISE)) for k in range(256))
+_ONLY = [bytes(int(k == kind) for k in range(256)) for kind in range(6)]
 
 
 def _exception(e, segs, path: tuple) -> tuple[str, str]:
@@ -670,7 +725,7 @@ def _check_layout():
         and r[3]["results"] == (0, RET_RESULTS) and r[3]["exception"] == (0, RET_EXCEPTION)
     assert m[3]["unimplemented"][1] == MSG_UNIMPLEMENTED and m[3]["abort"][1] == MSG_ABORT \
         and m[3]["release"][1] == MSG_RELEASE and m[3]["bootstrap"][1] == MSG_BOOTSTRAP \
-        and m[3]["disembargo"][1] == MSG_DISEMBARGO
+        and m[3]["disembargo"][1] == MSG_DISEMBARGO and m[3]["resolve"][1] == MSG_RESOLVE
     assert {k: d[3][k][1] for k in _CAP_KINDS} == _CAP_KINDS
     assert t[3]["promisedAnswer"][1] == 1
     f = layout(rpc.Finish)

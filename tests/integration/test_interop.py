@@ -257,3 +257,51 @@ def test_interop_a_third_party_capability_is_called_through_its_vine(external_ca
     c.wait(lambda e: isinstance(e, P.ExportReleased) and e.obj is vine)
     assert _int_result(c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32])))) == 3
     c.close()
+
+
+_MAKER: list = []
+
+
+def _maker_schema(tmp):
+    """A client-side interface whose one method gives a capability: a promise of
+    it, pipelined, is what a client passes before it is known (loaded once)."""
+    if not _MAKER:
+        path = tmp / "maker.capnp"
+        path.write_text("@0xd0a1b2c3d4e5f6c1;\n"
+                        "interface Maker { make @0 () -> (cap :Capability); }\n")
+        _MAKER.append(capnp_schemas.load(str(path)))
+    return _MAKER[0]
+
+
+def test_interop_a_promise_that_fails_with_a_long_reason_fails_only_its_calls(
+        external_calc, tmp_path):
+    """The client passes calc a promise of its own (a capability its local call
+    has not returned yet) as sumTo's observer; the promise then fails with what
+    was thrown, 600 KiB of it.  Cap'n Proto's C++ RPC tells the supervisor with a
+    Resolve carrying that exception, which the supervisor answers `unimplemented`
+    by echoing it; the echo could not be built past 512 KiB (the header's
+    traversal limit), and the client was cut off: sumTo, and every other call and
+    capability of its, failed 'disconnected'.  Now only sumTo fails, and calc on
+    the same connection answers."""
+    import asyncio
+    run, path = external_calc
+    maker_schema = _maker_schema(tmp_path)
+
+    class Maker(maker_schema.Maker.Server):
+        async def make(self, **_):
+            await asyncio.sleep(0.3)                 # calc's call on it is queued first
+            raise Exception("x" * (600 << 10))
+
+    async def body(gateway, calc_schema):
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        maker = maker_schema.Maker._new_client(Maker())
+        promised = maker.make().cap.cast_as(calc_schema.Observer)
+        with pytest.raises(capnp.KjException) as e:
+            await calc.sumTo(2, promised)
+        return str(e.value), (await calc.add(40, 2)).sum
+
+    failed, after = _client(path, body)
+    assert "disconnected" not in failed.lower(), failed[:300]
+    assert after == 42
+    assert not [line for line in run.lines if "aborted" in line or "protocol error" in line], \
+        run.lines

@@ -111,3 +111,37 @@ def test_256_capabilities_still_go_through(system):
 
     failed = external_client(str(tmp / "ext.sock"), body)
     assert "capabilities in one message" not in failed
+
+
+def test_a_call_carrying_20000_capabilities_fails_alone_and_releases_them(system):
+    """Past 4096 capabilities (MAX_REFUSED_CAPS until r236) the supervisor aborted
+    the connection, where Cap'n Proto's C++ RPC takes 20,000 in one call: a
+    conforming client passing many lost every call and capability it had.  Now
+    the call alone fails, naming the limit; the 20,000 are released, and the
+    capability the client got before still works on the same connection."""
+    import capnp
+    run, tmp = system
+    calc_schema, _echo = rpcstress.schemas(str(tmp))
+    many = _many(tmp)
+    alive: list = []
+
+    async def body(gateway):
+        calc = gateway.get("calc").cap.cast_as(calc_schema.Calc)
+        assert (await calc.add(2, 3)).sum == 5
+        echo = gateway.get("echo").cap.cast_as(many.Many)
+        req = echo.take_request()
+        things = req.init("things", 20000)
+        for i, t in enumerate(_things(many, 20000, alive)):
+            things[i] = t
+        with pytest.raises(capnp.KjException) as e:
+            await req.send()
+        del req, things
+        return str(e.value), (await calc.add(40, 2)).sum
+
+    failed, after = external_client(str(tmp / "ext.sock"), body, timeout=60)
+    assert "20000 capabilities in one message (limit 256" in failed, failed
+    assert "disconnected" not in failed.lower()
+    assert after == 42
+    gc.collect()
+    assert [r for r in alive if r() is not None] == []
+    assert not [line for line in run.lines if "aborted" in line], run.lines
