@@ -440,7 +440,8 @@ static int past_deadline(Guest *g) {
  *     copy takes (fw_decode, wire._native.copy: the checks and the bytes of
  *     Python's _on_return, _payload and _for_guest);
  *   - otherwise handed over: owner._call_continued(qid, data, t0, out_ptr,
- *     copied) adopts the question into the table and goes on from that read
+ *     copied, interface_id, method_id) adopts the question into the table and goes
+ *     on from that read
  *     as Python's own wait would have. */
 #define QID_BASE 0x80000000u  /* protocol.NATIVE_QID_BASE */
 
@@ -661,9 +662,10 @@ static int native_call_out(Guest *g, void *ctx, val_raw *raw) {
   data = PyBytes_FromStringAndSize((const char *)buf, got);
   if (!data) goto out;
   g->calls_handed++;
-  PyObject *rv = PyObject_CallFunction(g->continued, "kOLLK", (unsigned long)qid, data,
+  PyObject *rv = PyObject_CallFunction(g->continued, "kOLLKKi", (unsigned long)qid, data,
                                        (long long)t0, (long long)out,
-                                       (unsigned long long)copied);
+                                       (unsigned long long)copied,
+                                       (unsigned long long)iface, (int)method);
   if (rv) {
     int overflow = 0;
     long v = PyLong_Check(rv) ? PyLong_AsLongAndOverflow(rv, &overflow) : 0;

@@ -265,11 +265,38 @@ class _Frame:
     results = None
     error = None
     held: list[int] | tuple = ()          # a list of its own once results_set sets it
+    #: the supervisor's refusal of the answer to the guest's last call out that had
+    #: one (`_refusal`): what a bare failing status is answered with, past its number
+    refused: str | None = None
 
     def __init__(self, params: bytes, handles: list, borrowed: set | None = None):
         self.params = params
         self.handles = handles
         self.borrowed = borrowed
+
+
+#: The supervisor's refusals of an answer on its way to a call out (a per-message
+#: limit the answer passed: protocol's "results refused", router._oversized,
+#: router._check_size), exactly as it words them: numbers and a peer's name.
+_REFUSALS = re.compile(
+    r"results refused: (?:\d{1,10} capabilities in one message \(limit \d{1,10}, "
+    r"MAX_CAPS_PER_MESSAGE\)|pipeline transform of \d{1,10} steps \(limit \d{1,10}\)"
+    r"|more than \d{1,10} pipeline transform steps in one message \(limit \d{1,10}: "
+    r"the target's and every capability's together\))"
+    r"|results of \d{1,20} bytes from [\w.:#-]{1,64} are more than it may send "
+    r"\(limit message_size = \d{1,20}\)"
+    r"|a message of \d{1,20} bytes is more than [\w.:#-]{1,64} accepts "
+    r"\(limit message_size = \d{1,20}\)")
+
+
+def _refusal(reason: str) -> str | None:
+    """`reason`, if it is one of the supervisor's refusals of an answer
+    (_REFUSALS), else None.  A failed call out's other reasons are its callee's
+    words, which the guest heard and chose not to pass on (it may fail its call
+    saying them): its caller is not told them behind its back, but a refusal
+    says only a limit, sizes and a name, and without it the caller heard
+    "dispatch returned 5" of a limit its own callback's answer passed."""
+    return reason if _REFUSALS.fullmatch(reason) else None
 
 
 def _call_received(answer_id: int, target, interface_id: int, method_id: int,
@@ -787,22 +814,39 @@ class Engine:
             payload = self.invoke(entry.import_id, interface_id & ((1 << 64) - 1),
                                   method_id, content, caps)
         except wasi.HostCallFailed as e:
+            self._note_refusal(interface_id, method_id, e.reason)
             return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
         return self._reply_to_guest(payload, out_ptr)
 
+    def _note_refusal(self, interface_id: int | None, method_id: int | None, reason: str):
+        """A call out of the call being served failed: if the supervisor refused its
+        answer for a limit (`_refusal`), the call remembers where and why, for its
+        caller to hear should the guest fail it without saying why."""
+        frame = self.frames[-1] if self.frames else None
+        if frame is None:
+            return
+        refusal = _refusal(reason)
+        if refusal is not None:
+            where = "" if interface_id is None else \
+                f" to method {method_id} of interface {interface_id & ((1 << 64) - 1):#x}"
+            frame.refused = f"its call out{where} failed: {refusal}"
+
     def _call_continued(self, qid: int, data: bytes, t0: int, out_ptr: int,
-                        copied: int) -> int:
+                        copied: int, interface_id: int | None = None,
+                        method_id: int | None = None) -> int:
         """The rest of a wsuper.call that the native path began (_fastcall.c,
         native_call_out): it sent question `qid` at `t0` (perf_counter_ns) and read
         `data`, which was not that question's plain answer alone.  From here on the
         call is Python's, as if _host_call had made it: the question goes into the
         protocol core's tables, `data` is what its first read brought; `copied`:
-        the bytes of guest memory it has paid for (_span) so far."""
+        the bytes of guest memory it has paid for (_span) so far; the method it
+        called, for a refusal of its answer (_note_refusal)."""
         self._copied = copied
         self.conn.adopt_question(qid)
         try:
             payload = self._await_answer(qid, t0, data)
         except wasi.HostCallFailed as e:
+            self._note_refusal(interface_id, method_id, e.reason)
             return self._set_error(out_ptr, abi.error_code(e.type, e.reason), e.reason)
         return self._reply_to_guest(payload, out_ptr)
 
@@ -1878,7 +1922,12 @@ class Engine:
     def _outcome(self, status: int, frame: _Frame):
         """What a dispatch that returned `status` answers: its results, or its error."""
         if status != 0 or frame.error is not None:
-            reason = f"{self.name}: {frame.error or f'dispatch returned {status}'}"
+            said = frame.error
+            if said is None:
+                said = f"dispatch returned {status}"
+                if frame.refused is not None:     # the supervisor's words, not a peer's
+                    said += f"; {frame.refused}"
+            reason = f"{self.name}: {said}"
             if status == abi.E_DENIED:
                 reason = abi.DENIED_PREFIX + reason
             raise _CallError(abi.DISPATCH_TYPES.get(status, "failed"), reason)

@@ -304,8 +304,11 @@ def test_an_external_client_sends_nothing_past_its_message_size(either_path, liv
         c.send(c.conn.send_return(ev.answer_id, struct_content([0] * 9000) if not steps
                                   else P.EMPTY))
         steps += 1
-    # calc's first step failed (calc gives up: 'dispatch returned 5'), it got no 72 KB
+    # calc's first step failed (calc gives up: 'dispatch returned 5'), it got no 72 KB,
+    # and the client hears why (r236)
     assert steps == 1 and ev.payload is None, (steps, ev)
+    assert "its call out to method 0 of interface 0xc0ffee0000000003 failed: results of " \
+        in ev.error and "(limit message_size = 65536)" in ev.error, ev.error
     ret = c.returned(c.call(calc, CALC_ID, 0, add))
     assert ret.payload is not None, ret.error
     c.close()
@@ -454,8 +457,12 @@ def test_results_of_257_capabilities_fail_the_call_they_answer_not_the_connectio
     c.send(frame(*msg.to_segments()))
     r = c.returned(qid)
     # calc's guest got E_FAILED ('results refused: 257 capabilities in one message
-    # (limit 256, ...)') and gave up: what calc.wat says of it
-    assert r.payload is None and r.error == "calc: dispatch returned 5", r.error
+    # (limit 256, ...)') and gave up: what calc.wat says of it, and (r236) the
+    # supervisor's refusal of its call out, which the caller heard nothing of
+    assert r.payload is None and r.error == (
+        "calc: dispatch returned 5; its call out to method 0 of interface "
+        "0xc0ffee0000000003 failed: results refused: 257 capabilities in one message "
+        "(limit 256, MAX_CAPS_PER_MESSAGE)"), r.error
     # the 257 come back released, each
     deadline = time.monotonic() + 10
     while any(id(o) in c.conn._export_ids for o in junk):

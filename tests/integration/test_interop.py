@@ -305,3 +305,74 @@ def test_interop_a_promise_that_fails_with_a_long_reason_fails_only_its_calls(
     assert after == 42
     assert not [line for line in run.lines if "aborted" in line or "protocol error" in line], \
         run.lines
+
+
+# calc's interfaces as a client whose Observer answers with capabilities sees them:
+# the same interface ids, Observer.step's results a list of its own objects
+_GENEROUS_CALC = """@0xd0a1b2c3d4e5f6c2;
+interface Calc @0xc0ffee0000000001 {
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+  newCounter @1 () -> (counter :Capability);
+  sumTo @2 (n :Int32, observer :Observer) -> (total :Int32);
+}
+interface Observer @0xc0ffee0000000003 {
+  step @0 (i :Int32, partial :Int32) -> (junk :List(Thing));
+}
+interface Thing { ping @0 () -> (); }
+"""
+
+# run apart: a process loads one schema per interface id
+_GENEROUS_CLIENT = """
+import asyncio, json, sys
+import capnp
+import capnp_schemas
+calc_schema = capnp_schemas.load(sys.argv[2])
+
+class Thing(calc_schema.Thing.Server):
+    async def ping(self, **_):
+        pass
+
+class Observer(calc_schema.Observer.Server):
+    async def step(self, i, partial, _context, **_):
+        junk = _context.results.init("junk", 257)
+        for k in range(257):
+            junk[k] = Thing()
+
+async def main():
+    async with capnp.kj_loop():
+        stream = await capnp.AsyncIoStream.create_unix_connection(sys.argv[1])
+        client = capnp.TwoPartyClient(stream)
+        gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        try:
+            failed = "answered: %s" % (await calc.sumTo(2, Observer())).total
+        except capnp.KjException as e:
+            failed = str(e)
+        return failed, (await calc.add(40, 2)).sum
+
+print(json.dumps(asyncio.run(asyncio.wait_for(main(), 30))))
+"""
+
+
+def test_interop_a_callback_answer_the_supervisor_refuses_is_named_to_the_caller(
+        external_calc, tmp_path):
+    """A pycapnp client calls calc.sumTo with an Observer of its own, which answers
+    calc's step call with 257 capabilities: one past what a message may carry,
+    so the supervisor refuses that answer, and calc's guest gives up.  The client
+    heard only 'calc: dispatch returned 5', the callee's status; it now hears
+    which of its calls out failed and the limit its own answer passed."""
+    import json
+    import subprocess
+    import sys
+    run, path = external_calc
+    (tmp_path / "generous.capnp").write_text(_GENEROUS_CALC)
+    (tmp_path / "client.py").write_text(_GENEROUS_CLIENT)
+    r = subprocess.run([sys.executable, str(tmp_path / "client.py"), path,
+                        str(tmp_path / "generous.capnp")], capture_output=True, text=True,
+                       timeout=60, cwd=os.path.dirname(os.path.dirname(EXAMPLES)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    failed, after = json.loads(r.stdout)
+    assert "calc: dispatch returned 5; its call out to method 0 of interface " \
+           "0xc0ffee0000000003 failed: results refused: 257 capabilities in one message " \
+           "(limit 256, MAX_CAPS_PER_MESSAGE)" in failed, failed
+    assert after == 42

@@ -666,3 +666,58 @@ def test_calls_whose_params_a_hostile_caller_made_are_each_answered_with_their_o
             assert ev.error.startswith("memio: message rejected: ") or "dispatch returned" \
                 in ev.error, ev.error
     assert echoed >= 10
+
+
+def test_only_the_supervisors_refusals_of_an_answer_reach_the_caller_of_a_bare_failure():
+    """A guest that fails its call with a bare status after a call out failed
+    (calc.wat's 'dispatch returned 5') has its caller told the supervisor's refusal
+    of that call out's answer (r236): the limit, sizes and a name, worded as the
+    protocol core and the router word them, taken here from them.  Any other
+    reason is the callee's words, which the guest heard and did not pass on: they
+    stay the guest's (a callee's text must not reach its caller's caller behind
+    the compartment's back), even made to look like a refusal."""
+    from types import SimpleNamespace
+
+    from capnp_schemas import protocol as P, rpc, wire
+    from compartments.engine import _refusal
+    from supervisor.router import CallError, Router
+    # the protocol core's: results past the capability limit, a transform too long
+    a, b = P.Connection("a"), P.Connection("b")
+    qid, data = a.send_bootstrap()
+    (boot,) = b.receive(data)
+    (ret,) = a.receive(b.send_return(boot.answer_id, P.Content.capability(0), [object()]))
+    imp = ret.payload.caps[0].import_id
+    reasons = []
+    q, data = a.send_call(imp, 1, 0)
+    (call,) = b.receive(data)
+    b.send_exception(call.answer_id, "(the return below stands for it)")
+    m = rpc.Message.new_message()
+    r = m.init("return")
+    r.answerId, r.releaseParamCaps = call.answer_id, False
+    table = r.init("results").init("capTable", 257)
+    for i in range(257):
+        table[i].none = None
+    (ev,) = a.receive(wire.frame(m.to_segments()))
+    reasons = [ev.error]
+    # ... and its words for a transform past its bounds, as Plain.over has them
+    for steps, budget in ((65, 64), (10, 5)):
+        pa = SimpleNamespace(questionId=1, transform=[None] * steps)
+        with pytest.raises(P.rpcwire._OverSteps) as e:
+            P.rpcwire._promised(pa, [budget])
+        reasons.append(f"results refused: {e.value}")
+    # the router's: results past an external client's message_size, an answer past
+    # its receiver's
+    peer = SimpleNamespace(kind="external", name="external",
+                           limits=SimpleNamespace(message_size=64))
+    big = P.Content.standalone([(100 << 32).to_bytes(8, "little") + bytes(8 * 100)])
+    reasons.append(Router._oversized(peer, big, "results").args[0])
+    peer.name = "calc"
+    with pytest.raises(CallError) as e:
+        Router._check_size(peer, big)
+    reasons.append(e.value.args[0])
+    for reason in reasons:
+        assert _refusal(reason) == reason, reason
+    for words in ("the observer is out of paper", "results refused: my secret is 42",
+                  reasons[0] + " and my secret", "x" + reasons[3],
+                  reasons[3].replace("external", "my secret")):
+        assert _refusal(words) is None, words
