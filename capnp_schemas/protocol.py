@@ -413,7 +413,7 @@ class Connection:
         # capability as its content); the targets and ids are checked here
         read, framer = getattr(wire._native, "plain_calls", None), self._framer
         if read is None or self.native is not None or self.closed is not None \
-                or framer.failed is not None or framer.pending:
+                or framer.failed is not None or framer.pending or framer.partial:
             return None
         got = read(data, framer.max_words)
         if got is None:
@@ -499,6 +499,9 @@ class Connection:
     def _handle(self, segs, events: list):
         """One message, decoded into plain values, then applied to the tables; its
         events go into `events` as they happen."""
+        if type(segs) is wire.Oversized:
+            self._on_oversized(segs, events)
+            return
         m = rpcwire.decode(segs)
         if m is None:
             m = rpcwire.decode_pycapnp(segs)
@@ -532,6 +535,50 @@ class Connection:
             name = rpcwire.MESSAGE_NAMES.get(which, f"#{which} (not in rpc.capnp)")
             events.append(Unhandled(name, _resolve_reply(segs) if which == rpcwire.MSG_RESOLVE
                                     else _unimplemented_reply(segs)))
+
+    def _on_oversized(self, o: wire.Oversized, events: list):
+        """A message past this connection's limit of bytes, skipped (wire.Framer):
+        a Call fails alone, a Return fails its question, as a Call or Return past
+        a per-message limit does (Plain.over), named from the first bytes of its
+        segments, where a peer puts the header (Cap'n Proto's C++ RPC among
+        them); the references its cap table gave are released.  Until r236 it
+        was a protocol error, and a conforming client's large call cut it off.
+        Anything else is still one: no other message is large from a conforming
+        peer (a Resolve, Bootstrap, Finish, Release or Disembargo is a few words;
+        an Abort ends the connection anyway), nor is a header that does not lie
+        in those bytes (whose call cannot be named without buffering the message
+        the limit is there to refuse)."""
+        over = (f"a message of {o.size} bytes is more than this connection takes "
+                f"(limit {o.limit} bytes: message_size and 64 KiB of header)")
+        segs = [memoryview(k) for k in o.segments]
+        try:
+            which = rpcwire._message_which(segs)
+        except wire.WireError:
+            which = None
+        if which != rpcwire.MSG_CALL and which != rpcwire.MSG_RETURN:
+            name = rpcwire.MESSAGE_NAMES.get(which, f"#{which}") if which is not None \
+                else "message"
+            raise ProtocolError(f"{over}, a {name}: only a Call or a Return past it fails "
+                                f"alone")
+        try:
+            if which == rpcwire.MSG_RETURN and _return_kind(segs) == "exception":
+                m = _unread_exception(segs, over)
+            else:
+                m = rpcwire.decode_pycapnp(segs)
+        except Exception as e:
+            raise ProtocolError(
+                f"{over}, and its header does not lie in the first bytes of its segments "
+                f"(64 KiB of them are kept, wire.OVERSIZED_KEPT_BYTES), where it is read "
+                f"to fail it alone ({_short(e)})") from None
+        if m.which == rpcwire.MSG_CALL or m.kind == "results":
+            if getattr(m, "over", None) is None:           # its table: as Plain.over has it
+                m.caps = _refs_named(m.caps)
+            m.over = over
+            m.content_loc = None
+        if m.which == rpcwire.MSG_CALL:
+            self._on_call(segs, m, events)
+        else:
+            self._on_return(segs, m, events)
 
     def _new_answer(self, aid):
         if aid in self.answers:
@@ -1233,6 +1280,37 @@ def _echo_too_large(size: int) -> ProtocolError:
     return ProtocolError(f"its 'unimplemented' echo would be larger than the message it "
                          f"echoes ({size} bytes): the message reads larger than it is "
                          f"(pointers to the same object)")
+
+
+def _return_kind(segs) -> str:
+    """Which Return a message's head holds (pycapnp's reading, within the limits)."""
+    msg = rpc.Message.from_segments(segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+                                    nesting_limit=NESTING_LIMIT)
+    return rpcwire._which(msg.__getattr__("return"), "Return")
+
+
+def _unread_exception(segs, over: str):
+    """The Plain of a Return of an exception in a message past the connection's
+    limit: its reason is not read (it is what made the message so large, most
+    likely, and lies past the head); the question fails naming the limit."""
+    msg = rpc.Message.from_segments(segs, traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+                                    nesting_limit=NESTING_LIMIT)
+    ret = msg.__getattr__("return")
+    m = rpcwire.Plain()
+    m.which, m.kind = rpcwire.MSG_RETURN, "exception"
+    m.id, m.release, m.no_finish = ret.answerId, ret.releaseParamCaps, ret.noFinishNeeded
+    m.reason, m.type = f"an exception not read: {over}", "failed"
+    return m
+
+
+def _refs_named(caps) -> tuple:
+    """A decoded cap table (Plain.caps) as Plain.over has one: (the references it
+    gives, what it names of the receiver's)."""
+    refs = [v for k, v in caps
+            if k == CAP_SENDER_HOSTED or k == CAP_SENDER_PROMISE or k == CAP_THIRD_PARTY_HOSTED]
+    named = [(k, v if k == CAP_RECEIVER_HOSTED else v[0]) for k, v in caps
+             if k == CAP_RECEIVER_HOSTED or k == CAP_RECEIVER_ANSWER]
+    return refs, named
 
 
 def _set_transform(pa, transform):

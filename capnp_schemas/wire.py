@@ -113,6 +113,48 @@ def framed_size(buf, pos: int) -> int | None:
     return None if t is None else t[2] - pos
 
 
+#: Bytes of a message past the Framer's limit that are kept while the rest is
+#: skipped, over its segments: the small ones whole, the first bytes of the large
+#: ones (each segment's share, the smallest first).  There the peer put the
+#: message's header (its root, Call or Return, target and cap table): Cap'n
+#: Proto's C++ RPC puts the Call at the head of the first segment, a large Data
+#: in a segment of its own, and what it allocates after that (a pipelined
+#: target's transform, the cap table) in a small segment at the end; the call it
+#: makes can then be named and failed alone (Oversized).  A header is at most
+#: this (router.HEADER_WORDS).
+OVERSIZED_KEPT_BYTES = 64 * 1024
+#: A message past the limit is skipped only up to this size (or twice the limit,
+#: if that is more): past it, no stock Cap'n Proto reader takes it (its default
+#: traversal limit is 8 Mi words), so no conforming peer sends it, and it is still
+#: a framing error at its segment table (a table saying 2 GiB and then silence is
+#: cut off at once, not at its message_timeout).
+MAX_SKIPPED_BYTES = 64 << 20
+
+
+def _kept(sizes) -> list[int]:
+    """Bytes kept of each segment (of `sizes` words) of a skipped message: a share
+    of OVERSIZED_KEPT_BYTES each, in whole words, a smaller segment's unused
+    share going to the larger ones."""
+    kept = [0] * len(sizes)
+    left = OVERSIZED_KEPT_BYTES // 8
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    for k, i in enumerate(order):
+        kept[i] = min(sizes[i], left // (len(order) - k))
+        left -= kept[i]
+    return [8 * w for w in kept]
+
+
+class Oversized:
+    """A message the Framer skipped, past its limit of words: `segments`, what was
+    kept of each of its segments (its first bytes, _kept), `size` its bytes
+    framed, `limit` the Framer's bytes.  What Framer.feed gives in its place, in
+    order with the messages around it."""
+    __slots__ = ("segments", "size", "limit")
+
+    def __init__(self, segments: list, size: int, limit: int):
+        self.segments, self.size, self.limit = segments, size, limit
+
+
 class Framer:
     """Incremental stream framing: bytes in, whole messages (segment lists) out.
 
@@ -121,6 +163,14 @@ class Framer:
     owner can put a deadline on a peer that sends half a message and stops.
     `messages` counts the messages framed so far: together with `partial` it
     tells a new half message from the same one.
+
+    A message larger than `max_words` (its segment table says so) is skipped,
+    not buffered, and given as an `Oversized` with the beginning of its first
+    segment, once its last byte has passed: a conforming peer may send one (a
+    large call), and the owner may fail that call alone.  Until r236 it was a
+    WireError, and the connection's end.  A segment table past `max_segments`,
+    or one past MAX_SKIPPED_BYTES, is still one: no stock Cap'n Proto reader
+    takes it.
     """
 
     def __init__(self, max_segments: int = MAX_SEGMENTS, max_words: int = MAX_MESSAGE_WORDS):
@@ -132,16 +182,45 @@ class Framer:
         #: the WireError met after the messages `feed` returned last (None: none):
         #: the stream is unusable from there, and the next `feed` raises it
         self.failed: WireError | None = None
+        # a message past max_words being skipped: bytes of it still to come, the
+        # bytes of its body passed so far, and of each segment: where it begins in
+        # the body, what is kept of it, and how much to keep
+        self._skip = 0
+        self._passed = 0
+        self._kept: list = []
+        self._over: tuple = ()
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete message still buffered."""
-        return len(self._buf)
+        return len(self._buf) + sum(len(k[1]) for k in self._kept)
 
     @property
     def partial(self) -> bool:
-        """True while a message is partly received."""
-        return bool(self._buf)
+        """True while a message is partly received (or skipped)."""
+        return bool(self._buf) or self._skip > 0
+
+    def _skipping(self, view, pos: int, size: int, out: list) -> int:
+        """Skip what `view[pos:size]` has of the message being skipped, keeping the
+        first bytes of each of its segments (_kept); the Oversized into `out` once
+        it is all past.  Returns the new pos."""
+        take = min(self._skip, size - pos)
+        lo, hi = self._passed, self._passed + take
+        for start, kept, want in self._kept:
+            if start >= hi:
+                break
+            have = len(kept)
+            if have < want and start + have < hi and lo < start + want:
+                a = max(lo, start + have)
+                b = min(hi, start + want)
+                kept += view[pos + a - lo:pos + b - lo]
+        self._passed = hi
+        self._skip -= take
+        if not self._skip:
+            out.append(Oversized([bytes(k[1]) for k in self._kept], self._over[0],
+                                 8 * self.max_words))
+            self._kept, self._over = [], ()
+        return pos + take
 
     def feed(self, data) -> list[list[memoryview]]:
         """Feed bytes from the stream; returns the messages they complete.
@@ -155,7 +234,16 @@ class Framer:
         if type(data) is not bytes:
             data = bytes(data)               # segments must not change under us
         buf = self._buf
-        if not buf and len(data) >= 8:
+        out = []
+        if self._skip:
+            pos = self._skipping(memoryview(data), 0, len(data), out)
+            if self._skip:
+                return out
+            data = data[pos:]
+            self.messages += len(out)
+            if not data:
+                return out
+        if not buf and not out and len(data) >= 8:
             # the common case: exactly one whole one-segment message (what the lane
             # hands over); the same as the loop below, which handles everything else
             nseg, words = _TABLE_ONE.unpack_from(data)
@@ -164,7 +252,7 @@ class Framer:
                 self._need = 0
                 self.messages += 1
                 return [[memoryview(data)[8:]]]
-        out = []
+        done = len(out)                      # an Oversized that ended above: counted
         if buf:
             if self._need and len(buf) + len(data) < self._need:
                 buf += data                      # still short of the known end
@@ -179,10 +267,16 @@ class Framer:
             try:
                 t = _segment_table(data, pos, self.max_segments, self.max_words)
             except WireError as e:
-                if not out:
-                    raise
-                self.failed = e                  # after the messages before it
-                break
+                t = self._oversized(data, pos)
+                if t is None:
+                    if not out:
+                        raise
+                    self.failed = e              # after the messages before it
+                    break
+                pos = self._skipping(view, t, size, out)
+                if self._skip:
+                    break
+                continue
             if t is None or t[2] > size:
                 buf += view[pos:]                # the rest of the stream: later
                 if t is not None:
@@ -196,8 +290,27 @@ class Framer:
                 # content) must not keep the rest of the chunk alive
                 out.append(_segments(memoryview(data[start:end]), 0, sizes))
             pos = end
-        self.messages += len(out)
+        self.messages += len(out) - done
         return out
+
+    def _oversized(self, data, pos: int) -> int | None:
+        """The message at `data[pos]` passes max_words: from here it is skipped
+        (returns where its segments begin), or None if it passes another limit."""
+        try:
+            t = _segment_table(data, pos, self.max_segments, 1 << 62)
+        except WireError:
+            return None
+        if t is None or t[2] - pos > max(MAX_SKIPPED_BYTES, 16 * self.max_words):
+            return None
+        start, sizes, end = t
+        self._skip = end - start
+        self._passed = 0
+        self._kept, at = [], 0
+        for n, keep in zip(sizes, _kept(sizes)):
+            self._kept.append((at, bytearray(), keep))
+            at += 8 * n
+        self._over = (end - pos,)
+        return start
 
 
 _TABLE_ONE = struct.Struct("<II")        # the segment table of a one-segment message

@@ -28,9 +28,14 @@ UTF-8 and missing NULs in texts; splices of two seeds.
 
 Checks (each failure is reported with its class and a reproducing input):
   framer     fed in random pieces, the stream frames into the same messages
-             as fed at once; only WireError leaves the framer.
+             as fed at once; only WireError leaves the framer.  Again with a
+             limit of 16 words, which most inputs pass: they are skipped the
+             same way at once and in pieces, keeping at most
+             wire.OVERSIZED_KEPT_BYTES of each.
   protocol   a fresh Connection with exports, imports, questions and answers
-             (so ids resolve) receives the input: nothing but ProtocolError
+             (so ids resolve) receives the input, and one whose framing's
+             limit is 16 words (a Call or Return past it fails alone, named
+             from its first bytes, r236): nothing but ProtocolError
              leaves receive(); every event carries plain values only; the
              content of every payload can be forwarded (send_return) and
              arrives meaning the same at a second connection (_splice says
@@ -385,8 +390,13 @@ def check_plain(data: bytes):
             raise Failure("plain", "plain_calls and receive() left different tables")
 
 
-def check_protocol(data: bytes):
-    conn = fresh()
+#: A framing limit most inputs pass (16 words): they are skipped, and a Call or
+#: Return among them fails alone, named from its first bytes (wire.Oversized)
+SMALL_WORDS = 16
+
+
+def check_protocol(data: bytes, max_message_words: int = wire.MAX_MESSAGE_WORDS):
+    conn = fresh(max_message_words)
     try:
         events = conn.receive(data)
     except P.ProtocolError as e:
@@ -462,11 +472,14 @@ def check_framing(rng, data: bytes):
     a bad segment table (the messages whole before it come out, then the error)."""
     cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(1, 4)))
     outcomes = []
-    for chunks in ([data], [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]):
-        f, got, error = wire.Framer(), [], None
+    pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+    for max_words, chunks in ((wire.MAX_MESSAGE_WORDS, [data]), (wire.MAX_MESSAGE_WORDS, pieces),
+                              (SMALL_WORDS, [data]), (SMALL_WORDS, pieces)):
+        f, got, error = wire.Framer(max_words=max_words), [], None
         try:
             for chunk in chunks:
-                got += [[bytes(s) for s in m] for m in f.feed(chunk)]
+                got += [("skipped", m.size, m.limit, m.segments) if type(m) is wire.Oversized
+                        else [bytes(s) for s in m] for m in f.feed(chunk)]
         except wire.WireError as e:
             error = str(e)
         except Exception as e:
@@ -476,8 +489,12 @@ def check_framing(rng, data: bytes):
                 raise Failure("framer", "raised another error than the one pending")
             error = str(f.failed)
         outcomes.append((got, error))
-    if outcomes[0] != outcomes[1]:
+    if outcomes[0] != outcomes[1] or outcomes[2] != outcomes[3]:
         raise Failure("framer", "fed in pieces, the stream frames differently")
+    for got, _error in outcomes[2:]:
+        for m in got:
+            if type(m) is tuple and sum(map(len, m[3])) > wire.OVERSIZED_KEPT_BYTES:
+                raise Failure("framer", f"a skipped message kept {sum(map(len, m[3]))} bytes")
 
 
 def _forward(content: P.Content):
@@ -877,6 +894,7 @@ def run_one(data: bytes, schema=None, rng=None):
     check_decoders(data)
     check_native(data)
     check_protocol(data)
+    check_protocol(data, SMALL_WORDS)
     check_plain(data)
 
 

@@ -120,11 +120,13 @@ class Obj:
 EXPORTS = [Obj(i) for i in range(4)]
 
 
-def fresh() -> P.Connection:
+def fresh(max_message_words: int = wire.MAX_MESSAGE_WORDS) -> P.Connection:
     """A connection whose tables hold something for every id a seed uses:
     exports 0-3, imports 0-2, questions 0-5 (unanswered), answers 0-3 (0, 1
-    returned with a capability, 2 not returned, 3 returned with an error)."""
-    c = P.Connection("fuzzed", max_unfinished=64)
+    returned with a capability, 2 not returned, 3 returned with an error).
+    `max_message_words`: its framing's limit (a small one makes most inputs
+    messages past it, skipped and failed alone: wire.Oversized)."""
+    c = P.Connection("fuzzed", max_unfinished=64, max_message_words=max_message_words)
     for obj in EXPORTS:
         c._export(obj)
     c.imports.update({0: 1, 1: 1, 2: 1})

@@ -262,6 +262,8 @@ typedef struct Peer {
   int closed;       /* no more reading (Python closed it, or end of stream) */
   int write_closed; /* writing failed: output is dropped */
   int held, ok, raw, in_ready, dirty;
+  uint64_t passing; /* bytes of a message past max_words still to hand to Python as they
+                       come: its framer skips them (wire.Framer, Oversized) */
   int external;     /* an external client: returns keep their answer until its Finish */
   int lost;         /* errno: input was dropped (out of memory); take() ends the stream with it */
   int64_t useful;   /* CLOCK_MONOTONIC ns of the last call the lane forwarded from it or
@@ -781,6 +783,14 @@ static void process_input(Lane *L, Peer *P) {
       P->in.off = P->in.len = 0;
       break;
     }
+    if (P->passing) { /* not kept here either: at most TO_PYTHON_LIMIT waits for Python */
+      size_t n = avail < P->passing ? avail : (size_t)P->passing;
+      to_python(L, P, m, n);
+      P->in.off += n;
+      P->passing -= n;
+      if (!P->passing) P->messages++;
+      continue;
+    }
     /* the segment count is judged as soon as its 4 bytes are here, as wire.Framer
      * does: a peer that sends a bad count and waits is cut off now, not when its
      * half message times out */
@@ -802,11 +812,13 @@ static void process_input(Lane *L, Peer *P) {
       if (!i) first = s;
       words += s;
     }
+    uint64_t total = table + 8 * words;
     if (words > P->max_words) {
-      P->raw = 1;
+      /* a message past the limit: Python fails its call alone, from its head, and
+       * framing goes on after it (it was a framing error, the connection's end) */
+      P->passing = total;
       continue;
     }
-    uint64_t total = table + 8 * words;
     if (avail < total) break;
     P->messages++;
     int handled = 0;
@@ -824,7 +836,7 @@ static void process_input(Lane *L, Peer *P) {
     P->in.off += total;
   }
   if (!buf_size(&P->in)) buf_trim(&P->in);
-  if (buf_size(&P->in) && !P->raw) {
+  if ((buf_size(&P->in) || P->passing) && !P->raw) {
     if (!P->partial_since || P->partial_msg != P->messages) {
       P->partial_since = now_ns(CLOCK_MONOTONIC);
       P->partial_msg = P->messages;

@@ -140,6 +140,11 @@ def test_huge_segment_tables_are_refused_before_allocating():
     a, b = pair()
     with pytest.raises(P.ProtocolError, match="segments"):
         b.receive(struct.pack("<I", 100_000) + b"\0" * 16)
+    # past the limit of words, a message is skipped, not kept (r236); past what a
+    # stock reader takes (2 GiB here), still refused at its table
+    c = P.Connection("x")
+    assert c.receive(struct.pack("<II", 0, (9 << 20) // 8)) == [] and c.pending_bytes == 0
+    assert c.partial_message is not None
     with pytest.raises(P.ProtocolError, match="exceeds the limit"):
         P.Connection("x").receive(struct.pack("<II", 0, 1 << 28))
 
@@ -1034,3 +1039,94 @@ def test_an_abort_of_any_size_is_read_as_an_abort():
     m.init("abort").reason = "y" * (600 << 10)
     (ev,) = a.receive(wire.frame(m.to_segments()))
     assert isinstance(ev, P.AbortReceived) and ev.reason.startswith("yyy")
+
+
+def _spread(msg, big: int) -> bytes:
+    """`msg` (a builder) framed as Cap'n Proto's C++ RPC frames a large call: its
+    header at the head of the first segment, a segment of `big` bytes after it."""
+    segs = msg.to_segments()
+    return wire.frame([segs[0]] + list(segs[1:]) + [bytes(big)])
+
+
+def test_a_call_past_the_connections_limit_fails_alone_and_releases_what_it_gave():
+    """A message past the framing's limit (message_size and its header) was
+    refused from its segment table as the connection's framing error, and a
+    conforming peer's large call cut it off.  Now it is skipped, kept only in its
+    first bytes (wire.OVERSIZED_KEPT_BYTES); a Call in it fails alone naming the
+    limit, pipelined or not, and the references it gave are released."""
+    for pieces in (1, 64):
+        a = P.Connection("a")
+        b = P.Connection("b", max_message_words=1000)
+        imp = bootstrap(a, b, object())
+        q0, data = a.send_call(imp, 1, 0)          # an answer to pipeline on
+        (first,) = b.receive(data)
+        m = rpc.Message.new_message()
+        call = m.init("call")
+        call.questionId, call.interfaceId, call.methodId = 9, 0x1234, 3
+        pa = call.target.init("promisedAnswer")
+        pa.questionId = first.answer_id
+        pa.init("transform", 1)[0].getPointerField = 0
+        t = call.init("params").init("capTable", 2)
+        t[0].senderHosted, t[1].receiverHosted = 40, imp
+        data = _spread(m, 1 << 20)
+        events = []
+        for i in range(0, len(data), len(data) // pieces + 1):
+            events += b.receive(data[i:i + len(data) // pieces + 1])
+        rel, ev = events
+        assert isinstance(rel, P.RefsReleased) and rel.count == 1
+        assert ev.answer_id == 9 and ev.payload == P.Payload(P.EMPTY, ())
+        assert ev.over == (f"a message of {len(data)} bytes is more than this connection "
+                           f"takes (limit 8000 bytes: message_size and 64 KiB of header)")
+        assert isinstance(ev.target, P.PromisedAnswer) and ev.target.transform == (0,)
+        # and the connection goes on
+        _q, data = a.send_call(imp, 1, 0)
+        assert isinstance(b.receive(data)[0], P.CallReceived) and b.closed is None
+
+
+def test_a_return_past_the_connections_limit_fails_its_question_alone():
+    for kind in ("results", "exception"):
+        a, b = P.Connection("a", max_message_words=1000), P.Connection("b")
+        imp = bootstrap(a, b, object())
+        q, data = a.send_call(imp, 1, 0)
+        (call,) = b.receive(data)
+        b.send_exception(call.answer_id, "(b's books: the return below stands for it)")
+        m = rpc.Message.new_message()
+        ret = m.init("return")
+        ret.answerId, ret.releaseParamCaps = call.answer_id, False
+        if kind == "results":
+            ret.init("results").init("capTable", 1)[0].senderHosted = 3
+        else:
+            ret.init("exception").reason = "x" * 20_000
+        events = a.receive(_spread(m, 1 << 20) if kind == "results" else
+                           wire.frame(m.to_segments()))
+        r = events[-1]
+        assert isinstance(r, P.ReturnReceived) and r.question_id == q and r.payload is None
+        if kind == "results":
+            assert isinstance(events[0], P.RefsReleased) and events[0].count == 1
+            assert r.error.startswith("results refused: a message of ")
+        else:
+            assert r.error.startswith("an exception not read: a message of "), r.error
+        assert "(limit 8000 bytes: message_size" in r.error and a.closed is None
+        b.receive(a.send_finish(q))
+        q2, data = a.send_call(imp, 1, 0)
+        assert b.receive(data)[0].answer_id == q2
+
+
+def test_other_messages_past_the_limit_and_calls_whose_header_is_not_kept_still_abort():
+    """No other message is large from a conforming peer, and a header that does not
+    lie in the bytes kept cannot be named without keeping the message."""
+    m = rpc.Message.new_message()
+    m.init("resolve").init("exception").reason = "x" * 20_000
+    with pytest.raises(P.ProtocolError, match="a resolve: only a Call or a Return past it "
+                                              "fails alone"):
+        P.Connection("b", max_message_words=1000).receive(wire.frame(m.to_segments()))
+    # a Call whose cap table lies past the bytes kept of its (one) segment
+    m = rpc.Message.new_message(num_first_segment_words=20_000)
+    call = m.init("call")
+    call.questionId, call.target.importedCap = 1, 0
+    call.init("params").content.set_as_text("x" * 100_000)
+    call.params.init("capTable", 1)[0].senderHosted = 1
+    b = P.Connection("b", max_message_words=1000)
+    b.exports[0] = P._Export(object(), 1)
+    with pytest.raises(P.ProtocolError, match="its header does not lie in the first bytes"):
+        b.receive(wire.frame(m.to_segments()))

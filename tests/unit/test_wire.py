@@ -171,10 +171,35 @@ def test_unframe_says_what_is_wrong(data, match):
         wire.unframe(data)
 
 
-def test_the_framer_refuses_limits_before_buffering_the_body():
+def test_the_framer_skips_a_message_past_its_limit_without_buffering_it():
+    """A message past the limit was a WireError (the connection's end); it is
+    skipped (r236), keeping only the first bytes of its segments, and given as an
+    Oversized in order with the messages around it, whatever the pieces it
+    comes in.  Past the segments limit it is still an error."""
+    before = wire.frame([seg(struct_ptr(0, 1, 0), 5)])
+    body = [seg(struct_ptr(0, 1, 0), 7) + bytes(8 * 200_000), bytes(8 * 300_000), seg(9)]
+    over = wire.frame(body)
+    after = wire.frame([seg(struct_ptr(0, 1, 0), 6)])
+    for piece in (len(before + over + after), 1 << 16, 4093, 3):
+        f = wire.Framer(max_words=1000)
+        data, got, most = before + over + after, [], 0
+        for i in range(0, len(data), piece):
+            got += f.feed(data[i:i + piece])
+            most = max(most, f.pending)
+        assert most <= wire.OVERSIZED_KEPT_BYTES + 8 * 2
+        assert [bytes(g[0]) for g in (got[0], got[2])] == [before[8:], after[8:]]
+        o = got[1]
+        assert isinstance(o, wire.Oversized) and o.size == len(over) and o.limit == 8000
+        assert [len(k) for k in o.segments] == [wire.OVERSIZED_KEPT_BYTES // 2 - 8,
+                                                wire.OVERSIZED_KEPT_BYTES // 2, 8]
+        assert o.segments[0] == body[0][:len(o.segments[0])] and o.segments[2] == body[2]
+        assert f.messages == 3 and not f.partial and f.pending == 0
     f = wire.Framer(max_words=4)
-    with pytest.raises(wire.WireError, match="exceeds the limit of 32 bytes"):
-        f.feed(struct.pack("<II", 0, 5))
+    assert f.feed(struct.pack("<II", 0, 5)) == [] and f.partial and f.pending == 0
+    with pytest.raises(wire.WireError, match="601 segments"):
+        wire.Framer(max_words=4).feed(struct.pack("<I", 600) + bytes(4))
+    with pytest.raises(wire.WireError, match="exceeds the limit"):     # no reader takes it
+        wire.Framer(max_words=4).feed(struct.pack("<II", 0, (wire.MAX_SKIPPED_BYTES >> 3) + 1))
 
 
 def _struct_module(iface, method, results=False):
