@@ -1,0 +1,251 @@
+"""A stock pycapnp client (Cap'n Proto's C++ RPC) doing what rpc.capnp allows
+but clients seldom do, against `wsuper up` (an outside review's list, r236):
+each either works, or fails exactly one call with a clear reason; never the
+connection, never the supervisor.  After each, calc answers on the same
+connection and the supervisor has cut no one off."""
+import asyncio
+import gc
+
+import pytest
+
+from tests import rpcstress
+from tests.conftest import external_client
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+def system(tmp_path, wsuper):
+    run = wsuper("up", rpcstress.write_system(str(tmp_path)))
+    run.wait_for("ready calc")
+    run.wait_for("ready echo")
+    return run, tmp_path
+
+
+def _session(system, scenario):
+    """Run `await scenario(gateway, calc, calc_schema, echo_schema)` in a client;
+    then calc.add on the same connection; returns the scenario's value."""
+    run, tmp = system
+    calc_schema, echo_schema = rpcstress.schemas(str(tmp))
+
+    async def body(gateway):
+        calc = gateway.get("calc").cap.cast_as(calc_schema.Calc)
+        got = await scenario(gateway, calc, calc_schema, echo_schema)
+        assert (await calc.add(40, 2)).sum == 42          # the connection goes on
+        return got
+
+    got = external_client(str(tmp / "ext.sock"), body, timeout=90)
+    assert not [line for line in run.lines
+                if "aborted" in line or "protocol error" in line or "cut off" in line], run.lines
+    assert run.proc.poll() is None
+    return got
+
+
+@pytest.mark.parametrize("depth", [60, 400])
+def test_a_deep_chain_of_pipelined_calls_works_or_fails_by_in_flight(system, depth):
+    """`depth` calls each on the promised result of the one before (echo.hold gives
+    back the capability it was given), none awaited, then a call at the end of
+    the chain: it reaches calc.  Past the connection's in_flight (64), the
+    calls past it fail 'overloaded' naming the limit, and so does the end of the
+    chain; the connection goes on."""
+    import capnp
+
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        cap = calc
+        for _ in range(depth):
+            cap = echo.hold(cap=cap).cap
+        try:
+            return (await cap.cast_as(calc_schema.Calc).add(1, 2)).sum
+        except capnp.KjException as e:
+            return str(e)
+
+    got = _session(system, scenario)
+    if depth < 64:
+        assert got == 3
+    else:
+        assert "overloaded" in got and "limit in_flight = 64" in got, got
+
+
+def test_many_questions_in_flight_each_work_or_fail_overloaded_by_name(system):
+    """300 calls sent at once, past the connection's in_flight (64): those past it
+    fail 'overloaded', naming the limit; the others are answered."""
+    import capnp
+
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        calls = [calc.add(i, 1) for i in range(300)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        sums = [r.sum for r in results if not isinstance(r, Exception)]
+        errors = {str(r).split("remote exception: ")[-1].split("\n")[0]
+                  for r in results if isinstance(r, Exception)}
+        assert all(isinstance(r, (capnp.KjException,)) for r in results
+                   if isinstance(r, Exception))
+        return sums, errors
+
+    sums, errors = _session(system, scenario)
+    assert set(sums) <= {i + 1 for i in range(300)} and len(sums) >= 64
+    assert errors <= {"external has 64 calls in flight already (limit in_flight = 64)"}, errors
+
+
+def test_a_call_finished_before_its_return_is_cancelled_alone(system):
+    """sumTo with an observer that takes its time, dropped before the answer: the
+    client sends Finish before the Return (rpc.capnp's cancellation).  The
+    observer is let go of, and the connection goes on."""
+    import weakref
+    alive = []
+
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        class Slow(calc_schema.Observer.Server):
+            async def step(self, i, partial, **_):
+                await asyncio.sleep(0.5)
+
+        obs = Slow()
+        alive.append(weakref.ref(obs))
+        promise = calc.sumTo(3, obs)
+        del obs
+        await asyncio.sleep(0.2)                     # calc is in its first step
+        del promise                                  # Finish, before the Return
+        gc.collect()
+        await asyncio.sleep(2)
+        return (await calc.sumTo(2, _quick(calc_schema))).total
+
+    assert _session(system, scenario) == 3
+    gc.collect()
+    assert [r for r in alive if r() is not None] == []
+
+
+def _quick(calc_schema):
+    class Quick(calc_schema.Observer.Server):
+        async def step(self, i, partial, **_):
+            pass
+    return Quick()
+
+
+def test_one_capability_got_twice_is_released_twice_in_two_messages(system):
+    """The same object (calc) asked of the Gateway twice is one import of two
+    references; each goes with its own Release.  The first Release leaves the
+    other working, the second lets go of it."""
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        one = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        two = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+        del one
+        gc.collect()
+        await asyncio.sleep(0.2)
+        got = (await two.add(2, 2)).sum
+        del two
+        gc.collect()
+        await asyncio.sleep(0.2)
+        return got
+
+    assert _session(system, scenario) == 4
+
+
+def test_bootstrap_twice_on_one_connection(system):
+    """A second Bootstrap on the same connection gets the Gateway again."""
+    import capnp
+
+    import capnp_schemas
+    run, tmp = system
+    calc_schema, _echo = rpcstress.schemas(str(tmp))
+
+    async def main():
+        async with capnp.kj_loop():
+            stream = await capnp.AsyncIoStream.create_unix_connection(str(tmp / "ext.sock"))
+            client = capnp.TwoPartyClient(stream)
+            first = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+            second = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+            a = first.get("calc").cap.cast_as(calc_schema.Calc)
+            b = second.get("calc").cap.cast_as(calc_schema.Calc)
+            return (await a.add(1, 1)).sum, (await b.add(2, 2)).sum
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == (2, 4)
+    assert not [line for line in run.lines if "aborted" in line or "protocol error" in line]
+
+
+def test_calls_pipelined_on_a_promise_of_the_clients_own_object_keep_their_order(system):
+    """The client's own observer, given to echo and promised back (echo.hold),
+    called twice before the promise resolves and once after: C++ embargoes the
+    later call until the earlier ones come back through the supervisor
+    (Disembargo), and the observer sees the three in order."""
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        seen = []
+
+        class Obs(calc_schema.Observer.Server):
+            async def step(self, i, partial, **_):
+                seen.append((i, partial))
+
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        held = echo.hold(cap=Obs()).cap.cast_as(calc_schema.Observer)
+        first, second = held.step(1, 1), held.step(2, 3)
+        await first
+        await second
+        await held.step(3, 6)
+        return seen
+
+    assert _session(system, scenario) == [(1, 1), (2, 3), (3, 6)]
+
+
+def test_a_capability_from_a_compartment_passed_back_is_called_there(system):
+    """A Counter calc made, given to echo by the client and handed back (the
+    supervisor's own export coming back to it as receiverHosted), then called:
+    it is calc's Counter still."""
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        echo = gateway.get("echo").cap.cast_as(echo_schema.Echo)
+        counter = (await calc.newCounter()).counter
+        assert (await counter.inc(5)).value == 5
+        back = (await echo.hold(cap=counter)).cap.as_interface(calc_schema.Counter)
+        piped = echo.hold(cap=counter).cap.cast_as(calc_schema.Counter)   # and pipelined
+        return (await back.inc(2)).value, (await piped.inc(3)).value
+
+    assert _session(system, scenario) == (7, 10)
+
+
+def test_a_call_with_capabilities_in_its_answer_finished_before_it_returns(system):
+    """newCounter asked and dropped at once: Finish (releaseResultCaps) goes
+    before the Return, whose Counter the client never imports; the supervisor
+    answers 'canceled' or lets go of it, and goes on."""
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        for _ in range(20):
+            promise = calc.newCounter()
+            del promise
+        gc.collect()
+        await asyncio.sleep(0.5)
+        counter = (await calc.newCounter()).counter
+        return (await counter.inc(4)).value
+
+    assert _session(system, scenario) == 4
+
+
+_MAKER: list = []
+
+
+def test_a_promise_of_the_clients_that_resolves_to_its_object_is_called_through(system):
+    """The client passes calc, as sumTo's observer, a promise of its own that
+    resolves 0.3 s later to an Observer it hosts: C++ sends Resolve, which the
+    supervisor answers 'unimplemented' (it takes promises as plain imports), and
+    the calls calc made on the promise reach the observer through it."""
+    import capnp_schemas
+    run, tmp = system
+    if not _MAKER:
+        (tmp / "maker.capnp").write_text(
+            "@0xd0a1b2c3d4e5f6c4;\ninterface Maker { make @0 () -> (cap :Capability); }\n")
+        _MAKER.append(capnp_schemas.load(str(tmp / "maker.capnp")))
+    maker_schema = _MAKER[0]
+
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        seen = []
+
+        class Obs(calc_schema.Observer.Server):
+            async def step(self, i, partial, **_):
+                seen.append((i, partial))
+
+        class Maker(maker_schema.Maker.Server):
+            async def make(self, _context, **_):
+                await asyncio.sleep(0.3)
+                _context.results.cap = Obs()
+
+        promised = maker_schema.Maker._new_client(Maker()).make().cap
+        total = (await calc.sumTo(3, promised.cast_as(calc_schema.Observer))).total
+        return total, seen
+
+    assert _session(system, scenario) == (6, [(1, 1), (2, 3), (3, 6)])
