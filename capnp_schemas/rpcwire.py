@@ -638,7 +638,7 @@ def _given_refs(segs, field: int) -> tuple:
         raise WireError("CapDescriptor: a union member that rpc.capnp does not define")
     senders = kinds.count(CAP_SENDER_HOSTED) + kinds.count(CAP_SENDER_PROMISE)
     if senders == n:                                # at C's pace, as every pass below
-        return ids, ()
+        return tuple(ids), ()
     kb = bytes(kinds.tolist())                      # each < 6: a byte a descriptor
     out = array("I", compress(ids, kb.translate(_SENDERS)))
     # an export id named many times is checked once, as is a question
@@ -666,7 +666,7 @@ def _given_refs(segs, field: int) -> tuple:
         out.extend(vines)
     elif kinds.count(CAP_RECEIVER_ANSWER):
         raise WireError("CapDescriptor.receiverAnswer: no PromisedAnswer")
-    return out, tuple(named)
+    return tuple(out), tuple(named)
 
 
 #: bytes.translate tables: a kind's byte to 1 where it is of the kinds, else 0

@@ -204,4 +204,5 @@ def test_a_messages_transform_steps_are_bounded_together():
     table[2].senderHosted = 9
     got = rpcwire.decode_pycapnp(msg.to_segments())
     assert "pipeline transform steps" in got.over
-    assert got.caps == ((9,), ((rpcwire.CAP_RECEIVER_ANSWER, 0),) * 2)
+    # (what it names, once each: an id named many times is checked once, r236)
+    assert got.caps == ((9,), ((rpcwire.CAP_RECEIVER_ANSWER, 0),))
