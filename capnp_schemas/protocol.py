@@ -721,10 +721,13 @@ class Connection:
         if over is not None:
             # well-formed results past a per-message limit: the question fails with
             # it, and what the results gave us is released
-            if not finish:
+            if not finish and (m.caps[0] or m.caps[1]):
                 raise ProtocolError("noFinishNeeded on a return that carries capabilities")
             self._release_given(m.caps, events)
-            events.append(ReturnReceived(qid, None, f"results refused: {over}", "failed"))
+            # (a message past the connection's limit may carry none, and need no
+            # Finish: the owner must then send none, the question being gone)
+            events.append(ReturnReceived(qid, None, f"results refused: {over}", "failed",
+                                         finish_needed=finish))
         elif kind == "results":
             payload = self._payload(segs, m.caps, m.content_loc,
                                     getattr(m, "content_root", False))

@@ -219,8 +219,9 @@ class Plain:
     transform) for receiverAnswer, its vine's id for thirdPartyHosted.  `content_loc`
     is where the payload's content pointer lives (None: no content).
 
-    `over` (a Call's or a Return's; set by decode_pycapnp only): the message is
-    well-formed but passes a per-message limit (more than MAX_CAPS_PER_MESSAGE
+    `over` (a Call's or a Return's; set by decode_pycapnp, and by the protocol
+    core for a message past its framing's limit, protocol._on_oversized): the
+    message is well-formed but passes a per-message limit (more than MAX_CAPS_PER_MESSAGE
     capabilities, more pipeline transform steps than MAX_PATH_DEPTH or
     MAX_TRANSFORM_STEPS_PER_MESSAGE), and this says which, for the call or the
     answer to fail with (a Call's promise target is then (question id, ())).  `caps` then holds only the references the message

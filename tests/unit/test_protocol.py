@@ -1112,6 +1112,23 @@ def test_a_return_past_the_connections_limit_fails_its_question_alone():
         assert b.receive(data)[0].answer_id == q2
 
 
+def test_results_past_the_limit_that_need_no_finish_fail_their_question_with_none():
+    """noFinishNeeded on results of no capabilities (as an engine sends them) past
+    the limit: the question fails, and is gone (no Finish to send), not the
+    connection (the rule against noFinishNeeded with capabilities is kept)."""
+    a, b = P.Connection("a", max_message_words=1000), P.Connection("b")
+    imp = bootstrap(a, b, object())
+    q, data = a.send_call(imp, 1, 0)
+    (call,) = b.receive(data)
+    data = b.send_return(call.answer_id, Content.standalone(
+        [struct.pack("<Q", 2000 << 32) + bytes(8 * 2000)]), no_finish=True)
+    (r,) = a.receive(data)
+    assert r.question_id == q and r.payload is None and not r.finish_needed
+    assert r.error.startswith("results refused: a message of ") and q not in a.questions
+    q2, data = a.send_call(imp, 1, 0)
+    assert b.receive(data)[0].answer_id == q2 and a.closed is None
+
+
 def test_other_messages_past_the_limit_and_calls_whose_header_is_not_kept_still_abort():
     """No other message is large from a conforming peer, and a header that does not
     lie in the bytes kept cannot be named without keeping the message."""
