@@ -249,3 +249,18 @@ def test_a_promise_of_the_clients_that_resolves_to_its_object_is_called_through(
         return total, seen
 
     assert _session(system, scenario) == (6, [(1, 1), (2, 3), (3, 6)])
+
+
+def test_plain_calls_finished_before_they_return_on_the_fast_lane(system):
+    """calc.add, a plain call the fast lane forwards natively, asked and dropped at
+    once, 200 times (Finish right behind each Call): each is cancelled alone."""
+    async def scenario(gateway, calc, calc_schema, echo_schema):
+        assert (await calc.add(1, 1)).sum == 2              # the route goes in
+        for i in range(200):
+            promise = calc.add(i, i)
+            del promise
+        gc.collect()
+        await asyncio.sleep(0.5)
+        return [(await calc.add(i, 1)).sum for i in range(5)]
+
+    assert _session(system, scenario) == [1, 2, 3, 4, 5]
