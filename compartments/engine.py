@@ -1923,7 +1923,7 @@ class Engine:
         """What a dispatch that returned `status` answers: its results, or its error."""
         if status != 0 or frame.error is not None:
             said = frame.error
-            if said is None:
+            if not said:                          # (an empty fail() text too, as before)
                 said = f"dispatch returned {status}"
                 if frame.refused is not None:     # the supervisor's words, not a peer's
                     said += f"; {frame.refused}"
