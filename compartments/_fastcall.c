@@ -440,9 +440,8 @@ static int past_deadline(Guest *g) {
  *     copy takes (fw_decode, wire._native.copy: the checks and the bytes of
  *     Python's _on_return, _payload and _for_guest);
  *   - otherwise handed over: owner._call_continued(qid, data, t0, out_ptr,
- *     copied, interface_id, method_id) adopts the question into the table and goes
- *     on from that read
- *     as Python's own wait would have. */
+ *     copied, interface_id, method_id) adopts the question into the table and
+ *     goes on from that read as Python's own wait would have. */
 #define QID_BASE 0x80000000u  /* protocol.NATIVE_QID_BASE */
 
 static int64_t monotonic_ns(void);
