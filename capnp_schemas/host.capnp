@@ -85,7 +85,14 @@ interface Directory @0xa05a5e2c6b2f6d06 {
   unlink @8 (path :Text) -> ();                 # anything but a directory (EISDIR)
   rmdir @9 (path :Text) -> ();                  # an empty directory (ENOTDIR, ENOTEMPTY)
   symlink @10 (target :Text, path :Text) -> (); # `target` must stay beneath this directory
-  readlink @11 (path :Text) -> (target :Text);
+  readlink @11 (path :Text, offset :UInt32, partial :Bool)
+      -> (target :Text, length :UInt32, digest :UInt64);
+  # the link's target whole (ENAMETOOLONG if it is longer than an answer to the
+  # caller may be); with `partial`, the part from byte `offset` (a character's
+  # first byte) that fits, cut at a character's end, with the whole target's
+  # `length` in bytes and a `digest` of it (64 bits of BLAKE2b): a caller asks
+  # again from where the part ended, and starts over if either changed (the
+  # link was replaced: a new one may have the old one's inode)
   link @12 (from :Text, to :Text, fromDir :Text, fromInode :UInt64, toDir :Text,
             toInode :UInt64) -> ();
   # a hard link; the last component is not followed; `fromDir` ... as for rename

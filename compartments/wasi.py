@@ -106,6 +106,7 @@ MAX_IO = 256 << 10          # bytes moved by one File.read, File.write or Random
 MAX_FDS = 1024
 MAX_PATH = 4096
 MAX_LINKS = 40              # symbolic links O_CREAT follows to a missing target (Linux's limit)
+READLINK_RETRIES = 8       # reads of a link replaced while it is read in parts (then EAGAIN)
 MAX_IOVECS = 1024
 MAX_TRANSFER = 64 << 20     # bytes one fd_read / fd_write moves at most (then it is short)
 LOG_LINE = 4096             # characters of one log line the supervisor shows
@@ -1328,14 +1329,13 @@ class Wasi:
                 if not follow or errno_of(e) != E.NOENT or path.endswith("/"):
                     raise
                 try:                          # a link to nothing: create its target
-                    target, _ = self._call(d.cap, "Directory", "readlink", path=path)
+                    target = self._readlink(d, path).decode()
                 except HostCallFailed as r:
                     # an absolute target leads outside: that is the answer (its text
                     # is not given); anything else, the open's own refusal
                     if (r.reason or "").startswith("ENOTCAPABLE: "):
                         raise
                     raise e from None
-            target = target.target
             if not target:
                 raise _Fail(E.NOENT)
             parent = path.rpartition("/")[0]
@@ -1445,7 +1445,28 @@ class Wasi:
 
     def path_readlink(self, dirfd, path_ptr, path_len, buf, buf_len, out):
         d, path = self._dir_path(dirfd, path_ptr, path_len, RIGHT_PATH_READLINK)
-        r, _ = self._call(d.cap, "Directory", "readlink", path=path)
-        target = r.target.encode()[:buf_len & 0xFFFFFFFF]   # cut to the buffer, as wasmtime
+        target = self._readlink(d, path, buf_len & 0xFFFFFFFF)  # cut to the buffer, as wasmtime
         self.host.write(buf & 0xFFFFFFFF, target)
         self._u32(out, len(target))
+
+    def _readlink(self, d: _Desc, path: str, most: int | None = None) -> bytes:
+        """The first `most` bytes (all: None) of the target of the link `path`
+        beneath `d`, asked in parts: a target longer than one answer to this
+        compartment may carry (its message_size less the answer's structure: a
+        target of 1,000 bytes at message_size = "1KiB") failed ENAMETOOLONG, which
+        wasmtime never says of a link that is there.  A link replaced between two
+        parts (another length or digest of its target) is read again from the start."""
+        for _ in range(READLINK_RETRIES):
+            got, first = b"", None
+            while True:
+                r, _ = self._call(d.cap, "Directory", "readlink", path=path,
+                                  offset=len(got), partial=True)
+                part = r.target.encode()
+                if first is None:
+                    first = (r.length, r.digest)
+                elif (r.length, r.digest) != first:
+                    break                           # replaced meanwhile: start over
+                got += part
+                if not part or len(got) >= r.length or (most is not None and len(got) >= most):
+                    return got[:most] if most is not None else got
+        raise _Fail(E.AGAIN)

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import platform
 import stat as st
@@ -472,6 +473,22 @@ def _named(obj, name: str | None):
     return obj
 
 
+def _utf8_part(text: bytes, offset: int, room: int, path: str) -> bytes:
+    """The bytes of UTF-8 `text` from `offset` (a character's first byte, or its
+    end), as many as `room` takes, cut at a character's end; EINVAL for an offset
+    past the end or inside a character, E2BIG when not one character fits."""
+    if offset > len(text) or (offset < len(text) and text[offset] & 0xC0 == 0x80):
+        raise FsError(f"readlink of {path!r}: offset {offset} is not where a character "
+                      f"of its target ({len(text)} bytes) begins", "EINVAL")
+    end = min(len(text), offset + max(room, 0))
+    while end < len(text) and end > offset and text[end] & 0xC0 == 0x80:
+        end -= 1                        # never half a character
+    if end == offset < len(text):
+        raise FsError(f"readlink of {path!r}: not one character of its target fits in "
+                      f"a message to you", "E2BIG")
+    return text[offset:end]
+
+
 class Directory:
     """A directory capability: an O_PATH descriptor and its attenuation."""
 
@@ -678,7 +695,15 @@ class Directory:
         finally:
             os.close(fd)
 
-    def readlink(self, path: str, *, max_bytes: int | None = None) -> dict:
+    def readlink(self, path: str, offset: int = 0, partial: bool = False, *,
+                 max_bytes: int | None = None) -> dict:
+        """The target of the link `path`, whole: ENAMETOOLONG if it does not fit in
+        an answer of `max_bytes`.  With `partial`, the part from byte `offset` that
+        fits (cut at a character's end), the whole target's `length` and a `digest`
+        of it, so a caller of a small message_size reads a long target in parts
+        (a target is up to 4095 bytes; an answer at the least message_size carries
+        960 of them) and sees whether the link was replaced meanwhile (by its text:
+        a link made again at once often has the inode of the one it replaced)."""
         raw = _path(path)
         with self._h as dfd:
             p = self._beneath(dfd, raw, os.O_PATH | os.O_NOFOLLOW, path)
@@ -695,14 +720,22 @@ class Directory:
             # is the host's layout, not the grant's (wasmtime refuses it too)
             raise FsError(f"{path!r} is a symbolic link whose target is absolute: it "
                           f"leads outside the granted directory", "ENOTCAPABLE")
-        room = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
-        if len(target) + _RESULT_SLACK > room:
-            raise FsError(f"the target of {path!r} is longer than a message to you may be",
-                          "ENAMETOOLONG")
         try:
-            return {"target": target.decode("utf-8")}
+            target.decode("utf-8")
         except UnicodeDecodeError:
             raise FsError(f"the target of {path!r} is not valid UTF-8", "EILSEQ") from None
+        room = (DEFAULT_MAX_BYTES if max_bytes is None else max_bytes) - _RESULT_SLACK
+        if not partial:
+            if offset:
+                raise FsError("readlink: an offset is for a partial answer", "EINVAL")
+            if len(target) > room:
+                raise FsError(f"the target of {path!r} is longer than a message to you "
+                              f"may be", "ENAMETOOLONG")
+            return {"target": target.decode("utf-8")}
+        return {"target": _utf8_part(target, offset, room, path).decode("utf-8"),
+                "length": len(target),
+                "digest": int.from_bytes(hashlib.blake2b(target, digest_size=8).digest(),
+                                         "little")}
 
     # ------------------------------------------------------------ changing names
 

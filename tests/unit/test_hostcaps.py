@@ -681,6 +681,7 @@ def test_file_answers_at_the_least_message_size_carry_what_fits(tmp_path, size):
     for i in range(60):
         (tmp_path / "d" / f"entry-{i:03d}-{'n' * 20}").write_text("")
     (tmp_path / "d" / "link").symlink_to("t" * 900)
+    (tmp_path / "d" / "long").symlink_to("./" * 1000 + "\u00e9" * 1000)
     d = hostfs.Directory.grant(str(tmp_path / "d"))
     f = hostfs.File.grant(str(tmp_path / "d" / "f"))
     hosts = hostcaps.HostCaps(lambda owner: 100.0)
@@ -702,7 +703,15 @@ def test_file_answers_at_the_least_message_size_carry_what_fits(tmp_path, size):
         assert 0 < len(data) <= size - hostfs.RESULT_SLACK and set(data) == {ord("x")}
         listed = answer(d, "directory", DIR, "list", {"path": "."})
         assert listed["entries"], listed
-        assert answer(d, "directory", DIR, "readlink", {"path": "link"}) == {"target": "t" * 900}
+        assert answer(d, "directory", DIR, "readlink", {"path": "link"})["target"] == "t" * 900
+        # a target longer than any answer at this size, in parts that each fit
+        got, whole = "", "./" * 1000 + "\u00e9" * 1000
+        while len(got.encode()) < len(whole.encode()):
+            part = answer(d, "directory", DIR, "readlink",
+                          {"path": "long", "offset": len(got.encode()), "partial": True})
+            assert part["target"] and part["length"] == len(whole.encode())
+            got += part["target"]
+        assert got == whole
     finally:
         f.close()
         d.close()

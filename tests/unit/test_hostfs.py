@@ -257,6 +257,51 @@ def test_readlink_of_a_host_link_that_is_not_utf8_or_too_long(tree):
     fails("ENAMETOOLONG", d.readlink, "long", max_bytes=1024)
 
 
+
+def test_a_long_link_target_is_read_in_parts_that_each_fit(tree):
+    """A target longer than an answer to the caller may carry (1,000 bytes at
+    message_size = "1KiB") failed ENAMETOOLONG however it was asked, so a WASI
+    program there could not read such a link, nor create through one to nothing
+    (wasmtime does both).  With `partial`, each answer carries the part from
+    `offset` that fits, never half a character, with the whole target's length
+    and a digest of the whole target; without it, the whole target or
+    ENAMETOOLONG, as before."""
+    target = "./" * 300 + "\u00e9" * 700 + "end"            # 600 + 1400 + 3 bytes
+    os.symlink(target, tree / "long")
+    d = Directory.grant(str(tree))
+    raw = target.encode()
+    got, offset, digests = b"", 0, set()
+    while offset < len(raw):
+        r = d.readlink("long", offset, True, max_bytes=1024)
+        part = r["target"].encode()
+        assert part and len(part) + hostfs.RESULT_SLACK <= 1024
+        assert r["length"] == len(raw)
+        digests.add(r["digest"])
+        got += part
+        offset += len(part)
+    assert got == raw and len(digests) == 1
+    # an offset inside a character, or past the end, is refused; the end gives nothing
+    fails("EINVAL", d.readlink, "long", 601, True, max_bytes=1024)
+    fails("EINVAL", d.readlink, "long", len(raw) + 1, True, max_bytes=1024)
+    assert d.readlink("long", len(raw), True, max_bytes=1024)["target"] == ""
+    # whole, as before, and an offset only with partial
+    fails("ENAMETOOLONG", d.readlink, "long", max_bytes=1024)
+    assert d.readlink("long") == {"target": target}
+    fails("EINVAL", d.readlink, "long", 2)
+    # a link replaced between two parts says so, though the new one may have the
+    # old one's inode (it often has): its digest is another
+    first = d.readlink("long", 0, True, max_bytes=1024)
+    os.unlink(tree / "long")
+    os.symlink(target[:-1] + "x", tree / "long")
+    again = d.readlink("long", 0, True, max_bytes=1024)
+    assert again["target"] == first["target"] and again["length"] == first["length"]
+    assert again["digest"] != first["digest"]
+    # what a partial answer refuses, as a whole one does
+    os.symlink(b"caf\xe9" * 400, os.fsencode(tree / "latin1"))
+    fails("EILSEQ", d.readlink, "latin1", 0, True, max_bytes=1024)
+    fails("EINVAL", d.readlink, "notes.txt", 0, True, max_bytes=1024)
+    fails("E2BIG", d.readlink, "long", 600, True, max_bytes=hostfs.RESULT_SLACK + 1)
+
 def test_readlink_of_a_host_link_with_an_absolute_target_does_not_show_the_host_path(tree):
     """A link the host planted with an absolute target (/home/alice/...) is outside
     the grant: reading it gave its text, so a compartment learnt the host's paths
