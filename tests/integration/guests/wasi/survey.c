@@ -24,6 +24,9 @@
  *   pathops   every path call on every kind of name, each in a fresh tree
  *   times     each fst_flags, by descriptor, by path and through a link
  *   longs     long paths and link targets (run at message_size = "1KiB")
+ *   bigdir    2,500 entries through buffers of 4 KiB to 1 MiB
+ *   changes   every change on every kind of name, in a tree the host made (run
+ *             on read-only and append-only grants: nothing there may change)
  * and, run by hand (they differ from wasmtime by design, or depend on timing or
  * on how the standard descriptors are set up):
  *   iovecs    reads and writes of zero-length, many and partly filled iovecs
@@ -32,7 +35,8 @@
  *   rights    the rights each way of opening a file gives, and what they allow
  *   environ   args and environ as args_get and environ_get give them
  *   sleeps    poll_oneoff sleeps at least its timeout, on each clock
- *   stdio     each call on fd 0, 1 and 2 when each is a file */
+ *   stdio     each call on fd 0, 1 and 2 when each is a file
+ *   preopens  each preopen's number and name, and fopen through each */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -1328,6 +1332,137 @@ static void longs(void) {
   printf("readdir-long-names %d used=%u entries=%d\n", e, used, count);
 }
 
+static uint8_t dirbuf[1 << 20];
+
+/* A directory of 2,500 entries, listed through one large buffer and
+ * through libc: every entry, and a short answer only at the end. */
+static void bigdir(void) {
+  char name[64];
+  w_path_create_directory(3, S("big"));
+  for (int i = 0; i < 2500; i++) {       /* more than one page (LIST_PAGE_ENTRIES) */
+    snprintf(name, sizeof name, "big/entry-with-a-longish-name-%05d", i);
+    w_fd_close(file(name, ""));
+  }
+  uint32_t d = 0;
+  w_path_open(3, 0, S("big"), DIRECTORY, 0, ALL, 0, P(&d));
+  static const uint32_t sizes[] = {1 << 20, 200000, 65536, 4096, 0};
+  for (int k = 0; sizes[k]; k++) {
+    uint64_t cookie = 0;
+    int entries = 0;
+    for (;;) {
+      uint32_t used = 0;
+      I e = w_fd_readdir(d, P(dirbuf), sizes[k], cookie, P(&used));
+      if (e) { printf("readdir-error %d\n", e); break; }
+      uint32_t pos = 0;
+      int got = 0;
+      while (pos + 24 <= used) {
+        uint32_t len;
+        memcpy(&len, dirbuf + pos + 16, 4);
+        if (pos + 24 + len > used) break;
+        memcpy(&cookie, dirbuf + pos, 8);
+        pos += 24 + len;
+        got++;
+      }
+      entries += got;
+      if (used < sizes[k]) break;
+      if (!got) break;
+    }
+    /* what a program that trusts a short answer as the end (wasi-libc) lists */
+    uint32_t used = 0;
+    w_fd_readdir(d, P(dirbuf), sizes[k], 0, P(&used));
+    int first = 0;
+    for (uint32_t pos = 0; pos + 24 <= used;) {
+      uint32_t len;
+      memcpy(&len, dirbuf + pos + 16, 4);
+      if (pos + 24 + len > used) break;
+      pos += 24 + len;
+      first++;
+    }
+    printf("bigdir-%u entries=%d first-call=%d full=%d\n", sizes[k], entries,
+           first, used == sizes[k]);
+  }
+}
+
+/* Every preopen: its number, kind and name; then a file opened through each. */
+static void preopens(void) {
+  for (I fd = 3; fd < 9; fd++) {
+    uint8_t pre[8] = {0};
+    char name[64] = {0};
+    I e = w_fd_prestat_get(fd, P(pre));
+    uint32_t len;
+    memcpy(&len, pre + 4, 4);
+    I f = e ? e : w_fd_prestat_dir_name(fd, P(name), len < 63 ? len : 63);
+    printf("preopen-%d %d %d tag=%d len=%u name=[%s]\n", fd, e, f, pre[0], e ? 0 : len, name);
+  }
+  FILE *f = fopen("rel.txt", "w");
+  printf("fopen-relative %d\n", f != NULL);
+  if (f) fclose(f);
+  f = fopen("/second/abs.txt", "w");
+  printf("fopen-second %d\n", f != NULL);
+  if (f) fclose(f);
+  f = fopen("fs-tests.dir/x.txt", "w");
+  printf("fopen-third %d\n", f != NULL);
+  if (f) fclose(f);
+}
+
+/* Every change, on every kind of name, in a tree the host made (for a grant
+ * that may be read-only): the errno of each. */
+static void changes(void) {
+  static const char *paths[] = {
+      "of", "od", "oe", "olf", "old", "odang", "oloop", "of/", "od/", "olf/", "old/",
+      "odang/", ".", "", "od/..", "od/inner", "od/up", "od/upf", "old/inner", "onew",
+      "onew/", "of/x", "../x", "/x", 0};
+  static const char *ops[] = {"mkdir", "rmdir", "unlink", "symlink", "times0", "times1",
+                              "times-none", "link-to", "link-from", "rename-from",
+                              "rename-to", "creat", "creat-excl", "trunc", "open-w",
+                              "open-r", 0};
+  for (int o = 0; ops[o]; o++)
+    for (int p = 0; paths[p]; p++) {
+      const char *path = paths[p], *op = ops[o];
+      uint32_t fd = 0;
+      I e;
+      if (!strcmp(op, "mkdir")) e = w_path_create_directory(3, S(path));
+      else if (!strcmp(op, "rmdir")) e = w_path_remove_directory(3, S(path));
+      else if (!strcmp(op, "unlink")) e = w_path_unlink_file(3, S(path));
+      else if (!strcmp(op, "symlink")) e = w_path_symlink(S("x"), 3, S(path));
+      else if (!strcmp(op, "times0")) e = w_path_filestat_set_times(3, 0, S(path), 0, 7000000000LL, 4);
+      else if (!strcmp(op, "times1")) e = w_path_filestat_set_times(3, 1, S(path), 0, 7000000000LL, 4);
+      else if (!strcmp(op, "times-none")) e = w_path_filestat_set_times(3, 1, S(path), 0, 0, 0);
+      else if (!strcmp(op, "link-to")) e = w_path_link(3, 0, S("of"), 3, S(path));
+      else if (!strcmp(op, "link-from")) e = w_path_link(3, 0, S(path), 3, S("lnew"));
+      else if (!strcmp(op, "rename-from")) e = w_path_rename(3, S(path), 3, S("rnew"));
+      else if (!strcmp(op, "rename-to")) e = w_path_rename(3, S("of"), 3, S(path));
+      else {
+        I oflags = !strcmp(op, "creat") ? CREAT : !strcmp(op, "creat-excl") ? CREAT | EXCL
+                 : !strcmp(op, "trunc") ? TRUNC : 0;
+        L rights = !strcmp(op, "open-r") ? RD : RD | WR;
+        e = w_path_open(3, 1, S(path), oflags, rights, ALL, 0, P(&fd));
+        if (!e && !strcmp(op, "open-r")) {
+          uint32_t n = 0;
+          iov v = {P("X"), 1};
+          uint64_t at = 0;
+          printf("%s[%s] %d write=%d pwrite=%d size=%d times=%d flags=%d allocate=%d "
+                 "sync=%d seek=%d\n", op, path, e, w_fd_write(fd, P(&v), 1, P(&n)),
+                 w_fd_pwrite(fd, P(&v), 1, 0, P(&n)), w_fd_filestat_set_size(fd, 0),
+                 w_fd_filestat_set_times(fd, 0, 7000000000LL, 4),
+                 w_fd_fdstat_set_flags(fd, APPEND), w_fd_allocate(fd, 0, 100), w_fd_sync(fd),
+                 w_fd_seek(fd, 0, 0, P(&at)));
+          w_fd_close(fd);
+          continue;
+        }
+        if (!e) w_fd_close(fd);
+      }
+      printf("%s[%s] %d\n", op, path, e);
+    }
+  /* the preopen itself */
+  printf("preopen-times %d\n", w_fd_filestat_set_times(3, 0, 7000000000LL, 4));
+  printf("preopen-sync %d\n", w_fd_sync(3));
+  uint32_t d = 0;
+  printf("open-od %d\n", w_path_open(3, 0, S("od"), DIRECTORY, 0, ALL, 0, P(&d)));
+  printf("od-times %d\n", w_fd_filestat_set_times(d, 0, 7000000000LL, 4));
+  printf("od-mkdir %d\n", w_path_create_directory(d, S("x")));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "seek")) seek();
@@ -1352,5 +1487,8 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "times")) times();
   if (!strcmp(part, "stdio")) stdio();
   if (!strcmp(part, "longs")) longs();
+  if (!strcmp(part, "bigdir")) bigdir();
+  if (!strcmp(part, "preopens")) preopens();
+  if (!strcmp(part, "changes")) changes();
   return 0;
 }
