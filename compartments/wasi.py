@@ -1372,6 +1372,25 @@ class Wasi:
                 fields[f"{side}Inode"] = self._ino(d)
         return fd_a.root, fields
 
+    def _between(self, fd_a: _Desc, fd_b: _Desc, call):
+        """call() a rename or link between two directory descriptors (_two): EXDEV
+        says one of their directories was moved or removed since it was opened;
+        removed, it is ENOENT, as Linux and wasmtime say of a directory removed."""
+        try:
+            return call()
+        except HostCallFailed as e:
+            if fd_a.cap == fd_b.cap or errno_of(e) != E.XDEV:
+                raise
+            for d in (fd_a, fd_b):
+                if d.cap != d.root:
+                    try:
+                        r, _ = self._call(d.cap, "Directory", "stat", path="", follow=True)
+                    except HostCallFailed:
+                        continue                    # stat refused (allow): EXDEV stands
+                    if r.info.links == 0:
+                        raise _Fail(E.NOENT) from None
+            raise
+
     def _ino(self, d: _Desc) -> int:
         """The inode of a directory descriptor's own directory (asked once)."""
         if d.ino is None:
@@ -1407,7 +1426,7 @@ class Wasi:
         d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_RENAME_SOURCE)
         n, new = self._dir_path(newfd, new_ptr, new_len, RIGHT_PATH_RENAME_TARGET)
         cap, fields = self._two(d, old, n, new)
-        self._call(cap, "Directory", "rename", **fields)
+        self._between(d, n, lambda: self._call(cap, "Directory", "rename", **fields))
 
     def path_link(self, dirfd, flags, old_ptr, old_len, newfd, new_ptr, new_len):
         d, old = self._dir_path(dirfd, old_ptr, old_len, RIGHT_PATH_LINK_SOURCE)
@@ -1415,7 +1434,8 @@ class Wasi:
         if flags & LOOKUP_SYMLINK_FOLLOW:   # following would need a path outside: refused
             raise _Fail(E.INVAL)
         cap, fields = self._two(d, old, n, new)
-        self._new_name(n, new, lambda: self._call(cap, "Directory", "link", **fields))
+        self._new_name(n, new, lambda: self._between(
+            d, n, lambda: self._call(cap, "Directory", "link", **fields)))
 
     def path_symlink(self, old_ptr, old_len, dirfd, new_ptr, new_len):
         target = self._path(old_ptr, old_len)

@@ -1012,7 +1012,18 @@ class Directory:
         where, inode = base
         if not where:
             return self._parent(dfd, _path(path), path, dots)
-        bfd = self._beneath(dfd, _path(where), os.O_PATH | os.O_DIRECTORY, where)
+        try:
+            bfd = self._beneath(dfd, _path(where), os.O_PATH | os.O_DIRECTORY, where)
+        except FsError as e:
+            # it was a directory by that name when it was opened: not there now (or
+            # not a directory), it was moved or replaced too (a program was told
+            # ENOENT, or ENOTDIR, of a name it had not asked about, where the
+            # caller's fallback for EXDEV, copying, works); removed: the engine
+            # says ENOENT, as Linux does of a directory removed
+            if e.code in ("ENOENT", "ENOTDIR", "ELOOP"):
+                raise FsError(f"{where!r} is no longer the directory that was opened by "
+                              f"that name (it was moved or removed)", "EXDEV") from None
+            raise
         try:
             if os.fstat(bfd).st_ino != inode:
                 raise FsError(f"{where!r} is no longer the directory that was opened by "

@@ -3,6 +3,7 @@ files, paging, hostile arguments, threads (WASI programs on them: test_wasi_*.py
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -1106,6 +1107,19 @@ def test_rename_and_link_relative_to_a_directory_beneath_checked_by_inode(tree):
     assert sorted(os.listdir(tree / "sub")) == ["c.txt"]
     assert sorted(os.listdir(tree / "other")) == ["b.txt"]
     fails("EXDEV", d.rename, "notes.txt", "x", toDir="sub", toInode=0)
+    # nothing by its old name now, or a file, or a link: moved all the same (it
+    # said ENOENT, ENOTDIR, of a name the caller never gave)
+    shutil.rmtree(tree / "sub")
+    for there in (None, "file", "link"):
+        if there == "file":
+            (tree / "sub").write_text("decoy")
+        elif there == "link":
+            (tree / "sub").unlink()
+            os.symlink("nothing", tree / "sub")
+        fails("EXDEV", d.rename, "notes.txt", "x", toDir="sub", toInode=sub)
+        fails("EXDEV", d.link, "x", "notes.txt", fromDir="sub", fromInode=sub)
+        fails("EXDEV", d.rename, "x", "y", fromDir="sub/deeper", fromInode=sub)
+    assert (tree / "notes.txt").read_text() == "hello"
 
 
 def test_a_name_that_is_not_utf8_ends_the_listing_with_eilseq(tree):

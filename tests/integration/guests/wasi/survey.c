@@ -1463,6 +1463,88 @@ static void changes(void) {
   printf("od-mkdir %d\n", w_path_create_directory(d, S("x")));
 }
 
+/* Offsets and sizes past 2^31 and 2^32 (sparse files). */
+static void bigoff(void) {
+  static const L offs[] = {0x7fffffffLL, 0x80000000LL, 0xffffffffLL, 0x100000005LL,
+                           1LL << 40, (1LL << 44) - 1, 0};
+  for (int i = 0; offs[i]; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "sparse%d", i);
+    I fd = file(name, "");
+    uint32_t n = 0;
+    uint64_t at = 0;
+    iov w = {P("XYZ"), 3};
+    I e = w_fd_pwrite(fd, P(&w), 1, offs[i], P(&n));
+    printf("pwrite-%d %d n=%u size=%llu", i, e, n, (unsigned long long)size_of(fd));
+    char buf[4] = {0};
+    iov r = {P(buf), 3};
+    e = w_fd_pread(fd, P(&r), 1, offs[i] + 1, P(&n));
+    printf(" pread=%d n=%u [%.2s]", e, n, buf);
+    e = w_fd_seek(fd, offs[i] + 7, 0, P(&at));
+    printf(" seek=%d at=%llu", e, (unsigned long long)at);
+    e = w_fd_write(fd, P(&w), 1, P(&n));
+    printf(" write=%d size=%llu tell=%llu", e, (unsigned long long)size_of(fd),
+           (unsigned long long)tell(fd));
+    e = w_fd_seek(fd, -3, 2, P(&at));
+    memset(buf, 0, sizeof buf);
+    w_fd_read(fd, P(&r), 1, P(&n));
+    printf(" end-read=%d [%.3s]", e, buf);
+    e = w_fd_filestat_set_size(fd, offs[i] * 2);
+    printf(" grow=%d size=%llu", e, (unsigned long long)size_of(fd));
+    e = w_fd_filestat_set_size(fd, 1);
+    printf(" shrink=%d size=%llu\n", e, (unsigned long long)size_of(fd));
+    w_fd_close(fd);
+    w_path_unlink_file(3, S(name));
+  }
+}
+
+/* A directory descriptor whose directory is moved (within the grant). */
+static void moved(void) {
+  uint32_t d = 0, f = 0, n = 0;
+  fst s;
+  static uint8_t buf[4096];
+  w_path_create_directory(3, S("m1"));
+  w_path_create_directory(3, S("deep"));
+  w_fd_close(file("m1/a", "A"));
+  printf("open-m1 %d\n", w_path_open(3, 0, S("m1"), DIRECTORY, 0, ALL, 0, P(&d)));
+  printf("rename-m1 %d\n", w_path_rename(3, S("m1"), 3, S("deep/m2")));
+  printf("open-a %d\n", w_path_open(d, 0, S("a"), 0, RD, ALL, 0, P(&f)));
+  w_fd_close(f);
+  printf("create-b %d\n", w_path_open(d, 0, S("b"), CREAT, RD | WR, ALL, 0, P(&f)));
+  w_fd_close(f);
+  printf("b-there %d\n", w_path_filestat_get(3, 0, S("deep/m2/b"), P(&s)));
+  printf("readdir %d", w_fd_readdir(d, P(buf), sizeof buf, 0, P(&n)));
+  printf(" used=%u\n", n);
+  printf("mkdir %d\n", w_path_create_directory(d, S("sub")));
+  printf("symlink %d\n", w_path_symlink(S("a"), d, S("la")));
+  printf("rename-inside %d\n", w_path_rename(d, S("a"), d, S("c")));
+  printf("link-inside %d\n", w_path_link(d, 0, S("c"), d, S("c2")));
+  printf("unlink %d\n", w_path_unlink_file(d, S("c2")));
+  printf("rename-to-preopen %d\n", w_path_rename(d, S("c"), 3, S("top-c")));
+  printf("rename-from-preopen %d\n", w_path_rename(3, S("deep"), 3, S("deeper")));
+  printf("stat-dotdot %d\n", w_path_filestat_get(d, 0, S(".."), P(&s)));
+  printf("fstat %d type=%d\n", w_fd_filestat_get(d, P(&s)), s.type);
+  printf("set-times %d\n", w_fd_filestat_set_times(d, 0, 5000000000LL, 4));
+  printf("sync %d\n", w_fd_sync(d));
+  printf("rmdir-sub %d\n", w_path_remove_directory(d, S("sub")));
+  /* a directory whose name was taken by a file, and one removed, while open */
+  uint32_t t = 0, g = 0;
+  w_path_create_directory(3, S("taken"));
+  w_path_create_directory(3, S("gone"));
+  w_path_open(3, 0, S("taken"), DIRECTORY, 0, ALL, 0, P(&t));
+  w_path_open(3, 0, S("gone"), DIRECTORY, 0, ALL, 0, P(&g));
+  w_path_rename(3, S("taken"), 3, S("taken-moved"));
+  w_fd_close(file("taken", "decoy"));
+  w_fd_close(file("x", "x"));
+  printf("rename-into-taken %d\n", w_path_rename(3, S("x"), t, S("y")));
+  printf("link-into-taken %d\n", w_path_link(3, 0, S("x"), t, S("y2")));
+  printf("rmdir-gone %d\n", w_path_remove_directory(3, S("gone")));
+  printf("rename-into-gone %d\n", w_path_rename(3, S("x"), g, S("y")));
+  printf("link-into-gone %d\n", w_path_link(3, 0, S("x"), g, S("y")));
+  printf("rename-from-gone %d\n", w_path_rename(g, S("y"), 3, S("z")));
+  printf("x-there %d\n", w_path_filestat_get(3, 0, S("x"), P(&s)));
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "seek")) seek();
@@ -1490,5 +1572,7 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "bigdir")) bigdir();
   if (!strcmp(part, "preopens")) preopens();
   if (!strcmp(part, "changes")) changes();
+  if (!strcmp(part, "bigoff")) bigoff();
+  if (!strcmp(part, "moved")) moved();
   return 0;
 }
