@@ -25,6 +25,8 @@
  *   times     each fst_flags, by descriptor, by path and through a link
  *   longs     long paths and link targets (run at message_size = "1KiB")
  *   bigdir    2,500 entries through buffers of 4 KiB to 1 MiB
+ *   bigoff    pwrite, pread, seek, write and set_size past 2^31, 2^32, 2^40
+ *   moved     a directory descriptor whose directory is moved, or removed
  *   changes   every change on every kind of name, in a tree the host made (run
  *             on read-only and append-only grants: nothing there may change)
  * and, run by hand (they differ from wasmtime by design, or depend on timing or
