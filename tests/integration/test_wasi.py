@@ -646,7 +646,7 @@ _SURVEY_DOCUMENTED = {
 @pytest.mark.parametrize("part", ["seek", "flags", "advise", "readdir", "rename", "dirs",
                                   "fds", "misc", "stat", "shared", "kinds", "chains",
                                   "pathops", "times", "longs", "bigdir", "moved",
-                                  "bigoff"])
+                                  "bigoff", "reached"])
 def test_what_the_wasi_test_suite_checks_answers_as_under_wasmtime(tmp_path, survey_guest,
                                                                    part):
     """survey.c makes the calls whose behaviour the WASI test suite (its Rust, C

@@ -27,6 +27,8 @@
  *   bigdir    2,500 entries through buffers of 4 KiB to 1 MiB
  *   bigoff    pwrite, pread, seek, write and set_size past 2^31, 2^32, 2^40
  *   moved     a directory descriptor whose directory is moved, or removed
+ *   reached   rename and link between descriptors of directories reached through
+ *             links, '..', trailing slashes and other descriptors
  *   changes   every change on every kind of name, in a tree the host made (run
  *             on read-only and append-only grants: nothing there may change)
  * and, run by hand (they differ from wasmtime by design, or depend on timing or
@@ -1547,6 +1549,40 @@ static void moved(void) {
   printf("x-there %d\n", w_path_filestat_get(3, 0, S("x"), P(&s)));
 }
 
+/* Rename and link between descriptors of directories opened by every way of
+ * naming them: through links, '..', trailing slashes, another descriptor. */
+static void reached(void) {
+  static const char *ways[] = {"od", "od/", "old", "old/", "od/../oe", "old/../oe", "od/up/oe",
+                               "./od//", "od/deep/..", "odl2", 0};
+  w_path_create_directory(3, S("od"));
+  w_path_create_directory(3, S("oe"));
+  w_path_create_directory(3, S("od/deep"));
+  w_path_symlink(S("od"), 3, S("old"));
+  w_path_symlink(S(".."), 3, S("od/up"));
+  w_path_symlink(S("old"), 3, S("odl2"));
+  for (int i = 0; ways[i]; i++) {
+    uint32_t d = 0, sub = 0;
+    fst s;
+    I e = w_path_open(3, 1, S(ways[i]), DIRECTORY, 0, ALL, 0, P(&d));
+    w_fd_close(file("x", "x"));
+    I r1 = w_path_rename(3, S("x"), d, S("y"));
+    I r2 = w_path_rename(d, S("y"), 3, S("x"));
+    I l1 = w_path_link(3, 0, S("x"), d, S("h"));
+    I u1 = w_path_unlink_file(d, S("h"));
+    /* a descriptor opened through this one */
+    I e2 = w_path_open(d, 1, S("."), DIRECTORY, 0, ALL, 0, P(&sub));
+    I r3 = w_path_rename(3, S("x"), sub, S("z"));
+    I r4 = w_path_rename(sub, S("z"), d, S("w"));
+    I st = w_path_filestat_get(d, 0, S("w"), P(&s));
+    w_path_unlink_file(d, S("w"));
+    printf("way[%s] open=%d r1=%d r2=%d l1=%d u1=%d sub=%d r3=%d r4=%d st=%d\n", ways[i], e, r1,
+           r2, l1, u1, e2, r3, r4, st);
+    w_fd_close(sub);
+    w_fd_close(d);
+    w_path_unlink_file(3, S("x"));
+  }
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "seek")) seek();
@@ -1576,5 +1612,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "changes")) changes();
   if (!strcmp(part, "bigoff")) bigoff();
   if (!strcmp(part, "moved")) moved();
+  if (!strcmp(part, "reached")) reached();
   return 0;
 }
