@@ -708,7 +708,10 @@ class Wasi:
 
     def poll_oneoff(self, subs_ptr, events_ptr, count, nevents_ptr):
         """Clock subscriptions sleep (an absolute time needs the clock grant, to know
-        how long that is); descriptors are always ready."""
+        how long that is); descriptors are always ready.  Subscriptions are looked at
+        in order, and the first that cannot be (a kind or clock that does not exist:
+        EINVAL; a descriptor not open: EBADF) fails the whole call, as under
+        wasmtime."""
         count &= 0xFFFFFFFF
         if count == 0 or count > 4096:
             raise _Fail(E.INVAL)
@@ -739,9 +742,11 @@ class Wasi:
             elif tag in (1, 2):
                 (fd,) = struct.unpack_from("<I", raw, 48 * i + 16)
                 d = self.fds.get(fd)
+                if d is None:                  # the whole call, as wasmtime and the WASI
+                    raise _Fail(E.BADF)        # test suite's poll_oneoff_files require
                 # a dropped POLL_FD_READWRITE is enforced as every dropped right is
-                ready.append((userdata, E.BADF if d is None else 0
-                              if d.base & RIGHT_POLL_FD_READWRITE else E.NOTCAPABLE, tag))
+                ready.append((userdata, 0 if d.base & RIGHT_POLL_FD_READWRITE
+                              else E.NOTCAPABLE, tag))
             else:
                 raise _Fail(E.INVAL)
         if not ready and timers:

@@ -847,9 +847,7 @@ DOCUMENTED = [
                       and t == E["EBADF"])
      or (c.name == "path_open" and c.args[7] & W.FDFLAGS_SYNCS and t == E["ENOTSUP"])),
     ("poll_oneoff sleeps a relative timeout on a CPU-time clock (wasmtime: EINVAL); a "
-     "subscription on a descriptor that is not open reports EBADF in its event (wasmtime "
-     "fails the whole call with it), one to read stdout or write stdin is ready (wasmtime: "
-     "EBADF)",
+     "subscription to read stdout or write stdin is ready (wasmtime: EBADF)",
      lambda c, o, t: c.name == "poll_oneoff" and o == 0 and t in (E["EINVAL"], E["EBADF"])),
     ("fsync and fdatasync of a directory work (wasmtime: EBADF)",
      lambda c, o, t: c.name in ("fd_sync", "fd_datasync") and o == 0 and t == E["EBADF"]),

@@ -625,7 +625,6 @@ _SURVEY_DOCUMENTED = {
     "dirs": {"rmdir-slashes"},             # rmdir("d/") works
     "fds": {"fdstat-0", "fdstat-1", "fdstat-2"},      # stdio: a file, or like /dev/null
     "misc": {"clock-2", "clock-3",         # the CPU-time clocks work
-             "poll-closed",                # a closed descriptor: EBADF in its event
              "poll-file"},                 # wasmtime may leave the read one out
     "shared": {"big-pread", "big-readv"},  # wasmtime reads 64 KiB, or the first buffer
     # rename and link between two descriptors, one of whose directories was moved

@@ -1104,6 +1104,29 @@ def test_a_clock_subscription_with_a_flag_witx_has_not_fails_the_poll(monkeypatc
     assert call(w, "poll_oneoff", 0, 100, 1, 900) == 0 and slept == [1e-06]
 
 
+@pytest.mark.parametrize("first, then, errno", [
+    ("closed", "stdout", E.BADF),        # the WASI test suite's poll_oneoff_files
+    ("stdout", "closed", E.BADF),        # ... wherever it comes
+    ("closed", "no-clock", E.BADF),      # in order: the first one wrong decides
+    ("no-clock", "closed", E.INVAL),
+])
+def test_a_subscription_on_a_descriptor_not_open_fails_the_whole_poll(monkeypatch, first,
+                                                                     then, errno):
+    """A subscription on a descriptor that is not open reported EBADF in its event,
+    the call succeeding; wasmtime fails the whole call, and the WASI test suite's
+    poll_oneoff_files requires it.  Subscriptions are looked at in order."""
+    host, w = wasi_with()
+    slept = []
+    monkeypatch.setattr(wasi.time, "sleep", slept.append)
+    subs = {"closed": struct.pack("<QB7xI28x", 1, 1, 0xFFFFFFFF),
+            "stdout": struct.pack("<QB7xI28x", 2, 2, 1),
+            "no-clock": struct.pack("<QB7xIxxxxQQH6x", 3, 0, 99, 1000, 0, 0)}
+    host.write(0, subs[first] + subs[then])
+    host.write(900, struct.pack("<I", 77))
+    assert call(w, "poll_oneoff", 0, 100, 2, 900) == errno
+    assert host.u32(900) == 77 and slept == []          # no event said, nothing slept
+
+
 @pytest.mark.parametrize("si_flags", [1, 0x8000, 0xFFFF])
 def test_sock_send_takes_any_u16_si_flags_as_wasmtime_does(si_flags):
     """witx's `siflags` is a plain u16 (`(typename $siflags u16)`), not a flags type
