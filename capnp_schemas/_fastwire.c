@@ -98,6 +98,98 @@ static PyObject *fw_py_forward(PyObject *mod, PyObject *args) {
   return out;
 }
 
+/* forward_msg(framed, id, import_id, interface_id, method_id, no_finish) -> framed
+ * bytes | None: what the fast lane writes for a plain call (or return) of any number
+ * of segments (fw_forward_msg), given the message framed as it came; None if its
+ * first segment is not a plain call or return, or the lane would not take it */
+static PyObject *fw_py_forward_msg(PyObject *mod, PyObject *args) {
+  Py_buffer b;
+  unsigned long id, import_id, method_id;
+  unsigned long long iface;
+  int no_finish;
+  if (!PyArg_ParseTuple(args, "y*kkKkp", &b, &id, &import_id, &iface, &method_id, &no_finish))
+    return NULL;
+  PyObject *out = NULL;
+  const uint8_t *m = b.buf;
+  uint64_t len = (uint64_t)b.len, nseg = 0, table = 0, words = 0, first = 0;
+  if (len >= 4) {
+    uint32_t n32;
+    memcpy(&n32, m, 4);
+    nseg = (uint64_t)n32 + 1;
+    table = fw_table_bytes(nseg);
+  }
+  if (!nseg || nseg > 512 || table > len) {
+    PyErr_SetString(PyExc_ValueError, "not a framed message");
+    goto done;
+  }
+  for (uint64_t i = 0; i < nseg; i++) {
+    uint32_t sz;
+    memcpy(&sz, m + 4 + 4 * i, 4);
+    if (!i) first = sz;
+    words += sz;
+  }
+  if (table + 8 * words != len) {
+    PyErr_SetString(PyExc_ValueError, "not one whole framed message");
+    goto done;
+  }
+  fw_plain o;
+  int k = fw_forward_msg_ok(m, nseg) ? fw_decode(m + table, first, &o) : 0;
+  if (!k || k == FW_FINISH) {
+    out = Py_None;
+    Py_INCREF(out);
+    goto done;
+  }
+  uint64_t size = fw_forward_msg_size(&o, nseg, first, words, k == FW_CALL);
+  out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+  if (out &&
+      fw_forward_msg((uint8_t *)PyBytes_AS_STRING(out), m, nseg, first, words, &o, k == FW_CALL,
+                     (uint32_t)id, (uint32_t)import_id, iface, (uint32_t)method_id,
+                     no_finish) != size) {
+    Py_DECREF(out);
+    out = NULL;
+    PyErr_SetString(PyExc_SystemError, "fw_forward_msg wrote other than its size");
+  }
+done:
+  PyBuffer_Release(&b);
+  return out;
+}
+
+/* content_bytes(framed, limit) -> int | None: the fast lane's router.content_bytes
+ * of the content of a framed message whose first segment is a plain call or return
+ * (fw_msg_content_bytes); None if it is not one */
+static PyObject *fw_py_content_bytes(PyObject *mod, PyObject *args) {
+  Py_buffer b;
+  unsigned long long limit;
+  if (!PyArg_ParseTuple(args, "y*K", &b, &limit)) return NULL;
+  PyObject *out = NULL;
+  const uint8_t *m = b.buf;
+  uint64_t len = (uint64_t)b.len, nseg = 0, table = 0, words = 0, first = 0;
+  if (len >= 4) {
+    uint32_t n32;
+    memcpy(&n32, m, 4);
+    nseg = (uint64_t)n32 + 1;
+    table = fw_table_bytes(nseg);
+  }
+  if (nseg && nseg <= 512 && table <= len) {
+    for (uint64_t i = 0; i < nseg; i++) {
+      uint32_t sz;
+      memcpy(&sz, m + 4 + 4 * i, 4);
+      if (!i) first = sz;
+      words += sz;
+    }
+  }
+  if (!nseg || nseg > 512 || table > len || table + 8 * words != len) {
+    PyErr_SetString(PyExc_ValueError, "not one whole framed message");
+  } else {
+    fw_plain o;
+    int k = fw_forward_msg_ok(m, nseg) ? fw_decode(m + table, first, &o) : 0;
+    out = !k || k == FW_FINISH ? Py_NewRef(Py_None)
+        : PyLong_FromUnsignedLongLong(fw_msg_content_bytes(m, nseg, words, &o, limit));
+  }
+  PyBuffer_Release(&b);
+  return out;
+}
+
 /* copy(segment, loc, max_words) -> framed bytes | None: wire.single_segment_copy of
  * a one-segment message from the pointer at word `loc` (-1: no pointer) */
 static PyObject *fw_py_copy(PyObject *mod, PyObject *args) {
@@ -136,164 +228,7 @@ static PyObject *fw_py_copy(PyObject *mod, PyObject *args) {
   return out;
 }
 
-/* The copy of content in several segments (far pointers followed), for
- * router.content_bytes: what wire.single_segment_copy's Python walk gives, in
- * C, so that params of several segments (pycapnp's: their struct beside the
- * Call's header, their data in a segment of its own) are measured as they are
- * without a Python walk of what a hostile peer sent.  -1: refused (past the
- * budget, malformed, or anything this does not do), -2: out of room. */
-typedef struct {
-  uint8_t *out;
-  uint64_t len, room;
-  int64_t budget;
-  const uint8_t *const *segs;
-  const uint64_t *ns;
-  uint64_t nsegs;
-  /* the first refusal: what (FW_FAIL_*) at which pointer (segment, word), so
-   * that wire.py names it without walking the message again in Python */
-  int fail;
-  uint64_t fail_seg, fail_word;
-} fw_mcopy_t;
-
-#define FW_FAIL_RESOLVE 1 /* wire.resolve raises at the pointer */
-#define FW_FAIL_NESTING 2
-#define FW_FAIL_OTHER 3   /* an 'other' pointer that is no capability */
-#define FW_FAIL_BUDGET 4  /* past max_words */
-#define FW_FAIL_TAG 5     /* wire.composite_tag raises for the list at the pointer */
-
-static int fw_mfail(fw_mcopy_t *c, int why, uint64_t s, uint64_t p) {
-  if (!c->fail) {
-    c->fail = why;
-    c->fail_seg = s;
-    c->fail_word = p;
-  }
-  return -1;
-}
-
-/* wire.resolve of the pointer at word p of segment s: 0 null, 1 an object
- * (kind 0 struct / 1 list, its segment, first word and describing word) lying
- * wholly in its segment, 3 a capability (w), -1 anything wire.py refuses */
-static int fw_mresolve(const fw_mcopy_t *c, uint64_t s, uint64_t p, int *kind, uint64_t *ts,
-                       uint64_t *start, uint64_t *w) {
-  if (s >= c->nsegs || p >= c->ns[s]) return -1;
-  uint64_t W = fw_word(c->segs[s], p), tag, obj_s;
-  int64_t st;
-  if (!W) return 0;
-  switch (W & 3) {
-  case 3:
-    *w = W;
-    return 3;
-  case 2: {
-    uint64_t pad = (W >> 3) & 0x1FFFFFFF, fs = W >> 32;
-    if (fs >= c->nsegs) return -1;
-    if (!((W >> 2) & 1)) {
-      if (pad >= c->ns[fs]) return -1;
-      tag = fw_word(c->segs[fs], pad);
-      if ((tag & 3) > 1) return -1;
-      int64_t off = (int64_t)((tag >> 2) & 0x3FFFFFFF);
-      if (off & (1 << 29)) off -= (int64_t)1 << 30;
-      obj_s = fs;
-      st = (int64_t)pad + 1 + off;
-    } else {
-      if (pad + 1 >= c->ns[fs]) return -1;
-      uint64_t far2 = fw_word(c->segs[fs], pad);
-      tag = fw_word(c->segs[fs], pad + 1);
-      if ((far2 & 7) != 2 || ((tag >> 2) & 0x3FFFFFFF) != 0 || (tag & 3) > 1) return -1;
-      obj_s = far2 >> 32;
-      st = (int64_t)((far2 >> 3) & 0x1FFFFFFF);
-      if (obj_s >= c->nsegs) return -1;
-    }
-    W = tag;
-    break;
-  }
-  default: {
-    int64_t off = (int64_t)((W >> 2) & 0x3FFFFFFF);
-    if (off & (1 << 29)) off -= (int64_t)1 << 30;
-    obj_s = s;
-    st = (int64_t)p + 1 + off;
-  }
-  }
-  if (st < 0 || (uint64_t)st + fw_object_words(W) > c->ns[obj_s]) return -1;
-  *kind = (int)(W & 3);
-  *ts = obj_s;
-  *start = (uint64_t)st;
-  *w = W;
-  return 1;
-}
-
-static int fw_mcharge(fw_mcopy_t *c, uint64_t n) {
-  c->budget -= (int64_t)(n ? n : 1);
-  return c->budget < 0 ? -1 : 0;
-}
-
-static int fw_malloc(fw_mcopy_t *c, uint64_t words, uint64_t *at) {
-  if (words > c->room - c->len) return -2;
-  *at = c->len;
-  memset(c->out + 8 * c->len, 0, 8 * words);
-  c->len += words;
-  return 0;
-}
-
-/* wire.single_segment_copy's copy(), step by step (fastwire.h's fw_copy_ptr,
- * through far pointers) */
-static int fw_mcopy_ptr(fw_mcopy_t *c, uint64_t s, uint64_t src, uint64_t dst, int depth) {
-  int k, e;
-  uint64_t ts, start, w, at, size;
-  int r = fw_mresolve(c, s, src, &k, &ts, &start, &w);
-  if (r == 0) return 0;
-  if (r < 0) return fw_mfail(c, FW_FAIL_RESOLVE, s, src);
-  if (depth >= FW_MAX_NESTING) return fw_mfail(c, FW_FAIL_NESTING, s, src);
-  if (r == 3) {
-    if (w & 0xFFFFFFFC) return fw_mfail(c, FW_FAIL_OTHER, s, src);
-    fw_put(c->out, dst, w);
-    return 0;
-  }
-  const uint8_t *seg = c->segs[ts];
-  if (k == 0) {
-    uint64_t data = (w >> 32) & 0xFFFF, ptrs = w >> 48;
-    if (fw_mcharge(c, data + ptrs)) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
-    if ((e = fw_malloc(c, data + ptrs, &at))) return e;
-    memcpy(c->out + 8 * at, seg + 8 * start, 8 * data);
-    fw_put(c->out, dst, fw_near(dst, at, w));
-    for (uint64_t i = 0; i < ptrs; i++)
-      if ((e = fw_mcopy_ptr(c, ts, start + data + i, at + data + i, depth + 1))) return e;
-    return 0;
-  }
-  uint64_t esz = (w >> 32) & 7, count = w >> 35;
-  if (esz == 7) {
-    uint64_t tag = fw_word(seg, start);
-    uint64_t cnt = (tag >> 2) & 0x3FFFFFFF, data = (tag >> 32) & 0xFFFF, ptrs = tag >> 48;
-    if ((tag & 3) != 0 || cnt > FW_MAX_LIST || cnt * (data + ptrs) > count)
-      return fw_mfail(c, FW_FAIL_TAG, s, src);
-    uint64_t words = cnt * (data + ptrs);
-    if (fw_mcharge(c, 1 + (words > cnt ? words : cnt))) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
-    if ((e = fw_malloc(c, 1 + words, &at))) return e;
-    fw_put(c->out, at, tag);
-    if (!ptrs) memcpy(c->out + 8 * (at + 1), seg + 8 * (start + 1), 8 * words);
-    for (uint64_t i = 0; ptrs && i < cnt; i++) {
-      uint64_t es = start + 1 + i * (data + ptrs), ed = at + 1 + i * (data + ptrs);
-      memcpy(c->out + 8 * ed, seg + 8 * es, 8 * data);
-      for (uint64_t j = 0; j < ptrs; j++)
-        if ((e = fw_mcopy_ptr(c, ts, es + data + j, ed + data + j, depth + 1))) return e;
-    }
-    size = (7 | (words << 3)) << 32;
-  } else if (esz == 6) {
-    if (fw_mcharge(c, count)) return fw_mfail(c, FW_FAIL_BUDGET, s, src);
-    if ((e = fw_malloc(c, count, &at))) return e;
-    for (uint64_t i = 0; i < count; i++)
-      if ((e = fw_mcopy_ptr(c, ts, start + i, at + i, depth + 1))) return e;
-    size = w & ~0xFFFFFFFFull;
-  } else {
-    uint64_t words = fw_object_words(w);
-    if (fw_mcharge(c, esz ? words : count)) /* Void: a word an element, as wire.py */
-      return fw_mfail(c, FW_FAIL_BUDGET, s, src);
-    if ((e = fw_malloc(c, words, &at))) return e;
-    memcpy(c->out + 8 * at, seg + 8 * start, 8 * words);
-    size = w & ~0xFFFFFFFFull;
-  }
-  fw_put(c->out, dst, fw_near(dst, at, 1 | size));
-  return 0;
-}
+/* The copy of content in several segments: fw_mcopy_ptr (fastwire.h). */
 
 #define FW_MAX_SEGMENTS 512 /* wire.MAX_SEGMENTS */
 
@@ -523,6 +458,8 @@ done:
 static PyMethodDef methods[] = {{"decode", fw_py_decode, METH_O, NULL},
                                 {"plain_calls", fw_py_plain_calls, METH_VARARGS, NULL},
                                 {"forward", fw_py_forward, METH_VARARGS, NULL},
+                                {"forward_msg", fw_py_forward_msg, METH_VARARGS, NULL},
+                                {"content_bytes", fw_py_content_bytes, METH_VARARGS, NULL},
                                 {"copy", fw_py_copy, METH_VARARGS, NULL},
                                 {"copy_segments", fw_py_copy_segments, METH_VARARGS, NULL},
                                 {"splice", fw_py_splice, METH_VARARGS, NULL},

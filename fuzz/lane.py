@@ -9,9 +9,11 @@ In about a third of the world pairs app is an external client on the gateway
 instead.  In one world app's messages may go natively; in the other the lane
 hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
 one-segment Call to calc (on its grant, or pipelined on a call still open; its
-params small, or of 80 KiB or 300 KiB), or
-a Finish, or a Release of its grant, mutated in its one segment (the mutators of fuzz/protocol.py: ids,
-pointer words, integer fields, bit flips, words dropped or repeated), then
+params small, or of 80 KiB or 300 KiB), or such a Call in two segments as pycapnp
+lays it out (fuzz.lane.in_two_segments: the Data behind a far pointer), or
+a Finish, or a Release of its grant, mutated in one segment (the mutators of fuzz/protocol.py: ids,
+pointer words, integer fields, bit flips, words dropped or repeated; the first
+segment mostly) or with a segment dropped or added, then
 framed as one message (one input in four: two or three such messages, in one
 write), followed by a plain marker call so that both worlds know when app's
 input was handled (one write in five cut in two anywhere, the lane reading the
@@ -394,6 +396,32 @@ def _renumbered_in_place(data: bytes, qid: int) -> bytes:
     return wire.frame([bytes(seg)])
 
 
+def in_two_segments(qid: int, imp: int, data: bytes, method: int = 0,
+                    interface: int = 0xC0FFEE0000000001) -> bytes:
+    """A Call framed as pycapnp (Cap'n Proto's C++) lays out one whose params
+    outgrow its first segment: the header and the params struct (a
+    fuzz/sample.capnp Sample, u8 = 7) in segment 0, its `data` in segment 1,
+    reached by a far pointer (as an external client's large calls come)."""
+    from .seeds import sample
+
+    def build(first=None, payload=b""):
+        msg = P.rpc.Message.new_message(**({} if first is None
+                                           else {"num_first_segment_words": first}))
+        c = msg.init("call")
+        c.questionId = qid
+        c.target.importedCap = imp
+        c.interfaceId = interface
+        c.methodId = method
+        p = c.params.content.as_struct(sample.Sample)
+        p.u8 = 7
+        p.data = payload
+        return msg.to_segments()
+    first = sum(len(sg) for sg in build()) // 8       # all but the data
+    segs = build(first, data)
+    assert len(segs) == 2, [len(sg) for sg in segs]
+    return wire.frame(segs)
+
+
 def seeds(imp: int) -> list:
     out = []
     c = P.Connection("app")
@@ -410,6 +438,11 @@ def seeds(imp: int) -> list:
             [struct.pack("<QQQ", (1 << 32) | (1 << 48), 11, (0 << 2) | 1 | (2 << 32) | (size << 35))
              + bytes(range(256)) * (size // 256)]))
         out.append(Seed(_renumbered_in_place(data, 103)))
+    # in two segments, as pycapnp (an external client) sends params that outgrow its
+    # first one: header and params struct in the first, the Data behind a far
+    # pointer in the second; small, and past one of the lane's reads
+    for size in (64, 80 << 10):
+        out.append(Seed(in_two_segments(104, imp, bytes(range(256)) * (size // 256) or b"x" * size)))
     # pipelined on question 100 (open or not), and a finish
     _q, data = c.send_call((100, (0,)), 0xC0FFEE0000000001, 0,
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
@@ -421,13 +454,23 @@ def seeds(imp: int) -> list:
 
 
 def mutate_one(rng, seed: Seed) -> bytes:
-    """A mutated copy of the seed's one segment, framed as one message."""
-    seg = bytearray(seed.segs[0])
+    """A mutated copy of the seed, framed as one message: one of its segments
+    mutated (the first, mostly: the header the lane reads; the others hold
+    content it forwards unread), or, one time in ten, a segment dropped or added."""
+    segs = [bytearray(sg) for sg in seed.segs]
+    k = 0 if len(segs) == 1 or rng.random() < 0.7 else rng.randrange(1, len(segs))
+    if len(segs) > 1 and rng.random() < 0.1:
+        if rng.random() < 0.5:
+            del segs[rng.randrange(1, len(segs))]
+        else:
+            segs.append(bytearray(segs[-1][:8 * rng.randrange(4)]))
+        return wire.frame([bytes(sg) for sg in segs])
+    seg = segs[k]
     for _ in range(rng.choice((1, 1, 2, 3))):
         nwords = len(seg) // 8
         op = rng.randrange(10)
         if op < 3 and seed.ptrs:
-            _s, p = rng.choice(seed.ptrs)
+            _s, p = rng.choice([sp for sp in seed.ptrs if sp[0] == k] or seed.ptrs)
             if 8 * p + 8 <= len(seg):
                 Q.pack_into(seg, 8 * p, F._mutate_pointer(rng, Q.unpack_from(seg, 8 * p)[0], 1))
         elif op < 6 and nwords:
@@ -444,7 +487,8 @@ def mutate_one(rng, seed: Seed) -> bytes:
                 seg[8 * p:8 * p] = seg[8 * p:8 * p + 8]
             else:
                 del seg[8 * p:8 * p + 8]
-    return wire.frame([bytes(seg[:len(seg) & ~7])])
+    segs[k] = seg[:len(seg) & ~7]
+    return wire.frame([bytes(sg) for sg in segs])
 
 
 imp_hint = [0]

@@ -655,6 +655,7 @@ def check_native(data: bytes):
                     raise Failure("native", f"the native copy of {len(segs)} segments differs "
                                             f"from wire.py's: {str(got)[:80]} / {str(want)[:80]}")
         if len(segs) != 1:
+            _check_forward_msg(native, segs)
             continue
         seg = bytes(segs[0])
         # the copy, from the root and (below) from a payload's content
@@ -734,6 +735,75 @@ def check_native(data: bytes):
                     want = None
             if got is not None and got != want:
                 raise Failure("native", "the native splice differs from protocol.py's")
+
+
+def _check_forward_msg(native, segs):
+    """A message of several segments whose first one the native decoder reads as a
+    plain call or return (its header and content pointer there, near pointers
+    only): the fast lane forwards it (fastwire.h fw_forward_msg).  rpcwire.decode
+    reads the same values from all the segments, a Connection accepts it, the
+    forwarded bytes are protocol.Connection's (_splice: the segments as they came,
+    the header on the end of the last), and the lane's measure of its content
+    against a message_size (fw_msg_content_bytes) is router.content_bytes's."""
+    forward = getattr(native, "forward_msg", None)
+    if forward is None:
+        return
+    from supervisor import router as R
+    data = wire.frame([bytes(sg) for sg in segs])
+    t = native.decode(bytes(segs[0]))
+    if t is None or t[0] == 3:
+        if forward(data, 9, 7, 1, 0, True) is not None:
+            raise Failure("native", "forward_msg forwards what the decoder refuses")
+        return
+    with _PythonOnly():
+        slow = rpcwire.decode(segs)
+    if slow is None:
+        raise Failure("native", f"the native decoder accepted the first of {len(segs)} "
+                                f"segments, which rpcwire._decode refuses")
+    fast = rpcwire._plain(t)
+    if fast.fields() != slow.fields():
+        diff = {k: (v, slow.fields().get(k)) for k, v in fast.fields().items()
+                if slow.fields().get(k) != v}
+        raise Failure("native", f"the native decoder and rpcwire._decode disagree on a "
+                                f"message of {len(segs)} segments: {diff}")
+    conn = P.Connection("native")
+    if t[0] == 1:
+        conn.exports[t[2]] = P._Export(object(), 1)
+        conn._export_ids[id(conn.exports[t[2]].obj)] = t[2]
+    else:
+        conn.questions[t[1]] = P._Question([])
+    try:
+        (ev,) = conn.receive(data)
+    except P.ProtocolError as e:
+        raise Failure("native", f"the native decoder accepted what a Connection "
+                                f"refuses ({len(segs)} segments): {_line(e)}") from e
+    except Exception:  # noqa: BLE001 - anything else is the protocol check's to report
+        return
+    content = ev.payload.content
+    out = P.Connection("out")
+    with _PythonOnly():
+        if t[0] == 1:
+            out.imports[7] = 1
+            out._qids._next = (1 << 31) + 5
+            _q, want = out.send_call(7, ev.interface_id, ev.method_id, content)
+        else:
+            out.answers[9] = P._Answer()
+            out.unanswered = 1
+            want = out.send_return(9, content, (), no_finish=True)
+    if t[0] == 1:
+        got = forward(data, (1 << 31) + 5, 7, ev.interface_id, ev.method_id, False)
+    else:
+        got = forward(data, 9, 0, 0, 0, True)
+    if got != want:
+        raise Failure("native", f"the forwarded bytes of {len(segs)} segments differ from "
+                                f"protocol.Connection's")
+    size = content.size()
+    for limit in {max(size - d, 0) for d in (0, 8, 64, 1000, R.HEADER_SLACK, R.HEADER_SLACK + 8)}:
+        got = native.content_bytes(data, limit)
+        want = R.content_bytes(content, limit)
+        if got != want:
+            raise Failure("native", f"the lane measures content of {len(segs)} segments as "
+                                    f"{got} bytes against {limit}, router.content_bytes as {want}")
 
 
 _STRUCTURAL = re.compile(

@@ -255,6 +255,31 @@ def message_seeds(contents) -> list[bytes]:
     for build in builders:
         out.append(_frame(build(rpc.Message.new_message())))
         out.append(_tiny(build))
+
+    def plain_in_two(which: str, data: bytes):
+        """A plain Call or Return (no capabilities) as pycapnp lays out content that
+        outgrows its first segment: the header and the content's struct there, its
+        Data behind a far pointer in a second segment (what the fast lane forwards
+        as it came, fastwire.h fw_forward_msg)."""
+        def build(m, data):
+            if which == "call":
+                c = m.init("call")
+                c.questionId, c.interfaceId, c.methodId = 21, 0xA05A5E2C6B2F6D06, 0
+                c.target.importedCap = 2
+                p = c.init("params")
+            else:
+                r = m.init("return")
+                r.answerId, r.noFinishNeeded = 5, True
+                p = r.init("results")
+            sm = p.content.as_struct(sample.Sample)
+            sm.u8, sm.text = 7, "two"
+            sm.data = data
+            return m
+        first = sum(len(sg) for sg in build(rpc.Message.new_message(), b"").to_segments()) // 8
+        return _frame(build(rpc.Message.new_message(num_first_segment_words=first), data))
+
+    for which in ("call", "return"):
+        out.append(plain_in_two(which, bytes(range(200))))
     out.append(rpcwire.encode_finish(0))
     out.append(rpcwire.encode_finish(1))
     m = rpc.Message.new_message()

@@ -1,7 +1,8 @@
 /* The fast lane: the supervisor's native forwarding path (see supervisor/fastlane.py).
  *
  * One thread, no Python: it owns the engines' sockets (epoll), frames what
- * they send, and forwards the *plain* calls and returns (fastwire.h) along
+ * they send, and forwards the *plain* calls and returns (fastwire.h: a plain
+ * header in the first segment, in a message of any number of segments) along
  * routes the Python router installed; every other message goes to Python,
  * in order, through a per-peer queue and one eventfd.  All writes to an
  * engine, the Python router's too, go through this module's per-peer output
@@ -638,21 +639,41 @@ static int nofinish_ring(Peer *A) {
   return 0;
 }
 
-static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_plain *o) {
+/* A message the lane read whole: `m` at its segment table, nseg segments of `words`
+ * in all, the first of `first` words (the one fw_decode read) */
+typedef struct {
+  const uint8_t *m;
+  uint64_t nseg, first, words;
+} Msg;
+
+/* router.content_bytes(content, limit) of the message's content (fastwire.h):
+ * what Python compares with a message_size, so that params just under it, in a
+ * message whose header takes it past (an external client's 8 MiB less 64 bytes),
+ * are forwarded as Python forwards them, not handed to Python to measure */
+static uint64_t msg_content_bytes(const Msg *g, const fw_plain *o, uint64_t limit) {
+  return fw_msg_content_bytes(g->m, g->nseg, g->words, o, limit);
+}
+
+static int fast_call(Lane *L, Peer *A, const Msg *g, const fw_plain *o) {
   Route *r = map_get(&L->routes, KEY(A->pid, o->import_id));
   if (!r || !r->live || r->interface_id != o->interface_id) return 0;
   if (!r->all_methods && (o->method_id >= 64 || !((r->mask >> o->method_id) & 1))) return 0;
   Peer *B = peer_get(L, r->callee);
   if (!B || B->closed || B->write_closed || B->fd < 0) return 0;
   if (buf_size(&B->out) > B->soft) return 0; /* the router says "overloaded" */
-  uint64_t size = o->content ? 8 * n : 0;
+  /* the content's weight: every segment it may reach (protocol.Content.size) */
+  uint64_t size = o->content ? 8 * g->words : 0;
+  uint64_t need = fw_forward_msg_size(o, g->nseg, g->first, g->words, 1);
   /* an external client's backlog past its soft bound comes from the pool of all
    * external clients, which Python keeps (runtime._ExternalQueues; as fast_return) */
-  if (B->external && buf_size(&B->out) + fw_forward_size(o, n, 1) > B->soft) return 0;
-  if (size > B->message_size) return 0;
+  if (B->external && buf_size(&B->out) + need > B->soft) return 0;
+  if (size > B->message_size && msg_content_bytes(g, o, B->message_size) > B->message_size)
+    return 0;
   /* an external client's params past its own message_size (the framing admits its
    * header on top): Python refuses the call, naming the limit */
-  if (A->external && size > A->message_size) return 0;
+  if (A->external && size > A->message_size &&
+      msg_content_bytes(g, o, A->message_size) > A->message_size)
+    return 0;
   if (map_get(&A->answers, o->id)) return 0; /* in use: Python says so */
   /* max_unfinished (protocol.py) is one count of both sides' answers returned and
    * not finished (Python's plus returned_open, Connection._new_answer): a call is
@@ -673,7 +694,7 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   }
   B->next_qid = qid == 0xFFFFFFFFu ? NATIVE_QID_BASE : qid + 1;
   NCall *c = calloc(1, sizeof *c);
-  uint8_t *out = c ? buf_room(&B->out, fw_forward_size(o, n, 1)) : NULL;
+  uint8_t *out = c ? buf_room(&B->out, need) : NULL;
   if (!out) {
     free(c);
     return 0;
@@ -706,25 +727,29 @@ static int fast_call(Lane *L, Peer *A, const uint8_t *seg, uint64_t n, const fw_
   A->native_open++;
   B->to_open++;
   A->useful = c->t0;
-  B->out.len += fw_forward(out, seg, n, o, 1, qid, r->import_id, o->interface_id, o->method_id, 0);
+  B->out.len += fw_forward_msg(out, g->m, g->nseg, g->first, g->words, o, 1, qid, r->import_id,
+                                o->interface_id, o->method_id, 0);
   mark_dirty(L, B);
   L->c_calls++;
   return 1;
 }
 
-static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const fw_plain *o) {
+static int fast_return(Lane *L, Peer *B, const Msg *g, const fw_plain *o) {
   if (o->id < NATIVE_QID_BASE || !o->no_finish) return 0;
   NCall *c = map_get(&L->calls, KEY(B->pid, o->id));
   if (!c) return 0;
   Peer *A = peer_get(L, c->caller);
-  uint64_t size = o->content ? 8 * n : 0;
+  uint64_t size = o->content ? 8 * g->words : 0;
   if (!c->orphan && A && !A->closed && !A->write_closed && A->fd >= 0) {
-    if (size > A->message_size) return 0; /* Python fails it with the reason */
-    if (B->external && size > B->message_size) return 0; /* as fast_call's params */
+    if (size > A->message_size && msg_content_bytes(g, o, A->message_size) > A->message_size)
+      return 0; /* Python fails it with the reason */
+    if (B->external && size > B->message_size &&
+        msg_content_bytes(g, o, B->message_size) > B->message_size)
+      return 0; /* as fast_call's params */
     /* past the caller's hard limit it does not read its messages: Python, whose
      * write is refused there, cuts it off (a caller that stopped reading took its
      * calls' returns here without bound: in_flight x message_size) */
-    uint64_t need = fw_forward_size(o, n, 0);
+    uint64_t need = fw_forward_msg_size(o, g->nseg, g->first, g->words, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
     /* beyond an external client's soft bound, what waits for it comes from the one
      * pool of all external clients, which Python keeps (runtime._ExternalQueues):
@@ -734,7 +759,8 @@ static int fast_return(Lane *L, Peer *B, const uint8_t *seg, uint64_t n, const f
     if (!A->external && nofinish_ring(A)) return 0; /* Python returns it */
     uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;
-    A->out.len += fw_forward(out, seg, n, o, 0, c->aid, 0, 0, 0, !A->external);
+    A->out.len += fw_forward_msg(out, g->m, g->nseg, g->first, g->words, o, 0, c->aid, 0, 0, 0,
+                                 !A->external);
     mark_dirty(L, A);
   }
   Route *r = c->route;
@@ -822,13 +848,18 @@ static void process_input(Lane *L, Peer *P) {
     if (avail < total) break;
     P->messages++;
     int handled = 0;
-    if (!P->held && P->ok && nseg == 1) {
+    /* a message of several segments (pycapnp's, whenever its params outgrow the first
+     * one) too, if its first segment holds the whole header and its content pointer
+     * (fw_decode: near pointers only); the content's own objects, in any segment,
+     * travel unread, as protocol.Connection._splice forwards them */
+    if (!P->held && P->ok && fw_forward_msg_ok(m, nseg)) {
       fw_plain o;
-      int k = fw_decode(m + 8, first, &o);
+      Msg g = {m, nseg, first, words};
+      int k = fw_decode(m + table, first, &o);
       if (k == FW_CALL)
-        handled = fast_call(L, P, m + 8, first, &o);
+        handled = fast_call(L, P, &g, &o);
       else if (k == FW_RETURN)
-        handled = fast_return(L, P, m + 8, first, &o);
+        handled = fast_return(L, P, &g, &o);
       else if (k == FW_FINISH)
         handled = fast_finish(L, P, &o);
     }
@@ -1960,5 +1991,6 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
     return NULL;
   }
   PyModule_AddIntConstant(m, "NATIVE_QID_BASE", NATIVE_QID_BASE);
+  PyModule_AddIntConstant(m, "HEADER_SLACK", FW_HEADER_SLACK); /* router.HEADER_SLACK's */
   return m;
 }

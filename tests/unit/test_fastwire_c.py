@@ -22,8 +22,42 @@ HARNESS = r"""
 #include <stdlib.h>
 #include "fastwire.h"
 
+/* a framed message of any number of segments, as the fast lane reads one: its
+ * first segment decoded, forwarded (fw_forward_msg) and its content measured
+ * against a few limits (fw_msg_content_bytes); "-" if it is not one whole message */
+static void framed(const uint8_t *m, uint64_t len) {
+  uint32_t n32;
+  if (len < 4) { printf("-\n"); return; }
+  memcpy(&n32, m, 4);
+  uint64_t nseg = (uint64_t)n32 + 1, table = fw_table_bytes(nseg), words = 0, first = 0;
+  if (nseg > 512 || table > len) { printf("-\n"); return; }
+  for (uint64_t i = 0; i < nseg; i++) {
+    uint32_t sz;
+    memcpy(&sz, m + 4 + 4 * i, 4);
+    if (!i) first = sz;
+    words += sz;
+  }
+  if (table + 8 * words != len) { printf("-\n"); return; }
+  fw_plain o;
+  int k = fw_forward_msg_ok(m, nseg) ? fw_decode(m + table, first, &o) : 0;
+  unsigned long long fwd = 0, measured = 0;
+  if (k == FW_CALL || k == FW_RETURN) {
+    uint64_t size = fw_forward_msg_size(&o, nseg, first, words, k == FW_CALL);
+    uint8_t *out = malloc(size);
+    fwd = fw_forward_msg(out, m, nseg, first, words, &o, k == FW_CALL, 0x80000001u, 7,
+                         o.interface_id, o.method_id, 1);
+    if (fwd != size) exit(3);
+    free(out);
+    uint64_t limits[4] = {0, 8 * words - 8, 8 * words > 64 ? 8 * words - 64 : 0,
+                          8 * words > 1000 ? 8 * words - 1000 : 0};
+    for (int j = 0; j < 4; j++) measured += fw_msg_content_bytes(m, nseg, words, &o, limits[j]);
+  }
+  printf("%d %llu %llu\n", k, fwd, measured);
+}
+
 int main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
+  int whole = argc > 1 && !strcmp(argv[1], "--framed");
+  for (int i = 1 + whole; i < argc; i++) {
     FILE *f = fopen(argv[i], "rb");
     fseek(f, 0, SEEK_END);
     long len = ftell(f);
@@ -31,6 +65,11 @@ int main(int argc, char **argv) {
     uint8_t *seg = malloc(len ? (size_t)len : 1);   /* exactly its size: ASan sees overreads */
     if (fread(seg, 1, (size_t)len, f) != (size_t)len) return 2;
     fclose(f);
+    if (whole) {
+      framed(seg, (uint64_t)len);
+      free(seg);
+      continue;
+    }
     uint64_t n = (uint64_t)len / 8;
     fw_plain o;
     int k = fw_decode(seg, n, &o);
@@ -115,8 +154,52 @@ def test_the_native_wire_code_is_memory_safe_on_hostile_bytes(harness):
     assert plain > 100                  # the plain paths were exercised, not only refusals
 
 
+def test_the_lanes_forwarding_of_several_segments_is_memory_safe_on_hostile_bytes(harness):
+    """fw_forward_msg and fw_msg_content_bytes (the fast lane's forwarding and
+    measure of calls and returns of several segments) on framed messages: the fast
+    lane fuzzer's mutants (fuzz/lane.py: calls in two segments as pycapnp lays them
+    out, mutated in any segment, segments dropped and added) and the protocol
+    fuzzer's, under ASan and UBSan; the ones it forwards, the extension forwards to
+    the same length."""
+    from fuzz import lane as FL
+    exe, d = harness
+    rng = random.Random(237)
+    pool = FL.seeds(3)
+    msgs = [FL.mutate_one(rng, rng.choice(pool)) for _ in range(2500)]
+    for i in range(2500):
+        data, _schema = F.one(237, i)
+        try:
+            msgs += [wire.frame([bytes(s) for s in segs]) for segs in wire.Framer().feed(data)
+                     if len(segs) > 1]
+        except wire.WireError:
+            continue
+    paths = []
+    for i, m in enumerate(msgs):
+        p = d / f"m{i}.bin"
+        p.write_bytes(m)
+        paths.append(str(p))
+    lines = []
+    for at in range(0, len(paths), 500):
+        r = subprocess.run([exe, "--framed", *paths[at:at + 500]], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines += r.stdout.splitlines()
+    assert len(lines) == len(msgs)
+    several = 0
+    for m, line in zip(msgs, lines):
+        if line == "-" or line.split()[0] not in ("1", "2"):     # not a plain call or return
+            continue
+        _k, fwd, _measured = line.split()
+        if len(wire.unframe(m)) > 1:
+            several += 1
+        if wire._native is not None:
+            assert len(wire._native.forward_msg(m, 0x80000001, 7, 0, 0, True)) == int(fwd)
+    assert several > 200                # forwarded in several segments, not only refused
+
+
 @pytest.mark.skipif(wire._native is None, reason="the native wire code is not built")
-@pytest.mark.parametrize("what", ["decode", "forward", "copy", "copy_segments"])
+@pytest.mark.parametrize("what", ["decode", "forward", "copy", "copy_segments", "forward_msg",
+                                  "content_bytes"])
 def test_the_differential_check_catches_native_code_that_disagrees(monkeypatch, what):
     """copy_segments: a copy through far pointers that errs only when it starts
     off the root, as an engine starts it (at a Call's or Return's content) and
@@ -139,6 +222,14 @@ def test_the_differential_check_catches_native_code_that_disagrees(monkeypatch, 
         out[-1] ^= 1
         return bytes(out)
 
+    def forward_msg(*args):
+        out = real.forward_msg(*args)
+        return out if out is None else out[:-1] + bytes([out[-1] ^ 1])
+
+    def content_bytes(data, limit):
+        got = real.content_bytes(data, limit)
+        return got if not got else got + 8
+
     def copy(*args):
         out = real.copy(*args)
         return out if out is None or len(out) <= 24 else out[:-1] + bytes([out[-1] ^ 0x40])
@@ -151,7 +242,8 @@ def test_the_differential_check_catches_native_code_that_disagrees(monkeypatch, 
 
     skewed = Skewed()
     setattr(skewed, what, {"decode": decode, "forward": forward, "copy": copy,
-                           "copy_segments": copy_segments}[what])
+                           "copy_segments": copy_segments, "forward_msg": forward_msg,
+                           "content_bytes": content_bytes}[what])
     monkeypatch.setattr(wire, "_native", skewed)
     _done, failures = F.run(600, seed=5)
     assert any(k.startswith(("native", "decoders")) for k in failures), failures
