@@ -316,6 +316,41 @@ def test_params_of_message_size_in_a_message_past_it_go_natively_and_past_it_are
     assert app.pid not in s.closed
 
 
+def test_large_messages_go_to_python_in_their_own_buffer_in_order_with_what_follows(sup):
+    """A large message the lane hands to Python (here: a call through a grant with a
+    quota, which is Python's) was
+    copied into the queue for Python by the lane's thread, with the lane's mutex
+    held: every Python-facing call of the lane (the host worker's, the GIL held)
+    waited for it (an external client's refused 8 MiB calls, ~5 ms each at a load of
+    8).  Its input buffer is handed over instead; what followed it in the same read
+    (a small call, half of another large one) stays the lane's, and everything
+    arrives whole and in order."""
+    s = sup({"calc": CALC, "app": None})
+    calc = Engine(s, "calc", exports=True)
+    # (a quota: its calls are Python's, no route goes in)
+    app = Engine(s, "app", [grant("calc", "calc", max_uses=1000)])
+    imp = app.grants[0].import_id
+    big = [Content.standalone([struct.pack("<QQQ", (1 << 32) | (1 << 48), k, 1 | (2 << 32) |
+                                           ((600 << 10) << 35)) + bytes([k]) * (600 << 10)])
+           for k in (1, 2)]
+    data = b""
+    for content in (big[0], params(7), big[1]):
+        data += app.conn.send_call(imp, CALC, 0, content)[1]
+    cut = len(data) - (300 << 10)                    # half of the last one: later
+    before = s.lane.stats()
+    app.send(data[:cut])
+    app.until(lambda: len(calc.calls()) == 2)
+    app.send(data[cut:])
+    app.until(lambda: len(calc.calls()) == 3)
+    got = [c.payload.content.single_segment_copy() for c in calc.calls()]
+    assert struct.unpack_from("<Q", got[1], 16)[0] == 7
+    for k, copy in ((1, got[0]), (2, got[2])):
+        assert struct.unpack_from("<Q", copy, 16)[0] == k
+        assert copy[-(600 << 10):] == bytes([k]) * (600 << 10)
+    assert s.lane.stats()["moved"] - before["moved"] == 2
+    assert app.pid not in s.closed
+
+
 def test_an_allow_list_is_the_routes_method_mask(sup):
     s = sup({"calc": CALC, "app": None})
     calc = Engine(s, "calc", exports=True)
