@@ -937,7 +937,78 @@ def _installed() -> list[tuple[str, str]]:
         if real not in seen:
             seen.add(real)
             unique.append((what, real))
+    # as given, not resolved: the names on the way to each (the caller's
+    # _names_on_the_way) are then those of its links too (/usr/lib/ssl/openssl.cnf,
+    # a link to /etc/ssl/openssl.cnf: a grant of /usr/lib/ssl could replace the link)
+    for what, path in start_up_files():
+        if path not in seen:
+            seen.add(path)
+            unique.append((what, path))
     return unique
+
+
+#: the program ctypes.util.find_library runs (`ldconfig -p`), as the supervisor: trio
+#: finds libpthread with it as its thread cache starts, at every `wsuper up`
+LDCONFIG = "/sbin/ldconfig"
+#: bytes of OpenSSL's configuration read for the files it names
+OPENSSL_CONFIG_READ = 1 << 20
+
+
+def start_up_files() -> list[tuple[str, str]]:
+    """(what, absolute path) of each file outside the directories `_installed` lists
+    that the supervisor's process reads or runs as it starts and that decides what
+    code it runs, whether it exists or not (made, it is read as well): the Python's
+    `pyvenv.cfg` (its `home` says where the standard library is: a compartment that
+    wrote `home = /srv/data/py/bin` there ran its own `site.py` as the supervisor at
+    the next `wsuper up`), OpenSSL's configuration and what it names (libcrypto loads
+    it in the supervisor, hashlib's and ssl's: its providers and engines are shared
+    libraries, loaded), and the programs its libraries run (`/sbin/ldconfig`)."""
+    out = []
+    for exe in (sys.executable, os.path.realpath(sys.executable)):
+        if exe:
+            # getpath reads pyvenv.cfg beside the interpreter (its directory is
+            # listed already) and in the directory above it
+            out.append(("the start-up configuration of the Python that runs wsuper",
+                        os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")))
+    out.append(("the start-up configuration of the Python that runs wsuper",
+                os.path.join(sys.prefix, "pyvenv.cfg")))
+    config = openssl_config()
+    if config:
+        out.append(("OpenSSL's configuration, which names libraries to load,", config))
+        try:
+            with open(config, "rb") as f:
+                text = f.read(OPENSSL_CONFIG_READ).decode("utf-8", "replace")
+        except OSError:
+            text = ""
+        out += [("a file OpenSSL's configuration names", name)
+                for name in openssl_config_names(text)]
+    out.append(("a program the supervisor runs (ctypes.util.find_library's)", LDCONFIG))
+    return [(what, os.path.abspath(path)) for what, path in out]
+
+
+def openssl_config() -> str | None:
+    """The configuration file libcrypto loads: $OPENSSL_CONF, else openssl.cnf in
+    its OPENSSLDIR (the directory of its default certificate directory)."""
+    given = os.environ.get("OPENSSL_CONF")
+    if given:
+        return given
+    try:
+        import ssl
+        certs = ssl.get_default_verify_paths().openssl_capath
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    return os.path.join(os.path.dirname(certs), "openssl.cnf") if certs else None
+
+
+_OPENSSL_NAMES = re.compile(
+    r"^[ \t]*(?:\.include|include|module|dynamic_path)"
+    r"[ \t]*=?[ \t]*[\"']?(/[^\s\"'#]*)", re.M)
+
+
+def openssl_config_names(text: str) -> list[str]:
+    """The absolute paths an OpenSSL configuration names as files to include or
+    libraries to load (`.include`, `module = ...`, an engine's `dynamic_path`)."""
+    return list(dict.fromkeys(m.group(1) for m in _OPENSSL_NAMES.finditer(text)))
 
 
 def _reaches(places: mounts.Places, grant: str, is_dir: bool, name: str,

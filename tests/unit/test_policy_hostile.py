@@ -7,6 +7,7 @@ random documents at all of it."""
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -1092,6 +1093,99 @@ def test_a_writable_grant_cannot_reach_the_libraries_the_supervisor_runs(tmp_pat
             str(e.value)
         system_file.write_text(system_file.read_text().replace(' }', ', read_only = true }'))
         assert policy.load(str(system_file)).compartments["a"].grants[0].read_only
+
+
+
+def _granted(tmp_path, target: str, path: str, extra: str = "") -> Path:
+    from tests.conftest import EXAMPLES
+    system_file = tmp_path / "system.toml"
+    system_file.write_text(f'[compartments.a]\nmodule = "{EXAMPLES}/hello.wat"\n'
+                           f'[compartments.a.grants]\n'
+                           f'd = {{ host = "{target}", path = "{path}"{extra} }}\n')
+    return system_file
+
+
+def _refused_as_start_up(system_file, said: str):
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(str(system_file))
+    assert e.value.key == "compartments.a.grants.d.path" and said in e.value.reason and \
+        "runs as the supervisor at the next start" in e.value.reason, str(e.value)
+
+
+def _start_up_cases(tmp_path):
+    """(grant target, path, what the refusal says) for each kind of file the
+    supervisor's start reads or runs, outside the directories wsuper runs from."""
+    cases = []
+    cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sys.executable))),
+                       "pyvenv.cfg")
+    if os.path.isfile(cfg):            # the suite runs in .venv: its pyvenv.cfg
+        cases.append(("file", cfg, "start-up configuration of the Python"))
+    # OpenSSL's configuration ($OPENSSL_CONF, as libcrypto reads it) and what it names
+    conf_dir = tmp_path / "ssl"
+    conf_dir.mkdir()
+    (conf_dir / "more.cnf").write_text("# included\n")
+    (conf_dir / "provider.so").write_bytes(b"\x7fELF")
+    (conf_dir / "openssl.cnf").write_text(
+        f".include {conf_dir}/more.cnf\nopenssl_conf = init\n[init]\nproviders = p\n"
+        f"[p]\nx = x_sect\n[x_sect]\nmodule = {conf_dir}/provider.so\nactivate = 1\n")
+    cases += [("file", str(conf_dir / "openssl.cnf"), "OpenSSL's configuration"),
+              ("file", str(conf_dir / "more.cnf"), "a file OpenSSL's configuration names"),
+              ("file", str(conf_dir / "provider.so"), "a file OpenSSL's configuration names"),
+              ("directory", str(conf_dir), "OpenSSL's configuration")]
+    ldconfig = os.path.realpath("/sbin/ldconfig")     # ctypes.util runs it by this name
+    if os.path.isfile(ldconfig):
+        cases += [("file", ldconfig, "a program the supervisor runs"),
+                  ("directory", os.path.dirname(ldconfig), "a program the supervisor runs")]
+    return cases
+
+
+def test_a_writable_grant_cannot_reach_what_the_supervisors_start_reads_or_runs(
+        tmp_path, monkeypatch):
+    """A writable grant of the virtual environment's pyvenv.cfg, of OpenSSL's
+    configuration (or a file it includes, or a provider it loads), or of
+    /sbin/ldconfig passed `check`, though each decides what code the supervisor's
+    process runs as it starts: `home = DIR` in pyvenv.cfg is where Python takes
+    its standard library from (a `site.py` of the compartment's ran), libcrypto
+    loads the configuration in the supervisor (hashlib, ssl) and every provider
+    it names, and trio's thread cache runs `ldconfig -p` (ctypes.util.find_library)
+    at every `wsuper up`.  Append-only is no better (the last `home` wins);
+    read only, each is fine."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    cases = _start_up_cases(tmp_path)
+    monkeypatch.setenv("OPENSSL_CONF", str(tmp_path / "ssl" / "openssl.cnf"))
+    assert len(cases) >= 4
+    for target, path, said in cases:
+        for extra in ("", ", append_only = true"):
+            _refused_as_start_up(_granted(tmp_path, target, path, extra), said)
+        system_file = _granted(tmp_path, target, path, ", read_only = true")
+        assert policy.load(str(system_file)).compartments["a"].grants[0].read_only, path
+
+
+def test_openssls_own_configuration_is_found_without_openssl_conf(tmp_path, monkeypatch):
+    """Without $OPENSSL_CONF, libcrypto reads openssl.cnf in its OPENSSLDIR (Debian:
+    /usr/lib/ssl/openssl.cnf, a link to /etc/ssl/openssl.cnf): a grant of the
+    directory of the link, or of the file it leads to, is refused."""
+    monkeypatch.delenv("OPENSSL_CONF", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    import ssl
+    config = os.path.join(os.path.dirname(ssl.get_default_verify_paths().openssl_capath),
+                          "openssl.cnf")
+    if not os.path.exists(config):
+        pytest.skip(f"no {config} here")
+    for path in {os.path.dirname(config), os.path.dirname(os.path.realpath(config))}:
+        _refused_as_start_up(_granted(tmp_path, "directory", path), "OpenSSL's configuration")
+    assert policy.openssl_config() == config
+
+
+@pytest.mark.parametrize("text, names", [
+    (".include /etc/ssl/more.cnf\n", ["/etc/ssl/more.cnf"]),
+    (".include = /etc/ssl/conf.d\n", ["/etc/ssl/conf.d"]),
+    ("  include /a/b.cnf # a comment\n", ["/a/b.cnf"]),
+    ('[p]\nmodule = "/opt/p.so"\n[e]\ndynamic_path=/opt/e.so\n', ["/opt/p.so", "/opt/e.so"]),
+    ("openssl_conf = init\nHOME = /root\nfoo = /bar\n.include rel.cnf\n", []),
+])
+def test_the_files_an_openssl_configuration_names(text, names):
+    assert policy.openssl_config_names(text) == names
 
 
 # ------------------------------------------------------------ many compartments
