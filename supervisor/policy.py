@@ -972,8 +972,9 @@ def start_up_files() -> list[tuple[str, str]]:
                         os.path.join(os.path.dirname(os.path.dirname(exe)), "pyvenv.cfg")))
     out.append(("the start-up configuration of the Python that runs wsuper",
                 os.path.join(sys.prefix, "pyvenv.cfg")))
-    config = openssl_config()
-    if config:
+    # the supervisor's ($OPENSSL_CONF) and its zygote's and engines' (their
+    # environment is empty: OpenSSL's own)
+    for config in dict.fromkeys(c for c in (openssl_config(), openssl_config({})) if c):
         out.append(("OpenSSL's configuration, which names libraries to load,", config))
         try:
             with open(config, "rb") as f:
@@ -986,10 +987,11 @@ def start_up_files() -> list[tuple[str, str]]:
     return [(what, os.path.abspath(path)) for what, path in out]
 
 
-def openssl_config() -> str | None:
-    """The configuration file libcrypto loads: $OPENSSL_CONF, else openssl.cnf in
-    its OPENSSLDIR (the directory of its default certificate directory)."""
-    given = os.environ.get("OPENSSL_CONF")
+def openssl_config(environ=None) -> str | None:
+    """The configuration file libcrypto loads in a process with `environ` (default:
+    this one's): $OPENSSL_CONF, else openssl.cnf in its OPENSSLDIR (the directory
+    of its default certificate directory)."""
+    given = (os.environ if environ is None else environ).get("OPENSSL_CONF")
     if given:
         return given
     try:

@@ -1161,11 +1161,19 @@ def test_a_writable_grant_cannot_reach_what_the_supervisors_start_reads_or_runs(
         assert policy.load(str(system_file)).compartments["a"].grants[0].read_only, path
 
 
-def test_openssls_own_configuration_is_found_without_openssl_conf(tmp_path, monkeypatch):
+@pytest.mark.parametrize("given", [False, True])
+def test_openssls_own_configuration_is_found_without_openssl_conf(tmp_path, monkeypatch,
+                                                                  given):
     """Without $OPENSSL_CONF, libcrypto reads openssl.cnf in its OPENSSLDIR (Debian:
     /usr/lib/ssl/openssl.cnf, a link to /etc/ssl/openssl.cnf): a grant of the
-    directory of the link, or of the file it leads to, is refused."""
-    monkeypatch.delenv("OPENSSL_CONF", raising=False)
+    directory of the link, or of the file it leads to, is refused.  So it is with
+    $OPENSSL_CONF set for the supervisor: its zygote and engines, started with an
+    empty environment, read OpenSSL's own (strace)."""
+    if given:
+        (tmp_path / "mine.cnf").write_text("# the operator's\n")
+        monkeypatch.setenv("OPENSSL_CONF", str(tmp_path / "mine.cnf"))
+    else:
+        monkeypatch.delenv("OPENSSL_CONF", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     import ssl
     config = os.path.join(os.path.dirname(ssl.get_default_verify_paths().openssl_capath),
@@ -1174,7 +1182,7 @@ def test_openssls_own_configuration_is_found_without_openssl_conf(tmp_path, monk
         pytest.skip(f"no {config} here")
     for path in {os.path.dirname(config), os.path.dirname(os.path.realpath(config))}:
         _refused_as_start_up(_granted(tmp_path, "directory", path), "OpenSSL's configuration")
-    assert policy.openssl_config() == config
+    assert policy.openssl_config({}) == config
 
 
 @pytest.mark.parametrize("text, names", [
