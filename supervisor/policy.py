@@ -914,10 +914,13 @@ def _mapped_libraries() -> list[str]:
 
 
 def _installed() -> list[tuple[str, str]]:
-    """(what, real path) of each directory wsuper runs from: its own packages and
-    the Python that runs it (standard library, installed packages, scripts).  A
-    compartment that could change what is there would run its code as the
-    supervisor (and in every engine) at the next `wsuper up`."""
+    """(what, path) of each directory wsuper runs from: its own packages and the
+    Python that runs it (standard library, installed packages, scripts), the
+    libraries it runs and the loader's configuration; the files its start reads
+    (start_up_files); and every directory searched for its modules (sys.path) and,
+    first, for its libraries ($LD_LIBRARY_PATH).  A compartment that could change
+    what is there would run its code as the supervisor (and in every engine) at
+    the next `wsuper up`."""
     import sysconfig
     import supervisor
     import compartments
@@ -931,19 +934,39 @@ def _installed() -> list[tuple[str, str]]:
     out += [("the directory of a shared library the supervisor runs,", os.path.dirname(lib))
             for lib in _mapped_libraries()]
     out += [("the dynamic loader's configuration", f) for f in LOADER_FILES]
+    # every directory Python looks in for a module, in its order ($PYTHONPATH's, the
+    # directory `python -m supervisor.cli` runs from): a module put there first is
+    # imported in place of the one of that name further on (an `attrs.py` in a
+    # writable grant of a $PYTHONPATH directory ran as the supervisor at `up`)
+    searched = [("a directory the Python that runs wsuper imports from", entry or os.getcwd())
+                for entry in sys.path if isinstance(entry, str)]
+    # and every directory the dynamic loader looks in before its own ($LD_LIBRARY_PATH;
+    # an empty entry is the working directory): a library put there is loaded first
+    ld_path = os.environ.get("LD_LIBRARY_PATH", "")
+    searched += [("a directory the dynamic loader looks in first ($LD_LIBRARY_PATH)",
+                  entry or os.getcwd())
+                 for entry in (re.split("[:;]", ld_path) if ld_path else ())]
     seen, unique = set(), []
     for what, path in out:
         real = os.path.realpath(path)
         if real not in seen:
             seen.add(real)
             unique.append((what, real))
-    # as given, not resolved: the names on the way to each (the caller's
-    # _names_on_the_way) are then those of its links too (/usr/lib/ssl/openssl.cnf,
-    # a link to /etc/ssl/openssl.cnf: a grant of /usr/lib/ssl could replace the link)
+    # then the files, each named rather than a directory searched that holds it (a
+    # checkout's .venv/pyvenv.cfg lies in the checkout, an import directory of an
+    # editable install); as given, not resolved: the names on the way to each (the
+    # caller's _names_on_the_way) are then those of its links too
+    # (/usr/lib/ssl/openssl.cnf, a link to /etc/ssl/openssl.cnf: a grant of
+    # /usr/lib/ssl could replace the link)
     for what, path in start_up_files():
         if path not in seen:
             seen.add(path)
             unique.append((what, path))
+    for what, path in searched:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append((what, real))
     return unique
 
 

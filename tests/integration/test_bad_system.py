@@ -2351,3 +2351,37 @@ def test_a_directory_to_make_on_a_kernel_file_system_is_refused_by_check_as_by_u
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (r.stdout, r.stderr)
         assert r.stderr.startswith("wsuper: error: ") and "/proc" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("where", ["PYTHONPATH", "python -m from it", "LD_LIBRARY_PATH"])
+def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refused(
+        tmp_path, where):
+    """A directory on the supervisor's $PYTHONPATH (or the one `python -m
+    supervisor.cli` runs from, sys.path[0]) or on its $LD_LIBRARY_PATH passed
+    `check` and `up` as a writable grant: a module (`attrs.py`) or library a
+    compartment put there was found before the real one and ran as the supervisor
+    at the next `wsuper up` (checked with a planted attrs.py: it ran at `check`).
+    The real command, with that environment; read only, it is fine."""
+    place = tmp_path / "place"
+    place.mkdir()
+    system = tmp_path / "s.toml"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    env.pop("PYTHONPATH", None)
+    env.pop("LD_LIBRARY_PATH", None)
+    cwd = ROOT
+    if where == "python -m from it":
+        cwd = str(place)
+    else:
+        env[where] = str(place)
+    said = "a directory the dynamic loader looks in first" if where == "LD_LIBRARY_PATH" else \
+        "a directory the Python that runs wsuper imports from"
+    for extra, code in (("", 2), (", read_only = true", 0)):
+        system.write_text(f'[system]\nlogs = "{tmp_path / "logs"}"\n[compartments.calc]\n'
+                          f'module = "{CALC}"\n[compartments.calc.grants]\n'
+                          f'd = {{ host = "directory", path = "{place}"{extra} }}\n')
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
+                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == code, (extra, r.stdout, r.stderr)
+        if code:
+            assert f"{system}:6: compartments.calc.grants.d.path: {place} would let " \
+                f"compartment calc change {said}" in r.stderr, r.stderr
