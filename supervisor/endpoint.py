@@ -330,6 +330,33 @@ def changeable_above(path: str, what: str) -> str | None:
     return None
 
 
+def anyone_may_change(path: str, what: str) -> str | None:
+    """Why any user of the machine could change the file at `path` (one that decides
+    what runs: a module, the system file, a policy file, a schema), or None: it is
+    writable by others (or by a group with a user in it besides its owner), or a
+    directory on the way to it is writable by others without the sticky bit (or by
+    such a group), where anyone may rename it away and put their own.  Another
+    user's own file, or one beneath their directories, is taken (running it is
+    running theirs, as a grant of their tree is), as a link of theirs on the way:
+    they could write it anyway; but what anyone may change, nobody chose."""
+    me = os.getuid()
+    for kind, at, st in _above(path):
+        if kind == "dir" and _changer(kind, st, me) == -1:
+            return (f"{what}{quoted(path)} lies beneath {quoted(at)}, in which any user may "
+                    f"rename or replace it (mode {stat.S_IMODE(st.st_mode):04o}, no sticky "
+                    f"bit): anyone could put a file of their own in its place; move it "
+                    f"beneath directories only you, root or its owner may change")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None                     # its own checks say what is wrong with it
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not group_of_one(st.st_gid, st.st_uid)):
+        return (f"{what}{quoted(path)} may be written by any user (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}, group gid "
+                f"{st.st_gid}): anyone could put their own in it; chmod go-w it")
+    return None
+
+
 def redirected_grant(path: str, found: os.stat_result) -> str | None:
     """Why what a file or directory grant's `path` led to (`found`, its stat) may be
     somewhere another user chose, or None.  A grant beneath a directory another

@@ -618,6 +618,7 @@ def load(path: str, socket: str | None = None) -> System:
         except capnp_schemas.SchemaError as e:
             raise where.error(f"system.schemas[{i}]", str(e)) from None
     deciding = _deciding_files(system, policy_files) + imported
+    _nobody_else_decides(system, deciding, where)
     if system.audit is not None:
         problem = _audit_among_logs(system, own_paths) or _audit_successor_named(system) \
             or _audit_rotated_name_too_long(system)
@@ -830,6 +831,25 @@ def _deciding_files(system: System, policy_files) -> list[tuple[str, str, str | 
     out += [("the policy file", os.path.abspath(p), None) for p in dict.fromkeys(policy_files)]
     out += [("the schema file", s, None) for s in system.schemas]
     return out
+
+
+def _nobody_else_decides(system: System, deciding, where):
+    """Refuse a file that decides what runs (`deciding`: _deciding_files and what the
+    schemas read) which any user of the machine may change (endpoint.anyone_may_change):
+    a module of mode 0666, or one in a directory of mode 0777, ran whatever another
+    user put there with the grants the system gives it, and a policy file so
+    writable gave it whatever grants they wrote (as root too)."""
+    from .endpoint import anyone_may_change
+    schemas = {s: i for i, s in enumerate(system.schemas)}
+    for what, file, owner in deciding:
+        problem = anyone_may_change(file, f"{what} ")
+        if problem is None:
+            continue
+        if owner is not None:
+            raise where.error(f"compartments.{owner}.module", problem)
+        if file in schemas:
+            raise where.error(f"system.schemas[{schemas[file]}]", problem)
+        raise PolicyError(file, "", problem)
 
 
 def _same_dir(a: str, b: str) -> bool:

@@ -2385,3 +2385,49 @@ def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refuse
         if code:
             assert f"{system}:6: compartments.calc.grants.d.path: {place} would let " \
                 f"compartment calc change {said}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("file", ["module", "module's directory", "policy file", "schema",
+                                  "file a schema imports", "system file"])
+def test_a_file_that_decides_what_runs_that_anyone_may_change_is_refused(tmp_path, file):
+    """A module of mode 0666 (or in a directory of mode 0777), a policy file, a schema
+    (or a file it imports) or the system file that any user of the machine could
+    write passed `check` and `up`: as root, what another user put in the module ran
+    with the grants the system gives it, and what they wrote in the policy file
+    became its grants.  Another user's own file, or one of yours in a sticky
+    directory such as /tmp, is taken (running theirs is running theirs)."""
+    place = tmp_path / "place"
+    place.mkdir()
+    shutil.copy(CALC, place / "calc.wat")
+    shutil.copy(os.path.join(EXAMPLES, "hello.wat"), place / "hello.wat")
+    (place / "lib.capnp").write_text("@0xd1c3f0a2b4e5f7d1;\nstruct Lib { x @0 :Int32; }\n")
+    (place / "calc.capnp").write_text(open(SCHEMA).read().replace(
+        "\n", '\nusing Lib = import "lib.capnp";\n', 1))
+    (place / "p.toml").write_text('[grants]\ncalc = { compartment = "calc" }\n')
+    system = place / "s.toml"
+    system.write_text(f'[system]\nlogs = "{tmp_path / "logs"}"\nschemas = ["calc.capnp"]\n'
+                      f'[compartments.calc]\nmodule = "calc.wat"\nexports = "Calc"\n'
+                      f'[compartments.app]\nmodule = "hello.wat"\npolicy = "p.toml"\n')
+    assert run_wsuper("check", str(system)).returncode == 0
+    changed, said = {
+        "module": (place / "calc.wat", f"{system}:5: compartments.calc.module: compartment "
+                                       f"calc's module {place}/calc.wat may be written by any user"),
+        "module's directory": (place, f"{system}:5: compartments.calc.module: compartment "
+                                      f"calc's module {place}/calc.wat lies beneath {place}, "
+                                      f"in which any user may rename or replace it"),
+        "policy file": (place / "p.toml", f"{place}/p.toml: the policy file {place}/p.toml "
+                                          f"may be written by any user"),
+        "schema": (place / "calc.capnp", f"{system}:3: system.schemas[0]: the schema file "
+                                         f"{place}/calc.capnp may be written by any user"),
+        "file a schema imports": (place / "lib.capnp", f"{place}/lib.capnp: the schema file "
+                                                       f"{place}/lib.capnp (which"),
+        "system file": (system, f"{system}: the system file {system} may be written by any user"),
+    }[file]
+    os.chmod(changed, 0o777 if changed.is_dir() else 0o666)
+    r = run_wsuper("check", str(system))
+    assert r.returncode == 2 and said in r.stderr, r.stderr
+    os.chmod(changed, 0o1777 if changed.is_dir() else 0o644)      # sticky: only yours is
+    assert run_wsuper("check", str(system)).returncode == 0
+    if os.getuid() == 0 and file == "module":
+        os.chown(changed, 65534, 65534)          # another user's own: running theirs
+        assert run_wsuper("check", str(system)).returncode == 0
