@@ -841,7 +841,10 @@ def _nobody_else_decides(system: System, deciding, where):
     writable gave it whatever grants they wrote (as root too)."""
     from .endpoint import anyone_may_change
     schemas = {s: i for i, s in enumerate(system.schemas)}
-    for what, file, owner in deciding:
+    # each file once, as first named (a module a thousand compartments share is
+    # looked at once)
+    once = list({f: (f, w, o) for w, f, o in reversed(deciding)}.values())[::-1]
+    for file, what, owner in once:
         problem = anyone_may_change(file, f"{what} ")
         if problem is None:
             continue
