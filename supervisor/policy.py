@@ -969,6 +969,11 @@ def _installed() -> list[tuple[str, str]]:
     searched += [("a directory the dynamic loader looks in first ($LD_LIBRARY_PATH)",
                   entry or os.getcwd())
                  for entry in (re.split("[:;]", ld_path) if ld_path else ())]
+    # and every directory of $PATH: wsuper's commands run what they find there by
+    # name (check --graph's dot, build's clang and wasm-ld) as the operator
+    path_dirs = os.environ.get("PATH", "")
+    searched += [("a directory of $PATH, where wsuper finds the programs it runs (dot, clang),",
+                  entry or os.getcwd()) for entry in (path_dirs.split(":") if path_dirs else ())]
     seen, unique = set(), []
     for what, path in out:
         real = os.path.realpath(path)

@@ -2353,7 +2353,8 @@ def test_a_directory_to_make_on_a_kernel_file_system_is_refused_by_check_as_by_u
         assert r.stderr.startswith("wsuper: error: ") and "/proc" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("where", ["PYTHONPATH", "python -m from it", "LD_LIBRARY_PATH"])
+@pytest.mark.parametrize("where", ["PYTHONPATH", "python -m from it", "LD_LIBRARY_PATH",
+                                   "PATH"])
 def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refused(
         tmp_path, where):
     """A directory on the supervisor's $PYTHONPATH (or the one `python -m
@@ -2361,6 +2362,7 @@ def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refuse
     `check` and `up` as a writable grant: a module (`attrs.py`) or library a
     compartment put there was found before the real one and ran as the supervisor
     at the next `wsuper up` (checked with a planted attrs.py: it ran at `check`).
+    So did one on $PATH, where `check --graph g.svg` finds `dot` and `build` clang.
     The real command, with that environment; read only, it is fine."""
     place = tmp_path / "place"
     place.mkdir()
@@ -2371,10 +2373,13 @@ def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refuse
     cwd = ROOT
     if where == "python -m from it":
         cwd = str(place)
+    elif where == "PATH":
+        env["PATH"] = f"{place}:{env.get('PATH', '/usr/bin:/bin')}"
     else:
         env[where] = str(place)
-    said = "a directory the dynamic loader looks in first" if where == "LD_LIBRARY_PATH" else \
-        "a directory the Python that runs wsuper imports from"
+    said = {"LD_LIBRARY_PATH": "a directory the dynamic loader looks in first",
+            "PATH": "a directory of $PATH, where wsuper finds the programs it runs"}.get(
+        where, "a directory the Python that runs wsuper imports from")
     for extra, code in (("", 2), (", read_only = true", 0)):
         system.write_text(f'[system]\nlogs = "{tmp_path / "logs"}"\n[compartments.calc]\n'
                           f'module = "{CALC}"\n[compartments.calc.grants]\n'
