@@ -634,6 +634,7 @@ def load(path: str, socket: str | None = None) -> System:
     wheres = {where.path: where}
     places = mounts.Places()
     installed = _installed()
+    searched = _searched()
     on_the_way = functools.cache(_names_on_the_way)     # the same few paths, every grant
     checked: dict[tuple, tuple] = {}     # (compartment, grant) -> (st_dev, st_ino)
     # each file once, as first listed (what the errors below name, as before): one
@@ -706,6 +707,15 @@ def load(path: str, socket: str | None = None) -> System:
             for what, folder in installed:
                 if any(_reaches(places, real, is_dir, name, name == folder)
                        for name in on_the_way(folder)):
+                    raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
+                                       f"{what} {folder}: what is there runs as the "
+                                       f"supervisor at the next start; grant it read_only = "
+                                       f"true, or grant a directory that holds none of it")
+            for what, folder in searched:
+                # the directory, one on the way to it, or a name right inside it
+                if os.path.dirname(real) == folder or any(
+                        _reaches(places, real, is_dir, name, False)
+                        for name in on_the_way(folder)):
                     raise gwhere.error(key, f"{quoted(g.path)} would let compartment {comp.name} change "
                                        f"{what} {folder}: what is there runs as the "
                                        f"supervisor at the next start; grant it read_only = "
@@ -957,23 +967,16 @@ def _installed() -> list[tuple[str, str]]:
     out += [("the directory of a shared library the supervisor runs,", os.path.dirname(lib))
             for lib in _mapped_libraries()]
     out += [("the dynamic loader's configuration", f) for f in LOADER_FILES]
-    # every directory Python looks in for a module, in its order ($PYTHONPATH's, the
-    # directory `python -m supervisor.cli` runs from): a module put there first is
-    # imported in place of the one of that name further on (an `attrs.py` in a
-    # writable grant of a $PYTHONPATH directory ran as the supervisor at `up`)
-    searched = [("a directory the Python that runs wsuper imports from", entry or os.getcwd())
-                for entry in sys.path if isinstance(entry, str)]
-    # and every directory the dynamic loader looks in before its own ($LD_LIBRARY_PATH;
-    # an empty entry is the working directory): a library put there is loaded first
+    # every directory the dynamic loader looks in before its own ($LD_LIBRARY_PATH;
+    # an empty entry is the working directory), with what is inside (glibc looks in
+    # its glibc-hwcaps subdirectories too): a library put there is loaded first
     ld_path = os.environ.get("LD_LIBRARY_PATH", "")
-    searched += [("a directory the dynamic loader looks in first ($LD_LIBRARY_PATH)",
-                  entry or os.getcwd())
-                 for entry in (re.split("[:;]", ld_path) if ld_path else ())]
-    # and every directory of $PATH: wsuper's commands run what they find there by
-    # name (check --graph's dot, build's clang and wasm-ld) as the operator
-    path_dirs = os.environ.get("PATH", "")
-    searched += [("a directory of $PATH, where wsuper finds the programs it runs (dot, clang),",
-                  entry or os.getcwd()) for entry in (path_dirs.split(":") if path_dirs else ())]
+    out += [("a directory the dynamic loader looks in first ($LD_LIBRARY_PATH)",
+             entry or os.getcwd()) for entry in (re.split("[:;]", ld_path) if ld_path else ())]
+    # and each package the supervisor has imported from a directory of its import path
+    # that is not listed above (a $PYTHONPATH's): a module put inside runs with it
+    out += [("a package the Python that runs wsuper imports", folder)
+            for folder in _imported_packages()]
     seen, unique = set(), []
     for what, path in out:
         real = os.path.realpath(path)
@@ -990,12 +993,47 @@ def _installed() -> list[tuple[str, str]]:
         if path not in seen:
             seen.add(path)
             unique.append((what, path))
-    for what, path in searched:
-        real = os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append((what, real))
     return unique
+
+
+def _searched() -> list[tuple[str, str]]:
+    """(what, real path) of each directory searched by name for what wsuper runs:
+    its import path (sys.path: $PYTHONPATH's, the directory `python -m
+    supervisor.cli` runs from; an empty entry is the working directory), where a
+    module or package put first is imported in place of the one of that name
+    further on (an `attrs.py` in a writable grant of a $PYTHONPATH directory ran as
+    the supervisor at `up`), and $PATH, where wsuper's commands find the programs
+    they run (check --graph's dot, build's clang) as the operator.  What is made in
+    such a directory, or in a directory right inside it (a package), is found
+    there; deeper is not (a checkout of an editable install is on the import path,
+    and examples/kv/data, its demo's grant, is no package of its): the packages
+    imported from them are `_installed`'s."""
+    found = [("a directory the Python that runs wsuper imports from", entry or os.getcwd())
+             for entry in sys.path if isinstance(entry, str)]
+    path_dirs = os.environ.get("PATH", "")
+    found += [("a directory of $PATH, where wsuper finds the programs it runs (dot, clang),",
+               entry or os.getcwd()) for entry in (path_dirs.split(":") if path_dirs else ())]
+    return list({os.path.realpath(p): (w, os.path.realpath(p)) for w, p in reversed(found)}
+                .values())[::-1]
+
+
+def _imported_packages() -> list[str]:
+    """The top directory of each package imported from a directory of sys.path."""
+    # the deepest first: site-packages lies in a checkout that is on the path too
+    roots = sorted({os.path.realpath(e or os.getcwd()) for e in sys.path
+                    if isinstance(e, str)}, key=len, reverse=True)
+    tops = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or not os.path.basename(file).startswith("__init__."):
+            continue
+        real = os.path.realpath(file)
+        for root in roots:
+            if real.startswith(root.rstrip("/") + "/"):
+                top = real[len(root.rstrip("/")) + 1:].split("/", 1)[0]
+                tops.add(os.path.join(root, top))
+                break
+    return sorted(tops)
 
 
 #: the program ctypes.util.find_library runs (`ldconfig -p`), as the supervisor: trio

@@ -2380,15 +2380,23 @@ def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refuse
     said = {"LD_LIBRARY_PATH": "a directory the dynamic loader looks in first",
             "PATH": "a directory of $PATH, where wsuper finds the programs it runs"}.get(
         where, "a directory the Python that runs wsuper imports from")
-    for extra, code in (("", 2), (", read_only = true", 0)):
+    (place / "pkg" / "data").mkdir(parents=True)
+    # the directory, and a directory right in it (a package, a program there), are
+    # refused; read only, or deeper (an editable install's checkout is on the import
+    # path, and its demo grants examples/kv/data), they are fine (not for
+    # LD_LIBRARY_PATH: glibc looks in its subdirectories too)
+    deeper = 2 if where == "LD_LIBRARY_PATH" else 0
+    for granted, extra, code in ((place, "", 2), (place / "pkg", "", 2),
+                                 (place, ", read_only = true", 0),
+                                 (place / "pkg" / "data", "", deeper)):
         system.write_text(f'[system]\nlogs = "{tmp_path / "logs"}"\n[compartments.calc]\n'
                           f'module = "{CALC}"\n[compartments.calc.grants]\n'
-                          f'd = {{ host = "directory", path = "{place}"{extra} }}\n')
+                          f'd = {{ host = "directory", path = "{granted}"{extra} }}\n')
         r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
                            cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == code, (extra, r.stdout, r.stderr)
+        assert r.returncode == code, (granted, extra, r.stdout, r.stderr)
         if code:
-            assert f"{system}:6: compartments.calc.grants.d.path: {place} would let " \
+            assert f"{system}:6: compartments.calc.grants.d.path: {granted} would let " \
                 f"compartment calc change {said}" in r.stderr, r.stderr
 
 
