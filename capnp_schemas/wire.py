@@ -189,11 +189,16 @@ class Framer:
         self._passed = 0
         self._kept: list = []
         self._over: tuple = ()
+        # of _kept: the first segment still keeping bytes (those before it are done:
+        # a chunk's cost is the segments it touches, not all of them), and the bytes
+        # kept so far
+        self._keeping = 0
+        self._kept_bytes = 0
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete message still buffered."""
-        return len(self._buf) + sum(len(k[1]) for k in self._kept)
+        return len(self._buf) + self._kept_bytes
 
     @property
     def partial(self) -> bool:
@@ -206,7 +211,14 @@ class Framer:
         it is all past.  Returns the new pos."""
         take = min(self._skip, size - pos)
         lo, hi = self._passed, self._passed + take
-        for start, kept, want in self._kept:
+        segs, i = self._kept, self._keeping
+        # (a segment's last byte kept, start + want, grows with its start: those
+        # done are all before the first one not done)
+        while i < len(segs) and segs[i][0] + segs[i][2] <= lo:
+            i += 1
+        self._keeping = i
+        for i in range(i, len(segs)):
+            start, kept, want = segs[i]
             if start >= hi:
                 break
             have = len(kept)
@@ -214,12 +226,14 @@ class Framer:
                 a = max(lo, start + have)
                 b = min(hi, start + want)
                 kept += view[pos + a - lo:pos + b - lo]
+                self._kept_bytes += b - a
         self._passed = hi
         self._skip -= take
         if not self._skip:
             out.append(Oversized([bytes(k[1]) for k in self._kept], self._over[0],
                                  8 * self.max_words))
             self._kept, self._over = [], ()
+            self._keeping = self._kept_bytes = 0
         return pos + take
 
     def feed(self, data) -> list[list[memoryview]]:

@@ -202,6 +202,53 @@ def test_the_framer_skips_a_message_past_its_limit_without_buffering_it():
         wire.Framer(max_words=4).feed(struct.pack("<II", 0, (wire.MAX_SKIPPED_BYTES >> 3) + 1))
 
 
+def _lines_run(run) -> int:
+    """Lines of wire.py run while `run()` runs: the work done, counted, not timed."""
+    import sys
+    seen = [0]
+
+    def trace(frame, event, _arg):
+        if frame.f_code.co_filename != wire.__file__:
+            return None
+        if event == "line":
+            seen[0] += 1
+        return trace
+    sys.settrace(trace)
+    try:
+        run()
+    finally:
+        sys.settrace(None)
+    return seen[0]
+
+
+@pytest.mark.parametrize("small", [0, 1])
+def test_skipping_a_message_costs_per_chunk_the_segments_it_touches_not_all(small):
+    """A message past the limit, of 511 small (or empty) segments and a large one
+    last, sent in 1-byte pieces: each piece of the large segment walked all 511
+    segments before it, already kept (and `pending` summed them), ~25 times the
+    work of a piece of a one-segment message (~27 us a byte against ~2 us, for
+    the peer's one write of a byte).  Now a piece costs what it touches."""
+    def work(sizes):
+        n = len(sizes)
+        table = struct.pack(f"<I{n}I", n - 1, *sizes)
+        data = table + bytes(len(table) % 8) + bytes(8 * sum(sizes))
+        f = wire.Framer(max_words=1000)
+        f.feed(data[:-4096])                       # the large segment's bulk
+        got = []
+
+        def feed():
+            for i in range(len(data) - 4096, len(data)):
+                got.extend(f.feed(data[i:i + 1]))
+                f.pending
+        lines = _lines_run(feed)
+        (o,) = got
+        assert isinstance(o, wire.Oversized) and o.size == len(data)
+        return lines
+    one = work([20_000])
+    many = work([small] * 511 + [20_000])
+    assert many < 1.5 * one, (many, one)
+
+
 def _struct_module(iface, method, results=False):
     from capnp.lib.capnp import _StructModule
     m = iface.schema.methods[method]
