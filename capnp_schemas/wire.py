@@ -123,9 +123,10 @@ def framed_size(buf, pos: int) -> int | None:
 #: makes can then be named and failed alone (Oversized).  A header is at most
 #: this (router.HEADER_WORDS).
 OVERSIZED_KEPT_BYTES = 64 * 1024
-#: A message past the limit is skipped only up to this size (or twice the limit,
-#: if that is more): past it, no stock Cap'n Proto reader takes it (its default
-#: traversal limit is 8 Mi words), so no conforming peer sends it, and it is still
+#: A message past the limit is skipped only up to this size of its segments (or
+#: twice the limit, if that is more; its segment table aside): past it, no stock
+#: Cap'n Proto reader takes it (its default traversal limit is 8 Mi words, which
+#: it compares with the segments' words), so no conforming peer sends it, and it is still
 #: a framing error at its segment table (a table saying 2 GiB and then silence is
 #: cut off at once, not at its message_timeout).
 MAX_SKIPPED_BYTES = 64 << 20
@@ -314,9 +315,12 @@ class Framer:
             t = _segment_table(data, pos, self.max_segments, 1 << 62)
         except WireError:
             return None
-        if t is None or t[2] - pos > max(MAX_SKIPPED_BYTES, 16 * self.max_words):
+        start, sizes, end = t or (0, (), 0)
+        # its segments' bytes, as a stock reader counts them against its traversal
+        # limit (its segment table is not counted: a body of exactly 8 Mi words is
+        # read there, and was cut off here as a framing error)
+        if t is None or end - start > max(MAX_SKIPPED_BYTES, 16 * self.max_words):
             return None
-        start, sizes, end = t
         self._skip = end - start
         self._passed = 0
         self._kept, at = [], 0

@@ -202,6 +202,30 @@ def test_the_framer_skips_a_message_past_its_limit_without_buffering_it():
         wire.Framer(max_words=4).feed(struct.pack("<II", 0, (wire.MAX_SKIPPED_BYTES >> 3) + 1))
 
 
+@pytest.mark.parametrize("nseg", [1, 2, 5])
+def test_a_message_a_stock_reader_takes_is_skipped_at_the_64_mib_edge(nseg):
+    """A stock Cap'n Proto reader takes a message of up to 8 Mi words (its traversal
+    limit), counting its segments' words and not its segment table; the Framer
+    counted the table too, and cut off as a framing error a message of exactly 8
+    Mi words, which a conforming peer may send.  It is skipped as any message past
+    the limit is; one word more is still refused at its table."""
+    words = wire.MAX_SKIPPED_BYTES >> 3
+    sizes = [1] * (nseg - 1) + [words - (nseg - 1)]
+    table = struct.pack(f"<I{nseg}I", nseg - 1, *sizes)
+    table += bytes(len(table) % 8)
+    f = wire.Framer(max_words=1000)
+    assert f.feed(table) == [] and f.partial
+    chunk, got = bytes(1 << 20), []
+    for _ in range(wire.MAX_SKIPPED_BYTES >> 20):
+        got += f.feed(chunk)
+    (o,) = got
+    assert isinstance(o, wire.Oversized) and o.size == len(table) + wire.MAX_SKIPPED_BYTES
+    assert not f.partial and f.messages == 1
+    sizes[-1] += 1
+    with pytest.raises(wire.WireError, match="exceeds the limit of 8000 bytes"):
+        wire.Framer(max_words=1000).feed(struct.pack(f"<I{nseg}I", nseg - 1, *sizes) + bytes(4))
+
+
 def _lines_run(run) -> int:
     """Lines of wire.py run while `run()` runs: the work done, counted, not timed."""
     import sys
