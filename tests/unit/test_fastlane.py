@@ -2126,3 +2126,67 @@ def test_counts_of_calls_in_flight_are_the_peers_own_and_stay_right(sup):
     app.until(lambda: len(app.returns()) == 4)
     assert counts()["calc"] == (0, 0) and s.lane.counts(app.pid)[0] == 0
     assert s.router.status("calc")["calls_to"] == 0
+
+
+@pytest.mark.parametrize("piece", [None, 1, 4093])
+def test_a_call_past_the_limit_between_pipelined_calls_fails_alone_on_the_lane(sup, piece):
+    """An outside review (r239) of the lane's pass-through of a message past the
+    limit (Peer.passing, r236): app's call A (native), a call B of 200 KiB
+    pipelined on A with a capability in its table (past app's 64 KiB
+    message_size and its header), and a call C, in one write or in pieces (a byte
+    each through B's segment table and header).  B fails alone, naming the limit,
+    and what it gave is released; A and C reach calc whole and are answered; app
+    stays, and its later calls go natively again."""
+    limits = Limits(message_size=64 << 10)
+    s = sup({"calc": CALC, "app": None}, limits={"app": limits})
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")])
+    app.call()                                       # through Python: the route goes in
+    app.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+    imp = app.grants[0].import_id
+    qa, data = app.conn.send_call(imp, CALC, 0, params(11))
+    # B as pycapnp (Cap'n Proto's C++) lays out a large call: its header, target and
+    # cap table at the head of the first segment, the Data in a segment of its own
+    gave = object()
+    app.conn.exports[77] = P._Export(gave, 1)
+    app.conn._export_ids[id(gave)] = 77
+    qb = app.conn._new_question([gave])
+    m = P.rpc.Message.new_message(num_first_segment_words=64)
+    c = m.init("call")
+    c.questionId, c.interfaceId, c.methodId = qb, CALC, 0
+    pa = c.target.init("promisedAnswer")
+    pa.questionId = qa
+    pa.init("transform", 1)[0].getPointerField = 0
+    c.params.init("capTable", 1)[0].senderHosted = 77
+    c.params.content.set_as_text("b" * (200 << 10))
+    b_data = wire.frame(m.to_segments())
+    assert len(m.to_segments()) == 2
+    qc, c_data = app.conn.send_call(imp, CALC, 0, params(33))
+    data += b_data + c_data
+    if piece is None:
+        app.send(data)
+    else:
+        # a byte at a time up to 256 bytes into B (its table and header), then pieces
+        head = len(data) - len(b_data) - len(c_data) + 256
+        cuts = list(range(head)) + list(range(head, len(data), piece)) + [len(data)]
+        for a, b in zip(cuts, cuts[1:]):
+            app.send(data[a:b])
+            s.pump(0.0)
+    app.until(lambda: len(calc.calls()) == 3 and any(r.question_id == qb for r in app.returns()))
+    got = [struct.unpack_from("<Q", c.payload.content.single_segment_copy(), 16)[0]
+           for c in calc.calls()[1:]]
+    assert got == [11, 33]
+    failed = next(r for r in app.returns() if r.question_id == qb)
+    assert failed.payload is None and "params refused: a message of" in failed.error, failed.error
+    for call in calc.calls()[1:]:
+        calc.send(calc.conn.send_return(call.answer_id, params(call.answer_id & 0xFF),
+                                        no_finish=True))
+    app.until(lambda: {qa, qc} <= {r.question_id for r in app.returns()})
+    assert app.pid not in s.closed and s.router.peers[app.pid] is not None
+    assert 77 not in app.conn.exports, "the capability B carried was not released"
+    before = s.lane.stats()["calls"]
+    app.call()
+    app.until(lambda: len(calc.calls()) == 4)
+    assert s.lane.stats()["calls"] == before + 1
