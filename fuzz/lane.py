@@ -10,7 +10,8 @@ instead.  In one world app's messages may go natively; in the other the lane
 hands every one of them to Python (Lane.set_ok(app, False)).  Each input is app's valid
 one-segment Call to calc (on its grant, or pipelined on a call still open; its
 params small, or of 80 KiB or 300 KiB), or such a Call in two segments as pycapnp
-lays it out (fuzz.lane.in_two_segments: the Data behind a far pointer), or
+lays it out (fuzz.lane.in_two_segments: the Data behind a far pointer), or in
+three (in_three_segments: a Text in a third), or
 a Finish, or a Release of its grant, mutated in one segment (the mutators of fuzz/protocol.py: ids,
 pointer words, integer fields, bit flips, words dropped or repeated; the first
 segment mostly) or with a segment dropped or added, then
@@ -434,14 +435,16 @@ def _renumbered_in_place(data: bytes, qid: int) -> bytes:
 
 
 def in_two_segments(qid: int, imp: int, data: bytes, method: int = 0,
-                    interface: int = 0xC0FFEE0000000001) -> bytes:
+                    interface: int = 0xC0FFEE0000000001, text: str = "") -> bytes:
     """A Call framed as pycapnp (Cap'n Proto's C++) lays out one whose params
     outgrow its first segment: the header and the params struct (a
     fuzz/sample.capnp Sample, u8 = 7) in segment 0, its `data` in segment 1,
-    reached by a far pointer (as an external client's large calls come)."""
+    reached by a far pointer (as an external client's large calls come); with a
+    `text` longer than what segment 1 has left, that text in a third segment
+    (in_three_segments)."""
     from .seeds import sample
 
-    def build(first=None, payload=b""):
+    def build(first=None, payload=b"", text=""):
         msg = P.rpc.Message.new_message(**({} if first is None
                                            else {"num_first_segment_words": first}))
         c = msg.init("call")
@@ -452,11 +455,19 @@ def in_two_segments(qid: int, imp: int, data: bytes, method: int = 0,
         p = c.params.content.as_struct(sample.Sample)
         p.u8 = 7
         p.data = payload
+        if text:
+            p.text = text
         return msg.to_segments()
     first = sum(len(sg) for sg in build()) // 8       # all but the data
-    segs = build(first, data)
-    assert len(segs) == 2, [len(sg) for sg in segs]
+    segs = build(first, data, text)
+    assert len(segs) == (3 if text else 2), [len(sg) for sg in segs]
     return wire.frame(segs)
+
+
+def in_three_segments(qid: int, imp: int, data: bytes, text: str) -> bytes:
+    """in_two_segments with a `text` in a segment of its own after the data's (the
+    params struct's pointers reach two other segments; r239)."""
+    return in_two_segments(qid, imp, data, text=text)
 
 
 def seeds(imp: int) -> list:
@@ -480,6 +491,10 @@ def seeds(imp: int) -> list:
     # pointer in the second; small, and past one of the lane's reads
     for size in (64, 80 << 10):
         out.append(Seed(in_two_segments(104, imp, bytes(range(256)) * (size // 256) or b"x" * size)))
+    # in three: a text in a segment after the data's (r239)
+    for size in (64, 80 << 10):
+        out.append(Seed(in_three_segments(105, imp, bytes(range(256)) * (size // 256) or b"x" * size,
+                                          "t" * (size // 2 + 1000))))
     # pipelined on question 100 (open or not), and a finish
     _q, data = c.send_call((100, (0,)), 0xC0FFEE0000000001, 0,
                            Content.standalone([struct.pack("<QQ", 1 << 32, 9)]))
