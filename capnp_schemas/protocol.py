@@ -558,7 +558,8 @@ class Connection:
         if which != rpcwire.MSG_CALL and which != rpcwire.MSG_RETURN:
             name = rpcwire.MESSAGE_NAMES.get(which, f"#{which}") if which is not None \
                 else "message"
-            raise ProtocolError(f"{over}, a {name}: only a Call or a Return past it fails "
+            article = "an" if name[:1] in "aeiou" else "a"
+            raise ProtocolError(f"{over}, {article} {name}: only a Call or a Return past it fails "
                                 f"alone")
         try:
             if which == rpcwire.MSG_RETURN and _return_kind(segs) == "exception":

@@ -1137,6 +1137,10 @@ def test_other_messages_past_the_limit_and_calls_whose_header_is_not_kept_still_
     with pytest.raises(P.ProtocolError, match="a resolve: only a Call or a Return past it "
                                               "fails alone"):
         P.Connection("b", max_message_words=1000).receive(wire.frame(m.to_segments()))
+    m = rpc.Message.new_message()
+    m.init("abort").reason = "x" * 20_000
+    with pytest.raises(P.ProtocolError, match="KiB of header\\), an abort: only a Call"):
+        P.Connection("b", max_message_words=1000).receive(wire.frame(m.to_segments()))
     # a Call whose cap table lies past the bytes kept of its (one) segment
     m = rpc.Message.new_message(num_first_segment_words=20_000)
     call = m.init("call")
