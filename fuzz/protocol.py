@@ -690,30 +690,11 @@ def check_native(data: bytes):
         if t[0] == 3:
             continue
         # a Connection accepts it, and forwarding it gives the native bytes
-        conn = P.Connection("native")
-        if t[0] == 1:
-            conn.exports[t[2]] = P._Export(object(), 1)
-            conn._export_ids[id(conn.exports[t[2]].obj)] = t[2]
-        else:
-            conn.questions[t[1]] = P._Question([])
-        try:
-            (ev,) = conn.receive(data if alone else wire.frame(segs))
-        except P.ProtocolError as e:
-            raise Failure("native", f"the native decoder accepted what a Connection "
-                                    f"refuses: {_line(e)}") from e
-        except Exception:  # noqa: BLE001 - anything else is the protocol check's to report
+        received = _received_and_forwarded(t, data if alone else wire.frame(segs), "")
+        if received is None:
             return
+        ev, want = received
         content = ev.payload.content
-        out = P.Connection("out")
-        with _PythonOnly():
-            if t[0] == 1:
-                out.imports[7] = 1
-                out._qids._next = (1 << 31) + 5
-                _q, want = out.send_call(7, ev.interface_id, ev.method_id, content)
-            else:
-                out.answers[9] = P._Answer()
-                out.unanswered = 1
-                want = out.send_return(9, content, (), no_finish=True)
         if t[0] == 1:
             got = native.forward(seg, (1 << 31) + 5, 7, ev.interface_id, ev.method_id, False)
         else:
@@ -735,6 +716,40 @@ def check_native(data: bytes):
                     want = None
             if got is not None and got != want:
                 raise Failure("native", "the native splice differs from protocol.py's")
+
+
+def _received_and_forwarded(t, data: bytes, what: str):
+    """The framed message `data`, which the native decoder read as `t` (a plain
+    call or return), received by a Connection that issued what it names; then
+    (its event, the bytes protocol.Connection forwards it as: a call to import 7
+    as question 2^31+5, or a return to question 9), or None if the Connection
+    refuses it for another reason than the protocol's (the protocol check's to
+    report).  A ProtocolError is a Failure: the native decoder accepted it."""
+    conn = P.Connection("native")
+    if t[0] == 1:
+        conn.exports[t[2]] = P._Export(object(), 1)
+        conn._export_ids[id(conn.exports[t[2]].obj)] = t[2]
+    else:
+        conn.questions[t[1]] = P._Question([])
+    try:
+        (ev,) = conn.receive(data)
+    except P.ProtocolError as e:
+        raise Failure("native", f"the native decoder accepted what a Connection "
+                                f"refuses{what}: {_line(e)}") from e
+    except Exception:  # noqa: BLE001 - anything else is the protocol check's to report
+        return None
+    content = ev.payload.content
+    out = P.Connection("out")
+    with _PythonOnly():
+        if t[0] == 1:
+            out.imports[7] = 1
+            out._qids._next = (1 << 31) + 5
+            _q, want = out.send_call(7, ev.interface_id, ev.method_id, content)
+        else:
+            out.answers[9] = P._Answer()
+            out.unanswered = 1
+            want = out.send_return(9, content, (), no_finish=True)
+    return ev, want
 
 
 def _check_forward_msg(native, segs):
@@ -766,30 +781,11 @@ def _check_forward_msg(native, segs):
                 if slow.fields().get(k) != v}
         raise Failure("native", f"the native decoder and rpcwire._decode disagree on a "
                                 f"message of {len(segs)} segments: {diff}")
-    conn = P.Connection("native")
-    if t[0] == 1:
-        conn.exports[t[2]] = P._Export(object(), 1)
-        conn._export_ids[id(conn.exports[t[2]].obj)] = t[2]
-    else:
-        conn.questions[t[1]] = P._Question([])
-    try:
-        (ev,) = conn.receive(data)
-    except P.ProtocolError as e:
-        raise Failure("native", f"the native decoder accepted what a Connection "
-                                f"refuses ({len(segs)} segments): {_line(e)}") from e
-    except Exception:  # noqa: BLE001 - anything else is the protocol check's to report
+    received = _received_and_forwarded(t, data, f" ({len(segs)} segments)")
+    if received is None:
         return
+    ev, want = received
     content = ev.payload.content
-    out = P.Connection("out")
-    with _PythonOnly():
-        if t[0] == 1:
-            out.imports[7] = 1
-            out._qids._next = (1 << 31) + 5
-            _q, want = out.send_call(7, ev.interface_id, ev.method_id, content)
-        else:
-            out.answers[9] = P._Answer()
-            out.unanswered = 1
-            want = out.send_return(9, content, (), no_finish=True)
     if t[0] == 1:
         got = forward(data, (1 << 31) + 5, 7, ev.interface_id, ev.method_id, False)
     else:
