@@ -267,7 +267,7 @@ def _maker_schema(tmp):
     it, pipelined, is what a client passes before it is known (loaded once)."""
     if not _MAKER:
         path = tmp / "maker.capnp"
-        path.write_text("@0xd0a1b2c3d4e5f6c1;\n"
+        path.write_text("@0xd0a1b2c3d4e5f6d1;\n"
                         "interface Maker { make @0 () -> (cap :Capability); }\n")
         _MAKER.append(capnp_schemas.load(str(path)))
     return _MAKER[0]
@@ -309,7 +309,7 @@ def test_interop_a_promise_that_fails_with_a_long_reason_fails_only_its_calls(
 
 # calc's interfaces as a client whose Observer answers with capabilities sees them:
 # the same interface ids, Observer.step's results a list of its own objects
-_GENEROUS_CALC = """@0xd0a1b2c3d4e5f6c2;
+_GENEROUS_CALC = """@0xd0a1b2c3d4e5f6d2;
 interface Calc @0xc0ffee0000000001 {
   add @0 (a :Int32, b :Int32) -> (sum :Int32);
   newCounter @1 () -> (counter :Capability);

@@ -1,6 +1,7 @@
 """Rules of the code that a test can check by reading it."""
 import ast
 import os
+import re
 
 from tests.conftest import ROOT
 
@@ -45,3 +46,33 @@ def test_the_rule_above_sees_each_way_of_calling_select():
     assert _select_calls("import select\nselect.select([0], [], [], 0)\n") == [2]
     assert _select_calls("from select import select\n") == [1]
     assert _select_calls("import select\nselect.poll()\nsel.select(1)\n") == []
+
+
+#: A Cap'n Proto file id (`@0x...;` at the head of a schema) in a test's text
+_FILE_ID = re.compile(r"@0x([0-9a-fA-F]{16});")
+#: ids test_c_reader loads in its worker and test_bindgen writes only for `wsuper
+#: bindgen`, which loads them in a process of its own
+_SHARED_IDS_ALLOWED = {"d1f0a3b2c4e5f603", "d1f0a3b2c4e5f6a1", "d1f0a3b2c4e5f6c1"}
+
+
+def _file_ids_by_module(root: str) -> dict:
+    """file id -> the test modules under `root` whose text writes it."""
+    found: dict = {}
+    for base, _, names in os.walk(root):
+        for name in sorted(names):
+            if name.endswith(".py"):
+                path = os.path.join(base, name)
+                for id_ in set(_FILE_ID.findall(open(path, encoding="utf-8").read())):
+                    found.setdefault(id_.lower(), set()).add(os.path.relpath(path, ROOT))
+    return found
+
+
+def test_no_two_test_modules_write_a_schema_of_the_same_file_id():
+    """capnp_schemas.load refuses a second file declaring an id a file loaded in the
+    same process declared (a copy of a schema keeps its ids): test_interop's
+    maker.capnp took test_call_json's id, and whichever of the two an xdist
+    worker ran second failed at set-up (CI, 4 errors).  An id is one module's."""
+    shared = {id_: sorted(mods) for id_, mods in _file_ids_by_module(
+        os.path.join(ROOT, "tests")).items() if len(mods) > 1}
+    assert set(shared) <= _SHARED_IDS_ALLOWED, {
+        k: v for k, v in shared.items() if k not in _SHARED_IDS_ALLOWED}
