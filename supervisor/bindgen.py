@@ -914,9 +914,15 @@ def _prepare(schema_path: str, out_dir: str) -> tuple[str, str, bytes]:
 
 
 def _write_headers(target: str, runtime: str, text: bytes) -> list[str]:
-    _write_whole(target, text)
     with open(SDK_HEADER, "rb") as f:
-        _write_whole(runtime, f.read())
+        sdk = f.read()
+    for path, data in ((target, text), (runtime, sdk)):
+        try:
+            _write_whole(path, data)
+        except OSError as e:
+            # a directory no file can be made in (-o /proc): it said "[Errno 2] No
+            # such file or directory: '/proc/.calc.h.wy8ypfmi.tmp'", a name of ours
+            raise BindgenError(f"cannot write {path}: {e.strerror or e}") from None
     return [target, runtime]
 
 

@@ -1428,6 +1428,17 @@ def test_an_include_directory_that_cannot_be_made_is_named_not_an_errno(tmp_path
                                     f"for the bindings of {SCHEMA}: {why}"), r.stderr
 
 
+def test_an_include_directory_no_file_can_be_made_in_is_named_not_an_errno():
+    """-o /proc (a directory, one no file can be made in) said "[Errno 2] No such
+    file or directory: '/proc/.calc.h.wy8ypfmi.tmp'": Python's words, about a
+    temporary name of ours.  The header it could not write is named."""
+    header = os.path.join("/proc", os.path.basename(SCHEMA)[:-len(".capnp")] + ".h")
+    r = run_wsuper("bindgen", SCHEMA, "-o", "/proc")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"wsuper: error: cannot write {header}: No such file or " \
+                               f"directory", r.stderr
+
+
 @pytest.mark.parametrize("names,expected", [
     (["String"], "its bindings would be String.h, a header of the C library (string.h, "
                  "wherever case is ignored)"),
