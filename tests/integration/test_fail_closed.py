@@ -167,8 +167,7 @@ def test_a_return_with_an_exception_type_nobody_defined_reaches_no_one_as_a_cras
     before = _supervisor(run.proc.pid)
     c = WireClient(sock)
     calc = c.get(c.bootstrap(), "calc")
-    qid, observer = _ask_sum_to(c, calc, 2)
-    step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    qid, step = _observer_called(c, calc, 2)
     answer = bytearray(c.conn.send_exception(step.answer_id, "no", "failed"))
     struct.pack_into("<H", answer, 60, 0xFFFF)       # Exception.type
     c.send(bytes(answer))
@@ -250,6 +249,13 @@ def _ask_sum_to(c: WireClient, calc: int, n: int) -> tuple[int, object]:
     seg = bytearray(params.segments[0])
     struct.pack_into("<Q", seg, len(seg) - 8, 3)     # `observer` (the last pointer): cap #0
     return c.call(calc, CALC_ID, 2, Content.standalone([bytes(seg)]), [observer]), observer
+
+
+def _observer_called(c: WireClient, calc: int, n: int) -> tuple[int, P.CallReceived]:
+    """Ask calc.sumTo(n, observer) (_ask_sum_to) and wait for calc's first call on
+    the observer: (the question's id, that call), for the client to answer."""
+    qid, observer = _ask_sum_to(c, calc, n)
+    return qid, c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
 
 
 def _sum_to(c: WireClient, calc: int, n: int, junk: int = 0) -> P.ReturnReceived:
@@ -441,8 +447,7 @@ def test_results_of_257_capabilities_fail_the_call_they_answer_not_the_connectio
     before = _supervisor(run.proc.pid)
     c = WireClient(sock)
     calc = c.get(c.bootstrap(), "calc")
-    qid, observer = _ask_sum_to(c, calc, 2)
-    step = c.wait(lambda e: isinstance(e, P.CallReceived) and e.target is observer)
+    qid, step = _observer_called(c, calc, 2)
     junk = [object() for _ in range(257)]
     # what send_return refuses to write (more than one message carries), by hand;
     # the answer is the client's own books' (send_exception), the bytes its own

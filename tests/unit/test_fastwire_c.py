@@ -128,19 +128,27 @@ def _segments(count):
     return out
 
 
-def test_the_native_wire_code_is_memory_safe_on_hostile_bytes(harness):
-    exe, d = harness
-    segs = _segments(2500)
+def _harness_lines(exe: str, d, prefix: str, blobs: list, *flags: str) -> list[str]:
+    """The sanitized harness run on each of `blobs` (written to files in `d`, in
+    runs of 500): its output lines, one per blob, in order; it must exit 0."""
     paths = []
-    for i, s in enumerate(segs):
-        p = d / f"s{i}.bin"
-        p.write_bytes(s)
+    for i, blob in enumerate(blobs):
+        p = d / f"{prefix}{i}.bin"
+        p.write_bytes(blob)
         paths.append(str(p))
     lines = []
     for at in range(0, len(paths), 500):
-        r = subprocess.run([exe, *paths[at:at + 500]], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([exe, *flags, *paths[at:at + 500]], capture_output=True,
+                           text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         lines += r.stdout.splitlines()
+    return lines
+
+
+def test_the_native_wire_code_is_memory_safe_on_hostile_bytes(harness):
+    exe, d = harness
+    segs = _segments(2500)
+    lines = _harness_lines(exe, d, "s", segs)
     assert len(lines) == len(segs)
     native = wire._native
     plain = 0
@@ -173,17 +181,7 @@ def test_the_lanes_forwarding_of_several_segments_is_memory_safe_on_hostile_byte
                      if len(segs) > 1]
         except wire.WireError:
             continue
-    paths = []
-    for i, m in enumerate(msgs):
-        p = d / f"m{i}.bin"
-        p.write_bytes(m)
-        paths.append(str(p))
-    lines = []
-    for at in range(0, len(paths), 500):
-        r = subprocess.run([exe, "--framed", *paths[at:at + 500]], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        lines += r.stdout.splitlines()
+    lines = _harness_lines(exe, d, "m", msgs, "--framed")
     assert len(lines) == len(msgs)
     several = 0
     for m, line in zip(msgs, lines):
