@@ -332,7 +332,7 @@ class Lifecycle:
             self.running.discard(name)
             return [Say(f"stopped {name}", name)]
         if error is not None:
-            return [Say(f"compartment {name} failed: {error}", name),
+            return [Say(_failed(name, error), name),
                     *self._stopped(name, True, "its program failed", now, why=error)]
         return [Say(f"finished {name} exit={exit_code}", name),
                 *self._stopped(name, exit_code != 0, f"its program ended (exit {exit_code})",
@@ -458,3 +458,13 @@ class Lifecycle:
         if force or code:
             self.exit_code = code if force else max(self.exit_code, code)
         return [Finish(self.exit_code)]
+
+
+def _failed(name: str, error: str) -> str:
+    """What the operator is told of a program that failed with `error`.  The
+    engine's words name the compartment already, for its callers ('compartment app
+    trapped: ...', 'compartment app failed: ...'): said with the name once."""
+    own = f"compartment {name} "
+    if error.startswith(own + "failed: "):
+        return error
+    return f"compartment {name} failed: {error.removeprefix(own)}"

@@ -72,9 +72,9 @@ def test_protected_memory_on_either_side_of_a_native_call_is_refused(tmp_path):
     out = r.stdout
     why = "a host call was given protected memory"
     for bad, span in (("params", "[0x10, 0x28)"), ("out", "[0x8, 0x10)")):
-        assert f"app_{bad} failed: compartment app_{bad} trapped: {why}: {span} starts {NA}" \
+        assert f"app_{bad} failed: trapped: {why}: {span} starts {NA}" \
             in out, out
-    assert f"app_reply failed: compartment app_reply trapped: {why}: [0x40, 0x58) starts {NA}" \
+    assert f"app_reply failed: trapped: {why}: [0x40, 0x58) starts {NA}" \
         in out, out
     for ok in ("ok", "callee"):
         assert f"wsuper: finished app_{ok} exit=0" in out, out

@@ -73,15 +73,15 @@ env = {{ host = "environment", args = ["ok", "ok", "ok"] }}
 """)
     out = r.stdout
     # 1. NULL
-    assert "wsuper: compartment null failed: compartment null trapped: access to no-access " \
+    assert "wsuper: compartment null failed: trapped: access to no-access " \
            f"memory at 0x0 ({NA}) (in " in out, out
     # 2. a string literal: the address it printed is the one that traps
     at = re.search(r"literal: at (0x[0-9a-f]+), writing", out).group(1)
     assert 0x1000 <= int(at, 16) < 0x2000
-    assert f"compartment literal trapped: write to read-only memory at {at} ({RO}) (in " in out
+    assert f"compartment literal failed: trapped: write to read-only memory at {at} ({RO}) (in " in out
     # 3. a const table of function pointers: its second entry
     ops = re.search(r"vtable: ops at (0x[0-9a-f]+), 2\+3=5", out).group(1)
-    assert f"compartment vtable trapped: write to read-only memory at {int(ops, 16) + 4:#x} " \
+    assert f"compartment vtable failed: trapped: write to read-only memory at {int(ops, 16) + 4:#x} " \
            f"({RO}) (in " in out
     assert "not protected" not in out
     # 4. read() into .rodata: EFAULT, said on its stderr (a stream of its own: in any
@@ -261,7 +261,7 @@ def test_a_plugin_laid_out_by_hand_as_plugins_md_says_is_protected_as_asked(tmp_
     assert f.declared is None and f.rodata[1] % 4096, f.rodata   # a partial last page
     r = _up(tmp_path, _program("literal", module, setting), schemas=False)
     at = re.search(r"literal: at (0x[0-9a-f]+), writing", r.stdout).group(1)
-    assert f"compartment literal trapped: write to read-only memory at {at} ({RO})" \
+    assert f"compartment literal failed: trapped: write to read-only memory at {at} ({RO})" \
         in r.stdout, r.stdout
 
 

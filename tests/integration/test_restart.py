@@ -33,7 +33,7 @@ log = { host = "log" }
     out = r.stdout.splitlines()
     assert r.returncode == 1
     assert out.count("[app] running") == 3                      # first run + 2 restarts
-    assert ("wsuper: compartment app failed: compartment app trapped: wasm `unreachable` "
+    assert ("wsuper: compartment app failed: trapped: wasm `unreachable` "
             "instruction executed (in function #") in r.stdout
     restarts = [l for l in out if l.startswith("wsuper: restarting app")]
     assert [l.split(" in ")[1].split(" s ")[0] for l in restarts] == ["0.05", "0.1"]

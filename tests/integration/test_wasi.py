@@ -1970,5 +1970,5 @@ def test_a_trap_in_a_wasi_call_names_the_function(tmp_path, call, named):
 """)
     system = _system(tmp_path, tmp_path / "trap.wat", 'stdout = { host = "log" }')
     r = run_wsuper("up", system, timeout=60)
-    assert (f"compartment app trapped: {named}: guest passed out-of-range memory"
+    assert (f"compartment app failed: trapped: {named}: guest passed out-of-range memory"
             in r.stderr), r.stderr

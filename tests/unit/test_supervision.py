@@ -413,6 +413,20 @@ def test_what_a_failed_program_hands_its_callers_says_why_it_failed():
     life.started("db", program=False)
     life.started("app", program=True)
     actions = life.program_ended("app", None, why, now=1)
+    # the operator is told the name once, the callers it as the engine said it
+    assert Say("compartment app failed: trapped: wasm `unreachable` instruction "
+               "executed") in actions
+    for error, said in [("compartment app failed: _start: no such export",
+                         "compartment app failed: _start: no such export"),
+                        ("its program ran longer than 1 s (limit run_time)",
+                         "compartment app failed: its program ran longer than 1 s "
+                         "(limit run_time)"),
+                        ("compartment application trapped: x",   # not its name
+                         "compartment app failed: compartment application trapped: x")]:
+        life = _life(db=RestartPolicy(), app=RestartPolicy("never"))
+        life.started("db", program=False)
+        life.started("app", program=True)
+        assert Say(said) in life.program_ended("app", None, error, now=1)
     assert Stop("app", f"stopped: its program failed: {why} (restart = 'never')") in actions
     assert Say("compartment app stopped: its program failed (restart = 'never')") in actions
     life = _life(db=RestartPolicy(), app=RestartPolicy())
