@@ -26,7 +26,7 @@ fresh copy of the same tree (`make_tree`) preopened as /sandbox.
 Checks, per seed:
 1. wsuper: the program ends (exit 0) or traps, and a trap's reason names the
    WASI function whose arguments were out of memory (`compartment app7
-   trapped: wasi_snapshot_preview1.fd_write: guest passed out-of-range memory
+   failed: trapped: wasi_snapshot_preview1.fd_write: guest passed out-of-range memory
    ...`); no Python traceback or internal error, no engine gone, no hang (a
    generous timeout: 300 s for a system whose calls take a few seconds).
 2. each call's errno, its out-values where both succeeded (what `_decode`
@@ -730,7 +730,7 @@ env = {{ host = "environment", args = {json.dumps(ARGS)}, vars = {_toml(ENV)} }}
             recs = records(f.read())
         mine = [l for l in r.stderr.splitlines() if f" {name} " in l or f" {name}:" in l]
         trap = next((l.split("trapped: ", 1)[1] for l in mine
-                     if f"compartment {name} trapped: " in l), None)
+                     if f"compartment {name} failed: trapped: " in l), None)
         got[name] = (recs, trap, mine)
     return got, r
 
