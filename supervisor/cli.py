@@ -904,11 +904,20 @@ def _admin(args) -> int:
         deadline = time.monotonic() + STOP_WAIT
         pid = answer.get("pid")
         while time.monotonic() < deadline:
-            if not endpoint.is_running(args.system):
+            held, holder = endpoint.lock_holder(args.system)
+            if held is not True:
                 # the path as check shows it: a directory named by a plugin's
                 # author (`wsuper stop plugins/*/system.toml`) wrote its terminal
                 # escapes (ESC [2J ...) as they were
                 print(f"wsuper: stopped {quoted(args.system)}")
+                return 0
+            if endpoint.another_holds(pid, holder):
+                # the up that was asked let go of the lock, and a new `wsuper up` of
+                # the same system took it before this looked (`wsuper stop S & wsuper
+                # up S`, a service manager restarting it): waited for that one, and
+                # said after 30 s that the system asked "has not stopped", exit 1
+                print(f"wsuper: stopped {quoted(args.system)} (pid {pid}); another wsuper "
+                      f"up of it has started since (pid {holder})")
                 return 0
             if isinstance(pid, int) and endpoint.stopped(pid):
                 # stopped (SIGSTOP) while it stopped: waited out STOP_WAIT, no word

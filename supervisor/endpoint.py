@@ -960,6 +960,15 @@ def lock_holder(system_path: str) -> tuple[bool | None, int | None]:
     return held, pid
 
 
+def another_holds(asked, holder: int | None) -> bool:
+    """Whether the `wsuper up` that answered a stop (`asked`: the pid it said) has let
+    go of its system's lock, now held by `holder` (lock_holder's pid) (pure): only
+    when both are known and differ; when the holder cannot be told (it has not
+    written its pid yet, or /proc/locks cannot say), it may still be the one asked."""
+    return isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 \
+        and holder is not None and holder != asked
+
+
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.lstat(path).st_mode)

@@ -163,6 +163,40 @@ def test_stop_ends_the_system_with_exit_code_zero_and_removes_its_sockets(runnin
     assert events[-2:] == ["stop requested", "run stopped"]
 
 
+def test_stop_of_a_system_restarted_meanwhile_says_stopped_not_that_it_failed(running,
+                                                                              wsuper):
+    """`wsuper stop S & wsuper up S` (or a service manager that starts a system again
+    as soon as it ends): the stop waited for nobody to hold the system's lock, the
+    new up took it first, and the stop said after 30 s "asked S to stop (pid A); it
+    has not stopped within 30 s", exit 1, of a system that had stopped (1 run in 4
+    of `wsuper stop S & sleep 0.04; wsuper up S`).  It waits for the up it asked
+    (the pid that answered) to let go of the lock, and names the one that has it
+    now.  Deterministic here: the stop command is held (SIGSTOP) while the first up
+    ends (slowly: an engine stopped, ended at SIGKILL) and the second comes up."""
+    first, path, tmp = running
+    calc = json.loads(run_wsuper("status", path, "--json").stdout)
+    engine = next(c["pid"] for c in calc["compartments"] if c["name"] == "calc")
+    os.kill(engine, signal.SIGSTOP)
+    stop = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "stop", path],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first.wait_for("stopping (wsuper stop)")
+        os.kill(stop.pid, signal.SIGSTOP)      # it has its answer; it looks at the lock next
+        assert first.finish(timeout=60) == 0
+        second = wsuper("up", path)
+        second.wait_for("finished app exit=0")
+    finally:
+        os.kill(stop.pid, signal.SIGCONT)
+    out, err = stop.communicate(timeout=60)
+    assert stop.returncode == 0, out + err
+    assert out == (f"wsuper: stopped {path} (pid {first.proc.pid}); another wsuper up of it "
+                   f"has started since (pid {second.proc.pid})\n"), out + err
+    # and the new one was left alone
+    status = json.loads(run_wsuper("status", path, "--json").stdout)
+    assert status["state"] == "running" and status["pid"] == second.proc.pid, status
+    assert second.proc.poll() is None
+
+
 def test_status_logs_and_stop_import_no_parser_engine_or_event_loop(running):
     """Commands to a running system read its file's text and talk to its socket:
     they imported pycapnp (with asyncio), wasmtime and, for `logs`, trio, ~0.2 s

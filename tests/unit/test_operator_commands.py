@@ -18,13 +18,17 @@ def test_stop_of_a_system_that_says_it_stops_but_does_not_is_an_error(tmp_path, 
     path.write_text('[compartments.app]\nmodule = "app.wat"\n')
     monkeypatch.setattr(cli, "STOP_WAIT", 0.2)
     monkeypatch.setattr(endpoint, "is_running", lambda _p: True)
+    state = endpoint.system_state(str(path))        # (decided before the fake lock)
+    monkeypatch.setattr(endpoint, "system_state", lambda _p: state)
+    monkeypatch.setattr(endpoint, "lock_holder", lambda _p: (True, 4242))
     monkeypatch.setattr(endpoint, "request", lambda _p, body, **kw: {
         "ok": True, "text": "stopping", "pid": 4242})
     assert cli.main(["stop", str(path)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "has not stopped within 0.2 s" in err and "pid 4242" in err
-    running = iter([True, True, False])
-    monkeypatch.setattr(endpoint, "is_running", lambda _p: next(running))
+    # held by it still, by a holder that cannot be told yet, then by nobody
+    holders = iter([(True, 4242), (True, None), (False, None)])
+    monkeypatch.setattr(endpoint, "lock_holder", lambda _p: next(holders))
     assert cli.main(["stop", str(path)]) == 0
     assert capsys.readouterr().out == f"wsuper: stopped {path}\n"
 
@@ -749,3 +753,12 @@ def test_a_stopped_process_is_said_stopped(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_stop_knows_the_up_it_asked_from_a_new_one_only_when_both_pids_are_known():
+    from supervisor.endpoint import another_holds
+    assert another_holds(100, 200)
+    assert not another_holds(100, 100)            # still the one asked
+    assert not another_holds(100, None)           # its holder cannot be told yet
+    for asked in (None, True, 0, -1, "100"):      # no pid (or a nonsense one) answered
+        assert not another_holds(asked, 200)
