@@ -14,7 +14,10 @@ per engine, so a compartment in a long loop delays only its own events.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import sys
+import termios
 import time
 
 import trio
@@ -458,13 +461,24 @@ class Prober:
         """A trace session: calls probes (with events) on the chosen compartments for
         `seconds`; events go to the client as JSON lines, then one summary line."""
         last = trio.current_time()
+        reader = P.ReaderWatch(last)
+
+        def reading():
+            # a client that reads nothing, while what it is sent still fits in its
+            # socket's buffer, is gone too: its place and probes come off
+            reader.look(trio.current_time(), _unread(stream))
+            if reader.stalled(trio.current_time(), TRACE_SEND_TIMEOUT):
+                raise trio.BrokenResourceError(f"the trace client read nothing for "
+                                               f"{TRACE_SEND_TIMEOUT:g} s")
 
         async def send(obj):
             # a client that stops reading would hold the trace, and its probes on every
             # compartment it chose, for as long as it keeps the connection open
             nonlocal last
+            reading()
             with trio.move_on_after(TRACE_SEND_TIMEOUT):
                 await stream.send_all(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+                reader.wrote(_unread(stream))
                 last = trio.current_time()
                 return
             raise trio.BrokenResourceError(f"the trace client read nothing for "
@@ -515,6 +529,7 @@ class Prober:
             deadline = trio.current_time() + seconds
             while trio.current_time() < deadline:
                 await trio.sleep(min(POLL * 2, max(0.0, deadline - trio.current_time())))
+                reading()
                 # a restart drops run-time probes, the session's too: without them
                 # again on the new engine, the compartment's calls were missing
                 # from the rest of the trace without a word
@@ -692,3 +707,13 @@ def _event_struct(e: dict) -> dict:
            "size": e.get("size", 0), "function": e.get("function", 0),
            "result": e.get("result", 0), "probes": list(e.get("probes", ()))}
     return out
+
+
+def _unread(stream) -> int | None:
+    """Bytes written to `stream`'s socket that its reader has not taken (SIOCOUTQ:
+    for a Unix socket, what they hold of its buffer), or None if it cannot be told."""
+    try:
+        raw = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int.from_bytes(raw, sys.byteorder, signed=True)

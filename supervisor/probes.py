@@ -269,6 +269,37 @@ class Subscriber:
         return out, dropped
 
 
+class ReaderWatch:
+    """Whether a sink's reader takes anything (pure), from what its socket says is
+    queued unread (SIOCOUTQ) at each look: any fall of it, or nothing queued, is the
+    reader taking something; what the sink itself writes rises it, and a look right
+    after each write makes that the new level.  A trace client that read nothing was
+    found out only once the socket's buffer (~200 KiB) was full: on a quiet system,
+    its heartbeat of 14 bytes a second took many minutes to fill it, and four such
+    clients held every place of MAX_TRACES, and their calls probes on every
+    compartment (the fast lane's routes down), for the hour they asked for."""
+
+    def __init__(self, now: float):
+        self.level = 0
+        self.since = now             # when the reader was last seen taking something
+
+    def look(self, now: float, queued: int | None):
+        """What is queued now, before any write of ours (None: cannot tell, as if
+        taken)."""
+        if queued is None or queued == 0 or queued < self.level:
+            self.since = now
+        if queued is not None:
+            self.level = queued
+
+    def wrote(self, queued: int | None):
+        """What is queued right after a write of ours."""
+        if queued is not None:
+            self.level = queued
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        return now - self.since >= timeout
+
+
 class CallProbes:
     """The router's hook on calls: it opens a record when a call is delivered and
     closes it when the call ends, for calls from or to a watched compartment.

@@ -324,6 +324,50 @@ def test_a_trace_whose_client_closed_its_connection_ends_and_takes_its_probes_of
     assert run.proc.poll() is None
 
 
+def test_trace_clients_that_read_nothing_on_a_quiet_system_lose_their_places(tmp_path,
+                                                                             wsuper):
+    """An outside review of the admin socket as a hostile local client (r241): a
+    trace client that reads nothing was found out only once its socket's buffer
+    (~200 KiB) was full, and on a quiet system the heartbeat (an empty line a
+    second) took many minutes to fill it: four clients that each asked for a trace
+    of 3600 s and read nothing held every place of MAX_TRACES (the operator's
+    `wsuper trace` refused "4 traces are running already", still after 4 minutes),
+    and their calls probes on every compartment.  A session whose client takes
+    nothing of what it was sent for TRACE_SEND_TIMEOUT ends (SIOCOUTQ:
+    probes.ReaderWatch), whether or not the buffer is full."""
+    import socket
+    from supervisor import endpoint, prober
+    system = tmp_path / "quiet.toml"               # serves until stopped; nobody calls
+    system.write_text(CALC.replace("[system]\n", f'[system]\nsocket = "{tmp_path}/q.sock"\n')
+                      + "external = true\n")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    held = []
+    for _ in range(prober.MAX_TRACES):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(endpoint.admin_socket_path(str(system)))
+        client.sendall(json.dumps({"op": "trace", "system": endpoint.identity(str(system)),
+                                   "seconds": 3600}).encode() + b"\n")
+        held.append(client)
+    run.wait_for(f"probe added: calc.trace-{prober.MAX_TRACES}")
+    out = tmp_path / "trace.json"
+    deadline = time.monotonic() + prober.TRACE_SEND_TIMEOUT + 40
+    while True:
+        r = run_wsuper("trace", str(system), "--seconds", "0.5", "-o", str(out))
+        if r.returncode == 0:
+            break
+        assert "traces are running already" in r.stderr, r.stderr
+        assert time.monotonic() < deadline, "clients that read nothing keep every trace"
+        time.sleep(1)
+    assert "no probes" in _probe(system, "calc", "list").stdout
+    for client in held:                           # each session ended: its connection closed
+        client.settimeout(30)
+        while client.recv(1 << 16):
+            pass
+        client.close()
+    assert run.proc.poll() is None
+
+
 def test_a_trace_the_system_cuts_short_says_so_and_keeps_what_came(tmp_path, wsuper):
     """An outside review: `wsuper trace` of a system that stopped during the session
     wrote the file and exited 0, as if the trace had run its seconds."""

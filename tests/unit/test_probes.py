@@ -1305,3 +1305,24 @@ def test_a_trace_client_keeps_a_bounded_number_of_events_and_counts_the_rest(
     args.output, args.format = str(out), "chrome"
     assert probecli.trace_command(args) == 0
     assert json.loads(out.read_text())["otherData"]["dropped"] == 4007
+
+
+def test_a_reader_is_stalled_only_when_nothing_it_was_sent_is_taken_for_the_timeout():
+    """probes.ReaderWatch: what a sink writes raises what is queued; only a fall of
+    it (or nothing queued) is the reader taking something."""
+    w = P.ReaderWatch(0.0)
+    w.look(1.0, 0)
+    w.wrote(800)                      # a line sent, not taken
+    w.look(3.0, 800)
+    w.wrote(1600)                     # another
+    w.look(5.9, 1600)
+    assert not w.stalled(5.9, 5.0)    # nothing taken since 1.0, but not 5 s yet
+    assert w.stalled(6.0, 5.0)
+    w.look(6.5, 800)                  # it took one line: reading again
+    assert not w.stalled(11.0, 5.0) and w.stalled(11.5, 5.0)
+    w.look(12.0, 0)                   # all taken
+    w.wrote(900)
+    w.look(16.9, 900)
+    assert not w.stalled(16.9, 5.0)
+    w.look(17.0, None)                # cannot be told: as if taken
+    assert not w.stalled(21.9, 5.0)
