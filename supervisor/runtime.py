@@ -2739,7 +2739,7 @@ class Supervisor:
         data = b""
         conn.scope.deadline = trio.current_time() + endpoint.ADMIN_READ_TIMEOUT
         with conn.scope:
-            while b"\n" not in data and len(data) < endpoint.ADMIN_LINE_LIMIT:
+            while b"\n" not in data and len(data) <= endpoint.ADMIN_LINE_LIMIT:
                 try:
                     chunk = await stream.receive_some(1 << 16)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -2755,6 +2755,14 @@ class Supervisor:
                 f"{endpoint.ADMIN_CONNECTIONS} admin connections still sending theirs)"})
             return
         line = data.partition(b"\n")[0]
+        if len(line) > endpoint.ADMIN_LINE_LIMIT:
+            # cut at the limit, it was parsed all the same, and answered "expected one
+            # JSON object on one line", which did not say what was wrong with it
+            self._admin_line_now(stream, {
+                "ok": False, "system": self.identity,
+                "error": f"a request is one line of at most {endpoint.ADMIN_LINE_LIMIT} "
+                         f"bytes: this one is longer"})
+            return
         answering = sum(not c.reading for c in self._admin_conns) - 1
         if answering >= endpoint.ADMIN_ANSWERING and not endpoint.is_stop(line):
             self.tell_once("max-admin", f"more than {endpoint.ADMIN_ANSWERING} admin "
@@ -2849,8 +2857,10 @@ class Supervisor:
     async def _admin_answer(self, line: bytes) -> dict:
         try:
             req = endpoint.decode(line)
-        except ValueError:
-            return {"ok": False, "error": "expected one JSON object on one line"}
+        except ValueError as e:
+            # why, too (not UTF-8, not JSON where, not an object, nested too deeply)
+            return {"ok": False, "error": f"expected one JSON object on one line "
+                                          f"({printable(str(e))[:200]})"}
         if req.get("system") != self.identity:
             return {"ok": False, "error": f"this is {self.system.path}, not "
                                           f"{printable(str(req.get('system')))[:200]}"}

@@ -523,6 +523,41 @@ def test_a_plugin_cannot_pass_for_the_supervisor_in_the_logs(tmp_path, wsuper):
         assert shown.count("wsuper: finished app exit=0") == 1, shown
 
 
+def test_an_admin_request_that_cannot_be_taken_is_told_why(running):
+    """An outside review of the admin socket as a hostile local client (r241): a
+    request line past ADMIN_LINE_LIMIT was cut at the limit, parsed all the same,
+    and answered "expected one JSON object on one line", as was a line that is not
+    UTF-8 or not an object: the client was not told what was wrong.  Each answer
+    says it; a request of exactly the limit is still taken."""
+    import socket
+    from supervisor import endpoint
+    _run, path, _ = running
+    ident = endpoint.identity(path)
+
+    def ask(line: bytes) -> dict:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(endpoint.admin_socket_path(path))
+            s.sendall(line)
+            s.shutdown(socket.SHUT_WR)
+            return json.loads(s.makefile("rb").readline())
+    limit = endpoint.ADMIN_LINE_LIMIT
+    request = json.dumps({"op": "status", "system": ident}).encode()
+    for size in (limit + 1, limit + 5000, 3 * limit):
+        answer = ask(request + b" " * (size - len(request)) + b"\n")
+        assert answer["ok"] is False and answer["system"] == ident, answer
+        assert answer["error"] == (f"a request is one line of at most {limit} bytes: "
+                                   f"this one is longer"), answer
+    answer = ask(request + b" " * (limit - len(request)) + b"\n")
+    assert answer["ok"] is True and answer["status"]["compartments"], answer
+    for line, why in ((b"\xff\xfe\n", "utf-8"), (b"[1]\n", "not a JSON object"),
+                      (b"{" * 65 + b"\n", "nested too deeply"), (b"{'a': 1}\n", "not JSON")):
+        answer = ask(line)
+        assert answer["ok"] is False and answer["error"].startswith(
+            "expected one JSON object on one line (") and why in answer["error"], answer
+    assert run_wsuper("call", path, "calc.add", "(a = 1, b = 2)").stdout.strip() == "(sum = 3)"
+
+
 @pytest.mark.parametrize("args, code, said", [
     ((), 0, "[app] H\\xe9 \\u65e5\\u672c"),                     # a plugin's text, on stdout
     (("\u00e9t\u00e9",), 2, "has no compartment '\\xe9t\\xe9'"),   # an error, on stderr
