@@ -35,6 +35,8 @@ ENGINE_TIMEOUT = 5.0
 MAX_TRACES = 4
 MAX_READ = 1024
 MAX_WAIT_MS = 10_000
+#: seconds between a waiting read's looks at whether its call is still wanted
+READ_RECHECK = 1.0
 TRACE_CHUNK = 500                 # events per line of a trace stream
 #: A trace client that takes none of a line for this long is gone: its probes come off.
 TRACE_SEND_TIMEOUT = 5.0
@@ -626,11 +628,36 @@ class Prober:
             self.sup.nursery.start_soon(self._read_later, call, sub, n, wait)
 
     async def _read_later(self, call, sub, n, wait):
-        woke = trio.Event()
-        sub.wake = woke.set
-        with trio.move_on_after(wait):
-            await woke.wait()
-        sub.wake = None
+        """Answer read `call` once `sub` has events, or after `wait` s, while its call
+        is still wanted.  Every read waiting on `sub` is woken by an event (one of
+        them takes it; the others wait on).  A read whose call ended meanwhile (its
+        caller gave up on it: cancelled, past its call_time, gone, revoked) takes
+        nothing: it waited on, took the first events that came into an answer that
+        went nowhere, and they were lost to the analysis's next read, uncounted;
+        and as the one read a queue could wake, a second read left the first
+        sleeping beside waiting events, or, ending first, the other (an outside
+        review, r240)."""
+        live = self.sup.router.host_call_live
+        deadline = trio.current_time() + wait
+        while not sub.queue and live(call.token):
+            now = trio.current_time()
+            if now >= deadline:
+                break
+            woke = trio.Event()
+            sub.waiters.add(woke)
+            try:
+                # a call given up is noticed within READ_RECHECK even when no event comes
+                with trio.move_on_at(min(deadline, now + READ_RECHECK)):
+                    await woke.wait()
+            finally:
+                sub.waiters.discard(woke)
+        if not live(call.token):
+            expired = self.sup.router.host_call_expired(call.token)
+            self.sup._host_done(call.token, hostcaps.Refusal(expired, "denied") if expired
+                                else hostcaps.Refusal("ECANCELED: the read's call ended while "
+                                                      "it waited (cancelled, or its caller "
+                                                      "is gone)"))
+            return
         self._answer_read(call, sub, n)
 
     def _answer_read(self, call, sub, n):

@@ -251,10 +251,16 @@ class Subscriber:
         self.limit = limit
         self.dropped = 0
         self.label = label
-        self.wake = None                 # set by the runtime: called when events arrive
+        #: the reads waiting for events (trio.Event, prober._read_later): each is set
+        #: when events arrive
+        self.waiters: set = set()
 
     def wants(self, compartment: str) -> bool:
         return self.compartments is None or compartment in self.compartments
+
+    def wake(self):
+        for w in self.waiters:
+            w.set()
 
     def put(self, event: dict):
         if len(self.queue) >= self.limit:
@@ -683,7 +689,7 @@ class Registry:
                     continue
                 sub.put({**ev, "compartment": seen[0],
                          "probes": [n for c in seen for n in sides[c]]})
-                if sub.wake is not None:
+                if sub.waiters:
                     sub.wake()
 
     def _fan(self, ev: dict, probe_names: list):
@@ -691,7 +697,7 @@ class Registry:
         for sub in self.subscribers:
             if sub.wants(ev["compartment"]):
                 sub.put(ev)
-                if sub.wake is not None:
+                if sub.waiters:
                     sub.wake()
 
     def subscribe(self, sub: Subscriber) -> Subscriber:

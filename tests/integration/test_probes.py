@@ -665,3 +665,114 @@ point = "calls"
     r = _probe(system, "calc", "list")
     assert "no probes" in r.stdout and "not ready" not in r.stdout, r.stdout
     assert _probe(system, "calc", "list", "mine").returncode == 1
+
+
+
+def _reader(tmp_path):
+    """guests/c/probe_reader.c built: an analysis of calc's probe events serving Calc,
+    whose add(a, b) reads its events once, waiting up to `a` ms, and answers how many
+    the read returned."""
+    from supervisor import bindgen, toolchain
+    include = str(tmp_path / "include")
+    for schema in (f"{EXAMPLES}/calc.capnp",
+                   os.path.join(ROOT, "capnp_schemas", "probe.capnp")):
+        bindgen.generate(schema, include)
+    return toolchain.build([os.path.join(GUESTS, "c", "probe_reader.c")],
+                           str(tmp_path / "reader.wasm"), reactor=True, include=[include])
+
+
+def _reader_system(tmp_path, wsuper, call_time):
+    """calc (counting.wat, with a calls probe) and `reader`, granted a Probe on calc,
+    whose calls may take `call_time` s: (external socket, system file)."""
+    sock = tmp_path / "r.sock"
+    system = tmp_path / "r.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{GUESTS}/counting.wat"
+exports = "Calc"
+external = true
+[compartments.calc.probes.seen]
+point = "calls"
+[compartments.reader]
+module = "{_reader(tmp_path)}"
+exports = "Calc"
+external = true
+limits = {{ call_time = {call_time} }}
+[compartments.reader.grants]
+events = {{ host = "probe", on = "calc" }}
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready reader")
+    run.wait_for("ready calc")
+    return str(sock), system
+
+
+CALC_SCHEMA = os.path.join(EXAMPLES, "calc.capnp")
+
+
+def _add(gateway, name, a):
+    schema = capnp_schemas.load(CALC_SCHEMA)
+
+    async def call():
+        cap = (await gateway.get(name)).cap.as_interface(schema.Calc)
+        try:
+            return (await cap.add(a, 0)).sum
+        except Exception as e:  # noqa: BLE001 - the call's failure is the answer
+            return str(e)
+    return call()
+
+
+def _seen_once(system):
+    """Until calc's calls probe has taken its one call's record (and put it in the
+    queue of the reads of its events)."""
+    for _ in range(100):
+        seen = json.loads(_probe(system, "calc", "list", "--json").stdout)[0]["seen"]
+        if seen:
+            break
+        time.sleep(0.1)
+    assert seen == 1
+
+
+def test_a_read_its_caller_gave_up_on_takes_no_event_from_the_next(tmp_path, wsuper):
+    """A Probe read that waits for events belongs to the call out that made it: once
+    that call is given up (here the analysis's own call ran past its call_time, and
+    its engine finished the read), the events that come are the next read's.  The
+    supervisor's wait went on, took the first event that came into an answer that
+    went nowhere, and the analysis never saw it, nor was it counted dropped (an
+    outside review, r240)."""
+    sock, system = _reader_system(tmp_path, wsuper, call_time=1)
+    # waits for events for up to 10 s, in a call that may take 1 s
+    assert "did not answer within" in external_client(
+        sock, lambda gw: _add(gw, "reader", 10_000))
+    assert external_client(sock, lambda gw: _add(gw, "calc", 2)) == 1   # its first call
+    _seen_once(system)
+    assert external_client(sock, lambda gw: _add(gw, "reader", 0)) == 1   # without waiting
+
+
+def test_every_read_waiting_on_a_probe_is_woken_by_its_events(tmp_path, wsuper):
+    """Two reads of one Probe capability wait at once (the second in a call served
+    while the first waits, re-entrantly): the queue woke only the last to wait, and
+    the first to end took that away from the other.  Here the second waits 0.3 s
+    and ends with nothing; the first, waiting up to 10 s, slept through the event
+    that came next, and its call (which may take 9 s) failed past its call_time
+    instead of answering with it (an outside review, r240)."""
+    sock, system = _reader_system(tmp_path, wsuper, call_time=9)
+    schema = capnp_schemas.load(CALC_SCHEMA)
+
+    async def sum_of(promise):
+        try:
+            return (await promise).sum
+        except Exception as e:  # noqa: BLE001 - the call's failure is the answer
+            return str(e)
+
+    async def body(gateway):
+        reader = (await gateway.get("reader")).cap.as_interface(schema.Calc)
+        calc = (await gateway.get("calc")).cap.as_interface(schema.Calc)
+        first = reader.add(10_000, 0)          # sent now: its read waits for events
+        second = await sum_of(reader.add(300, 0))   # served on top of it, in order
+        event = await sum_of(calc.add(2, 0))        # the event the first waits for
+        return await sum_of(first), second, event
+    assert external_client(sock, body) == (1, 0, 1)
