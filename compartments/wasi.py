@@ -125,15 +125,21 @@ _M = {(i.name, m.name): (i.id, m.ordinal, m.params, m.results)    # from the one
       for i in hosted.BY_KIND.values() for m in i.methods}
 
 
-#: (argument, bytes) of the result of each call that changes something: a result
-#: pointer the program may not write (memory protection: EFAULT) fails the call
-#: before it opens, writes, reads or seeks (it used to do that, then say EFAULT:
-#: the program, told nothing happened, wrote again or lost what it read).  The
+#: (argument, bytes) of the result of each call that changes something, or writes
+#: other memory first: a result pointer the program may not write (memory
+#: protection: EFAULT) fails the call before it opens, writes, reads or seeks (it
+#: used to do that, then say EFAULT: the program, told nothing happened, wrote
+#: again or lost what it read), and before it fills a buffer or sleeps (readdir
+#: and readlink filled theirs, poll_oneoff slept and wrote its events, and the
+#: sizes calls wrote their first result, each then saying EFAULT: an outside
+#: review, r240).  The
 #: check writes back the bytes that are there: a result pointer into the call's
 #: own path, iovecs or data is read as the program left it (zeros were written
 #: there first, so fd_write wrote them and path_open read a path cut by a NUL)
 _RESULTS = {"path_open": ((8, 4),), "fd_read": ((3, 4),), "fd_write": ((3, 4),),
-            "fd_pread": ((4, 4),), "fd_pwrite": ((4, 4),), "fd_seek": ((3, 8),)}
+            "fd_pread": ((4, 4),), "fd_pwrite": ((4, 4),), "fd_seek": ((3, 8),),
+            "fd_readdir": ((4, 4),), "path_readlink": ((5, 4),), "poll_oneoff": ((3, 4),),
+            "args_sizes_get": ((0, 4), (1, 4)), "environ_sizes_get": ((0, 4), (1, 4))}
 
 
 #: (argument, the values it may take) of each flags or enum argument: witx gives it a
@@ -752,6 +758,11 @@ class Wasi:
         if not ready and timers:
             timeout, _ = min(timers)
             left = timeout / 1e9
+            # the events it will write, checked before it sleeps (EFAULT, not a sleep
+            # and then EFAULT), as the count is (_RESULTS)
+            at = events_ptr & 0xFFFFFFFF
+            due = sum(1 for t, _u in timers if t <= timeout)
+            self.host.write(at, self.host.read(at, 32 * due))
             # answers the engine holds go out first; a call's sleep past its
             # call_time fails the call instead
             self.host.before_blocking(left)

@@ -1126,6 +1126,23 @@ def test_a_result_pointer_in_protected_memory_fails_the_call_before_it_acts(tmp_
     assert sorted(os.listdir(d)) == ["bo.txt"] and (d / "bo.txt").read_text() == "abcdefg"
 
 
+def test_a_count_in_protected_memory_fails_the_call_before_it_fills_a_buffer(tmp_path,
+                                                                            edges_guest):
+    """readdir, readlink, poll_oneoff and args_sizes_get, each given the pointer of
+    its count (or second size) in the null page: EFAULT, and the buffer they fill
+    first left as it was.  They filled it (readdir with entries, readlink with the
+    link, poll_oneoff with its events after it had slept, args_sizes_get with the
+    count) and then said EFAULT (an outside review, r240)."""
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    (d / "link").symlink_to("target")
+    code, lines, r = under_wsuper(tmp_path, edges_guest, d, ["badfill"], to_file=True)
+    assert code == 0, r.stdout + r.stderr
+    assert lines == ["readdir 21", "readdir-buffer-untouched 1", "readlink 21",
+                     "readlink-buffer-untouched 1", "poll 21", "poll-events-untouched 1",
+                     "args-sizes 21", "args-count-untouched 1"], r.stderr
+
+
 def test_opening_past_the_handles_limit_is_emfile_not_eagain(tmp_path, edges_guest):
     """Each open file or directory is a handle; with the default `handles` (1024)
     the c-list fills before the 1024 descriptors: the open failed EAGAIN (the

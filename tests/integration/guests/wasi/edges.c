@@ -16,6 +16,8 @@
  *             in wasi-libc) at every entry
  *   badout    calls whose result pointer is in the null page (wsuper: EFAULT)
  *             and what they did anyway
+ *   badfill   calls whose count is in the null page (wsuper: EFAULT) and the
+ *             buffers they would have filled first
  *   emfile    open until it fails; close one; open again
  *   fullopen  open until it fails; then O_TRUNC, O_CREAT and O_EXCL do nothing
  *   shortappend  appends that the file's largest size cuts short (waits for "go")
@@ -56,6 +58,7 @@ W(fd_fdstat_set_flags) I w_fd_fdstat_set_flags(I, I);
 W(fd_pread) I w_fd_pread(I, I, I, L, I);
 W(fd_pwrite) I w_fd_pwrite(I, I, I, L, I);
 W(fd_advise) I w_fd_advise(I, L, L, I);
+W(args_sizes_get) I w_args_sizes_get(I, I);
 W(fd_allocate) I w_fd_allocate(I, L, L);
 W(fd_filestat_set_size) I w_fd_filestat_set_size(I, L);
 W(fd_filestat_set_times) I w_fd_filestat_set_times(I, L, L, I);
@@ -532,6 +535,22 @@ static void readlinks(void) {
   }
 }
 
+static void badfill(void) {
+  const I bad = 16;                 /* the null page: no access under wsuper */
+  char buf[64];
+  memset(buf, 'z', sizeof buf);
+  printf("readdir %d\n", w_fd_readdir(3, P(buf), sizeof buf, 0, bad));
+  printf("readdir-buffer-untouched %d\n", buf[0] == 'z');
+  printf("readlink %d\n", w_path_readlink(3, S("link"), P(buf), sizeof buf, bad));
+  printf("readlink-buffer-untouched %d\n", buf[0] == 'z');
+  uint64_t sub[6] = {0x77, 0, 0, 1, 0, 0};  /* userdata 0x77, clock 0 (realtime), 1 ns */
+  printf("poll %d\n", w_poll_oneoff(P(sub), P(buf), 1, bad));
+  printf("poll-events-untouched %d\n", buf[0] == 'z');
+  uint32_t count = 7;
+  printf("args-sizes %d\n", w_args_sizes_get(P(&count), bad));
+  printf("args-count-untouched %d\n", count == 7);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -544,6 +563,7 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "dropped")) dropped();
   if (!strcmp(part, "cookies")) cookies();
   if (!strcmp(part, "badout")) badout();
+  if (!strcmp(part, "badfill")) badfill();
   if (!strcmp(part, "emfile")) emfile();
   if (!strcmp(part, "fullopen")) fullopen();
   if (!strcmp(part, "shortappend")) shortappend();
