@@ -747,6 +747,10 @@ def test_a_read_its_caller_gave_up_on_takes_no_event_from_the_next(tmp_path, wsu
     # waits for events for up to 10 s, in a call that may take 1 s
     assert "did not answer within" in external_client(
         sock, lambda gw: _add(gw, "reader", 10_000))
+    # a read that does not wait: the reader's engine finished the first read (when the
+    # supervisor finished the call it served) before it served this call, so the
+    # supervisor has had that Finish by this read's answer
+    assert external_client(sock, lambda gw: _add(gw, "reader", 0)) == 0
     assert external_client(sock, lambda gw: _add(gw, "calc", 2)) == 1   # its first call
     _seen_once(system)
     assert external_client(sock, lambda gw: _add(gw, "reader", 0)) == 1   # without waiting
@@ -776,3 +780,4 @@ def test_every_read_waiting_on_a_probe_is_woken_by_its_events(tmp_path, wsuper):
         event = await sum_of(calc.add(2, 0))        # the event the first waits for
         return await sum_of(first), second, event
     assert external_client(sock, body) == (1, 0, 1)
+
