@@ -30,6 +30,9 @@ from .instrument import COUNT, EVENTS, EXPORT_ON, EXPORT_PROBES, HOOKS, PROBE_MO
 #: kind, site (or import number), time ns, a, b
 EVENT = struct.Struct("<IIqqq")
 ENTER, EXIT, BLOCK, STORE, HOSTCALL = 1, 2, 3, 4, 5
+#: A HOSTCALL record's result when the host call trapped its guest (raised) instead
+#: of returning: no i32 a host function returns
+TRAPPED = -(1 << 32)
 #: Events kept between two collects; more are dropped (and counted).
 MAX_EVENTS = 1 << 16
 #: host calls by number: the wsuper ABI, then WASI (as the supervisor names them)
@@ -103,18 +106,21 @@ class EngineProbes:
         """`fn`, timed while host-call probes are on (one test of a flag otherwise)."""
         number = _NUMBER[name]
         record = self._record
+        ends = name == "wasi.proc_exit"     # it never returns, and has not failed
 
         def call(*args):
             if not self.hostcalls:
                 return fn(*args)
             t0 = _now()
             result = None
+            returned = False
             try:
                 result = fn(*args)
+                returned = True
                 return result
-            finally:      # a: how long it took; b: what it returned
-                record(HOSTCALL, number, _now() - t0, result if isinstance(result, int) else 0,
-                       t0)
+            finally:      # a: how long it took; b: what it returned, or TRAPPED
+                record(HOSTCALL, number, _now() - t0, result if isinstance(result, int) else
+                       0 if returned or ends else TRAPPED, t0)
         return call
 
     # ------------------------------------------------------------ instances and control
@@ -280,4 +286,4 @@ def control(probes: EngineProbes, method: int, content, max_bytes: int | None = 
 
 
 __all__ = ["EngineProbes", "EVENT", "HOST_FUNCTIONS", "ENTER", "EXIT", "BLOCK", "STORE",
-           "HOSTCALL"]
+           "HOSTCALL", "TRAPPED"]

@@ -36,6 +36,9 @@ import attrs
 from compartments.instrument import COUNT, EVENTS, KINDS, Sites
 from compartments.probing import BLOCK, ENTER, EVENT, EXIT, HOST_FUNCTIONS, HOSTCALL, STORE
 
+#: HOST_FUNCTIONS from here on are WASI's (before: the wsuper ABI's)
+WASI_FIRST = next(i for i, n in enumerate(HOST_FUNCTIONS) if n.startswith("wasi."))
+
 POINTS = ("calls", "hostcalls", "functions", "blocks", "stores")
 IN_MODULE = ("functions", "blocks", "stores")       # need sites compiled in
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
@@ -598,8 +601,11 @@ class Registry:
                 name = HOST_FUNCTIONS[site]
                 ev = {"kind": "hostcall", "compartment": compartment, "name": name,
                       "ts_ns": t, "dur_ns": max(a, 0), "result": b}
+                # failed: a WASI import's errno (any but 0; a wsuper one's are negative),
+                # or a trap (probing.TRAPPED); every WASI failure was counted a success
+                ok = b == 0 if site >= WASI_FIRST else b >= 0
                 for p in hps:
-                    p.count(name, max(a, 0), ok=b >= 0)
+                    p.count(name, max(a, 0), ok=ok)
                 # an event only of the probes that record events (--events): one that
                 # counts gave every sink (an analysis granted a Probe on this
                 # compartment) each host call the guest made, its result and duration

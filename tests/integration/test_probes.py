@@ -781,3 +781,34 @@ def test_every_read_waiting_on_a_probe_is_woken_by_its_events(tmp_path, wsuper):
         return await sum_of(first), second, event
     assert external_client(sock, body) == (1, 0, 1)
 
+
+def test_a_hostcalls_probe_counts_wasi_errors_and_traps_as_failures(tmp_path, wsuper):
+    """A WASI import fails when it returns an errno other than 0, and a host call
+    that traps its guest fails too; only a negative result (the wsuper ABI's
+    errors) was counted failed: every EBADF, ENOENT or EFAULT of a WASI call,
+    and every trap in a host call, was a success in `probe list` (an outside
+    review, r240)."""
+    sock = tmp_path / "h.sock"
+    system = tmp_path / "h.toml"
+    system.write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{GUESTS}/hostcall_failures.wat"
+exports = "Calc"
+external = true
+[compartments.calc.probes.h]
+point = "hostcalls"
+""")
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    assert external_client(str(sock), lambda gw: _add(gw, "calc", 1)) == 1
+    assert "trapped" in external_client(str(sock), lambda gw: _add(gw, "calc", 1))
+    for _ in range(100):        # the engine's records of both calls' host calls
+        [p] = json.loads(_probe(system, "calc", "list", "--json").stdout)
+        if p["seen"] >= 6:
+            break
+        time.sleep(0.1)
+    assert p["counts"] == {"wasi.fd_close": 2, "wsuper.lookup": 3, "wsuper.results_set": 1}
+    assert p["failed"] == {"wasi.fd_close": 2, "wsuper.lookup": 3}
