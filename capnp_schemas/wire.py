@@ -281,9 +281,10 @@ class Framer:
         while pos < size:
             try:
                 t = _segment_table(data, pos, self.max_segments, self.max_words)
-            except WireError as e:
-                t = self._oversized(data, pos)
-                if t is None:
+            except WireError:
+                try:
+                    t = self._oversized(data, pos)
+                except WireError as e:
                     if not out:
                         raise
                     self.failed = e              # after the messages before it
@@ -308,19 +309,22 @@ class Framer:
         self.messages += len(out) - done
         return out
 
-    def _oversized(self, data, pos: int) -> int | None:
+    def _oversized(self, data, pos: int) -> int:
         """The message at `data[pos]` passes max_words: from here it is skipped
-        (returns where its segments begin), or None if it passes another limit."""
-        try:
-            t = _segment_table(data, pos, self.max_segments, 1 << 62)
-        except WireError:
-            return None
-        start, sizes, end = t or (0, (), 0)
+        (returns where its segments begin).  A WireError if it passes another
+        limit, naming that limit: past the bytes skipped (MAX_SKIPPED_BYTES, or
+        twice the limit), the error named the limit of max_words, which a
+        message that passes it alone is skipped at (r243)."""
+        start, sizes, end = _segment_table(data, pos, self.max_segments, 1 << 62)
         # its segments' bytes, as a stock reader counts them against its traversal
         # limit (its segment table is not counted: a body of exactly 8 Mi words is
         # read there, and was cut off here as a framing error)
-        if t is None or end - start > max(MAX_SKIPPED_BYTES, 16 * self.max_words):
-            return None
+        bound = max(MAX_SKIPPED_BYTES, 16 * self.max_words)
+        if end - start > bound:
+            raise WireError(f"message of {end - start} bytes exceeds the limit of {bound} "
+                            f"bytes (a message past {8 * self.max_words} bytes is skipped "
+                            f"and fails alone up to that size, MAX_SKIPPED_BYTES: no "
+                            f"stock Cap'n Proto reader takes more)")
         self._skip = end - start
         self._passed = 0
         self._kept, at = [], 0

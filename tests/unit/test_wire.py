@@ -222,8 +222,16 @@ def test_a_message_a_stock_reader_takes_is_skipped_at_the_64_mib_edge(nseg):
     assert isinstance(o, wire.Oversized) and o.size == len(table) + wire.MAX_SKIPPED_BYTES
     assert not f.partial and f.messages == 1
     sizes[-1] += 1
-    with pytest.raises(wire.WireError, match="exceeds the limit of 8000 bytes"):
+    # named by the bound it passes, 64 MiB: it named the limit of 8000 bytes, which
+    # a message past it alone is skipped at (r243)
+    with pytest.raises(wire.WireError, match=f"message of {wire.MAX_SKIPPED_BYTES + 8} bytes "
+                                             f"exceeds the limit of {wire.MAX_SKIPPED_BYTES} "
+                                             f"bytes \\(a message past 8000 bytes is skipped"):
         wire.Framer(max_words=1000).feed(struct.pack(f"<I{nseg}I", nseg - 1, *sizes) + bytes(4))
+    # and after the messages whole before it in the same read
+    f = wire.Framer(max_words=1000)
+    got = f.feed(wire.frame([bytes(8)]) + struct.pack(f"<I{nseg}I", nseg - 1, *sizes) + bytes(4))
+    assert len(got) == 1 and f"limit of {wire.MAX_SKIPPED_BYTES} bytes" in str(f.failed)
 
 
 def _lines_run(run) -> int:
