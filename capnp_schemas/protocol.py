@@ -208,6 +208,12 @@ class CallReceived:
     #: call with it, and the connection goes on.  `payload` is then empty: the
     #: references the params gave were released (RefsReleased, just before).
     over: str | None = None
+    #: the call asks for what this level-1 peer does not implement
+    #: (sendResultsTo.thirdParty, level 3, or a sendResultsTo rpc.capnp does not
+    #: define), and this says what: the owner fails it `unimplemented` with it, as
+    #: `over` (payload empty, references released), and the connection goes on.
+    #: It was a protocol error, and the peer lost every call and capability it had.
+    unsupported: str | None = None
 
 
 @attrs.define
@@ -551,6 +557,25 @@ class Connection:
         over = (f"a message of {o.size} bytes is more than this connection takes "
                 f"(limit {o.limit} bytes: message_size and 64 KiB of header)")
         segs = [memoryview(k) for k in o.segments]
+        if o.has_tails():
+            # not all in the first bytes: a peer that builds its content first puts
+            # the header after it, at a segment's end, which is kept too (r243: such
+            # a call aborted the connection, where Cap'n Proto's layout fails alone)
+            sparse = o.sparse()
+            try:
+                if not rpcwire.header_kept(
+                        sparse, lambda s, start, n: 0 <= start
+                        and 8 * (start + n) <= len(o.segments[s])):
+                    if not rpcwire.header_kept(sparse, o.inside):
+                        raise ProtocolError(
+                            f"{over}, and its header does not lie in the bytes kept of it "
+                            f"(the first and the last {wire.OVERSIZED_KEPT_BYTES // 1024} "
+                            f"KiB of its segments, wire.OVERSIZED_KEPT_BYTES), where it is "
+                            f"read to fail it alone")
+                    segs = sparse         # read only where header_kept found it
+            except wire.WireError as e:
+                # as within the limit: the same message, read whole, is malformed
+                raise ProtocolError(f"malformed message: {_short(e)}") from None
         try:
             which = rpcwire._message_which(segs)
         except wire.WireError:
@@ -567,10 +592,10 @@ class Connection:
             else:
                 m = rpcwire.decode_pycapnp(segs)
         except Exception as e:
-            raise ProtocolError(
-                f"{over}, and its header does not lie in the first bytes of its segments "
-                f"(64 KiB of them are kept, wire.OVERSIZED_KEPT_BYTES), where it is read "
-                f"to fail it alone ({_short(e)})") from None
+            # its header lies in the bytes kept (above): as within the limit, the
+            # message is malformed (an unknown descriptor kind, an unknown Return
+            # kind ...).  It said its header was not kept (r243).
+            raise ProtocolError(f"malformed message: {_short(e)}") from None
         if m.which == rpcwire.MSG_CALL or m.kind == "results":
             if getattr(m, "over", None) is None:           # its table: as Plain.over has it
                 m.caps = _refs_named(m.caps)
@@ -602,9 +627,6 @@ class Connection:
         self.unanswered += 1
 
     def _on_call(self, segs, m, events):
-        if m.send_to != "caller" and m.send_to != "yourself":
-            raise ProtocolError(f"sendResultsTo '{m.send_to}' is not supported (only 'caller' "
-                                f"and 'yourself')")
         if m.promise is None:
             e = self.exports.get(m.import_id)             # _export_obj, inline
             if e is None:
@@ -613,6 +635,20 @@ class Connection:
         else:
             target = self._promised(*m.promise)
         over = getattr(m, "over", None)
+        if m.send_to != "caller" and m.send_to != "yourself":
+            # results to a third party (level 3), or a member of a newer schema: not
+            # this peer's to do, and the caller is told so for this call alone
+            # (rpc.capnp asks a peer to answer what it does not implement, not to
+            # abort); what the params gave is released as past a limit
+            self._release_given(m.caps if over is not None else _refs_named(m.caps), events)
+            self._new_answer(m.id)
+            what = ("sendResultsTo.thirdParty (level 3: results sent to a third vat) is not "
+                    "implemented: this peer implements level 1" if m.send_to == "thirdParty"
+                    else "a Call.sendResultsTo that rpc.capnp does not define is not "
+                         "implemented")
+            events.append(CallReceived(m.id, target, m.interface_id, m.method_id,
+                                       Payload(EMPTY, ()), over=over, unsupported=what))
+            return
         if over is not None:
             # well-formed, past a per-message limit: this call fails, not the
             # connection (as a conforming peer, Cap'n Proto's C++ RPC among them,

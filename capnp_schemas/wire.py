@@ -28,6 +28,7 @@ Pointer encoding (little-endian 64-bit words), from the Cap'n Proto spec:
 """
 from __future__ import annotations
 
+import mmap
 import struct
 
 _U32 = struct.Struct("<I")
@@ -145,15 +146,59 @@ def _kept(sizes) -> list[int]:
     return [8 * w for w in kept]
 
 
+def _kept_tails(sizes, heads) -> list[int]:
+    """Bytes kept of the end of each segment (of `sizes` words) of a skipped
+    message, beyond its first bytes (`heads`, _kept's): as many again, shared the
+    same way over what the heads leave.  There a peer that builds the content
+    before the header (an orphan adopted into the params, a hand-made message)
+    puts its header: after the content, at the end of a segment."""
+    rest = [n - h // 8 for n, h in zip(sizes, heads)]
+    return _kept(rest)
+
+
 class Oversized:
     """A message the Framer skipped, past its limit of words: `segments`, what was
     kept of each of its segments (its first bytes, _kept), `size` its bytes
-    framed, `limit` the Framer's bytes.  What Framer.feed gives in its place, in
-    order with the messages around it."""
-    __slots__ = ("segments", "size", "limit")
+    framed, `limit` the Framer's bytes; `tails`, what was kept of the end of each
+    segment (_kept_tails: bytes, empty where the first bytes reach its end), and
+    `words`, each segment's size in words.  What Framer.feed gives in its
+    place, in order with the messages around it."""
+    __slots__ = ("segments", "size", "limit", "tails", "words")
 
-    def __init__(self, segments: list, size: int, limit: int):
+    def __init__(self, segments: list, size: int, limit: int, tails: list | None = None,
+                 words: tuple | None = None):
         self.segments, self.size, self.limit = segments, size, limit
+        self.tails = tails if tails is not None else [b""] * len(segments)
+        self.words = words if words is not None else tuple(len(k) // 8 for k in segments)
+
+    def has_tails(self) -> bool:
+        return any(self.tails)
+
+    def sparse(self) -> list:
+        """The segments at their full size, what was kept in place: a segment with
+        a kept end is an anonymous mapping (what lies between is never written, so
+        never takes memory, and reads as zeros: `inside` says what was kept)."""
+        out = []
+        for head, tail, n in zip(self.segments, self.tails, self.words):
+            if not tail:
+                out.append(memoryview(head))
+                continue
+            m = mmap.mmap(-1, 8 * n)
+            m[:len(head)] = head
+            m[8 * n - len(tail):] = tail
+            out.append(memoryview(m))
+        return out
+
+    def inside(self, s: int, start: int, words: int) -> bool:
+        """Whether words [start, start + words) of segment `s` were kept (all
+        in its first bytes, or all in its last)."""
+        if s < 0 or s >= len(self.words) or start < 0 or words < 0:
+            return False
+        lo, hi = 8 * start, 8 * (start + words)
+        if hi <= len(self.segments[s]):
+            return True
+        tail = len(self.tails[s])
+        return bool(tail) and lo >= 8 * self.words[s] - tail and hi <= 8 * self.words[s]
 
 
 class Framer:
@@ -213,13 +258,13 @@ class Framer:
         take = min(self._skip, size - pos)
         lo, hi = self._passed, self._passed + take
         segs, i = self._kept, self._keeping
-        # (a segment's last byte kept, start + want, grows with its start: those
+        # (a range's last byte kept, start + want, grows with its start: those
         # done are all before the first one not done)
         while i < len(segs) and segs[i][0] + segs[i][2] <= lo:
             i += 1
         self._keeping = i
         for i in range(i, len(segs)):
-            start, kept, want = segs[i]
+            start, kept, want, _tail = segs[i]
             if start >= hi:
                 break
             have = len(kept)
@@ -231,8 +276,10 @@ class Framer:
         self._passed = hi
         self._skip -= take
         if not self._skip:
-            out.append(Oversized([bytes(k[1]) for k in self._kept], self._over[0],
-                                 8 * self.max_words))
+            out.append(Oversized([bytes(k[1]) for k in self._kept if k[3] is False],
+                                 self._over[0], 8 * self.max_words,
+                                 [bytes(k[1]) if k[3] else b"" for k in self._kept
+                                  if k[3] is not False], self._over[1]))
             self._kept, self._over = [], ()
             self._keeping = self._kept_bytes = 0
         return pos + take
@@ -327,11 +374,15 @@ class Framer:
                             f"stock Cap'n Proto reader takes more)")
         self._skip = end - start
         self._passed = 0
+        # ranges kept, in order: each segment's first bytes (tail False), then its
+        # last ones (True; None where nothing is left for them)
         self._kept, at = [], 0
-        for n, keep in zip(sizes, _kept(sizes)):
-            self._kept.append((at, bytearray(), keep))
+        heads = _kept(sizes)
+        for n, keep, tail in zip(sizes, heads, _kept_tails(sizes, heads)):
+            self._kept.append((at, bytearray(), keep, False))
+            self._kept.append((at + 8 * n - tail, bytearray(), tail, True if tail else None))
             at += 8 * n
-        self._over = (end - pos,)
+        self._over = (end - pos, tuple(sizes))
         return start
 
 

@@ -1319,7 +1319,8 @@ class Engine:
         nothing deferred, a dispatch, not exited, not per_call): _on_call's path
         for it is _serve_call's."""
         if type(ev.target) is not LocalObject or ev.payload.caps or ev.elsewhere \
-                or ev.over is not None or not self._between_calls():
+                or ev.over is not None or ev.unsupported is not None \
+                or not self._between_calls():
             return False
         a = self.conn.answers.get(ev.answer_id)
         return a is not None and not a.finished
@@ -1652,6 +1653,10 @@ class Engine:
         a = self.conn.answers.get(ev.answer_id)
         if a is not None and a.finished:    # cancelled before it began: not run
             self._cancelled(ev)
+            return
+        if ev.unsupported is not None:      # sendResultsTo.thirdParty: this call fails
+            self._send(self.conn.send_exception(ev.answer_id, ev.unsupported,
+                                                "unimplemented", no_finish=True))
             return
         if ev.over is not None:             # past a per-message limit: this call fails
             self._send(self.conn.send_exception(ev.answer_id, f"params refused: {ev.over}",

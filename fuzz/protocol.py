@@ -31,7 +31,8 @@ Checks (each failure is reported with its class and a reproducing input):
              as fed at once; only WireError leaves the framer.  Again with a
              limit of 16 words, which most inputs pass: they are skipped the
              same way at once and in pieces, keeping at most
-             wire.OVERSIZED_KEPT_BYTES of each.
+             wire.OVERSIZED_KEPT_BYTES of the first bytes of their segments,
+             and as many of their last (r243).
   protocol   a fresh Connection with exports, imports, questions and answers
              (so ids resolve) receives the input, and one whose framing's
              limit is 16 words (a Call or Return past it fails alone, named
@@ -98,7 +99,8 @@ import traceback
 
 from capnp_schemas import payloads, protocol as P, rpcwire, wire
 
-from .seeds import Obj, Seed, content_seeds, fresh, message_seeds, over_seeds, sample
+from .seeds import (Obj, Seed, content_seeds, fresh, message_seeds, over_seeds,
+                    rare_seeds, sample)
 
 Q = struct.Struct("<Q")
 
@@ -445,6 +447,57 @@ def check_protocol(data: bytes, max_message_words: int = wire.MAX_MESSAGE_WORDS)
                 _owner_reads(pa.result[0], pa.transform)
 
 
+#: bytes kept of a skipped message's segments' first (and last) for check_kept: a
+#: few words, so that headers of every shape lie partly outside them
+KEPT_SMALL = 256
+
+
+def _header_facts(events) -> list:
+    out = []
+    for ev in events:
+        if isinstance(ev, P.CallReceived):
+            t = ev.target
+            out.append(("call", ev.answer_id, ev.interface_id, ev.method_id, ev.elsewhere,
+                        (t.answer_id, t.transform) if isinstance(t, P.PromisedAnswer)
+                        else id(t)))
+        elif isinstance(ev, P.ReturnReceived):
+            out.append(("return", ev.question_id))
+    return out
+
+
+def check_kept(data: bytes):
+    """A message past the framing's limit is read from the bytes kept of it (the
+    first and the last of each segment, laid out in place, the rest reading as
+    zeros): where that reading fails a call or an answer alone, reading the
+    whole message gives the same call or answer (ids, target, interface,
+    method), or refuses the message; never a header read from words not kept."""
+    kept = wire.OVERSIZED_KEPT_BYTES
+    wire.OVERSIZED_KEPT_BYTES = KEPT_SMALL
+    try:
+        conn = fresh(SMALL_WORDS)
+        try:
+            events = conn.receive(data)
+        except P.ProtocolError:
+            return
+        except Exception as e:
+            raise Failure("kept", f"{type(e).__name__} escaped receive(): {_line(e)}") from e
+    finally:
+        wire.OVERSIZED_KEPT_BYTES = kept
+    skipped = [ev for ev in events
+               if isinstance(ev, (P.CallReceived, P.ReturnReceived))
+               and "more than this connection takes" in ((getattr(ev, "over", None) or "")
+                                                         + (getattr(ev, "error", None) or ""))]
+    if not skipped:
+        return
+    try:
+        whole = fresh().receive(data)
+    except P.ProtocolError:
+        return
+    got, want = _header_facts(skipped), _header_facts(whole)
+    if any(g not in want for g in got):
+        raise Failure("kept", f"read from the bytes kept as {got}, whole as {want}")
+
+
 def _promises(ev):
     out = [ev.target] if isinstance(getattr(ev, "target", None), P.PromisedAnswer) else []
     payload = getattr(ev, "payload", None)
@@ -478,7 +531,8 @@ def check_framing(rng, data: bytes):
         f, got, error = wire.Framer(max_words=max_words), [], None
         try:
             for chunk in chunks:
-                got += [("skipped", m.size, m.limit, m.segments) if type(m) is wire.Oversized
+                got += [("skipped", m.size, m.limit, m.segments, m.tails, m.words)
+                        if type(m) is wire.Oversized
                         else [bytes(s) for s in m] for m in f.feed(chunk)]
         except wire.WireError as e:
             error = str(e)
@@ -493,8 +547,11 @@ def check_framing(rng, data: bytes):
         raise Failure("framer", "fed in pieces, the stream frames differently")
     for got, _error in outcomes[2:]:
         for m in got:
-            if type(m) is tuple and sum(map(len, m[3])) > wire.OVERSIZED_KEPT_BYTES:
-                raise Failure("framer", f"a skipped message kept {sum(map(len, m[3]))} bytes")
+            if type(m) is tuple and (sum(map(len, m[3])) > wire.OVERSIZED_KEPT_BYTES
+                                     or sum(map(len, m[4])) > wire.OVERSIZED_KEPT_BYTES):
+                raise Failure("framer", f"a skipped message kept {sum(map(len, m[3]))} bytes "
+                                        f"of its segments' first, {sum(map(len, m[4]))} of "
+                                        f"their last")
 
 
 def _forward(content: P.Content):
@@ -930,6 +987,7 @@ def _setup():
         _STATE["messages"] = [Seed(m) for m in message_seeds(contents)]
         _STATE["all"] = _STATE["contents"] + _STATE["messages"]
         _STATE["over"] = [Seed(m) for m in over_seeds()]
+        _STATE["rare"] = [Seed(m) for m in rare_seeds()]
     return _STATE
 
 
@@ -939,6 +997,10 @@ def one(seed: int, i: int):
     rng = random.Random(seed * 1_000_003 + i)
     if i % 64 == 63:               # one in 64: a message past a per-message limit
         return mutate(rng, rng.choice(st["over"]), st["all"]), None
+    if i % 64 == 31:               # one in 64: a rare kind or shape (r243)
+        s = rng.choice(st["rare"])
+        return (wire.frame(s.segs) if rng.random() < 0.25
+                else mutate(rng, s, st["all"])), None
     if rng.random() < 0.25:
         s = rng.choice(st["contents"])
         return mutate(rng, s, st["all"]), s.schema
@@ -961,6 +1023,7 @@ def run_one(data: bytes, schema=None, rng=None):
     check_native(data)
     check_protocol(data)
     check_protocol(data, SMALL_WORDS)
+    check_kept(data)
     check_plain(data)
 
 

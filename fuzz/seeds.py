@@ -341,6 +341,143 @@ def over_seeds() -> list[bytes]:
     return out
 
 
+def header_after(msg, words: int, after: int = 0) -> bytes:
+    """`msg` (a builder of one segment) framed as a peer that builds its content
+    before its header lays it out: its root pointer at word 0, then `words` of
+    Data (the payload's content, when it has one: what its content pointer
+    points at), then the header, then `after` words that nothing points at.
+    Past the framing's limit, the header lies in the last bytes of the segment
+    (wire.Oversized.tails), or, with `after`, in neither its first nor its last."""
+    (h,) = msg.to_segments()
+    out = bytearray(8 * (1 + words)) + bytearray(h[8:]) + bytearray(8 * after)
+    root = struct.unpack_from("<Q", h, 0)[0]
+    struct.pack_into("<Q", out, 0, wire.near_pointer(0, 1 + words + wire._signed30(root), root))
+    which = struct.unpack_from("<H", out, 8 * (1 + words))[0]
+    field = {rpcwire.MSG_CALL: 1, rpcwire.MSG_RETURN: 0}.get(which)
+    if field is not None:
+        payload = wire.follow_path([out], (0, 0), (0, field))
+        at = wire.struct_pointer_field([out], payload, 0) if payload is not None else None
+        if at is not None:                      # the content: a Data of the words before
+            off = (1 - (at[1] + 1)) & 0x3FFFFFFF
+            struct.pack_into("<Q", out, 8 * at[1], 1 | (off << 2) | ((2 | ((8 * words) << 3)) << 32))
+    return wire.frame([bytes(out)])
+
+
+def _raw(words) -> bytes:
+    return wire.frame([b"".join((w & (2 ** 64 - 1)).to_bytes(8, "little") for w in words)])
+
+
+def rare_seeds() -> list[bytes]:
+    """What a conforming, or merely sloppy, peer may send that the seeds above do
+    not (r243): each rpc.capnp message kind and union member a level-1 peer does
+    not implement or rarely meets (obsoleteSave/obsoleteDelete, provide, accept,
+    join, a newer schema's thirdPartyAnswer; a Disembargo for accept, provide, or
+    a context rpc.capnp does not define; Call.sendResultsTo.thirdParty, or one it
+    does not define; Return resultsSentElsewhere, acceptFromThirdParty; Finish with
+    requireEarlyCancellationWorkaround; Unimplemented of each kind), structs larger
+    than the schema's (a newer Exception's details), NULL and zero-size bodies,
+    and Calls and Returns whose header follows their content (header_after).
+    Apart from message_seeds, as over_seeds are."""
+    out = []
+    for disc in (7, 9, 10, 11, 12, 14, 15):            # a body of one data word
+        out.append(_raw([1 << 32 | 1 << 48, disc, 1 << 32, 0x55]))
+    for disc in (1, 2, 3, 4, 5, 6, 8, 13):             # NULL and zero-size bodies
+        out.append(_raw([1 << 32 | 1 << 48, disc, 0]))
+        out.append(_raw([1 << 32 | 1 << 48, disc, 0xFFFFFFFC]))
+
+    def built(build):
+        m = rpc.Message.new_message()
+        build(m)
+        return m
+
+    def disembargo(ctx):
+        def build(m):
+            d = m.init("disembargo")
+            d.target.importedCap = 1
+            if ctx == "accept":
+                d.context.accept = None
+            else:
+                setattr(d.context, ctx, 2)
+        return build
+    for ctx in ("senderLoopback", "receiverLoopback", "accept", "provide"):
+        out.append(_frame(built(disembargo(ctx))))
+    seg = bytearray(built(disembargo("provide")).to_segments()[0])
+    at = seg.rfind(struct.pack("<I", 2))                # provide's value; its tag follows
+    struct.pack_into("<H", seg, at + 4, 7)              # a context rpc.capnp lacks
+    out.append(wire.frame([bytes(seg)]))
+
+    def call(send_to):
+        def build(m):
+            c = m.init("call")
+            c.questionId, c.interfaceId, c.methodId = 25, 0xA05A5E2C6B2F6D06, 1
+            c.target.importedCap = 2
+            c.sendResultsTo.yourself = None
+            t = c.init("params").init("capTable", 2)
+            t[0].senderHosted, t[1].receiverHosted = 8, 1
+        m = built(build)
+        seg = bytearray(m.to_segments()[0])
+        struct.pack_into("<H", seg, 8 * 3 + 6, send_to)  # Call's data: sendResultsTo's tag
+        return wire.frame([bytes(seg)])
+    out += [call(2), call(9)]                           # thirdParty; one it lacks
+
+    def ret(kind):
+        def build(m):
+            r = m.init("return")
+            r.answerId = 5
+            if kind == "exception":
+                e = r.init("exception")
+                e.reason, e.trace = "x", "at y"
+            else:
+                r.canceled = None
+        m = built(build)
+        seg = bytearray(m.to_segments()[0])
+        if kind != "exception":
+            struct.pack_into("<H", seg, 8 * 3 + 6, kind)
+        return wire.frame([bytes(seg)])
+    out += [ret(3), ret(5), ret(8), ret("exception")]
+
+    def finish(m):
+        f = m.init("finish")
+        f.questionId, f.releaseResultCaps, f.requireEarlyCancellationWorkaround = 2, False, True
+    out.append(_frame(built(finish)))
+    for kind in ("call", "return", "finish", "resolve", "release", "bootstrap", "disembargo",
+                 "abort"):
+        def unimpl(m, kind=kind):
+            u = m.init("unimplemented")
+            if kind in ("call", "return", "bootstrap", "disembargo", "abort", "resolve"):
+                u.init(kind)
+            elif kind == "finish":
+                u.init("finish").questionId = 1
+            else:
+                u.init("release").id = 1
+        out.append(_frame(built(unimpl)))
+    # Return of a newer schema: 3 data words, 2 pointers; its Exception of 3 (details)
+    out.append(_raw([1 << 32 | 1 << 48, 3, 0 | 3 << 32 | 2 << 48,
+                     3 | 1 << 48, 0xDEAD, 0xBEEF, 1 << 2 | 1 << 32 | 3 << 48, 0,
+                     0, 1 | 2 << 2 | (2 | 2 << 3) << 32, 0, 0, ord("x")]))
+    # headers after their content (and before 8 words nothing points at)
+    for kind in ("call", "return"):
+        def head(m, kind=kind):
+            if kind == "call":
+                c = m.init("call")
+                c.questionId, c.interfaceId, c.methodId = 26, 0xA05A5E2C6B2F6D06, 2
+                pa = c.target.init("promisedAnswer")
+                pa.questionId = 0
+                pa.init("transform", 1)[0].getPointerField = 0
+                p = c.init("params")
+            else:
+                r = m.init("return")
+                r.answerId = 5
+                p = r.init("results")
+            t = p.init("capTable", 3)
+            t[0].senderHosted = 8
+            t[1].init("receiverAnswer").questionId = 1
+            t[2].receiverHosted = 0
+        out.append(header_after(built(head), 40))
+        out.append(header_after(built(head), 40, after=8))
+    return out
+
+
 def _aliased(depth: int, which: int) -> bytes:
     """A Message of type `which` whose body is `depth` levels of structs with two
     pointers to the same next struct: small, and as large as every path through

@@ -1008,6 +1008,8 @@ class Router:
             # a per-message limit (the protocol core released what it brought): this
             # call fails, and the peer's other calls and capabilities go on
             refused = CallError(f"params refused: {ev.over}", "failed")
+        elif ev.unsupported is not None:       # sendResultsTo.thirdParty: the same way
+            refused = CallError(ev.unsupported, "unimplemented")
         elif peer.conn.unanswered + (native.in_flight() if native is not None else 0) \
                 + self._cancelled_of.get(peer.id, 0) > peer.limits.in_flight:
             cancelled = self._cancelled_of.get(peer.id, 0)

@@ -376,3 +376,40 @@ def test_interop_a_callback_answer_the_supervisor_refuses_is_named_to_the_caller
            "0xc0ffee0000000003 failed: results refused: 257 capabilities in one message " \
            "(limit 256, MAX_CAPS_PER_MESSAGE)" in failed, failed
     assert after == 42
+
+
+def test_interop_a_call_whose_results_go_to_a_third_party_fails_alone(external_calc):
+    """A level-3 peer may ask for a call's results to be sent to a third vat
+    (Call.sendResultsTo.thirdParty); a newer rpc.capnp may add members.  The
+    supervisor (level 1) cut such a client off, every call and capability it had
+    with it.  The call alone fails `unimplemented`, naming what; the capability it
+    carried is released, and calc answers on the same connection."""
+    import struct
+
+    from capnp_schemas import protocol as P, rpc
+    from tests.wireclient import WireClient, struct_content
+    run, path = external_calc
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    CALC = 0xC0FFEE0000000001
+    for tag, what in ((2, "sendResultsTo.thirdParty (level 3"), (9, "a Call.sendResultsTo that")):
+        given = object()
+        qid, _data = c.conn.send_call(calc, CALC, 0, P.EMPTY, [given])   # on its books
+        msg = rpc.Message.new_message()
+        call = msg.init("call")
+        call.questionId, call.interfaceId, call.methodId = qid, CALC, 0
+        call.target.importedCap = calc
+        call.sendResultsTo.yourself = None
+        call.init("params").init("capTable", 1)[0].senderHosted = c.conn.export_id(given)
+        (seg,) = msg.to_segments()
+        seg = bytearray(seg)
+        struct.pack_into("<H", seg, 8 * 3 + 6, tag)      # Call's data: sendResultsTo's tag
+        c.send(wire.frame([bytes(seg)]))
+        ret = c.returned(qid)
+        assert ret.payload is None and ret.error_type == "unimplemented", ret
+        assert ret.error.startswith(what), ret.error
+        c.wait(lambda e: isinstance(e, P.ExportReleased) and e.obj is given)
+        ret = c.returned(c.call(calc, CALC, 0, struct_content([40 | 2 << 32])))
+        assert _int_result(ret) == 42
+    c.close()
+    assert not [line for line in run.lines if "aborted" in line], run.lines

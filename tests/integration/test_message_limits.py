@@ -180,3 +180,42 @@ def test_a_call_larger_than_message_size_fails_alone_and_releases_its_capability
     gc.collect()
     assert [r for r in alive if r() is not None] == []
     assert not [line for line in run.lines if "aborted" in line], run.lines
+
+
+def test_a_call_past_the_limit_whose_header_follows_its_content_fails_alone(
+        either_path, system):
+    """A client that builds its content before its header (a hand-made message, an
+    orphan adopted into the params) sends a large call with its header after the
+    Data, at the end of the segment.  Past message_size and its 64 KiB of header,
+    only the first bytes of the message were kept while the rest was skipped, and
+    such a call cut the client off ("its header does not lie in the first bytes"),
+    where the same call laid out as Cap'n Proto's C++ RPC lays it out failed
+    alone.  The last bytes of each segment are kept too (r243): it fails alone,
+    naming the limit, the capability it carried is released, and calc answers on
+    the same connection (on the fast lane, and on trio's sockets)."""
+    from capnp_schemas import protocol as P, rpc
+    from fuzz.seeds import header_after
+    from tests.wireclient import WireClient, struct_content
+    run, tmp = system
+    CALC = 0xC0FFEE0000000001
+    c = WireClient(str(tmp / "ext.sock"), timeout=60)
+    calc = c.get(c.bootstrap(), "calc")
+    for _ in range(2):
+        given = object()
+        qid, _data = c.conn.send_call(calc, CALC, 0, P.EMPTY, [given])   # on its books
+        m = rpc.Message.new_message()
+        call = m.init("call")
+        call.questionId, call.interfaceId, call.methodId = qid, CALC, 0
+        call.target.importedCap = calc
+        call.init("params").init("capTable", 1)[0].senderHosted = c.conn.export_id(given)
+        data = header_after(m, (9 << 20) // 8)
+        c.send(data)
+        ret = c.returned(qid)
+        assert ret.payload is None and ret.error.startswith(
+            f"params refused: a message of {len(data)} bytes is more than this connection "
+            f"takes"), ret.error
+        c.wait(lambda e: isinstance(e, P.ExportReleased) and e.obj is given)
+        ret = c.returned(c.call(calc, CALC, 0, struct_content([40 | 2 << 32])))
+        assert ret.payload is not None
+    c.close()
+    assert not [line for line in run.lines if "aborted" in line], run.lines

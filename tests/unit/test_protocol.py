@@ -1141,13 +1141,192 @@ def test_other_messages_past_the_limit_and_calls_whose_header_is_not_kept_still_
     m.init("abort").reason = "x" * 20_000
     with pytest.raises(P.ProtocolError, match="KiB of header\\), an abort: only a Call"):
         P.Connection("b", max_message_words=1000).receive(wire.frame(m.to_segments()))
-    # a Call whose cap table lies past the bytes kept of its (one) segment
-    m = rpc.Message.new_message(num_first_segment_words=20_000)
+    # a Call whose header lies past the bytes kept of its (one) segment: after the
+    # first ones, before the last ones
+    from fuzz.seeds import header_after
+    m = rpc.Message.new_message()
     call = m.init("call")
     call.questionId, call.target.importedCap = 1, 0
-    call.init("params").content.set_as_text("x" * 100_000)
-    call.params.init("capTable", 1)[0].senderHosted = 1
+    call.init("params").init("capTable", 1)[0].senderHosted = 1
     b = P.Connection("b", max_message_words=1000)
     b.exports[0] = P._Export(object(), 1)
-    with pytest.raises(P.ProtocolError, match="its header does not lie in the first bytes"):
-        b.receive(wire.frame(m.to_segments()))
+    with pytest.raises(P.ProtocolError, match="its header does not lie in the bytes kept of "
+                                              "it \\(the first and the last 64 KiB"):
+        b.receive(header_after(m, 20_000, after=20_000))
+
+
+def _past_limit(kind: str, caps: int = 1):
+    """A Call (to export 0, pipelined on answer 0 if `kind` is 'pipelined') or a
+    Return (to question 0) of question/answer id 9 ... with `caps` senderHosted 40."""
+    m = rpc.Message.new_message()
+    if kind == "return":
+        ret = m.init("return")
+        ret.answerId, ret.releaseParamCaps = 0, False
+        p = ret.init("results")
+    else:
+        call = m.init("call")
+        call.questionId, call.interfaceId, call.methodId = 9, 0x1234, 3
+        if kind == "pipelined":
+            pa = call.target.init("promisedAnswer")
+            pa.init("transform", 1)[0].getPointerField = 0
+        else:
+            call.target.importedCap = 0
+        p = call.init("params")
+    t = p.init("capTable", caps)
+    for i in range(caps):
+        t[i].senderHosted = 40
+    return m
+
+
+@pytest.mark.parametrize("kind", ["call", "pipelined", "return"])
+def test_a_message_past_the_limit_whose_header_follows_its_content_fails_alone(kind):
+    """A peer that builds its content before its header (an orphan adopted into the
+    params, a hand-made message) puts the header after the content, at the end of
+    the segment.  Past the framing's limit, only the first bytes of a segment were
+    kept, and such a call cut its sender off (`its header does not lie in the first
+    bytes`), where the same call laid out as Cap'n Proto's C++ RPC lays it out
+    failed alone.  The last bytes of each segment are kept too (r243): it fails
+    alone, and what it gave is released."""
+    from fuzz.seeds import header_after
+    data = header_after(_past_limit(kind, 3), 1 << 17)
+    for pieces in (1, 37):
+        b2 = P.Connection("b", max_message_words=1000)
+        b2.exports[0] = P._Export(object(), 1)
+        if kind == "pipelined":
+            b2.answers[0] = P._Answer()
+        if kind == "return":
+            b2.questions[0] = P._Question([])
+        events = []
+        step = len(data) // pieces + 1
+        for i in range(0, len(data), step):
+            events += b2.receive(data[i:i + step])
+        rel, ev = events
+        assert isinstance(rel, P.RefsReleased) and rel.count == 3
+        peer, given = P.Connection("peer"), object()
+        peer.exports[40], peer._export_ids[id(given)] = P._Export(given, 3), 40
+        assert peer.receive(rel.data) == [P.ExportReleased(given)]    # all 3 references
+        over = f"a message of {len(data)} bytes is more than this connection takes"
+        if kind == "return":
+            assert isinstance(ev, P.ReturnReceived) and ev.question_id == 0
+            assert ev.payload is None and ev.error.startswith(f"results refused: {over}")
+        else:
+            assert isinstance(ev, P.CallReceived) and ev.answer_id == 9 and ev.over.startswith(over)
+            assert ev.interface_id == 0x1234 and ev.method_id == 3
+            assert isinstance(ev.target, P.PromisedAnswer) == (kind == "pipelined")
+        assert b2.closed is None
+
+
+def test_a_header_that_points_where_nothing_was_kept_is_never_read_as_zeros():
+    """What lies between the first and the last bytes kept of a skipped segment is
+    not there (it reads as zeros where the kept bytes are laid out at their
+    places): a header any word of which lies there is refused as not kept, never
+    read as a Call of question 0 (or as a Call with no capabilities)."""
+    from fuzz.seeds import header_after
+    n = 1 << 17
+    # the Message (in the last bytes) points at a Call in the middle of the content
+    data = bytearray(header_after(_past_limit("call"), n))
+    body = 8 + 8 * (1 + n)                       # the Message struct's byte, framed
+    ptr = struct.unpack_from("<Q", data, body + 8)[0]
+    struct.pack_into("<Q", data, body + 8, (ptr & ~0xFFFFFFFC) | (((-n // 2) & 0x3FFFFFFF) << 2))
+    b = P.Connection("b", max_message_words=1000)
+    b.exports[0] = P._Export(object(), 1)
+    with pytest.raises(P.ProtocolError, match="does not lie in the bytes kept"):
+        b.receive(bytes(data))
+    # the cap table of a Call in the last bytes points into the middle
+    m = _past_limit("call", 2)
+    data = bytearray(header_after(m, n))
+    segs = wire.unframe(bytes(data))
+    loc = wire.struct_pointer_field(segs, wire.follow_path(segs, (0, 0), (0, 1)), 1)
+    ptr = struct.unpack_from("<Q", data, 8 + 8 * loc[1])[0]
+    struct.pack_into("<Q", data, 8 + 8 * loc[1],
+                     (ptr & ~0xFFFFFFFC) | (((-n // 2) & 0x3FFFFFFF) << 2))
+    b = P.Connection("b", max_message_words=1000)
+    b.exports[0] = P._Export(object(), 1)
+    with pytest.raises(P.ProtocolError, match="does not lie in the bytes kept"):
+        b.receive(bytes(data))
+
+
+def test_a_malformed_header_past_the_limit_is_malformed_as_within_it():
+    """A Call past the framing's limit whose cap table has a descriptor kind
+    rpc.capnp does not define: within the limit, `malformed message: CapDescriptor:
+    a union member ...`; past it, the connection's end too, but said as `its header
+    does not lie in the first bytes`, which it did.  Now both say the same."""
+    from fuzz.seeds import header_after
+    for caps in (1, 300):
+        m = _past_limit("call", caps)
+        m.call.params.capTable[caps - 1].senderHosted = 0
+        (seg,) = m.to_segments()
+        seg = bytearray(seg)
+        at = seg.rfind(struct.pack("<Q", 1))          # the last descriptor: senderHosted 0
+        struct.pack_into("<H", seg, at, 9)
+        for limit, data in ((wire.MAX_MESSAGE_WORDS, wire.frame([bytes(seg)])),
+                            (1000, wire.frame([bytes(seg), bytes(1 << 20)]))):
+            b = P.Connection("b", max_message_words=limit)
+            b.exports[0] = P._Export(object(), 1)
+            with pytest.raises(P.ProtocolError) as e:
+                b.receive(data)
+            assert str(e.value) == ("malformed message: CapDescriptor: a union member that "
+                                    "rpc.capnp does not define"), (caps, limit)
+
+
+def _send_to(tag: int, qid: int = 9, big: int = 0) -> bytes:
+    """A Call to export 0 whose sendResultsTo's tag is `tag` (2: thirdParty, 9: one
+    rpc.capnp lacks), giving senderHosted 40 and naming export 0; `big` bytes of
+    Data in a segment after it (past a small framing limit)."""
+    m = rpc.Message.new_message()
+    call = m.init("call")
+    call.questionId, call.interfaceId, call.methodId = qid, 0x1234, 3
+    call.target.importedCap = 0
+    call.sendResultsTo.yourself = None
+    t = call.init("params").init("capTable", 2)
+    t[0].senderHosted, t[1].receiverHosted = 40, 0
+    (seg,) = m.to_segments()
+    seg = bytearray(seg)
+    assert seg[8 * 3 + 6] == 1                           # Call's data: sendResultsTo's tag
+    struct.pack_into("<H", seg, 8 * 3 + 6, tag)
+    return wire.frame([bytes(seg)] + ([bytes(big)] if big else []))
+
+
+@pytest.mark.parametrize("tag", [2, 9], ids=["thirdParty", "undefined"])
+@pytest.mark.parametrize("limit", [wire.MAX_MESSAGE_WORDS, 1000], ids=["within", "past"])
+def test_a_call_whose_results_go_to_a_third_party_fails_alone_unimplemented(tag, limit):
+    """Call.sendResultsTo.thirdParty (level 3), or a member a newer rpc.capnp adds:
+    a protocol error, and the peer lost every call and capability it had on the
+    connection.  rpc.capnp asks a peer to answer what it does not implement; the
+    call alone fails `unimplemented` (CallReceived.unsupported), the reference it
+    gave is released, and the connection goes on."""
+    b = P.Connection("b", max_message_words=limit)
+    b.exports[0] = P._Export(object(), 1)
+    rel, ev = b.receive(_send_to(tag, big=0 if limit > 1000 else 1 << 16))
+    assert isinstance(rel, P.RefsReleased) and rel.count == 1
+    assert ev.answer_id == 9 and ev.payload == P.Payload(P.EMPTY, ()) and not ev.elsewhere
+    assert ev.unsupported == ("sendResultsTo.thirdParty (level 3: results sent to a third "
+                              "vat) is not implemented: this peer implements level 1"
+                              if tag == 2 else "a Call.sendResultsTo that rpc.capnp does "
+                              "not define is not implemented")
+    if limit == 1000:
+        assert ev.over is not None
+    assert b.closed is None and b.awaiting_return(9)
+    # what it names of ours is still checked, as for any call
+    with pytest.raises(P.ProtocolError, match="export id 7 was never issued"):
+        data = bytearray(_send_to(tag, qid=10))
+        at = data.rfind(struct.pack("<HHI", 3, 0, 0))
+        struct.pack_into("<I", data, at + 4, 7)
+        b.receive(bytes(data))
+
+
+def test_a_disembargo_of_a_context_rpc_capnp_does_not_define_is_echoed():
+    """As a Disembargo for accept or provide (level 3): echoed `unimplemented`,
+    not a protocol error."""
+    m = rpc.Message.new_message()
+    d = m.init("disembargo")
+    d.target.importedCap = 0
+    d.context.provide = 77
+    (seg,) = m.to_segments()
+    seg = bytearray(seg)
+    at = seg.rfind(struct.pack("<I", 77))
+    struct.pack_into("<H", seg, at + 4, 6)
+    b = P.Connection("b")
+    b.exports[0] = P._Export(object(), 1)
+    (ev,) = b.receive(wire.frame([bytes(seg)]))
+    assert isinstance(ev, P.Unhandled) and ev.which == "disembargo" and b.closed is None

@@ -186,13 +186,17 @@ def test_the_framer_skips_a_message_past_its_limit_without_buffering_it():
         for i in range(0, len(data), piece):
             got += f.feed(data[i:i + piece])
             most = max(most, f.pending)
-        assert most <= wire.OVERSIZED_KEPT_BYTES + 8 * 2
+        assert most <= 2 * wire.OVERSIZED_KEPT_BYTES + 8 * 2       # first bytes and last
         assert [bytes(g[0]) for g in (got[0], got[2])] == [before[8:], after[8:]]
         o = got[1]
         assert isinstance(o, wire.Oversized) and o.size == len(over) and o.limit == 8000
         assert [len(k) for k in o.segments] == [wire.OVERSIZED_KEPT_BYTES // 2 - 8,
                                                 wire.OVERSIZED_KEPT_BYTES // 2, 8]
         assert o.segments[0] == body[0][:len(o.segments[0])] and o.segments[2] == body[2]
+        # and the last bytes of each segment the first do not reach the end of (r243)
+        assert o.tails == [body[0][-wire.OVERSIZED_KEPT_BYTES // 2:],
+                           body[1][-wire.OVERSIZED_KEPT_BYTES // 2:], b""]
+        assert o.words == tuple(len(b) // 8 for b in body)
         assert f.messages == 3 and not f.partial and f.pending == 0
     f = wire.Framer(max_words=4)
     assert f.feed(struct.pack("<II", 0, 5)) == [] and f.partial and f.pending == 0
