@@ -476,7 +476,7 @@ class Connection:
                 self._handle(segs, events)
                 if self.native is not None:
                     self.native_check()
-            except ProtocolError as e:
+            except (ProtocolError, rpcwire.PastBound) as e:
                 self._unheard(events)
                 raise self._broken(str(e)) from None
             except Exception as e:

@@ -524,6 +524,13 @@ def _which(reader, what: str) -> str:
         raise wire.WireError(f"{what}: a union member that rpc.capnp does not define") from None
 
 
+class PastBound(wire.WireError):
+    """A well-formed Call or Return past a bound at which the connection ends, not
+    only the call (a cap table of more than MAX_REFUSED_CAPS descriptors, or
+    MAX_REFUSED_POINTED receiverAnswer and thirdPartyHosted ones): not
+    malformed, and not said to be (it read 'malformed message: ...' until r243)."""
+
+
 class _OverSteps(wire.WireError):
     """A well-formed message's pipeline transforms pass a per-message bound: a
     Call's or Return's fails that call or answer (Plain.over), not the
@@ -585,9 +592,10 @@ def _refused(segs, field: int, over: str, n: int | None = None) -> tuple:
     if n is None:
         n = _table_size(segs, field) or 0
     if n > MAX_REFUSED_CAPS:
-        raise WireError(f"{n} capabilities in one message (limit "
+        raise PastBound(f"{n} capabilities in one message (limit "
                         f"{MAX_CAPS_PER_MESSAGE}; a call or answer past it fails, past "
-                        f"{MAX_REFUSED_CAPS} the connection)")
+                        f"{MAX_REFUSED_CAPS} the connection: refusing it costs a "
+                        f"Release for each)")
     return _given_refs(segs, field), None, over
 
 
@@ -653,7 +661,7 @@ def _given_refs(segs, field: int) -> tuple:
     if pc:
         pointed = kinds.count(CAP_RECEIVER_ANSWER) + kinds.count(CAP_THIRD_PARTY_HOSTED)
         if pointed > MAX_REFUSED_POINTED:
-            raise WireError(f"{pointed} receiverAnswer and thirdPartyHosted capabilities in "
+            raise PastBound(f"{pointed} receiverAnswer and thirdPartyHosted capabilities in "
                             f"one message (a call or answer past {MAX_CAPS_PER_MESSAGE} "
                             f"fails; past {MAX_REFUSED_POINTED} of these, the connection)")
         answers, vines = set(), []
