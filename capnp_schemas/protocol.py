@@ -33,6 +33,8 @@ ReturnReceived), and the references it gave are released (RefsReleased).
 """
 from __future__ import annotations
 
+import struct
+
 import attrs
 import capnp
 
@@ -535,8 +537,10 @@ class Connection:
                                 "for")
         elif which == rpcwire.MSG_UNIMPLEMENTED:
             # The peer did not understand something we sent; we only send what
-            # level-1 peers must implement, so this is the peer's problem.
-            raise ProtocolError("peer answered 'unimplemented' to a mandatory message")
+            # level-1 peers must implement (and no Resolve, the one echo Cap'n
+            # Proto's C++ RPC takes), so this is the peer's problem (as C++ has it)
+            raise ProtocolError(f"peer answered 'unimplemented' to {_echoed(segs)}: this "
+                                f"peer sends only what every level-1 peer implements")
         else:
             name = rpcwire.MESSAGE_NAMES.get(which, f"#{which} (not in rpc.capnp)")
             events.append(Unhandled(name, _resolve_reply(segs) if which == rpcwire.MSG_RESOLVE
@@ -1314,6 +1318,25 @@ def _resolve_reply(segs) -> bytes:
     e.reason = bounded(reason)
     e.type = type
     return wire.frame(out.to_segments())
+
+
+def _echoed(segs) -> str:
+    """What an 'unimplemented' message says it echoes: 'a Call', 'a message #N'."""
+    try:
+        loc = wire.struct_pointer_field(segs, (0, 0), 0)
+        r = wire.resolve(segs, loc) if loc is not None else None
+        which = _U16.unpack_from(segs[r[1]], 8 * r[2])[0] \
+            if r is not None and r[0] == wire.STRUCT and (r[3] >> 32) & 0xFFFF else 0
+    except (wire.WireError, IndexError):
+        return "a message it did not say"
+    name = rpcwire.MESSAGE_NAMES.get(which)
+    if name is None:
+        return f"a message #{which}"
+    name = name[:1].upper() + name[1:]
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
+_U16 = struct.Struct("<H")
 
 
 def _echo_too_large(size: int) -> ProtocolError:

@@ -1332,3 +1332,24 @@ def test_a_disembargo_of_a_context_rpc_capnp_does_not_define_is_echoed():
     b.exports[0] = P._Export(object(), 1)
     (ev,) = b.receive(wire.frame([bytes(seg)]))
     assert isinstance(ev, P.Unhandled) and ev.which == "disembargo" and b.closed is None
+
+
+@pytest.mark.parametrize("kind,said", [
+    ("call", "a Call"), ("return", "a Return"), ("finish", "a Finish"),
+    ("resolve", "a Resolve"), ("release", "a Release"), ("bootstrap", "a Bootstrap"),
+    ("disembargo", "a Disembargo"), ("abort", "an Abort"), ("unimplemented", "an Unimplemented"),
+    (None, "an Unimplemented")])
+def test_an_unimplemented_echo_ends_the_connection_naming_what_it_echoes(kind, said):
+    """A peer's 'unimplemented' of anything we send (every level-1 peer implements
+    it; we send no Resolve, the one echo Cap'n Proto's C++ RPC takes) ends the
+    connection, as in C++; the error said 'a mandatory message', and now which
+    message the peer says it did not implement."""
+    m = rpc.Message.new_message()
+    if kind is None:
+        m.unimplemented = rpc.Message.new_message()     # an empty Message: all defaults
+    else:
+        m.init("unimplemented").init(kind)
+    with pytest.raises(P.ProtocolError) as e:
+        P.Connection("b").receive(wire.frame(m.to_segments()))
+    assert str(e.value) == (f"peer answered 'unimplemented' to {said}: this peer sends only "
+                            f"what every level-1 peer implements")
