@@ -1,0 +1,218 @@
+"""Every rpc.capnp message kind and union member a conforming, or merely sloppy,
+peer may send, sent by hand on a real socket to `wsuper up`'s endpoint: each
+works as rpc.capnp says, or gets an `unimplemented` echo or an exception for that
+message alone, or ends the connection where rpc.capnp calls it an error (the
+table in docs/security.md, "Every message a peer may send"); the supervisor and
+the other connections go on, and the connection that goes on still serves calc."""
+import os
+import socket
+import struct
+
+import pytest
+
+from capnp_schemas import protocol as P, rpc, rpcwire, wire
+from tests.conftest import EXAMPLES
+from tests.wireclient import WireClient, struct_content
+
+pytestmark = pytest.mark.interop
+
+SYSTEM = """
+[system]
+schemas = ["{schema}"]
+socket = "{socket}"
+
+[compartments.calc]
+module = "{module}"
+exports = "Calc"
+external = true
+"""
+CALC = 0xC0FFEE0000000001
+
+
+@pytest.fixture
+def calc_socket(tmp_path, wsuper):
+    sock = tmp_path / "ext.sock"
+    system = tmp_path / "system.toml"
+    system.write_text(SYSTEM.format(schema=os.path.join(EXAMPLES, "calc.capnp"),
+                                    module=os.path.join(EXAMPLES, "calc.wat"), socket=sock))
+    run = wsuper("up", str(system))
+    run.wait_for("ready calc")
+    return run, str(sock)
+
+
+def _raw(*words) -> bytes:
+    return wire.frame([b"".join((w & (2 ** 64 - 1)).to_bytes(8, "little") for w in words)])
+
+
+def _built(build) -> bytes:
+    m = rpc.Message.new_message()
+    build(m)
+    return wire.frame(m.to_segments())
+
+
+def _patched(data: bytes, byte: int, tag: int) -> bytes:
+    """`data` (framed, one segment) with the 16 bits at `byte` of its segment set."""
+    out = bytearray(data)
+    struct.pack_into("<H", out, 8 + byte, tag)
+    return bytes(out)
+
+
+def _add(qid: int, calc: int) -> bytes:
+    head, at = rpcwire.encode_call(qid, calc, CALC, 0, [])
+    return P.Connection._splice(head, at, struct_content([40 | 2 << 32]))
+
+
+def _shapes(calc: int) -> dict:
+    """name -> (bytes, what comes back before calc's answer: a list of message
+    kinds, or 'ends: <the Abort's reason, in part>', or 'ends' (no Abort))."""
+    S = {}
+    for name, disc in (("obsoleteSave", 7), ("obsoleteDelete", 9), ("provide", 10),
+                       ("accept", 11), ("join", 12), ("thirdPartyAnswer (#14)", 14),
+                       ("#999", 999)):
+        S[name] = (_raw(1 << 32 | 1 << 48, disc, 1 << 32, 0x55), ["unimplemented"])
+
+    def provide(m):
+        p = m.init("provide")
+        p.questionId, p.target.importedCap = 77, calc
+    S["provide, built"] = (_built(provide), ["unimplemented"])
+
+    def disembargo(ctx, target):
+        def build(m):
+            d = m.init("disembargo")
+            d.target.importedCap = target
+            if ctx == "accept":
+                d.context.accept = None
+            else:
+                setattr(d.context, ctx, 5)
+        return _built(build)
+    for target, label in ((calc, "calc"), (99, "99")):
+        for ctx in ("accept", "provide"):
+            S[f"disembargo {ctx} {label}"] = (disembargo(ctx, target), ["unimplemented"])
+        # a context rpc.capnp does not define (Disembargo.context's tag: word 3's bits 32-47)
+        S[f"disembargo #7 {label}"] = (_patched(disembargo("provide", target), 8 * 3 + 4, 7),
+                                        ["unimplemented"])
+        S[f"disembargo receiverLoopback {label}"] = (
+            disembargo("receiverLoopback", target), "ends: Disembargo (receiverLoopback)")
+    S["disembargo senderLoopback calc"] = (disembargo("senderLoopback", calc),
+                                          "ends: Disembargo (senderLoopback) on a target")
+    S["disembargo senderLoopback 99"] = (disembargo("senderLoopback", 99),
+                                        "ends: export id 99 was never issued")
+
+    def call(send_to):
+        def build(m):
+            c = m.init("call")
+            c.questionId, c.interfaceId, c.methodId = 50, CALC, 0
+            c.target.importedCap = calc
+            c.sendResultsTo.yourself = None
+        return _patched(_built(build), 8 * 3 + 6, send_to)
+    S["call sendResultsTo.yourself"] = (call(1), ["return resultsSentElsewhere"])
+    S["call sendResultsTo.thirdParty"] = (call(2), ["return exception unimplemented"])
+    S["call sendResultsTo #9"] = (call(9), ["return exception unimplemented"])
+
+    def named(m):
+        b = m.init("bootstrap")
+        b.questionId, b.deprecatedObjectId = 52, "x"
+    S["bootstrap deprecatedObjectId"] = (_built(named), ["return exception unimplemented"])
+
+    def finish(m):
+        f = m.init("finish")
+        f.questionId, f.releaseResultCaps, f.requireEarlyCancellationWorkaround = 53, False, True
+    S["call, finish with requireEarlyCancellationWorkaround"] = (
+        _add(53, calc) + _built(finish), ["return"])
+
+    def abort(m):
+        m.init("abort").reason = "z" * 200_000
+    S["abort, 200 KB reason"] = (_built(abort), "ends")
+
+    for kind in ("call", "return", "finish", "resolve", "release", "bootstrap", "disembargo",
+                 "abort", "unimplemented"):
+        def unimpl(m, kind=kind):
+            m.init("unimplemented").init(kind)
+        S[f"unimplemented {kind}"] = (_built(unimpl), "ends: peer answered 'unimplemented' to")
+
+    def resolve(m):
+        r = m.init("resolve")
+        r.promiseId, r.cap.receiverHosted = 3, calc
+    S["resolve"] = (_built(resolve), ["unimplemented"])
+
+    def release(m):
+        r = m.init("release")
+        r.id, r.referenceCount = calc, 0
+    S["release of no reference"] = (_built(release), [])
+    # NULL and zero-size bodies read as all defaults (question 0, export 0: the gateway)
+    for name, disc, want in (
+            ("call", 2, ["return exception"]), ("return", 3, "ends: return for question 0"),
+            ("finish", 4, "ends: finish for question 0"), ("resolve", 5, ["unimplemented"]),
+            ("release", 6, []), ("bootstrap", 8, ["return results"]),
+            ("disembargo", 13, "ends: Disembargo (senderLoopback)"), ("abort", 1, "ends"),
+            ("unimplemented", 0, "ends: peer answered 'unimplemented' to an Unimplemented"),
+            ("accept", 11, ["unimplemented"])):
+        S[f"NULL {name}"] = (_raw(1 << 32 | 1 << 48, disc, 0), want)
+        S[f"zero-size {name}"] = (_raw(1 << 32 | 1 << 48, disc, 0xFFFFFFFC), want)
+    return S
+
+
+def _kind(m) -> str:
+    w = m.which()
+    if w != "return":
+        return w
+    r = m.__getattr__("return")
+    k = r.which()
+    if k == "exception":
+        return f"return exception {r.exception.type}"
+    return f"return {k}"
+
+
+def _outcome(path: str, shape: str):
+    """What a fresh client that got calc hears after sending `shape`, then calc.add
+    as question 500: the kinds of the messages before add's return (or the Abort
+    and the end of the stream), and whether add returned."""
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    data, _want = _shapes(calc)[shape]
+    c.send(data)
+    try:
+        c.send(_add(500, calc))
+    except OSError:
+        pass
+    framer, got = wire.Framer(), []
+    c.sock.settimeout(10)
+    try:
+        while True:
+            chunk = c.sock.recv(1 << 16)
+            if not chunk:
+                return got, "ends"
+            for segs in framer.feed(chunk):
+                m = rpc.Message.from_segments(segs)
+                if m.which() == "abort":
+                    return got, f"ends: {m.abort.reason}"
+                if m.which() == "return" and m.__getattr__("return").answerId == 500:
+                    return got, "goes on"
+                got.append(_kind(m))
+    except ConnectionResetError:
+        return got, "ends"
+    finally:
+        c.close()
+
+
+def test_every_message_a_peer_may_send_gets_what_rpc_capnp_says(calc_socket):
+    run, path = calc_socket
+    wrong = []
+    for shape, (_data, want) in _shapes(0).items():
+        got, end = _outcome(path, shape)
+        if isinstance(want, list):
+            # (the message kinds it names, in part: a Return's kind and type follow)
+            got = [g for g in got if g not in ("finish", "release")]
+            ok = end == "goes on" and len(got) == len(want) \
+                and all(g.startswith(w) for g, w in zip(got, want))
+        elif want == "ends":
+            ok = end == "ends" or end.startswith("ends: protocol error: ")
+        else:
+            ok = end.startswith("ends: protocol error: " + want[len("ends: "):])
+        if not ok:
+            wrong.append((shape, want, got, end))
+    assert not wrong, "\n".join(map(repr, wrong))
+    # and the supervisor serves on
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    assert c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32]))).payload is not None
