@@ -216,3 +216,80 @@ def test_every_message_a_peer_may_send_gets_what_rpc_capnp_says(calc_socket):
     c = WireClient(path)
     calc = c.get(c.bootstrap(), "calc")
     assert c.returned(c.call(calc, CALC, 0, struct_content([1 | 2 << 32]))).payload is not None
+
+
+def _answer(shape: str, aid: int) -> bytes:
+    """The client's Return to calc's call of its observer, of kind `shape`."""
+    m = rpc.Message.new_message()
+    r = m.init("return")
+    r.answerId, r.releaseParamCaps = aid, False
+    if shape in ("exception with trace", "canceled"):
+        if shape == "canceled":
+            r.canceled = None
+        else:
+            e = r.init("exception")
+            e.reason, e.trace = "observer broke", "at step\n" * 100
+        return wire.frame(m.to_segments())
+    if shape == "results":
+        r.init("results")
+        return wire.frame(m.to_segments())
+    if shape == "takeFromOtherQuestion of none":
+        r.takeFromOtherQuestion = 4000
+        return wire.frame(m.to_segments())
+    if shape == "resultsSentElsewhere":
+        r.resultsSentElsewhere = None
+        return wire.frame(m.to_segments())
+    tag = {"acceptFromThirdParty": 5, "kind #9": 9}.get(shape)
+    if tag is not None:
+        r.canceled = None
+        return _patched(wire.frame(m.to_segments()), 8 * 3 + 6, tag)
+    # a newer schema's Return (4 data words, 3 pointers) and Exception (3 pointers:
+    # reason, trace, details), extra words set
+    exc = shape == "a newer schema's exception"
+    return _raw(1 << 32 | 1 << 48, 3, 4 << 32 | 3 << 48,
+                aid | 1 << 32 | (1 << 48 if exc else 0), 0, 0xDEAD, 0xBEEF,
+                (2 << 2 | 2 << 32 | 3 << 48) if exc else 0, 0, 0,
+                0, 0, 1 | 2 << 2 | (2 | 6 << 3) << 32, 0, 0, int.from_bytes(b"boom!\0\0\0", "little"))
+
+
+@pytest.mark.parametrize("shape,want", [
+    ("results", "goes on"), ("exception with trace", "goes on"), ("canceled", "goes on"),
+    ("a newer schema's results", "goes on"), ("a newer schema's exception", "goes on"),
+    ("takeFromOtherQuestion of none", "ends: takeFromOtherQuestion names question 4000"),
+    ("resultsSentElsewhere", "ends: return of kind 'resultsSentElsewhere' is not supported"),
+    ("acceptFromThirdParty", "ends: return of kind 'acceptFromThirdParty' is not supported"),
+    ("kind #9", "ends: malformed message: Return: a union member")])
+def test_every_return_a_peer_may_answer_a_callback_with(calc_socket, shape, want):
+    """calc.sumTo(1, observer) calls the client's observer; the client answers with
+    each Return kind: results and exceptions (with a trace, with a newer schema's
+    larger structs) fail or finish only that call out, and calc answers on; a
+    Return rpc.capnp calls an error for a call made with sendResultsTo.caller ends
+    the connection (as Cap'n Proto's C++ RPC)."""
+    run, path = calc_socket
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    qid, data = c.conn.send_call(calc, CALC, 2, struct_content([1], [3]), [object()])
+    c.send(data)
+    framer, got, end = wire.Framer(), [], None
+    c.sock.settimeout(10)
+    sent = False
+    while end is None:
+        chunk = c.sock.recv(1 << 16)
+        if not chunk:
+            end = "ends"
+            break
+        for segs in framer.feed(chunk):
+            m = rpc.Message.from_segments(segs)
+            if m.which() == "call" and not sent:
+                c.send(_answer(shape, m.call.questionId))
+                sent = True
+            elif m.which() == "abort":
+                end = f"ends: {m.abort.reason}"
+            elif m.which() == "return" and m.__getattr__("return").answerId == qid:
+                c.send(rpcwire.encode_finish(qid))
+                c.send(_add(500, calc))
+            elif m.which() == "return" and m.__getattr__("return").answerId == 500:
+                end = "goes on"
+    c.close()
+    assert sent and end.startswith(want if want == "goes on"
+                                   else "ends: protocol error: " + want[len("ends: "):]), end
