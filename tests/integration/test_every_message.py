@@ -293,3 +293,25 @@ def test_every_return_a_peer_may_answer_a_callback_with(calc_socket, shape, want
     c.close()
     assert sent and end.startswith(want if want == "goes on"
                                    else "ends: protocol error: " + want[len("ends: "):]), end
+
+
+def test_a_call_through_far_and_double_far_pointers_is_read_as_any_other(calc_socket):
+    """Content in a second segment behind a far pointer (its landing pad there),
+    the header after it reaching it through a double-far landing pad (what a
+    multi-segment Cap'n Proto builder writes): calc.add reads 40 and 2."""
+    import struct as st
+
+    from capnp_schemas.protocol import Content
+    run, path = calc_socket
+    c = WireClient(path)
+    calc = c.get(c.bootstrap(), "calc")
+    pad = wire.far_pointer(1, 0)
+    seg1 = st.pack("<QQ", 1 << 32, 40 | 2 << 32)     # landing pad: struct at the next word
+    content = Content((st.pack("<Q", pad), seg1), (0, 0))
+    qid, data = c.conn.send_call(calc, CALC, 0, content)
+    assert st.unpack_from("<I", data)[0] == 1          # two segments on the wire
+    c.send(data)
+    ret = c.returned(qid)
+    msg = ret.payload.content.single_segment_copy()
+    assert st.unpack_from("<i", msg, 16)[0] == 42
+    c.close()
