@@ -514,9 +514,10 @@ def conformance_guests(tmp_path_factory):
                                         str(out / "redirect.wasm"))}
 
 
-def under_wasmtime(module, directory, args=()):
+def under_wasmtime(module, directory, args=(), mount="/sandbox", read_only=False):
     """(exit code, stdout lines) of a WASI program under wasmtime's own WASI
-    (wasmtime-py's), with `directory` preopened as /sandbox."""
+    (wasmtime-py's), with `directory` preopened as `mount` (read-only: wasmtime's
+    own read-only directory, nothing in it mutable)."""
     import wasmtime
     engine = wasmtime.Engine()
     store = wasmtime.Store(engine)
@@ -524,7 +525,7 @@ def under_wasmtime(module, directory, args=()):
     config.argv = ["app", *args]
     out = directory.parent / f"{directory.name}.stdout"
     config.stdout_file = str(out)
-    config.preopen_dir(str(directory), "/sandbox")
+    config.preopen_dir(str(directory), mount, not read_only)
     store.set_wasi(config)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
@@ -538,7 +539,7 @@ def under_wasmtime(module, directory, args=()):
 
 
 def under_wsuper(tmp_path, module, directory, args=(), attenuation="", to_file=False,
-                 grants="", extra=""):
+                 grants="", extra="", mount="/sandbox"):
     """`to_file`: stdout is a file grant (every line, past a log's rate); `grants`:
     more grants (lines of TOML); `extra`: more of the compartment's table."""
     out = tmp_path / "stdout.txt"
@@ -548,7 +549,7 @@ def under_wsuper(tmp_path, module, directory, args=(), attenuation="", to_file=F
     system = _system(tmp_path, module, f"""
 stdout = {stdout}
 stderr = {{ host = "log" }}
-sandbox = {{ host = "directory", path = "{directory}", mount = "/sandbox"{attenuation} }}
+sandbox = {{ host = "directory", path = "{directory}", mount = "{mount}"{attenuation} }}
 env = {{ host = "environment", args = {json.dumps(list(args))} }}
 {grants}""", extra=extra)
     r = run_wsuper("up", system, timeout=120)
@@ -693,6 +694,57 @@ def test_what_the_wasi_test_suite_checks_answers_as_under_wasmtime(tmp_path, sur
                 "rename-into-gone 44", "link-into-gone 44"} <= set(ours), ours
 
 
+# The lines of survey.c's `root` that differ from wasmtime's, as documented (and
+# as the suite allows: it takes EISDIR or EBADF, ENOTDIR or ELOOP).
+_ROOT_DOCUMENTED = {f"root-dir-{op}" for op in ("read", "pread", "write", "pwrite", "allocate",
+                                                "set-size")} | {   # a directory: EISDIR
+    "nf-dir-directory-nofollow", "nf-file-directory-nofollow"}     # O_DIRECTORY: ENOTDIR
+
+# What the newest suite's programs require of those lines (their asserts).
+_ROOT_REQUIRED = {
+    "root-rights-missing": "base=0 inheriting=0", "root-open-dot": "0",
+    "root-dot-fdstat": "0 type=3 flags=0", "root-dot-filestat": "0 type=3",
+    "root-open-same": "0", "root-open-empty": "0", "root-open-dir-empty": "0",
+    "root-open-dir-read": "0", "root-open-dir-rw": "31", "root-open-nonblock": "0",
+    "nf-dir-nofollow": "32", "nf-dir-directory-follow": "0", "nf-file-nofollow": "32",
+    "nf-file-directory-follow": "54", "link-same-file": "1 nlink=2",
+    "link-same-fdstat": "flags=1 rights=1", "link-onto-slash": "44", "link-follow": "28",
+    "times-mtim-and-now": "28", "times-atim-and-now": "28",
+    "fs-after": "size=100 mtim=1 atim=1", "libc-fopen-r": "1", "libc-fclose": "0",
+    "poll-stdin": "0 [876543210 type=1 err=0]",
+    "poll-stdout-stderr": "0 [1 type=2 err=0] [2 type=2 err=0]",
+    "overwrite-renumber": "0", "overwrite-filestat": "0 same=1", "overwrite-old-fdstat": "8",
+    "close-preopen": "0", "close-dot-fdstat": "0 type=3", "close-preopen-fdstat": "8",
+    **{f"stdio-{fd}": "open=0 renumber=0 to-fdstat=0 from-fdstat=8 unlink=0" for fd in range(3)}}
+
+
+def test_the_newest_wasi_test_suite_through_its_root_preopen_answers_as_under_wasmtime(
+        tmp_path, survey_guest):
+    """The newest wasi-testsuite gives its programs their directory as the
+    preopen "/" (a test's `root`; `mount = "/"` here) and they open "." in it
+    with the preopen's own rights; then dir_fd_op_failures, path_open_preopen,
+    path_open_nonblock, nofollow_errors, path_link, fstflags_validate,
+    fd_filestat_set, the C programs' relative fopen, poll_oneoff_stdio,
+    overwrite_preopen, close_preopen and stdio (fd 0, 1, 2 renumbered away) check
+    what survey.c's `root` makes.  Every line is wasmtime's but the documented
+    differences, and each is what those programs assert."""
+    a, b = tmp_path / "wasmtime" / "sandbox", tmp_path / "wsuper" / "sandbox"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    code, theirs = under_wasmtime(survey_guest, a, ["root"], mount="/")
+    assert code == 0 and len(theirs) > 50, theirs
+    code, ours, r = under_wsuper(tmp_path, survey_guest, b, ["root"], to_file=True, mount="/",
+                                 grants='clock = { host = "clock" }\n')
+    assert code == 0, r.stdout + r.stderr
+    name = lambda line: line.split(" ", 1)[0]                   # noqa: E731
+    assert [name(x) for x in ours] == [name(x) for x in theirs], r.stderr
+    differ = [(x, y) for x, y in zip(theirs, ours) if x != y and name(x) not in _ROOT_DOCUMENTED]
+    assert differ == [], differ
+    said = {name(x): x.split(" ", 1)[1] for x in ours}
+    assert {k: said.get(k) for k in _ROOT_REQUIRED} == _ROOT_REQUIRED
+    assert os.listdir(a) == os.listdir(b) == []
+
+
 def _host_tree(d):
     """survey.c's `changes` tree, made on the host, every time 1 s after 1970."""
     (d / "od").mkdir(parents=True)
@@ -750,6 +802,58 @@ def test_every_change_on_every_kind_of_name_stays_within_the_attenuation(
             words = dict(w.split("=") for w in x.split()[2:])
             assert words["write"] != "0" and words["pwrite"] != "0" and \
                 words["size"] != "0" and words["times"] != "0", x
+
+
+# What a read-only grant answers where wasmtime's read-only directory says EPERM
+# (docs/guest-abi.md, "Where wasmtime answers otherwise"): EROFS, as a read-only
+# mount does, or what the call fails with anyway (a name taken, not there, a
+# directory, not one, a loop); and on a descriptor, the errno of wsuper's rights.
+_READ_ONLY_ANSWERS = {("63", e) for e in ("69", "20", "44", "31", "54", "32", "8")} | {
+    ("8", "31"),                    # writing, truncating, allocating a directory: EISDIR
+    ("8", "76")}                    # fcntl(F_SETFL) on a directory: ENOTCAPABLE
+
+
+def test_a_read_only_grant_refuses_every_change_wasmtimes_read_only_directory_refuses(
+        tmp_path, survey_guest):
+    """survey.c's `changes` (every change on every kind of name, and writing,
+    truncating, setting times and flags on what was opened to read) on a
+    read-only grant and on wasmtime's read-only preopen (fs_mutable=False), each
+    on the same host tree: wsuper allows nothing wasmtime refuses (but fsync of a
+    directory, documented), and refuses with EROFS, or what the call fails with
+    anyway, where wasmtime says EPERM for everything; neither tree changes.  The
+    suite's programs that only read (fopen-, pread- and fdopendir-with-access,
+    stat-dev-ino, path_open_preopen: a directory opened to write is EISDIR, as it
+    requires) pass on either; those that write fail on either."""
+    a, b = tmp_path / "wasmtime" / "sandbox", tmp_path / "wsuper" / "sandbox"
+    _host_tree(a)
+    _host_tree(b)
+    before = _snapshot(b)
+    code, theirs = under_wasmtime(survey_guest, a, ["changes"], read_only=True)
+    assert code == 0 and len(theirs) > 300, theirs
+    code, ours, r = under_wsuper(tmp_path, survey_guest, b, ["changes"], to_file=True,
+                                 attenuation=", read_only = true")
+    assert code == 0, r.stdout + r.stderr
+    name = lambda line: line.split(" ", 1)[0]                   # noqa: E731
+    assert [name(x) for x in ours] == [name(x) for x in theirs]
+    odd = []
+    for x, y in zip(theirs, ours):
+        for (k, w), (_, o) in zip(_fields(x), _fields(y)):
+            sync_of_a_directory = (w, o) == ("8", "0") and (
+                name(x) == "preopen-sync" or k == "sync" and name(x) in (
+                    f"open-r[{p}]" for p in ("od", "oe", "old", "od/", "old/", ".", "od/..",
+                                             "od/up")))
+            if w != o and (w, o) not in _READ_ONLY_ANSWERS and not sync_of_a_directory:
+                odd.append((x, y))
+    assert odd == [], odd
+    assert sum(y.endswith(" 69") for y in ours) > 100      # EROFS, where wasmtime says EPERM
+    assert _snapshot(b) == before and _snapshot(a) == _snapshot(b)
+
+
+def _fields(line):
+    """("", errno) of a line "NAME ERRNO", and (key, value) for each key=value after it."""
+    words = line.split()[1:]
+    return [("", words[0])] + [tuple(w.split("=", 1)) for w in words[1:]]
+
 
 # ------------------------------------------------------------------ hard links made on the host
 

@@ -30,7 +30,13 @@
  *   reached   rename and link between descriptors of directories reached through
  *             links, '..', trailing slashes and other descriptors
  *   changes   every change on every kind of name, in a tree the host made (run
- *             on read-only and append-only grants: nothing there may change)
+ *             on read-only and append-only grants: nothing there may change; and
+ *             on a read-only grant against wasmtime's read-only directory)
+ *   root      what the newest suite's programs do with the preopen mounted at
+ *             "/" (its `root`): find it by name and open "." with its own rights,
+ *             the rights a preopen must have, "." opened each way, closed and
+ *             renumbered over; libc's relative paths; stdio polled and renumbered
+ *             away; O_NOFOLLOW on links; hard links' rights; fst_flags
  * and, run by hand (they differ from wasmtime by design, or depend on timing or
  * on how the standard descriptors are set up):
  *   iovecs    reads and writes of zero-length, many and partly filled iovecs
@@ -1387,6 +1393,219 @@ static void bigdir(void) {
   }
 }
 
+/* The newest wasi-testsuite's programs find their scratch directory as the
+ * preopen named "/" (a test's `root`) and open "." in it with the preopen's own
+ * rights, base and inheriting; then each checks what this part makes, in order:
+ * dir_fd_op_failures, path_open_preopen, path_open_nonblock, nofollow_errors,
+ * path_link, fstflags_validate and fd_filestat_set, the C programs' relative
+ * paths through libc, poll_oneoff_stdio, close_preopen, overwrite_preopen, and
+ * stdio (which renumbers fd 0, 1 and 2 away: it comes last, and its lines go
+ * out through whichever descriptor then holds stdout). */
+static I root_fd(void) {
+  for (I fd = 3; fd < 9; fd++) {
+    uint8_t pre[8] = {0};
+    char name[64] = {0};
+    if (w_fd_prestat_get(fd, P(pre))) break;
+    uint32_t len;
+    memcpy(&len, pre + 4, 4);
+    if (pre[0] != 0 || len >= sizeof name || w_fd_prestat_dir_name(fd, P(name), len)) continue;
+    if (!strcmp(name, "/")) return fd;
+  }
+  return -1;
+}
+
+static void root(void) {
+  I pre = root_fd();
+  printf("root-preopen %d\n", pre);
+  uint8_t st[24] = {0};
+  uint64_t base = 0, inh = 0;
+  printf("root-fdstat %d type=%d\n", w_fd_fdstat_get(pre, P(st)), st[0]);
+  memcpy(&base, st + 8, 8);
+  memcpy(&inh, st + 16, 8);
+  /* path_open_preopen: what "various userland implementations expect" */
+  const uint64_t want_base = 0x200 | 0x400 | 0x800 | 0x1000 | 0x2000 | 0x4000 | 0x8000 |
+                             0x10000 | 0x20000 | 0x1000000 | 0x2000000 | 0x4000000 |
+                             0x40000 | 0x100000 | 0x200000 | 0x800000;
+  const uint64_t want_inh = want_base | 1 | 2 | 4 | 8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 |
+                            0x400000 | 0x8000000;
+  printf("root-rights-missing base=%#llx inheriting=%#llx\n",
+         (unsigned long long)(want_base & ~base), (unsigned long long)(want_inh & ~inh));
+  uint32_t d = 0, f = 0;
+  printf("root-open-dot %d\n", w_path_open(pre, 0, S("."), DIRECTORY, (L)base, (L)inh, 0, P(&d)));
+  memset(st, 0, sizeof st);
+  printf("root-dot-fdstat %d type=%d flags=%d\n", w_fd_fdstat_get(d, P(st)), st[0], st[2]);
+  fst s;
+  memset(&s, 0, sizeof s);
+  printf("root-dot-filestat %d type=%d\n", w_fd_filestat_get(d, P(&s)), s.type);
+  /* dir_fd_op_failures */
+  char name[16] = {0};
+  printf("root-name-0 %d\n", w_fd_prestat_dir_name(pre, P(name), 0));
+  printf("root-name-longer %d [%s]\n", w_fd_prestat_dir_name(pre, P(name), 2), name);
+  char buf[128];
+  iov v = {P(buf), sizeof buf};
+  uint32_t n = 0;
+  uint64_t at = 0;
+  printf("root-dir-read %d\n", w_fd_read(d, P(&v), 1, P(&n)));
+  printf("root-dir-pread %d\n", w_fd_pread(d, P(&v), 1, 0, P(&n)));
+  printf("root-dir-write %d\n", w_fd_write(d, P(&v), 1, P(&n)));
+  printf("root-dir-pwrite %d\n", w_fd_pwrite(d, P(&v), 1, 0, P(&n)));
+  for (I whence = 0; whence < 3; whence++)
+    printf("root-dir-seek-%d %d\n", whence, w_fd_seek(d, 0, whence, P(&at)));
+  printf("root-dir-tell %d\n", w_fd_tell(d, P(&at)));
+  printf("root-dir-allocate %d\n", w_fd_allocate(d, 0, 1));
+  printf("root-dir-set-size %d\n", w_fd_filestat_set_size(d, 0));
+  /* path_open_preopen and path_open_nonblock */
+  static const struct { const char *name; I oflags; L rights; I fdflags; } dots[] = {
+      {"same", 0, -1, 0}, {"empty", 0, 0, 0}, {"dir-empty", DIRECTORY, 0, 0},
+      {"dir-read", DIRECTORY, RD, 0}, {"dir-rw", DIRECTORY, RD | WR, 0},
+      {"nonblock", 0, 0, NONBLOCK}};
+  for (unsigned k = 0; k < sizeof dots / sizeof *dots; k++) {
+    L rights = dots[k].rights < 0 ? (L)base : dots[k].rights;
+    L inherit = dots[k].rights < 0 ? (L)inh : 0;
+    I e = w_path_open(pre, 0, S("."), dots[k].oflags, rights, inherit, dots[k].fdflags, P(&f));
+    printf("root-open-%s %d\n", dots[k].name, e);
+    if (!e) w_fd_close(f);
+  }
+  /* nofollow_errors: a link to a directory, then to a file */
+  printf("nf-mkdir %d\n", w_path_create_directory(d, S("target")));
+  printf("nf-symlink %d\n", w_path_symlink(S("target"), d, S("symlink")));
+  for (int round = 0; round < 2; round++) {
+    const char *r = round ? "file" : "dir";
+    I e = w_path_open(d, 0, S("symlink"), DIRECTORY, 0, 0, 0, P(&f));
+    printf("nf-%s-directory-nofollow %d\n", r, e);
+    e = w_path_open(d, 0, S("symlink"), 0, 0, 0, 0, P(&f));
+    printf("nf-%s-nofollow %d\n", r, e);
+    e = w_path_open(d, 1, S("symlink"), DIRECTORY, 0, 0, 0, P(&f));
+    printf("nf-%s-directory-follow %d\n", r, e);
+    if (!e) w_fd_close(f);
+    if (!round) {
+      w_path_unlink_file(d, S("symlink"));
+      printf("nf-rmdir %d\n", w_path_remove_directory(d, S("target")));
+      printf("nf-creat %d\n", w_path_open(d, 0, S("target"), CREAT, 0, 0, 0, P(&f)));
+      w_fd_close(f);
+      printf("nf-symlink-file %d\n", w_path_symlink(S("target"), d, S("symlink")));
+    }
+  }
+  w_path_unlink_file(d, S("symlink"));
+  /* path_link: a link opened with the rights its source was opened with */
+  const L lr = RD | 0x800 | 0x1000 | 0x200000 | 0x2000 | 0x4000000;
+  uint32_t a = 0, b = 0;
+  printf("link-open %d\n", w_path_open(d, 0, S("target"), 0, lr, lr, 0, P(&a)));
+  printf("link %d\n", w_path_link(d, 0, S("target"), d, S("link")));
+  printf("link-open-link %d\n", w_path_open(d, 0, S("link"), 0, lr, lr, 0, P(&b)));
+  fst x, y;
+  uint8_t xs[24] = {0}, ys[24] = {0};
+  w_fd_filestat_get(a, P(&x));
+  w_fd_filestat_get(b, P(&y));
+  w_fd_fdstat_get(a, P(xs));
+  w_fd_fdstat_get(b, P(ys));
+  printf("link-same-file %d nlink=%llu\n", x.dev == y.dev && x.ino == y.ino && x.nlink == y.nlink &&
+         x.atim == y.atim && x.mtim == y.mtim && x.ctim == y.ctim && x.size == y.size,
+         (unsigned long long)y.nlink);
+  printf("link-same-fdstat flags=%d rights=%d\n", xs[2] == ys[2], !memcmp(xs + 8, ys + 8, 16));
+  w_fd_close(b);
+  printf("link-onto-slash %d\n", w_path_link(d, 0, S("target"), d, S("new/")));
+  printf("link-follow %d\n", w_path_link(d, 1, S("link"), d, S("new")));
+  w_path_unlink_file(d, S("link"));
+  /* fstflags_validate and fd_filestat_set */
+  printf("times-mtim-and-now %d\n", w_fd_filestat_set_times(a, 100, 200, 4 | 8));
+  printf("times-atim-and-now %d\n", w_fd_filestat_set_times(a, 100, 200, 1 | 2));
+  w_fd_close(a);
+  printf("fs-open %d\n", w_path_open(d, 0, S("target"), 0, RD | WR | 0x200000 | 0x400000 | 0x800000,
+                                     0, 0, P(&a)));
+  printf("fs-set-size %d\n", w_fd_filestat_set_size(a, 100));
+  w_fd_filestat_get(a, P(&x));
+  printf("fs-set-mtim %d\n", w_fd_filestat_set_times(a, x.mtim - 100, x.mtim - 100, 4));
+  w_fd_filestat_get(a, P(&y));
+  printf("fs-after size=%llu mtim=%d atim=%d\n", (unsigned long long)y.size,
+         y.mtim == x.mtim - 100, y.atim == x.atim);
+  w_fd_close(a);
+  w_path_unlink_file(d, S("target"));
+  /* the C programs: paths relative to "/", as libc resolves them */
+  FILE *fp = fopen("file", "w");
+  printf("libc-fopen-w %d\n", fp != NULL);
+  if (fp) fclose(fp);
+  fp = fopen("file", "r");
+  printf("libc-fopen-r %d\n", fp != NULL);
+  if (fp) printf("libc-fclose %d\n", fclose(fp));
+  fp = fopen("/file", "r");
+  printf("libc-fopen-absolute %d\n", fp != NULL);
+  if (fp) fclose(fp);
+  w_path_unlink_file(d, S("file"));
+  /* poll_oneoff_stdio: stdin read with a clock, then stdout and stderr write */
+  uint8_t sub[3][48], ev[3][32];
+  uint64_t timeout = 200000000, ud;
+  memset(sub, 0, sizeof sub);
+  memset(ev, 0, sizeof ev);
+  ud = 0x12345678;
+  memcpy(sub[0], &ud, 8);
+  sub[0][8] = 0;
+  sub[0][16] = 1;
+  memcpy(sub[0] + 24, &timeout, 8);
+  ud = 0x876543210ULL;
+  memcpy(sub[1], &ud, 8);
+  sub[1][8] = 1;
+  printf("poll-stdin %d", w_poll_oneoff(P(sub), P(ev), 2, P(&n)));
+  for (uint32_t k = 0; k < n; k++) {
+    memcpy(&ud, ev[k], 8);
+    printf(" [%llx type=%d err=%d]", (unsigned long long)ud, ev[k][10], ev[k][8]);
+  }
+  printf("\n");
+  memset(sub, 0, sizeof sub);
+  memset(ev, 0, sizeof ev);
+  for (I k = 0; k < 2; k++) {
+    ud = (uint64_t)k + 1;
+    I fd = k + 1;
+    memcpy(sub[k], &ud, 8);
+    sub[k][8] = 2;
+    memcpy(sub[k] + 16, &fd, 4);
+  }
+  ud = 0x12345678;
+  memcpy(sub[2], &ud, 8);
+  sub[2][16] = 1;
+  memcpy(sub[2] + 24, &timeout, 8);
+  printf("poll-stdout-stderr %d", w_poll_oneoff(P(sub), P(ev), 3, P(&n)));
+  for (uint32_t k = 0; k < n; k++) {
+    memcpy(&ud, ev[k], 8);
+    printf(" [%llx type=%d err=%d]", (unsigned long long)ud, ev[k][10], ev[k][8]);
+  }
+  printf("\n");
+  /* overwrite_preopen, then close_preopen (of what now has its number) */
+  uint32_t sd = 0;
+  w_path_create_directory(d, S("sub"));
+  printf("overwrite-open %d\n", w_path_open(d, 0, S("sub"), DIRECTORY, 0x200000, 0, 0, P(&sd)));
+  w_fd_filestat_get(sd, P(&x));
+  printf("overwrite-renumber %d\n", w_fd_renumber(sd, pre));
+  memset(&y, 0, sizeof y);
+  printf("overwrite-filestat %d same=%d\n", w_fd_filestat_get(pre, P(&y)),
+         x.dev == y.dev && x.ino == y.ino);
+  printf("overwrite-old-fdstat %d\n", w_fd_fdstat_get(sd, P(st)));
+  printf("close-preopen %d\n", w_fd_close(pre));
+  memset(st, 0, sizeof st);
+  printf("close-dot-fdstat %d type=%d\n", w_fd_fdstat_get(d, P(st)), st[0]);
+  printf("close-preopen-fdstat %d\n", w_fd_fdstat_get(pre, P(st)));
+  w_path_remove_directory(d, S("sub"));
+  /* stdio: each of 0, 1, 2 renumbered onto a file just made */
+  fflush(stdout);
+  char out[512];
+  int len = 0;
+  I now = 1;                      /* where stdout is: fd 1, until it is renumbered */
+  for (I from = 0; from < 3; from++) {
+    uint32_t to = 0;
+    I e = w_path_open(d, 0, S("file.cleanup"), CREAT, 0, 0, 0, P(&to));
+    I r = w_fd_renumber(from, (I)to);
+    I g = w_fd_fdstat_get((I)to, P(st));
+    I h = w_fd_fdstat_get(from, P(st));
+    I u = w_path_unlink_file(d, S("file.cleanup"));
+    if (from == 1 && !r) now = (I)to;
+    len += snprintf(out + len, sizeof out - len,
+                    "stdio-%d open=%d renumber=%d to-fdstat=%d from-fdstat=%d unlink=%d\n",
+                    from, e, r, g, h, u);
+  }
+  iov o = {P(out), (uint32_t)len};
+  w_fd_write(now, P(&o), 1, P(&n));
+}
+
 /* Every preopen: its number, kind and name; then a file opened through each. */
 static void preopens(void) {
   for (I fd = 3; fd < 9; fd++) {
@@ -1613,5 +1832,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "bigoff")) bigoff();
   if (!strcmp(part, "moved")) moved();
   if (!strcmp(part, "reached")) reached();
+  if (!strcmp(part, "root")) root();
   return 0;
 }
