@@ -514,15 +514,16 @@ def conformance_guests(tmp_path_factory):
                                         str(out / "redirect.wasm"))}
 
 
-def under_wasmtime(module, directory, args=(), mount="/sandbox", read_only=False):
+def under_wasmtime(module, directory, args=(), mount="/sandbox", read_only=False, env=None):
     """(exit code, stdout lines) of a WASI program under wasmtime's own WASI
     (wasmtime-py's), with `directory` preopened as `mount` (read-only: wasmtime's
-    own read-only directory, nothing in it mutable)."""
+    own read-only directory, nothing in it mutable; `env`: its environment, a dict)."""
     import wasmtime
     engine = wasmtime.Engine()
     store = wasmtime.Store(engine)
     config = wasmtime.WasiConfig()
     config.argv = ["app", *args]
+    config.env = list((env or {}).items())
     out = directory.parent / f"{directory.name}.stdout"
     config.stdout_file = str(out)
     config.preopen_dir(str(directory), mount, not read_only)
@@ -539,18 +540,21 @@ def under_wasmtime(module, directory, args=(), mount="/sandbox", read_only=False
 
 
 def under_wsuper(tmp_path, module, directory, args=(), attenuation="", to_file=False,
-                 grants="", extra="", mount="/sandbox"):
+                 grants="", extra="", mount="/sandbox", env=None):
     """`to_file`: stdout is a file grant (every line, past a log's rate); `grants`:
-    more grants (lines of TOML); `extra`: more of the compartment's table."""
+    more grants (lines of TOML); `extra`: more of the compartment's table; `env`: the
+    environment grant's variables, a dict."""
     out = tmp_path / "stdout.txt"
     stdout = f'{{ host = "file", path = "{out}" }}' if to_file else '{ host = "log" }'
     if to_file:
         out.write_text("")
+    variables = ", vars = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}"
+                                          for k, v in env.items()) + " }" if env else ""
     system = _system(tmp_path, module, f"""
 stdout = {stdout}
 stderr = {{ host = "log" }}
 sandbox = {{ host = "directory", path = "{directory}", mount = "{mount}"{attenuation} }}
-env = {{ host = "environment", args = {json.dumps(list(args))} }}
+env = {{ host = "environment", args = {json.dumps(list(args))}{variables} }}
 {grants}""", extra=extra)
     r = run_wsuper("up", system, timeout=120)
     code = re.search(r"finished app exit=(-?\d+)", r.stderr)
@@ -743,6 +747,27 @@ def test_the_newest_wasi_test_suite_through_its_root_preopen_answers_as_under_wa
     said = {name(x): x.split(" ", 1)[1] for x in ours}
     assert {k: said.get(k) for k in _ROOT_REQUIRED} == _ROOT_REQUIRED
     assert os.listdir(a) == os.listdir(b) == []
+
+
+def test_the_suites_arguments_and_environment_reach_the_program_as_under_wasmtime(
+        tmp_path, survey_guest):
+    """args_get-multiple-arguments and environ_get-multiple-variables (the
+    suite's AssemblyScript programs) give a quote inside an argument and a quote
+    and a newline inside a variable's value: an `environment` grant passes each
+    byte for byte, and the counts and sizes, as wasmtime's `argv` and `env` do."""
+    args = ["environ", "first", 'the "second" arg', "3"]
+    env = {"a": "text", "b": 'escap " ing', "c": "new\nline"}
+    a, b = tmp_path / "wasmtime" / "sandbox", tmp_path / "wsuper" / "sandbox"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    code, theirs = under_wasmtime(survey_guest, a, args, env=env)
+    assert code == 0, theirs
+    code, ours, r = under_wsuper(tmp_path, survey_guest, b, args, to_file=True, env=env)
+    assert code == 0 and ours == theirs, r.stdout + r.stderr
+    assert ours == ["args-sizes 0 5 37", "args-get 0", "  arg[environ]", "  arg[first]",
+                    '  arg[the "second" arg]', "  arg[3]", "environ-sizes 0 3 32",
+                    "environ-get 0", "  env[a=text]", '  env[b=escap " ing]',
+                    "  env[c=new\\nline]"]
 
 
 def _host_tree(d):
