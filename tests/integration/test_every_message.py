@@ -5,7 +5,6 @@ message alone, or ends the connection where rpc.capnp calls it an error (the
 table in docs/security.md, "Every message a peer may send"); the supervisor and
 the other connections go on, and the connection that goes on still serves calc."""
 import os
-import socket
 import struct
 
 import pytest
@@ -270,7 +269,7 @@ def test_every_return_a_peer_may_answer_a_callback_with(calc_socket, shape, want
     calc = c.get(c.bootstrap(), "calc")
     qid, data = c.conn.send_call(calc, CALC, 2, struct_content([1], [3]), [object()])
     c.send(data)
-    framer, got, end = wire.Framer(), [], None
+    framer, end = wire.Framer(), None
     c.sock.settimeout(10)
     sent = False
     while end is None:

@@ -1253,7 +1253,6 @@ def test_a_malformed_header_past_the_limit_is_malformed_as_within_it():
     rpc.capnp does not define: within the limit, `malformed message: CapDescriptor:
     a union member ...`; past it, the connection's end too, but said as `its header
     does not lie in the first bytes`, which it did.  Now both say the same."""
-    from fuzz.seeds import header_after
     for caps in (1, 300):
         m = _past_limit("call", caps)
         m.call.params.capTable[caps - 1].senderHosted = 0
