@@ -28,7 +28,11 @@
  *    that Python takes over (claim, uninstall, drop_peer, expired) keeps its
  *    question id reserved until Python's connection drops it;
  *  - uninstall() returns only after the route is gone: no call is forwarded
- *    through it afterwards.
+ *    through it afterwards;
+ *  - while Lane.write sends the front of a peer's `out` without the mutex
+ *    (`sending`), nobody else sends to that peer (flush returns at once and
+ *    epoll is not asked for EPOLLOUT); only Python, holding the GIL, changes
+ *    or frees a peer or its descriptor, so both outlive that send.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -266,6 +270,8 @@ typedef struct Peer {
   int closed;       /* no more reading (Python closed it, or end of stream) */
   int write_closed; /* writing failed: output is dropped */
   int held, ok, raw, in_ready, dirty;
+  int sending;      /* Lane.write is sending the front of `out` without the mutex (see there):
+                       nobody else sends to it meanwhile */
   uint64_t passing; /* bytes of a message past max_words still to hand to Python as they
                        come: its framer skips them (wire.Framer, Oversized) */
   int external;     /* an external client: returns keep their answer until its Finish */
@@ -312,6 +318,7 @@ typedef struct {
   PyObject_HEAD pthread_mutex_t mu;
   pthread_t thread;
   int running, epfd, evfd, stopfd;
+  int wake;         /* the eventfd is to be written once the mutex is released (signal_python) */
   Map bypid;    /* peer id -> Peer */
   Peer **peers; /* the peers, dense (no holes: a removed one's place is refilled), for scans */
   size_t npeers, peers_cap;
@@ -412,7 +419,9 @@ static void epoll_set(Lane *L, Peer *P) {
   if (!P->closed && (!P->external || buf_size(&P->out) <= P->soft || P->unheld) &&
       P->qbytes <= TO_PYTHON_LIMIT)
     want |= EPOLLIN;
-  if (buf_size(&P->out) && !P->write_closed) want |= EPOLLOUT;
+  /* (not while Lane.write sends it without the mutex: the lane's thread would be woken
+   * for a flush it may not do, again and again, until that send is done) */
+  if (buf_size(&P->out) && !P->write_closed && !P->sending) want |= EPOLLOUT;
   if (want == P->events || P->fd < 0) return;
   if ((P->events & EPOLLIN) && !(want & EPOLLIN)) {
     P->paused_since = now_ns(CLOCK_MONOTONIC);
@@ -443,7 +452,15 @@ static void signal_python(Lane *L, Peer *P) {
   }
   L->ready[L->nready++] = P->pid;
   P->in_ready = 1;
-  if (L->nready == 1) {
+  /* written after the mutex is released (wake_python): written under it, on one core
+   * the woken host worker ran at once and waited for the mutex, a futex and two
+   * switches more per host call */
+  if (L->nready == 1) L->wake = 1;
+}
+
+/* Call with the mutex released, with what was in L->wake when it was (read under it). */
+static void wake_python(Lane *L, int wake) {
+  if (wake) {
     uint64_t one = 1;
     ssize_t k = write(L->evfd, &one, 8);
     (void)k;
@@ -543,6 +560,7 @@ static void mark_dirty(Lane *L, Peer *P) {
 }
 
 static void flush(Lane *L, Peer *P) {
+  if (P->sending) return; /* Lane.write sends the front of `out` now, and flushes after */
   while (buf_size(&P->out) && !P->write_closed) {
     /* send, not write: a peer that went away is EPIPE here, never a SIGPIPE */
     ssize_t k = send(P->fd, P->out.p + P->out.off, buf_size(&P->out), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -976,7 +994,10 @@ static void *lane_thread(void *arg) {
       }
     }
     flush_dirty(L);
+    int wake = L->wake;
+    L->wake = 0;
     pthread_mutex_unlock(&L->mu);
+    wake_python(L, wake);
     if (stop) break;
   }
   return NULL;
@@ -991,7 +1012,10 @@ static void *lane_thread(void *arg) {
 
 static Route *unlock(Lane *L) {
   Route *z = detach_zombies(L);
+  int wake = L->wake;
+  L->wake = 0;
   pthread_mutex_unlock(&L->mu);
+  wake_python(L, wake);
   return z;
 }
 
@@ -1231,12 +1255,27 @@ static PyObject *Lane_write(Lane *L, PyObject *args) {
   long pid;
   Py_buffer b;
   if (!PyArg_ParseTuple(args, "ly*", &pid, &b)) return NULL;
-  int ok = 1;
+  int ok = 1, fd = -1;
   LOCK(L);
   Peer *P = peer_get(L, pid);
   if (P && !P->write_closed && P->fd >= 0) {
     if (buf_size(&P->out) + (size_t)b.len > P->hard) {
       ok = 0;
+    } else if (!buf_size(&P->out) && !P->sending && b.len > 0) {
+      /* Nothing waits to go to it: send without the mutex.  Sent under it, on one core
+       * the peer woken by the send ran at once and its next message woke the lane's
+       * thread, which waited for the mutex (a futex and two switches more per host
+       * call).  The bytes go into `out` first, so that what the lane's thread queues
+       * for it meanwhile follows them; `sending` keeps everyone else from sending
+       * (flush); the flush below sends what is left, or meets the error again and
+       * handles it.  The peer and its descriptor stay: only Python changes or frees
+       * them (add, remove, detach), with the GIL, which this thread holds. */
+      if (buf_put(&P->out, b.buf, (size_t)b.len) == 0) {
+        P->sending = 1;
+        fd = P->fd;
+      } else {
+        ok = 0;
+      }
     } else if (buf_put(&P->out, b.buf, (size_t)b.len) == 0) {
       flush(L, P);
     } else {
@@ -1244,6 +1283,22 @@ static PyObject *Lane_write(Lane *L, PyObject *args) {
     }
   }
   UNLOCK(L);
+  if (fd >= 0) {
+    ssize_t k;
+    do
+      k = send(fd, b.buf, (size_t)b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (k < 0 && errno == EINTR);
+    LOCK(L);
+    L->c_writes++;
+    P->sending = 0;
+    if (k > 0) {
+      P->out.off += (size_t)k;
+      P->wrote_at = now_ns(CLOCK_MONOTONIC);
+      P->unheld = 0;
+    }
+    flush(L, P);
+    UNLOCK(L);
+  }
   PyBuffer_Release(&b);
   return PyBool_FromLong(ok);
 }

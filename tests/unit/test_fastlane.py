@@ -8,6 +8,7 @@ Python installs, taken down synchronously (revocation under load, with calls
 in flight), one set of open answer ids, native calls taken over by Python
 when their return is not plain, and peers that go away.
 """
+import errno
 import os
 import socket
 import struct
@@ -727,6 +728,60 @@ def test_a_detached_peer_hands_back_its_descriptor_and_what_it_did_not_take():
             reader.join(10)
             assert b"".join(seen) == big               # in order, nothing lost or twice
         assert not _fd_open(fd)
+        theirs.close()
+    finally:
+        lane.stop()
+
+
+def test_pythons_writes_arrive_whole_and_in_order_while_the_lane_sends_what_is_left():
+    """Lane.write sends what nothing waits before without the lane's mutex (so that the
+    lane's thread, woken by the peer's answer to it, does not wait for the mutex on
+    one core); what the socket does not take goes into the peer's queue, which the
+    lane's thread sends when the socket has room, while Python writes more.  Every
+    byte arrives once, in order, whatever the socket takes at a time; and a peer that
+    went away ends the stream of an external client with EPIPE, as before."""
+    lane = fastlane.Lane()
+    try:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        lane.add(4, ours.detach(), 1 << 16, 1 << 26, 1 << 13, 512, 1 << 16, 64, True)
+        seen = []
+
+        def read_all():
+            while chunk := theirs.recv(3000):
+                seen.append(chunk)
+                time.sleep(0.0002)                   # slower than the writes: queues form
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        sent = []
+        for i in range(400):
+            msg = struct.pack("<I", i) * (1 + (i * 7919) % 6000)
+            sent.append(msg)
+            assert lane.write(4, msg)
+            if i % 50 == 0:
+                end = time.monotonic() + 10          # now and then, the queue drains:
+                while lane.queued(4):                # the next write is a direct send
+                    assert time.monotonic() < end
+                    time.sleep(0.001)
+        end = time.monotonic() + 20
+        while lane.queued(4):
+            assert time.monotonic() < end
+            time.sleep(0.001)
+        lane.close(4)
+        lane.remove(4)                               # the lane closes its end
+        reader.join(20)
+        assert b"".join(seen) == b"".join(sent)      # whole, once, in order
+
+        ours, theirs = socket.socketpair()
+        lane.add(6, ours.detach(), 1 << 16, 1 << 20, 1 << 13, 512, 1 << 16, 64, True)
+        theirs.shutdown(socket.SHUT_RD)              # reads no more: the send fails EPIPE
+        assert lane.write(6, wire.frame([bytes(16)]))
+        end = time.monotonic() + 5
+        while 6 not in lane.ready():
+            assert time.monotonic() < end
+            time.sleep(0.001)
+        assert lane.take(6) == [errno.EPIPE]
+        lane.remove(6)
         theirs.close()
     finally:
         lane.stop()
