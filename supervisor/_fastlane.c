@@ -1269,7 +1269,8 @@ static PyObject *Lane_write(Lane *L, PyObject *args) {
        * for it meanwhile follows them; `sending` keeps everyone else from sending
        * (flush); the flush below sends what is left, or meets the error again and
        * handles it.  The peer and its descriptor stay: only Python changes or frees
-       * them (add, remove, detach), with the GIL, which this thread holds. */
+       * them (add, remove, detach), with the GIL, which this thread holds, and no
+       * Python code runs here until the send is done (reap, below). */
       if (buf_put(&P->out, b.buf, (size_t)b.len) == 0) {
         P->sending = 1;
         fd = P->fd;
@@ -1282,7 +1283,9 @@ static PyObject *Lane_write(Lane *L, PyObject *args) {
       ok = 0;
     }
   }
-  UNLOCK(L);
+  /* the routes that died are released (which may run Python code, and so a finalizer
+   * that calls the lane: remove, detach) only once P is no longer used */
+  Route *dead = unlock(L);
   if (fd >= 0) {
     ssize_t k;
     do
@@ -1299,6 +1302,7 @@ static PyObject *Lane_write(Lane *L, PyObject *args) {
     flush(L, P);
     UNLOCK(L);
   }
+  reap(dead);
   PyBuffer_Release(&b);
   return PyBool_FromLong(ok);
 }
