@@ -59,7 +59,8 @@ LIST_PAGE_ENTRIES = 2048        # ... and this many entries
 _RESULT_SLACK = 64              # results' own structure around data or entries
 RESULT_SLACK = _RESULT_SLACK
 _GETDENTS_BUF = 32 << 10
-_RETRIES = 8                    # openat2 EAGAIN: a rename raced a '..' it resolved
+#: openat2 tried again: EAGAIN (a rename raced a '..' it resolved), and ELOOP (_beneath)
+_RETRIES = 8
 
 MODES = {"read": os.O_RDONLY, "write": os.O_WRONLY, "append": os.O_WRONLY,
          "readWrite": os.O_RDWR}
@@ -169,7 +170,15 @@ def _openat2(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
 
 
 def _beneath(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
-    """openat2 beneath `dirfd`; retried when the kernel saw a race it cannot rule out."""
+    """openat2 beneath `dirfd`; retried when the kernel saw a race it cannot rule out.
+
+    ELOOP is tried again too: a lookup the kernel starts lock-free and finishes
+    again with references (a mount or unmount anywhere, as every engine's start
+    makes, or a rename, spoiled its first try) counts the symbolic links of both
+    tries against the 40 it allows, so a chain of 37 links was 'too many levels of
+    symbolic links' now and then (a tenth of the time beside mounts in a loop),
+    where wasmtime, and the same call a moment later, followed it.  A real loop,
+    or a chain past 40, is ELOOP every time: _RETRIES calls, nothing made."""
     # no mount point is crossed: what is mounted beneath a grant (a bind mount of
     # the supervisor's own directory, a proc, a mount made after `check`) is not
     # the granted directory, whatever `check` saw
@@ -180,7 +189,7 @@ def _beneath(dirfd: int, path: bytes, flags: int, mode: int = 0o644) -> int:
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
-        if err != errno.EAGAIN:
+        if err not in (errno.EAGAIN, errno.ELOOP):
             break
     raise OSError(err, os.strerror(err))
 
