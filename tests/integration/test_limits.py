@@ -597,7 +597,9 @@ fuel_per_call = 3_000_000_000
     run = wsuper("up", str(tmp_path / "system.toml"))
     run.wait_for("ready spin")
     spin_id = int(SPIN_ID, 16)
-    x, y = WireClient(str(sock)), WireClient(str(sock))
+    # (spin's busy call runs 3e9 fuel before y's is served: seconds, more than a
+    # client's default 10 s on a machine at a load of 8-10)
+    x, y = WireClient(str(sock), timeout=60), WireClient(str(sock), timeout=60)
     spin_x, spin_y = x.get(x.bootstrap(), "spin"), y.get(y.bootstrap(), "spin")
     busy = x.call(spin_x, spin_id, 0)                 # runs to its fuel limit
     floods = [x.call(spin_x, spin_id, 1, caps=[object() for _ in range(256)])
