@@ -408,6 +408,7 @@ class Registry:
         self.hostcalls_on: set = set()
         self.pushes: dict[str, int] = {}     # compartment -> flag changes sent to its engines
         self._site_maps: dict = {}           # compartment -> (probes' key, site -> probes, probes)
+        self._labels: dict = {}              # compartment -> (its Sites, function -> row)
 
     # ------------------------------------------------------------ probes
 
@@ -454,6 +455,7 @@ class Registry:
         declared ones come back counting from now) and reached no sink."""
         self.take_calls()
         self.sites.pop(compartment, None)
+        self._labels.pop(compartment, None)
         mine = self.probes.pop(compartment, {})
         for p in mine.values():
             p.gone = "restart"
@@ -567,6 +569,19 @@ class Registry:
         self._site_maps[compartment] = (key, by_site, mine, [p.sites for p in mine])
         return by_site
 
+    def _label(self, compartment: str, sites: Sites | None):
+        """`_labels` of the compartment's current sites, each function's found once:
+        its events and counts named as `probe list`'s coverage rows name it.  By
+        name alone, a guest's function named '#7' was counted, and traced, as
+        function 7, and two static functions of one name as one."""
+        if sites is None:
+            return None
+        cached = self._labels.get(compartment)
+        if cached is None or cached[0] is not sites:
+            cached = (sites, functools.lru_cache(maxsize=None)(_labels(sites)))
+            self._labels[compartment] = cached
+        return cached[1]
+
     def engine_events(self, compartment: str, data: bytes, dropped: int = 0,
                       until: int | None = None):
         """Events an engine recorded (probing.EVENT records); anything malformed in
@@ -588,6 +603,7 @@ class Registry:
         if not data:
             return
         by_site = self._by_site(compartment, mine)
+        label = self._label(compartment, sites)
         hostcall_probes = [p for p in mine if p.spec.point == "hostcalls"]
         for kind, site, t, a, b in EVENT.iter_unpack(data):
             if until is not None and t > until:
@@ -619,7 +635,7 @@ class Registry:
             if not probes:
                 continue
             function = sites.functions[site]
-            name = sites.name(function)
+            name = label(function)
             if kind in (ENTER, EXIT):
                 ev = {"kind": "enter" if kind == ENTER else "exit",
                       "compartment": compartment, "name": name, "function": function,

@@ -440,6 +440,29 @@ def test_probe_list_has_a_row_per_function_whatever_the_names(names):
     assert sorted(v["count"] for v in rows.values()) == [1 << k for k in range(5)], rows
 
 
+def test_events_and_their_counts_keep_apart_functions_whose_names_do_not_tell_them_apart():
+    """As `probe list`'s coverage rows: the events of an `events` probe (a trace,
+    an analysis compartment) and the counts of a probe that counts them named
+    each function by its name alone, so a module that named a function '#7' had
+    its entries counted, and traced, as function 7's, and two static functions
+    of one name added up in one count (an outside review, r240)."""
+    sites = Sites(points=("functions",), kinds=(0, 0, 0, 0, 0),
+                  functions=(3, 4, 5, 6, 7), names={3: "dup", 4: "dup", 5: "#7", 6: "solo"},
+                  counters=8, imported=3)
+    r = P.Registry(lambda: 0, {"c": ("functions",)})
+    r.sites["c"] = sites
+    r.add(P.spec("c", "e", "functions", events=True), sites)
+    sub = r.subscribe(P.Subscriber(["c"]))
+    r.engine_events("c", b"".join(EVENT.pack(ENTER, site, 10 + site, 0, 0)
+                                  for site in (0, 1, 1, 2, 2, 2, 3, 4, 4)))
+    got, _ = sub.take(100)
+    assert [(e["name"], e["function"]) for e in got] == [
+        ("dup (#3)", 3), ("dup (#4)", 4), ("dup (#4)", 4), ("#7 (#5)", 5), ("#7 (#5)", 5),
+        ("#7 (#5)", 5), ("solo", 6), ("#7", 7), ("#7", 7)]
+    assert r.list("c")[0]["counts"] == {"dup (#3)": 1, "dup (#4)": 2, "#7 (#5)": 3,
+                                        "solo": 1, "#7": 2}
+
+
 def test_a_probe_read_answers_what_fits_and_loses_no_event_uncounted():
     """An analysis compartment's read took up to `max` events and, if they did not
     fit in one message to it, refused them all (E2BIG): those events were gone and
