@@ -53,6 +53,21 @@ class WireClient:
             if time.monotonic() > deadline or not self.pump():
                 raise AssertionError(f"no such event; got {self.events}")
 
+    def call_made_by_hand(self, target: int, interface_id: int, method_id: int = 0):
+        """(question id, message, the object it passes): a Call on `target` passing one
+        capability of this client's, on the protocol core's books as if it had sent it
+        (its Return and the capability's Release are read as any), built with pycapnp
+        for a test to change before it frames and sends it."""
+        from capnp_schemas import rpc
+        given = object()
+        qid, _data = self.conn.send_call(target, interface_id, method_id, P.EMPTY, [given])
+        msg = rpc.Message.new_message()
+        call = msg.init("call")
+        call.questionId, call.interfaceId, call.methodId = qid, interface_id, method_id
+        call.target.importedCap = target
+        call.init("params").init("capTable", 1)[0].senderHosted = self.conn.export_id(given)
+        return qid, msg, given
+
     def returned(self, qid: int) -> P.ReturnReceived:
         ev = self.wait(lambda e: isinstance(e, P.ReturnReceived) and e.question_id == qid)
         if ev.finish_needed:

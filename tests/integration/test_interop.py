@@ -386,21 +386,14 @@ def test_interop_a_call_whose_results_go_to_a_third_party_fails_alone(external_c
     carried is released, and calc answers on the same connection."""
     import struct
 
-    from capnp_schemas import protocol as P, rpc
+    from capnp_schemas import protocol as P
     from tests.wireclient import WireClient, struct_content
     run, path = external_calc
     c = WireClient(path)
     calc = c.get(c.bootstrap(), "calc")
     CALC = 0xC0FFEE0000000001
     for tag, what in ((2, "sendResultsTo.thirdParty (level 3"), (9, "a Call.sendResultsTo that")):
-        given = object()
-        qid, _data = c.conn.send_call(calc, CALC, 0, P.EMPTY, [given])   # on its books
-        msg = rpc.Message.new_message()
-        call = msg.init("call")
-        call.questionId, call.interfaceId, call.methodId = qid, CALC, 0
-        call.target.importedCap = calc
-        call.sendResultsTo.yourself = None
-        call.init("params").init("capTable", 1)[0].senderHosted = c.conn.export_id(given)
+        qid, msg, given = c.call_made_by_hand(calc, CALC)
         (seg,) = msg.to_segments()
         seg = bytearray(seg)
         struct.pack_into("<H", seg, 8 * 3 + 6, tag)      # Call's data: sendResultsTo's tag

@@ -193,7 +193,7 @@ def test_a_call_past_the_limit_whose_header_follows_its_content_fails_alone(
     alone.  The last bytes of each segment are kept too (r243): it fails alone,
     naming the limit, the capability it carried is released, and calc answers on
     the same connection (on the fast lane, and on trio's sockets)."""
-    from capnp_schemas import protocol as P, rpc
+    from capnp_schemas import protocol as P
     from fuzz.seeds import header_after
     from tests.wireclient import WireClient, struct_content
     run, tmp = system
@@ -201,13 +201,7 @@ def test_a_call_past_the_limit_whose_header_follows_its_content_fails_alone(
     c = WireClient(str(tmp / "ext.sock"), timeout=60)
     calc = c.get(c.bootstrap(), "calc")
     for _ in range(2):
-        given = object()
-        qid, _data = c.conn.send_call(calc, CALC, 0, P.EMPTY, [given])   # on its books
-        m = rpc.Message.new_message()
-        call = m.init("call")
-        call.questionId, call.interfaceId, call.methodId = qid, CALC, 0
-        call.target.importedCap = calc
-        call.init("params").init("capTable", 1)[0].senderHosted = c.conn.export_id(given)
+        qid, m, given = c.call_made_by_hand(calc, CALC)
         data = header_after(m, (9 << 20) // 8)
         c.send(data)
         ret = c.returned(qid)
