@@ -464,14 +464,14 @@ class Prober:
         `seconds`; events go to the client as JSON lines, then one summary line."""
         last = trio.current_time()
         reader = P.ReaderWatch(last)
+        gone = f"the trace client read nothing for {TRACE_SEND_TIMEOUT:g} s"
 
         def reading():
             # a client that reads nothing, while what it is sent still fits in its
             # socket's buffer, is gone too: its place and probes come off
             reader.look(trio.current_time(), _unread(stream))
             if reader.stalled(trio.current_time(), TRACE_SEND_TIMEOUT):
-                raise trio.BrokenResourceError(f"the trace client read nothing for "
-                                               f"{TRACE_SEND_TIMEOUT:g} s")
+                raise trio.BrokenResourceError(gone)
 
         async def send(obj):
             # a client that stops reading would hold the trace, and its probes on every
@@ -483,8 +483,7 @@ class Prober:
                 reader.wrote(_unread(stream))
                 last = trio.current_time()
                 return
-            raise trio.BrokenResourceError(f"the trace client read nothing for "
-                                           f"{TRACE_SEND_TIMEOUT:g} s")
+            raise trio.BrokenResourceError(gone)
         seconds = req.get("seconds")
         names = req.get("compartments") or ""
         functions = req.get("functions") or ""
