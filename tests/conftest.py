@@ -122,9 +122,13 @@ class Running:
     they come, supervisor events without their time) can be awaited."""
 
     def __init__(self, args, cwd=None, env=None, preexec_fn=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", *args], cwd=cwd or ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+        if preexec_fn is None:          # as run_wsuper's commands (tests/cmdserver.py)
+            from tests import cmdserver
+            self.proc = cmdserver.popen(args, root=ROOT, cwd=cwd or ROOT, env=env)
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.cli", *args], cwd=cwd or ROOT, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self._unread = b""          # output read past the last whole line
 
@@ -243,18 +247,23 @@ class Ran:
         self.output = self.stdout + self.stderr
 
 
-def run_wsuper(*args, timeout=60, merged=False):
-    """Run a wsuper command to its end.  `merged`: stdout and stderr as one stream,
-    in the order the lines came (in `stdout`)."""
+def run_wsuper(*args, timeout=60, merged=False, env=None, cwd=ROOT):
+    """Run a wsuper command to its end (`python -m supervisor.cli ARGS`, as a child
+    of tests/cmdserver.py's server: a real process that did not import again what the
+    server imported; WSUPER_TEST_FRESH=1 for a new interpreter each time).
+    `merged`: stdout and stderr as one stream, in the order the lines came (in
+    `stdout`)."""
+    from tests import cmdserver
+    r = cmdserver.run(args, root=ROOT, cwd=cwd, env=env, merged=merged, timeout=timeout)
     if merged:
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout)
         r.stdout = "".join(strip_time(line) + "\n" for line in r.stdout.splitlines())
         r.stderr = ""
-        return Ran(r)
-    return Ran(subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout))
+    return Ran(r)
+
+
+def pytest_unconfigure(config):
+    from tests import cmdserver
+    cmdserver.close()
 
 
 @pytest.fixture(scope="session")

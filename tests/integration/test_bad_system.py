@@ -292,8 +292,7 @@ def test_dotted_keys_and_unknown_tables_keep_their_line(tmp_path, text, line, ke
 
 def test_error_lines_name_files_absolutely_however_they_were_given(tmp_path):
     (tmp_path / "system.toml").write_text('[compartments.m]\nmodule = 3\n')
-    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", "system.toml"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    r = run_wsuper("check", "system.toml", cwd=tmp_path)
     assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:2: "), r.stderr
 
 
@@ -774,9 +773,7 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
             f'[system]\n{system}\n[compartments.m]\nmodule = "m.wat"\n'
             f'[compartments.m.grants]\nd = {{ {grant} }}\n')
         for command in ("check", "up"):
-            r = subprocess.run([sys.executable, "-m", "supervisor.cli", command,
-                                str(tmp_path / "system.toml")], capture_output=True,
-                               text=True, env=env, timeout=60)
+            r = run_wsuper(command, str(tmp_path / "system.toml"), env=env)
             assert r.returncode == 2, (system, grant, r.stdout, r.stderr)
             line = 6 + system.count("\n")
             assert r.stderr.startswith(f"wsuper: error: {tmp_path}/system.toml:{line}: "
@@ -788,9 +785,7 @@ def test_no_grant_reaches_the_supervisors_own_files(tmp_path):
         f'[system]\naudit = "box/audit.jsonl"\nlogs = "box/logs"\n[compartments.m]\n'
         f'module = "m.wat"\n[compartments.m.grants]\n'
         f'd = {{ host = "directory", path = "{tmp_path}/data" }}\n')
-    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
-                        str(tmp_path / "system.toml")], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = run_wsuper("check", str(tmp_path / "system.toml"), env=env)
     assert r.returncode == 0, r.stderr
 
 
@@ -1076,9 +1071,7 @@ def test_a_socket_path_too_long_for_the_kernel_is_refused_before_start(tmp_path)
                                f"make socket directory {tmp_path}/no/such"), r.stderr
     env = {**os.environ, "XDG_RUNTIME_DIR": str(deep)}
     (tmp_path / "system.toml").write_text(GOOD)
-    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "up",
-                        str(tmp_path / "system.toml")], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = run_wsuper("up", str(tmp_path / "system.toml"), env=env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "the admin socket" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr, r.stderr
 
@@ -1530,9 +1523,7 @@ def test_the_audit_cannot_be_one_of_the_log_files(tmp_path, audit):
         env, logs = None, 'logs = "logs"\n'
     system.write_text(f'[system]\n{logs}audit = "{audit}"\n[compartments.m]\nmodule = "m.wat"\n')
     for command in ("check", "up"):
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
-                           capture_output=True, text=True, timeout=60, env=env,
-                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        r = run_wsuper(command, str(system), env=env)
         assert r.returncode == 2, (command, r.stdout, r.stderr)
         line = 2 if env is not None else 3
         assert f":{line}: system.audit: the audit file" in r.stderr and "log file in the log " \
@@ -1555,9 +1546,7 @@ def test_the_audit_cannot_have_the_name_of_another_audits_next_file(tmp_path, au
     system = tmp_path / "system.toml"
     system.write_text(f'[system]\naudit = "aud/{audit}"\n[compartments.m]\nmodule = "m.wat"\n')
     for command in ("check", "up"):
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
-                           capture_output=True, text=True, timeout=60,
-                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        r = run_wsuper(command, str(system))
         assert r.returncode == 2, (command, r.stdout, r.stderr)
         assert ":2: system.audit: the audit file" in r.stderr and "the supervisor keeps for " \
             "the next audit file" in r.stderr, r.stderr
@@ -1758,16 +1747,13 @@ def test_the_external_socket_cannot_take_a_systems_own_name_in_the_runtime_direc
             f'module = "{CALC}"\nexports = "Calc"\nexternal = true\n')
     system.write_text(text.format(path))
     for command in ("check", "up"):
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
-                           capture_output=True, text=True, timeout=60, env=env,
-                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        r = run_wsuper(command, str(system), env=env)
         assert r.returncode == 2, (command, r.stdout, r.stderr)
         assert ":3: system.socket: the external socket" in r.stderr and "has the name of a " \
             "system's own socket" in r.stderr, r.stderr
     assert not os.path.lexists(path)
     system.write_text(text.format(run / "wsuper" / "calc.sock"))
-    assert subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
-                          capture_output=True, env=env, timeout=60).returncode == 0
+    assert run_wsuper("check", str(system), env=env).returncode == 0
 
 
 @pytest.mark.parametrize("link", ["symbolic", "hard"])
@@ -2347,8 +2333,7 @@ def test_a_directory_to_make_on_a_kernel_file_system_is_refused_by_check_as_by_u
     system.write_text(GOOD)
     env = {**os.environ, "XDG_RUNTIME_DIR": "/proc"}
     for command in ("check", "up"):
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command, str(system)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        r = run_wsuper(command, str(system), env=env)
         assert r.returncode == 2, (r.stdout, r.stderr)
         assert r.stderr.startswith("wsuper: error: ") and "/proc" in r.stderr, r.stderr
 
@@ -2392,8 +2377,7 @@ def test_a_writable_grant_of_where_the_supervisor_looks_first_for_code_is_refuse
         system.write_text(f'[system]\nlogs = "{tmp_path / "logs"}"\n[compartments.calc]\n'
                           f'module = "{CALC}"\n[compartments.calc.grants]\n'
                           f'd = {{ host = "directory", path = "{granted}"{extra} }}\n')
-        r = subprocess.run([sys.executable, "-m", "supervisor.cli", "check", str(system)],
-                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        r = run_wsuper("check", str(system), cwd=cwd, env=env, timeout=120)
         assert r.returncode == code, (granted, extra, r.stdout, r.stderr)
         if code:
             assert f"{system}:6: compartments.calc.grants.d.path: {granted} would let " \
