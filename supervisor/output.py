@@ -50,7 +50,8 @@ TERMINAL_BACKLOG = 10_000     # lines waiting for the terminal before plugin lin
                               # (and twice that before the supervisor's events are)
 TERMINAL_BACKLOG_CHARS = 16 << 20   # ... and characters of them: a line is at most 4096
                               # characters, escaped up to ten times that (\U000e0001)
-TERMINAL_GATHER = 0.01        # seconds the terminal thread lets lines gather after a wake-up
+TERMINAL_GATHER = 0.01        # seconds the terminal thread rests after a write, while lines
+                              # gather for the next one
 TERMINAL_WRITE_CHARS = 1 << 16  # characters of lines the terminal thread writes at once at most
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
@@ -112,6 +113,7 @@ class Output:
         self._token = None
         self._trio_thread = None
         self._closing = threading.Lock()
+        self._hurry = threading.Event()   # set by stop: the terminal thread rests no more
 
     def start(self):
         """Write the terminal from a thread from now on (call inside trio), and watch
@@ -161,6 +163,7 @@ class Output:
         if self._queue is not None:
             done = threading.Event()
             self._queue.put((None, done))
+            self._hurry.set()
             if done.wait(timeout) and self.dropped:
                 self._print(self.err, self._dropped_note())
             self._queue = None
@@ -173,13 +176,15 @@ class Output:
             else f"{rfc3339()} wsuper: {note}"
 
     def _terminal(self):
-        """The terminal's thread: it wakes for a line, lets more gather for a moment,
-        and writes them all, each stream flushed once (a wake-up per batch of lines,
-        not per line, however busy the plugins are)."""
+        """The terminal's thread: it wakes for a line, writes it with all that waits,
+        each stream flushed once, then rests a moment while more lines gather (a
+        wake-up per batch of lines, not per line, however busy the plugins are).  It
+        slept before the write: every line of an idle system, `ready` and `stopping`
+        among them, came TERMINAL_GATHER late, and the stop waited that long again
+        for its last lines (docs/performance.md, "Up and stop")."""
         q = self._queue
         while True:
             batch = [q.get()]
-            time.sleep(TERMINAL_GATHER)
             while True:
                 try:
                     batch.append(q.get_nowait())
@@ -217,6 +222,7 @@ class Output:
             self._flush(touched)
             with self._counting:         # written: no longer held (a stopped terminal
                 self._queued -= sum(len(line) for _stream, line in batch)   # holds them)
+            self._hurry.wait(TERMINAL_GATHER)     # not once the stop's last lines wait
 
     def _flush(self, streams):
         for stream in streams:

@@ -1331,3 +1331,45 @@ def test_nothing_is_written_to_a_terminal_stream_its_owner_closed(tmp_path):
         assert os.fstat(other.fileno()).st_ino == os.stat(tmp_path / "other").st_ino
     assert (tmp_path / "other").read_text() == "its own"
     assert out.closed
+
+
+def test_a_line_of_an_idle_system_is_written_at_once_and_the_stop_waits_no_rest(monkeypatch):
+    """The terminal thread slept TERMINAL_GATHER after it woke for a line and before it
+    wrote it: every line of an idle system (`ready`, `stopping`) came that late, and
+    the stop waited as long again for the last ones.  Now a line is written as soon as
+    it is said; the rest comes after a write (lines said meanwhile gather, and go in
+    one write), and the stop cuts it short.  A rest of an hour shows it: a lone line
+    and the stop are each waited for here at most 30 s."""
+    import io
+    import threading
+
+    import trio
+
+    monkeypatch.setattr(output, "TERMINAL_GATHER", 3600.0)
+    written = threading.Event()
+
+    class Terminal(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            Terminal.writes += 1
+            n = super().write(text)
+            written.set()
+            return n
+    err = Terminal()
+    out = output.Output(io.StringIO(), err)
+
+    async def main():
+        out.start()
+        out.event("ready calc pid=1")
+        assert await trio.to_thread.run_sync(written.wait, 30), "the line never came"
+        assert "wsuper: ready calc pid=1" in err.getvalue()
+        for n in range(50):                   # said while the thread rests
+            out.event(f"line {n}")
+        done = threading.Event()
+        threading.Thread(target=lambda: (out.stop(timeout=60), done.set()),
+                         daemon=True).start()
+        assert await trio.to_thread.run_sync(done.wait, 30), "the stop waited out the rest"
+    trio.run(main)
+    assert "wsuper: line 49" in err.getvalue()
+    assert Terminal.writes == 2                # the 50 lines gathered: one write
