@@ -231,6 +231,26 @@ class _Answer:
         return self.value
 
 
+async def _ended(popen) -> None:
+    """Until `popen`, a child of ours, has ended (and is reaped): woken by its pidfd.
+    Polled every 10 ms before, each stop of a system waited up to that much more
+    for its zygote (docs/performance.md, "Up and stop").  Without a pidfd (a kernel
+    before 5.3), polled as before."""
+    try:
+        fd = os.pidfd_open(popen.pid)        # not reaped yet (poll said so): still ours
+    except OSError:
+        fd = None
+    try:
+        while popen.poll() is None:
+            if fd is None:
+                await trio.sleep(0.01)
+            else:
+                await trio.lowlevel.wait_readable(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 class Zygote:
     """The supervisor's end of compartments/zygote.py (see there for the protocol)."""
     _stopped = False                 # its stop signal was sent (stop)
@@ -315,8 +335,7 @@ class Zygote:
                 with trio.CancelScope(shield=True):
                     self.stop()
                     with trio.move_on_after(launch.STOP_GRACE):
-                        while self._popen.poll() is None:
-                            await trio.sleep(0.01)
+                        await _ended(self._popen)
             launch.end(self._popen, 0)
 
     def _said_unread(self) -> bool:

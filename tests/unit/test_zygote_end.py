@@ -145,6 +145,49 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
     assert popen.returncode == -signal.SIGKILL
 
 
+def test_the_zygotes_end_is_waited_for_by_its_pidfd_not_by_polling_a_clock(tmp_path):
+    """At the stop, Zygote.run waited for the zygote's end by looking every 10 ms
+    (trio.sleep): each stop of a system waited up to that much more, and every
+    `wsuper up` of the test suite with it.  Now its pidfd wakes the wait.  Under a
+    clock that never moves (trio's MockClock, rate 0), a sleep never ends: a zygote
+    whose stop handler takes 0.3 s must still be seen ended, within 30 s of real
+    time, by its stop signal."""
+    import sys
+    import threading
+
+    import trio.testing
+
+    from compartments import zygote as zygote_module
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    popen = subprocess.Popen([sys.executable, "-c", f"""if True:
+        import os, signal, sys, time
+        def stop(signum, frame):
+            time.sleep(0.3)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        signal.signal({int(zygote_module.STOP)}, stop)
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        time.sleep(60)
+    """], stdout=subprocess.PIPE)
+    assert popen.stdout.readline() == b"ready\n"
+    zygote = _zygote_of(popen, ours)
+    theirs.close()                       # its socket ends first: run() stops it, waits
+    runner = threading.Thread(target=trio.run, args=(zygote.run,),
+                              kwargs={"clock": trio.testing.MockClock()}, daemon=True)
+    try:
+        runner.start()
+        runner.join(30)
+        assert not runner.is_alive(), "the end of the zygote waited for a clock"
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+        popen.stdout.close()
+        ours.close()
+    assert popen.returncode == -zygote_module.STOP
+
+
 def _serving_zygote():
     """A real zygote (launch.Launched), once it serves (its stop handler is in)."""
     import os
