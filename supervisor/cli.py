@@ -305,8 +305,17 @@ def _main(argv=None, zygote=None) -> int:
         try:
             # up's --socket is checked as [system] socket is (a grant reaching it, its
             # length): it went around both, straight to the runtime
-            plan = preflight.prepare(policy.load(
-                args.system, socket=args.socket if args.command == "up" else None))
+            system = policy.load(args.system,
+                                 socket=args.socket if args.command == "up" else None)
+            if args.command == "up":
+                # what the system runs on, imported before prepare waits for the
+                # zygote to parse the schemas: ~0.1 s of imports that came after the
+                # wait overlap the zygote's start now (docs/performance.md, "Up and
+                # stop").  Not for a file policy.load refused: said as soon as before
+                import trio  # noqa: F401
+
+                from . import runtime  # noqa: F401
+            plan = preflight.prepare(system)
         except PolicyError as e:
             _error(f"{e}")
             return 2
