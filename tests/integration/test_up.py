@@ -540,3 +540,38 @@ def test_up_in_the_background_of_a_terminal_that_stops_its_writers_runs_on():
             os.close(slave)
     assert out.strip() == "exit 0", out + seen.decode(errors="replace")
     assert b"[app] 2 + 3 = 5" in seen, seen
+
+
+@pytest.mark.parametrize("command", ["up", "check"])
+def test_a_command_ends_without_the_interpreters_teardown_yet_loses_nothing(tmp_path, command):
+    """`wsuper` ends its process without the interpreter's teardown (cli.run: 12-95
+    ms of CPU a command, freeing what the process held).  What that teardown did
+    that shows must still be done: output written to a file (block-buffered)
+    is all there, in order, the exit code is the command's, and the atexit
+    handlers ran (the schemas' private copies, beneath $TMPDIR, are removed)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    import shutil
+    system = tmp_path / "system"          # a copy: one system file, one `up` at a time
+    system.mkdir()
+    for name in ("hello.toml", "calc.capnp", "calc.wat", "hello.wat"):
+        shutil.copy(os.path.join(EXAMPLES, name), system / name)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary)}
+    out_path = tmp_path / "out.txt"
+    with open(out_path, "wb") as out:
+        r = subprocess.run([sys.executable, "-m", "supervisor.cli", command,
+                            str(system / "hello.toml")], cwd=ROOT, env=env,
+                           stdout=out, stderr=subprocess.PIPE, timeout=60)
+    text = out_path.read_text()
+    assert r.returncode == 0, (text, r.stderr)
+    if command == "up":
+        assert text == "[app] 2 + 3 = 5\n", text
+        assert r.stderr.decode().rstrip().endswith("wsuper: finished app exit=0"), r.stderr
+    else:
+        assert text.startswith("calc: ") and "log -> host Log" in text, text
+    assert not [p for p in temporary.iterdir() if p.name.startswith("wsuper-schemas")], \
+        list(temporary.iterdir())
