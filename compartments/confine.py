@@ -134,15 +134,36 @@ def seccomp_supported() -> bool:
 
 
 _namespaces: dict | None = None      # name -> None (available) or why not; see namespaces()
+_probing: tuple[int, int] | None = None   # (pid, read end) of the probe probe_soon forked
 
 
 def namespaces() -> dict:
     """name -> None if engines started by this process get that namespace, else the
-    reason they cannot.  Found out once, by a child that tries what engines do."""
-    global _namespaces
+    reason they cannot.  Found out once, by a child that tries what engines do (the
+    one probe_soon forked, if it did)."""
+    global _namespaces, _probing
     if _namespaces is None:
-        _namespaces = _try_namespaces()
+        if _probing is not None:
+            pid, r = _probing
+            _probing = None
+            _namespaces = _probe_report(pid, r)
+        else:
+            _namespaces = _try_namespaces()
     return _namespaces
+
+
+def probe_soon():
+    """Fork the namespace probe now, while this process is small and runs one thread
+    (`wsuper up`, right after the zygote's launch); namespaces() reads its report.
+    Forked from the supervisor once everything was imported, just before the first
+    spawn, it was 6-14 ms on the way to the first `ready` (docs/performance.md, "Up
+    and stop").  One that cannot be forked now is forked then, as before."""
+    global _probing
+    if _namespaces is None and _probing is None:
+        try:
+            _probing = _fork_probe()
+        except OSError:
+            pass
 
 
 #: Namespaces a spare engine enters before it knows its compartment (enter_early):
@@ -262,8 +283,19 @@ _NO_USERNS = "no user namespace"
 
 def _try_namespaces() -> dict:
     """Fork a child that enters the namespaces as an engine would; its report."""
+    return _probe_report(*_fork_probe())
+
+
+def _fork_probe() -> tuple[int, int]:
+    """A child that enters the namespaces as an engine would and writes its report:
+    (its pid, the read end of its pipe).  Raises OSError (no pipe, no fork)."""
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:                                   # the child: try, report, leave
         try:
             report = {}
@@ -275,9 +307,17 @@ def _try_namespaces() -> dict:
         finally:
             os._exit(0)
     os.close(w)
+    return pid, r
+
+
+def _probe_report(pid: int, r: int) -> dict:
+    """The report of the probe child `pid` (_fork_probe), once it has ended."""
     with os.fdopen(r, "rb") as f:
         data = f.read()
-    os.waitpid(pid, 0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass                                       # reaped by someone else: its report stands
     try:
         report = json.loads(data)
     except ValueError:

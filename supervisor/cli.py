@@ -75,6 +75,10 @@ def _command(argv=None) -> int:
                 zygote = Launched()
             except OSError:
                 pass                 # tried again (and reported) once the system runs
+            # and the namespace probe (confine.probe's notes), while this process is
+            # small: forked after every import, it was on the way to the first spawn
+            from compartments import confine
+            confine.probe_soon()
         return _main(argv, zygote)
     except startsignals.StoppedAtStart as e:     # only `up` installs its handlers
         from . import stderr

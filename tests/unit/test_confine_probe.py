@@ -429,3 +429,25 @@ def test_a_user_namespace_whose_maps_cannot_be_written_says_why(monkeypatch):
         "writing /proc/self/setgroups: Operation not permitted (refused to users who are not "
         "root here: sysctl kernel.unprivileged_userns_clone, or a security policy such as "
         "AppArmor's kernel.apparmor_restrict_unprivileged_userns)")
+
+
+def test_the_namespace_probe_forked_soon_is_the_one_whose_report_is_read(monkeypatch):
+    """`wsuper up` forks its namespace probe right after the zygote's launch, while
+    the process is small (confine.probe_soon): forked from the whole supervisor
+    just before the first spawn, it was 6-14 ms on the way to the first `ready`.
+    namespaces() then reads that child's report and forks nothing more, and the
+    report is the one a probe forked then would give."""
+    monkeypatch.setattr(confine, "_namespaces", None)
+    monkeypatch.setattr(confine, "_probing", None)
+    expected = confine._try_namespaces()
+    confine.probe_soon()
+    assert confine._probing is not None
+    child = confine._probing[0]
+
+    def no_fork():
+        raise AssertionError("a second probe was forked")
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert confine.namespaces() == expected
+    assert confine._probing is None
+    with pytest.raises(ChildProcessError):     # reaped
+        os.waitpid(child, os.WNOHANG)
