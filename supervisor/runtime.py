@@ -33,7 +33,6 @@ import struct
 import sys
 import threading
 import time
-import weakref
 
 import trio
 
@@ -80,6 +79,9 @@ FD_RESERVE_PER_ENGINE = 4
 #: hold (at most: the budget shared out, half of it kept for anyone)
 FD_EACH = 16
 IO_LIMITERS_KEPT = 256       # worker-thread limiters (owner, caller) kept before idle ones go
+#: seconds a host objects' worker thread stays for another job after its last (holding
+#: one of its compartment's 2 tokens: a grant's opening waits at most this for one)
+IO_LINGER = 0.05
 
 
 #: descriptors the supervisor opens as it starts, beside those open when it plans
@@ -438,7 +440,6 @@ class _NativeLink:
 
 
 _SKIPPED = object()          # a host job not run: its call ended while it waited
-_BLOCKED = object()          # nor this: its object's earlier operation did not end in time
 #: (kind, interface id, method id) of the host methods whose answer is an object
 #: holding a descriptor (Directory.open, create, subdir): counted before they run
 _OPENS = frozenset((kind, iface.id, i) for kind, iface in hosted.BY_KIND.items()
@@ -448,14 +449,38 @@ _OPENS = frozenset((kind, iface.id, i) for kind, iface in hosted.BY_KIND.items()
 _NO_FDS = "EMFILE: the supervisor has no file descriptors to spare; close some files"
 
 
-class _Turn:
-    """One host object's turn in the worker threads, held while one of its
-    operations runs, even one whose caller gave up at its deadline: the next
-    operation waits for it (until its own deadline) and never overtakes it."""
-    __slots__ = ("lock", "__weakref__")
+class _IoEntry:
+    """A host call's Job, queued on its host object; `deadline`: trio's clock at
+    which its call fails ETIMEDOUT, run or not; `answered`: its call was (by the
+    job's outcome or its deadline; trio's side only)."""
+    __slots__ = ("call", "job", "deadline", "answered", "blame")
 
-    def __init__(self):
-        self.lock = threading.Lock()
+    def __init__(self, call, job, deadline: float, blame=None):
+        self.call, self.job, self.deadline, self.answered = call, job, deadline, False
+        self.blame = blame      # the lane's peer whose input made the call (Turns.blame)
+
+
+class _IoPool:
+    """The worker threads (at most 2) of one compartment's host objects, or of a
+    caller's calls on those it was handed (Supervisor._io_key), and their work.
+    Guarded by the supervisor's `_io_lock` (`cond` is on it): `ready`, the host
+    objects with a job queued and none running, in the order they became ready;
+    `threads`, worker threads wanted or running; `waiting`, those of them idle in
+    `cond.wait`; `done`, (entry, outcome) for trio's side.  Trio's side only:
+    `pending`, every entry not yet answered, in the order of their deadlines;
+    `started`, tasks running a worker thread; `wake`, what the pool's task waits on."""
+    __slots__ = ("key", "owner", "caller", "cond", "ready", "threads", "waiting", "done",
+                 "pending", "started", "wake", "running")
+
+    def __init__(self, key, owner: str, caller: str, lock: threading.Lock):
+        self.key, self.owner, self.caller = key, owner, caller
+        self.cond = threading.Condition(lock)
+        self.ready: collections.deque = collections.deque()
+        self.threads = self.waiting = self.started = 0
+        self.done: list = []
+        self.pending: collections.deque = collections.deque()
+        self.wake = trio.Event()
+        self.running = False            # its task (Supervisor._io_pool) is started
 
 
 def _ends_a_line(fd: int, size: int) -> bool:
@@ -891,9 +916,11 @@ class Supervisor:
         #: COMPARTMENT.GRANT -> (st_dev, st_ino) of the file or directory its path named
         #: when the system started: each start of the compartment must open that one
         self._granted: dict[str, tuple] = {}
-        self._jobs: dict[tuple, collections.deque] = {}   # host object -> its jobs, in order
-        # host object -> its _Turn, while a queue or a thread (even abandoned) has it
-        self._object_turns: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # host object -> its jobs not begun, in order, while any is queued or running
+        # (even abandoned at its deadline); guarded by _io_lock, as the pools' work is
+        self._jobs: dict[tuple, collections.deque] = {}
+        self._io_lock = threading.Lock()
+        self._io_pools: dict = {}        # _io_key -> its _IoPool, while it has work
         # host call token -> set when its job's thread ends; present while one runs
         self._host_threads: dict[int, threading.Event] = {}
         # grant -> the file operations its revocation waited for (_revoke): a second
@@ -2218,12 +2245,17 @@ class Supervisor:
 
     # ------------------------------------------------------------ host objects
 
+    @staticmethod
+    def _io_key(owner: str, caller: str = ""):
+        """Whose worker threads run a call of `caller` on `owner`'s host objects."""
+        return owner if not caller or caller == owner else (owner, caller)
+
     def _io_limiter(self, owner: str, caller: str = "") -> trio.CapacityLimiter:
         """The worker threads (2) of `owner`'s host objects, or of `caller`'s calls on
         those it was handed: a caller's slow operations never hold up the owner's (a
         compartment handed a Directory took both its owner's threads, and every file
         operation of the owner, on any grant, failed "not begun"; an outside review)."""
-        key = owner if not caller or caller == owner else (owner, caller)
+        key = self._io_key(owner, caller)
         limiter = self._io_limiters.get(key)
         if limiter is None:
             if len(self._io_limiters) >= IO_LIMITERS_KEPT:     # callers come and go
@@ -2271,97 +2303,227 @@ class Supervisor:
         none running in a thread (even one abandoned at its deadline).  Only then may
         a call be answered at once on this thread (a read the page cache holds):
         else it overtook what came before it (a read answered what was there before
-        the write sent ahead of it; an outside review)."""
-        key = self._job_key(call)
-        if key in self._jobs:
-            return False
-        turn = self._object_turns.get(key)
-        return turn is None or not turn.lock.locked()
+        the write sent ahead of it; an outside review).  (A worker thread removes
+        an object's queue, under _io_lock, only once it is empty and its operation
+        has ended; only this thread adds one: read without the lock.)"""
+        return self._job_key(call) not in self._jobs
 
     def _queue_job(self, call: fx.HostCall, job: hostcaps.Job):
         """Jobs on one host object run one after another, in the order their calls
         came (E-order: a write then a truncate on one File ran in two threads at once,
         and the truncate could land first; an outside review); jobs on different
         objects run side by side, at most 2 a compartment, and 2 a caller on what it
-        was handed (_io_limiter)."""
+        was handed (_io_limiter).
+
+        They are run by the worker threads of the compartment's (or the caller's)
+        _IoPool, which stay a moment (IO_LINGER) for more: a job queued while one
+        waits is handed to it directly (one thread wake-up, no trio task, no trio
+        thread hand-off), and its outcome goes back to the pool's task in trio
+        (one wake-up for all those done meanwhile), which answers the call, and
+        fails with ETIMEDOUT each call whose deadline came first."""
         key = self._job_key(call)
-        queue = self._jobs.get(key)
-        if queue is not None:
-            queue.append((call, job))
-            return
-        # queued now, even by the lane's worker (which owes only the task's start): a
-        # call after it in the same turn sees its object busy (_idle)
-        self._jobs[key] = collections.deque([(call, job)])
-        self._soon(self.nursery.start_soon, self._run_jobs, key)
+        pkey = self._io_key(call.owner, call.caller)
+        pool = self._io_pools.get(pkey)
+        if pool is None:
+            pool = self._io_pools[pkey] = _IoPool(pkey, call.owner, call.caller,
+                                                  self._io_lock)
+        turns = self._turns
+        entry = _IoEntry(call, job, self._now() + hostcaps.IO_DEADLINE,
+                         turns.blame if turns is not None and turns.here else None)
+        pool.pending.append(entry)
+        more = False
+        with self._io_lock:
+            queue = self._jobs.get(key)
+            if queue is not None:        # its object is ready or running: it follows
+                queue.append(entry)
+                return
+            # queued now, even by the lane's worker: a call after it in the same turn
+            # sees its object busy (_idle)
+            self._jobs[key] = collections.deque([entry])
+            pool.ready.append(key)
+            if pool.waiting:
+                pool.waiting -= 1
+                pool.cond.notify()
+            elif pool.threads < 2:
+                pool.threads += 1
+                more = True
+        if not pool.running:
+            pool.running = True
+            self._soon(self.nursery.start_soon, self._io_pool, pool)
+        elif more:
+            self._set(pool.wake)
 
-    async def _run_jobs(self, key: tuple):
-        queue = self._jobs[key]
-        turn = self._object_turns.get(key)       # still held by an abandoned operation?
-        if turn is None:
-            turn = self._object_turns[key] = _Turn()
+    async def _io_pool(self, pool: _IoPool):
+        """The trio side of a pool: starts the worker threads it wants, answers the
+        calls whose jobs they did, and fails those whose deadline came first; ends
+        once its threads have (IO_LINGER after the last job)."""
+        token = trio.lowlevel.current_trio_token()
         try:
-            while queue:
-                call, job = queue[0]
-                try:
-                    await self._host_job(call, job, turn)
-                except Exception as e:  # noqa: BLE001 - one job's fault ends that call only
-                    job.abandon()
-                    self._host_done(call.token, hostcaps.Refusal(
-                        f"EIO: {job.label}: internal error ({type(e).__name__})",
-                        notice=f"internal error in a host call: {type(e).__name__}: "
-                               f"{first_line(e)}"), call.owner)
-                queue.popleft()
+            async with trio.open_nursery() as nursery:
+                while True:
+                    with self._io_lock:
+                        done, pool.done = pool.done, []
+                        wanted = pool.threads
+                    for entry, outcome in done:
+                        self._io_answer(entry, outcome)
+                    while pool.started < wanted:
+                        pool.started += 1
+                        nursery.start_soon(self._io_thread, pool, token)
+                    pending, now = pool.pending, trio.current_time()
+                    while pending and (pending[0].answered or pending[0].deadline <= now):
+                        entry = pending.popleft()
+                        if not entry.answered:
+                            self._io_expire(entry)
+                    if not wanted and not pool.started and not pending:
+                        self._io_pool_gone(pool)      # now: a job queued from here on
+                        break                         # makes a new pool (and task)
+                    # deadlines come in the order of the jobs (each IO_DEADLINE after
+                    # it was queued): with none pending, none falls due within
+                    # IO_DEADLINE, and a job queued meanwhile need not wake this task
+                    with trio.move_on_at(pending[0].deadline if pending else
+                                         now + hostcaps.IO_DEADLINE):
+                        await pool.wake.wait()
+                    pool.wake = trio.Event()
         finally:
-            del self._jobs[key]
+            self._io_pool_gone(pool)
 
-    async def _host_job(self, call: fx.HostCall, job: hostcaps.Job, turn: _Turn):
-        live, token = self.router.host_call_live, call.token
-        until = time.monotonic() + hostcaps.IO_DEADLINE
+    def _io_pool_gone(self, pool: _IoPool):
+        pool.running = False
+        if self._io_pools.get(pool.key) is pool:
+            del self._io_pools[pool.key]
 
-        def run():
-            # in the worker, once the compartment's turn came, and then the object's
-            # (an operation abandoned at its deadline keeps it until it ends: one begun
-            # later landed before it).  A call that ended while it waited (its grant
-            # revoked, its caller gone or cancelling it) is not done.  Marked running
-            # first: a revocation that does not see the mark came before the check,
-            # which then fails (`_revoke` waits for the others)
-            if not turn.lock.acquire(timeout=max(0.0, until - time.monotonic())):
-                return _BLOCKED
-            try:
-                finished = self._host_threads[token] = threading.Event()
+    async def _io_thread(self, pool: _IoPool, token):
+        """One worker thread of `pool`'s: the compartment's token (_io_limiter) is
+        held until the thread ends, even abandoned at a deadline: a compartment whose
+        operations hang runs 2 at a time, not every one, nor all of trio's threads."""
+        try:
+            await threads.run_sync(self._io_work, pool, token, abandon_on_cancel=True,
+                                   limiter=self._io_limiter(pool.owner, pool.caller))
+        finally:
+            pool.started -= 1
+            pool.wake.set()
+
+    def _io_work(self, pool: _IoPool, token):
+        """A worker thread: the ready objects' jobs, one at a time, each object's in
+        order and one job of it at a time (it is not ready while one runs, even one
+        abandoned at its deadline: the next never overtakes it); ends when none has
+        come for IO_LINGER seconds."""
+        lock, live, host_threads = self._io_lock, self.router.host_call_live, self._host_threads
+        with lock:
+            while True:
+                if not pool.ready:
+                    pool.waiting += 1
+                    if not pool.cond.wait(IO_LINGER):
+                        pool.waiting -= 1          # (one notified was counted out for it)
+                        if not pool.ready:
+                            pool.threads -= 1
+                            return
+                    continue
+                key = pool.ready.popleft()
+                queue = self._jobs[key]
+                entry = queue.popleft()
+                lock.release()
                 try:
-                    return job.run() if live(token) else _SKIPPED
+                    # a call that ended while it waited (its grant revoked, its caller
+                    # gone or cancelling it) is not done.  Marked running first: a
+                    # revocation that does not see the mark came before the check,
+                    # which then fails (`_revoke` waits for the others)
+                    tok = entry.call.token
+                    finished = host_threads[tok] = threading.Event()
+                    try:
+                        outcome = entry.job.run() if live(tok) else _SKIPPED
+                    except Exception as e:  # noqa: BLE001 - that call fails, not the thread
+                        outcome = e
+                    finally:
+                        finished.set()
+                        host_threads.pop(tok, None)
                 finally:
-                    finished.set()
-                    self._host_threads.pop(token, None)
-            finally:
-                turn.lock.release()
+                    lock.acquire()
+                if queue:
+                    pool.ready.append(key)        # after the others ready: each in turn
+                else:
+                    del self._jobs[key]
+                if self._io_answer_here(pool, entry, outcome):
+                    continue
+                pool.done.append((entry, outcome))
+                if len(pool.done) == 1:
+                    try:
+                        token.run_sync_soon(self._io_woken, pool)
+                    except trio.RunFinishedError:   # the system has stopped
+                        pass
 
-        outcome = None
-        with trio.move_on_after(hostcaps.IO_DEADLINE):
-            # the compartment's token is held until the thread ends, even abandoned at
-            # the deadline: a compartment whose operations hang runs 2 at a time, not
-            # every one, nor all of trio's threads
-            outcome = await threads.run_sync(run, abandon_on_cancel=True,
-                                             limiter=self._io_limiter(call.owner,
-                                                                      call.caller))
-        if outcome is _SKIPPED:
+    def _io_answer_here(self, pool: _IoPool, entry: _IoEntry, outcome) -> bool:
+        """In a worker thread, holding _io_lock: answer the call now, in a turn of
+        this thread's (Turns.try_enter: only while trio's thread waits for I/O and
+        the lane's worker has no turn), as the lane's worker answers what it serves
+        at once: no wake-up of trio's thread at all.  Only an answer that opened
+        nothing, to a call the lane's worker queued (what is owed for it that raises
+        cuts off its peer, `blame`), with no answer of the pool's waiting for trio
+        (answers keep their order); else False, and trio's thread answers it."""
+        turns = self._turns
+        kind = type(outcome)
+        if entry.blame is None or turns is None or pool.done or not (
+                kind is hostcaps.Answer and not outcome.objects and not outcome.lines
+                and not outcome.notices
+                or kind is hostcaps.Refusal and outcome.notice is None) \
+                or not turns.try_enter():
+            return False
+        self._io_lock.release()
+        try:
+            turns.blame = entry.blame
+            try:
+                self._io_answer(entry, outcome)
+            finally:
+                turns.blame = None
+                turns.leave()
+        finally:
+            self._io_lock.acquire()
+        return True
+
+    @staticmethod
+    def _io_woken(pool: _IoPool):
+        pool.wake.set()
+
+    def _io_answer(self, entry: _IoEntry, outcome):
+        """A job's outcome, in trio: its call's answer, unless its deadline came first
+        (then its job was abandoned: what it opened is closed)."""
+        if entry.answered:
+            return
+        entry.answered = True
+        call, job = entry.call, entry.job
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome is _SKIPPED:
+                job.abandon()
+                expired = self.router.host_call_expired(call.token)  # its grant expired
+                outcome = hostcaps.Refusal(expired, "denied") if expired else \
+                    hostcaps.Refusal("ECANCELED: the call ended before its turn came "
+                                     "(revoked, cancelled, or its caller is gone)")
+            elif outcome is None:                # (abandoned: only by _io_expire)
+                outcome = hostcaps.Refusal(f"ETIMEDOUT: {job.label}: not done")
+            self._host_done(call.token, outcome, call.owner, call.caller)
+        except Exception as e:  # noqa: BLE001 - one job's fault ends that call only
             job.abandon()
-            expired = self.router.host_call_expired(token)   # its grant expired meanwhile
-            outcome = hostcaps.Refusal(expired, "denied") if expired else \
-                hostcaps.Refusal("ECANCELED: the call ended before its turn came "
-                                 "(revoked, cancelled, or its caller is gone)")
-        elif outcome is None or outcome is _BLOCKED:
-            if job.abandon():
-                outcome = hostcaps.Refusal(
-                    f"ETIMEDOUT: {job.label}: the operation took longer than "
-                    f"{hostcaps.IO_DEADLINE:g} s; it may still complete")
-            else:
-                why = "no thread could be started" if threads.short() else \
-                    "earlier file operations have not ended"
-                outcome = hostcaps.Refusal(
-                    f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
-                    f"({why}); it was not done")
+            self._host_done(call.token, hostcaps.Refusal(
+                f"EIO: {job.label}: internal error ({type(e).__name__})",
+                notice=f"internal error in a host call: {type(e).__name__}: "
+                       f"{first_line(e)}"), call.owner)
+
+    def _io_expire(self, entry: _IoEntry):
+        """The deadline of a job not answered yet: its call fails ETIMEDOUT."""
+        entry.answered = True
+        job, call = entry.job, entry.call
+        if job.abandon():
+            outcome = hostcaps.Refusal(
+                f"ETIMEDOUT: {job.label}: the operation took longer than "
+                f"{hostcaps.IO_DEADLINE:g} s; it may still complete")
+        else:
+            why = "no thread could be started" if threads.short() else \
+                "earlier file operations have not ended"
+            outcome = hostcaps.Refusal(
+                f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
+                f"({why}); it was not done")
         self._host_done(call.token, outcome, call.owner, call.caller)
 
     def _host_done(self, token: int, outcome, owner: str = "", caller: str = ""):

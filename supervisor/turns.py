@@ -26,6 +26,10 @@ in one thread.  While anything is owed, the worker waits for trio's turn
 before it takes another; it also waits whenever trio's thread wants the lock
 back, so neither starves the other.
 
+A host objects' worker thread (runtime.py, Supervisor._io_work) may take a
+turn too, for the moment it answers the call whose file operation it did, but
+only when the lock is free at once (`try_enter`): else trio's thread answers.
+
 Pure threading; the supervisor decides what is owed.  Tested without
 processes in tests/unit/test_turns.py.
 """
@@ -199,6 +203,21 @@ class Turns(trio.abc.Instrument):
                 continue
             self.here = True
             return True
+
+    def try_enter(self) -> bool:
+        """A turn for another thread of the supervisor's (a host objects' worker,
+        runtime.py), only if it can be had at once: it never waits, and takes none
+        while trio's thread or the worker waits for the lock, or anything is owed.
+        Ended by `leave`, as the worker's is."""
+        if self.closed or self.trio_wants or self.worker_wants or self.owed:
+            return False
+        if not self._lock.acquire(False):
+            return False
+        if self.closed or self.owed or self.trio_wants:
+            self._lock.release()
+            return False
+        self.here = True
+        return True
 
     def leave(self):
         """End the turn; if anything is owed, wake trio's thread to pay it."""

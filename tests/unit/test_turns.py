@@ -655,3 +655,62 @@ def test_a_large_message_goes_to_the_router_whole_and_small_ones_in_slices():
                       len(big2), len(small), len(bigtwo), len(two)] \
         + [runtime.SLICE] * (sliced - 1) + [len(items[4]) - (sliced - 1) * runtime.SLICE], \
         pieces[:12]
+
+
+def test_another_thread_takes_a_turn_only_when_it_is_free_at_once_never_beside_another():
+    """A host objects' worker thread answers the call whose file operation it did in a
+    turn of its own (Turns.try_enter), which it takes only when nobody holds the lock
+    (trio's thread waits for I/O, the lane's worker has no turn) and nothing is owed:
+    it never waits for it, and the state is still touched by one thread at a time."""
+    state = {"owner": None, "clashes": 0, "other": 0, "refused": 0}
+
+    def hold(who):
+        if state["owner"] is not None:
+            state["clashes"] += 1
+        state["owner"] = who
+        t = time.perf_counter() + 0.0002
+        while time.perf_counter() < t:
+            time.sleep(0)
+        state["owner"] = None
+
+    async def main():
+        turns = Turns()
+        turns.install()
+        # trio's thread runs (a task, not awaiting): the lock is its own
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(turns.try_enter()))
+        t.start()
+        t.join()
+        assert seen == [False]
+        # trio's thread waits for I/O: free at once
+        assert await trio.to_thread.run_sync(lambda: turns.try_enter() and
+                                             (turns.here, turns.leave())[0])
+        done, stop = [], threading.Event()
+        _worker(turns, lambda: hold("worker"), 300, done)
+
+        def other():
+            while not stop.is_set():
+                if turns.try_enter():
+                    try:
+                        hold("other")
+                        state["other"] += 1
+                    finally:
+                        turns.leave()
+                else:
+                    state["refused"] += 1
+                time.sleep(0.0001)
+        o = threading.Thread(target=other, daemon=True)
+        o.start()
+        rounds = 0
+        with trio.fail_after(30):
+            while not done or state["other"] < 20:
+                if state["owner"] is not None:
+                    state["clashes"] += 1
+                rounds += 1
+                await trio.sleep(0 if rounds % 2 else 0.0001)
+        stop.set()
+        await trio.to_thread.run_sync(o.join)
+        turns.close()
+    trio.run(main)
+    assert state["clashes"] == 0
+    assert state["other"] >= 20 and state["refused"] > 0
