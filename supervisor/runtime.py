@@ -467,7 +467,8 @@ class _IoPool:
     objects with a job queued and none running, in the order they became ready;
     `threads`, worker threads wanted or running; `waiting`, those of them idle in
     `cond.wait`; `done`, (entry, outcome) for trio's side.  Trio's side only:
-    `pending`, every entry not yet answered, in the order of their deadlines;
+    `pending`, every entry not yet answered (and those answered behind one), in
+    the order of their deadlines;
     `started`, tasks running a worker thread; `wake`, what the pool's task waits on."""
     __slots__ = ("key", "owner", "caller", "cond", "ready", "threads", "waiting", "done",
                  "pending", "started", "wake", "running")
@@ -2424,19 +2425,23 @@ class Supervisor:
                 entry = queue.popleft()
                 lock.release()
                 try:
-                    # a call that ended while it waited (its grant revoked, its caller
-                    # gone or cancelling it) is not done.  Marked running first: a
-                    # revocation that does not see the mark came before the check,
-                    # which then fails (`_revoke` waits for the others)
-                    tok = entry.call.token
-                    finished = host_threads[tok] = threading.Event()
-                    try:
-                        outcome = entry.job.run() if live(tok) else _SKIPPED
-                    except Exception as e:  # noqa: BLE001 - that call fails, not the thread
-                        outcome = e
-                    finally:
-                        finished.set()
-                        host_threads.pop(tok, None)
+                    call, job = entry.call, entry.job
+                    if call is None or job is None:   # failed at its deadline, abandoned
+                        outcome = None
+                    else:
+                        # a call that ended while it waited (its grant revoked, its
+                        # caller gone or cancelling it) is not done.  Marked running
+                        # first: a revocation that does not see the mark came before
+                        # the check, which then fails (`_revoke` waits for the others)
+                        tok = call.token
+                        finished = host_threads[tok] = threading.Event()
+                        try:
+                            outcome = job.run() if live(tok) else _SKIPPED
+                        except Exception as e:  # noqa: BLE001 - that call fails, not the thread
+                            outcome = e
+                        finally:
+                            finished.set()
+                            host_threads.pop(tok, None)
                 finally:
                     lock.acquire()
                 if queue:
@@ -2473,6 +2478,9 @@ class Supervisor:
             turns.blame = entry.blame
             try:
                 self._io_answer(entry, outcome)
+                pending = pool.pending          # (the pool's task may not wake for long)
+                while pending and pending[0].answered:
+                    pending.popleft()
             finally:
                 turns.blame = None
                 turns.leave()
@@ -2491,7 +2499,8 @@ class Supervisor:
             return
         entry.answered = True
         call, job = entry.call, entry.job
-        try:
+        entry.call = entry.job = None   # (its params: kept till its deadline, a write's
+        try:                            # data held 10 s of writes)
             if isinstance(outcome, Exception):
                 raise outcome
             if outcome is _SKIPPED:
@@ -2514,7 +2523,9 @@ class Supervisor:
         """The deadline of a job not answered yet: its call fails ETIMEDOUT."""
         entry.answered = True
         job, call = entry.job, entry.call
-        if job.abandon():
+        begun = job.abandon()            # first: a worker that took it sees it abandoned
+        entry.call = entry.job = None
+        if begun:
             outcome = hostcaps.Refusal(
                 f"ETIMEDOUT: {job.label}: the operation took longer than "
                 f"{hostcaps.IO_DEADLINE:g} s; it may still complete")
