@@ -2535,7 +2535,13 @@ class Supervisor:
             outcome = hostcaps.Refusal(
                 f"ETIMEDOUT: {job.label}: not begun within {hostcaps.IO_DEADLINE:g} s "
                 f"({why}); it was not done")
-        self._host_done(call.token, outcome, call.owner, call.caller)
+        try:
+            self._host_done(call.token, outcome, call.owner, call.caller)
+        except Exception as e:  # noqa: BLE001 - one call's fault ends that call only
+            self._host_done(call.token, hostcaps.Refusal(
+                f"EIO: {job.label}: internal error ({type(e).__name__})",
+                notice=f"internal error in a host call: {type(e).__name__}: "
+                       f"{first_line(e)}"), call.owner)
 
     def _host_done(self, token: int, outcome, owner: str = "", caller: str = ""):
         """A host call ended; `owner`: the compartment whose grant it went through;
