@@ -1,12 +1,14 @@
 """`wsuper up` with real engine processes running real wasm."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from compartments.zygote import readable
-from tests.conftest import EXAMPLES, run_wsuper
+from tests.conftest import EXAMPLES, ROOT, run_wsuper
 from tests.integration.test_interop import SYSTEM, _client
 
 
@@ -168,24 +170,44 @@ def test_sigkill_of_the_supervisor_takes_every_engine_with_it(tmp_path, wsuper):
     assert not _running(pid, wait=10), f"engine {pid} outlived the supervisor"
 
 
-def test_engines_outlive_the_thread_that_spawned_them(tmp_path, wsuper):
+_QUICK_IDLE = """
+import sys
+sys.path.insert(0, {root!r})
+import trio._core._thread_cache
+trio._core._thread_cache.IDLE_TIMEOUT = 1     # trio's worker threads retire after 1 s
+from supervisor import cli
+sys.exit(cli.main(["up", sys.argv[1]]))
+"""
+
+
+async def _add_1_1(gateway, calc_schema):
+    calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
+    return (await calc.add(1, 1)).sum
+
+
+def test_engines_outlive_the_thread_that_spawned_them(tmp_path):
     """Regression: engines forked from one of trio's worker threads were killed by
-    their parent-death signal when that thread retired after 10 idle seconds."""
+    their parent-death signal when that thread retired after 10 idle seconds (here
+    after 1, which trio is told by a script that runs the command)."""
+    from tests.conftest import Running
     sock = tmp_path / "s.sock"
     (tmp_path / "system.toml").write_text(SYSTEM.format(
         schema=os.path.join(EXAMPLES, "calc.capnp"), module=os.path.join(EXAMPLES, "calc.wat"),
         socket=sock))
-    run = wsuper("up", str(tmp_path / "system.toml"))
-    run.wait_for("ready calc")
-    time.sleep(12)
-
-    async def body(gateway, calc_schema):
-        calc = (await gateway.get("calc")).cap.as_interface(calc_schema.Calc)
-        return (await calc.add(1, 1)).sum
-
-    assert _client(str(sock), body) == 2
-    run.proc.send_signal(signal.SIGTERM)
-    assert run.finish() == 143   # SIGTERM: 128 + 15
+    script = tmp_path / "quick_idle.py"
+    script.write_text(_QUICK_IDLE.format(root=ROOT))
+    run = Running.__new__(Running)             # a Running of the script, not of -m
+    run.proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "system.toml")],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run.lines, run._unread = [], b""
+    try:
+        run.wait_for("ready calc")
+        time.sleep(3)
+        assert _client(str(sock), _add_1_1) == 2
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish() == 143   # SIGTERM: 128 + 15
+    finally:
+        run.stop()
     assert not any("stopped" in l or "failed" in l for l in run.lines), run.lines
 
 
