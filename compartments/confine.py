@@ -166,6 +166,13 @@ def probe_soon():
             pass
 
 
+def probe_reaped():
+    """The probe probe_soon forked, ended and reaped if its report was never read (a
+    refused system): `cli.main` run in a process that goes on left it a zombie."""
+    if _probing is not None:
+        namespaces()
+
+
 #: Namespaces a spare engine enters before it knows its compartment (enter_early):
 #: they need nothing of it.  The mount namespace is emptied there too; what is read
 #: through /proc until confine() (the module's memfd, the descriptors to keep, the

@@ -102,6 +102,8 @@ def _command(argv=None) -> int:
             startsignals.hold()      # `up` is over: a late signal is not a traceback
         if zygote is not None:
             zygote.discard()         # never used (a refused system): it goes
+        if "compartments.confine" in sys.modules:
+            sys.modules["compartments.confine"].probe_reaped()   # a refused system's
 
 
 def _standard_descriptors():
