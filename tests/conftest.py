@@ -34,6 +34,14 @@ os.environ.setdefault("XDG_STATE_HOME", _STATE)
 # run of the suite left ~2 of them in /tmp, and a day of runs hundreds
 atexit.register(lambda pid=os.getpid(): os.getpid() == pid
                 and shutil.rmtree(_STATE, ignore_errors=True))
+# and the systems' locks and admin sockets (endpoint.runtime_dir) in a runtime directory
+# of its own: with /tmp/wsuper-UID shared, two workers' tests that ran `up` of one
+# system file (examples/calc/hello.toml) at once found it running, and one exited 2
+# (a login's /run/user/UID is as shared: set or not, each test process has its own)
+_RUNTIME = tempfile.mkdtemp(prefix="wsuper-test-run-")
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME
+atexit.register(lambda pid=os.getpid(): os.getpid() == pid
+                and shutil.rmtree(_RUNTIME, ignore_errors=True))
 
 
 @pytest.hookimpl(tryfirst=True)

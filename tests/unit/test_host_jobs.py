@@ -828,7 +828,7 @@ def test_a_call_the_lanes_worker_queued_is_answered_by_the_thread_that_ran_its_j
             turns.close()
         return sup
 
-    sup = trio.run(main)
+    trio.run(main)
     assert order == [1, 2, 3, 4, 5, 6]
     in_worker = [t for t, (name, here, blame) in where.items()
                  if name != "MainThread" and here and blame == 7]
