@@ -452,12 +452,15 @@ _NO_FDS = "EMFILE: the supervisor has no file descriptors to spare; close some f
 class _IoEntry:
     """A host call's Job, queued on its host object; `deadline`: trio's clock at
     which its call fails ETIMEDOUT, run or not; `answered`: its call was (by the
-    job's outcome or its deadline; trio's side only)."""
-    __slots__ = ("call", "job", "deadline", "answered", "blame")
+    job's outcome or its deadline; trio's side only); `pool`: the _IoPool of its
+    call (Supervisor._io_key), whose threads run it and whose task fails it at its
+    deadline, whichever pool ran the job before it on the same object."""
+    __slots__ = ("call", "job", "deadline", "answered", "blame", "pool")
 
-    def __init__(self, call, job, deadline: float, blame=None):
+    def __init__(self, call, job, deadline: float, blame=None, pool=None):
         self.call, self.job, self.deadline, self.answered = call, job, deadline, False
         self.blame = blame      # the lane's peer whose input made the call (Turns.blame)
+        self.pool = pool
 
 
 class _IoPool:
@@ -2330,29 +2333,63 @@ class Supervisor:
                                                   self._io_lock)
         turns = self._turns
         entry = _IoEntry(call, job, self._now() + hostcaps.IO_DEADLINE,
-                         turns.blame if turns is not None and turns.here else None)
+                         turns.blame if turns is not None and turns.here else None, pool)
         pool.pending.append(entry)
         more = False
         with self._io_lock:
             queue = self._jobs.get(key)
             if queue is not None:        # its object is ready or running: it follows
-                queue.append(entry)
-                return
-            # queued now, even by the lane's worker: a call after it in the same turn
-            # sees its object busy (_idle)
-            self._jobs[key] = collections.deque([entry])
-            pool.ready.append(key)
-            if pool.waiting:
-                pool.waiting -= 1
-                pool.cond.notify()
-            elif pool.threads < 2:
-                pool.threads += 1
-                more = True
+                queue.append(entry)      # (run by its own pool's threads: _io_hand)
+            else:
+                # queued now, even by the lane's worker: a call after it in the same
+                # turn sees its object busy (_idle)
+                self._jobs[key] = collections.deque([entry])
+                pool.ready.append(key)
+                if pool.waiting:
+                    pool.waiting -= 1
+                    pool.cond.notify()
+                elif pool.threads < 2:
+                    pool.threads += 1
+                    more = True
+        # its pool's task runs even for a job queued behind another pool's (the same
+        # object, called by its owner and by a compartment it was handed to): it is
+        # what fails the call at its deadline.  Started only by the first pool's, such
+        # a call behind a hung operation waited for ever, never ETIMEDOUT (r249)
         if not pool.running:
             pool.running = True
             self._soon(self.nursery.start_soon, self._io_pool, pool)
         elif more:
             self._set(pool.wake)
+
+    def _io_hand(self, pool: _IoPool, key, token):
+        """Holding _io_lock, in a worker thread of `pool`'s that ended a job on the
+        object `key`, whose queue is not empty: the object is ready in the pool of its
+        next job's call.  Handed on in whichever pool ran the job before, a call of a
+        compartment handed a Directory ran on its owner's threads (holding one of the
+        owner's 2 tokens for as long as it hung), and the owner's on the caller's (r249)."""
+        nxt = self._jobs[key][0].pool
+        nxt.ready.append(key)            # after the others ready: each in turn
+        if nxt is pool:
+            return
+        if nxt.waiting:
+            nxt.waiting -= 1
+            nxt.cond.notify()
+        elif nxt.threads < 2:
+            nxt.threads += 1
+            try:
+                token.run_sync_soon(self._io_want, nxt)
+            except trio.RunFinishedError:   # the system has stopped
+                pass
+
+    def _io_want(self, pool: _IoPool):
+        """Trio's thread: `pool` wants a thread (_io_hand); its task is started again
+        if it had ended (every call of its own answered meanwhile, at their deadlines)."""
+        if pool.running:
+            pool.wake.set()
+            return
+        pool.running = True
+        self._io_pools.setdefault(pool.key, pool)
+        self.nursery.start_soon(self._io_pool, pool)
 
     async def _io_pool(self, pool: _IoPool):
         """The trio side of a pool: starts the worker threads it wants, answers the
@@ -2445,7 +2482,7 @@ class Supervisor:
                 finally:
                     lock.acquire()
                 if queue:
-                    pool.ready.append(key)        # after the others ready: each in turn
+                    self._io_hand(pool, key, token)
                 else:
                     del self._jobs[key]
                 if self._io_answer_here(pool, entry, outcome):

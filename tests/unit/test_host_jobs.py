@@ -29,6 +29,8 @@ class Sup:
     _io_expire = runtime.Supervisor._io_expire
     _io_answer_here = runtime.Supervisor._io_answer_here
     _io_pool_gone = runtime.Supervisor._io_pool_gone
+    _io_hand = runtime.Supervisor._io_hand
+    _io_want = runtime.Supervisor._io_want
     _turns = None
 
     def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
@@ -873,3 +875,75 @@ def test_what_an_answered_job_was_given_is_not_kept_until_its_deadline(monkeypat
 
     kept = trio.run(main)
     assert kept[0] == 0 and len(kept) <= 3, kept        # the hung one's; a thread's last
+
+
+def test_a_call_queued_behind_another_compartments_hung_operation_on_one_object_fails_at_its_deadline(
+        monkeypatch):
+    """r249: an object called both by its owner and by a compartment it was handed to
+    is one queue (E-order) but two pools (_io_key).  A call queued behind the other
+    pool's operation started no task of its own pool's, the one that fails calls at
+    their deadline: behind a hung operation it waited for ever, never ETIMEDOUT, and
+    its pool was kept.  Either way round (the owner's behind the caller's too)."""
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.2)
+    release = threading.Event()
+
+    def hang():
+        release.wait(5)
+        return {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            sup._queue_job(_call(1, "d", owner="a", caller="a"), _job(hang))
+            sup._queue_job(_call(2, "e", owner="x", caller="c"), _job(hang))
+            await trio.sleep(0.02)
+            sup._queue_job(_call(3, "d", owner="a", caller="b"), _job(lambda: {}))
+            sup._queue_job(_call(4, "e", owner="x", caller="x"), _job(lambda: {}))
+            await trio.sleep(0.6)
+            seen = dict(sup.done)
+            release.set()
+        return sup, seen
+
+    sup, seen = trio.run(main)
+    for token in (3, 4):
+        assert token in seen, f"call {token} not answered 3 deadlines on"
+        assert seen[token].reason.startswith("ETIMEDOUT") and "not begun" in seen[token].reason
+    assert not sup._io_pools and not sup._jobs
+
+
+def test_a_callers_jobs_behind_its_owners_on_one_object_take_the_callers_threads(
+        monkeypatch):
+    """r249: a job ran on the threads of the pool that ran the one before it on the
+    same object: a compartment handed two Directories, calling each while its owner
+    had an operation on it, hung both of the owner's threads, and the owner's own
+    calls on any other grant failed "not begun" (what the per-caller pools are for).
+    The object is handed to the pool of its next job's call."""
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.4)
+    release, threads = threading.Event(), {}
+
+    def work(who, delay=0.0):
+        def fn():
+            threads.setdefault(who, set()).add(threading.get_ident())
+            time.sleep(delay)
+            if who == "b":
+                release.wait(5)
+            return {}
+        return _job(fn)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            for i, d in enumerate(("d1", "d2")):
+                sup._queue_job(_call(i, d, owner="a", caller="a"), work("a", 0.05))
+                sup._queue_job(_call(10 + i, d, owner="a", caller="b"), work("b"))
+            await trio.sleep(0.15)            # a's done, b's hang (each on its object)
+            sup._queue_job(_call(20, "own", owner="a", caller="a"), work("a"))
+            await trio.sleep(0.1)
+            seen = dict(sup.done)
+            release.set()
+        return sup, seen
+
+    sup, seen = trio.run(main)
+    assert 20 in seen and not hasattr(seen[20], "reason"), seen.get(20)
+    assert not threads["a"] & threads["b"]
+    assert trio.run(_default_borrowed) == 0
