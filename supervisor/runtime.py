@@ -469,18 +469,19 @@ class _IoPool:
     Guarded by the supervisor's `_io_lock` (`cond` is on it): `ready`, the host
     objects with a job queued and none running, in the order they became ready;
     `threads`, worker threads wanted or running; `waiting`, those of them idle in
-    `cond.wait`; `done`, (entry, outcome) for trio's side.  Trio's side only:
+    `cond.wait` and not notified; `wakes`, notifies not yet taken (_io_notify);
+    `done`, (entry, outcome) for trio's side.  Trio's side only:
     `pending`, every entry not yet answered (and those answered behind one), in
     the order of their deadlines;
     `started`, tasks running a worker thread; `wake`, what the pool's task waits on."""
-    __slots__ = ("key", "owner", "caller", "cond", "ready", "threads", "waiting", "done",
-                 "pending", "started", "wake", "running")
+    __slots__ = ("key", "owner", "caller", "cond", "ready", "threads", "waiting", "wakes",
+                 "done", "pending", "started", "wake", "running")
 
     def __init__(self, key, owner: str, caller: str, lock: threading.Lock):
         self.key, self.owner, self.caller = key, owner, caller
         self.cond = threading.Condition(lock)
         self.ready: collections.deque = collections.deque()
-        self.threads = self.waiting = self.started = 0
+        self.threads = self.waiting = self.wakes = self.started = 0
         self.done: list = []
         self.pending: collections.deque = collections.deque()
         self.wake = trio.Event()
@@ -2345,9 +2346,8 @@ class Supervisor:
                 # turn sees its object busy (_idle)
                 self._jobs[key] = collections.deque([entry])
                 pool.ready.append(key)
-                if pool.waiting:
-                    pool.waiting -= 1
-                    pool.cond.notify()
+                if self._io_notify(pool):
+                    pass
                 elif pool.threads < 2:
                     pool.threads += 1
                     more = True
@@ -2369,17 +2369,31 @@ class Supervisor:
         owner's 2 tokens for as long as it hung), and the owner's on the caller's (r249)."""
         nxt = self._jobs[key][0].pool
         nxt.ready.append(key)            # after the others ready: each in turn
-        if nxt is pool:
+        if nxt is pool or self._io_notify(nxt):
             return
-        if nxt.waiting:
-            nxt.waiting -= 1
-            nxt.cond.notify()
-        elif nxt.threads < 2:
+        if nxt.threads < 2:
             nxt.threads += 1
             try:
                 token.run_sync_soon(self._io_want, nxt)
             except trio.RunFinishedError:   # the system has stopped
                 pass
+
+    @staticmethod
+    def _io_notify(pool: _IoPool) -> bool:
+        """Holding _io_lock: wake one of `pool`'s threads waiting for a job, if any
+        is.  It is counted out of `waiting` here and into `wakes`, which the first
+        thread that leaves its wait takes (_io_work): a notify that comes as a wait
+        times out is not seen by it (Condition.wait says False all the same), and
+        the thread counted itself out again: `waiting` fell below 0, no thread was
+        ever started or notified for the jobs after, which each failed "not begun"
+        at its deadline and left its object busy for good (calls ~IO_LINGER apart:
+        1 in 3 to 2 in 3 failed; r249)."""
+        if not pool.waiting:
+            return False
+        pool.waiting -= 1
+        pool.wakes += 1
+        pool.cond.notify()
+        return True
 
     def _io_want(self, pool: _IoPool):
         """Trio's thread: `pool` wants a thread (_io_hand); its task is started again
@@ -2451,11 +2465,14 @@ class Supervisor:
             while True:
                 if not pool.ready:
                     pool.waiting += 1
-                    if not pool.cond.wait(IO_LINGER):
-                        pool.waiting -= 1          # (one notified was counted out for it)
-                        if not pool.ready:
-                            pool.threads -= 1
-                            return
+                    notified = pool.cond.wait(IO_LINGER)
+                    if pool.wakes:                 # one notified: counted out already
+                        pool.wakes -= 1            # (this one, or one still waking)
+                    else:
+                        pool.waiting -= 1
+                    if not notified and not pool.ready:
+                        pool.threads -= 1
+                        return
                     continue
                 key = pool.ready.popleft()
                 queue = self._jobs[key]

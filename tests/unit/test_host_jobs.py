@@ -31,6 +31,7 @@ class Sup:
     _io_pool_gone = runtime.Supervisor._io_pool_gone
     _io_hand = runtime.Supervisor._io_hand
     _io_want = runtime.Supervisor._io_want
+    _io_notify = staticmethod(runtime.Supervisor._io_notify)
     _turns = None
 
     def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
@@ -947,3 +948,39 @@ def test_a_callers_jobs_behind_its_owners_on_one_object_take_the_callers_threads
     assert 20 in seen and not hasattr(seen[20], "reason"), seen.get(20)
     assert not threads["a"] & threads["b"]
     assert trio.run(_default_borrowed) == 0
+
+
+def test_a_job_queued_as_a_waiting_thread_times_out_gets_a_thread_and_the_next_one_too(
+        monkeypatch):
+    """r249: a job queued just as a pool's idle thread's IO_LINGER ran out notified it
+    (counted out of `waiting`), but Condition.wait said False all the same (it had
+    timed out before it had the lock back), and the thread counted itself out again:
+    `waiting` fell below 0, and the pool's next jobs notified no thread and started
+    none.  Calls about IO_LINGER apart, 1 in 3 to 2 in 3 failed "not begun" (300 with
+    the stand-in), each object left busy for good.  The interleaving is made here by
+    holding the lock (reentrant, as the job's queueing takes it) past the time-out."""
+    monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.5)
+    release = threading.Event()
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            sup._io_lock = threading.RLock()
+            sup._queue_job(_call(1, "f"), _job(lambda: {}))
+            await trio.sleep(0.02)           # done; its thread waits IO_LINGER for more
+            with sup._io_lock:               # its wait times out; the lock is not free
+                time.sleep(runtime.IO_LINGER * 4)
+                sup._queue_job(_call(2, "g"), _job(lambda: release.wait(5) or {}))
+            await trio.sleep(0.05)           # g's job hangs in that thread
+            sup._queue_job(_call(3, "h"), _job(lambda: {}))      # another thread's
+            await trio.sleep(0.2)
+            seen = dict(sup.done)
+            release.set()
+            await trio.sleep(runtime.IO_LINGER * 3)
+            pool = sup._io_pools.get("app")
+            counts = None if pool is None else (pool.waiting, pool.wakes, pool.threads)
+        return seen, counts
+
+    seen, counts = trio.run(main)
+    assert 3 in seen and not hasattr(seen[3], "reason"), seen.get(3)
+    assert counts in (None, (0, 0, 0)), counts
