@@ -454,13 +454,14 @@ class _IoEntry:
     which its call fails ETIMEDOUT, run or not; `answered`: its call was (by the
     job's outcome or its deadline; trio's side only); `pool`: the _IoPool of its
     call (Supervisor._io_key), whose threads run it and whose task fails it at its
-    deadline, whichever pool ran the job before it on the same object."""
-    __slots__ = ("call", "job", "deadline", "answered", "blame", "pool")
+    deadline, whichever pool ran the job before it on the same object; `key`: its
+    host object (Supervisor._job_key)."""
+    __slots__ = ("call", "job", "deadline", "answered", "blame", "pool", "key")
 
-    def __init__(self, call, job, deadline: float, blame=None, pool=None):
+    def __init__(self, call, job, deadline: float, blame=None, pool=None, key=None):
         self.call, self.job, self.deadline, self.answered = call, job, deadline, False
         self.blame = blame      # the lane's peer whose input made the call (Turns.blame)
-        self.pool = pool
+        self.pool, self.key = pool, key
 
 
 class _IoPool:
@@ -924,6 +925,9 @@ class Supervisor:
         # host object -> its jobs not begun, in order, while any is queued or running
         # (even abandoned at its deadline); guarded by _io_lock, as the pools' work is
         self._jobs: dict[tuple, collections.deque] = {}
+        # host object -> how many of its calls queued as jobs are not answered yet (a
+        # job done, its answer waiting for trio's thread): trio's side (and turns) only
+        self._unanswered: dict[tuple, int] = {}
         self._io_lock = threading.Lock()
         self._io_pools: dict = {}        # _io_key -> its _IoPool, while it has work
         # host call token -> set when its job's thread ends; present while one runs
@@ -2308,10 +2312,23 @@ class Supervisor:
         none running in a thread (even one abandoned at its deadline).  Only then may
         a call be answered at once on this thread (a read the page cache holds):
         else it overtook what came before it (a read answered what was there before
-        the write sent ahead of it; an outside review).  (A worker thread removes
-        an object's queue, under _io_lock, only once it is empty and its operation
-        has ended; only this thread adds one: read without the lock.)"""
-        return self._job_key(call) not in self._jobs
+        the write sent ahead of it; an outside review), nor an answer of one done
+        whose answer waits for trio's thread (its answer came after the read's,
+        which a pipelining client sees; r249).  (A worker thread removes an object's
+        queue, under _io_lock, only once it is empty and its operation has ended;
+        only this thread adds one: read without the lock.)"""
+        key = self._job_key(call)
+        return key not in self._jobs and key not in self._unanswered
+
+    def _io_answered(self, entry: _IoEntry):
+        """`entry`'s call is answered (by its outcome or its deadline): one fewer of
+        its object's unanswered (_idle)."""
+        entry.answered = True
+        left = self._unanswered.get(entry.key, 0) - 1
+        if left > 0:
+            self._unanswered[entry.key] = left
+        else:
+            self._unanswered.pop(entry.key, None)
 
     def _queue_job(self, call: fx.HostCall, job: hostcaps.Job):
         """Jobs on one host object run one after another, in the order their calls
@@ -2334,7 +2351,9 @@ class Supervisor:
                                                   self._io_lock)
         turns = self._turns
         entry = _IoEntry(call, job, self._now() + hostcaps.IO_DEADLINE,
-                         turns.blame if turns is not None and turns.here else None, pool)
+                         turns.blame if turns is not None and turns.here else None, pool,
+                         key)
+        self._unanswered[key] = self._unanswered.get(key, 0) + 1
         pool.pending.append(entry)
         more = False
         with self._io_lock:
@@ -2551,7 +2570,7 @@ class Supervisor:
         (then its job was abandoned: what it opened is closed)."""
         if entry.answered:
             return
-        entry.answered = True
+        self._io_answered(entry)
         call, job = entry.call, entry.job
         entry.call = entry.job = None   # (its params: kept till its deadline, a write's
         try:                            # data held 10 s of writes)
@@ -2575,7 +2594,7 @@ class Supervisor:
 
     def _io_expire(self, entry: _IoEntry):
         """The deadline of a job not answered yet: its call fails ETIMEDOUT."""
-        entry.answered = True
+        self._io_answered(entry)
         job, call = entry.job, entry.call
         begun = job.abandon()            # first: a worker that took it sees it abandoned
         entry.call = entry.job = None

@@ -32,12 +32,13 @@ class Sup:
     _io_hand = runtime.Supervisor._io_hand
     _io_want = runtime.Supervisor._io_want
     _io_notify = staticmethod(runtime.Supervisor._io_notify)
+    _io_answered = runtime.Supervisor._io_answered
     _turns = None
 
     def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
         self.nursery = nursery
         self._io_limiters, self._jobs, self._host_threads = {}, {}, {}
-        self._io_lock, self._io_pools = threading.Lock(), {}
+        self._io_lock, self._io_pools, self._unanswered = threading.Lock(), {}, {}
         self.router = type("Router", (), {"host_call_live": staticmethod(live),
                                           "host_call_expired": staticmethod(expired)})()
         self.done = {}
@@ -984,3 +985,44 @@ def test_a_job_queued_as_a_waiting_thread_times_out_gets_a_thread_and_the_next_o
     seen, counts = trio.run(main)
     assert 3 in seen and not hasattr(seen[3], "reason"), seen.get(3)
     assert counts in (None, (0, 0, 0)), counts
+
+
+def test_an_object_whose_jobs_answer_waits_for_trio_is_not_idle_until_it_is_given():
+    """r249: a worker ended a job (a write) and let go of its object before trio's
+    thread had given its answer: a read of the same File answered at once (_idle: the
+    page cache holds it) went back before the write's answer, which a pipelining
+    client sees.  The object stays busy until its last job's answer is given."""
+    began, go = threading.Event(), threading.Event()
+
+    def write():
+        began.set()
+        assert go.wait(30)
+        return {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            sup = Sup(n)
+            sup._queue_job(_call(1, "f"), _job(write))
+            with trio.fail_after(30):
+                while not began.is_set():        # the pool's thread runs it
+                    await trio.sleep(0.001)
+            # trio's thread is held here (as by other work) while the job ends and the
+            # worker lets go of the object: its answer waits for trio
+            go.set()
+            deadline = time.monotonic() + 30
+            while _job_key_of("f") in sup._jobs and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert _job_key_of("f") not in sup._jobs and 1 not in sup.done
+            busy = not sup._idle(_call(2, "f"))
+            while 1 not in sup.done:
+                await trio.sleep(0.01)
+            idle_after = sup._idle(_call(3, "f"))
+        return busy, idle_after
+
+    busy, idle_after = trio.run(main)
+    assert busy, "a read would be answered before the write's answer"
+    assert idle_after
+
+
+def _job_key_of(served):
+    return runtime.Supervisor._job_key(_call(0, served))
