@@ -27,6 +27,10 @@ share it copy-on-write) and then forks one engine per request:
       wait for their modules' compiles: the supervisor bounds its wait for an
       answer by the time since it last heard from this process (a stopped or
       wedged zygote says nothing: supervisor/process.py, ANSWER_SILENCE)
+  compile (supervisor -> zygote, `wsuper up` as soon as its policy is read):
+      {"compile": EngineSpec}: compile that spec's module now, as its first
+      request would (its requests then find it compiled, or wait for this
+      compile); never answered, and one that cannot be taken changes nothing
   schema (supervisor -> zygote, before any request): {"schema": PATH, "imports":
       [DIR, ...]}; answer {"schema": EXIT CODE, "stderr": TEXT} of a child that
       parsed that file (pycapnp's parser may abort a process: never this one)
@@ -1425,7 +1429,14 @@ def _serve(control: socket.socket, supervisor_pid: int):
         start_compiles()
 
     def request(line: bytes, fds: list, too_long: bool) -> None:
-        """One line from the supervisor: a schema to parse, or a request for an engine."""
+        """One line from the supervisor: a module to compile, a schema to parse, or a
+        request for an engine."""
+        if line.startswith(b'{"compile":'):    # a module to compile now (launch.py)
+            for fd in fds:
+                os.close(fd)
+            if not too_long:      # never answered: a hint (one too long is no spec)
+                compile_soon(line)
+            return
         if too_long:
             answer({"error": "engine request: too long", "id": _request_id(line)})
             return
@@ -1448,6 +1459,29 @@ def _serve(control: socket.socket, supervisor_pid: int):
             answer({"error": f"engine request: {e}", "id": ident})
             return
         load(ident, line, spec, fds)
+
+    def compile_soon(line: bytes) -> None:
+        """{"compile": SPEC}: compile the module of that EngineSpec now, as its first
+        request would, and keep it; no answer, and no engine.  `wsuper up` asks it
+        for every module as soon as its policy names them, so that the first start
+        finds its module compiled (its compile ran beside the supervisor's preflight,
+        not after it).  A spec refused, a module that cannot be compiled: its first
+        request says so, as it would have (`load`)."""
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or set(obj) != {"compile"}:
+                raise SpecError("a compile request is {\"compile\": SPEC}")
+            spec = EngineSpec.from_json(json.dumps(obj["compile"]).encode())
+            _fds, _error, want = modules.lookup(spec.module, spec.instrument,
+                                                spec.protect, spec.limits.memory)
+        except (SpecError, ValueError, TypeError, RecursionError, OSError):
+            return                  # its requests, if any, meet the same and say it
+        if want is None or want in parked:
+            return                  # compiled, failed already, or under way
+        queued.append((want, (spec.module, spec.instrument, spec.protect,
+                              spec.limits.memory, spec.user)))
+        parked[want] = []           # the requests for it wait on this compile
+        start_compiles()
 
     def load(ident, line: bytes, spec, fds: list) -> None:
         """Answer request `ident` with its module as its file is now: compiled, failed,

@@ -326,7 +326,11 @@ def _main(argv=None, zygote=None) -> int:
                 import trio  # noqa: F401
 
                 from . import runtime  # noqa: F401
-            plan = preflight.prepare(system)
+            # each module compiled by the zygote beside preflight's checks of the
+            # modules, not at its first start after them (docs/performance.md,
+            # "Each module compiled once on the way to ready")
+            plan = preflight.prepare(system, zygote.compile_soon
+                                     if args.command == "up" and zygote is not None else None)
         except PolicyError as e:
             _error(f"{e}")
             return 2

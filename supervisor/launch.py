@@ -22,6 +22,12 @@ SCHEMA_SECONDS = 60
 #: Bytes of the zygote's answer about a schema (the parser's text is cut at 64 KiB)
 ANSWER_LIMIT = 1 << 20
 
+#: Bytes of compile requests at most that `wsuper up` sends the zygote at once
+#: (Launched.compile_soon), which may not read them yet (its imports): well inside
+#: a socket's buffer, so the send never waits; ~150 modules, and a module left out
+#: compiles at its first start
+COMPILE_SOON_BYTES = 48 << 10
+
 
 class Launched:
     """A zygote process started, not yet spoken to: `wsuper up` starts it first thing,
@@ -78,6 +84,37 @@ class Launched:
             return None
         sock.settimeout(None)
         return code, text
+
+    def compile_soon(self, system) -> None:
+        """Have the zygote compile every module of `system` now, as each first start
+        will want it (compartments/zygote.py: {"compile": SPEC}, no answer): its
+        compiles then run beside the supervisor's own checks (preflight compiles
+        each module too, to check it), not after them on the way to the first
+        ready.  A hint only: a module not compiled yet is compiled at its first
+        start as before, and what fails says so there.  At most COMPILE_SOON_BYTES
+        of lines, so that the send never waits for the zygote."""
+        from compartments.spec import EngineSpec
+        sock = self.sock
+        if sock is None:
+            return
+        seen, data = set(), b""
+        for comp in system.compartments.values():
+            spec = EngineSpec(comp.name, comp.module, limits=comp.limits,
+                              user=system.engine_user, instrument=comp.instrument,
+                              protect=comp.protect)
+            variant = (spec.module, spec.instrument, spec.protect, spec.limits.memory)
+            if variant in seen:
+                continue
+            seen.add(variant)
+            line = b'{"compile":' + spec.to_json() + b"}\n"
+            if len(data) + len(line) > COMPILE_SOON_BYTES:
+                break
+            data += line
+        if data:
+            try:
+                sock.sendall(data)
+            except OSError:
+                pass            # gone: parse_schema or the first spawn finds it so
 
     def take(self) -> tuple[subprocess.Popen, pysocket.socket]:
         sock, self.sock = self.sock, None

@@ -40,12 +40,17 @@ HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 
 
 
-def prepare(system: System) -> Plan:
+def prepare(system: System, modules_soon=None) -> Plan:
+    """The checked plan of `system`.  `modules_soon(system)`: called once the schemas
+    are parsed, before the modules are checked (`wsuper up`: the zygote's compiles
+    of them start then, beside these checks: launch.Launched.compile_soon)."""
     # the file read again to name lines in errors, as load reads it (a regular file,
     # bounded, UTF-8): with open(), one replaced since load by a file that is not
     # UTF-8 was a UnicodeDecodeError traceback, and by a FIFO a wait for ever
     where = _Where.of_file(system.path)
     interfaces, origin, ifaces, every = _schemas(system, where)
+    if modules_soon is not None:
+        modules_soon(system)
     plan = _prepare(system, where, interfaces, origin, ifaces, every)
     return attrs.evolve(plan, fingerprints=_fingerprints(interfaces, origin))
 

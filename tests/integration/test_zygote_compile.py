@@ -1754,3 +1754,122 @@ def test_a_start_waiting_for_a_long_compile_is_not_taken_for_a_stalled_zygote(
         os.waitpid(pid, 0)
     assert len(got) == 1 and isinstance(got[0], process.ForkedEngine), got
     assert busy and set(busy) == {1}, busy
+
+
+# ---------------------------------------------------------------- compiled soon (r248)
+
+def _opens(path: str):
+    """(inotify descriptor, read()): read() waits up to `wait` seconds for events and
+    returns how many times `path` was opened meanwhile (IN_OPEN)."""
+    import ctypes
+    import select
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+    assert fd >= 0 and libc.inotify_add_watch(fd, path.encode(), 0x20) >= 0   # IN_OPEN
+
+    def read(wait: float = 0.0) -> int:
+        n = 0
+        while select.select([fd], [], [], wait)[0]:
+            data = os.read(fd, 4096)
+            while data:
+                _wd, mask, _cookie, size = struct.unpack_from("iIII", data)
+                n += bool(mask & 0x20)
+                data = data[16 + size:]
+            wait = 0.2                    # the rest of what came with it
+        return n
+    return fd, read
+
+
+def _system(tmp_path, names=("c1", "c2")):
+    from supervisor import policy
+    module = tmp_path / "calc.wat"
+    module.write_bytes(open(f"{EXAMPLES}/calc.wat", "rb").read())
+    toml = tmp_path / "system.toml"
+    toml.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n' + "".join(
+        f'[compartments.{n}]\nmodule = "calc.wat"\nexports = "Calc"\n' for n in names))
+    return policy.load(str(toml)), str(module)
+
+
+def test_up_has_the_zygote_compile_each_module_before_its_first_start_and_once(tmp_path):
+    """`wsuper up` compiled each module twice on the way to its first ready: in
+    preflight's checking child, and then in the zygote's compiler at the first
+    start, after the checks (17-40 ms more before the first `ready`).  The zygote
+    is now asked to compile every module as soon as the policy names them
+    (Launched.compile_soon): its compiler reads the module file before any engine
+    is asked for, and the engines of it (two compartments, one module) start from
+    that one compile: the file is opened once in all."""
+    import socket
+
+    import trio
+
+    from compartments.spec import EngineSpec
+    from supervisor.launch import Launched
+    from supervisor.process import Zygote
+    system, module = _system(tmp_path)
+    watch, opens = _opens(module)
+    launched = Launched()
+    try:
+        launched.compile_soon(system)
+        first = opens(60)           # the zygote imports first (~0.2 s, more when loaded)
+        assert first == 1, "the zygote did not read the module before any start"
+        engines, kept = [], []
+
+        async def main():
+            zygote_ = Zygote(launched)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(zygote_.run)
+                for comp in system.compartments.values():     # as runtime._spawn asks
+                    ours, theirs = socket.socketpair()
+                    kept.append(ours)
+                    try:
+                        engines.append(await zygote_.spawn(EngineSpec(
+                            comp.name, comp.module, exports=True, limits=comp.limits,
+                            user=system.engine_user, instrument=comp.instrument,
+                            protect=comp.protect), theirs.fileno()))
+                    finally:
+                        theirs.close()
+                for proc in engines:
+                    proc.kill()
+                    await proc.wait()
+                zygote_.stop()
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+        assert len(engines) == 2 and all(p.pid > 0 for p in engines)
+        assert opens(0.5) == 0, "the module was compiled again at its first start"
+    finally:
+        launched.discard()
+        os.close(watch)
+        for s in locals().get("kept", ()):
+            s.close()
+
+
+@pytest.mark.parametrize("line", [
+    b'{"compile": 5}',
+    b'{"compile": {"name": "c"}}',
+    b'{"compile": {"name": "c", "module": "relative.wat"}}',
+    b'{"compile": {"name": "c", "module": "/no/such/module.wat"}}',
+    b'{"compile": {"name": "c", "module": "/"}}',
+    b'{"compile": {"name": "c", "module": "/dev/zero"}}',
+    b'{"compile": {"name": "c", "module": "/x", "limits": {"memory": -1}}}',
+    b'{"compile": {}, "more": 1}',
+    b'{"compile": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}',
+    b'{"compile": ' + b'[' * 100_000 + b']' * 100_000 + b'}',
+    b'{"compile": \xff\xfe}',
+])
+def test_a_bad_compile_request_is_neither_answered_nor_held_against_the_next(tmp_path, line):
+    """A compile request ({"compile": SPEC}) is a hint: one the zygote cannot take (not
+    JSON, no spec, a spec refused, a module that is not there or no file) changes
+    nothing and is not answered, so the next line the supervisor reads is the answer
+    to what it asked next (a schema's parse here).  Before, any such line was an
+    engine request without a number, answered with an error the schema's parse took
+    for its own answer (the zygote then discarded)."""
+    from supervisor.launch import Launched
+    launched = Launched()
+    try:
+        launched.sock.sendall(line + b"\n")
+        answer = launched.parse_schema(f"{EXAMPLES}/calc.capnp", [])
+        assert answer is not None and answer[0] == 0, answer
+        assert launched.popen.poll() is None        # the zygote goes on
+    finally:
+        launched.discard()
