@@ -1680,6 +1680,12 @@ def main():
         signal.signal(sig, signal.SIG_IGN)
     control = socket.socket(fileno=int(sys.argv[1]))
     try:
+        # the namespace probe (confine.prepare reads its report), forked now, while
+        # this process is small and has imported nothing heavy: it runs beside the
+        # imports (~0.2 s) instead of after them, ~8 ms before the first request
+        # could be served (docs/performance.md, "Each module compiled once")
+        from . import confine
+        confine.probe_soon()
         serve(control, int(sys.argv[2]))
     except ImportError as e:     # unchecked.WasmtimeInternalsChanged, most likely
         print(f"wsuper zygote: {e}", file=sys.stderr, flush=True)

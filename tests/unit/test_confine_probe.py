@@ -451,3 +451,30 @@ def test_the_namespace_probe_forked_soon_is_the_one_whose_report_is_read(monkeyp
     assert confine._probing is None
     with pytest.raises(ChildProcessError):     # reaped
         os.waitpid(child, os.WNOHANG)
+
+
+def test_the_zygote_forks_its_namespace_probe_before_its_imports():
+    """The zygote found out its namespaces in confine.prepare, after importing
+    wasmtime, pycapnp and the engine (~0.2 s): a probe forked then, and waited for,
+    was 5-7 ms more before it could serve its first request.  Its main() now forks
+    the probe first thing (confine.probe_soon), before serve() imports anything
+    heavy; prepare reads that probe's report (namespaces(): the test above).
+    A real zygote process, as the supervisor starts it, up to serve()."""
+    import socket
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from compartments import confine, zygote\n"
+            "def serve(control, pid):\n"
+            "    print(confine._probing is not None, 'wasmtime' in sys.modules, flush=True)\n"
+            "    confine.namespaces()\n"
+            "zygote.serve = serve\n"
+            "zygote.main()\n")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        out = subprocess.run([sys.executable, "-I", "-c", code, str(theirs.fileno()),
+                              str(os.getpid())], pass_fds=(theirs.fileno(),), env={},
+                             cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"], \
+        f"no namespace probe forked before the imports: {out.stdout!r}"
