@@ -1049,10 +1049,10 @@ import sys, time
 sys.path.insert(0, {root!r})
 from supervisor import cli, preflight
 real = preflight.prepare
-def prepare(system):
+def prepare(system, *rest):
     print("compiling", flush=True)     # as a large module on a busy machine: up holds
     time.sleep(120)                    # its lock, and binds its admin socket after
-    return real(system)
+    return real(system, *rest)
 preflight.prepare = prepare
 sys.exit(cli.main(["up", sys.argv[1]]))
 """

@@ -562,7 +562,7 @@ def test_up_holds_the_systems_lock_while_it_reads_checks_and_compiles_it(
     system = _system_with_its_own_runtime(tmp_path, monkeypatch)
     seen = []
 
-    def prepare(_system):
+    def prepare(_system, *_rest):
         seen.append(endpoint.is_running(system))
         raise policy.PolicyError(system, "compartments.app.module", "refused here")
     monkeypatch.setattr(preflight, "prepare", prepare)
