@@ -1707,10 +1707,9 @@ class Supervisor:
             self._act(self.lifecycle.start_failed(
                 comp.name, f"cannot make its socket: {e.strerror}", trio.current_time()))
             return
-        spec = EngineSpec(comp.name, comp.module, exports=comp.exports is not None,
-                          per_call=comp.instance == "per_call", stats=self.stats,
-                          limits=comp.limits, user=self.system.engine_user,
-                          instrument=comp.instrument, protect=comp.protect)
+        spec = EngineSpec.of(comp, self.system.engine_user,
+                             exports=comp.exports is not None,
+                             per_call=comp.instance == "per_call", stats=self.stats)
         if self.stats:
             self._spawned_at[comp.name] = trio.current_time()
 
@@ -2365,9 +2364,7 @@ class Supervisor:
                 # turn sees its object busy (_idle)
                 self._jobs[key] = collections.deque([entry])
                 pool.ready.append(key)
-                if self._io_notify(pool):
-                    pass
-                elif pool.threads < 2:
+                if not self._io_notify(pool) and pool.threads < 2:
                     pool.threads += 1
                     more = True
         # its pool's task runs even for a job queued behind another pool's (the same
@@ -2587,10 +2584,7 @@ class Supervisor:
             self._host_done(call.token, outcome, call.owner, call.caller)
         except Exception as e:  # noqa: BLE001 - one job's fault ends that call only
             job.abandon()
-            self._host_done(call.token, hostcaps.Refusal(
-                f"EIO: {job.label}: internal error ({type(e).__name__})",
-                notice=f"internal error in a host call: {type(e).__name__}: "
-                       f"{first_line(e)}"), call.owner)
+            self._io_failed(call, job, e)
 
     def _io_expire(self, entry: _IoEntry):
         """The deadline of a job not answered yet: its call fails ETIMEDOUT."""
@@ -2611,10 +2605,14 @@ class Supervisor:
         try:
             self._host_done(call.token, outcome, call.owner, call.caller)
         except Exception as e:  # noqa: BLE001 - one call's fault ends that call only
-            self._host_done(call.token, hostcaps.Refusal(
-                f"EIO: {job.label}: internal error ({type(e).__name__})",
-                notice=f"internal error in a host call: {type(e).__name__}: "
-                       f"{first_line(e)}"), call.owner)
+            self._io_failed(call, job, e)
+
+    def _io_failed(self, call: fx.HostCall, job: hostcaps.Job, e: Exception):
+        """A fault of ours in answering `call`: that call fails EIO, said once."""
+        self._host_done(call.token, hostcaps.Refusal(
+            f"EIO: {job.label}: internal error ({type(e).__name__})",
+            notice=f"internal error in a host call: {type(e).__name__}: "
+                   f"{first_line(e)}"), call.owner)
 
     def _host_done(self, token: int, outcome, owner: str = "", caller: str = ""):
         """A host call ended; `owner`: the compartment whose grant it went through;

@@ -33,6 +33,7 @@ class Sup:
     _io_want = runtime.Supervisor._io_want
     _io_notify = staticmethod(runtime.Supervisor._io_notify)
     _io_answered = runtime.Supervisor._io_answered
+    _io_failed = runtime.Supervisor._io_failed
     _turns = None
 
     def __init__(self, nursery, live=lambda token: True, expired=lambda token: None):
