@@ -8,13 +8,13 @@ one per test process, imports those once and forks a child for each command.  Th
 child is a real process, as `subprocess.run`/`Popen` make: the command's own
 descriptors for stdin, stdout and stderr (passed over a Unix socket), its argv,
 environment and working directory; it runs `supervisor.cli` as `__main__` with
-`runpy` and leaves as the interpreter's exit would (threads joined, atexit
-handlers, flushed streams, the exit status of `SystemExit`), without tearing its
-modules down.  It stays a zombie until its test has read its status, as a child
-of the test would.  Only modules outside the project are imported before the
-fork: the project's own are imported by each command afresh, so nothing they
-compute at import time is shared; and a command given other PYTHON*/locale
-variables than the server had starts a new interpreter, which reads them.
+`runpy` and ends as the program does (`cli.run`), or through the interpreter's
+own exit where the command raises.  It stays a zombie until its test has read
+its status, as a child of the test would.  Only modules outside the project are
+imported before the fork: the project's own are imported by each command
+afresh, so nothing they compute at import time is shared; and a command given
+other PYTHON*/locale variables than the server had starts a new interpreter,
+which reads them.
 
 WSUPER_TEST_FRESH=1 runs every command in a new interpreter instead (so does a
 test process whose server cannot be started).  Tests that are about how the
@@ -150,41 +150,10 @@ def _child_main(request: dict):
     # command's descriptors
     sys.argv = [request["argv0"], *request["args"]]
     sys.path[0] = request["cwd"]
-    try:
-        runpy.run_module("supervisor.cli", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as e:
-        code = _exit_code(e.code)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    _finish(code)
-
-
-def _exit_code(code) -> int:
-    """The exit status of `SystemExit(code)`, as the interpreter makes it."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _finish(code: int):
-    """What the interpreter's exit does that a command's user could see: wait for
-    threads not marked daemon, run the atexit handlers, flush the streams; then
-    leave without tearing every module down (~0.1 s, of nothing the command shows)."""
-    import atexit
-    import threading
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            code = 120
-    os._exit(code)
+    # the program's own end (cli.run: atexit, flushed streams, no teardown), or, where
+    # it raises SystemExit or another exception, the interpreter's, from the top of
+    # the server's `-c` script: this frame is all that is left of the server
+    runpy.run_module("supervisor.cli", run_name="__main__", alter_sys=True)
 
 
 class Server:
