@@ -42,6 +42,16 @@ def test_a_zygote_gone_with_a_request_unread_ends_its_run_not_the_supervisor():
     ours.close()
 
 
+def _reap(popen, *socks):
+    """A test's stand-in zygote ended (killed if it still runs), and its sockets closed."""
+    if popen.poll() is None:
+        popen.kill()
+    popen.wait()
+    popen.stdout.close()
+    for sock in socks:
+        sock.close()
+
+
 def _zygote_of(popen, ours):
     zygote = object.__new__(process.Zygote)
     zygote._popen = popen
@@ -110,12 +120,7 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
         try:
             trio.run(main)
         finally:
-            if popen.poll() is None:
-                popen.kill()
-            popen.wait()
-            popen.stdout.close()
-            theirs.close()
-            ours.close()
+            _reap(popen, theirs, ours)
         assert popen.returncode == -zygote_module.STOP and done.exists(), (how, popen.returncode)
     # one that does not end by its stop is killed all the same
     monkeypatch.setattr(launch, "STOP_GRACE", 0.2)
@@ -137,11 +142,7 @@ def test_the_zygotes_run_ended_lets_it_end_by_its_own_stop_first(tmp_path, monke
     try:
         trio.run(ended)
     finally:
-        if popen.poll() is None:
-            popen.kill()
-        popen.wait()
-        popen.stdout.close()
-        ours.close()
+        _reap(popen, ours)
     assert popen.returncode == -signal.SIGKILL
 
 
@@ -180,11 +181,7 @@ def test_the_zygotes_end_is_waited_for_by_its_pidfd_not_by_polling_a_clock(tmp_p
         runner.join(30)
         assert not runner.is_alive(), "the end of the zygote waited for a clock"
     finally:
-        if popen.poll() is None:
-            popen.kill()
-        popen.wait()
-        popen.stdout.close()
-        ours.close()
+        _reap(popen, ours)
     assert popen.returncode == -zygote_module.STOP
 
 
