@@ -46,6 +46,16 @@ class EngineSpec:
     instrument: tuple = ()
     protect: Protect | None = None  # memory protection (compartments/protect.py); None: off
 
+    @classmethod
+    def of(cls, comp, user, **run) -> "EngineSpec":
+        """The spec of a system's compartment `comp` (policy.Compartment: its name,
+        module, limits, probes and protection, all its compile depends on); `user`:
+        the system's engine_user; `run`: how this start runs it (exports, per_call,
+        stats).  One place for `up`'s early compiles (launch.Launched.compile_soon)
+        and its starts (runtime), whose compiles must be the same."""
+        return cls(comp.name, comp.module, limits=comp.limits, user=user,
+                   instrument=comp.instrument, protect=comp.protect, **run)
+
     def to_json(self) -> bytes:
         return json.dumps({
             "name": self.name, "module": self.module, "exports": self.exports,

@@ -99,9 +99,7 @@ class Launched:
             return
         seen, data = set(), b""
         for comp in system.compartments.values():
-            spec = EngineSpec(comp.name, comp.module, limits=comp.limits,
-                              user=system.engine_user, instrument=comp.instrument,
-                              protect=comp.protect)
+            spec = EngineSpec.of(comp, system.engine_user)
             variant = (spec.module, spec.instrument, spec.protect, spec.limits.memory)
             if variant in seen:
                 continue
