@@ -143,6 +143,7 @@ class Call:
         self.rights = None      # the rights its descriptor was opened with, if known (too)
         self.paths = []         # the paths in its input, in order (None: not known)
         self.empty = False      # its iovecs, if any, hold no bytes
+        self.changed = False    # a call before it changed the tree (compare sets it)
 
     def describe(self) -> str:
         shown = [hex(a) if isinstance(a, int) and a > 4096 else a for a in self.args]
@@ -983,7 +984,22 @@ def same_values(c: Call, ours: dict, theirs: dict):
     if c.name == "path_open" and ours.get("fd") is not None and theirs.get("fd") is not None \
             and ours["fd"] < theirs["fd"]:
         return "an open takes the lowest free number, as open(2) does (wasmtime: another)"
+    if c.name == "fd_readdir" and (c.args[3] & W.U64) > 2 and c.changed:
+        return LISTING_CHANGED
     return False
+
+
+#: why a listing resumed at a cookie past '..' may differ once the tree changed
+LISTING_CHANGED = ("a listing resumed at a cookie goes on after the entry the cookie "
+                   "followed when it was read, from the page last read, after the tree "
+                   "changed (wasmtime: after as many entries of the listing as it is now)")
+#: why the runs part after an empty write to an O_APPEND descriptor
+EMPTY_APPEND = ("an empty write to an O_APPEND descriptor leaves its offset where it "
+                "was, as write(2) does (wasmtime moves it to the end)")
+#: the calls that change the names in the tree when they succeed (and path_open's
+#: O_CREAT)
+CHANGES = {"path_create_directory", "path_rename", "path_symlink", "path_link",
+           "path_unlink_file", "path_remove_directory"}
 
 
 #: the documented differences of out-values after which the runs part
@@ -1040,6 +1056,8 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
     empty = {0, 2}                 # the standard descriptors no grant fills, where now
     climbing = {b"back", b"up"}    # make_tree's links whose target has '..', and those made
     opened = {}                    # descriptor: the rights path_open gave it
+    appending = set()              # descriptors opened or set O_APPEND
+    changed = False                # a call before changed the names in the tree
     # the rights of opens that succeeded with their descriptor written out of the
     # window (an out pointer of 0, or past OUT): a descriptor not known is taken to be
     # the last of them (seed 1950: a file opened without FD_WRITE, its number written
@@ -1048,6 +1066,7 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
     for i, c in enumerate(calls):
         c.on_empty = bool(c.args) and c.args[0] in empty and c.name.startswith(("fd_", "sock_"))
         c.climbing = climbing
+        c.changed = changed
         c.rights = opened.get(c.args[0]) if c.args else None
         if c.rights is None and unseen and c.args and c.args[0] not in range(4):
             c.rights = unseen[-1]
@@ -1076,15 +1095,26 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
                     c.name != "path_symlink" and c.paths[0].rstrip(b"/").split(b"/")[-1] \
                     in climbing:
                 climbing.add(name)
+        if o == 0 and (c.name in CHANGES or c.name == "path_open" and c.args[4] & W.OFLAGS_CREAT):
+            changed = True
+        if o == 0 and c.name == "fd_write" and c.empty and c.args[0] in appending:
+            notes.append(f"seed {seed} call {i} {c.describe()}: (documented: {EMPTY_APPEND})")
+            return findings, notes            # the runs' offsets part here
         if o == 0 and c.name == "path_open":
             fd = _decode(c, o_recs[i][2]).get("fd")
             if fd is not None:
                 opened[fd] = c.args[5] & W.ALL_RIGHTS
+                appending.discard(fd)
+                if c.args[7] & W.FDFLAGS_APPEND:
+                    appending.add(fd)
             else:
                 unseen.append(c.args[5] & W.ALL_RIGHTS)
+        if o == 0 and c.name == "fd_fdstat_set_flags":
+            (appending.add if c.args[1] & W.FDFLAGS_APPEND else appending.discard)(c.args[0])
         if o == 0 and c.name == "fd_close":
             empty.discard(c.args[0])
             opened.pop(c.args[0], None)
+            appending.discard(c.args[0])
         if o == 0 and c.name == "fd_renumber":
             a, b = (x & 0xFFFFFFFF for x in c.args)
             if a != b:
@@ -1095,6 +1125,10 @@ def compare(seed: int, calls: list[Call], ours, theirs, trees, stats=None):
                     empty.add(b)
                 if a in opened:
                     opened[b] = opened.pop(a)
+                appending.discard(b)
+                if a in appending:
+                    appending.discard(a)
+                    appending.add(b)
         if o == 0:
             a, b = _decode(c, o_recs[i][2]), _decode(c, t_recs[i][2])
             same = same_values(c, a, b)

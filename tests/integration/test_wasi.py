@@ -2118,3 +2118,23 @@ def test_a_trap_in_a_wasi_call_names_the_function(tmp_path, call, named):
     r = run_wsuper("up", system, timeout=60)
     assert (f"compartment app failed: trapped: {named}: guest passed out-of-range memory"
             in r.stderr), r.stderr
+
+
+
+def test_an_empty_append_write_and_a_listing_resumed_after_changes(tmp_path, edges_guest):
+    """Two differences from wasmtime the WASI fuzzer met (seeds 9436 and 9437), both
+    where wsuper does as Linux does.  An empty write (no buffers, or one of no
+    bytes) to an O_APPEND descriptor leaves its offset where it was, as write(2)
+    does ("no other results"; wasmtime moves it to the end).  A listing resumed at
+    a cookie after entries were added and removed lists every entry that was there
+    all along exactly once (wasmtime counts entries again and lists some twice)."""
+    theirs, ours, r, (a, b) = _both(tmp_path, edges_guest, "changing", to_file=True)
+    assert ours[:5] == ["open 0", "after-append 9 9", "write-no-buffers 0 n=0 tell=0",
+                        "write-empty-buffer 0 n=0 tell=0", "append-again 9 18"], \
+        r.stdout + r.stderr
+    assert (b / "app.txt").read_bytes() == (a / "app.txt").read_bytes() == b"123456789" * 2
+    # the appends themselves are wasmtime's; only the offset an empty one leaves differs
+    assert [x for x in theirs[:5] if "tell=" not in x] == \
+        [x for x in ours[:5] if "tell=" not in x], theirs
+    assert ours[5] == "resumed listed=20 removed=10 missed=0 twice=0 unknown=0", ours
+    assert ours[6].startswith("resumed-changes-seen "), ours

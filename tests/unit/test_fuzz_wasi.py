@@ -76,3 +76,63 @@ def test_a_trap_that_does_not_name_its_function_or_no_end_is_a_finding():
     findings, _ = _compare((recs, None, ["compartment app1 stopped: engine exited"]),
                            (recs + [_record(1, 0)], None))
     assert any("neither finished nor trapped" in f for f in findings)
+
+
+def _opened(fd, fdflags):
+    return FW.Call("path_open", [3, 0, FW.IN, 5, 1, 0x3FFFFFFF, 0x3FFFFFFF, fdflags, FW.OUT],
+                   b"x.txt", [("fd", "u32", FW.OUT)])
+
+
+def _run(calls, ours, theirs):
+    end = ["wsuper: finished app1 exit=0"]
+    return FW.compare(2, calls, (ours, None, end), (theirs, None), ([], []))
+
+
+def test_an_empty_append_write_parts_the_runs_as_documented_and_only_that():
+    """Seed 9436: after an empty write to an O_APPEND descriptor wasmtime's offset
+    was the file's end and wsuper's where it was (as write(2) leaves it).  The runs
+    part there, noted; the same offsets differing after an empty write to a
+    descriptor not in append mode, or after a write of some bytes, are findings."""
+    def calls(fdflags, empty=True):
+        write = FW.Call("fd_write", [4, FW.IN, 0, FW.OUT + 1024], outs=[("n", "u32", FW.OUT + 1024)])
+        write.empty = empty
+        tell = FW.Call("fd_tell", [4, FW.OUT], outs=[("offset", "u64", FW.OUT)])
+        return [_opened(4, fdflags), write, tell]
+    fd4 = struct.pack("<I", 4)
+    ours = [_record(0, 0, fd4), _record(1, 0), _record(2, 0, struct.pack("<Q", 0))]
+    theirs = ours[:2] + [_record(2, 0, struct.pack("<Q", 9))]
+    findings, notes = _run(calls(FW.W.FDFLAGS_APPEND), ours, theirs)
+    assert findings == [] and "O_APPEND" in notes[-1] and "fd_write" in notes[-1]
+    for other in (calls(0), calls(FW.W.FDFLAGS_APPEND, empty=False)):
+        findings, _ = _run(other, ours, theirs)
+        assert findings and "fd_tell" in findings[0] and "out-values differ" in findings[0]
+
+
+def _dirents(*names):
+    b = b"".join(struct.pack("<QQIB", 3 + i, 100 + i, len(n), 4) + b"\0" * 3 + n
+                 for i, n in enumerate(names))
+    return struct.pack("<I", len(b)).ljust(64, b"\xaa") + b
+
+
+def test_a_listing_resumed_after_the_tree_changed_may_differ_as_documented():
+    """Seed 9437: fd_readdir at cookie 3 after a directory was made listed the
+    entries after the one cookie 3 followed when last read (wsuper) or after as
+    many entries as the listing now has (wasmtime).  Documented after a change;
+    the same difference with nothing changed before, or from the start, is a
+    finding."""
+    def calls(change, cookie=3):
+        mkdir = FW.Call("path_create_directory", [3, FW.IN, 3], b"new")
+        mkdir.paths = [b"new"]
+        other = mkdir if change else FW.Call("fd_tell", [3, FW.OUT + 512],
+                                             outs=[("offset", "u64", FW.OUT + 512)])
+        readdir = FW.Call("fd_readdir", [3, FW.OUT + 64, 256, cookie, FW.OUT],
+                          outs=[("used", "u32", FW.OUT),
+                                ("entries", "dirents", (FW.OUT + 64, 256, FW.OUT))])
+        return [other, readdir]
+    ours = [_record(0, 0), _record(1, 0, _dirents(b"a", b"b"))]
+    theirs = [_record(0, 0), _record(1, 0, _dirents(b"a", b"b", b"up"))]
+    findings, notes = _run(calls(True), ours, theirs)
+    assert findings == [] and "listing resumed at a cookie" in notes[-1]
+    for other in (calls(False), calls(True, cookie=2)):
+        findings, _ = _run(other, ours, theirs)
+        assert findings and "fd_readdir" in findings[0], findings

@@ -26,9 +26,12 @@
  *   createonly  O_CREAT on a grant that allows Directory.create alone
  *   renameonly  rename and link between two directory descriptors, no stat
  *   subdironly  open(dir, O_RDONLY) on a grant that allows subdir, not open
- *   readlinks path_readlink of links planted by the host (absolute, climbing, inside) */
+ *   readlinks path_readlink of links planted by the host (absolute, climbing, inside)
+ *   changing  what an empty write does to an O_APPEND descriptor's offset, and a
+ *             listing resumed at a cookie after entries were added or removed */
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -551,6 +554,104 @@ static void badfill(void) {
   printf("args-count-untouched %d\n", count == 7);
 }
 
+/* Where an empty write leaves an O_APPEND descriptor (write(2): where it was, "no
+ * other results"), and what a listing resumed at a cookie sees after the
+ * directory changed: every entry there all along, once (POSIX leaves it open
+ * whether one added or removed meanwhile is seen). */
+static void changing(void) {
+  static uint8_t buf[65536];
+  uint32_t fd = 0, n = 0;
+  uint64_t at = 0;
+  printf("open %d\n", w_path_open(3, 0, S("app.txt"), CREAT | TRUNC, RD | WR, ALL, 1,
+                                  P(&fd)));
+  iov nine = {P("123456789"), 9}, none = {P(""), 0};
+  w_fd_write(fd, P(&nine), 1, P(&n));
+  w_fd_tell(fd, P(&at));
+  printf("after-append %u %llu\n", n, (unsigned long long)at);
+  w_fd_seek(fd, 0, 0, P(&at));
+  printf("write-no-buffers %d", w_fd_write(fd, P(&none), 0, P(&n)));
+  w_fd_tell(fd, P(&at));
+  printf(" n=%u tell=%llu\n", n, (unsigned long long)at);
+  w_fd_seek(fd, 0, 0, P(&at));
+  printf("write-empty-buffer %d", w_fd_write(fd, P(&none), 1, P(&n)));
+  w_fd_tell(fd, P(&at));
+  printf(" n=%u tell=%llu\n", n, (unsigned long long)at);
+  w_fd_write(fd, P(&nine), 1, P(&n));
+  w_fd_tell(fd, P(&at));
+  printf("append-again %u %llu\n", n, (unsigned long long)at);
+  w_fd_close(fd);
+
+  /* 60 names; list 20 of them, add 30 and remove 10 of those not yet listed,
+   * then go on from the cookie after the 20th */
+  enum { OLD = 60, FIRST = 20, ADD = 30 };
+  static char old[OLD][16];
+  static int seen[OLD];
+  w_path_create_directory(3, S("grow"));
+  for (int i = 0; i < OLD; i++) {
+    char path[32];
+    snprintf(old[i], 16, "old-%02d", i);
+    snprintf(path, sizeof path, "grow/%s", old[i]);
+    if (w_path_open(3, 0, S(path), CREAT, RD | WR, ALL, 0, P(&fd)) == 0) w_fd_close(fd);
+  }
+  I d = dir("grow");
+  uint64_t cookie = 0;
+  int listed = 0, removed = 0, twice = 0, gone = 0, unknown = 0, added_seen = 0;
+  /* one entry a call: the cookie after each is the one to resume from */
+  while (listed < FIRST) {
+    if (w_fd_readdir(d, P(buf), 24 + 16, cookie, P(&n)) || n < 24) break;
+    uint64_t next;
+    uint32_t len;
+    memcpy(&next, buf, 8);
+    memcpy(&len, buf + 16, 4);
+    cookie = next;
+    char name[17] = {0};
+    memcpy(name, buf + 24, len < 16 ? len : 16);
+    if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
+    int k = atoi(name + 4);
+    if (strncmp(name, "old-", 4) || k < 0 || k >= OLD) unknown++;
+    else seen[k]++;
+    listed++;
+  }
+  for (int i = 0; i < ADD; i++) {
+    char path[32];
+    snprintf(path, sizeof path, "grow/new-%02d", i);
+    if (w_path_open(3, 0, S(path), CREAT, RD | WR, ALL, 0, P(&fd)) == 0) w_fd_close(fd);
+  }
+  for (int i = 0; i < OLD && removed < 10; i++) {
+    if (seen[i]) continue;
+    char path[32];
+    snprintf(path, sizeof path, "grow/%s", old[i]);
+    if (w_path_unlink_file(3, S(path)) == 0) { seen[i] = -1; removed++; }
+  }
+  for (;;) {
+    if (w_fd_readdir(d, P(buf), sizeof buf, cookie, P(&n)) || n == 0) break;
+    uint32_t pos = 0;
+    uint64_t next = cookie;
+    while (pos + 24 <= n) {
+      uint32_t len;
+      memcpy(&next, buf + pos, 8);
+      memcpy(&len, buf + pos + 16, 4);
+      if (pos + 24 + len > n) break;
+      char name[17] = {0};
+      memcpy(name, buf + pos + 24, len < 16 ? len : 16);
+      pos += 24 + len;
+      int k = atoi(name + 4);
+      if (!strncmp(name, "new-", 4)) added_seen++;
+      else if (strncmp(name, "old-", 4) || k < 0 || k >= OLD) unknown++;
+      else if (seen[k] == -1) gone++;           /* removed, and listed anyway */
+      else if (seen[k]++) twice++;
+    }
+    if (next == cookie || n < sizeof buf) break;
+    cookie = next;
+  }
+  int missed = 0;
+  for (int i = 0; i < OLD; i++) if (seen[i] == 0) missed++;
+  printf("resumed listed=%d removed=%d missed=%d twice=%d unknown=%d\n",
+         listed, removed, missed, twice, unknown);
+  printf("resumed-changes-seen removed=%d added=%d\n", gone, added_seen);
+  w_fd_close(d);
+}
+
 int main(int argc, char **argv) {
   const char *part = argc > 1 ? argv[1] : "";
   if (!strcmp(part, "dirfds")) dirfds();
@@ -573,5 +674,6 @@ int main(int argc, char **argv) {
   if (!strcmp(part, "renameonly")) renameonly();
   if (!strcmp(part, "subdironly")) subdironly();
   if (!strcmp(part, "readlinks")) readlinks();
+  if (!strcmp(part, "changing")) changing();
   return 0;
 }
