@@ -136,3 +136,23 @@ def test_a_listing_resumed_after_the_tree_changed_may_differ_as_documented():
     for other in (calls(False), calls(True, cookie=2)):
         findings, _ = _run(other, ours, theirs)
         assert findings and "fd_readdir" in findings[0], findings
+
+
+def test_a_standard_descriptor_closed_and_taken_by_an_open_has_the_opens_rights():
+    """Seed 70 of 300 calls: fd 2 closed, then a file opened to read only (its number
+    written out of the window, so not known) took it, as the lowest free one; a
+    pwrite to fd 2 was EBADF under wsuper and written under wasmtime, as documented
+    for a file opened without FD_WRITE, but said a finding: the open's rights were
+    given to descriptors past the first four only."""
+    close = FW.Call("fd_close", [2])
+    opened = FW.Call("path_open", [3, 0, FW.IN, 2, 0, FW.W.RIGHT_FD_READ, 0, 0, 0x1FFFC],
+                     b"dl", [("fd", "u32", 0x1FFFC)])
+    pwrite = FW.Call("fd_pwrite", [2, FW.IN, 1, 3, FW.OUT], outs=[("n", "u32", FW.OUT)])
+    ours = [_record(0, 0), _record(1, 0), _record(2, FW.E["EBADF"])]
+    theirs = [_record(0, 0), _record(1, 0), _record(2, 0, struct.pack("<I", 19))]
+    findings, notes = _run([close, opened, pwrite], ours, theirs)
+    assert findings == [] and "without FD_WRITE" in notes[-1], findings
+    findings, _ = _run([FW.Call("fd_tell", [2, FW.OUT + 8], outs=[("o", "u64", FW.OUT + 8)]),
+                        opened, pwrite], [_record(0, FW.E["EBADF"])] + ours[1:],
+                       [_record(0, FW.E["EBADF"])] + theirs[1:])
+    assert findings, "fd 2 never closed: the open did not take it"
