@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -92,7 +93,10 @@ random = {{ host = "random" }}
     began = time.monotonic()
     # cli.main, not the program (`python -m supervisor.cli` ends its process once
     # main returns: cli.run), so that the counts are printed after it
-    cli.main(["up", system])
+    try:
+        cli.main(["up", system])
+    finally:                       # the guest, its sandbox and its audit
+        shutil.rmtree(tmp, ignore_errors=True)
     took = time.monotonic() - began
     ru = resource.getrusage(resource.RUSAGE_SELF)
     calls = max(n["host calls"], 1)

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -251,31 +252,35 @@ def main() -> None:
     ap.add_argument("--json", help="write every run's result here too")
     a = ap.parse_args()
     build_dir = tempfile.mkdtemp(prefix="neighbour-build-")
-    build(build_dir)
-    runs, table = [], []
-    for mode in a.modes:
-        base, hurt = [], []
-        for _ in range(a.rounds):
-            for m, into in (("idle", base), (mode, hurt)):
-                r = run_once(build_dir, m, a.calls)
-                runs.append(r)
-                into.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
+    try:
+        build(build_dir)
+        runs, table = [], []
+        for mode in a.modes:
+            base, hurt = [], []
+            for _ in range(a.rounds):
+                for m, into in (("idle", base), (mode, hurt)):
+                    r = run_once(build_dir, m, a.calls)
+                    runs.append(r)
+                    into.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
 
-        def med(rs, k):
-            vs = [r[k] for r in rs if r.get(k) is not None]
-            return statistics.median(vs) if vs else None
-        row = {"mode": mode}
-        for k in ("p50_us", "p99_us"):
-            row[f"base_{k}"], row[k] = med(base, k), med(hurt, k)
-            row[f"{k[:3]}_ratio"] = (round(row[k] / row[f"base_{k}"], 2)
-                                     if row[k] and row[f"base_{k}"] else None)
-        row["errors"] = sum(r.get("errors", 0) for r in hurt)
-        row["baseline_errors"] = sum(r.get("errors", 0) for r in base)
-        row["unfinished"] = sum(1 for r in hurt if r["line"] is None)
-        row["first_error"] = next((r["first_error"] for r in hurt if r.get("first_error")), None)
-        table.append(row)
-        print(json.dumps(row), flush=True)
+            def med(rs, k):
+                vs = [r[k] for r in rs if r.get(k) is not None]
+                return statistics.median(vs) if vs else None
+            row = {"mode": mode}
+            for k in ("p50_us", "p99_us"):
+                row[f"base_{k}"], row[k] = med(base, k), med(hurt, k)
+                row[f"{k[:3]}_ratio"] = (round(row[k] / row[f"base_{k}"], 2)
+                                         if row[k] and row[f"base_{k}"] else None)
+            row["errors"] = sum(r.get("errors", 0) for r in hurt)
+            row["baseline_errors"] = sum(r.get("errors", 0) for r in base)
+            row["unfinished"] = sum(1 for r in hurt if r["line"] is None)
+            row["first_error"] = next((r["first_error"] for r in hurt
+                                       if r.get("first_error")), None)
+            table.append(row)
+            print(json.dumps(row), flush=True)
+    finally:         # the guests built (a day of runs left ~28 such directories)
+        shutil.rmtree(build_dir, ignore_errors=True)
     print("\n| neighbour | p50 (base) | p99 (base) | p50 ×base | p99 ×base | honest errors |")
     print("|---|---|---|---|---|---|")
     for r in table:

@@ -39,6 +39,7 @@ atexit.register(lambda pid=os.getpid(): os.getpid() == pid
 # system file (examples/calc/hello.toml) at once found it running, and one exited 2
 # (a login's /run/user/UID is as shared: set or not, each test process has its own)
 _RUNTIME = tempfile.mkdtemp(prefix="wsuper-test-run-")
+_MADE_BY = os.getpid()
 os.environ["XDG_RUNTIME_DIR"] = _RUNTIME
 atexit.register(lambda pid=os.getpid(): os.getpid() == pid
                 and shutil.rmtree(_RUNTIME, ignore_errors=True))
@@ -272,6 +273,11 @@ def run_wsuper(*args, timeout=60, merged=False, env=None, cwd=ROOT):
 def pytest_unconfigure(config):
     from tests import cmdserver
     cmdserver.close()
+    # the state and runtime directories now too (and at exit, above): a process that
+    # ends without running atexit (an xdist worker torn down) left them in /tmp
+    if os.getpid() == _MADE_BY:
+        for made in (_STATE, _RUNTIME):
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

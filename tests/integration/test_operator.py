@@ -1437,7 +1437,7 @@ def test_call_of_a_system_not_running_never_reaches_another_on_the_socket_it_nam
 
 
 def test_call_waits_for_the_running_systems_socket_no_longer_than_its_timeout(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, request):
     """`wsuper call` asks the running system where its external socket is (the admin
     socket) before it calls: it asked with the admin requests' own 30 s, for the
     connection and again for the answer, whatever --timeout said, so `call
@@ -1449,7 +1449,9 @@ def test_call_waits_for_the_running_systems_socket_no_longer_than_its_timeout(
     import tempfile
 
     from supervisor import endpoint
+    import shutil
     run_dir = tempfile.mkdtemp(prefix="wsuper-rt-", dir="/tmp")    # short socket paths
+    request.addfinalizer(lambda: shutil.rmtree(run_dir, ignore_errors=True))
     monkeypatch.setenv("XDG_RUNTIME_DIR", run_dir)
     path = tmp_path / "system.toml"
     path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\n'
