@@ -50,7 +50,8 @@ def parser_imports(dirs) -> list[bytes]:
 #: parser of its own, new for that copy, parses the same bytes here.  What was
 #: checked is what is parsed (a file rewritten meanwhile is not read again), and
 #: no file this process parsed before, as it was then, is in that parser's table.
-_MIRROR: list = []              # [the private directory, the pid that made it]
+_MIRROR: list = []              # [the private directory, the pid that made it,
+#                                  the descriptor of its lock]
 _PARSERS: list = []             # each parser that parsed a copy: its modules need it
 
 #: id -> the file that declares it, for every schema file loaded in this process:
@@ -547,12 +548,18 @@ def _mirror() -> str:
     OSError if none can be made.  Beneath directories no other user may rename
     or replace an entry of (the temporary directory writable by others without
     the sticky bit, or another's: they could put a tree of their own in its
-    place between the check and the parse): OSError if not."""
+    place between the check and the parse): OSError if not.
+
+    A process that ends without its exit handlers (SIGKILL, the zygote's and its
+    children's os._exit) left its directory, with copies of the schemas, in the
+    temporary directory: each holds a lock on a file in it while a process that
+    made it, or a fork of one, lives, and making a directory removes this user's
+    others that no process holds (_sweep_mirrors)."""
     if not _MIRROR or _MIRROR[1] != os.getpid() or not _private_dir(_MIRROR[0]):
         import atexit
         import shutil
         import tempfile
-        made, pid = os.path.realpath(tempfile.mkdtemp(prefix="wsuper-schemas-")), os.getpid()
+        made, pid = os.path.realpath(tempfile.mkdtemp(prefix=MIRROR_PREFIX)), os.getpid()
         other = _open_to_others(os.path.dirname(made))
         if other is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -560,10 +567,79 @@ def _mirror() -> str:
             raise OSError(errno.EPERM, f"{other} (above the private directory it is copied "
                           "to, in TMPDIR) may be changed by another user: set TMPDIR to a "
                           "directory only you, or root, may change")
-        _MIRROR[:] = [made, pid]
+        if len(_MIRROR) > 2 and _MIRROR[1] == pid:
+            os.close(_MIRROR[2])       # this process's, of one removed meanwhile
+        # (a fork that makes its own keeps its parent's descriptor, if it did not close
+        # it: its number may be another's now; the parent's then stays until both end)
+        _MIRROR[:] = [made, pid, _hold(made)]
         _GENERATION.clear()
         atexit.register(lambda: os.getpid() == pid and shutil.rmtree(made, ignore_errors=True))
+        _sweep_mirrors(os.path.dirname(made), made)
     return _MIRROR[0]
+
+
+#: The names of the private directories the parsers' copies lie in.
+MIRROR_PREFIX = "wsuper-schemas-"
+#: The file each holds a lock on (flock) while a process that made it lives.
+MIRROR_HELD = ".held"
+#: Seconds a directory is left after its last change though no lock is held on it
+#: (one just made, whose maker has not taken the lock yet).
+MIRROR_GRACE = 60
+
+
+def _hold(made: str) -> int:
+    """The descriptor of the lock held on `made` for as long as this process, or a
+    fork that keeps the descriptor, lives (close-on-exec: a program run is not it)."""
+    import fcntl
+    fd = os.open(os.path.join(made, MIRROR_HELD), os.O_RDONLY | os.O_CREAT | os.O_EXCL
+                 | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _sweep_mirrors(top: str, mine: str):
+    """Remove, from the directory `top`, the parsers' directories of this user's
+    that no process holds any more (their makers ended without their exit
+    handlers) and that have not changed for MIRROR_GRACE seconds.  Never one of
+    another user's, a link, one another may enter, nor one whose lock is held;
+    nothing it cannot look at stops anything."""
+    import fcntl
+    import shutil
+    import stat
+    now = time.time()
+    try:
+        entries = [e for e in os.scandir(top) if e.name.startswith(MIRROR_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        path = os.path.join(top, entry.name)
+        if path == mine:
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or \
+                st.st_mode & 0o077 or now - st.st_mtime < MIRROR_GRACE:
+            continue
+        try:
+            fd = os.open(os.path.join(path, MIRROR_HELD), os.O_RDONLY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:      # one of a wsuper before the locks: a day old
+            if now - st.st_mtime < 86400:
+                continue
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held: alive
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def _open_to_others(path: str) -> str | None:

@@ -2428,3 +2428,59 @@ def test_a_file_that_decides_what_runs_that_anyone_may_change_is_refused(tmp_pat
     if os.getuid() == 0 and file == "module":
         os.chown(changed, 65534, 65534)          # another user's own: running theirs
         assert run_wsuper("check", str(system)).returncode == 0
+
+
+def test_schema_copies_left_by_a_process_that_ended_without_its_exit_handlers_are_removed(
+        tmp_path):
+    """Each process that loads schemas copies them into a private directory of the
+    temporary directory, removed by its exit handlers; one that ended without them
+    (SIGKILL of `up`, the zygote's os._exit) left it, with copies of the user's
+    schemas: /tmp of this machine held 451 after a day of test runs.  Each
+    directory now holds a lock while its process lives, and a process making its
+    own removes those of this user no process holds (and nothing else)."""
+    import subprocess
+    import sys
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    schema = tmp_path / "s.capnp"
+    schema.write_text("@0xd1c3f0a2b4e5fb21;\ninterface S { a @0 () -> (); }\n")
+    load = ("import os, sys, capnp_schemas\ncapnp_schemas.parse_elsewhere = None\n"
+            f"capnp_schemas.load({str(schema)!r})\n"
+            "print(capnp_schemas._mirror(), flush=True)\n")
+    env = {**os.environ, "TMPDIR": str(tmp)}
+
+    def python(code, **kw):
+        return subprocess.Popen([sys.executable, "-c", load + code], cwd=ROOT, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kw)
+    ended = python("os._exit(0)")                      # no exit handlers
+    dead = ended.stdout.readline().strip()
+    ended.wait(60)
+    alive = python("sys.stdin.read()")                 # lives on, holding its own
+    held = alive.stdout.readline().strip()
+    old = time.time() - 3600
+    legacy_old, legacy_new, open_to_others = (tmp / f"wsuper-schemas-{n}" for n in
+                                              ("legacy1", "legacy2", "others"))
+    for d in (legacy_old, legacy_new, open_to_others):
+        d.mkdir(mode=0o700)
+        (d / "kept.capnp").write_text("#")
+    os.chmod(open_to_others, 0o755)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept").write_text("x")
+    (tmp / "wsuper-schemas-link").symlink_to(target)
+    for d in (dead, held, open_to_others):
+        os.utime(d, (old, old))
+    os.utime(legacy_old, (old - 86400, old - 86400))
+    try:
+        assert os.path.isdir(dead) and os.path.isdir(held) and dead != held
+        other = python("")                              # makes its own, and sweeps
+        mine = other.stdout.readline().strip()
+        assert other.wait(60) == 0
+        assert os.path.isdir(held)                      # its process lives: kept
+    finally:
+        alive.stdin.close()
+        alive.wait(60)
+    assert not os.path.exists(dead) and not legacy_old.exists()
+    assert legacy_new.is_dir() and (open_to_others / "kept.capnp").exists()
+    assert (target / "kept").exists() and (tmp / "wsuper-schemas-link").is_symlink()
+    assert not os.path.exists(mine)                     # its own: at its exit, as before
