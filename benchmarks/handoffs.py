@@ -35,7 +35,8 @@ from supervisor import runtime, toolchain  # noqa: E402
 
 def main(part: str):
     tmp = tempfile.mkdtemp(prefix="wsuper-handoffs-")
-    wasm = toolchain.build([os.path.join(ROOT, "tests/integration/guests/wasi/survey.c")],
+    guests = os.path.join(ROOT, "tests/integration/guests/wasi")
+    wasm = toolchain.build([os.path.join(guests, "survey.c"), os.path.join(guests, "suite_c.c")],
                            os.path.join(tmp, "survey.wasm"))
     sandbox = os.path.join(tmp, "sandbox")
     os.mkdir(sandbox)

@@ -821,6 +821,25 @@ _SCRATCH = [
     'c-stat-dev-ino 0 0 same-dev=1 other-ino=1', 'c-fdopendir 1 seen=2 match=2 distinct=1',
     'close-root 0']
 
+# Where a program takes any of several answers, each it takes (the line above is
+# the one wsuper gives, Linux's, as docs/guest-abi.md says).
+_SCRATCH_EITHER = {
+    "sr-read-dropped": {"8", "76"}, "sr-write-dropped": {"8", "76"},
+    "rw-ro-write": {"8", "76", "2"}, "rw-wo-read": {"8", "76", "2"},
+    "po-under-file": {"54", "76"}, "pf-open-sync": {"0", "58"},
+    "rd-rmdir-slash": {"0", "2"}, "ds-seek": {"31", "76", "8"},
+    **{f"fa-allocate-{k}": {f"58 size={n}", f"0 size={m}"}
+       for k, n, m in (("less", 100, 100), ("more", 100, 110), ("past", 100, 200))},
+    "ip-open[/dir/nested/file]": {"63", "76"}, "ip-open-nul": {"28", "25", "44"},
+    "ip-open[dir/nested/file/]": {"54", "44"}, "ip-open[dir/nested/file///]": {"54", "44"},
+    "ip-open[dir/nested/../../../interesting_paths_dir.cleanup/dir/nested/file]": {"63", "76"},
+    "ip-open[dir/nested/../../../x/dir/nested/file]": {"63", "76"},
+    "ot-dangling-dir-nofollow": {"54", "32"}, "nf-dir": {f"{a} {b} 0" for a in (54, 32)
+                                                        for b in (32, 2)},
+    "nf-file": {"54 32 54", "32 32 54"}, "mv-dir-onto-file": {"54", "0"},
+    "pl-of-dir": {"63", "2"}, "pl-follow-dangling": {"28", "44"},
+    "c-pwrite-append": {"2 0 2 4 3 4 end=7", "2 0 2 4 3 4 end=4"}}
+
 # The lines of `scratch` where wasmtime answers otherwise, as docs/guest-abi.md says:
 # fd_fdstat_set_rights (ENOTSUP), FDFLAGS_SYNC (ENOTSUP), rmdir("d/") (EINVAL),
 # O_DIRECTORY without SYMLINK_FOLLOW on a link (ELOOP), a pwritev/preadv of two
@@ -859,8 +878,12 @@ def test_the_newest_suites_programs_in_their_own_directories_answer_as_they_requ
     assert code == 0, theirs
     code, ours, r = under_wsuper(tmp_path, survey_guest, b, ["scratch"], to_file=True, mount="/")
     assert code == 0, r.stdout + r.stderr
-    assert ours == _SCRATCH, [(x, y) for x, y in zip(_SCRATCH, ours) if x != y] or ours
     name = lambda line: line.split(" ", 1)[0]                   # noqa: E731
+    value = lambda line: line.split(" ", 1)[1]                  # noqa: E731
+    assert [name(x) for x in ours] == [name(x) for x in _SCRATCH], ours
+    wrong = [y for x, y in zip(_SCRATCH, ours)
+             if y != x and value(y) not in _SCRATCH_EITHER.get(name(x), ())]
+    assert wrong == [], wrong
     assert [name(x) for x in theirs] == [name(x) for x in ours]
     differ = [(x, y) for x, y in zip(theirs, ours) if x != y and name(x) not in _SCRATCH_DOCUMENTED]
     assert differ == [], differ
