@@ -754,7 +754,7 @@ def test_the_newest_wasi_test_suite_through_its_root_preopen_answers_as_under_wa
 # program it is named after asserts (where a program takes either of two answers,
 # the one Linux gives, as docs/guest-abi.md says).
 _SCRATCH = [
-    'open-root 0', 'sr-tmpdir 0 0', 'sr-supports 0', 'sr-open 0', 'sr-rw 0 0 0 n=4 same=1',
+    'open-root 0', 'pn-dangling 37', 'sr-tmpdir 0 0', 'sr-supports 0', 'sr-open 0', 'sr-rw 0 0 0 n=4 same=1',
     'sr-drop 0', 'sr-after rw=0 seek=1', 'sr-read-dropped 8', 'sr-write-dropped 8',
     'sr-regrant 76', 'sr-unlink 0', 'sr-cleanup 0 0', 'ff-open 0',
     'ff-first 0 n=100 0 n=100 same=1', 'ff-appended 0 n=100 0 n=100 same=1',
@@ -824,7 +824,7 @@ _SCRATCH = [
 # Where a program takes any of several answers, each it takes (the line above is
 # the one wsuper gives, Linux's, as docs/guest-abi.md says).
 _SCRATCH_EITHER = {
-    "sr-read-dropped": {"8", "76"}, "sr-write-dropped": {"8", "76"},
+    "pn-dangling": {"37", "28"}, "sr-read-dropped": {"8", "76"}, "sr-write-dropped": {"8", "76"},
     "rw-ro-write": {"8", "76", "2"}, "rw-wo-read": {"8", "76", "2"},
     "po-under-file": {"54", "76"}, "pf-open-sync": {"0", "58"},
     "rd-rmdir-slash": {"0", "2"}, "ds-seek": {"31", "76", "8"},
@@ -856,8 +856,9 @@ def test_the_newest_suites_programs_in_their_own_directories_answer_as_they_requ
     create_tmp_dir (a subdirectory of the preopen "/", opened asking for fewer
     rights than the preopen has, and files in it asking for fewer still) and the
     C ones use paths relative to "/": survey.c's `scratch` makes, program by
-    program, the calls each asserts about there (fd_fdstat_set_rights,
-    fd_flags_set, file_pread_pwrite, file_seek_tell, file_truncation,
+    program, the calls each asserts about there (dir_fd_op_failures'
+    fd_prestat_dir_name into an empty Vec, at Rust's dangling address 1, in the
+    null page; fd_fdstat_set_rights, fd_flags_set, file_pread_pwrite, file_seek_tell, file_truncation,
     file_unbuffered_write, path_exists, path_open_create_existing,
     path_open_missing, path_open_dirfd_not_dir, symlink_loop,
     path_open_read_write, symlink_create, symlink_filestat, path_filestat,

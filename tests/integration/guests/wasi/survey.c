@@ -1871,6 +1871,9 @@ static void scratch(void) {
   uint32_t r = 0, f = 0, g = 0, n = 0;
   printf("open-root %d\n", w_path_open(pre, 0, S("."), DIRECTORY, (L)base, (L)inh, 0, P(&r)));
   I root = (I)r, d;
+  /* dir_fd_op_failures: an empty Vec's buffer, at Rust's dangling address 1 (in the
+   * null page wsuper build's modules keep no-access: nothing is written there) */
+  printf("pn-dangling %d\n", w_fd_prestat_dir_name(pre, 1, 0));
   fst x, y, z;
   char buf[128];
   /* fd_fdstat_set_rights */
