@@ -896,7 +896,8 @@ def test_the_suites_programs_given_no_directory_answer_as_they_require(tmp_path,
     directory: fd 3 is not open whatever else the program holds (the runner's
     environment, clock, random and stdout grants take no number), sock_shutdown
     and sock_accept of stdio are ENOTSOCK and of fd 3 EBADF (as libc's shutdown
-    reports them), fd_write to -31337 EBADF, random_get of 0 and 1,024 bytes,
+    reports them), fopen of a path under no preopen ENOTCAPABLE (wasi-libc's
+    answer), fd_write to -31337 EBADF, random_get of 0 and 1,024 bytes,
     both clocks (monotonic strictly later through clock_gettime), the argument
     count with none but the program's name, no variables, and "hello" written to
     stdout: each line as wasmtime's (with no preopen either)."""
@@ -933,7 +934,7 @@ random = {{ host = "random" }}
         "clock-0 res=0 precision-1=0 0 0 ordered=1", "clock-1 res=0 precision-1=0 0 0 ordered=1",
         "args-sizes 0 2", "environ-sizes 0 0 0", "c-monotonic 0 0 strictly-later=1",
         "c-realtime 0 getres 0 0", "c-shutdown-stdout -1 enotsock=1", "c-shutdown-3 -1 ebadf=1",
-        "hello", "stdout-hello 0 n=5"]
+        "c-fopen-no-access 0 enotcapable=1", "hello", "stdout-hello 0 n=5"]
 
 
 def test_the_suites_arguments_and_environment_reach_the_program_as_under_wasmtime(

@@ -93,7 +93,8 @@ void c_programs(void) {
   unlink("pread.txt");
 }
 
-/* clock_getres-*, clock_gettime-* and sock_shutdown-* (which get no directory) */
+/* clock_getres-*, clock_gettime-*, sock_shutdown-* and fopen-with-no-access
+ * (which get no directory) */
 void c_nodir(void) {
   struct timespec ts1, ts2, res;
   int g1 = clock_gettime(CLOCK_MONOTONIC, &ts1), g2 = clock_gettime(CLOCK_MONOTONIC, &ts2);
@@ -107,4 +108,8 @@ void c_nodir(void) {
   errno = 0;
   printf("c-shutdown-3 %d", shutdown(3, SHUT_RD));
   printf(" ebadf=%d\n", errno == EBADF);
+  errno = 0;
+  FILE *fp = fopen("fs-tests.dir/file", "r");
+  printf("c-fopen-no-access %d enotcapable=%d\n", fp != NULL, errno == ENOTCAPABLE);
+  if (fp) fclose(fp);
 }
