@@ -1243,6 +1243,26 @@ class Supervisor:
                                                       self.lane.stats().items()))
 
     async def _serve_all(self) -> int:
+        """The run, and its audit's last record on every way out of it: a run whose
+        audit says `run started` says `run stopped` too (_end_audit).  Refused once
+        it had begun (the external socket taken meanwhile: exit 2), the audit kept
+        `run started` alone, and a reader of it could not tell that run from one
+        still going, or one killed (SIGKILL) before it could say more."""
+        try:
+            return await self._serve_all_now()
+        except BaseException:
+            # an internal error out of the nursery (a traceback follows), or a
+            # KeyboardInterrupt trio raised: its records kept, and the run's end said
+            if self.audit is not None and not self.audit.ended:
+                self._exit_code = self._exit_code or 1
+                with trio.CancelScope(shield=True):
+                    # its failure said, not acted on: the nursery that would stop
+                    # the system is gone, and the system is ending anyway
+                    await self._end_audit(lambda why: self.say(
+                        f"error: cannot write the audit log ({why})"))
+            raise
+
+    async def _serve_all_now(self) -> int:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.lane is not None:
@@ -1269,6 +1289,7 @@ class Supervisor:
                 else:
                     _refuse(f"{self.system.path}: {key}: {e}" if key else e)
                 self._exit_code = 2
+                await self._end_audit()       # after `run started`: its end too
                 nursery.cancel_scope.cancel()
                 return self._exit_code
             # what start-up made (modules, policy, plan, router) lives as long as we do:
@@ -1302,28 +1323,7 @@ class Supervisor:
             # clients', a compartment's whose engine outlived the stop's reports)
             for key in dict.fromkeys(self.denials.keys() + self.notices.keys()):
                 self._say_throttled_hidden(key)
-            if self.audit is not None:
-                self.audit.add({"time": None, "event": "run stopped",
-                                "exit_code": self._exit_code})
-                self.audit.ended = True
-                with trio.move_on_after(AUDIT_LAST_WRITE):
-                    await self.audit.flush(self._audit_failed)
-                left = self.audit.unwritten()
-                if left and not self.audit.failed:
-                    # a disk that held the last write past the deadline lost the run's
-                    # last records, `run stopped` among them, and nobody was told
-                    self.say(f"error: the audit file {self.audit.path}: its last {left} "
-                             f"record{'s' * (left != 1)} (`run stopped` among them) were "
-                             f"not written: a write to it did not end within "
-                             f"{AUDIT_LAST_WRITE:g} s at stop (it is not waited for)")
-                    self._exit_code = self._exit_code or 1
-                elif left:
-                    # the write that failed, and what came after it (the calls ended
-                    # at the stop, `run stopped`): dropped without a count
-                    self.say(f"error: {left} audit record{'s' * (left != 1)} (`run "
-                             f"stopped` among them) {'were' if left != 1 else 'was'} not "
-                             f"written, since writing the audit failed "
-                             f"({self.audit.failed})")
+            await self._end_audit()
             if self.output.files is not None:
                 with trio.move_on_after(5):
                     await self.output.files.flush_last()
@@ -1338,6 +1338,35 @@ class Supervisor:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         return self._exit_code
+
+    async def _end_audit(self, on_error=None):
+        """The run's last record, `run stopped` with the exit code so far, and the
+        last write of what waits (AUDIT_LAST_WRITE at most); what it could not write
+        is said, and the exit code is 1 then (if it was 0).  `on_error`: told of a
+        write that fails (by default _audit_failed, which stops the system)."""
+        if self.audit is None or self.audit.ended:
+            return
+        self.audit.add({"time": None, "event": "run stopped",
+                        "exit_code": self._exit_code})
+        self.audit.ended = True
+        with trio.move_on_after(AUDIT_LAST_WRITE):
+            await self.audit.flush(on_error or self._audit_failed)
+        left = self.audit.unwritten()
+        if left and not self.audit.failed:
+            # a disk that held the last write past the deadline lost the run's
+            # last records, `run stopped` among them, and nobody was told
+            self.say(f"error: the audit file {self.audit.path}: its last {left} "
+                     f"record{'s' * (left != 1)} (`run stopped` among them) were "
+                     f"not written: a write to it did not end within "
+                     f"{AUDIT_LAST_WRITE:g} s at stop (it is not waited for)")
+            self._exit_code = self._exit_code or 1
+        elif left:
+            # the write that failed, and what came after it (the calls ended
+            # at the stop, `run stopped`): dropped without a count
+            self.say(f"error: {left} audit record{'s' * (left != 1)} (`run "
+                     f"stopped` among them) {'were' if left != 1 else 'was'} not "
+                     f"written, since writing the audit failed "
+                     f"({self.audit.failed})")
 
     async def _run_zygote(self):
         """The zygote's answers and engines' exits, until it is gone.  Gone before the

@@ -761,6 +761,57 @@ def test_two_systems_never_write_one_audit_file_or_log_directory(tmp_path, xdg, 
         b.stop()
 
 
+_FAILS_ONCE_READY = r"""
+import sys
+import trio
+from supervisor import runtime
+from supervisor.cli import main
+
+async def expire(self):
+    # an internal error of one of the supervisor's own tasks, once the system serves
+    while not self._ready_at:
+        await trio.sleep(0.01)
+    raise RuntimeError("an internal error, injected")
+runtime.Supervisor._expire_calls = expire
+sys.exit(main(["up", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("how", ["socket taken", "internal error"])
+def test_every_run_the_audit_says_started_it_says_stopped(tmp_path, xdg, how):
+    """An outside review of the audit's ends (r251): `run stopped` is each run's
+    last record, on every way `up` ends once it has written `run started`.
+    Refused as it bound the external socket (another program listens there: exit
+    2), and ended by an error of its own (a traceback), the audit kept `run
+    started` alone: a run that never said it stopped, as if still going or killed."""
+    import socket
+    sock, audit = tmp_path / "ext.sock", tmp_path / "audit.jsonl"
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nsocket = "{sock}"\n'
+                    f'audit = "{audit}"\n[compartments.calc]\n'
+                    f'module = "{EXAMPLES}/calc.wat"\nexports = "Calc"\nexternal = true\n')
+    other = socket.socket(socket.AF_UNIX)
+    try:
+        if how == "socket taken":
+            other.bind(str(sock))          # a real listener of another program's
+            other.listen()
+            r = _cli("up", str(path))
+            assert r.returncode == 2 and "in use" in r.stderr, r.stdout + r.stderr
+        else:
+            (tmp_path / "driver.py").write_text(_FAILS_ONCE_READY)
+            r = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(path)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "an internal error, injected" in r.stderr, \
+                r.stdout + r.stderr
+    finally:
+        other.close()
+    records = [json.loads(line) for line in open(audit)]
+    assert [r["event"] for r in records if "event" in r] == ["run started", "run stopped"], \
+        records
+    assert records[-1]["exit_code"] == (2 if how == "socket taken" else 1), records[-1]
+    assert len({r["run"] for r in records}) == 1
+
+
 @pytest.mark.parametrize("first", ["audit", "logs"])
 def test_one_systems_audit_is_never_another_running_systems_log_file(tmp_path, xdg, first):
     """A review of the operator's files: system a's `audit = "D/supervisor.log"`
