@@ -53,6 +53,7 @@ TERMINAL_BACKLOG_CHARS = 16 << 20   # ... and characters of them: a line is at m
 TERMINAL_GATHER = 0.01        # seconds the terminal thread rests after a write, while lines
                               # gather for the next one
 TERMINAL_WRITE_CHARS = 1 << 16  # characters of lines the terminal thread writes at once at most
+TERMINAL_LAST = 2.0           # seconds the stop waits for the terminal to take its last lines
 BATCH_SECONDS = 0.05          # seconds between two batches of log file (and audit) writes
 LOG_BACKLOG_BYTES = 16 << 20  # characters of lines waiting for the log files' writer before
                               # plugin lines are dropped (and twice that before events are)
@@ -109,6 +110,8 @@ class Output:
         self.dropped = 0
         self._queue: queue.SimpleQueue | None = None
         self._queued = 0               # characters of the lines in _queue (under _counting)
+        self._lines = 0                # ... and how many lines (under _counting)
+        self._lagged = False           # the stop's wait for the terminal ran out (settle)
         self._counting = threading.Lock()
         self._token = None
         self._trio_thread = None
@@ -157,16 +160,50 @@ class Output:
                 poller.unregister(fd)
                 watched.discard(fd)
 
-    def stop(self, timeout: float = 2.0):
-        """Let the terminal thread finish what is queued (at most `timeout` s), then
-        say how many lines it did not show, if no later line has said it."""
+    def stop(self, timeout: float = TERMINAL_LAST):
+        """Let the terminal thread finish what is queued (at most `timeout` s; a
+        moment only if settle() waited for it in vain already), then say how many
+        lines it did not show, if no later line has said it."""
         if self._queue is not None:
             done = threading.Event()
             self._queue.put((None, done))
             self._hurry.set()
-            if done.wait(timeout) and self.dropped:
+            if done.wait(0.1 if self._lagged else timeout) and self.dropped:
                 self._print(self.err, self._dropped_note())
             self._queue = None
+
+    def caught_up(self) -> bool:
+        """Whether the terminal has taken every line queued for it."""
+        if self._queue is None or self.closed:
+            return True
+        with self._counting:
+            return self._lines == 0
+
+    async def settle(self, timeout: float = TERMINAL_LAST):
+        """At stop, before the log files' last write: wait (at most `timeout` s) for
+        the terminal to take the lines queued for it.  A terminal that does not (a
+        pager stopped, a reader that lags: a pipe full) lost them with the process,
+        the run's last events among them, and `up` ended, exit 0, in the middle of
+        a plugin's lines without a word anywhere.  The terminal cannot be told (it
+        takes nothing): the log files, which have every one of those lines, say
+        how many it did not show."""
+        if self.caught_up():
+            return
+        self._hurry.set()               # the thread rests no more between writes
+        with trio.move_on_after(timeout):
+            while not self.caught_up():
+                await trio.sleep(0.01)
+            return
+        self._lagged = True
+        with self._counting:
+            left = self._lines
+        note = (f"the terminal did not take its last lines within {timeout:g} s at stop "
+                f"(its reader reads nothing): {left + self.dropped} lines were not shown "
+                f"there, nor what is said after this (the log files have them)")
+        self._write(self.err, note if not self.json
+                    else json.dumps({"time": rfc3339(), "event": note}))
+        if self.files is not None:
+            self.files.add(SUPERVISOR, f"{rfc3339()} wsuper: {printable(note)}")
 
     def _dropped_note(self) -> str:
         dropped, self.dropped = self.dropped, 0
@@ -222,6 +259,7 @@ class Output:
             self._flush(touched)
             with self._counting:         # written: no longer held (a stopped terminal
                 self._queued -= sum(len(line) for _stream, line in batch)   # holds them)
+                self._lines -= len(batch)
             self._hurry.wait(TERMINAL_GATHER)     # not once the stop's last lines wait
 
     def _flush(self, streams):
@@ -305,6 +343,7 @@ class Output:
     def _put(self, stream, line: str):
         with self._counting:
             self._queued += len(line)
+            self._lines += 1
         self._queue.put((stream, line))
 
     def _print(self, stream, line: str, flush: bool = True):

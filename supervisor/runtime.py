@@ -918,6 +918,8 @@ class Supervisor:
         self._spawned_at: dict[str, float] = {}
         self._done = trio.Event()
         self._exit_code = 0
+        self._last_written = False       # _last_writes is done
+        self._run_began = False          # the audit has `run started`
         self._io_limiters: dict[str, trio.CapacityLimiter] = {}
         #: COMPARTMENT.GRANT -> (st_dev, st_ino) of the file or directory its path named
         #: when the system started: each start of the compartment must open that one
@@ -1243,22 +1245,24 @@ class Supervisor:
                                                       self.lane.stats().items()))
 
     async def _serve_all(self) -> int:
-        """The run, and its audit's last record on every way out of it: a run whose
-        audit says `run started` says `run stopped` too (_end_audit).  Refused once
-        it had begun (the external socket taken meanwhile: exit 2), the audit kept
-        `run started` alone, and a reader of it could not tell that run from one
-        still going, or one killed (SIGKILL) before it could say more."""
+        """The run, and its last writes on every way out of it (_last_writes): a run
+        whose audit says `run started` says `run stopped` too, and the log files get
+        what waits for them.  Refused once it had begun (the external socket taken
+        meanwhile: exit 2), or ended by an error of its own, the audit kept `run
+        started` alone, and a reader of it could not tell that run from one still
+        going, or one killed (SIGKILL) before it could say more; the lines waiting
+        for the log files were dropped without a word."""
         try:
             return await self._serve_all_now()
         except BaseException:
             # an internal error out of the nursery (a traceback follows), or a
             # KeyboardInterrupt trio raised: its records kept, and the run's end said
-            if self.audit is not None and not self.audit.ended:
+            if not self._last_written:
                 self._exit_code = self._exit_code or 1
                 with trio.CancelScope(shield=True):
-                    # its failure said, not acted on: the nursery that would stop
-                    # the system is gone, and the system is ending anyway
-                    await self._end_audit(lambda why: self.say(
+                    # an audit write's failure said, not acted on: the nursery that
+                    # would stop the system is gone, and the system is ending anyway
+                    await self._last_writes(lambda why: self.say(
                         f"error: cannot write the audit log ({why})"))
             raise
 
@@ -1270,6 +1274,7 @@ class Supervisor:
             if self.audit is not None:
                 self.audit.add({"time": None, "event": "run started",
                                 "system": self.system.path})
+                self._run_began = True
                 nursery.start_soon(self.audit.writer, self._audit_failed)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expire_calls)
@@ -1289,7 +1294,7 @@ class Supervisor:
                 else:
                     _refuse(f"{self.system.path}: {key}: {e}" if key else e)
                 self._exit_code = 2
-                await self._end_audit()       # after `run started`: its end too
+                await self._last_writes()     # after `run started`: its end too
                 nursery.cancel_scope.cancel()
                 return self._exit_code
             # what start-up made (modules, policy, plan, router) lives as long as we do:
@@ -1323,11 +1328,7 @@ class Supervisor:
             # clients', a compartment's whose engine outlived the stop's reports)
             for key in dict.fromkeys(self.denials.keys() + self.notices.keys()):
                 self._say_throttled_hidden(key)
-            await self._end_audit()
-            if self.output.files is not None:
-                with trio.move_on_after(5):
-                    await self.output.files.flush_last()
-                self.output.files.close()
+            await self._last_writes()
             # an admin request being answered gets its answer before the end cancels
             # it: a `wsuper revoke` whose revocation ended the last program (its call
             # failed, it exited) waited for the closes and file operations it began,
@@ -1339,12 +1340,27 @@ class Supervisor:
             nursery.cancel_scope.cancel()
         return self._exit_code
 
+    async def _last_writes(self, on_audit_error=None):
+        """What ends every run, once, however it ends: the audit's last record and
+        write (_end_audit), the terminal's last lines (output.settle: what a terminal
+        that reads nothing did not take is said in the log files), then the log
+        files' last write (5 s at most: what it could not write is said)."""
+        if self._last_written:
+            return
+        self._last_written = True
+        await self._end_audit(on_audit_error)
+        await self.output.settle()
+        if self.output.files is not None:
+            with trio.move_on_after(5):
+                await self.output.files.flush_last()
+            self.output.files.close()
+
     async def _end_audit(self, on_error=None):
         """The run's last record, `run stopped` with the exit code so far, and the
         last write of what waits (AUDIT_LAST_WRITE at most); what it could not write
         is said, and the exit code is 1 then (if it was 0).  `on_error`: told of a
         write that fails (by default _audit_failed, which stops the system)."""
-        if self.audit is None or self.audit.ended:
+        if self.audit is None or self.audit.ended or not self._run_began:
             return
         self.audit.add({"time": None, "event": "run stopped",
                         "exit_code": self._exit_code})

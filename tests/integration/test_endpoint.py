@@ -479,6 +479,68 @@ def test_a_stop_for_a_closed_terminal_is_said_in_the_log_files_and_the_audit(tmp
     assert records[-1]["event"] == "run stopped", records[-1]
 
 
+def test_lines_a_terminal_that_reads_nothing_did_not_take_at_stop_are_said(tmp_path, xdg):
+    """An outside review of `up`'s end (r251): a plugin logs 20,000 lines and its
+    program ends, which stops the system, while the terminal's reader reads
+    nothing (a stopped pager, a collector that lags: the pipe is full).  The stop
+    is bounded: `up` ends without waiting for the reader, and the lines still
+    queued for the terminal go with the process, the run's last events among
+    them.  `up` ended so, exit 0, the terminal cut off among the plugin's lines,
+    and neither it nor the log files said a word of it.  The log files (which
+    have every line) say how many the terminal did not show, and the count adds
+    up: shown on the terminal and said not shown, every line is accounted for."""
+    from tests.integration.guests import program
+    n = 20_000
+    (tmp_path / "flood.wat").write_text(program(f"""
+    (loop $l
+      (call $log_int (i32.const 300) (i32.const 4) (local.get $i))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {n}))))
+    """, {"line": 300}))
+    path = tmp_path / "system.toml"
+    path.write_text(f'[system]\nschemas = []\nlogs = "{tmp_path}/logs"\n'
+                    f'[compartments.app]\nmodule = "flood.wat"\n'
+                    f'[compartments.app.limits]\nlog_rate = 1000000\n'
+                    f'[compartments.app.grants]\nlog = {{ host = "log" }}\n')
+    r, w = os.pipe()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up", str(path)],
+                             cwd=ROOT, env={**os.environ, "XDG_RUNTIME_DIR": xdg},
+                             stdout=w, stderr=w)
+        os.close(w)
+        w = None
+        try:
+            assert p.wait(timeout=60) == 0       # nothing read from its terminal meanwhile
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        os.set_blocking(r, False)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+    shown = shown.decode().splitlines()
+    logged = (tmp_path / "logs" / "supervisor.log").read_text().splitlines()
+    said = [line for line in logged if "the terminal did not take its last lines" in line]
+    assert len(said) == 1, logged[-5:]
+    left = int(said[0].split("(its reader reads nothing): ")[1].split()[0])
+    # every line queued for the terminal: the plugin's and the supervisor's events
+    # (each in supervisor.log too: `ready app`, `finished app`, a note at start)
+    # but the note said after the count
+    assert len(shown) < n and len(shown) + left == n + len(logged) - 1, \
+        (len(shown), left, logged)
+
+
 def _up_until_ready_then_reader_goes(path: str, xdg: str, timeout: float):
     """`wsuper up path` with stdout and stderr a pipe, read until every compartment
     is ready; then the reader goes, and up must end, exit 0, within `timeout`."""
@@ -771,6 +833,7 @@ async def expire(self):
     # an internal error of one of the supervisor's own tasks, once the system serves
     while not self._ready_at:
         await trio.sleep(0.01)
+    self.say("the last line before the error")
     raise RuntimeError("an internal error, injected")
 runtime.Supervisor._expire_calls = expire
 sys.exit(main(["up", sys.argv[1]]))
@@ -788,7 +851,7 @@ def test_every_run_the_audit_says_started_it_says_stopped(tmp_path, xdg, how):
     sock, audit = tmp_path / "ext.sock", tmp_path / "audit.jsonl"
     path = tmp_path / "system.toml"
     path.write_text(f'[system]\nschemas = ["{EXAMPLES}/calc.capnp"]\nsocket = "{sock}"\n'
-                    f'audit = "{audit}"\n[compartments.calc]\n'
+                    f'audit = "{audit}"\nlogs = "{tmp_path}/logs"\n[compartments.calc]\n'
                     f'module = "{EXAMPLES}/calc.wat"\nexports = "Calc"\nexternal = true\n')
     other = socket.socket(socket.AF_UNIX)
     try:
@@ -810,6 +873,9 @@ def test_every_run_the_audit_says_started_it_says_stopped(tmp_path, xdg, how):
         records
     assert records[-1]["exit_code"] == (2 if how == "socket taken" else 1), records[-1]
     assert len({r["run"] for r in records}) == 1
+    if how == "internal error":     # and the log files got what waited for them
+        logged = (tmp_path / "logs" / "supervisor.log").read_text()
+        assert "the last line before the error" in logged, logged
 
 
 @pytest.mark.parametrize("first", ["audit", "logs"])
