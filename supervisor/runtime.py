@@ -1262,8 +1262,13 @@ class Supervisor:
                 with trio.CancelScope(shield=True):
                     # an audit write's failure said, not acted on: the nursery that
                     # would stop the system is gone, and the system is ending anyway
-                    await self._last_writes(lambda why: self.say(
-                        f"error: cannot write the audit log ({why})"))
+                    try:
+                        await self._last_writes(lambda why: self.say(
+                            f"error: cannot write the audit log ({why})"))
+                    except Exception as e:  # noqa: BLE001 - the error that ended the
+                        # run is the one to raise (its traceback), this one is said
+                        self.say(f"error: the run's last writes failed: "
+                                 f"{type(e).__name__}: {first_line(e)}")
             raise
 
     async def _serve_all_now(self) -> int:
