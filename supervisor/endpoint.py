@@ -1442,11 +1442,15 @@ def claim_socket_path(path: str):
         # Ctrl-Z, or slower to accept than its clients connect), no answer within the
         # second, no permission.  Removed, a running system lost its socket to this
         # one, and its clients were served by this system instead
-        raise EndpointError(f"{path} may be in use by a running system (connecting to it: "
-                            f"{e.strerror or 'no answer'}); not removed") from None
+        raise EndpointError(f"{path} may be in use by a running system or another program "
+                            f"(connecting to it: {e.strerror or 'no answer'}); not "
+                            f"removed") from None
     finally:
         probe.close()
-    raise EndpointError(f"{path} is in use by a running system")
+    # something accepts there: another system, or a program of another kind (which
+    # was said to be "a running system", and sent its user looking for one)
+    raise EndpointError(f"{path} is in use: something accepts connections on it (a "
+                        f"running system, or another program); not removed")
 
 
 def owned_socket(path: str, inode: int):

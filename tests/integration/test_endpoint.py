@@ -736,6 +736,26 @@ def test_a_socket_someone_listens_on_is_never_taken_for_stale(tmp_path):
         listener.close()
 
 
+def test_a_socket_another_program_accepts_on_is_not_said_to_be_a_system(tmp_path):
+    """A program that is not wsuper listening on the system's socket path: `up` said
+    the path "is in use by a running system", and its user went looking for a system
+    (an outside review, r251).  The error says something accepts there, a system or
+    another program, and leaves the socket where it is."""
+    import socket
+    path = str(tmp_path / "other.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    try:
+        with pytest.raises(endpoint.EndpointError) as e:
+            endpoint.claim_socket_path(path)
+        assert "something accepts connections on it" in str(e.value) and \
+            "or another program" in str(e.value), str(e.value)
+        assert os.path.lexists(path)
+    finally:
+        listener.close()
+
+
 def test_a_second_system_on_the_socket_of_a_suspended_one_leaves_it_alone(tmp_path, xdg):
     """The same, end to end: system A is suspended (SIGSTOP, as Ctrl-Z) with its
     external socket's backlog full; system B, another file naming the same socket,
