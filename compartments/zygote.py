@@ -1294,6 +1294,7 @@ def _serve(control: socket.socket, supervisor_pid: int):
     # wall time before the first spawn), and what it would free is never touched
     # by the children (docs/performance.md, "Many compartments, fourth pass")
     gc.freeze()
+    gc.enable()                            # off since main() began
     #: the control socket's lines (_Lines), and the whole ones not handled yet, each
     #: with its descriptors: [(line, fds, too_long)]
     lines = _Lines()
@@ -1678,6 +1679,10 @@ def _defaults():
 def main():
     for sig in IGNORED:        # first thing: its imports and warm-up take ~150 ms
         signal.signal(sig, signal.SIG_IGN)
+    # no cyclic garbage collection until the heap is frozen (_serve): collections
+    # during the imports and the warm-up cost CPU on the way to the first spawn and
+    # free blocks in pages every engine then shares and writes to
+    gc.disable()
     control = socket.socket(fileno=int(sys.argv[1]))
     try:
         # the namespace probe (confine.prepare reads its report), forked now, while

@@ -1,0 +1,131 @@
+"""What `wsuper up` does on the way to its first spawn, and in which order
+(docs/performance.md, "Start-up, sixth pass"): the real command, its real zygote
+and compiler children, with a few functions wrapped to note when they ran."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+#: `wsuper up` of the system given, noting: which module checks were started early
+#: (zygote.start_in_a_compiler, if there is one) or run where prepare needs them
+#: (zygote.in_a_compiler), and whether trio was imported by then; whether the
+#: collector ran during prepare and at the first spawn, and once the system ran
+_HARNESS = """
+import gc, importlib.machinery, json, sys
+sys.path.insert(0, {root!r})
+from compartments import zygote
+from supervisor import cli, preflight
+seen = {{"early": [], "waited": [], "gc_prepare": None, "gc_spawn": None}}
+inside = []
+start = getattr(zygote, "start_in_a_compiler", None)
+if start is not None:
+    def start_in_a_compiler(work, path, *a, **k):
+        if not inside:
+            seen["early"].append([path, "trio" in sys.modules])
+        return start(work, path, *a, **k)
+    zygote.start_in_a_compiler = start_in_a_compiler
+real_in = zygote.in_a_compiler
+def in_a_compiler(work, path, *a, **k):
+    seen["waited"].append([path, "trio" in sys.modules])
+    inside.append(1)
+    try:
+        return real_in(work, path, *a, **k)
+    finally:
+        inside.pop()
+zygote.in_a_compiler = in_a_compiler
+real_prepare = preflight.prepare
+def prepare(*a, **k):
+    seen["gc_prepare"] = gc.isenabled()
+    return real_prepare(*a, **k)
+preflight.prepare = prepare
+def patch(process):      # supervisor.process imports trio: wrapped as it is imported
+    real_spawn = process.Zygote.spawn
+    async def spawn(self, *a, **k):
+        if seen["gc_spawn"] is None:
+            seen["gc_spawn"] = gc.isenabled()
+        return await real_spawn(self, *a, **k)
+    process.Zygote.spawn = spawn
+class Hook:
+    @staticmethod
+    def find_spec(name, path, target=None):
+        if name != "supervisor.process":
+            return None
+        sys.meta_path.remove(Hook)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        real_exec = spec.loader.exec_module
+        def exec_module(module):
+            real_exec(module)
+            patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Hook)
+code = cli.main(["up", sys.argv[1]])
+seen["gc_end"] = gc.isenabled()
+print("SEEN " + json.dumps(seen), flush=True)
+sys.exit(code)
+"""
+
+
+def _up(tmp_path, modules: list[str]) -> tuple[int, dict, str]:
+    lines = []
+    for i, text in enumerate(modules):
+        (tmp_path / f"m{i}.wat").write_text(text)
+        lines.append(f'[compartments.p{i}]\nmodule = "{tmp_path}/m{i}.wat"\n')
+    path = tmp_path / "system.toml"
+    path.write_text("".join(lines))
+    out = subprocess.run([sys.executable, "-c", _HARNESS.format(root=ROOT), str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    seen = [line for line in out.stdout.splitlines() if line.startswith("SEEN ")]
+    assert seen, out.stdout + out.stderr
+    return out.returncode, json.loads(seen[-1][5:]), out.stderr
+
+
+QUIT = '(module (memory (export "memory") 1) (func (export "_start")))'
+
+
+def test_up_collects_no_garbage_until_its_start_up_heap_is_frozen_and_then_does(tmp_path):
+    """The cyclic collector ran ~100 times on the way to the first spawn (the imports,
+    the policy, preflight: 20-50 ms of the supervisor's CPU here) and found nothing
+    of note; it is off from `up`'s start until the runtime freezes that heap
+    (gc.freeze, before the first spawn), and on again from there: a system that
+    runs for days collects its garbage."""
+    code, seen, err = _up(tmp_path, [QUIT])
+    assert code == 0, err
+    assert seen["gc_prepare"] is False, f"the collector ran during start-up: {seen}"
+    assert seen["gc_spawn"] is True and seen["gc_end"] is True, \
+        f"the collector is off once the system runs: {seen}"
+
+
+def test_the_zygote_collects_no_garbage_until_its_heap_is_frozen_and_then_does():
+    """The zygote's imports and warm-up ran the cyclic collector too (CPU on the way
+    to its first answer), and each collection freed blocks in pages every engine
+    forked later shares and writes to (docs/performance.md, "Start-up, sixth
+    pass").  It is off from the zygote's main() until serve() freezes the heap, on
+    again from there.  A real zygote process, as the supervisor starts it, whose
+    control socket is closed at once (it then ends)."""
+    import os
+    import socket
+    code = ("import gc\n"
+            "from compartments import zygote\n"
+            "real_freeze, real_serve = gc.freeze, zygote.serve\n"
+            "def freeze():\n"
+            "    print('freeze', gc.isenabled(), flush=True)\n"
+            "    real_freeze()\n"
+            "gc.freeze = freeze\n"
+            "def serve(control, pid):\n"
+            "    print('serve', gc.isenabled(), flush=True)\n"
+            "    real_serve(control, pid)\n"
+            "    print('served', gc.isenabled(), flush=True)\n"
+            "zygote.serve = serve\n"
+            "zygote.main()\n")
+    ours, theirs = socket.socketpair()
+    with theirs:
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code, str(theirs.fileno()),
+                                 str(os.getpid())], pass_fds=(theirs.fileno(),), env={},
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    ours.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:3] == ["serve False", "freeze False", "served True"], out + err
