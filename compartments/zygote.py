@@ -359,7 +359,12 @@ class CompilerFailed(Exception):
 
 
 def in_a_compiler(work, path: str, user=None, probes: bool = False):
-    """The result of `work()` (JSON values) computed in a child of this process under
+    """`start_in_a_compiler(...).result()`: see there."""
+    return start_in_a_compiler(work, path, user, probes).result()
+
+
+def start_in_a_compiler(work, path: str, user=None, probes: bool = False) -> "InACompiler":
+    """Start computing the result of `work()` (JSON values) in a child of this process under
     a compiler's limits (COMPILE_SECONDS, COMPILE_MEMORY, COMPILE_WALL; what it
     forks ends with it: collect), as the zygote compiles:
     `wsuper check` and `up` compile each module once, and a module can be made to
@@ -373,7 +378,9 @@ def in_a_compiler(work, path: str, user=None, probes: bool = False):
     The child parses hostile modules: what it answers is JSON (or CompilerFailed),
     of at most ANSWER_MAX bytes, and nothing more is known of it: the caller checks
     its shape as it would any hostile input.  `probes`: `work` rewrites the module
-    for probes, and may run wasm-tools (confine_compiler's `probes`)."""
+    for probes, and may run wasm-tools (confine_compiler's `probes`).  Its `result()`
+    waits for it; `wsuper up` starts one before its last imports and takes the
+    result after them (supervisor/preflight.py, checks_soon)."""
     from . import confine as confining
     parent = os.getpid()
     try:                    # no process or descriptor left: a failure, not a traceback
@@ -419,23 +426,55 @@ def in_a_compiler(work, path: str, user=None, probes: bool = False):
             os._exit(code)
     os.close(w)
     joined(pid)
-    # a signal whose default ends this process (`wsuper check` stopped) ends the
-    # child's group first (_stop): the child dies with us, but what it forked does
-    # not (`up` raises StoppedAtStart there instead, and collect ends the group)
-    kept = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    return InACompiler(pid, r)
+
+
+class InACompiler:
+    """A child of start_in_a_compiler: `result()` once, or `cancel()`."""
+
+    def __init__(self, pid: int, pipe: int):
+        self.pid, self.pipe = pid, pipe
+        self.began = time.monotonic()
+
+    def cancel(self):
+        """End it (and its group) and reap it, unless its result was taken."""
+        if self.pipe is None:
+            return
+        pipe, self.pipe = self.pipe, None
+        end_group(self.pid)
+        os.close(pipe)
+        os.waitpid(self.pid, 0)
+
+    def result(self):
+        """Its answer (JSON values), or CompilerFailed: waits for it to end, or for
+        what is left of its COMPILE_WALL."""
+        pid, r, self.pipe = self.pid, self.pipe, None
+        if r is None:
+            raise CompilerFailed("its result was taken, or it was cancelled")
+        # a signal whose default ends this process (`wsuper check` stopped) ends the
+        # child's group first (_stop): the child dies with us, but what it forked does
+        # not (`up` raises StoppedAtStart there instead, and collect ends the group)
+        kept = {}
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                if signal.getsignal(sig) == signal.SIG_DFL:
+                    kept[sig] = signal.signal(sig, _stop)
+            except ValueError:      # not the main thread: no handler of ours
+                break
         try:
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                kept[sig] = signal.signal(sig, _stop)
-        except ValueError:      # not the main thread: no handler of ours
-            break
-    try:
-        status, text, why = collect(pid, r, COMPILE_WALL, ANSWER_MAX + len(_SAID))
-    except OSError as e:
-        raise CompilerFailed(f"cannot wait for its compiler: {e.strerror or e}") from None
-    finally:
-        for sig, handler in kept.items():
-            signal.signal(sig, handler)
+            status, text, why = collect(
+                pid, r, max(0.0, COMPILE_WALL - (time.monotonic() - self.began)),
+                ANSWER_MAX + len(_SAID))
+        except OSError as e:
+            raise CompilerFailed(f"cannot wait for its compiler: {e.strerror or e}") from None
+        finally:
+            for sig, handler in kept.items():
+                signal.signal(sig, handler)
+        return _answer_of(status, text, why)
+
+
+def _answer_of(status: int, text: bytes, why):
+    """The answer of a child of start_in_a_compiler, or CompilerFailed."""
     if why == "too much":
         raise CompilerFailed(f"its compiler wrote more than {ANSWER_MAX} bytes")
     if why == "time":

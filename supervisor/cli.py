@@ -300,6 +300,7 @@ def _main(argv=None, zygote=None) -> int:
     try:
         from . import policy, preflight
         from .policy import PolicyError
+        checks = None                     # up: module checks started early (preflight)
         if zygote is not None:        # schemas parsed by a fork of it, not a new interpreter
             import capnp_schemas
             capnp_schemas.parse_elsewhere = zygote.parse_schema
@@ -326,6 +327,14 @@ def _main(argv=None, zygote=None) -> int:
             system = policy.load(args.system,
                                  socket=args.socket if args.command == "up" else None)
             if args.command == "up":
+                # each module compiled by the zygote, and the first one checked in a
+                # child of ours, while the rest of what the system runs on is
+                # imported here (~70 ms): not after those imports (docs/performance.md,
+                # "Start-up, sixth pass"; "Each module compiled once on the way to
+                # ready")
+                if zygote is not None:
+                    zygote.compile_soon(system)
+                checks = preflight.ChecksSoon(system)
                 # what the system runs on, imported before prepare waits for the
                 # zygote to parse the schemas: ~0.1 s of imports that came after the
                 # wait overlap the zygote's start now (docs/performance.md, "Up and
@@ -333,14 +342,13 @@ def _main(argv=None, zygote=None) -> int:
                 import trio  # noqa: F401
 
                 from . import runtime  # noqa: F401
-            # each module compiled by the zygote beside preflight's checks of the
-            # modules, not at its first start after them (docs/performance.md,
-            # "Each module compiled once on the way to ready")
-            plan = preflight.prepare(system, zygote.compile_soon
-                                     if args.command == "up" and zygote is not None else None)
+            plan = preflight.prepare(system, None, checks)
         except PolicyError as e:
             _error(f"{e}")
             return 2
+        finally:
+            if checks is not None:
+                checks.cancel()          # what a refused system left running
         if zygote is not None and zygote.sock is None:
             zygote = None                 # it did not answer: the system starts another
         if args.command == "check":

@@ -40,10 +40,43 @@ HOST_INTERFACES = hosted.KINDS          # host capability kind -> interface name
 
 
 
-def prepare(system: System, modules_soon=None) -> Plan:
+class ChecksSoon:
+    """The check of a system's first module (_module_facts), started in its child
+    (zygote.start_in_a_compiler) as soon as the policy is read: `wsuper up` imports
+    what the system runs on (trio, the runtime: ~70 ms of its CPU) while that child
+    compiles the module on the other core, and `prepare` takes its answer where it
+    would have started it (docs/performance.md, "Start-up, sixth pass").  One
+    child, as `prepare` runs one at a time: its memory is bounded as before."""
+
+    def __init__(self, system: System):
+        self.started: dict = {}          # module path -> zygote.InACompiler
+        comp = next(iter(system.compartments.values()), None)
+        if comp is None:
+            return
+        engine = wasmtime.Engine(engine_config())      # as _prepare's
+        path = comp.module
+        try:
+            self.started[path] = zygote.start_in_a_compiler(
+                lambda: _module_facts(engine, path), path, system.engine_user)
+        except zygote.CompilerFailed:
+            pass                         # _prepare starts it again, and says why
+
+    def take(self, path: str):
+        """The child started for the module at `path`, or None."""
+        return self.started.pop(path, None)
+
+    def cancel(self):
+        """End the children whose answers were not taken (a system refused first)."""
+        while self.started:
+            self.started.popitem()[1].cancel()
+
+
+def prepare(system: System, modules_soon=None, checks: ChecksSoon | None = None) -> Plan:
     """The checked plan of `system`.  `modules_soon(system)`: called once the schemas
     are parsed, before the modules are checked (`wsuper up`: the zygote's compiles
-    of them start then, beside these checks: launch.Launched.compile_soon)."""
+    of them start then, beside these checks: launch.Launched.compile_soon).
+    `checks`: module checks started already (ChecksSoon), whose answers are taken
+    where each would have started."""
     # the file read again to name lines in errors, as load reads it (a regular file,
     # bounded, UTF-8): with open(), one replaced since load by a file that is not
     # UTF-8 was a UnicodeDecodeError traceback, and by a FIFO a wait for ever
@@ -51,7 +84,7 @@ def prepare(system: System, modules_soon=None) -> Plan:
     interfaces, origin, ifaces, every = _schemas(system, where)
     if modules_soon is not None:
         modules_soon(system)
-    plan = _prepare(system, where, interfaces, origin, ifaces, every)
+    plan = _prepare(system, where, interfaces, origin, ifaces, every, checks)
     return attrs.evolve(plan, fingerprints=_fingerprints(interfaces, origin))
 
 
@@ -186,7 +219,8 @@ def _schemas(system: System, where) -> tuple[dict, dict, dict, list]:
     return interfaces, origin, ifaces, every
 
 
-def _prepare(system: System, where, interfaces, origin, ifaces, every) -> Plan:
+def _prepare(system: System, where, interfaces, origin, ifaces, every,
+             checks: ChecksSoon | None = None) -> Plan:
     names = {i.schema.node.id: (n, _method_names(i)) for n, i in every}
     gateway = hosted.GATEWAY                # not granted, but called: named in the audit
     names[gateway.id] = (gateway.name, {m.ordinal: m.name for m in gateway.methods})
@@ -224,7 +258,8 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every) -> Plan:
         if comp.module not in checked:          # each module file once
             facts = _bounded(where, f"{key}.module", comp.module,
                              lambda: _module_facts(engine, comp.module), _facts_problem,
-                             system.engine_user)
+                             system.engine_user,
+                             started=checks.take(comp.module) if checks else None)
             if "error" in facts:
                 raise where.error(f"{key}.module", facts["error"])
             checked[comp.module] = (facts["problem"], facts["wasi"], facts["dispatch"],
@@ -314,16 +349,19 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every) -> Plan:
     return Plan(system, interfaces, main, names, ifaces, supers, frozenset(programs))
 
 
-def _bounded(where, key: str, path: str, work, problem, user=None, probes: bool = False):
+def _bounded(where, key: str, path: str, work, problem, user=None, probes: bool = False,
+             started=None):
     """`work()` in a child under the limits of the zygote's compilers: a module can be
     made to take minutes and tens of GB to compile, or abort the process that
     compiles it when memory runs out, and this process is `wsuper check`'s or the
     supervisor's.  A child that failed is a PolicyError at `key`, and so is an
     answer `problem(answer)` finds fault with: the child parsed a hostile module,
     and its answer is hostile input here (not JSON, or a list for a dict, was a
-    traceback out of `wsuper check` and `up`)."""
+    traceback out of `wsuper check` and `up`).  `started`: that child, started
+    already (ChecksSoon)."""
     try:
-        answer = zygote.in_a_compiler(work, path, user, probes)
+        answer = started.result() if started is not None else \
+            zygote.in_a_compiler(work, path, user, probes)
     except zygote.CompilerFailed as e:
         raise where.error(key, f"cannot compile {quoted(path)}: {e}") from None
     wrong = problem(answer)

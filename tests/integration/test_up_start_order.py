@@ -84,6 +84,37 @@ def _up(tmp_path, modules: list[str]) -> tuple[int, dict, str]:
 QUIT = '(module (memory (export "memory") 1) (func (export "_start")))'
 
 
+def test_up_checks_its_first_module_while_it_imports_what_the_system_runs_on(tmp_path):
+    """`wsuper up` checked each module (a compile in a child of its own, ~20-25 ms for
+    calc.wat) only after it had imported trio and the runtime (~70 ms), one after
+    the other on the way to the first spawn.  The first module's check now starts
+    before those imports and runs beside them on the other core (the zygote's
+    compile of it too); prepare takes its answer where it would have started it,
+    and starts no second child for it.  The other modules are checked as before,
+    one child at a time."""
+    code, seen, err = _up(tmp_path, [QUIT, QUIT.replace("1)", "2)")])
+    assert code == 0, err
+    first, second = str(tmp_path / "m0.wat"), str(tmp_path / "m1.wat")
+    assert seen["early"] == [[first, False]], \
+        f"the first module's check did not start before trio's import: {seen}"
+    assert [path for path, _trio in seen["waited"]] == [second], seen
+
+
+def test_up_refused_for_its_first_module_says_so_where_it_did(tmp_path):
+    """A first module that is no module: the check started early says why, at the
+    same key and in the same words as a check started in prepare (`wsuper check`
+    starts none early), and `up` ends with 2, its child reaped."""
+    code, seen, err = _up(tmp_path, ["(module (func (export \"_start\") (i32.add)))"])
+    assert code == 2
+    assert seen["early"], seen
+    check = subprocess.run([sys.executable, "-m", "supervisor.cli", "check",
+                            str(tmp_path / "system.toml")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 2
+    said = [line for line in err.splitlines() if "compartments.p0.module" in line]
+    assert said and said[-1] in check.stderr, (err, check.stderr)
+
+
 def test_up_collects_no_garbage_until_its_start_up_heap_is_frozen_and_then_does(tmp_path):
     """The cyclic collector ran ~100 times on the way to the first spawn (the imports,
     the policy, preflight: 20-50 ms of the supervisor's CPU here) and found nothing

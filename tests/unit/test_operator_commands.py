@@ -567,6 +567,10 @@ def test_up_holds_the_systems_lock_while_it_reads_checks_and_compiles_it(
         raise policy.PolicyError(system, "compartments.app.module", "refused here")
     monkeypatch.setattr(preflight, "prepare", prepare)
     monkeypatch.setattr(policy, "load", lambda path, socket=None: None)
+    # the steps between load and prepare (the early compiles and checks), for no system
+    from supervisor import launch
+    monkeypatch.setattr(launch.Launched, "compile_soon", lambda self, system: None)
+    monkeypatch.setattr(preflight, "ChecksSoon", lambda system: None)
     assert cli.main(["up", system]) == 2
     assert "refused here" in capsys.readouterr().err
     assert seen == [True]                        # held while it was checked
