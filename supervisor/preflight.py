@@ -11,15 +11,29 @@ import os
 
 import attrs
 import capnp
-import wasmtime
 
 import capnp_schemas
 from capnp_schemas import hosted
 from capnp_schemas.text import first_line, quoted
-from compartments import abi, protect, wasm, wasmbin, zygote
-from compartments.wasm import describe_imports, engine_config
+from compartments import abi, protect, wasmbin, zygote
 
 from .policy import PolicyError, System, _Where, grant_where, limit_where
+
+
+def _wasm():
+    """compartments.wasm, and with it wasmtime (~27 ms of CPU to import): imported
+    where a check needs them, in the compiler child that runs it or here before
+    the first child this process forks for one, never with this module (`wsuper
+    up` checks its first module in a child that imports them itself: ChecksSoon,
+    and runs on without them: docs/performance.md, "Start-up, sixth pass")."""
+    from compartments import wasm
+    return wasm
+
+
+def _new_engine():
+    """A wasmtime engine configured as the engines' (wasm.engine_config)."""
+    import wasmtime
+    return wasmtime.Engine(_wasm().engine_config())
 
 
 @attrs.frozen
@@ -53,11 +67,10 @@ class ChecksSoon:
         comp = next(iter(system.compartments.values()), None)
         if comp is None:
             return
-        engine = wasmtime.Engine(engine_config())      # as _prepare's
         path = comp.module
-        try:
+        try:                # wasmtime imported and its engine made in the child
             self.started[path] = zygote.start_in_a_compiler(
-                lambda: _module_facts(engine, path), path, system.engine_user)
+                lambda: _module_facts(_new_engine(), path), path, system.engine_user)
         except zygote.CompilerFailed:
             pass                         # _prepare starts it again, and says why
 
@@ -247,7 +260,13 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every,
     #                     exports _start, ...)
     programs = set()    # the compartments whose module exports _start: a program's
     #                     start that always fails still ends the system (Lifecycle)
-    engine = wasmtime.Engine(engine_config())      # as the engines will compile them
+    engine = None       # as the engines will compile them: made before the first child
+
+    def new_engine():
+        nonlocal engine
+        if engine is None:
+            engine = _new_engine()
+        return engine
     for comp in system.compartments.values():
         key = f"compartments.{comp.name}"
         if comp.exports is not None and comp.exports not in interfaces:
@@ -256,10 +275,12 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every,
                               f"(known: {known})")
         main[comp.name] = interfaces.get(comp.exports) if comp.exports else None
         if comp.module not in checked:          # each module file once
+            started = checks.take(comp.module) if checks else None
+            if started is None:
+                new_engine()
             facts = _bounded(where, f"{key}.module", comp.module,
                              lambda: _module_facts(engine, comp.module), _facts_problem,
-                             system.engine_user,
-                             started=checks.take(comp.module) if checks else None)
+                             system.engine_user, started=started)
             if "error" in facts:
                 raise where.error(f"{key}.module", facts["error"])
             checked[comp.module] = (facts["problem"], facts["wasi"], facts["dispatch"],
@@ -287,6 +308,7 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every,
         _check_environment_fits(wheres, comp)
         _check_start_fits(wheres, comp)
         if comp.protect is not None and comp.protect.required:   # the default is never an error
+            new_engine()
             refused = _bounded(where, f"{key}.module", comp.module,
                                lambda: _protect_refusal(engine, comp), _refusal_problem,
                                system.engine_user)
@@ -303,6 +325,7 @@ def _prepare(system: System, where, interfaces, origin, ifaces, every,
             # declared probe must cover a site (a pattern no function matched passed
             # check, and every start said "cannot add declared probe").  After the
             # protection check above: a protection refused is said at its own key
+            new_engine()
             refused = _bounded(where, f"{key}.instrument", comp.module,
                                lambda: _instrument_refusal(engine, comp),
                                lambda r: _probe_refusal_problem(r, len(comp.probes)),
@@ -416,6 +439,8 @@ def _module_facts(engine, path: str) -> dict:
     {"error": why it is no module} or its import problem, whether it imports WASI,
     whether it exports the dispatch entry, its memory and its tables.  (Not every
     export name: a module of 256 MiB may have 100,000 of 100 KB each.)"""
+    import wasmtime
+    wasm = _wasm()
     try:
         module, binary = _compile(engine, path)
     except _NoModule as e:
@@ -427,7 +452,7 @@ def _module_facts(engine, path: str) -> dict:
         known_imports, known_exports = wasmbin.function_types(binary)
     except (wasmbin.BinaryError, wasmbin.Unsupported):
         known_imports, known_exports = {}, {}
-    imports = list(describe_imports(module, known_imports))
+    imports = list(wasm.describe_imports(module, known_imports))
     # only the entry points' types (wasm.export_types: reading a type that holds a
     # v128 or a GC reference aborts this child)
     entries = {e.name: wasm._signature(e.type, known_exports.get(e.name))
@@ -471,9 +496,12 @@ def _instrument_refusal(engine, comp) -> list | None:
     [i, why] if its i-th declared in-module probe covers no site there (the
     supervisor adds it at every start: probes.Registry.add); else None.  Made in a
     child: it runs wasm-tools."""
+    import wasmtime
+
     from compartments import instrument
 
     from .probes import IN_MODULE, Registry
+    wasm = _wasm()
     try:
         module, sites, layout, binary = wasm.compile_binary_for(
             engine, comp.module, comp.instrument, comp.protect, comp.limits.memory)
@@ -524,6 +552,7 @@ def _memory_pages(binary: bytes, module) -> int:
     try:
         return max(wasmbin.memory_minimums(binary), default=0)
     except ValueError:                   # BinaryError, Unsupported: what it exports
+        import wasmtime
         return next((e.type.limits.min for e in module.exports
                      if e.name == abi.EXPORT_MEMORY
                      and isinstance(e.type, wasmtime.MemoryType)), 0)
@@ -546,6 +575,8 @@ def _compile(engine, path) -> tuple[wasmtime.Module, bytes]:
     """Compile a module file, with an error that says what the file is when it is not
     WebAssembly (a .wasm is binary; a .wat is UTF-8 text).  Returns the module and
     its binary (a .wat's, made from its text)."""
+    import wasmtime
+    wasm = _wasm()
     try:
         # as every start reads it (wasm.read_file): a regular file of at most
         # MAX_MODULE_BYTES, opened without blocking; it may have changed since
