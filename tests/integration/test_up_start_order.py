@@ -12,18 +12,20 @@ from tests.conftest import ROOT
 #: (zygote.in_a_compiler), and whether trio was imported by then; whether the
 #: collector ran during prepare and at the first spawn, and once the system ran
 _HARNESS = """
-import gc, importlib.machinery, json, sys
+import gc, importlib.machinery, json, os, sys
 sys.path.insert(0, {root!r})
 from compartments import zygote
 from supervisor import cli, preflight
 seen = {{"early": [], "waited": [], "gc_prepare": None, "gc_spawn": None}}
-inside = []
+inside, pids = [], []
 start = getattr(zygote, "start_in_a_compiler", None)
 if start is not None:
     def start_in_a_compiler(work, path, *a, **k):
+        child = start(work, path, *a, **k)
         if not inside:
             seen["early"].append([path, "trio" in sys.modules])
-        return start(work, path, *a, **k)
+            pids.append(child.pid)
+        return child
     zygote.start_in_a_compiler = start_in_a_compiler
 real_in = zygote.in_a_compiler
 def in_a_compiler(work, path, *a, **k):
@@ -63,6 +65,7 @@ class Hook:
 sys.meta_path.insert(0, Hook)
 code = cli.main(["up", sys.argv[1]])
 seen["gc_end"] = gc.isenabled()
+seen["left"] = [pid for pid in pids if os.path.exists(f"/proc/{{pid}}")]   # zombies too
 print("SEEN " + json.dumps(seen), flush=True)
 sys.exit(code)
 """
@@ -128,6 +131,22 @@ def test_up_refused_for_its_first_module_says_so_where_it_did(tmp_path):
     assert check.returncode == 2
     said = [line for line in err.splitlines() if "compartments.p0_0.module" in line]
     assert said and said[-1] in check.stderr, (err, check.stderr)
+
+
+def test_up_refused_before_it_takes_the_early_check_ends_that_child(tmp_path):
+    """A system refused before prepare takes the early check's answer (here: its
+    first compartment exports an interface no schema declares, which is said
+    before its module's check) ends that child and reaps it: `up` leaves no
+    compiler running, nor a zombie, behind its refusal."""
+    (tmp_path / "m0.wat").write_text(QUIT)
+    path = tmp_path / "system.toml"
+    path.write_text(f'[compartments.p]\nmodule = "{tmp_path}/m0.wat"\nexports = "Nope"\n')
+    out = subprocess.run([sys.executable, "-c", _HARNESS.format(root=ROOT), str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    seen = json.loads([line for line in out.stdout.splitlines()
+                       if line.startswith("SEEN ")][-1][5:])
+    assert out.returncode == 2 and "unknown interface 'Nope'" in out.stderr, out.stderr
+    assert seen["early"] and seen["left"] == [], seen
 
 
 def test_up_collects_no_garbage_until_its_start_up_heap_is_frozen_and_then_does(tmp_path):
