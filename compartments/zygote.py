@@ -380,7 +380,7 @@ def start_in_a_compiler(work, path: str, user=None, probes: bool = False) -> "In
     its shape as it would any hostile input.  `probes`: `work` rewrites the module
     for probes, and may run wasm-tools (confine_compiler's `probes`).  Its `result()`
     waits for it; `wsuper up` starts one before its last imports and takes the
-    result after them (supervisor/preflight.py, checks_soon)."""
+    result after them (supervisor/preflight.py, ChecksSoon)."""
     from . import confine as confining
     parent = os.getpid()
     try:                    # no process or descriptor left: a failure, not a traceback
