@@ -68,13 +68,6 @@ def _command(argv=None) -> int:
             # compiled stops `up` with 130 or 143 and a word (StoppedAtStart below),
             # not a KeyboardInterrupt traceback or a death without one
             startsignals.stop_at_start()
-            # no cyclic garbage collection until the runtime freezes the start-up's
-            # heap (runtime.py, gc.freeze() before the first spawn): the ~100
-            # collections of young objects that the imports, the policy and the
-            # preflight would run find nothing of note to free, for ~20-50 ms of CPU
-            # on the way to the first spawn (docs/performance.md, "Start-up, sixth pass")
-            import gc
-            gc.disable()
             # first thing: the zygote's start-up (~150-250 ms) overlaps all of ours,
             # imports included (launch.py imports nothing heavy)
             from .launch import Launched

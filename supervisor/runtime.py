@@ -1307,7 +1307,6 @@ class Supervisor:
             # compartments start (~0.1 s a pause at 300 of them; docs/performance.md).
             # No gc.collect() first: it would delay the first spawn by ~20 ms
             gc.freeze()
-            gc.enable()          # off since `up` began (cli.py): collections from here
             try:
                 await threads.run_sync(self._note_granted, give_up=self._done)
             except threads.NoThread:     # stopped while it waited for a thread: no

@@ -9,14 +9,14 @@ from tests.conftest import ROOT
 
 #: `wsuper up` of the system given, noting: which module checks were started early
 #: (zygote.start_in_a_compiler, if there is one) or run where prepare needs them
-#: (zygote.in_a_compiler), and whether trio was imported by then; whether the
-#: collector ran during prepare and at the first spawn, and once the system ran
+#: (zygote.in_a_compiler), and whether trio was imported by then; whether wasmtime
+#: was imported by the first spawn
 _HARNESS = """
-import gc, importlib.machinery, json, os, sys
+import importlib.machinery, json, os, sys
 sys.path.insert(0, {root!r})
 from compartments import zygote
-from supervisor import cli, preflight
-seen = {{"early": [], "waited": [], "gc_prepare": None, "gc_spawn": None}}
+from supervisor import cli
+seen = {{"early": [], "waited": [], "spawned": False}}
 inside, pids = [], []
 start = getattr(zygote, "start_in_a_compiler", None)
 if start is not None:
@@ -36,16 +36,11 @@ def in_a_compiler(work, path, *a, **k):
     finally:
         inside.pop()
 zygote.in_a_compiler = in_a_compiler
-real_prepare = preflight.prepare
-def prepare(*a, **k):
-    seen["gc_prepare"] = gc.isenabled()
-    return real_prepare(*a, **k)
-preflight.prepare = prepare
 def patch(process):      # supervisor.process imports trio: wrapped as it is imported
     real_spawn = process.Zygote.spawn
     async def spawn(self, *a, **k):
-        if seen["gc_spawn"] is None:
-            seen["gc_spawn"] = gc.isenabled()
+        if not seen["spawned"]:
+            seen["spawned"] = True
             seen["wasmtime_spawn"] = "wasmtime" in sys.modules
         return await real_spawn(self, *a, **k)
     process.Zygote.spawn = spawn
@@ -64,7 +59,6 @@ class Hook:
         return spec
 sys.meta_path.insert(0, Hook)
 code = cli.main(["up", sys.argv[1]])
-seen["gc_end"] = gc.isenabled()
 seen["left"] = [pid for pid in pids if os.path.exists(f"/proc/{{pid}}")]   # zombies too
 print("SEEN " + json.dumps(seen), flush=True)
 sys.exit(code)
@@ -147,19 +141,6 @@ def test_up_refused_before_it_takes_the_early_check_ends_that_child(tmp_path):
                        if line.startswith("SEEN ")][-1][5:])
     assert out.returncode == 2 and "unknown interface 'Nope'" in out.stderr, out.stderr
     assert seen["early"] and seen["left"] == [], seen
-
-
-def test_up_collects_no_garbage_until_its_start_up_heap_is_frozen_and_then_does(tmp_path):
-    """The cyclic collector ran ~100 times on the way to the first spawn (the imports,
-    the policy, preflight: 20-50 ms of the supervisor's CPU here) and found nothing
-    of note; it is off from `up`'s start until the runtime freezes that heap
-    (gc.freeze, before the first spawn), and on again from there: a system that
-    runs for days collects its garbage."""
-    code, seen, err = _up(tmp_path, [QUIT])
-    assert code == 0, err
-    assert seen["gc_prepare"] is False, f"the collector ran during start-up: {seen}"
-    assert seen["gc_spawn"] is True and seen["gc_end"] is True, \
-        f"the collector is off once the system runs: {seen}"
 
 
 def test_the_zygote_collects_no_garbage_until_its_heap_is_frozen_and_then_does():
