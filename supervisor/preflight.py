@@ -8,6 +8,7 @@ PolicyError naming the key in system.toml.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import attrs
 import capnp
@@ -18,6 +19,9 @@ from capnp_schemas.text import first_line, quoted
 from compartments import abi, protect, wasmbin, zygote
 
 from .policy import PolicyError, System, _Where, grant_where, limit_where
+
+if TYPE_CHECKING:                        # imported where a check needs it (_wasm)
+    import wasmtime
 
 
 def _wasm():
