@@ -189,8 +189,9 @@ def seconds_arg(most: float):
     return seconds
 
 
-def _main(argv=None, zygote=None) -> int:
-    """`zygote`: a process.Launched for `up` (main starts it), or None."""
+def parser():
+    """The command line: every command and its options (the README's "Commands"
+    lists each one: tests/unit/test_docs.py holds it to this)."""
     import argparse
     ap = argparse.ArgumentParser(
         prog="wsuper",
@@ -271,7 +272,13 @@ def _main(argv=None, zygote=None) -> int:
                       help="a program with main")
     from . import probecli
     probecli.add_commands(sub)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main(argv=None, zygote=None) -> int:
+    """`zygote`: a process.Launched for `up` (main starts it), or None."""
+    args = parser().parse_args(argv)
+    from . import probecli
 
     if args.command == "probe":
         return probecli.probe(args) if _running_or_read(args.system) else 2
