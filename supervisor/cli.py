@@ -236,8 +236,9 @@ def parser():
                             "running, or its wsuper up stopped with SIGSTOP: exit 1)")
     status.add_argument("system", help="path to the running system's system.toml")
     status.add_argument("--json", action="store_true", help="the same, as JSON")
-    stop = sub.add_parser("stop", help="stop a running system (it exits 0, or 1 if a "
-                          "compartment failed or stopped abnormally); one still starting "
+    stop = sub.add_parser("stop", help="stop a running system and wait for its end (exit 0; 1 "
+                          "if not within 30 s); its wsuper up exits 0, or 1 if a "
+                          "compartment failed or stopped abnormally. One still starting "
                           "is sent SIGTERM")
     stop.add_argument("system", help="path to the running system's system.toml")
     check = sub.add_parser("check", help="validate a system without starting anything, "
@@ -255,14 +256,17 @@ def parser():
     bindgen = sub.add_parser("bindgen", help="write C bindings (NAME.h and wsuper.h) for the "
                              "interfaces and structs of Cap'n Proto schemas")
     bindgen.add_argument("schemas", nargs="+", metavar="SCHEMA.capnp")
-    bindgen.add_argument("-o", "--output", required=True, metavar="DIR")
+    bindgen.add_argument("-o", "--output", required=True, metavar="DIR",
+                         help="where NAME.h and wsuper.h are written")
     build = sub.add_parser("build", help="compile a C plugin to wasm (clang, wasi-libc), "
                            "generating bindings for --schema first")
     build.add_argument("sources", nargs="+", metavar="FILE.c")
-    build.add_argument("-o", "--output", required=True, metavar="PLUGIN.wasm")
+    build.add_argument("-o", "--output", required=True, metavar="PLUGIN.wasm",
+                       help="the module to write")
     build.add_argument("--schema", action="append", default=[], metavar="SCHEMA.capnp",
                        help="generate bindings for it into the include directory (repeatable)")
-    build.add_argument("-I", "--include", action="append", default=[], metavar="DIR")
+    build.add_argument("-I", "--include", action="append", default=[], metavar="DIR",
+                       help="another directory of headers for the compiler (repeatable)")
     build.add_argument("--include-dir", metavar="DIR", help="where generated headers go "
                        "(default: OUTPUT's directory/include)")
     kind = build.add_mutually_exclusive_group()

@@ -51,8 +51,10 @@ def add_commands(sub):
                         "into a Chrome trace-event file (open it in Perfetto)")
     tr.add_argument("system", help="path to the running system's system.toml")
     from .cli import seconds_arg
-    tr.add_argument("--seconds", type=seconds_arg(endpoint.MAX_TRACE_SECONDS), required=True)
-    tr.add_argument("-o", "--output", required=True, metavar="FILE")
+    tr.add_argument("--seconds", type=seconds_arg(endpoint.MAX_TRACE_SECONDS), required=True,
+                    help=f"how long to record (at most {endpoint.MAX_TRACE_SECONDS:g})")
+    tr.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="the file to write (never one of the system's own)")
     tr.add_argument("--format", choices=("chrome", "jsonl"), default="chrome",
                     help="chrome (default): trace-event JSON; jsonl: one event per line")
     tr.add_argument("--compartments", default="", metavar="NAMES",

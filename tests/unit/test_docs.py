@@ -418,4 +418,8 @@ def test_every_command_and_option_of_the_command_line_is_in_the_readme_and_no_ot
                     wrong.append(f"wsuper {name}: {spelled[0]} {choice} is not there")
         for option in set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text)) - takes:
             wrong.append(f"wsuper {name}: {option} is said, but not taken")
+        # and `wsuper NAME --help` says what each option is (trace --seconds and -o,
+        # bindgen -o and build -I said nothing)
+        wrong += [f"wsuper {name} --help: {'/'.join(a.option_strings)} says nothing"
+                  for a in command._actions if a.option_strings and not a.help]
     assert not wrong, "\n".join(wrong)
