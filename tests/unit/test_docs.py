@@ -423,3 +423,20 @@ def test_every_command_and_option_of_the_command_line_is_in_the_readme_and_no_ot
         wrong += [f"wsuper {name} --help: {'/'.join(a.option_strings)} says nothing"
                   for a in command._actions if a.option_strings and not a.help]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_clang_line_plugins_md_gives_for_a_makefile_is_wsuper_builds():
+    """plugins.md's "equivalent by hand" is what `wsuper build` runs for a reactor
+    laid out for protection (the libc fixes are told apart, below it): every flag
+    of toolchain.command is on it. It left out `-Wl,--export=__stack_pointer`,
+    without which a call that traps or runs out of fuel keeps its stack frames
+    taken for good in a shared instance (an outside review of the docs)."""
+    from supervisor import toolchain
+    text = _text(os.path.join(DOCS, "plugins.md"))
+    line = re.search(r"^    (clang --target=.*?)\n\n", text, re.M | re.S).group(1)
+    said = line.replace("\\\n", " ").split()
+    built = toolchain.command(["store.c"], "build/store.wasm", reactor=True,
+                              include=["build/include"], layout="layout.c")
+    missing = [f for f in built[1:] if f != "-Wall" and f not in said]
+    assert not missing, missing
+    assert said[0] == "clang" and set(said[1:]) <= set(built[1:]), said
