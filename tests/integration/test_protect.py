@@ -346,3 +346,24 @@ def test_protection_asked_for_of_a_module_that_declares_an_empty_layout_is_refus
     r = run_wsuper("check", str(tmp_path / "system.toml"))       # the default: quietly none
     assert r.returncode == 0 and "memory not protected (its declared layout cannot be " \
         "enforced" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_transcript_memory_protection_md_opens_with_is_what_up_says(tmp_path, plugins):
+    """docs/memory-protection.md's first example, run as it says (each program under
+    restart = "never", with a stdout log): every line it shows, and no other, each
+    compartment's in its order. It showed the failures without the lines around
+    them (`ready`, `null: reading *NULL`, `stopped`), untimed, and under a restart
+    policy it did not say, where a reader sees each one restarted three times."""
+    from supervisor.output import strip_time
+    text = open(os.path.join(ROOT, "docs", "memory-protection.md"), encoding="utf-8").read()
+    shown = re.search(r"```\n\$ wsuper up system.toml\n(.*?)```", text, re.S).group(1)
+    r = _up(tmp_path, "".join(_program(n, plugins[n]) for n in ("literal", "null")),
+            schemas=False)
+    assert r.returncode == 1, r.stdout
+
+    def by_compartment(lines):
+        lines = [re.sub(r"pid=\d+ module=\S+", "pid", strip_time(l)) for l in lines.splitlines()
+                 if l]
+        return {n: [l for l in lines if f" {n} " in l or l.startswith(f"[{n}]")]
+                for n in ("literal", "null")}
+    assert by_compartment(r.stdout) == by_compartment(shown)
