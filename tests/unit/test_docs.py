@@ -440,3 +440,14 @@ def test_the_clang_line_plugins_md_gives_for_a_makefile_is_wsuper_builds():
     missing = [f for f in built[1:] if f != "-Wall" and f not in said]
     assert not missing, missing
     assert said[0] == "clang" and set(said[1:]) <= set(built[1:]), said
+
+
+def test_every_fuzzer_has_its_command_in_security_md():
+    """Each fuzz/ module (but the shared seeds) is run by a command in security.md's
+    "Fuzzing", where its last long run is said: a fuzzer nobody is told how to run
+    is never run long."""
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "fuzz", "*.py"))}
+    modules -= {"__init__", "seeds"}
+    section = _section(_text(os.path.join(DOCS, "security.md")), "## Fuzzing")
+    run = set(re.findall(r"python -m fuzz\.(\w+)", section))
+    assert modules <= run, sorted(modules - run)
