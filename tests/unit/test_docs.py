@@ -451,3 +451,20 @@ def test_every_fuzzer_has_its_command_in_security_md():
     section = _section(_text(os.path.join(DOCS, "security.md")), "## Fuzzing")
     run = set(re.findall(r"python -m fuzz\.(\w+)", section))
     assert modules <= run, sorted(modules - run)
+
+
+def test_the_c_sdks_error_codes_are_the_abis_and_its_own_are_in_plugins_md():
+    """compartments/sdk/wsuper.h's codes: each WSUPER_E_NAME of the guest ABI has
+    abi.py's value, and each of the C runtime's own is told in plugins.md, where C
+    authors look (WSUPER_E_NOMEM, -100, was in no doc: a caller that printed its
+    code saw a number documented nowhere)."""
+    header = _text(os.path.join(ROOT, "compartments", "sdk", "wsuper.h"))
+    codes = {n: int(v) for n, v in re.findall(r"^\s*WSUPER_(E_\w+|OK) = (-?\d+),", header, re.M)}
+    assert codes.pop("OK") == abi.OK
+    abi_codes = {name: code for code, name in abi.ERROR_NAMES.items()}
+    assert {n: v for n, v in codes.items() if n in abi_codes} == abi_codes
+    plugins = _text(os.path.join(DOCS, "plugins.md"))
+    own = {n: v for n, v in codes.items() if n not in abi_codes}
+    assert own, codes
+    for name, value in own.items():
+        assert re.search(rf"`WSUPER_{name}` \({value}\)", plugins), (name, value)
