@@ -984,6 +984,11 @@ def _admin(args) -> int:
     return 0
 
 
+#: the columns of `wsuper status` (the README says what each one is)
+STATUS_COLUMNS = ("COMPARTMENT", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "SERVED", "FAILED",
+                  "MEMORY", "HANDLES", "IN FLIGHT")
+
+
 def _status_table(path: str, status: dict) -> str:
     def dur(s):
         if s is None:
@@ -995,8 +1000,7 @@ def _status_table(path: str, status: dict) -> str:
     def mib(b):
         return "-" if b is None else f"{b / (1 << 20):.1f}MiB"
 
-    head = ("COMPARTMENT", "STATE", "PID", "UPTIME", "RESTARTS", "GEN", "SERVED", "FAILED",
-            "MEMORY", "HANDLES", "IN FLIGHT")
+    head = STATUS_COLUMNS
     # an engine stopped by a signal or a debugger answers nothing until continued
     rows = [head] + [(c["name"], c["state"] + (f" (stopped: kill -CONT {c['pid']})"
                                                if c.get("stopped") is True else ""),

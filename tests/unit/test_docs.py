@@ -489,3 +489,19 @@ def test_every_module_is_in_the_module_map_of_design_md():
              for p in glob.glob(os.path.join(ROOT, pkg, f"*.{ext}"))}
     files -= {f"{pkg}/__init__.py" for pkg in ("supervisor", "compartments")}
     assert not files - named, sorted(files - named)
+
+
+def test_the_readme_says_what_each_column_of_wsuper_status_is():
+    """`wsuper status` showed GEN and IN FLIGHT (with its "N out, M in"), which no
+    doc explained; each column is named in the README's paragraph on status, and
+    so is each state a compartment can be in."""
+    from supervisor import cli
+    text = _section(_text(os.path.join(ROOT, "README.md")), "## Commands")
+    paragraph = re.search(r"`wsuper status` prints .*?\n\n", text, re.S).group(0)
+    paragraph = " ".join(paragraph.split())
+    missing = [c for c in cli.STATUS_COLUMNS[1:] if c not in paragraph]
+    assert not missing, missing
+    states = set(re.findall(r'self\.state\[\w+\] = "(\w+)"|dict\.fromkeys\(self\.policies, "(\w+)"\)',
+                            _text(os.path.join(ROOT, "supervisor", "supervision.py"))))
+    states = {a or b for a, b in states}
+    assert len(states) >= 6 and not [s for s in states if f"`{s}`" not in paragraph], states
