@@ -109,4 +109,8 @@ random = {{ host = "random" }}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "pathops")
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("part", nargs="?", default="pathops",
+                    help="the part of survey.c to run (default: pathops)")
+    main(ap.parse_args().part)
