@@ -37,6 +37,12 @@ LAYOUT_FLAGS = (f"-Wl,--global-base={PROTECT_PAGE}",)
 #: call's frames stayed taken for good, and a few made every later call of every
 #: caller fail "out of stack"
 STACK_POINTER_FLAGS = ("-Wl,--export=__stack_pointer",)
+#: wasi-libc's clock(), times() and getrusage(), which read the process's CPU time
+#: (clock_time_get of CLOCK_PROCESS_CPUTIME_ID, which wsuper serves through the
+#: `clock` grant): declared only with the macro, and in a library of their own (a
+#: plugin that called clock() did not compile, though the docs say it works)
+PROCESS_CLOCKS_FLAGS = ("-D_WASI_EMULATED_PROCESS_CLOCKS",)
+PROCESS_CLOCKS_LIBRARY = "-lwasi-emulated-process-clocks"
 #: One more source: a variable that page-aligns the start of .data (wasm-ld aligns an
 #: output segment as its most aligned input), so .rodata ends on a page of its own.
 LAYOUT_SOURCE = (f"__attribute__((aligned({PROTECT_PAGE}), used))\n"
@@ -255,12 +261,14 @@ def command(sources, output: str, *, reactor: bool = False, include=(), exports=
     cmd += [f"-I{d}" for d in include]
     cmd += [f"-Wl,--export={e}" for e in exports]
     cmd += STACK_POINTER_FLAGS
+    cmd += PROCESS_CLOCKS_FLAGS
     if layout is not None:
         cmd += LAYOUT_FLAGS
     if fixes is not None:
         cmd += LIBC_FIXES_FLAGS if wrapped is None else [f"-Wl,--wrap={n}" for n in wrapped]
     return cmd + list(extra) + [as_operand(s) for s in sources] \
-        + ([layout] if layout is not None else []) + ([fixes] if fixes is not None else [])
+        + ([layout] if layout is not None else []) + ([fixes] if fixes is not None else []) \
+        + [PROCESS_CLOCKS_LIBRARY]      # after the objects that use it, as ld takes them
 
 
 def _own_object(tmp: str, name: str, text: str, output: str) -> str:

@@ -2327,3 +2327,29 @@ def test_an_empty_append_write_and_a_listing_resumed_after_changes(tmp_path, edg
         [x for x in ours[:5] if "tell=" not in x], theirs
     assert ours[5] == "resumed listed=20 removed=10 missed=0 twice=0 unknown=0", ours
     assert ours[6].startswith("resumed-changes-seen "), ours
+
+
+def test_clock_and_times_build_and_read_cpu_time_through_the_clock_grant(tmp_path):
+    """wasi-libc's clock() and times() are declared only with
+    _WASI_EMULATED_PROCESS_CLOCKS and live in a library of their own: a plugin that
+    called clock() did not compile with `wsuper build` ("clock ... is deprecated";
+    an outside review of the docs, r253), though policy-reference.md says clock()
+    reads the engine's CPU time through the clock grant.  Built as wsuper builds,
+    it runs, and without the grant it reads no CPU time."""
+    from supervisor import toolchain
+    src = tmp_path / "cpu.c"
+    src.write_text('#include <stdio.h>\n#include <time.h>\n#include <sys/times.h>\n'
+                   'int main(void) {\n'
+                   '  volatile unsigned long x = 0;\n'
+                   '  for (unsigned long i = 0; i < 20000000; i++) x += i;\n'
+                   '  clock_t c = clock();\n  struct tms t;\n  clock_t r = times(&t);\n'
+                   '  printf("clock %s times %s\\n", c > 0 ? "ran" : "nothing",'
+                   ' r != (clock_t)-1 && t.tms_utime > 0 ? "ran" : "nothing");\n'
+                   '  return 0;\n}\n')
+    module = toolchain.build([str(src)], str(tmp_path / "cpu.wasm"))
+    d = tmp_path / "sandbox"
+    d.mkdir()
+    code, lines, r = under_wsuper(tmp_path, module, d, grants='clock = { host = "clock" }')
+    assert code == 0 and lines == ["clock ran times ran"], r.stdout + r.stderr
+    code, lines, r = under_wsuper(tmp_path, module, d)        # (libc reads 0 then)
+    assert code == 0 and lines == ["clock nothing times nothing"], r.stdout + r.stderr
