@@ -1,0 +1,285 @@
+"""A compromised engine in a live system, beside honest neighbours.
+
+The threat model lets a guest escape wasmtime and run native code in its engine.
+tests/hostile.py runs the real `wsuper up`, whose real zygote forks a real,
+confined engine for compartment `evil`; once the supervisor has started it (and
+said it is ready), the engine runs attacker code (a payload, Python: ctypes
+makes any system call) with its socket, its stderr and its confinement.  Each
+test then checks what a user would notice: the supervisor is up, `calc` (an
+honest neighbour, reached by an external pycapnp client) still answers, the
+operator is told what happened, naming `evil`, and nothing the engine wrote
+reached the terminal as a line of its own."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT, Running
+from tests.integration.test_fail_closed import _add, _supervisor
+
+SYSTEM = """
+[system]
+schemas = ["{examples}/calc.capnp"]
+socket = "{tmp}/ext.sock"
+logs = "{tmp}/logs"
+audit = "{tmp}/audit.jsonl"
+
+[compartments.calc]
+module = "{examples}/calc.wat"
+exports = "Calc"
+external = true
+
+[compartments.evil]
+module = "{examples}/calc.wat"
+exports = "Calc"
+max_restarts = 1
+
+[compartments.evil.grants]
+calc = {{ compartment = "calc" }}
+"""
+
+#: What every payload begins with: raw messages (rpc.Message, framed as is), calls
+#: to calc through the engine's own books, and a line on its stderr.
+PRELUDE = """
+import os, struct, sys, time
+from capnp_schemas import protocol as P, rpc, wire
+from capnp_schemas.protocol import Content
+CALC = 0xC0FFEE0000000001
+calc = engine.grants["calc"][1].import_id
+conn = engine.conn
+def log(*a): print(*a, file=sys.stderr, flush=True)
+def add(a, b): return Content.standalone([struct.pack("<Qii", 1 << 32, a, b)])
+def raw(m): return wire.frame(m.to_segments())
+"""
+
+
+class Hostile(Running):
+    """`wsuper up SYSTEM` with the payloads of directory `payloads` (tests/hostile.py)."""
+
+    def __init__(self, payloads: str, system: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile", payloads, "up", system], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        self._unread = b""
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    started = []
+
+    def up(payload: str):
+        (tmp_path / "payloads").mkdir()
+        (tmp_path / "payloads" / "evil.py").write_text(PRELUDE + textwrap.dedent(payload))
+        (tmp_path / "system.toml").write_text(SYSTEM.format(examples=EXAMPLES, tmp=tmp_path))
+        run = Hostile(str(tmp_path / "payloads"), str(tmp_path / "system.toml"))
+        started.append(run)
+        run.wait_for("all compartments ready")
+        return run, str(tmp_path / "ext.sock")
+
+    yield up
+    for run in started:
+        run.stop()
+
+
+def _neighbours_unharmed(run, sock, before=None):
+    assert run.proc.poll() is None, "\n".join(run.lines)
+    assert _add(sock, 20, 22) == 42
+    if before is not None:
+        fds, rss = _supervisor(run.proc.pid)
+        assert fds <= before[0] + 2 and rss <= before[1] + 40 * 1024, (fds, rss, before)
+
+
+def _no_line_of_its_own(run):
+    """Every line is the supervisor's own, or one of evil's, prefixed: none begins
+    with what the engine wrote (an escape sequence, a forged `wsuper:` line)."""
+    for line in run.lines:
+        assert line.startswith(("wsuper: ", "[evil] ", "[calc] ")), line
+        assert "\x1b" not in line and "\r" not in line, line
+
+
+def test_an_engine_that_aborts_its_connection_is_said_naming_its_compartment(
+        hostile, tmp_path):
+    """An honest engine aborts only after saying why on its stderr (a protocol error
+    of the supervisor's, out of memory); a taken-over one that sent Abort and said
+    nothing left the operator "restarting evil (engine killed by SIGKILL)": the
+    supervisor's kill, not why.  Its reason is said, one line, escaped, and audited."""
+    run, sock = hostile("""
+        send(conn.send_abort("\\x1b[31mwsuper: compartment calc crashed\\n" + "A" * 100000))
+        time.sleep(5)
+    """)
+    line = run.wait_for("evil: the engine aborted the connection")
+    assert line.endswith(r"aborted the connection: \x1b[31mwsuper: compartment calc crashed")
+    run.wait_for("restarting evil")
+    _neighbours_unharmed(run, sock)
+    run.stop()
+    _no_line_of_its_own(run)
+    records = [json.loads(r) for r in open(tmp_path / "audit.jsonl")]
+    assert {"peer": "evil", "event": "connection aborted by the engine",
+            "reason": "\x1b[31mwsuper: compartment calc crashed"}.items() <= \
+        next(r for r in records if r.get("peer") == "evil").items()
+
+
+#: Messages that break the protocol, each sent by the engine once it is running:
+#: (the payload, what the supervisor's line says).  Each cuts off evil alone.
+BREAKS = {
+    "garbage": ('send(b"\\xff" * 64)', "bad framing: message has 4294967296 segments"),
+    "a segment table of 16 GiB, then silence": (
+        'send(struct.pack("<II", 0, 1 << 31))', "exceeds the limit of 67108864 bytes"),
+    "a Return for a question never asked": ("""
+        m = rpc.Message.new_message(); r = m.init("return"); r.answerId = 12345
+        r.init("results"); send(raw(m))""", "return for question 12345, which is not awaiting"),
+    "a second answer to Engine.start": ("""
+        m = rpc.Message.new_message(); r = m.init("return"); r.answerId = 0
+        r.init("results"); send(raw(m))""", "return for question 0, which is not awaiting"),
+    "a call on an import it was never given": ("""
+        m = rpc.Message.new_message(); c = m.init("call"); c.questionId = 9
+        c.interfaceId = CALC; c.target.importedCap = calc + 7; c.init("params")
+        send(raw(m))""", "was never issued or was released"),
+    "capabilities of others named in its cap table (receiverHosted)": ("""
+        m = rpc.Message.new_message(); c = m.init("call"); c.questionId = 9
+        c.interfaceId = CALC; c.methodId = 2; c.target.importedCap = calc
+        t = c.init("params").init("capTable", 2); t[0].receiverHosted = calc
+        t[1].receiverHosted = calc + 1; send(raw(m))""", "was never issued or was released"),
+    "an answer of the supervisor's it was never given (receiverAnswer)": ("""
+        m = rpc.Message.new_message(); c = m.init("call"); c.questionId = 9
+        c.interfaceId = CALC; c.methodId = 2; c.target.importedCap = calc
+        c.init("params").init("capTable", 1)[0].init("receiverAnswer").questionId = 0
+        send(raw(m))""", "promisedAnswer names unknown question 0"),
+    "a Release of more references than it holds": ("""
+        m = rpc.Message.new_message(); r = m.init("release"); r.id = calc
+        r.referenceCount = 1 << 31; send(raw(m))""", "references to export"),
+    "a Finish of a question never asked": ("""
+        m = rpc.Message.new_message(); m.init("finish").questionId = 4242
+        send(raw(m))""", "4242"),
+}
+
+
+@pytest.mark.parametrize("what", list(BREAKS))
+def test_what_breaks_the_protocol_from_a_taken_over_engine_cuts_off_that_engine_only(
+        hostile, what):
+    payload, said = BREAKS[what]
+    run, sock = hostile(textwrap.dedent(payload) + "\ntime.sleep(5)\n")
+    before = _supervisor(run.proc.pid)
+    line = run.wait_for("evil: protocol error, connection aborted")
+    assert said in line, line
+    run.wait_for("restarting evil")
+    _neighbours_unharmed(run, sock, before)
+    run.stop()
+    _no_line_of_its_own(run)
+
+
+def test_messages_the_supervisor_does_not_implement_are_echoed_and_the_engine_goes_on(
+        hostile):
+    """Provide, Accept, Join (level 3/4) and a Disembargo for `accept`: the
+    `unimplemented` echo, each, and the engine's calls still go through."""
+    run, sock = hostile("""
+        import socket
+        for kind in ("provide", "accept", "join"):
+            m = rpc.Message.new_message(); x = m.init(kind); x.questionId = 50
+            if kind != "accept":
+                x.target.importedCap = calc
+            send(raw(m))
+        m = rpc.Message.new_message(); d = m.init("disembargo")
+        d.target.importedCap = calc; d.context.accept = None; send(raw(m))
+        qid, data = conn.send_call(calc, CALC, 0, add(40, 2), []); send(data)
+        got, kinds = b"", []
+        while ("return", qid, "results") not in kinds:
+            got += sock.recv(1 << 16)
+            while (n := wire.framed_size(got, 0)) is not None and n <= len(got):
+                m = rpc.Message.from_segments([bytes(s) for s in wire.unframe(got[:n])])
+                got = got[n:]
+                ret = getattr(m, "return") if m.which() == "return" else None
+                kinds.append((m.which(), ret.answerId, ret.which())
+                             if m.which() == "return" else m.which())
+        log("evil got", kinds)
+        log("evil's call answered")
+        time.sleep(5)
+    """)
+    got = run.wait_for("evil got")
+    assert got.count("'unimplemented'") == 4, got
+    run.wait_for("evil's call answered")
+    assert not any("evil: protocol error" in line for line in run.lines), run.lines
+    _neighbours_unharmed(run, sock)
+
+
+def test_system_calls_from_a_taken_over_engine_are_refused_and_reach_no_neighbour(hostile):
+    """What native code would try first: signal everyone (kill(-1), its process
+    group, pids 1..4096), sockets, new processes, namespaces, mounts, the kernel's
+    riskier interfaces, code of its own (memfd_create then exec), /proc.  Signal 0
+    (an existence probe): a filter that let them through must not take the test's
+    own processes with it; seccomp answers before the signal is looked at."""
+    run, sock = hostile("""
+        import ctypes, errno, json, socket
+        from compartments.seccomp import SYSCALLS
+        def sc(name, *args):
+            args = [ctypes.c_char_p(a) if isinstance(a, bytes) else
+                    ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+            rc = libc.syscall(SYSCALLS[name], *args)
+            if rc < 0:
+                raise OSError(ctypes.get_errno(), name)
+            return rc
+        got = {}
+        def attempt(name, f):
+            try:
+                got[name] = "allowed: %r" % (f(),)
+            except OSError as e:
+                got[name] = errno.errorcode.get(e.errno, str(e.errno))
+            except Exception as e:
+                got[name] = type(e).__name__
+        buf = ctypes.create_string_buffer(256)
+        attempt("kill everyone", lambda: sc("kill", -1, 0))
+        attempt("kill its group", lambda: sc("kill", 0, 0))
+        attempt("kill a pid", lambda: [p for p in range(1, 4097)
+                                       if libc.syscall(SYSCALLS["kill"], p, 0) == 0] or sc("kill", 1, 0))
+        attempt("tgkill", lambda: sc("tgkill", 1, 1, 0))
+        attempt("socket", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        attempt("connect", lambda: sc("connect", 0, buf, 16))
+        attempt("ptrace", lambda: sc("ptrace", 16, 1, 0, 0))
+        attempt("fork", lambda: os.fork() == 0 and os._exit(0))
+        attempt("clone3", lambda: sc("clone3", ctypes.create_string_buffer(88), 88))
+        attempt("unshare", lambda: sc("unshare", 0x10000000 | 0x00020000))
+        attempt("mount", lambda: sc("mount", b"none", b"/", b"tmpfs", 0, None))
+        attempt("bpf", lambda: sc("bpf", 0, buf, 64))
+        attempt("io_uring", lambda: sc("io_uring_setup", 1, buf))
+        attempt("userfaultfd", lambda: sc("userfaultfd", 0))
+        attempt("perf_event_open", lambda: sc("perf_event_open", buf, 0, -1, -1, 0))
+        attempt("memfd_create", lambda: sc("memfd_create", b"x", 0))
+        attempt("exec", lambda: os.execv("/bin/sh", ["sh"]))
+        attempt("open", lambda: open("/etc/passwd").read())
+        attempt("proc", lambda: os.listdir("/proc"))
+        attempt("send a descriptor", lambda: sock.sendmsg([b"x"], [(
+            socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 2))]))
+        log("evil got " + json.dumps(got))
+        time.sleep(5)
+    """)
+    calc_pid = next(line for line in run.lines if "ready calc" in line).split("pid=")[1]
+    got = json.loads(run.wait_for("evil got ").split("evil got ", 1)[1])
+    allowed = {name: why for name, why in got.items() if why.startswith("allowed")}
+    assert not allowed, got
+    _neighbours_unharmed(run, sock)
+    assert not any("calc" in line and "restart" in line for line in run.lines), run.lines
+    assert os.path.exists(f"/proc/{calc_pid.split()[0]}")
+
+
+def test_what_a_taken_over_engine_writes_on_its_stderr_stays_its_own_bounded_lines(hostile):
+    """Escape sequences, carriage returns, lines forged as the supervisor's, and a
+    10 MB line: every line shown is prefixed `[evil]`, escaped, in pieces of at most
+    4 KiB, at most log_rate of them a second."""
+    run, sock = hostile("""
+        os.write(2, b"\\x1b[2J\\x1b[31mwsuper: ready calc pid=1\\n\\rwsuper: calc failed\\n")
+        os.write(2, b"\\x1b]0;title\\x07 \\xe2\\x80\\xae \\x9b31m\\n")
+        os.write(2, b"x" * (10 << 20) + b"\\n")
+        log("evil is done")
+        time.sleep(5)
+    """)
+    _neighbours_unharmed(run, sock)
+    run.stop()
+    _no_line_of_its_own(run)
+    evil = [line for line in run.lines if line.startswith("[evil]")]
+    assert r"[evil] stderr: \x1b[2J\x1b[31mwsuper: ready calc pid=1" in evil
+    assert max(map(len, evil)) < 4096 + 64
+    assert sum(map(len, evil)) < 4 << 20, "10 MB of a line, all of it shown at once"
