@@ -883,6 +883,16 @@ class Router:
                               f"({type(e).__name__}: {_first_line(e)})", "internal error")
         return self._flush() if flush else []
 
+    def _aborted_by(self, peer: Peer, reason: str):
+        """An engine's Abort: said to the operator, naming its compartment, and audited
+        (its reason is the engine's text: one line, at most 300 characters, shown as
+        any text a guest controls)."""
+        self.emit(fx.Notice(f"{peer.name}: the engine aborted the connection: {reason}",
+                            peer=peer.name))
+        if self.audit.enabled:
+            self._record({"time": self.wall(), "peer": peer.name,
+                          "event": "connection aborted by the engine", "reason": reason})
+
     def _abort(self, peer: Peer, reason: str, what: str):
         if not peer.alive:                 # a fault while it was being lost: said, not hidden
             self.emit(fx.Notice(f"{peer.name}: {what} after it was lost: {reason}",
@@ -976,6 +986,11 @@ class Router:
         elif isinstance(ev, protocol.RefsReleased):
             self.emit(fx.Send(peer.id, ev.data))
         elif isinstance(ev, protocol.AbortReceived):
+            if peer.kind == "engine":
+                # an engine ends its connection so only when it says why on its stderr
+                # first (a protocol error of ours, out of memory); one that does not was
+                # taken over, and the operator heard only "engine killed by SIGKILL"
+                self._aborted_by(peer, _first_line(ev.reason))
             self.emit(fx.Close(peer.id, ev.reason))
             self._lose(peer, f"{peer.name} aborted the connection: {_first_line(ev.reason)}")
 
