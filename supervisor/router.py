@@ -991,7 +991,7 @@ class Router:
                 # first (a protocol error of ours, out of memory); one that does not was
                 # taken over, and the operator heard only "engine killed by SIGKILL"
                 self._aborted_by(peer, _first_line(ev.reason))
-            self.emit(fx.Close(peer.id, ev.reason))
+            self.emit(fx.Close(peer.id, f"it aborted the connection: {_first_line(ev.reason)}"))
             self._lose(peer, f"{peer.name} aborted the connection: {_first_line(ev.reason)}")
 
     def _disembargo(self, peer: Peer, ev: protocol.DisembargoReceived):

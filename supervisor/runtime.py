@@ -210,6 +210,7 @@ class _Link:
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None                    # why the pool shed it (to be cut off)
     cut = False                 # closed by us, not by its peer (a client: _linger)
+    cut_reason: str | None = None   # why (an engine's end says it: _read_engine)
     detached = None             # (the lane's: _NativeLink)
     """A peer's socket.  Writes go straight to the (non-blocking) socket; only what
     the kernel does not take at once is queued, in order, for a writer task.
@@ -390,6 +391,7 @@ class _NativeLink:
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None
     cut = False                 # closed by us, not by its peer (a client: _linger)
+    cut_reason: str | None = None   # why (an engine's end says it: _read_engine)
     detached: tuple | None = None   # (its descriptor, what was not written) from the lane
 
     def __init__(self, lane, pid: int, limits: Limits, external: bool = False):
@@ -1976,6 +1978,11 @@ class Supervisor:
         if lingered:
             reason = (f"closed its connection and did not exit within {GRACE_SECONDS:g} s "
                       f"(killed)")
+        elif cut and link.cut_reason:
+            # killed here because it was cut off: that is why it ended (it was said
+            # 'engine killed by SIGKILL', the supervisor's own kill, in the restart
+            # line, to its callers and as the last reason of one that failed for good)
+            reason = f"cut off: {first_line(link.cut_reason)}"
         elif code:                # its own exit says more than the broken socket
             with trio.move_on_after(1):       # its last words, if it left any
                 await stderr_done.wait()
@@ -2209,7 +2216,7 @@ class Supervisor:
                     data = None
                 if data is not None:
                     link.write(data)          # closed next: at most CLOSE_FLUSH on trio's
-            link.cut = True
+            link.cut, link.cut_reason = True, reason
             link.close()
         self._perform(self.router.disconnected(pid, f"{name} was cut off: {reason}"))
         self._shed()        # any the Abort's write shed (not left for a next write)
@@ -3293,7 +3300,7 @@ class Supervisor:
             elif isinstance(e, fx.Close):
                 link = self.links.get(e.peer)
                 if link is not None:
-                    link.cut = True
+                    link.cut, link.cut_reason = True, e.reason
                     link.close()
             elif isinstance(e, (fx.Started, fx.StartFailed, fx.Exited)) \
                     and e.peer != self._peer_of.get(e.compartment):

@@ -113,7 +113,9 @@ def test_an_engine_that_aborts_its_connection_is_said_naming_its_compartment(
     """)
     line = run.wait_for("evil: the engine aborted the connection")
     assert line.endswith(r"aborted the connection: \x1b[31mwsuper: compartment calc crashed")
-    run.wait_for("restarting evil")
+    line = run.wait_for("restarting evil")
+    assert r"(engine cut off: it aborted the connection: \x1b[31mwsuper: compartment calc " \
+        "crashed; restart 1" in line, line
     _neighbours_unharmed(run, sock)
     run.stop()
     _no_line_of_its_own(run)
@@ -166,7 +168,10 @@ def test_what_breaks_the_protocol_from_a_taken_over_engine_cuts_off_that_engine_
     before = _supervisor(run.proc.pid)
     line = run.wait_for("evil: protocol error, connection aborted")
     assert said in line, line
-    run.wait_for("restarting evil")
+    # the reason it ended is that: not the supervisor's kill that followed ("engine
+    # killed by SIGKILL"), in the restart line, to its callers, as a last reason
+    line = run.wait_for("restarting evil")
+    assert "(engine cut off: protocol error: " in line and said in line, line
     _neighbours_unharmed(run, sock, before)
     run.stop()
     _no_line_of_its_own(run)
