@@ -145,3 +145,27 @@ def test_an_honest_pair_gets_every_answer_beside_each_kind_of_neighbour(neighbou
         assert any("huge call of" in h and "answered" in h for h in r["hostile"]), r
     if mode.startswith("x"):
         assert '"calls": ' in r["client"] and '"calls": 0,' not in r["client"], r["client"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="places the parties on two CPUs")
+def test_the_placement_benchmark_pins_each_party_where_told():
+    """benchmarks/placement.py (r255): a plain call's three parties left to the
+    scheduler, and pinned apart (the serving engine on the second CPU, the caller
+    and the supervisor on the first); every party is found, and, pinned, the
+    serving engine is seen running on its CPU and the caller on its own."""
+    import re
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "placement.py"),
+                        "-n", "5000", "--pin", f"{cpus[0]}:{cpus[1]}:{cpus[0]}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{cpus[0]}:{cpus[1]}:{cpus[0]}: p50 "), line
+    import ast
+    seen = {name: (float(us), ast.literal_eval(where)) for name, us, where in
+            re.findall(r"(caller|server|lane|trio) ([\d.]+) us/call on (\{[^}]*\})", line)}
+    assert set(seen) == {"caller", "server", "lane", "trio"}, line
+    assert all(us > 0 for us, _ in seen.values()), line
+    for name, cpu in (("server", cpus[1]), ("caller", cpus[0])):
+        where = seen[name][1]
+        assert where and max(where, key=where.get) == cpu, line
