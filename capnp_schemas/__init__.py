@@ -605,7 +605,6 @@ def _sweep_mirrors(top: str, mine: str):
     nothing it cannot look at stops anything."""
     import fcntl
     import shutil
-    import stat
     now = time.time()
     try:
         entries = [e for e in os.scandir(top) if e.name.startswith(MIRROR_PREFIX)]
@@ -619,8 +618,7 @@ def _sweep_mirrors(top: str, mine: str):
             st = os.lstat(path)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or \
-                st.st_mode & 0o077 or now - st.st_mtime < MIRROR_GRACE:
+        if not _private(st) or now - st.st_mtime < MIRROR_GRACE:
             continue
         try:
             fd = os.open(os.path.join(path, MIRROR_HELD), os.O_RDONLY | os.O_NOFOLLOW
@@ -660,11 +658,15 @@ def _open_to_others(path: str) -> str | None:
 def _private_dir(path: str) -> bool:
     """Whether `path` is a directory (not a link to one) of this user's that no
     other may enter or change."""
-    import stat
     try:
-        st = os.lstat(path)
+        return _private(os.lstat(path))
     except OSError:
         return False
+
+
+def _private(st: os.stat_result) -> bool:
+    """_private_dir of what lstat() said of a path."""
+    import stat
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
