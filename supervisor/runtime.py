@@ -1991,6 +1991,12 @@ class Supervisor:
                 reason += f": {tail[-1]}"
         elif reason is None:
             reason = "exited"
+        else:
+            # not cut off, its exit clean: `reason` is its socket's error (an engine
+            # that exits with what the supervisor wrote to it unread leaves
+            # ECONNRESET), which was pasted after "engine" ("engine Connection reset
+            # by peer"); said after its exit, as an external client's is
+            reason = f"exited ({reason})"
         self._perform(self.router.disconnected(pid, self._for_callers(name,
                                                                       f"engine {reason}")))
         # decided at once, before anything else runs: with an await between, the

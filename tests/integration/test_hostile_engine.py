@@ -125,6 +125,22 @@ def test_an_engine_that_aborts_its_connection_is_said_naming_its_compartment(
         next(r for r in records if r.get("peer") == "evil").items()
 
 
+def test_an_engine_that_exits_with_answers_unread_is_said_to_have_exited(hostile):
+    """An engine that exits (0) with an answer the supervisor wrote to it unread:
+    the supervisor's read of its socket fails ECONNRESET, and the operator read
+    "restarting evil in 0.1 s (engine Connection reset by peer; ...)": the
+    socket's words pasted after "engine".  It exited, and how its connection
+    ended is said after it, as an external client's is."""
+    run, sock = hostile("""
+        _q, data = conn.send_call(calc, CALC, 0, add(1, 2))
+        send(data)
+        time.sleep(1)                  # calc's answer arrives, and is never read
+    """)
+    line = run.wait_for("restarting evil")
+    assert "(engine exited (Connection reset by peer); restart 1" in line, line
+    _neighbours_unharmed(run, sock)
+
+
 #: Messages that break the protocol, each sent by the engine once it is running:
 #: (the payload, what the supervisor's line says).  Each cuts off evil alone.
 BREAKS = {
