@@ -1423,7 +1423,12 @@ def claim_socket_path(path: str):
         return
     probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
     try:
-        probe.settimeout(1)
+        # not blocking: a Unix socket's connect is answered at once (accepted into
+        # the listener's queue, refused, or EAGAIN: the queue is full).  It waited up
+        # to a second for room in a full queue, and a running system binding its
+        # socket again (Supervisor._kept_bound) waited so on trio's thread, every
+        # SOCKET_CHECK, while a full-queued listener held its path
+        probe.setblocking(False)
         probe.connect(path)
     except ConnectionRefusedError:
         try:
@@ -1442,9 +1447,10 @@ def claim_socket_path(path: str):
         # Ctrl-Z, or slower to accept than its clients connect), no answer within the
         # second, no permission.  Removed, a running system lost its socket to this
         # one, and its clients were served by this system instead
+        why = "its queue of connections is full" if isinstance(e, BlockingIOError) \
+            else e.strerror or str(e)
         raise EndpointError(f"{path} may be in use by a running system or another program "
-                            f"(connecting to it: {e.strerror or 'no answer'}); not "
-                            f"removed") from None
+                            f"(connecting to it: {why}); not removed") from None
     finally:
         probe.close()
     # something accepts there: another system, or a program of another kind (which
