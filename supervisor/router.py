@@ -2103,15 +2103,26 @@ class Router:
         if caps:
             self._retain_new(peer, caps)
             self._keep_own(peer, answer_id, caps)
-        self.emit(fx.Send(peer.id, data))
-        self._after_return(peer, answer_id, content, out_caps)
+        # The calls pipelined on the answer go on *before* the Return is sent: once
+        # the caller reads it, it calls what the answer holds directly (rpc.capnp's
+        # E-order, Disembargo: no embargo where the promise resolves to an object of
+        # the vat it pointed at, "because the pipelined calls are delivered over the
+        # same path as the later direct calls"), and the fast lane forwards those at
+        # once.  Sent after the Return, the held calls were overtaken by the later
+        # ones whenever the caller, woken by the Return, ran before the next write.
+        self._after_return(peer, answer_id, content, out_caps,
+                           then=fx.Send(peer.id, data))
 
-    def _after_return(self, peer: Peer, answer_id: int, content: Content, out_caps):
+    def _after_return(self, peer: Peer, answer_id: int, content: Content, out_caps,
+                      then=None):
         """Answer `answer_id` to `peer` returned (content, out_caps): the calls pipelined
-        on it go on, and the capabilities promised in it resolve."""
+        on it go on, `then` (the Return) is sent, and the capabilities promised in it
+        resolve."""
         taken = self._take_pipelined(peer, answer_id)
         if taken:           # nearly always nothing: no holding, no sweep of nothing
             self._pipelined_go_on(peer, answer_id, content, out_caps, taken)
+        if then is not None:
+            self.emit(then)
         if self._promises:
             self._settle(peer, answer_id, (content, out_caps))
 
