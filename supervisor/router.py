@@ -2583,11 +2583,28 @@ class Router:
 
     @staticmethod
     def _retain_new(peer: Peer, caps):
-        # Count one reference per export-table entry a capability has.
-        for cap in caps:
+        """Count one reference per export-table entry a capability has: one for
+        each capability the message just sent to `peer` exported anew.  A message
+        that names one capability n times made its entry with n references
+        (rpc.capnp counts each descriptor); counted only where an entry held one,
+        such an entry was counted nowhere, and when the peer released it the
+        reference someone else held went with it: a client that passed calc's
+        Counter twice in one call to echo found it released ("a capability of
+        calc that was released"), through every reference it had."""
+        if len(caps) == 1:
+            cap = caps[0]
             if cap is not None and not (isinstance(cap, Remote) and cap.peer is peer):
                 if peer.conn.exports[peer.conn.export_id(cap)].refcount == 1:
                     cap.refs += 1
+            return
+        named: dict = {}
+        for cap in caps:
+            if cap is not None and not (isinstance(cap, Remote) and cap.peer is peer):
+                seen = named.get(id(cap))
+                named[id(cap)] = (cap, 1 if seen is None else seen[1] + 1)
+        for cap, n in named.values():
+            if peer.conn.exports[peer.conn.export_id(cap)].refcount == n:
+                cap.refs += 1
 
     def _drop(self, cap):
         """One reference to `cap` less: let go of it if that was the last (sweep)."""

@@ -322,3 +322,101 @@ def test_calls_on_a_promise_resolved_to_a_compartments_object_keep_their_order(s
     for values in orders:
         assert values == sorted(values), orders
     assert not [line for line in run.lines if "aborted" in line or "protocol error" in line]
+
+
+# echo's and calc's interfaces as a client that passes a list of Counters sees
+# them (the same interface ids): run apart, as a process loads one schema per id
+_TWICE_SCHEMA = """@0xd0a1b2c3d4e5f6d9;
+interface Echo @0xc0ffee00000000e2 {
+  hold @0 (caps :List(Counter)) -> (caps :List(Counter));
+}
+interface Counter @0xc0ffee0000000002 {
+  inc @0 (by :Int32) -> (value :Int32);
+}
+interface Calc @0xc0ffee0000000001 {
+  add @0 (a :Int32, b :Int32) -> (sum :Int32);
+  newCounter @1 () -> (counter :Counter);
+}
+"""
+
+_TWICE_CLIENT = """
+import asyncio, gc, json, sys
+import capnp
+import capnp_schemas
+s = capnp_schemas.load(sys.argv[2])
+freed = []
+
+class Mine(s.Counter.Server):
+    def __init__(self):
+        self.value = 0
+    async def inc(self, by, **_):
+        self.value += by
+        return self.value
+    def __del__(self):
+        freed.append(True)
+
+async def values(caps):
+    out = []
+    for cap in caps:
+        try:
+            out.append((await cap.inc(1)).value)
+        except capnp.KjException as e:
+            out.append(e.description)
+    return out
+
+async def main():
+    async with capnp.kj_loop():
+        stream = await capnp.AsyncIoStream.create_unix_connection(sys.argv[1])
+        client = capnp.TwoPartyClient(stream)
+        gateway = client.bootstrap().cast_as(capnp_schemas.host.Gateway)
+        calc = (await gateway.get("calc")).cap.as_interface(s.Calc)
+        echo = (await gateway.get("echo")).cap.as_interface(s.Echo)
+        got = {}
+        made = (await calc.newCounter()).counter
+        for name, cap in (("calc's", made), ("mine", s.Counter._new_client(Mine()))):
+            back = (await echo.hold(caps=[cap, cap, cap])).caps
+            got[name] = await values(back) + await values([cap])
+            del back
+            gc.collect()
+            await asyncio.sleep(0.2)
+            got[name] += await values([cap])
+        del made, cap
+        for _ in range(50):
+            gc.collect()
+            if freed:
+                break
+            await asyncio.sleep(0.1)
+        got["freed"] = bool(freed)
+        got["add"] = (await calc.add(40, 2)).sum
+        return got
+
+print(json.dumps(asyncio.run(asyncio.wait_for(main(), 30))))
+"""
+
+
+def test_a_capability_named_twice_in_one_call_stays_held(system):
+    """rpc.capnp counts a reference for each capability descriptor, so a message
+    that names one capability three times gives three.  The supervisor counted
+    its own hold on what it exported to a peer only where the export table's
+    entry held one reference after the message: an entry made with three was
+    counted nowhere, and when echo let go of it, the supervisor let go of the
+    Counter as if nobody held it.  A pycapnp client that passed calc's Counter
+    three times in one echo.hold found it released through every reference it
+    had ("a capability of calc that was released").  Each reference now works
+    (calc's Counter, and the client's own, which is let go of once dropped)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLES
+    run, tmp = system
+    (tmp / "twice.capnp").write_text(_TWICE_SCHEMA)
+    (tmp / "twice.py").write_text(_TWICE_CLIENT)
+    r = subprocess.run([sys.executable, str(tmp / "twice.py"), str(tmp / "ext.sock"),
+                        str(tmp / "twice.capnp")], capture_output=True, text=True,
+                       timeout=60, cwd=os.path.dirname(os.path.dirname(EXAMPLES)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got == {"calc's": [1, 2, 3, 4, 5], "mine": [1, 2, 3, 4, 5], "freed": True,
+                   "add": 42}, got
+    assert not [line for line in run.lines if "aborted" in line or "protocol error" in line]

@@ -4471,3 +4471,57 @@ def test_calls_a_client_cancels_count_to_its_own_in_flight_not_to_the_orphans_al
     for e in calc.inbox[:2]:                         # calc answers them: none left
         calc.send(calc.conn.send_exception(e.answer_id, "call canceled"))
     assert not router._orphans_at and not router._orphans
+
+
+def test_a_capability_named_three_times_in_one_call_is_held_once_for_the_entry():
+    """rpc.capnp counts a reference for each descriptor: a call that passes calc's
+    counter three times gives echo an export-table entry of three references.
+    The router counted its own hold on a capability exported to a peer only where
+    the entry held one reference after the message, so this entry was counted
+    nowhere: when echo released its three references, the router let go of the
+    counter as if nobody held it (its import at calc released), and app's own
+    reference to it failed "a capability of calc that was released".  Held once
+    for the entry, the counter stays while app holds it, and goes to calc's
+    Release when app lets go too."""
+    ECHO = 0xC0FFEE00000000E2
+    router = R.Router({"calc": CALC, "echo": ECHO, "app": None})
+    calc = start(router, "calc", exports=True)
+    echo = start(router, "echo", exports=True)
+    app = start(router, "app", [grant("calc", "calc"), grant("echo", "echo")])
+    counter, h = _counter_from(router, app, calc, app.grants[0].import_id)
+    _q, data = app.conn.send_call(app.grants[1].import_id, ECHO, 0, P.EMPTY,
+                                  [P.RemoteRef(h)] * 3)
+    app.send(data)
+    held = echo.inbox.pop()
+    assert len(held.payload.caps) == 3 and len({c.import_id for c in held.payload.caps}) == 1
+    echo.send(echo.conn.send_return(held.answer_id))
+    echo.send(echo.conn.send_release(held.payload.caps[0].import_id))   # all three
+    assert not any(isinstance(e, P.ExportReleased) for e in calc.inbox)
+    app.send(app.conn.send_call(h, CALC + 1, 0)[1])
+    assert calc.inbox[-1].target is counter
+    app.send(app.conn.send_release(h))
+    assert P.ExportReleased(counter) in calc.inbox
+
+
+def test_a_capability_answered_three_times_in_one_return_is_held_once_for_the_entry():
+    """The same in a Return: calc answers newCounter naming its new counter three
+    times; app's entry for it has three references and is held once by the router
+    until app releases them, and calc hears the counter released then, not before."""
+    router = R.Router({"calc": CALC, "app": None})
+    calc = start(router, "calc", exports=True)
+    app = start(router, "app", [grant("calc", "calc")])
+    q, data = app.conn.send_call(app.grants[0].import_id, CALC, 1)
+    app.send(data)
+    call = calc.inbox.pop()
+    counter = object()
+    seg = bytearray(struct.pack("<QQ", 1 << 48, wire.cap_pointer(0)))
+    calc.send(calc.conn.send_return(call.answer_id, Content.standalone([seg]), [counter] * 3))
+    ret = app.inbox.pop()
+    app.send(app.conn.send_finish(q))
+    (h,) = {c.import_id for c in ret.payload.caps}
+    for _ in range(2):
+        app.send(app.conn.send_call(h, CALC + 1, 0)[1])
+        assert calc.inbox[-1].target is counter
+    assert not any(isinstance(e, P.ExportReleased) for e in calc.inbox)
+    app.send(app.conn.send_release(h))
+    assert P.ExportReleased(counter) in calc.inbox
