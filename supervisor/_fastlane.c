@@ -720,9 +720,10 @@ static int fast_call(Lane *L, Peer *A, const Msg *g, const fw_plain *o) {
   /* the content's weight: every segment it may reach (protocol.Content.size) */
   uint64_t size = o->content ? 8 * g->words : 0;
   uint64_t need = fw_forward_msg_size(o, g->nseg, g->first, g->words, 1);
-  /* an external client's backlog past its soft bound comes from the pool of all
-   * external clients, which Python keeps (runtime._ExternalQueues; as fast_return) */
-  if (B->external && buf_size(&B->out) + need > B->soft) return 0;
+  /* a backlog past its soft bound comes from the pool of all peers of its kind
+   * (external clients, engines), which Python keeps (runtime._QueuePool; as
+   * fast_return) */
+  if (buf_size(&B->out) + need > B->soft) return 0;
   if (size > B->message_size && msg_content_bytes(g, o, B->message_size) > B->message_size)
     return 0;
   /* an external client's params past its own message_size (the framing admits its
@@ -807,11 +808,12 @@ static int fast_return(Lane *L, Peer *B, const Msg *g, const fw_plain *o) {
      * calls' returns here without bound: in_flight x message_size) */
     uint64_t need = fw_forward_msg_size(o, g->nseg, g->first, g->words, 0);
     if (buf_size(&A->out) + need > A->hard) return 0;
-    /* beyond an external client's soft bound, what waits for it comes from the one
-     * pool of all external clients, which Python keeps (runtime._ExternalQueues):
-     * Python writes it, or cuts the client off (one local client's connections
-     * each held their hard bound, 32 x 80 MiB) */
-    if (A->external && buf_size(&A->out) + need > A->soft) return 0;
+    /* beyond its soft bound, what waits for a peer comes from the one pool of all
+     * peers of its kind, external clients or engines, which Python keeps
+     * (runtime._QueuePool): Python writes it, or cuts the peer off (one local
+     * client's connections each held their hard bound, 32 x 80 MiB; N engines
+     * that flooded calls and read nothing, N x 80 MiB: r258) */
+    if (buf_size(&A->out) + need > A->soft) return 0;
     if (!A->external && nofinish_ring(A)) return 0; /* Python returns it */
     uint8_t *out = buf_room(&A->out, need);
     if (!out) return 0;

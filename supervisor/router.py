@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+from collections.abc import Iterable
 
 import attrs
 
@@ -141,6 +142,45 @@ def external_queue_pool(limits: Limits) -> int:
     that one local client's many connections cannot each hold their hard bound
     (max_connections x 80 MiB at the default message_size)."""
     return 2 * (queue_hard_limit(limits) - queue_soft_limit(limits))
+
+
+def engine_queue_pool(limits: Iterable[Limits]) -> int:
+    """Bytes that may wait for compartments' engines beyond each one's own soft bound,
+    all of them together (`limits`: every compartment's): twice the most one of them
+    may hold there, as for external clients.  Each engine was bounded alone, by its
+    hard bound: N compartments whose engines call as fast as they can and read
+    nothing (taken over, or a plugin that stopped reading) held N x 80 MiB of the
+    supervisor's memory, charged to no compartment (r258).  One engine can still
+    reach its own hard bound; an honest one meets neither, as calls to an engine past
+    its soft bound are refused ("overloaded")."""
+    return 2 * max((queue_hard_limit(lim) - queue_soft_limit(lim) for lim in limits),
+                   default=queue_hard_limit(Limits()) - queue_soft_limit(Limits()))
+
+
+def pool_shed(beyond: int, held: Iterable[tuple[int, object]], pool: int) -> list | None:
+    """Whom to cut off so that a peer may have `beyond` bytes waiting for it past its
+    own soft bound, out of a pool of `pool` bytes the others (`held`: (their bytes
+    past their own, key)) share with it: [] if it fits as it is; else the keys of
+    those holding the most, biggest first, as many as it takes, each holding more
+    than `beyond`; None if that is not enough (the writer would hold the most: it
+    is the one refused).  Cutting off the writer always (as it was) let peers that
+    filled the pool and then stopped keep it, and the next peer with a little
+    waiting, however briefly, was cut off instead (an outside review, reviewer
+    206).  Pure: the runtime measures the queues and cuts off whom this names."""
+    if beyond <= 0:
+        return []
+    holders = [(b, key) for b, key in held if b > 0]
+    total = beyond + sum(b for b, _ in holders)
+    if total <= pool:
+        return []
+    holders.sort(key=lambda h: h[0], reverse=True)
+    shed = []
+    for b, key in holders:
+        if total <= pool or b <= beyond:
+            break
+        shed.append(key)
+        total -= b
+    return shed if total <= pool else None
 
 
 class Peer:

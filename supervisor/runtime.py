@@ -137,24 +137,26 @@ def _open_descriptors(limit: int) -> int:
     return _inherited_descriptors(limit)[1] + 3
 
 
-class _ExternalQueues:
-    """What waits to be written to external clients, all of them together: up to its
-    soft bound each one's own, and beyond it from one pool for all (`pool` bytes,
-    router.external_queue_pool).  Each connection was bounded alone, by its hard
-    bound: one local client that opened max_connections connections and left
-    their answers unread held 32 x 80 MiB of the supervisor's memory (an outside
-    review).  A write that would take the pool past its size cuts off the
-    connections that hold the most of it (beyond their own), as many as it takes,
-    if each holds more than the writer would; else the writer is refused and cut
-    off.  It was always the writer: connections that filled the pool and then
-    stopped calling kept it, and any client that then had a few answers waiting,
-    however briefly, was cut off instead (another review)."""
+class _QueuePool:
+    """What waits to be written to one kind of peer, all of them together: up to its
+    soft bound each one's own, and beyond it from one pool for all (`pool` bytes):
+    external clients (router.external_queue_pool) and compartments' engines
+    (router.engine_queue_pool), each kind its own pool, so that neither can take
+    the other's.  Each peer was bounded alone, by its hard bound: one local client
+    that opened max_connections connections and left their answers unread held
+    32 x 80 MiB of the supervisor's memory (an outside review), and N taken-over
+    engines that flooded calls and read nothing N x 80 MiB (r258).  A write that
+    would take the pool past its size cuts off the peers that hold the most of it
+    (beyond their own), as many as it takes, if each holds more than the writer
+    would; else the writer is refused and cut off (router.pool_shed decides)."""
 
-    def __init__(self, pool: int):
+    def __init__(self, pool: int, kind: str = "external client",
+                 kinds: str = "external clients"):
         self.pool = pool
+        self.kind, self.kinds = kind, kinds
         self.links: dict = {}           # link -> its peer id
-        #: (peer id, reason) of the connections shed to make room, to be cut off by
-        #: the supervisor once the write that shed them is done (Supervisor._shed)
+        #: (peer id, reason) of the peers shed to make room, to be cut off by the
+        #: supervisor once the write that shed them is done (Supervisor._shed)
         self.owed: list = []
 
     def room(self, link, after: int) -> bool:
@@ -163,28 +165,22 @@ class _ExternalQueues:
         beyond = after - link.soft
         if beyond <= 0:
             return True
-        total, held = beyond, []
-        for other in tuple(self.links):     # written from the lane's worker too
-            if other is not link and other.shed is None:
-                b = other.queued - other.soft
-                if b > 0:
-                    total += b
-                    held.append((b, other))
-        if total <= self.pool:
-            return True
-        held.sort(key=lambda h: h[0], reverse=True)
-        shed = []
-        for b, other in held:
-            if total <= self.pool or b <= beyond:
-                break
-            shed.append((other, b))
-            total -= b
-        if total > self.pool:
-            return False                    # the writer holds the most: it goes
-        for other, b in shed:
+        held = [(other.queued - other.soft, other)
+                for other in tuple(self.links)     # written from the lane's worker too
+                if other is not link and other.shed is None]
+        shed = R.pool_shed(beyond, held, self.pool)
+        if shed is None:
+            # the writer holds the most: it goes (its writer cuts it off), and counts
+            # no more meanwhile: counted, the next write shed it too, and it was cut
+            # off twice, the second time as "peer 9" with the other reason
+            link.shed = self.refused(link, after)
+            return False
+        beyond_of = {id(other): b for b, other in held}
+        for other in shed:
+            b = beyond_of[id(other)]
             other.shed = (f"it does not read its messages ({b} bytes wait for it beyond "
-                          f"its own {other.soft}, the most of any external client, and "
-                          f"external clients together may have at most {self.pool} bytes "
+                          f"its own {other.soft}, the most of any {self.kind}, and "
+                          f"{self.kinds} together may have at most {self.pool} bytes "
                           f"waiting beyond their own)")
             pid = self.links.get(other)
             if pid is not None:
@@ -193,7 +189,7 @@ class _ExternalQueues:
 
     def refused(self, link, after: int) -> str:
         return (f"it does not read its messages ({after} bytes would wait for it, and "
-                f"external clients together may have at most {self.pool} bytes waiting "
+                f"{self.kinds} together may have at most {self.pool} bytes waiting "
                 f"beyond their own {link.soft})")
 
 
@@ -205,7 +201,7 @@ def _not_reading(link) -> str:
 
 class _Link:
     native = False
-    shared: _ExternalQueues | None = None      # an external client's: the pool
+    shared: _QueuePool | None = None          # its kind's pool (external, engines)
     why: str | None = None                     # why a write was refused, if not `hard`
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None                    # why the pool shed it (to be cut off)
@@ -386,7 +382,7 @@ class _NativeLink:
     that (a flood) goes to this peer's own task (`pending`, `busy`), which lets
     the others run every TURN.  `end`: why the stream ended (None: it closed)."""
     native = True
-    shared: _ExternalQueues | None = None
+    shared: _QueuePool | None = None
     why: str | None = None
     external = False            # an external client's (the clients' turn: _client_turn)
     shed: str | None = None
@@ -863,7 +859,7 @@ class Supervisor:
     _log_dir_fd: int | None = None   # the log directory, locked while the system runs
     #: what waits for external clients, all of them (made with the first one); every
     #: batch of effects asks it which clients a write shed (_shed)
-    _external_queues: _ExternalQueues | None = None
+    _external_queues: _QueuePool | None = None
 
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
                  log_format: str = "text", zygote: Launched | None = None):
@@ -964,7 +960,12 @@ class Supervisor:
         self._max_external = 0           # external connections at once (set in _run)
         self._told: set[str] = set()
         self.lane = None                 # the fast lane (fastlane.py), once started
-        self._external_queues: _ExternalQueues | None = None   # what waits for clients
+        self._external_queues: _QueuePool | None = None   # what waits for clients
+        #: what waits for the compartments' engines, all of them, beyond each one's
+        #: own soft bound (router.engine_queue_pool)
+        self._engine_queues = _QueuePool(
+            R.engine_queue_pool(c.limits for c in self.system.compartments.values()),
+            "compartment", "compartments")
         self.prober = Prober(self)          # probes: docs/instrumentation.md
 
     # ------------------------------------------------------------ either thread
@@ -1800,6 +1801,8 @@ class Supervisor:
             link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), comp.limits,
                          engine=True)
         self.links[pid] = link
+        link.shared = self._engine_queues
+        self._engine_queues.links[link] = pid
         self.nursery.start_soon(link.writer)
         # this incarnation's last stderr lines, for why it ended: its own (one kept by
         # name had an earlier incarnation's last words end the reason of every later
@@ -2012,6 +2015,7 @@ class Supervisor:
         self._perform(self.router.engine_ended(pid))
         await link.aclose()
         self.links.pop(pid, None)
+        self._engine_queues.links.pop(link, None)
         self._say_log_refused(name)
 
     async def _pump(self, pid: int, link: _Link) -> str | None:
@@ -2917,7 +2921,7 @@ class Supervisor:
             link = _Link(stream, limits)
         self.links[pid] = link
         if self._external_queues is None:
-            self._external_queues = _ExternalQueues(R.external_queue_pool(limits))
+            self._external_queues = _QueuePool(R.external_queue_pool(limits))
         link.shared = self._external_queues
         self._external_queues.links[link] = pid
         linger = None
@@ -3378,13 +3382,19 @@ class Supervisor:
         self._shed()
 
     def _shed(self):
-        """Cut off the external clients the pool shed to make room for a write
-        (_ExternalQueues.room): they hold the most of it, unread."""
-        queues = self._external_queues
-        while queues is not None and queues.owed:
-            pid, reason = queues.owed.pop(0)
-            if pid in self.links:
-                self._then(self._cut_off, pid, reason, False)
+        """Cut off the peers a pool shed to make room for a write (_QueuePool.room):
+        they hold the most of it, unread."""
+        for queues in (self._external_queues, self._engine_queues):
+            while queues is not None and queues.owed:
+                pid, reason = queues.owed.pop(0)
+                if pid in self.links:
+                    self._then(self._cut_shed, pid, reason)
+
+    def _cut_shed(self, pid: int, reason: str):
+        """Cut off a peer a pool shed, unless it was cut off meanwhile (past its hard
+        bound, say): it was, with a second line naming it `peer N`."""
+        if pid in self.links and pid in self.router.peers:
+            self._cut_off(pid, reason, False)
 
     def _on_started(self, e: fx.Started):
         if self._done.is_set():          # forked as the stop began: not ready for anything

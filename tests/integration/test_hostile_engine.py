@@ -14,9 +14,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from compartments.limits import Limits
+from supervisor import router as R
 from tests.conftest import EXAMPLES, ROOT, Running
 from tests.integration.test_fail_closed import _add, _supervisor
 
@@ -59,10 +62,10 @@ def raw(m): return wire.frame(m.to_segments())
 class Hostile(Running):
     """`wsuper up SYSTEM` with the payloads of directory `payloads` (tests/hostile.py)."""
 
-    def __init__(self, payloads: str, system: str):
+    def __init__(self, payloads: str, system: str, env=None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.hostile", payloads, "up", system], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.lines: list[str] = []
         self._unread = b""
 
@@ -305,3 +308,70 @@ def test_what_a_taken_over_engine_writes_on_its_stderr_stays_its_own_bounded_lin
     assert r"[evil] stderr: \x1b[2J\x1b[31mwsuper: ready calc pid=1" in evil
     assert max(map(len, evil)) < 4096 + 64
     assert sum(map(len, evil)) < 4 << 20, "10 MB of a line, all of it shown at once"
+
+
+#: Compartments whose engines are taken over and flood, beside calc: all of them
+#: with message_size 64 KiB (soft bound 1 MiB, hard 20 MiB; their pool 38 MiB).
+FLOODERS = 5
+SMALL = '\n[compartments.{name}.limits]\nmessage_size = "64KiB"\n'
+
+
+@pytest.mark.parametrize("path", ["lane", "python"])
+def test_engines_that_call_and_read_nothing_are_bounded_all_together_not_each_alone(
+        tmp_path, path):
+    """What waits for an engine was bounded per engine only, by its hard bound: N
+    compartments whose engines call as fast as they can and read nothing (taken
+    over, or plugins that stopped reading) made the supervisor hold N hard bounds
+    (8 of them at the default message_size: 643 MB of RSS, against 39 MB), charged
+    to no compartment (r258).  Beyond each one's soft bound it comes from one pool
+    for all engines; the ones holding the most are cut off, naming it, and calc,
+    holding nothing, answers throughout.  On the fast lane and off it."""
+    system = SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).split("[compartments.evil]")[0]
+    system += SMALL.format(name="calc")
+    (tmp_path / "payloads").mkdir()
+    for i in range(FLOODERS):
+        system += (f'\n[compartments.evil{i}]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                   f'restart = "never"\n[compartments.evil{i}.grants]\n'
+                   f'rnd = {{ host = "random" }}\ncalc = {{ compartment = "calc" }}\n'
+                   + SMALL.format(name=f"evil{i}"))
+        # 560 answers of 32 KiB: 18 MiB, each below its own hard bound of 20 MiB
+        (tmp_path / "payloads" / f"evil{i}.py").write_text(PRELUDE + textwrap.dedent(f"""
+            rnd = engine.grants["rnd"][1].import_id
+            body = Content.standalone([struct.pack("<QI4x", 1 << 32, 32768)])
+            time.sleep(1)
+            for n in range(560):
+                try:
+                    send(conn.send_call(rnd, 0xa05a5e2c6b2f6d05, 0, body, [])[1])
+                except OSError:
+                    break
+            log("evil{i} flooded")
+            time.sleep(60)
+        """))
+    (tmp_path / "system.toml").write_text(system)
+    env = {**os.environ, "WSUPER_NATIVE": "0" if path == "python" else "1"}
+    run = Hostile(str(tmp_path / "payloads"), str(tmp_path / "system.toml"), env)
+    try:
+        run.wait_for("all compartments ready")
+        before = _supervisor(run.proc.pid)
+        pool = 2 * (R.queue_hard_limit(Limits(message_size=64 << 10))
+                    - R.queue_soft_limit(Limits(message_size=64 << 10)))
+        # 5 x 17.4 MiB beyond their own: at most two fit in the pool, three go, each
+        # named as holding the most (or as the writer that would)
+        k = 0
+        for _ in range(FLOODERS - 2):
+            line = run.wait_for(": connection cut off: it does not read its messages", start=k)
+            k = run.lines.index(line, k) + 1
+            assert line.startswith("wsuper: evil"), line
+            assert f"compartments together may have at most {pool} bytes" in line, line
+        assert not any("calc" in line and "cut off" in line for line in run.lines)
+        # what waits for them all: their own 1 MiB each and the pool, not 5 x 18 MiB
+        _neighbours_unharmed(run, str(tmp_path / "ext.sock"))
+        rss, end = before[1], time.monotonic() + 10
+        while time.monotonic() < end:           # until the answers are all written
+            time.sleep(0.5)
+            rss, last = _supervisor(run.proc.pid)[1], rss
+            if abs(rss - last) < 1024:
+                break
+        assert rss - before[1] <= (FLOODERS + 38 + 16) * 1024, (rss, before)
+    finally:
+        run.stop()

@@ -1,5 +1,8 @@
-"""Which external connection makes room for a new one (runtime.idlest, pure)."""
-from supervisor.runtime import IDLE_EVICT, idlest
+"""Which external connection makes room for a new one (runtime.idlest, pure), and
+which peers a pool of what waits for them sheds (router.pool_shed, pure)."""
+from compartments.limits import Limits
+from supervisor import router as R
+from supervisor.runtime import IDLE_EVICT, _QueuePool, idlest
 
 
 def test_the_connection_idle_longest_and_not_busy_makes_room():
@@ -46,8 +49,7 @@ def test_the_external_pool_sheds_the_connections_holding_the_most_not_the_writer
     and stopped calling kept it, and a client with a few answers waiting was cut off.
     The ones holding the most beyond their own (soft) go first, as many as it takes;
     the writer only if it would hold the most."""
-    from supervisor.runtime import _ExternalQueues
-    q = _ExternalQueues(100)
+    q = _QueuePool(100)
     hog1, hog2, small, writer = _FakeLink(60), _FakeLink(55), _FakeLink(15), _FakeLink(0)
     for pid, link in enumerate((hog1, hog2, small, writer)):
         q.links[link] = pid
@@ -62,14 +64,47 @@ def test_the_external_pool_sheds_the_connections_holding_the_most_not_the_writer
     # the writer holding the most is refused, and nobody is shed for it
     assert not q.room(writer, 120) and not q.owed and hog2.shed is None
     # as many as it takes, the biggest first, each holding more than the writer
-    q2 = _ExternalQueues(100)
+    q2 = _QueuePool(100)
     links = [_FakeLink(60), _FakeLink(55), _FakeLink(50), _FakeLink(0)]
     for pid, link in enumerate(links):
         q2.links[link] = pid
     assert q2.room(links[3], 40)            # 30 + 50 + 45 + 40 = 165: two go
     assert [pid for pid, _ in q2.owed] == [0, 1] and links[2].shed is None
     # never one holding less than the writer: the writer is refused then
-    q3 = _ExternalQueues(100)
+    q3 = _QueuePool(100)
     a, b, w = _FakeLink(50), _FakeLink(50), _FakeLink(0)
     q3.links.update({a: 0, b: 1, w: 2})
     assert not q3.room(w, 60) and not q3.owed and a.shed is None
+
+
+def test_a_pool_sheds_the_biggest_holders_first_and_never_one_holding_less_than_the_writer():
+    """router.pool_shed, the decision alone: [] when it fits; else the keys of those
+    holding the most, as many as it takes, each holding more than the writer would;
+    None (the writer goes) when that is not enough."""
+    assert R.pool_shed(0, [(500, "a")], 100) == []            # within its own bound
+    assert R.pool_shed(20, [(50, "a"), (30, "b")], 100) == []
+    assert R.pool_shed(40, [(50, "a"), (45, "b"), (5, "c"), (-3, "d")], 100) == ["a"]
+    assert R.pool_shed(40, [(45, "b"), (60, "a"), (50, "c")], 100) == ["a", "c"]
+    assert R.pool_shed(60, [(50, "a"), (50, "b")], 100) is None
+    assert R.pool_shed(150, [], 100) is None                  # alone past it
+
+
+def test_compartments_share_a_pool_twice_what_the_largest_of_them_holds_past_its_own():
+    """router.engine_queue_pool: one engine may still reach its own hard bound, two
+    together; at the default message_size 128 MiB, as external clients'."""
+    small, large = Limits(message_size=64 << 10), Limits(message_size=32 << 20)
+    assert R.engine_queue_pool([small]) == 2 * (20 << 20) - 2 * (1 << 20)
+    assert R.engine_queue_pool([small, large]) == \
+        2 * (R.queue_hard_limit(large) - R.queue_soft_limit(large))
+    assert R.engine_queue_pool([Limits()]) == R.engine_queue_pool([]) == 128 << 20
+
+
+def test_a_writer_refused_by_its_pool_counts_no_more_and_is_not_shed_again():
+    """A write refused because its peer would hold the most of the pool cuts that
+    peer off; still counted meanwhile, the next write to another shed it too, and
+    it was cut off twice, the second time named `peer 9`, with the other reason."""
+    q = _QueuePool(100, "compartment", "compartments")
+    a, w = _FakeLink(40), _FakeLink(80)
+    q.links.update({a: 0, w: 1})
+    assert not q.room(w, 90) and w.shed and "compartments together" in w.shed
+    assert q.room(a, 50) and not q.owed        # w is no longer counted, nor shed

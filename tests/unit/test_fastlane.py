@@ -1545,6 +1545,51 @@ def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path
         s.stop()
 
 
+@pytest.mark.parametrize("kind", ["engine", "external"])
+def test_what_waits_for_a_caller_past_its_soft_bound_is_left_to_python_where_the_pool_is(kind):
+    """Past a peer's soft bound, what waits for it comes from the pool of all peers
+    of its kind, which Python keeps (runtime._QueuePool).  The lane forwarded
+    returns to an engine up to its hard bound without asking, so N engines that
+    called and read nothing held N hard bounds (N x 80 MiB) whatever the pool said
+    (r258): it forwards within the soft bound only, engines as external clients."""
+    limits = Limits(message_size=256 << 10, in_flight=150)
+    s = CutOff({"calc": CALC, "app": None}, external=("calc",),
+               limits={"app": limits}, external_limits=limits)
+    try:
+        calc = Engine(s, "calc", exports=True)
+        app = Engine(s, "app", [grant("calc", "calc")]) if kind == "engine" else External(s)
+        app.call()                                   # through Python: the route goes in
+        app.until(lambda: calc.calls())
+        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+        app.until(lambda: app.returns())
+        soft = R.queue_soft_limit(limits)
+        n = 40                                       # x 200 KiB: 8 MiB, past the 1 MiB
+        for _ in range(n):
+            app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1])
+        end = time.monotonic() + 10
+        while len(calc.calls()) < n + 1:             # app reads nothing from here on
+            assert time.monotonic() < end
+            s.pump(0.005)
+            calc.poll(0.0)
+        words = (200 << 10) // 8
+        big = Content.standalone([struct.pack("<Q", words << 32) + b"\1" * (8 * words)])
+        native = s.lane.stats()["returns"]
+        for call in calc.calls()[1:]:
+            calc.send(calc.conn.send_return(call.answer_id, big, no_finish=True))
+            s.pump(0.001)
+        end = time.monotonic() + 10
+        while s.lane.queued(app.pid) < (n - 2) * (200 << 10):     # all of them wait
+            assert time.monotonic() < end, s.lane.queued(app.pid)
+            s.pump(0.01)
+            calc.poll(0.0)
+        forwarded = s.lane.stats()["returns"] - native
+        # within its soft bound, and what the kernel took of them on the socket
+        assert forwarded * (200 << 10) <= soft + (512 << 10), (forwarded, soft)
+        assert not s.cut                             # below its hard bound: not cut off
+    finally:
+        s.stop()
+
+
 @pytest.mark.parametrize("down", ["probe", "release", "interface"])
 def test_a_revocation_fails_native_calls_in_flight_on_a_route_already_taken_down(sup, down):
     """A route taken down for another reason (a calls probe came to its callee,
