@@ -375,3 +375,35 @@ def test_engines_that_call_and_read_nothing_are_bounded_all_together_not_each_al
         assert rss - before[1] <= (FLOODERS + 38 + 16) * 1024, (rss, before)
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize("path", ["lane", "python"])
+def test_half_a_message_then_silence_from_a_taken_over_engine_is_cut_off_at_message_timeout(
+        tmp_path, path):
+    """r254's table said of an engine that sends half a message and then nothing
+    that nothing but its own calls waits, with no cut-off: message_timeout bounds
+    the engines' messages too (policy-reference), on the lane (Lane.stalled) and
+    off it (Supervisor._pump).  It is cut off, naming the limit, and restarted."""
+    (tmp_path / "payloads").mkdir()
+    (tmp_path / "payloads" / "evil.py").write_text(PRELUDE + textwrap.dedent("""
+        send(struct.pack("<II", 0, 1000) + bytes(100))     # 100 bytes of 8,000
+        log("evil sent half")
+        time.sleep(60)
+    """))
+    system = SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).replace(
+        "[system]\n", "[system]\nmessage_timeout = 1\n", 1)
+    (tmp_path / "system.toml").write_text(system)
+    env = {**os.environ, "WSUPER_NATIVE": "0" if path == "python" else "1"}
+    run = Hostile(str(tmp_path / "payloads"), str(tmp_path / "system.toml"), env)
+    try:
+        run.wait_for("evil sent half")
+        line = run.wait_for("evil: connection cut off", timeout=10)
+        assert line.endswith("it sent part of a message and did not finish it within 1 s "
+                             "(message_timeout)"), line
+        line = run.wait_for("restarting evil")
+        assert "(engine cut off: it sent part of a message" in line, line
+        _neighbours_unharmed(run, str(tmp_path / "ext.sock"))
+        run.stop()
+        _no_line_of_its_own(run)
+    finally:
+        run.stop()
