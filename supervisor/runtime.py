@@ -158,15 +158,29 @@ class _QueuePool:
         #: (peer id, reason) of the peers shed to make room, to be cut off by the
         #: supervisor once the write that shed them is done (Supervisor._shed)
         self.owed: list = []
+        #: at least what they all hold beyond their own: past a peer's soft bound
+        #: only the writes asked here add to it (the fast lane forwards within the
+        #: soft bound alone), and what drains, or goes with a peer, only takes from
+        #: it.  Every peer is measured again only once a write would take this past
+        #: `pool`: measured at each write past a soft bound, a write cost O(peers),
+        #: 0.42 ms with 1000 compartments, for each answer to an engine that floods
+        self.upper = 0
+        self._lock = threading.Lock()       # written from the lane's worker too
 
-    def room(self, link, after: int) -> bool:
-        """Whether `link` may have `after` bytes waiting for it (others may be shed
-        for it: `owed`)."""
+    def room(self, link, after: int, adding: int | None = None) -> bool:
+        """Whether `link` may have `after` bytes waiting for it, `adding` of them
+        new (None: not known; others may be shed for it: `owed`)."""
         beyond = after - link.soft
         if beyond <= 0:
             return True
-        held = [(other.queued - other.soft, other)
-                for other in tuple(self.links)     # written from the lane's worker too
+        with self._lock:
+            if adding is not None and self.upper + adding <= self.pool:
+                self.upper += adding
+                return True
+            return self._measured(link, after, beyond)
+
+    def _measured(self, link, after: int, beyond: int) -> bool:
+        held = [(other.queued - other.soft, other) for other in tuple(self.links)
                 if other is not link and other.shed is None]
         shed = R.pool_shed(beyond, held, self.pool)
         if shed is None:
@@ -174,8 +188,10 @@ class _QueuePool:
             # no more meanwhile: counted, the next write shed it too, and it was cut
             # off twice, the second time as "peer 9" with the other reason
             link.shed = self.refused(link, after)
+            self.upper = sum(b for b, _ in held if b > 0)
             return False
         beyond_of = {id(other): b for b, other in held}
+        self.upper = beyond + sum(b for b, other in held if b > 0 and other not in shed)
         for other in shed:
             b = beyond_of[id(other)]
             other.shed = (f"it does not read its messages ({b} bytes wait for it beyond "
@@ -255,7 +271,8 @@ class _Link:
             data = data[n:]
         if self.queued + len(data) > self.hard:
             return False
-        if self.shared is not None and not self.shared.room(self, self.queued + len(data)):
+        if self.shared is not None and not self.shared.room(self, self.queued + len(data),
+                                                            len(data)):
             self.why = self.shared.refused(self, self.queued + len(data))
             return False
         self.queued += len(data)
@@ -411,7 +428,7 @@ class _NativeLink:
             return True
         if self.shared is not None:
             after = self.lane.queued(self.pid) + len(data)
-            if not self.shared.room(self, after):
+            if not self.shared.room(self, after, len(data)):
                 self.why = self.shared.refused(self, after)
                 return False
         return self.lane.write(self.pid, data)

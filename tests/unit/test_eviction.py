@@ -108,3 +108,44 @@ def test_a_writer_refused_by_its_pool_counts_no_more_and_is_not_shed_again():
     q.links.update({a: 0, w: 1})
     assert not q.room(w, 90) and w.shed and "compartments together" in w.shed
     assert q.room(a, 50) and not q.owed        # w is no longer counted, nor shed
+
+
+class _CountingLink(_FakeLink):
+    reads = 0
+
+    @property
+    def queued(self):
+        _CountingLink.reads += 1
+        return self._queued
+
+    @queued.setter
+    def queued(self, value):
+        self._queued = value
+
+
+def test_writes_past_a_soft_bound_measure_every_peer_only_when_the_pool_may_be_full():
+    """Every write past a peer's soft bound measured every peer of the pool: with
+    1000 compartments each answer to an engine that floods calls cost the loop
+    0.42 ms.  Only the writes the pool lets through add past a soft bound, so what
+    they add is an upper bound of what the pool holds: the peers are measured again
+    only when that bound would pass the pool's size, and then it is exact again."""
+    q = _QueuePool(1000, "compartment", "compartments")
+    links = [_CountingLink(0) for _ in range(1000)]
+    for pid, link in enumerate(links):
+        q.links[link] = pid
+    writer = links[0]
+    _CountingLink.reads = 0
+    for _ in range(90):                        # 90 x 10 bytes past its own 10
+        assert q.room(writer, writer.queued + 10, 10)
+        writer.queued += 10
+    assert _CountingLink.reads <= 2 * 90 + 1000, _CountingLink.reads   # not 90 x 1000
+    # past the bound: measured, and still the pool's size that decides
+    other = links[1]
+    other.queued = 10 + 500
+    assert q.room(other, 10 + 500 + 200, 200)          # 900 + 700 > 1000: the writer
+    assert writer.shed and [pid for pid, _ in q.owed] == [0]    # holding 900 goes
+    q.owed.clear()
+    other.queued += 200
+    # what was shed counts no more; what the others hold is the bound again
+    assert q.upper == 700
+    assert not q.room(other, 700 + 10 + 400, 400)      # alone past the pool: refused
