@@ -389,6 +389,12 @@ class Connection:
         return self._unfinished
 
     @property
+    def kept(self) -> int:
+        """Bytes of results the answers we returned and the peer has not finished
+        keep (for calls pipelined on them: max_kept_bytes)."""
+        return self._kept
+
+    @property
     def partial_message(self) -> int | None:
         """None, or the number of the message that is partly received (it
         changes when another one begins): a deadline on it bounds how long a

@@ -144,6 +144,18 @@ def external_queue_pool(limits: Limits) -> int:
     return 2 * (queue_hard_limit(limits) - queue_soft_limit(limits))
 
 
+#: Bytes of results kept for pipelining (answers returned with capabilities, not
+#: finished yet: protocol.MAX_KEPT_BYTES a connection) each connection has to
+#: itself; what connections hold beyond it comes from one pool for each kind of
+#: peer (engines, external clients), twice what one of them may hold there.  Each
+#: was bounded alone: N taken-over compartments that called a colluding one
+#: returning 4 MiB with a capability, and never sent Finish, made the supervisor
+#: hold N x 60 MiB (4: RSS 47 to 307 MB), and max_connections clients up to 32 x
+#: 64 MiB by the bounds' arithmetic (r258).
+KEPT_OWN_BYTES = 8 << 20
+KEPT_POOL_BYTES = 2 * (protocol.MAX_KEPT_BYTES - KEPT_OWN_BYTES)
+
+
 def engine_queue_pool(limits: Iterable[Limits]) -> int:
     """Bytes that may wait for compartments' engines beyond each one's own soft bound,
     all of them together (`limits`: every compartment's): twice the most one of them
@@ -497,6 +509,9 @@ class Router:
         # bytes of calls in `_out` to each peer (id -> bytes): sent by the router, not
         # handed to the runtime yet, so not in `backlog` (call_peer counts them)
         self._unsent: dict[int, int] = {}
+        #: peers answered past their own KEPT_OWN_BYTES of kept results: the pool of
+        #: their kind is looked at once the entry point's work is done (_kept_shed)
+        self._kept_over: list = []
         self.native = None                             # the fast lane (fastlane.Lane), if any
         # the audit's room at the last native_tick(), and the records the router made
         # while it had none, each with the number of lane records that go before it
@@ -963,7 +978,39 @@ class Router:
     def emit(self, effect):
         self._out.append(effect)
 
+    def _kept_past_own(self, peer: Peer):
+        """`peer` was just answered with results it must finish: past its own
+        KEPT_OWN_BYTES, its kind's pool is looked at (_kept_shed), once the work
+        at hand is done (not in the middle of it: cutting peers off changes what
+        it may be walking)."""
+        if peer.conn.kept > KEPT_OWN_BYTES and peer not in self._kept_over:
+            self._kept_over.append(peer)
+
+    def _kept_shed(self):
+        """Results kept for pipelining beyond each connection's own KEPT_OWN_BYTES
+        come from one pool per kind of peer (KEPT_POOL_BYTES): past it, the peers
+        holding the most of it are cut off, each holding more than the one just
+        answered would, or that one if it holds the most (pool_shed)."""
+        while self._kept_over:
+            peer = self._kept_over.pop(0)
+            beyond = peer.conn.kept - KEPT_OWN_BYTES
+            if not peer.alive or beyond <= 0:
+                continue
+            held = [(p.conn.kept - KEPT_OWN_BYTES, p) for p in tuple(self.peers.values())
+                    if p is not peer and p.alive and p.kind == peer.kind]
+            shed = pool_shed(beyond, held, KEPT_POOL_BYTES)
+            kinds = "compartments" if peer.kind == "engine" else "external clients"
+            for p in ([peer] if shed is None else shed):
+                kind = "compartment" if p.kind == "engine" else "external client"
+                self._abort(p, f"protocol error: answers it has not finished hold "
+                               f"{p.conn.kept} bytes ({p.conn.kept - KEPT_OWN_BYTES} beyond "
+                               f"its own {KEPT_OWN_BYTES}, the most of any {kind}; {kinds} "
+                               f"together may hold at most {KEPT_POOL_BYTES} beyond their "
+                               f"own): send Finish for them", "protocol error")
+
     def _flush(self) -> list:
+        if self._kept_over:
+            self._kept_shed()
         out, self._out = self._out, []
         if self._unsent:
             self._unsent = {}
@@ -1266,6 +1313,8 @@ class Router:
                              None if error is None else error.reason)
         size = content.size() if wait and content is not None else 0
         self.emit(fx.Send(peer.id, peer.conn.send_elsewhere(answer_id, kept=size)))
+        if size:
+            self._kept_past_own(peer)
         why = CallError("pipelined on a call whose results were sent elsewhere "
                         "(sendResultsTo.yourself)")
         calls = self._take_pipelined(peer, answer_id)
@@ -2143,6 +2192,7 @@ class Router:
         if caps:
             self._retain_new(peer, caps)
             self._keep_own(peer, answer_id, caps)
+            self._kept_past_own(peer)
         # The calls pipelined on the answer go on *before* the Return is sent: once
         # the caller reads it, it calls what the answer holds directly (rpc.capnp's
         # E-order, Disembargo: no embargo where the promise resolves to an object of

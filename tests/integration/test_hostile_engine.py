@@ -407,3 +407,74 @@ def test_half_a_message_then_silence_from_a_taken_over_engine_is_cut_off_at_mess
         _no_line_of_its_own(run)
     finally:
         run.stop()
+
+
+#: A taken-over callee that answers every call with 4 MiB and a capability of its own
+#: (results the supervisor keeps for pipelining until the caller's Finish).
+KEEPER = """
+import struct, time
+words = (4 << 20) // 8
+big = Content.standalone([struct.pack("<Q", words << 32) + b"\\1" * (8 * words)])
+while True:
+    for ev in recv_events(60):
+        if isinstance(ev, P.CallReceived):
+            send(conn.send_return(ev.answer_id, big, [object()]))
+"""
+#: ... and its callers, which read their answers and never send Finish: 15 of them
+#: keep 60 MiB each, below the 64 MiB a connection may keep
+NO_FINISH = """
+body = add(1, 2)
+for n in range(15):
+    send(conn.send_call(keeper, CALC, 0, body, [])[1])
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any(
+            isinstance(e, P.ReturnReceived) for e in recv_events(1)):
+        pass
+log("{name} kept 15")
+time.sleep(60)
+"""
+
+
+def test_results_callers_never_finish_are_bounded_all_together_not_each_alone(tmp_path):
+    """Results returned with capabilities are kept for calls pipelined on them until
+    the caller's Finish, up to 64 MiB a connection: 4 taken-over compartments that
+    called a colluding one returning 4 MiB with a capability, and never finished,
+    made the supervisor hold 4 x 60 MiB (RSS 47 to 307 MB), N x 60 MiB for N
+    (r258).  Beyond each one's own 8 MiB they come from one pool for all
+    compartments; the ones holding the most are cut off, naming it."""
+    system = SYSTEM.format(examples=EXAMPLES, tmp=tmp_path).split("[compartments.evil]")[0]
+    system += (f'\n[compartments.keeper]\nmodule = "{EXAMPLES}/calc.wat"\nexports = "Calc"\n'
+               f'[compartments.keeper.grants]\ncalc = {{ compartment = "calc" }}\n')
+    (tmp_path / "payloads").mkdir()
+    (tmp_path / "payloads" / "keeper.py").write_text(PRELUDE + KEEPER)
+    for i in range(4):
+        system += (f'\n[compartments.evil{i}]\nmodule = "{EXAMPLES}/calc.wat"\n'
+                   f'restart = "never"\n[compartments.evil{i}.grants]\n'
+                   f'calc = {{ compartment = "calc" }}\nkeeper = {{ compartment = "keeper" }}\n')
+        (tmp_path / "payloads" / f"evil{i}.py").write_text(
+            PRELUDE + 'keeper = engine.grants["keeper"][1].import_id\n'
+            + NO_FINISH.replace("{name}", f"evil{i}"))
+    (tmp_path / "system.toml").write_text(system)
+    run = Hostile(str(tmp_path / "payloads"), str(tmp_path / "system.toml"))
+    try:
+        run.wait_for("all compartments ready")
+        before = _supervisor(run.proc.pid)
+        # 4 x 52 MiB beyond their own: two fit in the pool (112 MiB), two go
+        k = 0
+        for _ in range(2):
+            line = run.wait_for("connection aborted: protocol error: answers it has not "
+                                "finished hold", start=k)
+            k = run.lines.index(line, k) + 1
+            assert line.startswith("wsuper: evil"), line
+            assert f"compartments together may hold at most {R.KEPT_POOL_BYTES} beyond " \
+                   f"their own" in line, line
+        k = 0
+        for _ in range(2):                    # the other two keep theirs
+            k = run.lines.index(run.wait_for(" kept 15", start=k), k) + 1
+        assert not any(line.startswith(("wsuper: calc", "wsuper: keeper")) and "abort" in line
+                       for line in run.lines), run.lines
+        _neighbours_unharmed(run, str(tmp_path / "ext.sock"))
+        rss = _supervisor(run.proc.pid)[1]
+        assert rss - before[1] <= (3 * 60 + 24) * 1024, (rss, before)   # not 4 x 60 and more
+    finally:
+        run.stop()
