@@ -4525,3 +4525,34 @@ def test_a_capability_answered_three_times_in_one_return_is_held_once_for_the_en
     assert not any(isinstance(e, P.ExportReleased) for e in calc.inbox)
     app.send(app.conn.send_release(h))
     assert P.ExportReleased(counter) in calc.inbox
+
+
+def test_results_clients_keep_unfinished_come_from_one_pool_and_the_biggest_holder_goes():
+    """Results returned with capabilities are kept until the caller's Finish, 64 MiB
+    a connection: max_connections clients could keep 32 x 64 MiB (and N
+    compartments N x, r258).  Beyond each one's own 8 MiB they come from one pool
+    for all external clients (another for the compartments): past it, the client
+    holding the most of it is cut off, not the one just answered that holds little."""
+    router = R.Router({"calc": CALC}, external=("calc",), names=NAMES)
+    calc = start(router, "calc", exports=True)
+    a, b, c = client(router, "a"), client(router, "b"), client(router, "c")
+    words = (4 << 20) // 8
+    big = Content.standalone([struct.pack("<Q", words << 32) + bytes(8 * words)])
+
+    def kept(who, n):
+        for _ in range(n):          # answered with 4 MiB and a capability, never finished
+            who.send(who.conn.send_call(who.grants[0].import_id, CALC, 1)[1])
+            (ev,) = [e for e in calc.inbox if isinstance(e, P.CallReceived)]
+            calc.inbox.clear()
+            calc.send(calc.conn.send_return(ev.answer_id, big, [object()]))
+
+    kept(a, 15)                     # 60 MiB each: 52 beyond their own, 104 of the 112
+    kept(b, 14)
+    kept(c, 3)                      # 12: 4 beyond, 108 in all
+    assert all(p.pid in router.peers for p in (a, b, c))
+    kept(b, 1)
+    kept(c, 2)                      # 20: 12 beyond, past the pool: a holds the most
+    assert a.pid not in router.peers and b.pid in router.peers and c.pid in router.peers
+    (close,) = [e for e in calc.effects if isinstance(e, fx.Close)]
+    assert close.peer == a.pid and "the most of any external client" in close.reason \
+        and f"external clients together may hold at most {R.KEPT_POOL_BYTES}" in close.reason
