@@ -877,6 +877,7 @@ class Supervisor:
     #: what waits for external clients, all of them (made with the first one); every
     #: batch of effects asks it which clients a write shed (_shed)
     _external_queues: _QueuePool | None = None
+    _engine_queues: _QueuePool | None = None       # what waits for engines (made in __init__)
 
     def __init__(self, plan: Plan, socket_path: str | None = None, out=None, err=None,
                  log_format: str = "text", zygote: Launched | None = None):
@@ -3290,8 +3291,12 @@ class Supervisor:
         return link.queued if link is not None else 0
 
     def _perform(self, effects):
-        # Consecutive sends to one peer go out as one write; any other effect
-        # first flushes them, so nothing it triggers can overtake them.
+        # Consecutive sends to one peer go out as one write; any other effect, or a
+        # send to a peer after sends to another, first flushes them, so nothing it
+        # triggers can overtake them.  (Joined wherever they were, a Return to a
+        # client, the calls held on it sent on, and a second Return to the client
+        # went out as the client's two Returns, then the calls: the client, acting
+        # on the second, could call past them.)
         turns = self._turns
         here = turns is not None and turns.here
         if type(effects) is list and len(effects) == 1 and not (here and turns.stopped):
@@ -3315,10 +3320,16 @@ class Supervisor:
             self._perform_here(turns, effects)
             return
         batch: dict[int, list] = {}
+        last = None
         for e in effects:
             if isinstance(e, fx.Send):
+                if e.peer != last:
+                    if e.peer in batch:        # back to a peer after another: in order
+                        self._write_all(batch)
+                    last = e.peer
                 batch.setdefault(e.peer, []).append(e.data)
                 continue
+            last = None
             self._write_all(batch)
             if isinstance(e, fx.HostCall):
                 self._host_call(e)
@@ -3360,6 +3371,7 @@ class Supervisor:
         trio's thread, which performs them, in order, before any of its tasks runs.
         (One effect, nearly always, is done by _perform itself, as the loop would.)"""
         batch: dict[int, list] = {}
+        last = None
         effects = effects if isinstance(effects, list) else list(effects)
         for i, e in enumerate(effects):
             kind = type(e)
@@ -3367,9 +3379,14 @@ class Supervisor:
                 if kind is fx.Send:
                     link = self.links.get(e.peer)
                     if link is None or link.native:
+                        if e.peer != last:
+                            if e.peer in batch:    # back to a peer after another: in order
+                                self._write_all(batch)
+                            last = e.peer
                         batch.setdefault(e.peer, []).append(e.data)
                         continue
                 elif kind is fx.HostCall or kind is fx.Audit:
+                    last = None
                     self._write_all(batch)
                     if not turns.stopped:
                         if kind is fx.HostCall:

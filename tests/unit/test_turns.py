@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 
+import pytest
 import trio
 
 from supervisor import effects as fx, runtime
@@ -714,3 +715,25 @@ def test_another_thread_takes_a_turn_only_when_it_is_free_at_once_never_beside_a
     trio.run(main)
     assert state["clashes"] == 0
     assert state["other"] >= 20 and state["refused"] > 0
+
+
+@pytest.mark.parametrize("where", ["trio", "worker"])
+def test_sends_to_several_peers_are_written_in_the_order_the_router_gave(where):
+    """A Return to a client, the calls held on it sent on to their callee, then
+    another Return to that client: the sends to one peer were joined into one
+    write wherever they were, so the second Return reached the client before the
+    held calls reached their callee, and a client acting on it (calling what it
+    names, natively) could overtake them (r257's note: the E-order class it fixed
+    in the router).  Consecutive sends to one peer are still one write; in trio's
+    thread, and in the lane's host worker (its turn: Turns.here)."""
+    lane = _Lane()
+    sup = _supervisor(lane, {})
+    for link in sup.links.values():
+        link.shed, link.shared = None, None
+    sup._turns = None
+    if where == "worker":
+        sup._turns = Turns.__new__(Turns)          # made inside trio; its flags only
+        sup._turns.here, sup._turns.stopped = True, False
+    sup._perform([fx.Send(1, b"A"), fx.Send(2, b"X1"), fx.Send(2, b"X2"), fx.Send(1, b"B"),
+                  fx.Send(1, b"C")])
+    assert [d for _, d in lane.written] == [b"A", b"X1X2", b"BC"]
