@@ -82,6 +82,12 @@ locale_t max_align_t ptrdiff_t size_t suseconds_t time_t uint16_t uint32_t uint6
 uint8_t uint_fast16_t uint_fast32_t uint_fast64_t uint_fast8_t uint_least16_t
 uint_least32_t uint_least64_t uint_least8_t uintmax_t uintptr_t wchar_t
 offsetof""".split())
+#: Lower-case names a plugin's own code defines at file scope, which no header
+#: declares: a program's `main` (the C runtime's _start calls it).  `struct Main`
+#: or `enum Main` was a type `main`, and a program that included the header did
+#: not compile ("redefinition of 'main' as different kind of symbol").  Such a
+#: type gets a trailing _ as a keyword does.
+_PLUGIN_OWN = frozenset({"main"})
 
 
 class BindgenError(Exception):
@@ -183,7 +189,8 @@ class Generator:
         name = self._name(schema)
         # (one ending in _t is refused: _reserved, as for every such type name)
         return name + "_" if name in _C_RESERVED or (
-            (name in _C_LIBRARY or name in cmacros.LOWER or name in cmacros.DECLARED)
+            (name in _C_LIBRARY or name in _PLUGIN_OWN or name in cmacros.LOWER
+             or name in cmacros.DECLARED)
             and not name.endswith("_t")) \
             else name
 
@@ -591,7 +598,10 @@ class Generator:
                 f"static int32_t {cname}_dispatch(int32_t object, int64_t iface, int32_t method, "
                 "int32_t len, int32_t ncaps) {",
                 f"  if ((uint64_t)iface != {up}_ID) return WSUPER_E_UNIMPLEMENTED;",
-                "  wsuper_reader r;", "  wsuper_builder *b;", "  uint32_t slot;",
+                "  wsuper_reader r;", *(["  wsuper_builder *b;"] if methods else []),
+                # (an interface without methods, a token the plugin hands out, has no
+                # results to build: an unused `b` warned under -Wall, -Werror failed)
+                "  uint32_t slot;",
                 # a call served while the plugin waits in its own (B calls back), so
                 # deep that its frames would reach the plugin's data: refused
                 "  if (!wsuper_stack_left()) return wsuper_dispatch_refused(\"out of stack: "
@@ -665,6 +675,8 @@ def _reserved(ident: str, is_type: bool) -> str | None:
         return "the C library reserves for its types (names ending in _t)"
     if ident in _C_LIBRARY:
         return "the C library wsuper.h includes (stdlib.h, string.h, ...) declares"
+    if ident in _PLUGIN_OWN:
+        return "a plugin defines itself (a program's main)"
     if ident in cmacros.DECLARED:
         # a plugin that includes that header too: "static declaration of
         # 'clock_gettime' follows non-static declaration", "redefinition of 'fputc'"

@@ -1586,3 +1586,32 @@ def test_build_works_with_a_tmpdir_it_cannot_use(tmp_path, monkeypatch, tmpdir):
     monkeypatch.setenv("TMPDIR", tmpdir)
     r = run_wsuper("build", str(tmp_path / "p.c"), "-o", str(tmp_path / "p.wasm"))
     assert r.returncode == 0 and "(command)" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_program_compiles_with_a_type_named_main_and_a_served_token_interface(tmp_path):
+    """Two shapes a schema may have that made the generated C fail to compile (r256,
+    found by binding 1,500 random schemas of hostile names and compiling each with
+    -Wall -Werror): a struct or enum named `Main` was a type `main`, so a program
+    that included the header could not define its main ("redefinition of 'main' as
+    different kind of symbol"): it is `main_` now, as a type named like the C
+    library's is; and the server skeleton of an interface without methods (a token
+    the plugin hands out) declared a results builder it never used ("unused
+    variable 'b'"), an error under -Werror."""
+    schema = ("@0xd1f0a3b2c4e5f721;\nstruct Main { x @0 :Int32; }\n"
+              "enum Kind { main @0; }\nstruct Holder { m @0 :Main; k @1 :Kind; }\n"
+              "interface Token {}\n"
+              "interface Maker { make @0 (m :Main) -> (t :Token, h :Holder); }\n")
+    assert _compile(tmp_path / "x", {"maker": schema}, """#define WSUPER_SERVE_TOKEN
+#include "maker.h"
+int32_t wsuper_dispatch(int32_t object, int64_t iface, int32_t method, int32_t len,
+                        int32_t ncaps) {
+  return token_dispatch(object, iface, method, len, ncaps);
+}
+int main(void) {
+  wsuper_arena a = {0, 0};
+  maker_make_results r;
+  main_ m = {MAIN__DWORDS};
+  holder h = {&m, KIND_MAIN};
+  return maker_make(&a, 1, &m, &r) == 0 && r.h && h.m->x == 1;
+}
+""") == ""
