@@ -2078,7 +2078,7 @@ class Router:
         self._unsent[peer.id] = self._unsent.get(peer.id, 0) + len(data)
         if new and caller is not None and caller is not peer:
             self._passed(peer, caller, caps, new)
-        self._retain_new(peer, caps)
+        self._retain_new(caps, new)
         self._pending[(peer.id, qid)] = handler
         if isinstance(handler, control.Forward):
             handler.deadline = self.clock() + peer.limits.call_time
@@ -2190,7 +2190,7 @@ class Router:
         if new and passer is not None:
             self._passed(peer, passer, caps, new)
         if caps:
-            self._retain_new(peer, caps)
+            self._retain_new(caps, new)
             self._keep_own(peer, answer_id, caps)
             self._kept_past_own(peer)
         # The calls pipelined on the answer go on *before* the Return is sent: once
@@ -2672,29 +2672,21 @@ class Router:
             peer.kept.setdefault(answer_id, []).extend(own)
 
     @staticmethod
-    def _retain_new(peer: Peer, caps):
-        """Count one reference per export-table entry a capability has: one for
-        each capability the message just sent to `peer` exported anew.  A message
-        that names one capability n times made its entry with n references
-        (rpc.capnp counts each descriptor); counted only where an entry held one,
-        such an entry was counted nowhere, and when the peer released it the
-        reference someone else held went with it: a client that passed calc's
-        Counter twice in one call to echo found it released ("a capability of
-        calc that was released"), through every reference it had."""
-        if len(caps) == 1:
-            cap = caps[0]
-            if cap is not None and not (isinstance(cap, Remote) and cap.peer is peer):
-                if peer.conn.exports[peer.conn.export_id(cap)].refcount == 1:
+    def _retain_new(caps, new: set):
+        """Count one reference per export-table entry a capability has: one for each
+        entry the message just sent made (`new`: their ids, _check_handles).  Told
+        by the entry's refcount being 1, a capability named twice in the message
+        that made its entry (refcount 2: `caps=[x, x]`, a list of the same object)
+        was never counted, and when that peer released it (or went) the reference
+        it dropped was another holder's: the capability was let go of under them,
+        released at its host, which could give its id to another object of its,
+        and a holder passing it on handed its host a reference to that one (r256,
+        fuzz/attenuation_scenarios.py)."""
+        if new:
+            for cap in caps:
+                if cap is not None and id(cap) in new:
+                    new = new - {id(cap)}
                     cap.refs += 1
-            return
-        named: dict = {}
-        for cap in caps:
-            if cap is not None and not (isinstance(cap, Remote) and cap.peer is peer):
-                seen = named.get(id(cap))
-                named[id(cap)] = (cap, 1 if seen is None else seen[1] + 1)
-        for cap, n in named.values():
-            if peer.conn.exports[peer.conn.export_id(cap)].refcount == n:
-                cap.refs += 1
 
     def _drop(self, cap):
         """One reference to `cap` less: let go of it if that was the last (sweep)."""

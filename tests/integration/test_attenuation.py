@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from capnp_schemas import protocol as P
 from tests.conftest import audit_calls, EXAMPLES, GUESTS_C, external_client, run_wsuper
 from tests.integration.guests import HERE, SPIN_ID, held_on_spin, program
 
@@ -563,3 +564,54 @@ calc = {{ compartment = "calc", allow = ["add"] }}
                                          r.stderr)]
     assert 1 <= shown < 300, r.stderr
     assert shown + sum(hidden) == 300, r.stderr
+
+
+def test_a_capability_passed_twice_in_one_call_is_not_let_go_of_under_its_holder(
+        tmp_path, wsuper):
+    """Real engines, a real client on the socket: the client holds a counter of
+    calc's and passes it twice in one call to relay (`caps = [c, c]`), which hands
+    both on to calc and answers.  relay's engine then released the two references
+    it had been given, and the router let go of the counter: its entry in relay's
+    c-list, made by a message naming it twice, had never been counted as a
+    reference, so the reference dropped was the client's.  The counter was
+    released at calc under the client, whose next inc failed ('a capability of
+    calc that was released'), and calc could give its id to another object (r256)."""
+    from tests.wireclient import WireClient, struct_content
+    sock = tmp_path / "s.sock"
+    (tmp_path / "system.toml").write_text(f"""
+[system]
+schemas = ["{EXAMPLES}/calc.capnp"]
+socket = "{sock}"
+[compartments.calc]
+module = "{EXAMPLES}/calc.wat"
+exports = "Calc"
+external = true
+[compartments.relay]
+module = "{HERE}/relaycap.wat"
+exports = "Calc"
+external = true
+[compartments.relay.grants]
+next = {{ compartment = "calc" }}
+""")
+    run = wsuper("up", str(tmp_path / "system.toml"))
+    run.wait_for("ready calc")
+    run.wait_for("ready relay")
+    calc_id, counter_id = 0xC0FFEE0000000001, 0xC0FFEE0000000002
+    c = WireClient(str(sock))
+    try:
+        gateway = c.bootstrap()
+        calc, relay = c.get(gateway, "calc"), c.get(gateway, "relay")
+        made = c.returned(c.call(calc, calc_id, 1))              # newCounter
+        assert made.payload is not None, made.error
+        counter = made.payload.caps[0].import_id
+        twice = [P.RemoteRef(counter), P.RemoteRef(counter)]
+        added = c.returned(c.call(relay, calc_id, 0, struct_content([2 | 3 << 32]), twice))
+        assert added.payload is not None, added.error
+        results = []
+        for by in (5, 6):                                        # Counter.inc, after it
+            ret = c.returned(c.call(counter, counter_id, 0, struct_content([by])))
+            results.append(ret.error or ret.payload.content.single_segment_copy()[-8:])
+    finally:
+        c.close()
+    assert all(isinstance(r, bytes) for r in results), results
+    assert [int.from_bytes(r[:4], "little", signed=True) for r in results] == [5, 11]

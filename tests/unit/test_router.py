@@ -219,6 +219,43 @@ def test_capability_in_a_result_is_released_at_its_host_when_the_holder_releases
     assert not any(e.obj is counter for e in calc.conn.exports.values())
 
 
+@pytest.mark.parametrize("how", ["params", "results"])
+def test_a_capability_passed_twice_in_one_message_stays_held_for_its_other_holders(how):
+    """app holds calc's counter and hands it to other twice in one message (the
+    params of a call, or the results of other's call to app: `[ctr, ctr]`).  The
+    entry that made in other's c-list was never counted as a reference (its
+    refcount was 2, not 1), so when other let it go the router dropped a reference
+    that was app's: the counter was released at calc while app held it, app's
+    calls on it failed ('released'), and calc could give its export id to another
+    object (r256, fuzz/attenuation_scenarios.py: calc's own engine was then handed
+    a reference to an export it had released, a protocol error there)."""
+    router = R.Router({"calc": CALC, "app": CALC, "other": CALC})
+    calc = start(router, "calc", exports=True)
+    other = start(router, "other", [grant("app", "app")], exports=True)
+    app = start(router, "app", [grant("calc", "calc"), grant("other", "other")], exports=True)
+    counter, ctr = _counter_from(router, app, calc, app.grants[0].import_id)
+    twice = [P.RemoteRef(ctr), P.RemoteRef(ctr)]
+    if how == "params":
+        app.send(app.conn.send_call(app.grants[1].import_id, CALC, 0, caps=twice)[1])
+        got = other.inbox.pop()
+        other.send(other.conn.send_return(got.answer_id))
+        app.inbox.clear()
+    else:
+        other.send(other.conn.send_call(other.grants[0].import_id, CALC, 0)[1])
+        call = app.inbox.pop()
+        seg = struct.pack("<QQQ", 2 << 48, wire.cap_pointer(0), wire.cap_pointer(1))
+        app.send(app.conn.send_return(call.answer_id, Content.standalone([seg]), twice))
+        got = other.inbox.pop()
+    held = {c.import_id for c in got.payload.caps}
+    assert len(held) == 1
+    other.send(other.conn.send_release(held.pop()))        # other lets go of both
+    assert P.ExportReleased(counter) not in calc.inbox
+    app.send(app.conn.send_call(ctr, COUNTER, 0)[1])        # app's own is still there
+    assert calc.inbox[-1].target is counter
+    app.send(app.conn.send_release(ctr))                    # and goes with app's release
+    assert P.ExportReleased(counter) in calc.inbox
+
+
 def test_call_time_fails_slow_calls_and_late_answers_are_dropped():
     now = [0.0]
     router = R.Router({"calc": CALC, "app": None},
