@@ -132,7 +132,7 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                 continue
             h = rng.choice(held[n])
             iface, method = rng.choice([CALC, CALC, COUNTER, COUNTER, RELAY]), rng.randrange(3)
-            caps = [RemoteRef(rng.choice(held[n])) for _ in range(rng.choice([0, 0, 1, 2]))]
+            caps = [RemoteRef(rng.choice(held[n])) for _ in range(rng.choice([0, 0, 1, 2, 4]))]
             log.append(f"{n} calls #{h} {iface:#x}.{method} passing "
                        f"{[c.import_id for c in caps]}")
             e.send(e.conn.send_call(h, iface, method, Content(), caps)[1])
@@ -175,7 +175,8 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
             caps = [RemoteRef(rng.choice(held[n])) for _ in range(rng.choice([0, 0, 1, 2]))] \
                 if held[n] else []
             if rng.random() < 0.2:
-                caps.append(object())               # an object of its own
+                own = object()                      # an object of its own, maybe twice
+                caps += [own] * rng.choice([1, 1, 2])
             log.append(f"{n} answers with {len(caps)} capabilities")
             e.send(e.conn.send_return(ev.answer_id, _results(len(caps)), caps))
         elif op < 0.97:
