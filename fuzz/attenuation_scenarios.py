@@ -10,6 +10,7 @@ Counter.inc of the counters newCounter hands out, which the list names), a
 external clients x1 and x2 hold p2's and p3's main objects.  Random steps: each
 calls what it holds (any interface, any method) passing some of what it holds;
 whoever was called answers, with some of what it holds or an object of its own;
+calc calls back what it was passed;
 calls whose answer has not come are pipelined on, or their promised capability
 passed on (receiverAnswer); holders release what they hold; compartments restart,
 clients reconnect; the grant is revoked.  So p1's capabilities to calc and its
@@ -21,7 +22,8 @@ Whatever way a call comes to calc, the grant it was obtained through holds it:
 * no call the allow-list refuses (Calc.sumTo, Counter methods but inc) reaches
   calc, on its main object or a counter;
 * no more calls than `max_uses` reach calc, all holders together;
-* no call reaches calc after the revocation;
+* no call reaches calc after the revocation, and none of calc's calls back on
+  what it was passed (through the grant's reverse) reaches anyone after it;
 * with `--leaks` (and in the tests): once every engine and client is gone, the
   router holds nothing for any of it (membranes' wrappers, calls in flight,
   promises, quota holds).
@@ -49,6 +51,18 @@ COUNTER = 0xC0FFEE0000000002
 RELAY = 0xC0FFEE00000000AA          # p1, p2 and p3's own interface
 ALLOW = frozenset({(CALC, 0), (CALC, 1), (COUNTER, 0)})
 EXTERNAL = {"x1": "p2", "x2": "p3"}
+
+
+CALLBACK_TAG = 0xCA11BAC4
+CALLBACK = Content.standalone([struct.pack("<QQ", 1 << 32, CALLBACK_TAG)])
+
+
+def _tag(content: Content):
+    try:
+        seg = wire.unframe(content.single_segment_copy())[0]
+        return struct.unpack_from("<Q", seg, 8)[0] if len(seg) >= 16 else None
+    except Exception:  # noqa: BLE001 - not ours
+        return None
 
 
 def _results(ncaps: int) -> Content:
@@ -100,6 +114,26 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                 bad.append(f"a call the allow-list refuses reached calc: {log[-1]}")
     calc.feed = feed
 
+    calc_held: list = []
+
+    def watched(e):
+        """A holder whose every incoming call is checked: none of calc's (all it
+        holds came through p1's grant) once the grant is revoked."""
+        real = e.feed
+
+        def feed(data):
+            before = len(e.inbox)
+            real(data)
+            for ev in e.inbox[before:]:
+                if isinstance(ev, P.CallReceived) and ev.payload is not None \
+                        and ev.payload.content.size() and _tag(ev.payload.content) == CALLBACK_TAG:
+                    log.append(f"{e.name} gets calc's call back")
+                    if seen["revoked"]:
+                        bad.append(f"calc's call back reached {e.name} after the "
+                                   f"revocation")
+        e.feed = feed
+        return e
+
     grants = {}
     holders: dict = {}
     for n in ("p3", "p2", "p1"):
@@ -107,9 +141,9 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                     max_uses=max_uses)] if n == "p1" else []
         gs += [grant(o, o) for o in ("p1", "p2", "p3") if o != n]
         grants[n] = gs
-        holders[n] = start(router, n, gs, exports=True)
+        holders[n] = watched(start(router, n, gs, exports=True))
     for x, target in EXTERNAL.items():
-        holders[x] = client(router, x, target)
+        holders[x] = watched(client(router, x, target))
     held = {n: [g.import_id for g in e.grants.values()] for n, e in holders.items()}
 
     def take_returns():
@@ -163,6 +197,9 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
             ev = rng.choice([ev for ev in e.inbox if isinstance(ev, P.CallReceived)])
             e.inbox.remove(ev)
             if n == "calc":
+                for c in ev.payload.caps if ev.payload else ():
+                    if hasattr(c, "import_id"):
+                        calc_held.append(c.import_id)
                 if (ev.interface_id, ev.method_id) == (CALC, 1):      # newCounter
                     counters.append(object())
                     e.send(e.conn.send_return(ev.answer_id, _results(1), [counters[-1]]))
@@ -187,14 +224,21 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                     e.send(e.conn.send_release(imp))
             elif n in EXTERNAL:
                 e.deliver(router.disconnected(e.pid, "gone"))
-                holders[n] = client(router, n, EXTERNAL[n])
+                holders[n] = watched(client(router, n, EXTERNAL[n]))
                 held[n] = [g.import_id for g in holders[n].grants.values()]
                 log.append(f"{n} reconnects")
             else:
                 e.deliver(router.stop_engine(n, "crash"))
-                holders[n] = start(router, n, grants[n], exports=True)
+                holders[n] = watched(start(router, n, grants[n], exports=True))
                 held[n] = [g.import_id for g in holders[n].grants.values()]
                 log.append(f"{n} restarts")
+        elif op < 0.985:                            # calc calls back what it was passed
+            calc_held[:] = [i for i in calc_held if i in calc.conn.imports]
+            if calc_held:
+                h = rng.choice(calc_held)
+                log.append(f"calc calls back #{h}")
+                calc.send(calc.conn.send_call(h, rng.choice([RELAY, CALC]), rng.randrange(2),
+                                              CALLBACK)[1])
         elif revoke and not seen["revoked"] and rng.random() < 0.3:
             seen["revoked"] = True
             log.append("p1.calc revoked")

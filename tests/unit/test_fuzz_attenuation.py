@@ -49,3 +49,12 @@ def test_the_scenarios_find_a_membrane_skipped_by_what_was_passed_on(monkeypatch
         return real(self, cap, call, now, names)
     fails = _finds(monkeypatch, Membrane, "admit", lax)
     assert fails and all("calc" in kind for kind in fails), fails
+
+
+def test_the_scenarios_find_calls_back_through_a_revoked_grants_reverse(monkeypatch):
+    """A revocation that left the grant's reverse open: calc called back what p1
+    and the others passed it through the grant after it was revoked."""
+    monkeypatch.setattr(Membrane, "revoked", property(
+        lambda self: None if self.forward is not None else self._revoked))
+    fails = AS.run(range(1, 61))
+    assert fails and all("call back reached" in kind for kind in fails), fails
