@@ -22,8 +22,9 @@ Whatever way a call comes to calc, the grant it was obtained through holds it:
 * no call the allow-list refuses (Calc.sumTo, Counter methods but inc) reaches
   calc, on its main object or a counter;
 * no more calls than `max_uses` reach calc, all holders together;
-* no call reaches calc after the revocation, and none of calc's calls back on
-  what it was passed (through the grant's reverse) reaches anyone after it;
+* no call reaches calc after the revocation or the grant's expiry (in some
+  scenarios `expires_after`, time passing a second a step), and none of calc's calls back on
+  what it was passed (through the grant's reverse) reaches anyone after either;
 * with `--leaks` (and in the tests): once every engine and client is gone, the
   router holds nothing for any of it (membranes' wrappers, calls in flight,
   promises, quota holds).
@@ -82,8 +83,14 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
     max_uses = rng.randint(3, 40)
     names = dict(NAMES)
     names[RELAY] = ("Relay", {0: "a", 1: "b"})
+    # the grant expires (expires_after) in some scenarios, time passing a step at a
+    # time; call_time long enough that no call times out meanwhile
+    now = [0.0]
+    expires = rng.choice([None, None, rng.uniform(50, 400)])
     router = R.Router({"calc": CALC, "p1": RELAY, "p2": RELAY, "p3": RELAY}, names=names,
-                      external=tuple(EXTERNAL.values()))
+                      external=tuple(EXTERNAL.values()), clock=lambda: now[0],
+                      limits={n: R.Limits(call_time=1e6) for n in ("calc", "p1", "p2", "p3")},
+                      external_limits=R.Limits(call_time=1e6))
     FakeEngine.all = {}
     calc = start(router, "calc", exports=True)
     bad: list[str] = []
@@ -106,6 +113,8 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
             log.append(f"calc gets {what} {ev.interface_id:#x}.{ev.method_id}")
             if seen["revoked"]:
                 bad.append(f"a call reached calc after the revocation: {log[-1]}")
+            if expires is not None and now[0] >= expires:
+                bad.append(f"a call reached calc after the grant expired: {log[-1]}")
             if seen["arrived"] > max_uses:
                 bad.append(f"{seen['arrived']} calls reached calc through a grant of "
                            f"max_uses {max_uses}")
@@ -128,9 +137,9 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                 if isinstance(ev, P.CallReceived) and ev.payload is not None \
                         and ev.payload.content.size() and _tag(ev.payload.content) == CALLBACK_TAG:
                     log.append(f"{e.name} gets calc's call back")
-                    if seen["revoked"]:
+                    if seen["revoked"] or expires is not None and now[0] >= expires:
                         bad.append(f"calc's call back reached {e.name} after the "
-                                   f"revocation")
+                                   f"revocation or the expiry")
         e.feed = feed
         return e
 
@@ -138,7 +147,7 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
     holders: dict = {}
     for n in ("p3", "p2", "p1"):
         gs = [grant("calc", "calc", methods=ALLOW, mentioned=(COUNTER,), revocable=True,
-                    max_uses=max_uses)] if n == "p1" else []
+                    max_uses=max_uses, expires_after=expires)] if n == "p1" else []
         gs += [grant(o, o) for o in ("p1", "p2", "p3") if o != n]
         grants[n] = gs
         holders[n] = watched(start(router, n, gs, exports=True))
@@ -155,6 +164,7 @@ def scenario(seed: int, steps: int = 400, leaks: bool = False,
                         held[n].append(c.import_id)
 
     for _step in range(steps):
+        now[0] += 1.0
         op = rng.random()
         n = rng.choice(list(holders))
         e = holders[n]

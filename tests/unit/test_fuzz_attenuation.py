@@ -58,3 +58,12 @@ def test_the_scenarios_find_calls_back_through_a_revoked_grants_reverse(monkeypa
         lambda self: None if self.forward is not None else self._revoked))
     fails = AS.run(range(1, 61))
     assert fails and all("call back reached" in kind for kind in fails), fails
+
+
+def test_the_scenarios_find_a_grant_that_never_expires(monkeypatch):
+    """A membrane whose expires_after was never checked: calls through what the
+    grant brought went on reaching calc after it expired."""
+    monkeypatch.setattr(Membrane, "expired", lambda self, now: False)
+    fails = AS.run(range(1, 61))
+    assert any("after the grant expired" in kind for kind in fails), fails
+    assert all("expired" in kind or "call back reached" in kind for kind in fails), fails
