@@ -71,6 +71,7 @@ LONG_FOR_THEIR_TESTS = (
     "tests/unit/test_fuzz_protocol.py",
     "tests/unit/test_fuzz_policy.py",
     "tests/unit/test_fuzz_router_scenarios.py",
+    "tests/unit/test_fuzz_attenuation.py",
     "tests/integration/test_examples.py",
     "tests/integration/test_tutorial.py",
     "tests/integration/test_hostile_params.py",

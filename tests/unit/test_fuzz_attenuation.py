@@ -16,12 +16,12 @@ def test_what_comes_through_an_attenuated_grant_stays_attenuated_however_it_is_p
     and results, as promises and pipelined on, released, its holders restarted:
     no call reaches calc past the allow-list, the quota or the revocation, and once
     everyone is gone the router holds nothing of it."""
-    assert AS.run(range(1, 61), leaks=True, revoke=revoke) == {}
+    assert AS.run(range(1, 41), leaks=True, revoke=revoke) == {}
 
 
 def _finds(monkeypatch, obj, name, value) -> dict:
     monkeypatch.setattr(obj, name, value)
-    return AS.run(range(1, 61))
+    return AS.run(range(1, 41))
 
 
 def test_the_scenarios_find_results_handed_back_bare(monkeypatch):
@@ -56,7 +56,7 @@ def test_the_scenarios_find_calls_back_through_a_revoked_grants_reverse(monkeypa
     and the others passed it through the grant after it was revoked."""
     monkeypatch.setattr(Membrane, "revoked", property(
         lambda self: None if self.forward is not None else self._revoked))
-    fails = AS.run(range(1, 61))
+    fails = AS.run(range(1, 41))
     assert fails and all("call back reached" in kind for kind in fails), fails
 
 
@@ -64,6 +64,6 @@ def test_the_scenarios_find_a_grant_that_never_expires(monkeypatch):
     """A membrane whose expires_after was never checked: calls through what the
     grant brought went on reaching calc after it expired."""
     monkeypatch.setattr(Membrane, "expired", lambda self, now: False)
-    fails = AS.run(range(1, 61))
+    fails = AS.run(range(1, 41))
     assert any("after the grant expired" in kind for kind in fails), fails
     assert all("expired" in kind or "call back reached" in kind for kind in fails), fails
