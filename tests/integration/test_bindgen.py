@@ -1590,7 +1590,7 @@ def test_build_works_with_a_tmpdir_it_cannot_use(tmp_path, monkeypatch, tmpdir):
 
 def test_a_program_compiles_with_a_type_named_main_and_a_served_token_interface(tmp_path):
     """Two shapes a schema may have that made the generated C fail to compile (r256,
-    found by binding 1,500 random schemas of hostile names and compiling each with
+    found by binding 1,490 random schemas of hostile names and compiling each with
     -Wall -Werror): a struct or enum named `Main` was a type `main`, so a program
     that included the header could not define its main ("redefinition of 'main' as
     different kind of symbol"): it is `main_` now, as a type named like the C
