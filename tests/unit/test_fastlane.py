@@ -1499,6 +1499,32 @@ class CutOff(Sup):
                 super().perform([e])
 
 
+#: results of 200 KiB, for callers that stop reading
+_BIG_WORDS = (200 << 10) // 8
+_RESULTS_200K = Content.standalone([struct.pack("<Q", _BIG_WORDS << 32)
+                                   + b"\1" * (8 * _BIG_WORDS)])
+
+
+def _calls_its_caller_will_not_read(s, kind: str, n: int):
+    """calc, and app (an engine or an external client) whose route to calc went in
+    through Python, and then n calls of app's that calc got: app reads nothing
+    from here on."""
+    calc = Engine(s, "calc", exports=True)
+    app = Engine(s, "app", [grant("calc", "calc")]) if kind == "engine" else External(s)
+    app.call()                                   # through Python: the route goes in
+    app.until(lambda: calc.calls())
+    calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
+    app.until(lambda: app.returns())
+    for _ in range(n):
+        app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1])
+    end = time.monotonic() + 10
+    while len(calc.calls()) < n + 1:
+        assert time.monotonic() < end
+        s.pump(0.005)
+        calc.poll(0.0)
+    return calc, app
+
+
 @pytest.mark.parametrize("kind", ["engine", "external"])
 def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path(kind):
     """A caller that sends calls and then reads nothing: the returns of its calls
@@ -1511,26 +1537,12 @@ def test_a_caller_that_stops_reading_is_cut_off_at_its_hard_limit_on_either_path
     s = CutOff({"calc": CALC, "app": None}, external=("calc",),
                limits={"app": limits}, external_limits=limits)
     try:
-        calc = Engine(s, "calc", exports=True)
-        app = Engine(s, "app", [grant("calc", "calc")]) if kind == "engine" else External(s)
-        app.call()                                   # through Python: the route goes in
-        app.until(lambda: calc.calls())
-        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-        app.until(lambda: app.returns())
-        hard = R.queue_hard_limit(limits)
         n = 120                                      # x 200 KiB: past the 20 MiB hard limit
-        for _ in range(n):
-            app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1])
-        end = time.monotonic() + 10
-        while len(calc.calls()) < n + 1:             # app reads nothing from here on
-            assert time.monotonic() < end
-            s.pump(0.005)
-            calc.poll(0.0)
+        calc, app = _calls_its_caller_will_not_read(s, kind, n)
+        hard = R.queue_hard_limit(limits)
         assert s.lane.stats()["calls"] >= n          # natively
-        words = (200 << 10) // 8
-        big = Content.standalone([struct.pack("<Q", words << 32) + b"\1" * (8 * words)])
         for call in calc.calls()[1:]:
-            calc.send(calc.conn.send_return(call.answer_id, big, no_finish=True))
+            calc.send(calc.conn.send_return(call.answer_id, _RESULTS_200K, no_finish=True))
             s.pump(0.001)
             assert s.lane.queued(app.pid) <= hard
         end = time.monotonic() + 10
@@ -1556,26 +1568,12 @@ def test_what_waits_for_a_caller_past_its_soft_bound_is_left_to_python_where_the
     s = CutOff({"calc": CALC, "app": None}, external=("calc",),
                limits={"app": limits}, external_limits=limits)
     try:
-        calc = Engine(s, "calc", exports=True)
-        app = Engine(s, "app", [grant("calc", "calc")]) if kind == "engine" else External(s)
-        app.call()                                   # through Python: the route goes in
-        app.until(lambda: calc.calls())
-        calc.send(calc.conn.send_return(calc.calls()[-1].answer_id, no_finish=True))
-        app.until(lambda: app.returns())
-        soft = R.queue_soft_limit(limits)
         n = 40                                       # x 200 KiB: 8 MiB, past the 1 MiB
-        for _ in range(n):
-            app.send(app.conn.send_call(app.grants[0].import_id, CALC, 0, params())[1])
-        end = time.monotonic() + 10
-        while len(calc.calls()) < n + 1:             # app reads nothing from here on
-            assert time.monotonic() < end
-            s.pump(0.005)
-            calc.poll(0.0)
-        words = (200 << 10) // 8
-        big = Content.standalone([struct.pack("<Q", words << 32) + b"\1" * (8 * words)])
+        calc, app = _calls_its_caller_will_not_read(s, kind, n)
+        soft = R.queue_soft_limit(limits)
         native = s.lane.stats()["returns"]
         for call in calc.calls()[1:]:
-            calc.send(calc.conn.send_return(call.answer_id, big, no_finish=True))
+            calc.send(calc.conn.send_return(call.answer_id, _RESULTS_200K, no_finish=True))
             s.pump(0.001)
         end = time.monotonic() + 10
         while s.lane.queued(app.pid) < (n - 2) * (200 << 10):     # all of them wait
