@@ -158,7 +158,13 @@ async def _setup(kind: str, d: str, nursery):
                  framer.max_words, framer.max_segments, limits.message_size,
                  limits.in_flight, False)
     sup.router.lane_peer(pid)
-    sup.links[pid] = runtime._NativeLink(sup.lane, pid, limits)
+    link = sup.links[pid] = runtime._NativeLink(sup.lane, pid, limits)
+    # as Supervisor._spawn: the engine's writes past its soft bound come from
+    # the engines' pool, which every write to it asks (r258)
+    queues = getattr(sup, "_engine_queues", None)
+    if queues is not None:
+        link.shared = queues
+        queues.links[link] = pid
     # the peer's own task, as in wsuper up: what the lane's host worker leaves (a
     # TURN ran out, or trio's thread took the work over) goes to it
     nursery.start_soon(sup._pump_native, pid, sup.links[pid])
