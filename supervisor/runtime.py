@@ -426,10 +426,15 @@ class _NativeLink:
     def write(self, data: bytes) -> bool:
         if self.closed or self.shed is not None:    # shed: cut off next, as if closed
             return True
-        if self.shared is not None:
+        shared = self.shared
+        if shared is not None:
+            # within its soft bound (nearly always: every host call's answer to an
+            # engine comes here) the pool is not asked: room() would say yes at once,
+            # and asking it was 16 of the 61 opcodes r258 added to each host call
+            # (benchmarks/hostpath.py --opcodes; r260)
             after = self.lane.queued(self.pid) + len(data)
-            if not self.shared.room(self, after, len(data)):
-                self.why = self.shared.refused(self, after)
+            if after > self.soft and not shared.room(self, after, len(data)):
+                self.why = shared.refused(self, after)
                 return False
         return self.lane.write(self.pid, data)
 
@@ -3417,8 +3422,12 @@ class Supervisor:
 
     def _shed(self):
         """Cut off the peers a pool shed to make room for a write (_QueuePool.room):
-        they hold the most of it, unread."""
-        for queues in (self._external_queues, self._engine_queues):
+        they hold the most of it, unread.  (Asked after every write: nearly always
+        neither pool owes anything, said without the loop.)"""
+        eng, ext = self._engine_queues, self._external_queues
+        if (eng is None or not eng.owed) and (ext is None or not ext.owed):
+            return
+        for queues in (ext, eng):
             while queues is not None and queues.owed:
                 pid, reason = queues.owed.pop(0)
                 if pid in self.links:
