@@ -444,6 +444,10 @@ class Router:
         self._host_expiries: list = []
         self._expiry_ids = itertools.count()
         self._through: dict[tuple, list] = {}          # reply key -> [(membrane, label)]
+        # label -> the membranes (a grant's and its reverse) of a grant `wsuper revoke`
+        # is revoking: no host job through them begins (host_call_live) while the
+        # revocation waits for those begun before it (revoking)
+        self._revoking: dict[str, tuple] = {}
         # reply key -> the membranes whose quotas (max_uses, calls_per_second) a call
         # spent and that has not reached its callee yet: it gets them back if it ends
         # before it does (_close_call), and keeps them spent once it has (_reached)
@@ -611,14 +615,56 @@ class Router:
 
     def host_call_live(self, token: int) -> bool:
         """Whether host call `token` is still wanted: not failed meanwhile (revoked),
-        its caller not gone and not cancelling it (Finish).  A job that waited its
-        turn checks this before it runs (from a worker thread: reads only)."""
+        its caller not gone and not cancelling it (Finish), no grant on its way being
+        revoked.  A job that waited its turn checks this before it runs (from a worker
+        thread: reads only)."""
         entry = self._host_calls.get(token)
         if entry is None or self.ended:   # the audit said it failed (end_audit): not run
             return False
         peer, answer_id = entry[0].reply
         return peer.alive and not peer.conn.gave_up(answer_id) \
-            and self._expired_on_way(entry[0].reply) is None
+            and self._expired_on_way(entry[0].reply) is None \
+            and self._revoking_on_way(entry[0].reply) is None
+
+    def revoking(self, label: str) -> list[int]:
+        """`wsuper revoke` of grant `label` begins: from now no host job through it
+        begins (host_call_live); returns the tokens of its host calls under way, whose
+        jobs a worker thread may have begun (they cannot be stopped).  The runtime
+        lets those end and be answered as they ended, and then revokes (`revoke`
+        ends this): revoked first, a write the kernel had under way landed in the
+        file while its call was failed "revoked while this call was in flight", the
+        program told it had not happened and the audit saying the same."""
+        m = self.membranes.get(label)
+        if m is None or not m.revocable or m.revoked is not None:
+            return []
+        self._revoking[label] = (m, m.reverse)
+        return self.host_calls_through(label)
+
+    def not_revoking(self, label: str):
+        """A revocation that `revoking` began was given up before `revoke` (its request
+        cancelled: the system stopping): its grant's jobs may run again."""
+        self._revoking.pop(label, None)
+
+    def host_call_revoking(self, token: int) -> bool:
+        """Whether host call `token` crossed a grant being revoked (`revoking`): its
+        job was not run, and the call is left to the revocation, which fails it
+        after its record (answered now, its denial came before "grant revoked")."""
+        entry = self._host_calls.get(token)
+        return entry is not None and self._revoking_on_way(entry[0].reply) is not None
+
+    def host_call_open(self, token: int) -> bool:
+        """Whether host call `token` is not answered yet."""
+        return token in self._host_calls
+
+    def _revoking_on_way(self, reply):
+        """The label of a grant being revoked (`revoking`) that call `reply` crossed."""
+        if not self._revoking:
+            return None
+        through = self._through.get(reply)
+        for label, ms in list(self._revoking.items()):
+            if through and any(x is m for x, _l in through for m in ms if m is not None):
+                return label
+        return None
 
     def host_call_expired(self, token: int) -> str | None:
         """Why host call `token` may not run any more because a grant it crossed has
@@ -626,7 +672,9 @@ class Router:
         runtime fails it with this (host_failed, type "denied"), as a new call would
         be denied: it was still run (an outside review, reviewer 184)."""
         entry = self._host_calls.get(token)
-        m = self._expired_on_way(entry[0].reply) if entry is not None else None
+        if entry is None:
+            return None
+        m = self._expired_on_way(entry[0].reply)
         return f"{m.label} has expired (expires_after)" if m is not None else None
 
     def _expired_on_way(self, reply):
@@ -805,6 +853,7 @@ class Router:
         before records the failures drained from the lane into these effects
         (_record), and the audit said calls the lane had returned before the
         revocation returned after it (an outside review)."""
+        self._revoking.pop(label, None)
         if self.revoked_already(label):
             return self._flush()
         m = self.membranes.get(label)

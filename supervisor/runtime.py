@@ -2665,6 +2665,8 @@ class Supervisor:
                 raise outcome
             if outcome is _SKIPPED:
                 job.abandon()
+                if self.router.host_call_revoking(call.token):
+                    return      # the revocation under way fails it (_revoke), after its record
                 expired = self.router.host_call_expired(call.token)  # its grant expired
                 outcome = hostcaps.Refusal(expired, "denied") if expired else \
                     hostcaps.Refusal("ECANCELED: the call ended before its turn came "
@@ -3149,7 +3151,9 @@ class Supervisor:
         operation a worker thread has already begun cannot be stopped (the kernel is
         in the middle of it): the answer waits for those (at most IO_DEADLINE), so
         that no write lands after `wsuper revoke` said ok (an outside review), and
-        says so if one is still running then."""
+        says so if one is still running then.  Those begun end before the revocation
+        itself (Router.revoking), and their calls are answered as they ended: the
+        file's content and the audit agree on which landed."""
         if self.router.revoked_already(grant):
             # one revocation, one record: a second said a revocation at its own time.
             # But not "ok" while a file operation begun before the first still runs
@@ -3157,9 +3161,26 @@ class Supervisor:
             # the write landed after it
             text = f"{grant} was revoked already"
             running, closing = self._revoke_waits.get(grant, ([], []))
+            deadline = trio.current_time() + hostcaps.IO_DEADLINE
         else:
             text = f"revoked {grant}"
-            tokens = self.router.host_calls_through(grant)
+            deadline = trio.current_time() + hostcaps.IO_DEADLINE
+            # from here no host job through the grant begins; those a worker thread has
+            # begun end first and are answered as they ended, before the revocation:
+            # revoked at once, a write under way landed while its call was failed
+            # "revoked while this call was in flight" (the program told it had not
+            # happened, the audit saying so, the file holding it; r259)
+            tokens = self.router.revoking(grant)
+            begun = [t for t in tokens if t in self._host_threads]
+            try:
+                while any(self.router.host_call_open(t) for t in begun) \
+                        and trio.current_time() < deadline:
+                    await trio.sleep(0.005)
+            except BaseException:
+                self.router.not_revoking(grant)
+                raise
+            if self.router.revoked_already(grant):    # by another request meanwhile
+                return await self._revoke(grant)
             try:
                 # its record goes in the router's effects: after the records of the
                 # calls that ended before it (the lane's: those the denials below drain
@@ -3172,6 +3193,8 @@ class Supervisor:
                 return {"ok": False, "error": e.args[0], "unknown": True}
             released = [e.served for e in effects if isinstance(e, fx.HostRelease)]
             self._perform(effects)
+            # those still running (past the deadline: a hung disk) were failed above;
+            # the answer says they may still complete
             running = [e for e in map(self._host_threads.get, tokens) if e is not None]
             # and the closes of the files and directories it releases (worker threads):
             # answered before them, `wsuper revoke app.data && umount /data` could find
@@ -3180,7 +3203,6 @@ class Supervisor:
                        if e is not None]
             if running or closing:
                 self._revoke_waits[grant] = (running, closing)
-        deadline = trio.current_time() + hostcaps.IO_DEADLINE
         while not all(e.is_set() for e in running + closing) \
                 and trio.current_time() < deadline:
             await trio.sleep(0.01)

@@ -41,7 +41,8 @@ class Sup:
         self._io_limiters, self._jobs, self._host_threads = {}, {}, {}
         self._io_lock, self._io_pools, self._unanswered = threading.Lock(), {}, {}
         self.router = type("Router", (), {"host_call_live": staticmethod(live),
-                                          "host_call_expired": staticmethod(expired)})()
+                                          "host_call_expired": staticmethod(expired),
+                                          "host_call_revoking": staticmethod(lambda token: False)})()
         self.done = {}
 
     def _host_done(self, token, outcome, owner="", caller=""):
@@ -209,7 +210,10 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
     """An outside review: a write a worker thread had begun when `wsuper revoke` came
     landed after revoke said ok (the kernel cannot be stopped mid-write).  Revoke now
     waits for those (at most IO_DEADLINE) before it answers, and says so if one is
-    still running then."""
+    still running then.  And (r259) the revocation itself comes after them: revoked
+    first, the write landed while its call was failed "revoked while this call was
+    in flight" (the program told it had not happened, the audit saying the same);
+    it is answered as it ended, and no job through the grant begins meanwhile."""
     from supervisor import router as R
     from tests.unit.test_router import CLOCK, grant, start
 
@@ -223,23 +227,37 @@ def test_revoke_answers_once_the_file_operations_already_under_way_through_the_g
                                "_audit_operator": runtime.Supervisor._audit_operator})()
         sup.router, sup._perform, sup._host_threads = router, app.deliver, {}
         sup.audit, sup._revoke_waits = None, {}
-        return sup, call.token
+        return sup, call.token, app
 
-    sup, token = system()
+    sup, token, app = system()
     assert sup.router.host_calls_through("app.time") == [token]
     finished = sup._host_threads[token] = threading.Event()      # its thread is writing
-    began = time.monotonic()        # before the timer: a pause between the two (load)
-    threading.Timer(0.3, finished.set).start()          # shortened what was measured
-    answer = trio.run(sup._revoke, "app.time")
+    live = []
+
+    async def revoke_while_it_runs():
+        async with trio.open_nursery() as n:
+            async def the_thread_ends():
+                await trio.sleep(0.1)
+                live.append(sup.router.host_call_live(token))   # a job would not begin
+                finished.set()
+                del sup._host_threads[token]
+                sup._perform(sup.router.host_returned(token, R.Content()))   # its outcome
+            n.start_soon(the_thread_ends)
+            return await sup._revoke("app.time")
+    answer = trio.run(revoke_while_it_runs)
     assert answer == {"ok": True, "text": "revoked app.time"}
-    assert finished.is_set() and time.monotonic() - began >= 0.25
+    assert live == [False]
+    (got,) = app.inbox
+    assert got.payload is not None and got.error is None     # returned, not "revoked"
+    assert sup.router.revoked_already("app.time")
 
     monkeypatch.setattr(hostcaps, "IO_DEADLINE", 0.1)
-    sup, token = system()
+    sup, token, app = system()
     sup._host_threads[token] = threading.Event()                   # never ends
     answer = trio.run(sup._revoke, "app.time")
     assert answer["text"] == ("revoked app.time; 1 file operation begun before it did not "
                               "finish within 0.1 s and may still complete")
+    assert "was revoked while this call was in flight" in app.inbox.pop().error
     assert trio.run(sup._revoke, "nothing.here")["ok"] is False
 
 
